@@ -1,0 +1,460 @@
+"""Requests, named in the imperative, and the rules for turning them into facts.
+
+``to_events`` validates a request completely before it builds anything, so a bad
+request writes nothing. Event ids derive from the client's request id: a retry of
+the same request produces the very same facts, which the ledger stores once.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ledger.campaigns import Campaign, CampaignPolicy
+from ledger.errors import InvalidRequest, MissingProofError, PurchasedListError
+from ledger.events import (
+    FIRST_VERSION,
+    MAX_CLOCK_SKEW,
+    AgeVerified,
+    CampaignDefined,
+    CampaignPolicyChanged,
+    CandidateResolution,
+    CollectionMethod,
+    ConsentGranted,
+    ConsentProof,
+    ConsentReconfirmed,
+    ConsentResumed,
+    ConsentRevoked,
+    ConsentTier,
+    InboundMessageReceived,
+    LedgerEvent,
+    ListSource,
+    MessageKind,
+    MessageSent,
+    RevocationCandidateFlagged,
+    RevocationCandidateResolved,
+    RevocationChannel,
+    event_id_for,
+)
+from ledger.keywords import Intent, classify
+from ledger.phone import to_e164
+from ledger.state import SubscriberState
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def check_name(value: str, field_name: str) -> str:
+    """Brand and campaign ids: short, lower-case, stable (they key the ledger)."""
+    if not _NAME.match(value or ""):
+        raise InvalidRequest(
+            field_name, "must be 1-64 chars of a-z, 0-9, '.', '_' or '-', starting alphanumeric"
+        )
+    return value
+
+
+def check_time(value: datetime, now: datetime, field_name: str = "occurred_at") -> datetime:
+    if value.tzinfo is None:
+        raise InvalidRequest(field_name, "must carry a time zone")
+    if value > now + MAX_CLOCK_SKEW:
+        raise InvalidRequest(field_name, f"is in the future (more than {MAX_CLOCK_SKEW} ahead)")
+    return value
+
+
+def _check_request_id(request_id: str) -> str:
+    if not request_id or len(request_id) > 128:
+        raise InvalidRequest("request_id", "is required (1-128 chars) so retries are idempotent")
+    return request_id
+
+
+@dataclass(frozen=True)
+class RecordOptIn:
+    request_id: str
+    phone: str
+    brand: str
+    campaign: str
+    tier: ConsentTier
+    method: CollectionMethod
+    proof: ConsentProof
+    occurred_at: datetime
+    source: ListSource = ListSource.FIRST_PARTY
+
+
+@dataclass(frozen=True)
+class RecordOptOut:
+    request_id: str
+    phone: str
+    brand: str
+    campaign: str | None
+    channel: RevocationChannel
+    occurred_at: datetime
+    text: str = ""
+    in_reply_to: str = ""
+
+
+@dataclass(frozen=True)
+class RecordReconfirmation:
+    request_id: str
+    phone: str
+    brand: str
+    campaign: str
+    channel: RevocationChannel
+    occurred_at: datetime
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RecordMessageSent:
+    request_id: str
+    phone: str
+    brand: str
+    campaign: str
+    message_id: str
+    kind: MessageKind
+    occurred_at: datetime
+    included_opt_out_language: bool = False
+    identified_sender: bool = False
+
+
+@dataclass(frozen=True)
+class RecordAgeVerification:
+    request_id: str
+    phone: str
+    brand: str
+    method: str
+    occurred_at: datetime
+    date_of_birth: str = ""
+    verified_21_plus: bool = False
+
+
+@dataclass(frozen=True)
+class ResolveRevocationCandidate:
+    request_id: str
+    phone: str
+    brand: str
+    candidate_event_id: str
+    resolution: CandidateResolution
+    occurred_at: datetime
+    resolved_by: str = ""
+
+
+@dataclass(frozen=True)
+class DefineCampaign:
+    request_id: str
+    brand: str
+    campaign: str
+    policy: CampaignPolicy
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class ChangeCampaignPolicy:
+    request_id: str
+    brand: str
+    campaign: str
+    policy: CampaignPolicy
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class HandleInboundMessage:
+    request_id: str
+    from_phone: str
+    to_phone: str
+    body: str
+    message_id: str
+    occurred_at: datetime
+
+
+class ReplyKind:
+    NONE = "none"
+    OPT_OUT_CONFIRMATION = "opt_out_confirmation"
+    HELP = "help"
+    OPT_IN_CONFIRMATION = "opt_in_confirmation"
+
+
+@dataclass(frozen=True)
+class InboundOutcome:
+    """What handling an inbound text decided: the facts to record and the reply owed."""
+
+    events: list[LedgerEvent]
+    intent: Intent
+    reply: str = ReplyKind.NONE
+    required_content: tuple[str, ...] = ()
+    brand: str = ""
+    campaign: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def _base(request_id: str, index: int, at: datetime) -> dict[str, Any]:
+    return {
+        "originator_id": event_id_for(request_id, index),
+        "originator_version": FIRST_VERSION,
+        "timestamp": at,
+    }
+
+
+def _opt_in(cmd: RecordOptIn, now: datetime) -> list[LedgerEvent]:
+    if cmd.source is not ListSource.FIRST_PARTY:
+        raise PurchasedListError(
+            "source", f"a {cmd.source.value} list is not consent: consent cannot be bought"
+        )
+    missing = cmd.proof.missing_fields(cmd.method)
+    if missing:
+        raise MissingProofError(
+            missing[0], f"required for {cmd.method.value} consent (missing: {', '.join(missing)})"
+        )
+    check_time(cmd.proof.registered_at, now, "proof.registered_at")
+    return [
+        ConsentGranted(
+            **_base(cmd.request_id, 0, cmd.occurred_at),
+            phone=to_e164(cmd.phone),
+            brand=check_name(cmd.brand, "brand"),
+            campaign=check_name(cmd.campaign, "campaign"),
+            tier=cmd.tier,
+            method=cmd.method,
+            proof=cmd.proof,
+            source=cmd.source,
+        )
+    ]
+
+
+def _opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:
+    return [
+        ConsentRevoked(
+            **_base(cmd.request_id, 0, cmd.occurred_at),
+            phone=to_e164(cmd.phone),
+            brand=check_name(cmd.brand, "brand"),
+            campaign=None if cmd.campaign is None else check_name(cmd.campaign, "campaign"),
+            channel=cmd.channel,
+            text=cmd.text,
+            in_reply_to=cmd.in_reply_to,
+        )
+    ]
+
+
+def _reconfirm(cmd: RecordReconfirmation, now: datetime) -> list[LedgerEvent]:
+    return [
+        ConsentReconfirmed(
+            **_base(cmd.request_id, 0, cmd.occurred_at),
+            phone=to_e164(cmd.phone),
+            brand=check_name(cmd.brand, "brand"),
+            campaign=check_name(cmd.campaign, "campaign"),
+            channel=cmd.channel,
+            detail=cmd.detail,
+        )
+    ]
+
+
+def _sent(cmd: RecordMessageSent, now: datetime) -> list[LedgerEvent]:
+    if not cmd.message_id:
+        raise InvalidRequest("message_id", "is required")
+    return [
+        MessageSent(
+            **_base(cmd.request_id, 0, cmd.occurred_at),
+            phone=to_e164(cmd.phone),
+            brand=check_name(cmd.brand, "brand"),
+            campaign=check_name(cmd.campaign, "campaign"),
+            message_id=cmd.message_id,
+            kind=cmd.kind,
+            included_opt_out_language=cmd.included_opt_out_language,
+            identified_sender=cmd.identified_sender,
+        )
+    ]
+
+
+def _age(cmd: RecordAgeVerification, now: datetime) -> list[LedgerEvent]:
+    if not cmd.method:
+        raise InvalidRequest("method", "is required (how the age was verified)")
+    if not cmd.date_of_birth and not cmd.verified_21_plus:
+        raise InvalidRequest("date_of_birth", "give a date of birth or verified_21_plus")
+    if cmd.date_of_birth:
+        try:
+            born = datetime.fromisoformat(cmd.date_of_birth).date()
+        except ValueError as exc:
+            raise InvalidRequest("date_of_birth", "must be an ISO date (YYYY-MM-DD)") from exc
+        if born > now.date():
+            raise InvalidRequest("date_of_birth", "is in the future")
+    return [
+        AgeVerified(
+            **_base(cmd.request_id, 0, cmd.occurred_at),
+            phone=to_e164(cmd.phone),
+            brand=check_name(cmd.brand, "brand"),
+            method=cmd.method,
+            date_of_birth=cmd.date_of_birth,
+            verified_21_plus=cmd.verified_21_plus,
+        )
+    ]
+
+
+def _resolve(cmd: ResolveRevocationCandidate, now: datetime) -> list[LedgerEvent]:
+    try:
+        candidate = uuid.UUID(cmd.candidate_event_id)
+    except ValueError as exc:
+        raise InvalidRequest("candidate_event_id", "must be an event id (UUID)") from exc
+    phone, brand = to_e164(cmd.phone), check_name(cmd.brand, "brand")
+    events: list[LedgerEvent] = [
+        RevocationCandidateResolved(
+            **_base(cmd.request_id, 0, cmd.occurred_at),
+            phone=phone,
+            brand=brand,
+            candidate_event_id=candidate,
+            resolution=cmd.resolution,
+            resolved_by=cmd.resolved_by,
+        )
+    ]
+    if cmd.resolution is CandidateResolution.REVOKED:
+        # A reply that meant "stop" stops everything from the brand: the safe reading.
+        events.append(
+            ConsentRevoked(
+                **_base(cmd.request_id, 1, cmd.occurred_at),
+                phone=phone,
+                brand=brand,
+                campaign=None,
+                channel=RevocationChannel.FREE_TEXT,
+                text=f"resolved candidate {candidate}",
+            )
+        )
+    return events
+
+
+def _campaign(cmd: DefineCampaign | ChangeCampaignPolicy, now: datetime) -> list[LedgerEvent]:
+    cmd.policy.validate()
+    for i, number in enumerate(cmd.policy.sender_numbers):
+        to_e164(number, field=f"policy.sender_numbers[{i}]")
+    cls = CampaignDefined if isinstance(cmd, DefineCampaign) else CampaignPolicyChanged
+    policy = CampaignPolicy(
+        **{
+            **cmd.policy.__dict__,
+            "sender_numbers": tuple(to_e164(n) for n in cmd.policy.sender_numbers),
+        }
+    )
+    return [
+        cls(
+            **_base(cmd.request_id, 0, cmd.occurred_at),
+            brand=check_name(cmd.brand, "brand"),
+            campaign=check_name(cmd.campaign, "campaign"),
+            policy=policy,
+        )
+    ]
+
+
+_BUILDERS: dict[type[Any], Callable[[Any, datetime], list[LedgerEvent]]] = {
+    RecordOptIn: _opt_in,
+    RecordOptOut: _opt_out,
+    RecordReconfirmation: _reconfirm,
+    RecordMessageSent: _sent,
+    RecordAgeVerification: _age,
+    ResolveRevocationCandidate: _resolve,
+    DefineCampaign: _campaign,
+    ChangeCampaignPolicy: _campaign,
+}
+
+Command = (
+    RecordOptIn
+    | RecordOptOut
+    | RecordReconfirmation
+    | RecordMessageSent
+    | RecordAgeVerification
+    | ResolveRevocationCandidate
+    | DefineCampaign
+    | ChangeCampaignPolicy
+)
+
+
+def to_events(cmd: Command, now: datetime) -> list[LedgerEvent]:
+    """Validate ``cmd`` against the rules at ``now`` and build its facts, or raise."""
+    _check_request_id(cmd.request_id)
+    check_time(cmd.occurred_at, now)
+    return _BUILDERS[type(cmd)](cmd, now)
+
+
+OPT_OUT_CONFIRMATION_CONTENT = ("identify_sender", "confirm_no_further_messages")
+HELP_CONTENT = ("identify_sender", "customer_care_contact", "opt_out_instructions")
+
+
+def handle_inbound(
+    cmd: HandleInboundMessage, campaign: Campaign, state: SubscriberState, now: datetime
+) -> InboundOutcome:
+    """Turn an inbound text into facts: always the message itself, plus what it means.
+
+    ``campaign`` is the campaign that owns the receiving number and ``state`` the
+    sender's state towards that brand. The interpretation is recorded as facts of
+    its own, so a later change of keyword rules never rewrites history.
+    """
+    _check_request_id(cmd.request_id)
+    check_time(cmd.occurred_at, now)
+    if not cmd.message_id:
+        raise InvalidRequest("message_id", "is required")
+    phone = to_e164(cmd.from_phone, field="from")
+    brand, name, at = campaign.brand, campaign.campaign, cmd.occurred_at
+    common = {"phone": phone, "brand": brand}
+    events: list[LedgerEvent] = [
+        InboundMessageReceived(
+            **_base(cmd.request_id, 0, at),
+            **common,
+            message_id=cmd.message_id,
+            to_number=to_e164(cmd.to_phone, field="to"),
+            body=cmd.body,
+            campaign=name,
+        )
+    ]
+    intent = classify(cmd.body)
+    outcome = {"intent": intent, "brand": brand, "campaign": name}
+    if intent in (Intent.OPT_OUT, Intent.OPT_OUT_BRAND_WIDE):
+        events.append(
+            ConsentRevoked(
+                **_base(cmd.request_id, 1, at),
+                **common,
+                campaign=None if intent is Intent.OPT_OUT_BRAND_WIDE else name,
+                channel=RevocationChannel.KEYWORD,
+                text=cmd.body,
+                in_reply_to=cmd.message_id,
+            )
+        )
+        return InboundOutcome(
+            events,
+            reply=ReplyKind.OPT_OUT_CONFIRMATION,
+            required_content=OPT_OUT_CONFIRMATION_CONTENT,
+            **outcome,
+        )
+    if intent is Intent.OPT_IN:
+        if not state.has_prior_grant():
+            return InboundOutcome(
+                events, notes=["no prior consent for this brand: nothing resumed"], **outcome
+            )
+        # Resume what the person stopped: everything after a STOPALL, else this campaign.
+        brand_stop = state.brand_revocation
+        own_stop = state.campaign(name).revocation
+        brand_wide = brand_stop is not None and (own_stop is None or brand_stop.key >= own_stop.key)
+        events.append(
+            ConsentResumed(
+                **_base(cmd.request_id, 1, at),
+                **common,
+                campaign=None if brand_wide else name,
+                inbound_message_id=cmd.message_id,
+            )
+        )
+        return InboundOutcome(
+            events,
+            reply=ReplyKind.OPT_IN_CONFIRMATION,
+            required_content=("identify_sender", "opt_out_instructions"),
+            **outcome,
+        )
+    if intent is Intent.HELP:
+        return InboundOutcome(
+            events, reply=ReplyKind.HELP, required_content=HELP_CONTENT, **outcome
+        )
+    if intent is Intent.REVOCATION_CANDIDATE:
+        events.append(
+            RevocationCandidateFlagged(
+                **_base(cmd.request_id, 1, at),
+                **common,
+                inbound_message_id=cmd.message_id,
+                text=cmd.body,
+            )
+        )
+    return InboundOutcome(events, **outcome)

@@ -1,0 +1,33 @@
+"""Rule violations the domain raises. Each names the field it is about, so the
+edge can turn it into a field-level ``INVALID_ARGUMENT`` without guessing."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base class: a request the domain refuses, with the offending field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class InvalidPhoneNumber(DomainError):
+    """The text is not a valid, dialable phone number."""
+
+
+class PurchasedListError(DomainError):
+    """Consent from a purchased, rented or shared list: consent cannot be bought."""
+
+
+class MissingProofError(DomainError):
+    """The proof of opt-in lacks a field its collection method needs."""
+
+
+class InvalidCampaignPolicy(DomainError):
+    """A campaign policy that is inconsistent (a window that ends before it starts...)."""
+
+
+class InvalidRequest(DomainError):
+    """Any other request field that is missing or malformed."""

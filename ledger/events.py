@@ -1,0 +1,293 @@
+"""The facts the ledger records, named in the past tense and never changed.
+
+Events are ``eventsourcing`` domain events: frozen dataclasses whose
+``originator_id`` is the event's own id (each fact is its own identity, derived
+from the client's request id so a retried write is the same fact) and whose
+``timestamp`` is when the fact happened in the world (``occurred_at``). Appends
+never depend on what was read before them, so ``originator_version`` is always 1:
+the ledger orders facts, and the fold decides what a late or contradictory one
+means. Events do not validate themselves: a fact that was accepted once must
+replay forever, so the rules for accepting one live in ``ledger.commands``. Old versions of an event class are upcast on read with the library's
+``class_version`` / ``upcast_vN_vM`` convention (see ``ledger.codec``).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import KW_ONLY, dataclass, field
+from datetime import datetime, timedelta
+from typing import ClassVar
+
+from eventsourcing.domain import DomainEvent
+
+from ledger.campaigns import CampaignPolicy
+
+EVENT_ID_NAMESPACE = uuid.UUID("6f1c1f2e-8f3b-4d6a-9a53-6b7f4c0e2d11")
+"""Namespace for deriving an event id from a client request id (uuid5)."""
+
+FIRST_VERSION = 1
+"""Every event is version 1 of its own one-event stream: appends are unconditional."""
+
+
+def event_id_for(request_id: str, index: int = 0) -> uuid.UUID:
+    """The id of the ``index``-th event a request writes: the same request, the same ids."""
+    return uuid.uuid5(EVENT_ID_NAMESPACE, f"{request_id}/{index}")
+
+
+class ConsentTier(enum.IntEnum):
+    """How far a consent reaches; a higher tier includes the lower ones."""
+
+    CONVERSATIONAL = 1
+    INFORMATIONAL = 2
+    PROMOTIONAL = 3
+
+
+class CollectionMethod(enum.Enum):
+    WEB_FORM = "web_form"
+    KEYWORD_REPLY = "keyword_reply"
+    PAPER = "paper"
+    VERBAL = "verbal"
+    API_IMPORT = "api_import"
+
+
+class ListSource(enum.Enum):
+    """Where the number came from. Only first-party collection is consent."""
+
+    FIRST_PARTY = "first_party"
+    PURCHASED = "purchased"
+    RENTED = "rented"
+    SHARED = "shared"
+
+
+class RevocationChannel(enum.Enum):
+    KEYWORD = "keyword"
+    FREE_TEXT = "free_text"
+    WEB = "web"
+    CALL = "call"
+    API = "api"
+
+
+class MessageKind(enum.Enum):
+    REGULAR = "regular"
+    OPT_OUT_CONFIRMATION = "opt_out_confirmation"
+    HELP_REPLY = "help_reply"
+    RECONFIRMATION_REQUEST = "reconfirmation_request"
+    CONVERSATION_REPLY = "conversation_reply"
+
+
+class CandidateResolution(enum.Enum):
+    REVOKED = "revoked"
+    DISMISSED = "dismissed"
+
+
+@dataclass(frozen=True)
+class ConsentProof:
+    """What an auditor or a carrier asks for to prove an opt-in.
+
+    The consent wording is kept verbatim, or as its SHA-256 and version when the
+    text lives in a document store; the screenshot likewise by reference and hash.
+    """
+
+    registered_at: datetime
+    name: str = ""
+    email: str = ""
+    postal_address: str = ""
+    ip_address: str = ""
+    collection_detail: str = ""
+    form_url: str = ""
+    consent_text: str = ""
+    consent_text_sha256: str = ""
+    consent_text_version: str = ""
+    screenshot_ref: str = ""
+    screenshot_sha256: str = ""
+
+    def missing_fields(self, method: CollectionMethod) -> list[str]:
+        """Names of the proof fields ``method`` requires that are empty."""
+        missing: list[str] = []
+        if not self.consent_text and not (self.consent_text_sha256 and self.consent_text_version):
+            missing.append("proof.consent_text")
+        if method is CollectionMethod.WEB_FORM:
+            for name in ("name", "ip_address", "form_url", "screenshot_ref", "screenshot_sha256"):
+                if not getattr(self, name):
+                    missing.append(f"proof.{name}")
+        elif method in (CollectionMethod.PAPER, CollectionMethod.VERBAL):
+            for name in ("name", "collection_detail"):
+                if not getattr(self, name):
+                    missing.append(f"proof.{name}")
+        elif not self.collection_detail:
+            # Keyword replies name the inbound message; imports name the original source.
+            missing.append("proof.collection_detail")
+        return missing
+
+
+class LedgerEvent(DomainEvent):
+    """A fact in the ledger. ``timestamp`` is when it happened in the world."""
+
+    EVENT_TYPE: ClassVar[str] = ""
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        return self.originator_id
+
+    @property
+    def occurred_at(self) -> datetime:
+        return self.timestamp
+
+
+class SubscriberEvent(LedgerEvent):
+    """A fact about one phone number and one brand; keyed by phone in the ledger."""
+
+    _: KW_ONLY
+    phone: str
+    brand: str
+
+
+class CampaignEvent(LedgerEvent):
+    """A fact about a brand's campaign definition; kept in its own topic."""
+
+    _: KW_ONLY
+    brand: str
+    campaign: str
+
+
+class ConsentGranted(SubscriberEvent):
+    EVENT_TYPE = "ConsentGranted"
+    campaign: str
+    tier: ConsentTier
+    method: CollectionMethod
+    proof: ConsentProof
+    source: ListSource = ListSource.FIRST_PARTY
+
+
+class ConsentRevoked(SubscriberEvent):
+    """Consent withdrawn; ``campaign`` None means every campaign of the brand (STOPALL)."""
+
+    EVENT_TYPE = "ConsentRevoked"
+    campaign: str | None
+    channel: RevocationChannel
+    text: str = ""
+    in_reply_to: str = ""
+
+    @property
+    def brand_wide(self) -> bool:
+        return self.campaign is None
+
+
+class ConsentReconfirmed(SubscriberEvent):
+    EVENT_TYPE = "ConsentReconfirmed"
+    campaign: str
+    channel: RevocationChannel
+    detail: str = ""
+
+
+class ConsentResumed(SubscriberEvent):
+    """START/UNSTOP/YES after a revocation: restores the prior grant(s) in scope."""
+
+    EVENT_TYPE = "ConsentResumed"
+    campaign: str | None
+    inbound_message_id: str = ""
+
+
+class MessageSent(SubscriberEvent):
+    EVENT_TYPE = "MessageSent"
+    message_id: str
+    campaign: str
+    kind: MessageKind
+    included_opt_out_language: bool = False
+    identified_sender: bool = False
+
+
+class InboundMessageReceived(SubscriberEvent):
+    """A text the person sent us; opens a conversation for the brand."""
+
+    EVENT_TYPE = "InboundMessageReceived"
+    message_id: str
+    to_number: str
+    body: str
+    campaign: str | None = None
+
+
+class RevocationCandidateFlagged(SubscriberEvent):
+    """Free text that reads like an opt-out; blocks sending until resolved."""
+
+    EVENT_TYPE = "RevocationCandidateFlagged"
+    inbound_message_id: str
+    text: str
+
+
+class RevocationCandidateResolved(SubscriberEvent):
+    EVENT_TYPE = "RevocationCandidateResolved"
+    candidate_event_id: uuid.UUID
+    resolution: CandidateResolution
+    resolved_by: str = ""
+
+
+class AgeVerified(SubscriberEvent):
+    EVENT_TYPE = "AgeVerified"
+    method: str
+    date_of_birth: str = ""
+    verified_21_plus: bool = False
+
+    def is_21_plus(self, at: datetime) -> bool:
+        if self.verified_21_plus:
+            return True
+        born = datetime.fromisoformat(self.date_of_birth).date()
+        today = at.date()
+        years = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+        return years >= 21
+
+
+class CampaignDefined(CampaignEvent):
+    EVENT_TYPE = "CampaignDefined"
+    policy: CampaignPolicy
+
+
+class CampaignPolicyChanged(CampaignEvent):
+    EVENT_TYPE = "CampaignPolicyChanged"
+    policy: CampaignPolicy
+
+
+SUBSCRIBER_EVENT_TYPES: tuple[type[SubscriberEvent], ...] = (
+    ConsentGranted,
+    ConsentRevoked,
+    ConsentReconfirmed,
+    ConsentResumed,
+    MessageSent,
+    InboundMessageReceived,
+    RevocationCandidateFlagged,
+    RevocationCandidateResolved,
+    AgeVerified,
+)
+CAMPAIGN_EVENT_TYPES: tuple[type[CampaignEvent], ...] = (CampaignDefined, CampaignPolicyChanged)
+EVENT_TYPES: dict[str, type[LedgerEvent]] = {
+    cls.EVENT_TYPE: cls for cls in (*SUBSCRIBER_EVENT_TYPES, *CAMPAIGN_EVENT_TYPES)
+}
+
+
+@dataclass(frozen=True, order=True)
+class LedgerPosition:
+    """Where the ledger put an event: a partition and the offset within it."""
+
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """An event as the ledger stored it: position and ``recorded_at`` stamped on."""
+
+    event: LedgerEvent
+    position: LedgerPosition
+    recorded_at: datetime
+    _: KW_ONLY
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def order_key(self) -> tuple[datetime, int]:
+        """World order, ties broken by ledger order (one phone lives in one partition)."""
+        return (self.event.occurred_at, self.position.offset)
+
+
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+"""How far in the future an ``occurred_at`` may be before it is refused."""

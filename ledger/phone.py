@@ -1,0 +1,44 @@
+"""Phone numbers: E.164 normalisation and the recipient's time zones.
+
+Both come from Google's libphonenumber port; a hand-written pattern would accept
+numbers that cannot ring and miss the per-country rules.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import phonenumbers
+from phonenumbers import timezone as pn_timezone
+
+from ledger.errors import InvalidPhoneNumber
+
+_UNKNOWN_ZONE = "Etc/Unknown"
+
+
+def to_e164(raw: str, *, field: str = "phone", default_region: str | None = None) -> str:
+    """Return ``raw`` as an E.164 string, or raise ``InvalidPhoneNumber``.
+
+    Without ``default_region`` the number must carry its country code (+1...), so a
+    subscriber can never be filed under the wrong country by accident.
+    """
+    if not raw or not raw.strip():
+        raise InvalidPhoneNumber(field, "is empty")
+    try:
+        parsed = phonenumbers.parse(raw, default_region)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidPhoneNumber(field, f"cannot be parsed ({exc._msg})") from exc
+    if not phonenumbers.is_valid_number(parsed):
+        raise InvalidPhoneNumber(field, f"{raw!r} is not a valid number for its region")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+@lru_cache(maxsize=65536)
+def time_zones(e164: str) -> tuple[str, ...]:
+    """The IANA zones the number may ring in; empty when the library cannot tell.
+
+    Several zones are normal (a toll-free or mobile range spans a country); the
+    policy then applies the most restrictive of them.
+    """
+    zones = pn_timezone.time_zones_for_number(phonenumbers.parse(e164, None))
+    return tuple(z for z in zones if z != _UNKNOWN_ZONE)

@@ -1,0 +1,156 @@
+"""The ports the domain needs from the outside world, in the domain's own terms.
+
+Adapters are named for their technology and port (``KafkaLedger``,
+``PostgresConsentView``); each passes the same conformance suite in
+``tests/conformance``.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from ledger.events import CampaignEvent, LedgerEvent, Recorded, SubscriberEvent
+from ledger.state import CampaignHistory, SubscriberState
+
+
+class Stream(enum.Enum):
+    """The ledger's two streams: subscriber facts keyed by phone, and campaign rules."""
+
+    SUBSCRIBERS = "subscribers"
+    CAMPAIGNS = "campaigns"
+
+    @staticmethod
+    def of(event: LedgerEvent) -> Stream:
+        if isinstance(event, SubscriberEvent):
+            return Stream.SUBSCRIBERS
+        if isinstance(event, CampaignEvent):
+            return Stream.CAMPAIGNS
+        raise TypeError(f"{type(event).__name__} belongs to no stream")
+
+
+Offsets = Mapping[int, int]
+"""Per partition, the offset of the next event to read (Kafka's convention)."""
+
+
+@dataclass(frozen=True)
+class ConsistencyToken:
+    """ "At least as fresh as this write": per stream and partition, the next offset
+    a reader must have applied to have seen the write."""
+
+    offsets: Mapping[tuple[Stream, int], int]
+
+    def merge(self, other: ConsistencyToken) -> ConsistencyToken:
+        merged = dict(self.offsets)
+        for key, offset in other.offsets.items():
+            merged[key] = max(merged.get(key, 0), offset)
+        return ConsistencyToken(merged)
+
+    @staticmethod
+    def after(recorded: Sequence[Recorded]) -> ConsistencyToken:
+        offsets: dict[tuple[Stream, int], int] = {}
+        for r in recorded:
+            key = (Stream.of(r.event), r.position.partition)
+            offsets[key] = max(offsets.get(key, 0), r.position.offset + 1)
+        return ConsistencyToken(offsets)
+
+    def encode(self) -> str:
+        return ",".join(
+            f"{stream.value}:{partition}:{offset}"
+            for (stream, partition), offset in sorted(
+                self.offsets.items(), key=lambda kv: (kv[0][0].value, kv[0][1])
+            )
+        )
+
+    @staticmethod
+    def decode(text: str) -> ConsistencyToken:
+        """Parse ``encode``'s output; raises ``ValueError`` on anything else."""
+        offsets: dict[tuple[Stream, int], int] = {}
+        for part in filter(None, text.split(",")):
+            stream, partition, offset = part.split(":")
+            offsets[(Stream(stream), int(partition))] = int(offset)
+        return ConsistencyToken(offsets)
+
+
+class Ledger(ABC):
+    """The append-only ledger of facts.
+
+    Appends are unconditional (no read-modify-write, no expected version): events
+    are facts and the fold decides what a late or contradictory one means.
+    """
+
+    @abstractmethod
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        """Durably append ``events`` in order and return them as recorded.
+
+        Returns only after the storage has acknowledged every event; on failure it
+        raises and the caller must treat the write as not done (and may retry: the
+        event ids make a retry harmless to readers).
+        """
+
+    @abstractmethod
+    async def read(
+        self, stream: Stream, partition: int, start: int, limit: int = 1000
+    ) -> list[Recorded]:
+        """Up to ``limit`` events of one partition from offset ``start`` on."""
+
+    @abstractmethod
+    async def partitions(self, stream: Stream) -> list[int]:
+        """The partition numbers of ``stream``."""
+
+    @abstractmethod
+    async def end_offsets(self, stream: Stream) -> dict[int, int]:
+        """Per partition, the offset the next appended event will get."""
+
+    @abstractmethod
+    def subscribe(
+        self, stream: Stream, start: Offsets, *, poll_timeout: float = 0.5
+    ) -> AsyncIterator[list[Recorded]]:
+        """Batches of new events from ``start`` on, forever; an empty batch when idle."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, most adapters need it
+        """Release connections; flush anything buffered."""
+
+
+class ConsentView(ABC):
+    """The read model the policy reads, built by folding the ledger.
+
+    ``apply`` stores the folded rows and the consumed positions in one atomic
+    step, skipping anything at or before the stored position, so replaying a batch
+    changes nothing.
+    """
+
+    @abstractmethod
+    async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
+        """Fold ``batch`` (ledger order) into the view and advance the positions."""
+
+    @abstractmethod
+    async def positions(self, stream: Stream) -> dict[int, int]:
+        """Per partition, the offset of the next event the view has not applied."""
+
+    @abstractmethod
+    async def subscriber_states(
+        self, brand: str, phones: Sequence[str]
+    ) -> dict[str, SubscriberState]:
+        """The folded state of each phone towards ``brand`` (an empty state if unknown)."""
+
+    @abstractmethod
+    async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:
+        """Every definition and change of the campaign (empty if never defined)."""
+
+    @abstractmethod
+    async def campaign_for_number(self, to_phone: str) -> tuple[str, str] | None:
+        """The (brand, campaign) that sends from ``to_phone``, by the current rules."""
+
+    @abstractmethod
+    async def history(self, phone: str, brand: str | None = None) -> list[Recorded]:
+        """Every applied event of ``phone`` (optionally one brand's), ledger order."""
+
+    @abstractmethod
+    async def find_event(self, event_id: str) -> Recorded | None:
+        """The applied event with this id, if the view has it (for idempotent writes)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,327 @@
+"""State is a pure fold of recorded events, one mutator per event type.
+
+The fold works in *world* order: of two facts about the same consent, the one
+that happened later wins, whatever order the ledger learned them in. A web form
+imported an hour late therefore cannot undo an opt-out that happened in between.
+Ties (the same instant) go to the revocation, so doubt always denies.
+
+Because every field keeps "the latest fact by (occurred_at, offset)" or a set of
+facts, folding is insensitive to how events are batched, and a replay of the same
+events gives an equal state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar
+
+from ledger.campaigns import MAX_CAP_WINDOW, Campaign, CampaignPolicy
+from ledger.events import (
+    AgeVerified,
+    CampaignDefined,
+    CampaignEvent,
+    CampaignPolicyChanged,
+    ConsentGranted,
+    ConsentReconfirmed,
+    ConsentResumed,
+    ConsentRevoked,
+    InboundMessageReceived,
+    LedgerEvent,
+    LedgerPosition,
+    MessageKind,
+    MessageSent,
+    Recorded,
+    RevocationCandidateFlagged,
+    RevocationCandidateResolved,
+    SubscriberEvent,
+)
+
+OrderKey = tuple[datetime, int]
+E = TypeVar("E", bound=LedgerEvent)
+
+
+@dataclass(frozen=True)
+class Fact(Generic[E]):
+    """One recorded event kept in the state, typed by its event class."""
+
+    event: E
+    position: LedgerPosition
+    recorded_at: datetime
+
+    @property
+    def key(self) -> OrderKey:
+        """World order, ties broken by ledger order (one phone lives in one partition)."""
+        return (self.event.timestamp, self.position.offset)
+
+    @property
+    def at(self) -> datetime:
+        return self.event.timestamp
+
+    def as_recorded(self) -> Recorded:
+        return Recorded(self.event, self.position, self.recorded_at)
+
+    @property
+    def event_id(self) -> str:
+        return str(self.event.originator_id)
+
+
+def _later(current: Fact[E] | None, new: Fact[E]) -> Fact[E]:
+    return new if current is None or new.key > current.key else current
+
+
+@dataclass(frozen=True)
+class SentRecord:
+    at: datetime
+    kind: MessageKind
+    event_id: str
+    message_id: str
+    fact: Fact[MessageSent] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class CampaignConsent:
+    """Everything known about one campaign of one brand for one phone."""
+
+    grant: Fact[ConsentGranted] | None = None
+    revocation: Fact[ConsentRevoked] | None = None
+    resume: Fact[ConsentResumed] | None = None
+    reconfirmation: Fact[ConsentReconfirmed] | None = None
+    sent: tuple[SentRecord, ...] = ()
+    """Counted sends within the longest cap window, oldest first."""
+    last_sent: SentRecord | None = None
+    """The latest counted send ever, kept apart from ``sent`` because pruning drops it."""
+
+
+EMPTY_CAMPAIGN = CampaignConsent()
+
+
+@dataclass(frozen=True)
+class SubscriberState:
+    """The folded state of one phone number towards one brand."""
+
+    phone: str = ""
+    brand: str = ""
+    campaigns: Mapping[str, CampaignConsent] = field(default_factory=lambda: MappingProxyType({}))
+    brand_revocation: Fact[ConsentRevoked] | None = None
+    brand_resume: Fact[ConsentResumed] | None = None
+    candidates: Mapping[str, Fact[RevocationCandidateFlagged]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    resolutions: Mapping[str, Fact[RevocationCandidateResolved]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    """Resolutions by the id of the candidate they resolve."""
+    age: Fact[AgeVerified] | None = None
+    last_inbound: Fact[InboundMessageReceived] | None = None
+    brand_sent: tuple[SentRecord, ...] = ()
+    last_position: int = -1
+
+    def campaign(self, name: str) -> CampaignConsent:
+        return self.campaigns.get(name, EMPTY_CAMPAIGN)
+
+    def pending_candidates(self) -> list[Fact[RevocationCandidateFlagged]]:
+        return [c for k, c in sorted(self.candidates.items()) if k not in self.resolutions]
+
+    def has_prior_grant(self) -> bool:
+        return any(c.grant is not None for c in self.campaigns.values())
+
+
+def _with_campaign(
+    state: SubscriberState, name: str, change: Callable[[CampaignConsent], CampaignConsent]
+) -> SubscriberState:
+    campaigns = dict(state.campaigns)
+    campaigns[name] = change(campaigns.get(name, EMPTY_CAMPAIGN))
+    return replace(state, campaigns=MappingProxyType(campaigns))
+
+
+def _prune(sent: Iterable[SentRecord], newest: datetime) -> tuple[SentRecord, ...]:
+    """Keep only what a frequency cap can still count, in world order."""
+    horizon = newest - MAX_CAP_WINDOW
+    return tuple(sorted((s for s in sent if s.at >= horizon), key=lambda s: (s.at, s.event_id)))
+
+
+def _apply_granted(s: SubscriberState, f: Fact[ConsentGranted]) -> SubscriberState:
+    return _with_campaign(s, f.event.campaign, lambda c: replace(c, grant=_later(c.grant, f)))
+
+
+def _apply_revoked(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberState:
+    if f.event.campaign is None:
+        return replace(s, brand_revocation=_later(s.brand_revocation, f))
+    return _with_campaign(
+        s, f.event.campaign, lambda c: replace(c, revocation=_later(c.revocation, f))
+    )
+
+
+def _apply_resumed(s: SubscriberState, f: Fact[ConsentResumed]) -> SubscriberState:
+    if f.event.campaign is None:
+        return replace(s, brand_resume=_later(s.brand_resume, f))
+    return _with_campaign(s, f.event.campaign, lambda c: replace(c, resume=_later(c.resume, f)))
+
+
+def _apply_reconfirmed(s: SubscriberState, f: Fact[ConsentReconfirmed]) -> SubscriberState:
+    return _with_campaign(
+        s, f.event.campaign, lambda c: replace(c, reconfirmation=_later(c.reconfirmation, f))
+    )
+
+
+COUNTED_KINDS = frozenset({MessageKind.REGULAR, MessageKind.RECONFIRMATION_REQUEST})
+"""Sends that count towards caps and end the "first message" period."""
+
+
+def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
+    record = SentRecord(f.at, f.event.kind, f.event_id, f.event.message_id, f)
+    if record in s.brand_sent:
+        return s
+    newest = max([record.at, *(r.at for r in s.brand_sent)])
+    s = replace(s, brand_sent=_prune((*s.brand_sent, record), newest))
+    if record.kind not in COUNTED_KINDS:
+        return s
+
+    def add(c: CampaignConsent) -> CampaignConsent:
+        latest = c.last_sent
+        if latest is None or (record.at, record.event_id) > (latest.at, latest.event_id):
+            latest = record
+        return replace(c, sent=_prune((*c.sent, record), newest), last_sent=latest)
+
+    return _with_campaign(s, f.event.campaign, add)
+
+
+def _apply_inbound(s: SubscriberState, f: Fact[InboundMessageReceived]) -> SubscriberState:
+    return replace(s, last_inbound=_later(s.last_inbound, f))
+
+
+def _apply_flagged(s: SubscriberState, f: Fact[RevocationCandidateFlagged]) -> SubscriberState:
+    return replace(s, candidates=MappingProxyType({**s.candidates, f.event_id: f}))
+
+
+def _apply_resolved(s: SubscriberState, f: Fact[RevocationCandidateResolved]) -> SubscriberState:
+    # A resolution that says "revoked" comes with its own ConsentRevoked; here it only
+    # releases the block the candidate put on sending.
+    return replace(
+        s, resolutions=MappingProxyType({**s.resolutions, str(f.event.candidate_event_id): f})
+    )
+
+
+def _apply_age(s: SubscriberState, f: Fact[AgeVerified]) -> SubscriberState:
+    return replace(s, age=_later(s.age, f))
+
+
+_MUTATORS: dict[type[Any], Callable[[SubscriberState, Any], SubscriberState]] = {
+    ConsentGranted: _apply_granted,
+    ConsentRevoked: _apply_revoked,
+    ConsentResumed: _apply_resumed,
+    ConsentReconfirmed: _apply_reconfirmed,
+    MessageSent: _apply_sent,
+    InboundMessageReceived: _apply_inbound,
+    RevocationCandidateFlagged: _apply_flagged,
+    RevocationCandidateResolved: _apply_resolved,
+    AgeVerified: _apply_age,
+}
+
+
+def apply(state: SubscriberState, recorded: Recorded) -> SubscriberState:
+    """Fold one recorded subscriber event into ``state`` (returns a new state)."""
+    event = recorded.event
+    if not isinstance(event, SubscriberEvent):
+        raise TypeError(f"{type(event).__name__} is not a subscriber event")
+    if state.phone and (event.phone, event.brand) != (state.phone, state.brand):
+        raise ValueError("event belongs to another subscriber or brand")
+    fact: Fact[Any] = Fact(event, recorded.position, recorded.recorded_at)
+    new = _MUTATORS[type(event)](state, fact)
+    return replace(
+        new,
+        phone=event.phone,
+        brand=event.brand,
+        last_position=max(state.last_position, recorded.position.offset),
+    )
+
+
+def fold(events: Iterable[Recorded], state: SubscriberState | None = None) -> SubscriberState:
+    """Fold ``events`` (all for one phone and brand) into ``state``."""
+    current = state or SubscriberState()
+    for recorded in events:
+        current = apply(current, recorded)
+    return current
+
+
+@dataclass(frozen=True)
+class CampaignHistory:
+    """Every definition and change of one campaign, for "as of" questions."""
+
+    versions: tuple[Fact[CampaignEvent], ...] = ()
+
+    def with_event(self, recorded: Recorded) -> CampaignHistory:
+        event = recorded.event
+        if not isinstance(event, CampaignDefined | CampaignPolicyChanged):
+            raise TypeError(f"{type(event).__name__} is not a campaign event")
+        fact: Fact[CampaignEvent] = Fact(event, recorded.position, recorded.recorded_at)
+        if fact in self.versions:
+            return self
+        return CampaignHistory(tuple(sorted((*self.versions, fact), key=lambda f: f.key)))
+
+    def as_of(self, t_world: datetime, t_known: datetime | None = None) -> Campaign | None:
+        """The rules in force at ``t_world`` as the ledger knew them at ``t_known``."""
+        known = [
+            (i, f)
+            for i, f in enumerate(self.versions)
+            if f.at <= t_world and (t_known is None or f.recorded_at <= t_known)
+        ]
+        if not known:
+            return None
+        index, fact = known[-1]
+        event = fact.event
+        policy: CampaignPolicy = event.policy  # type: ignore[attr-defined]
+        return Campaign(
+            brand=event.brand,
+            campaign=event.campaign,
+            policy=policy,
+            policy_version=index + 1,
+            policy_event_id=fact.event_id,
+            defined_at=self.versions[0].at,
+        )
+
+    def current(self) -> Campaign | None:
+        if not self.versions:
+            return None
+        return self.as_of(self.versions[-1].at)
+
+
+def fold_campaign(
+    events: Iterable[Recorded], history: CampaignHistory | None = None
+) -> CampaignHistory:
+    current = history or CampaignHistory()
+    for recorded in events:
+        current = current.with_event(recorded)
+    return current
+
+
+def retained_facts(state: SubscriberState) -> list[Recorded]:
+    """The events the state still depends on, in ledger order.
+
+    Folding them again gives an equal state (every field is "latest by key" or a
+    set), which is how a projection stores a state without a second schema for it.
+    """
+    facts: dict[str, Fact[Any]] = {}
+
+    def keep(fact: Fact[Any] | None) -> None:
+        if fact is not None:
+            facts[fact.event_id] = fact
+
+    for c in state.campaigns.values():
+        for one in (c.grant, c.revocation, c.resume, c.reconfirmation):
+            keep(one)
+        for sent in c.sent:
+            keep(sent.fact)
+        if c.last_sent is not None:
+            keep(c.last_sent.fact)
+    for one in (state.brand_revocation, state.brand_resume, state.age, state.last_inbound):
+        keep(one)
+    for sent in state.brand_sent:
+        keep(sent.fact)
+    for one in (*state.candidates.values(), *state.resolutions.values()):
+        keep(one)
+    ordered = sorted(facts.values(), key=lambda f: (f.position.partition, f.position.offset))
+    return [f.as_recorded() for f in ordered]
