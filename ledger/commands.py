@@ -391,11 +391,11 @@ def handle_inbound(
         raise InvalidRequest("message_id", "is required")
     phone = to_e164(cmd.from_phone, field="from")
     brand, name, at = campaign.brand, campaign.campaign, cmd.occurred_at
-    common = {"phone": phone, "brand": brand}
     events: list[LedgerEvent] = [
         InboundMessageReceived(
             **_base(cmd.request_id, 0, at),
-            **common,
+            phone=phone,
+            brand=brand,
             message_id=cmd.message_id,
             to_number=to_e164(cmd.to_phone, field="to"),
             body=cmd.body,
@@ -403,12 +403,13 @@ def handle_inbound(
         )
     ]
     intent = classify(cmd.body)
-    outcome = {"intent": intent, "brand": brand, "campaign": name}
+    outcome: dict[str, Any] = {"intent": intent, "brand": brand, "campaign": name}
     if intent in (Intent.OPT_OUT, Intent.OPT_OUT_BRAND_WIDE):
         events.append(
             ConsentRevoked(
                 **_base(cmd.request_id, 1, at),
-                **common,
+                phone=phone,
+                brand=brand,
                 campaign=None if intent is Intent.OPT_OUT_BRAND_WIDE else name,
                 channel=RevocationChannel.KEYWORD,
                 text=cmd.body,
@@ -433,7 +434,8 @@ def handle_inbound(
         events.append(
             ConsentResumed(
                 **_base(cmd.request_id, 1, at),
-                **common,
+                phone=phone,
+                brand=brand,
                 campaign=None if brand_wide else name,
                 inbound_message_id=cmd.message_id,
             )
@@ -452,7 +454,8 @@ def handle_inbound(
         events.append(
             RevocationCandidateFlagged(
                 **_base(cmd.request_id, 1, at),
-                **common,
+                phone=phone,
+                brand=brand,
                 inbound_message_id=cmd.message_id,
                 text=cmd.body,
             )

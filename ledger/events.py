@@ -7,7 +7,8 @@ from the client's request id so a retried write is the same fact) and whose
 never depend on what was read before them, so ``originator_version`` is always 1:
 the ledger orders facts, and the fold decides what a late or contradictory one
 means. Events do not validate themselves: a fact that was accepted once must
-replay forever, so the rules for accepting one live in ``ledger.commands``. Old versions of an event class are upcast on read with the library's
+replay forever, so the rules for accepting one live in ``ledger.commands``.
+Old versions of an event class are upcast on read with the library's
 ``class_version`` / ``upcast_vN_vM`` convention (see ``ledger.codec``).
 """
 
@@ -121,6 +122,7 @@ class ConsentProof:
         return missing
 
 
+@dataclass(frozen=True)
 class LedgerEvent(DomainEvent):
     """A fact in the ledger. ``timestamp`` is when it happened in the world."""
 
@@ -135,6 +137,7 @@ class LedgerEvent(DomainEvent):
         return self.timestamp
 
 
+@dataclass(frozen=True)
 class SubscriberEvent(LedgerEvent):
     """A fact about one phone number and one brand; keyed by phone in the ledger."""
 
@@ -143,6 +146,7 @@ class SubscriberEvent(LedgerEvent):
     brand: str
 
 
+@dataclass(frozen=True)
 class CampaignEvent(LedgerEvent):
     """A fact about a brand's campaign definition; kept in its own topic."""
 
@@ -151,6 +155,7 @@ class CampaignEvent(LedgerEvent):
     campaign: str
 
 
+@dataclass(frozen=True)
 class ConsentGranted(SubscriberEvent):
     EVENT_TYPE = "ConsentGranted"
     campaign: str
@@ -160,6 +165,7 @@ class ConsentGranted(SubscriberEvent):
     source: ListSource = ListSource.FIRST_PARTY
 
 
+@dataclass(frozen=True)
 class ConsentRevoked(SubscriberEvent):
     """Consent withdrawn; ``campaign`` None means every campaign of the brand (STOPALL)."""
 
@@ -174,6 +180,7 @@ class ConsentRevoked(SubscriberEvent):
         return self.campaign is None
 
 
+@dataclass(frozen=True)
 class ConsentReconfirmed(SubscriberEvent):
     EVENT_TYPE = "ConsentReconfirmed"
     campaign: str
@@ -181,6 +188,7 @@ class ConsentReconfirmed(SubscriberEvent):
     detail: str = ""
 
 
+@dataclass(frozen=True)
 class ConsentResumed(SubscriberEvent):
     """START/UNSTOP/YES after a revocation: restores the prior grant(s) in scope."""
 
@@ -189,6 +197,7 @@ class ConsentResumed(SubscriberEvent):
     inbound_message_id: str = ""
 
 
+@dataclass(frozen=True)
 class MessageSent(SubscriberEvent):
     EVENT_TYPE = "MessageSent"
     message_id: str
@@ -198,6 +207,7 @@ class MessageSent(SubscriberEvent):
     identified_sender: bool = False
 
 
+@dataclass(frozen=True)
 class InboundMessageReceived(SubscriberEvent):
     """A text the person sent us; opens a conversation for the brand."""
 
@@ -208,6 +218,7 @@ class InboundMessageReceived(SubscriberEvent):
     campaign: str | None = None
 
 
+@dataclass(frozen=True)
 class RevocationCandidateFlagged(SubscriberEvent):
     """Free text that reads like an opt-out; blocks sending until resolved."""
 
@@ -216,6 +227,7 @@ class RevocationCandidateFlagged(SubscriberEvent):
     text: str
 
 
+@dataclass(frozen=True)
 class RevocationCandidateResolved(SubscriberEvent):
     EVENT_TYPE = "RevocationCandidateResolved"
     candidate_event_id: uuid.UUID
@@ -223,6 +235,7 @@ class RevocationCandidateResolved(SubscriberEvent):
     resolved_by: str = ""
 
 
+@dataclass(frozen=True)
 class AgeVerified(SubscriberEvent):
     EVENT_TYPE = "AgeVerified"
     method: str
@@ -238,11 +251,13 @@ class AgeVerified(SubscriberEvent):
         return years >= 21
 
 
+@dataclass(frozen=True)
 class CampaignDefined(CampaignEvent):
     EVENT_TYPE = "CampaignDefined"
     policy: CampaignPolicy
 
 
+@dataclass(frozen=True)
 class CampaignPolicyChanged(CampaignEvent):
     EVENT_TYPE = "CampaignPolicyChanged"
     policy: CampaignPolicy

@@ -12,6 +12,7 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from ledger.campaigns import Campaign, CampaignPurpose
@@ -114,20 +115,20 @@ class _Standing:
 
 def _standing(state: SubscriberState, cc: CampaignConsent) -> _Standing:
     # At the same instant a revocation outranks a grant: doubt denies.
-    candidates: list[tuple[tuple[datetime, int, int], str, Fact[object]]] = []
+    candidates: list[tuple[tuple[datetime, int, int], str, Fact[Any]]] = []
     if cc.grant is not None:
-        candidates.append(((cc.grant.at, 0, cc.grant.key[1]), "grant", cc.grant))  # type: ignore[arg-type]
+        candidates.append(((cc.grant.at, 0, cc.grant.key[1]), "grant", cc.grant))
     for resume in (cc.resume, state.brand_resume):
         if resume is not None and cc.grant is not None and cc.grant.key < resume.key:
-            candidates.append(((resume.at, 0, resume.key[1]), "resume", resume))  # type: ignore[arg-type]
+            candidates.append(((resume.at, 0, resume.key[1]), "resume", resume))
     for revocation in (cc.revocation, state.brand_revocation):
         if revocation is not None:
-            candidates.append(((revocation.at, 1, revocation.key[1]), "revoke", revocation))  # type: ignore[arg-type]
+            candidates.append(((revocation.at, 1, revocation.key[1]), "revoke", revocation))
     if not candidates:
         return _Standing(False, None, (), None)
     _, kind, fact = max(candidates, key=lambda c: c[0])
     if kind == "revoke":
-        return _Standing(False, None, (fact.event_id,), fact)  # type: ignore[arg-type]
+        return _Standing(False, None, (fact.event_id,), fact)
     assert cc.grant is not None  # "resume" is only a candidate when a grant precedes it
     evidence = (cc.grant.event_id,) if kind == "grant" else (cc.grant.event_id, fact.event_id)
     return _Standing(True, fact.at, evidence, None)
@@ -273,6 +274,9 @@ def decide(
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     version = campaign.policy_version
+    if state.brand and state.brand != campaign.brand:
+        # Consent is per sender: another brand's state proves nothing here.
+        return deny(Reason.NO_CONSENT, f"state is for brand {state.brand!r}", (), version)
     pending = state.pending_candidates()
     if pending:
         return deny(

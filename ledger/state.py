@@ -117,7 +117,6 @@ class SubscriberState:
     age: Fact[AgeVerified] | None = None
     last_inbound: Fact[InboundMessageReceived] | None = None
     brand_sent: tuple[SentRecord, ...] = ()
-    last_position: int = -1
 
     def campaign(self, name: str) -> CampaignConsent:
         return self.campaigns.get(name, EMPTY_CAMPAIGN)
@@ -231,12 +230,7 @@ def apply(state: SubscriberState, recorded: Recorded) -> SubscriberState:
         raise ValueError("event belongs to another subscriber or brand")
     fact: Fact[Any] = Fact(event, recorded.position, recorded.recorded_at)
     new = _MUTATORS[type(event)](state, fact)
-    return replace(
-        new,
-        phone=event.phone,
-        brand=event.brand,
-        last_position=max(state.last_position, recorded.position.offset),
-    )
+    return replace(new, phone=event.phone, brand=event.brand)
 
 
 def fold(events: Iterable[Recorded], state: SubscriberState | None = None) -> SubscriberState:
@@ -311,17 +305,19 @@ def retained_facts(state: SubscriberState) -> list[Recorded]:
             facts[fact.event_id] = fact
 
     for c in state.campaigns.values():
-        for one in (c.grant, c.revocation, c.resume, c.reconfirmation):
-            keep(one)
+        for kept in (c.grant, c.revocation, c.resume, c.reconfirmation):
+            keep(kept)
         for sent in c.sent:
             keep(sent.fact)
         if c.last_sent is not None:
             keep(c.last_sent.fact)
-    for one in (state.brand_revocation, state.brand_resume, state.age, state.last_inbound):
-        keep(one)
+    for brand_fact in (state.brand_revocation, state.brand_resume, state.age, state.last_inbound):
+        keep(brand_fact)
     for sent in state.brand_sent:
         keep(sent.fact)
-    for one in (*state.candidates.values(), *state.resolutions.values()):
-        keep(one)
+    for candidate in state.candidates.values():
+        keep(candidate)
+    for resolution in state.resolutions.values():
+        keep(resolution)
     ordered = sorted(facts.values(), key=lambda f: (f.position.partition, f.position.offset))
     return [f.as_recorded() for f in ordered]

@@ -1,0 +1,72 @@
+# Two commands matter on a fresh machine: `make run` and `make test`.
+# Everything else is a building block of those, or a tool for working by hand.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+BIN         := $(VENV)/bin
+PY          := $(BIN)/python
+STAMP       := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv run test test-unit test-integration test-e2e lint typecheck protos \
+        protos-check buf-check kafka-jars dev-up dev-down bench clean
+
+help:
+	@echo "make run        start the service on the embedded default (no Kafka, no DB server to install)"
+	@echo "make test       create the venv, fetch Kafka, start Kafka + PostgreSQL, run every test"
+	@echo "make test-unit | test-integration | test-e2e   one layer of the suite"
+	@echo "make lint       ruff + mypy (strict on ledger/)"
+	@echo "make protos     regenerate protos/gen from protos/*.proto"
+	@echo "make bench      measure CanSend against a bare gRPC echo baseline"
+	@echo "make dev-up / dev-down   a Kafka broker and PostgreSQL for working by hand"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,speed]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m services.cli serve --embedded
+
+kafka-jars: $(STAMP)
+	$(PY) -m tests.infra fetch
+
+test: $(STAMP) kafka-jars
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit tests/conformance $(PYTEST_ARGS)
+
+test-integration: $(STAMP) kafka-jars
+	$(PY) -m pytest tests/integration tests/infra $(PYTEST_ARGS)
+
+test-e2e: $(STAMP) kafka-jars
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy ledger services
+
+protos: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/gen_protos.sh
+
+protos-check: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/check_protos_fresh.sh
+
+buf-check:
+	bash scripts/buf_check.sh
+
+dev-up: $(STAMP) kafka-jars
+	$(PY) -m tests.infra up
+
+dev-down: $(STAMP)
+	$(PY) -m tests.infra down
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,181 @@
+"""Small builders for domain facts, so each test states only what it is about."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ledger.campaigns import Campaign, CampaignPolicy
+from ledger.events import (
+    AgeVerified,
+    CollectionMethod,
+    ConsentGranted,
+    ConsentProof,
+    ConsentReconfirmed,
+    ConsentResumed,
+    ConsentRevoked,
+    ConsentTier,
+    InboundMessageReceived,
+    LedgerEvent,
+    LedgerPosition,
+    MessageKind,
+    MessageSent,
+    Recorded,
+    RevocationCandidateFlagged,
+    RevocationCandidateResolved,
+    RevocationChannel,
+    event_id_for,
+)
+
+PHONE = "+14155552671"  # America/Los_Angeles
+BRAND = "acme"
+T0 = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)  # 10:00 in Los Angeles
+
+_ids = itertools.count()
+
+
+def at(minutes: float = 0, *, days: float = 0, hours: float = 0) -> datetime:
+    return T0 + timedelta(days=days, hours=hours, minutes=minutes)
+
+
+def proof(when: datetime = T0) -> ConsentProof:
+    return ConsentProof(
+        registered_at=when,
+        name="Ada Lovelace",
+        email="ada@example.com",
+        postal_address="1 Main St, Springfield",
+        ip_address="203.0.113.7",
+        form_url="https://acme.example/sms-signup?utm=spring",
+        consent_text="Yes, text me Acme offers. Msg&data rates may apply. Reply STOP to cancel.",
+        screenshot_ref="s3://proofs/form-v3.png",
+        screenshot_sha256="9f" * 32,
+    )
+
+
+def _base(when: datetime) -> dict[str, Any]:
+    return {
+        "originator_id": event_id_for(f"test-{next(_ids)}"),
+        "originator_version": 1,
+        "timestamp": when,
+    }
+
+
+def granted(
+    when: datetime = T0,
+    campaign: str = "promo",
+    *,
+    phone: str = PHONE,
+    brand: str = BRAND,
+    tier: ConsentTier = ConsentTier.PROMOTIONAL,
+) -> ConsentGranted:
+    return ConsentGranted(
+        **_base(when),
+        phone=phone,
+        brand=brand,
+        campaign=campaign,
+        tier=tier,
+        method=CollectionMethod.WEB_FORM,
+        proof=proof(when),
+    )
+
+
+def revoked(
+    when: datetime, campaign: str | None = "promo", *, phone: str = PHONE, brand: str = BRAND
+) -> ConsentRevoked:
+    return ConsentRevoked(
+        **_base(when),
+        phone=phone,
+        brand=brand,
+        campaign=campaign,
+        channel=RevocationChannel.KEYWORD,
+        text="STOP",
+    )
+
+
+def resumed(when: datetime, campaign: str | None = None) -> ConsentResumed:
+    return ConsentResumed(**_base(when), phone=PHONE, brand=BRAND, campaign=campaign)
+
+
+def reconfirmed(when: datetime, campaign: str = "promo") -> ConsentReconfirmed:
+    return ConsentReconfirmed(
+        **_base(when),
+        phone=PHONE,
+        brand=BRAND,
+        campaign=campaign,
+        channel=RevocationChannel.KEYWORD,
+        detail="YES",
+    )
+
+
+def sent(
+    when: datetime, campaign: str = "promo", kind: MessageKind = MessageKind.REGULAR
+) -> MessageSent:
+    return MessageSent(
+        **_base(when),
+        phone=PHONE,
+        brand=BRAND,
+        campaign=campaign,
+        message_id=f"msg-{next(_ids)}",
+        kind=kind,
+        included_opt_out_language=True,
+        identified_sender=True,
+    )
+
+
+def inbound(when: datetime, body: str = "what are your hours?") -> InboundMessageReceived:
+    return InboundMessageReceived(
+        **_base(when),
+        phone=PHONE,
+        brand=BRAND,
+        message_id=f"in-{next(_ids)}",
+        to_number="+12125551234",
+        body=body,
+    )
+
+
+def flagged(when: datetime, text: str = "please stop texting me") -> RevocationCandidateFlagged:
+    return RevocationCandidateFlagged(
+        **_base(when), phone=PHONE, brand=BRAND, inbound_message_id="in-x", text=text
+    )
+
+
+def resolved(
+    when: datetime, candidate: RevocationCandidateFlagged, resolution: Any
+) -> RevocationCandidateResolved:
+    return RevocationCandidateResolved(
+        **_base(when),
+        phone=PHONE,
+        brand=BRAND,
+        candidate_event_id=candidate.originator_id,
+        resolution=resolution,
+    )
+
+
+def age(when: datetime, *, dob: str = "", plus21: bool = False) -> AgeVerified:
+    return AgeVerified(
+        **_base(when),
+        phone=PHONE,
+        brand=BRAND,
+        method="id-scan",
+        date_of_birth=dob,
+        verified_21_plus=plus21,
+    )
+
+
+def record(
+    events: list[LedgerEvent],
+    *,
+    delay: timedelta = timedelta(0),
+    known_at: list[datetime] | None = None,
+) -> list[Recorded]:
+    """Stamp positions in list order; ``recorded_at`` is ``occurred_at + delay`` by default."""
+    out = []
+    for i, e in enumerate(events):
+        when = known_at[i] if known_at else e.timestamp + delay
+        out.append(Recorded(e, LedgerPosition(0, i), when))
+    return out
+
+
+def campaign(name: str = "promo", version: int = 1, **policy: Any) -> Campaign:
+    return Campaign(BRAND, name, CampaignPolicy(**policy), version)

@@ -1,0 +1,213 @@
+"""Turning requests into facts: validation, idempotent ids, inbound handling."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from ledger.campaigns import CampaignPolicy, FrequencyCap, QuietHours
+from ledger.commands import (
+    DefineCampaign,
+    HandleInboundMessage,
+    RecordAgeVerification,
+    RecordOptIn,
+    RecordOptOut,
+    ReplyKind,
+    handle_inbound,
+    to_events,
+)
+from ledger.errors import (
+    InvalidCampaignPolicy,
+    InvalidPhoneNumber,
+    InvalidRequest,
+    MissingProofError,
+    PurchasedListError,
+)
+from ledger.events import (
+    CollectionMethod,
+    ConsentGranted,
+    ConsentProof,
+    ConsentResumed,
+    ConsentRevoked,
+    ConsentTier,
+    InboundMessageReceived,
+    ListSource,
+    RevocationCandidateFlagged,
+    RevocationChannel,
+)
+from ledger.keywords import Intent
+from ledger.state import fold
+from tests.builders import BRAND, PHONE, at, campaign, granted, proof, record, revoked
+
+NOW = at(60)
+
+
+def opt_in(**changes):
+    base = RecordOptIn(
+        "req-1",
+        "+1 (415) 555-2671",
+        BRAND,
+        "promo",
+        ConsentTier.PROMOTIONAL,
+        CollectionMethod.WEB_FORM,
+        proof(),
+        at(0),
+    )
+    return replace(base, **changes)
+
+
+def test_opt_in_normalises_the_number_to_e164():
+    (event,) = to_events(opt_in(), NOW)
+    assert isinstance(event, ConsentGranted) and event.phone == PHONE
+
+
+def test_the_same_request_id_gives_the_same_event_id():
+    assert to_events(opt_in(), NOW)[0].originator_id == to_events(opt_in(), NOW)[0].originator_id
+    other = to_events(opt_in(request_id="req-2"), NOW)[0]
+    assert other.originator_id != to_events(opt_in(), NOW)[0].originator_id
+
+
+@pytest.mark.parametrize("source", [ListSource.PURCHASED, ListSource.RENTED, ListSource.SHARED])
+def test_consent_from_a_bought_list_is_refused(source):
+    with pytest.raises(PurchasedListError) as err:
+        to_events(opt_in(source=source), NOW)
+    assert err.value.field == "source"
+
+
+@pytest.mark.parametrize("missing", ["name", "ip_address", "form_url", "screenshot_sha256"])
+def test_web_form_consent_without_a_proof_field_is_refused(missing):
+    with pytest.raises(MissingProofError) as err:
+        to_events(opt_in(proof=replace(proof(), **{missing: ""})), NOW)
+    assert err.value.field == f"proof.{missing}"
+
+
+def test_consent_wording_may_be_given_as_hash_and_version():
+    p = replace(proof(), consent_text="", consent_text_sha256="ab" * 32, consent_text_version="v3")
+    assert to_events(opt_in(proof=p), NOW)
+
+
+def test_consent_without_wording_is_refused():
+    with pytest.raises(MissingProofError) as err:
+        to_events(opt_in(proof=replace(proof(), consent_text="")), NOW)
+    assert err.value.field == "proof.consent_text"
+
+
+def test_keyword_opt_in_needs_the_inbound_message_as_collection_detail():
+    p = ConsentProof(registered_at=at(0), consent_text="Reply YES to join")
+    with pytest.raises(MissingProofError):
+        to_events(opt_in(method=CollectionMethod.KEYWORD_REPLY, proof=p), NOW)
+    ok = replace(p, collection_detail="inbound SM123 'JOIN' to +12125551234")
+    assert to_events(opt_in(method=CollectionMethod.KEYWORD_REPLY, proof=ok), NOW)
+
+
+@pytest.mark.parametrize("phone", ["", "hello", "+1555123456", "4155552671"])
+def test_unparseable_or_invalid_numbers_are_refused(phone):
+    with pytest.raises(InvalidPhoneNumber) as err:
+        to_events(opt_in(phone=phone), NOW)
+    assert err.value.field == "phone"
+
+
+def test_a_timestamp_in_the_future_beyond_the_skew_is_refused():
+    with pytest.raises(InvalidRequest) as err:
+        to_events(opt_in(occurred_at=NOW + timedelta(minutes=6)), NOW)
+    assert err.value.field == "occurred_at"
+    assert to_events(opt_in(occurred_at=NOW + timedelta(minutes=4)), NOW)
+
+
+def test_a_naive_timestamp_is_refused():
+    with pytest.raises(InvalidRequest):
+        to_events(opt_in(occurred_at=at(0).replace(tzinfo=None)), NOW)
+
+
+@pytest.mark.parametrize("brand", ["", "Acme", "a b", "x" * 65])
+def test_brand_ids_are_validated(brand):
+    with pytest.raises(InvalidRequest) as err:
+        to_events(opt_in(brand=brand), NOW)
+    assert err.value.field == "brand"
+
+
+def test_missing_request_id_is_refused():
+    with pytest.raises(InvalidRequest) as err:
+        to_events(opt_in(request_id=""), NOW)
+    assert err.value.field == "request_id"
+
+
+def test_opt_out_without_campaign_is_brand_wide():
+    (event,) = to_events(RecordOptOut("r", PHONE, BRAND, None, RevocationChannel.CALL, at(0)), NOW)
+    assert isinstance(event, ConsentRevoked) and event.brand_wide
+
+
+def test_age_verification_needs_a_date_or_the_21_plus_flag():
+    with pytest.raises(InvalidRequest) as err:
+        to_events(RecordAgeVerification("r", PHONE, BRAND, "id-scan", at(0)), NOW)
+    assert err.value.field == "date_of_birth"
+
+
+def test_inconsistent_campaign_policy_is_refused():
+    bad = CampaignPolicy(
+        quiet_hours=QuietHours(
+            start=at(0).time().replace(hour=21), end=at(0).time().replace(hour=8)
+        )
+    )
+    with pytest.raises(InvalidCampaignPolicy) as err:
+        to_events(DefineCampaign("r", BRAND, "promo", bad, at(0)), NOW)
+    assert err.value.field == "quiet_hours"
+
+
+def test_cap_windows_longer_than_a_month_are_refused():
+    bad = CampaignPolicy(frequency_caps=(FrequencyCap(4, timedelta(days=60)),))
+    with pytest.raises(InvalidCampaignPolicy) as err:
+        to_events(DefineCampaign("r", BRAND, "promo", bad, at(0)), NOW)
+    assert err.value.field == "frequency_caps[0].window"
+
+
+def _inbound(body: str, request_id: str = "in-1") -> HandleInboundMessage:
+    return HandleInboundMessage(request_id, PHONE, "+12125551234", body, "SM1", at(10))
+
+
+def test_inbound_stop_records_the_message_and_a_campaign_revocation():
+    out = handle_inbound(_inbound("Stop"), campaign(), fold(record([granted(at(0))])), NOW)
+    assert [type(e) for e in out.events] == [InboundMessageReceived, ConsentRevoked]
+    assert out.events[1].campaign == "promo" and out.events[1].in_reply_to == "SM1"
+    assert out.reply == ReplyKind.OPT_OUT_CONFIRMATION
+
+
+def test_inbound_stopall_revokes_brand_wide():
+    out = handle_inbound(_inbound("STOPALL"), campaign(), fold([]), NOW)
+    assert out.events[1].campaign is None and out.intent is Intent.OPT_OUT_BRAND_WIDE
+
+
+def test_inbound_start_without_prior_consent_resumes_nothing():
+    out = handle_inbound(_inbound("START"), campaign(), fold([]), NOW)
+    assert [type(e) for e in out.events] == [InboundMessageReceived]
+    assert out.reply == ReplyKind.NONE
+
+
+def test_inbound_start_after_stopall_resumes_brand_wide():
+    s = fold(record([granted(at(0)), revoked(at(5), None)]))
+    out = handle_inbound(_inbound("START"), campaign(), s, NOW)
+    assert isinstance(out.events[1], ConsentResumed) and out.events[1].campaign is None
+
+
+def test_inbound_start_after_a_campaign_stop_resumes_that_campaign():
+    s = fold(record([granted(at(0)), revoked(at(5), "promo")]))
+    out = handle_inbound(_inbound("UNSTOP"), campaign(), s, NOW)
+    assert out.events[1].campaign == "promo"
+
+
+def test_inbound_help_asks_for_a_help_reply_and_changes_no_consent():
+    out = handle_inbound(_inbound("HELP"), campaign(), fold([]), NOW)
+    assert len(out.events) == 1 and out.reply == ReplyKind.HELP
+
+
+def test_inbound_that_reads_like_an_opt_out_is_flagged():
+    out = handle_inbound(_inbound("pls stop texting me"), campaign(), fold([]), NOW)
+    assert isinstance(out.events[1], RevocationCandidateFlagged)
+
+
+def test_inbound_ids_are_stable_for_a_retried_request():
+    a = handle_inbound(_inbound("STOP"), campaign(), fold([]), NOW)
+    b = handle_inbound(_inbound("STOP"), campaign(), fold([]), NOW)
+    assert [e.originator_id for e in a.events] == [e.originator_id for e in b.events]

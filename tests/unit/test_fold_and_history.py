@@ -1,0 +1,108 @@
+"""The fold, snapshots of it, and decisions as of a past moment."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from ledger.campaigns import CampaignPolicy, QuietHours
+from ledger.events import CampaignDefined, CampaignPolicyChanged, LedgerPosition, Recorded
+from ledger.policy import Reason, decide, decide_as_of
+from ledger.state import CampaignHistory, fold, retained_facts
+from tests.builders import BRAND, _base, at, granted, inbound, record, revoked, sent
+
+
+def _campaign_event(cls, when, policy):
+    return cls(**_base(when), brand=BRAND, campaign="promo", policy=policy)
+
+
+def test_state_rebuilt_from_its_retained_facts_is_equal():
+    events = record(
+        [
+            granted(at(0)),
+            sent(at(1)),
+            revoked(at(2), None),
+            inbound(at(3)),
+            granted(at(4), "alerts"),
+            sent(at(5), "alerts"),
+        ]
+    )
+    state = fold(events)
+    assert fold(retained_facts(state)) == state
+
+
+def test_messages_older_than_the_longest_cap_window_are_dropped_from_state():
+    events = record([granted(at(0)), sent(at(1)), sent(at(days=40))])
+    state = fold(events)
+    assert len(state.campaign("promo").sent) == 1
+    assert state.campaign("promo").last_sent is not None
+
+
+def test_duplicate_delivery_of_an_event_changes_nothing():
+    g, s = granted(at(0)), sent(at(1))
+    once = fold(record([g, s]))
+    twice = fold([*record([g, s]), Recorded(s, LedgerPosition(0, 7), at(2))])
+    assert decide(once, _promo(), at(3)) == decide(twice, _promo(), at(3))
+    assert len(twice.campaign("promo").sent) == 1
+
+
+def _promo():
+    from tests.builders import campaign
+
+    return campaign()
+
+
+def test_campaign_history_answers_with_the_rules_in_force_then():
+    strict = CampaignPolicy(
+        quiet_hours=QuietHours(at(0).time().replace(hour=9), at(0).time().replace(hour=17))
+    )
+    events = record(
+        [
+            _campaign_event(CampaignDefined, at(0), CampaignPolicy()),
+            _campaign_event(CampaignPolicyChanged, at(days=10), strict),
+        ]
+    )
+    history = CampaignHistory()
+    for r in events:
+        history = history.with_event(r)
+    assert history.as_of(at(days=5)).policy == CampaignPolicy()
+    assert history.as_of(at(days=11)).policy == strict
+    assert history.as_of(at(days=11)).policy_version == 2
+    assert history.as_of(at(-1)) is None
+
+
+def test_decide_as_of_sees_only_what_the_ledger_knew_then():
+    g, r = granted(at(0)), revoked(at(30))
+    defined = _campaign_event(CampaignDefined, at(-10), CampaignPolicy())
+    # The opt-out happened at 30 but reached the ledger only at 120.
+    history = record([defined, g, r], known_at=[at(-10), at(1), at(120)])
+    before = decide_as_of(history, "promo", t_world=at(60), t_known=at(60))
+    after = decide_as_of(history, "promo", t_world=at(60), t_known=at(121))
+    assert before.allowed
+    assert not after.allowed and after.reason is Reason.REVOKED
+
+
+def test_decide_as_of_before_the_campaign_existed_is_campaign_unknown():
+    defined = _campaign_event(CampaignDefined, at(10), CampaignPolicy())
+    history = record([defined, granted(at(0))])
+    d = decide_as_of(history, "promo", t_world=at(5), t_known=at(500))
+    assert not d.allowed and d.reason is Reason.CAMPAIGN_UNKNOWN
+
+
+def test_decide_as_of_by_world_time_ignores_later_facts():
+    defined = _campaign_event(CampaignDefined, at(-10), CampaignPolicy())
+    history = record([defined, granted(at(0)), revoked(at(30))])
+    assert decide_as_of(history, "promo", t_world=at(20), t_known=at(days=1)).allowed
+    assert not decide_as_of(history, "promo", t_world=at(40), t_known=at(days=1)).allowed
+
+
+def test_late_grant_imported_after_an_opt_out_keeps_the_number_blocked():
+    g = granted(at(0))
+    r = revoked(at(30))
+    history = record([r, g], known_at=[at(31), at(90)])
+    assert decide(fold(history), _promo(), at(95)).reason is Reason.REVOKED
+    assert decide(fold(history[:1]), _promo(), at(95)).reason is Reason.REVOKED
+
+
+def test_grant_after_an_older_revocation_in_world_time_stands():
+    history = record([revoked(at(0)), granted(at(30))], delay=timedelta(seconds=1))
+    assert decide(fold(history), _promo(), at(40)).allowed

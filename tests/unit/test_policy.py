@@ -1,0 +1,321 @@
+"""Each rule of the sending policy, proven on its own."""
+
+from __future__ import annotations
+
+from datetime import time, timedelta
+
+import pytest
+
+from ledger.campaigns import CampaignPurpose, FrequencyCap, QuietHours
+from ledger.events import CandidateResolution, ConsentTier, MessageKind
+from ledger.policy import Obligation, Reason, decide
+from ledger.state import fold
+from tests.builders import (
+    age,
+    at,
+    campaign,
+    flagged,
+    granted,
+    inbound,
+    reconfirmed,
+    record,
+    resolved,
+    resumed,
+    revoked,
+    sent,
+)
+
+PROMO = campaign("promo")
+
+
+def state_of(*events):
+    return fold(record(list(events)))
+
+
+# Rule 1: consent is per brand and per campaign.
+def test_no_events_denies_with_no_consent():
+    d = decide(fold([]), PROMO, at(10))
+    assert not d.allowed and d.reason is Reason.NO_CONSENT
+
+
+def test_consent_for_another_campaign_does_not_count():
+    d = decide(state_of(granted(at(0), "newsletter")), PROMO, at(10))
+    assert not d.allowed and d.reason is Reason.NO_CONSENT
+    assert "newsletter" in d.detail
+
+
+def test_consent_for_another_brand_does_not_count():
+    other_brand = fold(record([granted(at(0), brand="globex")]))
+    d = decide(other_brand, PROMO, at(10))
+    assert not d.allowed and d.reason is Reason.NO_CONSENT
+
+
+def test_grant_for_this_campaign_allows_and_cites_the_grant():
+    g = granted(at(0))
+    d = decide(state_of(g), PROMO, at(10))
+    assert d.allowed and d.reason is Reason.CONSENT_ACTIVE
+    assert str(g.originator_id) in d.evidence
+
+
+# Rule 2: revocation, and the one opt-out confirmation.
+def test_stop_for_the_campaign_denies():
+    d = decide(state_of(granted(at(0)), revoked(at(5))), PROMO, at(10))
+    assert not d.allowed and d.reason is Reason.REVOKED
+
+
+def test_stopall_revokes_every_campaign_of_the_brand():
+    s = state_of(granted(at(0), "promo"), granted(at(0), "alerts"), revoked(at(5), None))
+    for name in ("promo", "alerts"):
+        d = decide(s, campaign(name), at(10))
+        assert not d.allowed and d.reason is Reason.REVOKED_BRAND_WIDE
+
+
+def test_stop_for_one_campaign_leaves_the_others():
+    s = state_of(granted(at(0), "promo"), granted(at(0), "alerts"), revoked(at(5), "promo"))
+    assert decide(s, campaign("alerts"), at(10)).allowed
+
+
+def test_one_opt_out_confirmation_is_allowed_within_five_minutes():
+    s = state_of(granted(at(0)), revoked(at(5)))
+    d = decide(s, PROMO, at(8), MessageKind.OPT_OUT_CONFIRMATION)
+    assert d.allowed and d.reason is Reason.OPT_OUT_CONFIRMATION_ALLOWED
+    assert Obligation.NON_MARKETING_CONTENT_ONLY in d.obligations
+
+
+def test_opt_out_confirmation_after_five_minutes_is_denied():
+    s = state_of(granted(at(0)), revoked(at(5)))
+    d = decide(s, PROMO, at(10.5), MessageKind.OPT_OUT_CONFIRMATION)
+    assert not d.allowed and d.reason is Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED
+
+
+def test_second_opt_out_confirmation_is_denied():
+    s = state_of(granted(at(0)), revoked(at(5)), sent(at(6), kind=MessageKind.OPT_OUT_CONFIRMATION))
+    d = decide(s, PROMO, at(7), MessageKind.OPT_OUT_CONFIRMATION)
+    assert not d.allowed and d.reason is Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED
+
+
+def test_opt_out_confirmation_without_an_opt_out_is_denied():
+    d = decide(state_of(granted(at(0))), PROMO, at(7), MessageKind.OPT_OUT_CONFIRMATION)
+    assert not d.allowed
+
+
+def test_regular_message_after_opt_out_is_denied_even_inside_the_window():
+    d = decide(state_of(granted(at(0)), revoked(at(5))), PROMO, at(6))
+    assert not d.allowed and d.reason is Reason.REVOKED
+
+
+def test_new_grant_after_revocation_allows_again():
+    s = state_of(granted(at(0)), revoked(at(5)), granted(at(60)))
+    assert decide(s, PROMO, at(70)).allowed
+
+
+def test_start_after_stop_resumes_the_prior_consent():
+    s = state_of(granted(at(0)), revoked(at(5)), resumed(at(20)))
+    d = decide(s, PROMO, at(30))
+    assert d.allowed
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE in d.obligations  # first message again
+
+
+def test_late_grant_does_not_override_an_opt_out_that_happened_after_it():
+    # The form was filled at 0, the person opted out at 30, the import arrived at 90.
+    g, r = granted(at(0)), revoked(at(30))
+    events = record([r, g], known_at=[at(31), at(90)])
+    d = decide(fold(events), PROMO, at(100))
+    assert not d.allowed and d.reason is Reason.REVOKED
+
+
+def test_revocation_wins_a_tie_at_the_same_instant():
+    d = decide(state_of(revoked(at(5)), granted(at(5))), PROMO, at(10))
+    assert not d.allowed
+
+
+# Rule 3: revocation candidates block.
+def test_pending_revocation_candidate_denies():
+    d = decide(state_of(granted(at(0)), flagged(at(5))), PROMO, at(10))
+    assert not d.allowed and d.reason is Reason.REVOCATION_PENDING_REVIEW
+
+
+def test_dismissed_candidate_no_longer_blocks():
+    c = flagged(at(5))
+    s = state_of(granted(at(0)), c, resolved(at(6), c, CandidateResolution.DISMISSED))
+    assert decide(s, PROMO, at(10)).allowed
+
+
+# Rule 4: reconfirmation.
+def test_consent_older_than_the_first_message_window_needs_reconfirmation():
+    d = decide(state_of(granted(at(0))), PROMO, at(days=31))
+    assert d.allowed and Obligation.RECONFIRM_IN_THIS_MESSAGE in d.obligations
+
+
+def test_consent_inside_the_first_message_window_needs_no_reconfirmation():
+    d = decide(state_of(granted(at(0))), PROMO, at(days=29))
+    assert Obligation.RECONFIRM_IN_THIS_MESSAGE not in d.obligations
+
+
+def test_a_message_sent_inside_the_window_ends_the_first_message_rule():
+    d = decide(state_of(granted(at(0)), sent(at(days=1))), PROMO, at(days=40))
+    assert Obligation.RECONFIRM_IN_THIS_MESSAGE not in d.obligations
+
+
+def test_periodic_reconfirmation_interval_passed_requires_reconfirmation():
+    c = campaign(reconfirm_interval=timedelta(days=90))
+    s = state_of(granted(at(0)), sent(at(days=1)))
+    assert Obligation.RECONFIRM_IN_THIS_MESSAGE in decide(s, c, at(days=91)).obligations
+
+
+def test_reconfirmation_resumes_normal_sending():
+    c = campaign(reconfirm_interval=timedelta(days=90))
+    s = state_of(granted(at(0)), sent(at(days=1)), reconfirmed(at(days=91)))
+    d = decide(s, c, at(days=92))
+    assert d.allowed and Obligation.RECONFIRM_IN_THIS_MESSAGE not in d.obligations
+
+
+# Rule 5: the first message.
+def test_first_message_must_carry_opt_out_language_and_identify_the_sender():
+    d = decide(state_of(granted(at(0))), PROMO, at(10))
+    assert {Obligation.INCLUDE_OPT_OUT_LANGUAGE, Obligation.IDENTIFY_SENDER} <= set(d.obligations)
+
+
+def test_later_messages_need_no_opt_out_language_but_still_identify_the_sender():
+    d = decide(state_of(granted(at(0)), sent(at(5))), PROMO, at(10))
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE not in d.obligations
+    assert Obligation.IDENTIFY_SENDER in d.obligations
+
+
+# Rule 6: quiet hours in the recipient's time zone.
+def test_promotional_message_at_night_in_the_recipients_zone_is_denied():
+    # 05:00 UTC is 21:00 in Los Angeles.
+    d = decide(state_of(granted(at(0))), PROMO, at(hours=11))
+    assert not d.allowed and d.reason is Reason.QUIET_HOURS
+    assert "America/Los_Angeles" in d.detail
+
+
+def test_promotional_message_at_1059_local_is_allowed():
+    assert decide(state_of(granted(at(0))), PROMO, at(59)).allowed
+
+
+def test_stricter_campaign_window_ends_at_8pm():
+    c = campaign(quiet_hours=QuietHours(time(8), time(20)))
+    # 04:30 UTC = 20:30 in Los Angeles: allowed by default, denied by the stricter window.
+    s = state_of(granted(at(0)))
+    assert decide(s, PROMO, at(hours=10, minutes=30)).allowed
+    assert decide(s, c, at(hours=10, minutes=30)).reason is Reason.QUIET_HOURS
+
+
+def test_number_spanning_several_zones_uses_the_most_restrictive():
+    alaska = "+19075551234"  # America/Adak and America/Anchorage
+    s = fold(record([granted(at(0), phone=alaska)]))
+    # 05:30 UTC: 21:30 Anchorage (AKDT? March 2 is AKST, UTC-9: 20:30) and 19:30 Adak (UTC-10).
+    # Anchorage at 20:30 is allowed by 8-21; at 06:30 UTC it is 21:30 and denied.
+    assert decide(s, PROMO, at(hours=11, minutes=30)).allowed
+    d = decide(s, PROMO, at(hours=12, minutes=30))
+    assert not d.allowed and "America/Anchorage" in d.detail
+
+
+def test_informational_campaign_ignores_quiet_hours_by_default():
+    c = campaign("receipts", purpose=CampaignPurpose.INFORMATIONAL)
+    s = state_of(granted(at(0), "receipts", tier=ConsentTier.INFORMATIONAL))
+    assert decide(s, c, at(hours=11)).allowed
+
+
+def test_daily_cap_counts_the_recipients_local_day():
+    c = campaign(daily_cap=2)
+    s = state_of(granted(at(0)), sent(at(10)), sent(at(20)))
+    d = decide(s, c, at(30))
+    assert not d.allowed and d.reason is Reason.DAILY_CAP_REACHED
+    # The next local day (08:30 Los Angeles = 16:30 UTC next day) is fresh.
+    assert decide(s, c, at(days=1, hours=-1, minutes=30)).allowed
+
+
+# Rule 7: frequency caps.
+def test_frequency_cap_reached_denies():
+    c = campaign(frequency_caps=(FrequencyCap(3, timedelta(hours=24)),))
+    s = state_of(granted(at(0)), sent(at(1)), sent(at(2)), sent(at(3)))
+    d = decide(s, c, at(4))
+    assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED
+    assert len(d.evidence) >= 3
+
+
+def test_frequency_cap_window_rolls():
+    c = campaign(frequency_caps=(FrequencyCap(3, timedelta(hours=24)),))
+    s = state_of(granted(at(0)), sent(at(1)), sent(at(2)), sent(at(3)))
+    assert decide(s, c, at(days=1, minutes=1.5)).allowed
+
+
+def test_opt_out_confirmations_do_not_count_towards_the_cap():
+    c = campaign(frequency_caps=(FrequencyCap(1, timedelta(days=30)),))
+    s = state_of(granted(at(0)), sent(at(1), kind=MessageKind.HELP_REPLY))
+    assert decide(s, c, at(2)).allowed
+
+
+# Rule 8: conversational and informational consent.
+def test_texting_first_allows_a_reply_within_the_conversation_window():
+    c = campaign("support", purpose=CampaignPurpose.CONVERSATIONAL)
+    d = decide(state_of(inbound(at(0))), c, at(30))
+    assert d.allowed and d.reason is Reason.CONVERSATION_REPLY
+    assert Obligation.IDENTIFY_SENDER not in d.obligations  # follow-up in a conversation
+
+
+def test_conversation_reply_after_the_window_is_denied():
+    c = campaign("support", purpose=CampaignPurpose.CONVERSATIONAL)
+    d = decide(state_of(inbound(at(0))), c, at(days=1, minutes=1))
+    assert not d.allowed and d.reason is Reason.CONVERSATION_WINDOW_CLOSED
+
+
+def test_texting_first_never_allows_a_promotional_campaign():
+    d = decide(state_of(inbound(at(0))), PROMO, at(5))
+    assert not d.allowed and d.reason is Reason.CONSENT_TIER_INSUFFICIENT
+
+
+def test_informational_consent_never_allows_a_promotional_campaign():
+    s = state_of(granted(at(0), tier=ConsentTier.INFORMATIONAL))
+    d = decide(s, PROMO, at(5))
+    assert not d.allowed and d.reason is Reason.CONSENT_TIER_INSUFFICIENT
+
+
+def test_informational_campaign_must_not_promote():
+    c = campaign("receipts", purpose=CampaignPurpose.INFORMATIONAL)
+    s = state_of(granted(at(0), "receipts", tier=ConsentTier.INFORMATIONAL))
+    assert Obligation.NON_MARKETING_CONTENT_ONLY in decide(s, c, at(5)).obligations
+
+
+def test_the_stop_message_itself_opens_no_conversation():
+    c = campaign("support", purpose=CampaignPurpose.CONVERSATIONAL)
+    stop = inbound(at(0), "STOP")
+    s = state_of(stop, revoked(at(0), None))
+    assert not decide(s, c, at(1)).allowed
+
+
+# Rule 9: age gate.
+@pytest.mark.parametrize("category", ["alcohol", "firearms", "gambling", "tobacco"])
+def test_age_gated_category_without_verification_is_denied(category):
+    c = campaign(category=category)
+    d = decide(state_of(granted(at(0))), c, at(5))
+    assert not d.allowed and d.reason is Reason.AGE_VERIFICATION_REQUIRED
+
+
+def test_age_gated_campaign_with_21_plus_verification_is_allowed():
+    c = campaign(age_gated=True)
+    assert decide(state_of(granted(at(0)), age(at(1), plus21=True)), c, at(5)).allowed
+
+
+def test_age_gated_campaign_with_a_20_year_old_is_denied():
+    c = campaign(age_gated=True)
+    s = state_of(granted(at(0)), age(at(1), dob="2005-06-01"))
+    assert decide(s, c, at(5)).reason is Reason.AGE_VERIFICATION_REQUIRED
+
+
+def test_age_counts_from_the_date_of_birth_at_the_time_of_the_question():
+    c = campaign(age_gated=True)
+    s = state_of(granted(at(0)), age(at(1), dob="2005-03-01"))  # 21 on 2026-03-01
+    assert decide(s, c, at(5)).allowed
+
+
+def test_decide_refuses_a_naive_time():
+    with pytest.raises(ValueError):
+        decide(fold([]), PROMO, at(0).replace(tzinfo=None))
+
+
+def test_decision_is_deterministic():
+    s = state_of(granted(at(0)), sent(at(1)), revoked(at(2), "other"))
+    assert decide(s, PROMO, at(3)) == decide(s, PROMO, at(3))

@@ -1,0 +1,109 @@
+"""Properties that must hold for any history, found by hypothesis."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger.events import MessageKind
+from ledger.policy import decide
+from ledger.state import fold, retained_facts
+from tests.builders import (
+    age,
+    at,
+    campaign,
+    granted,
+    inbound,
+    reconfirmed,
+    record,
+    resumed,
+    revoked,
+    sent,
+)
+
+CAMPAIGNS = st.sampled_from(["promo", "alerts"])
+MINUTES = st.integers(min_value=0, max_value=60 * 24 * 40)
+
+
+@st.composite
+def any_event(draw, *, after: int = 0, grants: bool = True):
+    when = at(after + draw(MINUTES))
+    name = draw(CAMPAIGNS)
+    builders = [
+        lambda: sent(when, name, draw(st.sampled_from(list(MessageKind)))),
+        lambda: inbound(when, draw(st.sampled_from(["hi", "STOP", "HELP", "what?"]))),
+        lambda: reconfirmed(when, name),
+        lambda: age(when, plus21=True),
+        lambda: revoked(when, draw(st.one_of(st.none(), CAMPAIGNS))),
+    ]
+    if grants:
+        builders += [
+            lambda: granted(when, name),
+            lambda: resumed(when, draw(st.one_of(st.none(), CAMPAIGNS))),
+        ]
+    return draw(st.sampled_from(builders))()
+
+
+histories = st.lists(any_event(), max_size=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    before=histories,
+    after=st.lists(any_event(after=60 * 24 * 41, grants=False), max_size=10),
+    brand_wide=st.booleans(),
+    asked=CAMPAIGNS,
+    delay_minutes=st.integers(min_value=0, max_value=60 * 24 * 60),
+    kind=st.sampled_from([k for k in MessageKind if k is not MessageKind.OPT_OUT_CONFIRMATION]),
+)
+def test_an_acknowledged_revocation_without_a_new_grant_never_allows(
+    before, after, brand_wide, asked, delay_minutes, kind
+):
+    stop_at = at(days=41)
+    stop = revoked(stop_at, None if brand_wide else asked)
+    state = fold(record([*before, stop, *after]))
+    now = stop_at + timedelta(minutes=delay_minutes)
+    for purpose_kw in ({}, {"purpose": 1}, {"purpose": 2}):
+        d = decide(state, campaign(asked, **purpose_kw), now, kind)
+        assert not d.allowed, d
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    before=histories,
+    brand_wide=st.booleans(),
+    asked=CAMPAIGNS,
+    delay_minutes=st.integers(min_value=0, max_value=60 * 24),
+)
+def test_at_most_the_one_confirmation_is_allowed_after_a_revocation(
+    before, brand_wide, asked, delay_minutes
+):
+    stop_at = at(days=41)
+    confirm = sent(stop_at + timedelta(seconds=30), asked, MessageKind.OPT_OUT_CONFIRMATION)
+    state = fold(record([*before, revoked(stop_at, None if brand_wide else asked), confirm]))
+    now = stop_at + timedelta(minutes=1 + delay_minutes)
+    assert not decide(state, campaign(asked), now, MessageKind.OPT_OUT_CONFIRMATION).allowed
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=histories, cut=st.integers(min_value=0, max_value=25))
+def test_folding_in_batches_gives_the_same_state(events, cut):
+    recorded = record(events)
+    assert fold(recorded[cut:], fold(recorded[:cut])) == fold(recorded)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=histories)
+def test_a_state_refolded_from_its_retained_facts_is_equal(events):
+    state = fold(record(events))
+    assert fold(retained_facts(state)) == state
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=histories, asked=CAMPAIGNS, minutes=MINUTES, kind=st.sampled_from(list(MessageKind)))
+def test_a_decision_is_deterministic(events, asked, minutes, kind):
+    state = fold(record(events))
+    c = campaign(asked)
+    assert decide(state, c, at(minutes), kind) == decide(fold(record(events)), c, at(minutes), kind)
