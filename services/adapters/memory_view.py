@@ -1,0 +1,125 @@
+"""``InMemoryConsentView``: the ``ConsentView`` port in plain dicts.
+
+For unit tests and the embedded mode. It follows the same rules as the
+PostgreSQL view (the conformance suite holds both to them): events at or before
+the stored position are skipped, an event id seen before is stored and folded
+once, and a batch lands completely or not at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ledger.events import (
+    CampaignEvent,
+    Recorded,
+    SubscriberEvent,
+)
+from ledger.ports import ConsentView, Stream
+from ledger.state import CampaignHistory, SubscriberState, apply
+
+
+@dataclass
+class _Tables:
+    positions: dict[Stream, dict[int, int]] = field(
+        default_factory=lambda: {stream: {} for stream in Stream}
+    )
+    states: dict[tuple[str, str], SubscriberState] = field(default_factory=dict)
+    campaigns: dict[tuple[str, str], CampaignHistory] = field(default_factory=dict)
+    events: dict[uuid.UUID, Recorded] = field(default_factory=dict)
+    by_phone: dict[str, list[Recorded]] = field(default_factory=dict)
+
+
+class InMemoryConsentView(ConsentView):
+    def __init__(self) -> None:
+        self._tables = _Tables()
+
+    async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
+        # Work on a copy and swap it in at the end: an exception half-way through a
+        # batch leaves the view as it was, like a rolled-back transaction.
+        tables = _Tables(
+            positions={s: dict(p) for s, p in self._tables.positions.items()},
+            states=dict(self._tables.states),
+            campaigns=dict(self._tables.campaigns),
+            events=dict(self._tables.events),
+            by_phone=copy.copy(self._tables.by_phone),
+        )
+        for recorded in batch:
+            if Stream.of(recorded.event) is not stream:
+                raise ValueError(
+                    f"{type(recorded.event).__name__} does not belong to {stream.value}"
+                )
+        positions = tables.positions[stream]
+        for recorded in batch:
+            partition, offset = recorded.position.partition, recorded.position.offset
+            if offset < positions.get(partition, 0):
+                continue
+            positions[partition] = offset + 1
+            event = recorded.event
+            if event.event_id in tables.events:
+                continue  # the same fact written twice (a retried append): fold it once
+            tables.events[event.event_id] = recorded
+            if isinstance(event, SubscriberEvent):
+                key = (event.phone, event.brand)
+                state = tables.states.get(key) or SubscriberState(
+                    phone=event.phone, brand=event.brand
+                )
+                tables.states[key] = apply(state, recorded)
+                tables.by_phone[event.phone] = [*tables.by_phone.get(event.phone, []), recorded]
+            elif isinstance(event, CampaignEvent):
+                key = (event.brand, event.campaign)
+                history = tables.campaigns.get(key, CampaignHistory())
+                tables.campaigns[key] = history.with_event(recorded)
+        self._tables = tables
+
+    async def positions(self, stream: Stream) -> dict[int, int]:
+        return dict(self._tables.positions[stream])
+
+    async def subscriber_states(
+        self, brand: str, phones: Sequence[str]
+    ) -> dict[str, SubscriberState]:
+        states = self._tables.states
+        return {
+            phone: states.get((phone, brand)) or SubscriberState(phone=phone, brand=brand)
+            for phone in phones
+        }
+
+    async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:
+        return self._tables.campaigns.get((brand, campaign), CampaignHistory())
+
+    async def campaign_for_number(self, to_phone: str) -> tuple[str, str] | None:
+        claims = []
+        for (brand, campaign), history in self._tables.campaigns.items():
+            current = history.current()
+            if current is not None and to_phone in current.policy.sender_numbers:
+                claims.append((history.versions[-1].at, brand, campaign))
+        if not claims:
+            return None
+        # A number claimed by two campaigns is a configuration mistake; the newest
+        # rules win, then the name, so every view answers the same.
+        newest = max(at for at, _, _ in claims)
+        _, brand, campaign = min(c for c in claims if c[0] == newest)
+        return brand, campaign
+
+    async def history(self, phone: str, brand: str | None = None) -> list[Recorded]:
+        events = self._tables.by_phone.get(phone, [])
+        chosen = [
+            r
+            for r in events
+            if brand is None or (isinstance(r.event, SubscriberEvent) and r.event.brand == brand)
+        ]
+        return sorted(chosen, key=lambda r: (r.position.partition, r.position.offset))
+
+    async def find_event(self, event_id: str) -> Recorded | None:
+        try:
+            key = uuid.UUID(str(event_id))
+        except ValueError:
+            return None
+        return self._tables.events.get(key)
+
+    async def reset(self) -> None:
+        """Forget everything, for a rebuild from offset 0."""
+        self._tables = _Tables()

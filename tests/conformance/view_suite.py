@@ -1,0 +1,524 @@
+"""The conformance suite of the ``ConsentView`` port, run against every adapter.
+
+Subclass ``ConsentViewSuite`` and provide a ``view`` fixture (an empty view).
+Also home of the event builders the projection tests share: ``recorded`` stamps
+ledger positions the way a phone-keyed ledger would, and ``generate_events``
+makes a large, varied ledger for rebuild and throughput tests.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from ledger.campaigns import CampaignPolicy, CampaignPurpose
+from ledger.events import (
+    FIRST_VERSION,
+    AgeVerified,
+    CampaignDefined,
+    CampaignPolicyChanged,
+    CandidateResolution,
+    CollectionMethod,
+    ConsentGranted,
+    ConsentProof,
+    ConsentReconfirmed,
+    ConsentResumed,
+    ConsentRevoked,
+    ConsentTier,
+    InboundMessageReceived,
+    LedgerEvent,
+    LedgerPosition,
+    MessageKind,
+    MessageSent,
+    Recorded,
+    RevocationCandidateFlagged,
+    RevocationCandidateResolved,
+    RevocationChannel,
+    SubscriberEvent,
+)
+from ledger.ports import ConsentView, Stream
+from ledger.state import SubscriberState, fold, fold_campaign
+
+T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
+PARTITIONS = 4
+
+
+def _base(at: datetime) -> dict[str, Any]:
+    return {"originator_id": uuid.uuid4(), "originator_version": FIRST_VERSION, "timestamp": at}
+
+
+def grant(phone: str, brand: str, campaign: str, at: datetime, **kw: Any) -> ConsentGranted:
+    return ConsentGranted(
+        **_base(at),
+        phone=phone,
+        brand=brand,
+        campaign=campaign,
+        tier=kw.get("tier", ConsentTier.PROMOTIONAL),
+        method=CollectionMethod.WEB_FORM,
+        proof=ConsentProof(
+            registered_at=at,
+            name="Ada Lovelace",
+            ip_address="198.51.100.7",
+            form_url="https://example.com/join",
+            consent_text="Yes, text me offers. Reply STOP to opt out.",
+            screenshot_ref="s3://proofs/form.png",
+            screenshot_sha256="0" * 64,
+        ),
+    )
+
+
+def revoke(phone: str, brand: str, campaign: str | None, at: datetime) -> ConsentRevoked:
+    return ConsentRevoked(
+        **_base(at),
+        phone=phone,
+        brand=brand,
+        campaign=campaign,
+        channel=RevocationChannel.KEYWORD,
+        text="STOP" if campaign else "STOPALL",
+    )
+
+
+def sent(
+    phone: str, brand: str, campaign: str, at: datetime, kind: MessageKind = MessageKind.REGULAR
+) -> MessageSent:
+    return MessageSent(
+        **_base(at),
+        phone=phone,
+        brand=brand,
+        campaign=campaign,
+        message_id=f"m-{uuid.uuid4().hex[:12]}",
+        kind=kind,
+        included_opt_out_language=True,
+        identified_sender=True,
+    )
+
+
+def define(
+    brand: str, campaign: str, at: datetime, numbers: Sequence[str] = (), changed: bool = False
+) -> LedgerEvent:
+    cls = CampaignPolicyChanged if changed else CampaignDefined
+    return cls(
+        **_base(at),
+        brand=brand,
+        campaign=campaign,
+        policy=CampaignPolicy(purpose=CampaignPurpose.PROMOTIONAL, sender_numbers=tuple(numbers)),
+    )
+
+
+def partition_of(event: LedgerEvent, partitions: int = PARTITIONS) -> int:
+    """A stable key hash, as a keyed producer would choose: one phone, one partition."""
+    key = event.phone if isinstance(event, SubscriberEvent) else f"{event.brand}/{event.campaign}"  # type: ignore[attr-defined]
+    return zlib.crc32(key.encode()) % partitions
+
+
+class Positions:
+    """Stamps events with ledger positions, remembering each partition's next offset."""
+
+    def __init__(self, partitions: int = PARTITIONS) -> None:
+        self.partitions = partitions
+        self.next: dict[tuple[Stream, int], int] = {}
+
+    def record(
+        self, events: Iterable[LedgerEvent], recorded_at: datetime | None = None
+    ) -> list[Recorded]:
+        out = []
+        for event in events:
+            stream, partition = Stream.of(event), partition_of(event, self.partitions)
+            offset = self.next.get((stream, partition), 0)
+            self.next[stream, partition] = offset + 1
+            at = recorded_at or (event.occurred_at + timedelta(seconds=1))
+            out.append(Recorded(event, LedgerPosition(partition, offset), at))
+        return out
+
+    def again(self, recorded: Recorded) -> Recorded:
+        """The same fact appended a second time (a retry that reached the ledger twice)."""
+        return self.record([recorded.event], recorded.recorded_at + timedelta(seconds=5))[0]
+
+
+def expected_states(events: Iterable[Recorded]) -> dict[tuple[str, str], SubscriberState]:
+    """What the fold says, keeping the first copy of each event id, in ledger order."""
+    seen: set[uuid.UUID] = set()
+    by_key: dict[tuple[str, str], list[Recorded]] = {}
+    for r in sorted(events, key=lambda r: (r.position.partition, r.position.offset)):
+        if not isinstance(r.event, SubscriberEvent) or r.event.event_id in seen:
+            continue
+        seen.add(r.event.event_id)
+        by_key.setdefault((r.event.phone, r.event.brand), []).append(r)
+    return {key: fold(rs) for key, rs in by_key.items()}
+
+
+def generate_events(
+    count: int, *, phones: int, brands: int, campaigns: int, seed: int = 7
+) -> list[LedgerEvent]:
+    """``count`` varied facts: campaigns first, then grants, opt-outs, sends, replies.
+
+    A fifth of the facts arrive late (occurred_at well before their neighbours) so
+    the fold's world-order rules are exercised, and some phones hear from several
+    brands.
+    """
+    rng = random.Random(seed)
+    uid = lambda: uuid.UUID(int=rng.getrandbits(128), version=4)  # noqa: E731
+    brand_names = [f"brand-{b}" for b in range(brands)]
+    campaign_names = [f"camp-{c}" for c in range(campaigns)]
+    phone_numbers = [f"+1415555{n:04d}" for n in range(phones)]
+    events: list[LedgerEvent] = []
+
+    def base(at: datetime) -> dict[str, Any]:
+        return {"originator_id": uid(), "originator_version": FIRST_VERSION, "timestamp": at}
+
+    for b, brand in enumerate(brand_names):
+        for c, campaign in enumerate(campaign_names):
+            number = f"+1202555{b:02d}{c:02d}"
+            events.append(
+                CampaignDefined(
+                    **base(T0 - timedelta(days=60)),
+                    brand=brand,
+                    campaign=campaign,
+                    policy=CampaignPolicy(sender_numbers=(number,)),
+                )
+            )
+    flagged: list[RevocationCandidateFlagged] = []
+    clock = T0 - timedelta(days=40)
+    while len(events) < count:
+        clock += timedelta(seconds=rng.randint(1, 400))
+        at = clock - timedelta(hours=rng.randint(1, 72)) if rng.random() < 0.2 else clock
+        phone, brand = rng.choice(phone_numbers), rng.choice(brand_names)
+        campaign = rng.choice(campaign_names)
+        common = {"phone": phone, "brand": brand}
+        roll = rng.random()
+        event: LedgerEvent
+        if roll < 0.30:
+            event = replace_id(
+                grant(phone, brand, campaign, at, tier=rng.choice(list(ConsentTier))), uid()
+            )
+        elif roll < 0.40:
+            event = replace_id(
+                revoke(phone, brand, campaign if rng.random() < 0.7 else None, at), uid()
+            )
+        elif roll < 0.70:
+            event = MessageSent(
+                **base(at),
+                **common,
+                campaign=campaign,
+                message_id=f"m{len(events)}",
+                kind=rng.choice(list(MessageKind)),
+            )
+        elif roll < 0.78:
+            event = InboundMessageReceived(
+                **base(at),
+                **common,
+                message_id=f"i{len(events)}",
+                to_number="+12025550000",
+                body="hi",
+                campaign=campaign,
+            )
+        elif roll < 0.83:
+            event = ConsentResumed(
+                **base(at), **common, campaign=campaign if rng.random() < 0.5 else None
+            )
+        elif roll < 0.87:
+            event = ConsentReconfirmed(
+                **base(at), **common, campaign=campaign, channel=RevocationChannel.WEB
+            )
+        elif roll < 0.90:
+            event = AgeVerified(**base(at), **common, method="id_scan", verified_21_plus=True)
+        elif roll < 0.94 or not flagged:
+            event = RevocationCandidateFlagged(
+                **base(at), **common, inbound_message_id=f"i{len(events)}", text="please no more"
+            )
+            flagged.append(event)
+        elif roll < 0.97:
+            candidate = flagged.pop(rng.randrange(len(flagged)))
+            event = RevocationCandidateResolved(
+                **base(at),
+                phone=candidate.phone,
+                brand=candidate.brand,
+                candidate_event_id=candidate.event_id,
+                resolution=CandidateResolution.DISMISSED,
+            )
+        else:
+            b, c = rng.randrange(brands), rng.randrange(campaigns)
+            event = CampaignPolicyChanged(
+                **base(at),
+                brand=brand_names[b],
+                campaign=campaign_names[c],
+                policy=CampaignPolicy(
+                    daily_cap=rng.randint(1, 5), sender_numbers=(f"+1202555{b:02d}{c:02d}",)
+                ),
+            )
+        events.append(event)
+    return events
+
+
+def subscriber_events(count: int, **kw: Any) -> list[LedgerEvent]:
+    """``generate_events`` without the campaign facts."""
+    return [e for e in generate_events(count, **kw) if isinstance(e, SubscriberEvent)]
+
+
+def replace_id(event: LedgerEvent, event_id: uuid.UUID) -> LedgerEvent:
+    return replace(event, originator_id=event_id)
+
+
+class ConsentViewSuite:
+    """Every ``ConsentView`` adapter must pass these. Subclasses provide ``view``."""
+
+    @pytest.fixture
+    def view(self) -> ConsentView:
+        raise NotImplementedError("subclasses provide an empty view")
+
+    async def test_applying_a_batch_gives_the_fold_of_its_events(self, view: ConsentView) -> None:
+        pos = Positions()
+        batch = pos.record(
+            [
+                grant("+14155550100", "acme", "deals", T0),
+                grant("+14155550100", "acme", "news", T0 + timedelta(minutes=1)),
+                sent("+14155550100", "acme", "deals", T0 + timedelta(minutes=2)),
+                revoke("+14155550100", "acme", "deals", T0 + timedelta(minutes=3)),
+                grant("+14155550100", "globex", "deals", T0),
+                grant("+14155550101", "acme", "deals", T0),
+                revoke("+14155550101", "acme", None, T0 + timedelta(hours=1)),
+            ]
+        )
+        await view.apply(Stream.SUBSCRIBERS, batch)
+
+        for (phone, brand), state in expected_states(batch).items():
+            assert (await view.subscriber_states(brand, [phone]))[phone] == state
+
+    async def test_an_unknown_phone_reads_as_an_empty_state(self, view: ConsentView) -> None:
+        states = await view.subscriber_states("acme", ["+14155550199"])
+
+        assert states == {"+14155550199": SubscriberState(phone="+14155550199", brand="acme")}
+
+    async def test_a_late_fact_folds_by_world_time_not_arrival(self, view: ConsentView) -> None:
+        pos = Positions()
+        stop = revoke("+14155550100", "acme", "deals", T0 + timedelta(hours=1))
+        late_grant = grant("+14155550100", "acme", "deals", T0)
+        batch = pos.record([stop, late_grant])
+
+        await view.apply(Stream.SUBSCRIBERS, batch)
+
+        state = (await view.subscriber_states("acme", ["+14155550100"]))["+14155550100"]
+        assert state == fold(batch)
+
+    async def test_applying_the_same_batch_twice_changes_nothing(self, view: ConsentView) -> None:
+        pos = Positions()
+        batch = pos.record(subscriber_events(300, phones=40, brands=2, campaigns=2))
+        await view.apply(Stream.SUBSCRIBERS, batch)
+        phones = sorted({r.event.phone for r in batch})  # type: ignore[attr-defined]
+        before = [await view.subscriber_states(b, phones) for b in ("brand-0", "brand-1")]
+        positions = await view.positions(Stream.SUBSCRIBERS)
+        history = await view.history(phones[0])
+
+        await view.apply(Stream.SUBSCRIBERS, batch)
+
+        assert [await view.subscriber_states(b, phones) for b in ("brand-0", "brand-1")] == before
+        assert await view.positions(Stream.SUBSCRIBERS) == positions
+        assert await view.history(phones[0]) == history
+
+    async def test_a_batch_split_in_two_gives_the_same_state_as_one(
+        self, view: ConsentView
+    ) -> None:
+        pos = Positions()
+        batch = pos.record(subscriber_events(300, phones=40, brands=2, campaigns=2))
+        # The second half overlaps the first: a re-delivery after a crash looks like this.
+        await view.apply(Stream.SUBSCRIBERS, batch[:180])
+        await view.apply(Stream.SUBSCRIBERS, batch[120:])
+
+        for (phone, brand), state in expected_states(batch).items():
+            assert (await view.subscriber_states(brand, [phone]))[phone] == state
+
+    async def test_positions_advance_per_partition(self, view: ConsentView) -> None:
+        assert await view.positions(Stream.SUBSCRIBERS) == {}
+        batch = [
+            Recorded(grant("+14155550100", "acme", "deals", T0), LedgerPosition(0, 0), T0),
+            Recorded(grant("+14155550101", "acme", "deals", T0), LedgerPosition(2, 7), T0),
+            Recorded(grant("+14155550100", "acme", "news", T0), LedgerPosition(0, 1), T0),
+        ]
+
+        await view.apply(Stream.SUBSCRIBERS, batch)
+
+        assert await view.positions(Stream.SUBSCRIBERS) == {0: 2, 2: 8}
+        assert await view.positions(Stream.CAMPAIGNS) == {}
+
+    async def test_events_before_the_stored_position_are_skipped(self, view: ConsentView) -> None:
+        first = Recorded(grant("+14155550100", "acme", "deals", T0), LedgerPosition(0, 5), T0)
+        await view.apply(Stream.SUBSCRIBERS, [first])
+        stale = Recorded(
+            revoke("+14155550100", "acme", "deals", T0 + timedelta(hours=1)),
+            LedgerPosition(0, 3),
+            T0,
+        )
+
+        await view.apply(Stream.SUBSCRIBERS, [stale])
+
+        state = (await view.subscriber_states("acme", ["+14155550100"]))["+14155550100"]
+        assert state == fold([first])
+        assert await view.positions(Stream.SUBSCRIBERS) == {0: 6}
+
+    async def test_a_duplicate_event_id_is_stored_and_folded_once(self, view: ConsentView) -> None:
+        pos = Positions()
+        original = pos.record([grant("+14155550100", "acme", "deals", T0)])[0]
+        duplicate = pos.again(original)
+        # Folded twice, the later copy would replace the grant's position and recorded_at.
+        await view.apply(Stream.SUBSCRIBERS, [original])
+        await view.apply(Stream.SUBSCRIBERS, [duplicate])
+
+        state = (await view.subscriber_states("acme", ["+14155550100"]))["+14155550100"]
+        assert state == fold([original])
+        assert await view.history("+14155550100") == [original]
+        assert await view.find_event(str(original.event.event_id)) == original
+        assert await view.positions(Stream.SUBSCRIBERS) == {
+            duplicate.position.partition: duplicate.position.offset + 1
+        }
+
+    async def test_a_duplicate_inside_one_batch_is_folded_once(self, view: ConsentView) -> None:
+        pos = Positions()
+        original = pos.record([grant("+14155550100", "acme", "deals", T0)])[0]
+        batch = [original, pos.again(original)]
+
+        await view.apply(Stream.SUBSCRIBERS, batch)
+
+        state = (await view.subscriber_states("acme", ["+14155550100"]))["+14155550100"]
+        assert state == fold([original])
+        assert await view.history("+14155550100") == [original]
+
+    async def test_a_batch_with_a_bad_event_applies_nothing(self, view: ConsentView) -> None:
+        pos = Positions()
+        good = pos.record([grant("+14155550100", "acme", "deals", T0)])
+        foreign = pos.record([define("acme", "deals", T0)])
+
+        with pytest.raises(ValueError):
+            await view.apply(Stream.SUBSCRIBERS, [*good, *foreign])
+
+        assert await view.positions(Stream.SUBSCRIBERS) == {}
+        assert await view.history("+14155550100") == []
+
+    async def test_history_is_in_ledger_order_and_filters_by_brand(self, view: ConsentView) -> None:
+        pos = Positions()
+        phone = "+14155550100"
+        batch = pos.record(
+            [
+                grant(phone, "acme", "deals", T0 + timedelta(hours=2)),
+                grant(phone, "globex", "deals", T0),
+                sent(phone, "acme", "deals", T0 + timedelta(hours=3)),
+                revoke(phone, "acme", None, T0 + timedelta(hours=1)),
+                grant("+14155550101", "acme", "deals", T0),
+            ]
+        )
+        await view.apply(Stream.SUBSCRIBERS, batch[:2])
+        await view.apply(Stream.SUBSCRIBERS, batch[2:])
+
+        assert await view.history(phone) == batch[:4]
+        assert await view.history(phone, "acme") == [batch[0], batch[2], batch[3]]
+        assert await view.history(phone, "initech") == []
+        assert await view.history("+14155550199") == []
+
+    async def test_find_event_returns_the_recorded_event(self, view: ConsentView) -> None:
+        pos = Positions()
+        batch = pos.record(
+            [grant("+14155550100", "acme", "deals", T0), revoke("+14155550100", "acme", None, T0)]
+        )
+        campaign = pos.record([define("acme", "deals", T0, ["+12025550100"])])
+        await view.apply(Stream.SUBSCRIBERS, batch)
+        await view.apply(Stream.CAMPAIGNS, campaign)
+
+        assert await view.find_event(str(batch[1].event.event_id)) == batch[1]
+        assert await view.find_event(str(campaign[0].event.event_id)) == campaign[0]
+        assert await view.find_event(str(uuid.uuid4())) is None
+        assert await view.find_event("not-a-uuid") is None
+
+    async def test_campaign_history_keeps_every_version(self, view: ConsentView) -> None:
+        pos = Positions()
+        batch = pos.record(
+            [
+                define("acme", "deals", T0, ["+12025550100"]),
+                define("acme", "news", T0, ["+12025550101"]),
+                define("acme", "deals", T0 + timedelta(days=1), ["+12025550102"], changed=True),
+            ]
+        )
+        await view.apply(Stream.CAMPAIGNS, batch[:2])
+        await view.apply(Stream.CAMPAIGNS, batch[2:])
+
+        history = await view.campaign_history("acme", "deals")
+        assert history == fold_campaign([batch[0], batch[2]])
+        current = history.current()
+        assert current is not None and current.policy_version == 2
+        assert await view.campaign_history("acme", "unknown") == fold_campaign([])
+        assert await view.positions(Stream.CAMPAIGNS) == {
+            p: o + 1 for p, o in _last_offsets(batch).items()
+        }
+
+    async def test_sender_numbers_follow_the_current_rules(self, view: ConsentView) -> None:
+        pos = Positions()
+        await view.apply(
+            Stream.CAMPAIGNS,
+            pos.record(
+                [
+                    define("acme", "deals", T0, ["+12025550100", "+12025550101"]),
+                    define("globex", "alerts", T0, ["+12025550200"]),
+                ]
+            ),
+        )
+        assert await view.campaign_for_number("+12025550100") == ("acme", "deals")
+        assert await view.campaign_for_number("+12025550200") == ("globex", "alerts")
+        assert await view.campaign_for_number("+12025550999") is None
+
+        await view.apply(
+            Stream.CAMPAIGNS,
+            pos.record(
+                [
+                    define("acme", "deals", T0 + timedelta(days=1), ["+12025550101"], changed=True),
+                ]
+            ),
+        )
+
+        assert await view.campaign_for_number("+12025550100") is None
+        assert await view.campaign_for_number("+12025550101") == ("acme", "deals")
+
+    async def test_a_number_two_campaigns_claim_goes_to_the_newer_rules(
+        self, view: ConsentView
+    ) -> None:
+        pos = Positions()
+        await view.apply(
+            Stream.CAMPAIGNS,
+            pos.record(
+                [
+                    define("acme", "deals", T0 + timedelta(days=1), ["+12025550100"]),
+                    define("acme", "news", T0, ["+12025550100"]),
+                ]
+            ),
+        )
+
+        assert await view.campaign_for_number("+12025550100") == ("acme", "deals")
+
+    async def test_a_generated_ledger_folds_exactly(self, view: ConsentView) -> None:
+        pos = Positions()
+        recorded = pos.record(generate_events(1500, phones=150, brands=3, campaigns=3))
+        subscribers = [r for r in recorded if Stream.of(r.event) is Stream.SUBSCRIBERS]
+        campaigns = [r for r in recorded if Stream.of(r.event) is Stream.CAMPAIGNS]
+        for start in range(0, len(subscribers), 400):
+            await view.apply(Stream.SUBSCRIBERS, subscribers[start : start + 400])
+        await view.apply(Stream.CAMPAIGNS, campaigns)
+
+        expected = expected_states(subscribers)
+        for brand in sorted({b for _, b in expected}):
+            phones = sorted(p for p, b in expected if b == brand)
+            states = await view.subscriber_states(brand, phones)
+            assert states == {p: expected[p, brand] for p in phones}
+        assert await view.positions(Stream.SUBSCRIBERS) == {
+            p: o + 1 for p, o in _last_offsets(subscribers).items()
+        }
+
+
+def _last_offsets(batch: Iterable[Recorded]) -> dict[int, int]:
+    last: dict[int, int] = {}
+    for r in batch:
+        last[r.position.partition] = max(last.get(r.position.partition, -1), r.position.offset)
+    return last
