@@ -1,0 +1,87 @@
+"""Apply the versioned SQL files in ``services/migrations`` to a PostgreSQL database.
+
+Files are named ``NNNN_name.sql`` and applied in version order, each in its own
+transaction together with its row in ``schema_migrations``, so a failed file
+leaves nothing half-done and is retried next time. A session advisory lock makes
+two processes starting at once take turns: the second finds everything applied.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# Any fixed 64-bit number works; this one is "consent-ledger migrations" by convention.
+_LOCK_KEY = 0x436F6E73656E7401
+
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+
+def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """The migration files in ``directory``, in version order; raises on a bad name."""
+    found: dict[int, Migration] = {}
+    for path in sorted(directory.glob("*.sql")):
+        match = _FILE.match(path.name)
+        if match is None:
+            raise ValueError(f"{path.name}: migration files are named NNNN_lower_snake.sql")
+        version = int(match.group(1))
+        if version in found:
+            raise ValueError(
+                f"{path.name}: version {version} also used by {found[version].path.name}"
+            )
+        found[version] = Migration(version, path.stem, path)
+    return [found[v] for v in sorted(found)]
+
+
+async def migrate(pool_or_conn: Any, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply every migration not yet applied; return the names of those applied now."""
+    if isinstance(pool_or_conn, asyncpg.Pool):
+        async with pool_or_conn.acquire() as conn:
+            return await _migrate(conn, directory)
+    return await _migrate(pool_or_conn, directory)
+
+
+async def _migrate(conn: asyncpg.Connection, directory: Path) -> list[str]:
+    migrations = discover(directory)
+    applied_now: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+    try:
+        await conn.execute(_CREATE_TABLE)
+        done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+        for migration in migrations:
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+            applied_now.append(migration.name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+    return applied_now

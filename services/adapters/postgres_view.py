@@ -1,0 +1,377 @@
+"""``PostgresConsentView``: the ``ConsentView`` port on PostgreSQL (asyncpg).
+
+``apply`` writes a batch in one transaction: the folded state of every phone and
+brand it touches, their consent standing for audit queries, an indexed copy of
+each event, campaign history and sender numbers, and the consumed positions. It
+first locks the position rows of the batch's partitions, so two projectors
+handed the same partitions during a Kafka rebalance take turns, and the second
+finds the batch already applied and writes nothing.
+
+Everything is read in one query per table per batch and written back with
+``executemany``: the cost of a batch grows with its size, not with round trips.
+The tables are created by ``services/migrations/0002_projections.sql``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ledger.events import CampaignEvent, Recorded, SubscriberEvent
+from ledger.policy import _latest_revocation, _standing
+from ledger.ports import ConsentView, Stream
+from ledger.state import (
+    CampaignHistory,
+    SubscriberState,
+    apply,
+    fold,
+    fold_campaign,
+    retained_facts,
+)
+from services.wire.codec import decode_recorded, decode_snapshot, encode_recorded, encode_snapshot
+
+PROJECTION_TABLES = (
+    "subscriber_state",
+    "consent_status",
+    "ledger_event_copy",
+    "campaign_version",
+    "sender_number",
+    "projection_offset",
+)
+"""Every table the view owns; all of it is rebuilt from the ledger."""
+
+_CLAIM_POSITIONS = """
+INSERT INTO projection_offset (stream, partition, next_offset)
+SELECT $1, p, 0 FROM unnest($2::integer[]) AS p
+ON CONFLICT DO NOTHING
+"""
+_LOCK_POSITIONS = """
+SELECT partition, next_offset FROM projection_offset
+WHERE stream = $1 AND partition = ANY($2::integer[])
+ORDER BY partition
+FOR UPDATE
+"""
+_WRITE_POSITION = """
+UPDATE projection_offset SET next_offset = $3 WHERE stream = $1 AND partition = $2
+"""
+_KNOWN_EVENTS = "SELECT event_id FROM ledger_event_copy WHERE event_id = ANY($1::uuid[])"
+_INSERT_EVENT = """
+INSERT INTO ledger_event_copy (event_id, stream, partition, "offset", event_type, phone, brand,
+                               campaign, occurred_at, recorded_at, payload)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT DO NOTHING
+"""
+_LOAD_STATES = """
+SELECT s.phone, s.brand, s.snapshot, s.last_offset, s.updated_at
+FROM subscriber_state AS s
+JOIN unnest($1::text[], $2::text[]) AS k(phone, brand) USING (phone, brand)
+FOR UPDATE OF s
+"""
+_UPSERT_STATE = """
+INSERT INTO subscriber_state (phone, brand, snapshot, last_offset, updated_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (phone, brand) DO UPDATE
+SET snapshot = EXCLUDED.snapshot, last_offset = EXCLUDED.last_offset,
+    updated_at = EXCLUDED.updated_at
+"""
+_UPSERT_STATUS = """
+INSERT INTO consent_status (phone, brand, campaign, status, tier, granted_event_id, granted_at,
+                            revoked_event_id, revoked_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (phone, brand, campaign) DO UPDATE
+SET status = EXCLUDED.status, tier = EXCLUDED.tier,
+    granted_event_id = EXCLUDED.granted_event_id, granted_at = EXCLUDED.granted_at,
+    revoked_event_id = EXCLUDED.revoked_event_id, revoked_at = EXCLUDED.revoked_at,
+    updated_at = EXCLUDED.updated_at
+"""
+_INSERT_VERSION = """
+INSERT INTO campaign_version (brand, campaign, event_id, partition, "offset", occurred_at,
+                              recorded_at, payload)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT DO NOTHING
+"""
+_LOAD_VERSIONS = """
+SELECT v.brand, v.campaign, v.payload
+FROM campaign_version AS v
+JOIN unnest($1::text[], $2::text[]) AS k(brand, campaign) USING (brand, campaign)
+ORDER BY v.brand, v.campaign, v.partition, v."offset"
+"""
+_DELETE_NUMBERS = """
+DELETE FROM sender_number AS n
+USING unnest($1::text[], $2::text[]) AS k(brand, campaign)
+WHERE n.brand = k.brand AND n.campaign = k.campaign
+"""
+_INSERT_NUMBER = """
+INSERT INTO sender_number (number, brand, campaign, since) VALUES ($1, $2, $3, $4)
+"""
+
+
+def _load_state(phone: str, brand: str, snapshot: bytes) -> SubscriberState:
+    return fold(decode_snapshot(snapshot), SubscriberState(phone=phone, brand=brand))
+
+
+def _status_rows(state: SubscriberState, updated_at: datetime) -> list[tuple[Any, ...]]:
+    rows = []
+    for name, consent in sorted(state.campaigns.items()):
+        standing = _standing(state, consent)
+        if standing.active:
+            status = "active"
+        elif standing.revocation is not None:
+            status = "revoked"
+        else:
+            status = "none"
+        grant, revocation = consent.grant, _latest_revocation(state, consent)
+        rows.append(
+            (
+                state.phone,
+                state.brand,
+                name,
+                status,
+                int(grant.event.tier) if grant else None,
+                grant.event.event_id if grant else None,
+                grant.at if grant else None,
+                revocation.event.event_id if revocation else None,
+                revocation.at if revocation else None,
+                updated_at,
+            )
+        )
+    return rows
+
+
+def _event_row(stream: Stream, recorded: Recorded) -> tuple[Any, ...]:
+    event = recorded.event
+    phone = event.phone if isinstance(event, SubscriberEvent) else None
+    return (
+        event.event_id,
+        stream.value,
+        recorded.position.partition,
+        recorded.position.offset,
+        event.EVENT_TYPE,
+        phone,
+        event.brand,  # type: ignore[attr-defined]
+        getattr(event, "campaign", None),
+        event.occurred_at,
+        recorded.recorded_at,
+        encode_recorded(recorded),
+    )
+
+
+class PostgresConsentView(ConsentView):
+    """The view on an ``asyncpg`` pool the caller owns (and closes)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
+        if not batch:
+            return
+        for recorded in batch:
+            if Stream.of(recorded.event) is not stream:
+                raise ValueError(
+                    f"{type(recorded.event).__name__} does not belong to {stream.value}"
+                )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._apply(conn, stream, batch)
+
+    async def _apply(
+        self, conn: asyncpg.Connection, stream: Stream, batch: Sequence[Recorded]
+    ) -> None:
+        partitions = sorted({r.position.partition for r in batch})
+        await conn.execute(_CLAIM_POSITIONS, stream.value, partitions)
+        rows = await conn.fetch(_LOCK_POSITIONS, stream.value, partitions)
+        next_offsets: dict[int, int] = {row["partition"]: row["next_offset"] for row in rows}
+        fresh: list[Recorded] = []
+        for recorded in batch:
+            partition, offset = recorded.position.partition, recorded.position.offset
+            if offset < next_offsets[partition]:
+                continue
+            next_offsets[partition] = offset + 1
+            fresh.append(recorded)
+        if not fresh:
+            return
+
+        known = {
+            row["event_id"]
+            for row in await conn.fetch(_KNOWN_EVENTS, [r.event.event_id for r in fresh])
+        }
+        new: list[Recorded] = []
+        for recorded in fresh:
+            if recorded.event.event_id in known:
+                continue  # the same fact written twice (a retried append): fold it once
+            known.add(recorded.event.event_id)
+            new.append(recorded)
+
+        if new:
+            await conn.executemany(_INSERT_EVENT, [_event_row(stream, r) for r in new])
+            if stream is Stream.SUBSCRIBERS:
+                await self._fold_subscribers(conn, new)
+            else:
+                await self._fold_campaigns(conn, new)
+        await self._write_positions(
+            conn, stream, {p: next_offsets[p] for p in {r.position.partition for r in fresh}}
+        )
+
+    async def _fold_subscribers(self, conn: asyncpg.Connection, new: list[Recorded]) -> None:
+        keys = sorted({(r.event.phone, r.event.brand) for r in new})  # type: ignore[attr-defined]
+        states: dict[tuple[str, str], SubscriberState] = {}
+        # The retained facts need not include the newest event (a late fact that
+        # changed nothing), so what the row has seen is kept beside the snapshot.
+        last_offset: dict[tuple[str, str], int] = {}
+        updated: dict[tuple[str, str], datetime] = {}
+        for row in await conn.fetch(_LOAD_STATES, [k[0] for k in keys], [k[1] for k in keys]):
+            key = (row["phone"], row["brand"])
+            states[key] = _load_state(*key, row["snapshot"])
+            last_offset[key] = row["last_offset"]
+            updated[key] = row["updated_at"]
+        for recorded in new:
+            event = recorded.event
+            assert isinstance(event, SubscriberEvent)
+            key = (event.phone, event.brand)
+            state = states.get(key) or SubscriberState(phone=event.phone, brand=event.brand)
+            states[key] = apply(state, recorded)
+            last_offset[key] = max(last_offset.get(key, -1), recorded.position.offset)
+            updated[key] = max(updated.get(key, recorded.recorded_at), recorded.recorded_at)
+        await conn.executemany(
+            _UPSERT_STATE,
+            [
+                (
+                    phone,
+                    brand,
+                    encode_snapshot(retained_facts(states[phone, brand])),
+                    last_offset[phone, brand],
+                    updated[phone, brand],
+                )
+                for phone, brand in keys
+            ],
+        )
+        await conn.executemany(
+            _UPSERT_STATUS,
+            [row for key in keys for row in _status_rows(states[key], updated[key])],
+        )
+
+    async def _fold_campaigns(self, conn: asyncpg.Connection, new: list[Recorded]) -> None:
+        events: list[tuple[CampaignEvent, Recorded]] = []
+        for recorded in new:
+            assert isinstance(recorded.event, CampaignEvent)
+            events.append((recorded.event, recorded))
+        await conn.executemany(
+            _INSERT_VERSION,
+            [
+                (
+                    e.brand,
+                    e.campaign,
+                    e.event_id,
+                    r.position.partition,
+                    r.position.offset,
+                    e.occurred_at,
+                    r.recorded_at,
+                    encode_recorded(r),
+                )
+                for e, r in events
+            ],
+        )
+        keys = sorted({(e.brand, e.campaign) for e, _ in events})
+        brands, campaigns = [k[0] for k in keys], [k[1] for k in keys]
+        versions: dict[tuple[str, str], list[Recorded]] = {}
+        for row in await conn.fetch(_LOAD_VERSIONS, brands, campaigns):
+            versions.setdefault((row["brand"], row["campaign"]), []).append(
+                decode_recorded(row["payload"])
+            )
+        await conn.execute(_DELETE_NUMBERS, brands, campaigns)
+        numbers = []
+        for brand, campaign in keys:
+            history = fold_campaign(versions.get((brand, campaign), []))
+            current = history.current()
+            if current is None:
+                continue
+            since = history.versions[-1].at
+            for number in sorted(set(current.policy.sender_numbers)):
+                numbers.append((number, brand, campaign, since))
+        await conn.executemany(_INSERT_NUMBER, numbers)
+
+    async def _write_positions(
+        self, conn: asyncpg.Connection, stream: Stream, offsets: dict[int, int]
+    ) -> None:
+        await conn.executemany(
+            _WRITE_POSITION, [(stream.value, p, o) for p, o in sorted(offsets.items())]
+        )
+
+    async def positions(self, stream: Stream) -> dict[int, int]:
+        rows = await self._pool.fetch(
+            "SELECT partition, next_offset FROM projection_offset WHERE stream = $1", stream.value
+        )
+        return {row["partition"]: row["next_offset"] for row in rows}
+
+    async def subscriber_states(
+        self, brand: str, phones: Sequence[str]
+    ) -> dict[str, SubscriberState]:
+        rows = await self._pool.fetch(
+            "SELECT phone, snapshot FROM subscriber_state"
+            " WHERE brand = $1 AND phone = ANY($2::text[])",
+            brand,
+            list(phones),
+        )
+        found = {row["phone"]: _load_state(row["phone"], brand, row["snapshot"]) for row in rows}
+        return {
+            phone: found.get(phone) or SubscriberState(phone=phone, brand=brand) for phone in phones
+        }
+
+    async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:
+        rows = await self._pool.fetch(
+            "SELECT payload FROM campaign_version WHERE brand = $1 AND campaign = $2"
+            ' ORDER BY partition, "offset"',
+            brand,
+            campaign,
+        )
+        return fold_campaign(decode_recorded(row["payload"]) for row in rows)
+
+    async def campaign_for_number(self, to_phone: str) -> tuple[str, str] | None:
+        row = await self._pool.fetchrow(
+            "SELECT brand, campaign FROM sender_number WHERE number = $1"
+            " ORDER BY since DESC, brand, campaign LIMIT 1",
+            to_phone,
+        )
+        return None if row is None else (row["brand"], row["campaign"])
+
+    async def history(self, phone: str, brand: str | None = None) -> list[Recorded]:
+        rows = await self._pool.fetch(
+            "SELECT payload FROM ledger_event_copy"
+            " WHERE phone = $1 AND ($2::text IS NULL OR brand = $2)"
+            ' ORDER BY partition, "offset"',
+            phone,
+            brand,
+        )
+        return [decode_recorded(row["payload"]) for row in rows]
+
+    async def find_event(self, event_id: str) -> Recorded | None:
+        try:
+            key = uuid.UUID(str(event_id))
+        except ValueError:
+            return None
+        payload = await self._pool.fetchval(
+            "SELECT payload FROM ledger_event_copy WHERE event_id = $1", key
+        )
+        return None if payload is None else decode_recorded(payload)
+
+    async def reset(self) -> None:
+        """Empty every projection table, for a rebuild from offset 0."""
+        await self._pool.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES)}")
+
+    async def table_dump(self, table: str) -> list[tuple[Any, ...]]:
+        """Every row of one projection table in key order (for rebuild checks)."""
+        if table not in PROJECTION_TABLES:
+            raise ValueError(f"{table} is not a projection table")
+        order = {
+            "subscriber_state": "phone, brand",
+            "consent_status": "phone, brand, campaign",
+            "ledger_event_copy": "event_id",
+            "campaign_version": "brand, campaign, event_id",
+            "sender_number": "number, brand, campaign",
+            "projection_offset": "stream, partition",
+        }[table]
+        rows = await self._pool.fetch(f"SELECT * FROM {table} ORDER BY {order}")
+        return [tuple(row.values()) for row in rows]
