@@ -436,6 +436,9 @@ class KafkaBroker:
             "-XX:-UsePerfData",  # no /tmp/hsperfdata_* files left behind
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",
+            # Kafka's own shutdown hook logs the orderly shutdown; log4j's hook would run
+            # concurrently and could close the log file before those lines are written.
+            "-Dlog4j2.shutdownHookEnabled=false",
             f"-Dkafka.logs.dir={self.data_dir}",
             "-cp",
             f"{jars_dir}/*",

