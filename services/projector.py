@@ -1,0 +1,249 @@
+"""The projector: folds the ledger into the read model, and helpers for readers.
+
+``Projector`` follows any ``Ledger`` through the port (the in-memory and the local
+PostgreSQL ledgers). ``KafkaProjector`` reads Kafka in a consumer group so several
+instances share the partitions. Both resume from the positions the view stored
+with its rows, never from Kafka's committed offsets: the view commits its rows and
+its positions in one transaction, so a crash between a write and anything after it
+replays a batch the view then skips, and nothing is lost or applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+
+from ledger.events import LedgerPosition, Recorded
+from ledger.ports import ConsentView, ConsistencyToken, Ledger, Stream
+from services.wire.codec import decode_event
+
+if TYPE_CHECKING:
+    from services.adapters.kafka_ledger import KafkaLedgerSettings
+
+log = logging.getLogger(__name__)
+
+
+class Projector:
+    """Folds ``ledger`` into ``view``, one task per stream, until cancelled."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        view: ConsentView,
+        *,
+        streams: Iterable[Stream] = tuple(Stream),
+        poll_timeout: float = 0.5,
+    ) -> None:
+        self._ledger = ledger
+        self._view = view
+        self._streams = tuple(streams)
+        self._poll_timeout = poll_timeout
+
+    async def run(self) -> None:
+        """Follow every stream forever; an error in one stops all (let it restart)."""
+        async with asyncio.TaskGroup() as tasks:
+            for stream in self._streams:
+                tasks.create_task(self.follow(stream), name=f"projector-{stream.value}")
+
+    async def follow(self, stream: Stream) -> None:
+        start = await self._view.positions(stream)
+        async for batch in self._ledger.subscribe(stream, start, poll_timeout=self._poll_timeout):
+            if batch:
+                await self._view.apply(stream, batch)
+
+    async def catch_up(self, *, batch_size: int = 5000) -> int:
+        """Apply everything the ledger holds now and return; the number of events read."""
+        count = 0
+        for stream in self._streams:
+            applied = await self._view.positions(stream)
+            for partition, end in sorted((await self._ledger.end_offsets(stream)).items()):
+                offset = applied.get(partition, 0)
+                while offset < end:
+                    batch = await self._ledger.read(
+                        stream, partition, offset, min(batch_size, end - offset)
+                    )
+                    if not batch:
+                        break
+                    await self._view.apply(stream, batch)
+                    count += len(batch)
+                    offset = batch[-1].position.offset + 1
+        return count
+
+
+async def rebuild(ledger: Ledger, view: ConsentView, *, batch_size: int = 5000) -> int:
+    """Empty the view and fold the whole ledger again from offset 0.
+
+    Stop the projectors writing to ``view`` first. The view must have ``reset()``
+    (both adapters do). Returns the number of events read.
+    """
+    reset = getattr(view, "reset", None)
+    if reset is None:
+        raise TypeError(f"{type(view).__name__} cannot be reset, so it cannot be rebuilt")
+    await reset()
+    return await Projector(ledger, view).catch_up(batch_size=batch_size)
+
+
+async def wait_for(
+    view: ConsentView, token: ConsistencyToken, timeout: float, *, interval: float = 0.02
+) -> bool:
+    """True once ``view`` has applied everything ``token`` names; False after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    wanted: dict[Stream, dict[int, int]] = {}
+    for (stream, partition), offset in token.offsets.items():
+        wanted.setdefault(stream, {})[partition] = offset
+    while True:
+        if await _has_applied(view, wanted):
+            return True
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        await asyncio.sleep(min(interval, remaining))
+
+
+async def _has_applied(view: ConsentView, wanted: dict[Stream, dict[int, int]]) -> bool:
+    for stream, offsets in wanted.items():
+        applied = await view.positions(stream)
+        if any(applied.get(p, 0) < offset for p, offset in offsets.items()):
+            return False
+    return True
+
+
+async def lag(view: ConsentView, ledger: Ledger, stream: Stream) -> dict[int, int]:
+    """Per partition, how many events the ledger holds that the view has not applied."""
+    applied = await view.positions(stream)
+    ends = await ledger.end_offsets(stream)
+    return {p: max(0, end - applied.get(p, 0)) for p, end in sorted(ends.items())}
+
+
+# -- Kafka ----------------------------------------------------------------------------
+
+
+def recorded_from_kafka(record: ConsumerRecord[bytes, bytes]) -> Recorded:
+    """A Kafka record as the ledger recorded it; ``recorded_at`` is the broker's stamp."""
+    if record.value is None:
+        raise ValueError(f"empty record at {record.topic}/{record.partition}@{record.offset}")
+    # Integer arithmetic, as KafkaLedger does: a float division can land a microsecond
+    # off, and a rebuild through KafkaLedger.read must give the very same rows.
+    ms = record.timestamp
+    recorded_at = datetime.fromtimestamp(ms // 1000, UTC) + timedelta(milliseconds=ms % 1000)
+    return Recorded(
+        decode_event(record.value), LedgerPosition(record.partition, record.offset), recorded_at
+    )
+
+
+class _SeekToStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, projector: KafkaProjector) -> None:
+        self._projector = projector
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        pass  # nothing to flush: every applied batch is already committed in PostgreSQL
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._projector.seek_to_stored_positions(assigned)
+
+
+class KafkaProjector:
+    """Projects the ledger's Kafka topics in a consumer group.
+
+    On every assignment each partition is sought to the position the view stored;
+    Kafka's committed offsets are written after each batch only so that the usual
+    lag monitoring works, and are never read back.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaLedgerSettings,
+        view: ConsentView,
+        *,
+        group_id: str = "consent-projector",
+        max_records: int = 2000,
+        poll_timeout: float = 0.5,
+        consumer_options: dict[str, Any] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._view = view
+        self._group_id = group_id
+        self._max_records = max_records
+        self._poll_timeout = poll_timeout
+        self._extra_options = dict(consumer_options or {})
+        self._streams = {settings.topic(stream): stream for stream in Stream}
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        options = {
+            **self._settings.consumer_options(),
+            "group_id": self._group_id,
+            "enable_auto_commit": False,
+            "isolation_level": "read_committed",
+            # Only for a partition with no stored position, which the listener always
+            # seeks; "earliest" is the safe answer should that ever not happen.
+            "auto_offset_reset": "earliest",
+            **self._extra_options,
+        }
+        consumer = AIOKafkaConsumer(**options)
+        await consumer.start()
+        consumer.subscribe(list(self._streams), listener=_SeekToStoredPositions(self))
+        self._consumer = consumer
+
+    async def stop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()  # leaves the group, so the others rebalance at once
+
+    async def run(self) -> None:
+        """``start`` if needed, then project until cancelled; always ``stop``s."""
+        if self._consumer is None:
+            await self.start()
+        try:
+            while True:
+                await self.step()
+        finally:
+            await self.stop()
+
+    async def step(self) -> int:
+        """Fetch one round of records, apply them per stream; the number applied."""
+        consumer = self._started()
+        fetched = await consumer.getmany(
+            timeout_ms=int(self._poll_timeout * 1000), max_records=self._max_records
+        )
+        batches: dict[Stream, list[Recorded]] = {}
+        for tp, records in fetched.items():
+            batches.setdefault(self._streams[tp.topic], []).extend(
+                recorded_from_kafka(r) for r in records
+            )
+        for stream, batch in batches.items():
+            await self._view.apply(stream, batch)
+        if fetched:
+            await self._commit_for_monitoring(
+                {tp: records[-1].offset + 1 for tp, records in fetched.items() if records}
+            )
+        return sum(len(b) for b in batches.values())
+
+    async def seek_to_stored_positions(self, assigned: Iterable[TopicPartition]) -> None:
+        consumer = self._started()
+        positions: dict[Stream, dict[int, int]] = {}
+        for tp in sorted(assigned):
+            stream = self._streams[tp.topic]
+            if stream not in positions:
+                positions[stream] = await self._view.positions(stream)
+            consumer.seek(tp, positions[stream].get(tp.partition, 0))
+
+    async def _commit_for_monitoring(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await self._started().commit(offsets)
+        except KafkaError as exc:
+            # A rebalance took the partitions away: harmless, PostgreSQL has the truth.
+            log.info("projector: offsets not committed to Kafka (%s)", exc)
+
+    def _started(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("KafkaProjector is not started: await projector.start() first")
+        return self._consumer
