@@ -1,0 +1,337 @@
+"""The gRPC API's messages <-> the domain's requests and answers.
+
+The servicer stays thin because everything proto-shaped is here: a request
+message becomes a ``ledger.commands`` request (``command_from_proto``), a
+``ledger.policy.Decision`` becomes a response (``decision_to_proto``), and the
+enums map one to one by name.
+
+Only what the wire itself can get wrong is checked here: a missing message or
+timestamp, an enum left unset or from a newer client. Those raise
+``ledger.errors.InvalidRequest`` naming the proto field, so the edge can return
+a field-level ``INVALID_ARGUMENT``. Everything about *meaning* (request ids,
+names, phone numbers, proof completeness) is the domain's to check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from consent.v1 import consent_service_pb2 as api_pb2
+from google.protobuf.message import Message
+
+from ledger.campaigns import CampaignPolicy
+from ledger.commands import (
+    ChangeCampaignPolicy,
+    Command,
+    DefineCampaign,
+    HandleInboundMessage,
+    InboundOutcome,
+    RecordAgeVerification,
+    RecordMessageSent,
+    RecordOptIn,
+    RecordOptOut,
+    RecordReconfirmation,
+    ReplyKind,
+    ResolveRevocationCandidate,
+)
+from ledger.errors import InvalidRequest
+from ledger.events import ConsentProof, ListSource, MessageKind
+from ledger.keywords import Intent
+from ledger.policy import Decision, Obligation, Reason
+from services.wire import codec
+from services.wire.enums import EnumMap, WireFormatError
+
+__all__ = [
+    "INTENTS",
+    "OBLIGATIONS",
+    "REASONS",
+    "command_from_proto",
+    "decision_from_proto",
+    "decision_to_as_of_proto",
+    "decision_to_proto",
+    "inbound_outcome_to_proto",
+    "message_kind_from_proto",
+    "optional_time",
+    "reply_content_to_proto",
+    "reply_kind_to_proto",
+    "required_time",
+    "send_decision_to_proto",
+]
+
+REASONS = EnumMap(Reason, api_pb2.Reason)
+OBLIGATIONS = EnumMap(Obligation, api_pb2.Obligation)
+INTENTS = EnumMap(Intent, api_pb2.InboundIntent)
+
+_REPLY_KINDS = {
+    getattr(ReplyKind, name): api_pb2.ReplyKind.Value(f"REPLY_KIND_{name}")
+    for name in ("NONE", "OPT_OUT_CONFIRMATION", "HELP", "OPT_IN_CONFIRMATION")
+}
+
+# --- small readers, shared with the servicer --------------------------------------
+
+
+def required_time(msg: Message, name: str) -> datetime:
+    """The timestamp field ``name`` of ``msg`` as a UTC datetime, or ``InvalidRequest``."""
+    if not msg.HasField(name):
+        raise InvalidRequest(name, "is required")
+    return codec.timestamp_from_proto(getattr(msg, name))
+
+
+def optional_time(msg: Message, name: str) -> datetime | None:
+    """The timestamp field ``name`` of ``msg``, or None when the client left it out."""
+    return codec.timestamp_from_proto(getattr(msg, name)) if msg.HasField(name) else None
+
+
+def _enum(enum_map: EnumMap[Any], value: int, field: str) -> Any:
+    try:
+        return enum_map.from_proto(value, field)
+    except WireFormatError as exc:
+        raise InvalidRequest(exc.field, exc.reason) from None
+
+
+def _enum_or(enum_map: EnumMap[Any], value: int, field: str, default: Any) -> Any:
+    return default if value == 0 else _enum(enum_map, value, field)
+
+
+def message_kind_from_proto(value: int, field: str = "message_kind") -> MessageKind:
+    """A request's message kind; unset means ``MessageKind.REGULAR``."""
+    kind: MessageKind = _enum_or(codec.MESSAGE_KINDS, value, field, MessageKind.REGULAR)
+    return kind
+
+
+def _proof(msg: Message, field: str) -> ConsentProof:
+    if not msg.HasField(field):
+        raise InvalidRequest(field, "is required: the proof of opt-in")
+    try:
+        return codec.proof_from_proto(getattr(msg, field), field)
+    except WireFormatError as exc:
+        raise InvalidRequest(exc.field, exc.reason) from None
+
+
+def _policy(msg: Message, field: str) -> CampaignPolicy:
+    if not msg.HasField(field):
+        raise InvalidRequest(field, "is required")
+    try:
+        return codec.policy_from_proto(getattr(msg, field))
+    except WireFormatError as exc:
+        raise InvalidRequest(f"{field}.{exc.field}", exc.reason) from None
+
+
+# --- write requests -> commands ---------------------------------------------------
+
+
+def _opt_in(r: api_pb2.RecordOptInRequest) -> RecordOptIn:
+    return RecordOptIn(
+        request_id=r.request_id,
+        phone=r.phone,
+        brand=r.brand,
+        campaign=r.campaign,
+        tier=_enum(codec.TIERS, r.tier, "tier"),
+        method=_enum(codec.METHODS, r.method, "method"),
+        proof=_proof(r, "proof"),
+        occurred_at=required_time(r, "occurred_at"),
+        source=_enum_or(codec.SOURCES, r.source, "source", ListSource.FIRST_PARTY),
+    )
+
+
+def _opt_out(r: api_pb2.RecordOptOutRequest) -> RecordOptOut:
+    return RecordOptOut(
+        request_id=r.request_id,
+        phone=r.phone,
+        brand=r.brand,
+        campaign=r.campaign if r.HasField("campaign") else None,
+        channel=_enum(codec.CHANNELS, r.channel, "channel"),
+        occurred_at=required_time(r, "occurred_at"),
+        text=r.text,
+        in_reply_to=r.in_reply_to,
+    )
+
+
+def _reconfirmation(r: api_pb2.RecordReconfirmationRequest) -> RecordReconfirmation:
+    return RecordReconfirmation(
+        request_id=r.request_id,
+        phone=r.phone,
+        brand=r.brand,
+        campaign=r.campaign,
+        channel=_enum(codec.CHANNELS, r.channel, "channel"),
+        occurred_at=required_time(r, "occurred_at"),
+        detail=r.detail,
+    )
+
+
+def _message_sent(r: api_pb2.RecordMessageSentRequest) -> RecordMessageSent:
+    return RecordMessageSent(
+        request_id=r.request_id,
+        phone=r.phone,
+        brand=r.brand,
+        campaign=r.campaign,
+        message_id=r.message_id,
+        kind=message_kind_from_proto(r.kind, "kind"),
+        occurred_at=required_time(r, "occurred_at"),
+        included_opt_out_language=r.included_opt_out_language,
+        identified_sender=r.identified_sender,
+    )
+
+
+def _age_verification(r: api_pb2.RecordAgeVerificationRequest) -> RecordAgeVerification:
+    return RecordAgeVerification(
+        request_id=r.request_id,
+        phone=r.phone,
+        brand=r.brand,
+        method=r.method,
+        occurred_at=required_time(r, "occurred_at"),
+        date_of_birth=r.date_of_birth,
+        verified_21_plus=r.verified_21_plus,
+    )
+
+
+def _resolve(r: api_pb2.ResolveRevocationCandidateRequest) -> ResolveRevocationCandidate:
+    return ResolveRevocationCandidate(
+        request_id=r.request_id,
+        phone=r.phone,
+        brand=r.brand,
+        candidate_event_id=r.candidate_event_id,
+        resolution=_enum(codec.RESOLUTIONS, r.resolution, "resolution"),
+        occurred_at=required_time(r, "occurred_at"),
+        resolved_by=r.resolved_by,
+    )
+
+
+def _define(r: api_pb2.DefineCampaignRequest) -> DefineCampaign:
+    return DefineCampaign(
+        request_id=r.request_id,
+        brand=r.brand,
+        campaign=r.campaign,
+        policy=_policy(r, "policy"),
+        occurred_at=required_time(r, "occurred_at"),
+    )
+
+
+def _change(r: api_pb2.ChangeCampaignPolicyRequest) -> ChangeCampaignPolicy:
+    return ChangeCampaignPolicy(
+        request_id=r.request_id,
+        brand=r.brand,
+        campaign=r.campaign,
+        policy=_policy(r, "policy"),
+        occurred_at=required_time(r, "occurred_at"),
+    )
+
+
+def _inbound(r: api_pb2.HandleInboundMessageRequest) -> HandleInboundMessage:
+    return HandleInboundMessage(
+        request_id=r.request_id,
+        from_phone=r.from_phone,
+        to_phone=r.to_phone,
+        body=r.body,
+        message_id=r.message_id,
+        occurred_at=required_time(r, "occurred_at"),
+    )
+
+
+_COMMANDS: dict[type[Message], Callable[[Any], Command | HandleInboundMessage]] = {
+    api_pb2.RecordOptInRequest: _opt_in,
+    api_pb2.RecordOptOutRequest: _opt_out,
+    api_pb2.RecordReconfirmationRequest: _reconfirmation,
+    api_pb2.RecordMessageSentRequest: _message_sent,
+    api_pb2.RecordAgeVerificationRequest: _age_verification,
+    api_pb2.ResolveRevocationCandidateRequest: _resolve,
+    api_pb2.DefineCampaignRequest: _define,
+    api_pb2.ChangeCampaignPolicyRequest: _change,
+    api_pb2.HandleInboundMessageRequest: _inbound,
+}
+
+
+def command_from_proto(request: Message) -> Command | HandleInboundMessage:
+    """The domain request for a write request message.
+
+    Raises ``InvalidRequest`` naming the proto field when a required message or
+    timestamp is missing or an enum is unset or unknown; ``TypeError`` for a
+    message that is not a write request.
+    """
+    build = _COMMANDS.get(type(request))
+    if build is None:
+        raise TypeError(f"{type(request).__name__} is not a write request")
+    return build(request)
+
+
+# --- answers -> responses ---------------------------------------------------------
+
+
+def _decision_fields(decision: Decision) -> dict[str, Any]:
+    return {
+        "allowed": decision.allowed,
+        "reason": REASONS.to_proto(decision.reason),
+        "obligations": [OBLIGATIONS.to_proto(o) for o in decision.obligations],
+        "detail": decision.detail,
+        "evidence_event_ids": list(decision.evidence),
+        "policy_version": decision.policy_version,
+    }
+
+
+def decision_to_proto(decision: Decision, consistency_token: str = "") -> api_pb2.CanSendResponse:
+    return api_pb2.CanSendResponse(
+        **_decision_fields(decision), consistency_token=consistency_token
+    )
+
+
+def decision_to_as_of_proto(
+    decision: Decision, consistency_token: str = ""
+) -> api_pb2.CanSendAsOfResponse:
+    return api_pb2.CanSendAsOfResponse(
+        **_decision_fields(decision), consistency_token=consistency_token
+    )
+
+
+def send_decision_to_proto(phone: str, decision: Decision) -> api_pb2.SendDecision:
+    """One entry of a ``CanSendBatchResponse``; ``phone`` as the client wrote it."""
+    return api_pb2.SendDecision(phone=phone, **_decision_fields(decision))
+
+
+def decision_from_proto(
+    msg: api_pb2.CanSendResponse | api_pb2.CanSendAsOfResponse | api_pb2.SendDecision,
+) -> Decision:
+    """The domain decision in a response (for clients and tests); ``ValueError`` if unset."""
+    return Decision(
+        allowed=msg.allowed,
+        reason=REASONS.from_proto(msg.reason, "reason"),
+        obligations=tuple(OBLIGATIONS.from_proto(o, "obligations") for o in msg.obligations),
+        evidence=tuple(msg.evidence_event_ids),
+        detail=msg.detail,
+        policy_version=msg.policy_version,
+    )
+
+
+def reply_kind_to_proto(reply: str) -> int:
+    """A ``ledger.commands.ReplyKind`` constant as ``consent.v1.ReplyKind``."""
+    try:
+        value: int = _REPLY_KINDS[reply]
+        return value
+    except KeyError:
+        raise ValueError(f"no consent.v1.ReplyKind for reply kind {reply!r}") from None
+
+
+def reply_content_to_proto(content: str) -> int:
+    """A required-content name (``"identify_sender"``) as ``consent.v1.ReplyContent``."""
+    name = f"REPLY_CONTENT_{content.upper()}"
+    try:
+        return int(api_pb2.ReplyContent.Value(name))
+    except ValueError:
+        raise ValueError(f"no consent.v1.ReplyContent for {content!r}") from None
+
+
+def inbound_outcome_to_proto(
+    outcome: InboundOutcome, event_ids: Iterable[str], consistency_token: str
+) -> api_pb2.HandleInboundMessageResponse:
+    """The response to ``HandleInboundMessage``: what was written and the reply owed."""
+    return api_pb2.HandleInboundMessageResponse(
+        event_ids=list(event_ids),
+        consistency_token=consistency_token,
+        intent=INTENTS.to_proto(outcome.intent),
+        reply=reply_kind_to_proto(outcome.reply),
+        required_content=[reply_content_to_proto(c) for c in outcome.required_content],
+        brand=outcome.brand,
+        campaign=outcome.campaign,
+        notes=list(outcome.notes),
+    )

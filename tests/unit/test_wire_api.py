@@ -1,0 +1,506 @@
+"""The gRPC API translation: requests become domain commands, answers become responses."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+import pytest
+from consent.v1 import consent_service_pb2 as api_pb2
+from consent.v1 import ledger_pb2
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ledger.campaigns import Campaign, CampaignPolicy, CampaignPurpose, FrequencyCap, QuietHours
+from ledger.commands import (
+    HELP_CONTENT,
+    OPT_OUT_CONFIRMATION_CONTENT,
+    ChangeCampaignPolicy,
+    DefineCampaign,
+    HandleInboundMessage,
+    RecordAgeVerification,
+    RecordMessageSent,
+    RecordOptIn,
+    RecordOptOut,
+    RecordReconfirmation,
+    ReplyKind,
+    ResolveRevocationCandidate,
+    handle_inbound,
+    to_events,
+)
+from ledger.errors import InvalidRequest
+from ledger.events import (
+    CandidateResolution,
+    CollectionMethod,
+    ConsentGranted,
+    ConsentProof,
+    ConsentTier,
+    ListSource,
+    MessageKind,
+    RevocationChannel,
+)
+from ledger.policy import Decision, Obligation, Reason
+from ledger.state import SubscriberState
+from services.wire import api
+
+AT = datetime(2025, 6, 1, 14, 30, 5, 123456, tzinfo=UTC)
+PHONE, BRAND, CAMPAIGN = "+14155550123", "acme", "spring-sale"
+
+
+def ts(value: datetime = AT) -> Timestamp:
+    t = Timestamp()
+    t.FromDatetime(value)
+    return t
+
+
+def proof_proto() -> ledger_pb2.ConsentProof:
+    return ledger_pb2.ConsentProof(
+        registered_at=ts(AT - timedelta(seconds=2)),
+        name="Ada Lovelace",
+        ip_address="192.0.2.7",
+        form_url="https://acme.example/join",
+        consent_text="Yes, text me offers. Reply STOP to cancel.",
+        screenshot_ref="s3://proofs/ada.png",
+        screenshot_sha256="ab" * 32,
+    )
+
+
+def policy_proto() -> ledger_pb2.CampaignPolicy:
+    return ledger_pb2.CampaignPolicy(
+        purpose=ledger_pb2.CAMPAIGN_PURPOSE_INFORMATIONAL,
+        quiet_hours=ledger_pb2.QuietHours(start_minute_of_day=9 * 60, end_minute_of_day=20 * 60),
+        daily_cap=1,
+        frequency_caps=[ledger_pb2.FrequencyCap(limit=3, window=Duration(seconds=7 * 86400))],
+        sender_numbers=["+14155550100"],
+    )
+
+
+def policy_domain() -> CampaignPolicy:
+    return CampaignPolicy(
+        purpose=CampaignPurpose.INFORMATIONAL,
+        quiet_hours=QuietHours(time(9, 0), time(20, 0)),
+        daily_cap=1,
+        frequency_caps=(FrequencyCap(3, timedelta(days=7)),),
+        sender_numbers=("+14155550100",),
+    )
+
+
+who = {"request_id": "req-1", "phone": PHONE, "brand": BRAND}
+
+# Each write request, fully filled in, with the domain command it must become.
+WRITES: list[tuple[Message, Any]] = [
+    (
+        api_pb2.RecordOptInRequest(
+            **who,
+            campaign=CAMPAIGN,
+            tier=ledger_pb2.CONSENT_TIER_PROMOTIONAL,
+            method=ledger_pb2.COLLECTION_METHOD_WEB_FORM,
+            proof=proof_proto(),
+            source=ledger_pb2.LIST_SOURCE_FIRST_PARTY,
+            occurred_at=ts(),
+        ),
+        RecordOptIn(
+            **who,
+            campaign=CAMPAIGN,
+            tier=ConsentTier.PROMOTIONAL,
+            method=CollectionMethod.WEB_FORM,
+            proof=ConsentProof(
+                registered_at=AT - timedelta(seconds=2),
+                name="Ada Lovelace",
+                ip_address="192.0.2.7",
+                form_url="https://acme.example/join",
+                consent_text="Yes, text me offers. Reply STOP to cancel.",
+                screenshot_ref="s3://proofs/ada.png",
+                screenshot_sha256="ab" * 32,
+            ),
+            occurred_at=AT,
+        ),
+    ),
+    (
+        api_pb2.RecordOptOutRequest(
+            **who,
+            campaign=CAMPAIGN,
+            channel=ledger_pb2.REVOCATION_CHANNEL_WEB,
+            occurred_at=ts(),
+            text="unsubscribe me",
+            in_reply_to="SM1",
+        ),
+        RecordOptOut(
+            **who,
+            campaign=CAMPAIGN,
+            channel=RevocationChannel.WEB,
+            occurred_at=AT,
+            text="unsubscribe me",
+            in_reply_to="SM1",
+        ),
+    ),
+    (
+        api_pb2.RecordReconfirmationRequest(
+            **who,
+            campaign=CAMPAIGN,
+            channel=ledger_pb2.REVOCATION_CHANNEL_CALL,
+            occurred_at=ts(),
+            detail="agent 7",
+        ),
+        RecordReconfirmation(
+            **who,
+            campaign=CAMPAIGN,
+            channel=RevocationChannel.CALL,
+            occurred_at=AT,
+            detail="agent 7",
+        ),
+    ),
+    (
+        api_pb2.RecordMessageSentRequest(
+            **who,
+            campaign=CAMPAIGN,
+            message_id="SM2",
+            kind=ledger_pb2.MESSAGE_KIND_RECONFIRMATION_REQUEST,
+            occurred_at=ts(),
+            included_opt_out_language=True,
+            identified_sender=True,
+        ),
+        RecordMessageSent(
+            **who,
+            campaign=CAMPAIGN,
+            message_id="SM2",
+            kind=MessageKind.RECONFIRMATION_REQUEST,
+            occurred_at=AT,
+            included_opt_out_language=True,
+            identified_sender=True,
+        ),
+    ),
+    (
+        api_pb2.RecordAgeVerificationRequest(
+            **who, method="id_scan", occurred_at=ts(), date_of_birth="1990-02-28"
+        ),
+        RecordAgeVerification(**who, method="id_scan", occurred_at=AT, date_of_birth="1990-02-28"),
+    ),
+    (
+        api_pb2.ResolveRevocationCandidateRequest(
+            **who,
+            candidate_event_id="00000000-0000-0000-0000-00000000000c",
+            resolution=ledger_pb2.CANDIDATE_RESOLUTION_DISMISSED,
+            occurred_at=ts(),
+            resolved_by="ops@acme",
+        ),
+        ResolveRevocationCandidate(
+            **who,
+            candidate_event_id="00000000-0000-0000-0000-00000000000c",
+            resolution=CandidateResolution.DISMISSED,
+            occurred_at=AT,
+            resolved_by="ops@acme",
+        ),
+    ),
+    (
+        api_pb2.DefineCampaignRequest(
+            request_id="req-1",
+            brand=BRAND,
+            campaign=CAMPAIGN,
+            policy=policy_proto(),
+            occurred_at=ts(),
+        ),
+        DefineCampaign(
+            request_id="req-1",
+            brand=BRAND,
+            campaign=CAMPAIGN,
+            policy=policy_domain(),
+            occurred_at=AT,
+        ),
+    ),
+    (
+        api_pb2.ChangeCampaignPolicyRequest(
+            request_id="req-1",
+            brand=BRAND,
+            campaign=CAMPAIGN,
+            policy=policy_proto(),
+            occurred_at=ts(),
+        ),
+        ChangeCampaignPolicy(
+            request_id="req-1",
+            brand=BRAND,
+            campaign=CAMPAIGN,
+            policy=policy_domain(),
+            occurred_at=AT,
+        ),
+    ),
+    (
+        api_pb2.HandleInboundMessageRequest(
+            request_id="req-1",
+            from_phone=PHONE,
+            to_phone="+14155550100",
+            body="STOP",
+            message_id="SM3",
+            occurred_at=ts(),
+        ),
+        HandleInboundMessage(
+            request_id="req-1",
+            from_phone=PHONE,
+            to_phone="+14155550100",
+            body="STOP",
+            message_id="SM3",
+            occurred_at=AT,
+        ),
+    ),
+]
+
+
+def name_of(case: Any) -> str:
+    return type(case).__name__ if isinstance(case, Message) else ""
+
+
+@pytest.mark.parametrize(("request_msg", "expected"), WRITES, ids=name_of)
+def test_each_write_request_becomes_its_domain_command(request_msg: Message, expected: Any) -> None:
+    assert api.command_from_proto(request_msg) == expected
+
+
+def test_an_opt_in_request_translates_into_a_grant_the_domain_accepts() -> None:
+    command = api.command_from_proto(WRITES[0][0])
+
+    (event,) = to_events(command, now=AT)  # type: ignore[arg-type]
+
+    assert isinstance(event, ConsentGranted)
+    assert event.proof.registered_at == AT - timedelta(seconds=2)
+
+
+def test_every_write_request_type_is_translated() -> None:
+    writes = {
+        name
+        for name in api_pb2.DESCRIPTOR.services_by_name["ConsentService"].methods_by_name
+        if name.startswith(("Record", "Resolve", "Define", "Change", "Handle"))
+    }
+    translated = {type(msg).__name__.removesuffix("Request") for msg, _ in WRITES}
+
+    assert translated == writes
+
+
+@pytest.mark.parametrize(("request_msg", "expected"), WRITES, ids=name_of)
+def test_missing_occurred_at_is_refused_naming_the_field(
+    request_msg: Message, expected: Any
+) -> None:
+    request_msg = type(request_msg).FromString(request_msg.SerializeToString())
+    request_msg.ClearField("occurred_at")
+
+    with pytest.raises(InvalidRequest) as err:
+        api.command_from_proto(request_msg)
+    assert err.value.field == "occurred_at"
+
+
+def opt_in(**changes: Any) -> api_pb2.RecordOptInRequest:
+    msg = api_pb2.RecordOptInRequest()
+    msg.CopyFrom(WRITES[0][0])
+    for name, value in changes.items():
+        if value is None:
+            msg.ClearField(name)
+        else:
+            setattr(msg, name, value)
+    return msg
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"tier": None}, "tier"),
+        ({"method": None}, "method"),
+        ({"tier": 42}, "tier"),
+        ({"proof": None}, "proof"),
+    ],
+)
+def test_unset_or_unknown_opt_in_fields_are_refused_by_name(
+    changes: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        api.command_from_proto(opt_in(**changes))
+    assert err.value.field == field
+
+
+def test_proof_without_registration_time_is_refused_naming_the_nested_field() -> None:
+    msg = opt_in()
+    msg.proof.ClearField("registered_at")
+
+    with pytest.raises(InvalidRequest) as err:
+        api.command_from_proto(msg)
+    assert err.value.field == "proof.registered_at"
+
+
+def test_unset_list_source_means_first_party() -> None:
+    command = api.command_from_proto(opt_in(source=None))
+
+    assert command.source is ListSource.FIRST_PARTY  # type: ignore[union-attr]
+
+
+def test_purchased_list_source_reaches_the_domain_which_refuses_it() -> None:
+    command = api.command_from_proto(opt_in(source=ledger_pb2.LIST_SOURCE_PURCHASED))
+
+    assert command.source is ListSource.PURCHASED  # type: ignore[union-attr]
+
+
+def test_opt_out_without_campaign_is_brand_wide() -> None:
+    msg = api_pb2.RecordOptOutRequest()
+    msg.CopyFrom(WRITES[1][0])
+    msg.ClearField("campaign")
+
+    assert api.command_from_proto(msg).campaign is None  # type: ignore[union-attr]
+
+
+def test_opt_out_with_unset_channel_is_refused() -> None:
+    msg = api_pb2.RecordOptOutRequest()
+    msg.CopyFrom(WRITES[1][0])
+    msg.ClearField("channel")
+
+    with pytest.raises(InvalidRequest) as err:
+        api.command_from_proto(msg)
+    assert err.value.field == "channel"
+
+
+def test_unset_message_kind_means_regular() -> None:
+    msg = api_pb2.RecordMessageSentRequest()
+    msg.CopyFrom(WRITES[3][0])
+    msg.ClearField("kind")
+
+    assert api.command_from_proto(msg).kind is MessageKind.REGULAR  # type: ignore[union-attr]
+    assert api.message_kind_from_proto(0) is MessageKind.REGULAR
+
+
+def test_campaign_request_without_policy_is_refused() -> None:
+    msg = api_pb2.DefineCampaignRequest(request_id="r", brand=BRAND, campaign=CAMPAIGN)
+    msg.occurred_at.CopyFrom(ts())
+
+    with pytest.raises(InvalidRequest) as err:
+        api.command_from_proto(msg)
+    assert err.value.field == "policy"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda p: p.frequency_caps[0].ClearField("window"), "policy.frequency_caps[0].window"),
+        (
+            lambda p: setattr(p.quiet_hours, "start_minute_of_day", 1440),
+            "policy.quiet_hours.start_minute_of_day",
+        ),
+        (lambda p: setattr(p, "purpose", 99), "policy.purpose"),
+    ],
+)
+def test_malformed_policy_fields_are_refused_with_their_full_path(mutate: Any, field: str) -> None:
+    msg = api_pb2.ChangeCampaignPolicyRequest()
+    msg.CopyFrom(WRITES[7][0])
+    mutate(msg.policy)
+
+    with pytest.raises(InvalidRequest) as err:
+        api.command_from_proto(msg)
+    assert err.value.field == field
+
+
+def test_a_read_request_is_not_a_command() -> None:
+    with pytest.raises(TypeError):
+        api.command_from_proto(api_pb2.CanSendRequest())
+
+
+def test_absent_optional_time_is_none_and_present_one_is_utc() -> None:
+    request = api_pb2.CanSendRequest(phone=PHONE)
+
+    assert api.optional_time(request, "at") is None
+    request.at.CopyFrom(ts())
+    assert api.optional_time(request, "at") == AT
+    with pytest.raises(InvalidRequest):
+        api.required_time(api_pb2.CanSendAsOfRequest(), "at")
+
+
+# --- enums -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("enum_map", [api.REASONS, api.OBLIGATIONS, api.INTENTS])
+def test_every_domain_member_maps_to_a_distinct_proto_value_and_back(enum_map: Any) -> None:
+    values = [enum_map.to_proto(m) for m in enum_map.domain]
+
+    assert 0 not in values
+    assert len(set(values)) == len(values)
+    assert [enum_map.from_proto(v, "f") for v in values] == list(enum_map.domain)
+
+
+@pytest.mark.parametrize(
+    ("enum_map", "proto_enum"),
+    [
+        (api.REASONS, api_pb2.Reason),
+        (api.OBLIGATIONS, api_pb2.Obligation),
+        (api.INTENTS, api_pb2.InboundIntent),
+    ],
+)
+def test_every_proto_value_but_unspecified_has_a_domain_member(
+    enum_map: Any, proto_enum: Any
+) -> None:
+    nonzero = {v for _, v in proto_enum.items() if v != 0}
+
+    assert nonzero == {enum_map.to_proto(m) for m in enum_map.domain}
+
+
+def test_reply_kinds_and_required_content_all_have_proto_values() -> None:
+    kinds = [ReplyKind.NONE, ReplyKind.OPT_OUT_CONFIRMATION, ReplyKind.HELP]
+    kinds.append(ReplyKind.OPT_IN_CONFIRMATION)
+    contents = {*OPT_OUT_CONFIRMATION_CONTENT, *HELP_CONTENT, "opt_out_instructions"}
+
+    assert len({api.reply_kind_to_proto(k) for k in kinds}) == len(kinds)
+    assert 0 not in {api.reply_content_to_proto(c) for c in contents}
+    with pytest.raises(ValueError):
+        api.reply_content_to_proto("sing_a_song")
+
+
+# --- decisions and outcomes ---------------------------------------------------------
+
+ALLOW = Decision(
+    allowed=True,
+    reason=Reason.CONSENT_ACTIVE,
+    obligations=(Obligation.INCLUDE_OPT_OUT_LANGUAGE, Obligation.IDENTIFY_SENDER),
+    evidence=("00000000-0000-0000-0000-000000000001",),
+    detail="consent since 2025-05-01",
+    policy_version=3,
+)
+DENY = Decision(False, Reason.QUIET_HOURS, (), (), "21:30 local in America/New_York", 1)
+
+
+@pytest.mark.parametrize("decision", [ALLOW, DENY], ids=["allow", "deny"])
+def test_decision_survives_the_response_unchanged(decision: Decision) -> None:
+    response = api.decision_to_proto(decision, consistency_token="subscribers:0:5")
+
+    assert api.decision_from_proto(response) == decision
+    assert response.consistency_token == "subscribers:0:5"
+    assert api.decision_from_proto(api.decision_to_as_of_proto(decision, "t")) == decision
+
+
+def test_allow_names_its_obligations_in_order() -> None:
+    response = api.decision_to_proto(ALLOW)
+
+    assert response.reason == api_pb2.REASON_CONSENT_ACTIVE
+    assert list(response.obligations) == [
+        api_pb2.OBLIGATION_INCLUDE_OPT_OUT_LANGUAGE,
+        api_pb2.OBLIGATION_IDENTIFY_SENDER,
+    ]
+    assert list(response.evidence_event_ids) == list(ALLOW.evidence)
+
+
+def test_batch_entry_keeps_the_phone_as_requested() -> None:
+    entry = api.send_decision_to_proto("(415) 555-0123", DENY)
+
+    assert entry.phone == "(415) 555-0123"
+    assert api.decision_from_proto(entry) == DENY
+
+
+def test_help_text_owes_a_help_reply_with_its_required_content() -> None:
+    campaign = Campaign(BRAND, CAMPAIGN, CampaignPolicy(), policy_version=1)
+    command = api.command_from_proto(WRITES[8][0])
+    command = HandleInboundMessage(**{**command.__dict__, "body": "HELP"})
+    outcome = handle_inbound(command, campaign, SubscriberState(), now=AT)
+
+    response = api.inbound_outcome_to_proto(outcome, ["e1"], "subscribers:0:1")
+
+    assert response.intent == api_pb2.INBOUND_INTENT_HELP
+    assert response.reply == api_pb2.REPLY_KIND_HELP
+    assert list(response.required_content) == [
+        api_pb2.REPLY_CONTENT_IDENTIFY_SENDER,
+        api_pb2.REPLY_CONTENT_CUSTOMER_CARE_CONTACT,
+        api_pb2.REPLY_CONTENT_OPT_OUT_INSTRUCTIONS,
+    ]
+    assert (response.brand, response.campaign) == (BRAND, CAMPAIGN)
+    assert list(response.event_ids) == ["e1"]
