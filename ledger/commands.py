@@ -389,7 +389,7 @@ def handle_inbound(
     check_time(cmd.occurred_at, now)
     if not cmd.message_id:
         raise InvalidRequest("message_id", "is required")
-    phone = to_e164(cmd.from_phone, field="from")
+    phone = to_e164(cmd.from_phone, field="from_phone")
     brand, name, at = campaign.brand, campaign.campaign, cmd.occurred_at
     events: list[LedgerEvent] = [
         InboundMessageReceived(
@@ -397,7 +397,7 @@ def handle_inbound(
             phone=phone,
             brand=brand,
             message_id=cmd.message_id,
-            to_number=to_e164(cmd.to_phone, field="to"),
+            to_number=to_e164(cmd.to_phone, field="to_phone"),
             body=cmd.body,
             campaign=name,
         )

@@ -104,7 +104,7 @@ def deny(reason: Reason, detail: str, evidence: Iterable[str] = (), version: int
 
 
 @dataclass(frozen=True)
-class _Standing:
+class Standing:
     """The consent for one campaign as it stands: the latest grant/resume/revocation."""
 
     active: bool
@@ -113,7 +113,8 @@ class _Standing:
     revocation: Fact[ConsentRevoked] | None
 
 
-def _standing(state: SubscriberState, cc: CampaignConsent) -> _Standing:
+def standing(state: SubscriberState, cc: CampaignConsent) -> Standing:
+    """Where one campaign's consent stands: the latest of grant, resume and revocation."""
     # At the same instant a revocation outranks a grant: doubt denies.
     candidates: list[tuple[tuple[datetime, int, int], str, Fact[Any]]] = []
     if cc.grant is not None:
@@ -125,13 +126,13 @@ def _standing(state: SubscriberState, cc: CampaignConsent) -> _Standing:
         if revocation is not None:
             candidates.append(((revocation.at, 1, revocation.key[1]), "revoke", revocation))
     if not candidates:
-        return _Standing(False, None, (), None)
+        return Standing(False, None, (), None)
     _, kind, fact = max(candidates, key=lambda c: c[0])
     if kind == "revoke":
-        return _Standing(False, None, (fact.event_id,), fact)
+        return Standing(False, None, (fact.event_id,), fact)
     assert cc.grant is not None  # "resume" is only a candidate when a grant precedes it
     evidence = (cc.grant.event_id,) if kind == "grant" else (cc.grant.event_id, fact.event_id)
-    return _Standing(True, fact.at, evidence, None)
+    return Standing(True, fact.at, evidence, None)
 
 
 def _latest_revocation(state: SubscriberState, cc: CampaignConsent) -> Fact[ConsentRevoked] | None:
@@ -290,12 +291,12 @@ def decide(
     if kind is MessageKind.OPT_OUT_CONFIRMATION:
         return _opt_out_confirmation(state, cc, campaign, now)
 
-    standing = _standing(state, cc)
-    if standing.revocation is not None:
+    current = standing(state, cc)
+    if current.revocation is not None:
         reason = (
-            Reason.REVOKED_BRAND_WIDE if standing.revocation.event.brand_wide else Reason.REVOKED
+            Reason.REVOKED_BRAND_WIDE if current.revocation.event.brand_wide else Reason.REVOKED
         )
-        return deny(reason, "opted out; new consent is needed", standing.evidence, version)
+        return deny(reason, "opted out; new consent is needed", current.evidence, version)
 
     purpose = campaign.policy.purpose
     revocation = _latest_revocation(state, cc)
@@ -314,7 +315,7 @@ def decide(
             version,
         )
 
-    if not standing.active:
+    if not current.active:
         if purpose is CampaignPurpose.CONVERSATIONAL:
             inbound = _open_conversation(state, campaign, now, revocation)
             if inbound is None:
@@ -346,17 +347,17 @@ def decide(
         )
         return deny(Reason.NO_CONSENT, detail, (), version)
 
-    assert cc.grant is not None and standing.since is not None
+    assert cc.grant is not None and current.since is not None
     tier = cc.grant.event.tier
     if tier < purpose:
         return deny(
             Reason.CONSENT_TIER_INSUFFICIENT,
             f"{tier.name.lower()} consent does not allow a {purpose.name.lower()} campaign",
-            standing.evidence,
+            current.evidence,
             version,
         )
 
-    evidence = list(standing.evidence)
+    evidence = list(current.evidence)
     for check in (
         _age_gate(state, campaign, now),
         _caps(state, cc, campaign, now),
@@ -368,11 +369,11 @@ def decide(
             )
 
     obligations = {Obligation.IDENTIFY_SENDER}
-    first = cc.last_sent is None or cc.last_sent.at < standing.since
+    first = cc.last_sent is None or cc.last_sent.at < current.since
     if first:
         obligations.add(Obligation.INCLUDE_OPT_OUT_LANGUAGE)
-    basis = standing.since
-    if cc.reconfirmation is not None and cc.reconfirmation.at >= standing.since:
+    basis = current.since
+    if cc.reconfirmation is not None and cc.reconfirmation.at >= current.since:
         basis = cc.reconfirmation.at
         evidence.append(cc.reconfirmation.event_id)
     policy = campaign.policy
