@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from ledger.events import CampaignEvent, Recorded, SubscriberEvent
-from ledger.policy import _latest_revocation, _standing
+from ledger.policy import standing
 from ledger.ports import ConsentView, Stream
 from ledger.state import (
     CampaignHistory,
@@ -117,14 +117,17 @@ def _load_state(phone: str, brand: str, snapshot: bytes) -> SubscriberState:
 def _status_rows(state: SubscriberState, updated_at: datetime) -> list[tuple[Any, ...]]:
     rows = []
     for name, consent in sorted(state.campaigns.items()):
-        standing = _standing(state, consent)
-        if standing.active:
+        now = standing(state, consent)
+        if now.active:
             status = "active"
-        elif standing.revocation is not None:
+        elif now.revocation is not None:
             status = "revoked"
         else:
             status = "none"
-        grant, revocation = consent.grant, _latest_revocation(state, consent)
+        # The latest opt-out on record, also when a later grant or resume outranks it.
+        revocations = [r for r in (consent.revocation, state.brand_revocation) if r is not None]
+        revocation = max(revocations, key=lambda r: r.key) if revocations else None
+        grant = consent.grant
         rows.append(
             (
                 state.phone,
