@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 import pytest_asyncio
 
+from ledger.events import ConsentTier
+from ledger.ports import Stream
 from services.adapters.migrations import discover, migrate
 from services.adapters.postgres_view import PostgresConsentView
-from tests.conformance.view_suite import ConsentViewSuite
+from tests.conformance.view_suite import T0, ConsentViewSuite, Positions, grant, revoke, sent
 
 pytestmark = pytest.mark.postgres
 
@@ -78,3 +81,45 @@ async def test_a_failing_migration_leaves_nothing_and_stops_the_rest(
 
     assert "good" in tables and "half" not in tables and "later" not in tables
     assert [r["version"] for r in versions] == [1]
+
+
+async def test_consent_status_rows_answer_audit_queries(postgres_dsn: str) -> None:
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+        view = PostgresConsentView(pool)
+        pos = Positions()
+        phone = "+14155550100"
+        deals = grant(phone, "acme", "deals", T0)
+        news = grant(phone, "acme", "news", T0, tier=ConsentTier.INFORMATIONAL)
+        stop = revoke(phone, "acme", "deals", T0 + timedelta(hours=1))
+        await view.apply(
+            Stream.SUBSCRIBERS,
+            pos.record([deals, news, stop, sent(phone, "acme", "alerts", T0)]),
+        )
+        before_stopall = await _status(pool, phone)
+        stopall = revoke(phone, "acme", None, T0 + timedelta(hours=2))
+        await view.apply(Stream.SUBSCRIBERS, pos.record([stopall]))
+        after_stopall = await _status(pool, phone)
+    finally:
+        await pool.close()
+
+    assert before_stopall == {
+        "alerts": ("none", None, None, None),
+        "deals": ("revoked", 3, deals.event_id, stop.event_id),
+        "news": ("active", 2, news.event_id, None),
+    }
+    assert after_stopall == {
+        "alerts": ("revoked", None, None, stopall.event_id),
+        "deals": ("revoked", 3, deals.event_id, stopall.event_id),
+        "news": ("revoked", 2, news.event_id, stopall.event_id),
+    }
+
+
+async def _status(pool: asyncpg.Pool, phone: str) -> dict[str, tuple[object, ...]]:
+    rows = await pool.fetch(
+        "SELECT campaign, status, tier, granted_event_id, revoked_event_id"
+        " FROM consent_status WHERE phone = $1 AND brand = 'acme'",
+        phone,
+    )
+    return {r["campaign"]: tuple(r.values())[1:] for r in rows}
