@@ -227,6 +227,13 @@ class KafkaProjector:
             )
         return sum(len(b) for b in batches.values())
 
+    def assignment(self) -> set[tuple[Stream, int]]:
+        """The (stream, partition) pairs this instance currently projects."""
+        consumer = self._consumer
+        if consumer is None:
+            return set()
+        return {(self._streams[tp.topic], tp.partition) for tp in consumer.assignment()}
+
     async def seek_to_stored_positions(self, assigned: Iterable[TopicPartition]) -> None:
         consumer = self._started()
         positions: dict[Stream, dict[int, int]] = {}
