@@ -1,0 +1,434 @@
+"""``KafkaLedger``: the ``Ledger`` port on Apache Kafka, through ``aiokafka``.
+
+Two topics. Subscriber events are keyed by phone, so one subscriber's history lives
+in one partition, in order. Campaign events go to their own topic, keyed by
+``brand/campaign``, which every node reads whole. Records carry the
+``services.wire.codec`` envelope; ``recorded_at`` is the broker's LogAppendTime.
+
+aiokafka's defaults suit telemetry, not a ledger: the producer here always waits for
+every in-sync replica (``acks="all"``) and is idempotent (a retried batch is not
+written twice, nor reordered), and ``append`` returns only after the broker
+acknowledged every event. Topics must never be compacted or expire: compaction
+keeps only the last record per key, which for a phone would erase its consent
+history; ``ensure_topics`` refuses topics configured that way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.structs import ConsumerRecord, RecordMetadata
+
+from ledger.events import CampaignEvent, LedgerEvent, LedgerPosition, Recorded, SubscriberEvent
+from ledger.ports import Ledger, Offsets, Stream
+from services.wire.codec import decode_event, encode_event
+
+
+@dataclass(frozen=True)
+class KafkaLedgerSettings:
+    """Where the ledger lives and how its topics are made; read once at start-up.
+
+    Production defaults assume at least three brokers: each event on three replicas,
+    and an append refused unless two of them have it.
+    """
+
+    bootstrap_servers: str
+    topic_prefix: str = ""
+    """Prepended verbatim to both topic names (``"staging."``, a test's own prefix)."""
+    subscriber_topic: str = "consent.subscriber-events.v1"
+    campaign_topic: str = "consent.campaign-events.v1"
+    subscriber_partitions: int = 12
+    campaign_partitions: int = 1
+    replication_factor: int = 3
+    min_insync_replicas: int = 2
+    client_id: str = "consent-ledger"
+    request_timeout_s: float = 30.0
+    """One Kafka request, and how long an unsent batch may wait for a broker."""
+    append_timeout_s: float = 40.0
+    """The most one ``append`` may take before it raises (the broker may be down)."""
+
+    def __post_init__(self) -> None:
+        if self.subscriber_partitions < 1 or self.campaign_partitions < 1:
+            raise ValueError("topics need at least one partition")
+        if not 1 <= self.min_insync_replicas <= self.replication_factor:
+            raise ValueError(
+                f"min_insync_replicas={self.min_insync_replicas} must be between 1 and "
+                f"replication_factor={self.replication_factor}, or no append could succeed"
+            )
+
+    def topic(self, stream: Stream) -> str:
+        name = self.subscriber_topic if stream is Stream.SUBSCRIBERS else self.campaign_topic
+        return self.topic_prefix + name
+
+    def partition_count(self, stream: Stream) -> int:
+        if stream is Stream.SUBSCRIBERS:
+            return self.subscriber_partitions
+        return self.campaign_partitions
+
+    def topic_configs(self) -> dict[str, str]:
+        """What makes a topic a ledger: keep everything, forever, stamped by the broker."""
+        return {
+            "cleanup.policy": "delete",
+            "retention.ms": "-1",
+            "retention.bytes": "-1",
+            "message.timestamp.type": "LogAppendTime",
+            "min.insync.replicas": str(self.min_insync_replicas),
+        }
+
+    def producer_options(self) -> dict[str, Any]:
+        return {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": self.client_id,
+            "acks": "all",
+            "enable_idempotence": True,
+            "request_timeout_ms": int(self.request_timeout_s * 1000),
+        }
+
+    def consumer_options(self) -> dict[str, Any]:
+        return {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": self.client_id,
+            "group_id": None,
+            "enable_auto_commit": False,
+            # An offset the log does not have is a bug (a position from another
+            # cluster or topic); jumping to either end would hide it.
+            "auto_offset_reset": "none",
+            "request_timeout_ms": int(self.request_timeout_s * 1000),
+        }
+
+
+class UnsafeTopicError(RuntimeError):
+    """A ledger topic exists but is configured so it could lose or reorder events."""
+
+
+class KafkaLedger(Ledger):
+    """Call ``start()`` before use and ``close()`` after; ``ensure_topics()`` needs neither."""
+
+    def __init__(self, settings: KafkaLedgerSettings) -> None:
+        self.settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._reader: AIOKafkaConsumer | None = None
+        # One consumer serves every ``read``; reads reassign it, so they take turns.
+        self._read_lock = asyncio.Lock()
+        self._subscriber_partitions: list[int] = []
+
+    async def start(self) -> None:
+        """Connect; raises ``UnsafeTopicError`` unless both topics exist with ledger settings.
+
+        Checking first matters: aiokafka asks for metadata with auto-creation allowed,
+        so on a broker with ``auto.create.topics.enable`` (Kafka's default) the first
+        append to a missing topic would create it with a seven-day retention.
+        """
+        await self.verify_topics()
+        producer = AIOKafkaProducer(**self.settings.producer_options())
+        reader = AIOKafkaConsumer(**self.settings.consumer_options())
+        await producer.start()
+        try:
+            await reader.start()
+            subscriber_partitions = await producer.partitions_for(
+                self.settings.topic(Stream.SUBSCRIBERS)
+            )
+        except BaseException:
+            await producer.stop()
+            await reader.stop()
+            raise
+        self._producer, self._reader = producer, reader
+        self._subscriber_partitions = sorted(subscriber_partitions)
+
+    def partition_for(self, phone: str) -> int | None:
+        """Where Kafka's default partitioner (the producer's) puts ``phone``; None before
+        ``start``."""
+        if not self._subscriber_partitions:
+            return None
+        partition: int = DefaultPartitioner()(phone.encode(), self._subscriber_partitions, [])
+        return partition
+
+    async def close(self) -> None:
+        producer, reader = self._producer, self._reader
+        self._producer = self._reader = None
+        if producer is not None:
+            await self._stop_producer(producer)
+        if reader is not None:
+            await reader.stop()
+
+    async def _stop_producer(self, producer: AIOKafkaProducer) -> None:
+        """Send what is buffered, then disconnect; give up on the buffer after a timeout.
+
+        An idempotent aiokafka producer retries an unsent batch for as long as it runs,
+        and ``stop()`` waits for it: with the broker down, forever. Whatever is still
+        buffered after ``request_timeout_s`` was never acknowledged (its ``append``
+        raised), so dropping it keeps the port's promise. aiokafka offers no public
+        way to abandon the buffer; stopping its sender task is what makes ``stop()``
+        return.
+        """
+        stopping = asyncio.ensure_future(producer.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=self.settings.request_timeout_s)
+        if not done:
+            producer._sender.sender_task.cancel()
+        await stopping
+
+    # -- topics -----------------------------------------------------------------------
+
+    async def ensure_topics(self) -> None:
+        """Create missing topics with ledger settings, then check every one of them.
+
+        Raises ``UnsafeTopicError`` naming each problem of an existing topic rather
+        than write a ledger into a topic that compacts or expires it.
+        """
+        admin = self._admin()
+        await admin.start()
+        try:
+            new_topics = [
+                NewTopic(
+                    self.settings.topic(stream),
+                    self.settings.partition_count(stream),
+                    self.settings.replication_factor,
+                    topic_configs=self.settings.topic_configs(),
+                )
+                for stream in Stream
+            ]
+            response = await admin.create_topics(new_topics)
+            for result in response.to_object()["topic_errors"]:
+                if result["error_code"] not in (0, TopicAlreadyExistsError.errno):
+                    raise KafkaError(
+                        f"Kafka ledger: cannot create topic {result['topic']!r}: "
+                        f"error {result['error_code']} {result.get('error_message') or ''}"
+                    )
+            await self._verify_topics(admin, await_creation=True)
+        finally:
+            await admin.close()
+
+    async def verify_topics(self) -> None:
+        """Raise ``UnsafeTopicError`` unless both topics exist with ledger settings."""
+        admin = self._admin()
+        await admin.start()
+        try:
+            await self._verify_topics(admin, await_creation=False)
+        finally:
+            await admin.close()
+
+    async def _described_topics(
+        self, admin: AIOKafkaAdminClient, names: list[str], await_creation: bool
+    ) -> list[dict[str, Any]]:
+        # Describing a missing topic would create it with the broker's defaults
+        # (aiokafka allows auto-creation); listing every topic never creates one.
+        existing = set(await admin.list_topics())
+        names = [name for name in names if name in existing or await_creation]
+        if not names:
+            return []
+        # A topic just created takes a moment to reach the broker's metadata cache.
+        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
+        while True:
+            topics: list[dict[str, Any]] = await admin.describe_topics(names)
+            pending = any(t["error_code"] == UnknownTopicOrPartitionError.errno for t in topics)
+            if not (await_creation and pending) or asyncio.get_running_loop().time() > deadline:
+                return topics
+            await asyncio.sleep(0.1)
+
+    async def _verify_topics(self, admin: AIOKafkaAdminClient, await_creation: bool) -> None:
+        names = {self.settings.topic(stream): stream for stream in Stream}
+        problems: dict[str, list[str]] = {name: [] for name in names}
+        described = await self._described_topics(admin, list(names), await_creation)
+        for name in names.keys() - {topic["topic"] for topic in described}:
+            problems[name].append("does not exist (create it with ensure_topics / migrate)")
+        for topic in described:
+            name = topic["topic"]
+            if topic["error_code"] != 0:
+                problems[name].append(f"does not exist or cannot be described ({topic})")
+                continue
+            want = self.settings.partition_count(names[name])
+            if len(topic["partitions"]) != want:
+                problems[name].append(
+                    f"has {len(topic['partitions'])} partitions, not {want} (a different "
+                    "count moves phones between partitions and breaks their order)"
+                )
+            replicas = min(len(p["replicas"]) for p in topic["partitions"])
+            if replicas < self.settings.replication_factor:
+                problems[name].append(
+                    f"has replication factor {replicas}, below {self.settings.replication_factor}"
+                )
+        resources = [ConfigResource(ConfigResourceType.TOPIC, t["topic"]) for t in described]
+        for response in await admin.describe_configs(resources):
+            for resource in response.to_object()["resources"]:
+                name = resource["resource_name"]
+                if resource["error_code"] != 0:
+                    problems[name].append(f"configs unreadable: {resource['error_message']}")
+                    continue
+                found = {e["config_names"]: e["config_value"] for e in resource["config_entries"]}
+                problems[name].extend(self._config_problems(found))
+        report = [f"{name}: {p}" for name, ps in problems.items() for p in ps]
+        if report:
+            raise UnsafeTopicError(
+                "Kafka ledger topics are missing or unsafe for a ledger; create them with "
+                "ensure_topics, fix them (kafka-configs --alter) or use another prefix:\n  "
+                + "\n  ".join(report)
+            )
+
+    def _config_problems(self, found: dict[str, str]) -> list[str]:
+        problems = [
+            f"{key}={found.get(key)!r}, must be {want!r}"
+            for key, want in self.settings.topic_configs().items()
+            if key != "min.insync.replicas" and found.get(key) != want
+        ]
+        min_isr = int(found.get("min.insync.replicas") or 0)
+        if min_isr < self.settings.min_insync_replicas:
+            problems.append(
+                f"min.insync.replicas={min_isr}, must be at least "
+                f"{self.settings.min_insync_replicas}"
+            )
+        return problems
+
+    def _admin(self) -> AIOKafkaAdminClient:
+        return AIOKafkaAdminClient(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            client_id=self.settings.client_id,
+            request_timeout_ms=int(self.settings.request_timeout_s * 1000),
+        )
+
+    # -- the port ---------------------------------------------------------------------
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        """Raises ``ConnectionError`` when any event is not acknowledged in time; some
+        of them may have been written anyway, which a retry with the same event ids
+        makes harmless."""
+        # Encode everything first: an event that cannot be encoded sends nothing.
+        records = [(self.settings.topic(Stream.of(e)), _key(e), encode_event(e)) for e in events]
+        if not records:
+            return []
+        producer = self._started_producer()
+        try:
+            metadata = await asyncio.wait_for(
+                self._send_all(producer, records), self.settings.append_timeout_s
+            )
+        except (KafkaError, TimeoutError) as exc:
+            raise ConnectionError(
+                f"Kafka ledger: {len(records)} event(s) not acknowledged by "
+                f"{self.settings.bootstrap_servers}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return [
+            Recorded(event, LedgerPosition(md.partition, md.offset), _utc(md.timestamp))
+            for event, md in zip(events, metadata, strict=True)
+        ]
+
+    @staticmethod
+    async def _send_all(
+        producer: AIOKafkaProducer, records: list[tuple[str, bytes, bytes]]
+    ) -> list[RecordMetadata]:
+        # send() only queues a record (in call order, so one key's events keep their
+        # order); waiting on each delivery in turn would make 500 events 500 round trips.
+        deliveries = [await producer.send(topic, value, key=key) for topic, key, value in records]
+        results = await asyncio.gather(*deliveries, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return list(results)
+
+    async def read(
+        self, stream: Stream, partition: int, start: int, limit: int = 1000
+    ) -> list[Recorded]:
+        if start < 0 or limit < 0:
+            raise ValueError("start and limit must not be negative")
+        await self._check_partition(stream, partition)
+        tp = TopicPartition(self.settings.topic(stream), partition)
+        async with self._read_lock:
+            reader = self._started_reader()
+            end = (await reader.end_offsets([tp]))[tp]
+            stop = min(end, start + limit)
+            if start >= stop:
+                return []
+            reader.assign([tp])
+            try:
+                reader.seek(tp, start)
+                return await asyncio.wait_for(
+                    self._fetch(reader, tp, start, stop), self.settings.request_timeout_s
+                )
+            finally:
+                reader.unsubscribe()  # stop background fetching until the next read
+
+    async def _fetch(
+        self, reader: AIOKafkaConsumer, tp: TopicPartition, start: int, stop: int
+    ) -> list[Recorded]:
+        out: list[Recorded] = []
+        position = start
+        while position < stop:
+            fetched = await reader.getmany(tp, timeout_ms=1000, max_records=stop - position)
+            for record in fetched.get(tp, []):
+                if record.offset >= stop:
+                    break
+                out.append(_recorded(record))
+                position = record.offset + 1
+        return out
+
+    async def partitions(self, stream: Stream) -> list[int]:
+        producer = self._started_producer()
+        return sorted(await producer.partitions_for(self.settings.topic(stream)))
+
+    async def end_offsets(self, stream: Stream) -> dict[int, int]:
+        topic = self.settings.topic(stream)
+        tps = [TopicPartition(topic, p) for p in await self.partitions(stream)]
+        ends = await self._started_reader().end_offsets(tps)
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+    async def subscribe(
+        self, stream: Stream, start: Offsets, *, poll_timeout: float = 0.5
+    ) -> AsyncIterator[list[Recorded]]:
+        """Partitions missing from ``start`` are read from their first event."""
+        topic = self.settings.topic(stream)
+        tps = [TopicPartition(topic, p) for p in await self.partitions(stream)]
+        consumer = AIOKafkaConsumer(**self.settings.consumer_options())
+        await consumer.start()
+        try:
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, start.get(tp.partition, 0))
+            while True:
+                fetched = await consumer.getmany(*tps, timeout_ms=int(poll_timeout * 1000))
+                yield [_recorded(record) for tp in tps for record in fetched.get(tp, [])]
+        finally:
+            await consumer.stop()
+
+    async def _check_partition(self, stream: Stream, partition: int) -> None:
+        if partition not in await self.partitions(stream):
+            raise ValueError(f"{stream.value} has no partition {partition}")
+
+    def _started_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("KafkaLedger is not started: await ledger.start() first")
+        return self._producer
+
+    def _started_reader(self) -> AIOKafkaConsumer:
+        if self._reader is None:
+            raise RuntimeError("KafkaLedger is not started: await ledger.start() first")
+        return self._reader
+
+
+def _key(event: LedgerEvent) -> bytes:
+    if isinstance(event, SubscriberEvent):
+        return event.phone.encode()
+    if isinstance(event, CampaignEvent):
+        return f"{event.brand}/{event.campaign}".encode()
+    raise TypeError(f"{type(event).__name__} belongs to no stream")
+
+
+def _recorded(record: ConsumerRecord[bytes, bytes]) -> Recorded:
+    if record.value is None:
+        raise ValueError(f"empty record at {record.topic}/{record.partition}@{record.offset}")
+    return Recorded(
+        decode_event(record.value),
+        LedgerPosition(record.partition, record.offset),
+        _utc(record.timestamp),
+    )
+
+
+def _utc(epoch_ms: int) -> datetime:
+    # Integer arithmetic: a float division can land a microsecond off the broker's stamp.
+    return datetime.fromtimestamp(epoch_ms // 1000, UTC) + timedelta(milliseconds=epoch_ms % 1000)

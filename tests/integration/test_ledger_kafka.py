@@ -1,0 +1,246 @@
+"""``KafkaLedger`` against a real broker: the conformance suite, then what only Kafka needs
+(topic settings, refusing unsafe topics, surviving a broker restart, failing when down)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from ledger.events import Recorded
+from ledger.ports import Stream
+from services.adapters.kafka_ledger import KafkaLedger, KafkaLedgerSettings, UnsafeTopicError
+from tests.conformance.ledger_suite import (
+    LedgerSuite,
+    by_partition,
+    campaign_defined,
+    collect,
+    message_sent,
+    new_phone,
+    read_all,
+)
+from tests.infra.kafka_broker import KafkaBroker
+
+pytestmark = pytest.mark.kafka
+
+
+def settings_for_test(bootstrap: str, **overrides: object) -> KafkaLedgerSettings:
+    """Topics of the test's own (a unique prefix) sized for the one-node test broker."""
+    base = KafkaLedgerSettings(
+        bootstrap_servers=bootstrap,
+        topic_prefix=f"test-{uuid.uuid4().hex[:10]}.",
+        subscriber_partitions=3,
+        campaign_partitions=1,
+        replication_factor=1,
+        min_insync_replicas=1,
+        request_timeout_s=10,
+        append_timeout_s=15,
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def started_ledger(settings: KafkaLedgerSettings) -> AsyncIterator[KafkaLedger]:
+    ledger = KafkaLedger(settings)
+    await ledger.ensure_topics()
+    await ledger.start()
+    try:
+        yield ledger
+    finally:
+        await asyncio.wait_for(ledger.close(), 30)
+
+
+@contextlib.asynccontextmanager
+async def admin_client(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+class TestKafkaLedger(LedgerSuite):
+    @pytest.fixture
+    async def ledger(self, kafka_bootstrap: str) -> AsyncIterator[KafkaLedger]:
+        async with started_ledger(settings_for_test(kafka_bootstrap)) as ledger:
+            yield ledger
+
+
+def test_the_producer_waits_for_every_in_sync_replica_and_is_idempotent() -> None:
+    options = KafkaLedgerSettings(bootstrap_servers="kafka:9092").producer_options()
+
+    assert options["acks"] == "all"
+    assert options["enable_idempotence"] is True
+
+
+def test_min_insync_replicas_above_the_replication_factor_is_refused() -> None:
+    with pytest.raises(ValueError, match="min_insync_replicas"):
+        KafkaLedgerSettings(bootstrap_servers="kafka:9092", replication_factor=2,
+                            min_insync_replicas=3)  # fmt: skip
+
+
+async def test_ensure_topics_creates_both_topics_with_ledger_settings(
+    kafka_bootstrap: str,
+) -> None:
+    settings = settings_for_test(kafka_bootstrap, subscriber_partitions=4)
+
+    await KafkaLedger(settings).ensure_topics()
+    await KafkaLedger(settings).ensure_topics()  # a second run finds them fine
+
+    names = [settings.topic(Stream.SUBSCRIBERS), settings.topic(Stream.CAMPAIGNS)]
+    assert names == [
+        f"{settings.topic_prefix}consent.subscriber-events.v1",
+        f"{settings.topic_prefix}consent.campaign-events.v1",
+    ]
+    async with admin_client(kafka_bootstrap) as admin:
+        topics = {t["topic"]: t for t in await admin.describe_topics(names)}
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+        )
+    assert [len(topics[name]["partitions"]) for name in names] == [4, 1]
+    configs = {
+        resource["resource_name"]: {
+            e["config_names"]: e["config_value"] for e in resource["config_entries"]
+        }
+        for response in responses
+        for resource in response.to_object()["resources"]
+    }
+    for name in names:
+        assert configs[name]["cleanup.policy"] == "delete"
+        assert configs[name]["retention.ms"] == "-1"
+        assert configs[name]["retention.bytes"] == "-1"
+        assert configs[name]["message.timestamp.type"] == "LogAppendTime"
+        assert configs[name]["min.insync.replicas"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("configs", "complaint"),
+    [
+        ({"cleanup.policy": "compact"}, "cleanup.policy='compact'"),
+        ({"cleanup.policy": "compact,delete", "retention.ms": "-1"}, "cleanup.policy"),
+        ({"retention.ms": str(7 * 24 * 3600 * 1000)}, "retention.ms='604800000'"),
+        ({"retention.ms": "-1", "retention.bytes": "1073741824"}, "retention.bytes"),
+        ({"retention.ms": "-1", "retention.bytes": "-1"}, "message.timestamp.type"),
+    ],
+)
+async def test_an_existing_topic_with_unsafe_settings_is_refused(
+    kafka_bootstrap: str, configs: dict[str, str], complaint: str
+) -> None:
+    settings = settings_for_test(kafka_bootstrap)
+    subscribers = settings.topic(Stream.SUBSCRIBERS)
+    async with admin_client(kafka_bootstrap) as admin:
+        await admin.create_topics([NewTopic(subscribers, 3, 1, topic_configs=configs)])
+
+    with pytest.raises(UnsafeTopicError, match="unsafe for a ledger") as refused:
+        await KafkaLedger(settings).ensure_topics()
+
+    assert f"{subscribers}: {complaint}" in str(refused.value)
+
+
+async def test_an_existing_topic_with_another_partition_count_is_refused(
+    kafka_bootstrap: str,
+) -> None:
+    settings = settings_for_test(kafka_bootstrap)
+    await KafkaLedger(settings).ensure_topics()
+
+    with pytest.raises(UnsafeTopicError, match="has 3 partitions, not 6"):
+        await KafkaLedger(replace(settings, subscriber_partitions=6)).ensure_topics()
+
+
+async def test_start_refuses_missing_topics_without_creating_them(kafka_bootstrap: str) -> None:
+    settings = settings_for_test(kafka_bootstrap)
+    ledger = KafkaLedger(settings)
+
+    with pytest.raises(UnsafeTopicError, match="does not exist"):
+        await ledger.start()
+
+    # The test broker, like Kafka by default, auto-creates topics a client asks about.
+    async with admin_client(kafka_bootstrap) as admin:
+        topics = await admin.list_topics()
+    assert not [t for t in topics if t.startswith(settings.topic_prefix)]
+
+
+async def test_acknowledged_events_all_survive_a_broker_restart_mid_stream(
+    private_kafka_broker: KafkaBroker,
+) -> None:
+    settings = settings_for_test(private_kafka_broker.bootstrap_servers)
+    acknowledged: list[Recorded] = []
+    refused = 0
+    async with started_ledger(settings) as ledger:
+        subscription = ledger.subscribe(Stream.SUBSCRIBERS, {}, poll_timeout=0.2)
+        restarted = asyncio.Event()
+
+        async def keep_appending() -> None:
+            nonlocal refused
+            batches_after_restart = 0
+            while batches_after_restart < 5:
+                if restarted.is_set():
+                    batches_after_restart += 1
+                batch = [message_sent(new_phone(), n) for n in range(10)]
+                try:
+                    acknowledged.extend(await ledger.append(batch))
+                except ConnectionError:
+                    refused += 1  # not acknowledged: the ledger promised nothing
+                await asyncio.sleep(0.05)
+
+        async def restart_midway() -> None:
+            while len(acknowledged) < 50:
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(private_kafka_broker.restart)
+            restarted.set()
+
+        try:
+            await asyncio.wait_for(asyncio.gather(keep_appending(), restart_midway()), 120)
+            delivered = await collect(subscription, len(acknowledged), timeout=60)
+        finally:
+            await subscription.aclose()  # type: ignore[attr-defined]
+        stored = await read_all(ledger, Stream.SUBSCRIBERS)
+
+    assert len(acknowledged) >= 100, f"too few appends got through ({refused} refused)"
+    stored_positions = {r.position: r for rs in stored.values() for r in rs}
+    missing = [r for r in acknowledged if stored_positions.get(r.position) != r]
+    assert not missing, f"{len(missing)} acknowledged events lost or changed by the restart"
+    delivered_ids = {r.event.event_id for r in delivered}
+    assert {r.event.event_id for r in acknowledged} <= delivered_ids
+
+
+async def test_append_raises_within_its_timeout_when_the_broker_is_down(
+    private_kafka_broker: KafkaBroker,
+) -> None:
+    settings = settings_for_test(
+        private_kafka_broker.bootstrap_servers, request_timeout_s=2, append_timeout_s=4
+    )
+    async with started_ledger(settings) as ledger:
+        await ledger.append([message_sent(new_phone())])  # connected and warm
+        await asyncio.to_thread(private_kafka_broker.stop)
+
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match="not acknowledged"):
+            await ledger.append([message_sent(new_phone()), campaign_defined()])
+        elapsed = time.monotonic() - started
+
+    assert elapsed < settings.append_timeout_s + 2
+
+
+async def test_read_and_subscribe_see_one_phone_in_one_partition_across_ledgers(
+    kafka_bootstrap: str,
+) -> None:
+    """Two writers (two app nodes) agree on where a phone lives: Kafka's key hashing."""
+    settings = settings_for_test(kafka_bootstrap)
+    phone = new_phone()
+    async with started_ledger(settings) as one, started_ledger(settings) as other:
+        first = await one.append([message_sent(phone, 0)])
+        second = await other.append([message_sent(phone, 1)])
+
+        stored = await read_all(one, Stream.SUBSCRIBERS)
+
+    assert first[0].position.partition == second[0].position.partition
+    assert by_partition(first + second) == {p: rs for p, rs in stored.items() if rs}
