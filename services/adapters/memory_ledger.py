@@ -34,17 +34,14 @@ class InMemoryLedger(Ledger):
         }
         self._appended = asyncio.Condition()
 
-    def partition_of(self, event: LedgerEvent) -> int:
-        """Where ``event`` goes: a stable hash of the phone (crc32, not ``hash()``,
-        which changes between processes), so one subscriber's history is one sequence."""
-        if isinstance(event, SubscriberEvent):
-            logs = self._logs[Stream.SUBSCRIBERS]
-            return zlib.crc32(event.phone.encode()) % len(logs)
-        return 0
+    def partition_for(self, phone: str) -> int:
+        """A stable hash of the phone (crc32, not ``hash()``, which changes between
+        processes), so one subscriber's history is one sequence."""
+        return zlib.crc32(phone.encode()) % len(self._logs[Stream.SUBSCRIBERS])
 
     async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
         # Resolve every stream first so an event of no stream appends nothing at all.
-        targets = [(Stream.of(event), self.partition_of(event), event) for event in events]
+        targets = [(Stream.of(event), self._partition_of(event), event) for event in events]
         recorded: list[Recorded] = []
         for stream, partition, event in targets:
             log = self._logs[stream][partition]
@@ -92,6 +89,9 @@ class InMemoryLedger(Ledger):
             positions[partition] = offset + len(new)
             batch.extend(new)
         return batch
+
+    def _partition_of(self, event: LedgerEvent) -> int:
+        return self.partition_for(event.phone) if isinstance(event, SubscriberEvent) else 0
 
     def _log(self, stream: Stream, partition: int) -> list[Recorded]:
         logs = self._logs[stream]

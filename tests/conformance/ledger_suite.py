@@ -240,6 +240,15 @@ class LedgerSuite:
             in_log = [r for r in stored[partition] if _phone(r) == phone]
             assert event_ids(in_log) == event_ids(appended)
 
+    async def test_partition_for_names_the_partition_a_phones_events_go_to(
+        self, ledger: Ledger
+    ) -> None:
+        phones = [new_phone() for _ in range(20)]
+
+        recorded = await ledger.append([message_sent(p) for p in phones])
+
+        assert [ledger.partition_for(p) for p in phones] == [r.position.partition for r in recorded]
+
     async def test_campaign_events_go_to_the_campaign_stream(self, ledger: Ledger) -> None:
         phone = new_phone()
         defined = [campaign_defined("spring"), campaign_defined("summer", brand="globex")]
