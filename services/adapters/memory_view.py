@@ -8,10 +8,11 @@ once, and a batch lands completely or not at all.
 
 from __future__ import annotations
 
-import copy
 import uuid
+from collections import ChainMap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ledger.events import (
     CampaignEvent,
@@ -33,47 +34,48 @@ class _Tables:
     by_phone: dict[str, list[Recorded]] = field(default_factory=dict)
 
 
+def _commit(*staged: ChainMap[Any, Any]) -> None:
+    for chain in staged:
+        chain.maps[1].update(chain.maps[0])
+
+
 class InMemoryConsentView(ConsentView):
     def __init__(self) -> None:
         self._tables = _Tables()
 
     async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
-        # Work on a copy and swap it in at the end: an exception half-way through a
-        # batch leaves the view as it was, like a rolled-back transaction.
-        tables = _Tables(
-            positions={s: dict(p) for s, p in self._tables.positions.items()},
-            states=dict(self._tables.states),
-            campaigns=dict(self._tables.campaigns),
-            events=dict(self._tables.events),
-            by_phone=copy.copy(self._tables.by_phone),
-        )
         for recorded in batch:
             if Stream.of(recorded.event) is not stream:
                 raise ValueError(
                     f"{type(recorded.event).__name__} does not belong to {stream.value}"
                 )
-        positions = tables.positions[stream]
+        base = self._tables
+        # Stage every change in front of the tables and merge only at the end: an
+        # exception half-way through a batch leaves the view as it was, like a
+        # rolled-back transaction, without copying the whole view per batch.
+        positions = ChainMap[int, int]({}, base.positions[stream])
+        states = ChainMap[tuple[str, str], SubscriberState]({}, base.states)
+        campaigns = ChainMap[tuple[str, str], CampaignHistory]({}, base.campaigns)
+        events = ChainMap[uuid.UUID, Recorded]({}, base.events)
+        by_phone = ChainMap[str, list[Recorded]]({}, base.by_phone)
         for recorded in batch:
             partition, offset = recorded.position.partition, recorded.position.offset
             if offset < positions.get(partition, 0):
                 continue
             positions[partition] = offset + 1
             event = recorded.event
-            if event.event_id in tables.events:
+            if event.event_id in events:
                 continue  # the same fact written twice (a retried append): fold it once
-            tables.events[event.event_id] = recorded
+            events[event.event_id] = recorded
             if isinstance(event, SubscriberEvent):
                 key = (event.phone, event.brand)
-                state = tables.states.get(key) or SubscriberState(
-                    phone=event.phone, brand=event.brand
-                )
-                tables.states[key] = apply(state, recorded)
-                tables.by_phone[event.phone] = [*tables.by_phone.get(event.phone, []), recorded]
+                state = states.get(key) or SubscriberState(phone=event.phone, brand=event.brand)
+                states[key] = apply(state, recorded)
+                by_phone[event.phone] = [*by_phone.get(event.phone, []), recorded]
             elif isinstance(event, CampaignEvent):
                 key = (event.brand, event.campaign)
-                history = tables.campaigns.get(key, CampaignHistory())
-                tables.campaigns[key] = history.with_event(recorded)
-        self._tables = tables
+                campaigns[key] = campaigns.get(key, CampaignHistory()).with_event(recorded)
+        _commit(positions, states, campaigns, events, by_phone)
 
     async def positions(self, stream: Stream) -> dict[int, int]:
         return dict(self._tables.positions[stream])
