@@ -180,15 +180,16 @@ async def test_acknowledged_events_all_survive_a_broker_restart_mid_stream(
 
         async def keep_appending() -> None:
             nonlocal refused
-            batches_after_restart = 0
-            while batches_after_restart < 5:
-                if restarted.is_set():
-                    batches_after_restart += 1
+            acknowledged_after_restart = 0
+            while acknowledged_after_restart < 5:
+                after_restart = restarted.is_set()
                 batch = [message_sent(new_phone(), n) for n in range(10)]
                 try:
                     acknowledged.extend(await ledger.append(batch))
                 except ConnectionError:
                     refused += 1  # not acknowledged: the ledger promised nothing
+                else:
+                    acknowledged_after_restart += after_restart
                 await asyncio.sleep(0.05)
 
         async def restart_midway() -> None:
