@@ -15,7 +15,12 @@ from datetime import datetime
 from typing import Any
 
 from ledger.campaigns import Campaign, CampaignPolicy
-from ledger.errors import InvalidRequest, MissingProofError, PurchasedListError
+from ledger.errors import (
+    InvalidCampaignPolicy,
+    InvalidRequest,
+    MissingProofError,
+    PurchasedListError,
+)
 from ledger.events import (
     FIRST_VERSION,
     MAX_CLOCK_SKEW,
@@ -322,7 +327,10 @@ def _resolve(cmd: ResolveRevocationCandidate, now: datetime) -> list[LedgerEvent
 
 
 def _campaign(cmd: DefineCampaign | ChangeCampaignPolicy, now: datetime) -> list[LedgerEvent]:
-    cmd.policy.validate()
+    try:
+        cmd.policy.validate()
+    except InvalidCampaignPolicy as exc:  # name the field as the request spells it
+        raise InvalidCampaignPolicy(f"policy.{exc.field}", exc.reason) from exc
     for i, number in enumerate(cmd.policy.sender_numbers):
         to_e164(number, field=f"policy.sender_numbers[{i}]")
     cls = CampaignDefined if isinstance(cmd, DefineCampaign) else CampaignPolicyChanged

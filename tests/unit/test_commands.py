@@ -153,14 +153,14 @@ def test_inconsistent_campaign_policy_is_refused():
     )
     with pytest.raises(InvalidCampaignPolicy) as err:
         to_events(DefineCampaign("r", BRAND, "promo", bad, at(0)), NOW)
-    assert err.value.field == "quiet_hours"
+    assert err.value.field == "policy.quiet_hours"
 
 
 def test_cap_windows_longer_than_a_month_are_refused():
     bad = CampaignPolicy(frequency_caps=(FrequencyCap(4, timedelta(days=60)),))
     with pytest.raises(InvalidCampaignPolicy) as err:
         to_events(DefineCampaign("r", BRAND, "promo", bad, at(0)), NOW)
-    assert err.value.field == "frequency_caps[0].window"
+    assert err.value.field == "policy.frequency_caps[0].window"
 
 
 def _inbound(body: str, request_id: str = "in-1") -> HandleInboundMessage:

@@ -1,0 +1,234 @@
+"""The use cases: record facts, answer CanSend, serve auditors.
+
+Entry points (gRPC, CLI) build a command from their input and call one method
+here; this module knows the ports, never a technology.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from ledger.campaigns import Campaign
+from ledger.commands import (
+    Command,
+    DefineCampaign,
+    HandleInboundMessage,
+    InboundOutcome,
+    RecordOptIn,
+    check_name,
+    check_time,
+    handle_inbound,
+    to_events,
+)
+from ledger.events import ConsentGranted, LedgerEvent, MessageKind, Recorded, SubscriberEvent
+from ledger.phone import to_e164
+from ledger.policy import Decision, Reason, decide, decide_as_of, deny
+from ledger.ports import ConsentView, ConsistencyToken, Ledger
+from ledger.state import CampaignHistory, SubscriberState
+from services.errors import FailedPrecondition
+from services.freshness import FreshnessGuard
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    event_ids: list[str]
+    token: ConsistencyToken
+    replayed: bool = False
+    """True when the request id had been written before: nothing new was recorded."""
+
+
+@dataclass(frozen=True)
+class InboundResult:
+    write: WriteResult
+    outcome: InboundOutcome
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    decision: Decision
+    token: ConsistencyToken
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    decisions: list[Decision]
+    token: ConsistencyToken
+
+
+@dataclass(frozen=True)
+class ConsentSnapshot:
+    state: SubscriberState
+    grants: dict[str, ConsentGranted] = field(default_factory=dict)
+    token: ConsistencyToken = field(default_factory=lambda: ConsistencyToken({}))
+
+
+class ConsentApp:
+    def __init__(
+        self, ledger: Ledger, view: ConsentView, guard: FreshnessGuard, clock: Clock = utc_now
+    ) -> None:
+        self.ledger = ledger
+        self.view = view
+        self.guard = guard
+        self.clock = clock
+
+    # ---- writes -------------------------------------------------------------------------
+
+    async def record(self, cmd: Command) -> WriteResult:
+        """Validate, then append. A retried request id records nothing new."""
+        events = to_events(cmd, self.clock())
+        await self._check_campaign_exists(cmd)
+        return await self._append(events)
+
+    async def handle_inbound(
+        self, cmd: HandleInboundMessage, authorize: Callable[[str], None] = lambda brand: None
+    ) -> InboundResult:
+        """``authorize`` is called with the brand the receiving number belongs to,
+        before anything is written (a caller may act for some brands only)."""
+        to = to_e164(cmd.to_phone, field="to_phone")
+        sender = to_e164(cmd.from_phone, field="from_phone")
+        await self.guard.wait_for_phones([sender])
+        owner = await self.view.campaign_for_number(to)
+        if owner is None:
+            raise FailedPrecondition("to_phone", f"no campaign sends from {to}")
+        brand, name = owner
+        authorize(brand)
+        campaign = (await self.view.campaign_history(brand, name)).current()
+        if campaign is None:  # the lookup and the history come from one projection
+            raise FailedPrecondition("to_phone", f"campaign {brand}/{name} has no rules")
+        states = await self.view.subscriber_states(brand, [sender])
+        outcome = handle_inbound(cmd, campaign, states[sender], self.clock())
+        return InboundResult(await self._append(outcome.events), outcome)
+
+    async def _append(self, events: Sequence[LedgerEvent]) -> WriteResult:
+        ids = [str(e.originator_id) for e in events]
+        known = [await self.view.find_event(i) for i in ids]
+        if all(k is not None for k in known):
+            return WriteResult(ids, ConsistencyToken.after([k for k in known if k]), True)
+        recorded = await self.ledger.append(events)
+        return WriteResult(ids, ConsistencyToken.after(recorded))
+
+    async def _check_campaign_exists(self, cmd: Command) -> None:
+        campaign = getattr(cmd, "campaign", None)
+        if isinstance(cmd, DefineCampaign):
+            if await self._campaign_known(cmd.brand, cmd.campaign):
+                raise FailedPrecondition("campaign", "already defined; use ChangeCampaignPolicy")
+            return
+        if campaign is None:  # brand-wide facts (STOPALL, age) need no campaign
+            return
+        if not await self._campaign_known(cmd.brand, campaign):
+            raise FailedPrecondition("campaign", f"{cmd.brand}/{campaign} is not defined")
+
+    async def _campaign_known(self, brand: str, campaign: str) -> bool:
+        if (await self.view.campaign_history(brand, campaign)).versions:
+            return True
+        # Perhaps defined a moment ago: look at the ledger's end now, let the
+        # projection reach it, and ask again before refusing.
+        await self.guard.observe()
+        await self.guard.wait_for_phones([])
+        return bool((await self.view.campaign_history(brand, campaign)).versions)
+
+    # ---- queries ------------------------------------------------------------------------
+
+    async def can_send(
+        self,
+        phone: str,
+        brand: str,
+        campaign: str,
+        *,
+        at: datetime | None = None,
+        kind: MessageKind = MessageKind.REGULAR,
+        token: ConsistencyToken | None = None,
+    ) -> CheckResult:
+        batch = await self.can_send_batch([phone], brand, campaign, at=at, kind=kind, token=token)
+        return CheckResult(batch.decisions[0], batch.token)
+
+    async def can_send_batch(
+        self,
+        phones: Sequence[str],
+        brand: str,
+        campaign: str,
+        *,
+        at: datetime | None = None,
+        kind: MessageKind = MessageKind.REGULAR,
+        token: ConsistencyToken | None = None,
+    ) -> BatchResult:
+        """Decide for every phone; a phone that cannot be parsed raises before anything."""
+        check_name(brand, "brand")
+        check_name(campaign, "campaign")
+        numbers = [to_e164(p, field=f"phones[{i}]") for i, p in enumerate(phones)]
+        now = self.clock()
+        when = now if at is None else check_time(at, now, "at")
+        fresh = await self._fresh(numbers, token)
+        read_at = self.guard.applied_token()
+        if not fresh:
+            d = deny(Reason.NOT_CONSISTENT, "the read model is behind the ledger; try again")
+            return BatchResult([d] * len(numbers), read_at)
+        rules = (await self.view.campaign_history(brand, campaign)).as_of(when)
+        if rules is None:
+            d = deny(Reason.CAMPAIGN_UNKNOWN, f"campaign {brand}/{campaign} is not defined")
+            return BatchResult([d] * len(numbers), read_at)
+        states = await self.view.subscriber_states(brand, sorted(set(numbers)))
+        return BatchResult([self._decide(states[n], rules, when, kind) for n in numbers], read_at)
+
+    @staticmethod
+    def _decide(
+        state: SubscriberState, rules: Campaign, when: datetime, kind: MessageKind
+    ) -> Decision:
+        try:
+            return decide(state, rules, when, kind)
+        except Exception:  # fail closed: a bug in one rule must never read as "allowed"
+            log.exception("decide failed for a phone; answering not allowed")
+            return deny(Reason.INTERNAL_ERROR, "the policy could not be evaluated")
+
+    async def _fresh(self, phones: list[str], token: ConsistencyToken | None) -> bool:
+        if token is not None and not await self.guard.wait_for_token(token):
+            return False
+        return await self.guard.wait_for_phones(phones)
+
+    async def get_consent(self, phone: str, brand: str) -> ConsentSnapshot:
+        number = to_e164(phone)
+        check_name(brand, "brand")
+        await self.guard.wait_for_phones([number])
+        state = (await self.view.subscriber_states(brand, [number]))[number]
+        grants = {name: c.grant.event for name, c in state.campaigns.items() if c.grant}
+        return ConsentSnapshot(state, grants, self.guard.applied_token())
+
+    async def history(self, phone: str, brand: str | None) -> list[Recorded]:
+        number = to_e164(phone)
+        if brand is not None:
+            check_name(brand, "brand")
+        return await self.view.history(number, brand)
+
+    async def can_send_as_of(
+        self,
+        phone: str,
+        brand: str,
+        campaign: str,
+        t_world: datetime,
+        t_known: datetime,
+        kind: MessageKind = MessageKind.REGULAR,
+    ) -> Decision:
+        number = to_e164(phone)
+        check_name(brand, "brand")
+        check_name(campaign, "campaign")
+        subscriber = [
+            r
+            for r in await self.view.history(number, brand)
+            if isinstance(r.event, SubscriberEvent)
+        ]
+        history: CampaignHistory = await self.view.campaign_history(brand, campaign)
+        campaign_events = [f.as_recorded() for f in history.versions]
+        return decide_as_of([*campaign_events, *subscriber], campaign, t_world, t_known, kind)
+
+
+__all__ = ["ConsentApp", "RecordOptIn", "WriteResult"]

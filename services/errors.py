@@ -1,0 +1,30 @@
+"""Errors of the service layer that are not rule violations of the domain.
+
+The gRPC edge maps each class to one status code, in one place
+(``services.grpc_api.errors``)."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class FailedPrecondition(ServiceError):
+    """The request is well-formed but the system is not in a state to accept it
+    (an unknown campaign, a number no campaign sends from)."""
+
+
+class NotConsistent(ServiceError):
+    """The read model did not reach the requested freshness within the bound."""
+
+
+class PermissionDenied(ServiceError):
+    """The caller is authenticated but may not do this (scope or brand)."""
+
+
+class Unauthenticated(ServiceError):
+    """No credentials, or credentials nobody issued."""

@@ -1,0 +1,126 @@
+"""How fresh the read model is, and whether a read may trust it.
+
+The projection lags the ledger by a little. A read that names a consistency token
+waits (with a bound) until the projection has applied it. A read that names none
+still must never allow a send after an acknowledged opt-out, so the guard keeps,
+per partition, the ledger's end offset as last observed; a read waits until the
+projection has applied at least that much of the phone's partition, and fails
+closed when it cannot within the bound or when the observation itself is stale.
+An opt-out acknowledged before the last observation therefore always counts; the
+window in which it may not yet count is one refresh interval (50 ms by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ledger.ports import ConsentView, ConsistencyToken, Ledger, Stream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FreshnessSettings:
+    refresh_interval: float = 0.05
+    """How often the ledger's end offsets and the view's positions are observed."""
+    max_observation_age: float = 2.0
+    """An observation older than this is not trusted: reads fail closed."""
+    wait_bound: float = 0.5
+    """How long a read waits for the projection to catch up before it fails closed."""
+
+
+class FreshnessGuard:
+    def __init__(
+        self,
+        ledger: Ledger,
+        view: ConsentView,
+        settings: FreshnessSettings,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ledger = ledger
+        self._view = view
+        self._settings = settings
+        self._monotonic = monotonic
+        self._ends: dict[Stream, dict[int, int]] = {}
+        self._applied: dict[Stream, dict[int, int]] = {}
+        self._observed_at = float("-inf")
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.observe()
+        self._task = asyncio.create_task(self._loop(), name="freshness-guard")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def observe(self) -> None:
+        started = self._monotonic()
+        ends = {s: await self._ledger.end_offsets(s) for s in Stream}
+        applied = {s: await self._view.positions(s) for s in Stream}
+        self._ends, self._applied, self._observed_at = ends, applied, started
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.observe()
+            except Exception:  # the guard must survive a broker blip; reads fail closed meanwhile
+                log.warning("freshness observation failed", exc_info=True)
+            await asyncio.sleep(self._settings.refresh_interval)
+
+    def _behind(self, needed: dict[tuple[Stream, int], int]) -> dict[tuple[Stream, int], int]:
+        return {
+            key: offset
+            for key, offset in needed.items()
+            if self._applied.get(key[0], {}).get(key[1], 0) < offset
+        }
+
+    async def _wait(self, needed: dict[tuple[Stream, int], int], timeout: float) -> bool:
+        deadline = self._monotonic() + timeout
+        while True:
+            if self._monotonic() - self._observed_at > self._settings.max_observation_age:
+                return False
+            if not self._behind(needed):
+                return True
+            remaining = deadline - self._monotonic()
+            if remaining <= 0:
+                return False
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+
+    async def wait_for_token(self, token: ConsistencyToken, timeout: float | None = None) -> bool:
+        """True once the view has applied everything the token names."""
+        return await self._wait(dict(token.offsets), timeout or self._settings.wait_bound)
+
+    async def wait_for_phones(self, phones: list[str]) -> bool:
+        """True once the view has applied the phones' partitions up to their observed
+        ends, and the campaign stream up to its end."""
+        ends = self._ends.get(Stream.SUBSCRIBERS, {})
+        partitions = {self._ledger.partition_for(p) for p in phones}
+        if None in partitions:
+            partitions = set(ends)
+        needed = {(Stream.SUBSCRIBERS, p): ends.get(p, 0) for p in partitions if p is not None}
+        for p, offset in self._ends.get(Stream.CAMPAIGNS, {}).items():
+            needed[(Stream.CAMPAIGNS, p)] = offset
+        return await self._wait(needed, self._settings.wait_bound)
+
+    def applied_token(self) -> ConsistencyToken:
+        """The freshness the view had at the last observation."""
+        return ConsistencyToken(
+            {
+                (stream, p): offset
+                for stream, positions in self._applied.items()
+                for p, offset in positions.items()
+            }
+        )

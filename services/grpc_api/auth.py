@@ -1,0 +1,105 @@
+"""Who is calling, and what they may do.
+
+Callers present a bearer token (``authorization: Bearer <token>``). The server
+knows tokens only by their SHA-256, each with a name, scopes and the brands
+(tenants) it may act for. A caller acting for one brand can neither read nor
+write another brand's consents.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.errors import PermissionDenied, Unauthenticated
+
+
+class Scope(enum.Enum):
+    CHECK = "check"
+    WRITE = "write"
+    AUDIT = "audit"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    scopes: frozenset[Scope]
+    brands: frozenset[str] | None
+    """None means every brand (an operator's token)."""
+
+    def require(self, scope: Scope, brand: str | None = None) -> None:
+        if scope not in self.scopes:
+            raise PermissionDenied("authorization", f"{self.name} lacks the {scope.value} scope")
+        if brand is not None and self.brands is not None and brand not in self.brands:
+            raise PermissionDenied("brand", f"{self.name} may not act for brand {brand!r}")
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenAuthenticator:
+    def __init__(self, principals: Mapping[str, Principal]) -> None:
+        self._by_digest = dict(principals)
+
+    @staticmethod
+    def from_file(path: Path) -> TokenAuthenticator:
+        """Load ``{"tokens": [{"name", "sha256", "scopes": [...], "brands": [...] | "*"}]}``."""
+        data = json.loads(path.read_text())
+        principals = {}
+        for entry in data["tokens"]:
+            brands = entry.get("brands", [])
+            principals[entry["sha256"]] = Principal(
+                name=entry["name"],
+                scopes=frozenset(Scope(s) for s in entry["scopes"]),
+                brands=None if brands == "*" else frozenset(brands),
+            )
+        return TokenAuthenticator(principals)
+
+    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> Principal:
+        header = next((v for k, v in metadata if k == "authorization"), None)
+        if header is None:
+            raise Unauthenticated("authorization", "missing bearer token")
+        text = header.decode() if isinstance(header, bytes) else header
+        scheme, _, token = text.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("authorization", "expected 'Bearer <token>'")
+        digest = token_digest(token.strip())
+        for known, principal in self._by_digest.items():
+            if hmac.compare_digest(known, digest):
+                return principal
+        raise Unauthenticated("authorization", "unknown token")
+
+
+def write_dev_tokens(path: Path) -> str:
+    """Create a tokens file with one all-brands admin token; return the token.
+
+    Used only by the embedded default, so that ``make run`` works with no set-up;
+    the token is printed once and only its digest is stored.
+    """
+    token = secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {
+                "tokens": [
+                    {
+                        "name": "local-dev",
+                        "sha256": token_digest(token),
+                        "scopes": [s.value for s in Scope],
+                        "brands": "*",
+                    }
+                ]
+            },
+            indent=2,
+        )
+    )
+    path.chmod(0o600)
+    return token

@@ -1,0 +1,98 @@
+"""Every error the service can raise, mapped to one gRPC status, in one place.
+
+Bad input carries a ``google.rpc.BadRequest`` with the field and the reason;
+a refused precondition a ``google.rpc.PreconditionFailure``. Nothing is written
+when any of these is raised, because validation runs before the append.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ledger.errors import DomainError
+from services.errors import (
+    FailedPrecondition,
+    NotConsistent,
+    PermissionDenied,
+    ServiceError,
+    Unauthenticated,
+)
+from services.wire.enums import WireFormatError
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+
+def _status(code: int, message: str, detail: Any | None = None) -> grpc.Status:
+    status = status_pb2.Status(code=code, message=message)
+    if detail is not None:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return rpc_status.to_status(status)
+
+
+def bad_request(field: str, reason: str) -> grpc.Status:
+    detail = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=reason)
+        ]
+    )
+    return _status(code_pb2.INVALID_ARGUMENT, f"{field}: {reason}", detail)
+
+
+def to_status(exc: BaseException) -> grpc.Status:
+    """The one mapping from an exception to what the caller sees."""
+    if isinstance(exc, DomainError | WireFormatError):
+        return bad_request(exc.field, exc.reason)
+    if isinstance(exc, FailedPrecondition):
+        detail = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type="CONSENT_LEDGER", subject=exc.field, description=exc.reason
+                )
+            ]
+        )
+        return _status(code_pb2.FAILED_PRECONDITION, f"{exc.field}: {exc.reason}", detail)
+    if isinstance(exc, Unauthenticated):
+        return _status(code_pb2.UNAUTHENTICATED, exc.reason)
+    if isinstance(exc, PermissionDenied):
+        return _status(code_pb2.PERMISSION_DENIED, exc.reason)
+    if isinstance(exc, NotConsistent):
+        return _status(code_pb2.UNAVAILABLE, f"{exc.field}: {exc.reason}")
+    if isinstance(exc, ServiceError):
+        return _status(code_pb2.INTERNAL, exc.reason)
+    # The ledger or the database is unreachable, or a bug: the write did not happen
+    # (append raises before acknowledging), so the caller may retry with the same id.
+    return _status(
+        code_pb2.UNAVAILABLE, "the ledger could not be reached; retry with the same request_id"
+    )
+
+
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
+
+
+def translate_errors(handler: Handler[R]) -> Handler[R]:
+    """Wrap a servicer method so every exception leaves as a proper gRPC status."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, DomainError | ServiceError | WireFormatError):
+                log.exception("%s failed", handler.__name__)
+            await context.abort_with_status(to_status(exc))
+            raise AssertionError("abort_with_status returns only by raising") from exc
+
+    return wrapper

@@ -1,0 +1,295 @@
+"""The ConsentService servicer: proto in, one use case, proto out.
+
+Each method authenticates, checks the caller's scope and brand, translates the
+request with ``services.wire.api``, calls ``ConsentApp`` and translates back.
+Errors leave through ``translate_errors`` (one mapping for the whole API). The
+exception is the family of CanSend queries: an internal failure there answers
+"not allowed" with ``REASON_INTERNAL_ERROR``, never an error a caller could
+mistake for a missing rule.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from consent.v1 import consent_service_pb2 as api_pb2
+from consent.v1 import consent_service_pb2_grpc as api_grpc
+
+from ledger.commands import HandleInboundMessage
+from ledger.errors import DomainError, InvalidRequest
+from ledger.events import Recorded
+from ledger.policy import Decision, Reason, deny, standing
+from ledger.ports import ConsistencyToken
+from services.app import ConsentApp, WriteResult
+from services.errors import ServiceError
+from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
+from services.grpc_api.errors import translate_errors
+from services.wire import api, codec
+from services.wire.enums import WireFormatError
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1000
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+def _token(text: str) -> ConsistencyToken | None:
+    if not text:
+        return None
+    try:
+        return ConsistencyToken.decode(text)
+    except ValueError as exc:
+        raise InvalidRequest("at_least_as_fresh", "is not a consistency token") from exc
+
+
+def _internal_error() -> Decision:
+    return deny(Reason.INTERNAL_ERROR, "the service could not answer; not allowed")
+
+
+class ConsentServicer(api_grpc.ConsentServiceServicer):
+    def __init__(self, app: ConsentApp, auth: TokenAuthenticator) -> None:
+        self.app = app
+        self.auth = auth
+
+    def _caller(
+        self, context: grpc.aio.ServicerContext, scope: Scope, brand: str | None = None
+    ) -> Principal:
+        principal = self.auth.authenticate(context.invocation_metadata() or ())
+        principal.require(scope, brand)
+        return principal
+
+    # ---- CanSend and friends: fail closed ----------------------------------------------
+
+    @translate_errors
+    async def CanSend(
+        self, request: api_pb2.CanSendRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.CanSendResponse:
+        self._caller(context, Scope.CHECK, request.brand)
+        at = api.optional_time(request, "at")
+        kind = api.message_kind_from_proto(request.message_kind)
+        token = _token(request.at_least_as_fresh)
+        try:
+            result = await self.app.can_send(
+                request.phone, request.brand, request.campaign, at=at, kind=kind, token=token
+            )
+        except (DomainError, ServiceError, WireFormatError):
+            raise
+        except Exception:
+            log.exception("CanSend failed; answering not allowed")
+            return api.decision_to_proto(_internal_error())
+        return api.decision_to_proto(result.decision, result.token.encode())
+
+    @translate_errors
+    async def CanSendBatch(
+        self, request: api_pb2.CanSendBatchRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.CanSendBatchResponse:
+        self._caller(context, Scope.CHECK, request.brand)
+        if len(request.phones) > MAX_BATCH:
+            raise InvalidRequest("phones", f"at most {MAX_BATCH} numbers per batch")
+        at = api.optional_time(request, "at")
+        kind = api.message_kind_from_proto(request.message_kind)
+        token = _token(request.at_least_as_fresh)
+        phones: Sequence[str] = list(request.phones)
+        try:
+            result = await self.app.can_send_batch(
+                phones, request.brand, request.campaign, at=at, kind=kind, token=token
+            )
+            decisions, encoded = result.decisions, result.token.encode()
+        except (DomainError, ServiceError, WireFormatError):
+            raise
+        except Exception:
+            log.exception("CanSendBatch failed; answering not allowed for all")
+            decisions, encoded = [_internal_error()] * len(phones), ""
+        return api_pb2.CanSendBatchResponse(
+            decisions=[
+                api.send_decision_to_proto(p, d) for p, d in zip(phones, decisions, strict=True)
+            ],
+            consistency_token=encoded,
+        )
+
+    @translate_errors
+    async def CanSendAsOf(
+        self, request: api_pb2.CanSendAsOfRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.CanSendAsOfResponse:
+        self._caller(context, Scope.AUDIT, request.brand)
+        at = api.required_time(request, "at")
+        known_at = api.optional_time(request, "known_at") or self.app.clock()
+        kind = api.message_kind_from_proto(request.message_kind)
+        token = _token(request.at_least_as_fresh)
+        if token is not None and not await self.app.guard.wait_for_token(token):
+            return api.decision_to_as_of_proto(
+                deny(Reason.NOT_CONSISTENT, "the view has not applied the given token")
+            )
+        decision = await self.app.can_send_as_of(
+            request.phone, request.brand, request.campaign, at, known_at, kind
+        )
+        return api.decision_to_as_of_proto(decision, self.app.guard.applied_token().encode())
+
+    @translate_errors
+    async def GetConsent(
+        self, request: api_pb2.GetConsentRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.GetConsentResponse:
+        self._caller(context, Scope.AUDIT, request.brand)
+        token = _token(request.at_least_as_fresh)
+        if token is not None and not await self.app.guard.wait_for_token(token):
+            raise ServiceError("at_least_as_fresh", "the view has not applied the token yet")
+        snapshot = await self.app.get_consent(request.phone, request.brand)
+        state = snapshot.state
+        cc = state.campaign(request.campaign)
+        current = standing(state, cc)
+        pending = state.pending_candidates()
+        if pending:
+            status = api_pb2.CONSENT_STATE_PENDING_REVIEW
+        elif current.active:
+            status = api_pb2.CONSENT_STATE_ACTIVE
+        elif current.revocation is not None:
+            status = (
+                api_pb2.CONSENT_STATE_REVOKED_BRAND_WIDE
+                if current.revocation.event.brand_wide
+                else api_pb2.CONSENT_STATE_REVOKED
+            )
+        else:
+            status = api_pb2.CONSENT_STATE_NEVER_GRANTED
+        response = api_pb2.GetConsentResponse(
+            state=status,
+            consistency_token=snapshot.token.encode(),
+            pending_revocation_candidates=[
+                codec.recorded_to_proto(c.as_recorded()) for c in pending
+            ],
+        )
+        for name, fact in (
+            ("grant", cc.grant),
+            ("revocation", current.revocation),
+            ("reconfirmation", cc.reconfirmation),
+            ("age_verification", state.age),
+        ):
+            if fact is not None:
+                getattr(response, name).CopyFrom(codec.recorded_to_proto(fact.as_recorded()))
+        return response
+
+    @translate_errors
+    async def ListEvents(
+        self, request: api_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ListEventsResponse:
+        brand = request.brand if request.HasField("brand") else None
+        principal = self._caller(context, Scope.AUDIT, brand)
+        if brand is None and principal.brands is not None:
+            raise InvalidRequest("brand", "is required for a token limited to some brands")
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if not 0 < size <= MAX_PAGE_SIZE:
+            raise InvalidRequest("page_size", f"must be between 1 and {MAX_PAGE_SIZE}")
+        start = _page_start(request.page_token)
+        token = _token(request.at_least_as_fresh)
+        if token is not None and not await self.app.guard.wait_for_token(token):
+            raise ServiceError("at_least_as_fresh", "the view has not applied the token yet")
+        events: list[Recorded] = await self.app.history(request.phone, brand)
+        page = events[start : start + size]
+        more = start + size < len(events)
+        return api_pb2.ListEventsResponse(
+            events=[codec.recorded_to_proto(r) for r in page],
+            next_page_token=_page_token(start + size) if more else "",
+            consistency_token=self.app.guard.applied_token().encode(),
+        )
+
+    # ---- writes ------------------------------------------------------------------------
+
+    async def _write(
+        self, request: Any, context: grpc.aio.ServicerContext, scope: Scope = Scope.WRITE
+    ) -> WriteResult:
+        self._caller(context, scope, request.brand)
+        command = api.command_from_proto(request)
+        assert not isinstance(command, HandleInboundMessage)
+        return await self.app.record(command)
+
+    @translate_errors
+    async def RecordOptIn(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        r = await self._write(request, context)
+        return api_pb2.RecordOptInResponse(
+            event_ids=r.event_ids, consistency_token=r.token.encode()
+        )
+
+    @translate_errors
+    async def RecordOptOut(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        r = await self._write(request, context)
+        return api_pb2.RecordOptOutResponse(
+            event_ids=r.event_ids, consistency_token=r.token.encode()
+        )
+
+    @translate_errors
+    async def RecordReconfirmation(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        r = await self._write(request, context)
+        return api_pb2.RecordReconfirmationResponse(
+            event_ids=r.event_ids, consistency_token=r.token.encode()
+        )
+
+    @translate_errors
+    async def RecordMessageSent(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        r = await self._write(request, context)
+        return api_pb2.RecordMessageSentResponse(
+            event_ids=r.event_ids, consistency_token=r.token.encode()
+        )
+
+    @translate_errors
+    async def RecordAgeVerification(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        r = await self._write(request, context)
+        return api_pb2.RecordAgeVerificationResponse(
+            event_ids=r.event_ids, consistency_token=r.token.encode()
+        )
+
+    @translate_errors
+    async def ResolveRevocationCandidate(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
+        r = await self._write(request, context)
+        return api_pb2.ResolveRevocationCandidateResponse(
+            event_ids=r.event_ids, consistency_token=r.token.encode()
+        )
+
+    @translate_errors
+    async def DefineCampaign(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        r = await self._write(request, context, Scope.ADMIN)
+        return api_pb2.DefineCampaignResponse(
+            event_ids=r.event_ids, consistency_token=r.token.encode()
+        )
+
+    @translate_errors
+    async def ChangeCampaignPolicy(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        r = await self._write(request, context, Scope.ADMIN)
+        return api_pb2.ChangeCampaignPolicyResponse(
+            event_ids=r.event_ids, consistency_token=r.token.encode()
+        )
+
+    @translate_errors
+    async def HandleInboundMessage(
+        self, request: api_pb2.HandleInboundMessageRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        principal = self._caller(context, Scope.WRITE)
+        command = api.command_from_proto(request)
+        assert isinstance(command, HandleInboundMessage)
+        result = await self.app.handle_inbound(
+            command, authorize=lambda brand: principal.require(Scope.WRITE, brand)
+        )
+        return api.inbound_outcome_to_proto(
+            result.outcome, result.write.event_ids, result.write.token.encode()
+        )
+
+
+def _page_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode()
+
+
+def _page_start(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if kind != "o" or int(value) < 0:
+            raise ValueError(token)
+        return int(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("page_token", "is not a token this service issued") from exc

@@ -1,0 +1,82 @@
+"""Every setting, read once from the environment at start-up.
+
+The table in the README lists them; ``Settings.from_env`` is the only reader.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.adapters.kafka_ledger import KafkaLedgerSettings
+from services.freshness import FreshnessSettings
+
+
+class SettingsError(ValueError):
+    """A setting that is missing or malformed; names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    ledger: str = "postgres"
+    """``kafka`` (production) or ``postgres`` (the local, single-node ledger)."""
+    kafka: KafkaLedgerSettings | None = None
+    postgres_dsn: str | None = None
+    """None starts an embedded PostgreSQL under ``data_dir``."""
+    data_dir: Path = Path("var/data")
+    tokens_file: Path | None = None
+    """None (embedded only) creates a local admin token under ``data_dir``."""
+    freshness: FreshnessSettings = field(default_factory=FreshnessSettings)
+    shutdown_grace: float = 10.0
+    projector_group: str = "consent-projector"
+    pool_size: int = 10
+
+    @staticmethod
+    def from_env(env: Mapping[str, str] | None = None, *, embedded: bool = False) -> Settings:
+        e = dict(os.environ if env is None else env)
+
+        def number(name: str, default: float) -> float:
+            try:
+                return float(e.get(name, default))
+            except ValueError:
+                raise SettingsError(f"{name} must be a number, got {e[name]!r}") from None
+
+        ledger = e.get("CONSENT_LEDGER", "postgres" if embedded else "kafka")
+        if ledger not in ("kafka", "postgres"):
+            raise SettingsError(f"CONSENT_LEDGER must be kafka or postgres, got {ledger!r}")
+        kafka = None
+        if ledger == "kafka":
+            bootstrap = e.get("CONSENT_KAFKA_BOOTSTRAP")
+            if not bootstrap:
+                raise SettingsError("CONSENT_KAFKA_BOOTSTRAP is required when CONSENT_LEDGER=kafka")
+            kafka = KafkaLedgerSettings(
+                bootstrap_servers=bootstrap,
+                topic_prefix=e.get("CONSENT_KAFKA_TOPIC_PREFIX", ""),
+                subscriber_partitions=int(number("CONSENT_KAFKA_PARTITIONS", 12)),
+                replication_factor=int(number("CONSENT_KAFKA_REPLICATION_FACTOR", 3)),
+                min_insync_replicas=int(number("CONSENT_KAFKA_MIN_INSYNC_REPLICAS", 2)),
+            )
+        dsn = e.get("CONSENT_POSTGRES_DSN") or None
+        if dsn is None and not embedded:
+            raise SettingsError("CONSENT_POSTGRES_DSN is required (or run with --embedded)")
+        tokens = e.get("CONSENT_AUTH_TOKENS_FILE")
+        if tokens is None and not embedded:
+            raise SettingsError("CONSENT_AUTH_TOKENS_FILE is required outside --embedded")
+        return Settings(
+            listen=e.get("CONSENT_GRPC_LISTEN", "127.0.0.1:50051"),
+            ledger=ledger,
+            kafka=kafka,
+            postgres_dsn=dsn,
+            data_dir=Path(e.get("CONSENT_DATA_DIR", "var/data")),
+            tokens_file=Path(tokens) if tokens else None,
+            freshness=FreshnessSettings(
+                refresh_interval=number("CONSENT_FRESHNESS_REFRESH_MS", 50) / 1000,
+                wait_bound=number("CONSENT_FRESHNESS_WAIT_MS", 500) / 1000,
+            ),
+            shutdown_grace=number("CONSENT_SHUTDOWN_GRACE_S", 10),
+            projector_group=e.get("CONSENT_PROJECTOR_GROUP", "consent-projector"),
+            pool_size=int(number("CONSENT_POSTGRES_POOL_SIZE", 10)),
+        )

@@ -1,0 +1,173 @@
+"""Start real service instances (gRPC, Kafka ledger, PostgreSQL view) in-process,
+and call them with a real gRPC client."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import consent_service_pb2_grpc as api_grpc
+from consent.v1 import ledger_pb2 as lpb
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.adapters.kafka_ledger import KafkaLedgerSettings
+from services.bootstrap import Runtime
+from services.freshness import FreshnessSettings
+from services.grpc_api.auth import token_digest
+from services.settings import Settings
+
+TOKENS = {
+    "admin": ("admin-secret", ["check", "write", "audit", "admin"], "*"),
+    "acme-app": ("acme-secret", ["check", "write", "audit"], ["acme"]),
+    "acme-checker": ("acme-check-only", ["check"], ["acme"]),
+    "globex-app": ("globex-secret", ["check", "write", "audit"], ["globex"]),
+}
+
+
+def write_tokens(path: Path) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "tokens": [
+                    {
+                        "name": name,
+                        "sha256": token_digest(secret),
+                        "scopes": scopes,
+                        "brands": brands,
+                    }
+                    for name, (secret, scopes, brands) in TOKENS.items()
+                ]
+            }
+        )
+    )
+    return path
+
+
+def ts(value: datetime) -> Timestamp:
+    t = Timestamp()
+    t.FromDatetime(value)
+    return t
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Client:
+    stub: api_grpc.ConsentServiceStub
+    token: str
+
+    def __getattr__(self, rpc: str) -> Any:
+        method = getattr(self.stub, rpc)
+
+        async def call(request: Any, **kwargs: Any) -> Any:
+            return await method(
+                request,
+                metadata=[("authorization", f"Bearer {self.token}")],
+                timeout=kwargs.pop("timeout", 20),
+                **kwargs,
+            )
+
+        return call
+
+
+@asynccontextmanager
+async def client(address: str, who: str = "admin") -> AsyncIterator[Client]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        yield Client(api_grpc.ConsentServiceStub(channel), TOKENS[who][0])
+
+
+def kafka_settings(bootstrap: str, prefix: str, partitions: int = 4) -> KafkaLedgerSettings:
+    return KafkaLedgerSettings(
+        bootstrap_servers=bootstrap,
+        topic_prefix=prefix,
+        subscriber_partitions=partitions,
+        replication_factor=1,
+        min_insync_replicas=1,
+        request_timeout_s=10,
+        append_timeout_s=15,
+    )
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Runtime]:
+    runtime = Runtime(settings)
+    await runtime.start()
+    try:
+        yield runtime
+    finally:
+        await runtime.stop()
+
+
+def service_settings(
+    tmp: Path, dsn: str, *, kafka: KafkaLedgerSettings | None, group: str | None = None
+) -> Settings:
+    return Settings(
+        listen="127.0.0.1:0",
+        ledger="kafka" if kafka else "postgres",
+        kafka=kafka,
+        postgres_dsn=dsn,
+        data_dir=tmp,
+        tokens_file=write_tokens(tmp / "tokens.json"),
+        freshness=FreshnessSettings(refresh_interval=0.05, wait_bound=5.0),
+        shutdown_grace=2,
+        projector_group=group or f"proj-{uuid.uuid4().hex[:8]}",
+    )
+
+
+def proof(at: datetime) -> lpb.ConsentProof:
+    registered = ts(at)
+    return lpb.ConsentProof(
+        registered_at=registered,
+        name="Ada Lovelace",
+        email="ada@example.com",
+        postal_address="1 Main St",
+        ip_address="203.0.113.7",
+        form_url="https://acme.example/join?src=spring",
+        consent_text="Yes, text me Acme offers. Reply STOP to cancel.",
+        screenshot_ref="s3://proofs/form.png",
+        screenshot_sha256="ab" * 32,
+    )
+
+
+def opt_in(
+    phone: str,
+    brand: str,
+    campaign: str,
+    at: datetime,
+    request_id: str | None = None,
+    **changes: Any,
+) -> api.RecordOptInRequest:
+    fields: dict[str, Any] = dict(
+        request_id=uuid.uuid4().hex if request_id is None else request_id,
+        phone=phone,
+        brand=brand,
+        campaign=campaign,
+        tier=lpb.CONSENT_TIER_PROMOTIONAL,
+        method=lpb.COLLECTION_METHOD_WEB_FORM,
+        proof=proof(at),
+        occurred_at=ts(at),
+    )
+    fields.update(changes)
+    return api.RecordOptInRequest(**fields)
+
+
+def define(
+    brand: str, campaign: str, at: datetime, numbers: Sequence[str] = (), **policy: Any
+) -> api.DefineCampaignRequest:
+    return api.DefineCampaignRequest(
+        request_id=uuid.uuid4().hex,
+        brand=brand,
+        campaign=campaign,
+        policy=lpb.CampaignPolicy(sender_numbers=list(numbers), **policy),
+        occurred_at=ts(at - timedelta(seconds=1)),
+    )

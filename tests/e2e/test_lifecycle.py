@@ -1,0 +1,411 @@
+"""The full life of a number, through a real gRPC client, against the real Kafka
+broker and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from ledger.ports import ConsistencyToken, Stream
+from services.bootstrap import Runtime
+from tests.e2e.harness import client, define, kafka_settings, opt_in, service_settings, ts
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PHONE = "+14155552671"  # Los Angeles
+ACME_NUMBER = "+12125550100"
+ALERTS_NUMBER = "+12125550101"
+GLOBEX_NUMBER = "+13125550100"
+
+
+class Clock:
+    """The service's clock, set to the next 12:00 in Los Angeles so quiet hours never
+    bite. It is ahead of the real clock, so the broker's ``recorded_at`` stamps are
+    always "known" by the service's now, as they are in production."""
+
+    def __init__(self) -> None:
+        real = datetime.now(UTC)
+        noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
+        self.now = noon if noon > real else noon + timedelta(days=1)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+async def service(tmp_path, postgres_dsn, kafka_bootstrap):
+    clock = Clock()
+    prefix = f"e2e-{uuid.uuid4().hex[:8]}."
+    runtime = Runtime(
+        service_settings(tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)),
+        clock=clock,
+    )
+    await runtime.start()
+    async with client(runtime.address) as admin:
+        t = clock.now
+        for brand, campaign, number in (
+            ("acme", "promo", ACME_NUMBER),
+            ("acme", "alerts", ALERTS_NUMBER),
+            ("globex", "promo", GLOBEX_NUMBER),
+        ):
+            w = await admin.DefineCampaign(
+                define(brand, campaign, t - timedelta(days=60), [number])
+            )
+        assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
+    try:
+        yield runtime, clock
+    finally:
+        await runtime.stop()
+
+
+def status_details(err: grpc.aio.AioRpcError):
+    status = rpc_status.from_call(err)
+    out = []
+    for detail in status.details if status else []:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            out += [(v.field, v.description) for v in bad.field_violations]
+    return out
+
+
+async def check(
+    c,
+    token: str = "",
+    phone: str = PHONE,
+    campaign: str = "promo",
+    brand: str = "acme",
+    kind: int = 0,
+) -> api.CanSendResponse:
+    return await c.CanSend(
+        api.CanSendRequest(
+            phone=phone, brand=brand, campaign=campaign, at_least_as_fresh=token, message_kind=kind
+        )
+    )
+
+
+def inbound(body: str, to: str = ACME_NUMBER, at: datetime | None = None):
+    return api.HandleInboundMessageRequest(
+        request_id=uuid.uuid4().hex,
+        from_phone=PHONE,
+        to_phone=to,
+        body=body,
+        message_id=f"SM{uuid.uuid4().hex[:10]}",
+        occurred_at=ts(at) if at else None,
+    )
+
+
+async def test_the_full_life_of_a_number(service):
+    runtime, clock = service
+    async with client(runtime.address, "acme-app") as c:
+        t = clock.now
+        # Before any consent: no.
+        r = await check(c)
+        assert not r.allowed and r.reason == api.REASON_NO_CONSENT
+
+        # Opt-in, then the first message carries obligations.
+        w = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", t - timedelta(minutes=10)))
+        r = await check(c, w.consistency_token)
+        assert r.allowed and r.reason == api.REASON_CONSENT_ACTIVE
+        assert {api.OBLIGATION_INCLUDE_OPT_OUT_LANGUAGE, api.OBLIGATION_IDENTIFY_SENDER} <= set(
+            r.obligations
+        )
+        assert w.event_ids[0] in r.evidence_event_ids
+        assert r.policy_version == 1
+
+        w = await c.RecordMessageSent(
+            api.RecordMessageSentRequest(
+                request_id=uuid.uuid4().hex,
+                phone=PHONE,
+                brand="acme",
+                campaign="promo",
+                message_id="SM-first",
+                occurred_at=ts(t - timedelta(minutes=5)),
+                included_opt_out_language=True,
+                identified_sender=True,
+            )
+        )
+        r = await check(c, w.consistency_token)
+        assert r.allowed and api.OBLIGATION_INCLUDE_OPT_OUT_LANGUAGE not in r.obligations
+
+        # STOP: the reply owed is the one confirmation, then nothing.
+        stop = await c.HandleInboundMessage(inbound("Stop", at=t - timedelta(minutes=2)))
+        assert stop.intent == api.INBOUND_INTENT_OPT_OUT
+        assert stop.reply == api.REPLY_KIND_OPT_OUT_CONFIRMATION
+        assert (stop.brand, stop.campaign) == ("acme", "promo")
+        r = await check(c, stop.consistency_token)
+        assert not r.allowed and r.reason == api.REASON_REVOKED
+        confirm = lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION
+        r = await check(c, stop.consistency_token, kind=confirm)
+        assert r.allowed and api.OBLIGATION_NON_MARKETING_CONTENT_ONLY in r.obligations
+        w = await c.RecordMessageSent(
+            api.RecordMessageSentRequest(
+                request_id=uuid.uuid4().hex,
+                phone=PHONE,
+                brand="acme",
+                campaign="promo",
+                message_id="SM-confirm",
+                kind=confirm,
+                occurred_at=ts(t - timedelta(minutes=1)),
+            )
+        )
+        r = await check(c, w.consistency_token, kind=confirm)
+        assert not r.allowed and r.reason == api.REASON_OPT_OUT_CONFIRMATION_NOT_ALLOWED
+
+        # START with the prior consent resumes it.
+        start = await c.HandleInboundMessage(inbound("START", at=t - timedelta(seconds=30)))
+        assert start.intent == api.INBOUND_INTENT_OPT_IN
+        r = await check(c, start.consistency_token)
+        assert r.allowed
+
+        # STOPALL ends every campaign of the brand.
+        w = await c.RecordOptIn(opt_in(PHONE, "acme", "alerts", t - timedelta(seconds=20)))
+        stopall = await c.HandleInboundMessage(
+            inbound("STOPALL", to=ALERTS_NUMBER, at=t - timedelta(seconds=10))
+        )
+        for campaign in ("promo", "alerts"):
+            r = await check(c, stopall.consistency_token, campaign=campaign)
+            assert not r.allowed and r.reason == api.REASON_REVOKED_BRAND_WIDE
+
+        # The auditor's view: every fact, and the decision as it stood before the STOP.
+        events = await c.ListEvents(
+            api.ListEventsRequest(
+                phone=PHONE, brand="acme", at_least_as_fresh=stopall.consistency_token
+            )
+        )
+        types = [e.event.event_type for e in events.events]
+        assert types.count("ConsentGranted") == 2 and "ConsentResumed" in types
+        past = await c.CanSendAsOf(
+            api.CanSendAsOfRequest(
+                phone=PHONE, brand="acme", campaign="promo", at=ts(t - timedelta(minutes=3))
+            )
+        )
+        assert past.allowed
+        consent = await c.GetConsent(
+            api.GetConsentRequest(phone=PHONE, brand="acme", campaign="promo")
+        )
+        assert consent.state == api.CONSENT_STATE_REVOKED_BRAND_WIDE
+        assert consent.grant.event.consent_granted.proof.form_url.startswith("https://acme")
+
+
+async def test_reconfirmation_after_a_silent_first_message_window(service):
+    runtime, clock = service
+    async with client(runtime.address, "acme-app") as c:
+        old = clock.now - timedelta(days=45)
+        w = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", old))
+        r = await check(c, w.consistency_token)
+        assert r.allowed and api.OBLIGATION_RECONFIRM_IN_THIS_MESSAGE in r.obligations
+        w = await c.RecordReconfirmation(
+            api.RecordReconfirmationRequest(
+                request_id=uuid.uuid4().hex,
+                phone=PHONE,
+                brand="acme",
+                campaign="promo",
+                channel=lpb.REVOCATION_CHANNEL_KEYWORD,
+                occurred_at=ts(clock.now),
+            )
+        )
+        r = await check(c, w.consistency_token)
+        assert r.allowed and api.OBLIGATION_RECONFIRM_IN_THIS_MESSAGE not in r.obligations
+
+
+async def test_a_second_brand_is_isolated_from_the_first(service):
+    runtime, clock = service
+    async with (
+        client(runtime.address, "acme-app") as acme,
+        client(runtime.address, "globex-app") as globex,
+    ):
+        w = await acme.RecordOptIn(opt_in(PHONE, "acme", "promo", clock.now))
+        r = await check(globex, w.consistency_token, brand="globex")
+        assert not r.allowed and r.reason == api.REASON_NO_CONSENT
+        for call in (
+            check(globex, brand="acme"),
+            globex.RecordOptOut(
+                api.RecordOptOutRequest(
+                    request_id="x",
+                    phone=PHONE,
+                    brand="acme",
+                    channel=lpb.REVOCATION_CHANNEL_API,
+                    occurred_at=ts(clock.now),
+                )
+            ),
+            globex.ListEvents(api.ListEventsRequest(phone=PHONE, brand="acme")),
+            globex.ListEvents(api.ListEventsRequest(phone=PHONE)),
+            globex.HandleInboundMessage(inbound("STOP")),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert err.value.code() in (
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
+        r = await check(acme, w.consistency_token)
+        assert r.allowed  # nothing globex tried reached acme's consent
+
+
+async def test_a_retried_write_records_nothing_twice(service):
+    runtime, clock = service
+    async with client(runtime.address, "acme-app") as c:
+        request = opt_in(PHONE, "acme", "promo", clock.now, request_id="retry-me")
+        first = await c.RecordOptIn(request)
+        second = await c.RecordOptIn(request)
+        assert list(first.event_ids) == list(second.event_ids)
+        events = await c.ListEvents(
+            api.ListEventsRequest(
+                phone=PHONE, brand="acme", at_least_as_fresh=second.consistency_token
+            )
+        )
+        assert [e.event.event_type for e in events.events] == ["ConsentGranted"]
+
+
+BAD_WRITES = [
+    ("RecordOptIn", lambda t: opt_in("+1555", "acme", "promo", t), "phone"),
+    (
+        "RecordOptIn",
+        lambda t: opt_in(PHONE, "acme", "promo", t, source=lpb.LIST_SOURCE_PURCHASED),
+        "source",
+    ),
+    (
+        "RecordOptIn",
+        lambda t: opt_in(PHONE, "acme", "promo", t, proof=lpb.ConsentProof(registered_at=ts(t))),
+        "proof.",
+    ),
+    (
+        "RecordOptIn",
+        lambda t: opt_in(PHONE, "acme", "promo", t + timedelta(hours=1)),
+        "occurred_at",
+    ),
+    ("RecordOptIn", lambda t: opt_in(PHONE, "acme", "promo", t, request_id=""), "request_id"),
+    (
+        "RecordOptOut",
+        lambda t: api.RecordOptOutRequest(
+            request_id="a",
+            phone="nope",
+            brand="acme",
+            channel=lpb.REVOCATION_CHANNEL_API,
+            occurred_at=ts(t),
+        ),
+        "phone",
+    ),
+    (
+        "RecordReconfirmation",
+        lambda t: api.RecordReconfirmationRequest(
+            request_id="b", phone=PHONE, brand="acme", campaign="promo", occurred_at=ts(t)
+        ),
+        "channel",
+    ),
+    (
+        "RecordMessageSent",
+        lambda t: api.RecordMessageSentRequest(
+            request_id="c", phone=PHONE, brand="acme", campaign="promo", occurred_at=ts(t)
+        ),
+        "message_id",
+    ),
+    (
+        "RecordAgeVerification",
+        lambda t: api.RecordAgeVerificationRequest(
+            request_id="d", phone=PHONE, brand="acme", method="id", occurred_at=ts(t)
+        ),
+        "date_of_birth",
+    ),
+    (
+        "HandleInboundMessage",
+        lambda t: api.HandleInboundMessageRequest(
+            request_id="e",
+            from_phone="x",
+            to_phone=ACME_NUMBER,
+            body="STOP",
+            message_id="m",
+            occurred_at=ts(t),
+        ),
+        "from_phone",
+    ),
+    (
+        "ResolveRevocationCandidate",
+        lambda t: api.ResolveRevocationCandidateRequest(
+            request_id="f",
+            phone=PHONE,
+            brand="acme",
+            candidate_event_id="not-a-uuid",
+            resolution=lpb.CANDIDATE_RESOLUTION_DISMISSED,
+            occurred_at=ts(t),
+        ),
+        "candidate_event_id",
+    ),
+    (
+        "DefineCampaign",
+        lambda t: api.DefineCampaignRequest(
+            request_id="g", brand="acme", campaign="late", occurred_at=ts(t)
+        ),
+        "policy",
+    ),
+    (
+        "ChangeCampaignPolicy",
+        lambda t: api.ChangeCampaignPolicyRequest(
+            request_id="h",
+            brand="acme",
+            campaign="promo",
+            occurred_at=ts(t),
+            policy=lpb.CampaignPolicy(daily_cap=0),
+        ),
+        "policy.daily_cap",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("rpc", "build", "field"), BAD_WRITES, ids=[f"{r}-{f}" for r, _, f in BAD_WRITES]
+)
+async def test_bad_input_is_refused_with_the_field_and_nothing_is_written(
+    service, rpc, build, field
+):
+    runtime, clock = service
+    async with client(runtime.address, "admin") as c:
+        before = await c.ListEvents(api.ListEventsRequest(phone=PHONE))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await getattr(c, rpc)(build(clock.now))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        fields = [f for f, _ in status_details(err.value)]
+        assert fields and fields[0].startswith(field), fields
+        assert sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values()) == 0
+        assert sum((await runtime.ledger.end_offsets(Stream.CAMPAIGNS)).values()) == 3
+        after = await c.ListEvents(api.ListEventsRequest(phone=PHONE))
+        assert len(after.events) == len(before.events)
+
+
+async def test_an_unknown_campaign_is_a_failed_precondition(service):
+    runtime, clock = service
+    async with client(runtime.address, "acme-app") as c:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordOptIn(opt_in(PHONE, "acme", "nosuch", clock.now))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        r = await check(c, campaign="nosuch")
+        assert not r.allowed and r.reason == api.REASON_CAMPAIGN_UNKNOWN
+
+
+async def test_calls_without_valid_credentials_are_refused(service):
+    runtime, clock = service
+    request = api.CanSendRequest(phone=PHONE, brand="acme", campaign="promo")
+    async with grpc.aio.insecure_channel(runtime.address) as channel:
+        from consent.v1 import consent_service_pb2_grpc as api_grpc
+
+        stub = api_grpc.ConsentServiceStub(channel)
+        for metadata in ([], [("authorization", "Bearer wrong")], [("authorization", "Basic x")]):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.CanSend(request, metadata=metadata)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    async with client(runtime.address, "acme-checker") as checker:
+        assert (await check(checker)).reason == api.REASON_NO_CONSENT
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await checker.RecordOptIn(opt_in(PHONE, "acme", "promo", clock.now))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    async with client(runtime.address, "acme-app") as app:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await app.DefineCampaign(define("acme", "new", clock.now))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
