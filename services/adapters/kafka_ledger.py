@@ -107,7 +107,7 @@ class KafkaLedgerSettings:
 
 
 class UnsafeTopicError(RuntimeError):
-    """A ledger topic exists but is configured so it could lose or reorder events."""
+    """A ledger topic is missing, or configured so that it could lose or reorder events."""
 
 
 class KafkaLedger(Ledger):
