@@ -74,6 +74,10 @@ class ConsistencyToken:
         return ConsistencyToken(offsets)
 
 
+class LedgerUnavailable(ConnectionError):
+    """The ledger's storage did not acknowledge an append (or a read) in time."""
+
+
 class Ledger(ABC):
     """The append-only ledger of facts.
 
@@ -85,9 +89,10 @@ class Ledger(ABC):
     async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
         """Durably append ``events`` in order and return them as recorded.
 
-        Returns only after the storage has acknowledged every event; on failure it
-        raises and the caller must treat the write as not done (and may retry: the
-        event ids make a retry harmless to readers).
+        Returns only after the storage has acknowledged every event; when storage
+        does not acknowledge in time it raises ``LedgerUnavailable``, and the caller
+        must treat the write as not done (and may retry: the event ids make a retry
+        harmless to readers).
         """
 
     @abstractmethod
@@ -108,7 +113,19 @@ class Ledger(ABC):
     def subscribe(
         self, stream: Stream, start: Offsets, *, poll_timeout: float = 0.5
     ) -> AsyncIterator[list[Recorded]]:
-        """Batches of new events from ``start`` on, forever; an empty batch when idle."""
+        """Batches of new events from ``start`` on, forever; an empty batch when idle.
+
+        A partition missing from ``start`` is read from offset 0 (a fresh view
+        subscribes with ``{}``).
+        """
+
+    def partition_for(self, phone: str) -> int | None:
+        """The partition a phone's subscriber events go to, when the adapter can tell.
+
+        Readers use it to wait only for the partition that matters; ``None`` makes
+        them wait for every partition, which is slower but equally safe.
+        """
+        return None
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most adapters need it
         """Release connections; flush anything buffered."""

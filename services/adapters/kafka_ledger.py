@@ -29,7 +29,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from ledger.events import CampaignEvent, LedgerEvent, LedgerPosition, Recorded, SubscriberEvent
-from ledger.ports import Ledger, Offsets, Stream
+from ledger.ports import Ledger, LedgerUnavailable, Offsets, Stream
 from services.wire.codec import decode_event, encode_event
 
 
@@ -310,7 +310,7 @@ class KafkaLedger(Ledger):
                 self._send_all(producer, records), self.settings.append_timeout_s
             )
         except (KafkaError, TimeoutError) as exc:
-            raise ConnectionError(
+            raise LedgerUnavailable(
                 f"Kafka ledger: {len(records)} event(s) not acknowledged by "
                 f"{self.settings.bootstrap_servers}: {type(exc).__name__}: {exc}"
             ) from exc

@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 
 from ledger.events import LedgerEvent, LedgerPosition, Recorded
-from ledger.ports import Ledger, Offsets, Stream
+from ledger.ports import Ledger, LedgerUnavailable, Offsets, Stream
 from services.wire.codec import decode_event, encode_event
 
 PARTITION = 0
@@ -76,7 +76,7 @@ class PostgresLedger(Ledger):
         try:
             positions = await asyncio.wait_for(self._insert(encoded), self._append_timeout_s)
         except (OSError, TimeoutError, asyncpg.PostgresConnectionError) as exc:
-            raise ConnectionError(
+            raise LedgerUnavailable(
                 f"PostgreSQL ledger: {len(encoded)} event(s) not appended: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc

@@ -410,6 +410,9 @@ class KafkaBroker:
             "min.insync.replicas": "1",
             # Tests should not wait 3 s for a consumer group's first rebalance.
             "group.initial.rebalance.delay.ms": "0",
+            # The ledger creates its topics with ledger settings; a client that skips
+            # that must fail loudly, not get a topic with a seven-day retention.
+            "auto.create.topics.enable": "false",
             # After a SIGKILL the controller refuses the restarted broker's registration
             # (DUPLICATE_BROKER_REGISTRATION) until the dead incarnation's session expires:
             # 9 s by default. Crash tests restart often, so expire sessions sooner.

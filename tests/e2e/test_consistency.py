@@ -1,0 +1,112 @@
+"""The consistency rule across service instances, on the real broker and database.
+
+Default reads (no token) never allow a send after an opt-out that was
+acknowledged at least one freshness refresh interval earlier; reads with the
+write's token see it at once; a projection that stops catching up makes reads
+fail closed instead of answering from stale state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+
+from ledger.ports import ConsistencyToken
+from services.bootstrap import Runtime
+from tests.e2e.harness import client, define, kafka_settings, opt_in, service_settings, ts
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+REFRESH = 0.05
+
+
+def noon_in_los_angeles() -> datetime:
+    real = datetime.now(UTC)
+    noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
+    return noon if noon > real else noon + timedelta(days=1)
+
+
+@pytest.fixture
+async def two_instances(tmp_path, postgres_dsn, kafka_bootstrap):
+    when = noon_in_los_angeles()
+    prefix = f"cons-{uuid.uuid4().hex[:8]}."
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    runtimes = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        settings = service_settings(tmp_path / name, postgres_dsn,
+                                    kafka=kafka_settings(kafka_bootstrap, prefix), group=group)
+        runtime = Runtime(settings, clock=lambda: when)
+        await runtime.start()
+        runtimes.append(runtime)
+    async with client(runtimes[0].address) as admin:
+        w = await admin.DefineCampaign(define("acme", "promo", when - timedelta(days=1)))
+    for runtime in runtimes:
+        assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
+    try:
+        yield runtimes, when
+    finally:
+        for runtime in runtimes:
+            await runtime.stop()
+
+
+async def test_an_opt_out_written_through_one_instance_is_honoured_by_another(two_instances):
+    (a, b), when = two_instances
+    async with client(a.address, "acme-app") as ca, client(b.address, "acme-app") as cb:
+        for i in range(10):
+            phone = f"+1415555{2600 + i:04d}"
+            granted = await ca.RecordOptIn(opt_in(phone, "acme", "promo", when))
+            fresh = await cb.CanSend(api.CanSendRequest(
+                phone=phone, brand="acme", campaign="promo",
+                at_least_as_fresh=granted.consistency_token))
+            assert fresh.allowed, fresh
+            await ca.RecordOptOut(api.RecordOptOutRequest(
+                request_id=uuid.uuid4().hex, phone=phone, brand="acme", campaign="promo",
+                channel=lpb.REVOCATION_CHANNEL_KEYWORD, text="STOP", occurred_at=ts(when)))
+            # Acknowledged by A. One refresh interval later, B must say no without a token.
+            await asyncio.sleep(2 * REFRESH)
+            answer = await cb.CanSend(api.CanSendRequest(phone=phone, brand="acme",
+                                                         campaign="promo"))
+            assert not answer.allowed, (i, answer)
+            assert answer.reason in (api.REASON_REVOKED, api.REASON_NOT_CONSISTENT)
+
+
+async def test_the_write_token_gives_read_your_writes_on_another_instance(two_instances):
+    (a, b), when = two_instances
+    async with client(a.address, "acme-app") as ca, client(b.address, "acme-app") as cb:
+        phone = "+14155552700"
+        await ca.RecordOptIn(opt_in(phone, "acme", "promo", when))
+        out = await ca.RecordOptOut(api.RecordOptOutRequest(
+            request_id=uuid.uuid4().hex, phone=phone, brand="acme", campaign="promo",
+            channel=lpb.REVOCATION_CHANNEL_WEB, occurred_at=ts(when)))
+        answer = await cb.CanSend(api.CanSendRequest(
+            phone=phone, brand="acme", campaign="promo",
+            at_least_as_fresh=out.consistency_token))
+        assert not answer.allowed and answer.reason == api.REASON_REVOKED
+
+
+async def test_reads_fail_closed_when_the_projection_stops_catching_up(two_instances):
+    (a, b), when = two_instances
+    async with client(a.address, "acme-app") as ca, client(b.address, "acme-app") as cb:
+        phone = "+14155552701"
+        granted = await ca.RecordOptIn(opt_in(phone, "acme", "promo", when))
+        ok = await cb.CanSend(api.CanSendRequest(phone=phone, brand="acme", campaign="promo",
+                                                 at_least_as_fresh=granted.consistency_token))
+        assert ok.allowed
+        for runtime in (a, b):  # every projector in the group stops
+            for task in runtime._tasks:
+                task.cancel()
+        await asyncio.gather(*(t for r in (a, b) for t in r._tasks), return_exceptions=True)
+        await ca.RecordOptOut(api.RecordOptOutRequest(
+            request_id=uuid.uuid4().hex, phone=phone, brand="acme", campaign="promo",
+            channel=lpb.REVOCATION_CHANNEL_CALL, occurred_at=ts(when)))
+        await asyncio.sleep(2 * REFRESH)
+        b.guard._settings = type(b.guard._settings)(refresh_interval=REFRESH, wait_bound=0.3)
+        answer = await cb.CanSend(api.CanSendRequest(phone=phone, brand="acme",
+                                                     campaign="promo"))
+        assert not answer.allowed and answer.reason == api.REASON_NOT_CONSISTENT
