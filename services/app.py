@@ -174,6 +174,8 @@ class ConsentApp:
             d = deny(Reason.NOT_CONSISTENT, "the read model is behind the ledger; try again")
             return BatchResult([d] * len(numbers), read_at)
         rules = (await self.view.campaign_history(brand, campaign)).as_of(when)
+        if rules is None and await self._campaign_known(brand, campaign):
+            rules = (await self.view.campaign_history(brand, campaign)).as_of(when)
         if rules is None:
             d = deny(Reason.CAMPAIGN_UNKNOWN, f"campaign {brand}/{campaign} is not defined")
             return BatchResult([d] * len(numbers), read_at)

@@ -39,8 +39,12 @@ async def two_instances(tmp_path, postgres_dsn, kafka_bootstrap):
     runtimes = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        settings = service_settings(tmp_path / name, postgres_dsn,
-                                    kafka=kafka_settings(kafka_bootstrap, prefix), group=group)
+        settings = service_settings(
+            tmp_path / name,
+            postgres_dsn,
+            kafka=kafka_settings(kafka_bootstrap, prefix),
+            group=group,
+        )
         runtime = Runtime(settings, clock=lambda: when)
         await runtime.start()
         runtimes.append(runtime)
@@ -61,17 +65,31 @@ async def test_an_opt_out_written_through_one_instance_is_honoured_by_another(tw
         for i in range(10):
             phone = f"+1415555{2600 + i:04d}"
             granted = await ca.RecordOptIn(opt_in(phone, "acme", "promo", when))
-            fresh = await cb.CanSend(api.CanSendRequest(
-                phone=phone, brand="acme", campaign="promo",
-                at_least_as_fresh=granted.consistency_token))
+            fresh = await cb.CanSend(
+                api.CanSendRequest(
+                    phone=phone,
+                    brand="acme",
+                    campaign="promo",
+                    at_least_as_fresh=granted.consistency_token,
+                )
+            )
             assert fresh.allowed, fresh
-            await ca.RecordOptOut(api.RecordOptOutRequest(
-                request_id=uuid.uuid4().hex, phone=phone, brand="acme", campaign="promo",
-                channel=lpb.REVOCATION_CHANNEL_KEYWORD, text="STOP", occurred_at=ts(when)))
+            await ca.RecordOptOut(
+                api.RecordOptOutRequest(
+                    request_id=uuid.uuid4().hex,
+                    phone=phone,
+                    brand="acme",
+                    campaign="promo",
+                    channel=lpb.REVOCATION_CHANNEL_KEYWORD,
+                    text="STOP",
+                    occurred_at=ts(when),
+                )
+            )
             # Acknowledged by A. One refresh interval later, B must say no without a token.
             await asyncio.sleep(2 * REFRESH)
-            answer = await cb.CanSend(api.CanSendRequest(phone=phone, brand="acme",
-                                                         campaign="promo"))
+            answer = await cb.CanSend(
+                api.CanSendRequest(phone=phone, brand="acme", campaign="promo")
+            )
             assert not answer.allowed, (i, answer)
             assert answer.reason in (api.REASON_REVOKED, api.REASON_NOT_CONSISTENT)
 
@@ -81,12 +99,21 @@ async def test_the_write_token_gives_read_your_writes_on_another_instance(two_in
     async with client(a.address, "acme-app") as ca, client(b.address, "acme-app") as cb:
         phone = "+14155552700"
         await ca.RecordOptIn(opt_in(phone, "acme", "promo", when))
-        out = await ca.RecordOptOut(api.RecordOptOutRequest(
-            request_id=uuid.uuid4().hex, phone=phone, brand="acme", campaign="promo",
-            channel=lpb.REVOCATION_CHANNEL_WEB, occurred_at=ts(when)))
-        answer = await cb.CanSend(api.CanSendRequest(
-            phone=phone, brand="acme", campaign="promo",
-            at_least_as_fresh=out.consistency_token))
+        out = await ca.RecordOptOut(
+            api.RecordOptOutRequest(
+                request_id=uuid.uuid4().hex,
+                phone=phone,
+                brand="acme",
+                campaign="promo",
+                channel=lpb.REVOCATION_CHANNEL_WEB,
+                occurred_at=ts(when),
+            )
+        )
+        answer = await cb.CanSend(
+            api.CanSendRequest(
+                phone=phone, brand="acme", campaign="promo", at_least_as_fresh=out.consistency_token
+            )
+        )
         assert not answer.allowed and answer.reason == api.REASON_REVOKED
 
 
@@ -95,18 +122,30 @@ async def test_reads_fail_closed_when_the_projection_stops_catching_up(two_insta
     async with client(a.address, "acme-app") as ca, client(b.address, "acme-app") as cb:
         phone = "+14155552701"
         granted = await ca.RecordOptIn(opt_in(phone, "acme", "promo", when))
-        ok = await cb.CanSend(api.CanSendRequest(phone=phone, brand="acme", campaign="promo",
-                                                 at_least_as_fresh=granted.consistency_token))
+        ok = await cb.CanSend(
+            api.CanSendRequest(
+                phone=phone,
+                brand="acme",
+                campaign="promo",
+                at_least_as_fresh=granted.consistency_token,
+            )
+        )
         assert ok.allowed
         for runtime in (a, b):  # every projector in the group stops
             for task in runtime._tasks:
                 task.cancel()
         await asyncio.gather(*(t for r in (a, b) for t in r._tasks), return_exceptions=True)
-        await ca.RecordOptOut(api.RecordOptOutRequest(
-            request_id=uuid.uuid4().hex, phone=phone, brand="acme", campaign="promo",
-            channel=lpb.REVOCATION_CHANNEL_CALL, occurred_at=ts(when)))
+        await ca.RecordOptOut(
+            api.RecordOptOutRequest(
+                request_id=uuid.uuid4().hex,
+                phone=phone,
+                brand="acme",
+                campaign="promo",
+                channel=lpb.REVOCATION_CHANNEL_CALL,
+                occurred_at=ts(when),
+            )
+        )
         await asyncio.sleep(2 * REFRESH)
         b.guard._settings = type(b.guard._settings)(refresh_interval=REFRESH, wait_bound=0.3)
-        answer = await cb.CanSend(api.CanSendRequest(phone=phone, brand="acme",
-                                                     campaign="promo"))
+        answer = await cb.CanSend(api.CanSendRequest(phone=phone, brand="acme", campaign="promo"))
         assert not answer.allowed and answer.reason == api.REASON_NOT_CONSISTENT

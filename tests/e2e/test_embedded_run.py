@@ -1,0 +1,116 @@
+"""``make run``: the embedded default, started exactly as the Makefile starts it,
+answered with a real gRPC client, stopped with SIGTERM and started again."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import consent_service_pb2_grpc as api_grpc
+from consent.v1 import ledger_pb2 as lpb
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from tests.e2e.harness import Client, define, opt_in
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start(data_dir: Path) -> tuple[subprocess.Popen[str], str, str]:
+    env = {**os.environ, "CONSENT_DATA_DIR": str(data_dir), "CONSENT_GRPC_LISTEN": "127.0.0.1:0"}
+    env.pop("CONSENT_POSTGRES_DSN", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "serve", "--embedded"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    address = token = ""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if m := re.search(r"serving gRPC on (\S+)", line):
+            address = m.group(1)
+        if m := re.search(r"local admin token .*: (\S+)", line):
+            token = m.group(1)
+        if address and token:
+            return proc, address, token
+    raise AssertionError(f"the service exited with {proc.wait()} before serving")
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    return out
+
+
+async def test_make_run_serves_health_reflection_and_the_api_and_keeps_data(tmp_path):
+    proc, address, token = await asyncio.to_thread(start, tmp_path / "data")
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            answer = await health.Check(
+                health_pb2.HealthCheckRequest(service="consent.v1.ConsentService")
+            )
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+            reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+            replies = reflect.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            names = [s.name async for r in replies for s in r.list_services_response.service]
+            assert "consent.v1.ConsentService" in names
+
+            c = Client(api_grpc.ConsentServiceStub(channel), token)
+            now = datetime.now(UTC)
+            await c.DefineCampaign(
+                define(
+                    "acme",
+                    "receipts",
+                    now - timedelta(days=1),
+                    purpose=lpb.CAMPAIGN_PURPOSE_INFORMATIONAL,
+                )
+            )
+            w = await c.RecordOptIn(
+                opt_in(
+                    "+14155552671",
+                    "acme",
+                    "receipts",
+                    now - timedelta(minutes=1),
+                    request_id="keep-me",
+                )
+            )
+            r = await c.CanSend(
+                api.CanSendRequest(
+                    phone="+14155552671",
+                    brand="acme",
+                    campaign="receipts",
+                    at_least_as_fresh=w.consistency_token,
+                )
+            )
+            assert r.allowed, r
+    finally:
+        out = await asyncio.to_thread(stop, proc)
+    assert "shutting down" in out
+
+    proc, address, token2 = await asyncio.to_thread(start, tmp_path / "data")
+    try:
+        assert token2 == token  # the local token is kept with the data
+        async with grpc.aio.insecure_channel(address) as channel:
+            c = Client(api_grpc.ConsentServiceStub(channel), token)
+            events = await c.ListEvents(api.ListEventsRequest(phone="+14155552671"))
+            assert [e.event.event_type for e in events.events] == ["ConsentGranted"]
+    finally:
+        await asyncio.to_thread(stop, proc)
