@@ -4,6 +4,12 @@
 #
 #   scripts/buf_check.sh              lint only
 #   scripts/buf_check.sh origin/main  lint, then buf breaking against origin/main
+#   scripts/buf_check.sh protos/released/consent-v1-0.1.0.binpb
+#                                     lint, then buf breaking against a released image
+#
+# A release stores its API as a buf image (`buf build protos -o
+# protos/released/consent-v1-X.Y.Z.binpb`), so the check needs no tags or history
+# in the checkout it runs in.
 #
 # Uses `buf` from PATH when present, else the pinned release through npx; BUF
 # overrides the command.
@@ -24,6 +30,11 @@ fi
 echo "buf lint: ok"
 
 if [[ $# -ge 1 ]]; then
-  "${buf[@]}" breaking protos --against "$root/.git#ref=$1,subdir=protos"
+  if [[ "$1" == *.binpb ]]; then
+    against="$1"
+  else
+    against="$root/.git#ref=$1,subdir=protos"
+  fi
+  "${buf[@]}" breaking protos --against "$against"
   echo "buf breaking against $1: ok"
 fi
