@@ -34,7 +34,9 @@ run: $(STAMP)
 kafka-jars: $(STAMP)
 	$(PY) -m tests.infra fetch
 
-test: $(STAMP) kafka-jars
+# The whole suite: lint and types first (seconds), then every test, real Kafka and
+# PostgreSQL included. pytest's exit code 5 (no tests ran) fails the target too.
+test: $(STAMP) kafka-jars lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)

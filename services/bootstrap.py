@@ -35,7 +35,7 @@ def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
 
     pgdata = (data_dir / "postgres").resolve()
     pgdata.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
     return server.get_uri(), server
 
 

@@ -9,6 +9,8 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import asyncpg
 
@@ -112,17 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    runner = {
+    runners: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
         "serve": lambda: _serve(settings, args.embedded),
         "migrate": lambda: _migrate(settings),
         "rebuild": lambda: _rebuild(settings),
-    }[args.command]
-    try:
+    }
+    run: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
+    with contextlib.suppress(ImportError):  # uvloop is optional (the "speed" extra)
         import uvloop
 
-        uvloop.run(runner())
-    except ImportError:
-        asyncio.run(runner())
+        run = uvloop.run
+    run(runners[args.command]())
     return 0
 
 

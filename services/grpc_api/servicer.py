@@ -51,7 +51,8 @@ def _internal_error() -> Decision:
     return deny(Reason.INTERNAL_ERROR, "the service could not answer; not allowed")
 
 
-class ConsentServicer(api_grpc.ConsentServiceServicer):
+# The generated base is untyped to mypy (generated code is excluded from checks).
+class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     def __init__(self, app: ConsentApp, auth: TokenAuthenticator) -> None:
         self.app = app
         self.auth = auth
