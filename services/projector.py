@@ -147,6 +147,9 @@ class _SeekToStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
         pass  # nothing to flush: every applied batch is already committed in PostgreSQL
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        # Should this fail (PostgreSQL unreachable), aiokafka logs it and resumes from
+        # Kafka's committed offsets; those are committed only after the view's
+        # transaction, so they are never ahead of it: a replay at worst, never a gap.
         await self._projector.seek_to_stored_positions(assigned)
 
 
