@@ -105,6 +105,18 @@ async def test_make_run_serves_health_reflection_and_the_api_and_keeps_data(tmp_
         out = await asyncio.to_thread(stop, proc)
     assert "shutting down" in out
 
+    rebuilt = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services.cli", "rebuild", "--embedded"],
+        cwd=ROOT,
+        env={**os.environ, "CONSENT_DATA_DIR": str(tmp_path / "data")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert "rebuilt the projections from 2 ledger events" in rebuilt.stdout
+
     proc, address, token2 = await asyncio.to_thread(start, tmp_path / "data")
     try:
         assert token2 == token  # the local token is kept with the data

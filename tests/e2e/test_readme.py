@@ -18,8 +18,9 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_example() -> str:
-    match = re.search(r"<!-- readme-example -->\s*```python\n(.*?)```", README.read_text(),
-                      re.DOTALL)
+    match = re.search(
+        r"<!-- readme-example -->\s*```python\n(.*?)```", README.read_text(), re.DOTALL
+    )
     assert match, "README lost its tested example"
     return match.group(1)
 

@@ -15,9 +15,7 @@ from tests.e2e.harness import client, service_settings
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-async def test_shutdown_reports_not_serving_and_lets_in_flight_calls_finish(
-    tmp_path, postgres_dsn
-):
+async def test_shutdown_reports_not_serving_and_lets_in_flight_calls_finish(tmp_path, postgres_dsn):
     runtime = Runtime(service_settings(tmp_path, postgres_dsn, kafka=None))
     await runtime.start()
     app = runtime.app
@@ -31,15 +29,19 @@ async def test_shutdown_reports_not_serving_and_lets_in_flight_calls_finish(
         return await real(*args, **kwargs)
 
     app.can_send_batch = slow  # type: ignore[method-assign]
-    async with client(runtime.address, "acme-app") as c, \
-            grpc.aio.insecure_channel(runtime.address) as channel:
+    async with (
+        client(runtime.address, "acme-app") as c,
+        grpc.aio.insecure_channel(runtime.address) as channel,
+    ):
         watch = health_pb2_grpc.HealthStub(channel).Watch(
-            health_pb2.HealthCheckRequest(service="consent.v1.ConsentService"))
+            health_pb2.HealthCheckRequest(service="consent.v1.ConsentService")
+        )
         first = await watch.read()
         assert first.status == health_pb2.HealthCheckResponse.SERVING
 
-        in_flight = asyncio.create_task(c.CanSend(api.CanSendRequest(
-            phone="+14155552671", brand="acme", campaign="promo")))
+        in_flight = asyncio.create_task(
+            c.CanSend(api.CanSendRequest(phone="+14155552671", brand="acme", campaign="promo"))
+        )
         await entered.wait()
         stopping = asyncio.create_task(runtime.stop())
         update = await asyncio.wait_for(watch.read(), 5)
