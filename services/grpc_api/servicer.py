@@ -51,6 +51,17 @@ def _internal_error() -> Decision:
     return deny(Reason.INTERNAL_ERROR, "the service could not answer; not allowed")
 
 
+def _write_rpc(response: type[Any], scope: Scope = Scope.WRITE) -> Any:
+    """A write RPC: the same steps for every write, answered with its own response type."""
+
+    @translate_errors
+    async def rpc(self: ConsentServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        written = await self.write(request, context, scope)
+        return response(event_ids=written.event_ids, consistency_token=written.token.encode())
+
+    return rpc
+
+
 # The generated base is untyped to mypy (generated code is excluded from checks).
 class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     def __init__(self, app: ConsentApp, auth: TokenAuthenticator) -> None:
@@ -199,71 +210,23 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
 
     # ---- writes ------------------------------------------------------------------------
 
-    async def _write(
-        self, request: Any, context: grpc.aio.ServicerContext, scope: Scope = Scope.WRITE
+    async def write(
+        self, request: Any, context: grpc.aio.ServicerContext, scope: Scope
     ) -> WriteResult:
+        """Every plain write: authorize for the request's brand, translate, record."""
         self._caller(context, scope, request.brand)
         command = api.command_from_proto(request)
         assert not isinstance(command, HandleInboundMessage)
         return await self.app.record(command)
 
-    @translate_errors
-    async def RecordOptIn(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        r = await self._write(request, context)
-        return api_pb2.RecordOptInResponse(
-            event_ids=r.event_ids, consistency_token=r.token.encode()
-        )
-
-    @translate_errors
-    async def RecordOptOut(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        r = await self._write(request, context)
-        return api_pb2.RecordOptOutResponse(
-            event_ids=r.event_ids, consistency_token=r.token.encode()
-        )
-
-    @translate_errors
-    async def RecordReconfirmation(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        r = await self._write(request, context)
-        return api_pb2.RecordReconfirmationResponse(
-            event_ids=r.event_ids, consistency_token=r.token.encode()
-        )
-
-    @translate_errors
-    async def RecordMessageSent(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        r = await self._write(request, context)
-        return api_pb2.RecordMessageSentResponse(
-            event_ids=r.event_ids, consistency_token=r.token.encode()
-        )
-
-    @translate_errors
-    async def RecordAgeVerification(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        r = await self._write(request, context)
-        return api_pb2.RecordAgeVerificationResponse(
-            event_ids=r.event_ids, consistency_token=r.token.encode()
-        )
-
-    @translate_errors
-    async def ResolveRevocationCandidate(
-        self, request: Any, context: grpc.aio.ServicerContext
-    ) -> Any:
-        r = await self._write(request, context)
-        return api_pb2.ResolveRevocationCandidateResponse(
-            event_ids=r.event_ids, consistency_token=r.token.encode()
-        )
-
-    @translate_errors
-    async def DefineCampaign(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        r = await self._write(request, context, Scope.ADMIN)
-        return api_pb2.DefineCampaignResponse(
-            event_ids=r.event_ids, consistency_token=r.token.encode()
-        )
-
-    @translate_errors
-    async def ChangeCampaignPolicy(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        r = await self._write(request, context, Scope.ADMIN)
-        return api_pb2.ChangeCampaignPolicyResponse(
-            event_ids=r.event_ids, consistency_token=r.token.encode()
-        )
+    RecordOptIn = _write_rpc(api_pb2.RecordOptInResponse)
+    RecordOptOut = _write_rpc(api_pb2.RecordOptOutResponse)
+    RecordReconfirmation = _write_rpc(api_pb2.RecordReconfirmationResponse)
+    RecordMessageSent = _write_rpc(api_pb2.RecordMessageSentResponse)
+    RecordAgeVerification = _write_rpc(api_pb2.RecordAgeVerificationResponse)
+    ResolveRevocationCandidate = _write_rpc(api_pb2.ResolveRevocationCandidateResponse)
+    DefineCampaign = _write_rpc(api_pb2.DefineCampaignResponse, Scope.ADMIN)
+    ChangeCampaignPolicy = _write_rpc(api_pb2.ChangeCampaignPolicyResponse, Scope.ADMIN)
 
     @translate_errors
     async def HandleInboundMessage(
