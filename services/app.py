@@ -17,7 +17,6 @@ from ledger.commands import (
     DefineCampaign,
     HandleInboundMessage,
     InboundOutcome,
-    RecordOptIn,
     check_name,
     check_time,
     handle_inbound,
@@ -232,5 +231,3 @@ class ConsentApp:
         campaign_events = [f.as_recorded() for f in history.versions]
         return decide_as_of([*campaign_events, *subscriber], campaign, t_world, t_known, kind)
 
-
-__all__ = ["ConsentApp", "RecordOptIn", "WriteResult"]
