@@ -14,6 +14,7 @@ The tables are created by ``services/migrations/0002_projections.sql``.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -168,6 +169,7 @@ class PostgresConsentView(ConsentView):
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._writes: set[asyncio.Future[None]] = set()
 
     async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
         if not batch:
@@ -177,6 +179,20 @@ class PostgresConsentView(ConsentView):
                 raise ValueError(
                     f"{type(recorded.event).__name__} does not belong to {stream.value}"
                 )
+        # A cancelled caller (a shutdown, a lost partition) must not tear the batch's
+        # transaction mid-protocol: asyncpg can then wait forever for the server to
+        # confirm the cancel. The write runs to its commit or rollback on its own;
+        # the caller is released at once and a restart finds one or the other.
+        write = asyncio.ensure_future(self._apply_in_transaction(stream, batch))
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
+        await asyncio.shield(write)
+
+    async def settle(self) -> None:
+        """Wait for writes whose callers were cancelled to commit or roll back."""
+        await asyncio.gather(*self._writes, return_exceptions=True)
+
+    async def _apply_in_transaction(self, stream: Stream, batch: Sequence[Recorded]) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             await self._apply(conn, stream, batch)
 
@@ -303,6 +319,10 @@ class PostgresConsentView(ConsentView):
             _WRITE_POSITION, [(stream.value, p, o) for p, o in sorted(offsets.items())]
         )
 
+    async def close(self) -> None:
+        """Let in-flight writes finish; the pool is the caller's to close."""
+        await self.settle()
+
     async def positions(self, stream: Stream) -> dict[int, int]:
         rows = await self._pool.fetch(
             "SELECT partition, next_offset FROM projection_offset WHERE stream = $1", stream.value
@@ -362,6 +382,7 @@ class PostgresConsentView(ConsentView):
 
     async def reset(self) -> None:
         """Empty every projection table, for a rebuild from offset 0."""
+        await self.settle()  # a write still in flight must not land after the truncate
         await self._pool.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES)}")
 
     async def table_dump(self, table: str) -> list[tuple[Any, ...]]:
