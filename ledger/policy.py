@@ -135,7 +135,9 @@ def standing(state: SubscriberState, cc: CampaignConsent) -> Standing:
     return Standing(True, fact.at, evidence, None)
 
 
-def _latest_revocation(state: SubscriberState, cc: CampaignConsent) -> Fact[ConsentRevoked] | None:
+def latest_revocation(state: SubscriberState, cc: CampaignConsent) -> Fact[ConsentRevoked] | None:
+    """The latest opt-out on record for the campaign (its own or brand-wide), even when a
+    later grant or resume outranks it."""
     found = [r for r in (cc.revocation, state.brand_revocation) if r is not None]
     return max(found, key=lambda r: r.key) if found else None
 
@@ -144,7 +146,7 @@ def _opt_out_confirmation(
     state: SubscriberState, cc: CampaignConsent, campaign: Campaign, now: datetime
 ) -> Decision:
     version = campaign.policy_version
-    revocation = _latest_revocation(state, cc)
+    revocation = latest_revocation(state, cc)
     if revocation is None:
         return deny(Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED, "no opt-out to confirm", (), version)
     evidence = (revocation.event_id,)
@@ -299,7 +301,7 @@ def decide(
         return deny(reason, "opted out; new consent is needed", current.evidence, version)
 
     purpose = campaign.policy.purpose
-    revocation = _latest_revocation(state, cc)
+    revocation = latest_revocation(state, cc)
     if kind is MessageKind.HELP_REPLY:
         inbound = _open_conversation(state, campaign, now, None)
         if inbound is None:

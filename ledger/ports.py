@@ -169,5 +169,10 @@ class ConsentView(ABC):
     async def find_event(self, event_id: str) -> Recorded | None:
         """The applied event with this id, if the view has it (for idempotent writes)."""
 
+    @abstractmethod
+    async def reset(self) -> None:
+        """Empty the view and its positions, for a rebuild from offset 0. Stop the
+        projectors writing to it first."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections."""
+        """Wait for in-flight writes to commit or roll back, then release connections."""

@@ -13,16 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.structs import ConsumerRecord
 
-from ledger.events import LedgerPosition, Recorded
+from ledger.events import Recorded
 from ledger.ports import ConsentView, ConsistencyToken, Ledger, Stream
-from services.wire.codec import decode_event
+from services.adapters.kafka_ledger import recorded_from_record
 
 if TYPE_CHECKING:
     from services.adapters.kafka_ledger import KafkaLedgerSettings
@@ -80,13 +78,9 @@ class Projector:
 async def rebuild(ledger: Ledger, view: ConsentView, *, batch_size: int = 5000) -> int:
     """Empty the view and fold the whole ledger again from offset 0.
 
-    Stop the projectors writing to ``view`` first. The view must have ``reset()``
-    (both adapters do). Returns the number of events read.
+    Stop the projectors writing to ``view`` first. Returns the number of events read.
     """
-    reset = getattr(view, "reset", None)
-    if reset is None:
-        raise TypeError(f"{type(view).__name__} cannot be reset, so it cannot be rebuilt")
-    await reset()
+    await view.reset()
     return await Projector(ledger, view).catch_up(batch_size=batch_size)
 
 
@@ -124,19 +118,6 @@ async def lag(view: ConsentView, ledger: Ledger, stream: Stream) -> dict[int, in
 
 
 # -- Kafka ----------------------------------------------------------------------------
-
-
-def recorded_from_kafka(record: ConsumerRecord[bytes, bytes]) -> Recorded:
-    """A Kafka record as the ledger recorded it; ``recorded_at`` is the broker's stamp."""
-    if record.value is None:
-        raise ValueError(f"empty record at {record.topic}/{record.partition}@{record.offset}")
-    # Integer arithmetic, as KafkaLedger does: a float division can land a microsecond
-    # off, and a rebuild through KafkaLedger.read must give the very same rows.
-    ms = record.timestamp
-    recorded_at = datetime.fromtimestamp(ms // 1000, UTC) + timedelta(milliseconds=ms % 1000)
-    return Recorded(
-        decode_event(record.value), LedgerPosition(record.partition, record.offset), recorded_at
-    )
 
 
 class _SeekToStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -220,7 +201,7 @@ class KafkaProjector:
         batches: dict[Stream, list[Recorded]] = {}
         for tp, records in fetched.items():
             batches.setdefault(self._streams[tp.topic], []).extend(
-                recorded_from_kafka(r) for r in records
+                recorded_from_record(r) for r in records
             )
         for stream, batch in batches.items():
             await self._view.apply(stream, batch)

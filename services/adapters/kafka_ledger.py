@@ -364,7 +364,7 @@ class KafkaLedger(Ledger):
             for record in fetched.get(tp, []):
                 if record.offset >= stop:
                     break
-                out.append(_recorded(record))
+                out.append(recorded_from_record(record))
                 position = record.offset + 1
         return out
 
@@ -392,7 +392,7 @@ class KafkaLedger(Ledger):
                 consumer.seek(tp, start.get(tp.partition, 0))
             while True:
                 fetched = await consumer.getmany(*tps, timeout_ms=int(poll_timeout * 1000))
-                yield [_recorded(record) for tp in tps for record in fetched.get(tp, [])]
+                yield [recorded_from_record(record) for tp in tps for record in fetched.get(tp, [])]
         finally:
             await consumer.stop()
 
@@ -419,7 +419,8 @@ def _key(event: LedgerEvent) -> bytes:
     raise TypeError(f"{type(event).__name__} belongs to no stream")
 
 
-def _recorded(record: ConsumerRecord[bytes, bytes]) -> Recorded:
+def recorded_from_record(record: ConsumerRecord[bytes, bytes]) -> Recorded:
+    """A Kafka record as the ledger recorded it; ``recorded_at`` is the broker's stamp."""
     if record.value is None:
         raise ValueError(f"empty record at {record.topic}/{record.partition}@{record.offset}")
     return Recorded(

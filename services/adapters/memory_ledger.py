@@ -77,8 +77,11 @@ class InMemoryLedger(Ledger):
                 async with self._appended:
                     batch = self._take(stream, positions)
                     if not batch:
+                        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                        # cancel that arrives together with a notification.
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._appended.wait(), poll_timeout)
+                            async with asyncio.timeout(poll_timeout):
+                                await self._appended.wait()
                         batch = self._take(stream, positions)
             yield batch
 

@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 
 from ledger.events import CampaignEvent, Recorded, SubscriberEvent
-from ledger.policy import standing
+from ledger.policy import latest_revocation, standing
 from ledger.ports import ConsentView, Stream
 from ledger.state import (
     CampaignHistory,
@@ -125,9 +125,7 @@ def _status_rows(state: SubscriberState, updated_at: datetime) -> list[tuple[Any
             status = "revoked"
         else:
             status = "none"
-        # The latest opt-out on record, also when a later grant or resume outranks it.
-        revocations = [r for r in (consent.revocation, state.brand_revocation) if r is not None]
-        revocation = max(revocations, key=lambda r: r.key) if revocations else None
+        revocation = latest_revocation(state, consent)
         grant = consent.grant
         rows.append(
             (
