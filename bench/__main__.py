@@ -245,14 +245,17 @@ async def main_async(args: argparse.Namespace) -> int:
         if args.profile:
             return profile(args, consent_args, unary, batches, phones, at)
 
-        configs = [
-            Config("1 process, asyncio", "asyncio", 1),
-            Config("1 process, uvloop", "uvloop", 1),
-            Config(f"{args.server_procs} processes, uvloop, so_reuseport", "uvloop",
-                   args.server_procs),
-        ]  # fmt: skip
+        configs = {
+            "asyncio": Config("1 process, asyncio", "asyncio", 1),
+            "uvloop": Config("1 process, uvloop", "uvloop", 1),
+            "reuseport": Config(
+                f"{args.server_procs} processes, uvloop, so_reuseport",
+                "uvloop",
+                args.server_procs,
+            ),
+        }
         rows: list[Row] = []
-        for config in configs:
+        for config in (configs[name] for name in args.configs.split(",")):
             say(f"\n== {config.name}")
 
             def load(address: str, method: str, reqs: list[bytes], conc: int) -> client.Load:
@@ -272,6 +275,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 for i, (phase, conc, echo_method, _, reqs, _) in enumerate(phases):
                     base[i] = measure(load(echo.address, echo_method, reqs, conc), f"echo {phase}")
             with ServerGroup("consent", config.loop, config.processes, consent_args) as svc:
+                # Let the projectors' consumer group settle before anything is timed.
+                await asyncio.sleep(args.settle)
                 reasons = await verify_answers(svc.address, phones, at)
                 say(f"  answers checked: {reasons}")
                 for i, (phase, conc, _, method, reqs, per_call) in enumerate(phases):
@@ -392,6 +397,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--batch-concurrency", type=int, default=4)
     parser.add_argument("--seed-workers", type=int, default=2)
+    parser.add_argument(
+        "--configs",
+        default="asyncio,uvloop,reuseport",
+        help="server configurations to run, comma-separated (default: all three)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        help="seconds to wait after the service starts, before measuring",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
