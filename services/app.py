@@ -230,4 +230,3 @@ class ConsentApp:
         history: CampaignHistory = await self.view.campaign_history(brand, campaign)
         campaign_events = [f.as_recorded() for f in history.versions]
         return decide_as_of([*campaign_events, *subscriber], campaign, t_world, t_known, kind)
-
