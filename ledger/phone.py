@@ -33,7 +33,7 @@ def to_e164(raw: str, *, field: str = "phone", default_region: str | None = None
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=262_144)
 def time_zones(e164: str) -> tuple[str, ...]:
     """The IANA zones the number may ring in; empty when the library cannot tell.
 

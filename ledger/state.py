@@ -13,7 +13,7 @@ events gives an equal state.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
@@ -41,6 +41,21 @@ from ledger.events import (
 
 OrderKey = tuple[datetime, int]
 E = TypeVar("E", bound=LedgerEvent)
+
+
+T = TypeVar("T")
+
+
+def _evolve(obj: T, **changes: Any) -> T:
+    """``dataclasses.replace`` for the state's frozen dataclasses, without its per-call
+    field introspection: the fold calls it for every event, and ``replace`` was the
+    largest single cost of loading a state. The state classes have no ``__post_init__``,
+    so copying the instance dictionary is the whole of what ``replace`` would do."""
+    new = object.__new__(type(obj))
+    fields = new.__dict__
+    fields.update(obj.__dict__)
+    fields.update(changes)
+    return new
 
 
 @dataclass(frozen=True)
@@ -133,7 +148,7 @@ def _with_campaign(
 ) -> SubscriberState:
     campaigns = dict(state.campaigns)
     campaigns[name] = change(campaigns.get(name, EMPTY_CAMPAIGN))
-    return replace(state, campaigns=MappingProxyType(campaigns))
+    return _evolve(state, campaigns=MappingProxyType(campaigns))
 
 
 def _prune(sent: Iterable[SentRecord], newest: datetime) -> tuple[SentRecord, ...]:
@@ -143,26 +158,26 @@ def _prune(sent: Iterable[SentRecord], newest: datetime) -> tuple[SentRecord, ..
 
 
 def _apply_granted(s: SubscriberState, f: Fact[ConsentGranted]) -> SubscriberState:
-    return _with_campaign(s, f.event.campaign, lambda c: replace(c, grant=_later(c.grant, f)))
+    return _with_campaign(s, f.event.campaign, lambda c: _evolve(c, grant=_later(c.grant, f)))
 
 
 def _apply_revoked(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberState:
     if f.event.campaign is None:
-        return replace(s, brand_revocation=_later(s.brand_revocation, f))
+        return _evolve(s, brand_revocation=_later(s.brand_revocation, f))
     return _with_campaign(
-        s, f.event.campaign, lambda c: replace(c, revocation=_later(c.revocation, f))
+        s, f.event.campaign, lambda c: _evolve(c, revocation=_later(c.revocation, f))
     )
 
 
 def _apply_resumed(s: SubscriberState, f: Fact[ConsentResumed]) -> SubscriberState:
     if f.event.campaign is None:
-        return replace(s, brand_resume=_later(s.brand_resume, f))
-    return _with_campaign(s, f.event.campaign, lambda c: replace(c, resume=_later(c.resume, f)))
+        return _evolve(s, brand_resume=_later(s.brand_resume, f))
+    return _with_campaign(s, f.event.campaign, lambda c: _evolve(c, resume=_later(c.resume, f)))
 
 
 def _apply_reconfirmed(s: SubscriberState, f: Fact[ConsentReconfirmed]) -> SubscriberState:
     return _with_campaign(
-        s, f.event.campaign, lambda c: replace(c, reconfirmation=_later(c.reconfirmation, f))
+        s, f.event.campaign, lambda c: _evolve(c, reconfirmation=_later(c.reconfirmation, f))
     )
 
 
@@ -175,7 +190,7 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
     if record in s.brand_sent:
         return s
     newest = max([record.at, *(r.at for r in s.brand_sent)])
-    s = replace(s, brand_sent=_prune((*s.brand_sent, record), newest))
+    s = _evolve(s, brand_sent=_prune((*s.brand_sent, record), newest))
     if record.kind not in COUNTED_KINDS:
         return s
 
@@ -183,29 +198,29 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
         latest = c.last_sent
         if latest is None or (record.at, record.event_id) > (latest.at, latest.event_id):
             latest = record
-        return replace(c, sent=_prune((*c.sent, record), newest), last_sent=latest)
+        return _evolve(c, sent=_prune((*c.sent, record), newest), last_sent=latest)
 
     return _with_campaign(s, f.event.campaign, add)
 
 
 def _apply_inbound(s: SubscriberState, f: Fact[InboundMessageReceived]) -> SubscriberState:
-    return replace(s, last_inbound=_later(s.last_inbound, f))
+    return _evolve(s, last_inbound=_later(s.last_inbound, f))
 
 
 def _apply_flagged(s: SubscriberState, f: Fact[RevocationCandidateFlagged]) -> SubscriberState:
-    return replace(s, candidates=MappingProxyType({**s.candidates, f.event_id: f}))
+    return _evolve(s, candidates=MappingProxyType({**s.candidates, f.event_id: f}))
 
 
 def _apply_resolved(s: SubscriberState, f: Fact[RevocationCandidateResolved]) -> SubscriberState:
     # A resolution that says "revoked" comes with its own ConsentRevoked; here it only
     # releases the block the candidate put on sending.
-    return replace(
+    return _evolve(
         s, resolutions=MappingProxyType({**s.resolutions, str(f.event.candidate_event_id): f})
     )
 
 
 def _apply_age(s: SubscriberState, f: Fact[AgeVerified]) -> SubscriberState:
-    return replace(s, age=_later(s.age, f))
+    return _evolve(s, age=_later(s.age, f))
 
 
 _MUTATORS: dict[type[Any], Callable[[SubscriberState, Any], SubscriberState]] = {
@@ -230,7 +245,9 @@ def apply(state: SubscriberState, recorded: Recorded) -> SubscriberState:
         raise ValueError("event belongs to another subscriber or brand")
     fact: Fact[Any] = Fact(event, recorded.position, recorded.recorded_at)
     new = _MUTATORS[type(event)](state, fact)
-    return replace(new, phone=event.phone, brand=event.brand)
+    if new.phone:
+        return new
+    return _evolve(new, phone=event.phone, brand=event.brand)
 
 
 def fold(events: Iterable[Recorded], state: SubscriberState | None = None) -> SubscriberState:

@@ -7,6 +7,7 @@ here; this module knows the ports, never a technology.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,13 +26,27 @@ from ledger.commands import (
 from ledger.events import ConsentGranted, LedgerEvent, MessageKind, Recorded, SubscriberEvent
 from ledger.phone import to_e164
 from ledger.policy import Decision, Reason, decide, decide_as_of, deny
-from ledger.ports import ConsentView, ConsistencyToken, Ledger
+from ledger.ports import ConsentView, ConsistencyToken, Ledger, Stream
 from ledger.state import CampaignHistory, SubscriberState
 from services.errors import FailedPrecondition
 from services.freshness import FreshnessGuard
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+
+
+def _is_blank(state: SubscriberState) -> bool:
+    """No fact about this phone and brand was ever folded (the view's default)."""
+    return not (
+        state.campaigns
+        or state.candidates
+        or state.age
+        or state.last_inbound
+        or state.brand_revocation
+        or state.brand_resume
+        or state.brand_sent
+    )
 
 
 def utc_now() -> datetime:
@@ -79,6 +94,10 @@ class ConsentApp:
         self.view = view
         self.guard = guard
         self.clock = clock
+        # Campaign histories, valid while the campaign stream's applied positions (as
+        # the guard last observed them) stay the same: any campaign write moves them.
+        self._histories: dict[tuple[str, str], CampaignHistory] = {}
+        self._histories_at: tuple[tuple[int, int], ...] | None = None
 
     # ---- writes -------------------------------------------------------------------------
 
@@ -161,25 +180,52 @@ class ConsentApp:
         kind: MessageKind = MessageKind.REGULAR,
         token: ConsistencyToken | None = None,
     ) -> BatchResult:
-        """Decide for every phone; a phone that cannot be parsed raises before anything."""
+        """Decide for every phone, in order. A phone that is not a valid number raises
+        ``InvalidPhoneNumber`` (INVALID_ARGUMENT); a query writes nothing either way."""
         check_name(brand, "brand")
         check_name(campaign, "campaign")
-        numbers = [to_e164(p, field=f"phones[{i}]") for i, p in enumerate(phones)]
+        # Numbers already in the view were validated when they were written, so a
+        # canonical E.164 string is looked up as it is; only the others are parsed.
+        numbers = [p if _E164.fullmatch(p) else "" for p in phones]
         now = self.clock()
         when = now if at is None else check_time(at, now, "at")
-        fresh = await self._fresh(numbers, token)
+        fresh = await self._fresh([n for n in numbers if n], token)
         read_at = self.guard.applied_token()
         if not fresh:
             d = deny(Reason.NOT_CONSISTENT, "the read model is behind the ledger; try again")
             return BatchResult([d] * len(numbers), read_at)
-        rules = (await self.view.campaign_history(brand, campaign)).as_of(when)
+        states = await self.view.subscriber_states(brand, sorted({n for n in numbers if n}))
+        unknown = [i for i, n in enumerate(numbers) if not n or _is_blank(states[n])]
+        if unknown:
+            for i in unknown:  # raises INVALID_ARGUMENT for a number that is not one
+                numbers[i] = to_e164(phones[i], field=f"phones[{i}]")
+            missing = sorted({numbers[i] for i in unknown} - states.keys())
+            if missing:
+                if not await self._fresh(missing, None):
+                    d = deny(Reason.NOT_CONSISTENT, "the read model is behind the ledger")
+                    return BatchResult([d] * len(numbers), read_at)
+                states.update(await self.view.subscriber_states(brand, missing))
+        rules = (await self._history(brand, campaign, read_at)).as_of(when)
         if rules is None and await self._campaign_known(brand, campaign):
             rules = (await self.view.campaign_history(brand, campaign)).as_of(when)
         if rules is None:
             d = deny(Reason.CAMPAIGN_UNKNOWN, f"campaign {brand}/{campaign} is not defined")
             return BatchResult([d] * len(numbers), read_at)
-        states = await self.view.subscriber_states(brand, sorted(set(numbers)))
         return BatchResult([self._decide(states[n], rules, when, kind) for n in numbers], read_at)
+
+    async def _history(
+        self, brand: str, campaign: str, read_at: ConsistencyToken
+    ) -> CampaignHistory:
+        at = tuple(sorted((p, o) for (s, p), o in read_at.offsets.items() if s is Stream.CAMPAIGNS))
+        if at != self._histories_at:
+            self._histories.clear()
+            self._histories_at = at
+        history = self._histories.get((brand, campaign))
+        if history is None:
+            history = await self.view.campaign_history(brand, campaign)
+            if history.versions:  # an undefined campaign keeps its re-check path
+                self._histories[(brand, campaign)] = history
+        return history
 
     @staticmethod
     def _decide(

@@ -409,3 +409,45 @@ async def test_calls_without_valid_credentials_are_refused(service):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await app.DefineCampaign(define("acme", "new", clock.now))
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_policy_change_applies_to_the_next_check(service):
+    runtime, clock = service
+    async with client(runtime.address, "admin") as c:
+        w = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", clock.now))
+        r = await check(c, w.consistency_token)
+        assert r.allowed and r.policy_version == 1
+        changed = await c.ChangeCampaignPolicy(
+            api.ChangeCampaignPolicyRequest(
+                request_id=uuid.uuid4().hex,
+                brand="acme",
+                campaign="promo",
+                occurred_at=ts(clock.now - timedelta(seconds=1)),
+                policy=lpb.CampaignPolicy(sender_numbers=[ACME_NUMBER], age_gated=True),
+            )
+        )
+        r = await check(c, changed.consistency_token)
+        assert not r.allowed and r.reason == api.REASON_AGE_VERIFICATION_REQUIRED
+        assert r.policy_version == 2
+
+
+async def test_a_batch_answers_in_request_order_and_refuses_a_non_number(service):
+    runtime, clock = service
+    async with client(runtime.address, "acme-app") as c:
+        w = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", clock.now))
+        phones = ["+1 (415) 555-2671", "+12125551234", PHONE]
+        batch = await c.CanSendBatch(
+            api.CanSendBatchRequest(
+                brand="acme", campaign="promo", phones=phones, at_least_as_fresh=w.consistency_token
+            )
+        )
+        assert [d.phone for d in batch.decisions] == phones
+        assert [d.allowed for d in batch.decisions] == [True, False, True]
+        assert batch.decisions[1].reason == api.REASON_NO_CONSENT
+        for bad in ("+15551234567", "not a number"):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await c.CanSendBatch(
+                    api.CanSendBatchRequest(brand="acme", campaign="promo", phones=[PHONE, bad])
+                )
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert status_details(err.value)[0][0] == "phones[1]"

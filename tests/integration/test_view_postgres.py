@@ -123,3 +123,41 @@ async def _status(pool: asyncpg.Pool, phone: str) -> dict[str, tuple[object, ...
         phone,
     )
     return {r["campaign"]: tuple(r.values())[1:] for r in rows}
+
+
+async def test_a_cached_state_is_never_served_after_its_row_changed(postgres_dsn: str) -> None:
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+        view = PostgresConsentView(pool, state_cache_size=10)
+        other = PostgresConsentView(pool)  # another instance's projector
+        pos = Positions()
+        phone = "+14155550101"
+        await other.apply(Stream.SUBSCRIBERS, pos.record([grant(phone, "acme", "deals", T0)]))
+        first = (await view.subscriber_states("acme", [phone]))[phone]
+        assert (await view.subscriber_states("acme", [phone]))[phone] is first  # cached
+        stop = revoke(phone, "acme", "deals", T0 + timedelta(hours=1))
+        await other.apply(Stream.SUBSCRIBERS, pos.record([stop]))
+        after = (await view.subscriber_states("acme", [phone]))[phone]
+    finally:
+        await pool.close()
+    assert after is not first
+    assert after.campaign("deals").revocation is not None
+    assert after.campaign("deals").revocation.event_id == str(stop.event_id)
+
+
+async def test_the_state_cache_stays_within_its_bound(postgres_dsn: str) -> None:
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+        view = PostgresConsentView(pool, state_cache_size=5)
+        pos = Positions()
+        phones = [f"+1415555{n:04d}" for n in range(200, 220)]
+        await view.apply(
+            Stream.SUBSCRIBERS, pos.record([grant(p, "acme", "deals", T0) for p in phones])
+        )
+        states = await view.subscriber_states("acme", phones)
+        assert len(view._states) == 5
+    finally:
+        await pool.close()
+    assert all(states[p].campaign("deals").grant is not None for p in phones)
