@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import pytest
 from consent.v1 import ledger_pb2
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.campaigns import CampaignPolicy, CampaignPurpose, FrequencyCap, QuietHours
@@ -526,3 +526,15 @@ def test_every_domain_enum_member_has_its_own_proto_value(enum_map: Any) -> None
     assert 0 not in values
     assert len(set(values)) == len(values)
     assert [enum_map.from_proto(v, "f") for v in values] == list(enum_map.domain)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    seconds=st.integers(min_value=-62_135_596_800, max_value=253_402_300_799),
+    nanos=st.integers(min_value=0, max_value=999_999_999),
+)
+def test_timestamp_decoding_agrees_with_protobufs_own_helper(seconds, nanos):
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    ts = Timestamp(seconds=seconds, nanos=nanos)
+    assert codec.timestamp_from_proto(ts) == ts.ToDatetime(tzinfo=UTC)
