@@ -64,6 +64,9 @@ class DiesAfterCommit(ConsentView):
     async def campaign_history(self, brand: str, campaign: str) -> Any:
         return await self.inner.campaign_history(brand, campaign)
 
+    async def reset(self) -> None:
+        await self.inner.reset()
+
     async def campaign_for_number(self, to_phone: str) -> Any:
         return await self.inner.campaign_for_number(to_phone)
 
