@@ -104,6 +104,9 @@ class ConsentApp:
     async def record(self, cmd: Command) -> WriteResult:
         """Validate, then append. A retried request id records nothing new."""
         events = to_events(cmd, self.clock())
+        replay = await self._replay(events)
+        if replay is not None:  # checked first: a retried DefineCampaign is not a redefinition
+            return replay
         await self._check_campaign_exists(cmd)
         return await self._append(events)
 
@@ -127,13 +130,20 @@ class ConsentApp:
         outcome = handle_inbound(cmd, campaign, states[sender], self.clock())
         return InboundResult(await self._append(outcome.events), outcome)
 
-    async def _append(self, events: Sequence[LedgerEvent]) -> WriteResult:
+    async def _replay(self, events: Sequence[LedgerEvent]) -> WriteResult | None:
+        """The earlier result when every event was already recorded (a retried request)."""
         ids = [str(e.originator_id) for e in events]
         known = [await self.view.find_event(i) for i in ids]
-        if all(k is not None for k in known):
-            return WriteResult(ids, ConsistencyToken.after([k for k in known if k]), True)
+        if not all(k is not None for k in known):
+            return None
+        return WriteResult(ids, ConsistencyToken.after([k for k in known if k]), True)
+
+    async def _append(self, events: Sequence[LedgerEvent]) -> WriteResult:
+        replay = await self._replay(events)
+        if replay is not None:
+            return replay
         recorded = await self.ledger.append(events)
-        return WriteResult(ids, ConsistencyToken.after(recorded))
+        return WriteResult([str(e.originator_id) for e in events], ConsistencyToken.after(recorded))
 
     async def _check_campaign_exists(self, cmd: Command) -> None:
         campaign = getattr(cmd, "campaign", None)

@@ -451,3 +451,17 @@ async def test_a_batch_answers_in_request_order_and_refuses_a_non_number(service
                 )
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert status_details(err.value)[0][0] == "phones[1]"
+
+
+async def test_a_retried_campaign_definition_is_not_a_redefinition(service):
+    runtime, clock = service
+    async with client(runtime.address, "admin") as c:
+        request = define("acme", "spring", clock.now)
+        first = await c.DefineCampaign(request)
+        assert await runtime.guard.wait_for_token(ConsistencyToken.decode(first.consistency_token))
+        again = await c.DefineCampaign(request)
+        assert list(again.event_ids) == list(first.event_ids)
+        other = define("acme", "spring", clock.now)  # a new request for the same campaign
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.DefineCampaign(other)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
