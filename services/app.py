@@ -107,7 +107,15 @@ class ConsentApp:
         replay = await self._replay(events)
         if replay is not None:  # checked first: a retried DefineCampaign is not a redefinition
             return replay
-        await self._check_campaign_exists(cmd)
+        try:
+            await self._check_campaign_exists(cmd)
+        except FailedPrecondition:
+            # The check may have waited for the projection to catch up, and with it
+            # the first attempt of this very request: then this is a retry after all.
+            replay = await self._replay(events)
+            if replay is None:
+                raise
+            return replay
         return await self._append(events)
 
     async def handle_inbound(
