@@ -1,0 +1,93 @@
+"""The use cases on the in-memory adapters (fast; the real path is in tests/e2e)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+
+import pytest
+
+from ledger.campaigns import CampaignPolicy
+from ledger.commands import DefineCampaign, RecordOptIn, RecordOptOut
+from ledger.events import CollectionMethod, ConsentTier, RevocationChannel
+from ledger.policy import Reason
+from ledger.ports import Stream
+from services.adapters.memory_ledger import InMemoryLedger
+from services.adapters.memory_view import InMemoryConsentView
+from services.app import ConsentApp
+from services.errors import FailedPrecondition
+from services.freshness import FreshnessGuard, FreshnessSettings
+from services.projector import Projector
+from tests.builders import BRAND, PHONE, at, proof
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+NOW = at(60)
+
+
+@pytest.fixture
+async def app():
+    ledger, view = InMemoryLedger(partitions=4), InMemoryConsentView()
+    projector = asyncio.create_task(Projector(ledger, view, poll_timeout=0.01).run())
+    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.01, wait_bound=1))
+    await guard.start()
+    try:
+        yield ConsentApp(ledger, view, guard, clock=lambda: NOW)
+    finally:
+        await guard.stop()
+        projector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await projector
+
+
+def define(request_id: str = "define-promo") -> DefineCampaign:
+    return DefineCampaign(request_id, BRAND, "promo", CampaignPolicy(), at(0) - timedelta(days=1))
+
+
+async def test_a_retry_that_overtakes_the_projection_is_still_a_retry(app):
+    first = await app.record(define())
+    second = await app.record(define())  # before the projector has applied the first
+    assert second.replayed and second.event_ids == first.event_ids
+    with pytest.raises(FailedPrecondition):
+        await app.record(define("another-request"))
+
+
+async def test_opt_in_then_check_then_opt_out_then_check(app):
+    await app.record(define())
+    granted = await app.record(
+        RecordOptIn(
+            "r1",
+            PHONE,
+            BRAND,
+            "promo",
+            ConsentTier.PROMOTIONAL,
+            CollectionMethod.WEB_FORM,
+            proof(at(0)),
+            at(0),
+        )
+    )
+    yes = await app.can_send(PHONE, BRAND, "promo", token=granted.token)
+    assert yes.decision.allowed
+    stop = await app.record(
+        RecordOptOut("r2", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(1))
+    )
+    no = await app.can_send(PHONE, BRAND, "promo", token=stop.token)
+    assert not no.decision.allowed and no.decision.reason is Reason.REVOKED
+
+
+async def test_an_opt_in_for_an_undefined_campaign_writes_nothing(app):
+    with pytest.raises(FailedPrecondition) as err:
+        await app.record(
+            RecordOptIn(
+                "r1",
+                PHONE,
+                BRAND,
+                "nosuch",
+                ConsentTier.PROMOTIONAL,
+                CollectionMethod.WEB_FORM,
+                proof(at(0)),
+                at(0),
+            )
+        )
+    assert err.value.field == "campaign"
+    assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == {0: 0, 1: 0, 2: 0, 3: 0}
