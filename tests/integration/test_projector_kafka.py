@@ -184,3 +184,47 @@ async def _until(condition: object, timeout: float = 30.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+async def test_a_projector_killed_without_leaving_the_group_loses_and_doubles_nothing(
+    ledger: KafkaLedger, pool: asyncpg.Pool, postgres_dsn: str
+) -> None:
+    """SIGKILL: no clean leave, no last commit. The survivor gets the partitions once
+    the dead member's session expires, and resumes from the positions in PostgreSQL."""
+    import signal
+    import sys
+
+    events = generate_events(3000, phones=300, brands=2, campaigns=2, seed=11)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    victim = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.integration.projector_process",
+        ledger.settings.bootstrap_servers,
+        ledger.settings.topic_prefix,
+        group,
+        postgres_dsn,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    survivor_view = PostgresConsentView(pool)
+    survivor = KafkaProjector(
+        ledger.settings, survivor_view, group_id=group, max_records=50, consumer_options=FAST_GROUP
+    )
+    try:
+        assert victim.stdout is not None
+        await asyncio.wait_for(victim.stdout.readline(), 60)
+        async with running(survivor):
+            # the group has split the 4 + 1 partitions: the victim holds some of them
+            await _until(lambda: 0 < len(survivor.assignment()) < 5, timeout=60)
+            recorded = await append(ledger, events[:2000])
+            await asyncio.sleep(0.3)  # the victim is mid-stream on its partitions
+            victim.send_signal(signal.SIGKILL)
+            await victim.wait()
+            recorded += await append(ledger, events[2000:])
+            assert await wait_for(survivor_view, ConsistencyToken.after(recorded), timeout=90)
+            assert len(survivor.assignment()) == 5
+    finally:
+        if victim.returncode is None:
+            victim.kill()
+            await victim.wait()
+    await assert_projection_is_exact(survivor_view, ledger, recorded)
