@@ -202,6 +202,15 @@ def _base(request_id: str, index: int, at: datetime) -> dict[str, Any]:
     }
 
 
+def _subscriber(cmd: Any) -> dict[str, Any]:
+    """The fields every subscriber fact of a one-event request shares, validated."""
+    return {
+        **_base(cmd.request_id, 0, cmd.occurred_at),
+        "phone": to_e164(cmd.phone),
+        "brand": check_name(cmd.brand, "brand"),
+    }
+
+
 def _opt_in(cmd: RecordOptIn, now: datetime) -> list[LedgerEvent]:
     if cmd.source is not ListSource.FIRST_PARTY:
         raise PurchasedListError(
@@ -215,9 +224,7 @@ def _opt_in(cmd: RecordOptIn, now: datetime) -> list[LedgerEvent]:
     check_time(cmd.proof.registered_at, now, "proof.registered_at")
     return [
         ConsentGranted(
-            **_base(cmd.request_id, 0, cmd.occurred_at),
-            phone=to_e164(cmd.phone),
-            brand=check_name(cmd.brand, "brand"),
+            **_subscriber(cmd),
             campaign=check_name(cmd.campaign, "campaign"),
             tier=cmd.tier,
             method=cmd.method,
@@ -230,9 +237,7 @@ def _opt_in(cmd: RecordOptIn, now: datetime) -> list[LedgerEvent]:
 def _opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:
     return [
         ConsentRevoked(
-            **_base(cmd.request_id, 0, cmd.occurred_at),
-            phone=to_e164(cmd.phone),
-            brand=check_name(cmd.brand, "brand"),
+            **_subscriber(cmd),
             campaign=None if cmd.campaign is None else check_name(cmd.campaign, "campaign"),
             channel=cmd.channel,
             text=cmd.text,
@@ -244,9 +249,7 @@ def _opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:
 def _reconfirm(cmd: RecordReconfirmation, now: datetime) -> list[LedgerEvent]:
     return [
         ConsentReconfirmed(
-            **_base(cmd.request_id, 0, cmd.occurred_at),
-            phone=to_e164(cmd.phone),
-            brand=check_name(cmd.brand, "brand"),
+            **_subscriber(cmd),
             campaign=check_name(cmd.campaign, "campaign"),
             channel=cmd.channel,
             detail=cmd.detail,
@@ -259,9 +262,7 @@ def _sent(cmd: RecordMessageSent, now: datetime) -> list[LedgerEvent]:
         raise InvalidRequest("message_id", "is required")
     return [
         MessageSent(
-            **_base(cmd.request_id, 0, cmd.occurred_at),
-            phone=to_e164(cmd.phone),
-            brand=check_name(cmd.brand, "brand"),
+            **_subscriber(cmd),
             campaign=check_name(cmd.campaign, "campaign"),
             message_id=cmd.message_id,
             kind=cmd.kind,
@@ -285,9 +286,7 @@ def _age(cmd: RecordAgeVerification, now: datetime) -> list[LedgerEvent]:
             raise InvalidRequest("date_of_birth", "is in the future")
     return [
         AgeVerified(
-            **_base(cmd.request_id, 0, cmd.occurred_at),
-            phone=to_e164(cmd.phone),
-            brand=check_name(cmd.brand, "brand"),
+            **_subscriber(cmd),
             method=cmd.method,
             date_of_birth=cmd.date_of_birth,
             verified_21_plus=cmd.verified_21_plus,
