@@ -56,7 +56,6 @@ def dev_token(data_dir: Path) -> tuple[Path, str]:
 @dataclass
 class Runtime:
     settings: Settings
-    embedded: bool = False
     clock: Clock = utc_now
     """Injected by tests that need a fixed time of day; the service uses UTC now."""
     pool: asyncpg.Pool | None = None

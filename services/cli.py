@@ -30,7 +30,7 @@ def _grpcurl_hint(address: str, token: str | None) -> str:
 
 
 async def _serve(settings: Settings, embedded: bool) -> None:
-    runtime = Runtime(settings, embedded=embedded)
+    runtime = Runtime(settings)
     await runtime.start()
     print(
         f"consent-ledger serving gRPC on {runtime.address} "

@@ -25,7 +25,7 @@ from ledger.events import Recorded
 from ledger.policy import Decision, Reason, deny, standing
 from ledger.ports import ConsistencyToken
 from services.app import ConsentApp, WriteResult
-from services.errors import ServiceError
+from services.errors import NotConsistent, ServiceError
 from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
 from services.grpc_api.errors import translate_errors
 from services.wire import api, codec
@@ -74,6 +74,11 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         principal = self.auth.authenticate(context.invocation_metadata() or ())
         principal.require(scope, brand)
         return principal
+
+    async def _fresh_enough(self, at_least_as_fresh: str) -> bool:
+        """True when no token was given, or the view has applied it within the bound."""
+        token = _token(at_least_as_fresh)
+        return token is None or await self.app.guard.wait_for_token(token)
 
     # ---- CanSend and friends: fail closed ----------------------------------------------
 
@@ -132,8 +137,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         at = api.required_time(request, "at")
         known_at = api.optional_time(request, "known_at") or self.app.clock()
         kind = api.message_kind_from_proto(request.message_kind)
-        token = _token(request.at_least_as_fresh)
-        if token is not None and not await self.app.guard.wait_for_token(token):
+        if not await self._fresh_enough(request.at_least_as_fresh):
             return api.decision_to_as_of_proto(
                 deny(Reason.NOT_CONSISTENT, "the view has not applied the given token")
             )
@@ -147,9 +151,8 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, request: api_pb2.GetConsentRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.GetConsentResponse:
         self._caller(context, Scope.AUDIT, request.brand)
-        token = _token(request.at_least_as_fresh)
-        if token is not None and not await self.app.guard.wait_for_token(token):
-            raise ServiceError("at_least_as_fresh", "the view has not applied the token yet")
+        if not await self._fresh_enough(request.at_least_as_fresh):
+            raise NotConsistent("at_least_as_fresh", "the view has not applied the token yet")
         snapshot = await self.app.get_consent(request.phone, request.brand)
         state = snapshot.state
         cc = state.campaign(request.campaign)
@@ -196,9 +199,8 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         if not 0 < size <= MAX_PAGE_SIZE:
             raise InvalidRequest("page_size", f"must be between 1 and {MAX_PAGE_SIZE}")
         start = _page_start(request.page_token)
-        token = _token(request.at_least_as_fresh)
-        if token is not None and not await self.app.guard.wait_for_token(token):
-            raise ServiceError("at_least_as_fresh", "the view has not applied the token yet")
+        if not await self._fresh_enough(request.at_least_as_fresh):
+            raise NotConsistent("at_least_as_fresh", "the view has not applied the token yet")
         events: list[Recorded] = await self.app.history(request.phone, brand)
         page = events[start : start + size]
         more = start + size < len(events)
