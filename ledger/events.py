@@ -243,12 +243,17 @@ class AgeVerified(SubscriberEvent):
     verified_21_plus: bool = False
 
     def is_21_plus(self, at: datetime) -> bool:
-        if self.verified_21_plus:
-            return True
-        born = datetime.fromisoformat(self.date_of_birth).date()
-        today = at.date()
-        years = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
-        return years >= 21
+        return is_21_plus(self.verified_21_plus, self.date_of_birth, at)
+
+
+def is_21_plus(verified_21_plus: bool, date_of_birth: str, at: datetime) -> bool:
+    """Whether a verification says the person is 21 or older on ``at``'s date."""
+    if verified_21_plus:
+        return True
+    born = datetime.fromisoformat(date_of_birth).date()
+    today = at.date()
+    years = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+    return years >= 21
 
 
 @dataclass(frozen=True)

@@ -40,5 +40,9 @@ def time_zones(e164: str) -> tuple[str, ...]:
     Several zones are normal (a toll-free or mobile range spans a country); the
     policy then applies the most restrictive of them.
     """
-    zones = pn_timezone.time_zones_for_number(phonenumbers.parse(e164, None))
+    try:
+        parsed = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return ()  # not a number: no zone, so quiet hours deny (fail closed)
+    zones = pn_timezone.time_zones_for_number(parsed)
     return tuple(z for z in zones if z != _UNKNOWN_ZONE)

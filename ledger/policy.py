@@ -4,30 +4,43 @@
 time of the question. It checks the rules in a fixed order and answers with the
 first that denies; when every rule passes it lists the obligations the next
 message must meet. Every answer names the events that justify it.
+
+The rules read a state's digest (``ledger.digest``), never the state itself:
+``decide`` digests the state and asks a ``Check``; the service asks the same
+``Check`` of digests the projection stored. One set of rules serves both.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from ledger.campaigns import Campaign, CampaignPurpose
+from ledger.digest import (
+    AT,
+    ID,
+    OFFSET,
+    CampaignDigest,
+    Digest,
+    Mark,
+    digest_of,
+    from_micros,
+    micros,
+    micros_of,
+)
 from ledger.events import (
     CampaignEvent,
-    ConsentRevoked,
+    ConsentTier,
     MessageKind,
     Recorded,
     SubscriberEvent,
+    is_21_plus,
 )
-from ledger.phone import time_zones
 from ledger.state import (
-    CampaignConsent,
     CampaignHistory,
-    Fact,
     SubscriberState,
     fold,
     fold_campaign,
@@ -89,8 +102,9 @@ class Obligation(enum.Enum):
     NON_MARKETING_CONTENT_ONLY = "non_marketing_content_only"
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
+    """The answer. Immutable; a tuple underneath because a batch builds thousands."""
+
     allowed: bool
     reason: Reason
     obligations: tuple[Obligation, ...] = ()
@@ -103,223 +117,224 @@ def deny(reason: Reason, detail: str, evidence: Iterable[str] = (), version: int
     return Decision(False, reason, (), tuple(evidence), detail, version)
 
 
-@dataclass(frozen=True)
-class Standing:
+class Standing(NamedTuple):
     """The consent for one campaign as it stands: the latest grant/resume/revocation."""
 
     active: bool
-    since: datetime | None
+    since: int | None
+    """When the consent that stands was given or resumed (``ledger.digest`` microseconds)."""
     evidence: tuple[str, ...]
-    revocation: Fact[ConsentRevoked] | None
+    revocation: Mark | None
+    """The opt-out that stands, if one does."""
+    brand_wide: bool = False
+    """True when that opt-out covers every campaign of the brand."""
 
 
-def standing(state: SubscriberState, cc: CampaignConsent) -> Standing:
+def standing(digest: Digest, c: CampaignDigest) -> Standing:
     """Where one campaign's consent stands: the latest of grant, resume and revocation."""
-    # At the same instant a revocation outranks a grant: doubt denies.
-    candidates: list[tuple[tuple[datetime, int, int], str, Fact[Any]]] = []
-    if cc.grant is not None:
-        candidates.append(((cc.grant.at, 0, cc.grant.key[1]), "grant", cc.grant))
-    for resume in (cc.resume, state.brand_resume):
-        if resume is not None and cc.grant is not None and cc.grant.key < resume.key:
-            candidates.append(((resume.at, 0, resume.key[1]), "resume", resume))
-    for revocation in (cc.revocation, state.brand_revocation):
+    grant = c.grant
+    if (
+        grant is not None
+        and c.revocation is None
+        and digest.brand_revocation is None
+        and c.resume is None
+        and digest.brand_resume is None
+    ):
+        return Standing(True, grant[AT], (grant[ID],), None)  # the common case, made quick
+    # Ordered by (time, rank, offset): at the same instant a revocation (rank 1)
+    # outranks a grant (rank 0), so doubt denies.
+    best: tuple[int, int, int] | None = None
+    kind = ""
+    fact: Mark | None = None
+    if grant is not None:
+        best, kind, fact = (grant[AT], 0, grant[OFFSET]), "grant", grant
+        for resume in (c.resume, digest.brand_resume):
+            if resume is not None and grant[:2] < resume[:2]:
+                key = (resume[AT], 0, resume[OFFSET])
+                if key > best:
+                    best, kind, fact = key, "resume", resume
+    for revocation, scope in ((c.revocation, "campaign"), (digest.brand_revocation, "brand")):
         if revocation is not None:
-            candidates.append(((revocation.at, 1, revocation.key[1]), "revoke", revocation))
-    if not candidates:
+            key = (revocation[AT], 1, revocation[OFFSET])
+            if best is None or key > best:
+                best, kind, fact = key, scope, revocation
+    if fact is None:
         return Standing(False, None, (), None)
-    _, kind, fact = max(candidates, key=lambda c: c[0])
-    if kind == "revoke":
-        return Standing(False, None, (fact.event_id,), fact)
-    assert cc.grant is not None  # "resume" is only a candidate when a grant precedes it
-    evidence = (cc.grant.event_id,) if kind == "grant" else (cc.grant.event_id, fact.event_id)
-    return Standing(True, fact.at, evidence, None)
+    if kind in ("campaign", "brand"):
+        return Standing(False, None, (fact[ID],), fact, kind == "brand")
+    assert grant is not None  # "resume" only stands when a grant precedes it
+    evidence = (grant[ID],) if kind == "grant" else (grant[ID], fact[ID])
+    return Standing(True, fact[AT], evidence, None)
 
 
-def latest_revocation(state: SubscriberState, cc: CampaignConsent) -> Fact[ConsentRevoked] | None:
-    """The latest opt-out on record for the campaign (its own or brand-wide), even when a
-    later grant or resume outranks it."""
-    found = [r for r in (cc.revocation, state.brand_revocation) if r is not None]
-    return max(found, key=lambda r: r.key) if found else None
+def latest_revocation(digest: Digest, c: CampaignDigest) -> tuple[Mark, bool] | None:
+    """The latest opt-out on record for the campaign, and whether it was brand-wide, even
+    when a later grant or resume outranks it."""
+    own, brand = c.revocation, digest.brand_revocation
+    if own is None:
+        return None if brand is None else (brand, True)
+    if brand is None or own[:2] > brand[:2]:
+        return (own, False)
+    return (brand, True)
 
 
-def _opt_out_confirmation(
-    state: SubscriberState, cc: CampaignConsent, campaign: Campaign, now: datetime
-) -> Decision:
-    version = campaign.policy_version
-    revocation = latest_revocation(state, cc)
-    if revocation is None:
-        return deny(Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED, "no opt-out to confirm", (), version)
-    evidence = (revocation.event_id,)
-    already = [
-        s
-        for s in state.brand_sent
-        if s.kind is MessageKind.OPT_OUT_CONFIRMATION and s.at >= revocation.at
-    ]
-    if already:
-        return deny(
-            Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED,
-            "the one confirmation for this opt-out was already sent",
-            (*evidence, already[0].event_id),
-            version,
+_ZONE_CACHE: dict[str, ZoneInfo] = {}
+
+
+def _zone(name: str) -> ZoneInfo:
+    zone = _ZONE_CACHE.get(name)
+    if zone is None:
+        zone = _ZONE_CACHE[name] = ZoneInfo(name)
+    return zone
+
+
+def _sorted_obligations(obligations: set[Obligation]) -> tuple[Obligation, ...]:
+    return tuple(sorted(obligations, key=lambda o: o.value))
+
+
+class Check:
+    """One question (a campaign's rules, a moment, a kind of message) asked of digests.
+
+    ``check(digest)`` is the decision for one phone. A batch builds one ``Check`` and
+    asks it of every number, so what the numbers share (durations, the local time in
+    each zone) is worked out once.
+    """
+
+    def __init__(
+        self, campaign: Campaign, now: datetime, kind: MessageKind = MessageKind.REGULAR
+    ) -> None:
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        policy = campaign.policy
+        self.campaign = campaign
+        self.policy = policy
+        self.now = now
+        self.kind = kind
+        self.version = campaign.policy_version
+        self._now = micros(now)
+        self._conversation = micros_of(policy.conversation_window)
+        self._confirmation = micros_of(policy.opt_out_confirmation_window)
+        self._first_message = micros_of(policy.first_message_window)
+        self._reconfirm = (
+            None if policy.reconfirm_interval is None else micros_of(policy.reconfirm_interval)
         )
-    window = campaign.policy.opt_out_confirmation_window
-    if not revocation.at <= now <= revocation.at + window:
-        return deny(
-            Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED,
-            f"the confirmation window of {window} after the opt-out has passed",
-            evidence,
-            version,
-        )
-    return Decision(
-        True,
-        Reason.OPT_OUT_CONFIRMATION_ALLOWED,
-        (Obligation.IDENTIFY_SENDER, Obligation.NON_MARKETING_CONTENT_ONLY),
-        evidence,
-        "one confirmation of the opt-out, nothing after it",
-        version,
-    )
-
-
-def _open_conversation(
-    state: SubscriberState,
-    campaign: Campaign,
-    now: datetime,
-    revocation: Fact[ConsentRevoked] | None,
-) -> str | None:
-    """The id of the inbound message that keeps a conversation open, if any."""
-    inbound = state.last_inbound
-    if inbound is None or not inbound.at <= now <= inbound.at + campaign.policy.conversation_window:
-        return None
-    if revocation is not None and inbound.key <= revocation.key:
-        return None  # the opt-out itself, or anything before it, opens nothing
-    return inbound.event_id
-
-
-def _zones_for_quiet_hours(phone: str) -> Sequence[str]:
-    return time_zones(phone)
-
-
-def _quiet_hours(state: SubscriberState, campaign: Campaign, now: datetime) -> Decision | None:
-    policy = campaign.policy
-    if not policy.quiet_hours_apply:
-        return None
-    zones = _zones_for_quiet_hours(state.phone)
-    if not zones:
-        return deny(
-            Reason.TIME_ZONE_UNKNOWN,
-            "quiet hours apply and the number's time zone is unknown",
-            (),
-            campaign.policy_version,
-        )
-    # Several zones: the most restrictive wins, so every one of them must allow it.
-    for zone in zones:
-        local = now.astimezone(ZoneInfo(zone))
-        if not policy.quiet_hours.allows(local.time()):
-            return deny(
-                Reason.QUIET_HOURS,
-                f"{local:%H:%M} in {zone} is outside "
-                f"{policy.quiet_hours.start:%H:%M}-{policy.quiet_hours.end:%H:%M}",
-                (),
-                campaign.policy_version,
+        self._caps = [(cap, micros_of(cap.window)) for cap in policy.frequency_caps]
+        self._limits = bool(self._caps) or policy.daily_cap is not None
+        self._age_gated = policy.requires_age_verification
+        self._quiet: dict[tuple[str, ...], Decision | None] = {}
+        # The obligations of an allowed message, by (first message?, reconfirm?).
+        base = {Obligation.IDENTIFY_SENDER}
+        if policy.purpose is not CampaignPurpose.PROMOTIONAL:
+            base.add(Obligation.NON_MARKETING_CONTENT_ONLY)
+        self._obligations = {
+            (first, reconfirm): _sorted_obligations(
+                base
+                | ({Obligation.INCLUDE_OPT_OUT_LANGUAGE} if first else set())
+                | ({Obligation.RECONFIRM_IN_THIS_MESSAGE} if reconfirm else set())
             )
-    return None
+            for first in (False, True)
+            for reconfirm in (False, True)
+        }
 
-
-def _caps(
-    state: SubscriberState, cc: CampaignConsent, campaign: Campaign, now: datetime
-) -> Decision | None:
-    policy = campaign.policy
-    for cap in policy.frequency_caps:
-        counted = [s for s in cc.sent if now - cap.window < s.at <= now]
-        if len(counted) >= cap.limit:
+    def __call__(self, digest: Digest) -> Decision:
+        """May a message of this kind go to the digest's number now?"""
+        campaign, version = self.campaign, self.version
+        if digest.brand and digest.brand != campaign.brand:
+            # Consent is per sender: another brand's state proves nothing here.
+            return deny(Reason.NO_CONSENT, f"state is for brand {digest.brand!r}", (), version)
+        if digest.pending:
             return deny(
-                Reason.FREQUENCY_CAP_REACHED,
-                f"{len(counted)} of {cap.limit} messages in {cap.window}",
-                [s.event_id for s in counted],
-                campaign.policy_version,
+                Reason.REVOCATION_PENDING_REVIEW,
+                f"reply {digest.pending[0][1]!r} reads like an opt-out and awaits review",
+                [event_id for event_id, _ in digest.pending],
+                version,
             )
-    if policy.daily_cap is not None:
-        for zone in _zones_for_quiet_hours(state.phone) or ("UTC",):
-            tz = ZoneInfo(zone)
-            today = now.astimezone(tz).date()
-            counted = [s for s in cc.sent if s.at <= now and s.at.astimezone(tz).date() == today]
-            if len(counted) >= policy.daily_cap:
+
+        c = digest.campaign(campaign.campaign)
+        kind = self.kind
+        if kind is MessageKind.OPT_OUT_CONFIRMATION:
+            return self._opt_out_confirmation(digest, c)
+
+        current = standing(digest, c)
+        if current.revocation is not None:
+            reason = Reason.REVOKED_BRAND_WIDE if current.brand_wide else Reason.REVOKED
+            return deny(reason, "opted out; new consent is needed", current.evidence, version)
+
+        purpose = self.policy.purpose
+        if kind is MessageKind.HELP_REPLY:
+            inbound = self._open_conversation(digest, None)
+            if inbound is None:
                 return deny(
-                    Reason.DAILY_CAP_REACHED,
-                    f"{len(counted)} of {policy.daily_cap} messages on {today} in {zone}",
-                    [s.event_id for s in counted],
-                    campaign.policy_version,
+                    Reason.CONVERSATION_WINDOW_CLOSED,
+                    "no recent message asked for help",
+                    (),
+                    version,
                 )
-    return None
-
-
-def _age_gate(state: SubscriberState, campaign: Campaign, now: datetime) -> Decision | None:
-    if not campaign.policy.requires_age_verification:
-        return None
-    if state.age is None or not state.age.event.is_21_plus(now):
-        evidence = (state.age.event_id,) if state.age else ()
-        return deny(
-            Reason.AGE_VERIFICATION_REQUIRED,
-            "age-gated campaign: no verification of 21 or older",
-            evidence,
-            campaign.policy_version,
-        )
-    return None
-
-
-def decide(
-    state: SubscriberState,
-    campaign: Campaign,
-    now: datetime,
-    kind: MessageKind = MessageKind.REGULAR,
-) -> Decision:
-    """May a message of ``kind`` go to ``state``'s number for ``campaign`` at ``now``?"""
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    version = campaign.policy_version
-    if state.brand and state.brand != campaign.brand:
-        # Consent is per sender: another brand's state proves nothing here.
-        return deny(Reason.NO_CONSENT, f"state is for brand {state.brand!r}", (), version)
-    pending = state.pending_candidates()
-    if pending:
-        return deny(
-            Reason.REVOCATION_PENDING_REVIEW,
-            f"reply {pending[0].event.text!r} reads like an opt-out and awaits review",
-            [c.event_id for c in pending],
-            version,
-        )
-
-    cc = state.campaign(campaign.campaign)
-    if kind is MessageKind.OPT_OUT_CONFIRMATION:
-        return _opt_out_confirmation(state, cc, campaign, now)
-
-    current = standing(state, cc)
-    if current.revocation is not None:
-        reason = (
-            Reason.REVOKED_BRAND_WIDE if current.revocation.event.brand_wide else Reason.REVOKED
-        )
-        return deny(reason, "opted out; new consent is needed", current.evidence, version)
-
-    purpose = campaign.policy.purpose
-    revocation = latest_revocation(state, cc)
-    if kind is MessageKind.HELP_REPLY:
-        inbound = _open_conversation(state, campaign, now, None)
-        if inbound is None:
-            return deny(
-                Reason.CONVERSATION_WINDOW_CLOSED, "no recent message asked for help", (), version
+            return Decision(
+                True,
+                Reason.HELP_REPLY_ALLOWED,
+                (Obligation.IDENTIFY_SENDER, Obligation.NON_MARKETING_CONTENT_ONLY),
+                (inbound,),
+                "a reply to the person's own request",
+                version,
             )
+
+        if not current.active:
+            return self._without_consent(digest, c)
+
+        assert c.grant is not None and current.since is not None
+        if c.tier < purpose:
+            return deny(
+                Reason.CONSENT_TIER_INSUFFICIENT,
+                f"{ConsentTier(c.tier).name.lower()} consent does not allow a "
+                f"{purpose.name.lower()} campaign",
+                current.evidence,
+                version,
+            )
+
+        evidence = current.evidence
+        # Age, caps, then quiet hours; the first that denies answers.
+        check = self._age_gate(digest) if self._age_gated else None
+        if check is None and self._limits:
+            check = self._caps_reached(digest, c)
+        if check is None:
+            check = self._quiet_hours(digest.zones)
+        if check is not None:
+            return Decision(
+                False, check.reason, (), (*evidence, *check.evidence), check.detail, version
+            )
+
+        since = current.since
+        last_sent = c.last_sent_at
+        first = last_sent is None or last_sent < since
+        basis = since
+        reconfirmation = c.reconfirmation
+        if reconfirmation is not None and reconfirmation[AT] >= since:
+            basis = reconfirmation[AT]
+            evidence = (*evidence, reconfirmation[ID])
+        silent_since_basis = last_sent is None or last_sent < basis
+        elapsed = self._now - basis
+        reconfirm = (silent_since_basis and elapsed > self._first_message) or (
+            self._reconfirm is not None and elapsed > self._reconfirm
+        )
+        if campaign.policy_event_id:
+            evidence = (*evidence, campaign.policy_event_id)
         return Decision(
             True,
-            Reason.HELP_REPLY_ALLOWED,
-            (Obligation.IDENTIFY_SENDER, Obligation.NON_MARKETING_CONTENT_ONLY),
-            (inbound,),
-            "a reply to the person's own request",
+            Reason.CONSENT_ACTIVE,
+            self._obligations[first, reconfirm],
+            evidence,
+            "consent stands",
             version,
         )
 
-    if not current.active:
+    def _without_consent(self, digest: Digest, c: CampaignDigest) -> Decision:
+        version = self.version
+        purpose = self.policy.purpose
+        latest = latest_revocation(digest, c)
+        revocation = None if latest is None else latest[0]
         if purpose is CampaignPurpose.CONVERSATIONAL:
-            inbound = _open_conversation(state, campaign, now, revocation)
+            inbound = self._open_conversation(digest, revocation)
             if inbound is None:
                 return deny(
                     Reason.CONVERSATION_WINDOW_CLOSED,
@@ -335,67 +350,145 @@ def decide(
                 "a reply inside the conversation the person started",
                 version,
             )
-        if state.last_inbound is not None and _open_conversation(state, campaign, now, revocation):
+        if digest.last_inbound is not None and self._open_conversation(digest, revocation):
             return deny(
                 Reason.CONSENT_TIER_INSUFFICIENT,
                 "texting first consents to that conversation only, "
                 f"never to a {purpose.name.lower()} campaign",
-                (state.last_inbound.event_id,),
+                (digest.last_inbound[ID],),
                 version,
             )
-        other = sorted(name for name, c in state.campaigns.items() if c.grant is not None)
+        other = sorted(name for name, x in digest.campaigns.items() if x.grant is not None)
         detail = "no consent for this campaign" + (
             f" (consent for {', '.join(other)} does not count)" if other else ""
         )
         return deny(Reason.NO_CONSENT, detail, (), version)
 
-    assert cc.grant is not None and current.since is not None
-    tier = cc.grant.event.tier
-    if tier < purpose:
-        return deny(
-            Reason.CONSENT_TIER_INSUFFICIENT,
-            f"{tier.name.lower()} consent does not allow a {purpose.name.lower()} campaign",
-            current.evidence,
+    def _opt_out_confirmation(self, digest: Digest, c: CampaignDigest) -> Decision:
+        version = self.version
+        latest = latest_revocation(digest, c)
+        if latest is None:
+            return deny(
+                Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED, "no opt-out to confirm", (), version
+            )
+        revocation = latest[0]
+        evidence = (revocation[ID],)
+        already = [s for s in digest.confirmations if s[AT] >= revocation[AT]]
+        if already:
+            return deny(
+                Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED,
+                "the one confirmation for this opt-out was already sent",
+                (*evidence, already[0][ID]),
+                version,
+            )
+        if not revocation[AT] <= self._now <= revocation[AT] + self._confirmation:
+            window = self.policy.opt_out_confirmation_window
+            return deny(
+                Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED,
+                f"the confirmation window of {window} after the opt-out has passed",
+                evidence,
+                version,
+            )
+        return Decision(
+            True,
+            Reason.OPT_OUT_CONFIRMATION_ALLOWED,
+            (Obligation.IDENTIFY_SENDER, Obligation.NON_MARKETING_CONTENT_ONLY),
+            evidence,
+            "one confirmation of the opt-out, nothing after it",
             version,
         )
 
-    evidence = list(current.evidence)
-    for check in (
-        _age_gate(state, campaign, now),
-        _caps(state, cc, campaign, now),
-        _quiet_hours(state, campaign, now),
-    ):
-        if check is not None:
-            return Decision(
-                False, check.reason, (), (*evidence, *check.evidence), check.detail, version
-            )
+    def _open_conversation(self, digest: Digest, revocation: Mark | None) -> str | None:
+        """The id of the inbound message that keeps a conversation open, if any."""
+        inbound = digest.last_inbound
+        if inbound is None or not inbound[AT] <= self._now <= inbound[AT] + self._conversation:
+            return None
+        if revocation is not None and inbound[:2] <= revocation[:2]:
+            return None  # the opt-out itself, or anything before it, opens nothing
+        return inbound[ID]
 
-    obligations = {Obligation.IDENTIFY_SENDER}
-    first = cc.last_sent is None or cc.last_sent.at < current.since
-    if first:
-        obligations.add(Obligation.INCLUDE_OPT_OUT_LANGUAGE)
-    basis = current.since
-    if cc.reconfirmation is not None and cc.reconfirmation.at >= current.since:
-        basis = cc.reconfirmation.at
-        evidence.append(cc.reconfirmation.event_id)
-    policy = campaign.policy
-    silent_since_basis = cc.last_sent is None or cc.last_sent.at < basis
-    if (silent_since_basis and now - basis > policy.first_message_window) or (
-        policy.reconfirm_interval is not None and now - basis > policy.reconfirm_interval
-    ):
-        obligations.add(Obligation.RECONFIRM_IN_THIS_MESSAGE)
-    if purpose is not CampaignPurpose.PROMOTIONAL:
-        obligations.add(Obligation.NON_MARKETING_CONTENT_ONLY)
-    if campaign.policy_event_id:
-        evidence.append(campaign.policy_event_id)
-    return Decision(
-        True,
-        Reason.CONSENT_ACTIVE,
-        tuple(sorted(obligations, key=lambda o: o.value)),
-        tuple(evidence),
-        "consent stands",
-        version,
-    )
+    def _quiet_hours(self, zones: tuple[str, ...]) -> Decision | None:
+        try:
+            return self._quiet[zones]
+        except KeyError:
+            found = self._quiet[zones] = self._quiet_hours_in(zones)
+            return found
+
+    def _quiet_hours_in(self, zones: tuple[str, ...]) -> Decision | None:
+        policy = self.policy
+        if not policy.quiet_hours_apply:
+            return None
+        if not zones:
+            return deny(
+                Reason.TIME_ZONE_UNKNOWN,
+                "quiet hours apply and the number's time zone is unknown",
+                (),
+                self.version,
+            )
+        # Several zones: the most restrictive wins, so every one of them must allow it.
+        for zone in zones:
+            local = self.now.astimezone(_zone(zone))
+            if not policy.quiet_hours.allows(local.time()):
+                return deny(
+                    Reason.QUIET_HOURS,
+                    f"{local:%H:%M} in {zone} is outside "
+                    f"{policy.quiet_hours.start:%H:%M}-{policy.quiet_hours.end:%H:%M}",
+                    (),
+                    self.version,
+                )
+        return None
+
+    def _caps_reached(self, digest: Digest, c: CampaignDigest) -> Decision | None:
+        policy, now = self.policy, self._now
+        for cap, window in self._caps:
+            counted = [s for s in c.sent if now - window < s[AT] <= now]
+            if len(counted) >= cap.limit:
+                return deny(
+                    Reason.FREQUENCY_CAP_REACHED,
+                    f"{len(counted)} of {cap.limit} messages in {cap.window}",
+                    [s[ID] for s in counted],
+                    self.version,
+                )
+        if policy.daily_cap is not None:
+            for zone in digest.zones or ("UTC",):
+                tz = _zone(zone)
+                today = self.now.astimezone(tz).date()
+                counted = [
+                    s
+                    for s in c.sent
+                    if s[AT] <= now and from_micros(s[AT]).astimezone(tz).date() == today
+                ]
+                if len(counted) >= policy.daily_cap:
+                    return deny(
+                        Reason.DAILY_CAP_REACHED,
+                        f"{len(counted)} of {policy.daily_cap} messages on {today} in {zone}",
+                        [s[ID] for s in counted],
+                        self.version,
+                    )
+        return None
+
+    def _age_gate(self, digest: Digest) -> Decision | None:
+        if not self.policy.requires_age_verification:
+            return None
+        age = digest.age
+        if age is None or not is_21_plus(age.verified_21_plus, age.date_of_birth, self.now):
+            return deny(
+                Reason.AGE_VERIFICATION_REQUIRED,
+                "age-gated campaign: no verification of 21 or older",
+                (age.event_id,) if age else (),
+                self.version,
+            )
+        return None
+
+
+def decide(
+    state: SubscriberState,
+    campaign: Campaign,
+    now: datetime,
+    kind: MessageKind = MessageKind.REGULAR,
+) -> Decision:
+    """May a message of ``kind`` go to ``state``'s number for ``campaign`` at ``now``?"""
+    return Check(campaign, now, kind)(digest_of(state))
 
 
 def decide_as_of(

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from ledger.digest import Digest
 from ledger.events import CampaignEvent, LedgerEvent, Recorded, SubscriberEvent
 from ledger.state import CampaignHistory, SubscriberState
 
@@ -152,6 +153,11 @@ class ConsentView(ABC):
         self, brand: str, phones: Sequence[str]
     ) -> dict[str, SubscriberState]:
         """The folded state of each phone towards ``brand`` (an empty state if unknown)."""
+
+    @abstractmethod
+    async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
+        """What the policy reads (``ledger.digest``) about each phone the view has a
+        fact for towards ``brand``; phones it knows nothing about are left out."""
 
     @abstractmethod
     async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:

@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from ledger.campaigns import Campaign
 from ledger.commands import (
     Command,
     DefineCampaign,
@@ -23,9 +22,10 @@ from ledger.commands import (
     handle_inbound,
     to_events,
 )
+from ledger.digest import Digest, digest_of
 from ledger.events import ConsentGranted, LedgerEvent, MessageKind, Recorded, SubscriberEvent
 from ledger.phone import to_e164
-from ledger.policy import Decision, Reason, decide, decide_as_of, deny
+from ledger.policy import Check, Decision, Reason, decide_as_of, deny
 from ledger.ports import ConsentView, ConsistencyToken, Ledger, Stream
 from ledger.state import CampaignHistory, SubscriberState
 from services.errors import FailedPrecondition
@@ -34,19 +34,6 @@ from services.freshness import FreshnessGuard
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
-
-
-def _is_blank(state: SubscriberState) -> bool:
-    """No fact about this phone and brand was ever folded (the view's default)."""
-    return not (
-        state.campaigns
-        or state.candidates
-        or state.age
-        or state.last_inbound
-        or state.brand_revocation
-        or state.brand_resume
-        or state.brand_sent
-    )
 
 
 def utc_now() -> datetime:
@@ -212,24 +199,30 @@ class ConsentApp:
         if not fresh:
             d = deny(Reason.NOT_CONSISTENT, "the read model is behind the ledger; try again")
             return BatchResult([d] * len(numbers), read_at)
-        states = await self.view.subscriber_states(brand, sorted({n for n in numbers if n}))
-        unknown = [i for i, n in enumerate(numbers) if not n or _is_blank(states[n])]
+        asked = {n for n in numbers if n}
+        digests = await self.view.digests(brand, list(asked))
+        unknown = [i for i, n in enumerate(numbers) if n not in digests]
         if unknown:
             for i in unknown:  # raises INVALID_ARGUMENT for a number that is not one
                 numbers[i] = to_e164(phones[i], field=f"phones[{i}]")
-            missing = sorted({numbers[i] for i in unknown} - states.keys())
+            missing = sorted({numbers[i] for i in unknown} - asked - digests.keys())
             if missing:
                 if not await self._fresh(missing, None):
                     d = deny(Reason.NOT_CONSISTENT, "the read model is behind the ledger")
                     return BatchResult([d] * len(numbers), read_at)
-                states.update(await self.view.subscriber_states(brand, missing))
+                digests.update(await self.view.digests(brand, missing))
+            for i in unknown:  # no fact about the number towards this brand
+                n = numbers[i]
+                if n not in digests:
+                    digests[n] = digest_of(SubscriberState(phone=n, brand=brand))
         rules = (await self._history(brand, campaign, read_at)).as_of(when)
         if rules is None and await self._campaign_known(brand, campaign):
             rules = (await self.view.campaign_history(brand, campaign)).as_of(when)
         if rules is None:
             d = deny(Reason.CAMPAIGN_UNKNOWN, f"campaign {brand}/{campaign} is not defined")
             return BatchResult([d] * len(numbers), read_at)
-        return BatchResult([self._decide(states[n], rules, when, kind) for n in numbers], read_at)
+        check = Check(rules, when, kind)
+        return BatchResult([self._decide(check, digests[n]) for n in numbers], read_at)
 
     async def _history(
         self, brand: str, campaign: str, read_at: ConsistencyToken
@@ -246,11 +239,9 @@ class ConsentApp:
         return history
 
     @staticmethod
-    def _decide(
-        state: SubscriberState, rules: Campaign, when: datetime, kind: MessageKind
-    ) -> Decision:
+    def _decide(check: Check, digest: Digest) -> Decision:
         try:
-            return decide(state, rules, when, kind)
+            return check(digest)
         except Exception:  # fail closed: a bug in one rule must never read as "allowed"
             log.exception("decide failed for a phone; answering not allowed")
             return deny(Reason.INTERNAL_ERROR, "the policy could not be evaluated")

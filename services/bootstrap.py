@@ -19,7 +19,7 @@ import asyncpg
 
 from ledger.ports import ConsentView, Ledger
 from services.adapters.migrations import migrate
-from services.adapters.postgres_view import PostgresConsentView
+from services.adapters.postgres_view import PostgresConsentView, read_pool
 from services.app import Clock, ConsentApp, utc_now
 from services.freshness import FreshnessGuard
 from services.grpc_api.auth import TokenAuthenticator, write_dev_tokens
@@ -59,6 +59,7 @@ class Runtime:
     clock: Clock = utc_now
     """Injected by tests that need a fixed time of day; the service uses UTC now."""
     pool: asyncpg.Pool | None = None
+    reads: asyncpg.Pool | None = None
     ledger: Ledger | None = None
     view: ConsentView | None = None
     guard: FreshnessGuard | None = None
@@ -76,7 +77,8 @@ class Runtime:
             dsn, self._pg = await asyncio.to_thread(start_embedded_postgres, s.data_dir)
         self.pool = await asyncpg.create_pool(dsn, min_size=2, max_size=s.pool_size)
         await migrate(self.pool)
-        self.view = PostgresConsentView(self.pool)
+        self.reads = await read_pool(dsn, max_size=s.pool_size)
+        self.view = PostgresConsentView(self.pool, reads=self.reads)
         self.ledger = await self._build_ledger()
         await self._start_projector()
         self.guard = FreshnessGuard(self.ledger, self.view, s.freshness)
@@ -137,6 +139,8 @@ class Runtime:
                 await task
         if self.ledger is not None:
             await self.ledger.close()  # flushes the producer
+        if self.reads is not None:
+            await self.reads.close()
         if self.pool is not None:
             await self.pool.close()
         self._pg = None  # embedded-postgres stops the server at interpreter exit

@@ -23,6 +23,10 @@ from ledger.ports import ConsentView, ConsistencyToken, Ledger, Stream
 
 log = logging.getLogger(__name__)
 
+_HASH_AT_MOST = 32
+"""A read of more numbers than this waits for every partition, not just theirs: a
+big batch touches nearly all of them anyway, and that is the stricter wait."""
+
 
 @dataclass(frozen=True)
 class FreshnessSettings:
@@ -49,6 +53,7 @@ class FreshnessGuard:
         self._ends: dict[Stream, dict[int, int]] = {}
         self._applied: dict[Stream, dict[int, int]] = {}
         self._observed_at = float("-inf")
+        self._applied_token = ConsistencyToken({})
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
@@ -67,6 +72,13 @@ class FreshnessGuard:
         ends = {s: await self._ledger.end_offsets(s) for s in Stream}
         applied = {s: await self._view.positions(s) for s in Stream}
         self._ends, self._applied, self._observed_at = ends, applied, started
+        self._applied_token = ConsistencyToken(
+            {
+                (stream, p): offset
+                for stream, positions in applied.items()
+                for p, offset in positions.items()
+            }
+        )
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -107,9 +119,11 @@ class FreshnessGuard:
         """True once the view has applied the phones' partitions up to their observed
         ends, and the campaign stream up to its end."""
         ends = self._ends.get(Stream.SUBSCRIBERS, {})
-        partitions = {self._ledger.partition_for(p) for p in phones}
-        if None in partitions:
-            partitions = set(ends)
+        partitions: set[int | None] = set(ends)
+        if len(phones) <= _HASH_AT_MOST:
+            partitions = {self._ledger.partition_for(p) for p in phones}
+            if None in partitions:
+                partitions = set(ends)
         needed = {(Stream.SUBSCRIBERS, p): ends.get(p, 0) for p in partitions if p is not None}
         for p, offset in self._ends.get(Stream.CAMPAIGNS, {}).items():
             needed[(Stream.CAMPAIGNS, p)] = offset
@@ -117,10 +131,4 @@ class FreshnessGuard:
 
     def applied_token(self) -> ConsistencyToken:
         """The freshness the view had at the last observation."""
-        return ConsistencyToken(
-            {
-                (stream, p): offset
-                for stream, positions in self._applied.items()
-                for p, offset in positions.items()
-            }
-        )
+        return self._applied_token

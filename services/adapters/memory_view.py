@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledger.digest import Digest, digest_of
 from ledger.events import (
     CampaignEvent,
     Recorded,
@@ -87,6 +88,12 @@ class InMemoryConsentView(ConsentView):
         return {
             phone: states.get((phone, brand)) or SubscriberState(phone=phone, brand=brand)
             for phone in phones
+        }
+
+    async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
+        states = self._tables.states
+        return {
+            phone: digest_of(states[phone, brand]) for phone in phones if (phone, brand) in states
         }
 
     async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:

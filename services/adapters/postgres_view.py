@@ -23,6 +23,7 @@ from typing import Any
 
 import asyncpg
 
+from ledger.digest import AT, ID, Digest, digest_of, from_micros
 from ledger.events import CampaignEvent, Recorded, SubscriberEvent
 from ledger.policy import latest_revocation, standing
 from ledger.ports import ConsentView, Stream
@@ -35,6 +36,8 @@ from ledger.state import (
     retained_facts,
 )
 from services.wire.codec import decode_recorded, decode_snapshot, encode_recorded, encode_snapshot
+from services.wire.digest import FORMAT as DIGEST_FORMAT
+from services.wire.digest import decode_digest, encode_digest
 
 PROJECTION_TABLES = (
     "subscriber_state",
@@ -74,11 +77,16 @@ JOIN unnest($1::text[], $2::text[]) AS k(phone, brand) USING (phone, brand)
 FOR UPDATE OF s
 """
 _UPSERT_STATE = """
-INSERT INTO subscriber_state (phone, brand, snapshot, last_offset, updated_at)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO subscriber_state (phone, brand, snapshot, last_offset, updated_at, digest)
+VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (phone, brand) DO UPDATE
 SET snapshot = EXCLUDED.snapshot, last_offset = EXCLUDED.last_offset,
-    updated_at = EXCLUDED.updated_at
+    updated_at = EXCLUDED.updated_at, digest = EXCLUDED.digest
+"""
+_READ_DIGESTS = """
+SELECT phone, digest,
+       CASE WHEN digest IS NULL OR get_byte(digest, 0) <> $3 THEN snapshot END AS snapshot
+FROM subscriber_state WHERE brand = $1 AND phone = ANY($2::text[])
 """
 _UPSERT_STATUS = """
 INSERT INTO consent_status (phone, brand, campaign, status, tier, granted_event_id, granted_at,
@@ -112,21 +120,42 @@ INSERT INTO sender_number (number, brand, campaign, since) VALUES ($1, $2, $3, $
 """
 
 
+async def read_pool(dsn: str | None, *, min_size: int = 2, max_size: int = 8) -> asyncpg.Pool:
+    """A pool for ``PostgresConsentView``'s CanSend reads.
+
+    asyncpg resets a connection's session (``RESET ALL``, ``UNLISTEN *``, unlocking
+    advisory locks) when it goes back to a pool: one more round trip to the server
+    per read. The reads on this pool are single statements that change no session
+    state, so only what asyncpg does locally (rolling back a transaction left open,
+    which they never leave) is kept. Use it for nothing else.
+    """
+    return await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, reset=_no_session_state
+    )
+
+
+async def _no_session_state(conn: asyncpg.Connection) -> None:
+    """The reads change no session state: there is nothing to reset."""
+
+
 def _load_state(phone: str, brand: str, snapshot: bytes) -> SubscriberState:
     return fold(decode_snapshot(snapshot), SubscriberState(phone=phone, brand=brand))
 
 
-def _status_rows(state: SubscriberState, updated_at: datetime) -> list[tuple[Any, ...]]:
+def _status_rows(
+    state: SubscriberState, digest: Digest, updated_at: datetime
+) -> list[tuple[Any, ...]]:
     rows = []
-    for name, consent in sorted(state.campaigns.items()):
-        now = standing(state, consent)
+    for name, consent in sorted(digest.campaigns.items()):
+        now = standing(digest, consent)
         if now.active:
             status = "active"
         elif now.revocation is not None:
             status = "revoked"
         else:
             status = "none"
-        revocation = latest_revocation(state, consent)
+        latest = latest_revocation(digest, consent)
+        revocation = None if latest is None else latest[0]
         grant = consent.grant
         rows.append(
             (
@@ -134,11 +163,11 @@ def _status_rows(state: SubscriberState, updated_at: datetime) -> list[tuple[Any
                 state.brand,
                 name,
                 status,
-                int(grant.event.tier) if grant else None,
-                grant.event.event_id if grant else None,
-                grant.at if grant else None,
-                revocation.event.event_id if revocation else None,
-                revocation.at if revocation else None,
+                consent.tier if grant else None,
+                grant[ID] if grant else None,
+                from_micros(grant[AT]) if grant else None,
+                revocation[ID] if revocation else None,
+                from_micros(revocation[AT]) if revocation else None,
                 updated_at,
             )
         )
@@ -166,8 +195,17 @@ def _event_row(stream: Stream, recorded: Recorded) -> tuple[Any, ...]:
 class PostgresConsentView(ConsentView):
     """The view on an ``asyncpg`` pool the caller owns (and closes)."""
 
-    def __init__(self, pool: asyncpg.Pool, *, state_cache_size: int = 200_000) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        reads: asyncpg.Pool | None = None,
+        state_cache_size: int = 200_000,
+    ) -> None:
+        """``reads``, if given, serves the CanSend reads (``digests``): a pool made by
+        ``read_pool``, whose connections skip the reset round trip on release."""
         self._pool = pool
+        self._reads = reads or pool
         # Decoded states by (phone, brand), with the row's last_offset as their version.
         # A row's last_offset grows with every event folded into it, so an entry with
         # the offset the row has now is exactly what decoding the row would give: the
@@ -259,6 +297,7 @@ class PostgresConsentView(ConsentView):
             states[key] = apply(state, recorded)
             last_offset[key] = max(last_offset.get(key, -1), recorded.position.offset)
             updated[key] = max(updated.get(key, recorded.recorded_at), recorded.recorded_at)
+        digests = {key: digest_of(states[key]) for key in keys}
         await conn.executemany(
             _UPSERT_STATE,
             [
@@ -268,13 +307,14 @@ class PostgresConsentView(ConsentView):
                     encode_snapshot(retained_facts(states[phone, brand])),
                     last_offset[phone, brand],
                     updated[phone, brand],
+                    encode_digest(digests[phone, brand]),
                 )
                 for phone, brand in keys
             ],
         )
         await conn.executemany(
             _UPSERT_STATUS,
-            [row for key in keys for row in _status_rows(states[key], updated[key])],
+            [row for key in keys for row in _status_rows(states[key], digests[key], updated[key])],
         )
 
     async def _fold_campaigns(self, conn: asyncpg.Connection, new: list[Recorded]) -> None:
@@ -360,6 +400,17 @@ class PostgresConsentView(ConsentView):
         return {
             phone: found.get(phone) or SubscriberState(phone=phone, brand=brand) for phone in phones
         }
+
+    async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
+        found: dict[str, Digest] = {}
+        for phone, data, snapshot in await self._reads.fetch(
+            _READ_DIGESTS, brand, list(phones), DIGEST_FORMAT
+        ):
+            digest = decode_digest(data)
+            if digest is None:  # written before digests, or in another format
+                digest = digest_of(_load_state(phone, brand, snapshot))
+            found[phone] = digest
+        return found
 
     async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:
         rows = await self._pool.fetch(

@@ -20,6 +20,7 @@ from consent.v1 import consent_service_pb2 as api_pb2
 from consent.v1 import consent_service_pb2_grpc as api_grpc
 
 from ledger.commands import HandleInboundMessage
+from ledger.digest import digest_of
 from ledger.errors import DomainError, InvalidRequest
 from ledger.events import Recorded
 from ledger.policy import Decision, Reason, deny, standing
@@ -156,8 +157,12 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         snapshot = await self.app.get_consent(request.phone, request.brand)
         state = snapshot.state
         cc = state.campaign(request.campaign)
-        current = standing(state, cc)
+        digest = digest_of(state)
+        current = standing(digest, digest.campaign(request.campaign))
         pending = state.pending_candidates()
+        revocation = None
+        if current.revocation is not None:
+            revocation = state.brand_revocation if current.brand_wide else cc.revocation
         if pending:
             status = api_pb2.CONSENT_STATE_PENDING_REVIEW
         elif current.active:
@@ -165,7 +170,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         elif current.revocation is not None:
             status = (
                 api_pb2.CONSENT_STATE_REVOKED_BRAND_WIDE
-                if current.revocation.event.brand_wide
+                if current.brand_wide
                 else api_pb2.CONSENT_STATE_REVOKED
             )
         else:
@@ -179,7 +184,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         )
         for name, fact in (
             ("grant", cc.grant),
-            ("revocation", current.revocation),
+            ("revocation", revocation),
             ("reconfirmation", cc.reconfirmation),
             ("age_verification", state.age),
         ):

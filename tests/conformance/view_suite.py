@@ -43,6 +43,7 @@ from ledger.events import (
     RevocationChannel,
     SubscriberEvent,
 )
+from ledger.digest import digest_of
 from ledger.ports import ConsentView, Stream
 from ledger.state import SubscriberState, fold, fold_campaign
 
@@ -296,6 +297,25 @@ class ConsentViewSuite:
 
         assert states == {"+14155550199": SubscriberState(phone="+14155550199", brand="acme")}
 
+    async def test_digests_leave_out_phones_with_no_fact_for_the_brand(
+        self, view: ConsentView
+    ) -> None:
+        pos = Positions()
+        batch = pos.record(
+            [
+                grant("+14155550100", "acme", "deals", T0),
+                revoke("+14155550100", "acme", None, T0 + timedelta(hours=1)),
+                grant("+14155550101", "globex", "deals", T0),
+            ]
+        )
+        await view.apply(Stream.SUBSCRIBERS, batch)
+
+        digests = await view.digests("acme", ["+14155550100", "+14155550101", "+14155550199"])
+
+        expected = expected_states(batch)
+        assert digests == {"+14155550100": digest_of(expected["+14155550100", "acme"])}
+        assert digests["+14155550100"].brand_revocation is not None
+
     async def test_a_late_fact_folds_by_world_time_not_arrival(self, view: ConsentView) -> None:
         pos = Positions()
         stop = revoke("+14155550100", "acme", "deals", T0 + timedelta(hours=1))
@@ -512,6 +532,8 @@ class ConsentViewSuite:
             phones = sorted(p for p, b in expected if b == brand)
             states = await view.subscriber_states(brand, phones)
             assert states == {p: expected[p, brand] for p in phones}
+            digests = await view.digests(brand, phones)
+            assert digests == {p: digest_of(expected[p, brand]) for p in phones}
         assert await view.positions(Stream.SUBSCRIBERS) == {
             p: o + 1 for p, o in _last_offsets(subscribers).items()
         }

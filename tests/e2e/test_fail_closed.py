@@ -25,7 +25,7 @@ async def test_a_failing_read_model_answers_not_allowed_for_single_and_batch(
             async def broken(*args, **kwargs):
                 raise RuntimeError("the database fell over")
 
-            runtime.view.subscriber_states = broken  # type: ignore[method-assign, union-attr]
+            runtime.view.digests = broken  # type: ignore[method-assign, union-attr]
             one = await c.CanSend(
                 api.CanSendRequest(phone="+14155552671", brand="acme", campaign="promo")
             )

@@ -61,6 +61,9 @@ class DiesAfterCommit(ConsentView):
     async def subscriber_states(self, brand: str, phones: Sequence[str]) -> Any:
         return await self.inner.subscriber_states(brand, phones)
 
+    async def digests(self, brand: str, phones: Sequence[str]) -> Any:
+        return await self.inner.digests(brand, phones)
+
     async def campaign_history(self, brand: str, campaign: str) -> Any:
         return await self.inner.campaign_history(brand, campaign)
 
