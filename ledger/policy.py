@@ -188,8 +188,27 @@ def _zone(name: str) -> ZoneInfo:
     return zone
 
 
-def _sorted_obligations(obligations: set[Obligation]) -> tuple[Obligation, ...]:
-    return tuple(sorted(obligations, key=lambda o: o.value))
+def _obligations(non_marketing: bool, first: bool, reconfirm: bool) -> tuple[Obligation, ...]:
+    found = {Obligation.IDENTIFY_SENDER}
+    if first:
+        found.add(Obligation.INCLUDE_OPT_OUT_LANGUAGE)
+    if reconfirm:
+        found.add(Obligation.RECONFIRM_IN_THIS_MESSAGE)
+    if non_marketing:
+        found.add(Obligation.NON_MARKETING_CONTENT_ONLY)
+    return tuple(sorted(found, key=lambda o: o.value))
+
+
+_OBLIGATIONS = {
+    non_marketing: {
+        (first, reconfirm): _obligations(non_marketing, first, reconfirm)
+        for first in (False, True)
+        for reconfirm in (False, True)
+    }
+    for non_marketing in (False, True)
+}
+"""The obligations of an allowed message: by whether the campaign is other than
+promotional, then by (first message since the consent?, reconfirmation due?)."""
 
 
 class Check:
@@ -222,19 +241,7 @@ class Check:
         self._limits = bool(self._caps) or policy.daily_cap is not None
         self._age_gated = policy.requires_age_verification
         self._quiet: dict[tuple[str, ...], Decision | None] = {}
-        # The obligations of an allowed message, by (first message?, reconfirm?).
-        base = {Obligation.IDENTIFY_SENDER}
-        if policy.purpose is not CampaignPurpose.PROMOTIONAL:
-            base.add(Obligation.NON_MARKETING_CONTENT_ONLY)
-        self._obligations = {
-            (first, reconfirm): _sorted_obligations(
-                base
-                | ({Obligation.INCLUDE_OPT_OUT_LANGUAGE} if first else set())
-                | ({Obligation.RECONFIRM_IN_THIS_MESSAGE} if reconfirm else set())
-            )
-            for first in (False, True)
-            for reconfirm in (False, True)
-        }
+        self._obligations = _OBLIGATIONS[policy.purpose is not CampaignPurpose.PROMOTIONAL]
 
     def __call__(self, digest: Digest) -> Decision:
         """May a message of this kind go to the digest's number now?"""

@@ -58,12 +58,16 @@ class ConsistencyToken:
         return ConsistencyToken(offsets)
 
     def encode(self) -> str:
-        return ",".join(
-            f"{stream.value}:{partition}:{offset}"
-            for (stream, partition), offset in sorted(
-                self.offsets.items(), key=lambda kv: (kv[0][0].value, kv[0][1])
+        encoded: str | None = self.__dict__.get("_encoded")
+        if encoded is None:  # kept: the service answers many reads with one token
+            encoded = ",".join(
+                f"{stream.value}:{partition}:{offset}"
+                for (stream, partition), offset in sorted(
+                    self.offsets.items(), key=lambda kv: (kv[0][0].value, kv[0][1])
+                )
             )
-        )
+            object.__setattr__(self, "_encoded", encoded)
+        return encoded
 
     @staticmethod
     def decode(text: str) -> ConsistencyToken:

@@ -222,7 +222,11 @@ class ConsentApp:
             d = deny(Reason.CAMPAIGN_UNKNOWN, f"campaign {brand}/{campaign} is not defined")
             return BatchResult([d] * len(numbers), read_at)
         check = Check(rules, when, kind)
-        return BatchResult([self._decide(check, digests[n]) for n in numbers], read_at)
+        try:
+            decisions = [check(digests[n]) for n in numbers]
+        except Exception:  # find the numbers it failed for, and answer those alone "no"
+            decisions = [self._decide(check, digests[n]) for n in numbers]
+        return BatchResult(decisions, read_at)
 
     async def _history(
         self, brand: str, campaign: str, read_at: ConsistencyToken

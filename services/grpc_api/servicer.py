@@ -123,12 +123,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         except Exception:
             log.exception("CanSendBatch failed; answering not allowed for all")
             decisions, encoded = [_internal_error()] * len(phones), ""
-        return api_pb2.CanSendBatchResponse(
-            decisions=[
-                api.send_decision_to_proto(p, d) for p, d in zip(phones, decisions, strict=True)
-            ],
-            consistency_token=encoded,
-        )
+        return api.batch_to_proto(phones, decisions, encoded)
 
     @translate_errors
     async def CanSendAsOf(

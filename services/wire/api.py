@@ -14,7 +14,7 @@ names, phone numbers, proof completeness) is the domain's to check.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -282,6 +282,41 @@ def decision_to_as_of_proto(
     return api_pb2.CanSendAsOfResponse(
         **_decision_fields(decision), consistency_token=consistency_token
     )
+
+
+def batch_to_proto(
+    phones: Sequence[str], decisions: Sequence[Decision], consistency_token: str = ""
+) -> api_pb2.CanSendBatchResponse:
+    """A ``CanSendBatchResponse``: one ``SendDecision`` per phone, in order.
+
+    The same as ``send_decision_to_proto`` for each, built for speed: entries are
+    added in place and filled field by field (several times quicker in the upb
+    runtime than keyword construction), and the wire values of the reason and
+    obligations are looked up once per distinct object (a batch shares them).
+    """
+    response = api_pb2.CanSendBatchResponse(consistency_token=consistency_token)
+    add = response.decisions.add
+    reasons: dict[int, int] = {}
+    obligations: dict[int, list[int]] = {}
+    for phone, decision in zip(phones, decisions, strict=True):
+        entry = add()
+        entry.phone = phone
+        entry.allowed = decision.allowed
+        key = id(decision.reason)
+        reason = reasons.get(key)
+        if reason is None:
+            reason = reasons[key] = REASONS.to_proto(decision.reason)
+        entry.reason = reason
+        if decision.obligations:
+            key = id(decision.obligations)
+            wire = obligations.get(key)
+            if wire is None:
+                wire = obligations[key] = [OBLIGATIONS.to_proto(o) for o in decision.obligations]
+            entry.obligations.extend(wire)
+        entry.detail = decision.detail
+        entry.evidence_event_ids.extend(decision.evidence)
+        entry.policy_version = decision.policy_version
+    return response
 
 
 def send_decision_to_proto(phone: str, decision: Decision) -> api_pb2.SendDecision:

@@ -27,25 +27,10 @@ def decode_digest(data: bytes | None) -> Digest | None:
     """The digest in ``data``; None when there is none, or in another format."""
     if not data or data[0] != FORMAT:
         return None
-    (
-        brand,
-        zones,
-        pending,
-        brand_revocation,
-        brand_resume,
-        age,
-        last_inbound,
-        confirmations,
-        campaigns,
-    ) = msgpack.unpackb(memoryview(data)[1:], use_list=False)
-    return Digest(
-        brand,
-        zones,
-        pending,
-        brand_revocation,
-        brand_resume,
-        None if age is None else Age(*age),
-        last_inbound,
-        confirmations,
-        {name: CampaignDigest(*c) for name, c in campaigns.items()},
-    )
+    raw = msgpack.unpackb(data[1:], use_list=False)
+    campaigns = raw[8]  # a fresh dict from the decoder: typed in place
+    for name, campaign in campaigns.items():
+        campaigns[name] = CampaignDigest._make(campaign)
+    if raw[5] is not None:
+        return Digest._make((*raw[:5], Age._make(raw[5]), *raw[6:]))
+    return Digest._make(raw)

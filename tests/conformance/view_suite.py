@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from ledger.campaigns import CampaignPolicy, CampaignPurpose
+from ledger.digest import digest_of
 from ledger.events import (
     FIRST_VERSION,
     AgeVerified,
@@ -43,7 +44,6 @@ from ledger.events import (
     RevocationChannel,
     SubscriberEvent,
 )
-from ledger.digest import digest_of
 from ledger.ports import ConsentView, Stream
 from ledger.state import SubscriberState, fold, fold_campaign
 

@@ -487,6 +487,29 @@ def test_batch_entry_keeps_the_phone_as_requested() -> None:
     assert api.decision_from_proto(entry) == DENY
 
 
+def test_a_batch_response_is_each_decision_in_request_order() -> None:
+    other = Decision(
+        True,
+        Reason.CONSENT_ACTIVE,
+        (Obligation.IDENTIFY_SENDER,),
+        ("00000000-0000-0000-0000-000000000002", "00000000-0000-0000-0000-000000000003"),
+        "consent stands",
+        2,
+    )
+    decisions = [ALLOW, DENY, other, ALLOW, DENY, other]
+    phones = [f"+1415555{n:04d}" for n in range(len(decisions))]
+
+    response = api.batch_to_proto(phones, decisions, "subscribers:0:9")
+
+    assert response.consistency_token == "subscribers:0:9"
+    assert list(response.decisions) == [
+        api.send_decision_to_proto(p, d) for p, d in zip(phones, decisions, strict=True)
+    ]
+    assert [api.decision_from_proto(e) for e in response.decisions] == decisions
+    with pytest.raises(ValueError):
+        api.batch_to_proto(phones[:2], decisions)
+
+
 def test_help_text_owes_a_help_reply_with_its_required_content() -> None:
     campaign = Campaign(BRAND, CAMPAIGN, CampaignPolicy(), policy_version=1)
     command = api.command_from_proto(WRITES[8][0])
