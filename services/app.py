@@ -30,6 +30,7 @@ from ledger.ports import ConsentView, ConsistencyToken, Ledger, Stream
 from ledger.state import CampaignHistory, SubscriberState
 from services.errors import FailedPrecondition
 from services.freshness import FreshnessGuard
+from services.read_batcher import ReadBatcher
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -81,10 +82,12 @@ class ConsentApp:
         self.view = view
         self.guard = guard
         self.clock = clock
+        self.reads = ReadBatcher(view)
         # Campaign histories, valid while the campaign stream's applied positions (as
         # the guard last observed them) stay the same: any campaign write moves them.
         self._histories: dict[tuple[str, str], CampaignHistory] = {}
         self._histories_at: tuple[tuple[int, int], ...] | None = None
+        self._histories_token: ConsistencyToken | None = None
 
     # ---- writes -------------------------------------------------------------------------
 
@@ -200,7 +203,7 @@ class ConsentApp:
             d = deny(Reason.NOT_CONSISTENT, "the read model is behind the ledger; try again")
             return BatchResult([d] * len(numbers), read_at)
         asked = {n for n in numbers if n}
-        digests = await self.view.digests(brand, list(asked))
+        digests = await self.reads.digests(brand, list(asked))
         unknown = [i for i, n in enumerate(numbers) if n not in digests]
         if unknown:
             for i in unknown:  # raises INVALID_ARGUMENT for a number that is not one
@@ -210,7 +213,7 @@ class ConsentApp:
                 if not await self._fresh(missing, None):
                     d = deny(Reason.NOT_CONSISTENT, "the read model is behind the ledger")
                     return BatchResult([d] * len(numbers), read_at)
-                digests.update(await self.view.digests(brand, missing))
+                digests.update(await self.reads.digests(brand, missing))
             for i in unknown:  # no fact about the number towards this brand
                 n = numbers[i]
                 if n not in digests:
@@ -231,10 +234,14 @@ class ConsentApp:
     async def _history(
         self, brand: str, campaign: str, read_at: ConsistencyToken
     ) -> CampaignHistory:
-        at = tuple(sorted((p, o) for (s, p), o in read_at.offsets.items() if s is Stream.CAMPAIGNS))
-        if at != self._histories_at:
-            self._histories.clear()
-            self._histories_at = at
+        if read_at is not self._histories_token:  # the guard keeps one token per observation
+            self._histories_token = read_at
+            at = tuple(
+                sorted((p, o) for (s, p), o in read_at.offsets.items() if s is Stream.CAMPAIGNS)
+            )
+            if at != self._histories_at:
+                self._histories.clear()
+                self._histories_at = at
         history = self._histories.get((brand, campaign))
         if history is None:
             history = await self.view.campaign_history(brand, campaign)
