@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from ledger.campaigns import Campaign, CampaignPolicy
@@ -52,9 +53,14 @@ from ledger.state import SubscriberState
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
+@lru_cache(maxsize=4096)
+def _is_name(value: str) -> bool:
+    return _NAME.match(value) is not None
+
+
 def check_name(value: str, field_name: str) -> str:
     """Brand and campaign ids: short, lower-case, stable (they key the ledger)."""
-    if not _NAME.match(value or ""):
+    if not _is_name(value or ""):
         raise InvalidRequest(
             field_name, "must be 1-64 chars of a-z, 0-9, '.', '_' or '-', starting alphanumeric"
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
@@ -275,6 +276,15 @@ class CampaignHistory:
 
     def as_of(self, t_world: datetime, t_known: datetime | None = None) -> Campaign | None:
         """The rules in force at ``t_world`` as the ledger knew them at ``t_known``."""
+        if t_known is None and self.versions and t_world >= self.versions[-1].at:
+            return self._latest  # the common question: the rules in force now
+        return self._as_of(t_world, t_known)
+
+    @cached_property
+    def _latest(self) -> Campaign | None:
+        return self._as_of(self.versions[-1].at, None)
+
+    def _as_of(self, t_world: datetime, t_known: datetime | None) -> Campaign | None:
         known = [
             (i, f)
             for i, f in enumerate(self.versions)

@@ -53,6 +53,8 @@ class FreshnessGuard:
         self._ends: dict[Stream, dict[int, int]] = {}
         self._applied: dict[Stream, dict[int, int]] = {}
         self._observed_at = float("-inf")
+        self._caught_up = False
+        """At the last observation, the view had applied every partition up to its end."""
         self._applied_token = ConsistencyToken({})
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -72,6 +74,11 @@ class FreshnessGuard:
         ends = {s: await self._ledger.end_offsets(s) for s in Stream}
         applied = {s: await self._view.positions(s) for s in Stream}
         self._ends, self._applied, self._observed_at = ends, applied, started
+        self._caught_up = all(
+            applied.get(stream, {}).get(p, 0) >= offset
+            for stream, partitions in ends.items()
+            for p, offset in partitions.items()
+        )
         self._applied_token = ConsistencyToken(
             {
                 (stream, p): offset
@@ -118,6 +125,11 @@ class FreshnessGuard:
     async def wait_for_phones(self, phones: list[str]) -> bool:
         """True once the view has applied the phones' partitions up to their observed
         ends, and the campaign stream up to its end."""
+        if (
+            self._caught_up
+            and self._monotonic() - self._observed_at <= self._settings.max_observation_age
+        ):
+            return True  # every partition is, so the phones' partitions are too
         ends = self._ends.get(Stream.SUBSCRIBERS, {})
         partitions: set[int | None] = set(ends)
         if len(phones) <= _HASH_AT_MOST:

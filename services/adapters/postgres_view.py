@@ -121,16 +121,26 @@ INSERT INTO sender_number (number, brand, campaign, since) VALUES ($1, $2, $3, $
 
 
 async def read_pool(dsn: str | None, *, min_size: int = 2, max_size: int = 8) -> asyncpg.Pool:
-    """A pool for ``PostgresConsentView``'s CanSend reads.
+    """A pool for ``PostgresConsentView``'s CanSend reads, tuned for them.
 
-    asyncpg resets a connection's session (``RESET ALL``, ``UNLISTEN *``, unlocking
-    advisory locks) when it goes back to a pool: one more round trip to the server
-    per read. The reads on this pool are single statements that change no session
-    state, so only what asyncpg does locally (rolling back a transaction left open,
-    which they never leave) is kept. Use it for nothing else.
+    * asyncpg resets a connection's session (``RESET ALL``, ``UNLISTEN *``,
+      unlocking advisory locks) when it goes back to a pool: one more round trip
+      per read. These reads are single statements that change no session state, so
+      only what asyncpg does locally (rolling back a transaction left open, which
+      they never leave) is kept.
+    * PostgreSQL plans a prepared statement afresh on each run while it judges a
+      custom plan cheaper, and for a lookup by primary key the planning costs more
+      than the lookup. These statements have one good plan whatever the numbers
+      (the primary key), so the connections use generic plans: planned once.
+
+    Use it for nothing else.
     """
     return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, reset=_no_session_state
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        reset=_no_session_state,
+        server_settings={"plan_cache_mode": "force_generic_plan"},
     )
 
 

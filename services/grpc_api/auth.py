@@ -45,9 +45,17 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+_KNOWN_TOKENS = 1024
+"""How many recently seen tokens keep their principal in memory (see ``authenticate``)."""
+
+
 class TokenAuthenticator:
     def __init__(self, principals: Mapping[str, Principal]) -> None:
         self._by_digest = dict(principals)
+        # Tokens that authenticated, so a caller's every call need not hash its token
+        # again. Only known tokens are kept (a flood of made-up ones cannot grow it),
+        # and it is emptied when full.
+        self._known: dict[str, Principal] = {}
 
     @staticmethod
     def from_file(path: Path) -> TokenAuthenticator:
@@ -71,9 +79,16 @@ class TokenAuthenticator:
         scheme, _, token = text.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("authorization", "expected 'Bearer <token>'")
-        digest = token_digest(token.strip())
+        token = token.strip()
+        principal = self._known.get(token)
+        if principal is not None:
+            return principal
+        digest = token_digest(token)
         for known, principal in self._by_digest.items():
             if hmac.compare_digest(known, digest):
+                if len(self._known) >= _KNOWN_TOKENS:
+                    self._known.clear()
+                self._known[token] = principal
                 return principal
         raise Unauthenticated("authorization", "unknown token")
 

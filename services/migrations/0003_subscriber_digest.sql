@@ -6,3 +6,8 @@
 -- existed (NULL), or in a format the service does not know, are answered from the
 -- snapshot. A rebuild writes it for every row.
 ALTER TABLE subscriber_state ADD COLUMN digest bytea;
+
+-- Reads find a row by (phone, brand), the primary key, and nothing reads by brand
+-- alone. The index on brand only misled the planner: for a batch of numbers it
+-- scanned every row of the brand instead of looking each number up.
+DROP INDEX subscriber_state_brand;

@@ -271,9 +271,17 @@ def _decision_fields(decision: Decision) -> dict[str, Any]:
 
 
 def decision_to_proto(decision: Decision, consistency_token: str = "") -> api_pb2.CanSendResponse:
-    return api_pb2.CanSendResponse(
-        **_decision_fields(decision), consistency_token=consistency_token
-    )
+    # Filled field by field: quicker than keyword construction in the upb runtime.
+    response = api_pb2.CanSendResponse()
+    response.allowed = decision.allowed
+    response.reason = REASONS.to_proto(decision.reason)
+    if decision.obligations:
+        response.obligations.extend(OBLIGATIONS.to_proto(o) for o in decision.obligations)
+    response.detail = decision.detail
+    response.evidence_event_ids.extend(decision.evidence)
+    response.policy_version = decision.policy_version
+    response.consistency_token = consistency_token
+    return response
 
 
 def decision_to_as_of_proto(

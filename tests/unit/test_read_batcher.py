@@ -49,13 +49,30 @@ async def view() -> RecordingView:
     return view
 
 
-async def test_reads_asked_together_share_one_query_and_get_their_own_answers(view):
+async def test_an_idle_batcher_reads_at_once(view):
     batcher = ReadBatcher(view)
+
+    answer = await batcher.digests("acme", [PHONES[0]])
+
+    assert view.queries == [("acme", [PHONES[0]])]
+    assert answer == await InMemoryConsentView.digests(view, "acme", [PHONES[0]])
+
+
+async def test_reads_that_wait_share_one_query_and_get_their_own_answers(view):
+    batcher = ReadBatcher(view, max_in_flight=2)
+    view.gate = asyncio.Event()
     asked = [[p] for p in PHONES[:10]] + [[PHONES[35]]]  # the last is unknown to acme
+    reads = [asyncio.ensure_future(batcher.digests("acme", phones)) for phones in asked]
+    await asyncio.sleep(0.01)
+    view.gate.set()
 
-    answers = await asyncio.gather(*(batcher.digests("acme", phones) for phones in asked))
+    answers = await asyncio.gather(*reads)
 
-    assert view.queries == [("acme", sorted([*PHONES[:10], PHONES[35]]))]
+    assert view.queries == [
+        ("acme", [PHONES[0]]),  # the two slots
+        ("acme", [PHONES[1]]),
+        ("acme", sorted([*PHONES[2:10], PHONES[35]])),  # everything that waited, at once
+    ]
     assert [sorted(a) for a in answers] == [[p] for p in PHONES[:10]] + [[]]
     expected = await InMemoryConsentView.digests(view, "acme", PHONES[:10])
     assert {p: d for a in answers for p, d in a.items()} == expected
@@ -90,30 +107,35 @@ async def test_brands_never_share_a_query(view):
 
 
 async def test_a_failed_query_fails_every_read_that_shared_it(view):
-    batcher = ReadBatcher(view)
+    batcher = ReadBatcher(view, max_in_flight=1)
+    view.gate = asyncio.Event()
     view.error = RuntimeError("the database fell over")
+    reads = [asyncio.ensure_future(batcher.digests("acme", [p])) for p in PHONES[:4]]
+    await asyncio.sleep(0.01)
+    view.gate.set()
 
-    results: list[Any] = await asyncio.gather(
-        *(batcher.digests("acme", [p]) for p in PHONES[:3]), return_exceptions=True
-    )
+    results: list[Any] = await asyncio.gather(*reads, return_exceptions=True)
 
-    assert [type(r) for r in results] == [RuntimeError] * 3
+    assert len(view.queries) == 2  # the one in the slot, then the three that waited
+    assert [type(r) for r in results] == [RuntimeError] * 4
+    view.gate = None
     view.error = None
     assert list(await batcher.digests("acme", [PHONES[0]])) == [PHONES[0]]  # and it recovers
 
 
 async def test_a_caller_that_gives_up_does_not_spoil_the_others(view):
-    batcher = ReadBatcher(view)
+    batcher = ReadBatcher(view, max_in_flight=1)
     view.gate = asyncio.Event()
     reads = [asyncio.ensure_future(batcher.digests("acme", [p])) for p in PHONES[:3]]
     await asyncio.sleep(0.01)
-    reads[1].cancel()
+    reads[1].cancel()  # waiting to share a query with reads[2]
     view.gate.set()
 
     results = await asyncio.gather(*reads, return_exceptions=True)
 
     assert isinstance(results[1], asyncio.CancelledError)
     assert list(results[0]) == [PHONES[0]] and list(results[2]) == [PHONES[2]]
+    assert batcher.queries == 2
 
 
 async def test_a_big_read_goes_straight_to_the_view(view):
