@@ -36,6 +36,7 @@ from consent.v1 import consent_service_pb2 as api_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench import client
+from bench.cpu import cpu_seconds, postgres_pids
 from bench.infra import CHECK_TOKEN, REPO_ROOT, Infra, ServerGroup
 from bench.phones import phones as make_phones
 from bench.seed import BRAND, CAMPAIGN, REVOKE_EVERY, Plan, recorded_for, reference_time, seed
@@ -63,6 +64,12 @@ class Row:
     base: client.Result
     svc: client.Result
     per_call: int = 1
+    base_cpu: float = float("nan")
+    """Server CPU microseconds per echo call."""
+    svc_cpu: float = float("nan")
+    """Server CPU microseconds per service call."""
+    pg_cpu: float = float("nan")
+    """PostgreSQL CPU microseconds per service call."""
 
     def line(self) -> str:
         ratio = self.svc.qps / self.base.qps if self.base.qps else float("nan")
@@ -72,14 +79,16 @@ class Row:
             f"| {self.base.qps:,.0f} | {ms(self.base.percentile(0.5))} "
             f"| {ms(self.base.percentile(0.99))} "
             f"| {self.svc.qps:,.0f} | {ms(self.svc.percentile(0.5))} "
-            f"| {ms(self.svc.percentile(0.99))} | {checks} | {ratio:.1%} |"
+            f"| {ms(self.svc.percentile(0.99))} | {checks} | {ratio:.1%} "
+            f"| {self.base_cpu:,.0f} | {self.svc_cpu:,.0f} | {self.pg_cpu:,.0f} |"
         )
 
 
 HEADER = (
     "| server | phase | conc. | echo QPS | echo p50 ms | echo p99 ms "
-    "| service QPS | p50 ms | p99 ms | checks/s | service / echo |\n"
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| service QPS | p50 ms | p99 ms | checks/s | service / echo "
+    "| echo CPU µs/call | service CPU µs/call | PostgreSQL CPU µs/call |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -203,16 +212,27 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def measure(load: client.Load, label: str) -> client.Result:
+def measure(
+    load: client.Load, label: str, servers: ServerGroup | None = None
+) -> tuple[client.Result, float, float]:
+    """Run ``load``; also the CPU microseconds per call that the ``servers`` and
+    PostgreSQL spent over the whole run (warm-up included, so approximate)."""
+    pids = [p.pid for p in servers.procs] if servers is not None else []
+    postgres = postgres_pids()
+    started, server0, pg0 = time.perf_counter(), cpu_seconds(pids), cpu_seconds(postgres)
     result = client.run(load)
+    calls = result.qps * (time.perf_counter() - started)
+    server_cpu = (cpu_seconds(pids) - server0) / calls * 1e6 if calls else float("nan")
+    pg_cpu = (cpu_seconds(postgres) - pg0) / calls * 1e6 if calls else float("nan")
     note = f", {result.errors} errors ({result.first_error})" if result.errors else ""
     say(
         f"  {label:<34} c={load.concurrency:<3} {result.qps:>9,.0f}/s  "
-        f"p50 {ms(result.percentile(0.5))} ms  p99 {ms(result.percentile(0.99))} ms{note}"
+        f"p50 {ms(result.percentile(0.5))} ms  p99 {ms(result.percentile(0.99))} ms  "
+        f"CPU/call: server {server_cpu:,.0f} µs, PostgreSQL {pg_cpu:,.0f} µs{note}"
     )
     if result.errors:
         raise RuntimeError(f"{label}: {result.errors} calls failed: {result.first_error}")
-    return result
+    return result, server_cpu, pg_cpu
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -270,18 +290,26 @@ async def main_async(args: argparse.Namespace) -> int:
                 (f"CanSendBatch x{BATCH}", args.batch_concurrency, ECHO_BATCH, CANSEND_BATCH,
                  batches, BATCH),
             ]  # fmt: skip
-            base: dict[int, client.Result] = {}
+            base: dict[int, tuple[client.Result, float, float]] = {}
             with ServerGroup("echo", config.loop, config.processes, []) as echo:
                 for i, (phase, conc, echo_method, _, reqs, _) in enumerate(phases):
-                    base[i] = measure(load(echo.address, echo_method, reqs, conc), f"echo {phase}")
+                    base[i] = measure(
+                        load(echo.address, echo_method, reqs, conc), f"echo {phase}", echo
+                    )
             with ServerGroup("consent", config.loop, config.processes, consent_args) as svc:
                 # Let the projectors' consumer group settle before anything is timed.
                 await asyncio.sleep(args.settle)
                 reasons = await verify_answers(svc.address, phones, at)
                 say(f"  answers checked: {reasons}")
                 for i, (phase, conc, _, method, reqs, per_call) in enumerate(phases):
-                    result = measure(load(svc.address, method, reqs, conc), phase)
-                    rows.append(Row(config.name, phase, conc, base[i], result, per_call))
+                    result, svc_cpu, pg_cpu = measure(
+                        load(svc.address, method, reqs, conc), phase, svc
+                    )
+                    echo_result, echo_cpu, _ = base[i]
+                    rows.append(
+                        Row(config.name, phase, conc, echo_result, result, per_call,
+                            echo_cpu, svc_cpu, pg_cpu)
+                    )  # fmt: skip
                     if per_call > 1:
                         say(f"  {'':<34} {result.qps * per_call:>15,.0f} checks/s")
 
@@ -344,6 +372,11 @@ def report(
                 "echo": res(r.base, r.per_call),
                 "service": res(r.svc, r.per_call),
                 "ratio": r.svc.qps / r.base.qps if r.base.qps else None,
+                "cpu_us_per_call": {
+                    "echo_server": r.base_cpu,
+                    "service_server": r.svc_cpu,
+                    "postgres": r.pg_cpu,
+                },
             }
             for r in rows
         ],

@@ -1,0 +1,42 @@
+"""CPU time of processes, from /proc: where a phase's cycles went, per call.
+
+The machines are small and shared: the client, the server, PostgreSQL and Kafka
+all run on the same cores, so a throughput ratio alone does not say who paid for
+a call. The bench reads the CPU time of the server processes and of PostgreSQL
+before and after each phase and reports it per completed call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User plus system CPU time of ``pids`` (all their threads); gone ones count 0."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def postgres_pids() -> list[int]:
+    """Every process whose program is PostgreSQL (the server and its backends)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv0 = (entry / "cmdline").read_bytes().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        if argv0.endswith(b"/postgres") or argv0.startswith(b"postgres:"):
+            found.append(int(entry.name))
+    return found
