@@ -36,7 +36,7 @@ from consent.v1 import consent_service_pb2 as api_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench import client
-from bench.cpu import cpu_seconds, postgres_pids
+from bench.cpu import cpu_seconds, postgres_pids, spent
 from bench.infra import CHECK_TOKEN, REPO_ROOT, Infra, ServerGroup
 from bench.phones import phones as make_phones
 from bench.seed import BRAND, CAMPAIGN, REVOKE_EVERY, Plan, recorded_for, reference_time, seed
@@ -154,9 +154,11 @@ def build_requests(
 
 
 async def verify_view(dsn: str, plan: Plan, rng: random.Random) -> int:
-    """The view's state of sampled phones equals the fold of their events."""
+    """The view's state and digest of sampled phones are the fold of their events
+    and its digest."""
     import asyncpg
 
+    from ledger.digest import digest_of
     from ledger.state import SubscriberState, fold
     from services.adapters.postgres_view import PostgresConsentView
 
@@ -166,13 +168,17 @@ async def verify_view(dsn: str, plan: Plan, rng: random.Random) -> int:
     sample = rng.sample(sorted(by_phone), min(300, len(by_phone)))
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
-        states = await PostgresConsentView(pool).subscriber_states(BRAND, sample)
+        view = PostgresConsentView(pool)
+        states = await view.subscriber_states(BRAND, sample)
+        digests = await view.digests(BRAND, sample)
     finally:
         await pool.close()
     for phone in sample:
         expected = fold(by_phone[phone], SubscriberState(phone=phone, brand=BRAND))
         if states[phone] != expected:
             raise AssertionError(f"the view's state of {phone} is not the fold of its events")
+        if digests.get(phone) != digest_of(expected):
+            raise AssertionError(f"the view's digest of {phone} is not its state's digest")
     return len(sample)
 
 
@@ -218,12 +224,12 @@ def measure(
     """Run ``load``; also the CPU microseconds per call that the ``servers`` and
     PostgreSQL spent over the whole run (warm-up included, so approximate)."""
     pids = [p.pid for p in servers.procs] if servers is not None else []
-    postgres = postgres_pids()
-    started, server0, pg0 = time.perf_counter(), cpu_seconds(pids), cpu_seconds(postgres)
+    started = time.perf_counter()
+    server0, pg0 = cpu_seconds(pids), cpu_seconds(postgres_pids())
     result = client.run(load)
     calls = result.qps * (time.perf_counter() - started)
-    server_cpu = (cpu_seconds(pids) - server0) / calls * 1e6 if calls else float("nan")
-    pg_cpu = (cpu_seconds(postgres) - pg0) / calls * 1e6 if calls else float("nan")
+    server_cpu = spent(server0, cpu_seconds(pids)) / calls * 1e6 if calls else float("nan")
+    pg_cpu = spent(pg0, cpu_seconds(postgres_pids())) / calls * 1e6 if calls else float("nan")
     note = f", {result.errors} errors ({result.first_error})" if result.errors else ""
     say(
         f"  {label:<34} c={load.concurrency:<3} {result.qps:>9,.0f}/s  "
@@ -252,10 +258,11 @@ async def main_async(args: argparse.Namespace) -> int:
         say(
             f"  seeded {seeded.subscribers:,} subscribers ({seeded.events:,} events) in "
             f"{seeded.seconds:.1f} s with {seeded.workers} processes: "
-            f"{seeded.subscribers / seeded.seconds:,.0f} subscribers/s"
+            f"{seeded.subscribers / seeded.seconds:,.0f} subscribers/s; "
+            f"then VACUUM (ANALYZE) in {seeded.vacuum_seconds:.1f} s"
         )
         checked = await verify_view(infra.dsn, plan, rng)
-        say(f"  view == fold of the events for {checked} sampled phones")
+        say(f"  view == fold of the events (state and digest) for {checked} sampled phones")
         phones = make_phones(plan.count)
         unary, batches = build_requests(phones, at, rng)
         consent_args = [

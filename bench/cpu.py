@@ -15,16 +15,22 @@ from pathlib import Path
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_seconds(pids: Iterable[int]) -> float:
-    """User plus system CPU time of ``pids`` (all their threads); gone ones count 0."""
-    total = 0
+def cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
+    """User plus system CPU seconds of each of ``pids`` (all its threads) that runs."""
+    found = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / _TICK
+        found[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+    return found
+
+
+def spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two readings by the processes alive at the second
+    (a process that ended in between is left out; one that started counts whole)."""
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
 
 
 def postgres_pids() -> list[int]:
