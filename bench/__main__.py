@@ -336,13 +336,17 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def goals(rows: list[Row]) -> None:
+    # Met only where every unary row meets it: one row can pass on a baseline that
+    # a noisy neighbour slowed down.
     unary = [r for r in rows if r.per_call == 1]
-    best = max(unary, key=lambda r: r.svc.qps / r.base.qps)
-    ratio = best.svc.qps / best.base.qps
-    met = "met" if ratio >= 0.85 else "NOT met"
+    ratios = sorted((r.svc.qps / r.base.qps, r) for r in unary if r.base.qps)
+    passing = sum(1 for ratio, _ in ratios if ratio >= 0.85)
+    met = "met" if ratios and passing == len(ratios) else "NOT met"
+    worst, best = ratios[0], ratios[-1]
     say(
-        f"goal CanSend >= 85% of echo: {met} (best {ratio:.1%}: {best.config}, "
-        f"c={best.concurrency}, {best.svc.qps:,.0f} vs {best.base.qps:,.0f} calls/s)"
+        f"goal CanSend >= 85% of echo: {met} in {passing} of {len(ratios)} rows "
+        f"({worst[0]:.1%} to {best[0]:.1%}; best {best[1].config}, c={best[1].concurrency}, "
+        f"{best[1].svc.qps:,.0f} vs {best[1].base.qps:,.0f} calls/s)"
     )
     batch = max((r for r in rows if r.per_call > 1), key=lambda r: r.svc.qps)
     checks = batch.svc.qps * batch.per_call
