@@ -91,3 +91,30 @@ async def test_an_opt_in_for_an_undefined_campaign_writes_nothing(app):
         )
     assert err.value.field == "campaign"
     assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == {0: 0, 1: 0, 2: 0, 3: 0}
+
+
+async def test_a_batch_reads_numbers_written_another_way_as_their_canonical_form(app):
+    await app.record(define())
+    granted = await app.record(
+        RecordOptIn(
+            "r-canonical",
+            PHONE,
+            BRAND,
+            "promo",
+            ConsentTier.PROMOTIONAL,
+            CollectionMethod.WEB_FORM,
+            proof(at(0)),
+            at(0),
+        )
+    )
+    # PHONE is +14155552671; neither entry below is written in E.164, and the
+    # canonical form is nowhere in the batch: the numbers are looked up again.
+    phones = ["+1 (415) 555-2671", "+1 212 555 1234", "+1-415-555-2671"]
+
+    batch = await app.can_send_batch(phones, BRAND, "promo", token=granted.token)
+
+    assert [d.reason for d in batch.decisions] == [
+        Reason.CONSENT_ACTIVE,
+        Reason.NO_CONSENT,
+        Reason.CONSENT_ACTIVE,
+    ]
