@@ -68,11 +68,14 @@ async def test_reads_that_wait_share_one_query_and_get_their_own_answers(view):
 
     answers = await asyncio.gather(*reads)
 
-    assert view.queries == [
-        ("acme", [PHONES[0]]),  # the two slots
-        ("acme", [PHONES[1]]),
-        ("acme", sorted([*PHONES[2:10], PHONES[35]])),  # everything that waited, at once
-    ]
+    assert (
+        view.queries
+        == [
+            ("acme", [PHONES[0]]),  # the two slots
+            ("acme", [PHONES[1]]),
+            ("acme", sorted([*PHONES[2:10], PHONES[35]])),  # everything that waited, at once
+        ]
+    )
     assert [sorted(a) for a in answers] == [[p] for p in PHONES[:10]] + [[]]
     expected = await InMemoryConsentView.digests(view, "acme", PHONES[:10])
     assert {p: d for a in answers for p, d in a.items()} == expected
