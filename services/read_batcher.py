@@ -37,7 +37,7 @@ class ReadBatcher:
         self._waiting: dict[str, list[Waiter]] = {}
         self._in_flight = 0
         self._scheduled = False
-        self._reads: set[asyncio.Task[None]] = set()
+        self._reads: set[asyncio.Task[None]] = set()  # strong references while they run
         self.queries = 0
         """How many queries the batcher has sent (for tests and metrics)."""
 
@@ -96,7 +96,3 @@ class ReadBatcher:
         for asked, answer in waiters:
             if not answer.done():  # its caller may have given up
                 answer.set_result({phone: found[phone] for phone in asked if phone in found})
-
-    async def close(self) -> None:
-        """Wait for the reads already started (a shutdown)."""
-        await asyncio.gather(*self._reads, return_exceptions=True)
