@@ -40,6 +40,19 @@ async def app():
             await projector
 
 
+def opt_in(request_id: str) -> RecordOptIn:
+    return RecordOptIn(
+        request_id,
+        PHONE,
+        BRAND,
+        "promo",
+        ConsentTier.PROMOTIONAL,
+        CollectionMethod.WEB_FORM,
+        proof(at(0)),
+        at(0),
+    )
+
+
 def define(request_id: str = "define-promo") -> DefineCampaign:
     return DefineCampaign(request_id, BRAND, "promo", CampaignPolicy(), at(0) - timedelta(days=1))
 
@@ -54,18 +67,7 @@ async def test_a_retry_that_overtakes_the_projection_is_still_a_retry(app):
 
 async def test_opt_in_then_check_then_opt_out_then_check(app):
     await app.record(define())
-    granted = await app.record(
-        RecordOptIn(
-            "r1",
-            PHONE,
-            BRAND,
-            "promo",
-            ConsentTier.PROMOTIONAL,
-            CollectionMethod.WEB_FORM,
-            proof(at(0)),
-            at(0),
-        )
-    )
+    granted = await app.record(opt_in("r1"))
     yes = await app.can_send(PHONE, BRAND, "promo", token=granted.token)
     assert yes.decision.allowed
     stop = await app.record(
@@ -95,18 +97,7 @@ async def test_an_opt_in_for_an_undefined_campaign_writes_nothing(app):
 
 async def test_a_batch_reads_numbers_written_another_way_as_their_canonical_form(app):
     await app.record(define())
-    granted = await app.record(
-        RecordOptIn(
-            "r-canonical",
-            PHONE,
-            BRAND,
-            "promo",
-            ConsentTier.PROMOTIONAL,
-            CollectionMethod.WEB_FORM,
-            proof(at(0)),
-            at(0),
-        )
-    )
+    granted = await app.record(opt_in("r-canonical"))
     # PHONE is +14155552671; neither entry below is written in E.164, and the
     # canonical form is nowhere in the batch: the numbers are looked up again.
     phones = ["+1 (415) 555-2671", "+1 212 555 1234", "+1-415-555-2671"]
