@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from ledger.events import Recorded
-from ledger.ports import ConsentView, ConsistencyToken, Ledger, Stream
+from ledger.ports import ConsentView, Ledger, Stream
 from services.adapters.kafka_ledger import recorded_from_record
 
 if TYPE_CHECKING:
@@ -82,32 +82,6 @@ async def rebuild(ledger: Ledger, view: ConsentView, *, batch_size: int = 5000) 
     """
     await view.reset()
     return await Projector(ledger, view).catch_up(batch_size=batch_size)
-
-
-async def wait_for(
-    view: ConsentView, token: ConsistencyToken, timeout: float, *, interval: float = 0.02
-) -> bool:
-    """True once ``view`` has applied everything ``token`` names; False after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    wanted: dict[Stream, dict[int, int]] = {}
-    for (stream, partition), offset in token.offsets.items():
-        wanted.setdefault(stream, {})[partition] = offset
-    while True:
-        if await _has_applied(view, wanted):
-            return True
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            return False
-        await asyncio.sleep(min(interval, remaining))
-
-
-async def _has_applied(view: ConsentView, wanted: dict[Stream, dict[int, int]]) -> bool:
-    for stream, offsets in wanted.items():
-        applied = await view.positions(stream)
-        if any(applied.get(p, 0) < offset for p, offset in offsets.items()):
-            return False
-    return True
 
 
 async def lag(view: ConsentView, ledger: Ledger, stream: Stream) -> dict[int, int]:

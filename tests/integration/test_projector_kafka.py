@@ -20,8 +20,9 @@ from ledger.ports import ConsistencyToken, Stream
 from services.adapters.kafka_ledger import KafkaLedger, KafkaLedgerSettings
 from services.adapters.migrations import migrate
 from services.adapters.postgres_view import PROJECTION_TABLES, PostgresConsentView
-from services.projector import KafkaProjector, lag, rebuild, wait_for
+from services.projector import KafkaProjector, lag, rebuild
 from tests.conformance.view_suite import expected_states, generate_events
+from tests.integration.waiting import wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 

@@ -18,8 +18,9 @@ from ledger.ports import ConsentView, ConsistencyToken, Stream
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.migrations import migrate
 from services.adapters.postgres_view import PROJECTION_TABLES, PostgresConsentView
-from services.projector import Projector, lag, rebuild, wait_for
+from services.projector import Projector, lag, rebuild
 from tests.conformance.view_suite import expected_states, generate_events
+from tests.integration.waiting import wait_for
 
 pytestmark = pytest.mark.postgres
 

@@ -1,0 +1,38 @@
+"""Waiting for a view to apply a token, by polling its positions: for tests.
+
+The service itself waits through ``services.freshness.FreshnessGuard``, which
+needs a running guard; a test that drives a projector and a view directly waits
+with ``wait_for``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ledger.ports import ConsentView, ConsistencyToken, Stream
+
+
+async def wait_for(
+    view: ConsentView, token: ConsistencyToken, timeout: float, *, interval: float = 0.02
+) -> bool:
+    """True once ``view`` has applied everything ``token`` names; False after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    wanted: dict[Stream, dict[int, int]] = {}
+    for (stream, partition), offset in token.offsets.items():
+        wanted.setdefault(stream, {})[partition] = offset
+    while True:
+        if await _has_applied(view, wanted):
+            return True
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        await asyncio.sleep(min(interval, remaining))
+
+
+async def _has_applied(view: ConsentView, wanted: dict[Stream, dict[int, int]]) -> bool:
+    for stream, offsets in wanted.items():
+        applied = await view.positions(stream)
+        if any(applied.get(p, 0) < offset for p, offset in offsets.items()):
+            return False
+    return True
