@@ -416,6 +416,7 @@ def profile(
                 client.Load(group.address, method, reqs, METADATA, conc, args.duration,
                             warmup=args.warmup, processes=args.client_procs),
                 phase,
+                group,
             )  # fmt: skip
         p = pstats.Stats(f"{target}.0")
         say(f"-- top functions by own time ({target}.0)")
