@@ -178,16 +178,6 @@ def latest_revocation(digest: Digest, c: CampaignDigest) -> tuple[Mark, bool] | 
     return (brand, True)
 
 
-_ZONE_CACHE: dict[str, ZoneInfo] = {}
-
-
-def _zone(name: str) -> ZoneInfo:
-    zone = _ZONE_CACHE.get(name)
-    if zone is None:
-        zone = _ZONE_CACHE[name] = ZoneInfo(name)
-    return zone
-
-
 def _obligations(non_marketing: bool, first: bool, reconfirm: bool) -> tuple[Obligation, ...]:
     found = {Obligation.IDENTIFY_SENDER}
     if first:
@@ -434,7 +424,7 @@ class Check:
             )
         # Several zones: the most restrictive wins, so every one of them must allow it.
         for zone in zones:
-            local = self.now.astimezone(_zone(zone))
+            local = self.now.astimezone(ZoneInfo(zone))
             if not policy.quiet_hours.allows(local.time()):
                 return deny(
                     Reason.QUIET_HOURS,
@@ -458,7 +448,7 @@ class Check:
                 )
         if policy.daily_cap is not None:
             for zone in digest.zones or ("UTC",):
-                tz = _zone(zone)
+                tz = ZoneInfo(zone)  # the library keeps one instance per key
                 today = self.now.astimezone(tz).date()
                 counted = [
                     s

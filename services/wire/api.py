@@ -259,37 +259,37 @@ def command_from_proto(request: Message) -> Command | HandleInboundMessage:
 # --- answers -> responses ---------------------------------------------------------
 
 
-def _decision_fields(decision: Decision) -> dict[str, Any]:
-    return {
-        "allowed": decision.allowed,
-        "reason": REASONS.to_proto(decision.reason),
-        "obligations": [OBLIGATIONS.to_proto(o) for o in decision.obligations],
-        "detail": decision.detail,
-        "evidence_event_ids": list(decision.evidence),
-        "policy_version": decision.policy_version,
-    }
+def _fill_decision(msg: Any, decision: Decision, reason: int, obligations: list[int]) -> None:
+    """Set a decision's fields on a response message, given the wire values of its
+    reason and obligations. Field by field: several times quicker in the upb
+    runtime than keyword construction, which counts for a 1,000-number batch."""
+    msg.allowed = decision.allowed
+    msg.reason = reason
+    if obligations:
+        msg.obligations.extend(obligations)
+    msg.detail = decision.detail
+    msg.evidence_event_ids.extend(decision.evidence)
+    msg.policy_version = decision.policy_version
+
+
+def _wire_values(decision: Decision) -> tuple[int, list[int]]:
+    return REASONS.to_proto(decision.reason), [
+        OBLIGATIONS.to_proto(o) for o in decision.obligations
+    ]
 
 
 def decision_to_proto(decision: Decision, consistency_token: str = "") -> api_pb2.CanSendResponse:
-    # Filled field by field: quicker than keyword construction in the upb runtime.
-    response = api_pb2.CanSendResponse()
-    response.allowed = decision.allowed
-    response.reason = REASONS.to_proto(decision.reason)
-    if decision.obligations:
-        response.obligations.extend(OBLIGATIONS.to_proto(o) for o in decision.obligations)
-    response.detail = decision.detail
-    response.evidence_event_ids.extend(decision.evidence)
-    response.policy_version = decision.policy_version
-    response.consistency_token = consistency_token
+    response = api_pb2.CanSendResponse(consistency_token=consistency_token)
+    _fill_decision(response, decision, *_wire_values(decision))
     return response
 
 
 def decision_to_as_of_proto(
     decision: Decision, consistency_token: str = ""
 ) -> api_pb2.CanSendAsOfResponse:
-    return api_pb2.CanSendAsOfResponse(
-        **_decision_fields(decision), consistency_token=consistency_token
-    )
+    response = api_pb2.CanSendAsOfResponse(consistency_token=consistency_token)
+    _fill_decision(response, decision, *_wire_values(decision))
+    return response
 
 
 def batch_to_proto(
@@ -297,39 +297,34 @@ def batch_to_proto(
 ) -> api_pb2.CanSendBatchResponse:
     """A ``CanSendBatchResponse``: one ``SendDecision`` per phone, in order.
 
-    The same as ``send_decision_to_proto`` for each, built for speed: entries are
-    added in place and filled field by field (several times quicker in the upb
-    runtime than keyword construction), and the wire values of the reason and
-    obligations are looked up once per distinct object (a batch shares them).
+    The same as ``send_decision_to_proto`` for each, with entries added in place,
+    and the wire values of the reason and obligations looked up once per distinct
+    object (a batch shares them).
     """
     response = api_pb2.CanSendBatchResponse(consistency_token=consistency_token)
     add = response.decisions.add
     reasons: dict[int, int] = {}
     obligations: dict[int, list[int]] = {}
     for phone, decision in zip(phones, decisions, strict=True):
+        reason = reasons.get(id(decision.reason))
+        if reason is None:
+            reason = reasons[id(decision.reason)] = REASONS.to_proto(decision.reason)
+        wire = obligations.get(id(decision.obligations))
+        if wire is None:
+            wire = obligations[id(decision.obligations)] = [
+                OBLIGATIONS.to_proto(o) for o in decision.obligations
+            ]
         entry = add()
         entry.phone = phone
-        entry.allowed = decision.allowed
-        key = id(decision.reason)
-        reason = reasons.get(key)
-        if reason is None:
-            reason = reasons[key] = REASONS.to_proto(decision.reason)
-        entry.reason = reason
-        if decision.obligations:
-            key = id(decision.obligations)
-            wire = obligations.get(key)
-            if wire is None:
-                wire = obligations[key] = [OBLIGATIONS.to_proto(o) for o in decision.obligations]
-            entry.obligations.extend(wire)
-        entry.detail = decision.detail
-        entry.evidence_event_ids.extend(decision.evidence)
-        entry.policy_version = decision.policy_version
+        _fill_decision(entry, decision, reason, wire)
     return response
 
 
 def send_decision_to_proto(phone: str, decision: Decision) -> api_pb2.SendDecision:
     """One entry of a ``CanSendBatchResponse``; ``phone`` as the client wrote it."""
-    return api_pb2.SendDecision(phone=phone, **_decision_fields(decision))
+    entry = api_pb2.SendDecision(phone=phone)
+    _fill_decision(entry, decision, *_wire_values(decision))
+    return entry
 
 
 def decision_from_proto(

