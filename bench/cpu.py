@@ -1,4 +1,5 @@
-"""CPU time of processes, from /proc: where a phase's cycles went, per call.
+"""CPU time and memory of processes, from /proc: where a phase's cycles went, per
+call, and what the servers hold.
 
 The machines are small and shared: the client, the server, PostgreSQL and Kafka
 all run on the same cores, so a throughput ratio alone does not say who paid for
@@ -31,6 +32,20 @@ def spent(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds spent between two readings by the processes alive at the second
     (a process that ended in between is left out; one that started counts whole)."""
     return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+
+
+def rss_bytes(pids: Iterable[int]) -> int:
+    """Resident memory of ``pids`` together (VmRSS; shared pages count in each)."""
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
 
 
 def postgres_pids() -> list[int]:

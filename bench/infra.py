@@ -112,6 +112,8 @@ class ServerGroup:
         self.kind, self.loop, self.count, self.extra = kind, loop, count, extra
         self.port = free_port()
         self.procs: list[subprocess.Popen[str]] = []
+        self.start_seconds = float("nan")
+        """From the first process's launch to the last one's READY."""
 
     @property
     def address(self) -> str:
@@ -119,6 +121,7 @@ class ServerGroup:
 
     def start(self, timeout: float = 90) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        started = time.perf_counter()
         # One at a time: the first creates the Kafka topics the others then find.
         for i in range(self.count):
             cmd = [sys.executable, "-m", "bench.server", self.kind, "--port", str(self.port),
@@ -137,6 +140,7 @@ class ServerGroup:
             if not line.startswith("READY") or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"bench server {self.kind} did not start: {line!r}")
+        self.start_seconds = time.perf_counter() - started
 
     def stop(self) -> None:
         for proc in self.procs:

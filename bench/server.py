@@ -115,6 +115,7 @@ async def _consent(
         freshness=FreshnessSettings(),
         shutdown_grace=1,
         projector_group=f"{args.prefix}projector",
+        cansend_reads=args.reads,
     )
     runtime = Runtime(settings)
     await runtime.start()
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="bench.")
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--tokens")
+    parser.add_argument("--reads", choices=["replica", "postgres"], default="replica")
     parser.add_argument("--profile", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from ledger.commands import (
     Command,
@@ -74,15 +75,27 @@ class ConsentSnapshot:
     token: ConsistencyToken = field(default_factory=lambda: ConsistencyToken({}))
 
 
+class DigestReads(Protocol):
+    async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]: ...
+
+
 class ConsentApp:
     def __init__(
-        self, ledger: Ledger, view: ConsentView, guard: FreshnessGuard, clock: Clock = utc_now
+        self,
+        ledger: Ledger,
+        view: ConsentView,
+        guard: FreshnessGuard,
+        clock: Clock = utc_now,
+        *,
+        reads: DigestReads | None = None,
     ) -> None:
+        """``reads`` answers CanSend's digests: a ``DigestReplica`` that ``guard``
+        watches, or by default the view itself, through a ``ReadBatcher``."""
         self.ledger = ledger
         self.view = view
         self.guard = guard
         self.clock = clock
-        self.reads = ReadBatcher(view)
+        self.reads: DigestReads = ReadBatcher(view) if reads is None else reads
         # Campaign histories, valid while the campaign stream's applied positions (as
         # the guard last observed them) stay the same: any campaign write moves them.
         self._histories: dict[tuple[str, str], CampaignHistory] = {}

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from ledger.ports import ConsentView, Ledger
+from services.adapters.digest_replica import DigestReplica
 from services.adapters.migrations import migrate
 from services.adapters.postgres_view import PostgresConsentView, read_pool
 from services.app import Clock, ConsentApp, utc_now
@@ -81,9 +82,13 @@ class Runtime:
         self.view = PostgresConsentView(self.pool, reads=self.reads)
         self.ledger = await self._build_ledger()
         await self._start_projector()
-        self.guard = FreshnessGuard(self.ledger, self.view, s.freshness)
+        replica = None
+        if s.cansend_reads == "replica":
+            replica = DigestReplica(self.pool, self.view)
+        # The guard watches what CanSend reads; its first observation loads the replica.
+        self.guard = FreshnessGuard(self.ledger, replica or self.view, s.freshness)
         await self.guard.start()
-        self.app = ConsentApp(self.ledger, self.view, self.guard, self.clock)
+        self.app = ConsentApp(self.ledger, self.view, self.guard, self.clock, reads=replica)
         tokens = s.tokens_file
         if tokens is None:
             tokens, self.dev_token = dev_token(s.data_dir)

@@ -18,8 +18,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from ledger.ports import ConsentView, ConsistencyToken, Ledger, Stream
+from ledger.ports import ConsistencyToken, Ledger, Stream
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,18 @@ class FreshnessSettings:
     """How long a read waits for the projection to catch up before it fails closed."""
 
 
+class Applied(Protocol):
+    """What the guard watches: the ``ConsentView`` that reads go to, or the
+    in-memory copy of it that answers them (``DigestReplica``)."""
+
+    async def positions(self, stream: Stream) -> dict[int, int]: ...
+
+
 class FreshnessGuard:
     def __init__(
         self,
         ledger: Ledger,
-        view: ConsentView,
+        view: Applied,
         settings: FreshnessSettings,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -33,6 +33,9 @@ class Settings:
     shutdown_grace: float = 10.0
     projector_group: str = "consent-projector"
     pool_size: int = 10
+    cansend_reads: str = "replica"
+    """Where CanSend reads digests: ``replica`` (a copy of them in memory, kept
+    current from PostgreSQL) or ``postgres`` (a query per call, shared under load)."""
 
     @staticmethod
     def from_env(env: Mapping[str, str] | None = None, *, embedded: bool = False) -> Settings:
@@ -59,6 +62,9 @@ class Settings:
                 replication_factor=int(number("CONSENT_KAFKA_REPLICATION_FACTOR", 3)),
                 min_insync_replicas=int(number("CONSENT_KAFKA_MIN_INSYNC_REPLICAS", 2)),
             )
+        reads = e.get("CONSENT_CANSEND_READS", "replica")
+        if reads not in ("replica", "postgres"):
+            raise SettingsError(f"CONSENT_CANSEND_READS must be replica or postgres, got {reads!r}")
         dsn = e.get("CONSENT_POSTGRES_DSN") or None
         if dsn is None and not embedded:
             raise SettingsError("CONSENT_POSTGRES_DSN is required (or run with --embedded)")
@@ -79,4 +85,5 @@ class Settings:
             shutdown_grace=number("CONSENT_SHUTDOWN_GRACE_S", 10),
             projector_group=e.get("CONSENT_PROJECTOR_GROUP", "consent-projector"),
             pool_size=int(number("CONSENT_POSTGRES_POOL_SIZE", 10)),
+            cansend_reads=reads,
         )

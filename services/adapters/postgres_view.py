@@ -152,6 +152,17 @@ def _load_state(phone: str, brand: str, snapshot: bytes) -> SubscriberState:
     return fold(decode_snapshot(snapshot), SubscriberState(phone=phone, brand=brand))
 
 
+def stored_digest(phone: str, brand: str, data: bytes | None, snapshot: bytes | None) -> Digest:
+    """The digest of a ``subscriber_state`` row, read as ``_READ_DIGESTS`` reads it:
+    the stored one, or, for a row written before digests or in another format
+    (then ``snapshot`` is given), the digest of its snapshot."""
+    digest = decode_digest(data)
+    if digest is None:
+        assert snapshot is not None, "the query returns the snapshot when the digest is unusable"
+        digest = digest_of(_load_state(phone, brand, snapshot))
+    return digest
+
+
 def _status_rows(
     state: SubscriberState, digest: Digest, updated_at: datetime
 ) -> list[tuple[Any, ...]]:
@@ -412,15 +423,12 @@ class PostgresConsentView(ConsentView):
         }
 
     async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
-        found: dict[str, Digest] = {}
-        for phone, data, snapshot in await self._reads.fetch(
-            _READ_DIGESTS, brand, list(phones), DIGEST_FORMAT
-        ):
-            digest = decode_digest(data)
-            if digest is None:  # written before digests, or in another format
-                digest = digest_of(_load_state(phone, brand, snapshot))
-            found[phone] = digest
-        return found
+        return {
+            phone: stored_digest(phone, brand, data, snapshot)
+            for phone, data, snapshot in await self._reads.fetch(
+                _READ_DIGESTS, brand, list(phones), DIGEST_FORMAT
+            )
+        }
 
     async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:
         rows = await self._pool.fetch(
@@ -462,7 +470,10 @@ class PostgresConsentView(ConsentView):
     async def reset(self) -> None:
         """Empty every projection table, for a rebuild from offset 0."""
         await self.settle()  # a write still in flight must not land after the truncate
-        await self._pool.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES)}")
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES)}")
+            # In-memory copies of the view (DigestReplica) load afresh when it moves.
+            await conn.execute("UPDATE projection_epoch SET epoch = epoch + 1")
         self._states.clear()
 
     async def table_dump(self, table: str) -> list[tuple[Any, ...]]:

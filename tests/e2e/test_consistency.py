@@ -9,6 +9,7 @@ fail closed instead of answering from stale state.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +18,7 @@ from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
 from ledger.ports import ConsistencyToken
+from services.adapters.digest_replica import DigestReplica
 from services.bootstrap import Runtime
 from tests.e2e.harness import client, define, kafka_settings, opt_in, service_settings, ts
 
@@ -31,8 +33,10 @@ def noon_in_los_angeles() -> datetime:
     return noon if noon > real else noon + timedelta(days=1)
 
 
-@pytest.fixture
-async def two_instances(tmp_path, postgres_dsn, kafka_bootstrap):
+@pytest.fixture(params=["replica", "postgres"])
+async def two_instances(request, tmp_path, postgres_dsn, kafka_bootstrap):
+    """Two instances on one ledger and view; CanSend reads the in-memory replica of
+    the view (the default) or PostgreSQL itself."""
     when = noon_in_los_angeles()
     prefix = f"cons-{uuid.uuid4().hex[:8]}."
     group = f"group-{uuid.uuid4().hex[:8]}"
@@ -45,9 +49,11 @@ async def two_instances(tmp_path, postgres_dsn, kafka_bootstrap):
             kafka=kafka_settings(kafka_bootstrap, prefix),
             group=group,
         )
+        settings = dataclasses.replace(settings, cansend_reads=request.param)
         runtime = Runtime(settings, clock=lambda: when)
         await runtime.start()
         runtimes.append(runtime)
+        assert isinstance(runtime.app.reads, DigestReplica) == (request.param == "replica")
     async with client(runtimes[0].address) as admin:
         w = await admin.DefineCampaign(define("acme", "promo", when - timedelta(days=1)))
     for runtime in runtimes:

@@ -1,0 +1,173 @@
+"""``DigestReplica``: the digests of ``PostgresConsentView``, held in the process.
+
+CanSend needs one thing per number: its digest (``ledger.digest``). Read from
+PostgreSQL, that is a query per call (or per shared read), and the query costs
+more CPU in the driver and the server than everything else the call does. The
+replica keeps every stored digest in memory, as the encoded bytes of the row, by
+brand and phone, and answers ``digests`` with dictionary lookups.
+
+It is a copy of the view at known positions, never a cache that may be stale in
+unknown ways:
+
+* ``load`` reads the subscriber stream's applied positions and every digest in
+  one REPEATABLE READ transaction, so the copy is the view exactly as it was at
+  those positions.
+* ``refresh`` reads, again in one snapshot, the positions now, and the digests of
+  every (phone, brand) that an event applied between the copy's positions and
+  those touched (the view's indexed copy of each event names them). It applies
+  them and moves the positions in one step, with no ``await`` in between, so a
+  reader never sees new digests with old positions or the reverse.
+* ``positions`` refreshes, then answers the copy's positions. The freshness
+  guard (``services.freshness``) observes the replica as it would the view, so a
+  read waits until the *copy* has reached the ledger end it observed, exactly as
+  it waits for the view, and fails closed the same way.
+* A rebuild empties the view and bumps ``projection_epoch`` (migration 0004), and
+  positions that went backwards mean the same; either makes the next refresh load
+  everything afresh, swapping the whole copy in at once.
+
+Memory: one ``bytes`` object and one phone string per (phone, brand), plus the
+dictionary slot; ``make bench`` measures the whole (BENCHMARKS.md). Set
+``CONSENT_CANSEND_READS=postgres`` to read PostgreSQL per call instead, for a view
+too big to hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import asyncpg
+
+from ledger.digest import Digest
+from ledger.ports import ConsentView, Stream
+from services.adapters.postgres_view import stored_digest
+from services.wire.digest import FORMAT as DIGEST_FORMAT
+from services.wire.digest import decode_digest, encode_digest
+
+_SUBSCRIBERS = Stream.SUBSCRIBERS.value
+
+_EPOCH_AND_POSITIONS = f"""
+SELECT (SELECT epoch FROM projection_epoch) AS epoch,
+       array(SELECT partition FROM projection_offset
+             WHERE stream = '{_SUBSCRIBERS}' ORDER BY partition) AS partitions,
+       array(SELECT next_offset FROM projection_offset
+             WHERE stream = '{_SUBSCRIBERS}' ORDER BY partition) AS offsets
+"""
+_ROW = """
+s.brand, s.phone, s.digest,
+CASE WHEN s.digest IS NULL OR get_byte(s.digest, 0) <> $1 THEN s.snapshot END AS snapshot
+"""
+_ALL_DIGESTS = f"SELECT {_ROW} FROM subscriber_state AS s"
+_CHANGED_DIGESTS = f"""
+SELECT {_ROW}
+FROM subscriber_state AS s
+JOIN (SELECT DISTINCT e.phone, e.brand
+      FROM ledger_event_copy AS e
+      JOIN unnest($2::integer[], $3::bigint[], $4::bigint[]) AS r(partition, first, stop)
+        ON e.partition = r.partition AND e."offset" >= r.first AND e."offset" < r.stop
+      WHERE e.stream = '{_SUBSCRIBERS}') AS changed USING (phone, brand)
+"""
+
+Row = tuple[str, str, bytes | None, bytes | None]
+
+
+class DigestReplica:
+    """``digests`` and ``positions`` of a ``PostgresConsentView``, from memory.
+
+    ``view`` answers the campaign stream's positions (campaign reads go to
+    PostgreSQL). ``pool`` is the caller's to close.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, view: ConsentView, *, chunk: int = 20_000) -> None:
+        self._pool = pool
+        self._view = view
+        self._chunk = chunk
+        self._digests: dict[str, dict[str, bytes]] = {}
+        self._positions: dict[int, int] = {}
+        self._epoch: int | None = None
+        self._lock = asyncio.Lock()
+        self.loads = 0
+        """How many times the whole view was read (for tests and metrics)."""
+
+    @property
+    def size(self) -> int:
+        """How many (phone, brand) digests the copy holds."""
+        return sum(len(phones) for phones in self._digests.values())
+
+    async def positions(self, stream: Stream) -> dict[int, int]:
+        """``ConsentView.positions`` of the copy: what its digests reflect."""
+        if stream is not Stream.SUBSCRIBERS:
+            return await self._view.positions(stream)
+        await self.refresh()
+        return dict(self._positions)
+
+    async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
+        """``ConsentView.digests`` as of ``positions``: unknown phones are left out."""
+        known = self._digests.get(brand)
+        if not known:
+            return {}
+        found: dict[str, Digest] = {}
+        for phone in phones:
+            data = known.get(phone)
+            if data is not None:
+                digest = decode_digest(data)
+                assert digest is not None, "the replica keeps only digests it can read"
+                found[phone] = digest
+        return found
+
+    async def refresh(self) -> None:
+        """Bring the copy up to the view's positions now (or load it, the first time
+        and after a rebuild)."""
+        async with self._lock:
+            # Most refreshes find nothing new: one statement says so.
+            epoch, partitions, offsets = await self._pool.fetchrow(_EPOCH_AND_POSITIONS)
+            if epoch == self._epoch and dict(zip(partitions, offsets, strict=True)) == dict(
+                self._positions
+            ):
+                return
+            await self._catch_up()
+
+    async def _catch_up(self) -> None:
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            epoch, partitions, offsets = await conn.fetchrow(_EPOCH_AND_POSITIONS)
+            positions = dict(zip(partitions, offsets, strict=True))
+            old = self._positions
+            if epoch != self._epoch or any(positions.get(p, 0) < o for p, o in old.items()):
+                fresh = await self._read_all(conn)
+                self._digests, self._positions, self._epoch = fresh, positions, epoch
+                self.loads += 1
+                return
+            moved = [
+                (p, old.get(p, 0), o) for p, o in sorted(positions.items()) if o > old.get(p, 0)
+            ]
+            if moved:
+                rows = await conn.fetch(
+                    _CHANGED_DIGESTS,
+                    DIGEST_FORMAT,
+                    [p for p, _, _ in moved],
+                    [first for _, first, _ in moved],
+                    [stop for _, _, stop in moved],
+                )
+                _store(self._digests, rows)
+            self._positions = positions
+
+    async def _read_all(self, conn: asyncpg.Connection) -> dict[str, dict[str, bytes]]:
+        digests: dict[str, dict[str, bytes]] = {}
+        cursor = await conn.cursor(_ALL_DIGESTS, DIGEST_FORMAT)
+        while rows := await cursor.fetch(self._chunk):
+            _store(digests, rows)
+        return digests
+
+
+def _store(digests: dict[str, dict[str, bytes]], rows: Sequence[asyncpg.Record]) -> None:
+    for brand, phone, data, snapshot in rows:
+        if snapshot is not None:  # no digest in the row, or one this code cannot read
+            data = encode_digest(stored_digest(phone, brand, data, snapshot))
+        phones = digests.get(brand)
+        if phones is None:
+            phones = digests[brand] = {}
+        assert data is not None
+        phones[phone] = data

@@ -1,0 +1,33 @@
+"""``Settings.from_env``: defaults, and a clear error naming a malformed variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.settings import Settings, SettingsError
+
+EMBEDDED: dict[str, str] = {}
+
+
+def test_cansend_reads_the_replica_by_default() -> None:
+    assert Settings.from_env(EMBEDDED, embedded=True).cansend_reads == "replica"
+
+
+def test_cansend_can_read_postgres_instead() -> None:
+    env = {"CONSENT_CANSEND_READS": "postgres"}
+    assert Settings.from_env(env, embedded=True).cansend_reads == "postgres"
+
+
+def test_an_unknown_read_mode_is_refused_by_name() -> None:
+    with pytest.raises(SettingsError, match="CONSENT_CANSEND_READS must be replica or postgres"):
+        Settings.from_env({"CONSENT_CANSEND_READS": "redis"}, embedded=True)
+
+
+def test_kafka_needs_its_bootstrap_servers() -> None:
+    with pytest.raises(SettingsError, match="CONSENT_KAFKA_BOOTSTRAP"):
+        Settings.from_env({"CONSENT_LEDGER": "kafka"}, embedded=True)
+
+
+def test_a_number_setting_that_is_not_a_number_is_refused_by_name() -> None:
+    with pytest.raises(SettingsError, match="CONSENT_FRESHNESS_WAIT_MS must be a number"):
+        Settings.from_env({"CONSENT_FRESHNESS_WAIT_MS": "soon"}, embedded=True)
