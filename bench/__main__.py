@@ -36,7 +36,7 @@ from consent.v1 import consent_service_pb2 as api_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench import client
-from bench.cpu import cpu_seconds, postgres_pids, rss_bytes, spent
+from bench.cpu import BusyMeter, cpu_seconds, postgres_pids, rss_bytes, spent
 from bench.infra import CHECK_TOKEN, REPO_ROOT, Infra, ServerGroup
 from bench.phones import phones as make_phones
 from bench.seed import BRAND, CAMPAIGN, REVOKE_EVERY, Plan, recorded_for, reference_time, seed
@@ -55,6 +55,9 @@ class Config:
     loop: str
     processes: int
     reads: str = "replica"
+    base_busy: float = float("nan")
+    """Share of the machine's CPU in use during the echo phase's timed window."""
+    svc_busy: float = float("nan")
     """Where CanSend reads digests (``CONSENT_CANSEND_READS``)."""
 
 
@@ -77,6 +80,9 @@ class Row:
     svc_rss: float = float("nan")
     """Resident memory of the service processes after their phases, MB."""
     reads: str = "replica"
+    base_busy: float = float("nan")
+    """Share of the machine's CPU in use during the echo phase's timed window."""
+    svc_busy: float = float("nan")
 
     def line(self) -> str:
         ratio = self.svc.qps / self.base.qps if self.base.qps else float("nan")
@@ -88,7 +94,8 @@ class Row:
             f"| {self.svc.qps:,.0f} | {ms(self.svc.percentile(0.5))} "
             f"| {ms(self.svc.percentile(0.99))} | {checks} | {ratio:.1%} "
             f"| {self.base_cpu:,.0f} | {self.svc_cpu:,.0f} | {self.pg_cpu:,.0f} "
-            f"| {self.base_rss:,.0f} | {self.svc_rss:,.0f} |"
+            f"| {self.base_rss:,.0f} | {self.svc_rss:,.0f} "
+            f"| {self.base_busy:.0%} | {self.svc_busy:.0%} |"
         )
 
 
@@ -96,8 +103,8 @@ HEADER = (
     "| server | phase | conc. | echo QPS | echo p50 ms | echo p99 ms "
     "| service QPS | p50 ms | p99 ms | checks/s | service / echo "
     "| echo CPU µs/call | service CPU µs/call | PostgreSQL CPU µs/call "
-    "| echo RSS MB | service RSS MB |\n"
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| echo RSS MB | service RSS MB | machine busy, echo | machine busy, service |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -229,13 +236,18 @@ def say(text: str) -> None:
 
 def measure(
     load: client.Load, label: str, servers: ServerGroup | None = None
-) -> tuple[client.Result, float, float]:
+) -> tuple[client.Result, float, float, float]:
     """Run ``load``; also the CPU microseconds per call that the ``servers`` and
-    PostgreSQL spent over the whole run (warm-up included, so approximate)."""
+    PostgreSQL spent over the whole run (warm-up included, so approximate), and how
+    busy the whole machine was in the timed window."""
     pids = [p.pid for p in servers.procs] if servers is not None else []
     started = time.perf_counter()
     server0, pg0 = cpu_seconds(pids), cpu_seconds(postgres_pids())
+    begin = time.monotonic() + client.START_DELAY + load.warmup
+    meter = BusyMeter(begin, begin + load.duration)
+    meter.start()
     result = client.run(load)
+    meter.join()
     calls = result.qps * (time.perf_counter() - started)
     server_cpu = spent(server0, cpu_seconds(pids)) / calls * 1e6 if calls else float("nan")
     pg_cpu = spent(pg0, cpu_seconds(postgres_pids())) / calls * 1e6 if calls else float("nan")
@@ -243,11 +255,12 @@ def measure(
     say(
         f"  {label:<34} c={load.concurrency:<3} {result.qps:>9,.0f}/s  "
         f"p50 {ms(result.percentile(0.5))} ms  p99 {ms(result.percentile(0.99))} ms  "
-        f"CPU/call: server {server_cpu:,.0f} µs, PostgreSQL {pg_cpu:,.0f} µs{note}"
+        f"CPU/call: server {server_cpu:,.0f} µs, PostgreSQL {pg_cpu:,.0f} µs; "
+        f"machine {meter.busy:.0%} busy{note}"
     )
     if result.errors:
         raise RuntimeError(f"{label}: {result.errors} calls failed: {result.first_error}")
-    return result, server_cpu, pg_cpu
+    return result, server_cpu, pg_cpu, meter.busy
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -309,7 +322,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 (f"CanSendBatch x{BATCH}", args.batch_concurrency, ECHO_BATCH, CANSEND_BATCH,
                  batches, BATCH),
             ]  # fmt: skip
-            base: dict[int, tuple[client.Result, float, float]] = {}
+            base: dict[int, tuple[client.Result, float, float, float]] = {}
             with ServerGroup("echo", config.loop, config.processes, []) as echo:
                 for i, (phase, conc, echo_method, _, reqs, _) in enumerate(phases):
                     base[i] = measure(
@@ -327,13 +340,14 @@ async def main_async(args: argparse.Namespace) -> int:
                 reasons = await verify_answers(svc.address, phones, at)
                 say(f"  answers checked: {reasons}")
                 for i, (phase, conc, _, method, reqs, per_call) in enumerate(phases):
-                    result, svc_cpu, pg_cpu = measure(
+                    result, svc_cpu, pg_cpu, svc_busy = measure(
                         load(svc.address, method, reqs, conc), phase, svc
                     )
-                    echo_result, echo_cpu, _ = base[i]
+                    echo_result, echo_cpu, _, echo_busy = base[i]
                     rows.append(
                         Row(config.name, phase, conc, echo_result, result, per_call,
-                            echo_cpu, svc_cpu, pg_cpu, reads=config.reads)
+                            echo_cpu, svc_cpu, pg_cpu, reads=config.reads,
+                            base_busy=echo_busy, svc_busy=svc_busy)
                     )  # fmt: skip
                     if per_call > 1:
                         say(f"  {'':<34} {result.qps * per_call:>15,.0f} checks/s")
@@ -414,6 +428,7 @@ def report(
                     "postgres": r.pg_cpu,
                 },
                 "rss_mb": {"echo_server": r.base_rss, "service_server": r.svc_rss},
+                "machine_busy": {"echo": r.base_busy, "service": r.svc_busy},
             }
             for r in rows
         ],

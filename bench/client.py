@@ -132,7 +132,11 @@ def _process(load: Load, share: int, offset: int, begin: float, end: float, conn
     conn.close()  # type: ignore[attr-defined]
 
 
-def run(load: Load, start_delay: float = 3.0) -> Result:
+START_DELAY = 3.0
+"""Seconds from ``run`` to the warm-up: spawned interpreters import grpc and connect."""
+
+
+def run(load: Load, start_delay: float = START_DELAY) -> Result:
     """Run ``load`` from ``load.processes`` processes; their merged result."""
     processes = max(1, min(load.processes, load.concurrency))
     shares = [load.concurrency // processes] * processes

@@ -10,6 +10,8 @@ before and after each phase and reports it per completed call.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -61,3 +63,28 @@ def postgres_pids() -> list[int]:
         if argv0.endswith(b"/postgres") or argv0.startswith(b"postgres:"):
             found.append(int(entry.name))
     return found
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(all, idle) CPU time of the whole machine so far, in clock ticks (/proc/stat)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields[:8]), fields[3] + fields[4]  # idle + iowait; guest time is in user
+
+
+class BusyMeter(threading.Thread):
+    """How busy the whole machine was between two moments (``time.monotonic``):
+    1.0 is every core busy. Tells a phase that saturated the cores from one that
+    waited on something else."""
+
+    def __init__(self, begin: float, end: float) -> None:
+        super().__init__(daemon=True)
+        self.begin, self.end = begin, end
+        self.busy = float("nan")
+
+    def run(self) -> None:
+        time.sleep(max(0.0, self.begin - time.monotonic()))
+        total0, idle0 = machine_jiffies()
+        time.sleep(max(0.0, self.end - time.monotonic()))
+        total1, idle1 = machine_jiffies()
+        if total1 > total0:
+            self.busy = 1 - (idle1 - idle0) / (total1 - total0)

@@ -84,7 +84,8 @@ class Runtime:
         await self._start_projector()
         replica = None
         if s.cansend_reads == "replica":
-            replica = DigestReplica(self.pool, self.view)
+            # On the read pool (idle with a replica): no reset round trip per refresh.
+            replica = DigestReplica(self.reads, self.view)
         # The guard watches what CanSend reads; its first observation loads the replica.
         self.guard = FreshnessGuard(self.ledger, replica or self.view, s.freshness)
         await self.guard.start()

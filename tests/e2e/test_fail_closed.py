@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,10 +14,12 @@ from tests.e2e.harness import client, define, service_settings, ts
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
+@pytest.mark.parametrize("reads", ["replica", "postgres"])
 async def test_a_failing_read_model_answers_not_allowed_for_single_and_batch(
-    tmp_path, postgres_dsn
+    tmp_path, postgres_dsn, reads
 ):
-    runtime = Runtime(service_settings(tmp_path, postgres_dsn, kafka=None))
+    settings = service_settings(tmp_path, postgres_dsn, kafka=None)
+    runtime = Runtime(dataclasses.replace(settings, cansend_reads=reads))
     await runtime.start()
     try:
         async with client(runtime.address) as c:
@@ -25,7 +28,9 @@ async def test_a_failing_read_model_answers_not_allowed_for_single_and_batch(
             async def broken(*args, **kwargs):
                 raise RuntimeError("the database fell over")
 
-            runtime.view.digests = broken  # type: ignore[method-assign, union-attr]
+            # The replica, or the view behind the read batcher.
+            target = runtime.app.reads if reads == "replica" else runtime.view
+            target.digests = broken  # type: ignore[method-assign, union-attr]
             one = await c.CanSend(
                 api.CanSendRequest(phone="+14155552671", brand="acme", campaign="promo")
             )
