@@ -87,7 +87,8 @@ class Runtime:
             # On the read pool (idle with a replica): no reset round trip per refresh.
             replica = DigestReplica(self.reads, self.view)
         # The guard watches what CanSend reads; its first observation loads the replica.
-        self.guard = FreshnessGuard(self.ledger, replica or self.view, s.freshness)
+        watched = self.view if replica is None else replica
+        self.guard = FreshnessGuard(self.ledger, watched, s.freshness)
         await self.guard.start()
         self.app = ConsentApp(self.ledger, self.view, self.guard, self.clock, reads=replica)
         tokens = s.tokens_file

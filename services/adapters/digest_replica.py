@@ -9,14 +9,15 @@ brand and phone, and answers ``digests`` with dictionary lookups.
 It is a copy of the view at known positions, never a cache that may be stale in
 unknown ways:
 
-* ``load`` reads the subscriber stream's applied positions and every digest in
-  one REPEATABLE READ transaction, so the copy is the view exactly as it was at
-  those positions.
-* ``refresh`` reads, again in one snapshot, the positions now, and the digests of
-  every (phone, brand) that an event applied between the copy's positions and
-  those touched (the view's indexed copy of each event names them). It applies
-  them and moves the positions in one step, with no ``await`` in between, so a
-  reader never sees new digests with old positions or the reverse.
+* The first ``refresh`` reads the subscriber stream's applied positions and every
+  digest in one REPEATABLE READ transaction, so the copy is the view exactly as it
+  was at those positions.
+* Each later ``refresh`` asks for the positions (one statement). When they moved,
+  it reads, again in one snapshot, the positions and the digests of every
+  (phone, brand) that an event applied between the copy's positions and those
+  touched (the view's indexed copy of each event names them). It applies them and
+  moves the positions in one step, with no ``await`` in between, so a reader
+  never sees old digests with new positions.
 * ``positions`` refreshes, then answers the copy's positions. The freshness
   guard (``services.freshness``) observes the replica as it would the view, so a
   read waits until the *copy* has reached the ledger end it observed, exactly as
@@ -67,8 +68,6 @@ JOIN (SELECT DISTINCT e.phone, e.brand
         ON e.partition = r.partition AND e."offset" >= r.first AND e."offset" < r.stop
       WHERE e.stream = '{_SUBSCRIBERS}') AS changed USING (phone, brand)
 """
-
-Row = tuple[str, str, bytes | None, bytes | None]
 
 
 class DigestReplica:

@@ -35,19 +35,14 @@ async def pool(postgres_dsn: str) -> AsyncIterator[asyncpg.Pool]:
         await pool.close()
 
 
-async def _everything(view: PostgresConsentView, brands: Sequence[str]) -> dict[str, Digest]:
+async def _all(
+    source: PostgresConsentView | DigestReplica, brands: Sequence[str]
+) -> dict[str, Digest]:
+    """Every digest ``source`` has for PHONES towards ``brands``."""
     return {
         f"{brand} {phone}": digest
         for brand in brands
-        for phone, digest in (await view.digests(brand, PHONES)).items()
-    }
-
-
-async def _copied(replica: DigestReplica, brands: Sequence[str]) -> dict[str, Digest]:
-    return {
-        f"{brand} {phone}": digest
-        for brand in brands
-        for phone, digest in (await replica.digests(brand, PHONES)).items()
+        for phone, digest in (await source.digests(brand, PHONES)).items()
     }
 
 
@@ -61,7 +56,7 @@ async def test_the_first_refresh_loads_the_view_and_later_ones_follow_it(
         Stream.SUBSCRIBERS, pos.record([grant(p, "acme", "deals", T0) for p in PHONES[:20]])
     )
     assert await replica.positions(Stream.SUBSCRIBERS) == await view.positions(Stream.SUBSCRIBERS)
-    assert await _copied(replica, ["acme"]) == await _everything(view, ["acme"])
+    assert await _all(replica, ["acme"]) == await _all(view, ["acme"])
     assert replica.loads == 1 and replica.size == 20
 
     later = [
@@ -76,7 +71,7 @@ async def test_the_first_refresh_loads_the_view_and_later_ones_follow_it(
     assert before[PHONES[3]].campaign("deals").revocation is None  # not refreshed yet
 
     assert await replica.positions(Stream.SUBSCRIBERS) == await view.positions(Stream.SUBSCRIBERS)
-    assert await _copied(replica, ["acme", "globex"]) == await _everything(view, ["acme", "globex"])
+    assert await _all(replica, ["acme", "globex"]) == await _all(view, ["acme", "globex"])
     assert replica.loads == 1  # followed, not reloaded
     assert replica.size == 22
     revoked = (await replica.digests("acme", [PHONES[3]]))[PHONES[3]]
@@ -124,7 +119,7 @@ async def test_a_rebuild_is_loaded_afresh_even_when_positions_grew_past_the_copy
 
     await replica.refresh()
     assert replica.loads == 2
-    assert await _copied(replica, ["acme"]) == await _everything(view, ["acme"])
+    assert await _all(replica, ["acme"]) == await _all(view, ["acme"])
     assert all(
         d.campaign("deals").grant is None
         for d in (await replica.digests("acme", PHONES[:8])).values()
