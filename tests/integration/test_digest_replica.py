@@ -5,34 +5,22 @@ writes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
 from ledger.digest import Digest
 from ledger.events import SubscriberEvent
 from ledger.ports import Stream
 from services.adapters.digest_replica import DigestReplica
-from services.adapters.migrations import migrate
 from services.adapters.postgres_view import PostgresConsentView
 from tests.conformance.view_suite import T0, Positions, generate_events, grant, revoke, sent
 
 pytestmark = pytest.mark.postgres
 
 PHONES = [f"+1415555{n:04d}" for n in range(400, 440)]
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def pool(postgres_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=4)
-    try:
-        await migrate(pool)
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def _all(

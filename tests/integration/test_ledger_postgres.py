@@ -10,21 +10,10 @@ import asyncpg
 import pytest
 
 from ledger.ports import Stream
-from services.adapters.migrations import migrate
 from services.adapters.postgres_ledger import PostgresLedger
 from tests.conformance.ledger_suite import LedgerSuite, campaign_defined, message_sent, new_phone
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-async def pool(postgres_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=10)
-    try:
-        await migrate(pool)
-        yield pool
-    finally:
-        await pool.close()
 
 
 class TestPostgresLedger(LedgerSuite):

@@ -18,7 +18,6 @@ import pytest_asyncio
 from ledger.events import LedgerEvent, Recorded
 from ledger.ports import ConsistencyToken, Stream
 from services.adapters.kafka_ledger import KafkaLedger, KafkaLedgerSettings
-from services.adapters.migrations import migrate
 from services.adapters.postgres_view import PROJECTION_TABLES, PostgresConsentView
 from services.projector import KafkaProjector, lag, rebuild
 from tests.conformance.view_suite import expected_states, generate_events
@@ -28,16 +27,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 # Short heartbeats so a rebalance after an instance leaves takes well under a second.
 FAST_GROUP = {"heartbeat_interval_ms": 300, "session_timeout_ms": 6000}
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def pool(postgres_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=6)
-    try:
-        await migrate(pool)
-        yield pool
-    finally:
-        await pool.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

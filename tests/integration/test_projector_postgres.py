@@ -6,33 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
 from ledger.events import LedgerEvent, Recorded
 from ledger.ports import ConsentView, ConsistencyToken, Stream
 from services.adapters.memory_ledger import InMemoryLedger
-from services.adapters.migrations import migrate
 from services.adapters.postgres_view import PROJECTION_TABLES, PostgresConsentView
 from services.projector import Projector, lag, rebuild
 from tests.conformance.view_suite import expected_states, generate_events
 from tests.integration.waiting import wait_for
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def pool(postgres_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=4)
-    try:
-        await migrate(pool)
-        yield pool
-    finally:
-        await pool.close()
 
 
 class ProcessDied(BaseException):
