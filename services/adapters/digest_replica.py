@@ -41,7 +41,7 @@ import asyncpg
 
 from ledger.digest import Digest
 from ledger.ports import ConsentView, Stream
-from services.adapters.postgres_view import stored_digest
+from services.adapters.postgres_view import snapshot_unless_digest, stored_digest
 from services.wire.digest import FORMAT as DIGEST_FORMAT
 from services.wire.digest import decode_digest, encode_digest
 
@@ -54,14 +54,11 @@ SELECT (SELECT epoch FROM projection_epoch) AS epoch,
        array(SELECT next_offset FROM projection_offset
              WHERE stream = '{_SUBSCRIBERS}' ORDER BY partition) AS offsets
 """
-_ROW = """
-s.brand, s.phone, s.digest,
-CASE WHEN s.digest IS NULL OR get_byte(s.digest, 0) <> $1 THEN s.snapshot END AS snapshot
-"""
-_ALL_DIGESTS = f"SELECT {_ROW} FROM subscriber_state AS s"
+_ROW = f"brand, phone, digest, {snapshot_unless_digest('$1')}"
+_ALL_DIGESTS = f"SELECT {_ROW} FROM subscriber_state"
 _CHANGED_DIGESTS = f"""
 SELECT {_ROW}
-FROM subscriber_state AS s
+FROM subscriber_state
 JOIN (SELECT DISTINCT e.phone, e.brand
       FROM ledger_event_copy AS e
       JOIN unnest($2::integer[], $3::bigint[], $4::bigint[]) AS r(partition, first, stop)

@@ -83,9 +83,20 @@ ON CONFLICT (phone, brand) DO UPDATE
 SET snapshot = EXCLUDED.snapshot, last_offset = EXCLUDED.last_offset,
     updated_at = EXCLUDED.updated_at, digest = EXCLUDED.digest
 """
-_READ_DIGESTS = """
-SELECT phone, digest,
-       CASE WHEN digest IS NULL OR get_byte(digest, 0) <> $3 THEN snapshot END AS snapshot
+
+
+def snapshot_unless_digest(format_param: str) -> str:
+    """A select-list item of ``subscriber_state``: the snapshot, only for a row whose
+    digest is missing or not in the format given by ``format_param`` (for
+    ``stored_digest`` to digest), else NULL, so that rows do not carry it for nothing."""
+    return (
+        f"CASE WHEN digest IS NULL OR get_byte(digest, 0) <> {format_param} "
+        "THEN snapshot END AS snapshot"
+    )
+
+
+_READ_DIGESTS = f"""
+SELECT phone, digest, {snapshot_unless_digest("$3")}
 FROM subscriber_state WHERE brand = $1 AND phone = ANY($2::text[])
 """
 _UPSERT_STATUS = """
