@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from ledger.campaigns import Campaign, CampaignPurpose
+from ledger.campaigns import Campaign, CampaignPurpose, FrequencyCap
 from ledger.digest import (
     AT,
     ID,
@@ -201,6 +201,47 @@ _OBLIGATIONS = {
 promotional, then by (first message since the consent?, reconfirmation due?)."""
 
 
+class _Spans(NamedTuple):
+    """What a ``Check`` needs from a campaign's rules, in the units it compares."""
+
+    conversation: int
+    confirmation: int
+    first_message: int
+    reconfirm: int | None
+    caps: tuple[tuple[FrequencyCap, int], ...]
+    limits: bool
+    age_gated: bool
+    obligations: dict[tuple[bool, bool], tuple[Obligation, ...]]
+
+
+_SPANS: dict[int, tuple[Campaign, _Spans]] = {}
+
+
+def _spans(campaign: Campaign) -> _Spans:
+    """``_Spans`` of ``campaign``, worked out once per rules object: the service asks
+    the same (cached) rules object thousands of times a second."""
+    entry = _SPANS.get(id(campaign))
+    # An entry keeps its campaign alive, so no other object can have that id while
+    # it is cached; the identity check makes that explicit.
+    if entry is not None and entry[0] is campaign:
+        return entry[1]
+    policy = campaign.policy
+    spans = _Spans(
+        micros_of(policy.conversation_window),
+        micros_of(policy.opt_out_confirmation_window),
+        micros_of(policy.first_message_window),
+        None if policy.reconfirm_interval is None else micros_of(policy.reconfirm_interval),
+        tuple((cap, micros_of(cap.window)) for cap in policy.frequency_caps),
+        bool(policy.frequency_caps) or policy.daily_cap is not None,
+        policy.requires_age_verification,
+        _OBLIGATIONS[policy.purpose is not CampaignPurpose.PROMOTIONAL],
+    )
+    if len(_SPANS) >= 1024:
+        _SPANS.clear()
+    _SPANS[id(campaign)] = (campaign, spans)
+    return spans
+
+
 class Check:
     """One question (a campaign's rules, a moment, a kind of message) asked of digests.
 
@@ -221,17 +262,17 @@ class Check:
         self.kind = kind
         self.version = campaign.policy_version
         self._now = micros(now)
-        self._conversation = micros_of(policy.conversation_window)
-        self._confirmation = micros_of(policy.opt_out_confirmation_window)
-        self._first_message = micros_of(policy.first_message_window)
-        self._reconfirm = (
-            None if policy.reconfirm_interval is None else micros_of(policy.reconfirm_interval)
-        )
-        self._caps = [(cap, micros_of(cap.window)) for cap in policy.frequency_caps]
-        self._limits = bool(self._caps) or policy.daily_cap is not None
-        self._age_gated = policy.requires_age_verification
+        (
+            self._conversation,
+            self._confirmation,
+            self._first_message,
+            self._reconfirm,
+            self._caps,
+            self._limits,
+            self._age_gated,
+            self._obligations,
+        ) = _spans(campaign)
         self._quiet: dict[tuple[str, ...], Decision | None] = {}
-        self._obligations = _OBLIGATIONS[policy.purpose is not CampaignPurpose.PROMOTIONAL]
 
     def __call__(self, digest: Digest) -> Decision:
         """May a message of this kind go to the digest's number now?"""

@@ -53,10 +53,16 @@ class EnumMap(Generic[D]):
             raise TypeError(f"proto enum {name} lacks values for {domain.__name__}: {missing}")
         self._to_proto: dict[D, int] = {m: by_name[self.prefix + m.name] for m in domain}
         self._from_proto: dict[int, D] = {v: m for m, v in self._to_proto.items()}
+        # Keyed by identity as well: an Enum member hashes in Python code, and every
+        # CanSend answer looks up a reason and its obligations. Members are singletons.
+        self._by_id: dict[int, int] = {id(m): v for m, v in self._to_proto.items()}
         self.domain = domain
 
     def to_proto(self, member: D) -> int:
-        return self._to_proto[member]
+        try:
+            return self._by_id[id(member)]
+        except KeyError:
+            return self._to_proto[member]  # raises KeyError for what is not a member
 
     def from_proto(self, value: int, field: str) -> D:
         """The domain member for ``value``; ``WireFormatError`` for unset or unknown."""

@@ -6,11 +6,12 @@ from datetime import time, timedelta
 
 import pytest
 
-from ledger.campaigns import CampaignPurpose, FrequencyCap, QuietHours
+from ledger.campaigns import Campaign, CampaignPolicy, CampaignPurpose, FrequencyCap, QuietHours
 from ledger.events import CandidateResolution, ConsentTier, MessageKind
 from ledger.policy import Obligation, Reason, decide
 from ledger.state import fold
 from tests.builders import (
+    BRAND,
     age,
     at,
     campaign,
@@ -240,6 +241,21 @@ def test_frequency_cap_window_rolls():
     c = campaign(frequency_caps=(FrequencyCap(3, timedelta(hours=24)),))
     s = state_of(granted(at(0)), sent(at(1)), sent(at(2)), sent(at(3)))
     assert decide(s, c, at(days=1, minutes=1.5)).allowed
+
+
+def test_each_rules_object_is_checked_by_its_own_rules():
+    # A Check works out a campaign's spans once per rules object and keeps them by
+    # the object's id. A new object made where a freed one was (CPython often gives
+    # it the same id: this loop does, about half the time) must get its own.
+    s = state_of(granted(at(0)), sent(at(1)), sent(at(2)), sent(at(3)))
+    uncapped = CampaignPolicy()
+    for _ in range(40):
+        capped = campaign(frequency_caps=(FrequencyCap(3, timedelta(hours=24)),))
+        assert decide(s, capped, at(4)).reason is Reason.FREQUENCY_CAP_REACHED
+        del capped
+        free = Campaign(BRAND, "promo", uncapped, 1)
+        assert decide(s, free, at(4)).allowed
+        del free
 
 
 def test_opt_out_confirmations_do_not_count_towards_the_cap():
