@@ -451,6 +451,10 @@ async def test_a_batch_answers_in_request_order_and_refuses_a_non_number(service
                 )
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert status_details(err.value)[0][0] == "phones[1]"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await c.CanSend(api.CanSendRequest(brand="acme", campaign="promo", phone=bad))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert status_details(err.value)[0][0] == "phone"
 
 
 async def test_a_retried_campaign_definition_is_not_a_redefinition(service):

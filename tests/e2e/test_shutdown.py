@@ -21,14 +21,14 @@ async def test_shutdown_reports_not_serving_and_lets_in_flight_calls_finish(tmp_
     app = runtime.app
     assert app is not None
     entered, release = asyncio.Event(), asyncio.Event()
-    real = app.can_send_batch
+    real = app.can_send
 
     async def slow(*args, **kwargs):
         entered.set()
         await release.wait()
         return await real(*args, **kwargs)
 
-    app.can_send_batch = slow  # type: ignore[method-assign]
+    app.can_send = slow  # type: ignore[method-assign]
     async with (
         client(runtime.address, "acme-app") as c,
         grpc.aio.insecure_channel(runtime.address) as channel,
@@ -42,7 +42,8 @@ async def test_shutdown_reports_not_serving_and_lets_in_flight_calls_finish(tmp_
         in_flight = asyncio.create_task(
             c.CanSend(api.CanSendRequest(phone="+14155552671", brand="acme", campaign="promo"))
         )
-        await entered.wait()
+        # Bounded: if CanSend stops going through ``app.can_send``, fail here, not at the timeout.
+        await asyncio.wait_for(entered.wait(), 10)
         stopping = asyncio.create_task(runtime.stop())
         update = await asyncio.wait_for(watch.read(), 5)
         assert update.status == health_pb2.HealthCheckResponse.NOT_SERVING

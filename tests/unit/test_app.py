@@ -10,6 +10,7 @@ import pytest
 
 from ledger.campaigns import CampaignPolicy
 from ledger.commands import DefineCampaign, RecordOptIn, RecordOptOut
+from ledger.errors import InvalidPhoneNumber
 from ledger.events import CollectionMethod, ConsentTier, RevocationChannel
 from ledger.policy import Reason
 from ledger.ports import Stream
@@ -93,6 +94,37 @@ async def test_an_opt_in_for_an_undefined_campaign_writes_nothing(app):
         )
     assert err.value.field == "campaign"
     assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == {0: 0, 1: 0, 2: 0, 3: 0}
+
+
+async def test_a_single_check_answers_as_the_batch_does_for_each_number(app):
+    await app.record(define())
+    await app.record(opt_in("r-single"))
+    stop = await app.record(
+        RecordOptOut("r-single-stop", "+12125551234", BRAND, "promo", RevocationChannel.API, at(2))
+    )
+    # canonical and known, written another way, canonical and never seen, opted out
+    phones = [PHONE, "+1 (415) 555-2671", "+13105550123", "+12125551234"]
+
+    batch = await app.can_send_batch(phones, BRAND, "promo", token=stop.token)
+    singles = [await app.can_send(p, BRAND, "promo", token=stop.token) for p in phones]
+
+    assert [s.decision for s in singles] == batch.decisions
+    assert [d.reason for d in batch.decisions] == [
+        Reason.CONSENT_ACTIVE,
+        Reason.CONSENT_ACTIVE,
+        Reason.NO_CONSENT,
+        Reason.REVOKED,
+    ]
+    undefined = await app.can_send(PHONE, BRAND, "no-such-campaign")
+    assert undefined.decision.reason is Reason.CAMPAIGN_UNKNOWN
+
+
+@pytest.mark.parametrize("phone", ["not a number", "+15551234567", ""])
+async def test_a_single_check_names_the_phone_field_for_a_non_number(app, phone):
+    await app.record(define())
+    with pytest.raises(InvalidPhoneNumber) as err:
+        await app.can_send(phone, BRAND, "promo")
+    assert err.value.field == "phone"
 
 
 async def test_a_batch_reads_numbers_written_another_way_as_their_canonical_form(app):
