@@ -36,7 +36,7 @@ from consent.v1 import consent_service_pb2 as api_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench import client
-from bench.cpu import BusyMeter, cpu_seconds, postgres_pids, rss_bytes, spent
+from bench.cpu import WindowMeter, cpu_seconds, postgres_pids, rss_bytes, spent
 from bench.infra import CHECK_TOKEN, REPO_ROOT, Infra, ServerGroup
 from bench.phones import phones as make_phones
 from bench.seed import BRAND, CAMPAIGN, REVOKE_EVERY, Plan, recorded_for, reference_time, seed
@@ -238,19 +238,18 @@ def measure(
     load: client.Load, label: str, servers: ServerGroup | None = None
 ) -> tuple[client.Result, float, float, float]:
     """Run ``load``; also the CPU microseconds per call that the ``servers`` and
-    PostgreSQL spent over the whole run (warm-up included, so approximate), and how
-    busy the whole machine was in the timed window."""
+    PostgreSQL spent in the timed window, and how busy the whole machine was then."""
     pids = [p.pid for p in servers.procs] if servers is not None else []
-    started = time.perf_counter()
-    server0, pg0 = cpu_seconds(pids), cpu_seconds(postgres_pids())
     begin = time.monotonic() + client.START_DELAY + load.warmup
-    meter = BusyMeter(begin, begin + load.duration)
+    meter = WindowMeter(
+        begin, begin + load.duration, {"server": lambda: pids, "postgres": postgres_pids}
+    )
     meter.start()
     result = client.run(load)
     meter.join()
-    calls = result.qps * (time.perf_counter() - started)
-    server_cpu = spent(server0, cpu_seconds(pids)) / calls * 1e6 if calls else float("nan")
-    pg_cpu = spent(pg0, cpu_seconds(postgres_pids())) / calls * 1e6 if calls else float("nan")
+    calls = result.calls
+    server_cpu = meter.cpu["server"] / calls * 1e6 if calls else float("nan")
+    pg_cpu = meter.cpu["postgres"] / calls * 1e6 if calls else float("nan")
     note = f", {result.errors} errors ({result.first_error})" if result.errors else ""
     say(
         f"  {label:<34} c={load.concurrency:<3} {result.qps:>9,.0f}/s  "
@@ -307,6 +306,7 @@ async def main_async(args: argparse.Namespace) -> int:
             ),
         }
         rows: list[Row] = []
+        idle_rows: list[dict[str, object]] = []
         for config in (configs[name] for name in args.configs.split(",")):
             say(f"\n== {config.name}")
 
@@ -324,6 +324,10 @@ async def main_async(args: argparse.Namespace) -> int:
             ]  # fmt: skip
             base: dict[int, tuple[client.Result, float, float, float]] = {}
             with ServerGroup("echo", config.loop, config.processes, []) as echo:
+                echo_idle = await idle_cpu(
+                    {"echo": [p.pid for p in echo.procs], **infra_pids(infra)}, args.idle
+                )
+                say("  " + idle_line(echo_idle, args.idle))
                 for i, (phase, conc, echo_method, _, reqs, _) in enumerate(phases):
                     base[i] = measure(
                         load(echo.address, echo_method, reqs, conc), f"echo {phase}", echo
@@ -337,6 +341,11 @@ async def main_async(args: argparse.Namespace) -> int:
                 )
                 # Let the projectors' consumer group settle before anything is timed.
                 await asyncio.sleep(args.settle)
+                svc_idle = await idle_cpu(
+                    {"service": [p.pid for p in svc.procs], **infra_pids(infra)}, args.idle
+                )
+                say("  " + idle_line(svc_idle, args.idle))
+                idle_rows.append({"config": config.name, "echo": echo_idle, "service": svc_idle})
                 reasons = await verify_answers(svc.address, phones, at)
                 say(f"  answers checked: {reasons}")
                 for i, (phase, conc, _, method, reqs, per_call) in enumerate(phases):
@@ -364,11 +373,38 @@ async def main_async(args: argparse.Namespace) -> int:
         out = REPO_ROOT / "var" / "bench"
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"bench-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
-        path.write_text(json.dumps(report(info, seeded, rows, args), indent=2))
+        figures = report(info, seeded, rows, args)
+        figures["idle_cpu_share_of_a_core"] = idle_rows
+        path.write_text(json.dumps(figures, indent=2))
         say(f"figures written to {path.relative_to(REPO_ROOT)}")
         return 0
     finally:
         await infra.stop()
+
+
+def infra_pids(infra: Infra) -> dict[str, list[int]]:
+    """The PostgreSQL processes, and the Kafka broker's if the bench started it."""
+    found = {"PostgreSQL": postgres_pids()}
+    broker = infra.kafka.pid if infra.kafka is not None else None
+    if broker is not None:
+        found["Kafka"] = [broker]
+    return found
+
+
+async def idle_cpu(groups: dict[str, list[int]], seconds: float) -> dict[str, float]:
+    """The share of one core each group of processes used over ``seconds`` with no
+    calls: what the servers (and the infrastructure they poll) cost in the
+    background, which every call of a phase then shares."""
+    before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+    started = time.perf_counter()
+    await asyncio.sleep(seconds)
+    elapsed = time.perf_counter() - started
+    return {name: spent(before[name], cpu_seconds(pids)) / elapsed for name, pids in groups.items()}
+
+
+def idle_line(shares: dict[str, float], seconds: float) -> str:
+    parts = ", ".join(f"{name} {share:.1%}" for name, share in shares.items())
+    return f"idle for {seconds:.0f} s, CPU as a share of one core: {parts}"
 
 
 def goals(every: list[Row]) -> None:
@@ -382,8 +418,8 @@ def goals(every: list[Row]) -> None:
     met = "met" if ratios and passing == len(ratios) else "NOT met"
     worst, best = ratios[0], ratios[-1]
     say(
-        f"goal CanSend >= 85% of echo: {met} in {passing} of {len(ratios)} rows "
-        f"({worst[0]:.1%} to {best[0]:.1%}; best {best[1].config}, c={best[1].concurrency}, "
+        f"goal CanSend >= 85% of echo: {met} ({passing} of {len(ratios)} rows reach it; "
+        f"{worst[0]:.1%} to {best[0]:.1%}; best {best[1].config}, c={best[1].concurrency}, "
         f"{best[1].svc.qps:,.0f} vs {best[1].base.qps:,.0f} calls/s)"
     )
     batch = max((r for r in rows if r.per_call > 1), key=lambda r: r.svc.qps)
@@ -494,6 +530,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=3.0,
         help="seconds to wait after the service starts, before measuring",
+    )
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=5.0,
+        help="seconds over which the servers' CPU use with no calls is read, per configuration",
     )
     parser.add_argument(
         "--profile",

@@ -4,7 +4,8 @@ call, and what the servers hold.
 The machines are small and shared: the client, the server, PostgreSQL and Kafka
 all run on the same cores, so a throughput ratio alone does not say who paid for
 a call. The bench reads the CPU time of the server processes and of PostgreSQL
-before and after each phase and reports it per completed call.
+at the start and the end of each phase's timed window and reports it per call
+completed in that window.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -71,20 +72,27 @@ def machine_jiffies() -> tuple[int, int]:
     return sum(fields[:8]), fields[3] + fields[4]  # idle + iowait; guest time is in user
 
 
-class BusyMeter(threading.Thread):
-    """How busy the whole machine was between two moments (``time.monotonic``):
-    1.0 is every core busy. Tells a phase that saturated the cores from one that
-    waited on something else."""
+class WindowMeter(threading.Thread):
+    """What happened on the machine between two moments (``time.monotonic``): how
+    busy the whole machine was (1.0 is every core busy), which tells a phase that
+    saturated the cores from one that waited on something else; and the CPU
+    seconds each group of processes spent, read at the same two moments as the
+    calls the client counts, so that divided by those calls it is their cost."""
 
-    def __init__(self, begin: float, end: float) -> None:
+    def __init__(self, begin: float, end: float, groups: Mapping[str, Callable[[], list[int]]]):
         super().__init__(daemon=True)
-        self.begin, self.end = begin, end
+        self.begin, self.end, self.groups = begin, end, groups
         self.busy = float("nan")
+        self.cpu: dict[str, float] = {}
 
     def run(self) -> None:
         time.sleep(max(0.0, self.begin - time.monotonic()))
         total0, idle0 = machine_jiffies()
+        before = {name: cpu_seconds(pids()) for name, pids in self.groups.items()}
         time.sleep(max(0.0, self.end - time.monotonic()))
         total1, idle1 = machine_jiffies()
+        self.cpu = {
+            name: spent(before[name], cpu_seconds(pids())) for name, pids in self.groups.items()
+        }
         if total1 > total0:
             self.busy = 1 - (idle1 - idle0) / (total1 - total0)
