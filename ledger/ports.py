@@ -114,6 +114,12 @@ class Ledger(ABC):
     async def end_offsets(self, stream: Stream) -> dict[int, int]:
         """Per partition, the offset the next appended event will get."""
 
+    async def every_end_offset(self) -> dict[Stream, dict[int, int]]:
+        """``end_offsets`` of every stream. The freshness guard asks for them many
+        times a second; an adapter that can answer for all streams in one request
+        to its storage does so."""
+        return {stream: await self.end_offsets(stream) for stream in Stream}
+
     @abstractmethod
     def subscribe(
         self, stream: Stream, start: Offsets, *, poll_timeout: float = 0.5

@@ -79,7 +79,7 @@ class FreshnessGuard:
 
     async def observe(self) -> None:
         started = self._monotonic()
-        ends = {s: await self._ledger.end_offsets(s) for s in Stream}
+        ends = await self._ledger.every_end_offset()
         applied = {s: await self._view.positions(s) for s in Stream}
         self._ends, self._applied, self._observed_at = ends, applied, started
         self._caught_up = all(

@@ -373,10 +373,25 @@ class KafkaLedger(Ledger):
         return sorted(await producer.partitions_for(self.settings.topic(stream)))
 
     async def end_offsets(self, stream: Stream) -> dict[int, int]:
-        topic = self.settings.topic(stream)
-        tps = [TopicPartition(topic, p) for p in await self.partitions(stream)]
+        return (await self._end_offsets([stream]))[stream]
+
+    async def every_end_offset(self) -> dict[Stream, dict[int, int]]:
+        """One ListOffsets request for every topic (the broker leads them all, or
+        one request per leader), where ``end_offsets`` per stream would send one each."""
+        return await self._end_offsets(list(Stream))
+
+    async def _end_offsets(self, streams: list[Stream]) -> dict[Stream, dict[int, int]]:
+        by_topic = {self.settings.topic(s): s for s in streams}
+        tps = [
+            TopicPartition(topic, p)
+            for topic, stream in by_topic.items()
+            for p in await self.partitions(stream)
+        ]
         ends = await self._started_reader().end_offsets(tps)
-        return {tp.partition: offset for tp, offset in ends.items()}
+        found: dict[Stream, dict[int, int]] = {s: {} for s in streams}
+        for tp, offset in ends.items():
+            found[by_topic[tp.topic]][tp.partition] = offset
+        return found
 
     async def subscribe(
         self, stream: Stream, start: Offsets, *, poll_timeout: float = 0.5

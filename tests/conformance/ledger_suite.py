@@ -283,6 +283,21 @@ class LedgerSuite:
         for r in recorded:  # the offset the next event gets is one past the last one
             assert r.position.offset < after[r.position.partition]
 
+    async def test_every_end_offset_is_each_streams_end_offsets(self, ledger: Ledger) -> None:
+        await ledger.append(
+            [message_sent(new_phone(), n) for n in range(5)]
+            + [campaign_defined(f"c-{uuid.uuid4().hex[:8]}")]
+        )
+
+        every = await ledger.every_end_offset()
+
+        assert set(every) == set(Stream)
+        for stream in Stream:
+            assert set(every[stream]) == set(await ledger.partitions(stream))
+            assert every[stream] == await ledger.end_offsets(stream)
+        assert sum(every[Stream.SUBSCRIBERS].values()) >= 5
+        assert sum(every[Stream.CAMPAIGNS].values()) >= 1
+
     async def test_appending_nothing_records_nothing(self, ledger: Ledger) -> None:
         before = await ledger.end_offsets(Stream.SUBSCRIBERS)
 
