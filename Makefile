@@ -50,7 +50,7 @@ test-e2e: $(STAMP) kafka-jars
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy ledger services
+	$(BIN)/mypy ledger services bench
 
 protos: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/gen_protos.sh

@@ -138,7 +138,7 @@ def machine() -> dict[str, str]:
         "memory": mem,
         "python": platform.python_version(),
         "grpcio": _grpc.__version__,
-        "uvloop": uvloop.__version__,
+        "uvloop": str(getattr(uvloop, "__version__", "?")),
         "kernel": platform.release(),
     }
 
@@ -175,10 +175,11 @@ async def verify_view(dsn: str, plan: Plan, rng: random.Random) -> int:
     import asyncpg
 
     from ledger.digest import digest_of
+    from ledger.events import Recorded
     from ledger.state import SubscriberState, fold
     from services.adapters.postgres_view import PostgresConsentView
 
-    by_phone: dict[str, list] = {}
+    by_phone: dict[str, list[Recorded]] = {}
     for r in recorded_for(Plan(min(plan.count, 50_000), plan.partitions, plan.at)):
         by_phone.setdefault(r.event.phone, []).append(r)  # type: ignore[attr-defined]
     sample = rng.sample(sorted(by_phone), min(300, len(by_phone)))

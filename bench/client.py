@@ -20,6 +20,7 @@ import time
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 
 import grpc
 
@@ -43,7 +44,7 @@ class Result:
     calls: int = 0
     errors: int = 0
     seconds: float = 0.0
-    latencies: array = field(default_factory=lambda: array("d"))
+    latencies: array[float] = field(default_factory=lambda: array("d"))
     first_error: str = ""
 
     @property
@@ -54,7 +55,7 @@ class Result:
         """The ``q``-quantile of the call latencies, in seconds (nearest rank)."""
         if not self.latencies:
             return float("nan")
-        ordered = sorted(self.latencies)
+        ordered: list[float] = sorted(self.latencies)
         rank = max(0, min(len(ordered) - 1, round(q * len(ordered) + 0.5) - 1))
         return ordered[rank]
 
@@ -116,7 +117,9 @@ async def _drive(load: Load, share: int, offset: int, begin: float, end: float) 
     return result
 
 
-def _process(load: Load, share: int, offset: int, begin: float, end: float, conn: object) -> None:
+def _process(
+    load: Load, share: int, offset: int, begin: float, end: float, conn: Connection
+) -> None:
     import uvloop
 
     result = uvloop.run(_drive(load, share, offset, begin, end))
@@ -128,8 +131,8 @@ def _process(load: Load, share: int, offset: int, begin: float, end: float, conn
             result.latencies.tobytes(),
             result.first_error,
         )
-    )  # type: ignore[attr-defined]
-    conn.close()  # type: ignore[attr-defined]
+    )
+    conn.close()
 
 
 START_DELAY = 3.0
