@@ -27,7 +27,9 @@ unknown ways:
   everything afresh, swapping the whole copy in at once.
 
 Memory: one ``bytes`` object and one phone string per (phone, brand), plus the
-dictionary slot; ``make bench`` measures the whole (BENCHMARKS.md). Set
+dictionary slot; ``make bench`` measures the whole (BENCHMARKS.md). A load after
+a rebuild builds the new copy while the old one still answers, so until the swap
+the process holds both: about twice the usual size. Set
 ``CONSENT_CANSEND_READS=postgres`` to read PostgreSQL per call instead, for a view
 too big to hold.
 """
