@@ -80,6 +80,14 @@ class DigestReads(Protocol):
     async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]: ...
 
 
+def _behind() -> Decision:
+    return deny(Reason.NOT_CONSISTENT, "the read model is behind the ledger; try again")
+
+
+def _undefined(brand: str, campaign: str) -> Decision:
+    return deny(Reason.CAMPAIGN_UNKNOWN, f"campaign {brand}/{campaign} is not defined")
+
+
 class ConsentApp:
     def __init__(
         self,
@@ -197,13 +205,11 @@ class ConsentApp:
         check_name(campaign, "campaign")
         canonical = _E164.fullmatch(phone) is not None
         number = phone if canonical else to_e164(phone, field="phone")
-        now = self.clock()
-        when = now if at is None else check_time(at, now, "at")
+        when = self._when(at)
         fresh = await self._fresh([number], token)
         read_at = self.guard.applied_token()
         if not fresh:
-            d = deny(Reason.NOT_CONSISTENT, "the read model is behind the ledger; try again")
-            return CheckResult(d, read_at)
+            return CheckResult(_behind(), read_at)
         digest = (await self.reads.digests(brand, [number])).get(number)
         if digest is None:
             if canonical:  # raises INVALID_ARGUMENT for a number that is not one
@@ -211,8 +217,7 @@ class ConsentApp:
             digest = digest_of(SubscriberState(phone=number, brand=brand))
         rules = await self._rules(brand, campaign, when, read_at)
         if rules is None:
-            d = deny(Reason.CAMPAIGN_UNKNOWN, f"campaign {brand}/{campaign} is not defined")
-            return CheckResult(d, read_at)
+            return CheckResult(_undefined(brand, campaign), read_at)
         return CheckResult(self._decide(Check(rules, when, kind), digest), read_at)
 
     async def can_send_batch(
@@ -232,13 +237,11 @@ class ConsentApp:
         # Numbers already in the view were validated when they were written, so a
         # canonical E.164 string is looked up as it is; only the others are parsed.
         numbers = [p if _E164.fullmatch(p) else "" for p in phones]
-        now = self.clock()
-        when = now if at is None else check_time(at, now, "at")
+        when = self._when(at)
         fresh = await self._fresh([n for n in numbers if n], token)
         read_at = self.guard.applied_token()
         if not fresh:
-            d = deny(Reason.NOT_CONSISTENT, "the read model is behind the ledger; try again")
-            return BatchResult([d] * len(numbers), read_at)
+            return BatchResult([_behind()] * len(numbers), read_at)
         asked = {n for n in numbers if n}
         digests = await self.reads.digests(brand, list(asked))
         unknown = [i for i, n in enumerate(numbers) if n not in digests]
@@ -257,14 +260,18 @@ class ConsentApp:
                     digests[n] = digest_of(SubscriberState(phone=n, brand=brand))
         rules = await self._rules(brand, campaign, when, read_at)
         if rules is None:
-            d = deny(Reason.CAMPAIGN_UNKNOWN, f"campaign {brand}/{campaign} is not defined")
-            return BatchResult([d] * len(numbers), read_at)
+            return BatchResult([_undefined(brand, campaign)] * len(numbers), read_at)
         check = Check(rules, when, kind)
         try:
             decisions = [check(digests[n]) for n in numbers]
         except Exception:  # find the numbers it failed for, and answer those alone "no"
             decisions = [self._decide(check, digests[n]) for n in numbers]
         return BatchResult(decisions, read_at)
+
+    def _when(self, at: datetime | None) -> datetime:
+        """The moment a check is for: now, or ``at`` if it is not too far ahead."""
+        now = self.clock()
+        return now if at is None else check_time(at, now, "at")
 
     async def _rules(
         self, brand: str, campaign: str, when: datetime, read_at: ConsistencyToken
