@@ -36,7 +36,7 @@ from consent.v1 import consent_service_pb2 as api_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench import client
-from bench.cpu import WindowMeter, cpu_seconds, postgres_pids, rss_bytes, spent
+from bench.cpu import WindowMeter, postgres_pids, rss_bytes
 from bench.infra import CHECK_TOKEN, REPO_ROOT, Infra, ServerGroup
 from bench.phones import phones as make_phones
 from bench.seed import BRAND, CAMPAIGN, REVOKE_EVERY, Plan, recorded_for, reference_time, seed
@@ -396,11 +396,11 @@ async def idle_cpu(groups: dict[str, list[int]], seconds: float) -> dict[str, fl
     """The share of one core each group of processes used over ``seconds`` with no
     calls: what the servers (and the infrastructure they poll) cost in the
     background, which every call of a phase then shares."""
-    before = {name: cpu_seconds(pids) for name, pids in groups.items()}
-    started = time.perf_counter()
-    await asyncio.sleep(seconds)
-    elapsed = time.perf_counter() - started
-    return {name: spent(before[name], cpu_seconds(pids)) / elapsed for name, pids in groups.items()}
+    begin = time.monotonic()
+    meter = WindowMeter(begin, begin + seconds, {name: pids.copy for name, pids in groups.items()})
+    meter.start()
+    await asyncio.to_thread(meter.join)
+    return {name: cpu / meter.seconds for name, cpu in meter.cpu.items()}
 
 
 def idle_line(shares: dict[str, float], seconds: float) -> str:

@@ -84,13 +84,17 @@ class WindowMeter(threading.Thread):
         self.begin, self.end, self.groups = begin, end, groups
         self.busy = float("nan")
         self.cpu: dict[str, float] = {}
+        self.seconds = float("nan")
+        """How long the window between the two readings really was."""
 
     def run(self) -> None:
         time.sleep(max(0.0, self.begin - time.monotonic()))
         total0, idle0 = machine_jiffies()
         before = {name: cpu_seconds(pids()) for name, pids in self.groups.items()}
+        started = time.monotonic()
         time.sleep(max(0.0, self.end - time.monotonic()))
         total1, idle1 = machine_jiffies()
+        self.seconds = time.monotonic() - started
         self.cpu = {
             name: spent(before[name], cpu_seconds(pids())) for name, pids in self.groups.items()
         }
