@@ -94,7 +94,7 @@ async def _consent(
     port: int, ready: Callable[[int], None], stop: asyncio.Event, args: argparse.Namespace
 ) -> None:
     from services.adapters.kafka_ledger import KafkaLedgerSettings
-    from services.bootstrap import Runtime
+    from services.bootstrap import Runtime, settle_heap
     from services.freshness import FreshnessSettings
     from services.settings import Settings
 
@@ -119,6 +119,7 @@ async def _consent(
     )
     runtime = Runtime(settings)
     await runtime.start()
+    settle_heap()  # as ``consent-ledger serve`` does
     try:
         ready(int(runtime.address.rsplit(":", 1)[1]))
         await stop.wait()

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from services.bootstrap import Runtime, start_embedded_postgres
+from services.bootstrap import Runtime, settle_heap, start_embedded_postgres
 from services.settings import Settings, SettingsError
 
 log = logging.getLogger("consent-ledger")
@@ -32,6 +32,7 @@ def _grpcurl_hint(address: str, token: str | None) -> str:
 async def _serve(settings: Settings, embedded: bool) -> None:
     runtime = Runtime(settings)
     await runtime.start()
+    settle_heap()
     print(
         f"consent-ledger serving gRPC on {runtime.address} "
         f"(ledger: {settings.ledger}, data: {settings.data_dir if embedded else 'external'})",

@@ -17,6 +17,9 @@ from ledger.digest import Age, CampaignDigest, Digest
 
 FORMAT = 1
 _HEADER = bytes([FORMAT])
+_DIGEST_FIELDS = len(Digest._fields)
+_CAMPAIGN_FIELDS = len(CampaignDigest._fields)
+_new = tuple.__new__
 
 
 def encode_digest(digest: Digest) -> bytes:
@@ -29,9 +32,16 @@ def decode_digest(data: bytes | None) -> Digest | None:
     if not data or data[0] != FORMAT:
         return None
     raw = msgpack.unpackb(data[1:], use_list=False)
-    campaigns = raw[8]  # a fresh dict from the decoder: typed in place
+    # Typed in place with ``tuple.__new__``: what ``_make`` does, without a Python
+    # call per tuple (a batch decodes a thousand digests). The lengths are checked,
+    # so a field can never be read from the wrong place.
+    if len(raw) != _DIGEST_FIELDS:
+        return None
+    campaigns = raw[8]  # a fresh dict from the decoder
     for name, campaign in campaigns.items():
-        campaigns[name] = CampaignDigest._make(campaign)
+        if len(campaign) != _CAMPAIGN_FIELDS:
+            return None
+        campaigns[name] = _new(CampaignDigest, campaign)
     if raw[5] is not None:
         return Digest._make((*raw[:5], Age._make(raw[5]), *raw[6:]))
-    return Digest._make(raw)
+    return _new(Digest, raw)

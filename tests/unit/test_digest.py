@@ -14,7 +14,7 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.digest import EPOCH, ID, Digest, digest_of, from_micros, micros
+from ledger.digest import EMPTY_CAMPAIGN, EPOCH, ID, Digest, digest_of, from_micros, micros
 from ledger.events import MessageKind
 from ledger.policy import Check, Reason, decide
 from ledger.state import SubscriberState, fold
@@ -77,6 +77,12 @@ def test_no_digest_or_another_format_reads_as_none():
     assert decode_digest(None) is None
     assert decode_digest(b"") is None
     assert decode_digest(other_format) is None
+    # The right format byte with a field too many or too few is not read either.
+    fields = tuple(digest)
+    assert decode_digest(bytes([FORMAT]) + msgpack.packb((*fields, 0))) is None
+    assert decode_digest(bytes([FORMAT]) + msgpack.packb(fields[:-1])) is None
+    campaigns = {"promo": (*EMPTY_CAMPAIGN, 0)}
+    assert decode_digest(bytes([FORMAT]) + msgpack.packb((*fields[:8], campaigns))) is None
 
 
 def test_the_digest_keeps_the_numbers_time_zones():
