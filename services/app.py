@@ -251,8 +251,7 @@ class ConsentApp:
             missing = sorted({numbers[i] for i in unknown} - asked - digests.keys())
             if missing:
                 if not await self._fresh(missing, None):
-                    d = deny(Reason.NOT_CONSISTENT, "the read model is behind the ledger")
-                    return BatchResult([d] * len(numbers), read_at)
+                    return BatchResult([_behind()] * len(numbers), read_at)
                 digests.update(await self.reads.digests(brand, missing))
             for i in unknown:  # no fact about the number towards this brand
                 n = numbers[i]

@@ -55,28 +55,20 @@ def dev_token(data_dir: Path) -> tuple[Path, str]:
     return tokens, secret.read_text().strip()
 
 
-YOUNG_COLLECTION_THRESHOLD = 10_000
-"""Container allocations (less deallocations) between two young-generation garbage
-collections once the service runs; CPython's default is 700."""
-
-
 def settle_heap() -> None:
     """Set up the garbage collector for serving; call once, after ``Runtime.start``.
 
     Everything allocated by then (modules, the gRPC and protobuf machinery, the
     service's objects) lives as long as the process, yet CPython's cyclic
     collector would traverse it again and again: a 1,000-number batch check
-    allocates some ten thousand tuples that outlive the young collections it
-    triggers, and the full collections they add up to scan every object of the
-    process. ``gc.freeze`` moves what exists now out of the collector's sight,
-    and a higher young threshold lets a call's short-lived objects die by
-    reference counting before a collection looks at them. Cycles are still
-    collected, later. ``make bench`` measures the effect (BENCHMARKS.md).
+    allocates some ten thousand tuples that outlive the young collections they
+    trigger, and the full collections they add up to scan every object in the
+    process. ``gc.freeze`` moves what exists now out of the collector's sight;
+    objects made later, and the cycles among them, are collected as before.
+    ``make bench`` measures the effect (BENCHMARKS.md).
     """
     gc.collect()
     gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from ledger.campaigns import CampaignPolicy
-from ledger.commands import DefineCampaign, RecordOptIn, RecordOptOut
+from ledger.commands import DefineCampaign, RecordOptIn, RecordOptOut, to_events
 from ledger.errors import InvalidPhoneNumber
 from ledger.events import CollectionMethod, ConsentTier, RevocationChannel
 from ledger.policy import Reason
@@ -141,3 +141,34 @@ async def test_a_batch_reads_numbers_written_another_way_as_their_canonical_form
         Reason.NO_CONSENT,
         Reason.CONSENT_ACTIVE,
     ]
+
+
+async def test_numbers_written_another_way_on_a_lagging_partition_are_refused_as_one_is():
+    ledger, view = InMemoryLedger(partitions=4), InMemoryConsentView()
+    projector = asyncio.create_task(Projector(ledger, view, poll_timeout=0.01).run())
+    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.01, wait_bound=0.1))
+    await guard.start()
+    app = ConsentApp(ledger, view, guard, clock=lambda: NOW)
+    try:
+        await app.record(define())
+        granted = await app.record(opt_in("r-lagging"))
+        assert await guard.wait_for_token(granted.token)
+        projector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await projector
+        # An opt-out the projection never applies: PHONE's partition stays behind.
+        stop = RecordOptOut("r-lagging-stop", PHONE, BRAND, "promo", RevocationChannel.API, at(2))
+        await ledger.append(to_events(stop, NOW))
+        await guard.observe()
+        phones = ["+1 (415) 555-2671", "+1-415-555-2671"]  # never in E.164 in the batch
+
+        batch = await app.can_send_batch(phones, BRAND, "promo")
+        single = await app.can_send(phones[0], BRAND, "promo")
+
+        assert single.decision.reason is Reason.NOT_CONSISTENT
+        assert batch.decisions == [single.decision] * len(phones)
+    finally:
+        await guard.stop()
+        projector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await projector
