@@ -65,7 +65,7 @@ def settle_heap() -> None:
     trigger, and the full collections they add up to scan every object in the
     process. ``gc.freeze`` moves what exists now out of the collector's sight;
     objects made later, and the cycles among them, are collected as before.
-    ``make bench`` measures the effect (BENCHMARKS.md).
+    BENCHMARKS.md ("The garbage collector") has what it was measured to be worth.
     """
     gc.collect()
     gc.freeze()
