@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -26,19 +27,31 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 NOW = at(60)
 
 
-@pytest.fixture
-async def app():
+@contextlib.asynccontextmanager
+async def running(wait_bound: float = 1) -> AsyncIterator[tuple[ConsentApp, asyncio.Task[None]]]:
+    """An app on the in-memory adapters, with its projector task (a test may stop it)."""
     ledger, view = InMemoryLedger(partitions=4), InMemoryConsentView()
     projector = asyncio.create_task(Projector(ledger, view, poll_timeout=0.01).run())
-    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.01, wait_bound=1))
+    settings = FreshnessSettings(refresh_interval=0.01, wait_bound=wait_bound)
+    guard = FreshnessGuard(ledger, view, settings)
     await guard.start()
     try:
-        yield ConsentApp(ledger, view, guard, clock=lambda: NOW)
+        yield ConsentApp(ledger, view, guard, clock=lambda: NOW), projector
     finally:
         await guard.stop()
-        projector.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await projector
+        await _stop(projector)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@pytest.fixture
+async def app():
+    async with running() as (app, _):
+        yield app
 
 
 def opt_in(request_id: str) -> RecordOptIn:
@@ -144,22 +157,15 @@ async def test_a_batch_reads_numbers_written_another_way_as_their_canonical_form
 
 
 async def test_numbers_written_another_way_on_a_lagging_partition_are_refused_as_one_is():
-    ledger, view = InMemoryLedger(partitions=4), InMemoryConsentView()
-    projector = asyncio.create_task(Projector(ledger, view, poll_timeout=0.01).run())
-    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.01, wait_bound=0.1))
-    await guard.start()
-    app = ConsentApp(ledger, view, guard, clock=lambda: NOW)
-    try:
+    async with running(wait_bound=0.1) as (app, projector):
         await app.record(define())
         granted = await app.record(opt_in("r-lagging"))
-        assert await guard.wait_for_token(granted.token)
-        projector.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await projector
+        assert await app.guard.wait_for_token(granted.token)
+        await _stop(projector)
         # An opt-out the projection never applies: PHONE's partition stays behind.
         stop = RecordOptOut("r-lagging-stop", PHONE, BRAND, "promo", RevocationChannel.API, at(2))
-        await ledger.append(to_events(stop, NOW))
-        await guard.observe()
+        await app.ledger.append(to_events(stop, NOW))
+        await app.guard.observe()
         phones = ["+1 (415) 555-2671", "+1-415-555-2671"]  # never in E.164 in the batch
 
         batch = await app.can_send_batch(phones, BRAND, "promo")
@@ -167,8 +173,3 @@ async def test_numbers_written_another_way_on_a_lagging_partition_are_refused_as
 
         assert single.decision.reason is Reason.NOT_CONSISTENT
         assert batch.decisions == [single.decision] * len(phones)
-    finally:
-        await guard.stop()
-        projector.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await projector
