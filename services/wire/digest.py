@@ -19,6 +19,7 @@ FORMAT = 1
 _HEADER = bytes([FORMAT])
 _DIGEST_FIELDS = len(Digest._fields)
 _CAMPAIGN_FIELDS = len(CampaignDigest._fields)
+_AGE_FIELDS = len(Age._fields)
 _new = tuple.__new__
 
 
@@ -42,6 +43,9 @@ def decode_digest(data: bytes | None) -> Digest | None:
         if len(campaign) != _CAMPAIGN_FIELDS:
             return None
         campaigns[name] = _new(CampaignDigest, campaign)
-    if raw[5] is not None:
-        return Digest._make((*raw[:5], Age._make(raw[5]), *raw[6:]))
+    age = raw[5]
+    if age is not None:
+        if len(age) != _AGE_FIELDS:
+            return None
+        raw = (*raw[:5], _new(Age, age), *raw[6:])
     return _new(Digest, raw)

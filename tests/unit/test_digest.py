@@ -83,6 +83,13 @@ def test_no_digest_or_another_format_reads_as_none():
     assert decode_digest(bytes([FORMAT]) + msgpack.packb(fields[:-1])) is None
     campaigns = {"promo": (*EMPTY_CAMPAIGN, 0)}
     assert decode_digest(bytes([FORMAT]) + msgpack.packb((*fields[:8], campaigns))) is None
+    for wrong_age in (("e-1", True), ("e-1", True, "1980-01-01", 0)):
+        payload = (*fields[:5], wrong_age, *fields[6:])
+        assert decode_digest(bytes([FORMAT]) + msgpack.packb(payload)) is None
+    right_age = (*fields[:5], ("e-1", True, "1980-01-01"), *fields[6:])
+    assert decode_digest(bytes([FORMAT]) + msgpack.packb(right_age)).age.date_of_birth == (
+        "1980-01-01"
+    )
 
 
 def test_the_digest_keeps_the_numbers_time_zones():
