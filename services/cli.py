@@ -38,6 +38,8 @@ async def _serve(settings: Settings, embedded: bool) -> None:
         f"(ledger: {settings.ledger}, data: {settings.data_dir if embedded else 'external'})",
         flush=True,
     )
+    if runtime.metrics_address:
+        print(f"Prometheus metrics on http://{runtime.metrics_address}/metrics", flush=True)
     if runtime.dev_token:
         print(f"local admin token (stored in {settings.data_dir}/dev-token): {runtime.dev_token}")
     print("try:\n" + _grpcurl_hint(runtime.address, runtime.dev_token), flush=True)

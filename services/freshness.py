@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ledger.ports import ConsistencyToken, Ledger, Stream
@@ -37,6 +37,15 @@ class FreshnessSettings:
     """An observation older than this is not trusted: reads fail closed."""
     wait_bound: float = 0.5
     """How long a read waits for the projection to catch up before it fails closed."""
+
+
+@dataclass(frozen=True)
+class FreshnessStatus:
+    """The last observation, for metrics: when it was made (``time.monotonic``) and,
+    per stream, how many events the ledger held that the view had not applied."""
+
+    observed_at: float = float("-inf")
+    lag: Mapping[Stream, int] = field(default_factory=dict)
 
 
 class Applied(Protocol):
@@ -64,6 +73,8 @@ class FreshnessGuard:
         self._caught_up = False
         """At the last observation, the view had applied every partition up to its end."""
         self._applied_token = ConsistencyToken({})
+        self.status = FreshnessStatus()
+        """Replaced whole at each observation, so another thread reads one observation."""
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
@@ -82,11 +93,15 @@ class FreshnessGuard:
         ends = await self._ledger.every_end_offset()
         applied = {s: await self._view.positions(s) for s in Stream}
         self._ends, self._applied, self._observed_at = ends, applied, started
-        self._caught_up = all(
-            applied.get(stream, {}).get(p, 0) >= offset
+        lag = {
+            stream: sum(
+                max(0, offset - applied.get(stream, {}).get(p, 0))
+                for p, offset in partitions.items()
+            )
             for stream, partitions in ends.items()
-            for p, offset in partitions.items()
-        )
+        }
+        self._caught_up = not any(lag.values())
+        self.status = FreshnessStatus(started, lag)
         self._applied_token = ConsistencyToken(
             {
                 (stream, p): offset

@@ -36,6 +36,8 @@ class Settings:
     cansend_reads: str = "replica"
     """Where CanSend reads digests: ``replica`` (a copy of them in memory, kept
     current from PostgreSQL) or ``postgres`` (a query per call, shared under load)."""
+    metrics_listen: str = ""
+    """``host:port`` of the Prometheus endpoint (``/metrics``); empty serves none."""
 
     @staticmethod
     def from_env(env: Mapping[str, str] | None = None, *, embedded: bool = False) -> Settings:
@@ -68,6 +70,9 @@ class Settings:
         dsn = e.get("CONSENT_POSTGRES_DSN") or None
         if dsn is None and not embedded:
             raise SettingsError("CONSENT_POSTGRES_DSN is required (or run with --embedded)")
+        metrics = e.get("CONSENT_METRICS_LISTEN", "127.0.0.1:9464" if embedded else "")
+        if metrics:
+            host_and_port(metrics, "CONSENT_METRICS_LISTEN")
         tokens = e.get("CONSENT_AUTH_TOKENS_FILE")
         if tokens is None and not embedded:
             raise SettingsError("CONSENT_AUTH_TOKENS_FILE is required outside --embedded")
@@ -86,4 +91,13 @@ class Settings:
             projector_group=e.get("CONSENT_PROJECTOR_GROUP", "consent-projector"),
             pool_size=int(number("CONSENT_POSTGRES_POOL_SIZE", 10)),
             cansend_reads=reads,
+            metrics_listen=metrics,
         )
+
+
+def host_and_port(address: str, name: str = "address") -> tuple[str, int]:
+    """``host:port`` (``[::1]:9464`` for IPv6) as its parts; ``SettingsError`` if not one."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise SettingsError(f"{name} must be host:port, got {address!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)

@@ -92,7 +92,9 @@ def translate_errors(handler: Handler[R]) -> Handler[R]:
         except Exception as exc:
             if not isinstance(exc, DomainError | ServiceError | WireFormatError):
                 log.exception("%s failed", handler.__name__)
-            await context.abort_with_status(to_status(exc))
+            status = to_status(exc)
+            self.metrics.failed(handler.__name__, status.code.name)
+            await context.abort_with_status(status)
             raise AssertionError("abort_with_status returns only by raising") from exc
 
     return wrapper

@@ -18,13 +18,20 @@ from grpc_reflection.v1alpha import reflection
 from services.app import ConsentApp
 from services.grpc_api.auth import TokenAuthenticator
 from services.grpc_api.servicer import ConsentServicer
+from services.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = api_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
 
 
 class GrpcServer:
-    def __init__(self, app: ConsentApp, auth: TokenAuthenticator, listen: str) -> None:
+    def __init__(
+        self,
+        app: ConsentApp,
+        auth: TokenAuthenticator,
+        listen: str,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
         self._listen = listen
         self._server = grpc.aio.server(
             options=[
@@ -32,7 +39,8 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ]
         )
-        api_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(app, auth), self._server)
+        servicer = ConsentServicer(app, auth, metrics)
+        api_grpc.add_ConsentServiceServicer_to_server(servicer, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(

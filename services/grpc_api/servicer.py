@@ -29,6 +29,7 @@ from services.app import ConsentApp, WriteResult
 from services.errors import NotConsistent, ServiceError
 from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
 from services.grpc_api.errors import translate_errors
+from services.metrics import ServiceMetrics
 from services.wire import api, codec
 from services.wire.enums import WireFormatError
 
@@ -65,9 +66,12 @@ def _write_rpc(response: type[Any], scope: Scope = Scope.WRITE) -> Any:
 
 # The generated base is untyped to mypy (generated code is excluded from checks).
 class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
-    def __init__(self, app: ConsentApp, auth: TokenAuthenticator) -> None:
+    def __init__(
+        self, app: ConsentApp, auth: TokenAuthenticator, metrics: ServiceMetrics | None = None
+    ) -> None:
         self.app = app
         self.auth = auth
+        self.metrics = metrics or ServiceMetrics()
 
     def _caller(
         self, context: grpc.aio.ServicerContext, scope: Scope, brand: str | None = None
@@ -99,7 +103,10 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             raise
         except Exception:
             log.exception("CanSend failed; answering not allowed")
-            return api.decision_to_proto(_internal_error())
+            failed = _internal_error()
+            self.metrics.decided("CanSend", failed)
+            return api.decision_to_proto(failed)
+        self.metrics.decided("CanSend", result.decision)
         return api.decision_to_proto(result.decision, result.token.encode())
 
     @translate_errors
@@ -123,6 +130,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         except Exception:
             log.exception("CanSendBatch failed; answering not allowed for all")
             decisions, encoded = [_internal_error()] * len(phones), ""
+        self.metrics.decided_all("CanSendBatch", decisions)
         return api.batch_to_proto(phones, decisions, encoded)
 
     @translate_errors

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,8 +27,13 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start(data_dir: Path) -> tuple[subprocess.Popen[str], str, str]:
-    env = {**os.environ, "CONSENT_DATA_DIR": str(data_dir), "CONSENT_GRPC_LISTEN": "127.0.0.1:0"}
+def start(data_dir: Path) -> tuple[subprocess.Popen[str], str, str, str]:
+    env = {
+        **os.environ,
+        "CONSENT_DATA_DIR": str(data_dir),
+        "CONSENT_GRPC_LISTEN": "127.0.0.1:0",
+        "CONSENT_METRICS_LISTEN": "127.0.0.1:0",
+    }
     env.pop("CONSENT_POSTGRES_DSN", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "serve", "--embedded"],
@@ -37,15 +43,17 @@ def start(data_dir: Path) -> tuple[subprocess.Popen[str], str, str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    address = token = ""
+    address = token = metrics = ""
     assert proc.stdout is not None
     for line in proc.stdout:
         if m := re.search(r"serving gRPC on (\S+)", line):
             address = m.group(1)
+        if m := re.search(r"Prometheus metrics on (\S+)", line):
+            metrics = m.group(1)
         if m := re.search(r"local admin token .*: (\S+)", line):
             token = m.group(1)
         if address and token:
-            return proc, address, token
+            return proc, address, token, metrics
     raise AssertionError(f"the service exited with {proc.wait()} before serving")
 
 
@@ -57,7 +65,7 @@ def stop(proc: subprocess.Popen[str]) -> str:
 
 
 async def test_make_run_serves_health_reflection_and_the_api_and_keeps_data(tmp_path):
-    proc, address, token = await asyncio.to_thread(start, tmp_path / "data")
+    proc, address, token, metrics = await asyncio.to_thread(start, tmp_path / "data")
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -101,6 +109,9 @@ async def test_make_run_serves_health_reflection_and_the_api_and_keeps_data(tmp_
                 )
             )
             assert r.allowed, r
+        with urllib.request.urlopen(metrics, timeout=10) as scraped:
+            text = scraped.read().decode()
+        assert re.search(r'consent_cansend_decisions_total\{.*rpc="CanSend".*\} 1\.0', text)
     finally:
         out = await asyncio.to_thread(stop, proc)
     assert "shutting down" in out
@@ -117,7 +128,7 @@ async def test_make_run_serves_health_reflection_and_the_api_and_keeps_data(tmp_
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
     assert "rebuilt the projections from 2 ledger events" in rebuilt.stdout
 
-    proc, address, token2 = await asyncio.to_thread(start, tmp_path / "data")
+    proc, address, token2, _ = await asyncio.to_thread(start, tmp_path / "data")
     try:
         assert token2 == token  # the local token is kept with the data
         async with grpc.aio.insecure_channel(address) as channel:

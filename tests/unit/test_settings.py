@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.settings import Settings, SettingsError
+from services.settings import Settings, SettingsError, host_and_port
 
 EMBEDDED: dict[str, str] = {}
 
@@ -31,3 +31,20 @@ def test_kafka_needs_its_bootstrap_servers() -> None:
 def test_a_number_setting_that_is_not_a_number_is_refused_by_name() -> None:
     with pytest.raises(SettingsError, match="CONSENT_FRESHNESS_WAIT_MS must be a number"):
         Settings.from_env({"CONSENT_FRESHNESS_WAIT_MS": "soon"}, embedded=True)
+
+
+def test_metrics_are_served_on_loopback_by_the_embedded_default_only() -> None:
+    assert Settings.from_env(EMBEDDED, embedded=True).metrics_listen == "127.0.0.1:9464"
+    production = {"CONSENT_POSTGRES_DSN": "postgresql://db/consent", "CONSENT_LEDGER": "postgres"}
+    production["CONSENT_AUTH_TOKENS_FILE"] = "/etc/consent/tokens.json"
+    assert Settings.from_env(production).metrics_listen == ""
+    chosen = {**production, "CONSENT_METRICS_LISTEN": "[::]:9464"}
+    assert Settings.from_env(chosen).metrics_listen == "[::]:9464"
+    assert host_and_port("[::]:9464") == ("::", 9464)
+    assert host_and_port("0.0.0.0:0") == ("0.0.0.0", 0)
+
+
+def test_a_metrics_address_that_is_not_host_and_port_is_refused_by_name() -> None:
+    for bad in ("9464", ":9464", "localhost:", "localhost:http", "localhost:70000"):
+        with pytest.raises(SettingsError, match="CONSENT_METRICS_LISTEN must be host:port"):
+            Settings.from_env({"CONSENT_METRICS_LISTEN": bad}, embedded=True)

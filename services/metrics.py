@@ -1,0 +1,148 @@
+"""What the service tells Prometheus: its answers, its errors, and how fresh it is.
+
+A fail-closed service can fail quietly: when the projection stalls, every CanSend
+answers "not allowed" (``not_consistent``) and nothing else looks wrong. These
+metrics make that visible:
+
+* ``consent_cansend_decisions_total{rpc, allowed, reason}``: numbers decided, by
+  answer (a batch counts each of its numbers);
+* ``consent_rpc_errors_total{rpc, code}``: calls answered with an error status;
+* ``consent_projection_lag_events{stream}``: events the ledger held at the last
+  freshness observation that the read model had not applied yet;
+* ``consent_freshness_observation_age_seconds``: how old that observation is
+  (reads fail closed past ``max_observation_age``);
+* ``consent_replica_digests`` and ``consent_replica_loads_total``: the in-memory
+  replica's size and how often it loaded the whole view;
+* the ``process_*``, ``python_gc_*`` and ``python_info`` metrics of
+  ``prometheus_client``.
+
+The handlers only add to plain dictionaries on the event loop's thread (a few
+dictionary operations per call); everything else is read when Prometheus
+scrapes, on the HTTP server's thread, from values the loop swaps in whole.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from operator import attrgetter
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ledger.policy import Decision, Reason
+from ledger.ports import Stream
+from services.freshness import FreshnessStatus
+
+_ALLOWED = attrgetter("allowed")
+_REASON = attrgetter("reason")
+_REASONS = {id(reason): reason for reason in Reason}
+"""Decisions are counted by their reason's id: an enum member hashes in Python code,
+an int in C, and a batch counts a thousand of them."""
+
+
+class Watched(Protocol):
+    @property
+    def status(self) -> FreshnessStatus: ...
+
+
+class Replica(Protocol):
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def loads(self) -> int: ...
+
+
+class ServiceMetrics(Collector):
+    """The counters the servicer adds to, and a collector of every metric above.
+
+    ``guard`` and ``replica`` are set once the runtime has built them; until then
+    (and in a process without them) their metrics are left out."""
+
+    def __init__(
+        self,
+        guard: Watched | None = None,
+        replica: Replica | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.guard = guard
+        self.replica = replica
+        self._monotonic = monotonic
+        self._decisions: dict[tuple[str, bool, int], int] = {}
+        self._errors: dict[tuple[str, str], int] = {}
+
+    def decided(self, rpc: str, decision: Decision) -> None:
+        key = (rpc, decision.allowed, id(decision.reason))
+        self._decisions[key] = self._decisions.get(key, 0) + 1
+
+    def decided_all(self, rpc: str, decisions: Sequence[Decision]) -> None:
+        # One pass in C over the batch (0.13-0.17 µs a number), then a few updates.
+        counts = self._decisions
+        reasons = map(id, map(_REASON, decisions))
+        answers = Counter(zip(map(_ALLOWED, decisions), reasons, strict=True))
+        for (allowed, reason), n in answers.items():
+            key = (rpc, allowed, reason)
+            counts[key] = counts.get(key, 0) + n
+
+    def failed(self, rpc: str, code: str) -> None:
+        key = (rpc, code)
+        self._errors[key] = self._errors.get(key, 0) + 1
+
+    def registry(self) -> CollectorRegistry:
+        """A registry with these metrics and the process's own."""
+        registry = CollectorRegistry()
+        registry.register(self)
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        return registry
+
+    def collect(self) -> Iterator[Metric]:
+        decisions = CounterMetricFamily(
+            "consent_cansend_decisions",
+            "Numbers decided by CanSend and CanSendBatch, by answer.",
+            labels=["rpc", "allowed", "reason"],
+        )
+        for (rpc, allowed, reason), n in self._decisions.copy().items():
+            decisions.add_metric([rpc, str(allowed).lower(), _REASONS[reason].value], n)
+        yield decisions
+        errors = CounterMetricFamily(
+            "consent_rpc_errors",
+            "Calls answered with an error status, by method and gRPC status code.",
+            labels=["rpc", "code"],
+        )
+        for (rpc, code), n in self._errors.copy().items():
+            errors.add_metric([rpc, code], n)
+        yield errors
+        if self.guard is not None:
+            status = self.guard.status
+            lag = GaugeMetricFamily(
+                "consent_projection_lag_events",
+                "Events the ledger held at the last freshness observation that the "
+                "read model had not applied.",
+                labels=["stream"],
+            )
+            for stream in Stream:
+                lag.add_metric([stream.value], status.lag.get(stream, 0))
+            yield lag
+            yield GaugeMetricFamily(
+                "consent_freshness_observation_age_seconds",
+                "Seconds since the last freshness observation; reads fail closed when "
+                "it is older than the configured maximum.",
+                value=self._monotonic() - status.observed_at,
+            )
+        if self.replica is not None:
+            yield GaugeMetricFamily(
+                "consent_replica_digests",
+                "Digests held by the in-memory replica that CanSend reads.",
+                value=self.replica.size,
+            )
+            yield CounterMetricFamily(
+                "consent_replica_loads",
+                "Times the replica loaded the whole read model (at start and after a rebuild).",
+                value=self.replica.loads,
+            )

@@ -1,0 +1,145 @@
+"""``/metrics``: the service's answers, errors and freshness, scraped over HTTP from a
+running service (PostgreSQL ledger and view, real gRPC)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import urllib.request
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import consent_service_pb2_grpc as api_grpc
+from consent.v1 import ledger_pb2 as lpb
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.harness import client, define, opt_in, running, service_settings, ts
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PHONE = "+14155552671"  # Los Angeles
+OTHER = "+12125551234"
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(address: str) -> Samples:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def decisions(samples: Samples, rpc: str, allowed: str, reason: str) -> float | None:
+    return sample(
+        samples, "consent_cansend_decisions_total", rpc=rpc, allowed=allowed, reason=reason
+    )
+
+
+def noon_in_los_angeles() -> datetime:
+    """The latest 19:00 UTC at least a minute ago: quiet hours never decide."""
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    moment = now.replace(hour=19, minute=0, second=0, microsecond=0)
+    return moment if moment <= now else moment - timedelta(days=1)
+
+
+async def test_metrics_count_answers_and_errors_and_show_a_stalled_projection(
+    tmp_path, postgres_dsn
+):
+    base = service_settings(tmp_path, postgres_dsn, kafka=None)
+    settings = dataclasses.replace(
+        base,
+        metrics_listen="127.0.0.1:0",
+        freshness=dataclasses.replace(base.freshness, wait_bound=0.3),
+    )
+    at = noon_in_los_angeles()
+    async with running(settings) as runtime:
+        assert runtime.metrics_address is not None
+        async with client(runtime.address) as c:
+            await c.DefineCampaign(define("acme", "promo", at - timedelta(days=1)))
+            w = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", at - timedelta(minutes=5)))
+            one = await c.CanSend(
+                api.CanSendRequest(
+                    phone=PHONE,
+                    brand="acme",
+                    campaign="promo",
+                    at=ts(at),
+                    at_least_as_fresh=w.consistency_token,
+                )
+            )
+            assert one.allowed
+            many = await c.CanSendBatch(
+                api.CanSendBatchRequest(
+                    phones=[PHONE, OTHER, OTHER], brand="acme", campaign="promo", at=ts(at)
+                )
+            )
+            assert [d.allowed for d in many.decisions] == [True, False, False]
+        async with client(runtime.address, "globex-app") as globex:
+            with pytest.raises(grpc.aio.AioRpcError) as denied:
+                await globex.CanSend(
+                    api.CanSendRequest(phone=PHONE, brand="acme", campaign="promo")
+                )
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        async with grpc.aio.insecure_channel(runtime.address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+                await api_grpc.ConsentServiceStub(channel).CanSendBatch(
+                    api.CanSendBatchRequest(phones=[PHONE], brand="acme", campaign="promo")
+                )
+            assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        m = await asyncio.to_thread(scrape, runtime.metrics_address)
+        assert decisions(m, "CanSend", "true", "consent_active") == 1
+        assert decisions(m, "CanSendBatch", "true", "consent_active") == 1
+        assert decisions(m, "CanSendBatch", "false", "no_consent") == 2
+        assert decisions(m, "CanSend", "false", "not_consistent") is None
+        assert sample(m, "consent_rpc_errors_total", rpc="CanSend", code="PERMISSION_DENIED") == 1
+        assert (
+            sample(m, "consent_rpc_errors_total", rpc="CanSendBatch", code="UNAUTHENTICATED") == 1
+        )
+        assert sample(m, "consent_projection_lag_events", stream="subscribers") == 0
+        assert sample(m, "consent_projection_lag_events", stream="campaigns") == 0
+        age = sample(m, "consent_freshness_observation_age_seconds")
+        assert age is not None and 0 <= age < 2
+        assert sample(m, "consent_replica_digests") == 1
+        loads = sample(m, "consent_replica_loads_total")
+        assert loads is not None and loads >= 1
+        rss = sample(m, "process_resident_memory_bytes")
+        assert rss is not None and rss > 0
+
+        # The projector stops; the ledger takes an opt-out the read model never sees.
+        projector = next(t for t in runtime._tasks if t.get_name() == "projector")
+        projector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await projector
+        async with client(runtime.address) as c:
+            await c.RecordOptOut(
+                api.RecordOptOutRequest(
+                    request_id="stop-1",
+                    phone=PHONE,
+                    brand="acme",
+                    channel=lpb.REVOCATION_CHANNEL_API,
+                    occurred_at=ts(datetime.now(UTC)),
+                )
+            )
+            await runtime.guard.observe()
+            stale = await c.CanSend(
+                api.CanSendRequest(phone=PHONE, brand="acme", campaign="promo", at=ts(at))
+            )
+            assert not stale.allowed and stale.reason == api.REASON_NOT_CONSISTENT
+
+        m = await asyncio.to_thread(scrape, runtime.metrics_address)
+        assert sample(m, "consent_projection_lag_events", stream="subscribers") == 1
+        assert decisions(m, "CanSend", "false", "not_consistent") == 1
+        assert decisions(m, "CanSend", "true", "consent_active") == 1
+    with pytest.raises(OSError):  # stopped with the service
+        await asyncio.to_thread(scrape, runtime.metrics_address)

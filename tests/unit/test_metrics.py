@@ -1,0 +1,106 @@
+"""``ServiceMetrics``: what the handlers count and what a scrape reads, and the
+freshness guard's status it reads from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ledger.policy import Decision, Reason, deny
+from ledger.ports import Stream
+from services.adapters.memory_ledger import InMemoryLedger
+from services.adapters.memory_view import InMemoryConsentView
+from services.freshness import FreshnessGuard, FreshnessSettings, FreshnessStatus
+from services.metrics import ServiceMetrics
+from tests.builders import granted, revoked
+
+ALLOWED = Decision(True, Reason.CONSENT_ACTIVE)
+REVOKED = deny(Reason.REVOKED, "opted out")
+
+
+def value(metrics: ServiceMetrics, name: str, **labels: str) -> float | None:
+    return metrics.registry().get_sample_value(name, labels)
+
+
+def test_decisions_are_counted_per_method_and_answer() -> None:
+    metrics = ServiceMetrics()
+    metrics.decided("CanSend", ALLOWED)
+    metrics.decided("CanSend", ALLOWED)
+    metrics.decided_all("CanSendBatch", [ALLOWED, REVOKED, REVOKED, deny(Reason.REVOKED, "x")])
+    metrics.decided_all("CanSendBatch", [REVOKED])
+
+    def decided(rpc: str, allowed: str, reason: str) -> float | None:
+        return value(
+            metrics, "consent_cansend_decisions_total", rpc=rpc, allowed=allowed, reason=reason
+        )
+
+    assert decided("CanSend", "true", "consent_active") == 2
+    assert decided("CanSendBatch", "true", "consent_active") == 1
+    assert decided("CanSendBatch", "false", "revoked") == 4
+    assert decided("CanSend", "false", "revoked") is None
+
+
+def test_errors_are_counted_per_method_and_status() -> None:
+    metrics = ServiceMetrics()
+    metrics.failed("RecordOptIn", "INVALID_ARGUMENT")
+    metrics.failed("RecordOptIn", "INVALID_ARGUMENT")
+    metrics.failed("CanSend", "UNAUTHENTICATED")
+
+    errors = "consent_rpc_errors_total"
+    assert value(metrics, errors, rpc="RecordOptIn", code="INVALID_ARGUMENT") == 2
+    assert value(metrics, errors, rpc="CanSend", code="UNAUTHENTICATED") == 1
+
+
+@dataclass
+class Watched:
+    status: FreshnessStatus
+
+
+@dataclass
+class Replica:
+    size: int
+    loads: int
+
+
+def test_freshness_and_the_replica_are_read_when_scraped() -> None:
+    now = [100.0]
+    watched = Watched(FreshnessStatus(observed_at=99.75, lag={Stream.SUBSCRIBERS: 3}))
+    metrics = ServiceMetrics(watched, Replica(size=5, loads=1), monotonic=lambda: now[0])
+
+    assert value(metrics, "consent_projection_lag_events", stream="subscribers") == 3
+    assert value(metrics, "consent_projection_lag_events", stream="campaigns") == 0
+    assert value(metrics, "consent_freshness_observation_age_seconds") == 0.25
+    assert value(metrics, "consent_replica_digests") == 5
+    assert value(metrics, "consent_replica_loads_total") == 1
+
+    now[0] = 104.0
+    watched.status = FreshnessStatus(observed_at=103.5, lag={})
+    assert value(metrics, "consent_projection_lag_events", stream="subscribers") == 0
+    assert value(metrics, "consent_freshness_observation_age_seconds") == 0.5
+
+
+def test_without_a_guard_or_replica_only_the_counters_and_the_process_are_shown() -> None:
+    metrics = ServiceMetrics()
+    assert value(metrics, "consent_projection_lag_events", stream="subscribers") is None
+    assert value(metrics, "consent_replica_digests") is None
+    rss = value(metrics, "process_resident_memory_bytes")
+    assert rss is not None and rss > 0
+
+
+async def test_the_guard_reports_what_the_view_has_not_applied_at_each_observation() -> None:
+    ledger, view = InMemoryLedger(partitions=2), InMemoryConsentView()
+    guard = FreshnessGuard(ledger, view, FreshnessSettings())
+    assert guard.status.observed_at == float("-inf")
+
+    written = await ledger.append([granted(), revoked(granted().timestamp)])
+    await guard.observe()
+    assert guard.status.lag == {Stream.SUBSCRIBERS: 2, Stream.CAMPAIGNS: 0}
+    first = guard.status.observed_at
+
+    await view.apply(Stream.SUBSCRIBERS, written[:1])
+    await guard.observe()
+    assert guard.status.lag[Stream.SUBSCRIBERS] == 1
+    assert guard.status.observed_at >= first
+
+    await view.apply(Stream.SUBSCRIBERS, written[1:])
+    await guard.observe()
+    assert guard.status.lag[Stream.SUBSCRIBERS] == 0
