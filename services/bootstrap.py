@@ -128,7 +128,13 @@ class Runtime:
         from prometheus_client import start_http_server
 
         host, port = host_and_port(listen, "metrics_listen")
-        self._metrics_http, _ = start_http_server(port, host, self.metrics.registry())
+        try:
+            self._metrics_http, _ = start_http_server(port, host, self.metrics.registry())
+        except OSError as exc:
+            raise OSError(
+                f"cannot serve metrics on {listen} ({exc.strerror}): set "
+                "CONSENT_METRICS_LISTEN to a free host:port, or to nothing for no metrics"
+            ) from exc
         bound = self._metrics_http.server_port
         self.metrics_address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
 
