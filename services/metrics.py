@@ -18,7 +18,8 @@ metrics make that visible:
 
 The handlers only add to plain dictionaries on the event loop's thread (a few
 dictionary operations per call); everything else is read when Prometheus
-scrapes, on the HTTP server's thread, from values the loop swaps in whole.
+scrapes, on the HTTP server's thread: the counters as copies taken in one step,
+the guard's status as the loop last swapped it in whole.
 """
 
 from __future__ import annotations

@@ -54,14 +54,16 @@ def _internal_error() -> Decision:
 
 
 def _write_rpc(response: type[Any], scope: Scope = Scope.WRITE) -> Any:
-    """A write RPC: the same steps for every write, answered with its own response type."""
+    """A write RPC: the same steps for every write, answered with its own response type,
+    and named after its method (``RecordOptInResponse``: ``RecordOptIn``) for logs and
+    metrics."""
 
-    @translate_errors
     async def rpc(self: ConsentServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         written = await self.write(request, context, scope)
         return response(event_ids=written.event_ids, consistency_token=written.token.encode())
 
-    return rpc
+    rpc.__name__ = rpc.__qualname__ = response.__name__.removesuffix("Response")
+    return translate_errors(rpc)
 
 
 # The generated base is untyped to mypy (generated code is excluded from checks).

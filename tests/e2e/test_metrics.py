@@ -86,6 +86,9 @@ async def test_metrics_count_answers_and_errors_and_show_a_stalled_projection(
                 )
             )
             assert [d.allowed for d in many.decisions] == [True, False, False]
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await c.RecordOptIn(opt_in("not a number", "acme", "promo", at))
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         async with client(runtime.address, "globex-app") as globex:
             with pytest.raises(grpc.aio.AioRpcError) as denied:
                 await globex.CanSend(
@@ -105,6 +108,9 @@ async def test_metrics_count_answers_and_errors_and_show_a_stalled_projection(
         assert decisions(m, "CanSendBatch", "false", "no_consent") == 2
         assert decisions(m, "CanSend", "false", "not_consistent") is None
         assert sample(m, "consent_rpc_errors_total", rpc="CanSend", code="PERMISSION_DENIED") == 1
+        assert (
+            sample(m, "consent_rpc_errors_total", rpc="RecordOptIn", code="INVALID_ARGUMENT") == 1
+        )
         assert (
             sample(m, "consent_rpc_errors_total", rpc="CanSendBatch", code="UNAUTHENTICATED") == 1
         )

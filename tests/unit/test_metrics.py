@@ -10,6 +10,7 @@ from ledger.ports import Stream
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
 from services.freshness import FreshnessGuard, FreshnessSettings, FreshnessStatus
+from services.grpc_api.servicer import ConsentServicer
 from services.metrics import ServiceMetrics
 from tests.builders import granted, revoked
 
@@ -104,3 +105,13 @@ async def test_the_guard_reports_what_the_view_has_not_applied_at_each_observati
     await view.apply(Stream.SUBSCRIBERS, written[1:])
     await guard.observe()
     assert guard.status.lag[Stream.SUBSCRIBERS] == 0
+
+
+def test_every_method_reports_its_errors_under_its_own_name() -> None:
+    wrapped = {
+        name: method
+        for name, method in vars(ConsentServicer).items()
+        if hasattr(method, "__wrapped__")
+    }
+    assert {"CanSend", "RecordOptIn", "DefineCampaign", "ListEvents"} <= wrapped.keys()
+    assert {name: m.__name__ for name, m in wrapped.items()} == {name: name for name in wrapped}
