@@ -69,12 +69,12 @@ class FreshnessGuard:
         self._monotonic = monotonic
         self._ends: dict[Stream, dict[int, int]] = {}
         self._applied: dict[Stream, dict[int, int]] = {}
-        self._observed_at = float("-inf")
         self._caught_up = False
         """At the last observation, the view had applied every partition up to its end."""
         self._applied_token = ConsistencyToken({})
         self.status = FreshnessStatus()
-        """Replaced whole at each observation, so another thread reads one observation."""
+        """The last observation's time and lag; replaced whole at each observation, so
+        another thread (a metrics scrape) reads one observation."""
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
@@ -92,7 +92,7 @@ class FreshnessGuard:
         started = self._monotonic()
         ends = await self._ledger.every_end_offset()
         applied = {s: await self._view.positions(s) for s in Stream}
-        self._ends, self._applied, self._observed_at = ends, applied, started
+        self._ends, self._applied = ends, applied
         lag = {
             stream: sum(
                 max(0, offset - applied.get(stream, {}).get(p, 0))
@@ -130,7 +130,7 @@ class FreshnessGuard:
     async def _wait(self, needed: dict[tuple[Stream, int], int], timeout: float) -> bool:
         deadline = self._monotonic() + timeout
         while True:
-            if self._monotonic() - self._observed_at > self._settings.max_observation_age:
+            if self._monotonic() - self.status.observed_at > self._settings.max_observation_age:
                 return False
             if not self._behind(needed):
                 return True
@@ -150,7 +150,7 @@ class FreshnessGuard:
         ends, and the campaign stream up to its end."""
         if (
             self._caught_up
-            and self._monotonic() - self._observed_at <= self._settings.max_observation_age
+            and self._monotonic() - self.status.observed_at <= self._settings.max_observation_age
         ):
             return True  # every partition is, so the phones' partitions are too
         ends = self._ends.get(Stream.SUBSCRIBERS, {})
