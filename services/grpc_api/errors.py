@@ -81,7 +81,8 @@ Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
 
 
 def translate_errors(handler: Handler[R]) -> Handler[R]:
-    """Wrap a servicer method so every exception leaves as a proper gRPC status."""
+    """Wrap a servicer method so every exception leaves as a proper gRPC status,
+    counted in the servicer's ``metrics`` under the method's name."""
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
