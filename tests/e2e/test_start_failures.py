@@ -1,0 +1,125 @@
+"""A start that cannot succeed: it says what failed and which setting to look at, and
+it stops what it had started (real PostgreSQL; Kafka where a broker is the point)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from services.adapters.kafka_ledger import KafkaLedgerSettings
+from services.bootstrap import Runtime, StartError
+from tests.e2e.harness import service_settings, write_tokens
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def taken_port() -> Iterator[str]:
+    """A loopback address that something else is listening on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield f"127.0.0.1:{taken.getsockname()[1]}"
+
+
+def closed_port() -> str:
+    """A loopback address that nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def bindable(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, int(port)))
+        except OSError:
+            return False
+    return True
+
+
+async def test_a_grpc_address_in_use_stops_the_start_and_releases_what_had_started(
+    tmp_path, postgres_dsn
+):
+    metrics = closed_port()  # served before gRPC binds: it must be let go again
+    with taken_port() as grpc_address:
+        settings = dataclasses.replace(
+            service_settings(tmp_path, postgres_dsn, kafka=None),
+            listen=grpc_address,
+            metrics_listen=metrics,
+        )
+        runtime = Runtime(settings)
+        refused = f"cannot serve gRPC on {grpc_address}: .*CONSENT_GRPC_LISTEN"
+        with pytest.raises(StartError, match=refused):
+            await runtime.start()
+    assert runtime.server is None
+    assert runtime.pool is not None and runtime.pool.is_closing()
+    assert runtime.reads is not None and runtime.reads.is_closing()
+    assert bindable(metrics), "the metrics server was left running"
+
+
+async def test_a_metrics_port_in_use_stops_the_start_with_the_setting_named(tmp_path, postgres_dsn):
+    with taken_port() as address:
+        settings = service_settings(tmp_path, postgres_dsn, kafka=None)
+        runtime = Runtime(dataclasses.replace(settings, metrics_listen=address))
+        refused = f"cannot serve metrics on {address} .*CONSENT_METRICS_LISTEN"
+        with pytest.raises(StartError, match=refused):
+            await runtime.start()
+    assert runtime.server is None  # gRPC never started serving
+    assert runtime.pool is not None and runtime.pool.is_closing()
+
+
+async def test_an_unreachable_kafka_stops_the_start_with_the_setting_named(tmp_path, postgres_dsn):
+    kafka = KafkaLedgerSettings(
+        bootstrap_servers=closed_port(), replication_factor=1, min_insync_replicas=1
+    )
+    runtime = Runtime(service_settings(tmp_path, postgres_dsn, kafka=kafka))
+    refused = f"cannot use Kafka at {kafka.bootstrap_servers} \\(CONSENT_KAFKA_BOOTSTRAP\\)"
+    with pytest.raises(StartError, match=refused):
+        await runtime.start()
+    assert runtime.ledger is None and runtime.server is None
+    assert runtime.pool is not None and runtime.pool.is_closing()
+
+
+async def test_an_unreachable_postgresql_stops_the_start_with_the_setting_named(tmp_path):
+    dsn = f"postgresql://consent@{closed_port()}/consent"
+    runtime = Runtime(service_settings(tmp_path, dsn, kafka=None))
+    with pytest.raises(StartError, match=r"cannot use PostgreSQL \(CONSENT_POSTGRES_DSN\)"):
+        await runtime.start()
+    assert runtime.pool is None and runtime.server is None
+
+
+async def test_the_command_line_says_why_it_cannot_start_without_a_traceback(tmp_path):
+    env = {
+        **os.environ,
+        "CONSENT_KAFKA_BOOTSTRAP": closed_port(),
+        "CONSENT_POSTGRES_DSN": f"postgresql://consent@{closed_port()}/consent",
+        "CONSENT_AUTH_TOKENS_FILE": str(write_tokens(tmp_path / "tokens.json")),
+        "CONSENT_DATA_DIR": str(tmp_path),
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services.cli", "serve"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "consent-ledger: cannot start: cannot use PostgreSQL (CONSENT_POSTGRES_DSN)" in (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr
