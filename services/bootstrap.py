@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from aiokafka.errors import KafkaError
 
 from ledger.ports import ConsentView, Ledger
 from services.adapters.digest_replica import DigestReplica
+from services.adapters.kafka_ledger import KafkaLedger, UnsafeTopicError
 from services.adapters.migrations import migrate
 from services.adapters.postgres_view import PostgresConsentView, read_pool
 from services.app import Clock, ConsentApp, utc_now
@@ -30,11 +32,13 @@ from services.freshness import FreshnessGuard
 from services.grpc_api.auth import TokenAuthenticator, write_dev_tokens
 from services.grpc_api.server import GrpcServer
 from services.metrics import ServiceMetrics
+from services.projector import KafkaProjector, Projector, supervise
 from services.settings import Settings, host_and_port
 
 log = logging.getLogger(__name__)
 
 _POSTGRES_FAILURES = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_KAFKA_FAILURES = (OSError, asyncio.TimeoutError, KafkaError, UnsafeTopicError)
 
 
 class StartError(RuntimeError):
@@ -52,15 +56,8 @@ def _failing_as(what: str, failures: tuple[type[BaseException], ...]) -> Iterato
         raise StartError(f"{what}: {detail}") from exc
 
 
-def _kafka_failing(bootstrap: str) -> contextlib.AbstractContextManager[None]:
-    from aiokafka.errors import KafkaError  # imported here: the embedded default has no Kafka
-
-    from services.adapters.kafka_ledger import UnsafeTopicError
-
-    return _failing_as(
-        f"cannot use Kafka at {bootstrap} (CONSENT_KAFKA_BOOTSTRAP)",
-        (OSError, asyncio.TimeoutError, KafkaError, UnsafeTopicError),
-    )
+def _kafka(bootstrap: str) -> str:
+    return f"cannot use Kafka at {bootstrap} (CONSENT_KAFKA_BOOTSTRAP)"
 
 
 def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
@@ -193,11 +190,9 @@ class Runtime:
     async def _build_ledger(self) -> Ledger:
         s = self.settings
         if s.ledger == "kafka":
-            from services.adapters.kafka_ledger import KafkaLedger
-
             assert s.kafka is not None
             kafka = KafkaLedger(s.kafka)
-            with _kafka_failing(s.kafka.bootstrap_servers):
+            with _failing_as(_kafka(s.kafka.bootstrap_servers), _KAFKA_FAILURES):
                 await kafka.ensure_topics()  # before start: start refuses missing or unsafe topics
                 await kafka.start()
             return kafka
@@ -210,18 +205,16 @@ class Runtime:
         s = self.settings
         assert self.ledger is not None and self.view is not None
         if s.ledger == "kafka":
-            from services.projector import KafkaProjector
-
             assert s.kafka is not None
             projector = KafkaProjector(s.kafka, self.view, group_id=s.projector_group)
-            with _kafka_failing(s.kafka.bootstrap_servers):
+            with _failing_as(_kafka(s.kafka.bootstrap_servers), _KAFKA_FAILURES):
                 await projector.start()
-            self._tasks.append(asyncio.create_task(projector.run(), name="projector"))
+            run = projector.run
         else:
-            from services.projector import Projector
-
             local = Projector(self.ledger, self.view, poll_timeout=0.05)
-            self._tasks.append(asyncio.create_task(local.run(), name="projector"))
+            run = local.run
+        supervised = supervise(run, name="the projector", failed=self.metrics.projector_failed)
+        self._tasks.append(asyncio.create_task(supervised, name="projector"))
 
     @property
     def address(self) -> str:

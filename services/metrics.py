@@ -13,6 +13,8 @@ metrics make that visible:
   (reads fail closed past ``max_observation_age``);
 * ``consent_replica_digests`` and ``consent_replica_loads_total``: the in-memory
   replica's size and how often it loaded the whole view;
+* ``consent_projector_failures_total``: times the projector failed and was
+  started again (``services.projector.supervise``);
 * the ``process_*``, ``python_gc_*`` and ``python_info`` metrics of
   ``prometheus_client``.
 
@@ -75,6 +77,7 @@ class ServiceMetrics(Collector):
         self._monotonic = monotonic
         self._decisions: dict[tuple[str, bool, int], int] = {}
         self._errors: dict[tuple[str, str], int] = {}
+        self._projector_failures = 0
 
     def decided(self, rpc: str, decision: Decision) -> None:
         key = (rpc, decision.allowed, id(decision.reason))
@@ -92,6 +95,9 @@ class ServiceMetrics(Collector):
     def failed(self, rpc: str, code: str) -> None:
         key = (rpc, code)
         self._errors[key] = self._errors.get(key, 0) + 1
+
+    def projector_failed(self) -> None:
+        self._projector_failures += 1
 
     def registry(self) -> CollectorRegistry:
         """A registry with these metrics and the process's own."""
@@ -119,6 +125,11 @@ class ServiceMetrics(Collector):
         for (rpc, code), n in self._errors.copy().items():
             errors.add_metric([rpc, code], n)
         yield errors
+        yield CounterMetricFamily(
+            "consent_projector_failures",
+            "Times the projector failed and was started again; the log has each cause.",
+            value=self._projector_failures,
+        )
         if self.guard is not None:
             status = self.guard.status
             lag = GaugeMetricFamily(

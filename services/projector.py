@@ -6,13 +6,15 @@ instances share the partitions. Both resume from the positions the view stored
 with its rows, never from Kafka's committed offsets: the view commits its rows and
 its positions in one transaction, so a crash between a write and anything after it
 replays a batch the view then skips, and nothing is lost or applied twice.
+That is also why ``supervise`` may simply start a failed projector again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -26,6 +28,43 @@ if TYPE_CHECKING:
     from services.adapters.kafka_ledger import KafkaLedgerSettings
 
 log = logging.getLogger(__name__)
+
+
+async def supervise(
+    run: Callable[[], Awaitable[None]],
+    *,
+    name: str,
+    failed: Callable[[], None] = lambda: None,
+    first_pause: float = 0.5,
+    longest_pause: float = 30.0,
+    healthy_after: float = 60.0,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> None:
+    """Run ``run()`` until cancelled, and start it again whenever it fails.
+
+    A projector fails when PostgreSQL or Kafka does, usually for a moment (a
+    failover, a restart); left dead, it would leave every read failing closed
+    until someone restarted the process. Each failure is logged with its cause
+    and counted through ``failed``; the pause before the next start doubles from
+    ``first_pause`` up to ``longest_pause``, and goes back to ``first_pause`` once a
+    run has lasted ``healthy_after`` seconds. A run that returns is a failure too:
+    a projector follows the ledger forever.
+    """
+    pause = first_pause
+    while True:
+        started = monotonic()
+        try:
+            await run()
+            problem: BaseException = RuntimeError(f"{name} returned; it should run forever")
+        except Exception as exc:  # cancellation is a BaseException: it ends the loop
+            problem = exc
+        failed()
+        if monotonic() - started >= healthy_after:
+            pause = first_pause
+        log.error("%s failed; starting it again in %.1f s", name, pause, exc_info=problem)
+        await sleep(pause)
+        pause = min(pause * 2, longest_pause)
 
 
 class Projector:
