@@ -124,9 +124,16 @@ class ConsentProof:
 
 @dataclass(frozen=True)
 class LedgerEvent(DomainEvent):
-    """A fact in the ledger. ``timestamp`` is when it happened in the world."""
+    """A fact in the ledger. ``timestamp`` is when it happened in the world.
+
+    ``recorded_by`` names who asked for it to be recorded (the caller's token): the
+    record's provenance, not part of the fact, so it takes no part in comparing
+    events and no rule reads it.
+    """
 
     EVENT_TYPE: ClassVar[str] = ""
+    _: KW_ONLY
+    recorded_by: str = field(default="", compare=False)
 
     @property
     def event_id(self) -> uuid.UUID:

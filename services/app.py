@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -80,6 +80,11 @@ class DigestReads(Protocol):
     async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]: ...
 
 
+def _stamped(events: Sequence[LedgerEvent], recorded_by: str) -> list[LedgerEvent]:
+    """``events``, each with ``recorded_by`` set (as they are when it is empty)."""
+    return [replace(e, recorded_by=recorded_by) for e in events] if recorded_by else list(events)
+
+
 def _behind() -> Decision:
     return deny(Reason.NOT_CONSISTENT, "the read model is behind the ledger; try again")
 
@@ -113,9 +118,11 @@ class ConsentApp:
 
     # ---- writes -------------------------------------------------------------------------
 
-    async def record(self, cmd: Command) -> WriteResult:
-        """Validate, then append. A retried request id records nothing new."""
-        events = to_events(cmd, self.clock())
+    async def record(self, cmd: Command, *, recorded_by: str = "") -> WriteResult:
+        """Validate, then append. A retried request id records nothing new.
+
+        ``recorded_by`` (the caller's name) is stamped on every event written."""
+        events = _stamped(to_events(cmd, self.clock()), recorded_by)
         replay = await self._replay(events)
         if replay is not None:  # checked first: a retried DefineCampaign is not a redefinition
             return replay
@@ -131,10 +138,15 @@ class ConsentApp:
         return await self._append(events)
 
     async def handle_inbound(
-        self, cmd: HandleInboundMessage, authorize: Callable[[str], None] = lambda brand: None
+        self,
+        cmd: HandleInboundMessage,
+        authorize: Callable[[str], None] = lambda brand: None,
+        *,
+        recorded_by: str = "",
     ) -> InboundResult:
         """``authorize`` is called with the brand the receiving number belongs to,
-        before anything is written (a caller may act for some brands only)."""
+        before anything is written (a caller may act for some brands only);
+        ``recorded_by`` is stamped on every event written."""
         to = to_e164(cmd.to_phone, field="to_phone")
         sender = to_e164(cmd.from_phone, field="from_phone")
         await self.guard.wait_for_phones([sender])
@@ -148,7 +160,7 @@ class ConsentApp:
             raise FailedPrecondition("to_phone", f"campaign {brand}/{name} has no rules")
         states = await self.view.subscriber_states(brand, [sender])
         outcome = handle_inbound(cmd, campaign, states[sender], self.clock())
-        return InboundResult(await self._append(outcome.events), outcome)
+        return InboundResult(await self._append(_stamped(outcome.events, recorded_by)), outcome)
 
     async def _replay(self, events: Sequence[LedgerEvent]) -> WriteResult | None:
         """The earlier result when every event was already recorded (a retried request)."""

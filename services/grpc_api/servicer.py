@@ -226,10 +226,10 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, request: Any, context: grpc.aio.ServicerContext, scope: Scope
     ) -> WriteResult:
         """Every plain write: authorize for the request's brand, translate, record."""
-        self._caller(context, scope, request.brand)
+        principal = self._caller(context, scope, request.brand)
         command = api.command_from_proto(request)
         assert not isinstance(command, HandleInboundMessage)
-        return await self.app.record(command)
+        return await self.app.record(command, recorded_by=principal.name)
 
     RecordOptIn = _write_rpc(api_pb2.RecordOptInResponse)
     RecordOptOut = _write_rpc(api_pb2.RecordOptOutResponse)
@@ -248,7 +248,9 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         command = api.command_from_proto(request)
         assert isinstance(command, HandleInboundMessage)
         result = await self.app.handle_inbound(
-            command, authorize=lambda brand: principal.require(Scope.WRITE, brand)
+            command,
+            authorize=lambda brand: principal.require(Scope.WRITE, brand),
+            recorded_by=principal.name,
         )
         return api.inbound_outcome_to_proto(
             result.outcome, result.write.event_ids, result.write.token.encode()

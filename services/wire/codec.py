@@ -496,6 +496,7 @@ def event_to_proto(event: LedgerEvent) -> ledger_pb2.EventEnvelope:
         phone=event.phone if isinstance(event, SubscriberEvent) else "",
         brand=event.brand if isinstance(event, SubscriberEvent | CampaignEvent) else "",
         campaign=campaign or "",
+        recorded_by=event.recorded_by,
     )
     getattr(env, oneof_field).CopyFrom(payload)
     return env
@@ -522,6 +523,7 @@ def event_from_proto(env: ledger_pb2.EventEnvelope) -> LedgerEvent:
         "originator_version": FIRST_VERSION,
         "timestamp": _required_time(env, "occurred_at", "occurred_at"),
         "brand": env.brand,
+        "recorded_by": env.recorded_by,
     }
     if issubclass(cls, SubscriberEvent):
         state["phone"] = env.phone

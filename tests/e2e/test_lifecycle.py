@@ -181,6 +181,8 @@ async def test_the_full_life_of_a_number(service):
         )
         types = [e.event.event_type for e in events.events]
         assert types.count("ConsentGranted") == 2 and "ConsentResumed" in types
+        # Each fact names the caller that recorded it, through Kafka and the projection.
+        assert {e.event.recorded_by for e in events.events} == {"acme-app"}
         past = await c.CanSendAsOf(
             api.CanSendAsOfRequest(
                 phone=PHONE, brand="acme", campaign="promo", at=ts(t - timedelta(minutes=3))
@@ -192,6 +194,7 @@ async def test_the_full_life_of_a_number(service):
         )
         assert consent.state == api.CONSENT_STATE_REVOKED_BRAND_WIDE
         assert consent.grant.event.consent_granted.proof.form_url.startswith("https://acme")
+        assert consent.grant.event.recorded_by == "acme-app"
 
 
 async def test_reconfirmation_after_a_silent_first_message_window(service):
@@ -256,12 +259,16 @@ async def test_a_retried_write_records_nothing_twice(service):
         first = await c.RecordOptIn(request)
         second = await c.RecordOptIn(request)
         assert list(first.event_ids) == list(second.event_ids)
-        events = await c.ListEvents(
+    async with client(runtime.address) as admin:  # the same request from another caller
+        third = await admin.RecordOptIn(request)
+        assert list(third.event_ids) == list(first.event_ids)
+        events = await admin.ListEvents(
             api.ListEventsRequest(
-                phone=PHONE, brand="acme", at_least_as_fresh=second.consistency_token
+                phone=PHONE, brand="acme", at_least_as_fresh=third.consistency_token
             )
         )
         assert [e.event.event_type for e in events.events] == ["ConsentGranted"]
+        assert events.events[0].event.recorded_by == "acme-app"  # the first caller's
 
 
 BAD_WRITES = [

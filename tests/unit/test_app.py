@@ -79,6 +79,20 @@ async def test_a_retry_that_overtakes_the_projection_is_still_a_retry(app):
         await app.record(define("another-request"))
 
 
+async def test_every_event_written_names_its_caller_and_a_retry_keeps_the_first():
+    async with running() as (app, _):
+        await app.record(define(), recorded_by="ops-console")
+        first = await app.record(opt_in("r1"), recorded_by="checkout")
+        await app.guard.wait_for_token(first.token)
+        again = await app.record(opt_in("r1"), recorded_by="someone-else")
+        assert again.replayed and again.event_ids == first.event_ids
+        ledger = app.ledger
+        subscribers = await ledger.read(Stream.SUBSCRIBERS, ledger.partition_for(PHONE), 0)
+        campaigns = await ledger.read(Stream.CAMPAIGNS, 0, 0)
+        assert [r.event.recorded_by for r in campaigns] == ["ops-console"]
+        assert [r.event.recorded_by for r in subscribers] == ["checkout"]
+
+
 async def test_opt_in_then_check_then_opt_out_then_check(app):
     await app.record(define())
     granted = await app.record(opt_in("r1"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime, time, timedelta, timezone
 from typing import Any, ClassVar
@@ -179,6 +180,19 @@ def test_envelope_denormalises_type_version_and_routing_fields(event: LedgerEven
     assert env.brand == BRAND
     assert env.phone == getattr(event, "phone", "")
     assert env.campaign == (getattr(event, "campaign", None) or "")
+
+
+def test_who_recorded_a_fact_travels_in_the_envelope_and_is_not_part_of_the_fact() -> None:
+    event = dataclasses.replace(EXAMPLES[0], recorded_by="checkout-service")
+
+    env = ledger_pb2.EventEnvelope.FromString(codec.encode_event(event))
+    decoded = codec.decode_event(env.SerializeToString())
+
+    assert env.recorded_by == "checkout-service"
+    assert decoded.recorded_by == "checkout-service"
+    assert decoded == EXAMPLES[0]  # the same fact, whoever recorded it
+    env.ClearField("recorded_by")  # written before the field existed
+    assert codec.decode_event(env.SerializeToString()).recorded_by == ""
 
 
 def test_brand_wide_revocation_travels_as_absent_campaign_not_empty_string() -> None:
