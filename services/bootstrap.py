@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import grpc
 from aiokafka.errors import KafkaError
 
 from ledger.ports import ConsentView, Ledger
@@ -30,10 +31,10 @@ from services.adapters.postgres_view import PostgresConsentView, read_pool
 from services.app import Clock, ConsentApp, utc_now
 from services.freshness import FreshnessGuard
 from services.grpc_api.auth import TokenAuthenticator, write_dev_tokens
-from services.grpc_api.server import GrpcServer
+from services.grpc_api.server import CannotListen, GrpcServer
 from services.metrics import ServiceMetrics
 from services.projector import KafkaProjector, Projector, supervise
-from services.settings import Settings, host_and_port
+from services.settings import Settings, TlsSettings, host_and_port
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,38 @@ def _failing_as(what: str, failures: tuple[type[BaseException], ...]) -> Iterato
 
 def _kafka(bootstrap: str) -> str:
     return f"cannot use Kafka at {bootstrap} (CONSENT_KAFKA_BOOTSTRAP)"
+
+
+async def _server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    """The gRPC port's credentials, from the PEM files the settings name."""
+    files = [("CONSENT_TLS_CERT_FILE", tls.cert_file), ("CONSENT_TLS_KEY_FILE", tls.key_file)]
+    if tls.client_ca_file is not None:
+        files.append(("CONSENT_TLS_CLIENT_CA_FILE", tls.client_ca_file))
+    pem = {}
+    for setting, path in files:
+        with _failing_as(f"cannot read {path} ({setting})", (OSError,)):
+            pem[setting] = path.read_bytes()
+        # grpcio refuses an unusable file only as a port it "failed to bind": look first.
+        expected = "PRIVATE KEY" if setting == "CONSENT_TLS_KEY_FILE" else "CERTIFICATE"
+        if f"{expected}-----".encode() not in pem[setting]:
+            raise StartError(f"{path} ({setting}) holds no PEM {expected.lower()}")
+    ca = pem.get("CONSENT_TLS_CLIENT_CA_FILE")
+    credentials = grpc.ssl_server_credentials(
+        [(pem["CONSENT_TLS_KEY_FILE"], pem["CONSENT_TLS_CERT_FILE"])],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+    # A key that does not match its certificate, say: try them on a throwaway port,
+    # so the error names the files and not the address.
+    probe = grpc.aio.server()
+    try:
+        probe.add_secure_port("127.0.0.1:0", credentials)
+    except RuntimeError as exc:
+        names = ", ".join(setting for setting, _ in files)
+        raise StartError(f"gRPC cannot use the TLS files in {names} together") from exc
+    await probe.start()  # grpcio lets go of a bound port only by stopping a started server
+    await probe.stop(None)
+    return credentials
 
 
 def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
@@ -158,17 +191,32 @@ class Runtime:
         tokens = s.tokens_file
         if tokens is None:
             tokens, self.dev_token = dev_token(s.data_dir)
-        auth = TokenAuthenticator.from_file(tokens)
+        with _failing_as(
+            f"cannot use the tokens file {tokens} (CONSENT_AUTH_TOKENS_FILE)",
+            (OSError, ValueError, KeyError, TypeError),
+        ):
+            auth = TokenAuthenticator.from_file(tokens)
+        credentials = None if s.tls is None else await _server_credentials(s.tls)
         self.metrics.guard, self.metrics.replica = self.guard, replica
         if s.metrics_listen:  # before gRPC: a port in use stops the start, not a served process
             self._serve_metrics(s.metrics_listen)
-        server = GrpcServer(self.app, auth, s.listen, self.metrics)
+        server = GrpcServer(
+            self.app,
+            auth,
+            s.listen,
+            self.metrics,
+            credentials=credentials,
+            health_listen=s.health_listen,
+        )
         try:
             await server.start()
-        except OSError as exc:
+        except CannotListen as exc:
+            setting = (
+                "CONSENT_HEALTH_LISTEN" if exc.address == s.health_listen else "CONSENT_GRPC_LISTEN"
+            )
             raise StartError(
-                f"cannot serve gRPC on {s.listen}: the address is in use or not one of this "
-                "machine's; set CONSENT_GRPC_LISTEN to a free host:port"
+                f"cannot serve gRPC on {exc.address}: the address is in use or not one of "
+                f"this machine's; set {setting} to a free host:port"
             ) from exc
         self.server = server  # only a started server is stopped
 

@@ -15,15 +15,20 @@ from typing import Any
 import asyncpg
 
 from services.bootstrap import Runtime, StartError, settle_heap, start_embedded_postgres
-from services.settings import Settings, SettingsError
+from services.settings import Settings, SettingsError, TlsSettings
 
 log = logging.getLogger("consent-ledger")
 
 
-def _grpcurl_hint(address: str, token: str | None) -> str:
+def _grpcurl_hint(address: str, token: str | None, tls: TlsSettings | None = None) -> str:
     auth = f"-H 'authorization: Bearer {token}' " if token else "-H 'authorization: Bearer $TOKEN' "
+    transport = "-plaintext "
+    if tls is not None:  # the CA that signed the server's certificate, if not a public one
+        transport = "-cacert ca.pem "
+        if tls.client_ca_file is not None:
+            transport += "-cert client.pem -key client-key.pem "
     return (
-        f"  grpcurl -plaintext {auth}\\\n"
+        f"  grpcurl {transport}{auth}\\\n"
         f'    -d \'{{"phone": "+14155552671", "brand": "acme", "campaign": "promo"}}\' \\\n'
         f"    {address} consent.v1.ConsentService/CanSend"
     )
@@ -33,16 +38,21 @@ async def _serve(settings: Settings, embedded: bool) -> None:
     runtime = Runtime(settings)
     await runtime.start()
     settle_heap()
+    tls = settings.tls
+    security = "" if tls is None else " with mutual TLS" if tls.client_ca_file else " with TLS"
     print(
-        f"consent-ledger serving gRPC on {runtime.address} "
+        f"consent-ledger serving gRPC{security} on {runtime.address} "
         f"(ledger: {settings.ledger}, data: {settings.data_dir if embedded else 'external'})",
         flush=True,
     )
+    assert runtime.server is not None
+    if runtime.server.health_address:
+        print(f"gRPC health checks (plaintext) on {runtime.server.health_address}", flush=True)
     if runtime.metrics_address:
         print(f"Prometheus metrics on http://{runtime.metrics_address}/metrics", flush=True)
     if runtime.dev_token:
         print(f"local admin token (stored in {settings.data_dir}/dev-token): {runtime.dev_token}")
-    print("try:\n" + _grpcurl_hint(runtime.address, runtime.dev_token), flush=True)
+    print("try:\n" + _grpcurl_hint(runtime.address, runtime.dev_token, tls), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

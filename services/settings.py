@@ -19,6 +19,16 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """The gRPC port's TLS: the server's certificate chain and key (PEM files), and for
+    mutual TLS the CA that client certificates must be signed by."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
     ledger: str = "postgres"
@@ -38,6 +48,11 @@ class Settings:
     current from PostgreSQL) or ``postgres`` (a query per call, shared under load)."""
     metrics_listen: str = ""
     """``host:port`` of the Prometheus endpoint (``/metrics``); empty serves none."""
+    tls: TlsSettings | None = None
+    """None serves gRPC in plaintext (loopback, or behind a mesh that encrypts)."""
+    health_listen: str = ""
+    """``host:port`` of a plaintext port serving only the gRPC health service (for
+    probes that cannot speak TLS); empty serves none."""
 
     @staticmethod
     def from_env(env: Mapping[str, str] | None = None, *, embedded: bool = False) -> Settings:
@@ -73,6 +88,9 @@ class Settings:
         metrics = e.get("CONSENT_METRICS_LISTEN", "127.0.0.1:9464" if embedded else "")
         if metrics:
             host_and_port(metrics, "CONSENT_METRICS_LISTEN")
+        health = e.get("CONSENT_HEALTH_LISTEN", "")
+        if health:
+            host_and_port(health, "CONSENT_HEALTH_LISTEN")
         tokens = e.get("CONSENT_AUTH_TOKENS_FILE")
         if tokens is None and not embedded:
             raise SettingsError("CONSENT_AUTH_TOKENS_FILE is required outside --embedded")
@@ -92,7 +110,26 @@ class Settings:
             pool_size=int(number("CONSENT_POSTGRES_POOL_SIZE", 10)),
             cansend_reads=reads,
             metrics_listen=metrics,
+            tls=_tls(e),
+            health_listen=health,
         )
+
+
+def _tls(e: Mapping[str, str]) -> TlsSettings | None:
+    cert, key = e.get("CONSENT_TLS_CERT_FILE"), e.get("CONSENT_TLS_KEY_FILE")
+    ca = e.get("CONSENT_TLS_CLIENT_CA_FILE")
+    if bool(cert) != bool(key):
+        raise SettingsError(
+            "CONSENT_TLS_CERT_FILE and CONSENT_TLS_KEY_FILE go together: set both, or neither"
+        )
+    if not cert or not key:
+        if ca:
+            raise SettingsError(
+                "CONSENT_TLS_CLIENT_CA_FILE needs CONSENT_TLS_CERT_FILE and "
+                "CONSENT_TLS_KEY_FILE: mutual TLS is TLS first"
+            )
+        return None
+    return TlsSettings(Path(cert), Path(key), Path(ca) if ca else None)
 
 
 def host_and_port(address: str, name: str = "address") -> tuple[str, int]:

@@ -4,6 +4,11 @@ Callers present a bearer token (``authorization: Bearer <token>``). The server
 knows tokens only by their SHA-256, each with a name, scopes and the brands
 (tenants) it may act for. A caller acting for one brand can neither read nor
 write another brand's consents.
+
+With mutual TLS (``CONSENT_TLS_CLIENT_CA_FILE``) a caller may instead be known by
+its client certificate: an entry with a ``client_cert_name`` grants its scopes and
+brands to a verified certificate that carries that name (a subject alternative
+name, or the common name). A bearer token, when one is sent, always decides.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +55,13 @@ _KNOWN_TOKENS = 1024
 
 
 class TokenAuthenticator:
-    def __init__(self, principals: Mapping[str, Principal]) -> None:
+    def __init__(
+        self,
+        principals: Mapping[str, Principal],
+        by_certificate: Mapping[str, Principal] | None = None,
+    ) -> None:
         self._by_digest = dict(principals)
+        self._by_certificate = dict(by_certificate or {})
         # Tokens that authenticated, so a caller's every call need not hash its token
         # again. Only known tokens are kept (a flood of made-up ones cannot grow it),
         # and it is emptied when full.
@@ -59,21 +69,39 @@ class TokenAuthenticator:
 
     @staticmethod
     def from_file(path: Path) -> TokenAuthenticator:
-        """Load ``{"tokens": [{"name", "sha256", "scopes": [...], "brands": [...] | "*"}]}``."""
+        """Load ``{"tokens": [{"name", "sha256" and/or "client_cert_name", "scopes": [...],
+        "brands": [...] | "*"}]}``; ``ValueError`` names what is wrong with an entry."""
         data = json.loads(path.read_text())
-        principals = {}
-        for entry in data["tokens"]:
+        principals, certificates = {}, {}
+        for i, entry in enumerate(data["tokens"]):
             brands = entry.get("brands", [])
-            principals[entry["sha256"]] = Principal(
+            principal = Principal(
                 name=entry["name"],
                 scopes=frozenset(Scope(s) for s in entry["scopes"]),
                 brands=None if brands == "*" else frozenset(brands),
             )
-        return TokenAuthenticator(principals)
+            if "sha256" not in entry and "client_cert_name" not in entry:
+                raise ValueError(f"tokens[{i}] ({entry['name']}): give sha256 or client_cert_name")
+            if "sha256" in entry:
+                principals[entry["sha256"]] = principal
+            if "client_cert_name" in entry:
+                certificates[entry["client_cert_name"]] = principal
+        return TokenAuthenticator(principals, certificates)
 
-    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> Principal:
+    def authenticate(
+        self,
+        metadata: Iterable[tuple[str, str | bytes]],
+        certificate_names: Callable[[], Sequence[str]] = lambda: (),
+    ) -> Principal:
+        """The caller's principal: from its bearer token, or else from the names of its
+        verified client certificate (asked for only then: reading them costs a call)."""
         header = next((v for k, v in metadata if k == "authorization"), None)
         if header is None:
+            if self._by_certificate:
+                for name in certificate_names():
+                    principal = self._by_certificate.get(name)
+                    if principal is not None:
+                        return principal
             raise Unauthenticated("authorization", "missing bearer token")
         text = header.decode() if isinstance(header, bytes) else header
         scheme, _, token = text.partition(" ")

@@ -3,6 +3,10 @@
 Reflection lets ``grpcurl`` list and call the API with no proto files at hand.
 Shutdown turns health to NOT_SERVING first, so load balancers stop routing, then
 gives in-flight calls the grace period to finish.
+
+With server credentials the port speaks TLS (and, with a client CA, requires
+client certificates). Probes that cannot speak TLS (Kubernetes' gRPC probes)
+get a second, plaintext port that serves the health service and nothing else.
 """
 
 from __future__ import annotations
@@ -24,6 +28,14 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = api_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
 
 
+class CannotListen(OSError):
+    """An address the server could not bind (in use, or not this machine's)."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"cannot listen on {address}")
+        self.address = address
+
+
 class GrpcServer:
     def __init__(
         self,
@@ -31,8 +43,13 @@ class GrpcServer:
         auth: TokenAuthenticator,
         listen: str,
         metrics: ServiceMetrics | None = None,
+        *,
+        credentials: grpc.ServerCredentials | None = None,
+        health_listen: str = "",
     ) -> None:
         self._listen = listen
+        self._credentials = credentials
+        self._health_listen = health_listen
         self._server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 1),
@@ -51,15 +68,26 @@ class GrpcServer:
             ),
             self._server,
         )
-        self._port = 0
+        self._health_server: grpc.aio.Server | None = None
+        if health_listen:
+            self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
+        self._port = self._health_port = 0
 
     async def start(self) -> None:
-        """Bind and serve; raises ``OSError`` when the address cannot be bound."""
-        try:
-            self._port = self._server.add_insecure_port(self._listen)
-        except RuntimeError as exc:  # what grpcio raises when it cannot bind
-            raise OSError(f"cannot listen on {self._listen}") from exc
+        """Bind and serve; raises ``CannotListen`` for an address it cannot bind.
+
+        Each server starts as soon as it is bound: grpcio lets go of a bound port
+        only by stopping a started server, so a failure stops what had started."""
+        self._port = _bind(self._server, self._listen, self._credentials)
         await self._server.start()
+        if self._health_server is not None:
+            try:
+                self._health_port = _bind(self._health_server, self._health_listen, None)
+            except CannotListen:
+                await self._server.stop(0)
+                raise
+            await self._health_server.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -68,7 +96,27 @@ class GrpcServer:
         host = self._listen.rsplit(":", 1)[0]
         return f"{host}:{self._port}"
 
+    @property
+    def health_address(self) -> str | None:
+        """The plaintext health port's address, if there is one."""
+        if self._health_server is None:
+            return None
+        return f"{self._health_listen.rsplit(':', 1)[0]}:{self._health_port}"
+
     async def stop(self, grace: float) -> None:
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    try:
+        if credentials is None:
+            port: int = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # what grpcio raises when it cannot bind
+        raise CannotListen(address) from exc
+    return port

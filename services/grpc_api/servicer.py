@@ -78,7 +78,9 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     def _caller(
         self, context: grpc.aio.ServicerContext, scope: Scope, brand: str | None = None
     ) -> Principal:
-        principal = self.auth.authenticate(context.invocation_metadata() or ())
+        principal = self.auth.authenticate(
+            context.invocation_metadata() or (), lambda: _certificate_names(context)
+        )
         principal.require(scope, brand)
         return principal
 
@@ -255,6 +257,17 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         return api.inbound_outcome_to_proto(
             result.outcome, result.write.event_ids, result.write.token.encode()
         )
+
+
+def _certificate_names(context: grpc.aio.ServicerContext) -> list[str]:
+    """The names in the caller's client certificate, verified in the TLS handshake
+    (none without mutual TLS): its subject alternative names, then its common name."""
+    auth = context.auth_context()
+    return [
+        name.decode()
+        for key in ("x509_subject_alternative_name", "x509_common_name")
+        for name in auth.get(key, ())
+    ]
 
 
 def _page_token(offset: int) -> str:

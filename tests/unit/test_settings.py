@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from services.settings import Settings, SettingsError, host_and_port
+from services.settings import Settings, SettingsError, TlsSettings, host_and_port
 
 EMBEDDED: dict[str, str] = {}
 
@@ -48,3 +50,27 @@ def test_a_metrics_address_that_is_not_host_and_port_is_refused_by_name() -> Non
     for bad in ("9464", ":9464", "localhost:", "localhost:http", "localhost:70000"):
         with pytest.raises(SettingsError, match="CONSENT_METRICS_LISTEN must be host:port"):
             Settings.from_env({"CONSENT_METRICS_LISTEN": bad}, embedded=True)
+
+
+def test_tls_is_off_unless_a_certificate_and_key_are_given() -> None:
+    assert Settings.from_env(EMBEDDED, embedded=True).tls is None
+    env = {"CONSENT_TLS_CERT_FILE": "/tls/tls.crt", "CONSENT_TLS_KEY_FILE": "/tls/tls.key"}
+    tls = Settings.from_env(env, embedded=True).tls
+    assert tls == TlsSettings(Path("/tls/tls.crt"), Path("/tls/tls.key"), None)
+    env["CONSENT_TLS_CLIENT_CA_FILE"] = "/tls/clients.crt"
+    mutual = Settings.from_env(env, embedded=True).tls
+    assert mutual is not None and mutual.client_ca_file == Path("/tls/clients.crt")
+
+
+@pytest.mark.parametrize(
+    "env, refused",
+    [
+        ({"CONSENT_TLS_CERT_FILE": "/tls/tls.crt"}, "CONSENT_TLS_KEY_FILE go together"),
+        ({"CONSENT_TLS_KEY_FILE": "/tls/tls.key"}, "CONSENT_TLS_KEY_FILE go together"),
+        ({"CONSENT_TLS_CLIENT_CA_FILE": "/tls/ca.crt"}, "mutual TLS is TLS first"),
+        ({"CONSENT_HEALTH_LISTEN": "8081"}, "CONSENT_HEALTH_LISTEN must be host:port"),
+    ],
+)
+def test_half_a_tls_setting_or_a_bad_health_address_is_refused_by_name(env, refused) -> None:
+    with pytest.raises(SettingsError, match=refused):
+        Settings.from_env(env, embedded=True)
