@@ -199,7 +199,12 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
         latest = c.last_sent
         if latest is None or (record.at, record.event_id) > (latest.at, latest.event_id):
             latest = record
-        return _evolve(c, sent=_prune((*c.sent, record), newest), last_sent=latest)
+        # The campaign's own newest counted send sets its horizon. The brand's newest
+        # send of any kind would not: the campaign's list is pruned only when one of
+        # its own sends arrives, so its contents would depend on the order in which
+        # the other sends were recorded, and a state refolded from its retained facts
+        # could differ from the state it was taken from.
+        return _evolve(c, sent=_prune((*c.sent, record), latest.at), last_sent=latest)
 
     return _with_campaign(s, f.event.campaign, add)
 

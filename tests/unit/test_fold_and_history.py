@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 from ledger.campaigns import CampaignPolicy, QuietHours
-from ledger.events import CampaignDefined, CampaignPolicyChanged, LedgerPosition, Recorded
+from ledger.events import (
+    CampaignDefined,
+    CampaignPolicyChanged,
+    LedgerPosition,
+    MessageKind,
+    Recorded,
+)
 from ledger.policy import Reason, decide, decide_as_of
 from ledger.state import CampaignHistory, fold, retained_facts
 from tests.builders import BRAND, _base, at, granted, inbound, record, revoked, sent
@@ -28,6 +34,21 @@ def test_state_rebuilt_from_its_retained_facts_is_equal():
     )
     state = fold(events)
     assert fold(retained_facts(state)) == state
+
+
+def test_a_campaigns_sends_do_not_depend_on_when_a_newer_confirmation_was_recorded():
+    # Found by hypothesis: counted sends, a confirmation more than the longest cap
+    # window later, then one more counted send of the first moment, recorded late.
+    # The campaign's list of sends must be the same whatever the order of recording,
+    # or a state refolded from its retained facts differs from the original.
+    late = at(days=31, minutes=1)
+    events = [sent(at(0)) for _ in range(4)]
+    events += [sent(late, kind=MessageKind.OPT_OUT_CONFIRMATION), sent(at(0))]
+    state = fold(record(events))
+    assert len(state.campaign("promo").sent) == 5  # within the window of the campaign's own
+    assert fold(retained_facts(state)) == state
+    reordered = fold(record([events[4], *events[:4], events[5]]))
+    assert reordered == state
 
 
 def test_messages_older_than_the_longest_cap_window_are_dropped_from_state():
