@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -64,8 +67,16 @@ def stop(proc: subprocess.Popen[str]) -> str:
     return out
 
 
-async def test_make_run_serves_health_reflection_and_the_api_and_keeps_data(tmp_path):
-    proc, address, token, metrics = await asyncio.to_thread(start, tmp_path / "data")
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """Outside pytest's base temp, for the reason ``tests.infra.fixtures`` gives."""
+    folder = Path(tempfile.mkdtemp(prefix="consent-test-embedded-"))
+    yield folder / "data"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_make_run_serves_health_reflection_and_the_api_and_keeps_data(data_dir):
+    proc, address, token, metrics = await asyncio.to_thread(start, data_dir)
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -120,7 +131,7 @@ async def test_make_run_serves_health_reflection_and_the_api_and_keeps_data(tmp_
         subprocess.run,
         [sys.executable, "-m", "services.cli", "rebuild", "--embedded"],
         cwd=ROOT,
-        env={**os.environ, "CONSENT_DATA_DIR": str(tmp_path / "data")},
+        env={**os.environ, "CONSENT_DATA_DIR": str(data_dir)},
         capture_output=True,
         text=True,
         timeout=120,
@@ -128,7 +139,7 @@ async def test_make_run_serves_health_reflection_and_the_api_and_keeps_data(tmp_
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
     assert "rebuilt the projections from 2 ledger events" in rebuilt.stdout
 
-    proc, address, token2, _ = await asyncio.to_thread(start, tmp_path / "data")
+    proc, address, token2, _ = await asyncio.to_thread(start, data_dir)
     try:
         assert token2 == token  # the local token is kept with the data
         async with grpc.aio.insecure_channel(address) as channel:

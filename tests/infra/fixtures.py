@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -79,18 +81,24 @@ def private_kafka_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def postgres_server() -> Iterator[PostgresServer]:
     external = os.environ.get(ENV_POSTGRES)
     if external:
         yield PostgresServer.external(external)
         return
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    # Not under pytest's base temp: PostgreSQL runs as an unprivileged user when we are
+    # root, and every new pytest session (a second run beside this one, say) resets
+    # the base temp's root to mode 0700, which would lock the running server out of
+    # its own data directory.
+    folder = Path(tempfile.mkdtemp(prefix="consent-test-postgres-"))
+    server = PostgresServer(folder)
     try:
         server.start()
     except InfraError as exc:
         pytest.fail(str(exc), pytrace=False)
     yield server
     server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _database_name(test_name: str) -> str:
