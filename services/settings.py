@@ -53,6 +53,8 @@ class Settings:
     health_listen: str = ""
     """``host:port`` of a plaintext port serving only the gRPC health service (for
     probes that cannot speak TLS); empty serves none."""
+    log_format: str = "text"
+    """``text`` (for people) or ``json`` (one object per line, for a log pipeline)."""
 
     @staticmethod
     def from_env(env: Mapping[str, str] | None = None, *, embedded: bool = False) -> Settings:
@@ -88,6 +90,9 @@ class Settings:
         metrics = e.get("CONSENT_METRICS_LISTEN", "127.0.0.1:9464" if embedded else "")
         if metrics:
             host_and_port(metrics, "CONSENT_METRICS_LISTEN")
+        log_format = e.get("CONSENT_LOG_FORMAT", "text")
+        if log_format not in ("text", "json"):
+            raise SettingsError(f"CONSENT_LOG_FORMAT must be text or json, got {log_format!r}")
         health = e.get("CONSENT_HEALTH_LISTEN", "")
         if health:
             host_and_port(health, "CONSENT_HEALTH_LISTEN")
@@ -112,6 +117,7 @@ class Settings:
             metrics_listen=metrics,
             tls=_tls(e),
             health_listen=health,
+            log_format=log_format,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -123,3 +124,31 @@ async def test_the_command_line_says_why_it_cannot_start_without_a_traceback(tmp
         done.stderr
     )
     assert "Traceback" not in done.stderr
+
+
+async def test_json_logs_are_one_object_per_line_the_failed_start_included(tmp_path):
+    env = {
+        **os.environ,
+        "CONSENT_LOG_FORMAT": "json",
+        "CONSENT_KAFKA_BOOTSTRAP": closed_port(),
+        "CONSENT_POSTGRES_DSN": f"postgresql://consent@{closed_port()}/consent",
+        "CONSENT_AUTH_TOKENS_FILE": str(write_tokens(tmp_path / "tokens.json")),
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services.cli", "-v", "serve"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    records = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
+    assert records, done.stderr
+    assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+    failed = records[-1]
+    assert failed["level"] == "ERROR" and failed["logger"] == "consent-ledger"
+    assert failed["message"].startswith("cannot start: cannot use PostgreSQL")
+    traced = [r for r in records if r["message"] == "the start failed"]  # -v: the cause too
+    assert traced and "ConnectionRefusedError" in traced[0]["exc_info"]
