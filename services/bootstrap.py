@@ -165,6 +165,24 @@ class Runtime:
 
     async def _start(self) -> None:
         s = self.settings
+        # The files first: a mistake in one should not wait for a replica to load.
+        tokens = s.tokens_file
+        if tokens is None:
+            with _failing_as(
+                f"cannot keep a local token under {s.data_dir} (CONSENT_DATA_DIR)", (OSError,)
+            ):
+                tokens, self.dev_token = dev_token(s.data_dir)
+        with _failing_as(
+            f"cannot use the tokens file {tokens} (CONSENT_AUTH_TOKENS_FILE)",
+            (OSError, ValueError, KeyError, TypeError),
+        ):
+            auth = TokenAuthenticator.from_file(tokens)
+        if auth.names_certificates and (s.tls is None or s.tls.client_ca_file is None):
+            log.warning(
+                "the tokens file names client certificates, but without "
+                "CONSENT_TLS_CLIENT_CA_FILE no caller presents one: those entries match no one"
+            )
+        credentials = None if s.tls is None else await _server_credentials(s.tls)
         dsn = s.postgres_dsn
         if dsn is None:
             with _failing_as(
@@ -188,15 +206,6 @@ class Runtime:
         self.guard = FreshnessGuard(self.ledger, watched, s.freshness)
         await self.guard.start()
         self.app = ConsentApp(self.ledger, self.view, self.guard, self.clock, reads=replica)
-        tokens = s.tokens_file
-        if tokens is None:
-            tokens, self.dev_token = dev_token(s.data_dir)
-        with _failing_as(
-            f"cannot use the tokens file {tokens} (CONSENT_AUTH_TOKENS_FILE)",
-            (OSError, ValueError, KeyError, TypeError),
-        ):
-            auth = TokenAuthenticator.from_file(tokens)
-        credentials = None if s.tls is None else await _server_credentials(s.tls)
         self.metrics.guard, self.metrics.replica = self.guard, replica
         if s.metrics_listen:  # before gRPC: a port in use stops the start, not a served process
             self._serve_metrics(s.metrics_listen)

@@ -50,6 +50,8 @@ async def _serve(settings: Settings, embedded: bool) -> None:
     if runtime.metrics_address:
         lines.append(f"Prometheus metrics on http://{runtime.metrics_address}/metrics")
     if settings.log_format == "json":  # for a log pipeline: records, and no secrets
+        if runtime.dev_token:
+            lines.append(f"local admin token stored in {settings.data_dir}/dev-token")
         for line in lines:
             log.info("%s", line)
     else:

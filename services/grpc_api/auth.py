@@ -88,6 +88,11 @@ class TokenAuthenticator:
                 certificates[entry["client_cert_name"]] = principal
         return TokenAuthenticator(principals, certificates)
 
+    @property
+    def names_certificates(self) -> bool:
+        """Whether any entry grants its scopes to a client certificate."""
+        return bool(self._by_certificate)
+
     def authenticate(
         self,
         metadata: Iterable[tuple[str, str | bytes]],

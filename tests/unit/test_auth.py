@@ -32,6 +32,7 @@ def test_a_certificate_named_in_the_file_is_that_caller(tmp_path) -> None:
     assert principal.name == "checkout-service"
     assert principal.scopes == {Scope.CHECK, Scope.WRITE}
     assert principal.brands == {"acme"}
+    assert auth.names_certificates and not authenticator(tmp_path, OPS).names_certificates
 
 
 def test_a_certificate_no_entry_names_is_no_one(tmp_path) -> None:

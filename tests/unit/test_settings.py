@@ -69,8 +69,9 @@ def test_tls_is_off_unless_a_certificate_and_key_are_given() -> None:
         ({"CONSENT_TLS_KEY_FILE": "/tls/tls.key"}, "CONSENT_TLS_KEY_FILE go together"),
         ({"CONSENT_TLS_CLIENT_CA_FILE": "/tls/ca.crt"}, "mutual TLS is TLS first"),
         ({"CONSENT_HEALTH_LISTEN": "8081"}, "CONSENT_HEALTH_LISTEN must be host:port"),
+        ({"CONSENT_LOG_FORMAT": "xml"}, "CONSENT_LOG_FORMAT must be text or json"),
     ],
 )
-def test_half_a_tls_setting_or_a_bad_health_address_is_refused_by_name(env, refused) -> None:
+def test_half_a_tls_setting_or_another_bad_value_is_refused_by_name(env, refused) -> None:
     with pytest.raises(SettingsError, match=refused):
         Settings.from_env(env, embedded=True)
