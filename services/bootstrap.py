@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import ssl
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -61,36 +62,101 @@ def _kafka(bootstrap: str) -> str:
     return f"cannot use Kafka at {bootstrap} (CONSENT_KAFKA_BOOTSTRAP)"
 
 
-async def _server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
-    """The gRPC port's credentials, from the PEM files the settings name."""
-    files = [("CONSENT_TLS_CERT_FILE", tls.cert_file), ("CONSENT_TLS_KEY_FILE", tls.key_file)]
-    if tls.client_ca_file is not None:
-        files.append(("CONSENT_TLS_CLIENT_CA_FILE", tls.client_ca_file))
-    pem = {}
-    for setting, path in files:
-        with _failing_as(f"cannot read {path} ({setting})", (OSError,)):
-            pem[setting] = path.read_bytes()
-        # grpcio refuses an unusable file only as a port it "failed to bind": look first.
-        expected = "PRIVATE KEY" if setting == "CONSENT_TLS_KEY_FILE" else "CERTIFICATE"
-        if f"{expected}-----".encode() not in pem[setting]:
-            raise StartError(f"{path} ({setting}) holds no PEM {expected.lower()}")
-    ca = pem.get("CONSENT_TLS_CLIENT_CA_FILE")
-    credentials = grpc.ssl_server_credentials(
-        [(pem["CONSENT_TLS_KEY_FILE"], pem["CONSENT_TLS_CERT_FILE"])],
-        root_certificates=ca,
-        require_client_auth=ca is not None,
-    )
-    # A key that does not match its certificate, say: try them on a throwaway port,
-    # so the error names the files and not the address.
-    probe = grpc.aio.server()
-    try:
-        probe.add_secure_port("127.0.0.1:0", credentials)
-    except RuntimeError as exc:
-        names = ", ".join(setting for setting, _ in files)
-        raise StartError(f"gRPC cannot use the TLS files in {names} together") from exc
-    await probe.start()  # grpcio lets go of a bound port only by stopping a started server
-    await probe.stop(None)
-    return credentials
+class TlsFiles:
+    """The gRPC port's certificate chain, key and client CA, read from their files
+    at start and read again when they change, so a renewed certificate (cert-manager
+    rewrites the secret's files) is served without a restart.
+
+    grpcio asks ``fetch`` at every TLS handshake, from one of its own threads; it
+    answers None (nothing new) unless a file's size, time or inode has changed.
+    Every set of files is checked with the ``ssl`` module first: a pair that does
+    not load together is refused at start, and after a change it is logged and the
+    files in use are kept.
+    """
+
+    def __init__(self, tls: TlsSettings) -> None:
+        self._files = [
+            ("CONSENT_TLS_CERT_FILE", tls.cert_file),
+            ("CONSENT_TLS_KEY_FILE", tls.key_file),
+        ]
+        if tls.client_ca_file is not None:
+            self._files.append(("CONSENT_TLS_CLIENT_CA_FILE", tls.client_ca_file))
+        self._tls = tls
+        self._stamp: tuple[tuple[int, int, int], ...] = ()
+        self.reloads = 0
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Credentials that read the files again when they change; ``StartError`` if
+        they cannot be used now."""
+        try:
+            self._stamp = self._stamp_now()  # before reading: a change after it is seen
+            first = self._load()
+        except (OSError, ValueError) as exc:
+            raise StartError(str(exc)) from exc
+        return grpc.dynamic_ssl_server_credentials(
+            first, self.fetch, require_client_authentication=self._tls.client_ca_file is not None
+        )
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        try:
+            stamp = self._stamp_now()
+        except ValueError:
+            return None  # mid-rotation, say: keep what is in use, ask again next time
+        if stamp == self._stamp:
+            return None
+        self._stamp = stamp
+        try:
+            configuration = self._load()
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "the TLS files changed but cannot be used; keeping the ones in use: %s", exc
+            )
+            return None
+        self.reloads += 1
+        log.info("the TLS files changed; new connections get the new certificate")
+        return configuration
+
+    def _stamp_now(self) -> tuple[tuple[int, int, int], ...]:
+        stamp = []
+        for setting, path in self._files:
+            try:
+                st = path.stat()
+            except OSError as exc:
+                raise ValueError(f"cannot read {path} ({setting}): {exc.strerror}") from exc
+            stamp.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(stamp)
+
+    def _load(self) -> grpc.ServerCertificateConfiguration:
+        """The files as grpcio takes them; ``ValueError`` names the setting at fault."""
+        pem = {}
+        for setting, path in self._files:
+            try:
+                pem[setting] = path.read_bytes()
+            except OSError as exc:
+                raise ValueError(f"cannot read {path} ({setting}): {exc.strerror}") from exc
+            expected = "PRIVATE KEY" if setting == "CONSENT_TLS_KEY_FILE" else "CERTIFICATE"
+            if f"{expected}-----".encode() not in pem[setting]:
+                raise ValueError(f"{path} ({setting}) holds no PEM {expected.lower()}")
+        # grpcio would take a key that does not match its certificate and fail every
+        # handshake; OpenSSL, through ``ssl``, says so now.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self._tls.cert_file, self._tls.key_file, password=_no_password)
+            if self._tls.client_ca_file is not None:
+                context.load_verify_locations(self._tls.client_ca_file)
+        except ssl.SSLError as exc:
+            names = ", ".join(setting for setting, _ in self._files)
+            raise ValueError(
+                f"the TLS files in {names} do not work together: {exc.reason}"
+            ) from exc
+        return grpc.ssl_server_certificate_configuration(
+            [(pem["CONSENT_TLS_KEY_FILE"], pem["CONSENT_TLS_CERT_FILE"])],
+            root_certificates=pem.get("CONSENT_TLS_CLIENT_CA_FILE"),
+        )
+
+
+def _no_password() -> bytes:
+    raise ValueError("the TLS key is encrypted; give it unencrypted (grpcio cannot use it)")
 
 
 def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
@@ -148,6 +214,8 @@ class Runtime:
     dev_token: str | None = None
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     metrics_address: str | None = None
+    tls_files: TlsFiles | None = None
+    """The gRPC port's TLS files, when it has them (they are read again on change)."""
     """Where ``/metrics`` is served (``settings.metrics_listen`` with its real port)."""
     _metrics_http: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -182,7 +250,10 @@ class Runtime:
                 "the tokens file names client certificates, but without "
                 "CONSENT_TLS_CLIENT_CA_FILE no caller presents one: those entries match no one"
             )
-        credentials = None if s.tls is None else await _server_credentials(s.tls)
+        credentials = None
+        if s.tls is not None:
+            self.tls_files = TlsFiles(s.tls)
+            credentials = self.tls_files.credentials()
         dsn = s.postgres_dsn
         if dsn is None:
             with _failing_as(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -154,7 +156,9 @@ async def test_unusable_tls_files_stop_the_start_with_the_setting_named(tmp_path
         await Runtime(dataclasses.replace(settings, tls=not_a_key)).start()
     other_key = ca.issue("someone-else", server=True).key
     mismatched = dataclasses.replace(settings.tls, key_file=other_key)
-    with pytest.raises(StartError, match="cannot use the TLS files in CONSENT_TLS_CERT_FILE, "):
+    with pytest.raises(
+        StartError, match=r"TLS files in CONSENT_TLS_CERT_FILE, .* do not work together"
+    ):
         await Runtime(dataclasses.replace(settings, tls=mismatched)).start()
 
 
@@ -180,3 +184,47 @@ async def test_a_health_port_in_use_stops_the_start_and_lets_the_grpc_port_go(
             await runtime.start()
     with socket.socket() as again:
         again.bind(("127.0.0.1", int(grpc_address.rsplit(":", 1)[1])))  # released
+
+
+async def answers(address: str, ca: Authority) -> bool:
+    """Whether a new connection that trusts only ``ca`` gets an answer."""
+    async with channel(address, ca) as secure:
+        try:
+            await health_pb2_grpc.HealthStub(secure).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+            return False
+    return True
+
+
+def install(source: Path, target: Path) -> None:
+    """Replace ``target`` in one step, as Kubernetes swaps a secret's files."""
+    staged = target.with_suffix(".new")
+    staged.write_bytes(source.read_bytes())
+    os.replace(staged, target)
+
+
+async def test_a_renewed_certificate_is_served_without_a_restart(tmp_path, postgres_dsn, caplog):
+    old_ca, new_ca = Authority(tmp_path, "old-ca"), Authority(tmp_path, "new-ca")
+    settings = settings_with_tls(tmp_path, postgres_dsn, old_ca)
+    tls = settings.tls
+    assert tls is not None
+    async with running(settings) as runtime:
+        assert runtime.tls_files is not None
+        assert await answers(runtime.address, old_ca)
+        assert not await answers(runtime.address, new_ca)
+
+        renewed = new_ca.issue("consent-ledger-renewed", server=True)
+        install(renewed.key, tls.key_file)
+        install(renewed.cert, tls.cert_file)
+        assert await answers(runtime.address, new_ca)
+        assert not await answers(runtime.address, old_ca)
+        assert runtime.tls_files.reloads == 1
+
+        with caplog.at_level(logging.WARNING, logger="services.bootstrap"):
+            install(new_ca.issue("stray", server=True).key, tls.key_file)  # not the cert's key
+            assert await answers(runtime.address, new_ca)  # the renewed pair, still
+        assert runtime.tls_files.reloads == 1
+        assert "the TLS files changed but cannot be used" in caplog.text
