@@ -120,10 +120,9 @@ class TlsFiles:
         stamp = []
         for setting, path in self._files:
             try:
-                st = path.stat()
+                stamp.append(_file_stamp(path))
             except OSError as exc:
                 raise ValueError(f"cannot read {path} ({setting}): {exc.strerror}") from exc
-            stamp.append((st.st_mtime_ns, st.st_size, st.st_ino))
         return tuple(stamp)
 
     def _load(self) -> grpc.ServerCertificateConfiguration:
@@ -153,6 +152,40 @@ class TlsFiles:
             [(pem["CONSENT_TLS_KEY_FILE"], pem["CONSENT_TLS_CERT_FILE"])],
             root_certificates=pem.get("CONSENT_TLS_CLIENT_CA_FILE"),
         )
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int]:
+    """What changes when a file is rewritten or replaced (``OSError`` if it is gone)."""
+    st = path.stat()
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+async def _follow_tokens(
+    path: Path, auth: TokenAuthenticator, interval: float, seen: tuple[int, int, int]
+) -> None:
+    """Read the tokens file again whenever it changes, so tokens are added and
+    revoked without a restart (within ``interval`` seconds). ``seen`` is the file's
+    stamp when ``auth`` was read. A file that cannot be used is logged, and the
+    tokens in use are kept."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            now = _file_stamp(path)
+        except OSError:
+            continue  # mid-replacement, say: look again next time
+        if now == seen:
+            continue
+        seen = now
+        try:
+            auth.take(TokenAuthenticator.from_file(path))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning(
+                "the tokens file %s changed but cannot be used; keeping the tokens in use: %s",
+                path,
+                exc,
+            )
+            continue
+        log.info("the tokens file %s changed; its tokens are in use", path)
 
 
 def _no_password() -> bytes:
@@ -244,7 +277,10 @@ class Runtime:
             f"cannot use the tokens file {tokens} (CONSENT_AUTH_TOKENS_FILE)",
             (OSError, ValueError, KeyError, TypeError),
         ):
+            read = _file_stamp(tokens)  # before reading: a change after it is seen
             auth = TokenAuthenticator.from_file(tokens)
+        following = _follow_tokens(tokens, auth, s.tokens_reload_interval, read)
+        self._tasks.append(asyncio.create_task(following, name="tokens-file"))
         if auth.names_certificates and (s.tls is None or s.tls.client_ca_file is None):
             log.warning(
                 "the tokens file names client certificates, but without "

@@ -53,6 +53,8 @@ class Settings:
     health_listen: str = ""
     """``host:port`` of a plaintext port serving only the gRPC health service (for
     probes that cannot speak TLS); empty serves none."""
+    tokens_reload_interval: float = 5.0
+    """How often the tokens file is looked at for changes (seconds)."""
     log_format: str = "text"
     """``text`` (for people) or ``json`` (one object per line, for a log pipeline)."""
 

@@ -88,6 +88,12 @@ class TokenAuthenticator:
                 certificates[entry["client_cert_name"]] = principal
         return TokenAuthenticator(principals, certificates)
 
+    def take(self, other: TokenAuthenticator) -> None:
+        """Answer from now on as ``other`` does (a tokens file read again). Every
+        token is checked anew, so a token taken out of the file stops working."""
+        self._by_digest, self._by_certificate = other._by_digest, other._by_certificate
+        self._known = {}
+
     @property
     def names_certificates(self) -> bool:
         """Whether any entry grants its scopes to a client certificate."""

@@ -1,0 +1,74 @@
+"""The tokens file is read again when it changes: a token added works and a token
+taken out stops working, without a restart (real PostgreSQL, real gRPC)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import consent_service_pb2_grpc as api_grpc
+
+from services.grpc_api.auth import token_digest
+from tests.e2e.harness import running, service_settings
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+CHECK = api.CanSendRequest(phone="+14155552671", brand="acme", campaign="promo")
+
+
+async def status_for(address: str, token: str) -> grpc.StatusCode:
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            await api_grpc.ConsentServiceStub(channel).CanSend(
+                CHECK, metadata=[("authorization", f"Bearer {token}")], timeout=5
+            )
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def eventually(address: str, token: str, code: grpc.StatusCode) -> None:
+    deadline = asyncio.get_running_loop().time() + 10
+    while (now := await status_for(address, token)) != code:
+        assert asyncio.get_running_loop().time() < deadline, f"{token}: still {now}"
+        await asyncio.sleep(0.05)
+
+
+def rewrite(path, text: str) -> None:
+    staged = path.with_suffix(".new")
+    staged.write_text(text)
+    os.replace(staged, path)
+
+
+async def test_tokens_are_added_and_revoked_by_editing_the_file(tmp_path, postgres_dsn, caplog):
+    settings = dataclasses.replace(
+        service_settings(tmp_path, postgres_dsn, kafka=None), tokens_reload_interval=0.05
+    )
+    tokens = settings.tokens_file
+    assert tokens is not None
+    async with running(settings) as runtime:
+        assert await status_for(runtime.address, "acme-secret") == grpc.StatusCode.OK
+        assert await status_for(runtime.address, "rotated") == grpc.StatusCode.UNAUTHENTICATED
+
+        entries = json.loads(tokens.read_text())["tokens"]
+        for entry in entries:
+            if entry["name"] == "acme-app":  # the same caller, a new secret
+                entry["sha256"] = token_digest("rotated")
+        rewrite(tokens, json.dumps({"tokens": entries}))
+        await eventually(runtime.address, "rotated", grpc.StatusCode.OK)
+        assert await status_for(runtime.address, "acme-secret") == grpc.StatusCode.UNAUTHENTICATED
+
+        with caplog.at_level(logging.WARNING, logger="services.bootstrap"):
+            rewrite(tokens, "{ not json")
+            for _ in range(100):
+                if "changed but cannot be used" in caplog.text:
+                    break
+                await asyncio.sleep(0.05)
+        assert "changed but cannot be used" in caplog.text
+        assert await status_for(runtime.address, "rotated") == grpc.StatusCode.OK  # kept
