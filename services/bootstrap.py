@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import ssl
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import grpc
 from aiokafka.errors import KafkaError
 
 from ledger.ports import ConsentView, Ledger
@@ -32,10 +30,11 @@ from services.adapters.postgres_view import PostgresConsentView, read_pool
 from services.app import Clock, ConsentApp, utc_now
 from services.freshness import FreshnessGuard
 from services.grpc_api.auth import TokenAuthenticator, write_dev_tokens
+from services.grpc_api.credentials import TlsFiles, file_stamp, follow_tokens
 from services.grpc_api.server import CannotListen, GrpcServer
 from services.metrics import ServiceMetrics
 from services.projector import KafkaProjector, Projector, supervise
-from services.settings import Settings, TlsSettings, host_and_port
+from services.settings import Settings, host_and_port
 
 log = logging.getLogger(__name__)
 
@@ -60,136 +59,6 @@ def _failing_as(what: str, failures: tuple[type[BaseException], ...]) -> Iterato
 
 def _kafka(bootstrap: str) -> str:
     return f"cannot use Kafka at {bootstrap} (CONSENT_KAFKA_BOOTSTRAP)"
-
-
-class TlsFiles:
-    """The gRPC port's certificate chain, key and client CA, read from their files
-    at start and read again when they change, so a renewed certificate (cert-manager
-    rewrites the secret's files) is served without a restart.
-
-    grpcio asks ``fetch`` at every TLS handshake, from one of its own threads; it
-    answers None (nothing new) unless a file's size, time or inode has changed.
-    Every set of files is checked with the ``ssl`` module first: a pair that does
-    not load together is refused at start, and after a change it is logged and the
-    files in use are kept.
-    """
-
-    def __init__(self, tls: TlsSettings) -> None:
-        self._files = [
-            ("CONSENT_TLS_CERT_FILE", tls.cert_file),
-            ("CONSENT_TLS_KEY_FILE", tls.key_file),
-        ]
-        if tls.client_ca_file is not None:
-            self._files.append(("CONSENT_TLS_CLIENT_CA_FILE", tls.client_ca_file))
-        self._tls = tls
-        self._stamp: tuple[tuple[int, int, int], ...] = ()
-        self.reloads = 0
-
-    def credentials(self) -> grpc.ServerCredentials:
-        """Credentials that read the files again when they change; ``StartError`` if
-        they cannot be used now."""
-        try:
-            self._stamp = self._stamp_now()  # before reading: a change after it is seen
-            first = self._load()
-        except (OSError, ValueError) as exc:
-            raise StartError(str(exc)) from exc
-        return grpc.dynamic_ssl_server_credentials(
-            first, self.fetch, require_client_authentication=self._tls.client_ca_file is not None
-        )
-
-    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        try:
-            stamp = self._stamp_now()
-        except ValueError:
-            return None  # mid-rotation, say: keep what is in use, ask again next time
-        if stamp == self._stamp:
-            return None
-        self._stamp = stamp
-        try:
-            configuration = self._load()
-        except (OSError, ValueError) as exc:
-            log.warning(
-                "the TLS files changed but cannot be used; keeping the ones in use: %s", exc
-            )
-            return None
-        self.reloads += 1
-        log.info("the TLS files changed; new connections get the new certificate")
-        return configuration
-
-    def _stamp_now(self) -> tuple[tuple[int, int, int], ...]:
-        stamp = []
-        for setting, path in self._files:
-            try:
-                stamp.append(_file_stamp(path))
-            except OSError as exc:
-                raise ValueError(f"cannot read {path} ({setting}): {exc.strerror}") from exc
-        return tuple(stamp)
-
-    def _load(self) -> grpc.ServerCertificateConfiguration:
-        """The files as grpcio takes them; ``ValueError`` names the setting at fault."""
-        pem = {}
-        for setting, path in self._files:
-            try:
-                pem[setting] = path.read_bytes()
-            except OSError as exc:
-                raise ValueError(f"cannot read {path} ({setting}): {exc.strerror}") from exc
-            expected = "PRIVATE KEY" if setting == "CONSENT_TLS_KEY_FILE" else "CERTIFICATE"
-            if f"{expected}-----".encode() not in pem[setting]:
-                raise ValueError(f"{path} ({setting}) holds no PEM {expected.lower()}")
-        # grpcio would take a key that does not match its certificate and fail every
-        # handshake; OpenSSL, through ``ssl``, says so now.
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        try:
-            context.load_cert_chain(self._tls.cert_file, self._tls.key_file, password=_no_password)
-            if self._tls.client_ca_file is not None:
-                context.load_verify_locations(self._tls.client_ca_file)
-        except ssl.SSLError as exc:
-            names = ", ".join(setting for setting, _ in self._files)
-            raise ValueError(
-                f"the TLS files in {names} do not work together: {exc.reason}"
-            ) from exc
-        return grpc.ssl_server_certificate_configuration(
-            [(pem["CONSENT_TLS_KEY_FILE"], pem["CONSENT_TLS_CERT_FILE"])],
-            root_certificates=pem.get("CONSENT_TLS_CLIENT_CA_FILE"),
-        )
-
-
-def _file_stamp(path: Path) -> tuple[int, int, int]:
-    """What changes when a file is rewritten or replaced (``OSError`` if it is gone)."""
-    st = path.stat()
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-async def _follow_tokens(
-    path: Path, auth: TokenAuthenticator, interval: float, seen: tuple[int, int, int]
-) -> None:
-    """Read the tokens file again whenever it changes, so tokens are added and
-    revoked without a restart (within ``interval`` seconds). ``seen`` is the file's
-    stamp when ``auth`` was read. A file that cannot be used is logged, and the
-    tokens in use are kept."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            now = _file_stamp(path)
-        except OSError:
-            continue  # mid-replacement, say: look again next time
-        if now == seen:
-            continue
-        seen = now
-        try:
-            auth.take(TokenAuthenticator.from_file(path))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning(
-                "the tokens file %s changed but cannot be used; keeping the tokens in use: %s",
-                path,
-                exc,
-            )
-            continue
-        log.info("the tokens file %s changed; its tokens are in use", path)
-
-
-def _no_password() -> bytes:
-    raise ValueError("the TLS key is encrypted; give it unencrypted (grpcio cannot use it)")
 
 
 def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
@@ -277,9 +146,9 @@ class Runtime:
             f"cannot use the tokens file {tokens} (CONSENT_AUTH_TOKENS_FILE)",
             (OSError, ValueError, KeyError, TypeError),
         ):
-            read = _file_stamp(tokens)  # before reading: a change after it is seen
+            read = file_stamp(tokens)  # before reading: a change after it is seen
             auth = TokenAuthenticator.from_file(tokens)
-        following = _follow_tokens(tokens, auth, s.tokens_reload_interval, read)
+        following = follow_tokens(tokens, auth, s.tokens_reload_interval, read)
         self._tasks.append(asyncio.create_task(following, name="tokens-file"))
         if auth.names_certificates and (s.tls is None or s.tls.client_ca_file is None):
             log.warning(
@@ -289,7 +158,8 @@ class Runtime:
         credentials = None
         if s.tls is not None:
             self.tls_files = TlsFiles(s.tls)
-            credentials = self.tls_files.credentials()
+            with _failing_as("cannot serve TLS", (OSError, ValueError)):
+                credentials = self.tls_files.credentials()
         dsn = s.postgres_dsn
         if dsn is None:
             with _failing_as(
