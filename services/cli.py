@@ -7,14 +7,26 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+# Before gRPC is imported: its fork handlers guard processes that fork and then use
+# gRPC in the child. This process forks only to exec (pg_ctl, for the embedded
+# PostgreSQL), so the handlers have nothing to guard, and when they run beside
+# gRPC's threads they only print a warning ("skipping fork() handlers").
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import asyncpg
 
-from services.bootstrap import Runtime, StartError, settle_heap, start_embedded_postgres
+from services.bootstrap import (
+    Runtime,
+    StartError,
+    settle_heap,
+    start_embedded_postgres,
+)
 from services.settings import Settings, SettingsError, TlsSettings
 
 log = logging.getLogger("consent-ledger")

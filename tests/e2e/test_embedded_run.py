@@ -126,6 +126,7 @@ async def test_make_run_serves_health_reflection_and_the_api_and_keeps_data(data
     finally:
         out = await asyncio.to_thread(stop, proc)
     assert "shutting down" in out
+    assert "fork() handlers" not in out  # gRPC's warning when pg_ctl forks at shutdown
 
     rebuilt = await asyncio.to_thread(
         subprocess.run,
