@@ -36,9 +36,13 @@ def settings_with_tls(tmp: Path, dsn: str, ca: Authority, *, clients: Authority 
 
 
 def channel(address: str, ca: Authority, client: Issued | None = None) -> grpc.aio.Channel:
+    """A channel with a connection of its own: gRPC shares connections between
+    channels by default, and a test of handshakes needs each to make its own."""
     key, chain = client.pem() if client else (None, None)
     credentials = grpc.ssl_channel_credentials(ca.cert.read_bytes(), key, chain)
-    return grpc.aio.secure_channel(address, credentials)
+    return grpc.aio.secure_channel(
+        address, credentials, options=[("grpc.use_local_subchannel_pool", 1)]
+    )
 
 
 def check(brand: str = "acme") -> api.CanSendRequest:
