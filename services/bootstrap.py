@@ -116,9 +116,9 @@ class Runtime:
     dev_token: str | None = None
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     metrics_address: str | None = None
+    """Where ``/metrics`` is served (``settings.metrics_listen`` with its real port)."""
     tls_files: TlsFiles | None = None
     """The gRPC port's TLS files, when it has them (they are read again on change)."""
-    """Where ``/metrics`` is served (``settings.metrics_listen`` with its real port)."""
     _metrics_http: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stoppers: list[Any] = field(default_factory=list)
