@@ -46,6 +46,11 @@ class FreshnessStatus:
 
     observed_at: float = float("-inf")
     lag: Mapping[Stream, int] = field(default_factory=dict)
+    caught_up: bool = field(init=False)
+    """The view had applied every partition up to its end (no lag anywhere)."""
+
+    def __post_init__(self) -> None:  # worked out once: every read asks
+        object.__setattr__(self, "caught_up", not any(self.lag.values()))
 
 
 class Applied(Protocol):
@@ -69,8 +74,6 @@ class FreshnessGuard:
         self._monotonic = monotonic
         self._ends: dict[Stream, dict[int, int]] = {}
         self._applied: dict[Stream, dict[int, int]] = {}
-        self._caught_up = False
-        """At the last observation, the view had applied every partition up to its end."""
         self._applied_token = ConsistencyToken({})
         self.status = FreshnessStatus()
         """The last observation's time and lag; replaced whole at each observation, so
@@ -100,7 +103,6 @@ class FreshnessGuard:
             )
             for stream, partitions in ends.items()
         }
-        self._caught_up = not any(lag.values())
         self.status = FreshnessStatus(started, lag)
         self._applied_token = ConsistencyToken(
             {
@@ -148,9 +150,10 @@ class FreshnessGuard:
     async def wait_for_phones(self, phones: list[str]) -> bool:
         """True once the view has applied the phones' partitions up to their observed
         ends, and the campaign stream up to its end."""
+        status = self.status
         if (
-            self._caught_up
-            and self._monotonic() - self.status.observed_at <= self._settings.max_observation_age
+            status.caught_up
+            and self._monotonic() - status.observed_at <= self._settings.max_observation_age
         ):
             return True  # every partition is, so the phones' partitions are too
         ends = self._ends.get(Stream.SUBSCRIBERS, {})
