@@ -11,9 +11,11 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from ledger.digest import Digest
 from ledger.events import CampaignEvent, LedgerEvent, Recorded, SubscriberEvent
+from ledger.opt_out_rate import SendingCounts
 from ledger.state import CampaignHistory, SubscriberState
 
 
@@ -184,6 +186,13 @@ class ConsentView(ABC):
     @abstractmethod
     async def find_event(self, event_id: str) -> Recorded | None:
         """The applied event with this id, if the view has it (for idempotent writes)."""
+
+    @abstractmethod
+    async def sending_counts(
+        self, brand: str, campaign: str | None, start: datetime, end: datetime
+    ) -> SendingCounts:
+        """Messages sent and numbers opted out in ``[start, end)`` of world time, as
+        ``ledger.opt_out_rate.count_sending`` counts them over the applied events."""
 
     @abstractmethod
     async def reset(self) -> None:

@@ -25,7 +25,9 @@ from ledger.commands import (
     to_events,
 )
 from ledger.digest import Digest, digest_of
+from ledger.errors import InvalidRequest
 from ledger.events import ConsentGranted, LedgerEvent, MessageKind, Recorded, SubscriberEvent
+from ledger.opt_out_rate import DEFAULT_WINDOW, OptOutRate
 from ledger.phone import to_e164
 from ledger.policy import Check, Decision, Reason, decide_as_of, deny
 from ledger.ports import ConsentView, ConsistencyToken, Ledger, Stream
@@ -337,6 +339,32 @@ class ConsentApp:
         if brand is not None:
             check_name(brand, "brand")
         return await self.view.history(number, brand)
+
+    async def opt_out_rate(
+        self,
+        brand: str,
+        campaign: str | None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> OptOutRate:
+        """The brand's (or the campaign's) opt-out rate over ``[start, end)``: by
+        default the 30 days up to now. A campaign never defined is refused, so a
+        misspelt name cannot pass for a clean record."""
+        check_name(brand, "brand")
+        if campaign is not None:
+            check_name(campaign, "campaign")
+            if not await self._campaign_known(brand, campaign):
+                raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
+        now = self.clock()
+        end = now if end is None else check_time(end, now, "end_time")
+        if start is None:
+            start = end - DEFAULT_WINDOW
+        elif start.tzinfo is None:
+            raise InvalidRequest("start_time", "must carry a time zone")
+        if start >= end:
+            raise InvalidRequest("start_time", "must be before end_time")
+        counts = await self.view.sending_counts(brand, campaign, start, end)
+        return OptOutRate(brand, campaign, start, end, counts)
 
     async def can_send_as_of(
         self,

@@ -12,6 +12,7 @@ import uuid
 from collections import ChainMap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from ledger.digest import Digest, digest_of
@@ -20,6 +21,7 @@ from ledger.events import (
     Recorded,
     SubscriberEvent,
 )
+from ledger.opt_out_rate import SendingCounts, count_sending
 from ledger.ports import ConsentView, Stream
 from ledger.state import CampaignHistory, SubscriberState, apply
 
@@ -128,6 +130,12 @@ class InMemoryConsentView(ConsentView):
         except ValueError:
             return None
         return self._tables.events.get(key)
+
+    async def sending_counts(
+        self, brand: str, campaign: str | None, start: datetime, end: datetime
+    ) -> SendingCounts:
+        events = (r.event for r in self._tables.events.values())
+        return count_sending(events, brand, campaign, start, end)
 
     async def reset(self) -> None:
         """Forget everything, for a rebuild from offset 0."""

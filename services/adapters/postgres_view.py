@@ -24,7 +24,8 @@ from typing import Any
 import asyncpg
 
 from ledger.digest import AT, ID, Digest, digest_of, from_micros
-from ledger.events import CampaignEvent, Recorded, SubscriberEvent
+from ledger.events import CampaignEvent, ConsentRevoked, MessageSent, Recorded, SubscriberEvent
+from ledger.opt_out_rate import SendingCounts
 from ledger.policy import latest_revocation, standing
 from ledger.ports import ConsentView, Stream
 from ledger.state import (
@@ -172,6 +173,27 @@ def stored_digest(phone: str, brand: str, data: bytes | None, snapshot: bytes | 
         assert snapshot is not None, "the query returns the snapshot when the digest is unusable"
         digest = digest_of(_load_state(phone, brand, snapshot))
     return digest
+
+
+def _sending_counts_sql(campaign_filter: str, opt_out_filter: str) -> str:
+    """``ledger.opt_out_rate.count_sending`` over ``ledger_event_copy``: $1 brand,
+    $2 and $3 the window, $4 the campaign where the filters name it. Each count is
+    an index scan over the window (``ledger_event_copy``'s brand, campaign and
+    occurred_at indexes), not a scan of the table."""
+    window = "brand = $1 AND occurred_at >= $2 AND occurred_at < $3"
+    return (
+        f"SELECT (SELECT count(*) FROM ledger_event_copy WHERE {window}{campaign_filter}"
+        f"         AND event_type = '{MessageSent.EVENT_TYPE}') AS sent,"
+        f" (SELECT count(DISTINCT phone) FROM ledger_event_copy WHERE {window}{opt_out_filter}"
+        f"         AND event_type = '{ConsentRevoked.EVENT_TYPE}') AS opt_outs"
+    )
+
+
+_BRAND_COUNTS = _sending_counts_sql("", "")
+# A brand-wide revocation (campaign NULL) withdraws every campaign's consent.
+_CAMPAIGN_COUNTS = _sending_counts_sql(
+    " AND campaign = $4", " AND (campaign = $4 OR campaign IS NULL)"
+)
 
 
 def _status_rows(
@@ -477,6 +499,15 @@ class PostgresConsentView(ConsentView):
             "SELECT payload FROM ledger_event_copy WHERE event_id = $1", key
         )
         return None if payload is None else decode_recorded(payload)
+
+    async def sending_counts(
+        self, brand: str, campaign: str | None, start: datetime, end: datetime
+    ) -> SendingCounts:
+        if campaign is None:
+            row = await self._pool.fetchrow(_BRAND_COUNTS, brand, start, end)
+        else:
+            row = await self._pool.fetchrow(_CAMPAIGN_COUNTS, brand, start, end, campaign)
+        return SendingCounts(row["sent"], row["opt_outs"])
 
     async def reset(self) -> None:
         """Empty every projection table, for a rebuild from offset 0."""

@@ -222,6 +222,19 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             consistency_token=self.app.guard.applied_token().encode(),
         )
 
+    @translate_errors
+    async def GetOptOutRate(
+        self, request: api_pb2.GetOptOutRateRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.GetOptOutRateResponse:
+        self._caller(context, Scope.AUDIT, request.brand)
+        campaign = request.campaign if request.HasField("campaign") else None
+        start = api.optional_time(request, "start_time")
+        end = api.optional_time(request, "end_time")
+        if not await self._fresh_enough(request.at_least_as_fresh):
+            raise NotConsistent("at_least_as_fresh", "the view has not applied the token yet")
+        rate = await self.app.opt_out_rate(request.brand, campaign, start, end)
+        return api.opt_out_rate_to_proto(rate, self.app.guard.applied_token().encode())
+
     # ---- writes ------------------------------------------------------------------------
 
     async def write(

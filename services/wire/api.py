@@ -39,6 +39,7 @@ from ledger.commands import (
 from ledger.errors import InvalidRequest
 from ledger.events import ConsentProof, ListSource, MessageKind
 from ledger.keywords import Intent
+from ledger.opt_out_rate import OptOutRate
 from ledger.policy import Decision, Obligation, Reason
 from services.wire import codec
 from services.wire.enums import EnumMap, WireFormatError
@@ -53,6 +54,7 @@ __all__ = [
     "decision_to_proto",
     "inbound_outcome_to_proto",
     "message_kind_from_proto",
+    "opt_out_rate_to_proto",
     "optional_time",
     "reply_content_to_proto",
     "reply_kind_to_proto",
@@ -289,6 +291,23 @@ def decision_to_as_of_proto(
 ) -> api_pb2.CanSendAsOfResponse:
     response = api_pb2.CanSendAsOfResponse(consistency_token=consistency_token)
     _fill_decision(response, decision, *_wire_values(decision))
+    return response
+
+
+def opt_out_rate_to_proto(
+    rate: OptOutRate, consistency_token: str = ""
+) -> api_pb2.GetOptOutRateResponse:
+    response = api_pb2.GetOptOutRateResponse(
+        messages_sent=rate.counts.messages_sent,
+        opt_outs=rate.counts.opt_outs,
+        limit=rate.limit,
+        above_limit=rate.above_limit,
+        start_time=codec.timestamp_to_proto(rate.start),
+        end_time=codec.timestamp_to_proto(rate.end),
+        consistency_token=consistency_token,
+    )
+    if rate.rate is not None:
+        response.opt_out_rate = rate.rate
     return response
 
 

@@ -44,6 +44,7 @@ from ledger.events import (
     RevocationChannel,
     SubscriberEvent,
 )
+from ledger.opt_out_rate import SendingCounts, count_sending
 from ledger.ports import ConsentView, Stream
 from ledger.state import SubscriberState, fold, fold_campaign
 
@@ -453,6 +454,62 @@ class ConsentViewSuite:
         assert await view.find_event(str(campaign[0].event.event_id)) == campaign[0]
         assert await view.find_event(str(uuid.uuid4())) is None
         assert await view.find_event("not-a-uuid") is None
+
+    async def test_sending_counts_count_sends_and_distinct_opted_out_numbers(
+        self, view: ConsentView
+    ) -> None:
+        pos = Positions()
+        a, b, c, d, e = (f"+1415555010{i}" for i in range(5))
+        start, end = T0, T0 + timedelta(days=10)
+        inside = start + timedelta(days=1)
+        batch = pos.record(
+            [
+                sent(a, "acme", "deals", start),  # the window includes its start
+                sent(b, "acme", "deals", inside),
+                sent(c, "acme", "deals", inside, MessageKind.OPT_OUT_CONFIRMATION),
+                sent(a, "acme", "deals", start - timedelta(microseconds=1)),  # before
+                sent(a, "acme", "deals", end),  # and excludes its end
+                sent(a, "acme", "news", inside),
+                sent(b, "acme", "news", inside),
+                sent(a, "globex", "deals", inside),
+                revoke(a, "acme", "deals", inside),
+                revoke(a, "acme", "deals", inside + timedelta(hours=1)),  # a number counts once
+                revoke(b, "acme", None, inside),  # STOPALL: every campaign of the brand
+                revoke(c, "acme", "news", inside),
+                revoke(d, "acme", "deals", start - timedelta(seconds=1)),  # before
+                revoke(e, "globex", "deals", inside),
+            ]
+        )
+        await view.apply(Stream.SUBSCRIBERS, [*batch, pos.again(batch[1])])
+
+        assert await view.sending_counts("acme", "deals", start, end) == SendingCounts(3, 2)
+        assert await view.sending_counts("acme", "news", start, end) == SendingCounts(2, 2)
+        assert await view.sending_counts("acme", None, start, end) == SendingCounts(5, 3)
+        assert await view.sending_counts("acme", "other", start, end) == SendingCounts(0, 1)
+        assert await view.sending_counts("globex", None, start, end) == SendingCounts(1, 1)
+        assert await view.sending_counts("initech", None, start, end) == SendingCounts(0, 0)
+        before = start - timedelta(days=1)
+        assert await view.sending_counts("acme", "deals", before, start) == SendingCounts(1, 1)
+
+    async def test_sending_counts_match_the_rule_over_a_generated_ledger(
+        self, view: ConsentView
+    ) -> None:
+        pos = Positions()
+        recorded = pos.record(generate_events(1500, phones=150, brands=3, campaigns=3))
+        subscribers = [r for r in recorded if Stream.of(r.event) is Stream.SUBSCRIBERS]
+        await view.apply(Stream.SUBSCRIBERS, subscribers)
+        events = [r.event for r in subscribers]
+        first = min(e.occurred_at for e in events)
+        last = max(e.occurred_at for e in events)
+        middle = first + (last - first) / 2
+        windows = [(first, last + timedelta(seconds=1)), (first, middle), (middle, last)]
+        for brand in ("brand-0", "brand-1", "brand-2"):
+            for campaign in (None, "camp-0", "camp-1", "camp-2"):
+                for start, end in windows:
+                    expected = count_sending(events, brand, campaign, start, end)
+                    assert await view.sending_counts(brand, campaign, start, end) == expected
+        whole = count_sending(events, "brand-0", None, *windows[0])
+        assert whole.messages_sent > 0 and whole.opt_outs > 0  # the ledger has both
 
     async def test_campaign_history_keeps_every_version(self, view: ConsentView) -> None:
         pos = Positions()

@@ -476,3 +476,76 @@ async def test_a_retried_campaign_definition_is_not_a_redefinition(service):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.DefineCampaign(other)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_the_opt_out_rate_counts_sends_and_opt_outs_per_campaign_and_brand(service):
+    runtime, clock = service
+    t = clock.now
+    other = "+14155552672"
+    async with client(runtime.address, "acme-app") as c:
+        for phone in (PHONE, other):
+            await c.RecordOptIn(opt_in(phone, "acme", "promo", t - timedelta(hours=2)))
+        for i, (phone, campaign) in enumerate(
+            [(PHONE, "promo"), (other, "promo"), (PHONE, "promo"), (other, "alerts")]
+        ):
+            await c.RecordMessageSent(
+                api.RecordMessageSentRequest(
+                    request_id=f"sent-{i}",
+                    phone=phone,
+                    brand="acme",
+                    campaign=campaign,
+                    message_id=f"SM-{i}",
+                    occurred_at=ts(t - timedelta(hours=1, minutes=i)),
+                )
+            )
+        await c.HandleInboundMessage(inbound("STOP", at=t - timedelta(minutes=30)))
+        stopall = await c.RecordOptOut(
+            api.RecordOptOutRequest(
+                request_id="stopall",
+                phone=other,
+                brand="acme",
+                channel=lpb.REVOCATION_CHANNEL_KEYWORD,
+                occurred_at=ts(t - timedelta(minutes=20)),
+            )
+        )
+        fresh = stopall.consistency_token
+
+        promo = await c.GetOptOutRate(
+            api.GetOptOutRateRequest(brand="acme", campaign="promo", at_least_as_fresh=fresh)
+        )
+        assert (promo.messages_sent, promo.opt_outs) == (3, 2)
+        assert promo.opt_out_rate == pytest.approx(2 / 3) and promo.above_limit
+        assert promo.limit == pytest.approx(0.003)
+        assert promo.end_time.ToDatetime(UTC) == t
+        assert promo.start_time.ToDatetime(UTC) == t - timedelta(days=30)
+        alerts = await c.GetOptOutRate(api.GetOptOutRateRequest(brand="acme", campaign="alerts"))
+        assert (alerts.messages_sent, alerts.opt_outs) == (1, 1)  # the STOPALL counts here too
+        brand = await c.GetOptOutRate(api.GetOptOutRateRequest(brand="acme"))
+        assert (brand.messages_sent, brand.opt_outs) == (4, 2)
+        earlier = await c.GetOptOutRate(
+            api.GetOptOutRateRequest(brand="acme", end_time=ts(t - timedelta(minutes=45)))
+        )
+        assert (earlier.messages_sent, earlier.opt_outs) == (4, 0)
+        assert not earlier.above_limit and earlier.opt_out_rate == 0
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.GetOptOutRate(api.GetOptOutRateRequest(brand="acme", campaign="nosuch"))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.GetOptOutRate(
+                api.GetOptOutRateRequest(brand="acme", start_time=ts(t), end_time=ts(t))
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert status_details(err.value)[0][0] == "start_time"
+
+    empty = await _rate_as("globex-app", runtime, "globex")
+    assert (empty.messages_sent, empty.opt_outs, empty.HasField("opt_out_rate")) == (0, 0, False)
+    for who in ("globex-app", "acme-checker"):  # another brand; no audit scope
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _rate_as(who, runtime, "acme")
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def _rate_as(who: str, runtime: Runtime, brand: str) -> api.GetOptOutRateResponse:
+    async with client(runtime.address, who) as c:
+        return await c.GetOptOutRate(api.GetOptOutRateRequest(brand=brand))

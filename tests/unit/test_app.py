@@ -10,9 +10,15 @@ from datetime import timedelta
 import pytest
 
 from ledger.campaigns import CampaignPolicy
-from ledger.commands import DefineCampaign, RecordOptIn, RecordOptOut, to_events
-from ledger.errors import InvalidPhoneNumber
-from ledger.events import CollectionMethod, ConsentTier, RevocationChannel
+from ledger.commands import (
+    DefineCampaign,
+    RecordMessageSent,
+    RecordOptIn,
+    RecordOptOut,
+    to_events,
+)
+from ledger.errors import InvalidPhoneNumber, InvalidRequest
+from ledger.events import CollectionMethod, ConsentTier, MessageKind, RevocationChannel
 from ledger.policy import Reason
 from ledger.ports import Stream
 from services.adapters.memory_ledger import InMemoryLedger
@@ -187,3 +193,37 @@ async def test_numbers_written_another_way_on_a_lagging_partition_are_refused_as
 
         assert single.decision.reason is Reason.NOT_CONSISTENT
         assert batch.decisions == [single.decision] * len(phones)
+
+
+async def test_the_opt_out_rate_counts_the_last_30_days_by_default(app):
+    await app.record(define())
+    await app.record(opt_in("r1"))
+    sent = RecordMessageSent("r2", PHONE, BRAND, "promo", "m1", MessageKind.REGULAR, at(1))
+    await app.record(sent)
+    stop = await app.record(
+        RecordOptOut("r3", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(2))
+    )
+    await app.guard.wait_for_token(stop.token)
+
+    rate = await app.opt_out_rate(BRAND, "promo")
+    assert (rate.start, rate.end) == (NOW - timedelta(days=30), NOW)
+    assert (rate.counts.messages_sent, rate.counts.opt_outs, rate.rate) == (1, 1, 1.0)
+    assert rate.above_limit
+    later = await app.opt_out_rate(BRAND, None, at(3), NOW)
+    assert (later.counts.messages_sent, later.counts.opt_outs, later.above_limit) == (0, 0, False)
+
+
+async def test_the_opt_out_rate_refuses_a_bad_window_or_an_undefined_campaign(app):
+    await app.record(define())
+    with pytest.raises(FailedPrecondition) as undefined:
+        await app.opt_out_rate(BRAND, "nosuch")
+    assert undefined.value.field == "campaign"
+    with pytest.raises(InvalidRequest) as backwards:
+        await app.opt_out_rate(BRAND, "promo", at(5), at(5))
+    assert backwards.value.field == "start_time"
+    with pytest.raises(InvalidRequest) as future:
+        await app.opt_out_rate(BRAND, "promo", None, NOW + timedelta(days=1))
+    assert future.value.field == "end_time"
+    with pytest.raises(InvalidRequest) as naive:
+        await app.opt_out_rate(BRAND, None, at(0).replace(tzinfo=None), NOW)
+    assert naive.value.field == "start_time"

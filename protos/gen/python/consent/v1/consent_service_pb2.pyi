@@ -1274,3 +1274,96 @@ class ListEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015
+
+@_typing.final
+class GetOptOutRateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BRAND_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    AT_LEAST_AS_FRESH_FIELD_NUMBER: _builtins.int
+    brand: _builtins.str
+    campaign: _builtins.str
+    """Absent: every campaign of the brand. For one campaign, brand-wide opt-outs
+    (STOPALL) count too. A campaign never defined is refused (FAILED_PRECONDITION).
+    """
+    at_least_as_fresh: _builtins.str
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The window [start_time, end_time) of world time (when sends and opt-outs
+        happened). end_time absent: now; start_time absent: 30 days before end_time.
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        brand: _builtins.str = ...,
+        campaign: _builtins.str | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        at_least_as_fresh: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "at_least_as_fresh", b"at_least_as_fresh", "brand", b"brand", "campaign", b"campaign", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__campaign: _TypeAlias = _typing.Literal["campaign"]  # noqa: Y015
+    _WhichOneofArgType__campaign: _TypeAlias = _typing.Literal["_campaign", b"_campaign"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__campaign) -> _WhichOneofReturnType__campaign | None: ...
+
+Global___GetOptOutRateRequest: _TypeAlias = GetOptOutRateRequest  # noqa: Y015
+
+@_typing.final
+class GetOptOutRateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_SENT_FIELD_NUMBER: _builtins.int
+    OPT_OUTS_FIELD_NUMBER: _builtins.int
+    OPT_OUT_RATE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    ABOVE_LIMIT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    messages_sent: _builtins.int
+    """Every recorded send in the window, of any kind."""
+    opt_outs: _builtins.int
+    """Distinct numbers that withdrew consent in the window."""
+    opt_out_rate: _builtins.float
+    """opt_outs / messages_sent; absent when no message was sent."""
+    limit: _builtins.float
+    """The rate above which a sender risks suspension (0.003)."""
+    above_limit: _builtins.bool
+    """The rate is above the limit, or numbers opted out with no message sent."""
+    consistency_token: _builtins.str
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The window counted."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        messages_sent: _builtins.int = ...,
+        opt_outs: _builtins.int = ...,
+        opt_out_rate: _builtins.float | None = ...,
+        limit: _builtins.float = ...,
+        above_limit: _builtins.bool = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_opt_out_rate", b"_opt_out_rate", "end_time", b"end_time", "opt_out_rate", b"opt_out_rate", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_opt_out_rate", b"_opt_out_rate", "above_limit", b"above_limit", "consistency_token", b"consistency_token", "end_time", b"end_time", "limit", b"limit", "messages_sent", b"messages_sent", "opt_out_rate", b"opt_out_rate", "opt_outs", b"opt_outs", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__opt_out_rate: _TypeAlias = _typing.Literal["opt_out_rate"]  # noqa: Y015
+    _WhichOneofArgType__opt_out_rate: _TypeAlias = _typing.Literal["_opt_out_rate", b"_opt_out_rate"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__opt_out_rate) -> _WhichOneofReturnType__opt_out_rate | None: ...
+
+Global___GetOptOutRateResponse: _TypeAlias = GetOptOutRateResponse  # noqa: Y015

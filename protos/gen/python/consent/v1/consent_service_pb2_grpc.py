@@ -105,6 +105,11 @@ class ConsentServiceStub:
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.CanSendAsOfRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_consent__service__pb2.CanSendAsOfResponse.FromString,
                 _registered_method=True)
+        self.GetOptOutRate = channel.unary_unary(
+                '/consent.v1.ConsentService/GetOptOutRate',
+                request_serializer=consent_dot_v1_dot_consent__service__pb2.GetOptOutRateRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__service__pb2.GetOptOutRateResponse.FromString,
+                _registered_method=True)
 
 
 class ConsentServiceServicer:
@@ -212,6 +217,14 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetOptOutRate(self, request, context):
+        """Audit: the numbers that opted out against the messages sent, for a brand or one of
+        its campaigns over a window; carriers suspend senders above about 0.3 %.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -284,6 +297,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.CanSendAsOf,
                     request_deserializer=consent_dot_v1_dot_consent__service__pb2.CanSendAsOfRequest.FromString,
                     response_serializer=consent_dot_v1_dot_consent__service__pb2.CanSendAsOfResponse.SerializeToString,
+            ),
+            'GetOptOutRate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOptOutRate,
+                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.GetOptOutRateRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__service__pb2.GetOptOutRateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -665,6 +683,33 @@ class ConsentService:
             '/consent.v1.ConsentService/CanSendAsOf',
             consent_dot_v1_dot_consent__service__pb2.CanSendAsOfRequest.SerializeToString,
             consent_dot_v1_dot_consent__service__pb2.CanSendAsOfResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOptOutRate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentService/GetOptOutRate',
+            consent_dot_v1_dot_consent__service__pb2.GetOptOutRateRequest.SerializeToString,
+            consent_dot_v1_dot_consent__service__pb2.GetOptOutRateResponse.FromString,
             options,
             channel_credentials,
             insecure,

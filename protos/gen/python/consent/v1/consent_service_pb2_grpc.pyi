@@ -75,6 +75,10 @@ class ConsentServiceStub:
     """Audit: the decision CanSend would have given at world time `at`, from the
     facts the ledger had recorded by `known_at`.
     """
+    GetOptOutRate: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.GetOptOutRateRequest, _consent_service_pb2.GetOptOutRateResponse]
+    """Audit: the numbers that opted out against the messages sent, for a brand or one of
+    its campaigns over a window; carriers suspend senders above about 0.3 %.
+    """
 
 @_typing.type_check_only
 class ConsentServiceAsyncStub(ConsentServiceStub):
@@ -114,6 +118,10 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     CanSendAsOf: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.CanSendAsOfRequest, _consent_service_pb2.CanSendAsOfResponse]  # type: ignore[assignment]
     """Audit: the decision CanSend would have given at world time `at`, from the
     facts the ledger had recorded by `known_at`.
+    """
+    GetOptOutRate: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.GetOptOutRateRequest, _consent_service_pb2.GetOptOutRateResponse]  # type: ignore[assignment]
+    """Audit: the numbers that opted out against the messages sent, for a brand or one of
+    its campaigns over a window; carriers suspend senders above about 0.3 %.
     """
 
 class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -235,6 +243,16 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_consent_service_pb2.CanSendAsOfResponse, _abc.Awaitable[_consent_service_pb2.CanSendAsOfResponse]]:
         """Audit: the decision CanSend would have given at world time `at`, from the
         facts the ledger had recorded by `known_at`.
+        """
+
+    @_abc_1.abstractmethod
+    def GetOptOutRate(
+        self,
+        request: _consent_service_pb2.GetOptOutRateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_service_pb2.GetOptOutRateResponse, _abc.Awaitable[_consent_service_pb2.GetOptOutRateResponse]]:
+        """Audit: the numbers that opted out against the messages sent, for a brand or one of
+        its campaigns over a window; carriers suspend senders above about 0.3 %.
         """
 
 def add_ConsentServiceServicer_to_server(servicer: ConsentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
