@@ -12,10 +12,13 @@ get a second, plaintext port that serves the health service and nothing else.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import grpc
 from consent.v1 import consent_service_pb2 as api_pb2
 from consent.v1 import consent_service_pb2_grpc as api_grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -34,6 +37,37 @@ class CannotListen(OSError):
     def __init__(self, address: str) -> None:
         super().__init__(f"cannot listen on {address}")
         self.address = address
+
+
+class _ReflectedDescriptors:
+    """The default descriptor pool, as reflection reads it, finding methods too.
+
+    protobuf's upb runtime finds the file of a service, message, field or enum by
+    its full name, but not of a method (``consent.v1.ConsentService.CanSend``),
+    and a method is what ``grpcurl describe`` asks for: that lookup answered
+    "symbol not found". A name the pool does not know is tried as a method of
+    the service named by its prefix."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def FindFileContainingSymbol(self, symbol: str) -> FileDescriptor:
+        try:
+            found: FileDescriptor = self._pool.FindFileContainingSymbol(symbol)
+            return found
+        except KeyError:
+            service_name, _, method = symbol.rpartition(".")
+            try:
+                service = self._pool.FindServiceByName(service_name)
+            except KeyError:
+                service = None
+            if service is None or method not in service.methods_by_name:
+                raise
+            file: FileDescriptor = service.file
+            return file
 
 
 class GrpcServer:
@@ -67,6 +101,7 @@ class GrpcServer:
                 reflection.SERVICE_NAME,
             ),
             self._server,
+            pool=_ReflectedDescriptors(descriptor_pool.Default()),
         )
         self._health_server: grpc.aio.Server | None = None
         if health_listen:

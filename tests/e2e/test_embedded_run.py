@@ -21,6 +21,7 @@ import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import consent_service_pb2_grpc as api_grpc
 from consent.v1 import ledger_pb2 as lpb
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -91,6 +92,32 @@ async def test_make_run_serves_health_reflection_and_the_api_and_keeps_data(data
             )
             names = [s.name async for r in replies for s in r.list_services_response.service]
             assert "consent.v1.ConsentService" in names
+            # What `grpcurl describe` asks for: the file of a service, a method, a
+            # message and an enum; and a clear "not found" for a name that is none.
+            symbols = [
+                "consent.v1.ConsentService",
+                "consent.v1.ConsentService.CanSend",
+                "consent.v1.CanSendRequest",
+                "consent.v1.Reason",
+                "consent.v1.ConsentService.NoSuchMethod",
+            ]
+            replies = reflect.ServerReflectionInfo(
+                iter(
+                    [
+                        reflection_pb2.ServerReflectionRequest(file_containing_symbol=s)
+                        for s in symbols
+                    ]
+                )
+            )
+            found = [r async for r in replies]
+            files = [
+                descriptor_pb2.FileDescriptorProto.FromString(
+                    r.file_descriptor_response.file_descriptor_proto[0]
+                ).name
+                for r in found[:4]
+            ]
+            assert files == ["consent/v1/consent_service.proto"] * 4
+            assert found[4].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
             c = Client(api_grpc.ConsentServiceStub(channel), token)
             now = datetime.now(UTC)
