@@ -188,6 +188,11 @@ class ConsentView(ABC):
         """The applied event with this id, if the view has it (for idempotent writes)."""
 
     @abstractmethod
+    async def flagged_phones(self, brand: str) -> list[str]:
+        """Every phone, sorted, with a reply flagged as a possible opt-out towards
+        ``brand`` (resolved or not): where the pending candidates are to be found."""
+
+    @abstractmethod
     async def sending_counts(
         self, brand: str, campaign: str | None, start: datetime, end: datetime
     ) -> SendingCounts:

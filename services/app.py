@@ -26,12 +26,19 @@ from ledger.commands import (
 )
 from ledger.digest import Digest, digest_of
 from ledger.errors import InvalidRequest
-from ledger.events import ConsentGranted, LedgerEvent, MessageKind, Recorded, SubscriberEvent
+from ledger.events import (
+    ConsentGranted,
+    LedgerEvent,
+    MessageKind,
+    Recorded,
+    RevocationCandidateFlagged,
+    SubscriberEvent,
+)
 from ledger.opt_out_rate import DEFAULT_WINDOW, OptOutRate
 from ledger.phone import to_e164
 from ledger.policy import Check, Decision, Reason, decide_as_of, deny
 from ledger.ports import ConsentView, ConsistencyToken, Ledger, Stream
-from ledger.state import CampaignHistory, SubscriberState
+from ledger.state import CampaignHistory, Fact, SubscriberState
 from services.errors import FailedPrecondition
 from services.freshness import FreshnessGuard
 from services.read_batcher import ReadBatcher
@@ -339,6 +346,17 @@ class ConsentApp:
         if brand is not None:
             check_name(brand, "brand")
         return await self.view.history(number, brand)
+
+    async def revocation_candidates(self, brand: str) -> list[Fact[RevocationCandidateFlagged]]:
+        """The brand's replies flagged as possible opt-outs that nobody has resolved,
+        oldest first (then by event id): each blocks sending to its number until
+        someone resolves it (``ResolveRevocationCandidate``). Pending is what the
+        fold says, as ``GetConsent`` reports it for one number."""
+        check_name(brand, "brand")
+        phones = await self.view.flagged_phones(brand)
+        states = await self.view.subscriber_states(brand, phones)
+        pending = [c for state in states.values() for c in state.pending_candidates()]
+        return sorted(pending, key=lambda c: (c.at, c.event_id))
 
     async def opt_out_rate(
         self,

@@ -131,6 +131,9 @@ class InMemoryConsentView(ConsentView):
             return None
         return self._tables.events.get(key)
 
+    async def flagged_phones(self, brand: str) -> list[str]:
+        return sorted(p for (p, b), s in self._tables.states.items() if b == brand and s.candidates)
+
     async def sending_counts(
         self, brand: str, campaign: str | None, start: datetime, end: datetime
     ) -> SendingCounts:

@@ -24,7 +24,14 @@ from typing import Any
 import asyncpg
 
 from ledger.digest import AT, ID, Digest, digest_of, from_micros
-from ledger.events import CampaignEvent, ConsentRevoked, MessageSent, Recorded, SubscriberEvent
+from ledger.events import (
+    CampaignEvent,
+    ConsentRevoked,
+    MessageSent,
+    Recorded,
+    RevocationCandidateFlagged,
+    SubscriberEvent,
+)
 from ledger.opt_out_rate import SendingCounts
 from ledger.policy import latest_revocation, standing
 from ledger.ports import ConsentView, Stream
@@ -499,6 +506,15 @@ class PostgresConsentView(ConsentView):
             "SELECT payload FROM ledger_event_copy WHERE event_id = $1", key
         )
         return None if payload is None else decode_recorded(payload)
+
+    async def flagged_phones(self, brand: str) -> list[str]:
+        rows = await self._pool.fetch(
+            "SELECT DISTINCT phone FROM ledger_event_copy"
+            f" WHERE brand = $1 AND event_type = '{RevocationCandidateFlagged.EVENT_TYPE}'"
+            " ORDER BY phone",
+            brand,
+        )
+        return [row["phone"] for row in rows]
 
     async def sending_counts(
         self, brand: str, campaign: str | None, start: datetime, end: datetime

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -207,9 +208,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         principal = self._caller(context, Scope.AUDIT, brand)
         if brand is None and principal.brands is not None:
             raise InvalidRequest("brand", "is required for a token limited to some brands")
-        size = request.page_size or DEFAULT_PAGE_SIZE
-        if not 0 < size <= MAX_PAGE_SIZE:
-            raise InvalidRequest("page_size", f"must be between 1 and {MAX_PAGE_SIZE}")
+        size = _page_size(request.page_size)
         start = _page_start(request.page_token)
         if not await self._fresh_enough(request.at_least_as_fresh):
             raise NotConsistent("at_least_as_fresh", "the view has not applied the token yet")
@@ -219,6 +218,26 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         return api_pb2.ListEventsResponse(
             events=[codec.recorded_to_proto(r) for r in page],
             next_page_token=_page_token(start + size) if more else "",
+            consistency_token=self.app.guard.applied_token().encode(),
+        )
+
+    @translate_errors
+    async def ListRevocationCandidates(
+        self, request: api_pb2.ListRevocationCandidatesRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ListRevocationCandidatesResponse:
+        self._caller(context, Scope.AUDIT, request.brand)
+        size = _page_size(request.page_size)
+        after = _candidate_after(request.page_token)
+        if not await self._fresh_enough(request.at_least_as_fresh):
+            raise NotConsistent("at_least_as_fresh", "the view has not applied the token yet")
+        pending = await self.app.revocation_candidates(request.brand)
+        if after is not None:
+            pending = [c for c in pending if (c.at, c.event_id) > after]
+        page = pending[:size]
+        last = page[-1] if len(pending) > size else None
+        return api_pb2.ListRevocationCandidatesResponse(
+            candidates=[codec.recorded_to_proto(c.as_recorded()) for c in page],
+            next_page_token="" if last is None else _candidate_token(last.at, last.event_id),
             consistency_token=self.app.guard.applied_token().encode(),
         )
 
@@ -281,6 +300,35 @@ def _certificate_names(context: grpc.aio.ServicerContext) -> list[str]:
         for key in ("x509_subject_alternative_name", "x509_common_name")
         for name in auth.get(key, ())
     ]
+
+
+def _page_size(requested: int) -> int:
+    size = requested or DEFAULT_PAGE_SIZE
+    if not 0 < size <= MAX_PAGE_SIZE:
+        raise InvalidRequest("page_size", f"must be between 1 and {MAX_PAGE_SIZE}")
+    return size
+
+
+def _candidate_token(at: datetime, event_id: str) -> str:
+    """A page token that names the last candidate given, not a count: the queue
+    shrinks as candidates are resolved, and the next page must skip none."""
+    return base64.urlsafe_b64encode(f"c:{at.isoformat()}|{event_id}".encode()).decode()
+
+
+def _candidate_after(token: str) -> tuple[datetime, str] | None:
+    if not token:
+        return None
+    try:
+        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        at, _, event_id = value.partition("|")
+        if kind != "c" or not event_id:
+            raise ValueError(token)
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None:
+            raise ValueError(token)
+        return when, event_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("page_token", "is not a token this service issued") from exc
 
 
 def _page_token(offset: int) -> str:

@@ -455,6 +455,35 @@ class ConsentViewSuite:
         assert await view.find_event(str(uuid.uuid4())) is None
         assert await view.find_event("not-a-uuid") is None
 
+    async def test_flagged_phones_name_every_number_with_a_candidate_of_the_brand(
+        self, view: ConsentView
+    ) -> None:
+        def flag(phone: str, brand: str) -> RevocationCandidateFlagged:
+            return RevocationCandidateFlagged(
+                **_base(T0), phone=phone, brand=brand, inbound_message_id="SM1", text="stop pls"
+            )
+
+        dismissed = flag("+14155550100", "acme")
+        batch = [
+            flag("+14155550102", "acme"),
+            dismissed,
+            RevocationCandidateResolved(
+                **_base(T0 + timedelta(minutes=1)),
+                phone="+14155550100",
+                brand="acme",
+                candidate_event_id=dismissed.originator_id,
+                resolution=CandidateResolution.DISMISSED,
+            ),
+            flag("+14155550101", "globex"),
+            grant("+14155550103", "acme", "deals", T0),
+        ]
+        await view.apply(Stream.SUBSCRIBERS, Positions().record(batch))
+
+        # Resolved or not: the fold of each number says which are still pending.
+        assert await view.flagged_phones("acme") == ["+14155550100", "+14155550102"]
+        assert await view.flagged_phones("globex") == ["+14155550101"]
+        assert await view.flagged_phones("initech") == []
+
     async def test_sending_counts_count_sends_and_distinct_opted_out_numbers(
         self, view: ConsentView
     ) -> None:

@@ -561,3 +561,71 @@ async def test_the_opt_out_rate_counts_sends_and_opt_outs_per_campaign_and_brand
 async def _rate_as(who: str, runtime: Runtime, brand: str) -> api.GetOptOutRateResponse:
     async with client(runtime.address, who) as c:
         return await c.GetOptOutRate(api.GetOptOutRateRequest(brand=brand))
+
+
+async def test_flagged_replies_wait_in_a_queue_until_resolved(service):
+    runtime, clock = service
+    t = clock.now
+    other = "+14155552672"
+    async with client(runtime.address, "acme-app") as c:
+        flagged = []
+        for minutes, phone in ((20, other), (10, PHONE)):  # the other number replies first
+            request = inbound("please stop texting me", at=t - timedelta(minutes=minutes))
+            request.from_phone = phone
+            w = await c.HandleInboundMessage(request)
+            assert w.intent == api.INBOUND_INTENT_REVOCATION_CANDIDATE
+            flagged.append(w)
+        fresh = flagged[-1].consistency_token
+
+        first = await c.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="acme", page_size=1, at_least_as_fresh=fresh)
+        )
+        (oldest,) = first.candidates
+        assert (oldest.event.phone, oldest.event.event_type) == (
+            other,
+            "RevocationCandidateFlagged",
+        )
+        assert first.next_page_token
+
+        resolved = await c.ResolveRevocationCandidate(
+            api.ResolveRevocationCandidateRequest(
+                request_id="resolve-1",
+                phone=other,
+                brand="acme",
+                candidate_event_id=oldest.event.event_id,
+                resolution=lpb.CANDIDATE_RESOLUTION_DISMISSED,
+                occurred_at=ts(t - timedelta(minutes=5)),
+                resolved_by="reviewer@acme",
+            )
+        )
+        # The next page starts after the last candidate given, not at a count, so
+        # resolving one in between skips nothing.
+        second = await c.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(
+                brand="acme",
+                page_size=1,
+                page_token=first.next_page_token,
+                at_least_as_fresh=resolved.consistency_token,
+            )
+        )
+        assert [e.event.phone for e in second.candidates] == [PHONE]
+        assert second.next_page_token == ""
+        everything = await c.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="acme")
+        )
+        assert [e.event.phone for e in everything.candidates] == [PHONE]
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.ListRevocationCandidates(
+                api.ListRevocationCandidatesRequest(brand="acme", page_token="bm90LW91cnM=")
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert status_details(err.value)[0][0] == "page_token"
+    async with client(runtime.address, "globex-app") as globex:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await globex.ListRevocationCandidates(api.ListRevocationCandidatesRequest(brand="acme"))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        mine = await globex.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="globex")
+        )
+        assert list(mine.candidates) == []

@@ -1367,3 +1367,68 @@ class GetOptOutRateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__opt_out_rate) -> _WhichOneofReturnType__opt_out_rate | None: ...
 
 Global___GetOptOutRateResponse: _TypeAlias = GetOptOutRateResponse  # noqa: Y015
+
+@_typing.final
+class ListRevocationCandidatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BRAND_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    AT_LEAST_AS_FRESH_FIELD_NUMBER: _builtins.int
+    brand: _builtins.str
+    page_size: _builtins.int
+    """At most this many candidates per page; 0 means the server's default (100)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the first page. A page
+    starts after the last candidate of the previous one, so resolving candidates
+    between pages skips none.
+    """
+    at_least_as_fresh: _builtins.str
+    def __init__(
+        self,
+        *,
+        brand: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        at_least_as_fresh: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_least_as_fresh", b"at_least_as_fresh", "brand", b"brand", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRevocationCandidatesRequest: _TypeAlias = ListRevocationCandidatesRequest  # noqa: Y015
+
+@_typing.final
+class ListRevocationCandidatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    consistency_token: _builtins.str
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[_ledger_pb2.RecordedEvent]:
+        """RevocationCandidateFlagged events: each names its phone, the reply's text and
+        the inbound message it came from. Its event_id is the candidate_event_id that
+        ResolveRevocationCandidate takes.
+        """
+
+    def __init__(
+        self,
+        *,
+        candidates: _abc.Iterable[_ledger_pb2.RecordedEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+        consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "consistency_token", b"consistency_token", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRevocationCandidatesResponse: _TypeAlias = ListRevocationCandidatesResponse  # noqa: Y015

@@ -110,6 +110,11 @@ class ConsentServiceStub:
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.GetOptOutRateRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_consent__service__pb2.GetOptOutRateResponse.FromString,
                 _registered_method=True)
+        self.ListRevocationCandidates = channel.unary_unary(
+                '/consent.v1.ConsentService/ListRevocationCandidates',
+                request_serializer=consent_dot_v1_dot_consent__service__pb2.ListRevocationCandidatesRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__service__pb2.ListRevocationCandidatesResponse.FromString,
+                _registered_method=True)
 
 
 class ConsentServiceServicer:
@@ -225,6 +230,14 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRevocationCandidates(self, request, context):
+        """Audit: a brand's replies flagged as possible opt-outs that nobody has resolved,
+        oldest first. Each blocks sending to its number until ResolveRevocationCandidate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -302,6 +315,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.GetOptOutRate,
                     request_deserializer=consent_dot_v1_dot_consent__service__pb2.GetOptOutRateRequest.FromString,
                     response_serializer=consent_dot_v1_dot_consent__service__pb2.GetOptOutRateResponse.SerializeToString,
+            ),
+            'ListRevocationCandidates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevocationCandidates,
+                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.ListRevocationCandidatesRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__service__pb2.ListRevocationCandidatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -710,6 +728,33 @@ class ConsentService:
             '/consent.v1.ConsentService/GetOptOutRate',
             consent_dot_v1_dot_consent__service__pb2.GetOptOutRateRequest.SerializeToString,
             consent_dot_v1_dot_consent__service__pb2.GetOptOutRateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevocationCandidates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentService/ListRevocationCandidates',
+            consent_dot_v1_dot_consent__service__pb2.ListRevocationCandidatesRequest.SerializeToString,
+            consent_dot_v1_dot_consent__service__pb2.ListRevocationCandidatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,10 @@ class ConsentServiceStub:
     """Audit: the numbers that opted out against the messages sent, for a brand or one of
     its campaigns over a window; carriers suspend senders above about 0.3 %.
     """
+    ListRevocationCandidates: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.ListRevocationCandidatesRequest, _consent_service_pb2.ListRevocationCandidatesResponse]
+    """Audit: a brand's replies flagged as possible opt-outs that nobody has resolved,
+    oldest first. Each blocks sending to its number until ResolveRevocationCandidate.
+    """
 
 @_typing.type_check_only
 class ConsentServiceAsyncStub(ConsentServiceStub):
@@ -122,6 +126,10 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     GetOptOutRate: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.GetOptOutRateRequest, _consent_service_pb2.GetOptOutRateResponse]  # type: ignore[assignment]
     """Audit: the numbers that opted out against the messages sent, for a brand or one of
     its campaigns over a window; carriers suspend senders above about 0.3 %.
+    """
+    ListRevocationCandidates: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.ListRevocationCandidatesRequest, _consent_service_pb2.ListRevocationCandidatesResponse]  # type: ignore[assignment]
+    """Audit: a brand's replies flagged as possible opt-outs that nobody has resolved,
+    oldest first. Each blocks sending to its number until ResolveRevocationCandidate.
     """
 
 class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -253,6 +261,16 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_consent_service_pb2.GetOptOutRateResponse, _abc.Awaitable[_consent_service_pb2.GetOptOutRateResponse]]:
         """Audit: the numbers that opted out against the messages sent, for a brand or one of
         its campaigns over a window; carriers suspend senders above about 0.3 %.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRevocationCandidates(
+        self,
+        request: _consent_service_pb2.ListRevocationCandidatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_service_pb2.ListRevocationCandidatesResponse, _abc.Awaitable[_consent_service_pb2.ListRevocationCandidatesResponse]]:
+        """Audit: a brand's replies flagged as possible opt-outs that nobody has resolved,
+        oldest first. Each blocks sending to its number until ResolveRevocationCandidate.
         """
 
 def add_ConsentServiceServicer_to_server(servicer: ConsentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
