@@ -376,6 +376,8 @@ class ConsentApp:
         now = self.clock()
         end = now if end is None else check_time(end, now, "end_time")
         if start is None:
+            if end < datetime.min.replace(tzinfo=UTC) + DEFAULT_WINDOW:
+                raise InvalidRequest("end_time", "is too early for the default window")
             start = end - DEFAULT_WINDOW
         elif start.tzinfo is None:
             raise InvalidRequest("start_time", "must carry a time zone")

@@ -78,12 +78,12 @@ def required_time(msg: Message, name: str) -> datetime:
     """The timestamp field ``name`` of ``msg`` as a UTC datetime, or ``InvalidRequest``."""
     if not msg.HasField(name):
         raise InvalidRequest(name, "is required")
-    return codec.timestamp_from_proto(getattr(msg, name))
+    return codec.timestamp_from_proto(getattr(msg, name), name)
 
 
 def optional_time(msg: Message, name: str) -> datetime | None:
     """The timestamp field ``name`` of ``msg``, or None when the client left it out."""
-    return codec.timestamp_from_proto(getattr(msg, name)) if msg.HasField(name) else None
+    return codec.timestamp_from_proto(getattr(msg, name), name) if msg.HasField(name) else None
 
 
 def _enum(enum_map: EnumMap[Any], value: int, field: str) -> Any:

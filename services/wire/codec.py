@@ -113,11 +113,14 @@ def timestamp_to_proto(value: datetime, field: str = "timestamp") -> Timestamp:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def timestamp_from_proto(ts: Timestamp) -> datetime:
+def timestamp_from_proto(ts: Timestamp, field: str = "timestamp") -> datetime:
     # The same value as ``ts.ToDatetime(tzinfo=UTC)`` (microseconds truncated), by
     # plain arithmetic: protobuf's helper was the largest single cost of loading a
     # stored state, and every state read decodes several timestamps.
-    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+    try:
+        return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+    except OverflowError:  # a client's value outside datetime's years 1 to 9999
+        raise WireFormatError(field, "is out of range (years 1 to 9999)") from None
 
 
 def duration_to_proto(value: timedelta) -> Duration:
@@ -133,7 +136,7 @@ def duration_from_proto(d: Duration) -> timedelta:
 def _required_time(msg: Message, name: str, field: str) -> datetime:
     if not msg.HasField(name):
         raise WireFormatError(field, "is required")
-    return timestamp_from_proto(getattr(msg, name))
+    return timestamp_from_proto(getattr(msg, name), field)
 
 
 def _optional_str(msg: Message, name: str) -> str | None:

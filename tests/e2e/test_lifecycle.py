@@ -10,6 +10,7 @@ import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -549,6 +550,29 @@ async def test_the_opt_out_rate_counts_sends_and_opt_outs_per_campaign_and_brand
             )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert status_details(err.value)[0][0] == "start_time"
+        # A time datetime cannot hold is the caller's error, not the service's.
+        year_one = Timestamp(seconds=-62135596800 + 86400)
+        beyond = Timestamp(seconds=253402300800 + 86400)
+        for call, field in (
+            (
+                c.GetOptOutRate(api.GetOptOutRateRequest(brand="acme", end_time=year_one)),
+                "end_time",
+            ),
+            (
+                c.GetOptOutRate(api.GetOptOutRateRequest(brand="acme", start_time=beyond)),
+                "start_time",
+            ),
+            (
+                c.CanSend(
+                    api.CanSendRequest(phone=PHONE, brand="acme", campaign="promo", at=beyond)
+                ),
+                "at",
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+            assert status_details(err.value)[0][0] == field
 
     empty = await _rate_as("globex-app", runtime, "globex")
     assert (empty.messages_sent, empty.opt_outs, empty.HasField("opt_out_rate")) == (0, 0, False)

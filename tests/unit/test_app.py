@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -224,6 +224,9 @@ async def test_the_opt_out_rate_refuses_a_bad_window_or_an_undefined_campaign(ap
     with pytest.raises(InvalidRequest) as future:
         await app.opt_out_rate(BRAND, "promo", None, NOW + timedelta(days=1))
     assert future.value.field == "end_time"
+    with pytest.raises(InvalidRequest) as too_early:
+        await app.opt_out_rate(BRAND, None, None, datetime(1, 1, 2, tzinfo=UTC))
+    assert too_early.value.field == "end_time"
     with pytest.raises(InvalidRequest) as naive:
         await app.opt_out_rate(BRAND, None, at(0).replace(tzinfo=None), NOW)
     assert naive.value.field == "start_time"

@@ -43,6 +43,7 @@ from ledger.events import (
 from ledger.policy import Decision, Obligation, Reason
 from ledger.state import SubscriberState
 from services.wire import api
+from services.wire.enums import WireFormatError
 
 AT = datetime(2025, 6, 1, 14, 30, 5, 123456, tzinfo=UTC)
 PHONE, BRAND, CAMPAIGN = "+14155550123", "acme", "spring-sale"
@@ -285,6 +286,24 @@ def test_missing_occurred_at_is_refused_naming_the_field(
     with pytest.raises(InvalidRequest) as err:
         api.command_from_proto(request_msg)
     assert err.value.field == "occurred_at"
+
+
+@pytest.mark.parametrize("seconds", [-62135596800 - 86400, 253402300800 + 86400])
+@pytest.mark.parametrize(("request_msg", "expected"), WRITES, ids=name_of)
+def test_an_occurred_at_out_of_datetime_s_range_is_refused_naming_the_field(
+    request_msg: Message, expected: Any, seconds: int
+) -> None:
+    request_msg = type(request_msg).FromString(request_msg.SerializeToString())
+    request_msg.occurred_at.seconds = seconds  # type: ignore[attr-defined]
+
+    with pytest.raises((InvalidRequest, WireFormatError)) as err:
+        api.command_from_proto(request_msg)
+    assert (err.value.field, err.value.reason) == (
+        "occurred_at",
+        "is out of range (years 1 to 9999)",
+    )
+    with pytest.raises(WireFormatError):  # the readers CanSend and the audit calls use
+        api.optional_time(request_msg, "occurred_at")
 
 
 def opt_in(**changes: Any) -> api_pb2.RecordOptInRequest:
