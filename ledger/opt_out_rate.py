@@ -1,19 +1,26 @@
 """The opt-out rate: how many people withdrew consent against how many texts went out.
 
 Carriers suspend a sender whose opt-out rate is high (the provider's suspension
-notice names "High Opt-Out rates" beside high error rates as grounds, and reads a
-high rate as a sign of unwanted messaging; the policy README puts the line at about
-0.3 %). The ledger holds both halves of the ratio, so it can say where a brand or
-a campaign stands before a carrier does.
+notice names "High Opt-Out rates" beside high error rates as grounds, reads a high
+rate as a sign of unwanted messaging, and calls 0 to 0.3 % a good rate). The
+ledger holds both halves of the ratio, so it can say where a brand or a campaign
+stands before a carrier does.
 
 What is counted, over a window ``[start, end)`` of world time (``occurred_at``):
 
 * **messages sent**: every ``MessageSent`` of the brand (of the campaign, when one
   is named), whatever its kind: a carrier counts every text;
 * **opt-outs**: the distinct numbers with a ``ConsentRevoked`` of the brand in the
-  window. For a campaign, a brand-wide revocation (STOPALL, or a free-text
-  opt-out resolved as one) counts as well, since it withdraws that campaign's
-  consent too. A number that opts out twice counts once.
+  window. For one campaign: those that name the campaign, and the brand-wide ones
+  (STOPALL, or a free-text reply resolved as an opt-out) of numbers the campaign
+  texted in the window. A brand-wide opt-out withdraws every campaign's consent,
+  but it is a verdict on the campaigns that were texting the person, not on one
+  that never did. A number that opts out twice counts once.
+
+The messages include opt-out confirmations and HELP replies, as a carrier's count
+does; with one confirmation per keyword opt-out this lowers a rate near 0.3 % by a
+few thousandths of itself. Opt-outs by any channel count (keyword, web, call,
+API), not only those a carrier sees.
 
 ``count_sending`` is the rule in plain Python; the views answer the same counts
 from their own storage, and the conformance suite holds them to this function.
@@ -28,7 +35,8 @@ from datetime import datetime, timedelta
 from ledger.events import ConsentRevoked, LedgerEvent, MessageSent
 
 OPT_OUT_RATE_LIMIT = 0.003
-"""Above about 0.3 % a carrier may suspend the sender (policy README)."""
+"""The top of the range the provider calls a good opt-out rate ("typically in the
+range of 0-0.3%"); the policy README reads a rate above it as a suspension risk."""
 
 DEFAULT_WINDOW = timedelta(days=30)
 
@@ -49,17 +57,20 @@ def count_sending(
     """The counts of ``events`` for ``brand`` (and ``campaign``) in ``[start, end)``."""
     sent = 0
     opted_out: set[str] = set()
+    texted: set[str] = set()  # the numbers the campaign texted in the window
+    brand_wide: set[str] = set()
     for event in events:
         if getattr(event, "brand", None) != brand or not start <= event.occurred_at < end:
             continue
         if isinstance(event, MessageSent) and campaign in (None, event.campaign):
             sent += 1
-        # A brand-wide revocation (campaign None) withdraws every campaign's consent.
-        elif isinstance(event, ConsentRevoked) and (
-            event.campaign is None or campaign in (None, event.campaign)
-        ):
-            opted_out.add(event.phone)
-    return SendingCounts(sent, len(opted_out))
+            texted.add(event.phone)
+        elif isinstance(event, ConsentRevoked):
+            if campaign in (None, event.campaign):
+                opted_out.add(event.phone)
+            elif event.campaign is None:
+                brand_wide.add(event.phone)
+    return SendingCounts(sent, len(opted_out | (brand_wide & texted)))
 
 
 @dataclass(frozen=True)

@@ -197,9 +197,15 @@ def _sending_counts_sql(campaign_filter: str, opt_out_filter: str) -> str:
 
 
 _BRAND_COUNTS = _sending_counts_sql("", "")
-# A brand-wide revocation (campaign NULL) withdraws every campaign's consent.
+# A brand-wide revocation (campaign NULL) counts for the campaigns that texted the
+# number in the window (looked up per revocation by the phone index).
 _CAMPAIGN_COUNTS = _sending_counts_sql(
-    " AND campaign = $4", " AND (campaign = $4 OR campaign IS NULL)"
+    " AND campaign = $4",
+    " AND (campaign = $4 OR (campaign IS NULL AND EXISTS ("
+    "SELECT 1 FROM ledger_event_copy s WHERE s.phone = ledger_event_copy.phone"
+    " AND s.brand = $1 AND s.campaign = $4"
+    f" AND s.event_type = '{MessageSent.EVENT_TYPE}'"
+    " AND s.occurred_at >= $2 AND s.occurred_at < $3)))",
 )
 
 

@@ -488,7 +488,7 @@ class ConsentViewSuite:
         self, view: ConsentView
     ) -> None:
         pos = Positions()
-        a, b, c, d, e = (f"+1415555010{i}" for i in range(5))
+        a, b, c, d, e, f = (f"+1415555010{i}" for i in range(6))
         start, end = T0, T0 + timedelta(days=10)
         inside = start + timedelta(days=1)
         batch = pos.record(
@@ -501,9 +501,12 @@ class ConsentViewSuite:
                 sent(a, "acme", "news", inside),
                 sent(b, "acme", "news", inside),
                 sent(a, "globex", "deals", inside),
+                sent(f, "acme", "news", inside),
                 revoke(a, "acme", "deals", inside),
                 revoke(a, "acme", "deals", inside + timedelta(hours=1)),  # a number counts once
-                revoke(b, "acme", None, inside),  # STOPALL: every campaign of the brand
+                # STOPALL: for the campaigns that texted the number in the window
+                revoke(b, "acme", None, inside),
+                revoke(f, "acme", None, inside),
                 revoke(c, "acme", "news", inside),
                 revoke(d, "acme", "deals", start - timedelta(seconds=1)),  # before
                 revoke(e, "globex", "deals", inside),
@@ -512,9 +515,9 @@ class ConsentViewSuite:
         await view.apply(Stream.SUBSCRIBERS, [*batch, pos.again(batch[1])])
 
         assert await view.sending_counts("acme", "deals", start, end) == SendingCounts(3, 2)
-        assert await view.sending_counts("acme", "news", start, end) == SendingCounts(2, 2)
-        assert await view.sending_counts("acme", None, start, end) == SendingCounts(5, 3)
-        assert await view.sending_counts("acme", "other", start, end) == SendingCounts(0, 1)
+        assert await view.sending_counts("acme", "news", start, end) == SendingCounts(3, 3)
+        assert await view.sending_counts("acme", None, start, end) == SendingCounts(6, 4)
+        assert await view.sending_counts("acme", "other", start, end) == SendingCounts(0, 0)
         assert await view.sending_counts("globex", None, start, end) == SendingCounts(1, 1)
         assert await view.sending_counts("initech", None, start, end) == SendingCounts(0, 0)
         before = start - timedelta(days=1)

@@ -532,7 +532,10 @@ async def test_the_opt_out_rate_counts_sends_and_opt_outs_per_campaign_and_brand
         assert promo.end_time.ToDatetime(UTC) == t
         assert promo.start_time.ToDatetime(UTC) == t - timedelta(days=30)
         alerts = await c.GetOptOutRate(api.GetOptOutRateRequest(brand="acme", campaign="alerts"))
-        assert (alerts.messages_sent, alerts.opt_outs) == (1, 1)  # the STOPALL counts here too
+        assert (alerts.messages_sent, alerts.opt_outs) == (
+            1,
+            1,
+        )  # the STOPALL counts: alerts texted that number
         brand = await c.GetOptOutRate(api.GetOptOutRateRequest(brand="acme"))
         assert (brand.messages_sent, brand.opt_outs) == (4, 2)
         earlier = await c.GetOptOutRate(

@@ -1286,8 +1286,9 @@ class GetOptOutRateRequest(_message.Message):
     AT_LEAST_AS_FRESH_FIELD_NUMBER: _builtins.int
     brand: _builtins.str
     campaign: _builtins.str
-    """Absent: every campaign of the brand. For one campaign, brand-wide opt-outs
-    (STOPALL) count too. A campaign never defined is refused (FAILED_PRECONDITION).
+    """Absent: every campaign of the brand. For one campaign, a brand-wide opt-out
+    (STOPALL) counts when the campaign texted that number in the window. A campaign
+    never defined is refused (FAILED_PRECONDITION).
     """
     at_least_as_fresh: _builtins.str
     @_builtins.property
@@ -1336,7 +1337,9 @@ class GetOptOutRateResponse(_message.Message):
     opt_out_rate: _builtins.float
     """opt_outs / messages_sent; absent when no message was sent."""
     limit: _builtins.float
-    """The rate above which a sender risks suspension (0.003)."""
+    """The top of what the provider calls a good opt-out rate (0.003); above it a
+    sender risks suspension.
+    """
     above_limit: _builtins.bool
     """The rate is above the limit, or numbers opted out with no message sent."""
     consistency_token: _builtins.str
