@@ -349,14 +349,15 @@ class ConsentApp:
 
     async def revocation_candidates(self, brand: str) -> list[Fact[RevocationCandidateFlagged]]:
         """The brand's replies flagged as possible opt-outs that nobody has resolved,
-        oldest first (then by event id): each blocks sending to its number until
-        someone resolves it (``ResolveRevocationCandidate``). Pending is what the
-        fold says, as ``GetConsent`` reports it for one number."""
+        in the order the ledger recorded them (then by event id), so a reply that
+        arrives late joins the end of the queue. Each blocks sending to its number
+        until someone resolves it (``ResolveRevocationCandidate``). Pending is what
+        the fold says, as ``GetConsent`` reports it for one number."""
         check_name(brand, "brand")
         phones = await self.view.flagged_phones(brand)
         states = await self.view.subscriber_states(brand, phones)
         pending = [c for state in states.values() for c in state.pending_candidates()]
-        return sorted(pending, key=lambda c: (c.at, c.event_id))
+        return sorted(pending, key=lambda c: (c.recorded_at, c.event_id))
 
     async def opt_out_rate(
         self,

@@ -232,12 +232,14 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             raise NotConsistent("at_least_as_fresh", "the view has not applied the token yet")
         pending = await self.app.revocation_candidates(request.brand)
         if after is not None:
-            pending = [c for c in pending if (c.at, c.event_id) > after]
+            pending = [c for c in pending if (c.recorded_at, c.event_id) > after]
         page = pending[:size]
         last = page[-1] if len(pending) > size else None
         return api_pb2.ListRevocationCandidatesResponse(
             candidates=[codec.recorded_to_proto(c.as_recorded()) for c in page],
-            next_page_token="" if last is None else _candidate_token(last.at, last.event_id),
+            next_page_token=(
+                "" if last is None else _candidate_token(last.recorded_at, last.event_id)
+            ),
             consistency_token=self.app.guard.applied_token().encode(),
         )
 
@@ -309,10 +311,11 @@ def _page_size(requested: int) -> int:
     return size
 
 
-def _candidate_token(at: datetime, event_id: str) -> str:
+def _candidate_token(recorded_at: datetime, event_id: str) -> str:
     """A page token that names the last candidate given, not a count: the queue
-    shrinks as candidates are resolved, and the next page must skip none."""
-    return base64.urlsafe_b64encode(f"c:{at.isoformat()}|{event_id}".encode()).decode()
+    shrinks as candidates are resolved, grows at its end as replies arrive, and
+    the next page must skip none."""
+    return base64.urlsafe_b64encode(f"c:{recorded_at.isoformat()}|{event_id}".encode()).decode()
 
 
 def _candidate_after(token: str) -> tuple[datetime, str] | None:

@@ -614,6 +614,10 @@ async def test_flagged_replies_wait_in_a_queue_until_resolved(service):
         )
         assert first.next_page_token
 
+        # A reply recorded late (it happened before both) joins the end of the queue.
+        late = inbound("wrong number", at=t - timedelta(hours=1))
+        late.from_phone = third = "+14155552673"
+        await c.HandleInboundMessage(late)
         resolved = await c.ResolveRevocationCandidate(
             api.ResolveRevocationCandidateRequest(
                 request_id="resolve-1",
@@ -626,21 +630,21 @@ async def test_flagged_replies_wait_in_a_queue_until_resolved(service):
             )
         )
         # The next page starts after the last candidate given, not at a count, so
-        # resolving one in between skips nothing.
+        # neither the one resolved nor the one recorded in between skips any.
         second = await c.ListRevocationCandidates(
             api.ListRevocationCandidatesRequest(
                 brand="acme",
-                page_size=1,
+                page_size=2,
                 page_token=first.next_page_token,
                 at_least_as_fresh=resolved.consistency_token,
             )
         )
-        assert [e.event.phone for e in second.candidates] == [PHONE]
+        assert [e.event.phone for e in second.candidates] == [PHONE, third]
         assert second.next_page_token == ""
         everything = await c.ListRevocationCandidates(
             api.ListRevocationCandidatesRequest(brand="acme")
         )
-        assert [e.event.phone for e in everything.candidates] == [PHONE]
+        assert [e.event.phone for e in everything.candidates] == [PHONE, third]
 
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.ListRevocationCandidates(

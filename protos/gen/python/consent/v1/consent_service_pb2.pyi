@@ -1384,8 +1384,8 @@ class ListRevocationCandidatesRequest(_message.Message):
     """At most this many candidates per page; 0 means the server's default (100)."""
     page_token: _builtins.str
     """From a previous response's next_page_token; empty for the first page. A page
-    starts after the last candidate of the previous one, so resolving candidates
-    between pages skips none.
+    starts after the last candidate of the previous one, so candidates resolved or
+    recorded between pages make it skip none.
     """
     at_least_as_fresh: _builtins.str
     def __init__(

@@ -232,7 +232,8 @@ class ConsentServiceServicer:
 
     def ListRevocationCandidates(self, request, context):
         """Audit: a brand's replies flagged as possible opt-outs that nobody has resolved,
-        oldest first. Each blocks sending to its number until ResolveRevocationCandidate.
+        in the order the ledger recorded them. Each blocks sending to its number until
+        ResolveRevocationCandidate.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
