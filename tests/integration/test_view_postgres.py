@@ -83,6 +83,33 @@ async def test_a_failing_migration_leaves_nothing_and_stops_the_rest(
     assert [r["version"] for r in versions] == [1]
 
 
+async def test_a_migration_outside_a_transaction_builds_an_index_concurrently(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    (tmp_path / "0001_table.sql").write_text("CREATE TABLE t (id int, kind text);")
+    concurrent = tmp_path / "0002_index.sql"
+    head = "-- consent-ledger: no transaction\n-- a comment; with a semicolon\n"
+    build = "CREATE INDEX CONCURRENTLY t_kind ON t (id)\n    WHERE kind = 'x';\n"
+    concurrent.write_text(f"{head}DROP INDEX CONCURRENTLY IF EXISTS t_kind;\n{build}SELECT 1/0;\n")
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        with pytest.raises(asyncpg.DivisionByZeroError):  # after the build: not recorded
+            await migrate(conn, tmp_path)
+        assert [
+            r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")
+        ] == [1]
+        concurrent.write_text(f"{head}DROP INDEX CONCURRENTLY IF EXISTS t_kind;\n{build}")
+        assert await migrate(conn, tmp_path) == ["0002_index"]  # from the top again
+        valid = await conn.fetchval(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 't_kind'::regclass"
+        )
+        versions = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    finally:
+        await conn.close()
+    assert valid is True
+    assert [r["version"] for r in versions] == [1, 2]
+
+
 async def test_consent_status_rows_answer_audit_queries(postgres_dsn: str) -> None:
     pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
     try:
