@@ -14,16 +14,20 @@ name, or the common name). A bearer token, when one is sent, always decides.
 from __future__ import annotations
 
 import enum
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ledger.commands import check_name
+from ledger.errors import InvalidRequest
 from services.errors import PermissionDenied, Unauthenticated
 
 
@@ -138,17 +142,17 @@ def add_token(path: Path, name: str, scopes: Sequence[str], brands: Sequence[str
     """Add a new token named ``name`` to the tokens file (created if missing) and
     return it. Only its digest is written. ``brands`` None: every brand.
 
-    The file is replaced in one step, and only once the new contents load, so a
-    running service (which follows the file) never reads half of it. A name
-    already in the file is refused: rotate by adding a new name, then removing
-    the old one."""
-    entries = _entries(path)
-    if any(e.get("name") == name for e in entries):
-        raise ValueError(f"{path} already has a token named {name!r}")
+    A name already in the file is refused: rotate by adding a new name, then
+    removing the old one. See ``_edit`` for how the file is changed."""
     if not name:
         raise ValueError("a token needs a name")
     if brands is not None and not brands:
         raise ValueError("give at least one brand, or every brand ('*')")
+    for brand in brands or ():
+        try:
+            check_name(brand, "brand")
+        except InvalidRequest as exc:
+            raise ValueError(f"brand {brand!r} {exc.reason}") from None
     if not scopes:
         raise ValueError(f"give at least one scope of {', '.join(s.value for s in Scope)}")
     for scope in scopes:
@@ -164,42 +168,74 @@ def add_token(path: Path, name: str, scopes: Sequence[str], brands: Sequence[str
         "scopes": list(scopes),
         "brands": "*" if brands is None else list(brands),
     }
-    _replace_entries(path, [*entries, entry])
+
+    def add(entries: list[dict[str, object]]) -> list[dict[str, object]]:
+        if any(e.get("name") == name for e in entries):
+            raise ValueError(f"{path} already has a token named {name!r}")
+        return [*entries, entry]
+
+    _edit(path, add)
     return token
 
 
 def remove_token(path: Path, name: str) -> None:
     """Take the entry named ``name`` out of the tokens file: its token, or its
     certificate, stops working when the service next reads the file."""
-    entries = _entries(path)
-    kept = [e for e in entries if e.get("name") != name]
-    if len(kept) == len(entries):
-        raise ValueError(f"{path} has no token named {name!r}")
-    _replace_entries(path, kept)
+
+    def remove(entries: list[dict[str, object]]) -> list[dict[str, object]]:
+        kept = [e for e in entries if e.get("name") != name]
+        if len(kept) == len(entries):
+            raise ValueError(f"{path} has no token named {name!r}")
+        return kept
+
+    _edit(path, remove)
 
 
-def _entries(path: Path) -> list[dict[str, object]]:
-    if not path.exists():
-        return []
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
-        raise ValueError(f'{path} is not a tokens file ({{"tokens": [...]}})')
-    entries: list[dict[str, object]] = data["tokens"]
-    return entries
+def _edit(path: Path, change: Callable[[list[dict[str, object]]], list[dict[str, object]]]) -> None:
+    """Change the tokens file's entries, as one step a running service can follow.
 
-
-def _replace_entries(path: Path, entries: list[dict[str, object]]) -> None:
+    Under an exclusive lock (a ``.lock`` file beside it), so two edits at once
+    cannot lose one another. The new file is written beside the old one, checked
+    to load, flushed to disk and renamed over it; it keeps the old file's mode and
+    owner, so the service can still read it. A symbolic link is followed to the
+    file it names. Keys of the file other than ``tokens`` are kept."""
+    path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    staged = Path(name)
-    try:
-        with os.fdopen(fd, "w") as out:  # mkstemp's file is the owner's alone (0600)
-            json.dump({"tokens": entries}, out, indent=2)
-            out.write("\n")
-        TokenAuthenticator.from_file(staged)  # the service must be able to load it
-        os.replace(staged, path)
-    finally:
-        staged.unlink(missing_ok=True)
+    with open(path.with_name(f"{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data: dict[str, object] = {"tokens": []}
+        old: os.stat_result | None = None
+        if path.exists():
+            old = path.stat()
+            try:
+                TokenAuthenticator.from_file(path)  # the entries are ones it can load
+                data = json.loads(path.read_text())
+            except (KeyError, TypeError, AttributeError, ValueError) as exc:
+                raise ValueError(f"{path} is not a tokens file that loads ({exc!r})") from None
+        entries = data["tokens"]
+        assert isinstance(entries, list)
+        data["tokens"] = change(entries)
+        fd, staged_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        staged = Path(staged_name)
+        try:
+            with os.fdopen(fd, "w") as out:  # mkstemp's file is its owner's alone (0600)
+                if old is not None:
+                    os.fchmod(out.fileno(), stat.S_IMODE(old.st_mode))
+                    if (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+                        os.fchown(out.fileno(), old.st_uid, old.st_gid)
+                json.dump(data, out, indent=2)
+                out.write("\n")
+                out.flush()
+                os.fsync(out.fileno())
+            TokenAuthenticator.from_file(staged)  # the service must be able to load it
+            os.replace(staged, path)
+        finally:
+            staged.unlink(missing_ok=True)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself, on disk
+        finally:
+            os.close(directory)
 
 
 def write_dev_tokens(path: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -122,7 +123,55 @@ def test_a_file_that_is_not_a_tokens_file_is_left_alone(tmp_path) -> None:
     with pytest.raises(ValueError, match="not a tokens file"):
         add_token(path, "new", ["check"], None)
     assert path.read_text() == '{"users": []}'
-    assert [p.name for p in tmp_path.iterdir()] == ["tokens.json"]  # no staged file left
+
+
+def test_contents_that_would_not_load_are_never_put_in_place(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"tokens": [OPS]}))
+    before = path.read_text()
+    load = TokenAuthenticator.from_file
+
+    def refuse_staged(p):
+        if p.name.startswith("."):  # the new contents, staged beside the file
+            raise ValueError("staged contents refused")
+        return load(p)
+
+    monkeypatch.setattr(TokenAuthenticator, "from_file", staticmethod(refuse_staged))
+    with pytest.raises(ValueError, match="staged contents refused"):
+        add_token(path, "new", ["check"], None)
+    assert path.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens.json", "tokens.json.lock"]
+
+
+def test_edits_at_once_lose_none_of_each_other(tmp_path) -> None:
+    path = tmp_path / "tokens.json"
+    names = [f"caller-{i}" for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: add_token(path, n, ["check"], ["acme"]), names))
+    assert sorted(e["name"] for e in json.loads(path.read_text())["tokens"]) == sorted(names)
+
+
+def test_an_edit_keeps_the_file_s_mode_other_keys_and_symbolic_link(tmp_path) -> None:
+    real = tmp_path / "secrets" / "tokens.json"
+    real.parent.mkdir()
+    real.write_text(json.dumps({"_comment": "ops tokens", "tokens": [OPS]}))
+    real.chmod(0o640)
+    link = tmp_path / "tokens.json"
+    link.symlink_to(real)
+
+    add_token(link, "new", ["check"], ["acme"])
+
+    assert link.is_symlink()  # the file it names was changed, not the link replaced
+    data = json.loads(real.read_text())
+    assert data["_comment"] == "ops tokens"
+    assert [e["name"] for e in data["tokens"]] == ["ops", "new"]
+    assert real.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_brand_that_is_not_a_brand_name_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="brand 'Acme'"):
+        add_token(tmp_path / "tokens.json", "new", ["check"], ["Acme"])
+    assert not (tmp_path / "tokens.json").exists()
 
 
 def test_the_token_command_adds_prints_the_token_once_and_removes(tmp_path, capsys) -> None:
