@@ -352,7 +352,9 @@ class ConsentApp:
         in the order the ledger recorded them (then by event id), so a reply that
         arrives late joins the end of the queue. Each blocks sending to its number
         until someone resolves it (``ResolveRevocationCandidate``). Pending is what
-        the fold says, as ``GetConsent`` reports it for one number."""
+        the fold says, as ``GetConsent`` reports it for one number, so every number
+        ever flagged for the brand has its state read: the cost grows with those
+        (flagged replies are rare), not with the brand's other numbers."""
         check_name(brand, "brand")
         phones = await self.view.flagged_phones(brand)
         states = await self.view.subscriber_states(brand, phones)

@@ -409,17 +409,17 @@ async def test_calls_without_valid_credentials_are_refused(service):
                 await stub.CanSend(request, metadata=metadata)
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # Every method, those added later too: none answers without a caller.
-        service = api.DESCRIPTOR.services_by_name["ConsentService"]
-        for method in service.methods:
+        api_service = api.DESCRIPTOR.services_by_name["ConsentService"]
+        for method in api_service.methods:
             call = channel.unary_unary(
-                f"/{service.full_name}/{method.name}",
+                f"/{api_service.full_name}/{method.name}",
                 request_serializer=lambda m: m.SerializeToString(),
                 response_deserializer=lambda b: b,
             )
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await call(getattr(api, method.input_type.name)())
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, method.name
-        assert len(service.methods) >= 15  # the loop above did run over the API
+        assert len(api_service.methods) >= 15  # the loop above did run over the API
     async with client(runtime.address, "acme-checker") as checker:
         assert (await check(checker)).reason == api.REASON_NO_CONSENT
         with pytest.raises(grpc.aio.AioRpcError) as err:
