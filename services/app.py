@@ -374,8 +374,6 @@ class ConsentApp:
         check_name(brand, "brand")
         if campaign is not None:
             check_name(campaign, "campaign")
-            if not await self._campaign_known(brand, campaign):
-                raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
         now = self.clock()
         end = now if end is None else check_time(end, now, "end_time")
         if start is None:
@@ -386,6 +384,8 @@ class ConsentApp:
             raise InvalidRequest("start_time", "must carry a time zone")
         if start >= end:
             raise InvalidRequest("start_time", "must be before end_time")
+        if campaign is not None and not await self._campaign_known(brand, campaign):
+            raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
         counts = await self.view.sending_counts(brand, campaign, start, end)
         return OptOutRate(brand, campaign, start, end, counts)
 

@@ -213,7 +213,8 @@ def _edit(path: Path, change: Callable[[list[dict[str, object]]], list[dict[str,
             except (KeyError, TypeError, AttributeError, ValueError) as exc:
                 raise ValueError(f"{path} is not a tokens file that loads ({exc!r})") from None
         entries = data["tokens"]
-        assert isinstance(entries, list)
+        if not isinstance(entries, list):
+            raise ValueError(f'{path} is not a tokens file ({{"tokens": [...]}})')
         data["tokens"] = change(entries)
         fd, staged_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         staged = Path(staged_name)

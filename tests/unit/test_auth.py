@@ -119,10 +119,11 @@ def test_a_removed_token_no_longer_authenticates(tmp_path) -> None:
 
 def test_a_file_that_is_not_a_tokens_file_is_left_alone(tmp_path) -> None:
     path = tmp_path / "tokens.json"
-    path.write_text('{"users": []}')
-    with pytest.raises(ValueError, match="not a tokens file"):
-        add_token(path, "new", ["check"], None)
-    assert path.read_text() == '{"users": []}'
+    for text in ('{"users": []}', '{"tokens": {}}', "[]"):
+        path.write_text(text)
+        with pytest.raises(ValueError, match="not a tokens file"):
+            add_token(path, "new", ["check"], None)
+        assert path.read_text() == text
 
 
 def test_contents_that_would_not_load_are_never_put_in_place(tmp_path, monkeypatch) -> None:
