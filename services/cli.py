@@ -44,7 +44,8 @@ def _grpcurl_hint(address: str, token: str | None, tls: TlsSettings | None = Non
     return (
         f"  grpcurl {transport}{auth}\\\n"
         f'    -d \'{{"phone": "+14155552671", "brand": "acme", "campaign": "promo"}}\' \\\n'
-        f"    {address} consent.v1.ConsentService/CanSend"
+        f"    {address} consent.v1.ConsentService/CanSend\n"
+        "  (REASON_CAMPAIGN_UNKNOWN until acme/promo is defined: README, 'Calling the API')"
     )
 
 
