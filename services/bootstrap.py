@@ -144,7 +144,7 @@ class Runtime:
                 tokens, self.dev_token = dev_token(s.data_dir)
         with _failing_as(
             f"cannot use the tokens file {tokens} (CONSENT_AUTH_TOKENS_FILE)",
-            (OSError, ValueError, KeyError, TypeError),
+            (OSError, ValueError),
         ):
             read = file_stamp(tokens)  # before reading: a change after it is seen
             auth = TokenAuthenticator.from_file(tokens)

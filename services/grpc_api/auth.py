@@ -75,23 +75,33 @@ class TokenAuthenticator:
 
     @staticmethod
     def from_file(path: Path) -> TokenAuthenticator:
+        """``from_data`` of the JSON in ``path``; ``OSError`` if it cannot be read."""
+        return TokenAuthenticator.from_data(json.loads(path.read_text()))
+
+    @staticmethod
+    def from_data(data: object) -> TokenAuthenticator:
         """Load ``{"tokens": [{"name", "sha256" and/or "client_cert_name", "scopes": [...],
-        "brands": [...] | "*"}]}``; ``ValueError`` names what is wrong with an entry."""
-        data = json.loads(path.read_text())
+        "brands": [...] | "*"}]}``. Anything else is a ``ValueError`` that says what is
+        wrong, whatever the shape of the mistake, so a caller catches one type."""
         principals, certificates = {}, {}
-        for i, entry in enumerate(data["tokens"]):
-            brands = entry.get("brands", [])
-            principal = Principal(
-                name=entry["name"],
-                scopes=frozenset(Scope(s) for s in entry["scopes"]),
-                brands=None if brands == "*" else frozenset(brands),
-            )
-            if "sha256" not in entry and "client_cert_name" not in entry:
-                raise ValueError(f"tokens[{i}] ({entry['name']}): give sha256 or client_cert_name")
-            if "sha256" in entry:
-                principals[entry["sha256"]] = principal
-            if "client_cert_name" in entry:
-                certificates[entry["client_cert_name"]] = principal
+        try:
+            for i, entry in enumerate(data["tokens"]):  # type: ignore[index]
+                brands = entry.get("brands", [])
+                principal = Principal(
+                    name=entry["name"],
+                    scopes=frozenset(Scope(s) for s in entry["scopes"]),
+                    brands=None if brands == "*" else frozenset(brands),
+                )
+                if "sha256" not in entry and "client_cert_name" not in entry:
+                    raise ValueError(
+                        f"tokens[{i}] ({entry['name']}): give sha256 or client_cert_name"
+                    )
+                if "sha256" in entry:
+                    principals[entry["sha256"]] = principal
+                if "client_cert_name" in entry:
+                    certificates[entry["client_cert_name"]] = principal
+        except (KeyError, TypeError, AttributeError) as exc:  # a missing key, a wrong type
+            raise ValueError(f"not a tokens file: {type(exc).__name__} {exc}") from exc
         return TokenAuthenticator(principals, certificates)
 
     def take(self, other: TokenAuthenticator) -> None:
@@ -208,13 +218,13 @@ def _edit(path: Path, change: Callable[[list[dict[str, object]]], list[dict[str,
         if path.exists():
             old = path.stat()
             try:
-                TokenAuthenticator.from_file(path)  # the entries are ones it can load
                 data = json.loads(path.read_text())
-            except (KeyError, TypeError, AttributeError, ValueError) as exc:
-                raise ValueError(f"{path} is not a tokens file that loads ({exc!r})") from None
+                TokenAuthenticator.from_data(data)  # the entries are ones it can load
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
         entries = data["tokens"]
         if not isinstance(entries, list):
-            raise ValueError(f'{path} is not a tokens file ({{"tokens": [...]}})')
+            raise ValueError(f'{path}: not a tokens file ({{"tokens": [...]}})')
         data["tokens"] = change(entries)
         fd, staged_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         staged = Path(staged_name)
@@ -245,22 +255,5 @@ def write_dev_tokens(path: Path) -> str:
     Used only by the embedded default, so that ``make run`` works with no set-up;
     the token is printed once and only its digest is stored.
     """
-    token = secrets.token_urlsafe(24)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(
-            {
-                "tokens": [
-                    {
-                        "name": "local-dev",
-                        "sha256": token_digest(token),
-                        "scopes": [s.value for s in Scope],
-                        "brands": "*",
-                    }
-                ]
-            },
-            indent=2,
-        )
-    )
-    path.chmod(0o600)
-    return token
+    path.unlink(missing_ok=True)  # a new file, whatever an earlier run left
+    return add_token(path, "local-dev", [s.value for s in Scope], None)

@@ -140,7 +140,7 @@ async def follow_tokens(
         seen = now
         try:
             auth.take(TokenAuthenticator.from_file(path))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             log.warning(
                 "the tokens file %s changed but cannot be used; keeping the tokens in use: %s",
                 path,

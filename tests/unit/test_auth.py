@@ -15,6 +15,7 @@ from services.grpc_api.auth import (
     add_token,
     remove_token,
     token_digest,
+    write_dev_tokens,
 )
 
 
@@ -191,3 +192,38 @@ def test_the_token_command_adds_prints_the_token_once_and_removes(tmp_path, caps
     assert "give --brands" in capsys.readouterr().err
     assert cli.main(["token", "remove", "checkout", "--file", str(path)]) == 0
     assert json.loads(path.read_text()) == {"tokens": []}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"tokens": ["x"]}',  # an entry that is not an object
+        '{"tokens": [{"sha256": "ab", "scopes": ["check"]}]}',  # no name
+        '{"tokens": [{"name": "a", "sha256": "ab", "scopes": ["check"], "brands": 5}]}',
+        '{"users": []}',
+        "[]",
+    ],
+)
+def test_a_malformed_tokens_file_is_one_kind_of_error(tmp_path, text) -> None:
+    # The start and the file's follower catch ValueError (and OSError); any other
+    # exception would stop the start with a traceback, or end the following.
+    path = tmp_path / "tokens.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="not a tokens file"):
+        TokenAuthenticator.from_file(path)
+
+
+def test_the_embedded_default_s_token_is_an_all_brands_admin(tmp_path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"tokens": [OPS]}))  # what an earlier run left
+    token = write_dev_tokens(path)
+    principal = TokenAuthenticator.from_file(path).authenticate(
+        [("authorization", f"Bearer {token}")]
+    )
+    assert (principal.name, principal.scopes, principal.brands) == (
+        "local-dev",
+        frozenset(Scope),
+        None,
+    )
+    assert [e["name"] for e in json.loads(path.read_text())["tokens"]] == ["local-dev"]
+    assert path.stat().st_mode & 0o077 == 0
