@@ -17,6 +17,7 @@ Its statements are split at semicolons that end a line; comment lines are left o
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,8 @@ class Migration:
     name: str
     path: Path
 
-    @property
-    def sql(self) -> str:
+    @functools.cached_property
+    def sql(self) -> str:  # read once: the checks below and the run all use it
         return self.path.read_text(encoding="utf-8")
 
     @property

@@ -128,15 +128,14 @@ class GrpcServer:
 
     @property
     def address(self) -> str:
-        host = self._listen.rsplit(":", 1)[0]
-        return f"{host}:{self._port}"
+        return _with_port(self._listen, self._port)
 
     @property
     def health_address(self) -> str | None:
         """The plaintext health port's address, if there is one."""
         if self._health_server is None:
             return None
-        return f"{self._health_listen.rsplit(':', 1)[0]}:{self._health_port}"
+        return _with_port(self._health_listen, self._health_port)
 
     async def stop(self, grace: float) -> None:
         for name in ("", SERVICE_NAME):
@@ -144,6 +143,11 @@ class GrpcServer:
         await self._server.stop(grace)
         if self._health_server is not None:
             await self._health_server.stop(0)
+
+
+def _with_port(listen: str, port: int) -> str:
+    """``listen`` (``host:port``, the port perhaps 0) with the port it was bound to."""
+    return f"{listen.rsplit(':', 1)[0]}:{port}"
 
 
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:

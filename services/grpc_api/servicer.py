@@ -90,6 +90,11 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         token = _token(at_least_as_fresh)
         return token is None or await self.app.guard.wait_for_token(token)
 
+    async def _require_fresh(self, at_least_as_fresh: str) -> None:
+        """``_fresh_enough``, for reads that answer an error rather than a decision."""
+        if not await self._fresh_enough(at_least_as_fresh):
+            raise NotConsistent("at_least_as_fresh", "the view has not applied the token yet")
+
     # ---- CanSend and friends: fail closed ----------------------------------------------
 
     @translate_errors
@@ -160,8 +165,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, request: api_pb2.GetConsentRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.GetConsentResponse:
         self._caller(context, Scope.AUDIT, request.brand)
-        if not await self._fresh_enough(request.at_least_as_fresh):
-            raise NotConsistent("at_least_as_fresh", "the view has not applied the token yet")
+        await self._require_fresh(request.at_least_as_fresh)
         snapshot = await self.app.get_consent(request.phone, request.brand)
         state = snapshot.state
         cc = state.campaign(request.campaign)
@@ -210,8 +214,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             raise InvalidRequest("brand", "is required for a token limited to some brands")
         size = _page_size(request.page_size)
         start = _page_start(request.page_token)
-        if not await self._fresh_enough(request.at_least_as_fresh):
-            raise NotConsistent("at_least_as_fresh", "the view has not applied the token yet")
+        await self._require_fresh(request.at_least_as_fresh)
         events: list[Recorded] = await self.app.history(request.phone, brand)
         page = events[start : start + size]
         more = start + size < len(events)
@@ -228,8 +231,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self._caller(context, Scope.AUDIT, request.brand)
         size = _page_size(request.page_size)
         after = _candidate_after(request.page_token)
-        if not await self._fresh_enough(request.at_least_as_fresh):
-            raise NotConsistent("at_least_as_fresh", "the view has not applied the token yet")
+        await self._require_fresh(request.at_least_as_fresh)
         pending = await self.app.revocation_candidates(request.brand)
         if after is not None:
             pending = [c for c in pending if (c.recorded_at, c.event_id) > after]
@@ -251,8 +253,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         campaign = request.campaign if request.HasField("campaign") else None
         start = api.optional_time(request, "start_time")
         end = api.optional_time(request, "end_time")
-        if not await self._fresh_enough(request.at_least_as_fresh):
-            raise NotConsistent("at_least_as_fresh", "the view has not applied the token yet")
+        await self._require_fresh(request.at_least_as_fresh)
         rate = await self.app.opt_out_rate(request.brand, campaign, start, end)
         return api.opt_out_rate_to_proto(rate, self.app.guard.applied_token().encode())
 
