@@ -200,9 +200,9 @@ class InboundOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-def _base(request_id: str, index: int, at: datetime) -> dict[str, Any]:
+def _base(request_id: str, index: int, at: datetime, brand: str) -> dict[str, Any]:
     return {
-        "originator_id": event_id_for(request_id, index),
+        "originator_id": event_id_for(request_id, index, brand),
         "originator_version": FIRST_VERSION,
         "timestamp": at,
     }
@@ -211,9 +211,9 @@ def _base(request_id: str, index: int, at: datetime) -> dict[str, Any]:
 def _subscriber(cmd: Any) -> dict[str, Any]:
     """The fields every subscriber fact of a one-event request shares, validated."""
     return {
-        **_base(cmd.request_id, 0, cmd.occurred_at),
+        **_base(cmd.request_id, 0, cmd.occurred_at, check_name(cmd.brand, "brand")),
         "phone": to_e164(cmd.phone),
-        "brand": check_name(cmd.brand, "brand"),
+        "brand": cmd.brand,
     }
 
 
@@ -308,7 +308,7 @@ def _resolve(cmd: ResolveRevocationCandidate, now: datetime) -> list[LedgerEvent
     phone, brand = to_e164(cmd.phone), check_name(cmd.brand, "brand")
     events: list[LedgerEvent] = [
         RevocationCandidateResolved(
-            **_base(cmd.request_id, 0, cmd.occurred_at),
+            **_base(cmd.request_id, 0, cmd.occurred_at, brand),
             phone=phone,
             brand=brand,
             candidate_event_id=candidate,
@@ -320,7 +320,7 @@ def _resolve(cmd: ResolveRevocationCandidate, now: datetime) -> list[LedgerEvent
         # A reply that meant "stop" stops everything from the brand: the safe reading.
         events.append(
             ConsentRevoked(
-                **_base(cmd.request_id, 1, cmd.occurred_at),
+                **_base(cmd.request_id, 1, cmd.occurred_at, brand),
                 phone=phone,
                 brand=brand,
                 campaign=None,
@@ -345,10 +345,11 @@ def _campaign(cmd: DefineCampaign | ChangeCampaignPolicy, now: datetime) -> list
             "sender_numbers": tuple(to_e164(n) for n in cmd.policy.sender_numbers),
         }
     )
+    brand = check_name(cmd.brand, "brand")
     return [
         cls(
-            **_base(cmd.request_id, 0, cmd.occurred_at),
-            brand=check_name(cmd.brand, "brand"),
+            **_base(cmd.request_id, 0, cmd.occurred_at, brand),
+            brand=brand,
             campaign=check_name(cmd.campaign, "campaign"),
             policy=policy,
         )
@@ -406,7 +407,7 @@ def handle_inbound(
     brand, name, at = campaign.brand, campaign.campaign, cmd.occurred_at
     events: list[LedgerEvent] = [
         InboundMessageReceived(
-            **_base(cmd.request_id, 0, at),
+            **_base(cmd.request_id, 0, at, brand),
             phone=phone,
             brand=brand,
             message_id=cmd.message_id,
@@ -420,7 +421,7 @@ def handle_inbound(
     if intent in (Intent.OPT_OUT, Intent.OPT_OUT_BRAND_WIDE):
         events.append(
             ConsentRevoked(
-                **_base(cmd.request_id, 1, at),
+                **_base(cmd.request_id, 1, at, brand),
                 phone=phone,
                 brand=brand,
                 campaign=None if intent is Intent.OPT_OUT_BRAND_WIDE else name,
@@ -446,7 +447,7 @@ def handle_inbound(
         brand_wide = brand_stop is not None and (own_stop is None or brand_stop.key >= own_stop.key)
         events.append(
             ConsentResumed(
-                **_base(cmd.request_id, 1, at),
+                **_base(cmd.request_id, 1, at, brand),
                 phone=phone,
                 brand=brand,
                 campaign=None if brand_wide else name,
@@ -466,7 +467,7 @@ def handle_inbound(
     if intent is Intent.REVOCATION_CANDIDATE:
         events.append(
             RevocationCandidateFlagged(
-                **_base(cmd.request_id, 1, at),
+                **_base(cmd.request_id, 1, at, brand),
                 phone=phone,
                 brand=brand,
                 inbound_message_id=cmd.message_id,

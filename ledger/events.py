@@ -31,9 +31,14 @@ FIRST_VERSION = 1
 """Every event is version 1 of its own one-event stream: appends are unconditional."""
 
 
-def event_id_for(request_id: str, index: int = 0) -> uuid.UUID:
-    """The id of the ``index``-th event a request writes: the same request, the same ids."""
-    return uuid.uuid5(EVENT_ID_NAMESPACE, f"{request_id}/{index}")
+def event_id_for(request_id: str, index: int = 0, brand: str = "") -> uuid.UUID:
+    """The id of the ``index``-th event a request writes: the same request, the same ids.
+
+    A request id is the client's, unique only among its own requests, so the ids are
+    scoped by the brand the request is for: two tenants that both send request id
+    "r1" write two different facts, never one tenant's retry of the other's."""
+    scoped = f"{brand}/{request_id}" if brand else request_id
+    return uuid.uuid5(EVENT_ID_NAMESPACE, f"{scoped}/{index}")
 
 
 class ConsentTier(enum.IntEnum):

@@ -175,6 +175,15 @@ class ConsentApp:
         """The earlier result when every event was already recorded (a retried request)."""
         ids = [str(e.originator_id) for e in events]
         known = [await self.view.find_event(i) for i in ids]
+        first = known[0] if known else None
+        if first is not None and first.event != events[0]:
+            # The first fact is built from the request alone (the later ones may depend
+            # on the state the request met), so it differs only for another request.
+            raise FailedPrecondition(
+                "request_id",
+                "was already used for a different request; a retry must repeat the "
+                "request unchanged, and a new request needs a new request_id",
+            )
         if not all(k is not None for k in known):
             return None
         return WriteResult(ids, ConsistencyToken.after([k for k in known if k]), True)

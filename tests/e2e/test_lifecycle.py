@@ -272,6 +272,44 @@ async def test_a_retried_write_records_nothing_twice(service):
         assert events.events[0].event.recorded_by == "acme-app"  # the first caller's
 
 
+async def test_a_request_id_is_one_request_of_one_brand(service):
+    runtime, clock = service
+    async with (
+        client(runtime.address, "acme-app") as acme,
+        client(runtime.address, "globex-app") as globex,
+    ):
+        a = await acme.RecordOptIn(opt_in(PHONE, "acme", "promo", clock.now, request_id="r1"))
+        await globex.RecordOptIn(opt_in(PHONE, "globex", "promo", clock.now))
+        stop = await globex.RecordOptOut(  # globex's own "r1": a new fact, not acme's retry
+            api.RecordOptOutRequest(
+                request_id="r1",
+                phone=PHONE,
+                brand="globex",
+                campaign="promo",
+                channel=lpb.REVOCATION_CHANNEL_API,
+                occurred_at=ts(clock.now),
+            )
+        )
+        assert list(stop.event_ids) != list(a.event_ids)
+        r = await check(globex, stop.consistency_token, brand="globex")
+        assert not r.allowed and r.reason == api.REASON_REVOKED
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # acme reuses "r1" for a STOP
+            await acme.RecordOptOut(
+                api.RecordOptOutRequest(
+                    request_id="r1",
+                    phone=PHONE,
+                    brand="acme",
+                    campaign="promo",
+                    channel=lpb.REVOCATION_CHANNEL_API,
+                    occurred_at=ts(clock.now),
+                )
+            )
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.value.details().startswith("request_id: was already used")
+        r = await check(acme, stop.consistency_token)
+        assert r.allowed  # acme's grant stands, and nothing was written for the reuse
+
+
 BAD_WRITES = [
     ("RecordOptIn", lambda t: opt_in("+1555", "acme", "promo", t), "phone"),
     (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -97,6 +98,47 @@ async def test_every_event_written_names_its_caller_and_a_retry_keeps_the_first(
         campaigns = await ledger.read(Stream.CAMPAIGNS, 0, 0)
         assert [r.event.recorded_by for r in campaigns] == ["ops-console"]
         assert [r.event.recorded_by for r in subscribers] == ["checkout"]
+
+
+async def test_two_brands_may_use_the_same_request_id_and_neither_write_is_lost():
+    async with running() as (app, _):
+        for brand in (BRAND, "globex"):
+            await app.record(
+                DefineCampaign(f"define-{brand}", brand, "promo", CampaignPolicy(), at(-1))
+            )
+        acme = await app.record(opt_in("r1"))
+        grant = RecordOptIn(
+            "g1", PHONE, "globex", "promo", ConsentTier.PROMOTIONAL,
+            CollectionMethod.WEB_FORM, proof(at(0)), at(0),
+        )  # fmt: skip
+        await app.record(grant)
+        stop = await app.record(
+            RecordOptOut("r1", PHONE, "globex", "promo", RevocationChannel.API, at(30))
+        )
+        assert not stop.replayed and stop.event_ids != acme.event_ids
+        globex = await app.can_send(PHONE, "globex", "promo", token=stop.token)
+        assert globex.decision.reason is Reason.REVOKED
+        assert (await app.can_send(PHONE, BRAND, "promo", token=stop.token)).decision.allowed
+
+
+async def test_a_request_id_reused_for_another_request_is_refused_and_writes_nothing():
+    async with running() as (app, _):
+        await app.record(define())
+        first = await app.record(opt_in("r1"))
+        await app.guard.wait_for_token(first.token)
+        with pytest.raises(FailedPrecondition) as refused:
+            await app.record(
+                RecordOptOut("r1", PHONE, BRAND, "promo", RevocationChannel.API, at(30))
+            )
+        assert refused.value.field == "request_id"
+        changed = dataclasses.replace(opt_in("r1"), occurred_at=at(1))
+        with pytest.raises(FailedPrecondition):
+            await app.record(changed)  # the same kind of request, with other content
+        again = await app.record(opt_in("r1"))  # an unchanged retry is still a retry
+        assert again.replayed and again.event_ids == first.event_ids
+        ledger = app.ledger
+        written = await ledger.read(Stream.SUBSCRIBERS, ledger.partition_for(PHONE), 0)
+        assert [type(r.event).__name__ for r in written] == ["ConsentGranted"]
 
 
 async def test_opt_in_then_check_then_opt_out_then_check(app):
