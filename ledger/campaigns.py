@@ -75,6 +75,12 @@ class CampaignPolicy:
         """Raise ``InvalidCampaignPolicy`` naming the first inconsistent field."""
         if self.quiet_hours.start >= self.quiet_hours.end:
             raise InvalidCampaignPolicy("quiet_hours", "start must be before end")
+        default = QuietHours()
+        if self.quiet_hours.start < default.start or self.quiet_hours.end > default.end:
+            raise InvalidCampaignPolicy(
+                "quiet_hours",
+                f"may only narrow the default {default.start:%H:%M}-{default.end:%H:%M}",
+            )
         if self.daily_cap is not None and self.daily_cap < 1:
             raise InvalidCampaignPolicy("daily_cap", "must be at least 1 when set")
         for i, cap in enumerate(self.frequency_caps):

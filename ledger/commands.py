@@ -45,6 +45,7 @@ from ledger.events import (
     RevocationCandidateResolved,
     RevocationChannel,
     event_id_for,
+    is_21_plus,
 )
 from ledger.keywords import Intent, classify
 from ledger.phone import to_e164
@@ -227,7 +228,15 @@ def _opt_in(cmd: RecordOptIn, now: datetime) -> list[LedgerEvent]:
         raise MissingProofError(
             missing[0], f"required for {cmd.method.value} consent (missing: {', '.join(missing)})"
         )
-    check_time(cmd.proof.registered_at, now, "proof.registered_at")
+    registered = check_time(cmd.proof.registered_at, now, "proof.registered_at")
+    if abs(cmd.occurred_at - registered) > MAX_CLOCK_SKEW:
+        # The fold orders facts by occurred_at: a consent stamped with the time it was
+        # imported would outrank an opt-out made between registration and import.
+        raise InvalidRequest(
+            "occurred_at",
+            f"must be when consent was given, proof.registered_at ({registered.isoformat()}),"
+            f" within {MAX_CLOCK_SKEW}; a consent recorded late keeps the time it was given",
+        )
     return [
         ConsentGranted(
             **_subscriber(cmd),
@@ -290,6 +299,10 @@ def _age(cmd: RecordAgeVerification, now: datetime) -> list[LedgerEvent]:
             raise InvalidRequest("date_of_birth", "must be an ISO date (YYYY-MM-DD)") from exc
         if born > now.date():
             raise InvalidRequest("date_of_birth", "is in the future")
+        if cmd.verified_21_plus and not is_21_plus(False, cmd.date_of_birth, cmd.occurred_at):
+            raise InvalidRequest(
+                "verified_21_plus", "contradicts date_of_birth, which is under 21 at occurred_at"
+            )
     return [
         AgeVerified(
             **_subscriber(cmd),

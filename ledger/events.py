@@ -259,9 +259,12 @@ class AgeVerified(SubscriberEvent):
 
 
 def is_21_plus(verified_21_plus: bool, date_of_birth: str, at: datetime) -> bool:
-    """Whether a verification says the person is 21 or older on ``at``'s date."""
-    if verified_21_plus:
-        return True
+    """Whether a verification says the person is 21 or older on ``at``'s date.
+
+    A date of birth, when given, decides: a record that also says "verified 21+"
+    for someone it shows to be younger proves nothing (fail closed)."""
+    if not date_of_birth:
+        return verified_21_plus
     born = datetime.fromisoformat(date_of_birth).date()
     today = at.date()
     years = today.year - born.year - ((today.month, today.day) < (born.month, born.day))

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from ledger.campaigns import Campaign, CampaignPurpose, FrequencyCap
+from ledger.campaigns import Campaign, CampaignPurpose, FrequencyCap, QuietHours
 from ledger.digest import (
     AT,
     ID,
@@ -115,6 +115,11 @@ class Decision(NamedTuple):
 
 def deny(reason: Reason, detail: str, evidence: Iterable[str] = (), version: int = 0) -> Decision:
     return Decision(False, reason, (), tuple(evidence), detail, version)
+
+
+_DEFAULT_HOURS = QuietHours()
+"""The quiet hours of the policy texts; a campaign's own window lies within them."""
+_CONVERSATIONAL = int(ConsentTier.CONVERSATIONAL)
 
 
 class Standing(NamedTuple):
@@ -330,6 +335,11 @@ class Check:
                 version,
             )
 
+        if c.tier <= _CONVERSATIONAL:
+            # Texting first consents to that conversation only, a recorded grant of
+            # that tier included: replies inside the window, nothing after it.
+            return self._without_consent(digest, c)
+
         evidence = current.evidence
         # Age, caps, then quiet hours; the first that denies answers.
         check = self._age_gate(digest) if self._age_gated else None
@@ -380,6 +390,9 @@ class Check:
                     (),
                     version,
                 )
+            gate = self._age_gate(digest) if self._age_gated else None
+            if gate is not None:  # an age-gated campaign's replies are messages too
+                return gate
             return Decision(
                 True,
                 Reason.CONVERSATION_REPLY,
@@ -463,14 +476,17 @@ class Check:
                 (),
                 self.version,
             )
+        # A campaign may only narrow the default window (its definition is checked
+        # for that); one recorded before that check is held to the default as well.
+        start = max(policy.quiet_hours.start, _DEFAULT_HOURS.start)
+        end = min(policy.quiet_hours.end, _DEFAULT_HOURS.end)
         # Several zones: the most restrictive wins, so every one of them must allow it.
         for zone in zones:
             local = self.now.astimezone(ZoneInfo(zone))
-            if not policy.quiet_hours.allows(local.time()):
+            if not start <= local.time() < end:
                 return deny(
                     Reason.QUIET_HOURS,
-                    f"{local:%H:%M} in {zone} is outside "
-                    f"{policy.quiet_hours.start:%H:%M}-{policy.quiet_hours.end:%H:%M}",
+                    f"{local:%H:%M} in {zone} is outside {start:%H:%M}-{end:%H:%M}",
                     (),
                     self.version,
                 )
@@ -488,7 +504,14 @@ class Check:
                     self.version,
                 )
         if policy.daily_cap is not None:
-            for zone in digest.zones or ("UTC",):
+            if not digest.zones:  # no local day to count in: fail closed
+                return deny(
+                    Reason.TIME_ZONE_UNKNOWN,
+                    "a daily cap applies and the number's time zone is unknown",
+                    (),
+                    self.version,
+                )
+            for zone in digest.zones:
                 tz = ZoneInfo(zone)  # the library keeps one instance per key
                 today = self.now.astimezone(tz).date()
                 counted = [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import time, timedelta
 
 import pytest
 
@@ -110,10 +110,46 @@ def test_unparseable_or_invalid_numbers_are_refused(phone):
 
 
 def test_a_timestamp_in_the_future_beyond_the_skew_is_refused():
+    def stop(occurred_at):
+        return RecordOptOut("req-2", PHONE, BRAND, "promo", RevocationChannel.API, occurred_at)
+
     with pytest.raises(InvalidRequest) as err:
+        to_events(stop(NOW + timedelta(minutes=6)), NOW)
+    assert err.value.field == "occurred_at"
+    assert to_events(stop(NOW + timedelta(minutes=4)), NOW)
+    with pytest.raises(InvalidRequest) as err:  # an opt-in's, too
         to_events(opt_in(occurred_at=NOW + timedelta(minutes=6)), NOW)
     assert err.value.field == "occurred_at"
-    assert to_events(opt_in(occurred_at=NOW + timedelta(minutes=4)), NOW)
+
+
+def test_a_consent_keeps_the_time_it_was_given_however_late_it_is_recorded():
+    # Registered at 09:00, imported at 11:00: stamped 11:00, it would outrank an
+    # opt-out made at 10:00.
+    registered = at(0)
+    late = opt_in(proof=proof(registered), occurred_at=registered + timedelta(hours=2))
+    with pytest.raises(InvalidRequest) as err:
+        to_events(late, NOW + timedelta(hours=2))
+    assert err.value.field == "occurred_at"
+    assert "proof.registered_at" in err.value.reason
+    early = opt_in(proof=proof(registered), occurred_at=registered - timedelta(minutes=6))
+    with pytest.raises(InvalidRequest):
+        to_events(early, NOW)
+    for skew in (timedelta(minutes=5), -timedelta(minutes=5), timedelta(0)):
+        (event,) = to_events(opt_in(proof=proof(registered), occurred_at=registered + skew), NOW)
+        assert event.timestamp == registered + skew
+
+
+def test_an_age_record_that_contradicts_its_own_date_of_birth_is_refused():
+    under_21 = RecordAgeVerification(
+        "age-1", PHONE, BRAND, "id-scan", at(0), date_of_birth="2010-05-01", verified_21_plus=True
+    )
+    with pytest.raises(InvalidRequest) as err:
+        to_events(under_21, NOW)
+    assert err.value.field == "verified_21_plus"
+    (event,) = to_events(replace(under_21, date_of_birth="1990-05-01"), NOW)
+    assert event.is_21_plus(NOW)
+    # Recorded before the check: the date of birth decides, not the flag.
+    assert not replace(event, date_of_birth="2010-05-01").is_21_plus(NOW)
 
 
 def test_a_naive_timestamp_is_refused():
@@ -154,6 +190,16 @@ def test_inconsistent_campaign_policy_is_refused():
     with pytest.raises(InvalidCampaignPolicy) as err:
         to_events(DefineCampaign("r", BRAND, "promo", bad, at(0)), NOW)
     assert err.value.field == "policy.quiet_hours"
+
+
+@pytest.mark.parametrize(("start", "end"), [(7, 21), (8, 22), (0, 23)])
+def test_a_campaign_may_only_narrow_the_default_quiet_hours(start, end):
+    wide = CampaignPolicy(quiet_hours=QuietHours(time(start), time(end)))
+    with pytest.raises(InvalidCampaignPolicy) as err:
+        to_events(DefineCampaign("r", BRAND, "promo", wide, at(0)), NOW)
+    assert err.value.field == "policy.quiet_hours" and "08:00-21:00" in err.value.reason
+    narrow = CampaignPolicy(quiet_hours=QuietHours(time(9), time(20)))
+    assert to_events(DefineCampaign("r", BRAND, "promo", narrow, at(0)), NOW)
 
 
 def test_cap_windows_longer_than_a_month_are_refused():

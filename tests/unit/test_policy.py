@@ -203,6 +203,17 @@ def test_stricter_campaign_window_ends_at_8pm():
     assert decide(s, c, at(hours=10, minutes=30)).reason is Reason.QUIET_HOURS
 
 
+def test_a_campaign_window_wider_than_the_default_is_held_to_the_default():
+    # 22:30 in Los Angeles. Such a campaign can no longer be defined
+    # (test_campaigns); one recorded before that check still gets 08:00-21:00.
+    wide = campaign(quiet_hours=QuietHours(time(6), time(23, 30)))
+    s = state_of(granted(at(0)))
+    d = decide(s, wide, at(hours=12, minutes=30))
+    assert not d.allowed and d.reason is Reason.QUIET_HOURS and "08:00-21:00" in d.detail
+    assert not decide(s, wide, at(hours=-3, minutes=30)).allowed  # 06:30 there
+    assert decide(s, wide, at(hours=10, minutes=30)).allowed  # 20:30 there
+
+
 def test_number_spanning_several_zones_uses_the_most_restrictive():
     alaska = "+19075551234"  # America/Adak and America/Anchorage
     s = fold(record([granted(at(0), phone=alaska)]))
@@ -226,6 +237,17 @@ def test_daily_cap_counts_the_recipients_local_day():
     assert not d.allowed and d.reason is Reason.DAILY_CAP_REACHED
     # The next local day (08:30 Los Angeles = 16:30 UTC next day) is fresh.
     assert decide(s, c, at(days=1, hours=-1, minutes=30)).allowed
+
+
+def test_a_daily_cap_without_a_known_time_zone_fails_closed():
+    # No local day to count in; counting UTC days would let a second message through
+    # on what is still the same day for the person.
+    c = campaign("receipts", purpose=CampaignPurpose.INFORMATIONAL, daily_cap=1)
+    nowhere = "+80012345678"  # valid, and no time zone
+    s = fold(record([granted(at(0), "receipts", phone=nowhere, tier=ConsentTier.INFORMATIONAL)]))
+    d = decide(s, c, at(5))
+    assert not d.allowed and d.reason is Reason.TIME_ZONE_UNKNOWN
+    assert decide(s, campaign("receipts", purpose=CampaignPurpose.INFORMATIONAL), at(5)).allowed
 
 
 # Rule 7: frequency caps.
@@ -293,6 +315,27 @@ def test_informational_campaign_must_not_promote():
     c = campaign("receipts", purpose=CampaignPurpose.INFORMATIONAL)
     s = state_of(granted(at(0), "receipts", tier=ConsentTier.INFORMATIONAL))
     assert Obligation.NON_MARKETING_CONTENT_ONLY in decide(s, c, at(5)).obligations
+
+
+def test_a_conversational_grant_allows_replies_within_the_window_only():
+    # A recorded grant of the conversational tier is "the person texted first":
+    # it reaches as far as the conversation does.
+    c = campaign("support", purpose=CampaignPurpose.CONVERSATIONAL)
+    grant = granted(at(0), "support", tier=ConsentTier.CONVERSATIONAL)
+    d = decide(state_of(grant), c, at(days=30))
+    assert not d.allowed and d.reason is Reason.CONVERSATION_WINDOW_CLOSED
+    d = decide(state_of(grant, inbound(at(days=30))), c, at(days=30, minutes=5))
+    assert d.allowed and d.reason is Reason.CONVERSATION_REPLY
+    informational = granted(at(0), "support", tier=ConsentTier.INFORMATIONAL)
+    assert decide(state_of(informational), c, at(days=30)).reason is Reason.CONSENT_ACTIVE
+
+
+def test_an_age_gated_conversation_needs_the_age_verified_too():
+    c = campaign("bar", purpose=CampaignPurpose.CONVERSATIONAL, category="alcohol")
+    d = decide(state_of(inbound(at(0), "do you deliver?")), c, at(5))
+    assert not d.allowed and d.reason is Reason.AGE_VERIFICATION_REQUIRED
+    s = state_of(inbound(at(0), "do you deliver?"), age(at(1), plus21=True))
+    assert decide(s, c, at(5)).reason is Reason.CONVERSATION_REPLY
 
 
 def test_the_stop_message_itself_opens_no_conversation():
