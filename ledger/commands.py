@@ -454,19 +454,23 @@ def handle_inbound(
             return InboundOutcome(
                 events, notes=["no prior consent for this brand: nothing resumed"], **outcome
             )
-        # Resume what the person stopped: everything after a STOPALL, else this campaign.
-        brand_stop = state.brand_revocation
-        own_stop = state.campaign(name).revocation
-        brand_wide = brand_stop is not None and (own_stop is None or brand_stop.key >= own_stop.key)
-        events.append(
+        # Resume what the person stopped that this number speaks for: a STOPALL, and
+        # this campaign's own STOP. Another campaign's own STOP stays (ledger.policy).
+        scopes: list[str | None] = []
+        if state.brand_revocation is not None:
+            scopes.append(None)
+        if state.campaign(name).revocation is not None or not scopes:
+            scopes.append(name)
+        events += [
             ConsentResumed(
-                **_base(cmd.request_id, 1, at, brand),
+                **_base(cmd.request_id, i, at, brand),
                 phone=phone,
                 brand=brand,
-                campaign=None if brand_wide else name,
+                campaign=scope,
                 inbound_message_id=cmd.message_id,
             )
-        )
+            for i, scope in enumerate(scopes, start=1)
+        ]
         return InboundOutcome(
             events,
             reply=ReplyKind.OPT_IN_CONFIRMATION,

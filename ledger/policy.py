@@ -147,22 +147,30 @@ def standing(digest: Digest, c: CampaignDigest) -> Standing:
     ):
         return Standing(True, grant[AT], (grant[ID],), None)  # the common case, made quick
     # Ordered by (time, rank, offset): at the same instant a revocation (rank 1)
-    # outranks a grant (rank 0), so doubt denies.
+    # outranks a grant (rank 0), so doubt denies. This campaign's own opt-out is
+    # lifted only by this campaign's resume or a newer grant; a brand-wide resume
+    # (START after STOPALL) lifts the brand-wide opt-out, never a STOP the person
+    # sent this campaign on its own.
     best: tuple[int, int, int] | None = None
     kind = ""
     fact: Mark | None = None
     if grant is not None:
         best, kind, fact = (grant[AT], 0, grant[OFFSET]), "grant", grant
-        for resume in (c.resume, digest.brand_resume):
-            if resume is not None and grant[:2] < resume[:2]:
-                key = (resume[AT], 0, resume[OFFSET])
-                if key > best:
-                    best, kind, fact = key, "resume", resume
-    for revocation, scope in ((c.revocation, "campaign"), (digest.brand_revocation, "brand")):
-        if revocation is not None:
-            key = (revocation[AT], 1, revocation[OFFSET])
-            if best is None or key > best:
-                best, kind, fact = key, scope, revocation
+        best, kind, fact = _later_resume(grant, c.resume, best, kind, fact)
+    own = c.revocation
+    if own is not None:
+        key = (own[AT], 1, own[OFFSET])
+        if best is None or key > best:
+            best, kind, fact = key, "campaign", own
+    if grant is not None and best is not None and fact is not None and kind != "campaign":
+        best, kind, fact = _later_resume(grant, digest.brand_resume, best, kind, fact)
+    brand = digest.brand_revocation
+    if brand is not None:
+        key = (brand[AT], 1, brand[OFFSET])
+        resume = digest.brand_resume
+        lifted = resume is not None and (resume[AT], 0, resume[OFFSET]) > key
+        if (best is None or key > best) and not (kind == "campaign" and lifted):
+            best, kind, fact = key, "brand", brand
     if fact is None:
         return Standing(False, None, (), None)
     if kind in ("campaign", "brand"):
@@ -170,6 +178,17 @@ def standing(digest: Digest, c: CampaignDigest) -> Standing:
     assert grant is not None  # "resume" only stands when a grant precedes it
     evidence = (grant[ID],) if kind == "grant" else (grant[ID], fact[ID])
     return Standing(True, fact[AT], evidence, None)
+
+
+def _later_resume(
+    grant: Mark, resume: Mark | None, best: tuple[int, int, int], kind: str, fact: Mark
+) -> tuple[tuple[int, int, int], str, Mark]:
+    """``resume`` in place of (best, kind, fact) when it came after the grant and best."""
+    if resume is not None and grant[:2] < resume[:2]:
+        key = (resume[AT], 0, resume[OFFSET])
+        if key > best:
+            return key, "resume", resume
+    return best, kind, fact
 
 
 def latest_revocation(digest: Digest, c: CampaignDigest) -> tuple[Mark, bool] | None:

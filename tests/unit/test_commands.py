@@ -38,6 +38,7 @@ from ledger.events import (
     RevocationChannel,
 )
 from ledger.keywords import Intent
+from ledger.policy import Reason, decide
 from ledger.state import fold
 from tests.builders import BRAND, PHONE, at, campaign, granted, proof, record, revoked
 
@@ -241,6 +242,25 @@ def test_inbound_start_after_a_campaign_stop_resumes_that_campaign():
     s = fold(record([granted(at(0)), revoked(at(5), "promo")]))
     out = handle_inbound(_inbound("UNSTOP"), campaign(), s, NOW)
     assert out.events[1].campaign == "promo"
+
+
+def test_inbound_start_resumes_the_stopall_and_this_campaigns_own_stop_only():
+    history = [granted(at(0)), granted(at(0), "b"), revoked(at(5), "promo"), revoked(at(8), None)]
+    s = fold(record(history))
+    out = handle_inbound(_inbound("START"), campaign(), s, NOW)  # sent to promo's number
+    assert [(type(e), e.campaign) for e in out.events[1:]] == [
+        (ConsentResumed, None),
+        (ConsentResumed, "promo"),
+    ]
+    assert len({e.originator_id for e in out.events}) == 3
+    after = fold(record(history + out.events))
+    assert decide(after, campaign(), NOW + timedelta(minutes=1)).allowed
+    out = handle_inbound(_inbound("START"), campaign("b"), s, NOW)  # to b's number
+    assert [e.campaign for e in out.events[1:]] == [None]
+    after = fold(record(history + out.events))
+    later = NOW + timedelta(minutes=1)
+    assert decide(after, campaign("b"), later).allowed
+    assert decide(after, campaign(), later).reason is Reason.REVOKED  # promo's own STOP
 
 
 def test_inbound_help_asks_for_a_help_reply_and_changes_no_consent():

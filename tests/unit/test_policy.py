@@ -111,10 +111,26 @@ def test_new_grant_after_revocation_allows_again():
 
 
 def test_start_after_stop_resumes_the_prior_consent():
-    s = state_of(granted(at(0)), revoked(at(5)), resumed(at(20)))
+    s = state_of(granted(at(0)), revoked(at(5)), resumed(at(20), "promo"))
     d = decide(s, PROMO, at(30))
     assert d.allowed
     assert Obligation.INCLUDE_OPT_OUT_LANGUAGE in d.obligations  # first message again
+
+
+def test_start_after_stopall_lifts_the_stopall_but_not_a_campaigns_own_stop():
+    # STOP to promo, then STOPALL, then START to another campaign's number: the
+    # person asked for the brand back, not for promo, which they had stopped on its own.
+    history = [granted(at(0)), granted(at(0), "b"), revoked(at(5)), revoked(at(10), None)]
+    s = state_of(*history, resumed(at(20)))
+    d = decide(s, PROMO, at(30))
+    assert not d.allowed and d.reason is Reason.REVOKED
+    assert decide(s, campaign("b"), at(30)).allowed
+    assert decide(
+        state_of(*history, resumed(at(20)), resumed(at(20), "promo")), PROMO, at(30)
+    ).allowed
+    # Without a STOP of its own, a campaign comes back with the brand.
+    s = state_of(granted(at(0)), revoked(at(10), None), resumed(at(20)))
+    assert decide(s, PROMO, at(30)).allowed
 
 
 def test_late_grant_does_not_override_an_opt_out_that_happened_after_it():
