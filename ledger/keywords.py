@@ -1,6 +1,10 @@
 """Reading an inbound text: opt-out, opt-in and help keywords, and replies that
 only *read like* an opt-out.
 
+Both readings below see the message folded: Unicode compatibility forms unified
+(NFKC, so a full-width or mathematical-bold STOP is STOP), typographic apostrophes
+(U+2019, U+2018, U+02BC and the like) made ', and case folded.
+
 A keyword must be the whole message; case, spaces and punctuation do not count,
 so "Stop.", " stop " and "opt-out" all match. Anything else that sounds like a
 wish to stop is a revocation candidate: it blocks sending until a person decides,
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import re
+import unicodedata
 
 OPT_OUT_KEYWORDS = frozenset({"STOP", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
 BRAND_WIDE_OPT_OUT_KEYWORDS = frozenset({"STOPALL"})
@@ -36,9 +41,18 @@ class Intent(enum.Enum):
     CONVERSATION = "conversation"
 
 
+# Mapped before NFKC, which would make the acute accent (U+00B4) a space and a combining mark.
+_APOSTROPHES = str.maketrans(dict.fromkeys("\u2019\u2018\u02bc\u2032\u00b4`", "'"))
+
+
+def _fold(text: str) -> str:
+    """``text`` with compatibility forms unified, apostrophes made ', and case folded."""
+    return unicodedata.normalize("NFKC", text.translate(_APOSTROPHES)).casefold()
+
+
 def normalise(text: str) -> str:
-    """Upper-case letters and digits only: the form keywords are compared in."""
-    return "".join(ch for ch in text.upper() if ch.isalnum())
+    """Upper-case letters and digits of the folded text: the form keywords are compared in."""
+    return "".join(ch for ch in _fold(text) if ch.isalnum()).upper()
 
 
 def classify(text: str) -> Intent:
@@ -52,7 +66,7 @@ def classify(text: str) -> Intent:
         return Intent.OPT_IN
     if word in HELP_KEYWORDS:
         return Intent.HELP
-    spaced = " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
+    spaced = " ".join(re.sub(r"[^a-z0-9' ]+", " ", _fold(text)).split())
     if _CANDIDATE_PATTERNS.search(spaced):
         return Intent.REVOCATION_CANDIDATE
     return Intent.CONVERSATION

@@ -70,3 +70,30 @@ def test_replies_that_read_like_an_opt_out_are_candidates(text):
 def test_keywords_must_be_the_whole_message(text):
     assert classify(text) in (Intent.CONVERSATION, Intent.REVOCATION_CANDIDATE)
     assert classify(text) not in (Intent.OPT_OUT, Intent.OPT_IN, Intent.HELP)
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        pytest.param("\uff33\uff34\uff2f\uff30", Intent.OPT_OUT, id="full-width STOP"),
+        pytest.param("\U0001d42c\U0001d42d\U0001d428\U0001d429", Intent.OPT_OUT, id="bold stop"),
+        pytest.param(
+            "\uff33\uff34\uff2f\uff30\uff21\uff2c\uff2c",
+            Intent.OPT_OUT_BRAND_WIDE,
+            id="full-width STOPALL",
+        ),
+        pytest.param("\uff33\uff54\uff41\uff52\uff54", Intent.OPT_IN, id="full-width Start"),
+        pytest.param("\uff28\uff25\uff2c\uff30", Intent.HELP, id="full-width HELP"),
+        pytest.param("Don\u2019t text me", Intent.REVOCATION_CANDIDATE, id="U+2019"),
+        pytest.param("don\u2018t message me", Intent.REVOCATION_CANDIDATE, id="U+2018"),
+        pytest.param("Don\u02bct contact me", Intent.REVOCATION_CANDIDATE, id="U+02BC"),
+        pytest.param("Don\uff07t text me", Intent.REVOCATION_CANDIDATE, id="U+FF07"),
+        pytest.param(
+            "\uff37\uff32\uff2f\uff2e\uff27 \uff2e\uff35\uff2d\uff22\uff25\uff32",
+            Intent.REVOCATION_CANDIDATE,
+            id="full-width wrong number",
+        ),
+    ],
+)
+def test_unicode_forms_and_typographic_apostrophes_read_as_their_plain_form(text, intent):
+    assert classify(text) is intent
