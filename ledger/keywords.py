@@ -6,9 +6,16 @@ Both readings below see the message folded: Unicode compatibility forms unified
 (U+2019, U+2018, U+02BC and the like) made ', and case folded.
 
 A keyword must be the whole message; case, spaces and punctuation do not count,
-so "Stop.", " stop " and "opt-out" all match. Anything else that sounds like a
-wish to stop is a revocation candidate: it blocks sending until a person decides,
-because a revocation may arrive "by any reasonable means".
+so "Stop.", " stop " and "opt-out" all match. A message made only of opt-out
+keywords ("STOP STOP", "stop. stop!", "stop, unsubscribe") is that opt-out. If
+any of them is STOPALL it is brand-wide: "STOP STOPALL" asks for the campaign
+and for every campaign, and the wider reading is the safe one, since a wrongful
+brand-wide stop costs the person a START while a campaign-only one would let
+the brand's other campaigns text someone who asked them all to stop.
+
+Anything else that sounds like a wish to stop is a revocation candidate: it
+blocks sending until a person decides, because a revocation may arrive "by any
+reasonable means".
 """
 
 from __future__ import annotations
@@ -21,6 +28,12 @@ OPT_OUT_KEYWORDS = frozenset({"STOP", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "R
 BRAND_WIDE_OPT_OUT_KEYWORDS = frozenset({"STOPALL"})
 OPT_IN_KEYWORDS = frozenset({"START", "UNSTOP", "YES"})
 HELP_KEYWORDS = frozenset({"HELP", "INFO"})
+
+_OPT_OUT_RUN = re.compile(
+    "(?:"
+    + "|".join(sorted(OPT_OUT_KEYWORDS | BRAND_WIDE_OPT_OUT_KEYWORDS, key=len, reverse=True))
+    + ")+"
+)
 
 _CANDIDATE_PATTERNS = re.compile(
     r"\b("
@@ -58,9 +71,11 @@ def normalise(text: str) -> str:
 def classify(text: str) -> Intent:
     """What an inbound message asks for."""
     word = normalise(text)
-    if word in BRAND_WIDE_OPT_OUT_KEYWORDS:
-        return Intent.OPT_OUT_BRAND_WIDE
-    if word in OPT_OUT_KEYWORDS:
+    if _OPT_OUT_RUN.fullmatch(word):
+        # One opt-out keyword or several; a STOPALL in it makes it brand-wide
+        # however the run splits into keywords.
+        if any(keyword in word for keyword in BRAND_WIDE_OPT_OUT_KEYWORDS):
+            return Intent.OPT_OUT_BRAND_WIDE
         return Intent.OPT_OUT
     if word in OPT_IN_KEYWORDS:
         return Intent.OPT_IN

@@ -32,6 +32,26 @@ def test_stopall_revokes_brand_wide(text):
     assert classify(text) is Intent.OPT_OUT_BRAND_WIDE
 
 
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        ("STOP STOP", Intent.OPT_OUT),
+        ("stop. stop!", Intent.OPT_OUT),
+        ("Stop, unsubscribe", Intent.OPT_OUT),
+        ("opt out opt-out", Intent.OPT_OUT),
+        ("END QUIT CANCEL", Intent.OPT_OUT),
+        ("STOPALL STOPALL", Intent.OPT_OUT_BRAND_WIDE),
+        ("STOP STOPALL", Intent.OPT_OUT_BRAND_WIDE),
+        ("stopall, stop", Intent.OPT_OUT_BRAND_WIDE),
+        ("Stop all. Stop!", Intent.OPT_OUT_BRAND_WIDE),
+    ],
+)
+def test_a_message_of_opt_out_keywords_only_is_that_opt_out_brand_wide_if_any_is_stopall(
+    text, intent
+):
+    assert classify(text) is intent
+
+
 @pytest.mark.parametrize("text", ["START", "unstop", "Yes", "yes!"])
 def test_opt_in_keywords(text):
     assert classify(text) is Intent.OPT_IN
