@@ -1,8 +1,20 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ledger.keywords import Intent, classify
+from ledger.keywords import (
+    BRAND_WIDE_OPT_OUT_KEYWORDS,
+    HELP_KEYWORDS,
+    OPT_IN_KEYWORDS,
+    OPT_OUT_KEYWORDS,
+    Intent,
+    classify,
+)
+
+CANDIDATE = Intent.REVOCATION_CANDIDATE
+CONVERSATION = Intent.CONVERSATION
 
 
 @pytest.mark.parametrize(
@@ -30,6 +42,26 @@ def test_standard_opt_out_keywords_revoke(text):
 @pytest.mark.parametrize("text", ["STOPALL", "stop all", "Stop-All"])
 def test_stopall_revokes_brand_wide(text):
     assert classify(text) is Intent.OPT_OUT_BRAND_WIDE
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        ("STOP STOP", Intent.OPT_OUT),
+        ("stop. stop!", Intent.OPT_OUT),
+        ("Stop, unsubscribe", Intent.OPT_OUT),
+        ("opt out opt-out", Intent.OPT_OUT),
+        ("END QUIT CANCEL", Intent.OPT_OUT),
+        ("STOPALL STOPALL", Intent.OPT_OUT_BRAND_WIDE),
+        ("STOP STOPALL", Intent.OPT_OUT_BRAND_WIDE),
+        ("stopall, stop", Intent.OPT_OUT_BRAND_WIDE),
+        ("Stop all. Stop!", Intent.OPT_OUT_BRAND_WIDE),
+    ],
+)
+def test_a_message_of_opt_out_keywords_only_is_that_opt_out_brand_wide_if_any_is_stopall(
+    text, intent
+):
+    assert classify(text) is intent
 
 
 @pytest.mark.parametrize("text", ["START", "unstop", "Yes", "yes!"])
@@ -60,6 +92,73 @@ def test_replies_that_read_like_an_opt_out_are_candidates(text):
 @pytest.mark.parametrize(
     "text",
     [
+        "Stop please",
+        "please stop",
+        "STOP IT",
+        "stop by the store at 5?",
+        "unsubscribe please",
+        "opt out please",
+        "opt-out now",
+        "I opted out last week",
+        "revoke my consent",
+        "stopall please",
+        "START STOP",
+    ],
+)
+def test_an_opt_out_keyword_among_other_words_is_a_candidate(text):
+    assert classify(text) is CANDIDATE
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        # At most four words: flagged.
+        ("CANCEL ALL", CANDIDATE),
+        ("I quit", CANDIDATE),
+        ("the end", CANDIDATE),
+        ("cancel my subscription", CANDIDATE),
+        ("cancel my appointment", CANDIDATE),
+        ("End of the road", CANDIDATE),
+        # Longer, with a phrase about the texts or the subscription: flagged.
+        ("Please cancel my subscription to these alerts, thanks", CANDIDATE),
+        ("honestly I quit, you text way too often", CANDIDATE),
+        ("can you end these texts already please", CANDIDATE),
+        ("quit texting me every single day please", CANDIDATE),
+        ("ok just cancel all of it right now", CANDIDATE),
+        ("I really want to cancel, how do I do that", CANDIDATE),
+        # Longer, the word in its everyday meaning: conversation.
+        ("I'll be at the end of the street", CONVERSATION),
+        ("Can we end the meeting early tomorrow?", CONVERSATION),
+        ("I had to cancel my dentist appointment today", CONVERSATION),
+        ("my brother wants to quit his job", CONVERSATION),
+    ],
+)
+def test_cancel_end_and_quit_flag_a_short_message_or_a_stop_phrase_only(text, intent):
+    assert classify(text) is intent
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        ("ALTO", CANDIDATE),
+        ("PARAR", CANDIDATE),
+        ("ARRET", CANDIDATE),
+        ("ARR\u00caT", CANDIDATE),
+        ("BAJA", CANDIDATE),
+        ("Arr\u00eatez svp", CANDIDATE),
+        ("alto por favor", CANDIDATE),
+        ("quiero darme de baja de esta lista", CANDIDATE),
+        ("por favor parar los mensajes de promociones ahora", CANDIDATE),
+        ("el edificio es muy alto y bonito", CONVERSATION),
+    ],
+)
+def test_spanish_and_french_stop_words_are_candidates_never_keywords(text, intent):
+    assert classify(text) is intent
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
         "stop by the store at 5?",
         "STOP IT",
         "what time do you open",
@@ -70,3 +169,86 @@ def test_replies_that_read_like_an_opt_out_are_candidates(text):
 def test_keywords_must_be_the_whole_message(text):
     assert classify(text) in (Intent.CONVERSATION, Intent.REVOCATION_CANDIDATE)
     assert classify(text) not in (Intent.OPT_OUT, Intent.OPT_IN, Intent.HELP)
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        pytest.param("\uff33\uff34\uff2f\uff30", Intent.OPT_OUT, id="full-width STOP"),
+        pytest.param("\U0001d42c\U0001d42d\U0001d428\U0001d429", Intent.OPT_OUT, id="bold stop"),
+        pytest.param(
+            "\uff33\uff34\uff2f\uff30\uff21\uff2c\uff2c",
+            Intent.OPT_OUT_BRAND_WIDE,
+            id="full-width STOPALL",
+        ),
+        pytest.param("\uff33\uff54\uff41\uff52\uff54", Intent.OPT_IN, id="full-width Start"),
+        pytest.param("\uff28\uff25\uff2c\uff30", Intent.HELP, id="full-width HELP"),
+        pytest.param("Don\u2019t text me", Intent.REVOCATION_CANDIDATE, id="U+2019"),
+        pytest.param("don\u2018t message me", Intent.REVOCATION_CANDIDATE, id="U+2018"),
+        pytest.param("Don\u02bct contact me", Intent.REVOCATION_CANDIDATE, id="U+02BC"),
+        pytest.param("Don\uff07t text me", Intent.REVOCATION_CANDIDATE, id="U+FF07"),
+        pytest.param(
+            "\uff37\uff32\uff2f\uff2e\uff27 \uff2e\uff35\uff2d\uff22\uff25\uff32",
+            Intent.REVOCATION_CANDIDATE,
+            id="full-width wrong number",
+        ),
+    ],
+)
+def test_unicode_forms_and_typographic_apostrophes_read_as_their_plain_form(text, intent):
+    assert classify(text) is intent
+
+
+# Keyword spellings: the sets, plus the spaced and hyphenated forms people type.
+KEYWORDS = OPT_OUT_KEYWORDS | BRAND_WIDE_OPT_OUT_KEYWORDS | OPT_IN_KEYWORDS | HELP_KEYWORDS
+ANY_KEYWORD = st.sampled_from([*sorted(KEYWORDS), "OPT OUT", "opt-out", "stop all"])
+OPT_OUT_KEYWORD = st.sampled_from(sorted(OPT_OUT_KEYWORDS | BRAND_WIDE_OPT_OUT_KEYWORDS))
+SEPARATORS = st.text(alphabet=" \t\n.,;:!?-'\"()*\u2019\u2018\u3000\uff01", max_size=4)
+FULL_WIDTH = str.maketrans({chr(c): chr(c + 0xFEE0) for c in range(0x21, 0x7F)} | {" ": "\u3000"})
+
+
+@st.composite
+def disguised(draw, text: str) -> str:
+    """``text`` with its case changed letter by letter, maybe full-width, inside punctuation."""
+    flips = draw(st.lists(st.booleans(), min_size=len(text), max_size=len(text)))
+    text = "".join(ch.swapcase() if flip else ch for ch, flip in zip(text, flips, strict=True))
+    if draw(st.booleans()):
+        text = text.translate(FULL_WIDTH)
+    return draw(SEPARATORS) + text + draw(SEPARATORS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), keyword=ANY_KEYWORD)
+def test_a_keyword_reads_the_same_whatever_its_case_width_and_surrounding_punctuation(
+    data, keyword
+):
+    assert classify(data.draw(disguised(keyword))) is classify(keyword)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    keywords=st.lists(OPT_OUT_KEYWORD, min_size=1, max_size=4),
+    separators=st.lists(SEPARATORS, min_size=4, max_size=4),
+)
+def test_any_run_of_opt_out_keywords_is_an_opt_out_brand_wide_if_it_has_stopall(
+    keywords, separators
+):
+    text = "".join(sep + kw for sep, kw in zip(separators, keywords, strict=False))
+    brand_wide = any(kw in BRAND_WIDE_OPT_OUT_KEYWORDS for kw in keywords)
+    expected = Intent.OPT_OUT_BRAND_WIDE if brand_wide else Intent.OPT_OUT
+    assert classify(text) is expected
+
+
+ORDINARY_WORDS = st.sampled_from(
+    ["please", "now", "thanks", "the", "these", "hi", "ok", "why", "store", "5", "you", "me"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    others=st.lists(ORDINARY_WORDS, min_size=1, max_size=8),
+    word=st.sampled_from(["stop", "STOPALL", "Unsubscribe", "optout", "opt out", "REVOKE"]),
+    position=st.integers(min_value=0, max_value=8),
+)
+def test_an_unambiguous_opt_out_word_among_any_other_words_is_a_candidate(others, word, position):
+    text = " ".join([*others[:position], word, *others[position:]])
+    assert classify(text) is CANDIDATE
