@@ -177,7 +177,8 @@ class ConsentView(ABC):
 
     @abstractmethod
     async def campaign_for_number(self, to_phone: str) -> tuple[str, str] | None:
-        """The (brand, campaign) that sends from ``to_phone``, by the current rules."""
+        """The (brand, campaign) that sends from ``to_phone``, by the current rules;
+        of several that list it, the one ``ledger.state.sender_number_holder`` names."""
 
     @abstractmethod
     async def history(self, phone: str, brand: str | None = None) -> list[Recorded]:

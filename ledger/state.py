@@ -314,6 +314,47 @@ class CampaignHistory:
             return None
         return self.as_of(self.versions[-1].at)
 
+    def claimed_since(self, number: str) -> LedgerPosition | None:
+        """Where the campaign's claim of ``number`` began: the version from which on
+        the rules in force, as each later version was recorded, listed it without a
+        gap. None when the current rules do not list it. A number dropped and listed
+        again is a new claim; a late version that never took force changes nothing."""
+        since: LedgerPosition | None = None
+        in_force: Fact[CampaignEvent] | None = None
+        # One campaign's versions share a partition (they are keyed by the campaign).
+        for fact in sorted(self.versions, key=lambda f: f.position.offset):
+            if in_force is None or fact.key > in_force.key:
+                in_force = fact
+            policy: CampaignPolicy = in_force.event.policy  # type: ignore[attr-defined]
+            if number not in policy.sender_numbers:
+                since = None
+            elif since is None:
+                since = fact.position
+        return since
+
+
+def sender_number_holder(
+    claims: Mapping[tuple[str, str], CampaignHistory], number: str
+) -> tuple[str, str] | None:
+    """The (brand, campaign) that replies to ``number`` belong to, of ``claims``.
+
+    A number belongs to one campaign at a time. Two campaigns may still list it
+    (data older than that rule, or two definitions that raced), and then the
+    earliest claim that still holds keeps it: a later claim never takes a held
+    number over. "Earliest" is ledger order, which no client can choose (the
+    campaign stream is one partition, applied in order); with more partitions the
+    order is still one every view agrees on, but not a chronology.
+    """
+    held = []
+    for (brand, campaign), history in claims.items():
+        since = history.claimed_since(number)
+        if since is not None:
+            held.append(((since.partition, since.offset), brand, campaign))
+    if not held:
+        return None
+    _, brand, campaign = min(held)
+    return brand, campaign
+
 
 def fold_campaign(
     events: Iterable[Recorded], history: CampaignHistory | None = None

@@ -6,6 +6,7 @@ here; this module knows the ports, never a technology.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from typing import Protocol
 
 from ledger.campaigns import Campaign
 from ledger.commands import (
+    ChangeCampaignPolicy,
     Command,
     DefineCampaign,
     HandleInboundMessage,
@@ -27,6 +29,8 @@ from ledger.commands import (
 from ledger.digest import Digest, digest_of
 from ledger.errors import InvalidRequest
 from ledger.events import (
+    CampaignDefined,
+    CampaignPolicyChanged,
     ConsentGranted,
     LedgerEvent,
     MessageKind,
@@ -39,7 +43,7 @@ from ledger.phone import to_e164
 from ledger.policy import Check, Decision, Reason, decide_as_of, deny
 from ledger.ports import ConsentView, ConsistencyToken, Ledger, Stream
 from ledger.state import CampaignHistory, Fact, SubscriberState
-from services.errors import FailedPrecondition
+from services.errors import FailedPrecondition, NotConsistent
 from services.freshness import FreshnessGuard
 from services.read_batcher import ReadBatcher
 
@@ -124,6 +128,7 @@ class ConsentApp:
         self._histories: dict[tuple[str, str], CampaignHistory] = {}
         self._histories_at: tuple[tuple[int, int], ...] | None = None
         self._histories_token: ConsistencyToken | None = None
+        self._campaign_writes = asyncio.Lock()
 
     # ---- writes -------------------------------------------------------------------------
 
@@ -135,8 +140,17 @@ class ConsentApp:
         replay = await self._replay(events)
         if replay is not None:  # checked first: a retried DefineCampaign is not a redefinition
             return replay
+        if isinstance(cmd, DefineCampaign | ChangeCampaignPolicy):
+            # One campaign write at a time in this process: the second of two that
+            # claim the same number then checks after the first is written.
+            async with self._campaign_writes:
+                return await self._checked_append(cmd, events)
+        return await self._checked_append(cmd, events)
+
+    async def _checked_append(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
         try:
             await self._check_campaign_exists(cmd)
+            await self._check_sender_numbers(events)
         except FailedPrecondition:
             # The check may have waited for the projection to catch up, and with it
             # the first attempt of this very request: then this is a retry after all.
@@ -205,6 +219,46 @@ class ConsentApp:
             return
         if not await self._campaign_known(cmd.brand, campaign):
             raise FailedPrecondition("campaign", f"{cmd.brand}/{campaign} is not defined")
+
+    async def _check_sender_numbers(self, events: Sequence[LedgerEvent]) -> None:
+        """A sender number belongs to one campaign at a time: refuse a campaign's
+        rules that list a number another campaign holds (a campaign keeps its own).
+
+        The view must have every campaign fact the ledger acknowledged before this
+        check, or a number claimed a moment ago would pass for free: like
+        ``_campaign_known``, look at the ledger's end now and let the projection reach
+        it. Here "free" is the answer that writes, so a view that cannot catch up in
+        time refuses rather than guesses.
+
+        What no check here can see is a claim another process appends between this
+        look at the ledger's end and this append: the ledger's appends are
+        unconditional, so both are written. In one process, ``record`` runs campaign
+        writes one at a time, and the second waits for the first in the view. Across
+        processes nothing stops the two writes; what keeps them harmless is how the
+        views resolve a number two campaigns list (``sender_number_holder``): the
+        claim the ledger recorded first keeps it in every view, the later campaign
+        never receives a reply to it, and its next policy change is refused until it
+        drops the number.
+        """
+        event = events[0]
+        if not isinstance(event, CampaignDefined | CampaignPolicyChanged):
+            return
+        numbers = event.policy.sender_numbers
+        if not numbers:
+            return
+        await self.guard.observe()
+        if not await self.guard.wait_for_phones([]):
+            raise NotConsistent(
+                "policy.sender_numbers", "the read model is behind the ledger; try again"
+            )
+        for i, number in enumerate(numbers):
+            holder = await self.view.campaign_for_number(number)
+            if holder is None or holder == (event.brand, event.campaign):
+                continue
+            field, (brand, campaign) = f"policy.sender_numbers[{i}]", holder
+            if brand != event.brand:  # which brand, let alone which campaign, is not said
+                raise FailedPrecondition(field, f"{number} is in use by another brand's campaign")
+            raise FailedPrecondition(field, f"{number} is in use by campaign {brand}/{campaign}")
 
     async def _campaign_known(self, brand: str, campaign: str) -> bool:
         if (await self.view.campaign_history(brand, campaign)).versions:

@@ -23,7 +23,7 @@ from ledger.events import (
 )
 from ledger.opt_out_rate import SendingCounts, count_sending
 from ledger.ports import ConsentView, Stream
-from ledger.state import CampaignHistory, SubscriberState, apply
+from ledger.state import CampaignHistory, SubscriberState, apply, sender_number_holder
 
 
 @dataclass
@@ -102,18 +102,12 @@ class InMemoryConsentView(ConsentView):
         return self._tables.campaigns.get((brand, campaign), CampaignHistory())
 
     async def campaign_for_number(self, to_phone: str) -> tuple[str, str] | None:
-        claims = []
-        for (brand, campaign), history in self._tables.campaigns.items():
+        claims: dict[tuple[str, str], CampaignHistory] = {}
+        for key, history in self._tables.campaigns.items():
             current = history.current()
             if current is not None and to_phone in current.policy.sender_numbers:
-                claims.append((history.versions[-1].at, brand, campaign))
-        if not claims:
-            return None
-        # A number claimed by two campaigns is a configuration mistake; the newest
-        # rules win, then the name, so every view answers the same.
-        newest = max(at for at, _, _ in claims)
-        _, brand, campaign = min(c for c in claims if c[0] == newest)
-        return brand, campaign
+                claims[key] = history
+        return sender_number_holder(claims, to_phone)
 
     async def history(self, phone: str, brand: str | None = None) -> list[Recorded]:
         events = self._tables.by_phone.get(phone, [])

@@ -42,6 +42,7 @@ from ledger.state import (
     fold,
     fold_campaign,
     retained_facts,
+    sender_number_holder,
 )
 from services.wire.codec import decode_recorded, decode_snapshot, encode_recorded, encode_snapshot
 from services.wire.digest import FORMAT as DIGEST_FORMAT
@@ -136,6 +137,18 @@ WHERE n.brand = k.brand AND n.campaign = k.campaign
 """
 _INSERT_NUMBER = """
 INSERT INTO sender_number (number, brand, campaign, since) VALUES ($1, $2, $3, $4)
+"""
+# The campaigns whose current rules list a number, with their histories, read in one
+# statement (one snapshot) so the two agree. Which of several claims holds the number
+# is worked out from the histories (ledger.state.sender_number_holder), as the
+# in-memory view does; sender_number.since (when the current rules took effect) says
+# nothing about when the claim began, so it does not decide.
+_NUMBER_CLAIMS = """
+SELECT n.brand, n.campaign, v.payload
+FROM sender_number AS n
+JOIN campaign_version AS v USING (brand, campaign)
+WHERE n.number = $1
+ORDER BY n.brand, n.campaign, v.partition, v."offset"
 """
 
 
@@ -486,12 +499,16 @@ class PostgresConsentView(ConsentView):
         return fold_campaign(decode_recorded(row["payload"]) for row in rows)
 
     async def campaign_for_number(self, to_phone: str) -> tuple[str, str] | None:
-        row = await self._pool.fetchrow(
-            "SELECT brand, campaign FROM sender_number WHERE number = $1"
-            " ORDER BY since DESC, brand, campaign LIMIT 1",
-            to_phone,
-        )
-        return None if row is None else (row["brand"], row["campaign"])
+        claims: dict[tuple[str, str], list[bytes]] = {}
+        for row in await self._pool.fetch(_NUMBER_CLAIMS, to_phone):
+            claims.setdefault((row["brand"], row["campaign"]), []).append(row["payload"])
+        if len(claims) <= 1:  # the usual case: nothing to decode
+            return next(iter(claims), None)
+        histories = {
+            key: fold_campaign(decode_recorded(payload) for payload in payloads)
+            for key, payloads in claims.items()
+        }
+        return sender_number_holder(histories, to_phone)
 
     async def history(self, phone: str, brand: str | None = None) -> list[Recorded]:
         rows = await self._pool.fetch(

@@ -591,21 +591,75 @@ class ConsentViewSuite:
         assert await view.campaign_for_number("+12025550100") is None
         assert await view.campaign_for_number("+12025550101") == ("acme", "deals")
 
-    async def test_a_number_two_campaigns_claim_goes_to_the_newer_rules(
+    # Two campaigns listing one number: a definition that raced another, or data from
+    # before DefineCampaign refused a held number. The campaign stream is one
+    # partition, as in every ledger, so positions are ledger order.
+
+    async def test_a_number_two_campaigns_claim_stays_with_the_earlier_claim(
         self, view: ConsentView
     ) -> None:
-        pos = Positions()
+        pos, number = Positions(partitions=1), "+12025550100"
+        await view.apply(Stream.CAMPAIGNS, pos.record([define("acme", "deals", T0, [number])]))
         await view.apply(
             Stream.CAMPAIGNS,
             pos.record(
                 [
-                    define("acme", "deals", T0 + timedelta(days=1), ["+12025550100"]),
-                    define("acme", "news", T0, ["+12025550100"]),
+                    define("globex", "promo", T0 + timedelta(days=1), [number]),
+                    define("initech", "news", T0 - timedelta(days=1), [number]),  # backdated
                 ]
             ),
         )
 
-        assert await view.campaign_for_number("+12025550100") == ("acme", "deals")
+        assert await view.campaign_for_number(number) == ("acme", "deals")
+
+    async def test_policy_changes_that_keep_a_number_keep_the_earlier_claim(
+        self, view: ConsentView
+    ) -> None:
+        pos, number = Positions(partitions=1), "+12025550100"
+        day = timedelta(days=1)
+        await view.apply(
+            Stream.CAMPAIGNS,
+            pos.record(
+                [
+                    define("acme", "deals", T0, [number]),
+                    define("globex", "promo", T0 + day, [number]),
+                    define("acme", "deals", T0 + 2 * day, [number, "+12025550101"], changed=True),
+                    # Recorded last but dated before the rules in force: never in force.
+                    define("acme", "deals", T0 - day, [], changed=True),
+                ]
+            ),
+        )
+        await view.apply(
+            Stream.CAMPAIGNS,
+            pos.record([define("globex", "promo", T0 + 3 * day, [number], changed=True)]),
+        )
+
+        assert await view.campaign_for_number(number) == ("acme", "deals")
+
+    async def test_a_number_given_up_goes_to_the_claim_that_remains_for_good(
+        self, view: ConsentView
+    ) -> None:
+        pos, number = Positions(partitions=1), "+12025550100"
+        day = timedelta(days=1)
+        await view.apply(
+            Stream.CAMPAIGNS,
+            pos.record(
+                [
+                    define("acme", "deals", T0, [number]),
+                    define("globex", "promo", T0 + day, [number]),
+                    define("acme", "deals", T0 + 2 * day, ["+12025550101"], changed=True),
+                ]
+            ),
+        )
+        assert await view.campaign_for_number(number) == ("globex", "promo")
+
+        # Listing it again is a new claim, later than the one that now holds it.
+        await view.apply(
+            Stream.CAMPAIGNS,
+            pos.record([define("acme", "deals", T0 + 3 * day, [number], changed=True)]),
+        )
+        assert await view.campaign_for_number(number) == ("globex", "promo")
+        assert await view.campaign_for_number("+12025550101") is None
 
     async def test_a_generated_ledger_folds_exactly(self, view: ConsentView) -> None:
         pos = Positions()

@@ -29,6 +29,7 @@ TOKENS = {
     "acme-app": ("acme-secret", ["check", "write", "audit"], ["acme"]),
     "acme-checker": ("acme-check-only", ["check"], ["acme"]),
     "globex-app": ("globex-secret", ["check", "write", "audit"], ["globex"]),
+    "globex-admin": ("globex-admin-secret", ["check", "write", "audit", "admin"], ["globex"]),
 }
 
 

@@ -76,6 +76,16 @@ def status_details(err: grpc.aio.AioRpcError):
     return out
 
 
+def precondition_violations(err: grpc.aio.AioRpcError):
+    status = rpc_status.from_call(err)
+    out = []
+    for detail in status.details if status else []:
+        failure = error_details_pb2.PreconditionFailure()
+        if detail.Unpack(failure):
+            out += [(v.subject, v.description) for v in failure.violations]
+    return out
+
+
 async def check(
     c,
     token: str = "",
@@ -251,6 +261,40 @@ async def test_a_second_brand_is_isolated_from_the_first(service):
             )
         r = await check(acme, w.consistency_token)
         assert r.allowed  # nothing globex tried reached acme's consent
+
+
+async def test_another_brands_sender_number_is_refused_and_its_stop_stays_with_it(service):
+    runtime, clock = service
+    t = clock.now
+    async with client(runtime.address, "acme-app") as acme:
+        granted = await acme.RecordOptIn(opt_in(PHONE, "acme", "promo", t - timedelta(minutes=10)))
+        assert (await check(acme, granted.consistency_token)).allowed
+    campaign_events = await runtime.ledger.end_offsets(Stream.CAMPAIGNS)
+    async with client(runtime.address, "globex-admin") as globex:
+        claim_it = api.ChangeCampaignPolicyRequest(
+            request_id=uuid.uuid4().hex,
+            brand="globex",
+            campaign="promo",
+            occurred_at=ts(t - timedelta(seconds=1)),
+            policy=lpb.CampaignPolicy(sender_numbers=[GLOBEX_NUMBER, ACME_NUMBER]),
+        )
+        for call, field in (
+            (globex.DefineCampaign(define("globex", "deals", t, [ACME_NUMBER])), "[0]"),
+            (globex.ChangeCampaignPolicy(claim_it), "[1]"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            [(subject, description)] = precondition_violations(err.value)
+            assert subject == f"policy.sender_numbers{field}" and "in use" in description
+            assert "acme" not in f"{err.value.details()} {description}"  # whose, is not said
+    assert await runtime.ledger.end_offsets(Stream.CAMPAIGNS) == campaign_events
+
+    async with client(runtime.address, "acme-app") as acme:
+        stop = await acme.HandleInboundMessage(inbound("STOP", at=t - timedelta(minutes=1)))
+        assert (stop.brand, stop.campaign) == ("acme", "promo")
+        r = await check(acme, stop.consistency_token)
+        assert not r.allowed and r.reason == api.REASON_REVOKED
 
 
 async def test_a_retried_write_records_nothing_twice(service):

@@ -5,27 +5,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from ledger.campaigns import CampaignPolicy
 from ledger.commands import (
+    ChangeCampaignPolicy,
     DefineCampaign,
+    HandleInboundMessage,
     RecordMessageSent,
     RecordOptIn,
     RecordOptOut,
     to_events,
 )
 from ledger.errors import InvalidPhoneNumber, InvalidRequest
-from ledger.events import CollectionMethod, ConsentTier, MessageKind, RevocationChannel
+from ledger.events import (
+    CollectionMethod,
+    ConsentTier,
+    LedgerEvent,
+    MessageKind,
+    Recorded,
+    RevocationChannel,
+)
 from ledger.policy import Reason
 from ledger.ports import Stream
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
 from services.app import ConsentApp
-from services.errors import FailedPrecondition
+from services.errors import FailedPrecondition, NotConsistent
 from services.freshness import FreshnessGuard, FreshnessSettings
 from services.projector import Projector
 from tests.builders import BRAND, PHONE, at, proof
@@ -35,9 +44,11 @@ NOW = at(60)
 
 
 @contextlib.asynccontextmanager
-async def running(wait_bound: float = 1) -> AsyncIterator[tuple[ConsentApp, asyncio.Task[None]]]:
+async def running(
+    wait_bound: float = 1, ledger: InMemoryLedger | None = None
+) -> AsyncIterator[tuple[ConsentApp, asyncio.Task[None]]]:
     """An app on the in-memory adapters, with its projector task (a test may stop it)."""
-    ledger, view = InMemoryLedger(partitions=4), InMemoryConsentView()
+    ledger, view = ledger or InMemoryLedger(partitions=4), InMemoryConsentView()
     projector = asyncio.create_task(Projector(ledger, view, poll_timeout=0.01).run())
     settings = FreshnessSettings(refresh_interval=0.01, wait_bound=wait_bound)
     guard = FreshnessGuard(ledger, view, settings)
@@ -272,3 +283,107 @@ async def test_the_opt_out_rate_refuses_a_bad_window_or_an_undefined_campaign(ap
     with pytest.raises(InvalidRequest) as naive:
         await app.opt_out_rate(BRAND, None, at(0).replace(tzinfo=None), NOW)
     assert naive.value.field == "start_time"
+
+
+# ---- a sender number belongs to one campaign at a time ---------------------------------
+
+NUMBER, OTHER_NUMBER = "+12125550100", "+12125550101"
+
+
+def claim(
+    request_id: str, brand: str, campaign: str, *numbers: str, change: bool = False
+) -> DefineCampaign | ChangeCampaignPolicy:
+    cls = ChangeCampaignPolicy if change else DefineCampaign
+    return cls(
+        request_id,
+        brand,
+        campaign,
+        CampaignPolicy(sender_numbers=numbers),
+        at(0) - timedelta(days=1),
+    )
+
+
+async def test_another_brands_sender_number_is_refused_unnamed_and_its_stop_stays_put(app):
+    await app.record(claim("acme-promo", "acme", "promo", NUMBER))
+    await app.record(opt_in("r1"))
+    written = await app.ledger.end_offsets(Stream.CAMPAIGNS)
+
+    with pytest.raises(FailedPrecondition) as err:
+        await app.record(claim("globex-deals", "globex", "deals", "+1 212 555 0101", NUMBER))
+
+    assert err.value.field == "policy.sender_numbers[1]"
+    assert "in use" in err.value.reason
+    assert "acme" not in err.value.reason and "promo" not in err.value.reason
+    assert await app.ledger.end_offsets(Stream.CAMPAIGNS) == written
+    stop = await app.handle_inbound(HandleInboundMessage("in1", PHONE, NUMBER, "STOP", "m1", at(1)))
+    assert (stop.outcome.brand, stop.outcome.campaign) == ("acme", "promo")
+    check = await app.can_send(PHONE, "acme", "promo", token=stop.write.token)
+    assert check.decision.reason is Reason.REVOKED
+
+
+async def test_a_number_another_campaign_of_the_brand_uses_is_refused_by_its_name(app):
+    await app.record(claim("acme-promo", "acme", "promo", NUMBER))
+    await app.record(claim("acme-alerts", "acme", "alerts", OTHER_NUMBER))
+
+    with pytest.raises(FailedPrecondition) as defined:
+        await app.record(claim("acme-news", "acme", "news", NUMBER))
+    with pytest.raises(FailedPrecondition) as changed:
+        await app.record(claim("alerts-2", "acme", "alerts", OTHER_NUMBER, NUMBER, change=True))
+
+    assert defined.value.field == "policy.sender_numbers[0]"
+    assert changed.value.field == "policy.sender_numbers[1]"
+    assert "acme/promo" in defined.value.reason and "acme/promo" in changed.value.reason
+
+
+async def test_a_campaign_keeps_its_own_numbers_and_frees_those_it_drops(app):
+    await app.record(claim("acme-promo", "acme", "promo", NUMBER))
+    await app.record(claim("promo-2", "acme", "promo", NUMBER, OTHER_NUMBER, change=True))
+    with pytest.raises(FailedPrecondition):
+        await app.record(claim("globex-deals", "globex", "deals", NUMBER))
+
+    await app.record(claim("promo-3", "acme", "promo", OTHER_NUMBER, change=True))
+    freed = await app.record(claim("globex-deals-2", "globex", "deals", NUMBER))
+
+    assert await app.guard.wait_for_token(freed.token)
+    assert await app.view.campaign_for_number(NUMBER) == ("globex", "deals")
+    assert await app.view.campaign_for_number(OTHER_NUMBER) == ("acme", "promo")
+
+
+async def test_a_number_claimed_a_moment_ago_is_seen_before_deciding(app):
+    # Written by another process, say: in the ledger, not yet in the view.
+    await app.ledger.append(to_events(claim("acme-promo", "acme", "promo", NUMBER), NOW))
+    with pytest.raises(FailedPrecondition):
+        await app.record(claim("globex-deals", "globex", "deals", NUMBER))
+
+
+class SlowLedger(InMemoryLedger):
+    """Appends that take a while, as over a network: time for another request to run."""
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        await asyncio.sleep(0.05)
+        return await super().append(events)
+
+
+async def test_two_claims_of_one_number_at_once_in_one_process_let_one_through():
+    async with running(ledger=SlowLedger(partitions=4)) as (app, _):
+        results = await asyncio.gather(
+            app.record(claim("acme-promo", "acme", "promo", NUMBER)),
+            app.record(claim("globex-deals", "globex", "deals", NUMBER)),
+            return_exceptions=True,
+        )
+
+        refused = [r for r in results if isinstance(r, FailedPrecondition)]
+        assert len(refused) == 1 and refused[0].field == "policy.sender_numbers[0]"
+        assert len(await app.ledger.read(Stream.CAMPAIGNS, 0, 0)) == 1
+
+
+async def test_a_claim_is_refused_as_not_consistent_while_the_view_lags():
+    async with running(wait_bound=0.1) as (app, projector):
+        await _stop(projector)
+        await app.ledger.append(to_events(claim("acme-promo", "acme", "promo", NUMBER), NOW))
+
+        with pytest.raises(NotConsistent) as err:
+            await app.record(claim("acme-news", "acme", "news", OTHER_NUMBER))
+
+        assert err.value.field == "policy.sender_numbers"
+        assert len(await app.ledger.read(Stream.CAMPAIGNS, 0, 0)) == 1
