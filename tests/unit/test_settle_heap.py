@@ -22,7 +22,10 @@ a.other, b.other = b, a  # a cycle made after the freeze, then dropped
 ref = weakref.ref(a)
 del a, b
 gc.collect()
-print(json.dumps({"before": before, "frozen": frozen, "collected": ref() is None}))
+print(json.dumps({
+    "before": before, "frozen": frozen, "collected": ref() is None,
+    "threshold": gc.get_threshold(),
+}))
 """
 
 
@@ -34,3 +37,4 @@ def test_settle_heap_freezes_what_exists_and_still_collects_later_cycles():
     assert found["before"] == 0
     assert found["frozen"] > 1000  # the modules, classes and functions loaded by then
     assert found["collected"] is True  # garbage cycles made later are still collected
+    assert found["threshold"] == [10_000, 10, 10]  # CPython's defaults are 700, 10, 10
