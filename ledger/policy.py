@@ -514,7 +514,9 @@ class Check:
     def _caps_reached(self, digest: Digest, c: CampaignDigest) -> Decision | None:
         policy, now = self.policy, self._now
         for cap, window in self._caps:
-            counted = [s for s in c.sent if now - window < s[AT] <= now]
+            # A send stamped after now (a sender's clock a little ahead, within the
+            # accepted skew) has happened all the same: it counts.
+            counted = [s for s in c.sent if now - window < s[AT]]
             if len(counted) >= cap.limit:
                 return deny(
                     Reason.FREQUENCY_CAP_REACHED,
@@ -536,7 +538,7 @@ class Check:
                 counted = [
                     s
                     for s in c.sent
-                    if s[AT] <= now and from_micros(s[AT]).astimezone(tz).date() == today
+                    if from_micros(s[AT]).astimezone(tz).date() == today
                 ]
                 if len(counted) >= policy.daily_cap:
                     return deny(

@@ -281,6 +281,16 @@ def test_frequency_cap_window_rolls():
     assert decide(s, c, at(days=1, minutes=1.5)).allowed
 
 
+def test_a_send_stamped_a_little_ahead_of_now_counts_towards_the_caps():
+    # The sender's clock runs 2 minutes ahead (within the accepted skew).
+    c = campaign(frequency_caps=(FrequencyCap(1, timedelta(hours=24)),))
+    s = state_of(granted(at(0)), sent(at(3)))
+    d = decide(s, c, at(1))
+    assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED
+    daily = campaign(daily_cap=1)
+    assert decide(s, daily, at(1)).reason is Reason.DAILY_CAP_REACHED
+
+
 def test_each_rules_object_is_checked_by_its_own_rules():
     # A Check works out a campaign's spans once per rules object and keeps them by
     # the object's id. A new object made where a freed one was (CPython often gives
