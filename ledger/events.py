@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import KW_ONLY, dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import ClassVar
 
 from eventsourcing.domain import DomainEvent
@@ -258,15 +258,16 @@ class AgeVerified(SubscriberEvent):
         return is_21_plus(self.verified_21_plus, self.date_of_birth, at)
 
 
-def is_21_plus(verified_21_plus: bool, date_of_birth: str, at: datetime) -> bool:
-    """Whether a verification says the person is 21 or older on ``at``'s date.
+def is_21_plus(verified_21_plus: bool, date_of_birth: str, at: datetime | date) -> bool:
+    """Whether a verification says the person is 21 or older on ``at``'s date (for a
+    datetime, its date where it is given; the policy passes the person's local date).
 
     A date of birth, when given, decides: a record that also says "verified 21+"
     for someone it shows to be younger proves nothing (fail closed)."""
     if not date_of_birth:
         return verified_21_plus
     born = datetime.fromisoformat(date_of_birth).date()
-    today = at.date()
+    today = at.date() if isinstance(at, datetime) else at
     years = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
     return years >= 21
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -120,6 +120,8 @@ def deny(reason: Reason, detail: str, evidence: Iterable[str] = (), version: int
 _DEFAULT_HOURS = QuietHours()
 """The quiet hours of the policy texts; a campaign's own window lies within them."""
 _CONVERSATIONAL = int(ConsentTier.CONVERSATIONAL)
+_EARLIEST_OFFSET = timedelta(hours=12)
+"""UTC-12, the zone whose date is the earliest on Earth."""
 
 
 class Standing(NamedTuple):
@@ -297,6 +299,7 @@ class Check:
             self._obligations,
         ) = _spans(campaign)
         self._quiet: dict[tuple[str, ...], Decision | None] = {}
+        self._dates: dict[tuple[str, ...], date] = {}
 
     def __call__(self, digest: Digest) -> Decision:
         """May a message of this kind go to the digest's number now?"""
@@ -511,6 +514,18 @@ class Check:
                 )
         return None
 
+    def _local_date(self, zones: tuple[str, ...]) -> date:
+        """The person's date now: the earliest of the number's zones' dates, or, with no
+        zone known, the earliest date anywhere (UTC-12), so a birthday never comes early."""
+        found = self._dates.get(zones)
+        if found is None:
+            if zones:
+                found = min(self.now.astimezone(ZoneInfo(zone)).date() for zone in zones)
+            else:
+                found = (self.now.astimezone(UTC) - _EARLIEST_OFFSET).date()
+            self._dates[zones] = found
+        return found
+
     def _caps_reached(self, digest: Digest, c: CampaignDigest) -> Decision | None:
         policy, now = self.policy, self._now
         for cap, window in self._caps:
@@ -535,11 +550,7 @@ class Check:
             for zone in digest.zones:
                 tz = ZoneInfo(zone)  # the library keeps one instance per key
                 today = self.now.astimezone(tz).date()
-                counted = [
-                    s
-                    for s in c.sent
-                    if from_micros(s[AT]).astimezone(tz).date() == today
-                ]
+                counted = [s for s in c.sent if from_micros(s[AT]).astimezone(tz).date() == today]
                 if len(counted) >= policy.daily_cap:
                     return deny(
                         Reason.DAILY_CAP_REACHED,
@@ -553,7 +564,9 @@ class Check:
         if not self.policy.requires_age_verification:
             return None
         age = digest.age
-        if age is None or not is_21_plus(age.verified_21_plus, age.date_of_birth, self.now):
+        if age is None or not is_21_plus(
+            age.verified_21_plus, age.date_of_birth, self._local_date(digest.zones)
+        ):
             return deny(
                 Reason.AGE_VERIFICATION_REQUIRED,
                 "age-gated campaign: no verification of 21 or older",

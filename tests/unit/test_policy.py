@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import time, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import pytest
 
@@ -394,6 +394,16 @@ def test_age_counts_from_the_date_of_birth_at_the_time_of_the_question():
     c = campaign(age_gated=True)
     s = state_of(granted(at(0)), age(at(1), dob="2005-03-01"))  # 21 on 2026-03-01
     assert decide(s, c, at(5)).allowed
+
+
+def test_a_21st_birthday_counts_from_the_persons_own_date():
+    # Born 2005-03-03. At 01:00 UTC on 2026-03-03 it is still 2026-03-02 in Los
+    # Angeles, the number's zone: not 21 there yet. At 08:00 UTC it is the 3rd.
+    c = campaign(age_gated=True)
+    s = state_of(granted(at(0)), age(at(1), dob="2005-03-03"))
+    night = datetime(2026, 3, 3, 1, 0, tzinfo=UTC)
+    assert decide(s, c, night).reason is Reason.AGE_VERIFICATION_REQUIRED
+    assert decide(s, c, datetime(2026, 3, 3, 17, 0, tzinfo=UTC)).allowed
 
 
 def test_decide_refuses_a_naive_time():
