@@ -461,6 +461,13 @@ BAD_WRITES = [
         lambda t: define("acme", "late", t, first_message_window=Duration(seconds=2**62)),
         "policy.first_message_window",
     ),
+    (  # a ten-year window allowed an opt-out "confirmation" 200 days after the STOP
+        "DefineCampaign",
+        lambda t: define(
+            "acme", "late", t, opt_out_confirmation_window=Duration(seconds=10 * 365 * 86400)
+        ),
+        "policy.opt_out_confirmation_window",
+    ),
     (
         "HandleInboundMessage",
         lambda t: api.HandleInboundMessageRequest(

@@ -218,6 +218,27 @@ def test_cap_windows_longer_than_a_month_are_refused():
     assert err.value.field == "policy.frequency_caps[0].window"
 
 
+@pytest.mark.parametrize(
+    ("field", "window", "reason"),
+    [
+        ("opt_out_confirmation_window", timedelta(days=3650), "at most 5 minutes"),
+        ("opt_out_confirmation_window", timedelta(minutes=5, seconds=1), "at most 5 minutes"),
+        ("opt_out_confirmation_window", timedelta(0), "must be positive"),
+        ("opt_out_confirmation_window", timedelta(minutes=-1), "must be positive"),
+        ("conversation_window", timedelta(hours=24, seconds=1), "at most 24 hours"),
+        ("conversation_window", timedelta(days=3650), "at most 24 hours"),
+        ("conversation_window", timedelta(0), "must be positive"),
+    ],
+)
+def test_a_window_that_allows_sends_without_consent_may_only_be_shortened(field, window, reason):
+    wide = replace(CampaignPolicy(), **{field: window})
+    with pytest.raises(InvalidCampaignPolicy) as err:
+        to_events(DefineCampaign("r", BRAND, "promo", wide, at(0)), NOW)
+    assert err.value.field == f"policy.{field}" and reason in err.value.reason
+    short = replace(CampaignPolicy(), **{field: timedelta(minutes=2)})
+    assert to_events(DefineCampaign("r", BRAND, "promo", short, at(0)), NOW)
+
+
 def _inbound(body: str, request_id: str = "in-1") -> HandleInboundMessage:
     return HandleInboundMessage(request_id, PHONE, "+12125551234", body, "SM1", at(10))
 
