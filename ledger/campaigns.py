@@ -16,6 +16,11 @@ from ledger.errors import InvalidCampaignPolicy
 AGE_GATED_CATEGORIES = frozenset({"alcohol", "firearms", "gambling", "tobacco"})
 MAX_CAP_WINDOW = timedelta(days=31)
 """The longest frequency-cap window; the fold keeps message history this long."""
+MAX_OPT_OUT_CONFIRMATION_WINDOW = timedelta(minutes=5)
+"""The policy allows one confirmation of an opt-out, within 5 minutes of it."""
+MAX_CONVERSATION_WINDOW = timedelta(hours=24)
+"""How long texting first allows a conversational campaign to reply: a day at most.
+The window is a permission no consent was recorded for; a campaign may shorten it."""
 
 
 class CampaignPurpose(enum.IntEnum):
@@ -58,8 +63,8 @@ class CampaignPolicy:
     quiet_hours_apply_to_all: bool = False
     daily_cap: int | None = None
     frequency_caps: tuple[FrequencyCap, ...] = ()
-    conversation_window: timedelta = timedelta(hours=24)
-    opt_out_confirmation_window: timedelta = timedelta(minutes=5)
+    conversation_window: timedelta = MAX_CONVERSATION_WINDOW
+    opt_out_confirmation_window: timedelta = MAX_OPT_OUT_CONFIRMATION_WINDOW
     sender_numbers: tuple[str, ...] = ()
     """The E.164 numbers the campaign sends from; inbound replies to them belong to it."""
 
@@ -94,8 +99,19 @@ class CampaignPolicy:
             raise InvalidCampaignPolicy("first_message_window", "must be positive")
         if self.reconfirm_interval is not None and self.reconfirm_interval <= timedelta(0):
             raise InvalidCampaignPolicy("reconfirm_interval", "must be positive when set")
-        if self.conversation_window <= timedelta(0):
-            raise InvalidCampaignPolicy("conversation_window", "must be positive")
+        # Both windows allow a send no consent stands for: a campaign may only shorten them.
+        if not timedelta(0) < self.conversation_window <= MAX_CONVERSATION_WINDOW:
+            raise InvalidCampaignPolicy(
+                "conversation_window",
+                "must be positive and at most 24 hours (texting first allows replies for a "
+                "day at most; longer needs consent)",
+            )
+        if not timedelta(0) < self.opt_out_confirmation_window <= MAX_OPT_OUT_CONFIRMATION_WINDOW:
+            raise InvalidCampaignPolicy(
+                "opt_out_confirmation_window",
+                "must be positive and at most 5 minutes (the one confirmation of an opt-out "
+                "follows it within 5 minutes)",
+            )
 
 
 @dataclass(frozen=True)

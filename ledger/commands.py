@@ -76,6 +76,60 @@ def check_time(value: datetime, now: datetime, field_name: str = "occurred_at") 
     return value
 
 
+TEXT_LIMITS: dict[str, int] = {
+    # What a person texted. Carriers deliver at most 1,600 characters (ten segments,
+    # and Twilio's limit for SMS and MMS alike); the rest is headroom for a gateway
+    # that joins segments itself. An inbound STOP refused would be a STOP lost.
+    "body": 4_096,
+    # An opt-out's words, by any channel (an email, notes of a call): generous, since
+    # an opt-out refused for its wording leaves the number opted in.
+    "text": 16_384,
+    "detail": 4_096,
+    "message_id": 256,
+    "in_reply_to": 256,
+    "method": 256,
+    "resolved_by": 256,
+    "proof.name": 256,
+    "proof.email": 320,
+    "proof.postal_address": 1_024,
+    "proof.ip_address": 256,
+    "proof.collection_detail": 4_096,
+    "proof.form_url": 4_096,
+    # The words next to the checkbox; a longer document is kept by its sha256 and version.
+    "proof.consent_text": 8_192,
+    "proof.consent_text_sha256": 128,
+    "proof.consent_text_version": 256,
+    "proof.screenshot_ref": 4_096,
+    "proof.screenshot_sha256": 128,
+    "policy.category": 64,
+}
+"""The most characters each free-text field of a request may hold, by its name in the
+request. Every fact must fit one ledger record (Kafka's producer refuses records over
+1 MiB, and so would the broker), and a field no real request fills to this length is
+refused rather than stored: with every field at its limit, in four-byte characters, a
+fact stays far below a record's limit."""
+
+
+def check_length(value: str, field_name: str) -> str:
+    """``value`` if it fits ``TEXT_LIMITS[field_name]``, else ``InvalidRequest``."""
+    limit = TEXT_LIMITS[field_name]
+    if len(value) > limit:
+        raise InvalidRequest(
+            field_name, f"must be at most {limit:,} characters, got {len(value):,}"
+        )
+    return value
+
+
+def _check_proof(proof: ConsentProof) -> None:
+    for name in _PROOF_TEXT:
+        check_length(getattr(proof, name), f"proof.{name}")
+
+
+_PROOF_TEXT = tuple(
+    name.removeprefix("proof.") for name in TEXT_LIMITS if name.startswith("proof.")
+)
+
+
 def _check_request_id(request_id: str) -> str:
     if not request_id or len(request_id) > 128:
         raise InvalidRequest("request_id", "is required (1-128 chars) so retries are idempotent")
@@ -219,6 +273,7 @@ def _subscriber(cmd: Any) -> dict[str, Any]:
 
 
 def _opt_in(cmd: RecordOptIn, now: datetime) -> list[LedgerEvent]:
+    _check_proof(cmd.proof)
     if cmd.source is not ListSource.FIRST_PARTY:
         raise PurchasedListError(
             "source", f"a {cmd.source.value} list is not consent: consent cannot be bought"
@@ -250,6 +305,8 @@ def _opt_in(cmd: RecordOptIn, now: datetime) -> list[LedgerEvent]:
 
 
 def _opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:
+    check_length(cmd.text, "text")
+    check_length(cmd.in_reply_to, "in_reply_to")
     return [
         ConsentRevoked(
             **_subscriber(cmd),
@@ -262,6 +319,7 @@ def _opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:
 
 
 def _reconfirm(cmd: RecordReconfirmation, now: datetime) -> list[LedgerEvent]:
+    check_length(cmd.detail, "detail")
     return [
         ConsentReconfirmed(
             **_subscriber(cmd),
@@ -275,6 +333,7 @@ def _reconfirm(cmd: RecordReconfirmation, now: datetime) -> list[LedgerEvent]:
 def _sent(cmd: RecordMessageSent, now: datetime) -> list[LedgerEvent]:
     if not cmd.message_id:
         raise InvalidRequest("message_id", "is required")
+    check_length(cmd.message_id, "message_id")
     return [
         MessageSent(
             **_subscriber(cmd),
@@ -290,6 +349,7 @@ def _sent(cmd: RecordMessageSent, now: datetime) -> list[LedgerEvent]:
 def _age(cmd: RecordAgeVerification, now: datetime) -> list[LedgerEvent]:
     if not cmd.method:
         raise InvalidRequest("method", "is required (how the age was verified)")
+    check_length(cmd.method, "method")
     if not cmd.date_of_birth and not cmd.verified_21_plus:
         raise InvalidRequest("date_of_birth", "give a date of birth or verified_21_plus")
     if cmd.date_of_birth:
@@ -318,6 +378,7 @@ def _resolve(cmd: ResolveRevocationCandidate, now: datetime) -> list[LedgerEvent
         candidate = uuid.UUID(cmd.candidate_event_id)
     except ValueError as exc:
         raise InvalidRequest("candidate_event_id", "must be an event id (UUID)") from exc
+    check_length(cmd.resolved_by, "resolved_by")
     phone, brand = to_e164(cmd.phone), check_name(cmd.brand, "brand")
     events: list[LedgerEvent] = [
         RevocationCandidateResolved(
@@ -349,6 +410,7 @@ def _campaign(cmd: DefineCampaign | ChangeCampaignPolicy, now: datetime) -> list
         cmd.policy.validate()
     except InvalidCampaignPolicy as exc:  # name the field as the request spells it
         raise InvalidCampaignPolicy(f"policy.{exc.field}", exc.reason) from exc
+    check_length(cmd.policy.category, "policy.category")
     for i, number in enumerate(cmd.policy.sender_numbers):
         to_e164(number, field=f"policy.sender_numbers[{i}]")
     cls = CampaignDefined if isinstance(cmd, DefineCampaign) else CampaignPolicyChanged
@@ -416,6 +478,8 @@ def handle_inbound(
     check_time(cmd.occurred_at, now)
     if not cmd.message_id:
         raise InvalidRequest("message_id", "is required")
+    check_length(cmd.message_id, "message_id")
+    check_length(cmd.body, "body")
     phone = to_e164(cmd.from_phone, field="from_phone")
     brand, name, at = campaign.brand, campaign.campaign, cmd.occurred_at
     events: list[LedgerEvent] = [

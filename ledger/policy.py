@@ -18,7 +18,14 @@ from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from ledger.campaigns import Campaign, CampaignPurpose, FrequencyCap, QuietHours
+from ledger.campaigns import (
+    MAX_CONVERSATION_WINDOW,
+    MAX_OPT_OUT_CONFIRMATION_WINDOW,
+    Campaign,
+    CampaignPurpose,
+    FrequencyCap,
+    QuietHours,
+)
 from ledger.digest import (
     AT,
     ID,
@@ -253,8 +260,10 @@ def _spans(campaign: Campaign) -> _Spans:
         return entry[1]
     policy = campaign.policy
     spans = _Spans(
-        micros_of(policy.conversation_window),
-        micros_of(policy.opt_out_confirmation_window),
+        # A campaign may only shorten these windows (its definition is checked for
+        # that); one recorded before that check is held to the limits as well.
+        micros_of(min(policy.conversation_window, MAX_CONVERSATION_WINDOW)),
+        micros_of(min(policy.opt_out_confirmation_window, MAX_OPT_OUT_CONFIRMATION_WINDOW)),
         micros_of(policy.first_message_window),
         None if policy.reconfirm_interval is None else micros_of(policy.reconfirm_interval),
         tuple((cap, micros_of(cap.window)) for cap in policy.frequency_caps),
@@ -455,7 +464,7 @@ class Check:
                 version,
             )
         if not revocation[AT] <= self._now <= revocation[AT] + self._confirmation:
-            window = self.policy.opt_out_confirmation_window
+            window = min(self.policy.opt_out_confirmation_window, MAX_OPT_OUT_CONFIRMATION_WINDOW)
             return deny(
                 Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED,
                 f"the confirmation window of {window} after the opt-out has passed",

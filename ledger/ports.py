@@ -85,6 +85,13 @@ class LedgerUnavailable(ConnectionError):
     """The ledger's storage did not acknowledge an append (or a read) in time."""
 
 
+class EventTooLarge(ValueError):
+    """The ledger's storage refuses an event as larger than one record may be.
+
+    Unlike ``LedgerUnavailable`` this is no passing failure: the same event would be
+    refused again, so the request must not be retried as it is."""
+
+
 class Ledger(ABC):
     """The append-only ledger of facts.
 
@@ -99,7 +106,8 @@ class Ledger(ABC):
         Returns only after the storage has acknowledged every event; when storage
         does not acknowledge in time it raises ``LedgerUnavailable``, and the caller
         must treat the write as not done (and may retry: the event ids make a retry
-        harmless to readers).
+        harmless to readers). An event the storage cannot hold in one record raises
+        ``EventTooLarge``, which a retry would meet again.
         """
 
     @abstractmethod

@@ -34,7 +34,7 @@ from services.grpc_api.credentials import TlsFiles, file_stamp, follow_tokens
 from services.grpc_api.server import CannotListen, GrpcServer
 from services.metrics import ServiceMetrics
 from services.projector import KafkaProjector, Projector, supervise
-from services.settings import Settings, host_and_port
+from services.settings import Settings, host_and_port, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,20 @@ def dev_token(data_dir: Path) -> tuple[Path, str]:
         secret.write_text(write_dev_tokens(tokens))
         secret.chmod(0o600)
     return tokens, secret.read_text().strip()
+
+
+def warn_if_plaintext_beyond_loopback(settings: Settings) -> None:
+    """Log a warning when gRPC is served in plaintext on an address other machines
+    can reach: bearer tokens would cross the network in the clear, unless a mesh
+    encrypts it (which this process cannot tell)."""
+    host, _ = host_and_port(settings.listen, "CONSENT_GRPC_LISTEN")
+    if settings.tls is None and not is_loopback(host):
+        log.warning(
+            "serving gRPC in plaintext on %s, which is not a loopback address: bearer "
+            "tokens cross the network in the clear unless a mesh encrypts it; set "
+            "CONSENT_TLS_CERT_FILE and CONSENT_TLS_KEY_FILE",
+            settings.listen,
+        )
 
 
 def settle_heap() -> None:
@@ -145,6 +159,11 @@ class Runtime:
         # The files first: a mistake in one should not wait for a replica to load.
         tokens = s.tokens_file
         if tokens is None:
+            if not s.embedded:  # settings refuse this too; an all-brands admin is no default
+                raise StartError(
+                    "CONSENT_AUTH_TOKENS_FILE is required outside --embedded: the local "
+                    "admin token is made for the embedded default only"
+                )
             with _failing_as(
                 f"cannot keep a local token under {s.data_dir} (CONSENT_DATA_DIR)", (OSError,)
             ):
@@ -162,6 +181,7 @@ class Runtime:
                 "the tokens file names client certificates, but without "
                 "CONSENT_TLS_CLIENT_CA_FILE no caller presents one: those entries match no one"
             )
+        warn_if_plaintext_beyond_loopback(s)
         credentials = None
         if s.tls is not None:
             self.tls_files = TlsFiles(s.tls)

@@ -5,6 +5,8 @@ The table in the README lists them; ``Settings.from_env`` is the only reader.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,8 +39,10 @@ class Settings:
     postgres_dsn: str | None = None
     """None starts an embedded PostgreSQL under ``data_dir``."""
     data_dir: Path = Path("var/data")
+    embedded: bool = False
+    """Started with ``--embedded``: the local, single-machine default (``make run``)."""
     tokens_file: Path | None = None
-    """None (embedded only) creates a local admin token under ``data_dir``."""
+    """None, with ``embedded`` only, creates a local admin token under ``data_dir``."""
     freshness: FreshnessSettings = field(default_factory=FreshnessSettings)
     shutdown_grace: float = 10.0
     projector_group: str = "consent-projector"
@@ -62,11 +66,34 @@ class Settings:
     def from_env(env: Mapping[str, str] | None = None, *, embedded: bool = False) -> Settings:
         e = dict(os.environ if env is None else env)
 
-        def number(name: str, default: float) -> float:
+        def number(name: str, default: float, *, least: float = 0, above: bool = True) -> float:
+            """A finite number, above ``least`` (or at least ``least`` when not ``above``):
+            ``nan`` passes every comparison, and a negative interval busy-loops."""
+            raw = e.get(name)
+            if raw is None:
+                return default
             try:
-                return float(e.get(name, default))
+                value = float(raw)
             except ValueError:
-                raise SettingsError(f"{name} must be a number, got {e[name]!r}") from None
+                raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+            if not math.isfinite(value) or value < least or (above and value == least):
+                bound = f"above {least:g}" if above else f"at least {least:g}"
+                raise SettingsError(f"{name} must be a finite number {bound}, got {raw!r}")
+            return value
+
+        def whole(name: str, default: int, *, least: int = 1) -> int:
+            value = float(number(name, default, least=least, above=False))
+            if not value.is_integer():
+                raise SettingsError(f"{name} must be a whole number, got {e[name]!r}")
+            return int(value)
+
+        def text(name: str, default: str) -> str:
+            """A setting that means nothing when empty: an empty value is refused, not
+            taken for the default, so a template that left it blank is caught."""
+            value = e.get(name, default)
+            if not value.strip():
+                raise SettingsError(f"{name} is set but empty: give a value, or unset it")
+            return value
 
         ledger = e.get("CONSENT_LEDGER", "postgres" if embedded else "kafka")
         if ledger not in ("kafka", "postgres"):
@@ -76,12 +103,19 @@ class Settings:
             bootstrap = e.get("CONSENT_KAFKA_BOOTSTRAP")
             if not bootstrap:
                 raise SettingsError("CONSENT_KAFKA_BOOTSTRAP is required when CONSENT_LEDGER=kafka")
+            replication = whole("CONSENT_KAFKA_REPLICATION_FACTOR", 3)
+            min_insync = whole("CONSENT_KAFKA_MIN_INSYNC_REPLICAS", 2)
+            if min_insync > replication:
+                raise SettingsError(
+                    f"CONSENT_KAFKA_MIN_INSYNC_REPLICAS ({min_insync}) must not exceed "
+                    f"CONSENT_KAFKA_REPLICATION_FACTOR ({replication}), or no append could succeed"
+                )
             kafka = KafkaLedgerSettings(
                 bootstrap_servers=bootstrap,
                 topic_prefix=e.get("CONSENT_KAFKA_TOPIC_PREFIX", ""),
-                subscriber_partitions=int(number("CONSENT_KAFKA_PARTITIONS", 12)),
-                replication_factor=int(number("CONSENT_KAFKA_REPLICATION_FACTOR", 3)),
-                min_insync_replicas=int(number("CONSENT_KAFKA_MIN_INSYNC_REPLICAS", 2)),
+                subscriber_partitions=whole("CONSENT_KAFKA_PARTITIONS", 12),
+                replication_factor=replication,
+                min_insync_replicas=min_insync,
             )
         reads = e.get("CONSENT_CANSEND_READS", "replica")
         if reads not in ("replica", "postgres"):
@@ -89,6 +123,8 @@ class Settings:
         dsn = e.get("CONSENT_POSTGRES_DSN") or None
         if dsn is None and not embedded:
             raise SettingsError("CONSENT_POSTGRES_DSN is required (or run with --embedded)")
+        listen = e.get("CONSENT_GRPC_LISTEN", "127.0.0.1:50051")
+        host_and_port(listen, "CONSENT_GRPC_LISTEN")
         metrics = e.get("CONSENT_METRICS_LISTEN", "127.0.0.1:9464" if embedded else "")
         if metrics:
             host_and_port(metrics, "CONSENT_METRICS_LISTEN")
@@ -98,23 +134,36 @@ class Settings:
         health = e.get("CONSENT_HEALTH_LISTEN", "")
         if health:
             host_and_port(health, "CONSENT_HEALTH_LISTEN")
-        tokens = e.get("CONSENT_AUTH_TOKENS_FILE")
-        if tokens is None and not embedded:
-            raise SettingsError("CONSENT_AUTH_TOKENS_FILE is required outside --embedded")
+        # Empty is unset: a blank in a template must not pass for a file, and outside
+        # --embedded no file means no start (never the local all-brands admin token).
+        tokens = e.get("CONSENT_AUTH_TOKENS_FILE", "").strip()
+        if not tokens and not embedded:
+            raise SettingsError(
+                "CONSENT_AUTH_TOKENS_FILE is required outside --embedded (it is unset or empty)"
+            )
+        freshness = FreshnessSettings(
+            refresh_interval=number("CONSENT_FRESHNESS_REFRESH_MS", 50) / 1000,
+            wait_bound=number("CONSENT_FRESHNESS_WAIT_MS", 500) / 1000,
+        )
+        if freshness.refresh_interval >= freshness.max_observation_age:
+            raise SettingsError(
+                "CONSENT_FRESHNESS_REFRESH_MS must be below "
+                f"{freshness.max_observation_age * 1000:g}: an observation older than that "
+                "is not trusted, so every read would fail closed"
+            )
         return Settings(
-            listen=e.get("CONSENT_GRPC_LISTEN", "127.0.0.1:50051"),
+            listen=listen,
             ledger=ledger,
             kafka=kafka,
             postgres_dsn=dsn,
-            data_dir=Path(e.get("CONSENT_DATA_DIR", "var/data")),
+            data_dir=Path(text("CONSENT_DATA_DIR", "var/data")),
+            embedded=embedded,
             tokens_file=Path(tokens) if tokens else None,
-            freshness=FreshnessSettings(
-                refresh_interval=number("CONSENT_FRESHNESS_REFRESH_MS", 50) / 1000,
-                wait_bound=number("CONSENT_FRESHNESS_WAIT_MS", 500) / 1000,
-            ),
-            shutdown_grace=number("CONSENT_SHUTDOWN_GRACE_S", 10),
-            projector_group=e.get("CONSENT_PROJECTOR_GROUP", "consent-projector"),
-            pool_size=int(number("CONSENT_POSTGRES_POOL_SIZE", 10)),
+            freshness=freshness,
+            shutdown_grace=number("CONSENT_SHUTDOWN_GRACE_S", 10, above=False),
+            projector_group=text("CONSENT_PROJECTOR_GROUP", "consent-projector"),
+            # asyncpg's pools here keep two connections open at least
+            pool_size=whole("CONSENT_POSTGRES_POOL_SIZE", 10, least=2),
             cansend_reads=reads,
             metrics_listen=metrics,
             tls=_tls(e),
@@ -124,8 +173,12 @@ class Settings:
 
 
 def _tls(e: Mapping[str, str]) -> TlsSettings | None:
-    cert, key = e.get("CONSENT_TLS_CERT_FILE"), e.get("CONSENT_TLS_KEY_FILE")
-    ca = e.get("CONSENT_TLS_CLIENT_CA_FILE")
+    names = ("CONSENT_TLS_CERT_FILE", "CONSENT_TLS_KEY_FILE", "CONSENT_TLS_CLIENT_CA_FILE")
+    for name in names:
+        # Unset is plaintext; empty would be too, so a blank meant to be a path is refused.
+        if name in e and not e[name].strip():
+            raise SettingsError(f"{name} is set but empty: give a PEM file, or unset it")
+    cert, key, ca = (e.get(name) for name in names)
     if bool(cert) != bool(key):
         raise SettingsError(
             "CONSENT_TLS_CERT_FILE and CONSENT_TLS_KEY_FILE go together: set both, or neither"
@@ -146,3 +199,14 @@ def host_and_port(address: str, name: str = "address") -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise SettingsError(f"{name} must be host:port, got {address!r}")
     return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a ``host_and_port`` host) is this machine only. A name other
+    than ``localhost`` is not resolved: it counts as reachable from elsewhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

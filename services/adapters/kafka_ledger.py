@@ -24,12 +24,20 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+)
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from ledger.events import CampaignEvent, LedgerEvent, LedgerPosition, Recorded, SubscriberEvent
-from ledger.ports import Ledger, LedgerUnavailable, Offsets, Stream
+from ledger.ports import EventTooLarge, Ledger, LedgerUnavailable, Offsets, Stream
 from services.wire.codec import decode_event, encode_event
 
 
@@ -55,6 +63,9 @@ class KafkaLedgerSettings:
     """One Kafka request, and how long an unsent batch may wait for a broker."""
     append_timeout_s: float = 40.0
     """The most one ``append`` may take before it raises (the broker may be down)."""
+    max_record_bytes: int = 1024 * 1024
+    """The largest record the producer sends (aiokafka's ``max_request_size``, at its
+    default); the broker's ``message.max.bytes`` is a little above it by default."""
 
     def __post_init__(self) -> None:
         if self.subscriber_partitions < 1 or self.campaign_partitions < 1:
@@ -91,6 +102,7 @@ class KafkaLedgerSettings:
             "acks": "all",
             "enable_idempotence": True,
             "request_timeout_ms": int(self.request_timeout_s * 1000),
+            "max_request_size": self.max_record_bytes,
         }
 
     def consumer_options(self) -> dict[str, Any]:
@@ -104,6 +116,9 @@ class KafkaLedgerSettings:
             "auto_offset_reset": "none",
             "request_timeout_ms": int(self.request_timeout_s * 1000),
         }
+
+
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
 
 
 class UnsafeTopicError(RuntimeError):
@@ -299,9 +314,20 @@ class KafkaLedger(Ledger):
     async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
         """Raises ``ConnectionError`` when any event is not acknowledged in time; some
         of them may have been written anyway, which a retry with the same event ids
-        makes harmless."""
-        # Encode everything first: an event that cannot be encoded sends nothing.
+        makes harmless. Raises ``EventTooLarge``, which no retry gets past, for an
+        event over ``max_record_bytes`` (nothing is sent) and for one the broker
+        refuses as too large (a topic whose ``max.message.bytes`` is set lower; the
+        other events may have been written)."""
+        # Encode everything first: an event that cannot be encoded, or is too large to
+        # send, sends nothing.
         records = [(self.settings.topic(Stream.of(e)), _key(e), encode_event(e)) for e in events]
+        for event, (_, key, value) in zip(events, records, strict=True):
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+            if size > self.settings.max_record_bytes:
+                raise EventTooLarge(
+                    f"Kafka ledger: a {type(event).__name__} of {size:,} bytes is larger than "
+                    f"a record may be ({self.settings.max_record_bytes:,} bytes)"
+                )
         if not records:
             return []
         producer = self._started_producer()
@@ -309,6 +335,11 @@ class KafkaLedger(Ledger):
             metadata = await asyncio.wait_for(
                 self._send_all(producer, records), self.settings.append_timeout_s
             )
+        except _TOO_LARGE as exc:  # the broker's limit, below the producer's: no retry helps
+            raise EventTooLarge(
+                f"Kafka ledger: {self.settings.bootstrap_servers} refused a record as too "
+                f"large: {type(exc).__name__}: {exc}"
+            ) from exc
         except (KafkaError, TimeoutError) as exc:
             raise LedgerUnavailable(
                 f"Kafka ledger: {len(records)} event(s) not acknowledged by "

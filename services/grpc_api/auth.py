@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import stat
 import tempfile
@@ -56,6 +57,40 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+_NAME_LENGTH = 128
+"""The longest name of a caller (it is written on every event the caller records)."""
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _scopes(value: object, where: str) -> frozenset[Scope]:
+    known = ", ".join(s.value for s in Scope)
+    if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
+        raise ValueError(f"{where}: scopes must be a list of {known}")
+    try:
+        return frozenset(Scope(s) for s in value)
+    except ValueError as exc:
+        raise ValueError(f"{where}: scopes: {exc} (one of {known})") from None
+
+
+def _brands(entry: dict[str, object], where: str) -> frozenset[str] | None:
+    """None (every brand) for ``"*"``, else the listed brands, each a valid brand name."""
+    value = entry.get("brands")
+    if value == "*":
+        return None
+    if not isinstance(value, list) or not value:
+        raise ValueError(
+            f'{where}: brands must be "*" (every brand) or a list of brand names, got {value!r}'
+        )
+    for brand in value:
+        if not isinstance(brand, str):
+            raise ValueError(f"{where}: brands: {brand!r} is not a brand name")
+        try:
+            check_name(brand, "brand")
+        except InvalidRequest as exc:
+            raise ValueError(f"{where}: brands: {brand!r} {exc.reason}") from None
+    return frozenset(value)
+
+
 _KNOWN_TOKENS = 1024
 """How many recently seen tokens keep their principal in memory (see ``authenticate``)."""
 
@@ -82,26 +117,46 @@ class TokenAuthenticator:
     def from_data(data: object) -> TokenAuthenticator:
         """Load ``{"tokens": [{"name", "sha256" and/or "client_cert_name", "scopes": [...],
         "brands": [...] | "*"}]}``. Anything else is a ``ValueError`` that says what is
-        wrong, whatever the shape of the mistake, so a caller catches one type."""
-        principals, certificates = {}, {}
-        try:
-            for i, entry in enumerate(data["tokens"]):  # type: ignore[index]
-                brands = entry.get("brands", [])
-                principal = Principal(
-                    name=entry["name"],
-                    scopes=frozenset(Scope(s) for s in entry["scopes"]),
-                    brands=None if brands == "*" else frozenset(brands),
+        wrong, whatever the shape of the mistake, so a caller catches one type.
+
+        Types are checked, not coerced: ``"brands": "acme"`` would otherwise be the
+        brands ``a``, ``c``, ``e`` and ``m``."""
+        if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
+            raise ValueError('not a tokens file: expected {"tokens": [...]}')
+        principals: dict[str, Principal] = {}
+        certificates: dict[str, Principal] = {}
+        for i, entry in enumerate(data["tokens"]):
+            if not isinstance(entry, dict):
+                raise ValueError(f"not a tokens file: tokens[{i}] is not an object")
+            name = entry.get("name")
+            if not isinstance(name, str) or not 0 < len(name) <= _NAME_LENGTH:
+                raise ValueError(
+                    f"not a tokens file: tokens[{i}].name must be a string of 1-{_NAME_LENGTH} "
+                    "characters"
                 )
-                if "sha256" not in entry and "client_cert_name" not in entry:
+            where = f"tokens[{i}] ({name})"
+            principal = Principal(name, _scopes(entry.get("scopes"), where), _brands(entry, where))
+            if "sha256" not in entry and "client_cert_name" not in entry:
+                raise ValueError(f"{where}: give sha256 or client_cert_name")
+            if "sha256" in entry:
+                digest = entry["sha256"]
+                if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+                    raise ValueError(f"{where}: sha256 must be 64 hexadecimal characters")
+                digest = digest.lower()  # as token_digest writes it, which it is compared to
+                if digest in principals:
                     raise ValueError(
-                        f"tokens[{i}] ({entry['name']}): give sha256 or client_cert_name"
+                        f"{where}: sha256 is an earlier entry's: one token, one caller"
                     )
-                if "sha256" in entry:
-                    principals[entry["sha256"]] = principal
-                if "client_cert_name" in entry:
-                    certificates[entry["client_cert_name"]] = principal
-        except (KeyError, TypeError, AttributeError) as exc:  # a missing key, a wrong type
-            raise ValueError(f"not a tokens file: {type(exc).__name__} {exc}") from exc
+                principals[digest] = principal
+            if "client_cert_name" in entry:
+                certificate = entry["client_cert_name"]
+                if not isinstance(certificate, str) or not certificate:
+                    raise ValueError(f"{where}: client_cert_name must be a non-empty string")
+                if certificate in certificates:
+                    raise ValueError(
+                        f"{where}: client_cert_name {certificate!r} is an earlier entry's"
+                    )
+                certificates[certificate] = principal
         return TokenAuthenticator(principals, certificates)
 
     def take(self, other: TokenAuthenticator) -> None:

@@ -18,6 +18,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ledger.errors import DomainError
+from ledger.ports import EventTooLarge
 from services.errors import (
     FailedPrecondition,
     NotConsistent,
@@ -70,11 +71,24 @@ def to_status(exc: BaseException) -> grpc.Status:
         return _status(code_pb2.UNAVAILABLE, f"{exc.field}: {exc.reason}")
     if isinstance(exc, ServiceError):
         return _status(code_pb2.INTERNAL, exc.reason)
-    # The ledger or the database is unreachable, or a bug: the write did not happen
-    # (append raises before acknowledging), so the caller may retry with the same id.
+    if isinstance(exc, EventTooLarge):  # the limits of TEXT_LIMITS should never let one by
+        return bad_request("request", "is too large to record as one ledger fact")
+    if isinstance(exc, _DETERMINISTIC):
+        # A bug, not an outage: the same request would fail the same way, so "retry"
+        # would have a client retry forever. (Logged with its traceback.)
+        return _status(
+            code_pb2.INTERNAL, "the service could not handle this request; it was logged"
+        )
+    # The ledger or the database is unreachable: the write did not happen (append
+    # raises before acknowledging), so the caller may retry with the same id.
     return _status(
         code_pb2.UNAVAILABLE, "the ledger could not be reached; retry with the same request_id"
     )
+
+
+_DETERMINISTIC = (ArithmeticError, LookupError, TypeError, ValueError)
+"""Exceptions that no outage raises: the ledger's and the database's failures are
+``ConnectionError``/``OSError``, timeouts, asyncpg's and aiokafka's own errors."""
 
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]

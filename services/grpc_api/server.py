@@ -30,6 +30,14 @@ from services.metrics import ServiceMetrics
 log = logging.getLogger(__name__)
 SERVICE_NAME = api_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
 
+MAX_REQUEST_BYTES = 512 * 1024
+"""The largest request the server reads; a larger one is RESOURCE_EXHAUSTED, and
+nothing of it is written. A write becomes facts, each one Kafka record, which the
+producer refuses over 1 MiB (``max_request_size``); a fact holds no field of its
+request twice, so the records of a request of half that size always fit. A
+1,000-number ``CanSendBatch`` takes some 20 KB, and 250 KB if every number were
+written out to the 250 characters ``phonenumbers`` reads at most."""
+
 
 class CannotListen(OSError):
     """An address the server could not bind (in use, or not this machine's)."""
@@ -87,7 +95,7 @@ class GrpcServer:
         self._server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 1),
-                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ]
         )
         servicer = ConsentServicer(app, auth, metrics)

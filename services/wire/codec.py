@@ -129,7 +129,19 @@ def duration_to_proto(value: timedelta) -> Duration:
     return d
 
 
-def duration_from_proto(d: Duration) -> timedelta:
+_DURATION_SECONDS = 315_576_000_000
+"""The most seconds a ``google.protobuf.Duration`` may hold (10,000 years, its spec)."""
+
+
+def duration_from_proto(d: Duration, field: str = "duration") -> timedelta:
+    """``d`` as a timedelta; ``WireFormatError`` naming ``field`` for a Duration its own
+    spec does not allow (protobuf's ``ToTimedelta`` overflows on some of those)."""
+    if abs(d.seconds) > _DURATION_SECONDS:
+        raise WireFormatError(field, "is out of range (a Duration holds at most 10,000 years)")
+    if abs(d.nanos) > 999_999_999 or d.seconds * d.nanos < 0:
+        raise WireFormatError(
+            field, "is not a valid Duration (nanos within a second, of the seconds' sign)"
+        )
     return d.ToTimedelta()
 
 
@@ -194,7 +206,7 @@ def policy_from_proto(msg: ledger_pb2.CampaignPolicy) -> CampaignPolicy:
 
     def window(name: str) -> timedelta:
         if msg.HasField(name):
-            return duration_from_proto(getattr(msg, name))
+            return duration_from_proto(getattr(msg, name), name)
         default: timedelta = getattr(_DEFAULT_POLICY, name)
         return default
 
@@ -210,14 +222,15 @@ def policy_from_proto(msg: ledger_pb2.CampaignPolicy) -> CampaignPolicy:
     for i, cap in enumerate(msg.frequency_caps):
         if not cap.HasField("window"):
             raise WireFormatError(f"frequency_caps[{i}].window", "is required")
-        caps.append(FrequencyCap(limit=cap.limit, window=duration_from_proto(cap.window)))
+        span = duration_from_proto(cap.window, f"frequency_caps[{i}].window")
+        caps.append(FrequencyCap(limit=cap.limit, window=span))
     return CampaignPolicy(
         purpose=PURPOSES.from_proto_or(msg.purpose, "purpose", _DEFAULT_POLICY.purpose),
         category=msg.category,
         age_gated=msg.age_gated,
         first_message_window=window("first_message_window"),
         reconfirm_interval=(
-            duration_from_proto(msg.reconfirm_interval)
+            duration_from_proto(msg.reconfirm_interval, "reconfirm_interval")
             if msg.HasField("reconfirm_interval")
             else None
         ),

@@ -10,13 +10,23 @@ import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from ledger.ports import ConsistencyToken, Stream
 from services.bootstrap import Runtime
-from tests.e2e.harness import client, define, kafka_settings, opt_in, service_settings, ts
+from services.grpc_api.server import MAX_REQUEST_BYTES
+from tests.e2e.harness import (
+    client,
+    define,
+    kafka_settings,
+    opt_in,
+    proof,
+    service_settings,
+    ts,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -446,7 +456,55 @@ BAD_WRITES = [
         ),
         "policy.daily_cap",
     ),
+    (  # protobuf's ToTimedelta overflowed: the edge said UNAVAILABLE, "retry"
+        "DefineCampaign",
+        lambda t: define("acme", "late", t, first_message_window=Duration(seconds=2**62)),
+        "policy.first_message_window",
+    ),
+    (  # a ten-year window allowed an opt-out "confirmation" 200 days after the STOP
+        "DefineCampaign",
+        lambda t: define(
+            "acme", "late", t, opt_out_confirmation_window=Duration(seconds=10 * 365 * 86400)
+        ),
+        "policy.opt_out_confirmation_window",
+    ),
+    (
+        "HandleInboundMessage",
+        lambda t: api.HandleInboundMessageRequest(
+            request_id="i",
+            from_phone=PHONE,
+            to_phone=ACME_NUMBER,
+            body="STOP" + "!" * 4_096,
+            message_id="m",
+            occurred_at=ts(t),
+        ),
+        "body",
+    ),
+    (
+        "RecordOptIn",
+        lambda t: opt_in(
+            PHONE, "acme", "promo", t, proof=lpb.ConsentProof(**_proof_fields(t), name="A" * 257)
+        ),
+        "proof.name",
+    ),
+    (
+        "RecordOptOut",
+        lambda t: api.RecordOptOutRequest(
+            request_id="a",
+            phone=PHONE,
+            brand="acme",
+            channel=lpb.REVOCATION_CHANNEL_WEB,
+            occurred_at=ts(t),
+            text="x" * 16_385,
+        ),
+        "text",
+    ),
 ]
+
+
+def _proof_fields(t: datetime) -> dict[str, object]:
+    given = proof(t)
+    return {f.name: v for f, v in given.ListFields() if f.name != "name"}
 
 
 @pytest.mark.parametrize(
@@ -467,6 +525,26 @@ async def test_bad_input_is_refused_with_the_field_and_nothing_is_written(
         assert sum((await runtime.ledger.end_offsets(Stream.CAMPAIGNS)).values()) == 3
         after = await c.ListEvents(api.ListEventsRequest(phone=PHONE))
         assert len(after.events) == len(before.events)
+
+
+async def test_a_request_over_the_server_s_limit_is_refused_whole_and_nothing_is_written(
+    service,
+):
+    runtime, clock = service
+    async with client(runtime.address, "admin") as c:
+        # 16 MB used to be read, and a fact over Kafka's 1 MiB then failed as "retry".
+        oversized = opt_in(PHONE, "acme", "promo", clock.now)
+        oversized.proof.consent_text = "x" * (MAX_REQUEST_BYTES + 1)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordOptIn(oversized)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values()) == 0
+        # A batch of a thousand numbers is well inside it.
+        phones = [f"+1 (415) 555-{n:04d}" for n in range(1000)]
+        batch = await c.CanSendBatch(
+            api.CanSendBatchRequest(brand="acme", campaign="promo", phones=phones)
+        )
+        assert len(batch.decisions) == 1000
 
 
 async def test_an_unknown_campaign_is_a_failed_precondition(service):

@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from ledger.events import Recorded
-from ledger.ports import Stream
+from ledger.ports import EventTooLarge, Stream
 from services.adapters.kafka_ledger import KafkaLedger, KafkaLedgerSettings, UnsafeTopicError
 from tests.conformance.ledger_suite import (
     LedgerSuite,
@@ -245,3 +245,35 @@ async def test_read_and_subscribe_see_one_phone_in_one_partition_across_ledgers(
 
     assert first[0].position.partition == second[0].position.partition
     assert by_partition(first + second) == {p: rs for p, rs in stored.items() if rs}
+
+
+async def test_an_event_too_large_for_a_record_is_refused_before_anything_is_sent(
+    kafka_bootstrap: str,
+) -> None:
+    settings = settings_for_test(kafka_bootstrap)
+    async with started_ledger(settings) as ledger:
+        huge = replace(message_sent(new_phone(), 1), message_id="x" * settings.max_record_bytes)
+
+        with pytest.raises(EventTooLarge, match="larger than a record may be"):
+            await ledger.append([message_sent(new_phone(), 0), huge])
+
+        assert sum((await ledger.end_offsets(Stream.SUBSCRIBERS)).values()) == 0
+
+
+async def test_an_event_the_broker_refuses_as_too_large_is_not_an_outage(
+    kafka_bootstrap: str,
+) -> None:
+    # A topic whose own limit is below the producer's: the broker refuses the record.
+    settings = settings_for_test(kafka_bootstrap)
+    await KafkaLedger(settings).ensure_topics()
+    async with admin_client(kafka_bootstrap) as admin:
+        topic = settings.topic(Stream.SUBSCRIBERS)
+        limit = {**settings.topic_configs(), "max.message.bytes": "4096"}  # a whole new set
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+    async with started_ledger(settings) as ledger:
+        large = replace(message_sent(new_phone()), message_id="x" * 10_000)
+
+        with pytest.raises(EventTooLarge, match="refused a record as too large") as refused:
+            await ledger.append([large])
+
+        assert not isinstance(refused.value, ConnectionError)  # not "retry"

@@ -194,23 +194,88 @@ def test_the_token_command_adds_prints_the_token_once_and_removes(tmp_path, caps
     assert json.loads(path.read_text()) == {"tokens": []}
 
 
+A_DIGEST = token_digest("secret")
+
+
 @pytest.mark.parametrize(
-    "text",
+    "text, refused",
     [
-        '{"tokens": ["x"]}',  # an entry that is not an object
-        '{"tokens": [{"sha256": "ab", "scopes": ["check"]}]}',  # no name
-        '{"tokens": [{"name": "a", "sha256": "ab", "scopes": ["check"], "brands": 5}]}',
-        '{"users": []}',
-        "[]",
+        ('{"tokens": ["x"]}', r"tokens\[0\] is not an object"),
+        ('{"tokens": [{"sha256": "ab", "scopes": ["check"]}]}', r"tokens\[0\]\.name must be"),
+        (
+            '{"tokens": [{"name": "a", "sha256": "ab", "scopes": ["check"], "brands": 5}]}',
+            "brands must be",
+        ),
+        ('{"users": []}', "not a tokens file"),
+        ("[]", "not a tokens file"),
+        ('{"tokens": {"name": "a"}}', "not a tokens file"),
     ],
 )
-def test_a_malformed_tokens_file_is_one_kind_of_error(tmp_path, text) -> None:
+def test_a_malformed_tokens_file_is_one_kind_of_error(tmp_path, text, refused) -> None:
     # The start and the file's follower catch ValueError (and OSError); any other
     # exception would stop the start with a traceback, or end the following.
     path = tmp_path / "tokens.json"
     path.write_text(text)
-    with pytest.raises(ValueError, match="not a tokens file"):
+    with pytest.raises(ValueError, match=refused):
         TokenAuthenticator.from_file(path)
+
+
+def entry(**fields: object) -> dict[str, object]:
+    return {"name": "checkout", "sha256": A_DIGEST, "scopes": ["check"], "brands": ["acme"]} | (
+        fields
+    )
+
+
+@pytest.mark.parametrize(
+    "bad, refused",
+    [
+        # A string is not a list: "acme" would have been the brands a, c, e and m.
+        (entry(brands="acme"), r"tokens\[0\] \(checkout\): brands must be \"\*\" .* got 'acme'"),
+        (entry(brands=[]), "brands must be"),
+        (entry(brands=None), "brands must be"),
+        ({k: v for k, v in entry().items() if k != "brands"}, "brands must be"),
+        (entry(brands=["acme", 7]), "brands: 7 is not a brand name"),
+        (entry(brands=["Acme Corp"]), "brands: 'Acme Corp' must be 1-64 chars"),
+        (entry(brands=["*"]), "brands: '\\*' must be 1-64 chars"),
+        (entry(scopes="check"), "scopes must be a list of check, write, audit, admin"),
+        (entry(scopes=[]), "scopes must be a list"),
+        (entry(scopes=["check", "root"]), "scopes: 'root' is not a valid Scope"),
+        (entry(scopes=[["check"]]), "scopes must be a list"),
+        (entry(name=5), r"tokens\[0\]\.name must be a string"),
+        (entry(name=""), r"tokens\[0\]\.name must be a string"),
+        (entry(name="x" * 129), r"tokens\[0\]\.name must be a string of 1-128"),
+        (entry(sha256="ab"), "sha256 must be 64 hexadecimal characters"),
+        (entry(sha256=A_DIGEST[:-1] + "g"), "sha256 must be 64 hexadecimal characters"),
+        (entry(sha256=int(A_DIGEST, 16)), "sha256 must be 64 hexadecimal characters"),
+        (
+            {k: v for k, v in entry(client_cert_name="").items() if k != "sha256"},
+            "client_cert_name must be a non-empty string",
+        ),
+    ],
+)
+def test_an_entry_of_the_wrong_type_is_refused_not_coerced(bad, refused) -> None:
+    with pytest.raises(ValueError, match=refused):
+        TokenAuthenticator.from_data({"tokens": [bad]})
+
+
+def test_a_digest_or_a_certificate_name_taken_twice_is_refused() -> None:
+    with pytest.raises(
+        ValueError, match=r"tokens\[1\] \(ops\): sha256 is an earlier entry's: one token"
+    ):
+        TokenAuthenticator.from_data({"tokens": [entry(), entry(name="ops", brands="*")]})
+    certificate = {"client_cert_name": "checkout.acme.internal"}
+    with pytest.raises(
+        ValueError, match=r"client_cert_name 'checkout\.acme\.internal' is an earlier"
+    ):
+        TokenAuthenticator.from_data(
+            {"tokens": [entry(**certificate), entry(name="b", sha256="0" * 64, **certificate)]}
+        )
+
+
+def test_a_digest_in_capitals_still_matches_its_token() -> None:
+    auth = TokenAuthenticator.from_data({"tokens": [entry(sha256=A_DIGEST.upper())]})
+    principal = auth.authenticate([("authorization", "Bearer secret")])
+    assert (principal.name, principal.brands) == ("checkout", frozenset({"acme"}))
 
 
 def test_the_embedded_default_s_token_is_an_all_brands_admin(tmp_path) -> None:

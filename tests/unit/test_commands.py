@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import uuid
+from dataclasses import fields, replace
 from datetime import time, timedelta
 
 import pytest
 
 from ledger.campaigns import CampaignPolicy, FrequencyCap, QuietHours
 from ledger.commands import (
+    TEXT_LIMITS,
+    ChangeCampaignPolicy,
     DefineCampaign,
     HandleInboundMessage,
     RecordAgeVerification,
+    RecordMessageSent,
     RecordOptIn,
     RecordOptOut,
+    RecordReconfirmation,
     ReplyKind,
+    ResolveRevocationCandidate,
     handle_inbound,
     to_events,
 )
@@ -26,6 +32,7 @@ from ledger.errors import (
     PurchasedListError,
 )
 from ledger.events import (
+    CandidateResolution,
     CollectionMethod,
     ConsentGranted,
     ConsentProof,
@@ -34,6 +41,7 @@ from ledger.events import (
     ConsentTier,
     InboundMessageReceived,
     ListSource,
+    MessageKind,
     RevocationCandidateFlagged,
     RevocationChannel,
 )
@@ -210,6 +218,27 @@ def test_cap_windows_longer_than_a_month_are_refused():
     assert err.value.field == "policy.frequency_caps[0].window"
 
 
+@pytest.mark.parametrize(
+    ("field", "window", "reason"),
+    [
+        ("opt_out_confirmation_window", timedelta(days=3650), "at most 5 minutes"),
+        ("opt_out_confirmation_window", timedelta(minutes=5, seconds=1), "at most 5 minutes"),
+        ("opt_out_confirmation_window", timedelta(0), "must be positive"),
+        ("opt_out_confirmation_window", timedelta(minutes=-1), "must be positive"),
+        ("conversation_window", timedelta(hours=24, seconds=1), "at most 24 hours"),
+        ("conversation_window", timedelta(days=3650), "at most 24 hours"),
+        ("conversation_window", timedelta(0), "must be positive"),
+    ],
+)
+def test_a_window_that_allows_sends_without_consent_may_only_be_shortened(field, window, reason):
+    wide = replace(CampaignPolicy(), **{field: window})
+    with pytest.raises(InvalidCampaignPolicy) as err:
+        to_events(DefineCampaign("r", BRAND, "promo", wide, at(0)), NOW)
+    assert err.value.field == f"policy.{field}" and reason in err.value.reason
+    short = replace(CampaignPolicy(), **{field: timedelta(minutes=2)})
+    assert to_events(DefineCampaign("r", BRAND, "promo", short, at(0)), NOW)
+
+
 def _inbound(body: str, request_id: str = "in-1") -> HandleInboundMessage:
     return HandleInboundMessage(request_id, PHONE, "+12125551234", body, "SM1", at(10))
 
@@ -277,3 +306,88 @@ def test_inbound_ids_are_stable_for_a_retried_request():
     a = handle_inbound(_inbound("STOP"), campaign(), fold([]), NOW)
     b = handle_inbound(_inbound("STOP"), campaign(), fold([]), NOW)
     assert [e.originator_id for e in a.events] == [e.originator_id for e in b.events]
+
+
+# --- free text: bounded, so a fact always fits one ledger record -------------------
+
+LONGEST_SMS = "x" * 1_600  # what carriers deliver at most, as one message
+
+
+def _requests_with(field: str, value: str) -> list[object]:
+    """Every request that has ``field`` (a ``TEXT_LIMITS`` name), holding ``value``."""
+    if field.startswith("proof."):
+        return [opt_in(proof=replace(proof(), **{field.removeprefix("proof."): value}))]
+    if field.startswith("policy."):
+        policy = replace(CampaignPolicy(), **{field.removeprefix("policy."): value})
+        return [DefineCampaign("r", BRAND, "promo", policy, at(0))]
+    base: list[object] = [
+        RecordOptOut("r", PHONE, BRAND, "promo", RevocationChannel.API, at(0)),
+        RecordReconfirmation("r", PHONE, BRAND, "promo", RevocationChannel.WEB, at(0)),
+        RecordMessageSent("r", PHONE, BRAND, "promo", "SM1", MessageKind.REGULAR, at(0)),
+        RecordAgeVerification("r", PHONE, BRAND, "id-scan", at(0), verified_21_plus=True),
+        ResolveRevocationCandidate(
+            "r", PHONE, BRAND, str(uuid.uuid4()), CandidateResolution.DISMISSED, at(0)
+        ),
+        _inbound("hello"),
+    ]
+    return [replace(r, **{field: value}) for r in base if field in r.__dataclass_fields__]  # type: ignore[call-overload, attr-defined]
+
+
+def _build(request: object) -> list[object]:
+    if isinstance(request, HandleInboundMessage):
+        return list(handle_inbound(request, campaign(), fold([]), NOW).events)
+    return list(to_events(request, NOW))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field", sorted(TEXT_LIMITS))
+def test_free_text_longer_than_its_limit_is_refused_by_field(field):
+    limit = TEXT_LIMITS[field]
+    requests = _requests_with(field, "é" * (limit + 1))
+    assert requests, f"no request has {field}"
+    for request in requests:
+        with pytest.raises(InvalidRequest) as err:
+            _build(request)
+        assert err.value.field == field
+        assert f"at most {limit:,} characters, got {limit + 1:,}" in err.value.reason
+    for request in _requests_with(field, "é" * limit):
+        assert _build(request)  # at the limit is fine
+
+
+def test_every_free_text_field_of_every_request_has_a_limit():
+    checked_otherwise = {
+        "request_id",  # 1-128 characters
+        "phone",  # phonenumbers refuses over 250 characters, and what is not a number
+        "from_phone",
+        "to_phone",
+        "brand",  # check_name: 1-64 characters
+        "campaign",
+        "candidate_event_id",  # a UUID
+        "date_of_birth",  # an ISO date
+    }
+    requests = (
+        RecordOptIn,
+        RecordOptOut,
+        RecordReconfirmation,
+        RecordMessageSent,
+        RecordAgeVerification,
+        ResolveRevocationCandidate,
+        DefineCampaign,
+        ChangeCampaignPolicy,
+        HandleInboundMessage,
+    )
+    text = {
+        f.name
+        for cls in requests
+        for f in fields(cls)
+        if f.type in ("str", "str | None") and f.name not in checked_otherwise
+    }
+    text |= {f"proof.{f.name}" for f in fields(ConsentProof) if f.type == "str"}
+    text |= {f"policy.{f.name}" for f in fields(CampaignPolicy) if f.type == "str"}
+    assert text == set(TEXT_LIMITS)
+
+
+def test_a_longest_sms_is_taken_as_an_inbound_body_and_as_an_opt_out_text():
+    out = handle_inbound(_inbound(f"STOP {LONGEST_SMS}"), campaign(), fold([]), NOW)
+    assert out.events[0].body.endswith(LONGEST_SMS)
+    stop = RecordOptOut("r", PHONE, BRAND, None, RevocationChannel.WEB, at(0), LONGEST_SMS * 10)
+    assert to_events(stop, NOW)

@@ -95,6 +95,25 @@ def test_second_opt_out_confirmation_is_denied():
     assert not d.allowed and d.reason is Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED
 
 
+def test_a_confirmation_window_wider_than_five_minutes_is_held_to_five():
+    # Such a campaign can no longer be defined (test_commands); one recorded before
+    # that check allowed a confirmation 200 days after the STOP.
+    wide = campaign(opt_out_confirmation_window=timedelta(days=3650))
+    s = state_of(granted(at(0)), revoked(at(5)))
+    assert decide(s, wide, at(10), MessageKind.OPT_OUT_CONFIRMATION).allowed
+    d = decide(s, wide, at(10.5), MessageKind.OPT_OUT_CONFIRMATION)
+    assert not d.allowed and d.reason is Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED
+    assert "0:05:00" in d.detail
+    assert not decide(s, wide, at(days=200), MessageKind.OPT_OUT_CONFIRMATION).allowed
+
+
+def test_a_confirmation_window_that_is_not_positive_allows_no_confirmation():
+    for window in (timedelta(0), timedelta(minutes=-1)):
+        c = campaign(opt_out_confirmation_window=window)
+        s = state_of(granted(at(0)), revoked(at(5)))
+        assert not decide(s, c, at(5.5), MessageKind.OPT_OUT_CONFIRMATION).allowed
+
+
 def test_opt_out_confirmation_without_an_opt_out_is_denied():
     d = decide(state_of(granted(at(0))), PROMO, at(7), MessageKind.OPT_OUT_CONFIRMATION)
     assert not d.allowed
@@ -324,6 +343,19 @@ def test_conversation_reply_after_the_window_is_denied():
     c = campaign("support", purpose=CampaignPurpose.CONVERSATIONAL)
     d = decide(state_of(inbound(at(0))), c, at(days=1, minutes=1))
     assert not d.allowed and d.reason is Reason.CONVERSATION_WINDOW_CLOSED
+
+
+def test_a_conversation_window_wider_than_a_day_is_held_to_a_day():
+    # Such a campaign can no longer be defined (test_commands); one recorded before
+    # that check let one text from the person open a conversation for years.
+    c = campaign(
+        "support", purpose=CampaignPurpose.CONVERSATIONAL, conversation_window=timedelta(days=3650)
+    )
+    s = state_of(inbound(at(0)))
+    assert decide(s, c, at(days=1)).allowed
+    d = decide(s, c, at(days=1, minutes=1))
+    assert not d.allowed and d.reason is Reason.CONVERSATION_WINDOW_CLOSED
+    assert not decide(s, c, at(days=200)).allowed
 
 
 def test_texting_first_never_allows_a_promotional_campaign():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.settings import Settings, SettingsError, TlsSettings, host_and_port
+from services.settings import Settings, SettingsError, TlsSettings, host_and_port, is_loopback
 
 EMBEDDED: dict[str, str] = {}
 
@@ -75,3 +75,127 @@ def test_tls_is_off_unless_a_certificate_and_key_are_given() -> None:
 def test_half_a_tls_setting_or_another_bad_value_is_refused_by_name(env, refused) -> None:
     with pytest.raises(SettingsError, match=refused):
         Settings.from_env(env, embedded=True)
+
+
+PRODUCTION = {
+    "CONSENT_KAFKA_BOOTSTRAP": "kafka:9092",
+    "CONSENT_POSTGRES_DSN": "postgresql://db/consent",
+    "CONSENT_AUTH_TOKENS_FILE": "/etc/consent/tokens.json",
+}
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_an_empty_tokens_file_is_refused_outside_embedded_like_an_unset_one(blank) -> None:
+    # An empty value used to pass, and the start then made an all-brands admin token.
+    with pytest.raises(SettingsError, match="CONSENT_AUTH_TOKENS_FILE is required outside"):
+        Settings.from_env({**PRODUCTION, "CONSENT_AUTH_TOKENS_FILE": blank})
+    embedded = Settings.from_env({"CONSENT_AUTH_TOKENS_FILE": blank}, embedded=True)
+    assert embedded.tokens_file is None and embedded.embedded
+
+
+def test_only_the_embedded_mode_is_marked_embedded() -> None:
+    assert not Settings.from_env(PRODUCTION).embedded
+    assert Settings.from_env(PRODUCTION).tokens_file == Path("/etc/consent/tokens.json")
+
+
+@pytest.mark.parametrize(
+    "name", ["CONSENT_TLS_CERT_FILE", "CONSENT_TLS_KEY_FILE", "CONSENT_TLS_CLIENT_CA_FILE"]
+)
+def test_a_tls_setting_that_is_present_but_empty_is_refused_not_taken_for_plaintext(name) -> None:
+    tls = {"CONSENT_TLS_CERT_FILE": "/tls/tls.crt", "CONSENT_TLS_KEY_FILE": "/tls/tls.key"}
+    with pytest.raises(SettingsError, match=f"{name} is set but empty"):
+        Settings.from_env({**PRODUCTION, **tls, name: ""})
+    every_one_empty = dict.fromkeys(
+        ("CONSENT_TLS_CERT_FILE", "CONSENT_TLS_KEY_FILE", "CONSENT_TLS_CLIENT_CA_FILE"), ""
+    )
+    with pytest.raises(SettingsError, match="is set but empty"):
+        Settings.from_env({**PRODUCTION, **every_one_empty})
+
+
+@pytest.mark.parametrize("name", ["CONSENT_DATA_DIR", "CONSENT_PROJECTOR_GROUP"])
+def test_a_setting_that_means_nothing_empty_is_refused_when_empty(name) -> None:
+    with pytest.raises(SettingsError, match=f"{name} is set but empty"):
+        Settings.from_env({**PRODUCTION, name: ""})
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("CONSENT_FRESHNESS_WAIT_MS", "nan"),
+        ("CONSENT_FRESHNESS_WAIT_MS", "inf"),
+        ("CONSENT_FRESHNESS_WAIT_MS", "0"),
+        ("CONSENT_FRESHNESS_REFRESH_MS", "-5"),
+        ("CONSENT_FRESHNESS_REFRESH_MS", "0"),
+        ("CONSENT_FRESHNESS_REFRESH_MS", "nan"),
+        ("CONSENT_SHUTDOWN_GRACE_S", "-1"),
+        ("CONSENT_SHUTDOWN_GRACE_S", "nan"),
+        ("CONSENT_KAFKA_PARTITIONS", "0"),
+        ("CONSENT_KAFKA_PARTITIONS", "nan"),
+        ("CONSENT_KAFKA_PARTITIONS", "inf"),
+        ("CONSENT_KAFKA_REPLICATION_FACTOR", "-3"),
+        ("CONSENT_KAFKA_MIN_INSYNC_REPLICAS", "0"),
+        ("CONSENT_POSTGRES_POOL_SIZE", "1"),
+        ("CONSENT_POSTGRES_POOL_SIZE", ""),
+    ],
+)
+def test_a_number_out_of_its_range_is_refused_by_name(name, value) -> None:
+    with pytest.raises(SettingsError, match=f"^{name} must be a"):
+        Settings.from_env({**PRODUCTION, name: value})
+
+
+def test_a_count_must_be_a_whole_number() -> None:
+    with pytest.raises(SettingsError, match="CONSENT_KAFKA_PARTITIONS must be a whole number"):
+        Settings.from_env({**PRODUCTION, "CONSENT_KAFKA_PARTITIONS": "12.5"})
+    assert (
+        Settings.from_env(
+            {**PRODUCTION, "CONSENT_KAFKA_PARTITIONS": "24"}
+        ).kafka.subscriber_partitions
+        == 24
+    )  # type: ignore[union-attr]
+
+
+def test_more_in_sync_replicas_than_replicas_is_refused_by_name() -> None:
+    env = {**PRODUCTION, "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "4"}
+    with pytest.raises(SettingsError, match=r"CONSENT_KAFKA_MIN_INSYNC_REPLICAS \(4\) must not"):
+        Settings.from_env(env)
+
+
+def test_a_refresh_slower_than_an_observation_is_trusted_is_refused() -> None:
+    with pytest.raises(SettingsError, match="CONSENT_FRESHNESS_REFRESH_MS must be below 2000"):
+        Settings.from_env({**PRODUCTION, "CONSENT_FRESHNESS_REFRESH_MS": "2000"})
+
+
+def test_numbers_in_range_are_taken() -> None:
+    env = {
+        **PRODUCTION,
+        "CONSENT_FRESHNESS_REFRESH_MS": "20",
+        "CONSENT_FRESHNESS_WAIT_MS": "250.5",
+        "CONSENT_SHUTDOWN_GRACE_S": "0",
+        "CONSENT_POSTGRES_POOL_SIZE": "2",
+    }
+    settings = Settings.from_env(env)
+    assert settings.freshness.refresh_interval == 0.02
+    assert settings.freshness.wait_bound == 0.2505
+    assert (settings.shutdown_grace, settings.pool_size) == (0, 2)
+
+
+def test_a_grpc_address_that_is_not_host_and_port_is_refused_by_name() -> None:
+    with pytest.raises(SettingsError, match="CONSENT_GRPC_LISTEN must be host:port"):
+        Settings.from_env({**PRODUCTION, "CONSENT_GRPC_LISTEN": ""})
+
+
+@pytest.mark.parametrize(
+    "host, loopback",
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.53", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("consent.internal", False),
+    ],
+)
+def test_loopback_is_this_machine_only(host, loopback) -> None:
+    assert is_loopback(host) is loopback

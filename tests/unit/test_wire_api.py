@@ -400,6 +400,32 @@ def test_campaign_request_without_policy_is_refused() -> None:
             "policy.quiet_hours.start_minute_of_day",
         ),
         (lambda p: setattr(p, "purpose", 99), "policy.purpose"),
+        # Durations protobuf's own ToTimedelta overflows on (it raised OverflowError,
+        # which the edge reported as UNAVAILABLE, "retry"), or that its spec forbids.
+        (
+            lambda p: setattr(p.first_message_window, "seconds", 2**62),
+            "policy.first_message_window",
+        ),
+        (
+            lambda p: setattr(p.conversation_window, "seconds", 10**12),
+            "policy.conversation_window",
+        ),
+        (
+            lambda p: setattr(p.reconfirm_interval, "seconds", -(2**62)),
+            "policy.reconfirm_interval",
+        ),
+        (
+            lambda p: setattr(p.frequency_caps[0].window, "seconds", 2**62),
+            "policy.frequency_caps[0].window",
+        ),
+        (
+            lambda p: p.opt_out_confirmation_window.MergeFrom(Duration(seconds=60, nanos=-1)),
+            "policy.opt_out_confirmation_window",
+        ),
+        (
+            lambda p: p.opt_out_confirmation_window.MergeFrom(Duration(nanos=10**9)),
+            "policy.opt_out_confirmation_window",
+        ),
     ],
 )
 def test_malformed_policy_fields_are_refused_with_their_full_path(mutate: Any, field: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import pytest
 from consent.v1 import ledger_pb2
+from google.protobuf.duration_pb2 import Duration
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -230,6 +231,24 @@ def test_quiet_hours_with_seconds_are_refused_rather_than_truncated() -> None:
 
 def test_absent_policy_fields_take_the_domain_defaults() -> None:
     assert codec.policy_from_proto(ledger_pb2.CampaignPolicy()) == CampaignPolicy()
+
+
+def test_a_duration_as_long_as_its_spec_allows_is_read_and_a_longer_one_is_refused() -> None:
+    longest = Duration(seconds=315_576_000_000, nanos=999_999_999)
+    assert codec.duration_from_proto(longest) == timedelta(days=3_652_500, microseconds=999_999)
+    assert codec.duration_from_proto(Duration(seconds=-1, nanos=-1_500)) == timedelta(
+        seconds=-1, microseconds=-1
+    )
+    for bad in (
+        Duration(seconds=315_576_000_001),
+        Duration(seconds=2**62),  # ToTimedelta raised OverflowError
+        Duration(seconds=-(2**63)),
+        Duration(seconds=1, nanos=-1),
+        Duration(nanos=1_000_000_000),
+    ):
+        with pytest.raises(codec.WireFormatError) as err:
+            codec.duration_from_proto(bad, "window")
+        assert err.value.field == "window"
 
 
 def test_recorded_event_round_trips_with_position_time_and_extra() -> None:

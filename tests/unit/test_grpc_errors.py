@@ -1,0 +1,65 @@
+"""``to_status``: the one mapping from an exception to what a caller sees, and
+which of them say "retry"."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from ledger.errors import InvalidRequest
+from ledger.ports import EventTooLarge, LedgerUnavailable
+from services.grpc_api.errors import to_status
+
+RETRY = "the ledger could not be reached; retry with the same request_id"
+
+
+def field_violations(status: grpc.Status) -> list[tuple[str, str]]:
+    raw = dict(status.trailing_metadata)["grpc-status-details-bin"]
+    found = []
+    for detail in status_pb2.Status.FromString(raw).details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            found += [(v.field, v.description) for v in bad.field_violations]
+    return found
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        LedgerUnavailable("broker down"),
+        ConnectionResetError(),
+        TimeoutError(),
+        RuntimeError("KafkaLedger is not started"),
+    ],
+)
+def test_an_outage_says_retry(exc) -> None:
+    status = to_status(exc)
+    assert (status.code, status.details) == (grpc.StatusCode.UNAVAILABLE, RETRY)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OverflowError("Python int too large to convert to C int"),
+        ValueError("a bug"),
+        TypeError("a bug"),
+        KeyError("a bug"),
+    ],
+)
+def test_a_bug_is_internal_not_a_retry_that_would_fail_forever(exc) -> None:
+    status = to_status(exc)
+    assert status.code is grpc.StatusCode.INTERNAL
+    assert "retry" not in status.details
+
+
+def test_an_event_too_large_for_the_ledger_is_bad_input_not_a_retry() -> None:
+    status = to_status(EventTooLarge("a ConsentGranted of 2,000,000 bytes"))
+    assert status.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(status) == [("request", "is too large to record as one ledger fact")]
+
+
+def test_bad_input_names_its_field() -> None:
+    status = to_status(InvalidRequest("body", "must be at most 4,096 characters, got 5,000"))
+    assert status.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(status) == [("body", "must be at most 4,096 characters, got 5,000")]
