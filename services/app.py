@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -129,6 +131,9 @@ class ConsentApp:
         self._histories_at: tuple[tuple[int, int], ...] | None = None
         self._histories_token: ConsistencyToken | None = None
         self._campaign_writes = asyncio.Lock()
+        self._requests: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     # ---- writes -------------------------------------------------------------------------
 
@@ -137,27 +142,20 @@ class ConsentApp:
 
         ``recorded_by`` (the caller's name) is stamped on every event written."""
         events = _stamped(to_events(cmd, self.clock()), recorded_by)
-        replay = await self._replay(events)
-        if replay is not None:  # checked first: a retried DefineCampaign is not a redefinition
-            return replay
-        if isinstance(cmd, DefineCampaign | ChangeCampaignPolicy):
-            # One campaign write at a time in this process: the second of two that
-            # claim the same number then checks after the first is written.
-            async with self._campaign_writes:
-                return await self._checked_append(cmd, events)
-        return await self._checked_append(cmd, events)
+        async with self._request_lock(events):
+            replay = await self._replay(events)
+            if replay is not None:  # checked first: a retried DefineCampaign is not a redefinition
+                return replay
+            if isinstance(cmd, DefineCampaign | ChangeCampaignPolicy):
+                # One campaign write at a time in this process: the second of two that
+                # claim the same number then checks after the first is written.
+                async with self._campaign_writes:
+                    return await self._checked_append(cmd, events)
+            return await self._checked_append(cmd, events)
 
     async def _checked_append(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
-        try:
-            await self._check_campaign_exists(cmd)
-            await self._check_sender_numbers(events)
-        except FailedPrecondition:
-            # The check may have waited for the projection to catch up, and with it
-            # the first attempt of this very request: then this is a retry after all.
-            replay = await self._replay(events)
-            if replay is None:
-                raise
-            return replay
+        await self._check_campaign_exists(cmd)
+        await self._check_sender_numbers(events)
         return await self._append(events)
 
     async def handle_inbound(
@@ -183,11 +181,48 @@ class ConsentApp:
             raise FailedPrecondition("to_phone", f"campaign {brand}/{name} has no rules")
         states = await self.view.subscriber_states(brand, [sender])
         outcome = handle_inbound(cmd, campaign, states[sender], self.clock())
-        return InboundResult(await self._append(_stamped(outcome.events, recorded_by)), outcome)
+        events = _stamped(outcome.events, recorded_by)
+        async with self._request_lock(events):
+            written = await self._replay(events) or await self._append(events)
+        return InboundResult(written, outcome)
+
+    def _request_lock(self, events: Sequence[LedgerEvent]) -> asyncio.Lock:
+        """The lock of the request ``events`` come from, keyed by the first event's id
+        (which names the brand and the request id). It lives while someone holds or
+        awaits it; requests with other ids never wait for it."""
+        key = events[0].originator_id
+        lock = self._requests.get(key)
+        if lock is None:
+            lock = self._requests[key] = asyncio.Lock()
+        return lock
 
     async def _replay(self, events: Sequence[LedgerEvent]) -> WriteResult | None:
-        """The earlier result when every event was already recorded (a retried request)."""
+        """The earlier result when the request was recorded before (a retry), None when
+        it was not, ``FailedPrecondition`` when its id was used for another request.
+        Call it holding ``_request_lock(events)`` and append, if at all, before letting go.
+
+        The view answers only after it has applied the whole ledger as far as it
+        reached when this call began (``FreshnessGuard.catch_up``), so an earlier use of
+        the request id that the ledger acknowledged before is seen however far the
+        projection lagged. Were it missed, this request would be appended under the
+        same event ids, and the projection, which stores each id once, would keep the
+        first fact and drop this one: an acknowledged write lost. A view that cannot
+        catch up within the bound answers ``NotConsistent`` (UNAVAILABLE, retryable),
+        and nothing is written. In this process, the lock makes the second of two
+        writes of one (brand, request id) decide after the first is appended.
+
+        Left open: two processes that take the same (brand, request id) at once, each
+        observing the ledger's end before the other's append is acknowledged, both
+        append, since the ledger's appends are unconditional. For a retry of the same
+        request that is harmless (the same ids and facts, stored once). For an id
+        reused for a different request, the projection keeps whichever fact it applies
+        first, and the other, acknowledged to its caller, is never applied. Only a
+        conditional append could close that window, and the ledger has none (see
+        ``Ledger``); the API asks for a new request_id per request.
+        """
         ids = [str(e.originator_id) for e in events]
+        if not await self.guard.catch_up():
+            raise NotConsistent("request_id", "the read model is behind the ledger; try again")
         known = [await self.view.find_event(i) for i in ids]
         first = known[0] if known else None
         if first is not None and first.event != events[0]:
@@ -203,9 +238,7 @@ class ConsentApp:
         return WriteResult(ids, ConsistencyToken.after([k for k in known if k]), True)
 
     async def _append(self, events: Sequence[LedgerEvent]) -> WriteResult:
-        replay = await self._replay(events)
-        if replay is not None:
-            return replay
+        """Append a request ``_replay`` found new, under its ``_request_lock``."""
         recorded = await self.ledger.append(events)
         return WriteResult([str(e.originator_id) for e in events], ConsistencyToken.after(recorded))
 

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -91,7 +91,8 @@ class FreshnessGuard:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def observe(self) -> None:
+    async def observe(self) -> dict[Stream, dict[int, int]]:
+        """Read the ledger's end offsets and the view's positions now; return the ends."""
         started = self._monotonic()
         ends = await self._ledger.every_end_offset()
         applied = {s: await self._view.positions(s) for s in Stream}
@@ -113,6 +114,7 @@ class FreshnessGuard:
         )
         self._changed.set()
         self._changed = asyncio.Event()
+        return ends
 
     async def _loop(self) -> None:
         while True:
@@ -165,6 +167,20 @@ class FreshnessGuard:
         needed = {(Stream.SUBSCRIBERS, p): ends.get(p, 0) for p in partitions if p is not None}
         for p, offset in self._ends.get(Stream.CAMPAIGNS, {}).items():
             needed[(Stream.CAMPAIGNS, p)] = offset
+        return await self._wait(needed, self._settings.wait_bound)
+
+    async def catch_up(self, streams: Collection[Stream] = tuple(Stream)) -> bool:
+        """True once the view has applied every partition of ``streams`` up to the
+        ledger's end as this call observes it: a decision that must count every fact
+        acknowledged before it (a request id's earlier use, a campaign defined or a
+        number claimed a moment ago) waits for this, not for the last observation.
+
+        It waits for the ends it read itself: an observation of the loop's that
+        started earlier may finish later and leave older ends behind."""
+        ends = await self.observe()
+        needed = {
+            (stream, p): offset for stream in streams for p, offset in ends.get(stream, {}).items()
+        }
         return await self._wait(needed, self._settings.wait_bound)
 
     def applied_token(self) -> ConsistencyToken:
