@@ -130,6 +130,8 @@ class ConsentApp:
         self._histories: dict[tuple[str, str], CampaignHistory] = {}
         self._histories_at: tuple[tuple[int, int], ...] | None = None
         self._histories_token: ConsistencyToken | None = None
+        self._histories_generation = 0
+        """Bumped at each reset: a read that began before one must not store its answer."""
         self._campaign_writes = asyncio.Lock()
         self._requests: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -409,10 +411,15 @@ class ConsentApp:
             if at != self._histories_at:
                 self._histories.clear()
                 self._histories_at = at
+                self._histories_generation += 1
         history = self._histories.get((brand, campaign))
         if history is None:
+            generation = self._histories_generation
             history = await self.view.campaign_history(brand, campaign)
-            if history.versions:  # an undefined campaign keeps its re-check path
+            # Kept only if no newer observation reset the cache meanwhile: a read that
+            # began before it may predate the rules those positions include, and would
+            # be served, stale, until the next campaign write.
+            if history.versions and generation == self._histories_generation:
                 self._histories[(brand, campaign)] = history
         return history
 

@@ -298,6 +298,37 @@ async def test_numbers_written_another_way_on_a_lagging_partition_are_refused_as
         assert batch.decisions == [single.decision] * len(phones)
 
 
+async def test_rules_read_before_a_policy_change_are_not_kept_for_after_it(app):
+    await app.record(define())
+    granted = await app.record(opt_in("r1"))
+    assert (await app.can_send(PHONE, BRAND, "promo", token=granted.token)).decision.allowed
+    # Another campaign's write moves the positions the cached rules are valid for.
+    other = DefineCampaign("define-other", BRAND, "other", CampaignPolicy(), at(-1))
+    assert await app.guard.wait_for_token((await app.record(other)).token)
+    read, release = asyncio.Event(), asyncio.Event()
+    real = app.view.campaign_history
+
+    async def slow_once(brand: str, campaign: str):  # reads, then resumes late
+        history = await real(brand, campaign)
+        if not read.is_set():
+            read.set()
+            await release.wait()
+        return history
+
+    app.view.campaign_history = slow_once  # type: ignore[method-assign]
+    early = asyncio.create_task(app.can_send(PHONE, BRAND, "promo"))
+    await read.wait()  # it holds the rules as they were before the change
+    gated = ChangeCampaignPolicy("gate", BRAND, "promo", CampaignPolicy(age_gated=True), at(1))
+    change = await app.record(gated)
+    fresh = await app.can_send(PHONE, BRAND, "promo", token=change.token)
+    release.set()
+    await early
+
+    later = await app.can_send(PHONE, BRAND, "promo", token=change.token)
+    assert fresh.decision.reason is Reason.AGE_VERIFICATION_REQUIRED
+    assert later.decision.reason is Reason.AGE_VERIFICATION_REQUIRED
+
+
 async def test_the_opt_out_rate_counts_the_last_30_days_by_default(app):
     await app.record(define())
     await app.record(opt_in("r1"))
