@@ -497,13 +497,27 @@ class ConsentApp:
         phone: str,
         brand: str,
         campaign: str,
-        t_world: datetime,
-        t_known: datetime,
+        at: datetime,
+        known_at: datetime | None = None,
+        *,
         kind: MessageKind = MessageKind.REGULAR,
-    ) -> Decision:
+        token: ConsistencyToken | None = None,
+    ) -> CheckResult:
+        """What CanSend would have answered at ``at``, from what the ledger knew at
+        ``known_at`` (by default now). Neither may be ahead of now by more than the
+        clock skew allowed: the ledger cannot know the future, so such an answer would
+        only be a guess. The view is read as fresh as ``can_send`` reads it, and fails
+        closed the same way (``REASON_NOT_CONSISTENT`` while it is behind)."""
         number = to_e164(phone)
         check_name(brand, "brand")
         check_name(campaign, "campaign")
+        now = self.clock()
+        t_world = check_time(at, now, "at")
+        t_known = now if known_at is None else check_time(known_at, now, "known_at")
+        fresh = await self._fresh([number], token)
+        read_at = self.guard.applied_token()
+        if not fresh:
+            return CheckResult(_behind(), read_at)
         subscriber = [
             r
             for r in await self.view.history(number, brand)
@@ -511,4 +525,5 @@ class ConsentApp:
         ]
         history: CampaignHistory = await self.view.campaign_history(brand, campaign)
         campaign_events = [f.as_recorded() for f in history.versions]
-        return decide_as_of([*campaign_events, *subscriber], campaign, t_world, t_known, kind)
+        decision = decide_as_of([*campaign_events, *subscriber], campaign, t_world, t_known, kind)
+        return CheckResult(decision, read_at)

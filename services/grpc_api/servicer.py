@@ -149,16 +149,19 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     ) -> api_pb2.CanSendAsOfResponse:
         self._caller(context, Scope.AUDIT, request.brand)
         at = api.required_time(request, "at")
-        known_at = api.optional_time(request, "known_at") or self.app.clock()
+        known_at = api.optional_time(request, "known_at")
         kind = api.message_kind_from_proto(request.message_kind)
-        if not await self._fresh_enough(request.at_least_as_fresh):
-            return api.decision_to_as_of_proto(
-                deny(Reason.NOT_CONSISTENT, "the view has not applied the given token")
+        token = _token(request.at_least_as_fresh)
+        try:
+            result = await self.app.can_send_as_of(
+                request.phone, request.brand, request.campaign, at, known_at, kind=kind, token=token
             )
-        decision = await self.app.can_send_as_of(
-            request.phone, request.brand, request.campaign, at, known_at, kind
-        )
-        return api.decision_to_as_of_proto(decision, self.app.guard.applied_token().encode())
+        except (DomainError, ServiceError):
+            raise
+        except Exception:
+            log.exception("CanSendAsOf failed; answering not allowed")
+            return api.decision_to_as_of_proto(_internal_error())
+        return api.decision_to_as_of_proto(result.decision, result.token.encode())
 
     @translate_errors
     async def GetConsent(

@@ -329,6 +329,40 @@ async def test_rules_read_before_a_policy_change_are_not_kept_for_after_it(app):
     assert later.decision.reason is Reason.AGE_VERIFICATION_REQUIRED
 
 
+def ledger_at_now() -> InMemoryLedger:
+    """A ledger whose ``recorded_at`` is the app's now: a check as of now knows it all."""
+    return InMemoryLedger(partitions=4, clock=lambda: NOW)
+
+
+async def test_a_check_as_of_waits_for_the_projection_and_says_no_while_it_is_behind():
+    async with running(wait_bound=0.1, ledger=ledger_at_now()) as (app, projector):
+        await app.record(define())
+        granted = await app.record(opt_in("r1"))
+        assert await app.guard.wait_for_token(granted.token)
+        before = await app.can_send_as_of(PHONE, BRAND, "promo", NOW)
+        await _stop(projector)
+        stop = RecordOptOut("r2", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(1))
+        await app.ledger.append(to_events(stop, NOW))  # acknowledged, never applied
+        await app.guard.observe()
+
+        after = await app.can_send_as_of(PHONE, BRAND, "promo", NOW)
+
+        assert before.decision.allowed
+        assert not after.decision.allowed and after.decision.reason is Reason.NOT_CONSISTENT
+
+
+@pytest.mark.parametrize("field", ["at", "known_at"])
+async def test_a_check_as_of_refuses_a_time_ahead_of_now(field):
+    async with running(ledger=ledger_at_now()) as (app, _):
+        assert await app.guard.wait_for_token((await app.record(define())).token)
+        ahead = {"at": NOW, "known_at": None, field: datetime(9999, 12, 31, tzinfo=UTC)}
+        with pytest.raises(InvalidRequest) as err:
+            await app.can_send_as_of(PHONE, BRAND, "promo", ahead["at"], ahead["known_at"])
+        assert err.value.field == field
+        skewed = await app.can_send_as_of(PHONE, BRAND, "promo", NOW, NOW + timedelta(minutes=1))
+        assert skewed.decision.reason is Reason.NO_CONSENT  # within the skew allowed
+
+
 async def test_the_opt_out_rate_counts_the_last_30_days_by_default(app):
     await app.record(define())
     await app.record(opt_in("r1"))
