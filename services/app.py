@@ -436,10 +436,22 @@ class ConsentApp:
             return False
         return await self.guard.wait_for_phones(phones)
 
+    async def _require_fresh(self, phones: list[str] | None, field: str) -> None:
+        """Wait, as CanSend does, for the phones' partitions (None: the whole view) to
+        reach the ledger's end as last observed; an audit read answers an error, not a
+        decision, so one the view cannot serve fresh within the bound raises
+        ``NotConsistent`` (UNAVAILABLE, retryable) rather than answer from stale rows."""
+        if phones is None:
+            fresh = await self.guard.wait_for_all()
+        else:
+            fresh = await self.guard.wait_for_phones(phones)
+        if not fresh:
+            raise NotConsistent(field, "the read model is behind the ledger; try again")
+
     async def get_consent(self, phone: str, brand: str) -> ConsentSnapshot:
         number = to_e164(phone)
         check_name(brand, "brand")
-        await self.guard.wait_for_phones([number])
+        await self._require_fresh([number], "phone")
         state = (await self.view.subscriber_states(brand, [number]))[number]
         grants = {name: c.grant.event for name, c in state.campaigns.items() if c.grant}
         return ConsentSnapshot(state, grants, self.guard.applied_token())
@@ -448,6 +460,7 @@ class ConsentApp:
         number = to_e164(phone)
         if brand is not None:
             check_name(brand, "brand")
+        await self._require_fresh([number], "phone")
         return await self.view.history(number, brand)
 
     async def revocation_candidates(self, brand: str) -> list[Fact[RevocationCandidateFlagged]]:
@@ -459,6 +472,7 @@ class ConsentApp:
         ever flagged for the brand has its state read: the cost grows with those
         (flagged replies are rare), not with the brand's other numbers."""
         check_name(brand, "brand")
+        await self._require_fresh(None, "brand")
         phones = await self.view.flagged_phones(brand)
         states = await self.view.subscriber_states(brand, phones)
         pending = [c for state in states.values() for c in state.pending_candidates()]
@@ -487,6 +501,7 @@ class ConsentApp:
             raise InvalidRequest("start_time", "must carry a time zone")
         if start >= end:
             raise InvalidRequest("start_time", "must be before end_time")
+        await self._require_fresh(None, "brand")
         if campaign is not None and not await self._campaign_known(brand, campaign):
             raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
         counts = await self.view.sending_counts(brand, campaign, start, end)

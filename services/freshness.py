@@ -169,6 +169,14 @@ class FreshnessGuard:
             needed[(Stream.CAMPAIGNS, p)] = offset
         return await self._wait(needed, self._settings.wait_bound)
 
+    async def wait_for_all(self) -> bool:
+        """True once the view has applied every partition of every stream up to its
+        observed end: for a read that spans the whole view (a brand's numbers)."""
+        needed = {
+            (stream, p): offset for stream, ends in self._ends.items() for p, offset in ends.items()
+        }
+        return await self._wait(needed, self._settings.wait_bound)
+
     async def catch_up(self, streams: Collection[Stream] = tuple(Stream)) -> bool:
         """True once the view has applied every partition of ``streams`` up to the
         ledger's end as this call observes it: a decision that must count every fact

@@ -166,3 +166,42 @@ async def test_a_check_as_of_says_no_when_it_fails_or_the_view_is_behind(tmp_pat
             assert not behind.allowed and behind.reason == api.REASON_NOT_CONSISTENT
     finally:
         await runtime.stop()
+
+
+async def test_audit_reads_behind_an_acknowledged_stop_are_unavailable(tmp_path, postgres_dsn):
+    when = noon_in_los_angeles()
+    settings = service_settings(tmp_path, postgres_dsn, kafka=None)
+    fast = FreshnessSettings(refresh_interval=0.05, wait_bound=0.3)
+    runtime = Runtime(dataclasses.replace(settings, freshness=fast), clock=lambda: when)
+    await runtime.start()
+    phone = "+14155552671"
+    try:
+        async with client(runtime.address) as c:
+            await c.DefineCampaign(define("acme", "promo", when - timedelta(days=1)))
+            await c.RecordOptIn(opt_in(phone, "acme", "promo", when))
+            await asyncio.sleep(0.15)
+            for task in runtime._tasks:  # the projector stops
+                task.cancel()
+            await asyncio.gather(*runtime._tasks, return_exceptions=True)
+            await c.RecordOptOut(
+                api.RecordOptOutRequest(
+                    request_id="stop-1",
+                    phone=phone,
+                    brand="acme",
+                    campaign="promo",
+                    channel=lpb.REVOCATION_CHANNEL_KEYWORD,
+                    occurred_at=ts(when),
+                )
+            )
+            await asyncio.sleep(0.15)  # several refresh intervals: the STOP is observed
+            for call in (
+                c.GetConsent(api.GetConsentRequest(phone=phone, brand="acme", campaign="promo")),
+                c.ListEvents(api.ListEventsRequest(phone=phone, brand="acme")),
+                c.ListRevocationCandidates(api.ListRevocationCandidatesRequest(brand="acme")),
+                c.GetOptOutRate(api.GetOptOutRateRequest(brand="acme")),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await runtime.stop()

@@ -363,6 +363,28 @@ async def test_a_check_as_of_refuses_a_time_ahead_of_now(field):
         assert skewed.decision.reason is Reason.NO_CONSENT  # within the skew allowed
 
 
+async def test_audit_reads_the_view_cannot_serve_fresh_are_unavailable_not_stale():
+    async with running(wait_bound=0.1) as (app, projector):
+        await app.record(define())
+        granted = await app.record(opt_in("r1"))
+        assert await app.guard.wait_for_token(granted.token)
+        assert (await app.get_consent(PHONE, BRAND)).grants
+        await _stop(projector)
+        stop = RecordOptOut("r2", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(1))
+        await app.ledger.append(to_events(stop, NOW))  # acknowledged, never applied
+        await app.guard.observe()
+
+        reads = {
+            "phone": [app.get_consent(PHONE, BRAND), app.history(PHONE, BRAND)],
+            "brand": [app.revocation_candidates(BRAND), app.opt_out_rate(BRAND, "promo")],
+        }
+        for field, calls in reads.items():
+            for call in calls:
+                with pytest.raises(NotConsistent) as err:
+                    await call
+                assert err.value.field == field
+
+
 async def test_the_opt_out_rate_counts_the_last_30_days_by_default(app):
     await app.record(define())
     await app.record(opt_in("r1"))
