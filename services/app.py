@@ -172,8 +172,15 @@ class ConsentApp:
         ``recorded_by`` is stamped on every event written."""
         to = to_e164(cmd.to_phone, field="to_phone")
         sender = to_e164(cmd.from_phone, field="from_phone")
-        await self.guard.wait_for_phones([sender])
+        # Gateways do not retry FAILED_PRECONDITION: a STOP refused for a view that
+        # was merely behind would be lost. Behind answers UNAVAILABLE, which they retry.
+        if not await self.guard.wait_for_phones([sender]):
+            raise NotConsistent("from_phone", "the read model is behind the ledger; try again")
         owner = await self.view.campaign_for_number(to)
+        if owner is None:  # perhaps claimed a moment ago: count every claim acknowledged
+            if not await self.guard.catch_up((Stream.CAMPAIGNS,)):
+                raise NotConsistent("to_phone", "the read model is behind the ledger; try again")
+            owner = await self.view.campaign_for_number(to)
         if owner is None:
             raise FailedPrecondition("to_phone", f"no campaign sends from {to}")
         brand, name = owner
@@ -281,8 +288,7 @@ class ConsentApp:
         numbers = event.policy.sender_numbers
         if not numbers:
             return
-        await self.guard.observe()
-        if not await self.guard.wait_for_phones([]):
+        if not await self.guard.catch_up((Stream.CAMPAIGNS,)):
             raise NotConsistent(
                 "policy.sender_numbers", "the read model is behind the ledger; try again"
             )
@@ -296,12 +302,16 @@ class ConsentApp:
             raise FailedPrecondition(field, f"{number} is in use by campaign {brand}/{campaign}")
 
     async def _campaign_known(self, brand: str, campaign: str) -> bool:
+        """Whether the campaign is defined, counting a definition the ledger
+        acknowledged a moment ago; ``NotConsistent`` on ``campaign`` when the view
+        cannot catch up to tell, for "not defined" is an answer callers act on (a
+        refused write is not retried, a redefinition would be written)."""
         if (await self.view.campaign_history(brand, campaign)).versions:
             return True
         # Perhaps defined a moment ago: look at the ledger's end now, let the
         # projection reach it, and ask again before refusing.
-        await self.guard.observe()
-        await self.guard.wait_for_phones([])
+        if not await self.guard.catch_up((Stream.CAMPAIGNS,)):
+            raise NotConsistent("campaign", "the read model is behind the ledger; try again")
         return bool((await self.view.campaign_history(brand, campaign)).versions)
 
     # ---- queries ------------------------------------------------------------------------
@@ -334,7 +344,10 @@ class ConsentApp:
             if canonical:  # raises INVALID_ARGUMENT for a number that is not one
                 to_e164(phone, field="phone")
             digest = digest_of(SubscriberState(phone=number, brand=brand))
-        rules = await self._rules(brand, campaign, when, read_at)
+        try:
+            rules = await self._rules(brand, campaign, when, read_at)
+        except NotConsistent:
+            return CheckResult(_behind(), read_at)
         if rules is None:
             return CheckResult(_undefined(brand, campaign), read_at)
         return CheckResult(self._decide(Check(rules, when, kind), digest), read_at)
@@ -376,7 +389,10 @@ class ConsentApp:
                 n = numbers[i]
                 if n not in digests:
                     digests[n] = digest_of(SubscriberState(phone=n, brand=brand))
-        rules = await self._rules(brand, campaign, when, read_at)
+        try:
+            rules = await self._rules(brand, campaign, when, read_at)
+        except NotConsistent:
+            return BatchResult([_behind()] * len(numbers), read_at)
         if rules is None:
             return BatchResult([_undefined(brand, campaign)] * len(numbers), read_at)
         check = Check(rules, when, kind)
@@ -394,7 +410,8 @@ class ConsentApp:
     async def _rules(
         self, brand: str, campaign: str, when: datetime, read_at: ConsistencyToken
     ) -> Campaign | None:
-        """The campaign's rules in force at ``when``; None if it is not defined."""
+        """The campaign's rules in force at ``when``; None if it is not defined, and
+        ``NotConsistent`` when the view cannot catch up to tell."""
         rules = (await self._history(brand, campaign, read_at)).as_of(when)
         if rules is None and await self._campaign_known(brand, campaign):
             rules = (await self.view.campaign_history(brand, campaign)).as_of(when)

@@ -525,3 +525,47 @@ async def test_a_claim_is_refused_as_not_consistent_while_the_view_lags():
         # The request id is the first thing decided on a view caught up with the ledger.
         assert err.value.field == "request_id"
         assert len(await app.ledger.read(Stream.CAMPAIGNS, 0, 0)) == 1
+
+
+@contextlib.asynccontextmanager
+async def unprojected() -> AsyncIterator[ConsentApp]:
+    """An app whose view applies nothing and whose guard observes only when asked:
+    what the ledger holds, the view lacks, and the guard learns it only on a look."""
+    ledger, view = InMemoryLedger(partitions=4), InMemoryConsentView()
+    guard = FreshnessGuard(ledger, view, FreshnessSettings(wait_bound=0.1))
+    await guard.observe()
+    yield ConsentApp(ledger, view, guard, clock=lambda: NOW)
+
+
+async def test_an_inbound_stop_to_a_number_the_view_lacks_yet_is_unavailable_not_refused():
+    async with unprojected() as app:
+        await app.ledger.append(to_events(claim("acme-promo", "acme", "promo", NUMBER), NOW))
+
+        with pytest.raises(NotConsistent) as err:  # gateways retry UNAVAILABLE
+            await app.handle_inbound(
+                HandleInboundMessage("in1", PHONE, NUMBER, "STOP", "m1", at(1))
+            )
+
+        assert err.value.field == "to_phone"
+
+
+async def test_an_inbound_stop_to_a_number_claimed_a_moment_ago_is_recorded(app):
+    await app.ledger.append(to_events(claim("acme-promo", "acme", "promo", NUMBER), NOW))
+
+    stop = await app.handle_inbound(HandleInboundMessage("in1", PHONE, NUMBER, "STOP", "m1", at(1)))
+
+    assert (stop.outcome.brand, stop.outcome.campaign) == ("acme", "promo")
+
+
+async def test_a_check_for_a_campaign_the_view_lacks_yet_is_not_consistent_not_unknown():
+    async with unprojected() as app:
+        await app.ledger.append(to_events(define(), NOW))
+
+        with pytest.raises(NotConsistent) as err:
+            await app.opt_out_rate(BRAND, "promo")
+        single = await app.can_send(PHONE, BRAND, "promo")
+        batch = await app.can_send_batch([PHONE], BRAND, "promo")
+
+        assert err.value.field == "campaign"
+        assert single.decision.reason is Reason.NOT_CONSISTENT
+        assert batch.decisions == [single.decision]
