@@ -5,7 +5,10 @@ request with ``services.wire.api``, calls ``ConsentApp`` and translates back.
 Errors leave through ``translate_errors`` (one mapping for the whole API). The
 exception is the family of CanSend queries: an internal failure there answers
 "not allowed" with ``REASON_INTERNAL_ERROR``, never an error a caller could
-mistake for a missing rule.
+mistake for a missing rule. They parse every wire field of the request before
+the call, so a ``WireFormatError`` during it comes from stored data this code
+cannot decode (a row from a newer writer, during a rolling upgrade, say): such a
+failure too, not the caller's INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
 from services.grpc_api.errors import translate_errors
 from services.metrics import ServiceMetrics
 from services.wire import api, codec
-from services.wire.enums import WireFormatError
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             result = await self.app.can_send(
                 request.phone, request.brand, request.campaign, at=at, kind=kind, token=token
             )
-        except (DomainError, ServiceError, WireFormatError):
+        except (DomainError, ServiceError):  # the request's own errors
             raise
         except Exception:
             log.exception("CanSend failed; answering not allowed")
@@ -135,7 +137,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                 phones, request.brand, request.campaign, at=at, kind=kind, token=token
             )
             decisions, encoded = result.decisions, result.token.encode()
-        except (DomainError, ServiceError, WireFormatError):
+        except (DomainError, ServiceError):  # the request's own errors
             raise
         except Exception:
             log.exception("CanSendBatch failed; answering not allowed for all")
@@ -156,7 +158,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             result = await self.app.can_send_as_of(
                 request.phone, request.brand, request.campaign, at, known_at, kind=kind, token=token
             )
-        except (DomainError, ServiceError):
+        except (DomainError, ServiceError):  # the request's own errors
             raise
         except Exception:
             log.exception("CanSendAsOf failed; answering not allowed")

@@ -15,14 +15,24 @@ from grpc_status import rpc_status
 
 from services.bootstrap import Runtime
 from services.freshness import FreshnessSettings
+from services.wire.enums import WireFormatError
 from tests.e2e.harness import client, define, opt_in, service_settings, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
+FAILURES = {
+    "down": RuntimeError("the database fell over"),
+    # A row this code cannot decode (from a newer writer, during a rolling upgrade):
+    # the caller sent no such field, so it is no INVALID_ARGUMENT of theirs.
+    "undecodable": WireFormatError("consent_revoked.channel", "unknown value 9"),
+}
+
+
+@pytest.mark.parametrize("failure", FAILURES)
 @pytest.mark.parametrize("reads", ["replica", "postgres"])
 async def test_a_failing_read_model_answers_not_allowed_for_single_and_batch(
-    tmp_path, postgres_dsn, reads
+    tmp_path, postgres_dsn, reads, failure
 ):
     settings = service_settings(tmp_path, postgres_dsn, kafka=None)
     runtime = Runtime(dataclasses.replace(settings, cansend_reads=reads))
@@ -32,7 +42,7 @@ async def test_a_failing_read_model_answers_not_allowed_for_single_and_batch(
             await c.DefineCampaign(define("acme", "promo", datetime.now(UTC) - timedelta(days=1)))
 
             async def broken(*args, **kwargs):
-                raise RuntimeError("the database fell over")
+                raise FAILURES[failure]
 
             # The replica, or the view behind the read batcher.
             target = runtime.app.reads if reads == "replica" else runtime.view
