@@ -340,9 +340,17 @@ class ConsentApp:
         if not fresh:
             return CheckResult(_behind(), read_at)
         digest = (await self.reads.digests(brand, [number])).get(number)
+        if digest is None and canonical:
+            # Raises INVALID_ARGUMENT for a number that is not one. One that only looks
+            # canonical ("+4402071234567", a trunk 0 kept) is stored under its normal
+            # form: look that up, as the batch does, after waiting for its partition.
+            normal = to_e164(phone, field="phone")
+            if normal != number:
+                number = normal
+                if not await self._fresh([number], None):
+                    return CheckResult(_behind(), read_at)
+                digest = (await self.reads.digests(brand, [number])).get(number)
         if digest is None:
-            if canonical:  # raises INVALID_ARGUMENT for a number that is not one
-                to_e164(phone, field="phone")
             digest = digest_of(SubscriberState(phone=number, brand=brand))
         try:
             rules = await self._rules(brand, campaign, when, read_at)

@@ -235,11 +235,13 @@ async def test_an_opt_in_for_an_undefined_campaign_writes_nothing(app):
 async def test_a_single_check_answers_as_the_batch_does_for_each_number(app):
     await app.record(define())
     await app.record(opt_in("r-single"))
+    await app.record(dataclasses.replace(opt_in("r-uk"), phone="+442071234567"))
     stop = await app.record(
         RecordOptOut("r-single-stop", "+12125551234", BRAND, "promo", RevocationChannel.API, at(2))
     )
-    # canonical and known, written another way, canonical and never seen, opted out
-    phones = [PHONE, "+1 (415) 555-2671", "+13105550123", "+12125551234"]
+    # canonical and known, written another way, canonical and never seen, opted out,
+    # and a known number in E.164 form but with the trunk 0 kept (stored without it)
+    phones = [PHONE, "+1 (415) 555-2671", "+13105550123", "+12125551234", "+4402071234567"]
 
     batch = await app.can_send_batch(phones, BRAND, "promo", token=stop.token)
     singles = [await app.can_send(p, BRAND, "promo", token=stop.token) for p in phones]
@@ -250,6 +252,7 @@ async def test_a_single_check_answers_as_the_batch_does_for_each_number(app):
         Reason.CONSENT_ACTIVE,
         Reason.NO_CONSENT,
         Reason.REVOKED,
+        Reason.CONSENT_ACTIVE,
     ]
     undefined = await app.can_send(PHONE, BRAND, "no-such-campaign")
     assert undefined.decision.reason is Reason.CAMPAIGN_UNKNOWN
