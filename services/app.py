@@ -38,6 +38,7 @@ from ledger.events import (
     MessageKind,
     Recorded,
     RevocationCandidateFlagged,
+    RevocationCandidateResolved,
     SubscriberEvent,
 )
 from ledger.opt_out_rate import DEFAULT_WINDOW, OptOutRate
@@ -158,6 +159,7 @@ class ConsentApp:
     async def _checked_append(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
         await self._check_campaign_exists(cmd)
         await self._check_sender_numbers(events)
+        await self._check_candidate_pending(events)
         return await self._append(events)
 
     async def handle_inbound(
@@ -300,6 +302,28 @@ class ConsentApp:
             if brand != event.brand:  # which brand, let alone which campaign, is not said
                 raise FailedPrecondition(field, f"{number} is in use by another brand's campaign")
             raise FailedPrecondition(field, f"{number} is in use by campaign {brand}/{campaign}")
+
+    async def _check_candidate_pending(self, events: Sequence[LedgerEvent]) -> None:
+        """A resolution must name a candidate still pending for its phone and brand.
+        One that names a made-up id, another number's candidate or one already
+        resolved would be recorded and answered OK while the real candidate kept
+        blocking sends. (A retry of a resolution is answered by ``_replay`` first.)
+
+        Read as fresh as a write's checks are: a reply flagged a moment ago counts."""
+        event = events[0]
+        if not isinstance(event, RevocationCandidateResolved):
+            return
+        if not await self.guard.catch_up((Stream.SUBSCRIBERS,)):
+            raise NotConsistent(
+                "candidate_event_id", "the read model is behind the ledger; try again"
+            )
+        state = (await self.view.subscriber_states(event.brand, [event.phone]))[event.phone]
+        pending = {c.event_id for c in state.pending_candidates()}
+        if str(event.candidate_event_id) not in pending:
+            raise FailedPrecondition(
+                "candidate_event_id",
+                f"is not a pending revocation candidate of {event.phone} for {event.brand}",
+            )
 
     async def _campaign_known(self, brand: str, campaign: str) -> bool:
         """Whether the campaign is defined, counting a definition the ledger

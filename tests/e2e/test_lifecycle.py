@@ -728,6 +728,25 @@ async def test_flagged_replies_wait_in_a_queue_until_resolved(service):
         )
         assert [e.event.phone for e in everything.candidates] == [PHONE, third]
 
+        for candidate, phone in (
+            ("00000000-0000-0000-0000-000000000001", PHONE),  # made up
+            (everything.candidates[0].event.event_id, third),  # another number's
+            (oldest.event.event_id, other),  # resolved already
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await c.ResolveRevocationCandidate(
+                    api.ResolveRevocationCandidateRequest(
+                        request_id=uuid.uuid4().hex,
+                        phone=phone,
+                        brand="acme",
+                        candidate_event_id=candidate,
+                        resolution=lpb.CANDIDATE_RESOLUTION_DISMISSED,
+                        occurred_at=ts(t),
+                    )
+                )
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert [s for s, _ in precondition_violations(refused.value)] == ["candidate_event_id"]
+
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.ListRevocationCandidates(
                 api.ListRevocationCandidatesRequest(brand="acme", page_token="bm90LW91cnM=")

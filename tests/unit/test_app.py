@@ -18,10 +18,12 @@ from ledger.commands import (
     RecordMessageSent,
     RecordOptIn,
     RecordOptOut,
+    ResolveRevocationCandidate,
     to_events,
 )
 from ledger.errors import InvalidPhoneNumber, InvalidRequest
 from ledger.events import (
+    CandidateResolution,
     CollectionMethod,
     ConsentTier,
     LedgerEvent,
@@ -572,3 +574,42 @@ async def test_a_check_for_a_campaign_the_view_lacks_yet_is_not_consistent_not_u
         assert err.value.field == "campaign"
         assert single.decision.reason is Reason.NOT_CONSISTENT
         assert batch.decisions == [single.decision]
+
+
+# ---- resolving a flagged reply ---------------------------------------------------------
+
+
+def resolve(request_id: str, candidate: str, phone: str = PHONE, brand: str = "acme"):
+    return ResolveRevocationCandidate(
+        request_id, phone, brand, candidate, CandidateResolution.DISMISSED, at(3)
+    )
+
+
+async def test_only_a_pending_candidate_of_that_number_and_brand_can_be_resolved(app):
+    other = "+14155552672"
+    await app.record(claim("acme-promo", "acme", "promo", NUMBER))
+    await app.record(claim("globex-deals", "globex", "deals", OTHER_NUMBER))
+    flagged = {}
+    for phone in (PHONE, other):  # resolved below at once: a reply flagged a moment ago counts
+        reply = "please stop texting me"
+        inbound = HandleInboundMessage(f"in-{phone}", phone, NUMBER, reply, f"m-{phone}", at(1))
+        flagged[phone] = (await app.handle_inbound(inbound)).write.event_ids[1]
+    written = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    for request, why in (
+        (resolve("x1", "00000000-0000-0000-0000-000000000001"), "made up"),
+        (resolve("x2", flagged[other]), "another number's"),
+        (resolve("x3", flagged[PHONE], brand="globex"), "another brand's"),
+    ):
+        with pytest.raises(FailedPrecondition) as err:
+            await app.record(request)
+        assert err.value.field == "candidate_event_id", why
+    assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == written
+
+    done = await app.record(resolve("ok", flagged[PHONE].upper()))
+    again = await app.record(resolve("ok", flagged[PHONE].upper()))  # a retry
+    assert again.replayed and again.event_ids == done.event_ids
+    with pytest.raises(FailedPrecondition):  # resolved already, by another request
+        await app.record(resolve("ok-2", flagged[PHONE]))
+    check = await app.can_send(PHONE, "acme", "promo", token=done.token)
+    assert check.decision.reason is not Reason.REVOCATION_PENDING_REVIEW
