@@ -497,10 +497,15 @@ class ConsentApp:
         if not fresh:
             raise NotConsistent(field, "the read model is behind the ledger; try again")
 
-    async def get_consent(self, phone: str, brand: str) -> ConsentSnapshot:
+    async def get_consent(self, phone: str, brand: str, campaign: str) -> ConsentSnapshot:
+        """The number's state towards the brand, asked about ``campaign``: a campaign
+        never defined is refused, so a misspelt name cannot pass for "never granted"."""
         number = to_e164(phone)
         check_name(brand, "brand")
+        check_name(campaign, "campaign")
         await self._require_fresh([number], "phone")
+        if not await self._campaign_known(brand, campaign):
+            raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
         state = (await self.view.subscriber_states(brand, [number]))[number]
         grants = {name: c.grant.event for name, c in state.campaigns.items() if c.grant}
         return ConsentSnapshot(state, grants, self.guard.applied_token())

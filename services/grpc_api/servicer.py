@@ -171,7 +171,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     ) -> api_pb2.GetConsentResponse:
         self._caller(context, Scope.AUDIT, request.brand)
         await self._require_fresh(request.at_least_as_fresh)
-        snapshot = await self.app.get_consent(request.phone, request.brand)
+        snapshot = await self.app.get_consent(request.phone, request.brand, request.campaign)
         state = snapshot.state
         cc = state.campaign(request.campaign)
         digest = digest_of(state)

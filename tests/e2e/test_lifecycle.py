@@ -477,6 +477,15 @@ async def test_an_unknown_campaign_is_a_failed_precondition(service):
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         r = await check(c, campaign="nosuch")
         assert not r.allowed and r.reason == api.REASON_CAMPAIGN_UNKNOWN
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # not "never granted"
+            await c.GetConsent(api.GetConsentRequest(phone=PHONE, brand="acme", campaign="nosuch"))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert [s for s, _ in precondition_violations(err.value)] == ["campaign"]
+        for name in ("", "NOT A NAME!"):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await c.GetConsent(api.GetConsentRequest(phone=PHONE, brand="acme", campaign=name))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert [f for f, _ in status_details(err.value)] == ["campaign"]
 
 
 async def test_calls_without_valid_credentials_are_refused(service):

@@ -373,14 +373,14 @@ async def test_audit_reads_the_view_cannot_serve_fresh_are_unavailable_not_stale
         await app.record(define())
         granted = await app.record(opt_in("r1"))
         assert await app.guard.wait_for_token(granted.token)
-        assert (await app.get_consent(PHONE, BRAND)).grants
+        assert (await app.get_consent(PHONE, BRAND, "promo")).grants
         await _stop(projector)
         stop = RecordOptOut("r2", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(1))
         await app.ledger.append(to_events(stop, NOW))  # acknowledged, never applied
         await app.guard.observe()
 
         reads = {
-            "phone": [app.get_consent(PHONE, BRAND), app.history(PHONE, BRAND)],
+            "phone": [app.get_consent(PHONE, BRAND, "promo"), app.history(PHONE, BRAND)],
             "brand": [app.revocation_candidates(BRAND), app.opt_out_rate(BRAND, "promo")],
         }
         for field, calls in reads.items():
@@ -388,6 +388,19 @@ async def test_audit_reads_the_view_cannot_serve_fresh_are_unavailable_not_stale
                 with pytest.raises(NotConsistent) as err:
                     await call
                 assert err.value.field == field
+
+
+async def test_consent_is_asked_of_a_defined_campaign_only(app):
+    granted = await app.record(define())
+    assert await app.guard.wait_for_token(granted.token)
+    for name in ("", "NOT A NAME!"):
+        with pytest.raises(InvalidRequest) as bad:
+            await app.get_consent(PHONE, BRAND, name)
+        assert bad.value.field == "campaign"
+    with pytest.raises(FailedPrecondition) as undefined:  # a misspelling, say
+        await app.get_consent(PHONE, BRAND, "promoo")
+    assert undefined.value.field == "campaign"
+    assert not (await app.get_consent(PHONE, BRAND, "promo")).grants
 
 
 async def test_the_opt_out_rate_counts_the_last_30_days_by_default(app):
