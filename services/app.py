@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -36,6 +38,7 @@ from ledger.events import (
     MessageKind,
     Recorded,
     RevocationCandidateFlagged,
+    RevocationCandidateResolved,
     SubscriberEvent,
 )
 from ledger.opt_out_rate import DEFAULT_WINDOW, OptOutRate
@@ -128,7 +131,12 @@ class ConsentApp:
         self._histories: dict[tuple[str, str], CampaignHistory] = {}
         self._histories_at: tuple[tuple[int, int], ...] | None = None
         self._histories_token: ConsistencyToken | None = None
+        self._histories_generation = 0
+        """Bumped at each reset: a read that began before one must not store its answer."""
         self._campaign_writes = asyncio.Lock()
+        self._requests: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     # ---- writes -------------------------------------------------------------------------
 
@@ -137,27 +145,21 @@ class ConsentApp:
 
         ``recorded_by`` (the caller's name) is stamped on every event written."""
         events = _stamped(to_events(cmd, self.clock()), recorded_by)
-        replay = await self._replay(events)
-        if replay is not None:  # checked first: a retried DefineCampaign is not a redefinition
-            return replay
-        if isinstance(cmd, DefineCampaign | ChangeCampaignPolicy):
-            # One campaign write at a time in this process: the second of two that
-            # claim the same number then checks after the first is written.
-            async with self._campaign_writes:
-                return await self._checked_append(cmd, events)
-        return await self._checked_append(cmd, events)
+        async with self._request_lock(events):
+            replay = await self._replay(events)
+            if replay is not None:  # checked first: a retried DefineCampaign is not a redefinition
+                return replay
+            if isinstance(cmd, DefineCampaign | ChangeCampaignPolicy):
+                # One campaign write at a time in this process: the second of two that
+                # claim the same number then checks after the first is written.
+                async with self._campaign_writes:
+                    return await self._checked_append(cmd, events)
+            return await self._checked_append(cmd, events)
 
     async def _checked_append(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
-        try:
-            await self._check_campaign_exists(cmd)
-            await self._check_sender_numbers(events)
-        except FailedPrecondition:
-            # The check may have waited for the projection to catch up, and with it
-            # the first attempt of this very request: then this is a retry after all.
-            replay = await self._replay(events)
-            if replay is None:
-                raise
-            return replay
+        await self._check_campaign_exists(cmd)
+        await self._check_sender_numbers(events)
+        await self._check_candidate_pending(events)
         return await self._append(events)
 
     async def handle_inbound(
@@ -172,8 +174,15 @@ class ConsentApp:
         ``recorded_by`` is stamped on every event written."""
         to = to_e164(cmd.to_phone, field="to_phone")
         sender = to_e164(cmd.from_phone, field="from_phone")
-        await self.guard.wait_for_phones([sender])
+        # Gateways do not retry FAILED_PRECONDITION: a STOP refused for a view that
+        # was merely behind would be lost. Behind answers UNAVAILABLE, which they retry.
+        if not await self.guard.wait_for_phones([sender]):
+            raise NotConsistent("from_phone", "the read model is behind the ledger; try again")
         owner = await self.view.campaign_for_number(to)
+        if owner is None:  # perhaps claimed a moment ago: count every claim acknowledged
+            if not await self.guard.catch_up((Stream.CAMPAIGNS,)):
+                raise NotConsistent("to_phone", "the read model is behind the ledger; try again")
+            owner = await self.view.campaign_for_number(to)
         if owner is None:
             raise FailedPrecondition("to_phone", f"no campaign sends from {to}")
         brand, name = owner
@@ -183,11 +192,48 @@ class ConsentApp:
             raise FailedPrecondition("to_phone", f"campaign {brand}/{name} has no rules")
         states = await self.view.subscriber_states(brand, [sender])
         outcome = handle_inbound(cmd, campaign, states[sender], self.clock())
-        return InboundResult(await self._append(_stamped(outcome.events, recorded_by)), outcome)
+        events = _stamped(outcome.events, recorded_by)
+        async with self._request_lock(events):
+            written = await self._replay(events) or await self._append(events)
+        return InboundResult(written, outcome)
+
+    def _request_lock(self, events: Sequence[LedgerEvent]) -> asyncio.Lock:
+        """The lock of the request ``events`` come from, keyed by the first event's id
+        (which names the brand and the request id). It lives while someone holds or
+        awaits it; requests with other ids never wait for it."""
+        key = events[0].originator_id
+        lock = self._requests.get(key)
+        if lock is None:
+            lock = self._requests[key] = asyncio.Lock()
+        return lock
 
     async def _replay(self, events: Sequence[LedgerEvent]) -> WriteResult | None:
-        """The earlier result when every event was already recorded (a retried request)."""
+        """The earlier result when the request was recorded before (a retry), None when
+        it was not, ``FailedPrecondition`` when its id was used for another request.
+        Call it holding ``_request_lock(events)`` and append, if at all, before letting go.
+
+        The view answers only after it has applied the whole ledger as far as it
+        reached when this call began (``FreshnessGuard.catch_up``), so an earlier use of
+        the request id that the ledger acknowledged before is seen however far the
+        projection lagged. Were it missed, this request would be appended under the
+        same event ids, and the projection, which stores each id once, would keep the
+        first fact and drop this one: an acknowledged write lost. A view that cannot
+        catch up within the bound answers ``NotConsistent`` (UNAVAILABLE, retryable),
+        and nothing is written. In this process, the lock makes the second of two
+        writes of one (brand, request id) decide after the first is appended.
+
+        Left open: two processes that take the same (brand, request id) at once, each
+        observing the ledger's end before the other's append is acknowledged, both
+        append, since the ledger's appends are unconditional. For a retry of the same
+        request that is harmless (the same ids and facts, stored once). For an id
+        reused for a different request, the projection keeps whichever fact it applies
+        first, and the other, acknowledged to its caller, is never applied. Only a
+        conditional append could close that window, and the ledger has none (see
+        ``Ledger``); the API asks for a new request_id per request.
+        """
         ids = [str(e.originator_id) for e in events]
+        if not await self.guard.catch_up():
+            raise NotConsistent("request_id", "the read model is behind the ledger; try again")
         known = [await self.view.find_event(i) for i in ids]
         first = known[0] if known else None
         if first is not None and first.event != events[0]:
@@ -203,9 +249,7 @@ class ConsentApp:
         return WriteResult(ids, ConsistencyToken.after([k for k in known if k]), True)
 
     async def _append(self, events: Sequence[LedgerEvent]) -> WriteResult:
-        replay = await self._replay(events)
-        if replay is not None:
-            return replay
+        """Append a request ``_replay`` found new, under its ``_request_lock``."""
         recorded = await self.ledger.append(events)
         return WriteResult([str(e.originator_id) for e in events], ConsistencyToken.after(recorded))
 
@@ -246,8 +290,7 @@ class ConsentApp:
         numbers = event.policy.sender_numbers
         if not numbers:
             return
-        await self.guard.observe()
-        if not await self.guard.wait_for_phones([]):
+        if not await self.guard.catch_up((Stream.CAMPAIGNS,)):
             raise NotConsistent(
                 "policy.sender_numbers", "the read model is behind the ledger; try again"
             )
@@ -260,13 +303,39 @@ class ConsentApp:
                 raise FailedPrecondition(field, f"{number} is in use by another brand's campaign")
             raise FailedPrecondition(field, f"{number} is in use by campaign {brand}/{campaign}")
 
+    async def _check_candidate_pending(self, events: Sequence[LedgerEvent]) -> None:
+        """A resolution must name a candidate still pending for its phone and brand.
+        One that names a made-up id, another number's candidate or one already
+        resolved would be recorded and answered OK while the real candidate kept
+        blocking sends. (A retry of a resolution is answered by ``_replay`` first.)
+
+        Read as fresh as a write's checks are: a reply flagged a moment ago counts."""
+        event = events[0]
+        if not isinstance(event, RevocationCandidateResolved):
+            return
+        if not await self.guard.catch_up((Stream.SUBSCRIBERS,)):
+            raise NotConsistent(
+                "candidate_event_id", "the read model is behind the ledger; try again"
+            )
+        state = (await self.view.subscriber_states(event.brand, [event.phone]))[event.phone]
+        pending = {c.event_id for c in state.pending_candidates()}
+        if str(event.candidate_event_id) not in pending:
+            raise FailedPrecondition(
+                "candidate_event_id",
+                f"is not a pending revocation candidate of {event.phone} for {event.brand}",
+            )
+
     async def _campaign_known(self, brand: str, campaign: str) -> bool:
+        """Whether the campaign is defined, counting a definition the ledger
+        acknowledged a moment ago; ``NotConsistent`` on ``campaign`` when the view
+        cannot catch up to tell, for "not defined" is an answer callers act on (a
+        refused write is not retried, a redefinition would be written)."""
         if (await self.view.campaign_history(brand, campaign)).versions:
             return True
         # Perhaps defined a moment ago: look at the ledger's end now, let the
         # projection reach it, and ask again before refusing.
-        await self.guard.observe()
-        await self.guard.wait_for_phones([])
+        if not await self.guard.catch_up((Stream.CAMPAIGNS,)):
+            raise NotConsistent("campaign", "the read model is behind the ledger; try again")
         return bool((await self.view.campaign_history(brand, campaign)).versions)
 
     # ---- queries ------------------------------------------------------------------------
@@ -295,11 +364,22 @@ class ConsentApp:
         if not fresh:
             return CheckResult(_behind(), read_at)
         digest = (await self.reads.digests(brand, [number])).get(number)
+        if digest is None and canonical:
+            # Raises INVALID_ARGUMENT for a number that is not one. One that only looks
+            # canonical ("+4402071234567", a trunk 0 kept) is stored under its normal
+            # form: look that up, as the batch does, after waiting for its partition.
+            normal = to_e164(phone, field="phone")
+            if normal != number:
+                number = normal
+                if not await self._fresh([number], None):
+                    return CheckResult(_behind(), read_at)
+                digest = (await self.reads.digests(brand, [number])).get(number)
         if digest is None:
-            if canonical:  # raises INVALID_ARGUMENT for a number that is not one
-                to_e164(phone, field="phone")
             digest = digest_of(SubscriberState(phone=number, brand=brand))
-        rules = await self._rules(brand, campaign, when, read_at)
+        try:
+            rules = await self._rules(brand, campaign, when, read_at)
+        except NotConsistent:
+            return CheckResult(_behind(), read_at)
         if rules is None:
             return CheckResult(_undefined(brand, campaign), read_at)
         return CheckResult(self._decide(Check(rules, when, kind), digest), read_at)
@@ -341,7 +421,10 @@ class ConsentApp:
                 n = numbers[i]
                 if n not in digests:
                     digests[n] = digest_of(SubscriberState(phone=n, brand=brand))
-        rules = await self._rules(brand, campaign, when, read_at)
+        try:
+            rules = await self._rules(brand, campaign, when, read_at)
+        except NotConsistent:
+            return BatchResult([_behind()] * len(numbers), read_at)
         if rules is None:
             return BatchResult([_undefined(brand, campaign)] * len(numbers), read_at)
         check = Check(rules, when, kind)
@@ -359,7 +442,8 @@ class ConsentApp:
     async def _rules(
         self, brand: str, campaign: str, when: datetime, read_at: ConsistencyToken
     ) -> Campaign | None:
-        """The campaign's rules in force at ``when``; None if it is not defined."""
+        """The campaign's rules in force at ``when``; None if it is not defined, and
+        ``NotConsistent`` when the view cannot catch up to tell."""
         rules = (await self._history(brand, campaign, read_at)).as_of(when)
         if rules is None and await self._campaign_known(brand, campaign):
             rules = (await self.view.campaign_history(brand, campaign)).as_of(when)
@@ -376,10 +460,15 @@ class ConsentApp:
             if at != self._histories_at:
                 self._histories.clear()
                 self._histories_at = at
+                self._histories_generation += 1
         history = self._histories.get((brand, campaign))
         if history is None:
+            generation = self._histories_generation
             history = await self.view.campaign_history(brand, campaign)
-            if history.versions:  # an undefined campaign keeps its re-check path
+            # Kept only if no newer observation reset the cache meanwhile: a read that
+            # began before it may predate the rules those positions include, and would
+            # be served, stale, until the next campaign write.
+            if history.versions and generation == self._histories_generation:
                 self._histories[(brand, campaign)] = history
         return history
 
@@ -396,10 +485,27 @@ class ConsentApp:
             return False
         return await self.guard.wait_for_phones(phones)
 
-    async def get_consent(self, phone: str, brand: str) -> ConsentSnapshot:
+    async def _require_fresh(self, phones: list[str] | None, field: str) -> None:
+        """Wait, as CanSend does, for the phones' partitions (None: the whole view) to
+        reach the ledger's end as last observed; an audit read answers an error, not a
+        decision, so one the view cannot serve fresh within the bound raises
+        ``NotConsistent`` (UNAVAILABLE, retryable) rather than answer from stale rows."""
+        if phones is None:
+            fresh = await self.guard.wait_for_all()
+        else:
+            fresh = await self.guard.wait_for_phones(phones)
+        if not fresh:
+            raise NotConsistent(field, "the read model is behind the ledger; try again")
+
+    async def get_consent(self, phone: str, brand: str, campaign: str) -> ConsentSnapshot:
+        """The number's state towards the brand, asked about ``campaign``: a campaign
+        never defined is refused, so a misspelt name cannot pass for "never granted"."""
         number = to_e164(phone)
         check_name(brand, "brand")
-        await self.guard.wait_for_phones([number])
+        check_name(campaign, "campaign")
+        await self._require_fresh([number], "phone")
+        if not await self._campaign_known(brand, campaign):
+            raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
         state = (await self.view.subscriber_states(brand, [number]))[number]
         grants = {name: c.grant.event for name, c in state.campaigns.items() if c.grant}
         return ConsentSnapshot(state, grants, self.guard.applied_token())
@@ -408,6 +514,7 @@ class ConsentApp:
         number = to_e164(phone)
         if brand is not None:
             check_name(brand, "brand")
+        await self._require_fresh([number], "phone")
         return await self.view.history(number, brand)
 
     async def revocation_candidates(self, brand: str) -> list[Fact[RevocationCandidateFlagged]]:
@@ -419,6 +526,7 @@ class ConsentApp:
         ever flagged for the brand has its state read: the cost grows with those
         (flagged replies are rare), not with the brand's other numbers."""
         check_name(brand, "brand")
+        await self._require_fresh(None, "brand")
         phones = await self.view.flagged_phones(brand)
         states = await self.view.subscriber_states(brand, phones)
         pending = [c for state in states.values() for c in state.pending_candidates()]
@@ -447,6 +555,7 @@ class ConsentApp:
             raise InvalidRequest("start_time", "must carry a time zone")
         if start >= end:
             raise InvalidRequest("start_time", "must be before end_time")
+        await self._require_fresh(None, "brand")
         if campaign is not None and not await self._campaign_known(brand, campaign):
             raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
         counts = await self.view.sending_counts(brand, campaign, start, end)
@@ -457,13 +566,27 @@ class ConsentApp:
         phone: str,
         brand: str,
         campaign: str,
-        t_world: datetime,
-        t_known: datetime,
+        at: datetime,
+        known_at: datetime | None = None,
+        *,
         kind: MessageKind = MessageKind.REGULAR,
-    ) -> Decision:
+        token: ConsistencyToken | None = None,
+    ) -> CheckResult:
+        """What CanSend would have answered at ``at``, from what the ledger knew at
+        ``known_at`` (by default now). Neither may be ahead of now by more than the
+        clock skew allowed: the ledger cannot know the future, so such an answer would
+        only be a guess. The view is read as fresh as ``can_send`` reads it, and fails
+        closed the same way (``REASON_NOT_CONSISTENT`` while it is behind)."""
         number = to_e164(phone)
         check_name(brand, "brand")
         check_name(campaign, "campaign")
+        now = self.clock()
+        t_world = check_time(at, now, "at")
+        t_known = now if known_at is None else check_time(known_at, now, "known_at")
+        fresh = await self._fresh([number], token)
+        read_at = self.guard.applied_token()
+        if not fresh:
+            return CheckResult(_behind(), read_at)
         subscriber = [
             r
             for r in await self.view.history(number, brand)
@@ -471,4 +594,5 @@ class ConsentApp:
         ]
         history: CampaignHistory = await self.view.campaign_history(brand, campaign)
         campaign_events = [f.as_recorded() for f in history.versions]
-        return decide_as_of([*campaign_events, *subscriber], campaign, t_world, t_known, kind)
+        decision = decide_as_of([*campaign_events, *subscriber], campaign, t_world, t_known, kind)
+        return CheckResult(decision, read_at)

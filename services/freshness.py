@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 _HASH_AT_MOST = 32
 """A read of more numbers than this waits for every partition, not just theirs: a
 big batch touches nearly all of them anyway, and that is the stricter wait."""
+
+_CATCH_UP_PAUSE = 0.002
+"""How long ``catch_up`` pauses between its looks at the view's positions. A write
+waits on it, so it is far shorter than the refresh interval; the looks are shared,
+so however many writes wait, the ledger and the view are asked once per pause."""
 
 
 @dataclass(frozen=True)
@@ -80,18 +85,22 @@ class FreshnessGuard:
         another thread (a metrics scrape) reads one observation."""
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._next_look: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         await self.observe()
         self._task = asyncio.create_task(self._loop(), name="freshness-guard")
 
     async def stop(self) -> None:
+        if self._next_look is not None:
+            self._next_look.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def observe(self) -> None:
+    async def observe(self) -> dict[Stream, dict[int, int]]:
+        """Read the ledger's end offsets and the view's positions now; return the ends."""
         started = self._monotonic()
         ends = await self._ledger.every_end_offset()
         applied = {s: await self._view.positions(s) for s in Stream}
@@ -113,6 +122,7 @@ class FreshnessGuard:
         )
         self._changed.set()
         self._changed = asyncio.Event()
+        return ends
 
     async def _loop(self) -> None:
         while True:
@@ -166,6 +176,50 @@ class FreshnessGuard:
         for p, offset in self._ends.get(Stream.CAMPAIGNS, {}).items():
             needed[(Stream.CAMPAIGNS, p)] = offset
         return await self._wait(needed, self._settings.wait_bound)
+
+    async def wait_for_all(self) -> bool:
+        """True once the view has applied every partition of every stream up to its
+        observed end: for a read that spans the whole view (a brand's numbers)."""
+        needed = {
+            (stream, p): offset for stream, ends in self._ends.items() for p, offset in ends.items()
+        }
+        return await self._wait(needed, self._settings.wait_bound)
+
+    async def catch_up(self, streams: Collection[Stream] = tuple(Stream)) -> bool:
+        """True once the view has applied every partition of ``streams`` up to the
+        ledger's end as this call observes it, within the bound: a decision that must
+        count every fact acknowledged before it (a request id's earlier use, a campaign
+        defined or a number claimed a moment ago) waits for this, not for the last
+        observation.
+
+        It waits for the ends it read itself (an observation of the loop's that
+        started earlier may finish later and leave older ends behind), and looks at
+        the view's progress every ``_CATCH_UP_PAUSE`` rather than every refresh
+        interval: a write that follows another by a moment waits for that one's
+        projection, which takes milliseconds, not for the guard's next round."""
+        ends = await self.observe()
+        needed = {
+            (stream, p): offset for stream in streams for p, offset in ends.get(stream, {}).items()
+        }
+        deadline = self._monotonic() + self._settings.wait_bound
+        while self._behind(needed):
+            if self._monotonic() >= deadline:
+                return False
+            await self._look_again()
+        return True
+
+    async def _look_again(self) -> None:
+        """After a short pause, observe once for every caller waiting meanwhile."""
+        if self._next_look is None or self._next_look.done():
+            self._next_look = asyncio.ensure_future(self._pause_and_observe())
+        await asyncio.shield(self._next_look)
+
+    async def _pause_and_observe(self) -> None:
+        await asyncio.sleep(_CATCH_UP_PAUSE)
+        try:
+            await self.observe()
+        except Exception:  # as in the loop: the waiters time out and fail closed
+            log.warning("freshness observation failed", exc_info=True)
 
     def applied_token(self) -> ConsistencyToken:
         """The freshness the view had at the last observation."""

@@ -5,7 +5,10 @@ request with ``services.wire.api``, calls ``ConsentApp`` and translates back.
 Errors leave through ``translate_errors`` (one mapping for the whole API). The
 exception is the family of CanSend queries: an internal failure there answers
 "not allowed" with ``REASON_INTERNAL_ERROR``, never an error a caller could
-mistake for a missing rule.
+mistake for a missing rule. They parse every wire field of the request before
+the call, so a ``WireFormatError`` during it comes from stored data this code
+cannot decode (a row from a newer writer, during a rolling upgrade, say): such a
+failure too, not the caller's INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
 from services.grpc_api.errors import translate_errors
 from services.metrics import ServiceMetrics
 from services.wire import api, codec
-from services.wire.enums import WireFormatError
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             result = await self.app.can_send(
                 request.phone, request.brand, request.campaign, at=at, kind=kind, token=token
             )
-        except (DomainError, ServiceError, WireFormatError):
+        except (DomainError, ServiceError):  # the request's own errors
             raise
         except Exception:
             log.exception("CanSend failed; answering not allowed")
@@ -135,7 +137,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                 phones, request.brand, request.campaign, at=at, kind=kind, token=token
             )
             decisions, encoded = result.decisions, result.token.encode()
-        except (DomainError, ServiceError, WireFormatError):
+        except (DomainError, ServiceError):  # the request's own errors
             raise
         except Exception:
             log.exception("CanSendBatch failed; answering not allowed for all")
@@ -149,16 +151,19 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     ) -> api_pb2.CanSendAsOfResponse:
         self._caller(context, Scope.AUDIT, request.brand)
         at = api.required_time(request, "at")
-        known_at = api.optional_time(request, "known_at") or self.app.clock()
+        known_at = api.optional_time(request, "known_at")
         kind = api.message_kind_from_proto(request.message_kind)
-        if not await self._fresh_enough(request.at_least_as_fresh):
-            return api.decision_to_as_of_proto(
-                deny(Reason.NOT_CONSISTENT, "the view has not applied the given token")
+        token = _token(request.at_least_as_fresh)
+        try:
+            result = await self.app.can_send_as_of(
+                request.phone, request.brand, request.campaign, at, known_at, kind=kind, token=token
             )
-        decision = await self.app.can_send_as_of(
-            request.phone, request.brand, request.campaign, at, known_at, kind
-        )
-        return api.decision_to_as_of_proto(decision, self.app.guard.applied_token().encode())
+        except (DomainError, ServiceError):  # the request's own errors
+            raise
+        except Exception:
+            log.exception("CanSendAsOf failed; answering not allowed")
+            return api.decision_to_as_of_proto(_internal_error())
+        return api.decision_to_as_of_proto(result.decision, result.token.encode())
 
     @translate_errors
     async def GetConsent(
@@ -166,7 +171,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     ) -> api_pb2.GetConsentResponse:
         self._caller(context, Scope.AUDIT, request.brand)
         await self._require_fresh(request.at_least_as_fresh)
-        snapshot = await self.app.get_consent(request.phone, request.brand)
+        snapshot = await self.app.get_consent(request.phone, request.brand, request.campaign)
         state = snapshot.state
         cc = state.campaign(request.campaign)
         digest = digest_of(state)

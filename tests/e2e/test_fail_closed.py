@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from services.bootstrap import Runtime
-from tests.e2e.harness import client, define, service_settings, ts
+from services.freshness import FreshnessSettings
+from services.wire.enums import WireFormatError
+from tests.e2e.harness import client, define, opt_in, service_settings, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
+FAILURES = {
+    "down": RuntimeError("the database fell over"),
+    # A row this code cannot decode (from a newer writer, during a rolling upgrade):
+    # the caller sent no such field, so it is no INVALID_ARGUMENT of theirs.
+    "undecodable": WireFormatError("consent_revoked.channel", "unknown value 9"),
+}
+
+
+@pytest.mark.parametrize("failure", FAILURES)
 @pytest.mark.parametrize("reads", ["replica", "postgres"])
 async def test_a_failing_read_model_answers_not_allowed_for_single_and_batch(
-    tmp_path, postgres_dsn, reads
+    tmp_path, postgres_dsn, reads, failure
 ):
     settings = service_settings(tmp_path, postgres_dsn, kafka=None)
     runtime = Runtime(dataclasses.replace(settings, cansend_reads=reads))
@@ -26,7 +42,7 @@ async def test_a_failing_read_model_answers_not_allowed_for_single_and_batch(
             await c.DefineCampaign(define("acme", "promo", datetime.now(UTC) - timedelta(days=1)))
 
             async def broken(*args, **kwargs):
-                raise RuntimeError("the database fell over")
+                raise FAILURES[failure]
 
             # The replica, or the view behind the read batcher.
             target = runtime.app.reads if reads == "replica" else runtime.view
@@ -88,5 +104,114 @@ async def test_an_audit_read_the_view_cannot_serve_fresh_enough_is_unavailable(
                 )
             )
             assert not as_of.allowed and as_of.reason == api.REASON_NOT_CONSISTENT
+    finally:
+        await runtime.stop()
+
+
+def noon_in_los_angeles() -> datetime:
+    real = datetime.now(UTC)
+    noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
+    return noon if noon > real else noon + timedelta(days=1)
+
+
+def bad_fields(err: grpc.aio.AioRpcError) -> list[str]:
+    status = rpc_status.from_call(err)
+    fields = []
+    for detail in status.details if status else []:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            fields += [v.field for v in bad.field_violations]
+    return fields
+
+
+async def test_a_check_as_of_says_no_when_it_fails_or_the_view_is_behind(tmp_path, postgres_dsn):
+    when = noon_in_los_angeles()
+    settings = service_settings(tmp_path, postgres_dsn, kafka=None)
+    fast = FreshnessSettings(refresh_interval=0.05, wait_bound=0.3)
+    runtime = Runtime(dataclasses.replace(settings, freshness=fast), clock=lambda: when)
+    await runtime.start()
+    phone = "+14155552671"
+
+    def as_of(at: datetime, **fields: str) -> api.CanSendAsOfRequest:
+        return api.CanSendAsOfRequest(
+            phone=phone, brand="acme", campaign="promo", at=ts(at), **fields
+        )
+
+    try:
+        async with client(runtime.address) as c:
+            await c.DefineCampaign(define("acme", "promo", when - timedelta(days=1)))
+            granted = await c.RecordOptIn(opt_in(phone, "acme", "promo", when))
+            ok = await c.CanSendAsOf(as_of(when, at_least_as_fresh=granted.consistency_token))
+            assert ok.allowed, ok
+
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await c.CanSendAsOf(as_of(datetime(9999, 12, 31, tzinfo=UTC)))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert bad_fields(err.value) == ["at"]
+
+            async def broken(*args, **kwargs):
+                raise RuntimeError("the database fell over")
+
+            history = runtime.view.history
+            runtime.view.history = broken  # type: ignore[method-assign, union-attr]
+            failed = await c.CanSendAsOf(as_of(when))
+            runtime.view.history = history  # type: ignore[method-assign, union-attr]
+            assert not failed.allowed and failed.reason == api.REASON_INTERNAL_ERROR
+
+            for task in runtime._tasks:  # the projector stops
+                task.cancel()
+            await asyncio.gather(*runtime._tasks, return_exceptions=True)
+            await c.RecordOptOut(
+                api.RecordOptOutRequest(
+                    request_id="stop-1",
+                    phone=phone,
+                    brand="acme",
+                    campaign="promo",
+                    channel=lpb.REVOCATION_CHANNEL_KEYWORD,
+                    occurred_at=ts(when),
+                )
+            )
+            await asyncio.sleep(0.15)  # several refresh intervals: the STOP is observed
+            behind = await c.CanSendAsOf(as_of(when))
+            assert not behind.allowed and behind.reason == api.REASON_NOT_CONSISTENT
+    finally:
+        await runtime.stop()
+
+
+async def test_audit_reads_behind_an_acknowledged_stop_are_unavailable(tmp_path, postgres_dsn):
+    when = noon_in_los_angeles()
+    settings = service_settings(tmp_path, postgres_dsn, kafka=None)
+    fast = FreshnessSettings(refresh_interval=0.05, wait_bound=0.3)
+    runtime = Runtime(dataclasses.replace(settings, freshness=fast), clock=lambda: when)
+    await runtime.start()
+    phone = "+14155552671"
+    try:
+        async with client(runtime.address) as c:
+            await c.DefineCampaign(define("acme", "promo", when - timedelta(days=1)))
+            await c.RecordOptIn(opt_in(phone, "acme", "promo", when))
+            await asyncio.sleep(0.15)
+            for task in runtime._tasks:  # the projector stops
+                task.cancel()
+            await asyncio.gather(*runtime._tasks, return_exceptions=True)
+            await c.RecordOptOut(
+                api.RecordOptOutRequest(
+                    request_id="stop-1",
+                    phone=phone,
+                    brand="acme",
+                    campaign="promo",
+                    channel=lpb.REVOCATION_CHANNEL_KEYWORD,
+                    occurred_at=ts(when),
+                )
+            )
+            await asyncio.sleep(0.15)  # several refresh intervals: the STOP is observed
+            for call in (
+                c.GetConsent(api.GetConsentRequest(phone=phone, brand="acme", campaign="promo")),
+                c.ListEvents(api.ListEventsRequest(phone=phone, brand="acme")),
+                c.ListRevocationCandidates(api.ListRevocationCandidatesRequest(brand="acme")),
+                c.GetOptOutRate(api.GetOptOutRateRequest(brand="acme")),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await runtime.stop()

@@ -555,6 +555,15 @@ async def test_an_unknown_campaign_is_a_failed_precondition(service):
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         r = await check(c, campaign="nosuch")
         assert not r.allowed and r.reason == api.REASON_CAMPAIGN_UNKNOWN
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # not "never granted"
+            await c.GetConsent(api.GetConsentRequest(phone=PHONE, brand="acme", campaign="nosuch"))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert [s for s, _ in precondition_violations(err.value)] == ["campaign"]
+        for name in ("", "NOT A NAME!"):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await c.GetConsent(api.GetConsentRequest(phone=PHONE, brand="acme", campaign=name))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert [f for f, _ in status_details(err.value)] == ["campaign"]
 
 
 async def test_calls_without_valid_credentials_are_refused(service):
@@ -805,6 +814,25 @@ async def test_flagged_replies_wait_in_a_queue_until_resolved(service):
             api.ListRevocationCandidatesRequest(brand="acme")
         )
         assert [e.event.phone for e in everything.candidates] == [PHONE, third]
+
+        for candidate, phone in (
+            ("00000000-0000-0000-0000-000000000001", PHONE),  # made up
+            (everything.candidates[0].event.event_id, third),  # another number's
+            (oldest.event.event_id, other),  # resolved already
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await c.ResolveRevocationCandidate(
+                    api.ResolveRevocationCandidateRequest(
+                        request_id=uuid.uuid4().hex,
+                        phone=phone,
+                        brand="acme",
+                        candidate_event_id=candidate,
+                        resolution=lpb.CANDIDATE_RESOLUTION_DISMISSED,
+                        occurred_at=ts(t),
+                    )
+                )
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert [s for s, _ in precondition_violations(refused.value)] == ["candidate_event_id"]
 
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.ListRevocationCandidates(

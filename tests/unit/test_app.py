@@ -18,10 +18,12 @@ from ledger.commands import (
     RecordMessageSent,
     RecordOptIn,
     RecordOptOut,
+    ResolveRevocationCandidate,
     to_events,
 )
 from ledger.errors import InvalidPhoneNumber, InvalidRequest
 from ledger.events import (
+    CandidateResolution,
     CollectionMethod,
     ConsentTier,
     LedgerEvent,
@@ -152,6 +154,56 @@ async def test_a_request_id_reused_for_another_request_is_refused_and_writes_not
         assert [type(r.event).__name__ for r in written] == ["ConsentGranted"]
 
 
+def reuse_r1_to_stop() -> RecordOptOut:
+    return RecordOptOut("r1", PHONE, BRAND, "promo", RevocationChannel.API, at(30))
+
+
+async def test_a_request_id_reused_while_the_projection_lags_is_refused_not_lost():
+    async with running(wait_bound=0.1) as (app, projector):
+        assert await app.guard.wait_for_token((await app.record(define())).token)
+        await _stop(projector)
+        first = await app.record(opt_in("r1"))  # in the ledger, not in the view
+
+        with pytest.raises(NotConsistent) as behind:  # cannot tell yet: retryable
+            await app.record(reuse_r1_to_stop())
+        projector = asyncio.create_task(Projector(app.ledger, app.view, poll_timeout=0.01).run())
+        try:
+            with pytest.raises(FailedPrecondition) as reused:
+                await app.record(reuse_r1_to_stop())
+        finally:
+            await _stop(projector)
+
+        assert behind.value.field == reused.value.field == "request_id"
+        written = await app.ledger.read(Stream.SUBSCRIBERS, app.ledger.partition_for(PHONE), 0)
+        assert [str(r.event.event_id) for r in written] == first.event_ids
+
+
+async def test_two_uses_of_one_request_id_at_once_write_one_and_refuse_the_other():
+    async with running(ledger=SlowLedger(partitions=4)) as (app, _):
+        await app.record(define())
+
+        results = await asyncio.gather(
+            app.record(opt_in("r1")), app.record(reuse_r1_to_stop()), return_exceptions=True
+        )
+
+        written = await app.ledger.read(Stream.SUBSCRIBERS, app.ledger.partition_for(PHONE), 0)
+        assert len(written) == 1
+        refused = [r for r in results if isinstance(r, FailedPrecondition)]
+        assert len(refused) == 1 and refused[0].field == "request_id"
+        assert not app._requests  # each request's lock goes with its last holder
+
+
+async def test_writes_of_other_request_ids_do_not_wait_for_each_other():
+    async with running(ledger=SlowLedger(partitions=4)) as (app, _):
+        await app.record(define())
+        started = asyncio.get_running_loop().time()
+
+        await asyncio.gather(*(app.record(opt_in(f"r{i}")) for i in range(10)))
+
+        # SlowLedger takes 0.05 s an append; one after another would take 0.5 s.
+        assert asyncio.get_running_loop().time() - started < 0.3
+
+
 async def test_opt_in_then_check_then_opt_out_then_check(app):
     await app.record(define())
     granted = await app.record(opt_in("r1"))
@@ -185,11 +237,13 @@ async def test_an_opt_in_for_an_undefined_campaign_writes_nothing(app):
 async def test_a_single_check_answers_as_the_batch_does_for_each_number(app):
     await app.record(define())
     await app.record(opt_in("r-single"))
+    await app.record(dataclasses.replace(opt_in("r-uk"), phone="+442071234567"))
     stop = await app.record(
         RecordOptOut("r-single-stop", "+12125551234", BRAND, "promo", RevocationChannel.API, at(2))
     )
-    # canonical and known, written another way, canonical and never seen, opted out
-    phones = [PHONE, "+1 (415) 555-2671", "+13105550123", "+12125551234"]
+    # canonical and known, written another way, canonical and never seen, opted out,
+    # and a known number in E.164 form but with the trunk 0 kept (stored without it)
+    phones = [PHONE, "+1 (415) 555-2671", "+13105550123", "+12125551234", "+4402071234567"]
 
     batch = await app.can_send_batch(phones, BRAND, "promo", token=stop.token)
     singles = [await app.can_send(p, BRAND, "promo", token=stop.token) for p in phones]
@@ -200,6 +254,7 @@ async def test_a_single_check_answers_as_the_batch_does_for_each_number(app):
         Reason.CONSENT_ACTIVE,
         Reason.NO_CONSENT,
         Reason.REVOKED,
+        Reason.CONSENT_ACTIVE,
     ]
     undefined = await app.can_send(PHONE, BRAND, "no-such-campaign")
     assert undefined.decision.reason is Reason.CAMPAIGN_UNKNOWN
@@ -246,6 +301,106 @@ async def test_numbers_written_another_way_on_a_lagging_partition_are_refused_as
 
         assert single.decision.reason is Reason.NOT_CONSISTENT
         assert batch.decisions == [single.decision] * len(phones)
+
+
+async def test_rules_read_before_a_policy_change_are_not_kept_for_after_it(app):
+    await app.record(define())
+    granted = await app.record(opt_in("r1"))
+    assert (await app.can_send(PHONE, BRAND, "promo", token=granted.token)).decision.allowed
+    # Another campaign's write moves the positions the cached rules are valid for.
+    other = DefineCampaign("define-other", BRAND, "other", CampaignPolicy(), at(-1))
+    assert await app.guard.wait_for_token((await app.record(other)).token)
+    read, release = asyncio.Event(), asyncio.Event()
+    real = app.view.campaign_history
+
+    async def slow_once(brand: str, campaign: str):  # reads, then resumes late
+        history = await real(brand, campaign)
+        if not read.is_set():
+            read.set()
+            await release.wait()
+        return history
+
+    app.view.campaign_history = slow_once  # type: ignore[method-assign]
+    early = asyncio.create_task(app.can_send(PHONE, BRAND, "promo"))
+    await read.wait()  # it holds the rules as they were before the change
+    gated = ChangeCampaignPolicy("gate", BRAND, "promo", CampaignPolicy(age_gated=True), at(1))
+    change = await app.record(gated)
+    fresh = await app.can_send(PHONE, BRAND, "promo", token=change.token)
+    release.set()
+    await early
+
+    later = await app.can_send(PHONE, BRAND, "promo", token=change.token)
+    assert fresh.decision.reason is Reason.AGE_VERIFICATION_REQUIRED
+    assert later.decision.reason is Reason.AGE_VERIFICATION_REQUIRED
+
+
+def ledger_at_now() -> InMemoryLedger:
+    """A ledger whose ``recorded_at`` is the app's now: a check as of now knows it all."""
+    return InMemoryLedger(partitions=4, clock=lambda: NOW)
+
+
+async def test_a_check_as_of_waits_for_the_projection_and_says_no_while_it_is_behind():
+    async with running(wait_bound=0.1, ledger=ledger_at_now()) as (app, projector):
+        await app.record(define())
+        granted = await app.record(opt_in("r1"))
+        assert await app.guard.wait_for_token(granted.token)
+        before = await app.can_send_as_of(PHONE, BRAND, "promo", NOW)
+        await _stop(projector)
+        stop = RecordOptOut("r2", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(1))
+        await app.ledger.append(to_events(stop, NOW))  # acknowledged, never applied
+        await app.guard.observe()
+
+        after = await app.can_send_as_of(PHONE, BRAND, "promo", NOW)
+
+        assert before.decision.allowed
+        assert not after.decision.allowed and after.decision.reason is Reason.NOT_CONSISTENT
+
+
+@pytest.mark.parametrize("field", ["at", "known_at"])
+async def test_a_check_as_of_refuses_a_time_ahead_of_now(field):
+    async with running(ledger=ledger_at_now()) as (app, _):
+        assert await app.guard.wait_for_token((await app.record(define())).token)
+        ahead = {"at": NOW, "known_at": None, field: datetime(9999, 12, 31, tzinfo=UTC)}
+        with pytest.raises(InvalidRequest) as err:
+            await app.can_send_as_of(PHONE, BRAND, "promo", ahead["at"], ahead["known_at"])
+        assert err.value.field == field
+        skewed = await app.can_send_as_of(PHONE, BRAND, "promo", NOW, NOW + timedelta(minutes=1))
+        assert skewed.decision.reason is Reason.NO_CONSENT  # within the skew allowed
+
+
+async def test_audit_reads_the_view_cannot_serve_fresh_are_unavailable_not_stale():
+    async with running(wait_bound=0.1) as (app, projector):
+        await app.record(define())
+        granted = await app.record(opt_in("r1"))
+        assert await app.guard.wait_for_token(granted.token)
+        assert (await app.get_consent(PHONE, BRAND, "promo")).grants
+        await _stop(projector)
+        stop = RecordOptOut("r2", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(1))
+        await app.ledger.append(to_events(stop, NOW))  # acknowledged, never applied
+        await app.guard.observe()
+
+        reads = {
+            "phone": [app.get_consent(PHONE, BRAND, "promo"), app.history(PHONE, BRAND)],
+            "brand": [app.revocation_candidates(BRAND), app.opt_out_rate(BRAND, "promo")],
+        }
+        for field, calls in reads.items():
+            for call in calls:
+                with pytest.raises(NotConsistent) as err:
+                    await call
+                assert err.value.field == field
+
+
+async def test_consent_is_asked_of_a_defined_campaign_only(app):
+    granted = await app.record(define())
+    assert await app.guard.wait_for_token(granted.token)
+    for name in ("", "NOT A NAME!"):
+        with pytest.raises(InvalidRequest) as bad:
+            await app.get_consent(PHONE, BRAND, name)
+        assert bad.value.field == "campaign"
+    with pytest.raises(FailedPrecondition) as undefined:  # a misspelling, say
+        await app.get_consent(PHONE, BRAND, "promoo")
+    assert undefined.value.field == "campaign"
+    assert not (await app.get_consent(PHONE, BRAND, "promo")).grants
 
 
 async def test_the_opt_out_rate_counts_the_last_30_days_by_default(app):
@@ -385,5 +540,89 @@ async def test_a_claim_is_refused_as_not_consistent_while_the_view_lags():
         with pytest.raises(NotConsistent) as err:
             await app.record(claim("acme-news", "acme", "news", OTHER_NUMBER))
 
-        assert err.value.field == "policy.sender_numbers"
+        # The request id is the first thing decided on a view caught up with the ledger.
+        assert err.value.field == "request_id"
         assert len(await app.ledger.read(Stream.CAMPAIGNS, 0, 0)) == 1
+
+
+@contextlib.asynccontextmanager
+async def unprojected() -> AsyncIterator[ConsentApp]:
+    """An app whose view applies nothing and whose guard observes only when asked:
+    what the ledger holds, the view lacks, and the guard learns it only on a look."""
+    ledger, view = InMemoryLedger(partitions=4), InMemoryConsentView()
+    guard = FreshnessGuard(ledger, view, FreshnessSettings(wait_bound=0.1))
+    await guard.observe()
+    yield ConsentApp(ledger, view, guard, clock=lambda: NOW)
+
+
+async def test_an_inbound_stop_to_a_number_the_view_lacks_yet_is_unavailable_not_refused():
+    async with unprojected() as app:
+        await app.ledger.append(to_events(claim("acme-promo", "acme", "promo", NUMBER), NOW))
+
+        with pytest.raises(NotConsistent) as err:  # gateways retry UNAVAILABLE
+            await app.handle_inbound(
+                HandleInboundMessage("in1", PHONE, NUMBER, "STOP", "m1", at(1))
+            )
+
+        assert err.value.field == "to_phone"
+
+
+async def test_an_inbound_stop_to_a_number_claimed_a_moment_ago_is_recorded(app):
+    await app.ledger.append(to_events(claim("acme-promo", "acme", "promo", NUMBER), NOW))
+
+    stop = await app.handle_inbound(HandleInboundMessage("in1", PHONE, NUMBER, "STOP", "m1", at(1)))
+
+    assert (stop.outcome.brand, stop.outcome.campaign) == ("acme", "promo")
+
+
+async def test_a_check_for_a_campaign_the_view_lacks_yet_is_not_consistent_not_unknown():
+    async with unprojected() as app:
+        await app.ledger.append(to_events(define(), NOW))
+
+        with pytest.raises(NotConsistent) as err:
+            await app.opt_out_rate(BRAND, "promo")
+        single = await app.can_send(PHONE, BRAND, "promo")
+        batch = await app.can_send_batch([PHONE], BRAND, "promo")
+
+        assert err.value.field == "campaign"
+        assert single.decision.reason is Reason.NOT_CONSISTENT
+        assert batch.decisions == [single.decision]
+
+
+# ---- resolving a flagged reply ---------------------------------------------------------
+
+
+def resolve(request_id: str, candidate: str, phone: str = PHONE, brand: str = "acme"):
+    return ResolveRevocationCandidate(
+        request_id, phone, brand, candidate, CandidateResolution.DISMISSED, at(3)
+    )
+
+
+async def test_only_a_pending_candidate_of_that_number_and_brand_can_be_resolved(app):
+    other = "+14155552672"
+    await app.record(claim("acme-promo", "acme", "promo", NUMBER))
+    await app.record(claim("globex-deals", "globex", "deals", OTHER_NUMBER))
+    flagged = {}
+    for phone in (PHONE, other):  # resolved below at once: a reply flagged a moment ago counts
+        reply = "please stop texting me"
+        inbound = HandleInboundMessage(f"in-{phone}", phone, NUMBER, reply, f"m-{phone}", at(1))
+        flagged[phone] = (await app.handle_inbound(inbound)).write.event_ids[1]
+    written = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    for request, why in (
+        (resolve("x1", "00000000-0000-0000-0000-000000000001"), "made up"),
+        (resolve("x2", flagged[other]), "another number's"),
+        (resolve("x3", flagged[PHONE], brand="globex"), "another brand's"),
+    ):
+        with pytest.raises(FailedPrecondition) as err:
+            await app.record(request)
+        assert err.value.field == "candidate_event_id", why
+    assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == written
+
+    done = await app.record(resolve("ok", flagged[PHONE].upper()))
+    again = await app.record(resolve("ok", flagged[PHONE].upper()))  # a retry
+    assert again.replayed and again.event_ids == done.event_ids
+    with pytest.raises(FailedPrecondition):  # resolved already, by another request
+        await app.record(resolve("ok-2", flagged[PHONE]))
+    check = await app.can_send(PHONE, "acme", "promo", token=done.token)
+    assert check.decision.reason is not Reason.REVOCATION_PENDING_REVIEW
