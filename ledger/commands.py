@@ -1,17 +1,22 @@
 """Requests, named in the imperative, and the rules for turning them into facts.
 
 ``to_events`` validates a request completely before it builds anything, so a bad
-request writes nothing. Event ids derive from the client's request id: a retry of
-the same request produces the very same facts, which the ledger stores once.
+request writes nothing. Event ids derive from the client's request id, the brand
+and everything else the request says: a retry of the same request produces the
+very same facts, which the ledger stores once, and a request id reused for another
+request produces other facts, so neither is lost.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import hashlib
 import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -255,9 +260,46 @@ class InboundOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-def _base(request_id: str, index: int, at: datetime, brand: str) -> dict[str, Any]:
+def request_fingerprint(cmd: Any) -> str:
+    """A digest of everything ``cmd`` says, the same in every process and version of
+    Python: a retry of a request has the same, another request another."""
+    return hashlib.sha256(repr(_canonical(cmd)).encode()).hexdigest()[:32]
+
+
+_MICROSECOND = timedelta(microseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` as nested tuples of str, int, float, bool and None, whose ``repr`` is
+    stable: an instant as microseconds since the epoch, whatever its time zone object."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (
+            type(value).__name__,
+            tuple((f.name, _canonical(getattr(value, f.name))) for f in dataclasses.fields(value)),
+        )
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            return ("naive", value.isoformat())
+        return ("instant", (value - _EPOCH) // _MICROSECOND)
+    if isinstance(value, timedelta):
+        return ("span", value // _MICROSECOND)
+    if isinstance(value, date | time):
+        return (type(value).__name__, value.isoformat())
+    if isinstance(value, enum.Enum):
+        return (type(value).__name__, _canonical(value.value))
+    if isinstance(value, tuple | list):
+        return tuple(_canonical(v) for v in value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if value is None or isinstance(value, str | int | float):
+        return value
+    raise TypeError(f"no canonical form for {type(value).__name__}")
+
+
+def _base(cmd: Any, index: int, at: datetime, brand: str) -> dict[str, Any]:
     return {
-        "originator_id": event_id_for(request_id, index, brand),
+        "originator_id": event_id_for(cmd.request_id, index, brand, request_fingerprint(cmd)),
         "originator_version": FIRST_VERSION,
         "timestamp": at,
     }
@@ -266,7 +308,7 @@ def _base(request_id: str, index: int, at: datetime, brand: str) -> dict[str, An
 def _subscriber(cmd: Any) -> dict[str, Any]:
     """The fields every subscriber fact of a one-event request shares, validated."""
     return {
-        **_base(cmd.request_id, 0, cmd.occurred_at, check_name(cmd.brand, "brand")),
+        **_base(cmd, 0, cmd.occurred_at, check_name(cmd.brand, "brand")),
         "phone": to_e164(cmd.phone),
         "brand": cmd.brand,
     }
@@ -382,7 +424,7 @@ def _resolve(cmd: ResolveRevocationCandidate, now: datetime) -> list[LedgerEvent
     phone, brand = to_e164(cmd.phone), check_name(cmd.brand, "brand")
     events: list[LedgerEvent] = [
         RevocationCandidateResolved(
-            **_base(cmd.request_id, 0, cmd.occurred_at, brand),
+            **_base(cmd, 0, cmd.occurred_at, brand),
             phone=phone,
             brand=brand,
             candidate_event_id=candidate,
@@ -394,7 +436,7 @@ def _resolve(cmd: ResolveRevocationCandidate, now: datetime) -> list[LedgerEvent
         # A reply that meant "stop" stops everything from the brand: the safe reading.
         events.append(
             ConsentRevoked(
-                **_base(cmd.request_id, 1, cmd.occurred_at, brand),
+                **_base(cmd, 1, cmd.occurred_at, brand),
                 phone=phone,
                 brand=brand,
                 campaign=None,
@@ -423,7 +465,7 @@ def _campaign(cmd: DefineCampaign | ChangeCampaignPolicy, now: datetime) -> list
     brand = check_name(cmd.brand, "brand")
     return [
         cls(
-            **_base(cmd.request_id, 0, cmd.occurred_at, brand),
+            **_base(cmd, 0, cmd.occurred_at, brand),
             brand=brand,
             campaign=check_name(cmd.campaign, "campaign"),
             policy=policy,
@@ -484,7 +526,7 @@ def handle_inbound(
     brand, name, at = campaign.brand, campaign.campaign, cmd.occurred_at
     events: list[LedgerEvent] = [
         InboundMessageReceived(
-            **_base(cmd.request_id, 0, at, brand),
+            **_base(cmd, 0, at, brand),
             phone=phone,
             brand=brand,
             message_id=cmd.message_id,
@@ -498,7 +540,7 @@ def handle_inbound(
     if intent in (Intent.OPT_OUT, Intent.OPT_OUT_BRAND_WIDE):
         events.append(
             ConsentRevoked(
-                **_base(cmd.request_id, 1, at, brand),
+                **_base(cmd, 1, at, brand),
                 phone=phone,
                 brand=brand,
                 campaign=None if intent is Intent.OPT_OUT_BRAND_WIDE else name,
@@ -527,7 +569,7 @@ def handle_inbound(
             scopes.append(name)
         events += [
             ConsentResumed(
-                **_base(cmd.request_id, i, at, brand),
+                **_base(cmd, i, at, brand),
                 phone=phone,
                 brand=brand,
                 campaign=scope,
@@ -548,7 +590,7 @@ def handle_inbound(
     if intent is Intent.REVOCATION_CANDIDATE:
         events.append(
             RevocationCandidateFlagged(
-                **_base(cmd.request_id, 1, at, brand),
+                **_base(cmd, 1, at, brand),
                 phone=phone,
                 brand=brand,
                 inbound_message_id=cmd.message_id,

@@ -31,13 +31,20 @@ FIRST_VERSION = 1
 """Every event is version 1 of its own one-event stream: appends are unconditional."""
 
 
-def event_id_for(request_id: str, index: int = 0, brand: str = "") -> uuid.UUID:
+def event_id_for(
+    request_id: str, index: int = 0, brand: str = "", fingerprint: str = ""
+) -> uuid.UUID:
     """The id of the ``index``-th event a request writes: the same request, the same ids.
 
     A request id is the client's, unique only among its own requests, so the ids are
-    scoped by the brand the request is for: two tenants that both send request id
-    "r1" write two different facts, never one tenant's retry of the other's."""
+    scoped by the brand the request is for, and by the ``fingerprint`` of everything
+    the request says (``ledger.commands.request_fingerprint``): two tenants that both
+    send request id "r1", or one that sends it twice for two different requests,
+    write different facts, never one request's retry of the other. The projection
+    stores each id once, so two facts under one id would lose one of them."""
     scoped = f"{brand}/{request_id}" if brand else request_id
+    if fingerprint:
+        scoped = f"{scoped}/{fingerprint}"
     return uuid.uuid5(EVENT_ID_NAMESPACE, f"{scoped}/{index}")
 
 

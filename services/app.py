@@ -157,9 +157,17 @@ class ConsentApp:
             return await self._checked_append(cmd, events)
 
     async def _checked_append(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
-        await self._check_campaign_exists(cmd)
-        await self._check_sender_numbers(events)
-        await self._check_candidate_pending(events)
+        try:
+            await self._check_campaign_exists(cmd)
+            await self._check_sender_numbers(events)
+            await self._check_candidate_pending(events)
+        except FailedPrecondition:
+            # The check caught the view up with the ledger, and with it perhaps the
+            # first attempt of this very request: then this is a retry after all.
+            replay = await self._replay(events)
+            if replay is None:
+                raise
+            return replay
         return await self._append(events)
 
     async def handle_inbound(
@@ -199,8 +207,9 @@ class ConsentApp:
 
     def _request_lock(self, events: Sequence[LedgerEvent]) -> asyncio.Lock:
         """The lock of the request ``events`` come from, keyed by the first event's id
-        (which names the brand and the request id). It lives while someone holds or
-        awaits it; requests with other ids never wait for it."""
+        (which names the request). Two attempts of one request at once in this process
+        then append once: the second finds the first's facts. It lives while someone
+        holds or awaits it; other requests never wait for it."""
         key = events[0].originator_id
         lock = self._requests.get(key)
         if lock is None:
@@ -208,42 +217,14 @@ class ConsentApp:
         return lock
 
     async def _replay(self, events: Sequence[LedgerEvent]) -> WriteResult | None:
-        """The earlier result when the request was recorded before (a retry), None when
-        it was not, ``FailedPrecondition`` when its id was used for another request.
-        Call it holding ``_request_lock(events)`` and append, if at all, before letting go.
+        """The earlier result when every event was already recorded (a retried request).
 
-        The view answers only after it has applied the whole ledger as far as it
-        reached when this call began (``FreshnessGuard.catch_up``), so an earlier use of
-        the request id that the ledger acknowledged before is seen however far the
-        projection lagged. Were it missed, this request would be appended under the
-        same event ids, and the projection, which stores each id once, would keep the
-        first fact and drop this one: an acknowledged write lost. A view that cannot
-        catch up within the bound answers ``NotConsistent`` (UNAVAILABLE, retryable),
-        and nothing is written. In this process, the lock makes the second of two
-        writes of one (brand, request id) decide after the first is appended.
-
-        Left open: two processes that take the same (brand, request id) at once, each
-        observing the ledger's end before the other's append is acknowledged, both
-        append, since the ledger's appends are unconditional. For a retry of the same
-        request that is harmless (the same ids and facts, stored once). For an id
-        reused for a different request, the projection keeps whichever fact it applies
-        first, and the other, acknowledged to its caller, is never applied. Only a
-        conditional append could close that window, and the ledger has none (see
-        ``Ledger``); the API asks for a new request_id per request.
-        """
+        A miss while the projection lags behind an earlier attempt appends the same
+        facts again, under the same ids, and the projection stores them once. A request
+        id reused for another request is no retry: its events have other ids (they
+        derive from everything the request says), so both requests are recorded."""
         ids = [str(e.originator_id) for e in events]
-        if not await self.guard.catch_up():
-            raise NotConsistent("request_id", "the read model is behind the ledger; try again")
         known = [await self.view.find_event(i) for i in ids]
-        first = known[0] if known else None
-        if first is not None and first.event != events[0]:
-            # The first fact is built from the request alone (the later ones may depend
-            # on the state the request met), so it differs only for another request.
-            raise FailedPrecondition(
-                "request_id",
-                "was already used for a different request; a retry must repeat the "
-                "request unchanged, and a new request needs a new request_id",
-            )
         if not all(k is not None for k in known):
             return None
         return WriteResult(ids, ConsistencyToken.after([k for k in known if k]), True)

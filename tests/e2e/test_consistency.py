@@ -13,7 +13,6 @@ import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
@@ -158,41 +157,38 @@ async def test_reads_fail_closed_when_the_projection_stops_catching_up(two_insta
         assert not answer.allowed and answer.reason == api.REASON_NOT_CONSISTENT
 
 
-async def test_a_request_id_reused_on_another_instance_is_refused_not_lost(two_instances):
+async def test_a_request_id_reused_on_another_instance_loses_nothing(two_instances):
     (a, b), when = two_instances
     phone = "+14155552702"
 
-    def stop(request_id: str) -> api.RecordOptOutRequest:
-        return api.RecordOptOutRequest(
-            request_id=request_id,
-            phone=phone,
-            brand="acme",
-            campaign="promo",
-            channel=lpb.REVOCATION_CHANNEL_API,
-            occurred_at=ts(when),
-        )
-
     async with client(a.address, "acme-app") as ca, client(b.address, "acme-app") as cb:
         first = await ca.RecordOptIn(opt_in(phone, "acme", "promo", when, request_id="r1"))
-        # At once, through B, whose view may not have the opt-in yet: B waits for it.
-        with pytest.raises(grpc.aio.AioRpcError) as reused:
-            await cb.RecordOptOut(stop("r1"))
-        assert reused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-
-        for runtime in (a, b):  # every projector in the group stops
-            for task in runtime._tasks:
-                task.cancel()
-        await asyncio.gather(*(t for r in (a, b) for t in r._tasks), return_exceptions=True)
-        await ca.RecordOptIn(opt_in(phone, "acme", "promo", when, request_id="r2"))
-        b.guard._settings = type(b.guard._settings)(refresh_interval=REFRESH, wait_bound=0.3)
-        with pytest.raises(grpc.aio.AioRpcError) as behind:  # cannot tell: retryable
-            await cb.RecordOptOut(stop("r2"))
-        assert behind.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert behind.value.details().startswith("request_id:")
+        # At once, through B, whose view may not have the opt-in yet: "r1" again, for
+        # a STOP. A client's bug, and still a fact to keep.
+        stop = await cb.RecordOptOut(
+            api.RecordOptOutRequest(
+                request_id="r1",
+                phone=phone,
+                brand="acme",
+                campaign="promo",
+                channel=lpb.REVOCATION_CHANNEL_API,
+                occurred_at=ts(when + timedelta(seconds=1)),
+            )
+        )
+        assert set(stop.event_ids).isdisjoint(first.event_ids)
+        for c in (ca, cb):
+            answer = await c.CanSend(
+                api.CanSendRequest(
+                    phone=phone,
+                    brand="acme",
+                    campaign="promo",
+                    at_least_as_fresh=stop.consistency_token,
+                )
+            )
+            assert not answer.allowed and answer.reason == api.REASON_REVOKED
 
         partition = a.ledger.partition_for(phone)
         assert partition is not None
         written = await a.ledger.read(Stream.SUBSCRIBERS, partition, 0)
         mine = [r.event for r in written if r.event.phone == phone]
-        assert [type(e).__name__ for e in mine] == ["ConsentGranted", "ConsentGranted"]
-        assert str(mine[0].event_id) == first.event_ids[0]
+        assert [type(e).__name__ for e in mine] == ["ConsentGranted", "ConsentRevoked"]

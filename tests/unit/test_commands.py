@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import fields, replace
 from datetime import time, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -116,6 +117,22 @@ def test_unparseable_or_invalid_numbers_are_refused(phone):
     with pytest.raises(InvalidPhoneNumber) as err:
         to_events(opt_in(phone=phone), NOW)
     assert err.value.field == "phone"
+
+
+def test_event_ids_name_the_whole_request_and_not_how_its_times_are_written():
+    first = to_events(opt_in(), NOW)[0].originator_id
+    # The same instants in another time zone object: the same request, the same id.
+    la = ZoneInfo("America/Los_Angeles")
+    same = opt_in(occurred_at=at(0).astimezone(la), proof=proof(at(0).astimezone(la)))
+    assert to_events(same, NOW)[0].originator_id == first
+    # Anything else the request says makes it another request, with other ids.
+    for other in (
+        opt_in(campaign="alerts"),
+        opt_in(occurred_at=at(1), proof=proof(at(1))),
+        opt_in(proof=replace(proof(), email="someone@example.com")),
+        opt_in(tier=ConsentTier.INFORMATIONAL),
+    ):
+        assert to_events(other, NOW)[0].originator_id != first
 
 
 def test_a_timestamp_in_the_future_beyond_the_skew_is_refused():

@@ -5,9 +5,9 @@ The consent ledger's API: ask whether a number may be messaged, record the
 facts that decide it, and audit past decisions.
 
 Writes are idempotent: every write carries a client-chosen request_id, and a
-retry of the same request writes the same facts (same event ids) once. A
-request_id is scoped by the write's brand; one reused for a different request
-is refused with FAILED_PRECONDITION on request_id, and nothing is written.
+retry of the same request writes the same facts (same event ids) once. The
+ids derive from the request_id, the brand and the rest of the request, so a
+request_id reused for a different request records that request as well.
 Reads are explicit about freshness: a write returns a consistency_token, and a
 read given that token in at_least_as_fresh answers only from a view that has
 applied the write (or fails with REASON_NOT_CONSISTENT / UNAVAILABLE).
