@@ -64,6 +64,8 @@ class CampaignDigest(NamedTuple):
     """Counted sends within the longest cap window, oldest first."""
     last_sent_at: int | None = None
     """When the latest counted send ever went out."""
+    last_disclosed_at: int | None = None
+    """When the latest counted send that carried opt-out language went out."""
 
 
 EMPTY_CAMPAIGN = CampaignDigest()
@@ -113,6 +115,9 @@ def digest_of(state: SubscriberState) -> Digest:
             reconfirmation=_mark(c.reconfirmation),
             sent=tuple((micros(s.at), s.fact.position.offset, s.event_id) for s in c.sent),
             last_sent_at=micros(c.last_sent.at) if c.last_sent is not None else None,
+            last_disclosed_at=(
+                micros(c.last_disclosed.at) if c.last_disclosed is not None else None
+            ),
         )
     age = state.age
     return Digest(

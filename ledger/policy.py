@@ -385,7 +385,9 @@ class Check:
 
         since = current.since
         last_sent = c.last_sent_at
-        first = last_sent is None or last_sent < since
+        # Opt-out language is owed until a send since the consent says it carried it.
+        disclosed = c.last_disclosed_at
+        first = disclosed is None or disclosed < since
         basis = since
         reconfirmation = c.reconfirmation
         if reconfirmation is not None and reconfirmation[AT] >= since:

@@ -109,6 +109,9 @@ class CampaignConsent:
     """Counted sends within the longest cap window, oldest first."""
     last_sent: SentRecord | None = None
     """The latest counted send ever, kept apart from ``sent`` because pruning drops it."""
+    last_disclosed: SentRecord | None = None
+    """The latest counted send that carried opt-out language: the first message's
+    obligation to carry it holds until a send says it did."""
 
 
 EMPTY_CAMPAIGN = CampaignConsent()
@@ -204,7 +207,17 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
         # its own sends arrives, so its contents would depend on the order in which
         # the other sends were recorded, and a state refolded from its retained facts
         # could differ from the state it was taken from.
-        return _evolve(c, sent=_prune((*c.sent, record), latest.at), last_sent=latest)
+        disclosed = c.last_disclosed
+        if f.event.included_opt_out_language and (
+            disclosed is None or (record.at, record.event_id) > (disclosed.at, disclosed.event_id)
+        ):
+            disclosed = record
+        return _evolve(
+            c,
+            sent=_prune((*c.sent, record), latest.at),
+            last_sent=latest,
+            last_disclosed=disclosed,
+        )
 
     return _with_campaign(s, f.event.campaign, add)
 
@@ -382,8 +395,9 @@ def retained_facts(state: SubscriberState) -> list[Recorded]:
             keep(kept)
         for sent in c.sent:
             keep(sent.fact)
-        if c.last_sent is not None:
-            keep(c.last_sent.fact)
+        for record in (c.last_sent, c.last_disclosed):
+            if record is not None:
+                keep(record.fact)
     for brand_fact in (state.brand_revocation, state.brand_resume, state.age, state.last_inbound):
         keep(brand_fact)
     for sent in state.brand_sent:

@@ -109,7 +109,11 @@ def reconfirmed(when: datetime, campaign: str = "promo") -> ConsentReconfirmed:
 
 
 def sent(
-    when: datetime, campaign: str = "promo", kind: MessageKind = MessageKind.REGULAR
+    when: datetime,
+    campaign: str = "promo",
+    kind: MessageKind = MessageKind.REGULAR,
+    *,
+    disclosed: bool = True,
 ) -> MessageSent:
     return MessageSent(
         **_base(when),
@@ -118,7 +122,7 @@ def sent(
         campaign=campaign,
         message_id=f"msg-{next(_ids)}",
         kind=kind,
-        included_opt_out_language=True,
+        included_opt_out_language=disclosed,
         identified_sender=True,
     )
 

@@ -15,7 +15,8 @@ import msgpack
 
 from ledger.digest import Age, CampaignDigest, Digest
 
-FORMAT = 1
+FORMAT = 2
+"""1 had no ``CampaignDigest.last_disclosed_at``; its rows are read from their snapshots."""
 _HEADER = bytes([FORMAT])
 _DIGEST_FIELDS = len(Digest._fields)
 _CAMPAIGN_FIELDS = len(CampaignDigest._fields)

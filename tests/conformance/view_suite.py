@@ -211,6 +211,7 @@ def generate_events(
                 campaign=campaign,
                 message_id=f"m{len(events)}",
                 kind=rng.choice(list(MessageKind)),
+                included_opt_out_language=rng.random() < 0.5,
             )
         elif roll < 0.78:
             event = InboundMessageReceived(

@@ -9,7 +9,7 @@ import pytest
 from ledger.campaigns import Campaign, CampaignPolicy, CampaignPurpose, FrequencyCap, QuietHours
 from ledger.events import CandidateResolution, ConsentTier, MessageKind
 from ledger.policy import Obligation, Reason, decide
-from ledger.state import fold
+from ledger.state import fold, retained_facts
 from tests.builders import (
     BRAND,
     age,
@@ -216,6 +216,28 @@ def test_later_messages_need_no_opt_out_language_but_still_identify_the_sender()
     d = decide(state_of(granted(at(0)), sent(at(5))), PROMO, at(10))
     assert Obligation.INCLUDE_OPT_OUT_LANGUAGE not in d.obligations
     assert Obligation.IDENTIFY_SENDER in d.obligations
+
+
+def test_opt_out_language_is_owed_until_a_send_says_it_carried_it():
+    # The first message went out without it: the next still owes it.
+    s = state_of(granted(at(0)), sent(at(5), disclosed=False))
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE in decide(s, PROMO, at(10)).obligations
+    s = state_of(granted(at(0)), sent(at(5), disclosed=False), sent(at(7)))
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE not in decide(s, PROMO, at(10)).obligations
+    # A disclosure before a new consent (START after STOP) does not count for it.
+    s = state_of(granted(at(0)), sent(at(5)), revoked(at(6)), resumed(at(8), "promo"))
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE in decide(s, PROMO, at(10)).obligations
+
+
+def test_a_disclosure_pruned_from_the_cap_window_is_still_remembered():
+    # Caps keep 24 hours of sends; the disclosure was 3 days ago, and every send
+    # since went without the language.
+    c = campaign(frequency_caps=(FrequencyCap(10, timedelta(hours=24)),))
+    later = [sent(at(days=2 + i / 10), disclosed=False) for i in range(3)]
+    s = state_of(granted(at(0)), sent(at(5)), *later)
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE not in decide(s, c, at(days=3)).obligations
+    refolded = fold(retained_facts(s))
+    assert refolded == s
 
 
 # Rule 6: quiet hours in the recipient's time zone.

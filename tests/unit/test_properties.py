@@ -32,7 +32,9 @@ def any_event(draw, *, after: int = 0, grants: bool = True):
     when = at(after + draw(MINUTES))
     name = draw(CAMPAIGNS)
     builders = [
-        lambda: sent(when, name, draw(st.sampled_from(list(MessageKind)))),
+        lambda: sent(
+            when, name, draw(st.sampled_from(list(MessageKind))), disclosed=draw(st.booleans())
+        ),
         lambda: inbound(when, draw(st.sampled_from(["hi", "STOP", "HELP", "what?"]))),
         lambda: reconfirmed(when, name),
         lambda: age(when, plus21=True),
