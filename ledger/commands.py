@@ -262,8 +262,21 @@ class InboundOutcome:
 
 def request_fingerprint(cmd: Any) -> str:
     """A digest of everything ``cmd`` says, the same in every process and version of
-    Python: a retry of a request has the same, another request another."""
+    Python: a retry of a request has the same, another request another.
+
+    A field left at its default is left out, so a field added later with a default
+    changes no earlier request's ids (a retry across that upgrade stays a retry).
+    Renaming a field or a request type does change them; the golden ids in
+    ``tests/unit/test_commands.py`` fail when that happens."""
     return hashlib.sha256(repr(_canonical(cmd)).encode()).hexdigest()[:32]
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 _MICROSECOND = timedelta(microseconds=1)
@@ -274,9 +287,10 @@ def _canonical(value: Any) -> Any:
     """``value`` as nested tuples of str, int, float, bool and None, whose ``repr`` is
     stable: an instant as microseconds since the epoch, whatever its time zone object."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        given = ((f, getattr(value, f.name)) for f in dataclasses.fields(value))
         return (
             type(value).__name__,
-            tuple((f.name, _canonical(getattr(value, f.name))) for f in dataclasses.fields(value)),
+            tuple((f.name, _canonical(v)) for f, v in given if v != _default(f)),
         )
     if isinstance(value, datetime):
         if value.tzinfo is None:

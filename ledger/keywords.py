@@ -20,7 +20,8 @@ reply; flagging too little keeps texting someone who asked to stop; so where
 the rule is in doubt it flags. The candidate reading also drops accents
 ("arrêt" is "arret"). A message is a candidate when
 
-- one of its words means stop whatever surrounds it: stop, stopall,
+- one of its words (runs of letters: "STOP2" holds the word stop) means stop
+  whatever surrounds it: stop, stopall,
   unsubscribe, optout, revoke, or "opt out" ("Stop please", "STOP IT",
   "unsubscribe please", even "stop by the store at 5?");
 - one of its words is cancel, end or quit, which also have everyday meanings,
@@ -75,7 +76,7 @@ _CANDIDATE_PHRASES = re.compile(
     r"|de baja"
     r")\b"
 )
-_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
+_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
 
 
 class Intent(enum.Enum):

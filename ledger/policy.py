@@ -42,6 +42,7 @@ from ledger.events import (
     CampaignEvent,
     ConsentTier,
     MessageKind,
+    MessageSent,
     Recorded,
     SubscriberEvent,
     is_21_plus,
@@ -423,9 +424,17 @@ class Check:
                     (),
                     version,
                 )
+            # Replies are messages too: an age-gated campaign's, a capped one's, and
+            # one whose quiet hours apply to every message.
             gate = self._age_gate(digest) if self._age_gated else None
-            if gate is not None:  # an age-gated campaign's replies are messages too
-                return gate
+            if gate is None and self._limits:
+                gate = self._caps_reached(digest, c)
+            if gate is None:
+                gate = self._quiet_hours(digest.zones)
+            if gate is not None:
+                return Decision(
+                    False, gate.reason, (), (inbound, *gate.evidence), gate.detail, version
+                )
             return Decision(
                 True,
                 Reason.CONVERSATION_REPLY,
@@ -608,13 +617,20 @@ def decide_as_of(
 
     ``history`` holds one phone's subscriber events for one brand and that brand's
     campaign events, in ledger order. Facts that happened after ``t_world``, or that
-    the ledger learned after ``t_known``, are left out; the campaign rules are the
-    ones in force at ``t_world`` as known at ``t_known``.
+    the ledger learned after ``t_known``, are left out (but a send the ledger had
+    recorded by ``t_world``, stamped a little later, counts, as it did for a check
+    made then); the campaign rules are the ones in force at ``t_world`` as known at
+    ``t_known``.
     """
     subscriber: list[Recorded] = []
     campaign_events: list[Recorded] = []
     for r in history:
-        if r.event.occurred_at > t_world or r.recorded_at > t_known:
+        if r.recorded_at > t_known:
+            continue
+        # A send stamped a little after t_world (a sender's clock ahead) that the
+        # ledger had by then counted towards the caps of a check made at t_world.
+        sent_ahead = isinstance(r.event, MessageSent) and r.recorded_at <= t_world
+        if r.event.occurred_at > t_world and not sent_ahead:
             continue
         if isinstance(r.event, SubscriberEvent):
             subscriber.append(r)

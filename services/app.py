@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import uuid
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -51,6 +49,7 @@ from services.freshness import FreshnessGuard
 from services.read_batcher import ReadBatcher
 
 log = logging.getLogger(__name__)
+_BEHIND = "the read model is behind the ledger; try again"
 Clock = Callable[[], datetime]
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
@@ -134,27 +133,25 @@ class ConsentApp:
         self._histories_generation = 0
         """Bumped at each reset: a read that began before one must not store its answer."""
         self._campaign_writes = asyncio.Lock()
-        self._requests: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
 
     # ---- writes -------------------------------------------------------------------------
 
     async def record(self, cmd: Command, *, recorded_by: str = "") -> WriteResult:
-        """Validate, then append. A retried request id records nothing new.
+        """Validate, then append. A retry of a request the view has applied records
+        nothing new; one it has not applied yet appends the same facts again, under the
+        same ids, which the projection stores once.
 
         ``recorded_by`` (the caller's name) is stamped on every event written."""
         events = _stamped(to_events(cmd, self.clock()), recorded_by)
-        async with self._request_lock(events):
-            replay = await self._replay(events)
-            if replay is not None:  # checked first: a retried DefineCampaign is not a redefinition
-                return replay
-            if isinstance(cmd, DefineCampaign | ChangeCampaignPolicy):
-                # One campaign write at a time in this process: the second of two that
-                # claim the same number then checks after the first is written.
-                async with self._campaign_writes:
-                    return await self._checked_append(cmd, events)
-            return await self._checked_append(cmd, events)
+        replay = await self._replay(events)
+        if replay is not None:  # checked first: a retried DefineCampaign is not a redefinition
+            return replay
+        if isinstance(cmd, DefineCampaign | ChangeCampaignPolicy):
+            # One campaign write at a time in this process: the second of two that
+            # claim the same number then checks after the first is written.
+            async with self._campaign_writes:
+                return await self._checked_append(cmd, events)
+        return await self._checked_append(cmd, events)
 
     async def _checked_append(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
         try:
@@ -184,12 +181,10 @@ class ConsentApp:
         sender = to_e164(cmd.from_phone, field="from_phone")
         # Gateways do not retry FAILED_PRECONDITION: a STOP refused for a view that
         # was merely behind would be lost. Behind answers UNAVAILABLE, which they retry.
-        if not await self.guard.wait_for_phones([sender]):
-            raise NotConsistent("from_phone", "the read model is behind the ledger; try again")
+        await self._require_fresh([sender], "from_phone")
         owner = await self.view.campaign_for_number(to)
         if owner is None:  # perhaps claimed a moment ago: count every claim acknowledged
-            if not await self.guard.catch_up((Stream.CAMPAIGNS,)):
-                raise NotConsistent("to_phone", "the read model is behind the ledger; try again")
+            await self._require_caught_up(Stream.CAMPAIGNS, "to_phone")
             owner = await self.view.campaign_for_number(to)
         if owner is None:
             raise FailedPrecondition("to_phone", f"no campaign sends from {to}")
@@ -201,20 +196,8 @@ class ConsentApp:
         states = await self.view.subscriber_states(brand, [sender])
         outcome = handle_inbound(cmd, campaign, states[sender], self.clock())
         events = _stamped(outcome.events, recorded_by)
-        async with self._request_lock(events):
-            written = await self._replay(events) or await self._append(events)
+        written = await self._replay(events) or await self._append(events)
         return InboundResult(written, outcome)
-
-    def _request_lock(self, events: Sequence[LedgerEvent]) -> asyncio.Lock:
-        """The lock of the request ``events`` come from, keyed by the first event's id
-        (which names the request). Two attempts of one request at once in this process
-        then append once: the second finds the first's facts. It lives while someone
-        holds or awaits it; other requests never wait for it."""
-        key = events[0].originator_id
-        lock = self._requests.get(key)
-        if lock is None:
-            lock = self._requests[key] = asyncio.Lock()
-        return lock
 
     async def _replay(self, events: Sequence[LedgerEvent]) -> WriteResult | None:
         """The earlier result when every event was already recorded (a retried request).
@@ -230,7 +213,8 @@ class ConsentApp:
         return WriteResult(ids, ConsistencyToken.after([k for k in known if k]), True)
 
     async def _append(self, events: Sequence[LedgerEvent]) -> WriteResult:
-        """Append a request ``_replay`` found new, under its ``_request_lock``."""
+        """Append a request ``_replay`` did not find (new, or a retry the view has not
+        applied yet: the same ids again, which the projection stores once)."""
         recorded = await self.ledger.append(events)
         return WriteResult([str(e.originator_id) for e in events], ConsistencyToken.after(recorded))
 
@@ -271,10 +255,7 @@ class ConsentApp:
         numbers = event.policy.sender_numbers
         if not numbers:
             return
-        if not await self.guard.catch_up((Stream.CAMPAIGNS,)):
-            raise NotConsistent(
-                "policy.sender_numbers", "the read model is behind the ledger; try again"
-            )
+        await self._require_caught_up(Stream.CAMPAIGNS, "policy.sender_numbers")
         for i, number in enumerate(numbers):
             holder = await self.view.campaign_for_number(number)
             if holder is None or holder == (event.brand, event.campaign):
@@ -288,16 +269,15 @@ class ConsentApp:
         """A resolution must name a candidate still pending for its phone and brand.
         One that names a made-up id, another number's candidate or one already
         resolved would be recorded and answered OK while the real candidate kept
-        blocking sends. (A retry of a resolution is answered by ``_replay`` first.)
+        blocking sends. (A retry of a resolution is answered by ``_replay``: at once
+        when the view has applied the first attempt, else after this check, having
+        caught the view up, finds the candidate resolved.)
 
         Read as fresh as a write's checks are: a reply flagged a moment ago counts."""
         event = events[0]
         if not isinstance(event, RevocationCandidateResolved):
             return
-        if not await self.guard.catch_up((Stream.SUBSCRIBERS,)):
-            raise NotConsistent(
-                "candidate_event_id", "the read model is behind the ledger; try again"
-            )
+        await self._require_caught_up(Stream.SUBSCRIBERS, "candidate_event_id")
         state = (await self.view.subscriber_states(event.brand, [event.phone]))[event.phone]
         pending = {c.event_id for c in state.pending_candidates()}
         if str(event.candidate_event_id) not in pending:
@@ -315,8 +295,7 @@ class ConsentApp:
             return True
         # Perhaps defined a moment ago: look at the ledger's end now, let the
         # projection reach it, and ask again before refusing.
-        if not await self.guard.catch_up((Stream.CAMPAIGNS,)):
-            raise NotConsistent("campaign", "the read model is behind the ledger; try again")
+        await self._require_caught_up(Stream.CAMPAIGNS, "campaign")
         return bool((await self.view.campaign_history(brand, campaign)).versions)
 
     # ---- queries ------------------------------------------------------------------------
@@ -466,6 +445,14 @@ class ConsentApp:
             return False
         return await self.guard.wait_for_phones(phones)
 
+    async def _require_caught_up(self, stream: Stream, field: str) -> None:
+        """Let the view reach the ledger's end as it is now (``FreshnessGuard.catch_up``),
+        before an answer that must count every fact acknowledged so far ("not defined",
+        "no campaign sends from", "not pending"); ``NotConsistent`` on ``field``
+        (UNAVAILABLE, retryable) when it cannot within the bound."""
+        if not await self.guard.catch_up((stream,)):
+            raise NotConsistent(field, _BEHIND)
+
     async def _require_fresh(self, phones: list[str] | None, field: str) -> None:
         """Wait, as CanSend does, for the phones' partitions (None: the whole view) to
         reach the ledger's end as last observed; an audit read answers an error, not a
@@ -476,7 +463,7 @@ class ConsentApp:
         else:
             fresh = await self.guard.wait_for_phones(phones)
         if not fresh:
-            raise NotConsistent(field, "the read model is behind the ledger; try again")
+            raise NotConsistent(field, _BEHIND)
 
     async def get_consent(self, phone: str, brand: str, campaign: str) -> ConsentSnapshot:
         """The number's state towards the brand, asked about ``campaign``: a campaign

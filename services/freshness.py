@@ -197,15 +197,24 @@ class FreshnessGuard:
         the view's progress every ``_CATCH_UP_PAUSE`` rather than every refresh
         interval: a write that follows another by a moment waits for that one's
         projection, which takes milliseconds, not for the guard's next round."""
-        ends = await self.observe()
-        needed = {
-            (stream, p): offset for stream in streams for p, offset in ends.get(stream, {}).items()
-        }
         deadline = self._monotonic() + self._settings.wait_bound
-        while self._behind(needed):
-            if self._monotonic() >= deadline:
-                return False
-            await self._look_again()
+        try:  # the bound holds for the looks too: a hung broker is "not caught up"
+            ends = await asyncio.wait_for(self.observe(), self._settings.wait_bound)
+            needed = {
+                (stream, p): offset
+                for stream in streams
+                for p, offset in ends.get(stream, {}).items()
+            }
+            while self._behind(needed):
+                remaining = deadline - self._monotonic()
+                if remaining <= 0:
+                    return False
+                await asyncio.wait_for(self._look_again(), remaining)
+        except TimeoutError:
+            return False
+        except Exception:  # the ledger or the view unreachable: fail closed, as a wait does
+            log.warning("catching up with the ledger failed", exc_info=True)
+            return False
         return True
 
     async def _look_again(self) -> None:

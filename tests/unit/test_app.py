@@ -181,17 +181,6 @@ async def test_a_request_id_reused_while_the_projection_lags_loses_nothing():
         )
 
 
-async def test_two_attempts_of_one_request_at_once_append_once():
-    async with running(ledger=SlowLedger(partitions=4)) as (app, _):
-        await app.record(define())
-
-        a, b = await asyncio.gather(app.record(opt_in("r1")), app.record(opt_in("r1")))
-
-        written = await app.ledger.read(Stream.SUBSCRIBERS, app.ledger.partition_for(PHONE), 0)
-        assert len(written) == 1 and a.event_ids == b.event_ids
-        assert not app._requests  # each request's lock goes with its last holder
-
-
 async def test_writes_of_other_request_ids_do_not_wait_for_each_other():
     async with running(ledger=SlowLedger(partitions=4)) as (app, _):
         await app.record(define())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import fields, replace
 from datetime import time, timedelta
@@ -23,6 +24,7 @@ from ledger.commands import (
     ReplyKind,
     ResolveRevocationCandidate,
     handle_inbound,
+    request_fingerprint,
     to_events,
 )
 from ledger.errors import (
@@ -133,6 +135,38 @@ def test_event_ids_name_the_whole_request_and_not_how_its_times_are_written():
         opt_in(tier=ConsentTier.INFORMATIONAL),
     ):
         assert to_events(other, NOW)[0].originator_id != first
+
+
+def test_event_ids_are_pinned_so_a_retry_across_an_upgrade_stays_a_retry():
+    # Golden values: if one changes, retries spanning the release record facts again
+    # (README, "Idempotent writes"). Change them only knowingly.
+    policy = CampaignPolicy(sender_numbers=("+12125551234",))
+    assert {
+        str(to_events(opt_in(), NOW)[0].originator_id),
+        str(to_events(stop_at("req-2", at(1)), NOW)[0].originator_id),
+        str(
+            to_events(DefineCampaign("def-1", BRAND, "promo", policy, at(0)), NOW)[0].originator_id
+        ),
+    } == {
+        "dfafb060-f43a-5f65-8816-cc0c57d3707e",
+        "2d9baa5c-d2ac-5fda-84b5-5d408c768c10",
+        "bb5c8a37-1721-5a32-a83f-ca2a9b209fc2",
+    }
+
+
+def test_a_field_added_later_with_its_default_changes_no_fingerprint():
+    cmd = stop_at("req-2", at(1))
+    fields = [(f.name, f.type, f) for f in dataclasses.fields(RecordOptOut)]
+    later = dataclasses.make_dataclass(
+        "RecordOptOut", [*fields, ("locale", str, dataclasses.field(default=""))], frozen=True
+    )
+    same = later(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(cmd)})
+    assert request_fingerprint(same) == request_fingerprint(cmd)
+    assert request_fingerprint(replace(same, locale="fr")) != request_fingerprint(cmd)
+
+
+def stop_at(request_id, occurred_at):
+    return RecordOptOut(request_id, PHONE, BRAND, "promo", RevocationChannel.API, occurred_at)
 
 
 def test_a_timestamp_in_the_future_beyond_the_skew_is_refused():

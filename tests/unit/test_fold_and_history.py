@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ledger.campaigns import CampaignPolicy, QuietHours
+from ledger.campaigns import CampaignPolicy, FrequencyCap, QuietHours
 from ledger.events import (
     CampaignDefined,
     CampaignPolicyChanged,
@@ -14,7 +14,7 @@ from ledger.events import (
 )
 from ledger.policy import Reason, decide, decide_as_of
 from ledger.state import CampaignHistory, fold, retained_facts
-from tests.builders import BRAND, _base, at, granted, inbound, record, revoked, sent
+from tests.builders import BRAND, _base, at, campaign, granted, inbound, record, revoked, sent
 
 
 def _campaign_event(cls, when, policy):
@@ -100,6 +100,21 @@ def test_decide_as_of_sees_only_what_the_ledger_knew_then():
     after = decide_as_of(history, "promo", t_world=at(60), t_known=at(121))
     assert before.allowed
     assert not after.allowed and after.reason is Reason.REVOKED
+
+
+def test_decide_as_of_counts_a_send_stamped_ahead_as_the_check_then_did():
+    # A send stamped 10:32 reached the ledger at 10:30; a check at 10:30 counted it
+    # towards the cap (one a day), and the audit of 10:30 must say the same.
+    capped = CampaignPolicy(frequency_caps=(FrequencyCap(1, timedelta(days=1)),))
+    defined = _campaign_event(CampaignDefined, at(-10), capped)
+    ahead = sent(at(32))
+    history = record([defined, granted(at(0)), ahead], known_at=[at(-10), at(1), at(30)])
+    live = decide(fold(history[1:]), campaign(frequency_caps=capped.frequency_caps), at(30))
+    audit = decide_as_of(history, "promo", t_world=at(30), t_known=at(31))
+    assert live.reason is audit.reason is Reason.FREQUENCY_CAP_REACHED
+    # Recorded after the moment asked about, it is left out as before.
+    late = record([defined, granted(at(0)), ahead], known_at=[at(-10), at(1), at(33)])
+    assert decide_as_of(late, "promo", t_world=at(30), t_known=at(40)).allowed
 
 
 def test_decide_as_of_before_the_campaign_existed_is_campaign_unknown():

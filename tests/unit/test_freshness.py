@@ -43,3 +43,24 @@ async def test_catch_up_fails_closed_when_the_view_does_not_get_there_in_the_bou
         assert await guard.catch_up((Stream.CAMPAIGNS,))  # a stream with nothing behind
     finally:
         await guard.stop()
+
+
+class _HungLedger(InMemoryLedger):
+    async def every_end_offset(self):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(3)
+        return await super().every_end_offset()
+
+
+class _DownLedger(InMemoryLedger):
+    async def every_end_offset(self):  # type: ignore[no-untyped-def]
+        raise ConnectionError("broker down")
+
+
+async def test_catch_up_keeps_its_bound_when_the_broker_hangs_or_is_down() -> None:
+    settings = FreshnessSettings(refresh_interval=60, wait_bound=0.1)
+    for ledger_type in (_HungLedger, _DownLedger):
+        ledger, view = ledger_type(partitions=2), InMemoryConsentView()
+        guard = FreshnessGuard(ledger, view, settings)  # never started: no loop to wait for
+        started = asyncio.get_running_loop().time()
+        assert not await guard.catch_up()
+        assert asyncio.get_running_loop().time() - started < 0.5

@@ -103,6 +103,8 @@ def test_replies_that_read_like_an_opt_out_are_candidates(text):
         "revoke my consent",
         "stopall please",
         "START STOP",
+        "STOP2",  # digits are not part of a word
+        "stop1 pls",
     ],
 )
 def test_an_opt_out_keyword_among_other_words_is_a_candidate(text):

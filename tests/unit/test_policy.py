@@ -410,6 +410,25 @@ def test_a_conversational_grant_allows_replies_within_the_window_only():
     assert decide(state_of(informational), c, at(days=30)).reason is Reason.CONSENT_ACTIVE
 
 
+def test_replies_are_held_to_the_campaigns_caps_and_quiet_hours():
+    # A campaign whose quiet hours apply to every message, one message a day.
+    c = campaign(
+        "support",
+        purpose=CampaignPurpose.CONVERSATIONAL,
+        quiet_hours_apply_to_all=True,
+        frequency_caps=(FrequencyCap(1, timedelta(days=1)),),
+    )
+    grant = granted(at(0), "support", tier=ConsentTier.CONVERSATIONAL)
+    asked = inbound(at(hours=10, minutes=40))  # 20:40 in Los Angeles
+    for start in ([grant, asked], [asked]):  # a conversational grant, or no grant at all
+        d = decide(state_of(*start), c, at(hours=11, minutes=5))  # 21:05 there
+        assert not d.allowed and d.reason is Reason.QUIET_HOURS
+        replied = [*start, sent(at(hours=10, minutes=45), "support")]
+        d = decide(state_of(*replied), c, at(hours=10, minutes=50))
+        assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED
+        assert decide(state_of(*start), c, at(hours=10, minutes=50)).allowed
+
+
 def test_an_age_gated_conversation_needs_the_age_verified_too():
     c = campaign("bar", purpose=CampaignPurpose.CONVERSATIONAL, category="alcohol")
     d = decide(state_of(inbound(at(0), "do you deliver?")), c, at(5))
