@@ -16,6 +16,7 @@ history; ``ensure_topics`` refuses topics configured that way.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -118,7 +119,28 @@ class KafkaLedgerSettings:
         }
 
 
+log = logging.getLogger(__name__)
+
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+
+
+_CONTROLLER_LOOKS = 5
+
+
+async def _create_topics(admin: AIOKafkaAdminClient, new_topics: list[NewTopic]) -> Any:
+    """``admin.create_topics``, asked again a few times while the broker's metadata
+    names no controller yet: aiokafka then fails with AttributeError (``None.nodeId``,
+    seen when two instances start at once), and refreshes the metadata on the next
+    call. Any other failure, or the last, is raised."""
+    for look in range(1, _CONTROLLER_LOOKS + 1):
+        try:
+            return await admin.create_topics(new_topics)
+        except AttributeError:
+            if look == _CONTROLLER_LOOKS:
+                raise
+            log.info("Kafka names no controller yet; asking again (%d)", look)
+            await asyncio.sleep(0.2 * look)
+    raise AssertionError("unreachable")
 
 
 class UnsafeTopicError(RuntimeError):
@@ -211,7 +233,7 @@ class KafkaLedger(Ledger):
                 )
                 for stream in Stream
             ]
-            response = await admin.create_topics(new_topics)
+            response = await _create_topics(admin, new_topics)
             for result in response.to_object()["topic_errors"]:
                 if result["error_code"] not in (0, TopicAlreadyExistsError.errno):
                     raise KafkaError(
