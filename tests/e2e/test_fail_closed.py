@@ -158,20 +158,7 @@ async def test_a_check_as_of_says_no_when_it_fails_or_the_view_is_behind(tmp_pat
             runtime.view.history = history  # type: ignore[method-assign, union-attr]
             assert not failed.allowed and failed.reason == api.REASON_INTERNAL_ERROR
 
-            for task in runtime._tasks:  # the projector stops
-                task.cancel()
-            await asyncio.gather(*runtime._tasks, return_exceptions=True)
-            await c.RecordOptOut(
-                api.RecordOptOutRequest(
-                    request_id="stop-1",
-                    phone=phone,
-                    brand="acme",
-                    campaign="promo",
-                    channel=lpb.REVOCATION_CHANNEL_KEYWORD,
-                    occurred_at=ts(when),
-                )
-            )
-            await asyncio.sleep(0.15)  # several refresh intervals: the STOP is observed
+            await _stop_the_projector_then_opt_out(runtime, c, phone, when)
             behind = await c.CanSendAsOf(as_of(when))
             assert not behind.allowed and behind.reason == api.REASON_NOT_CONSISTENT
     finally:
@@ -190,20 +177,7 @@ async def test_audit_reads_behind_an_acknowledged_stop_are_unavailable(tmp_path,
             await c.DefineCampaign(define("acme", "promo", when - timedelta(days=1)))
             await c.RecordOptIn(opt_in(phone, "acme", "promo", when))
             await asyncio.sleep(0.15)
-            for task in runtime._tasks:  # the projector stops
-                task.cancel()
-            await asyncio.gather(*runtime._tasks, return_exceptions=True)
-            await c.RecordOptOut(
-                api.RecordOptOutRequest(
-                    request_id="stop-1",
-                    phone=phone,
-                    brand="acme",
-                    campaign="promo",
-                    channel=lpb.REVOCATION_CHANNEL_KEYWORD,
-                    occurred_at=ts(when),
-                )
-            )
-            await asyncio.sleep(0.15)  # several refresh intervals: the STOP is observed
+            await _stop_the_projector_then_opt_out(runtime, c, phone, when)
             for call in (
                 c.GetConsent(api.GetConsentRequest(phone=phone, brand="acme", campaign="promo")),
                 c.ListEvents(api.ListEventsRequest(phone=phone, brand="acme")),
@@ -215,3 +189,22 @@ async def test_audit_reads_behind_an_acknowledged_stop_are_unavailable(tmp_path,
                 assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await runtime.stop()
+
+
+async def _stop_the_projector_then_opt_out(runtime, c, phone: str, when) -> None:
+    """Stop every projector, record a STOP the view will not apply, and let the guard
+    observe it (several refresh intervals)."""
+    for task in runtime._tasks:
+        task.cancel()
+    await asyncio.gather(*runtime._tasks, return_exceptions=True)
+    await c.RecordOptOut(
+        api.RecordOptOutRequest(
+            request_id="stop-1",
+            phone=phone,
+            brand="acme",
+            campaign="promo",
+            channel=lpb.REVOCATION_CHANNEL_KEYWORD,
+            occurred_at=ts(when),
+        )
+    )
+    await asyncio.sleep(0.15)
