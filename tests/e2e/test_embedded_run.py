@@ -39,6 +39,9 @@ def start(data_dir: Path) -> tuple[subprocess.Popen[str], str, str, str]:
         "CONSENT_METRICS_LISTEN": "127.0.0.1:0",
     }
     env.pop("CONSENT_POSTGRES_DSN", None)
+    # The test process turns gRPC's fork handlers off for itself (tests/conftest.py);
+    # the service must do so on its own, which the "fork() handlers" check below sees.
+    env.pop("GRPC_ENABLE_FORK_SUPPORT", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "serve", "--embedded"],
         cwd=ROOT,
