@@ -30,7 +30,7 @@ from ledger.events import Recorded
 from ledger.policy import Decision, Reason, deny, standing
 from ledger.ports import ConsistencyToken
 from services.app import ConsentApp, WriteResult
-from services.errors import NotConsistent, ServiceError
+from services.errors import NotConsistent, PermissionDenied, ServiceError
 from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
 from services.grpc_api.errors import translate_errors
 from services.metrics import ServiceMetrics
@@ -289,10 +289,17 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         principal = self._caller(context, Scope.WRITE)
         command = api.command_from_proto(request)
         assert isinstance(command, HandleInboundMessage)
+
+        def authorize(brand: str) -> None:
+            # The brand comes from the receiving number, not from the caller: a refusal
+            # must not tell a caller of another brand whose number it is.
+            if principal.brands is not None and brand not in principal.brands:
+                raise PermissionDenied(
+                    "to_phone", f"{principal.name} may not act for the brand of this number"
+                )
+
         result = await self.app.handle_inbound(
-            command,
-            authorize=lambda brand: principal.require(Scope.WRITE, brand),
-            recorded_by=principal.name,
+            command, authorize=authorize, recorded_by=principal.name
         )
         return api.inbound_outcome_to_proto(
             result.outcome, result.write.event_ids, result.write.token.encode()

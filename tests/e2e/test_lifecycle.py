@@ -269,6 +269,10 @@ async def test_a_second_brand_is_isolated_from_the_first(service):
                 grpc.StatusCode.PERMISSION_DENIED,
                 grpc.StatusCode.INVALID_ARGUMENT,
             )
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # acme's number, globex's token
+            await globex.HandleInboundMessage(inbound("hello", at=clock.now))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "acme" not in err.value.details()  # whose number it is stays unsaid
         r = await check(acme, w.consistency_token)
         assert r.allowed  # nothing globex tried reached acme's consent
 
