@@ -17,6 +17,8 @@ from consent.v1 import consent_service_pb2 as api
 from consent.v1 import consent_service_pb2_grpc as api_grpc
 from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from services.adapters.kafka_ledger import KafkaLedgerSettings
 from services.bootstrap import Runtime
@@ -172,3 +174,14 @@ def define(
         policy=lpb.CampaignPolicy(sender_numbers=list(numbers), **policy),
         occurred_at=ts(at - timedelta(seconds=1)),
     )
+
+
+def status_details(err: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
+    """The (field, reason) pairs of an error's ``google.rpc.BadRequest`` details."""
+    status = rpc_status.from_call(err)
+    out = []
+    for detail in status.details if status else []:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            out += [(v.field, v.description) for v in bad.field_violations]
+    return out

@@ -25,6 +25,7 @@ from tests.e2e.harness import (
     opt_in,
     proof,
     service_settings,
+    status_details,
     ts,
 )
 
@@ -74,16 +75,6 @@ async def service(tmp_path, postgres_dsn, kafka_bootstrap):
         yield runtime, clock
     finally:
         await runtime.stop()
-
-
-def status_details(err: grpc.aio.AioRpcError):
-    status = rpc_status.from_call(err)
-    out = []
-    for detail in status.details if status else []:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            out += [(v.field, v.description) for v in bad.field_violations]
-    return out
 
 
 def precondition_violations(err: grpc.aio.AioRpcError):
