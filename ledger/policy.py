@@ -310,6 +310,7 @@ class Check:
         ) = _spans(campaign)
         self._quiet: dict[tuple[str, ...], Decision | None] = {}
         self._dates: dict[tuple[str, ...], date] = {}
+        self._zone_dates: dict[str, date] = {}
 
     def __call__(self, digest: Digest) -> Decision:
         """May a message of this kind go to the digest's number now?"""
@@ -540,10 +541,17 @@ class Check:
         found = self._dates.get(zones)
         if found is None:
             if zones:
-                found = min(self.now.astimezone(ZoneInfo(zone)).date() for zone in zones)
+                found = min(self._date_in(zone) for zone in zones)
             else:
                 found = (self.now.astimezone(UTC) - _EARLIEST_OFFSET).date()
             self._dates[zones] = found
+        return found
+
+    def _date_in(self, zone: str) -> date:
+        """Today's date in ``zone``, worked out once per check and zone."""
+        found = self._zone_dates.get(zone)
+        if found is None:
+            found = self._zone_dates[zone] = self.now.astimezone(ZoneInfo(zone)).date()
         return found
 
     def _caps_reached(self, digest: Digest, c: CampaignDigest) -> Decision | None:
@@ -569,7 +577,7 @@ class Check:
                 )
             for zone in digest.zones:
                 tz = ZoneInfo(zone)  # the library keeps one instance per key
-                today = self.now.astimezone(tz).date()
+                today = self._date_in(zone)
                 counted = [s for s in c.sent if from_micros(s[AT]).astimezone(tz).date() == today]
                 if len(counted) >= policy.daily_cap:
                     return deny(
