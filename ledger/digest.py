@@ -27,6 +27,7 @@ from ledger.phone import time_zones
 from ledger.state import Fact, SubscriberState
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_new = tuple.__new__
 _MICROSECOND = timedelta(microseconds=1)
 
 Mark = tuple[int, int, str]
@@ -91,10 +92,14 @@ class Digest(NamedTuple):
     last_inbound: Mark | None = None
     confirmations: tuple[Mark, ...] = ()
     """Opt-out confirmations sent (kept as long as any send is), oldest first."""
-    campaigns: Mapping[str, CampaignDigest] = {}
+    campaigns: Mapping[str, tuple[Any, ...]] = {}
+    """Each campaign's ``CampaignDigest`` by name; read them with ``campaign``. A
+    decoded digest holds the plain tuples of their fields: typing each when it is
+    asked for, not every one when decoded, is a good part of a batch's decoding."""
 
     def campaign(self, name: str) -> CampaignDigest:
-        return self.campaigns.get(name, EMPTY_CAMPAIGN)
+        fields = self.campaigns.get(name)
+        return EMPTY_CAMPAIGN if fields is None else _new(CampaignDigest, fields)
 
 
 def _mark(fact: Fact[Any] | None) -> Mark | None:

@@ -452,7 +452,7 @@ class Check:
                 (digest.last_inbound[ID],),
                 version,
             )
-        other = sorted(name for name, x in digest.campaigns.items() if x.grant is not None)
+        other = sorted(name for name in digest.campaigns if digest.campaign(name).grant is not None)
         detail = "no consent for this campaign" + (
             f" (consent for {', '.join(other)} does not count)" if other else ""
         )

@@ -26,7 +26,8 @@ unknown ways:
   positions that went backwards mean the same; either makes the next refresh load
   everything afresh, swapping the whole copy in at once.
 
-Memory: one ``bytes`` object and one phone string per (phone, brand), plus the
+Memory: one ``bytes`` object (the encoded digest without its version byte, which
+``_store`` checks) and one phone string per (phone, brand), plus the
 dictionary slot; ``make bench`` measures the whole (BENCHMARKS.md). A load after
 a rebuild builds the new copy while the old one still answers, so until the swap
 the process holds both: about twice the usual size. Set
@@ -45,7 +46,7 @@ from ledger.digest import Digest
 from ledger.ports import ConsentView, Stream
 from services.adapters.postgres_view import snapshot_unless_digest, stored_digest
 from services.wire.digest import FORMAT as DIGEST_FORMAT
-from services.wire.digest import decode_digest, encode_digest
+from services.wire.digest import decode_payload, encode_digest, payload_of
 
 _SUBSCRIBERS = Stream.SUBSCRIBERS.value
 
@@ -109,7 +110,7 @@ class DigestReplica:
         for phone in phones:
             data = known.get(phone)
             if data is not None:
-                digest = decode_digest(data)
+                digest = decode_payload(data)
                 assert digest is not None, "the replica keeps only digests it can read"
                 found[phone] = digest
         return found
@@ -169,4 +170,4 @@ def _store(digests: dict[str, dict[str, bytes]], rows: Sequence[asyncpg.Record])
         if phones is None:
             phones = digests[brand] = {}
         assert data is not None
-        phones[phone] = data
+        phones[phone] = payload_of(data)

@@ -226,7 +226,8 @@ def _status_rows(
     state: SubscriberState, digest: Digest, updated_at: datetime
 ) -> list[tuple[Any, ...]]:
     rows = []
-    for name, consent in sorted(digest.campaigns.items()):
+    for name in sorted(digest.campaigns):
+        consent = digest.campaign(name)
         now = standing(digest, consent)
         if now.active:
             status = "active"

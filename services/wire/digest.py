@@ -33,17 +33,28 @@ def decode_digest(data: bytes | None) -> Digest | None:
     """The digest in ``data``; None when there is none, or in another format."""
     if not data or data[0] != FORMAT:
         return None
-    raw = msgpack.unpackb(data[1:], use_list=False)
+    return decode_payload(data[1:])
+
+
+def payload_of(data: bytes) -> bytes:
+    """What follows the version byte of an encoded digest in this ``FORMAT``: a holder
+    of many (the replica) keeps that, and skips a copy per read."""
+    if not data or data[0] != FORMAT:
+        raise ValueError("not a digest in this format")
+    return data[1:]
+
+
+def decode_payload(data: bytes) -> Digest | None:
+    """``decode_digest`` of what follows the version byte."""
+    raw = msgpack.unpackb(data, use_list=False)
+    # The lengths are checked, so a field can never be read from the wrong place.
     # Typed in place with ``tuple.__new__``: what ``_make`` does, without a Python
-    # call per tuple (a batch decodes a thousand digests). The lengths are checked,
-    # so a field can never be read from the wrong place.
+    # call per tuple. The campaigns are typed when asked for (``Digest.campaign``).
     if len(raw) != _DIGEST_FIELDS:
         return None
-    campaigns = raw[8]  # a fresh dict from the decoder
-    for name, campaign in campaigns.items():
+    for campaign in raw[8].values():
         if len(campaign) != _CAMPAIGN_FIELDS:
             return None
-        campaigns[name] = _new(CampaignDigest, campaign)
     age = raw[5]
     if age is not None:
         if len(age) != _AGE_FIELDS:

@@ -11,14 +11,24 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import msgpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.digest import EMPTY_CAMPAIGN, EPOCH, ID, Digest, digest_of, from_micros, micros
+from ledger.digest import (
+    EMPTY_CAMPAIGN,
+    EPOCH,
+    ID,
+    CampaignDigest,
+    Digest,
+    digest_of,
+    from_micros,
+    micros,
+)
 from ledger.events import MessageKind
 from ledger.policy import Check, Reason, decide
 from ledger.state import SubscriberState, fold
-from services.wire.digest import FORMAT, decode_digest, encode_digest
+from services.wire.digest import FORMAT, decode_digest, decode_payload, encode_digest, payload_of
 from tests.builders import (
     age,
     at,
@@ -57,6 +67,14 @@ def test_a_stored_digest_reads_back_equal(events, flag):
 
     assert stored[0] == FORMAT
     assert decode_digest(stored) == digest
+    # What the replica keeps: the bytes after the version byte.
+    assert decode_payload(payload_of(stored)) == digest
+    decoded = decode_digest(stored)
+    assert decoded is not None
+    for name in (*digest.campaigns, "never-granted"):
+        asked = decoded.campaign(name)
+        assert isinstance(asked, CampaignDigest)
+        assert asked == digest.campaign(name)
 
 
 @settings(max_examples=200, deadline=None)
@@ -77,6 +95,9 @@ def test_no_digest_or_another_format_reads_as_none():
     assert decode_digest(None) is None
     assert decode_digest(b"") is None
     assert decode_digest(other_format) is None
+    for unusable in (b"", other_format):
+        with pytest.raises(ValueError):
+            payload_of(unusable)
     # The right format byte with a field too many or too few is not read either.
     fields = tuple(digest)
     assert decode_digest(bytes([FORMAT]) + msgpack.packb((*fields, 0))) is None
