@@ -121,8 +121,12 @@ class Decision(NamedTuple):
     policy_version: int = 0
 
 
+_new = tuple.__new__
+"""A named tuple built from all its fields without its Python-level constructor."""
+
+
 def deny(reason: Reason, detail: str, evidence: Iterable[str] = (), version: int = 0) -> Decision:
-    return Decision(False, reason, (), tuple(evidence), detail, version)
+    return _new(Decision, (False, reason, (), tuple(evidence), detail, version))
 
 
 _DEFAULT_HOURS = QuietHours()
@@ -155,7 +159,9 @@ def standing(digest: Digest, c: CampaignDigest) -> Standing:
         and c.resume is None
         and digest.brand_resume is None
     ):
-        return Standing(True, grant[AT], (grant[ID],), None)  # the common case, made quick
+        # The common case, made quick: ``tuple.__new__`` skips the named tuple's
+        # Python-level constructor (a batch asks this of every number).
+        return _new(Standing, (True, grant[AT], (grant[ID],), None, False))
     # Ordered by (time, rank, offset): at the same instant a revocation (rank 1)
     # outranks a grant (rank 0), so doubt denies. This campaign's own opt-out is
     # lifted only by this campaign's resume or a newer grant; a brand-wide resume
@@ -402,13 +408,17 @@ class Check:
         )
         if campaign.policy_event_id:
             evidence = (*evidence, campaign.policy_event_id)
-        return Decision(
-            True,
-            Reason.CONSENT_ACTIVE,
-            self._obligations[first, reconfirm],
-            evidence,
-            "consent stands",
-            version,
+        # Built as ``standing``'s common case is, for the same reason.
+        return _new(
+            Decision,
+            (
+                True,
+                Reason.CONSENT_ACTIVE,
+                self._obligations[first, reconfirm],
+                evidence,
+                "consent stands",
+                version,
+            ),
         )
 
     def _without_consent(self, digest: Digest, c: CampaignDigest) -> Decision:

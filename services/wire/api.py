@@ -316,26 +316,29 @@ def batch_to_proto(
 ) -> api_pb2.CanSendBatchResponse:
     """A ``CanSendBatchResponse``: one ``SendDecision`` per phone, in order.
 
-    The same as ``send_decision_to_proto`` for each, with entries added in place,
-    and the wire values of the reason and obligations looked up once per distinct
-    object (a batch shares them).
+    The same as ``send_decision_to_proto`` for each, with entries added in place.
     """
     response = api_pb2.CanSendBatchResponse(consistency_token=consistency_token)
     add = response.decisions.add
-    reasons: dict[int, int] = {}
-    obligations: dict[int, list[int]] = {}
+    # A batch's decisions are of a few kinds that differ in their evidence alone: each
+    # entry copies its kind's template (one C call), then gets its phone and evidence.
+    templates: dict[tuple[int, int, str, int, bool], api_pb2.SendDecision] = {}
     for phone, decision in zip(phones, decisions, strict=True):
-        reason = reasons.get(id(decision.reason))
-        if reason is None:
-            reason = reasons[id(decision.reason)] = REASONS.to_proto(decision.reason)
-        wire = obligations.get(id(decision.obligations))
-        if wire is None:
-            wire = obligations[id(decision.obligations)] = [
-                OBLIGATIONS.to_proto(o) for o in decision.obligations
-            ]
+        kind = (
+            id(decision.reason),
+            id(decision.obligations),
+            decision.detail,
+            decision.policy_version,
+            decision.allowed,
+        )
+        template = templates.get(kind)
+        if template is None:
+            template = templates[kind] = api_pb2.SendDecision()
+            _fill_decision(template, decision._replace(evidence=()), *_wire_values(decision))
         entry = add()
+        entry.CopyFrom(template)
         entry.phone = phone
-        _fill_decision(entry, decision, reason, wire)
+        entry.evidence_event_ids.extend(decision.evidence)
     return response
 
 

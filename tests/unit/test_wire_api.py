@@ -11,6 +11,8 @@ from consent.v1 import ledger_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger.campaigns import Campaign, CampaignPolicy, CampaignPurpose, FrequencyCap, QuietHours
 from ledger.commands import (
@@ -553,6 +555,35 @@ def test_a_batch_response_is_each_decision_in_request_order() -> None:
     assert [api.decision_from_proto(e) for e in response.decisions] == decisions
     with pytest.raises(ValueError):
         api.batch_to_proto(phones[:2], decisions)
+
+
+_decisions = st.builds(
+    Decision,
+    allowed=st.booleans(),
+    reason=st.sampled_from(list(Reason)),
+    # Equal tuples that are distinct objects, and shared ones, both occur.
+    obligations=st.lists(st.sampled_from(list(Obligation)), max_size=3).map(tuple),
+    evidence=st.lists(st.sampled_from(["e-1", "e-2", "e-3"]), max_size=3).map(tuple),
+    detail=st.sampled_from(["", "consent stands", "opted out"]),
+    policy_version=st.integers(0, 3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(decisions=st.lists(_decisions | st.sampled_from([ALLOW, DENY]), max_size=12))
+def test_a_batch_entry_is_its_decision_alone_whatever_the_entries_around_it(
+    decisions: list[Decision],
+) -> None:
+    # Entries copy a template per kind of answer: one may never carry another's fields.
+    phones = [f"+1415555{n:04d}" for n in range(len(decisions))]
+
+    response = api.batch_to_proto(phones, decisions)
+
+    assert [e.SerializeToString() for e in response.decisions] == [
+        api.send_decision_to_proto(p, d).SerializeToString()
+        for p, d in zip(phones, decisions, strict=True)
+    ]
+    assert [api.decision_from_proto(e) for e in response.decisions] == decisions
 
 
 def test_help_text_owes_a_help_reply_with_its_required_content() -> None:
