@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 from consent.v1 import consent_service_pb2 as api_pb2
 from consent.v1 import consent_service_pb2_grpc as api_grpc
+from consent.v1 import ledger_pb2
 
 from ledger.commands import HandleInboundMessage
 from ledger.digest import digest_of
@@ -278,9 +279,21 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     RecordReconfirmation = _write_rpc(api_pb2.RecordReconfirmationResponse)
     RecordMessageSent = _write_rpc(api_pb2.RecordMessageSentResponse)
     RecordAgeVerification = _write_rpc(api_pb2.RecordAgeVerificationResponse)
-    ResolveRevocationCandidate = _write_rpc(api_pb2.ResolveRevocationCandidateResponse)
     DefineCampaign = _write_rpc(api_pb2.DefineCampaignResponse, Scope.ADMIN)
     ChangeCampaignPolicy = _write_rpc(api_pb2.ChangeCampaignPolicyResponse, Scope.ADMIN)
+
+    @translate_errors
+    async def ResolveRevocationCandidate(
+        self, request: api_pb2.ResolveRevocationCandidateRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ResolveRevocationCandidateResponse:
+        # Resolving a flagged reply as an opt-out only narrows what may be sent, as any
+        # write may. Anything else (dismissing it) lifts the block the review holds on
+        # the number: a reviewer's judgement, so the admin scope, not a gateway's write.
+        revoked = request.resolution == ledger_pb2.CANDIDATE_RESOLUTION_REVOKED
+        written = await self.write(request, context, Scope.WRITE if revoked else Scope.ADMIN)
+        return api_pb2.ResolveRevocationCandidateResponse(
+            event_ids=written.event_ids, consistency_token=written.token.encode()
+        )
 
     @translate_errors
     async def HandleInboundMessage(

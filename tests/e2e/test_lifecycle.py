@@ -783,17 +783,22 @@ async def test_flagged_replies_wait_in_a_queue_until_resolved(service):
         late = inbound("wrong number", at=t - timedelta(hours=1))
         late.from_phone = third = "+14155552673"
         await c.HandleInboundMessage(late)
-        resolved = await c.ResolveRevocationCandidate(
-            api.ResolveRevocationCandidateRequest(
-                request_id="resolve-1",
-                phone=other,
-                brand="acme",
-                candidate_event_id=oldest.event.event_id,
-                resolution=lpb.CANDIDATE_RESOLUTION_DISMISSED,
-                occurred_at=ts(t - timedelta(minutes=5)),
-                resolved_by="reviewer@acme",
-            )
+        dismiss = api.ResolveRevocationCandidateRequest(
+            request_id="resolve-1",
+            phone=other,
+            brand="acme",
+            candidate_event_id=oldest.event.event_id,
+            resolution=lpb.CANDIDATE_RESOLUTION_DISMISSED,
+            occurred_at=ts(t - timedelta(minutes=5)),
+            resolved_by="reviewer@acme",
         )
+        # Dismissing lifts the block on the number: a write token (a gateway's) may not.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.ResolveRevocationCandidate(dismiss)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "admin" in (err.value.details() or "")
+        async with client(runtime.address, "admin") as reviewer:
+            resolved = await reviewer.ResolveRevocationCandidate(dismiss)
         # The next page starts after the last candidate given, not at a count, so
         # neither the one resolved nor the one recorded in between skips any.
         second = await c.ListRevocationCandidates(
@@ -823,12 +828,30 @@ async def test_flagged_replies_wait_in_a_queue_until_resolved(service):
                         phone=phone,
                         brand="acme",
                         candidate_event_id=candidate,
-                        resolution=lpb.CANDIDATE_RESOLUTION_DISMISSED,
+                        resolution=lpb.CANDIDATE_RESOLUTION_REVOKED,
                         occurred_at=ts(t),
                     )
                 )
             assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert [s for s, _ in precondition_violations(refused.value)] == ["candidate_event_id"]
+        # Resolving one as an opt-out only narrows what may be sent: the write scope may.
+        revoked = await c.ResolveRevocationCandidate(
+            api.ResolveRevocationCandidateRequest(
+                request_id="resolve-2",
+                phone=PHONE,
+                brand="acme",
+                candidate_event_id=everything.candidates[0].event.event_id,
+                resolution=lpb.CANDIDATE_RESOLUTION_REVOKED,
+                occurred_at=ts(t),
+                resolved_by="reviewer@acme",
+            )
+        )
+        left = await c.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(
+                brand="acme", at_least_as_fresh=revoked.consistency_token
+            )
+        )
+        assert [e.event.phone for e in left.candidates] == [third]
 
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.ListRevocationCandidates(
