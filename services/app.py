@@ -358,21 +358,23 @@ class ConsentApp:
         ``InvalidPhoneNumber`` (INVALID_ARGUMENT); a query writes nothing either way."""
         check_name(brand, "brand")
         check_name(campaign, "campaign")
-        # Numbers already in the view were validated when they were written, so a
-        # canonical E.164 string is looked up as it is; only the others are parsed.
-        numbers = [p if _E164.fullmatch(p) else "" for p in phones]
+        # The view's keys are numbers validated and normalised when they were written,
+        # so each phone is first looked up as written; only those not found are parsed
+        # (and a phone that is not a number is refused even if others were found).
+        # Waiting for the partitions of phones as written may wait for a partition a
+        # non-canonical one does not need; those parsed are waited for below.
         when = self._when(at)
-        fresh = await self._fresh([n for n in numbers if n], token)
+        fresh = await self._fresh(phones, token)
         read_at = self.guard.applied_token()
         if not fresh:
-            return BatchResult([_behind()] * len(numbers), read_at)
-        asked = {n for n in numbers if n}
-        digests = await self.reads.digests(brand, list(asked))
-        unknown = [i for i, n in enumerate(numbers) if n not in digests]
+            return BatchResult([_behind()] * len(phones), read_at)
+        digests = await self.reads.digests(brand, phones)
+        numbers = list(phones)
+        unknown = [i for i, p in enumerate(phones) if p not in digests]
         if unknown:
             for i in unknown:  # raises INVALID_ARGUMENT for a number that is not one
                 numbers[i] = to_e164(phones[i], field=f"phones[{i}]")
-            missing = sorted({numbers[i] for i in unknown} - asked - digests.keys())
+            missing = sorted({numbers[i] for i in unknown} - set(phones) - digests.keys())
             if missing:
                 if not await self._fresh(missing, None):
                     return BatchResult([_behind()] * len(numbers), read_at)
@@ -440,7 +442,7 @@ class ConsentApp:
             log.exception("decide failed for a phone; answering not allowed")
             return deny(Reason.INTERNAL_ERROR, "the policy could not be evaluated")
 
-    async def _fresh(self, phones: list[str], token: ConsistencyToken | None) -> bool:
+    async def _fresh(self, phones: Sequence[str], token: ConsistencyToken | None) -> bool:
         if token is not None and not await self.guard.wait_for_token(token):
             return False
         return await self.guard.wait_for_phones(phones)

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -157,7 +157,7 @@ class FreshnessGuard:
         """True once the view has applied everything the token names."""
         return await self._wait(dict(token.offsets), timeout or self._settings.wait_bound)
 
-    async def wait_for_phones(self, phones: list[str]) -> bool:
+    async def wait_for_phones(self, phones: Sequence[str]) -> bool:
         """True once the view has applied the phones' partitions up to their observed
         ends, and the campaign stream up to its end."""
         status = self.status
