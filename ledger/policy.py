@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from ledger.campaigns import (
@@ -132,6 +132,9 @@ def deny(reason: Reason, detail: str, evidence: Iterable[str] = (), version: int
 _DEFAULT_HOURS = QuietHours()
 """The quiet hours of the policy texts; a campaign's own window lies within them."""
 _CONVERSATIONAL = int(ConsentTier.CONVERSATIONAL)
+_CONSENT_ACTIVE = Reason.CONSENT_ACTIVE
+_UNKNOWN: Any = object()
+"""A dictionary lookup's "not there" where None is an answer."""
 _EARLIEST_OFFSET = timedelta(hours=12)
 """UTC-12, the zone whose date is the earliest on Earth."""
 
@@ -315,6 +318,9 @@ class Check:
             self._obligations,
         ) = _spans(campaign)
         self._quiet: dict[tuple[str, ...], Decision | None] = {}
+        # What each call would otherwise look up on the enum classes (28 ns apiece).
+        self._confirming = kind is MessageKind.OPT_OUT_CONFIRMATION
+        self._help = kind is MessageKind.HELP_REPLY
         self._dates: dict[tuple[str, ...], date] = {}
         self._zone_dates: dict[str, date] = {}
 
@@ -333,8 +339,7 @@ class Check:
             )
 
         c = digest.campaign(campaign.campaign)
-        kind = self.kind
-        if kind is MessageKind.OPT_OUT_CONFIRMATION:
+        if self._confirming:
             return self._opt_out_confirmation(digest, c)
 
         current = standing(digest, c)
@@ -343,7 +348,7 @@ class Check:
             return deny(reason, "opted out; new consent is needed", current.evidence, version)
 
         purpose = self.policy.purpose
-        if kind is MessageKind.HELP_REPLY:
+        if self._help:
             inbound = self._open_conversation(digest, None)
             if inbound is None:
                 return deny(
@@ -385,7 +390,9 @@ class Check:
         if check is None and self._limits:
             check = self._caps_reached(digest, c)
         if check is None:
-            check = self._quiet_hours(digest.zones)
+            check = self._quiet.get(digest.zones, _UNKNOWN)
+            if check is _UNKNOWN:
+                check = self._quiet_hours(digest.zones)
         if check is not None:
             return Decision(
                 False, check.reason, (), (*evidence, *check.evidence), check.detail, version
@@ -413,7 +420,7 @@ class Check:
             Decision,
             (
                 True,
-                Reason.CONSENT_ACTIVE,
+                _CONSENT_ACTIVE,
                 self._obligations[first, reconfirm],
                 evidence,
                 "consent stands",
