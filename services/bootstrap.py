@@ -32,6 +32,7 @@ from services.freshness import FreshnessGuard
 from services.grpc_api.auth import TokenAuthenticator, write_dev_tokens
 from services.grpc_api.credentials import TlsFiles, file_stamp, follow_tokens
 from services.grpc_api.server import CannotListen, GrpcServer
+from services.huge_pages import Collapsed, collapse_heap
 from services.metrics import ServiceMetrics
 from services.projector import KafkaProjector, Projector, supervise
 from services.settings import Settings, host_and_port, is_loopback
@@ -99,8 +100,8 @@ def warn_if_plaintext_beyond_loopback(settings: Settings) -> None:
         )
 
 
-def settle_heap() -> None:
-    """Set up the garbage collector for serving; call once, after ``Runtime.start``.
+def settle_heap() -> Collapsed:
+    """Set up the heap for serving; call once, after ``Runtime.start``.
 
     Everything allocated by then (modules, the gRPC and protobuf machinery, the
     service's objects) lives as long as the process, yet CPython's cyclic
@@ -112,11 +113,24 @@ def settle_heap() -> None:
     youngest generation is collected after 10,000 net allocations instead of 700,
     so a batch's short-lived tuples are mostly gone before a collection looks.
     BENCHMARKS.md ("The garbage collector") has what each was measured to be worth.
+
+    Then the heap, the digest replica's included, is mapped with huge pages where
+    the system allows (``services.huge_pages``), and the log says how much.
     """
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
+    found = collapse_heap()
+    if found.skipped:
+        log.info("heap left in small pages: %s", found.skipped)
+    else:
+        log.info(
+            "heap: %d MiB mapped with huge pages (%d MiB could not be)",
+            found.collapsed >> 20,
+            found.left >> 20,
+        )
+    return found
 
 
 YOUNG_THRESHOLD = 10_000
