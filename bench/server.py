@@ -120,7 +120,7 @@ async def _consent(
     )
     runtime = Runtime(settings)
     await runtime.start()
-    settle_heap()  # as ``consent-ledger serve`` does
+    await asyncio.to_thread(settle_heap)  # as ``consent-ledger serve`` does
     try:
         ready(int(runtime.address.rsplit(":", 1)[1]))
         await stop.wait()

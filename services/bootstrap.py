@@ -101,7 +101,8 @@ def warn_if_plaintext_beyond_loopback(settings: Settings) -> None:
 
 
 def settle_heap() -> Collapsed:
-    """Set up the heap for serving; call once, after ``Runtime.start``.
+    """Set up the heap for serving; call once, after ``Runtime.start`` (from a worker
+    thread, as ``consent-ledger serve`` does, so the event loop keeps answering).
 
     Everything allocated by then (modules, the gRPC and protobuf machinery, the
     service's objects) lives as long as the process, yet CPython's cyclic

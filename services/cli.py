@@ -52,7 +52,9 @@ def _grpcurl_hint(address: str, token: str | None, tls: TlsSettings | None = Non
 async def _serve(settings: Settings, embedded: bool) -> None:
     runtime = Runtime(settings)
     await runtime.start()
-    settle_heap()
+    # In a worker thread: mapping a large heap with huge pages takes a moment (about
+    # 0.2 s for 700 MB here), and the server already answers meanwhile.
+    await asyncio.to_thread(settle_heap)
     assert runtime.server is not None
     tls = settings.tls
     security = "" if tls is None else " with mutual TLS" if tls.client_ca_file else " with TLS"
