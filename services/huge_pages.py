@@ -32,6 +32,7 @@ HUGE_PAGE = 2 << 20
 MADV_HUGEPAGE = 14
 MADV_COLLAPSE = 25
 _SMAPS = Path("/proc/self/smaps")
+"""Read by ``collapse_heap``; a test points it elsewhere."""
 _ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
@@ -92,13 +93,16 @@ def collapse_heap() -> Collapsed:
     mode = thp_mode()
     if mode not in ("always", "madvise"):
         return Collapsed(skipped=f"transparent huge pages are {mode or 'unavailable'}")
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    madvise = libc.madvise
+    try:
+        ranges = heap_ranges(_SMAPS.read_text())
+        madvise = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).madvise
+    except (OSError, AttributeError) as e:  # a restricted /proc, no C library to call
+        return Collapsed(skipped=f"cannot ask the kernel: {e}")
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     madvise.restype = ctypes.c_int
     collapsed = left = 0
     errors: set[str] = set()
-    for start, length in heap_ranges(_SMAPS.read_text()):
+    for start, length in ranges:
         # Either may fail for a range (memory freed meanwhile, none contiguous to
         # spare): that range keeps its small pages, and the rest go on.
         madvise(start, length, MADV_HUGEPAGE)

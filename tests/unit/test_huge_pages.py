@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from services import huge_pages
 from services.huge_pages import HUGE_PAGE, collapse_heap, heap_ranges, thp_mode
 
 MIB = 1 << 20
@@ -93,6 +94,15 @@ def test_a_heap_of_small_objects_is_mapped_with_huge_pages_where_the_kernel_can(
     # No huge pages to be had here: the heap is left as it was, and the call says why.
     assert found["collapsed"] == 0
     assert found["skipped"]
+
+
+def test_a_process_that_cannot_read_its_mappings_is_left_as_it_was(monkeypatch, tmp_path):
+    # A start must never fail over an optimisation: settle_heap logs the reason.
+    monkeypatch.setattr(huge_pages, "_SMAPS", tmp_path / "unreadable")
+    monkeypatch.setattr(huge_pages, "thp_mode", lambda: "madvise")
+    found = collapse_heap()
+    assert found.collapsed == 0
+    assert "cannot ask the kernel" in found.skipped
 
 
 def test_collapsing_is_safe_to_repeat():
