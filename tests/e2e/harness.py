@@ -164,6 +164,29 @@ def opt_in(
     return api.RecordOptInRequest(**fields)
 
 
+def opt_out(
+    phone: str,
+    brand: str,
+    campaign: str | None,
+    at: datetime,
+    request_id: str | None = None,
+    **changes: Any,
+) -> api.RecordOptOutRequest:
+    """An opt-out through the API; campaign None (left unset) for every campaign of
+    the brand."""
+    fields: dict[str, Any] = dict(
+        request_id=uuid.uuid4().hex if request_id is None else request_id,
+        phone=phone,
+        brand=brand,
+        channel=lpb.REVOCATION_CHANNEL_API,
+        occurred_at=ts(at),
+    )
+    if campaign is not None:
+        fields["campaign"] = campaign
+    fields.update(changes)
+    return api.RecordOptOutRequest(**fields)
+
+
 def define(
     brand: str, campaign: str, at: datetime, numbers: Sequence[str] = (), **policy: Any
 ) -> api.DefineCampaignRequest:

@@ -20,7 +20,7 @@ from consent.v1 import ledger_pb2 as lpb
 from ledger.ports import ConsistencyToken, Stream
 from services.adapters.digest_replica import DigestReplica
 from services.bootstrap import Runtime
-from tests.e2e.harness import client, define, kafka_settings, opt_in, service_settings, ts
+from tests.e2e.harness import client, define, kafka_settings, opt_in, opt_out, service_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -81,14 +81,13 @@ async def test_an_opt_out_written_through_one_instance_is_honoured_by_another(tw
             )
             assert fresh.allowed, fresh
             await ca.RecordOptOut(
-                api.RecordOptOutRequest(
-                    request_id=uuid.uuid4().hex,
-                    phone=phone,
-                    brand="acme",
-                    campaign="promo",
+                opt_out(
+                    phone,
+                    "acme",
+                    "promo",
+                    when,
                     channel=lpb.REVOCATION_CHANNEL_KEYWORD,
                     text="STOP",
-                    occurred_at=ts(when),
                 )
             )
             # Acknowledged by A. One refresh interval later, B must say no without a token.
@@ -106,14 +105,7 @@ async def test_the_write_token_gives_read_your_writes_on_another_instance(two_in
         phone = "+14155552700"
         await ca.RecordOptIn(opt_in(phone, "acme", "promo", when))
         out = await ca.RecordOptOut(
-            api.RecordOptOutRequest(
-                request_id=uuid.uuid4().hex,
-                phone=phone,
-                brand="acme",
-                campaign="promo",
-                channel=lpb.REVOCATION_CHANNEL_WEB,
-                occurred_at=ts(when),
-            )
+            opt_out(phone, "acme", "promo", when, channel=lpb.REVOCATION_CHANNEL_WEB)
         )
         answer = await cb.CanSend(
             api.CanSendRequest(
@@ -142,14 +134,7 @@ async def test_reads_fail_closed_when_the_projection_stops_catching_up(two_insta
                 task.cancel()
         await asyncio.gather(*(t for r in (a, b) for t in r._tasks), return_exceptions=True)
         await ca.RecordOptOut(
-            api.RecordOptOutRequest(
-                request_id=uuid.uuid4().hex,
-                phone=phone,
-                brand="acme",
-                campaign="promo",
-                channel=lpb.REVOCATION_CHANNEL_CALL,
-                occurred_at=ts(when),
-            )
+            opt_out(phone, "acme", "promo", when, channel=lpb.REVOCATION_CHANNEL_CALL)
         )
         await asyncio.sleep(2 * REFRESH)
         b.guard._settings = type(b.guard._settings)(refresh_interval=REFRESH, wait_bound=0.3)
@@ -166,14 +151,7 @@ async def test_a_request_id_reused_on_another_instance_loses_nothing(two_instanc
         # At once, through B, whose view may not have the opt-in yet: "r1" again, for
         # a STOP. A client's bug, and still a fact to keep.
         stop = await cb.RecordOptOut(
-            api.RecordOptOutRequest(
-                request_id="r1",
-                phone=phone,
-                brand="acme",
-                campaign="promo",
-                channel=lpb.REVOCATION_CHANNEL_API,
-                occurred_at=ts(when + timedelta(seconds=1)),
-            )
+            opt_out(phone, "acme", "promo", when + timedelta(seconds=1), "r1")
         )
         assert set(stop.event_ids).isdisjoint(first.event_ids)
         for c in (ca, cb):

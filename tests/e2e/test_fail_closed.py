@@ -14,7 +14,7 @@ from consent.v1 import ledger_pb2 as lpb
 from services.bootstrap import Runtime
 from services.freshness import FreshnessSettings
 from services.wire.enums import WireFormatError
-from tests.e2e.harness import client, define, opt_in, service_settings, status_details, ts
+from tests.e2e.harness import client, define, opt_in, opt_out, service_settings, status_details, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -180,14 +180,7 @@ async def _stop_the_projector_then_opt_out(runtime, c, phone: str, when) -> None
         task.cancel()
     await asyncio.gather(*runtime._tasks, return_exceptions=True)
     await c.RecordOptOut(
-        api.RecordOptOutRequest(
-            request_id="stop-1",
-            phone=phone,
-            brand="acme",
-            campaign="promo",
-            channel=lpb.REVOCATION_CHANNEL_KEYWORD,
-            occurred_at=ts(when),
-        )
+        opt_out(phone, "acme", "promo", when, "stop-1", channel=lpb.REVOCATION_CHANNEL_KEYWORD)
     )
     await asyncio.sleep(0.15)
 

@@ -23,6 +23,7 @@ from tests.e2e.harness import (
     define,
     kafka_settings,
     opt_in,
+    opt_out,
     proof,
     service_settings,
     status_details,
@@ -241,15 +242,7 @@ async def test_a_second_brand_is_isolated_from_the_first(service):
         assert not r.allowed and r.reason == api.REASON_NO_CONSENT
         for call in (
             check(globex, brand="acme"),
-            globex.RecordOptOut(
-                api.RecordOptOutRequest(
-                    request_id="x",
-                    phone=PHONE,
-                    brand="acme",
-                    channel=lpb.REVOCATION_CHANNEL_API,
-                    occurred_at=ts(clock.now),
-                )
-            ),
+            globex.RecordOptOut(opt_out(PHONE, "acme", None, clock.now, "x")),
             globex.ListEvents(api.ListEventsRequest(phone=PHONE, brand="acme")),
             globex.ListEvents(api.ListEventsRequest(phone=PHONE)),
             globex.HandleInboundMessage(inbound("STOP")),
@@ -330,28 +323,14 @@ async def test_a_request_id_names_one_request_of_one_brand(service):
         a = await acme.RecordOptIn(opt_in(PHONE, "acme", "promo", clock.now, request_id="r1"))
         await globex.RecordOptIn(opt_in(PHONE, "globex", "promo", clock.now))
         stop = await globex.RecordOptOut(  # globex's own "r1": a new fact, not acme's retry
-            api.RecordOptOutRequest(
-                request_id="r1",
-                phone=PHONE,
-                brand="globex",
-                campaign="promo",
-                channel=lpb.REVOCATION_CHANNEL_API,
-                occurred_at=ts(clock.now),
-            )
+            opt_out(PHONE, "globex", "promo", clock.now, "r1")
         )
         assert list(stop.event_ids) != list(a.event_ids)
         r = await check(globex, stop.consistency_token, brand="globex")
         assert not r.allowed and r.reason == api.REASON_REVOKED
         # acme reuses "r1" for a STOP: no retry of its opt-in, a fact of its own.
         again = await acme.RecordOptOut(
-            api.RecordOptOutRequest(
-                request_id="r1",
-                phone=PHONE,
-                brand="acme",
-                campaign="promo",
-                channel=lpb.REVOCATION_CHANNEL_API,
-                occurred_at=ts(clock.now + timedelta(seconds=1)),
-            )
+            opt_out(PHONE, "acme", "promo", clock.now + timedelta(seconds=1), "r1")
         )
         assert set(again.event_ids).isdisjoint([*a.event_ids, *stop.event_ids])
         r = await check(acme, again.consistency_token)
@@ -678,12 +657,13 @@ async def test_the_opt_out_rate_counts_sends_and_opt_outs_per_campaign_and_brand
             )
         await c.HandleInboundMessage(inbound("STOP", at=t - timedelta(minutes=30)))
         stopall = await c.RecordOptOut(
-            api.RecordOptOutRequest(
-                request_id="stopall",
-                phone=other,
-                brand="acme",
+            opt_out(
+                other,
+                "acme",
+                None,
+                t - timedelta(minutes=20),
+                "stopall",
                 channel=lpb.REVOCATION_CHANNEL_KEYWORD,
-                occurred_at=ts(t - timedelta(minutes=20)),
             )
         )
         fresh = stopall.consistency_token

@@ -13,10 +13,9 @@ import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import consent_service_pb2_grpc as api_grpc
-from consent.v1 import ledger_pb2 as lpb
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.harness import client, define, opt_in, running, service_settings, ts
+from tests.e2e.harness import client, define, opt_in, opt_out, running, service_settings, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -128,15 +127,7 @@ async def test_metrics_count_answers_and_errors_and_show_a_stalled_projection(
         with contextlib.suppress(asyncio.CancelledError):
             await projector
         async with client(runtime.address) as c:
-            await c.RecordOptOut(
-                api.RecordOptOutRequest(
-                    request_id="stop-1",
-                    phone=PHONE,
-                    brand="acme",
-                    channel=lpb.REVOCATION_CHANNEL_API,
-                    occurred_at=ts(datetime.now(UTC)),
-                )
-            )
+            await c.RecordOptOut(opt_out(PHONE, "acme", None, datetime.now(UTC), "stop-1"))
             await runtime.guard.observe()
             stale = await c.CanSend(
                 api.CanSendRequest(phone=PHONE, brand="acme", campaign="promo", at=ts(at))
