@@ -12,11 +12,24 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from ledger.digest import Digest
 from ledger.events import CampaignEvent, LedgerEvent, Recorded, SubscriberEvent
 from ledger.opt_out_rate import SendingCounts
 from ledger.state import CampaignHistory, SubscriberState
+
+
+class Flagged(NamedTuple):
+    """A reply flagged as a possible opt-out, as the review queue orders it."""
+
+    position: int
+    """Where the view put it in the queue: each flagged reply it applies gets a larger
+    position than every one applied before it. Positions never go back, a rebuild
+    included, so a reader that has seen position n finds every reply applied since
+    above n, whenever it happened and whichever partition it came from."""
+    event_id: str
+    phone: str
 
 
 class Stream(enum.Enum):
@@ -197,9 +210,11 @@ class ConsentView(ABC):
         """The applied event with this id, if the view has it (for idempotent writes)."""
 
     @abstractmethod
-    async def flagged_phones(self, brand: str) -> list[str]:
-        """Every phone, sorted, with a reply flagged as a possible opt-out towards
-        ``brand`` (resolved or not): where the pending candidates are to be found."""
+    async def flagged(self, brand: str, after: int = 0) -> list[Flagged]:
+        """Every reply flagged as a possible opt-out towards ``brand`` (resolved or
+        not) with a position above ``after``, in the order of their positions: where
+        the pending candidates are to be found, and the order the review queue lists
+        them in."""
 
     @abstractmethod
     async def sending_counts(

@@ -85,6 +85,14 @@ class BatchResult:
 
 
 @dataclass(frozen=True)
+class Queued:
+    """A flagged reply awaiting review, at its place in the queue (``Flagged.position``)."""
+
+    position: int
+    candidate: Fact[RevocationCandidateFlagged]
+
+
+@dataclass(frozen=True)
 class ConsentSnapshot:
     state: SubscriberState
     grants: dict[str, ConsentGranted] = field(default_factory=dict)
@@ -487,20 +495,32 @@ class ConsentApp:
         await self._require_fresh([number], "phone")
         return await self.view.history(number, brand)
 
-    async def revocation_candidates(self, brand: str) -> list[Fact[RevocationCandidateFlagged]]:
+    async def revocation_candidates(self, brand: str, after: int = 0) -> list[Queued]:
         """The brand's replies flagged as possible opt-outs that nobody has resolved,
-        in the order the ledger recorded them (then by event id), so a reply that
-        arrives late joins the end of the queue. Each blocks sending to its number
-        until someone resolves it (``ResolveRevocationCandidate``). Pending is what
+        each with its place in the review queue, above ``after``. Each blocks sending
+        to its number until someone resolves it (``ResolveRevocationCandidate``).
+
+        The queue is in the order the view applied the replies (``Flagged``), not the
+        order they happened or were recorded in: a reply from a partition applied late
+        joins the end, so a reviewer paging from ``after`` skips none. Pending is what
         the fold says, as ``GetConsent`` reports it for one number, so every number
-        ever flagged for the brand has its state read: the cost grows with those
-        (flagged replies are rare), not with the brand's other numbers."""
+        flagged above ``after`` has its state read: the cost grows with those (flagged
+        replies are rare), not with the brand's other numbers."""
         check_name(brand, "brand")
         await self._require_fresh(None, "brand")
-        phones = await self.view.flagged_phones(brand)
+        flagged = await self.view.flagged(brand, after)
+        places = {f.event_id: f.position for f in flagged}
+        phones = sorted({f.phone for f in flagged})
         states = await self.view.subscriber_states(brand, phones)
-        pending = [c for state in states.values() for c in state.pending_candidates()]
-        return sorted(pending, key=lambda c: (c.recorded_at, c.event_id))
+        # A reply applied after ``flagged`` was read has no place yet; the next read
+        # finds it above every place given here.
+        pending = [
+            Queued(places[c.event_id], c)
+            for state in states.values()
+            for c in state.pending_candidates()
+            if c.event_id in places
+        ]
+        return sorted(pending, key=lambda q: q.position)
 
     async def opt_out_rate(
         self,

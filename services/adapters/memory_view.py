@@ -19,10 +19,11 @@ from ledger.digest import Digest, digest_of
 from ledger.events import (
     CampaignEvent,
     Recorded,
+    RevocationCandidateFlagged,
     SubscriberEvent,
 )
 from ledger.opt_out_rate import SendingCounts, count_sending
-from ledger.ports import ConsentView, Stream
+from ledger.ports import ConsentView, Flagged, Stream
 from ledger.state import CampaignHistory, SubscriberState, apply, sender_number_holder
 
 
@@ -35,6 +36,8 @@ class _Tables:
     campaigns: dict[tuple[str, str], CampaignHistory] = field(default_factory=dict)
     events: dict[uuid.UUID, Recorded] = field(default_factory=dict)
     by_phone: dict[str, list[Recorded]] = field(default_factory=dict)
+    flagged: dict[str, list[Flagged]] = field(default_factory=dict)
+    """Each brand's flagged replies, in the order they were applied."""
 
 
 def _commit(*staged: ChainMap[Any, Any]) -> None:
@@ -45,6 +48,8 @@ def _commit(*staged: ChainMap[Any, Any]) -> None:
 class InMemoryConsentView(ConsentView):
     def __init__(self) -> None:
         self._tables = _Tables()
+        self._flagged_positions = 0
+        """The last position given to a flagged reply; a reset keeps it (see ``Flagged``)."""
 
     async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
         for recorded in batch:
@@ -61,6 +66,7 @@ class InMemoryConsentView(ConsentView):
         campaigns = ChainMap[tuple[str, str], CampaignHistory]({}, base.campaigns)
         events = ChainMap[uuid.UUID, Recorded]({}, base.events)
         by_phone = ChainMap[str, list[Recorded]]({}, base.by_phone)
+        flagged: list[RevocationCandidateFlagged] = []
         for recorded in batch:
             partition, offset = recorded.position.partition, recorded.position.offset
             if offset < positions.get(partition, 0):
@@ -75,10 +81,16 @@ class InMemoryConsentView(ConsentView):
                 state = states.get(key) or SubscriberState(phone=event.phone, brand=event.brand)
                 states[key] = apply(state, recorded)
                 by_phone[event.phone] = [*by_phone.get(event.phone, []), recorded]
+                if isinstance(event, RevocationCandidateFlagged):
+                    flagged.append(event)
             elif isinstance(event, CampaignEvent):
                 key = (event.brand, event.campaign)
                 campaigns[key] = campaigns.get(key, CampaignHistory()).with_event(recorded)
         _commit(positions, states, campaigns, events, by_phone)
+        for event in flagged:
+            self._flagged_positions += 1
+            queue = base.flagged.setdefault(event.brand, [])
+            queue.append(Flagged(self._flagged_positions, str(event.event_id), event.phone))
 
     async def positions(self, stream: Stream) -> dict[int, int]:
         return dict(self._tables.positions[stream])
@@ -125,8 +137,8 @@ class InMemoryConsentView(ConsentView):
             return None
         return self._tables.events.get(key)
 
-    async def flagged_phones(self, brand: str) -> list[str]:
-        return sorted(p for (p, b), s in self._tables.states.items() if b == brand and s.candidates)
+    async def flagged(self, brand: str, after: int = 0) -> list[Flagged]:
+        return [f for f in self._tables.flagged.get(brand, []) if f.position > after]
 
     async def sending_counts(
         self, brand: str, campaign: str | None, start: datetime, end: datetime

@@ -34,7 +34,7 @@ from ledger.events import (
 )
 from ledger.opt_out_rate import SendingCounts
 from ledger.policy import latest_revocation, standing
-from ledger.ports import ConsentView, Stream
+from ledger.ports import ConsentView, Flagged, Stream
 from ledger.state import (
     CampaignHistory,
     SubscriberState,
@@ -55,8 +55,10 @@ PROJECTION_TABLES = (
     "campaign_version",
     "sender_number",
     "projection_offset",
+    "flagged_reply",
 )
-"""Every table the view owns; all of it is rebuilt from the ledger."""
+"""Every table the view owns; all of it is rebuilt from the ledger. (Not
+``flagged_reply_counter``: positions in the review queue never go back.)"""
 
 _CLAIM_POSITIONS = """
 INSERT INTO projection_offset (stream, partition, next_offset)
@@ -78,6 +80,16 @@ INSERT INTO ledger_event_copy (event_id, stream, partition, "offset", event_type
                                campaign, occurred_at, recorded_at, payload)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT DO NOTHING
+"""
+_NEXT_FLAGGED = """
+UPDATE flagged_reply_counter SET last = last + $1 RETURNING last
+"""
+_INSERT_FLAGGED = """
+INSERT INTO flagged_reply (event_id, brand, phone, position) VALUES ($1, $2, $3, $4)
+"""
+_READ_FLAGGED = """
+SELECT position, event_id, phone FROM flagged_reply
+WHERE brand = $1 AND position > $2 ORDER BY position
 """
 _LOAD_STATES = """
 SELECT s.phone, s.brand, s.snapshot, s.last_offset, s.updated_at
@@ -352,6 +364,7 @@ class PostgresConsentView(ConsentView):
             await conn.executemany(_INSERT_EVENT, [_event_row(stream, r) for r in new])
             if stream is Stream.SUBSCRIBERS:
                 await self._fold_subscribers(conn, new)
+                await self._queue_flagged(conn, new)
             else:
                 await self._fold_campaigns(conn, new)
         await self._write_positions(
@@ -396,6 +409,22 @@ class PostgresConsentView(ConsentView):
         await conn.executemany(
             _UPSERT_STATUS,
             [row for key in keys for row in _status_rows(states[key], digests[key], updated[key])],
+        )
+
+    @staticmethod
+    async def _queue_flagged(conn: asyncpg.Connection, new: list[Recorded]) -> None:
+        """Give the batch's flagged replies their places in the review queue, in
+        ledger order. The counter is the last lock the transaction takes (after the
+        positions and the subscriber rows, in the order every writer takes them), so
+        waiting on it cannot deadlock."""
+        flagged = [r.event for r in new if isinstance(r.event, RevocationCandidateFlagged)]
+        if not flagged:
+            return
+        last = await conn.fetchval(_NEXT_FLAGGED, len(flagged))
+        first = last - len(flagged) + 1
+        await conn.executemany(
+            _INSERT_FLAGGED,
+            [(e.event_id, e.brand, e.phone, first + i) for i, e in enumerate(flagged)],
         )
 
     async def _fold_campaigns(self, conn: asyncpg.Connection, new: list[Recorded]) -> None:
@@ -531,14 +560,9 @@ class PostgresConsentView(ConsentView):
         )
         return None if payload is None else decode_recorded(payload)
 
-    async def flagged_phones(self, brand: str) -> list[str]:
-        rows = await self._pool.fetch(
-            "SELECT DISTINCT phone FROM ledger_event_copy"
-            f" WHERE brand = $1 AND event_type = '{RevocationCandidateFlagged.EVENT_TYPE}'"
-            " ORDER BY phone",
-            brand,
-        )
-        return [row["phone"] for row in rows]
+    async def flagged(self, brand: str, after: int = 0) -> list[Flagged]:
+        rows = await self._pool.fetch(_READ_FLAGGED, brand, after)
+        return [Flagged(row["position"], str(row["event_id"]), row["phone"]) for row in rows]
 
     async def sending_counts(
         self, brand: str, campaign: str | None, start: datetime, end: datetime
@@ -569,6 +593,10 @@ class PostgresConsentView(ConsentView):
             "campaign_version": "brand, campaign, event_id",
             "sender_number": "number, brand, campaign",
             "projection_offset": "stream, partition",
+            "flagged_reply": "event_id",
         }[table]
-        rows = await self._pool.fetch(f"SELECT * FROM {table} ORDER BY {order}")
+        # A reply's place in the review queue is the order this view applied it in,
+        # which a rebuild need not repeat (and which never goes back): left out.
+        columns = "event_id, brand, phone" if table == "flagged_reply" else "*"
+        rows = await self._pool.fetch(f"SELECT {columns} FROM {table} ORDER BY {order}")
         return [tuple(row.values()) for row in rows]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import grpc
@@ -236,18 +235,13 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     ) -> api_pb2.ListRevocationCandidatesResponse:
         self._caller(context, Scope.AUDIT, request.brand)
         size = _page_size(request.page_size)
-        after = _candidate_after(request.page_token)
+        after = _queue_after(request.page_token)
         await self._require_fresh(request.at_least_as_fresh)
-        pending = await self.app.revocation_candidates(request.brand)
-        if after is not None:
-            pending = [c for c in pending if (c.recorded_at, c.event_id) > after]
+        pending = await self.app.revocation_candidates(request.brand, after)
         page = pending[:size]
-        last = page[-1] if len(pending) > size else None
         return api_pb2.ListRevocationCandidatesResponse(
-            candidates=[codec.recorded_to_proto(c.as_recorded()) for c in page],
-            next_page_token=(
-                "" if last is None else _candidate_token(last.recorded_at, last.event_id)
-            ),
+            candidates=[codec.recorded_to_proto(q.candidate.as_recorded()) for q in page],
+            next_page_token=_queue_token(page[-1].position) if len(pending) > size else "",
             consistency_token=self.app.guard.applied_token().encode(),
         )
 
@@ -337,27 +331,29 @@ def _page_size(requested: int) -> int:
     return size
 
 
-def _candidate_token(recorded_at: datetime, event_id: str) -> str:
-    """A page token that names the last candidate given, not a count: the queue
-    shrinks as candidates are resolved, grows at its end as replies arrive, and
-    the next page must skip none."""
-    return base64.urlsafe_b64encode(f"c:{recorded_at.isoformat()}|{event_id}".encode()).decode()
+def _queue_token(position: int) -> str:
+    """A page token that names the queue position of the last candidate given, not a
+    count: the queue shrinks as candidates are resolved, grows at its end as replies
+    are applied, and the next page must skip none."""
+    return base64.urlsafe_b64encode(f"q:{position}".encode()).decode()
 
 
-def _candidate_after(token: str) -> tuple[datetime, str] | None:
+def _queue_after(token: str) -> int:
+    """The position a page token names; 0 (the start) for no token. A token of the
+    versions that ordered the queue by recorded time ("c:") is refused like any
+    other: its reader lists from the start again."""
     if not token:
-        return None
+        return 0
     try:
         kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        at, _, event_id = value.partition("|")
-        if kind != "c" or not event_id:
+        position = int(value)
+        if kind != "q" or position < 1:
             raise ValueError(token)
-        when = datetime.fromisoformat(at)
-        if when.tzinfo is None:
-            raise ValueError(token)
-        return when, event_id
+        return position
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest("page_token", "is not a token this service issued") from exc
+        raise InvalidRequest(
+            "page_token", "is not a token this service issued; list from the start"
+        ) from exc
 
 
 def _page_token(offset: int) -> str:

@@ -102,6 +102,13 @@ def sent(
     )
 
 
+def flag(phone: str, brand: str, at: datetime) -> RevocationCandidateFlagged:
+    """A reply flagged as a possible opt-out."""
+    return RevocationCandidateFlagged(
+        **_base(at), phone=phone, brand=brand, inbound_message_id="SM1", text="stop pls"
+    )
+
+
 def define(
     brand: str, campaign: str, at: datetime, numbers: Sequence[str] = (), changed: bool = False
 ) -> LedgerEvent:
@@ -456,34 +463,61 @@ class ConsentViewSuite:
         assert await view.find_event(str(uuid.uuid4())) is None
         assert await view.find_event("not-a-uuid") is None
 
-    async def test_flagged_phones_name_every_number_with_a_candidate_of_the_brand(
+    async def test_flagged_replies_queue_in_the_order_applied_and_never_go_back(
         self, view: ConsentView
     ) -> None:
-        def flag(phone: str, brand: str) -> RevocationCandidateFlagged:
-            return RevocationCandidateFlagged(
-                **_base(T0), phone=phone, brand=brand, inbound_message_id="SM1", text="stop pls"
-            )
-
-        dismissed = flag("+14155550100", "acme")
+        a, b, c, d, e = (f"+1415555010{i}" for i in range(5))
+        pos = Positions()
+        dismissed = flag(a, "acme", T0)
         batch = [
-            flag("+14155550102", "acme"),
+            flag(c, "acme", T0 + timedelta(hours=1)),
             dismissed,
             RevocationCandidateResolved(
                 **_base(T0 + timedelta(minutes=1)),
-                phone="+14155550100",
+                phone=a,
                 brand="acme",
                 candidate_event_id=dismissed.originator_id,
                 resolution=CandidateResolution.DISMISSED,
             ),
-            flag("+14155550101", "globex"),
-            grant("+14155550103", "acme", "deals", T0),
+            flag(b, "globex", T0),
+            grant(d, "acme", "deals", T0),
         ]
-        await view.apply(Stream.SUBSCRIBERS, Positions().record(batch))
+        await view.apply(Stream.SUBSCRIBERS, pos.record(batch))
 
-        # Resolved or not: the fold of each number says which are still pending.
-        assert await view.flagged_phones("acme") == ["+14155550100", "+14155550102"]
-        assert await view.flagged_phones("globex") == ["+14155550101"]
-        assert await view.flagged_phones("initech") == []
+        # Resolved or not (the fold of each number says which are still pending), in
+        # the batch's ledger order.
+        acme = await view.flagged("acme")
+        assert [(f.event_id, f.phone) for f in acme] == [
+            (str(batch[0].event_id), c),
+            (str(dismissed.event_id), a),
+        ]
+        assert acme[0].position < acme[1].position
+        assert [f.phone for f in await view.flagged("globex")] == [b]
+        assert await view.flagged("initech") == []
+
+        # A reply that happened and was recorded before all of them, from a partition
+        # applied late, queues after them: a reader that has seen acme[1] finds it.
+        day_before = T0 - timedelta(days=1)
+        late = pos.record([flag(e, "acme", day_before)], recorded_at=day_before)
+        await view.apply(Stream.SUBSCRIBERS, late)
+        queue = await view.flagged("acme")
+        assert [f.phone for f in queue] == [c, a, e]
+        assert queue[:2] == acme and queue[2].position > acme[1].position
+        assert await view.flagged("acme", after=acme[1].position) == queue[2:]
+        assert await view.flagged("acme", after=queue[2].position) == []
+
+        # A batch applied again, or the same fact appended twice, takes no new place.
+        await view.apply(Stream.SUBSCRIBERS, late)
+        await view.apply(Stream.SUBSCRIBERS, [pos.again(late[0])])
+        assert await view.flagged("acme") == queue
+
+        # A rebuild places the replies again, above every place given before it.
+        await view.reset()
+        assert await view.flagged("acme") == []
+        await view.apply(Stream.SUBSCRIBERS, late)
+        (rebuilt,) = await view.flagged("acme")
+        assert rebuilt.event_id == queue[2].event_id
+        assert rebuilt.position > queue[2].position
 
     async def test_sending_counts_count_sends_and_distinct_opted_out_numbers(
         self, view: ConsentView

@@ -68,8 +68,8 @@ class DiesAfterCommit(ConsentView):
     async def find_event(self, event_id: str) -> Any:
         return await self.inner.find_event(event_id)
 
-    async def flagged_phones(self, brand: str) -> Any:
-        return await self.inner.flagged_phones(brand)
+    async def flagged(self, brand: str, after: int = 0) -> Any:
+        return await self.inner.flagged(brand, after)
 
     async def sending_counts(self, brand: str, campaign: str | None, start: Any, end: Any) -> Any:
         return await self.inner.sending_counts(brand, campaign, start, end)

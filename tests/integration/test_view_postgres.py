@@ -16,7 +16,15 @@ from ledger.events import ConsentTier
 from ledger.ports import Stream
 from services.adapters.migrations import discover, migrate
 from services.adapters.postgres_view import PostgresConsentView, read_pool
-from tests.conformance.view_suite import T0, ConsentViewSuite, Positions, grant, revoke, sent
+from tests.conformance.view_suite import (
+    T0,
+    ConsentViewSuite,
+    Positions,
+    flag,
+    grant,
+    revoke,
+    sent,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -218,3 +226,43 @@ async def test_a_row_without_a_digest_is_answered_from_its_snapshot(postgres_dsn
         await pool.close()
     assert again == written
     assert written[phones[1]].campaign("deals").revocation is not None
+
+
+async def test_the_review_queue_migration_keeps_the_recorded_order_of_earlier_replies(
+    postgres_dsn: str,
+) -> None:
+    """Replies flagged before migration 0006 get their places in the order the queue
+    had listed them in (recorded time); the first reply applied after it goes last."""
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+        view = PostgresConsentView(pool)
+        pos = Positions()
+        phones = [f"+1415555{n:04d}" for n in range(300, 303)]
+        # Applied in one order, recorded in the reverse one.
+        for minutes, phone in zip((30, 20, 10), phones, strict=True):
+            reply = flag(phone, "acme", T0)
+            await view.apply(
+                Stream.SUBSCRIBERS, pos.record([reply], T0 + timedelta(minutes=minutes))
+            )
+        assert [f.phone for f in await view.flagged("acme")] == phones
+        # The database as it was before 0006.
+        await pool.execute("DROP TABLE flagged_reply, flagged_reply_counter")
+        await pool.execute("DELETE FROM schema_migrations WHERE version = 6")
+
+        assert await migrate(pool) == ["0006_review_queue_order"]
+        queue = await view.flagged("acme")
+        assert [(f.position, f.phone) for f in queue] == [
+            (1, phones[2]),
+            (2, phones[1]),
+            (3, phones[0]),
+        ]
+        later = "+14155550303"
+        await view.apply(
+            Stream.SUBSCRIBERS, pos.record([flag(later, "acme", T0 - timedelta(days=1))])
+        )
+        assert await view.flagged("acme", after=3) == [
+            (4, (await view.flagged("acme"))[-1].event_id, later)
+        ]
+    finally:
+        await pool.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -23,12 +24,15 @@ from ledger.commands import (
 )
 from ledger.errors import InvalidPhoneNumber, InvalidRequest
 from ledger.events import (
+    FIRST_VERSION,
     CandidateResolution,
     CollectionMethod,
     ConsentTier,
     LedgerEvent,
+    LedgerPosition,
     MessageKind,
     Recorded,
+    RevocationCandidateFlagged,
     RevocationChannel,
 )
 from ledger.policy import Reason
@@ -576,6 +580,47 @@ async def test_a_check_for_a_campaign_the_view_lacks_yet_is_not_consistent_not_u
         assert err.value.field == "campaign"
         assert single.decision.reason is Reason.NOT_CONSISTENT
         assert batch.decisions == [single.decision]
+
+
+# ---- the review queue ---------------------------------------------------------------
+
+
+async def test_the_review_queue_pages_past_no_reply_applied_late():
+    """A reply recorded before one already listed, from a partition the projector
+    applied late, is on the next page: the queue is in the order replies were applied.
+    (Ordered by recorded time, it had sorted before the page's last and been skipped.)"""
+    ledger, view = InMemoryLedger(partitions=4), InMemoryConsentView()
+    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.01))
+    await guard.start()
+    app = ConsentApp(ledger, view, guard, clock=lambda: NOW)
+
+    def flagged(phone: str, partition: int, recorded_at: datetime) -> Recorded:
+        event = RevocationCandidateFlagged(
+            originator_id=uuid.uuid4(),
+            originator_version=FIRST_VERSION,
+            timestamp=recorded_at,
+            phone=phone,
+            brand=BRAND,
+            inbound_message_id=f"m-{phone}",
+            text="please stop",
+        )
+        return Recorded(event, LedgerPosition(partition, 0), recorded_at)
+
+    try:
+        later, earlier = flagged(PHONE, 0, at(2)), flagged("+14155552672", 1, at(1))
+        await view.apply(Stream.SUBSCRIBERS, [later])
+        (first,) = await app.revocation_candidates(BRAND)
+        assert first.candidate.event_id == str(later.event.event_id)
+
+        await view.apply(Stream.SUBSCRIBERS, [earlier])  # its partition was behind
+        (following,) = await app.revocation_candidates(BRAND, after=first.position)
+        assert following.candidate.event_id == str(earlier.event.event_id)
+        assert [q.candidate for q in await app.revocation_candidates(BRAND)] == [
+            first.candidate,
+            following.candidate,
+        ]
+    finally:
+        await guard.stop()
 
 
 # ---- resolving a flagged reply ---------------------------------------------------------

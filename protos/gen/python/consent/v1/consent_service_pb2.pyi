@@ -1387,7 +1387,7 @@ class ListRevocationCandidatesRequest(_message.Message):
     page_token: _builtins.str
     """From a previous response's next_page_token; empty for the first page. A page
     starts after the last candidate of the previous one, so candidates resolved or
-    recorded between pages make it skip none.
+    applied between pages make it skip none.
     """
     at_least_as_fresh: _builtins.str
     def __init__(

@@ -232,8 +232,8 @@ class ConsentServiceServicer:
 
     def ListRevocationCandidates(self, request, context):
         """Audit: a brand's replies flagged as possible opt-outs that nobody has resolved,
-        in the order the ledger recorded them. Each blocks sending to its number until
-        ResolveRevocationCandidate.
+        in the order the service's view applied them, so a reply that arrives late joins
+        the end. Each blocks sending to its number until ResolveRevocationCandidate.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -83,8 +83,8 @@ class ConsentServiceStub:
     """
     ListRevocationCandidates: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.ListRevocationCandidatesRequest, _consent_service_pb2.ListRevocationCandidatesResponse]
     """Audit: a brand's replies flagged as possible opt-outs that nobody has resolved,
-    in the order the ledger recorded them. Each blocks sending to its number until
-    ResolveRevocationCandidate.
+    in the order the service's view applied them, so a reply that arrives late joins
+    the end. Each blocks sending to its number until ResolveRevocationCandidate.
     """
 
 @_typing.type_check_only
@@ -132,8 +132,8 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     """
     ListRevocationCandidates: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.ListRevocationCandidatesRequest, _consent_service_pb2.ListRevocationCandidatesResponse]  # type: ignore[assignment]
     """Audit: a brand's replies flagged as possible opt-outs that nobody has resolved,
-    in the order the ledger recorded them. Each blocks sending to its number until
-    ResolveRevocationCandidate.
+    in the order the service's view applied them, so a reply that arrives late joins
+    the end. Each blocks sending to its number until ResolveRevocationCandidate.
     """
 
 class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -274,8 +274,8 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_consent_service_pb2.ListRevocationCandidatesResponse, _abc.Awaitable[_consent_service_pb2.ListRevocationCandidatesResponse]]:
         """Audit: a brand's replies flagged as possible opt-outs that nobody has resolved,
-        in the order the ledger recorded them. Each blocks sending to its number until
-        ResolveRevocationCandidate.
+        in the order the service's view applied them, so a reply that arrives late joins
+        the end. Each blocks sending to its number until ResolveRevocationCandidate.
         """
 
 def add_ConsentServiceServicer_to_server(servicer: ConsentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
