@@ -66,7 +66,7 @@ class InMemoryConsentView(ConsentView):
         campaigns = ChainMap[tuple[str, str], CampaignHistory]({}, base.campaigns)
         events = ChainMap[uuid.UUID, Recorded]({}, base.events)
         by_phone = ChainMap[str, list[Recorded]]({}, base.by_phone)
-        flagged: list[RevocationCandidateFlagged] = []
+        flagged: list[Recorded] = []
         for recorded in batch:
             partition, offset = recorded.position.partition, recorded.position.offset
             if offset < positions.get(partition, 0):
@@ -82,12 +82,15 @@ class InMemoryConsentView(ConsentView):
                 states[key] = apply(state, recorded)
                 by_phone[event.phone] = [*by_phone.get(event.phone, []), recorded]
                 if isinstance(event, RevocationCandidateFlagged):
-                    flagged.append(event)
+                    flagged.append(recorded)
             elif isinstance(event, CampaignEvent):
                 key = (event.brand, event.campaign)
                 campaigns[key] = campaigns.get(key, CampaignHistory()).with_event(recorded)
         _commit(positions, states, campaigns, events, by_phone)
-        for event in flagged:
+        # A batch's replies become visible together; among them, recorded order.
+        for recorded in sorted(flagged, key=lambda r: (r.recorded_at, r.event.event_id)):
+            event = recorded.event
+            assert isinstance(event, RevocationCandidateFlagged)
             self._flagged_positions += 1
             queue = base.flagged.setdefault(event.brand, [])
             queue.append(Flagged(self._flagged_positions, str(event.event_id), event.phone))

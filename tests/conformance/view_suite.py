@@ -484,12 +484,12 @@ class ConsentViewSuite:
         ]
         await view.apply(Stream.SUBSCRIBERS, pos.record(batch))
 
-        # Resolved or not (the fold of each number says which are still pending), in
-        # the batch's ledger order.
+        # Resolved or not (the fold of each number says which are still pending);
+        # a batch's replies become visible together, in recorded order among them.
         acme = await view.flagged("acme")
         assert [(f.event_id, f.phone) for f in acme] == [
-            (str(batch[0].event_id), c),
             (str(dismissed.event_id), a),
+            (str(batch[0].event_id), c),
         ]
         assert acme[0].position < acme[1].position
         assert [f.phone for f in await view.flagged("globex")] == [b]
@@ -501,7 +501,7 @@ class ConsentViewSuite:
         late = pos.record([flag(e, "acme", day_before)], recorded_at=day_before)
         await view.apply(Stream.SUBSCRIBERS, late)
         queue = await view.flagged("acme")
-        assert [f.phone for f in queue] == [c, a, e]
+        assert [f.phone for f in queue] == [a, c, e]
         assert queue[:2] == acme and queue[2].position > acme[1].position
         assert await view.flagged("acme", after=acme[1].position) == queue[2:]
         assert await view.flagged("acme", after=queue[2].position) == []

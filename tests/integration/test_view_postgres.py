@@ -266,3 +266,28 @@ async def test_the_review_queue_migration_keeps_the_recorded_order_of_earlier_re
         ]
     finally:
         await pool.close()
+
+
+async def test_a_reply_an_earlier_version_left_without_a_place_is_placed_with_the_next(
+    postgres_dsn: str,
+) -> None:
+    """During an upgrade an instance of an earlier version may apply a flagged reply
+    and give it no place in the queue; the next reply this version applies places it."""
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+        view = PostgresConsentView(pool)
+        pos = Positions()
+        first, unplaced, next_ = (f"+1415555{n:04d}" for n in range(310, 313))
+        for phone in (first, unplaced):
+            await view.apply(Stream.SUBSCRIBERS, pos.record([flag(phone, "acme", T0)]))
+        await pool.execute("DELETE FROM flagged_reply WHERE phone = $1", unplaced)
+        assert [f.phone for f in await view.flagged("acme")] == [first]
+
+        later = T0 + timedelta(minutes=1)
+        await view.apply(Stream.SUBSCRIBERS, pos.record([flag(next_, "acme", later)]))
+        queue = await view.flagged("acme")
+    finally:
+        await pool.close()
+    assert [f.phone for f in queue] == [first, unplaced, next_]
+    assert [f.position for f in queue] == [1, 3, 4]
