@@ -13,7 +13,9 @@
 4. Print every figure beside the baseline of the same configuration, as a ratio.
 
 ``--profile`` instead runs the service in one uvloop process under cProfile through
-the CanSend phases and prints where the time goes.
+the CanSend phases and prints where the time goes; ``--ladder`` measures unary
+CanSend on four servers, from echo to the service, to say which layer costs what
+(``bench.ladder``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from bench import client
 from bench.cpu import WindowMeter, postgres_pids, rss_bytes
 from bench.infra import CHECK_TOKEN, REPO_ROOT, Infra, ServerGroup
+from bench.ladder import run_ladder
 from bench.phones import phones as make_phones
 from bench.seed import BRAND, CAMPAIGN, REVOKE_EVERY, Plan, recorded_for, reference_time, seed
 from bench.server import ECHO_BATCH, ECHO_UNARY
@@ -293,6 +296,8 @@ async def main_async(args: argparse.Namespace) -> int:
         ]  # fmt: skip
         if args.profile:
             return profile(args, consent_args, unary, batches, phones, at)
+        if args.ladder:
+            return ladder(args, infra, consent_args, unary, info)
 
         configs = {
             "asyncio": Config("1 process, asyncio", "asyncio", 1),
@@ -381,6 +386,28 @@ async def main_async(args: argparse.Namespace) -> int:
         return 0
     finally:
         await infra.stop()
+
+
+def ladder(
+    args: argparse.Namespace,
+    infra: Infra,
+    consent_args: list[str],
+    unary: list[bytes],
+    info: dict[str, str],
+) -> int:
+    def load(address: str, method: str, reqs: list[bytes], conc: int) -> client.Load:
+        return client.Load(
+            address, method, reqs, METADATA, conc, args.duration,
+            warmup=args.warmup, processes=1 if conc == 1 else args.client_procs,
+        )  # fmt: skip
+
+    rows = run_ladder(infra, consent_args, unary, load, measure, say, args.rounds)
+    out = REPO_ROOT / "var" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"ladder-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps({"machine": info, "subscribers": args.subscribers, "rows": rows}))
+    say(f"figures written to {path.relative_to(REPO_ROOT)}")
+    return 0
 
 
 def infra_pids(infra: Infra) -> dict[str, list[int]]:
@@ -543,6 +570,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="profile the service under cProfile instead of benchmarking",
     )
+    parser.add_argument(
+        "--ladder",
+        action="store_true",
+        help="measure unary CanSend on echo, a stub of the API, the stub with "
+        "authentication and the service, to see which layer costs what (bench.ladder)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the --ladder")
     args = parser.parse_args(argv)  # fmt: skip
     if args.quick:
         args.subscribers = min(args.subscribers, 20_000)

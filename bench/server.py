@@ -2,6 +2,7 @@
 
     python -m bench.server echo    --port P --loop uvloop
     python -m bench.server consent --port P --loop asyncio --dsn ... --kafka ... --prefix ...
+    python -m bench.server stub    --port P --loop uvloop [--tokens FILE]
 
 Prints ``READY <port>`` on stdout once it serves, and stops when its stdin closes
 (the parent died or is done) or on SIGTERM. With ``--profile FILE`` the process runs
@@ -12,6 +13,12 @@ and one generic handler of raw bytes: no proto parsing, no work. It answers
 ``/bench.Echo/Unary`` with a realistic ``CanSendResponse`` and ``/bench.Echo/Batch``
 with a realistic ``CanSendBatchResponse`` of 1,000 decisions, so the baseline moves
 the same bytes the service does.
+
+The stub (``python -m bench.ladder`` runs it) is the service's own gRPC server
+(``GrpcServer``: its options, its handlers, health and reflection) with a
+``CanSend`` that answers the echo's response as a message, with no check: what the
+typed API costs over raw bytes. With ``--tokens`` it first authenticates the caller
+as the service does: what that adds.
 """
 
 from __future__ import annotations
@@ -91,6 +98,40 @@ async def _echo(port: int, ready: Callable[[int], None], stop: asyncio.Event) ->
     await server.stop(1)
 
 
+async def _stub(
+    port: int, ready: Callable[[int], None], stop: asyncio.Event, args: argparse.Namespace
+) -> None:
+    from consent.v1 import consent_service_pb2 as api_pb2
+
+    import services.grpc_api.server as grpc_server
+    from services.grpc_api.auth import Scope, TokenAuthenticator
+    from services.grpc_api.errors import translate_errors
+    from services.grpc_api.servicer import ConsentServicer
+
+    canned = api_pb2.CanSendResponse.FromString(sample_responses()[0])
+    authenticate = args.tokens is not None
+    auth = TokenAuthenticator.from_file(Path(args.tokens)) if authenticate else None
+
+    class Stub(ConsentServicer):
+        @translate_errors  # as the service's CanSend is: errors leave as gRPC statuses
+        async def CanSend(self, request: Any, context: Any) -> Any:
+            if authenticate:
+                self._caller(context, Scope.CHECK, request.brand)
+            return canned
+
+    # GrpcServer builds its own servicer: hand it this one's class for this process.
+    setattr(grpc_server, "ConsentServicer", Stub)  # noqa: B010
+    server = grpc_server.GrpcServer(
+        None,  # type: ignore[arg-type]  # the stub's CanSend asks nothing of an app
+        auth or TokenAuthenticator({}),
+        f"127.0.0.1:{port}",
+    )
+    await server.start()
+    ready(int(server.address.rsplit(":", 1)[1]))
+    await stop.wait()
+    await server.stop(1)
+
+
 async def _consent(
     port: int, ready: Callable[[int], None], stop: asyncio.Event, args: argparse.Namespace
 ) -> None:
@@ -141,6 +182,8 @@ async def _main(args: argparse.Namespace) -> None:
 
     if args.kind == "echo":
         await _echo(args.port, ready, stop)
+    elif args.kind == "stub":
+        await _stub(args.port, ready, stop, args)
     else:
         await _consent(args.port, ready, stop, args)
 
@@ -156,7 +199,7 @@ def _run(args: argparse.Namespace, coro: Callable[[], Coroutine[Any, Any, None]]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.server")
-    parser.add_argument("kind", choices=["echo", "consent"])
+    parser.add_argument("kind", choices=["echo", "stub", "consent"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     parser.add_argument("--dsn")
