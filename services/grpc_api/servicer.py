@@ -331,6 +331,10 @@ def _page_size(requested: int) -> int:
     return size
 
 
+_BIGINT = 2**63
+"""Positions are PostgreSQL bigints: a larger number is no token of ours."""
+
+
 def _queue_token(position: int) -> str:
     """A page token that names the queue position of the last candidate given, not a
     count: the queue shrinks as candidates are resolved, grows at its end as replies
@@ -347,7 +351,7 @@ def _queue_after(token: str) -> int:
     try:
         kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
         position = int(value)
-        if kind != "q" or position < 1:
+        if kind != "q" or not 0 < position < _BIGINT:
             raise ValueError(token)
         return position
     except (ValueError, UnicodeDecodeError) as exc:
