@@ -38,6 +38,10 @@ class Scope(enum.Enum):
     AUDIT = "audit"
     ADMIN = "admin"
 
+    # Members are equal only to themselves, so identity can hash them: in C, where
+    # Enum's own hash is a Python call, and every call checks a scope in a set.
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -103,10 +107,11 @@ class TokenAuthenticator:
     ) -> None:
         self._by_digest = dict(principals)
         self._by_certificate = dict(by_certificate or {})
-        # Tokens that authenticated, so a caller's every call need not hash its token
-        # again. Only known tokens are kept (a flood of made-up ones cannot grow it),
-        # and it is emptied when full.
-        self._known: dict[str, Principal] = {}
+        # Authorization headers whose token authenticated, so a caller's every call
+        # need neither parse its header nor hash its token again. Only known tokens
+        # are kept (a flood of made-up ones cannot grow it), and it is emptied when
+        # full.
+        self._known: dict[str | bytes, Principal] = {}
 
     @staticmethod
     def from_file(path: Path) -> TokenAuthenticator:
@@ -177,7 +182,11 @@ class TokenAuthenticator:
     ) -> Principal:
         """The caller's principal: from its bearer token, or else from the names of its
         verified client certificate (asked for only then: reading them costs a call)."""
-        header = next((v for k, v in metadata if k == "authorization"), None)
+        header: str | bytes | None = None
+        for key, value in metadata:
+            if key == "authorization":
+                header = value
+                break
         if header is None:
             if self._by_certificate:
                 for name in certificate_names():
@@ -185,20 +194,19 @@ class TokenAuthenticator:
                     if principal is not None:
                         return principal
             raise Unauthenticated("authorization", "missing bearer token")
+        principal = self._known.get(header)
+        if principal is not None:
+            return principal
         text = header.decode() if isinstance(header, bytes) else header
         scheme, _, token = text.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("authorization", "expected 'Bearer <token>'")
-        token = token.strip()
-        principal = self._known.get(token)
-        if principal is not None:
-            return principal
-        digest = token_digest(token)
+        digest = token_digest(token.strip())
         for known, principal in self._by_digest.items():
             if hmac.compare_digest(known, digest):
                 if len(self._known) >= _KNOWN_TOKENS:
                     self._known.clear()
-                self._known[token] = principal
+                self._known[header] = principal
                 return principal
         raise Unauthenticated("authorization", "unknown token")
 
