@@ -103,9 +103,9 @@ async def _stub(
 ) -> None:
     from consent.v1 import consent_service_pb2 as api_pb2
 
-    import services.grpc_api.server as grpc_server
     from services.grpc_api.auth import Scope, TokenAuthenticator
     from services.grpc_api.errors import translate_errors
+    from services.grpc_api.server import GrpcServer
     from services.grpc_api.servicer import ConsentServicer
 
     canned = api_pb2.CanSendResponse.FromString(sample_responses()[0])
@@ -119,13 +119,9 @@ async def _stub(
                 self._caller(context, Scope.CHECK, request.brand)
             return canned
 
-    # GrpcServer builds its own servicer: hand it this one's class for this process.
-    setattr(grpc_server, "ConsentServicer", Stub)  # noqa: B010
-    server = grpc_server.GrpcServer(
-        None,  # type: ignore[arg-type]  # the stub's CanSend asks nothing of an app
-        auth or TokenAuthenticator({}),
-        f"127.0.0.1:{port}",
-    )
+    # The stub's CanSend asks nothing of an app.
+    stub = Stub(None, auth or TokenAuthenticator({}))  # type: ignore[arg-type]
+    server = GrpcServer(stub, f"127.0.0.1:{port}")
     await server.start()
     ready(int(server.address.rsplit(":", 1)[1]))
     await stop.wait()

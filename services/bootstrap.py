@@ -32,6 +32,7 @@ from services.freshness import FreshnessGuard
 from services.grpc_api.auth import TokenAuthenticator, write_dev_tokens
 from services.grpc_api.credentials import TlsFiles, file_stamp, follow_tokens
 from services.grpc_api.server import CannotListen, GrpcServer
+from services.grpc_api.servicer import ConsentServicer
 from services.huge_pages import Collapsed, collapse_heap
 from services.metrics import ServiceMetrics
 from services.projector import KafkaProjector, Projector, supervise
@@ -229,10 +230,8 @@ class Runtime:
         if s.metrics_listen:  # before gRPC: a port in use stops the start, not a served process
             self._serve_metrics(s.metrics_listen)
         server = GrpcServer(
-            self.app,
-            auth,
+            ConsentServicer(self.app, auth, self.metrics),
             s.listen,
-            self.metrics,
             credentials=credentials,
             health_listen=s.health_listen,
         )

@@ -22,10 +22,7 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.app import ConsentApp
-from services.grpc_api.auth import TokenAuthenticator
 from services.grpc_api.servicer import ConsentServicer
-from services.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = api_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
@@ -87,10 +84,8 @@ class _ReflectedDescriptors:
 class GrpcServer:
     def __init__(
         self,
-        app: ConsentApp,
-        auth: TokenAuthenticator,
+        servicer: ConsentServicer,
         listen: str,
-        metrics: ServiceMetrics | None = None,
         *,
         credentials: grpc.ServerCredentials | None = None,
         health_listen: str = "",
@@ -99,7 +94,6 @@ class GrpcServer:
         self._credentials = credentials
         self._health_listen = health_listen
         self._server = grpc.aio.server(options=SERVER_OPTIONS)
-        servicer = ConsentServicer(app, auth, metrics)
         api_grpc.add_ConsentServiceServicer_to_server(servicer, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
