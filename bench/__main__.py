@@ -29,6 +29,7 @@ import pstats
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -316,12 +317,7 @@ async def main_async(args: argparse.Namespace) -> int:
         for config in (configs[name] for name in args.configs.split(",")):
             say(f"\n== {config.name}")
 
-            def load(address: str, method: str, reqs: list[bytes], conc: int) -> client.Load:
-                return client.Load(
-                    address, method, reqs, METADATA, conc, args.duration,
-                    warmup=args.warmup, processes=1 if conc == 1 else args.client_procs,
-                )  # fmt: skip
-
+            load = loader(args)
             phases = [
                 ("CanSend", 1, ECHO_UNARY, CANSEND, unary, 1),
                 ("CanSend", 32, ECHO_UNARY, CANSEND, unary, 1),
@@ -388,6 +384,19 @@ async def main_async(args: argparse.Namespace) -> int:
         await infra.stop()
 
 
+def loader(args: argparse.Namespace) -> Callable[[str, str, list[bytes], int], client.Load]:
+    """The client's load for one phase: ``args``' duration and warm-up, one client
+    process at concurrency 1, else ``--client-procs``."""
+
+    def load(address: str, method: str, reqs: list[bytes], conc: int) -> client.Load:
+        return client.Load(
+            address, method, reqs, METADATA, conc, args.duration,
+            warmup=args.warmup, processes=1 if conc == 1 else args.client_procs,
+        )  # fmt: skip
+
+    return load
+
+
 def ladder(
     args: argparse.Namespace,
     infra: Infra,
@@ -395,13 +404,7 @@ def ladder(
     unary: list[bytes],
     info: dict[str, str],
 ) -> int:
-    def load(address: str, method: str, reqs: list[bytes], conc: int) -> client.Load:
-        return client.Load(
-            address, method, reqs, METADATA, conc, args.duration,
-            warmup=args.warmup, processes=1 if conc == 1 else args.client_procs,
-        )  # fmt: skip
-
-    rows = run_ladder(infra, consent_args, unary, load, measure, say, args.rounds)
+    rows = run_ladder(infra, consent_args, unary, loader(args), measure, say, args.rounds)
     out = REPO_ROOT / "var" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"ladder-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"

@@ -23,8 +23,10 @@ from collections.abc import Callable
 
 from bench import client
 from bench.infra import Infra, ServerGroup
+from bench.server import ECHO_UNARY
 
 RUNGS = ("echo", "stub", "stub + auth", "service")
+CANSEND = "/consent.v1.ConsentService/CanSend"
 
 
 def run_ladder(
@@ -36,9 +38,6 @@ def run_ladder(
     say: Callable[[str], None],
     rounds: int,
 ) -> list[dict[str, object]]:
-    from bench.server import ECHO_UNARY
-
-    cansend = "/consent.v1.ConsentService/CanSend"
     groups = {
         "echo": ServerGroup("echo", "uvloop", 1, []),
         "stub": ServerGroup("stub", "uvloop", 1, []),
@@ -55,7 +54,7 @@ def run_ladder(
             for conc in (1, 32):
                 for rung in order:
                     group = groups[rung]
-                    method = ECHO_UNARY if rung == "echo" else cansend
+                    method = ECHO_UNARY if rung == "echo" else CANSEND
                     result, cpu, _, _ = measure(
                         load(group.address, method, unary, conc), rung, group
                     )
