@@ -208,3 +208,14 @@ def status_details(err: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
         if detail.Unpack(bad):
             out += [(v.field, v.description) for v in bad.field_violations]
     return out
+
+
+def precondition_violations(err: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
+    """The (subject, description) pairs of an error's ``google.rpc.PreconditionFailure``."""
+    status = rpc_status.from_call(err)
+    out = []
+    for detail in status.details if status else []:
+        failure = error_details_pb2.PreconditionFailure()
+        if detail.Unpack(failure):
+            out += [(v.subject, v.description) for v in failure.violations]
+    return out

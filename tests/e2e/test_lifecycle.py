@@ -12,8 +12,6 @@ from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from ledger.ports import ConsistencyToken, Stream
 from services.bootstrap import Runtime
@@ -24,6 +22,7 @@ from tests.e2e.harness import (
     kafka_settings,
     opt_in,
     opt_out,
+    precondition_violations,
     proof,
     service_settings,
     status_details,
@@ -76,16 +75,6 @@ async def service(tmp_path, postgres_dsn, kafka_bootstrap):
         yield runtime, clock
     finally:
         await runtime.stop()
-
-
-def precondition_violations(err: grpc.aio.AioRpcError):
-    status = rpc_status.from_call(err)
-    out = []
-    for detail in status.details if status else []:
-        failure = error_details_pb2.PreconditionFailure()
-        if detail.Unpack(failure):
-            out += [(v.subject, v.description) for v in failure.violations]
-    return out
 
 
 async def check(
