@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -222,6 +223,16 @@ class ConsentView(ABC):
     ) -> SendingCounts:
         """Messages sent and numbers opted out in ``[start, end)`` of world time, as
         ``ledger.opt_out_rate.count_sending`` counts them over the applied events."""
+
+    @abstractmethod
+    def campaign_writes(self, wait: float) -> AbstractAsyncContextManager[None]:
+        """A turn for one campaign write among all writers that share this view, in
+        any process. Hold it while the write is checked against the view and
+        appended. The next writer then checks after this write was acknowledged.
+        Otherwise two claims of one sender number could both see it free.
+
+        A holder that dies gives up its turn. Raises ``TimeoutError`` if the turn
+        does not come within ``wait`` seconds."""
 
     @abstractmethod
     async def reset(self) -> None:

@@ -8,9 +8,11 @@ once, and a batch lands completely or not at all.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import ChainMap
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -50,6 +52,7 @@ class InMemoryConsentView(ConsentView):
         self._tables = _Tables()
         self._flagged_positions = 0
         """The last position given to a flagged reply; a reset keeps it (see ``Flagged``)."""
+        self._campaign_turn = asyncio.Lock()
 
     async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
         for recorded in batch:
@@ -148,6 +151,16 @@ class InMemoryConsentView(ConsentView):
     ) -> SendingCounts:
         events = (r.event for r in self._tables.events.values())
         return count_sending(events, brand, campaign, start, end)
+
+    @asynccontextmanager
+    async def campaign_writes(self, wait: float) -> AsyncIterator[None]:
+        # Every writer that shares this view is in this process.
+        async with asyncio.timeout(wait):
+            await self._campaign_turn.acquire()
+        try:
+            yield
+        finally:
+            self._campaign_turn.release()
 
     async def reset(self) -> None:
         """Forget everything, for a rebuild from offset 0."""

@@ -15,9 +15,11 @@ The tables are created by ``services/migrations/0002_projections.sql``.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -59,6 +61,13 @@ PROJECTION_TABLES = (
 )
 """Every table the view owns; all of it is rebuilt from the ledger. (Not
 ``flagged_reply_counter``: positions in the review queue never go back.)"""
+
+# The turn for campaign writes (``campaign_writes``): a transaction's advisory lock, so
+# a holder whose connection dies gives it up. Asked for again and again rather than
+# waited on, so a cancelled writer is never left inside a lock wait.
+_VIEW_LOCKS = 0x56494557  # "VIEW": the advisory-lock namespace of the view
+_CAMPAIGN_TURN = f"SELECT pg_try_advisory_xact_lock({_VIEW_LOCKS}, 1)"
+_TURN_POLL = 0.01
 
 _CLAIM_POSITIONS = """
 INSERT INTO projection_offset (stream, partition, next_offset)
@@ -577,6 +586,16 @@ class PostgresConsentView(ConsentView):
         else:
             row = await self._pool.fetchrow(_CAMPAIGN_COUNTS, brand, start, end, campaign)
         return SendingCounts(row["sent"], row["opt_outs"])
+
+    @asynccontextmanager
+    async def campaign_writes(self, wait: float) -> AsyncIterator[None]:
+        deadline = time.monotonic() + wait
+        async with self._pool.acquire() as conn, conn.transaction():
+            while not await conn.fetchval(_CAMPAIGN_TURN):
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"another writer held the campaign writes' turn {wait} s")
+                await asyncio.sleep(_TURN_POLL)
+            yield
 
     async def reset(self) -> None:
         """Empty every projection table, for a rebuild from offset 0."""

@@ -8,6 +8,7 @@ makes a large, varied ledger for rebuild and throughput tests.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 import zlib
@@ -695,6 +696,44 @@ class ConsentViewSuite:
         )
         assert await view.campaign_for_number(number) == ("globex", "promo")
         assert await view.campaign_for_number("+12025550101") is None
+
+    async def test_campaign_writes_take_turns(self, view: ConsentView) -> None:
+        order: list[str] = []
+        first_in, release_first = asyncio.Event(), asyncio.Event()
+
+        async def first() -> None:
+            async with view.campaign_writes(5.0):
+                order.append("first in")
+                first_in.set()
+                await release_first.wait()
+                order.append("first out")
+
+        async def second() -> None:
+            async with view.campaign_writes(5.0):
+                order.append("second in")
+
+        tasks = [asyncio.create_task(first())]
+        try:
+            await asyncio.wait_for(first_in.wait(), 5)
+            with pytest.raises(TimeoutError):
+                async with view.campaign_writes(0.1):
+                    order.append("a turn taken while another holds it")
+            tasks.append(asyncio.create_task(second()))
+            await asyncio.sleep(0.1)
+            assert order == ["first in"]
+            release_first.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 5)
+            assert order == ["first in", "first out", "second in"]
+        finally:  # a failed assertion must not leave a turn held past the test
+            release_first.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def test_a_writer_that_fails_gives_its_turn_up(self, view: ConsentView) -> None:
+        with pytest.raises(RuntimeError, match="the append failed"):
+            async with view.campaign_writes(1.0):
+                raise RuntimeError("the append failed")
+        async with view.campaign_writes(1.0):
+            pass
 
     async def test_a_generated_ledger_folds_exactly(self, view: ConsentView) -> None:
         pos = Positions()

@@ -59,6 +59,9 @@ class DiesAfterCommit(ConsentView):
     async def reset(self) -> None:
         await self.inner.reset()
 
+    def campaign_writes(self, wait: float) -> Any:
+        return self.inner.campaign_writes(wait)
+
     async def campaign_for_number(self, to_phone: str) -> Any:
         return await self.inner.campaign_for_number(to_phone)
 

@@ -291,3 +291,54 @@ async def test_a_reply_an_earlier_version_left_without_a_place_is_placed_with_th
         await pool.close()
     assert [f.phone for f in queue] == [first, unplaced, next_]
     assert [f.position for f in queue] == [1, 3, 4]
+
+
+async def test_views_on_separate_pools_share_one_turn_for_campaign_writes(
+    postgres_dsn: str,
+) -> None:
+    """Two instances (a pool each) on one database: while one holds the turn the
+    other waits, and a holder whose connection dies gives it up."""
+    pools = [await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2) for _ in range(2)]
+    a, b = (PostgresConsentView(pool) for pool in pools)
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        async with a.campaign_writes(5.0):
+            held.set()
+            await release.wait()
+
+    holders: list[asyncio.Task[None]] = []
+    try:
+        await migrate(pools[0])
+        holders.append(asyncio.create_task(hold()))
+        await asyncio.wait_for(held.wait(), 5)
+        with pytest.raises(TimeoutError):
+            async with b.campaign_writes(0.2):
+                pass
+        release.set()
+        await holders[0]
+        async with b.campaign_writes(1.0):
+            pass
+
+        # The holder's process dies: its connection ends, and the turn with it.
+        held.clear()
+        release.clear()
+        holders.append(asyncio.create_task(hold()))
+        await asyncio.wait_for(held.wait(), 5)
+        killed = await pools[1].fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks"
+            " WHERE locktype = 'advisory' AND classid = $1 AND objid = 1 AND granted",
+            0x56494557,
+        )
+        assert killed == 1
+        async with b.campaign_writes(5.0):
+            pass
+        release.set()
+        # Its end fails, as asyncpg finds the connection gone (the error varies).
+        [ended] = await asyncio.gather(holders[1], return_exceptions=True)
+        assert isinstance(ended, Exception)
+    finally:
+        release.set()
+        await asyncio.gather(*holders, return_exceptions=True)
+        for pool in pools:
+            pool.terminate()
