@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -49,6 +50,11 @@ from services.freshness import FreshnessGuard
 from services.read_batcher import ReadBatcher
 
 log = logging.getLogger(__name__)
+CAMPAIGN_TURN_WAIT = 10.0
+"""Seconds a campaign write that lists sender numbers waits for its turn (another
+instance's check and append, ``FreshnessSettings.wait_bound`` and the ledger's append
+timeout at most, are what it waits for)."""
+
 _BEHIND = "the read model is behind the ledger; try again"
 Clock = Callable[[], datetime]
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
@@ -108,6 +114,18 @@ def _stamped(events: Sequence[LedgerEvent], recorded_by: str) -> list[LedgerEven
     return [replace(e, recorded_by=recorded_by) for e in events] if recorded_by else list(events)
 
 
+def _lists_numbers(event: LedgerEvent) -> bool:
+    return isinstance(event, CampaignDefined | CampaignPolicyChanged) and bool(
+        event.policy.sender_numbers
+    )
+
+
+def _retrieve(write: asyncio.Future[WriteResult]) -> None:
+    """Take the outcome of a write whose caller went away, so it is not logged as lost."""
+    if not write.cancelled():
+        write.exception()
+
+
 def _behind() -> Decision:
     return deny(Reason.NOT_CONSISTENT, "the read model is behind the ledger; try again")
 
@@ -155,11 +173,36 @@ class ConsentApp:
         if replay is not None:  # checked first: a retried DefineCampaign is not a redefinition
             return replay
         if isinstance(cmd, DefineCampaign | ChangeCampaignPolicy):
-            # One campaign write at a time in this process: the second of two that
-            # claim the same number then checks after the first is written.
-            async with self._campaign_writes:
-                return await self._checked_append(cmd, events)
+            # A caller that goes away (a deadline) does not end the write half-way:
+            # it runs on, holding its turn until the append is acknowledged or fails.
+            write = asyncio.ensure_future(self._campaign_write(cmd, events))
+            write.add_done_callback(_retrieve)
+            return await asyncio.shield(write)
         return await self._checked_append(cmd, events)
+
+    async def _campaign_write(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
+        # One campaign write at a time in this process. One that lists sender numbers
+        # also waits for its turn among every instance sharing the view: the second
+        # of two claims of one number then checks after the first was appended, and
+        # is refused.
+        async with self._campaign_writes:
+            if not _lists_numbers(events[0]):
+                return await self._checked_append(cmd, events)
+            async with self._campaign_turn():
+                return await self._checked_append(cmd, events)
+
+    @asynccontextmanager
+    async def _campaign_turn(self) -> AsyncIterator[None]:
+        """The view's turn for campaign writes; UNAVAILABLE (retryable) if it does not
+        come within ``CAMPAIGN_TURN_WAIT``."""
+        async with AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(self.view.campaign_writes(CAMPAIGN_TURN_WAIT))
+            except TimeoutError:
+                raise NotConsistent(
+                    "policy.sender_numbers", "another campaign write is in progress; retry"
+                ) from None
+            yield
 
     async def _checked_append(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
         try:
@@ -247,14 +290,17 @@ class ConsentApp:
         it. Here "free" is the answer that writes, so a view that cannot catch up in
         time refuses rather than guesses.
 
-        What no check here can see is a claim another process appends between this
-        look at the ledger's end and this append: the ledger's appends are
-        unconditional, so both are written. In one process, ``record`` runs campaign
-        writes one at a time, and the second waits for the first in the view. Across
-        processes nothing stops the two writes; what keeps them harmless is how the
-        views resolve a number two campaigns list (``sender_number_holder``): the
-        claim the ledger recorded first keeps it in every view, the later campaign
-        never receives a reply to it, and its next policy change is refused until it
+        No check here could see a claim appended between this look at the ledger's
+        end and this append: the ledger's appends are unconditional. So ``record``
+        runs this check and the append inside the view's turn for campaign writes
+        (``ConsentView.campaign_writes``), which every instance sharing the view
+        takes: the second of two claims looks at the ledger's end after the first
+        was appended, and waits for the view to apply it.
+
+        Should two claims still both be written (instances on separate views of one
+        ledger), the views agree on the holder (``sender_number_holder``): the claim
+        the ledger recorded first keeps the number, the later campaign never
+        receives a reply to it, and its next policy change is refused until it
         drops the number.
         """
         event = events[0]

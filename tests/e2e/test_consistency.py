@@ -13,6 +13,7 @@ import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
@@ -20,7 +21,15 @@ from consent.v1 import ledger_pb2 as lpb
 from ledger.ports import ConsistencyToken, Stream
 from services.adapters.digest_replica import DigestReplica
 from services.bootstrap import Runtime
-from tests.e2e.harness import client, define, kafka_settings, opt_in, opt_out, service_settings
+from tests.e2e.harness import (
+    client,
+    define,
+    kafka_settings,
+    opt_in,
+    opt_out,
+    precondition_violations,
+    service_settings,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -170,3 +179,35 @@ async def test_a_request_id_reused_on_another_instance_loses_nothing(two_instanc
         written = await a.ledger.read(Stream.SUBSCRIBERS, partition, 0)
         mine = [r.event for r in written if r.event.phone == phone]
         assert [type(e).__name__ for e in mine] == ["ConsentGranted", "ConsentRevoked"]
+
+
+async def test_one_sender_number_claimed_through_two_instances_at_once_goes_to_one(
+    two_instances,
+):
+    """Each instance checks that a number is free, then appends its claim. Taken one
+    at a time across instances (the view's turn for campaign writes), the second
+    checks after the first claim is recorded and is refused; at the same moment,
+    without turns, both would be answered OK while the ledger gives the number to
+    the first alone."""
+    (a, b), when = two_instances
+    async with client(a.address) as ca, client(b.address) as cb:
+        for i in range(6):
+            number = f"+1415555{2800 + i:04d}"
+            first, second = (ca, cb) if i % 2 == 0 else (cb, ca)
+            results = await asyncio.gather(
+                first.DefineCampaign(define("acme", f"race{i}a", when, [number])),
+                second.DefineCampaign(define("acme", f"race{i}b", when, [number])),
+                return_exceptions=True,
+            )
+            won = [r for r in results if isinstance(r, api.DefineCampaignResponse)]
+            lost = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+            assert len(won) == 1 and len(lost) == 1, results
+            assert lost[0].code() == grpc.StatusCode.FAILED_PRECONDITION
+            [(field, reason)] = precondition_violations(lost[0])
+            assert field == "policy.sender_numbers[0]" and "in use by campaign acme/race" in reason
+
+            winner = f"race{i}a" if results[0] is won[0] else f"race{i}b"
+            for runtime in (a, b):
+                token = ConsistencyToken.decode(won[0].consistency_token)
+                assert await runtime.guard.wait_for_token(token)
+                assert await runtime.view.campaign_for_number(number) == ("acme", winner)

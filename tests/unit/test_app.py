@@ -524,6 +524,82 @@ async def test_two_claims_of_one_number_at_once_in_one_process_let_one_through()
         assert len(await app.ledger.read(Stream.CAMPAIGNS, 0, 0)) == 1
 
 
+@contextlib.asynccontextmanager
+async def two_instances(ledger: InMemoryLedger) -> AsyncIterator[tuple[ConsentApp, ConsentApp]]:
+    """Two apps, as two processes would be, sharing one ledger and one view."""
+    view = InMemoryConsentView()
+    projector = asyncio.create_task(Projector(ledger, view, poll_timeout=0.01).run())
+    guards = [
+        FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.01, wait_bound=1))
+        for _ in range(2)
+    ]
+    for guard in guards:
+        await guard.start()
+    try:
+        a, b = (ConsentApp(ledger, view, guard, clock=lambda: NOW) for guard in guards)
+        yield a, b
+    finally:
+        for guard in guards:
+            await guard.stop()
+        await _stop(projector)
+
+
+async def test_two_claims_of_one_number_at_once_through_two_instances_let_one_through():
+    async with two_instances(SlowLedger(partitions=4)) as (a, b):
+        results = await asyncio.gather(
+            a.record(claim("acme-promo", "acme", "promo", NUMBER)),
+            b.record(claim("globex-deals", "globex", "deals", NUMBER)),
+            return_exceptions=True,
+        )
+
+        refused = [r for r in results if isinstance(r, FailedPrecondition)]
+        assert len(refused) == 1 and refused[0].field == "policy.sender_numbers[0]"
+        assert len(await a.ledger.read(Stream.CAMPAIGNS, 0, 0)) == 1
+
+
+class GatedLedger(InMemoryLedger):
+    """Appends that wait for ``gate``, saying when one has begun."""
+
+    def __init__(self, partitions: int) -> None:
+        super().__init__(partitions=partitions)
+        self.begun, self.gate = asyncio.Event(), asyncio.Event()
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        self.begun.set()
+        await self.gate.wait()
+        return await super().append(events)
+
+
+async def test_a_claim_whose_caller_goes_away_keeps_its_turn_until_it_is_appended():
+    ledger = GatedLedger(partitions=4)
+    async with running(ledger=ledger) as (app, _):
+        caller = asyncio.create_task(app.record(claim("acme-promo", "acme", "promo", NUMBER)))
+        await asyncio.wait_for(ledger.begun.wait(), 5)
+        await _stop(caller)  # a deadline, say, while the append is on its way
+
+        with pytest.raises(TimeoutError):  # the write runs on, and holds the turn
+            async with app.view.campaign_writes(0.1):
+                pass
+        ledger.gate.set()
+        async with app.view.campaign_writes(5):
+            assert len(await app.ledger.read(Stream.CAMPAIGNS, 0, 0)) == 1
+        with pytest.raises(FailedPrecondition):
+            await app.record(claim("globex-deals", "globex", "deals", NUMBER))
+
+
+async def test_a_claim_that_cannot_get_its_turn_is_unavailable_and_writes_nothing(app, monkeypatch):
+    monkeypatch.setattr("services.app.CAMPAIGN_TURN_WAIT", 0.1)
+    async with app.view.campaign_writes(1):  # another instance's write, taking long
+        with pytest.raises(NotConsistent) as err:
+            await app.record(claim("acme-promo", "acme", "promo", NUMBER))
+        # A campaign write that claims no number needs no turn.
+        await app.record(claim("acme-alerts", "acme", "alerts"))
+
+    assert err.value.field == "policy.sender_numbers"
+    [written] = await app.ledger.read(Stream.CAMPAIGNS, 0, 0)
+    assert written.event.campaign == "alerts"
+
+
 async def test_a_claim_is_refused_as_not_consistent_while_the_view_lags():
     async with running(wait_bound=0.1) as (app, projector):
         await _stop(projector)
