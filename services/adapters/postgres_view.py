@@ -31,7 +31,6 @@ from ledger.events import (
     ConsentRevoked,
     MessageSent,
     Recorded,
-    RevocationCandidateFlagged,
     SubscriberEvent,
 )
 from ledger.opt_out_rate import SendingCounts
@@ -90,16 +89,6 @@ INSERT INTO ledger_event_copy (event_id, stream, partition, "offset", event_type
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT DO NOTHING
 """
-_LOCK_FLAGGED = "SELECT last FROM flagged_reply_counter FOR UPDATE"
-_PLACE_FLAGGED = f"""
-INSERT INTO flagged_reply (event_id, brand, phone, position)
-SELECT e.event_id, e.brand, e.phone,
-       $1 + row_number() OVER (ORDER BY e.recorded_at, e.event_id)
-FROM ledger_event_copy AS e
-WHERE e.event_type = '{RevocationCandidateFlagged.EVENT_TYPE}'
-  AND NOT EXISTS (SELECT 1 FROM flagged_reply AS f WHERE f.event_id = e.event_id)
-"""
-_RAISE_FLAGGED = "UPDATE flagged_reply_counter SET last = $1"
 _READ_FLAGGED = """
 SELECT position, event_id, phone FROM flagged_reply
 WHERE brand = $1 AND position > $2 ORDER BY position
@@ -374,10 +363,15 @@ class PostgresConsentView(ConsentView):
             new.append(recorded)
 
         if new:
-            await conn.executemany(_INSERT_EVENT, [_event_row(stream, r) for r in new])
+            # Inserted in recorded order: the order in which the event copies' trigger
+            # (migration 0007) gives the batch's flagged replies their places in the
+            # review queue, at the commit.
+            in_recorded_order = sorted(new, key=lambda r: (r.recorded_at, r.event.event_id))
+            await conn.executemany(
+                _INSERT_EVENT, [_event_row(stream, r) for r in in_recorded_order]
+            )
             if stream is Stream.SUBSCRIBERS:
                 await self._fold_subscribers(conn, new)
-                await self._queue_flagged(conn, new)
             else:
                 await self._fold_campaigns(conn, new)
         await self._write_positions(
@@ -423,23 +417,6 @@ class PostgresConsentView(ConsentView):
             _UPSERT_STATUS,
             [row for key in keys for row in _status_rows(states[key], digests[key], updated[key])],
         )
-
-    @staticmethod
-    async def _queue_flagged(conn: asyncpg.Connection, new: list[Recorded]) -> None:
-        """Give the batch's flagged replies their places in the review queue.
-
-        Every reply without a place gets one: the batch's own (in recorded order,
-        which among them matters not: they become visible together), and any an
-        instance of an earlier version applied during an upgrade. Under the counter's
-        row lock, taken first; the insert's snapshot is taken after it, so it sees
-        what the lock's last holder placed. The counter is the last lock the
-        transaction takes (after the positions and the subscriber rows, in the order
-        every writer takes them), so waiting on it cannot deadlock."""
-        if not any(isinstance(r.event, RevocationCandidateFlagged) for r in new):
-            return
-        last = await conn.fetchval(_LOCK_FLAGGED)
-        placed = await conn.execute(_PLACE_FLAGGED, last)  # "INSERT 0 <rows>"
-        await conn.execute(_RAISE_FLAGGED, last + int(placed.rsplit(" ", 1)[1]))
 
     async def _fold_campaigns(self, conn: asyncpg.Connection, new: list[Recorded]) -> None:
         events: list[tuple[CampaignEvent, Recorded]] = []

@@ -15,7 +15,12 @@ import pytest_asyncio
 from ledger.events import ConsentTier
 from ledger.ports import Stream
 from services.adapters.migrations import discover, migrate
-from services.adapters.postgres_view import PostgresConsentView, read_pool
+from services.adapters.postgres_view import (
+    _INSERT_EVENT,
+    PostgresConsentView,
+    _event_row,
+    read_pool,
+)
 from tests.conformance.view_suite import (
     T0,
     ConsentViewSuite,
@@ -268,29 +273,70 @@ async def test_the_review_queue_migration_keeps_the_recorded_order_of_earlier_re
         await pool.close()
 
 
-async def test_a_reply_an_earlier_version_left_without_a_place_is_placed_with_the_next(
+async def test_a_reply_any_version_applies_gets_its_place_at_its_commit(
     postgres_dsn: str,
 ) -> None:
-    """During an upgrade an instance of an earlier version may apply a flagged reply
-    and give it no place in the queue; the next reply this version applies places it."""
+    """The places come from the database (migration 0007), so an instance of an
+    earlier version that only inserts the reply's event copy gets it placed, and
+    one of the version before, which places its replies itself, keeps its place."""
     pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
     try:
         await migrate(pool)
         view = PostgresConsentView(pool)
         pos = Positions()
-        first, unplaced, next_ = (f"+1415555{n:04d}" for n in range(310, 313))
-        for phone in (first, unplaced):
-            await view.apply(Stream.SUBSCRIBERS, pos.record([flag(phone, "acme", T0)]))
-        await pool.execute("DELETE FROM flagged_reply WHERE phone = $1", unplaced)
-        assert [f.phone for f in await view.flagged("acme")] == [first]
+        first, copied, placed = (f"+1415555{n:04d}" for n in range(310, 313))
+        await view.apply(Stream.SUBSCRIBERS, pos.record([flag(first, "acme", T0)]))
 
-        later = T0 + timedelta(minutes=1)
-        await view.apply(Stream.SUBSCRIBERS, pos.record([flag(next_, "acme", later)]))
+        async with pool.acquire() as conn, conn.transaction():  # an earlier version
+            [reply] = pos.record([flag(copied, "acme", T0)])
+            await conn.execute(_INSERT_EVENT, *_event_row(Stream.SUBSCRIBERS, reply))
+            assert await conn.fetchval("SELECT count(*) FROM flagged_reply") == 1
+        async with pool.acquire() as conn, conn.transaction():  # the version before
+            [reply] = pos.record([flag(placed, "acme", T0)])
+            await conn.execute(_INSERT_EVENT, *_event_row(Stream.SUBSCRIBERS, reply))
+            last = await conn.fetchval("SELECT last FROM flagged_reply_counter FOR UPDATE")
+            await conn.execute(
+                "INSERT INTO flagged_reply VALUES ($1, 'acme', $2, $3)",
+                reply.event.event_id,
+                placed,
+                last + 1,
+            )
+            await conn.execute("UPDATE flagged_reply_counter SET last = $1", last + 1)
+
         queue = await view.flagged("acme")
     finally:
         await pool.close()
-    assert [f.phone for f in queue] == [first, unplaced, next_]
-    assert [f.position for f in queue] == [1, 3, 4]
+    assert [(f.position, f.phone) for f in queue] == [(1, first), (2, copied), (3, placed)]
+
+
+async def test_the_trigger_migration_places_replies_left_without_a_place(
+    postgres_dsn: str,
+) -> None:
+    """Replies an earlier version applied without a place, after 0006 and before
+    0007, get places from 0007, after every place given before."""
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+        view = PostgresConsentView(pool)
+        pos = Positions()
+        first, unplaced, next_ = (f"+1415555{n:04d}" for n in range(320, 323))
+        await view.apply(Stream.SUBSCRIBERS, pos.record([flag(first, "acme", T0)]))
+        # The database as it was before 0007.
+        await pool.execute(
+            "DROP TRIGGER ledger_event_copy_place_flagged ON ledger_event_copy;"
+            " DROP FUNCTION place_flagged_reply();"
+            " DELETE FROM schema_migrations WHERE version = 7"
+        )
+        await view.apply(Stream.SUBSCRIBERS, pos.record([flag(unplaced, "acme", T0)]))
+        assert [f.phone for f in await view.flagged("acme")] == [first]
+
+        assert await migrate(pool) == ["0007_flagged_reply_trigger"]
+        later = T0 - timedelta(days=1)  # recorded earlier still: the order is the places'
+        await view.apply(Stream.SUBSCRIBERS, pos.record([flag(next_, "acme", later)], later))
+        queue = await view.flagged("acme")
+    finally:
+        await pool.close()
+    assert [(f.position, f.phone) for f in queue] == [(1, first), (2, unplaced), (3, next_)]
 
 
 async def test_views_on_separate_pools_share_one_turn_for_campaign_writes(
