@@ -211,11 +211,12 @@ class ConsentView(ABC):
         """The applied event with this id, if the view has it (for idempotent writes)."""
 
     @abstractmethod
-    async def flagged(self, brand: str, after: int = 0) -> list[Flagged]:
-        """Every reply flagged as a possible opt-out towards ``brand`` (resolved or
-        not) with a position above ``after``, in the order of their positions: where
+    async def flagged(self, brand: str, after: int = 0, limit: int | None = None) -> list[Flagged]:
+        """The replies flagged as possible opt-outs towards ``brand`` with a position
+        above ``after``, in the order of their positions, at most ``limit``: where
         the pending candidates are to be found, and the order the review queue lists
-        them in."""
+        them in. A reply whose resolution the view has applied is left out; one it
+        cannot tell about may be listed (the fold of its number says for certain)."""
 
     @abstractmethod
     async def sending_counts(

@@ -9,6 +9,7 @@ once, and a batch lands completely or not at all.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections import ChainMap
 from collections.abc import AsyncIterator, Sequence
@@ -22,6 +23,7 @@ from ledger.events import (
     CampaignEvent,
     Recorded,
     RevocationCandidateFlagged,
+    RevocationCandidateResolved,
     SubscriberEvent,
 )
 from ledger.opt_out_rate import SendingCounts, count_sending
@@ -40,6 +42,8 @@ class _Tables:
     by_phone: dict[str, list[Recorded]] = field(default_factory=dict)
     flagged: dict[str, list[Flagged]] = field(default_factory=dict)
     """Each brand's flagged replies, in the order they were applied."""
+    resolved: set[str] = field(default_factory=set)
+    """The ids of the flagged replies a resolution names."""
 
 
 def _commit(*staged: ChainMap[Any, Any]) -> None:
@@ -70,6 +74,7 @@ class InMemoryConsentView(ConsentView):
         events = ChainMap[uuid.UUID, Recorded]({}, base.events)
         by_phone = ChainMap[str, list[Recorded]]({}, base.by_phone)
         flagged: list[Recorded] = []
+        resolved: list[str] = []
         for recorded in batch:
             partition, offset = recorded.position.partition, recorded.position.offset
             if offset < positions.get(partition, 0):
@@ -86,10 +91,13 @@ class InMemoryConsentView(ConsentView):
                 by_phone[event.phone] = [*by_phone.get(event.phone, []), recorded]
                 if isinstance(event, RevocationCandidateFlagged):
                     flagged.append(recorded)
+                elif isinstance(event, RevocationCandidateResolved):
+                    resolved.append(str(event.candidate_event_id))
             elif isinstance(event, CampaignEvent):
                 key = (event.brand, event.campaign)
                 campaigns[key] = campaigns.get(key, CampaignHistory()).with_event(recorded)
         _commit(positions, states, campaigns, events, by_phone)
+        base.resolved.update(resolved)
         # A batch's replies become visible together; among them, recorded order.
         for recorded in sorted(flagged, key=lambda r: (r.recorded_at, r.event.event_id)):
             event = recorded.event
@@ -143,8 +151,14 @@ class InMemoryConsentView(ConsentView):
             return None
         return self._tables.events.get(key)
 
-    async def flagged(self, brand: str, after: int = 0) -> list[Flagged]:
-        return [f for f in self._tables.flagged.get(brand, []) if f.position > after]
+    async def flagged(self, brand: str, after: int = 0, limit: int | None = None) -> list[Flagged]:
+        resolved = self._tables.resolved
+        listed = (
+            f
+            for f in self._tables.flagged.get(brand, [])
+            if f.position > after and f.event_id not in resolved
+        )
+        return list(itertools.islice(listed, limit))
 
     async def sending_counts(
         self, brand: str, campaign: str | None, start: datetime, end: datetime

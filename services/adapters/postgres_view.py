@@ -31,6 +31,8 @@ from ledger.events import (
     ConsentRevoked,
     MessageSent,
     Recorded,
+    RevocationCandidateFlagged,
+    RevocationCandidateResolved,
     SubscriberEvent,
 )
 from ledger.opt_out_rate import SendingCounts
@@ -91,8 +93,12 @@ ON CONFLICT DO NOTHING
 """
 _READ_FLAGGED = """
 SELECT position, event_id, phone FROM flagged_reply
-WHERE brand = $1 AND position > $2 ORDER BY position
+WHERE brand = $1 AND position > $2 AND resolved IS NOT TRUE ORDER BY position LIMIT $3
 """
+# The batch's own replies are placed at the commit (migration 0007); a resolution
+# in the same batch needs them placed now.
+_PLACE_NOW = "SET CONSTRAINTS ledger_event_copy_place_flagged IMMEDIATE"
+_MARK_RESOLVED = "UPDATE flagged_reply SET resolved = true WHERE event_id = ANY($1::uuid[])"
 _LOAD_STATES = """
 SELECT s.phone, s.brand, s.snapshot, s.last_offset, s.updated_at
 FROM subscriber_state AS s
@@ -372,6 +378,7 @@ class PostgresConsentView(ConsentView):
             )
             if stream is Stream.SUBSCRIBERS:
                 await self._fold_subscribers(conn, new)
+                await self._mark_resolved(conn, new)
             else:
                 await self._fold_campaigns(conn, new)
         await self._write_positions(
@@ -417,6 +424,22 @@ class PostgresConsentView(ConsentView):
             _UPSERT_STATUS,
             [row for key in keys for row in _status_rows(states[key], digests[key], updated[key])],
         )
+
+    @staticmethod
+    async def _mark_resolved(conn: asyncpg.Connection, new: list[Recorded]) -> None:
+        """Leave the replies the batch resolves out of the review queue's reads. After
+        the subscriber rows' locks, so placing the batch's replies now takes the
+        counter's lock last, as at the commit."""
+        resolved = [
+            r.event.candidate_event_id
+            for r in new
+            if isinstance(r.event, RevocationCandidateResolved)
+        ]
+        if not resolved:
+            return
+        if any(isinstance(r.event, RevocationCandidateFlagged) for r in new):
+            await conn.execute(_PLACE_NOW)
+        await conn.execute(_MARK_RESOLVED, resolved)
 
     async def _fold_campaigns(self, conn: asyncpg.Connection, new: list[Recorded]) -> None:
         events: list[tuple[CampaignEvent, Recorded]] = []
@@ -551,8 +574,8 @@ class PostgresConsentView(ConsentView):
         )
         return None if payload is None else decode_recorded(payload)
 
-    async def flagged(self, brand: str, after: int = 0) -> list[Flagged]:
-        rows = await self._pool.fetch(_READ_FLAGGED, brand, after)
+    async def flagged(self, brand: str, after: int = 0, limit: int | None = None) -> list[Flagged]:
+        rows = await self._pool.fetch(_READ_FLAGGED, brand, after, limit)
         return [Flagged(row["position"], str(row["event_id"]), row["phone"]) for row in rows]
 
     async def sending_counts(

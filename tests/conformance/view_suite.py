@@ -469,27 +469,18 @@ class ConsentViewSuite:
     ) -> None:
         a, b, c, d, e = (f"+1415555010{i}" for i in range(5))
         pos = Positions()
-        dismissed = flag(a, "acme", T0)
         batch = [
             flag(c, "acme", T0 + timedelta(hours=1)),
-            dismissed,
-            RevocationCandidateResolved(
-                **_base(T0 + timedelta(minutes=1)),
-                phone=a,
-                brand="acme",
-                candidate_event_id=dismissed.originator_id,
-                resolution=CandidateResolution.DISMISSED,
-            ),
+            flag(a, "acme", T0),
             flag(b, "globex", T0),
             grant(d, "acme", "deals", T0),
         ]
         await view.apply(Stream.SUBSCRIBERS, pos.record(batch))
 
-        # Resolved or not (the fold of each number says which are still pending);
-        # a batch's replies become visible together, in recorded order among them.
+        # A batch's replies become visible together, in recorded order among them.
         acme = await view.flagged("acme")
         assert [(f.event_id, f.phone) for f in acme] == [
-            (str(dismissed.event_id), a),
+            (str(batch[1].event_id), a),
             (str(batch[0].event_id), c),
         ]
         assert acme[0].position < acme[1].position
@@ -519,6 +510,33 @@ class ConsentViewSuite:
         (rebuilt,) = await view.flagged("acme")
         assert rebuilt.event_id == queue[2].event_id
         assert rebuilt.position > queue[2].position
+
+    async def test_resolved_replies_are_left_out_and_a_limit_is_kept(
+        self, view: ConsentView
+    ) -> None:
+        pos = Positions()
+        phones = [f"+1415555011{i}" for i in range(5)]
+        replies = [flag(phone, "acme", T0 + timedelta(seconds=i)) for i, phone in enumerate(phones)]
+        await view.apply(Stream.SUBSCRIBERS, pos.record(replies[:3]))
+
+        def resolve(reply: RevocationCandidateFlagged) -> RevocationCandidateResolved:
+            return RevocationCandidateResolved(
+                **_base(T0 + timedelta(minutes=1)),
+                phone=reply.phone,
+                brand="acme",
+                candidate_event_id=reply.originator_id,
+                resolution=CandidateResolution.DISMISSED,
+            )
+
+        # One resolved in a later batch; one resolved in the batch that flags it.
+        await view.apply(Stream.SUBSCRIBERS, pos.record([resolve(replies[1])]))
+        await view.apply(Stream.SUBSCRIBERS, pos.record([*replies[3:], resolve(replies[4])]))
+
+        listed = await view.flagged("acme")
+        assert [f.phone for f in listed] == [phones[0], phones[2], phones[3]]
+        assert await view.flagged("acme", limit=2) == listed[:2]
+        assert await view.flagged("acme", after=listed[0].position, limit=1) == listed[1:2]
+        assert await view.flagged("acme", limit=0) == []
 
     async def test_sending_counts_count_sends_and_distinct_opted_out_numbers(
         self, view: ConsentView

@@ -4,6 +4,7 @@ PostgreSQL (a fresh database per test, migrated by the project's own runner)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -12,7 +13,12 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from ledger.events import ConsentTier
+from ledger.events import (
+    FIRST_VERSION,
+    CandidateResolution,
+    ConsentTier,
+    RevocationCandidateResolved,
+)
 from ledger.ports import Stream
 from services.adapters.migrations import discover, migrate
 from services.adapters.postgres_view import (
@@ -252,10 +258,18 @@ async def test_the_review_queue_migration_keeps_the_recorded_order_of_earlier_re
             )
         assert [f.phone for f in await view.flagged("acme")] == phones
         # The database as it was before 0006.
-        await pool.execute("DROP TABLE flagged_reply, flagged_reply_counter")
-        await pool.execute("DELETE FROM schema_migrations WHERE version = 6")
+        await pool.execute(
+            "DROP TRIGGER ledger_event_copy_place_flagged ON ledger_event_copy;"
+            " DROP FUNCTION place_flagged_reply();"
+            " DROP TABLE flagged_reply, flagged_reply_counter;"
+            " DELETE FROM schema_migrations WHERE version >= 6"
+        )
 
-        assert await migrate(pool) == ["0006_review_queue_order"]
+        assert await migrate(pool) == [
+            "0006_review_queue_order",
+            "0007_flagged_reply_trigger",
+            "0008_flagged_reply_resolved",
+        ]
         queue = await view.flagged("acme")
         assert [(f.position, f.phone) for f in queue] == [
             (1, phones[2]),
@@ -337,6 +351,44 @@ async def test_the_trigger_migration_places_replies_left_without_a_place(
     finally:
         await pool.close()
     assert [(f.position, f.phone) for f in queue] == [(1, first), (2, unplaced), (3, next_)]
+
+
+async def test_replies_resolved_before_the_resolved_column_are_listed_until_a_rebuild(
+    postgres_dsn: str,
+) -> None:
+    """Migration 0008 cannot read resolutions (they are in the event payloads), so
+    the replies it finds are "not known" and listed, for the fold to decide, until
+    a rebuild applies their resolutions again."""
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+        view = PostgresConsentView(pool)
+        pos = Positions()
+        reply = flag("+14155550330", "acme", T0)
+        resolution = RevocationCandidateResolved(
+            originator_id=uuid.uuid4(),
+            originator_version=FIRST_VERSION,
+            timestamp=T0 + timedelta(minutes=1),
+            phone=reply.phone,
+            brand="acme",
+            candidate_event_id=reply.originator_id,
+            resolution=CandidateResolution.DISMISSED,
+        )
+        batches = [pos.record([reply]), pos.record([resolution])]
+        for batch in batches:
+            await view.apply(Stream.SUBSCRIBERS, batch)
+        assert await view.flagged("acme") == []
+
+        await pool.execute("UPDATE flagged_reply SET resolved = NULL")  # as 0008 left it
+        [unknown] = await view.flagged("acme")
+        assert unknown.event_id == str(reply.event_id)
+
+        await view.reset()
+        for batch in batches:
+            await view.apply(Stream.SUBSCRIBERS, batch)
+        assert await view.flagged("acme") == []
+    finally:
+        await pool.close()
 
 
 async def test_views_on_separate_pools_share_one_turn_for_campaign_writes(
