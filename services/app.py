@@ -50,6 +50,8 @@ from services.freshness import FreshnessGuard
 from services.read_batcher import ReadBatcher
 
 log = logging.getLogger(__name__)
+QUEUE_CHUNK = 500
+"""Flagged replies read at a time, with their numbers' states, for the review queue."""
 CAMPAIGN_TURN_WAIT = 10.0
 """Seconds a campaign write that lists sender numbers waits for its turn (another
 instance's check and append, ``FreshnessSettings.wait_bound`` and the ledger's append
@@ -541,32 +543,40 @@ class ConsentApp:
         await self._require_fresh([number], "phone")
         return await self.view.history(number, brand)
 
-    async def revocation_candidates(self, brand: str, after: int = 0) -> list[Queued]:
+    async def revocation_candidates(
+        self, brand: str, after: int = 0, limit: int | None = None
+    ) -> list[Queued]:
         """The brand's replies flagged as possible opt-outs that nobody has resolved,
-        each with its place in the review queue, above ``after``. Each blocks sending
-        to its number until someone resolves it (``ResolveRevocationCandidate``).
+        each with its place in the review queue, above ``after``, at most ``limit``.
+        Each blocks sending to its number until someone resolves it
+        (``ResolveRevocationCandidate``).
 
         The queue is in the order the view applied the replies (``Flagged``), not the
         order they happened or were recorded in: a reply from a partition applied late
         joins the end, so a reviewer paging from ``after`` skips none. Pending is what
-        the fold says, as ``GetConsent`` reports it for one number, so every number
-        flagged above ``after`` has its state read: the cost grows with those (flagged
-        replies are rare), not with the brand's other numbers."""
+        the fold says, as ``GetConsent`` reports it for one number. The view leaves
+        out the replies it knows are resolved, and the rest are read in chunks until
+        ``limit`` are found: the cost grows with the candidates asked for."""
         check_name(brand, "brand")
         await self._require_fresh(None, "brand")
-        flagged = await self.view.flagged(brand, after)
-        places = {f.event_id: f.position for f in flagged}
-        phones = sorted({f.phone for f in flagged})
-        states = await self.view.subscriber_states(brand, phones)
-        # A reply applied after ``flagged`` was read has no place yet; the next read
-        # finds it above every place given here.
-        pending = [
-            Queued(places[c.event_id], c)
-            for state in states.values()
-            for c in state.pending_candidates()
-            if c.event_id in places
-        ]
-        return sorted(pending, key=lambda q: q.position)
+        pending: list[Queued] = []
+        while limit is None or len(pending) < limit:
+            flagged = await self.view.flagged(brand, after, QUEUE_CHUNK)
+            places = {f.event_id: f.position for f in flagged}
+            states = await self.view.subscriber_states(brand, sorted({f.phone for f in flagged}))
+            # A reply applied after ``flagged`` was read has no place yet; the next
+            # read finds it above every place given here.
+            found = [
+                Queued(places[c.event_id], c)
+                for state in states.values()
+                for c in state.pending_candidates()
+                if c.event_id in places
+            ]
+            pending += sorted(found, key=lambda q: q.position)
+            if len(flagged) < QUEUE_CHUNK:
+                break
+            after = flagged[-1].position
+        return pending[:limit]
 
     async def opt_out_rate(
         self,

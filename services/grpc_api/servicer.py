@@ -237,7 +237,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         size = _page_size(request.page_size)
         after = _queue_after(request.page_token)
         await self._require_fresh(request.at_least_as_fresh)
-        pending = await self.app.revocation_candidates(request.brand, after)
+        pending = await self.app.revocation_candidates(request.brand, after, size + 1)
         page = pending[:size]
         return api_pb2.ListRevocationCandidatesResponse(
             candidates=[codec.recorded_to_proto(q.candidate.as_recorded()) for q in page],

@@ -8,6 +8,7 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,7 @@ from ledger.events import (
     MessageKind,
     Recorded,
     RevocationCandidateFlagged,
+    RevocationCandidateResolved,
     RevocationChannel,
 )
 from ledger.policy import Reason
@@ -44,6 +46,7 @@ from services.errors import FailedPrecondition, NotConsistent
 from services.freshness import FreshnessGuard, FreshnessSettings
 from services.projector import Projector
 from tests.builders import BRAND, PHONE, at, proof
+from tests.conformance.view_suite import Positions, flag
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 NOW = at(60)
@@ -736,3 +739,49 @@ async def test_only_a_pending_candidate_of_that_number_and_brand_can_be_resolved
         await app.record(resolve("ok-2", flagged[PHONE]))
     check = await app.can_send(PHONE, "acme", "promo", token=done.token)
     assert check.decision.reason is not Reason.REVOCATION_PENDING_REVIEW
+
+
+class UnawareView(InMemoryConsentView):
+    """A view that cannot tell which replies are resolved (rows from before the
+    marker existed, say): it lists them all."""
+
+    async def flagged(self, brand: str, after: int = 0, limit: int | None = None) -> list[Any]:
+        queue = [f for f in self._tables.flagged.get(brand, []) if f.position > after]
+        return queue[:limit]
+
+
+@pytest.mark.parametrize("view_type", [InMemoryConsentView, UnawareView])
+async def test_the_review_queue_reads_in_chunks_and_the_fold_decides(monkeypatch, view_type):
+    monkeypatch.setattr("services.app.QUEUE_CHUNK", 2)
+    ledger, view = InMemoryLedger(partitions=4), view_type()
+    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.01))
+    await guard.start()
+    app = ConsentApp(ledger, view, guard, clock=lambda: NOW)
+    pos = Positions(partitions=4)
+    replies = [flag(f"+1415555{2900 + i:04d}", BRAND, at(i)) for i in range(7)]
+    resolutions = [
+        RevocationCandidateResolved(
+            originator_id=uuid.uuid4(),
+            originator_version=FIRST_VERSION,
+            timestamp=at(10),
+            phone=replies[i].phone,
+            brand=BRAND,
+            candidate_event_id=replies[i].originator_id,
+            resolution=CandidateResolution.DISMISSED,
+        )
+        for i in (0, 1, 2, 5)
+    ]
+    try:
+        for batch in (replies, resolutions):
+            for recorded in pos.record(batch):
+                await view.apply(Stream.SUBSCRIBERS, [recorded])
+        open_ = [str(replies[i].event_id) for i in (3, 4, 6)]
+
+        everything = await app.revocation_candidates(BRAND)
+        assert [q.candidate.event_id for q in everything] == open_
+        page = await app.revocation_candidates(BRAND, limit=2)
+        assert page == everything[:2]
+        rest = await app.revocation_candidates(BRAND, after=page[-1].position, limit=2)
+        assert rest == everything[2:]
+    finally:
+        await guard.stop()
