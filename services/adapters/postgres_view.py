@@ -621,6 +621,6 @@ class PostgresConsentView(ConsentView):
         }[table]
         # A reply's place in the review queue is the order this view applied it in,
         # which a rebuild need not repeat (and which never goes back): left out.
-        columns = "event_id, brand, phone" if table == "flagged_reply" else "*"
+        columns = "event_id, brand, phone, resolved" if table == "flagged_reply" else "*"
         rows = await self._pool.fetch(f"SELECT {columns} FROM {table} ORDER BY {order}")
         return [tuple(row.values()) for row in rows]
