@@ -287,108 +287,91 @@ async def test_the_review_queue_migration_keeps_the_recorded_order_of_earlier_re
         await pool.close()
 
 
-async def test_a_reply_any_version_applies_gets_its_place_at_its_commit(
-    postgres_dsn: str,
-) -> None:
+async def test_a_reply_any_version_applies_gets_its_place_at_its_commit(pool: asyncpg.Pool) -> None:
     """The places come from the database (migration 0007), so an instance of an
     earlier version that only inserts the reply's event copy gets it placed, and
     one of the version before, which places its replies itself, keeps its place."""
-    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
-    try:
-        await migrate(pool)
-        view = PostgresConsentView(pool)
-        pos = Positions()
-        first, copied, placed = (f"+1415555{n:04d}" for n in range(310, 313))
-        await view.apply(Stream.SUBSCRIBERS, pos.record([flag(first, "acme", T0)]))
+    view = PostgresConsentView(pool)
+    pos = Positions()
+    first, copied, placed = (f"+1415555{n:04d}" for n in range(310, 313))
+    await view.apply(Stream.SUBSCRIBERS, pos.record([flag(first, "acme", T0)]))
 
-        async with pool.acquire() as conn, conn.transaction():  # an earlier version
-            [reply] = pos.record([flag(copied, "acme", T0)])
-            await conn.execute(_INSERT_EVENT, *_event_row(Stream.SUBSCRIBERS, reply))
-            assert await conn.fetchval("SELECT count(*) FROM flagged_reply") == 1
-        async with pool.acquire() as conn, conn.transaction():  # the version before
-            [reply] = pos.record([flag(placed, "acme", T0)])
-            await conn.execute(_INSERT_EVENT, *_event_row(Stream.SUBSCRIBERS, reply))
-            last = await conn.fetchval("SELECT last FROM flagged_reply_counter FOR UPDATE")
-            await conn.execute(
-                "INSERT INTO flagged_reply VALUES ($1, 'acme', $2, $3)",
-                reply.event.event_id,
-                placed,
-                last + 1,
-            )
-            await conn.execute("UPDATE flagged_reply_counter SET last = $1", last + 1)
+    async with pool.acquire() as conn, conn.transaction():  # an earlier version
+        [reply] = pos.record([flag(copied, "acme", T0)])
+        await conn.execute(_INSERT_EVENT, *_event_row(Stream.SUBSCRIBERS, reply))
+        assert await conn.fetchval("SELECT count(*) FROM flagged_reply") == 1
+    async with pool.acquire() as conn, conn.transaction():  # the version before
+        [reply] = pos.record([flag(placed, "acme", T0)])
+        await conn.execute(_INSERT_EVENT, *_event_row(Stream.SUBSCRIBERS, reply))
+        last = await conn.fetchval("SELECT last FROM flagged_reply_counter FOR UPDATE")
+        await conn.execute(
+            "INSERT INTO flagged_reply VALUES ($1, 'acme', $2, $3)",
+            reply.event.event_id,
+            placed,
+            last + 1,
+        )
+        await conn.execute("UPDATE flagged_reply_counter SET last = $1", last + 1)
 
-        queue = await view.flagged("acme")
-    finally:
-        await pool.close()
+    queue = await view.flagged("acme")
     assert [(f.position, f.phone) for f in queue] == [(1, first), (2, copied), (3, placed)]
 
 
 async def test_the_trigger_migration_places_replies_left_without_a_place(
-    postgres_dsn: str,
+    pool: asyncpg.Pool,
 ) -> None:
     """Replies an earlier version applied without a place, after 0006 and before
     0007, get places from 0007, after every place given before."""
-    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
-    try:
-        await migrate(pool)
-        view = PostgresConsentView(pool)
-        pos = Positions()
-        first, unplaced, next_ = (f"+1415555{n:04d}" for n in range(320, 323))
-        await view.apply(Stream.SUBSCRIBERS, pos.record([flag(first, "acme", T0)]))
-        # The database as it was before 0007.
-        await pool.execute(
-            "DROP TRIGGER ledger_event_copy_place_flagged ON ledger_event_copy;"
-            " DROP FUNCTION place_flagged_reply();"
-            " DELETE FROM schema_migrations WHERE version = 7"
-        )
-        await view.apply(Stream.SUBSCRIBERS, pos.record([flag(unplaced, "acme", T0)]))
-        assert [f.phone for f in await view.flagged("acme")] == [first]
+    view = PostgresConsentView(pool)
+    pos = Positions()
+    first, unplaced, next_ = (f"+1415555{n:04d}" for n in range(320, 323))
+    await view.apply(Stream.SUBSCRIBERS, pos.record([flag(first, "acme", T0)]))
+    # The database as it was before 0007.
+    await pool.execute(
+        "DROP TRIGGER ledger_event_copy_place_flagged ON ledger_event_copy;"
+        " DROP FUNCTION place_flagged_reply();"
+        " DELETE FROM schema_migrations WHERE version = 7"
+    )
+    await view.apply(Stream.SUBSCRIBERS, pos.record([flag(unplaced, "acme", T0)]))
+    assert [f.phone for f in await view.flagged("acme")] == [first]
 
-        assert await migrate(pool) == ["0007_flagged_reply_trigger"]
-        later = T0 - timedelta(days=1)  # recorded earlier still: the order is the places'
-        await view.apply(Stream.SUBSCRIBERS, pos.record([flag(next_, "acme", later)], later))
-        queue = await view.flagged("acme")
-    finally:
-        await pool.close()
+    assert await migrate(pool) == ["0007_flagged_reply_trigger"]
+    later = T0 - timedelta(days=1)  # recorded earlier still: the order is the places'
+    await view.apply(Stream.SUBSCRIBERS, pos.record([flag(next_, "acme", later)], later))
+    queue = await view.flagged("acme")
     assert [(f.position, f.phone) for f in queue] == [(1, first), (2, unplaced), (3, next_)]
 
 
 async def test_replies_resolved_before_the_resolved_column_are_listed_until_a_rebuild(
-    postgres_dsn: str,
+    pool: asyncpg.Pool,
 ) -> None:
     """Migration 0008 cannot read resolutions (they are in the event payloads), so
     the replies it finds are "not known" and listed, for the fold to decide, until
     a rebuild applies their resolutions again."""
-    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
-    try:
-        await migrate(pool)
-        view = PostgresConsentView(pool)
-        pos = Positions()
-        reply = flag("+14155550330", "acme", T0)
-        resolution = RevocationCandidateResolved(
-            originator_id=uuid.uuid4(),
-            originator_version=FIRST_VERSION,
-            timestamp=T0 + timedelta(minutes=1),
-            phone=reply.phone,
-            brand="acme",
-            candidate_event_id=reply.originator_id,
-            resolution=CandidateResolution.DISMISSED,
-        )
-        batches = [pos.record([reply]), pos.record([resolution])]
-        for batch in batches:
-            await view.apply(Stream.SUBSCRIBERS, batch)
-        assert await view.flagged("acme") == []
+    view = PostgresConsentView(pool)
+    pos = Positions()
+    reply = flag("+14155550330", "acme", T0)
+    resolution = RevocationCandidateResolved(
+        originator_id=uuid.uuid4(),
+        originator_version=FIRST_VERSION,
+        timestamp=T0 + timedelta(minutes=1),
+        phone=reply.phone,
+        brand="acme",
+        candidate_event_id=reply.originator_id,
+        resolution=CandidateResolution.DISMISSED,
+    )
+    batches = [pos.record([reply]), pos.record([resolution])]
+    for batch in batches:
+        await view.apply(Stream.SUBSCRIBERS, batch)
+    assert await view.flagged("acme") == []
 
-        await pool.execute("UPDATE flagged_reply SET resolved = NULL")  # as 0008 left it
-        [unknown] = await view.flagged("acme")
-        assert unknown.event_id == str(reply.event_id)
+    await pool.execute("UPDATE flagged_reply SET resolved = NULL")  # as 0008 left it
+    [unknown] = await view.flagged("acme")
+    assert unknown.event_id == str(reply.event_id)
 
-        await view.reset()
-        for batch in batches:
-            await view.apply(Stream.SUBSCRIBERS, batch)
-        assert await view.flagged("acme") == []
-    finally:
-        await pool.close()
+    await view.reset()
+    for batch in batches:
+        await view.apply(Stream.SUBSCRIBERS, batch)
+    assert await view.flagged("acme") == []
 
 
 async def test_views_on_separate_pools_share_one_turn_for_campaign_writes(

@@ -514,50 +514,37 @@ class SlowLedger(InMemoryLedger):
         return await super().append(events)
 
 
-async def test_two_claims_of_one_number_at_once_in_one_process_let_one_through():
-    async with running(ledger=SlowLedger(partitions=4)) as (app, _):
-        results = await asyncio.gather(
-            app.record(claim("acme-promo", "acme", "promo", NUMBER)),
-            app.record(claim("globex-deals", "globex", "deals", NUMBER)),
-            return_exceptions=True,
-        )
-
-        refused = [r for r in results if isinstance(r, FailedPrecondition)]
-        assert len(refused) == 1 and refused[0].field == "policy.sender_numbers[0]"
-        assert len(await app.ledger.read(Stream.CAMPAIGNS, 0, 0)) == 1
-
-
 @contextlib.asynccontextmanager
-async def two_instances(ledger: InMemoryLedger) -> AsyncIterator[tuple[ConsentApp, ConsentApp]]:
-    """Two apps, as two processes would be, sharing one ledger and one view."""
+async def instances(ledger: InMemoryLedger, count: int) -> AsyncIterator[list[ConsentApp]]:
+    """``count`` apps, as processes would be, sharing one ledger and one view."""
     view = InMemoryConsentView()
     projector = asyncio.create_task(Projector(ledger, view, poll_timeout=0.01).run())
     guards = [
         FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.01, wait_bound=1))
-        for _ in range(2)
+        for _ in range(count)
     ]
     for guard in guards:
         await guard.start()
     try:
-        a, b = (ConsentApp(ledger, view, guard, clock=lambda: NOW) for guard in guards)
-        yield a, b
+        yield [ConsentApp(ledger, view, guard, clock=lambda: NOW) for guard in guards]
     finally:
         for guard in guards:
             await guard.stop()
         await _stop(projector)
 
 
-async def test_two_claims_of_one_number_at_once_through_two_instances_let_one_through():
-    async with two_instances(SlowLedger(partitions=4)) as (a, b):
+@pytest.mark.parametrize("count", [1, 2], ids=["one instance", "two instances"])
+async def test_two_claims_of_one_number_at_once_let_one_through(count):
+    async with instances(SlowLedger(partitions=4), count) as apps:
         results = await asyncio.gather(
-            a.record(claim("acme-promo", "acme", "promo", NUMBER)),
-            b.record(claim("globex-deals", "globex", "deals", NUMBER)),
+            apps[0].record(claim("acme-promo", "acme", "promo", NUMBER)),
+            apps[-1].record(claim("globex-deals", "globex", "deals", NUMBER)),
             return_exceptions=True,
         )
 
         refused = [r for r in results if isinstance(r, FailedPrecondition)]
         assert len(refused) == 1 and refused[0].field == "policy.sender_numbers[0]"
-        assert len(await a.ledger.read(Stream.CAMPAIGNS, 0, 0)) == 1
+        assert len(await apps[0].ledger.read(Stream.CAMPAIGNS, 0, 0)) == 1
 
 
 class GatedLedger(InMemoryLedger):
