@@ -561,7 +561,10 @@ class ConsentApp:
         await self._require_fresh(None, "brand")
         pending: list[Queued] = []
         while limit is None or len(pending) < limit:
-            flagged = await self.view.flagged(brand, after, QUEUE_CHUNK)
+            # The view lists few resolved replies (only those it cannot tell about),
+            # so asking for as many as are still wanted is mostly enough.
+            size = QUEUE_CHUNK if limit is None else min(QUEUE_CHUNK, limit - len(pending))
+            flagged = await self.view.flagged(brand, after, size)
             places = {f.event_id: f.position for f in flagged}
             states = await self.view.subscriber_states(brand, sorted({f.phone for f in flagged}))
             # A reply applied after ``flagged`` was read has no place yet; the next
@@ -573,7 +576,7 @@ class ConsentApp:
                 if c.event_id in places
             ]
             pending += sorted(found, key=lambda q: q.position)
-            if len(flagged) < QUEUE_CHUNK:
+            if len(flagged) < size:
                 break
             after = flagged[-1].position
         return pending[:limit]

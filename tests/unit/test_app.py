@@ -772,3 +772,25 @@ async def test_the_review_queue_reads_in_chunks_and_the_fold_decides(monkeypatch
         assert rest == everything[2:]
     finally:
         await guard.stop()
+
+
+async def test_a_page_of_the_review_queue_reads_only_as_many_replies_as_it_shows():
+    asked: list[int | None] = []
+
+    class CountingView(InMemoryConsentView):
+        async def flagged(self, brand: str, after: int = 0, limit: int | None = None) -> Any:
+            asked.append(limit)
+            return await super().flagged(brand, after, limit)
+
+    ledger, view = InMemoryLedger(partitions=4), CountingView()
+    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.01))
+    await guard.start()
+    app = ConsentApp(ledger, view, guard, clock=lambda: NOW)
+    replies = [flag(f"+1415555{2950 + i:04d}", BRAND, at(i)) for i in range(30)]
+    try:
+        await view.apply(Stream.SUBSCRIBERS, Positions(partitions=4).record(replies))
+        page = await app.revocation_candidates(BRAND, limit=11)
+    finally:
+        await guard.stop()
+    assert [q.candidate.event_id for q in page] == [str(r.event_id) for r in replies[:11]]
+    assert asked == [11]
