@@ -14,7 +14,7 @@ import contextlib
 import gc
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,9 @@ class Runtime:
     settings: Settings
     clock: Clock = utc_now
     """Injected by tests that need a fixed time of day; the service uses UTC now."""
+    on_replica_reload: Callable[[], None] | None = None
+    """Called when the digest replica loads the whole view again, after a rebuild
+    (``DigestReplica``'s ``on_reload``)."""
     pool: asyncpg.Pool | None = None
     reads: asyncpg.Pool | None = None
     ledger: Ledger | None = None
@@ -220,7 +223,7 @@ class Runtime:
         replica = None
         if s.cansend_reads == "replica":
             # On the read pool (idle with a replica): no reset round trip per refresh.
-            replica = DigestReplica(self.reads, self.view)
+            replica = DigestReplica(self.reads, self.view, on_reload=self.on_replica_reload)
         # The guard watches what CanSend reads; its first observation loads the replica.
         watched = self.view if replica is None else replica
         self.guard = FreshnessGuard(self.ledger, watched, s.freshness)

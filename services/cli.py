@@ -50,7 +50,16 @@ def _grpcurl_hint(address: str, token: str | None, tls: TlsSettings | None = Non
 
 
 async def _serve(settings: Settings, embedded: bool) -> None:
-    runtime = Runtime(settings)
+    settling: set[asyncio.Future[Any]] = set()
+
+    def settle_again() -> None:
+        # The replica's new copy, after a rebuild, is on memory the start did not set
+        # up: set the heap up again, off the event loop, as below.
+        future = asyncio.ensure_future(asyncio.to_thread(settle_heap))
+        settling.add(future)
+        future.add_done_callback(settling.discard)
+
+    runtime = Runtime(settings, on_replica_reload=settle_again)
     await runtime.start()
     # In a worker thread: mapping a large heap with huge pages takes a moment (about
     # 0.2 s for 700 MB here), and the server already answers meanwhile.

@@ -38,7 +38,7 @@ too big to hold.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 
@@ -77,8 +77,19 @@ class DigestReplica:
     PostgreSQL). ``pool`` is the caller's to close.
     """
 
-    def __init__(self, pool: asyncpg.Pool, view: ConsentView, *, chunk: int = 20_000) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        view: ConsentView,
+        *,
+        chunk: int = 20_000,
+        on_reload: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_reload`` is called after each load of the whole view but the first
+        (after a rebuild): the copy then lives on memory the process set up for
+        nothing yet."""
         self._pool = pool
+        self._on_reload = on_reload
         self._view = view
         self._chunk = chunk
         self._digests: dict[str, dict[str, bytes]] = {}
@@ -139,6 +150,8 @@ class DigestReplica:
                 fresh = await self._read_all(conn)
                 self._digests, self._positions, self._epoch = fresh, positions, epoch
                 self.loads += 1
+                if self.loads > 1 and self._on_reload is not None:
+                    self._on_reload()
                 return
             moved = [
                 (p, old.get(p, 0), o) for p, o in sorted(positions.items()) if o > old.get(p, 0)
