@@ -57,7 +57,12 @@ async def _serve(settings: Settings, embedded: bool) -> None:
         # up: set the heap up again, off the event loop, as below.
         future = asyncio.ensure_future(asyncio.to_thread(settle_heap))
         settling.add(future)
-        future.add_done_callback(settling.discard)
+        future.add_done_callback(settled)
+
+    def settled(future: asyncio.Future[Any]) -> None:
+        settling.discard(future)
+        if not future.cancelled() and (error := future.exception()) is not None:
+            log.error("setting the heap up again failed", exc_info=error)
 
     runtime = Runtime(settings, on_replica_reload=settle_again)
     await runtime.start()

@@ -86,8 +86,8 @@ class DigestReplica:
         on_reload: Callable[[], None] | None = None,
     ) -> None:
         """``on_reload`` is called after each load of the whole view but the first
-        (after a rebuild): the copy then lives on memory the process set up for
-        nothing yet."""
+        (after a rebuild): the new copy lives on memory allocated since the process
+        set its heap up for serving (``services.bootstrap.settle_heap``)."""
         self._pool = pool
         self._on_reload = on_reload
         self._view = view
