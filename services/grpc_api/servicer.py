@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -333,44 +333,48 @@ def _page_size(requested: int) -> int:
 
 _BIGINT = 2**63
 """Positions are PostgreSQL bigints: a larger number is no token of ours."""
+_NOT_ISSUED = "is not a token this service issued"
+
+
+def _encode_token(kind: str, number: int) -> str:
+    """A page token: the kind of place it names and the place, opaque to callers."""
+    return base64.urlsafe_b64encode(f"{kind}:{number}".encode()).decode()
+
+
+def _token_number(token: str, kind: str, valid: Callable[[int], bool], reason: str) -> int:
+    """The place a page token of ``kind`` names, 0 (the start) for no token; for any
+    other text, INVALID_ARGUMENT on ``page_token`` with ``reason``."""
+    if not token:
+        return 0
+    try:
+        found, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        number = int(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("page_token", reason) from exc
+    if found != kind or not valid(number):
+        raise InvalidRequest("page_token", reason)
+    return number
 
 
 def _queue_token(position: int) -> str:
     """A page token that names the queue position of the last candidate given, not a
     count: the queue shrinks as candidates are resolved, grows at its end as replies
     are applied, and the next page must skip none."""
-    return base64.urlsafe_b64encode(f"q:{position}".encode()).decode()
+    return _encode_token("q", position)
 
 
 def _queue_after(token: str) -> int:
     """The position a page token names; 0 (the start) for no token. A token of the
     versions that ordered the queue by recorded time ("c:") is refused like any
     other: its reader lists from the start again."""
-    if not token:
-        return 0
-    try:
-        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        position = int(value)
-        if kind != "q" or not 0 < position < _BIGINT:
-            raise ValueError(token)
-        return position
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(
-            "page_token", "is not a token this service issued; list from the start"
-        ) from exc
+    return _token_number(
+        token, "q", lambda n: 0 < n < _BIGINT, f"{_NOT_ISSUED}; list from the start"
+    )
 
 
 def _page_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode()
+    return _encode_token("o", offset)
 
 
 def _page_start(token: str) -> int:
-    if not token:
-        return 0
-    try:
-        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if kind != "o" or int(value) < 0:
-            raise ValueError(token)
-        return int(value)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest("page_token", "is not a token this service issued") from exc
+    return _token_number(token, "o", lambda n: n >= 0, _NOT_ISSUED)
