@@ -33,7 +33,6 @@ from ledger.events import (
     LedgerPosition,
     MessageKind,
     Recorded,
-    RevocationCandidateFlagged,
     RevocationCandidateResolved,
     RevocationChannel,
 )
@@ -53,20 +52,39 @@ NOW = at(60)
 
 
 @contextlib.asynccontextmanager
-async def running(
-    wait_bound: float = 1, ledger: InMemoryLedger | None = None
-) -> AsyncIterator[tuple[ConsentApp, asyncio.Task[None]]]:
-    """An app on the in-memory adapters, with its projector task (a test may stop it)."""
-    ledger, view = ledger or InMemoryLedger(partitions=4), InMemoryConsentView()
+async def instances(
+    count: int = 1,
+    *,
+    wait_bound: float = 1,
+    ledger: InMemoryLedger | None = None,
+    view: InMemoryConsentView | None = None,
+) -> AsyncIterator[tuple[list[ConsentApp], asyncio.Task[None]]]:
+    """``count`` apps on the in-memory adapters, as processes would be, sharing one
+    ledger and one view, with the view's projector task (a test may stop it)."""
+    ledger = ledger or InMemoryLedger(partitions=4)
+    view = InMemoryConsentView() if view is None else view
     projector = asyncio.create_task(Projector(ledger, view, poll_timeout=0.01).run())
     settings = FreshnessSettings(refresh_interval=0.01, wait_bound=wait_bound)
-    guard = FreshnessGuard(ledger, view, settings)
-    await guard.start()
+    guards = [FreshnessGuard(ledger, view, settings) for _ in range(count)]
+    for guard in guards:
+        await guard.start()
     try:
-        yield ConsentApp(ledger, view, guard, clock=lambda: NOW), projector
+        yield [ConsentApp(ledger, view, guard, clock=lambda: NOW) for guard in guards], projector
     finally:
-        await guard.stop()
+        for guard in guards:
+            await guard.stop()
         await _stop(projector)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    wait_bound: float = 1,
+    ledger: InMemoryLedger | None = None,
+    view: InMemoryConsentView | None = None,
+) -> AsyncIterator[tuple[ConsentApp, asyncio.Task[None]]]:
+    """An app on the in-memory adapters, with its projector task (a test may stop it)."""
+    async with instances(wait_bound=wait_bound, ledger=ledger, view=view) as ([app], projector):
+        yield app, projector
 
 
 async def _stop(task: asyncio.Task[None]) -> None:
@@ -514,28 +532,9 @@ class SlowLedger(InMemoryLedger):
         return await super().append(events)
 
 
-@contextlib.asynccontextmanager
-async def instances(ledger: InMemoryLedger, count: int) -> AsyncIterator[list[ConsentApp]]:
-    """``count`` apps, as processes would be, sharing one ledger and one view."""
-    view = InMemoryConsentView()
-    projector = asyncio.create_task(Projector(ledger, view, poll_timeout=0.01).run())
-    guards = [
-        FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.01, wait_bound=1))
-        for _ in range(count)
-    ]
-    for guard in guards:
-        await guard.start()
-    try:
-        yield [ConsentApp(ledger, view, guard, clock=lambda: NOW) for guard in guards]
-    finally:
-        for guard in guards:
-            await guard.stop()
-        await _stop(projector)
-
-
 @pytest.mark.parametrize("count", [1, 2], ids=["one instance", "two instances"])
 async def test_two_claims_of_one_number_at_once_let_one_through(count):
-    async with instances(SlowLedger(partitions=4), count) as apps:
+    async with instances(count, ledger=SlowLedger(partitions=4)) as (apps, _):
         results = await asyncio.gather(
             apps[0].record(claim("acme-promo", "acme", "promo", NUMBER)),
             apps[-1].record(claim("globex-deals", "globex", "deals", NUMBER)),
@@ -655,38 +654,23 @@ async def test_the_review_queue_pages_past_no_reply_applied_late():
     """A reply recorded before one already listed, from a partition the projector
     applied late, is on the next page: the queue is in the order replies were applied.
     (Ordered by recorded time, it had sorted before the page's last and been skipped.)"""
-    ledger, view = InMemoryLedger(partitions=4), InMemoryConsentView()
-    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.01))
-    await guard.start()
-    app = ConsentApp(ledger, view, guard, clock=lambda: NOW)
 
     def flagged(phone: str, partition: int, recorded_at: datetime) -> Recorded:
-        event = RevocationCandidateFlagged(
-            originator_id=uuid.uuid4(),
-            originator_version=FIRST_VERSION,
-            timestamp=recorded_at,
-            phone=phone,
-            brand=BRAND,
-            inbound_message_id=f"m-{phone}",
-            text="please stop",
-        )
-        return Recorded(event, LedgerPosition(partition, 0), recorded_at)
+        return Recorded(flag(phone, BRAND, recorded_at), LedgerPosition(partition, 0), recorded_at)
 
-    try:
+    async with running() as (app, _):
         later, earlier = flagged(PHONE, 0, at(2)), flagged("+14155552672", 1, at(1))
-        await view.apply(Stream.SUBSCRIBERS, [later])
+        await app.view.apply(Stream.SUBSCRIBERS, [later])
         (first,) = await app.revocation_candidates(BRAND)
         assert first.candidate.event_id == str(later.event.event_id)
 
-        await view.apply(Stream.SUBSCRIBERS, [earlier])  # its partition was behind
+        await app.view.apply(Stream.SUBSCRIBERS, [earlier])  # its partition was behind
         (following,) = await app.revocation_candidates(BRAND, after=first.position)
         assert following.candidate.event_id == str(earlier.event.event_id)
         assert [q.candidate for q in await app.revocation_candidates(BRAND)] == [
             first.candidate,
             following.candidate,
         ]
-    finally:
-        await guard.stop()
 
 
 # ---- resolving a flagged reply ---------------------------------------------------------
@@ -740,10 +724,6 @@ class UnawareView(InMemoryConsentView):
 @pytest.mark.parametrize("view_type", [InMemoryConsentView, UnawareView])
 async def test_the_review_queue_reads_in_chunks_and_the_fold_decides(monkeypatch, view_type):
     monkeypatch.setattr("services.app.QUEUE_CHUNK", 2)
-    ledger, view = InMemoryLedger(partitions=4), view_type()
-    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.01))
-    await guard.start()
-    app = ConsentApp(ledger, view, guard, clock=lambda: NOW)
     pos = Positions(partitions=4)
     replies = [flag(f"+1415555{2900 + i:04d}", BRAND, at(i)) for i in range(7)]
     resolutions = [
@@ -758,10 +738,10 @@ async def test_the_review_queue_reads_in_chunks_and_the_fold_decides(monkeypatch
         )
         for i in (0, 1, 2, 5)
     ]
-    try:
+    async with running(view=view_type()) as (app, _):
         for batch in (replies, resolutions):
             for recorded in pos.record(batch):
-                await view.apply(Stream.SUBSCRIBERS, [recorded])
+                await app.view.apply(Stream.SUBSCRIBERS, [recorded])
         open_ = [str(replies[i].event_id) for i in (3, 4, 6)]
 
         everything = await app.revocation_candidates(BRAND)
@@ -770,8 +750,6 @@ async def test_the_review_queue_reads_in_chunks_and_the_fold_decides(monkeypatch
         assert page == everything[:2]
         rest = await app.revocation_candidates(BRAND, after=page[-1].position, limit=2)
         assert rest == everything[2:]
-    finally:
-        await guard.stop()
 
 
 async def test_a_page_of_the_review_queue_reads_only_as_many_replies_as_it_shows():
@@ -782,15 +760,9 @@ async def test_a_page_of_the_review_queue_reads_only_as_many_replies_as_it_shows
             asked.append(limit)
             return await super().flagged(brand, after, limit)
 
-    ledger, view = InMemoryLedger(partitions=4), CountingView()
-    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.01))
-    await guard.start()
-    app = ConsentApp(ledger, view, guard, clock=lambda: NOW)
     replies = [flag(f"+1415555{2950 + i:04d}", BRAND, at(i)) for i in range(30)]
-    try:
-        await view.apply(Stream.SUBSCRIBERS, Positions(partitions=4).record(replies))
+    async with running(view=CountingView()) as (app, _):
+        await app.view.apply(Stream.SUBSCRIBERS, Positions(partitions=4).record(replies))
         page = await app.revocation_candidates(BRAND, limit=11)
-    finally:
-        await guard.stop()
     assert [q.candidate.event_id for q in page] == [str(r.event_id) for r in replies[:11]]
     assert asked == [11]
