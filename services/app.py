@@ -12,7 +12,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from ledger.campaigns import Campaign
@@ -57,6 +57,9 @@ CAMPAIGN_TURN_WAIT = 10.0
 instance's check and append, ``FreshnessSettings.wait_bound`` and the ledger's append
 timeout at most, are what it waits for)."""
 
+DEFAULT_FUTURE_HORIZON = timedelta(days=30)
+"""How far ahead a CanSend may ask, provisionally (``CONSENT_CANSEND_FUTURE_HORIZON_DAYS``)."""
+
 _BEHIND = "the read model is behind the ledger; try again"
 Clock = Callable[[], datetime]
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
@@ -84,12 +87,15 @@ class InboundResult:
 class CheckResult:
     decision: Decision
     token: ConsistencyToken
+    provisional: bool = False
+    """The check was for a moment ahead of now: facts recorded until then may change it."""
 
 
 @dataclass(frozen=True)
 class BatchResult:
     decisions: list[Decision]
     token: ConsistencyToken
+    provisional: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,9 +151,12 @@ class ConsentApp:
         clock: Clock = utc_now,
         *,
         reads: DigestReads | None = None,
+        future_horizon: timedelta = DEFAULT_FUTURE_HORIZON,
     ) -> None:
         """``reads`` answers CanSend's digests: a ``DigestReplica`` that ``guard``
-        watches, or by default the view itself, through a ``ReadBatcher``."""
+        watches, or by default the view itself, through a ``ReadBatcher``;
+        ``future_horizon`` is how far ahead a check may ask (provisionally)."""
+        self.future_horizon = future_horizon
         self.ledger = ledger
         self.view = view
         self.guard = guard
@@ -374,7 +383,9 @@ class ConsentApp:
         check_name(campaign, "campaign")
         canonical = _E164.fullmatch(phone) is not None
         number = phone if canonical else to_e164(phone, field="phone")
-        when = self._when(at)
+        when, provisional, past = self._when(at)
+        if past:
+            return await self.can_send_as_of(number, brand, campaign, when, kind=kind, token=token)
         fresh = await self._fresh([number], token)
         read_at = self.guard.applied_token()
         if not fresh:
@@ -397,8 +408,8 @@ class ConsentApp:
         except NotConsistent:
             return CheckResult(_behind(), read_at)
         if rules is None:
-            return CheckResult(_undefined(brand, campaign), read_at)
-        return CheckResult(self._decide(Check(rules, when, kind), digest), read_at)
+            return CheckResult(_undefined(brand, campaign), read_at, provisional)
+        return CheckResult(self._decide(Check(rules, when, kind), digest), read_at, provisional)
 
     async def can_send_batch(
         self,
@@ -419,7 +430,9 @@ class ConsentApp:
         # (and a phone that is not a number is refused even if others were found).
         # Waiting for the partitions of phones as written may wait for a partition a
         # non-canonical one does not need; those parsed are waited for below.
-        when = self._when(at)
+        when, provisional, past = self._when(at)
+        if past:
+            return await self._batch_as_of(phones, brand, campaign, when, kind, token)
         fresh = await self._fresh(phones, token)
         read_at = self.guard.applied_token()
         if not fresh:
@@ -450,12 +463,45 @@ class ConsentApp:
             decisions = [check(digests[n]) for n in numbers]
         except Exception:  # find the numbers it failed for, and answer those alone "no"
             decisions = [self._decide(check, digests[n]) for n in numbers]
-        return BatchResult(decisions, read_at)
+        return BatchResult(decisions, read_at, provisional)
 
-    def _when(self, at: datetime | None) -> datetime:
-        """The moment a check is for: now, or ``at`` if it is not too far ahead."""
+    def _when(self, at: datetime | None) -> tuple[datetime, bool, bool]:
+        """The moment a check is for (now, or ``at``), whether its answer is only
+        provisional, and whether it is past. A moment ahead of now, up to
+        ``future_horizon``, is answered from the facts known now, which those
+        recorded until then may change. A moment before now is answered as
+        ``can_send_as_of`` answers it: facts that happened after it must not decide."""
         now = self.clock()
-        return now if at is None else check_time(at, now, "at")
+        if at is None:
+            return now, False, False
+        if at.tzinfo is None:
+            raise InvalidRequest("at", "must carry a time zone")
+        if at - now > self.future_horizon:
+            raise InvalidRequest(
+                "at",
+                f"is more than {self.future_horizon.days} days ahead "
+                "(CONSENT_CANSEND_FUTURE_HORIZON_DAYS); nothing that far ahead is answered",
+            )
+        return at, at > now, at < now
+
+    async def _batch_as_of(
+        self,
+        phones: Sequence[str],
+        brand: str,
+        campaign: str,
+        at: datetime,
+        kind: MessageKind,
+        token: ConsistencyToken | None,
+    ) -> BatchResult:
+        """A batch for a moment before now: each number as ``can_send_as_of`` answers
+        it, from its history (a query per distinct number, unlike a batch for now)."""
+        numbers = [to_e164(p, field=f"phones[{i}]") for i, p in enumerate(phones)]
+        answers: dict[str, Decision] = {}
+        read_at = self.guard.applied_token()
+        for number in dict.fromkeys(numbers):
+            result = await self.can_send_as_of(number, brand, campaign, at, kind=kind, token=token)
+            answers[number], read_at = result.decision, result.token
+        return BatchResult([answers[n] for n in numbers], read_at)
 
     async def _rules(
         self, brand: str, campaign: str, when: datetime, read_at: ConsistencyToken

@@ -228,7 +228,14 @@ class Runtime:
         watched = self.view if replica is None else replica
         self.guard = FreshnessGuard(self.ledger, watched, s.freshness)
         await self.guard.start()
-        self.app = ConsentApp(self.ledger, self.view, self.guard, self.clock, reads=replica)
+        self.app = ConsentApp(
+            self.ledger,
+            self.view,
+            self.guard,
+            self.clock,
+            reads=replica,
+            future_horizon=s.cansend_future_horizon,
+        )
         self.metrics.guard, self.metrics.replica = self.guard, replica
         if s.metrics_listen:  # before gRPC: a port in use stops the start, not a served process
             self._serve_metrics(s.metrics_listen)

@@ -10,6 +10,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from services.adapters.kafka_ledger import KafkaLedgerSettings
@@ -61,6 +62,8 @@ class Settings:
     """How often the tokens file is looked at for changes (seconds)."""
     log_format: str = "text"
     """``text`` (for people) or ``json`` (one object per line, for a log pipeline)."""
+    cansend_future_horizon: timedelta = timedelta(days=30)
+    """How far ahead of now a CanSend's ``at`` may be (answered provisionally)."""
 
     @staticmethod
     def from_env(env: Mapping[str, str] | None = None, *, embedded: bool = False) -> Settings:
@@ -151,6 +154,11 @@ class Settings:
                 f"{freshness.max_observation_age * 1000:g}: an observation older than that "
                 "is not trusted, so every read would fail closed"
             )
+        horizon = number("CONSENT_CANSEND_FUTURE_HORIZON_DAYS", 30, least=0, above=False)
+        if horizon > 366:
+            raise SettingsError(
+                f"CONSENT_CANSEND_FUTURE_HORIZON_DAYS must be at most 366, got {horizon:g}"
+            )
         return Settings(
             listen=listen,
             ledger=ledger,
@@ -169,6 +177,7 @@ class Settings:
             tls=_tls(e),
             health_listen=health,
             log_format=log_format,
+            cansend_future_horizon=timedelta(days=horizon),
         )
 
 

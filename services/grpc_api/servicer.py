@@ -119,7 +119,9 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             self.metrics.decided("CanSend", failed)
             return api.decision_to_proto(failed)
         self.metrics.decided("CanSend", result.decision)
-        return api.decision_to_proto(result.decision, result.token.encode())
+        response = api.decision_to_proto(result.decision, result.token.encode())
+        response.provisional = result.provisional
+        return response
 
     @translate_errors
     async def CanSendBatch(
@@ -137,13 +139,16 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                 phones, request.brand, request.campaign, at=at, kind=kind, token=token
             )
             decisions, encoded = result.decisions, result.token.encode()
+            provisional = result.provisional
         except (DomainError, ServiceError):  # the request's own errors
             raise
         except Exception:
             log.exception("CanSendBatch failed; answering not allowed for all")
-            decisions, encoded = [_internal_error()] * len(phones), ""
+            decisions, encoded, provisional = [_internal_error()] * len(phones), "", False
         self.metrics.decided_all("CanSendBatch", decisions)
-        return api.batch_to_proto(phones, decisions, encoded)
+        response = api.batch_to_proto(phones, decisions, encoded)
+        response.provisional = provisional
+        return response
 
     @translate_errors
     async def CanSendAsOf(

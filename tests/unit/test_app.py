@@ -173,7 +173,7 @@ async def test_a_request_id_reused_for_another_request_records_both_and_loses_ne
         written = await app.ledger.read(Stream.SUBSCRIBERS, app.ledger.partition_for(PHONE), 0)
         kinds = [type(r.event).__name__ for r in written]
         assert kinds == ["ConsentGranted", "ConsentRevoked", "ConsentGranted"]
-        d = await app.can_send(PHONE, BRAND, "promo", at=at(31), token=changed.token)
+        d = await app.can_send(PHONE, BRAND, "promo", token=changed.token)
         assert d.decision.reason is Reason.REVOKED
 
 
@@ -196,7 +196,7 @@ async def test_a_request_id_reused_while_the_projection_lags_loses_nothing():
         try:
             assert await app.guard.wait_for_token(stop.token)
             assert await app.guard.wait_for_token(retry.token)
-            d = await app.can_send(PHONE, BRAND, "promo", at=at(31), token=stop.token)
+            d = await app.can_send(PHONE, BRAND, "promo", token=stop.token)
             assert d.decision.reason is Reason.REVOKED
             events = await app.history(PHONE, BRAND)
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,13 @@ def test_a_grpc_address_that_is_not_host_and_port_is_refused_by_name() -> None:
 )
 def test_loopback_is_this_machine_only(host, loopback) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_cansend_answers_up_to_30_days_ahead_by_default_and_the_horizon_is_a_setting() -> None:
+    assert Settings.from_env(EMBEDDED, embedded=True).cansend_future_horizon == timedelta(days=30)
+    env = {"CONSENT_CANSEND_FUTURE_HORIZON_DAYS": "7.5"}
+    horizon = Settings.from_env(env, embedded=True).cansend_future_horizon
+    assert horizon == timedelta(days=7, hours=12)
+    for bad in ("-1", "367", "nan", "soon"):
+        with pytest.raises(SettingsError, match="CONSENT_CANSEND_FUTURE_HORIZON_DAYS"):
+            Settings.from_env({"CONSENT_CANSEND_FUTURE_HORIZON_DAYS": bad}, embedded=True)

@@ -271,7 +271,11 @@ class CanSendRequest(_message.Message):
     """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
-        """The moment of the intended send; absent means now."""
+        """The moment of the intended send; absent means now. A moment before now is
+        answered as CanSendAsOf answers it (known_at now): facts that happened after it
+        never count. One ahead of now, up to a horizon (30 days by default), is answered
+        provisionally (`provisional`); beyond the horizon it is INVALID_ARGUMENT.
+        """
 
     def __init__(
         self,
@@ -302,6 +306,7 @@ class CanSendResponse(_message.Message):
     EVIDENCE_EVENT_IDS_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    PROVISIONAL_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     reason: Global___Reason.ValueType
     detail: _builtins.str
@@ -310,6 +315,11 @@ class CanSendResponse(_message.Message):
     """Which version of the campaign's rules decided (1 = as first defined)."""
     consistency_token: _builtins.str
     """The view the answer came from; pass it on to read at least this fresh."""
+    provisional: _builtins.bool
+    """The answer is for a moment ahead of now (`at`), from the facts known now: a
+    scheduler may plan around quiet hours and caps with it, and must ask again
+    when the moment comes (an opt-out may arrive meanwhile).
+    """
     @_builtins.property
     def obligations(self) -> _containers.RepeatedScalarFieldContainer[Global___Obligation.ValueType]:
         """When allowed: what the message must do."""
@@ -328,10 +338,11 @@ class CanSendResponse(_message.Message):
         evidence_event_ids: _abc.Iterable[_builtins.str] | None = ...,
         policy_version: _builtins.int = ...,
         consistency_token: _builtins.str = ...,
+        provisional: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "consistency_token", b"consistency_token", "detail", b"detail", "evidence_event_ids", b"evidence_event_ids", "obligations", b"obligations", "policy_version", b"policy_version", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "consistency_token", b"consistency_token", "detail", b"detail", "evidence_event_ids", b"evidence_event_ids", "obligations", b"obligations", "policy_version", b"policy_version", "provisional", b"provisional", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -425,7 +436,10 @@ class CanSendBatchResponse(_message.Message):
 
     DECISIONS_FIELD_NUMBER: _builtins.int
     CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    PROVISIONAL_FIELD_NUMBER: _builtins.int
     consistency_token: _builtins.str
+    provisional: _builtins.bool
+    """As in CanSendResponse: every decision is for a moment ahead of now."""
     @_builtins.property
     def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SendDecision]:
         """One per requested phone, in request order."""
@@ -435,10 +449,11 @@ class CanSendBatchResponse(_message.Message):
         *,
         decisions: _abc.Iterable[Global___SendDecision] | None = ...,
         consistency_token: _builtins.str = ...,
+        provisional: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "decisions", b"decisions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "decisions", b"decisions", "provisional", b"provisional"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
