@@ -518,6 +518,7 @@ def to_events(cmd: Command, now: datetime) -> list[LedgerEvent]:
 
 
 OPT_OUT_CONFIRMATION_CONTENT = ("identify_sender", "confirm_no_further_messages")
+OPT_IN_CONFIRMATION_CONTENT = ("identify_sender", "opt_out_instructions")
 HELP_CONTENT = ("identify_sender", "customer_care_contact", "opt_out_instructions")
 
 
@@ -570,33 +571,7 @@ def handle_inbound(
             **outcome,
         )
     if intent is Intent.OPT_IN:
-        if not state.has_prior_grant():
-            return InboundOutcome(
-                events, notes=["no prior consent for this brand: nothing resumed"], **outcome
-            )
-        # Resume what the person stopped that this number speaks for: a STOPALL, and
-        # this campaign's own STOP. Another campaign's own STOP stays (ledger.policy).
-        scopes: list[str | None] = []
-        if state.brand_revocation is not None:
-            scopes.append(None)
-        if state.campaign(name).revocation is not None or not scopes:
-            scopes.append(name)
-        events += [
-            ConsentResumed(
-                **_base(cmd, i, at, brand),
-                phone=phone,
-                brand=brand,
-                campaign=scope,
-                inbound_message_id=cmd.message_id,
-            )
-            for i, scope in enumerate(scopes, start=1)
-        ]
-        return InboundOutcome(
-            events,
-            reply=ReplyKind.OPT_IN_CONFIRMATION,
-            required_content=("identify_sender", "opt_out_instructions"),
-            **outcome,
-        )
+        return _resume(cmd, events, phone, brand, name, state, outcome)
     if intent is Intent.HELP:
         return InboundOutcome(
             events, reply=ReplyKind.HELP, required_content=HELP_CONTENT, **outcome
@@ -612,3 +587,42 @@ def handle_inbound(
             )
         )
     return InboundOutcome(events, **outcome)
+
+
+def _resume(
+    cmd: HandleInboundMessage,
+    events: list[LedgerEvent],
+    phone: str,
+    brand: str,
+    name: str,
+    state: SubscriberState,
+    outcome: dict[str, Any],
+) -> InboundOutcome:
+    """START/UNSTOP/YES: resume the campaign whose number received it, and only it.
+
+    The facts do not depend on ``state``: the START is recorded as a resume of this
+    campaign whatever the view showed when it was read, so the same texts record
+    the same facts however fast they come and whichever instance handles them (two
+    instances may read the same state at once). The fold gives the resume its
+    meaning (``ledger.policy.standing``): it restores this campaign's own prior
+    grant, lifting this campaign's STOP and, for this campaign only, a STOPALL
+    older than it; without a prior grant it allows nothing. Only the reply reads
+    ``state``: the opt-in confirmation is owed when there is a grant to resume."""
+    events.append(
+        ConsentResumed(
+            **_base(cmd, 1, cmd.occurred_at, brand),
+            phone=phone,
+            brand=brand,
+            campaign=name,
+            inbound_message_id=cmd.message_id,
+        )
+    )
+    if state.campaign(name).grant is None:
+        note = f"no prior consent for campaign {name}: nothing to resume"
+        return InboundOutcome(events, notes=[note], **outcome)
+    return InboundOutcome(
+        events,
+        reply=ReplyKind.OPT_IN_CONFIRMATION,
+        required_content=OPT_IN_CONFIRMATION_CONTENT,
+        **outcome,
+    )

@@ -306,41 +306,63 @@ def test_inbound_stopall_revokes_brand_wide():
     assert out.events[1].campaign is None and out.intent is Intent.OPT_OUT_BRAND_WIDE
 
 
-def test_inbound_start_without_prior_consent_resumes_nothing():
+def test_inbound_start_without_prior_consent_owes_no_reply_and_allows_nothing():
     out = handle_inbound(_inbound("START"), campaign(), fold([]), NOW)
-    assert [type(e) for e in out.events] == [InboundMessageReceived]
-    assert out.reply == ReplyKind.NONE
+    # The START is recorded as what it asked for; the fold finds no grant to resume.
+    assert [(type(e), getattr(e, "campaign", None)) for e in out.events[1:]] == [
+        (ConsentResumed, "promo")
+    ]
+    assert out.reply == ReplyKind.NONE and out.notes
+    after = fold(record(out.events))
+    assert not decide(after, campaign(), NOW + timedelta(minutes=1)).allowed
 
 
-def test_inbound_start_after_stopall_resumes_brand_wide():
-    s = fold(record([granted(at(0)), revoked(at(5), None)]))
+def test_inbound_start_records_the_same_facts_whatever_state_it_reads():
+    # A view read a moment early (the STOP not applied yet) or late: the same facts.
+    history = [granted(at(0)), revoked(at(5), None)]
+    states = [fold([]), fold(record(history[:1])), fold(record(history))]
+    outcomes = [handle_inbound(_inbound("START"), campaign(), s, NOW) for s in states]
+    assert len({tuple(out.events) for out in outcomes}) == 1
+    assert [o.reply for o in outcomes] == [
+        ReplyKind.NONE,
+        ReplyKind.OPT_IN_CONFIRMATION,
+        ReplyKind.OPT_IN_CONFIRMATION,
+    ]
+
+
+def test_inbound_start_after_stopall_resumes_only_the_campaign_it_was_sent_to():
+    history = [granted(at(0)), granted(at(0), "b"), revoked(at(5), None)]
+    s = fold(record(history))
     out = handle_inbound(_inbound("START"), campaign(), s, NOW)
-    assert isinstance(out.events[1], ConsentResumed) and out.events[1].campaign is None
+    assert [(type(e), e.campaign) for e in out.events[1:]] == [(ConsentResumed, "promo")]
+    after = fold(record(history + out.events))
+    later = NOW + timedelta(minutes=1)
+    assert decide(after, campaign(), later).allowed
+    assert decide(after, campaign("b"), later).reason is Reason.REVOKED_BRAND_WIDE
 
 
 def test_inbound_start_after_a_campaign_stop_resumes_that_campaign():
     s = fold(record([granted(at(0)), revoked(at(5), "promo")]))
     out = handle_inbound(_inbound("UNSTOP"), campaign(), s, NOW)
     assert out.events[1].campaign == "promo"
+    assert out.reply == ReplyKind.OPT_IN_CONFIRMATION
 
 
-def test_inbound_start_resumes_the_stopall_and_this_campaigns_own_stop_only():
+def test_inbound_start_lifts_the_stopall_and_this_campaigns_own_stop_only():
     history = [granted(at(0)), granted(at(0), "b"), revoked(at(5), "promo"), revoked(at(8), None)]
     s = fold(record(history))
     out = handle_inbound(_inbound("START"), campaign(), s, NOW)  # sent to promo's number
-    assert [(type(e), e.campaign) for e in out.events[1:]] == [
-        (ConsentResumed, None),
-        (ConsentResumed, "promo"),
-    ]
-    assert len({e.originator_id for e in out.events}) == 3
-    after = fold(record(history + out.events))
-    assert decide(after, campaign(), NOW + timedelta(minutes=1)).allowed
-    out = handle_inbound(_inbound("START"), campaign("b"), s, NOW)  # to b's number
-    assert [e.campaign for e in out.events[1:]] == [None]
+    assert [(type(e), e.campaign) for e in out.events[1:]] == [(ConsentResumed, "promo")]
+    assert len({e.originator_id for e in out.events}) == 2
     after = fold(record(history + out.events))
     later = NOW + timedelta(minutes=1)
+    assert decide(after, campaign(), later).allowed
+    assert decide(after, campaign("b"), later).reason is Reason.REVOKED_BRAND_WIDE
+    out = handle_inbound(_inbound("START"), campaign("b"), s, NOW)  # to b's number
+    assert [e.campaign for e in out.events[1:]] == ["b"]
+    after = fold(record(history + out.events))
     assert decide(after, campaign("b"), later).allowed
-    assert decide(after, campaign(), later).reason is Reason.REVOKED  # promo's own STOP
+    assert not decide(after, campaign(), later).allowed  # the STOPALL, and its own STOP
 
 
 def test_inbound_help_asks_for_a_help_reply_and_changes_no_consent():

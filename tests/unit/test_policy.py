@@ -152,6 +152,22 @@ def test_start_after_stopall_lifts_the_stopall_but_not_a_campaigns_own_stop():
     assert decide(s, PROMO, at(30)).allowed
 
 
+def test_a_campaign_resume_newer_than_a_stopall_lifts_it_for_that_campaign_only():
+    history = [granted(at(0)), granted(at(0), "b"), revoked(at(10), None)]
+    s = state_of(*history, resumed(at(20), "promo"))
+    assert decide(s, PROMO, at(30)).allowed
+    d = decide(s, campaign("b"), at(30))
+    assert not d.allowed and d.reason is Reason.REVOKED_BRAND_WIDE
+    # A STOPALL after the resume stops the campaign again; one at the same instant wins.
+    for later in (at(25), at(20)):
+        s = state_of(*history, resumed(at(20), "promo"), revoked(later, None))
+        d = decide(s, PROMO, at(30))
+        assert not d.allowed and d.reason is Reason.REVOKED_BRAND_WIDE
+    # A resume older than the STOPALL lifts nothing.
+    s = state_of(granted(at(0)), resumed(at(5), "promo"), revoked(at(10), None))
+    assert not decide(s, PROMO, at(30)).allowed
+
+
 def test_late_grant_does_not_override_an_opt_out_that_happened_after_it():
     # The form was filled at 0, the person opted out at 30, the import arrived at 90.
     g, r = granted(at(0)), revoked(at(30))
