@@ -113,6 +113,14 @@ class ConsentSnapshot:
     token: ConsistencyToken = field(default_factory=lambda: ConsistencyToken({}))
 
 
+@dataclass
+class _Turn:
+    """A phone's inbound texts' lock, and how many calls hold it or wait for it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    holders: int = 0
+
+
 class DigestReads(Protocol):
     async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]: ...
 
@@ -170,6 +178,7 @@ class ConsentApp:
         self._histories_generation = 0
         """Bumped at each reset: a read that began before one must not store its answer."""
         self._campaign_writes = asyncio.Lock()
+        self._inbound_turns: dict[str, _Turn] = {}
 
     # ---- writes -------------------------------------------------------------------------
 
@@ -241,9 +250,45 @@ class ConsentApp:
         ``recorded_by`` is stamped on every event written."""
         to = to_e164(cmd.to_phone, field="to_phone")
         sender = to_e164(cmd.from_phone, field="from_phone")
+        async with self._inbound_turn(sender):
+            return await self._handle_inbound(cmd, to, sender, authorize, recorded_by)
+
+    @asynccontextmanager
+    async def _inbound_turn(self, phone: str) -> AsyncIterator[None]:
+        """One inbound text of a phone at a time in this process: the next reads the
+        state after the one before it was appended. (Across instances the facts an
+        inbound text records do not depend on the state read, so two at once through
+        two instances record what they would one after the other; only the replies
+        owed are read from the state.)"""
+        turn = self._inbound_turns.get(phone)
+        if turn is None:
+            turn = self._inbound_turns[phone] = _Turn()
+        turn.holders += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.holders -= 1
+            if not turn.holders:
+                del self._inbound_turns[phone]
+
+    async def _handle_inbound(
+        self,
+        cmd: HandleInboundMessage,
+        to: str,
+        sender: str,
+        authorize: Callable[[str], None],
+        recorded_by: str,
+    ) -> InboundResult:
         # Gateways do not retry FAILED_PRECONDITION: a STOP refused for a view that
         # was merely behind would be lost. Behind answers UNAVAILABLE, which they retry.
-        await self._require_fresh([sender], "from_phone")
+        # The reading counts every write acknowledged for the phone before this text
+        # came (the ledger's end now, not as last observed): a START sent the moment
+        # its STOP was acknowledged is read after that STOP.
+        if not await self.guard.catch_up_phones([sender]):
+            raise NotConsistent("from_phone", _BEHIND)
+        # The phone's partition is there; the campaign rules as of that look too.
+        await self._require_fresh([sender], "to_phone")
         owner = await self.view.campaign_for_number(to)
         if owner is None:  # perhaps claimed a moment ago: count every claim acknowledged
             await self._require_caught_up(Stream.CAMPAIGNS, "to_phone")

@@ -197,14 +197,39 @@ class FreshnessGuard:
         the view's progress every ``_CATCH_UP_PAUSE`` rather than every refresh
         interval: a write that follows another by a moment waits for that one's
         projection, which takes milliseconds, not for the guard's next round."""
-        deadline = self._monotonic() + self._settings.wait_bound
-        try:  # the bound holds for the looks too: a hung broker is "not caught up"
-            ends = await asyncio.wait_for(self.observe(), self._settings.wait_bound)
-            needed = {
+        return await self._catch_up(
+            lambda ends: {
                 (stream, p): offset
                 for stream in streams
                 for p, offset in ends.get(stream, {}).items()
             }
+        )
+
+    async def catch_up_phones(self, phones: Sequence[str]) -> bool:
+        """``catch_up`` for the subscriber partitions of ``phones``: a decision about
+        these numbers that must count every write acknowledged for them so far (an
+        inbound text read after the STOP before it was answered). Every subscriber
+        partition when the ledger cannot say where a phone lives."""
+        partitions = {self._ledger.partition_for(p) for p in phones}
+        if None in partitions:
+            return await self.catch_up((Stream.SUBSCRIBERS,))
+
+        def needed(ends: dict[Stream, dict[int, int]]) -> dict[tuple[Stream, int], int]:
+            subscribers = ends.get(Stream.SUBSCRIBERS, {})
+            return {
+                (Stream.SUBSCRIBERS, p): subscribers.get(p, 0) for p in partitions if p is not None
+            }
+
+        return await self._catch_up(needed)
+
+    async def _catch_up(
+        self,
+        select: Callable[[dict[Stream, dict[int, int]]], dict[tuple[Stream, int], int]],
+    ) -> bool:
+        deadline = self._monotonic() + self._settings.wait_bound
+        try:  # the bound holds for the looks too: a hung broker is "not caught up"
+            ends = await asyncio.wait_for(self.observe(), self._settings.wait_bound)
+            needed = select(ends)
             while self._behind(needed):
                 remaining = deadline - self._monotonic()
                 if remaining <= 0:

@@ -64,3 +64,22 @@ async def test_catch_up_keeps_its_bound_when_the_broker_hangs_or_is_down() -> No
         started = asyncio.get_running_loop().time()
         assert not await guard.catch_up()
         assert asyncio.get_running_loop().time() - started < 0.5
+
+
+async def test_catch_up_phones_waits_for_the_phones_partition_at_the_ledger_s_end_now() -> None:
+    ledger, view = InMemoryLedger(partitions=4), InMemoryConsentView()
+    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=0.1))
+    await guard.start()  # observed before the write: wait_for_phones would not wait
+    try:
+        mine = granted()
+        other = granted(phone="+14155550199")
+        assert ledger.partition_for(mine.phone) != ledger.partition_for(other.phone)
+        written = await ledger.append([mine])
+        assert await guard.wait_for_phones([mine.phone])  # the last observation: too old
+        assert not await guard.catch_up_phones([mine.phone])
+        await view.apply(Stream.SUBSCRIBERS, written)
+        await ledger.append([other])  # another partition, never applied: not waited for
+        assert await guard.catch_up_phones([mine.phone])
+        assert not await guard.catch_up_phones([other.phone])
+    finally:
+        await guard.stop()

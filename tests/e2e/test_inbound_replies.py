@@ -1,0 +1,226 @@
+"""One reading of every reply, through the real gRPC server on the real Kafka
+ledger and PostgreSQL view: the texts a person sends record the same facts
+however fast they come and whichever instance reads them, and a START resumes
+only the campaign whose number it was sent to."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from consent.v1 import consent_service_pb2 as api
+
+from ledger.ports import ConsistencyToken
+from services.bootstrap import Runtime
+from tests.e2e.harness import Client, client, define, kafka_settings, opt_in, service_settings, ts
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PROMO_NUMBER = "+12125550140"
+ALERTS_NUMBER = "+12125550141"
+NUMBERS = {"promo": PROMO_NUMBER, "alerts": ALERTS_NUMBER}
+
+
+def noon_in_los_angeles() -> datetime:
+    real = datetime.now(UTC)
+    noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
+    return noon if noon > real else noon + timedelta(days=1)
+
+
+@pytest.fixture
+async def instances(tmp_path, postgres_dsn, kafka_bootstrap):
+    """Two instances on one Kafka ledger and one view (one projector group), each
+    campaign of acme with a number of its own."""
+    when = noon_in_los_angeles()
+    prefix = f"inb-{uuid.uuid4().hex[:8]}."
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    runtimes = []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            settings = service_settings(
+                tmp_path / name, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix),
+                group=group,
+            )  # fmt: skip
+            runtime = Runtime(settings, clock=lambda: when)
+            await runtime.start()
+            runtimes.append(runtime)
+        async with client(runtimes[0].address) as admin:
+            for campaign, number in NUMBERS.items():
+                w = await admin.DefineCampaign(
+                    define("acme", campaign, when - timedelta(days=1), [number])
+                )
+        for runtime in runtimes:
+            assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
+        yield runtimes, when
+    finally:
+        for runtime in runtimes:
+            await runtime.stop()
+
+
+def text(phone: str, campaign: str, body: str, at: datetime) -> api.HandleInboundMessageRequest:
+    return api.HandleInboundMessageRequest(
+        request_id=uuid.uuid4().hex,
+        from_phone=phone,
+        to_phone=NUMBERS[campaign],
+        body=body,
+        message_id=f"SM{uuid.uuid4().hex[:12]}",
+        occurred_at=ts(at),
+    )
+
+
+SEQUENCE = [
+    ("promo", "STOPALL"),
+    ("promo", "START"),
+    ("promo", "STOP"),
+    ("alerts", "START"),
+    ("alerts", "STOP"),
+    ("promo", "START"),
+    ("alerts", "STOPALL"),
+    ("alerts", "UNSTOP"),
+]
+
+
+async def facts(c: Client, phone: str, token: str) -> list[tuple[str, str, str]]:
+    """What the ledger recorded about ``phone``, without what differs between phones
+    and requests (ids, message ids): each fact's type, campaign and text."""
+    listed = await c.ListEvents(
+        api.ListEventsRequest(phone=phone, brand="acme", page_size=1000, at_least_as_fresh=token)
+    )
+    out = []
+    for recorded in listed.events:
+        e = recorded.event
+        said = e.inbound_message_received.body if e.HasField("inbound_message_received") else ""
+        out.append((e.event_type, e.campaign, said))
+    return out
+
+
+async def standing(c: Client, phone: str, token: str) -> dict[str, tuple[bool, int]]:
+    answers = {}
+    for campaign in NUMBERS:
+        r = await c.CanSend(
+            api.CanSendRequest(
+                phone=phone, brand="acme", campaign=campaign, at_least_as_fresh=token
+            )
+        )
+        answers[campaign] = (r.allowed, r.reason)
+    return answers
+
+
+async def run(
+    writers: list[Client], phone: str, when: datetime, *, slow: bool
+) -> tuple[list[int], str]:
+    """Opt ``phone`` in to both campaigns, then send ``SEQUENCE``, each text after the
+    one before it was answered, alternating between ``writers``. Slow: each next
+    write also waits until the view has applied the one before (a CanSend with its
+    token). The replies owed and the last write's token."""
+    token = ""
+
+    async def settle() -> None:
+        if slow:
+            await standing(writers[0], phone, token)
+
+    for i, campaign in enumerate(NUMBERS):
+        w = await writers[i % len(writers)].RecordOptIn(
+            opt_in(phone, "acme", campaign, when - timedelta(minutes=30))
+        )
+        token = w.consistency_token
+        await settle()
+    replies = []
+    for i, (campaign, body) in enumerate(SEQUENCE):
+        at = when - timedelta(minutes=20) + timedelta(seconds=i)
+        r = await writers[i % len(writers)].HandleInboundMessage(text(phone, campaign, body, at))
+        replies.append(r.reply)
+        token = r.consistency_token
+        await settle()
+    return replies, token
+
+
+async def test_the_same_texts_record_the_same_facts_however_fast_they_come(instances):
+    (a, b), when = instances
+    async with client(a.address, "acme-app") as ca, client(b.address, "acme-app") as cb:
+        slow_phone, fast_phone, mixed_phone = "+14155552731", "+14155552732", "+14155552733"
+        slow, slow_token = await run([ca], slow_phone, when, slow=True)
+        fast, fast_token = await run([ca], fast_phone, when, slow=False)
+        # Through two instances in turn: each reads what the other acknowledged.
+        mixed, mixed_token = await run([ca, cb], mixed_phone, when, slow=False)
+
+        expected = await facts(ca, slow_phone, slow_token)
+        assert await facts(ca, fast_phone, fast_token) == expected
+        assert await facts(cb, mixed_phone, mixed_token) == expected
+        assert fast == slow and mixed == slow
+        assert slow.count(api.REPLY_KIND_OPT_IN_CONFIRMATION) == 4
+        final = await standing(ca, slow_phone, slow_token)
+        assert await standing(ca, fast_phone, fast_token) == final
+        assert await standing(cb, mixed_phone, mixed_token) == final
+        # The last STOPALL, then UNSTOP to alerts' number: alerts is back, promo is not.
+        assert final["alerts"][0] and not final["promo"][0]
+
+
+async def test_a_start_after_stopall_resumes_only_the_campaign_it_was_sent_to(instances):
+    (a, _), when = instances
+    phone = "+14155552741"
+    async with client(a.address, "acme-app") as c:
+        for campaign in NUMBERS:
+            await c.RecordOptIn(opt_in(phone, "acme", campaign, when - timedelta(minutes=30)))
+        stop = await c.HandleInboundMessage(
+            text(phone, "alerts", "STOPALL", when - timedelta(minutes=9))
+        )
+        await standing(c, phone, stop.consistency_token)  # the START reads the STOPALL
+        start = await c.HandleInboundMessage(
+            text(phone, "promo", "START", when - timedelta(minutes=8))
+        )
+        assert start.reply == api.REPLY_KIND_OPT_IN_CONFIRMATION and start.campaign == "promo"
+        answers = await standing(c, phone, start.consistency_token)
+        assert answers["promo"] == (True, api.REASON_CONSENT_ACTIVE)
+        assert answers["alerts"] == (False, api.REASON_REVOKED_BRAND_WIDE)
+        resumed = [f for f in await facts(c, phone, start.consistency_token) if "Resumed" in f[0]]
+        assert resumed == [("ConsentResumed", "promo", "")]
+
+
+async def test_a_start_with_no_consent_to_resume_owes_no_reply_and_allows_nothing(instances):
+    (a, _), when = instances
+    phone = "+14155552742"
+    async with client(a.address, "acme-app") as c:
+        await c.RecordOptIn(opt_in(phone, "acme", "alerts", when - timedelta(minutes=30)))
+        start = await c.HandleInboundMessage(
+            text(phone, "promo", "START", when - timedelta(minutes=8))
+        )
+        assert start.reply == api.REPLY_KIND_NONE and start.notes
+        answers = await standing(c, phone, start.consistency_token)
+        assert not answers["promo"][0] and answers["alerts"][0]
+
+
+async def test_texts_of_one_phone_at_once_through_two_instances_record_every_fact(instances):
+    """Neither text was answered before the other was sent, so either order is
+    right; the facts are the same either way, and the world order of the texts
+    (their occurred_at) decides what stands."""
+    (a, b), when = instances
+    async with client(a.address, "acme-app") as ca, client(b.address, "acme-app") as cb:
+        for round_ in range(4):
+            phone = f"+1415555275{round_}"
+            w = await ca.RecordOptIn(opt_in(phone, "acme", "promo", when - timedelta(minutes=30)))
+            await standing(ca, phone, w.consistency_token)
+            stop_at, start_at = when - timedelta(minutes=9), when - timedelta(minutes=8)
+            first, second = (ca, cb) if round_ % 2 else (cb, ca)
+            stop, start = await asyncio.gather(
+                first.HandleInboundMessage(text(phone, "promo", "STOPALL", stop_at)),
+                second.HandleInboundMessage(text(phone, "promo", "START", start_at)),
+            )
+            token = ConsistencyToken.decode(stop.consistency_token).merge(
+                ConsistencyToken.decode(start.consistency_token)
+            )
+            recorded = await facts(ca, phone, token.encode())
+            assert sorted(recorded) == sorted(
+                [
+                    ("ConsentGranted", "promo", ""),
+                    ("InboundMessageReceived", "promo", "STOPALL"),
+                    ("ConsentRevoked", "", ""),
+                    ("InboundMessageReceived", "promo", "START"),
+                    ("ConsentResumed", "promo", ""),
+                ]
+            )
+            answers = await standing(ca, phone, token.encode())
+            assert answers["promo"] == (True, api.REASON_CONSENT_ACTIVE)
