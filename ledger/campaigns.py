@@ -13,7 +13,134 @@ from datetime import datetime, time, timedelta
 
 from ledger.errors import InvalidCampaignPolicy
 
-AGE_GATED_CATEGORIES = frozenset({"alcohol", "firearms", "gambling", "tobacco"})
+
+class CampaignCategory(enum.Enum):
+    """What a campaign's messages are about, in the terms of the provider's Acceptable
+    Use and Messaging Policy (``../shared/policy/003_*``): content it never allows in
+    the US, content that needs an age gate, and everything else (``GENERAL``)."""
+
+    GENERAL = "general"
+    # "Age and Geographic Gating": "alcohol, firearms, gambling, tobacco, or other
+    # adult content" needs every recipient to be of the legal age where they are.
+    ALCOHOL = "alcohol"
+    FIREARMS = "firearms"
+    GAMBLING = "gambling"
+    TOBACCO = "tobacco"
+    ADULT_CONTENT = "adult_content"
+    # "Content We Do Not Allow", allowed "even if our customers get consent".
+    CANNABIS = "cannabis"
+    CBD = "cbd"
+    PRESCRIPTION_DRUG_OFFERS = "prescription_drug_offers"
+    HATE_SPEECH = "hate_speech"
+    HARASSMENT = "harassment"
+    FRAUD = "fraud"
+    MALWARE = "malware"
+    FILTER_EVASION = "filter_evasion"
+    MISINFORMATION = "misinformation"
+    PUBLIC_SAFETY_THREAT = "public_safety_threat"
+    ILLEGAL = "illegal"
+
+
+LEGAL_AGE = 21
+"""The age an age-gated campaign's recipient must be verified to have reached: the
+highest legal age for any of the gated categories in any US state, so one gate
+holds wherever the recipient is (``AGE_GATED`` cites each). Outside the US it is
+applied as well; it is at least the legal age in the countries we looked at, but
+that was not confirmed for every one."""
+
+AGE_GATED: dict[CampaignCategory, str] = {
+    CampaignCategory.ALCOHOL: (
+        "21 in every state: National Minimum Drinking Age Act of 1984, 23 U.S.C. 158"
+    ),
+    CampaignCategory.TOBACCO: (
+        "21 for every tobacco product, e-cigarettes included, since 2019-12-20: "
+        "Federal Food, Drug, and Cosmetic Act sec. 906(d)(5), 21 U.S.C. 387f(d)(5) "
+        "(Further Consolidated Appropriations Act, 2020)"
+    ),
+    CampaignCategory.FIREARMS: (
+        "21 for handguns and their ammunition from a licensed dealer, "
+        "18 U.S.C. 922(b)(1); 18 for long guns federally, 21 in some states: "
+        "the stricter 21, as a message cannot tell which it offers"
+    ),
+    CampaignCategory.GAMBLING: (
+        "set by each state, 18 or 21 by state and kind of game (21 for casinos and "
+        "sports betting in most): the stricter 21"
+    ),
+    CampaignCategory.ADULT_CONTENT: (
+        "18 at least (18 U.S.C. 2256 counts anyone younger as a minor); the provider "
+        "gates it with alcohol and tobacco: the stricter 21"
+    ),
+}
+"""The age-gated categories, each with the legal age in the US and where it comes from."""
+
+PROHIBITED: dict[CampaignCategory, str] = {
+    CampaignCategory.CANNABIS: (
+        "messages related to cannabis are not allowed in the United States, as federal "
+        "law prohibits its sale"
+    ),
+    CampaignCategory.CBD: (
+        "messages related to CBD are not allowed in the United States, as some states "
+        "prohibit its sale"
+    ),
+    CampaignCategory.PRESCRIPTION_DRUG_OFFERS: (
+        "offers of prescription medication that cannot legally be sold over the counter "
+        "are prohibited in the United States"
+    ),
+    CampaignCategory.HATE_SPEECH: (
+        "hateful content, or content that encourages hatred or violence, or from a hate group"
+    ),
+    CampaignCategory.HARASSMENT: "harassing, exploitative or abusive communications",
+    CampaignCategory.FRAUD: "fraudulent messages",
+    CampaignCategory.MALWARE: "malicious content, such as malware or viruses",
+    CampaignCategory.FILTER_EVASION: (
+        "content designed to evade unwanted-messaging detection and filters"
+    ),
+    CampaignCategory.MISINFORMATION: "false or inaccurate content, criminal misinformation",
+    CampaignCategory.PUBLIC_SAFETY_THREAT: "content that could endanger public safety",
+    CampaignCategory.ILLEGAL: "anything illegal where the recipient lives",
+}
+"""What the provider never allows in the US, with the policy's reason, even with consent."""
+
+AGE_GATED_CATEGORIES = frozenset(c.value for c in AGE_GATED)
+
+_ALIASES: dict[str, CampaignCategory] = {
+    "": CampaignCategory.GENERAL,
+    "adult": CampaignCategory.ADULT_CONTENT,
+    "beer": CampaignCategory.ALCOHOL,
+    "wine": CampaignCategory.ALCOHOL,
+    "spirits": CampaignCategory.ALCOHOL,
+    "liquor": CampaignCategory.ALCOHOL,
+    "firearm": CampaignCategory.FIREARMS,
+    "guns": CampaignCategory.FIREARMS,
+    "ammunition": CampaignCategory.FIREARMS,
+    "betting": CampaignCategory.GAMBLING,
+    "casino": CampaignCategory.GAMBLING,
+    "sports_betting": CampaignCategory.GAMBLING,
+    "vape": CampaignCategory.TOBACCO,
+    "vaping": CampaignCategory.TOBACCO,
+    "e_cigarettes": CampaignCategory.TOBACCO,
+    "nicotine": CampaignCategory.TOBACCO,
+    "marijuana": CampaignCategory.CANNABIS,
+    "cannabidiol": CampaignCategory.CBD,
+    "prescription_drugs": CampaignCategory.PRESCRIPTION_DRUG_OFFERS,
+    "prescription_medication": CampaignCategory.PRESCRIPTION_DRUG_OFFERS,
+    "hate": CampaignCategory.HATE_SPEECH,
+    "phishing": CampaignCategory.FRAUD,
+    "scam": CampaignCategory.FRAUD,
+}
+"""Other names a category was written under before categories were checked."""
+
+
+def category_of(text: str) -> CampaignCategory | None:
+    """The category ``text`` names: a member's value or a known other name, whatever
+    its case, spaces or hyphens (empty is ``GENERAL``); None when it names none."""
+    key = "_".join(text.strip().lower().replace("-", " ").replace("_", " ").split())
+    try:
+        return CampaignCategory(key)
+    except ValueError:
+        return _ALIASES.get(key)
+
+
 MAX_CAP_WINDOW = timedelta(days=31)
 """The longest frequency-cap window; the fold keeps message history this long."""
 MAX_OPT_OUT_CONFIRMATION_WINDOW = timedelta(minutes=5)
@@ -69,8 +196,21 @@ class CampaignPolicy:
     """The E.164 numbers the campaign sends from; inbound replies to them belong to it."""
 
     @property
+    def content_category(self) -> CampaignCategory | None:
+        """The category the policy names; None for a name the service does not know
+        (one recorded before categories were checked)."""
+        return category_of(self.category)
+
+    @property
+    def content_allowed(self) -> bool:
+        """False for a prohibited category, or one not known: what a campaign sends
+        must be told, and a name that means nothing tells nothing (fail closed)."""
+        category = self.content_category
+        return category is not None and category not in PROHIBITED
+
+    @property
     def requires_age_verification(self) -> bool:
-        return self.age_gated or self.category.lower() in AGE_GATED_CATEGORIES
+        return self.age_gated or self.content_category in AGE_GATED
 
     @property
     def quiet_hours_apply(self) -> bool:

@@ -20,11 +20,18 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Any
 
-from ledger.campaigns import Campaign, CampaignPolicy
+from ledger.campaigns import (
+    PROHIBITED,
+    Campaign,
+    CampaignCategory,
+    CampaignPolicy,
+    category_of,
+)
 from ledger.errors import (
     InvalidCampaignPolicy,
     InvalidRequest,
     MissingProofError,
+    ProhibitedContent,
     PurchasedListError,
 )
 from ledger.events import (
@@ -467,12 +474,14 @@ def _campaign(cmd: DefineCampaign | ChangeCampaignPolicy, now: datetime) -> list
     except InvalidCampaignPolicy as exc:  # name the field as the request spells it
         raise InvalidCampaignPolicy(f"policy.{exc.field}", exc.reason) from exc
     check_length(cmd.policy.category, "policy.category")
+    category = check_category(cmd.policy.category)
     for i, number in enumerate(cmd.policy.sender_numbers):
         to_e164(number, field=f"policy.sender_numbers[{i}]")
     cls = CampaignDefined if isinstance(cmd, DefineCampaign) else CampaignPolicyChanged
     policy = CampaignPolicy(
         **{
             **cmd.policy.__dict__,
+            "category": cmd.policy.category and category.value,
             "sender_numbers": tuple(to_e164(n) for n in cmd.policy.sender_numbers),
         }
     )
@@ -485,6 +494,26 @@ def _campaign(cmd: DefineCampaign | ChangeCampaignPolicy, now: datetime) -> list
             policy=policy,
         )
     ]
+
+
+def check_category(text: str) -> CampaignCategory:
+    """The category ``text`` names (``ledger.campaigns.category_of``), if the provider
+    allows it: an unknown name is refused with the names there are, and a prohibited
+    category with the policy's reason (``ProhibitedContent``)."""
+    category = category_of(text)
+    if category is None:
+        allowed = ", ".join(c.value for c in CampaignCategory if c not in PROHIBITED)
+        raise InvalidCampaignPolicy(
+            "policy.category", f"{text!r} is not a category; one of: {allowed}"
+        )
+    if category in PROHIBITED:
+        raise ProhibitedContent(
+            "policy.category",
+            f"{category.value}: the provider's Acceptable Use Policy never allows it in the "
+            f"US, with consent or without ({PROHIBITED[category]})",
+            category.value,
+        )
+    return category
 
 
 _BUILDERS: dict[type[Any], Callable[[Any, datetime], list[LedgerEvent]]] = {

@@ -7,10 +7,15 @@ from __future__ import annotations
 class DomainError(Exception):
     """Base class: a request the domain refuses, with the offending field."""
 
+    error_reason = ""
+    """A reason a client can branch on (``google.rpc.ErrorInfo``), for the refusals that
+    need one beyond the field; empty for plain bad input."""
+
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+        self.metadata: dict[str, str] = {}
 
 
 class InvalidPhoneNumber(DomainError):
@@ -31,3 +36,14 @@ class InvalidCampaignPolicy(DomainError):
 
 class InvalidRequest(DomainError):
     """Any other request field that is missing or malformed."""
+
+
+class ProhibitedContent(DomainError):
+    """A campaign of a category the provider never allows (cannabis, CBD, prescription
+    drugs offered without a prescription...), whatever consent it may have."""
+
+    error_reason = "CONTENT_PROHIBITED"
+
+    def __init__(self, field: str, reason: str, category: str) -> None:
+        super().__init__(field, reason)
+        self.metadata = {"category": category}

@@ -92,6 +92,8 @@ class Reason(enum.Enum):
     """Outside the allowed hours in the recipient's local time."""
     TIME_ZONE_UNKNOWN = "time_zone_unknown"
     """Quiet hours apply and the recipient's time zone cannot be told from the number."""
+    CONTENT_NOT_ALLOWED = "content_not_allowed"
+    """The campaign's category is prohibited, or not a category the service knows."""
     # denied by the service (the domain never produces these)
     CAMPAIGN_UNKNOWN = "campaign_unknown"
     """No such campaign was defined (at that time)."""
@@ -255,6 +257,7 @@ class _Spans(NamedTuple):
     limits: bool
     age_gated: bool
     obligations: dict[tuple[bool, bool], tuple[Obligation, ...]]
+    content_allowed: bool
 
 
 _SPANS: dict[int, tuple[Campaign, _Spans]] = {}
@@ -280,6 +283,7 @@ def _spans(campaign: Campaign) -> _Spans:
         bool(policy.frequency_caps) or policy.daily_cap is not None,
         policy.requires_age_verification,
         _OBLIGATIONS[policy.purpose is not CampaignPurpose.PROMOTIONAL],
+        policy.content_allowed,
     )
     if len(_SPANS) >= 1024:
         _SPANS.clear()
@@ -316,6 +320,7 @@ class Check:
             self._limits,
             self._age_gated,
             self._obligations,
+            self._content_allowed,
         ) = _spans(campaign)
         self._quiet: dict[tuple[str, ...], Decision | None] = {}
         # What each call would otherwise look up on the enum classes (28 ns apiece).
@@ -341,6 +346,8 @@ class Check:
         c = digest.campaign(campaign.campaign)
         if self._confirming:
             return self._opt_out_confirmation(digest, c)
+        if not self._content_allowed and not self._help:
+            return self._content_not_allowed()
 
         current = standing(digest, c)
         if current.revocation is not None:
@@ -427,6 +434,18 @@ class Check:
                 version,
             ),
         )
+
+    def _content_not_allowed(self) -> Decision:
+        """A campaign whose category is prohibited, or no category at all: rules
+        recorded before categories were checked (``DefineCampaign`` refuses them now)."""
+        category = self.policy.category
+        evidence = (self.campaign.policy_event_id,) if self.campaign.policy_event_id else ()
+        detail = (
+            f"category {category!r} is prohibited by the provider's Acceptable Use Policy"
+            if self.policy.content_category is not None
+            else f"{category!r} is not a category the service knows; change the policy"
+        )
+        return deny(Reason.CONTENT_NOT_ALLOWED, detail, evidence, self.version)
 
     def _without_consent(self, digest: Digest, c: CampaignDigest) -> Decision:
         version = self.version

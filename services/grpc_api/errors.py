@@ -32,27 +32,44 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 
-def _status(code: int, message: str, detail: Any | None = None) -> grpc.Status:
+def _status(code: int, message: str, *details: Any) -> grpc.Status:
     status = status_pb2.Status(code=code, message=message)
-    if detail is not None:
+    for detail in details:
         packed = any_pb2.Any()
         packed.Pack(detail)
         status.details.append(packed)
     return rpc_status.to_status(status)
 
 
-def bad_request(field: str, reason: str) -> grpc.Status:
+def bad_request(field: str, reason: str, *more: Any) -> grpc.Status:
     detail = error_details_pb2.BadRequest(
         field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=field, description=reason)
         ]
     )
-    return _status(code_pb2.INVALID_ARGUMENT, f"{field}: {reason}", detail)
+    return _status(code_pb2.INVALID_ARGUMENT, f"{field}: {reason}", detail, *more)
+
+
+ERROR_DOMAIN = "consent-ledger"
+"""``google.rpc.ErrorInfo.domain`` of the reasons this service gives."""
+
+
+def _refused(exc: DomainError) -> grpc.Status:
+    """Bad input, with a reason a client can branch on (``google.rpc.ErrorInfo``, the
+    field in its metadata) after the field when the domain gives one."""
+    if not exc.error_reason:
+        return bad_request(exc.field, exc.reason)
+    info = error_details_pb2.ErrorInfo(
+        reason=exc.error_reason, domain=ERROR_DOMAIN, metadata={"field": exc.field, **exc.metadata}
+    )
+    return bad_request(exc.field, exc.reason, info)
 
 
 def to_status(exc: BaseException) -> grpc.Status:
     """The one mapping from an exception to what the caller sees."""
-    if isinstance(exc, DomainError | WireFormatError):
+    if isinstance(exc, DomainError):
+        return _refused(exc)
+    if isinstance(exc, WireFormatError):
         return bad_request(exc.field, exc.reason)
     if isinstance(exc, FailedPrecondition):
         detail = error_details_pb2.PreconditionFailure(

@@ -30,7 +30,14 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ledger.campaigns import CampaignPolicy, CampaignPurpose, FrequencyCap, QuietHours
+from ledger.campaigns import (
+    CampaignCategory,
+    CampaignPolicy,
+    CampaignPurpose,
+    FrequencyCap,
+    QuietHours,
+    category_of,
+)
 from ledger.codec import class_version, upcast
 from ledger.events import (
     EVENT_TYPES,
@@ -92,6 +99,7 @@ CHANNELS = EnumMap(RevocationChannel, ledger_pb2.RevocationChannel)
 MESSAGE_KINDS = EnumMap(MessageKind, ledger_pb2.MessageKind)
 RESOLUTIONS = EnumMap(CandidateResolution, ledger_pb2.CandidateResolution)
 PURPOSES = EnumMap(CampaignPurpose, ledger_pb2.CampaignPurpose)
+CATEGORIES = EnumMap(CampaignCategory, ledger_pb2.CampaignCategory)
 
 _MINUTES_PER_DAY = 24 * 60
 _DEFAULT_POLICY = CampaignPolicy()
@@ -189,11 +197,32 @@ def policy_to_proto(policy: CampaignPolicy) -> ledger_pb2.CampaignPolicy:
         opt_out_confirmation_window=duration_to_proto(policy.opt_out_confirmation_window),
         sender_numbers=list(policy.sender_numbers),
     )
+    category = policy.content_category
+    if policy.category and category is not None:  # by name too, for readers in any language
+        msg.content_category = CATEGORIES.to_proto(category)
     if policy.reconfirm_interval is not None:
         msg.reconfirm_interval.CopyFrom(duration_to_proto(policy.reconfirm_interval))
     if policy.daily_cap is not None:
         msg.daily_cap = policy.daily_cap
     return msg
+
+
+def _category(msg: ledger_pb2.CampaignPolicy) -> str:
+    """The policy's category as the domain keeps it, by name: ``category`` as written
+    (a fact replays as it was recorded), or the name of ``content_category``. Both
+    given must agree; whether the name is a category at all is for the domain to say
+    of a new request, never of a fact already recorded."""
+    name: str = msg.category
+    if not msg.content_category:
+        return name
+    category = CATEGORIES.from_proto(msg.content_category, "content_category")
+    if not name:
+        return category.value
+    if category_of(name) is not category:
+        raise WireFormatError(
+            "category", f"{name!r} is not content_category {category.name}: give one, or both alike"
+        )
+    return name
 
 
 def policy_from_proto(msg: ledger_pb2.CampaignPolicy) -> CampaignPolicy:
@@ -226,7 +255,7 @@ def policy_from_proto(msg: ledger_pb2.CampaignPolicy) -> CampaignPolicy:
         caps.append(FrequencyCap(limit=cap.limit, window=span))
     return CampaignPolicy(
         purpose=PURPOSES.from_proto_or(msg.purpose, "purpose", _DEFAULT_POLICY.purpose),
-        category=msg.category,
+        category=_category(msg),
         age_gated=msg.age_gated,
         first_message_window=window("first_message_window"),
         reconfirm_interval=(

@@ -10,6 +10,9 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
@@ -125,3 +128,90 @@ async def test_a_check_ahead_of_now_is_provisional_and_beyond_30_days_refused(se
                 await call
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert status_details(err.value)[0][0] == "at"
+
+
+def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    status = rpc_status.from_call(err)
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info
+    return None
+
+
+async def test_a_prohibited_or_unknown_category_is_refused_and_nothing_is_written(service):
+    runtime, clock = service
+    t = clock.now
+    async with client(runtime.address) as c:
+        refused = [
+            (define("acme", "dispensary", t, content_category=lpb.CAMPAIGN_CATEGORY_CANNABIS),
+             "cannabis"),
+            (define("acme", "oils", t, category="CBD"), "cbd"),
+            (define("acme", "pharmacy", t, category="prescription drugs"),
+             "prescription_drug_offers"),
+        ]  # fmt: skip
+        for request, category in refused:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await c.DefineCampaign(request)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert status_details(err.value)[0][0] == "policy.category"
+            info = error_info(err.value)
+            assert info is not None and info.reason == "CONTENT_PROHIBITED"
+            assert info.metadata["category"] == category
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.DefineCampaign(define("acme", "shop", t, category="retail"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        field, reason = status_details(err.value)[0]
+        assert field == "policy.category" and "general, alcohol" in reason
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.ChangeCampaignPolicy(
+                api.ChangeCampaignPolicyRequest(
+                    request_id=uuid.uuid4().hex, brand="acme", campaign="promo",
+                    policy=lpb.CampaignPolicy(
+                        sender_numbers=[PROMO_NUMBER],
+                        content_category=lpb.CAMPAIGN_CATEGORY_CBD,
+                    ),
+                    occurred_at=ts(t),
+                )
+            )  # fmt: skip
+        assert error_info(err.value).reason == "CONTENT_PROHIBITED"
+        # Nothing was written: none of those campaigns is defined, promo's rules stand.
+        for name in ("dispensary", "oils", "pharmacy", "shop"):
+            r = await c.CanSend(api.CanSendRequest(phone=PHONE, brand="acme", campaign=name))
+            assert r.reason == api.REASON_CAMPAIGN_UNKNOWN
+        assert (await c.CanSend(can_send())).policy_version == 1
+
+
+async def test_an_age_gated_category_needs_21_verified_by_enum_or_by_its_old_name(service):
+    runtime, clock = service
+    t = clock.now
+    async with client(runtime.address) as c:
+        await c.DefineCampaign(
+            define("acme", "bar", t, content_category=lpb.CAMPAIGN_CATEGORY_ALCOHOL)
+        )
+        await c.DefineCampaign(define("acme", "casino", t, category="Sports-Betting"))
+        written = None
+        for name in ("bar", "casino"):
+            written = await c.RecordOptIn(opt_in(PHONE, "acme", name, t - timedelta(minutes=5)))
+        for name in ("bar", "casino"):
+            r = await c.CanSend(
+                api.CanSendRequest(
+                    phone=PHONE, brand="acme", campaign=name,
+                    at_least_as_fresh=written.consistency_token,
+                )
+            )  # fmt: skip
+            assert not r.allowed and r.reason == api.REASON_AGE_VERIFICATION_REQUIRED, name
+        verified = await c.RecordAgeVerification(
+            api.RecordAgeVerificationRequest(
+                request_id=uuid.uuid4().hex, phone=PHONE, brand="acme", method="id_scan",
+                occurred_at=ts(t - timedelta(minutes=1)), date_of_birth="1990-01-01",
+            )
+        )  # fmt: skip
+        for name in ("bar", "casino"):
+            r = await c.CanSend(
+                api.CanSendRequest(
+                    phone=PHONE, brand="acme", campaign=name,
+                    at_least_as_fresh=verified.consistency_token,
+                )
+            )  # fmt: skip
+            assert r.allowed, name

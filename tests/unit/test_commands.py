@@ -422,6 +422,8 @@ def test_free_text_longer_than_its_limit_is_refused_by_field(field):
             _build(request)
         assert err.value.field == field
         assert f"at most {limit:,} characters, got {limit + 1:,}" in err.value.reason
+    if field == "policy.category":  # a name from a vocabulary: at its limit it names none
+        return
     for request in _requests_with(field, "é" * limit):
         assert _build(request)  # at the limit is fine
 

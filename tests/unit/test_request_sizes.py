@@ -8,7 +8,7 @@ from consent.v1 import ledger_pb2
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ledger.campaigns import Campaign, CampaignPolicy
+from ledger.campaigns import PROHIBITED, Campaign, CampaignCategory, CampaignPolicy
 from ledger.commands import TEXT_LIMITS, HandleInboundMessage, handle_inbound, to_events
 from ledger.events import LedgerEvent
 from ledger.state import fold
@@ -37,7 +37,8 @@ def largest_writes() -> list[Message]:
         **{name: full(f"proof.{name}") for name in codec._PROOF_TEXT_FIELDS},
     )
     policy = ledger_pb2.CampaignPolicy(
-        category=full("policy.category"), sender_numbers=[f"+1212555{n:04d}" for n in range(1000)]
+        category=max((c.value for c in CampaignCategory if c not in PROHIBITED), key=len),
+        sender_numbers=[f"+1212555{n:04d}" for n in range(1000)]
     )
     common = {"request_id": "r" * 128, "phone": PHONE, "brand": BRAND, "occurred_at": when()}
     return [

@@ -76,6 +76,10 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """Denied: the view had not caught up with at_least_as_fresh within the bound."""
     REASON_INTERNAL_ERROR: _Reason.ValueType  # 19
     """Denied: the service could not answer; it fails closed."""
+    REASON_CONTENT_NOT_ALLOWED: _Reason.ValueType  # 20
+    """Denied: the campaign's category is one the provider never allows, or not a
+    category at all (rules recorded before categories were checked).
+    """
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Why a decision came out as it did; mirrors ledger.policy.Reason one to one."""
@@ -119,6 +123,10 @@ REASON_NOT_CONSISTENT: Reason.ValueType  # 18
 """Denied: the view had not caught up with at_least_as_fresh within the bound."""
 REASON_INTERNAL_ERROR: Reason.ValueType  # 19
 """Denied: the service could not answer; it fails closed."""
+REASON_CONTENT_NOT_ALLOWED: Reason.ValueType  # 20
+"""Denied: the campaign's category is one the provider never allows, or not a
+category at all (rules recorded before categories were checked).
+"""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
 class _Obligation:

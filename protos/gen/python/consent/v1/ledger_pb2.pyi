@@ -173,6 +173,64 @@ CAMPAIGN_PURPOSE_INFORMATIONAL: CampaignPurpose.ValueType  # 2
 CAMPAIGN_PURPOSE_PROMOTIONAL: CampaignPurpose.ValueType  # 3
 Global___CampaignPurpose: _TypeAlias = CampaignPurpose  # noqa: Y015
 
+class _CampaignCategory:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CampaignCategoryEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CampaignCategory.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CAMPAIGN_CATEGORY_UNSPECIFIED: _CampaignCategory.ValueType  # 0
+    CAMPAIGN_CATEGORY_GENERAL: _CampaignCategory.ValueType  # 1
+    """Nothing below: no content rule beyond consent."""
+    CAMPAIGN_CATEGORY_ALCOHOL: _CampaignCategory.ValueType  # 2
+    """Age-gated: every recipient must be verified 21 or older."""
+    CAMPAIGN_CATEGORY_FIREARMS: _CampaignCategory.ValueType  # 3
+    CAMPAIGN_CATEGORY_GAMBLING: _CampaignCategory.ValueType  # 4
+    CAMPAIGN_CATEGORY_TOBACCO: _CampaignCategory.ValueType  # 5
+    CAMPAIGN_CATEGORY_ADULT_CONTENT: _CampaignCategory.ValueType  # 6
+    CAMPAIGN_CATEGORY_CANNABIS: _CampaignCategory.ValueType  # 7
+    """Prohibited in the US, with consent or without: a campaign of these is refused."""
+    CAMPAIGN_CATEGORY_CBD: _CampaignCategory.ValueType  # 8
+    CAMPAIGN_CATEGORY_PRESCRIPTION_DRUG_OFFERS: _CampaignCategory.ValueType  # 9
+    """Offers of prescription medication that cannot legally be sold over the counter."""
+    CAMPAIGN_CATEGORY_HATE_SPEECH: _CampaignCategory.ValueType  # 10
+    CAMPAIGN_CATEGORY_HARASSMENT: _CampaignCategory.ValueType  # 11
+    CAMPAIGN_CATEGORY_FRAUD: _CampaignCategory.ValueType  # 12
+    CAMPAIGN_CATEGORY_MALWARE: _CampaignCategory.ValueType  # 13
+    CAMPAIGN_CATEGORY_FILTER_EVASION: _CampaignCategory.ValueType  # 14
+    CAMPAIGN_CATEGORY_MISINFORMATION: _CampaignCategory.ValueType  # 15
+    CAMPAIGN_CATEGORY_PUBLIC_SAFETY_THREAT: _CampaignCategory.ValueType  # 16
+    CAMPAIGN_CATEGORY_ILLEGAL: _CampaignCategory.ValueType  # 17
+
+class CampaignCategory(_CampaignCategory, metaclass=_CampaignCategoryEnumTypeWrapper):
+    """What a campaign's messages are about, in the terms of the provider's Acceptable
+    Use and Messaging Policy. Mirrors ledger.campaigns.CampaignCategory.
+    """
+
+CAMPAIGN_CATEGORY_UNSPECIFIED: CampaignCategory.ValueType  # 0
+CAMPAIGN_CATEGORY_GENERAL: CampaignCategory.ValueType  # 1
+"""Nothing below: no content rule beyond consent."""
+CAMPAIGN_CATEGORY_ALCOHOL: CampaignCategory.ValueType  # 2
+"""Age-gated: every recipient must be verified 21 or older."""
+CAMPAIGN_CATEGORY_FIREARMS: CampaignCategory.ValueType  # 3
+CAMPAIGN_CATEGORY_GAMBLING: CampaignCategory.ValueType  # 4
+CAMPAIGN_CATEGORY_TOBACCO: CampaignCategory.ValueType  # 5
+CAMPAIGN_CATEGORY_ADULT_CONTENT: CampaignCategory.ValueType  # 6
+CAMPAIGN_CATEGORY_CANNABIS: CampaignCategory.ValueType  # 7
+"""Prohibited in the US, with consent or without: a campaign of these is refused."""
+CAMPAIGN_CATEGORY_CBD: CampaignCategory.ValueType  # 8
+CAMPAIGN_CATEGORY_PRESCRIPTION_DRUG_OFFERS: CampaignCategory.ValueType  # 9
+"""Offers of prescription medication that cannot legally be sold over the counter."""
+CAMPAIGN_CATEGORY_HATE_SPEECH: CampaignCategory.ValueType  # 10
+CAMPAIGN_CATEGORY_HARASSMENT: CampaignCategory.ValueType  # 11
+CAMPAIGN_CATEGORY_FRAUD: CampaignCategory.ValueType  # 12
+CAMPAIGN_CATEGORY_MALWARE: CampaignCategory.ValueType  # 13
+CAMPAIGN_CATEGORY_FILTER_EVASION: CampaignCategory.ValueType  # 14
+CAMPAIGN_CATEGORY_MISINFORMATION: CampaignCategory.ValueType  # 15
+CAMPAIGN_CATEGORY_PUBLIC_SAFETY_THREAT: CampaignCategory.ValueType  # 16
+CAMPAIGN_CATEGORY_ILLEGAL: CampaignCategory.ValueType  # 17
+Global___CampaignCategory: _TypeAlias = CampaignCategory  # noqa: Y015
+
 @_typing.final
 class EventEnvelope(_message.Message):
     """One fact, as appended to the ledger."""
@@ -785,12 +843,23 @@ class CampaignPolicy(_message.Message):
     CONVERSATION_WINDOW_FIELD_NUMBER: _builtins.int
     OPT_OUT_CONFIRMATION_WINDOW_FIELD_NUMBER: _builtins.int
     SENDER_NUMBERS_FIELD_NUMBER: _builtins.int
+    CONTENT_CATEGORY_FIELD_NUMBER: _builtins.int
     purpose: Global___CampaignPurpose.ValueType
     category: _builtins.str
+    """The category by name (the lower-case name of a CampaignCategory value, e.g.
+    "alcohol"), as written before content_category existed: still read, and a name
+    that is no category is refused (INVALID_ARGUMENT listing those there are).
+    Written by the service as the category's name. Give either, or both alike.
+    """
     age_gated: _builtins.bool
     quiet_hours_apply_to_all: _builtins.bool
     daily_cap: _builtins.int
     """Absent: no daily cap."""
+    content_category: Global___CampaignCategory.ValueType
+    """What the campaign's messages are about. Unspecified (with no category either):
+    general. A prohibited category is refused (INVALID_ARGUMENT, ErrorInfo reason
+    CONTENT_PROHIBITED); an age-gated one needs every recipient verified 21 or older.
+    """
     @_builtins.property
     def first_message_window(self) -> _duration_pb2.Duration: ...
     @_builtins.property
@@ -824,10 +893,11 @@ class CampaignPolicy(_message.Message):
         conversation_window: _duration_pb2.Duration | None = ...,
         opt_out_confirmation_window: _duration_pb2.Duration | None = ...,
         sender_numbers: _abc.Iterable[_builtins.str] | None = ...,
+        content_category: Global___CampaignCategory.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_daily_cap", b"_daily_cap", "conversation_window", b"conversation_window", "daily_cap", b"daily_cap", "first_message_window", b"first_message_window", "opt_out_confirmation_window", b"opt_out_confirmation_window", "quiet_hours", b"quiet_hours", "reconfirm_interval", b"reconfirm_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_daily_cap", b"_daily_cap", "age_gated", b"age_gated", "category", b"category", "conversation_window", b"conversation_window", "daily_cap", b"daily_cap", "first_message_window", b"first_message_window", "frequency_caps", b"frequency_caps", "opt_out_confirmation_window", b"opt_out_confirmation_window", "purpose", b"purpose", "quiet_hours", b"quiet_hours", "quiet_hours_apply_to_all", b"quiet_hours_apply_to_all", "reconfirm_interval", b"reconfirm_interval", "sender_numbers", b"sender_numbers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_daily_cap", b"_daily_cap", "age_gated", b"age_gated", "category", b"category", "content_category", b"content_category", "conversation_window", b"conversation_window", "daily_cap", b"daily_cap", "first_message_window", b"first_message_window", "frequency_caps", b"frequency_caps", "opt_out_confirmation_window", b"opt_out_confirmation_window", "purpose", b"purpose", "quiet_hours", b"quiet_hours", "quiet_hours_apply_to_all", b"quiet_hours_apply_to_all", "reconfirm_interval", b"reconfirm_interval", "sender_numbers", b"sender_numbers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__daily_cap: _TypeAlias = _typing.Literal["daily_cap"]  # noqa: Y015
     _WhichOneofArgType__daily_cap: _TypeAlias = _typing.Literal["_daily_cap", b"_daily_cap"]  # noqa: Y015
