@@ -5,6 +5,8 @@ Both readings below see the message folded: Unicode compatibility forms unified
 (NFKC, so a full-width or mathematical-bold STOP is STOP), typographic apostrophes
 (U+2019, U+2018, U+02BC and the like) made ', and case folded.
 
+Keywords
+--------
 A keyword must be the whole message; case, spaces and punctuation do not count,
 so "Stop.", " stop " and "opt-out" all match. A message made only of opt-out
 keywords ("STOP STOP", "stop. stop!", "stop, unsubscribe") is that opt-out. If
@@ -13,36 +15,92 @@ and for every campaign, and the wider reading is the safe one, since a wrongful
 brand-wide stop costs the person a START while a campaign-only one would let
 the brand's other campaigns text someone who asked them all to stop.
 
-Anything else that may be a wish to stop is a revocation candidate: it blocks
-sending until a person decides, because a revocation may arrive "by any
-reasonable means". Flagging too much delays texts until a reviewer resolves the
-reply; flagging too little keeps texting someone who asked to stop; so where
-the rule is in doubt it flags. The candidate reading also drops accents
-("arrêt" is "arret"). A message is a candidate when
+Revocation candidates
+---------------------
+The FCC's 2024 order (FCC 24-24; 47 CFR 64.1200(a)(10), (12)) lets consent be
+revoked "by any reasonable means": a reply in other words must be honoured when
+a reasonable person would read it as a wish to receive no more messages. So
+every other reply is read for recall, and one that *could* be such a wish is a
+revocation candidate: it blocks regular sends until a person decides. Flagging
+too much delays texts until a reviewer resolves the reply; flagging too little
+keeps texting someone who asked to stop; where in doubt, it flags.
 
-- one of its words (runs of letters: "STOP2" holds the word stop) means stop
-  whatever surrounds it: stop, stopall,
-  unsubscribe, optout, revoke, or "opt out" ("Stop please", "STOP IT",
-  "unsubscribe please", even "stop by the store at 5?");
-- one of its words is cancel, end or quit, which also have everyday meanings,
-  and the message is at most four words ("CANCEL ALL", "I quit", "the end",
-  "cancel my appointment"); in a longer message only a phrase counts: "cancel
-  all", "I quit", "want to cancel", "quit texting", or the verb before the
-  texts or the subscription ("please cancel my subscription to these alerts").
-  "I'll be at the end of the street" is conversation;
-- it is in Spanish or French: parar and arrêt (arret, arrête, arrêtez,
-  arrêter) count like stop, alto and baja (also "high" and "low") like cancel,
-  and "de baja" (darme de baja) like a phrase. No policy text names these as
-  keywords, so they never revoke by themselves: a person reads them;
-- it says so in other words: "don't text me", "remove me", "take me off",
-  "leave me alone", "wrong number", "no more texts", "not interested".
+The reading is built on structure, not on a list of sentences. The text is
+normalised: accents dropped ("envíen" is "envien"), letter runs collapsed
+("stooop", "pleeease"), spaced or dotted letters joined ("s t o p", "S.T.O.P"),
+digits read as letters inside words ("st0p"), contractions opened ("don't",
+"dont", "dnt" are "do not"), stop-sign emoji (🛑 ⛔ 🚫 🔕 📵) read as stop and
+crosses or a raised hand (❌ ✖ ✋ 🙅) as cancel. Each word is then mapped to a
+canonical word: common abbreviations (pls, plz, txt, msg, msgs, u, ur, wanna,
+unsub) by a table, misspellings ("unsubscibe", "remvoe", "mesage", "stp",
+"stoop") by a table for short words and, for words of five letters or more, by
+edit distance (one edit, two from eight letters; same first letter) to the
+words the rules below look for. The message is cut into clauses at sentence
+punctuation and commas, and a message is a candidate when any clause has
+
+- a word that means stop whatever surrounds it: stop, stopall, unsubscribe
+  (unsub...), opt out, revoke, cease, desist, and the Spanish parar/paren and
+  French arrêter forms. A stop that plainly is not about messages is left
+  alone: "stop by", "stop in", "stop over", "stop off", "stop at 5" and
+  "stop for lunch" (never "stop at once" or "stop for good"), a place ("bus
+  stop", "next stop") and "can't stop", unless the clause also names messages
+  or the person ("stop by texting me" still counts);
+- cancel, end, quit, halt, terminate, discontinue, pause, suspend (Spanish
+  cancelar, alto, baja, detener, anular...) with something to end: the texts,
+  messages, calls, alerts, the subscription, list, service or account, "this",
+  "these", "it all"; or at the end of a wish ("I want to cancel", "I quit"); or
+  in a message of at most four words ("cancel my appointment", "the end"); or
+  in a message of nothing else but courtesy ("cancel please, thanks"). So do
+  "enough" and "basta" in such a message, and "stopped/stopping" with
+  something to end;
+- a negation before a verb or noun of contact: do not / don't / never / can you
+  not / please no / no more / no further + text, message, SMS, call, email,
+  contact, send, write, ping, bother (Spanish "no me envíen", "no manden",
+  "nunca más me escriban", "no molesten"; French "ne m'envoyez plus",
+  "plus de SMS"; Portuguese "não mande");
+- a negated wish about the messages: don't want / need / like / wish + texts,
+  these, this, them, any, more, your..., not interested (Spanish "no quiero
+  mensajes", "ya no quiero", "no me interesa"; French "pas intéressé");
+- no more / no further / no longer / anymore with messages, a wish or courtesy,
+  "ya no", "nunca más";
+- a request to be removed: remove, delete, erase, unenroll, unregister + me,
+  us, my number, my info, from...; take / get / scratch me off; off the list,
+  out of the list; opt me out, count me out, want out; lose / forget my
+  number (Spanish bórrenme, sáquenme de la lista, darme de baja,
+  desuscribirme; French désabonner, désinscrire, supprimez mon numéro);
+- a complaint or refusal: leave me alone / be, go away, get lost, f*** off,
+  shut up, bothering / harassing / spamming me, spam, unsolicited, unwanted
+  texts, block or report you, do not call, DNC, TCPA, FCC, sue, keep or still
+  texting me, why am I getting these, how did you get my number, I never
+  signed up / didn't consent / no permission, done with these (Spanish
+  déjenme en paz, me están molestando, voy a reportar);
+- a sign the number reached the wrong person: wrong number / person, you have
+  the wrong..., not my number, I don't know you, no one here by that name,
+  passed away, not a customer (Spanish número equivocado, se equivocó, no soy,
+  no lo conozco; French mauvais numéro).
+
+A plain "no", "no thanks", "who is this?" and "not now" are conversation: they
+answer the question asked and ask nothing of the messages.
+
+Languages: English and Spanish are covered throughout; French for the main
+forms (arrêt, désabonner, ne ... plus, plus de SMS, pas intéressé, laissez-moi
+tranquille, mauvais numéro); Portuguese for a few (pare, não mande, não quero,
+mensagens). Other languages (Chinese, Vietnamese, Tagalog, Korean, Arabic,
+Russian, Haitian Creole, ...) are not read: only their keywords STOP and the
+like count, and the emoji.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
+import itertools
 import re
 import unicodedata
+from collections.abc import Callable, Sequence
+
+from rapidfuzz import process
+from rapidfuzz.distance import OSA
 
 OPT_OUT_KEYWORDS = frozenset({"STOP", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
 BRAND_WIDE_OPT_OUT_KEYWORDS = frozenset({"STOPALL"})
@@ -55,29 +113,6 @@ _OPT_OUT_RUN = re.compile(
     + ")+"
 )
 
-# The candidate rules of the module docstring, over the words without accents.
-_STOP_WORDS = frozenset(
-    {"stop", "stopall", "unsubscribe", "optout", "revoke"}
-    | {"parar", "arret", "arrete", "arretez", "arreter"}
-)
-_AMBIGUOUS_STOP_WORDS = frozenset({"cancel", "end", "quit", "alto", "baja"})
-_SHORT_MESSAGE_WORDS = 4
-_VERB = r"(cancel|end|quit)"
-_CANDIDATE_PHRASES = re.compile(
-    r"\b("
-    r"(don'?t|do not|never) (text|message|contact)"
-    r"|remove me|take me off|opt(ed)? (me )?out|leave me alone"
-    r"|wrong number|no more (texts|messages)|not interested"
-    rf"|{_VERB} (it all|all|everything)|i quit|(want|wish|like|need) to {_VERB}"
-    rf"|{_VERB} (texting|messaging|sending|contacting)"
-    rf"|{_VERB} ((my|the|these|this|those|your|all|any) )*"
-    r"(subscriptions?|texts?|messages?|alerts?|notifications?|sms|list|membership|service"
-    r"|promotions?|offers?)"
-    r"|de baja"
-    r")\b"
-)
-_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
-
 
 class Intent(enum.Enum):
     OPT_OUT = "opt_out"
@@ -86,6 +121,17 @@ class Intent(enum.Enum):
     HELP = "help"
     REVOCATION_CANDIDATE = "revocation_candidate"
     CONVERSATION = "conversation"
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+def _lexicon(table: dict[str, str]) -> dict[str, tuple[str, ...]]:
+    """Surface form -> canonical words, from canonical words -> their surface forms."""
+    return {
+        surface: tuple(canon.split()) for canon, forms in table.items() for surface in forms.split()
+    }
 
 
 # Mapped before NFKC, which would make the acute accent (U+00B4) a space and a combining mark.
@@ -115,21 +161,854 @@ def classify(text: str) -> Intent:
         return Intent.OPT_IN
     if word in HELP_KEYWORDS:
         return Intent.HELP
-    if _reads_like_an_opt_out(_bare_words(text)):
+    if reads_like_an_opt_out(text):
         return Intent.REVOCATION_CANDIDATE
     return Intent.CONVERSATION
 
 
-def _bare_words(text: str) -> list[str]:
-    """The folded text's words without accents; an apostrophe inside a word stays."""
-    decomposed = unicodedata.normalize("NFD", _fold(text))
-    return _WORD.findall("".join(ch for ch in decomposed if not unicodedata.combining(ch)))
+# ---------------------------------------------------------------------------
+# Normalising: text -> clauses of canonical words.
+
+_EMOJI = {
+    **dict.fromkeys("\U0001f6d1\u26d4\U0001f6ab\U0001f515\U0001f4f5", " stop "),
+    **dict.fromkeys("\u274c\u2716\u274e\u270b\U0001f91a\U0001f645", " cancel "),
+}
+_EMOJI_TABLE = str.maketrans(_EMOJI)
+
+# Written-out contractions; a bare n't is "not" after the rest ("isn't", "doesn't").
+_CONTRACTIONS = (
+    (re.compile(r"\bwon't\b"), "will not"),
+    (re.compile(r"\bcan't\b|\bcannot\b"), "can not"),
+    (re.compile(r"\bain't\b"), "is not"),
+    (re.compile(r"\bshan't\b"), "shall not"),
+    (re.compile(r"n't\b"), " not"),
+)
+# Runs of single letters spaced or dotted out: "s t o p", "S.T.O.P", "u-n-s-u-b".
+_SPACED_LETTERS = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][\s.\-_*•]+){2,}[^\W\d_](?![^\W\d_])")
+_CLAUSE_BREAK = re.compile(r"[.!?;,:\n\r\u2026()\[\]{}\"\u00a1\u00bf|/]+|\s[-\u2013\u2014]+\s")
+_TOKEN = re.compile(r"[^\W_]+")
+_LEET = str.maketrans("013457@$", "oieastas")
+
+# Surface form -> canonical word(s). Abbreviations, slang, contractions written
+# without an apostrophe, and misspellings of words too short for edit distance.
+_LEXICON = _lexicon(
+    {
+        "do not": "dont dnt dun donot doent",
+        "did not": "didnt didn",
+        "does not": "doesnt doesn",
+        "can not": "cant",
+        "will not": "wont",
+        "is not": "isnt aint",
+        "have not": "havent",
+        "has not": "hasnt",
+        "would not": "wouldnt",
+        "could not": "couldnt",
+        "should not": "shouldnt",
+        "was not": "wasnt",
+        "are not": "arent",
+        "not": "nt",
+        "no more": "nomore",
+        "no mas": "nomas",
+        "anymore": "anymore anymor anymoe nemore anymo",
+        "please": """
+            pls plz plez pleas pleaz pleaze pleez pleeze plse pl plss plzz plx pleae pleasr plea
+            plis plox porfa porfavor svp
+        """,
+        "never": "nvr neva nevr nver nevar",
+        "thanks": "thx thnx thnks tnx ty tks thanx thanz",
+        "you": "u yu yuo yous yall",
+        "your": "ur yr yor youre",
+        "want to": "wanna wana wanta",
+        "want": "wnt wan wamt whant",
+        "going to": "gonna",
+        "i am": "im",
+        "are": "r",
+        "stop": """
+            stp stpo sotp stopp stoop stahp srop stopt sstop stpp stoo stlp stoip stap stopo
+            sotop
+        """,
+        "stopped": "stops stopped stopping stoped stoping",
+        "stopall": "stopall",
+        "optout": "optout optedout optingout optouts",
+        "opt": "opting opted opts",
+        "unsubscribe": "unsub unsubs unsubbed unsuscribe unscribe unsbscribe",
+        "cancel": "cancell cancle cancl cancels canceled cancelled canceling cancelling cxl cncl",
+        "end": "ends ending",
+        "quit": "quitt qiut quiting quitting quits",
+        "text": """
+            txt txts tx txs txting txtin txtn txtng texting textin textn texts tex text textt
+            txtx txtz texte textos texto sms smss smses mms
+        """,
+        "texted": "txted texted textd",
+        "message": """
+            msg msgs mssg mssgs msgz mesg messg msges message messages messaging msging mesages
+            mesage msj msjs mensaje mensajes mensajitos mensagem mensagens msgn
+        """,
+        "messaged": "messaged",
+        "call": "call calls calling callin llamadas llamada appels robocall robocalls",
+        "called": "called",
+        "email": "email emails emailing mail mails emial correos correo courriel courriels",
+        "emailed": "emailed",
+        "contact": """
+            contact contacting contacts contactar contacto contactos communication
+            communications communicate communicating correspondence outreach solicitation
+            solicitations soliciting solicit
+        """,
+        "contacted": "contacted",
+        "send": "send sending sends snd sendin",
+        "sent": "sent",
+        "write": "write writing dm dms ping pinging hmu whatsapp",
+        "notice": """
+            notification notifications notifs notif alert alerts reminder reminders promo promos
+            promotion promotions promotional ads ad advert adverts advertisement advertisements
+            advertising marketing newsletter newsletters blast blasts coupon coupons offers
+            deals robotext robotexts notificaciones promociones ofertas publicidad anuncios
+            recordatorios alertas junk crap bs garbage nonsense stuff
+        """,
+        "service": """
+            subscription subscriptions membership list lists program
+            programme service services account campaign club plan mailing database suscripcion
+            suscripciones membresia lista listado servicio cuenta programa liste abonnement
+        """,
+        "subscribe": "subscribe subscribed subscribing suscribi suscribo suscrito suscrita",
+        "number": """
+            number numbers num numbr nmbr numero numeros phone cell cellphone celular telefono
+            mobile line digits
+        """,
+        "info": "info information data details datos informacion profile name address",
+        "remove": "rmv remov remve remvoe remoce remuve",
+        "alone": "alon along alomne",
+        "leave": "leav lv leve leace",
+        "interested": "intrested",
+    }
+)
+
+# Words worth finding through a typo: edit distance maps a long unknown word to
+# one of these. Real words one edit away from one of them are listed apart.
+_FUZZY_TARGETS = sorted(
+    _words(
+        """
+    unsubscribe stopall optout revoke remove delete cancel contact message messages messaging
+    texting please interested interest anymore alone leave bother bothering harass harassing
+    harassment spamming subscription notifications discontinue terminate unenroll deregister
+    unregister unsolicited unwanted desist number receive receiving sending calling emails
+    mensajes molesten molestar cancelar eliminar equivocado equivocada interesa interesado
+    interesada suscripcion desuscribir quiero escriban envien manden llamen
+    """
+    )
+)
+_NOT_TYPOS = _words(
+    """
+    massage testing tested remote removal contract contracts member members lumber number
+    numbers interests receipt receipts recieve leaves leaved revoked cancer center centre
+    sending ending dealing please pleased pleasure amber humber delta delete quieres quiere
+    quieren calming culling caller callers bothe anymore another interest messiah maniac mandes
+    llamas enviar dealer palace police prices places plates mores emailed remain remind remake
+    relive revise resolve evolve involve revolve canceled cameo concat contacts conduct context
+    content contest intrested molesta molesto molestia molestias massages
+    """
+)
+_STRONG_STEMS = (
+    ("unsubs", "unsubscribe"),
+    ("revok", "revoke"),
+    ("revoc", "revoke"),
+    ("desuscri", "unsubscribe"),
+    ("desinscri", "unsubscribe"),
+    ("desabon", "unsubscribe"),
+    ("desafili", "unsubscribe"),
+    ("descadastr", "unsubscribe"),
+)
 
 
-def _reads_like_an_opt_out(words: list[str]) -> bool:
-    """Whether the words make a revocation candidate (see the module docstring)."""
-    if not _STOP_WORDS.isdisjoint(words):
+@functools.lru_cache(maxsize=8192)
+def _canon(token: str) -> tuple[str, ...]:
+    """The canonical word(s) for one token of the folded, accent-free text."""
+    if token in _LEXICON:
+        return _LEXICON[token]
+    if token.isdigit():
+        return ()
+    if not token.isalpha():
+        leet = token.translate(_LEET)
+        if leet.isalpha() and (leet in _LEXICON or _STOP_LIKE_PREFIX.match(leet)):
+            return _canon(leet)
+        letters = "".join(ch for ch in token if ch.isalpha())
+        return _canon(letters) if letters else ()
+    for stem, word in _STRONG_STEMS:
+        if token.startswith(stem):
+            return (word,)
+    for squeezed in (re.sub(r"(.)\1{2,}", r"\1\1", token), re.sub(r"(.)\1+", r"\1", token)):
+        if squeezed != token and squeezed in _LEXICON:
+            return _LEXICON[squeezed]
+    # "stopit", "stoptexting": a stop word glued to the next word.
+    glued = _STOP_LIKE_PREFIX.match(token)
+    if glued and glued.end() < len(token):
+        rest = token[glued.end() :]
+        return (*_canon(glued.group()), *_canon(rest))
+    if len(token) >= 5 and token not in _NOT_TYPOS:
+        cutoff = 2 if len(token) >= 8 else 1
+        candidates = [t for t in _FUZZY_TARGETS if t[0] == token[0]]
+        match = process.extractOne(token, candidates, scorer=OSA.distance, score_cutoff=cutoff)
+        if match is not None:
+            return _LEXICON.get(match[0], (match[0],))
+    return (token,)
+
+
+_STOP_LIKE_PREFIX = re.compile(
+    r"(?:stopall|stop|unsubscribe|unsub|optout|cancel|remove)(?=[a-z]{2,})"
+)
+
+
+def _clauses(text: str) -> list[list[str]]:
+    """The message cut at sentence punctuation and commas, each part as canonical words."""
+    folded = _fold(text).translate(_EMOJI_TABLE)
+    folded = "".join(
+        ch for ch in unicodedata.normalize("NFD", folded) if not unicodedata.combining(ch)
+    )
+    for pattern, replacement in _CONTRACTIONS:
+        folded = pattern.sub(replacement, folded)
+    folded = _SPACED_LETTERS.sub(_join_letters, folded)
+    clauses = []
+    for part in _CLAUSE_BREAK.split(folded):
+        tokens = _join_split_words(_TOKEN.findall(part.replace("'", " ")))
+        words = [w for token in tokens for w in _canon(token)]
+        if words:
+            clauses.append(words)
+    return clauses
+
+
+def _known(word: str) -> bool:
+    """Whether ``word`` is in the lexicon or the stop words as it is spelled."""
+    return word in _LEXICON or word in _STRONG or any(word.startswith(s) for s, _ in _STRONG_STEMS)
+
+
+def _joins_to_a_stop_word(word: str) -> bool:
+    return (
+        word in _STRONG
+        or word in {"unsub", "optout", "stopall", "nomore", "nomas"}
+        or any(word.startswith(s) for s, _ in _STRONG_STEMS)
+    )
+
+
+def _join_letters(match: re.Match[str]) -> str:
+    letters = "".join(ch for ch in match.group() if ch.isalpha())
+    return f" {letters} " if _known(letters) else match.group()
+
+
+def _join_split_words(tokens: list[str]) -> list[str]:
+    """Words a space cut in two: "un subscribe", "st op", "opt out", "any more"."""
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        if i + 1 < len(tokens) and _joins_to_a_stop_word(tokens[i] + tokens[i + 1]):
+            out.append(tokens[i] + tokens[i + 1])
+            i += 2
+            continue
+        out.append(tokens[i])
+        i += 1
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Vocabulary the rules look for (canonical words, accents dropped).
+
+_STRONG = _words(
+    """
+    stop stopall unsubscribe optout revoke cease desist parar paren parenle parale parele arret
+    arrete arretez arreter arretes
+    """
+)
+# Words that end something but have everyday meanings too.
+_ENDERS = _words(
+    """
+    cancel end quit halt terminate discontinue pause suspend stopped cancelar cancela cancelen
+    cancele cancelo cancelame cancelenme alto baja detener detengan detenga detente detenganse
+    suspender suspendan anular anulen anule terminar terminen pare parem disable deactivate mute
+    silence kill
+    """
+)
+_ENOUGH = _words("enough basta suficiente assez chega")
+_CONTACT = _words("text message call email contact send write notice spam")
+_CONTACT_PAST = _words("texted messaged called emailed contacted sent")
+_SERVICE = _words("service subscribe")
+_ME = _words("me us myself mine nos moi nous mi mis")
+_POSSESSIVE = _words("my this our mi mis este esta nuestro mon ce meu that the")
+_IDENT = _words("number info service email contact")
+_DEMONSTRATIVE = _words(
+    """
+    this these those them it all everything that esto estos estas eso todo todos ca tout isso
+    isto tudo
+    """
+)
+_COURTESY = _words(
+    """
+    please now thanks thank you ok okay k already asap immediately right away just all it
+    everything this that these sir maam guys lol omg god jesus seriously man dude bro for good
+    real really the hell fuck fucking damn freaking oh my i am is s ya ahora todo por favor
+    gracias vale merci de una vez inmediatamente again once and ffs wtf jeez geez pretty kindly
+    thankyou hey hi hello folks everyone yo ugh bye goodbye enough plz sorry hola senor senora
+    oui si a an with of was lo la le les el we thats are your ll m do mas more muchas mucho bien
+    """
+)
+_DESIRE = _words(
+    """
+    want wish need like care desire require appreciate quiero deseo necesito queremos deseamos
+    quiere desea necesitamos veux souhaite quero preciso wanted wants needed
+    """
+)
+# Verbs of liking take the messages themselves as object: "don't like these
+# texts", never "don't like this time".
+_LIKING = _words("like care appreciate love enjoy")
+_DESIRE_OBJECTS = (
+    _CONTACT
+    | _SERVICE
+    | _DEMONSTRATIVE
+    | _words(
+        """
+        receive receiving hear any anymore your part recibir mas nada sus tus seguir ningun
+        ninguno ninguna recevoir plus receber mais contacted texted called messaged emailed
+        bothered
+        """
+    )
+) - {"it", "that", "all"}
+_NEGATION = _words("not no never nunca jamas nao ne pas nor ni")
+# Words allowed between a negation and a contact word: "do not EVER text me".
+_BETWEEN = _words(
+    """
+    me us you ever even please kindly again more further longer any anymore just to be being
+    nos le les te lo los la mas vuelvan vuelvas vuelva vuelvo a por
+    favor ya m plus pas mais another single fucking freaking effing frickin damn bother try dare
+    these your those my this number from going gonna other mi sus nunca otra vez jamais ni un
+    une de des the want wanna at all tu su ou
+    """
+)
+# "not" negates an imperative or a wish after these ("can you not", "to not").
+_NOT_AFTER = _words(
+    """
+    do you please to just kindly should shall must and but so ok okay would will i we
+    may might pls ever absolutely definitely certainly really thanks no yes anymore also por
+    favor ya que porque pero y es dont
+    """
+)
+_PESTER = _words(
+    """
+    bother bothering bothered bug bugging pester pestering pestered harass harassing harassed
+    harassment annoy annoying annoyed hound hounding nag nagging disturb disturbing spamming
+    spammed spammer spamm spams spammy molesten moleste molestes molestar molestarme molestarnos
+    molestando molestan fastidien fastidiar fastidiando jodan joder jodiendo chinguen chingar
+    acosar acoso acosando acosen harcelement harceler deranger derangez incomodar incomoden
+    """
+)
+_REMOVERS = _words(
+    """
+    remove removed removing delete deleted deleting erase erased unenroll unenrol deregister
+    unregister unfollow unlist scrub purge exclude withdraw borrar borra borren borre borrarme
+    eliminar elimina eliminen elimine eliminarme quitar quita quiten quitarme sacar saca saquen
+    saque sacarme remover remuevan supprimer supprimez retirez enlevez retirer enlever remova
+    removam tirar tirem excluir excluam
+    """
+)
+# Spanish imperatives with the pronoun attached: "bórrenme", "sáquenme".
+_REMOVE_ME = re.compile(r"(borr|elimin|quit|sac|saqu|remuev|remov|desapunt|exclu)\w*(me|nos)$")
+_LOSERS = _words("lose forget drop wipe toss trash burn olviden")
+_TAKERS = _words(
+    """
+    take get scratch cross strike knock kick pull move keep put remove leave count opt sign let
+    check log
+    """
+)
+_INTEREST = re.compile(r"^(interes|intres|intere|interr|intrest)")
+_ES_CONTACT = re.compile(
+    r"^(?:(?:envi|mand|llam|contact|texte|whatsappe|mensaje|escrib|textee|marqu|lig|envoy|"
+    r"ecriv|ecri|appel|contat|mand)"
+    r"(?:ar|arme|arnos|arle|arles|e|es|en|eme|enme|enos|ennos|a|as|an|ame|anme|ando|andome|"
+    r"ir|irme|irnos|iendo|iendome|ez|er|ent|em|ue|uem|uen|ues|uar|arem|ie|ies|ien|ienme|iar|"
+    r"iarme|iame|ia|ias|ian)"
+    r")$"
+)
+_ES_PAST = re.compile(r"(aste|iste|aron|ieron|amos|imos)$")
+_ES_WRONG = re.compile(r"^(equivoc|incorrect|errad|errone|erreur|mauvais|faux|fausse|errado)")
+
+
+def _is_contact(word: str) -> bool:
+    return word in _CONTACT or (bool(_ES_CONTACT.match(word)) and not _ES_PAST.search(word))
+
+
+def _window(words: Sequence[str], start: int, size: int) -> Sequence[str]:
+    return words[max(start, 0) : max(start + size, 0)]
+
+
+def _has_me(words: Sequence[str]) -> bool:
+    """Whether the words name the person or their number: me, us, my number."""
+    if not _ME.isdisjoint(words):
         return True
-    if len(words) <= _SHORT_MESSAGE_WORDS and not _AMBIGUOUS_STOP_WORDS.isdisjoint(words):
+    return any(a in _POSSESSIVE and b in _IDENT for a, b in itertools.pairwise(words)) or (
+        "number" in words
+    )
+
+
+def _negated(words: Sequence[str], i: int) -> bool:
+    """Whether the word at ``i`` is a negation of an imperative or a wish."""
+    word = words[i]
+    if word == "not":
+        return i == 0 or words[i - 1] in _NOT_AFTER
+    return word in _NEGATION
+
+
+def _courtesy_only(clauses: list[list[str]], vocabulary: frozenset[str]) -> bool:
+    """Whether the message is one of ``vocabulary`` and nothing but courtesy."""
+    words = [w for clause in clauses for w in clause]
+    return any(w in vocabulary for w in words) and all(
+        w in vocabulary or w in _COURTESY for w in words
+    )
+
+
+# ---------------------------------------------------------------------------
+# The rules: each looks at one clause (a list of canonical words).
+
+_STOP_ASIDE = _words(
+    """
+    by in over off at for and to on en a laughing thinking eating crying smiling worrying
+    """
+)
+_STOP_ASIDE_KEEP = _words("once good now real ever all me us")
+_STOP_PLACE = _words(
+    """
+    bus train next last first pit truck rest subway metro tram tour one non final a an
+    """
+)
+
+
+def _stop_word(words: list[str]) -> bool:
+    for i, word in enumerate(words):
+        if word not in _STRONG:
+            continue
+        if word != "stop" or _is_contact_clause(words):
+            return True
+        before = words[i - 1] if i else ""
+        after = words[i + 1] if i + 1 < len(words) else ""
+        then = words[i + 2] if i + 2 < len(words) else ""
+        if before in _STOP_PLACE:
+            continue
+        if (
+            before == "not"
+            and i >= 2
+            and words[i - 2] in {"can", "could", "will", "would", "did", "does"}
+        ):
+            continue
+        if after in _STOP_ASIDE and then not in _STOP_ASIDE_KEEP:
+            continue
         return True
-    return _CANDIDATE_PHRASES.search(" ".join(words)) is not None
+    return False
+
+
+def _is_contact_clause(words: Sequence[str]) -> bool:
+    return any(_is_contact(w) or w in _SERVICE for w in words)
+
+
+def _ender_with_object(words: list[str]) -> bool:
+    for i, word in enumerate(words):
+        if word not in _ENDERS:
+            continue
+        ahead = _window(words, i + 1, 4)
+        if any(
+            _is_contact(w) or w in _SERVICE or (w in _DEMONSTRATIVE and w not in {"it", "that"})
+            for w in ahead
+        ):
+            return True
+        rest = words[i + 1 :]
+        before = _window(words, i - 3, 3)
+        if all(w in _COURTESY for w in rest) and (
+            {
+                "want",
+                "wish",
+                "need",
+                "like",
+                "to",
+                "please",
+                "i",
+                "we",
+                "just",
+                "how",
+                "can",
+                "quiero",
+                "deseo",
+                "favor",
+                "necesito",
+                "must",
+                "gotta",
+                "going",
+                "let",
+                "so",
+            }
+            & set(before)
+        ):
+            return True
+    return False
+
+
+def _enough(words: list[str]) -> bool:
+    for i, word in enumerate(words):
+        if word in _ENOUGH:
+            ahead = _window(words, i + 1, 3)
+            if {"already", "with", "of", "de", "ya", "is", "please", "stop"} & set(ahead) or any(
+                _is_contact(w) for w in ahead
+            ):
+                return True
+            if i and words[i - 1] in {"ya", "had", "enough", "ok", "okay"}:
+                return True
+    return False
+
+
+def _negated_contact(words: list[str]) -> bool:
+    for i in range(len(words)):
+        if not _negated(words, i):
+            continue
+        j = i + 1
+        while j < len(words) and j - i <= 4 and words[j] in _BETWEEN:
+            j += 1
+        if j >= len(words):
+            # "no more", "not anymore", "no more please": nothing left to name.
+            if words[i] in {"no", "nunca"} and any(
+                w in {"more", "further", "mas", "plus", "mais"} for w in words[i + 1 : j]
+            ):
+                return True
+            continue
+        word = words[j]
+        if _is_contact(word) and word not in {"contacto"}:
+            return True
+        if word in _CONTACT_PAST and words[j - 1] in {"be", "being", "get", "getting", "been"}:
+            return True
+        if word in _PESTER and not (
+            i and words[i - 1] in {"does", "did", "will", "would", "is", "was"}
+        ):
+            return True
+        if (
+            words[i] in {"no", "nunca"}
+            and words[i + 1 : j]
+            and words[i + 1] in {"more", "further", "mas", "plus", "mais"}
+            and (word in _DEMONSTRATIVE or word in {"of", "de", "please", "thanks", "thank"})
+        ):
+            return True
+    return False
+
+
+def _negated_wish(words: list[str]) -> bool:
+    for i in range(len(words)):
+        if not _negated(words, i):
+            continue
+        for j in range(i + 1, min(i + 5, len(words))):
+            if words[j] in _DESIRE:
+                rest = words[j + 1 : j + 8]
+                objects = _DESIRE_OBJECTS if words[j] not in _LIKING else _CONTACT
+                if not rest or any(w in objects or _is_contact(w) for w in rest):
+                    return True
+                if re.search(r"\bfrom (you|your|this|them)\b", " ".join(rest)):
+                    return True
+                break
+    return False
+
+
+def _not_interested(words: list[str]) -> bool:
+    for i, word in enumerate(words):
+        if _INTEREST.match(word) and any(
+            w in _NEGATION or w in {"sin", "zero", "lost", "without"}
+            for w in _window(words, i - 4, 4)
+        ):
+            return True
+        if word.startswith(("uninterest", "disinterest", "desinteres")):
+            return True
+    return False
+
+
+def _no_longer(words: list[str]) -> bool:
+    text = " ".join(words)
+    if re.search(r"\b(no longer|nunca mas|no mas$|not anymore|never again)\b", text):
+        return True
+    if re.search(r"\bya no (?!hay\b|puedo\b|se\b|es\b|esta\b)\w", text):
+        return True
+    if "anymore" in words or re.search(r"\b(not|no|never)\b.*\bany more\b", text):
+        return any(
+            _is_contact(w)
+            or w in _DESIRE
+            or w in _DESIRE_OBJECTS
+            or _INTEREST.match(w)
+            or w
+            in {
+                "customer",
+                "client",
+                "member",
+                "subscriber",
+                "patient",
+                "live",
+                "lives",
+                "use",
+                "using",
+                "please",
+            }
+            for w in words
+            if w != "anymore"
+        )
+    french = re.search(r"\bplus (?:de |d )?(\w+)", text)
+    if french and _is_contact(french.group(1)):
+        return True
+    if re.search(r"\b(no|ni) (more|further|mas)\b(?! than| que| de \d)", text):
+        after = re.search(r"\b(?:no|ni) (?:more|further|mas) (?:of |de )?(\w+)", text)
+        if after is None:
+            return True
+        word = after.group(1)
+        return (
+            _is_contact(word)
+            or word in _SERVICE
+            or word in _DEMONSTRATIVE
+            or word in _COURTESY
+            or word in {"please", "thanks", "por", "gracias"}
+        )
+    return False
+
+
+def _removal(words: list[str]) -> bool:
+    text = " ".join(words)
+    for i, word in enumerate(words):
+        if _REMOVE_ME.search(word) and len(word) >= 6:
+            return True
+        if word in _REMOVERS:
+            before = _window(words, i - 3, 3)
+            after = _window(words, i + 1, 4)
+            if _has_me([*before, *after]) or {"be", "been", "being"} & set(before):
+                return True
+            if re.search(
+                r"\b(from|off|de|of|du|da)( (the|your|this|that|ur|su|la|tu|esta|all|our|vos|"
+                r"sua|sus|all of))? (service|number|contact)\b",
+                " ".join(after),
+            ):
+                return True
+        if (
+            word in _LOSERS
+            and _has_me(_window(words, i + 1, 3))
+            and ("number" in _window(words, i + 1, 3) or "info" in _window(words, i + 1, 3))
+        ):
+            return True
+        if word in {"off", "out", "fuera"}:
+            before = _window(words, i - 4, 4)
+            after = _window(words, i + 1, 4)
+            if set(before) & _TAKERS and _has_me(before):
+                return True
+            # "turn off these notifications", "shut off the texts"
+            if (
+                i
+                and words[i - 1] in {"turn", "shut", "switch"}
+                and any(_is_contact(w) or w in _DEMONSTRATIVE or w in _SERVICE for w in after)
+            ):
+                return True
+            if word == "out" and i and words[i - 1] in {"want", "me", "us", "opt", "opted"}:
+                return True
+        if word in {"salir", "sair", "salirme"} and "service" in _window(words, i + 1, 4):
+            return True
+        if word == "de" and i + 1 < len(words) and words[i + 1] == "baja":
+            return True
+        if word == "opt" and "out" in _window(words, i + 1, 3):
+            return True
+    if re.search(
+        r"\b(off|out of|fuera de|salir de|sair da|sair de)( (the|your|this|that|ur|all|these|"
+        r"those|su|la|tu|esta|sus|de|of))* service\b",
+        text,
+    ):
+        return True
+    # Spanish "dejen de escribirme", "deja de mandar", "para de llamarme"
+    for match in re.finditer(
+        r"\b(?:dej\w*|para|pare|paren|parar|parale|parenle) (?:de|d) ((?:\w+ )?\w+)", text
+    ):
+        if any(_is_contact(w) or w in _PESTER for w in match.group(1).split()):
+            return True
+    return False
+
+
+# Words of aversion that take the messages as object: "refrain from texting
+# me", "I'd rather not get these", "sick of these texts".
+_AVERSION = _words(
+    """
+    refrain avoid tired sick fed hate dislike annoyed annoying irritating overwhelming excessive
+    harto harta cansado cansada odio marre
+    """
+)
+
+
+def _aversion(words: list[str]) -> bool:
+    for i, word in enumerate(words):
+        if (
+            word in {"prefer", "rather"}
+            and "not" in _window(words, i + 1, 2)
+            and any(
+                _is_contact(w) or w in {"receive", "get", "getting", "receiving", "hear"}
+                for w in words[i + 1 :]
+            )
+        ):
+            return True
+        if word in _AVERSION:
+            around = [*_window(words, i - 3, 3), *_window(words, i + 1, 5)]
+            if any(_is_contact(w) for w in around) or (
+                "not" in around and {"receive", "get", "getting", "receiving", "hear"} & set(around)
+            ):
+                return True
+    return False
+
+
+def _complaint(words: list[str]) -> bool:
+    text = " ".join(words)
+    if re.search(
+        r"\b(leave|let|leav) (me|us|my \w+|this number)( \w+){0,3} (alone|be)\b"
+        r"|\b(go away|get lost|shut up|buzz off|back off|piss off|bugger off|sod off|bog off)\b"
+        r"|\b(fuck|f|fck|fuk|fk|eff|frick|frig|screw|fkn|fucking|fuckin) "
+        r"(off|you|yourself|this|these|them|that|all|your)\b"
+        r"|\b(stfu|gtfo|gfy|fuckoff|fu)\b|\bgo to hell\b"
+        r"|\b(tcpa|fcc|ftc|dnc|lawsuit|unsolicited|unsolicitated|harass\w*)\b"
+        r"|\bdo not call\b|\bsue (you|your|them|the|this)\b|\bsuing\b"
+        r"|\b(report|reporting|reported)( \w+)? (you|them|these|your|this number|notice|as|"
+        r"to the|to fcc)\b"
+        r"|\b(block|blocking|blocked)( \w+)? (you|them|these|your|this number|number|sender|"
+        r"notice|text|message)\b"
+        r"|\b(denunciar|reportar|bloquear|demandar)(los|les|te|lo)?\b"
+        r"|\bunwanted\b"
+        r"|\b(done|finished|through) with (you|this|these|them|your|notice|text|"
+        r"message|service)\b"
+        r"|\b(you|they|i|we|people|still|why) (\w+ )?(keep|keeps|kept|keeping|continue|continues)"
+        r" (\w+ ){0,2}(text|message|call|email|contact|send|write|notice|getting|receiving|"
+        r"bothering)\b"
+        r"|\bstill (\w+ ){0,2}(text|message|call|email|contact|send|write|notice|getting|"
+        r"receiving|bothering)\b"
+        r"|\bwhy (am i|do i) (\w+ ){0,2}(getting|receiving)\b"
+        r"|\bwhy (are|r) you (\w+ )?(text|message|contact|send|call|email|write|notice|spam) "
+        r"(me|us|this|my)\b"
+        r"|\b(how|why|where) (\w+ )?(did|do|does|have|has|would|could)? ?(you|they) (\w+ ){0,2}"
+        r"(get|got|find|found|obtain|obtained|have|has) (my|this) (number|info)\b"
+        r"|\bwho (\w+ )?(gave|give|gives|sold|shared|passed|provided) (you|them) (my|this) "
+        r"(number|info)\b"
+        r"|\b(como|donde|quien) (\w+ ){0,2}(consiguieron|obtuvieron|sacaron|dio|dieron|paso|"
+        r"pasaron|tienen|tiene|consiguio|obtuvo) (mi|este) (number|info)\b"
+        r"|\b(dej\w*|laiss\w*|fich\w*|fout\w*|deix\w*)( \w+)? (en paz|tranquil\w*|la paix)\b"
+        r"|\b(knock|cut) (it|this|that) (off|out)\b"
+        r"|\bcease\b|\bdesist\b",
+        text,
+    ):
+        return True
+    if re.search(r"\b(spam|scam)\w*\b", text):
+        return not re.search(r"\b(spam|notice) (folder|filter|box)\b|\bin (my|the) spam\b", text)
+    for i, word in enumerate(words):
+        if word in _PESTER:
+            before = _window(words, i - 2, 2)
+            if {"does", "did", "will", "would", "not"} & set(before) and "do" not in before:
+                continue
+            if word.startswith(("harass", "spam", "acos")) or _has_me(
+                [*before, *_window(words, i + 1, 2)]
+            ):
+                return True
+    return False
+
+
+def _never_consented(words: list[str]) -> bool:
+    text = " ".join(words)
+    if re.search(r"\byet\b", text):
+        return False
+    return bool(
+        re.search(
+            r"\b(never|did not|do not|have not|has not|i not)( \w+){0,2} (sign up|signed up|"
+            r"signup|sign me up|subscribe|agree to|agreed to|consent|consented|authorize|"
+            r"authorized|authorise|authorised|optin|opt in|opted in|enroll|enrolled|"
+            r"register for|registered for|give (you )?permission|gave (you )?permission)\b"
+            r"|\b(no|not|never|without)( \w+){0,3} (consent|permission|authorization|"
+            r"authorisation)\b"
+            r"|\b(not|never) (\w+ ){0,2}(ask|asked|request|requested) for "
+            r"(this|these|that|them|notice|text|message|any|your)\b"
+            r"|\b(withdraw|rescind|retract|remove|cancel|revoke)( \w+){0,2} "
+            r"(consent|permission|authorization|authorisation)\b"
+            r"|\b(no|nunca) (me |les |le )?(subscribe|inscrib\w*|autoriz\w*|autoric\w*|"
+            r"registr\w*|consenti\w*|consiento|acepte)\b"
+            r"|\bno (di|dio|he dado|dimos) (\w+ )?(permiso|consentimiento|autorizacion)\b"
+            r"|\bsin (mi )?(permiso|consentimiento|autorizacion)\b",
+            text,
+        )
+    )
+
+
+def _wrong_person(words: list[str]) -> bool:
+    text = " ".join(words)
+    return bool(
+        re.search(
+            r"\bwrong (\w+ )?(number|person|guy|girl|lady|man|one|people|name|individual|"
+            r"recipient|text|house|contact|info|woman|dude|family)\b"
+            r"|\b(have|got|has|had|the|texting|messaging|contacting|dialed) wrong$"
+            r"|^wrong$"
+            r"|\b(not|no) (\w+ ){0,2}(my|his|her|their|mi|su|the right|the correct|correct|"
+            r"right) (\w+ )?number\b"
+            r"|\b(do|i|we) not know (you|anyone|anybody|him|her|them|who this|who you)\b"
+            r"|\bno (one|body) (here|by|named|with|lives|called)\b|\bnobody (here|by|named)\b"
+            r"|\bnot (live|lives|living) (here|there|at)\b|\b(passed away|deceased)\b"
+            r"|\bnot (a|an|your|the) (\w+ )?(customer|client|member|patient|subscriber)\b"
+            r"|\bnumber( \w+){0,6} (someone|somebody) else\b|\bnumber (\w+ ){0,3}belongs\b"
+            r"|\b(someone|somebody) else s number\b"
+            r"|\b(meant|mean|looking for|want|wanted|trying to reach) (someone|somebody) else\b"
+            r"|\b(es|soy) otra persona\b"
+            r"|\bno soy\b|\bno (lo|la|los|las|te|les)? ?conozco\b"
+            r"|\bnumber (\w+ )?(incorrect\w*|errad\w*|erron\w*|equivoc\w*)\b",
+            text,
+        )
+    ) or any(
+        _ES_WRONG.match(w)
+        and ("number" in words or len(words) <= 4 or {"persona", "se"} & set(words))
+        for w in words
+    )
+
+
+def _short_ender(clauses: list[list[str]]) -> bool:
+    words = [w for clause in clauses for w in clause]
+    if len(words) <= _SHORT_MESSAGE_WORDS and not (_ENDERS - {"stopped", "kill"}).isdisjoint(words):
+        return True
+    return _courtesy_only(clauses, _ENDERS | _ENOUGH | _STRONG | _ALONE_COMPLAINTS)
+
+
+# Words that complain by themselves in a message of nothing else: "Blocked.",
+# "Reported and blocked", "spam".
+_ALONE_COMPLAINTS = (
+    frozenset(
+        {
+            "blocked",
+            "reported",
+            "blocking",
+            "reporting",
+            "spam",
+            "scam",
+            "unsubscribed",
+            "bloqueado",
+            "denunciado",
+            "reportado",
+        }
+    )
+    | _REMOVERS
+)
+
+
+_SHORT_MESSAGE_WORDS = 4
+
+_CLAUSE_RULES: tuple[Callable[[list[str]], bool], ...] = (
+    _stop_word,
+    _ender_with_object,
+    _enough,
+    _negated_contact,
+    _negated_wish,
+    _not_interested,
+    _no_longer,
+    _removal,
+    _complaint,
+    _never_consented,
+    _wrong_person,
+    _aversion,
+)
+
+
+def reads_like_an_opt_out(text: str) -> bool:
+    """Whether ``text`` could be read as a wish to receive no more messages (see
+    the module docstring)."""
+    clauses = _clauses(text)
+    if _short_ender(clauses):
+        return True
+    return any(rule(clause) for clause in clauses for rule in _CLAUSE_RULES)

@@ -95,7 +95,6 @@ def test_replies_that_read_like_an_opt_out_are_candidates(text):
         "Stop please",
         "please stop",
         "STOP IT",
-        "stop by the store at 5?",
         "unsubscribe please",
         "opt out please",
         "opt-out now",
@@ -109,6 +108,202 @@ def test_replies_that_read_like_an_opt_out_are_candidates(text):
 )
 def test_an_opt_out_keyword_among_other_words_is_a_candidate(text):
     assert classify(text) is CANDIDATE
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        ("stop by the store at 5?", CONVERSATION),
+        ("Can I stop in at noon?", CONVERSATION),
+        ("I'll stop at the pharmacy on my way", CONVERSATION),
+        ("we'll stop for gas on the way", CONVERSATION),
+        ("meet me at the bus stop", CONVERSATION),
+        ("I can't stop laughing", CONVERSATION),
+        ("stop at once", CANDIDATE),
+        ("stop for good please", CANDIDATE),
+        ("stop by texting me", CANDIDATE),
+        ("Stop. By the way who is this", CANDIDATE),
+    ],
+)
+def test_stop_in_its_everyday_meanings_is_conversation_unless_messages_are_named(text, intent):
+    assert classify(text) is intent
+
+
+NEGATIONS = [
+    "don't",
+    "do not",
+    "dont",
+    "dnt",
+    "never",
+    "please don't",
+    "pls dont",
+    "can you not",
+    "Please do not ever",
+    "DO NOT",
+    "Don\u2019t you ever",
+]
+CONTACT_VERBS = ["text", "txt", "message", "msg", "contact", "call", "email", "write", "ping"]
+
+
+@pytest.mark.parametrize("verb", CONTACT_VERBS)
+@pytest.mark.parametrize("negation", NEGATIONS)
+def test_any_negation_before_any_contact_verb_is_a_candidate(negation, verb):
+    assert classify(f"{negation} {verb} me again") is CANDIDATE
+    assert classify(f"{negation} {verb} this number") is CANDIDATE
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        "texting",
+        "txting",
+        "messaging",
+        "msging",
+        "contacting",
+        "calling",
+        "emailing",
+        "sending me texts",
+        "sending msgs",
+    ],
+)
+@pytest.mark.parametrize(
+    "stopper", ["stop", "pls stop", "quit", "please quit", "cease", "can you stop", "STOP"]
+)
+def test_any_stop_verb_before_any_contact_verb_is_a_candidate(stopper, verb):
+    assert classify(f"{stopper} {verb} me") is CANDIDATE
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        "envíen",
+        "envies",
+        "manden",
+        "mandes",
+        "escriban",
+        "escribas",
+        "llamen",
+        "contacten",
+        "molesten",
+        "manden mensajes",
+    ],
+)
+@pytest.mark.parametrize(
+    "negation", ["no me", "por favor no me", "nunca más me", "ya no me", "No me vuelvan a"]
+)
+def test_spanish_negation_before_a_contact_verb_is_a_candidate(negation, verb):
+    assert classify(f"{negation} {verb} más") is CANDIDATE
+
+
+@pytest.mark.parametrize("stopper", ["dejen de", "deja de", "Paren de", "por favor dejen de"])
+@pytest.mark.parametrize(
+    "verb",
+    ["escribirme", "mandarme mensajes", "enviarme mensajes", "llamarme", "molestar", "molestarme"],
+)
+def test_spanish_stop_doing_with_a_contact_verb_is_a_candidate(stopper, verb):
+    assert classify(f"{stopper} {verb}") is CANDIDATE
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "unsubscibe",
+        "unsuscribe me",
+        "Unsubsribe",
+        "remvoe me",
+        "stooop",
+        "STOPPPP",
+        "stp",
+        "stoop",
+        "sotp",
+        "st0p",
+        "S T O P pls",
+        "cancle my subscription",
+        "plz remoove me",
+        "leave me alon",
+        "not intrested",
+        "no more msgs plz",
+        "dnt txt me",
+        "u need to stop",
+        "take me off ur list",
+        "stoptexting me",
+        "Stopit",
+        "don't wanna get these anymore",
+        "nvr txt me again",
+    ],
+)
+def test_misspellings_and_abbreviations_are_read_as_their_words(text):
+    assert classify(text) is CANDIDATE
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "please leave me alone",
+        "wrong number",
+        "you have the wrong person",
+        "not interested",
+        "I never signed up for this",
+        "how did you get my number?",
+        "this is spam",
+        "No more texts please",
+        "I no longer want these",
+        "I don't want these",
+        "remove my number",
+        "lose my number",
+        "get me off this list",
+        "opt me out",
+        "I'd rather not get these messages",
+        "why do you keep texting me",
+        "go away",
+        "Número equivocado",
+        "No me interesa",
+        "Ya no quiero recibir mensajes",
+        "Bórrenme",
+        "sáquenme de su lista",
+        "Déjenme en paz",
+        "cancelar suscripción",
+        "No más",
+        "Ne m'envoyez plus de messages",
+        "Pas intéressé",
+        "Não quero mais mensagens",
+    ],
+)
+def test_requests_in_other_words_are_candidates(text):
+    assert classify(text) is CANDIDATE
+
+
+@pytest.mark.parametrize("text", ["\U0001f6d1", "\u26d4\ufe0f", "\U0001f6ab texts", "\U0001f515"])
+def test_stop_sign_emoji_are_candidates(text):
+    assert classify(text) is CANDIDATE
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no",
+        "No thanks",
+        "Who is this?",
+        "not now",
+        "I didn't get your text",
+        "Text me when you're here",
+        "Can you call me back?",
+        "Please keep me posted",
+        "I don't know yet",
+        "No more than 4 people please",
+        "Any more slots this week?",
+        "Keep sending me the deals",
+        "I never got the receipt",
+        "\U0001f44d",
+        "No me llegó el mensaje",
+        "No me molesta, gracias",
+        "¿Me pueden llamar?",
+        "Para mañana a las 5",
+        "Ya no hay problema",
+    ],
+)
+def test_ordinary_replies_stay_conversation(text):
+    assert classify(text) is CONVERSATION
 
 
 @pytest.mark.parametrize(
