@@ -1,0 +1,99 @@
+"""Revocation in any words, through the real gRPC server on the real Kafka ledger
+and PostgreSQL view: a reply a reasonable person could read as "stop", in other
+words, misspelt, abbreviated or in Spanish, blocks regular sends until reviewed;
+an ordinary reply, a false friend of "stop" included, leaves the number allowed."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from consent.v1 import consent_service_pb2 as api
+
+from ledger.ports import ConsistencyToken
+from services.bootstrap import Runtime
+from tests.e2e.harness import client, define, kafka_settings, opt_in, service_settings, ts
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+NUMBER = "+12125550160"
+REVOCATIONS = [
+    "pls dont txt me no more",
+    "can you not message me",
+    "unsubscibe",
+    "take me off ur list",
+    "No me envíen más mensajes",
+    "número equivocado",
+    "\U0001f6d1",
+]
+ORDINARY = ["Can I stop by at 5?", "yes see you then", "No thanks", "Who is this?"]
+
+
+def noon_in_los_angeles() -> datetime:
+    real = datetime.now(UTC)
+    noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
+    return noon if noon > real else noon + timedelta(days=1)
+
+
+@pytest.fixture
+async def service(tmp_path, postgres_dsn, kafka_bootstrap):
+    when = noon_in_los_angeles()
+    settings = service_settings(
+        tmp_path,
+        postgres_dsn,
+        kafka=kafka_settings(kafka_bootstrap, f"rev-{uuid.uuid4().hex[:8]}."),
+    )
+    runtime = Runtime(settings, clock=lambda: when)
+    await runtime.start()
+    try:
+        async with client(runtime.address) as admin:
+            w = await admin.DefineCampaign(
+                define("acme", "promo", when - timedelta(days=1), [NUMBER])
+            )
+        assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
+        yield runtime, when
+    finally:
+        await runtime.stop()
+
+
+async def reply_and_check(runtime: Runtime, when: datetime, phone: str, body: str):
+    """Opt ``phone`` in, let it reply ``body``; the reply's reading and CanSend after it."""
+    async with client(runtime.address, "acme-app") as c:
+        await c.RecordOptIn(opt_in(phone, "acme", "promo", when - timedelta(minutes=30)))
+        reply = await c.HandleInboundMessage(
+            api.HandleInboundMessageRequest(
+                request_id=uuid.uuid4().hex,
+                from_phone=phone,
+                to_phone=NUMBER,
+                body=body,
+                message_id=f"SM{uuid.uuid4().hex[:12]}",
+                occurred_at=ts(when - timedelta(minutes=5)),
+            )
+        )
+        answer = await c.CanSend(
+            api.CanSendRequest(
+                phone=phone,
+                brand="acme",
+                campaign="promo",
+                at_least_as_fresh=reply.consistency_token,
+            )
+        )
+        return reply, answer
+
+
+async def test_a_revocation_in_other_words_blocks_sends_until_reviewed(service):
+    runtime, when = service
+    for n, body in enumerate(REVOCATIONS):
+        reply, answer = await reply_and_check(runtime, when, f"+1415555{3000 + n}", body)
+        assert reply.intent == api.INBOUND_INTENT_REVOCATION_CANDIDATE, body
+        assert not answer.allowed, body
+        assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, body
+
+
+async def test_an_ordinary_reply_leaves_the_number_allowed(service):
+    runtime, when = service
+    for n, body in enumerate(ORDINARY):
+        reply, answer = await reply_and_check(runtime, when, f"+1415555{3100 + n}", body)
+        assert reply.intent == api.INBOUND_INTENT_CONVERSATION, body
+        assert answer.allowed, body
