@@ -61,6 +61,7 @@ from ledger.events import (
 )
 from ledger.keywords import Intent, classify
 from ledger.phone import to_e164
+from ledger.regions import normalise_region
 from ledger.state import SubscriberState
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -361,10 +362,25 @@ def _opt_in(cmd: RecordOptIn, now: datetime) -> list[LedgerEvent]:
             campaign=check_name(cmd.campaign, "campaign"),
             tier=cmd.tier,
             method=cmd.method,
-            proof=cmd.proof,
+            proof=_with_region(cmd.proof),
             source=cmd.source,
         )
     ]
+
+
+def _with_region(proof: ConsentProof) -> ConsentProof:
+    """``proof`` with its region as a USPS code ("fl" -> "FL"), or ``InvalidRequest``:
+    a state that silently meant nothing would leave its rules unapplied."""
+    if not proof.region:
+        return proof
+    code = normalise_region(proof.region)
+    if code is None:
+        raise InvalidRequest(
+            "proof.region",
+            f"{proof.region[:16]!r} is not the two-letter USPS code of a US state, DC or a "
+            "territory",
+        )
+    return proof if code == proof.region else dataclasses.replace(proof, region=code)
 
 
 def _opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:

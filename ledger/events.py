@@ -114,6 +114,9 @@ class ConsentProof:
     consent_text_version: str = ""
     screenshot_ref: str = ""
     screenshot_sha256: str = ""
+    region: str = ""
+    """The USPS code of the state the subscriber gave as theirs (empty: not given).
+    State telemarketing rules follow the person: ``ledger.regions``."""
 
     def missing_fields(self, method: CollectionMethod) -> list[str]:
         """Names of the proof fields ``method`` requires that are empty."""

@@ -136,6 +136,8 @@ class SubscriberState:
     age: Fact[AgeVerified] | None = None
     last_inbound: Fact[InboundMessageReceived] | None = None
     brand_sent: tuple[SentRecord, ...] = ()
+    location: Fact[ConsentGranted] | None = None
+    """The latest opt-in whose proof says which state the subscriber is in."""
 
     def campaign(self, name: str) -> CampaignConsent:
         return self.campaigns.get(name, EMPTY_CAMPAIGN)
@@ -162,7 +164,10 @@ def _prune(sent: Iterable[SentRecord], newest: datetime) -> tuple[SentRecord, ..
 
 
 def _apply_granted(s: SubscriberState, f: Fact[ConsentGranted]) -> SubscriberState:
-    return _with_campaign(s, f.event.campaign, lambda c: _evolve(c, grant=_later(c.grant, f)))
+    s = _with_campaign(s, f.event.campaign, lambda c: _evolve(c, grant=_later(c.grant, f)))
+    if f.event.proof.region:
+        s = _evolve(s, location=_later(s.location, f))
+    return s
 
 
 def _apply_revoked(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberState:
@@ -400,6 +405,7 @@ def retained_facts(state: SubscriberState) -> list[Recorded]:
                 keep(record.fact)
     for brand_fact in (state.brand_revocation, state.brand_resume, state.age, state.last_inbound):
         keep(brand_fact)
+    keep(state.location)
     for sent in state.brand_sent:
         keep(sent.fact)
     for candidate in state.candidates.values():

@@ -287,6 +287,7 @@ _PROOF_TEXT_FIELDS = (
     "consent_text_version",
     "screenshot_ref",
     "screenshot_sha256",
+    "region",
 )
 
 

@@ -436,6 +436,7 @@ class ConsentProof(_message.Message):
     CONSENT_TEXT_VERSION_FIELD_NUMBER: _builtins.int
     SCREENSHOT_REF_FIELD_NUMBER: _builtins.int
     SCREENSHOT_SHA256_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     email: _builtins.str
     postal_address: _builtins.str
@@ -447,6 +448,12 @@ class ConsentProof(_message.Message):
     consent_text_version: _builtins.str
     screenshot_ref: _builtins.str
     screenshot_sha256: _builtins.str
+    region: _builtins.str
+    """The USPS code of the US state (or DC, or territory) the subscriber gave as
+    where they are, e.g. "FL"; empty when not given. State telemarketing rules
+    (quiet hours, closed days, caps) of this state apply in addition to those of
+    the state the number's area code names.
+    """
     @_builtins.property
     def registered_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -464,10 +471,11 @@ class ConsentProof(_message.Message):
         consent_text_version: _builtins.str = ...,
         screenshot_ref: _builtins.str = ...,
         screenshot_sha256: _builtins.str = ...,
+        region: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection_detail", b"collection_detail", "consent_text", b"consent_text", "consent_text_sha256", b"consent_text_sha256", "consent_text_version", b"consent_text_version", "email", b"email", "form_url", b"form_url", "ip_address", b"ip_address", "name", b"name", "postal_address", b"postal_address", "registered_at", b"registered_at", "screenshot_ref", b"screenshot_ref", "screenshot_sha256", b"screenshot_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection_detail", b"collection_detail", "consent_text", b"consent_text", "consent_text_sha256", b"consent_text_sha256", "consent_text_version", b"consent_text_version", "email", b"email", "form_url", b"form_url", "ip_address", b"ip_address", "name", b"name", "postal_address", b"postal_address", "region", b"region", "registered_at", b"registered_at", "screenshot_ref", b"screenshot_ref", "screenshot_sha256", b"screenshot_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
