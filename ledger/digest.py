@@ -24,6 +24,7 @@ from typing import Any, Final, NamedTuple
 
 from ledger.events import MessageKind
 from ledger.phone import time_zones
+from ledger.regions import candidate_regions, zones_with_region
 from ledger.state import Fact, SubscriberState
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -97,6 +98,12 @@ class Digest(NamedTuple):
     decoded digest holds the plain tuples of their fields: typing each when it is
     asked for, not every one when decoded, is a good part of a batch's decoding."""
 
+    regions: tuple[str, ...] = ()
+    """The US states the recipient may be in (``ledger.regions.candidate_regions``):
+    the number's and the one the subscriber gave; each state's rules apply."""
+    located: tuple[str, str] | None = None
+    """(state, event id) of the opt-in that said where the subscriber is, if any."""
+
     def campaign(self, name: str) -> CampaignDigest:
         fields = self.campaigns.get(name)
         return EMPTY_CAMPAIGN if fields is None else _new(CampaignDigest, fields)
@@ -125,9 +132,12 @@ def digest_of(state: SubscriberState) -> Digest:
             ),
         )
     age = state.age
+    location = state.location
+    supplied = location.event.proof.region if location is not None else ""
+    zones = time_zones(state.phone) if state.phone else ()
     return Digest(
         brand=state.brand,
-        zones=time_zones(state.phone) if state.phone else (),
+        zones=zones_with_region(zones, supplied),
         pending=tuple((c.event_id, c.event.text) for c in state.pending_candidates()),
         brand_revocation=_mark(state.brand_revocation),
         brand_resume=_mark(state.brand_resume),
@@ -141,4 +151,6 @@ def digest_of(state: SubscriberState) -> Digest:
             if s.kind is MessageKind.OPT_OUT_CONFIRMATION
         ),
         campaigns=campaigns,
+        regions=candidate_regions(state.phone, supplied),
+        located=None if location is None else (supplied, location.event_id),
     )

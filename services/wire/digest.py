@@ -15,8 +15,10 @@ import msgpack
 
 from ledger.digest import Age, CampaignDigest, Digest
 
-FORMAT = 2
-"""1 had no ``CampaignDigest.last_disclosed_at``; its rows are read from their snapshots."""
+FORMAT = 3
+"""1 had no ``CampaignDigest.last_disclosed_at``, 2 no ``Digest.regions`` and
+``Digest.located`` (the recipient's candidate states): rows in either are read from
+their snapshots, which are folded and digested again, states included."""
 _HEADER = bytes([FORMAT])
 _DIGEST_FIELDS = len(Digest._fields)
 _CAMPAIGN_FIELDS = len(CampaignDigest._fields)
