@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
+from ledger import state_rules
 from ledger.campaigns import (
     MAX_CONVERSATION_WINDOW,
     MAX_OPT_OUT_CONFIRMATION_WINDOW,
@@ -53,6 +54,7 @@ from ledger.state import (
     fold,
     fold_campaign,
 )
+from ledger.state_rules import StateRule
 
 
 class Reason(enum.Enum):
@@ -121,14 +123,26 @@ class Decision(NamedTuple):
     evidence: tuple[str, ...] = ()
     detail: str = ""
     policy_version: int = 0
+    rule: str = ""
+    """The rule that decided a denial by quiet hours or caps: ``federal``, ``campaign``
+    or ``state:XX`` (``ledger.state_rules``); empty for every other answer."""
+    citation: str = ""
+    """Where that rule is written (statute or regulation, or the campaign's policy)."""
 
 
 _new = tuple.__new__
 """A named tuple built from all its fields without its Python-level constructor."""
 
 
-def deny(reason: Reason, detail: str, evidence: Iterable[str] = (), version: int = 0) -> Decision:
-    return _new(Decision, (False, reason, (), tuple(evidence), detail, version))
+def deny(
+    reason: Reason,
+    detail: str,
+    evidence: Iterable[str] = (),
+    version: int = 0,
+    rule: str = "",
+    citation: str = "",
+) -> Decision:
+    return _new(Decision, (False, reason, (), tuple(evidence), detail, version, rule, citation))
 
 
 _DEFAULT_HOURS = QuietHours()
@@ -322,7 +336,11 @@ class Check:
             self._obligations,
             self._content_allowed,
         ) = _spans(campaign)
-        self._quiet: dict[tuple[str, ...], Decision | None] = {}
+        self._quiet: dict[tuple[tuple[str, ...], tuple[str, ...]], Decision | None] = {}
+        # Promotional sends also count towards the caps of the recipient's states.
+        self._promotional = policy.purpose is CampaignPurpose.PROMOTIONAL
+        self._limits = self._limits or self._promotional
+        self._state_caps: dict[tuple[str, ...], tuple[StateRule, ...]] = {}
         # What each call would otherwise look up on the enum classes (28 ns apiece).
         self._confirming = kind is MessageKind.OPT_OUT_CONFIRMATION
         self._help = kind is MessageKind.HELP_REPLY
@@ -397,13 +415,11 @@ class Check:
         if check is None and self._limits:
             check = self._caps_reached(digest, c)
         if check is None:
-            check = self._quiet.get(digest.zones, _UNKNOWN)
-            if check is _UNKNOWN:
-                check = self._quiet_hours(digest.zones)
+            check = self._quiet.get((digest.zones, digest.regions), _UNKNOWN)
+            if check is _UNKNOWN or (check is not None and digest.located is not None):
+                check = self._quiet_hours(digest.zones, digest.regions, digest.located)
         if check is not None:
-            return Decision(
-                False, check.reason, (), (*evidence, *check.evidence), check.detail, version
-            )
+            return check._replace(evidence=(*evidence, *check.evidence), policy_version=version)
 
         since = current.since
         last_sent = c.last_sent_at
@@ -432,6 +448,8 @@ class Check:
                 evidence,
                 "consent stands",
                 version,
+                "",
+                "",
             ),
         )
 
@@ -467,11 +485,9 @@ class Check:
             if gate is None and self._limits:
                 gate = self._caps_reached(digest, c)
             if gate is None:
-                gate = self._quiet_hours(digest.zones)
+                gate = self._quiet_hours(digest.zones, digest.regions, digest.located)
             if gate is not None:
-                return Decision(
-                    False, gate.reason, (), (inbound, *gate.evidence), gate.detail, version
-                )
+                return gate._replace(evidence=(inbound, *gate.evidence), policy_version=version)
             return Decision(
                 True,
                 Reason.CONVERSATION_REPLY,
@@ -537,14 +553,25 @@ class Check:
             return None  # the opt-out itself, or anything before it, opens nothing
         return inbound[ID]
 
-    def _quiet_hours(self, zones: tuple[str, ...]) -> Decision | None:
+    def _quiet_hours(
+        self,
+        zones: tuple[str, ...],
+        regions: tuple[str, ...] = (),
+        located: tuple[str, str] | None = None,
+    ) -> Decision | None:
+        key = (zones, regions)
         try:
-            return self._quiet[zones]
+            found = self._quiet[key]
         except KeyError:
-            found = self._quiet[zones] = self._quiet_hours_in(zones)
-            return found
+            found = self._quiet[key] = self._quiet_hours_in(zones, regions)
+        if found is not None and located is not None and found.rule == f"state:{located[0]}":
+            # The state came from the subscriber's own word: that opt-in is evidence.
+            return found._replace(evidence=(*found.evidence, located[1]))
+        return found
 
-    def _quiet_hours_in(self, zones: tuple[str, ...]) -> Decision | None:
+    def _quiet_hours_in(
+        self, zones: tuple[str, ...], regions: tuple[str, ...] = ()
+    ) -> Decision | None:
         policy = self.policy
         if not policy.quiet_hours_apply:
             return None
@@ -555,6 +582,27 @@ class Check:
                 (),
                 self.version,
             )
+        # The federal window, then each state's, then the campaign's own: every one
+        # must allow the send in every zone the recipient may be in, and the first
+        # that does not is named in the answer.
+        federal = state_rules.table().federal
+        start, end = federal.hours
+        for zone in zones:
+            local = self.now.astimezone(ZoneInfo(zone))
+            if not start <= local.time() < end:
+                return deny(
+                    Reason.QUIET_HOURS,
+                    f"{local:%H:%M} in {zone} is outside {start:%H:%M}-{end:%H:%M} "
+                    f"(federal: {federal.citation})",
+                    (),
+                    self.version,
+                    state_rules.FEDERAL,
+                    federal.citation,
+                )
+        for rule in state_rules.rules_for(regions):
+            found = self._state_quiet_hours(rule, zones)
+            if found is not None:
+                return found
         # A campaign may only narrow the default window (its definition is checked
         # for that); one recorded before that check is held to the default as well.
         start = max(policy.quiet_hours.start, _DEFAULT_HOURS.start)
@@ -565,10 +613,40 @@ class Check:
             if not start <= local.time() < end:
                 return deny(
                     Reason.QUIET_HOURS,
-                    f"{local:%H:%M} in {zone} is outside {start:%H:%M}-{end:%H:%M}",
+                    f"{local:%H:%M} in {zone} is outside {start:%H:%M}-{end:%H:%M} "
+                    f"(the campaign's quiet hours)",
                     (),
                     self.version,
+                    state_rules.CAMPAIGN,
+                    f"campaign {self.campaign.campaign!r} policy version {self.version}",
                 )
+        return None
+
+    def _state_quiet_hours(self, rule: StateRule, zones: tuple[str, ...]) -> Decision | None:
+        """``rule``'s answer: its hours for the local day in each zone it is read in."""
+        for zone in state_rules.rule_zones(rule, zones):
+            local = self.now.astimezone(ZoneInfo(zone))
+            day = local.date()
+            if day < rule.effective:
+                continue
+            hours, kind = rule.hours_on(day)
+            if hours is None:
+                detail = f"{kind} {day} in {zone}: {rule.name} allows no solicitation that day"
+            elif not hours[0] <= local.time() < hours[1]:
+                detail = (
+                    f"{local:%H:%M} on {kind} in {zone} is outside {rule.name}'s "
+                    f"{hours[0]:%H:%M}-{hours[1]:%H:%M}"
+                )
+            else:
+                continue
+            return deny(
+                Reason.QUIET_HOURS,
+                f"{detail} ({rule.rule}: {rule.citation})",
+                (),
+                self.version,
+                rule.rule,
+                rule.citation,
+            )
         return None
 
     def _local_date(self, zones: tuple[str, ...]) -> date:
@@ -622,6 +700,44 @@ class Check:
                         [s[ID] for s in counted],
                         self.version,
                     )
+        if self._promotional:
+            return self._state_caps_reached(digest, c)
+        return None
+
+    def _state_caps_reached(self, digest: Digest, c: CampaignDigest) -> Decision | None:
+        """The caps of the recipient's states on solicitations per subject: a campaign
+        is one subject, so its counted sends in each cap's window count."""
+        rules = self._state_caps.get(digest.regions)
+        if rules is None:
+            rules = self._state_caps[digest.regions] = tuple(
+                r for r in state_rules.rules_for(digest.regions) if r.cap is not None
+            )
+        now = self._now
+        for rule in rules:
+            cap = rule.cap
+            assert cap is not None
+            # In force once any zone the rule is read in has reached its first day.
+            if all(
+                self._date_in(zone) < rule.effective
+                for zone in state_rules.rule_zones(rule, digest.zones)
+            ):
+                continue
+            window = micros_of(cap.window)
+            counted = [s for s in c.sent if now - window < s[AT]]
+            if len(counted) >= cap.limit:
+                evidence = [s[ID] for s in counted]
+                located = digest.located
+                if located is not None and located[0] == rule.state:
+                    evidence.append(located[1])
+                return deny(
+                    Reason.FREQUENCY_CAP_REACHED,
+                    f"{len(counted)} of {cap.limit} solicitations on this subject in "
+                    f"{cap.window} ({rule.rule}: {rule.citation})",
+                    evidence,
+                    self.version,
+                    rule.rule,
+                    rule.citation,
+                )
         return None
 
     def _age_gate(self, digest: Digest) -> Decision | None:

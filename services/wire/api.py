@@ -272,6 +272,8 @@ def _fill_decision(msg: Any, decision: Decision, reason: int, obligations: list[
     msg.detail = decision.detail
     msg.evidence_event_ids.extend(decision.evidence)
     msg.policy_version = decision.policy_version
+    msg.rule = decision.rule
+    msg.rule_citation = decision.citation
 
 
 def _wire_values(decision: Decision) -> tuple[int, list[int]]:
@@ -322,7 +324,7 @@ def batch_to_proto(
     add = response.decisions.add
     # A batch's decisions are of a few kinds that differ in their evidence alone: each
     # entry copies its kind's template (one C call), then gets its phone and evidence.
-    templates: dict[tuple[int, int, str, int, bool], api_pb2.SendDecision] = {}
+    templates: dict[tuple[int, int, str, int, bool, str, str], api_pb2.SendDecision] = {}
     for phone, decision in zip(phones, decisions, strict=True):
         kind = (
             id(decision.reason),
@@ -330,6 +332,8 @@ def batch_to_proto(
             decision.detail,
             decision.policy_version,
             decision.allowed,
+            decision.rule,
+            decision.citation,
         )
         template = templates.get(kind)
         if template is None:
@@ -360,6 +364,8 @@ def decision_from_proto(
         evidence=tuple(msg.evidence_event_ids),
         detail=msg.detail,
         policy_version=msg.policy_version,
+        rule=msg.rule,
+        citation=msg.rule_citation,
     )
 
 

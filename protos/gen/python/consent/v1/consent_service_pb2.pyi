@@ -315,6 +315,8 @@ class CanSendResponse(_message.Message):
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
     PROVISIONAL_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    RULE_CITATION_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     reason: Global___Reason.ValueType
     detail: _builtins.str
@@ -328,6 +330,13 @@ class CanSendResponse(_message.Message):
     scheduler may plan around quiet hours and caps with it, and must ask again
     when the moment comes (an opt-out may arrive meanwhile).
     """
+    rule: _builtins.str
+    """The rule that decided a denial by quiet hours or a cap: "federal" (47 CFR
+    64.1200(c)(1)), "campaign" (the campaign's own window) or "state:XX" (that
+    state's statute); empty for other answers.
+    """
+    rule_citation: _builtins.str
+    """Where that rule is written: the statute or regulation cited."""
     @_builtins.property
     def obligations(self) -> _containers.RepeatedScalarFieldContainer[Global___Obligation.ValueType]:
         """When allowed: what the message must do."""
@@ -347,10 +356,12 @@ class CanSendResponse(_message.Message):
         policy_version: _builtins.int = ...,
         consistency_token: _builtins.str = ...,
         provisional: _builtins.bool = ...,
+        rule: _builtins.str = ...,
+        rule_citation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "consistency_token", b"consistency_token", "detail", b"detail", "evidence_event_ids", b"evidence_event_ids", "obligations", b"obligations", "policy_version", b"policy_version", "provisional", b"provisional", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "consistency_token", b"consistency_token", "detail", b"detail", "evidence_event_ids", b"evidence_event_ids", "obligations", b"obligations", "policy_version", b"policy_version", "provisional", b"provisional", "reason", b"reason", "rule", b"rule", "rule_citation", b"rule_citation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -409,12 +420,21 @@ class SendDecision(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     EVIDENCE_EVENT_IDS_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    RULE_CITATION_FIELD_NUMBER: _builtins.int
     phone: _builtins.str
     """The number as given in the request."""
     allowed: _builtins.bool
     reason: Global___Reason.ValueType
     detail: _builtins.str
     policy_version: _builtins.int
+    rule: _builtins.str
+    """The rule that decided a denial by quiet hours or a cap: "federal" (47 CFR
+    64.1200(c)(1)), "campaign" (the campaign's own window) or "state:XX" (that
+    state's statute); empty for other answers.
+    """
+    rule_citation: _builtins.str
+    """Where that rule is written: the statute or regulation cited."""
     @_builtins.property
     def obligations(self) -> _containers.RepeatedScalarFieldContainer[Global___Obligation.ValueType]: ...
     @_builtins.property
@@ -429,10 +449,12 @@ class SendDecision(_message.Message):
         detail: _builtins.str = ...,
         evidence_event_ids: _abc.Iterable[_builtins.str] | None = ...,
         policy_version: _builtins.int = ...,
+        rule: _builtins.str = ...,
+        rule_citation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "detail", b"detail", "evidence_event_ids", b"evidence_event_ids", "obligations", b"obligations", "phone", b"phone", "policy_version", b"policy_version", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "detail", b"detail", "evidence_event_ids", b"evidence_event_ids", "obligations", b"obligations", "phone", b"phone", "policy_version", b"policy_version", "reason", b"reason", "rule", b"rule", "rule_citation", b"rule_citation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -521,11 +543,20 @@ class CanSendAsOfResponse(_message.Message):
     EVIDENCE_EVENT_IDS_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    RULE_CITATION_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     reason: Global___Reason.ValueType
     detail: _builtins.str
     policy_version: _builtins.int
     consistency_token: _builtins.str
+    rule: _builtins.str
+    """The rule that decided a denial by quiet hours or a cap: "federal" (47 CFR
+    64.1200(c)(1)), "campaign" (the campaign's own window) or "state:XX" (that
+    state's statute); empty for other answers.
+    """
+    rule_citation: _builtins.str
+    """Where that rule is written: the statute or regulation cited."""
     @_builtins.property
     def obligations(self) -> _containers.RepeatedScalarFieldContainer[Global___Obligation.ValueType]: ...
     @_builtins.property
@@ -540,10 +571,12 @@ class CanSendAsOfResponse(_message.Message):
         evidence_event_ids: _abc.Iterable[_builtins.str] | None = ...,
         policy_version: _builtins.int = ...,
         consistency_token: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        rule_citation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "consistency_token", b"consistency_token", "detail", b"detail", "evidence_event_ids", b"evidence_event_ids", "obligations", b"obligations", "policy_version", b"policy_version", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "consistency_token", b"consistency_token", "detail", b"detail", "evidence_event_ids", b"evidence_event_ids", "obligations", b"obligations", "policy_version", b"policy_version", "reason", b"reason", "rule", b"rule", "rule_citation", b"rule_citation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
