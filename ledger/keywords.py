@@ -358,17 +358,21 @@ _STOP_LIKE_PREFIX = re.compile(
 )
 
 
-def _clauses(text: str) -> list[list[str]]:
-    """The message cut at sentence punctuation and commas, each part as canonical words."""
+def _plain(text: str) -> str:
+    """The folded text without accents, emoji read, contractions opened, letters joined."""
     folded = _fold(text).translate(_EMOJI_TABLE)
     folded = "".join(
         ch for ch in unicodedata.normalize("NFD", folded) if not unicodedata.combining(ch)
     )
     for pattern, replacement in _CONTRACTIONS:
         folded = pattern.sub(replacement, folded)
-    folded = _SPACED_LETTERS.sub(_join_letters, folded)
+    return _SPACED_LETTERS.sub(_join_letters, folded)
+
+
+def _clauses(plain: str) -> list[list[str]]:
+    """The message cut at sentence punctuation and commas, each part as canonical words."""
     clauses = []
-    for part in _CLAUSE_BREAK.split(folded):
+    for part in _CLAUSE_BREAK.split(plain):
         tokens = _join_split_words(_TOKEN.findall(part.replace("'", " ")))
         words = [w for token in tokens for w in _canon(token)]
         if words:
@@ -478,7 +482,7 @@ _BETWEEN = _words(
     nos le les te lo los la mas vuelvan vuelvas vuelva vuelvo a por
     favor ya m plus pas mais another single fucking freaking effing frickin damn bother try dare
     these your those my this number from going gonna other mi sus nunca otra vez jamais ni un
-    une de des the want wanna at all tu su ou
+    une de des the want wanna at all tu su ou waste time
     """
 )
 # "not" negates an imperative or a wish after these ("can you not", "to not").
@@ -578,6 +582,9 @@ _STOP_PLACE = _words(
 )
 
 
+_RECEIVING = _words("receiving getting hearing recieving geting")
+
+
 def _stop_word(words: list[str]) -> bool:
     for i, word in enumerate(words):
         if word not in _STRONG:
@@ -596,6 +603,15 @@ def _stop_word(words: list[str]) -> bool:
         ):
             continue
         if after in _STOP_ASIDE and then not in _STOP_ASIDE_KEEP:
+            continue
+        # "stop taking the pills", "stop using the dryer": a verb that is not
+        # one of contact, and no messages or person named in the clause.
+        if (
+            after.endswith("ing")
+            and after not in _PESTER | _RECEIVING
+            and not _has_me(words)
+            and _DEMONSTRATIVE.isdisjoint(set(words) - {"it", "that"})
+        ):
             continue
         return True
     return False
@@ -659,6 +675,19 @@ def _enough(words: list[str]) -> bool:
     return False
 
 
+_MORE = _words("more further mas plus mais longer")
+_AFTER_NO_NOUN = (
+    _COURTESY
+    | _CONTACT
+    | _words(
+        """
+        from to this number me us for ever again anymore any kind sort more or and nor at after
+        before during on by whatsoever whatsoever ever period
+        """
+    )
+)
+
+
 def _negated_contact(words: list[str]) -> bool:
     for i in range(len(words)):
         if not _negated(words, i):
@@ -675,7 +704,12 @@ def _negated_contact(words: list[str]) -> bool:
             continue
         word = words[j]
         if _is_contact(word) and word not in {"contacto"}:
-            return True
+            if words[i] != "no" or word not in _CONTACT or set(words[i + 1 : j]) & _MORE:
+                return True
+            # "no texts please", not "no reminder came": the noun must end the
+            # clause or be followed by courtesy or more of the messages.
+            if set(words[j + 1 :]) <= _AFTER_NO_NOUN:
+                return True
         if word in _CONTACT_PAST and words[j - 1] in {"be", "being", "get", "getting", "been"}:
             return True
         if word in _PESTER and not (
@@ -694,7 +728,7 @@ def _negated_contact(words: list[str]) -> bool:
 
 def _negated_wish(words: list[str]) -> bool:
     for i in range(len(words)):
-        if not _negated(words, i):
+        if not _negated(words, i) or words[i : i + 2] == ["no", "need"]:
             continue
         for j in range(i + 1, min(i + 5, len(words))):
             if words[j] in _DESIRE:
@@ -724,7 +758,7 @@ def _no_longer(words: list[str]) -> bool:
     text = " ".join(words)
     if re.search(r"\b(no longer|nunca mas|no mas$|not anymore|never again)\b", text):
         return True
-    if re.search(r"\bya no (?!hay\b|puedo\b|se\b|es\b|esta\b)\w", text):
+    if re.search(r"\bya no (?!hay\b|puedo\b|se\b|esta\b)\w", text):
         return True
     if "anymore" in words or re.search(r"\b(not|no|never)\b.*\bany more\b", text):
         return any(
@@ -930,12 +964,18 @@ def _never_consented(words: list[str]) -> bool:
     )
 
 
+_PERSON_NOUNS = (
+    "number|person|guy|girl|lady|man|one|people|name|individual|recipient|text|house|contact|"
+    "info|woman|dude|family|no|num|nr|numbr|persona"
+)
+
+
 def _wrong_person(words: list[str]) -> bool:
     text = " ".join(words)
     return bool(
         re.search(
-            r"\bwrong (\w+ )?(number|person|guy|girl|lady|man|one|people|name|individual|"
-            r"recipient|text|house|contact|info|woman|dude|family)\b"
+            rf"\bwrong (\w+ )?({_PERSON_NOUNS})\b"
+            rf"|\bnot (the )?(right|correct|intended) ({_PERSON_NOUNS})\b"
             r"|\b(have|got|has|had|the|texting|messaging|contacting|dialed) wrong$"
             r"|^wrong$"
             r"|\b(not|no) (\w+ ){0,2}(my|his|her|their|mi|su|the right|the correct|correct|"
@@ -959,11 +999,15 @@ def _wrong_person(words: list[str]) -> bool:
     )
 
 
-def _short_ender(clauses: list[list[str]]) -> bool:
+def _short_ender(clauses: list[list[str]], *, question: bool) -> bool:
     words = [w for clause in clauses for w in clause]
     if len(words) <= _SHORT_MESSAGE_WORDS and not (_ENDERS - {"stopped", "kill"}).isdisjoint(words):
         return True
-    return _courtesy_only(clauses, _ENDERS | _ENOUGH | _STRONG | _ALONE_COMPLAINTS)
+    # "Don't!", "please don't": a bare negation answers the texts themselves.
+    if "not" in words and set(words) <= _COURTESY | {"not", "do", "please", "no", "nope"}:
+        return "do" in words
+    enough = frozenset() if question else _ENOUGH
+    return _courtesy_only(clauses, _ENDERS | enough | _STRONG | _ALONE_COMPLAINTS)
 
 
 # Words that complain by themselves in a message of nothing else: "Blocked.",
@@ -1008,7 +1052,32 @@ _CLAUSE_RULES: tuple[Callable[[list[str]], bool], ...] = (
 def reads_like_an_opt_out(text: str) -> bool:
     """Whether ``text`` could be read as a wish to receive no more messages (see
     the module docstring)."""
-    clauses = _clauses(text)
-    if _short_ender(clauses):
+    plain = _plain(text)
+    clauses = _clauses(plain)
+    if _short_ender(clauses, question=plain.rstrip().endswith("?")):
+        return True
+    if _MESSAGE_RULES.search(plain):
         return True
     return any(rule(clause) for clause in clauses for rule in _CLAUSE_RULES)
+
+
+# Rules that need the words as written (the -ing of "texting" is gone from the
+# canonical words): "why is this number texting me", "¿por qué me siguen
+# escribiendo?", "I told you to stop".
+_MESSAGE_RULES = re.compile(
+    r"\bwhy\b[^.?!]*\b(texting|txting|texing|messaging|msging|msgin|contacting|calling|"
+    r"emailing|sending|spamming|writing|hitting) (me|us|my|this)\b"
+    r"|\bpor ?que\b[^.?!]*\b(me|nos) (siguen |sigue |continuan |estan |vuelven a )?"
+    r"(escrib\w+|mand\w+|envi\w+|llam\w+|contact\w+|textea\w+|molest\w+)"
+    r"|\b(siguen|sigue|continuan) (\w+ )?(escrib|mand|envi|llam|contact|textea|molest)\w*"
+    r"|\b(dije|pedi|he dicho|hemos dicho|dijimos) que (no\b|ya no|paren|dejen|pararan|dejaran|"
+    r"me borr|me quit|me sac)"
+    r"|\b(told|asked) (you|u|ya|yall|y all) (to stop|no\b|not to|already|(\w+ )?times)"
+    r"|\bi (said|say) no\b"
+    r"|\b(too|so|way too) (many|much|often|frequent)\b[^.?!]*\b(texts?|txts?|messages|msgs|"
+    r"texting|messaging|sms|notifications|alerts|emails|calls)\b"
+    r"|\b(texts?|txts?|messages|msgs|notifications|alerts|emails|calls) (are |is )?"
+    r"(too|so|way too) (many|much|often|frequent)\b"
+    r"|\bya no ?[.!]*$"
+    r"|\b(number|numero) (\w+ ){0,2}(ya )?no es (de|mi|su|el)\b"
+)
