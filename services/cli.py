@@ -29,6 +29,7 @@ from services.bootstrap import (
     settle_heap,
     start_embedded_postgres,
 )
+from services.log_limits import limited
 from services.settings import Settings, SettingsError, TlsSettings
 
 log = logging.getLogger("consent-ledger")
@@ -139,10 +140,12 @@ async def _rebuild(settings: Settings) -> None:
         await pool.close()
 
 
-def _configure_logging(log_format: str, verbose: bool) -> None:
+def _configure_logging(settings: Settings, verbose: bool) -> None:
     """Log lines to stderr: for people (``text``), or one JSON object per line
     (``json``) with ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``
-    and ``exc_info`` (a traceback), for a log pipeline."""
+    and ``exc_info`` (a traceback), for a log pipeline. Every logger's lines pass
+    the repeat limit (``services.log_limits``)."""
+    log_format = settings.log_format
     handler = logging.StreamHandler()
     if log_format == "json":
         from pythonjsonlogger.json import JsonFormatter
@@ -156,7 +159,10 @@ def _configure_logging(log_format: str, verbose: bool) -> None:
         )
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        handlers=[limited(handler, settings.log_repeat_limit, settings.log_repeat_interval)],
+    )
     # embedded-postgres narrates every pg_ctl call at INFO; only its problems matter here
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
@@ -226,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_format, args.verbose)
+    _configure_logging(settings, args.verbose)
     runners: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
         "serve": lambda: _serve(settings, args.embedded),
         "migrate": lambda: _migrate(settings),

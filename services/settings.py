@@ -64,6 +64,10 @@ class Settings:
     """``text`` (for people) or ``json`` (one object per line, for a log pipeline)."""
     cansend_future_horizon: timedelta = timedelta(days=30)
     """How far ahead of now a CanSend's ``at`` may be (answered provisionally)."""
+    log_repeat_limit: int = 10
+    """Lines logged by one statement of the code per ``log_repeat_interval``, after
+    which they are counted, not written; 0: no limit."""
+    log_repeat_interval: float = 60.0
 
     @staticmethod
     def from_env(env: Mapping[str, str] | None = None, *, embedded: bool = False) -> Settings:
@@ -178,6 +182,8 @@ class Settings:
             health_listen=health,
             log_format=log_format,
             cansend_future_horizon=timedelta(days=horizon),
+            log_repeat_limit=whole("CONSENT_LOG_REPEAT_LIMIT", 10, least=0),
+            log_repeat_interval=number("CONSENT_LOG_REPEAT_INTERVAL_S", 60),
         )
 
 

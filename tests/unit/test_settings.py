@@ -210,3 +210,25 @@ def test_cansend_answers_up_to_30_days_ahead_by_default_and_the_horizon_is_a_set
     for bad in ("-1", "367", "nan", "soon"):
         with pytest.raises(SettingsError, match="CONSENT_CANSEND_FUTURE_HORIZON_DAYS"):
             Settings.from_env({"CONSENT_CANSEND_FUTURE_HORIZON_DAYS": bad}, embedded=True)
+
+
+def test_ten_lines_a_minute_of_a_kind_by_default() -> None:
+    settings = Settings.from_env(EMBEDDED, embedded=True)
+    assert (settings.log_repeat_limit, settings.log_repeat_interval) == (10, 60)
+
+
+@pytest.mark.parametrize(
+    "env, refused",
+    [
+        ({"CONSENT_LOG_REPEAT_LIMIT": "-1"}, "CONSENT_LOG_REPEAT_LIMIT must be a finite number"),
+        ({"CONSENT_LOG_REPEAT_LIMIT": "2.5"}, "CONSENT_LOG_REPEAT_LIMIT must be a whole number"),
+        ({"CONSENT_LOG_REPEAT_INTERVAL_S": "0"}, "CONSENT_LOG_REPEAT_INTERVAL_S must be"),
+    ],
+)
+def test_a_log_limit_out_of_range_is_refused_by_name(env, refused) -> None:
+    with pytest.raises(SettingsError, match=refused):
+        Settings.from_env(env, embedded=True)
+
+
+def test_a_log_repeat_limit_of_zero_turns_it_off() -> None:
+    assert Settings.from_env({"CONSENT_LOG_REPEAT_LIMIT": "0"}, embedded=True).log_repeat_limit == 0
