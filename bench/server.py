@@ -121,7 +121,8 @@ async def _stub(
 
     # The stub's CanSend asks nothing of an app.
     stub = Stub(None, auth or TokenAuthenticator({}))  # type: ignore[arg-type]
-    server = GrpcServer(stub, f"127.0.0.1:{port}")
+    # Without tokens the stub authenticates no one, before or after the body is read.
+    server = GrpcServer(stub, f"127.0.0.1:{port}", authenticate=authenticate)
     await server.start()
     ready(int(server.address.rsplit(":", 1)[1]))
     await stop.wait()

@@ -65,6 +65,11 @@ def _refused(exc: DomainError) -> grpc.Status:
     return bad_request(exc.field, exc.reason, info)
 
 
+def undecodable(message: str) -> grpc.Status:
+    """A request body that is not a ``message`` (its full protobuf name)."""
+    return bad_request("request", f"is not a {message} in the protobuf wire format")
+
+
 def to_status(exc: BaseException) -> grpc.Status:
     """The one mapping from an exception to what the caller sees."""
     if isinstance(exc, DomainError):

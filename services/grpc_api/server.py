@@ -22,6 +22,7 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.grpc_api.admission import Admission
 from services.grpc_api.servicer import ConsentServicer
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,19 @@ class GrpcServer:
         *,
         credentials: grpc.ServerCredentials | None = None,
         health_listen: str = "",
+        authenticate: bool = True,
     ) -> None:
+        """``authenticate`` False leaves authentication to the servicer's methods
+        alone, after the body is decoded (the benchmark's stub without tokens)."""
         self._listen = listen
         self._credentials = credentials
         self._health_listen = health_listen
-        self._server = grpc.aio.server(options=SERVER_OPTIONS)
+        admission = Admission(
+            servicer.authenticate if authenticate else None,
+            (SERVICE_NAME,),
+            servicer.metrics,
+        )
+        self._server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[admission])
         api_grpc.add_ConsentServiceServicer_to_server(servicer, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -108,7 +117,9 @@ class GrpcServer:
         )
         self._health_server: grpc.aio.Server | None = None
         if health_listen:
-            self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+            self._health_server = grpc.aio.server(
+                options=[("grpc.so_reuseport", 1)], interceptors=[Admission(None)]
+            )
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
         self._port = self._health_port = 0
 

@@ -78,12 +78,17 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self.auth = auth
         self.metrics = metrics or ServiceMetrics()
 
+    def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+        """The caller, by its bearer token or client certificate; ``Unauthenticated``
+        if it is no one the tokens file names."""
+        return self.auth.authenticate(
+            context.invocation_metadata() or (), lambda: _certificate_names(context)
+        )
+
     def _caller(
         self, context: grpc.aio.ServicerContext, scope: Scope, brand: str | None = None
     ) -> Principal:
-        principal = self.auth.authenticate(
-            context.invocation_metadata() or (), lambda: _certificate_names(context)
-        )
+        principal = self.authenticate(context)
         principal.require(scope, brand)
         return principal
 

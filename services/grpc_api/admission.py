@@ -1,0 +1,179 @@
+"""What a call passes before its handler runs: who calls, and with what body.
+
+grpc.aio decodes a request with its handler's deserializer before the handler
+runs, and a body that does not decode fails there: grpc answers UNKNOWN and logs
+a traceback, for anyone who can reach the port. ``Admission`` (a server
+interceptor) hands each method its body as bytes instead, and in this order:
+
+1. for the consent API, authenticates the caller from its metadata (or client
+   certificate): UNAUTHENTICATED, and the body is never read;
+2. decodes the body: INVALID_ARGUMENT (``BadRequest`` on ``request``) if it is
+   not the method's message.
+
+The health and reflection services take no token; their bodies are decoded the
+same way. A refusal is counted in the metrics; a refused authentication is
+logged, and the log's repeat limit (``services.log_limits``) bounds how often.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from typing import Any, TypeAlias
+
+import grpc
+
+from services.errors import Unauthenticated
+from services.grpc_api.auth import Principal
+from services.grpc_api.errors import to_status, undecodable
+from services.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+Context: TypeAlias = grpc.aio.ServicerContext
+Authenticate: TypeAlias = Callable[[Context], Principal]
+
+
+class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(
+        self,
+        authenticate: Authenticate | None,
+        authenticated: Collection[str] = (),
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        """``authenticated``: the full names of the services whose callers must
+        authenticate (with ``authenticate``, which raises ``Unauthenticated``)."""
+        self._authenticate = authenticate
+        self._authenticated = frozenset(authenticated)
+        self._metrics = metrics or ServiceMetrics()
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        """Each method's admitted handler, made at its first call: only methods the
+        server has (an unknown name is UNIMPLEMENTED, and not kept)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = self._handlers.get(details.method)
+        if handler is None:
+            found = await continuation(details)
+            if found is None:
+                return None
+            handler = self._handlers[details.method] = self._admitting(details.method, found)
+        return handler
+
+    def _admitting(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        service, _, name = method.lstrip("/").rpartition("/")
+        decode = handler.request_deserializer
+        behavior = (
+            handler.unary_unary
+            or handler.unary_stream
+            or handler.stream_unary
+            or handler.stream_stream
+        )
+        if decode is None or not (
+            inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
+        ):
+            return handler  # nothing to decode, or not this server's kind of handler
+        message = getattr(getattr(decode, "__self__", None), "DESCRIPTOR", None)
+        call = _Call(
+            self,
+            name,
+            decode,
+            message.full_name if message is not None else f"request of {method}",
+            self._authenticate if service in self._authenticated else None,
+        )
+        serialize = handler.response_serializer
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(call.unary(behavior), None, serialize)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(call.unary(behavior), None, serialize)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(call.streaming(behavior), None, serialize)
+        return grpc.stream_stream_rpc_method_handler(call.streaming(behavior), None, serialize)
+
+    async def refuse(self, name: str, context: Context, exc: Exception) -> None:
+        """Answer the call with ``exc``'s status: counted, and (limited) logged."""
+        if isinstance(exc, Unauthenticated):
+            log.warning("refused a call to %s from %s: %s", name, context.peer(), exc.reason)
+        status = to_status(exc)
+        self._metrics.failed(name, status.code.name)
+        await context.abort_with_status(status)
+
+    async def undecodable(self, name: str, message: str, context: Context) -> None:
+        self._metrics.failed(name, grpc.StatusCode.INVALID_ARGUMENT.name)
+        await context.abort_with_status(undecodable(message))
+
+
+class _Call:
+    """One method's admission steps, around its handler."""
+
+    def __init__(
+        self,
+        admission: Admission,
+        name: str,
+        decode: Callable[[bytes], Any],
+        message: str,
+        authenticate: Authenticate | None,
+    ) -> None:
+        self._admission = admission
+        self._name = name
+        self._decode = decode
+        self._message = message
+        self._authenticate = authenticate
+
+    async def admit(self, context: Context) -> Principal | None:
+        """The caller, once authenticated; None for a service that takes no token.
+        A refused call ends here (``abort`` raises)."""
+        if self._authenticate is None:
+            return None
+        try:
+            return self._authenticate(context)
+        except Unauthenticated as exc:
+            await self._admission.refuse(self._name, context, exc)
+            raise
+
+    async def decoded(self, raw: bytes, context: Context) -> Any:
+        try:
+            return self._decode(raw)
+        except Exception:  # protobuf's DecodeError, or whatever a decoder raises
+            await self._admission.undecodable(self._name, self._message, context)
+            raise
+
+    def unary(self, behavior: Any) -> Callable[[bytes, Context], Any]:
+        if inspect.isasyncgenfunction(behavior):
+
+            async def streamed(raw: bytes, context: Context) -> AsyncIterator[Any]:
+                await self.admit(context)
+                async for reply in behavior(await self.decoded(raw, context), context):
+                    yield reply
+
+            return streamed
+
+        async def answered(raw: bytes, context: Context) -> Any:
+            await self.admit(context)
+            return await behavior(await self.decoded(raw, context), context)
+
+        return answered
+
+    def streaming(self, behavior: Any) -> Callable[[AsyncIterator[bytes], Context], Any]:
+        async def requests(raws: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
+            async for raw in raws:
+                yield await self.decoded(raw, context)
+
+        if inspect.isasyncgenfunction(behavior):
+
+            async def streamed(raws: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
+                await self.admit(context)
+                async for reply in behavior(requests(raws, context), context):
+                    yield reply
+
+            return streamed
+
+        async def answered(raws: AsyncIterator[bytes], context: Context) -> Any:
+            await self.admit(context)
+            return await behavior(requests(raws, context), context)
+
+        return answered
