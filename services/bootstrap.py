@@ -36,6 +36,7 @@ from services.grpc_api.servicer import ConsentServicer
 from services.huge_pages import Collapsed, collapse_heap
 from services.metrics import ServiceMetrics
 from services.projector import KafkaProjector, Projector, supervise
+from services.rate_limits import CallerLimits
 from services.settings import Settings, host_and_port, is_loopback
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,7 @@ class Runtime:
             s.listen,
             credentials=credentials,
             health_listen=s.health_listen,
+            limits=CallerLimits(s.rate_limit),
         )
         try:
             await server.start()

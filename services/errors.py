@@ -28,3 +28,13 @@ class PermissionDenied(ServiceError):
 
 class Unauthenticated(ServiceError):
     """No credentials, or credentials nobody issued."""
+
+
+class RateLimited(ServiceError):
+    """The caller has used up its rate limit; it may call again in ``retry_after``
+    seconds."""
+
+    def __init__(self, caller: str, reason: str, retry_after: float) -> None:
+        super().__init__("caller", reason)
+        self.caller = caller
+        self.retry_after = retry_after

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from services.adapters.kafka_ledger import KafkaLedgerSettings
 from services.freshness import FreshnessSettings
+from services.rate_limits import RateLimit
 
 
 class SettingsError(ValueError):
@@ -64,6 +65,9 @@ class Settings:
     """``text`` (for people) or ``json`` (one object per line, for a log pipeline)."""
     cansend_future_horizon: timedelta = timedelta(days=30)
     """How far ahead of now a CanSend's ``at`` may be (answered provisionally)."""
+    rate_limit: RateLimit | None = None
+    """Every caller's rate limit, unless its entry in the tokens file sets its own;
+    None: no limit."""
     log_repeat_limit: int = 10
     """Lines logged by one statement of the code per ``log_repeat_interval``, after
     which they are counted, not written; 0: no limit."""
@@ -163,6 +167,14 @@ class Settings:
             raise SettingsError(
                 f"CONSENT_CANSEND_FUTURE_HORIZON_DAYS must be at most 366, got {horizon:g}"
             )
+        rate_limit = None
+        if "CONSENT_RATE_LIMIT_RPS" in e:
+            burst = None
+            if "CONSENT_RATE_LIMIT_BURST" in e:
+                burst = whole("CONSENT_RATE_LIMIT_BURST", 1)
+            rate_limit = RateLimit.of(number("CONSENT_RATE_LIMIT_RPS", 0), burst)
+        elif "CONSENT_RATE_LIMIT_BURST" in e:
+            raise SettingsError("CONSENT_RATE_LIMIT_BURST needs CONSENT_RATE_LIMIT_RPS")
         return Settings(
             listen=listen,
             ledger=ledger,
@@ -182,6 +194,7 @@ class Settings:
             health_listen=health,
             log_format=log_format,
             cansend_future_horizon=timedelta(days=horizon),
+            rate_limit=rate_limit,
             log_repeat_limit=whole("CONSENT_LOG_REPEAT_LIMIT", 10, least=0),
             log_repeat_interval=number("CONSENT_LOG_REPEAT_INTERVAL_S", 60),
         )

@@ -1,4 +1,4 @@
-"""What a call passes before its handler runs: who calls, and with what body.
+"""What a call passes before its handler runs: who calls, at what rate, with what body.
 
 grpc.aio decodes a request with its handler's deserializer before the handler
 runs, and a body that does not decode fails there: grpc answers UNKNOWN and logs
@@ -7,12 +7,14 @@ interceptor) hands each method its body as bytes instead, and in this order:
 
 1. for the consent API, authenticates the caller from its metadata (or client
    certificate): UNAUTHENTICATED, and the body is never read;
-2. decodes the body: INVALID_ARGUMENT (``BadRequest`` on ``request``) if it is
+2. takes the call from the caller's rate limit (``services.rate_limits``):
+   RESOURCE_EXHAUSTED with ``RetryInfo`` and ``QuotaFailure``;
+3. decodes the body: INVALID_ARGUMENT (``BadRequest`` on ``request``) if it is
    not the method's message.
 
 The health and reflection services take no token; their bodies are decoded the
-same way. A refusal is counted in the metrics; a refused authentication is
-logged, and the log's repeat limit (``services.log_limits``) bounds how often.
+same way. A refusal is counted in the metrics; a refused authentication or rate
+is logged, and the log's repeat limit (``services.log_limits``) bounds how often.
 """
 
 from __future__ import annotations
@@ -24,15 +26,20 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from services.errors import Unauthenticated
+from services.errors import RateLimited, Unauthenticated
 from services.grpc_api.auth import Principal
-from services.grpc_api.errors import to_status, undecodable
+from services.grpc_api.errors import rate_limited, to_status, undecodable
 from services.metrics import ServiceMetrics
+from services.rate_limits import CallerLimits
 
 log = logging.getLogger(__name__)
 
 Context: TypeAlias = grpc.aio.ServicerContext
 Authenticate: TypeAlias = Callable[[Context], Principal]
+
+_COSTS: dict[str, Callable[[Any], int]] = {"CanSendBatch": lambda request: len(request.phones)}
+"""Methods that count as more than one call against a rate limit: a batch is as
+many calls as it has numbers."""
 
 
 class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -40,12 +47,14 @@ class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self,
         authenticate: Authenticate | None,
         authenticated: Collection[str] = (),
+        limits: CallerLimits | None = None,
         metrics: ServiceMetrics | None = None,
     ) -> None:
         """``authenticated``: the full names of the services whose callers must
         authenticate (with ``authenticate``, which raises ``Unauthenticated``)."""
         self._authenticate = authenticate
         self._authenticated = frozenset(authenticated)
+        self._limits = limits or CallerLimits()
         self._metrics = metrics or ServiceMetrics()
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         """Each method's admitted handler, made at its first call: only methods the
@@ -84,6 +93,7 @@ class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             decode,
             message.full_name if message is not None else f"request of {method}",
             self._authenticate if service in self._authenticated else None,
+            _COSTS.get(name) if service in self._authenticated else None,
         )
         serialize = handler.response_serializer
         if handler.unary_unary is not None:
@@ -98,7 +108,12 @@ class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         """Answer the call with ``exc``'s status: counted, and (limited) logged."""
         if isinstance(exc, Unauthenticated):
             log.warning("refused a call to %s from %s: %s", name, context.peer(), exc.reason)
-        status = to_status(exc)
+            status = to_status(exc)
+        elif isinstance(exc, RateLimited):
+            log.warning("refused a call to %s: %s", name, exc.reason)
+            status = rate_limited(exc)
+        else:
+            status = to_status(exc)
         self._metrics.failed(name, status.code.name)
         await context.abort_with_status(status)
 
@@ -117,23 +132,36 @@ class _Call:
         decode: Callable[[bytes], Any],
         message: str,
         authenticate: Authenticate | None,
+        cost: Callable[[Any], int] | None,
     ) -> None:
         self._admission = admission
         self._name = name
         self._decode = decode
         self._message = message
         self._authenticate = authenticate
+        self._cost = cost
 
     async def admit(self, context: Context) -> Principal | None:
-        """The caller, once authenticated; None for a service that takes no token.
-        A refused call ends here (``abort`` raises)."""
+        """The caller, once authenticated and within its rate; None for a service
+        that takes no token. Refused calls end here (``abort`` raises)."""
         if self._authenticate is None:
             return None
+        admission = self._admission
         try:
-            return self._authenticate(context)
+            principal = self._authenticate(context)
         except Unauthenticated as exc:
-            await self._admission.refuse(self._name, context, exc)
+            await admission.refuse(self._name, context, exc)
             raise
+        wait = admission._limits.admit(principal.name, principal.rate_limit)
+        if wait:
+            limit = principal.rate_limit or admission._limits.default
+            assert limit is not None
+            reason = (
+                f"{principal.name} is over its rate limit of {limit.rate:g} calls a second "
+                f"(burst {limit.burst})"
+            )
+            await admission.refuse(self._name, context, RateLimited(principal.name, reason, wait))
+        return principal
 
     async def decoded(self, raw: bytes, context: Context) -> Any:
         try:
@@ -153,8 +181,11 @@ class _Call:
             return streamed
 
         async def answered(raw: bytes, context: Context) -> Any:
-            await self.admit(context)
-            return await behavior(await self.decoded(raw, context), context)
+            principal = await self.admit(context)
+            request = await self.decoded(raw, context)
+            if self._cost is not None and principal is not None:
+                self._admission._limits.charge(principal.name, self._cost(request) - 1)
+            return await behavior(request, context)
 
         return answered
 

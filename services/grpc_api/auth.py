@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import secrets
@@ -30,6 +31,7 @@ from pathlib import Path
 from ledger.commands import check_name
 from ledger.errors import InvalidRequest
 from services.errors import PermissionDenied, Unauthenticated
+from services.rate_limits import UNLIMITED, RateLimit
 
 
 class Scope(enum.Enum):
@@ -49,6 +51,8 @@ class Principal:
     scopes: frozenset[Scope]
     brands: frozenset[str] | None
     """None means every brand (an operator's token)."""
+    rate_limit: RateLimit | None = None
+    """The caller's own rate limit; None: the service's default (``CONSENT_RATE_LIMIT_RPS``)."""
 
     def require(self, scope: Scope, brand: str | None = None) -> None:
         if scope not in self.scopes:
@@ -95,6 +99,27 @@ def _brands(entry: dict[str, object], where: str) -> frozenset[str] | None:
     return frozenset(value)
 
 
+def _rate_limit(entry: dict[str, object], where: str) -> RateLimit | None:
+    """The entry's ``rate`` (calls a second, or ``"unlimited"``) and ``burst``."""
+    rate, burst = entry.get("rate"), entry.get("burst")
+    if rate is None:
+        if burst is not None:
+            raise ValueError(f"{where}: burst needs a rate")
+        return None
+    if rate == "unlimited":
+        if burst is not None:
+            raise ValueError(f"{where}: an unlimited rate takes no burst")
+        return UNLIMITED
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < math.inf:
+        raise ValueError(
+            f'{where}: rate must be a number of calls a second above 0, or "unlimited", '
+            f"got {rate!r}"
+        )
+    if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int) or burst < 1):
+        raise ValueError(f"{where}: burst must be a whole number of calls, at least 1")
+    return RateLimit.of(float(rate), burst)
+
+
 _KNOWN_TOKENS = 1024
 """How many recently seen tokens keep their principal in memory (see ``authenticate``)."""
 
@@ -121,8 +146,9 @@ class TokenAuthenticator:
     @staticmethod
     def from_data(data: object) -> TokenAuthenticator:
         """Load ``{"tokens": [{"name", "sha256" and/or "client_cert_name", "scopes": [...],
-        "brands": [...] | "*"}]}``. Anything else is a ``ValueError`` that says what is
-        wrong, whatever the shape of the mistake, so a caller catches one type.
+        "brands": [...] | "*", optionally "rate" and "burst"}]}``. Anything else is a
+        ``ValueError`` that says what is wrong, whatever the shape of the mistake, so a
+        caller catches one type.
 
         Types are checked, not coerced: ``"brands": "acme"`` would otherwise be the
         brands ``a``, ``c``, ``e`` and ``m``."""
@@ -140,7 +166,12 @@ class TokenAuthenticator:
                     "characters"
                 )
             where = f"tokens[{i}] ({name})"
-            principal = Principal(name, _scopes(entry.get("scopes"), where), _brands(entry, where))
+            principal = Principal(
+                name,
+                _scopes(entry.get("scopes"), where),
+                _brands(entry, where),
+                _rate_limit(entry, where),
+            )
             if "sha256" not in entry and "client_cert_name" not in entry:
                 raise ValueError(f"{where}: give sha256 or client_cert_name")
             if "sha256" in entry:

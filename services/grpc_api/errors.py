@@ -23,6 +23,7 @@ from services.errors import (
     FailedPrecondition,
     NotConsistent,
     PermissionDenied,
+    RateLimited,
     ServiceError,
     Unauthenticated,
 )
@@ -70,6 +71,22 @@ def undecodable(message: str) -> grpc.Status:
     return bad_request("request", f"is not a {message} in the protobuf wire format")
 
 
+def rate_limited(exc: RateLimited) -> grpc.Status:
+    """RESOURCE_EXHAUSTED, with when to retry (``google.rpc.RetryInfo``) and whose
+    quota it is (``google.rpc.QuotaFailure``)."""
+    retry = error_details_pb2.RetryInfo()
+    retry.retry_delay.FromNanoseconds(max(1_000_000, round(exc.retry_after * 1e9)))
+    quota = error_details_pb2.QuotaFailure(
+        violations=[
+            error_details_pb2.QuotaFailure.Violation(
+                subject=f"caller:{exc.caller}", description=exc.reason
+            )
+        ]
+    )
+    message = f"{exc.reason}; retry in {exc.retry_after:.3g} s"
+    return _status(code_pb2.RESOURCE_EXHAUSTED, message, retry, quota)
+
+
 def to_status(exc: BaseException) -> grpc.Status:
     """The one mapping from an exception to what the caller sees."""
     if isinstance(exc, DomainError):
@@ -89,6 +106,8 @@ def to_status(exc: BaseException) -> grpc.Status:
         return _status(code_pb2.UNAUTHENTICATED, exc.reason)
     if isinstance(exc, PermissionDenied):
         return _status(code_pb2.PERMISSION_DENIED, exc.reason)
+    if isinstance(exc, RateLimited):
+        return rate_limited(exc)
     if isinstance(exc, NotConsistent):
         return _status(code_pb2.UNAVAILABLE, f"{exc.field}: {exc.reason}")
     if isinstance(exc, ServiceError):

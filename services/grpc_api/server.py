@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.grpc_api.admission import Admission
 from services.grpc_api.servicer import ConsentServicer
+from services.rate_limits import CallerLimits
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = api_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
@@ -90,16 +91,19 @@ class GrpcServer:
         *,
         credentials: grpc.ServerCredentials | None = None,
         health_listen: str = "",
+        limits: CallerLimits | None = None,
         authenticate: bool = True,
     ) -> None:
-        """``authenticate`` False leaves authentication to the servicer's methods
-        alone, after the body is decoded (the benchmark's stub without tokens)."""
+        """``limits``: the callers' rate limits (none by default). ``authenticate``
+        False leaves authentication to the servicer's methods alone, after the body
+        is decoded (the benchmark's stub without tokens)."""
         self._listen = listen
         self._credentials = credentials
         self._health_listen = health_listen
         admission = Admission(
             servicer.authenticate if authenticate else None,
             (SERVICE_NAME,),
+            limits,
             servicer.metrics,
         )
         self._server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[admission])

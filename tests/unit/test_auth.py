@@ -17,6 +17,7 @@ from services.grpc_api.auth import (
     token_digest,
     write_dev_tokens,
 )
+from services.rate_limits import UNLIMITED, RateLimit
 
 
 def authenticator(tmp_path, *entries: dict) -> TokenAuthenticator:
@@ -292,3 +293,42 @@ def test_the_embedded_default_s_token_is_an_all_brands_admin(tmp_path) -> None:
     )
     assert [e["name"] for e in json.loads(path.read_text())["tokens"]] == ["local-dev"]
     assert path.stat().st_mode & 0o077 == 0
+
+
+def test_an_entry_may_set_its_own_rate_limit() -> None:
+    auth = TokenAuthenticator.from_data(
+        {
+            "tokens": [
+                entry(rate=50, burst=200),
+                entry(name="slow", sha256="1" * 64, rate=0.5),
+                entry(name="ops", sha256="2" * 64, rate="unlimited"),
+                entry(name="plain", sha256="3" * 64),
+            ]
+        }
+    )
+
+    def limit(secret_digest: str) -> RateLimit | None:
+        return auth._by_digest[secret_digest].rate_limit
+
+    assert limit(A_DIGEST) == RateLimit(50, 200)
+    assert limit("1" * 64) == RateLimit(0.5, 1)  # a second's worth, at least one call
+    assert limit("2" * 64) == UNLIMITED
+    assert limit("3" * 64) is None  # the service's default
+
+
+@pytest.mark.parametrize(
+    "changes, refused",
+    [
+        ({"rate": 0}, "rate must be a number of calls a second above 0"),
+        ({"rate": -5}, "rate must be a number"),
+        ({"rate": "fast"}, "rate must be a number"),
+        ({"rate": True}, "rate must be a number"),
+        ({"rate": 10, "burst": 0}, "burst must be a whole number of calls, at least 1"),
+        ({"rate": 10, "burst": 2.5}, "burst must be a whole number"),
+        ({"burst": 10}, "burst needs a rate"),
+        ({"rate": "unlimited", "burst": 10}, "an unlimited rate takes no burst"),
+    ],
+)
+def test_a_rate_limit_that_is_not_one_is_refused(changes, refused) -> None:
+    with pytest.raises(ValueError, match=rf"tokens\[0\] \(checkout\): {refused}"):
+        TokenAuthenticator.from_data({"tokens": [entry(**changes)]})

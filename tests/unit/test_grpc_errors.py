@@ -9,6 +9,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from ledger.errors import InvalidRequest
 from ledger.ports import EventTooLarge, LedgerUnavailable
+from services.errors import RateLimited
 from services.grpc_api.errors import to_status
 
 RETRY = "the ledger could not be reached; retry with the same request_id"
@@ -63,3 +64,17 @@ def test_bad_input_names_its_field() -> None:
     status = to_status(InvalidRequest("body", "must be at most 4,096 characters, got 5,000"))
     assert status.code is grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(status) == [("body", "must be at most 4,096 characters, got 5,000")]
+
+
+def test_a_caller_over_its_rate_is_told_when_to_retry_and_whose_quota_it_is() -> None:
+    status = to_status(RateLimited("checkout", "checkout is over its rate limit", 0.25))
+    assert status.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "retry in 0.25 s" in status.details
+    raw = dict(status.trailing_metadata)["grpc-status-details-bin"]
+    retry, quota = error_details_pb2.RetryInfo(), error_details_pb2.QuotaFailure()
+    details = status_pb2.Status.FromString(raw).details
+    assert details[0].Unpack(retry) and details[1].Unpack(quota)
+    assert retry.retry_delay.ToNanoseconds() == 250_000_000
+    assert [(v.subject, v.description) for v in quota.violations] == [
+        ("caller:checkout", "checkout is over its rate limit")
+    ]

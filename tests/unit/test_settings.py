@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from services.rate_limits import RateLimit
 from services.settings import Settings, SettingsError, TlsSettings, host_and_port, is_loopback
 
 EMBEDDED: dict[str, str] = {}
@@ -232,3 +233,31 @@ def test_a_log_limit_out_of_range_is_refused_by_name(env, refused) -> None:
 
 def test_a_log_repeat_limit_of_zero_turns_it_off() -> None:
     assert Settings.from_env({"CONSENT_LOG_REPEAT_LIMIT": "0"}, embedded=True).log_repeat_limit == 0
+
+
+def test_no_rate_limit_by_default() -> None:
+    assert Settings.from_env(EMBEDDED, embedded=True).rate_limit is None
+
+
+def test_a_default_rate_limit_is_read_with_its_burst() -> None:
+    env = {"CONSENT_RATE_LIMIT_RPS": "200", "CONSENT_RATE_LIMIT_BURST": "500"}
+    assert Settings.from_env(env, embedded=True).rate_limit == RateLimit(200, 500)
+    only_rate = Settings.from_env({"CONSENT_RATE_LIMIT_RPS": "2.5"}, embedded=True)
+    assert only_rate.rate_limit == RateLimit(2.5, 3)
+
+
+@pytest.mark.parametrize(
+    "env, refused",
+    [
+        ({"CONSENT_RATE_LIMIT_RPS": "0"}, "CONSENT_RATE_LIMIT_RPS must be a finite number above 0"),
+        ({"CONSENT_RATE_LIMIT_RPS": "inf"}, "CONSENT_RATE_LIMIT_RPS must be a finite number"),
+        (
+            {"CONSENT_RATE_LIMIT_RPS": "5", "CONSENT_RATE_LIMIT_BURST": "0"},
+            "CONSENT_RATE_LIMIT_BURST must be a finite number at least 1",
+        ),
+        ({"CONSENT_RATE_LIMIT_BURST": "5"}, "BURST needs CONSENT_RATE_LIMIT_RPS"),
+    ],
+)
+def test_a_rate_limit_out_of_range_is_refused_by_name(env, refused) -> None:
+    with pytest.raises(SettingsError, match=refused):
+        Settings.from_env(env, embedded=True)

@@ -1,0 +1,111 @@
+"""Per-caller rate limits through the real server (real PostgreSQL, real gRPC): a
+caller over its limit is told RESOURCE_EXHAUSTED, when to retry and whose quota it
+is, and every other caller goes on as before."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import consent_service_pb2_grpc as api_grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from services.grpc_api.auth import token_digest
+from services.rate_limits import RateLimit
+from tests.e2e.harness import running, service_settings
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+CHECK = api.CanSendRequest(phone="+14155552671", brand="acme", campaign="promo")
+ENTRIES = {
+    # name: (token, what the tokens file says of its rate)
+    "slow": ("slow-secret", {"rate": 2, "burst": 3}),
+    "batcher": ("batcher-secret", {"rate": 1, "burst": 5}),
+    "defaulted": ("defaulted-secret", {}),
+    "ops": ("ops-secret", {"rate": "unlimited"}),
+}
+
+
+def tokens_file(tmp_path):
+    path = tmp_path / "limited-tokens.json"
+    entries = [
+        {
+            "name": name,
+            "sha256": token_digest(token),
+            "scopes": ["check"],
+            "brands": ["acme"],
+            **rate,
+        }
+        for name, (token, rate) in ENTRIES.items()
+    ]
+    path.write_text(json.dumps({"tokens": entries}))
+    return path
+
+
+async def check(channel: grpc.aio.Channel, who: str, request=CHECK) -> grpc.aio.AioRpcError | None:
+    stub = api_grpc.ConsentServiceStub(channel)
+    method = stub.CanSendBatch if isinstance(request, api.CanSendBatchRequest) else stub.CanSend
+    try:
+        await method(request, metadata=[("authorization", f"Bearer {ENTRIES[who][0]}")], timeout=5)
+    except grpc.aio.AioRpcError as refused:
+        return refused
+    return None
+
+
+def retry_and_quota(refused: grpc.aio.AioRpcError) -> tuple[float, list[str]]:
+    """The refusal's retry delay (seconds) and the subjects of its quota failure."""
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused
+    status = rpc_status.from_call(refused)
+    assert status is not None
+    retry, quota = error_details_pb2.RetryInfo(), error_details_pb2.QuotaFailure()
+    assert any(d.Unpack(retry) for d in status.details)
+    assert any(d.Unpack(quota) for d in status.details)
+    return retry.retry_delay.ToNanoseconds() / 1e9, [v.subject for v in quota.violations]
+
+
+async def test_a_caller_over_its_rate_is_told_when_to_retry_and_others_are_unaffected(
+    tmp_path, postgres_dsn
+) -> None:
+    settings = dataclasses.replace(
+        service_settings(tmp_path, postgres_dsn, kafka=None),
+        tokens_file=tokens_file(tmp_path),
+        rate_limit=RateLimit(rate=1, burst=2),  # for "defaulted", which sets none of its own
+    )
+    async with running(settings) as runtime, grpc.aio.insecure_channel(runtime.address) as ch:
+        assert [await check(ch, "slow") for _ in range(3)] == [None] * 3  # its burst
+        refused = await check(ch, "slow")
+        assert refused is not None
+        delay, subjects = retry_and_quota(refused)
+        assert 0 < delay <= 0.5  # two calls a second: one more within half a second
+        assert subjects == ["caller:slow"]
+
+        # Another caller is not held back by the one over its limit, and an unlimited
+        # one is not held by the default either.
+        others = await asyncio.gather(*(check(ch, "ops") for _ in range(200)))
+        assert others == [None] * 200
+        assert [await check(ch, "defaulted") for _ in range(2)] == [None, None]
+        refused = await check(ch, "defaulted")
+        assert refused is not None and retry_and_quota(refused)[1] == ["caller:defaulted"]
+
+        await asyncio.sleep(delay)
+        assert await check(ch, "slow") is None  # the retry, after the delay it was given
+
+
+async def test_a_batch_counts_as_many_calls_as_it_has_numbers(tmp_path, postgres_dsn) -> None:
+    settings = dataclasses.replace(
+        service_settings(tmp_path, postgres_dsn, kafka=None), tokens_file=tokens_file(tmp_path)
+    )
+    batch = api.CanSendBatchRequest(
+        phones=[f"+1415555{i:04d}" for i in range(20)], brand="acme", campaign="promo"
+    )
+    async with running(settings) as runtime, grpc.aio.insecure_channel(runtime.address) as ch:
+        assert await check(ch, "batcher", batch) is None  # admitted on a full bucket
+        refused = await check(ch, "batcher")
+        assert refused is not None
+        delay, _ = retry_and_quota(refused)
+        assert 14 < delay <= 16  # 5 - 20 = -15 calls in the bucket, at one a second

@@ -1,0 +1,86 @@
+"""Token buckets per caller: a burst, a steady rate, a batch's cost, and when to retry."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from services.rate_limits import UNLIMITED, CallerLimits, RateLimit, TokenBucket
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_bucket_admits_its_burst_then_says_when_to_retry() -> None:
+    bucket = TokenBucket(RateLimit(rate=2, burst=3), now=0)
+    assert [bucket.take(0) for _ in range(3)] == [0, 0, 0]
+    assert bucket.take(0) == pytest.approx(0.5)
+    assert bucket.take(0.25) == pytest.approx(0.25)  # half filled again
+    assert bucket.take(0.5) == 0
+
+
+def test_a_bucket_fills_at_its_rate_up_to_its_burst_only() -> None:
+    bucket = TokenBucket(RateLimit(rate=10, burst=2), now=0)
+    assert bucket.take(0) == bucket.take(0) == 0
+    assert bucket.take(3600) == bucket.take(3600) == 0  # an hour's quiet buys only the burst
+    assert bucket.take(3600) > 0
+
+
+def test_a_charge_beyond_the_bucket_is_waited_off() -> None:
+    bucket = TokenBucket(RateLimit(rate=100, burst=10), now=0)
+    assert bucket.take(0) == 0
+    bucket.charge(999)  # a batch of 1,000 numbers, admitted on one token
+    assert bucket.take(0) == pytest.approx(9.91)  # (1 - (10 - 1000)) / 100
+
+
+def test_the_default_limits_callers_without_their_own() -> None:
+    clock = Clock()
+    limits = CallerLimits(RateLimit(1, 1), clock)
+    assert limits.admit("a", None) == 0
+    assert limits.admit("a", None) == pytest.approx(1.0)
+    assert limits.admit("b", None) == 0  # each caller has its own bucket
+    assert limits.admit("c", RateLimit(100, 5)) == 0
+    assert [limits.admit("c", RateLimit(100, 5)) for _ in range(4)] == [0] * 4
+    assert limits.admit("c", RateLimit(100, 5)) > 0
+
+
+def test_unlimited_callers_and_no_default_never_wait() -> None:
+    clock = Clock()
+    assert all(CallerLimits(None, clock).admit("a", None) == 0 for _ in range(10_000))
+    limited = CallerLimits(RateLimit(1, 1), clock)
+    assert all(limited.admit("ops", UNLIMITED) == 0 for _ in range(10_000))
+
+
+def test_a_changed_limit_takes_effect_at_once() -> None:
+    clock = Clock()
+    limits = CallerLimits(None, clock)
+    assert limits.admit("a", RateLimit(1, 1)) == 0
+    assert limits.admit("a", RateLimit(1, 1)) > 0
+    assert limits.admit("a", RateLimit(1000, 1000)) == 0  # the tokens file was edited
+
+
+def test_charges_count_against_the_callers_bucket() -> None:
+    clock = Clock()
+    limits = CallerLimits(RateLimit(10, 10), clock)
+    assert limits.admit("a", None) == 0
+    limits.charge("a", 100)
+    assert limits.admit("a", None) == pytest.approx((1 - (9 - 100)) / 10)
+
+
+@pytest.mark.parametrize("rate", [0, -1, math.nan])
+def test_a_rate_must_be_above_zero(rate) -> None:
+    with pytest.raises(ValueError, match="above 0"):
+        RateLimit(rate, 1)
+
+
+def test_the_burst_defaults_to_a_seconds_worth() -> None:
+    assert RateLimit.of(2.5) == RateLimit(2.5, 3)
+    assert RateLimit.of(0.1) == RateLimit(0.1, 1)
+    with pytest.raises(ValueError, match="burst"):
+        RateLimit.of(5, 0)
