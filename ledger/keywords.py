@@ -257,7 +257,7 @@ _LEXICON = _lexicon(
         "contacted": "contacted",
         "send": "send sending sends snd sendin",
         "sent": "sent",
-        "write": "write writing dm dms ping pinging hmu whatsapp",
+        "write": "write writing dm dms ping pinging hmu whatsapp reach reaching",
         "notice": """
             notification notifications notifs notif alert alerts reminder reminders promo promos
             promotion promotions promotional ads ad advert adverts advertisement advertisements
@@ -342,8 +342,9 @@ def _canon(token: str) -> tuple[str, ...]:
     # "stopit", "stoptexting": a stop word glued to the next word.
     glued = _STOP_LIKE_PREFIX.match(token)
     if glued and glued.end() < len(token):
-        rest = token[glued.end() :]
-        return (*_canon(glued.group()), *_canon(rest))
+        rest = _canon(token[glued.end() :])
+        if rest != (token[glued.end() :],) or set(rest) & (_COURTESY | _ME | _DEMONSTRATIVE):
+            return (*_canon(glued.group()), *rest)
     if len(token) >= 5 and token not in _NOT_TYPOS:
         cutoff = 2 if len(token) >= 8 else 1
         candidates = [t for t in _FUZZY_TARGETS if t[0] == token[0]]
@@ -434,7 +435,7 @@ _ENOUGH = _words("enough basta suficiente assez chega")
 _CONTACT = _words("text message call email contact send write notice spam")
 _CONTACT_PAST = _words("texted messaged called emailed contacted sent")
 _SERVICE = _words("service subscribe")
-_ME = _words("me us myself mine nos moi nous mi mis")
+_ME = _words("me us myself mine nos moi nous")
 _POSSESSIVE = _words("my this our mi mis este esta nuestro mon ce meu that the")
 _IDENT = _words("number info service email contact")
 _DEMONSTRATIVE = _words(
@@ -474,7 +475,7 @@ _DESIRE_OBJECTS = (
         """
     )
 ) - {"it", "that", "all"}
-_NEGATION = _words("not no never nunca jamas nao ne pas nor ni")
+_NEGATION = _words("not no never nunca jamas nao ne pas nor ni nada")
 # Words allowed between a negation and a contact word: "do not EVER text me".
 _BETWEEN = _words(
     """
@@ -508,7 +509,7 @@ _REMOVERS = _words(
     unregister unfollow unlist scrub purge exclude withdraw borrar borra borren borre borrarme
     eliminar elimina eliminen elimine eliminarme quitar quita quiten quitarme sacar saca saquen
     saque sacarme remover remuevan supprimer supprimez retirez enlevez retirer enlever remova
-    removam tirar tirem excluir excluam
+    removam tirar tirem excluir excluam removal
     """
 )
 # Spanish imperatives with the pronoun attached: "bórrenme", "sáquenme".
@@ -571,7 +572,8 @@ def _courtesy_only(clauses: list[list[str]], vocabulary: frozenset[str]) -> bool
 
 _STOP_ASIDE = _words(
     """
-    by in over off at for and to on en a laughing thinking eating crying smiling worrying
+    by in over off at for and to on en a laughing thinking eating crying smiling worrying light
+    lights sign signs button watch gap loss
     """
 )
 _STOP_ASIDE_KEEP = _words("once good now real ever all me us")
@@ -626,7 +628,7 @@ def _ender_with_object(words: list[str]) -> bool:
         if word not in _ENDERS:
             continue
         ahead = _window(words, i + 1, 4)
-        if any(
+        if _has_me(ahead) or any(
             _is_contact(w) or w in _SERVICE or (w in _DEMONSTRATIVE and w not in {"it", "that"})
             for w in ahead
         ):
@@ -951,7 +953,7 @@ def _never_consented(words: list[str]) -> bool:
             r"register for|registered for|give (you )?permission|gave (you )?permission)\b"
             r"|\b(no|not|never|without)( \w+){0,3} (consent|permission|authorization|"
             r"authorisation)\b"
-            r"|\b(not|never) (\w+ ){0,2}(ask|asked|request|requested) for "
+            r"|\b(not|never) (\w+ ){0,2}(ask for|asked for|request|requested)( \w+)? "
             r"(this|these|that|them|notice|text|message|any|your)\b"
             r"|\b(withdraw|rescind|retract|remove|cancel|revoke)( \w+){0,2} "
             r"(consent|permission|authorization|authorisation)\b"
@@ -972,13 +974,16 @@ _PERSON_NOUNS = (
 
 def _wrong_person(words: list[str]) -> bool:
     text = " ".join(words)
+    if re.search(r"\b(i|we) (\w+ )?(sent|send|texted|messaged|text|meant)\b", text):
+        return False  # "sorry, I sent that to the wrong person"
     return bool(
         re.search(
             rf"\bwrong (\w+ )?({_PERSON_NOUNS})\b"
             rf"|\bnot (the )?(right|correct|intended) ({_PERSON_NOUNS})\b"
             r"|\b(have|got|has|had|the|texting|messaging|contacting|dialed) wrong$"
             r"|^wrong$"
-            r"|\b(not|no) (\w+ ){0,2}(my|his|her|their|mi|su|the right|the correct|correct|"
+            r"|\b(not|no) ((actually|even|really|longer|anymore|es|is) )?(my|his|her|their|mi|su|"
+            r"the right|the correct|correct|"
             r"right) (\w+ )?number\b"
             r"|\b(do|i|we) not know (you|anyone|anybody|him|her|them|who this|who you)\b"
             r"|\bno (one|body) (here|by|named|with|lives|called)\b|\bnobody (here|by|named)\b"
@@ -986,6 +991,7 @@ def _wrong_person(words: list[str]) -> bool:
             r"|\bnot (a|an|your|the) (\w+ )?(customer|client|member|patient|subscriber)\b"
             r"|\bnumber( \w+){0,6} (someone|somebody) else\b|\bnumber (\w+ ){0,3}belongs\b"
             r"|\b(someone|somebody) else s number\b"
+            r"|\bnot (\w+ )?(my|his|her|mi|su) (info|number)\b"
             r"|\b(meant|mean|looking for|want|wanted|trying to reach) (someone|somebody) else\b"
             r"|\b(es|soy) otra persona\b"
             r"|\bno soy\b|\bno (lo|la|los|las|te|les)? ?conozco\b"
@@ -1053,12 +1059,25 @@ def reads_like_an_opt_out(text: str) -> bool:
     """Whether ``text`` could be read as a wish to receive no more messages (see
     the module docstring)."""
     plain = _plain(text)
+    if _NOT_THAT_PERSON.search(unicodedata.normalize("NFKC", text.translate(_APOSTROPHES))):
+        return True
     clauses = _clauses(plain)
     if _short_ender(clauses, question=plain.rstrip().endswith("?")):
         return True
     if _MESSAGE_RULES.search(plain):
         return True
     return any(rule(clause) for clause in clauses for rule in _CLAUSE_RULES)
+
+
+# "I'm not Kevin", "This isn't Maria", "No soy Juan": a name after a denial, told by
+# its capital letter (a message in capitals is left to the other rules).
+_NOT_THAT_PERSON = re.compile(
+    r"\b(?:I'?m not|I am not|[Tt]his is not|[Tt]his isn'?t|[Tt]his ain'?t|[Ii]t'?s not|"
+    r"[Tt]his is not|[Nn]o soy|[Nn]o es|[Nn]ot)\s+"
+    r"(?!I\b|Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday|January|February|March|"
+    r"April|May|June|July|August|September|October|November|December|OK|Ok)"
+    r"[A-Z][a-z]{2,}\b"
+)
 
 
 # Rules that need the words as written (the -ing of "texting" is gone from the
@@ -1079,5 +1098,11 @@ _MESSAGE_RULES = re.compile(
     r"|\b(texts?|txts?|messages|msgs|notifications|alerts|emails|calls) (are |is )?"
     r"(too|so|way too) (many|much|often|frequent)\b"
     r"|\bya no ?[.!]*$"
-    r"|\b(number|numero) (\w+ ){0,2}(ya )?no es (de|mi|su|el)\b"
+    r"|\b(nobody|no one|noone|no body) (asked|wants|cares|needs)\b"
+    r"|\b(get|stay|keep|go|step) (off|out of|outta|away from) (my|this) (phone|cell|number|line)\b"
+    r"|\bblow\w* up (my|this) (phone|cell|number|line)\b"
+    r"|\b(not|never|stop|quit|no more|dont)\b[^.?!]*\b(hit(ting)? (me|us) up)\b"
+    r"|\b(be|been|being|get|got|gotten) (taken|removed|deleted|erased|unsubscribed|dropped)"
+    r" ?(off|out|from|$)"
+    r"|\b(number|numero) (\w+ ){0,2}(ya )?no es (de|mi|su|el|mio|mia|nuestro|correcto)\b"
 )
