@@ -6,8 +6,15 @@ still must never allow a send after an acknowledged opt-out, so the guard keeps,
 per partition, the ledger's end offset as last observed; a read waits until the
 projection has applied at least that much of the phone's partition, and fails
 closed when it cannot within the bound or when the observation itself is stale.
-An opt-out acknowledged before the last observation therefore always counts; the
-window in which it may not yet count is one refresh interval (50 ms by default).
+An opt-out acknowledged before the observation started therefore always counts.
+
+The promise is that an opt-out acknowledged one refresh interval (50 ms by default)
+before a question counts, and the guard enforces it rather than hopes for it: a
+read uses only an observation that started at most one interval before the read
+arrived. Under load the loop's observations come late and take long, so a read
+that finds the last one older waits for the next, which all such readers share
+(at most ``_MAX_IN_FLIGHT`` are under way at once), and fails closed when none
+comes within the bound.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ledger.ports import ConsistencyToken, Ledger, Stream
 
@@ -33,13 +40,32 @@ _CATCH_UP_PAUSE = 0.002
 waits on it, so it is far shorter than the refresh interval; the looks are shared,
 so however many writes wait, the ledger and the view are asked once per pause."""
 
+_MAX_IN_FLIGHT = 2
+"""Observations under way at once, at most. A reader that needs a newer one than
+those under way waits for the newest to finish and asks again: when the broker or
+the database hangs, readers do not pile up a request each on it."""
+
+
+_EARLY = 1.5
+"""The loop starts each observation this many times the last one's duration before
+the previous one is a refresh interval old."""
+
+
+def _retrieve(observation: asyncio.Future[Any]) -> None:
+    """Take a shared observation's failure, which its waiters may all have left."""
+    if not observation.cancelled():
+        observation.exception()
+
 
 @dataclass(frozen=True)
 class FreshnessSettings:
     refresh_interval: float = 0.05
-    """How often the ledger's end offsets and the view's positions are observed."""
+    """How often the ledger's end offsets and the view's positions are observed, and
+    the promise: a read without a token counts every write acknowledged this long
+    before it arrived (it waits for an observation that started no earlier)."""
     max_observation_age: float = 2.0
-    """An observation older than this is not trusted: reads fail closed."""
+    """An observation older than this is not trusted: reads fail closed. One that takes
+    longer than this is given up."""
     wait_bound: float = 0.5
     """How long a read waits for the projection to catch up before it fails closed."""
 
@@ -86,6 +112,9 @@ class FreshnessGuard:
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._next_look: asyncio.Future[None] | None = None
+        self._latest: tuple[float, asyncio.Future[dict[Stream, dict[int, int]]]] | None = None
+        """The observation started last: when, and its outcome (shared by its waiters)."""
+        self._in_flight = 0
 
     async def start(self) -> None:
         await self.observe()
@@ -94,6 +123,8 @@ class FreshnessGuard:
     async def stop(self) -> None:
         if self._next_look is not None:
             self._next_look.cancel()
+        if self._latest is not None:
+            self._latest[1].cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -101,9 +132,33 @@ class FreshnessGuard:
 
     async def observe(self) -> dict[Stream, dict[int, int]]:
         """Read the ledger's end offsets and the view's positions now; return the ends."""
+        return await asyncio.shield(self._observation())
+
+    def _observation(self) -> asyncio.Future[dict[Stream, dict[int, int]]]:
+        """Start an observation that every caller waiting for one may share."""
         started = self._monotonic()
-        ends = await self._ledger.every_end_offset()
-        applied = {s: await self._view.positions(s) for s in Stream}
+        observation = asyncio.ensure_future(self._observe(started))
+        observation.add_done_callback(_retrieve)
+        self._in_flight += 1
+        observation.add_done_callback(self._landed)
+        self._latest = (started, observation)
+        return observation
+
+    def _landed(self, _: object) -> None:
+        self._in_flight -= 1
+
+    async def _observe(self, started: float) -> dict[Stream, dict[int, int]]:
+        # ``started`` is taken before the ledger is asked: an observation's time is
+        # never later than what it saw. Bounded: one that hangs would be too old anyway.
+        async with asyncio.timeout(self._settings.max_observation_age):
+            ends = await self._ledger.every_end_offset()
+            # After the ends, so that what was applied meanwhile counts; the streams
+            # side by side, as each wait on a busy loop makes the observation older.
+            streams = list(Stream)
+            found = await asyncio.gather(*(self._view.positions(s) for s in streams))
+            applied = dict(zip(streams, found, strict=True))
+        if started < self.status.observed_at:
+            return ends  # a later one landed first; its ends are newer, keep them
         self._ends, self._applied = ends, applied
         lag = {
             stream: sum(
@@ -125,12 +180,46 @@ class FreshnessGuard:
         return ends
 
     async def _loop(self) -> None:
+        interval = self._settings.refresh_interval
+        took = 0.0
         while True:
+            latest = self._latest
+            if latest is None or self._monotonic() - latest[0] >= interval - _EARLY * took:
+                self._observation()
+                latest = self._latest
+                assert latest is not None
+            # else a reader started one a moment ago: it is this round's
+            started, observation = latest
             try:
-                await self.observe()
+                await asyncio.shield(observation)
             except Exception:  # the guard must survive a broker blip; reads fail closed meanwhile
                 log.warning("freshness observation failed", exc_info=True)
-            await asyncio.sleep(self._settings.refresh_interval)
+            took = self._monotonic() - started
+            # The next starts early enough to land before this one is an interval old,
+            # so that reads rarely wait for one (under load, observations take long).
+            await asyncio.sleep(max(0.0, started + interval - _EARLY * took - self._monotonic()))
+
+    async def _observed_since(self, since: float, deadline: float) -> bool:
+        """True once an observation that started at or after ``since`` has landed;
+        False when none does by ``deadline`` (``time.monotonic``) or one fails."""
+        while self.status.observed_at < since:
+            latest = self._latest
+            if (
+                latest is not None
+                and not latest[1].done()
+                and (latest[0] >= since or self._in_flight >= _MAX_IN_FLIGHT)
+            ):
+                observation = latest[1]  # shared; if too old, ask again once it lands
+            else:
+                observation = self._observation()
+            remaining = deadline - self._monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(asyncio.shield(observation), remaining)
+            except Exception:  # timed out, or the ledger or the view unreachable: fail closed
+                return self.status.observed_at >= since
+        return True
 
     def _behind(self, needed: dict[tuple[Stream, int], int]) -> dict[tuple[Stream, int], int]:
         return {
@@ -139,8 +228,7 @@ class FreshnessGuard:
             if self._applied.get(key[0], {}).get(key[1], 0) < offset
         }
 
-    async def _wait(self, needed: dict[tuple[Stream, int], int], timeout: float) -> bool:
-        deadline = self._monotonic() + timeout
+    async def _wait(self, needed: dict[tuple[Stream, int], int], deadline: float) -> bool:
         while True:
             if self._monotonic() - self.status.observed_at > self._settings.max_observation_age:
                 return False
@@ -153,18 +241,31 @@ class FreshnessGuard:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), remaining)
 
+    async def _recent(self) -> tuple[FreshnessStatus, float] | None:
+        """The observation a read arriving now may use (one started at most a refresh
+        interval before now, waited for if need be) and the read's deadline; None when
+        there is none within the bound: the read fails closed."""
+        arrived = self._monotonic()
+        deadline = arrived + self._settings.wait_bound
+        since = arrived - self._settings.refresh_interval
+        if self.status.observed_at < since and not await self._observed_since(since, deadline):
+            return None
+        return self.status, deadline
+
     async def wait_for_token(self, token: ConsistencyToken, timeout: float | None = None) -> bool:
         """True once the view has applied everything the token names."""
-        return await self._wait(dict(token.offsets), timeout or self._settings.wait_bound)
+        deadline = self._monotonic() + (timeout or self._settings.wait_bound)
+        return await self._wait(dict(token.offsets), deadline)
 
     async def wait_for_phones(self, phones: Sequence[str]) -> bool:
-        """True once the view has applied the phones' partitions up to their observed
-        ends, and the campaign stream up to its end."""
-        status = self.status
-        if (
-            status.caught_up
-            and self._monotonic() - status.observed_at <= self._settings.max_observation_age
-        ):
+        """True once the view has applied the phones' partitions up to their ends as
+        observed since one refresh interval before the call, and the campaign stream
+        up to its end."""
+        recent = await self._recent()
+        if recent is None:
+            return False
+        status, deadline = recent
+        if status.caught_up:
             return True  # every partition is, so the phones' partitions are too
         ends = self._ends.get(Stream.SUBSCRIBERS, {})
         partitions: set[int | None] = set(ends)
@@ -175,15 +276,19 @@ class FreshnessGuard:
         needed = {(Stream.SUBSCRIBERS, p): ends.get(p, 0) for p in partitions if p is not None}
         for p, offset in self._ends.get(Stream.CAMPAIGNS, {}).items():
             needed[(Stream.CAMPAIGNS, p)] = offset
-        return await self._wait(needed, self._settings.wait_bound)
+        return await self._wait(needed, deadline)
 
     async def wait_for_all(self) -> bool:
         """True once the view has applied every partition of every stream up to its
-        observed end: for a read that spans the whole view (a brand's numbers)."""
+        end as observed since one refresh interval before the call: for a read that
+        spans the whole view (a brand's numbers)."""
+        recent = await self._recent()
+        if recent is None:
+            return False
         needed = {
             (stream, p): offset for stream, ends in self._ends.items() for p, offset in ends.items()
         }
-        return await self._wait(needed, self._settings.wait_bound)
+        return await self._wait(needed, recent[1])
 
     async def catch_up(self, streams: Collection[Stream] = tuple(Stream)) -> bool:
         """True once the view has applied every partition of ``streams`` up to the

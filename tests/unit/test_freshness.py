@@ -9,7 +9,7 @@ from ledger.ports import Stream
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
 from services.freshness import FreshnessGuard, FreshnessSettings
-from tests.builders import granted
+from tests.builders import PHONE, granted, revoked
 
 
 async def test_catch_up_learns_of_the_projection_in_moments_not_at_the_next_refresh() -> None:
@@ -83,3 +83,95 @@ async def test_catch_up_phones_waits_for_the_phones_partition_at_the_ledger_s_en
         assert not await guard.catch_up_phones([other.phone])
     finally:
         await guard.stop()
+
+
+class _SlowLedger(InMemoryLedger):
+    """A ledger whose end offsets take ``delay`` to read (a loaded broker and loop),
+    counting how often they are asked for and how many asks are under way at once."""
+
+    def __init__(self, delay: float, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(**kwargs)
+        self.delay, self.asked, self.under_way, self.most_under_way = delay, 0, 0, 0
+
+    async def every_end_offset(self):  # type: ignore[no-untyped-def]
+        self.asked += 1
+        self.under_way += 1
+        self.most_under_way = max(self.most_under_way, self.under_way)
+        try:
+            await asyncio.sleep(self.delay)
+            return await super().every_end_offset()
+        finally:
+            self.under_way -= 1
+
+
+async def test_a_read_does_not_trust_an_observation_older_than_the_refresh_interval() -> None:
+    """The promise: a write acknowledged one refresh interval before a read counts.
+    The last observation was made before the opt-out; a read arriving more than an
+    interval after the opt-out must look again, find it unapplied, and fail closed,
+    never answer from the old, caught-up looking observation."""
+    ledger, view = InMemoryLedger(partitions=2), InMemoryConsentView()
+    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.05, wait_bound=0.2))
+    await guard.observe()  # no loop: only what reads ask for is observed
+    assert guard.status.caught_up
+    await ledger.append([revoked(granted().timestamp)])  # acknowledged, never applied
+    await asyncio.sleep(0.06)
+
+    assert not await guard.wait_for_phones([PHONE])
+    assert not await guard.wait_for_all()
+
+
+async def test_a_read_within_the_interval_uses_the_last_observation_without_asking() -> None:
+    ledger = _SlowLedger(0.0, partitions=2)
+    guard = FreshnessGuard(ledger, InMemoryConsentView(), FreshnessSettings(refresh_interval=5))
+    await guard.observe()
+    asked = ledger.asked
+
+    assert await guard.wait_for_phones([PHONE])
+    assert ledger.asked == asked
+
+
+async def test_readers_waiting_for_a_fresh_observation_share_one() -> None:
+    ledger = _SlowLedger(0.03, partitions=2)
+    guard = FreshnessGuard(ledger, InMemoryConsentView(), FreshnessSettings(refresh_interval=0.01))
+    await guard.observe()
+    await asyncio.sleep(0.02)
+    asked = ledger.asked
+
+    answers = await asyncio.gather(*(guard.wait_for_phones([PHONE]) for _ in range(200)))
+
+    assert all(answers)
+    assert ledger.asked - asked == 1
+    assert ledger.most_under_way == 1
+
+
+async def test_a_read_never_uses_an_observation_that_started_before_its_interval() -> None:
+    """An observation under way that started too long before a read cannot vouch for
+    writes acknowledged after it started: the read asks for a newer one."""
+    ledger = _SlowLedger(0.1, partitions=2)
+    guard = FreshnessGuard(
+        ledger, InMemoryConsentView(), FreshnessSettings(refresh_interval=0.02, wait_bound=1)
+    )
+    old = asyncio.ensure_future(guard.observe())
+    await asyncio.sleep(0.05)  # ``old`` started 50 ms ago, more than an interval
+    await ledger.append([revoked(granted().timestamp)])  # after ``old`` asked
+
+    assert not await guard.wait_for_phones([PHONE])  # the newer look sees it unapplied
+    assert ledger.asked >= 2
+    await old
+
+
+async def test_a_hung_ledger_fails_reads_closed_in_the_bound_with_few_asks_under_way() -> None:
+    ledger = _SlowLedger(30, partitions=2)
+    guard = FreshnessGuard(
+        ledger, InMemoryConsentView(), FreshnessSettings(refresh_interval=0.01, wait_bound=0.2)
+    )
+    started = asyncio.get_running_loop().time()
+
+    answers = []
+    for _ in range(5):  # readers arriving over a second, each needing a newer look
+        answers += await asyncio.gather(*(guard.wait_for_phones([PHONE]) for _ in range(50)))
+
+    assert not any(answers)
+    assert asyncio.get_running_loop().time() - started < 5 * 0.2 + 0.5
+    assert ledger.most_under_way <= 2
+    await guard.stop()
