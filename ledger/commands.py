@@ -56,6 +56,7 @@ from ledger.events import (
     RevocationCandidateFlagged,
     RevocationCandidateResolved,
     RevocationChannel,
+    SubscriberLocated,
     event_id_for,
     is_21_plus,
 )
@@ -207,6 +208,16 @@ class RecordAgeVerification:
     occurred_at: datetime
     date_of_birth: str = ""
     verified_21_plus: bool = False
+
+
+@dataclass(frozen=True)
+class RecordSubscriberLocation:
+    request_id: str
+    phone: str
+    brand: str
+    region: str
+    occurred_at: datetime
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -452,6 +463,19 @@ def _age(cmd: RecordAgeVerification, now: datetime) -> list[LedgerEvent]:
     ]
 
 
+def _located(cmd: RecordSubscriberLocation, now: datetime) -> list[LedgerEvent]:
+    if not cmd.region:
+        raise InvalidRequest("region", "is required (the USPS code of a US state)")
+    code = normalise_region(cmd.region)
+    if code is None:
+        raise InvalidRequest(
+            "region",
+            f"{cmd.region[:16]!r} is not the two-letter USPS code of a US state, DC or a territory",
+        )
+    check_length(cmd.detail, "detail")
+    return [SubscriberLocated(**_subscriber(cmd), region=code, detail=cmd.detail)]
+
+
 def _resolve(cmd: ResolveRevocationCandidate, now: datetime) -> list[LedgerEvent]:
     try:
         candidate = uuid.UUID(cmd.candidate_event_id)
@@ -538,6 +562,7 @@ _BUILDERS: dict[type[Any], Callable[[Any, datetime], list[LedgerEvent]]] = {
     RecordReconfirmation: _reconfirm,
     RecordMessageSent: _sent,
     RecordAgeVerification: _age,
+    RecordSubscriberLocation: _located,
     ResolveRevocationCandidate: _resolve,
     DefineCampaign: _campaign,
     ChangeCampaignPolicy: _campaign,
@@ -549,6 +574,7 @@ Command = (
     | RecordReconfirmation
     | RecordMessageSent
     | RecordAgeVerification
+    | RecordSubscriberLocation
     | ResolveRevocationCandidate
     | DefineCampaign
     | ChangeCampaignPolicy

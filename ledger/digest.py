@@ -25,7 +25,7 @@ from typing import Any, Final, NamedTuple
 from ledger.events import MessageKind
 from ledger.phone import time_zones
 from ledger.regions import candidate_regions, zones_with_region
-from ledger.state import Fact, SubscriberState
+from ledger.state import Fact, SubscriberState, located_region
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _new = tuple.__new__
@@ -133,7 +133,7 @@ def digest_of(state: SubscriberState) -> Digest:
         )
     age = state.age
     location = state.location
-    supplied = location.event.proof.region if location is not None else ""
+    supplied = located_region(location)
     zones = time_zones(state.phone) if state.phone else ()
     return Digest(
         brand=state.brand,

@@ -283,6 +283,17 @@ def is_21_plus(verified_21_plus: bool, date_of_birth: str, at: datetime | date) 
 
 
 @dataclass(frozen=True)
+class SubscriberLocated(SubscriberEvent):
+    """Where the subscriber said they are, after the opt-in or without one: the USPS
+    code of a US state (``ledger.regions``). The latest such word, this or an opt-in's
+    ``proof.region``, is the one the policy adds to the number's own state."""
+
+    EVENT_TYPE = "SubscriberLocated"
+    region: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class CampaignDefined(CampaignEvent):
     EVENT_TYPE = "CampaignDefined"
     policy: CampaignPolicy
@@ -304,6 +315,7 @@ SUBSCRIBER_EVENT_TYPES: tuple[type[SubscriberEvent], ...] = (
     RevocationCandidateFlagged,
     RevocationCandidateResolved,
     AgeVerified,
+    SubscriberLocated,
 )
 CAMPAIGN_EVENT_TYPES: tuple[type[CampaignEvent], ...] = (CampaignDefined, CampaignPolicyChanged)
 EVENT_TYPES: dict[str, type[LedgerEvent]] = {

@@ -38,6 +38,7 @@ from ledger.events import (
     RevocationCandidateFlagged,
     RevocationCandidateResolved,
     SubscriberEvent,
+    SubscriberLocated,
 )
 
 OrderKey = tuple[datetime, int]
@@ -136,8 +137,10 @@ class SubscriberState:
     age: Fact[AgeVerified] | None = None
     last_inbound: Fact[InboundMessageReceived] | None = None
     brand_sent: tuple[SentRecord, ...] = ()
-    location: Fact[ConsentGranted] | None = None
-    """The latest opt-in whose proof says which state the subscriber is in."""
+    location: Fact[Any] | None = None
+    """The latest word of which state the subscriber is in: an opt-in whose proof gives
+    a region (``Fact[ConsentGranted]``) or a ``Fact[SubscriberLocated]``; read it
+    with ``located_region``."""
 
     def campaign(self, name: str) -> CampaignConsent:
         return self.campaigns.get(name, EMPTY_CAMPAIGN)
@@ -243,6 +246,21 @@ def _apply_resolved(s: SubscriberState, f: Fact[RevocationCandidateResolved]) ->
     )
 
 
+def _apply_located(s: SubscriberState, f: Fact[SubscriberLocated]) -> SubscriberState:
+    return _evolve(s, location=_later(s.location, f))
+
+
+def located_region(fact: Fact[Any] | None) -> str:
+    """The USPS code a ``SubscriberState.location`` fact gives ("" for none)."""
+    if fact is None:
+        return ""
+    event = fact.event
+    if isinstance(event, ConsentGranted):
+        return event.proof.region
+    region: str = event.region
+    return region
+
+
 def _apply_age(s: SubscriberState, f: Fact[AgeVerified]) -> SubscriberState:
     return _evolve(s, age=_later(s.age, f))
 
@@ -257,6 +275,7 @@ _MUTATORS: dict[type[Any], Callable[[SubscriberState, Any], SubscriberState]] = 
     RevocationCandidateFlagged: _apply_flagged,
     RevocationCandidateResolved: _apply_resolved,
     AgeVerified: _apply_age,
+    SubscriberLocated: _apply_located,
 }
 
 

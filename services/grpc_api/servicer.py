@@ -283,6 +283,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     RecordReconfirmation = _write_rpc(api_pb2.RecordReconfirmationResponse)
     RecordMessageSent = _write_rpc(api_pb2.RecordMessageSentResponse)
     RecordAgeVerification = _write_rpc(api_pb2.RecordAgeVerificationResponse)
+    RecordSubscriberLocation = _write_rpc(api_pb2.RecordSubscriberLocationResponse)
     DefineCampaign = _write_rpc(api_pb2.DefineCampaignResponse, Scope.ADMIN)
     ChangeCampaignPolicy = _write_rpc(api_pb2.ChangeCampaignPolicyResponse, Scope.ADMIN)
 

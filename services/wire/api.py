@@ -33,6 +33,7 @@ from ledger.commands import (
     RecordOptIn,
     RecordOptOut,
     RecordReconfirmation,
+    RecordSubscriberLocation,
     ReplyKind,
     ResolveRevocationCandidate,
 )
@@ -189,6 +190,17 @@ def _age_verification(r: api_pb2.RecordAgeVerificationRequest) -> RecordAgeVerif
     )
 
 
+def _location(r: api_pb2.RecordSubscriberLocationRequest) -> RecordSubscriberLocation:
+    return RecordSubscriberLocation(
+        request_id=r.request_id,
+        phone=r.phone,
+        brand=r.brand,
+        region=r.region,
+        occurred_at=required_time(r, "occurred_at"),
+        detail=r.detail,
+    )
+
+
 def _resolve(r: api_pb2.ResolveRevocationCandidateRequest) -> ResolveRevocationCandidate:
     return ResolveRevocationCandidate(
         request_id=r.request_id,
@@ -238,6 +250,7 @@ _COMMANDS: dict[type[Message], Callable[[Any], Command | HandleInboundMessage]] 
     api_pb2.RecordReconfirmationRequest: _reconfirmation,
     api_pb2.RecordMessageSentRequest: _message_sent,
     api_pb2.RecordAgeVerificationRequest: _age_verification,
+    api_pb2.RecordSubscriberLocationRequest: _location,
     api_pb2.ResolveRevocationCandidateRequest: _resolve,
     api_pb2.DefineCampaignRequest: _define,
     api_pb2.ChangeCampaignPolicyRequest: _change,

@@ -65,6 +65,7 @@ from ledger.events import (
     RevocationCandidateResolved,
     RevocationChannel,
     SubscriberEvent,
+    SubscriberLocated,
 )
 from services.wire.enums import EnumMap, WireFormatError
 
@@ -457,6 +458,14 @@ def _dec_age(p: ledger_pb2.AgeVerified) -> dict[str, Any]:
     }
 
 
+def _enc_located(e: SubscriberLocated) -> tuple[str, Message]:
+    return "subscriber_located", ledger_pb2.SubscriberLocated(region=e.region, detail=e.detail)
+
+
+def _dec_located(p: ledger_pb2.SubscriberLocated) -> dict[str, Any]:
+    return {"region": p.region, "detail": p.detail}
+
+
 def _campaign_encoder(field: str, message: type[Message]) -> _Encoder:
     def encode(e: CampaignDefined | CampaignPolicyChanged) -> tuple[str, Message]:
         return field, message(campaign=e.campaign, policy=policy_to_proto(e.policy))
@@ -495,6 +504,7 @@ _CODECS: dict[str, tuple[str, _Encoder, _Decoder]] = {
         _dec_resolved,
     ),
     AgeVerified.EVENT_TYPE: ("age_verified", _enc_age, _dec_age),
+    SubscriberLocated.EVENT_TYPE: ("subscriber_located", _enc_located, _dec_located),
     CampaignDefined.EVENT_TYPE: (
         "campaign_defined",
         _campaign_encoder("campaign_defined", ledger_pb2.CampaignDefined),

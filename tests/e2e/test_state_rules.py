@@ -179,3 +179,38 @@ async def test_a_fourth_promotional_text_in_24_hours_to_florida_is_denied(servic
         assert not r.allowed and r.reason == api.REASON_FREQUENCY_CAP_REACHED
         assert r.rule == "state:FL" and "501.616" in r.rule_citation
         assert len(r.evidence_event_ids) >= 4  # the grant and the three sends
+
+
+async def test_a_state_given_after_the_opt_in_applies_from_then_on(service):
+    runtime, clock = service
+    t = clock.now
+    async with client(runtime.address, "acme-app") as c:
+        w = await c.RecordOptIn(opt_in(FLORIDA, "acme", "promo", t - timedelta(days=2)))
+        assert (await can_send(c, FLORIDA, w.consistency_token)).allowed
+
+        moved = await c.RecordSubscriberLocation(
+            api.RecordSubscriberLocationRequest(
+                request_id=uuid.uuid4().hex,
+                phone=FLORIDA,
+                brand="acme",
+                region="tx",
+                occurred_at=ts(t - timedelta(hours=1)),
+                detail="billing address updated",
+            )
+        )
+        r = await can_send(c, FLORIDA, moved.consistency_token)
+        assert not r.allowed and r.reason == api.REASON_QUIET_HOURS and r.rule == "state:TX"
+        assert moved.event_ids[0] in r.evidence_event_ids
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordSubscriberLocation(
+                api.RecordSubscriberLocationRequest(
+                    request_id=uuid.uuid4().hex,
+                    phone=FLORIDA,
+                    brand="acme",
+                    region="Texas",
+                    occurred_at=ts(t - timedelta(minutes=1)),
+                )
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in status_details(err.value)] == ["region"]

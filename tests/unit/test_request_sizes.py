@@ -66,6 +66,7 @@ def largest_writes() -> list[Message]:
         api_pb2.RecordAgeVerificationRequest(
             **common, method=full("method"), verified_21_plus=True
         ),
+        api_pb2.RecordSubscriberLocationRequest(**common, region="TX", detail=full("detail")),
         api_pb2.ResolveRevocationCandidateRequest(
             **common,
             candidate_event_id="8c524f7e-5f25-5734-841b-8e24c95b218e",

@@ -14,7 +14,7 @@ import pytest
 
 from ledger import state_rules
 from ledger.campaigns import CampaignPurpose, QuietHours
-from ledger.commands import RecordOptIn, to_events
+from ledger.commands import RecordOptIn, RecordSubscriberLocation, to_events
 from ledger.digest import digest_of
 from ledger.errors import InvalidRequest
 from ledger.events import (
@@ -24,6 +24,7 @@ from ledger.events import (
     LedgerEvent,
     MessageKind,
     MessageSent,
+    SubscriberLocated,
 )
 from ledger.policy import Check, Decision, Reason, decide
 from ledger.regions import (
@@ -418,3 +419,61 @@ def test_the_readme_lists_exactly_the_rules_the_table_holds():
         str(Path(__file__).resolve().parents[2] / "scripts" / "state_rules_table.py")
     )["table_markdown"]()
     assert listed.strip() == generated.strip(), "run scripts/state_rules_table.py"
+
+
+# --- a state given later ------------------------------------------------------------------
+
+
+def _located(region: str, when: datetime, phone: str = FLORIDA) -> SubscriberLocated:
+    return SubscriberLocated(
+        originator_id=uuid.uuid4(),
+        originator_version=1,
+        timestamp=when,
+        phone=phone,
+        brand=BRAND,
+        region=region,
+    )
+
+
+def test_a_state_given_after_the_opt_in_applies_and_is_evidence():
+    moved = _located("TX", datetime(2026, 2, 1, tzinfo=UTC))
+    state, _ = state_of(FLORIDA, moved)
+    d = decide(state, campaign(), central(SUNDAY, 10))
+    assert not d.allowed and d.rule == "state:TX"
+    assert str(moved.originator_id) in d.evidence
+    assert fold(retained_facts(state)) == state
+
+
+def test_the_latest_word_of_where_the_subscriber_is_counts_in_world_order():
+    grant = with_region(granted(datetime(2026, 3, 1, tzinfo=UTC), phone=FLORIDA), "RI")
+    earlier = _located("TX", datetime(2026, 2, 1, tzinfo=UTC))  # recorded later, happened before
+    state = fold(record([grant, earlier]))
+    assert digest_of(state).regions == ("FL", "RI")
+    later = _located("TX", datetime(2026, 4, 1, tzinfo=UTC))
+    state = fold(record([grant, earlier, later]))
+    assert digest_of(state).regions == ("FL", "TX")
+    assert digest_of(state).located == ("TX", str(later.originator_id))
+
+
+def _location_request(region: str) -> RecordSubscriberLocation:
+    return RecordSubscriberLocation(
+        request_id="loc-1",
+        phone=FLORIDA,
+        brand=BRAND,
+        region=region,
+        occurred_at=datetime(2026, 12, 1, 15, tzinfo=UTC),
+        detail="billing address updated",
+    )
+
+
+def test_a_location_request_becomes_a_fact_with_a_usps_code():
+    (event,) = to_events(_location_request("tx"), datetime(2026, 12, 1, 16, tzinfo=UTC))
+    assert isinstance(event, SubscriberLocated)
+    assert (event.region, event.detail) == ("TX", "billing address updated")
+
+
+@pytest.mark.parametrize("region", ["", "ZZ", "Texas"])
+def test_a_location_request_without_a_state_is_refused_by_field(region):
+    with pytest.raises(InvalidRequest) as err:
+        to_events(_location_request(region), datetime(2026, 12, 1, 16, tzinfo=UTC))
+    assert err.value.field == "region"

@@ -26,6 +26,7 @@ from ledger.commands import (
     RecordOptIn,
     RecordOptOut,
     RecordReconfirmation,
+    RecordSubscriberLocation,
     ReplyKind,
     ResolveRevocationCandidate,
     handle_inbound,
@@ -245,6 +246,12 @@ WRITES: list[tuple[Message, Any]] = [
             message_id="SM3",
             occurred_at=AT,
         ),
+    ),
+    (
+        api_pb2.RecordSubscriberLocationRequest(
+            **who, region="tx", occurred_at=ts(), detail="billing address"
+        ),
+        RecordSubscriberLocation(**who, region="tx", occurred_at=AT, detail="billing address"),
     ),
 ]
 

@@ -39,6 +39,7 @@ from ledger.events import (
     RevocationCandidateFlagged,
     RevocationCandidateResolved,
     RevocationChannel,
+    SubscriberLocated,
 )
 from services.wire import codec
 
@@ -153,6 +154,8 @@ EXAMPLES: list[LedgerEvent] = [
     ),
     AgeVerified(**base(14), **who(), method="id_scan", date_of_birth="1990-02-28"),
     AgeVerified(**base(15), **who(), method="self_attested", verified_21_plus=True),
+    SubscriberLocated(**base(18), **who(), region="TX", detail="billing address"),
+    SubscriberLocated(**base(19), **who(), region="FL"),
     CampaignDefined(**base(16), brand=BRAND, campaign="spring-sale", policy=CampaignPolicy()),
     CampaignPolicyChanged(**base(17), brand=BRAND, campaign="spring-sale", policy=RICH_POLICY),
 ]

@@ -1006,6 +1006,66 @@ class RecordAgeVerificationResponse(_message.Message):
 Global___RecordAgeVerificationResponse: _TypeAlias = RecordAgeVerificationResponse  # noqa: Y015
 
 @_typing.final
+class RecordSubscriberLocationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    BRAND_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    phone: _builtins.str
+    brand: _builtins.str
+    region: _builtins.str
+    """The USPS code of a US state, DC or territory (e.g. "TX", any case); required."""
+    detail: _builtins.str
+    """Where the caller learned it (e.g. "billing address updated"); optional."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        phone: _builtins.str = ...,
+        brand: _builtins.str = ...,
+        region: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand", b"brand", "detail", b"detail", "occurred_at", b"occurred_at", "phone", b"phone", "region", b"region", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordSubscriberLocationRequest: _TypeAlias = RecordSubscriberLocationRequest  # noqa: Y015
+
+@_typing.final
+class RecordSubscriberLocationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_IDS_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    consistency_token: _builtins.str
+    @_builtins.property
+    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        event_ids: _abc.Iterable[_builtins.str] | None = ...,
+        consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "event_ids", b"event_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordSubscriberLocationResponse: _TypeAlias = RecordSubscriberLocationResponse  # noqa: Y015
+
+@_typing.final
 class HandleInboundMessageRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

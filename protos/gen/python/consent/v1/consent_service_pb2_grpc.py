@@ -75,6 +75,11 @@ class ConsentServiceStub:
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.RecordAgeVerificationRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_consent__service__pb2.RecordAgeVerificationResponse.FromString,
                 _registered_method=True)
+        self.RecordSubscriberLocation = channel.unary_unary(
+                '/consent.v1.ConsentService/RecordSubscriberLocation',
+                request_serializer=consent_dot_v1_dot_consent__service__pb2.RecordSubscriberLocationRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__service__pb2.RecordSubscriberLocationResponse.FromString,
+                _registered_method=True)
         self.HandleInboundMessage = channel.unary_unary(
                 '/consent.v1.ConsentService/HandleInboundMessage',
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.HandleInboundMessageRequest.SerializeToString,
@@ -173,6 +178,15 @@ class ConsentServiceServicer:
 
     def RecordAgeVerification(self, request, context):
         """Record that the person is known to be 21 or older (or their date of birth).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordSubscriberLocation(self, request, context):
+        """Where the subscriber says they are (a US state), given after the opt-in or
+        without one: that state's telemarketing rules apply as well as those of the
+        number's area code. The latest such word, this or an opt-in's proof.region, counts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -281,6 +295,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.RecordAgeVerification,
                     request_deserializer=consent_dot_v1_dot_consent__service__pb2.RecordAgeVerificationRequest.FromString,
                     response_serializer=consent_dot_v1_dot_consent__service__pb2.RecordAgeVerificationResponse.SerializeToString,
+            ),
+            'RecordSubscriberLocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordSubscriberLocation,
+                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.RecordSubscriberLocationRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__service__pb2.RecordSubscriberLocationResponse.SerializeToString,
             ),
             'HandleInboundMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.HandleInboundMessage,
@@ -540,6 +559,33 @@ class ConsentService:
             '/consent.v1.ConsentService/RecordAgeVerification',
             consent_dot_v1_dot_consent__service__pb2.RecordAgeVerificationRequest.SerializeToString,
             consent_dot_v1_dot_consent__service__pb2.RecordAgeVerificationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordSubscriberLocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentService/RecordSubscriberLocation',
+            consent_dot_v1_dot_consent__service__pb2.RecordSubscriberLocationRequest.SerializeToString,
+            consent_dot_v1_dot_consent__service__pb2.RecordSubscriberLocationResponse.FromString,
             options,
             channel_credentials,
             insecure,

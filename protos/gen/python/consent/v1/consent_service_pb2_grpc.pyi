@@ -61,6 +61,11 @@ class ConsentServiceStub:
     """Record a message actually sent (counts towards caps, ends the first-message window)."""
     RecordAgeVerification: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RecordAgeVerificationRequest, _consent_service_pb2.RecordAgeVerificationResponse]
     """Record that the person is known to be 21 or older (or their date of birth)."""
+    RecordSubscriberLocation: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RecordSubscriberLocationRequest, _consent_service_pb2.RecordSubscriberLocationResponse]
+    """Where the subscriber says they are (a US state), given after the opt-in or
+    without one: that state's telemarketing rules apply as well as those of the
+    number's area code. The latest such word, this or an opt-in's proof.region, counts.
+    """
     HandleInboundMessage: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.HandleInboundMessageRequest, _consent_service_pb2.HandleInboundMessageResponse]
     """Record a text the person sent, interpret it (STOP, START, HELP...), record what
     it means, and say which reply the sender now owes.
@@ -110,6 +115,11 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     """Record a message actually sent (counts towards caps, ends the first-message window)."""
     RecordAgeVerification: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RecordAgeVerificationRequest, _consent_service_pb2.RecordAgeVerificationResponse]  # type: ignore[assignment]
     """Record that the person is known to be 21 or older (or their date of birth)."""
+    RecordSubscriberLocation: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RecordSubscriberLocationRequest, _consent_service_pb2.RecordSubscriberLocationResponse]  # type: ignore[assignment]
+    """Where the subscriber says they are (a US state), given after the opt-in or
+    without one: that state's telemarketing rules apply as well as those of the
+    number's area code. The latest such word, this or an opt-in's proof.region, counts.
+    """
     HandleInboundMessage: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.HandleInboundMessageRequest, _consent_service_pb2.HandleInboundMessageResponse]  # type: ignore[assignment]
     """Record a text the person sent, interpret it (STOP, START, HELP...), record what
     it means, and say which reply the sender now owes.
@@ -204,6 +214,17 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_consent_service_pb2.RecordAgeVerificationResponse, _abc.Awaitable[_consent_service_pb2.RecordAgeVerificationResponse]]:
         """Record that the person is known to be 21 or older (or their date of birth)."""
+
+    @_abc_1.abstractmethod
+    def RecordSubscriberLocation(
+        self,
+        request: _consent_service_pb2.RecordSubscriberLocationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_service_pb2.RecordSubscriberLocationResponse, _abc.Awaitable[_consent_service_pb2.RecordSubscriberLocationResponse]]:
+        """Where the subscriber says they are (a US state), given after the opt-in or
+        without one: that state's telemarketing rules apply as well as those of the
+        number's area code. The latest such word, this or an opt-in's proof.region, counts.
+        """
 
     @_abc_1.abstractmethod
     def HandleInboundMessage(

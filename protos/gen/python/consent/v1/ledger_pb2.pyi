@@ -256,6 +256,7 @@ class EventEnvelope(_message.Message):
     AGE_VERIFIED_FIELD_NUMBER: _builtins.int
     CAMPAIGN_DEFINED_FIELD_NUMBER: _builtins.int
     CAMPAIGN_POLICY_CHANGED_FIELD_NUMBER: _builtins.int
+    SUBSCRIBER_LOCATED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The event's own id (a UUID derived from the client's request id)."""
     event_type: _builtins.str
@@ -303,6 +304,8 @@ class EventEnvelope(_message.Message):
     def campaign_defined(self) -> Global___CampaignDefined: ...
     @_builtins.property
     def campaign_policy_changed(self) -> Global___CampaignPolicyChanged: ...
+    @_builtins.property
+    def subscriber_located(self) -> Global___SubscriberLocated: ...
     def __init__(
         self,
         *,
@@ -325,12 +328,13 @@ class EventEnvelope(_message.Message):
         age_verified: Global___AgeVerified | None = ...,
         campaign_defined: Global___CampaignDefined | None = ...,
         campaign_policy_changed: Global___CampaignPolicyChanged | None = ...,
+        subscriber_located: Global___SubscriberLocated | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "inbound_message_received", b"inbound_message_received", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "inbound_message_received", b"inbound_message_received", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "subscriber_located", b"subscriber_located"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "brand", b"brand", "campaign", b"campaign", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "event_id", b"event_id", "event_type", b"event_type", "inbound_message_received", b"inbound_message_received", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "phone", b"phone", "recorded_by", b"recorded_by", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "schema_version", b"schema_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "brand", b"brand", "campaign", b"campaign", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "event_id", b"event_id", "event_type", b"event_type", "inbound_message_received", b"inbound_message_received", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "phone", b"phone", "recorded_by", b"recorded_by", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "schema_version", b"schema_version", "subscriber_located", b"subscriber_located"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["consent_granted", "consent_revoked", "consent_reconfirmed", "consent_resumed", "message_sent", "inbound_message_received", "revocation_candidate_flagged", "revocation_candidate_resolved", "age_verified", "campaign_defined", "campaign_policy_changed"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["consent_granted", "consent_revoked", "consent_reconfirmed", "consent_resumed", "message_sent", "inbound_message_received", "revocation_candidate_flagged", "revocation_candidate_resolved", "age_verified", "campaign_defined", "campaign_policy_changed", "subscriber_located"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -709,6 +713,32 @@ class RevocationCandidateResolved(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevocationCandidateResolved: _TypeAlias = RevocationCandidateResolved  # noqa: Y015
+
+@_typing.final
+class SubscriberLocated(_message.Message):
+    """Where the subscriber said they are, after the opt-in or without one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """The USPS code of a US state, DC or territory, e.g. "TX"."""
+    detail: _builtins.str
+    """Where the caller learned it (e.g. "billing address updated"); free text."""
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscriberLocated: _TypeAlias = SubscriberLocated  # noqa: Y015
 
 @_typing.final
 class AgeVerified(_message.Message):
