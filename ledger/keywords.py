@@ -31,53 +31,63 @@ normalised: accents dropped ("envíen" is "envien"), letter runs collapsed
 digits read as letters inside words ("st0p"), contractions opened ("don't",
 "dont", "dnt" are "do not"), stop-sign emoji (🛑 ⛔ 🚫 🔕 📵) read as stop and
 crosses or a raised hand (❌ ✖ ✋ 🙅) as cancel. Each word is then mapped to a
-canonical word: common abbreviations (pls, plz, txt, msg, msgs, u, ur, wanna,
-unsub) by a table, misspellings ("unsubscibe", "remvoe", "mesage", "stp",
-"stoop") by a table for short words and, for words of five letters or more, by
-edit distance (one edit, two from eight letters; same first letter) to the
-words the rules below look for. The message is cut into clauses at sentence
-punctuation and commas, and a message is a candidate when any clause has
+canonical word: common abbreviations and slang (pls, plz, txt, msg, msgs, u,
+ur, wanna, unsub, nvr, hmu) by a table, misspellings ("unsubscibe", "remvoe",
+"mesage", "wromg", "stp", "stoop") by a table for short words and otherwise by
+edit distance (rapidfuzz; one edit, two from eight letters, a four-letter word
+only as a five-letter one with a letter dropped; same first letter) to the
+words the rules look for. The message is cut into clauses at sentence
+punctuation and commas, and it is a candidate when
 
-- a word that means stop whatever surrounds it: stop, stopall, unsubscribe
-  (unsub...), opt out, revoke, cease, desist, and the Spanish parar/paren and
-  French arrêter forms. A stop that plainly is not about messages is left
-  alone: "stop by", "stop in", "stop over", "stop off", "stop at 5" and
-  "stop for lunch" (never "stop at once" or "stop for good"), a place ("bus
-  stop", "next stop") and "can't stop", unless the clause also names messages
-  or the person ("stop by texting me" still counts);
-- cancel, end, quit, halt, terminate, discontinue, pause, suspend (Spanish
-  cancelar, alto, baja, detener, anular...) with something to end: the texts,
-  messages, calls, alerts, the subscription, list, service or account, "this",
-  "these", "it all"; or at the end of a wish ("I want to cancel", "I quit"); or
-  in a message of at most four words ("cancel my appointment", "the end"); or
-  in a message of nothing else but courtesy ("cancel please, thanks"). So do
-  "enough" and "basta" in such a message, and "stopped/stopping" with
-  something to end;
-- a negation before a verb or noun of contact: do not / don't / never / can you
-  not / please no / no more / no further + text, message, SMS, call, email,
-  contact, send, write, ping, bother (Spanish "no me envíen", "no manden",
-  "nunca más me escriban", "no molesten"; French "ne m'envoyez plus",
-  "plus de SMS"; Portuguese "não mande");
-- a negated wish about the messages: don't want / need / like / wish + texts,
-  these, this, them, any, more, your..., not interested (Spanish "no quiero
-  mensajes", "ya no quiero", "no me interesa"; French "pas intéressé");
-- no more / no further / no longer / anymore with messages, a wish or courtesy,
-  "ya no", "nunca más";
-- a request to be removed: remove, delete, erase, unenroll, unregister + me,
-  us, my number, my info, from...; take / get / scratch me off; off the list,
-  out of the list; opt me out, count me out, want out; lose / forget my
-  number (Spanish bórrenme, sáquenme de la lista, darme de baja,
-  desuscribirme; French désabonner, désinscrire, supprimez mon numéro);
-- a complaint or refusal: leave me alone / be, go away, get lost, f*** off,
-  shut up, bothering / harassing / spamming me, spam, unsolicited, unwanted
-  texts, block or report you, do not call, DNC, TCPA, FCC, sue, keep or still
-  texting me, why am I getting these, how did you get my number, I never
-  signed up / didn't consent / no permission, done with these (Spanish
-  déjenme en paz, me están molestando, voy a reportar);
-- a sign the number reached the wrong person: wrong number / person, you have
-  the wrong..., not my number, I don't know you, no one here by that name,
-  passed away, not a customer (Spanish número equivocado, se equivocó, no soy,
-  no lo conozco; French mauvais numéro).
+- a clause has a word that means stop whatever surrounds it: stop, stopall,
+  unsubscribe (unsub...), opt out, revoke, cease, desist, Spanish parar/paren,
+  French arrêter. A stop plainly about something else is left alone: "stop
+  by", "stop in", "stop over", "stop at 5", "stop for lunch" (never "stop at
+  once" or "stop for good"), "bus stop", "stop light", "can't stop", and stop
+  before another verb's -ing ("stop taking the pills"), unless the clause
+  also names messages, this or these, or the person ("stop blowing up my
+  phone");
+- cancel, end, quit, halt, terminate, discontinue, pause, suspend, mute
+  (Spanish cancelar, alto, baja, detener, anular...) come with something to
+  end: the texts, messages, calls, alerts, the subscription, list, service or
+  account, this, these, me; or end a wish ("I want to cancel", "I quit"); or
+  stand in a message of at most four words ("cancel my appointment", "the
+  end"); or in a message or clause of nothing else but courtesy ("cancel
+  please, thanks"). So do "enough" and "basta" in such a message (not in a
+  question), "remove", "blocked", "spam" and "I'm out";
+- a negation comes before a verb or noun of contact: do not / don't / never /
+  can you not / no more / no further + text, message, SMS, call, email,
+  contact, send, write, reach out, ping, bother (Spanish "no me envíen", "no
+  manden", "nunca más me escriban", "no me estén escribiendo", "nada de
+  mensajes"; French "ne m'envoyez plus", "plus de SMS"; Portuguese "não
+  mande"); a bare "no" before a noun only when nothing but courtesy follows
+  ("no texts please", not "no reminder came");
+- a wish about the messages is negated: don't want / need / wish + texts,
+  these, this, any, your..., don't like these texts, not interested, I'd
+  rather not get these (Spanish "no quiero mensajes", "ya no quiero", "no me
+  interesa"; French "pas intéressé");
+- no more / no further / no longer / anymore come with messages, a wish or
+  courtesy; Spanish "ya no", "nunca más", "ya estuvo";
+- the person asks to be removed: remove, delete, erase, unenroll + me, us, my
+  number, my info; be taken off, take / get / scratch me off; off or out of
+  the list; opt me out, count me out, want out; lose my number; not in
+  future texts (Spanish bórrenme, sáquenme de la lista, darme de baja,
+  desuscribirme, salir de la lista; French désabonner, supprimez mon numéro);
+- it complains or refuses: leave me alone / be, go away, get lost, get off
+  my phone, f*** off, give it a rest, you're annoying, bothering / harassing
+  / spamming me, spam, unsolicited, unwanted, tired / sick of / so over these
+  texts, too many texts, block or report you, do not call, DNC, TCPA, FCC,
+  sue, keep or still texting me, why are you texting me, I told you to stop,
+  how did you get my number, I never signed up / didn't consent / no
+  permission / didn't request this (Spanish déjenme en paz, me están
+  molestando, ¿por qué me siguen escribiendo?, ya les dije que no, los voy a
+  reportar, abstenerse de enviar);
+- it says the number reached the wrong person: wrong number / person, you
+  have the wrong..., not my number, not the person you want, I'm not Kevin or
+  there's no Maria here (a capitalised name after the denial), I don't know
+  you, no one here by that name, passed away, not a customer (Spanish número
+  equivocado, se equivocó, no soy, ese número no es mío, no lo conozco;
+  French mauvais numéro). "I sent that to the wrong person" is not.
 
 A plain "no", "no thanks", "who is this?" and "not now" are conversation: they
 answer the question asked and ask nothing of the messages.
@@ -85,9 +95,10 @@ answer the question asked and ask nothing of the messages.
 Languages: English and Spanish are covered throughout; French for the main
 forms (arrêt, désabonner, ne ... plus, plus de SMS, pas intéressé, laissez-moi
 tranquille, mauvais numéro); Portuguese for a few (pare, não mande, não quero,
-mensagens). Other languages (Chinese, Vietnamese, Tagalog, Korean, Arabic,
-Russian, Haitian Creole, ...) are not read: only their keywords STOP and the
-like count, and the emoji.
+mensagens, descadastrar). Other languages (Chinese, Vietnamese, Tagalog,
+Korean, Arabic, Russian, Haitian Creole, ...) are not read: in them only the
+keywords (STOP and the like, as the whole message), an English or Spanish
+word among their words, and the emoji count.
 """
 
 from __future__ import annotations
@@ -280,6 +291,8 @@ _LEXICON = _lexicon(
         "alone": "alon along alomne",
         "leave": "leav lv leve leace",
         "interested": "intrested",
+        "me": "mw",
+        "wrong": "wrng wron wrog rong wromg wrnog",
     }
 )
 
@@ -293,7 +306,7 @@ _FUZZY_TARGETS = sorted(
     harassment spamming subscription notifications discontinue terminate unenroll deregister
     unregister unsolicited unwanted desist number receive receiving sending calling emails
     mensajes molesten molestar cancelar eliminar equivocado equivocada interesa interesado
-    interesada suscripcion desuscribir quiero escriban envien manden llamen
+    interesada suscripcion desuscribir quiero escriban envien manden llamen wrong
     """
     )
 )
@@ -345,9 +358,12 @@ def _canon(token: str) -> tuple[str, ...]:
         rest = _canon(token[glued.end() :])
         if rest != (token[glued.end() :],) or set(rest) & (_COURTESY | _ME | _DEMONSTRATIVE):
             return (*_canon(glued.group()), *rest)
-    if len(token) >= 5 and token not in _NOT_TYPOS:
+    if len(token) >= 4 and token not in _NOT_TYPOS:
         cutoff = 2 if len(token) >= 8 else 1
-        candidates = [t for t in _FUZZY_TARGETS if t[0] == token[0]]
+        # A four-letter word only as a five-letter one with a letter dropped ("wrng").
+        candidates = [
+            t for t in _FUZZY_TARGETS if t[0] == token[0] and (len(token) > 4 or len(t) == 5)
+        ]
         match = process.extractOne(token, candidates, scorer=OSA.distance, score_cutoff=cutoff)
         if match is not None:
             return _LEXICON.get(match[0], (match[0],))
@@ -483,7 +499,8 @@ _BETWEEN = _words(
     nos le les te lo los la mas vuelvan vuelvas vuelva vuelvo a por
     favor ya m plus pas mais another single fucking freaking effing frickin damn bother try dare
     these your those my this number from going gonna other mi sus nunca otra vez jamais ni un
-    une de des the want wanna at all tu su ou waste time
+    une de des the want wanna at all tu su ou waste time esten este estes anden ande andes sigan
+    siga sigas vayan continuen continue sigue sigues
     """
 )
 # "not" negates an imperative or a wish after these ("can you not", "to not").
@@ -694,6 +711,13 @@ def _negated_contact(words: list[str]) -> bool:
     for i in range(len(words)):
         if not _negated(words, i):
             continue
+        # "no need to text me": not "no need to call, text is fine".
+        if (
+            words[i : i + 3] == ["no", "need", "to"]
+            and _is_contact(words[i + 3] if len(words) > i + 3 else "")
+            and words[i + 4 : i + 5] in (["me"], ["us"], ["anymore"], ["again"])
+        ):
+            return True
         j = i + 1
         while j < len(words) and j - i <= 4 and words[j] in _BETWEEN:
             j += 1
@@ -714,10 +738,13 @@ def _negated_contact(words: list[str]) -> bool:
                 return True
         if word in _CONTACT_PAST and words[j - 1] in {"be", "being", "get", "getting", "been"}:
             return True
-        if word in _PESTER and not (
-            i and words[i - 1] in {"does", "did", "will", "would", "is", "was"}
+        if (
+            word in _PESTER
+            and not (i and words[i - 1] in {"does", "did", "will", "would", "is", "was"})
+            and words[j + 1 : j + 2] not in (["sign"], ["mode"], ["setting"], ["is"])
         ):
             return True
+
         if (
             words[i] in {"no", "nunca"}
             and words[i + 1 : j]
@@ -864,7 +891,8 @@ def _removal(words: list[str]) -> bool:
 _AVERSION = _words(
     """
     refrain avoid tired sick fed hate dislike annoyed annoying irritating overwhelming excessive
-    harto harta cansado cansada odio marre
+    harto harta cansado cansada odio marre chill abstener abstenerse abstenganse abstengase
+    abstente absteneos
     """
 )
 
@@ -1013,7 +1041,10 @@ def _short_ender(clauses: list[list[str]], *, question: bool) -> bool:
     if "not" in words and set(words) <= _COURTESY | {"not", "do", "please", "no", "nope"}:
         return "do" in words
     enough = frozenset() if question else _ENOUGH
-    return _courtesy_only(clauses, _ENDERS | enough | _STRONG | _ALONE_COMPLAINTS)
+    if _courtesy_only(clauses, _ENDERS | enough | _STRONG | _ALONE_COMPLAINTS | {"out"}):
+        return True
+    # One clause of nothing else in a longer message: "This is a business line, remove."
+    return any(_courtesy_only([clause], _ENDERS | _ALONE_COMPLAINTS) for clause in clauses)
 
 
 # Words that complain by themselves in a message of nothing else: "Blocked.",
@@ -1073,7 +1104,7 @@ def reads_like_an_opt_out(text: str) -> bool:
 # its capital letter (a message in capitals is left to the other rules).
 _NOT_THAT_PERSON = re.compile(
     r"\b(?:I'?m not|I am not|[Tt]his is not|[Tt]his isn'?t|[Tt]his ain'?t|[Ii]t'?s not|"
-    r"[Tt]his is not|[Nn]o soy|[Nn]o es|[Nn]ot)\s+"
+    r"[Tt]his is not|[Nn]o soy|[Nn]o es|[Nn]ot|[Tt]here'?s no|[Tt]here is no|[Nn]o hay)\s+"
     r"(?!I\b|Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday|January|February|March|"
     r"April|May|June|July|August|September|October|November|December|OK|Ok)"
     r"[A-Z][a-z]{2,}\b"
@@ -1097,7 +1128,17 @@ _MESSAGE_RULES = re.compile(
     r"texting|messaging|sms|notifications|alerts|emails|calls)\b"
     r"|\b(texts?|txts?|messages|msgs|notifications|alerts|emails|calls) (are |is )?"
     r"(too|so|way too) (many|much|often|frequent)\b"
-    r"|\bya no ?[.!]*$"
+    r"|\bya no\s*([.,!]|$)|\bya estuvo\b"
+    r"|\b(you|your|you are|u r|ur|youre|you re) (so |really |very |super |fucking )?"
+    r"(annoying|irritating|a pest|a nuisance|harassing|creepy|spam|spammers?)\b"
+    r"|\bgive it a rest\b"
+    r"|\b(so|totally|completely|am|m) over (these|this|your|the|ur|it|you)\b"
+    r"|\bnot (include|add|put|sign|enroll|subscribe|register|count) (me|us|my number)\b"
+    r"[^.?!]*\b(texts?|messages?|list|future|calls?|emails?|alerts?|program|campaign)\b"
+    r"|\b(no|not|never|exclude|remove|without|stop|opt out of)\b[^.?!]*\bfuture "
+    r"(texts?|txts?|messages|msgs|contact|emails?|calls?|notifications|communications?)\b"
+    r"|\bnot the (\w+ )?(person|one|guy|girl|lady|man|woman|individual|customer|contact) "
+    r"(you|u)\b"
     r"|\b(nobody|no one|noone|no body) (asked|wants|cares|needs)\b"
     r"|\b(get|stay|keep|go|step) (off|out of|outta|away from) (my|this) (phone|cell|number|line)\b"
     r"|\bblow\w* up (my|this) (phone|cell|number|line)\b"
