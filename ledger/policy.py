@@ -54,7 +54,7 @@ from ledger.state import (
     fold,
     fold_campaign,
 )
-from ledger.state_rules import StateRule
+from ledger.state_rules import StateCap, StateRule
 
 
 class Reason(enum.Enum):
@@ -339,8 +339,11 @@ class Check:
         self._quiet: dict[tuple[tuple[str, ...], tuple[str, ...]], Decision | None] = {}
         # Promotional sends also count towards the caps of the recipient's states.
         self._promotional = policy.purpose is CampaignPurpose.PROMOTIONAL
+        self._campaign_limits = self._limits
         self._limits = self._limits or self._promotional
-        self._state_caps: dict[tuple[str, ...], tuple[StateRule, ...]] = {}
+        self._state_caps: dict[
+            tuple[tuple[str, ...], tuple[str, ...]], tuple[tuple[StateRule, StateCap, int], ...]
+        ] = {}
         # What each call would otherwise look up on the enum classes (28 ns apiece).
         self._confirming = kind is MessageKind.OPT_OUT_CONFIRMATION
         self._help = kind is MessageKind.HELP_REPLY
@@ -669,6 +672,8 @@ class Check:
         return found
 
     def _caps_reached(self, digest: Digest, c: CampaignDigest) -> Decision | None:
+        if not self._campaign_limits:  # a promotional campaign's state caps alone
+            return self._state_caps_reached(digest, c)
         policy, now = self.policy, self._now
         for cap, window in self._caps:
             # A send stamped after now (a sender's clock a little ahead, within the
@@ -707,22 +712,14 @@ class Check:
     def _state_caps_reached(self, digest: Digest, c: CampaignDigest) -> Decision | None:
         """The caps of the recipient's states on solicitations per subject: a campaign
         is one subject, so its counted sends in each cap's window count."""
-        rules = self._state_caps.get(digest.regions)
-        if rules is None:
-            rules = self._state_caps[digest.regions] = tuple(
-                r for r in state_rules.rules_for(digest.regions) if r.cap is not None
-            )
+        key = (digest.regions, digest.zones)
+        caps = self._state_caps.get(key)
+        if caps is None:
+            caps = self._state_caps[key] = self._state_caps_in_force(digest)
+        if not caps:
+            return None
         now = self._now
-        for rule in rules:
-            cap = rule.cap
-            assert cap is not None
-            # In force once any zone the rule is read in has reached its first day.
-            if all(
-                self._date_in(zone) < rule.effective
-                for zone in state_rules.rule_zones(rule, digest.zones)
-            ):
-                continue
-            window = micros_of(cap.window)
+        for rule, cap, window in caps:
             counted = [s for s in c.sent if now - window < s[AT]]
             if len(counted) >= cap.limit:
                 evidence = [s[ID] for s in counted]
@@ -739,6 +736,20 @@ class Check:
                     rule.citation,
                 )
         return None
+
+    def _state_caps_in_force(self, digest: Digest) -> tuple[tuple[StateRule, StateCap, int], ...]:
+        """(rule, cap, its window in microseconds) of each candidate state's cap in force
+        now: from its first day in any zone it is read in. Worked out once per check
+        and (states, zones), as the quiet hours are."""
+        found = []
+        for rule in state_rules.rules_for(digest.regions):
+            cap = rule.cap
+            if cap is None:
+                continue
+            zones = state_rules.rule_zones(rule, digest.zones)
+            if any(self._date_in(zone) >= rule.effective for zone in zones):
+                found.append((rule, cap, micros_of(cap.window)))
+        return tuple(found)
 
     def _age_gate(self, digest: Digest) -> Decision | None:
         if not self.policy.requires_age_verification:
