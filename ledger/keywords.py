@@ -500,7 +500,7 @@ _BETWEEN = _words(
     favor ya m plus pas mais another single fucking freaking effing frickin damn bother try dare
     these your those my this number from going gonna other mi sus nunca otra vez jamais ni un
     une de des the want wanna at all tu su ou waste time esten este estes anden ande andes sigan
-    siga sigas vayan continuen continue sigue sigues
+    siga sigas vayan continuen continue sigue sigues accept acepto aceptamos autorizo allow
     """
 )
 # "not" negates an imperative or a wish after these ("can you not", "to not").
@@ -602,23 +602,32 @@ _STOP_PLACE = _words(
 
 
 _RECEIVING = _words("receiving getting hearing recieving geting")
+_ES_STOP = _words("parar paren pare para")
+_ES_STOP_ASIDE = _words("en a aqui ahi alli frente cerca enfrente por al")
+# Who or what "won't stop" when it is the messages: "these won't stop".
+_WHO_TEXTS = _words("these they them you this those it")
 
 
 def _stop_word(words: list[str]) -> bool:
     for i, word in enumerate(words):
         if word not in _STRONG:
             continue
-        if word != "stop" or _is_contact_clause(words):
+        if _is_contact_clause(words):
             return True
         before = words[i - 1] if i else ""
         after = words[i + 1] if i + 1 < len(words) else ""
         then = words[i + 2] if i + 2 < len(words) else ""
+        if word in _ES_STOP and after in _ES_STOP_ASIDE:
+            continue  # "paren en la esquina": pull up there
+        if word != "stop":
+            return True
         if before in _STOP_PLACE:
             continue
         if (
             before == "not"
             and i >= 2
             and words[i - 2] in {"can", "could", "will", "would", "did", "does"}
+            and _WHO_TEXTS.isdisjoint(words)
         ):
             continue
         if after in _STOP_ASIDE and then not in _STOP_ASIDE_KEEP:
@@ -695,6 +704,16 @@ def _enough(words: list[str]) -> bool:
 
 
 _MORE = _words("more further mas plus mais longer")
+_GENERIC_VERB_OBJECTS = (
+    _ME
+    | _DEMONSTRATIVE
+    | _words(
+        """
+    any anything more again anymore nothing stuff ever crap junk further or and nor please
+    number out
+    """
+    )
+)
 _AFTER_NO_NOUN = (
     _COURTESY
     | _CONTACT
@@ -729,6 +748,13 @@ def _negated_contact(words: list[str]) -> bool:
                 return True
             continue
         word = words[j]
+        if (
+            word in {"send", "call", "write"}
+            and j + 1 < len(words)
+            and words[j + 1] not in _GENERIC_VERB_OBJECTS
+            and not _is_contact(words[j + 1])
+        ):
+            continue  # "don't send the tech until Monday", "do not call before noon"
         if _is_contact(word) and word not in {"contacto"}:
             if words[i] != "no" or word not in _CONTACT or set(words[i + 1 : j]) & _MORE:
                 return True
@@ -757,7 +783,8 @@ def _negated_contact(words: list[str]) -> bool:
 
 def _negated_wish(words: list[str]) -> bool:
     for i in range(len(words)):
-        if not _negated(words, i) or words[i : i + 2] == ["no", "need"]:
+        # Any negation: "my mom doesn't want these" speaks for another person.
+        if words[i] not in _NEGATION or words[i : i + 2] == ["no", "need"]:
             continue
         for j in range(i + 1, min(i + 5, len(words))):
             if words[j] in _DESIRE:
@@ -783,8 +810,19 @@ def _not_interested(words: list[str]) -> bool:
     return False
 
 
+# The person moved, told in the first person: an address to change, not a
+# wish about the messages ("she doesn't live here anymore" still counts).
+_MOVED = re.compile(
+    r"\b(i|we|i am|we are|m)( \w+)? (no longer|not) (\w+ )?(at|in|live|living|reside|there)\b"
+    r"|\b(i|we) do not live (there|here|at)\b"
+    r"|\bya no (vivo|vivimos|estoy|estamos|trabajo) (en|ahi|ahi|alli|aqui)\b"
+)
+
+
 def _no_longer(words: list[str]) -> bool:
     text = " ".join(words)
+    if _MOVED.search(text):
+        return False  # "I'm no longer at that address", "ya no vivo ahí": an address
     if re.search(r"\b(no longer|nunca mas|no mas$|not anymore|never again)\b", text):
         return True
     if re.search(r"\bya no (?!hay\b|puedo\b|se\b|esta\b)\w", text):
@@ -802,7 +840,6 @@ def _no_longer(words: list[str]) -> bool:
                 "member",
                 "subscriber",
                 "patient",
-                "live",
                 "lives",
                 "use",
                 "using",
@@ -1004,6 +1041,8 @@ def _wrong_person(words: list[str]) -> bool:
     text = " ".join(words)
     if re.search(r"\b(i|we) (\w+ )?(sent|send|texted|messaged|text|meant)\b", text):
         return False  # "sorry, I sent that to the wrong person"
+    if _MOVED.search(text) and "wrong" not in words:
+        return False  # "I don't live there anymore, can you update my address?"
     return bool(
         re.search(
             rf"\bwrong (\w+ )?({_PERSON_NOUNS})\b"
@@ -1146,4 +1185,18 @@ _MESSAGE_RULES = re.compile(
     r"|\b(be|been|being|get|got|gotten) (taken|removed|deleted|erased|unsubscribed|dropped)"
     r" ?(off|out|from|$)"
     r"|\b(number|numero) (\w+ ){0,2}(ya )?no es (de|mi|su|el|mio|mia|nuestro|correcto)\b"
+    r"|\b(turn|shut|switch) (these|this|them|those|the (texts?|messages|alerts|notifications))"
+    r" off\b"
+    r"|\b(less|fewer|reduce|cut down|cut back|limit|lower)\b[^.?!]*\b(texts?|txts?|messages|"
+    r"msgs|texting|messaging|notifications|alerts|emails|calls|frequency)\b"
+    r"|\b(text|txt|message|msg|contact|call|email)(ing)? (me|us) less\b"
+    r"|\bonly (text|txt|message|msg|contact|call|email) (me |us )?(if|when|for|in)\b"
+    r"|^\W*ya,? (por favor|porfa|please)\W*$"
+    r"|\bdej\w* de (recibir|recibirlos|recibirlas)\b"
+    r"|\bnadie (con ese nombre|se llama|llamad[oa])\b|\bno vive (aqui|ahi|alli|en este)\b"
+    r"|\bno (hay|conozco a|conocemos a) nadie\b"
+    r"|\b(nunca|no) (\w+ )?(pedi|solicite|pedimos|solicitamos) (esto|estos|estas|eso|"
+    r"mensajes|nada|sus|que)\b"
+    r"|\b(nunca|no) (\w+ )?(di|dimos|proporcione|comparti) (mi|este|nuestro) (numero|telefono|"
+    r"celular|informacion|datos)\b"
 )
