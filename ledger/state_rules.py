@@ -131,7 +131,13 @@ def _row(raw: Mapping[str, Any]) -> StateRule:
 
 class RulesTable(NamedTuple):
     federal: FederalRule
-    states: Mapping[str, StateRule]
+    rules: tuple[StateRule, ...]
+    """By state, then by the date each applies from. A state may have several rows
+    (an amendment that adds a rule from a later date); every row in force applies."""
+
+    @property
+    def states(self) -> frozenset[str]:
+        return frozenset(r.state for r in self.rules)
 
 
 def parse_table(raw: Mapping[str, Any]) -> RulesTable:
@@ -139,15 +145,15 @@ def parse_table(raw: Mapping[str, Any]) -> RulesTable:
     fed = raw["federal"]
     federal_hours = _hours(fed["hours"]["weekdays"], "federal")
     assert federal_hours is not None
-    states: dict[str, StateRule] = {}
+    rules: dict[tuple[str, date], StateRule] = {}
     for row in raw["states"]:
         rule = _row(row)
-        if rule.state in states:
-            raise ValueError(f"{rule.state} has two rows")
-        states[rule.state] = rule
+        if (rule.state, rule.effective) in rules:
+            raise ValueError(f"{rule.state} has two rows from {rule.effective}")
+        rules[rule.state, rule.effective] = rule
     return RulesTable(
         FederalRule(fed["citation"], date.fromisoformat(fed["effective"]), federal_hours),
-        states,
+        tuple(rules[key] for key in sorted(rules)),
     )
 
 
@@ -172,10 +178,10 @@ def rules_for(regions: Iterable[str]) -> tuple[StateRule, ...]:
 
 @lru_cache(maxsize=4096)
 def _rules_for(regions: tuple[str, ...]) -> tuple[StateRule, ...]:
-    states = table().states
+    rules = table().rules
     if ANY_US_STATE in regions:
-        return tuple(states[s] for s in sorted(states))
-    return tuple(states[s] for s in sorted(set(regions)) if s in states)
+        return rules
+    return tuple(r for r in rules if r.state in regions)
 
 
 def rule_zones(rule: StateRule, zones: tuple[str, ...]) -> tuple[str, ...]:

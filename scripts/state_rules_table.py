@@ -49,7 +49,7 @@ def table_markdown() -> str:
         f"| {_hours(federal.hours)} |  |  | {federal.effective:%Y-%m-%d} | yes "
         f"| {federal.citation.split(': ')[0]} |"
     )
-    return "\n".join([*header, *(_row(r) for _, r in sorted(rules.states.items()))])
+    return "\n".join([*header, *(_row(r) for r in rules.rules)])
 
 
 if __name__ == "__main__":

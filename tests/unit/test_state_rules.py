@@ -109,8 +109,9 @@ def test_every_row_of_the_table_cites_its_statute_and_a_date_and_parses():
     table = state_rules.parse_table(document)
     assert table.federal.hours == (time(8), time(21))
     assert "64.1200(c)(1)" in table.federal.citation
-    assert len(table.states) == len(document["states"]) >= 15
-    for rule in table.states.values():
+    assert len(table.rules) == len(document["states"]) >= 15
+    assert len(table.states) >= 15
+    for rule in table.rules:
         assert rule.state in STATE_NAMES and rule.name == STATE_NAMES[rule.state]
         assert rule.citation.strip() and any(ch.isdigit() for ch in rule.citation)
         assert date(1990, 1, 1) <= rule.effective <= date(2026, 12, 31)
@@ -143,6 +144,9 @@ def test_a_row_without_a_citation_or_with_hours_backwards_is_refused():
             state_rules.parse_table({**document, "states": [broken]})
     with pytest.raises(ValueError, match="two rows"):
         state_rules.parse_table({**document, "states": [row, row]})
+    # An amendment is a second row from a later date.
+    later = {**row, "effective": "2030-01-01"}
+    assert len(state_rules.parse_table({**document, "states": [row, later]}).rules) == 2
 
 
 def test_the_table_is_packaged_data_and_valid_json():
@@ -331,9 +335,7 @@ def test_informational_campaigns_are_held_to_no_state_window():
 
 
 def test_a_number_of_unknown_state_is_held_to_every_states_rules():
-    assert state_rules.rules_for((ANY_US_STATE,)) == tuple(
-        state_rules.table().states[s] for s in sorted(state_rules.table().states)
-    )
+    assert state_rules.rules_for((ANY_US_STATE,)) == state_rules.table().rules
 
 
 # --- caps -----------------------------------------------------------------------------------
@@ -477,3 +479,12 @@ def test_a_location_request_without_a_state_is_refused_by_field(region):
     with pytest.raises(InvalidRequest) as err:
         to_events(_location_request(region), datetime(2026, 12, 1, 16, tzinfo=UTC))
     assert err.value.field == "region"
+
+
+def test_an_amendment_applies_from_its_own_date_on_top_of_the_older_row():
+    # Pennsylvania: holidays closed since 2019; Sundays too from October 18, 2026.
+    before = ask(PENNSYLVANIA, datetime(2026, 10, 11, 16, tzinfo=UTC))  # Sunday 12:00 EDT
+    after = ask(PENNSYLVANIA, datetime(2026, 10, 25, 16, tzinfo=UTC))
+    assert before.allowed
+    assert not after.allowed and after.rule == "state:PA" and "Sunday" in after.detail
+    assert "SB 992" in after.citation
