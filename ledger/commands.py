@@ -9,12 +9,13 @@ request produces other facts, so neither is lost.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import hashlib
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -28,6 +29,7 @@ from ledger.campaigns import (
     category_of,
 )
 from ledger.errors import (
+    DomainError,
     InvalidCampaignPolicy,
     InvalidRequest,
     MissingProofError,
@@ -64,13 +66,22 @@ from ledger.keywords import Intent, classify
 from ledger.phone import to_e164
 from ledger.regions import normalise_region
 from ledger.state import SubscriberState
+from ledger.validation import (
+    EARLIEST_BIRTH,
+    EARLIEST_TIME,
+    Violations,
+    check_identifier,
+    check_text,
+)
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# Matched whole (``fullmatch``): with ``match`` and ``$``, "acme\n" passed, and an
+# opt-out written under it stopped nothing sent under "acme".
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
 @lru_cache(maxsize=4096)
 def _is_name(value: str) -> bool:
-    return _NAME.match(value) is not None
+    return _NAME.fullmatch(value) is not None
 
 
 def check_name(value: str, field_name: str) -> str:
@@ -85,6 +96,10 @@ def check_name(value: str, field_name: str) -> str:
 def check_time(value: datetime, now: datetime, field_name: str = "occurred_at") -> datetime:
     if value.tzinfo is None:
         raise InvalidRequest(field_name, "must carry a time zone")
+    if value < EARLIEST_TIME:
+        raise InvalidRequest(
+            field_name, f"is before {EARLIEST_TIME:%Y-%m-%d}, earlier than any fact of this ledger"
+        )
     if value > now + MAX_CLOCK_SKEW:
         raise InvalidRequest(field_name, f"is in the future (more than {MAX_CLOCK_SKEW} ahead)")
     return value
@@ -145,9 +160,94 @@ _PROOF_TEXT = tuple(
 
 
 def _check_request_id(request_id: str) -> str:
-    if not request_id or len(request_id) > 128:
+    if not request_id.strip() or len(request_id) > 128:
         raise InvalidRequest("request_id", "is required (1-128 chars) so retries are idempotent")
-    return request_id
+    return check_identifier(request_id, "request_id")
+
+
+_PHONES = ("phone", "from_phone", "to_phone")
+_IDENTIFIERS = ("message_id", "in_reply_to")
+
+
+def check_fields(fields: Mapping[str, Any], now: datetime | None, found: Violations) -> None:
+    """Check each field of a request by its name (a command's fields, or those a wire
+    request could be read into), noting every violation in ``found``. ``now`` None
+    skips what needs the time (a time too far ahead, a date of birth in the future).
+
+    The builders below check what relates one field to another."""
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if name == "request_id":
+            found.check(_check_request_id, value)
+        elif name in ("brand", "campaign"):
+            found.check(check_name, value, name)
+        elif name in _PHONES:
+            found.check(to_e164, value, field=name)
+        elif name in _IDENTIFIERS:
+            if name == "message_id" and not value:
+                found.add(InvalidRequest(name, "is required"))
+            elif found.check(check_length, value, name) is not None:
+                found.check(check_identifier, value, name)
+        elif name == "candidate_event_id":
+            found.check(_candidate_id, value)
+        elif name == "date_of_birth":
+            found.check(check_date_of_birth, value, now)
+        elif isinstance(value, datetime):
+            if now is not None:
+                found.check(check_time, value, now, name)
+        elif isinstance(value, ConsentProof):
+            for text in _PROOF_TEXT:
+                found.check(check_free_text, getattr(value, text), f"proof.{text}")
+            if now is not None:
+                found.check(check_time, value.registered_at, now, "proof.registered_at")
+        elif isinstance(value, CampaignPolicy):
+            found.check(check_free_text, value.category, "policy.category")
+            for i, number in enumerate(value.sender_numbers):
+                found.check(to_e164, number, field=f"policy.sender_numbers[{i}]")
+        elif name in TEXT_LIMITS and isinstance(value, str):
+            found.check(check_free_text, value, name)
+
+
+def check_free_text(value: str, field_name: str) -> str:
+    """``check_length`` and ``ledger.validation.check_text``: no control characters."""
+    return check_text(check_length(value, field_name), field_name)
+
+
+def _candidate_id(value: str) -> uuid.UUID:
+    # uuid.UUID reads "{...}", "urn:uuid:..." and hex without dashes alike: only the
+    # one form the service writes names an event, so a later read finds it.
+    try:
+        candidate = uuid.UUID(value)
+    except ValueError:
+        candidate = None
+    if candidate is None or str(candidate) != value.lower():
+        raise InvalidRequest(
+            "candidate_event_id", "must be an event id as the service gives it (a UUID with dashes)"
+        )
+    return candidate
+
+
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def check_date_of_birth(value: str, now: datetime | None) -> str:
+    """Empty (none given), or a date of birth as YYYY-MM-DD, from 1900 to today."""
+    if not value:
+        return value
+    # fromisoformat alone also reads "19900101", "1990-W01-1" and times of day: the
+    # stored text is what the policy reads again, so only one spelling is taken.
+    born = None
+    if _ISO_DATE.fullmatch(value):
+        with contextlib.suppress(ValueError):
+            born = date.fromisoformat(value)
+    if born is None:
+        raise InvalidRequest("date_of_birth", "must be an ISO date (YYYY-MM-DD)")
+    if born < EARLIEST_BIRTH:
+        raise InvalidRequest("date_of_birth", f"is before {EARLIEST_BIRTH:%Y-%m-%d}")
+    if now is not None and born > now.date():
+        raise InvalidRequest("date_of_birth", "is in the future")
+    return value
 
 
 @dataclass(frozen=True)
@@ -355,9 +455,8 @@ def _opt_in(cmd: RecordOptIn, now: datetime) -> list[LedgerEvent]:
         )
     missing = cmd.proof.missing_fields(cmd.method)
     if missing:
-        raise MissingProofError(
-            missing[0], f"required for {cmd.method.value} consent (missing: {', '.join(missing)})"
-        )
+        reason = f"required for {cmd.method.value} consent (missing: {', '.join(missing)})"
+        raise MissingProofError(missing[0], reason, *((m, reason) for m in missing[1:]))
     registered = check_time(cmd.proof.registered_at, now, "proof.registered_at")
     if abs(cmd.occurred_at - registered) > MAX_CLOCK_SKEW:
         # The fold orders facts by occurred_at: a consent stamped with the time it was
@@ -442,17 +541,11 @@ def _age(cmd: RecordAgeVerification, now: datetime) -> list[LedgerEvent]:
     check_length(cmd.method, "method")
     if not cmd.date_of_birth and not cmd.verified_21_plus:
         raise InvalidRequest("date_of_birth", "give a date of birth or verified_21_plus")
-    if cmd.date_of_birth:
-        try:
-            born = datetime.fromisoformat(cmd.date_of_birth).date()
-        except ValueError as exc:
-            raise InvalidRequest("date_of_birth", "must be an ISO date (YYYY-MM-DD)") from exc
-        if born > now.date():
-            raise InvalidRequest("date_of_birth", "is in the future")
-        if cmd.verified_21_plus and not is_21_plus(False, cmd.date_of_birth, cmd.occurred_at):
-            raise InvalidRequest(
-                "verified_21_plus", "contradicts date_of_birth, which is under 21 at occurred_at"
-            )
+    dob = check_date_of_birth(cmd.date_of_birth, now)
+    if dob and cmd.verified_21_plus and not is_21_plus(False, dob, cmd.occurred_at):
+        raise InvalidRequest(
+            "verified_21_plus", "contradicts date_of_birth, which is under 21 at occurred_at"
+        )
     return [
         AgeVerified(
             **_subscriber(cmd),
@@ -477,10 +570,7 @@ def _located(cmd: RecordSubscriberLocation, now: datetime) -> list[LedgerEvent]:
 
 
 def _resolve(cmd: ResolveRevocationCandidate, now: datetime) -> list[LedgerEvent]:
-    try:
-        candidate = uuid.UUID(cmd.candidate_event_id)
-    except ValueError as exc:
-        raise InvalidRequest("candidate_event_id", "must be an event id (UUID)") from exc
+    candidate = _candidate_id(cmd.candidate_event_id)
     check_length(cmd.resolved_by, "resolved_by")
     phone, brand = to_e164(cmd.phone), check_name(cmd.brand, "brand")
     events: list[LedgerEvent] = [
@@ -582,10 +672,27 @@ Command = (
 
 
 def to_events(cmd: Command, now: datetime) -> list[LedgerEvent]:
-    """Validate ``cmd`` against the rules at ``now`` and build its facts, or raise."""
-    _check_request_id(cmd.request_id)
-    check_time(cmd.occurred_at, now)
-    return _BUILDERS[type(cmd)](cmd, now)
+    """Validate ``cmd`` against the rules at ``now`` and build its facts, or raise
+    one ``DomainError`` naming every bad field."""
+    found = Violations()
+    check_fields(vars(cmd), now, found)
+    try:
+        events = _BUILDERS[type(cmd)](cmd, now)
+    except DomainError as exc:
+        found.add(exc)
+    except Exception:
+        if not found:
+            raise
+        # A builder may trip over a field already refused: that refusal is the answer.
+    found.raise_if_any()
+    return events
+
+
+def check_inbound(cmd: HandleInboundMessage, now: datetime) -> None:
+    """Every field of an inbound text, checked before anything is looked up for it."""
+    found = Violations()
+    check_fields(vars(cmd), now, found)
+    found.raise_if_any()
 
 
 OPT_OUT_CONFIRMATION_CONTENT = ("identify_sender", "confirm_no_further_messages")
@@ -602,8 +709,7 @@ def handle_inbound(
     sender's state towards that brand. The interpretation is recorded as facts of
     its own, so a later change of keyword rules never rewrites history.
     """
-    _check_request_id(cmd.request_id)
-    check_time(cmd.occurred_at, now)
+    check_inbound(cmd, now)
     if not cmd.message_id:
         raise InvalidRequest("message_id", "is required")
     check_length(cmd.message_id, "message_id")

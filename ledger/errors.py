@@ -5,14 +5,18 @@ from __future__ import annotations
 
 
 class DomainError(Exception):
-    """Base class: a request the domain refuses, with the offending field."""
+    """Base class: a request the domain refuses, with the offending field, and with
+    every other bad field of the same request when there are several
+    (``ledger.validation.Violations`` gathers them): ``violations`` holds each
+    (field, reason), the first being ``field`` and ``reason``."""
 
     error_reason = ""
     """A reason a client can branch on (``google.rpc.ErrorInfo``), for the refusals that
     need one beyond the field; empty for plain bad input."""
 
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
+    def __init__(self, field: str, reason: str, *more: tuple[str, str]) -> None:
+        self.violations: tuple[tuple[str, str], ...] = ((field, reason), *more)
+        super().__init__("; ".join(f"{f}: {r}" for f, r in self.violations))
         self.field = field
         self.reason = reason
         self.metadata: dict[str, str] = {}

@@ -16,20 +16,38 @@ from ledger.errors import InvalidPhoneNumber
 _UNKNOWN_ZONE = "Etc/Unknown"
 
 
+E164_EXAMPLE = "E.164, for example +14155552671"
+"""The form a phone number is asked for, as every refusal of one says."""
+
+
 def to_e164(raw: str, *, field: str = "phone", default_region: str | None = None) -> str:
     """Return ``raw`` as an E.164 string, or raise ``InvalidPhoneNumber``.
 
     Without ``default_region`` the number must carry its country code (+1...), so a
-    subscriber can never be filed under the wrong country by accident.
+    subscriber can never be filed under the wrong country by accident. Spaces,
+    dashes and brackets are read through (``+1 (415) 555-2671``), but a control or
+    format character (a NUL, a zero-width space) is refused, not skipped, and so is
+    an extension: no text reaches one. The reason says the form expected, never the
+    library's own words.
     """
     if not raw or not raw.strip():
-        raise InvalidPhoneNumber(field, "is empty")
+        raise InvalidPhoneNumber(field, f"is required: a phone number in {E164_EXAMPLE}")
+    if not raw.isprintable():
+        raise InvalidPhoneNumber(
+            field, f"must be a phone number in {E164_EXAMPLE}, with no control characters"
+        )
     try:
         parsed = phonenumbers.parse(raw, default_region)
-    except phonenumbers.NumberParseException as exc:
-        raise InvalidPhoneNumber(field, f"cannot be parsed ({exc._msg})") from exc
+    except phonenumbers.NumberParseException:
+        raise InvalidPhoneNumber(field, f"is not a phone number: expected {E164_EXAMPLE}") from None
+    if parsed.extension:
+        raise InvalidPhoneNumber(
+            field, f"must be a phone number without an extension, in {E164_EXAMPLE}"
+        )
     if not phonenumbers.is_valid_number(parsed):
-        raise InvalidPhoneNumber(field, f"{raw!r} is not a valid number for its region")
+        raise InvalidPhoneNumber(
+            field, f"is not a valid number for its region: expected {E164_EXAMPLE}"
+        )
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 

@@ -42,13 +42,24 @@ def _status(code: int, message: str, *details: Any) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-def bad_request(field: str, reason: str, *more: Any) -> grpc.Status:
+def bad_request(
+    field: str, reason: str, *details: Any, more: tuple[tuple[str, str], ...] = ()
+) -> grpc.Status:
+    """INVALID_ARGUMENT with one ``BadRequest`` holding the violation and ``more``
+    (every bad field of the request), then any other ``details``."""
+    violations = ((field, reason), *more)
     detail = error_details_pb2.BadRequest(
         field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=field, description=reason)
+            error_details_pb2.BadRequest.FieldViolation(field=f, description=r)
+            for f, r in violations
         ]
     )
-    return _status(code_pb2.INVALID_ARGUMENT, f"{field}: {reason}", detail, *more)
+    return _status(
+        code_pb2.INVALID_ARGUMENT,
+        "; ".join(f"{f}: {r}" for f, r in violations),
+        detail,
+        *details,
+    )
 
 
 ERROR_DOMAIN = "consent-ledger"
@@ -58,12 +69,13 @@ ERROR_DOMAIN = "consent-ledger"
 def _refused(exc: DomainError) -> grpc.Status:
     """Bad input, with a reason a client can branch on (``google.rpc.ErrorInfo``, the
     field in its metadata) after the field when the domain gives one."""
+    more = exc.violations[1:]  # every other bad field of the request, in the same answer
     if not exc.error_reason:
-        return bad_request(exc.field, exc.reason)
+        return bad_request(exc.field, exc.reason, more=more)
     info = error_details_pb2.ErrorInfo(
         reason=exc.error_reason, domain=ERROR_DOMAIN, metadata={"field": exc.field, **exc.metadata}
     )
-    return bad_request(exc.field, exc.reason, info)
+    return bad_request(exc.field, exc.reason, info, more=more)
 
 
 def undecodable(message: str) -> grpc.Status:

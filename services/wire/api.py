@@ -36,12 +36,14 @@ from ledger.commands import (
     RecordSubscriberLocation,
     ReplyKind,
     ResolveRevocationCandidate,
+    check_fields,
 )
 from ledger.errors import InvalidRequest
 from ledger.events import ConsentProof, ListSource, MessageKind
 from ledger.keywords import Intent
 from ledger.opt_out_rate import OptOutRate
 from ledger.policy import Decision, Obligation, Reason
+from ledger.validation import Violations
 from services.wire import codec
 from services.wire.enums import EnumMap, WireFormatError
 
@@ -79,12 +81,19 @@ def required_time(msg: Message, name: str) -> datetime:
     """The timestamp field ``name`` of ``msg`` as a UTC datetime, or ``InvalidRequest``."""
     if not msg.HasField(name):
         raise InvalidRequest(name, "is required")
-    return codec.timestamp_from_proto(getattr(msg, name), name)
+    return _timestamp(msg, name)
 
 
 def optional_time(msg: Message, name: str) -> datetime | None:
     """The timestamp field ``name`` of ``msg``, or None when the client left it out."""
-    return codec.timestamp_from_proto(getattr(msg, name), name) if msg.HasField(name) else None
+    return _timestamp(msg, name) if msg.HasField(name) else None
+
+
+def _timestamp(msg: Message, name: str) -> datetime:
+    try:
+        return codec.timestamp_from_proto(getattr(msg, name), name)
+    except WireFormatError as exc:  # a nanos or a year out of range: the caller's error
+        raise InvalidRequest(exc.field, exc.reason) from None
 
 
 def _enum(enum_map: EnumMap[Any], value: int, field: str) -> Any:
@@ -125,126 +134,140 @@ def _policy(msg: Message, field: str) -> CampaignPolicy:
 # --- write requests -> commands ---------------------------------------------------
 
 
-def _opt_in(r: api_pb2.RecordOptInRequest) -> RecordOptIn:
+def _opt_in(r: api_pb2.RecordOptInRequest, v: Violations) -> RecordOptIn:
     return RecordOptIn(
         request_id=r.request_id,
         phone=r.phone,
         brand=r.brand,
         campaign=r.campaign,
-        tier=_enum(codec.TIERS, r.tier, "tier"),
-        method=_enum(codec.METHODS, r.method, "method"),
-        proof=_proof(r, "proof"),
-        occurred_at=required_time(r, "occurred_at"),
-        source=_enum_or(codec.SOURCES, r.source, "source", ListSource.FIRST_PARTY),
+        tier=_read(v, lambda: _enum(codec.TIERS, r.tier, "tier")),
+        method=_read(v, lambda: _enum(codec.METHODS, r.method, "method")),
+        proof=_read(v, lambda: _proof(r, "proof")),
+        occurred_at=_read(v, lambda: required_time(r, "occurred_at")),
+        source=_read(
+            v, lambda: _enum_or(codec.SOURCES, r.source, "source", ListSource.FIRST_PARTY)
+        ),
     )
 
 
-def _opt_out(r: api_pb2.RecordOptOutRequest) -> RecordOptOut:
+def _opt_out(r: api_pb2.RecordOptOutRequest, v: Violations) -> RecordOptOut:
     return RecordOptOut(
         request_id=r.request_id,
         phone=r.phone,
         brand=r.brand,
         campaign=r.campaign if r.HasField("campaign") else None,
-        channel=_enum(codec.CHANNELS, r.channel, "channel"),
-        occurred_at=required_time(r, "occurred_at"),
+        channel=_read(v, lambda: _enum(codec.CHANNELS, r.channel, "channel")),
+        occurred_at=_read(v, lambda: required_time(r, "occurred_at")),
         text=r.text,
         in_reply_to=r.in_reply_to,
     )
 
 
-def _reconfirmation(r: api_pb2.RecordReconfirmationRequest) -> RecordReconfirmation:
+def _reconfirmation(r: api_pb2.RecordReconfirmationRequest, v: Violations) -> RecordReconfirmation:
     return RecordReconfirmation(
         request_id=r.request_id,
         phone=r.phone,
         brand=r.brand,
         campaign=r.campaign,
-        channel=_enum(codec.CHANNELS, r.channel, "channel"),
-        occurred_at=required_time(r, "occurred_at"),
+        channel=_read(v, lambda: _enum(codec.CHANNELS, r.channel, "channel")),
+        occurred_at=_read(v, lambda: required_time(r, "occurred_at")),
         detail=r.detail,
     )
 
 
-def _message_sent(r: api_pb2.RecordMessageSentRequest) -> RecordMessageSent:
+def _message_sent(r: api_pb2.RecordMessageSentRequest, v: Violations) -> RecordMessageSent:
     return RecordMessageSent(
         request_id=r.request_id,
         phone=r.phone,
         brand=r.brand,
         campaign=r.campaign,
         message_id=r.message_id,
-        kind=message_kind_from_proto(r.kind, "kind"),
-        occurred_at=required_time(r, "occurred_at"),
+        kind=_read(v, lambda: message_kind_from_proto(r.kind, "kind")),
+        occurred_at=_read(v, lambda: required_time(r, "occurred_at")),
         included_opt_out_language=r.included_opt_out_language,
         identified_sender=r.identified_sender,
     )
 
 
-def _age_verification(r: api_pb2.RecordAgeVerificationRequest) -> RecordAgeVerification:
+def _age_verification(
+    r: api_pb2.RecordAgeVerificationRequest, v: Violations
+) -> RecordAgeVerification:
     return RecordAgeVerification(
         request_id=r.request_id,
         phone=r.phone,
         brand=r.brand,
         method=r.method,
-        occurred_at=required_time(r, "occurred_at"),
+        occurred_at=_read(v, lambda: required_time(r, "occurred_at")),
         date_of_birth=r.date_of_birth,
         verified_21_plus=r.verified_21_plus,
     )
 
 
-def _location(r: api_pb2.RecordSubscriberLocationRequest) -> RecordSubscriberLocation:
+def _location(
+    r: api_pb2.RecordSubscriberLocationRequest, v: Violations
+) -> RecordSubscriberLocation:
     return RecordSubscriberLocation(
         request_id=r.request_id,
         phone=r.phone,
         brand=r.brand,
         region=r.region,
-        occurred_at=required_time(r, "occurred_at"),
+        occurred_at=_read(v, lambda: required_time(r, "occurred_at")),
         detail=r.detail,
     )
 
 
-def _resolve(r: api_pb2.ResolveRevocationCandidateRequest) -> ResolveRevocationCandidate:
+def _resolve(
+    r: api_pb2.ResolveRevocationCandidateRequest, v: Violations
+) -> ResolveRevocationCandidate:
     return ResolveRevocationCandidate(
         request_id=r.request_id,
         phone=r.phone,
         brand=r.brand,
         candidate_event_id=r.candidate_event_id,
-        resolution=_enum(codec.RESOLUTIONS, r.resolution, "resolution"),
-        occurred_at=required_time(r, "occurred_at"),
+        resolution=_read(v, lambda: _enum(codec.RESOLUTIONS, r.resolution, "resolution")),
+        occurred_at=_read(v, lambda: required_time(r, "occurred_at")),
         resolved_by=r.resolved_by,
     )
 
 
-def _define(r: api_pb2.DefineCampaignRequest) -> DefineCampaign:
+def _define(r: api_pb2.DefineCampaignRequest, v: Violations) -> DefineCampaign:
     return DefineCampaign(
         request_id=r.request_id,
         brand=r.brand,
         campaign=r.campaign,
-        policy=_policy(r, "policy"),
-        occurred_at=required_time(r, "occurred_at"),
+        policy=_read(v, lambda: _policy(r, "policy")),
+        occurred_at=_read(v, lambda: required_time(r, "occurred_at")),
     )
 
 
-def _change(r: api_pb2.ChangeCampaignPolicyRequest) -> ChangeCampaignPolicy:
+def _change(r: api_pb2.ChangeCampaignPolicyRequest, v: Violations) -> ChangeCampaignPolicy:
     return ChangeCampaignPolicy(
         request_id=r.request_id,
         brand=r.brand,
         campaign=r.campaign,
-        policy=_policy(r, "policy"),
-        occurred_at=required_time(r, "occurred_at"),
+        policy=_read(v, lambda: _policy(r, "policy")),
+        occurred_at=_read(v, lambda: required_time(r, "occurred_at")),
     )
 
 
-def _inbound(r: api_pb2.HandleInboundMessageRequest) -> HandleInboundMessage:
+def _inbound(r: api_pb2.HandleInboundMessageRequest, v: Violations) -> HandleInboundMessage:
     return HandleInboundMessage(
         request_id=r.request_id,
         from_phone=r.from_phone,
         to_phone=r.to_phone,
         body=r.body,
         message_id=r.message_id,
-        occurred_at=required_time(r, "occurred_at"),
+        occurred_at=_read(v, lambda: required_time(r, "occurred_at")),
     )
 
 
-_COMMANDS: dict[type[Message], Callable[[Any], Command | HandleInboundMessage]] = {
+def _read(found: Violations, read: Callable[[], Any]) -> Any:
+    """What ``read`` reads from the wire, or None once ``found`` notes why it cannot:
+    the request is then refused, after every other field was looked at too."""
+    return found.check(read)
+
+
+_COMMANDS: dict[type[Message], Callable[[Any, Violations], Command | HandleInboundMessage]] = {
     api_pb2.RecordOptInRequest: _opt_in,
     api_pb2.RecordOptOutRequest: _opt_out,
     api_pb2.RecordReconfirmationRequest: _reconfirmation,
@@ -262,13 +285,19 @@ def command_from_proto(request: Message) -> Command | HandleInboundMessage:
     """The domain request for a write request message.
 
     Raises ``InvalidRequest`` naming the proto field when a required message or
-    timestamp is missing or an enum is unset or unknown; ``TypeError`` for a
-    message that is not a write request.
+    timestamp is missing or out of range or an enum is unset or unknown, and then
+    names every other field the domain would refuse as well (one answer lists
+    every bad field); ``TypeError`` for a message that is not a write request.
     """
     build = _COMMANDS.get(type(request))
     if build is None:
         raise TypeError(f"{type(request).__name__} is not a write request")
-    return build(request)
+    found = Violations()
+    command = build(request, found)
+    if found:  # what could not be read is None, and left out of these checks
+        check_fields(vars(command), None, found)
+        found.raise_if_any()
+    return command
 
 
 # --- answers -> responses ---------------------------------------------------------

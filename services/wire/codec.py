@@ -120,12 +120,17 @@ def timestamp_to_proto(value: datetime, field: str = "timestamp") -> Timestamp:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_NANOS = 999_999_999
 
 
 def timestamp_from_proto(ts: Timestamp, field: str = "timestamp") -> datetime:
     # The same value as ``ts.ToDatetime(tzinfo=UTC)`` (microseconds truncated), by
     # plain arithmetic: protobuf's helper was the largest single cost of loading a
     # stored state, and every state read decodes several timestamps.
+    if not 0 <= ts.nanos <= _MAX_NANOS:  # else a negative or huge nanos moves the second
+        raise WireFormatError(
+            field, f"is not a valid Timestamp (nanos must be 0 to {_MAX_NANOS:,}, got {ts.nanos:,})"
+        )
     try:
         return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
     except OverflowError:  # a client's value outside datetime's years 1 to 9999

@@ -311,7 +311,7 @@ def test_an_occurred_at_out_of_datetime_s_range_is_refused_naming_the_field(
         "occurred_at",
         "is out of range (years 1 to 9999)",
     )
-    with pytest.raises(WireFormatError):  # the readers CanSend and the audit calls use
+    with pytest.raises(InvalidRequest):  # the readers CanSend and the audit calls use
         api.optional_time(request_msg, "occurred_at")
 
 

@@ -1,0 +1,134 @@
+"""What a request's text may hold, and how a request's every bad field is gathered.
+
+Identifiers key the ledger or name a fact (request ids, message ids, names), so
+they must be one exact string a later read can spell again: printable characters
+only (no control, format, separator other than a space, private-use or unassigned
+characters: NUL, a zero-width space or a bidi override cannot hide in one) and no
+space at either end. Free text (a reply's body, an opt-out's words, the proof of
+opt-in) may hold any character but the C0 and C1 controls; a field that may run
+over several lines keeps tab, line feed and carriage return.
+
+``Violations`` checks field after field and raises once, with every bad field.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import TypeVar
+
+from ledger.errors import DomainError, InvalidRequest
+
+T = TypeVar("T")
+
+EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+"""No fact this service records, and no moment it is asked about, is older: SMS
+consent under the TCPA has no records from before it, and an earlier time is a
+client's mistake (an epoch of 0, a year of 1) that would sort before every real fact."""
+
+EARLIEST_BIRTH = date(1900, 1, 1)
+"""No one alive was born earlier: an earlier date of birth is a typing mistake."""
+
+MULTILINE = frozenset({"body", "text", "detail", "proof.consent_text", "proof.postal_address"})
+"""Free-text fields that may run over several lines (tab, line feed and carriage
+return allowed); every other free-text field is one line."""
+
+_LINE_BREAKS = frozenset("\t\n\r")
+
+
+def identifier_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an identifier, or None when it can."""
+    if value.isprintable():
+        if value[:1] == " " or value[-1:] == " ":
+            return "must not begin or end with a space"
+        return None
+    for ch in value:
+        if not ch.isprintable():
+            return f"must not hold {_describe(ch)}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def check_identifier(value: str, field: str) -> str:
+    """``value``, or ``InvalidRequest`` on ``field`` if it is no exact identifier."""
+    problem = identifier_problem(value)
+    if problem is not None:
+        raise InvalidRequest(field, problem)
+    return value
+
+
+def text_problem(value: str, field: str) -> str | None:
+    """Why ``value`` cannot be the free text of ``field``, or None when it can."""
+    if value.isprintable():  # the usual case, at C speed
+        return None
+    allowed = _LINE_BREAKS if field in MULTILINE else frozenset()
+    for ch in value:
+        category = unicodedata.category(ch)
+        if (category == "Cc" and ch not in allowed) or category == "Cs":
+            return f"must not hold {_describe(ch)}"
+    return None
+
+
+def check_text(value: str, field: str) -> str:
+    problem = text_problem(value, field)
+    if problem is not None:
+        raise InvalidRequest(field, problem)
+    return value
+
+
+def check_not_blank(value: str, field: str, what: str) -> str:
+    """``value`` unless it is empty or only white space (``what``: why it is needed)."""
+    if not value.strip():
+        raise InvalidRequest(field, f"is required ({what})")
+    return value
+
+
+def _describe(ch: str) -> str:
+    name = unicodedata.name(ch, "")
+    code = f"U+{ord(ch):04X}"
+    return f"{code} {name}".rstrip() if name else f"{code} (a control or unassigned character)"
+
+
+class Violations:
+    """Every bad field of one request, gathered so the caller hears of all at once.
+
+    ``check(fn, ...)`` runs a check and returns its result, or None after noting
+    the ``DomainError`` it raised; ``raise_if_any`` raises the first error's type
+    carrying every violation found (one per field, the first reason for each)."""
+
+    def __init__(self) -> None:
+        self._errors: list[DomainError] = []
+
+    def check(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T | None:
+        try:
+            return fn(*args, **kwargs)
+        except DomainError as exc:
+            self.add(exc)
+            return None
+
+    def add(self, exc: DomainError) -> None:
+        self._errors.append(exc)
+
+    def has(self, field: str) -> bool:
+        return any(f == field for e in self._errors for f, _ in e.violations)
+
+    def __bool__(self) -> bool:
+        return bool(self._errors)
+
+    def raise_if_any(self) -> None:
+        if not self._errors:
+            return
+        found: dict[str, str] = {}
+        for error in self._errors:
+            for field, reason in error.violations:
+                found.setdefault(field, reason)
+        first = self._errors[0]
+        if len(found) == len(first.violations):
+            raise first
+        # The first error, its type and what it carries (a reason, metadata) kept,
+        # with every violation: built without __init__, whose arguments vary by type.
+        combined = Exception.__new__(type(first))
+        combined.__dict__.update(first.__dict__)
+        combined.violations = tuple(found.items())
+        combined.args = ("; ".join(f"{f}: {r}" for f, r in combined.violations),)
+        raise combined from first

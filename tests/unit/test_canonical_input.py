@@ -1,0 +1,301 @@
+"""Input is canonical or refused: every identifier is one exact string, no text
+holds control characters, times and dates are in range, and one refusal names
+every bad field of the request."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api_pb2
+from consent.v1 import ledger_pb2
+
+from ledger.commands import (
+    HandleInboundMessage,
+    RecordAgeVerification,
+    RecordOptOut,
+    ResolveRevocationCandidate,
+    check_inbound,
+    check_name,
+    to_events,
+)
+from ledger.errors import DomainError, InvalidPhoneNumber, InvalidRequest
+from ledger.events import CandidateResolution, ConsentRevoked, RevocationChannel
+from ledger.phone import to_e164
+from services.grpc_api.errors import to_status
+from services.wire import api
+from tests.unit.test_grpc_errors import field_violations
+from tests.unit.test_wire_api import WRITES, name_of
+
+NOW = datetime(2025, 6, 1, 14, 31, tzinfo=UTC)
+AT = datetime(2025, 6, 1, 14, 30, 5, 123456, tzinfo=UTC)
+PHONE = "+14155550123"
+
+
+def opt_out(**changes: Any) -> RecordOptOut:
+    given: dict[str, Any] = {
+        "request_id": "r1",
+        "phone": PHONE,
+        "brand": "acme",
+        "campaign": "promo",
+        "channel": RevocationChannel.WEB,
+        "occurred_at": AT,
+    }
+    return RecordOptOut(**{**given, **changes})
+
+
+def refused_fields(run: Any) -> list[str]:
+    with pytest.raises(DomainError) as err:
+        run()
+    return [field for field, _ in err.value.violations]
+
+
+# --- names are matched whole -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["acme\n", "acme\r\n", "acme\x00", "\nacme", "acme ", "Acme"])
+def test_a_brand_or_campaign_with_anything_around_it_is_refused(name: str) -> None:
+    # "acme\n" passed ``^...$`` with ``match``: an opt-out under it stopped nothing for acme.
+    for field in ("brand", "campaign"):
+        with pytest.raises(InvalidRequest) as err:
+            check_name(name, field)
+        assert err.value.field == field
+        assert refused_fields(lambda f=field: to_events(opt_out(**{f: name}), NOW)) == [field]
+
+
+def test_an_accepted_opt_out_names_the_brand_a_check_asks_about() -> None:
+    (event,) = to_events(opt_out(), NOW)
+    assert isinstance(event, ConsentRevoked)
+    assert (event.brand, event.campaign) == ("acme", "promo")
+
+
+# --- identifiers: printable, no spaces around -------------------------------------
+
+HOSTILE_IDENTIFIERS = [
+    "a\x00b",  # NUL
+    "a\x1bb",  # escape
+    "a\x85b",  # C1 next line
+    "a\u200bb",  # zero-width space
+    "a\u202eb",  # right-to-left override
+    "a\ufeffb",  # byte order mark
+    "a\u2028b",  # line separator
+    "a\nb",
+    "a\tb",
+    " ab",
+    "ab ",
+]
+
+
+@pytest.mark.parametrize("value", [*HOSTILE_IDENTIFIERS, "", " ", "\t\n"])
+def test_a_request_id_that_is_blank_or_not_exact_is_refused(value: str) -> None:
+    assert refused_fields(lambda: to_events(opt_out(request_id=value), NOW)) == ["request_id"]
+
+
+@pytest.mark.parametrize("value", HOSTILE_IDENTIFIERS)
+def test_message_ids_are_exact_identifiers(value: str) -> None:
+    assert refused_fields(lambda: to_events(opt_out(in_reply_to=value), NOW)) == ["in_reply_to"]
+    inbound = HandleInboundMessage("r1", PHONE, "+14155550100", "STOP", value, AT)
+    assert refused_fields(lambda: check_inbound(inbound, NOW)) == ["message_id"]
+
+
+def test_an_identifier_may_hold_any_printable_character_inside() -> None:
+    (event,) = to_events(opt_out(request_id="ordre n° 7 ✓", in_reply_to="SM-é/1"), NOW)
+    assert isinstance(event, ConsentRevoked) and event.in_reply_to == "SM-é/1"
+
+
+# --- free text: no control characters but line breaks where text runs over lines ----
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x07", "\x1b", "\x7f", "\x85", "\x9b"])
+def test_free_text_refuses_control_characters(char: str) -> None:
+    assert refused_fields(lambda: to_events(opt_out(text=f"stop{char}"), NOW)) == ["text"]
+    inbound = HandleInboundMessage("r1", PHONE, "+14155550100", f"STOP{char}", "SM1", AT)
+    assert refused_fields(lambda: check_inbound(inbound, NOW)) == ["body"]
+
+
+def test_free_text_keeps_line_breaks_emoji_and_bidi_marks() -> None:
+    text = "Stop\r\n\tplease 👩\u200d👩\u200d👧 \u200f\u05e9\u05dc\u05d5\u05dd"
+    (event,) = to_events(opt_out(text=text), NOW)
+    assert isinstance(event, ConsentRevoked) and event.text == text
+
+
+def test_a_one_line_text_field_refuses_a_line_break() -> None:
+    (request, _) = WRITES[0]
+    msg = type(request).FromString(request.SerializeToString())
+    msg.proof.name = "Ada\nLovelace"
+    command = api.command_from_proto(msg)
+    assert refused_fields(lambda: to_events(command, NOW)) == ["proof.name"]  # type: ignore[arg-type]
+
+
+# --- phone numbers -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw", ["+14155550123\x00", "+1415555\u200b0123", "\u202d+14155550123", "+14155550123\n"]
+)
+def test_a_phone_number_with_a_control_or_format_character_is_refused(raw: str) -> None:
+    # The library read through them, and "+1415555<ZWSP>0123" was stored as a number.
+    with pytest.raises(InvalidPhoneNumber) as err:
+        to_e164(raw)
+    assert "E.164, for example +14155552671" in err.value.reason
+
+
+@pytest.mark.parametrize("raw", ["not a number", "+", "+1", "12", "+99912345"])
+def test_an_unparseable_number_says_what_form_is_expected(raw: str) -> None:
+    with pytest.raises(InvalidPhoneNumber) as err:
+        to_e164(raw, field="from_phone")
+    assert err.value.field == "from_phone"
+    assert "E.164, for example +14155552671" in err.value.reason
+    assert "Missing or invalid" not in err.value.reason  # the library's own words
+
+
+def test_a_number_with_an_extension_is_refused_and_spacing_is_read_through() -> None:
+    with pytest.raises(InvalidPhoneNumber):
+        to_e164("+14155550123 ext. 12")
+    assert to_e164("+1 (415) 555-0123") == PHONE
+
+
+# --- times and dates ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nanos", [-1, 1_000_000_000, -999_999_999, 2**31 - 1])
+@pytest.mark.parametrize(("request_msg", "expected"), WRITES, ids=name_of)
+def test_a_timestamp_with_nanos_out_of_range_is_refused(
+    request_msg: Any, expected: Any, nanos: int
+) -> None:
+    msg = type(request_msg).FromString(request_msg.SerializeToString())
+    msg.occurred_at.nanos = nanos
+    assert refused_fields(lambda: api.command_from_proto(msg)) == ["occurred_at"]
+
+
+def test_a_nested_timestamp_with_nanos_out_of_range_is_refused() -> None:
+    (request, _) = WRITES[0]
+    msg = type(request).FromString(request.SerializeToString())
+    msg.proof.registered_at.nanos = -5
+    assert refused_fields(lambda: api.command_from_proto(msg)) == ["proof.registered_at"]
+
+
+def test_a_check_at_a_timestamp_with_nanos_out_of_range_is_refused() -> None:
+    msg = api_pb2.CanSendRequest(phone=PHONE, brand="acme", campaign="promo")
+    msg.at.seconds, msg.at.nanos = 1_700_000_000, -1
+    assert refused_fields(lambda: api.optional_time(msg, "at")) == ["at"]
+
+
+@pytest.mark.parametrize(
+    "when",
+    [datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC), datetime(1970, 1, 1, tzinfo=UTC)],
+)
+def test_a_fact_from_before_the_service_could_exist_is_refused(when: datetime) -> None:
+    assert refused_fields(lambda: to_events(opt_out(occurred_at=when), NOW)) == ["occurred_at"]
+    assert to_events(opt_out(occurred_at=datetime(2000, 1, 1, tzinfo=UTC)), NOW)
+
+
+def age(date_of_birth: str) -> RecordAgeVerification:
+    return RecordAgeVerification("r1", PHONE, "acme", "id card", AT, date_of_birth)
+
+
+@pytest.mark.parametrize(
+    "dob",
+    [
+        "19900101",  # fromisoformat reads these three too; one spelling is stored
+        "1990-W01-1",
+        "1990-01-01T00:00",
+        "1990-1-1",
+        "\uff11\uff19\uff19\uff10-01-01",  # full-width digits
+        " 1990-01-01",
+        "1990-01-01\n",
+        "1899-12-31",
+        "1990-02-30",
+        "2025-06-02",  # the day after NOW
+    ],
+)
+def test_a_date_of_birth_is_one_iso_date_from_1900_to_today(dob: str) -> None:
+    assert refused_fields(lambda: to_events(age(dob), NOW)) == ["date_of_birth"]
+
+
+def test_a_date_of_birth_in_range_is_stored_as_given() -> None:
+    (event,) = to_events(age("1990-01-01"), NOW)
+    assert event.date_of_birth == "1990-01-01"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "candidate",
+    [
+        "{12345678-1234-5678-1234-567812345678}",
+        "urn:uuid:12345678-1234-5678-1234-567812345678",
+        "12345678123456781234567812345678",
+        " 12345678-1234-5678-1234-567812345678",
+    ],
+)
+def test_a_candidate_id_is_an_event_id_as_the_service_gives_it(candidate: str) -> None:
+    cmd = ResolveRevocationCandidate(
+        "r1", PHONE, "acme", candidate, CandidateResolution.DISMISSED, AT
+    )
+    assert refused_fields(lambda: to_events(cmd, NOW)) == ["candidate_event_id"]
+
+
+# --- every bad field in one answer --------------------------------------------------
+
+
+def test_every_bad_field_of_a_command_is_named_in_one_refusal() -> None:
+    cmd = opt_out(
+        request_id=" ",
+        phone="nope",
+        brand="Acme",
+        campaign="promo\n",
+        text="\x00",
+        in_reply_to="a\u200b",
+    )
+    assert sorted(refused_fields(lambda: to_events(cmd, NOW))) == sorted(
+        ["request_id", "phone", "brand", "campaign", "text", "in_reply_to"]
+    )
+
+
+def test_a_wire_error_and_the_domain_s_are_named_in_one_refusal() -> None:
+    msg = api_pb2.RecordOptInRequest(
+        request_id="r1",
+        phone="+1415555012",
+        brand="acme\n",
+        campaign="promo",
+        method=ledger_pb2.COLLECTION_METHOD_WEB_FORM,
+    )
+    fields = refused_fields(lambda: api.command_from_proto(msg))
+    assert sorted(fields) == sorted(["tier", "proof", "occurred_at", "phone", "brand"])
+
+
+def test_one_bad_request_carries_every_violation() -> None:
+    cmd = opt_out(phone="nope", brand="Acme")
+    with pytest.raises(DomainError) as err:
+        to_events(cmd, NOW)
+    status = to_status(err.value)
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT
+    found = field_violations(status)
+    assert [f for f, _ in found] == ["phone", "brand"]
+    assert "E.164, for example +14155552671" in found[0][1]
+
+
+def test_every_missing_proof_field_is_named() -> None:
+    (request, _) = WRITES[0]
+    msg = type(request).FromString(request.SerializeToString())
+    msg.proof.ClearField("name")
+    msg.proof.ClearField("form_url")
+    command = api.command_from_proto(msg)
+    fields = refused_fields(lambda: to_events(command, NOW))  # type: ignore[arg-type]
+    assert sorted(fields) == ["proof.form_url", "proof.name"]
+
+
+def test_a_command_with_one_bad_field_keeps_its_error_type() -> None:
+    with pytest.raises(InvalidPhoneNumber):
+        to_events(opt_out(phone="nope"), NOW)
+    many = dataclasses.replace(opt_out(phone="nope"), brand="x y")
+    with pytest.raises(InvalidPhoneNumber) as err:
+        to_events(many, NOW)
+    assert len(err.value.violations) == 2
+
+
+def test_the_clock_skew_bound_still_holds_for_a_far_future_fact() -> None:
+    late = opt_out(occurred_at=NOW + timedelta(hours=1))
+    assert refused_fields(lambda: to_events(late, NOW)) == ["occurred_at"]
