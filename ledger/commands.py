@@ -68,9 +68,9 @@ from ledger.regions import normalise_region
 from ledger.state import SubscriberState
 from ledger.validation import (
     EARLIEST_BIRTH,
-    EARLIEST_TIME,
     Violations,
     check_identifier,
+    check_not_too_early,
     check_text,
 )
 
@@ -80,13 +80,14 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
 @lru_cache(maxsize=4096)
-def _is_name(value: str) -> bool:
+def is_name(value: str) -> bool:
+    """Whether ``value`` is a brand or campaign name (``check_name`` says why not)."""
     return _NAME.fullmatch(value) is not None
 
 
 def check_name(value: str, field_name: str) -> str:
     """Brand and campaign ids: short, lower-case, stable (they key the ledger)."""
-    if not _is_name(value or ""):
+    if not is_name(value or ""):
         raise InvalidRequest(
             field_name, "must be 1-64 chars of a-z, 0-9, '.', '_' or '-', starting alphanumeric"
         )
@@ -96,10 +97,7 @@ def check_name(value: str, field_name: str) -> str:
 def check_time(value: datetime, now: datetime, field_name: str = "occurred_at") -> datetime:
     if value.tzinfo is None:
         raise InvalidRequest(field_name, "must carry a time zone")
-    if value < EARLIEST_TIME:
-        raise InvalidRequest(
-            field_name, f"is before {EARLIEST_TIME:%Y-%m-%d}, earlier than any fact of this ledger"
-        )
+    check_not_too_early(value, field_name)
     if value > now + MAX_CLOCK_SKEW:
         raise InvalidRequest(field_name, f"is in the future (more than {MAX_CLOCK_SKEW} ahead)")
     return value

@@ -103,6 +103,8 @@ class Reason(enum.Enum):
     """The projection had not caught up with the ledger within the bound."""
     INTERNAL_ERROR = "internal_error"
     """The service could not answer; it fails closed."""
+    INVALID_PHONE = "invalid_phone"
+    """An entry of a batch is no phone number; the rest of the batch is answered."""
 
 
 class Obligation(enum.Enum):

@@ -8,6 +8,7 @@ Adapters are named for their technology and port (``KafkaLedger``,
 from __future__ import annotations
 
 import enum
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -90,9 +91,15 @@ class ConsistencyToken:
         """Parse ``encode``'s output; raises ``ValueError`` on anything else."""
         offsets: dict[tuple[Stream, int], int] = {}
         for part in filter(None, text.split(",")):
+            # Whole, and ASCII digits: int() also reads " 7", "+7", "7_0" and other scripts' digits.
+            if _TOKEN_PART.fullmatch(part) is None:
+                raise ValueError(f"not a consistency token part: {part!r}")
             stream, partition, offset = part.split(":")
             offsets[(Stream(stream), int(partition))] = int(offset)
         return ConsistencyToken(offsets)
+
+
+_TOKEN_PART = re.compile(r"(?:subscribers|campaigns):[0-9]{1,9}:[0-9]{1,19}")
 
 
 class LedgerUnavailable(ConnectionError):

@@ -76,6 +76,15 @@ def check_text(value: str, field: str) -> str:
     return value
 
 
+def check_not_too_early(value: datetime, field: str) -> datetime:
+    """``value``, or ``InvalidRequest`` on ``field`` if it is before ``EARLIEST_TIME``."""
+    if value < EARLIEST_TIME:
+        raise InvalidRequest(
+            field, f"is before {EARLIEST_TIME:%Y-%m-%d}, earlier than any fact of this ledger"
+        )
+    return value
+
+
 def check_not_blank(value: str, field: str, what: str) -> str:
     """``value`` unless it is empty or only white space (``what``: why it is needed)."""
     if not value.strip():

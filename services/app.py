@@ -22,13 +22,15 @@ from ledger.commands import (
     DefineCampaign,
     HandleInboundMessage,
     InboundOutcome,
+    check_inbound,
     check_name,
     check_time,
     handle_inbound,
+    is_name,
     to_events,
 )
 from ledger.digest import Digest, digest_of
-from ledger.errors import InvalidRequest
+from ledger.errors import InvalidPhoneNumber, InvalidRequest
 from ledger.events import (
     CampaignDefined,
     CampaignPolicyChanged,
@@ -45,6 +47,7 @@ from ledger.phone import to_e164
 from ledger.policy import Check, Decision, Reason, decide_as_of, deny
 from ledger.ports import ConsentView, ConsistencyToken, Ledger, Stream
 from ledger.state import CampaignHistory, Fact, SubscriberState
+from ledger.validation import Violations, check_not_too_early
 from services.errors import FailedPrecondition, NotConsistent
 from services.freshness import FreshnessGuard
 from services.read_batcher import ReadBatcher
@@ -144,6 +147,39 @@ def _retrieve(write: asyncio.Future[WriteResult]) -> None:
 
 def _behind() -> Decision:
     return deny(Reason.NOT_CONSISTENT, "the read model is behind the ledger; try again")
+
+
+def _invalid_phone(exc: InvalidPhoneNumber) -> Decision:
+    """A batch's answer for an entry that is no phone number: not allowed, said in
+    its own place, so the rest of the batch is still answered."""
+    return deny(Reason.INVALID_PHONE, f"not a phone number: {exc.reason}")
+
+
+def _placed(decisions: list[Decision], invalid: dict[int, Decision]) -> list[Decision]:
+    """``decisions`` with the answers for entries that are no numbers in their places."""
+    for i, decision in invalid.items():
+        decisions[i] = decision
+    return decisions
+
+
+def check_target(
+    brand: str,
+    campaign: str,
+    phone: str | None = None,
+    when: Callable[[], object] | None = None,
+    found: Violations | None = None,
+) -> None:
+    """Refuse, in one ``DomainError``, every one of a check's brand, campaign, phone
+    (None: a batch's, answered each in its place) and moment (``when`` raises for a
+    bad one) that is bad, with those already in ``found``."""
+    found = Violations() if found is None else found
+    found.check(check_name, brand, "brand")
+    found.check(check_name, campaign, "campaign")
+    if phone is not None:
+        found.check(to_e164, phone, field="phone")
+    if when is not None:
+        found.check(when)
+    found.raise_if_any()
 
 
 def _undefined(brand: str, campaign: str) -> Decision:
@@ -248,6 +284,7 @@ class ConsentApp:
         """``authorize`` is called with the brand the receiving number belongs to,
         before anything is written (a caller may act for some brands only);
         ``recorded_by`` is stamped on every event written."""
+        check_inbound(cmd, self.clock())  # every bad field at once, before any lookup
         to = to_e164(cmd.to_phone, field="to_phone")
         sender = to_e164(cmd.from_phone, field="from_phone")
         async with self._inbound_turn(sender):
@@ -424,9 +461,9 @@ class ConsentApp:
 
         The steps and the answers are the batch's; this path only skips the batch's
         lists and sets, which are most of a single check's own cost."""
-        check_name(brand, "brand")
-        check_name(campaign, "campaign")
         canonical = _E164.fullmatch(phone) is not None
+        if not (canonical and is_name(brand) and is_name(campaign)):
+            check_target(brand, campaign, phone, lambda: self._when(at))
         number = phone if canonical else to_e164(phone, field="phone")
         when, provisional, past = self._when(at)
         if past:
@@ -467,9 +504,10 @@ class ConsentApp:
         token: ConsistencyToken | None = None,
     ) -> BatchResult:
         """Decide for every phone, in order. A phone that is not a valid number raises
-        ``InvalidPhoneNumber`` (INVALID_ARGUMENT); a query writes nothing either way."""
-        check_name(brand, "brand")
-        check_name(campaign, "campaign")
+        ``REASON_INVALID_PHONE`` in its own place, and the others are answered; a bad
+        brand or campaign refuses the whole batch. A query writes nothing either way."""
+        if not (is_name(brand) and is_name(campaign)):
+            check_target(brand, campaign, None, lambda: self._when(at))
         # The view's keys are numbers validated and normalised when they were written,
         # so each phone is first looked up as written; only those not found are parsed
         # (and a phone that is not a number is refused even if others were found).
@@ -485,9 +523,13 @@ class ConsentApp:
         digests = await self.reads.digests(brand, phones)
         numbers = list(phones)
         unknown = [i for i, p in enumerate(phones) if p not in digests]
+        invalid: dict[int, Decision] = {}
         if unknown:
-            for i in unknown:  # raises INVALID_ARGUMENT for a number that is not one
-                numbers[i] = to_e164(phones[i], field=f"phones[{i}]")
+            for i in unknown:
+                try:
+                    numbers[i] = to_e164(phones[i], field=f"phones[{i}]")
+                except InvalidPhoneNumber as exc:  # answered in its place, below
+                    invalid[i] = _invalid_phone(exc)
             missing = sorted({numbers[i] for i in unknown} - set(phones) - digests.keys())
             if missing:
                 if not await self._fresh(missing, None):
@@ -500,15 +542,16 @@ class ConsentApp:
         try:
             rules = await self._rules(brand, campaign, when, read_at)
         except NotConsistent:
-            return BatchResult([_behind()] * len(numbers), read_at)
+            return BatchResult(_placed([_behind()] * len(numbers), invalid), read_at)
         if rules is None:
-            return BatchResult([_undefined(brand, campaign)] * len(numbers), read_at)
+            undefined = [_undefined(brand, campaign)] * len(numbers)
+            return BatchResult(_placed(undefined, invalid), read_at)
         check = Check(rules, when, kind)
         try:
             decisions = [check(digests[n]) for n in numbers]
         except Exception:  # find the numbers it failed for, and answer those alone "no"
             decisions = [self._decide(check, digests[n]) for n in numbers]
-        return BatchResult(decisions, read_at, provisional)
+        return BatchResult(_placed(decisions, invalid), read_at, provisional)
 
     def _when(self, at: datetime | None) -> tuple[datetime, bool, bool]:
         """The moment a check is for (now, or ``at``), whether its answer is only
@@ -521,6 +564,7 @@ class ConsentApp:
             return now, False, False
         if at.tzinfo is None:
             raise InvalidRequest("at", "must carry a time zone")
+        check_not_too_early(at, "at")
         if at - now > self.future_horizon:
             raise InvalidRequest(
                 "at",
@@ -540,10 +584,18 @@ class ConsentApp:
     ) -> BatchResult:
         """A batch for a moment before now: each number as ``can_send_as_of`` answers
         it, from its history (a query per distinct number, unlike a batch for now)."""
-        numbers = [to_e164(p, field=f"phones[{i}]") for i, p in enumerate(phones)]
         answers: dict[str, Decision] = {}
+        numbers: list[str] = []
+        for i, phone in enumerate(phones):
+            try:
+                numbers.append(to_e164(phone, field=f"phones[{i}]"))
+            except InvalidPhoneNumber as exc:  # answered in its place
+                numbers.append(phone)
+                answers[phone] = _invalid_phone(exc)
         read_at = self.guard.applied_token()
         for number in dict.fromkeys(numbers):
+            if number in answers:
+                continue
             result = await self.can_send_as_of(number, brand, campaign, at, kind=kind, token=token)
             answers[number], read_at = result.decision, result.token
         return BatchResult([answers[n] for n in numbers], read_at)

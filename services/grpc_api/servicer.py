@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -26,10 +27,11 @@ from consent.v1 import ledger_pb2
 from ledger.commands import HandleInboundMessage
 from ledger.digest import digest_of
 from ledger.errors import DomainError, InvalidRequest
-from ledger.events import Recorded
+from ledger.events import MessageKind, Recorded
 from ledger.policy import Decision, Reason, deny, standing
 from ledger.ports import ConsistencyToken
-from services.app import ConsentApp, WriteResult
+from ledger.validation import Violations
+from services.app import ConsentApp, WriteResult, check_target
 from services.errors import NotConsistent, PermissionDenied, ServiceError
 from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
 from services.grpc_api.errors import translate_errors
@@ -50,6 +52,31 @@ def _token(text: str) -> ConsistencyToken | None:
         return ConsistencyToken.decode(text)
     except ValueError as exc:
         raise InvalidRequest("at_least_as_fresh", "is not a consistency token") from exc
+
+
+def _check_fields(
+    request: api_pb2.CanSendRequest | api_pb2.CanSendBatchRequest, phone: str | None
+) -> tuple[datetime | None, MessageKind, ConsistencyToken | None]:
+    """A check's moment, message kind and token; when one cannot be read, every bad
+    field of the request (brand, campaign, a single check's phone) in one refusal."""
+    batch = isinstance(request, api_pb2.CanSendBatchRequest)
+    try:
+        if batch and len(request.phones) > MAX_BATCH:
+            raise InvalidRequest("phones", f"at most {MAX_BATCH} numbers per batch")
+        at = api.optional_time(request, "at")
+        return (
+            at,
+            api.message_kind_from_proto(request.message_kind),
+            _token(request.at_least_as_fresh),
+        )
+    except DomainError as exc:
+        found = Violations()
+        found.add(exc)
+        found.check(api.optional_time, request, "at")
+        found.check(api.message_kind_from_proto, request.message_kind)
+        found.check(_token, request.at_least_as_fresh)
+        check_target(request.brand, request.campaign, phone, found=found)
+        raise AssertionError("check_target raises what was found") from exc
 
 
 def _internal_error() -> Decision:
@@ -109,9 +136,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, request: api_pb2.CanSendRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.CanSendResponse:
         self._caller(context, Scope.CHECK, request.brand)
-        at = api.optional_time(request, "at")
-        kind = api.message_kind_from_proto(request.message_kind)
-        token = _token(request.at_least_as_fresh)
+        at, kind, token = _check_fields(request, request.phone)
         try:
             result = await self.app.can_send(
                 request.phone, request.brand, request.campaign, at=at, kind=kind, token=token
@@ -133,11 +158,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, request: api_pb2.CanSendBatchRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.CanSendBatchResponse:
         self._caller(context, Scope.CHECK, request.brand)
-        if len(request.phones) > MAX_BATCH:
-            raise InvalidRequest("phones", f"at most {MAX_BATCH} numbers per batch")
-        at = api.optional_time(request, "at")
-        kind = api.message_kind_from_proto(request.message_kind)
-        token = _token(request.at_least_as_fresh)
+        at, kind, token = _check_fields(request, None)
         phones: Sequence[str] = list(request.phones)
         try:
             result = await self.app.can_send_batch(
@@ -362,7 +383,9 @@ def _token_number(token: str, kind: str, valid: Callable[[int], bool], reason: s
         number = int(value)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest("page_token", reason) from exc
-    if found != kind or not valid(number):
+    # Only the very text issued: the decoder skips characters outside base64's
+    # alphabet and int() reads spaces, signs and "_", so other texts named places too.
+    if found != kind or not valid(number) or _encode_token(kind, number) != token:
         raise InvalidRequest("page_token", reason)
     return number
 

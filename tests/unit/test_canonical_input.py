@@ -299,3 +299,72 @@ def test_a_command_with_one_bad_field_keeps_its_error_type() -> None:
 def test_the_clock_skew_bound_still_holds_for_a_far_future_fact() -> None:
     late = opt_out(occurred_at=NOW + timedelta(hours=1))
     assert refused_fields(lambda: to_events(late, NOW)) == ["occurred_at"]
+
+
+# --- a batch answers a non-number in its place --------------------------------------
+
+
+async def test_a_batch_answers_a_non_number_in_its_place_and_the_others_as_usual() -> None:
+    from ledger.policy import Reason
+    from tests.unit.test_app import define, opt_in, running
+
+    async with running() as (app, _):
+        await app.record(define())
+        written = await app.record(opt_in("r1"))
+        phones = ["+14155552671", "not a number", "+1415555\u200b2671", "+15551234567"]
+        result = await app.can_send_batch(phones, "acme", "promo", token=written.token)
+        reasons = [d.reason for d in result.decisions]
+        assert reasons[0] != Reason.INVALID_PHONE and result.decisions[0].allowed
+        assert reasons[1:] == [Reason.INVALID_PHONE] * 3
+        assert not any(d.allowed for d in result.decisions[1:])
+        assert all("E.164, for example +14155552671" in d.detail for d in result.decisions[1:])
+        with pytest.raises(DomainError) as err:  # a bad brand or campaign fails it whole
+            await app.can_send_batch(phones, "acme", "promo\n")
+        assert [f for f, _ in err.value.violations] == ["campaign"]
+        with pytest.raises(DomainError) as err:  # and a single check names every bad field
+            await app.can_send("nope", "Acme", "promo\n")
+        assert [f for f, _ in err.value.violations] == ["brand", "campaign", "phone"]
+
+
+# --- tokens and settings: ASCII digits, the whole text ------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "subscribers:0: 5",
+        "subscribers:0:+5",
+        "subscribers:0:5_0",
+        "subscribers:\u0660:5",
+        "subscribers:0:5\n",
+        "subscribers:-1:5",
+        "campaigns:0:5 ",
+    ],
+)
+def test_a_consistency_token_is_read_only_as_the_service_writes_it(text: str) -> None:
+    from ledger.ports import ConsistencyToken
+
+    with pytest.raises(ValueError):
+        ConsistencyToken.decode(text)
+    assert ConsistencyToken.decode("campaigns:0:1,subscribers:3:7").encode() == (
+        "campaigns:0:1,subscribers:3:7"
+    )
+
+
+def test_a_page_token_is_only_the_text_the_service_issued() -> None:
+    import base64
+
+    from services.grpc_api.servicer import _page_start, _page_token
+
+    assert _page_start(_page_token(100)) == 100
+    issued = _page_token(100)
+    for other in (
+        issued + "!",
+        "!" + issued,
+        base64.urlsafe_b64encode(b"o: 100").decode(),
+        base64.urlsafe_b64encode(b"o:1_00").decode(),
+        base64.urlsafe_b64encode(b"o:+100").decode(),
+    ):
+        with pytest.raises(InvalidRequest) as err:
+            _page_start(other)
+        assert err.value.field == "page_token"

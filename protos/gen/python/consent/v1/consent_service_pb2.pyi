@@ -80,6 +80,10 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """Denied: the campaign's category is one the provider never allows, or not a
     category at all (rules recorded before categories were checked).
     """
+    REASON_INVALID_PHONE: _Reason.ValueType  # 21
+    """Denied: this entry of a CanSendBatch is no phone number (detail: the form
+    expected); the batch's other numbers are answered.
+    """
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Why a decision came out as it did; mirrors ledger.policy.Reason one to one."""
@@ -126,6 +130,10 @@ REASON_INTERNAL_ERROR: Reason.ValueType  # 19
 REASON_CONTENT_NOT_ALLOWED: Reason.ValueType  # 20
 """Denied: the campaign's category is one the provider never allows, or not a
 category at all (rules recorded before categories were checked).
+"""
+REASON_INVALID_PHONE: Reason.ValueType  # 21
+"""Denied: this entry of a CanSendBatch is no phone number (detail: the form
+expected); the batch's other numbers are answered.
 """
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
