@@ -155,6 +155,7 @@ async def _consent(
         shutdown_grace=1,
         projector_group=f"{args.prefix}projector",
         cansend_reads=args.reads,
+        reuse_port=True,  # CONSENT_GRPC_REUSE_PORT=true: a group of these shares the port
     )
     runtime = Runtime(settings)
     await runtime.start()

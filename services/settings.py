@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,6 +36,9 @@ class TlsSettings:
 @dataclass(frozen=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
+    reuse_port: bool = False
+    """Let several processes listen on ``listen`` at once (``SO_REUSEPORT``): only
+    when asked, or a second instance started by mistake would run beside the first."""
     ledger: str = "postgres"
     """``kafka`` (production) or ``postgres`` (the local, single-node ledger)."""
     kafka: KafkaLedgerSettings | None = None
@@ -136,6 +140,11 @@ class Settings:
             raise SettingsError("CONSENT_POSTGRES_DSN is required (or run with --embedded)")
         listen = e.get("CONSENT_GRPC_LISTEN", "127.0.0.1:50051")
         host_and_port(listen, "CONSENT_GRPC_LISTEN")
+        reuse_port = e.get("CONSENT_GRPC_REUSE_PORT", "false")
+        if reuse_port not in ("true", "false"):
+            raise SettingsError(
+                f"CONSENT_GRPC_REUSE_PORT must be true or false, got {reuse_port!r}"
+            )
         metrics = e.get("CONSENT_METRICS_LISTEN", "127.0.0.1:9464" if embedded else "")
         if metrics:
             host_and_port(metrics, "CONSENT_METRICS_LISTEN")
@@ -177,6 +186,7 @@ class Settings:
             raise SettingsError("CONSENT_RATE_LIMIT_BURST needs CONSENT_RATE_LIMIT_RPS")
         return Settings(
             listen=listen,
+            reuse_port=reuse_port == "true",
             ledger=ledger,
             kafka=kafka,
             postgres_dsn=dsn,
@@ -221,10 +231,14 @@ def _tls(e: Mapping[str, str]) -> TlsSettings | None:
     return TlsSettings(Path(cert), Path(key), Path(ca) if ca else None)
 
 
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
 def host_and_port(address: str, name: str = "address") -> tuple[str, int]:
     """``host:port`` (``[::1]:9464`` for IPv6) as its parts; ``SettingsError`` if not one."""
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    # ASCII digits only: isdigit() also takes "²", which int() then refuses.
+    if not sep or not host or not _PORT.fullmatch(port) or int(port) > 65535:
         raise SettingsError(f"{name} must be host:port, got {address!r}")
     return host.removeprefix("[").removesuffix("]"), int(port)
 

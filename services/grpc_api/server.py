@@ -41,7 +41,15 @@ SERVER_OPTIONS = [
     ("grpc.so_reuseport", 1),
     ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
 ]
-"""The gRPC server's options; the benchmark's echo baseline runs with the same."""
+"""The gRPC server's options when its port is shared (``CONSENT_GRPC_REUSE_PORT``);
+the benchmark's echo baseline runs with the same."""
+
+
+def server_options(reuse_port: bool) -> list[tuple[str, int]]:
+    """``SERVER_OPTIONS``, with port sharing only when asked for: grpcio sets
+    ``SO_REUSEPORT`` unless told not to, and a second instance started by mistake on
+    the same port would then take half the connections instead of failing to start."""
+    return [("grpc.so_reuseport", int(reuse_port)), *SERVER_OPTIONS[1:]]
 
 
 class CannotListen(OSError):
@@ -93,6 +101,7 @@ class GrpcServer:
         health_listen: str = "",
         limits: CallerLimits | None = None,
         authenticate: bool = True,
+        reuse_port: bool = False,
     ) -> None:
         """``limits``: the callers' rate limits (none by default). ``authenticate``
         False leaves authentication to the servicer's methods alone, after the body
@@ -106,7 +115,7 @@ class GrpcServer:
             limits,
             servicer.metrics,
         )
-        self._server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[admission])
+        self._server = grpc.aio.server(options=server_options(reuse_port), interceptors=[admission])
         api_grpc.add_ConsentServiceServicer_to_server(servicer, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -122,7 +131,7 @@ class GrpcServer:
         self._health_server: grpc.aio.Server | None = None
         if health_listen:
             self._health_server = grpc.aio.server(
-                options=[("grpc.so_reuseport", 1)], interceptors=[Admission(None)]
+                options=[("grpc.so_reuseport", int(reuse_port))], interceptors=[Admission(None)]
             )
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
         self._port = self._health_port = 0

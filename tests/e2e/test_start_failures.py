@@ -152,3 +152,103 @@ async def test_json_logs_are_one_object_per_line_the_failed_start_included(tmp_p
     assert failed["message"].startswith("cannot start: cannot use PostgreSQL")
     traced = [r for r in records if r["message"] == "the start failed"]  # -v: the cause too
     assert traced and "ConnectionRefusedError" in traced[0]["exc_info"]
+
+
+def _serve(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "serve", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _serving(proc: subprocess.Popen[str]) -> str:
+    """The address ``proc`` serves on, once it says so."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "serving gRPC on " in line:
+            return line.split("serving gRPC on ", 1)[1].split()[0]
+    raise AssertionError(f"the first instance exited with {proc.wait()} before serving")
+
+
+def _stopped(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+
+
+def _refused(env: dict[str, str], *args: str) -> str:
+    """What a second instance prints when it refuses to start (it must, with status 1)."""
+    proc = _serve(env, *args)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            _stopped(proc)
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out
+    return out
+
+
+async def test_a_second_instance_on_the_same_data_directory_refuses_to_start(tmp_path):
+    # The embedded PostgreSQL under it was found running and used: two services on
+    # one database, and nothing said so.
+    data = tmp_path / "data"
+    env = {"CONSENT_DATA_DIR": str(data), "CONSENT_GRPC_LISTEN": "127.0.0.1:0"}
+    env["CONSENT_METRICS_LISTEN"] = "127.0.0.1:0"
+    first = _serve(env, "--embedded")
+    try:
+        await asyncio.to_thread(_serving, first)
+        out = await asyncio.to_thread(_refused, env, "--embedded")
+        assert "consent-ledger: cannot start: the data directory" in out
+        assert f"{data} (CONSENT_DATA_DIR) is in use by another consent-ledger" in out
+        assert f"(process {first.pid})" in out
+        assert first.poll() is None, "the first instance must keep serving"
+    finally:
+        await asyncio.to_thread(_stopped, first)
+    # Once the first is gone, the directory is free again.
+    again = _serve(env, "--embedded")
+    try:
+        await asyncio.to_thread(_serving, again)
+    finally:
+        await asyncio.to_thread(_stopped, again)
+
+
+async def test_a_second_instance_on_the_same_port_refuses_to_start_unless_sharing_is_asked(
+    tmp_path, postgres_dsn
+):
+    address = closed_port()
+    env = {
+        "CONSENT_LEDGER": "postgres",
+        "CONSENT_POSTGRES_DSN": postgres_dsn,
+        "CONSENT_AUTH_TOKENS_FILE": str(write_tokens(tmp_path / "tokens.json")),
+        "CONSENT_DATA_DIR": str(tmp_path),
+        "CONSENT_GRPC_LISTEN": address,
+    }
+    first = _serve(env)
+    try:
+        assert await asyncio.to_thread(_serving, first) == address
+        out = await asyncio.to_thread(_refused, env)
+        assert f"cannot start: cannot serve gRPC on {address}: the address is in use" in out
+        assert "CONSENT_GRPC_REUSE_PORT=true" in out
+        # Sharing asked for by one alone is no sharing: the kernel wants both to ask.
+        out = await asyncio.to_thread(_refused, {**env, "CONSENT_GRPC_REUSE_PORT": "true"})
+        assert f"cannot serve gRPC on {address}" in out
+    finally:
+        await asyncio.to_thread(_stopped, first)
+    shared = {**env, "CONSENT_GRPC_REUSE_PORT": "true"}
+    first, second = _serve(shared), None
+    try:
+        assert await asyncio.to_thread(_serving, first) == address
+        second = _serve(shared)
+        assert await asyncio.to_thread(_serving, second) == address
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                await asyncio.to_thread(_stopped, proc)

@@ -368,3 +368,39 @@ def test_a_page_token_is_only_the_text_the_service_issued() -> None:
         with pytest.raises(InvalidRequest) as err:
             _page_start(other)
         assert err.value.field == "page_token"
+
+
+@pytest.mark.parametrize("port", ["\u00b2", "\u0665\u0660", "50051\n", " 50051", "+1"])
+def test_a_listen_address_port_is_ascii_digits_alone(port: str) -> None:
+    from services.settings import SettingsError, host_and_port
+
+    with pytest.raises(SettingsError):  # "²" passed isdigit() and then broke int()
+        host_and_port(f"127.0.0.1:{port}", "CONSENT_GRPC_LISTEN")
+
+
+def test_port_sharing_is_off_unless_asked_for() -> None:
+    from services.grpc_api.server import server_options
+    from services.settings import Settings, SettingsError
+
+    env = {"CONSENT_POSTGRES_DSN": "postgresql://x/y", "CONSENT_AUTH_TOKENS_FILE": "t.json"}
+    env["CONSENT_LEDGER"] = "postgres"
+    assert not Settings.from_env(env).reuse_port
+    assert Settings.from_env({**env, "CONSENT_GRPC_REUSE_PORT": "true"}).reuse_port
+    with pytest.raises(SettingsError, match="CONSENT_GRPC_REUSE_PORT"):
+        Settings.from_env({**env, "CONSENT_GRPC_REUSE_PORT": "yes"})
+    assert ("grpc.so_reuseport", 0) in server_options(False)
+    assert ("grpc.so_reuseport", 1) in server_options(True)
+
+
+def test_a_second_lock_of_one_data_directory_is_refused_naming_it(tmp_path: Any) -> None:
+    import os
+
+    from services.bootstrap import StartError, lock_data_dir
+
+    held = lock_data_dir(tmp_path / "data")
+    try:
+        with pytest.raises(StartError, match=r"data directory .*data \(CONSENT_DATA_DIR\)"):
+            lock_data_dir(tmp_path / "data")
+    finally:
+        os.close(held)
+    os.close(lock_data_dir(tmp_path / "data"))  # let go: free again
