@@ -1,0 +1,113 @@
+"""Hostile spellings of an opt-out's identifiers, through the real gRPC server: each
+is refused with its field named and nothing written, or accepted and then found by
+a check that spells the number, brand and campaign the same way (an acknowledged
+opt-out always protects). ``tests/unit/test_hostile_input.py`` runs many more
+through the same translation and validation; this is a sample, end to end."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+
+from ledger.ports import Stream
+from services.bootstrap import Runtime
+from tests.e2e.harness import client, define, opt_in, opt_out, service_settings, status_details
+from tests.unit.test_hostile_input import TRICKY
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PHONE = "+14155552671"
+VALID = {"phone": PHONE, "brand": "acme", "campaign": "promo", "in_reply_to": "SM1"}
+
+
+def sample(seed: int = 19, size: int = 12) -> list[tuple[str, str]]:
+    """(field, value): the issue's own cases, then tricky characters put around and
+    inside each valid value at random (seeded, so a failure can be run again)."""
+    cases = [
+        ("brand", "acme\n"),
+        ("campaign", "promo\n"),
+        ("brand", "acme\x00"),
+        ("phone", PHONE + "\n"),
+        ("phone", " +1 (415) 555-2671 "),
+        ("phone", "+1415555\u200b2671"),
+        ("in_reply_to", "SM1\u202e"),
+        ("request_id", "   "),
+        ("request_id", "r-1\x00"),
+    ]
+    rng = random.Random(seed)
+    for field, valid in [*VALID.items(), ("request_id", "req-1")]:
+        for _ in range(size // 4):
+            at = rng.randrange(len(valid) + 1)
+            cut = "".join(rng.choice(TRICKY) for _ in range(rng.randint(1, 3)))
+            cases.append((field, valid[:at] + cut + valid[at:]))
+    return cases
+
+
+@pytest.fixture
+async def runtime(tmp_path, postgres_dsn):
+    runtime = Runtime(service_settings(tmp_path, postgres_dsn, kafka=None))
+    await runtime.start()
+    try:
+        yield runtime
+    finally:
+        await runtime.stop()
+
+
+async def test_a_hostile_opt_out_is_refused_by_field_or_protects_the_number(runtime):
+    base = datetime.now(UTC) - timedelta(minutes=30)
+    async with client(runtime.address, "admin") as c:
+        await c.DefineCampaign(define("acme", "promo", base - timedelta(days=1)))
+        for i, (field, value) in enumerate(sample()):
+            t = base + timedelta(seconds=10 * i)
+            granted = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", t))
+            ledger_end = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+            given = {**VALID, "request_id": uuid.uuid4().hex, field: value}
+            request = opt_out(
+                given["phone"],
+                given["brand"],
+                given["campaign"],
+                t + timedelta(seconds=1),
+                request_id=given["request_id"],
+                in_reply_to=given["in_reply_to"],
+            )
+            try:
+                written = await c.RecordOptOut(request)
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, value, err)
+                assert field in [f for f, _ in status_details(err)], (field, value)
+                after = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+                assert after == ledger_end, f"{field}={value!r} was refused but written"
+                still = await c.CanSend(
+                    api.CanSendRequest(
+                        phone=PHONE,
+                        brand="acme",
+                        campaign="promo",
+                        at_least_as_fresh=granted.consistency_token,
+                    )
+                )
+                assert still.reason != api.REASON_REVOKED
+                continue
+            # Accepted: a check spelling everything as the opt-out did must find it.
+            answer = await c.CanSend(
+                api.CanSendRequest(
+                    phone=given["phone"],
+                    brand=given["brand"],
+                    campaign=given["campaign"],
+                    at_least_as_fresh=written.consistency_token,
+                )
+            )
+            assert not answer.allowed, (field, value)
+            assert answer.reason == api.REASON_REVOKED, (field, value, answer)
+            again = await c.RecordOptOut(request)  # the same spelling is the same request
+            assert list(again.event_ids) == list(written.event_ids)
+            if field == "in_reply_to":
+                events = await c.ListEvents(
+                    api.ListEventsRequest(phone=PHONE, at_least_as_fresh=written.consistency_token)
+                )
+                stored = [r.event for r in events.events if r.event.event_id in written.event_ids]
+                assert stored[0].consent_revoked.in_reply_to == value
