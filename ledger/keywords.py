@@ -89,8 +89,10 @@ punctuation and commas, and it is a candidate when
   equivocado, se equivocó, no soy, ese número no es mío, no lo conozco;
   French mauvais numéro). "I sent that to the wrong person" is not.
 
-A plain "no", "no thanks", "who is this?" and "not now" are conversation: they
-answer the question asked and ask nothing of the messages.
+A decline and nothing else ("No thanks", "no thank you, I'm good", "hard
+pass") is a candidate: read alone after a marketing text it could mean "no more
+of these". A bare "no", "who is this?", "not now" and "No thanks, see you
+Tuesday" are conversation: they answer the question asked.
 
 Languages: English and Spanish are covered throughout; French for the main
 forms (arrêt, désabonner, ne ... plus, plus de SMS, pas intéressé, laissez-moi
@@ -278,8 +280,8 @@ _LEXICON = _lexicon(
         """,
         "service": """
             subscription subscriptions membership list lists program
-            programme service services account campaign club plan mailing database suscripcion
-            suscripciones membresia lista listado servicio cuenta programa liste abonnement
+            programme service services account campaign club mailing database suscripcion
+            suscripciones membresia lista listas listado servicio cuenta programa liste abonnement
         """,
         "subscribe": "subscribe subscribed subscribing suscribi suscribo suscrito suscrita",
         "number": """
@@ -318,7 +320,7 @@ _NOT_TYPOS = _words(
     quieren calming culling caller callers bothe anymore another interest messiah maniac mandes
     llamas enviar dealer palace police prices places plates mores emailed remain remind remake
     relive revise resolve evolve involve revolve canceled cameo concat contacts conduct context
-    content contest intrested molesta molesto molestia molestias massages
+    content contest intrested molesta molesto molestia molestias massages constant constants
     """
 )
 _STRONG_STEMS = (
@@ -468,6 +470,7 @@ _COURTESY = _words(
     gracias vale merci de una vez inmediatamente again once and ffs wtf jeez geez pretty kindly
     thankyou hey hi hello folks everyone yo ugh bye goodbye enough plz sorry hola senor senora
     oui si a an with of was lo la le les el we thats are your ll m do mas more muchas mucho bien
+    re ve d will be been have has number going gonna to
     """
 )
 _DESIRE = _words(
@@ -704,6 +707,9 @@ def _enough(words: list[str]) -> bool:
 
 
 _MORE = _words("more further mas plus mais longer")
+_WITH_WHOM = _words(
+    "with you businesses business companies company strangers people numbers anyone marketers"
+)
 _GENERIC_VERB_OBJECTS = (
     _ME
     | _DEMONSTRATIVE
@@ -737,6 +743,15 @@ def _negated_contact(words: list[str]) -> bool:
             and words[i + 4 : i + 5] in (["me"], ["us"], ["anymore"], ["again"])
         ):
             return True
+        # "I don't text much" tells a habit; "I don't text with businesses" refuses.
+        if (
+            i >= 2
+            and words[i - 2 : i] in (["i", "do"], ["we", "do"])
+            and i + 1 < len(words)
+            and _is_contact(words[i + 1])
+            and _WITH_WHOM.isdisjoint(words[i + 2 :])
+        ):
+            continue
         j = i + 1
         while j < len(words) and j - i <= 4 and words[j] in _BETWEEN:
             j += 1
@@ -918,9 +933,12 @@ def _removal(words: list[str]) -> bool:
     for match in re.finditer(
         r"\b(?:dej\w*|para|pare|paren|parar|parale|parenle) (?:de|d) ((?:\w+ )?\w+)", text
     ):
-        if any(_is_contact(w) or w in _PESTER for w in match.group(1).split()):
+        if any(_is_contact(w) or _PESTER_STEM.match(w) for w in match.group(1).split()):
             return True
     return False
+
+
+_PESTER_STEM = re.compile(r"^(molest|acos|fastidi|jod|ching|freg|harass|bother|bug|pester|spam)")
 
 
 # Words of aversion that take the messages as object: "refrain from texting
@@ -929,7 +947,9 @@ _AVERSION = _words(
     """
     refrain avoid tired sick fed hate dislike annoyed annoying irritating overwhelming excessive
     harto harta cansado cansada odio marre chill abstener abstenerse abstenganse abstengase
-    abstente absteneos
+    abstente absteneos worst terrible awful horrible pointless useless unnecessary intrusive
+    invasive obnoxious ridiculous irrelevant creepy relentless nonstop constant endless nuisance
+    unwelcome waste stupid dumb pesados pesadas fastidio fastidiosos molestos molestas
     """
 )
 
@@ -943,6 +963,13 @@ def _aversion(words: list[str]) -> bool:
                 _is_contact(w) or w in {"receive", "get", "getting", "receiving", "hear"}
                 for w in words[i + 1 :]
             )
+        ):
+            return True
+        # "texts not welcome", "you're not allowed to text me"
+        if (
+            word in {"welcome", "allowed", "permitted", "authorized", "authorised"}
+            and "not" in _window(words, i - 2, 2)
+            and any(_is_contact(w) for w in _window(words, i - 4, 9))
         ):
             return True
         if word in _AVERSION:
@@ -964,12 +991,21 @@ def _complaint(words: list[str]) -> bool:
         r"|\b(stfu|gtfo|gfy|fuckoff|fu)\b|\bgo to hell\b"
         r"|\b(tcpa|fcc|ftc|dnc|lawsuit|unsolicited|unsolicitated|harass\w*)\b"
         r"|\bdo not call\b|\bsue (you|your|them|the|this)\b|\bsuing\b"
-        r"|\b(report|reporting|reported)( \w+)? (you|them|these|your|this number|notice|as|"
-        r"to the|to fcc)\b"
+        r"|\b(report|reporting|reported) (you|them|yall|this number|your number|your company|"
+        r"these|notice|as|to the|to fcc|to my)\b(?! sent| gave| made| did| had)"
         r"|\b(block|blocking|blocked)( \w+)? (you|them|these|your|this number|number|sender|"
         r"notice|text|message)\b"
         r"|\b(denunciar|reportar|bloquear|demandar)(los|les|te|lo)?\b"
-        r"|\bunwanted\b"
+        r"|\bunwanted\b|\binvasion of (my |our )?privacy\b"
+        r"|\b(this is|it s|es|son|you are|you re|your|ur|youre) (a |an |un |una |unos |unas |"
+        r"puro |pura |just |such a )?(scam|scammer|scammers|estafa|estafadores|fraud|fraude)\b"
+        r"|\b(scammers|estafadores|nice try)\b"
+        r"|\b(los|les|te|lo|la) (\w+ )?bloque\w*|\bbloque\w* (este|su|el|tu) number\b"
+        r"|\b(do not|never|no|dont)\b( \w+){0,4} (by|via|over|through) (text|message|email)\b"
+        r"|\bbe (the|my|your) (last|final) (text|message|one)\b"
+        r"|\bya chole\b"
+        r"|\bno (me |nos )?(agreguen|agregues|agregue|incluyan|inscriban|suscriban|pongan|anoten)"
+        r"\b"
         r"|\b(done|finished|through) with (you|this|these|them|your|notice|text|"
         r"message|service)\b"
         r"|\b(you|they|i|we|people|still|why) (\w+ )?(keep|keeps|kept|keeping|continue|continues)"
@@ -992,7 +1028,7 @@ def _complaint(words: list[str]) -> bool:
         text,
     ):
         return True
-    if re.search(r"\b(spam|scam)\w*\b", text):
+    if re.search(r"\bspam\w*\b", text):
         return not re.search(r"\b(spam|notice) (folder|filter|box)\b|\bin (my|the) spam\b", text)
     for i, word in enumerate(words):
         if word in _PESTER:
@@ -1016,8 +1052,14 @@ def _never_consented(words: list[str]) -> bool:
             r"signup|sign me up|subscribe|agree to|agreed to|consent|consented|authorize|"
             r"authorized|authorise|authorised|optin|opt in|opted in|enroll|enrolled|"
             r"register for|registered for|give (you )?permission|gave (you )?permission)\b"
-            r"|\b(no|not|never|without)( \w+){0,3} (consent|permission|authorization|"
-            r"authorisation)\b"
+            r"|\b(you|u|they|yall) (\w+ ){0,3}(no|not|never) (\w+ ){0,2}(permission|consent|"
+            r"authorization)\b"
+            r"|\b(no|without) (my |our |any )?(permission|consent|authorization|authorisation)\b"
+            r"|\b(not|never) (\w+ ){0,2}(give|gave|given|grant|granted|provide|provided) "
+            r"(\w+ ){0,2}(permission|consent|authorization)\b"
+            r"|\b(not|never) (have|give|gave) (my|our) (permission|consent)\b"
+            r"|\b(not|never) (give|gave|given|provide|provided|share|shared) (you |them |yall )?"
+            r"(my|this|our) (number|info)\b"
             r"|\b(not|never) (\w+ ){0,2}(ask for|asked for|request|requested)( \w+)? "
             r"(this|these|that|them|notice|text|message|any|your)\b"
             r"|\b(withdraw|rescind|retract|remove|cancel|revoke)( \w+){0,2} "
@@ -1079,29 +1121,35 @@ def _short_ender(clauses: list[list[str]], *, question: bool) -> bool:
     # "Don't!", "please don't": a bare negation answers the texts themselves.
     if "not" in words and set(words) <= _COURTESY | {"not", "do", "please", "no", "nope"}:
         return "do" in words
-    enough = frozenset() if question else _ENOUGH
-    if _courtesy_only(clauses, _ENDERS | enough | _STRONG | _ALONE_COMPLAINTS | {"out"}):
+    # "No thanks", "no thank you, I'm good", "hard pass": declining, and nothing else.
+    if set(words) <= _COURTESY | _DECLINING and (
+        "pass" in words or (_NO & set(words) and _THANKS & set(words))
+    ):
+        return True
+    # A question may wonder ("Enough?", "Is this a scam?") rather than complain.
+    asking = _ENOUGH | _SUSPICION if question else frozenset()
+    if _courtesy_only(
+        clauses, (_ENDERS | _ENOUGH | _STRONG | _ALONE_COMPLAINTS | {"out"}) - asking
+    ):
         return True
     # One clause of nothing else in a longer message: "This is a business line, remove."
-    return any(_courtesy_only([clause], _ENDERS | _ALONE_COMPLAINTS) for clause in clauses)
+    return any(_courtesy_only([clause], _ENDERS | _REMOVERS) for clause in clauses)
+
+
+_NO = _words("no nope nah non nao")
+_THANKS = _words("thanks thank thankyou gracias merci obrigado obrigada")
+_DECLINING = _NO | _THANKS | _words("pass hard not interested good fine set ill all estoy")
+_SUSPICION = _words("scam scammer scammers estafa")
 
 
 # Words that complain by themselves in a message of nothing else: "Blocked.",
 # "Reported and blocked", "spam".
 _ALONE_COMPLAINTS = (
-    frozenset(
-        {
-            "blocked",
-            "reported",
-            "blocking",
-            "reporting",
-            "spam",
-            "scam",
-            "unsubscribed",
-            "bloqueado",
-            "denunciado",
-            "reportado",
-        }
+    _words(
+        """
+        blocked reported blocking reporting spam scam scammer scammers unsubscribed bloqueado
+        bloqueados denunciado reportado estafa estafadores pass
+        """
     )
     | _REMOVERS
 )
@@ -1192,6 +1240,9 @@ _MESSAGE_RULES = re.compile(
     r"|\b(text|txt|message|msg|contact|call|email)(ing)? (me|us) less\b"
     r"|\bonly (text|txt|message|msg|contact|call|email) (me |us )?(if|when|for|in)\b"
     r"|^\W*ya,? (por favor|porfa|please)\W*$"
+    r"|\b7726\b|\b(reported|forwarded|reporting|forwarding|sent|report|forward) (it |this |you |"
+    r"them |this number )?to (the )?(fcc|ftc|my carrier|carrier|att|verizon|t mobile|tmobile|bbb|"
+    r"attorney general|authorities)\b"
     r"|\bdej\w* de (recibir|recibirlos|recibirlas)\b"
     r"|\bnadie (con ese nombre|se llama|llamad[oa])\b|\bno vive (aqui|ahi|alli|en este)\b"
     r"|\bno (hay|conozco a|conocemos a) nadie\b"

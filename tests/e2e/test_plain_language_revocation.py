@@ -27,7 +27,7 @@ REVOCATIONS = [
     "número equivocado",
     "\U0001f6d1",
 ]
-ORDINARY = ["Can I stop by at 5?", "yes see you then", "No thanks", "Who is this?"]
+ORDINARY = ["Can I stop by at 5?", "yes see you then", "No, that's all", "Who is this?"]
 
 
 def noon_in_los_angeles() -> datetime:

@@ -273,6 +273,13 @@ def test_requests_in_other_words_are_candidates(text):
     assert classify(text) is CANDIDATE
 
 
+@pytest.mark.parametrize(
+    "text", ["No thanks", "no thank you", "No, gracias", "No thanks, I'm good", "Hard pass"]
+)
+def test_declining_and_nothing_else_is_a_candidate(text):
+    assert classify(text) is CANDIDATE
+
+
 @pytest.mark.parametrize("text", ["\U0001f6d1", "\u26d4\ufe0f", "\U0001f6ab texts", "\U0001f515"])
 def test_stop_sign_emoji_are_candidates(text):
     assert classify(text) is CANDIDATE
@@ -282,7 +289,8 @@ def test_stop_sign_emoji_are_candidates(text):
     "text",
     [
         "no",
-        "No thanks",
+        "No thanks, see you Tuesday",
+        "Nope, that's it",
         "Who is this?",
         "not now",
         "I didn't get your text",
