@@ -429,10 +429,13 @@ def _canonical(value: Any) -> Any:
 
 
 def _base(cmd: Any, index: int, at: datetime, brand: str) -> dict[str, Any]:
+    fingerprint = request_fingerprint(cmd)
     return {
-        "originator_id": event_id_for(cmd.request_id, index, brand, request_fingerprint(cmd)),
+        "originator_id": event_id_for(cmd.request_id, index, brand, fingerprint),
         "originator_version": FIRST_VERSION,
         "timestamp": at,
+        "request_id": cmd.request_id,
+        "request_fingerprint": fingerprint,
     }
 
 

@@ -144,11 +144,20 @@ class LedgerEvent(DomainEvent):
     ``recorded_by`` names who asked for it to be recorded (the caller's token): the
     record's provenance, not part of the fact, so it takes no part in comparing
     events and no rule reads it.
+
+    ``request_id`` and ``request_fingerprint`` name the request that wrote it: the
+    client's id (scoped by the brand) and the digest of everything the request said
+    (``ledger.commands.request_fingerprint``). A view keeps the first request that
+    used an id and takes no event of another request under that id as a fact.
+    Empty on facts written before they were recorded. Provenance too: they take no
+    part in comparing events.
     """
 
     EVENT_TYPE: ClassVar[str] = ""
     _: KW_ONLY
     recorded_by: str = field(default="", compare=False)
+    request_id: str = field(default="", compare=False)
+    request_fingerprint: str = field(default="", compare=False)
 
     @property
     def event_id(self) -> uuid.UUID:

@@ -558,6 +558,8 @@ def event_to_proto(event: LedgerEvent) -> ledger_pb2.EventEnvelope:
         brand=event.brand if isinstance(event, SubscriberEvent | CampaignEvent) else "",
         campaign=campaign or "",
         recorded_by=event.recorded_by,
+        request_id=event.request_id,
+        request_fingerprint=event.request_fingerprint,
     )
     getattr(env, oneof_field).CopyFrom(payload)
     return env
@@ -585,6 +587,8 @@ def event_from_proto(env: ledger_pb2.EventEnvelope) -> LedgerEvent:
         "timestamp": _required_time(env, "occurred_at", "occurred_at"),
         "brand": env.brand,
         "recorded_by": env.recorded_by,
+        "request_id": env.request_id,
+        "request_fingerprint": env.request_fingerprint,
     }
     if issubclass(cls, SubscriberEvent):
         state["phone"] = env.phone

@@ -199,6 +199,20 @@ def test_who_recorded_a_fact_travels_in_the_envelope_and_is_not_part_of_the_fact
     assert codec.decode_event(env.SerializeToString()).recorded_by == ""
 
 
+def test_the_request_that_wrote_a_fact_travels_in_the_envelope() -> None:
+    event = dataclasses.replace(EXAMPLES[0], request_id="r1", request_fingerprint="ab" * 16)
+
+    env = ledger_pb2.EventEnvelope.FromString(codec.encode_event(event))
+    decoded = codec.decode_event(env.SerializeToString())
+
+    assert (env.request_id, env.request_fingerprint) == ("r1", "ab" * 16)
+    assert (decoded.request_id, decoded.request_fingerprint) == ("r1", "ab" * 16)
+    env.ClearField("request_id")  # written before the field existed
+    env.ClearField("request_fingerprint")
+    old = codec.decode_event(env.SerializeToString())
+    assert (old.request_id, old.request_fingerprint) == ("", "")
+
+
 def test_brand_wide_revocation_travels_as_absent_campaign_not_empty_string() -> None:
     stop_all, stop_empty = EXAMPLES[2], EXAMPLES[4]
 

@@ -245,6 +245,8 @@ class EventEnvelope(_message.Message):
     BRAND_FIELD_NUMBER: _builtins.int
     CAMPAIGN_FIELD_NUMBER: _builtins.int
     RECORDED_BY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_FINGERPRINT_FIELD_NUMBER: _builtins.int
     CONSENT_GRANTED_FIELD_NUMBER: _builtins.int
     CONSENT_REVOKED_FIELD_NUMBER: _builtins.int
     CONSENT_RECONFIRMED_FIELD_NUMBER: _builtins.int
@@ -278,6 +280,13 @@ class EventEnvelope(_message.Message):
     internal service, an operator). Not part of the fact itself; empty for facts
     written without authentication (tools, tests) or before it was recorded.
     """
+    request_id: _builtins.str
+    """The client's request id that wrote the fact (unique per brand), and the digest
+    of everything that request said. A view keeps the first request that used an
+    id and takes no fact of another request under it. Empty on facts written
+    before they were recorded.
+    """
+    request_fingerprint: _builtins.str
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When the fact happened in the world."""
@@ -317,6 +326,8 @@ class EventEnvelope(_message.Message):
         brand: _builtins.str = ...,
         campaign: _builtins.str = ...,
         recorded_by: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        request_fingerprint: _builtins.str = ...,
         consent_granted: Global___ConsentGranted | None = ...,
         consent_revoked: Global___ConsentRevoked | None = ...,
         consent_reconfirmed: Global___ConsentReconfirmed | None = ...,
@@ -332,7 +343,7 @@ class EventEnvelope(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "inbound_message_received", b"inbound_message_received", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "subscriber_located", b"subscriber_located"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "brand", b"brand", "campaign", b"campaign", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "event_id", b"event_id", "event_type", b"event_type", "inbound_message_received", b"inbound_message_received", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "phone", b"phone", "recorded_by", b"recorded_by", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "schema_version", b"schema_version", "subscriber_located", b"subscriber_located"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "brand", b"brand", "campaign", b"campaign", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "event_id", b"event_id", "event_type", b"event_type", "inbound_message_received", b"inbound_message_received", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "phone", b"phone", "recorded_by", b"recorded_by", "request_fingerprint", b"request_fingerprint", "request_id", b"request_id", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "schema_version", b"schema_version", "subscriber_located", b"subscriber_located"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["consent_granted", "consent_revoked", "consent_reconfirmed", "consent_resumed", "message_sent", "inbound_message_received", "revocation_candidate_flagged", "revocation_candidate_resolved", "age_verified", "campaign_defined", "campaign_policy_changed", "subscriber_located"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
