@@ -34,6 +34,16 @@ class Flagged(NamedTuple):
     phone: str
 
 
+class RequestUse(NamedTuple):
+    """The request that first used a request id of a brand: what it said (its
+    fingerprint, ``ledger.commands.request_fingerprint``) and the ids of the events
+    it wrote. A later request with the same id that says anything else is not a
+    retry of it, and none of its events is a fact."""
+
+    fingerprint: str
+    event_ids: tuple[str, ...]
+
+
 class Stream(enum.Enum):
     """The ledger's two streams: subscriber facts keyed by phone, and campaign rules."""
 
@@ -216,6 +226,29 @@ class ConsentView(ABC):
     @abstractmethod
     async def find_event(self, event_id: str) -> Recorded | None:
         """The applied event with this id, if the view has it (for idempotent writes)."""
+
+    @abstractmethod
+    async def request_use(self, brand: str, request_id: str) -> RequestUse | None:
+        """The request that first used ``request_id`` of ``brand``: the one that took
+        it with ``claim_request``, or else the first the view applied. None when
+        neither happened (or the id was used before requests were recorded)."""
+
+    @abstractmethod
+    async def claim_request(
+        self, brand: str, request_id: str, fingerprint: str, event_ids: Sequence[str]
+    ) -> RequestUse:
+        """Take ``request_id`` of ``brand`` for the request with ``fingerprint`` and
+        ``event_ids``, unless a request took it before; the use that stands either
+        way. Atomic and durable among every writer that shares the view, in any
+        process, and kept by a rebuild: of two requests claiming one id at once,
+        one gets it and the other is told. The view's fold keeps to it: an event
+        whose request id another fingerprint holds is not applied."""
+
+    @abstractmethod
+    async def message_use(self, brand: str, phone: str, message_id: str) -> str | None:
+        """The id of the applied ``MessageSent`` that first recorded provider message
+        ``message_id`` to ``phone`` for ``brand``; a later ``MessageSent`` with that
+        message id is the same message and is not applied again."""
 
     @abstractmethod
     async def flagged(self, brand: str, after: int = 0, limit: int | None = None) -> list[Flagged]:

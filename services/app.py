@@ -33,10 +33,12 @@ from ledger.digest import Digest, digest_of
 from ledger.errors import InvalidPhoneNumber, InvalidRequest
 from ledger.events import (
     CampaignDefined,
+    CampaignEvent,
     CampaignPolicyChanged,
     ConsentGranted,
     LedgerEvent,
     MessageKind,
+    MessageSent,
     Recorded,
     RevocationCandidateFlagged,
     RevocationCandidateResolved,
@@ -45,10 +47,10 @@ from ledger.events import (
 from ledger.opt_out_rate import DEFAULT_WINDOW, OptOutRate
 from ledger.phone import to_e164
 from ledger.policy import Check, Decision, Reason, decide_as_of, deny
-from ledger.ports import ConsentView, ConsistencyToken, Ledger, Stream
+from ledger.ports import ConsentView, ConsistencyToken, Ledger, RequestUse, Stream
 from ledger.state import CampaignHistory, Fact, SubscriberState
 from ledger.validation import Violations, check_not_too_early
-from services.errors import FailedPrecondition, NotConsistent
+from services.errors import AlreadyExists, FailedPrecondition, NotConsistent
 from services.freshness import FreshnessGuard
 from services.read_batcher import ReadBatcher
 
@@ -137,6 +139,23 @@ def _lists_numbers(event: LedgerEvent) -> bool:
     return isinstance(event, CampaignDefined | CampaignPolicyChanged) and bool(
         event.policy.sender_numbers
     )
+
+
+def _brand_of(event: LedgerEvent) -> str:
+    return event.brand if isinstance(event, SubscriberEvent | CampaignEvent) else ""
+
+
+def _refuse_another_request(event: LedgerEvent, use: RequestUse) -> None:
+    """``AlreadyExists`` unless ``use`` (the request id's first use) is ``event``'s own
+    request."""
+    if use.fingerprint != event.request_fingerprint:
+        raise AlreadyExists(
+            "request_id",
+            f"{event.request_id!r} was used before for another request of"
+            f" {_brand_of(event)!r}; a new request needs a new id",
+            event.request_id,
+            use.event_ids,
+        )
 
 
 def _retrieve(write: asyncio.Future[WriteResult]) -> None:
@@ -346,21 +365,51 @@ class ConsentApp:
     async def _replay(self, events: Sequence[LedgerEvent]) -> WriteResult | None:
         """The earlier result when every event was already recorded (a retried request).
 
-        A miss while the projection lags behind an earlier attempt appends the same
-        facts again, under the same ids, and the projection stores them once. A request
-        id reused for another request is no retry: its events have other ids (they
-        derive from everything the request says), so both requests are recorded."""
-        ids = [str(e.originator_id) for e in events]
-        known = [await self.view.find_event(i) for i in ids]
-        if not all(k is not None for k in known):
+        Request ids are the brand's: the first request that used one holds it
+        (``ConsentView.request_use``), and another request under the same id is
+        refused with ``AlreadyExists``, naming the first one's events. A miss while
+        the projection lags behind an earlier attempt appends the same facts again,
+        under the same ids, and the projection stores them once. A ``MessageSent``
+        whose provider message id is recorded already is that message, whatever
+        else it says: the answer is the first one's event, and nothing is written."""
+        first = events[0]
+        use = await self.view.request_use(_brand_of(first), first.request_id)
+        if use is not None:
+            _refuse_another_request(first, use)
+            ids = [str(e.originator_id) for e in events]
+            known = [await self.view.find_event(i) for i in ids]
+            if all(k is not None for k in known):
+                return WriteResult(ids, ConsistencyToken.after([k for k in known if k]), True)
+        if isinstance(first, MessageSent):
+            return await self._same_message(first)
+        return None
+
+    async def _same_message(self, sent: MessageSent) -> WriteResult | None:
+        original = await self.view.message_use(sent.brand, sent.phone, sent.message_id)
+        if original is None and await self.guard.catch_up_phones([sent.phone]):
+            # Perhaps recorded a moment ago: count every send acknowledged for the
+            # phone. (A view that cannot get there in time is no reason to refuse the
+            # write: the projection still applies one MessageSent per message id.)
+            original = await self.view.message_use(sent.brand, sent.phone, sent.message_id)
+        if original is None or original == str(sent.originator_id):
             return None
-        return WriteResult(ids, ConsistencyToken.after([k for k in known if k]), True)
+        recorded = await self.view.find_event(original)
+        if recorded is None:  # the view reads them in one transaction: only mid-rebuild
+            raise NotConsistent("message_id", _BEHIND)
+        return WriteResult([original], ConsistencyToken.after([recorded]), True)
 
     async def _append(self, events: Sequence[LedgerEvent]) -> WriteResult:
         """Append a request ``_replay`` did not find (new, or a retry the view has not
-        applied yet: the same ids again, which the projection stores once)."""
+        applied yet: the same ids again, which the projection stores once), once its
+        request id is taken for it: of two requests under one id at once, through
+        any instances sharing the view, the second is refused and appends nothing."""
+        first, ids = events[0], [str(e.originator_id) for e in events]
+        use = await self.view.claim_request(
+            _brand_of(first), first.request_id, first.request_fingerprint, ids
+        )
+        _refuse_another_request(first, use)
         recorded = await self.ledger.append(events)
-        return WriteResult([str(e.originator_id) for e in events], ConsistencyToken.after(recorded))
+        return WriteResult(ids, ConsistencyToken.after(recorded))
 
     async def _check_campaign_exists(self, cmd: Command) -> None:
         campaign = getattr(cmd, "campaign", None)

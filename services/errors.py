@@ -5,6 +5,8 @@ The gRPC edge maps each class to one status code, in one place
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class ServiceError(Exception):
     def __init__(self, field: str, reason: str) -> None:
@@ -16,6 +18,16 @@ class ServiceError(Exception):
 class FailedPrecondition(ServiceError):
     """The request is well-formed but the system is not in a state to accept it
     (an unknown campaign, a number no campaign sends from)."""
+
+
+class AlreadyExists(ServiceError):
+    """A request id of the brand was used before for another request: refused, and
+    nothing recorded. ``event_ids`` are the facts of that first request."""
+
+    def __init__(self, field: str, reason: str, request_id: str, event_ids: Sequence[str]) -> None:
+        super().__init__(field, reason)
+        self.request_id = request_id
+        self.event_ids = tuple(event_ids)
 
 
 class NotConsistent(ServiceError):

@@ -21,13 +21,15 @@ from typing import Any
 from ledger.digest import Digest, digest_of
 from ledger.events import (
     CampaignEvent,
+    LedgerEvent,
+    MessageSent,
     Recorded,
     RevocationCandidateFlagged,
     RevocationCandidateResolved,
     SubscriberEvent,
 )
 from ledger.opt_out_rate import SendingCounts, count_sending
-from ledger.ports import ConsentView, Flagged, Stream
+from ledger.ports import ConsentView, Flagged, RequestUse, Stream
 from ledger.state import CampaignHistory, SubscriberState, apply, sender_number_holder
 
 
@@ -44,11 +46,39 @@ class _Tables:
     """Each brand's flagged replies, in the order they were applied."""
     resolved: set[str] = field(default_factory=set)
     """The ids of the flagged replies a resolution names."""
+    messages: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    """The MessageSent that first recorded each (brand, phone, provider message id)."""
 
 
 def _commit(*staged: ChainMap[Any, Any]) -> None:
     for chain in staged:
         chain.maps[1].update(chain.maps[0])
+
+
+def _first_use(
+    event: LedgerEvent,
+    requests: ChainMap[tuple[str, str], RequestUse],
+    messages: ChainMap[tuple[str, str, str], str],
+) -> bool:
+    """Whether ``event`` is a fact: no other request holds its request id, and no
+    earlier ``MessageSent`` recorded its provider message id. Takes both for it if
+    they are free (the rule of ``ConsentView.claim_request`` and ``message_use``)."""
+    brand, event_id = getattr(event, "brand", ""), str(event.event_id)
+    key = (brand, event.request_id)
+    use = requests.get(key) if event.request_id else None
+    if use is not None and use.fingerprint != event.request_fingerprint:
+        return False
+    sent = (brand, event.phone, event.message_id) if isinstance(event, MessageSent) else None
+    if sent is not None:
+        if messages.get(sent, event_id) != event_id:
+            return False
+        messages[sent] = event_id
+    if event.request_id:
+        if use is None:
+            requests[key] = RequestUse(event.request_fingerprint, (event_id,))
+        elif event_id not in use.event_ids:
+            requests[key] = use._replace(event_ids=(*use.event_ids, event_id))
+    return True
 
 
 class InMemoryConsentView(ConsentView):
@@ -57,6 +87,8 @@ class InMemoryConsentView(ConsentView):
         self._flagged_positions = 0
         """The last position given to a flagged reply; a reset keeps it (see ``Flagged``)."""
         self._campaign_turn = asyncio.Lock()
+        self._requests: dict[tuple[str, str], RequestUse] = {}
+        """Request ids by (brand, request id); a reset keeps them (``claim_request``)."""
 
     async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
         for recorded in batch:
@@ -73,6 +105,8 @@ class InMemoryConsentView(ConsentView):
         campaigns = ChainMap[tuple[str, str], CampaignHistory]({}, base.campaigns)
         events = ChainMap[uuid.UUID, Recorded]({}, base.events)
         by_phone = ChainMap[str, list[Recorded]]({}, base.by_phone)
+        requests = ChainMap[tuple[str, str], RequestUse]({}, self._requests)
+        messages = ChainMap[tuple[str, str, str], str]({}, base.messages)
         flagged: list[Recorded] = []
         resolved: list[str] = []
         for recorded in batch:
@@ -83,6 +117,8 @@ class InMemoryConsentView(ConsentView):
             event = recorded.event
             if event.event_id in events:
                 continue  # the same fact written twice (a retried append): fold it once
+            if not _first_use(event, requests, messages):
+                continue  # another request's id, or a message already recorded: no fact
             events[event.event_id] = recorded
             if isinstance(event, SubscriberEvent):
                 key = (event.phone, event.brand)
@@ -96,7 +132,7 @@ class InMemoryConsentView(ConsentView):
             elif isinstance(event, CampaignEvent):
                 key = (event.brand, event.campaign)
                 campaigns[key] = campaigns.get(key, CampaignHistory()).with_event(recorded)
-        _commit(positions, states, campaigns, events, by_phone)
+        _commit(positions, states, campaigns, events, by_phone, requests, messages)
         base.resolved.update(resolved)
         # A batch's replies become visible together; among them, recorded order.
         for recorded in sorted(flagged, key=lambda r: (r.recorded_at, r.event.event_id)):
@@ -150,6 +186,20 @@ class InMemoryConsentView(ConsentView):
         except ValueError:
             return None
         return self._tables.events.get(key)
+
+    async def request_use(self, brand: str, request_id: str) -> RequestUse | None:
+        return self._requests.get((brand, request_id))
+
+    async def claim_request(
+        self, brand: str, request_id: str, fingerprint: str, event_ids: Sequence[str]
+    ) -> RequestUse:
+        # Every writer that shares this view is in this process, and this has no await.
+        return self._requests.setdefault(
+            (brand, request_id), RequestUse(fingerprint, tuple(event_ids))
+        )
+
+    async def message_use(self, brand: str, phone: str, message_id: str) -> str | None:
+        return self._tables.messages.get((brand, phone, message_id))
 
     async def flagged(self, brand: str, after: int = 0, limit: int | None = None) -> list[Flagged]:
         resolved = self._tables.resolved

@@ -37,7 +37,7 @@ from ledger.events import (
 )
 from ledger.opt_out_rate import SendingCounts
 from ledger.policy import latest_revocation, standing
-from ledger.ports import ConsentView, Flagged, Stream
+from ledger.ports import ConsentView, Flagged, RequestUse, Stream
 from ledger.state import (
     CampaignHistory,
     SubscriberState,
@@ -59,9 +59,11 @@ PROJECTION_TABLES = (
     "sender_number",
     "projection_offset",
     "flagged_reply",
+    "message_use",
 )
 """Every table the view owns; all of it is rebuilt from the ledger. (Not
-``flagged_reply_counter``: positions in the review queue never go back.)"""
+``flagged_reply_counter``: positions in the review queue never go back; nor
+``request_use``: writers took request ids there, see ``claim_request``.)"""
 
 # The turn for campaign writes (``campaign_writes``): a transaction's advisory lock, so
 # a holder whose connection dies gives it up. Asked for again and again rather than
@@ -90,6 +92,46 @@ INSERT INTO ledger_event_copy (event_id, stream, partition, "offset", event_type
                                campaign, occurred_at, recorded_at, payload)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT DO NOTHING
+"""
+# A request id taken by the first request applied with it (unless a writer took it
+# first, claim_request); an event of the same request adds its id. Rows are taken in
+# key order, so two batches that share ids cannot deadlock.
+_USE_REQUESTS = """
+INSERT INTO request_use AS u (brand, request_id, fingerprint, event_ids)
+VALUES ($1, $2, $3, $4::uuid[])
+ON CONFLICT (brand, request_id) DO UPDATE
+SET event_ids = u.event_ids || ARRAY(
+    SELECT e FROM unnest(EXCLUDED.event_ids) WITH ORDINALITY AS t(e, n)
+    WHERE e <> ALL(u.event_ids) ORDER BY n)
+WHERE u.fingerprint = EXCLUDED.fingerprint
+"""
+_REQUEST_USES = """
+SELECT u.brand, u.request_id, u.fingerprint FROM request_use AS u
+JOIN unnest($1::text[], $2::text[]) AS k(brand, request_id) USING (brand, request_id)
+"""
+# The writer's claim: the row it inserted, or the one that was there. A row committed
+# by another writer after this statement's snapshot conflicts but is not read: then
+# the statement is run again.
+_CLAIM_REQUEST = """
+WITH taken AS (
+    INSERT INTO request_use (brand, request_id, fingerprint, event_ids)
+    VALUES ($1, $2, $3, $4::uuid[])
+    ON CONFLICT DO NOTHING
+    RETURNING fingerprint, event_ids
+)
+SELECT fingerprint, event_ids FROM taken
+UNION ALL
+SELECT fingerprint, event_ids FROM request_use WHERE brand = $1 AND request_id = $2
+LIMIT 1
+"""
+_USE_MESSAGES = """
+INSERT INTO message_use (brand, phone, message_id, event_id) VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING
+"""
+_MESSAGE_USES = """
+SELECT m.brand, m.phone, m.message_id, m.event_id FROM message_use AS m
+JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(brand, phone, message_id)
+USING (brand, phone, message_id)
 """
 _READ_FLAGGED = """
 SELECT position, event_id, phone FROM flagged_reply
@@ -275,6 +317,10 @@ def _status_rows(
     return rows
 
 
+def _request_use(row: asyncpg.Record) -> RequestUse:
+    return RequestUse(row["fingerprint"], tuple(str(i) for i in row["event_ids"]))
+
+
 def _event_row(stream: Stream, recorded: Recorded) -> tuple[Any, ...]:
     event = recorded.event
     phone = event.phone if isinstance(event, SubscriberEvent) else None
@@ -367,6 +413,7 @@ class PostgresConsentView(ConsentView):
                 continue  # the same fact written twice (a retried append): fold it once
             known.add(recorded.event.event_id)
             new.append(recorded)
+        new = await self._first_uses(conn, new)
 
         if new:
             # Inserted in recorded order: the order in which the event copies' trigger
@@ -384,6 +431,53 @@ class PostgresConsentView(ConsentView):
         await self._write_positions(
             conn, stream, {p: next_offsets[p] for p in {r.position.partition for r in fresh}}
         )
+
+    @staticmethod
+    async def _first_uses(conn: asyncpg.Connection, new: list[Recorded]) -> list[Recorded]:
+        """``new`` without the events that are no facts: those of a request whose id
+        another request holds (``claim_request``), and a ``MessageSent`` whose
+        provider message id an earlier one recorded (``message_use``). Ids still
+        free go to the first event of the batch that uses them."""
+        # Per request id, per fingerprint in the order the batch first uses it: the
+        # first inserts the row when the id is free, the holder's adds its ids.
+        requests: dict[tuple[str, str], dict[str, list[uuid.UUID]]] = {}
+        for r in new:
+            e = r.event
+            if e.request_id:
+                uses = requests.setdefault((getattr(e, "brand", ""), e.request_id), {})
+                uses.setdefault(e.request_fingerprint, []).append(e.event_id)
+        if requests:
+            keys = sorted(requests)
+            await conn.executemany(
+                _USE_REQUESTS,
+                [(*key, fp, ids) for key in keys for fp, ids in requests[key].items()],
+            )
+            rows = await conn.fetch(_REQUEST_USES, [k[0] for k in keys], [k[1] for k in keys])
+            holder = {(row["brand"], row["request_id"]): row["fingerprint"] for row in rows}
+            new = [
+                r
+                for r in new
+                if not r.event.request_id
+                or holder[getattr(r.event, "brand", ""), r.event.request_id]
+                == r.event.request_fingerprint
+            ]
+        sent = {
+            (e.brand, e.phone, e.message_id): e.event_id
+            for e in reversed([r.event for r in new])
+            if isinstance(e, MessageSent)
+        }  # reversed: the first of a batch's sends of one message stays
+        if not sent:
+            return new
+        messages = sorted(sent)
+        await conn.executemany(_USE_MESSAGES, [(*m, sent[m]) for m in messages])
+        rows = await conn.fetch(_MESSAGE_USES, *([m[i] for m in messages] for i in range(3)))
+        first = {(row["brand"], row["phone"], row["message_id"]): row["event_id"] for row in rows}
+        return [
+            r
+            for r in new
+            if not isinstance(r.event, MessageSent)
+            or first[r.event.brand, r.event.phone, r.event.message_id] == r.event.event_id
+        ]
 
     async def _fold_subscribers(self, conn: asyncpg.Connection, new: list[Recorded]) -> None:
         keys = sorted({(r.event.phone, r.event.brand) for r in new})  # type: ignore[attr-defined]
@@ -574,6 +668,32 @@ class PostgresConsentView(ConsentView):
         )
         return None if payload is None else decode_recorded(payload)
 
+    async def request_use(self, brand: str, request_id: str) -> RequestUse | None:
+        row = await self._pool.fetchrow(
+            "SELECT fingerprint, event_ids FROM request_use WHERE brand = $1 AND request_id = $2",
+            brand,
+            request_id,
+        )
+        return None if row is None else _request_use(row)
+
+    async def claim_request(
+        self, brand: str, request_id: str, fingerprint: str, event_ids: Sequence[str]
+    ) -> RequestUse:
+        ids = [uuid.UUID(i) for i in event_ids]
+        while True:
+            row = await self._pool.fetchrow(_CLAIM_REQUEST, brand, request_id, fingerprint, ids)
+            if row is not None:
+                return _request_use(row)
+
+    async def message_use(self, brand: str, phone: str, message_id: str) -> str | None:
+        found = await self._pool.fetchval(
+            "SELECT event_id FROM message_use WHERE brand = $1 AND phone = $2 AND message_id = $3",
+            brand,
+            phone,
+            message_id,
+        )
+        return None if found is None else str(found)
+
     async def flagged(self, brand: str, after: int = 0, limit: int | None = None) -> list[Flagged]:
         rows = await self._pool.fetch(_READ_FLAGGED, brand, after, limit)
         return [Flagged(row["position"], str(row["event_id"]), row["phone"]) for row in rows]
@@ -618,6 +738,7 @@ class PostgresConsentView(ConsentView):
             "sender_number": "number, brand, campaign",
             "projection_offset": "stream, partition",
             "flagged_reply": "event_id",
+            "message_use": "brand, phone, message_id",
         }[table]
         # A reply's place in the review queue is the order this view applied it in,
         # which a rebuild need not repeat (and which never goes back): left out.

@@ -20,6 +20,7 @@ from grpc_status import rpc_status
 from ledger.errors import DomainError
 from ledger.ports import EventTooLarge
 from services.errors import (
+    AlreadyExists,
     FailedPrecondition,
     NotConsistent,
     PermissionDenied,
@@ -78,6 +79,27 @@ def _refused(exc: DomainError) -> grpc.Status:
     return bad_request(exc.field, exc.reason, info, more=more)
 
 
+REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
+
+
+def already_exists(exc: AlreadyExists) -> grpc.Status:
+    """A request id used before for another request: the first request's event ids in
+    an ``ErrorInfo`` (reason ``REQUEST_ID_REUSED``; metadata ``request_id`` and
+    ``event_ids``, comma-separated) and in a ``ResourceInfo`` naming the request id."""
+    ids = ",".join(exc.event_ids)
+    info = error_details_pb2.ErrorInfo(
+        reason=REQUEST_ID_REUSED,
+        domain=ERROR_DOMAIN,
+        metadata={"request_id": exc.request_id, "event_ids": ids},
+    )
+    resource = error_details_pb2.ResourceInfo(
+        resource_type="consent.v1.RequestId",
+        resource_name=exc.request_id,
+        description=f"first used for the request that recorded events {ids}",
+    )
+    return _status(code_pb2.ALREADY_EXISTS, f"{exc.field}: {exc.reason}", info, resource)
+
+
 def undecodable(message: str) -> grpc.Status:
     """A request body that is not a ``message`` (its full protobuf name)."""
     return bad_request("request", f"is not a {message} in the protobuf wire format")
@@ -114,6 +136,8 @@ def to_status(exc: BaseException) -> grpc.Status:
             ]
         )
         return _status(code_pb2.FAILED_PRECONDITION, f"{exc.field}: {exc.reason}", detail)
+    if isinstance(exc, AlreadyExists):
+        return already_exists(exc)
     if isinstance(exc, Unauthenticated):
         return _status(code_pb2.UNAUTHENTICATED, exc.reason)
     if isinstance(exc, PermissionDenied):

@@ -46,7 +46,7 @@ from ledger.events import (
     SubscriberEvent,
 )
 from ledger.opt_out_rate import SendingCounts, count_sending
-from ledger.ports import ConsentView, Stream
+from ledger.ports import ConsentView, RequestUse, Stream
 from ledger.state import SubscriberState, fold, fold_campaign
 
 T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
@@ -772,6 +772,73 @@ class ConsentViewSuite:
         assert await view.positions(Stream.SUBSCRIBERS) == {
             p: o + 1 for p, o in _last_offsets(subscribers).items()
         }
+
+    async def test_an_event_of_another_request_under_a_held_id_is_no_fact(
+        self, view: ConsentView
+    ) -> None:
+        phone = "+14155550100"
+        pos = Positions()
+        first = of_request(grant(phone, "acme", "deals", T0), "r1", "fp-a")
+        other = of_request(revoke(phone, "acme", "deals", T0 + timedelta(hours=1)), "r1", "fp-b")
+        same = of_request(revoke(phone, "acme", "news", T0), "r1", "fp-a")  # its second fact
+        globex = of_request(grant(phone, "globex", "deals", T0), "r1", "fp-c")  # its own ids
+        batch = pos.record([first, other])
+        await view.apply(Stream.SUBSCRIBERS, batch)
+        later = pos.record([other, same, globex])  # a retry of "other": still no fact
+        await view.apply(Stream.SUBSCRIBERS, later)
+
+        kept = [batch[0], later[1]]
+        assert await view.history(phone, "acme") == kept
+        assert (await view.subscriber_states("acme", [phone]))[phone] == fold(kept)
+        assert await view.find_event(str(other.event_id)) is None
+        assert await view.request_use("acme", "r1") == RequestUse(
+            "fp-a", (str(first.event_id), str(same.event_id))
+        )
+        assert await view.request_use("globex", "r1") == RequestUse("fp-c", (str(globex.event_id),))
+        assert await view.request_use("acme", "r2") is None
+
+    async def test_a_claimed_request_id_holds_against_later_claims_and_the_fold(
+        self, view: ConsentView
+    ) -> None:
+        phone = "+14155550100"
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        claims = await asyncio.gather(
+            *(view.claim_request("acme", "r1", f"fp-{i}", [i]) for i in ids)
+        )
+        assert len(set(claims)) == 1
+        held = claims[0]
+        assert held.event_ids[0] in ids and held.fingerprint == f"fp-{held.event_ids[0]}"
+        assert await view.request_use("acme", "r1") == held
+        loser = of_request(grant(phone, "acme", "deals", T0), "r1", "fp-other")
+        await view.apply(Stream.SUBSCRIBERS, Positions().record([loser]))
+        assert await view.history(phone) == []
+        await view.reset()  # a rebuild keeps which request holds each id
+        assert await view.request_use("acme", "r1") == held
+
+    async def test_a_second_send_of_one_provider_message_id_is_no_fact(
+        self, view: ConsentView
+    ) -> None:
+        a, b = "+14155550100", "+14155550101"
+        pos = Positions()
+        first = sent(a, "acme", "deals", T0)
+        again = replace(
+            sent(a, "acme", "news", T0 + timedelta(minutes=1)), message_id=first.message_id
+        )
+        elsewhere = replace(sent(b, "acme", "deals", T0), message_id=first.message_id)
+        batch = pos.record([first, again, elsewhere])
+        await view.apply(Stream.SUBSCRIBERS, batch[:2])
+        await view.apply(Stream.SUBSCRIBERS, [*batch[2:], *pos.record([again])])
+
+        assert await view.history(a) == [batch[0]]
+        assert await view.message_use("acme", a, first.message_id) == str(first.event_id)
+        assert await view.message_use("acme", b, first.message_id) == str(elsewhere.event_id)
+        assert await view.message_use("globex", a, first.message_id) is None
+        window = (T0, T0 + timedelta(days=1))
+        assert await view.sending_counts("acme", None, *window) == SendingCounts(2, 0)
+
+
+def of_request(event: LedgerEvent, request_id: str, fingerprint: str) -> LedgerEvent:
+    return replace(event, request_id=request_id, request_fingerprint=fingerprint)
 
 
 def _last_offsets(batch: Iterable[Recorded]) -> dict[int, int]:

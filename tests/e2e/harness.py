@@ -219,3 +219,21 @@ def precondition_violations(err: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
         if detail.Unpack(failure):
             out += [(v.subject, v.description) for v in failure.violations]
     return out
+
+
+def already_recorded(err: grpc.aio.AioRpcError) -> list[str]:
+    """The event ids an ``ALREADY_EXISTS`` names: those of the request that first used
+    the request id, from its ``google.rpc.ErrorInfo`` (checked against its
+    ``ResourceInfo``)."""
+    status = rpc_status.from_call(err)
+    ids: list[str] = []
+    named = ""
+    for detail in status.details if status else []:
+        info, resource = error_details_pb2.ErrorInfo(), error_details_pb2.ResourceInfo()
+        if detail.Unpack(info):
+            assert info.reason == "REQUEST_ID_REUSED" and info.domain == "consent-ledger"
+            ids = info.metadata["event_ids"].split(",")
+        elif detail.Unpack(resource):
+            named = resource.resource_name
+    assert named, "a ResourceInfo names the request id"
+    return ids

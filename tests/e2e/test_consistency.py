@@ -22,6 +22,7 @@ from ledger.ports import ConsistencyToken, Stream
 from services.adapters.digest_replica import DigestReplica
 from services.bootstrap import Runtime
 from tests.e2e.harness import (
+    already_recorded,
     client,
     define,
     kafka_settings,
@@ -151,34 +152,59 @@ async def test_reads_fail_closed_when_the_projection_stops_catching_up(two_insta
         assert not answer.allowed and answer.reason == api.REASON_NOT_CONSISTENT
 
 
-async def test_a_request_id_reused_on_another_instance_loses_nothing(two_instances):
+async def test_a_request_id_reused_on_another_instance_is_refused(two_instances):
     (a, b), when = two_instances
     phone = "+14155552702"
 
     async with client(a.address, "acme-app") as ca, client(b.address, "acme-app") as cb:
         first = await ca.RecordOptIn(opt_in(phone, "acme", "promo", when, request_id="r1"))
         # At once, through B, whose view may not have the opt-in yet: "r1" again, for
-        # a STOP. A client's bug, and still a fact to keep.
-        stop = await cb.RecordOptOut(
-            opt_out(phone, "acme", "promo", when + timedelta(seconds=1), "r1")
-        )
-        assert set(stop.event_ids).isdisjoint(first.event_ids)
+        # a STOP. A client's bug: refused, naming what "r1" recorded.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await cb.RecordOptOut(
+                opt_out(phone, "acme", "promo", when + timedelta(seconds=1), "r1")
+            )
+        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert already_recorded(refused.value) == list(first.event_ids)
         for c in (ca, cb):
             answer = await c.CanSend(
                 api.CanSendRequest(
                     phone=phone,
                     brand="acme",
                     campaign="promo",
-                    at_least_as_fresh=stop.consistency_token,
+                    at_least_as_fresh=first.consistency_token,
                 )
             )
-            assert not answer.allowed and answer.reason == api.REASON_REVOKED
+            assert answer.allowed
 
         partition = a.ledger.partition_for(phone)
         assert partition is not None
         written = await a.ledger.read(Stream.SUBSCRIBERS, partition, 0)
         mine = [r.event for r in written if r.event.phone == phone]
-        assert [type(e).__name__ for e in mine] == ["ConsentGranted", "ConsentRevoked"]
+        assert [type(e).__name__ for e in mine] == ["ConsentGranted"]
+
+
+async def test_two_requests_under_one_id_at_once_through_two_instances_record_one(two_instances):
+    (a, b), when = two_instances
+    async with client(a.address, "acme-app") as ca, client(b.address, "acme-app") as cb:
+        for i in range(4):
+            phone, rid = f"+1415555271{i}", f"race-{i}"
+            first, second = (ca, cb) if i % 2 else (cb, ca)
+            results = await asyncio.gather(
+                first.RecordOptIn(opt_in(phone, "acme", "promo", when, request_id=rid)),
+                second.RecordOptOut(opt_out(phone, "acme", "promo", when, rid)),
+                return_exceptions=True,
+            )
+            errors = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+            (won,) = [r for r in results if not isinstance(r, BaseException)]
+            assert [e.code() for e in errors] == [grpc.StatusCode.ALREADY_EXISTS]
+            assert already_recorded(errors[0]) == list(won.event_ids)
+            events = await ca.ListEvents(
+                api.ListEventsRequest(
+                    phone=phone, brand="acme", at_least_as_fresh=won.consistency_token
+                )
+            )
+            assert [e.event.event_id for e in events.events] == list(won.event_ids)
 
 
 async def test_one_sender_number_claimed_through_two_instances_at_once_goes_to_one(

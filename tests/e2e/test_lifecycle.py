@@ -17,6 +17,7 @@ from ledger.ports import ConsistencyToken, Stream
 from services.bootstrap import Runtime
 from services.grpc_api.server import MAX_REQUEST_BYTES
 from tests.e2e.harness import (
+    already_recorded,
     client,
     define,
     kafka_settings,
@@ -317,13 +318,14 @@ async def test_a_request_id_names_one_request_of_one_brand(service):
         assert list(stop.event_ids) != list(a.event_ids)
         r = await check(globex, stop.consistency_token, brand="globex")
         assert not r.allowed and r.reason == api.REASON_REVOKED
-        # acme reuses "r1" for a STOP: no retry of its opt-in, a fact of its own.
-        again = await acme.RecordOptOut(
-            opt_out(PHONE, "acme", "promo", clock.now + timedelta(seconds=1), "r1")
-        )
-        assert set(again.event_ids).isdisjoint([*a.event_ids, *stop.event_ids])
-        r = await check(acme, again.consistency_token)
-        assert not r.allowed and r.reason == api.REASON_REVOKED
+        # acme reuses "r1" for a STOP: no retry of its opt-in, and refused.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await acme.RecordOptOut(
+                opt_out(PHONE, "acme", "promo", clock.now + timedelta(seconds=1), "r1")
+            )
+        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert already_recorded(refused.value) == list(a.event_ids)
+        assert (await check(acme)).allowed
         retry = await acme.RecordOptIn(opt_in(PHONE, "acme", "promo", clock.now, request_id="r1"))
         assert list(retry.event_ids) == list(a.event_ids)  # the unchanged retry still is one
 

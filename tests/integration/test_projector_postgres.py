@@ -77,6 +77,15 @@ class DiesAfterCommit(ConsentView):
     async def sending_counts(self, brand: str, campaign: str | None, start: Any, end: Any) -> Any:
         return await self.inner.sending_counts(brand, campaign, start, end)
 
+    async def request_use(self, brand: str, request_id: str) -> Any:
+        return await self.inner.request_use(brand, request_id)
+
+    async def claim_request(self, brand: str, request_id: str, fingerprint: str, ids: Any) -> Any:
+        return await self.inner.claim_request(brand, request_id, fingerprint, ids)
+
+    async def message_use(self, brand: str, phone: str, message_id: str) -> Any:
+        return await self.inner.message_use(brand, phone, message_id)
+
 
 class FailsBeforeCommit(PostgresConsentView):
     """Raises inside the transaction, after the rows and before the positions."""

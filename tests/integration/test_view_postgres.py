@@ -265,7 +265,7 @@ async def test_the_review_queue_migration_keeps_the_recorded_order_of_earlier_re
             " DELETE FROM schema_migrations WHERE version >= 6"
         )
 
-        assert await migrate(pool) == [
+        assert (await migrate(pool))[:3] == [  # and the later ones, which allow a rerun
             "0006_review_queue_order",
             "0007_flagged_reply_trigger",
             "0008_flagged_reply_resolved",

@@ -37,11 +37,11 @@ from ledger.events import (
     RevocationChannel,
 )
 from ledger.policy import Reason
-from ledger.ports import Stream
+from ledger.ports import ConsistencyToken, Stream
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
 from services.app import ConsentApp
-from services.errors import FailedPrecondition, NotConsistent
+from services.errors import AlreadyExists, FailedPrecondition, NotConsistent
 from services.freshness import FreshnessGuard, FreshnessSettings
 from services.projector import Projector
 from tests.builders import BRAND, PHONE, at, proof
@@ -159,51 +159,104 @@ async def test_two_brands_may_use_the_same_request_id_and_neither_write_is_lost(
         assert (await app.can_send(PHONE, BRAND, "promo", token=stop.token)).decision.allowed
 
 
-async def test_a_request_id_reused_for_another_request_records_both_and_loses_neither():
+async def test_a_request_id_reused_for_another_request_is_refused_naming_the_first():
     async with running() as (app, _):
         await app.record(define())
         first = await app.record(opt_in("r1"))
         await app.guard.wait_for_token(first.token)
-        stop = await app.record(reuse_r1_to_stop())  # a client bug: "r1" again, for a STOP
-        assert not stop.replayed and set(stop.event_ids).isdisjoint(first.event_ids)
-        changed = await app.record(dataclasses.replace(opt_in("r1"), occurred_at=at(1)))
-        assert not changed.replayed and changed.event_ids != first.event_ids
+        for other in (reuse_r1_to_stop(), dataclasses.replace(opt_in("r1"), occurred_at=at(1))):
+            with pytest.raises(AlreadyExists) as refused:
+                await app.record(other)  # a client bug: "r1" again, for another request
+            assert refused.value.event_ids == tuple(first.event_ids)
+            assert refused.value.field == "request_id" and refused.value.request_id == "r1"
         again = await app.record(opt_in("r1"))  # an unchanged retry is still a retry
         assert again.replayed and again.event_ids == first.event_ids
         written = await app.ledger.read(Stream.SUBSCRIBERS, app.ledger.partition_for(PHONE), 0)
-        kinds = [type(r.event).__name__ for r in written]
-        assert kinds == ["ConsentGranted", "ConsentRevoked", "ConsentGranted"]
-        d = await app.can_send(PHONE, BRAND, "promo", token=changed.token)
-        assert d.decision.reason is Reason.REVOKED
+        assert [type(r.event).__name__ for r in written] == ["ConsentGranted"]
 
 
 def reuse_r1_to_stop() -> RecordOptOut:
     return RecordOptOut("r1", PHONE, BRAND, "promo", RevocationChannel.API, at(30))
 
 
-async def test_a_request_id_reused_while_the_projection_lags_loses_nothing():
-    # The view has not applied the first use of "r1" when the second comes: with
-    # ids from the request id alone, the second would have been appended under the
-    # first's ids, and the projection, storing each id once, would have dropped it.
+async def test_a_request_id_reused_while_the_projection_lags_is_refused_all_the_same():
+    # The view has not applied the first use of "r1" when the second comes: the id
+    # was taken before the first was appended, so the second is refused anyway.
     async with running() as (app, projector):
         assert await app.guard.wait_for_token((await app.record(define())).token)
         await _stop(projector)
         first = await app.record(opt_in("r1"))  # in the ledger, not in the view
-        stop = await app.record(reuse_r1_to_stop())
+        with pytest.raises(AlreadyExists) as refused:
+            await app.record(reuse_r1_to_stop())
+        assert refused.value.event_ids == tuple(first.event_ids)
         retry = await app.record(opt_in("r1"))  # not seen as a retry yet: written again
         assert retry.event_ids == first.event_ids
-        projector = asyncio.create_task(Projector(app.ledger, app.view, poll_timeout=0.01).run())
-        try:
-            assert await app.guard.wait_for_token(stop.token)
-            assert await app.guard.wait_for_token(retry.token)
-            d = await app.can_send(PHONE, BRAND, "promo", token=stop.token)
-            assert d.decision.reason is Reason.REVOKED
-            events = await app.history(PHONE, BRAND)
-        finally:
-            await _stop(projector)
-        assert sorted(str(r.event.event_id) for r in events) == sorted(
-            first.event_ids + stop.event_ids
+        written = await app.ledger.read(Stream.SUBSCRIBERS, app.ledger.partition_for(PHONE), 0)
+        assert [type(r.event).__name__ for r in written] == ["ConsentGranted"] * 2
+
+
+async def test_two_requests_under_one_id_at_once_through_two_instances_record_one():
+    async with instances(2) as ((a, b), _):
+        assert await a.guard.wait_for_token((await a.record(define())).token)
+        results = await asyncio.gather(
+            a.record(opt_in("r1")), b.record(reuse_r1_to_stop()), return_exceptions=True
         )
+        refused = [r for r in results if isinstance(r, AlreadyExists)]
+        (written,) = [r for r in results if not isinstance(r, BaseException)]
+        assert len(refused) == 1 and refused[0].event_ids == tuple(written.event_ids)
+        events = await a.ledger.read(Stream.SUBSCRIBERS, a.ledger.partition_for(PHONE), 0)
+        assert [str(r.event.event_id) for r in events] == written.event_ids
+
+
+async def test_a_fact_appended_under_an_id_another_request_holds_is_no_fact():
+    # A writer that did not take the id (an older version, a view of its own): both
+    # reach the ledger, and the fold keeps the request that holds the id, here the
+    # first applied, and ignores the other, in every view.
+    async with running() as (app, _):
+        await app.record(define())
+        grant = to_events(opt_in("r1"), NOW)
+        stop = to_events(reuse_r1_to_stop(), NOW)
+        recorded = await app.ledger.append([*grant, *stop])
+        token = ConsistencyToken.after(recorded)
+        assert await app.guard.wait_for_token(token)
+        history = await app.history(PHONE, BRAND)
+        assert [r.event.event_id for r in history] == [grant[0].event_id]
+        assert (await app.can_send(PHONE, BRAND, "promo", token=token)).decision.allowed
+        use = await app.view.request_use(BRAND, "r1")
+        assert use is not None and use.event_ids == (str(grant[0].event_id),)
+        with pytest.raises(AlreadyExists):
+            await app.record(reuse_r1_to_stop())
+
+
+def sent(request_id: str, message_id: str = "SM1", **changes: Any) -> RecordMessageSent:
+    cmd = RecordMessageSent(
+        request_id, PHONE, BRAND, "promo", message_id, MessageKind.REGULAR, at(10)
+    )
+    return dataclasses.replace(cmd, **changes)
+
+
+async def test_a_message_id_recorded_already_is_the_same_message_whatever_else_is_said():
+    async with running() as (app, _):
+        await app.record(define())
+        await app.record(opt_in("g1"))
+        first = await app.record(sent("s1"))
+        assert await app.guard.wait_for_token(first.token)
+        for other in (sent("s2"), sent("s3", occurred_at=at(11), included_opt_out_language=True)):
+            again = await app.record(other)
+            assert again.replayed and again.event_ids == first.event_ids
+        other = await app.record(sent("s4", message_id="SM2"))  # another message: counted
+        assert await app.guard.wait_for_token(other.token)
+        rate = await app.opt_out_rate(BRAND, "promo", at(0), at(60))
+        assert rate.counts.messages_sent == 2
+        # Appended twice without the check (a race, or a writer of its own): once.
+        dupes = to_events(sent("s5", occurred_at=at(12)), NOW) + to_events(sent("s6"), NOW)
+        assert await app.guard.wait_for_token(
+            ConsistencyToken.after(await app.ledger.append(dupes))
+        )
+        rate = await app.opt_out_rate(BRAND, "promo", at(0), at(60))
+        assert rate.counts.messages_sent == 2
+        kinds = [type(r.event).__name__ for r in await app.history(PHONE, BRAND)]
+        assert kinds.count("MessageSent") == 2
 
 
 async def test_writes_of_other_request_ids_do_not_wait_for_each_other():

@@ -9,7 +9,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from ledger.errors import InvalidRequest
 from ledger.ports import EventTooLarge, LedgerUnavailable
-from services.errors import RateLimited
+from services.errors import AlreadyExists, RateLimited
 from services.grpc_api.errors import to_status
 
 RETRY = "the ledger could not be reached; retry with the same request_id"
@@ -78,3 +78,16 @@ def test_a_caller_over_its_rate_is_told_when_to_retry_and_whose_quota_it_is() ->
     assert [(v.subject, v.description) for v in quota.violations] == [
         ("caller:checkout", "checkout is over its rate limit")
     ]
+
+
+def test_a_reused_request_id_is_already_exists_naming_the_first_request_s_events() -> None:
+    ids = ["3156e1cb-0000-5000-8000-000000000001", "3156e1cb-0000-5000-8000-000000000002"]
+    status = to_status(AlreadyExists("request_id", "used before", "r1", ids))
+    assert status.code is grpc.StatusCode.ALREADY_EXISTS
+    raw = dict(status.trailing_metadata)["grpc-status-details-bin"]
+    info, resource = error_details_pb2.ErrorInfo(), error_details_pb2.ResourceInfo()
+    details = status_pb2.Status.FromString(raw).details
+    assert details[0].Unpack(info) and details[1].Unpack(resource)
+    assert (info.reason, info.domain) == ("REQUEST_ID_REUSED", "consent-ledger")
+    assert dict(info.metadata) == {"request_id": "r1", "event_ids": ",".join(ids)}
+    assert resource.resource_name == "r1" and ids[1] in resource.description

@@ -1,0 +1,162 @@
+"""A request id names one request of one brand, and a provider message id one
+message, through the real gRPC server on the real Kafka ledger and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+
+from ledger.ports import ConsistencyToken
+from services.bootstrap import Runtime
+from tests.e2e.harness import (
+    already_recorded,
+    client,
+    define,
+    kafka_settings,
+    opt_in,
+    opt_out,
+    service_settings,
+    ts,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PHONE = "+14155552761"
+NUMBER = "+12125550150"
+
+
+@pytest.fixture
+async def service(tmp_path, postgres_dsn, kafka_bootstrap):
+    real = datetime.now(UTC)
+    noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
+    when = noon if noon > real else noon + timedelta(days=1)
+    prefix = f"rid-{uuid.uuid4().hex[:8]}."
+    settings = service_settings(
+        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
+    )
+    runtime = Runtime(settings, clock=lambda: when)
+    await runtime.start()
+    try:
+        async with client(runtime.address) as admin:
+            for brand in ("acme", "globex"):
+                w = await admin.DefineCampaign(
+                    define(
+                        brand,
+                        "promo",
+                        when - timedelta(days=1),
+                        [NUMBER] if brand == "acme" else [],
+                    )
+                )
+                assert await runtime.guard.wait_for_token(
+                    ConsistencyToken.decode(w.consistency_token)
+                )
+        yield runtime, when
+    finally:
+        await runtime.stop()
+
+
+def sent(request_id: str, message_id: str, at: datetime, **changes) -> api.RecordMessageSentRequest:
+    fields = dict(
+        request_id=request_id,
+        phone=PHONE,
+        brand="acme",
+        campaign="promo",
+        message_id=message_id,
+        occurred_at=ts(at),
+    )
+    fields.update(changes)
+    return api.RecordMessageSentRequest(**fields)
+
+
+async def test_a_request_id_reused_for_any_other_request_is_refused_with_its_events(service):
+    runtime, when = service
+    async with (
+        client(runtime.address, "acme-app") as c,
+        client(runtime.address, "globex-app") as g,
+        client(runtime.address) as admin,
+    ):
+        first = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", when, request_id="r1"))
+        others = [
+            c.RecordOptOut(opt_out(PHONE, "acme", "promo", when, "r1")),
+            c.RecordOptIn(opt_in(PHONE, "acme", "promo", when - timedelta(seconds=1), "r1")),
+            c.RecordMessageSent(sent("r1", "SM-r1", when)),
+            admin.DefineCampaign(
+                api.DefineCampaignRequest(
+                    request_id="r1",
+                    brand="acme",
+                    campaign="other",
+                    occurred_at=ts(when),
+                    policy=lpb.CampaignPolicy(),
+                )
+            ),
+            c.HandleInboundMessage(
+                api.HandleInboundMessageRequest(
+                    request_id="r1",
+                    from_phone=PHONE,
+                    to_phone=NUMBER,
+                    body="STOP",
+                    message_id="SM-in",
+                    occurred_at=ts(when),
+                )
+            ),
+        ]
+        for call in others:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            assert already_recorded(refused.value) == list(first.event_ids)
+        retry = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", when, request_id="r1"))
+        assert list(retry.event_ids) == list(first.event_ids)
+        # Another brand's "r1" is its own.
+        await g.RecordOptIn(opt_in(PHONE, "globex", "promo", when, request_id="r1"))
+
+        events = await c.ListEvents(
+            api.ListEventsRequest(
+                phone=PHONE, brand="acme", at_least_as_fresh=retry.consistency_token
+            )
+        )
+        assert [e.event.event_type for e in events.events] == ["ConsentGranted"]
+        assert events.events[0].event.request_id == "r1"
+        answer = await c.CanSend(
+            api.CanSendRequest(
+                phone=PHONE, brand="acme", campaign="promo",
+                at_least_as_fresh=retry.consistency_token,
+            )
+        )  # fmt: skip
+        assert answer.allowed
+
+
+async def test_a_provider_message_id_recorded_already_is_the_same_message(service):
+    runtime, when = service
+    async with client(runtime.address, "acme-app") as c:
+        await c.RecordOptIn(opt_in(PHONE, "acme", "promo", when - timedelta(hours=1)))
+        at = when - timedelta(minutes=30)
+        first = await c.RecordMessageSent(sent("s1", "SM-1", at))
+        same = [
+            sent("s1", "SM-1", at),  # a retry
+            sent("s2", "SM-1", at),  # the same message under another request id
+            sent("s3", "SM-1", at + timedelta(minutes=1), kind=lpb.MESSAGE_KIND_HELP_REPLY,
+                 included_opt_out_language=True),
+        ]  # fmt: skip
+        for request in same:
+            again = await c.RecordMessageSent(request)
+            assert list(again.event_ids) == list(first.event_ids)
+        other = await c.RecordMessageSent(sent("s4", "SM-2", at))
+        rate = await c.GetOptOutRate(
+            api.GetOptOutRateRequest(
+                brand="acme", campaign="promo", at_least_as_fresh=other.consistency_token
+            )
+        )
+        assert rate.messages_sent == 2
+        events = await c.ListEvents(
+            api.ListEventsRequest(
+                phone=PHONE, brand="acme", at_least_as_fresh=other.consistency_token
+            )
+        )
+        sends = [e.event for e in events.events if e.event.event_type == "MessageSent"]
+        assert [e.message_sent.message_id for e in sends] == ["SM-1", "SM-2"]
