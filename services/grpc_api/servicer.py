@@ -24,10 +24,11 @@ from consent.v1 import consent_service_pb2 as api_pb2
 from consent.v1 import consent_service_pb2_grpc as api_grpc
 from consent.v1 import ledger_pb2
 
-from ledger.commands import HandleInboundMessage
+from ledger.commands import HandleInboundMessage, check_name
 from ledger.digest import digest_of
 from ledger.errors import DomainError, InvalidRequest
 from ledger.events import MessageKind, Recorded
+from ledger.phone import to_e164
 from ledger.policy import Decision, Reason, deny, standing
 from ledger.ports import ConsistencyToken
 from ledger.validation import Violations
@@ -77,6 +78,29 @@ def _check_fields(
         found.check(_token, request.at_least_as_fresh)
         check_target(request.brand, request.campaign, phone, found=found)
         raise AssertionError("check_target raises what was found") from exc
+
+
+def _refuse_bad_fields(*checks: Callable[[], object]) -> None:
+    """Run every check of a request's fields, then refuse in one ``DomainError`` (one
+    ``BadRequest``) every field that failed; the calls that follow read them again."""
+    found = Violations()
+    for check in checks:
+        found.check(check)
+    found.raise_if_any()
+
+
+def _target(
+    phone: str | None, brand: str | None, campaign: str | None = None
+) -> list[Callable[[], object]]:
+    """The checks of a read's number, brand and campaign (None: not in the request)."""
+    checks: list[Callable[[], object]] = []
+    if phone is not None:
+        checks.append(lambda: to_e164(phone))
+    if brand is not None:
+        checks.append(lambda: check_name(brand, "brand"))
+    if campaign is not None:
+        checks.append(lambda: check_name(campaign, "campaign"))
+    return checks
 
 
 def _internal_error() -> Decision:
@@ -181,6 +205,13 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, request: api_pb2.CanSendAsOfRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.CanSendAsOfResponse:
         self._caller(context, Scope.AUDIT, request.brand)
+        _refuse_bad_fields(
+            lambda: api.required_time(request, "at"),
+            lambda: api.optional_time(request, "known_at"),
+            lambda: api.message_kind_from_proto(request.message_kind),
+            lambda: _token(request.at_least_as_fresh),
+            *_target(request.phone, request.brand, request.campaign),
+        )
         at = api.required_time(request, "at")
         known_at = api.optional_time(request, "known_at")
         kind = api.message_kind_from_proto(request.message_kind)
@@ -201,6 +232,10 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, request: api_pb2.GetConsentRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.GetConsentResponse:
         self._caller(context, Scope.AUDIT, request.brand)
+        _refuse_bad_fields(
+            lambda: _token(request.at_least_as_fresh),
+            *_target(request.phone, request.brand, request.campaign),
+        )
         await self._require_fresh(request.at_least_as_fresh)
         snapshot = await self.app.get_consent(request.phone, request.brand, request.campaign)
         state = snapshot.state
@@ -248,6 +283,12 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         principal = self._caller(context, Scope.AUDIT, brand)
         if brand is None and principal.brands is not None:
             raise InvalidRequest("brand", "is required for a token limited to some brands")
+        _refuse_bad_fields(
+            lambda: _page_size(request.page_size),
+            lambda: _page_start(request.page_token),
+            lambda: _token(request.at_least_as_fresh),
+            *_target(request.phone, brand),
+        )
         size = _page_size(request.page_size)
         start = _page_start(request.page_token)
         await self._require_fresh(request.at_least_as_fresh)
@@ -265,6 +306,12 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, request: api_pb2.ListRevocationCandidatesRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListRevocationCandidatesResponse:
         self._caller(context, Scope.AUDIT, request.brand)
+        _refuse_bad_fields(
+            lambda: _page_size(request.page_size),
+            lambda: _queue_after(request.page_token),
+            lambda: _token(request.at_least_as_fresh),
+            *_target(None, request.brand),
+        )
         size = _page_size(request.page_size)
         after = _queue_after(request.page_token)
         await self._require_fresh(request.at_least_as_fresh)
@@ -282,6 +329,12 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     ) -> api_pb2.GetOptOutRateResponse:
         self._caller(context, Scope.AUDIT, request.brand)
         campaign = request.campaign if request.HasField("campaign") else None
+        _refuse_bad_fields(
+            lambda: api.optional_time(request, "start_time"),
+            lambda: api.optional_time(request, "end_time"),
+            lambda: _token(request.at_least_as_fresh),
+            *_target(None, request.brand, campaign),
+        )
         start = api.optional_time(request, "start_time")
         end = api.optional_time(request, "end_time")
         await self._require_fresh(request.at_least_as_fresh)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.ports import Stream
 from services.bootstrap import Runtime
@@ -111,3 +112,54 @@ async def test_a_hostile_opt_out_is_refused_by_field_or_protects_the_number(runt
                 )
                 stored = [r.event for r in events.events if r.event.event_id in written.event_ids]
                 assert stored[0].consent_revoked.in_reply_to == value
+
+
+async def test_every_bad_field_of_a_read_is_named_in_one_bad_request(runtime):
+    async with client(runtime.address, "admin") as c:
+        calls = [
+            (
+                c.GetConsent(
+                    api.GetConsentRequest(
+                        phone="+1415\x00", brand="Acme", campaign="promo\n", at_least_as_fresh="x"
+                    )
+                ),
+                ["at_least_as_fresh", "phone", "brand", "campaign"],
+            ),
+            (
+                c.ListEvents(
+                    api.ListEventsRequest(
+                        phone="nope", brand="acme ", page_size=-1, page_token="!!"
+                    )
+                ),
+                ["page_size", "page_token", "phone", "brand"],
+            ),
+            (
+                c.ListRevocationCandidates(
+                    api.ListRevocationCandidatesRequest(brand="acme\n", page_token="x")
+                ),
+                ["page_token", "brand"],
+            ),
+            (
+                c.CanSendAsOf(
+                    api.CanSendAsOfRequest(
+                        phone="+1", brand="acme", campaign="Promo", message_kind=99
+                    )
+                ),
+                ["at", "message_kind", "phone", "campaign"],
+            ),
+            (
+                c.GetOptOutRate(
+                    api.GetOptOutRateRequest(
+                        brand="acme\u200b",
+                        campaign="promo\x00",
+                        end_time=Timestamp(seconds=1_700_000_000, nanos=-1),
+                    )
+                ),
+                ["end_time", "brand", "campaign"],
+            ),
+        ]
+        for call, fields in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert [f for f, _ in status_details(err.value)] == fields

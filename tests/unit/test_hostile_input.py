@@ -22,6 +22,7 @@ from ledger.commands import HandleInboundMessage, handle_inbound, is_name, to_ev
 from ledger.errors import DomainError
 from ledger.events import LedgerEvent
 from ledger.phone import to_e164
+from ledger.regions import STATE_NAMES
 from ledger.state import SubscriberState
 from ledger.validation import identifier_problem
 from services.wire import api
@@ -99,6 +100,7 @@ for _request_name in (
     "RecordReconfirmationRequest",
     "RecordMessageSentRequest",
     "RecordAgeVerificationRequest",
+    "RecordSubscriberLocationRequest",
     "ResolveRevocationCandidateRequest",
 ):
     CASES += [
@@ -121,6 +123,13 @@ for _request_name in ("DefineCampaignRequest", "ChangeCampaignPolicyRequest"):
         (_request_name, "brand", "acme", lambda e: e.brand, _exact_name)  # type: ignore[attr-defined]
     )
 CASES += [
+    (
+        "RecordSubscriberLocationRequest",
+        "region",
+        "FL",
+        lambda e: e.region,  # type: ignore[attr-defined]
+        lambda value, stored: _in(stored, STATE_NAMES),
+    ),
     ("RecordOptOutRequest", "in_reply_to", "SM1", lambda e: e.in_reply_to, _exact_identifier),  # type: ignore[attr-defined]
     ("RecordMessageSentRequest", "message_id", "SM2", lambda e: e.message_id, _exact_identifier),  # type: ignore[attr-defined]
     ("HandleInboundMessageRequest", "message_id", "SM3", lambda e: e.message_id, _exact_identifier),  # type: ignore[attr-defined]
@@ -142,6 +151,10 @@ CASES += [
         ),
     ),
 ]
+
+
+def _in(stored: str, codes: Any) -> None:
+    assert stored in codes and stored.isascii() and len(stored) == 2, stored
 
 
 def pytest_fail(value: str) -> None:

@@ -39,7 +39,7 @@ def largest_writes() -> list[Message]:
     )
     policy = ledger_pb2.CampaignPolicy(
         category=max((c.value for c in CampaignCategory if c not in PROHIBITED), key=len),
-        sender_numbers=[f"+1212555{n:04d}" for n in range(1000)]
+        sender_numbers=[f"+1212555{n:04d}" for n in range(1000)],
     )
     common = {"request_id": "r" * 128, "phone": PHONE, "brand": BRAND, "occurred_at": when()}
     return [
