@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ledger.commands import check_name
 from ledger.errors import InvalidRequest
+from ledger.validation import identifier_problem
 from services.errors import PermissionDenied, Unauthenticated
 from services.rate_limits import UNLIMITED, RateLimit
 
@@ -165,6 +166,10 @@ class TokenAuthenticator:
                     f"not a tokens file: tokens[{i}].name must be a string of 1-{_NAME_LENGTH} "
                     "characters"
                 )
+            # The name is written on every event the caller records (recorded_by).
+            problem = identifier_problem(name)
+            if problem is not None:
+                raise ValueError(f"not a tokens file: tokens[{i}].name {problem}")
             where = f"tokens[{i}] ({name})"
             principal = Principal(
                 name,

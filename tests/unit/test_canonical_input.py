@@ -404,3 +404,14 @@ def test_a_second_lock_of_one_data_directory_is_refused_naming_it(tmp_path: Any)
     finally:
         os.close(held)
     os.close(lock_data_dir(tmp_path / "data"))  # let go: free again
+
+
+@pytest.mark.parametrize("name", ["ops\n", "ops\x00", " ops", "o\u202eps"])
+def test_a_caller_name_that_is_no_exact_identifier_is_refused(name: str) -> None:
+    # It is written on every event the caller records (recorded_by).
+    from services.grpc_api.auth import TokenAuthenticator
+
+    entry = {"name": name, "sha256": "ab" * 32, "scopes": ["check"], "brands": "*"}
+    with pytest.raises(ValueError, match=r"tokens\[0\]\.name must"):
+        TokenAuthenticator.from_data({"tokens": [entry]})
+    TokenAuthenticator.from_data({"tokens": [{**entry, "name": "ops team"}]})
