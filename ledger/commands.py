@@ -364,6 +364,15 @@ class ReplyKind:
     OPT_IN_CONFIRMATION = "opt_in_confirmation"
 
 
+REPLY_MESSAGE_KINDS = {
+    ReplyKind.OPT_OUT_CONFIRMATION: MessageKind.OPT_OUT_CONFIRMATION,
+    ReplyKind.HELP: MessageKind.HELP_REPLY,
+    ReplyKind.OPT_IN_CONFIRMATION: MessageKind.OPT_IN_CONFIRMATION,
+}
+"""The kind of message each owed reply is sent as: ``CanSend`` with that kind allows
+it (``ledger.policy``), and ``RecordMessageSent`` with it records it as owed."""
+
+
 @dataclass(frozen=True)
 class InboundOutcome:
     """What handling an inbound text decided: the facts to record and the reply owed."""
@@ -717,6 +726,7 @@ def handle_inbound(
     check_length(cmd.body, "body")
     phone = to_e164(cmd.from_phone, field="from_phone")
     brand, name, at = campaign.brand, campaign.campaign, cmd.occurred_at
+    intent = classify(cmd.body)
     events: list[LedgerEvent] = [
         InboundMessageReceived(
             **_base(cmd, 0, at, brand),
@@ -726,9 +736,9 @@ def handle_inbound(
             to_number=to_e164(cmd.to_phone, field="to_phone"),
             body=cmd.body,
             campaign=name,
+            intent=intent.value,  # what earns a HELP its reply (ledger.policy)
         )
     ]
-    intent = classify(cmd.body)
     outcome: dict[str, Any] = {"intent": intent, "brand": brand, "campaign": name}
     if intent in (Intent.OPT_OUT, Intent.OPT_OUT_BRAND_WIDE):
         events.append(

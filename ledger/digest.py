@@ -25,7 +25,7 @@ from typing import Any, Final, NamedTuple
 from ledger.events import MessageKind
 from ledger.phone import time_zones
 from ledger.regions import candidate_regions, zones_with_region
-from ledger.state import Fact, SubscriberState, located_region
+from ledger.state import Fact, SentRecord, SubscriberState, located_region
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _new = tuple.__new__
@@ -68,6 +68,12 @@ class CampaignDigest(NamedTuple):
     """When the latest counted send ever went out."""
     last_disclosed_at: int | None = None
     """When the latest counted send that carried opt-out language went out."""
+    help_request: Mark | None = None
+    """The latest HELP the person sent this campaign's number."""
+    help_reply: Mark | None = None
+    """The latest help reply sent for this campaign."""
+    opt_in_confirmation: Mark | None = None
+    """The latest confirmation of a START sent for this campaign."""
 
 
 EMPTY_CAMPAIGN = CampaignDigest()
@@ -115,6 +121,12 @@ def _mark(fact: Fact[Any] | None) -> Mark | None:
     return (micros(fact.event.timestamp), fact.position.offset, fact.event_id)
 
 
+def _sent_mark(record: SentRecord | None) -> Mark | None:
+    if record is None:
+        return None
+    return (micros(record.at), record.fact.position.offset, record.event_id)
+
+
 def digest_of(state: SubscriberState) -> Digest:
     """The digest of a folded state."""
     campaigns = {}
@@ -130,6 +142,9 @@ def digest_of(state: SubscriberState) -> Digest:
             last_disclosed_at=(
                 micros(c.last_disclosed.at) if c.last_disclosed is not None else None
             ),
+            help_request=_mark(c.help_request),
+            help_reply=_sent_mark(c.help_reply),
+            opt_in_confirmation=_sent_mark(c.opt_in_confirmation),
         )
     age = state.age
     location = state.location

@@ -82,11 +82,17 @@ class RevocationChannel(enum.Enum):
 
 
 class MessageKind(enum.Enum):
+    """What a message is. A kind other than a regular message escapes some rule only
+    when the fact that earns it is there (``ledger.policy``): a reply owed to the
+    person's own STOP, HELP or START, or a reply inside a conversation they began."""
+
     REGULAR = "regular"
     OPT_OUT_CONFIRMATION = "opt_out_confirmation"
     HELP_REPLY = "help_reply"
     RECONFIRMATION_REQUEST = "reconfirmation_request"
     CONVERSATION_REPLY = "conversation_reply"
+    OPT_IN_CONFIRMATION = "opt_in_confirmation"
+    """The reply owed to a START (or UNSTOP, YES) that resumed a prior consent."""
 
 
 class CandidateResolution(enum.Enum):
@@ -236,6 +242,11 @@ class MessageSent(SubscriberEvent):
     kind: MessageKind
     included_opt_out_language: bool = False
     identified_sender: bool = False
+    exempt: bool | None = None
+    """Whether the send earned its kind's exemption from the caps when it was recorded
+    (``ledger.policy.earns_exemption``): a reply of a kind that escapes them counts like
+    any other message unless what earns it was there. None on sends recorded before
+    that was decided: their kind alone says (``ledger.state.COUNTED_KINDS``)."""
 
 
 @dataclass(frozen=True)
@@ -247,6 +258,10 @@ class InboundMessageReceived(SubscriberEvent):
     to_number: str
     body: str
     campaign: str | None = None
+    intent: str = ""
+    """How the text was read when it came (an ``ledger.keywords.Intent`` value): a HELP
+    is owed its reply for as long as the record says it was one, whatever later rules
+    would read. Empty on texts recorded before the reading was kept."""
 
 
 @dataclass(frozen=True)

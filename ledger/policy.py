@@ -69,6 +69,8 @@ class Reason(enum.Enum):
     """The one confirmation allowed within minutes of an opt-out."""
     HELP_REPLY_ALLOWED = "help_reply_allowed"
     """A reply to the person's own HELP/INFO request."""
+    OPT_IN_CONFIRMATION_ALLOWED = "opt_in_confirmation_allowed"
+    """The one confirmation of the person's own START, which resumed their consent."""
     # denied by the domain
     NO_CONSENT = "no_consent"
     """No consent for this brand and campaign (another campaign's does not count)."""
@@ -96,6 +98,9 @@ class Reason(enum.Enum):
     """Quiet hours apply and the recipient's time zone cannot be told from the number."""
     CONTENT_NOT_ALLOWED = "content_not_allowed"
     """The campaign's category is prohibited, or not a category the service knows."""
+    REPLY_NOT_OWED = "reply_not_owed"
+    """A help reply or START confirmation that no recent text of the person's asked
+    for, or one already sent for it."""
     # denied by the service (the domain never produces these)
     CAMPAIGN_UNKNOWN = "campaign_unknown"
     """No such campaign was defined (at that time)."""
@@ -347,8 +352,12 @@ class Check:
             tuple[tuple[str, ...], tuple[str, ...]], tuple[tuple[StateRule, StateCap, int], ...]
         ] = {}
         # What each call would otherwise look up on the enum classes (28 ns apiece).
-        self._confirming = kind is MessageKind.OPT_OUT_CONFIRMATION
-        self._help = kind is MessageKind.HELP_REPLY
+        self._owed = {
+            MessageKind.OPT_OUT_CONFIRMATION: self._opt_out_confirmation,
+            MessageKind.HELP_REPLY: self._help_reply,
+            MessageKind.OPT_IN_CONFIRMATION: self._opt_in_confirmation,
+        }.get(kind)
+        self._replying = kind is MessageKind.CONVERSATION_REPLY
         self._dates: dict[tuple[str, ...], date] = {}
         self._zone_dates: dict[str, date] = {}
 
@@ -358,6 +367,12 @@ class Check:
         if digest.brand and digest.brand != campaign.brand:
             # Consent is per sender: another brand's state proves nothing here.
             return deny(Reason.NO_CONSENT, f"state is for brand {digest.brand!r}", (), version)
+        c = digest.campaign(campaign.campaign)
+        if self._owed is not None:
+            # A reply owed to the person's own STOP, HELP or START is earned by that text
+            # alone (within minutes of it, once) and carries none of the campaign's
+            # content: review, content, consent, age, caps and quiet hours do not apply.
+            return self._owed(digest, c)
         if digest.pending:
             return deny(
                 Reason.REVOCATION_PENDING_REVIEW,
@@ -366,10 +381,7 @@ class Check:
                 version,
             )
 
-        c = digest.campaign(campaign.campaign)
-        if self._confirming:
-            return self._opt_out_confirmation(digest, c)
-        if not self._content_allowed and not self._help:
+        if not self._content_allowed:
             return self._content_not_allowed()
 
         current = standing(digest, c)
@@ -378,24 +390,6 @@ class Check:
             return deny(reason, "opted out; new consent is needed", current.evidence, version)
 
         purpose = self.policy.purpose
-        if self._help:
-            inbound = self._open_conversation(digest, None)
-            if inbound is None:
-                return deny(
-                    Reason.CONVERSATION_WINDOW_CLOSED,
-                    "no recent message asked for help",
-                    (),
-                    version,
-                )
-            return Decision(
-                True,
-                Reason.HELP_REPLY_ALLOWED,
-                (Obligation.IDENTIFY_SENDER, Obligation.NON_MARKETING_CONTENT_ONLY),
-                (inbound,),
-                "a reply to the person's own request",
-                version,
-            )
-
         if not current.active:
             return self._without_consent(digest, c)
 
@@ -415,9 +409,13 @@ class Check:
             return self._without_consent(digest, c)
 
         evidence = current.evidence
+        # A conversation reply is one only inside the window after the person's text:
+        # then it does not count towards caps and needs no sender identification (a
+        # follow-up in a conversation); otherwise it is a message like any other.
+        replying = self._open_conversation(digest, None) if self._replying else None
         # Age, caps, then quiet hours; the first that denies answers.
         check = self._age_gate(digest) if self._age_gated else None
-        if check is None and self._limits:
+        if check is None and self._limits and replying is None:
             check = self._caps_reached(digest, c)
         if check is None:
             check = self._quiet.get((digest.zones, digest.regions), _UNKNOWN)
@@ -443,19 +441,14 @@ class Check:
         )
         if campaign.policy_event_id:
             evidence = (*evidence, campaign.policy_event_id)
+        obligations = self._obligations[first, reconfirm]
+        detail = "consent stands"
+        if replying is not None:
+            obligations = tuple(o for o in obligations if o is not Obligation.IDENTIFY_SENDER)
+            evidence, detail = (*evidence, replying), "consent stands; a reply in a conversation"
         # Built as ``standing``'s common case is, for the same reason.
         return _new(
-            Decision,
-            (
-                True,
-                _CONSENT_ACTIVE,
-                self._obligations[first, reconfirm],
-                evidence,
-                "consent stands",
-                version,
-                "",
-                "",
-            ),
+            Decision, (True, _CONSENT_ACTIVE, obligations, evidence, detail, version, "", "")
         )
 
     def _content_not_allowed(self) -> Decision:
@@ -487,7 +480,7 @@ class Check:
             # Replies are messages too: an age-gated campaign's, a capped one's, and
             # one whose quiet hours apply to every message.
             gate = self._age_gate(digest) if self._age_gated else None
-            if gate is None and self._limits:
+            if gate is None and self._limits and not self._replying:
                 gate = self._caps_reached(digest, c)
             if gate is None:
                 gate = self._quiet_hours(digest.zones, digest.regions, digest.located)
@@ -548,6 +541,77 @@ class Check:
             "one confirmation of the opt-out, nothing after it",
             version,
         )
+
+    def _help_reply(self, digest: Digest, c: CampaignDigest) -> Decision:
+        """One reply to each HELP the person sent this campaign's number, within the
+        reply window after it (the opt-out confirmation's), at any hour."""
+        request, version = c.help_request, self.version
+        if request is None or not request[AT] <= self._now <= request[AT] + self._confirmation:
+            return deny(
+                Reason.REPLY_NOT_OWED,
+                f"no HELP to this campaign's number within the last {self._window()}",
+                (),
+                version,
+            )
+        reply = c.help_reply
+        if reply is not None and reply[AT] >= request[AT]:
+            return deny(
+                Reason.REPLY_NOT_OWED,
+                "this HELP was already answered",
+                (request[ID], reply[ID]),
+                version,
+            )
+        return Decision(
+            True,
+            Reason.HELP_REPLY_ALLOWED,
+            (Obligation.IDENTIFY_SENDER, Obligation.NON_MARKETING_CONTENT_ONLY),
+            (request[ID],),
+            "a reply to the person's own HELP",
+            version,
+        )
+
+    def _opt_in_confirmation(self, digest: Digest, c: CampaignDigest) -> Decision:
+        """One confirmation of a START to this campaign's number that resumed a prior
+        consent still standing, within the reply window after it, at any hour."""
+        resume, version = c.resume, self.version
+        if resume is None or not resume[AT] <= self._now <= resume[AT] + self._confirmation:
+            return deny(
+                Reason.REPLY_NOT_OWED,
+                f"no START to this campaign's number within the last {self._window()}",
+                (),
+                version,
+            )
+        current = standing(digest, c)
+        if not current.active or resume[ID] not in current.evidence:
+            return deny(
+                Reason.REPLY_NOT_OWED,
+                "the START resumed no consent that still stands",
+                (resume[ID], *current.evidence),
+                version,
+            )
+        sent = c.opt_in_confirmation
+        if sent is not None and sent[AT] >= resume[AT]:
+            return deny(
+                Reason.REPLY_NOT_OWED,
+                "this START was already confirmed",
+                (resume[ID], sent[ID]),
+                version,
+            )
+        return Decision(
+            True,
+            Reason.OPT_IN_CONFIRMATION_ALLOWED,
+            (
+                Obligation.IDENTIFY_SENDER,
+                Obligation.INCLUDE_OPT_OUT_LANGUAGE,
+                Obligation.NON_MARKETING_CONTENT_ONLY,
+            ),
+            current.evidence,
+            "one confirmation of the person's own START",
+            version,
+        )
+
+    def _window(self) -> timedelta:
+        return min(self.policy.opt_out_confirmation_window, MAX_OPT_OUT_CONFIRMATION_WINDOW)
 
     def _open_conversation(self, digest: Digest, revocation: Mark | None) -> str | None:
         """The id of the inbound message that keeps a conversation open, if any."""
@@ -767,6 +831,21 @@ class Check:
                 self.version,
             )
         return None
+
+
+def earns_exemption(digest: Digest, campaign: Campaign, at: datetime, kind: MessageKind) -> bool:
+    """Whether a send of ``kind`` at ``at`` earned what lets it escape the caps: a reply
+    owed to the person's STOP, HELP or START that was still owed (``Check`` allows
+    it), or a conversation reply inside the window after the person's own text.
+    Recorded with the send (``MessageSent.exempt``); a send that did not earn it counts
+    like any other. Regular sends and reconfirmation requests never do."""
+    if kind in (MessageKind.REGULAR, MessageKind.RECONFIRMATION_REQUEST):
+        return False
+    check = Check(campaign, at, kind)
+    if kind is MessageKind.CONVERSATION_REPLY:
+        latest = latest_revocation(digest, digest.campaign(campaign.campaign))
+        return check._open_conversation(digest, None if latest is None else latest[0]) is not None
+    return check(digest).allowed
 
 
 def decide(

@@ -40,6 +40,7 @@ from ledger.events import (
     SubscriberEvent,
     SubscriberLocated,
 )
+from ledger.keywords import Intent
 
 OrderKey = tuple[datetime, int]
 E = TypeVar("E", bound=LedgerEvent)
@@ -113,6 +114,13 @@ class CampaignConsent:
     last_disclosed: SentRecord | None = None
     """The latest counted send that carried opt-out language: the first message's
     obligation to carry it holds until a send says it did."""
+    help_request: Fact[InboundMessageReceived] | None = None
+    """The latest HELP (or INFO) the person sent this campaign's number: it earns one
+    help reply (``ledger.policy``)."""
+    help_reply: SentRecord | None = None
+    """The latest help reply sent for this campaign, counted or not."""
+    opt_in_confirmation: SentRecord | None = None
+    """The latest confirmation of a START sent for this campaign, counted or not."""
 
 
 EMPTY_CAMPAIGN = CampaignConsent()
@@ -194,7 +202,27 @@ def _apply_reconfirmed(s: SubscriberState, f: Fact[ConsentReconfirmed]) -> Subsc
 
 
 COUNTED_KINDS = frozenset({MessageKind.REGULAR, MessageKind.RECONFIRMATION_REQUEST})
-"""Sends that count towards caps and end the "first message" period."""
+"""Sends that count towards caps and end the "first message" period whatever was
+recorded about them. Another kind counts as well unless it was recorded as having
+earned its exemption (``MessageSent.exempt``); one recorded before that was decided
+(``exempt`` None) goes by its kind, as it did then."""
+
+_REPLY_RECORDS = {
+    MessageKind.HELP_REPLY: "help_reply",
+    MessageKind.OPT_IN_CONFIRMATION: "opt_in_confirmation",
+}
+"""The replies owed once per request, by the ``CampaignConsent`` field of the latest."""
+
+
+def counts(event: MessageSent) -> bool:
+    """Whether a send counts towards caps (and ends the first-message period)."""
+    return event.kind in COUNTED_KINDS or event.exempt is False
+
+
+def _latest_record(current: SentRecord | None, record: SentRecord) -> SentRecord:
+    if current is None or (record.at, record.event_id) > (current.at, current.event_id):
+        return record
+    return current
 
 
 def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
@@ -203,7 +231,14 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
         return s
     newest = max([record.at, *(r.at for r in s.brand_sent)])
     s = _evolve(s, brand_sent=_prune((*s.brand_sent, record), newest))
-    if record.kind not in COUNTED_KINDS:
+    reply = _REPLY_RECORDS.get(record.kind)
+    if reply is not None:
+        s = _with_campaign(
+            s,
+            f.event.campaign,
+            lambda c: _evolve(c, **{reply: _latest_record(getattr(c, reply), record)}),
+        )
+    if not counts(f.event):
         return s
 
     def add(c: CampaignConsent) -> CampaignConsent:
@@ -231,7 +266,12 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
 
 
 def _apply_inbound(s: SubscriberState, f: Fact[InboundMessageReceived]) -> SubscriberState:
-    return _evolve(s, last_inbound=_later(s.last_inbound, f))
+    s = _evolve(s, last_inbound=_later(s.last_inbound, f))
+    if f.event.intent == Intent.HELP.value and f.event.campaign is not None:
+        s = _with_campaign(
+            s, f.event.campaign, lambda c: _evolve(c, help_request=_later(c.help_request, f))
+        )
+    return s
 
 
 def _apply_flagged(s: SubscriberState, f: Fact[RevocationCandidateFlagged]) -> SubscriberState:
@@ -415,11 +455,11 @@ def retained_facts(state: SubscriberState) -> list[Recorded]:
             facts[fact.event_id] = fact
 
     for c in state.campaigns.values():
-        for kept in (c.grant, c.revocation, c.resume, c.reconfirmation):
+        for kept in (c.grant, c.revocation, c.resume, c.reconfirmation, c.help_request):
             keep(kept)
         for sent in c.sent:
             keep(sent.fact)
-        for record in (c.last_sent, c.last_disclosed):
+        for record in (c.last_sent, c.last_disclosed, c.help_reply, c.opt_in_confirmation):
             if record is not None:
                 keep(record.fact)
     for brand_fact in (state.brand_revocation, state.brand_resume, state.age, state.last_inbound):

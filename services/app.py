@@ -22,6 +22,7 @@ from ledger.commands import (
     DefineCampaign,
     HandleInboundMessage,
     InboundOutcome,
+    RecordMessageSent,
     check_inbound,
     check_name,
     check_time,
@@ -46,9 +47,9 @@ from ledger.events import (
 )
 from ledger.opt_out_rate import DEFAULT_WINDOW, OptOutRate
 from ledger.phone import to_e164
-from ledger.policy import Check, Decision, Reason, decide_as_of, deny
+from ledger.policy import Check, Decision, Reason, decide_as_of, deny, earns_exemption
 from ledger.ports import ConsentView, ConsistencyToken, Ledger, RequestUse, Stream
-from ledger.state import CampaignHistory, Fact, SubscriberState
+from ledger.state import COUNTED_KINDS, CampaignHistory, Fact, SubscriberState
 from ledger.validation import Violations, check_not_too_early
 from services.errors import AlreadyExists, FailedPrecondition, NotConsistent
 from services.freshness import FreshnessGuard
@@ -247,6 +248,8 @@ class ConsentApp:
         replay = await self._replay(events)
         if replay is not None:  # checked first: a retried DefineCampaign is not a redefinition
             return replay
+        if isinstance(cmd, RecordMessageSent):
+            events = await self._with_exemption(events)
         if isinstance(cmd, DefineCampaign | ChangeCampaignPolicy):
             # A caller that goes away (a deadline) does not end the write half-way:
             # it runs on, holding its turn until the append is acknowledged or fails.
@@ -254,6 +257,23 @@ class ConsentApp:
             write.add_done_callback(_retrieve)
             return await asyncio.shield(write)
         return await self._checked_append(cmd, events)
+
+    async def _with_exemption(self, events: list[LedgerEvent]) -> list[LedgerEvent]:
+        """A send of a kind that may escape the caps (a reply owed to a STOP, HELP or
+        START, a conversation reply), with whether it earned that when it was sent
+        (``ledger.policy.earns_exemption``), read as fresh as CanSend reads: one that
+        did not, or whose facts cannot be read fresh, counts like any other message."""
+        sent = events[0]
+        if not isinstance(sent, MessageSent) or sent.kind in COUNTED_KINDS:
+            return events
+        exempt = False
+        if await self.guard.wait_for_phones([sent.phone]):
+            history = await self.view.campaign_history(sent.brand, sent.campaign)
+            rules = history.as_of(sent.occurred_at)
+            if rules is not None:
+                state = (await self.view.subscriber_states(sent.brand, [sent.phone]))[sent.phone]
+                exempt = earns_exemption(digest_of(state), rules, sent.occurred_at, sent.kind)
+        return [replace(sent, exempt=exempt), *events[1:]]
 
     async def _campaign_write(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
         # One campaign write at a time in this process. One that lists sender numbers

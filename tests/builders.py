@@ -27,6 +27,7 @@ from ledger.events import (
     RevocationChannel,
     event_id_for,
 )
+from ledger.keywords import classify
 
 PHONE = "+14155552671"  # America/Los_Angeles
 BRAND = "acme"
@@ -114,6 +115,7 @@ def sent(
     kind: MessageKind = MessageKind.REGULAR,
     *,
     disclosed: bool = True,
+    exempt: bool | None = None,
 ) -> MessageSent:
     return MessageSent(
         **_base(when),
@@ -124,10 +126,15 @@ def sent(
         kind=kind,
         included_opt_out_language=disclosed,
         identified_sender=True,
+        exempt=exempt,
     )
 
 
-def inbound(when: datetime, body: str = "what are your hours?") -> InboundMessageReceived:
+def inbound(
+    when: datetime, body: str = "what are your hours?", campaign: str | None = None
+) -> InboundMessageReceived:
+    """A text from the person, read as ``HandleInboundMessage`` reads it; ``campaign``
+    the one whose number it reached (None: no campaign's)."""
     return InboundMessageReceived(
         **_base(when),
         phone=PHONE,
@@ -135,6 +142,8 @@ def inbound(when: datetime, body: str = "what are your hours?") -> InboundMessag
         message_id=f"in-{next(_ids)}",
         to_number="+12125551234",
         body=body,
+        campaign=campaign,
+        intent=classify(body).value,
     )
 
 

@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from ledger.campaigns import CampaignPolicy
 from ledger.commands import (
+    REPLY_MESSAGE_KINDS,
     ChangeCampaignPolicy,
     Command,
     DefineCampaign,
@@ -442,4 +443,9 @@ def inbound_outcome_to_proto(
         brand=outcome.brand,
         campaign=outcome.campaign,
         notes=list(outcome.notes),
+        reply_message_kind=(
+            codec.MESSAGE_KINDS.to_proto(REPLY_MESSAGE_KINDS[outcome.reply])
+            if outcome.reply in REPLY_MESSAGE_KINDS
+            else 0
+        ),
     )

@@ -391,6 +391,7 @@ def _enc_sent(e: MessageSent) -> tuple[str, Message]:
         kind=MESSAGE_KINDS.to_proto(e.kind),
         included_opt_out_language=e.included_opt_out_language,
         identified_sender=e.identified_sender,
+        exempt=e.exempt,
     )
 
 
@@ -401,12 +402,17 @@ def _dec_sent(p: ledger_pb2.MessageSent) -> dict[str, Any]:
         "kind": MESSAGE_KINDS.from_proto(p.kind, "message_sent.kind"),
         "included_opt_out_language": p.included_opt_out_language,
         "identified_sender": p.identified_sender,
+        "exempt": p.exempt if p.HasField("exempt") else None,
     }
 
 
 def _enc_inbound(e: InboundMessageReceived) -> tuple[str, Message]:
     return "inbound_message_received", ledger_pb2.InboundMessageReceived(
-        message_id=e.message_id, to_number=e.to_number, body=e.body, campaign=e.campaign
+        message_id=e.message_id,
+        to_number=e.to_number,
+        body=e.body,
+        campaign=e.campaign,
+        intent=e.intent,
     )
 
 
@@ -416,6 +422,7 @@ def _dec_inbound(p: ledger_pb2.InboundMessageReceived) -> dict[str, Any]:
         "to_number": p.to_number,
         "body": p.body,
         "campaign": _optional_str(p, "campaign"),
+        "intent": p.intent,
     }
 
 

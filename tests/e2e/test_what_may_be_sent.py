@@ -11,6 +11,7 @@ import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
+from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -215,3 +216,124 @@ async def test_an_age_gated_category_needs_21_verified_by_enum_or_by_its_old_nam
                 )
             )  # fmt: skip
             assert r.allowed, name
+
+
+OWED_KINDS = (
+    lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION,
+    lpb.MESSAGE_KIND_HELP_REPLY,
+    lpb.MESSAGE_KIND_OPT_IN_CONFIRMATION,
+)
+
+
+async def test_every_reply_handle_inbound_says_is_owed_is_allowed_and_no_other(service):
+    runtime, clock = service
+    t = clock.now
+    # (number, what came before, the text): each number's own story.
+    cases = [
+        ("+14155550101", ["opt_in"], "STOP"),
+        ("+14155550102", ["opt_in"], "STOPALL"),
+        ("+14155550103", ["opt_in", "STOP"], "HELP"),
+        ("+14155550104", ["opt_in", "STOP"], "START"),
+        ("+14155550105", [], "START"),
+        ("+14155550106", ["opt_in"], "please stop texting me"),
+        ("+14155550107", ["opt_in"], "do you open on sundays?"),
+        ("+14155550108", ["opt_in", "please stop texting me"], "HELP"),
+        ("+14155550109", [], "INFO"),
+    ]
+    async with client(runtime.address) as c:
+        for phone, before, body in cases:
+            when = t - timedelta(minutes=10)
+            for step in before:
+                when += timedelta(minutes=2)
+                if step == "opt_in":
+                    await c.RecordOptIn(opt_in(phone, "acme", "promo", when))
+                else:
+                    await c.HandleInboundMessage(text(phone, step, when))
+            got = await c.HandleInboundMessage(text(phone, body, t - timedelta(seconds=30)))
+            owed = got.reply_message_kind
+            assert (owed == 0) == (got.reply == api.REPLY_KIND_NONE), (phone, body)
+            for kind in OWED_KINDS:
+                r = await c.CanSend(
+                    can_send(phone, message_kind=kind, at_least_as_fresh=got.consistency_token)
+                )
+                assert r.allowed == (kind == owed), (phone, before, body, kind, r)
+            if owed:  # once sent, it is owed no more; and it never was a regular message
+                sent = await c.RecordMessageSent(
+                    api.RecordMessageSentRequest(
+                        request_id=uuid.uuid4().hex, phone=phone, brand="acme",
+                        campaign="promo", message_id=f"SM{uuid.uuid4().hex[:10]}",
+                        kind=owed, occurred_at=ts(t), identified_sender=True,
+                    )
+                )  # fmt: skip
+                r = await c.CanSend(
+                    can_send(phone, message_kind=owed, at_least_as_fresh=sent.consistency_token)
+                )
+                assert not r.allowed, (phone, body)
+        # After a STOP, the HELP got its reply above; a regular message still may not go.
+        r = await c.CanSend(can_send("+14155550103"))
+        assert not r.allowed and r.reason == api.REASON_REVOKED
+
+
+def text(phone: str, body: str, when: datetime) -> api.HandleInboundMessageRequest:
+    return api.HandleInboundMessageRequest(
+        request_id=uuid.uuid4().hex, from_phone=phone, to_phone=PROMO_NUMBER, body=body,
+        message_id=f"SM{uuid.uuid4().hex[:10]}", occurred_at=ts(when),
+    )  # fmt: skip
+
+
+async def test_a_reply_that_did_not_earn_its_exemption_counts_towards_the_cap(service):
+    runtime, clock = service
+    t = clock.now
+    async with client(runtime.address) as c:
+        capped = lpb.CampaignPolicy(
+            sender_numbers=[PROMO_NUMBER],
+            frequency_caps=[lpb.FrequencyCap(limit=1, window=Duration(seconds=86400))],
+        )
+        await c.ChangeCampaignPolicy(
+            api.ChangeCampaignPolicyRequest(
+                request_id=uuid.uuid4().hex, brand="acme", campaign="promo", policy=capped,
+                occurred_at=ts(t - timedelta(hours=1)),
+            )
+        )  # fmt: skip
+        for phone in ("+14155550111", "+14155550112", "+14155550113"):
+            await c.RecordOptIn(opt_in(phone, "acme", "promo", t - timedelta(minutes=30)))
+
+        def sent(phone: str, kind: int) -> api.RecordMessageSentRequest:
+            return api.RecordMessageSentRequest(
+                request_id=uuid.uuid4().hex, phone=phone, brand="acme", campaign="promo",
+                message_id=f"SM{uuid.uuid4().hex[:10]}", kind=kind,
+                occurred_at=ts(t - timedelta(minutes=1)), identified_sender=True,
+            )  # fmt: skip
+
+        # A "help reply" and a "conversation reply" nobody asked for: counted.
+        for phone, kind in (
+            ("+14155550111", lpb.MESSAGE_KIND_HELP_REPLY),
+            ("+14155550112", lpb.MESSAGE_KIND_CONVERSATION_REPLY),
+        ):
+            w = await c.RecordMessageSent(sent(phone, kind))
+            r = await c.CanSend(can_send(phone, at_least_as_fresh=w.consistency_token))
+            assert not r.allowed and r.reason == api.REASON_FREQUENCY_CAP_REACHED, phone
+            r = await c.CanSend(
+                can_send(
+                    phone,
+                    message_kind=lpb.MESSAGE_KIND_CONVERSATION_REPLY,
+                    at_least_as_fresh=w.consistency_token,
+                )
+            )
+            assert r.reason == api.REASON_FREQUENCY_CAP_REACHED, phone  # no conversation
+        # A reply inside a conversation the person began: not counted, not capped.
+        phone = "+14155550113"
+        asked = await c.HandleInboundMessage(
+            text(phone, "is the sale on today?", t - timedelta(minutes=3))
+        )
+        r = await c.CanSend(
+            can_send(
+                phone,
+                message_kind=lpb.MESSAGE_KIND_CONVERSATION_REPLY,
+                at_least_as_fresh=asked.consistency_token,
+            )
+        )
+        assert r.allowed and api.OBLIGATION_IDENTIFY_SENDER not in r.obligations
+        w = await c.RecordMessageSent(sent(phone, lpb.MESSAGE_KIND_CONVERSATION_REPLY))
+        r = await c.CanSend(can_send(phone, at_least_as_fresh=w.consistency_token))
+        assert r.allowed, r

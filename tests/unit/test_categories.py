@@ -131,7 +131,7 @@ def test_rules_recorded_before_categories_were_checked_send_nothing_of_that_cont
     assert not d.allowed and d.reason is Reason.CONTENT_NOT_ALLOWED
     assert d.evidence == ("policy-event",) and repr(category) in d.detail
     # The reply the person asked for is no content of the campaign's own.
-    asked = state_of(granted(at(-10)), inbound(at(-1), "HELP"))
+    asked = state_of(granted(at(-10)), inbound(at(-1), "HELP", "promo"))
     assert decide(asked, c, NOW, MessageKind.HELP_REPLY).allowed
 
 

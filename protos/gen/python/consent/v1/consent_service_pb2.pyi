@@ -84,6 +84,12 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """Denied: this entry of a CanSendBatch is no phone number (detail: the form
     expected); the batch's other numbers are answered.
     """
+    REASON_OPT_IN_CONFIRMATION_ALLOWED: _Reason.ValueType  # 22
+    """Allowed: the one confirmation of the person's own START, which resumed consent."""
+    REASON_REPLY_NOT_OWED: _Reason.ValueType  # 23
+    """Denied: a help reply or START confirmation no recent text of the person's asked
+    for (HandleInboundMessage said none was owed), or one already sent for it.
+    """
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Why a decision came out as it did; mirrors ledger.policy.Reason one to one."""
@@ -134,6 +140,12 @@ category at all (rules recorded before categories were checked).
 REASON_INVALID_PHONE: Reason.ValueType  # 21
 """Denied: this entry of a CanSendBatch is no phone number (detail: the form
 expected); the batch's other numbers are answered.
+"""
+REASON_OPT_IN_CONFIRMATION_ALLOWED: Reason.ValueType  # 22
+"""Allowed: the one confirmation of the person's own START, which resumed consent."""
+REASON_REPLY_NOT_OWED: Reason.ValueType  # 23
+"""Denied: a help reply or START confirmation no recent text of the person's asked
+for (HandleInboundMessage said none was owed), or one already sent for it.
 """
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
@@ -1123,12 +1135,18 @@ class HandleInboundMessageResponse(_message.Message):
     BRAND_FIELD_NUMBER: _builtins.int
     CAMPAIGN_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
+    REPLY_MESSAGE_KIND_FIELD_NUMBER: _builtins.int
     consistency_token: _builtins.str
     intent: Global___InboundIntent.ValueType
     reply: Global___ReplyKind.ValueType
     brand: _builtins.str
     """The brand and campaign that own to_phone."""
     campaign: _builtins.str
+    reply_message_kind: _ledger_pb2.MessageKind.ValueType
+    """The message kind to send the owed reply as: CanSend with it allows the reply
+    (within 5 minutes, once, at any hour), and RecordMessageSent with it records it
+    as owed, so it does not count towards caps. Unspecified when no reply is owed.
+    """
     @_builtins.property
     def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -1148,10 +1166,11 @@ class HandleInboundMessageResponse(_message.Message):
         brand: _builtins.str = ...,
         campaign: _builtins.str = ...,
         notes: _abc.Iterable[_builtins.str] | None = ...,
+        reply_message_kind: _ledger_pb2.MessageKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand", b"brand", "campaign", b"campaign", "consistency_token", b"consistency_token", "event_ids", b"event_ids", "intent", b"intent", "notes", b"notes", "reply", b"reply", "required_content", b"required_content"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand", b"brand", "campaign", b"campaign", "consistency_token", b"consistency_token", "event_ids", b"event_ids", "intent", b"intent", "notes", b"notes", "reply", b"reply", "reply_message_kind", b"reply_message_kind", "required_content", b"required_content"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

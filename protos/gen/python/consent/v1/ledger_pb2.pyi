@@ -125,6 +125,8 @@ class _MessageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageKi
     MESSAGE_KIND_HELP_REPLY: _MessageKind.ValueType  # 3
     MESSAGE_KIND_RECONFIRMATION_REQUEST: _MessageKind.ValueType  # 4
     MESSAGE_KIND_CONVERSATION_REPLY: _MessageKind.ValueType  # 5
+    MESSAGE_KIND_OPT_IN_CONFIRMATION: _MessageKind.ValueType  # 6
+    """The reply owed to a START that resumed a prior consent."""
 
 class MessageKind(_MessageKind, metaclass=_MessageKindEnumTypeWrapper): ...
 
@@ -134,6 +136,8 @@ MESSAGE_KIND_OPT_OUT_CONFIRMATION: MessageKind.ValueType  # 2
 MESSAGE_KIND_HELP_REPLY: MessageKind.ValueType  # 3
 MESSAGE_KIND_RECONFIRMATION_REQUEST: MessageKind.ValueType  # 4
 MESSAGE_KIND_CONVERSATION_REPLY: MessageKind.ValueType  # 5
+MESSAGE_KIND_OPT_IN_CONFIRMATION: MessageKind.ValueType  # 6
+"""The reply owed to a START that resumed a prior consent."""
 Global___MessageKind: _TypeAlias = MessageKind  # noqa: Y015
 
 class _CandidateResolution:
@@ -620,11 +624,18 @@ class MessageSent(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     INCLUDED_OPT_OUT_LANGUAGE_FIELD_NUMBER: _builtins.int
     IDENTIFIED_SENDER_FIELD_NUMBER: _builtins.int
+    EXEMPT_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     campaign: _builtins.str
     kind: Global___MessageKind.ValueType
     included_opt_out_language: _builtins.bool
     identified_sender: _builtins.bool
+    exempt: _builtins.bool
+    """Whether the send earned its kind's exemption from frequency and daily caps when
+    it was recorded (a reply owed to a STOP, HELP or START, or one inside a
+    conversation the person began); it counts towards them otherwise. Absent on
+    sends recorded before this was decided: their kind alone says.
+    """
     def __init__(
         self,
         *,
@@ -633,12 +644,15 @@ class MessageSent(_message.Message):
         kind: Global___MessageKind.ValueType = ...,
         included_opt_out_language: _builtins.bool = ...,
         identified_sender: _builtins.bool = ...,
+        exempt: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exempt", b"_exempt", "exempt", b"exempt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "identified_sender", b"identified_sender", "included_opt_out_language", b"included_opt_out_language", "kind", b"kind", "message_id", b"message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exempt", b"_exempt", "campaign", b"campaign", "exempt", b"exempt", "identified_sender", b"identified_sender", "included_opt_out_language", b"included_opt_out_language", "kind", b"kind", "message_id", b"message_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__exempt: _TypeAlias = _typing.Literal["exempt"]  # noqa: Y015
+    _WhichOneofArgType__exempt: _TypeAlias = _typing.Literal["_exempt", b"_exempt"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__exempt) -> _WhichOneofReturnType__exempt | None: ...
 
 Global___MessageSent: _TypeAlias = MessageSent  # noqa: Y015
 
@@ -652,11 +666,17 @@ class InboundMessageReceived(_message.Message):
     TO_NUMBER_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     CAMPAIGN_FIELD_NUMBER: _builtins.int
+    INTENT_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     to_number: _builtins.str
     body: _builtins.str
     campaign: _builtins.str
     """Absent: no campaign owns the receiving number."""
+    intent: _builtins.str
+    """How the service read the text when it came: the lower-case name of an
+    InboundIntent value without its prefix ("help", "opt_out", ...). Empty on texts
+    recorded before the reading was kept.
+    """
     def __init__(
         self,
         *,
@@ -664,10 +684,11 @@ class InboundMessageReceived(_message.Message):
         to_number: _builtins.str = ...,
         body: _builtins.str = ...,
         campaign: _builtins.str | None = ...,
+        intent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "body", b"body", "campaign", b"campaign", "message_id", b"message_id", "to_number", b"to_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "body", b"body", "campaign", b"campaign", "intent", b"intent", "message_id", b"message_id", "to_number", b"to_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__campaign: _TypeAlias = _typing.Literal["campaign"]  # noqa: Y015
     _WhichOneofArgType__campaign: _TypeAlias = _typing.Literal["_campaign", b"_campaign"]  # noqa: Y015

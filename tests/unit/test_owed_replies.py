@@ -1,0 +1,289 @@
+"""The replies the service says are owed, and every kind of message that escapes a
+rule: each is allowed only when the fact that earns it is there."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+
+import pytest
+
+from ledger.campaigns import CampaignPolicy, CampaignPurpose, FrequencyCap
+from ledger.commands import (
+    REPLY_MESSAGE_KINDS,
+    DefineCampaign,
+    HandleInboundMessage,
+    RecordMessageSent,
+    ReplyKind,
+    handle_inbound,
+)
+from ledger.digest import digest_of
+from ledger.events import MessageKind
+from ledger.keywords import Intent
+from ledger.policy import Obligation, Reason, decide, earns_exemption
+from ledger.state import fold
+from tests.builders import (
+    PHONE,
+    age,
+    at,
+    campaign,
+    flagged,
+    granted,
+    inbound,
+    record,
+    revoked,
+    sent,
+)
+from tests.unit.test_app import NOW, ledger_at_now, opt_in, running
+
+NUMBER = "+12125551234"
+PROMO = campaign("promo", sender_numbers=(NUMBER,))
+OWED = (MessageKind.OPT_OUT_CONFIRMATION, MessageKind.HELP_REPLY, MessageKind.OPT_IN_CONFIRMATION)
+_ids = itertools.count()
+
+
+def state_of(*events):
+    return fold(record(list(events)))
+
+
+def text(body: str, minutes: float):
+    return HandleInboundMessage(
+        f"in-{next(_ids)}", PHONE, NUMBER, body, f"SM{next(_ids)}", at(minutes)
+    )
+
+
+BEFORE = {
+    "nothing": [],
+    "granted": [granted(at(-60))],
+    "stopped": [granted(at(-60)), revoked(at(-30))],
+    "stopped all": [granted(at(-60)), revoked(at(-30), None)],
+    "flagged": [granted(at(-60)), flagged(at(-30))],
+}
+BODIES = ["STOP", "STOPALL", "START", "HELP", "info", "please stop texting me", "hi, hours?"]
+
+
+@pytest.mark.parametrize("before", sorted(BEFORE))
+@pytest.mark.parametrize("body", BODIES)
+def test_the_reply_owed_is_allowed_right_after_and_no_other(before, body):
+    prior = BEFORE[before]
+    state = state_of(*prior)
+    outcome = handle_inbound(text(body, 0), PROMO, state, at(0))
+    after = state_of(*prior, *outcome.events)
+    owed = REPLY_MESSAGE_KINDS.get(outcome.reply)
+    for kind in OWED:
+        d = decide(after, PROMO, at(1), kind)
+        assert d.allowed is (kind is owed), (before, body, kind, d)
+        if d.allowed:
+            assert Obligation.NON_MARKETING_CONTENT_ONLY in d.obligations
+            assert Obligation.IDENTIFY_SENDER in d.obligations
+        # Late, it is no longer owed; once sent, it is owed no more.
+        assert not decide(after, PROMO, at(6), kind).allowed
+    if owed is not None:
+        replied = state_of(*prior, *outcome.events, sent(at(1), "promo", owed))
+        assert not decide(replied, PROMO, at(2), owed).allowed
+    # An owed reply is never a regular message.
+    if outcome.intent in (Intent.OPT_OUT, Intent.OPT_OUT_BRAND_WIDE):
+        assert not decide(after, PROMO, at(1)).allowed
+
+
+def test_every_owed_reply_has_its_kind():
+    owing = {ReplyKind.OPT_OUT_CONFIRMATION, ReplyKind.HELP, ReplyKind.OPT_IN_CONFIRMATION}
+    assert set(REPLY_MESSAGE_KINDS) == owing
+    assert set(REPLY_MESSAGE_KINDS.values()) == set(OWED)
+
+
+def test_after_a_stop_a_help_still_gets_its_reply_and_nothing_else():
+    s = state_of(granted(at(0)), revoked(at(5), None), inbound(at(10), "HELP", "promo"))
+    d = decide(s, PROMO, at(11), MessageKind.HELP_REPLY)
+    assert d.allowed and d.reason is Reason.HELP_REPLY_ALLOWED
+    assert decide(s, PROMO, at(11)).reason is Reason.REVOKED_BRAND_WIDE
+    for kind in (MessageKind.CONVERSATION_REPLY, MessageKind.RECONFIRMATION_REQUEST):
+        assert not decide(s, PROMO, at(11), kind).allowed
+
+
+def test_a_help_reply_is_owed_by_the_campaign_whose_number_got_the_help():
+    s = state_of(granted(at(0), "alerts"), inbound(at(10), "HELP", "alerts"))
+    assert decide(s, campaign("alerts"), at(11), MessageKind.HELP_REPLY).allowed
+    d = decide(s, PROMO, at(11), MessageKind.HELP_REPLY)
+    assert not d.allowed and d.reason is Reason.REPLY_NOT_OWED
+    # A text that is no HELP, or a HELP to no campaign's number, earns none.
+    for asked in (inbound(at(10), "what?", "promo"), inbound(at(10), "HELP")):
+        assert not decide(state_of(asked), PROMO, at(11), MessageKind.HELP_REPLY).allowed
+
+
+def test_a_help_reply_goes_at_any_hour_past_caps_and_age_gates():
+    strict = campaign(
+        age_gated=True,
+        daily_cap=1,
+        frequency_caps=(FrequencyCap(1, timedelta(days=1)),),
+        quiet_hours_apply_to_all=True,
+    )
+    night = at(hours=6)  # 02:00 in Los Angeles
+    s = state_of(granted(at(0)), sent(at(1)), inbound(night, "HELP", "promo"))
+    assert (
+        decide(s, strict, night + timedelta(minutes=1)).reason is Reason.AGE_VERIFICATION_REQUIRED
+    )
+    assert decide(s, strict, night + timedelta(minutes=1), MessageKind.HELP_REPLY).allowed
+
+
+def test_a_start_confirmation_needs_a_consent_the_start_resumed_still_standing():
+    start = text("START", 0)
+    prior = [granted(at(-60)), revoked(at(-30))]
+    outcome = handle_inbound(start, PROMO, state_of(*prior), at(0))
+    resumed = state_of(*prior, *outcome.events)
+    d = decide(resumed, PROMO, at(1), MessageKind.OPT_IN_CONFIRMATION)
+    assert d.allowed and d.reason is Reason.OPT_IN_CONFIRMATION_ALLOWED
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE in d.obligations
+    stopped_again = state_of(*prior, *outcome.events, revoked(at(0.5)))
+    d = decide(stopped_again, PROMO, at(1), MessageKind.OPT_IN_CONFIRMATION)
+    assert not d.allowed and d.reason is Reason.REPLY_NOT_OWED
+    other = campaign("alerts")
+    assert not decide(resumed, other, at(1), MessageKind.OPT_IN_CONFIRMATION).allowed
+
+
+def test_a_conversation_reply_escapes_caps_only_inside_the_window():
+    capped = campaign(frequency_caps=(FrequencyCap(1, timedelta(days=2)),))
+    base = [granted(at(0)), sent(at(1))]
+    asked = inbound(at(10), "do you have it in blue?", "promo")
+    inside = state_of(*base, asked)
+    d = decide(inside, capped, at(20), MessageKind.CONVERSATION_REPLY)
+    assert d.allowed and d.reason is Reason.CONSENT_ACTIVE
+    assert Obligation.IDENTIFY_SENDER not in d.obligations  # a follow-up in a conversation
+    assert str(asked.originator_id) in d.evidence
+    # Labelled a reply with no text from the person, or after the window: a message
+    # like any other.
+    for state, when in ((state_of(*base), at(20)), (inside, at(days=1, minutes=11))):
+        d = decide(state, capped, when, MessageKind.CONVERSATION_REPLY)
+        assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED
+    # Quiet hours hold for replies too.
+    late = state_of(granted(at(0)), inbound(at(hours=10, minutes=50), "hi", "promo"))
+    d = decide(late, PROMO, at(hours=11, minutes=5), MessageKind.CONVERSATION_REPLY)
+    assert not d.allowed and d.reason is Reason.QUIET_HOURS
+    # And a conversation reply with no open conversation still needs identification.
+    d = decide(state_of(granted(at(0))), PROMO, at(5), MessageKind.CONVERSATION_REPLY)
+    assert d.allowed and Obligation.IDENTIFY_SENDER in d.obligations
+
+
+def test_a_conversational_campaigns_replies_are_capped_unless_labelled_and_earned():
+    support = campaign(
+        "support",
+        purpose=CampaignPurpose.CONVERSATIONAL,
+        frequency_caps=(FrequencyCap(1, timedelta(days=1)),),
+    )
+    s = state_of(inbound(at(0), "hello?", "support"), sent(at(1), "support"))
+    assert decide(s, support, at(2)).reason is Reason.FREQUENCY_CAP_REACHED
+    d = decide(s, support, at(2), MessageKind.CONVERSATION_REPLY)
+    assert d.allowed and d.reason is Reason.CONVERSATION_REPLY
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [MessageKind.HELP_REPLY, MessageKind.OPT_OUT_CONFIRMATION, MessageKind.CONVERSATION_REPLY],
+)
+def test_a_recorded_reply_counts_towards_caps_unless_it_earned_its_exemption(kind):
+    capped = campaign(frequency_caps=(FrequencyCap(1, timedelta(days=1)),))
+    grant = granted(at(0))
+    unearned = state_of(grant, sent(at(1), "promo", kind, exempt=False))
+    d = decide(unearned, capped, at(2))
+    assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED
+    earned = state_of(grant, sent(at(1), "promo", kind, exempt=True))
+    assert decide(earned, capped, at(2)).allowed
+    legacy = state_of(grant, sent(at(1), "promo", kind))  # recorded before it was decided
+    assert decide(legacy, capped, at(2)).allowed
+
+
+def test_regular_sends_and_reconfirmation_requests_always_count():
+    capped = campaign(frequency_caps=(FrequencyCap(1, timedelta(days=1)),))
+    for kind in (MessageKind.REGULAR, MessageKind.RECONFIRMATION_REQUEST):
+        s = state_of(granted(at(0)), sent(at(1), "promo", kind, exempt=True))
+        assert decide(s, capped, at(2)).reason is Reason.FREQUENCY_CAP_REACHED
+
+
+def test_what_earns_each_kind_its_exemption():
+    def earns(state, kind, minutes):
+        return earns_exemption(digest_of(state), PROMO, at(minutes), kind)
+
+    help_asked = state_of(granted(at(0)), inbound(at(10), "HELP", "promo"))
+    assert earns(help_asked, MessageKind.HELP_REPLY, 11)
+    assert not earns(help_asked, MessageKind.HELP_REPLY, 16)  # too late
+    answered = state_of(
+        granted(at(0)),
+        inbound(at(10), "HELP", "promo"),
+        sent(at(11), "promo", MessageKind.HELP_REPLY),
+    )
+    assert not earns(answered, MessageKind.HELP_REPLY, 12)  # the second reply to one HELP
+    stopped = state_of(granted(at(0)), revoked(at(10)))
+    assert earns(stopped, MessageKind.OPT_OUT_CONFIRMATION, 11)
+    assert not earns(state_of(granted(at(0))), MessageKind.OPT_OUT_CONFIRMATION, 11)
+    talking = state_of(granted(at(0)), inbound(at(10), "is it in stock?", "promo"))
+    assert earns(talking, MessageKind.CONVERSATION_REPLY, 30)
+    assert not earns(talking, MessageKind.CONVERSATION_REPLY, 60 * 25)
+    assert not earns(state_of(granted(at(0))), MessageKind.CONVERSATION_REPLY, 30)
+    for kind in (MessageKind.REGULAR, MessageKind.RECONFIRMATION_REQUEST):
+        assert not earns(talking, kind, 30)
+
+
+def test_the_age_gate_still_holds_for_conversation_replies():
+    bar = campaign("bar", category="alcohol")
+    s = state_of(granted(at(0), "bar"), inbound(at(5), "open tonight?", "bar"))
+    d = decide(s, bar, at(6), MessageKind.CONVERSATION_REPLY)
+    assert d.reason is Reason.AGE_VERIFICATION_REQUIRED
+    verified = state_of(
+        granted(at(0), "bar"), age(at(1), plus21=True), inbound(at(5), "open?", "bar")
+    )
+    assert decide(verified, bar, at(6), MessageKind.CONVERSATION_REPLY).allowed
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_recorded_send_keeps_whether_it_earned_its_exemption():
+
+    async with running(ledger=ledger_at_now()) as (app, _):
+        capped = CampaignPolicy(
+            sender_numbers=(NUMBER,), frequency_caps=(FrequencyCap(1, timedelta(days=1)),)
+        )
+        await app.record(DefineCampaign("d", "acme", "promo", capped, at(-60 * 24)))
+        await app.record(opt_in("r1"))
+
+        def reply(request_id: str, kind: MessageKind) -> RecordMessageSent:
+            return RecordMessageSent(request_id, PHONE, "acme", "promo", request_id, kind, NOW)
+
+        # A "help reply" no HELP asked for counts like any other message.
+        written = await app.record(reply("h1", MessageKind.HELP_REPLY))
+        d = await app.can_send(PHONE, "acme", "promo", token=written.token)
+        assert d.decision.reason is Reason.FREQUENCY_CAP_REACHED
+        sends = [r.event for r in await app.history(PHONE, "acme") if hasattr(r.event, "exempt")]
+        assert [s.exempt for s in sends] == [False]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_help_reply_after_a_help_is_recorded_as_owed_and_not_counted():
+
+    async with running(ledger=ledger_at_now()) as (app, _):
+        capped = CampaignPolicy(
+            sender_numbers=(NUMBER,), frequency_caps=(FrequencyCap(1, timedelta(days=1)),)
+        )
+        await app.record(DefineCampaign("d", "acme", "promo", capped, at(-60 * 24)))
+        await app.record(opt_in("r1"))
+        first = await app.record(
+            RecordMessageSent("s1", PHONE, "acme", "promo", "m1", MessageKind.REGULAR, NOW)
+        )
+        await app.guard.wait_for_token(first.token)
+        asked = await app.handle_inbound(
+            HandleInboundMessage("i1", PHONE, NUMBER, "HELP", "SM-help", NOW)
+        )
+        assert asked.outcome.reply == ReplyKind.HELP
+        await app.guard.wait_for_token(asked.write.token)
+        d = await app.can_send(PHONE, "acme", "promo", kind=MessageKind.HELP_REPLY)
+        assert d.decision.allowed  # the cap is used up; the owed reply goes all the same
+        help_reply = RecordMessageSent(
+            "s2", PHONE, "acme", "promo", "m2", MessageKind.HELP_REPLY, NOW
+        )
+        written = await app.record(help_reply)
+        await app.guard.wait_for_token(written.token)
+        sends = [r.event for r in await app.history(PHONE, "acme") if hasattr(r.event, "exempt")]
+        assert [(s.kind, s.exempt) for s in sends] == [
+            (MessageKind.REGULAR, None),
+            (MessageKind.HELP_REPLY, True),
+        ]
+        again = await app.can_send(PHONE, "acme", "promo", kind=MessageKind.HELP_REPLY)
+        assert again.decision.reason is Reason.REPLY_NOT_OWED
