@@ -196,6 +196,7 @@ _CONTRACTIONS = (
     (re.compile(r"\bshan't\b"), "shall not"),
     (re.compile(r"n't\b"), " not"),
 )
+_E_MAIL = re.compile(r"\be[\s-]+mail")
 # Runs of single letters spaced or dotted out: "s t o p", "S.T.O.P", "u-n-s-u-b".
 _SPACED_LETTERS = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][\s.\-_*•]+){2,}[^\W\d_](?![^\W\d_])")
 _CLAUSE_BREAK = re.compile(r"[.!?;,:\n\r\u2026()\[\]{}\"\u00a1\u00bf|/]+|\s[-\u2013\u2014]+\s")
@@ -221,6 +222,7 @@ _LEXICON = _lexicon(
         "are not": "arent",
         "not": "nt",
         "no more": "nomore",
+        "more": "mre mroe moar mor",
         "no mas": "nomas",
         "anymore": "anymore anymor anymoe nemore anymo",
         "please": """
@@ -238,7 +240,7 @@ _LEXICON = _lexicon(
         "are": "r",
         "stop": """
             stp stpo sotp stopp stoop stahp srop stopt sstop stpp stoo stlp stoip stap stopo
-            sotop
+            sotop syop dtop xtop sop spo sopt
         """,
         "stopped": "stops stopped stopping stoped stoping",
         "stopall": "stopall",
@@ -247,10 +249,10 @@ _LEXICON = _lexicon(
         "unsubscribe": "unsub unsubs unsubbed unsuscribe unscribe unsbscribe",
         "cancel": "cancell cancle cancl cancels canceled cancelled canceling cancelling cxl cncl",
         "end": "ends ending",
-        "quit": "quitt qiut quiting quitting quits",
+        "quit": "quitt qiut quiting quitting quits qit quiit",
         "text": """
             txt txts tx txs txting txtin txtn txtng texting textin textn texts tex text textt
-            txtx txtz texte textos texto sms smss smses mms
+            txtx txtz texte textos texto sms smss smses mms smsing
         """,
         "texted": "txted texted textd",
         "message": """
@@ -270,7 +272,7 @@ _LEXICON = _lexicon(
         "contacted": "contacted",
         "send": "send sending sends snd sendin",
         "sent": "sent",
-        "write": "write writing dm dms ping pinging hmu whatsapp reach reaching",
+        "write": "write writing dm dms ping pings pinging hmu whatsapp reach reaching",
         "notice": """
             notification notifications notifs notif alert alerts reminder reminders promo promos
             promotion promotions promotional ads ad advert adverts advertisement advertisements
@@ -308,8 +310,22 @@ _FUZZY_TARGETS = sorted(
     harassment spamming subscription notifications discontinue terminate unenroll deregister
     unregister unsolicited unwanted desist number receive receiving sending calling emails
     mensajes molesten molestar cancelar eliminar equivocado equivocada interesa interesado
-    interesada suscripcion desuscribir quiero escriban envien manden llamen wrong
+    interesada suscripcion desuscribir quiero escriban envien manden llamen wrong getting already
+    enough consent never where nobody block blocked blocking wanna unsub along knock permission
+    person these customer gave prefer further contacted opting basta parar paren parenle parale
+    borrame borrenme dejenme dejen escribirme escribir escriban mandar mandarme manden mandes
+    enviar enviarme envies llamar llamarme llamen contactar contacten contactarme molestarme
+    reportar borrar borren eliminar eliminen sacame saquen saquenme desuscribirme favor porfa
+    numero arretez arreter arrete unsubscribe stopall
     """
+    )
+)
+_FUZZY_TARGETS_4 = sorted(
+    _words(
+        """
+        text want more know take list call lost dont mail away done spam send wrong alone leave
+        never block these where along knock wanna unsub here your
+        """
     )
 )
 _NOT_TYPOS = _words(
@@ -320,7 +336,7 @@ _NOT_TYPOS = _words(
     quieren calming culling caller callers bothe anymore another interest messiah maniac mandes
     llamas enviar dealer palace police prices places plates mores emailed remain remind remake
     relive revise resolve evolve involve revolve canceled cameo concat contacts conduct context
-    content contest intrested molesta molesto molestia molestias massages constant constants
+    content contest intrested molesta molesto molestia molestias massages constant constants slam
     """
 )
 _STRONG_STEMS = (
@@ -333,6 +349,32 @@ _STRONG_STEMS = (
     ("desafili", "unsubscribe"),
     ("descadastr", "unsubscribe"),
 )
+
+
+_DOUBLE = re.compile(r"(.)(?=\1)")
+_KEYBOARD = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
+_NEIGHBOURS = {
+    ch: {
+        other
+        for r2, row2 in enumerate(_KEYBOARD)
+        for c2, other in enumerate(row2)
+        if abs(r2 - r) <= 1 and abs(c2 - c) <= 1 and other != ch
+    }
+    for r, row in enumerate(_KEYBOARD)
+    for c, ch in enumerate(row)
+}
+
+
+def _slip(token: str, target: str) -> bool:
+    """Whether a four-letter ``token`` is ``target`` typed with one slip of the finger:
+    two letters swapped, one dropped, or one hit on a neighbouring key. A real word
+    one letter off ("main" for "mail", "also" for "alto") is not."""
+    if len(token) != len(target):
+        return True  # a letter dropped from a five-letter word: "wrng"
+    diffs = [(a, b) for a, b in zip(token, target, strict=True) if a != b]
+    if len(diffs) == 2:
+        return sorted(token) == sorted(target)
+    return len(diffs) == 1 and diffs[0][0] in _NEIGHBOURS.get(diffs[0][1], set())
 
 
 @functools.lru_cache(maxsize=8192)
@@ -351,9 +393,19 @@ def _canon(token: str) -> tuple[str, ...]:
     for stem, word in _STRONG_STEMS:
         if token.startswith(stem):
             return (word,)
-    for squeezed in (re.sub(r"(.)\1{2,}", r"\1\1", token), re.sub(r"(.)\1+", r"\1", token)):
+    if token in _VOCABULARY:
+        return (token,)
+    # "stooop", "sttop", "blockeed", "caall": letters doubled or run on.
+    singles = [token[: m.start()] + token[m.start() + 1 :] for m in _DOUBLE.finditer(token)]
+    for squeezed in (
+        re.sub(r"(.)\1{2,}", r"\1\1", token),
+        re.sub(r"(.)\1+", r"\1", token),
+        *singles,
+    ):
         if squeezed != token and squeezed in _LEXICON:
             return _LEXICON[squeezed]
+        if squeezed != token and squeezed in _TYPO_TARGETS:
+            return (squeezed,)
     # "stopit", "stoptexting": a stop word glued to the next word.
     glued = _STOP_LIKE_PREFIX.match(token)
     if glued and glued.end() < len(token):
@@ -362,12 +414,15 @@ def _canon(token: str) -> tuple[str, ...]:
             return (*_canon(glued.group()), *rest)
     if len(token) >= 4 and token not in _NOT_TYPOS:
         cutoff = 2 if len(token) >= 8 else 1
-        # A four-letter word only as a five-letter one with a letter dropped ("wrng").
+        # A four-letter word only as a five-letter one with a letter dropped ("wrng")
+        # or as one of a few four-letter words that are never stop itself ("txet").
         candidates = [
-            t for t in _FUZZY_TARGETS if t[0] == token[0] and (len(token) > 4 or len(t) == 5)
+            t
+            for t in (_FUZZY_TARGETS if len(token) > 4 else _FUZZY_TARGETS_4)
+            if t[0] == token[0] and (len(token) > 4 or len(t) in (4, 5))
         ]
         match = process.extractOne(token, candidates, scorer=OSA.distance, score_cutoff=cutoff)
-        if match is not None:
+        if match is not None and (len(token) > 4 or _slip(token, match[0])):
             return _LEXICON.get(match[0], (match[0],))
     return (token,)
 
@@ -385,6 +440,7 @@ def _plain(text: str) -> str:
     )
     for pattern, replacement in _CONTRACTIONS:
         folded = pattern.sub(replacement, folded)
+    folded = _E_MAIL.sub("email", folded)
     return _SPACED_LETTERS.sub(_join_letters, folded)
 
 
@@ -393,10 +449,25 @@ def _clauses(plain: str) -> list[list[str]]:
     clauses = []
     for part in _CLAUSE_BREAK.split(plain):
         tokens = _join_split_words(_TOKEN.findall(part.replace("'", " ")))
-        words = [w for token in tokens for w in _canon(token)]
+        words = _phrases([w for token in tokens for w in _canon(token)])
         if words:
             clauses.append(words)
     return clauses
+
+
+def _phrases(words: list[str]) -> list[str]:
+    """Contact verbs of more than one word made one: "hit (me) up", "get in touch"."""
+    out: list[str] = []
+    for word in words:
+        if word == "up" and out[-1:] in (["hit"], ["hitting"]):
+            out[-1] = "write"
+        elif word == "up" and out[-2:-1] in (["hit"], ["hitting"]) and out[-1] in _ME:
+            out[-2] = "write"
+        elif word == "touch" and out[-2:] in (["get", "in"], ["be", "in"], ["keep", "in"]):
+            out[-2:] = ["contact"]
+        else:
+            out.append(word)
+    return out
 
 
 def _known(word: str) -> bool:
@@ -500,7 +571,7 @@ _BETWEEN = _words(
     """
     me us you ever even please kindly again more further longer any anymore just to be being
     nos le les te lo los la mas vuelvan vuelvas vuelva vuelvo a por
-    favor ya m plus pas mais another single fucking freaking effing frickin damn bother try dare
+    favor ya m plus pas mais another single fucking freaking effing frickin damn try dare
     these your those my this number from going gonna other mi sus nunca otra vez jamais ni un
     une de des the want wanna at all tu su ou waste time esten este estes anden ande andes sigan
     siga sigas vayan continuen continue sigue sigues accept acepto aceptamos autorizo allow
@@ -710,15 +781,13 @@ _MORE = _words("more further mas plus mais longer")
 _WITH_WHOM = _words(
     "with you businesses business companies company strangers people numbers anyone marketers"
 )
-_GENERIC_VERB_OBJECTS = (
-    _ME
-    | _DEMONSTRATIVE
-    | _words(
-        """
-    any anything more again anymore nothing stuff ever crap junk further or and nor please
-    number out
+# Words after send / call / write that make them everyday errands: "don't send
+# the tech until Monday", "do not call before noon".
+_ERRANDS = _words(
     """
-    )
+    the a an before after until till during at on in when while tonight today tomorrow him
+    her his it yet back first
+    """
 )
 _AFTER_NO_NOUN = (
     _COURTESY
@@ -740,7 +809,11 @@ def _negated_contact(words: list[str]) -> bool:
         if (
             words[i : i + 3] == ["no", "need", "to"]
             and _is_contact(words[i + 3] if len(words) > i + 3 else "")
-            and words[i + 4 : i + 5] in (["me"], ["us"], ["anymore"], ["again"])
+            and words[i + 4 : i + 5]
+            and (
+                words[i + 4] in _ME | _POSSESSIVE | _MORE
+                or words[i + 4] in {"anymore", "again", "to", "out", "ever"}
+            )
         ):
             return True
         # "I don't text much" tells a habit; "I don't text with businesses" refuses.
@@ -766,8 +839,8 @@ def _negated_contact(words: list[str]) -> bool:
         if (
             word in {"send", "call", "write"}
             and j + 1 < len(words)
-            and words[j + 1] not in _GENERIC_VERB_OBJECTS
-            and not _is_contact(words[j + 1])
+            and words[j + 1] in _ERRANDS
+            and not _is_contact(words[j + 2] if j + 2 < len(words) else "")
         ):
             continue  # "don't send the tech until Monday", "do not call before noon"
         if _is_contact(word) and word not in {"contacto"}:
@@ -990,7 +1063,9 @@ def _complaint(words: list[str]) -> bool:
         r"(off|you|yourself|this|these|them|that|all|your)\b"
         r"|\b(stfu|gtfo|gfy|fuckoff|fu)\b|\bgo to hell\b"
         r"|\b(tcpa|fcc|ftc|dnc|lawsuit|unsolicited|unsolicitated|harass\w*)\b"
-        r"|\bdo not call\b|\bsue (you|your|them|the|this)\b|\bsuing\b"
+        r"|\bdo not call\b(?! (before|after|until|till|during|at|on|in|when|while|tonight|today|"
+        r"tomorrow|him|her|it|yet|back|first|the)\b)"
+        r"|\bsue (you|your|them|the|this)\b|\bsuing\b"
         r"|\b(report|reporting|reported) (you|them|yall|this number|your number|your company|"
         r"these|notice|as|to the|to fcc|to my)\b(?! sent| gave| made| did| had)"
         r"|\b(block|blocking|blocked)( \w+)? (you|them|these|your|this number|number|sender|"
@@ -1147,7 +1222,7 @@ _SUSPICION = _words("scam scammer scammers estafa")
 _ALONE_COMPLAINTS = (
     _words(
         """
-        blocked reported blocking reporting spam scam scammer scammers unsubscribed bloqueado
+        blocked reported blocking reporting spam scam scammer scammers unsubscribed bloqueado block
         bloqueados denunciado reportado estafa estafadores pass
         """
     )
@@ -1250,4 +1325,50 @@ _MESSAGE_RULES = re.compile(
     r"mensajes|nada|sus|que)\b"
     r"|\b(nunca|no) (\w+ )?(di|dimos|proporcione|comparti) (mi|este|nuestro) (numero|telefono|"
     r"celular|informacion|datos)\b"
+)
+
+
+# Every word the rules look for, as spelt: a token that is one of them is taken
+# as it is, never "corrected" into another by edit distance.
+_VOCABULARY = (
+    frozenset(w for words in _LEXICON.values() for w in words)
+    | _STRONG
+    | _ENDERS
+    | _ENOUGH
+    | _CONTACT
+    | _CONTACT_PAST
+    | _SERVICE
+    | _ME
+    | _POSSESSIVE
+    | _IDENT
+    | _DEMONSTRATIVE
+    | _COURTESY
+    | _DESIRE
+    | _LIKING
+    | _DESIRE_OBJECTS
+    | _NEGATION
+    | _BETWEEN
+    | _NOT_AFTER
+    | _PESTER
+    | _REMOVERS
+    | _LOSERS
+    | _TAKERS
+    | _AVERSION
+    | _ALONE_COMPLAINTS
+    | _STOP_ASIDE
+    | _STOP_PLACE
+    | _ERRANDS
+    | _DECLINING
+    | _NOT_TYPOS
+)
+# Words a doubled letter may hide: "sttop", "blockeed" (never "noon" as "non").
+_TYPO_TARGETS = (
+    frozenset(_FUZZY_TARGETS)
+    | frozenset(_FUZZY_TARGETS_4)
+    | _STRONG
+    | _ENDERS
+    | _PESTER
+    | _REMOVERS
+    | _DESIRE
+    | _AVERSION
 )

@@ -230,10 +230,35 @@ def test_spanish_stop_doing_with_a_contact_verb_is_a_candidate(stopper, verb):
         "Stopit",
         "don't wanna get these anymore",
         "nvr txt me again",
+        "Don't txet me again",
+        "I don't wnat these",
+        "no mroe texts",
+        "Do not caall me again",
+        "sttop texting me",
+        "blockeed",
+        "please don't e-mail me",
+        "don't hit me up again",
+        "no need to reach out to me",
+        "Dejen de ecribirme",
+        "Ya baata",
     ],
 )
 def test_misspellings_and_abbreviations_are_read_as_their_words(text):
     assert classify(text) is CANDIDATE
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Is the stop at 5th and Main?",
+        "Also, can I bring my dog?",
+        "We went there yesterday",
+        "Slam dunk, see you at 5",
+        "Don't call before noon, I work nights",
+    ],
+)
+def test_real_words_a_letter_off_are_not_corrected_into_stop_words(text):
+    assert classify(text) is CONVERSATION
 
 
 @pytest.mark.parametrize(
