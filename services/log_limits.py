@@ -80,13 +80,15 @@ class RepeatLimiter(logging.Handler):
     def _summarize(self, kind: tuple[str, int], window: _Window, now: float) -> None:
         if not window.suppressed:
             return
+        # The lines were held back within the interval, however late this is written.
+        elapsed = min(now - window.start, self._interval)
         summary = logging.LogRecord(
             window.name,
             window.level,
             kind[0],
             kind[1],
             "suppressed %d similar lines in %.0f s (at most %d are written per %g s): %s",
-            (window.suppressed, now - window.start, self._limit, self._interval, window.template),
+            (window.suppressed, elapsed, self._limit, self._interval, window.template),
             None,
         )
         summary.suppressed = window.suppressed  # a field of its own in JSON logs
