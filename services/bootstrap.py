@@ -251,8 +251,8 @@ class Runtime:
         with _failing_as("cannot use PostgreSQL (CONSENT_POSTGRES_DSN)", _POSTGRES_FAILURES):
             self.pool = await asyncpg.create_pool(dsn, min_size=2, max_size=s.pool_size)
             await migrate(self.pool)
-            self.reads = await read_pool(dsn, max_size=s.pool_size)
-        self.view = PostgresConsentView(self.pool, reads=self.reads)
+            self.reads = await read_pool(dsn, max_size=s.pool_size, timeout=s.postgres_timeout)
+        self.view = PostgresConsentView(self.pool, reads=self.reads, timeout=s.postgres_timeout)
         self.ledger = await self._build_ledger()
         await self._start_projector()
         replica = None
@@ -275,7 +275,7 @@ class Runtime:
         if s.metrics_listen:  # before gRPC: a port in use stops the start, not a served process
             self._serve_metrics(s.metrics_listen)
         server = GrpcServer(
-            ConsentServicer(self.app, auth, self.metrics),
+            ConsentServicer(self.app, auth, self.metrics, write_timeout=s.write_timeout),
             s.listen,
             credentials=credentials,
             health_listen=s.health_listen,

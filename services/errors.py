@@ -50,3 +50,14 @@ class RateLimited(ServiceError):
         super().__init__("caller", reason)
         self.caller = caller
         self.retry_after = retry_after
+
+
+class StoreUnavailable(ConnectionError):
+    """PostgreSQL did not answer within ``CONSENT_POSTGRES_TIMEOUT_MS`` (frozen,
+    unreachable or overloaded). Nothing was written by the query that timed out."""
+
+
+class OutcomeUnknown(ConnectionError):
+    """A write was not acknowledged within its bound (the caller's deadline or
+    ``CONSENT_WRITE_TIMEOUT_MS``). It may still be recorded: a retry with the same
+    ``request_id`` records nothing twice."""

@@ -67,6 +67,12 @@ class Settings:
     """How often the tokens file is looked at for changes (seconds)."""
     log_format: str = "text"
     """``text`` (for people) or ``json`` (one object per line, for a log pipeline)."""
+    postgres_timeout: float = 1.5
+    """Seconds a call's query to PostgreSQL may take, waiting for a connection included;
+    past it a check fails closed and any other call answers UNAVAILABLE."""
+    write_timeout: float = 10.0
+    """Seconds a write may wait for the ledger at most (less when the caller's deadline
+    is nearer); past it the write answers UNAVAILABLE, outcome unknown."""
     cansend_future_horizon: timedelta = timedelta(days=30)
     """How far ahead of now a CanSend's ``at`` may be (answered provisionally)."""
     rate_limit: RateLimit | None = None
@@ -207,6 +213,8 @@ class Settings:
             rate_limit=rate_limit,
             log_repeat_limit=whole("CONSENT_LOG_REPEAT_LIMIT", 10, least=0),
             log_repeat_interval=number("CONSENT_LOG_REPEAT_INTERVAL_S", 60),
+            postgres_timeout=number("CONSENT_POSTGRES_TIMEOUT_MS", 1500) / 1000,
+            write_timeout=number("CONSENT_WRITE_TIMEOUT_MS", 10000) / 1000,
         )
 
 

@@ -15,13 +15,14 @@ The tables are created by ``services/migrations/0002_projections.sql``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
 
@@ -47,6 +48,7 @@ from ledger.state import (
     retained_facts,
     sender_number_holder,
 )
+from services.errors import StoreUnavailable
 from services.wire.codec import decode_recorded, decode_snapshot, encode_recorded, encode_snapshot
 from services.wire.digest import FORMAT as DIGEST_FORMAT
 from services.wire.digest import decode_digest, encode_digest
@@ -214,7 +216,53 @@ ORDER BY n.brand, n.campaign, v.partition, v."offset"
 """
 
 
-async def read_pool(dsn: str | None, *, min_size: int = 2, max_size: int = 8) -> asyncpg.Pool:
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def bounded(
+    method: Callable[Concatenate[PostgresConsentView, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[PostgresConsentView, P], Coroutine[Any, Any, R]]:
+    """A read that a call waits on gives up after the view's ``timeout``, waiting for a
+    connection included, and raises ``StoreUnavailable``.
+
+    The read runs as a task of its own that the caller stops waiting for: a frozen
+    server (SIGSTOP) answers nothing, not even the cancellation asyncpg sends on a
+    timeout of its own or on a cancelled call, and asyncpg waits for that answer
+    before it gives the connection back, so neither ``command_timeout`` nor
+    cancelling the caller returns in time. The task is cancelled and finishes when
+    the server answers again."""
+
+    @functools.wraps(method)
+    async def bounded_method(view: PostgresConsentView, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        if view._timeout is None:
+            return await method(view, *args, **kwargs)
+        read = asyncio.ensure_future(method(view, *args, **kwargs))
+        try:
+            done, _ = await asyncio.wait({read}, timeout=view._timeout)
+        except asyncio.CancelledError:
+            read.cancel()
+            raise
+        if not done:
+            read.cancel()
+            read.add_done_callback(_retrieve)
+            raise StoreUnavailable(
+                f"PostgreSQL did not answer {method.__name__} within {view._timeout:g} s"
+            )
+        return read.result()
+
+    return bounded_method
+
+
+def _retrieve(read: asyncio.Future[Any]) -> None:
+    """Take the outcome of a read nobody waits for any more, so it is not logged."""
+    if not read.cancelled():
+        read.exception()
+
+
+async def read_pool(
+    dsn: str | None, *, min_size: int = 2, max_size: int = 8, timeout: float | None = None
+) -> asyncpg.Pool:
     """A pool for ``PostgresConsentView``'s CanSend reads, tuned for them.
 
     * asyncpg resets a connection's session (``RESET ALL``, ``UNLISTEN *``,
@@ -227,14 +275,21 @@ async def read_pool(dsn: str | None, *, min_size: int = 2, max_size: int = 8) ->
       than the lookup. These statements have one good plan whatever the numbers
       (the primary key), so the connections use generic plans: planned once.
 
+    * With ``timeout`` (seconds), the server cancels a statement that runs longer
+      (``statement_timeout``: a lock wait, a slow plan), so a busy server frees the
+      connection itself; a frozen one is left to ``bounded``.
+
     Use it for nothing else.
     """
+    settings = {"plan_cache_mode": "force_generic_plan"}
+    if timeout is not None:
+        settings["statement_timeout"] = str(max(1, round(timeout * 1000)))
     return await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         reset=_no_session_state,
-        server_settings={"plan_cache_mode": "force_generic_plan"},
+        server_settings=settings,
     )
 
 
@@ -348,11 +403,15 @@ class PostgresConsentView(ConsentView):
         *,
         reads: asyncpg.Pool | None = None,
         state_cache_size: int = 200_000,
+        timeout: float | None = None,
     ) -> None:
         """``reads``, if given, serves the CanSend reads (``digests``): a pool made by
-        ``read_pool``, whose connections skip the reset round trip on release."""
+        ``read_pool``, whose connections skip the reset round trip on release.
+        ``timeout`` bounds every read a call waits on (``bounded``); the projector's
+        writes are not bounded, as a batch may take long and nobody waits on it."""
         self._pool = pool
         self._reads = reads or pool
+        self._timeout = timeout
         # Decoded states by (phone, brand), with the row's last_offset as their version.
         # A row's last_offset grows with every event folded into it, so an entry with
         # the offset the row has now is exactly what decoding the row would give: the
@@ -586,12 +645,14 @@ class PostgresConsentView(ConsentView):
         """Let in-flight writes finish; the pool is the caller's to close."""
         await self.settle()
 
+    @bounded
     async def positions(self, stream: Stream) -> dict[int, int]:
         rows = await self._pool.fetch(
             "SELECT partition, next_offset FROM projection_offset WHERE stream = $1", stream.value
         )
         return {row["partition"]: row["next_offset"] for row in rows}
 
+    @bounded
     async def subscriber_states(
         self, brand: str, phones: Sequence[str]
     ) -> dict[str, SubscriberState]:
@@ -619,6 +680,7 @@ class PostgresConsentView(ConsentView):
             phone: found.get(phone) or SubscriberState(phone=phone, brand=brand) for phone in phones
         }
 
+    @bounded
     async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
         return {
             phone: stored_digest(phone, brand, data, snapshot)
@@ -627,6 +689,7 @@ class PostgresConsentView(ConsentView):
             )
         }
 
+    @bounded
     async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:
         rows = await self._pool.fetch(
             "SELECT payload FROM campaign_version WHERE brand = $1 AND campaign = $2"
@@ -636,6 +699,7 @@ class PostgresConsentView(ConsentView):
         )
         return fold_campaign(decode_recorded(row["payload"]) for row in rows)
 
+    @bounded
     async def campaign_for_number(self, to_phone: str) -> tuple[str, str] | None:
         claims: dict[tuple[str, str], list[bytes]] = {}
         for row in await self._pool.fetch(_NUMBER_CLAIMS, to_phone):
@@ -648,6 +712,7 @@ class PostgresConsentView(ConsentView):
         }
         return sender_number_holder(histories, to_phone)
 
+    @bounded
     async def history(self, phone: str, brand: str | None = None) -> list[Recorded]:
         rows = await self._pool.fetch(
             "SELECT payload FROM ledger_event_copy"
@@ -658,6 +723,7 @@ class PostgresConsentView(ConsentView):
         )
         return [decode_recorded(row["payload"]) for row in rows]
 
+    @bounded
     async def find_event(self, event_id: str) -> Recorded | None:
         try:
             key = uuid.UUID(str(event_id))
@@ -668,6 +734,7 @@ class PostgresConsentView(ConsentView):
         )
         return None if payload is None else decode_recorded(payload)
 
+    @bounded
     async def request_use(self, brand: str, request_id: str) -> RequestUse | None:
         row = await self._pool.fetchrow(
             "SELECT fingerprint, event_ids FROM request_use WHERE brand = $1 AND request_id = $2",
@@ -676,6 +743,7 @@ class PostgresConsentView(ConsentView):
         )
         return None if row is None else _request_use(row)
 
+    @bounded
     async def claim_request(
         self, brand: str, request_id: str, fingerprint: str, event_ids: Sequence[str]
     ) -> RequestUse:
@@ -685,6 +753,7 @@ class PostgresConsentView(ConsentView):
             if row is not None:
                 return _request_use(row)
 
+    @bounded
     async def message_use(self, brand: str, phone: str, message_id: str) -> str | None:
         found = await self._pool.fetchval(
             "SELECT event_id FROM message_use WHERE brand = $1 AND phone = $2 AND message_id = $3",
@@ -694,10 +763,12 @@ class PostgresConsentView(ConsentView):
         )
         return None if found is None else str(found)
 
+    @bounded
     async def flagged(self, brand: str, after: int = 0, limit: int | None = None) -> list[Flagged]:
         rows = await self._pool.fetch(_READ_FLAGGED, brand, after, limit)
         return [Flagged(row["position"], str(row["event_id"]), row["phone"]) for row in rows]
 
+    @bounded
     async def sending_counts(
         self, brand: str, campaign: str | None, start: datetime, end: datetime
     ) -> SendingCounts:

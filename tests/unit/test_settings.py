@@ -261,3 +261,18 @@ def test_a_default_rate_limit_is_read_with_its_burst() -> None:
 def test_a_rate_limit_out_of_range_is_refused_by_name(env, refused) -> None:
     with pytest.raises(SettingsError, match=refused):
         Settings.from_env(env, embedded=True)
+
+
+def test_the_database_and_write_timeouts_are_read_in_milliseconds() -> None:
+    default = Settings.from_env(PRODUCTION)
+    assert (default.postgres_timeout, default.write_timeout) == (1.5, 10.0)
+    env = {**PRODUCTION, "CONSENT_POSTGRES_TIMEOUT_MS": "800", "CONSENT_WRITE_TIMEOUT_MS": "2500"}
+    settings = Settings.from_env(env)
+    assert (settings.postgres_timeout, settings.write_timeout) == (0.8, 2.5)
+
+
+@pytest.mark.parametrize("name", ["CONSENT_POSTGRES_TIMEOUT_MS", "CONSENT_WRITE_TIMEOUT_MS"])
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "soon"])
+def test_a_timeout_that_would_not_bound_anything_is_refused_by_name(name, value) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({**PRODUCTION, name: value})

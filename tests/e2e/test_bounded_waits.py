@@ -1,0 +1,278 @@
+"""Every wait is bounded on the server, on the real broker and database.
+
+A frozen PostgreSQL (SIGSTOP: connections open, nothing answered) or one stopped
+outright, and a broker that is down, must not keep a caller waiting until its own
+deadline: the server answers first, fails closed for a check, and says what a
+write's caller needs to know (UNAVAILABLE, retry with the same request_id)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from ledger.ports import ConsistencyToken
+from services.bootstrap import Runtime
+from services.freshness import FreshnessSettings
+from tests.e2e.harness import client, define, kafka_settings, opt_in, opt_out, service_settings
+from tests.e2e.test_consistency import noon_in_los_angeles
+from tests.infra.kafka_broker import KafkaBroker
+from tests.infra.postgres_server import PostgresServer, dsn_with_database
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+DB_TIMEOUT = 1.0
+WAIT_BOUND = 0.5
+CLIENT_DEADLINE = 8.0
+ANSWERED_WITHIN = DB_TIMEOUT + WAIT_BOUND + 1.5
+"""The server's bounds and some slack for a loaded machine; far below the deadline."""
+PHONES = [f"+1415555{3000 + i:04d}" for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def private_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of this module's own, to freeze and stop without touching the
+    suite's shared one."""
+    folder = Path(tempfile.mkdtemp(prefix="consent-test-frozen-"))
+    server = PostgresServer(folder)
+    server.start()
+    yield server
+    _signal_all(server, signal.SIGCONT)
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _signal_all(server: PostgresServer, sig: signal.Signals) -> None:
+    for p in server.family():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, sig)
+
+
+@contextlib.contextmanager
+def frozen(server: PostgresServer) -> Iterator[None]:
+    _signal_all(server, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        _signal_all(server, signal.SIGCONT)
+
+
+def error_info(err: grpc.aio.AioRpcError) -> list[str]:
+    status = rpc_status.from_call(err)
+    reasons = []
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reasons.append(info.reason)
+    return reasons
+
+
+def retry_info(err: grpc.aio.AioRpcError) -> list[float]:
+    status = rpc_status.from_call(err)
+    delays = []
+    for detail in status.details if status else []:
+        retry = error_details_pb2.RetryInfo()
+        if detail.Unpack(retry):
+            delays.append(retry.retry_delay.ToTimedelta().total_seconds())
+    return delays
+
+
+@contextlib.asynccontextmanager
+async def service(
+    tmp_path: Path, dsn: str, bootstrap: str, reads: str, *, prefix: str | None = None
+) -> AsyncIterator[tuple[Runtime, list[str]]]:
+    """A service with a campaign, numbers opted in and the first opted out, all
+    applied: yields it and the consistency tokens of those writes."""
+    when = noon_in_los_angeles()
+    settings = service_settings(
+        tmp_path, dsn, kafka=kafka_settings(bootstrap, prefix or f"bw-{uuid.uuid4().hex[:8]}.")
+    )
+    settings = dataclasses.replace(
+        settings,
+        cansend_reads=reads,
+        postgres_timeout=DB_TIMEOUT,
+        freshness=FreshnessSettings(refresh_interval=0.05, wait_bound=5.0),
+    )
+    runtime = Runtime(settings, clock=lambda: when)
+    await runtime.start()
+    try:
+        async with client(runtime.address, "acme-app") as c, client(runtime.address) as admin:
+            tokens = [
+                (await admin.DefineCampaign(define("acme", "promo", when - timedelta(days=1))))
+            ]
+            # A new broker's consumer group takes a while to form: the projector first.
+            assert await runtime.guard.wait_for_token(
+                ConsistencyToken.decode(tokens[0].consistency_token), 60
+            )
+            for phone in PHONES:
+                tokens.append(await c.RecordOptIn(opt_in(phone, "acme", "promo", when)))
+            tokens.append(await c.RecordOptOut(opt_out(PHONES[0], "acme", "promo", when)))
+        for t in tokens:
+            assert await runtime.guard.wait_for_token(
+                ConsistencyToken.decode(t.consistency_token), 10
+            )
+        runtime.guard._settings = FreshnessSettings(refresh_interval=0.05, wait_bound=WAIT_BOUND)
+        yield runtime, [t.consistency_token for t in tokens]
+    finally:
+        await runtime.stop()
+
+
+async def _timed(call: asyncio.Future | object) -> tuple[object, float]:
+    started = time.monotonic()
+    try:
+        result = await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as err:
+        result = err
+    return result, time.monotonic() - started
+
+
+async def _checks_fail_closed_within_the_bound(c, when_frozen: str) -> None:  # type: ignore[no-untyped-def]
+    answers = await asyncio.gather(
+        *(
+            _timed(
+                c.CanSend(
+                    api.CanSendRequest(phone=phone, brand="acme", campaign="promo"),
+                    timeout=CLIENT_DEADLINE,
+                )
+            )
+            for phone in PHONES * 3
+        )
+    )
+    for (answer, took), phone in zip(answers, PHONES * 3, strict=True):
+        assert took < ANSWERED_WITHIN, f"CanSend {when_frozen} took {took:.1f} s"
+        assert isinstance(answer, api.CanSendResponse), f"CanSend {when_frozen}: {answer}"
+        if phone == PHONES[0]:
+            assert not answer.allowed, "an acknowledged opt-out was not honoured"
+
+
+@pytest.mark.parametrize("reads", ["postgres", "replica"])
+async def test_a_frozen_or_stopped_database_answers_every_call_within_its_bound(
+    reads, tmp_path, private_postgres, kafka_bootstrap
+):
+    name = f"frozen_{uuid.uuid4().hex[:8]}"
+    dsn = await private_postgres.create_database(name)
+    assert dsn == dsn_with_database(private_postgres.dsn, name)
+    async with (
+        service(tmp_path, dsn, kafka_bootstrap, reads) as (runtime, _),
+        client(runtime.address, "acme-app") as c,
+    ):
+        ok = await c.CanSend(api.CanSendRequest(phone=PHONES[1], brand="acme", campaign="promo"))
+        assert ok.allowed
+
+        with frozen(private_postgres):
+            await asyncio.sleep(0.2)  # past the last observation's interval
+            await _checks_fail_closed_within_the_bound(c, "while PostgreSQL is frozen")
+            # A write's first look (was this request recorded?) reads the view.
+            stop, took = await _timed(
+                c.RecordOptOut(
+                    opt_out(PHONES[1], "acme", "promo", noon_in_los_angeles()),
+                    timeout=CLIENT_DEADLINE,
+                )
+            )
+            assert took < ANSWERED_WITHIN, f"a write took {took:.1f} s"
+            assert isinstance(stop, grpc.aio.AioRpcError), stop
+            assert stop.code() is grpc.StatusCode.UNAVAILABLE
+            audit, took = await _timed(
+                c.GetConsent(
+                    api.GetConsentRequest(phone=PHONES[2], brand="acme", campaign="promo"),
+                    timeout=CLIENT_DEADLINE,
+                )
+            )
+            assert took < ANSWERED_WITHIN, f"an audit read took {took:.1f} s"
+            assert isinstance(audit, grpc.aio.AioRpcError), audit
+            assert audit.code() is grpc.StatusCode.UNAVAILABLE
+
+        # Thawed, it answers again; then stopped outright, still within the bound.
+        await _eventually_allowed(c, PHONES[3])
+        await asyncio.to_thread(private_postgres.halt)
+        try:
+            await _checks_fail_closed_within_the_bound(c, "while PostgreSQL is stopped")
+        finally:
+            await asyncio.to_thread(private_postgres.restart)
+        await _eventually_allowed(c, PHONES[3])
+        revoked = await c.CanSend(
+            api.CanSendRequest(phone=PHONES[0], brand="acme", campaign="promo")
+        )
+        assert not revoked.allowed and revoked.reason == api.REASON_REVOKED
+    await private_postgres.drop_database(name)
+
+
+async def _eventually_allowed(c, phone: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 30
+    while True:
+        answer = await c.CanSend(api.CanSendRequest(phone=phone, brand="acme", campaign="promo"))
+        if answer.allowed:
+            return
+        assert time.monotonic() < deadline, f"still {api.Reason.Name(answer.reason)}"
+        await asyncio.sleep(0.2)
+
+
+async def test_a_write_held_by_a_down_broker_is_answered_before_the_caller_s_deadline(
+    tmp_path, postgres_dsn, private_kafka_broker: KafkaBroker
+):
+    """The answer says the outcome is unknown and how to retry; the retry with the
+    same request_id, once the broker is back, records the opt-out once."""
+    bootstrap = private_kafka_broker.bootstrap_servers
+    async with (
+        service(tmp_path, postgres_dsn, bootstrap, "replica") as (runtime, _),
+        client(runtime.address, "acme-app") as c,
+    ):
+        await asyncio.to_thread(private_kafka_broker.stop)
+        # Brand-wide: no campaign to look up, so the write goes straight to the ledger.
+        stop = opt_out(PHONES[1], "acme", None, noon_in_los_angeles(), request_id="stop-held")
+        failed, took = await _timed(c.RecordOptOut(stop, timeout=3))
+        assert isinstance(failed, grpc.aio.AioRpcError), failed
+        assert failed.code() is grpc.StatusCode.UNAVAILABLE, failed  # not DEADLINE_EXCEEDED
+        assert took < 3
+        assert "retry with the same request_id" in (failed.details() or "")
+        assert error_info(failed) == ["OUTCOME_UNKNOWN"]
+        assert retry_info(failed) and retry_info(failed)[0] > 0
+
+        await asyncio.to_thread(private_kafka_broker.start)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                retried = await c.RecordOptOut(stop, timeout=15)
+                break
+            except grpc.aio.AioRpcError as err:
+                assert err.code() is grpc.StatusCode.UNAVAILABLE, err
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.5)
+        # The projector joins its group again after the broker's restart: meanwhile
+        # reads fail closed, which is right; wait for it to catch up.
+        applied = ConsistencyToken.decode(retried.consistency_token)
+        while not await runtime.guard.wait_for_token(applied, 1):
+            assert time.monotonic() < deadline, "the retried opt-out was never applied"
+            await asyncio.sleep(0.2)
+        answer = await c.CanSend(
+            api.CanSendRequest(
+                phone=PHONES[1],
+                brand="acme",
+                campaign="promo",
+                at_least_as_fresh=retried.consistency_token,
+            ),
+            timeout=15,
+        )
+        assert not answer.allowed and answer.reason == api.REASON_REVOKED_BRAND_WIDE
+        events = await c.ListEvents(
+            api.ListEventsRequest(
+                phone=PHONES[1], brand="acme", at_least_as_fresh=retried.consistency_token
+            )
+        )
+        stops = [e.event.event_id for e in events.events if e.event.event_type == "ConsentRevoked"]
+        assert stops == list(retried.event_ids)
