@@ -272,12 +272,14 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             pending_revocation_candidates=[
                 codec.recorded_to_proto(c.as_recorded()) for c in pending
             ],
+            regions=digest.regions,
         )
         for name, fact in (
             ("grant", cc.grant),
             ("revocation", revocation),
             ("reconfirmation", cc.reconfirmation),
             ("age_verification", state.age),
+            ("location", state.location),
         ):
             if fact is not None:
                 getattr(response, name).CopyFrom(codec.recorded_to_proto(fact.as_recorded()))

@@ -202,6 +202,18 @@ async def test_a_state_given_after_the_opt_in_applies_from_then_on(service):
         assert not r.allowed and r.reason == api.REASON_QUIET_HOURS and r.rule == "state:TX"
         assert moved.event_ids[0] in r.evidence_event_ids
 
+        consent = await c.GetConsent(
+            api.GetConsentRequest(
+                phone=FLORIDA,
+                brand="acme",
+                campaign="promo",
+                at_least_as_fresh=moved.consistency_token,
+            )
+        )
+        assert list(consent.regions) == ["FL", "TX"]
+        assert consent.location.event.event_id == moved.event_ids[0]
+        assert consent.location.event.subscriber_located.region == "TX"
+
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.RecordSubscriberLocation(
                 api.RecordSubscriberLocationRequest(

@@ -641,6 +641,8 @@ class GetConsentResponse(_message.Message):
     AGE_VERIFICATION_FIELD_NUMBER: _builtins.int
     PENDING_REVOCATION_CANDIDATES_FIELD_NUMBER: _builtins.int
     CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    REGIONS_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
     state: Global___ConsentState.ValueType
     consistency_token: _builtins.str
     @_builtins.property
@@ -665,6 +667,19 @@ class GetConsentResponse(_message.Message):
     def pending_revocation_candidates(self) -> _containers.RepeatedCompositeFieldContainer[_ledger_pb2.RecordedEvent]:
         """Replies flagged as possible opt-outs that nobody has resolved yet."""
 
+    @_builtins.property
+    def regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The US states (USPS codes) whose telemarketing rules CanSend applies to this
+        number: the state its area code names and the one the subscriber gave; "US"
+        when the number names no state and none was given (every state's rules apply).
+        """
+
+    @_builtins.property
+    def location(self) -> _ledger_pb2.RecordedEvent:
+        """The latest fact that said which state the subscriber is in: an opt-in with
+        proof.region, or a SubscriberLocated; absent if none.
+        """
+
     def __init__(
         self,
         *,
@@ -675,10 +690,12 @@ class GetConsentResponse(_message.Message):
         age_verification: _ledger_pb2.RecordedEvent | None = ...,
         pending_revocation_candidates: _abc.Iterable[_ledger_pb2.RecordedEvent] | None = ...,
         consistency_token: _builtins.str = ...,
+        regions: _abc.Iterable[_builtins.str] | None = ...,
+        location: _ledger_pb2.RecordedEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["age_verification", b"age_verification", "grant", b"grant", "reconfirmation", b"reconfirmation", "revocation", b"revocation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["age_verification", b"age_verification", "grant", b"grant", "location", b"location", "reconfirmation", b"reconfirmation", "revocation", b"revocation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_verification", b"age_verification", "consistency_token", b"consistency_token", "grant", b"grant", "pending_revocation_candidates", b"pending_revocation_candidates", "reconfirmation", b"reconfirmation", "revocation", b"revocation", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_verification", b"age_verification", "consistency_token", b"consistency_token", "grant", b"grant", "location", b"location", "pending_revocation_candidates", b"pending_revocation_candidates", "reconfirmation", b"reconfirmation", "regions", b"regions", "revocation", b"revocation", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
