@@ -415,3 +415,22 @@ def test_a_caller_name_that_is_no_exact_identifier_is_refused(name: str) -> None
     with pytest.raises(ValueError, match=r"tokens\[0\]\.name must"):
         TokenAuthenticator.from_data({"tokens": [entry]})
     TokenAuthenticator.from_data({"tokens": [{**entry, "name": "ops team"}]})
+
+
+def test_gathered_violations_keep_the_first_error_s_type_and_reason() -> None:
+    from ledger.errors import ProhibitedContent
+    from ledger.validation import Violations
+
+    found = Violations()
+    found.add(ProhibitedContent("policy.category", "is never allowed", "cannabis"))
+    found.add(InvalidRequest("brand", "must be 1-64 chars"))
+    with pytest.raises(ProhibitedContent) as err:
+        found.raise_if_any()
+    assert err.value.violations == (
+        ("policy.category", "is never allowed"),
+        ("brand", "must be 1-64 chars"),
+    )
+    assert err.value.metadata == {"category": "cannabis"}
+    assert err.value.error_reason == "CONTENT_PROHIBITED"
+    status = to_status(err.value)
+    assert [f for f, _ in field_violations(status)] == ["policy.category", "brand"]
