@@ -589,7 +589,10 @@ class ConsentApp:
         read_at = self.guard.applied_token()
         if not fresh:
             return BatchResult([_behind()] * len(phones), read_at)
-        digests = await self.reads.digests(brand, phones)
+        # PostgreSQL text holds no NUL: an entry with one is no number (answered in its
+        # place below), and looked up it would fail the query it shares with others.
+        lookup = [p for p in phones if "\x00" not in p] if "\x00" in "".join(phones) else phones
+        digests = await self.reads.digests(brand, lookup)
         numbers = list(phones)
         unknown = [i for i, p in enumerate(phones) if p not in digests]
         invalid: dict[int, Decision] = {}

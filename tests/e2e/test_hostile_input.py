@@ -6,6 +6,7 @@ through the same translation and validation; this is a sample, end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -163,3 +164,35 @@ async def test_every_bad_field_of_a_read_is_named_in_one_bad_request(runtime):
                 await call
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert [f for f, _ in status_details(err.value)] == fields
+
+
+@pytest.mark.parametrize("reads", ["replica", "postgres"])
+async def test_a_batch_with_a_nul_in_one_entry_answers_every_entry(tmp_path, postgres_dsn, reads):
+    # PostgreSQL text holds no NUL: looked up as written, one such entry failed the
+    # shared query, and with it every number of the batch (and of the calls it joined).
+    settings = dataclasses.replace(
+        service_settings(tmp_path, postgres_dsn, kafka=None), cansend_reads=reads
+    )
+    runtime = Runtime(settings)
+    await runtime.start()
+    try:
+        now = datetime.now(UTC)
+        async with client(runtime.address, "admin") as c:
+            await c.DefineCampaign(define("acme", "promo", now - timedelta(days=1)))
+            granted = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", now))
+            await c.RecordOptOut(opt_out(PHONE, "acme", "promo", now + timedelta(seconds=1)))
+            phones = [PHONE, PHONE + "\x00", "\x00", "+1 415 555 2671"]
+            batch = await c.CanSendBatch(
+                api.CanSendBatchRequest(
+                    brand="acme",
+                    campaign="promo",
+                    phones=phones,
+                    at_least_as_fresh=granted.consistency_token,
+                )
+            )
+            reasons = [d.reason for d in batch.decisions]
+            assert reasons[1:3] == [api.REASON_INVALID_PHONE] * 2, batch
+            assert reasons[0] != api.REASON_INTERNAL_ERROR and reasons[3] == reasons[0]
+            assert not any(d.allowed for d in batch.decisions)
+    finally:
+        await runtime.stop()
