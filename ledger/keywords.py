@@ -553,6 +553,7 @@ _DESIRE = _words(
 # Verbs of liking take the messages themselves as object: "don't like these
 # texts", never "don't like this time".
 _LIKING = _words("like care appreciate love enjoy")
+_LIKED = _CONTACT | _words("receive receiving hear hearing")
 _DESIRE_OBJECTS = (
     _CONTACT
     | _SERVICE
@@ -778,6 +779,8 @@ def _enough(words: list[str]) -> bool:
 
 
 _MORE = _words("more further mas plus mais longer")
+# Spanish pronouns between "no" and a verb: "no me contacte" is a verb, not a noun.
+_CLITICS = _words("me nos le les te lo los la vuelvan vuelva vuelvas a")
 _WITH_WHOM = _words(
     "with you businesses business companies company strangers people numbers anyone marketers"
 )
@@ -844,7 +847,11 @@ def _negated_contact(words: list[str]) -> bool:
         ):
             continue  # "don't send the tech until Monday", "do not call before noon"
         if _is_contact(word) and word not in {"contacto"}:
-            if words[i] != "no" or word not in _CONTACT or set(words[i + 1 : j]) & _MORE:
+            if (
+                words[i] != "no"
+                or word not in _CONTACT
+                or set(words[i + 1 : j]) & (_MORE | _CLITICS)
+            ):
                 return True
             # "no texts please", not "no reminder came": the noun must end the
             # clause or be followed by courtesy or more of the messages.
@@ -877,7 +884,7 @@ def _negated_wish(words: list[str]) -> bool:
         for j in range(i + 1, min(i + 5, len(words))):
             if words[j] in _DESIRE:
                 rest = words[j + 1 : j + 8]
-                objects = _DESIRE_OBJECTS if words[j] not in _LIKING else _CONTACT
+                objects = _DESIRE_OBJECTS if words[j] not in _LIKING else _LIKED
                 if not rest or any(w in objects or _is_contact(w) for w in rest):
                     return True
                 if re.search(r"\bfrom (you|your|this|them)\b", " ".join(rest)):
@@ -999,6 +1006,13 @@ def _removal(words: list[str]) -> bool:
     if re.search(
         r"\b(off|out of|fuera de|salir de|sair da|sair de)( (the|your|this|that|ur|all|these|"
         r"those|su|la|tu|esta|sus|de|of))* service\b",
+        text,
+    ):
+        return True
+    # "scratch my name from your records", "drop me from your database"
+    if re.search(
+        r"\b(take|scratch|drop|get|remove|delete|erase|purge|lose|strike|cross|wipe|pull|kick|"
+        r"leave|keep)\b (me|us|this number|(my|our) \w+( \w+)?) (from|out of|outta)\b",
         text,
     ):
         return True

@@ -11,6 +11,7 @@ in the test summary (tests/conftest.py).
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from ledger.keywords import HELP_KEYWORDS, OPT_IN_KEYWORDS, Intent, classify, normalise
@@ -64,3 +65,118 @@ def test_keywords_in_the_corpus_keep_their_keyword_reading():
     keywords = [text for text in ORDINARY if normalise(text) in HELP_KEYWORDS | OPT_IN_KEYWORDS]
     assert len(keywords) >= 8
     assert {classify(text) for text in keywords} <= {Intent.HELP, Intent.OPT_IN}
+
+
+def _templated() -> list[str]:
+    """Requests built from parts, every combination: the held-out check that the
+    rules read structure, not the corpus's sentences."""
+    texts = []
+    negations = [
+        "don't",
+        "do not",
+        "dont",
+        "please don't",
+        "pls dont",
+        "never",
+        "can you not",
+        "could you please not",
+        "I'd like you to not",
+        "I don't want you to",
+        "DO NOT",
+        "please do not ever",
+    ]
+    verbs = [
+        "text",
+        "txt",
+        "message",
+        "msg",
+        "contact",
+        "call",
+        "email",
+        "e-mail",
+        "write to",
+        "reach out to",
+        "sms",
+        "ping",
+    ]
+    objects = ["me", "this number", "my phone", "us"]
+    endings = ["", " again", " anymore", " please", ", thanks"]
+    for n, v, o, e in itertools.product(negations, verbs, objects, endings):
+        texts.append(f"{n} {v} {o}{e}")
+    stoppers = [
+        "stop",
+        "quit",
+        "please stop",
+        "pls stop",
+        "u need to stop",
+        "can you stop",
+        "cease",
+    ]
+    doing = [
+        "texting",
+        "txting",
+        "messaging",
+        "msging",
+        "contacting",
+        "calling",
+        "emailing",
+        "sending me texts",
+        "sending me stuff",
+        "bothering",
+    ]
+    for s, d, e in itertools.product(stoppers, doing, endings):
+        texts.append(f"{s} {d}{'' if ' ' in d else ' me'}{e}")
+    removers = ["remove", "delete", "erase", "take", "unsubscribe", "drop"]
+    whom = ["me", "my number", "this number", "my info", "us"]
+    where = ["from your list", "from the list", "from your database", "off your list", "off"]
+    for p, r, w, x in itertools.product(
+        ["", "please ", "can you ", "kindly "], removers, whom, where
+    ):
+        if r != "take" and x == "off":
+            continue
+        texts.append(f"{p}{r} {w} {x}")
+    es_neg = [
+        "no me",
+        "ya no me",
+        "nunca más me",
+        "por favor no me",
+        "no me vuelvan a",
+        "favor de no",
+    ]
+    es_verbs = [
+        "envíen",
+        "envies",
+        "manden",
+        "mandes",
+        "escriban",
+        "escribas",
+        "llamen",
+        "contacten",
+        "molesten",
+        "enviar",
+        "mandar",
+        "escribir",
+    ]
+    es_objects = ["", " mensajes", " más mensajes", " más", " nada"]
+    for n, v, o in itertools.product(es_neg, es_verbs, es_objects):
+        texts.append(f"{n} {v}{o}")
+    es_stop = ["dejen de", "deja de", "paren de", "que dejen de", "ya dejen de"]
+    es_doing = [
+        "escribirme",
+        "mandarme mensajes",
+        "enviarme mensajes",
+        "llamarme",
+        "molestarme",
+        "contactarme",
+    ]
+    texts += [f"{s} {d}" for s, d in itertools.product(es_stop, es_doing)]
+    return texts
+
+
+def test_every_templated_combination_is_a_candidate(record_corpus_figures):
+    texts = _templated()
+    missed = [text for text in texts if classify(text) not in REVOKES]
+    record_corpus_figures(
+        f"templated requests: {len(texts) - len(missed)}/{len(texts)} read as revocations"
+    )
+    assert missed == []
