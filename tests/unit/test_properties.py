@@ -7,7 +7,14 @@ from datetime import timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.events import MessageKind
+from ledger.events import (
+    ConsentGranted,
+    ConsentResumed,
+    ConsentRevoked,
+    InboundMessageReceived,
+    MessageKind,
+    MessageSent,
+)
 from ledger.policy import decide
 from ledger.state import fold, retained_facts
 from tests.builders import (
@@ -24,6 +31,10 @@ from tests.builders import (
 )
 
 CAMPAIGNS = st.sampled_from(["promo", "alerts"])
+OWED = (MessageKind.OPT_OUT_CONFIRMATION, MessageKind.HELP_REPLY, MessageKind.OPT_IN_CONFIRMATION)
+"""Replies owed to a text of the person's: allowed after a revocation too, when earned
+(``test_an_owed_reply_is_allowed_only_right_after_the_text_that_asked_for_it``)."""
+WINDOW = timedelta(minutes=5)
 MINUTES = st.integers(min_value=0, max_value=60 * 24 * 40)
 
 
@@ -33,9 +44,17 @@ def any_event(draw, *, after: int = 0, grants: bool = True):
     name = draw(CAMPAIGNS)
     builders = [
         lambda: sent(
-            when, name, draw(st.sampled_from(list(MessageKind))), disclosed=draw(st.booleans())
+            when,
+            name,
+            draw(st.sampled_from(list(MessageKind))),
+            disclosed=draw(st.booleans()),
+            exempt=draw(st.one_of(st.none(), st.booleans())),
         ),
-        lambda: inbound(when, draw(st.sampled_from(["hi", "STOP", "HELP", "what?"]))),
+        lambda: inbound(
+            when,
+            draw(st.sampled_from(["hi", "STOP", "HELP", "what?"])),
+            draw(st.one_of(st.none(), CAMPAIGNS)),
+        ),
         lambda: reconfirmed(when, name),
         lambda: age(when, plus21=True),
         lambda: revoked(when, draw(st.one_of(st.none(), CAMPAIGNS))),
@@ -58,7 +77,7 @@ histories = st.lists(any_event(), max_size=25)
     brand_wide=st.booleans(),
     asked=CAMPAIGNS,
     delay_minutes=st.integers(min_value=0, max_value=60 * 24 * 60),
-    kind=st.sampled_from([k for k in MessageKind if k is not MessageKind.OPT_OUT_CONFIRMATION]),
+    kind=st.sampled_from([k for k in MessageKind if k not in OWED]),
 )
 def test_an_acknowledged_revocation_without_a_new_grant_never_allows(
     before, after, brand_wide, asked, delay_minutes, kind
@@ -109,3 +128,41 @@ def test_a_decision_is_deterministic(events, asked, minutes, kind):
     state = fold(record(events))
     c = campaign(asked)
     assert decide(state, c, at(minutes), kind) == decide(fold(record(events)), c, at(minutes), kind)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=histories, asked=CAMPAIGNS, minutes=MINUTES)
+def test_an_owed_reply_is_allowed_only_right_after_the_text_that_asked_for_it(
+    events, asked, minutes
+):
+    state, now, rules = fold(record(events)), at(minutes), campaign(asked)
+
+    def recent(event) -> bool:
+        return event.timestamp <= now <= event.timestamp + WINDOW
+
+    if decide(state, rules, now, MessageKind.HELP_REPLY).allowed:
+        helps = [
+            e
+            for e in events
+            if isinstance(e, InboundMessageReceived) and e.intent == "help" and e.campaign == asked
+        ]
+        assert helps
+        latest = max(e.timestamp for e in helps)
+        assert recent(next(e for e in helps if e.timestamp == latest))
+        replies = [
+            e
+            for e in events
+            if isinstance(e, MessageSent)
+            and e.kind is MessageKind.HELP_REPLY
+            and e.campaign == asked
+            and e.timestamp >= latest
+        ]
+        assert not replies
+    if decide(state, rules, now, MessageKind.OPT_IN_CONFIRMATION).allowed:
+        resumes = [e for e in events if isinstance(e, ConsentResumed) and e.campaign == asked]
+        assert any(recent(e) for e in resumes)
+        grants = [e for e in events if isinstance(e, ConsentGranted) and e.campaign == asked]
+        assert grants
+    if decide(state, rules, now, MessageKind.OPT_OUT_CONFIRMATION).allowed:
+        stops = [e for e in events if isinstance(e, ConsentRevoked) and e.campaign in (None, asked)]
+        assert any(recent(e) for e in stops)
