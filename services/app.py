@@ -640,7 +640,7 @@ class ConsentApp:
         if at - now > self.future_horizon:
             raise InvalidRequest(
                 "at",
-                f"is more than {self.future_horizon.days} days ahead "
+                f"is more than {self.future_horizon / timedelta(days=1):g} days ahead "
                 "(CONSENT_CANSEND_FUTURE_HORIZON_DAYS); nothing that far ahead is answered",
             )
         return at, at > now, at < now
