@@ -43,6 +43,7 @@ LOG_INTERVAL = 2.0
 class Served:
     proc: subprocess.Popen[bytes]
     address: str
+    health_address: str
     log: Path
 
     def log_size(self) -> int:
@@ -65,6 +66,7 @@ def served(tmp_path, postgres_dsn) -> Iterator[Served]:
         "CONSENT_AUTH_TOKENS_FILE": str(write_tokens(tmp_path / "tokens.json")),
         "CONSENT_DATA_DIR": str(tmp_path / "data"),
         "CONSENT_GRPC_LISTEN": "127.0.0.1:0",
+        "CONSENT_HEALTH_LISTEN": "127.0.0.1:0",
         "CONSENT_LOG_REPEAT_INTERVAL_S": str(LOG_INTERVAL),
     }
     with open(log, "wb") as out:
@@ -81,7 +83,9 @@ def served(tmp_path, postgres_dsn) -> Iterator[Served]:
             assert proc.poll() is None, f"serve exited: {log.read_text()}"
             assert time.monotonic() < deadline, f"serve did not start: {log.read_text()}"
             time.sleep(0.1)
-        yield Served(proc, found.group(1), log)
+        health = re.search(r"gRPC health checks \(plaintext\) on (\S+)", log.read_text())
+        assert health is not None, log.read_text()
+        yield Served(proc, found.group(1), health.group(1), log)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -189,11 +193,17 @@ async def test_an_authenticated_body_that_does_not_decode_is_invalid_argument(se
 
 async def test_unauthenticated_services_refuse_bodies_that_do_not_decode(served) -> None:
     """Health checks and reflection take no token; a bad body there is the caller's
-    INVALID_ARGUMENT too, and logs nothing."""
-    async with grpc.aio.insecure_channel(served.address) as channel:
-        check = raw_method(channel, "/grpc.health.v1.Health/Check")
+    INVALID_ARGUMENT too, and logs nothing, on the API's port and the health port."""
+    async with (
+        grpc.aio.insecure_channel(served.address) as channel,
+        grpc.aio.insecure_channel(served.health_address) as health,
+    ):
+        checks = [
+            raw_method(channel, "/grpc.health.v1.Health/Check"),
+            raw_method(health, "/grpc.health.v1.Health/Check"),
+        ]
         log_before = served.log_size()
-        codes = await codes_of(CALLS, lambda i: check(GARBAGE, timeout=20))
+        codes = await codes_of(CALLS, lambda i: checks[i % 2](GARBAGE, timeout=20))
         reflection = channel.stream_stream(
             "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
             request_serializer=None,
