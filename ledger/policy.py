@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -160,6 +161,13 @@ _UNKNOWN: Any = object()
 """A dictionary lookup's "not there" where None is an answer."""
 _EARLIEST_OFFSET = timedelta(hours=12)
 """UTC-12, the zone whose date is the earliest on Earth."""
+
+
+@cache
+def _zone_info(name: str) -> ZoneInfo:
+    """``ZoneInfo(name)``, held for good: the library holds only its 8 latest zones and
+    reads the others from disk again, and a toll-free number may ring in 40."""
+    return ZoneInfo(name)
 
 
 class Standing(NamedTuple):
@@ -360,6 +368,7 @@ class Check:
         self._replying = kind is MessageKind.CONVERSATION_REPLY
         self._dates: dict[tuple[str, ...], date] = {}
         self._zone_dates: dict[str, date] = {}
+        self._local_times: dict[str, datetime] = {}
 
     def __call__(self, digest: Digest) -> Decision:
         """May a message of this kind go to the digest's number now?"""
@@ -657,7 +666,7 @@ class Check:
         federal = state_rules.table().federal
         start, end = federal.hours
         for zone in zones:
-            local = self.now.astimezone(ZoneInfo(zone))
+            local = self._local_in(zone)
             if not start <= local.time() < end:
                 return deny(
                     Reason.QUIET_HOURS,
@@ -678,7 +687,7 @@ class Check:
         end = min(policy.quiet_hours.end, _DEFAULT_HOURS.end)
         # Several zones: the most restrictive wins, so every one of them must allow it.
         for zone in zones:
-            local = self.now.astimezone(ZoneInfo(zone))
+            local = self._local_in(zone)
             if not start <= local.time() < end:
                 return deny(
                     Reason.QUIET_HOURS,
@@ -694,7 +703,7 @@ class Check:
     def _state_quiet_hours(self, rule: StateRule, zones: tuple[str, ...]) -> Decision | None:
         """``rule``'s answer: its hours for the local day in each zone it is read in."""
         for zone in state_rules.rule_zones(rule, zones):
-            local = self.now.astimezone(ZoneInfo(zone))
+            local = self._local_in(zone)
             day = local.date()
             if day < rule.effective:
                 continue
@@ -730,11 +739,19 @@ class Check:
             self._dates[zones] = found
         return found
 
+    def _local_in(self, zone: str) -> datetime:
+        """Now in ``zone``, worked out once per check and zone: the federal, state and
+        campaign windows all read it."""
+        found = self._local_times.get(zone)
+        if found is None:
+            found = self._local_times[zone] = self.now.astimezone(_zone_info(zone))
+        return found
+
     def _date_in(self, zone: str) -> date:
         """Today's date in ``zone``, worked out once per check and zone."""
         found = self._zone_dates.get(zone)
         if found is None:
-            found = self._zone_dates[zone] = self.now.astimezone(ZoneInfo(zone)).date()
+            found = self._zone_dates[zone] = self._local_in(zone).date()
         return found
 
     def _caps_reached(self, digest: Digest, c: CampaignDigest) -> Decision | None:
@@ -761,7 +778,7 @@ class Check:
                     self.version,
                 )
             for zone in digest.zones:
-                tz = ZoneInfo(zone)  # the library keeps one instance per key
+                tz = _zone_info(zone)
                 today = self._date_in(zone)
                 counted = [s for s in c.sent if from_micros(s[AT]).astimezone(tz).date() == today]
                 if len(counted) >= policy.daily_cap:
