@@ -18,12 +18,21 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.ports import Stream
 from services.bootstrap import Runtime
-from tests.e2e.harness import client, define, opt_in, opt_out, service_settings, status_details
+from tests.e2e.harness import (
+    client,
+    define,
+    opt_in,
+    opt_out,
+    service_settings,
+    status_details,
+    ts,
+)
 from tests.unit.test_hostile_input import TRICKY
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 PHONE = "+14155552671"
+NUMBER = "+12125550100"  # the campaign's sender number
 VALID = {"phone": PHONE, "brand": "acme", "campaign": "promo", "in_reply_to": "SM1"}
 
 
@@ -196,3 +205,51 @@ async def test_a_batch_with_a_nul_in_one_entry_answers_every_entry(tmp_path, pos
             assert not any(d.allowed for d in batch.decisions)
     finally:
         await runtime.stop()
+
+
+async def test_a_hostile_stop_is_refused_by_field_or_stops_the_number(runtime):
+    """The gateway's path: an inbound STOP whose sender, receiving number or message
+    id is spelt oddly is refused naming the field, or recorded so that a check
+    spelling the sender the same way finds the opt-out."""
+    base = datetime.now(UTC) - timedelta(minutes=30)
+    rng = random.Random(7)
+    cases = [("from_phone", " +1 (415) 555-2671 "), ("to_phone", "+1 212 555 0100")]
+    for field, valid in (("from_phone", PHONE), ("to_phone", NUMBER), ("message_id", "SM9")):
+        for _ in range(4):
+            at = rng.randrange(len(valid) + 1)
+            cut = "".join(rng.choice(TRICKY) for _ in range(rng.randint(1, 2)))
+            cases.append((field, valid[:at] + cut + valid[at:]))
+    async with client(runtime.address, "admin") as c:
+        # The sender number itself given with spacing: stored as E.164, found as such.
+        await c.DefineCampaign(
+            define("acme", "promo", base - timedelta(days=1), numbers=["+1 (212) 555-0100"])
+        )
+        for i, (field, value) in enumerate(cases):
+            t = base + timedelta(seconds=10 * i)
+            await c.RecordOptIn(opt_in(PHONE, "acme", "promo", t))
+            given = {"from_phone": PHONE, "to_phone": NUMBER, "message_id": f"SM-{i}", field: value}
+            ledger_end = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+            request = api.HandleInboundMessageRequest(
+                request_id=uuid.uuid4().hex,
+                body="STOP",
+                occurred_at=ts(t + timedelta(seconds=1)),
+                **given,
+            )
+            try:
+                written = await c.HandleInboundMessage(request)
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, value, err)
+                assert field in [f for f, _ in status_details(err)], (field, value)
+                after = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+                assert after == ledger_end, f"{field}={value!r} was refused but written"
+                continue
+            assert written.intent == api.INBOUND_INTENT_OPT_OUT, (field, value)
+            answer = await c.CanSend(
+                api.CanSendRequest(
+                    phone=given["from_phone"],
+                    brand="acme",
+                    campaign="promo",
+                    at_least_as_fresh=written.consistency_token,
+                )
+            )
+            assert answer.reason == api.REASON_REVOKED, (field, value, answer)
