@@ -16,6 +16,8 @@ from ledger.errors import InvalidPhoneNumber
 _UNKNOWN_ZONE = "Etc/Unknown"
 
 
+_PUNCTUATION = frozenset("+-(). /")
+
 E164_EXAMPLE = "E.164, for example +14155552671"
 """The form a phone number is asked for, as every refusal of one says."""
 
@@ -25,16 +27,24 @@ def to_e164(raw: str, *, field: str = "phone", default_region: str | None = None
 
     Without ``default_region`` the number must carry its country code (+1...), so a
     subscriber can never be filed under the wrong country by accident. Spaces,
-    dashes and brackets are read through (``+1 (415) 555-2671``), but a control or
-    format character (a NUL, a zero-width space) is refused, not skipped, and so is
-    an extension: no text reaches one. The reason says the form expected, never the
-    library's own words.
+    dashes, dots, slashes and brackets are read through (``+1 (415) 555-2671``), and
+    digits of any script; anything else (a control or format character, a letter)
+    is refused, not skipped, and so is an extension: no text reaches one. The reason
+    says the form expected, never the library's own words.
     """
     if not raw or not raw.strip():
         raise InvalidPhoneNumber(field, f"is required: a phone number in {E164_EXAMPLE}")
     if not raw.isprintable():
         raise InvalidPhoneNumber(
             field, f"must be a phone number in {E164_EXAMPLE}, with no control characters"
+        )
+    # The library drops a stray letter ("+1415K5552671" was +14155552671) and reads
+    # words as keypad letters: a typo would pass for another number, so only digits
+    # and the punctuation people write numbers with are read.
+    if not all(ch.isdecimal() or ch in _PUNCTUATION for ch in raw):
+        raise InvalidPhoneNumber(
+            field,
+            f"must hold only digits, spaces and + - ( ) . / : a phone number in {E164_EXAMPLE}",
         )
     try:
         parsed = phonenumbers.parse(raw, default_region)

@@ -434,3 +434,26 @@ def test_gathered_violations_keep_the_first_error_s_type_and_reason() -> None:
     assert err.value.error_reason == "CONTENT_PROHIBITED"
     status = to_status(err.value)
     assert [f for f, _ in field_violations(status)] == ["policy.category", "brand"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["+1415K5552671", "+1415555Z2671", "+1-800-FLOWERS", "+14155552671#", "+1 415 555 2671 x"],
+)
+def test_a_letter_or_symbol_in_a_phone_number_is_refused_not_dropped(raw: str) -> None:
+    # The library dropped a stray letter and read words as keypad letters.
+    with pytest.raises(InvalidPhoneNumber) as err:
+        to_e164(raw)
+    assert "E.164, for example +14155552671" in err.value.reason
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "+1 415.555/2671",
+        "+1 (415) 555-2671",
+        "+\u0661\u0664\u0661\u0665\u0665\u0665\u0665\u0662\u0666\u0667\u0661",
+    ],
+)
+def test_digits_of_any_script_and_the_usual_punctuation_are_read(raw: str) -> None:
+    assert to_e164(raw) == "+14155552671"
