@@ -100,6 +100,7 @@ only thing known of the recipient's place, quiet hours hold in all of them."""
 _BY_NAME = {name.lower(): code for code, name in STATE_NAMES.items()}
 _BY_NAME["washington d.c."] = "DC"
 _BY_NAME["washington, d.c."] = "DC"
+_BY_NAME["washington state"] = "WA"  # how the geocoder names Washington's area codes
 _TERRITORIES = {"PR": "PR", "VI": "VI", "GU": "GU", "AS": "AS", "MP": "MP"}
 
 

@@ -10,7 +10,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from importlib import resources
 from pathlib import Path
 
+import phonenumbers
 import pytest
+from phonenumbers import geocoder
 
 from ledger import state_rules
 from ledger.campaigns import CampaignPurpose, QuietHours
@@ -164,6 +166,7 @@ def test_the_table_is_packaged_data_and_valid_json():
         (TEXAS, ("TX",)),
         (EL_PASO, ("TX",)),
         ("+12125550123", ("NY",)),  # "New York, NY"
+        ("+12065550123", ("WA",)),  # "Washington State"
         ("+12025550123", ("DC",)),  # "Washington D.C."
         ("+17875550123", ("PR",)),
         (TOLL_FREE, (ANY_US_STATE,)),
@@ -173,6 +176,21 @@ def test_the_table_is_packaged_data_and_valid_json():
 )
 def test_the_area_code_names_the_state(phone, regions):
     assert regions_for_number(phone) == regions
+
+
+def test_every_geographic_us_area_code_names_a_state():
+    unnamed = set()
+    for npa in range(201, 1000):
+        for nxx in (201, 456, 620, 789, 850):
+            number = phonenumbers.parse(f"+1{npa}{nxx}1234", None)
+            if phonenumbers.region_code_for_number(number) != "US":
+                continue
+            if not phonenumbers.is_valid_number(number):
+                continue
+            description = geocoder.description_for_number(number, "en")
+            if description and state_of_description(description) is None:
+                unnamed.add(description)
+    assert not unnamed
 
 
 def test_geocoder_descriptions_map_to_usps_codes():
