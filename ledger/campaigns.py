@@ -177,6 +177,22 @@ class QuietHours:
         return self.start <= local < self.end
 
 
+PROOF_TEMPLATE_FIELDS = (
+    "name",
+    "email",
+    "postal_address",
+    "ip_address",
+    "form_url",
+    "screenshot_ref",
+)
+"""What the provider's proof-of-opt-in template asks for beyond the registration
+date and time (always recorded): the person's name, email and physical address, the
+IP address or other method of collection, the complete web URL or details of the
+other collection method, and a screenshot of the form. These names (of
+``ledger.events.ConsentProof`` fields) are what a campaign may require
+(``CampaignPolicy.required_proof_fields``)."""
+
+
 @dataclass(frozen=True)
 class CampaignPolicy:
     """A campaign's declared rules. Defaults follow the policy README."""
@@ -194,6 +210,9 @@ class CampaignPolicy:
     opt_out_confirmation_window: timedelta = MAX_OPT_OUT_CONFIRMATION_WINDOW
     sender_numbers: tuple[str, ...] = ()
     """The E.164 numbers the campaign sends from; inbound replies to them belong to it."""
+    required_proof_fields: tuple[str, ...] = ()
+    """Proof fields every opt-in to the campaign must fill, of
+    ``ledger.events.PROOF_TEMPLATE_FIELDS`` (the brand's own standard of proof)."""
 
     @property
     def content_category(self) -> CampaignCategory | None:
@@ -234,6 +253,12 @@ class CampaignPolicy:
             if not timedelta(0) < cap.window <= MAX_CAP_WINDOW:
                 raise InvalidCampaignPolicy(
                     f"frequency_caps[{i}].window", "must be positive and at most 31 days"
+                )
+        for i, name in enumerate(self.required_proof_fields):
+            if name not in PROOF_TEMPLATE_FIELDS:
+                raise InvalidCampaignPolicy(
+                    f"required_proof_fields[{i}]",
+                    f"{name!r} is not one of {', '.join(PROOF_TEMPLATE_FIELDS)}",
                 )
         if self.first_message_window <= timedelta(0):
             raise InvalidCampaignPolicy("first_message_window", "must be positive")

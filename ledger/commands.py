@@ -503,6 +503,19 @@ def _with_region(proof: ConsentProof) -> ConsentProof:
     return proof if code == proof.region else dataclasses.replace(proof, region=code)
 
 
+def check_required_proof(cmd: RecordOptIn, policy: CampaignPolicy) -> None:
+    """Refuse an opt-in whose proof leaves empty a field its campaign requires
+    (``CampaignPolicy.required_proof_fields``), naming the first such field."""
+    missing = cmd.proof.template_missing(cmd.method)
+    for name in policy.required_proof_fields:
+        if f"proof.{name}" in missing:
+            raise MissingProofError(
+                f"proof.{name}",
+                f"is required by campaign {cmd.brand}/{cmd.campaign}"
+                f" (required_proof_fields: {', '.join(policy.required_proof_fields)})",
+            )
+
+
 def _opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:
     check_length(cmd.text, "text")
     check_length(cmd.in_reply_to, "in_reply_to")

@@ -74,6 +74,9 @@ class CampaignDigest(NamedTuple):
     """The latest help reply sent for this campaign."""
     opt_in_confirmation: Mark | None = None
     """The latest confirmation of a START sent for this campaign."""
+    proof_missing: tuple[str, ...] = ()
+    """What the grant's proof lacks of the provider's template
+    (``ConsentProof.template_missing``), reported with every answer."""
 
 
 EMPTY_CAMPAIGN = CampaignDigest()
@@ -145,6 +148,11 @@ def digest_of(state: SubscriberState) -> Digest:
             help_request=_mark(c.help_request),
             help_reply=_sent_mark(c.help_reply),
             opt_in_confirmation=_sent_mark(c.opt_in_confirmation),
+            proof_missing=(
+                tuple(c.grant.event.proof.template_missing(c.grant.event.method))
+                if c.grant is not None
+                else ()
+            ),
         )
     age = state.age
     location = state.location

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from eventsourcing.domain import DomainEvent
 
-from ledger.campaigns import CampaignPolicy
+from ledger.campaigns import PROOF_TEMPLATE_FIELDS, CampaignPolicy
 
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c1f2e-8f3b-4d6a-9a53-6b7f4c0e2d11")
 """Namespace for deriving an event id from a client request id (uuid5)."""
@@ -123,6 +123,18 @@ class ConsentProof:
     region: str = ""
     """The USPS code of the state the subscriber gave as theirs (empty: not given).
     State telemarketing rules follow the person: ``ledger.regions``."""
+
+    def template_missing(self, method: CollectionMethod) -> list[str]:
+        """The ``PROOF_TEMPLATE_FIELDS`` this proof leaves empty, as ``proof.<name>``.
+        For a method other than a web form, ``collection_detail`` stands for the IP
+        address and the URL, as the template allows ("or other method of
+        collection", "or details around other collection methods")."""
+        detail = method is not CollectionMethod.WEB_FORM and bool(self.collection_detail)
+        return [
+            f"proof.{name}"
+            for name in PROOF_TEMPLATE_FIELDS
+            if not getattr(self, name) and not (detail and name in ("ip_address", "form_url"))
+        ]
 
     def missing_fields(self, method: CollectionMethod) -> list[str]:
         """Names of the proof fields ``method`` requires that are empty."""

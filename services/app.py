@@ -23,8 +23,10 @@ from ledger.commands import (
     HandleInboundMessage,
     InboundOutcome,
     RecordMessageSent,
+    RecordOptIn,
     check_inbound,
     check_name,
+    check_required_proof,
     check_time,
     handle_inbound,
     is_name,
@@ -95,6 +97,8 @@ class CheckResult:
     token: ConsistencyToken
     provisional: bool = False
     """The check was for a moment ahead of now: facts recorded until then may change it."""
+    proof_missing: tuple[str, ...] = ()
+    """What the proof of the campaign's grant lacks of the provider's template."""
 
 
 @dataclass(frozen=True)
@@ -302,6 +306,7 @@ class ConsentApp:
     async def _checked_append(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
         try:
             await self._check_campaign_exists(cmd)
+            await self._check_required_proof(cmd)
             await self._check_sender_numbers(events)
             await self._check_candidate_pending(events)
         except FailedPrecondition:
@@ -442,6 +447,15 @@ class ConsentApp:
         if not await self._campaign_known(cmd.brand, campaign):
             raise FailedPrecondition("campaign", f"{cmd.brand}/{campaign} is not defined")
 
+    async def _check_required_proof(self, cmd: Command) -> None:
+        """An opt-in must carry the proof fields its campaign's current rules require
+        (``INVALID_ARGUMENT`` naming the first missing one, nothing written)."""
+        if not isinstance(cmd, RecordOptIn):
+            return
+        rules = (await self.view.campaign_history(cmd.brand, cmd.campaign)).current()
+        if rules is not None:
+            check_required_proof(cmd, rules.policy)
+
     async def _check_sender_numbers(self, events: Sequence[LedgerEvent]) -> None:
         """A sender number belongs to one campaign at a time: refuse a campaign's
         rules that list a number another campaign holds (a campaign keeps its own).
@@ -560,7 +574,9 @@ class ConsentApp:
             return CheckResult(_behind(), read_at)
         if rules is None:
             return CheckResult(_undefined(brand, campaign), read_at, provisional)
-        return CheckResult(self._decide(Check(rules, when, kind), digest), read_at, provisional)
+        decision = self._decide(Check(rules, when, kind), digest)
+        missing = digest.campaign(campaign).proof_missing
+        return CheckResult(decision, read_at, provisional, missing)
 
     async def can_send_batch(
         self,

@@ -183,6 +183,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self.metrics.decided("CanSend", result.decision)
         response = api.decision_to_proto(result.decision, result.token.encode())
         response.provisional = result.provisional
+        response.proof_missing_fields.extend(result.proof_missing)
         return response
 
     @translate_errors
@@ -283,6 +284,9 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         ):
             if fact is not None:
                 getattr(response, name).CopyFrom(codec.recorded_to_proto(fact.as_recorded()))
+        if cc.grant is not None:
+            granted = cc.grant.event
+            response.proof_missing_fields.extend(granted.proof.template_missing(granted.method))
         return response
 
     @translate_errors

@@ -202,6 +202,7 @@ def policy_to_proto(policy: CampaignPolicy) -> ledger_pb2.CampaignPolicy:
         conversation_window=duration_to_proto(policy.conversation_window),
         opt_out_confirmation_window=duration_to_proto(policy.opt_out_confirmation_window),
         sender_numbers=list(policy.sender_numbers),
+        required_proof_fields=list(policy.required_proof_fields),
     )
     category = policy.content_category
     if policy.category and category is not None:  # by name too, for readers in any language
@@ -276,6 +277,7 @@ def policy_from_proto(msg: ledger_pb2.CampaignPolicy) -> CampaignPolicy:
         conversation_window=window("conversation_window"),
         opt_out_confirmation_window=window("opt_out_confirmation_window"),
         sender_numbers=tuple(msg.sender_numbers),
+        required_proof_fields=tuple(msg.required_proof_fields),
     )
 
 

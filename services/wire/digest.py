@@ -15,11 +15,12 @@ import msgpack
 
 from ledger.digest import Age, CampaignDigest, Digest
 
-FORMAT = 4
+FORMAT = 5
 """1 had no ``CampaignDigest.last_disclosed_at``, 2 no ``Digest.regions`` and
 ``Digest.located`` (the recipient's candidate states), 3 no ``CampaignDigest``
-``help_request``, ``help_reply`` or ``opt_in_confirmation``: rows in any of them are
-read from their snapshots, which are folded and digested again.
+``help_request``, ``help_reply`` or ``opt_in_confirmation``, 4 no
+``CampaignDigest.proof_missing``: rows in any of them are read from their snapshots,
+which are folded and digested again.
 """
 _HEADER = bytes([FORMAT])
 _DIGEST_FIELDS = len(Digest._fields)

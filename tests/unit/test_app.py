@@ -23,7 +23,7 @@ from ledger.commands import (
     ResolveRevocationCandidate,
     to_events,
 )
-from ledger.errors import InvalidPhoneNumber, InvalidRequest
+from ledger.errors import InvalidPhoneNumber, InvalidRequest, MissingProofError
 from ledger.events import (
     FIRST_VERSION,
     CandidateResolution,
@@ -819,3 +819,25 @@ async def test_a_page_of_the_review_queue_reads_only_as_many_replies_as_it_shows
         page = await app.revocation_candidates(BRAND, limit=11)
     assert [q.candidate.event_id for q in page] == [str(r.event_id) for r in replies[:11]]
     assert asked == [11]
+
+
+async def test_an_opt_in_without_a_field_its_campaign_requires_writes_nothing():
+    async with running() as (app, _):
+        strict = CampaignPolicy(required_proof_fields=("email",))
+        await app.record(DefineCampaign("d", BRAND, "promo", strict, at(0) - timedelta(days=1)))
+        thin = dataclasses.replace(opt_in("r1"), proof=dataclasses.replace(proof(at(0)), email=""))
+        with pytest.raises(MissingProofError) as err:
+            await app.record(thin)
+        assert err.value.field == "proof.email"
+        assert await app.ledger.read(Stream.SUBSCRIBERS, app.ledger.partition_for(PHONE), 0) == []
+        written = await app.record(opt_in("r2"))
+        checked = await app.can_send(PHONE, BRAND, "promo", token=written.token)
+        assert checked.decision.evidence and checked.proof_missing == ()
+
+
+async def test_a_check_names_what_the_grant_s_proof_lacks(app):
+    await app.record(define())
+    thin = dataclasses.replace(proof(at(0)), email="", postal_address="")
+    written = await app.record(dataclasses.replace(opt_in("r1"), proof=thin))
+    checked = await app.can_send(PHONE, BRAND, "promo", token=written.token)
+    assert checked.proof_missing == ("proof.email", "proof.postal_address")

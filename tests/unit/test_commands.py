@@ -23,6 +23,7 @@ from ledger.commands import (
     RecordReconfirmation,
     ReplyKind,
     ResolveRevocationCandidate,
+    check_required_proof,
     handle_inbound,
     request_fingerprint,
     to_events,
@@ -471,3 +472,40 @@ def test_a_longest_sms_is_taken_as_an_inbound_body_and_as_an_opt_out_text():
     assert out.events[0].body.endswith(LONGEST_SMS)
     stop = RecordOptOut("r", PHONE, BRAND, None, RevocationChannel.WEB, at(0), LONGEST_SMS * 10)
     assert to_events(stop, NOW)
+
+
+def test_a_proof_reports_what_it_lacks_of_the_provider_s_template():
+    assert proof().template_missing(CollectionMethod.WEB_FORM) == []
+    thin = replace(proof(), email="", postal_address="", screenshot_ref="")
+    assert thin.template_missing(CollectionMethod.WEB_FORM) == [
+        "proof.email",
+        "proof.postal_address",
+        "proof.screenshot_ref",
+    ]
+    # Another method's details stand for the IP address and the URL, as the template says.
+    paper = replace(proof(), ip_address="", form_url="", collection_detail="signed at the desk")
+    assert paper.template_missing(CollectionMethod.PAPER) == []
+    assert paper.template_missing(CollectionMethod.WEB_FORM) == [
+        "proof.ip_address",
+        "proof.form_url",
+    ]
+
+
+def test_a_campaign_may_require_only_the_template_s_proof_fields():
+    required = CampaignPolicy(required_proof_fields=("email", "postal_address"))
+    assert to_events(DefineCampaign("r", BRAND, "promo", required, at(0)), NOW)
+    unknown = CampaignPolicy(required_proof_fields=("email", "proof.email"))
+    with pytest.raises(InvalidCampaignPolicy) as err:
+        to_events(DefineCampaign("r", BRAND, "promo", unknown, at(0)), NOW)
+    assert err.value.field == "policy.required_proof_fields[1]"
+
+
+def test_an_opt_in_lacking_a_required_proof_field_is_refused_naming_it():
+    policy = CampaignPolicy(required_proof_fields=("screenshot_ref", "postal_address"))
+    check_required_proof(opt_in(), policy)
+    for missing in ("postal_address", "screenshot_ref"):
+        cmd = opt_in(proof=replace(proof(), **{missing: ""}))
+        with pytest.raises(MissingProofError) as err:
+            check_required_proof(cmd, policy)
+        assert err.value.field == f"proof.{missing}"
+    check_required_proof(opt_in(proof=replace(proof(), email="")), policy)  # not required

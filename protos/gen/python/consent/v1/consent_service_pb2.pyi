@@ -337,6 +337,7 @@ class CanSendResponse(_message.Message):
     PROVISIONAL_FIELD_NUMBER: _builtins.int
     RULE_FIELD_NUMBER: _builtins.int
     RULE_CITATION_FIELD_NUMBER: _builtins.int
+    PROOF_MISSING_FIELDS_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     reason: Global___Reason.ValueType
     detail: _builtins.str
@@ -365,6 +366,12 @@ class CanSendResponse(_message.Message):
     def evidence_event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of the ledger events that justify the decision."""
 
+    @_builtins.property
+    def proof_missing_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the proof of the campaign's grant lacks of the provider's proof-of-opt-in
+        template ("proof.email", "proof.postal_address", ...); empty without a grant.
+        """
+
     def __init__(
         self,
         *,
@@ -378,10 +385,11 @@ class CanSendResponse(_message.Message):
         provisional: _builtins.bool = ...,
         rule: _builtins.str = ...,
         rule_citation: _builtins.str = ...,
+        proof_missing_fields: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "consistency_token", b"consistency_token", "detail", b"detail", "evidence_event_ids", b"evidence_event_ids", "obligations", b"obligations", "policy_version", b"policy_version", "provisional", b"provisional", "reason", b"reason", "rule", b"rule", "rule_citation", b"rule_citation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "consistency_token", b"consistency_token", "detail", b"detail", "evidence_event_ids", b"evidence_event_ids", "obligations", b"obligations", "policy_version", b"policy_version", "proof_missing_fields", b"proof_missing_fields", "provisional", b"provisional", "reason", b"reason", "rule", b"rule", "rule_citation", b"rule_citation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -643,6 +651,7 @@ class GetConsentResponse(_message.Message):
     CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
     REGIONS_FIELD_NUMBER: _builtins.int
     LOCATION_FIELD_NUMBER: _builtins.int
+    PROOF_MISSING_FIELDS_FIELD_NUMBER: _builtins.int
     state: Global___ConsentState.ValueType
     consistency_token: _builtins.str
     @_builtins.property
@@ -680,6 +689,12 @@ class GetConsentResponse(_message.Message):
         proof.region, or a SubscriberLocated; absent if none.
         """
 
+    @_builtins.property
+    def proof_missing_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the grant's proof lacks of the provider's proof-of-opt-in template
+        ("proof.email", "proof.postal_address", ...); empty without a grant.
+        """
+
     def __init__(
         self,
         *,
@@ -692,10 +707,11 @@ class GetConsentResponse(_message.Message):
         consistency_token: _builtins.str = ...,
         regions: _abc.Iterable[_builtins.str] | None = ...,
         location: _ledger_pb2.RecordedEvent | None = ...,
+        proof_missing_fields: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["age_verification", b"age_verification", "grant", b"grant", "location", b"location", "reconfirmation", b"reconfirmation", "revocation", b"revocation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_verification", b"age_verification", "consistency_token", b"consistency_token", "grant", b"grant", "location", b"location", "pending_revocation_candidates", b"pending_revocation_candidates", "reconfirmation", b"reconfirmation", "regions", b"regions", "revocation", b"revocation", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_verification", b"age_verification", "consistency_token", b"consistency_token", "grant", b"grant", "location", b"location", "pending_revocation_candidates", b"pending_revocation_candidates", "proof_missing_fields", b"proof_missing_fields", "reconfirmation", b"reconfirmation", "regions", b"regions", "revocation", b"revocation", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

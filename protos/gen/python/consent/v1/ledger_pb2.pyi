@@ -914,6 +914,7 @@ class CampaignPolicy(_message.Message):
     OPT_OUT_CONFIRMATION_WINDOW_FIELD_NUMBER: _builtins.int
     SENDER_NUMBERS_FIELD_NUMBER: _builtins.int
     CONTENT_CATEGORY_FIELD_NUMBER: _builtins.int
+    REQUIRED_PROOF_FIELDS_FIELD_NUMBER: _builtins.int
     purpose: Global___CampaignPurpose.ValueType
     category: _builtins.str
     """The category by name (the lower-case name of a CampaignCategory value, e.g.
@@ -948,6 +949,15 @@ class CampaignPolicy(_message.Message):
     def sender_numbers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The E.164 numbers the campaign sends from."""
 
+    @_builtins.property
+    def required_proof_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Proof fields every opt-in to the campaign must fill, of the provider's template:
+        "name", "email", "postal_address", "ip_address", "form_url", "screenshot_ref"
+        (for a method other than a web form, collection_detail stands for the IP
+        address and the URL). An opt-in lacking one is refused (INVALID_ARGUMENT on
+        proof.<name>); another name is refused at DefineCampaign/ChangeCampaignPolicy.
+        """
+
     def __init__(
         self,
         *,
@@ -964,10 +974,11 @@ class CampaignPolicy(_message.Message):
         opt_out_confirmation_window: _duration_pb2.Duration | None = ...,
         sender_numbers: _abc.Iterable[_builtins.str] | None = ...,
         content_category: Global___CampaignCategory.ValueType = ...,
+        required_proof_fields: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_daily_cap", b"_daily_cap", "conversation_window", b"conversation_window", "daily_cap", b"daily_cap", "first_message_window", b"first_message_window", "opt_out_confirmation_window", b"opt_out_confirmation_window", "quiet_hours", b"quiet_hours", "reconfirm_interval", b"reconfirm_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_daily_cap", b"_daily_cap", "age_gated", b"age_gated", "category", b"category", "content_category", b"content_category", "conversation_window", b"conversation_window", "daily_cap", b"daily_cap", "first_message_window", b"first_message_window", "frequency_caps", b"frequency_caps", "opt_out_confirmation_window", b"opt_out_confirmation_window", "purpose", b"purpose", "quiet_hours", b"quiet_hours", "quiet_hours_apply_to_all", b"quiet_hours_apply_to_all", "reconfirm_interval", b"reconfirm_interval", "sender_numbers", b"sender_numbers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_daily_cap", b"_daily_cap", "age_gated", b"age_gated", "category", b"category", "content_category", b"content_category", "conversation_window", b"conversation_window", "daily_cap", b"daily_cap", "first_message_window", b"first_message_window", "frequency_caps", b"frequency_caps", "opt_out_confirmation_window", b"opt_out_confirmation_window", "purpose", b"purpose", "quiet_hours", b"quiet_hours", "quiet_hours_apply_to_all", b"quiet_hours_apply_to_all", "reconfirm_interval", b"reconfirm_interval", "required_proof_fields", b"required_proof_fields", "sender_numbers", b"sender_numbers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__daily_cap: _TypeAlias = _typing.Literal["daily_cap"]  # noqa: Y015
     _WhichOneofArgType__daily_cap: _TypeAlias = _typing.Literal["_daily_cap", b"_daily_cap"]  # noqa: Y015

@@ -1,0 +1,135 @@
+"""Proof completeness, through the real gRPC server on the real Kafka ledger and
+PostgreSQL: every answer about a grant says what its proof lacks of the provider's
+template, and a campaign may require fields of it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+
+from ledger.ports import ConsistencyToken
+from services.bootstrap import Runtime
+from tests.e2e.harness import (
+    client,
+    define,
+    kafka_settings,
+    opt_in,
+    proof,
+    service_settings,
+    status_details,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PHONE = "+14155552781"
+
+
+@pytest.fixture
+async def service(tmp_path, postgres_dsn, kafka_bootstrap):
+    real = datetime.now(UTC)
+    noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
+    when = noon if noon > real else noon + timedelta(days=1)
+    prefix = f"proof-{uuid.uuid4().hex[:8]}."
+    settings = service_settings(
+        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
+    )
+    runtime = Runtime(settings, clock=lambda: when)
+    await runtime.start()
+    try:
+        async with client(runtime.address) as admin:
+            w = await admin.DefineCampaign(define("acme", "promo", when - timedelta(days=1)))
+            # The projector may take a while to join its group on a busy machine.
+            token = ConsistencyToken.decode(w.consistency_token)
+            assert await runtime.guard.wait_for_token(token, timeout=60)
+            w = await admin.DefineCampaign(
+                define(
+                    "acme", "strict", when - timedelta(days=1),
+                    required_proof_fields=["email", "postal_address", "screenshot_ref"],
+                )
+            )  # fmt: skip
+            assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
+        yield runtime, when
+    finally:
+        await runtime.stop()
+
+
+def thin_proof(when: datetime) -> lpb.ConsentProof:
+    """A web form's proof with what the method needs, but no email or address."""
+    full = proof(when)
+    full.ClearField("email")
+    full.ClearField("postal_address")
+    return full
+
+
+async def test_every_answer_about_a_grant_names_what_its_proof_lacks(service):
+    runtime, when = service
+    async with client(runtime.address, "acme-app") as c:
+        w = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", when, proof=thin_proof(when)))
+        consent = await c.GetConsent(
+            api.GetConsentRequest(
+                phone=PHONE, brand="acme", campaign="promo", at_least_as_fresh=w.consistency_token
+            )
+        )
+        assert consent.state == api.CONSENT_STATE_ACTIVE
+        assert list(consent.proof_missing_fields) == ["proof.email", "proof.postal_address"]
+        answer = await c.CanSend(
+            api.CanSendRequest(
+                phone=PHONE, brand="acme", campaign="promo", at_least_as_fresh=w.consistency_token
+            )
+        )
+        assert answer.allowed
+        assert list(answer.proof_missing_fields) == ["proof.email", "proof.postal_address"]
+        # A complete proof lacks nothing.
+        other = "+14155552782"
+        w = await c.RecordOptIn(opt_in(other, "acme", "promo", when))
+        answer = await c.CanSend(
+            api.CanSendRequest(
+                phone=other, brand="acme", campaign="promo", at_least_as_fresh=w.consistency_token
+            )
+        )
+        assert answer.allowed and not answer.proof_missing_fields
+
+
+async def test_a_campaign_s_required_proof_fields_refuse_an_opt_in_without_them(service):
+    runtime, when = service
+    async with client(runtime.address, "acme-app") as c:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await c.RecordOptIn(opt_in(PHONE, "acme", "strict", when, proof=thin_proof(when)))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in status_details(refused.value)] == ["proof.email"]
+        no_screenshot = proof(when)
+        no_screenshot.ClearField("screenshot_ref")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # the method needs it too
+            await c.RecordOptIn(opt_in(PHONE, "acme", "strict", when, proof=no_screenshot))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        w = await c.RecordOptIn(opt_in(PHONE, "acme", "strict", when))
+        events = await c.ListEvents(
+            api.ListEventsRequest(phone=PHONE, brand="acme", at_least_as_fresh=w.consistency_token)
+        )
+        assert [e.event.event_type for e in events.events] == ["ConsentGranted"]
+
+
+async def test_an_unknown_required_proof_field_is_refused_at_definition(service):
+    runtime, when = service
+    async with client(runtime.address) as admin:
+        for call, request in (
+            (admin.DefineCampaign, define("acme", "fax", when, required_proof_fields=["fax"])),
+            (
+                admin.ChangeCampaignPolicy,
+                api.ChangeCampaignPolicyRequest(
+                    request_id=uuid.uuid4().hex, brand="acme", campaign="promo",
+                    policy=lpb.CampaignPolicy(required_proof_fields=["email", "Email"]),
+                    occurred_at=define("acme", "promo", when).occurred_at,
+                ),
+            ),
+        ):  # fmt: skip
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(request)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            fields = [f for f, _ in status_details(refused.value)]
+            assert fields[0].startswith("policy.required_proof_fields[")
