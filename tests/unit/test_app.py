@@ -841,3 +841,41 @@ async def test_a_check_names_what_the_grant_s_proof_lacks(app):
     written = await app.record(dataclasses.replace(opt_in("r1"), proof=thin))
     checked = await app.can_send(PHONE, BRAND, "promo", token=written.token)
     assert checked.proof_missing == ("proof.email", "proof.postal_address")
+
+
+class ReadsLedger(SlowLedger):
+    """A slow ledger that notes, in order, each append and each read of a state."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.log: list[str] = []
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        self.log.append("append starts")
+        recorded = await super().append(events)
+        self.log.append("append ends")
+        return recorded
+
+
+async def test_two_texts_of_one_phone_at_once_are_read_and_written_one_after_the_other():
+    ledger = ReadsLedger(partitions=4)
+    view = InMemoryConsentView()
+    read = view.subscriber_states
+
+    async def noted(brand: str, phones: Sequence[str]) -> Any:
+        ledger.log.append("state read")
+        return await read(brand, phones)
+
+    view.subscriber_states = noted  # type: ignore[method-assign]
+    async with running(ledger=ledger, view=view) as (app, _):
+        assert await app.guard.wait_for_token(
+            (await app.record(claim("acme-promo", BRAND, "promo", NUMBER))).token
+        )
+        ledger.log.clear()
+        await asyncio.gather(
+            app.handle_inbound(HandleInboundMessage("i1", PHONE, NUMBER, "STOP", "m1", at(1))),
+            app.handle_inbound(HandleInboundMessage("i2", PHONE, NUMBER, "START", "m2", at(2))),
+        )
+        # Without the phone's turn both would read before either appended.
+        assert ledger.log == ["state read", "append starts", "append ends"] * 2
+        assert not app._inbound_turns  # nothing kept for a phone once its texts are done
