@@ -312,7 +312,7 @@ _FUZZY_TARGETS = sorted(
     mensajes molesten molestar cancelar eliminar equivocado equivocada interesa interesado
     interesada suscripcion desuscribir quiero escriban envien manden llamen wrong getting already
     enough consent never where nobody block blocked blocking wanna unsub along knock permission
-    person these customer gave prefer further contacted opting basta parar paren parenle parale
+    person these customer gave prefer further contacted opting basta
     borrame borrenme dejenme dejen escribirme escribir escriban mandar mandarme manden mandes
     enviar enviarme envies llamar llamarme llamen contactar contacten contactarme molestarme
     reportar borrar borren eliminar eliminen sacame saquen saquenme desuscribirme favor porfa
@@ -337,6 +337,7 @@ _NOT_TYPOS = _words(
     llamas enviar dealer palace police prices places plates mores emailed remain remind remake
     relive revise resolve evolve involve revolve canceled cameo concat contacts conduct context
     content contest intrested molesta molesto molestia molestias massages constant constants slam
+    there their three theme newer were black blacks parent parents pagar grave
     """
 )
 _STRONG_STEMS = (
@@ -366,7 +367,7 @@ _NEIGHBOURS = {
 
 
 def _slip(token: str, target: str) -> bool:
-    """Whether a four-letter ``token`` is ``target`` typed with one slip of the finger:
+    """Whether a short ``token`` is ``target`` typed with one slip of the finger:
     two letters swapped, one dropped, or one hit on a neighbouring key. A real word
     one letter off ("main" for "mail", "also" for "alto") is not."""
     if len(token) != len(target):
@@ -422,7 +423,7 @@ def _canon(token: str) -> tuple[str, ...]:
             if t[0] == token[0] and (len(token) > 4 or len(t) in (4, 5))
         ]
         match = process.extractOne(token, candidates, scorer=OSA.distance, score_cutoff=cutoff)
-        if match is not None and (len(token) > 4 or _slip(token, match[0])):
+        if match is not None and (len(token) > 6 or _slip(token, match[0])):
             return _LEXICON.get(match[0], (match[0],))
     return (token,)
 
@@ -671,7 +672,8 @@ _STOP_ASIDE = _words(
 _STOP_ASIDE_KEEP = _words("once good now real ever all me us")
 _STOP_PLACE = _words(
     """
-    bus train next last first pit truck rest subway metro tram tour one non final a an
+    bus train next last first pit truck rest subway metro tram tour one non final a an full
+    quick short brief
     """
 )
 
@@ -920,7 +922,12 @@ def _no_longer(words: list[str]) -> bool:
         return False  # "I'm no longer at that address", "ya no vivo ahí": an address
     if re.search(r"\b(no longer|nunca mas|no mas$|not anymore|never again)\b", text):
         return True
-    if re.search(r"\bya no (?!hay\b|puedo\b|se\b|esta\b)\w", text):
+    if re.search(
+        r"\bya no (me|nos|les|le|te|mas|quiero|queremos|quieren|deseo|deseamos|necesito|"
+        r"necesitamos|interesa|interesan|soy|somos|uso|usamos|tengo|compro|compramos|vive|trabaja|"
+        r"es (de|mi|su|el)|gracias|por favor|porfa|please|thanks|$)",
+        text,
+    ) or any(_is_contact(w) for w in re.findall(r"\bya no (\w+)", text)):
         return True
     if "anymore" in words or re.search(r"\b(not|no|never)\b.*\bany more\b", text):
         return any(
@@ -1163,8 +1170,8 @@ def _never_consented(words: list[str]) -> bool:
 
 
 _PERSON_NOUNS = (
-    "number|person|guy|girl|lady|man|one|people|name|individual|recipient|text|house|contact|"
-    "info|woman|dude|family|no|num|nr|numbr|persona"
+    "number|person|guy|girl|lady|man|one|people|name|individual|recipient|contact|"
+    "woman|dude|family|no|num|nr|numbr|persona"
 )
 
 
@@ -1215,8 +1222,11 @@ def _short_ender(clauses: list[list[str]], *, question: bool) -> bool:
         "pass" in words or (_NO & set(words) and _THANKS & set(words))
     ):
         return True
-    # A question may wonder ("Enough?", "Is this a scam?") rather than complain.
+    # A question may wonder ("Enough?", "Is this a scam?") rather than complain, and
+    # "good enough" or "fair enough" agrees.
     asking = _ENOUGH | _SUSPICION if question else frozenset()
+    if re.search(r"\b(good|fair|close|sure|well|big|long|old|soon|easy) enough\b", " ".join(words)):
+        asking |= _ENOUGH
     if _courtesy_only(
         clauses, (_ENDERS | _ENOUGH | _STRONG | _ALONE_COMPLAINTS | {"out"}) - asking
     ):
