@@ -44,9 +44,10 @@ from ledger.events import (
     RevocationChannel,
 )
 from ledger.policy import Decision, Obligation, Reason
-from ledger.state import SubscriberState
+from ledger.state import SubscriberState, fold
 from services.wire import api
 from services.wire.enums import WireFormatError
+from tests.builders import granted, record
 
 AT = datetime(2025, 6, 1, 14, 30, 5, 123456, tzinfo=UTC)
 PHONE, BRAND, CAMPAIGN = "+14155550123", "acme", "spring-sale"
@@ -610,3 +611,23 @@ def test_help_text_owes_a_help_reply_with_its_required_content() -> None:
     ]
     assert (response.brand, response.campaign) == (BRAND, CAMPAIGN)
     assert list(response.event_ids) == ["e1"]
+    assert response.reply_message_kind == ledger_pb2.MESSAGE_KIND_HELP_REPLY
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        ("STOP", ledger_pb2.MESSAGE_KIND_OPT_OUT_CONFIRMATION),
+        ("STOPALL", ledger_pb2.MESSAGE_KIND_OPT_OUT_CONFIRMATION),
+        ("START", ledger_pb2.MESSAGE_KIND_OPT_IN_CONFIRMATION),
+        ("hello", ledger_pb2.MESSAGE_KIND_UNSPECIFIED),
+    ],
+)
+def test_the_response_names_the_kind_to_send_the_owed_reply_as(body, kind) -> None:
+    campaign = Campaign(BRAND, CAMPAIGN, CampaignPolicy(), policy_version=1)
+    command = api.command_from_proto(WRITES[8][0])
+    command = HandleInboundMessage(**{**command.__dict__, "body": body})
+    grant = granted(AT - timedelta(days=1), CAMPAIGN, phone=PHONE, brand=BRAND)
+    outcome = handle_inbound(command, campaign, fold(record([grant])), now=AT)
+    response = api.inbound_outcome_to_proto(outcome, ["e1"], "subscribers:0:1")
+    assert response.reply_message_kind == kind
