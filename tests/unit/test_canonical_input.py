@@ -457,3 +457,12 @@ def test_a_letter_or_symbol_in_a_phone_number_is_refused_not_dropped(raw: str) -
 )
 def test_digits_of_any_script_and_the_usual_punctuation_are_read(raw: str) -> None:
     assert to_e164(raw) == "+14155552671"
+
+
+def test_a_tokens_file_brand_ending_in_a_newline_is_refused() -> None:
+    # "acme\n" passed the old pattern: a token limited to it could act for no brand.
+    from services.grpc_api.auth import TokenAuthenticator
+
+    entry = {"name": "ops", "sha256": "ab" * 32, "scopes": ["check"], "brands": ["acme\n"]}
+    with pytest.raises(ValueError, match="brands"):
+        TokenAuthenticator.from_data({"tokens": [entry]})
