@@ -33,11 +33,13 @@ digits read as letters inside words ("st0p"), contractions opened ("don't",
 crosses or a raised hand (❌ ✖ ✋ 🙅) as cancel. Each word is then mapped to a
 canonical word: common abbreviations and slang (pls, plz, txt, msg, msgs, u,
 ur, wanna, unsub, nvr, hmu) by a table, misspellings ("unsubscibe", "remvoe",
-"mesage", "wromg", "stp", "stoop") by a table for short words and otherwise by
-edit distance (rapidfuzz; one edit, two from eight letters, a four-letter word
-only as a five-letter one with a letter dropped; same first letter) to the
-words the rules look for. The message is cut into clauses at sentence
-punctuation and commas, and it is a candidate when
+"mesage", "wromg", "txet", "stp", "stoop", "sttop") by a table for short words
+and otherwise by edit distance (rapidfuzz) to the words the rules look for: one
+edit, two from eight letters, the same first letter, and up to six letters only
+a slip of the finger (a neighbouring key, two letters swapped, one dropped or
+doubled), so that real words stay themselves ("there" is not "these", "main"
+is not "mail"); a word the rules know is never corrected. The message is cut
+into clauses at sentence punctuation and commas, and it is a candidate when
 
 - a clause has a word that means stop whatever surrounds it: stop, stopall,
   unsubscribe (unsub...), opt out, revoke, cease, desist, Spanish parar/paren,
@@ -278,7 +280,8 @@ _LEXICON = _lexicon(
             promotion promotions promotional ads ad advert adverts advertisement advertisements
             advertising marketing newsletter newsletters blast blasts coupon coupons offers
             deals robotext robotexts notificaciones promociones ofertas publicidad anuncios
-            recordatorios alertas junk crap bs garbage nonsense stuff
+            recordatorios alertas junk crap bs garbage nonsense stuff updates remind reminding
+            notify notifying market marketed advertise promote promoting cupones cupon
         """,
         "service": """
             subscription subscriptions membership list lists program
@@ -954,10 +957,12 @@ def _no_longer(words: list[str]) -> bool:
     if french and _is_contact(french.group(1)):
         return True
     if re.search(r"\b(no|ni) (more|further|mas)\b(?! than| que| de \d)", text):
-        after = re.search(r"\b(?:no|ni) (?:more|further|mas) (?:of |de )?(\w+)", text)
+        after = re.search(r"\b(?:no|ni) (?:more|further|mas) (?:of |de )?(\w+)( \w+)?", text)
         if after is None:
             return True
         word = after.group(1)
+        if _is_contact((after.group(2) or "").strip()):
+            return True  # "no more sales texts"
         return (
             _is_contact(word)
             or word in _SERVICE
@@ -1247,7 +1252,8 @@ _ALONE_COMPLAINTS = (
     _words(
         """
         blocked reported blocking reporting spam scam scammer scammers unsubscribed bloqueado block
-        bloqueados denunciado reportado estafa estafadores pass
+        bloqueados denunciado reportado estafa estafadores pass dejenme dejeme dejame dejennos
+        dejanos
         """
     )
     | _REMOVERS
@@ -1339,6 +1345,18 @@ _MESSAGE_RULES = re.compile(
     r"|\b(text|txt|message|msg|contact|call|email)(ing)? (me|us) less\b"
     r"|\bonly (text|txt|message|msg|contact|call|email) (me |us )?(if|when|for|in)\b"
     r"|^\W*ya,? (por favor|porfa|please)\W*$"
+    r"|\b(why|how|who) (\w+ ){0,3}(on|in|to|onto) (this|your|the|that|ur|these|a) (list|lists|"
+    r"mailing list|texting list|database|program)\b"
+    r"|\b(not|never) (remember|recall|recollect) (\w+ )?(sign|signing|signed|subscrib\w*|"
+    r"opting|opted|agree\w*|giving|joining|registering)\b"
+    r"|\b(never|not) (been |ever been |one of )?(a |an |your |their |ur )?(\w+ )?(customer|"
+    r"client|member|patient|subscriber)s?\b"
+    r"|\b(no|nunca) (he sido |soy |somos |hemos sido |fui )?(su |sus )?(cliente|clientes|"
+    r"paciente|pacientes|socio|socia|miembro)\b"
+    r"|^\W*(can|could|would) you (just |please |pls )*not\W*$"
+    r"|\b(not|never) (ask|asked|request|requested|want|wanted) to (be|get|receive) "
+    r"(\w+ )?(texted|messaged|contacted|called|emailed|marketed|added|signed|subscribed|"
+    r"these|this|any|texts|messages)\b"
     r"|\b7726\b|\b(reported|forwarded|reporting|forwarding|sent|report|forward) (it |this |you |"
     r"them |this number )?to (the )?(fcc|ftc|my carrier|carrier|att|verizon|t mobile|tmobile|bbb|"
     r"attorney general|authorities)\b"
