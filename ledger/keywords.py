@@ -187,6 +187,7 @@ def classify(text: str) -> Intent:
 _EMOJI = {
     **dict.fromkeys("\U0001f6d1\u26d4\U0001f6ab\U0001f515\U0001f4f5", " stop "),
     **dict.fromkeys("\u274c\u2716\u274e\u270b\U0001f91a\U0001f645", " cancel "),
+    **dict.fromkeys("\U0001f595\U0001f92c", " fuck off "),
 }
 _EMOJI_TABLE = str.maketrans(_EMOJI)
 
@@ -281,7 +282,8 @@ _LEXICON = _lexicon(
             advertising marketing newsletter newsletters blast blasts coupon coupons offers
             deals robotext robotexts notificaciones promociones ofertas publicidad anuncios
             recordatorios alertas junk crap bs garbage nonsense stuff updates remind reminding
-            notify notifying market marketed advertise promote promoting cupones cupon
+            notify notifying market marketed advertise promote promoting cupones cupon donation
+            donations requests appeals fundraising donativos donaciones
         """,
         "service": """
             subscription subscriptions membership list lists program
@@ -682,6 +684,13 @@ _STOP_PLACE = _words(
 
 
 _RECEIVING = _words("receiving getting hearing recieving geting")
+# "stop asking for money", "stop begging": soliciting is a message too.
+_SOLICITING = _words(
+    """
+    asking begging selling pushing soliciting pitching offering advertising marketing promoting
+    calling texting trying hounding nagging pestering harassing
+    """
+)
 _ES_STOP = _words("parar paren pare para")
 _ES_STOP_ASIDE = _words("en a aqui ahi alli frente cerca enfrente por al")
 # Who or what "won't stop" when it is the messages: "these won't stop".
@@ -716,7 +725,7 @@ def _stop_word(words: list[str]) -> bool:
         # one of contact, and no messages or person named in the clause.
         if (
             after.endswith("ing")
-            and after not in _PESTER | _RECEIVING
+            and after not in _PESTER | _RECEIVING | _SOLICITING
             and not _has_me(words)
             and _DEMONSTRATIVE.isdisjoint(set(words) - {"it", "that"})
         ):
@@ -1037,7 +1046,9 @@ def _removal(words: list[str]) -> bool:
     return False
 
 
-_PESTER_STEM = re.compile(r"^(molest|acos|fastidi|jod|ching|freg|harass|bother|bug|pester|spam)")
+_PESTER_STEM = re.compile(
+    r"^(molest|acos|fastidi|jod|ching|freg|harass|bother|bug|pester|spam|pedir|pidiendo)"
+)
 
 
 # Words of aversion that take the messages as object: "refrain from texting
@@ -1097,6 +1108,13 @@ def _complaint(words: list[str]) -> bool:
         r"|\b(block|blocking|blocked)( \w+)? (you|them|these|your|this number|number|sender|"
         r"notice|text|message)\b"
         r"|\b(denunciar|reportar|bloquear|demandar)(los|les|te|lo)?\b"
+        r"|\b(los|les|te|lo|la) (\w+ )?(report|denunci|demand)\w*"
+        r"|\b(contact|talk to|speak to|speak with|talk with|call|direct \w+ \w+ to|hearing from|"
+        r"hear from|go through|deal with) (my|our) (lawyer|attorney|counsel|abogado|abogada)\b"
+        r"|\battorney general\b|\bsee you in court\b|\b(i|we) (will|ll|am going to|m going to|"
+        r"going to) sue\b|\brepresented by (counsel|an attorney|a lawyer)\b"
+        r"|\b(hablen|hable|habla|comuniquense|contacten|llamen) (con|a) (mi|nuestro) "
+        r"(abogado|abogada)\b"
         r"|\bunwanted\b|\binvasion of (my |our )?privacy\b"
         r"|\b(this is|it s|es|son|you are|you re|your|ur|youre) (a |an |un |una |unos |unas |"
         r"puro |pura |just |such a )?(scam|scammer|scammers|estafa|estafadores|fraud|fraude)\b"
