@@ -29,17 +29,18 @@ The reading is built on structure, not on a list of sentences. The text is
 normalised: accents dropped ("envíen" is "envien"), letter runs collapsed
 ("stooop", "pleeease"), spaced or dotted letters joined ("s t o p", "S.T.O.P"),
 digits read as letters inside words ("st0p"), contractions opened ("don't",
-"dont", "dnt" are "do not"), stop-sign emoji (🛑 ⛔ 🚫 🔕 📵) read as stop and
-crosses or a raised hand (❌ ✖ ✋ 🙅) as cancel. Each word is then mapped to a
-canonical word: common abbreviations and slang (pls, plz, txt, msg, msgs, u,
-ur, wanna, unsub, nvr, hmu) by a table, misspellings ("unsubscibe", "remvoe",
-"mesage", "wromg", "txet", "stp", "stoop", "sttop") by a table for short words
-and otherwise by edit distance (rapidfuzz) to the words the rules look for: one
-edit, two from eight letters, the same first letter, and up to six letters only
-a slip of the finger (a neighbouring key, two letters swapped, one dropped or
-doubled), so that real words stay themselves ("there" is not "these", "main"
-is not "mail"); a word the rules know is never corrected. The message is cut
-into clauses at sentence punctuation and commas, and it is a candidate when
+"dont", "dnt" are "do not"), stop-sign emoji (🛑 ⛔ 🚫 🔕 📵) read as stop, crosses
+or a raised hand (❌ ✖ ✋ 🙅) as cancel, and 🖕 🤬 as f*** off. Each word is then
+mapped to a canonical word: common abbreviations and slang (pls, plz, txt, msg,
+msgs, u, ur, wanna, unsub, nvr, hmu) by a table, misspellings ("unsubscibe",
+"remvoe", "mesage", "wromg", "txet", "stp", "stoop", "sttop") by a table for
+short words and otherwise by edit distance (rapidfuzz) to the words the rules
+look for: one edit, two from eight letters, the same first letter, and up to
+six letters only a slip of the finger (a neighbouring key, two letters swapped,
+one dropped or doubled), so that real words stay themselves ("there" is not
+"these", "main" is not "mail"); a word the rules know is never corrected. The
+message is cut into clauses at sentence punctuation and commas, and it is a
+candidate when
 
 - a clause has a word that means stop whatever surrounds it: stop, stopall,
   unsubscribe (unsub...), opt out, revoke, cease, desist, Spanish parar/paren,
@@ -48,7 +49,7 @@ into clauses at sentence punctuation and commas, and it is a candidate when
   once" or "stop for good"), "bus stop", "stop light", "can't stop", and stop
   before another verb's -ing ("stop taking the pills"), unless the clause
   also names messages, this or these, or the person ("stop blowing up my
-  phone");
+  phone"), or the verb solicits ("stop asking for money");
 - cancel, end, quit, halt, terminate, discontinue, pause, suspend, mute
   (Spanish cancelar, alto, baja, detener, anular...) come with something to
   end: the texts, messages, calls, alerts, the subscription, list, service or
@@ -59,7 +60,8 @@ into clauses at sentence punctuation and commas, and it is a candidate when
   question), "remove", "blocked", "spam" and "I'm out";
 - a negation comes before a verb or noun of contact: do not / don't / never /
   can you not / no more / no further + text, message, SMS, call, email,
-  contact, send, write, reach out, ping, bother (Spanish "no me envíen", "no
+  contact, send, write, reach out, hit me up, ping, remind, notify, market,
+  bother (Spanish "no me envíen", "no
   manden", "nunca más me escriban", "no me estén escribiendo", "nada de
   mensajes"; French "ne m'envoyez plus", "plus de SMS"; Portuguese "não
   mande"); a bare "no" before a noun only when nothing but courtesy follows
@@ -72,24 +74,29 @@ into clauses at sentence punctuation and commas, and it is a candidate when
   courtesy; Spanish "ya no", "nunca más", "ya estuvo";
 - the person asks to be removed: remove, delete, erase, unenroll + me, us, my
   number, my info; be taken off, take / get / scratch me off; off or out of
-  the list; opt me out, count me out, want out; lose my number; not in
-  future texts (Spanish bórrenme, sáquenme de la lista, darme de baja,
-  desuscribirme, salir de la lista; French désabonner, supprimez mon numéro);
+  the list; opt me out, count me out, want out; lose my number; scratch my
+  name from your records; not in future texts (Spanish bórrenme, sáquenme de
+  la lista, darme de baja, desuscribirme, salir de la lista; French
+  désabonner, supprimez mon numéro);
 - it complains or refuses: leave me alone / be, go away, get lost, get off
   my phone, f*** off, give it a rest, you're annoying, bothering / harassing
   / spamming me, spam, unsolicited, unwanted, tired / sick of / so over these
   texts, too many texts, block or report you, do not call, DNC, TCPA, FCC,
-  sue, keep or still texting me, why are you texting me, I told you to stop,
-  how did you get my number, I never signed up / didn't consent / no
-  permission / didn't request this (Spanish déjenme en paz, me están
+  sue, see you in court, talk to my lawyer, keep or still texting me, why
+  are you texting me, why am I on this list, I told you to stop, how did you
+  get my number, I never signed up / don't remember signing up / didn't
+  consent / no permission / didn't request this; fewer texts, only text me if
+  (a frequency limit the provider's policy says is respected); texts judged
+  worst, pointless, not welcome (Spanish déjenme en paz, me están
   molestando, ¿por qué me siguen escribiendo?, ya les dije que no, los voy a
   reportar, abstenerse de enviar);
 - it says the number reached the wrong person: wrong number / person, you
   have the wrong..., not my number, not the person you want, I'm not Kevin or
   there's no Maria here (a capitalised name after the denial), I don't know
-  you, no one here by that name, passed away, not a customer (Spanish número
-  equivocado, se equivocó, no soy, ese número no es mío, no lo conozco;
-  French mauvais numéro). "I sent that to the wrong person" is not.
+  you, no one here by that name, passed away, the previous owner, never been
+  a customer (Spanish número equivocado, se equivocó, no soy, ese número no
+  es mío, ya no le pertenece, nunca he sido cliente; French mauvais numéro).
+  "I sent that to the wrong person" is not.
 
 A decline and nothing else ("No thanks", "no thank you, I'm good", "hard
 pass") is a candidate: read alone after a marketing text it could mean "no more
