@@ -94,6 +94,9 @@ class KafkaLedgerSettings:
             "retention.bytes": "-1",
             "message.timestamp.type": "LogAppendTime",
             "min.insync.replicas": str(self.min_insync_replicas),
+            # A replica that missed acknowledged appends must never become the
+            # leader: it would serve a log without them, and they would be lost.
+            "unclean.leader.election.enable": "false",
         }
 
     def producer_options(self) -> dict[str, Any]:

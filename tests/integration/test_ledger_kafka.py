@@ -129,6 +129,15 @@ async def test_ensure_topics_creates_both_topics_with_ledger_settings(
         ({"retention.ms": str(7 * 24 * 3600 * 1000)}, "retention.ms='604800000'"),
         ({"retention.ms": "-1", "retention.bytes": "1073741824"}, "retention.bytes"),
         ({"retention.ms": "-1", "retention.bytes": "-1"}, "message.timestamp.type"),
+        (
+            {
+                "retention.ms": "-1",
+                "retention.bytes": "-1",
+                "message.timestamp.type": "LogAppendTime",
+                "unclean.leader.election.enable": "true",
+            },
+            "unclean.leader.election.enable='true'",
+        ),
     ],
 )
 async def test_an_existing_topic_with_unsafe_settings_is_refused(
