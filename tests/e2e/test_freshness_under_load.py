@@ -37,10 +37,12 @@ READERS = 2
 TASKS = 24  # concurrent callers in each reader process
 
 
-@pytest.mark.parametrize("reads", ["replica", "postgres"])
 async def test_no_read_allows_a_send_a_refresh_interval_after_an_acked_opt_out(
-    reads, tmp_path, postgres_dsn, kafka_bootstrap
+    tmp_path, postgres_dsn, kafka_bootstrap
 ):
+    """With the replica (the default), where reads are fastest and so the most of
+    them land in the window; the guard is the same for reads from PostgreSQL."""
+    reads = "replica"
     when = noon_in_los_angeles()
     settings = service_settings(
         tmp_path,
