@@ -106,10 +106,13 @@ Tuesday" are conversation: they answer the question asked.
 Languages: English and Spanish are covered throughout; French for the main
 forms (arrêt, désabonner, ne ... plus, plus de SMS, pas intéressé, laissez-moi
 tranquille, mauvais numéro); Portuguese for a few (pare, não mande, não quero,
-mensagens, descadastrar). Other languages (Chinese, Vietnamese, Tagalog,
-Korean, Arabic, Russian, Haitian Creole, ...) are not read: in them only the
-keywords (STOP and the like, as the whole message), an English or Spanish
-word among their words, and the emoji count.
+mensagens, descadastrar). Chinese, Japanese, Korean, Russian, Vietnamese,
+Tagalog, Haitian Creole, German, Italian and Arabic only by their commonest
+words for stop and unsubscribe (停止, 退订, 配信停止, 수신거부, стоп, отписаться,
+ngừng gửi, tigil, sispann, abmelden, cancellami, توقف): other phrasings in them,
+and every other language, are not read beyond the keywords (STOP and the like,
+as the whole message), an English or Spanish word among their words, and the
+emoji.
 """
 
 from __future__ import annotations
@@ -448,8 +451,9 @@ _STOP_LIKE_PREFIX = re.compile(
 def _plain(text: str) -> str:
     """The folded text without accents, emoji read, contractions opened, letters joined."""
     folded = _fold(text).translate(_EMOJI_TABLE)
-    folded = "".join(
-        ch for ch in unicodedata.normalize("NFD", folded) if not unicodedata.combining(ch)
+    folded = unicodedata.normalize(
+        "NFC",
+        "".join(ch for ch in unicodedata.normalize("NFD", folded) if not unicodedata.combining(ch)),
     )
     for pattern, replacement in _CONTRACTIONS:
         folded = pattern.sub(replacement, folded)
@@ -1309,12 +1313,32 @@ def reads_like_an_opt_out(text: str) -> bool:
     plain = _plain(text)
     if _NOT_THAT_PERSON.search(unicodedata.normalize("NFKC", text.translate(_APOSTROPHES))):
         return True
+    if _OTHER_LANGUAGES.search(_fold(text)) or _OTHER_LANGUAGES.search(plain):
+        return True
     clauses = _clauses(plain)
     if _short_ender(clauses, question=plain.rstrip().endswith("?")):
         return True
     if _MESSAGE_RULES.search(plain):
         return True
     return any(rule(clause) for clause in clauses for rule in _CLAUSE_RULES)
+
+
+# The commonest ways to say stop or unsubscribe in languages read no further:
+# Chinese, Japanese, Korean, Russian, Vietnamese, Tagalog, Haitian Creole,
+# German, Italian, Arabic. Matched in the folded text (kana keep their marks)
+# and in the plain one (Vietnamese without its accents).
+_OTHER_LANGUAGES = re.compile(
+    r"停止|退订|退訂|取消订阅|取消訂閱|不要再发|不要再發|别再发|別再發|不要发|不要發|别发|勿扰|"
+    r"配信停止|送らないで|送信しないで|受信拒否|"
+    r"수신거부|수신 거부|그만 보내|보내지 ?마|그만해|"
+    r"\bстоп\b|отпис|хватит|не пишите|не присылайте|удалите (мой )?номер|"  # noqa: RUF001
+    r"\b(ngung|dung|ngung lai) gui\b|\bhuy (dang|đang) ky\b|\bkhong muon nhan\b|"
+    r"\btigil\b|\btama na\b|\b(huwag|wag) na\b|\bayoko na\b|"
+    r"\bsispann\b|\bpa voye\b|"
+    r"\bstopp\b|\babmelden\b|\babbestellen\b|\bkeine (sms|nachrichten) mehr\b|"
+    r"\bcancellami\b|\bnon (scrivermi|mandatemi|mandate|inviate)\b|\bdisiscriv|"
+    r"توقف|الغاء الاشتراك|إلغاء الاشتراك"
+)
 
 
 # "I'm not Kevin", "This isn't Maria", "No soy Juan": a name after a denial, told by

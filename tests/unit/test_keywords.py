@@ -299,6 +299,29 @@ def test_requests_in_other_words_are_candidates(text):
 
 
 @pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        ("请停止发送", CANDIDATE),
+        ("退订", CANDIDATE),
+        ("配信停止してください", CANDIDATE),
+        ("수신거부", CANDIDATE),
+        ("Стоп", CANDIDATE),
+        ("Ngừng gửi tin nhắn", CANDIDATE),
+        ("Tigil na po", CANDIDATE),
+        ("Sispann voye mesaj", CANDIDATE),
+        ("Bitte abmelden", CANDIDATE),
+        ("Non scrivermi più", CANDIDATE),
+        ("你好，请问几点开门？", CONVERSATION),  # noqa: RUF001
+        ("Спасибо", CONVERSATION),
+        ("Cảm ơn", CONVERSATION),
+        ("Danke", CONVERSATION),
+    ],
+)
+def test_other_languages_are_read_by_their_commonest_stop_words(text, intent):
+    assert classify(text) is intent
+
+
+@pytest.mark.parametrize(
     "text", ["No thanks", "no thank you", "No, gracias", "No thanks, I'm good", "Hard pass"]
 )
 def test_declining_and_nothing_else_is_a_candidate(text):
