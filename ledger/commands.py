@@ -37,6 +37,7 @@ from ledger.errors import (
     PurchasedListError,
 )
 from ledger.events import (
+    ANY_BRAND,
     FIRST_VERSION,
     MAX_CLOCK_SKEW,
     AgeVerified,
@@ -178,6 +179,8 @@ def check_fields(fields: Mapping[str, Any], now: datetime | None, found: Violati
             continue
         if name == "request_id":
             found.check(_check_request_id, value)
+        elif name == "brand" and value == ANY_BRAND and "candidate_event_id" in fields:
+            continue  # resolving a STOP whose brand was unknown: kept there (``_resolve``)
         elif name in ("brand", "campaign"):
             found.check(check_name, value, name)
         elif name in _PHONES:
@@ -595,7 +598,9 @@ def _located(cmd: RecordSubscriberLocation, now: datetime) -> list[LedgerEvent]:
 def _resolve(cmd: ResolveRevocationCandidate, now: datetime) -> list[LedgerEvent]:
     candidate = _candidate_id(cmd.candidate_event_id)
     check_length(cmd.resolved_by, "resolved_by")
-    phone, brand = to_e164(cmd.phone), check_name(cmd.brand, "brand")
+    # ANY_BRAND holds the STOPs whose brand was unknown; they are resolved there.
+    brand = cmd.brand if cmd.brand == ANY_BRAND else check_name(cmd.brand, "brand")
+    phone = to_e164(cmd.phone)
     events: list[LedgerEvent] = [
         RevocationCandidateResolved(
             **_base(cmd, 0, cmd.occurred_at, brand),
@@ -826,4 +831,85 @@ def _resume(
         reply=ReplyKind.OPT_IN_CONFIRMATION,
         required_content=OPT_IN_CONFIRMATION_CONTENT,
         **outcome,
+    )
+
+
+# ---- opt-outs no defined campaign can take --------------------------------------------
+#
+# A STOP refused is a STOP lost: gateways do not retry a refusal, and callers of
+# RecordOptOut mostly log it and move on. So an opt-out whose campaign is not known
+# is recorded all the same, as an unattributed revocation candidate: the review
+# queue lists it, and until someone resolves it the policy reads it as an opt-out of
+# every campaign of its brand, or, with the brand unknown too (``ANY_BRAND``), of
+# every brand (``ledger.policy.Check._unresolved_revocation``).
+
+
+def unattributed_opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:
+    """The facts of ``cmd`` when its campaign is not defined: the candidate that keeps
+    it. Its id is the one the opt-out itself would have had, so a retry of the request
+    after the campaign is defined is still a retry of this one."""
+    _check_request_id(cmd.request_id)
+    check_time(cmd.occurred_at, now)
+    (revoked,) = _opt_out(cmd, now)  # every check an opt-out gets
+    assert isinstance(revoked, ConsentRevoked)
+    return [
+        RevocationCandidateFlagged(
+            **_base(cmd, 0, cmd.occurred_at, cmd.brand),
+            phone=revoked.phone,
+            brand=revoked.brand,
+            inbound_message_id=cmd.in_reply_to,
+            text=cmd.text or f"opt-out of campaign {cmd.campaign} ({cmd.channel.value})",
+            campaign=cmd.campaign,
+            unattributed=True,
+            recorded_by=revoked.recorded_by,
+        )
+    ]
+
+
+def handle_unowned_inbound(
+    cmd: HandleInboundMessage, brand: str, now: datetime
+) -> InboundOutcome | None:
+    """An inbound text to a number no campaign sends from, for ``brand`` (the caller's
+    one brand, or ``ANY_BRAND``): a STOP, or a reply that reads like one, is recorded
+    with the number it reached; None for any other text, which nothing needs kept."""
+    _check_request_id(cmd.request_id)
+    check_time(cmd.occurred_at, now)
+    if not cmd.message_id:
+        raise InvalidRequest("message_id", "is required")
+    check_length(cmd.message_id, "message_id")
+    check_length(cmd.body, "body")
+    phone = to_e164(cmd.from_phone, field="from_phone")
+    to = to_e164(cmd.to_phone, field="to_phone")
+    intent = classify(cmd.body)
+    if intent not in (Intent.OPT_OUT, Intent.OPT_OUT_BRAND_WIDE, Intent.REVOCATION_CANDIDATE):
+        return None
+    at = cmd.occurred_at
+    events: list[LedgerEvent] = [
+        InboundMessageReceived(
+            **_base(cmd, 0, at, brand),
+            phone=phone,
+            brand=brand,
+            message_id=cmd.message_id,
+            to_number=to,
+            body=cmd.body,
+        ),
+        RevocationCandidateFlagged(
+            **_base(cmd, 1, at, brand),
+            phone=phone,
+            brand=brand,
+            inbound_message_id=cmd.message_id,
+            text=cmd.body,
+            to_number=to,
+            unattributed=intent is not Intent.REVOCATION_CANDIDATE,
+        ),
+    ]
+    whose = "every brand" if brand == ANY_BRAND else f"brand {brand}"
+    return InboundOutcome(
+        events,
+        intent=intent,
+        brand="" if brand == ANY_BRAND else brand,
+        notes=[
+            f"no campaign sends from {to}: recorded for review, and sends of {whose} to "
+            f"{phone} are denied until it is resolved"
+        ],
     )

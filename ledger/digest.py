@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple
 
+from ledger.deadlines import revocation_due
 from ledger.events import MessageKind
 from ledger.phone import time_zones
 from ledger.regions import candidate_regions, zones_with_region
@@ -88,14 +89,24 @@ class Age(NamedTuple):
     date_of_birth: str
 
 
+Pending = tuple[str, str, int, bool]
+"""A candidate awaiting review: (event id, text, when it becomes overdue, whether it
+is an unattributed opt-out). Overdue is ten business days after it was flagged
+(``ledger.deadlines.revocation_due``), worked out when digested, so the policy
+only compares."""
+PENDING_ID: Final = 0
+PENDING_DUE: Final = 2
+PENDING_UNATTRIBUTED: Final = 3
+
+
 class Digest(NamedTuple):
     """Everything ``ledger.policy`` reads about one phone towards one brand."""
 
     brand: str = ""
     zones: tuple[str, ...] = ()
     """The number's time zones (``ledger.phone.time_zones``), found once when digested."""
-    pending: tuple[tuple[str, str], ...] = ()
-    """Replies that read like an opt-out and await review: (event id, text), by id."""
+    pending: tuple[Pending, ...] = ()
+    """Replies that read like an opt-out and await review, by id."""
     brand_revocation: Mark | None = None
     brand_resume: Mark | None = None
     age: Age | None = None
@@ -161,7 +172,10 @@ def digest_of(state: SubscriberState) -> Digest:
     return Digest(
         brand=state.brand,
         zones=zones_with_region(zones, supplied),
-        pending=tuple((c.event_id, c.event.text) for c in state.pending_candidates()),
+        pending=tuple(
+            (c.event_id, c.event.text, micros(revocation_due(c.at)), c.event.unattributed)
+            for c in state.pending_candidates()
+        ),
         brand_revocation=_mark(state.brand_revocation),
         brand_resume=_mark(state.brand_resume),
         age=None
@@ -177,3 +191,16 @@ def digest_of(state: SubscriberState) -> Digest:
         regions=candidate_regions(state.phone, supplied),
         located=None if location is None else (supplied, location.event_id),
     )
+
+
+def with_phone_wide(digest: Digest | None, phone_wide: Digest) -> Digest | None:
+    """``digest`` (a phone's towards one brand, None if it has none) with the pending
+    candidates of the phone's ``ANY_BRAND`` digest added: a STOP whose brand is unknown
+    concerns every brand. Only those: nothing else recorded under that key speaks for
+    a brand. None when there is nothing to add to a missing digest."""
+    extra = phone_wide.pending
+    if not extra:
+        return digest
+    if digest is None:
+        return Digest(zones=phone_wide.zones, pending=extra, regions=phone_wide.regions)
+    return digest._replace(pending=tuple(sorted((*digest.pending, *extra))))

@@ -27,6 +27,12 @@ from ledger.campaigns import PROOF_TEMPLATE_FIELDS, CampaignPolicy
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c1f2e-8f3b-4d6a-9a53-6b7f4c0e2d11")
 """Namespace for deriving an event id from a client request id (uuid5)."""
 
+ANY_BRAND = "*"
+"""The brand key of facts about a phone whose brand is unknown (a STOP to a number
+no campaign sends from, from a caller that may act for any brand). Not a valid
+brand name, so no brand can own it; every brand's CanSend reads its candidates
+(``ledger.digest.with_phone_wide``). The same "*" means every brand in tokens files."""
+
 FIRST_VERSION = 1
 """Every event is version 1 of its own one-event stream: appends are unconditional."""
 
@@ -278,11 +284,24 @@ class InboundMessageReceived(SubscriberEvent):
 
 @dataclass(frozen=True)
 class RevocationCandidateFlagged(SubscriberEvent):
-    """Free text that reads like an opt-out; blocks sending until resolved."""
+    """Free text that reads like an opt-out; blocks sending until resolved.
+
+    Also an opt-out that no defined campaign could take (``unattributed``): a STOP
+    to a number no campaign sends from, or a ``RecordOptOut`` naming a campaign that
+    is not defined. Refusing those would lose them (gateways do not retry), so they
+    are recorded as candidates that deny as revocations until someone resolves them.
+    """
 
     EVENT_TYPE = "RevocationCandidateFlagged"
     inbound_message_id: str
     text: str
+    to_number: str = ""
+    """The number an unattributed STOP reached (no campaign sent from it)."""
+    campaign: str | None = None
+    """The campaign an unattributed opt-out named, which was not defined."""
+    unattributed: bool = False
+    """A definite opt-out whose campaign is unknown: it denies every campaign of its
+    brand (of every brand, under ``ANY_BRAND``) until resolved."""
 
 
 @dataclass(frozen=True)

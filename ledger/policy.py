@@ -32,6 +32,9 @@ from ledger.digest import (
     AT,
     ID,
     OFFSET,
+    PENDING_DUE,
+    PENDING_ID,
+    PENDING_UNATTRIBUTED,
     CampaignDigest,
     Digest,
     Mark,
@@ -81,6 +84,9 @@ class Reason(enum.Enum):
     """The person opted out of every campaign of the brand (STOPALL or equivalent)."""
     REVOCATION_PENDING_REVIEW = "revocation_pending_review"
     """A reply that reads like an opt-out awaits a human decision."""
+    REVOCATION_OVERDUE = "revocation_overdue"
+    """A reply that reads like an opt-out was not resolved within the ten business days
+    the law allows (47 CFR 64.1200(a)(10)): it counts as a revocation of everything."""
     OPT_OUT_CONFIRMATION_NOT_ALLOWED = "opt_out_confirmation_not_allowed"
     """No recent opt-out, the window passed, or the one confirmation was already sent."""
     CONSENT_TIER_INSUFFICIENT = "consent_tier_insufficient"
@@ -382,11 +388,14 @@ class Check:
             # alone (within minutes of it, once) and carries none of the campaign's
             # content: review, content, consent, age, caps and quiet hours do not apply.
             return self._owed(digest, c)
+        # An overdue or unattributed opt-out is a revocation: it stops what one stops.
+        if digest.pending and (revoked := self._unresolved_revocation(digest)) is not None:
+            return revoked
         if digest.pending:
             return deny(
                 Reason.REVOCATION_PENDING_REVIEW,
                 f"reply {digest.pending[0][1]!r} reads like an opt-out and awaits review",
-                [event_id for event_id, _ in digest.pending],
+                [p[PENDING_ID] for p in digest.pending],
                 version,
             )
 
@@ -471,6 +480,36 @@ class Check:
             else f"{category!r} is not a category the service knows; change the policy"
         )
         return deny(Reason.CONTENT_NOT_ALLOWED, detail, evidence, self.version)
+
+    def _unresolved_revocation(self, digest: Digest) -> Decision | None:
+        """A pending candidate that counts as a revocation of every campaign of the
+        brand: one past its deadline (ten business days, 47 CFR 64.1200(a)(10)), or an
+        opt-out no defined campaign could take (``RevocationCandidateFlagged.unattributed``),
+        which may have been meant for any campaign of the brand (of any brand, when
+        the brand is unknown too). A resolution, either way, ends both. Replies owed
+        to the person's own text are decided before this, as after a revocation."""
+        now, version = self._now, self.version
+        overdue = [p for p in digest.pending if p[PENDING_DUE] <= now]
+        if overdue:
+            due = from_micros(overdue[0][PENDING_DUE])
+            return deny(
+                Reason.REVOCATION_OVERDUE,
+                f"reply {overdue[0][1]!r} reads like an opt-out and was not resolved by "
+                f"{due:%Y-%m-%d %H:%M} UTC, ten business days after it came: "
+                "it counts as a revocation until resolved",
+                [p[PENDING_ID] for p in overdue],
+                version,
+            )
+        unattributed = [p for p in digest.pending if p[PENDING_UNATTRIBUTED]]
+        if unattributed:
+            return deny(
+                Reason.REVOKED_BRAND_WIDE,
+                f"opt-out {unattributed[0][1]!r} names no defined campaign: it counts for "
+                "every campaign until resolved",
+                [p[PENDING_ID] for p in unattributed],
+                version,
+            )
+        return None
 
     def _without_consent(self, digest: Digest, c: CampaignDigest) -> Decision:
         version = self.version

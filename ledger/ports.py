@@ -208,7 +208,11 @@ class ConsentView(ABC):
     @abstractmethod
     async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
         """What the policy reads (``ledger.digest``) about each phone the view has a
-        fact for towards ``brand``; phones it knows nothing about are left out."""
+        fact for towards ``brand``; phones it knows nothing about are left out.
+
+        Each carries the pending candidates recorded for its phone under
+        ``ledger.events.ANY_BRAND`` too (``ledger.digest.with_phone_wide``): a STOP
+        whose brand is unknown concerns every brand, so every brand's check reads it."""
 
     @abstractmethod
     async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:
@@ -257,6 +261,13 @@ class ConsentView(ABC):
         the pending candidates are to be found, and the order the review queue lists
         them in. A reply whose resolution the view has applied is left out; one it
         cannot tell about may be listed (the fold of its number says for certain)."""
+
+    @abstractmethod
+    async def open_flagged_times(self) -> list[datetime]:
+        """When each flagged reply of every brand that the view does not know to be
+        resolved happened: what the overdue gauge counts (cheaply: the view keeps
+        the unresolved ones apart). Like ``flagged``, it may include a reply whose
+        resolution it cannot tell about."""
 
     @abstractmethod
     async def sending_counts(

@@ -24,17 +24,22 @@ from ledger.commands import (
     InboundOutcome,
     RecordMessageSent,
     RecordOptIn,
+    RecordOptOut,
     check_inbound,
     check_name,
     check_required_proof,
     check_time,
     handle_inbound,
+    handle_unowned_inbound,
     is_name,
     to_events,
+    unattributed_opt_out,
 )
+from ledger.deadlines import revocation_due
 from ledger.digest import Digest, digest_of
 from ledger.errors import InvalidPhoneNumber, InvalidRequest
 from ledger.events import (
+    ANY_BRAND,
     CampaignDefined,
     CampaignEvent,
     CampaignPolicyChanged,
@@ -114,6 +119,11 @@ class Queued:
 
     position: int
     candidate: Fact[RevocationCandidateFlagged]
+
+    @property
+    def due_at(self) -> datetime:
+        """When it becomes overdue: ten business days after it was flagged."""
+        return revocation_due(self.candidate.at)
 
 
 @dataclass(frozen=True)
@@ -254,6 +264,14 @@ class ConsentApp:
             return replay
         if isinstance(cmd, RecordMessageSent):
             events = await self._with_exemption(events)
+        if (
+            isinstance(cmd, RecordOptOut)
+            and cmd.campaign is not None
+            and not await self._campaign_known(cmd.brand, cmd.campaign)
+        ):
+            # Refused, the opt-out would be lost: kept for review, denying meanwhile.
+            kept = _stamped(unattributed_opt_out(cmd, self.clock()), recorded_by)
+            return await self._replay(kept) or await self._append(kept)
         if isinstance(cmd, DefineCampaign | ChangeCampaignPolicy):
             # A caller that goes away (a deadline) does not end the write half-way:
             # it runs on, holding its turn until the append is acknowledged or fails.
@@ -324,15 +342,22 @@ class ConsentApp:
         authorize: Callable[[str], None] = lambda brand: None,
         *,
         recorded_by: str = "",
+        unowned_brand: str = ANY_BRAND,
     ) -> InboundResult:
         """``authorize`` is called with the brand the receiving number belongs to,
         before anything is written (a caller may act for some brands only);
-        ``recorded_by`` is stamped on every event written."""
+        ``recorded_by`` is stamped on every event written.
+
+        A STOP to a number no campaign sends from is recorded for ``unowned_brand``
+        (the caller's one brand, or ``ANY_BRAND``: every brand) and denies until
+        resolved; any other text to such a number is refused, as nothing needs it."""
         check_inbound(cmd, self.clock())  # every bad field at once, before any lookup
         to = to_e164(cmd.to_phone, field="to_phone")
         sender = to_e164(cmd.from_phone, field="from_phone")
         async with self._inbound_turn(sender):
-            return await self._handle_inbound(cmd, to, sender, authorize, recorded_by)
+            return await self._handle_inbound(
+                cmd, to, sender, authorize, recorded_by, unowned_brand
+            )
 
     @asynccontextmanager
     async def _inbound_turn(self, phone: str) -> AsyncIterator[None]:
@@ -360,6 +385,7 @@ class ConsentApp:
         sender: str,
         authorize: Callable[[str], None],
         recorded_by: str,
+        unowned_brand: str = ANY_BRAND,
     ) -> InboundResult:
         # Gateways do not retry FAILED_PRECONDITION: a STOP refused for a view that
         # was merely behind would be lost. Behind answers UNAVAILABLE, which they retry.
@@ -375,7 +401,12 @@ class ConsentApp:
             await self._require_caught_up(Stream.CAMPAIGNS, "to_phone")
             owner = await self.view.campaign_for_number(to)
         if owner is None:
-            raise FailedPrecondition("to_phone", f"no campaign sends from {to}")
+            kept = handle_unowned_inbound(cmd, unowned_brand, self.clock())
+            if kept is None:
+                raise FailedPrecondition("to_phone", f"no campaign sends from {to}")
+            events = _stamped(kept.events, recorded_by)
+            written = await self._replay(events) or await self._append(events)
+            return InboundResult(written, kept)
         brand, name = owner
         authorize(brand)
         campaign = (await self.view.campaign_history(brand, name)).current()
@@ -775,7 +806,12 @@ class ConsentApp:
         return await self.view.history(number, brand)
 
     async def revocation_candidates(
-        self, brand: str, after: int = 0, limit: int | None = None
+        self,
+        brand: str,
+        after: int = 0,
+        limit: int | None = None,
+        *,
+        overdue_only: bool = False,
     ) -> list[Queued]:
         """The brand's replies flagged as possible opt-outs that nobody has resolved,
         each with its place in the review queue, above ``after``, at most ``limit``.
@@ -787,8 +823,13 @@ class ConsentApp:
         joins the end, so a reviewer paging from ``after`` skips none. Pending is what
         the fold says, as ``GetConsent`` reports it for one number. The view leaves
         out the replies it knows are resolved, and the rest are read in chunks until
-        ``limit`` are found: the cost grows with the candidates asked for."""
-        check_name(brand, "brand")
+        ``limit`` are found: the cost grows with the candidates asked for.
+
+        ``overdue_only`` keeps those whose ten business days have passed; ``brand``
+        ``ANY_BRAND`` lists the STOPs whose brand is unknown."""
+        if brand != ANY_BRAND:
+            check_name(brand, "brand")
+        now = self.clock()
         await self._require_fresh(None, "brand")
         pending: list[Queued] = []
         while limit is None or len(pending) < limit:
@@ -804,13 +845,20 @@ class ConsentApp:
                 Queued(places[c.event_id], c)
                 for state in states.values()
                 for c in state.pending_candidates()
-                if c.event_id in places
+                if c.event_id in places and not (overdue_only and revocation_due(c.at) > now)
             ]
             pending += sorted(found, key=lambda q: q.position)
             if len(flagged) < size:
                 break
             after = flagged[-1].position
         return pending[:limit]
+
+    async def overdue_candidates(self) -> int:
+        """How many flagged replies of every brand are past their ten business days
+        unresolved (a reply flagged before migration 0008 may count until a rebuild
+        marks it resolved)."""
+        now = self.clock()
+        return sum(1 for t in await self.view.open_flagged_times() if revocation_due(t) <= now)
 
     async def opt_out_rate(
         self,

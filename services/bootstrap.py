@@ -36,7 +36,7 @@ from services.grpc_api.credentials import TlsFiles, file_stamp, follow_tokens
 from services.grpc_api.server import CannotListen, GrpcServer
 from services.grpc_api.servicer import ConsentServicer
 from services.huge_pages import Collapsed, collapse_heap
-from services.metrics import ServiceMetrics
+from services.metrics import ServiceMetrics, read_on_loop
 from services.projector import KafkaProjector, Projector, supervise
 from services.rate_limits import CallerLimits
 from services.settings import Settings, host_and_port, is_loopback
@@ -272,6 +272,7 @@ class Runtime:
             future_horizon=s.cansend_future_horizon,
         )
         self.metrics.guard, self.metrics.replica = self.guard, replica
+        self.metrics.overdue = read_on_loop(asyncio.get_running_loop(), self.app.overdue_candidates)
         if s.metrics_listen:  # before gRPC: a port in use stops the start, not a served process
             self._serve_metrics(s.metrics_listen)
         server = GrpcServer(

@@ -15,6 +15,9 @@ metrics make that visible:
   replica's size and how often it loaded the whole view;
 * ``consent_projector_failures_total``: times the projector failed and was
   started again (``services.projector.supervise``);
+* ``consent_revocation_candidates_overdue``: flagged replies of every brand left
+  unresolved past the ten business days the law allows (each denies as a
+  revocation); read from the view when scraped, one query over the unresolved ones;
 * the ``process_*``, ``python_gc_*`` and ``python_info`` metrics of
   ``prometheus_client``.
 
@@ -26,9 +29,11 @@ the guard's status as the loop last swapped it in whole.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from operator import attrgetter
 from typing import Protocol
 
@@ -40,6 +45,9 @@ from ledger.policy import Decision, Reason
 from ledger.ports import Stream
 from services.freshness import FreshnessStatus
 
+log = logging.getLogger(__name__)
+SCRAPE_READ_TIMEOUT = 2.0
+"""Seconds a scrape waits for a value read on the event loop before leaving it out."""
 _ALLOWED = attrgetter("allowed")
 _REASON = attrgetter("reason")
 _REASONS = {id(reason): reason for reason in Reason}
@@ -60,6 +68,27 @@ class Replica(Protocol):
     def loads(self) -> int: ...
 
 
+def read_on_loop(
+    loop: asyncio.AbstractEventLoop, read: Callable[[], Awaitable[int]]
+) -> Callable[[], int | None]:
+    """A function for the scrape's thread that runs ``read`` on ``loop`` and waits for
+    it (at most ``SCRAPE_READ_TIMEOUT``): None when it fails or takes longer."""
+
+    async def run() -> int:
+        return await read()
+
+    def value() -> int | None:
+        future = asyncio.run_coroutine_threadsafe(run(), loop)
+        try:
+            return future.result(SCRAPE_READ_TIMEOUT)
+        except Exception:
+            future.cancel()
+            log.warning("a metric could not be read for a scrape", exc_info=True)
+            return None
+
+    return value
+
+
 class ServiceMetrics(Collector):
     """The counters the servicer adds to, and a collector of every metric above.
 
@@ -74,6 +103,8 @@ class ServiceMetrics(Collector):
     ) -> None:
         self.guard = guard
         self.replica = replica
+        self.overdue: Callable[[], int | None] | None = None
+        """Counts the overdue revocation candidates (``read_on_loop``), once set."""
         self._monotonic = monotonic
         self._decisions: dict[tuple[str, bool, int], int] = {}
         self._errors: dict[tuple[str, str], int] = {}
@@ -146,6 +177,14 @@ class ServiceMetrics(Collector):
                 "Seconds since the last freshness observation; reads fail closed when "
                 "it is older than the configured maximum.",
                 value=self._monotonic() - status.observed_at,
+            )
+        overdue = None if self.overdue is None else self.overdue()
+        if overdue is not None:
+            yield GaugeMetricFamily(
+                "consent_revocation_candidates_overdue",
+                "Replies flagged as possible opt-outs, of every brand, left unresolved past "
+                "the ten business days of 47 CFR 64.1200(a)(10); each denies as a revocation.",
+                value=overdue,
             )
         if self.replica is not None:
             yield GaugeMetricFamily(

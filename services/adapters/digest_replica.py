@@ -42,7 +42,8 @@ from collections.abc import Callable, Sequence
 
 import asyncpg
 
-from ledger.digest import Digest
+from ledger.digest import Digest, with_phone_wide
+from ledger.events import ANY_BRAND
 from ledger.ports import ConsentView, Stream
 from services.adapters.postgres_view import snapshot_unless_digest, stored_digest
 from services.wire.digest import FORMAT as DIGEST_FORMAT
@@ -115,15 +116,25 @@ class DigestReplica:
     async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
         """``ConsentView.digests`` as of ``positions``: unknown phones are left out."""
         known = self._digests.get(brand)
-        if not known:
-            return {}
         found: dict[str, Digest] = {}
-        for phone in phones:
-            data = known.get(phone)
-            if data is not None:
-                digest = decode_payload(data)
-                assert digest is not None, "the replica keeps only digests it can read"
-                found[phone] = digest
+        if known:
+            for phone in phones:
+                data = known.get(phone)
+                if data is not None:
+                    digest = decode_payload(data)
+                    assert digest is not None, "the replica keeps only digests it can read"
+                    found[phone] = digest
+        # STOPs whose brand is unknown: usually none at all, one lookup to say so.
+        wide = self._digests.get(ANY_BRAND) if brand != ANY_BRAND else None
+        if wide:
+            for phone in phones:
+                data = wide.get(phone)
+                if data is not None:
+                    phone_wide = decode_payload(data)
+                    assert phone_wide is not None, "the replica keeps only digests it can read"
+                    merged = with_phone_wide(found.get(phone), phone_wide)
+                    if merged is not None:
+                        found[phone] = merged
         return found
 
     async def refresh(self) -> None:

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ledger.digest import Digest, digest_of
+from ledger.digest import Digest, digest_of, with_phone_wide
 from ledger.events import (
+    ANY_BRAND,
     CampaignEvent,
     LedgerEvent,
     MessageSent,
@@ -156,9 +157,17 @@ class InMemoryConsentView(ConsentView):
 
     async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
         states = self._tables.states
-        return {
+        found = {
             phone: digest_of(states[phone, brand]) for phone in phones if (phone, brand) in states
         }
+        if brand != ANY_BRAND:
+            for phone in phones:
+                wide = states.get((phone, ANY_BRAND))
+                if wide is not None:
+                    merged = with_phone_wide(found.get(phone), digest_of(wide))
+                    if merged is not None:
+                        found[phone] = merged
+        return found
 
     async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:
         return self._tables.campaigns.get((brand, campaign), CampaignHistory())
@@ -209,6 +218,15 @@ class InMemoryConsentView(ConsentView):
             if f.position > after and f.event_id not in resolved
         )
         return list(itertools.islice(listed, limit))
+
+    async def open_flagged_times(self) -> list[datetime]:
+        tables = self._tables
+        return [
+            tables.events[uuid.UUID(f.event_id)].event.occurred_at
+            for queue in tables.flagged.values()
+            for f in queue
+            if f.event_id not in tables.resolved
+        ]
 
     async def sending_counts(
         self, brand: str, campaign: str | None, start: datetime, end: datetime

@@ -26,8 +26,9 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
 
-from ledger.digest import AT, ID, Digest, digest_of, from_micros
+from ledger.digest import AT, ID, Digest, digest_of, from_micros, with_phone_wide
 from ledger.events import (
+    ANY_BRAND,
     CampaignEvent,
     ConsentRevoked,
     MessageSent,
@@ -169,8 +170,12 @@ def snapshot_unless_digest(format_param: str) -> str:
 
 
 _READ_DIGESTS = f"""
-SELECT phone, digest, {snapshot_unless_digest("$3")}
-FROM subscriber_state WHERE brand = $1 AND phone = ANY($2::text[])
+SELECT phone, brand, digest, {snapshot_unless_digest("$4")}
+FROM subscriber_state WHERE brand IN ($1, $2) AND phone = ANY($3::text[])
+"""
+_OPEN_FLAGGED_TIMES = """
+SELECT e.occurred_at FROM flagged_reply AS f JOIN ledger_event_copy AS e USING (event_id)
+WHERE f.resolved IS NOT TRUE
 """
 _UPSERT_STATUS = """
 INSERT INTO consent_status (phone, brand, campaign, status, tier, granted_event_id, granted_at,
@@ -682,12 +687,22 @@ class PostgresConsentView(ConsentView):
 
     @bounded
     async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
-        return {
-            phone: stored_digest(phone, brand, data, snapshot)
-            for phone, data, snapshot in await self._reads.fetch(
-                _READ_DIGESTS, brand, list(phones), DIGEST_FORMAT
-            )
-        }
+        # The phone-wide rows (ANY_BRAND) come in the same query: there are few, and
+        # a second query per read would double CanSend's round trips.
+        rows = await self._reads.fetch(_READ_DIGESTS, brand, ANY_BRAND, list(phones), DIGEST_FORMAT)
+        found: dict[str, Digest] = {}
+        wide: list[tuple[str, Digest]] = []
+        for phone, row_brand, data, snapshot in rows:
+            digest = stored_digest(phone, row_brand, data, snapshot)
+            if row_brand == brand:
+                found[phone] = digest
+            else:
+                wide.append((phone, digest))
+        for phone, phone_wide in wide:
+            merged = with_phone_wide(found.get(phone), phone_wide)
+            if merged is not None:
+                found[phone] = merged
+        return found
 
     @bounded
     async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:
@@ -767,6 +782,10 @@ class PostgresConsentView(ConsentView):
     async def flagged(self, brand: str, after: int = 0, limit: int | None = None) -> list[Flagged]:
         rows = await self._pool.fetch(_READ_FLAGGED, brand, after, limit)
         return [Flagged(row["position"], str(row["event_id"]), row["phone"]) for row in rows]
+
+    async def open_flagged_times(self) -> list[datetime]:
+        # flagged_reply_open (migration 0008) holds the unresolved replies apart.
+        return [row["occurred_at"] for row in await self._pool.fetch(_OPEN_FLAGGED_TIMES)]
 
     @bounded
     async def sending_counts(

@@ -27,7 +27,7 @@ from consent.v1 import ledger_pb2
 from ledger.commands import HandleInboundMessage, check_name
 from ledger.digest import digest_of
 from ledger.errors import DomainError, InvalidRequest
-from ledger.events import MessageKind, Recorded
+from ledger.events import ANY_BRAND, MessageKind, Recorded
 from ledger.phone import to_e164
 from ledger.policy import Decision, Reason, deny, standing
 from ledger.ports import ConsistencyToken
@@ -324,17 +324,24 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             lambda: _page_size(request.page_size),
             lambda: _queue_after(request.page_token),
             lambda: _token(request.at_least_as_fresh),
-            *_target(None, request.brand),
+            # "*": the STOPs whose brand is unknown (ANY_BRAND), for an operator's token.
+            *_target(None, None if request.brand == ANY_BRAND else request.brand),
         )
         size = _page_size(request.page_size)
         after = _queue_after(request.page_token)
         await self._require_fresh(request.at_least_as_fresh)
-        pending = await self.app.revocation_candidates(request.brand, after, size + 1)
+        pending = await self.app.revocation_candidates(
+            request.brand, after, size + 1, overdue_only=request.overdue_only
+        )
         page = pending[:size]
+        now = self.app.clock()
         return api_pb2.ListRevocationCandidatesResponse(
             candidates=[codec.recorded_to_proto(q.candidate.as_recorded()) for q in page],
             next_page_token=_queue_token(page[-1].position) if len(pending) > size else "",
             consistency_token=self.app.guard.applied_token().encode(),
+            deadlines=[
+                api.candidate_deadline_to_proto(q.candidate.event_id, q.due_at, now) for q in page
+            ],
         )
 
     @translate_errors
@@ -405,9 +412,15 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                     "to_phone", f"{principal.name} may not act for the brand of this number"
                 )
 
+        # A STOP to a number no campaign sends from is kept for the caller's brand when
+        # it acts for exactly one; otherwise the brand is unknown, and it concerns all.
+        brands = principal.brands
+        unowned = next(iter(brands)) if brands is not None and len(brands) == 1 else ANY_BRAND
         result = await within(
             write_budget(context, self.write_timeout),
-            self.app.handle_inbound(command, authorize=authorize, recorded_by=principal.name),
+            self.app.handle_inbound(
+                command, authorize=authorize, recorded_by=principal.name, unowned_brand=unowned
+            ),
         )
         return api.inbound_outcome_to_proto(
             result.outcome, result.write.event_ids, result.write.token.encode()

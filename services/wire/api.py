@@ -339,6 +339,17 @@ def decision_to_as_of_proto(
     return response
 
 
+def candidate_deadline_to_proto(
+    event_id: str, due_at: datetime, now: datetime
+) -> api_pb2.RevocationCandidateDeadline:
+    """When a revocation candidate is due, and whether it is overdue at ``now``."""
+    return api_pb2.RevocationCandidateDeadline(
+        candidate_event_id=event_id,
+        due_at=codec.timestamp_to_proto(due_at),
+        overdue=due_at <= now,
+    )
+
+
 def opt_out_rate_to_proto(
     rate: OptOutRate, consistency_token: str = ""
 ) -> api_pb2.GetOptOutRateResponse:

@@ -430,12 +430,22 @@ def _dec_inbound(p: ledger_pb2.InboundMessageReceived) -> dict[str, Any]:
 
 def _enc_flagged(e: RevocationCandidateFlagged) -> tuple[str, Message]:
     return "revocation_candidate_flagged", ledger_pb2.RevocationCandidateFlagged(
-        inbound_message_id=e.inbound_message_id, text=e.text
+        inbound_message_id=e.inbound_message_id,
+        text=e.text,
+        unattributed=e.unattributed,
+        to_number=e.to_number,
+        campaign=e.campaign,
     )
 
 
 def _dec_flagged(p: ledger_pb2.RevocationCandidateFlagged) -> dict[str, Any]:
-    return {"inbound_message_id": p.inbound_message_id, "text": p.text}
+    return {
+        "inbound_message_id": p.inbound_message_id,
+        "text": p.text,
+        "unattributed": p.unattributed,
+        "to_number": p.to_number,
+        "campaign": p.campaign if p.HasField("campaign") else None,
+    }
 
 
 def _enc_resolved(e: RevocationCandidateResolved) -> tuple[str, Message]:

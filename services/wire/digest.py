@@ -15,12 +15,13 @@ import msgpack
 
 from ledger.digest import Age, CampaignDigest, Digest
 
-FORMAT = 5
+FORMAT = 6
 """1 had no ``CampaignDigest.last_disclosed_at``, 2 no ``Digest.regions`` and
 ``Digest.located`` (the recipient's candidate states), 3 no ``CampaignDigest``
 ``help_request``, ``help_reply`` or ``opt_in_confirmation``, 4 no
-``CampaignDigest.proof_missing``: rows in any of them are read from their snapshots,
-which are folded and digested again.
+``CampaignDigest.proof_missing``, 5 no due time or unattributed mark on
+``Digest.pending``: rows in any of them are read from their snapshots, which are
+folded and digested again.
 """
 _HEADER = bytes([FORMAT])
 _DIGEST_FIELDS = len(Digest._fields)

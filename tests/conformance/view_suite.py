@@ -22,6 +22,7 @@ import pytest
 from ledger.campaigns import CampaignPolicy, CampaignPurpose
 from ledger.digest import digest_of
 from ledger.events import (
+    ANY_BRAND,
     FIRST_VERSION,
     AgeVerified,
     CampaignDefined,
@@ -537,6 +538,67 @@ class ConsentViewSuite:
         assert await view.flagged("acme", limit=2) == listed[:2]
         assert await view.flagged("acme", after=listed[0].position, limit=1) == listed[1:2]
         assert await view.flagged("acme", limit=0) == []
+
+    async def test_a_phone_wide_stop_reaches_every_brands_digests(self, view: ConsentView) -> None:
+        pos = Positions()
+        known, unknown, other = "+14155550120", "+14155550121", "+14155550122"
+        stops = [
+            replace(flag(phone, ANY_BRAND, T0), text="STOP", unattributed=True, to_number="+1")
+            for phone in (known, unknown)
+        ]
+        await view.apply(
+            Stream.SUBSCRIBERS,
+            pos.record(
+                [grant(known, "acme", "deals", T0), grant(other, "acme", "deals", T0), *stops]
+            ),
+        )
+
+        for brand in ("acme", "globex"):
+            digests = await view.digests(brand, [known, unknown, other])
+            assert set(digests) == (
+                {known, unknown, other} if brand == "acme" else {known, unknown}
+            )
+            for phone, stop in ((known, stops[0]), (unknown, stops[1])):
+                assert [p[0] for p in digests[phone].pending] == [str(stop.originator_id)]
+                assert digests[phone].pending[0][3] is True  # unattributed
+            assert not digests.get(other, digest_of(SubscriberState())).pending
+        acme = (await view.digests("acme", [known]))[known]
+        assert acme.campaign("deals").grant is not None  # the brand's own facts are kept
+        # Under the phone-wide key itself, its own digest and nothing added twice.
+        wide = await view.digests(ANY_BRAND, [known])
+        assert len(wide[known].pending) == 1
+
+        dismissed = RevocationCandidateResolved(
+            **_base(T0 + timedelta(minutes=1)),
+            phone=unknown,
+            brand=ANY_BRAND,
+            candidate_event_id=stops[1].originator_id,
+            resolution=CandidateResolution.DISMISSED,
+        )
+        await view.apply(Stream.SUBSCRIBERS, pos.record([dismissed]))
+        assert await view.digests("globex", [unknown]) == {}
+        assert [f.phone for f in await view.flagged(ANY_BRAND)] == [known]
+
+    async def test_open_flagged_times_are_every_brands_unresolved_replies(
+        self, view: ConsentView
+    ) -> None:
+        pos = Positions()
+        replies = [
+            flag("+14155550130", "acme", T0),
+            flag("+14155550131", "globex", T0 + timedelta(hours=1)),
+            flag("+14155550132", ANY_BRAND, T0 + timedelta(hours=2)),
+        ]
+        done = RevocationCandidateResolved(
+            **_base(T0 + timedelta(hours=3)),
+            phone=replies[0].phone,
+            brand="acme",
+            candidate_event_id=replies[0].originator_id,
+            resolution=CandidateResolution.DISMISSED,
+        )
+        await view.apply(Stream.SUBSCRIBERS, pos.record(replies))
+        assert sorted(await view.open_flagged_times()) == [r.occurred_at for r in replies]
+        await view.apply(Stream.SUBSCRIBERS, pos.record([done]))
+        assert sorted(await view.open_flagged_times()) == [r.occurred_at for r in replies[1:]]
 
     async def test_sending_counts_count_sends_and_distinct_opted_out_numbers(
         self, view: ConsentView

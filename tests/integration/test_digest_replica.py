@@ -6,17 +6,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 
 import asyncpg
 import pytest
 
 from ledger.digest import Digest
-from ledger.events import SubscriberEvent
+from ledger.events import ANY_BRAND, SubscriberEvent
 from ledger.ports import Stream
 from services.adapters.digest_replica import DigestReplica
 from services.adapters.postgres_view import PostgresConsentView
-from tests.conformance.view_suite import T0, Positions, generate_events, grant, revoke, sent
+from tests.conformance.view_suite import (
+    T0,
+    Positions,
+    flag,
+    generate_events,
+    grant,
+    revoke,
+    sent,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -191,3 +200,17 @@ async def test_a_copy_never_reports_positions_its_digests_do_not_reflect(
     await writer
     assert replica.loads == 1 and checks > 1
     assert all(d.campaign("deals").revocation is not None for d in copied.values())
+
+
+async def test_every_brands_digests_carry_a_phone_wide_stop(pool: asyncpg.Pool) -> None:
+    view = PostgresConsentView(pool)
+    replica = DigestReplica(pool, view)
+    pos = Positions()
+    stop = replace(flag(PHONES[0], ANY_BRAND, T0), text="STOP", unattributed=True)
+    await view.apply(Stream.SUBSCRIBERS, pos.record([grant(PHONES[0], "acme", "deals", T0), stop]))
+    await replica.refresh()
+    for brand in ("acme", "globex"):
+        copied = await replica.digests(brand, [PHONES[0], PHONES[1]])
+        assert copied == await view.digests(brand, [PHONES[0], PHONES[1]])
+        assert [p[0] for p in copied[PHONES[0]].pending] == [str(stop.originator_id)]
+    assert (await replica.digests("acme", [PHONES[0]]))[PHONES[0]].campaign("deals").grant

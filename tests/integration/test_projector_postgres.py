@@ -74,6 +74,9 @@ class DiesAfterCommit(ConsentView):
     async def flagged(self, brand: str, after: int = 0) -> Any:
         return await self.inner.flagged(brand, after)
 
+    async def open_flagged_times(self) -> Any:
+        return await self.inner.open_flagged_times()
+
     async def sending_counts(self, brand: str, campaign: str | None, start: Any, end: Any) -> Any:
         return await self.inner.sending_counts(brand, campaign, start, end)
 

@@ -145,6 +145,15 @@ EXAMPLES: list[LedgerEvent] = [
     RevocationCandidateFlagged(
         **base(12), **who(), inbound_message_id="SM129", text="please don't text me anymore"
     ),
+    RevocationCandidateFlagged(  # an opt-out no defined campaign could take
+        **base(20),
+        **who(),
+        inbound_message_id="",
+        text="STOP",
+        to_number="+14155550199",
+        campaign="winter-sale",
+        unattributed=True,
+    ),
     RevocationCandidateResolved(
         **base(13),
         **who(),

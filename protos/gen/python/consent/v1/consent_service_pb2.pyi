@@ -90,6 +90,10 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """Denied: a help reply or START confirmation no recent text of the person's asked
     for (HandleInboundMessage said none was owed), or one already sent for it.
     """
+    REASON_REVOCATION_OVERDUE: _Reason.ValueType  # 24
+    """Denied: a reply that reads like an opt-out was not resolved within ten business
+    days (47 CFR 64.1200(a)(10)); it counts as a revocation until resolved.
+    """
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Why a decision came out as it did; mirrors ledger.policy.Reason one to one."""
@@ -146,6 +150,10 @@ REASON_OPT_IN_CONFIRMATION_ALLOWED: Reason.ValueType  # 22
 REASON_REPLY_NOT_OWED: Reason.ValueType  # 23
 """Denied: a help reply or START confirmation no recent text of the person's asked
 for (HandleInboundMessage said none was owed), or one already sent for it.
+"""
+REASON_REVOCATION_OVERDUE: Reason.ValueType  # 24
+"""Denied: a reply that reads like an opt-out was not resolved within ten business
+days (47 CFR 64.1200(a)(10)); it counts as a revocation until resolved.
 """
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
@@ -1557,6 +1565,7 @@ class ListRevocationCandidatesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     AT_LEAST_AS_FRESH_FIELD_NUMBER: _builtins.int
+    OVERDUE_ONLY_FIELD_NUMBER: _builtins.int
     brand: _builtins.str
     page_size: _builtins.int
     """At most this many candidates per page; 0 means the server's default (100)."""
@@ -1566,6 +1575,8 @@ class ListRevocationCandidatesRequest(_message.Message):
     applied between pages make it skip none.
     """
     at_least_as_fresh: _builtins.str
+    overdue_only: _builtins.bool
+    """Only candidates past their deadline (ten business days after they were flagged)."""
     def __init__(
         self,
         *,
@@ -1573,14 +1584,46 @@ class ListRevocationCandidatesRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         at_least_as_fresh: _builtins.str = ...,
+        overdue_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_least_as_fresh", b"at_least_as_fresh", "brand", b"brand", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_least_as_fresh", b"at_least_as_fresh", "brand", b"brand", "overdue_only", b"overdue_only", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRevocationCandidatesRequest: _TypeAlias = ListRevocationCandidatesRequest  # noqa: Y015
+
+@_typing.final
+class RevocationCandidateDeadline(_message.Message):
+    """When a candidate must be resolved by, as 47 CFR 64.1200(a)(10) counts it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANDIDATE_EVENT_ID_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
+    OVERDUE_FIELD_NUMBER: _builtins.int
+    candidate_event_id: _builtins.str
+    overdue: _builtins.bool
+    """Due at or before the time of the answer: it denies as a revocation."""
+    @_builtins.property
+    def due_at(self) -> _timestamp_pb2.Timestamp:
+        """The end of the tenth US federal business day (Eastern) after it was flagged."""
+
+    def __init__(
+        self,
+        *,
+        candidate_event_id: _builtins.str = ...,
+        due_at: _timestamp_pb2.Timestamp | None = ...,
+        overdue: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_event_id", b"candidate_event_id", "due_at", b"due_at", "overdue", b"overdue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevocationCandidateDeadline: _TypeAlias = RevocationCandidateDeadline  # noqa: Y015
 
 @_typing.final
 class ListRevocationCandidatesResponse(_message.Message):
@@ -1589,6 +1632,7 @@ class ListRevocationCandidatesResponse(_message.Message):
     CANDIDATES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    DEADLINES_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Empty on the last page."""
     consistency_token: _builtins.str
@@ -1599,16 +1643,21 @@ class ListRevocationCandidatesResponse(_message.Message):
         ResolveRevocationCandidate takes.
         """
 
+    @_builtins.property
+    def deadlines(self) -> _containers.RepeatedCompositeFieldContainer[Global___RevocationCandidateDeadline]:
+        """The deadline of each candidate, in the order of candidates."""
+
     def __init__(
         self,
         *,
         candidates: _abc.Iterable[_ledger_pb2.RecordedEvent] | None = ...,
         next_page_token: _builtins.str = ...,
         consistency_token: _builtins.str = ...,
+        deadlines: _abc.Iterable[Global___RevocationCandidateDeadline] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "consistency_token", b"consistency_token", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "consistency_token", b"consistency_token", "deadlines", b"deadlines", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -704,19 +704,36 @@ class RevocationCandidateFlagged(_message.Message):
 
     INBOUND_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    UNATTRIBUTED_FIELD_NUMBER: _builtins.int
+    TO_NUMBER_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
     inbound_message_id: _builtins.str
     text: _builtins.str
+    unattributed: _builtins.bool
+    """An opt-out no defined campaign could take (a STOP to a number no campaign sends
+    from, or RecordOptOut naming an undefined campaign): it denies as a revocation of
+    every campaign of its brand (brand "*": of every brand) until it is resolved.
+    """
+    to_number: _builtins.str
+    """The number an unattributed STOP was sent to."""
+    campaign: _builtins.str
+    """The undefined campaign an unattributed opt-out named."""
     def __init__(
         self,
         *,
         inbound_message_id: _builtins.str = ...,
         text: _builtins.str = ...,
+        unattributed: _builtins.bool = ...,
+        to_number: _builtins.str = ...,
+        campaign: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inbound_message_id", b"inbound_message_id", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "inbound_message_id", b"inbound_message_id", "text", b"text", "to_number", b"to_number", "unattributed", b"unattributed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__campaign: _TypeAlias = _typing.Literal["campaign"]  # noqa: Y015
+    _WhichOneofArgType__campaign: _TypeAlias = _typing.Literal["_campaign", b"_campaign"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__campaign) -> _WhichOneofReturnType__campaign | None: ...
 
 Global___RevocationCandidateFlagged: _TypeAlias = RevocationCandidateFlagged  # noqa: Y015
 

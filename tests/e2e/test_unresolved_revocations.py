@@ -1,0 +1,246 @@
+"""Opt-outs that must not be lost or left in limbo, through the real gRPC server on the
+real Kafka and PostgreSQL: a STOP to a number no campaign sends from, an opt-out
+naming a campaign that is not defined, and a candidate left unresolved past the ten
+business days of 47 CFR 64.1200(a)(10)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from datetime import timedelta
+
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+
+from ledger.ports import ConsistencyToken
+from services.bootstrap import Runtime
+from tests.e2e.harness import client, define, kafka_settings, opt_in, opt_out, service_settings, ts
+from tests.e2e.test_lifecycle import ACME_NUMBER, GLOBEX_NUMBER, PHONE, Clock
+from tests.e2e.test_metrics import sample, scrape
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+UNOWNED = "+12125550199"
+"""A number no campaign sends from."""
+
+
+@pytest.fixture
+async def service(tmp_path, postgres_dsn, kafka_bootstrap):
+    clock = Clock()
+    prefix = f"e2e-{uuid.uuid4().hex[:8]}."
+    settings = service_settings(
+        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
+    )
+    runtime = Runtime(dataclasses.replace(settings, metrics_listen="127.0.0.1:0"), clock=clock)
+    await runtime.start()
+    async with client(runtime.address) as admin:
+        t = clock.now
+        for brand, campaign, number in (
+            ("acme", "promo", ACME_NUMBER),
+            ("acme", "alerts", None),
+            ("globex", "promo", GLOBEX_NUMBER),
+        ):
+            numbers = [number] if number else []
+            request = define(brand, campaign, t - timedelta(days=60), numbers)
+            # The projector may take a while to join its group on a fresh broker: the
+            # same request again is a retry, as a client's would be.
+            for attempt in range(5):
+                try:
+                    w = await admin.DefineCampaign(request)
+                    break
+                except grpc.aio.AioRpcError as err:
+                    if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == 4:
+                        raise
+        assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
+        for brand, campaign in (("acme", "promo"), ("acme", "alerts"), ("globex", "promo")):
+            w = await admin.RecordOptIn(opt_in(PHONE, brand, campaign, t - timedelta(days=1)))
+        assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
+    try:
+        yield runtime, clock
+    finally:
+        await runtime.stop()
+
+
+def inbound(body: str, to: str, clock: Clock) -> api.HandleInboundMessageRequest:
+    return api.HandleInboundMessageRequest(
+        request_id=uuid.uuid4().hex,
+        from_phone=PHONE,
+        to_phone=to,
+        body=body,
+        message_id=f"SM{uuid.uuid4().hex[:10]}",
+        occurred_at=ts(clock.now),
+    )
+
+
+async def reasons(runtime: Runtime, token: str) -> dict[tuple[str, str], int]:
+    """What CanSend answers for each campaign (asked by the operator, of every brand)."""
+    found = {}
+    async with client(runtime.address) as admin:
+        for brand, campaign in (("acme", "promo"), ("acme", "alerts"), ("globex", "promo")):
+            r = await admin.CanSend(
+                api.CanSendRequest(
+                    phone=PHONE, brand=brand, campaign=campaign, at_least_as_fresh=token
+                )
+            )
+            found[brand, campaign] = r.reason
+    return found
+
+
+def resolve(brand: str, candidate: str, clock: Clock, resolution: int):
+    return api.ResolveRevocationCandidateRequest(
+        request_id=uuid.uuid4().hex,
+        phone=PHONE,
+        brand=brand,
+        candidate_event_id=candidate,
+        resolution=resolution,
+        occurred_at=ts(clock.now),
+    )
+
+
+async def test_a_stop_to_a_number_no_campaign_sends_from_denies_every_brand(service):
+    runtime, clock = service
+    async with client(runtime.address) as admin:
+        before = await reasons(runtime, "")
+        assert set(before.values()) == {api.REASON_CONSENT_ACTIVE}
+
+        stop = await admin.HandleInboundMessage(inbound("STOP", UNOWNED, clock))
+        assert stop.intent == api.INBOUND_INTENT_OPT_OUT and stop.brand == ""
+        assert any(UNOWNED in note for note in stop.notes)
+        after = await reasons(runtime, stop.consistency_token)
+        assert set(after.values()) == {api.REASON_REVOKED_BRAND_WIDE}
+
+        queue = await admin.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="*", at_least_as_fresh=stop.consistency_token)
+        )
+        [kept] = queue.candidates
+        flagged = kept.event.revocation_candidate_flagged
+        assert flagged.unattributed and flagged.to_number == UNOWNED and flagged.text == "STOP"
+        assert kept.event.phone == PHONE and kept.event.brand == "*"
+
+        # A text that is no opt-out has nothing to keep: still refused.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await admin.HandleInboundMessage(inbound("what are your hours?", UNOWNED, clock))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+        # Someone who looked resolves it; the brands' sends go on.
+        done = await admin.ResolveRevocationCandidate(
+            resolve("*", kept.event.event_id, clock, lpb.CANDIDATE_RESOLUTION_DISMISSED)
+        )
+        assert set((await reasons(runtime, done.consistency_token)).values()) == {
+            api.REASON_CONSENT_ACTIVE
+        }
+
+    async with client(runtime.address, "acme-app") as acme:
+        # A brand's own caller may neither see nor resolve what concerns every brand.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await acme.ListRevocationCandidates(api.ListRevocationCandidatesRequest(brand="*"))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_stop_to_an_unowned_number_from_a_one_brand_caller_is_that_brands(service):
+    runtime, clock = service
+    async with client(runtime.address, "acme-app") as acme:
+        stop = await acme.HandleInboundMessage(inbound("stop all", UNOWNED, clock))
+        assert stop.brand == "acme"
+        found = await reasons(runtime, stop.consistency_token)
+        assert found["acme", "promo"] == found["acme", "alerts"] == api.REASON_REVOKED_BRAND_WIDE
+        queue = await acme.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="acme")
+        )
+        assert [c.event.revocation_candidate_flagged.to_number for c in queue.candidates] == [
+            UNOWNED
+        ]
+    async with client(runtime.address, "globex-app") as globex:
+        r = await globex.CanSend(
+            api.CanSendRequest(
+                phone=PHONE,
+                brand="globex",
+                campaign="promo",
+                at_least_as_fresh=stop.consistency_token,
+            )
+        )
+        assert r.allowed  # another tenant's caller cannot stop globex's messages
+
+
+async def test_an_opt_out_naming_an_undefined_campaign_is_kept_and_denies_the_brand(service):
+    runtime, clock = service
+    async with client(runtime.address, "acme-app") as acme:
+        request = opt_out(PHONE, "acme", "winter-sale", clock.now, text="no more please")
+        w = await acme.RecordOptOut(request)
+        found = await reasons(runtime, w.consistency_token)
+        assert found["acme", "promo"] == found["acme", "alerts"] == api.REASON_REVOKED_BRAND_WIDE
+        assert found["globex", "promo"] == api.REASON_CONSENT_ACTIVE
+        again = await acme.RecordOptOut(request)  # a retry is the same fact
+        assert list(again.event_ids) == list(w.event_ids)
+
+        queue = await acme.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="acme")
+        )
+        [kept] = queue.candidates
+        assert kept.event.event_id == w.event_ids[0]
+        flagged = kept.event.revocation_candidate_flagged
+        assert flagged.unattributed and flagged.campaign == "winter-sale"
+        assert flagged.text == "no more please"
+
+        # Resolved as a revocation: a brand-wide opt-out stands in its place.
+        done = await acme.ResolveRevocationCandidate(
+            resolve("acme", w.event_ids[0], clock, lpb.CANDIDATE_RESOLUTION_REVOKED)
+        )
+        found = await reasons(runtime, done.consistency_token)
+        assert found["acme", "promo"] == api.REASON_REVOKED_BRAND_WIDE
+        queue = await acme.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="acme")
+        )
+        assert not queue.candidates
+
+
+async def test_an_overdue_candidate_denies_and_is_listed_and_counted(service):
+    runtime, clock = service
+    assert runtime.metrics_address is not None
+    async with client(runtime.address, "acme-app") as acme:
+        reply = await acme.HandleInboundMessage(
+            inbound("please stop texting me", ACME_NUMBER, clock)
+        )
+        assert reply.intent == api.INBOUND_INTENT_REVOCATION_CANDIDATE
+        found = await reasons(runtime, reply.consistency_token)
+        assert found["acme", "promo"] == api.REASON_REVOCATION_PENDING_REVIEW
+        overdue_only = api.ListRevocationCandidatesRequest(brand="acme", overdue_only=True)
+        assert not (await acme.ListRevocationCandidates(overdue_only)).candidates
+        listed = await acme.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="acme")
+        )
+        [deadline] = listed.deadlines
+        assert not deadline.overdue
+        assert deadline.candidate_event_id == listed.candidates[0].event.event_id
+        due = deadline.due_at.ToDatetime().replace(tzinfo=clock.now.tzinfo)
+        assert timedelta(days=14) <= due - clock.now <= timedelta(days=17)  # 10 business days
+        samples = await asyncio.to_thread(scrape, runtime.metrics_address)
+        assert sample(samples, "consent_revocation_candidates_overdue") == 0
+
+        clock.now = due + timedelta(hours=15)  # noon in Los Angeles: nobody looked in time
+        found = await reasons(runtime, "")
+        assert found["acme", "promo"] == found["acme", "alerts"] == api.REASON_REVOCATION_OVERDUE
+        late = await acme.ListRevocationCandidates(overdue_only)
+        assert [c.event.event_id for c in late.candidates] == [
+            c.event.event_id for c in listed.candidates
+        ]
+        assert late.deadlines[0].overdue
+        samples = await asyncio.to_thread(scrape, runtime.metrics_address)
+        assert sample(samples, "consent_revocation_candidates_overdue") == 1
+
+    async with client(runtime.address) as admin:  # dismissing takes the admin scope
+        done = await admin.ResolveRevocationCandidate(
+            resolve(
+                "acme",
+                listed.candidates[0].event.event_id,
+                clock,
+                lpb.CANDIDATE_RESOLUTION_DISMISSED,
+            )
+        )
+        found = await reasons(runtime, done.consistency_token)
+        assert found["acme", "promo"] == api.REASON_CONSENT_ACTIVE
+        samples = await asyncio.to_thread(scrape, runtime.metrics_address)
+        assert sample(samples, "consent_revocation_candidates_overdue") == 0
