@@ -299,6 +299,7 @@ _LEXICON = _lexicon(
             subscription subscriptions membership list lists program
             programme service services account campaign club mailing database suscripcion
             suscripciones membresia lista listas listado servicio cuenta programa liste abonnement
+            group groups thread chat groupchat grupo grupos
         """,
         "subscribe": "subscribe subscribed subscribing suscribi suscribo suscrito suscrita",
         "number": """
@@ -610,6 +611,7 @@ _PESTER = _words(
     spammed spammer spamm spams spammy molesten moleste molestes molestar molestarme molestarnos
     molestando molestan fastidien fastidiar fastidiando jodan joder jodiendo chinguen chingar
     acosar acoso acosando acosen harcelement harceler deranger derangez incomodar incomoden
+    insist insisting insistan insista insistas insistir insistiendo
     """
 )
 _REMOVERS = _words(
@@ -1079,7 +1081,7 @@ def _aversion(words: list[str]) -> bool:
     for i, word in enumerate(words):
         if (
             word in {"prefer", "rather"}
-            and "not" in _window(words, i + 1, 2)
+            and "not" in words[i + 1 : i + 7]
             and any(
                 _is_contact(w) or w in {"receive", "get", "getting", "receiving", "hear"}
                 for w in words[i + 1 :]
@@ -1157,6 +1159,8 @@ def _complaint(words: list[str]) -> bool:
         r"|\bcease\b|\bdesist\b",
         text,
     ):
+        return True
+    if re.search(r"\bforget (about )?(me|us)\b", text) and not re.search(r"\bnot forget", text):
         return True
     if re.search(r"\bspam\w*\b", text):
         return not re.search(r"\b(spam|notice) (folder|filter|box)\b|\bin (my|the) spam\b", text)
@@ -1403,6 +1407,13 @@ _MESSAGE_RULES = re.compile(
     r"|\b(no|nunca) (he sido |soy |somos |hemos sido |fui )?(su |sus )?(cliente|clientes|"
     r"paciente|pacientes|socio|socia|miembro)\b"
     r"|^\W*(can|could|would) you (just |please |pls )*not\W*$"
+    r"|\b(get rid of|rid of) (me|us|my \w+|this number|our \w+)\b"
+    r"|\bknock (it |that |this )?off (the |these |your |with the )?(texts?|messages|calls|spam)\b"
+    r"|\bhad it with\b|\bsick and tired\b"
+    r"|\b(good|ok|okay|fine|all set|set) (on|without) (the |these |your |ur |any )?(texts?|txts?|"
+    r"messages|msgs|calls|emails|alerts|notifications|promos|reminders)\b"
+    r"|\b(texts?|txts?|messages|msgs|this|these|they|it) (are|is|r) not for (me|us)\b"
+    r"|^\W*(it is |this is |that is |its |thats )?not for me\W*(thanks|thank you|thx)?\W*$"
     r"|\b(previous|old|former|last|prior) (owner|user|holder)\b"
     r"|\b(ya )?no (le |les )?pertenece\b"
     r"|\b(borr|elimin|quit|sa?qu|remuev)\w* (este|esto|ese)\W*$"
