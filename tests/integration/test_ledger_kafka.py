@@ -119,6 +119,7 @@ async def test_ensure_topics_creates_both_topics_with_ledger_settings(
         assert configs[name]["retention.bytes"] == "-1"
         assert configs[name]["message.timestamp.type"] == "LogAppendTime"
         assert configs[name]["min.insync.replicas"] == "1"
+        assert configs[name]["unclean.leader.election.enable"] == "false"
 
 
 @pytest.mark.parametrize(
