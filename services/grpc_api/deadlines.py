@@ -10,8 +10,8 @@ nothing twice)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import grpc
 
@@ -34,10 +34,27 @@ def write_budget(context: grpc.aio.ServicerContext, limit: float) -> float:
     return max(0.0, min(limit, remaining - min(MARGIN_AT_MOST, MARGIN * remaining)))
 
 
-async def within(budget: float, write: Awaitable[R]) -> R:
-    """``write``'s result, or ``OutcomeUnknown`` once ``budget`` seconds have passed."""
+async def within(budget: float, write: Coroutine[Any, Any, R]) -> R:
+    """``write``'s result, or ``OutcomeUnknown`` once ``budget`` seconds have passed.
+
+    The write runs as a task that this call stops waiting for (and cancels): a
+    frozen database answers not even a cancellation, and a cancelled call into
+    asyncpg waits for that answer, so cancelling the caller would not return in
+    time (``services.adapters.postgres_view.bounded`` does the same for reads)."""
+    task = asyncio.ensure_future(write)
     try:
-        async with asyncio.timeout(budget):
-            return await write
-    except TimeoutError:
-        raise OutcomeUnknown(f"the write was not acknowledged within {budget:.3g} s") from None
+        done, _ = await asyncio.wait({task}, timeout=budget)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        raise OutcomeUnknown(f"the write was not acknowledged within {budget:.3g} s")
+    return task.result()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Take the outcome of a write nobody waits for any more, so it is not logged."""
+    if not task.cancelled():
+        task.exception()

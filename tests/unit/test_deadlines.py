@@ -34,3 +34,20 @@ async def test_a_write_past_its_budget_raises_outcome_unknown_and_one_in_time_re
     assert await within(1, asyncio.sleep(0.01, "written")) == "written"
     with pytest.raises(OutcomeUnknown, match=r"within 0\.05 s"):
         await within(0.05, asyncio.sleep(5))
+
+
+async def test_a_write_that_is_slow_to_cancel_still_answers_in_its_budget() -> None:
+    """asyncpg, cancelled mid-query on a frozen server, waits for the server to answer
+    the cancellation; the caller must not wait with it."""
+
+    async def frozen_query() -> None:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            await asyncio.sleep(1)  # the cancellation's answer, which comes late
+            raise
+
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(OutcomeUnknown):
+        await within(0.05, frozen_query())
+    assert asyncio.get_running_loop().time() - started < 0.5
