@@ -732,7 +732,9 @@ def _stop_word(words: list[str]) -> bool:
             and _WHO_TEXTS.isdisjoint(words)
         ):
             continue
-        if after in _STOP_ASIDE and then not in _STOP_ASIDE_KEEP:
+        if after in _STOP_ASIDE and (
+            then not in _STOP_ASIDE_KEEP or (after in {"by", "in", "over"} and then not in _ME)
+        ):
             continue
         # "stop taking the pills", "stop using the dryer": a verb that is not
         # one of contact, and no messages or person named in the clause.
@@ -759,6 +761,14 @@ def _ender_with_object(words: list[str]) -> bool:
         if _has_me(ahead) or any(
             _is_contact(w) or w in _SERVICE or (w in _DEMONSTRATIVE and w not in {"it", "that"})
             for w in ahead
+        ):
+            return True
+        # "I need these texts to end", "I want the alerts cancelled"
+        behind = _window(words, i - 4, 4)
+        if (
+            any(_is_contact(w) for w in behind)
+            and (words[i - 1 : i] == ["to"] or {"make", "let"} & set(words[:i]))
+            and _DESIRE.union({"make", "let"}) & set(words[:i])
         ):
             return True
         rest = words[i + 1 :]
@@ -1408,6 +1418,17 @@ _MESSAGE_RULES = re.compile(
     r"paciente|pacientes|socio|socia|miembro)\b"
     r"|^\W*(can|could|would) you (just |please |pls )*not\W*$"
     r"|\b(get rid of|rid of) (me|us|my \w+|this number|our \w+)\b"
+    r"|\b(not|never|stop|quit|no|nunca) (\w+ )?(use|using|usar|usen|utilizar|utilicen) (my|this|mi|"
+    r"este|"
+    r"our|nuestro) (cell |cell phone |phone |mobile )?(number|numero|phone|cell|telefono|celular|"
+    r"info|informacion|datos)\b"
+    r"|\b(number|numero|phone|cell|line|telefono|celular) (is|es) not (for|para) (marketing|sales|"
+    r"ads|advertising|promotions|promociones|publicidad|ventas|texts|mensajes)\b"
+    r"|\b(dej\w*|para|pare|paren) de (usar|utilizar) (mi|este|nuestro) (numero|telefono|celular)\b"
+    r"|\bpass on (the |these |your |all |any )?(texts?|txts?|messages|msgs|offers|deals|promos|"
+    r"alerts|emails|calls)\b"
+    r"|\bnot (supposed|allowed|permitted|meant|authorized) to (text|txt|message|msg|contact|call|"
+    r"email|send|write)"
     r"|\bknock (it |that |this )?off (the |these |your |with the )?(texts?|messages|calls|spam)\b"
     r"|\bhad it with\b|\bsick and tired\b"
     r"|\b(good|ok|okay|fine|all set|set) (on|without) (the |these |your |ur |any )?(texts?|txts?|"
