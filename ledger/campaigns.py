@@ -213,6 +213,10 @@ class CampaignPolicy:
     required_proof_fields: tuple[str, ...] = ()
     """Proof fields every opt-in to the campaign must fill, of
     ``ledger.events.PROOF_TEMPLATE_FIELDS`` (the brand's own standard of proof)."""
+    revoke_all: bool = False
+    """Honour an opt-out from any campaign of the brand as one from this campaign too,
+    before 47 CFR 64.1200(a)(10)'s "revoke-all" rule is in force (from then on it
+    applies whatever this says: ``ledger.policy.REVOKE_ALL_EFFECTIVE``)."""
 
     @property
     def content_category(self) -> CampaignCategory | None:

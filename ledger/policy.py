@@ -60,6 +60,20 @@ from ledger.state import (
 )
 from ledger.state_rules import StateCap, StateRule
 
+REVOKE_ALL_EFFECTIVE = datetime(2027, 1, 31, tzinfo=ZoneInfo("America/New_York"))
+"""From when a revocation in reply to one campaign of a brand revokes all of them.
+
+47 CFR 64.1200(a)(10) (the FCC's 2024 TCPA Consent Order, FCC 24-24) has a caller
+treat a revocation made in reply to one kind of message as applying to all its
+robocalls and robotexts on unrelated matters. The FCC delayed that part twice: from
+April 11, 2025 to April 11, 2026 (Consumer and Governmental Affairs Bureau Order
+DA 25-312, April 7, 2025), then to January 31, 2027 (CGB Order DA 26-12, CG Docket
+No. 02-278, released January 6, 2026), the latest order found as of 2026-12-02.
+Checks at or after this moment treat every campaign-scoped opt-out of the brand as
+brand-wide, whenever it was sent; a campaign's ``CampaignPolicy.revoke_all`` does so
+earlier (and cannot turn it off after). Midnight in Washington, D.C., as the
+business days of ``ledger.deadlines`` are counted."""
+
 
 class Reason(enum.Enum):
     """Why a decision came out as it did. One enum for allow and deny alike."""
@@ -372,6 +386,7 @@ class Check:
             MessageKind.OPT_IN_CONFIRMATION: self._opt_in_confirmation,
         }.get(kind)
         self._replying = kind is MessageKind.CONVERSATION_REPLY
+        self._revoke_all = policy.revoke_all or now >= REVOKE_ALL_EFFECTIVE
         self._dates: dict[tuple[str, ...], date] = {}
         self._zone_dates: dict[str, date] = {}
         self._local_times: dict[str, datetime] = {}
@@ -406,6 +421,10 @@ class Check:
         if current.revocation is not None:
             reason = Reason.REVOKED_BRAND_WIDE if current.brand_wide else Reason.REVOKED
             return deny(reason, "opted out; new consent is needed", current.evidence, version)
+        if self._revoke_all and current.since is not None:
+            elsewhere = self._revoked_elsewhere(digest, current.since)
+            if elsewhere is not None:
+                return elsewhere
 
         purpose = self.policy.purpose
         if not current.active:
@@ -480,6 +499,31 @@ class Check:
             else f"{category!r} is not a category the service knows; change the policy"
         )
         return deny(Reason.CONTENT_NOT_ALLOWED, detail, evidence, self.version)
+
+    def _revoked_elsewhere(self, digest: Digest, since: int) -> Decision | None:
+        """Under the revoke-all rule (``REVOKE_ALL_EFFECTIVE``, or the campaign's own
+        ``revoke_all``): an opt-out of another campaign of the brand that stands and is
+        no older than this campaign's consent (a consent given or resumed after it is
+        the person's newer word, for this campaign). The one opt-out confirmation is
+        the revoked campaign's, decided before this."""
+        name = self.campaign.campaign
+        for other in sorted(digest.campaigns):
+            if other == name:
+                continue
+            theirs = digest.campaign(other)
+            if theirs.revocation is None:
+                continue
+            stands = standing(digest, theirs)
+            revocation = stands.revocation
+            if revocation is not None and not stands.brand_wide and revocation[AT] >= since:
+                return deny(
+                    Reason.REVOKED_BRAND_WIDE,
+                    f"opted out of campaign {other}: a revocation of one campaign revokes "
+                    "every campaign of the brand (47 CFR 64.1200(a)(10), revoke-all)",
+                    (revocation[ID],),
+                    self.version,
+                )
+        return None
 
     def _unresolved_revocation(self, digest: Digest) -> Decision | None:
         """A pending candidate that counts as a revocation of every campaign of the

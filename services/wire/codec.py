@@ -203,6 +203,7 @@ def policy_to_proto(policy: CampaignPolicy) -> ledger_pb2.CampaignPolicy:
         opt_out_confirmation_window=duration_to_proto(policy.opt_out_confirmation_window),
         sender_numbers=list(policy.sender_numbers),
         required_proof_fields=list(policy.required_proof_fields),
+        revoke_all=policy.revoke_all,
     )
     category = policy.content_category
     if policy.category and category is not None:  # by name too, for readers in any language
@@ -278,6 +279,7 @@ def policy_from_proto(msg: ledger_pb2.CampaignPolicy) -> CampaignPolicy:
         opt_out_confirmation_window=window("opt_out_confirmation_window"),
         sender_numbers=tuple(msg.sender_numbers),
         required_proof_fields=tuple(msg.required_proof_fields),
+        revoke_all=msg.revoke_all,
     )
 
 

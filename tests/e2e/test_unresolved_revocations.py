@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -244,3 +244,59 @@ async def test_an_overdue_candidate_denies_and_is_listed_and_counted(service):
         assert found["acme", "promo"] == api.REASON_CONSENT_ACTIVE
         samples = await asyncio.to_thread(scrape, runtime.metrics_address)
         assert sample(samples, "consent_revocation_candidates_overdue") == 0
+
+
+REVOKE_ALL_AT = datetime(2027, 1, 31, 5, 0, tzinfo=UTC)
+"""The revoke-all rule's effective date (ledger.policy.REVOKE_ALL_EFFECTIVE)."""
+
+
+async def test_a_stop_to_one_campaign_stops_them_all_from_the_revoke_all_date(service):
+    runtime, clock = service
+    clock.now = REVOKE_ALL_AT - timedelta(days=3, hours=-15)  # noon in Los Angeles, before
+    async with client(runtime.address) as admin:
+        early = define("acme", "early", clock.now - timedelta(days=1), revoke_all=True)
+        await admin.DefineCampaign(early)
+        w = await admin.RecordOptIn(opt_in(PHONE, "acme", "early", clock.now - timedelta(hours=1)))
+        stopped_at = clock.now
+        stop = await admin.HandleInboundMessage(inbound("STOP", ACME_NUMBER, clock))
+        assert stop.brand == "acme" and stop.campaign == "promo"
+
+        async def reason(campaign: str, token: str = "") -> int:
+            r = await admin.CanSend(
+                api.CanSendRequest(
+                    phone=PHONE, brand="acme", campaign=campaign, at_least_as_fresh=token
+                )
+            )
+            return r.reason
+
+        # Before the date: the STOP is promo's alone, unless a campaign chose otherwise.
+        assert await reason("promo", stop.consistency_token) == api.REASON_REVOKED
+        assert await reason("alerts") == api.REASON_CONSENT_ACTIVE
+        assert await reason("early", w.consistency_token) == api.REASON_REVOKED_BRAND_WIDE
+
+        clock.now = REVOKE_ALL_AT + timedelta(hours=15)  # noon in Los Angeles, after
+        answer = await admin.CanSend(
+            api.CanSendRequest(phone=PHONE, brand="acme", campaign="alerts")
+        )
+        assert answer.reason == api.REASON_REVOKED_BRAND_WIDE and "revoke-all" in answer.detail
+        assert list(answer.evidence_event_ids) == [stop.event_ids[1]]
+        assert await reason("promo") == api.REASON_REVOKED
+        other_brand = await admin.CanSend(
+            api.CanSendRequest(phone=PHONE, brand="globex", campaign="promo")
+        )
+        assert other_brand.allowed  # a sender's own campaigns only
+
+        # A moment before the date is answered by the rule of that moment.
+        then = await admin.CanSendAsOf(
+            api.CanSendAsOfRequest(
+                phone=PHONE,
+                brand="acme",
+                campaign="alerts",
+                at=ts(stopped_at + timedelta(hours=1)),
+            )
+        )
+        assert then.allowed
+
+        # New consent to a campaign after the STOP is the person's newer word for it.
+        again = await admin.RecordOptIn(opt_in(PHONE, "acme", "alerts", clock.now))
+        assert await reason("alerts", again.consistency_token) == api.REASON_CONSENT_ACTIVE

@@ -932,6 +932,7 @@ class CampaignPolicy(_message.Message):
     SENDER_NUMBERS_FIELD_NUMBER: _builtins.int
     CONTENT_CATEGORY_FIELD_NUMBER: _builtins.int
     REQUIRED_PROOF_FIELDS_FIELD_NUMBER: _builtins.int
+    REVOKE_ALL_FIELD_NUMBER: _builtins.int
     purpose: Global___CampaignPurpose.ValueType
     category: _builtins.str
     """The category by name (the lower-case name of a CampaignCategory value, e.g.
@@ -947,6 +948,11 @@ class CampaignPolicy(_message.Message):
     """What the campaign's messages are about. Unspecified (with no category either):
     general. A prohibited category is refused (INVALID_ARGUMENT, ErrorInfo reason
     CONTENT_PROHIBITED); an age-gated one needs every recipient verified 21 or older.
+    """
+    revoke_all: _builtins.bool
+    """Honour a STOP to any campaign of the brand as one to this campaign too, before
+    the FCC's "revoke-all" rule (47 CFR 64.1200(a)(10)) takes effect; from its
+    effective date on (January 31, 2027, FCC DA 26-12) it applies regardless.
     """
     @_builtins.property
     def first_message_window(self) -> _duration_pb2.Duration: ...
@@ -992,10 +998,11 @@ class CampaignPolicy(_message.Message):
         sender_numbers: _abc.Iterable[_builtins.str] | None = ...,
         content_category: Global___CampaignCategory.ValueType = ...,
         required_proof_fields: _abc.Iterable[_builtins.str] | None = ...,
+        revoke_all: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_daily_cap", b"_daily_cap", "conversation_window", b"conversation_window", "daily_cap", b"daily_cap", "first_message_window", b"first_message_window", "opt_out_confirmation_window", b"opt_out_confirmation_window", "quiet_hours", b"quiet_hours", "reconfirm_interval", b"reconfirm_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_daily_cap", b"_daily_cap", "age_gated", b"age_gated", "category", b"category", "content_category", b"content_category", "conversation_window", b"conversation_window", "daily_cap", b"daily_cap", "first_message_window", b"first_message_window", "frequency_caps", b"frequency_caps", "opt_out_confirmation_window", b"opt_out_confirmation_window", "purpose", b"purpose", "quiet_hours", b"quiet_hours", "quiet_hours_apply_to_all", b"quiet_hours_apply_to_all", "reconfirm_interval", b"reconfirm_interval", "required_proof_fields", b"required_proof_fields", "sender_numbers", b"sender_numbers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_daily_cap", b"_daily_cap", "age_gated", b"age_gated", "category", b"category", "content_category", b"content_category", "conversation_window", b"conversation_window", "daily_cap", b"daily_cap", "first_message_window", b"first_message_window", "frequency_caps", b"frequency_caps", "opt_out_confirmation_window", b"opt_out_confirmation_window", "purpose", b"purpose", "quiet_hours", b"quiet_hours", "quiet_hours_apply_to_all", b"quiet_hours_apply_to_all", "reconfirm_interval", b"reconfirm_interval", "required_proof_fields", b"required_proof_fields", "revoke_all", b"revoke_all", "sender_numbers", b"sender_numbers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__daily_cap: _TypeAlias = _typing.Literal["daily_cap"]  # noqa: Y015
     _WhichOneofArgType__daily_cap: _TypeAlias = _typing.Literal["_daily_cap", b"_daily_cap"]  # noqa: Y015

@@ -1,0 +1,79 @@
+"""The FCC's revoke-all rule (47 CFR 64.1200(a)(10)): a STOP to one campaign of a
+brand stops all of them, from the rule's effective date, or earlier by choice."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from ledger.events import CampaignDefined, MessageKind, event_id_for
+from ledger.policy import REVOKE_ALL_EFFECTIVE, Reason, decide, decide_as_of
+from ledger.state import fold
+from tests.builders import campaign, granted, record, revoked
+
+BEFORE = datetime(2027, 1, 20, 19, 0, tzinfo=UTC)  # 11:00 in Los Angeles
+AFTER = datetime(2027, 2, 1, 19, 0, tzinfo=UTC)
+PROMO = campaign("promo")
+ALERTS = campaign("alerts")
+
+
+def state_of(*events):
+    return fold(record(list(events)))
+
+
+def test_the_effective_date_is_the_latest_fcc_order_s():
+    assert datetime(2027, 1, 31, 5, 0, tzinfo=UTC) == REVOKE_ALL_EFFECTIVE
+
+
+def test_before_the_effective_date_a_stop_stays_with_its_campaign():
+    s = state_of(granted(BEFORE - timedelta(days=5), "alerts"), revoked(BEFORE, "promo"))
+    assert decide(s, ALERTS, BEFORE + timedelta(hours=1)).allowed
+
+
+def test_from_the_effective_date_a_stop_to_one_campaign_stops_them_all():
+    stop = revoked(BEFORE, "promo")
+    s = state_of(granted(BEFORE - timedelta(days=5), "alerts"), stop)
+    d = decide(s, ALERTS, AFTER)
+    assert not d.allowed and d.reason is Reason.REVOKED_BRAND_WIDE
+    assert d.evidence == (str(stop.originator_id),)
+    assert "revoke-all" in d.detail
+
+
+def test_a_campaign_may_honour_it_before_the_date():
+    early = campaign("alerts", revoke_all=True)
+    s = state_of(granted(BEFORE - timedelta(days=5), "alerts"), revoked(BEFORE, "promo"))
+    assert decide(s, early, BEFORE + timedelta(hours=1)).reason is Reason.REVOKED_BRAND_WIDE
+
+
+def test_consent_given_after_the_stop_is_the_persons_newer_word():
+    s = state_of(revoked(BEFORE, "promo"), granted(BEFORE + timedelta(days=1), "alerts"))
+    assert decide(s, ALERTS, AFTER).allowed
+
+
+def test_the_stopped_campaign_may_still_send_its_one_confirmation():
+    at = AFTER - timedelta(minutes=2)
+    s = state_of(granted(at - timedelta(days=1), "alerts"), revoked(at, "promo"))
+    d = decide(s, PROMO, AFTER, MessageKind.OPT_OUT_CONFIRMATION)
+    assert d.reason is not Reason.REVOKED_BRAND_WIDE
+
+
+def test_past_moments_are_answered_by_the_rule_of_that_moment():
+    events = [granted(BEFORE - timedelta(days=5), "alerts"), revoked(BEFORE, "promo")]
+    history = record(events)
+    then = decide_as_of(
+        [*record([_defined("alerts")]), *history], "alerts", BEFORE + timedelta(hours=1), AFTER
+    )
+    now = decide_as_of([*record([_defined("alerts")]), *history], "alerts", AFTER, AFTER)
+    assert then.allowed
+    assert now.reason is Reason.REVOKED_BRAND_WIDE
+
+
+def _defined(name: str):
+    rules = campaign(name)
+    return CampaignDefined(
+        originator_id=event_id_for(f"define-{name}"),
+        originator_version=1,
+        timestamp=BEFORE - timedelta(days=30),
+        brand=rules.brand,
+        campaign=name,
+        policy=rules.policy,
+    )
