@@ -4,6 +4,8 @@ Two topics. Subscriber events are keyed by phone, so one subscriber's history li
 in one partition, in order. Campaign events go to their own topic, keyed by
 ``brand/campaign``, which every node reads whole. Records carry the
 ``services.wire.codec`` envelope; ``recorded_at`` is the broker's LogAppendTime.
+Every record also carries headers (``record_headers``) that let a consumer route
+or skip it without decoding the value; ``protos/README.md`` is their contract.
 
 aiokafka's defaults suit telemetry, not a ledger: the producer here always waits for
 every in-sync replica (``acks="all"``) and is idempotent (a retried batch is not
@@ -37,6 +39,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
+from ledger.codec import class_version
 from ledger.events import CampaignEvent, LedgerEvent, LedgerPosition, Recorded, SubscriberEvent
 from ledger.ports import EventTooLarge, Ledger, LedgerUnavailable, Offsets, Stream
 from services.wire.codec import decode_event, encode_event
@@ -345,9 +348,12 @@ class KafkaLedger(Ledger):
         other events may have been written)."""
         # Encode everything first: an event that cannot be encoded, or is too large to
         # send, sends nothing.
-        records = [(self.settings.topic(Stream.of(e)), _key(e), encode_event(e)) for e in events]
-        for event, (_, key, value) in zip(events, records, strict=True):
-            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+        records = [
+            (self.settings.topic(Stream.of(e)), _key(e), encode_event(e), record_headers(e))
+            for e in events
+        ]
+        for event, (_, key, value, headers) in zip(events, records, strict=True):
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
             if size > self.settings.max_record_bytes:
                 raise EventTooLarge(
                     f"Kafka ledger: a {type(event).__name__} of {size:,} bytes is larger than "
@@ -377,11 +383,14 @@ class KafkaLedger(Ledger):
 
     @staticmethod
     async def _send_all(
-        producer: AIOKafkaProducer, records: list[tuple[str, bytes, bytes]]
+        producer: AIOKafkaProducer, records: list[tuple[str, bytes, bytes, list[Header]]]
     ) -> list[RecordMetadata]:
         # send() only queues a record (in call order, so one key's events keep their
         # order); waiting on each delivery in turn would make 500 events 500 round trips.
-        deliveries = [await producer.send(topic, value, key=key) for topic, key, value in records]
+        deliveries = [
+            await producer.send(topic, value, key=key, headers=headers)
+            for topic, key, value, headers in records
+        ]
         results = await asyncio.gather(*deliveries, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
@@ -480,6 +489,33 @@ class KafkaLedger(Ledger):
         if self._reader is None:
             raise RuntimeError("KafkaLedger is not started: await ledger.start() first")
         return self._reader
+
+
+Header = tuple[str, bytes]
+
+CONTENT_TYPE = "application/x-protobuf; messageType=consent.v1.EventEnvelope"
+"""The ``content-type`` header of every record: what the value is."""
+
+
+def record_headers(event: LedgerEvent) -> list[Header]:
+    """What a consumer needs to route a record without decoding its value.
+
+    Copies of envelope fields (the envelope stays the source of truth), UTF-8, in
+    this order; ``campaign`` only when the event names one. Documented as a
+    contract in ``protos/README.md``: add headers, never rename or drop one.
+    """
+    brand = event.brand if isinstance(event, SubscriberEvent | CampaignEvent) else ""
+    headers: list[Header] = [
+        ("content-type", CONTENT_TYPE.encode()),
+        ("event-id", str(event.originator_id).encode()),
+        ("event-type", type(event).EVENT_TYPE.encode()),
+        ("schema-version", str(class_version(type(event))).encode()),
+        ("brand", brand.encode()),
+    ]
+    campaign = getattr(event, "campaign", None)
+    if campaign:
+        headers.append(("campaign", campaign.encode()))
+    return headers
 
 
 def _key(event: LedgerEvent) -> bytes:
