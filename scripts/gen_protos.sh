@@ -30,5 +30,17 @@ mapfile -t sources < <(find consent -name '*.proto' | LC_ALL=C sort)
   --mypy_grpc_out="$out" \
   "${sources[@]}"
 
+# Ship the contract with the code, so a consumer of the wheel needs nothing else:
+# each .proto beside its module, and every file of the package (imports included,
+# comments too) as one descriptor set that `protoc --descriptor_set_in` and any
+# protobuf runtime can load.
+for src in "${sources[@]}"; do cp "$src" "$out/$src"; done
+"$python" -m grpc_tools.protoc \
+  -I . \
+  --include_imports \
+  --include_source_info \
+  --descriptor_set_out="$out/consent/v1/consent_v1.binpb" \
+  "${sources[@]}"
+
 # protoc writes no __init__.py; make every generated directory an ordinary package.
 find "$out/consent" -type d -exec sh -c 'for d; do : > "$d/__init__.py"; done' _ {} +
