@@ -1,0 +1,302 @@
+"""``services.consumer`` against a real broker: every event, in key order, at least once,
+across a consumer restart and a broker restart; and the worked example's table."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from ledger.events import ConsentResumed, LedgerEvent, Recorded
+from ledger.ports import Stream
+from services.adapters.kafka_ledger import KafkaLedger, KafkaLedgerSettings
+from services.consumer import (
+    StreamConsumer,
+    StreamConsumerSettings,
+    StreamEvent,
+    UndecodableRecord,
+)
+from services.consumer.opt_out_table import OptOutTable, keep_in_sync
+from tests.builders import T0, at, granted, revoked
+from tests.conformance.ledger_suite import message_sent, new_phone
+from tests.infra.kafka_broker import KafkaBroker
+from tests.integration.test_ledger_kafka import settings_for_test, started_ledger
+
+pytestmark = pytest.mark.kafka
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def consumer_settings(ledger: KafkaLedgerSettings, **overrides: object) -> StreamConsumerSettings:
+    base = StreamConsumerSettings(
+        ledger.bootstrap_servers,
+        group_id=f"test-group-{uuid.uuid4().hex[:8]}",
+        topic_prefix=ledger.topic_prefix,
+        streams=(Stream.SUBSCRIBERS,),
+        poll_timeout_s=0.2,
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+async def append_until_acknowledged(
+    ledger: KafkaLedger, events: list[LedgerEvent]
+) -> list[Recorded]:
+    """What a client does: retry the same events (the same ids) until acknowledged, so
+    an append written but not acknowledged is stored twice."""
+    for _ in range(60):
+        try:
+            return await ledger.append(events)
+        except ConnectionError:
+            await asyncio.sleep(0.5)
+    raise AssertionError("the ledger never acknowledged the append")
+
+
+async def eventually(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def test_every_event_arrives_in_key_order_across_a_consumer_and_a_broker_restart(
+    private_kafka_broker: KafkaBroker,
+) -> None:
+    ledger_settings = settings_for_test(private_kafka_broker.bootstrap_servers)
+    settings = consumer_settings(ledger_settings, max_batch=7)
+    phones = [new_phone() for _ in range(6)]
+    rounds = 10
+    sequence: dict[uuid.UUID, tuple[str, int]] = {}  # event id -> (phone, round)
+    first_run: list[StreamEvent] = []
+    second_run: list[StreamEvent] = []
+
+    async with started_ledger(ledger_settings) as ledger:
+
+        async def append_round(n: int) -> None:
+            events: list[LedgerEvent] = [message_sent(phone, n) for phone in phones]
+            sequence.update({e.event_id: (e.phone, n) for e in events})  # type: ignore[attr-defined]
+            await append_until_acknowledged(ledger, events)
+
+        for n in range(rounds // 2):
+            await append_round(n)
+
+        # The first consumer stops part-way; whatever it handled is committed.
+        stop_first = asyncio.Event()
+
+        async def handle_first(item: StreamEvent) -> None:
+            first_run.append(item)
+            if len(first_run) >= 10:
+                stop_first.set()
+
+        await asyncio.wait_for(StreamConsumer(settings).run(handle_first, stop=stop_first), 60)
+
+        # A new consumer of the same group resumes, and the broker restarts under it.
+        stop_second = asyncio.Event()
+
+        async def handle_second(item: StreamEvent) -> None:
+            second_run.append(item)
+
+        second = asyncio.create_task(StreamConsumer(settings).run(handle_second, stop=stop_second))
+        seen = lambda: {i.event_id for i in first_run + second_run}  # noqa: E731
+        first_half = set(sequence)
+        await eventually(lambda: first_half <= seen(), 60, "the first half of the events")
+        await asyncio.to_thread(private_kafka_broker.restart)
+        for n in range(rounds // 2, rounds):
+            await append_round(n)
+        await eventually(lambda: set(sequence) <= seen(), 90, "every event after the restart")
+        stop_second.set()
+        await asyncio.wait_for(second, 60)
+
+    assert len(first_run) < len(sequence) // 2, "the first consumer should stop part-way"
+    # A graceful stop committed everything handled: the second run started after it.
+    assert not {i.event_id for i in first_run} & {i.event_id for i in second_run}
+    # Every phone's events, duplicates dropped by event id, in the order appended.
+    applied: set[uuid.UUID] = set()
+    rounds_seen: dict[str, list[int]] = {phone: [] for phone in phones}
+    for item in first_run + second_run:
+        if item.event_id in applied:
+            continue
+        applied.add(item.event_id)
+        phone, n = sequence[item.event_id]
+        assert item.key == phone.encode()
+        rounds_seen[phone].append(n)
+    assert rounds_seen == {phone: list(range(rounds)) for phone in phones}
+
+
+async def test_a_handler_that_fails_gets_the_same_event_again_after_a_restart(
+    kafka_bootstrap: str,
+) -> None:
+    ledger_settings = settings_for_test(kafka_bootstrap, subscriber_partitions=1)
+    settings = consumer_settings(ledger_settings)
+    phone = new_phone()
+    async with started_ledger(ledger_settings) as ledger:
+        recorded = await ledger.append([message_sent(phone, n) for n in range(8)])
+    ids = [r.event.event_id for r in recorded]
+    handled: list[uuid.UUID] = []
+
+    async def fail_on_the_fifth(item: StreamEvent) -> None:
+        if item.event_id == ids[4]:
+            raise RuntimeError("downstream database is down")
+        handled.append(item.event_id)
+
+    with pytest.raises(RuntimeError, match="downstream database is down"):
+        await asyncio.wait_for(StreamConsumer(settings).run(fail_on_the_fifth), 60)
+    assert handled == ids[:4]
+
+    stop = asyncio.Event()
+    again: list[uuid.UUID] = []
+
+    async def handle(item: StreamEvent) -> None:
+        again.append(item.event_id)
+        if len(again) == 4:
+            stop.set()
+
+    await asyncio.wait_for(StreamConsumer(settings).run(handle, stop=stop), 60)
+    assert again == ids[4:]  # the failed one first, nothing handled before it again
+
+
+async def test_a_record_that_is_no_envelope_stops_the_consumer_at_its_position(
+    kafka_bootstrap: str,
+) -> None:
+    ledger_settings = settings_for_test(kafka_bootstrap, subscriber_partitions=1)
+    settings = consumer_settings(ledger_settings)
+    async with started_ledger(ledger_settings) as ledger:
+        (good,) = await ledger.append([message_sent(new_phone())])
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            ledger_settings.topic(Stream.SUBSCRIBERS), b"\xff not protobuf", key=b"x"
+        )
+    finally:
+        await producer.stop()
+    handled: list[uuid.UUID] = []
+
+    async def handle(item: StreamEvent) -> None:
+        handled.append(item.event_id)
+
+    for _ in range(2):  # and again: it is never skipped
+        with pytest.raises(UndecodableRecord) as stopped:
+            await asyncio.wait_for(StreamConsumer(settings).run(handle), 60)
+        assert (stopped.value.partition, stopped.value.offset) == (0, 1)
+    assert handled == [good.event.event_id]  # the good record once: it was committed
+
+
+async def wait_for_rows(db: Path, applied: int, timeout: float) -> None:
+    def count() -> int:
+        with sqlite3.connect(db) as conn:
+            try:
+                return int(conn.execute("SELECT count(*) FROM applied_events").fetchone()[0])
+            except sqlite3.OperationalError:  # not created yet
+                return 0
+
+    await eventually(lambda: count() >= applied, timeout, f"{applied} applied events")
+
+
+async def test_the_example_table_follows_opt_ins_and_opt_outs_and_ignores_copies(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    ledger_settings = settings_for_test(kafka_bootstrap)
+    settings = consumer_settings(ledger_settings)
+    ada, bob, cy, dee = new_phone(), new_phone(), new_phone(), new_phone()
+    stop_promo = revoked(at(2), "promo", phone=ada)
+    events: list[LedgerEvent] = [
+        granted(T0, "promo", phone=ada),
+        granted(at(1), "news", phone=ada),
+        stop_promo,
+        granted(T0, "promo", phone=bob),
+        granted(at(1), "news", phone=bob),
+        revoked(at(2), None, phone=bob),  # STOPALL
+        granted(T0, "promo", phone=cy),
+        revoked(at(1), None, phone=cy),
+        ConsentResumed(originator_id=uuid.uuid4(), originator_version=1,
+                       timestamp=at(2), phone=cy, brand="acme", campaign=None),
+        granted(at(3), "promo", phone=ada),  # Ada opts in again...
+        stop_promo,  # ...and a retried append stores her old STOP a second time
+        # Recorded late: an opt-out, then opt-ins from paper forms signed before it.
+        revoked(at(5), "promo", phone=dee),
+        revoked(at(6), None, phone=dee),
+        granted(T0, "promo", phone=dee),
+        granted(T0, "news", phone=dee),
+        granted(at(7), "alerts", phone=dee),  # after the STOPALL: stands
+    ]  # fmt: skip
+    async with started_ledger(ledger_settings) as ledger:
+        await ledger.append(events)
+    table = OptOutTable(tmp_path / "status.sqlite")
+    stop = asyncio.Event()
+    syncing = asyncio.create_task(keep_in_sync(table, settings, stop))
+    try:
+        await wait_for_rows(tmp_path / "status.sqlite", len(events) - 1, 60)
+        await asyncio.sleep(1)  # time for the copy to arrive, if it were to count
+    finally:
+        stop.set()
+        await asyncio.wait_for(syncing, 30)
+
+    assert table.status("acme", ada) == {"promo": True, "news": True}
+    assert table.status("acme", bob) == {"promo": False, "news": False}
+    assert table.status("acme", cy) == {"promo": True}
+    assert table.status("acme", dee) == {"promo": False, "news": False, "alerts": True}
+    assert table.status("globex", ada) == {}
+    table.close()
+
+
+async def test_the_example_runs_from_the_command_line_and_resumes_where_it_stopped(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    ledger_settings = settings_for_test(kafka_bootstrap)
+    db, group = tmp_path / "opt_outs.sqlite", f"cli-{uuid.uuid4().hex[:8]}"
+    phone = new_phone()
+
+    async def run_example_until(applied: int, append: Callable[[], Awaitable[None]]) -> None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.consumer.opt_out_table",
+            "--bootstrap", kafka_bootstrap, "--group", group, "--db", str(db),
+            "--topic-prefix", ledger_settings.topic_prefix,
+            cwd=ROOT, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            await append()
+            await wait_for_rows(db, applied, 60)
+        finally:
+            process.terminate()
+            _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0, stderr.decode()
+
+    async with started_ledger(ledger_settings) as ledger:
+
+        async def opt_in() -> None:
+            await ledger.append([granted(T0, "promo", phone=phone)])
+
+        async def opt_out() -> None:
+            await ledger.append([revoked(at(1), "promo", phone=phone)])
+
+        await run_example_until(1, opt_in)
+        await run_example_until(2, opt_out)
+
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT brand, phone, campaign, opted_in FROM consent_status")
+        assert rows.fetchall() == [("acme", phone, "promo", 0)]
+    # Each run committed what it handled before it exited on SIGTERM.
+    assert await committed(ledger_settings, group) == 2
+
+
+async def committed(ledger_settings: KafkaLedgerSettings, group: str) -> int:
+    """The sum of ``group``'s committed offsets over the subscriber topic."""
+    topic = ledger_settings.topic(Stream.SUBSCRIBERS)
+    consumer = AIOKafkaConsumer(bootstrap_servers=ledger_settings.bootstrap_servers,
+                                group_id=group, enable_auto_commit=False)  # fmt: skip
+    await consumer.start()
+    try:
+        partitions = range(ledger_settings.subscriber_partitions)
+        offsets = [await consumer.committed(TopicPartition(topic, p)) for p in partitions]
+    finally:
+        await consumer.stop()
+    return sum(offset or 0 for offset in offsets)
