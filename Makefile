@@ -9,7 +9,7 @@ STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help venv run test test-unit test-integration test-e2e lint typecheck protos \
-        protos-check buf-check kafka-jars deploy-tools dev-up dev-down bench clean
+        protos-check buf-check kafka-jars deploy-tools kcat dev-up dev-down bench clean
 
 help:
 	@echo "make run        start the service on the embedded default (no Kafka, no DB server to install)"
@@ -38,15 +38,19 @@ kafka-jars: $(STAMP)
 deploy-tools: $(STAMP)
 	$(PY) -m tests.deploy.tools
 
+# The stream contract's worked example (protos/README.md) runs kcat in a test.
+kcat:
+	bash scripts/ensure_kcat.sh
+
 # The whole suite: lint and types first (seconds), then every test, real Kafka and
 # PostgreSQL included. pytest's exit code 5 (no tests ran) fails the target too.
-test: $(STAMP) kafka-jars deploy-tools lint
+test: $(STAMP) kafka-jars deploy-tools kcat lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit tests/conformance $(PYTEST_ARGS)
 
-test-integration: $(STAMP) kafka-jars
+test-integration: $(STAMP) kafka-jars kcat
 	$(PY) -m pytest tests/integration tests/infra $(PYTEST_ARGS)
 
 test-e2e: $(STAMP) kafka-jars
