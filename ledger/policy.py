@@ -42,8 +42,10 @@ from ledger.digest import (
     from_micros,
     micros,
     micros_of,
+    with_phone_wide,
 )
 from ledger.events import (
+    ANY_BRAND,
     CampaignEvent,
     ConsentTier,
     MessageKind,
@@ -975,6 +977,7 @@ def decide_as_of(
     ``t_known``.
     """
     subscriber: list[Recorded] = []
+    phone_wide: list[Recorded] = []
     campaign_events: list[Recorded] = []
     for r in history:
         if r.recorded_at > t_known:
@@ -985,10 +988,15 @@ def decide_as_of(
         if r.event.occurred_at > t_world and not sent_ahead:
             continue
         if isinstance(r.event, SubscriberEvent):
-            subscriber.append(r)
+            (phone_wide if r.event.brand == ANY_BRAND else subscriber).append(r)
         elif isinstance(r.event, CampaignEvent) and r.event.campaign == campaign:
             campaign_events.append(r)
     rules = fold_campaign(campaign_events, CampaignHistory()).as_of(t_world, t_known)
     if rules is None:
         return deny(Reason.CAMPAIGN_UNKNOWN, f"campaign {campaign!r} was not defined at that time")
-    return decide(fold(subscriber), rules, t_world, kind)
+    if not phone_wide:
+        return decide(fold(subscriber), rules, t_world, kind)
+    # STOPs whose brand was unknown (``ANY_BRAND``) concern every brand, as in CanSend.
+    digest = with_phone_wide(digest_of(fold(subscriber)), digest_of(fold(phone_wide)))
+    assert digest is not None
+    return Check(rules, t_world, kind)(digest)

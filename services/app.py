@@ -920,6 +920,8 @@ class ConsentApp:
             for r in await self.view.history(number, brand)
             if isinstance(r.event, SubscriberEvent)
         ]
+        # STOPs whose brand was unknown concern every brand (``ledger.events.ANY_BRAND``).
+        subscriber += await self.view.history(number, ANY_BRAND)
         history: CampaignHistory = await self.view.campaign_history(brand, campaign)
         campaign_events = [f.as_recorded() for f in history.versions]
         decision = decide_as_of([*campaign_events, *subscriber], campaign, t_world, t_known, kind)

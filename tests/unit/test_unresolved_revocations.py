@@ -9,8 +9,8 @@ import pytest
 
 from ledger.campaigns import CampaignPurpose
 from ledger.digest import digest_of, with_phone_wide
-from ledger.events import ANY_BRAND, CandidateResolution, MessageKind
-from ledger.policy import Check, Reason, decide
+from ledger.events import ANY_BRAND, CampaignDefined, CandidateResolution, MessageKind, event_id_for
+from ledger.policy import Check, Reason, decide, decide_as_of
 from ledger.state import SubscriberState, fold
 from tests.builders import PHONE, campaign, flagged, granted, inbound, record, resolved
 
@@ -92,3 +92,20 @@ def test_nothing_is_added_without_a_phone_wide_candidate():
     assert with_phone_wide(None, empty) is None
     own = digest_of(state_of(granted(FLAGGED_AT)))
     assert with_phone_wide(own, empty) is own
+
+
+def test_as_of_questions_see_a_phone_wide_stop_from_when_it_came():
+    defined = CampaignDefined(
+        originator_id=event_id_for("define-promo"),
+        originator_version=1,
+        timestamp=FLAGGED_AT.replace(day=1),
+        brand=PROMO.brand,
+        campaign="promo",
+        policy=PROMO.policy,
+    )
+    stop = replace(flagged(FLAGGED_AT, "STOP"), brand=ANY_BRAND, unattributed=True)
+    history = record([defined, granted(FLAGGED_AT.replace(hour=1)), stop])
+    later = FLAGGED_AT.replace(hour=19)
+    assert decide_as_of(history, "promo", later, later).reason is Reason.REVOKED_BRAND_WIDE
+    before = FLAGGED_AT.replace(hour=17)
+    assert decide_as_of(history, "promo", before, later).allowed
