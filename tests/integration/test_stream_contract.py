@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import NewTopic
 
 from ledger.events import Recorded
 from ledger.ports import Stream
 from tests.builders import T0, granted, revoked
 from tests.conformance.ledger_suite import new_phone
-from tests.integration.test_ledger_kafka import settings_for_test, started_ledger
+from tests.integration.test_ledger_kafka import admin_client, settings_for_test, started_ledger
 
 pytestmark = pytest.mark.kafka
 
@@ -89,3 +90,34 @@ async def test_the_worked_kcat_and_protoc_example_runs_as_written(kafka_bootstra
     assert 'event_type: "ConsentGranted"' in decoded
     assert f'phone: "{first.event.phone}"' in decoded
     assert "tier: CONSENT_TIER_PROMOTIONAL" in decoded
+
+
+
+async def test_a_librdkafka_client_set_to_murmur2_puts_a_phone_where_the_ledger_does(
+    kafka_bootstrap: str,
+) -> None:
+    """The contract's partitioning rule, checked with another client: kcat keyed by the
+    phone with ``partitioner=murmur2_random`` picks the partition the ledger picked."""
+    settings = settings_for_test(kafka_bootstrap, subscriber_partitions=5)
+    phones = [new_phone() for _ in range(30)]
+    scratch = settings.topic_prefix + "partitioning-check"  # as many partitions, no ledger
+    async with admin_client(kafka_bootstrap) as admin:
+        await admin.create_topics([NewTopic(scratch, settings.subscriber_partitions, 1)])
+    async with started_ledger(settings) as ledger:
+        recorded = await ledger.append([revoked(T0, None, phone=phone) for phone in phones])
+    where_ledger = {r.event.phone: r.position.partition for r in recorded}
+
+    subprocess.run(
+        [kcat(), "-P", "-b", kafka_bootstrap, "-t", scratch, "-K", ":",
+         "-X", "topic.partitioner=murmur2_random"],
+        input="".join(f"{phone}:x\n" for phone in phones), text=True, check=True, timeout=30,
+    )  # fmt: skip
+    listed = subprocess.run(
+        [kcat(), "-C", "-b", kafka_bootstrap, "-t", scratch, "-o", "beginning", "-e", "-q",
+         "-f", "%k %p\n"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    where_kcat = {phone: int(p) for phone, p in (line.split() for line in listed.splitlines())}
+
+    assert len(set(where_ledger.values())) > 1  # the phones spread over the partitions
+    assert where_kcat == where_ledger
