@@ -131,6 +131,9 @@ class ConsentSnapshot:
     state: SubscriberState
     grants: dict[str, ConsentGranted] = field(default_factory=dict)
     token: ConsistencyToken = field(default_factory=lambda: ConsistencyToken({}))
+    phone_wide: list[Fact[RevocationCandidateFlagged]] = field(default_factory=list)
+    """The number's pending STOPs whose brand was unknown (``ANY_BRAND``): they deny
+    this brand's sends too."""
 
 
 @dataclass
@@ -796,7 +799,8 @@ class ConsentApp:
             raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
         state = (await self.view.subscriber_states(brand, [number]))[number]
         grants = {name: c.grant.event for name, c in state.campaigns.items() if c.grant}
-        return ConsentSnapshot(state, grants, self.guard.applied_token())
+        wide = (await self.view.subscriber_states(ANY_BRAND, [number]))[number]
+        return ConsentSnapshot(state, grants, self.guard.applied_token(), wide.pending_candidates())
 
     async def history(self, phone: str, brand: str | None) -> list[Recorded]:
         number = to_e164(phone)

@@ -251,7 +251,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         cc = state.campaign(request.campaign)
         digest = digest_of(state)
         current = standing(digest, digest.campaign(request.campaign))
-        pending = state.pending_candidates()
+        pending = [*state.pending_candidates(), *snapshot.phone_wide]
         revocation = None
         if current.revocation is not None:
             revocation = state.brand_revocation if current.brand_wide else cc.revocation

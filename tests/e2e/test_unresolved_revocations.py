@@ -115,6 +115,11 @@ async def test_a_stop_to_a_number_no_campaign_sends_from_denies_every_brand(serv
             api.CanSendAsOfRequest(phone=PHONE, brand="globex", campaign="promo", at=ts(clock.now))
         )
         assert as_of.reason == api.REASON_REVOKED_BRAND_WIDE  # CanSendAsOf agrees
+        consent = await admin.GetConsent(
+            api.GetConsentRequest(phone=PHONE, brand="globex", campaign="promo")
+        )
+        assert consent.state == api.CONSENT_STATE_PENDING_REVIEW
+        assert [c.event.brand for c in consent.pending_revocation_candidates] == ["*"]
 
         queue = await admin.ListRevocationCandidates(
             api.ListRevocationCandidatesRequest(brand="*", at_least_as_fresh=stop.consistency_token)
