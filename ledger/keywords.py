@@ -535,7 +535,7 @@ _ENDERS = _words(
     cancel end quit halt terminate discontinue pause suspend stopped cancelar cancela cancelen
     cancele cancelo cancelame cancelenme alto baja detener detengan detenga detente detenganse
     suspender suspendan anular anulen anule terminar terminen pare parem disable deactivate mute
-    silence kill
+    silence kill cut
     """
 )
 _ENOUGH = _words("enough basta suficiente assez chega")
@@ -571,7 +571,7 @@ _DESIRE = _words(
 # Verbs of liking take the messages themselves as object: "don't like these
 # texts", never "don't like this time".
 _LIKING = _words("like care appreciate love enjoy")
-_LIKED = _CONTACT | _words("receive receiving hear hearing")
+_LIKED = _CONTACT | _CONTACT_PAST | _words("receive receiving hear hearing")
 _DESIRE_OBJECTS = (
     _CONTACT
     | _SERVICE
@@ -723,6 +723,8 @@ def _stop_word(words: list[str]) -> bool:
             continue  # "paren en la esquina": pull up there
         if word != "stop":
             return True
+        if words[i - 2 : i] in (["put", "a"], ["make", "a"]):
+            return True  # "put a stop to this"
         if before in _STOP_PLACE:
             continue
         if (
@@ -810,7 +812,11 @@ def _enough(words: list[str]) -> bool:
                 _is_contact(w) for w in ahead
             ):
                 return True
-            if i and words[i - 1] in {"ya", "had", "enough", "ok", "okay"}:
+            if (
+                i
+                and words[i - 1] in {"ya", "had", "enough", "ok", "okay"}
+                and (not ahead or ahead[0] in _COURTESY)
+            ):
                 return True
     return False
 
@@ -1100,7 +1106,20 @@ def _aversion(words: list[str]) -> bool:
             return True
         # "texts not welcome", "you're not allowed to text me"
         if (
-            word in {"welcome", "allowed", "permitted", "authorized", "authorised"}
+            word
+            in {
+                "welcome",
+                "allowed",
+                "permitted",
+                "authorized",
+                "authorised",
+                "okay",
+                "ok",
+                "acceptable",
+                "appropriate",
+                "alright",
+                "cool",
+            }
             and "not" in _window(words, i - 2, 2)
             and any(_is_contact(w) for w in _window(words, i - 4, 9))
         ):
@@ -1260,7 +1279,9 @@ def _wrong_person(words: list[str]) -> bool:
 
 def _short_ender(clauses: list[list[str]], *, question: bool) -> bool:
     words = [w for clause in clauses for w in clause]
-    if len(words) <= _SHORT_MESSAGE_WORDS and not (_ENDERS - {"stopped", "kill"}).isdisjoint(words):
+    if len(words) <= _SHORT_MESSAGE_WORDS and not (_ENDERS - {"stopped", "kill", "cut"}).isdisjoint(
+        words
+    ):
         return True
     # "Don't!", "please don't": a bare negation answers the texts themselves.
     if "not" in words and set(words) <= _COURTESY | {"not", "do", "please", "no", "nope"}:
