@@ -1,0 +1,39 @@
+"""protos/README.md names what the code does: the topics and every record header."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ledger.ports import Stream
+from services.adapters.kafka_ledger import KafkaLedgerSettings, record_headers
+from services.consumer import StreamConsumerSettings
+from tests.builders import T0, granted
+
+CONTRACT = (Path(__file__).resolve().parents[2] / "protos" / "README.md").read_text()
+
+
+def section(title: str) -> str:
+    start = CONTRACT.index(f"## {title}\n")
+    end = CONTRACT.find("\n## ", start + 1)
+    return CONTRACT[start : end if end != -1 else None]
+
+
+def table_names(text: str) -> list[str]:
+    """The first column of a Markdown table's rows, where it is one `name`."""
+    return re.findall(r"^\| `([^`]+)` \|", text, re.M)
+
+
+def test_the_headers_table_lists_every_header_a_record_carries_in_order() -> None:
+    carried = [name for name, _ in record_headers(granted(T0, "spring-promo"))]
+
+    assert table_names(section("Headers")) == carried
+
+
+def test_the_topics_table_names_the_topics_the_ledger_and_the_consumer_use() -> None:
+    ledger = KafkaLedgerSettings("kafka:9092", topic_prefix="staging.")
+    consumer = StreamConsumerSettings("kafka:9092", group_id="g", topic_prefix="staging.")
+    documented = [name.replace("<prefix>", "staging.") for name in table_names(section("Topics"))]
+
+    assert documented == [ledger.topic(Stream.SUBSCRIBERS), ledger.topic(Stream.CAMPAIGNS)]
+    assert consumer.topics() == documented
