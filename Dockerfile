@@ -38,7 +38,7 @@ ENV PATH=/opt/consent-ledger/bin:$PATH \
     CONSENT_METRICS_LISTEN=0.0.0.0:9464 \
     CONSENT_LOG_FORMAT=json
 USER 10001:10001
-WORKDIR /nonexistent
+WORKDIR /tmp
 # gRPC (the API), the plaintext health port for probes, Prometheus metrics
 EXPOSE 50051 8081 9464
 ENTRYPOINT ["consent-ledger"]

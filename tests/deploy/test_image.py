@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from fnmatch import fnmatch
+from functools import cache
 from pathlib import Path
 
 import grpc
@@ -56,14 +57,17 @@ def stages() -> list[list[tuple[str, str]]]:
     return result
 
 
+@cache
+def _dockerignore() -> list[str]:
+    lines = (line.strip() for line in DOCKERIGNORE.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def in_context(relative: str) -> bool:
     """Whether ``.dockerignore`` lets a path into the build context. It is written as
     "ignore everything, then let these in" (``!path/``), which is what this reads."""
     keep = False
-    for line in DOCKERIGNORE.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for line in _dockerignore():
         negated = line.startswith("!")
         pattern = line.removeprefix("!").rstrip("/")
         parts = Path(relative).parts
@@ -147,11 +151,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     wheel of it and of every dependency, installed into a fresh virtualenv."""
     root = tmp_path_factory.mktemp("image")
     context = root / "context"
-    for path in REPO_ROOT.rglob("*"):
-        relative = path.relative_to(REPO_ROOT)
-        if path.is_file() and in_context(str(relative)):
-            (context / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, context / relative)
+    # Only the top-level entries that patterns let in are walked (not .venv or var/).
+    admitted = {p.removeprefix("!").split("/")[0] for p in _dockerignore() if p.startswith("!")}
+    for top in sorted(admitted):
+        for path in [REPO_ROOT / top, *(REPO_ROOT / top).rglob("*")]:
+            relative = path.relative_to(REPO_ROOT)
+            if path.is_file() and in_context(str(relative)):
+                (context / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, context / relative)
+    assert (context / "pyproject.toml").is_file() and (context / "services").is_dir()
     wheels, venv = root / "wheels", root / "venv"
     steps = [
         [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels), ".[speed]"],
