@@ -64,8 +64,7 @@ class FreshnessSettings:
     the promise: a read without a token counts every write acknowledged this long
     before it arrived (it waits for an observation that started no earlier)."""
     max_observation_age: float = 2.0
-    """An observation older than this is not trusted: reads fail closed. One that takes
-    longer than this is given up."""
+    """An observation older than this is not trusted: reads fail closed."""
     wait_bound: float = 0.5
     """How long a read waits for the projection to catch up before it fails closed."""
 
@@ -149,14 +148,15 @@ class FreshnessGuard:
 
     async def _observe(self, started: float) -> dict[Stream, dict[int, int]]:
         # ``started`` is taken before the ledger is asked: an observation's time is
-        # never later than what it saw. Bounded: one that hangs would be too old anyway.
-        async with asyncio.timeout(self._settings.max_observation_age):
-            ends = await self._ledger.every_end_offset()
-            # After the ends, so that what was applied meanwhile counts; the streams
-            # side by side, as each wait on a busy loop makes the observation older.
-            streams = list(Stream)
-            found = await asyncio.gather(*(self._view.positions(s) for s in streams))
-            applied = dict(zip(streams, found, strict=True))
+        # never later than what it saw. Not bounded here: the replica loads the whole
+        # view inside one (at start, after a rebuild), which may take long; readers
+        # stop waiting for it at their own bound, and at most ``_MAX_IN_FLIGHT`` wait.
+        ends = await self._ledger.every_end_offset()
+        # After the ends, so that what was applied meanwhile counts; the streams side
+        # by side, as each wait on a busy loop makes the observation older.
+        streams = list(Stream)
+        found = await asyncio.gather(*(self._view.positions(s) for s in streams))
+        applied = dict(zip(streams, found, strict=True))
         if started < self.status.observed_at:
             return ends  # a later one landed first; its ends are newer, keep them
         self._ends, self._applied = ends, applied
