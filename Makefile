@@ -9,7 +9,7 @@ STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help venv run test test-unit test-integration test-e2e lint typecheck protos \
-        protos-check buf-check kafka-jars deploy-tools kcat dev-up dev-down bench clean
+        protos-check buf-check kafka-jars deploy-tools kcat grpcurl dev-up dev-down bench clean
 
 help:
 	@echo "make run        start the service on the embedded default (no Kafka, no DB server to install)"
@@ -42,9 +42,14 @@ deploy-tools: $(STAMP)
 kcat:
 	bash scripts/ensure_kcat.sh
 
+# grpcurl (reflection and the README's walk-through run it in tests), built once with
+# `go install` into ~/.cache/consent-ledger/tools/bin
+grpcurl:
+	bash scripts/ensure_grpcurl.sh
+
 # The whole suite: lint and types first (seconds), then every test, real Kafka and
 # PostgreSQL included. pytest's exit code 5 (no tests ran) fails the target too.
-test: $(STAMP) kafka-jars deploy-tools kcat lint
+test: $(STAMP) kafka-jars deploy-tools kcat grpcurl lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
@@ -53,7 +58,7 @@ test-unit: $(STAMP)
 test-integration: $(STAMP) kafka-jars kcat
 	$(PY) -m pytest tests/integration tests/infra $(PYTEST_ARGS)
 
-test-e2e: $(STAMP) kafka-jars
+test-e2e: $(STAMP) kafka-jars grpcurl
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 lint: $(STAMP)

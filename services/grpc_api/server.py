@@ -12,15 +12,16 @@ get a second, plaintext port that serves the health service and nothing else.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import grpc
 from consent.v1 import consent_service_pb2 as api_pb2
 from consent.v1 import consent_service_pb2_grpc as api_grpc
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from services.grpc_api.admission import Admission
 from services.grpc_api.servicer import ConsentServicer
@@ -60,6 +61,68 @@ class CannotListen(OSError):
         self.address = address
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+"""The reflection service's released name. grpcio-reflection serves only
+``grpc.reflection.v1alpha``; newer clients (grpcurl among them) ask for ``v1``
+first. The two protocols are the same messages with the same field numbers under
+another package, so the ``v1alpha`` servicer answers both."""
+
+SHIPPED_DESCRIPTORS = Path(api_pb2.__file__).with_name("consent_v1.binpb")
+"""The API's files as ``scripts/gen_protos.sh`` ships them, comments included; the
+generated modules register their files without them."""
+
+
+def _v1_reflection_file() -> descriptor_pb2.FileDescriptorProto:
+    """``grpc/reflection/v1/reflection.proto``, made from the ``v1alpha`` file by
+    renaming its package, so that reflection can describe itself under both names."""
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    renamed = proto
+    renamed.name = "grpc/reflection/v1/reflection.proto"
+    renamed.package = "grpc.reflection.v1"
+    renamed.options.Clear()
+    for message in renamed.message_type:
+        for field in message.field:
+            if field.HasField("type_name"):
+                field.type_name = field.type_name.replace(".v1alpha.", ".v1.")
+    for service in renamed.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(".v1alpha.", ".v1.")
+            method.output_type = method.output_type.replace(".v1alpha.", ".v1.")
+    return renamed
+
+
+def _commented_files(path: Path) -> dict[str, descriptor_pb2.FileDescriptorProto]:
+    """The files of a descriptor set by name, each with its source info (comments)."""
+    try:
+        shipped = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
+    except OSError:  # a checkout without generated files: reflection still answers
+        log.warning("no %s: reflection answers without the .proto comments", path)
+        return {}
+    return {f.name: f for f in shipped.file if f.HasField("source_code_info")}
+
+
+class _Described:
+    """A file as reflection answers it: the pool's descriptor, serialized from the
+    shipped copy that keeps its comments when there is one."""
+
+    def __init__(self, file: Any, commented: dict[str, descriptor_pb2.FileDescriptorProto]) -> None:
+        self._file = file
+        self._commented = commented
+        self.name: str = file.name
+
+    @property
+    def dependencies(self) -> list[_Described]:
+        return [_Described(d, self._commented) for d in self._file.dependencies]
+
+    def CopyToProto(self, proto: descriptor_pb2.FileDescriptorProto) -> None:
+        shipped = self._commented.get(self.name)
+        if shipped is None:
+            self._file.CopyToProto(proto)
+        else:
+            proto.CopyFrom(shipped)
+
+
 class _ReflectedDescriptors:
     """The default descriptor pool, as reflection reads it, finding methods too.
 
@@ -67,28 +130,60 @@ class _ReflectedDescriptors:
     its full name, but not of a method (``consent.v1.ConsentService.CanSend``),
     and a method is what ``grpcurl describe`` asks for: that lookup answered
     "symbol not found". A name the pool does not know is tried as a method of
-    the service named by its prefix."""
+    the service named by its prefix. The files found carry their comments, and
+    reflection's own ``v1`` file is found beside ``v1alpha``'s."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, commented: dict[str, descriptor_pb2.FileDescriptorProto]) -> None:
         self._pool = pool
+        self._commented = commented
+        self._own = descriptor_pool.DescriptorPool()
+        self._own.Add(_v1_reflection_file())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)
 
-    def FindFileContainingSymbol(self, symbol: str) -> FileDescriptor:
+    def FindFileByName(self, name: str) -> _Described:
         try:
-            found: FileDescriptor = self._pool.FindFileContainingSymbol(symbol)
-            return found
+            return _Described(self._pool.FindFileByName(name), self._commented)
         except KeyError:
-            service_name, _, method = symbol.rpartition(".")
+            return _Described(self._own.FindFileByName(name), self._commented)
+
+    def FindFileContainingSymbol(self, symbol: str) -> _Described:
+        return _Described(self._file_containing(symbol), self._commented)
+
+    def _file_containing(self, symbol: str) -> FileDescriptor:
+        for pool in (self._pool, self._own):
             try:
-                service = self._pool.FindServiceByName(service_name)
+                found: FileDescriptor = pool.FindFileContainingSymbol(symbol)
+                return found
             except KeyError:
-                service = None
-            if service is None or method not in service.methods_by_name:
-                raise
-            file: FileDescriptor = service.file
-            return file
+                pass
+        service_name, _, method = symbol.rpartition(".")
+        for pool in (self._pool, self._own):
+            try:
+                service = pool.FindServiceByName(service_name)
+            except KeyError:
+                continue
+            if method in service.methods_by_name:
+                file: FileDescriptor = service.file
+                return file
+        raise KeyError(symbol)
+
+
+def _enable_reflection(server: grpc.aio.Server, services: tuple[str, ...]) -> None:
+    """Reflection under ``v1alpha`` and ``v1``, each listing both."""
+    pool = _ReflectedDescriptors(descriptor_pool.Default(), _commented_files(SHIPPED_DESCRIPTORS))
+    names = (*services, reflection.SERVICE_NAME, REFLECTION_V1)
+    reflection.enable_server_reflection(names, server, pool=pool)
+    servicer = reflection.aio.ReflectionServicer(names, pool=pool)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": handler}),)
+    )
 
 
 class GrpcServer:
@@ -119,14 +214,9 @@ class GrpcServer:
         api_grpc.add_ConsentServiceServicer_to_server(servicer, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
+        _enable_reflection(
             self._server,
-            pool=_ReflectedDescriptors(descriptor_pool.Default()),
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
         )
         self._health_server: grpc.aio.Server | None = None
         if health_listen:
