@@ -253,24 +253,82 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="consent-ledger")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the gRPC service")
-    serve.add_argument(
-        "--embedded",
-        action="store_true",
-        help="no Kafka, no database to install: embedded PostgreSQL and a "
-        "local ledger table, data under CONSENT_DATA_DIR (var/data)",
+SETTINGS_HELP = """\
+settings:
+  Everything but the options below comes from CONSENT_* environment variables,
+  read once at start-up: CONSENT_GRPC_LISTEN, CONSENT_LEDGER, CONSENT_KAFKA_BOOTSTRAP,
+  CONSENT_POSTGRES_DSN, CONSENT_AUTH_TOKENS_FILE, CONSENT_METRICS_LISTEN and more.
+  README.md's "Configuration" section lists every one with its default.
+  `make dev-up` writes those of a local Kafka and PostgreSQL to var/dev/env
+  (load them with: set -a; . var/dev/env; set +a)."""
+
+EMBEDDED_HELP = (
+    "no Kafka and no database server to install: start an embedded PostgreSQL "
+    "(the 'embedded' extra) and use a table in it as the ledger, data under "
+    "CONSENT_DATA_DIR (default var/data); without it, CONSENT_POSTGRES_DSN and "
+    "(with CONSENT_LEDGER=kafka) CONSENT_KAFKA_BOOTSTRAP say where they are"
+)
+
+
+def _version() -> str:
+    """The installed package's version: what pip installed, not a copy in the code."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("consent-ledger")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    def verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
+        parser.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=default,
+            help="log at DEBUG (the default is INFO); CONSENT_LOG_FORMAT=json for a log pipeline",
+        )
+
+    parser = argparse.ArgumentParser(
+        prog="consent-ledger",
+        description="Event-sourced SMS consent ledger: the gRPC service and its tools.",
+        epilog=SETTINGS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    verbosity(parser, False)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
+    )
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="what to do (COMMAND --help for its options)",
+    )
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        parsed = sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=SETTINGS_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        # -v after the command too; SUPPRESS keeps an absent one from undoing a -v
+        # given before the command
+        verbosity(parsed, argparse.SUPPRESS)
+        return parsed
+
+    serve = command("serve", "run the gRPC service (and /metrics with CONSENT_METRICS_LISTEN)")
+    serve.add_argument("--embedded", action="store_true", help=EMBEDDED_HELP)
     parsers = {}
     for name, text in (
-        ("migrate", "create the schema (and Kafka topics)"),
+        ("migrate", "create the schema (and the Kafka topics, with CONSENT_LEDGER=kafka)"),
         ("rebuild", "re-fold the projections from the ledger"),
     ):
-        parsers[name] = p = sub.add_parser(name, help=text)
-        p.add_argument("--embedded", action="store_true")
+        parsers[name] = p = command(name, text)
+        p.add_argument("--embedded", action="store_true", help=EMBEDDED_HELP)
     parsers["migrate"].add_argument(
         "--check",
         action="store_true",
@@ -284,12 +342,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="with --check: ask again every 2 s for up to SECONDS before failing",
     )
-    token = sub.add_parser(
+    token = command(
         "token",
-        help="add or remove a caller's token in the tokens file (a running service "
+        "add or remove a caller's token in the tokens file (a running service "
         "reads the file again within 5 s)",
     )
-    token.add_argument("action", choices=["add", "remove"])
+    token.add_argument(
+        "action",
+        choices=["add", "remove"],
+        help="add prints the new token once (only its hash is stored); remove revokes it",
+    )
     token.add_argument("name", help="the caller's name, as logs and recorded_by show it")
     token.add_argument("--scopes", default="check", help="comma-separated: check,write,audit,admin")
     token.add_argument(
@@ -302,6 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     token.add_argument("--burst", type=int, help="the most calls at once, with --rate")
     token.add_argument("--file", help="the tokens file (default: $CONSENT_AUTH_TOKENS_FILE)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "token":
         return _token(args)

