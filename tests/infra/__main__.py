@@ -2,6 +2,7 @@
 
     python -m tests.infra fetch    fetch/cache the Kafka jars (mvn), print their dir
     python -m tests.infra up       start Kafka + PostgreSQL detached; print and write env
+                                   (the service's CONSENT_* settings, and a dev token)
     python -m tests.infra status   show what is running (exit 0 only if both are up)
     python -m tests.infra down     stop what `up` started
 
@@ -30,8 +31,39 @@ def _servers(state_dir: Path) -> tuple[KafkaBroker, PostgresServer]:
     )
 
 
-def _env_lines(kafka: KafkaBroker, postgres: PostgresServer) -> list[str]:
+DEV_TOKEN_NAME = "dev"
+
+
+def _dev_token(state_dir: Path) -> tuple[Path, str]:
+    """A tokens file with one admin token for every brand, made once: the file keeps
+    only the token's digest, so the token itself is kept beside it in ``dev-token``."""
+    from services.grpc_api.auth import add_token
+
+    tokens, kept = state_dir / "tokens.json", state_dir / "dev-token"
+    if not (tokens.exists() and kept.exists()):
+        tokens.unlink(missing_ok=True)
+        token = add_token(tokens, DEV_TOKEN_NAME, ["check", "write", "audit", "admin"], None)
+        kept.write_text(token + "\n")
+        kept.chmod(0o600)
+    return tokens, kept.read_text().strip()
+
+
+def _env_lines(kafka: KafkaBroker, postgres: PostgresServer, state_dir: Path) -> list[str]:
+    tokens, token = _dev_token(state_dir)
     return [
+        # The service's own settings (README, "Configuration"): with these loaded,
+        # `consent-ledger serve` runs against these servers.
+        "CONSENT_LEDGER=kafka",
+        f"CONSENT_KAFKA_BOOTSTRAP={kafka.bootstrap_servers}",
+        # one broker: a topic can have no more replicas than that
+        "CONSENT_KAFKA_REPLICATION_FACTOR=1",
+        "CONSENT_KAFKA_MIN_INSYNC_REPLICAS=1",
+        f"CONSENT_POSTGRES_DSN={postgres.dsn}",
+        f"CONSENT_AUTH_TOKENS_FILE={tokens}",
+        f"CONSENT_DATA_DIR={state_dir / 'data'}",
+        "CONSENT_METRICS_LISTEN=127.0.0.1:9464",
+        # not a setting: the admin token of the tokens file above, for grpcurl
+        f"CONSENT_DEV_TOKEN={token}",
         f"KAFKA_BOOTSTRAP={kafka.bootstrap_servers}",
         f"POSTGRES_DSN={postgres.dsn}",
         # The names tests/infra/fixtures.py reads, so a sourced env file makes the test
@@ -60,7 +92,7 @@ def cmd_up(state_dir: Path) -> int:
         if started_kafka:  # all or nothing: do not leave half an environment behind
             kafka.stop()
         raise
-    lines = _env_lines(kafka, postgres)
+    lines = _env_lines(kafka, postgres, state_dir)
     (state_dir / "env").write_text("".join(f"{line}\n" for line in lines))
     print("\n".join(lines))
     return 0

@@ -290,7 +290,10 @@ async def test_cli_up_status_down(tmp_path: Path) -> None:
         env = dict(line.split("=", 1) for line in up.stdout.splitlines())
         assert env["KAFKA_BOOTSTRAP"].startswith("127.0.0.1:")
         assert env["POSTGRES_DSN"].startswith("postgresql://")
+        assert env["CONSENT_KAFKA_BOOTSTRAP"] == env["KAFKA_BOOTSTRAP"]
+        assert env["CONSENT_POSTGRES_DSN"] == env["POSTGRES_DSN"]
         assert (tmp_path / "env").read_text().splitlines() == up.stdout.splitlines()
+        await _serve_from_the_env_file(tmp_path / "env")
 
         # The `up` process has exited; both servers must still be serving.
         status = await cli("status")
@@ -311,3 +314,53 @@ async def test_cli_up_status_down(tmp_path: Path) -> None:
     assert _wait_dead([p for p in pids if p is not None], timeout=5) == []
     assert (await cli("status")).returncode == 1
     assert not (tmp_path / "env").exists()
+
+
+async def _serve_from_the_env_file(env_file: Path) -> None:
+    """The README's second command: the service, with nothing but the env file loaded
+    (its own ports moved to free ones), serves health and answers an authenticated
+    call with the dev token."""
+    import grpc
+    from consent.v1 import consent_service_pb2 as api
+    from consent.v1 import consent_service_pb2_grpc as api_grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONSENT_")}
+    script = (
+        'set -a; . "$1"; set +a; export CONSENT_GRPC_LISTEN=127.0.0.1:0 '
+        'CONSENT_METRICS_LISTEN=127.0.0.1:0; exec "$2" -m services.cli serve'
+    )
+    proc = subprocess.Popen(
+        ["sh", "-c", script, "sh", str(env_file), sys.executable],
+        cwd=REPO_ROOT, env=clean, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        seen: list[str] = []
+        while not seen or "serving gRPC on" not in seen[-1]:
+            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 120)
+            assert line, "the service exited:\n" + "".join(seen)
+            seen.append(line)
+        address = line.split(" on ", 1)[1].split()[0]
+        token = dict(line.split("=", 1) for line in env_file.read_text().splitlines())[
+            "CONSENT_DEV_TOKEN"
+        ]
+        async with grpc.aio.insecure_channel(address) as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="consent.v1.ConsentService"), timeout=20
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            answer = await api_grpc.ConsentServiceStub(channel).CanSend(
+                api.CanSendRequest(phone="+14155552671", brand="acme", campaign="promo"),
+                metadata=[("authorization", f"Bearer {token}")],
+                timeout=20,
+            )
+        assert not answer.allowed
+        assert api.Reason.Name(answer.reason) == "REASON_CAMPAIGN_UNKNOWN"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
