@@ -19,6 +19,7 @@ help:
 	@echo "make protos     regenerate protos/gen from protos/*.proto"
 	@echo "make bench      measure CanSend against a bare gRPC echo baseline"
 	@echo "make dev-up / dev-down   a Kafka broker and PostgreSQL for working by hand"
+	@echo "make deploy-tools  fetch kustomize and promtool for tests/deploy (make test does)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
