@@ -75,9 +75,11 @@ candidate when
 - the person asks to be removed: remove, delete, erase, unenroll + me, us, my
   number, my info; be taken off, take / get / scratch me off; off or out of
   the list; opt me out, count me out, want out; lose my number; scratch my
-  name from your records; not in future texts (Spanish bórrenme, sáquenme de
-  la lista, darme de baja, desuscribirme, salir de la lista; French
-  désabonner, supprimez mon numéro);
+  name from your records; not in future texts; get these off my phone; leave,
+  exit or get out of this list, group or chat ("how do I leave this"); rm me
+  (Spanish bórrenme, sáquenme de la lista, darme de baja, desuscribirme,
+  salir de la lista, acaben con estos mensajes, retiro mi consentimiento;
+  French désabonner, supprimez mon numéro);
 - it complains or refuses: leave me alone / be, go away, get lost, get off
   my phone, f*** off, give it a rest, you're annoying, bothering / harassing
   / spamming me, spam, unsolicited, unwanted, tired / sick of / so over these
@@ -99,8 +101,11 @@ candidate when
   "I sent that to the wrong person" is not.
 
 A decline and nothing else ("No thanks", "no thank you, I'm good", "hard
-pass") is a candidate: read alone after a marketing text it could mean "no more
-of these". A bare "no", "who is this?", "not now" and "No thanks, see you
+pass", "please no", "I'm good on these", "I'll pass on these", "I'm all set
+with these texts"), a judgement and nothing else ("not wanted", "not
+welcome"), and quitting said of oneself ("I'm done", "leave", "exit") are
+candidates: read alone after a marketing text they could mean "no more of
+these". A bare "no", "who is this?", "not now" and "No thanks, see you
 Tuesday" are conversation: they answer the question asked.
 
 Languages: English and Spanish are covered throughout; French for the main
@@ -535,7 +540,7 @@ _ENDERS = _words(
     cancel end quit halt terminate discontinue pause suspend stopped cancelar cancela cancelen
     cancele cancelo cancelame cancelenme alto baja detener detengan detenga detente detenganse
     suspender suspendan anular anulen anule terminar terminen pare parem disable deactivate mute
-    silence kill cut
+    silence kill cut exit
     """
 )
 _ENOUGH = _words("enough basta suficiente assez chega")
@@ -617,7 +622,8 @@ _PESTER = _words(
 _REMOVERS = _words(
     """
     remove removed removing delete deleted deleting erase erased unenroll unenrol deregister
-    unregister unfollow unlist scrub purge exclude withdraw borrar borra borren borre borrarme
+    unregister unfollow unlist uninstall scrub purge exclude withdraw borrar borra borren borre
+    borrarme
     eliminar elimina eliminen elimine eliminarme quitar quita quiten quitarme sacar saca saquen
     saque sacarme remover remuevan supprimer supprimez retirez enlevez retirer enlever remova
     removam tirar tirem excluir excluam removal
@@ -1286,6 +1292,20 @@ def _short_ender(clauses: list[list[str]], *, question: bool) -> bool:
     # "Don't!", "please don't": a bare negation answers the texts themselves.
     if "not" in words and set(words) <= _COURTESY | {"not", "do", "please", "no", "nope"}:
         return "do" in words
+    # "Please no", "no por favor": a refusal pleaded, not a bare "no" answering a question.
+    if set(words) <= _COURTESY | _NO and _NO & set(words) and {"please", "favor"} & set(words):
+        return True
+    # "Not wanted.", "this is not welcome": the texts judged unwelcome, nothing else said.
+    said = set(words)
+    if "not" in said and said & _UNWELCOME and said <= _COURTESY | _UNWELCOME | {"not"}:
+        return True
+    # "I'm done", "we're so done": quitting said of oneself ("Done!" alone confirms a task).
+    if (
+        "done" in words
+        and {"am", "are", "m", "re"} & set(words)
+        and set(words) <= _COURTESY | {"done", "so", "totally", "officially", "we", "re"}
+    ):
+        return True
     # "No thanks", "no thank you, I'm good", "hard pass": declining, and nothing else.
     if set(words) <= _COURTESY | _DECLINING and (
         "pass" in words or (_NO & set(words) and _THANKS & set(words))
@@ -1297,7 +1317,7 @@ def _short_ender(clauses: list[list[str]], *, question: bool) -> bool:
     if re.search(r"\b(good|fair|close|sure|well|big|long|old|soon|easy) enough\b", " ".join(words)):
         asking |= _ENOUGH
     if _courtesy_only(
-        clauses, (_ENDERS | _ENOUGH | _STRONG | _ALONE_COMPLAINTS | {"out"}) - asking
+        clauses, (_ENDERS | _ENOUGH | _STRONG | _ALONE_COMPLAINTS | {"out", "leave"}) - asking
     ):
         return True
     # One clause of nothing else in a longer message: "This is a business line, remove."
@@ -1308,6 +1328,7 @@ _NO = _words("no nope nah non nao")
 _THANKS = _words("thanks thank thankyou gracias merci obrigado obrigada")
 _DECLINING = _NO | _THANKS | _words("pass hard not interested good fine set ill all estoy")
 _SUSPICION = _words("scam scammer scammers estafa")
+_UNWELCOME = _words("welcome wanted needed appreciated necessary requested")
 
 
 # Words that complain by themselves in a message of nothing else: "Blocked.",
@@ -1454,6 +1475,22 @@ _MESSAGE_RULES = re.compile(
     r"|\bhad it with\b|\bsick and tired\b"
     r"|\b(good|ok|okay|fine|all set|set) (on|without) (the |these |your |ur |any )?(texts?|txts?|"
     r"messages|msgs|calls|emails|alerts|notifications|promos|reminders)\b"
+    r"|\b(good|ok|okay|fine|set) (on|without) (these|those|them|em|this stuff|all this)\b"
+    r"|\ball set with (these|those|them|em|the (texts?|messages|alerts|notifications)|your|ur)\b"
+    r"|\bpass on (these|those|them|em|all (of )?(this|these|that))\b"
+    r"|\b(get|take|keep|remove|delete) (\w+ ){0,2}(off|out of|outta|away from|from) (my|this) "
+    r"(phone|cell|number|line|inbox)\b"
+    r"|\b(how|can|could|want to|wanna|let me|i need to|i d like to) (\w+ ){0,3}(leave|exit|"
+    r"get out of|get off|unjoin|quit) (this|these|it|here|"
+    r"the (list|group|chat|program|texts|messages)|"
+    r"your (list|group|chat|program|texts|messages))\W*$"
+    r"|\b(leave|exit|unjoin) (this|the|your|ur) (list|group|chat|program|texting list|mailing list|"
+    r"text list|club)\b"
+    r"|\brm (me|us|my (number|info|name))\b"
+    r"|\b(acab\w*|termin\w*|pon\w* (un )?(fin|alto)) (con|a) (est\w+|sus|los|las|tant\w+|tod\w+)"
+    r"( \w+)?\b"
+    r"|\b(retir\w*|revoc\w*|anul\w*|cancel\w*|quit\w*) (\w+ ){0,2}(consentimiento|permiso|"
+    r"autorizacion)\b"
     r"|\b(texts?|txts?|messages|msgs|this|these|they|it) (are|is|r) not for (me|us)\b"
     r"|^\W*(it is |this is |that is |its |thats )?not for me\W*(thanks|thank you|thx)?\W*$"
     r"|\b(previous|old|former|last|prior) (owner|user|holder)\b"
