@@ -10,6 +10,7 @@ from functools import lru_cache
 
 import phonenumbers
 from phonenumbers import timezone as pn_timezone
+from phonenumbers.tzdata import TIMEZONE_DATA
 
 from ledger.errors import InvalidPhoneNumber
 
@@ -72,5 +73,25 @@ def time_zones(e164: str) -> tuple[str, ...]:
         parsed = phonenumbers.parse(e164, None)
     except phonenumbers.NumberParseException:
         return ()  # not a number: no zone, so quiet hours deny (fail closed)
-    zones = pn_timezone.time_zones_for_number(parsed)
+    zones = list(pn_timezone.time_zones_for_number(parsed))
+    if parsed.country_code == 1:
+        # A North American number is dialled by its area code, and a mobile keeps
+        # its exchange wherever it goes: where the area code spans several zones
+        # (850: Eastern and Central), every zone of it counts, not just the one
+        # libphonenumber gives the exchange (or, for an exchange it lacks, the
+        # area code's default).
+        area = _AREA_ZONES.get(phonenumbers.national_significant_number(parsed)[:3], ())
+        zones.extend(z for z in area if z not in zones)
     return tuple(z for z in zones if z != _UNKNOWN_ZONE)
+
+
+def _area_zones() -> dict[str, tuple[str, ...]]:
+    found: dict[str, set[str]] = {}
+    for prefix, zones in TIMEZONE_DATA.items():
+        if prefix.startswith("1") and len(prefix) >= 4:
+            found.setdefault(prefix[1:4], set()).update(zones)
+    return {area: tuple(sorted(z)) for area, z in found.items() if len(z) > 1}
+
+
+_AREA_ZONES = _area_zones()
+"""The NANP area codes that span more than one zone, with all of them."""

@@ -28,6 +28,7 @@ from ledger.events import (
     MessageSent,
     SubscriberLocated,
 )
+from ledger.phone import time_zones
 from ledger.policy import Check, Decision, Reason, decide
 from ledger.regions import (
     ANY_US_STATE,
@@ -266,6 +267,20 @@ def test_el_paso_is_read_in_mountain_time_not_every_texas_zone():
     mountain_noon_thirty = datetime(2026, 12, 20, 19, 30, tzinfo=UTC)  # 12:30 MST, 13:30 CST
     assert ask(EL_PASO, mountain_noon_thirty).allowed
     assert not ask(EL_PASO, datetime(2026, 12, 20, 18, 30, tzinfo=UTC)).allowed  # 11:30 MST
+
+
+def test_an_area_code_that_spans_two_zones_is_held_to_both():
+    # libphonenumber gives 850-555 (an exchange it lacks) Eastern time only and
+    # 423-555 Central only, though Pensacola keeps Central and Chattanooga Eastern.
+    panhandle = "+18505550123"
+    d = ask(panhandle, eastern(MONDAY, 8, 15))  # 07:15 in Pensacola
+    assert not d.allowed and d.reason is Reason.QUIET_HOURS
+    assert ask(panhandle, eastern(MONDAY, 9, 0)).allowed
+    tennessee = "+14235550123"
+    d = ask(tennessee, central(MONDAY, 20, 30))  # 21:30 in Chattanooga
+    assert not d.allowed and d.reason is Reason.QUIET_HOURS and d.rule == "federal"
+    assert time_zones("+18502220000") == ("America/New_York", "America/Chicago")
+    assert time_zones("+12125550123") == ("America/New_York",)
 
 
 def test_sunday_closed_states_deny_all_day_and_open_on_monday():
