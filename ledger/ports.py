@@ -8,9 +8,11 @@ Adapters are named for their technology and port (``KafkaLedger``,
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -110,6 +112,17 @@ class ConsistencyToken:
 
 
 _TOKEN_PART = re.compile(r"(?:subscribers|campaigns):[0-9]{1,9}:[0-9]{1,19}")
+
+
+def merge_changes(partitions: Iterable[Sequence[Recorded]], limit: int) -> list[Recorded]:
+    """The first ``limit`` events of several partitions' lists (each in offset order),
+    interleaved by recorded time: of the lists' next events, the earliest recorded
+    (then the lowest partition) comes first. Each list's order is kept, whatever
+    its recorded times, so the result holds a prefix of every list."""
+    merged = heapq.merge(
+        *partitions, key=lambda r: (r.recorded_at, r.position.partition, r.position.offset)
+    )
+    return list(itertools.islice(merged, limit))
 
 
 class LedgerUnavailable(ConnectionError):
@@ -268,6 +281,31 @@ class ConsentView(ABC):
         resolved happened: what the overdue gauge counts (cheaply: the view keeps
         the unresolved ones apart). Like ``flagged``, it may include a reply whose
         resolution it cannot tell about."""
+
+    @abstractmethod
+    async def changes(
+        self,
+        brand: str,
+        after: Offsets,
+        limit: int,
+        *,
+        campaign: str | None = None,
+        types: Collection[str] | None = None,
+    ) -> list[Recorded]:
+        """The applied subscriber events of ``brand`` from ``after`` on (per
+        partition, the offset of the first one wanted; 0 for a partition it does
+        not name), at most ``limit``: the change stream's next page.
+
+        With ``campaign``, only the events that name it or name no campaign (a
+        brand-wide revocation, an age verification); with ``types``, only events
+        of those ``EVENT_TYPE`` names.
+
+        Each partition's events come in offset order and the page holds a prefix
+        of each, so a reader that goes on, per partition, after the last offset it
+        was given misses none and gets none twice. The partitions are interleaved
+        by ``merge_changes``. Only what the view has applied is listed, and the
+        view applies each partition in offset order, so a page never skips an
+        event that a later page would list."""
 
     @abstractmethod
     async def sending_counts(

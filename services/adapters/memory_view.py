@@ -9,10 +9,11 @@ once, and a batch lands completely or not at all.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import uuid
 from collections import ChainMap
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,7 +31,7 @@ from ledger.events import (
     SubscriberEvent,
 )
 from ledger.opt_out_rate import SendingCounts, count_sending
-from ledger.ports import ConsentView, Flagged, RequestUse, Stream
+from ledger.ports import ConsentView, Flagged, Offsets, RequestUse, Stream, merge_changes
 from ledger.state import CampaignHistory, SubscriberState, apply, sender_number_holder
 
 
@@ -49,6 +50,8 @@ class _Tables:
     """The ids of the flagged replies a resolution names."""
     messages: dict[tuple[str, str, str], str] = field(default_factory=dict)
     """The MessageSent that first recorded each (brand, phone, provider message id)."""
+    by_brand: dict[str, dict[int, list[Recorded]]] = field(default_factory=dict)
+    """Each brand's subscriber events per partition, in offset order (``changes``)."""
 
 
 def _commit(*staged: ChainMap[Any, Any]) -> None:
@@ -110,6 +113,7 @@ class InMemoryConsentView(ConsentView):
         messages = ChainMap[tuple[str, str, str], str]({}, base.messages)
         flagged: list[Recorded] = []
         resolved: list[str] = []
+        added: list[Recorded] = []
         for recorded in batch:
             partition, offset = recorded.position.partition, recorded.position.offset
             if offset < positions.get(partition, 0):
@@ -126,6 +130,7 @@ class InMemoryConsentView(ConsentView):
                 state = states.get(key) or SubscriberState(phone=event.phone, brand=event.brand)
                 states[key] = apply(state, recorded)
                 by_phone[event.phone] = [*by_phone.get(event.phone, []), recorded]
+                added.append(recorded)
                 if isinstance(event, RevocationCandidateFlagged):
                     flagged.append(recorded)
                 elif isinstance(event, RevocationCandidateResolved):
@@ -135,6 +140,10 @@ class InMemoryConsentView(ConsentView):
                 campaigns[key] = campaigns.get(key, CampaignHistory()).with_event(recorded)
         _commit(positions, states, campaigns, events, by_phone, requests, messages)
         base.resolved.update(resolved)
+        for recorded in added:  # appended in place: a brand's lists grow long
+            brand = recorded.event.brand  # type: ignore[attr-defined]
+            lists = base.by_brand.setdefault(brand, {})
+            lists.setdefault(recorded.position.partition, []).append(recorded)
         # A batch's replies become visible together; among them, recorded order.
         for recorded in sorted(flagged, key=lambda r: (r.recorded_at, r.event.event_id)):
             event = recorded.event
@@ -227,6 +236,31 @@ class InMemoryConsentView(ConsentView):
             for f in queue
             if f.event_id not in tables.resolved
         ]
+
+    async def changes(
+        self,
+        brand: str,
+        after: Offsets,
+        limit: int,
+        *,
+        campaign: str | None = None,
+        types: Collection[str] | None = None,
+    ) -> list[Recorded]:
+        def wanted(recorded: Recorded) -> bool:
+            event = recorded.event
+            named = getattr(event, "campaign", None)
+            return (campaign is None or named is None or named == campaign) and (
+                types is None or event.EVENT_TYPE in types
+            )
+
+        pages = []
+        for partition, events in sorted(self._tables.by_brand.get(brand, {}).items()):
+            start = bisect.bisect_left(
+                events, after.get(partition, 0), key=lambda r: r.position.offset
+            )
+            listed = (events[i] for i in range(start, len(events)) if wanted(events[i]))
+            pages.append(list(itertools.islice(listed, limit)))
+        return merge_changes(pages, limit)
 
     async def sending_counts(
         self, brand: str, campaign: str | None, start: datetime, end: datetime

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
+import itertools
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -39,7 +41,7 @@ from ledger.events import (
 )
 from ledger.opt_out_rate import SendingCounts
 from ledger.policy import latest_revocation, standing
-from ledger.ports import ConsentView, Flagged, RequestUse, Stream
+from ledger.ports import ConsentView, Flagged, Offsets, RequestUse, Stream
 from ledger.state import (
     CampaignHistory,
     SubscriberState,
@@ -375,6 +377,29 @@ def _status_rows(
             )
         )
     return rows
+
+
+_CHANGES = """
+SELECT page.recorded_at, p.partition, page."offset", page.payload FROM projection_offset p
+CROSS JOIN LATERAL (
+    SELECT e.recorded_at, e."offset", e.payload FROM ledger_event_copy e
+    WHERE e.stream = 'subscribers' AND e.brand = $1 AND e.partition = p.partition
+      AND e."offset" >= coalesce(
+          (SELECT a.o FROM unnest($2::integer[], $3::bigint[]) AS a(p, o) WHERE a.p = p.partition),
+          0)
+      AND ($5::text IS NULL OR e.campaign IS NULL OR e.campaign = $5)
+      AND ($6::text[] IS NULL OR e.event_type = ANY($6::text[]))
+    ORDER BY e."offset"
+    LIMIT $4
+) page
+WHERE p.stream = 'subscribers'
+ORDER BY p.partition, page."offset"
+"""
+"""Per partition the view knows, the first ``$4`` wanted events of brand ``$1`` from
+the offset ``$2``/``$3`` give it (index ``ledger_event_copy_changes``). One
+statement, so one snapshot: the rows of a partition it sees are the events the
+view had applied up to some offset, as every transaction that adds some also
+moves the partition's position, under that position's row lock."""
 
 
 def _request_use(row: asyncpg.Record) -> RequestUse:
@@ -786,6 +811,33 @@ class PostgresConsentView(ConsentView):
     async def open_flagged_times(self) -> list[datetime]:
         # flagged_reply_open (migration 0008) holds the unresolved replies apart.
         return [row["occurred_at"] for row in await self._pool.fetch(_OPEN_FLAGGED_TIMES)]
+
+    @bounded
+    async def changes(
+        self,
+        brand: str,
+        after: Offsets,
+        limit: int,
+        *,
+        campaign: str | None = None,
+        types: Collection[str] | None = None,
+    ) -> list[Recorded]:
+        partitions = sorted(after)
+        rows = await self._pool.fetch(
+            _CHANGES,
+            brand,
+            partitions,
+            [after[p] for p in partitions],
+            limit,
+            campaign,
+            None if types is None else sorted(types),
+        )
+        pages: dict[int, list[asyncpg.Record]] = {}
+        for row in rows:
+            pages.setdefault(row["partition"], []).append(row)
+        # merge_changes's order on the rows, so that only the page's events are decoded
+        merged = heapq.merge(*pages.values(), key=lambda row: tuple(row[:3]))
+        return [decode_recorded(row["payload"]) for row in itertools.islice(merged, limit)]
 
     @bounded
     async def sending_counts(

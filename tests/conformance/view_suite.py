@@ -898,6 +898,129 @@ class ConsentViewSuite:
         window = (T0, T0 + timedelta(days=1))
         assert await view.sending_counts("acme", None, *window) == SendingCounts(2, 0)
 
+    # ---- the change stream (changes) ------------------------------------------------------
+
+    async def test_changes_page_through_a_brand_exactly_once_in_offset_order(
+        self, view: ConsentView
+    ) -> None:
+        pos = Positions()
+        recorded = pos.record(generate_events(1200, phones=120, brands=3, campaigns=3))
+        subscribers = [r for r in recorded if Stream.of(r.event) is Stream.SUBSCRIBERS]
+        retried = [pos.again(r) for r in subscribers[:40:7]]  # kept at their first place
+        for start in range(0, len(subscribers), 300):
+            await view.apply(Stream.SUBSCRIBERS, subscribers[start : start + 300])
+        await view.apply(Stream.SUBSCRIBERS, retried)
+        await view.apply(Stream.CAMPAIGNS, [r for r in recorded if r not in subscribers])
+
+        consent = {"ConsentGranted", "ConsentRevoked", "AgeVerified"}
+        for brand, campaign, types in [
+            ("brand-0", None, None),
+            ("brand-1", "camp-2", None),
+            ("brand-2", None, consent),
+            ("brand-2", "camp-0", consent),
+        ]:
+            got = await _read_changes(view, brand, 37, campaign=campaign, types=types)
+            assert len(got) == len({r.event.event_id for r in got}), "an event came twice"
+            assert _by_partition(got) == _by_partition(_wanted(subscribers, brand, campaign, types))
+        assert await view.changes("brand-9", {}, 10) == []
+
+    async def test_changes_applied_between_pages_follow_without_a_gap(
+        self, view: ConsentView
+    ) -> None:
+        pos = Positions()
+        phones = [f"+1415555{n:04d}" for n in range(30)]
+        events = [
+            grant(phone, "acme", "deals", T0 + timedelta(minutes=i))
+            for i in range(4)
+            for phone in phones
+        ]
+        recorded = pos.record(events)
+        after: dict[int, int] = {}
+        got: list[Recorded] = []
+        for start in range(0, len(recorded), 25):
+            await view.apply(Stream.SUBSCRIBERS, recorded[start : start + 25])
+            page = await view.changes("acme", after, 10)
+            got.extend(page)
+            for r in page:
+                after[r.position.partition] = r.position.offset + 1
+        while page := await view.changes("acme", after, 10):
+            got.extend(page)
+            for r in page:
+                after[r.position.partition] = r.position.offset + 1
+        assert _by_partition(got) == _by_partition(recorded)
+        assert after == await view.positions(Stream.SUBSCRIBERS)
+
+    async def test_changes_interleave_partitions_by_recorded_time_keeping_offset_order(
+        self, view: ConsentView
+    ) -> None:
+        a, b = "+14155550100", "+14155550101"
+        pos = Positions()
+        assert partition_of(grant(a, "x", "y", T0)) != partition_of(grant(b, "x", "y", T0))
+        late = pos.record([grant(a, "acme", "deals", T0)], T0 + timedelta(hours=2))
+        early = pos.record([revoke(a, "acme", "deals", T0)], T0)  # recorded "before" late
+        other = pos.record([grant(b, "acme", "deals", T0)], T0 + timedelta(hours=1))
+        await view.apply(Stream.SUBSCRIBERS, [*late, *early, *other])
+        # a's partition keeps offset order; b's event, recorded before a's first, leads
+        assert await view.changes("acme", {}, 10) == [*other, *late, *early]
+        assert await view.changes("acme", {}, 2) == [*other, *late]
+        skip_a = {late[0].position.partition: late[0].position.offset + 1}
+        assert await view.changes("acme", skip_a, 10) == [*early, *other]
+
+    async def test_changes_leave_out_other_brands_and_are_emptied_by_a_reset(
+        self, view: ConsentView
+    ) -> None:
+        phone = "+14155550100"
+        pos = Positions()
+        mine = pos.record([grant(phone, "acme", "deals", T0)])
+        theirs = pos.record([grant(phone, "globex", "deals", T0)])
+        await view.apply(Stream.SUBSCRIBERS, [*mine, *theirs])
+        assert await view.changes("acme", {}, 10) == mine
+        assert await view.changes("globex", {}, 10) == theirs
+        await view.reset()
+        assert await view.changes("acme", {}, 10) == []
+
+
+async def _read_changes(
+    view: ConsentView, brand: str, limit: int, **filters: Any
+) -> list[Recorded]:
+    """Every change of ``brand``, page by page, each resumed after the last given."""
+    after: dict[int, int] = {}
+    got: list[Recorded] = []
+    while page := await view.changes(brand, after, limit, **filters):
+        assert len(page) <= limit
+        got.extend(page)
+        for r in page:
+            after[r.position.partition] = r.position.offset + 1
+    return got
+
+
+def _wanted(
+    events: Iterable[Recorded], brand: str, campaign: str | None, types: Any
+) -> list[Recorded]:
+    """What ``changes`` lists: the first copy of each fact of ``brand`` that passes the filters."""
+    seen: set[uuid.UUID] = set()
+    out = []
+    for r in sorted(events, key=lambda r: (r.position.partition, r.position.offset)):
+        event = r.event
+        if event.event_id in seen or getattr(event, "brand", None) != brand:
+            continue
+        seen.add(event.event_id)
+        named = getattr(event, "campaign", None)
+        if campaign is not None and named is not None and named != campaign:
+            continue
+        if types is not None and event.EVENT_TYPE not in types:
+            continue
+        out.append(r)
+    return out
+
+
+def _by_partition(events: Iterable[Recorded]) -> dict[int, list[Recorded]]:
+    """The events of each partition, in the order given."""
+    out: dict[int, list[Recorded]] = {}
+    for r in events:
+        out.setdefault(r.position.partition, []).append(r)
+    return out
+
 
 def of_request(event: LedgerEvent, request_id: str, fingerprint: str) -> LedgerEvent:
     return replace(event, request_id=request_id, request_fingerprint=fingerprint)

@@ -89,6 +89,9 @@ class DiesAfterCommit(ConsentView):
     async def message_use(self, brand: str, phone: str, message_id: str) -> Any:
         return await self.inner.message_use(brand, phone, message_id)
 
+    async def changes(self, brand: str, after: Any, limit: int, **filters: Any) -> Any:
+        return await self.inner.changes(brand, after, limit, **filters)
+
 
 class FailsBeforeCommit(PostgresConsentView):
     """Raises inside the transaction, after the rows and before the positions."""
