@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -58,6 +58,7 @@ from ledger.policy import Check, Decision, Reason, decide_as_of, deny, earns_exe
 from ledger.ports import ConsentView, ConsistencyToken, Ledger, RequestUse, Stream
 from ledger.state import COUNTED_KINDS, CampaignHistory, Fact, SubscriberState
 from ledger.validation import Violations, check_not_too_early
+from services import changes
 from services.errors import AlreadyExists, FailedPrecondition, NotConsistent
 from services.freshness import FreshnessGuard
 from services.read_batcher import ReadBatcher
@@ -930,3 +931,27 @@ class ConsentApp:
         campaign_events = [f.as_recorded() for f in history.versions]
         decision = decide_as_of([*campaign_events, *subscriber], campaign, t_world, t_known, kind)
         return CheckResult(decision, read_at)
+
+    async def watch_changes(
+        self,
+        brand: str,
+        after: ConsistencyToken | None,
+        *,
+        from_now: bool = False,
+        campaign: str | None = None,
+        messages: bool = False,
+    ) -> AsyncGenerator[tuple[Recorded, ConsistencyToken], None]:
+        """``services.changes.watch`` of ``brand``: after ``after``, after what the view
+        has applied now (``from_now``), or else from its first change."""
+        check_name(brand, "brand")
+        if campaign is not None:
+            check_name(campaign, "campaign")
+        if from_now:
+            start = await self.view.positions(Stream.SUBSCRIBERS)
+        else:
+            start = changes.resume_after(after) if after is not None else {}
+        types = changes.CONSENT_CHANGES | changes.MESSAGES if messages else changes.CONSENT_CHANGES
+        async for change in changes.watch(
+            self.view, self.guard, brand, start, campaign=campaign, types=types
+        ):
+            yield change

@@ -13,6 +13,8 @@ metrics make that visible:
   (reads fail closed past ``max_observation_age``);
 * ``consent_replica_digests`` and ``consent_replica_loads_total``: the in-memory
   replica's size and how often it loaded the whole view;
+* ``consent_watch_streams`` and ``consent_watch_changes_total``: open change
+  streams (``WatchConsentChanges``) and the changes sent to them;
 * ``consent_projector_failures_total``: times the projector failed and was
   started again (``services.projector.supervise``);
 * ``consent_revocation_candidates_overdue``: flagged replies of every brand left
@@ -109,6 +111,10 @@ class ServiceMetrics(Collector):
         self._decisions: dict[tuple[str, bool, int], int] = {}
         self._errors: dict[tuple[str, str], int] = {}
         self._projector_failures = 0
+        self.watchers = 0
+        """Open WatchConsentChanges streams."""
+        self.changes_streamed = 0
+        """Changes handed to gRPC for watchers (sent, or in the call's send)."""
 
     def decided(self, rpc: str, decision: Decision) -> None:
         key = (rpc, decision.allowed, id(decision.reason))
@@ -156,6 +162,14 @@ class ServiceMetrics(Collector):
         for (rpc, code), n in self._errors.copy().items():
             errors.add_metric([rpc, code], n)
         yield errors
+        yield GaugeMetricFamily(
+            "consent_watch_streams", "Open WatchConsentChanges streams.", value=self.watchers
+        )
+        yield CounterMetricFamily(
+            "consent_watch_changes",
+            "Changes sent to WatchConsentChanges streams.",
+            value=self.changes_streamed,
+        )
         yield CounterMetricFamily(
             "consent_projector_failures",
             "Times the projector failed and was started again; the log has each cause.",

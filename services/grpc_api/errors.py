@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -200,6 +200,33 @@ def translate_errors(handler: Handler[R]) -> Handler[R]:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
         try:
             return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, DomainError | ServiceError | WireFormatError):
+                log.exception("%s failed", handler.__name__)
+            status = to_status(exc)
+            self.metrics.failed(handler.__name__, status.code.name)
+            await context.abort_with_status(status)
+            raise AssertionError("abort_with_status returns only by raising") from exc
+
+    return wrapper
+
+
+StreamHandler = Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[R]]
+
+
+def translate_stream_errors(handler: StreamHandler[R]) -> StreamHandler[R]:
+    """``translate_errors`` for a server-streaming method (an async generator): an
+    exception before or between its messages ends the stream with its status."""
+
+    @functools.wraps(handler)
+    async def wrapper(
+        self: Any, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[R]:
+        try:
+            async for reply in handler(self, request, context):
+                yield reply
         except grpc.aio.AbortError:
             raise
         except Exception as exc:

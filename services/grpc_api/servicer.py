@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +36,7 @@ from services.app import ConsentApp, WriteResult, check_target
 from services.errors import NotConsistent, PermissionDenied, ServiceError
 from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
 from services.grpc_api.deadlines import within, write_budget
-from services.grpc_api.errors import translate_errors
+from services.grpc_api.errors import translate_errors, translate_stream_errors
 from services.metrics import ServiceMetrics
 from services.wire import api, codec
 
@@ -344,6 +344,37 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             ],
         )
 
+    @translate_stream_errors
+    async def WatchConsentChanges(
+        self, request: api_pb2.WatchConsentChangesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.WatchConsentChangesResponse]:
+        self._caller(context, Scope.AUDIT, request.brand)
+        campaign = request.campaign or None
+        _refuse_bad_fields(
+            lambda: _resume_token(request.resume_token),
+            lambda: _start_once(request),
+            *_target(None, request.brand, campaign),
+        )
+        changes = self.app.watch_changes(
+            request.brand,
+            _resume_token(request.resume_token),
+            from_now=request.from_now,
+            campaign=campaign,
+            messages=request.include_messages,
+        )
+        self.metrics.watchers += 1
+        try:
+            async for recorded, token in changes:
+                # Each yield returns once gRPC has taken the message, which waits for
+                # room in the client's flow-control window: the back-pressure.
+                self.metrics.changes_streamed += 1
+                yield api_pb2.WatchConsentChangesResponse(
+                    event=codec.recorded_to_proto(recorded), resume_token=token.encode()
+                )
+        finally:
+            self.metrics.watchers -= 1
+            await changes.aclose()  # its read of the view ends with the call
+
     @translate_errors
     async def GetOptOutRate(
         self, request: api_pb2.GetOptOutRateRequest, context: grpc.aio.ServicerContext
@@ -436,6 +467,22 @@ def _certificate_names(context: grpc.aio.ServicerContext) -> list[str]:
         for key in ("x509_subject_alternative_name", "x509_common_name")
         for name in auth.get(key, ())
     ]
+
+
+def _resume_token(text: str) -> ConsistencyToken | None:
+    if not text:
+        return None
+    try:
+        return ConsistencyToken.decode(text)
+    except ValueError as exc:
+        raise InvalidRequest(
+            "resume_token", "is not a resume token or consistency token of this service"
+        ) from exc
+
+
+def _start_once(request: api_pb2.WatchConsentChangesRequest) -> None:
+    if request.from_now and request.resume_token:
+        raise InvalidRequest("from_now", "give resume_token or from_now, not both")
 
 
 def _page_size(requested: int) -> int:

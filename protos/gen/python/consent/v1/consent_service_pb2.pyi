@@ -1662,3 +1662,80 @@ class ListRevocationCandidatesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRevocationCandidatesResponse: _TypeAlias = ListRevocationCandidatesResponse  # noqa: Y015
+
+@_typing.final
+class WatchConsentChangesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BRAND_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    FROM_NOW_FIELD_NUMBER: _builtins.int
+    INCLUDE_MESSAGES_FIELD_NUMBER: _builtins.int
+    brand: _builtins.str
+    """The brand to watch; the caller's token needs the audit scope for it."""
+    campaign: _builtins.str
+    """Only the changes that name this campaign, and those that name no campaign
+    (they reach every campaign of the brand: an opt-out of every campaign, an age
+    verification, a flagged reply). Empty: every campaign.
+    """
+    resume_token: _builtins.str
+    """Where to start: the resume_token of the last change received, to go on after
+    it; or any consistency_token the service returned (a write's, a read's), to
+    start after what it covers. Empty: from the brand's first change.
+    """
+    from_now: _builtins.bool
+    """Start after every change the view has applied now, instead of a resume_token."""
+    include_messages: _builtins.bool
+    """Also stream MessageSent and InboundMessageReceived events, which are no changes
+    of consent themselves (a reply's meaning, STOP say, comes as its own change).
+    """
+    def __init__(
+        self,
+        *,
+        brand: _builtins.str = ...,
+        campaign: _builtins.str = ...,
+        resume_token: _builtins.str = ...,
+        from_now: _builtins.bool = ...,
+        include_messages: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand", b"brand", "campaign", b"campaign", "from_now", b"from_now", "include_messages", b"include_messages", "resume_token", b"resume_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchConsentChangesRequest: _TypeAlias = WatchConsentChangesRequest  # noqa: Y015
+
+@_typing.final
+class WatchConsentChangesResponse(_message.Message):
+    """One change of consent: by default a ConsentGranted, ConsentRevoked,
+    ConsentReconfirmed, ConsentResumed, RevocationCandidateFlagged,
+    RevocationCandidateResolved, AgeVerified or SubscriberLocated event.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """Resume after this change (WatchConsentChangesRequest.resume_token). It is also
+    a consistency token: a read with at_least_as_fresh set to it sees the change.
+    """
+    @_builtins.property
+    def event(self) -> _ledger_pb2.RecordedEvent:
+        """The event as the ledger recorded it, with its partition and offset."""
+
+    def __init__(
+        self,
+        *,
+        event: _ledger_pb2.RecordedEvent | None = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "resume_token", b"resume_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchConsentChangesResponse: _TypeAlias = WatchConsentChangesResponse  # noqa: Y015

@@ -120,6 +120,11 @@ class ConsentServiceStub:
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.ListRevocationCandidatesRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_consent__service__pb2.ListRevocationCandidatesResponse.FromString,
                 _registered_method=True)
+        self.WatchConsentChanges = channel.unary_stream(
+                '/consent.v1.ConsentService/WatchConsentChanges',
+                request_serializer=consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesResponse.FromString,
+                _registered_method=True)
 
 
 class ConsentServiceServicer:
@@ -253,6 +258,19 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchConsentChanges(self, request, context):
+        """Audit: a brand's changes of consent as the service's view applies them, from a
+        resume token on and then as they come, without end. Each change carries the
+        token to resume after it: a client that reconnects with the last token it got
+        misses no change and gets none twice. A slow reader slows the stream; the
+        server reads the next changes only as the client takes them. Changes of one
+        number come in the order the ledger recorded them; changes of numbers on
+        different ledger partitions are interleaved by recorded time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -340,6 +358,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.ListRevocationCandidates,
                     request_deserializer=consent_dot_v1_dot_consent__service__pb2.ListRevocationCandidatesRequest.FromString,
                     response_serializer=consent_dot_v1_dot_consent__service__pb2.ListRevocationCandidatesResponse.SerializeToString,
+            ),
+            'WatchConsentChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchConsentChanges,
+                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -802,6 +825,33 @@ class ConsentService:
             '/consent.v1.ConsentService/ListRevocationCandidates',
             consent_dot_v1_dot_consent__service__pb2.ListRevocationCandidatesRequest.SerializeToString,
             consent_dot_v1_dot_consent__service__pb2.ListRevocationCandidatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchConsentChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/consent.v1.ConsentService/WatchConsentChanges',
+            consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesRequest.SerializeToString,
+            consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

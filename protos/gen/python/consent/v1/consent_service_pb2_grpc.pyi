@@ -91,6 +91,15 @@ class ConsentServiceStub:
     in the order the service's view applied them, so a reply that arrives late joins
     the end. Each blocks sending to its number until ResolveRevocationCandidate.
     """
+    WatchConsentChanges: _grpc.UnaryStreamMultiCallable[_consent_service_pb2.WatchConsentChangesRequest, _consent_service_pb2.WatchConsentChangesResponse]
+    """Audit: a brand's changes of consent as the service's view applies them, from a
+    resume token on and then as they come, without end. Each change carries the
+    token to resume after it: a client that reconnects with the last token it got
+    misses no change and gets none twice. A slow reader slows the stream; the
+    server reads the next changes only as the client takes them. Changes of one
+    number come in the order the ledger recorded them; changes of numbers on
+    different ledger partitions are interleaved by recorded time.
+    """
 
 @_typing.type_check_only
 class ConsentServiceAsyncStub(ConsentServiceStub):
@@ -144,6 +153,15 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     """Audit: a brand's replies flagged as possible opt-outs that nobody has resolved,
     in the order the service's view applied them, so a reply that arrives late joins
     the end. Each blocks sending to its number until ResolveRevocationCandidate.
+    """
+    WatchConsentChanges: _aio.UnaryStreamMultiCallable[_consent_service_pb2.WatchConsentChangesRequest, _consent_service_pb2.WatchConsentChangesResponse]  # type: ignore[assignment]
+    """Audit: a brand's changes of consent as the service's view applies them, from a
+    resume token on and then as they come, without end. Each change carries the
+    token to resume after it: a client that reconnects with the last token it got
+    misses no change and gets none twice. A slow reader slows the stream; the
+    server reads the next changes only as the client takes them. Changes of one
+    number come in the order the ledger recorded them; changes of numbers on
+    different ledger partitions are interleaved by recorded time.
     """
 
 class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -297,6 +315,21 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         """Audit: a brand's replies flagged as possible opt-outs that nobody has resolved,
         in the order the service's view applied them, so a reply that arrives late joins
         the end. Each blocks sending to its number until ResolveRevocationCandidate.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchConsentChanges(
+        self,
+        request: _consent_service_pb2.WatchConsentChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_consent_service_pb2.WatchConsentChangesResponse], _abc.AsyncIterator[_consent_service_pb2.WatchConsentChangesResponse]]:
+        """Audit: a brand's changes of consent as the service's view applies them, from a
+        resume token on and then as they come, without end. Each change carries the
+        token to resume after it: a client that reconnects with the last token it got
+        misses no change and gets none twice. A slow reader slows the stream; the
+        server reads the next changes only as the client takes them. Changes of one
+        number come in the order the ledger recorded them; changes of numbers on
+        different ledger partitions are interleaved by recorded time.
         """
 
 def add_ConsentServiceServicer_to_server(servicer: ConsentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
