@@ -83,6 +83,7 @@ candidate when
 - it complains or refuses: leave me alone / be, go away, get lost, get off
   my phone, f*** off, give it a rest, you're annoying, bothering / harassing
   / spamming me, spam, unsolicited, unwanted, tired / sick of / so over these
+  texts, sick of getting these, want nothing to do with this, not accepting
   texts, too many texts, block or report you, do not call, DNC, TCPA, FCC,
   sue, see you in court, talk to my lawyer, keep or still texting me, why
   are you texting me, why am I on this list, I told you to stop, how did you
@@ -1094,7 +1095,8 @@ _AVERSION = _words(
     harto harta cansado cansada odio marre chill abstener abstenerse abstenganse abstengase
     abstente absteneos worst terrible awful horrible pointless useless unnecessary intrusive
     invasive obnoxious ridiculous irrelevant creepy relentless nonstop constant endless nuisance
-    unwelcome waste stupid dumb pesados pesadas fastidio fastidiosos molestos molestas
+    unwelcome waste stupid dumb pesados pesadas fastidio fastidiosos molestos molestas canse
+    cansamos cansados cansadas hartos hartas hartaron cansaron aburrido aburrida aburren
     """
 )
 
@@ -1135,6 +1137,10 @@ def _aversion(words: list[str]) -> bool:
             if any(_is_contact(w) for w in around) or (
                 "not" in around and {"receive", "get", "getting", "receiving", "hear"} & set(around)
             ):
+                return True
+            # "sick of getting these", "tired of receiving them"
+            ahead = _window(words, i + 1, 5)
+            if _RECEIVING & set(ahead) and {"these", "those", "them", "this", "it"} & set(ahead):
                 return True
     return False
 
@@ -1308,7 +1314,11 @@ def _short_ender(clauses: list[list[str]], *, question: bool) -> bool:
         return True
     # "No thanks", "no thank you, I'm good", "hard pass": declining, and nothing else.
     if set(words) <= _COURTESY | _DECLINING and (
-        "pass" in words or (_NO & set(words) and _THANKS & set(words))
+        "pass" in words
+        or (_NO & set(words) and _THANKS & set(words))
+        # "nah I'm good", "no, we're all set": a refusal, not "I'm good, how are you?"
+        # ("no, I'm good for now" only declines this once).
+        or (_NO & set(words) and {"am", "m", "are", "re"} & set(words) and "now" not in words)
     ):
         return True
     # A question may wonder ("Enough?", "Is this a scam?") rather than complain, and
@@ -1487,6 +1497,10 @@ _MESSAGE_RULES = re.compile(
     r"|\b(leave|exit|unjoin) (this|the|your|ur) (list|group|chat|program|texting list|mailing list|"
     r"text list|club)\b"
     r"|\brm (me|us|my (number|info|name))\b"
+    r"|\b(not|no longer|never) (accepting|taking|reading|answering) (any |your |these )?(texts?|"
+    r"txts?|messages|msgs|sms|promos|marketing|solicitations)\b"
+    r"|\b(want|wants|need|needs) (nothing (to do )?with|no part (of|in)|none of) (this|these|you|"
+    r"your|ur|it|that|them|y all|yall)\b"
     r"|\b(acab\w*|termin\w*|pon\w* (un )?(fin|alto)) (con|a) (est\w+|sus|los|las|tant\w+|tod\w+)"
     r"( \w+)?\b"
     r"|\b(retir\w*|revoc\w*|anul\w*|cancel\w*|quit\w*) (\w+ ){0,2}(consentimiento|permiso|"
