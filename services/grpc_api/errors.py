@@ -36,8 +36,46 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 
+MAX_DESCRIPTION = 256
+"""The most bytes (UTF-8) of one violation's description: a reason may quote what was
+sent, and a quote of a 100,000-character field would not fit the trailers."""
+
+MAX_DETAIL_BYTES = 3_072
+"""The most bytes of violations one ``BadRequest`` lists; a last one counts those
+left out (a request with 2,000 bad sender numbers hears of the first ones)."""
+
+MAX_MESSAGE = 1_024
+"""The most bytes (UTF-8) of a status message. The message and the details travel
+as trailing metadata, which a gRPC client refuses whole above 16 KiB (and may refuse
+above 8 KiB): a caller would get RESOURCE_EXHAUSTED instead of the field it got wrong."""
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, marked when cut."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode(errors="ignore") + "\u2026"
+
+
+def _within_budget(violations: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    kept: list[tuple[str, str]] = []
+    used = 0
+    for i, (field, reason) in enumerate(violations):
+        size = len(field.encode()) + len(reason.encode()) + 8
+        if used + size > MAX_DETAIL_BYTES - 128 and i < len(violations) - 1:
+            left_out = len(violations) - i
+            kept.append(
+                ("request", f"has {left_out} more bad fields, not listed; correct these and resend")
+            )
+            break
+        kept.append((field, reason))
+        used += size
+    return tuple(kept)
+
+
 def _status(code: int, message: str, *details: Any) -> grpc.Status:
-    status = status_pb2.Status(code=code, message=message)
+    status = status_pb2.Status(code=code, message=_clip(message, MAX_MESSAGE))
     for detail in details:
         packed = any_pb2.Any()
         packed.Pack(detail)
@@ -50,7 +88,9 @@ def bad_request(
 ) -> grpc.Status:
     """INVALID_ARGUMENT with one ``BadRequest`` holding the violation and ``more``
     (every bad field of the request), then any other ``details``."""
-    violations = ((field, reason), *more)
+    violations = _within_budget(
+        tuple((f, _clip(r, MAX_DESCRIPTION)) for f, r in ((field, reason), *more))
+    )
     detail = error_details_pb2.BadRequest(
         field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=f, description=r)
@@ -133,7 +173,9 @@ def to_status(exc: BaseException) -> grpc.Status:
         detail = error_details_pb2.PreconditionFailure(
             violations=[
                 error_details_pb2.PreconditionFailure.Violation(
-                    type="CONSENT_LEDGER", subject=exc.field, description=exc.reason
+                    type="CONSENT_LEDGER",
+                    subject=exc.field,
+                    description=_clip(exc.reason, MAX_DESCRIPTION),
                 )
             ]
         )

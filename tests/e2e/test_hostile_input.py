@@ -253,3 +253,32 @@ async def test_a_hostile_stop_is_refused_by_field_or_stops_the_number(runtime):
                 )
             )
             assert answer.reason == api.REASON_REVOKED, (field, value, answer)
+
+
+async def test_a_refusal_that_would_quote_a_huge_field_still_names_it(runtime):
+    """A reason may quote what was sent; quoted whole, 100,000 characters (or 2,000 bad
+    sender numbers) overflowed the trailers, and the caller got RESOURCE_EXHAUSTED
+    from its own gRPC library instead of the field it got wrong."""
+    at = datetime.now(UTC) - timedelta(days=1)
+    cases = [
+        (define("acme", "c1", at, category="x" * 100_000, content_category=1), "policy.category"),
+        (
+            define("acme", "c2", at, required_proof_fields=["y" * 50_000]),
+            "policy.required_proof_fields[0]",
+        ),
+        (define("acme", "c3", at, category="\U0001f600" * 60, content_category=1), "category"),
+        (
+            define("acme", "c4", at, numbers=[f"+1999{i:07d}" for i in range(2_000)]),
+            "policy.sender_numbers[0]",
+        ),
+    ]
+    async with client(runtime.address, "admin") as c:
+        for request, field in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await c.DefineCampaign(request)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+            named = [f for f, _ in status_details(err.value)]
+            assert any(f.endswith(field) for f in named), (field, named)
+            assert len(err.value.details().encode()) <= 1_024
+        # The service is still there for the next caller.
+        await c.DefineCampaign(define("acme", "promo", at))
