@@ -102,8 +102,9 @@ candidate when
   "I sent that to the wrong person" is not.
 
 A decline and nothing else ("No thanks", "no thank you, I'm good", "hard
-pass", "please no", "I'm good on these", "I'll pass on these", "I'm all set
-with these texts"), a judgement and nothing else ("not wanted", "not
+pass", "thanks but no thanks", "please no", "nah I'm good", "I'm all set,
+thanks", "don't need it", "I'm good on these", "I'll pass on these", "I'm all
+set with these texts"), a judgement and nothing else ("not wanted", "not
 welcome"), and quitting said of oneself ("I'm done", "leave", "exit") are
 candidates: read alone after a marketing text they could mean "no more of
 these". A bare "no", "who is this?", "not now" and "No thanks, see you
@@ -631,7 +632,9 @@ _REMOVERS = _words(
     """
 )
 # Spanish imperatives with the pronoun attached: "bórrenme", "sáquenme".
-_REMOVE_ME = re.compile(r"(borr|elimin|quit|sac|saqu|remuev|remov|desapunt|exclu)\w*(me|nos)$")
+_REMOVE_ME = re.compile(
+    r"(borr|elimin|quit|sac|saqu|remuev|remov|desapunt|exclu|bajen|bajar)\w*(me|nos)$"
+)
 _LOSERS = _words("lose forget drop wipe toss trash burn olviden")
 _TAKERS = _words(
     """
@@ -1321,6 +1324,20 @@ def _short_ender(clauses: list[list[str]], *, question: bool) -> bool:
         or (_NO & set(words) and {"am", "m", "are", "re"} & set(words) and "now" not in words)
     ):
         return True
+    # "I'm all set, thanks": nothing more wanted ("all set for tomorrow" says more).
+    if (
+        {"all", "set"} <= set(words)
+        and {"am", "m", "are", "re"} & set(words)
+        and set(words) <= _COURTESY | _DECLINING | {"we", "re"}
+    ):
+        return True
+    # "Don't need it", "I don't want them": refusing the thing offered, nothing else.
+    if (
+        "not" in words
+        and {"need", "want"} & set(words)
+        and set(words) <= _COURTESY | {"not", "do", "need", "want", "it", "them", "any", "one"}
+    ):
+        return True
     # A question may wonder ("Enough?", "Is this a scam?") rather than complain, and
     # "good enough" or "fair enough" agrees.
     asking = _ENOUGH | _SUSPICION if question else frozenset()
@@ -1336,7 +1353,7 @@ def _short_ender(clauses: list[list[str]], *, question: bool) -> bool:
 
 _NO = _words("no nope nah non nao")
 _THANKS = _words("thanks thank thankyou gracias merci obrigado obrigada")
-_DECLINING = _NO | _THANKS | _words("pass hard not interested good fine set ill all estoy")
+_DECLINING = _NO | _THANKS | _words("pass hard not interested good fine set ill all estoy but")
 _SUSPICION = _words("scam scammer scammers estafa")
 _UNWELCOME = _words("welcome wanted needed appreciated necessary requested")
 
@@ -1468,7 +1485,7 @@ _MESSAGE_RULES = re.compile(
     r"client|member|patient|subscriber)s?\b"
     r"|\b(no|nunca) (he sido |soy |somos |hemos sido |fui )?(su |sus )?(cliente|clientes|"
     r"paciente|pacientes|socio|socia|miembro)\b"
-    r"|^\W*(can|could|would) you (just |please |pls )*not\W*$"
+    r"|^\W*(can|could|would) (you|u|ya) (just |please |pls |plz )*not\W*$"
     r"|\b(get rid of|rid of) (me|us|my \w+|this number|our \w+)\b"
     r"|\b(not|never|stop|quit|no|nunca) (\w+ )?(use|using|usar|usen|utilizar|utilicen) (my|this|mi|"
     r"este|"
@@ -1497,6 +1514,9 @@ _MESSAGE_RULES = re.compile(
     r"|\b(leave|exit|unjoin) (this|the|your|ur) (list|group|chat|program|texting list|mailing list|"
     r"text list|club)\b"
     r"|\brm (me|us|my (number|info|name))\b"
+    r"|\btoo many (of )?(these|those|them|em)\b"
+    r"|\b(never|not) (\w+ )?(shopped|ordered|bought|purchased|done business|signed up) (there|here|"
+    r"with (you|u|y all|yall|them|your)|from (you|u|your|them)|at your)\b"
     r"|\b(not|no longer|never) (accepting|taking|reading|answering) (any |your |these )?(texts?|"
     r"txts?|messages|msgs|sms|promos|marketing|solicitations)\b"
     r"|\b(want|wants|need|needs) (nothing (to do )?with|no part (of|in)|none of) (this|these|you|"
