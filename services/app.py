@@ -940,9 +940,11 @@ class ConsentApp:
         from_now: bool = False,
         campaign: str | None = None,
         messages: bool = False,
+        stopping: asyncio.Event | None = None,
     ) -> AsyncGenerator[tuple[Recorded, ConsistencyToken], None]:
         """``services.changes.watch`` of ``brand``: after ``after``, after what the view
-        has applied now (``from_now``), or else from its first change."""
+        has applied now (``from_now``), or else from its first change; until
+        ``stopping`` is set."""
         check_name(brand, "brand")
         if campaign is not None:
             check_name(campaign, "campaign")
@@ -952,6 +954,6 @@ class ConsentApp:
             start = changes.resume_after(after) if after is not None else {}
         types = changes.CONSENT_CHANGES | changes.MESSAGES if messages else changes.CONSENT_CHANGES
         async for change in changes.watch(
-            self.view, self.guard, brand, start, campaign=campaign, types=types
+            self.view, self.guard, brand, start, campaign=campaign, types=types, stopping=stopping
         ):
             yield change

@@ -82,18 +82,26 @@ async def watch(
     campaign: str | None = None,
     types: Collection[str] | None = CONSENT_CHANGES,
     page: int = PAGE,
+    stopping: asyncio.Event | None = None,
 ) -> AsyncIterator[tuple[Recorded, ConsistencyToken]]:
     """Each change of ``brand`` from ``after`` on, with the token to resume after it;
-    without end (the caller stops iterating)."""
+    without end (the caller stops iterating), or until ``stopping`` is set."""
     after = dict(after)
-    while True:
+    stopping = stopping or asyncio.Event()
+    while not stopping.is_set():
         # Seen before the read: a batch applied after it moves them, and wakes us.
         seen = resume_after(guard.applied_token())
         listed = await view.changes(brand, after, page, campaign=campaign, types=types)
         for recorded in listed:
+            if stopping.is_set():
+                return
             after[recorded.position.partition] = recorded.position.offset + 1
             yield recorded, resume_token(after)
         if len(listed) < page:
             deadline = time.monotonic() + REQUERY
-            while resume_after(guard.applied_token()) == seen and time.monotonic() < deadline:
+            while (
+                resume_after(guard.applied_token()) == seen
+                and time.monotonic() < deadline
+                and not stopping.is_set()
+            ):
                 await asyncio.sleep(IDLE_POLL)

@@ -30,6 +30,11 @@ class AlreadyExists(ServiceError):
         self.event_ids = tuple(event_ids)
 
 
+class ShuttingDown(ServiceError):
+    """The server is stopping: a long call (a change stream) ends so that its client
+    goes on elsewhere, from where it was."""
+
+
 class NotConsistent(ServiceError):
     """The read model did not reach the requested freshness within the bound."""
 

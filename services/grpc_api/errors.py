@@ -27,6 +27,7 @@ from services.errors import (
     PermissionDenied,
     RateLimited,
     ServiceError,
+    ShuttingDown,
     StoreUnavailable,
     Unauthenticated,
 )
@@ -188,6 +189,8 @@ def to_status(exc: BaseException) -> grpc.Status:
         return _status(code_pb2.PERMISSION_DENIED, exc.reason)
     if isinstance(exc, RateLimited):
         return rate_limited(exc)
+    if isinstance(exc, ShuttingDown):
+        return _unavailable("SHUTTING_DOWN", f"{exc.field}: {exc.reason}")
     if isinstance(exc, NotConsistent):
         return _status(code_pb2.UNAVAILABLE, f"{exc.field}: {exc.reason}")
     if isinstance(exc, ServiceError):

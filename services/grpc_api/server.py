@@ -202,6 +202,7 @@ class GrpcServer:
         False leaves authentication to the servicer's methods alone, after the body
         is decoded (the benchmark's stub without tokens)."""
         self._listen = listen
+        self._servicer = servicer
         self._credentials = credentials
         self._health_listen = health_listen
         admission = Admission(
@@ -257,6 +258,7 @@ class GrpcServer:
     async def stop(self, grace: float) -> None:
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._servicer.stopping.set()  # change streams would hold the grace to its end
         await self._server.stop(grace)
         if self._health_server is not None:
             await self._health_server.stop(0)

@@ -13,6 +13,7 @@ failure too, not the caller's INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -33,7 +34,7 @@ from ledger.policy import Decision, Reason, deny, standing
 from ledger.ports import ConsistencyToken
 from ledger.validation import Violations
 from services.app import ConsentApp, WriteResult, check_target
-from services.errors import NotConsistent, PermissionDenied, ServiceError
+from services.errors import NotConsistent, PermissionDenied, ServiceError, ShuttingDown
 from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
 from services.grpc_api.deadlines import within, write_budget
 from services.grpc_api.errors import translate_errors, translate_stream_errors
@@ -136,6 +137,9 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self.auth = auth
         self.metrics = metrics or ServiceMetrics()
         self.write_timeout = write_timeout
+        self.stopping = asyncio.Event()
+        """Set when the server stops: change streams end, UNAVAILABLE, at once rather
+        than at the end of the grace period, and their clients resume elsewhere."""
 
     def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         """The caller, by its bearer token or client certificate; ``Unauthenticated``
@@ -361,6 +365,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             from_now=request.from_now,
             campaign=campaign,
             messages=request.include_messages,
+            stopping=self.stopping,
         )
         self.metrics.watchers += 1
         try:
@@ -374,6 +379,9 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         finally:
             self.metrics.watchers -= 1
             await changes.aclose()  # its read of the view ends with the call
+        raise ShuttingDown(
+            "resume_token", "the server is stopping; watch again with the last resume_token"
+        )
 
     @translate_errors
     async def GetOptOutRate(

@@ -9,6 +9,8 @@ stops reading holds the server back rather than letting it buffer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -374,3 +376,38 @@ async def test_a_watcher_that_stops_reading_holds_the_server_back(runtime):
     assert len(ids) == len(set(ids)) and set(ids) == set(written)
     assert in_ledger_order(got)
     assert first.event_ids[0] not in ids
+
+
+async def test_a_stopping_server_ends_its_streams_at_once_to_be_resumed(
+    tmp_path, postgres_dsn, kafka_bootstrap
+):
+    """A watcher would hold a stopping server for its whole grace period; the server
+    ends the stream at once, UNAVAILABLE, and the client resumes from its token."""
+    prefix = f"watch-{uuid.uuid4().hex[:8]}."
+    settings = service_settings(
+        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
+    )
+    settings = dataclasses.replace(settings, shutdown_grace=20)
+    runtime = Runtime(settings)
+    await runtime.start()
+    stopped: float | None = None
+    try:
+        async with client(runtime.address) as admin:
+            w = await admin.DefineCampaign(define("acme", "promo", now() - timedelta(days=1)))
+            token = ConsistencyToken.decode(w.consistency_token)
+            assert await runtime.guard.wait_for_token(token, timeout=30)
+            await admin.RecordOptIn(opt_in(phone(500), "acme", "promo", now()))
+        async with grpc.aio.insecure_channel(runtime.address) as channel:
+            watcher = Watcher(watch(channel))
+            await watcher.take(1)
+            started = time.monotonic()
+            await runtime.stop()
+            stopped = time.monotonic() - started
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await watcher.take(1)
+    finally:
+        if stopped is None:
+            await runtime.stop()
+    assert stopped < 5, f"the stop took {stopped:.1f} s of its 20 s grace"
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "resume_token" in (ended.value.details() or "")
