@@ -31,6 +31,7 @@ from services.bootstrap import (
     settle_heap,
     start_embedded_postgres,
 )
+from services.log_context import LogContext
 from services.log_limits import limited
 from services.settings import Settings, SettingsError, TlsSettings
 
@@ -193,29 +194,41 @@ async def _rebuild(settings: Settings) -> None:
 
 def _configure_logging(settings: Settings, verbose: bool) -> None:
     """Log lines to stderr: for people (``text``), or one JSON object per line
-    (``json``) with ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``
-    and ``exc_info`` (a traceback), for a log pipeline. Every logger's lines pass
+    (``json``) with ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``,
+    ``request_id`` (the gRPC call's, ``-`` outside one) and ``exc_info`` (a
+    traceback), for a log pipeline. Every logger's lines pass
     the repeat limit (``services.log_limits``)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        handlers=[
+            limited(_log_handler(settings), settings.log_repeat_limit, settings.log_repeat_interval)
+        ],
+    )
+    # embedded-postgres narrates every pg_ctl call at INFO; only its problems matter here
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+def _log_handler(settings: Settings, stream: Any = None) -> logging.Handler:
+    """The handler of ``_configure_logging`` (to stderr unless ``stream``)."""
     log_format = settings.log_format
-    handler = logging.StreamHandler()
+    handler = logging.StreamHandler(stream)
+    # the call's request id on each line, and phone numbers masked (services.log_context)
+    handler.addFilter(LogContext())
     if log_format == "json":
         from pythonjsonlogger.json import JsonFormatter
 
         handler.setFormatter(
             JsonFormatter(
-                "%(levelname)s %(name)s %(message)s",
+                "%(levelname)s %(name)s %(message)s %(request_id)s",
                 rename_fields={"levelname": "level", "name": "logger"},
                 timestamp="time",
             )
         )
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        handlers=[limited(handler, settings.log_repeat_limit, settings.log_repeat_interval)],
-    )
-    # embedded-postgres narrates every pg_ctl call at INFO; only its problems matter here
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
+        )
+    return handler
 
 
 def _number(text: str, option: str) -> float:

@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from services.grpc_api.admission import Admission
+from services.grpc_api.call_ids import CallIds
 from services.grpc_api.servicer import ConsentServicer
 from services.rate_limits import CallerLimits
 
@@ -211,7 +212,9 @@ class GrpcServer:
             limits,
             servicer.metrics,
         )
-        self._server = grpc.aio.server(options=server_options(reuse_port), interceptors=[admission])
+        self._server = grpc.aio.server(
+            options=server_options(reuse_port), interceptors=[CallIds(), admission]
+        )
         api_grpc.add_ConsentServiceServicer_to_server(servicer, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
