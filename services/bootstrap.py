@@ -36,7 +36,7 @@ from services.grpc_api.credentials import TlsFiles, file_stamp, follow_tokens
 from services.grpc_api.server import CannotListen, GrpcServer
 from services.grpc_api.servicer import ConsentServicer
 from services.huge_pages import Collapsed, collapse_heap
-from services.metrics import ServiceMetrics, read_on_loop
+from services.metrics import ServiceMetrics, TimedAppends, read_on_loop
 from services.projector import KafkaProjector, Projector, supervise
 from services.rate_limits import CallerLimits
 from services.settings import Settings, host_and_port, is_loopback
@@ -274,7 +274,7 @@ class Runtime:
         self.guard = FreshnessGuard(self.ledger, watched, s.freshness)
         await self.guard.start()
         self.app = ConsentApp(
-            self.ledger,
+            TimedAppends(self.ledger, self.metrics),
             self.view,
             self.guard,
             self.clock,

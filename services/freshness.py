@@ -76,6 +76,8 @@ class FreshnessStatus:
 
     observed_at: float = float("-inf")
     lag: Mapping[Stream, int] = field(default_factory=dict)
+    partition_lag: Mapping[Stream, Mapping[int, int]] = field(default_factory=dict)
+    """``lag`` partition by partition."""
     caught_up: bool = field(init=False)
     """The view had applied every partition up to its end (no lag anywhere)."""
 
@@ -160,14 +162,15 @@ class FreshnessGuard:
         if started < self.status.observed_at:
             return ends  # a later one landed first; its ends are newer, keep them
         self._ends, self._applied = ends, applied
-        lag = {
-            stream: sum(
-                max(0, offset - applied.get(stream, {}).get(p, 0))
+        partition_lag = {
+            stream: {
+                p: max(0, offset - applied.get(stream, {}).get(p, 0))
                 for p, offset in partitions.items()
-            )
+            }
             for stream, partitions in ends.items()
         }
-        self.status = FreshnessStatus(started, lag)
+        lag = {stream: sum(lags.values()) for stream, lags in partition_lag.items()}
+        self.status = FreshnessStatus(started, lag, partition_lag)
         self._applied_token = ConsistencyToken(
             {
                 (stream, p): offset

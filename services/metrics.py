@@ -11,10 +11,20 @@ metrics make that visible:
   freshness observation that the read model had not applied yet;
 * ``consent_freshness_observation_age_seconds``: how old that observation is
   (reads fail closed past ``max_observation_age``);
+* ``consent_projection_partition_lag_events{stream, partition}``: the same, per
+  partition, where a stalled partition shows;
 * ``consent_replica_digests`` and ``consent_replica_loads_total``: the in-memory
   replica's size and how often it loaded the whole view;
 * ``consent_watch_streams`` and ``consent_watch_changes_total``: open change
   streams (``WatchConsentChanges``) and the changes sent to them;
+* ``consent_replica_age_seconds``: seconds since the replica last confirmed its
+  positions against the view (it does at every freshness observation);
+* ``grpc_server_started_total``, ``grpc_server_handled_total{grpc_code}`` and
+  ``grpc_server_handling_seconds`` (histogram, by ``grpc_code`` too), each by
+  ``grpc_service``, ``grpc_method`` and ``grpc_type``: every call of every method
+  (``services.grpc_api.rpc_metrics``), go-grpc-prometheus's names;
+* ``consent_ledger_append_seconds`` (histogram): how long the ledger took to
+  acknowledge an append (``TimedAppends``);
 * ``consent_projector_failures_total``: times the projector failed and was
   started again (``services.projector.supervise``);
 * ``consent_revocation_candidates_overdue``: flagged replies of every brand left
@@ -35,21 +45,32 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from operator import attrgetter
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client import Counter as CounterMetric
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ledger.events import LedgerEvent, Recorded
 from ledger.policy import Decision, Reason
-from ledger.ports import Stream
+from ledger.ports import Ledger, Offsets, Stream
 from services.freshness import FreshnessStatus
 
 log = logging.getLogger(__name__)
 SCRAPE_READ_TIMEOUT = 2.0
 """Seconds a scrape waits for a value read on the event loop before leaving it out."""
+RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+"""Seconds: CanSend answers from memory in well under a millisecond; a write waits
+for the ledger's acknowledgement (milliseconds) and at most its timeout."""
 _ALLOWED = attrgetter("allowed")
 _REASON = attrgetter("reason")
 _REASONS = {id(reason): reason for reason in Reason}
@@ -68,6 +89,11 @@ class Replica(Protocol):
 
     @property
     def loads(self) -> int: ...
+
+    @property
+    def confirmed_at(self) -> float:
+        """When (``time.monotonic``) its positions were last confirmed current."""
+        ...
 
 
 def read_on_loop(
@@ -115,6 +141,44 @@ class ServiceMetrics(Collector):
         """Open WatchConsentChanges streams."""
         self.changes_streamed = 0
         """Changes handed to gRPC for watchers (sent, or in the call's send)."""
+        # prometheus_client's own types for what needs buckets; not registered
+        # anywhere (collect yields them), so each ServiceMetrics has its own.
+        rpc = ["grpc_service", "grpc_method", "grpc_type"]
+        self._rpc_started = CounterMetric(
+            "grpc_server_started", "gRPC calls started.", rpc, registry=None
+        )
+        self._rpc_handled = CounterMetric(
+            "grpc_server_handled",
+            "gRPC calls finished, by status code.",
+            [*rpc, "grpc_code"],
+            registry=None,
+        )
+        self._rpc_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Seconds from a gRPC call's start to its end, by status code.",
+            [*rpc, "grpc_code"],
+            registry=None,
+            buckets=RPC_BUCKETS,
+        )
+        self._append_seconds = Histogram(
+            "consent_ledger_append_seconds",
+            "Seconds the ledger took to acknowledge an append (or refuse it).",
+            ["outcome"],
+            registry=None,
+            buckets=RPC_BUCKETS,
+        )
+
+    def rpc_started(self, service: str, method: str, grpc_type: str) -> None:
+        self._rpc_started.labels(service, method, grpc_type).inc()
+
+    def rpc_handled(
+        self, service: str, method: str, grpc_type: str, code: str, seconds: float
+    ) -> None:
+        self._rpc_handled.labels(service, method, grpc_type, code).inc()
+        self._rpc_seconds.labels(service, method, grpc_type, code).observe(seconds)
+
+    def appended(self, outcome: str, seconds: float) -> None:
+        self._append_seconds.labels(outcome).observe(seconds)
 
     def decided(self, rpc: str, decision: Decision) -> None:
         key = (rpc, decision.allowed, id(decision.reason))
@@ -146,6 +210,10 @@ class ServiceMetrics(Collector):
         return registry
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._rpc_started.collect()
+        yield from self._rpc_handled.collect()
+        yield from self._rpc_seconds.collect()
+        yield from self._append_seconds.collect()
         decisions = CounterMetricFamily(
             "consent_cansend_decisions",
             "Numbers decided by CanSend and CanSendBatch, by answer.",
@@ -186,6 +254,16 @@ class ServiceMetrics(Collector):
             for stream in Stream:
                 lag.add_metric([stream.value], status.lag.get(stream, 0))
             yield lag
+            partitions = GaugeMetricFamily(
+                "consent_projection_partition_lag_events",
+                "Per partition: events the ledger held at the last freshness observation "
+                "that the read model had not applied.",
+                labels=["stream", "partition"],
+            )
+            for stream, lags in status.partition_lag.items():
+                for partition, n in sorted(lags.items()):
+                    partitions.add_metric([stream.value, str(partition)], n)
+            yield partitions
             yield GaugeMetricFamily(
                 "consent_freshness_observation_age_seconds",
                 "Seconds since the last freshness observation; reads fail closed when "
@@ -211,3 +289,52 @@ class ServiceMetrics(Collector):
                 "Times the replica loaded the whole read model (at start and after a rebuild).",
                 value=self.replica.loads,
             )
+            yield GaugeMetricFamily(
+                "consent_replica_age_seconds",
+                "Seconds since the replica last confirmed its positions against the read "
+                "model (+Inf before its first load).",
+                value=self._monotonic() - self.replica.confirmed_at,
+            )
+
+
+class TimedAppends(Ledger):
+    """A ledger whose appends are timed into ``consent_ledger_append_seconds``; every
+    other method is the wrapped ledger's."""
+
+    def __init__(self, ledger: Ledger, metrics: ServiceMetrics) -> None:
+        self._ledger = ledger
+        self._metrics = metrics
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        started, outcome = time.perf_counter(), "error"
+        try:
+            recorded = await self._ledger.append(events)
+            outcome = "ok"
+            return recorded
+        finally:
+            self._metrics.appended(outcome, time.perf_counter() - started)
+
+    async def read(
+        self, stream: Stream, partition: int, start: int, limit: int = 1000
+    ) -> list[Recorded]:
+        return await self._ledger.read(stream, partition, start, limit)
+
+    async def partitions(self, stream: Stream) -> list[int]:
+        return await self._ledger.partitions(stream)
+
+    async def end_offsets(self, stream: Stream) -> dict[int, int]:
+        return await self._ledger.end_offsets(stream)
+
+    async def every_end_offset(self) -> dict[Stream, dict[int, int]]:
+        return await self._ledger.every_end_offset()
+
+    def subscribe(
+        self, stream: Stream, start: Offsets, *, poll_timeout: float = 0.5
+    ) -> AsyncIterator[list[Recorded]]:
+        return self._ledger.subscribe(stream, start, poll_timeout=poll_timeout)
+
+    def partition_for(self, phone: str) -> int | None:
+        return self._ledger.partition_for(phone)
+
+    async def close(self) -> None:
+        await self._ledger.close()

@@ -38,6 +38,7 @@ too big to hold.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 
 import asyncpg
@@ -99,6 +100,9 @@ class DigestReplica:
         self._lock = asyncio.Lock()
         self.loads = 0
         """How many times the whole view was read (for tests and metrics)."""
+        self.confirmed_at = float("-inf")
+        """When (``time.monotonic``) a refresh last found the copy at the view's
+        positions, or brought it there (for metrics: the replica's age)."""
 
     @property
     def size(self) -> int:
@@ -146,8 +150,10 @@ class DigestReplica:
             if epoch == self._epoch and dict(zip(partitions, offsets, strict=True)) == dict(
                 self._positions
             ):
+                self.confirmed_at = time.monotonic()
                 return
             await self._catch_up()
+            self.confirmed_at = time.monotonic()
 
     async def _catch_up(self) -> None:
         async with (

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from services.grpc_api.admission import Admission
 from services.grpc_api.call_ids import CallIds
+from services.grpc_api.rpc_metrics import RpcMetrics
 from services.grpc_api.servicer import ConsentServicer
 from services.rate_limits import CallerLimits
 
@@ -213,7 +214,8 @@ class GrpcServer:
             servicer.metrics,
         )
         self._server = grpc.aio.server(
-            options=server_options(reuse_port), interceptors=[CallIds(), admission]
+            options=server_options(reuse_port),
+            interceptors=[CallIds(), RpcMetrics(servicer.metrics), admission],
         )
         api_grpc.add_ConsentServiceServicer_to_server(servicer, self._server)
         self._health = health.aio.HealthServicer()

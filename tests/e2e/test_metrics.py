@@ -121,6 +121,55 @@ async def test_metrics_count_answers_and_errors_and_show_a_stalled_projection(
         rss = sample(m, "process_resident_memory_bytes")
         assert rss is not None and rss > 0
 
+        # Every call, by method and status code: counts and a latency histogram.
+        svc = "consent.v1.ConsentService"
+
+        def handled(method: str, code: str) -> float | None:
+            return sample(
+                m, "grpc_server_handled_total",
+                grpc_service=svc, grpc_method=method, grpc_type="unary", grpc_code=code,
+            )  # fmt: skip
+
+        def timed(method: str, code: str, suffix: str = "count", **le: str) -> float | None:
+            return sample(
+                m, f"grpc_server_handling_seconds_{suffix}",
+                grpc_service=svc, grpc_method=method, grpc_type="unary", grpc_code=code, **le,
+            )  # fmt: skip
+
+        assert handled("CanSend", "OK") == 1
+        assert handled("CanSend", "PERMISSION_DENIED") == 1
+        assert handled("CanSendBatch", "OK") == 1
+        assert handled("CanSendBatch", "UNAUTHENTICATED") == 1
+        assert handled("RecordOptIn", "OK") == 1
+        assert handled("RecordOptIn", "INVALID_ARGUMENT") == 1
+        assert handled("DefineCampaign", "OK") == 1
+        started = sample(
+            m, "grpc_server_started_total", grpc_service=svc, grpc_method="CanSend",
+            grpc_type="unary",
+        )  # fmt: skip
+        assert started == 2
+        assert timed("CanSend", "OK") == 1
+        assert timed("CanSend", "OK", "bucket", le="+Inf") == 1
+        spent = timed("CanSend", "OK", "sum")
+        assert spent is not None and 0 < spent < 5
+        assert timed("RecordOptIn", "INVALID_ARGUMENT") == 1
+        # One append per accepted write (the campaign and the opt-in), timed.
+        appends = sample(m, "consent_ledger_append_seconds_count", outcome="ok")
+        assert appends == 2
+        appended = sample(m, "consent_ledger_append_seconds_sum", outcome="ok")
+        assert appended is not None and 0 < appended < 15
+        # Lag per partition (every partition of the stream, none behind) and the
+        # replica's age: confirmed at the last observation, well under a second ago.
+        by_partition = {
+            dict(labels)["partition"]: value
+            for (name, labels), value in m.items()
+            if name == "consent_projection_partition_lag_events"
+            and dict(labels)["stream"] == "subscribers"
+        }
+        assert by_partition and set(by_partition.values()) == {0}
+        replica_age = sample(m, "consent_replica_age_seconds")
+        assert replica_age is not None and 0 <= replica_age < 2
+
         # The projector stops; the ledger takes an opt-out the read model never sees.
         projector = next(t for t in runtime._tasks if t.get_name() == "projector")
         projector.cancel()
@@ -136,6 +185,14 @@ async def test_metrics_count_answers_and_errors_and_show_a_stalled_projection(
 
         m = await asyncio.to_thread(scrape, runtime.metrics_address)
         assert sample(m, "consent_projection_lag_events", stream="subscribers") == 1
+        lagging = [
+            (dict(labels)["partition"], value)
+            for (name, labels), value in m.items()
+            if name == "consent_projection_partition_lag_events"
+            and dict(labels)["stream"] == "subscribers"
+            and value
+        ]
+        assert [value for _, value in lagging] == [1]  # the opt-out's partition alone
         assert decisions(m, "CanSend", "false", "not_consistent") == 1
         assert decisions(m, "CanSend", "true", "consent_active") == 1
     with pytest.raises(OSError):  # stopped with the service
