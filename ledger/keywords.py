@@ -84,7 +84,9 @@ candidate when
   my phone, f*** off, give it a rest, you're annoying, bothering / harassing
   / spamming me, spam, unsolicited, unwanted, tired / sick of / so over these
   texts, sick of getting these, want nothing to do with this, not accepting
-  texts, too many texts, block or report you, do not call, DNC, TCPA, FCC,
+  texts, no use for these, these are annoying, "annoying" or "not again" alone,
+  how many times do I have to ask, consent withdrawn, too many texts, too many
+  of these, never shopped there, block or report you, do not call, DNC, TCPA, FCC,
   sue, see you in court, talk to my lawyer, keep or still texting me, why
   are you texting me, why am I on this list, I told you to stop, how did you
   get my number, I never signed up / don't remember signing up / didn't
@@ -1240,6 +1242,8 @@ def _never_consented(words: list[str]) -> bool:
             r"(my|this|our) (number|info)\b"
             r"|\b(not|never) (\w+ ){0,2}(ask for|asked for|request|requested)( \w+)? "
             r"(this|these|that|them|notice|text|message|any|your)\b"
+            r"|\b(consent|permission|authorization|authorisation) (is |hereby |now )?(withdraw\w*|"
+            r"rescind\w*|retract\w*|remov\w*|cancel\w*|denied|revoke\w*|terminated|ended)\b"
             r"|\b(withdraw|rescind|retract|remove|cancel|revoke)( \w+){0,2} "
             r"(consent|permission|authorization|authorisation)\b"
             r"|\b(no|nunca) (me |les |le )?(subscribe|inscrib\w*|autoriz\w*|autoric\w*|"
@@ -1455,6 +1459,16 @@ _MESSAGE_RULES = re.compile(
     r"|\bya no\s*([.,!]|$)|\bya estuvo\b"
     r"|\b(you|your|you are|u r|ur|youre|you re) (so |really |very |super |fucking )?"
     r"(annoying|irritating|a pest|a nuisance|harassing|creepy|spam|spammers?)\b"
+    r"|\b(these|those|they|them|the texts|the messages|your texts|your messages|ur texts) "
+    r"(are|r|re) "
+    r"(so |really |very |super |getting |fucking |kinda |pretty |just )?(annoying|irritating|"
+    r"a nuisance|spam|too much|useless|pointless|excessive|harassment)\b"
+    r"|^\W*(ugh|omg|seriously|wow|so|this is|that is|thats|its|it s|how)?\W*(so |really |very )?"
+    r"(annoying|irritating|not again|this again|again\?+)\W*$"
+    r"|\b(no|not any|zero) (use|need) for (these|those|them|this|your|ur|any|the) ?(texts?|"
+    r"messages|msgs|txts|promos|alerts|offers|stuff)?\b"
+    r"|\bhow many (more )?times (do|does|must|will|should|have|did|am) (i|we) (\w+ ){0,3}(ask|say|"
+    r"tell|repeat|reply|respond|text|write)\b"
     r"|\bgive it a rest\b"
     r"|\b(so|totally|completely|am|m) over (these|this|your|the|ur|it|you)\b"
     r"|\bnot (include|add|put|sign|enroll|subscribe|register|count) (me|us|my number)\b"
