@@ -293,3 +293,7 @@ class Campaign:
     policy_version: int
     policy_event_id: str = ""
     defined_at: datetime | None = None
+    revoke_all_since: datetime | None = None
+    """When the brand's own setting (``ledger.events.BrandPolicySet``) put the
+    revoke-all rule in force for all its campaigns, if it did by the moment these
+    rules were read for; None if not."""

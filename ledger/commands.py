@@ -38,9 +38,11 @@ from ledger.errors import (
 )
 from ledger.events import (
     ANY_BRAND,
+    BRAND_SETTINGS,
     FIRST_VERSION,
     MAX_CLOCK_SKEW,
     AgeVerified,
+    BrandPolicySet,
     CampaignDefined,
     CampaignPolicyChanged,
     CandidateResolution,
@@ -351,6 +353,17 @@ class ChangeCampaignPolicy:
 
 
 @dataclass(frozen=True)
+class SetBrandPolicy:
+    """A brand's own setting for all its campaigns (``ledger.events.BrandPolicySet``),
+    from the moment it is recorded (``now``): it only makes rules apply earlier, so
+    it is never dated back to before anyone could have relied on it."""
+
+    request_id: str
+    brand: str
+    revoke_all: bool
+
+
+@dataclass(frozen=True)
 class HandleInboundMessage:
     request_id: str
     from_phone: str
@@ -654,6 +667,23 @@ def _campaign(cmd: DefineCampaign | ChangeCampaignPolicy, now: datetime) -> list
     ]
 
 
+def _brand_policy(cmd: SetBrandPolicy, now: datetime) -> list[LedgerEvent]:
+    if cmd.revoke_all is not True:
+        # One-way: turning it off would let through what a STOP to a sibling campaign
+        # stopped, and from REVOKE_ALL_EFFECTIVE on the rule applies regardless.
+        raise InvalidRequest(
+            "revoke_all",
+            "must be true: the revoke-all rule can be put in force early, never lifted "
+            "(47 CFR 64.1200(a)(10) applies to every brand from 2027-01-31)",
+        )
+    brand = check_name(cmd.brand, "brand")
+    return [
+        BrandPolicySet(
+            **_base(cmd, 0, now, brand), brand=brand, campaign=BRAND_SETTINGS, revoke_all=True
+        )
+    ]
+
+
 def check_category(text: str) -> CampaignCategory:
     """The category ``text`` names (``ledger.campaigns.category_of``), if the provider
     allows it: an unknown name is refused with the names there are, and a prohibited
@@ -684,6 +714,7 @@ _BUILDERS: dict[type[Any], Callable[[Any, datetime], list[LedgerEvent]]] = {
     ResolveRevocationCandidate: _resolve,
     DefineCampaign: _campaign,
     ChangeCampaignPolicy: _campaign,
+    SetBrandPolicy: _brand_policy,
 }
 
 Command = (
@@ -696,6 +727,7 @@ Command = (
     | ResolveRevocationCandidate
     | DefineCampaign
     | ChangeCampaignPolicy
+    | SetBrandPolicy
 )
 
 

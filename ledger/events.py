@@ -360,6 +360,25 @@ class CampaignPolicyChanged(CampaignEvent):
     policy: CampaignPolicy
 
 
+BRAND_SETTINGS = ""
+"""The campaign key of a brand's own settings (``BrandPolicySet``) on the campaign
+stream. Not a valid campaign name, so no campaign can own it."""
+
+
+@dataclass(frozen=True)
+class BrandPolicySet(CampaignEvent):
+    """A brand's setting of its own, for every campaign of the brand, from when it
+    occurred. ``campaign`` is ``BRAND_SETTINGS``.
+
+    ``revoke_all``: honour 47 CFR 64.1200(a)(10)'s "revoke-all" rule before it is in
+    force (``ledger.policy.REVOKE_ALL_EFFECTIVE``): an opt-out of one campaign of the
+    brand is one of all. The fold reads it as one-way (once on, on): a setting can
+    only make the rule apply earlier, never lift it."""
+
+    EVENT_TYPE = "BrandPolicySet"
+    revoke_all: bool = False
+
+
 SUBSCRIBER_EVENT_TYPES: tuple[type[SubscriberEvent], ...] = (
     ConsentGranted,
     ConsentRevoked,
@@ -372,7 +391,11 @@ SUBSCRIBER_EVENT_TYPES: tuple[type[SubscriberEvent], ...] = (
     AgeVerified,
     SubscriberLocated,
 )
-CAMPAIGN_EVENT_TYPES: tuple[type[CampaignEvent], ...] = (CampaignDefined, CampaignPolicyChanged)
+CAMPAIGN_EVENT_TYPES: tuple[type[CampaignEvent], ...] = (
+    CampaignDefined,
+    CampaignPolicyChanged,
+    BrandPolicySet,
+)
 EVENT_TYPES: dict[str, type[LedgerEvent]] = {
     cls.EVENT_TYPE: cls for cls in (*SUBSCRIBER_EVENT_TYPES, *CAMPAIGN_EVENT_TYPES)
 }

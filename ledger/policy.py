@@ -46,6 +46,7 @@ from ledger.digest import (
 )
 from ledger.events import (
     ANY_BRAND,
+    BRAND_SETTINGS,
     CampaignEvent,
     ConsentTier,
     MessageKind,
@@ -72,9 +73,10 @@ April 11, 2025 to April 11, 2026 (Consumer and Governmental Affairs Bureau Order
 DA 25-312, April 7, 2025), then to January 31, 2027 (CGB Order DA 26-12, CG Docket
 No. 02-278, released January 6, 2026), the latest order found as of 2026-12-02.
 Checks at or after this moment treat every campaign-scoped opt-out of the brand as
-brand-wide, whenever it was sent; a campaign's ``CampaignPolicy.revoke_all`` does so
-earlier (and cannot turn it off after). Midnight in Washington, D.C., as the
-business days of ``ledger.deadlines`` are counted."""
+brand-wide, whenever it was sent; a campaign's ``CampaignPolicy.revoke_all``, or its
+brand's own setting (``ledger.events.BrandPolicySet``, folded into
+``Campaign.revoke_all_since``), does so earlier (and neither can turn it off after).
+Midnight in Washington, D.C., as the business days of ``ledger.deadlines`` are counted."""
 
 
 class Reason(enum.Enum):
@@ -388,7 +390,11 @@ class Check:
             MessageKind.OPT_IN_CONFIRMATION: self._opt_in_confirmation,
         }.get(kind)
         self._replying = kind is MessageKind.CONVERSATION_REPLY
-        self._revoke_all = policy.revoke_all or now >= REVOKE_ALL_EFFECTIVE
+        self._revoke_all = (
+            policy.revoke_all
+            or campaign.revoke_all_since is not None
+            or now >= REVOKE_ALL_EFFECTIVE
+        )
         self._dates: dict[tuple[str, ...], date] = {}
         self._zone_dates: dict[str, date] = {}
         self._local_times: dict[str, datetime] = {}
@@ -503,11 +509,11 @@ class Check:
         return deny(Reason.CONTENT_NOT_ALLOWED, detail, evidence, self.version)
 
     def _revoked_elsewhere(self, digest: Digest, since: int) -> Decision | None:
-        """Under the revoke-all rule (``REVOKE_ALL_EFFECTIVE``, or the campaign's own
-        ``revoke_all``): an opt-out of another campaign of the brand that stands and is
-        no older than this campaign's consent (a consent given or resumed after it is
-        the person's newer word, for this campaign). The one opt-out confirmation is
-        the revoked campaign's, decided before this."""
+        """Under the revoke-all rule (``REVOKE_ALL_EFFECTIVE``, the campaign's own
+        ``revoke_all``, or its brand's setting): an opt-out of another campaign of the
+        brand that stands and is no older than this campaign's consent (a consent
+        given or resumed after it is the person's newer word, for this campaign). The
+        one opt-out confirmation is the revoked campaign's, decided before this."""
         name = self.campaign.campaign
         for other in sorted(digest.campaigns):
             if other == name:
@@ -989,7 +995,8 @@ def decide_as_of(
             continue
         if isinstance(r.event, SubscriberEvent):
             (phone_wide if r.event.brand == ANY_BRAND else subscriber).append(r)
-        elif isinstance(r.event, CampaignEvent) and r.event.campaign == campaign:
+        elif isinstance(r.event, CampaignEvent) and r.event.campaign in (campaign, BRAND_SETTINGS):
+            # The campaign's rules, and its brand's own settings (``BrandPolicySet``).
             campaign_events.append(r)
     rules = fold_campaign(campaign_events, CampaignHistory()).as_of(t_world, t_known)
     if rules is None:

@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 from ledger.campaigns import MAX_CAP_WINDOW, Campaign, CampaignPolicy
 from ledger.events import (
     AgeVerified,
+    BrandPolicySet,
     CampaignDefined,
     CampaignEvent,
     CampaignPolicyChanged,
@@ -343,28 +344,60 @@ def fold(events: Iterable[Recorded], state: SubscriberState | None = None) -> Su
 
 @dataclass(frozen=True)
 class CampaignHistory:
-    """Every definition and change of one campaign, for "as of" questions."""
+    """Every definition and change of one campaign, for "as of" questions, and the
+    settings of its brand (``BrandPolicySet``) that apply to every campaign of it."""
 
     versions: tuple[Fact[CampaignEvent], ...] = ()
+    brand_settings: tuple[Fact[BrandPolicySet], ...] = ()
 
     def with_event(self, recorded: Recorded) -> CampaignHistory:
         event = recorded.event
+        if isinstance(event, BrandPolicySet):
+            setting: Fact[BrandPolicySet] = Fact(event, recorded.position, recorded.recorded_at)
+            if setting in self.brand_settings:
+                return self
+            ordered = tuple(sorted((*self.brand_settings, setting), key=lambda f: f.key))
+            return CampaignHistory(self.versions, ordered)
         if not isinstance(event, CampaignDefined | CampaignPolicyChanged):
             raise TypeError(f"{type(event).__name__} is not a campaign event")
         fact: Fact[CampaignEvent] = Fact(event, recorded.position, recorded.recorded_at)
         if fact in self.versions:
             return self
-        return CampaignHistory(tuple(sorted((*self.versions, fact), key=lambda f: f.key)))
+        versions = tuple(sorted((*self.versions, fact), key=lambda f: f.key))
+        return CampaignHistory(versions, self.brand_settings)
+
+    def with_brand(self, brand: CampaignHistory) -> CampaignHistory:
+        """This campaign's history with the brand settings that ``brand`` holds (a
+        view keeps them apart, under the campaign key ``BRAND_SETTINGS``)."""
+        if not brand.brand_settings:
+            return self
+        merged = self
+        for setting in brand.brand_settings:
+            merged = merged.with_event(setting.as_recorded())
+        return merged
+
+    def facts(self) -> list[Recorded]:
+        """Every fact of the history, the brand's settings too, as recorded."""
+        return [
+            *(f.as_recorded() for f in self.versions),
+            *(f.as_recorded() for f in self.brand_settings),
+        ]
 
     def as_of(self, t_world: datetime, t_known: datetime | None = None) -> Campaign | None:
         """The rules in force at ``t_world`` as the ledger knew them at ``t_known``."""
-        if t_known is None and self.versions and t_world >= self.versions[-1].at:
+        if (
+            t_known is None
+            and self.versions
+            and t_world >= self.versions[-1].at
+            and (not self.brand_settings or t_world >= self.brand_settings[-1].at)
+        ):
             return self._latest  # the common question: the rules in force now
         return self._as_of(t_world, t_known)
 
     @cached_property
     def _latest(self) -> Campaign | None:
-        return self._as_of(self.versions[-1].at, None)
+        last = max([f.at for f in self.versions] + [f.at for f in self.brand_settings])
+        return self._as_of(last, None)
 
     def _as_of(self, t_world: datetime, t_known: datetime | None) -> Campaign | None:
         known = [
@@ -377,6 +410,18 @@ class CampaignHistory:
         index, fact = known[-1]
         event = fact.event
         policy: CampaignPolicy = event.policy  # type: ignore[attr-defined]
+        # One-way: the first setting that turned revoke-all on, as then known, keeps
+        # it on; a later one that says otherwise lifts nothing.
+        revoke_all_since = next(
+            (
+                f.at
+                for f in self.brand_settings
+                if f.event.revoke_all
+                and f.at <= t_world
+                and (t_known is None or f.recorded_at <= t_known)
+            ),
+            None,
+        )
         return Campaign(
             brand=event.brand,
             campaign=event.campaign,
@@ -384,6 +429,7 @@ class CampaignHistory:
             policy_version=index + 1,
             policy_event_id=fact.event_id,
             defined_at=self.versions[0].at,
+            revoke_all_since=revoke_all_since,
         )
 
     def current(self) -> Campaign | None:

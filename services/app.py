@@ -928,7 +928,7 @@ class ConsentApp:
         # STOPs whose brand was unknown concern every brand (``ledger.events.ANY_BRAND``).
         subscriber += await self.view.history(number, ANY_BRAND)
         history: CampaignHistory = await self.view.campaign_history(brand, campaign)
-        campaign_events = [f.as_recorded() for f in history.versions]
+        campaign_events = history.facts()
         decision = decide_as_of([*campaign_events, *subscriber], campaign, t_world, t_known, kind)
         return CheckResult(decision, read_at)
 

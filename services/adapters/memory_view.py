@@ -22,6 +22,7 @@ from typing import Any
 from ledger.digest import Digest, digest_of, with_phone_wide
 from ledger.events import (
     ANY_BRAND,
+    BRAND_SETTINGS,
     CampaignEvent,
     LedgerEvent,
     MessageSent,
@@ -179,7 +180,9 @@ class InMemoryConsentView(ConsentView):
         return found
 
     async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:
-        return self._tables.campaigns.get((brand, campaign), CampaignHistory())
+        history = self._tables.campaigns.get((brand, campaign), CampaignHistory())
+        settings = self._tables.campaigns.get((brand, BRAND_SETTINGS))
+        return history if settings is None else history.with_brand(settings)
 
     async def campaign_for_number(self, to_phone: str) -> tuple[str, str] | None:
         claims: dict[tuple[str, str], CampaignHistory] = {}

@@ -31,6 +31,7 @@ import asyncpg
 from ledger.digest import AT, ID, Digest, digest_of, from_micros, with_phone_wide
 from ledger.events import (
     ANY_BRAND,
+    BRAND_SETTINGS,
     CampaignEvent,
     ConsentRevoked,
     MessageSent,
@@ -731,11 +732,14 @@ class PostgresConsentView(ConsentView):
 
     @bounded
     async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:
+        # The brand's own settings (BrandPolicySet, kept under the campaign key
+        # BRAND_SETTINGS) come in the same query: they apply to every campaign of it.
         rows = await self._pool.fetch(
-            "SELECT payload FROM campaign_version WHERE brand = $1 AND campaign = $2"
+            "SELECT payload FROM campaign_version WHERE brand = $1 AND campaign IN ($2, $3)"
             ' ORDER BY partition, "offset"',
             brand,
             campaign,
+            BRAND_SETTINGS,
         )
         return fold_campaign(decode_recorded(row["payload"]) for row in rows)
 

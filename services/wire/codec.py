@@ -40,9 +40,11 @@ from ledger.campaigns import (
 )
 from ledger.codec import class_version, upcast
 from ledger.events import (
+    BRAND_SETTINGS,
     EVENT_TYPES,
     FIRST_VERSION,
     AgeVerified,
+    BrandPolicySet,
     CampaignDefined,
     CampaignEvent,
     CampaignPolicyChanged,
@@ -512,6 +514,14 @@ def _campaign_decoder(field: str) -> _Decoder:
     return decode
 
 
+def _enc_brand_policy(e: BrandPolicySet) -> tuple[str, Message]:
+    return "brand_policy_set", ledger_pb2.BrandPolicySet(revoke_all=e.revoke_all)
+
+
+def _dec_brand_policy(p: ledger_pb2.BrandPolicySet) -> dict[str, Any]:
+    return {"campaign": BRAND_SETTINGS, "revoke_all": p.revoke_all}
+
+
 _CODECS: dict[str, tuple[str, _Encoder, _Decoder]] = {
     ConsentGranted.EVENT_TYPE: ("consent_granted", _enc_granted, _dec_granted),
     ConsentRevoked.EVENT_TYPE: ("consent_revoked", _enc_revoked, _dec_revoked),
@@ -541,6 +551,7 @@ _CODECS: dict[str, tuple[str, _Encoder, _Decoder]] = {
         _campaign_encoder("campaign_policy_changed", ledger_pb2.CampaignPolicyChanged),
         _campaign_decoder("campaign_policy_changed"),
     ),
+    BrandPolicySet.EVENT_TYPE: ("brand_policy_set", _enc_brand_policy, _dec_brand_policy),
 }
 
 _missing = set(EVENT_TYPES) - set(_CODECS)

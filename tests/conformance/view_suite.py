@@ -23,8 +23,10 @@ from ledger.campaigns import CampaignPolicy, CampaignPurpose
 from ledger.digest import digest_of
 from ledger.events import (
     ANY_BRAND,
+    BRAND_SETTINGS,
     FIRST_VERSION,
     AgeVerified,
+    BrandPolicySet,
     CampaignDefined,
     CampaignPolicyChanged,
     CandidateResolution,
@@ -679,6 +681,38 @@ class ConsentViewSuite:
         assert await view.positions(Stream.CAMPAIGNS) == {
             p: o + 1 for p, o in _last_offsets(batch).items()
         }
+
+    async def test_a_brand_setting_comes_with_every_campaign_of_the_brand(
+        self, view: ConsentView
+    ) -> None:
+        pos = Positions()
+        setting = BrandPolicySet(
+            **_base(T0 + timedelta(hours=1)),
+            brand="acme",
+            campaign=BRAND_SETTINGS,
+            revoke_all=True,
+        )
+        batch = pos.record(
+            [
+                define("acme", "deals", T0, ["+12025550100"]),
+                define("acme", "news", T0),
+                define("globex", "deals", T0),
+                setting,
+            ]
+        )
+        await view.apply(Stream.CAMPAIGNS, batch)
+
+        for name in ("deals", "news"):
+            history = await view.campaign_history("acme", name)
+            assert history.brand_settings == fold_campaign([batch[3]]).brand_settings
+            rules = history.as_of(T0 + timedelta(hours=2))
+            assert rules is not None and rules.revoke_all_since == setting.occurred_at
+            assert [r.event for r in history.facts()][-1] == setting
+        other = await view.campaign_history("globex", "deals")
+        assert other.brand_settings == ()
+        # The setting is no campaign: it claims no number and defines nothing.
+        assert (await view.campaign_history("acme", "unknown")).versions == ()
+        assert await view.campaign_for_number("+12025550100") == ("acme", "deals")
 
     async def test_sender_numbers_follow_the_current_rules(self, view: ConsentView) -> None:
         pos = Positions()

@@ -16,9 +16,11 @@ from hypothesis import strategies as st
 from ledger.campaigns import CampaignPolicy, CampaignPurpose, FrequencyCap, QuietHours
 from ledger.codec import upcast
 from ledger.events import (
+    BRAND_SETTINGS,
     EVENT_TYPES,
     FIRST_VERSION,
     AgeVerified,
+    BrandPolicySet,
     CampaignDefined,
     CampaignPolicyChanged,
     CandidateResolution,
@@ -167,6 +169,7 @@ EXAMPLES: list[LedgerEvent] = [
     SubscriberLocated(**base(19), **who(), region="FL"),
     CampaignDefined(**base(16), brand=BRAND, campaign="spring-sale", policy=CampaignPolicy()),
     CampaignPolicyChanged(**base(17), brand=BRAND, campaign="spring-sale", policy=RICH_POLICY),
+    BrandPolicySet(**base(21), brand=BRAND, campaign=BRAND_SETTINGS, revoke_all=True),
 ]
 
 
@@ -543,6 +546,7 @@ any_event = st.one_of(
     ),
     _event(CampaignDefined, campaign=texts, policy=policies),
     _event(CampaignPolicyChanged, campaign=texts, policy=policies),
+    _event(BrandPolicySet, campaign=st.just(BRAND_SETTINGS), revoke_all=st.booleans()),
 )
 
 

@@ -263,6 +263,7 @@ class EventEnvelope(_message.Message):
     CAMPAIGN_DEFINED_FIELD_NUMBER: _builtins.int
     CAMPAIGN_POLICY_CHANGED_FIELD_NUMBER: _builtins.int
     SUBSCRIBER_LOCATED_FIELD_NUMBER: _builtins.int
+    BRAND_POLICY_SET_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The event's own id (a UUID derived from the client's request id)."""
     event_type: _builtins.str
@@ -319,6 +320,8 @@ class EventEnvelope(_message.Message):
     def campaign_policy_changed(self) -> Global___CampaignPolicyChanged: ...
     @_builtins.property
     def subscriber_located(self) -> Global___SubscriberLocated: ...
+    @_builtins.property
+    def brand_policy_set(self) -> Global___BrandPolicySet: ...
     def __init__(
         self,
         *,
@@ -344,12 +347,13 @@ class EventEnvelope(_message.Message):
         campaign_defined: Global___CampaignDefined | None = ...,
         campaign_policy_changed: Global___CampaignPolicyChanged | None = ...,
         subscriber_located: Global___SubscriberLocated | None = ...,
+        brand_policy_set: Global___BrandPolicySet | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "inbound_message_received", b"inbound_message_received", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "subscriber_located", b"subscriber_located"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "brand_policy_set", b"brand_policy_set", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "inbound_message_received", b"inbound_message_received", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "subscriber_located", b"subscriber_located"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "brand", b"brand", "campaign", b"campaign", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "event_id", b"event_id", "event_type", b"event_type", "inbound_message_received", b"inbound_message_received", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "phone", b"phone", "recorded_by", b"recorded_by", "request_fingerprint", b"request_fingerprint", "request_id", b"request_id", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "schema_version", b"schema_version", "subscriber_located", b"subscriber_located"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "brand", b"brand", "brand_policy_set", b"brand_policy_set", "campaign", b"campaign", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "event_id", b"event_id", "event_type", b"event_type", "inbound_message_received", b"inbound_message_received", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "phone", b"phone", "recorded_by", b"recorded_by", "request_fingerprint", b"request_fingerprint", "request_id", b"request_id", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "schema_version", b"schema_version", "subscriber_located", b"subscriber_located"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["consent_granted", "consent_revoked", "consent_reconfirmed", "consent_resumed", "message_sent", "inbound_message_received", "revocation_candidate_flagged", "revocation_candidate_resolved", "age_verified", "campaign_defined", "campaign_policy_changed", "subscriber_located"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["consent_granted", "consent_revoked", "consent_reconfirmed", "consent_resumed", "message_sent", "inbound_message_received", "revocation_candidate_flagged", "revocation_candidate_resolved", "age_verified", "campaign_defined", "campaign_policy_changed", "subscriber_located", "brand_policy_set"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -860,6 +864,33 @@ class CampaignPolicyChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CampaignPolicyChanged: _TypeAlias = CampaignPolicyChanged  # noqa: Y015
+
+@_typing.final
+class BrandPolicySet(_message.Message):
+    """A brand's own setting, for all its campaigns, from occurred_at on. The envelope's
+    campaign is empty.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOKE_ALL_FIELD_NUMBER: _builtins.int
+    revoke_all: _builtins.bool
+    """Honour the FCC's revoke-all rule (47 CFR 64.1200(a)(10)) before it is in force:
+    an opt-out of one campaign of the brand is one of all, but the one confirmation.
+    One-way: a later setting never turns it off.
+    """
+    def __init__(
+        self,
+        *,
+        revoke_all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revoke_all", b"revoke_all"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BrandPolicySet: _TypeAlias = BrandPolicySet  # noqa: Y015
 
 @_typing.final
 class QuietHours(_message.Message):
