@@ -421,6 +421,9 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     RecordSubscriberLocation = _write_rpc(api_pb2.RecordSubscriberLocationResponse)
     DefineCampaign = _write_rpc(api_pb2.DefineCampaignResponse, Scope.ADMIN)
     ChangeCampaignPolicy = _write_rpc(api_pb2.ChangeCampaignPolicyResponse, Scope.ADMIN)
+    # Putting revoke-all in force early only narrows what may be sent (it cannot be
+    # turned off), as resolving a candidate as revoked does: the brand's write scope.
+    SetBrandPolicy = _write_rpc(api_pb2.SetBrandPolicyResponse)
 
     @translate_errors
     async def ResolveRevocationCandidate(

@@ -37,6 +37,7 @@ from ledger.commands import (
     RecordSubscriberLocation,
     ReplyKind,
     ResolveRevocationCandidate,
+    SetBrandPolicy,
     check_fields,
 )
 from ledger.errors import InvalidRequest
@@ -251,6 +252,10 @@ def _change(r: api_pb2.ChangeCampaignPolicyRequest, v: Violations) -> ChangeCamp
     )
 
 
+def _brand_policy(r: api_pb2.SetBrandPolicyRequest, v: Violations) -> SetBrandPolicy:
+    return SetBrandPolicy(request_id=r.request_id, brand=r.brand, revoke_all=r.revoke_all)
+
+
 def _inbound(r: api_pb2.HandleInboundMessageRequest, v: Violations) -> HandleInboundMessage:
     return HandleInboundMessage(
         request_id=r.request_id,
@@ -278,6 +283,7 @@ _COMMANDS: dict[type[Message], Callable[[Any, Violations], Command | HandleInbou
     api_pb2.ResolveRevocationCandidateRequest: _resolve,
     api_pb2.DefineCampaignRequest: _define,
     api_pb2.ChangeCampaignPolicyRequest: _change,
+    api_pb2.SetBrandPolicyRequest: _brand_policy,
     api_pb2.HandleInboundMessageRequest: _inbound,
 }
 

@@ -1399,6 +1399,57 @@ class ChangeCampaignPolicyResponse(_message.Message):
 Global___ChangeCampaignPolicyResponse: _TypeAlias = ChangeCampaignPolicyResponse  # noqa: Y015
 
 @_typing.final
+class SetBrandPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    BRAND_FIELD_NUMBER: _builtins.int
+    REVOKE_ALL_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    brand: _builtins.str
+    revoke_all: _builtins.bool
+    """Must be true (INVALID_ARGUMENT otherwise): the setting only makes the rule apply
+    earlier. Setting it again changes nothing.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        brand: _builtins.str = ...,
+        revoke_all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand", b"brand", "request_id", b"request_id", "revoke_all", b"revoke_all"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBrandPolicyRequest: _TypeAlias = SetBrandPolicyRequest  # noqa: Y015
+
+@_typing.final
+class SetBrandPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_IDS_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    consistency_token: _builtins.str
+    @_builtins.property
+    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        event_ids: _abc.Iterable[_builtins.str] | None = ...,
+        consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "event_ids", b"event_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBrandPolicyResponse: _TypeAlias = SetBrandPolicyResponse  # noqa: Y015
+
+@_typing.final
 class ListEventsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -100,6 +100,11 @@ class ConsentServiceStub:
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.ChangeCampaignPolicyRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_consent__service__pb2.ChangeCampaignPolicyResponse.FromString,
                 _registered_method=True)
+        self.SetBrandPolicy = channel.unary_unary(
+                '/consent.v1.ConsentService/SetBrandPolicy',
+                request_serializer=consent_dot_v1_dot_consent__service__pb2.SetBrandPolicyRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__service__pb2.SetBrandPolicyResponse.FromString,
+                _registered_method=True)
         self.ListEvents = channel.unary_unary(
                 '/consent.v1.ConsentService/ListEvents',
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.ListEventsRequest.SerializeToString,
@@ -226,6 +231,17 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetBrandPolicy(self, request, context):
+        """A brand's own setting for all its campaigns, from the moment it is recorded.
+        revoke_all puts the FCC's revoke-all rule (47 CFR 64.1200(a)(10), in force for
+        every brand from 2027-01-31) in force early: a STOP to any campaign of the brand
+        stops all of them, but the one confirmation. One-way: it cannot be turned off.
+        The brand's write scope suffices (it only narrows what may be sent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListEvents(self, request, context):
         """Audit: every recorded fact about a number, optionally for one brand, in ledger order.
         """
@@ -338,6 +354,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.ChangeCampaignPolicy,
                     request_deserializer=consent_dot_v1_dot_consent__service__pb2.ChangeCampaignPolicyRequest.FromString,
                     response_serializer=consent_dot_v1_dot_consent__service__pb2.ChangeCampaignPolicyResponse.SerializeToString,
+            ),
+            'SetBrandPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBrandPolicy,
+                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.SetBrandPolicyRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__service__pb2.SetBrandPolicyResponse.SerializeToString,
             ),
             'ListEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEvents,
@@ -717,6 +738,33 @@ class ConsentService:
             '/consent.v1.ConsentService/ChangeCampaignPolicy',
             consent_dot_v1_dot_consent__service__pb2.ChangeCampaignPolicyRequest.SerializeToString,
             consent_dot_v1_dot_consent__service__pb2.ChangeCampaignPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBrandPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentService/SetBrandPolicy',
+            consent_dot_v1_dot_consent__service__pb2.SetBrandPolicyRequest.SerializeToString,
+            consent_dot_v1_dot_consent__service__pb2.SetBrandPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,13 @@ class ConsentServiceStub:
     """Declare a campaign and its rules."""
     ChangeCampaignPolicy: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.ChangeCampaignPolicyRequest, _consent_service_pb2.ChangeCampaignPolicyResponse]
     """Change a campaign's rules from `occurred_at` on; earlier decisions keep the old ones."""
+    SetBrandPolicy: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.SetBrandPolicyRequest, _consent_service_pb2.SetBrandPolicyResponse]
+    """A brand's own setting for all its campaigns, from the moment it is recorded.
+    revoke_all puts the FCC's revoke-all rule (47 CFR 64.1200(a)(10), in force for
+    every brand from 2027-01-31) in force early: a STOP to any campaign of the brand
+    stops all of them, but the one confirmation. One-way: it cannot be turned off.
+    The brand's write scope suffices (it only narrows what may be sent).
+    """
     ListEvents: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.ListEventsRequest, _consent_service_pb2.ListEventsResponse]
     """Audit: every recorded fact about a number, optionally for one brand, in ledger order."""
     CanSendAsOf: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.CanSendAsOfRequest, _consent_service_pb2.CanSendAsOfResponse]
@@ -139,6 +146,13 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     """Declare a campaign and its rules."""
     ChangeCampaignPolicy: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.ChangeCampaignPolicyRequest, _consent_service_pb2.ChangeCampaignPolicyResponse]  # type: ignore[assignment]
     """Change a campaign's rules from `occurred_at` on; earlier decisions keep the old ones."""
+    SetBrandPolicy: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.SetBrandPolicyRequest, _consent_service_pb2.SetBrandPolicyResponse]  # type: ignore[assignment]
+    """A brand's own setting for all its campaigns, from the moment it is recorded.
+    revoke_all puts the FCC's revoke-all rule (47 CFR 64.1200(a)(10), in force for
+    every brand from 2027-01-31) in force early: a STOP to any campaign of the brand
+    stops all of them, but the one confirmation. One-way: it cannot be turned off.
+    The brand's write scope suffices (it only narrows what may be sent).
+    """
     ListEvents: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.ListEventsRequest, _consent_service_pb2.ListEventsResponse]  # type: ignore[assignment]
     """Audit: every recorded fact about a number, optionally for one brand, in ledger order."""
     CanSendAsOf: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.CanSendAsOfRequest, _consent_service_pb2.CanSendAsOfResponse]  # type: ignore[assignment]
@@ -277,6 +291,19 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_consent_service_pb2.ChangeCampaignPolicyResponse, _abc.Awaitable[_consent_service_pb2.ChangeCampaignPolicyResponse]]:
         """Change a campaign's rules from `occurred_at` on; earlier decisions keep the old ones."""
+
+    @_abc_1.abstractmethod
+    def SetBrandPolicy(
+        self,
+        request: _consent_service_pb2.SetBrandPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_service_pb2.SetBrandPolicyResponse, _abc.Awaitable[_consent_service_pb2.SetBrandPolicyResponse]]:
+        """A brand's own setting for all its campaigns, from the moment it is recorded.
+        revoke_all puts the FCC's revoke-all rule (47 CFR 64.1200(a)(10), in force for
+        every brand from 2027-01-31) in force early: a STOP to any campaign of the brand
+        stops all of them, but the one confirmation. One-way: it cannot be turned off.
+        The brand's write scope suffices (it only narrows what may be sent).
+        """
 
     @_abc_1.abstractmethod
     def ListEvents(
