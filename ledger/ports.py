@@ -12,11 +12,11 @@ import heapq
 import itertools
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from ledger.digest import Digest
 from ledger.events import CampaignEvent, LedgerEvent, Recorded, SubscriberEvent
@@ -114,15 +114,49 @@ class ConsistencyToken:
 _TOKEN_PART = re.compile(r"(?:subscribers|campaigns):[0-9]{1,9}:[0-9]{1,19}")
 
 
-def merge_changes(partitions: Iterable[Sequence[Recorded]], limit: int) -> list[Recorded]:
-    """The first ``limit`` events of several partitions' lists (each in offset order),
-    interleaved by recorded time: of the lists' next events, the earliest recorded
-    (then the lowest partition) comes first. Each list's order is kept, whatever
-    its recorded times, so the result holds a prefix of every list."""
-    merged = heapq.merge(
-        *partitions, key=lambda r: (r.recorded_at, r.position.partition, r.position.offset)
-    )
-    return list(itertools.islice(merged, limit))
+T = TypeVar("T")
+
+
+class ChangesPage(NamedTuple):
+    """A page of a brand's changes (``ConsentView.changes``)."""
+
+    events: list[Recorded]
+    through: dict[int, int]
+    """Per partition, where the next page starts once every event of this one is
+    taken: after its last event there, or, where the page holds every wanted event
+    the view had applied, at the view's position, past the events not wanted (a
+    caught-up reader need not look through them again)."""
+
+
+def page_of_changes(
+    partitions: Mapping[int, Sequence[T]],
+    positions: Mapping[int, int],
+    after: Offsets,
+    limit: int,
+    key: Callable[[T], tuple[datetime, int, int]],
+) -> tuple[list[T], dict[int, int]]:
+    """The first ``limit`` items of the partitions' lists (each in offset order, at
+    most ``limit`` long, read with the view's ``positions`` in one snapshot),
+    interleaved by ``key`` (recorded time, partition, offset): of the lists' next
+    items, the least comes first. Each list's order is kept, whatever its recorded
+    times, so the page holds a prefix of every list. With it, ``ChangesPage.through``."""
+    page = list(itertools.islice(heapq.merge(*partitions.values(), key=key), limit))
+    taken: dict[int, int] = {}
+    for item in page:
+        _, partition, offset = key(item)
+        taken[partition] = offset + 1
+    through = dict(after)
+    for partition, listed in partitions.items():
+        last = taken.get(partition)
+        if len(listed) < limit and (not listed or last == key(listed[-1])[2] + 1):
+            through[partition] = max(positions.get(partition, 0), after.get(partition, 0))
+        elif last is not None:
+            through[partition] = last
+    return page, through
+
+
+def recorded_key(recorded: Recorded) -> tuple[datetime, int, int]:
+    return (recorded.recorded_at, recorded.position.partition, recorded.position.offset)
 
 
 class LedgerUnavailable(ConnectionError):
@@ -291,10 +325,11 @@ class ConsentView(ABC):
         *,
         campaign: str | None = None,
         types: Collection[str] | None = None,
-    ) -> list[Recorded]:
+    ) -> ChangesPage:
         """The applied subscriber events of ``brand`` from ``after`` on (per
         partition, the offset of the first one wanted; 0 for a partition it does
-        not name), at most ``limit``: the change stream's next page.
+        not name), at most ``limit``: the change stream's next page, and where the
+        page after it starts (``ChangesPage.through``).
 
         With ``campaign``, only the events that name it or name no campaign (a
         brand-wide revocation, an age verification); with ``types``, only events
@@ -303,7 +338,7 @@ class ConsentView(ABC):
         Each partition's events come in offset order and the page holds a prefix
         of each, so a reader that goes on, per partition, after the last offset it
         was given misses none and gets none twice. The partitions are interleaved
-        by ``merge_changes``. Only what the view has applied is listed, and the
+        by ``page_of_changes``. Only what the view has applied is listed, and the
         view applies each partition in offset order, so a page never skips an
         event that a later page would list."""
 

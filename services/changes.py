@@ -92,12 +92,15 @@ async def watch(
         # Seen before the read: a batch applied after it moves them, and wakes us.
         seen = resume_after(guard.applied_token())
         listed = await view.changes(brand, after, page, campaign=campaign, types=types)
-        for recorded in listed:
+        for i, recorded in enumerate(listed.events, 1):
             if stopping.is_set():
                 return
             after[recorded.position.partition] = recorded.position.offset + 1
+            if i == len(listed.events):  # the page is taken: past what it looked through
+                after.update(listed.through)
             yield recorded, resume_token(after)
-        if len(listed) < page:
+        after.update(listed.through)
+        if len(listed.events) < page:
             deadline = time.monotonic() + REQUERY
             while (
                 resume_after(guard.applied_token()) == seen

@@ -32,7 +32,16 @@ from ledger.events import (
     SubscriberEvent,
 )
 from ledger.opt_out_rate import SendingCounts, count_sending
-from ledger.ports import ConsentView, Flagged, Offsets, RequestUse, Stream, merge_changes
+from ledger.ports import (
+    ChangesPage,
+    ConsentView,
+    Flagged,
+    Offsets,
+    RequestUse,
+    Stream,
+    page_of_changes,
+    recorded_key,
+)
 from ledger.state import CampaignHistory, SubscriberState, apply, sender_number_holder
 
 
@@ -248,7 +257,7 @@ class InMemoryConsentView(ConsentView):
         *,
         campaign: str | None = None,
         types: Collection[str] | None = None,
-    ) -> list[Recorded]:
+    ) -> ChangesPage:
         def wanted(recorded: Recorded) -> bool:
             event = recorded.event
             named = getattr(event, "campaign", None)
@@ -256,14 +265,17 @@ class InMemoryConsentView(ConsentView):
                 types is None or event.EVENT_TYPE in types
             )
 
-        pages = []
-        for partition, events in sorted(self._tables.by_brand.get(brand, {}).items()):
+        positions = self._tables.positions[Stream.SUBSCRIBERS]
+        lists = self._tables.by_brand.get(brand, {})
+        pages: dict[int, list[Recorded]] = {}
+        for partition in sorted(positions):
+            events = lists.get(partition, [])
             start = bisect.bisect_left(
                 events, after.get(partition, 0), key=lambda r: r.position.offset
             )
             listed = (events[i] for i in range(start, len(events)) if wanted(events[i]))
-            pages.append(list(itertools.islice(listed, limit)))
-        return merge_changes(pages, limit)
+            pages[partition] = list(itertools.islice(listed, limit))
+        return ChangesPage(*page_of_changes(pages, positions, after, limit, recorded_key))
 
     async def sending_counts(
         self, brand: str, campaign: str | None, start: datetime, end: datetime

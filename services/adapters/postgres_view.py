@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
-import itertools
 import time
 import uuid
 from collections import OrderedDict
@@ -42,7 +40,15 @@ from ledger.events import (
 )
 from ledger.opt_out_rate import SendingCounts
 from ledger.policy import latest_revocation, standing
-from ledger.ports import ConsentView, Flagged, Offsets, RequestUse, Stream
+from ledger.ports import (
+    ChangesPage,
+    ConsentView,
+    Flagged,
+    Offsets,
+    RequestUse,
+    Stream,
+    page_of_changes,
+)
 from ledger.state import (
     CampaignHistory,
     SubscriberState,
@@ -381,8 +387,9 @@ def _status_rows(
 
 
 _CHANGES = """
-SELECT page.recorded_at, p.partition, page."offset", page.payload FROM projection_offset p
-CROSS JOIN LATERAL (
+SELECT page.recorded_at, p.partition, page."offset", page.payload, p.next_offset
+FROM projection_offset p
+LEFT JOIN LATERAL (
     SELECT e.recorded_at, e."offset", e.payload FROM ledger_event_copy e
     WHERE e.stream = 'subscribers' AND e.brand = $1 AND e.partition = p.partition
       AND e."offset" >= coalesce(
@@ -392,7 +399,7 @@ CROSS JOIN LATERAL (
       AND ($6::text[] IS NULL OR e.event_type = ANY($6::text[]))
     ORDER BY e."offset"
     LIMIT $4
-) page
+) page ON true
 WHERE p.stream = 'subscribers'
 ORDER BY p.partition, page."offset"
 """
@@ -400,7 +407,8 @@ ORDER BY p.partition, page."offset"
 the offset ``$2``/``$3`` give it (index ``ledger_event_copy_changes``). One
 statement, so one snapshot: the rows of a partition it sees are the events the
 view had applied up to some offset, as every transaction that adds some also
-moves the partition's position, under that position's row lock."""
+moves the partition's position, under that position's row lock. A partition with
+no such event gives one row with no event, for its position."""
 
 
 def _request_use(row: asyncpg.Record) -> RequestUse:
@@ -825,7 +833,7 @@ class PostgresConsentView(ConsentView):
         *,
         campaign: str | None = None,
         types: Collection[str] | None = None,
-    ) -> list[Recorded]:
+    ) -> ChangesPage:
         partitions = sorted(after)
         rows = await self._pool.fetch(
             _CHANGES,
@@ -837,11 +845,17 @@ class PostgresConsentView(ConsentView):
             None if types is None else sorted(types),
         )
         pages: dict[int, list[asyncpg.Record]] = {}
+        positions: dict[int, int] = {}
         for row in rows:
-            pages.setdefault(row["partition"], []).append(row)
-        # merge_changes's order on the rows, so that only the page's events are decoded
-        merged = heapq.merge(*pages.values(), key=lambda row: tuple(row[:3]))
-        return [decode_recorded(row["payload"]) for row in itertools.islice(merged, limit)]
+            listed = pages.setdefault(row["partition"], [])
+            positions[row["partition"]] = row["next_offset"]
+            if row["payload"] is not None:
+                listed.append(row)
+        # on the rows, so that only the page's events are decoded
+        page, through = page_of_changes(
+            pages, positions, after, limit, lambda row: (row[0], row[1], row[2])
+        )
+        return ChangesPage([decode_recorded(row["payload"]) for row in page], through)
 
     @bounded
     async def sending_counts(

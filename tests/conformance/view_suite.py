@@ -956,7 +956,8 @@ class ConsentViewSuite:
             got = await _read_changes(view, brand, 37, campaign=campaign, types=types)
             assert len(got) == len({r.event.event_id for r in got}), "an event came twice"
             assert _by_partition(got) == _by_partition(_wanted(subscribers, brand, campaign, types))
-        assert await view.changes("brand-9", {}, 10) == []
+        nobody = await view.changes("brand-9", {}, 10)
+        assert nobody == ([], await view.positions(Stream.SUBSCRIBERS))
 
     async def test_changes_applied_between_pages_follow_without_a_gap(
         self, view: ConsentView
@@ -973,11 +974,11 @@ class ConsentViewSuite:
         got: list[Recorded] = []
         for start in range(0, len(recorded), 25):
             await view.apply(Stream.SUBSCRIBERS, recorded[start : start + 25])
-            page = await view.changes("acme", after, 10)
+            page = (await view.changes("acme", after, 10)).events
             got.extend(page)
             for r in page:
                 after[r.position.partition] = r.position.offset + 1
-        while page := await view.changes("acme", after, 10):
+        while page := (await view.changes("acme", after, 10)).events:
             got.extend(page)
             for r in page:
                 after[r.position.partition] = r.position.offset + 1
@@ -995,10 +996,10 @@ class ConsentViewSuite:
         other = pos.record([grant(b, "acme", "deals", T0)], T0 + timedelta(hours=1))
         await view.apply(Stream.SUBSCRIBERS, [*late, *early, *other])
         # a's partition keeps offset order; b's event, recorded before a's first, leads
-        assert await view.changes("acme", {}, 10) == [*other, *late, *early]
-        assert await view.changes("acme", {}, 2) == [*other, *late]
+        assert (await view.changes("acme", {}, 10)).events == [*other, *late, *early]
+        assert (await view.changes("acme", {}, 2)).events == [*other, *late]
         skip_a = {late[0].position.partition: late[0].position.offset + 1}
-        assert await view.changes("acme", skip_a, 10) == [*early, *other]
+        assert (await view.changes("acme", skip_a, 10)).events == [*early, *other]
 
     async def test_changes_leave_out_other_brands_and_are_emptied_by_a_reset(
         self, view: ConsentView
@@ -1008,10 +1009,10 @@ class ConsentViewSuite:
         mine = pos.record([grant(phone, "acme", "deals", T0)])
         theirs = pos.record([grant(phone, "globex", "deals", T0)])
         await view.apply(Stream.SUBSCRIBERS, [*mine, *theirs])
-        assert await view.changes("acme", {}, 10) == mine
-        assert await view.changes("globex", {}, 10) == theirs
+        assert (await view.changes("acme", {}, 10)).events == mine
+        assert (await view.changes("globex", {}, 10)).events == theirs
         await view.reset()
-        assert await view.changes("acme", {}, 10) == []
+        assert (await view.changes("acme", {}, 10)).events == []
 
 
 async def _read_changes(
@@ -1020,11 +1021,17 @@ async def _read_changes(
     """Every change of ``brand``, page by page, each resumed after the last given."""
     after: dict[int, int] = {}
     got: list[Recorded] = []
-    while page := await view.changes(brand, after, limit, **filters):
-        assert len(page) <= limit
-        got.extend(page)
-        for r in page:
-            after[r.position.partition] = r.position.offset + 1
+    while True:
+        page = await view.changes(brand, after, limit, **filters)
+        assert len(page.events) <= limit
+        got.extend(page.events)
+        for r in page.events:
+            assert r.position.offset >= after.get(r.position.partition, 0)
+        after = page.through
+        if not page.events:
+            break
+    # the last page looked through every partition to the view's position
+    assert after == await view.positions(Stream.SUBSCRIBERS)
     return got
 
 

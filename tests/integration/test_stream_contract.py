@@ -92,7 +92,6 @@ async def test_the_worked_kcat_and_protoc_example_runs_as_written(kafka_bootstra
     assert "tier: CONSENT_TIER_PROMOTIONAL" in decoded
 
 
-
 async def test_a_librdkafka_client_set_to_murmur2_puts_a_phone_where_the_ledger_does(
     kafka_bootstrap: str,
 ) -> None:

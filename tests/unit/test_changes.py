@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from ledger.events import Recorded
-from ledger.ports import ConsistencyToken, Offsets, Stream
+from ledger.ports import ChangesPage, ConsistencyToken, Offsets, Stream
 from services import changes
 from services.adapters.memory_view import InMemoryConsentView
 from tests.conformance.view_suite import T0, Positions, grant, sent
@@ -18,6 +18,7 @@ class CountingView(InMemoryConsentView):
     def __init__(self) -> None:
         super().__init__()
         self.read = 0
+        self.asked: list[dict[int, int]] = []
 
     async def changes(
         self,
@@ -27,9 +28,10 @@ class CountingView(InMemoryConsentView):
         *,
         campaign: str | None = None,
         types: Collection[str] | None = None,
-    ) -> list[Recorded]:
+    ) -> ChangesPage:
+        self.asked.append(dict(after))
         page = await super().changes(brand, after, limit, campaign=campaign, types=types)
-        self.read += len(page)
+        self.read += len(page.events)
         return page
 
 
@@ -81,3 +83,24 @@ async def test_a_caught_up_watcher_follows_what_is_applied_next(monkeypatch: Any
     assert recorded == later[0]  # the message sent is no change of consent
     assert changes.resume_after(token)[recorded.position.partition] == recorded.position.offset + 1
     await stream.aclose()
+
+
+async def test_a_caught_up_watcher_does_not_look_through_unwanted_events_again(
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setattr(changes, "REQUERY", 0.01)
+    monkeypatch.setattr(changes, "IDLE_POLL", 0.01)
+    view, pos = CountingView(), Positions()
+    number = "+14155550001"
+    first = pos.record([grant(number, "acme", "deals", T0)])
+    messages = pos.record(sent(number, "acme", "deals", T0) for _ in range(50))
+    await view.apply(Stream.SUBSCRIBERS, [*first, *messages])
+    stream = changes.watch(view, Guard(view), "acme", {})  # type: ignore[arg-type]
+    recorded, token = await anext(stream)
+    assert recorded == first[0]
+    # the token of the page's last change is past the messages after it
+    assert changes.resume_after(token) == await view.positions(Stream.SUBSCRIBERS)
+    waiting = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0.1)
+    waiting.cancel()
+    assert view.asked[-1] == await view.positions(Stream.SUBSCRIBERS)

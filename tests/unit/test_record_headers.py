@@ -55,4 +55,3 @@ def test_every_header_agrees_with_the_envelope_of_every_event_type() -> None:
         assert headers["brand"] == envelope.brand
         assert headers.get("campaign", "") == envelope.campaign
         assert decode_event(encode_event(event)) == event
-
