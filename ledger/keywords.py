@@ -32,7 +32,8 @@ digits read as letters inside words ("st0p"), contractions opened ("don't",
 "dont", "dnt" are "do not"), stop-sign emoji (🛑 ⛔ 🚫 🔕 📵) read as stop, crosses
 or a raised hand (❌ ✖ ✋ 🙅) as cancel, and 🖕 🤬 as f*** off. Each word is then
 mapped to a canonical word: common abbreviations and slang (pls, plz, txt, msg,
-msgs, u, ur, wanna, unsub, nvr, hmu) by a table, misspellings ("unsubscibe",
+msgs, u, ur, wanna, unsub, nvr, hmu, mo, numba) by a table, Spanish spelt as
+it sounds ("kiero", "kitenme", "sakenme") by reading k as qu or c, misspellings ("unsubscibe",
 "remvoe", "mesage", "wromg", "txet", "stp", "stoop", "sttop") by a table for
 short words and otherwise by edit distance (rapidfuzz) to the words the rules
 look for: one edit, two from eight letters, the same first letter, and up to
@@ -55,9 +56,10 @@ candidate when
   end: the texts, messages, calls, alerts, the subscription, list, service or
   account, this, these, me; or end a wish ("I want to cancel", "I quit"); or
   stand in a message of at most four words ("cancel my appointment", "the
-  end"); or in a message or clause of nothing else but courtesy ("cancel
-  please, thanks"). So do "enough" and "basta" in such a message (not in a
-  question), "remove", "blocked", "spam" and "I'm out";
+  end"), unless told not to happen ("please don't cancel"); or in a message
+  or clause of nothing else but courtesy ("cancel please, thanks"). So do
+  "enough" and "basta" in such a message (not in a question), "remove",
+  "blocked", "spam", "I'm out", "leave" and "exit";
 - a negation comes before a verb or noun of contact: do not / don't / never /
   can you not / no more / no further + text, message, SMS, call, email,
   contact, send, write, reach out, hit me up, ping, remind, notify, market,
@@ -80,21 +82,22 @@ candidate when
   (Spanish bórrenme, sáquenme de la lista, darme de baja, desuscribirme,
   salir de la lista, acaben con estos mensajes, retiro mi consentimiento;
   French désabonner, supprimez mon numéro);
-- it complains or refuses: leave me alone / be, go away, get lost, get off
-  my phone, f*** off, give it a rest, you're annoying, bothering / harassing
-  / spamming me, spam, unsolicited, unwanted, tired / sick of / so over these
+- it complains or refuses: leave me alone / be, go away, get lost, get off my
+  phone, f*** off, give it a rest, you're annoying, bothering / harassing /
+  spamming me, spam, unsolicited, unwanted, tired / sick of / so over these
   texts, sick of getting these, want nothing to do with this, not accepting
-  texts, no use for these, these are annoying, "annoying" or "not again" alone,
-  how many times do I have to ask, consent withdrawn, too many texts, too many
-  of these, never shopped there, block or report you, do not call, DNC, TCPA, FCC,
-  sue, see you in court, talk to my lawyer, keep or still texting me, why
-  are you texting me, why am I on this list, I told you to stop, how did you
-  get my number, I never signed up / don't remember signing up / didn't
-  consent / no permission / didn't request this; fewer texts, only text me if
-  (a frequency limit the provider's policy says is respected); texts judged
-  worst, pointless, not welcome (Spanish déjenme en paz, me están
-  molestando, ¿por qué me siguen escribiendo?, ya les dije que no, los voy a
-  reportar, abstenerse de enviar);
+  texts, no use for these, these are annoying, "NO!" or "no no no" alone,
+  "annoying" or "not again" alone, how many times do I have to ask, consent
+  withdrawn, too many texts, too many of these, never shopped there, block or
+  report you, do not call, DNC, TCPA, FCC, sue, see you in court, talk to my
+  lawyer, keep or still texting me, why are you texting me, why am I on this
+  list, I told you to stop, how did you get my number, I never signed up / don't
+  remember signing up / didn't consent / no permission / didn't request this;
+  fewer texts, only text me if (a frequency limit the provider's policy says is
+  respected); texts judged worst, pointless, not welcome (Spanish déjenme en
+  paz, ya estoy harta, me tienen cansado, me están molestando, ¿por qué me
+  siguen escribiendo?, ya les dije que no, los voy a reportar, abstenerse de
+  enviar);
 - it says the number reached the wrong person: wrong number / person, you
   have the wrong..., not my number, not the person you want, I'm not Kevin or
   there's no Maria here (a capitalised name after the denial), I don't know
@@ -244,7 +247,7 @@ _LEXICON = _lexicon(
         "are not": "arent",
         "not": "nt",
         "no more": "nomore",
-        "more": "mre mroe moar mor",
+        "more": "mre mroe moar mor mo",
         "no mas": "nomas",
         "anymore": "anymore anymor anymoe nemore anymo",
         "please": """
@@ -313,7 +316,7 @@ _LEXICON = _lexicon(
         "subscribe": "subscribe subscribed subscribing suscribi suscribo suscrito suscrita",
         "number": """
             number numbers num numbr nmbr numero numeros phone cell cellphone celular telefono
-            mobile line digits
+            mobile line digits numba numbah numbuh
         """,
         "info": "info information data details datos informacion profile name address",
         "remove": "rmv remov remve remvoe remoce remuve",
@@ -421,6 +424,11 @@ def _canon(token: str) -> tuple[str, ...]:
             return (word,)
     if token in _VOCABULARY:
         return (token,)
+    # Spanish spelt as it sounds: "kiero", "kitenme", "sakenme" (quiero, quítenme, sáquenme).
+    if "k" in token:
+        spelt = re.sub(r"k", "c", re.sub(r"k(?=[ei])", "qu", token))
+        if spelt in _VOCABULARY or (_REMOVE_ME.search(spelt) and len(spelt) >= 6):
+            return (spelt,)
     # "stooop", "sttop", "blockeed", "caall": letters doubled or run on.
     singles = [token[: m.start()] + token[m.start() + 1 :] for m in _DOUBLE.finditer(token)]
     for squeezed in (
@@ -769,7 +777,7 @@ def _is_contact_clause(words: Sequence[str]) -> bool:
 
 def _ender_with_object(words: list[str]) -> bool:
     for i, word in enumerate(words):
-        if word not in _ENDERS:
+        if word not in _ENDERS or _kept(words, i):
             continue
         ahead = _window(words, i + 1, 4)
         if _has_me(ahead) or any(
@@ -1080,7 +1088,7 @@ def _removal(words: list[str]) -> bool:
         return True
     # Spanish "dejen de escribirme", "deja de mandar", "para de llamarme"
     for match in re.finditer(
-        r"\b(?:dej\w*|para|pare|paren|parar|parale|parenle) (?:de|d) ((?:\w+ )?\w+)", text
+        r"\b(?:dej\w*|para|pare|paren|parar|parale|parenle) (?:ya )?(?:de|d) ((?:\w+ )?\w+)", text
     ):
         if any(_is_contact(w) or _PESTER_STEM.match(w) for w in match.group(1).split()):
             return True
@@ -1296,10 +1304,16 @@ def _wrong_person(words: list[str]) -> bool:
     )
 
 
+def _kept(words: Sequence[str], i: int) -> bool:
+    """Whether the ender at ``i`` is told not to happen: "please don't cancel"."""
+    return words[max(i - 2, 0) : i] == ["do", "not"] or words[i - 1 : i] == ["never"]
+
+
 def _short_ender(clauses: list[list[str]], *, question: bool) -> bool:
     words = [w for clause in clauses for w in clause]
-    if len(words) <= _SHORT_MESSAGE_WORDS and not (_ENDERS - {"stopped", "kill", "cut"}).isdisjoint(
-        words
+    if len(words) <= _SHORT_MESSAGE_WORDS and any(
+        w in _ENDERS - {"stopped", "kill", "cut"} and not _kept(words, i)
+        for i, w in enumerate(words)
     ):
         return True
     # "Don't!", "please don't": a bare negation answers the texts themselves.
@@ -1529,6 +1543,9 @@ _MESSAGE_RULES = re.compile(
     r"text list|club)\b"
     r"|\brm (me|us|my (number|info|name))\b"
     r"|\btoo many (of )?(these|those|them|em)\b"
+    r"|^\W*no\s*!+\W*$|^\W*(no\W+){2,}no\W*$"
+    r"|\bya (estoy|estamos) (muy |bien |super )?(hart[oa]s?|hastiad[oa]s?)\b"
+    r"|\b(me|nos) (tienen|tiene) (\w+ )?(hart[oa]s?|cansad[oa]s?|hastiad[oa]s?|hasta la madre)\b"
     r"|\b(never|not) (\w+ )?(shopped|ordered|bought|purchased|done business|signed up) (there|here|"
     r"with (you|u|y all|yall|them|your)|from (you|u|your|them)|at your)\b"
     r"|\b(not|no longer|never) (accepting|taking|reading|answering) (any |your |these )?(texts?|"
