@@ -74,7 +74,10 @@ timeout at most, are what it waits for)."""
 DEFAULT_FUTURE_HORIZON = timedelta(days=30)
 """How far ahead a CanSend may ask, provisionally (``CONSENT_CANSEND_FUTURE_HORIZON_DAYS``)."""
 
-_BEHIND = "the read model is behind the ledger; try again"
+_BEHIND = (
+    "the read model could not be shown fresh within CONSENT_FRESHNESS_WAIT_MS (it is"
+    " behind the ledger, or the ledger or the database did not answer); try again"
+)
 Clock = Callable[[], datetime]
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
@@ -184,7 +187,7 @@ def _retrieve(write: asyncio.Future[WriteResult]) -> None:
 
 
 def _behind() -> Decision:
-    return deny(Reason.NOT_CONSISTENT, "the read model is behind the ledger; try again")
+    return deny(Reason.NOT_CONSISTENT, _BEHIND)
 
 
 def _invalid_phone(exc: InvalidPhoneNumber) -> Decision:

@@ -261,7 +261,8 @@ def bounded(
             read.cancel()
             read.add_done_callback(_retrieve)
             raise StoreUnavailable(
-                f"PostgreSQL did not answer {method.__name__} within {view._timeout:g} s"
+                f"PostgreSQL did not answer within {view._timeout:g} s"
+                f" (CONSENT_POSTGRES_TIMEOUT_MS; {method.__name__})"
             )
         return read.result()
 

@@ -34,7 +34,13 @@ from ledger.policy import Decision, Reason, deny, standing
 from ledger.ports import ConsistencyToken
 from ledger.validation import Violations
 from services.app import ConsentApp, WriteResult, check_target
-from services.errors import NotConsistent, PermissionDenied, ServiceError, ShuttingDown
+from services.errors import (
+    NotConsistent,
+    PermissionDenied,
+    ServiceError,
+    ShuttingDown,
+    StoreUnavailable,
+)
 from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
 from services.grpc_api.deadlines import within, write_budget
 from services.grpc_api.errors import translate_errors, translate_stream_errors
@@ -105,8 +111,19 @@ def _target(
     return checks
 
 
-def _internal_error() -> Decision:
+def _internal_error(exc: Exception | None = None) -> Decision:
+    if isinstance(exc, StoreUnavailable):  # an outage, said as such: which store, which bound
+        return deny(Reason.INTERNAL_ERROR, f"{exc}; not allowed")
     return deny(Reason.INTERNAL_ERROR, "the service could not answer; not allowed")
+
+
+def _log_failed(what: str, exc: Exception) -> None:
+    """A check that could not be answered: a timed-out query is an outage, logged in
+    a line; anything else is a bug, logged with its traceback."""
+    if isinstance(exc, StoreUnavailable):
+        log.warning("%s failed; answering not allowed: %s", what, exc)
+    else:
+        log.exception("%s failed; answering not allowed", what)
 
 
 def _write_rpc(response: type[Any], scope: Scope = Scope.WRITE) -> Any:
@@ -179,9 +196,9 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             )
         except (DomainError, ServiceError):  # the request's own errors
             raise
-        except Exception:
-            log.exception("CanSend failed; answering not allowed")
-            failed = _internal_error()
+        except Exception as exc:
+            _log_failed("CanSend", exc)
+            failed = _internal_error(exc)
             self.metrics.decided("CanSend", failed)
             return api.decision_to_proto(failed)
         self.metrics.decided("CanSend", result.decision)
@@ -205,9 +222,9 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             provisional = result.provisional
         except (DomainError, ServiceError):  # the request's own errors
             raise
-        except Exception:
-            log.exception("CanSendBatch failed; answering not allowed for all")
-            decisions, encoded, provisional = [_internal_error()] * len(phones), "", False
+        except Exception as exc:
+            _log_failed("CanSendBatch", exc)
+            decisions, encoded, provisional = [_internal_error(exc)] * len(phones), "", False
         self.metrics.decided_all("CanSendBatch", decisions)
         response = api.batch_to_proto(phones, decisions, encoded)
         response.provisional = provisional
@@ -235,9 +252,9 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             )
         except (DomainError, ServiceError):  # the request's own errors
             raise
-        except Exception:
-            log.exception("CanSendAsOf failed; answering not allowed")
-            return api.decision_to_as_of_proto(_internal_error())
+        except Exception as exc:
+            _log_failed("CanSendAsOf", exc)
+            return api.decision_to_as_of_proto(_internal_error(exc))
         return api.decision_to_as_of_proto(result.decision, result.token.encode())
 
     @translate_errors

@@ -276,3 +276,55 @@ async def test_a_write_held_by_a_down_broker_is_answered_before_the_caller_s_dea
         )
         stops = [e.event.event_id for e in events.events if e.event.event_type == "ConsentRevoked"]
         assert stops == list(retried.event_ids)
+
+
+async def test_a_check_whose_read_times_out_says_which_bound(
+    tmp_path, private_postgres, kafka_bootstrap
+):
+    """The database freezes after the freshness guard's last look, so a check passes
+    the guard and its own query times out: it says no, and says why (PostgreSQL did
+    not answer within CONSENT_POSTGRES_TIMEOUT_MS), not just "could not answer"."""
+    name = f"frozen_{uuid.uuid4().hex[:8]}"
+    dsn = await private_postgres.create_database(name)
+    async with (
+        service(tmp_path, dsn, kafka_bootstrap, "postgres") as (runtime, _),
+        client(runtime.address, "acme-app") as c,
+    ):
+        # The last observation stays one a read may use while the database is frozen.
+        runtime.guard._settings = FreshnessSettings(
+            refresh_interval=600, wait_bound=WAIT_BOUND, max_observation_age=600
+        )
+        with frozen(private_postgres):
+            one, took = await _timed(
+                c.CanSend(
+                    api.CanSendRequest(phone=PHONES[1], brand="acme", campaign="promo"),
+                    timeout=CLIENT_DEADLINE,
+                )
+            )
+            batch, _ = await _timed(
+                c.CanSendBatch(
+                    api.CanSendBatchRequest(phones=PHONES, brand="acme", campaign="promo"),
+                    timeout=CLIENT_DEADLINE,
+                )
+            )
+            # With the guard's usual interval, the guard itself cannot look: it says so.
+            runtime.guard._settings = FreshnessSettings(
+                refresh_interval=0.05, wait_bound=WAIT_BOUND
+            )
+            behind, _ = await _timed(
+                c.CanSend(
+                    api.CanSendRequest(phone=PHONES[1], brand="acme", campaign="promo"),
+                    timeout=CLIENT_DEADLINE,
+                )
+            )
+        assert isinstance(behind, api.CanSendResponse), behind
+        assert behind.reason == api.REASON_NOT_CONSISTENT, behind
+        assert "CONSENT_FRESHNESS_WAIT_MS" in behind.detail, behind.detail
+        assert took < ANSWERED_WITHIN, f"CanSend took {took:.1f} s"
+        assert isinstance(one, api.CanSendResponse), one
+        assert isinstance(batch, api.CanSendBatchResponse), batch
+        for answer in [one, *batch.decisions]:
+            assert not answer.allowed and answer.reason == api.REASON_INTERNAL_ERROR, answer
+            assert "did not answer" in answer.detail, answer.detail
+            assert "CONSENT_POSTGRES_TIMEOUT_MS" in answer.detail, answer.detail
+    await private_postgres.drop_database(name)
