@@ -29,6 +29,7 @@ from ledger.commands import (
     RecordSubscriberLocation,
     ReplyKind,
     ResolveRevocationCandidate,
+    SetBrandPolicy,
     handle_inbound,
     to_events,
 )
@@ -631,3 +632,13 @@ def test_the_response_names_the_kind_to_send_the_owed_reply_as(body, kind) -> No
     outcome = handle_inbound(command, campaign, fold(record([grant])), now=AT)
     response = api.inbound_outcome_to_proto(outcome, ["e1"], "subscribers:0:1")
     assert response.reply_message_kind == kind
+
+
+def test_a_set_brand_policy_request_becomes_its_command() -> None:
+    # No occurred_at: the setting is dated when it is recorded (not in WRITES).
+    msg = api_pb2.SetBrandPolicyRequest(request_id="req-1", brand=BRAND, revoke_all=True)
+    assert api.command_from_proto(msg) == SetBrandPolicy("req-1", BRAND, revoke_all=True)
+    off = api_pb2.SetBrandPolicyRequest(request_id="req-1", brand=BRAND)
+    with pytest.raises(InvalidRequest) as err:
+        to_events(api.command_from_proto(off), AT)  # type: ignore[arg-type]
+    assert err.value.field == "revoke_all"
