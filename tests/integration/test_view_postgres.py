@@ -22,6 +22,7 @@ from ledger.events import (
 from ledger.ports import Stream
 from services.adapters.migrations import discover, migrate
 from services.adapters.postgres_view import (
+    _CHANGES,
     _INSERT_EVENT,
     PostgresConsentView,
     _event_row,
@@ -423,3 +424,37 @@ async def test_views_on_separate_pools_share_one_turn_for_campaign_writes(
         await asyncio.gather(*holders, return_exceptions=True)
         for pool in pools:
             pool.terminate()
+
+
+async def test_a_change_stream_page_reads_the_changes_index(postgres_dsn: str) -> None:
+    """A page of a brand's changes is found by brand, partition and offset (migration
+    0010), not by reading the brand's whole history from its first event."""
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+        view = PostgresConsentView(pool)
+        pos = Positions()
+        events = [
+            grant(f"+1415555{n % 4000:04d}", f"brand-{n % 5}", "deals", T0 + timedelta(seconds=n))
+            for n in range(20_000)
+        ]
+        recorded = pos.record(events)
+        for start in range(0, len(recorded), 4000):
+            await view.apply(Stream.SUBSCRIBERS, recorded[start : start + 4000])
+        async with pool.acquire() as conn:
+            await conn.execute("ANALYZE ledger_event_copy")
+            plan = await conn.fetchval(
+                f"EXPLAIN (FORMAT JSON) {_CHANGES}",
+                "brand-1",
+                [0, 1, 2, 3],
+                [900, 900, 900, 900],
+                100,
+                None,
+                None,
+            )
+        page = await view.changes("brand-1", {p: 900 for p in range(4)}, 100)
+    finally:
+        await pool.close()
+    assert "ledger_event_copy_changes" in plan
+    assert len(page.events) == 100
+    assert all(r.position.offset >= 900 for r in page.events)
