@@ -106,14 +106,15 @@ candidate when
   es mío, ya no le pertenece, nunca he sido cliente; French mauvais numéro).
   "I sent that to the wrong person" is not.
 
-A decline and nothing else ("No thanks", "no thank you, I'm good", "hard
-pass", "thanks but no thanks", "please no", "nah I'm good", "I'm all set,
-thanks", "don't need it", "I'm good on these", "I'll pass on these", "I'm all
-set with these texts"), a judgement and nothing else ("not wanted", "not
-welcome"), and quitting said of oneself ("I'm done", "leave", "exit") are
+A decline and nothing else ("No thanks", "no thank you, I'm good", "hard pass",
+"thanks but no thanks", "please no", "nah I'm good", "I'm all set, thanks",
+"don't need it", "I'm good on these", "I'll pass on these", "I'm all set with
+these texts", "daily texts? no thanks", "gracias pero no gracias", "not looking
+for a loan", "goodbye forever"), a judgement and nothing else ("not wanted",
+"not welcome"), and quitting said of oneself ("I'm done", "leave", "exit") are
 candidates: read alone after a marketing text they could mean "no more of
-these". A bare "no", "who is this?", "not now" and "No thanks, see you
-Tuesday" are conversation: they answer the question asked.
+these". A bare "no", "who is this?", "not now" and "No thanks, see you Tuesday"
+are conversation: they answer the question asked.
 
 Languages: English and Spanish are covered throughout; French for the main
 forms (arrêt, désabonner, ne ... plus, plus de SMS, pas intéressé, laissez-moi
@@ -874,11 +875,12 @@ def _negated_contact(words: list[str]) -> bool:
         # "no need to text me": not "no need to call, text is fine".
         if (
             words[i : i + 3] == ["no", "need", "to"]
-            and _is_contact(words[i + 3] if len(words) > i + 3 else "")
-            and words[i + 4 : i + 5]
+            and (_keep := 1 if words[i + 3 : i + 4] in (["keep"], ["continue"]) else 0) >= 0
+            and _is_contact(words[i + 3 + _keep] if len(words) > i + 3 + _keep else "")
+            and words[i + 4 + _keep : i + 5 + _keep]
             and (
-                words[i + 4] in _ME | _POSSESSIVE | _MORE
-                or words[i + 4] in {"anymore", "again", "to", "out", "ever"}
+                words[i + 4 + _keep] in _ME | _POSSESSIVE | _MORE
+                or words[i + 4 + _keep] in {"anymore", "again", "to", "out", "ever"}
             )
         ):
             return True
@@ -1334,7 +1336,7 @@ def _short_ender(clauses: list[list[str]], *, question: bool) -> bool:
     ):
         return True
     # "No thanks", "no thank you, I'm good", "hard pass": declining, and nothing else.
-    if set(words) <= _COURTESY | _DECLINING and (
+    if set(words) <= _COURTESY | _DECLINING | _DECLINED and (
         "pass" in words
         or (_NO & set(words) and _THANKS & set(words))
         # "nah I'm good", "no, we're all set": a refusal, not "I'm good, how are you?"
@@ -1371,7 +1373,9 @@ def _short_ender(clauses: list[list[str]], *, question: bool) -> bool:
 
 _NO = _words("no nope nah non nao")
 _THANKS = _words("thanks thank thankyou gracias merci obrigado obrigada")
-_DECLINING = _NO | _THANKS | _words("pass hard not interested good fine set ill all estoy but")
+_DECLINING = _NO | _THANKS | _words("pass hard not interested good fine set ill all estoy but pero")
+# What a decline may name: "daily texts? no thanks".
+_DECLINED = _CONTACT | _SERVICE | _words("daily weekly more these any your")
 _SUSPICION = _words("scam scammer scammers estafa")
 _UNWELCOME = _words("welcome wanted needed appreciated necessary requested")
 
@@ -1543,6 +1547,10 @@ _MESSAGE_RULES = re.compile(
     r"text list|club)\b"
     r"|\brm (me|us|my (number|info|name))\b"
     r"|\btoo many (of )?(these|those|them|em)\b"
+    r"|\b(good ?bye|bye|adios|chao|ciao) (forever|for good|for ever|for real|para siempre)\b"
+    r"|^\W*(i'?m |i m |i am |we'?re |we re |we are )?not (looking|in the market|shopping|buying|"
+    r"interested)"
+    r"( for (a |an |any )?\w+( \w+)?)?\W*(thanks|thank you|thx|ty)?\W*$"
     r"|^\W*no\s*!+\W*$|^\W*(no\W+){2,}no\W*$"
     r"|\bya (estoy|estamos) (muy |bien |super )?(hart[oa]s?|hastiad[oa]s?)\b"
     r"|\b(me|nos) (tienen|tiene) (\w+ )?(hart[oa]s?|cansad[oa]s?|hastiad[oa]s?|hasta la madre)\b"
