@@ -75,13 +75,13 @@ candidate when
 - no more / no further / no longer / anymore come with messages, a wish or
   courtesy; Spanish "ya no", "nunca más", "ya estuvo";
 - the person asks to be removed: remove, delete, erase, unenroll + me, us, my
-  number, my info; be taken off, take / get / scratch me off; off or out of
-  the list; opt me out, count me out, want out; lose my number; scratch my
-  name from your records; not in future texts; get these off my phone; leave,
-  exit or get out of this list, group or chat ("how do I leave this"); rm me
-  (Spanish bórrenme, sáquenme de la lista, darme de baja, desuscribirme,
-  salir de la lista, acaben con estos mensajes, retiro mi consentimiento;
-  French désabonner, supprimez mon numéro);
+  number, my info; be taken off, take / get / scratch me off; off or out of the
+  list; opt me out, count me out, want out; lose my number; scratch my name from
+  your records; not in future texts; get these off my phone; leave, exit or get
+  out of this list, group or chat ("how do I leave this"); rm me (Spanish
+  bórrenme, sáquenme de la lista, darme de baja, desuscribirme, salir de la
+  lista, acaben con estos mensajes, retiro mi consentimiento; French désabonner,
+  supprimez mon numéro);
 - it complains or refuses: leave me alone / be, go away, get lost, get off my
   phone, f*** off, give it a rest, you're annoying, bothering / harassing /
   spamming me, spam, unsolicited, unwanted, tired / sick of / so over these
@@ -89,15 +89,16 @@ candidate when
   texts, no use for these, these are annoying, "NO!" or "no no no" alone,
   "annoying" or "not again" alone, how many times do I have to ask, consent
   withdrawn, too many texts, too many of these, never shopped there, block or
-  report you, do not call, DNC, TCPA, FCC, sue, see you in court, talk to my
-  lawyer, keep or still texting me, why are you texting me, why am I on this
-  list, I told you to stop, how did you get my number, I never signed up / don't
-  remember signing up / didn't consent / no permission / didn't request this;
-  fewer texts, only text me if (a frequency limit the provider's policy says is
-  respected); texts judged worst, pointless, not welcome (Spanish déjenme en
-  paz, ya estoy harta, me tienen cansado, me están molestando, ¿por qué me
-  siguen escribiendo?, ya les dije que no, los voy a reportar, abstenerse de
-  enviar);
+  report you, who signed me up, I'd appreciate it if you stopped, being left
+  alone, my lawyer will be in touch, do not call, DNC, TCPA, FCC, sue, see you
+  in court, talk to my lawyer, keep or still texting me, why are you texting me,
+  why am I on this list, I told you to stop, how did you get my number, I never
+  signed up / don't remember signing up / didn't consent / no permission /
+  didn't request this; fewer texts, only text me if (a frequency limit the
+  provider's policy says is respected); texts judged worst, pointless, not
+  welcome (Spanish déjenme en paz, ya estoy harta, me tienen cansado, me están
+  molestando, ¿por qué me siguen escribiendo?, ya les dije que no, los voy a
+  reportar, abstenerse de enviar);
 - it says the number reached the wrong person: wrong number / person, you
   have the wrong..., not my number, not the person you want, I'm not Kevin or
   there's no Maria here (a capitalised name after the denial), I don't know
@@ -111,10 +112,11 @@ A decline and nothing else ("No thanks", "no thank you, I'm good", "hard pass",
 "don't need it", "I'm good on these", "I'll pass on these", "I'm all set with
 these texts", "daily texts? no thanks", "gracias pero no gracias", "not looking
 for a loan", "goodbye forever"), a judgement and nothing else ("not wanted",
-"not welcome"), and quitting said of oneself ("I'm done", "leave", "exit") are
-candidates: read alone after a marketing text they could mean "no more of
-these". A bare "no", "who is this?", "not now" and "No thanks, see you Tuesday"
-are conversation: they answer the question asked.
+"not welcome", "this is excessive"), a refusal for good and nothing else ("no
+never", "not now, not ever", "hell no"), and quitting said of oneself ("I'm
+done", "leave", "exit") are candidates: read alone after a marketing text they
+could mean "no more of these". A bare "no", "who is this?", "not now" and "No
+thanks, see you Tuesday" are conversation: they answer the question asked.
 
 Languages: English and Spanish are covered throughout; French for the main
 forms (arrêt, désabonner, ne ... plus, plus de SMS, pas intéressé, laissez-moi
@@ -638,13 +640,14 @@ _REMOVERS = _words(
     unregister unfollow unlist uninstall scrub purge exclude withdraw borrar borra borren borre
     borrarme
     eliminar elimina eliminen elimine eliminarme quitar quita quiten quitarme sacar saca saquen
-    saque sacarme remover remuevan supprimer supprimez retirez enlevez retirer enlever remova
+    saque sacarme remover remuevan retiren retirar retirarme retirenme retirame supprimer
+    supprimez retirez enlevez retirer enlever remova
     removam tirar tirem excluir excluam removal
     """
 )
 # Spanish imperatives with the pronoun attached: "bórrenme", "sáquenme".
 _REMOVE_ME = re.compile(
-    r"(borr|elimin|quit|sac|saqu|remuev|remov|desapunt|exclu|bajen|bajar)\w*(me|nos)$"
+    r"(borr|elimin|quit|sac|saqu|remuev|remov|desapunt|exclu|bajen|bajar|retir)\w*(me|nos)$"
 )
 _LOSERS = _words("lose forget drop wipe toss trash burn olviden")
 _TAKERS = _words(
@@ -1041,6 +1044,12 @@ def _removal(words: list[str]) -> bool:
         if word in _REMOVERS:
             before = _window(words, i - 3, 3)
             after = _window(words, i + 1, 4)
+            # "¿me pueden quitar el cargo?": the Spanish "me" is for whom, the
+            # object a thing that is not the messages, the list or the number.
+            if after[:1] in (["el"], ["la"], ["los"], ["las"], ["un"], ["una"]) and not (
+                set(after[1:2]) & (_SERVICE | _IDENT | _CONTACT)
+            ):
+                continue
             if _has_me([*before, *after]) or {"be", "been", "being"} & set(before):
                 return True
             if re.search(
@@ -1344,6 +1353,12 @@ def _short_ender(clauses: list[list[str]], *, question: bool) -> bool:
         or (_NO & set(words) and {"am", "m", "are", "re"} & set(words) and "now" not in words)
     ):
         return True
+    # "no never", "not now, not ever", "hell no": a refusal for good, nothing else.
+    if set(words) <= _COURTESY | _NO | _REFUSALS and (
+        {"never", "ever"} & set(words)
+        or ({"hell", "heck", "f", "fuck"} & set(words) and _NO & set(words))
+    ):
+        return True
     # "I'm all set, thanks": nothing more wanted ("all set for tomorrow" says more).
     if (
         {"all", "set"} <= set(words)
@@ -1368,7 +1383,10 @@ def _short_ender(clauses: list[list[str]], *, question: bool) -> bool:
     ):
         return True
     # One clause of nothing else in a longer message: "This is a business line, remove."
-    return any(_courtesy_only([clause], _ENDERS | _REMOVERS) for clause in clauses)
+    # "every day?? enough": a last clause of "enough" that is not a question.
+    return any(_courtesy_only([clause], _ENDERS | _REMOVERS) for clause in clauses) or (
+        not question and _courtesy_only(clauses[-1:], _ENOUGH - asking)
+    )
 
 
 _NO = _words("no nope nah non nao")
@@ -1377,6 +1395,7 @@ _DECLINING = _NO | _THANKS | _words("pass hard not interested good fine set ill 
 # What a decline may name: "daily texts? no thanks".
 _DECLINED = _CONTACT | _SERVICE | _words("daily weekly more these any your")
 _SUSPICION = _words("scam scammer scammers estafa")
+_REFUSALS = _words("never not now ever hell heck f fuck and way nah nope")
 _UNWELCOME = _words("welcome wanted needed appreciated necessary requested")
 
 
@@ -1547,6 +1566,21 @@ _MESSAGE_RULES = re.compile(
     r"text list|club)\b"
     r"|\brm (me|us|my (number|info|name))\b"
     r"|\btoo many (of )?(these|those|them|em)\b"
+    r"|\b(grateful|appreciate\w*|great|nice|thankful|happy|glad|prefer|rather|better) (it )?if "
+    r"(you|u|y'?all) (\w+ ){0,2}(stop\w*|quit\w*|did not|do not|would not|never|"
+    r"left me alone|leave me alone|remov\w*|took me off|take me off|unsub\w*)\b"
+    r"|\b(be|being|to be|get|stay) left alone\b"
+    r"|^\W*(this|it|that|these|they|this texting)('?s| is| are| r)? "
+    r"(so |way |just |really |getting )?"
+    r"(excessive|too much|ridiculous|insane|out of control|overkill|a lot|nonstop)\W*$"
+    r"|\bwho (\w+ )?(signed|subscribed|enrolled|registered|added|put) "
+    r"(me|us|my number|this number) (up|on|to|for|in)\b"
+    r"|\b(my|our) (lawyer|attorney|abogado|abogada) (will|ll|is going to|is gonna|va a|shall) "
+    r"(\w+ ){0,2}(be in touch|contact (you|u|them)|reach out|sue|deal with (you|this|it)|"
+    r"be contacting|contactar\w*|demandar\w*)\b"
+    r"|\b(get|be|being|getting|taken|removed) (off|out of|removed from|taken off|from) "
+    r"(the|your|ur|this|that|these|those|all|any) (\w+ ){0,2}"
+    r"(list|lists|program|database|group|chat)\b"
     r"|\b(good ?bye|bye|adios|chao|ciao) (forever|for good|for ever|for real|para siempre)\b"
     r"|^\W*(i'?m |i m |i am |we'?re |we re |we are )?not (looking|in the market|shopping|buying|"
     r"interested)"
