@@ -23,6 +23,7 @@ from typing import ClassVar
 from eventsourcing.domain import DomainEvent
 
 from ledger.campaigns import PROOF_TEMPLATE_FIELDS, CampaignPolicy
+from ledger.validation import is_blank
 
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c1f2e-8f3b-4d6a-9a53-6b7f4c0e2d11")
 """Namespace for deriving an event id from a client request id (uuid5)."""
@@ -135,27 +136,29 @@ class ConsentProof:
         For a method other than a web form, ``collection_detail`` stands for the IP
         address and the URL, as the template allows ("or other method of
         collection", "or details around other collection methods")."""
-        detail = method is not CollectionMethod.WEB_FORM and bool(self.collection_detail)
+        detail = method is not CollectionMethod.WEB_FORM and not is_blank(self.collection_detail)
         return [
             f"proof.{name}"
             for name in PROOF_TEMPLATE_FIELDS
-            if not getattr(self, name) and not (detail and name in ("ip_address", "form_url"))
+            if is_blank(getattr(self, name)) and not (detail and name in ("ip_address", "form_url"))
         ]
 
     def missing_fields(self, method: CollectionMethod) -> list[str]:
         """Names of the proof fields ``method`` requires that are empty."""
         missing: list[str] = []
-        if not self.consent_text and not (self.consent_text_sha256 and self.consent_text_version):
+        if is_blank(self.consent_text) and (
+            is_blank(self.consent_text_sha256) or is_blank(self.consent_text_version)
+        ):
             missing.append("proof.consent_text")
         if method is CollectionMethod.WEB_FORM:
             for name in ("name", "ip_address", "form_url", "screenshot_ref", "screenshot_sha256"):
-                if not getattr(self, name):
+                if is_blank(getattr(self, name)):
                     missing.append(f"proof.{name}")
         elif method in (CollectionMethod.PAPER, CollectionMethod.VERBAL):
             for name in ("name", "collection_detail"):
-                if not getattr(self, name):
+                if is_blank(getattr(self, name)):
                     missing.append(f"proof.{name}")
-        elif not self.collection_detail:
+        elif is_blank(self.collection_detail):
             # Keyword replies name the inbound message; imports name the original source.
             missing.append("proof.collection_detail")
         return missing

@@ -92,6 +92,13 @@ def check_not_blank(value: str, field: str, what: str) -> str:
     return value
 
 
+def is_blank(value: str) -> bool:
+    """Nothing a reader could see: empty, or only white space and invisible format
+    characters (a zero-width space, a bidi mark). A proof field that holds only
+    these proves nothing, so it counts as left out."""
+    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in value)
+
+
 def _describe(ch: str) -> str:
     name = unicodedata.name(ch, "")
     code = f"U+{ord(ch):04X}"

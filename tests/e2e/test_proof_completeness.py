@@ -133,3 +133,36 @@ async def test_an_unknown_required_proof_field_is_refused_at_definition(service)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             fields = [f for f, _ in status_details(refused.value)]
             assert fields[0].startswith("policy.required_proof_fields[")
+
+
+@pytest.mark.parametrize("blank", ["   ", "\u200b", "\u3000", " \u2060\t"])
+async def test_proof_fields_of_only_blanks_are_proof_left_out(service, blank):
+    """A web-form opt-in whose name, IP address, URL, wording and screenshot are only
+    spaces or invisible characters proves nothing: refused like one that leaves them
+    empty, each field named, nothing written; and a strict campaign's required
+    fields are not met by blanks either."""
+    runtime, when = service
+    empty = lpb.ConsentProof(
+        registered_at=proof(when).registered_at,
+        **dict.fromkeys(
+            ["name", "ip_address", "form_url", "consent_text", "screenshot_ref"], blank
+        ),
+        screenshot_sha256=blank,
+    )
+    async with client(runtime.address) as c:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordOptIn(opt_in(PHONE, "acme", "promo", when, proof=empty))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        named = {f for f, _ in status_details(err.value)}
+        assert {"proof.name", "proof.ip_address", "proof.form_url"} <= named, named
+        assert {"proof.consent_text", "proof.screenshot_ref", "proof.screenshot_sha256"} <= named
+        strict = proof(when)
+        strict.email, strict.postal_address = blank, blank
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordOptIn(opt_in(PHONE, "acme", "strict", when, proof=strict))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "proof.email" in [f for f, _ in status_details(err.value)]
+        state = await c.GetConsent(
+            api.GetConsentRequest(phone=PHONE, brand="acme", campaign="promo")
+        )
+        assert not state.HasField("grant"), "a refused opt-in was written"
