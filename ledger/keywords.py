@@ -90,13 +90,15 @@ candidate when
   "annoying" or "not again" alone, how many times do I have to ask, consent
   withdrawn, too many texts, too many of these, never shopped there, block or
   report you, who signed me up, I'd appreciate it if you stopped, being left
-  alone, my lawyer will be in touch, do not call, DNC, TCPA, FCC, sue, see you
-  in court, talk to my lawyer, keep or still texting me, why are you texting me,
-  why am I on this list, I told you to stop, how did you get my number, I never
-  signed up / don't remember signing up / didn't consent / no permission /
-  didn't request this; fewer texts, only text me if (a frequency limit the
-  provider's policy says is respected); texts judged worst, pointless, not
-  welcome (Spanish déjenme en paz, ya estoy harta, me tienen cansado, me están
+  alone, my lawyer will be in touch, I don't do text marketing, removal request,
+  want off, do not call, DNC, TCPA, FCC, sue, see you in court, talk to my
+  lawyer, keep or still texting me, why are you texting me, why am I on this
+  list, I told you to stop, how did you get my number, I never signed up / don't
+  remember signing up / didn't consent / no permission / didn't request this;
+  fewer texts, only text me if (a frequency limit the provider's policy says is
+  respected); texts judged worst, pointless, not welcome (Spanish déjenme en
+  paz, ya estoy harta, no los soporto, qué lata con sus mensajes, otra vez con
+  sus mensajes, sin publicidad, no acepto mensajes, me tienen cansado, me están
   molestando, ¿por qué me siguen escribiendo?, ya les dije que no, los voy a
   reportar, abstenerse de enviar);
 - it says the number reached the wrong person: wrong number / person, you
@@ -747,6 +749,8 @@ def _stop_word(words: list[str]) -> bool:
             continue  # "paren en la esquina": pull up there
         if word != "stop":
             return True
+        if _kept(words, i):
+            continue  # "please don't stop the sale"
         if words[i - 2 : i] in (["put", "a"], ["make", "a"]):
             return True  # "put a stop to this"
         if before in _STOP_PLACE:
@@ -1078,6 +1082,13 @@ def _removal(words: list[str]) -> bool:
                 return True
             if word == "out" and i and words[i - 1] in {"want", "me", "us", "opt", "opted"}:
                 return True
+            # "I want off (the list)", not "I want off at the next stop".
+            if (
+                word == "off"
+                and words[i - 1 : i] == ["want"]
+                and set(words[i + 1 :]) <= _COURTESY | _SERVICE
+            ):
+                return True
         if word in {"salir", "sair", "salirme"} and "service" in _window(words, i + 1, 4):
             return True
         if word == "de" and i + 1 < len(words) and words[i + 1] == "baja":
@@ -1217,7 +1228,8 @@ def _complaint(words: list[str]) -> bool:
         r"(get|got|find|found|obtain|obtained|have|has) (my|this) (number|info)\b"
         r"|\bwho (\w+ )?(gave|give|gives|sold|shared|passed|provided) (you|them) (my|this) "
         r"(number|info)\b"
-        r"|\b(como|donde|quien) (\w+ ){0,2}(consiguieron|obtuvieron|sacaron|dio|dieron|paso|"
+        r"|\b(como|donde|quien|por que|porque) (\w+ ){0,2}(consiguieron|obtuvieron|sacaron|dio|"
+        r"dieron|paso|"
         r"pasaron|tienen|tiene|consiguio|obtuvo) (mi|este) (number|info)\b"
         r"|\b(dej\w*|laiss\w*|fich\w*|fout\w*|deix\w*)( \w+)? (en paz|tranquil\w*|la paix)\b"
         r"|\b(knock|cut) (it|this|that) (off|out)\b"
@@ -1345,12 +1357,17 @@ def _short_ender(clauses: list[list[str]], *, question: bool) -> bool:
     ):
         return True
     # "No thanks", "no thank you, I'm good", "hard pass": declining, and nothing else.
-    if set(words) <= _COURTESY | _DECLINING | _DECLINED and (
-        "pass" in words
-        or (_NO & set(words) and _THANKS & set(words))
-        # "nah I'm good", "no, we're all set": a refusal, not "I'm good, how are you?"
-        # ("no, I'm good for now" only declines this once).
-        or (_NO & set(words) and {"am", "m", "are", "re"} & set(words) and "now" not in words)
+    # ("No, that's all, thanks" answers "anything else?").
+    if (
+        set(words) <= _COURTESY | _DECLINING | _DECLINED
+        and "that" not in words
+        and (
+            "pass" in words
+            or (_NO & set(words) and _THANKS & set(words))
+            # "nah I'm good", "no, we're all set": a refusal, not "I'm good, how are you?"
+            # ("no, I'm good for now" only declines this once).
+            or (_NO & set(words) and {"am", "m", "are", "re"} & set(words) and "now" not in words)
+        )
     ):
         return True
     # "no never", "not now, not ever", "hell no": a refusal for good, nothing else.
@@ -1566,6 +1583,21 @@ _MESSAGE_RULES = re.compile(
     r"text list|club)\b"
     r"|\brm (me|us|my (number|info|name))\b"
     r"|\btoo many (of )?(these|those|them|em)\b"
+    r"|\b(i|we) (do not|don t|dont) (do|accept|want|allow|take|respond to|reply to|answer|read) "
+    r"(\w+ )?(text |sms |txt )?(marketing|promotions?|promos|ads|advertising|solicitations)\b"
+    r"|\bno (acepto|aceptamos|recibo|recibimos|permito|permitimos|leo) (\w+ ){0,2}(mensajes|msjs|"
+    r"textos|publicidad|promociones|llamadas|anuncios)\b"
+    r"|^\W*(list |opt ?out |unsubscribe |number )?(removal|unsubscribe|opt ?out)( request)?"
+    r"( please| pls| plz| thanks| thank you| asap)*\W*$"
+    r"|^\W*(requesting|request) (removal|to be removed|to unsubscribe|unsubscribe|to opt out|"
+    r"opt ?out)( from (the |your |this )?(list|texts|messages))?( please| thanks| thank you)*\W*$"
+    r"|\b(otra vez|de nuevo|again) (con|with) (sus|los|tus|estos|esos|the|these|your|ur) "
+    r"(mensajes|msjs|textos|promociones|publicidad|texts?|messages|msgs|promos|ads)\b"
+    r"|\b(no|ya no) (los|las|te|les|lo|la) (soporto|aguanto|tolero|soportamos|aguantamos)\b"
+    r"|\bno (soporto|aguanto|tolero) (sus|los|tus|estos|tantos) \w+"
+    r"|\bque (lata|fastidio|pesad\w+|molest\w+|hartazgo|necios|necedad|ladilla|friega) (con|de)\b"
+    r"|^\W*sin (publicidad|promociones|mensajes|anuncios|ofertas|spam)( por favor| porfa| gracias)*"
+    r"\W*$"
     r"|\b(grateful|appreciate\w*|great|nice|thankful|happy|glad|prefer|rather|better) (it )?if "
     r"(you|u|y'?all) (\w+ ){0,2}(stop\w*|quit\w*|did not|do not|would not|never|"
     r"left me alone|leave me alone|remov\w*|took me off|take me off|unsub\w*)\b"
