@@ -196,6 +196,19 @@ def _invalid_phone(exc: InvalidPhoneNumber) -> Decision:
     return deny(Reason.INVALID_PHONE, f"not a phone number: {exc.reason}")
 
 
+def _not_numbers(phones: Sequence[str]) -> dict[int, Decision]:
+    """The answers for a batch's entries that are no phone numbers, by place: an entry
+    says why it is refused even when the others cannot be answered."""
+    invalid: dict[int, Decision] = {}
+    for i, phone in enumerate(phones):
+        if _E164.fullmatch(phone) is None:
+            try:
+                to_e164(phone, field=f"phones[{i}]")
+            except InvalidPhoneNumber as exc:
+                invalid[i] = _invalid_phone(exc)
+    return invalid
+
+
 def _placed(decisions: list[Decision], invalid: dict[int, Decision]) -> list[Decision]:
     """``decisions`` with the answers for entries that are no numbers in their places."""
     for i, decision in invalid.items():
@@ -642,7 +655,7 @@ class ConsentApp:
         fresh = await self._fresh(phones, token)
         read_at = self.guard.applied_token()
         if not fresh:
-            return BatchResult([_behind()] * len(phones), read_at)
+            return BatchResult(_placed([_behind()] * len(phones), _not_numbers(phones)), read_at)
         # PostgreSQL text holds no NUL: an entry with one is no number (answered in its
         # place below), and looked up it would fail the query it shares with others.
         lookup = [p for p in phones if "\x00" not in p] if "\x00" in "".join(phones) else phones
@@ -659,7 +672,7 @@ class ConsentApp:
             missing = sorted({numbers[i] for i in unknown} - set(phones) - digests.keys())
             if missing:
                 if not await self._fresh(missing, None):
-                    return BatchResult([_behind()] * len(numbers), read_at)
+                    return BatchResult(_placed([_behind()] * len(numbers), invalid), read_at)
                 digests.update(await self.reads.digests(brand, missing))
             for i in unknown:  # no fact about the number towards this brand
                 n = numbers[i]

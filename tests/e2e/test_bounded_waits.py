@@ -317,6 +317,23 @@ async def test_a_check_whose_read_times_out_says_which_bound(
                     timeout=CLIENT_DEADLINE,
                 )
             )
+            odd, _ = await _timed(
+                c.CanSendBatch(
+                    api.CanSendBatchRequest(
+                        phones=[PHONES[1], "not a number", PHONES[0] + "\n"],
+                        brand="acme",
+                        campaign="promo",
+                    ),
+                    timeout=CLIENT_DEADLINE,
+                )
+            )
+        # The entries that are no numbers say so in their places, whatever the store.
+        assert isinstance(odd, api.CanSendBatchResponse), odd
+        assert [d.reason for d in odd.decisions] == [
+            api.REASON_NOT_CONSISTENT,
+            api.REASON_INVALID_PHONE,
+            api.REASON_INVALID_PHONE,
+        ], odd
         assert isinstance(behind, api.CanSendResponse), behind
         assert behind.reason == api.REASON_NOT_CONSISTENT, behind
         assert "CONSENT_FRESHNESS_WAIT_MS" in behind.detail, behind.detail
