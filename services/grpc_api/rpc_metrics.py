@@ -40,15 +40,27 @@ def _code(context: grpc.aio.ServicerContext, failed: BaseException | None) -> st
 class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, metrics: ServiceMetrics) -> None:
         self._metrics = metrics
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        """Each method's wrapped handler, made at its first call (only methods the
+        server has: an unknown one is not kept)."""
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
+        cached = self._handlers.get(details.method)
+        if cached is not None:
+            return cached
         handler = await continuation(details)
         if handler is None:
             return None
+        wrapped_handler = self._handlers[details.method] = self._wrap(details, handler)
+        return wrapped_handler
+
+    def _wrap(
+        self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler
+    ) -> grpc.RpcMethodHandler:
         service, _, method = details.method.lstrip("/").rpartition("/")
         kind = (
             ("stream" if handler.request_streaming else "unary")
