@@ -75,6 +75,7 @@ from ledger.validation import (
     check_identifier,
     check_not_too_early,
     check_text,
+    is_blank,
 )
 
 # Matched whole (``fullmatch``): with ``match`` and ``$``, "acme\n" passed, and an
@@ -575,7 +576,7 @@ def _sent(cmd: RecordMessageSent, now: datetime) -> list[LedgerEvent]:
 
 
 def _age(cmd: RecordAgeVerification, now: datetime) -> list[LedgerEvent]:
-    if not cmd.method:
+    if is_blank(cmd.method):  # spaces or a zero-width space name no way of verifying
         raise InvalidRequest("method", "is required (how the age was verified)")
     check_length(cmd.method, "method")
     if not cmd.date_of_birth and not cmd.verified_21_plus:

@@ -282,3 +282,24 @@ async def test_a_refusal_that_would_quote_a_huge_field_still_names_it(runtime):
             assert len(err.value.details().encode()) <= 1_024
         # The service is still there for the next caller.
         await c.DefineCampaign(define("acme", "promo", at))
+
+
+@pytest.mark.parametrize("method", ["   ", "\u200b", "\u3000"])
+async def test_an_age_verification_by_no_visible_method_is_refused(runtime, method):
+    """``method`` is required (how the age was verified): one of only spaces or
+    invisible characters names none, and is refused like an empty one."""
+    now = datetime.now(UTC)
+    async with client(runtime.address, "admin") as c:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordAgeVerification(
+                api.RecordAgeVerificationRequest(
+                    request_id=uuid.uuid4().hex,
+                    phone=PHONE,
+                    brand="acme",
+                    method=method,
+                    occurred_at=ts(now - timedelta(minutes=1)),
+                    date_of_birth="1990-01-01",
+                )
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in status_details(err.value)] == ["method"]
