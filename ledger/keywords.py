@@ -91,16 +91,20 @@ candidate when
   withdrawn, too many texts, too many of these, never shopped there, block or
   report you, who signed me up, I'd appreciate it if you stopped, being left
   alone, my lawyer will be in touch, I don't do text marketing, removal request,
-  want off, do not call, DNC, TCPA, FCC, sue, see you in court, talk to my
-  lawyer, keep or still texting me, why are you texting me, why am I on this
-  list, I told you to stop, how did you get my number, I never signed up / don't
-  remember signing up / didn't consent / no permission / didn't request this;
-  fewer texts, only text me if (a frequency limit the provider's policy says is
-  respected); texts judged worst, pointless, not welcome (Spanish déjenme en
-  paz, ya estoy harta, no los soporto, qué lata con sus mensajes, otra vez con
-  sus mensajes, sin publicidad, no acepto mensajes, me tienen cansado, me están
-  molestando, ¿por qué me siguen escribiendo?, ya les dije que no, los voy a
-  reportar, abstenerse de enviar);
+  want off, invading my privacy, respect my wishes, my number is not for ads, I
+  take back my consent, changed my mind about these texts, muting you, not one
+  more text, one more and I block, do not ever, ever text me, do not call, DNC,
+  TCPA, FCC, sue, see you in court, talk to my lawyer, keep or still texting me,
+  why are you texting me, why am I on this list, I told you to stop, how did you
+  get my number, I never signed up / don't remember signing up / didn't consent
+  / no permission / didn't request this; fewer texts, only text me if (a
+  frequency limit the provider's policy says is respected); texts judged worst,
+  pointless, not welcome (Spanish déjenme en paz, respeten mi privacidad, no les
+  di permiso, no doy mi consentimiento, ni se les ocurra, ni uno más, ya estoy
+  harta, no los soporto, qué lata con sus mensajes, otra vez con sus mensajes,
+  sin publicidad, no acepto mensajes, me tienen cansado, me están molestando,
+  ¿por qué me siguen escribiendo?, ya les dije que no, los voy a reportar,
+  abstenerse de enviar);
 - it says the number reached the wrong person: wrong number / person, you
   have the wrong..., not my number, not the person you want, I'm not Kevin or
   there's no Maria here (a capitalised name after the denial), I don't know
@@ -424,6 +428,8 @@ def _canon(token: str) -> tuple[str, ...]:
             return _canon(leet)
         letters = "".join(ch for ch in token if ch.isalpha())
         return _canon(letters) if letters else ()
+    if _REMOVE_ME.search(token) and len(token) >= 6:
+        return (token,)  # "elimínenme", never fuzzed into "eliminen"
     for stem, word in _STRONG_STEMS:
         if token.startswith(stem):
             return (word,)
@@ -1164,7 +1170,7 @@ def _aversion(words: list[str]) -> bool:
                 "cool",
             }
             and "not" in _window(words, i - 2, 2)
-            and any(_is_contact(w) for w in _window(words, i - 4, 9))
+            and any(_is_contact(w) for w in _window(words, i - 6, 11))
         ):
             return True
         if word in _AVERSION:
@@ -1279,7 +1285,10 @@ def _never_consented(words: list[str]) -> bool:
             r"(consent|permission|authorization|authorisation)\b"
             r"|\b(no|nunca) (me |les |le )?(subscribe|inscrib\w*|autoriz\w*|autoric\w*|"
             r"registr\w*|consenti\w*|consiento|acepte)\b"
-            r"|\bno (di|dio|he dado|dimos) (\w+ )?(permiso|consentimiento|autorizacion)\b"
+            r"|\bno (les |le |te )?(di|dio|he dado|dimos|doy|damos|tienen|tiene|tienes|cuentan con)"
+            r" (\w+ )?(\w+ )?(permiso|consentimiento|autorizacion)\b"
+            r"|\b(take|taking|took|takes) back (my |our |the )?(consent|permission|authorization|"
+            r"ok|okay|yes)\b"
             r"|\bsin (mi )?(permiso|consentimiento|autorizacion)\b",
             text,
         )
@@ -1583,6 +1592,21 @@ _MESSAGE_RULES = re.compile(
     r"text list|club)\b"
     r"|\brm (me|us|my (number|info|name))\b"
     r"|\btoo many (of )?(these|those|them|em)\b"
+    r"|\b(invad\w*|invasion (of|a|de)) (my |mi |of my |a mi |de mi )?(privacy|privacidad)\b"
+    r"|\b(respect|respeten|respete|respeta|respetar) (my|mi) (privacy|privacidad|wishes|decision|"
+    r"request|deseo|deseos|peticion|solicitud)\b"
+    r"|\b(number|numero) (\w+ ){0,4}(not|no) (for |para )?(ads|advertising|marketing|promos|"
+    r"promotions|publicidad|promociones|spam)\b"
+    r"|\bchanged? (my|our) mind (about|on) (these |those |the |your |ur |getting |receiving )?"
+    r"(texts?|messages|msgs|alerts|promos|subscription|list|this|these)\b"
+    r"|\b(muting|muted|mute) (you|u|this|these|them|your|ur|y all|yall)\b"
+    r"|\b(do not|don t|dont|never)([ ,]+(ever|even|you|u|dare|think|about|try|trying|bother|"
+    r"again|please|pls|kindly|just|go|be)){1,4}[ ,]+(text|txt|message|msg|contact|call|email|"
+    r"write|spam|ping)\w* (me|us)\b"
+    r"|\b(not|ni) (one|uno|una|un) (more|mas|single)( (text|txt|message|msg|mensaje|msj)\w*)?"
+    r"\W*(please|pls|por favor|porfa)?\W*$"
+    r"|\bone more (\w+ )?(and|&) (i|i ll|i will|i m|im) (\w+ )?(block|report|sue)"
+    r"|\bni se (te|les|le) ocurra\b"
     r"|\b(i|we) (do not|don t|dont) (do|accept|want|allow|take|respond to|reply to|answer|read) "
     r"(\w+ )?(text |sms |txt )?(marketing|promotions?|promos|ads|advertising|solicitations)\b"
     r"|\bno (acepto|aceptamos|recibo|recibimos|permito|permitimos|leo) (\w+ ){0,2}(mensajes|msjs|"
