@@ -93,7 +93,8 @@ candidate when
   alone, my lawyer will be in touch, I don't do text marketing, removal request,
   want off, invading my privacy, respect my wishes, my number is not for ads, I
   take back my consent, changed my mind about these texts, muting you, not one
-  more text, one more and I block, do not ever, ever text me, do not call, DNC,
+  more text, one more and I block, do not ever, ever text me, I'm done getting
+  these, junk, text someone else, pick a different number, do not call, DNC,
   TCPA, FCC, sue, see you in court, talk to my lawyer, keep or still texting me,
   why are you texting me, why am I on this list, I told you to stop, how did you
   get my number, I never signed up / don't remember signing up / didn't consent
@@ -105,13 +106,13 @@ candidate when
   sin publicidad, no acepto mensajes, me tienen cansado, me están molestando,
   ¿por qué me siguen escribiendo?, ya les dije que no, los voy a reportar,
   abstenerse de enviar);
-- it says the number reached the wrong person: wrong number / person, you
-  have the wrong..., not my number, not the person you want, I'm not Kevin or
-  there's no Maria here (a capitalised name after the denial), I don't know
-  you, no one here by that name, passed away, the previous owner, never been
-  a customer (Spanish número equivocado, se equivocó, no soy, ese número no
-  es mío, ya no le pertenece, nunca he sido cliente; French mauvais numéro).
-  "I sent that to the wrong person" is not.
+- it says the number reached the wrong person: wrong number / person, you have
+  the wrong..., not my number, not the person you want, I'm not Kevin, there's
+  no Maria here, no Maria here or you have the wrong Maria (a capitalised name
+  after the denial), I don't know you, no one here by that name, passed away,
+  the previous owner, never been a customer (Spanish número equivocado, se
+  equivocó, no soy, ese número no es mío, ya no le pertenece, nunca he sido
+  cliente; French mauvais numéro). "I sent that to the wrong person" is not.
 
 A decline and nothing else ("No thanks", "no thank you, I'm good", "hard pass",
 "thanks but no thanks", "please no", "nah I'm good", "I'm all set, thanks",
@@ -1054,6 +1055,8 @@ def _removal(words: list[str]) -> bool:
         if word in _REMOVERS:
             before = _window(words, i - 3, 3)
             after = _window(words, i + 1, 4)
+            if word in {"deleted", "removed", "erased"} and words[i - 1 : i] in (["i"], ["we"]):
+                continue  # "I deleted the email by accident": told, not asked
             # "¿me pueden quitar el cargo?": the Spanish "me" is for whom, the
             # object a thing that is not the messages, the list or the number.
             if after[:1] in (["el"], ["la"], ["los"], ["las"], ["un"], ["una"]) and not (
@@ -1495,10 +1498,13 @@ _OTHER_LANGUAGES = re.compile(
 # its capital letter (a message in capitals is left to the other rules).
 _NOT_THAT_PERSON = re.compile(
     r"\b(?:I'?m not|I am not|[Tt]his is not|[Tt]his isn'?t|[Tt]his ain'?t|[Ii]t'?s not|"
-    r"[Tt]his is not|[Nn]o soy|[Nn]o es|[Nn]ot|[Tt]here'?s no|[Tt]here is no|[Nn]o hay)\s+"
+    r"[Tt]his is not|[Nn]o soy|[Nn]o es|[Nn]ot|[Tt]here'?s no|[Tt]here is no|[Nn]o hay|"
+    r"[Ww]rong|[Nn]ingun[ao]?)\s+"
     r"(?!I\b|Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday|January|February|March|"
     r"April|May|June|July|August|September|October|November|December|OK|Ok)"
     r"[A-Z][a-z]{2,}\b"
+    # "No Sheila here": a bare "No" before a name only with where she is not.
+    r"|\b[Nn]o\s+[A-Z][a-z]{2,}\s+(?:here|at this number|lives here|aqu[ií])\b"
 )
 
 
@@ -1592,6 +1598,12 @@ _MESSAGE_RULES = re.compile(
     r"text list|club)\b"
     r"|\brm (me|us|my (number|info|name))\b"
     r"|\btoo many (of )?(these|those|them|em)\b"
+    r"|\b(am|m|re|are) (so |totally |just )?done (getting|receiving|reading|hearing|with these)\b"
+    r"|^\W*(this is |it s |its |pure |just |more |what )?(junk|garbage|trash|crap|bs)"
+    r"( mail| texts?| messages?| again)?\W*$"
+    r"|\b(text|txt|bother|message|msg|spam|call|try|find|pick|contact|harass|annoy|pester) (\w+ )?"
+    r"(someone|somebody|some one|sombody) else\b"
+    r"|\b(pick|try|dial|find|use) (a |another )?(different|other|new) (number|person|victim)\b"
     r"|\b(invad\w*|invasion (of|a|de)) (my |mi |of my |a mi |de mi )?(privacy|privacidad)\b"
     r"|\b(respect|respeten|respete|respeta|respetar) (my|mi) (privacy|privacidad|wishes|decision|"
     r"request|deseo|deseos|peticion|solicitud)\b"
