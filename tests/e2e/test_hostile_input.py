@@ -303,3 +303,31 @@ async def test_an_age_verification_by_no_visible_method_is_refused(runtime, meth
             )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert [f for f, _ in status_details(err.value)] == ["method"]
+
+
+async def test_a_time_before_2000_is_named_beside_a_field_that_cannot_be_read(runtime):
+    """A write refused for a field that cannot be read (an unknown enum value) still
+    names its time before 2000 in the same answer: only the time's future bound needs
+    the request's other fields, not its lower bound."""
+    epoch = Timestamp(seconds=1)
+    async with client(runtime.address, "admin") as c:
+        calls = [
+            c.RecordMessageSent(
+                api.RecordMessageSentRequest(
+                    request_id="r-1", phone=PHONE, brand="acme", campaign="promo",
+                    message_id="SM1", kind=99, occurred_at=epoch,
+                )
+            ),
+            c.RecordReconfirmation(
+                api.RecordReconfirmationRequest(
+                    request_id="r-2", phone=PHONE, brand="acme", campaign="promo",
+                    channel=99, occurred_at=epoch,
+                )
+            ),
+        ]  # fmt: skip
+        for call in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            named = [f for f, _ in status_details(err.value)]
+            assert "occurred_at" in named and len(named) == 2, named
