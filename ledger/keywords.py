@@ -94,18 +94,20 @@ candidate when
   want off, invading my privacy, respect my wishes, my number is not for ads, I
   take back my consent, changed my mind about these texts, muting you, not one
   more text, one more and I block, do not ever, ever text me, I'm done getting
-  these, junk, text someone else, pick a different number, do not call, DNC,
-  TCPA, FCC, sue, see you in court, talk to my lawyer, keep or still texting me,
-  why are you texting me, why am I on this list, I told you to stop, how did you
-  get my number, I never signed up / don't remember signing up / didn't consent
-  / no permission / didn't request this; fewer texts, only text me if (a
-  frequency limit the provider's policy says is respected); texts judged worst,
-  pointless, not welcome (Spanish déjenme en paz, respeten mi privacidad, no les
-  di permiso, no doy mi consentimiento, ni se les ocurra, ni uno más, ya estoy
-  harta, no los soporto, qué lata con sus mensajes, otra vez con sus mensajes,
-  sin publicidad, no acepto mensajes, me tienen cansado, me están molestando,
-  ¿por qué me siguen escribiendo?, ya les dije que no, los voy a reportar,
-  abstenerse de enviar);
+  these, junk, text someone else, pick a different number, how many more of
+  these, forget I exist, zero texts, who asked, who told you to text me, how is
+  this legal, "report" alone, do not call, DNC, TCPA, FCC, sue, see you in
+  court, talk to my lawyer, keep or still texting me, why are you texting me,
+  why am I on this list, I told you to stop, how did you get my number, I never
+  signed up / don't remember signing up / didn't consent / no permission /
+  didn't request this; fewer texts, only text me if (a frequency limit the
+  provider's policy says is respected); texts judged worst, pointless, not
+  welcome (Spanish déjenme en paz, ¿cómo salgo de esta lista?, ¿cómo hago para
+  no recibir más?, respeten mi privacidad, no les di permiso, no doy mi
+  consentimiento, ni se les ocurra, ni uno más, ya estoy harta, no los soporto,
+  qué lata con sus mensajes, otra vez con sus mensajes, sin publicidad, no
+  acepto mensajes, me tienen cansado, me están molestando, ¿por qué me siguen
+  escribiendo?, ya les dije que no, los voy a reportar, abstenerse de enviar);
 - it says the number reached the wrong person: wrong number / person, you have
   the wrong..., not my number, not the person you want, I'm not Kevin, there's
   no Maria here, no Maria here or you have the wrong Maria (a capitalised name
@@ -266,6 +268,7 @@ _LEXICON = _lexicon(
         """,
         "never": "nvr neva nevr nver nevar",
         "thanks": "thx thnx thnks tnx ty tks thanx thanz",
+        "no thanks": "nty nothx nothanks",
         "you": "u yu yuo yous yall",
         "your": "ur yr yor youre",
         "want to": "wanna wana wanta",
@@ -1074,7 +1077,7 @@ def _removal(words: list[str]) -> bool:
         if (
             word in _LOSERS
             and _has_me(_window(words, i + 1, 3))
-            and ("number" in _window(words, i + 1, 3) or "info" in _window(words, i + 1, 3))
+            and {"number", "info", "contact"} & set(_window(words, i + 1, 3))
         ):
             return True
         if word in {"off", "out", "fuera"}:
@@ -1434,8 +1437,8 @@ _ALONE_COMPLAINTS = (
     _words(
         """
         blocked reported blocking reporting spam scam scammer scammers unsubscribed bloqueado block
-        bloqueados denunciado reportado estafa estafadores pass dejenme dejeme dejame dejennos
-        dejanos
+        bloqueados denunciado reportado report estafa estafadores pass dejenme dejeme dejame
+        dejennos dejanos
         """
     )
     | _REMOVERS
@@ -1598,6 +1601,19 @@ _MESSAGE_RULES = re.compile(
     r"text list|club)\b"
     r"|\brm (me|us|my (number|info|name))\b"
     r"|\btoo many (of )?(these|those|them|em)\b"
+    r"|\bhow many more (of (these|those|them|your|ur)|texts?|messages|msgs|txts)\b"
+    r"|\bforget (i|we) (exist|existed|exists)\b"
+    r"|\bzero (more )?(texts?|txts?|messages|msgs|contact|calls|emails|promos)\b"
+    r"|^\W*who (even )?(asked|cares)\W*$"
+    r"|\bwho (told|asked|allowed|said|let) (you|u|y all|yall) (to|could|can) (text|txt|message|msg|"
+    r"contact|call|email|write)"
+    r"|\bhow is (this|that|it|texting me) (even )?legal\b"
+    r"|\b(this|that|it|these|texting me|your texts) (should be|is|are|s|seems|must be) "
+    r"(so |totally )?(illegal|against the law)\b"
+    r"|\b(salir|salgo|salirme|salimos|me salgo|quitarme|me quito|sacarme|me saco)( \w+)? de "
+    r"(esto|esta lista|la lista|su lista|tu lista|aqui|aca|este grupo|estos mensajes|sus mensajes|"
+    r"esta cosa|este servicio|su servicio)\b"
+    r"|\bno recibir (mas|nada|mensajes|sus|estos|esos|textos|promociones|publicidad)\b"
     r"|\b(am|m|re|are) (so |totally |just )?done (getting|receiving|reading|hearing|with these)\b"
     r"|^\W*(this is |it s |its |pure |just |more |what )?(junk|garbage|trash|crap|bs)"
     r"( mail| texts?| messages?| again)?\W*$"
