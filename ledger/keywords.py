@@ -659,7 +659,7 @@ _REMOVERS = _words(
 )
 # Spanish imperatives with the pronoun attached: "bórrenme", "sáquenme".
 _REMOVE_ME = re.compile(
-    r"(borr|elimin|quit|sac|saqu|remuev|remov|desapunt|exclu|bajen|bajar|retir)\w*(me|nos)$"
+    r"(borr|elimin|quit|sac|saqu|remuev|remov|desapunt|exclu|baj|retir)\w*(me|nos)$"
 )
 _LOSERS = _words("lose forget drop wipe toss trash burn olviden")
 _TAKERS = _words(

@@ -74,6 +74,17 @@ def test_help_keywords_change_no_consent(text):
     assert classify(text) is Intent.HELP
 
 
+@pytest.mark.parametrize("text", ["bájame de la lista", "Bajenme de su lista por favor", "bájenme"])
+def test_spanish_take_me_down_from_the_list_is_a_candidate(text):
+    # "bajar de la lista" is the everyday Spanish for being taken off a list.
+    assert classify(text) is Intent.REVOCATION_CANDIDATE
+
+
+@pytest.mark.parametrize("text", ["bajen el precio", "bajamos mañana"])
+def test_lowering_something_is_not_a_removal(text):
+    assert classify(text) is Intent.CONVERSATION
+
+
 @pytest.mark.parametrize(
     "text",
     [
