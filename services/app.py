@@ -196,7 +196,7 @@ def _invalid_phone(exc: InvalidPhoneNumber) -> Decision:
     return deny(Reason.INVALID_PHONE, f"not a phone number: {exc.reason}")
 
 
-def _not_numbers(phones: Sequence[str]) -> dict[int, Decision]:
+def invalid_entries(phones: Sequence[str]) -> dict[int, Decision]:
     """The answers for a batch's entries that are no phone numbers, by place: an entry
     says why it is refused even when the others cannot be answered."""
     invalid: dict[int, Decision] = {}
@@ -655,7 +655,7 @@ class ConsentApp:
         fresh = await self._fresh(phones, token)
         read_at = self.guard.applied_token()
         if not fresh:
-            return BatchResult(_placed([_behind()] * len(phones), _not_numbers(phones)), read_at)
+            return BatchResult(_placed([_behind()] * len(phones), invalid_entries(phones)), read_at)
         # PostgreSQL text holds no NUL: an entry with one is no number (answered in its
         # place below), and looked up it would fail the query it shares with others.
         lookup = [p for p in phones if "\x00" not in p] if "\x00" in "".join(phones) else phones

@@ -33,7 +33,7 @@ from ledger.phone import to_e164
 from ledger.policy import Decision, Reason, deny, standing
 from ledger.ports import ConsistencyToken
 from ledger.validation import Violations
-from services.app import ConsentApp, WriteResult, check_target
+from services.app import ConsentApp, WriteResult, check_target, invalid_entries
 from services.errors import (
     NotConsistent,
     PermissionDenied,
@@ -225,6 +225,8 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         except Exception as exc:
             _log_failed("CanSendBatch", exc)
             decisions, encoded, provisional = [_internal_error(exc)] * len(phones), "", False
+            for i, refused in invalid_entries(phones).items():  # still said in its place
+                decisions[i] = refused
         self.metrics.decided_all("CanSendBatch", decisions)
         response = api.batch_to_proto(phones, decisions, encoded)
         response.provisional = provisional

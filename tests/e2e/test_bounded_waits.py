@@ -303,7 +303,9 @@ async def test_a_check_whose_read_times_out_says_which_bound(
             )
             batch, _ = await _timed(
                 c.CanSendBatch(
-                    api.CanSendBatchRequest(phones=PHONES, brand="acme", campaign="promo"),
+                    api.CanSendBatchRequest(
+                        phones=[*PHONES, "not a number"], brand="acme", campaign="promo"
+                    ),
                     timeout=CLIENT_DEADLINE,
                 )
             )
@@ -340,7 +342,8 @@ async def test_a_check_whose_read_times_out_says_which_bound(
         assert took < ANSWERED_WITHIN, f"CanSend took {took:.1f} s"
         assert isinstance(one, api.CanSendResponse), one
         assert isinstance(batch, api.CanSendBatchResponse), batch
-        for answer in [one, *batch.decisions]:
+        assert batch.decisions[-1].reason == api.REASON_INVALID_PHONE, batch
+        for answer in [one, *batch.decisions[:-1]]:
             assert not answer.allowed and answer.reason == api.REASON_INTERNAL_ERROR, answer
             assert "did not answer" in answer.detail, answer.detail
             assert "CONSENT_POSTGRES_TIMEOUT_MS" in answer.detail, answer.detail
