@@ -32,7 +32,7 @@ digits read as letters inside words ("st0p"), contractions opened ("don't",
 "dont", "dnt" are "do not"), stop-sign emoji (🛑 ⛔ 🚫 🔕 📵) read as stop, crosses
 or a raised hand (❌ ✖ ✋ 🙅) as cancel, and 🖕 🤬 as f*** off. Each word is then
 mapped to a canonical word: common abbreviations and slang (pls, plz, txt, msg,
-msgs, u, ur, wanna, unsub, nvr, hmu, mo, numba) by a table, Spanish spelt as
+msgs, u, ur, wanna, unsub, nvr, hmu, mo, numba, ion) by a table, Spanish spelt as
 it sounds ("kiero", "kitenme", "sakenme") by reading k as qu or c, misspellings ("unsubscibe",
 "remvoe", "mesage", "wromg", "txet", "stp", "stoop", "sttop") by a table for
 short words and otherwise by edit distance (rapidfuzz) to the words the rules
@@ -96,18 +96,21 @@ candidate when
   more text, one more and I block, do not ever, ever text me, I'm done getting
   these, junk, text someone else, pick a different number, how many more of
   these, forget I exist, zero texts, who asked, who told you to text me, how is
-  this legal, "report" alone, do not call, DNC, TCPA, FCC, sue, see you in
-  court, talk to my lawyer, keep or still texting me, why are you texting me,
-  why am I on this list, I told you to stop, how did you get my number, I never
-  signed up / don't remember signing up / didn't consent / no permission /
-  didn't request this; fewer texts, only text me if (a frequency limit the
-  provider's policy says is respected); texts judged worst, pointless, not
-  welcome (Spanish déjenme en paz, ¿cómo salgo de esta lista?, ¿cómo hago para
-  no recibir más?, respeten mi privacidad, no les di permiso, no doy mi
-  consentimiento, ni se les ocurra, ni uno más, ya estoy harta, no los soporto,
-  qué lata con sus mensajes, otra vez con sus mensajes, sin publicidad, no
-  acepto mensajes, me tienen cansado, me están molestando, ¿por qué me siguen
-  escribiendo?, ya les dije que no, los voy a reportar, abstenerse de enviar);
+  this legal, "report" alone, spare me, save it, keep your promos, to never get
+  these again, not tryna get these, step off, do not call, DNC, TCPA, FCC, sue,
+  see you in court, talk to my lawyer, keep or still texting me, why are you
+  texting me, why am I on this list, I told you to stop, how did you get my
+  number, I never signed up / don't remember signing up / didn't consent / no
+  permission / didn't request this; fewer texts, only text me if (a frequency
+  limit the provider's policy says is respected); texts judged worst, pointless,
+  not welcome (Spanish déjenme en paz, no sigan, no me llegue más publicidad, ya
+  fue suficiente, demasiados mensajes, no me gustan sus mensajes, ¿cómo salgo de
+  esta lista?, ¿cómo hago para no recibir más?, respeten mi privacidad, no les
+  di permiso, no doy mi consentimiento, ni se les ocurra, ni uno más, ya estoy
+  harta, no los soporto, qué lata con sus mensajes, otra vez con sus mensajes,
+  sin publicidad, no acepto mensajes, me tienen cansado, me están molestando,
+  ¿por qué me siguen escribiendo?, ya les dije que no, los voy a reportar,
+  abstenerse de enviar);
 - it says the number reached the wrong person: wrong number / person, you have
   the wrong..., not my number, not the person you want, I'm not Kevin, there's
   no Maria here, no Maria here or you have the wrong Maria (a capitalised name
@@ -244,7 +247,7 @@ _LEET = str.maketrans("013457@$", "oieastas")
 # without an apostrophe, and misspellings of words too short for edit distance.
 _LEXICON = _lexicon(
     {
-        "do not": "dont dnt dun donot doent",
+        "do not": "dont dnt dun donot doent ion",
         "did not": "didnt didn",
         "does not": "doesnt doesn",
         "can not": "cant",
@@ -759,8 +762,8 @@ def _stop_word(words: list[str]) -> bool:
             continue  # "paren en la esquina": pull up there
         if word != "stop":
             return True
-        if _kept(words, i):
-            continue  # "please don't stop the sale"
+        if _kept(words, i) and _WHO_TEXTS.isdisjoint(words[:i]):
+            continue  # "please don't stop the sale", not "if these don't stop"
         if words[i - 2 : i] in (["put", "a"], ["make", "a"]):
             return True  # "put a stop to this"
         if before in _STOP_PLACE:
@@ -1550,7 +1553,8 @@ _MESSAGE_RULES = re.compile(
     r"|\bnot the (\w+ )?(person|one|guy|girl|lady|man|woman|individual|customer|contact) "
     r"(you|u)\b"
     r"|\b(nobody|no one|noone|no body) (asked|wants|cares|needs)\b"
-    r"|\b(get|stay|keep|go|step) (off|out of|outta|away from) (my|this) (phone|cell|number|line)\b"
+    r"|\b(get|stay|keep|go|step) (off|out of|outta|away from) (my|this) (phone|cell|number|line|"
+    r"inbox|texts|messages|dms)\b"
     r"|\bblow\w* up (my|this) (phone|cell|number|line)\b"
     r"|\b(not|never|stop|quit|no more|dont)\b[^.?!]*\b(hit(ting)? (me|us) up)\b"
     r"|\b(be|been|being|get|got|gotten) (taken|removed|deleted|erased|unsubscribed|dropped)"
@@ -1601,6 +1605,20 @@ _MESSAGE_RULES = re.compile(
     r"text list|club)\b"
     r"|\brm (me|us|my (number|info|name))\b"
     r"|\btoo many (of )?(these|those|them|em)\b"
+    r"|^\W*spare me\b|\bspare me (the|these|your|ur|all) "
+    r"|^\W*save it\W*$|\bsave (your|ur|the) (texts?|messages|msgs|promos|deals|offers|breath)\b"
+    r"|\bkeep (your|ur) (\w+ )?(texts?|messages|msgs|promos|deals|offers|ads|coupons|spam)"
+    r"( to (yourself|yourselves|urself))?\W*$"
+    r"|\b(to|d|would|wanna) (never|not) (get|receive|see|hear|getting|receiving) (these|those|them|"
+    r"your|ur|any more|another|from you|texts|messages)\b"
+    r"|\bnot (tryna|trynna|trying to) (get|receive|hear|see|be on)\b"
+    r"|^\W*(keep away|step off|back off|buzz off)\b"
+    r"|\bno (sigan|siga|sigas|continuen)( con (esto|eso|los mensajes|sus mensajes|estos mensajes|"
+    r"lo mismo))?\W*$"
+    r"|\bno (me |nos )?(llegue|lleguen) (mas|nada|sus|esto|publicidad|mensajes|promociones)\b"
+    r"|^\W*(ya )?(fue|es|ha sido) (suficiente|bastante|demasiado)\W*$"
+    r"|\bdemasiad[oa]s (mensajes|msjs|textos|promociones|llamadas)\b"
+    r"|\bno (me|nos) (gusta|gustan|agrada|agradan) (recibir|sus|tus|estos|los|que me)\b"
     r"|\bhow many more (of (these|those|them|your|ur)|texts?|messages|msgs|txts)\b"
     r"|\bforget (i|we) (exist|existed|exists)\b"
     r"|\bzero (more )?(texts?|txts?|messages|msgs|contact|calls|emails|promos)\b"
