@@ -106,6 +106,7 @@ class _Watched:
 class _Replica:
     size: int
     loads: int
+    confirmed_at: float = 0.0
 
 
 def exported_metrics() -> set[str]:
