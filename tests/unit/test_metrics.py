@@ -60,6 +60,7 @@ class Watched:
 class Replica:
     size: int
     loads: int
+    confirmed_at: float = float("-inf")
 
 
 def test_freshness_and_the_replica_are_read_when_scraped() -> None:
@@ -77,6 +78,24 @@ def test_freshness_and_the_replica_are_read_when_scraped() -> None:
     watched.status = FreshnessStatus(observed_at=103.5, lag={})
     assert value(metrics, "consent_projection_lag_events", stream="subscribers") == 0
     assert value(metrics, "consent_freshness_observation_age_seconds") == 0.5
+
+
+def test_lag_per_partition_and_the_replica_age_are_read_when_scraped() -> None:
+    now = [100.0]
+    status = FreshnessStatus(
+        observed_at=99.0,
+        lag={Stream.SUBSCRIBERS: 3},
+        partition_lag={Stream.SUBSCRIBERS: {0: 0, 1: 3}, Stream.CAMPAIGNS: {0: 0}},
+    )
+    replica = Replica(size=5, loads=1, confirmed_at=99.5)
+    metrics = ServiceMetrics(Watched(status), replica, monotonic=lambda: now[0])
+    lag = "consent_projection_partition_lag_events"
+    assert value(metrics, lag, stream="subscribers", partition="1") == 3
+    assert value(metrics, lag, stream="subscribers", partition="0") == 0
+    assert value(metrics, lag, stream="campaigns", partition="0") == 0
+    assert value(metrics, "consent_replica_age_seconds") == 0.5
+    now[0] = 130.0  # no refresh confirmed it since
+    assert value(metrics, "consent_replica_age_seconds") == 30.5
 
 
 def test_without_a_guard_or_replica_only_the_counters_and_the_process_are_shown() -> None:
