@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from services.grpc_api.wrapping import WrappingInterceptor
 from services.log_context import REQUEST_ID
 
 KEY = "x-request-id"
@@ -32,28 +33,9 @@ def call_id(metadata: Any) -> str:
     return uuid.uuid4().hex
 
 
-class CallIds(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class CallIds(WrappingInterceptor):
     """The outermost interceptor: the id is set before authentication and rate
     limiting, so their log lines carry it too."""
-
-    def __init__(self) -> None:
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
-        """Each method's wrapped handler, made at its first call (only methods the
-        server has: an unknown one is not kept)."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        cached = self._handlers.get(details.method)
-        if cached is not None:
-            return cached
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        wrapped_handler = self._handlers[details.method] = self._wrap(details, handler)
-        return wrapped_handler
 
     def _wrap(
         self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler

@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
+from services.grpc_api.wrapping import WrappingInterceptor
 from services.metrics import ServiceMetrics
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -37,26 +38,10 @@ def _code(context: grpc.aio.ServicerContext, failed: BaseException | None) -> st
     return "OK" if failed is None else "UNKNOWN"
 
 
-class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class RpcMetrics(WrappingInterceptor):
     def __init__(self, metrics: ServiceMetrics) -> None:
+        super().__init__()
         self._metrics = metrics
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
-        """Each method's wrapped handler, made at its first call (only methods the
-        server has: an unknown one is not kept)."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        cached = self._handlers.get(details.method)
-        if cached is not None:
-            return cached
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        wrapped_handler = self._handlers[details.method] = self._wrap(details, handler)
-        return wrapped_handler
 
     def _wrap(
         self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler
