@@ -21,6 +21,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from services.adapters.kafka_ledger import KafkaLedgerSettings
+from services.app import Clock, utc_now
 from services.bootstrap import Runtime
 from services.freshness import FreshnessSettings
 from services.grpc_api.auth import token_digest
@@ -102,13 +103,20 @@ def kafka_settings(bootstrap: str, prefix: str, partitions: int = 4) -> KafkaLed
 
 
 @asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Runtime]:
-    runtime = Runtime(settings)
+async def running(settings: Settings, clock: Clock = utc_now) -> AsyncIterator[Runtime]:
+    runtime = Runtime(settings, clock=clock)
     await runtime.start()
     try:
         yield runtime
     finally:
         await runtime.stop()
+
+
+def kafka_service_settings(tmp: Path, dsn: str, bootstrap: str) -> Settings:
+    """``service_settings`` on the test broker, with topics of the test's own."""
+    return service_settings(
+        tmp, dsn, kafka=kafka_settings(bootstrap, f"e2e-{uuid.uuid4().hex[:8]}.")
+    )
 
 
 def service_settings(

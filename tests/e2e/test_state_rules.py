@@ -12,14 +12,13 @@ import pytest
 from consent.v1 import consent_service_pb2 as api
 
 from ledger.ports import ConsistencyToken
-from services.bootstrap import Runtime
 from tests.e2e.harness import (
     client,
     define,
-    kafka_settings,
+    kafka_service_settings,
     opt_in,
     proof,
-    service_settings,
+    running,
     status_details,
     ts,
 )
@@ -51,21 +50,15 @@ class SundayMorning:
 @pytest.fixture
 async def service(tmp_path, postgres_dsn, kafka_bootstrap):
     clock = SundayMorning()
-    prefix = f"e2e-{uuid.uuid4().hex[:8]}."
-    runtime = Runtime(
-        service_settings(tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)),
-        clock=clock,
-    )
-    await runtime.start()
-    async with client(runtime.address) as admin:
-        w = await admin.DefineCampaign(
-            define("acme", "promo", clock.now - timedelta(days=60), [SENDER])
-        )
-        assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
-    try:
+    settings = kafka_service_settings(tmp_path, postgres_dsn, kafka_bootstrap)
+    async with running(settings, clock) as runtime:
+        async with client(runtime.address) as admin:
+            w = await admin.DefineCampaign(
+                define("acme", "promo", clock.now - timedelta(days=60), [SENDER])
+            )
+            token = ConsistencyToken.decode(w.consistency_token)
+            assert await runtime.guard.wait_for_token(token)
         yield runtime, clock
-    finally:
-        await runtime.stop()
 
 
 async def can_send(c, phone: str, token: str) -> api.CanSendResponse:

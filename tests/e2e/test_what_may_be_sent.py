@@ -16,13 +16,12 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from ledger.ports import ConsistencyToken
-from services.bootstrap import Runtime
 from tests.e2e.harness import (
     client,
     define,
-    kafka_settings,
+    kafka_service_settings,
     opt_in,
-    service_settings,
+    running,
     status_details,
     ts,
 )
@@ -50,21 +49,15 @@ class Clock:
 @pytest.fixture
 async def service(tmp_path, postgres_dsn, kafka_bootstrap):
     clock = Clock()
-    prefix = f"e2e-{uuid.uuid4().hex[:8]}."
-    runtime = Runtime(
-        service_settings(tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)),
-        clock=clock,
-    )
-    await runtime.start()
-    async with client(runtime.address) as admin:
-        w = await admin.DefineCampaign(
-            define("acme", "promo", clock.now - timedelta(days=60), [PROMO_NUMBER])
-        )
-        assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
-    try:
+    settings = kafka_service_settings(tmp_path, postgres_dsn, kafka_bootstrap)
+    async with running(settings, clock) as runtime:
+        async with client(runtime.address) as admin:
+            w = await admin.DefineCampaign(
+                define("acme", "promo", clock.now - timedelta(days=60), [PROMO_NUMBER])
+            )
+            token = ConsistencyToken.decode(w.consistency_token)
+            assert await runtime.guard.wait_for_token(token)
         yield runtime, clock
-    finally:
-        await runtime.stop()
 
 
 def can_send(phone: str = PHONE, **fields) -> api.CanSendRequest:
