@@ -625,7 +625,7 @@ class Check:
                 (*evidence, already[0][ID]),
                 version,
             )
-        if not revocation[AT] <= self._now <= revocation[AT] + self._confirmation:
+        if not self._in_reply_window(revocation):
             window = min(self.policy.opt_out_confirmation_window, MAX_OPT_OUT_CONFIRMATION_WINDOW)
             return deny(
                 Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED,
@@ -646,13 +646,8 @@ class Check:
         """One reply to each HELP the person sent this campaign's number, within the
         reply window after it (the opt-out confirmation's), at any hour."""
         request, version = c.help_request, self.version
-        if request is None or not request[AT] <= self._now <= request[AT] + self._confirmation:
-            return deny(
-                Reason.REPLY_NOT_OWED,
-                f"no HELP to this campaign's number within the last {self._window()}",
-                (),
-                version,
-            )
+        if request is None or not self._in_reply_window(request):
+            return self._not_asked("HELP")
         reply = c.help_reply
         if reply is not None and reply[AT] >= request[AT]:
             return deny(
@@ -674,13 +669,8 @@ class Check:
         """One confirmation of a START to this campaign's number that resumed a prior
         consent still standing, within the reply window after it, at any hour."""
         resume, version = c.resume, self.version
-        if resume is None or not resume[AT] <= self._now <= resume[AT] + self._confirmation:
-            return deny(
-                Reason.REPLY_NOT_OWED,
-                f"no START to this campaign's number within the last {self._window()}",
-                (),
-                version,
-            )
+        if resume is None or not self._in_reply_window(resume):
+            return self._not_asked("START")
         current = standing(digest, c)
         if not current.active or resume[ID] not in current.evidence:
             return deny(
@@ -708,6 +698,18 @@ class Check:
             current.evidence,
             "one confirmation of the person's own START",
             version,
+        )
+
+    def _in_reply_window(self, asked: Mark) -> bool:
+        """Whether now is within the reply window after the person's text ``asked``."""
+        return asked[AT] <= self._now <= asked[AT] + self._confirmation
+
+    def _not_asked(self, keyword: str) -> Decision:
+        return deny(
+            Reason.REPLY_NOT_OWED,
+            f"no {keyword} to this campaign's number within the last {self._window()}",
+            (),
+            self.version,
         )
 
     def _window(self) -> timedelta:
