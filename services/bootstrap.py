@@ -156,7 +156,7 @@ def settle_heap() -> Collapsed:
     objects made later, and the cycles among them, are collected as before. The
     youngest generation is collected after 10,000 net allocations instead of 700,
     so a batch's short-lived tuples are mostly gone before a collection looks.
-    BENCHMARKS.md ("The garbage collector") has what each was measured to be worth.
+    bench/HISTORY.md ("The garbage collector") has what each was measured to be worth.
 
     Then the heap, the digest replica's included, is mapped with huge pages where
     the system allows (``services.huge_pages``), and the log says how much.

@@ -16,7 +16,7 @@ later) collapses what exists now, at once. Nothing else changes: the memory is
 the same, only the size of the pages the kernel maps it with. Where that cannot
 be done (another system, an older kernel, huge pages disabled, no contiguous
 memory free), the heap stays as it was and the call says why.
-BENCHMARKS.md ("Huge pages") has what it was measured to be worth.
+bench/HISTORY.md ("Huge pages") has what it was measured to be worth.
 """
 
 from __future__ import annotations
