@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError
 from ledger.ports import ConsentView, Ledger
 from services.adapters.digest_replica import DigestReplica
 from services.adapters.kafka_ledger import KafkaLedger, UnsafeTopicError
+from services.adapters.kafka_projector import KafkaProjector
 from services.adapters.migrations import migrate
 from services.adapters.postgres_view import PostgresConsentView, read_pool
 from services.app import Clock, ConsentApp, utc_now
@@ -37,7 +38,7 @@ from services.grpc_api.server import CannotListen, GrpcServer
 from services.grpc_api.servicer import ConsentServicer
 from services.huge_pages import Collapsed, collapse_heap
 from services.metrics import ServiceMetrics, TimedAppends, read_on_loop
-from services.projector import KafkaProjector, Projector, supervise
+from services.projector import Projector, supervise
 from services.rate_limits import CallerLimits
 from services.settings import Settings, host_and_port, is_loopback
 
