@@ -70,8 +70,8 @@ async def _serve(settings: Settings, embedded: bool) -> None:
 
     runtime = Runtime(settings, on_replica_reload=settle_again)
     await runtime.start()
-    # In a worker thread: mapping a large heap with huge pages takes a moment (about
-    # 0.2 s for 700 MB here), and the server already answers meanwhile.
+    # In a worker thread: mapping a large heap with huge pages takes a moment, and
+    # the server already answers meanwhile.
     await asyncio.to_thread(settle_heap)
     assert runtime.server is not None
     tls = settings.tls

@@ -1,11 +1,11 @@
 """How long a write may keep its caller waiting on the server.
 
-A write held while the ledger is down used to wait for the ledger's own timeout
-(40 s), long after its caller's deadline: the caller saw DEADLINE_EXCEEDED with
-no word on what happened, and the write could still be recorded later. The
-server now gives up first, while the caller still listens, and says so:
-UNAVAILABLE, outcome unknown, retry with the same request_id (which records
-nothing twice)."""
+A write held while the ledger is down would otherwise wait for the ledger's own
+timeout (40 s), long after its caller's deadline: the caller would see
+DEADLINE_EXCEEDED with no word on what happened, and the write could still be
+recorded later. The server gives up first, while the caller still listens, and
+says so: UNAVAILABLE, outcome unknown, retry with the same request_id (which
+records nothing twice)."""
 
 from __future__ import annotations
 
