@@ -440,18 +440,16 @@ def idle_line(shares: dict[str, float], seconds: float) -> str:
 
 def goals(every: list[Row]) -> None:
     # Judged on the service as it runs by default (CanSend reading the replica); the
-    # PostgreSQL-reads rows are there for comparison. Met only where every unary row
-    # meets it: one row can pass on a baseline that a noisy neighbour slowed down.
+    # PostgreSQL-reads rows are there for comparison. Unary CanSend has no goal of its
+    # own (BENCHMARKS.md, "The goals"): its ratio is compared with the latest run.
     rows = [r for r in every if r.reads == "replica"]
     unary = [r for r in rows if r.per_call == 1]
     ratios = sorted((r.svc.qps / r.base.qps, r) for r in unary if r.base.qps)
-    passing = sum(1 for ratio, _ in ratios if ratio >= 0.85)
-    met = "met" if ratios and passing == len(ratios) else "NOT met"
     worst, best = ratios[0], ratios[-1]
     say(
-        f"goal CanSend >= 85% of echo: {met} ({passing} of {len(ratios)} rows reach it; "
-        f"{worst[0]:.1%} to {best[0]:.1%}; best {best[1].config}, c={best[1].concurrency}, "
-        f"{best[1].svc.qps:,.0f} vs {best[1].base.qps:,.0f} calls/s)"
+        f"CanSend / echo: {worst[0]:.1%} to {best[0]:.1%} over {len(ratios)} rows; best "
+        f"{best[1].config}, c={best[1].concurrency}, "
+        f"{best[1].svc.qps:,.0f} vs {best[1].base.qps:,.0f} calls/s"
     )
     batch = max((r for r in rows if r.per_call > 1), key=lambda r: r.svc.qps)
     checks = batch.svc.qps * batch.per_call
