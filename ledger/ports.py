@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequen
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from ledger.digest import Digest
 from ledger.events import CampaignEvent, LedgerEvent, Recorded, SubscriberEvent
@@ -228,6 +228,35 @@ class Ledger(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most adapters need it
         """Release connections; flush anything buffered."""
+
+
+class AppliedPositions(Protocol):
+    """How far a copy of the ledger has applied it: what the freshness guard watches
+    and what a replica compares with the view. ``ConsentView`` is one; an in-memory
+    copy of the view's digests (``DigestReplica``) is another."""
+
+    async def positions(self, stream: Stream) -> dict[int, int]:
+        """Per partition, the offset of the next event not yet applied."""
+        ...
+
+
+class ReplicaStats(Protocol):
+    """What monitoring reads off an in-memory replica of the view."""
+
+    @property
+    def size(self) -> int:
+        """How many entries it holds."""
+        ...
+
+    @property
+    def loads(self) -> int:
+        """How many times it has read the whole view."""
+        ...
+
+    @property
+    def confirmed_at(self) -> float:
+        """When (``time.monotonic``) its positions were last confirmed current."""
+        ...
 
 
 class ConsentView(ABC):

@@ -25,9 +25,9 @@ import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from ledger.ports import ConsistencyToken, Ledger, Stream
+from ledger.ports import AppliedPositions, ConsistencyToken, Ledger, Stream
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +85,11 @@ class FreshnessStatus:
         object.__setattr__(self, "caught_up", not any(self.lag.values()))
 
 
-class Applied(Protocol):
-    """What the guard watches: the ``ConsentView`` that reads go to, or the
-    in-memory copy of it that answers them (``DigestReplica``)."""
-
-    async def positions(self, stream: Stream) -> dict[int, int]: ...
-
-
 class FreshnessGuard:
     def __init__(
         self,
         ledger: Ledger,
-        view: Applied,
+        view: AppliedPositions,
         settings: FreshnessSettings,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:

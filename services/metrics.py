@@ -62,7 +62,7 @@ from prometheus_client.registry import Collector
 
 from ledger.events import LedgerEvent, Recorded
 from ledger.policy import Decision, Reason
-from ledger.ports import Ledger, Offsets, Stream
+from ledger.ports import Ledger, Offsets, ReplicaStats, Stream
 from services.freshness import FreshnessStatus
 
 log = logging.getLogger(__name__)
@@ -81,19 +81,6 @@ an int in C, and a batch counts a thousand of them."""
 class Watched(Protocol):
     @property
     def status(self) -> FreshnessStatus: ...
-
-
-class Replica(Protocol):
-    @property
-    def size(self) -> int: ...
-
-    @property
-    def loads(self) -> int: ...
-
-    @property
-    def confirmed_at(self) -> float:
-        """When (``time.monotonic``) its positions were last confirmed current."""
-        ...
 
 
 def read_on_loop(
@@ -126,7 +113,7 @@ class ServiceMetrics(Collector):
     def __init__(
         self,
         guard: Watched | None = None,
-        replica: Replica | None = None,
+        replica: ReplicaStats | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.guard = guard
