@@ -1,0 +1,694 @@
+"""The proof-of-opt-in packet: what an auditor hands a carrier or a court about one
+number and one brand (optionally one campaign), assembled from the ledger alone.
+
+``assemble`` is a pure function of the number's recorded history and the time of
+the question. It answers what the provider's template asks for (name, email,
+physical address, registration date and time, IP address or other method of
+collection, form URL, consent wording, screenshot and its hash, the first message
+sent) for every opt-in, lists what the record lacks of it (never invents it), and
+adds the message history with the decision that allowed each send, replayed with
+``ledger.policy.decide_as_of`` as the ledger knew it when the send was recorded,
+every opt-out and reply with how it was handled, and the points of a timeline.
+History is kept after an opt-out, so the packet is whole after one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ledger.deadlines import revocation_due
+from ledger.events import (
+    ANY_BRAND,
+    AgeVerified,
+    CampaignEvent,
+    ConsentGranted,
+    ConsentReconfirmed,
+    ConsentResumed,
+    ConsentRevoked,
+    InboundMessageReceived,
+    LedgerEvent,
+    MessageKind,
+    MessageSent,
+    Recorded,
+    RevocationCandidateFlagged,
+    RevocationCandidateResolved,
+    SubscriberEvent,
+    SubscriberLocated,
+)
+from ledger.keywords import Intent
+from ledger.policy import Decision, Obligation, decide_as_of
+from ledger.validation import is_blank
+
+PACKET_VERSION = 1
+"""The packet's format; a field added later leaves it, a field changed or removed bumps it."""
+
+
+@dataclass(frozen=True)
+class EventRef:
+    """Where and when the ledger recorded a fact, and who asked for it."""
+
+    event_id: str
+    type: str
+    occurred_at: datetime
+    recorded_at: datetime
+    partition: int
+    offset: int
+    recorded_by: str
+    summary: str
+
+    @staticmethod
+    def of(r: Recorded) -> EventRef:
+        e = r.event
+        return EventRef(
+            str(e.originator_id),
+            e.EVENT_TYPE,
+            e.occurred_at,
+            r.recorded_at,
+            r.position.partition,
+            r.position.offset,
+            e.recorded_by,
+            describe(e),
+        )
+
+
+@dataclass(frozen=True)
+class TemplateItem:
+    """One thing the provider's template asks for, and what the record holds of it."""
+
+    key: str
+    label: str
+    value: str | None
+    """As recorded; None when the record lacks it."""
+    note: str = ""
+    """Where the value comes from when not the obvious field, or why it is missing."""
+
+    @property
+    def missing(self) -> bool:
+        return self.value is None
+
+
+@dataclass(frozen=True)
+class Ruling:
+    """A ``ledger.policy.Decision``, as the packet shows it, with the moment replayed."""
+
+    allowed: bool
+    reason: str
+    detail: str
+    evidence: tuple[str, ...]
+    obligations: tuple[str, ...]
+    rule: str
+    citation: str
+    policy_version: int
+    at: datetime
+    """The world time of the send the decision was replayed for."""
+    known_at: datetime
+    """Only facts the ledger had recorded by then were read."""
+
+    @staticmethod
+    def of(decision: Decision, at: datetime, known_at: datetime) -> Ruling:
+        return Ruling(
+            decision.allowed,
+            decision.reason.value,
+            decision.detail,
+            decision.evidence,
+            tuple(o.value for o in decision.obligations),
+            decision.rule,
+            decision.citation,
+            decision.policy_version,
+            at,
+            known_at,
+        )
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    event: EventRef
+    message_id: str
+    campaign: str
+    kind: str
+    included_opt_out_language: bool
+    identified_sender: bool
+    decision: Ruling
+    """What CanSend would have answered for this send, from what the ledger had
+    recorded when the send was recorded (the send itself left out)."""
+    hindsight: Ruling | None = None
+    """The answer from everything the ledger holds now, when it differs: a fact
+    recorded late (an opt-out reported after the send) shows here."""
+    unmet_obligations: tuple[str, ...] = ()
+    """Obligations of the decision the recorded send says it did not meet."""
+
+
+@dataclass(frozen=True)
+class ProofOfOptIn:
+    """One opt-in (``ConsentGranted``) and what it holds of the provider's template."""
+
+    event: EventRef
+    campaign: str
+    tier: str
+    method: str
+    source: str
+    template: tuple[TemplateItem, ...]
+    first_message: SentMessage | None
+    """The first message of the campaign sent after this opt-in (before another)."""
+
+
+@dataclass(frozen=True)
+class OptOut:
+    """A revocation, or a reply flagged as one, and how it was handled."""
+
+    event: EventRef
+    kind: str
+    """``revocation``, ``candidate`` (a reply that reads like an opt-out) or
+    ``unattributed`` (an opt-out no defined campaign could take)."""
+    scope: str
+    """The campaign it covers, ``every campaign of <brand>`` or ``every brand``."""
+    channel: str
+    text: str
+    in_reply_to: str
+    handling: str
+    confirmation: str | None = None
+    """The event id of the confirmation sent after it, if one was."""
+    resolution: str | None = None
+    """For a candidate: ``revoked`` or ``dismissed``, and by whom, when resolved."""
+    due: datetime | None = None
+    """For a candidate: when the ten business days to honour it end."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A text the person sent, how it was read, and what followed from it."""
+
+    event: EventRef
+    message_id: str
+    to_number: str
+    campaign: str | None
+    body: str
+    read_as: str
+    recorded: tuple[str, ...]
+    """Event ids of the facts recorded from it (an opt-out, a resume, a flag)."""
+    reply_sent: str | None
+    """The event id of the reply it was owed and got, if any."""
+    handling: str
+
+
+@dataclass(frozen=True)
+class TimelinePoint:
+    """One point of the consent timeline picture."""
+
+    at: datetime
+    kind: str
+    """``grant``, ``message``, ``stop``, ``confirmation``, ``resume``,
+    ``reconfirmation``, ``reply``, ``flag``, ``resolution``."""
+    label: str
+    event_id: str
+    campaign: str | None
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A field the template asks for that the record lacks, and why."""
+
+    field: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Packet:
+    phone: str
+    brand: str
+    campaign: str | None
+    generated_at: datetime
+    opt_ins: tuple[ProofOfOptIn, ...]
+    messages: tuple[SentMessage, ...]
+    opt_outs: tuple[OptOut, ...]
+    replies: tuple[Reply, ...]
+    other: tuple[EventRef, ...]
+    """Reconfirmations, resumes, age verifications, locations, resolutions."""
+    events: tuple[EventRef, ...]
+    """Every subscriber fact the packet rests on, in ledger order."""
+    timeline: tuple[TimelinePoint, ...]
+    missing: tuple[Missing, ...]
+    version: int = PACKET_VERSION
+    notes: tuple[str, ...] = field(default=())
+
+
+TEMPLATE_LABELS = {
+    "name": "Name of the end user",
+    "email": "Email address of the end user",
+    "postal_address": "Physical address collected",
+    "registered_at": "Registration date and time",
+    "ip_address": "IP address or other method of collection",
+    "form_url": "Complete web URL or details of other collection methods",
+    "consent_text": "Consent wording shown",
+    "screenshot_ref": "Screenshot of the form with the consent language",
+    "screenshot_sha256": "SHA-256 of the screenshot",
+    "first_message": "The first message sent after the opt-in",
+}
+"""What the provider's proof-of-opt-in template asks for, in its order, by the
+packet's key (``../shared/policy``: the suspension notice's template)."""
+
+FIRST_MESSAGE_TEXT_NOT_RECORDED = (
+    "the ledger records that a message was sent, its kind and whether it carried "
+    "opt-out language and named the sender, not its text: attach a copy from the "
+    "sending platform"
+)
+
+_OWED_REPLY = {
+    Intent.OPT_OUT.value: MessageKind.OPT_OUT_CONFIRMATION,
+    Intent.OPT_OUT_BRAND_WIDE.value: MessageKind.OPT_OUT_CONFIRMATION,
+    Intent.HELP.value: MessageKind.HELP_REPLY,
+    Intent.OPT_IN.value: MessageKind.OPT_IN_CONFIRMATION,
+    Intent.CONVERSATION.value: MessageKind.CONVERSATION_REPLY,
+}
+_READ_AS = {
+    Intent.OPT_OUT.value: "an opt-out of the campaign (STOP)",
+    Intent.OPT_OUT_BRAND_WIDE.value: "an opt-out of every campaign of the brand (STOPALL)",
+    Intent.HELP.value: "a request for help (HELP)",
+    Intent.OPT_IN.value: "a request to resume (START)",
+    Intent.REVOCATION_CANDIDATE.value: "a possible opt-out, for a person to review",
+    Intent.CONVERSATION.value: "a conversation",
+    "": "not recorded (a text recorded before readings were kept)",
+}
+
+
+def describe(e: LedgerEvent) -> str:
+    """A line a person reads about a fact."""
+    if isinstance(e, ConsentGranted):
+        return f"opt-in to {e.campaign} ({e.tier.name.lower()}, {e.method.value})"
+    if isinstance(e, ConsentRevoked):
+        scope = "every campaign" if e.campaign is None else e.campaign
+        said = f' "{_short(e.text)}"' if e.text else ""
+        return f"opt-out of {scope} by {e.channel.value}{said}"
+    if isinstance(e, ConsentReconfirmed):
+        return f"consent to {e.campaign} reconfirmed by {e.channel.value}"
+    if isinstance(e, ConsentResumed):
+        return f"consent resumed for {e.campaign or 'every campaign'}"
+    if isinstance(e, MessageSent):
+        return f"{e.kind.value.replace('_', ' ')} {e.message_id} sent for {e.campaign}"
+    if isinstance(e, InboundMessageReceived):
+        return f'text received: "{_short(e.body)}"'
+    if isinstance(e, RevocationCandidateFlagged):
+        what = "opt-out no campaign could take" if e.unattributed else "reply flagged as opt-out"
+        return f'{what}: "{_short(e.text)}"'
+    if isinstance(e, RevocationCandidateResolved):
+        by = f" by {e.resolved_by}" if e.resolved_by else ""
+        return f"flagged reply resolved as {e.resolution.value}{by}"
+    if isinstance(e, AgeVerified):
+        return f"age verified ({e.method})"
+    if isinstance(e, SubscriberLocated):
+        return f"subscriber located in {e.region}"
+    return e.EVENT_TYPE
+
+
+def _short(text: str, limit: int = 60) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _concerns(e: SubscriberEvent, campaign: str | None) -> bool:
+    """Whether a fact bears on ``campaign`` (None: on the brand): it names the
+    campaign, or names none (an opt-out of every campaign, a flagged reply)."""
+    if campaign is None:
+        return True
+    named = getattr(e, "campaign", None)
+    return named is None or named == campaign
+
+
+def assemble(
+    history: Iterable[Recorded],
+    phone: str,
+    brand: str,
+    campaign: str | None,
+    now: datetime,
+) -> Packet:
+    """The packet for ``phone`` and ``brand`` (``campaign``: only what bears on it).
+
+    ``history`` holds the number's subscriber facts for the brand and those whose
+    brand was unknown (``ANY_BRAND``), and the campaign facts of every campaign the
+    number's facts name (``CampaignHistory.facts``), in any order; the packet reads
+    them in ledger order. ``now`` is the moment the packet is made: decisions in
+    hindsight read every fact recorded by then.
+    """
+    everything = list(history)
+    subscriber = sorted(
+        (
+            r
+            for r in everything
+            if isinstance(r.event, SubscriberEvent)
+            and r.event.phone == phone
+            and r.event.brand in (brand, ANY_BRAND)
+        ),
+        key=lambda r: (r.position.partition, r.position.offset),
+    )
+    rules = [r for r in everything if isinstance(r.event, CampaignEvent) and r.event.brand == brand]
+    mine = [r for r in subscriber if _concerns(r.event, campaign)]  # type: ignore[arg-type]
+
+    messages = {
+        str(r.event.originator_id): _message(r, subscriber, rules, now)
+        for r in mine
+        if isinstance(r.event, MessageSent)
+    }
+    # Facts a decision cites belong in the packet even when they name another
+    # campaign (a STOP of another campaign under the revoke-all rule).
+    cited = {i for m in messages.values() for i in (*m.decision.evidence,)}
+    chosen = {id(r) for r in mine}
+    shown = [r for r in subscriber if id(r) in chosen or str(r.event.originator_id) in cited]
+
+    opt_ins = tuple(
+        _opt_in(r, shown, messages) for r in shown if isinstance(r.event, ConsentGranted)
+    )
+    opt_outs = tuple(_opt_out(r, shown) for r in shown if _is_opt_out(r.event))
+    replies = tuple(_reply(r, shown) for r in shown if isinstance(r.event, InboundMessageReceived))
+    other = tuple(
+        EventRef.of(r)
+        for r in shown
+        if isinstance(
+            r.event,
+            ConsentReconfirmed
+            | ConsentResumed
+            | AgeVerified
+            | SubscriberLocated
+            | RevocationCandidateResolved,
+        )
+    )
+    missing = _missing(opt_ins, campaign)
+    return Packet(
+        phone=phone,
+        brand=brand,
+        campaign=campaign,
+        generated_at=now,
+        opt_ins=opt_ins,
+        messages=tuple(
+            messages[str(r.event.originator_id)] for r in shown if isinstance(r.event, MessageSent)
+        ),
+        opt_outs=opt_outs,
+        replies=replies,
+        other=other,
+        events=tuple(EventRef.of(r) for r in shown),
+        timeline=tuple(_timeline(shown)),
+        missing=missing,
+    )
+
+
+def _is_opt_out(e: LedgerEvent) -> bool:
+    return isinstance(e, ConsentRevoked | RevocationCandidateFlagged)
+
+
+def _message(
+    sent: Recorded, subscriber: Sequence[Recorded], rules: Sequence[Recorded], now: datetime
+) -> SentMessage:
+    """The send with the decision replayed for it.
+
+    Then: at the send's world time, from the facts the ledger had recorded before it
+    (in its partition, before its offset; campaign rules by their recorded time), so
+    the send itself, and any send recorded after it, are not counted against it.
+    In hindsight: from every fact recorded by ``now``, the send itself left out."""
+    e = sent.event
+    assert isinstance(e, MessageSent)
+    before = [r for r in subscriber if r.position.offset < sent.position.offset]
+    then = decide_as_of([*rules, *before], e.campaign, e.occurred_at, sent.recorded_at, e.kind)
+    others = [r for r in subscriber if r is not sent]
+    later = decide_as_of([*rules, *others], e.campaign, e.occurred_at, now, e.kind)
+    hindsight = None
+    if (later.allowed, later.reason) != (then.allowed, then.reason):
+        hindsight = Ruling.of(later, e.occurred_at, now)
+    unmet = []
+    if then.allowed:
+        if (
+            Obligation.INCLUDE_OPT_OUT_LANGUAGE in then.obligations
+            and not e.included_opt_out_language
+        ):
+            unmet.append(Obligation.INCLUDE_OPT_OUT_LANGUAGE.value)
+        if Obligation.IDENTIFY_SENDER in then.obligations and not e.identified_sender:
+            unmet.append(Obligation.IDENTIFY_SENDER.value)
+    return SentMessage(
+        EventRef.of(sent),
+        e.message_id,
+        e.campaign,
+        e.kind.value,
+        e.included_opt_out_language,
+        e.identified_sender,
+        Ruling.of(then, e.occurred_at, sent.recorded_at),
+        hindsight,
+        tuple(unmet),
+    )
+
+
+def _value(text: str) -> str | None:
+    return None if is_blank(text) else text
+
+
+def _opt_in(
+    granted: Recorded, shown: Sequence[Recorded], messages: dict[str, SentMessage]
+) -> ProofOfOptIn:
+    e = granted.event
+    assert isinstance(e, ConsentGranted)
+    p, method = e.proof, e.method
+    lacking = set(p.template_missing(method))  # the rule GetConsent and CanSend report by
+    detail = _value(p.collection_detail)
+
+    def item(key: str, value: str | None, note: str = "") -> TemplateItem:
+        return TemplateItem(key, TEMPLATE_LABELS[key], value, note)
+
+    def proof_field(key: str) -> TemplateItem:
+        value = _value(getattr(p, key))
+        if f"proof.{key}" in lacking or value is not None:
+            return item(key, value)
+        # The template allows "other method of collection" in place of an IP
+        # address and a URL: the collection detail stands for them.
+        return item(key, f"{method.value}: {detail}", "proof.collection_detail")
+
+    if _value(p.consent_text) is not None:
+        wording = item("consent_text", p.consent_text)
+    elif _value(p.consent_text_sha256) and _value(p.consent_text_version):
+        wording = item(
+            "consent_text",
+            f"version {p.consent_text_version}, SHA-256 {p.consent_text_sha256}",
+            "the wording is kept in a document store; the ledger holds its version and hash",
+        )
+    else:
+        wording = item("consent_text", None)
+    first = _first_message(granted, shown, messages)
+    template = (
+        proof_field("name"),
+        proof_field("email"),
+        proof_field("postal_address"),
+        item("registered_at", p.registered_at.isoformat()),
+        proof_field("ip_address"),
+        proof_field("form_url"),
+        wording,
+        proof_field("screenshot_ref"),
+        item("screenshot_sha256", _value(p.screenshot_sha256)),
+        item(
+            "first_message",
+            None
+            if first is None
+            else f"{first.kind} {first.message_id} at {first.event.occurred_at.isoformat()}",
+            FIRST_MESSAGE_TEXT_NOT_RECORDED
+            if first is not None
+            else "no message was sent after it",
+        ),
+    )
+    return ProofOfOptIn(
+        EventRef.of(granted),
+        e.campaign,
+        e.tier.name.lower(),
+        method.value,
+        e.source.value,
+        template,
+        first,
+    )
+
+
+def _first_message(
+    granted: Recorded, shown: Sequence[Recorded], messages: dict[str, SentMessage]
+) -> SentMessage | None:
+    """The campaign's first send after the opt-in, before the campaign's next opt-in."""
+    e = granted.event
+    assert isinstance(e, ConsentGranted)
+    for r in sorted(shown, key=lambda r: r.order_key):
+        if r.order_key <= granted.order_key:
+            continue
+        if isinstance(r.event, ConsentGranted) and r.event.campaign == e.campaign:
+            return None
+        if isinstance(r.event, MessageSent) and r.event.campaign == e.campaign:
+            return messages.get(str(r.event.originator_id))
+    return None
+
+
+def _scope(e: ConsentRevoked | RevocationCandidateFlagged) -> str:
+    if e.brand == ANY_BRAND:
+        return "every brand (the brand was unknown)"
+    if e.campaign is None:
+        return f"every campaign of {e.brand}"
+    return e.campaign
+
+
+def _reply_after(
+    r: Recorded, shown: Sequence[Recorded], kind: MessageKind, campaign: str | None
+) -> Recorded | None:
+    """The first send of ``kind`` after ``r`` (of ``campaign`` when given), before the
+    person's next text: the reply recorded for it."""
+    for later in sorted(shown, key=lambda x: x.order_key):
+        if later.order_key <= r.order_key:
+            continue
+        e = later.event
+        if isinstance(e, InboundMessageReceived):
+            return None
+        if (
+            isinstance(e, MessageSent)
+            and e.kind is kind
+            and (campaign is None or e.campaign == campaign)
+        ):
+            return later
+    return None
+
+
+def _opt_out(r: Recorded, shown: Sequence[Recorded]) -> OptOut:
+    e = r.event
+    ref = EventRef.of(r)
+    if isinstance(e, ConsentRevoked):
+        confirmation = _reply_after(r, shown, MessageKind.OPT_OUT_CONFIRMATION, e.campaign)
+        if confirmation is None:
+            handling = "revoked from then on; no confirmation was recorded"
+        else:
+            handling = (
+                "revoked from then on; one confirmation sent at "
+                f"{confirmation.event.occurred_at.isoformat()}"
+            )
+        return OptOut(
+            ref,
+            "revocation",
+            _scope(e),
+            e.channel.value,
+            e.text,
+            e.in_reply_to,
+            handling,
+            None if confirmation is None else str(confirmation.event.originator_id),
+        )
+    assert isinstance(e, RevocationCandidateFlagged)
+    due = revocation_due(e.occurred_at)
+    resolved = next(
+        (
+            x.event
+            for x in shown
+            if isinstance(x.event, RevocationCandidateResolved)
+            and x.event.candidate_event_id == e.originator_id
+        ),
+        None,
+    )
+    if resolved is None:
+        handling = (
+            f"blocks every send of its scope until a person resolves it (due {due.isoformat()})"
+        )
+        resolution = None
+    else:
+        by = f" by {resolved.resolved_by}" if resolved.resolved_by else ""
+        resolution = f"{resolved.resolution.value}{by} at {resolved.occurred_at.isoformat()}"
+        handling = f"blocked sending until resolved as {resolution}"
+    return OptOut(
+        ref,
+        "unattributed" if e.unattributed else "candidate",
+        _scope(e),
+        "free_text",
+        e.text,
+        e.inbound_message_id,
+        handling,
+        None,
+        resolution,
+        due,
+    )
+
+
+def _reply(r: Recorded, shown: Sequence[Recorded]) -> Reply:
+    e = r.event
+    assert isinstance(e, InboundMessageReceived)
+    recorded = [
+        x
+        for x in shown
+        if (isinstance(x.event, ConsentRevoked) and x.event.in_reply_to == e.message_id)
+        or (
+            isinstance(x.event, ConsentResumed | RevocationCandidateFlagged)
+            and x.event.inbound_message_id == e.message_id
+        )
+    ]
+    owed = _OWED_REPLY.get(e.intent)
+    answer = None if owed is None else _reply_after(r, shown, owed, e.campaign)
+    parts = [f"read as {_READ_AS.get(e.intent, e.intent)}"]
+    parts += [f"recorded {describe(x.event)}" for x in recorded]
+    if answer is not None:
+        parts.append(
+            f"answered at {answer.event.occurred_at.isoformat()} ({describe(answer.event)})"
+        )
+    elif owed is not None and owed is not MessageKind.CONVERSATION_REPLY:
+        parts.append(f"no {owed.value.replace('_', ' ')} was recorded")
+    return Reply(
+        EventRef.of(r),
+        e.message_id,
+        e.to_number,
+        e.campaign,
+        e.body,
+        e.intent,
+        tuple(str(x.event.originator_id) for x in recorded),
+        None if answer is None else str(answer.event.originator_id),
+        "; ".join(parts),
+    )
+
+
+_KIND_POINT = {
+    MessageKind.OPT_OUT_CONFIRMATION: "confirmation",
+    MessageKind.OPT_IN_CONFIRMATION: "confirmation",
+}
+
+
+def _timeline(shown: Sequence[Recorded]) -> list[TimelinePoint]:
+    points = []
+    for r in sorted(shown, key=lambda r: r.order_key):
+        e = r.event
+        campaign = getattr(e, "campaign", None)
+        if isinstance(e, ConsentGranted):
+            kind, label = "grant", f"opt-in {e.campaign}"
+        elif isinstance(e, MessageSent):
+            kind = _KIND_POINT.get(e.kind, "message")
+            label = e.kind.value.replace("_", " ") if kind == "confirmation" else e.message_id
+        elif isinstance(e, ConsentRevoked):
+            kind, label = "stop", _short(e.text, 16) or f"opt-out ({e.channel.value})"
+        elif isinstance(e, RevocationCandidateFlagged):
+            kind, label = "flag", _short(e.text, 16)
+        elif isinstance(e, RevocationCandidateResolved):
+            kind, label = "resolution", e.resolution.value
+        elif isinstance(e, ConsentResumed):
+            kind, label = "resume", "resumed"
+        elif isinstance(e, ConsentReconfirmed):
+            kind, label = "reconfirmation", "reconfirmed"
+        elif isinstance(e, InboundMessageReceived):
+            if e.intent in (
+                Intent.OPT_OUT.value,
+                Intent.OPT_OUT_BRAND_WIDE.value,
+                Intent.OPT_IN.value,
+            ):
+                continue  # its opt-out or resume is the point
+            kind, label = "reply", _short(e.body, 16)
+        else:
+            continue
+        points.append(TimelinePoint(e.occurred_at, kind, label, str(e.originator_id), campaign))
+    return points
+
+
+def _missing(opt_ins: Sequence[ProofOfOptIn], campaign: str | None) -> tuple[Missing, ...]:
+    if not opt_ins:
+        scope = f"campaign {campaign}" if campaign else "any campaign of the brand"
+        return (Missing("opt_ins", f"no opt-in is recorded for this number and {scope}"),)
+    found = []
+    for i, o in enumerate(opt_ins):
+        for item in o.template:
+            if item.missing:
+                why = item.note or "left empty when the opt-in was recorded"
+                found.append(Missing(f"opt_ins[{i}].{item.key}", why))
+        if o.first_message is not None:
+            found.append(
+                Missing(f"opt_ins[{i}].first_message.text", FIRST_MESSAGE_TEXT_NOT_RECORDED)
+            )
+    return tuple(found)

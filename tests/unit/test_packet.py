@@ -1,0 +1,292 @@
+"""The proof-of-opt-in packet (``ledger.packet``): the template's fields and what is
+missing of them, the decision replayed for each send, opt-outs and replies with their
+handling, after the opt-out as before it."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+from ledger.campaigns import CampaignPolicy, FrequencyCap
+from ledger.events import (
+    ANY_BRAND,
+    CampaignDefined,
+    CandidateResolution,
+    CollectionMethod,
+    ConsentGranted,
+    ConsentProof,
+    ConsentRevoked,
+    ConsentTier,
+    InboundMessageReceived,
+    LedgerPosition,
+    MessageKind,
+    Recorded,
+    RevocationCandidateFlagged,
+    RevocationChannel,
+)
+from ledger.packet import FIRST_MESSAGE_TEXT_NOT_RECORDED, assemble
+from tests.builders import (
+    BRAND,
+    PHONE,
+    _base,
+    at,
+    granted,
+    inbound,
+    record,
+    resolved,
+    resumed,
+    sent,
+)
+
+NOW = at(days=400)
+
+
+def _defined(when=None, campaign="promo", **policy):
+    return CampaignDefined(
+        **_base(when or at(-60)), brand=BRAND, campaign=campaign, policy=CampaignPolicy(**policy)
+    )
+
+
+def _stop(when, campaign="promo", *, reply_to="", text="STOP", brand=BRAND):
+    return ConsentRevoked(
+        **_base(when),
+        phone=PHONE,
+        brand=brand,
+        campaign=campaign,
+        channel=RevocationChannel.KEYWORD,
+        text=text,
+        in_reply_to=reply_to,
+    )
+
+
+def _text(when, body, message_id, campaign="promo", intent="opt_out"):
+    return InboundMessageReceived(
+        **_base(when),
+        phone=PHONE,
+        brand=BRAND,
+        message_id=message_id,
+        to_number="+12125550100",
+        body=body,
+        campaign=campaign,
+        intent=intent,
+    )
+
+
+def _life():
+    """Opt-in, two messages, STOP (a text and its opt-out), the confirmation, START."""
+    grant = granted(at(0))
+    first, second = sent(at(5)), sent(at(days=1))
+    text = _text(at(days=2), "Stop", "in-1")
+    stop = _stop(at(days=2), reply_to="in-1", text="Stop")
+    confirmation = sent(at(days=2, minutes=1), kind=MessageKind.OPT_OUT_CONFIRMATION)
+    start = _text(at(days=3), "START", "in-2", intent="opt_in")
+    resume = resumed(at(days=3), "promo")
+    events = [_defined(), grant, first, second, text, stop, confirmation, start, resume]
+    return events, grant, first, second, stop, confirmation
+
+
+def test_a_packet_after_the_opt_out_keeps_the_proof_and_the_whole_history():
+    events, grant, first, second, stop, confirmation = _life()
+    packet = assemble(record(events), PHONE, BRAND, None, NOW)
+    [opt_in] = packet.opt_ins
+    values = {item.key: item.value for item in opt_in.template}
+    assert values["name"] == "Ada Lovelace"
+    assert values["email"] == "ada@example.com"
+    assert values["postal_address"] == "1 Main St, Springfield"
+    assert values["registered_at"] == grant.proof.registered_at.isoformat()
+    assert values["ip_address"] == "203.0.113.7"
+    assert values["form_url"] == "https://acme.example/sms-signup?utm=spring"
+    assert values["consent_text"].startswith("Yes, text me Acme offers")
+    assert values["screenshot_ref"] == "s3://proofs/form-v3.png"
+    assert values["screenshot_sha256"] == "9f" * 32
+    assert opt_in.first_message is not None
+    assert opt_in.first_message.message_id == first.message_id
+    assert [m.message_id for m in packet.messages] == [
+        first.message_id,
+        second.message_id,
+        confirmation.message_id,
+    ]
+    # Only the text of the first message is not in the ledger: said, not invented.
+    assert [(m.field, m.why) for m in packet.missing] == [
+        ("opt_ins[0].first_message.text", FIRST_MESSAGE_TEXT_NOT_RECORDED)
+    ]
+    [opt_out] = packet.opt_outs
+    assert opt_out.event.event_id == str(stop.originator_id)
+    assert opt_out.confirmation == str(confirmation.originator_id)
+    assert "one confirmation sent" in opt_out.handling
+    assert [p.kind for p in packet.timeline] == [
+        "grant",
+        "message",
+        "message",
+        "stop",
+        "confirmation",
+        "resume",
+    ]
+
+
+def test_each_send_carries_the_decision_that_allowed_it():
+    events, grant, *_ = _life()
+    packet = assemble(record(events), PHONE, BRAND, None, NOW)
+    regular, later, confirmation = packet.messages
+    assert regular.decision.allowed and regular.decision.reason == "consent_active"
+    assert str(grant.originator_id) in regular.decision.evidence
+    # The first message since the opt-in owed the opt-out language; the second did not.
+    assert "include_opt_out_language" in regular.decision.obligations
+    assert "include_opt_out_language" not in later.decision.obligations
+    assert confirmation.decision.allowed
+    assert confirmation.decision.reason == "opt_out_confirmation_allowed"
+    assert regular.decision.at == regular.event.occurred_at
+    assert regular.hindsight is None
+
+
+def test_a_send_after_the_stop_shows_the_denial_and_its_evidence():
+    stop = _stop(at(60))
+    events = [_defined(), granted(at(0)), stop, sent(at(120))]
+    [message] = assemble(record(events), PHONE, BRAND, "promo", NOW).messages
+    assert not message.decision.allowed
+    assert message.decision.reason == "revoked"
+    assert message.decision.evidence == (str(stop.originator_id),)
+
+
+def test_a_send_is_not_counted_against_itself():
+    # One message a day: were the send itself counted, its own cap would deny it.
+    capped = _defined(frequency_caps=(FrequencyCap(1, timedelta(days=1)),))
+    events = [capped, granted(at(0)), sent(at(10)), sent(at(20))]
+    one, two = assemble(record(events), PHONE, BRAND, "promo", NOW).messages
+    assert one.decision.allowed
+    assert not two.decision.allowed and two.decision.reason == "frequency_cap_reached"
+
+
+def test_a_stop_recorded_after_the_send_shows_in_hindsight_only():
+    # The STOP happened before the send but reached the ledger after it: CanSend could
+    # not know it then; an auditor must see both answers.
+    defined, grant, stop, message = _defined(), granted(at(0)), _stop(at(30)), sent(at(40))
+    history = record([defined, grant, message, stop], known_at=[at(-60), at(1), at(41), at(90)])
+    [m] = assemble(history, PHONE, BRAND, "promo", NOW).messages
+    assert m.decision.allowed
+    assert m.hindsight is not None
+    assert not m.hindsight.allowed and m.hindsight.reason == "revoked"
+
+
+def test_missing_template_fields_are_listed_never_invented():
+    thin = ConsentProof(
+        registered_at=at(0),
+        name="Ada Lovelace",
+        ip_address="203.0.113.7",
+        form_url="https://acme.example/sms",
+        consent_text="Yes, text me.",
+        screenshot_ref="s3://proofs/form.png",
+        email="   ",  # only blanks: left out, as GetConsent counts it
+    )
+    grant = dataclasses.replace(granted(at(0)), proof=thin)
+    packet = assemble(record([_defined(), grant]), PHONE, BRAND, "promo", NOW)
+    [opt_in] = packet.opt_ins
+    values = {item.key: item.value for item in opt_in.template}
+    for key in ("email", "postal_address", "screenshot_sha256", "first_message"):
+        assert values[key] is None
+    assert [m.field for m in packet.missing] == [
+        "opt_ins[0].email",
+        "opt_ins[0].postal_address",
+        "opt_ins[0].screenshot_sha256",
+        "opt_ins[0].first_message",
+    ]
+    assert packet.missing[-1].why == "no message was sent after it"
+
+
+def test_another_method_of_collection_stands_for_the_ip_address_and_url():
+    paper = ConsentProof(
+        registered_at=at(0), name="Ada", collection_detail="signed card #42, store 7"
+    )
+    grant = ConsentGranted(
+        **_base(at(0)),
+        phone=PHONE,
+        brand=BRAND,
+        campaign="promo",
+        tier=ConsentTier.PROMOTIONAL,
+        method=CollectionMethod.PAPER,
+        proof=paper,
+    )
+    packet = assemble(record([_defined(), grant]), PHONE, BRAND, "promo", NOW)
+    items = {item.key: item for item in packet.opt_ins[0].template}
+    assert items["ip_address"].value == "paper: signed card #42, store 7"
+    assert items["form_url"].note == "proof.collection_detail"
+    assert "opt_ins[0].ip_address" not in {m.field for m in packet.missing}
+    assert "opt_ins[0].consent_text" in {m.field for m in packet.missing}
+
+
+def test_no_opt_in_is_said_and_every_send_was_without_consent():
+    packet = assemble(record([_defined(), sent(at(10))]), PHONE, BRAND, "promo", NOW)
+    assert packet.opt_ins == ()
+    assert [m.field for m in packet.missing] == ["opt_ins"]
+    [m] = packet.messages
+    assert not m.decision.allowed and m.decision.reason == "no_consent"
+
+
+def test_a_campaign_packet_leaves_other_campaigns_out_but_keeps_brand_wide_opt_outs():
+    stopall = _stop(at(days=2), None, text="STOPALL")
+    events = [
+        _defined(),
+        _defined(campaign="alerts"),
+        granted(at(0)),
+        granted(at(1), "alerts"),
+        sent(at(5)),
+        sent(at(6), "alerts"),
+        stopall,
+    ]
+    packet = assemble(record(events), PHONE, BRAND, "promo", NOW)
+    assert [o.campaign for o in packet.opt_ins] == ["promo"]
+    assert [m.campaign for m in packet.messages] == ["promo"]
+    assert [o.scope for o in packet.opt_outs] == [f"every campaign of {BRAND}"]
+    whole = assemble(record(events), PHONE, BRAND, None, NOW)
+    assert sorted(o.campaign for o in whole.opt_ins) == ["alerts", "promo"]
+
+
+def test_replies_say_how_they_were_read_and_answered():
+    help_text = inbound(at(10), "HELP", "promo")
+    helped = sent(at(11), kind=MessageKind.HELP_REPLY)
+    unanswered = _text(at(days=1), "Stop", "in-9")
+    stop = _stop(at(days=1), reply_to="in-9", text="Stop")
+    events = [_defined(), granted(at(0)), help_text, helped, unanswered, stop]
+    packet = assemble(record(events), PHONE, BRAND, None, NOW)
+    first, second = packet.replies
+    assert first.read_as == "help" and first.reply_sent == str(helped.originator_id)
+    assert "answered at" in first.handling
+    assert second.recorded == (str(stop.originator_id),)
+    assert second.reply_sent is None
+    assert "no opt out confirmation was recorded" in second.handling
+    assert packet.opt_outs[0].confirmation is None
+    assert "no confirmation was recorded" in packet.opt_outs[0].handling
+
+
+def test_a_flagged_reply_shows_its_deadline_and_resolution():
+    candidate = RevocationCandidateFlagged(
+        **_base(at(10)), phone=PHONE, brand=BRAND, inbound_message_id="in-5", text="leave me be"
+    )
+    decided = dataclasses.replace(
+        resolved(at(days=1), candidate, CandidateResolution.REVOKED), resolved_by="reviewer-7"
+    )
+    packet = assemble(
+        record([_defined(), granted(at(0)), candidate, decided]), PHONE, BRAND, None, NOW
+    )
+    [flag] = packet.opt_outs
+    assert flag.kind == "candidate"
+    assert flag.due is not None and flag.due > at(10)
+    assert flag.resolution is not None and flag.resolution.startswith("revoked by reviewer-7")
+
+
+def test_a_stop_whose_brand_was_unknown_is_in_every_brands_packet():
+    anyone = _stop(at(30), None, brand=ANY_BRAND)
+    history = [
+        *record([_defined(), granted(at(0))]),
+        Recorded(anyone, LedgerPosition(0, 9), at(30)),
+    ]
+    packet = assemble(history, PHONE, BRAND, "promo", NOW)
+    assert [o.scope for o in packet.opt_outs] == ["every brand (the brand was unknown)"]
+
+
+def test_another_brands_facts_never_enter_the_packet():
+    theirs = dataclasses.replace(granted(at(0)), brand="globex")
+    packet = assemble(record([_defined(), granted(at(0)), theirs]), PHONE, BRAND, None, NOW)
+    assert [o.event.event_id for o in packet.opt_ins] != [] and all(
+        e.event_id != str(theirs.originator_id) for e in packet.events
+    )
