@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from ledger.deadlines import revocation_due
 from ledger.events import (
@@ -302,6 +302,11 @@ def describe(e: LedgerEvent) -> str:
     return e.EVENT_TYPE
 
 
+def iso(t: datetime) -> str:
+    """A time as the packet writes it: UTC, ISO 8601, ``Z``."""
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def _short(text: str, limit: int = 60) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
@@ -475,7 +480,7 @@ def _opt_in(
         proof_field("name"),
         proof_field("email"),
         proof_field("postal_address"),
-        item("registered_at", p.registered_at.isoformat()),
+        item("registered_at", iso(p.registered_at)),
         proof_field("ip_address"),
         proof_field("form_url"),
         wording,
@@ -485,7 +490,7 @@ def _opt_in(
             "first_message",
             None
             if first is None
-            else f"{first.kind} {first.message_id} at {first.event.occurred_at.isoformat()}",
+            else f"{first.kind} {first.message_id} at {iso(first.event.occurred_at)}",
             FIRST_MESSAGE_TEXT_NOT_RECORDED
             if first is not None
             else "no message was sent after it",
@@ -556,7 +561,7 @@ def _opt_out(r: Recorded, shown: Sequence[Recorded]) -> OptOut:
         else:
             handling = (
                 "revoked from then on; one confirmation sent at "
-                f"{confirmation.event.occurred_at.isoformat()}"
+                f"{iso(confirmation.event.occurred_at)}"
             )
         return OptOut(
             ref,
@@ -580,13 +585,11 @@ def _opt_out(r: Recorded, shown: Sequence[Recorded]) -> OptOut:
         None,
     )
     if resolved is None:
-        handling = (
-            f"blocks every send of its scope until a person resolves it (due {due.isoformat()})"
-        )
+        handling = f"blocks every send of its scope until a person resolves it (due {iso(due)})"
         resolution = None
     else:
         by = f" by {resolved.resolved_by}" if resolved.resolved_by else ""
-        resolution = f"{resolved.resolution.value}{by} at {resolved.occurred_at.isoformat()}"
+        resolution = f"{resolved.resolution.value}{by} at {iso(resolved.occurred_at)}"
         handling = f"blocked sending until resolved as {resolution}"
     return OptOut(
         ref,
@@ -619,9 +622,7 @@ def _reply(r: Recorded, shown: Sequence[Recorded]) -> Reply:
     parts = [f"read as {_READ_AS.get(e.intent, e.intent)}"]
     parts += [f"recorded {describe(x.event)}" for x in recorded]
     if answer is not None:
-        parts.append(
-            f"answered at {answer.event.occurred_at.isoformat()} ({describe(answer.event)})"
-        )
+        parts.append(f"answered at {iso(answer.event.occurred_at)} ({describe(answer.event)})")
     elif owed is not None and owed is not MessageKind.CONVERSATION_REPLY:
         parts.append(f"no {owed.value.replace('_', ' ')} was recorded")
     return Reply(
