@@ -45,6 +45,7 @@ from ledger.events import (
 from ledger.ports import Stream
 from services.adapters.migrations import migrate
 from services.adapters.postgres_view import PostgresConsentView
+from tests.builders import proof
 
 BRAND = "acme"
 CAMPAIGN = "promo"
@@ -76,15 +77,12 @@ def campaign_event(at: datetime) -> Recorded:
 
 
 def _proof(when: datetime, i: int) -> ConsentProof:
-    return ConsentProof(
-        registered_at=when,
+    return proof(
+        when,
         name=f"Subscriber {i}",
         email=f"s{i}@example.com",
-        ip_address="203.0.113.7",
+        postal_address="",
         form_url="https://acme.example/join?src=bench",
-        consent_text="Yes, text me Acme offers. Msg&data rates may apply. Reply STOP to cancel.",
-        screenshot_ref="s3://proofs/form-v3.png",
-        screenshot_sha256="9f" * 32,
     )
 
 

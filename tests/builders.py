@@ -6,7 +6,10 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from consent.v1 import ledger_pb2
+
 from ledger.campaigns import Campaign, CampaignPolicy
+from ledger.commands import RecordOptIn
 from ledger.events import (
     AgeVerified,
     CollectionMethod,
@@ -40,18 +43,48 @@ def at(minutes: float = 0, *, days: float = 0, hours: float = 0) -> datetime:
     return T0 + timedelta(days=days, hours=hours, minutes=minutes)
 
 
-def proof(when: datetime = T0) -> ConsentProof:
-    return ConsentProof(
-        registered_at=when,
-        name="Ada Lovelace",
-        email="ada@example.com",
-        postal_address="1 Main St, Springfield",
-        ip_address="203.0.113.7",
-        form_url="https://acme.example/sms-signup?utm=spring",
-        consent_text="Yes, text me Acme offers. Msg&data rates may apply. Reply STOP to cancel.",
-        screenshot_ref="s3://proofs/form-v3.png",
-        screenshot_sha256="9f" * 32,
-    )
+_PROOF_TEXT: dict[str, str] = {
+    "name": "Ada Lovelace",
+    "email": "ada@example.com",
+    "postal_address": "1 Main St, Springfield",
+    "ip_address": "203.0.113.7",
+    "form_url": "https://acme.example/sms-signup?utm=spring",
+    "consent_text": "Yes, text me Acme offers. Msg&data rates may apply. Reply STOP to cancel.",
+    "screenshot_ref": "s3://proofs/form-v3.png",
+    "screenshot_sha256": "9f" * 32,
+}
+
+
+def proof(when: datetime = T0, **changes: str) -> ConsentProof:
+    """A web form's proof of opt-in, every field of the provider's template filled;
+    ``changes`` replace or blank (``""``) text fields."""
+    return ConsentProof(registered_at=when, **{**_PROOF_TEXT, **changes})
+
+
+def proof_proto(when: datetime = T0, **changes: str) -> ledger_pb2.ConsentProof:
+    """``proof`` as the API and the ledger's wire format carry it."""
+    message = ledger_pb2.ConsentProof(**{**_PROOF_TEXT, **changes})
+    message.registered_at.FromDatetime(when)
+    return message
+
+
+def opt_in(
+    when: datetime = T0,
+    campaign: str = "promo",
+    *,
+    request_id: str = "req-1",
+    phone: str = PHONE,
+    brand: str = BRAND,
+    **changes: Any,
+) -> RecordOptIn:
+    """A promotional web-form opt-in with ``proof(when)``, occurring ``when``."""
+    fields: dict[str, Any] = {
+        "tier": ConsentTier.PROMOTIONAL,
+        "method": CollectionMethod.WEB_FORM,
+        "proof": proof(when),
+        "occurred_at": when,
+    }
+    return RecordOptIn(request_id, phone, brand, campaign, **{**fields, **changes})
 
 
 def _base(when: datetime) -> dict[str, Any]:

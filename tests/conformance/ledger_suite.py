@@ -26,7 +26,6 @@ from ledger.events import (
     CandidateResolution,
     CollectionMethod,
     ConsentGranted,
-    ConsentProof,
     ConsentReconfirmed,
     ConsentResumed,
     ConsentRevoked,
@@ -42,6 +41,7 @@ from ledger.events import (
     SubscriberEvent,
 )
 from ledger.ports import Ledger, Stream
+from tests.builders import proof
 
 BRAND = "acme"
 OCCURRED = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)
@@ -105,15 +105,7 @@ def one_of_each_kind(phone: str) -> list[LedgerEvent]:
             campaign="promo",
             tier=ConsentTier.PROMOTIONAL,
             method=CollectionMethod.WEB_FORM,
-            proof=ConsentProof(
-                registered_at=when,
-                name="Ada Lovelace",
-                ip_address="203.0.113.7",
-                form_url="https://acme.example/signup",
-                consent_text="Yes, text me Acme offers. Reply STOP to cancel. \u2713",
-                screenshot_ref="s3://proofs/form.png",
-                screenshot_sha256="9f" * 32,
-            ),
+            proof=proof(when, consent_text="Yes, text me offers. Reply STOP to cancel. \u2713"),
         ),
         AgeVerified(**_ids(when), **subject, method="id-scan", date_of_birth="1990-04-01"),
         message_sent(phone, 1),

@@ -32,7 +32,6 @@ from ledger.events import (
     CandidateResolution,
     CollectionMethod,
     ConsentGranted,
-    ConsentProof,
     ConsentReconfirmed,
     ConsentResumed,
     ConsentRevoked,
@@ -51,6 +50,7 @@ from ledger.events import (
 from ledger.opt_out_rate import SendingCounts, count_sending
 from ledger.ports import ConsentView, RequestUse, Stream
 from ledger.state import SubscriberState, fold, fold_campaign
+from tests.builders import proof
 
 T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 PARTITIONS = 4
@@ -68,15 +68,7 @@ def grant(phone: str, brand: str, campaign: str, at: datetime, **kw: Any) -> Con
         campaign=campaign,
         tier=kw.get("tier", ConsentTier.PROMOTIONAL),
         method=CollectionMethod.WEB_FORM,
-        proof=ConsentProof(
-            registered_at=at,
-            name="Ada Lovelace",
-            ip_address="198.51.100.7",
-            form_url="https://example.com/join",
-            consent_text="Yes, text me offers. Reply STOP to opt out.",
-            screenshot_ref="s3://proofs/form.png",
-            screenshot_sha256="0" * 64,
-        ),
+        proof=proof(at),
     )
 
 

@@ -26,6 +26,7 @@ from services.bootstrap import Runtime
 from services.freshness import FreshnessSettings
 from services.grpc_api.auth import token_digest
 from services.settings import Settings
+from tests.builders import proof_proto as proof
 
 TOKENS = {
     "admin": ("admin-secret", ["check", "write", "audit", "admin"], "*"),
@@ -132,21 +133,6 @@ def service_settings(
         freshness=FreshnessSettings(refresh_interval=0.05, wait_bound=5.0),
         shutdown_grace=2,
         projector_group=group or f"proj-{uuid.uuid4().hex[:8]}",
-    )
-
-
-def proof(at: datetime) -> lpb.ConsentProof:
-    registered = ts(at)
-    return lpb.ConsentProof(
-        registered_at=registered,
-        name="Ada Lovelace",
-        email="ada@example.com",
-        postal_address="1 Main St",
-        ip_address="203.0.113.7",
-        form_url="https://acme.example/join?src=spring",
-        consent_text="Yes, text me Acme offers. Reply STOP to cancel.",
-        screenshot_ref="s3://proofs/form.png",
-        screenshot_sha256="ab" * 32,
     )
 
 

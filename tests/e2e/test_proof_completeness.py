@@ -60,10 +60,7 @@ async def service(tmp_path, postgres_dsn, kafka_bootstrap):
 
 def thin_proof(when: datetime) -> lpb.ConsentProof:
     """A web form's proof with what the method needs, but no email or address."""
-    full = proof(when)
-    full.ClearField("email")
-    full.ClearField("postal_address")
-    return full
+    return proof(when, email="", postal_address="")
 
 
 async def test_every_answer_about_a_grant_names_what_its_proof_lacks(service):

@@ -27,8 +27,6 @@ from ledger.errors import InvalidPhoneNumber, InvalidRequest, MissingProofError
 from ledger.events import (
     FIRST_VERSION,
     CandidateResolution,
-    CollectionMethod,
-    ConsentTier,
     LedgerEvent,
     LedgerPosition,
     MessageKind,
@@ -45,6 +43,7 @@ from services.errors import AlreadyExists, FailedPrecondition, NotConsistent
 from services.freshness import FreshnessGuard, FreshnessSettings
 from services.projector import Projector
 from tests.builders import BRAND, PHONE, at, proof
+from tests.builders import opt_in as an_opt_in
 from tests.conformance.view_suite import Positions, flag
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -100,16 +99,7 @@ async def app():
 
 
 def opt_in(request_id: str) -> RecordOptIn:
-    return RecordOptIn(
-        request_id,
-        PHONE,
-        BRAND,
-        "promo",
-        ConsentTier.PROMOTIONAL,
-        CollectionMethod.WEB_FORM,
-        proof(at(0)),
-        at(0),
-    )
+    return an_opt_in(at(0), request_id=request_id)
 
 
 def define(request_id: str = "define-promo") -> DefineCampaign:
@@ -145,11 +135,7 @@ async def test_two_brands_may_use_the_same_request_id_and_neither_write_is_lost(
                 DefineCampaign(f"define-{brand}", brand, "promo", CampaignPolicy(), at(-1))
             )
         acme = await app.record(opt_in("r1"))
-        grant = RecordOptIn(
-            "g1", PHONE, "globex", "promo", ConsentTier.PROMOTIONAL,
-            CollectionMethod.WEB_FORM, proof(at(0)), at(0),
-        )  # fmt: skip
-        await app.record(grant)
+        await app.record(an_opt_in(at(0), request_id="g1", brand="globex"))
         stop = await app.record(
             RecordOptOut("r1", PHONE, "globex", "promo", RevocationChannel.API, at(30))
         )
@@ -284,18 +270,7 @@ async def test_opt_in_then_check_then_opt_out_then_check(app):
 
 async def test_an_opt_in_for_an_undefined_campaign_writes_nothing(app):
     with pytest.raises(FailedPrecondition) as err:
-        await app.record(
-            RecordOptIn(
-                "r1",
-                PHONE,
-                BRAND,
-                "nosuch",
-                ConsentTier.PROMOTIONAL,
-                CollectionMethod.WEB_FORM,
-                proof(at(0)),
-                at(0),
-            )
-        )
+        await app.record(an_opt_in(at(0), "nosuch", request_id="r1"))
     assert err.value.field == "campaign"
     assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == {0: 0, 1: 0, 2: 0, 3: 0}
 
@@ -825,7 +800,7 @@ async def test_an_opt_in_without_a_field_its_campaign_requires_writes_nothing():
     async with running() as (app, _):
         strict = CampaignPolicy(required_proof_fields=("email",))
         await app.record(DefineCampaign("d", BRAND, "promo", strict, at(0) - timedelta(days=1)))
-        thin = dataclasses.replace(opt_in("r1"), proof=dataclasses.replace(proof(at(0)), email=""))
+        thin = dataclasses.replace(opt_in("r1"), proof=proof(at(0), email=""))
         with pytest.raises(MissingProofError) as err:
             await app.record(thin)
         assert err.value.field == "proof.email"
@@ -837,7 +812,7 @@ async def test_an_opt_in_without_a_field_its_campaign_requires_writes_nothing():
 
 async def test_a_check_names_what_the_grant_s_proof_lacks(app):
     await app.record(define())
-    thin = dataclasses.replace(proof(at(0)), email="", postal_address="")
+    thin = proof(at(0), email="", postal_address="")
     written = await app.record(dataclasses.replace(opt_in("r1"), proof=thin))
     checked = await app.can_send(PHONE, BRAND, "promo", token=written.token)
     assert checked.proof_missing == ("proof.email", "proof.postal_address")

@@ -53,22 +53,14 @@ from ledger.keywords import Intent
 from ledger.policy import Reason, decide
 from ledger.state import fold
 from tests.builders import BRAND, PHONE, at, campaign, granted, proof, record, revoked
+from tests.builders import opt_in as an_opt_in
 
 NOW = at(60)
 
 
 def opt_in(**changes):
-    base = RecordOptIn(
-        "req-1",
-        "+1 (415) 555-2671",
-        BRAND,
-        "promo",
-        ConsentTier.PROMOTIONAL,
-        CollectionMethod.WEB_FORM,
-        proof(),
-        at(0),
-    )
-    return replace(base, **changes)
+    """An opt-in whose number is written as people write it, not in E.164."""
+    return an_opt_in(at(0), **{"phone": "+1 (415) 555-2671", **changes})
 
 
 def test_opt_in_normalises_the_number_to_e164():
@@ -92,18 +84,18 @@ def test_consent_from_a_bought_list_is_refused(source):
 @pytest.mark.parametrize("missing", ["name", "ip_address", "form_url", "screenshot_sha256"])
 def test_web_form_consent_without_a_proof_field_is_refused(missing):
     with pytest.raises(MissingProofError) as err:
-        to_events(opt_in(proof=replace(proof(), **{missing: ""})), NOW)
+        to_events(opt_in(proof=proof(**{missing: ""})), NOW)
     assert err.value.field == f"proof.{missing}"
 
 
 def test_consent_wording_may_be_given_as_hash_and_version():
-    p = replace(proof(), consent_text="", consent_text_sha256="ab" * 32, consent_text_version="v3")
+    p = proof(consent_text="", consent_text_sha256="ab" * 32, consent_text_version="v3")
     assert to_events(opt_in(proof=p), NOW)
 
 
 def test_consent_without_wording_is_refused():
     with pytest.raises(MissingProofError) as err:
-        to_events(opt_in(proof=replace(proof(), consent_text="")), NOW)
+        to_events(opt_in(proof=proof(consent_text="")), NOW)
     assert err.value.field == "proof.consent_text"
 
 
@@ -132,7 +124,7 @@ def test_event_ids_name_the_whole_request_and_not_how_its_times_are_written():
     for other in (
         opt_in(campaign="alerts"),
         opt_in(occurred_at=at(1), proof=proof(at(1))),
-        opt_in(proof=replace(proof(), email="someone@example.com")),
+        opt_in(proof=proof(email="someone@example.com")),
         opt_in(tier=ConsentTier.INFORMATIONAL),
     ):
         assert to_events(other, NOW)[0].originator_id != first
@@ -390,7 +382,7 @@ LONGEST_SMS = "x" * 1_600  # what carriers deliver at most, as one message
 def _requests_with(field: str, value: str) -> list[object]:
     """Every request that has ``field`` (a ``TEXT_LIMITS`` name), holding ``value``."""
     if field.startswith("proof."):
-        return [opt_in(proof=replace(proof(), **{field.removeprefix("proof."): value}))]
+        return [opt_in(proof=proof(**{field.removeprefix("proof."): value}))]
     if field.startswith("policy."):
         policy = replace(CampaignPolicy(), **{field.removeprefix("policy."): value})
         return [DefineCampaign("r", BRAND, "promo", policy, at(0))]
@@ -476,14 +468,14 @@ def test_a_longest_sms_is_taken_as_an_inbound_body_and_as_an_opt_out_text():
 
 def test_a_proof_reports_what_it_lacks_of_the_provider_s_template():
     assert proof().template_missing(CollectionMethod.WEB_FORM) == []
-    thin = replace(proof(), email="", postal_address="", screenshot_ref="")
+    thin = proof(email="", postal_address="", screenshot_ref="")
     assert thin.template_missing(CollectionMethod.WEB_FORM) == [
         "proof.email",
         "proof.postal_address",
         "proof.screenshot_ref",
     ]
     # Another method's details stand for the IP address and the URL, as the template says.
-    paper = replace(proof(), ip_address="", form_url="", collection_detail="signed at the desk")
+    paper = proof(ip_address="", form_url="", collection_detail="signed at the desk")
     assert paper.template_missing(CollectionMethod.PAPER) == []
     assert paper.template_missing(CollectionMethod.WEB_FORM) == [
         "proof.ip_address",
@@ -504,8 +496,8 @@ def test_an_opt_in_lacking_a_required_proof_field_is_refused_naming_it():
     policy = CampaignPolicy(required_proof_fields=("screenshot_ref", "postal_address"))
     check_required_proof(opt_in(), policy)
     for missing in ("postal_address", "screenshot_ref"):
-        cmd = opt_in(proof=replace(proof(), **{missing: ""}))
+        cmd = opt_in(proof=proof(**{missing: ""}))
         with pytest.raises(MissingProofError) as err:
             check_required_proof(cmd, policy)
         assert err.value.field == f"proof.{missing}"
-    check_required_proof(opt_in(proof=replace(proof(), email="")), policy)  # not required
+    check_required_proof(opt_in(proof=proof(email="")), policy)  # not required

@@ -20,9 +20,7 @@ from ledger.commands import RecordOptIn, RecordSubscriberLocation, to_events
 from ledger.digest import digest_of
 from ledger.errors import InvalidRequest
 from ledger.events import (
-    CollectionMethod,
     ConsentGranted,
-    ConsentTier,
     LedgerEvent,
     MessageKind,
     MessageSent,
@@ -40,7 +38,7 @@ from ledger.regions import (
 )
 from ledger.state import fold, retained_facts
 from services.wire.digest import decode_digest, encode_digest
-from tests.builders import BRAND, campaign, granted, proof, record
+from tests.builders import BRAND, campaign, granted, opt_in, proof, record
 
 FLORIDA = "+13055550123"  # Miami: America/New_York
 TEXAS = "+15125550100"  # Austin: America/Chicago
@@ -422,16 +420,7 @@ def test_one_check_asked_of_many_numbers_keeps_each_numbers_states_apart():
 
 def _opt_in(region: str) -> RecordOptIn:
     when = datetime(2026, 12, 1, 15, tzinfo=UTC)
-    return RecordOptIn(
-        request_id="r-1",
-        phone=FLORIDA,
-        brand=BRAND,
-        campaign="promo",
-        tier=ConsentTier.PROMOTIONAL,
-        method=CollectionMethod.WEB_FORM,
-        proof=dataclasses.replace(proof(when), region=region),
-        occurred_at=when,
-    )
+    return opt_in(when, request_id="r-1", phone=FLORIDA, proof=proof(when, region=region))
 
 
 def test_an_opt_in_region_is_kept_as_a_usps_code():

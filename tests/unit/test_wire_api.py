@@ -38,7 +38,6 @@ from ledger.events import (
     CandidateResolution,
     CollectionMethod,
     ConsentGranted,
-    ConsentProof,
     ConsentTier,
     ListSource,
     MessageKind,
@@ -48,7 +47,7 @@ from ledger.policy import Decision, Obligation, Reason
 from ledger.state import SubscriberState, fold
 from services.wire import api
 from services.wire.enums import WireFormatError
-from tests.builders import granted, record
+from tests.builders import granted, proof, proof_proto, record
 
 AT = datetime(2025, 6, 1, 14, 30, 5, 123456, tzinfo=UTC)
 PHONE, BRAND, CAMPAIGN = "+14155550123", "acme", "spring-sale"
@@ -58,18 +57,6 @@ def ts(value: datetime = AT) -> Timestamp:
     t = Timestamp()
     t.FromDatetime(value)
     return t
-
-
-def proof_proto() -> ledger_pb2.ConsentProof:
-    return ledger_pb2.ConsentProof(
-        registered_at=ts(AT - timedelta(seconds=2)),
-        name="Ada Lovelace",
-        ip_address="192.0.2.7",
-        form_url="https://acme.example/join",
-        consent_text="Yes, text me offers. Reply STOP to cancel.",
-        screenshot_ref="s3://proofs/ada.png",
-        screenshot_sha256="ab" * 32,
-    )
 
 
 def policy_proto() -> ledger_pb2.CampaignPolicy:
@@ -102,7 +89,7 @@ WRITES: list[tuple[Message, Any]] = [
             campaign=CAMPAIGN,
             tier=ledger_pb2.CONSENT_TIER_PROMOTIONAL,
             method=ledger_pb2.COLLECTION_METHOD_WEB_FORM,
-            proof=proof_proto(),
+            proof=proof_proto(AT - timedelta(seconds=2)),
             source=ledger_pb2.LIST_SOURCE_FIRST_PARTY,
             occurred_at=ts(),
         ),
@@ -111,15 +98,7 @@ WRITES: list[tuple[Message, Any]] = [
             campaign=CAMPAIGN,
             tier=ConsentTier.PROMOTIONAL,
             method=CollectionMethod.WEB_FORM,
-            proof=ConsentProof(
-                registered_at=AT - timedelta(seconds=2),
-                name="Ada Lovelace",
-                ip_address="192.0.2.7",
-                form_url="https://acme.example/join",
-                consent_text="Yes, text me offers. Reply STOP to cancel.",
-                screenshot_ref="s3://proofs/ada.png",
-                screenshot_sha256="ab" * 32,
-            ),
+            proof=proof(AT - timedelta(seconds=2)),
             occurred_at=AT,
         ),
     ),

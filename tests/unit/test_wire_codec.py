@@ -44,6 +44,7 @@ from ledger.events import (
     SubscriberLocated,
 )
 from services.wire import codec
+from tests.builders import proof
 
 AT = datetime(2025, 3, 14, 15, 9, 26, 535897, tzinfo=UTC)
 PHONE, BRAND = "+14155550123", "acme"
@@ -61,19 +62,14 @@ def who() -> dict[str, Any]:
     return {"phone": PHONE, "brand": BRAND}
 
 
-FULL_PROOF = ConsentProof(
-    registered_at=AT - timedelta(seconds=3, microseconds=1),
-    name="Ada Lovelace",
-    email="ada@example.com",
-    postal_address="12 St James's Square, London",
+# Every field filled, the optional ones too, so a lossy encoding shows.
+FULL_PROOF = proof(
+    AT - timedelta(seconds=3, microseconds=1),
     ip_address="2001:db8::1",
     collection_detail="checkout page, box unticked by default",
-    form_url="https://acme.example/join",
-    consent_text="Yes, text me offers. Msg&data rates may apply. Reply STOP to cancel.",
     consent_text_sha256="9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
     consent_text_version="2025-01",
-    screenshot_ref="s3://proofs/ada.png",
-    screenshot_sha256="2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+    region="CA",
 )
 
 RICH_POLICY = CampaignPolicy(
