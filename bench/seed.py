@@ -66,9 +66,8 @@ def reference_time() -> datetime:
 def campaign_event(at: datetime) -> Recorded:
     defined = at - timedelta(days=90)
     event = CampaignDefined(
-        originator_id=event_id_for("bench-campaign"),
-        originator_version=1,
-        timestamp=defined,
+        event_id=event_id_for("bench-campaign"),
+        occurred_at=defined,
         brand=BRAND,
         campaign=CAMPAIGN,
         policy=CampaignPolicy(purpose=CampaignPurpose.PROMOTIONAL, sender_numbers=(SENDER,)),
@@ -91,9 +90,8 @@ def subscriber_events(i: int, phone: str, at: datetime) -> list[SubscriberEvent]
     granted_at = at - timedelta(days=1 + i % 20, minutes=i % 600)
     events: list[SubscriberEvent] = [
         ConsentGranted(
-            originator_id=event_id_for(f"bench-grant-{phone}"),
-            originator_version=1,
-            timestamp=granted_at,
+            event_id=event_id_for(f"bench-grant-{phone}"),
+            occurred_at=granted_at,
             phone=phone,
             brand=BRAND,
             campaign=CAMPAIGN,
@@ -105,9 +103,8 @@ def subscriber_events(i: int, phone: str, at: datetime) -> list[SubscriberEvent]
     if i % REVOKE_EVERY == REVOKE_EVERY - 1:
         events.append(
             ConsentRevoked(
-                originator_id=event_id_for(f"bench-stop-{phone}"),
-                originator_version=1,
-                timestamp=granted_at + timedelta(hours=6),
+                event_id=event_id_for(f"bench-stop-{phone}"),
+                occurred_at=granted_at + timedelta(hours=6),
                 phone=phone,
                 brand=BRAND,
                 campaign=CAMPAIGN,
@@ -142,7 +139,7 @@ def recorded_for(plan: Plan, mine: set[int] | None = None) -> list[Recorded]:
             offset = offsets[p]
             offsets[p] += 1
             if mine is None or p in mine:
-                recorded_at = event.timestamp + timedelta(seconds=1)
+                recorded_at = event.occurred_at + timedelta(seconds=1)
                 out.append(Recorded(event, LedgerPosition(p, offset), recorded_at))
     return out
 

@@ -2,10 +2,13 @@
 
 Serialisation formats live at the edge (``services.wire.codec``); what stays here
 is the domain's promise that a fact written by an older version of an event class
-still replays. It follows the ``eventsourcing`` convention: a class with
+still replays. It follows the ``eventsourcing`` library's convention: a class with
 ``class_version = n`` defines ``upcast_v1_v2`` ... ``upcast_v{n-1}_v{n}``, each a
 static method that brings the event's state dict one version forward (in place,
-or by returning a new dict).
+or by returning a new dict). The library's own ``Mapper`` cannot run it here: it
+hands its transcoder a plain dict of the event's attributes, and the ledger's
+stored form is the typed protobuf envelope, decoded outside any store too
+(snapshots, the audit API, stream consumers).
 """
 
 from __future__ import annotations

@@ -39,7 +39,6 @@ from ledger.errors import (
 from ledger.events import (
     ANY_BRAND,
     BRAND_SETTINGS,
-    FIRST_VERSION,
     MAX_CLOCK_SKEW,
     AgeVerified,
     BrandPolicySet,
@@ -465,9 +464,8 @@ def _canonical(value: Any) -> Any:
 def _base(cmd: Any, index: int, at: datetime, brand: str) -> dict[str, Any]:
     fingerprint = request_fingerprint(cmd)
     return {
-        "originator_id": event_id_for(cmd.request_id, index, brand, fingerprint),
-        "originator_version": FIRST_VERSION,
-        "timestamp": at,
+        "event_id": event_id_for(cmd.request_id, index, brand, fingerprint),
+        "occurred_at": at,
         "request_id": cmd.request_id,
         "request_fingerprint": fingerprint,
     }

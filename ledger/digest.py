@@ -132,7 +132,7 @@ class Digest(NamedTuple):
 def _mark(fact: Fact[Any] | None) -> Mark | None:
     if fact is None:
         return None
-    return (micros(fact.event.timestamp), fact.position.offset, fact.event_id)
+    return (micros(fact.event.occurred_at), fact.position.offset, fact.event_id)
 
 
 def _sent_mark(record: SentRecord | None) -> Mark | None:

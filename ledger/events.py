@@ -1,15 +1,13 @@
 """The facts the ledger records, named in the past tense and never changed.
 
-Events are ``eventsourcing`` domain events: frozen dataclasses whose
-``originator_id`` is the event's own id (each fact is its own identity, derived
-from the client's request id so a retried write is the same fact) and whose
-``timestamp`` is when the fact happened in the world (``occurred_at``). Appends
-never depend on what was read before them, so ``originator_version`` is always 1:
-the ledger orders facts, and the fold decides what a late or contradictory one
-means. Events do not validate themselves: a fact that was accepted once must
+Events are frozen dataclasses. Each has its own ``event_id`` (derived from the
+client's request id, so a retried write is the same fact) and ``occurred_at``,
+when the fact happened in the world. An event belongs to no aggregate and has no
+version: appends never depend on what was read before them, so the ledger orders
+facts (``Recorded.position``) and the fold decides what a late or contradictory
+one means. Events do not validate themselves: a fact that was accepted once must
 replay forever, so the rules for accepting one live in ``ledger.commands``.
-Old versions of an event class are upcast on read with the library's
-``class_version`` / ``upcast_vN_vM`` convention (see ``ledger.codec``).
+Old versions of an event class are upcast on read (``ledger.codec``).
 """
 
 from __future__ import annotations
@@ -19,8 +17,6 @@ import uuid
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import date, datetime, timedelta
 from typing import ClassVar
-
-from eventsourcing.domain import DomainEvent
 
 from ledger.campaigns import PROOF_TEMPLATE_FIELDS, CampaignPolicy
 from ledger.validation import is_blank
@@ -33,10 +29,6 @@ ANY_BRAND = "*"
 no campaign sends from, from a caller that may act for any brand). Not a valid
 brand name, so no brand can own it; every brand's CanSend reads its candidates
 (``ledger.digest.with_phone_wide``). The same "*" means every brand in tokens files."""
-
-FIRST_VERSION = 1
-"""Every event is version 1 of its own one-event stream: appends are unconditional."""
-
 
 def event_id_for(
     request_id: str, index: int = 0, brand: str = "", fingerprint: str = ""
@@ -165,8 +157,8 @@ class ConsentProof:
 
 
 @dataclass(frozen=True)
-class LedgerEvent(DomainEvent):
-    """A fact in the ledger. ``timestamp`` is when it happened in the world.
+class LedgerEvent:
+    """A fact in the ledger, ``occurred_at`` in the world.
 
     ``recorded_by`` names who asked for it to be recorded (the caller's token): the
     record's provenance, not part of the fact, so it takes no part in comparing
@@ -181,18 +173,12 @@ class LedgerEvent(DomainEvent):
     """
 
     EVENT_TYPE: ClassVar[str] = ""
+    event_id: uuid.UUID
+    occurred_at: datetime
     _: KW_ONLY
     recorded_by: str = field(default="", compare=False)
     request_id: str = field(default="", compare=False)
     request_fingerprint: str = field(default="", compare=False)
-
-    @property
-    def event_id(self) -> uuid.UUID:
-        return self.originator_id
-
-    @property
-    def occurred_at(self) -> datetime:
-        return self.timestamp
 
 
 @dataclass(frozen=True)

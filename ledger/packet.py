@@ -62,7 +62,7 @@ class EventRef:
     def of(r: Recorded) -> EventRef:
         e = r.event
         return EventRef(
-            str(e.originator_id),
+            str(e.event_id),
             e.EVENT_TYPE,
             e.occurred_at,
             r.recorded_at,
@@ -351,7 +351,7 @@ def assemble(
     mine = [r for r in subscriber if _concerns(r.event, campaign)]  # type: ignore[arg-type]
 
     messages = {
-        str(r.event.originator_id): _message(r, subscriber, rules, now)
+        str(r.event.event_id): _message(r, subscriber, rules, now)
         for r in mine
         if isinstance(r.event, MessageSent)
     }
@@ -359,7 +359,7 @@ def assemble(
     # campaign (a STOP of another campaign under the revoke-all rule).
     cited = {i for m in messages.values() for i in (*m.decision.evidence,)}
     chosen = {id(r) for r in mine}
-    shown = [r for r in subscriber if id(r) in chosen or str(r.event.originator_id) in cited]
+    shown = [r for r in subscriber if id(r) in chosen or str(r.event.event_id) in cited]
 
     opt_ins = tuple(
         _opt_in(r, shown, messages) for r in shown if isinstance(r.event, ConsentGranted)
@@ -386,7 +386,7 @@ def assemble(
         generated_at=now,
         opt_ins=opt_ins,
         messages=tuple(
-            messages[str(r.event.originator_id)] for r in shown if isinstance(r.event, MessageSent)
+            messages[str(r.event.event_id)] for r in shown if isinstance(r.event, MessageSent)
         ),
         opt_outs=opt_outs,
         replies=replies,
@@ -519,7 +519,7 @@ def _first_message(
         if isinstance(r.event, ConsentGranted) and r.event.campaign == e.campaign:
             return None
         if isinstance(r.event, MessageSent) and r.event.campaign == e.campaign:
-            return messages.get(str(r.event.originator_id))
+            return messages.get(str(r.event.event_id))
     return None
 
 
@@ -571,7 +571,7 @@ def _opt_out(r: Recorded, shown: Sequence[Recorded]) -> OptOut:
             e.text,
             e.in_reply_to,
             handling,
-            None if confirmation is None else str(confirmation.event.originator_id),
+            None if confirmation is None else str(confirmation.event.event_id),
         )
     assert isinstance(e, RevocationCandidateFlagged)
     due = revocation_due(e.occurred_at)
@@ -580,7 +580,7 @@ def _opt_out(r: Recorded, shown: Sequence[Recorded]) -> OptOut:
             x.event
             for x in shown
             if isinstance(x.event, RevocationCandidateResolved)
-            and x.event.candidate_event_id == e.originator_id
+            and x.event.candidate_event_id == e.event_id
         ),
         None,
     )
@@ -632,8 +632,8 @@ def _reply(r: Recorded, shown: Sequence[Recorded]) -> Reply:
         e.campaign,
         e.body,
         e.intent,
-        tuple(str(x.event.originator_id) for x in recorded),
-        None if answer is None else str(answer.event.originator_id),
+        tuple(str(x.event.event_id) for x in recorded),
+        None if answer is None else str(answer.event.event_id),
         "; ".join(parts),
     )
 
@@ -674,7 +674,7 @@ def _timeline(shown: Sequence[Recorded]) -> list[TimelinePoint]:
             kind, label = "reply", _short(e.body, 16)
         else:
             continue
-        points.append(TimelinePoint(e.occurred_at, kind, label, str(e.originator_id), campaign))
+        points.append(TimelinePoint(e.occurred_at, kind, label, str(e.event_id), campaign))
     return points
 
 

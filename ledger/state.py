@@ -73,18 +73,18 @@ class Fact(Generic[E]):
     @property
     def key(self) -> OrderKey:
         """World order, ties broken by ledger order (one phone lives in one partition)."""
-        return (self.event.timestamp, self.position.offset)
+        return (self.event.occurred_at, self.position.offset)
 
     @property
     def at(self) -> datetime:
-        return self.event.timestamp
+        return self.event.occurred_at
 
     def as_recorded(self) -> Recorded:
         return Recorded(self.event, self.position, self.recorded_at)
 
     @property
     def event_id(self) -> str:
-        return str(self.event.originator_id)
+        return str(self.event.event_id)
 
 
 def _later(current: Fact[E] | None, new: Fact[E]) -> Fact[E]:

@@ -452,7 +452,7 @@ class ConsentApp:
         use = await self.view.request_use(_brand_of(first), first.request_id)
         if use is not None:
             _refuse_another_request(first, use)
-            ids = [str(e.originator_id) for e in events]
+            ids = [str(e.event_id) for e in events]
             known = [await self.view.find_event(i) for i in ids]
             if all(k is not None for k in known):
                 return WriteResult(ids, ConsistencyToken.after([k for k in known if k]), True)
@@ -467,7 +467,7 @@ class ConsentApp:
             # phone. (A view that cannot get there in time is no reason to refuse the
             # write: the projection still applies one MessageSent per message id.)
             original = await self.view.message_use(sent.brand, sent.phone, sent.message_id)
-        if original is None or original == str(sent.originator_id):
+        if original is None or original == str(sent.event_id):
             return None
         recorded = await self.view.find_event(original)
         if recorded is None:  # the view reads them in one transaction: only mid-rebuild
@@ -479,7 +479,7 @@ class ConsentApp:
         applied yet: the same ids again, which the projection stores once), once its
         request id is taken for it: of two requests under one id at once, through
         any instances sharing the view, the second is refused and appends nothing."""
-        first, ids = events[0], [str(e.originator_id) for e in events]
+        first, ids = events[0], [str(e.event_id) for e in events]
         use = await self.view.claim_request(
             _brand_of(first), first.request_id, first.request_fingerprint, ids
         )

@@ -89,9 +89,8 @@ def opt_in(
 
 def _base(when: datetime) -> dict[str, Any]:
     return {
-        "originator_id": event_id_for(f"test-{next(_ids)}"),
-        "originator_version": 1,
-        "timestamp": when,
+        "event_id": event_id_for(f"test-{next(_ids)}"),
+        "occurred_at": when,
     }
 
 
@@ -193,7 +192,7 @@ def resolved(
         **_base(when),
         phone=PHONE,
         brand=BRAND,
-        candidate_event_id=candidate.originator_id,
+        candidate_event_id=candidate.event_id,
         resolution=resolution,
     )
 
@@ -218,7 +217,7 @@ def record(
     """Stamp positions in list order; ``recorded_at`` is ``occurred_at + delay`` by default."""
     out = []
     for i, e in enumerate(events):
-        when = known_at[i] if known_at else e.timestamp + delay
+        when = known_at[i] if known_at else e.occurred_at + delay
         out.append(Recorded(e, LedgerPosition(0, i), when))
     return out
 

@@ -507,7 +507,7 @@ def record_headers(event: LedgerEvent) -> list[Header]:
     brand = event.brand if isinstance(event, SubscriberEvent | CampaignEvent) else ""
     headers: list[Header] = [
         ("content-type", CONTENT_TYPE.encode()),
-        ("event-id", str(event.originator_id).encode()),
+        ("event-id", str(event.event_id).encode()),
         ("event-type", type(event).EVENT_TYPE.encode()),
         ("schema-version", str(class_version(type(event))).encode()),
         ("brand", brand.encode()),

@@ -42,7 +42,6 @@ from ledger.codec import class_version, upcast
 from ledger.events import (
     BRAND_SETTINGS,
     EVENT_TYPES,
-    FIRST_VERSION,
     AgeVerified,
     BrandPolicySet,
     CampaignDefined,
@@ -574,18 +573,14 @@ def event_to_proto(event: LedgerEvent) -> ledger_pb2.EventEnvelope:
     event_type = type(event).EVENT_TYPE
     if event_type not in _CODECS:
         raise WireFormatError("event_type", f"{type(event).__name__} has no wire format")
-    if event.originator_version != FIRST_VERSION:
-        raise WireFormatError(
-            "originator_version", f"must be {FIRST_VERSION}: every fact is its own stream"
-        )
     oneof_field, encode, _ = _CODECS[event_type]
     _, payload = encode(event)
     campaign = getattr(event, "campaign", None)
     env = ledger_pb2.EventEnvelope(
-        event_id=str(event.originator_id),
+        event_id=str(event.event_id),
         event_type=event_type,
         schema_version=class_version(type(event)),
-        occurred_at=timestamp_to_proto(event.timestamp, "occurred_at"),
+        occurred_at=timestamp_to_proto(event.occurred_at, "occurred_at"),
         phone=event.phone if isinstance(event, SubscriberEvent) else "",
         brand=event.brand if isinstance(event, SubscriberEvent | CampaignEvent) else "",
         campaign=campaign or "",
@@ -614,9 +609,8 @@ def event_from_proto(env: ledger_pb2.EventEnvelope) -> LedgerEvent:
             "payload", f"{env.event_type} must carry {oneof_field}, not {carried or 'nothing'}"
         )
     state: dict[str, Any] = {
-        "originator_id": _uuid(env.event_id, "event_id"),
-        "originator_version": FIRST_VERSION,
-        "timestamp": _required_time(env, "occurred_at", "occurred_at"),
+        "event_id": _uuid(env.event_id, "event_id"),
+        "occurred_at": _required_time(env, "occurred_at", "occurred_at"),
         "brand": env.brand,
         "recorded_by": env.recorded_by,
         "request_id": env.request_id,

@@ -58,7 +58,7 @@ def new_phone() -> str:
 
 
 def _ids(when: datetime) -> dict[str, Any]:
-    return {"originator_id": uuid.uuid4(), "originator_version": 1, "timestamp": when}
+    return {"event_id": uuid.uuid4(), "occurred_at": when}
 
 
 def message_sent(phone: str, n: int = 0, *, brand: str = BRAND) -> MessageSent:

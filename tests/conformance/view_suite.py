@@ -24,7 +24,6 @@ from ledger.digest import digest_of
 from ledger.events import (
     ANY_BRAND,
     BRAND_SETTINGS,
-    FIRST_VERSION,
     AgeVerified,
     BrandPolicySet,
     CampaignDefined,
@@ -57,7 +56,7 @@ PARTITIONS = 4
 
 
 def _base(at: datetime) -> dict[str, Any]:
-    return {"originator_id": uuid.uuid4(), "originator_version": FIRST_VERSION, "timestamp": at}
+    return {"event_id": uuid.uuid4(), "occurred_at": at}
 
 
 def grant(phone: str, brand: str, campaign: str, at: datetime, **kw: Any) -> ConsentGranted:
@@ -176,7 +175,7 @@ def generate_events(
     events: list[LedgerEvent] = []
 
     def base(at: datetime) -> dict[str, Any]:
-        return {"originator_id": uid(), "originator_version": FIRST_VERSION, "timestamp": at}
+        return {"event_id": uid(), "occurred_at": at}
 
     for b, brand in enumerate(brand_names):
         for c, campaign in enumerate(campaign_names):
@@ -269,7 +268,7 @@ def subscriber_events(count: int, **kw: Any) -> list[LedgerEvent]:
 
 
 def replace_id(event: LedgerEvent, event_id: uuid.UUID) -> LedgerEvent:
-    return replace(event, originator_id=event_id)
+    return replace(event, event_id=event_id)
 
 
 class ConsentViewSuite:
@@ -519,7 +518,7 @@ class ConsentViewSuite:
                 **_base(T0 + timedelta(minutes=1)),
                 phone=reply.phone,
                 brand="acme",
-                candidate_event_id=reply.originator_id,
+                candidate_event_id=reply.event_id,
                 resolution=CandidateResolution.DISMISSED,
             )
 
@@ -553,7 +552,7 @@ class ConsentViewSuite:
                 {known, unknown, other} if brand == "acme" else {known, unknown}
             )
             for phone, stop in ((known, stops[0]), (unknown, stops[1])):
-                assert [p[0] for p in digests[phone].pending] == [str(stop.originator_id)]
+                assert [p[0] for p in digests[phone].pending] == [str(stop.event_id)]
                 assert digests[phone].pending[0][3] is True  # unattributed
             assert not digests.get(other, digest_of(SubscriberState())).pending
         acme = (await view.digests("acme", [known]))[known]
@@ -566,7 +565,7 @@ class ConsentViewSuite:
             **_base(T0 + timedelta(minutes=1)),
             phone=unknown,
             brand=ANY_BRAND,
-            candidate_event_id=stops[1].originator_id,
+            candidate_event_id=stops[1].event_id,
             resolution=CandidateResolution.DISMISSED,
         )
         await view.apply(Stream.SUBSCRIBERS, pos.record([dismissed]))
@@ -586,7 +585,7 @@ class ConsentViewSuite:
             **_base(T0 + timedelta(hours=3)),
             phone=replies[0].phone,
             brand="acme",
-            candidate_event_id=replies[0].originator_id,
+            candidate_event_id=replies[0].event_id,
             resolution=CandidateResolution.DISMISSED,
         )
         await view.apply(Stream.SUBSCRIBERS, pos.record(replies))

@@ -212,5 +212,5 @@ async def test_every_brands_digests_carry_a_phone_wide_stop(pool: asyncpg.Pool) 
     for brand in ("acme", "globex"):
         copied = await replica.digests(brand, [PHONES[0], PHONES[1]])
         assert copied == await view.digests(brand, [PHONES[0], PHONES[1]])
-        assert [p[0] for p in copied[PHONES[0]].pending] == [str(stop.originator_id)]
+        assert [p[0] for p in copied[PHONES[0]].pending] == [str(stop.event_id)]
     assert (await replica.digests("acme", [PHONES[0]]))[PHONES[0]].campaign("deals").grant

@@ -217,8 +217,8 @@ async def test_the_example_table_follows_opt_ins_and_opt_outs_and_ignores_copies
         revoked(at(2), None, phone=bob),  # STOPALL
         granted(T0, "promo", phone=cy),
         revoked(at(1), None, phone=cy),
-        ConsentResumed(originator_id=uuid.uuid4(), originator_version=1,
-                       timestamp=at(2), phone=cy, brand="acme", campaign=None),
+        ConsentResumed(event_id=uuid.uuid4(),
+                       occurred_at=at(2), phone=cy, brand="acme", campaign=None),
         granted(at(3), "promo", phone=ada),  # Ada opts in again...
         stop_promo,  # ...and a retried append stores her old STOP a second time
         # Recorded late: an opt-out, then opt-ins from paper forms signed before it.

@@ -14,7 +14,6 @@ import pytest
 import pytest_asyncio
 
 from ledger.events import (
-    FIRST_VERSION,
     CandidateResolution,
     ConsentTier,
     RevocationCandidateResolved,
@@ -352,12 +351,11 @@ async def test_replies_resolved_before_the_resolved_column_are_listed_until_a_re
     pos = Positions()
     reply = flag("+14155550330", "acme", T0)
     resolution = RevocationCandidateResolved(
-        originator_id=uuid.uuid4(),
-        originator_version=FIRST_VERSION,
-        timestamp=T0 + timedelta(minutes=1),
+        event_id=uuid.uuid4(),
+        occurred_at=T0 + timedelta(minutes=1),
         phone=reply.phone,
         brand="acme",
-        candidate_event_id=reply.originator_id,
+        candidate_event_id=reply.event_id,
         resolution=CandidateResolution.DISMISSED,
     )
     batches = [pos.record([reply]), pos.record([resolution])]

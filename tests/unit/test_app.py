@@ -25,7 +25,6 @@ from ledger.commands import (
 )
 from ledger.errors import InvalidPhoneNumber, InvalidRequest, MissingProofError
 from ledger.events import (
-    FIRST_VERSION,
     CandidateResolution,
     LedgerEvent,
     LedgerPosition,
@@ -756,12 +755,11 @@ async def test_the_review_queue_reads_in_chunks_and_the_fold_decides(monkeypatch
     replies = [flag(f"+1415555{2900 + i:04d}", BRAND, at(i)) for i in range(7)]
     resolutions = [
         RevocationCandidateResolved(
-            originator_id=uuid.uuid4(),
-            originator_version=FIRST_VERSION,
-            timestamp=at(10),
+            event_id=uuid.uuid4(),
+            occurred_at=at(10),
             phone=replies[i].phone,
             brand=BRAND,
-            candidate_event_id=replies[i].originator_id,
+            candidate_event_id=replies[i].event_id,
             resolution=CandidateResolution.DISMISSED,
         )
         for i in (0, 1, 2, 5)

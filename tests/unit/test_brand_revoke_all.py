@@ -32,9 +32,8 @@ SET_AT = BEFORE - timedelta(days=1)
 def _defined(name: str, at: datetime, offset: int) -> Recorded:
     rules = campaign(name)
     event = CampaignDefined(
-        originator_id=event_id_for(f"define-{name}"),
-        originator_version=1,
-        timestamp=at,
+        event_id=event_id_for(f"define-{name}"),
+        occurred_at=at,
         brand=BRAND,
         campaign=name,
         policy=rules.policy,
@@ -44,9 +43,8 @@ def _defined(name: str, at: datetime, offset: int) -> Recorded:
 
 def _setting(at: datetime, offset: int, *, on: bool = True, known: datetime | None = None):
     event = BrandPolicySet(
-        originator_id=event_id_for(f"brand-{offset}"),
-        originator_version=1,
-        timestamp=at,
+        event_id=event_id_for(f"brand-{offset}"),
+        occurred_at=at,
         brand=BRAND,
         campaign=BRAND_SETTINGS,
         revoke_all=on,
@@ -157,7 +155,7 @@ def test_set_brand_policy_records_one_fact_at_now():
     now = BEFORE
     (event,) = to_events(SetBrandPolicy("r1", BRAND, revoke_all=True), now)
     assert isinstance(event, BrandPolicySet)
-    assert (event.brand, event.campaign, event.revoke_all, event.timestamp) == (
+    assert (event.brand, event.campaign, event.revoke_all, event.occurred_at) == (
         BRAND,
         BRAND_SETTINGS,
         True,

@@ -69,9 +69,9 @@ def test_opt_in_normalises_the_number_to_e164():
 
 
 def test_the_same_request_id_gives_the_same_event_id():
-    assert to_events(opt_in(), NOW)[0].originator_id == to_events(opt_in(), NOW)[0].originator_id
+    assert to_events(opt_in(), NOW)[0].event_id == to_events(opt_in(), NOW)[0].event_id
     other = to_events(opt_in(request_id="req-2"), NOW)[0]
-    assert other.originator_id != to_events(opt_in(), NOW)[0].originator_id
+    assert other.event_id != to_events(opt_in(), NOW)[0].event_id
 
 
 @pytest.mark.parametrize("source", [ListSource.PURCHASED, ListSource.RENTED, ListSource.SHARED])
@@ -115,11 +115,11 @@ def test_unparseable_or_invalid_numbers_are_refused(phone):
 
 
 def test_event_ids_name_the_whole_request_and_not_how_its_times_are_written():
-    first = to_events(opt_in(), NOW)[0].originator_id
+    first = to_events(opt_in(), NOW)[0].event_id
     # The same instants in another time zone object: the same request, the same id.
     la = ZoneInfo("America/Los_Angeles")
     same = opt_in(occurred_at=at(0).astimezone(la), proof=proof(at(0).astimezone(la)))
-    assert to_events(same, NOW)[0].originator_id == first
+    assert to_events(same, NOW)[0].event_id == first
     # Anything else the request says makes it another request, with other ids.
     for other in (
         opt_in(campaign="alerts"),
@@ -127,7 +127,7 @@ def test_event_ids_name_the_whole_request_and_not_how_its_times_are_written():
         opt_in(proof=proof(email="someone@example.com")),
         opt_in(tier=ConsentTier.INFORMATIONAL),
     ):
-        assert to_events(other, NOW)[0].originator_id != first
+        assert to_events(other, NOW)[0].event_id != first
 
 
 def test_event_ids_are_pinned_so_a_retry_across_an_upgrade_stays_a_retry():
@@ -135,10 +135,10 @@ def test_event_ids_are_pinned_so_a_retry_across_an_upgrade_stays_a_retry():
     # (README, "Idempotent writes"). Change them only knowingly.
     policy = CampaignPolicy(sender_numbers=("+12125551234",))
     assert {
-        str(to_events(opt_in(), NOW)[0].originator_id),
-        str(to_events(stop_at("req-2", at(1)), NOW)[0].originator_id),
+        str(to_events(opt_in(), NOW)[0].event_id),
+        str(to_events(stop_at("req-2", at(1)), NOW)[0].event_id),
         str(
-            to_events(DefineCampaign("def-1", BRAND, "promo", policy, at(0)), NOW)[0].originator_id
+            to_events(DefineCampaign("def-1", BRAND, "promo", policy, at(0)), NOW)[0].event_id
         ),
     } == {
         "dfafb060-f43a-5f65-8816-cc0c57d3707e",
@@ -189,7 +189,7 @@ def test_a_consent_keeps_the_time_it_was_given_however_late_it_is_recorded():
         to_events(early, NOW)
     for skew in (timedelta(minutes=5), -timedelta(minutes=5), timedelta(0)):
         (event,) = to_events(opt_in(proof=proof(registered), occurred_at=registered + skew), NOW)
-        assert event.timestamp == registered + skew
+        assert event.occurred_at == registered + skew
 
 
 def test_an_age_record_that_contradicts_its_own_date_of_birth_is_refused():
@@ -346,7 +346,7 @@ def test_inbound_start_lifts_the_stopall_and_this_campaigns_own_stop_only():
     s = fold(record(history))
     out = handle_inbound(_inbound("START"), campaign(), s, NOW)  # sent to promo's number
     assert [(type(e), e.campaign) for e in out.events[1:]] == [(ConsentResumed, "promo")]
-    assert len({e.originator_id for e in out.events}) == 2
+    assert len({e.event_id for e in out.events}) == 2
     after = fold(record(history + out.events))
     later = NOW + timedelta(minutes=1)
     assert decide(after, campaign(), later).allowed
@@ -371,7 +371,7 @@ def test_inbound_that_reads_like_an_opt_out_is_flagged():
 def test_inbound_ids_are_stable_for_a_retried_request():
     a = handle_inbound(_inbound("STOP"), campaign(), fold([]), NOW)
     b = handle_inbound(_inbound("STOP"), campaign(), fold([]), NOW)
-    assert [e.originator_id for e in a.events] == [e.originator_id for e in b.events]
+    assert [e.event_id for e in a.events] == [e.event_id for e in b.events]
 
 
 # --- free text: bounded, so a fact always fits one ledger record -------------------

@@ -113,7 +113,7 @@ async def test_a_read_does_not_trust_an_observation_older_than_the_refresh_inter
     guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.05, wait_bound=0.2))
     await guard.observe()  # no loop: only what reads ask for is observed
     assert guard.status.caught_up
-    await ledger.append([revoked(granted().timestamp)])  # acknowledged, never applied
+    await ledger.append([revoked(granted().occurred_at)])  # acknowledged, never applied
     await asyncio.sleep(0.06)
 
     assert not await guard.wait_for_phones([PHONE])
@@ -155,7 +155,7 @@ async def test_a_read_never_uses_an_observation_that_started_before_its_interval
     )
     old = asyncio.ensure_future(guard.observe())
     await asyncio.sleep(0.05)  # ``old`` started 50 ms ago, more than an interval
-    await ledger.append([revoked(granted().timestamp)])  # after ``old`` asked
+    await ledger.append([revoked(granted().occurred_at)])  # after ``old`` asked
 
     assert not await guard.wait_for_phones([PHONE])  # the newer look sees it unapplied
     assert ledger.asked >= 2

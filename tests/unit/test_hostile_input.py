@@ -173,7 +173,7 @@ def _one(case: tuple[str, str, str, Stored, Callable[[str, str], None]], value: 
         return
     holds(value, stored_at(events[0]))
     # The same request again is the same facts (a retry), spelt the same way.
-    assert [e.originator_id for e in _events(msg)] == [e.originator_id for e in events]
+    assert [e.event_id for e in _events(msg)] == [e.event_id for e in events]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -197,7 +197,7 @@ def test_every_request_id_is_refused_by_name_or_kept_exactly(data: Any) -> None:
         assert "request_id" in [f for f, _ in exc.violations], (value, exc.violations)
         return
     assert value.strip() and identifier_problem(value) is None and len(value) <= 128
-    assert [e.originator_id for e in _events(msg)] == [e.originator_id for e in events]
+    assert [e.event_id for e in _events(msg)] == [e.event_id for e in events]
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

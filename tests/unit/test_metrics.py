@@ -111,7 +111,7 @@ async def test_the_guard_reports_what_the_view_has_not_applied_at_each_observati
     guard = FreshnessGuard(ledger, view, FreshnessSettings())
     assert guard.status.observed_at == float("-inf")
 
-    written = await ledger.append([granted(), revoked(granted().timestamp)])
+    written = await ledger.append([granted(), revoked(granted().occurred_at)])
     await guard.observe()
     assert guard.status.lag == {Stream.SUBSCRIBERS: 2, Stream.CAMPAIGNS: 0}
     first = guard.status.observed_at

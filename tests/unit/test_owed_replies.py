@@ -149,7 +149,7 @@ def test_a_conversation_reply_escapes_caps_only_inside_the_window():
     d = decide(inside, capped, at(20), MessageKind.CONVERSATION_REPLY)
     assert d.allowed and d.reason is Reason.CONSENT_ACTIVE
     assert Obligation.IDENTIFY_SENDER not in d.obligations  # a follow-up in a conversation
-    assert str(asked.originator_id) in d.evidence
+    assert str(asked.event_id) in d.evidence
     # Labelled a reply with no text from the person, or after the window: a message
     # like any other.
     for state, when in ((state_of(*base), at(20)), (inside, at(days=1, minutes=11))):

@@ -111,8 +111,8 @@ def test_a_packet_after_the_opt_out_keeps_the_proof_and_the_whole_history():
         ("opt_ins[0].first_message.text", FIRST_MESSAGE_TEXT_NOT_RECORDED)
     ]
     [opt_out] = packet.opt_outs
-    assert opt_out.event.event_id == str(stop.originator_id)
-    assert opt_out.confirmation == str(confirmation.originator_id)
+    assert opt_out.event.event_id == str(stop.event_id)
+    assert opt_out.confirmation == str(confirmation.event_id)
     assert "one confirmation sent" in opt_out.handling
     assert [p.kind for p in packet.timeline] == [
         "grant",
@@ -129,7 +129,7 @@ def test_each_send_carries_the_decision_that_allowed_it():
     packet = assemble(record(events), PHONE, BRAND, None, NOW)
     regular, later, confirmation = packet.messages
     assert regular.decision.allowed and regular.decision.reason == "consent_active"
-    assert str(grant.originator_id) in regular.decision.evidence
+    assert str(grant.event_id) in regular.decision.evidence
     # The first message since the opt-in owed the opt-out language; the second did not.
     assert "include_opt_out_language" in regular.decision.obligations
     assert "include_opt_out_language" not in later.decision.obligations
@@ -145,7 +145,7 @@ def test_a_send_after_the_stop_shows_the_denial_and_its_evidence():
     [message] = assemble(record(events), PHONE, BRAND, "promo", NOW).messages
     assert not message.decision.allowed
     assert message.decision.reason == "revoked"
-    assert message.decision.evidence == (str(stop.originator_id),)
+    assert message.decision.evidence == (str(stop.event_id),)
 
 
 def test_a_send_is_not_counted_against_itself():
@@ -249,9 +249,9 @@ def test_replies_say_how_they_were_read_and_answered():
     events = [_defined(), granted(at(0)), help_text, helped, unanswered, stop]
     packet = assemble(record(events), PHONE, BRAND, None, NOW)
     first, second = packet.replies
-    assert first.read_as == "help" and first.reply_sent == str(helped.originator_id)
+    assert first.read_as == "help" and first.reply_sent == str(helped.event_id)
     assert "answered at" in first.handling
-    assert second.recorded == (str(stop.originator_id),)
+    assert second.recorded == (str(stop.event_id),)
     assert second.reply_sent is None
     assert "no opt out confirmation was recorded" in second.handling
     assert packet.opt_outs[0].confirmation is None
@@ -288,5 +288,5 @@ def test_another_brands_facts_never_enter_the_packet():
     theirs = dataclasses.replace(granted(at(0)), brand="globex")
     packet = assemble(record([_defined(), granted(at(0)), theirs]), PHONE, BRAND, None, NOW)
     assert [o.event.event_id for o in packet.opt_ins] != [] and all(
-        e.event_id != str(theirs.originator_id) for e in packet.events
+        e.event_id != str(theirs.event_id) for e in packet.events
     )

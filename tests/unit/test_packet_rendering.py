@@ -46,7 +46,7 @@ def test_the_json_is_the_packet_with_its_version_token_and_tamper_evidence_place
     assert document["packet_version"] == 1
     assert document["phone"] == PHONE and document["brand"] == BRAND
     assert document["consistency_token"] == "subscribers:0:9"
-    assert document["opt_ins"][0]["event"]["event_id"] == str(grant.originator_id)
+    assert document["opt_ins"][0]["event"]["event_id"] == str(grant.event_id)
     assert document["opt_ins"][0]["template"][0] == {
         "key": "name",
         "label": "Name of the end user",

@@ -55,7 +55,7 @@ def test_grant_for_this_campaign_allows_and_cites_the_grant():
     g = granted(at(0))
     d = decide(state_of(g), PROMO, at(10))
     assert d.allowed and d.reason is Reason.CONSENT_ACTIVE
-    assert str(g.originator_id) in d.evidence
+    assert str(g.event_id) in d.evidence
 
 
 # Rule 2: revocation, and the one opt-out confirmation.

@@ -138,7 +138,7 @@ def test_an_owed_reply_is_allowed_only_right_after_the_text_that_asked_for_it(
     state, now, rules = fold(record(events)), at(minutes), campaign(asked)
 
     def recent(event) -> bool:
-        return event.timestamp <= now <= event.timestamp + WINDOW
+        return event.occurred_at <= now <= event.occurred_at + WINDOW
 
     if decide(state, rules, now, MessageKind.HELP_REPLY).allowed:
         helps = [
@@ -147,15 +147,15 @@ def test_an_owed_reply_is_allowed_only_right_after_the_text_that_asked_for_it(
             if isinstance(e, InboundMessageReceived) and e.intent == "help" and e.campaign == asked
         ]
         assert helps
-        latest = max(e.timestamp for e in helps)
-        assert recent(next(e for e in helps if e.timestamp == latest))
+        latest = max(e.occurred_at for e in helps)
+        assert recent(next(e for e in helps if e.occurred_at == latest))
         replies = [
             e
             for e in events
             if isinstance(e, MessageSent)
             and e.kind is MessageKind.HELP_REPLY
             and e.campaign == asked
-            and e.timestamp >= latest
+            and e.occurred_at >= latest
         ]
         assert not replies
     if decide(state, rules, now, MessageKind.OPT_IN_CONFIRMATION).allowed:

@@ -34,7 +34,7 @@ def test_from_the_effective_date_a_stop_to_one_campaign_stops_them_all():
     s = state_of(granted(BEFORE - timedelta(days=5), "alerts"), stop)
     d = decide(s, ALERTS, AFTER)
     assert not d.allowed and d.reason is Reason.REVOKED_BRAND_WIDE
-    assert d.evidence == (str(stop.originator_id),)
+    assert d.evidence == (str(stop.event_id),)
     assert "revoke-all" in d.detail
 
 
@@ -70,9 +70,8 @@ def test_past_moments_are_answered_by_the_rule_of_that_moment():
 def _defined(name: str):
     rules = campaign(name)
     return CampaignDefined(
-        originator_id=event_id_for(f"define-{name}"),
-        originator_version=1,
-        timestamp=BEFORE - timedelta(days=30),
+        event_id=event_id_for(f"define-{name}"),
+        occurred_at=BEFORE - timedelta(days=30),
         brand=rules.brand,
         campaign=name,
         policy=rules.policy,

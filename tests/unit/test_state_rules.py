@@ -84,9 +84,8 @@ def state_of(phone: str, *events: LedgerEvent, region: str = ""):
 
 def sent_to(phone: str, when: datetime) -> MessageSent:
     return MessageSent(
-        originator_id=uuid.uuid4(),
-        originator_version=1,
-        timestamp=when,
+        event_id=uuid.uuid4(),
+        occurred_at=when,
         phone=phone,
         brand=BRAND,
         campaign="promo",
@@ -212,7 +211,7 @@ def test_the_digest_carries_the_states_and_the_zones_of_a_supplied_state():
     state, grant = state_of(LONDON, region="FL")
     digest = digest_of(state)
     assert digest.regions == ("FL",)
-    assert digest.located == ("FL", str(grant.originator_id))
+    assert digest.located == ("FL", str(grant.event_id))
     assert {"Europe/London", "America/New_York", "America/Chicago"} <= set(digest.zones)
 
 
@@ -322,7 +321,7 @@ def test_the_strictest_of_two_candidate_states_wins_and_the_opt_in_is_evidence()
     state, grant = state_of(FLORIDA, region="RI")
     d = decide(state, campaign(), eastern(SATURDAY, 17, 30))
     assert not d.allowed and d.rule == "state:RI"
-    assert str(grant.originator_id) in d.evidence
+    assert str(grant.event_id) in d.evidence
     assert not decide(state, campaign(), eastern(SUNDAY, 12)).allowed
     assert decide(state, campaign(), eastern(SATURDAY, 16)).allowed
     # And the other way round: a Rhode Island number whose subscriber says Florida.
@@ -379,7 +378,7 @@ def test_three_promotional_messages_per_24_hours_in_florida():
     d = decide(state, campaign(), first + timedelta(hours=3))
     assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED
     assert d.rule == "state:FL" and "501.616" in d.citation
-    assert {str(s.originator_id) for s in sends} <= set(d.evidence)
+    assert {str(s.event_id) for s in sends} <= set(d.evidence)
     # 24 hours after the first, one of the three has left the window.
     assert decide(state, campaign(), first + timedelta(hours=24, minutes=1)).allowed
     two, _ = state_of(FLORIDA, *sends[:2])
@@ -403,7 +402,7 @@ def test_a_supplied_capped_state_caps_a_number_from_elsewhere_and_cites_the_opt_
     state, grant = state_of(CALIFORNIA, *sends, region="OK")
     d = decide(state, campaign(), first + timedelta(hours=3))
     assert d.reason is Reason.FREQUENCY_CAP_REACHED and d.rule == "state:OK"
-    assert str(grant.originator_id) in d.evidence
+    assert str(grant.event_id) in d.evidence
 
 
 def test_one_check_asked_of_many_numbers_keeps_each_numbers_states_apart():
@@ -450,9 +449,8 @@ def test_the_readme_lists_exactly_the_rules_the_table_holds():
 
 def _located(region: str, when: datetime, phone: str = FLORIDA) -> SubscriberLocated:
     return SubscriberLocated(
-        originator_id=uuid.uuid4(),
-        originator_version=1,
-        timestamp=when,
+        event_id=uuid.uuid4(),
+        occurred_at=when,
         phone=phone,
         brand=BRAND,
         region=region,
@@ -464,7 +462,7 @@ def test_a_state_given_after_the_opt_in_applies_and_is_evidence():
     state, _ = state_of(FLORIDA, moved)
     d = decide(state, campaign(), central(SUNDAY, 10))
     assert not d.allowed and d.rule == "state:TX"
-    assert str(moved.originator_id) in d.evidence
+    assert str(moved.event_id) in d.evidence
     assert fold(retained_facts(state)) == state
 
 
@@ -476,7 +474,7 @@ def test_the_latest_word_of_where_the_subscriber_is_counts_in_world_order():
     later = _located("TX", datetime(2026, 4, 1, tzinfo=UTC))
     state = fold(record([grant, earlier, later]))
     assert digest_of(state).regions == ("FL", "TX")
-    assert digest_of(state).located == ("TX", str(later.originator_id))
+    assert digest_of(state).located == ("TX", str(later.event_id))
 
 
 def _location_request(region: str) -> RecordSubscriberLocation:

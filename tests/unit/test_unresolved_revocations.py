@@ -34,7 +34,7 @@ def test_a_candidate_unresolved_past_its_deadline_counts_as_a_revocation():
     c = flagged(FLAGGED_AT)
     d = decide(state_of(granted(FLAGGED_AT.replace(hour=1)), c), PROMO, DUE)
     assert not d.allowed and d.reason is Reason.REVOCATION_OVERDUE
-    assert d.evidence == (str(c.originator_id),)
+    assert d.evidence == (str(c.event_id),)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_a_dismissal_after_the_deadline_ends_it():
 def test_the_digest_carries_each_candidates_deadline():
     c = flagged(FLAGGED_AT)
     (pending,) = digest_of(state_of(c)).pending
-    assert pending[0] == str(c.originator_id) and pending[3] is False
+    assert pending[0] == str(c.event_id) and pending[3] is False
     assert pending[2] == int((DUE - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1e6)
 
 
@@ -68,7 +68,7 @@ def test_an_unattributed_opt_out_denies_every_campaign_at_once():
     s = state_of(granted(FLAGGED_AT.replace(hour=1)), stop)
     d = decide(s, PROMO, FLAGGED_AT.replace(hour=19))
     assert not d.allowed and d.reason is Reason.REVOKED_BRAND_WIDE
-    assert d.evidence == (str(stop.originator_id),)
+    assert d.evidence == (str(stop.event_id),)
 
 
 def test_a_phone_wide_candidate_reaches_every_brands_digest():
@@ -96,9 +96,8 @@ def test_nothing_is_added_without_a_phone_wide_candidate():
 
 def test_as_of_questions_see_a_phone_wide_stop_from_when_it_came():
     defined = CampaignDefined(
-        originator_id=event_id_for("define-promo"),
-        originator_version=1,
-        timestamp=FLAGGED_AT.replace(day=1),
+        event_id=event_id_for("define-promo"),
+        occurred_at=FLAGGED_AT.replace(day=1),
         brand=PROMO.brand,
         campaign="promo",
         policy=PROMO.policy,

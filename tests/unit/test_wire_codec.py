@@ -18,7 +18,6 @@ from ledger.codec import upcast
 from ledger.events import (
     BRAND_SETTINGS,
     EVENT_TYPES,
-    FIRST_VERSION,
     AgeVerified,
     BrandPolicySet,
     CampaignDefined,
@@ -52,9 +51,8 @@ PHONE, BRAND = "+14155550123", "acme"
 
 def base(n: int, at: datetime = AT) -> dict[str, Any]:
     return {
-        "originator_id": uuid.UUID(int=n),
-        "originator_version": FIRST_VERSION,
-        "timestamp": at,
+        "event_id": uuid.UUID(int=n),
+        "occurred_at": at,
     }
 
 
@@ -179,14 +177,14 @@ def test_every_event_type_round_trips_unchanged(event: LedgerEvent) -> None:
 
     assert decoded == event
     assert type(decoded) is type(event)
-    assert decoded.timestamp.tzinfo is not None
+    assert decoded.occurred_at.tzinfo is not None
 
 
 @pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: type(e).__name__)
 def test_envelope_denormalises_type_version_and_routing_fields(event: LedgerEvent) -> None:
     env = ledger_pb2.EventEnvelope.FromString(codec.encode_event(event))
 
-    assert env.event_id == str(event.originator_id)
+    assert env.event_id == str(event.event_id)
     assert env.event_type == type(event).EVENT_TYPE
     assert env.schema_version == 1
     assert env.brand == BRAND
@@ -235,8 +233,8 @@ def test_times_in_other_zones_come_back_as_the_same_instant_in_utc() -> None:
 
     decoded = codec.decode_event(codec.encode_event(event))
 
-    assert decoded.timestamp == AT
-    assert decoded.timestamp.utcoffset() == timedelta(0)
+    assert decoded.occurred_at == AT
+    assert decoded.occurred_at.utcoffset() == timedelta(0)
 
 
 def test_naive_datetimes_are_refused_rather_than_guessed() -> None:
@@ -402,8 +400,8 @@ def test_old_event_is_upcast_to_the_current_class_version(
 
     assert type(decoded) is AgeVerifiedV2
     assert decoded.date_of_birth == "1990-02-28"  # type: ignore[attr-defined]
-    assert decoded.originator_id == v1.originator_id
-    assert decoded.timestamp == v1.timestamp
+    assert decoded.event_id == v1.event_id
+    assert decoded.occurred_at == v1.occurred_at
 
 
 def test_current_version_is_written_and_read_back_without_upcasting(
@@ -461,9 +459,8 @@ counts = st.integers(0, 2**32 - 1)
 
 def _event(cls: type[LedgerEvent], **fields: Any) -> st.SearchStrategy[LedgerEvent]:
     common = {
-        "originator_id": st.uuids(),
-        "originator_version": st.just(FIRST_VERSION),
-        "timestamp": moments,
+        "event_id": st.uuids(),
+        "occurred_at": moments,
         "brand": texts,
     }
     return st.builds(cls, **common, **fields)
