@@ -7,7 +7,7 @@ version: appends never depend on what was read before them, so the ledger orders
 facts (``Recorded.position``) and the fold decides what a late or contradictory
 one means. Events do not validate themselves: a fact that was accepted once must
 replay forever, so the rules for accepting one live in ``ledger.commands``.
-Old versions of an event class are upcast on read (``ledger.codec``).
+Old versions of an event class are upcast on read (``ledger.upcasting``).
 """
 
 from __future__ import annotations

@@ -39,9 +39,9 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
-from ledger.codec import class_version
 from ledger.events import CampaignEvent, LedgerEvent, LedgerPosition, Recorded, SubscriberEvent
 from ledger.ports import EventTooLarge, Ledger, LedgerUnavailable, Offsets, Stream
+from ledger.upcasting import class_version
 from services.wire.codec import decode_event, encode_event
 
 

@@ -13,7 +13,7 @@ Rules the translation keeps:
 * ``None`` (a brand-wide revocation, no daily cap...) is an absent field, never
   an empty string or a zero.
 * ``schema_version`` is the domain class's ``class_version``; older facts are
-  upcast with ``ledger.codec.upcast``, newer ones are refused.
+  upcast with ``ledger.upcasting.upcast``, newer ones are refused.
 
 Errors are ``WireFormatError`` (a ``ValueError``) naming the offending field.
 """
@@ -38,7 +38,6 @@ from ledger.campaigns import (
     QuietHours,
     category_of,
 )
-from ledger.codec import class_version, upcast
 from ledger.events import (
     BRAND_SETTINGS,
     EVENT_TYPES,
@@ -68,6 +67,7 @@ from ledger.events import (
     SubscriberEvent,
     SubscriberLocated,
 )
+from ledger.upcasting import class_version, upcast
 from services.wire.enums import EnumMap, WireFormatError
 
 __all__ = [

@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.campaigns import CampaignPolicy, CampaignPurpose, FrequencyCap, QuietHours
-from ledger.codec import upcast
 from ledger.events import (
     BRAND_SETTINGS,
     EVENT_TYPES,
@@ -42,6 +41,7 @@ from ledger.events import (
     RevocationChannel,
     SubscriberLocated,
 )
+from ledger.upcasting import upcast
 from services.wire import codec
 from tests.builders import proof
 
