@@ -381,7 +381,9 @@ class HandleInboundMessage:
     occurred_at: datetime
 
 
-class ReplyKind:
+class ReplyKind(enum.Enum):
+    """The reply an inbound text is owed: none, or one message of a kind."""
+
     NONE = "none"
     OPT_OUT_CONFIRMATION = "opt_out_confirmation"
     HELP = "help"
@@ -403,7 +405,7 @@ class InboundOutcome:
 
     events: list[LedgerEvent]
     intent: Intent
-    reply: str = ReplyKind.NONE
+    reply: ReplyKind = ReplyKind.NONE
     required_content: tuple[str, ...] = ()
     brand: str = ""
     campaign: str = ""

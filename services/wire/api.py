@@ -53,6 +53,7 @@ __all__ = [
     "INTENTS",
     "OBLIGATIONS",
     "REASONS",
+    "REPLY_KINDS",
     "command_from_proto",
     "decision_from_proto",
     "decision_to_as_of_proto",
@@ -62,7 +63,6 @@ __all__ = [
     "opt_out_rate_to_proto",
     "optional_time",
     "reply_content_to_proto",
-    "reply_kind_to_proto",
     "required_time",
     "send_decision_to_proto",
 ]
@@ -70,11 +70,7 @@ __all__ = [
 REASONS = EnumMap(Reason, api_pb2.Reason)
 OBLIGATIONS = EnumMap(Obligation, api_pb2.Obligation)
 INTENTS = EnumMap(Intent, api_pb2.InboundIntent)
-
-_REPLY_KINDS = {
-    getattr(ReplyKind, name): api_pb2.ReplyKind.Value(f"REPLY_KIND_{name}")
-    for name in ("NONE", "OPT_OUT_CONFIRMATION", "HELP", "OPT_IN_CONFIRMATION")
-}
+REPLY_KINDS = EnumMap(ReplyKind, api_pb2.ReplyKind)
 
 # --- small readers, shared with the servicer --------------------------------------
 
@@ -429,15 +425,6 @@ def decision_from_proto(
     )
 
 
-def reply_kind_to_proto(reply: str) -> int:
-    """A ``ledger.commands.ReplyKind`` constant as ``consent.v1.ReplyKind``."""
-    try:
-        value: int = _REPLY_KINDS[reply]
-        return value
-    except KeyError:
-        raise ValueError(f"no consent.v1.ReplyKind for reply kind {reply!r}") from None
-
-
 def reply_content_to_proto(content: str) -> int:
     """A required-content name (``"identify_sender"``) as ``consent.v1.ReplyContent``."""
     name = f"REPLY_CONTENT_{content.upper()}"
@@ -455,7 +442,7 @@ def inbound_outcome_to_proto(
         event_ids=list(event_ids),
         consistency_token=consistency_token,
         intent=INTENTS.to_proto(outcome.intent),
-        reply=reply_kind_to_proto(outcome.reply),
+        reply=REPLY_KINDS.to_proto(outcome.reply),
         required_content=[reply_content_to_proto(c) for c in outcome.required_content],
         brand=outcome.brand,
         campaign=outcome.campaign,
