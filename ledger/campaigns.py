@@ -101,8 +101,6 @@ PROHIBITED: dict[CampaignCategory, str] = {
 }
 """What the provider never allows in the US, with the policy's reason, even with consent."""
 
-AGE_GATED_CATEGORIES = frozenset(c.value for c in AGE_GATED)
-
 _ALIASES: dict[str, CampaignCategory] = {
     "": CampaignCategory.GENERAL,
     "adult": CampaignCategory.ADULT_CONTENT,
@@ -172,9 +170,6 @@ class QuietHours:
 
     start: time = time(8, 0)
     end: time = time(21, 0)
-
-    def allows(self, local: time) -> bool:
-        return self.start <= local < self.end
 
 
 PROOF_TEMPLATE_FIELDS = (
@@ -292,7 +287,6 @@ class Campaign:
     policy: CampaignPolicy
     policy_version: int
     policy_event_id: str = ""
-    defined_at: datetime | None = None
     revoke_all_since: datetime | None = None
     """When the brand's own setting (``ledger.events.BrandPolicySet``) put the
     revoke-all rule in force for all its campaigns, if it did by the moment these

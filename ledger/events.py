@@ -308,9 +308,6 @@ class AgeVerified(SubscriberEvent):
     date_of_birth: str = ""
     verified_21_plus: bool = False
 
-    def is_21_plus(self, at: datetime) -> bool:
-        return is_21_plus(self.verified_21_plus, self.date_of_birth, at)
-
 
 def is_21_plus(verified_21_plus: bool, date_of_birth: str, at: datetime | date) -> bool:
     """Whether a verification says the person is 21 or older on ``at``'s date (for a

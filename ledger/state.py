@@ -157,9 +157,6 @@ class SubscriberState:
     def pending_candidates(self) -> list[Fact[RevocationCandidateFlagged]]:
         return [c for k, c in sorted(self.candidates.items()) if k not in self.resolutions]
 
-    def has_prior_grant(self) -> bool:
-        return any(c.grant is not None for c in self.campaigns.values())
-
 
 def _with_campaign(
     state: SubscriberState, name: str, change: Callable[[CampaignConsent], CampaignConsent]
@@ -428,7 +425,6 @@ class CampaignHistory:
             policy=policy,
             policy_version=index + 1,
             policy_event_id=fact.event_id,
-            defined_at=self.versions[0].at,
             revoke_all_since=revoke_all_since,
         )
 

@@ -85,13 +85,6 @@ def check_not_too_early(value: datetime, field: str) -> datetime:
     return value
 
 
-def check_not_blank(value: str, field: str, what: str) -> str:
-    """``value`` unless it is empty or only white space (``what``: why it is needed)."""
-    if not value.strip():
-        raise InvalidRequest(field, f"is required ({what})")
-    return value
-
-
 def is_blank(value: str) -> bool:
     """Nothing a reader could see: empty, or only white space and invisible format
     characters (a zero-width space, a bidi mark). A proof field that holds only
@@ -124,9 +117,6 @@ class Violations:
 
     def add(self, exc: DomainError) -> None:
         self._errors.append(exc)
-
-    def has(self, field: str) -> bool:
-        return any(f == field for e in self._errors for f, _ in e.violations)
 
     def __bool__(self) -> bool:
         return bool(self._errors)

@@ -48,6 +48,7 @@ from ledger.events import (
     MessageKind,
     RevocationCandidateFlagged,
     RevocationChannel,
+    is_21_plus,
 )
 from ledger.keywords import Intent
 from ledger.policy import Reason, decide
@@ -200,9 +201,9 @@ def test_an_age_record_that_contradicts_its_own_date_of_birth_is_refused():
         to_events(under_21, NOW)
     assert err.value.field == "verified_21_plus"
     (event,) = to_events(replace(under_21, date_of_birth="1990-05-01"), NOW)
-    assert event.is_21_plus(NOW)
+    assert is_21_plus(event.verified_21_plus, event.date_of_birth, NOW)
     # Recorded before the check: the date of birth decides, not the flag.
-    assert not replace(event, date_of_birth="2010-05-01").is_21_plus(NOW)
+    assert not is_21_plus(True, "2010-05-01", NOW)
 
 
 def test_a_naive_timestamp_is_refused():
