@@ -38,18 +38,14 @@ class ReadBatcher:
         self._in_flight = 0
         self._scheduled = False
         self._reads: set[asyncio.Task[None]] = set()  # strong references while they run
-        self.queries = 0
-        """How many queries the batcher has sent (for tests and metrics)."""
 
     async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
         """``ConsentView.digests``, sharing a query with concurrent reads when it can."""
         if len(phones) >= self.bypass_at:
-            self.queries += 1
             return await self.view.digests(brand, phones)
         if self._in_flight < self.max_in_flight and not self._waiting:
             # A free slot and nobody waiting: read now, in this task (no hand-over).
             self._in_flight += 1
-            self.queries += 1
             try:
                 return await self.view.digests(brand, phones)
             finally:
@@ -68,7 +64,6 @@ class ReadBatcher:
             brand = next(iter(self._waiting))
             waiters = self._waiting.pop(brand)
             self._in_flight += 1
-            self.queries += 1
             read = asyncio.ensure_future(self._read(brand, waiters))
             self._reads.add(read)
             read.add_done_callback(self._read_done)
