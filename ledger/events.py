@@ -18,7 +18,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from datetime import date, datetime, timedelta
 from typing import ClassVar
 
-from ledger.campaigns import PROOF_TEMPLATE_FIELDS, CampaignPolicy
+from ledger.campaigns import LEGAL_AGE, PROOF_TEMPLATE_FIELDS, CampaignPolicy
 from ledger.validation import is_blank
 
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c1f2e-8f3b-4d6a-9a53-6b7f4c0e2d11")
@@ -320,7 +320,7 @@ def is_21_plus(verified_21_plus: bool, date_of_birth: str, at: datetime | date) 
     born = datetime.fromisoformat(date_of_birth).date()
     today = at.date() if isinstance(at, datetime) else at
     years = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
-    return years >= 21
+    return years >= LEGAL_AGE
 
 
 @dataclass(frozen=True)
