@@ -1,6 +1,8 @@
-"""``make bench``: CanSend and CanSendBatch measured beside a bare gRPC echo baseline.
+"""``make bench``: CanSend and CanSendBatch measured beside a bare gRPC echo baseline,
+then the writes beside echo and a raw aiokafka producer.
 
     python -m bench [--subscribers N] [--duration S] [--quick] [--profile]
+                    [--writes-only | --no-writes] [--write-paths kafka,postgres]
 
 1. Start Kafka and PostgreSQL (``tests.infra``), or reuse the ones named by
    ``CONSENT_TEST_KAFKA_BOOTSTRAP`` / ``CONSENT_TEST_POSTGRES_DSN``.
@@ -11,9 +13,14 @@
    the real service (Kafka ledger, PostgreSQL view, freshness guard), with the same
    client harness: unary at concurrency 1 and 32, and 1,000-number batches.
 4. Print every figure beside the baseline of the same configuration, as a ratio.
+5. The write phases (``bench.writes``): RecordOptIn, RecordOptOut and
+   RecordMessageSent at 64 in flight on the Kafka ledger and on the embedded
+   default, each beside echo and (on Kafka) a raw aiokafka producer.
+   ``--writes-only`` runs these alone, with no seeding.
 
 ``--profile`` instead runs the service in one uvloop process under cProfile through
-the CanSend phases and prints where the time goes; ``--ladder`` measures unary
+the CanSend phases (with ``--writes-only``, the write phases) and prints where the
+time goes; ``--ladder`` measures unary
 CanSend on four servers, from echo to the service, to say which layer costs what
 (``bench.ladder``).
 """
@@ -45,6 +52,8 @@ from bench.ladder import run_ladder
 from bench.phones import phones as make_phones
 from bench.seed import BRAND, CAMPAIGN, REVOKE_EVERY, Plan, recorded_for, reference_time, seed
 from bench.server import ECHO_BATCH, ECHO_UNARY
+from bench.writes import HEADER as WRITE_HEADER
+from bench.writes import WriteRow, goal_lines, row_figures, run_writes
 
 CANSEND = "/consent.v1.ConsentService/CanSend"
 CANSEND_BATCH = "/consent.v1.ConsentService/CanSendBatch"
@@ -277,6 +286,13 @@ async def main_async(args: argparse.Namespace) -> int:
     try:
         await infra.start()
         say(f"infrastructure up in {time.perf_counter() - t0:.1f} s: " + "; ".join(infra.notes))
+        if args.writes_only:
+            if args.profile:
+                return await profile_writes(args, infra)
+            write_rows = await run_writes(args, infra, say)
+            print_writes(write_rows)
+            save({"machine": info, "args": vars(args), "writes": row_figures(write_rows)})
+            return 0
         at = reference_time()
         plan = Plan(args.subscribers, PARTITIONS, at)
         say(f"seeding {plan.count:,} subscribers through PostgresConsentView.apply ...")
@@ -367,21 +383,53 @@ async def main_async(args: argparse.Namespace) -> int:
                 for row in rows[-len(phases) :]:
                     row.base_rss, row.svc_rss = echo_rss, svc_rss
 
+        write_rows = [] if args.no_writes else await run_writes(args, infra, say)
         say("\n" + HEADER)
         for row in rows:
             say(row.line())
         say("")
         goals(rows)
-        out = REPO_ROOT / "var" / "bench"
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"bench-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+        if write_rows:
+            print_writes(write_rows)
         figures = report(info, seeded, rows, args)
         figures["idle_cpu_share_of_a_core"] = idle_rows
-        path.write_text(json.dumps(figures, indent=2))
-        say(f"figures written to {path.relative_to(REPO_ROOT)}")
+        figures["writes"] = row_figures(write_rows)
+        save(figures)
         return 0
     finally:
         await infra.stop()
+
+
+def print_writes(rows: list[WriteRow]) -> None:
+    say("\n" + WRITE_HEADER)
+    for row in rows:
+        say(row.line())
+    say("")
+    for line in goal_lines(rows):
+        say(line)
+
+
+def save(figures: dict[str, object]) -> None:
+    out = REPO_ROOT / "var" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"bench-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps(figures, indent=2))
+    say(f"figures written to {path.relative_to(REPO_ROOT)}")
+
+
+async def profile_writes(args: argparse.Namespace, infra: Infra) -> int:
+    """The write phases with the service under cProfile; where each path's time goes."""
+    prefix = REPO_ROOT / "var" / "bench" / "writes"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    await run_writes(args, infra, say, profile=str(prefix))
+    for path in args.write_paths.split(","):
+        target = f"{prefix}.{path}.prof.0"
+        p = pstats.Stats(target)
+        say(f"\n-- {path}: top functions by own time ({target})")
+        p.sort_stats("tottime").print_stats(30)
+        say(f"-- {path}: top functions by cumulative time")
+        p.sort_stats("cumulative").print_stats(50)
+    return 0
 
 
 def loader(args: argparse.Namespace) -> Callable[[str, str, list[bytes], int], client.Load]:
@@ -578,6 +626,20 @@ def main(argv: list[str] | None = None) -> int:
         "authentication and the service, to see which layer costs what (bench.ladder)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the --ladder")
+    writes = parser.add_mutually_exclusive_group()
+    writes.add_argument(
+        "--writes-only", action="store_true", help="run the write phases alone (no seeding)"
+    )
+    writes.add_argument("--no-writes", action="store_true", help="skip the write phases")
+    parser.add_argument(
+        "--write-paths",
+        default="kafka,postgres",
+        help="ledgers the write phases run on, comma-separated: kafka (the Kafka ledger), "
+        "postgres (the embedded default's PostgreSQL table)",
+    )
+    parser.add_argument(
+        "--write-phones", type=int, default=20_000, help="phones the write phases cycle through"
+    )
     args = parser.parse_args(argv)  # fmt: skip
     if args.quick:
         args.subscribers = min(args.subscribers, 20_000)

@@ -10,6 +10,11 @@ spread connections over several server processes.
 All processes start together, warm up, then count the calls that *complete* inside
 one common window of ``duration`` seconds (``time.monotonic`` is system-wide on
 Linux) and time each of them.
+
+A write must not repeat a request id (a repeat is answered from the first, writing
+nothing), so a write load names ``unique`` fields: each call appends to its
+pre-serialized request one more value of each, unique to the call. Protobuf keeps
+the last value of a repeated scalar field, so the server reads the unique one.
 """
 
 from __future__ import annotations
@@ -37,6 +42,17 @@ class Load:
     processes: int = 1
     channels_per_process: int = 8
     timeout: float = 30.0
+    unique: tuple[int, ...] = ()
+    """Numbers of string fields given a value of their own in every call."""
+    tag: str = ""
+    """Begins every unique value: one per run and phase, so that no two phases share one."""
+
+
+def string_field(number: int, value: bytes) -> bytes:
+    """The wire encoding of a string field (lengths below 128 bytes)."""
+    if number >= 16 or len(value) >= 128:
+        raise ValueError("string_field encodes field numbers below 16 and values below 128 bytes")
+    return bytes(((number << 3) | 2, len(value))) + value
 
 
 @dataclass
@@ -81,6 +97,7 @@ async def _drive(load: Load, share: int, offset: int, begin: float, end: float) 
         requests = load.requests
         n = len(requests)
         metadata = load.metadata
+        unique = load.unique
 
         async def worker(k: int) -> None:
             call = calls[k % len(calls)]
@@ -91,6 +108,9 @@ async def _drive(load: Load, share: int, offset: int, begin: float, end: float) 
                 if started >= end:
                     return
                 request = requests[i % n]
+                if unique:
+                    value = f"{load.tag}.{offset}.{k}.{i}".encode()
+                    request += b"".join(string_field(f, value) for f in unique)
                 i += 1
                 try:
                     await call(request, metadata=metadata, timeout=load.timeout)

@@ -29,6 +29,8 @@ from tests.infra.postgres_server import PostgresServer, create_database, drop_da
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECK_TOKEN = "bench-check-secret"
+WRITE_TOKEN = "bench-write-secret"
+ADMIN_TOKEN = "bench-admin-secret"
 SHARED_BUFFERS = "1GB"
 
 
@@ -42,6 +44,7 @@ class Infra:
         self.database = f"bench_{uuid.uuid4().hex[:8]}"
         self.prefix = f"bench-{uuid.uuid4().hex[:8]}."
         self.notes: list[str] = []
+        self._databases: list[str] = [self.database]
 
     async def start(self) -> None:
         external_kafka = os.environ.get(ENV_KAFKA)
@@ -76,25 +79,47 @@ class Infra:
             )
         self.dsn = await create_database(self.postgres.dsn, self.database)
 
+    async def fresh_database(self) -> str:
+        """The DSN of another empty database of the bench's own (dropped at ``stop``)."""
+        assert self.postgres is not None, "start() first"
+        name = f"bench_{uuid.uuid4().hex[:8]}"
+        self._databases.append(name)
+        return await create_database(self.postgres.dsn, name)
+
     async def stop(self) -> None:
         if self.postgres is not None:
-            with contextlib.suppress(Exception):
-                await drop_database(self.postgres.dsn, self.database)
+            for name in self._databases:
+                with contextlib.suppress(Exception):
+                    await drop_database(self.postgres.dsn, name)
             self.postgres.stop()
         if self.kafka is not None:
             self.kafka.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def tokens_file(self) -> Path:
-        """A tokens file with one check-only token for brand ``acme``."""
+        """A tokens file with a check-only, a write and an admin token for brand ``acme``."""
         path = self.tmp / "tokens.json"
-        entry = {
-            "name": "bench",
-            "sha256": token_digest(CHECK_TOKEN),
-            "scopes": ["check"],
-            "brands": ["acme"],
-        }
-        path.write_text(json.dumps({"tokens": [entry]}))
+        entries = [
+            {
+                "name": "bench",
+                "sha256": token_digest(CHECK_TOKEN),
+                "scopes": ["check"],
+                "brands": ["acme"],
+            },
+            {
+                "name": "bench-writer",
+                "sha256": token_digest(WRITE_TOKEN),
+                "scopes": ["write", "check"],
+                "brands": ["acme"],
+            },
+            {
+                "name": "bench-admin",
+                "sha256": token_digest(ADMIN_TOKEN),
+                "scopes": ["admin"],
+                "brands": ["acme"],
+            },
+        ]
+        path.write_text(json.dumps({"tokens": entries}))
         return path
 
 

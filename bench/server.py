@@ -2,6 +2,7 @@
 
     python -m bench.server echo    --port P --loop uvloop
     python -m bench.server consent --port P --loop asyncio --dsn ... --kafka ... --prefix ...
+                                   [--ledger kafka|postgres]
     python -m bench.server stub    --port P --loop uvloop [--tokens FILE]
 
 Prints ``READY <port>`` on stdout once it serves, and stops when its stdin closes
@@ -11,8 +12,9 @@ under cProfile and writes the stats to FILE when it stops.
 The echo server is a ``grpc.aio`` server with the very options ``GrpcServer`` uses,
 and one generic handler of raw bytes: no proto parsing, no work. It answers
 ``/bench.Echo/Unary`` with a realistic ``CanSendResponse`` and ``/bench.Echo/Batch``
-with a realistic ``CanSendBatchResponse`` of 1,000 decisions, so the baseline moves
-the same bytes the service does.
+with a realistic ``CanSendBatchResponse`` of 1,000 decisions, and ``/bench.Echo/Write``
+with a write's response (one event id and its consistency token), so the baseline
+moves the same bytes the service does.
 
 The stub (``python -m bench.ladder`` runs it) is the service's own gRPC server
 (``GrpcServer``: its options, its handlers, health and reflection) with a
@@ -45,6 +47,7 @@ SERVER_OPTIONS = [
 ]
 ECHO_UNARY = "/bench.Echo/Unary"
 ECHO_BATCH = "/bench.Echo/Batch"
+ECHO_WRITE = "/bench.Echo/Write"
 
 
 def sample_responses(partitions: int = 12, batch: int = 1000) -> tuple[bytes, bytes]:
@@ -76,8 +79,19 @@ def sample_responses(partitions: int = 12, batch: int = 1000) -> tuple[bytes, by
     return unary, many.SerializeToString()
 
 
+def sample_write_response() -> bytes:
+    """A write's response: one event id and the token of one subscriber partition."""
+    from consent.v1 import consent_service_pb2 as api_pb2
+
+    response = api_pb2.RecordOptInResponse(
+        event_ids=[str(uuid.uuid4())], consistency_token="subscribers:7:83021"
+    )
+    return bytes(response.SerializeToString())
+
+
 async def _echo(port: int, ready: Callable[[int], None], stop: asyncio.Event) -> None:
     unary_reply, batch_reply = sample_responses()
+    write_reply = sample_write_response()
 
     async def unary(request: bytes, context: Any) -> bytes:
         return unary_reply
@@ -85,9 +99,13 @@ async def _echo(port: int, ready: Callable[[int], None], stop: asyncio.Event) ->
     async def batch(request: bytes, context: Any) -> bytes:
         return batch_reply
 
+    async def write(request: bytes, context: Any) -> bytes:
+        return write_reply
+
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Batch": grpc.unary_unary_rpc_method_handler(batch),
+        "Write": grpc.unary_unary_rpc_method_handler(write),
     }
     server = grpc.aio.server(options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", handlers),))
@@ -146,8 +164,8 @@ async def _consent(
     )
     settings = Settings(
         listen=f"127.0.0.1:{port}",
-        ledger="kafka",
-        kafka=kafka,
+        ledger=args.ledger,
+        kafka=kafka if args.ledger == "kafka" else None,
         postgres_dsn=args.dsn,
         data_dir=Path(args.tokens).parent,
         tokens_file=Path(args.tokens),
@@ -206,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--tokens")
     parser.add_argument("--reads", choices=["replica", "postgres"], default="replica")
+    parser.add_argument(
+        "--ledger",
+        choices=["kafka", "postgres"],
+        default="kafka",
+        help="the ledger: Kafka, or the embedded default's PostgreSQL table",
+    )
     parser.add_argument("--profile", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
