@@ -18,7 +18,7 @@ help:
 	@echo "make lint       ruff + mypy (strict on ledger/)"
 	@echo "make protos     regenerate protos/gen from protos/*.proto"
 	@echo "make lock       resolve pyproject.toml's dependencies again into requirements.lock"
-	@echo "make bench      measure CanSend against a bare gRPC echo baseline"
+	@echo "make bench      measure CanSend and the writes against their baselines"
 	@echo "make dev-up / dev-down   a Kafka broker and PostgreSQL for working by hand"
 	@echo "make deploy-tools  fetch kustomize and promtool for tests/deploy (make test does)"
 
