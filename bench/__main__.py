@@ -638,6 +638,11 @@ def main(argv: list[str] | None = None) -> int:
         "postgres (the embedded default's PostgreSQL table)",
     )
     parser.add_argument(
+        "--write-phases",
+        default="RecordOptIn,RecordOptOut,RecordMessageSent",
+        help="write phases to run, comma-separated",
+    )
+    parser.add_argument(
         "--write-phones", type=int, default=20_000, help="phones the write phases cycle through"
     )
     args = parser.parse_args(argv)  # fmt: skip

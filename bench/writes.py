@@ -488,7 +488,8 @@ async def run_writes(
     file name prefix), the service runs under cProfile and no baseline is run."""
     at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     phones = make_phones(args.write_phones)
-    write_phases = phases(phones, at)
+    chosen = args.write_phases.split(",")
+    write_phases = [p for p in phases(phones, at) if p.name in chosen]
     tag = uuid.uuid4().hex[:8]
     rows: list[WriteRow] = []
     kafka_pids = [infra.kafka.pid] if infra.kafka is not None and infra.kafka.pid else []
