@@ -293,8 +293,9 @@ class FreshnessGuard:
         defined or a number claimed a moment ago) waits for this, not for the last
         observation.
 
-        It waits for the ends it read itself (an observation of the loop's that
-        started earlier may finish later and leave older ends behind), and looks at
+        It waits for ends read by an observation that started after it arrived (one
+        it shares with the calls arriving with it; one that started earlier may miss
+        a write acknowledged just before the call), and looks at
         the view's progress every ``_CATCH_UP_PAUSE`` rather than every refresh
         interval: a write that follows another by a moment waits for that one's
         projection, which takes milliseconds, not for the guard's next round."""
@@ -327,10 +328,14 @@ class FreshnessGuard:
         self,
         select: Callable[[dict[Stream, dict[int, int]]], dict[tuple[Stream, int], int]],
     ) -> bool:
-        deadline = self._monotonic() + self._settings.wait_bound
+        arrived = self._monotonic()
+        deadline = arrived + self._settings.wait_bound
         try:  # the bound holds for the looks too: a hung broker is "not caught up"
-            ends = await asyncio.wait_for(self.observe(), self._settings.wait_bound)
-            needed = select(ends)
+            # Any observation that started after this call arrived read ends that count
+            # every write acknowledged before it: concurrent calls share one.
+            if not await self._observed_since(arrived, deadline):
+                return False
+            needed = select(self._ends)
             while self._behind(needed):
                 remaining = deadline - self._monotonic()
                 if remaining <= 0:

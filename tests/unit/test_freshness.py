@@ -177,3 +177,35 @@ async def test_a_hung_ledger_fails_reads_closed_in_the_bound_with_few_asks_under
     assert asyncio.get_running_loop().time() - started < 5 * 0.2 + 0.5
     assert ledger.most_under_way <= 2
     await guard.stop()
+
+
+async def test_concurrent_catch_ups_share_their_looks_at_the_ledger() -> None:
+    """Sixty-four writes catching up at once ask the ledger for its ends a few times,
+    not sixty-four: each waits for an observation that started after it arrived,
+    and those arriving together share one."""
+    ledger = _SlowLedger(0.01, partitions=2)
+    guard = FreshnessGuard(
+        ledger, InMemoryConsentView(), FreshnessSettings(refresh_interval=60, wait_bound=1)
+    )
+    await guard.observe()
+    asked = ledger.asked
+
+    answers = await asyncio.gather(*(guard.catch_up_phones([PHONE]) for _ in range(64)))
+
+    assert all(answers)
+    assert ledger.asked - asked <= 3
+    assert ledger.most_under_way <= 2
+
+
+async def test_a_catch_up_never_uses_an_observation_that_started_before_it_arrived() -> None:
+    """A write acknowledged just before a catch-up must count, even though an
+    observation under way (started before the write) would have landed sooner."""
+    ledger = _SlowLedger(0.1, partitions=2)
+    view = InMemoryConsentView()
+    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=1))
+    old = asyncio.ensure_future(guard.observe())
+    await asyncio.sleep(0.02)  # ``old`` asked for the ends already
+    await ledger.append([revoked(granted().occurred_at)])  # acknowledged, never applied
+
+    assert not await guard.catch_up_phones([PHONE])
+    await old
