@@ -264,7 +264,8 @@ class Runtime:
             await migrate(self.pool)
             self.reads = await read_pool(dsn, max_size=s.pool_size, timeout=s.postgres_timeout)
         self.view = PostgresConsentView(self.pool, reads=self.reads, timeout=s.postgres_timeout)
-        self.ledger = await self._build_ledger()
+        assert dsn is not None
+        self.ledger = await self._build_ledger(dsn)
         await self._start_projector()
         replica = None
         if s.cansend_reads == "replica":
@@ -326,7 +327,7 @@ class Runtime:
         bound = self._metrics_http.server_port
         self.metrics_address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
 
-    async def _build_ledger(self) -> Ledger:
+    async def _build_ledger(self, dsn: str) -> Ledger:
         s = self.settings
         if s.ledger == "kafka":
             assert s.kafka is not None
@@ -338,7 +339,7 @@ class Runtime:
         from services.adapters.postgres_ledger import PostgresLedger
 
         assert self.pool is not None
-        return PostgresLedger(self.pool)
+        return await PostgresLedger.open(self.pool, dsn)
 
     async def _start_projector(self) -> None:
         s = self.settings

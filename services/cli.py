@@ -182,7 +182,7 @@ async def _rebuild(settings: Settings) -> None:
     runtime.pool = pool
     try:
         await migrate(pool)
-        ledger = await runtime._build_ledger()
+        ledger = await runtime._build_ledger(dsn)
         try:
             count = await rebuild(ledger, PostgresConsentView(pool))
             print(f"rebuilt the projections from {count} ledger events")

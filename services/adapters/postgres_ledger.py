@@ -1,131 +1,240 @@
-"""``PostgresLedger``: the ``Ledger`` port as an append-only PostgreSQL table.
+"""``PostgresLedger``: the ``Ledger`` port on the ``eventsourcing`` library's
+PostgreSQL application recorder.
 
-The local ledger of the embedded default (``make run`` without Kafka). Rows hold
-the same ``services.wire.codec`` envelope a Kafka record carries, in the table
-``ledger_events`` of ``services/migrations/0001_ledger_events.sql``, whose triggers
-refuse UPDATE, DELETE and TRUNCATE.
+The local ledger of the embedded default (``make run`` without Kafka). The
+recorder appends; the table is ``ledger_stored_events``
+(``services/migrations/0011_ledger_recorder.sql``), whose triggers refuse UPDATE,
+DELETE and TRUNCATE. Each stream is one partition (0) and one of the recorder's
+originators (``subscribers:0``, ``campaigns:0``); an event's ``originator_version``
+is its offset, and its ``state`` the ``services.wire.codec`` envelope a Kafka
+record carries.
 
-Each stream is one partition (0). ``append`` takes a per-stream advisory lock for
-the rest of its transaction and numbers its events from the stream's current end,
-so offsets have no gaps and a stream's rows become visible in offset order (a
-transaction is visible before its locks are released): a reader that has seen
-offset n has seen everything below it. Subscribers LISTEN for the NOTIFY each
-append sends on commit, and poll every ``poll_timeout`` in case one is missed.
+Appends from one process go through one writer task, which hands everything that
+is waiting to the recorder in one ``insert_events`` (one transaction, one commit):
+offsets are numbered from each stream's end as this process last saw it, and the
+recorder's primary key on (originator, version) refuses an offset another process
+took meanwhile, after which the writer reads the ends again and retries. The
+recorder locks the table while it inserts, so appends commit one at a time in
+offset order: a reader that has seen offset n has seen everything below it.
+
+The recorder is synchronous (psycopg), so the writer calls it in a thread. Reads,
+the ends of the streams and the wake-ups of ``subscribe`` (the recorder's NOTIFY)
+go through the caller's ``asyncpg`` pool: the recorder's own ``select_events``
+leaves out ``recorded_at``, the ledger's clock that a Kafka record carries too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.utils import get_topic
+from psycopg.conninfo import conninfo_to_dict
 
 from ledger.events import LedgerEvent, LedgerPosition, Recorded
 from ledger.ports import Ledger, LedgerUnavailable, Offsets, Stream
 from services.wire.codec import decode_event, encode_event
 
 PARTITION = 0
-NOTIFY_CHANNEL = "ledger_events"
-_LOCK_CLASS = 0x4C454447  # "LEDG": the advisory-lock namespace of the ledger's streams
-_STREAM_LOCK_KEY = {Stream.SUBSCRIBERS: 1, Stream.CAMPAIGNS: 2}
+TABLE = "ledger_stored_events"
+NOTIFY_CHANNEL = TABLE  # the recorder NOTIFYs on a channel named for its table
+_MAX_CONFLICTS = 10
+"""Times an append re-reads the ends after another process took its offsets."""
+_BATCH_EVENTS = 5000
+"""At most this many events go into one insert, so one transaction stays short."""
 
-_LOCK_STREAM = "SELECT pg_advisory_xact_lock($1::integer, $2::integer)"
-# clock_timestamp() after the lock, not the column's now() (the transaction's start,
-# which can precede a concurrent append that got earlier offsets), so recorded_at
-# does not go backwards along a stream.
-_STREAM_END = """
-SELECT coalesce(max("offset") + 1, 0) AS next_offset, clock_timestamp() AS recorded_at
-FROM ledger_events WHERE stream = $1 AND partition = 0
+
+def originator_id(stream: Stream) -> str:
+    """The recorder's originator that holds ``stream``'s one partition."""
+    return f"{stream.value}:{PARTITION}"
+
+
+_STREAM_END = f"""
+SELECT coalesce(max(originator_version) + 1, 0) AS next_offset
+FROM {TABLE} WHERE originator_id = $1
 """
-_STREAM_ENDS = """
+_STREAM_ENDS = f"""
 SELECT s AS stream,
-       (SELECT coalesce(max("offset") + 1, 0) FROM ledger_events
-        WHERE stream = s AND partition = 0) AS next_offset
+       (SELECT coalesce(max(originator_version) + 1, 0) FROM {TABLE}
+        WHERE originator_id = s || ':0') AS next_offset
 FROM unnest($1::text[]) AS s
 """
-_INSERT = """
-INSERT INTO ledger_events (stream, partition, "offset", event_id, event_type, payload, recorded_at)
-SELECT $1, 0, $2 + e.n - 1, e.event_id, e.event_type, e.payload, $3
-FROM unnest($4::uuid[], $5::text[], $6::bytea[]) WITH ORDINALITY
-     AS e(event_id, event_type, payload, n)
+_READ = f"""
+SELECT originator_version, state, recorded_at FROM {TABLE}
+WHERE originator_id = $1 AND originator_version >= $2
+ORDER BY originator_version LIMIT $3
 """
-_READ = """
-SELECT "offset", payload, recorded_at FROM ledger_events
-WHERE stream = $1 AND partition = 0 AND "offset" >= $2
-ORDER BY "offset" LIMIT $3
+_STORED = f"""
+SELECT originator_id, originator_version, state, recorded_at FROM {TABLE}
+WHERE notification_id = ANY($1::bigint[])
 """
+_AT = f"""
+SELECT originator_id, originator_version, state, recorded_at FROM {TABLE}
+WHERE (originator_id, originator_version) IN (SELECT * FROM unnest($1::text[], $2::bigint[]))
+"""
+
+
+@dataclass
+class _Append:
+    """One caller's append, waiting for the writer."""
+
+    encoded: list[tuple[Stream, LedgerEvent, bytes]]
+    done: asyncio.Future[list[Recorded]]
+    offsets: list[int] = field(default_factory=list)
 
 
 class PostgresLedger(Ledger):
-    """The ledger on an ``asyncpg`` pool the caller owns (and closes).
+    """The ledger on an ``asyncpg`` pool the caller owns (and closes), and a
+    recorder on a connection of its own (``open`` makes it; ``close`` closes it).
 
     Each running ``subscribe`` holds one connection of the pool for its LISTEN.
     """
 
     def __init__(
-        self, pool: asyncpg.Pool, *, append_timeout_s: float = 30.0, batch_size: int = 1000
+        self,
+        pool: asyncpg.Pool,
+        recorder: PostgresApplicationRecorder,
+        *,
+        append_timeout_s: float = 30.0,
+        batch_size: int = 1000,
     ) -> None:
         self._pool = pool
+        self._recorder = recorder
         self._append_timeout_s = append_timeout_s
         self._batch_size = batch_size
+        self._waiting: deque[_Append] = deque()
+        self._writer: asyncio.Task[None] | None = None
+        self._ends: dict[Stream, int] = {}
+
+    @classmethod
+    async def open(cls, pool: asyncpg.Pool, dsn: str, **options: Any) -> PostgresLedger:
+        """Connect the recorder to the database at ``dsn`` (which ``pool`` reaches
+        too, migrated) and let it create what it needs beside the migrated table."""
+        recorder = await asyncio.to_thread(_recorder, dsn)
+        return cls(pool, recorder, **options)
+
+    async def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        for waiting in self._waiting:
+            if not waiting.done.done():
+                waiting.done.set_exception(LedgerUnavailable("PostgreSQL ledger closed"))
+        self._waiting.clear()
+        await asyncio.to_thread(self._recorder.datastore.close)
 
     async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
-        """Raises ``ConnectionError`` when the database cannot be reached in time; the
-        transaction then wrote nothing."""
+        """Raises ``LedgerUnavailable`` when the database does not acknowledge in time;
+        the caller must then treat the write as not done."""
         # Encode everything first: an event that cannot be encoded writes nothing.
         encoded = [(Stream.of(event), event, encode_event(event)) for event in events]
         if not encoded:
             return []
+        waiting = _Append(encoded, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(), name="postgres-ledger-writer")
         try:
-            positions = await asyncio.wait_for(self._insert(encoded), self._append_timeout_s)
-        except (OSError, TimeoutError, asyncpg.PostgresConnectionError) as exc:
+            return await asyncio.wait_for(asyncio.shield(waiting.done), self._append_timeout_s)
+        except TimeoutError as exc:
             raise LedgerUnavailable(
-                f"PostgreSQL ledger: {len(encoded)} event(s) not appended: "
-                f"{type(exc).__name__}: {exc}"
+                f"PostgreSQL ledger: {len(encoded)} event(s) not acknowledged in "
+                f"{self._append_timeout_s:g} s"
             ) from exc
-        return [
-            Recorded(event, LedgerPosition(PARTITION, offset), recorded_at)
-            for (_, event, _), (offset, recorded_at) in zip(encoded, positions, strict=True)
-        ]
 
-    async def _insert(
-        self, encoded: list[tuple[Stream, LedgerEvent, bytes]]
-    ) -> list[tuple[int, datetime]]:
-        per_stream: dict[Stream, list[tuple[LedgerEvent, bytes]]] = {}
-        for stream, event, payload in encoded:
-            per_stream.setdefault(stream, []).append((event, payload))
-        assigned: dict[Stream, tuple[int, datetime]] = {}
-        async with self._pool.acquire() as conn, conn.transaction():
-            # Locks in one fixed order, so two appends spanning both streams cannot deadlock.
-            for stream in sorted(per_stream, key=lambda s: _STREAM_LOCK_KEY[s]):
-                rows = per_stream[stream]
-                await conn.execute(_LOCK_STREAM, _LOCK_CLASS, _STREAM_LOCK_KEY[stream])
-                end = await conn.fetchrow(_STREAM_END, stream.value)
-                first, recorded_at = end["next_offset"], end["recorded_at"]
-                await conn.execute(
-                    _INSERT,
-                    stream.value,
-                    first,
-                    recorded_at,
-                    [event.event_id for event, _ in rows],
-                    [event.EVENT_TYPE for event, _ in rows],
-                    [payload for _, payload in rows],
+    async def _write(self) -> None:
+        """Insert what is waiting, batch by batch, until nothing is."""
+        while self._waiting:
+            batch = [self._waiting.popleft()]
+            size = len(batch[0].encoded)
+            while self._waiting and size + len(self._waiting[0].encoded) <= _BATCH_EVENTS:
+                batch.append(self._waiting.popleft())
+                size += len(batch[-1].encoded)
+            try:
+                recorded = await self._insert(batch)
+            except Exception as exc:
+                # This insert may have been committed after all: start again from the
+                # stored ends, and tell every caller of the batch.
+                self._ends.clear()
+                failure: Exception = exc
+                if isinstance(exc, OSError | asyncpg.PostgresError | PersistenceError):
+                    failure = LedgerUnavailable(
+                        f"PostgreSQL ledger: {size} event(s) not appended: "
+                        f"{type(exc).__name__}: {exc}"
+                    )
+                for waiting in batch:
+                    if not waiting.done.done():
+                        waiting.done.set_exception(failure)
+                continue
+            for waiting, result in zip(batch, recorded, strict=True):
+                if not waiting.done.done():
+                    waiting.done.set_result(result)
+
+    async def _insert(self, batch: list[_Append]) -> list[list[Recorded]]:
+        for _ in range(_MAX_CONFLICTS):
+            for stream in Stream:
+                if stream not in self._ends:
+                    self._ends[stream] = await self._pool.fetchval(
+                        _STREAM_END, originator_id(stream)
+                    )
+            ends = dict(self._ends)
+            stored: list[StoredEvent] = []
+            for waiting in batch:
+                waiting.offsets = []
+                for stream, event, payload in waiting.encoded:
+                    waiting.offsets.append(ends[stream])
+                    stored.append(
+                        StoredEvent(
+                            originator_id=originator_id(stream),
+                            originator_version=ends[stream],
+                            topic=get_topic(type(event)),
+                            state=payload,
+                        )
+                    )
+                    ends[stream] += 1
+            try:
+                ids = await asyncio.to_thread(self._recorder.insert_events, stored)
+            except IntegrityError:
+                rows = await self._pool.fetch(
+                    _AT,
+                    [s.originator_id for s in stored],
+                    [s.originator_version for s in stored],
                 )
-                assigned[stream] = (first, recorded_at)
-            await conn.execute(
-                "SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, ",".join(s.value for s in per_stream)
-            )
-        # Back to call order: the n-th event of a stream got that stream's first offset + n.
-        taken = dict.fromkeys(per_stream, 0)
-        positions: list[tuple[int, datetime]] = []
-        for stream, _, _ in encoded:
-            first, recorded_at = assigned[stream]
-            positions.append((first + taken[stream], recorded_at))
-            taken[stream] += 1
-        return positions
+                if len(rows) == len(stored) and _same(rows, stored):
+                    # The recorder retried an insert that had been committed: ours.
+                    self._ends = ends
+                    return self._recorded(batch, rows)
+                self._ends.clear()  # another process took these offsets
+                continue
+            self._ends = ends
+            return self._recorded(batch, await self._pool.fetch(_STORED, list(ids or ())))
+        raise LedgerUnavailable(
+            f"PostgreSQL ledger: other writers took the offsets {_MAX_CONFLICTS} times running"
+        )
+
+    @staticmethod
+    def _recorded(batch: list[_Append], rows: list[asyncpg.Record]) -> list[list[Recorded]]:
+        stamped = {(row["originator_id"], row["originator_version"]): row for row in rows}
+        return [
+            [
+                Recorded(
+                    event,
+                    LedgerPosition(PARTITION, offset),
+                    stamped[(originator_id(stream), offset)]["recorded_at"],
+                )
+                for (stream, event, _), offset in zip(waiting.encoded, waiting.offsets, strict=True)
+            ]
+            for waiting in batch
+        ]
 
     async def read(
         self, stream: Stream, partition: int, start: int, limit: int = 1000
@@ -138,11 +247,11 @@ class PostgresLedger(Ledger):
 
     @staticmethod
     async def _read(db: Any, stream: Stream, start: int, limit: int) -> list[Recorded]:
-        rows = await db.fetch(_READ, stream.value, start, limit)
+        rows = await db.fetch(_READ, originator_id(stream), start, limit)
         return [
             Recorded(
-                decode_event(row["payload"]),
-                LedgerPosition(PARTITION, row["offset"]),
+                decode_event(row["state"]),
+                LedgerPosition(PARTITION, row["originator_version"]),
                 row["recorded_at"],
             )
             for row in rows
@@ -155,8 +264,7 @@ class PostgresLedger(Ledger):
         return PARTITION
 
     async def end_offsets(self, stream: Stream) -> dict[int, int]:
-        row = await self._pool.fetchrow(_STREAM_END, stream.value)
-        return {PARTITION: row["next_offset"]}
+        return {PARTITION: await self._pool.fetchval(_STREAM_END, originator_id(stream))}
 
     async def every_end_offset(self) -> dict[Stream, dict[int, int]]:
         """Every stream's end in one statement (one round trip)."""
@@ -171,8 +279,7 @@ class PostgresLedger(Ledger):
         appended = asyncio.Event()
 
         def on_notify(conn: Any, pid: int, channel: str, payload: str) -> None:
-            if stream.value in payload.split(","):
-                appended.set()
+            appended.set()
 
         async with self._pool.acquire() as conn:
             await conn.add_listener(NOTIFY_CHANNEL, on_notify)
@@ -191,3 +298,25 @@ class PostgresLedger(Ledger):
             finally:
                 with contextlib.suppress(asyncpg.InterfaceError, OSError):
                     await conn.remove_listener(NOTIFY_CHANNEL, on_notify)
+
+
+def _same(rows: list[asyncpg.Record], stored: list[StoredEvent]) -> bool:
+    found = {(row["originator_id"], row["originator_version"]): bytes(row["state"]) for row in rows}
+    return all(found.get((s.originator_id, s.originator_version)) == s.state for s in stored)
+
+
+def _recorder(dsn: str) -> PostgresApplicationRecorder:
+    """The library's recorder on ``ledger_stored_events``, on a connection of its own."""
+    params = conninfo_to_dict(dsn)
+    datastore = PostgresDatastore(
+        dbname=str(params.get("dbname", "")),
+        host=str(params.get("host", "")),
+        port=str(params.get("port", "5432")),
+        user=str(params.get("user", "")),
+        password=str(params.get("password", "")),
+        originator_id_type="text",
+        pool_size=1,
+    )
+    recorder = PostgresApplicationRecorder(datastore, events_table_name=TABLE)
+    recorder.create_table()  # its row type; the table itself is migration 0011's
+    return recorder
