@@ -58,6 +58,9 @@ class KafkaLedgerSettings:
     """Prepended verbatim to both topic names (``"staging."``, a test's own prefix)."""
     subscriber_topic: str = "consent.subscriber-events.v1"
     campaign_topic: str = "consent.campaign-events.v1"
+    checkpoint_topic: str = "consent.checkpoints.v1"
+    """The signed checkpoints of the ledger's hash chain (``services.checkpoints``):
+    made and checked with the ledger topics, and like them kept forever."""
     subscriber_partitions: int = 12
     campaign_partitions: int = 1
     replication_factor: int = 3
@@ -83,6 +86,14 @@ class KafkaLedgerSettings:
     def topic(self, stream: Stream) -> str:
         name = self.subscriber_topic if stream is Stream.SUBSCRIBERS else self.campaign_topic
         return self.topic_prefix + name
+
+    def checkpoint_topic_name(self) -> str:
+        return self.topic_prefix + self.checkpoint_topic
+
+    def topic_partitions(self) -> dict[str, int]:
+        """Every topic this ledger needs, with its partition count."""
+        topics = {self.topic(stream): self.partition_count(stream) for stream in Stream}
+        return {**topics, self.checkpoint_topic_name(): 1}
 
     def partition_count(self, stream: Stream) -> int:
         if stream is Stream.SUBSCRIBERS:
@@ -165,7 +176,8 @@ class KafkaLedger(Ledger):
         self._subscriber_partitions: list[int] = []
 
     async def start(self) -> None:
-        """Connect; raises ``UnsafeTopicError`` unless both topics exist with ledger settings.
+        """Connect; raises ``UnsafeTopicError`` unless every topic (both streams' and
+        the checkpoints') exists with ledger settings.
 
         Checking first matters: aiokafka asks for metadata with auto-creation allowed,
         so on a broker with ``auto.create.topics.enable`` (Kafka's default) the first
@@ -232,12 +244,12 @@ class KafkaLedger(Ledger):
         try:
             new_topics = [
                 NewTopic(
-                    self.settings.topic(stream),
-                    self.settings.partition_count(stream),
+                    topic,
+                    partitions,
                     self.settings.replication_factor,
                     topic_configs=self.settings.topic_configs(),
                 )
-                for stream in Stream
+                for topic, partitions in self.settings.topic_partitions().items()
             ]
             response = await _create_topics(admin, new_topics)
             for result in response.to_object()["topic_errors"]:
@@ -251,7 +263,8 @@ class KafkaLedger(Ledger):
             await admin.close()
 
     async def verify_topics(self) -> None:
-        """Raise ``UnsafeTopicError`` unless both topics exist with ledger settings."""
+        """Raise ``UnsafeTopicError`` unless every topic (both streams' and the
+        checkpoints') exists with ledger settings."""
         admin = self._admin()
         await admin.start()
         try:
@@ -278,7 +291,7 @@ class KafkaLedger(Ledger):
             await asyncio.sleep(0.1)
 
     async def _verify_topics(self, admin: AIOKafkaAdminClient, await_creation: bool) -> None:
-        names = {self.settings.topic(stream): stream for stream in Stream}
+        names = self.settings.topic_partitions()
         problems: dict[str, list[str]] = {name: [] for name in names}
         described = await self._described_topics(admin, list(names), await_creation)
         for name in names.keys() - {topic["topic"] for topic in described}:
@@ -288,7 +301,7 @@ class KafkaLedger(Ledger):
             if topic["error_code"] != 0:
                 problems[name].append(f"does not exist or cannot be described ({topic})")
                 continue
-            want = self.settings.partition_count(names[name])
+            want = names[name]
             if len(topic["partitions"]) != want:
                 problems[name].append(
                     f"has {len(topic['partitions'])} partitions, not {want} (a different "
