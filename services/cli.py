@@ -1,6 +1,7 @@
 """Command line: ``serve`` (the service), ``migrate`` (schema and topics), ``rebuild``
 (re-fold the projections from the ledger), ``token add`` / ``token remove`` (edit
-the tokens file)."""
+the tokens file); ``export``, ``verify`` and ``keys`` (tamper evidence) are in
+``services.cli_audit``."""
 
 from __future__ import annotations
 
@@ -377,6 +378,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--burst", type=int, help="the most calls at once, with --rate")
     token.add_argument("--file", help="the tokens file (default: $CONSENT_AUTH_TOKENS_FILE)")
+    from services import cli_audit
+
+    cli_audit.add_commands(sub, command)
     return parser
 
 
@@ -385,6 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "token":
         return _token(args)
+    from services import cli_audit
+
+    if args.command in cli_audit.COMMANDS:
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+        return cli_audit.run(args)
     if args.command == "migrate" and (args.wait < 0 or args.wait != args.wait):
         parser.error("--wait must be 0 or more seconds")
     if args.command == "migrate" and args.wait and not args.check:

@@ -1,0 +1,415 @@
+"""The tamper-evidence commands: ``export``, ``verify`` and ``keys``.
+
+``services.cli`` adds them to its parser (``add_commands``) and hands them their
+arguments (``run``); they need no tokens file and start no service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from services.checkpoints import (
+    STREAMS,
+    CheckpointStore,
+    Keyring,
+    PublicKey,
+    RecordSource,
+    SigningKey,
+)
+
+COMMANDS = ("export", "verify", "keys")
+
+EXPORT_HELP = """\
+Write the ledger's records as JSON Lines, exactly as stored: each record's bytes
+(base64), its stream, partition and offset, and the time the ledger recorded it,
+with the signed checkpoints that cover them, so that `consent-ledger verify` can
+check the file anywhere, later, with the public keys alone.
+
+The ledger is the one the service's settings name (CONSENT_LEDGER,
+CONSENT_KAFKA_BOOTSTRAP, CONSENT_KAFKA_TOPIC_PREFIX, CONSENT_POSTGRES_DSN; with
+--embedded, the embedded default's under CONSENT_DATA_DIR). It only reads.
+
+A --from offset is moved back to where a checkpoint starts (a note says so), so
+that the export begins on a signed head of the chain. The format is in
+protos/README.md, "Tamper evidence".
+
+examples:
+  consent-ledger export --embedded --output ledger.jsonl
+  consent-ledger export --stream subscribers --partition 3 --from 1200 --to 1500
+
+exit status: 0 written; 1 the ledger could not be read; 2 a usage error."""
+
+VERIFY_HELP = """\
+Check the ledger's records against its signed checkpoints and say whether any
+record was altered, removed, inserted or reordered, and where: stream, partition
+and offset.
+
+What it reads:
+  the records   an export (--export FILE), or else the live ledger the service's
+                settings name (as for `export`; --embedded for the embedded default)
+  checkpoints   those in the export, any --checkpoints FILE (one checkpoint JSON a
+                line), and, for the live ledger or with --live-checkpoints, the
+                checkpoint topic (or the embedded default's table)
+  public keys   --keys FILE, a keyring: {"keys": [{"key_id", "public_key", "status"}]}
+                (`consent-ledger keys public` writes one)
+
+What it reports, one line each, at stream/partition@offset:
+  ALTERED       the record's bytes or recorded time differ from what was signed
+  REMOVED       a signed record is missing
+  INSERTED      a record no checkpoint lists stands among signed ones
+  REORDERED     a signed record is there, out of its place
+  RENUMBERED    a signed record says another offset than the one it was signed at
+  FORKED        two trusted checkpoints disagree: the ledger was rewritten between them
+  CHECKPOINT    a checkpoint not to be trusted: its signature does not hold, or its
+                key is unknown, revoked, or was retired before the checkpoint's time
+  UNPROVEN      records older than --grace that no trusted checkpoint covers (their
+                checkpoints were removed, or never made)
+Records newer than the last checkpoint are listed as not yet covered; they are no
+finding until they are older than --grace.
+
+exit status: 0 nothing found; 1 a finding (each is printed); 2 a usage error or a
+file that cannot be read."""
+
+KEYS_HELP = """\
+Manage the Ed25519 keys checkpoints are signed with.
+
+  new FILE                  make a signing key (PEM, mode 0600; never overwrites)
+                            and print its keyring entry
+  public FILE               print a keyring holding FILE's public key; with
+                            --keyring, add it to that keyring file instead
+  retire KEY_ID --keyring K the key stops signing: checkpoints it signed up to
+                            --at (default now) stay trusted, later ones are not
+  revoke KEY_ID --keyring K the key was compromised: nothing it signed is trusted
+
+Rotation: `keys new` a key, `keys public NEW --keyring keys.json`, point
+CONSENT_CHECKPOINT_KEY_FILE at it and restart the service; once no process signs
+with the old key, `keys retire OLD --keyring keys.json`. The service checkpoints
+the whole ledger again with the new key (it resumes only from its own key's
+checkpoints), so even a revoked old key leaves every record proven.
+
+exit status: 0 done; 1 it could not be done (the message says why)."""
+
+
+def add_commands(sub: Any, command: Any) -> None:
+    """Add the commands to ``services.cli``'s subparsers; ``command(name, text)``
+    makes one the way every other command is made."""
+
+    def manual(name: str, text: str, body: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = command(name, text)
+        parser.description = f"{text}\n\n{body}"
+        return parser
+
+    def live(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--embedded",
+            action="store_true",
+            help="the embedded default's ledger (a table of the PostgreSQL under CONSENT_DATA_DIR)",
+        )
+
+    def selection(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--stream",
+            choices=[*STREAMS, "all"],
+            default="all",
+            help="which stream (default: all)",
+        )
+
+    export = manual(
+        "export", "write the ledger's records and checkpoints as JSON Lines", EXPORT_HELP
+    )
+    live(export)
+    selection(export)
+    export.add_argument(
+        "--partition",
+        type=int,
+        action="append",
+        metavar="N",
+        help="only partition N (again for more; default: every one)",
+    )
+    export.add_argument("--from", dest="start", type=int, metavar="OFFSET", help="first offset")
+    export.add_argument(
+        "--to", dest="stop", type=int, metavar="OFFSET", help="offset to stop before"
+    )
+    export.add_argument("--output", "-o", metavar="FILE", help="write here (default: stdout)")
+    export.add_argument(
+        "--no-checkpoints", action="store_true", help="leave the checkpoints out of the export"
+    )
+
+    verify = manual(
+        "verify", "check the ledger (or an export) against its signed checkpoints", VERIFY_HELP
+    )
+    live(verify)
+    selection(verify)
+    verify.add_argument(
+        "--export", metavar="FILE", help="the export to check (default: the live ledger)"
+    )
+    verify.add_argument(
+        "--checkpoints",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="more checkpoints, one JSON object a line (again for more)",
+    )
+    verify.add_argument(
+        "--live-checkpoints",
+        action="store_true",
+        help="with --export, also read the checkpoints stored beside the live ledger",
+    )
+    verify.add_argument("--keys", required=True, metavar="KEYRING", help="the trusted public keys")
+    verify.add_argument(
+        "--grace",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how old an uncovered record may be before it is a finding (default 600)",
+    )
+    verify.add_argument("--json", action="store_true", help="one JSON object, for a program")
+
+    keys = manual("keys", "make, publish, retire and revoke checkpoint signing keys", KEYS_HELP)
+    keys.add_argument("action", choices=["new", "public", "retire", "revoke"])
+    keys.add_argument("target", metavar="FILE|KEY_ID", help="a key file, or a key id")
+    keys.add_argument("--keyring", metavar="FILE", help="the keyring file to change")
+    keys.add_argument(
+        "--at", metavar="TIME", help="retire: ISO 8601 time it stopped signing (default now)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.command == "keys":
+            return _keys(args)
+        return asyncio.run(_EXPORT_OR_VERIFY[args.command](args))
+    except _Usage as exc:
+        print(f"consent-ledger {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+class _Usage(Exception):
+    """A usage error or an unreadable input: exit status 2."""
+
+
+# -- keys -----------------------------------------------------------------------------
+
+
+def _keys(args: argparse.Namespace) -> int:
+    try:
+        if args.action == "new":
+            key = SigningKey.generate(Path(args.target))
+            print(f"made {key.key_id} in {args.target}", file=sys.stderr)
+            print(json.dumps({"keys": [key.public_entry()]}, indent=2))
+            return 0
+        if args.action == "public":
+            key = SigningKey.load(Path(args.target))
+            if args.keyring is None:
+                print(json.dumps({"keys": [key.public_entry()]}, indent=2))
+                return 0
+            path = Path(args.keyring)
+            keyring = Keyring.load(path) if path.exists() else Keyring()
+            keyring.add(PublicKey(key.key_id, key.public))
+            keyring.save(path)
+            print(f"{key.key_id} is in {path}, active", file=sys.stderr)
+            return 0
+        if args.keyring is None:
+            raise ValueError(f"{args.action} needs --keyring")
+        path = Path(args.keyring)
+        keyring = Keyring.load(path)
+        if args.action == "retire":
+            at = datetime.now(UTC) if args.at is None else datetime.fromisoformat(args.at)
+            if at.tzinfo is None:
+                raise ValueError("--at needs a time zone (for example 2026-12-02T10:00:00Z)")
+            keyring.retire(args.target, at)
+        else:
+            keyring.revoke(args.target)
+        keyring.save(path)
+        print(f"{args.target} is {keyring.keys[args.target].status} in {path}", file=sys.stderr)
+        return 0
+    except (OSError, ValueError) as exc:
+        print(f"consent-ledger keys {args.action}: {exc}", file=sys.stderr)
+        return 1
+
+
+# -- the live ledger ------------------------------------------------------------------
+
+
+@dataclass
+class _Live:
+    records: RecordSource
+    checkpoints: CheckpointStore
+
+
+@contextlib.asynccontextmanager
+async def _live(embedded: bool) -> AsyncIterator[_Live]:
+    """The ledger and checkpoints the service's settings name, read-only."""
+    from services.settings import Settings, SettingsError
+
+    env = dict(os.environ)
+    env.setdefault("CONSENT_AUTH_TOKENS_FILE", "-")  # these commands serve no one
+    try:
+        settings = Settings.from_env(env, embedded=embedded)
+    except SettingsError as exc:
+        raise _Usage(f"configuration error: {exc}") from exc
+    if settings.ledger == "kafka":
+        from services.adapters.kafka_audit import KafkaCheckpoints, KafkaRecords
+
+        assert settings.kafka is not None
+        records, checkpoints = KafkaRecords(settings.kafka), KafkaCheckpoints(settings.kafka)
+        await records.start()
+        try:
+            await checkpoints.start(write=False)
+            try:
+                yield _Live(records, checkpoints)
+            finally:
+                await checkpoints.close()
+        finally:
+            await records.close()
+        return
+    import asyncpg
+
+    from services.adapters.postgres_audit import PostgresCheckpoints, PostgresRecords
+    from services.bootstrap import start_embedded_postgres
+
+    dsn = settings.postgres_dsn
+    if dsn is None:
+        dsn = (await asyncio.to_thread(start_embedded_postgres, settings.data_dir))[0]
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        yield _Live(PostgresRecords(pool), PostgresCheckpoints(pool))
+    finally:
+        await pool.close()
+
+
+# -- export ---------------------------------------------------------------------------
+
+
+async def _export(args: argparse.Namespace) -> int:
+    from services.ledger_audit import all_streams, export, plan, stored_checkpoints
+
+    if (args.start or 0) < 0 or (args.stop or 0) < 0:
+        raise _Usage("--from and --to are offsets, 0 or more")
+    async with _live(args.embedded) as ledger:
+        found = [] if args.no_checkpoints else await stored_checkpoints(ledger.checkpoints)
+        checkpoints = [c for c in found if not isinstance(c, str)]
+        partitions = None if args.partition is None else set(args.partition)
+        ranges, notes = await plan(
+            ledger.records, checkpoints, all_streams(args.stream), partitions, args.start, args.stop
+        )
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        with contextlib.ExitStack() as files:
+            out = sys.stdout if args.output is None else files.enter_context(open(args.output, "w"))
+            count = await export(out, ledger.records, ranges, checkpoints, datetime.now(UTC))
+    where = "" if args.output is None else f" to {args.output}"
+    print(
+        f"exported {count} record(s) of {len(ranges)} partition(s){where}, with "
+        f"{0 if args.no_checkpoints else len(checkpoints)} checkpoint(s) to check them against",
+        file=sys.stderr,
+    )
+    return 0
+
+
+# -- verify ---------------------------------------------------------------------------
+
+
+async def _verify(args: argparse.Namespace) -> int:
+    from services.ledger_audit import (
+        Verifier,
+        all_streams,
+        describe,
+        read_checkpoints,
+        read_export,
+        read_ledger,
+        stored_checkpoints,
+    )
+
+    if not args.grace >= 0:
+        raise _Usage("--grace must be 0 or more seconds")
+    try:
+        keyring = Keyring.load(Path(args.keys))
+        export = None
+        if args.export is not None:
+            with open(args.export) as lines:
+                export = read_export(lines, args.export)
+        extra = []
+        for name in args.checkpoints:
+            with open(name) as lines:
+                extra += list(read_checkpoints(lines, name))
+    except (OSError, ValueError) as exc:
+        raise _Usage(str(exc)) from exc
+    verifier = Verifier(keyring, timedelta(seconds=args.grace))
+    streams = all_streams(args.stream)
+    verifier.add_checkpoints(extra)
+    if export is not None:
+        verifier.add_checkpoints(export.checkpoints)
+        if args.live_checkpoints:
+            async with _live(args.embedded) as ledger:
+                verifier.add_checkpoints(await stored_checkpoints(ledger.checkpoints))
+        taken = export.taken_at or datetime.now(UTC)
+        for where, records in sorted(export.records.items()):
+            if where[0] in streams:
+                verifier.judge(where, export.ranges[where], records, taken)
+    else:
+        async with _live(args.embedded) as ledger:
+            verifier.add_checkpoints(await stored_checkpoints(ledger.checkpoints))
+            taken = datetime.now(UTC)
+            async for where, span, records in read_ledger(ledger.records, streams, taken):
+                verifier.judge(where, span, records, taken)
+    verdict = verifier.verdict()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": not verdict.findings,
+                    "findings": [
+                        {
+                            "kind": f.kind,
+                            "stream": f.stream,
+                            "partition": f.partition,
+                            "offset": f.offset,
+                            "detail": f.detail,
+                        }
+                        for f in verdict.findings
+                    ],
+                    "partitions": [
+                        {
+                            "stream": c.stream,
+                            "partition": c.partition,
+                            "from": c.start,
+                            "to": c.end,
+                            "records": c.records,
+                            "covered_until": c.covered_until,
+                            "chained_from": c.chained_from,
+                            "uncovered": len(c.uncovered),
+                        }
+                        for c in verdict.coverage
+                    ],
+                    "trusted_checkpoints": verdict.trusted,
+                },
+                indent=2,
+            )
+        )
+    else:
+        for coverage in verdict.coverage:
+            print(describe(coverage))
+        keys = ", ".join(f"{n} by {k}" for k, n in sorted(verdict.trusted.items()))
+        print(f"checkpoints trusted: {keys or 'none'}")
+        for finding in verdict.findings:
+            print(finding.line())
+        if verdict.findings:
+            counts = ", ".join(f"{n} {kind}" for kind, n in sorted(verdict.summary().items()))
+            print(f"NOT VERIFIED: {len(verdict.findings)} finding(s) ({counts})")
+        else:
+            print("verified: every checkpointed record is as it was signed")
+    return 1 if verdict.findings else 0
+
+
+_EXPORT_OR_VERIFY = {"export": _export, "verify": _verify}
