@@ -351,6 +351,8 @@ class Checkpointer:
             except BaseException:
                 self._chains.pop(where, None)  # resume from what was published
                 raise
+        if published:
+            log.debug("checkpoints: %d published", len(published))
         return published
 
     async def _extend(self, where: tuple[str, int], now: datetime) -> list[Checkpoint]:

@@ -53,8 +53,10 @@ class _Reader:
         consumer = self._started()
         found = consumer.partitions_for_topic(topic)
         if not found:
-            await consumer.topics()  # a metadata request for every topic
-            found = consumer.partitions_for_topic(topic)
+            # A consumer assigned nothing knows no topic's metadata, and its public
+            # ``topics()`` fetches it without keeping it: the cluster it fetched says.
+            cluster = await consumer._client.fetch_all_metadata()
+            found = cluster.partitions_for_topic(topic)
         return sorted(found or ())
 
     async def bounds(self, topic: str, partition: int) -> tuple[int, int]:
