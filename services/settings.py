@@ -82,6 +82,11 @@ class Settings:
     """Lines logged by one statement of the code per ``log_repeat_interval``, after
     which they are counted, not written; 0: no limit."""
     log_repeat_interval: float = 60.0
+    checkpoint_key_file: Path | None = None
+    """The Ed25519 key checkpoints of the ledger's chain are signed with (PEM); None
+    signs none, except with ``embedded``, which makes one under ``data_dir``."""
+    checkpoint_interval: float = 60.0
+    """Seconds between checkpoints (each covers what was appended since the last)."""
 
     @staticmethod
     def from_env(env: Mapping[str, str] | None = None, *, embedded: bool = False) -> Settings:
@@ -215,6 +220,12 @@ class Settings:
             log_repeat_interval=number("CONSENT_LOG_REPEAT_INTERVAL_S", 60),
             postgres_timeout=number("CONSENT_POSTGRES_TIMEOUT_MS", 1500) / 1000,
             write_timeout=number("CONSENT_WRITE_TIMEOUT_MS", 10000) / 1000,
+            checkpoint_key_file=(
+                Path(text("CONSENT_CHECKPOINT_KEY_FILE", ""))
+                if "CONSENT_CHECKPOINT_KEY_FILE" in e
+                else None
+            ),
+            checkpoint_interval=number("CONSENT_CHECKPOINT_INTERVAL_S", 60),
         )
 
 

@@ -1,0 +1,191 @@
+"""Tamper evidence end to end: a real service signs checkpoints of its ledger (Kafka,
+and the embedded default's table), `consent-ledger export` and `verify` run as
+commands and pass, and a tampered export is caught at the offsets tampered with."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import sys
+import uuid
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from ledger.ports import Stream
+from services.adapters.kafka_audit import KafkaCheckpoints
+from services.adapters.postgres_audit import PostgresCheckpoints
+from services.bootstrap import Runtime
+from services.checkpoints import Keyring, PublicKey, SigningKey
+from tests.e2e.harness import (
+    client,
+    define,
+    kafka_settings,
+    now,
+    opt_in,
+    opt_out,
+    running,
+    service_settings,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PHONES = [f"+1415555{n:04d}" for n in range(12)]
+
+
+async def consent_ledger(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def write_history(address: str) -> None:
+    at = now() - timedelta(hours=1)
+    async with client(address) as c:
+        await c.DefineCampaign(define("acme", "promo", at - timedelta(days=1)))
+        for phone in PHONES:
+            await c.RecordOptIn(opt_in(phone, "acme", "promo", at))
+        for phone in PHONES[:4]:
+            await c.RecordOptOut(opt_out(phone, "acme", "promo", at + timedelta(minutes=5)))
+
+
+async def checkpointed(runtime: Runtime, store) -> int:  # type: ignore[no-untyped-def]
+    """Wait until the checkpoints reach every partition's end; the ledger's size."""
+    assert runtime.ledger is not None
+    ends = await runtime.ledger.every_end_offset()
+    want = {(s.value, p): end for s in Stream for p, end in ends[s].items()}
+    for _ in range(200):
+        reached: dict[tuple[str, int], int] = {}
+        async for c in store.every():
+            if not isinstance(c, str):
+                where = (c.stream, c.partition)
+                reached[where] = max(reached.get(where, 0), c.end)
+        if all(reached.get(where, -1) >= end for where, end in want.items()):
+            return sum(want.values())
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"checkpoints reached {reached}, the ledger ends at {want}")
+
+
+def keyring(tmp_path: Path, *keys: SigningKey) -> Path:
+    path = tmp_path / "keys.json"
+    Keyring(PublicKey(k.key_id, k.public) for k in keys).save(path)
+    return path
+
+
+def tamper(lines: list[str], how: str) -> tuple[list[str], str]:
+    """The export's lines tampered with one way, and the finding expected: its kind
+    and stream/partition@offset, as verify prints it."""
+    records = [i for i, line in enumerate(lines) if json.loads(line)["type"] == "record"]
+    subscriber = [i for i in records if json.loads(lines[i])["stream"] == "subscribers"]
+    # a partition with at least three records
+    by_partition: dict[int, list[int]] = {}
+    for i in subscriber:
+        by_partition.setdefault(json.loads(lines[i])["partition"], []).append(i)
+    chosen = next(ixs for ixs in by_partition.values() if len(ixs) >= 3)
+    i, j = chosen[1], chosen[2]
+    first, second = json.loads(lines[i]), json.loads(lines[j])
+    where = f"subscribers/{first['partition']}@{first['offset']}"
+    out = list(lines)
+    if how == "altered":
+        value = bytearray(base64.b64decode(first["value"]))
+        value[-1] ^= 0x01
+        first["value"] = base64.b64encode(bytes(value)).decode()
+        out[i] = json.dumps(first)
+        return out, f"ALTERED {where}"
+    if how == "removed":
+        del out[i]
+        return out, f"REMOVED {where}"
+    if how == "inserted":
+        forged = {**second, "value": base64.b64encode(b"\x0a\x02no").decode()}
+        out.insert(i, json.dumps(forged))
+        return out, f"INSERTED {where}"
+    assert how == "reordered"
+    out[i], out[j] = out[j], out[i]
+    return out, "REORDERED subscribers/"
+    # (which of the two is named as moved depends on the alignment; both are there)
+
+
+@pytest.mark.parametrize("ledger", ["kafka", "postgres"])
+async def test_checkpoints_are_signed_and_a_tampered_export_is_caught(
+    tmp_path, postgres_dsn, kafka_bootstrap, ledger
+):
+    key = SigningKey.generate(tmp_path / "checkpoint-key.pem")
+    keys = keyring(tmp_path, key)
+    prefix = f"e2e-{uuid.uuid4().hex[:8]}."
+    kafka = kafka_settings(kafka_bootstrap, prefix) if ledger == "kafka" else None
+    settings = replace(
+        service_settings(tmp_path, postgres_dsn, kafka=kafka),
+        checkpoint_key_file=tmp_path / "checkpoint-key.pem",
+        checkpoint_interval=0.2,
+    )
+    env = {"CONSENT_LEDGER": ledger, "CONSENT_POSTGRES_DSN": postgres_dsn}
+    if kafka is not None:
+        env |= {
+            "CONSENT_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "CONSENT_KAFKA_TOPIC_PREFIX": prefix,
+            "CONSENT_KAFKA_PARTITIONS": str(kafka.subscriber_partitions),
+            "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
+            "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
+        }
+    async with running(settings) as runtime:
+        await write_history(runtime.address)
+        if kafka is not None:
+            store = KafkaCheckpoints(kafka)
+            await store.start(write=False)
+        else:
+            assert runtime.pool is not None
+            store = PostgresCheckpoints(runtime.pool)
+        try:
+            size = await checkpointed(runtime, store)
+        finally:
+            if kafka is not None:
+                await store.close()
+        export = tmp_path / "ledger.jsonl"
+        code, out, err = await consent_ledger("export", "--output", str(export), env=env)
+        assert code == 0, err
+        assert f"exported {size} record(s)" in err
+        code, out, err = await consent_ledger("verify", "--keys", str(keys), env=env)
+        assert code == 0, out + err
+        assert "verified: every checkpointed record is as it was signed" in out
+
+    lines = export.read_text().splitlines()
+    types = [json.loads(line)["type"] for line in lines]
+    assert types[0] == "export" and "checkpoint" in types
+    # the export stands alone: no ledger, no service, only the keys
+    code, out, err = await consent_ledger(
+        "verify", "--export", str(export), "--keys", str(keys), env={}
+    )
+    assert code == 0, out + err
+    assert "checkpoints trusted: " in out and key.key_id in out
+
+    for how in ("altered", "removed", "inserted", "reordered"):
+        tampered, expected = tamper(lines, how)
+        path = tmp_path / f"{how}.jsonl"
+        path.write_text("\n".join(tampered) + "\n")
+        code, out, err = await consent_ledger(
+            "verify", "--export", str(path), "--keys", str(keys), env={}
+        )
+        assert code == 1, (how, out, err)
+        assert expected in out, (how, out)
+        assert "NOT VERIFIED" in out
+
+    # checkpoints signed by a key the auditor does not trust are reported, not used
+    stranger = keyring(tmp_path, SigningKey.generate(tmp_path / "other.pem"))
+    code, out, _ = await consent_ledger(
+        "verify", "--export", str(export), "--keys", str(stranger), env={}
+    )
+    assert code == 1
+    assert f"signed by {key.key_id}, a key the keyring does not have" in out

@@ -1,0 +1,72 @@
+"""The checkpoint writer on the real Kafka topics: it reads the records as stored,
+signs checkpoints into their topic, and a new writer resumes after them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from ledger.chain import Chain
+from ledger.ports import Stream
+from services.adapters.kafka_audit import KafkaCheckpoints, KafkaRecords
+from services.adapters.kafka_ledger import KafkaLedger, KafkaLedgerSettings
+from services.checkpoints import Checkpointer, SigningKey
+from tests.builders import granted
+
+pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="session")]
+
+T0 = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+class Always:
+    """The writer's turn, always this process's."""
+
+    async def held(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_checkpoints_cover_the_records_as_stored_and_a_writer_resumes(
+    kafka_bootstrap, tmp_path
+):
+    settings = KafkaLedgerSettings(
+        bootstrap_servers=kafka_bootstrap,
+        topic_prefix=f"it-{uuid.uuid4().hex[:8]}.",
+        subscriber_partitions=2,
+        replication_factor=1,
+        min_insync_replicas=1,
+        request_timeout_s=10,
+    )
+    ledger = KafkaLedger(settings)
+    await ledger.ensure_topics()
+    await ledger.start()
+    records, store = KafkaRecords(settings), KafkaCheckpoints(settings)
+    await records.start()
+    await store.start()
+    key = SigningKey.generate(tmp_path / "key.pem")
+    try:
+        await ledger.append([granted(phone=f"+1415555{n:04d}") for n in range(6)])
+        first = await Checkpointer(records, store, key, Always(), lambda: T0, 0.1).round()
+        ends = await ledger.end_offsets(Stream.SUBSCRIBERS)
+        assert {c.partition: c.end for c in first if c.stream == "subscribers"} == ends
+        for c in first:  # the heads are those of the records as stored, from offset 0
+            chain = Chain(c.stream, c.partition)
+            async for r in records.records(c.stream, c.partition, 0, c.end):
+                chain.add(r)
+            assert c.start == 0 and chain.head == c.head
+
+        recorded = await ledger.append([granted(phone="+14155559999")])
+        where = ("subscribers", recorded[0].position.partition)
+        second = await Checkpointer(records, store, key, Always(), lambda: T0, 0.1).round()
+        assert [(c.stream, c.partition, c.start, c.end) for c in second] == [
+            (*where, ends[where[1]], ends[where[1]] + 1)
+        ]
+        assert [c async for c in store.every()] == first + second
+    finally:
+        await store.close()
+        await records.close()
+        await ledger.close()
