@@ -108,7 +108,7 @@ def test_the_kubernetes_validation_refuses_a_misspelt_field() -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_kafka_topics_validate_against_the_kafkatopic_schema(overlay: str) -> None:
     topics = [d for d in render(overlay) if d["kind"] == "KafkaTopic"]
-    assert len(topics) == len(Stream)
+    assert len(topics) == len(Stream) + 1  # and the checkpoints
     for topic in topics:
         jsonschema.validate(topic, TOPIC_SCHEMA)
 
@@ -129,13 +129,13 @@ def test_the_kafkatopics_are_the_topics_migrate_creates(overlay: str) -> None:
     kafka = settings_of(docs).kafka
     assert kafka is not None
     topics = {d["spec"]["topicName"]: d["spec"] for d in docs if d["kind"] == "KafkaTopic"}
-    assert set(topics) == {kafka.topic(stream) for stream in Stream}
-    for stream in Stream:
-        spec = topics[kafka.topic(stream)]
-        assert "consent.consent." not in kafka.topic(stream)
-        assert spec["partitions"] == kafka.partition_count(stream), stream
-        assert spec["replicas"] == kafka.replication_factor, stream
-        assert {k: str(v) for k, v in spec["config"].items()} == kafka.topic_configs(), stream
+    assert set(topics) == set(kafka.topic_partitions())
+    for name, partitions in kafka.topic_partitions().items():
+        spec = topics[name]
+        assert "consent.consent." not in name
+        assert spec["partitions"] == partitions, name
+        assert spec["replicas"] == kafka.replication_factor, name
+        assert {k: str(v) for k, v in spec["config"].items()} == kafka.topic_configs(), name
 
 
 def test_prod_topics_are_the_codes_names_unprefixed() -> None:
