@@ -10,6 +10,7 @@ import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -214,3 +215,26 @@ async def test_an_older_versions_ledger_is_carried_over_at_the_same_offsets(
         ("subscribers:0", 0), ("campaigns:0", 0), ("subscribers:0", 1), ("campaigns:0", 1),
         ("subscribers:0", 2), ("subscribers:0", 3), ("campaigns:0", 2),
     ]  # fmt: skip
+
+
+async def test_an_insert_the_recorder_retried_after_it_was_committed_is_not_appended_twice(
+    pool: asyncpg.Pool, ledger: PostgresLedger
+) -> None:
+    """The recorder retries an insert whose connection failed, and the first try may
+    have been committed: the retry then meets its own rows at those offsets."""
+    first = await ledger.append([message_sent(new_phone())])
+    insert = ledger._recorder.insert_events
+
+    def committed_then_retried(stored: Any, **kwargs: Any) -> Any:
+        insert(stored, **kwargs)
+        return insert(stored, **kwargs)  # raises IntegrityError, as the retry would
+
+    ledger._recorder.insert_events = committed_then_retried  # type: ignore[method-assign]
+    sent = message_sent(new_phone())
+    recorded = await ledger.append([sent])
+    ledger._recorder.insert_events = insert  # type: ignore[method-assign]
+    after = await ledger.append([message_sent(new_phone())])
+
+    assert [(r.event, r.position.offset) for r in recorded] == [(sent, 1)]
+    assert await ledger.read(Stream.SUBSCRIBERS, 0, 0) == first + recorded + after
+    assert [r.position.offset for r in after] == [2]
