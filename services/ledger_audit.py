@@ -45,7 +45,7 @@ def _described(value: bytes) -> dict[str, str]:
         event = decode_event(value)
     except ValueError:
         return {"event_type": "(undecodable)"}
-    return {"event_type": event.EVENT_TYPE, "event_id": str(event.originator_id)}
+    return {"event_type": event.EVENT_TYPE, "event_id": str(event.event_id)}
 
 
 @dataclass(frozen=True)
