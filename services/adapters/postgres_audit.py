@@ -1,8 +1,10 @@
 """The embedded default's records as stored, and its checkpoints' table.
 
-``PostgresRecords`` reads ``ledger_events`` (``PostgresLedger``'s table) as stored:
-the envelope's bytes and ``recorded_at``. ``PostgresCheckpoints`` keeps the signed
-checkpoints in ``ledger_checkpoints`` (migration 0011), append-only like the ledger.
+``PostgresRecords`` reads ``PostgresLedger``'s table as stored: each stream's one
+partition is an originator (``subscribers:0``), an offset its version, the record's
+bytes its ``state`` (the envelope a Kafka record carries) and ``recorded_at``.
+``PostgresCheckpoints`` keeps the signed checkpoints in ``ledger_checkpoints``
+(migration 0012), append-only like the ledger.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from collections.abc import AsyncIterator, Sequence
 import asyncpg
 
 from ledger.chain import ChainRecord, Checkpoint, micros
+from services.adapters.postgres_ledger import TABLE
 
 _PAGE = 1000
 
 
 class PostgresRecords:
-    """``services.checkpoints.RecordSource`` on ``ledger_events``: one partition (0)
+    """``services.checkpoints.RecordSource`` on the embedded ledger: one partition (0)
     per stream."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -29,10 +32,9 @@ class PostgresRecords:
 
     async def end_offset(self, stream: str, partition: int) -> int:
         end = await self._pool.fetchval(
-            'SELECT coalesce(max("offset") + 1, 0) FROM ledger_events '
-            "WHERE stream = $1 AND partition = $2",
-            stream,
-            partition,
+            f"SELECT coalesce(max(originator_version) + 1, 0) FROM {TABLE} "
+            "WHERE originator_id = $1",
+            f"{stream}:{partition}",
         )
         return int(end)
 
@@ -45,11 +47,10 @@ class PostgresRecords:
         position = start
         while position < stop:
             rows = await self._pool.fetch(
-                'SELECT "offset", payload, recorded_at FROM ledger_events '
-                'WHERE stream = $1 AND partition = $2 AND "offset" >= $3 AND "offset" < $4 '
-                'ORDER BY "offset" LIMIT $5',
-                stream,
-                partition,
+                f"SELECT originator_version, state, recorded_at FROM {TABLE} "
+                "WHERE originator_id = $1 AND originator_version >= $2 "
+                "AND originator_version < $3 ORDER BY originator_version LIMIT $4",
+                f"{stream}:{partition}",
                 position,
                 stop,
                 _PAGE,
@@ -57,10 +58,11 @@ class PostgresRecords:
             if not rows:
                 return
             for row in rows:
+                offset = row["originator_version"]
                 yield ChainRecord(
-                    stream, partition, row["offset"], micros(row["recorded_at"]), row["payload"]
+                    stream, partition, offset, micros(row["recorded_at"]), bytes(row["state"])
                 )
-            position = rows[-1]["offset"] + 1
+            position = rows[-1]["originator_version"] + 1
 
 
 class PostgresCheckpoints:

@@ -1,7 +1,7 @@
 -- The signed checkpoints of the ledger's hash chain (services/checkpoints.py) for the
 -- embedded default, whose ledger is a table here: what the checkpoint topic holds
--- under Kafka. Like ledger_events, nothing here can be rebuilt, so rows are only
--- ever added (triggers refuse UPDATE, DELETE and TRUNCATE, as for ledger_events).
+-- under Kafka. Like the ledger's own table, nothing here can be rebuilt, so rows are only
+-- ever added (triggers refuse UPDATE, DELETE and TRUNCATE, as for the ledger).
 CREATE TABLE ledger_checkpoints (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     stream      text    NOT NULL,
