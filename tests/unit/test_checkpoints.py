@@ -305,9 +305,7 @@ async def test_an_export_round_trips_and_verifies_with_the_keys_alone(key):
     ledger.append("subscribers", 1, 2)
     ledger.append("campaigns", 0, 1)
     await writer(ledger, key, clock).round()
-    ranges, _ = await plan(
-        ledger, ledger.stored, ("subscribers", "campaigns"), None, None, None
-    )
+    ranges, _ = await plan(ledger, ledger.stored, ("subscribers", "campaigns"), None, None, None)
     out = io.StringIO()
     assert await export(out, ledger, ranges, ledger.stored, T0) == 7
     source = read_export(out.getvalue().splitlines(), "export")
@@ -354,3 +352,45 @@ def test_a_checkpoint_json_that_is_not_one_is_a_finding(key):
     verifier.add_checkpoints(["topic/0@5 is not a checkpoint: not JSON"])
     assert [f.kind for f in verifier.verdict().findings] == ["checkpoint"]
     assert json.dumps  # the finding carries the reason as text
+
+
+# -- proof bundles (the hook for proof packets) ---------------------------------------
+
+
+async def test_a_proof_bundle_is_checked_with_the_public_key_alone(key, tmp_path):
+    from services.proofs import bundle, check_bundle
+
+    ledger, clock = Ledger(), Clock()
+    ledger.append("subscribers", 0, 6)
+    ledger.append("subscribers", 1, 3)
+    await writer(ledger, key, clock, max_records=4).round()
+    ledger.append("subscribers", 0, 1)  # not checkpointed yet
+    asked = [
+        ("subscribers", 0, 1),
+        ("subscribers", 0, 5),
+        ("subscribers", 1, 2),
+        ("subscribers", 0, 6),
+    ]
+    proof = json.loads(json.dumps(await bundle(ledger, ledger.stored, asked)))
+    assert proof["uncovered"] == [{"stream": "subscribers", "partition": 0, "offset": 6}]
+
+    # a verifier with nothing but the JSON and the public key
+    public_only = Keyring.load(_saved(tmp_path, ring(key)))
+    proven, problems = check_bundle(proof, public_only)
+    assert problems == []
+    assert sorted((r.partition, r.offset) for r in proven) == [(0, 1), (0, 5), (1, 2)]
+    assert all(r.value == ledger.logs[("subscribers", r.partition)][r.offset].value for r in proven)
+
+    forged = json.loads(json.dumps(proof))
+    link = next(x for x in forged["segments"][0]["links"] if "value" in x)
+    link["value"] = "ZmFrZQ=="  # "fake"
+    assert check_bundle(forged, public_only)[1]
+    stranger = ring(SigningKey.generate(tmp_path / "other.pem"))
+    _, problems = check_bundle(proof, stranger)
+    assert problems and "does not have" in problems[0]
+
+
+def _saved(tmp_path, keyring: Keyring):  # type: ignore[no-untyped-def]
+    path = tmp_path / "public.json"
+    keyring.save(path)
+    return path
