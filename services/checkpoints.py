@@ -187,15 +187,18 @@ class Keyring:
         self.keys[key.key_id] = key
 
     def retire(self, key_id: str, at: datetime) -> None:
-        self.keys[self._known(key_id)] = replace(self.keys[key_id], status=RETIRED, retired_at=at)
+        key = self._known(key_id)
+        if key.status == REVOKED:
+            raise ValueError(f"{key_id} is revoked; it stays so")
+        self.keys[key_id] = replace(key, status=RETIRED, retired_at=at)
 
     def revoke(self, key_id: str) -> None:
-        self.keys[self._known(key_id)] = replace(self.keys[key_id], status=REVOKED)
+        self.keys[key_id] = replace(self._known(key_id), status=REVOKED)
 
-    def _known(self, key_id: str) -> str:
+    def _known(self, key_id: str) -> PublicKey:
         if key_id not in self.keys:
             raise ValueError(f"{key_id} is not in the keyring")
-        return key_id
+        return self.keys[key_id]
 
     def distrust(self, checkpoint: Checkpoint) -> str | None:
         """Why ``checkpoint`` is not to be trusted, or None when its signature holds

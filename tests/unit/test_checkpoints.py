@@ -394,3 +394,67 @@ def _saved(tmp_path, keyring: Keyring):  # type: ignore[no-untyped-def]
     path = tmp_path / "public.json"
     keyring.save(path)
     return path
+
+
+# -- settings and the command line ----------------------------------------------------
+
+
+def test_the_checkpoint_settings_are_read_and_a_blank_key_file_refused():
+    from services.settings import Settings, SettingsError
+
+    env = {"CONSENT_POSTGRES_DSN": "postgresql://x", "CONSENT_AUTH_TOKENS_FILE": "t.json"}
+    base = {**env, "CONSENT_LEDGER": "postgres"}
+    assert Settings.from_env(base).checkpoint_key_file is None
+    assert Settings.from_env(base).checkpoint_interval == 60
+    chosen = Settings.from_env(
+        {**base, "CONSENT_CHECKPOINT_KEY_FILE": "/k.pem", "CONSENT_CHECKPOINT_INTERVAL_S": "5"}
+    )
+    assert (str(chosen.checkpoint_key_file), chosen.checkpoint_interval) == ("/k.pem", 5)
+    with pytest.raises(SettingsError, match="CONSENT_CHECKPOINT_KEY_FILE"):
+        Settings.from_env({**base, "CONSENT_CHECKPOINT_KEY_FILE": " "})
+    with pytest.raises(SettingsError, match="CONSENT_CHECKPOINT_INTERVAL_S"):
+        Settings.from_env({**base, "CONSENT_CHECKPOINT_INTERVAL_S": "0"})
+
+
+@pytest.mark.parametrize("command", ["verify", "export", "keys"])
+def test_the_help_reads_like_a_manual_page(command, capsys):
+    from services.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "exit status:" in text
+    if command == "verify":
+        for word in ("ALTERED", "REMOVED", "INSERTED", "REORDERED", "CHECKPOINT", "UNPROVEN"):
+            assert word in text
+
+
+def test_keys_new_public_retire_and_revoke_through_the_command_line(tmp_path, capsys):
+    from services.cli import main
+
+    key_file, keyring = tmp_path / "k.pem", tmp_path / "keys.json"
+    assert main(["keys", "new", str(key_file)]) == 0
+    key_id = json.loads(capsys.readouterr().out)["keys"][0]["key_id"]
+    assert main(["keys", "new", str(key_file)]) == 1  # never overwrites
+    assert main(["keys", "public", str(key_file), "--keyring", str(keyring)]) == 0
+    assert Keyring.load(keyring).keys[key_id].status == "active"
+    at = "2027-01-01T00:00:00+00:00"
+    assert main(["keys", "retire", key_id, "--keyring", str(keyring), "--at", at]) == 0
+    assert Keyring.load(keyring).keys[key_id].retired_at == datetime(2027, 1, 1, tzinfo=UTC)
+    assert main(["keys", "revoke", key_id, "--keyring", str(keyring)]) == 0
+    assert Keyring.load(keyring).keys[key_id].status == "revoked"
+    assert main(["keys", "retire", key_id, "--keyring", str(keyring)]) == 1  # stays revoked
+    assert main(["keys", "revoke", "ed25519:0000000000000000", "--keyring", str(keyring)]) == 1
+
+
+def test_verify_of_an_unreadable_export_is_a_usage_error(tmp_path, capsys):
+    from services.cli import main
+
+    Keyring().save(tmp_path / "keys.json")
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    code = main(
+        ["verify", "--export", str(tmp_path / "bad.jsonl"), "--keys", str(tmp_path / "keys.json")]
+    )
+    assert code == 2
+    assert "bad.jsonl:1" in capsys.readouterr().err
