@@ -35,5 +35,7 @@ def test_the_topics_table_names_the_topics_the_ledger_and_the_consumer_use() -> 
     consumer = StreamConsumerSettings("kafka:9092", group_id="g", topic_prefix="staging.")
     documented = [name.replace("<prefix>", "staging.") for name in table_names(section("Topics"))]
 
-    assert documented == [ledger.topic(Stream.SUBSCRIBERS), ledger.topic(Stream.CAMPAIGNS)]
-    assert consumer.topics() == documented
+    events = [ledger.topic(Stream.SUBSCRIBERS), ledger.topic(Stream.CAMPAIGNS)]
+    assert documented == [*events, ledger.checkpoint_topic_name()]
+    assert documented == list(ledger.topic_partitions())
+    assert consumer.topics() == events  # the checkpoints hold no events
