@@ -278,11 +278,12 @@ def _retrieve(read: asyncio.Future[Any]) -> None:
 async def read_pool(
     dsn: str | None, *, min_size: int = 2, max_size: int = 8, timeout: float | None = None
 ) -> asyncpg.Pool:
-    """A pool for ``PostgresConsentView``'s CanSend reads, tuned for them.
+    """A pool for ``PostgresConsentView``'s single statements that calls wait on
+    (CanSend's reads, a write's lookups and request claims), tuned for them.
 
     * asyncpg resets a connection's session (``RESET ALL``, ``UNLISTEN *``,
       unlocking advisory locks) when it goes back to a pool: one more round trip
-      per read. These reads are single statements that change no session state, so
+      per statement. These are single statements that change no session state, so
       only what asyncpg does locally (rolling back a transaction left open, which
       they never leave) is kept.
     * PostgreSQL plans a prepared statement afresh on each run while it judges a
@@ -294,7 +295,8 @@ async def read_pool(
       (``statement_timeout``: a lock wait, a slow plan), so a busy server frees the
       connection itself; a frozen one is left to ``bounded``.
 
-    Use it for nothing else.
+    Use it for nothing else: transactions and the projector's writes use the
+    view's main pool.
     """
     settings = {"plan_cache_mode": "force_generic_plan"}
     if timeout is not None:
@@ -445,7 +447,8 @@ class PostgresConsentView(ConsentView):
         state_cache_size: int = 200_000,
         timeout: float | None = None,
     ) -> None:
-        """``reads``, if given, serves the CanSend reads (``digests``): a pool made by
+        """``reads``, if given, serves the single statements calls wait on (CanSend's
+        digests, and the lookups and request claims of a write): a pool made by
         ``read_pool``, whose connections skip the reset round trip on release.
         ``timeout`` bounds every read a call waits on (``bounded``); the projector's
         writes are not bounded, as a batch may take long and nobody waits on it."""
@@ -687,7 +690,7 @@ class PostgresConsentView(ConsentView):
 
     @bounded
     async def positions(self, stream: Stream) -> dict[int, int]:
-        rows = await self._pool.fetch(
+        rows = await self._reads.fetch(
             "SELECT partition, next_offset FROM projection_offset WHERE stream = $1", stream.value
         )
         return {row["partition"]: row["next_offset"] for row in rows}
@@ -696,7 +699,7 @@ class PostgresConsentView(ConsentView):
     async def subscriber_states(
         self, brand: str, phones: Sequence[str]
     ) -> dict[str, SubscriberState]:
-        rows = await self._pool.fetch(
+        rows = await self._reads.fetch(
             "SELECT phone, last_offset, snapshot FROM subscriber_state"
             " WHERE brand = $1 AND phone = ANY($2::text[])",
             brand,
@@ -743,7 +746,7 @@ class PostgresConsentView(ConsentView):
     async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:
         # The brand's own settings (BrandPolicySet, kept under the campaign key
         # BRAND_SETTINGS) come in the same query: they apply to every campaign of it.
-        rows = await self._pool.fetch(
+        rows = await self._reads.fetch(
             "SELECT payload FROM campaign_version WHERE brand = $1 AND campaign IN ($2, $3)"
             ' ORDER BY partition, "offset"',
             brand,
@@ -755,7 +758,7 @@ class PostgresConsentView(ConsentView):
     @bounded
     async def campaign_for_number(self, to_phone: str) -> tuple[str, str] | None:
         claims: dict[tuple[str, str], list[bytes]] = {}
-        for row in await self._pool.fetch(_NUMBER_CLAIMS, to_phone):
+        for row in await self._reads.fetch(_NUMBER_CLAIMS, to_phone):
             claims.setdefault((row["brand"], row["campaign"]), []).append(row["payload"])
         if len(claims) <= 1:  # the usual case: nothing to decode
             return next(iter(claims), None)
@@ -782,14 +785,14 @@ class PostgresConsentView(ConsentView):
             key = uuid.UUID(str(event_id))
         except ValueError:
             return None
-        payload = await self._pool.fetchval(
+        payload = await self._reads.fetchval(
             "SELECT payload FROM ledger_event_copy WHERE event_id = $1", key
         )
         return None if payload is None else decode_recorded(payload)
 
     @bounded
     async def request_use(self, brand: str, request_id: str) -> RequestUse | None:
-        row = await self._pool.fetchrow(
+        row = await self._reads.fetchrow(
             "SELECT fingerprint, event_ids FROM request_use WHERE brand = $1 AND request_id = $2",
             brand,
             request_id,
@@ -802,13 +805,13 @@ class PostgresConsentView(ConsentView):
     ) -> RequestUse:
         ids = [uuid.UUID(i) for i in event_ids]
         while True:
-            row = await self._pool.fetchrow(_CLAIM_REQUEST, brand, request_id, fingerprint, ids)
+            row = await self._reads.fetchrow(_CLAIM_REQUEST, brand, request_id, fingerprint, ids)
             if row is not None:
                 return _request_use(row)
 
     @bounded
     async def message_use(self, brand: str, phone: str, message_id: str) -> str | None:
-        found = await self._pool.fetchval(
+        found = await self._reads.fetchval(
             "SELECT event_id FROM message_use WHERE brand = $1 AND phone = $2 AND message_id = $3",
             brand,
             phone,
