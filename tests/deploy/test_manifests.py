@@ -29,7 +29,12 @@ OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 # whose schemas kubernetes-validate ships.
 KUBERNETES_VERSIONS = ["1.32.0", kubernetes_validate.latest_version()]
 TOPIC_SCHEMA = json.loads((Path(__file__).parent / "kafkatopic.schema.json").read_text())
-SECRETS = {"consent-ledger-postgres", "consent-ledger-tokens", "consent-ledger-tls"}
+SECRETS = {
+    "consent-ledger-postgres",
+    "consent-ledger-tokens",
+    "consent-ledger-tls",
+    "consent-ledger-checkpoint-key",
+}
 
 
 @cache
@@ -196,10 +201,12 @@ def test_the_api_probes_the_health_port_it_serves(overlay: str) -> None:
     assert ports == {"grpc": grpc_port, "health": health_port, "metrics": metrics_port}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"] == {"port": health_port}, probe
-    # the tokens file and TLS files the settings name are on mounted secrets
+    # the tokens file, TLS files and checkpoint key the settings name are on mounted secrets
     mounts = [m["mountPath"] for m in container["volumeMounts"]]
     assert settings.tls is not None and settings.tokens_file is not None
-    for path in (settings.tokens_file, settings.tls.cert_file, settings.tls.key_file):
+    assert settings.checkpoint_key_file is not None
+    files = (settings.tokens_file, settings.tls.cert_file, settings.tls.key_file)
+    for path in (*files, settings.checkpoint_key_file):
         assert any(str(path).startswith(m + "/") for m in mounts), path
 
 
