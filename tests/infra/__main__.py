@@ -48,6 +48,15 @@ def _dev_token(state_dir: Path) -> tuple[Path, str]:
     return tokens, kept.read_text().strip()
 
 
+def _dev_checkpoint_key(state_dir: Path) -> Path:
+    """The key the dev service signs its checkpoints with (README, "Tamper evidence")."""
+    from services.checkpoints import SigningKey
+
+    path = state_dir / "checkpoint-key.pem"
+    SigningKey.load_or_generate(path)
+    return path
+
+
 def _env_lines(kafka: KafkaBroker, postgres: PostgresServer, state_dir: Path) -> list[str]:
     tokens, token = _dev_token(state_dir)
     return [
@@ -60,6 +69,7 @@ def _env_lines(kafka: KafkaBroker, postgres: PostgresServer, state_dir: Path) ->
         "CONSENT_KAFKA_MIN_INSYNC_REPLICAS=1",
         f"CONSENT_POSTGRES_DSN={postgres.dsn}",
         f"CONSENT_AUTH_TOKENS_FILE={tokens}",
+        f"CONSENT_CHECKPOINT_KEY_FILE={_dev_checkpoint_key(state_dir)}",
         f"CONSENT_DATA_DIR={state_dir / 'data'}",
         "CONSENT_METRICS_LISTEN=127.0.0.1:9464",
         # not a setting: the admin token of the tokens file above, for grpcurl
