@@ -32,7 +32,6 @@ from ledger.events import (
     ConsentTier,
     InboundMessageReceived,
     LedgerEvent,
-    MessageKind,
     MessageSent,
     Recorded,
     RevocationCandidateFlagged,
@@ -41,7 +40,7 @@ from ledger.events import (
     SubscriberEvent,
 )
 from ledger.ports import Ledger, Stream
-from tests.builders import proof
+from tests.builders import _base, proof, sent
 
 BRAND = "acme"
 OCCURRED = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)
@@ -57,25 +56,14 @@ def new_phone() -> str:
     return f"+1415555{next(_phones) % 10000:04d}"
 
 
-def _ids(when: datetime) -> dict[str, Any]:
-    return {"event_id": uuid.uuid4(), "occurred_at": when}
-
-
 def message_sent(phone: str, n: int = 0, *, brand: str = BRAND) -> MessageSent:
-    return MessageSent(
-        **_ids(OCCURRED + timedelta(seconds=n)),
-        phone=phone,
-        brand=brand,
-        message_id=f"msg-{n}-{uuid.uuid4().hex[:8]}",
-        campaign="promo",
-        kind=MessageKind.REGULAR,
-        included_opt_out_language=True,
-    )
+    """The ``n``-th send to ``phone``, ``n`` seconds after ``OCCURRED``."""
+    return sent(OCCURRED + timedelta(seconds=n), phone=phone, brand=brand)
 
 
 def campaign_defined(campaign: str = "promo", *, brand: str = BRAND) -> CampaignDefined:
     return CampaignDefined(
-        **_ids(OCCURRED),
+        **_base(OCCURRED),
         brand=brand,
         campaign=campaign,
         policy=CampaignPolicy(
@@ -95,40 +83,40 @@ def one_of_each_kind(phone: str) -> list[LedgerEvent]:
     when = OCCURRED
     subject: dict[str, Any] = {"phone": phone, "brand": BRAND}
     flagged = RevocationCandidateFlagged(
-        **_ids(when), **subject, inbound_message_id="in-2", text="pls stop texting me"
+        **_base(when), **subject, inbound_message_id="in-2", text="pls stop texting me"
     )
     return [
         campaign_defined(),
         ConsentGranted(
-            **_ids(when),
+            **_base(when),
             **subject,
             campaign="promo",
             tier=ConsentTier.PROMOTIONAL,
             method=CollectionMethod.WEB_FORM,
             proof=proof(when, consent_text="Yes, text me offers. Reply STOP to cancel. \u2713"),
         ),
-        AgeVerified(**_ids(when), **subject, method="id-scan", date_of_birth="1990-04-01"),
+        AgeVerified(**_base(when), **subject, method="id-scan", date_of_birth="1990-04-01"),
         message_sent(phone, 1),
         InboundMessageReceived(
-            **_ids(when), **subject, message_id="in-1", to_number="+12125551234", body="hours?"
+            **_base(when), **subject, message_id="in-1", to_number="+12125551234", body="hours?"
         ),
         flagged,
         RevocationCandidateResolved(
-            **_ids(when),
+            **_base(when),
             **subject,
             candidate_event_id=flagged.event_id,
             resolution=CandidateResolution.DISMISSED,
             resolved_by="agent-7",
         ),
         ConsentRevoked(
-            **_ids(when), **subject, campaign=None, channel=RevocationChannel.KEYWORD, text="STOP"
+            **_base(when), **subject, campaign=None, channel=RevocationChannel.KEYWORD, text="STOP"
         ),
-        ConsentResumed(**_ids(when), **subject, campaign=None, inbound_message_id="in-3"),
+        ConsentResumed(**_base(when), **subject, campaign=None, inbound_message_id="in-3"),
         ConsentReconfirmed(
-            **_ids(when), **subject, campaign="promo", channel=RevocationChannel.WEB, detail="yes"
+            **_base(when), **subject, campaign="promo", channel=RevocationChannel.WEB, detail="yes"
         ),
         CampaignPolicyChanged(
-            **_ids(when + timedelta(days=1)),
+            **_base(when + timedelta(days=1)),
             brand=BRAND,
             campaign="promo",
             policy=CampaignPolicy(daily_cap=1),

@@ -29,7 +29,6 @@ from ledger.events import (
     CampaignDefined,
     CampaignPolicyChanged,
     CandidateResolution,
-    CollectionMethod,
     ConsentGranted,
     ConsentReconfirmed,
     ConsentResumed,
@@ -49,59 +48,36 @@ from ledger.events import (
 from ledger.opt_out_rate import SendingCounts, count_sending
 from ledger.ports import ConsentView, RequestUse, Stream
 from ledger.state import SubscriberState, fold, fold_campaign
-from tests.builders import proof
+from tests import builders
+from tests.builders import _base, flagged, granted, revoked
 
 T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 PARTITIONS = 4
 
 
-def _base(at: datetime) -> dict[str, Any]:
-    return {"event_id": uuid.uuid4(), "occurred_at": at}
+# The builders below put the phone and brand first, as the projection tests
+# generate many of both; each is ``tests.builders``'s fact of the same name.
 
 
 def grant(phone: str, brand: str, campaign: str, at: datetime, **kw: Any) -> ConsentGranted:
-    return ConsentGranted(
-        **_base(at),
-        phone=phone,
-        brand=brand,
-        campaign=campaign,
-        tier=kw.get("tier", ConsentTier.PROMOTIONAL),
-        method=CollectionMethod.WEB_FORM,
-        proof=proof(at),
+    return granted(
+        at, campaign, phone=phone, brand=brand, tier=kw.get("tier", ConsentTier.PROMOTIONAL)
     )
 
 
 def revoke(phone: str, brand: str, campaign: str | None, at: datetime) -> ConsentRevoked:
-    return ConsentRevoked(
-        **_base(at),
-        phone=phone,
-        brand=brand,
-        campaign=campaign,
-        channel=RevocationChannel.KEYWORD,
-        text="STOP" if campaign else "STOPALL",
-    )
+    return revoked(at, campaign, phone=phone, brand=brand, text="STOP" if campaign else "STOPALL")
 
 
 def sent(
     phone: str, brand: str, campaign: str, at: datetime, kind: MessageKind = MessageKind.REGULAR
 ) -> MessageSent:
-    return MessageSent(
-        **_base(at),
-        phone=phone,
-        brand=brand,
-        campaign=campaign,
-        message_id=f"m-{uuid.uuid4().hex[:12]}",
-        kind=kind,
-        included_opt_out_language=True,
-        identified_sender=True,
-    )
+    return builders.sent(at, campaign, kind, phone=phone, brand=brand)
 
 
 def flag(phone: str, brand: str, at: datetime) -> RevocationCandidateFlagged:
     """A reply flagged as a possible opt-out."""
-    return RevocationCandidateFlagged(
-        **_base(at), phone=phone, brand=brand, inbound_message_id="SM1", text="stop pls"
-    )
+    return flagged(at, "stop pls", phone=phone, brand=brand)
 
 
 def define(

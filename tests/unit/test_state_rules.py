@@ -22,7 +22,6 @@ from ledger.errors import InvalidRequest
 from ledger.events import (
     ConsentGranted,
     LedgerEvent,
-    MessageKind,
     MessageSent,
     SubscriberLocated,
 )
@@ -38,7 +37,7 @@ from ledger.regions import (
 )
 from ledger.state import fold, retained_facts
 from services.wire.digest import decode_digest, encode_digest
-from tests.builders import BRAND, campaign, granted, opt_in, proof, record
+from tests.builders import BRAND, campaign, granted, opt_in, proof, record, sent
 
 FLORIDA = "+13055550123"  # Miami: America/New_York
 TEXAS = "+15125550100"  # Austin: America/Chicago
@@ -83,17 +82,7 @@ def state_of(phone: str, *events: LedgerEvent, region: str = ""):
 
 
 def sent_to(phone: str, when: datetime) -> MessageSent:
-    return MessageSent(
-        event_id=uuid.uuid4(),
-        occurred_at=when,
-        phone=phone,
-        brand=BRAND,
-        campaign="promo",
-        message_id=f"m-{when.isoformat()}",
-        kind=MessageKind.REGULAR,
-        included_opt_out_language=True,
-        identified_sender=True,
-    )
+    return sent(when, phone=phone)
 
 
 def ask(phone: str, when: datetime, region: str = "", **policy) -> Decision:
