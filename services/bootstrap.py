@@ -404,9 +404,18 @@ class Runtime:
             records, store, name = PostgresRecords(pool), PostgresCheckpoints(pool), ""
         assert dsn is not None  # the embedded PostgreSQL's, when none was given
         lock = PostgresWriterLock(dsn, f"consent-ledger checkpoints {name}")
-        writer = Checkpointer(records, store, key, lock, self.clock, s.checkpoint_interval)
+        metrics = self.metrics
+
+        def signed(n: int) -> None:
+            metrics.checkpoints_signed += n
+
+        writer = Checkpointer(
+            records, store, key, lock, self.clock, s.checkpoint_interval, signed=signed
+        )
         log.info("signing checkpoints with %s every %g s", key.key_id, s.checkpoint_interval)
-        supervised = supervise(writer.run, name="the checkpointer")
+        supervised = supervise(
+            writer.run, name="the checkpointer", failed=metrics.checkpointer_failed
+        )
         self._tasks.append(asyncio.create_task(supervised, name="checkpoints"))
 
     @property

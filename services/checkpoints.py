@@ -319,10 +319,13 @@ class Checkpointer:
         *,
         max_records: int = MAX_RECORDS,
         refresh: timedelta = REFRESH,
+        signed: Callable[[int], None] = lambda n: None,
     ) -> None:
         self.source, self.store, self.key, self.lock = source, store, key, lock
         self.clock, self.interval = clock, interval
         self.max_records, self.refresh = max_records, refresh
+        self._signed = signed
+        """Told how many checkpoints were stored (the metrics count them)."""
         self._chains: dict[tuple[str, int], tuple[Chain, datetime | None]] = {}
 
     async def run(self) -> None:
@@ -385,4 +388,5 @@ class Checkpointer:
     async def _publish(self, chain: Chain, now: datetime) -> Checkpoint:
         checkpoint = self.key.sign(chain.cut(now, self.key.key_id))
         await self.store.publish([checkpoint])
+        self._signed(1)
         return checkpoint

@@ -124,6 +124,9 @@ class ServiceMetrics(Collector):
         self._decisions: dict[tuple[str, bool, int], int] = {}
         self._errors: dict[tuple[str, str], int] = {}
         self._projector_failures = 0
+        self.checkpoints_signed = 0
+        """Checkpoints of the ledger's chain this process signed and stored."""
+        self.checkpointer_failures = 0
         self.watchers = 0
         """Open WatchConsentChanges streams."""
         self.changes_streamed = 0
@@ -187,6 +190,9 @@ class ServiceMetrics(Collector):
     def projector_failed(self) -> None:
         self._projector_failures += 1
 
+    def checkpointer_failed(self) -> None:
+        self.checkpointer_failures += 1
+
     def registry(self) -> CollectorRegistry:
         """A registry with these metrics and the process's own."""
         registry = CollectorRegistry()
@@ -229,6 +235,16 @@ class ServiceMetrics(Collector):
             "consent_projector_failures",
             "Times the projector failed and was started again; the log has each cause.",
             value=self._projector_failures,
+        )
+        yield CounterMetricFamily(
+            "consent_checkpoints_signed",
+            "Checkpoints of the ledger's hash chain this process signed and stored.",
+            value=self.checkpoints_signed,
+        )
+        yield CounterMetricFamily(
+            "consent_checkpointer_failures",
+            "Times the checkpoint writer failed and was started again; the log has each cause.",
+            value=self.checkpointer_failures,
         )
         if self.guard is not None:
             status = self.guard.status
