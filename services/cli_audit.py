@@ -354,9 +354,15 @@ async def _verify(args: argparse.Namespace) -> int:
             async with _live(args.embedded) as ledger:
                 verifier.add_checkpoints(await stored_checkpoints(ledger.checkpoints))
         taken = export.taken_at or datetime.now(UTC)
+        judged: set[tuple[str, int]] = set()
         for where, records in sorted(export.records.items()):
             if where[0] in streams:
                 verifier.judge(where, export.ranges[where], records, taken)
+                judged.add(where)
+        verifier.missing(
+            (c for c in export.checkpoints if not isinstance(c, str) and c.stream in streams),
+            judged,
+        )
     else:
         async with _live(args.embedded) as ledger:
             verifier.add_checkpoints(await stored_checkpoints(ledger.checkpoints))

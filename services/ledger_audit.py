@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from ledger.chain import ChainRecord, Checkpoint, micros
-from ledger.tamper import Coverage, Finding, compare
+from ledger.tamper import REMOVED, Coverage, Finding, compare
 from services.checkpoints import STREAMS, CheckpointStore, Keyring, RecordSource
 
 EXPORT_FORMAT = 1
@@ -299,6 +299,27 @@ class Verifier:
                     f"{len(old)} record(s) from offset {old[0].offset}, recorded more than "
                     f"{self.grace.total_seconds():g} s before the records were read, are "
                     "covered by no trusted checkpoint: their checkpoints are missing",
+                )
+            )
+
+    def missing(self, exported: Iterable[Checkpoint], judged: set[tuple[str, int]]) -> None:
+        """An export carries the checkpoints of the partitions it holds: one of them
+        that covers records of a partition the export does not hold had that
+        partition taken out."""
+        for c in exported:
+            where = (c.stream, c.partition)
+            if where in judged or c.end == c.start:
+                continue
+            if c not in self.trusted.get(where, []):
+                continue
+            judged.add(where)
+            self.findings.append(
+                Finding(
+                    *where,
+                    c.start,
+                    REMOVED,
+                    f"the export's checkpoints cover offsets from {c.start} of this partition, "
+                    "but the export holds none of it",
                 )
             )
 

@@ -254,7 +254,9 @@ async def test_an_idle_partition_is_checkpointed_again_after_an_hour(key):
 async def test_a_long_run_of_records_is_split_into_checkpoints_of_at_most_max_records(key):
     ledger, clock = Ledger(1), Clock()
     ledger.append("subscribers", 0, 25)
-    cuts = await writer(ledger, key, clock, max_records=10).round()
+    counted: list[int] = []
+    cuts = await writer(ledger, key, clock, max_records=10, signed=counted.append).round()
+    assert sum(counted) == len(cuts) == 4  # and the campaigns' empty partition
     assert [(c.start, c.end) for c in cuts if c.stream == "subscribers"] == [
         (0, 10),
         (10, 20),
@@ -458,3 +460,59 @@ def test_verify_of_an_unreadable_export_is_a_usage_error(tmp_path, capsys):
     )
     assert code == 2
     assert "bad.jsonl:1" in capsys.readouterr().err
+
+
+async def _exported(key: SigningKey, tmp_path) -> tuple[Ledger, list[str]]:  # type: ignore[no-untyped-def]
+    ledger, clock = Ledger(), Clock()
+    ledger.append("subscribers", 0, 3)
+    ledger.append("subscribers", 1, 2)
+    await writer(ledger, key, clock).round()
+    ranges, _ = await plan(ledger, ledger.stored, ("subscribers", "campaigns"), None, None, None)
+    out = io.StringIO()
+    await export(out, ledger, ranges, ledger.stored, T0)
+    ring(key).save(tmp_path / "keys.json")
+    return ledger, out.getvalue().splitlines()
+
+
+async def test_a_partition_taken_out_of_an_export_is_reported(key, tmp_path):
+    _, lines = await _exported(key, tmp_path)
+    kept = [
+        line
+        for line in lines
+        if not (
+            json.loads(line)["type"] in ("range", "record")
+            and json.loads(line).get("partition") == 1
+            and json.loads(line).get("stream") == "subscribers"
+        )
+    ]
+    (tmp_path / "cut.jsonl").write_text("\n".join(kept) + "\n")
+    (tmp_path / "whole.jsonl").write_text("\n".join(lines) + "\n")
+    import asyncio
+
+    # the command runs its own event loop: in a thread of its own here
+    assert await asyncio.to_thread(_verify_file, tmp_path, "whole.jsonl") == (0, [])
+    code, found = await asyncio.to_thread(_verify_file, tmp_path, "cut.jsonl")
+    assert code == 1
+    assert [(f["kind"], f["stream"], f["partition"], f["offset"]) for f in found] == [
+        ("removed", "subscribers", 1, 0)
+    ]
+
+
+def _verify_file(tmp_path, name: str) -> tuple[int, list[dict]]:  # type: ignore[no-untyped-def]
+    import contextlib
+
+    from services.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(
+            [
+                "verify",
+                "--export",
+                str(tmp_path / name),
+                "--keys",
+                str(tmp_path / "keys.json"),
+                "--json",
+            ]
+        )
+    return code, json.loads(out.getvalue())["findings"]
