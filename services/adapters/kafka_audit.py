@@ -65,6 +65,10 @@ class _Reader:
         first = (await consumer.beginning_offsets([tp]))[tp]
         return first, (await consumer.end_offsets([tp]))[tp]
 
+    async def end(self, topic: str, partition: int) -> int:
+        tp = TopicPartition(topic, partition)
+        return int((await self._started().end_offsets([tp]))[tp])
+
     async def read(
         self, topic: str, partition: int, start: int, stop: int
     ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
@@ -109,7 +113,7 @@ class KafkaRecords:
         return await self._reader.partitions(self.settings.topic(Stream(stream)))
 
     async def end_offset(self, stream: str, partition: int) -> int:
-        return (await self._reader.bounds(self.settings.topic(Stream(stream)), partition))[1]
+        return await self._reader.end(self.settings.topic(Stream(stream)), partition)
 
     async def first_offset(self, stream: str, partition: int) -> int:
         return (await self._reader.bounds(self.settings.topic(Stream(stream)), partition))[0]

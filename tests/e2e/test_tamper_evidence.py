@@ -13,7 +13,9 @@ import uuid
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from ledger.ports import Stream
@@ -55,11 +57,25 @@ async def consent_ledger(*args: str, env: dict[str, str]) -> tuple[int, str, str
 async def write_history(address: str) -> None:
     at = now() - timedelta(hours=1)
     async with client(address) as c:
-        await c.DefineCampaign(define("acme", "promo", at - timedelta(days=1)))
+
+        async def write(rpc: str, request: Any) -> None:
+            # UNAVAILABLE says "retry the same request": a just-started projector may
+            # not have joined its group yet on a busy machine
+            for _ in range(20):
+                try:
+                    await getattr(c, rpc)(request)
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    await asyncio.sleep(0.5)
+            raise AssertionError(f"{rpc} stayed UNAVAILABLE")
+
+        await write("DefineCampaign", define("acme", "promo", at - timedelta(days=1)))
         for phone in PHONES:
-            await c.RecordOptIn(opt_in(phone, "acme", "promo", at))
+            await write("RecordOptIn", opt_in(phone, "acme", "promo", at))
         for phone in PHONES[:4]:
-            await c.RecordOptOut(opt_out(phone, "acme", "promo", at + timedelta(minutes=5)))
+            await write("RecordOptOut", opt_out(phone, "acme", "promo", at + timedelta(minutes=5)))
 
 
 async def checkpointed(runtime: Runtime, store) -> int:  # type: ignore[no-untyped-def]
@@ -129,7 +145,7 @@ async def test_checkpoints_are_signed_and_a_tampered_export_is_caught(
     settings = replace(
         service_settings(tmp_path, postgres_dsn, kafka=kafka),
         checkpoint_key_file=tmp_path / "checkpoint-key.pem",
-        checkpoint_interval=0.2,
+        checkpoint_interval=0.5,
     )
     env = {"CONSENT_LEDGER": ledger, "CONSENT_POSTGRES_DSN": postgres_dsn}
     if kafka is not None:
@@ -150,6 +166,7 @@ async def test_checkpoints_are_signed_and_a_tampered_export_is_caught(
             store = PostgresCheckpoints(runtime.pool)
         try:
             size = await checkpointed(runtime, store)
+            assert runtime.metrics.checkpoints_signed >= 2  # both streams, at least
         finally:
             if kafka is not None:
                 await store.close()
