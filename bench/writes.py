@@ -314,7 +314,7 @@ class WriteRow:
     def line(self) -> str:
         def fig(r: client.Result | None) -> str:
             if r is None:
-                return "| | |"
+                return " | | "
             p50, p99 = ms(r.percentile(0.5)), ms(r.percentile(0.99))
             return f"{r.qps:,.0f} | {p50} | {p99}"
 
