@@ -206,3 +206,59 @@ async def test_checkpoints_are_signed_and_a_tampered_export_is_caught(
     )
     assert code == 1
     assert f"signed by {key.key_id}, a key the keyring does not have" in out
+
+
+async def test_a_rotated_key_takes_over_and_the_old_checkpoints_stay_verifiable(
+    tmp_path, postgres_dsn
+):
+    """A real service restarted with a new key: the new key's checkpoints cover the
+    whole ledger, the old key's stay trusted while it is retired (not after), and
+    once it is revoked they are reported, while every record stays proven."""
+    old = SigningKey.generate(tmp_path / "old.pem")
+    new = SigningKey.generate(tmp_path / "new.pem")
+    base = replace(service_settings(tmp_path, postgres_dsn, kafka=None), checkpoint_interval=0.3)
+    env = {"CONSENT_LEDGER": "postgres", "CONSENT_POSTGRES_DSN": postgres_dsn}
+
+    async def serve_once(key_file: Path, write: bool) -> None:
+        async with running(replace(base, checkpoint_key_file=key_file)) as runtime:
+            if write:
+                await write_history(runtime.address)
+            assert runtime.pool is not None
+            await checkpointed(runtime, PostgresCheckpoints(runtime.pool))
+            # by this key: wait for its own checkpoints to reach the end too
+            for _ in range(100):
+                if runtime.metrics.checkpoints_signed >= 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert runtime.metrics.checkpoints_signed >= 2
+
+    await serve_once(tmp_path / "old.pem", write=True)
+    switched = now()
+    await serve_once(tmp_path / "new.pem", write=False)
+
+    keys = tmp_path / "keys.json"
+    keyring = Keyring([PublicKey(old.key_id, old.public), PublicKey(new.key_id, new.public)])
+    keyring.retire(old.key_id, switched)
+    keyring.save(keys)
+    code, out, err = await consent_ledger("verify", "--keys", str(keys), "--json", env=env)
+    assert code == 0, out + err
+    trusted = json.loads(out)["trusted_checkpoints"]
+    assert trusted[old.key_id] >= 2 and trusted[new.key_id] >= 2
+
+    # the old key retired before it stopped signing: its later checkpoints are reported
+    keyring.retire(old.key_id, switched - timedelta(hours=2))
+    keyring.save(keys)
+    code, out, _ = await consent_ledger("verify", "--keys", str(keys), "--json", env=env)
+    found = json.loads(out)["findings"]
+    assert code == 1 and found
+    assert {f["kind"] for f in found} == {"checkpoint"}
+    assert all("after it was retired" in f["detail"] for f in found)
+
+    # revoked (it leaked): reported, yet no record is unproven, the new key covers all
+    keyring.revoke(old.key_id)
+    keyring.save(keys)
+    code, out, _ = await consent_ledger("verify", "--keys", str(keys), "--json", env=env)
+    found = json.loads(out)["findings"]
+    assert code == 1
+    assert {f["kind"] for f in found} == {"checkpoint"}
+    assert all("which is revoked" in f["detail"] for f in found)
