@@ -150,10 +150,8 @@ async def _stub(
 async def _consent(
     port: int, ready: Callable[[int], None], stop: asyncio.Event, args: argparse.Namespace
 ) -> None:
-    from services.adapters.kafka_ledger import KafkaLedgerSettings
     from services.bootstrap import Runtime, settle_heap
-    from services.freshness import FreshnessSettings
-    from services.settings import Settings
+    from services.settings import FreshnessSettings, KafkaLedgerSettings, Settings
 
     kafka = KafkaLedgerSettings(
         bootstrap_servers=args.kafka,

@@ -158,7 +158,8 @@ def ledger_records(phase: Phase, prefix: str, now: datetime) -> list[list[Record
     """What the Kafka ledger appends for each of the phase's requests: one list of
     (topic, key, value, headers) per request, encoded as ``KafkaLedger`` encodes them."""
     from ledger.commands import to_events
-    from services.adapters.kafka_ledger import KafkaLedgerSettings, _key, record_headers
+    from services.adapters.kafka_ledger import _key, record_headers
+    from services.settings import KafkaLedgerSettings
     from services.wire.api import command_from_proto
     from services.wire.codec import encode_event
 
@@ -188,9 +189,10 @@ async def _produce(
     import aiokafka
     from aiokafka.errors import KafkaError
 
-    from services.adapters.kafka_ledger import KafkaLedgerSettings
+    from services.adapters.kafka_ledger import producer_options
+    from services.settings import KafkaLedgerSettings
 
-    options = KafkaLedgerSettings(bootstrap_servers=bootstrap).producer_options()
+    options = producer_options(KafkaLedgerSettings(bootstrap_servers=bootstrap))
     producer = aiokafka.AIOKafkaProducer(**options)
     await producer.start()
     result = client.Result(seconds=end - begin)
@@ -570,7 +572,8 @@ async def run_writes(
 
 async def _raw_topics(bootstrap: str, prefix: str) -> None:
     """The raw producer's topics, made as the ledger makes its own."""
-    from services.adapters.kafka_ledger import KafkaLedger, KafkaLedgerSettings
+    from services.adapters.kafka_ledger import KafkaLedger
+    from services.settings import KafkaLedgerSettings
 
     await KafkaLedger(
         KafkaLedgerSettings(

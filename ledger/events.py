@@ -30,6 +30,7 @@ no campaign sends from, from a caller that may act for any brand). Not a valid
 brand name, so no brand can own it; every brand's CanSend reads its candidates
 (``ledger.digest.with_phone_wide``). The same "*" means every brand in tokens files."""
 
+
 def event_id_for(
     request_id: str, index: int = 0, brand: str = "", fingerprint: str = ""
 ) -> uuid.UUID:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger.ports import AppliedPositions, ConsistencyToken, Ledger, Stream
+from services.settings import FreshnessSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +56,6 @@ def _retrieve(observation: asyncio.Future[Any]) -> None:
     """Take a shared observation's failure, which its waiters may all have left."""
     if not observation.cancelled():
         observation.exception()
-
-
-@dataclass(frozen=True)
-class FreshnessSettings:
-    refresh_interval: float = 0.05
-    """How often the ledger's end offsets and the view's positions are observed, and
-    the promise: a read without a token counts every write acknowledged this long
-    before it arrived (it waits for an observation that started no earlier)."""
-    max_observation_age: float = 2.0
-    """An observation older than this is not trusted: reads fail closed."""
-    wait_bound: float = 0.5
-    """How long a read waits for the projection to catch up before it fails closed."""
 
 
 @dataclass(frozen=True)

@@ -13,31 +13,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class RateLimit:
-    rate: float
-    """Calls a second, on average; ``math.inf`` for no limit."""
-    burst: int
-    """The most calls a caller may make at once, after a quiet spell."""
-
-    def __post_init__(self) -> None:
-        if not self.rate > 0:  # nan too
-            raise ValueError(f"a rate limit's rate must be above 0, got {self.rate!r}")
-        if self.burst < 1:
-            raise ValueError(f"a rate limit's burst must be at least 1, got {self.burst!r}")
-
-    @staticmethod
-    def of(rate: float, burst: int | None = None) -> RateLimit:
-        """``rate`` calls a second; ``burst`` defaults to one second's worth."""
-        return RateLimit(rate, max(1, math.ceil(rate)) if burst is None else burst)
-
-    @property
-    def unlimited(self) -> bool:
-        return math.isinf(self.rate)
-
+from services.settings import RateLimit
 
 UNLIMITED = RateLimit(math.inf, 1)
 """A caller exempt from any default limit."""

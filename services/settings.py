@@ -1,6 +1,8 @@
 """Every setting, read once from the environment at start-up.
 
 The table in the README lists them; ``Settings.from_env`` is the only reader.
+Settings are plain data: this module imports no adapter and no service; the
+composition root hands each part to what it configures.
 """
 
 from __future__ import annotations
@@ -14,13 +16,108 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from services.adapters.kafka_ledger import KafkaLedgerSettings
-from services.freshness import FreshnessSettings
-from services.rate_limits import RateLimit
+from ledger.ports import Stream
 
 
 class SettingsError(ValueError):
     """A setting that is missing or malformed; names the variable."""
+
+
+@dataclass(frozen=True)
+class KafkaLedgerSettings:
+    """Where the ledger lives and how its topics are made; read once at start-up.
+    ``services.adapters.kafka_ledger`` turns it into aiokafka's options.
+
+    Production defaults assume at least three brokers: each event on three replicas,
+    and an append refused unless two of them have it.
+    """
+
+    bootstrap_servers: str
+    topic_prefix: str = ""
+    """Prepended verbatim to both topic names (``"staging."``, a test's own prefix)."""
+    subscriber_topic: str = "consent.subscriber-events.v1"
+    campaign_topic: str = "consent.campaign-events.v1"
+    checkpoint_topic: str = "consent.checkpoints.v1"
+    """The signed checkpoints of the ledger's hash chain (``services.checkpoints``):
+    made and checked with the ledger topics, and like them kept forever."""
+    subscriber_partitions: int = 12
+    campaign_partitions: int = 1
+    replication_factor: int = 3
+    min_insync_replicas: int = 2
+    client_id: str = "consent-ledger"
+    request_timeout_s: float = 30.0
+    """One Kafka request, and how long an unsent batch may wait for a broker."""
+    append_timeout_s: float = 40.0
+    """The most one ``append`` may take before it raises (the broker may be down)."""
+    max_record_bytes: int = 1024 * 1024
+    """The largest record the producer sends (aiokafka's ``max_request_size``, at its
+    default); the broker's ``message.max.bytes`` is a little above it by default."""
+
+    def __post_init__(self) -> None:
+        if self.subscriber_partitions < 1 or self.campaign_partitions < 1:
+            raise ValueError("topics need at least one partition")
+        if not 1 <= self.min_insync_replicas <= self.replication_factor:
+            raise ValueError(
+                f"min_insync_replicas={self.min_insync_replicas} must be between 1 and "
+                f"replication_factor={self.replication_factor}, or no append could succeed"
+            )
+
+    def topic(self, stream: Stream) -> str:
+        name = self.subscriber_topic if stream is Stream.SUBSCRIBERS else self.campaign_topic
+        return self.topic_prefix + name
+
+    def checkpoint_topic_name(self) -> str:
+        return self.topic_prefix + self.checkpoint_topic
+
+    def topic_partitions(self) -> dict[str, int]:
+        """Every topic this ledger needs, with its partition count."""
+        topics = {self.topic(stream): self.partition_count(stream) for stream in Stream}
+        return {**topics, self.checkpoint_topic_name(): 1}
+
+    def partition_count(self, stream: Stream) -> int:
+        if stream is Stream.SUBSCRIBERS:
+            return self.subscriber_partitions
+        return self.campaign_partitions
+
+
+@dataclass(frozen=True)
+class FreshnessSettings:
+    """The consistency rule's timings, for ``services.freshness.FreshnessGuard``."""
+
+    refresh_interval: float = 0.05
+    """How often the ledger's end offsets and the view's positions are observed, and
+    the promise: a read without a token counts every write acknowledged this long
+    before it arrived (it waits for an observation that started no earlier)."""
+    max_observation_age: float = 2.0
+    """An observation older than this is not trusted: reads fail closed."""
+    wait_bound: float = 0.5
+    """How long a read waits for the projection to catch up before it fails closed."""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A caller's rate limit, for ``services.rate_limits``: the default for every
+    caller, or one caller's own from the tokens file."""
+
+    rate: float
+    """Calls a second, on average; ``math.inf`` for no limit."""
+    burst: int
+    """The most calls a caller may make at once, after a quiet spell."""
+
+    def __post_init__(self) -> None:
+        if not self.rate > 0:  # nan too
+            raise ValueError(f"a rate limit's rate must be above 0, got {self.rate!r}")
+        if self.burst < 1:
+            raise ValueError(f"a rate limit's burst must be at least 1, got {self.burst!r}")
+
+    @staticmethod
+    def of(rate: float, burst: int | None = None) -> RateLimit:
+        """``rate`` calls a second; ``burst`` defaults to one second's worth."""
+        return RateLimit(rate, max(1, math.ceil(rate)) if burst is None else burst)
+
+    @property
+    def unlimited(self) -> bool:
+        return math.isinf(self.rate)
 
 
 @dataclass(frozen=True)

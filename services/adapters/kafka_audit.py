@@ -21,7 +21,8 @@ from aiokafka.structs import ConsumerRecord
 
 from ledger.chain import ChainRecord, Checkpoint
 from ledger.ports import Stream
-from services.adapters.kafka_ledger import KafkaLedgerSettings
+from services.adapters.kafka_ledger import consumer_options, producer_options
+from services.settings import KafkaLedgerSettings
 
 _SCAN = 1000
 """Checkpoint records read at a time when looking back from the topic's end."""
@@ -36,7 +37,7 @@ class _Reader:
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(**self.settings.consumer_options())
+        self._consumer = AIOKafkaConsumer(**consumer_options(self.settings))
         await self._consumer.start()
 
     async def close(self) -> None:
@@ -140,7 +141,7 @@ class KafkaCheckpoints:
     async def start(self, *, write: bool = True) -> None:
         await self._reader.start()
         if write:
-            self._producer = AIOKafkaProducer(**self.settings.producer_options())
+            self._producer = AIOKafkaProducer(**producer_options(self.settings))
             await self._producer.start()
 
     async def close(self) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,98 +41,46 @@ from aiokafka.structs import ConsumerRecord, RecordMetadata
 from ledger.events import CampaignEvent, LedgerEvent, LedgerPosition, Recorded, SubscriberEvent
 from ledger.ports import EventTooLarge, Ledger, LedgerUnavailable, Offsets, Stream
 from ledger.upcasting import class_version
+from services.settings import KafkaLedgerSettings
 from services.wire.codec import decode_event, encode_event
 
 
-@dataclass(frozen=True)
-class KafkaLedgerSettings:
-    """Where the ledger lives and how its topics are made; read once at start-up.
+def topic_configs(settings: KafkaLedgerSettings) -> dict[str, str]:
+    """What makes a topic a ledger: keep everything, forever, stamped by the broker."""
+    return {
+        "cleanup.policy": "delete",
+        "retention.ms": "-1",
+        "retention.bytes": "-1",
+        "message.timestamp.type": "LogAppendTime",
+        "min.insync.replicas": str(settings.min_insync_replicas),
+        # A replica that missed acknowledged appends must never become the
+        # leader: it would serve a log without them, and they would be lost.
+        "unclean.leader.election.enable": "false",
+    }
 
-    Production defaults assume at least three brokers: each event on three replicas,
-    and an append refused unless two of them have it.
-    """
 
-    bootstrap_servers: str
-    topic_prefix: str = ""
-    """Prepended verbatim to both topic names (``"staging."``, a test's own prefix)."""
-    subscriber_topic: str = "consent.subscriber-events.v1"
-    campaign_topic: str = "consent.campaign-events.v1"
-    checkpoint_topic: str = "consent.checkpoints.v1"
-    """The signed checkpoints of the ledger's hash chain (``services.checkpoints``):
-    made and checked with the ledger topics, and like them kept forever."""
-    subscriber_partitions: int = 12
-    campaign_partitions: int = 1
-    replication_factor: int = 3
-    min_insync_replicas: int = 2
-    client_id: str = "consent-ledger"
-    request_timeout_s: float = 30.0
-    """One Kafka request, and how long an unsent batch may wait for a broker."""
-    append_timeout_s: float = 40.0
-    """The most one ``append`` may take before it raises (the broker may be down)."""
-    max_record_bytes: int = 1024 * 1024
-    """The largest record the producer sends (aiokafka's ``max_request_size``, at its
-    default); the broker's ``message.max.bytes`` is a little above it by default."""
+def producer_options(settings: KafkaLedgerSettings) -> dict[str, Any]:
+    return {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "acks": "all",
+        "enable_idempotence": True,
+        "request_timeout_ms": int(settings.request_timeout_s * 1000),
+        "max_request_size": settings.max_record_bytes,
+    }
 
-    def __post_init__(self) -> None:
-        if self.subscriber_partitions < 1 or self.campaign_partitions < 1:
-            raise ValueError("topics need at least one partition")
-        if not 1 <= self.min_insync_replicas <= self.replication_factor:
-            raise ValueError(
-                f"min_insync_replicas={self.min_insync_replicas} must be between 1 and "
-                f"replication_factor={self.replication_factor}, or no append could succeed"
-            )
 
-    def topic(self, stream: Stream) -> str:
-        name = self.subscriber_topic if stream is Stream.SUBSCRIBERS else self.campaign_topic
-        return self.topic_prefix + name
-
-    def checkpoint_topic_name(self) -> str:
-        return self.topic_prefix + self.checkpoint_topic
-
-    def topic_partitions(self) -> dict[str, int]:
-        """Every topic this ledger needs, with its partition count."""
-        topics = {self.topic(stream): self.partition_count(stream) for stream in Stream}
-        return {**topics, self.checkpoint_topic_name(): 1}
-
-    def partition_count(self, stream: Stream) -> int:
-        if stream is Stream.SUBSCRIBERS:
-            return self.subscriber_partitions
-        return self.campaign_partitions
-
-    def topic_configs(self) -> dict[str, str]:
-        """What makes a topic a ledger: keep everything, forever, stamped by the broker."""
-        return {
-            "cleanup.policy": "delete",
-            "retention.ms": "-1",
-            "retention.bytes": "-1",
-            "message.timestamp.type": "LogAppendTime",
-            "min.insync.replicas": str(self.min_insync_replicas),
-            # A replica that missed acknowledged appends must never become the
-            # leader: it would serve a log without them, and they would be lost.
-            "unclean.leader.election.enable": "false",
-        }
-
-    def producer_options(self) -> dict[str, Any]:
-        return {
-            "bootstrap_servers": self.bootstrap_servers,
-            "client_id": self.client_id,
-            "acks": "all",
-            "enable_idempotence": True,
-            "request_timeout_ms": int(self.request_timeout_s * 1000),
-            "max_request_size": self.max_record_bytes,
-        }
-
-    def consumer_options(self) -> dict[str, Any]:
-        return {
-            "bootstrap_servers": self.bootstrap_servers,
-            "client_id": self.client_id,
-            "group_id": None,
-            "enable_auto_commit": False,
-            # An offset the log does not have is a bug (a position from another
-            # cluster or topic); jumping to either end would hide it.
-            "auto_offset_reset": "none",
-            "request_timeout_ms": int(self.request_timeout_s * 1000),
-        }
+def consumer_options(settings: KafkaLedgerSettings) -> dict[str, Any]:
+    return {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "group_id": None,
+        "enable_auto_commit": False,
+        # An offset the log does not have is a bug (a position from another
+        # cluster or topic); jumping to either end would hide it.
+        "auto_offset_reset": "none",
+        "request_timeout_ms": int(settings.request_timeout_s * 1000),
+    }
 
 
 log = logging.getLogger(__name__)
@@ -184,8 +131,8 @@ class KafkaLedger(Ledger):
         append to a missing topic would create it with a seven-day retention.
         """
         await self.verify_topics()
-        producer = AIOKafkaProducer(**self.settings.producer_options())
-        reader = AIOKafkaConsumer(**self.settings.consumer_options())
+        producer = AIOKafkaProducer(**producer_options(self.settings))
+        reader = AIOKafkaConsumer(**consumer_options(self.settings))
         await producer.start()
         try:
             await reader.start()
@@ -247,7 +194,7 @@ class KafkaLedger(Ledger):
                     topic,
                     partitions,
                     self.settings.replication_factor,
-                    topic_configs=self.settings.topic_configs(),
+                    topic_configs=topic_configs(self.settings),
                 )
                 for topic, partitions in self.settings.topic_partitions().items()
             ]
@@ -332,7 +279,7 @@ class KafkaLedger(Ledger):
     def _config_problems(self, found: dict[str, str]) -> list[str]:
         problems = [
             f"{key}={found.get(key)!r}, must be {want!r}"
-            for key, want in self.settings.topic_configs().items()
+            for key, want in topic_configs(self.settings).items()
             if key != "min.insync.replicas" and found.get(key) != want
         ]
         min_isr = int(found.get("min.insync.replicas") or 0)
@@ -477,7 +424,7 @@ class KafkaLedger(Ledger):
         """Partitions missing from ``start`` are read from their first event."""
         topic = self.settings.topic(stream)
         tps = [TopicPartition(topic, p) for p in await self.partitions(stream)]
-        consumer = AIOKafkaConsumer(**self.settings.consumer_options())
+        consumer = AIOKafkaConsumer(**consumer_options(self.settings))
         await consumer.start()
         try:
             consumer.assign(tps)

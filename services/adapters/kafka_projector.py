@@ -17,10 +17,10 @@ from aiokafka.errors import KafkaError
 
 from ledger.events import Recorded
 from ledger.ports import ConsentView, Stream
-from services.adapters.kafka_ledger import recorded_from_record
+from services.adapters.kafka_ledger import consumer_options, recorded_from_record
 
 if TYPE_CHECKING:
-    from services.adapters.kafka_ledger import KafkaLedgerSettings
+    from services.settings import KafkaLedgerSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class KafkaProjector:
 
     async def start(self) -> None:
         options = {
-            **self._settings.consumer_options(),
+            **consumer_options(self._settings),
             "group_id": self._group_id,
             "enable_auto_commit": False,
             "isolation_level": "read_committed",

@@ -40,7 +40,7 @@ from google.protobuf.message import DecodeError
 
 from ledger.events import LedgerEvent
 from ledger.ports import Stream
-from services.adapters.kafka_ledger import KafkaLedgerSettings
+from services.settings import KafkaLedgerSettings
 from services.wire.codec import event_from_proto
 from services.wire.enums import WireFormatError
 

@@ -32,7 +32,8 @@ from ledger.commands import check_name
 from ledger.errors import InvalidRequest
 from ledger.validation import identifier_problem
 from services.errors import PermissionDenied, Unauthenticated
-from services.rate_limits import UNLIMITED, RateLimit
+from services.rate_limits import UNLIMITED
+from services.settings import RateLimit
 
 
 class Scope(enum.Enum):

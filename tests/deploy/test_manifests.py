@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from ledger.ports import Stream
+from services.adapters.kafka_ledger import topic_configs
 from services.settings import Settings, host_and_port
 from tests.deploy import tools
 
@@ -140,7 +141,7 @@ def test_the_kafkatopics_are_the_topics_migrate_creates(overlay: str) -> None:
         assert "consent.consent." not in name
         assert spec["partitions"] == partitions, name
         assert spec["replicas"] == kafka.replication_factor, name
-        assert {k: str(v) for k, v in spec["config"].items()} == kafka.topic_configs(), name
+        assert {k: str(v) for k, v in spec["config"].items()} == topic_configs(kafka), name
 
 
 def test_prod_topics_are_the_codes_names_unprefixed() -> None:

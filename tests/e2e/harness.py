@@ -20,12 +20,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from services.adapters.kafka_ledger import KafkaLedgerSettings
 from services.app import Clock, utc_now
 from services.bootstrap import Runtime
-from services.freshness import FreshnessSettings
 from services.grpc_api.auth import token_digest
-from services.settings import Settings
+from services.settings import FreshnessSettings, KafkaLedgerSettings, Settings
 from tests.builders import proof_proto as proof
 
 TOKENS = {

@@ -28,7 +28,7 @@ from grpc_status import rpc_status
 
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
-from services.freshness import FreshnessSettings
+from services.settings import FreshnessSettings
 from tests.e2e.harness import client, define, kafka_settings, opt_in, opt_out, service_settings
 from tests.e2e.test_consistency import noon_in_los_angeles
 from tests.infra.kafka_broker import KafkaBroker

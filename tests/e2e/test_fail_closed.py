@@ -12,7 +12,7 @@ from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
 from services.bootstrap import Runtime
-from services.freshness import FreshnessSettings
+from services.settings import FreshnessSettings
 from services.wire.enums import WireFormatError
 from tests.e2e.harness import client, define, opt_in, opt_out, service_settings, status_details, ts
 

@@ -32,8 +32,7 @@ from services.adapters.kafka_ledger import KafkaLedger
 from services.adapters.postgres_view import PROJECTION_TABLES, PostgresConsentView
 from services.bootstrap import Runtime
 from services.cli import _rebuild
-from services.freshness import FreshnessSettings
-from services.settings import Settings
+from services.settings import FreshnessSettings, Settings
 from tests.e2e.harness import (
     client,
     define,

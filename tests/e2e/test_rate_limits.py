@@ -16,7 +16,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from services.grpc_api.auth import token_digest
-from services.rate_limits import RateLimit
+from services.settings import RateLimit
 from tests.e2e.harness import running, service_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

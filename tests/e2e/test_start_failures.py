@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from services.adapters.kafka_ledger import KafkaLedgerSettings
 from services.bootstrap import Runtime, StartError
+from services.settings import KafkaLedgerSettings
 from tests.e2e.harness import service_settings, write_tokens
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -10,9 +10,9 @@ import sys
 
 import asyncpg
 
-from services.adapters.kafka_ledger import KafkaLedgerSettings
 from services.adapters.kafka_projector import KafkaProjector
 from services.adapters.postgres_view import PostgresConsentView
+from services.settings import KafkaLedgerSettings
 
 
 async def main(bootstrap: str, prefix: str, group: str, dsn: str) -> None:

@@ -11,8 +11,9 @@ import pytest
 from ledger.chain import Chain
 from ledger.ports import Stream
 from services.adapters.kafka_audit import KafkaCheckpoints, KafkaRecords
-from services.adapters.kafka_ledger import KafkaLedger, KafkaLedgerSettings
+from services.adapters.kafka_ledger import KafkaLedger
 from services.checkpoints import Checkpointer, SigningKey
+from services.settings import KafkaLedgerSettings
 from tests.builders import granted
 
 pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="session")]

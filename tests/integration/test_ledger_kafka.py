@@ -16,7 +16,13 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from ledger.events import Recorded
 from ledger.ports import EventTooLarge, Stream
-from services.adapters.kafka_ledger import KafkaLedger, KafkaLedgerSettings, UnsafeTopicError
+from services.adapters.kafka_ledger import (
+    KafkaLedger,
+    UnsafeTopicError,
+    producer_options,
+    topic_configs,
+)
+from services.settings import KafkaLedgerSettings
 from tests.conformance.ledger_suite import (
     LedgerSuite,
     by_partition,
@@ -75,7 +81,7 @@ class TestKafkaLedger(LedgerSuite):
 
 
 def test_the_producer_waits_for_every_in_sync_replica_and_is_idempotent() -> None:
-    options = KafkaLedgerSettings(bootstrap_servers="kafka:9092").producer_options()
+    options = producer_options(KafkaLedgerSettings(bootstrap_servers="kafka:9092"))
 
     assert options["acks"] == "all"
     assert options["enable_idempotence"] is True
@@ -278,7 +284,7 @@ async def test_an_event_the_broker_refuses_as_too_large_is_not_an_outage(
     await KafkaLedger(settings).ensure_topics()
     async with admin_client(kafka_bootstrap) as admin:
         topic = settings.topic(Stream.SUBSCRIBERS)
-        limit = {**settings.topic_configs(), "max.message.bytes": "4096"}  # a whole new set
+        limit = {**topic_configs(settings), "max.message.bytes": "4096"}  # a whole new set
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
     async with started_ledger(settings) as ledger:
         large = replace(message_sent(new_phone()), message_id="x" * 10_000)

@@ -17,10 +17,11 @@ import pytest_asyncio
 
 from ledger.events import LedgerEvent, Recorded
 from ledger.ports import ConsistencyToken, Stream
-from services.adapters.kafka_ledger import KafkaLedger, KafkaLedgerSettings
+from services.adapters.kafka_ledger import KafkaLedger
 from services.adapters.kafka_projector import KafkaProjector
 from services.adapters.postgres_view import PROJECTION_TABLES, PostgresConsentView
 from services.projector import lag, rebuild
+from services.settings import KafkaLedgerSettings
 from tests.conformance.view_suite import expected_states, generate_events
 from tests.integration.waiting import wait_for
 

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from ledger.events import ConsentResumed, LedgerEvent, Recorded
 from ledger.ports import Stream
-from services.adapters.kafka_ledger import KafkaLedger, KafkaLedgerSettings
+from services.adapters.kafka_ledger import KafkaLedger
 from services.consumer import (
     StreamConsumer,
     StreamConsumerSettings,
@@ -25,6 +25,7 @@ from services.consumer import (
     UndecodableRecord,
 )
 from services.consumer.opt_out_table import OptOutTable, keep_in_sync
+from services.settings import KafkaLedgerSettings
 from tests.builders import T0, at, granted, revoked
 from tests.conformance.ledger_suite import message_sent, new_phone
 from tests.infra.kafka_broker import KafkaBroker

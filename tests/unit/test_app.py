@@ -39,8 +39,9 @@ from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
 from services.app import ConsentApp
 from services.errors import AlreadyExists, FailedPrecondition, NotConsistent
-from services.freshness import FreshnessGuard, FreshnessSettings
+from services.freshness import FreshnessGuard
 from services.projector import Projector
+from services.settings import FreshnessSettings
 from tests.builders import BRAND, PHONE, at, proof
 from tests.builders import opt_in as an_opt_in
 from tests.conformance.view_suite import Positions, flag

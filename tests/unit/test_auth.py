@@ -17,7 +17,8 @@ from services.grpc_api.auth import (
     token_digest,
     write_dev_tokens,
 )
-from services.rate_limits import UNLIMITED, RateLimit
+from services.rate_limits import UNLIMITED
+from services.settings import RateLimit
 
 
 def authenticator(tmp_path, *entries: dict) -> TokenAuthenticator:

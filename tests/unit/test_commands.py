@@ -138,9 +138,7 @@ def test_event_ids_are_pinned_so_a_retry_across_an_upgrade_stays_a_retry():
     assert {
         str(to_events(opt_in(), NOW)[0].event_id),
         str(to_events(stop_at("req-2", at(1)), NOW)[0].event_id),
-        str(
-            to_events(DefineCampaign("def-1", BRAND, "promo", policy, at(0)), NOW)[0].event_id
-        ),
+        str(to_events(DefineCampaign("def-1", BRAND, "promo", policy, at(0)), NOW)[0].event_id),
     } == {
         "dfafb060-f43a-5f65-8816-cc0c57d3707e",
         "2d9baa5c-d2ac-5fda-84b5-5d408c768c10",

@@ -8,7 +8,8 @@ import asyncio
 from ledger.ports import Stream
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
-from services.freshness import FreshnessGuard, FreshnessSettings
+from services.freshness import FreshnessGuard
+from services.settings import FreshnessSettings
 from tests.builders import PHONE, granted, revoked
 
 

@@ -9,9 +9,10 @@ from ledger.policy import Decision, Reason, deny
 from ledger.ports import Stream
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
-from services.freshness import FreshnessGuard, FreshnessSettings, FreshnessStatus
+from services.freshness import FreshnessGuard, FreshnessStatus
 from services.grpc_api.servicer import ConsentServicer
 from services.metrics import ServiceMetrics
+from services.settings import FreshnessSettings
 from tests.builders import granted, revoked
 
 ALLOWED = Decision(True, Reason.CONSENT_ACTIVE)

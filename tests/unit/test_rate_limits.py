@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from services.rate_limits import UNLIMITED, CallerLimits, RateLimit, TokenBucket
+from services.rate_limits import UNLIMITED, CallerLimits, TokenBucket
+from services.settings import RateLimit
 
 
 class Clock:

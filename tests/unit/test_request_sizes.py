@@ -12,8 +12,9 @@ from ledger.campaigns import PROHIBITED, Campaign, CampaignCategory, CampaignPol
 from ledger.commands import TEXT_LIMITS, HandleInboundMessage, handle_inbound, to_events
 from ledger.events import LedgerEvent
 from ledger.state import fold
-from services.adapters.kafka_ledger import KafkaLedgerSettings, _key
+from services.adapters.kafka_ledger import _key
 from services.grpc_api.server import MAX_REQUEST_BYTES
+from services.settings import KafkaLedgerSettings
 from services.wire import api, codec
 from tests.builders import BRAND, PHONE, at
 

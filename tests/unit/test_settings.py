@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from services.rate_limits import RateLimit
-from services.settings import Settings, SettingsError, TlsSettings, host_and_port, is_loopback
+from services.settings import (
+    RateLimit,
+    Settings,
+    SettingsError,
+    TlsSettings,
+    host_and_port,
+    is_loopback,
+)
 
 EMBEDDED: dict[str, str] = {}
 

@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 
 from ledger.ports import Stream
-from services.adapters.kafka_ledger import KafkaLedgerSettings, record_headers
+from services.adapters.kafka_ledger import record_headers
 from services.consumer import StreamConsumerSettings
+from services.settings import KafkaLedgerSettings
 from tests.builders import T0, granted
 
 CONTRACT = (Path(__file__).resolve().parents[2] / "protos" / "README.md").read_text()
