@@ -39,7 +39,7 @@ from ledger.events import (
     SubscriberEvent,
 )
 from ledger.opt_out_rate import SendingCounts
-from ledger.policy import latest_revocation, standing
+from ledger.policy import latest_revocation
 from ledger.ports import (
     ChangesPage,
     ConsentView,
@@ -58,6 +58,7 @@ from ledger.state import (
     retained_facts,
     sender_number_holder,
 )
+from ledger.status import ConsentState, consent_state
 from services.errors import StoreUnavailable
 from services.wire.codec import decode_recorded, decode_snapshot, encode_recorded, encode_snapshot
 from services.wire.digest import FORMAT as DIGEST_FORMAT
@@ -356,19 +357,22 @@ _CAMPAIGN_COUNTS = _sending_counts_sql(
 )
 
 
+_STATUS_COLUMN = {
+    ConsentState.ACTIVE: "active",
+    ConsentState.REVOKED: "revoked",
+    ConsentState.REVOKED_BRAND_WIDE: "revoked",
+    ConsentState.NEVER_GRANTED: "none",
+}
+"""``consent_status.status``: the table's words for ``ledger.status.consent_state``."""
+
+
 def _status_rows(
     state: SubscriberState, digest: Digest, updated_at: datetime
 ) -> list[tuple[Any, ...]]:
     rows = []
     for name in sorted(digest.campaigns):
         consent = digest.campaign(name)
-        now = standing(digest, consent)
-        if now.active:
-            status = "active"
-        elif now.revocation is not None:
-            status = "revoked"
-        else:
-            status = "none"
+        status = _STATUS_COLUMN[consent_state(digest, name)]
         latest = latest_revocation(digest, consent)
         revocation = None if latest is None else latest[0]
         grant = consent.grant

@@ -1,0 +1,55 @@
+"""Where a number's consent to one campaign stands, in the words audits use.
+
+``GetConsent`` answers it and the projection stores it (``consent_status``), so it
+is worked out here once, from the digest the policy reads.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from ledger.digest import Digest
+from ledger.events import ConsentRevoked
+from ledger.policy import standing
+from ledger.state import Fact, SubscriberState
+
+
+class ConsentState(enum.Enum):
+    """The API's ``ConsentState``, member for member."""
+
+    ACTIVE = "active"
+    """A grant stands and no opt-out came after it."""
+    NEVER_GRANTED = "never_granted"
+    REVOKED = "revoked"
+    """Opted out of this campaign."""
+    REVOKED_BRAND_WIDE = "revoked_brand_wide"
+    """Opted out of every campaign of the brand."""
+    PENDING_REVIEW = "pending_review"
+    """A reply that reads like an opt-out awaits review; nothing may be sent."""
+
+
+def consent_state(digest: Digest, campaign: str, *, pending_review: bool = False) -> ConsentState:
+    """The campaign's consent as it stands now: a reply awaiting review
+    (``pending_review``) outranks all else, then the latest of grant, resume and
+    opt-out (``ledger.policy.standing``)."""
+    if pending_review:
+        return ConsentState.PENDING_REVIEW
+    now = standing(digest, digest.campaign(campaign))
+    if now.active:
+        return ConsentState.ACTIVE
+    if now.revocation is None:
+        return ConsentState.NEVER_GRANTED
+    return ConsentState.REVOKED_BRAND_WIDE if now.brand_wide else ConsentState.REVOKED
+
+
+def revocation_in_force(
+    state: SubscriberState, digest: Digest, campaign: str
+) -> Fact[ConsentRevoked] | None:
+    """The opt-out that stops the campaign's sends now (the brand-wide one or the
+    campaign's own), as ``consent_state`` reads it; None while none does."""
+    stands = consent_state(digest, campaign)
+    if stands is ConsentState.REVOKED_BRAND_WIDE:
+        return state.brand_revocation
+    if stands is ConsentState.REVOKED:
+        return state.campaign(campaign).revocation
+    return None

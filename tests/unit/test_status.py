@@ -1,0 +1,55 @@
+"""Where a campaign's consent stands (``ledger.status``), as GetConsent says it and
+the projection's ``consent_status`` table stores it."""
+
+from __future__ import annotations
+
+import pytest
+
+from ledger.digest import digest_of
+from ledger.state import fold
+from ledger.status import ConsentState, consent_state, revocation_in_force
+from tests.builders import at, granted, record, resumed, revoked
+
+
+def stands(*events):
+    state = fold(record(list(events)))
+    digest = digest_of(state)
+    return consent_state(digest, "promo"), revocation_in_force(state, digest, "promo")
+
+
+def test_never_granted_until_a_grant_or_an_opt_out_is_on_record():
+    assert stands() == (ConsentState.NEVER_GRANTED, None)
+    assert stands(granted(at(0), "other")) == (ConsentState.NEVER_GRANTED, None)
+    assert stands(revoked(at(1)))[0] is ConsentState.REVOKED  # an opt-out on record stands
+
+
+def test_a_grant_stands_until_an_opt_out_of_the_campaign_or_the_brand():
+    assert stands(granted(at(0))) == (ConsentState.ACTIVE, None)
+    stop = revoked(at(1))
+    state, revocation = stands(granted(at(0)), stop)
+    assert state is ConsentState.REVOKED
+    assert revocation is not None and revocation.event == stop
+    stopall = revoked(at(1), None)
+    state, revocation = stands(granted(at(0)), stopall)
+    assert state is ConsentState.REVOKED_BRAND_WIDE
+    assert revocation is not None and revocation.event == stopall
+
+
+@pytest.mark.parametrize(
+    "after",
+    [granted(at(2)), resumed(at(2), "promo")],
+    ids=["a new grant", "a resume"],
+)
+def test_a_later_grant_or_resume_lifts_the_opt_out(after):
+    assert stands(granted(at(0)), revoked(at(1)), after) == (ConsentState.ACTIVE, None)
+
+
+def test_a_brand_wide_resume_does_not_lift_the_campaign_s_own_stop():
+    state, _ = stands(granted(at(0)), revoked(at(1)), revoked(at(2), None), resumed(at(3)))
+    assert state is ConsentState.REVOKED
+
+
+def test_a_reply_awaiting_review_outranks_every_other_state():
+    for events in ((), (granted(at(0)),), (granted(at(0)), revoked(at(1), None))):
+        digest = digest_of(fold(record(list(events))))
+        assert consent_state(digest, "promo", pending_review=True) is ConsentState.PENDING_REVIEW
