@@ -137,7 +137,7 @@ async def _stub(
                 self._caller(context, Scope.CHECK, request.brand)
             return canned
 
-    # The stub's CanSend asks nothing of an app.
+    # The stub's CanSend asks nothing of the use cases.
     stub = Stub(None, auth or TokenAuthenticator({}))  # type: ignore[arg-type]
     # Without tokens the stub authenticates no one, before or after the body is read.
     server = GrpcServer(stub, f"127.0.0.1:{port}", authenticate=authenticate)

@@ -30,7 +30,6 @@ from services.adapters.kafka_ledger import KafkaLedger, UnsafeTopicError
 from services.adapters.kafka_projector import KafkaProjector
 from services.adapters.migrations import migrate
 from services.adapters.postgres_view import PostgresConsentView, read_pool
-from services.app import Clock, ConsentApp, utc_now
 from services.freshness import FreshnessGuard
 from services.grpc_api.auth import TokenAuthenticator, write_dev_tokens
 from services.grpc_api.credentials import TlsFiles, file_stamp, follow_tokens
@@ -41,6 +40,8 @@ from services.metrics import ServiceMetrics, TimedAppends, read_on_loop
 from services.projector import Projector, supervise
 from services.rate_limits import CallerLimits
 from services.settings import Settings, host_and_port, is_loopback
+from services.usecases import UseCases
+from services.usecases.context import Clock, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ class Runtime:
     ledger: Ledger | None = None
     view: ConsentView | None = None
     guard: FreshnessGuard | None = None
-    app: ConsentApp | None = None
+    usecases: UseCases | None = None
     server: GrpcServer | None = None
     dev_token: str | None = None
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
@@ -279,7 +280,7 @@ class Runtime:
         watched = self.view if replica is None else replica
         self.guard = FreshnessGuard(self.ledger, watched, s.freshness)
         await self.guard.start()
-        self.app = ConsentApp(
+        self.usecases = UseCases.build(
             TimedAppends(self.ledger, self.metrics),
             self.view,
             self.guard,
@@ -288,11 +289,13 @@ class Runtime:
             future_horizon=s.cansend_future_horizon,
         )
         self.metrics.guard, self.metrics.replica = self.guard, replica
-        self.metrics.overdue = read_on_loop(asyncio.get_running_loop(), self.app.overdue_candidates)
+        self.metrics.overdue = read_on_loop(
+            asyncio.get_running_loop(), self.usecases.review.overdue_candidates
+        )
         if s.metrics_listen:  # before gRPC: a port in use stops the start, not a served process
             self._serve_metrics(s.metrics_listen)
         server = GrpcServer(
-            ConsentServicer(self.app, auth, self.metrics, write_timeout=s.write_timeout),
+            ConsentServicer(self.usecases, auth, self.metrics, write_timeout=s.write_timeout),
             s.listen,
             credentials=credentials,
             health_listen=s.health_listen,

@@ -1,14 +1,14 @@
 """The ConsentService servicer: proto in, one use case, proto out.
 
 Each method authenticates, checks the caller's scope and brand, translates the
-request with ``services.wire.api``, calls ``ConsentApp`` and translates back.
-Errors leave through ``translate_errors`` (one mapping for the whole API). The
-exception is the family of CanSend queries: an internal failure there answers
-"not allowed" with ``REASON_INTERNAL_ERROR``, never an error a caller could
-mistake for a missing rule. They parse every wire field of the request before
-the call, so a ``WireFormatError`` during it comes from stored data this code
-cannot decode (a row from a newer writer, during a rolling upgrade, say): such a
-failure too, not the caller's INVALID_ARGUMENT.
+request with ``services.wire.api``, calls the use case (``services.usecases``) and
+translates back. Errors leave through ``translate_errors`` (one mapping for the
+whole API). The exception is the family of CanSend queries (``_fail_closed``): an
+internal failure there answers "not allowed" with ``REASON_INTERNAL_ERROR``, never
+an error a caller could mistake for a missing rule. They parse every wire field of
+the request before the call, so a ``WireFormatError`` during it comes from stored
+data this code cannot decode (a row from a newer writer, during a rolling upgrade,
+say): such a failure too, not the caller's INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from consent.v1 import consent_service_pb2 as api_pb2
@@ -26,25 +26,19 @@ from consent.v1 import consent_service_pb2_grpc as api_grpc
 from consent.v1 import ledger_pb2
 
 from ledger.commands import HandleInboundMessage, check_name
-from ledger.digest import digest_of
 from ledger.errors import DomainError, InvalidRequest
-from ledger.events import ANY_BRAND, MessageKind, Recorded
+from ledger.events import ANY_BRAND, MessageKind
 from ledger.phone import to_e164
-from ledger.policy import Decision, Reason, deny, standing
+from ledger.policy import Decision, Reason, deny
 from ledger.ports import ConsistencyToken
 from ledger.validation import Violations
-from services.app import ConsentApp, WriteResult, check_target, invalid_entries
-from services.errors import (
-    NotConsistent,
-    PermissionDenied,
-    ServiceError,
-    ShuttingDown,
-    StoreUnavailable,
-)
+from services.errors import PermissionDenied, ServiceError, ShuttingDown, StoreUnavailable
 from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
 from services.grpc_api.deadlines import within, write_budget
 from services.grpc_api.errors import translate_errors, translate_stream_errors
 from services.metrics import ServiceMetrics
+from services.usecases import UseCases
+from services.usecases.checks import BatchResult, CheckResult, check_target
 from services.wire import api, codec
 
 log = logging.getLogger(__name__)
@@ -52,6 +46,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 1000
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+R = TypeVar("R")
 
 
 def _token(text: str) -> ConsistencyToken | None:
@@ -111,46 +106,35 @@ def _target(
     return checks
 
 
-def _internal_error(exc: Exception | None = None) -> Decision:
-    if isinstance(exc, StoreUnavailable):  # an outage, said as such: which store, which bound
-        return deny(Reason.INTERNAL_ERROR, f"{exc}; not allowed")
-    return deny(Reason.INTERNAL_ERROR, "the service could not answer; not allowed")
-
-
-def _log_failed(what: str, exc: Exception) -> None:
-    """A check that could not be answered: a timed-out query is an outage, logged in
-    a line; anything else is a bug, logged with its traceback."""
-    if isinstance(exc, StoreUnavailable):
-        log.warning("%s failed; answering not allowed: %s", what, exc)
-    else:
+async def _fail_closed(what: str, answer: Awaitable[R], failed: Callable[[Decision], R]) -> R:
+    """``answer``; or, when it fails for any reason other than the request's own
+    errors, ``failed`` of a "not allowed" (``REASON_INTERNAL_ERROR``). A timed-out
+    query is an outage, said as such (which store, which bound) and logged in a
+    line; anything else is a bug, logged with its traceback."""
+    try:
+        return await answer
+    except (DomainError, ServiceError):  # the request's own errors
+        raise
+    except Exception as exc:
+        if isinstance(exc, StoreUnavailable):
+            log.warning("%s failed; answering not allowed: %s", what, exc)
+            return failed(deny(Reason.INTERNAL_ERROR, f"{exc}; not allowed"))
         log.exception("%s failed; answering not allowed", what)
-
-
-def _write_rpc(response: type[Any], scope: Scope = Scope.WRITE) -> Any:
-    """A write RPC: the same steps for every write, answered with its own response type,
-    and named after its method (``RecordOptInResponse``: ``RecordOptIn``) for logs and
-    metrics."""
-
-    async def rpc(self: ConsentServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        written = await self.write(request, context, scope)
-        return response(event_ids=written.event_ids, consistency_token=written.token.encode())
-
-    rpc.__name__ = rpc.__qualname__ = response.__name__.removesuffix("Response")
-    return translate_errors(rpc)
+        return failed(deny(Reason.INTERNAL_ERROR, "the service could not answer; not allowed"))
 
 
 # The generated base is untyped to mypy (generated code is excluded from checks).
 class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
-        app: ConsentApp,
+        usecases: UseCases,
         auth: TokenAuthenticator,
         metrics: ServiceMetrics | None = None,
         *,
         write_timeout: float = 10.0,
     ) -> None:
         """``write_timeout``: seconds a write may wait at most (``write_budget``)."""
-        self.app = app
+        self.usecases = usecases
         self.auth = auth
         self.metrics = metrics or ServiceMetrics()
         self.write_timeout = write_timeout
@@ -172,16 +156,6 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         principal.require(scope, brand)
         return principal
 
-    async def _fresh_enough(self, at_least_as_fresh: str) -> bool:
-        """True when no token was given, or the view has applied it within the bound."""
-        token = _token(at_least_as_fresh)
-        return token is None or await self.app.guard.wait_for_token(token)
-
-    async def _require_fresh(self, at_least_as_fresh: str) -> None:
-        """``_fresh_enough``, for reads that answer an error rather than a decision."""
-        if not await self._fresh_enough(at_least_as_fresh):
-            raise NotConsistent("at_least_as_fresh", "the view has not applied the token yet")
-
     # ---- CanSend and friends: fail closed ----------------------------------------------
 
     @translate_errors
@@ -190,17 +164,13 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     ) -> api_pb2.CanSendResponse:
         self._caller(context, Scope.CHECK, request.brand)
         at, kind, token = _check_fields(request, request.phone)
-        try:
-            result = await self.app.can_send(
+        result = await _fail_closed(
+            "CanSend",
+            self.usecases.checks.can_send(
                 request.phone, request.brand, request.campaign, at=at, kind=kind, token=token
-            )
-        except (DomainError, ServiceError):  # the request's own errors
-            raise
-        except Exception as exc:
-            _log_failed("CanSend", exc)
-            failed = _internal_error(exc)
-            self.metrics.decided("CanSend", failed)
-            return api.decision_to_proto(failed)
+            ),
+            CheckResult.failed,
+        )
         self.metrics.decided("CanSend", result.decision)
         response = api.decision_to_proto(result.decision, result.token.encode())
         response.provisional = result.provisional
@@ -214,22 +184,16 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self._caller(context, Scope.CHECK, request.brand)
         at, kind, token = _check_fields(request, None)
         phones: Sequence[str] = list(request.phones)
-        try:
-            result = await self.app.can_send_batch(
+        result = await _fail_closed(
+            "CanSendBatch",
+            self.usecases.checks.can_send_batch(
                 phones, request.brand, request.campaign, at=at, kind=kind, token=token
-            )
-            decisions, encoded = result.decisions, result.token.encode()
-            provisional = result.provisional
-        except (DomainError, ServiceError):  # the request's own errors
-            raise
-        except Exception as exc:
-            _log_failed("CanSendBatch", exc)
-            decisions, encoded, provisional = [_internal_error(exc)] * len(phones), "", False
-            for i, refused in invalid_entries(phones).items():  # still said in its place
-                decisions[i] = refused
-        self.metrics.decided_all("CanSendBatch", decisions)
-        response = api.batch_to_proto(phones, decisions, encoded)
-        response.provisional = provisional
+            ),
+            lambda failed: BatchResult.failed(phones, failed),
+        )
+        self.metrics.decided_all("CanSendBatch", result.decisions)
+        response = api.batch_to_proto(phones, result.decisions, result.token.encode())
+        response.provisional = result.provisional
         return response
 
     @translate_errors
@@ -244,20 +208,22 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             lambda: _token(request.at_least_as_fresh),
             *_target(request.phone, request.brand, request.campaign),
         )
-        at = api.required_time(request, "at")
-        known_at = api.optional_time(request, "known_at")
-        kind = api.message_kind_from_proto(request.message_kind)
-        token = _token(request.at_least_as_fresh)
-        try:
-            result = await self.app.can_send_as_of(
-                request.phone, request.brand, request.campaign, at, known_at, kind=kind, token=token
-            )
-        except (DomainError, ServiceError):  # the request's own errors
-            raise
-        except Exception as exc:
-            _log_failed("CanSendAsOf", exc)
-            return api.decision_to_as_of_proto(_internal_error(exc))
+        result = await _fail_closed(
+            "CanSendAsOf",
+            self.usecases.checks.can_send_as_of(
+                request.phone,
+                request.brand,
+                request.campaign,
+                api.required_time(request, "at"),
+                api.optional_time(request, "known_at"),
+                kind=api.message_kind_from_proto(request.message_kind),
+                token=_token(request.at_least_as_fresh),
+            ),
+            CheckResult.failed,
+        )
         return api.decision_to_as_of_proto(result.decision, result.token.encode())
+
+    # ---- audit and review: errors, not decisions ----------------------------------------
 
     @translate_errors
     async def GetConsent(
@@ -268,48 +234,27 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             lambda: _token(request.at_least_as_fresh),
             *_target(request.phone, request.brand, request.campaign),
         )
-        await self._require_fresh(request.at_least_as_fresh)
-        snapshot = await self.app.get_consent(request.phone, request.brand, request.campaign)
-        state = snapshot.state
-        cc = state.campaign(request.campaign)
-        digest = digest_of(state)
-        current = standing(digest, digest.campaign(request.campaign))
-        pending = [*state.pending_candidates(), *snapshot.phone_wide]
-        revocation = None
-        if current.revocation is not None:
-            revocation = state.brand_revocation if current.brand_wide else cc.revocation
-        if pending:
-            status = api_pb2.CONSENT_STATE_PENDING_REVIEW
-        elif current.active:
-            status = api_pb2.CONSENT_STATE_ACTIVE
-        elif current.revocation is not None:
-            status = (
-                api_pb2.CONSENT_STATE_REVOKED_BRAND_WIDE
-                if current.brand_wide
-                else api_pb2.CONSENT_STATE_REVOKED
-            )
-        else:
-            status = api_pb2.CONSENT_STATE_NEVER_GRANTED
+        consent = await self.usecases.audit.get_consent(
+            request.phone, request.brand, request.campaign, _token(request.at_least_as_fresh)
+        )
         response = api_pb2.GetConsentResponse(
-            state=status,
-            consistency_token=snapshot.token.encode(),
+            state=api.CONSENT_STATES.to_proto(consent.state),
+            consistency_token=consent.token.encode(),
             pending_revocation_candidates=[
-                codec.recorded_to_proto(c.as_recorded()) for c in pending
+                codec.recorded_to_proto(c.as_recorded()) for c in consent.pending
             ],
-            regions=digest.regions,
+            regions=consent.regions,
+            proof_missing_fields=consent.proof_missing,
         )
         for name, fact in (
-            ("grant", cc.grant),
-            ("revocation", revocation),
-            ("reconfirmation", cc.reconfirmation),
-            ("age_verification", state.age),
-            ("location", state.location),
+            ("grant", consent.grant),
+            ("revocation", consent.revocation),
+            ("reconfirmation", consent.reconfirmation),
+            ("age_verification", consent.age_verification),
+            ("location", consent.location),
         ):
             if fact is not None:
                 getattr(response, name).CopyFrom(codec.recorded_to_proto(fact.as_recorded()))
-        if cc.grant is not None:
-            granted = cc.grant.event
-            response.proof_missing_fields.extend(granted.proof.template_missing(granted.method))
         return response
 
     @translate_errors
@@ -328,14 +273,15 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         )
         size = _page_size(request.page_size)
         start = _page_start(request.page_token)
-        await self._require_fresh(request.at_least_as_fresh)
-        events: list[Recorded] = await self.app.history(request.phone, brand)
-        page = events[start : start + size]
+        history = await self.usecases.audit.history(
+            request.phone, brand, _token(request.at_least_as_fresh)
+        )
+        events = history.value
         more = start + size < len(events)
         return api_pb2.ListEventsResponse(
-            events=[codec.recorded_to_proto(r) for r in page],
+            events=[codec.recorded_to_proto(r) for r in events[start : start + size]],
             next_page_token=_page_token(start + size) if more else "",
-            consistency_token=self.app.guard.applied_token().encode(),
+            consistency_token=history.token.encode(),
         )
 
     @translate_errors
@@ -351,19 +297,22 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             *_target(None, None if request.brand == ANY_BRAND else request.brand),
         )
         size = _page_size(request.page_size)
-        after = _queue_after(request.page_token)
-        await self._require_fresh(request.at_least_as_fresh)
-        pending = await self.app.revocation_candidates(
-            request.brand, after, size + 1, overdue_only=request.overdue_only
+        queue = await self.usecases.review.revocation_candidates(
+            request.brand,
+            _queue_after(request.page_token),
+            size + 1,
+            overdue_only=request.overdue_only,
+            token=_token(request.at_least_as_fresh),
         )
-        page = pending[:size]
-        now = self.app.clock()
+        page = queue.candidates[:size]
+        more = len(queue.candidates) > size
         return api_pb2.ListRevocationCandidatesResponse(
             candidates=[codec.recorded_to_proto(q.candidate.as_recorded()) for q in page],
-            next_page_token=_queue_token(page[-1].position) if len(pending) > size else "",
-            consistency_token=self.app.guard.applied_token().encode(),
+            next_page_token=_queue_token(page[-1].position) if more else "",
+            consistency_token=queue.token.encode(),
             deadlines=[
-                api.candidate_deadline_to_proto(q.candidate.event_id, q.due_at, now) for q in page
+                api.candidate_deadline_to_proto(q.candidate.event_id, q.due_at, queue.now)
+                for q in page
             ],
         )
 
@@ -378,7 +327,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             lambda: _start_once(request),
             *_target(None, request.brand, campaign),
         )
-        changes = self.app.watch_changes(
+        changes = self.usecases.audit.watch_changes(
             request.brand,
             _resume_token(request.resume_token),
             from_now=request.from_now,
@@ -414,35 +363,92 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             lambda: _token(request.at_least_as_fresh),
             *_target(None, request.brand, campaign),
         )
-        start = api.optional_time(request, "start_time")
-        end = api.optional_time(request, "end_time")
-        await self._require_fresh(request.at_least_as_fresh)
-        rate = await self.app.opt_out_rate(request.brand, campaign, start, end)
-        return api.opt_out_rate_to_proto(rate, self.app.guard.applied_token().encode())
+        rate = await self.usecases.audit.opt_out_rate(
+            request.brand,
+            campaign,
+            api.optional_time(request, "start_time"),
+            api.optional_time(request, "end_time"),
+            _token(request.at_least_as_fresh),
+        )
+        return api.opt_out_rate_to_proto(rate.value, rate.token.encode())
 
     # ---- writes ------------------------------------------------------------------------
 
-    async def write(
-        self, request: Any, context: grpc.aio.ServicerContext, scope: Scope
-    ) -> WriteResult:
-        """Every plain write: authorize for the request's brand, translate, record."""
+    async def _record(
+        self,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        response: Callable[..., R],
+        scope: Scope = Scope.WRITE,
+    ) -> R:
+        """Every plain write: authorize for the request's brand, translate, record,
+        and answer with the ``response`` type's event ids and token."""
         principal = self._caller(context, scope, request.brand)
         command = api.command_from_proto(request)
         assert not isinstance(command, HandleInboundMessage)
         budget = write_budget(context, self.write_timeout)
-        return await within(budget, self.app.record(command, recorded_by=principal.name))
+        written = await within(
+            budget, self.usecases.writes.record(command, recorded_by=principal.name)
+        )
+        return response(event_ids=written.event_ids, consistency_token=written.token.encode())
 
-    RecordOptIn = _write_rpc(api_pb2.RecordOptInResponse)
-    RecordOptOut = _write_rpc(api_pb2.RecordOptOutResponse)
-    RecordReconfirmation = _write_rpc(api_pb2.RecordReconfirmationResponse)
-    RecordMessageSent = _write_rpc(api_pb2.RecordMessageSentResponse)
-    RecordAgeVerification = _write_rpc(api_pb2.RecordAgeVerificationResponse)
-    RecordSubscriberLocation = _write_rpc(api_pb2.RecordSubscriberLocationResponse)
-    DefineCampaign = _write_rpc(api_pb2.DefineCampaignResponse, Scope.ADMIN)
-    ChangeCampaignPolicy = _write_rpc(api_pb2.ChangeCampaignPolicyResponse, Scope.ADMIN)
-    # Putting revoke-all in force early only narrows what may be sent (it cannot be
-    # turned off), as resolving a candidate as revoked does: the brand's write scope.
-    SetBrandPolicy = _write_rpc(api_pb2.SetBrandPolicyResponse)
+    @translate_errors
+    async def RecordOptIn(
+        self, request: api_pb2.RecordOptInRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.RecordOptInResponse:
+        return await self._record(request, context, api_pb2.RecordOptInResponse)
+
+    @translate_errors
+    async def RecordOptOut(
+        self, request: api_pb2.RecordOptOutRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.RecordOptOutResponse:
+        return await self._record(request, context, api_pb2.RecordOptOutResponse)
+
+    @translate_errors
+    async def RecordReconfirmation(
+        self, request: api_pb2.RecordReconfirmationRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.RecordReconfirmationResponse:
+        return await self._record(request, context, api_pb2.RecordReconfirmationResponse)
+
+    @translate_errors
+    async def RecordMessageSent(
+        self, request: api_pb2.RecordMessageSentRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.RecordMessageSentResponse:
+        return await self._record(request, context, api_pb2.RecordMessageSentResponse)
+
+    @translate_errors
+    async def RecordAgeVerification(
+        self, request: api_pb2.RecordAgeVerificationRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.RecordAgeVerificationResponse:
+        return await self._record(request, context, api_pb2.RecordAgeVerificationResponse)
+
+    @translate_errors
+    async def RecordSubscriberLocation(
+        self, request: api_pb2.RecordSubscriberLocationRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.RecordSubscriberLocationResponse:
+        return await self._record(request, context, api_pb2.RecordSubscriberLocationResponse)
+
+    @translate_errors
+    async def DefineCampaign(
+        self, request: api_pb2.DefineCampaignRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.DefineCampaignResponse:
+        return await self._record(request, context, api_pb2.DefineCampaignResponse, Scope.ADMIN)
+
+    @translate_errors
+    async def ChangeCampaignPolicy(
+        self, request: api_pb2.ChangeCampaignPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ChangeCampaignPolicyResponse:
+        return await self._record(
+            request, context, api_pb2.ChangeCampaignPolicyResponse, Scope.ADMIN
+        )
+
+    @translate_errors
+    async def SetBrandPolicy(
+        self, request: api_pb2.SetBrandPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.SetBrandPolicyResponse:
+        # Putting revoke-all in force early only narrows what may be sent (it cannot be
+        # turned off), as resolving a candidate as revoked does: the brand's write scope.
+        return await self._record(request, context, api_pb2.SetBrandPolicyResponse)
 
     @translate_errors
     async def ResolveRevocationCandidate(
@@ -452,15 +458,17 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         # write may. Anything else (dismissing it) lifts the block the review holds on
         # the number: a reviewer's judgement, so the admin scope, not a gateway's write.
         revoked = request.resolution == ledger_pb2.CANDIDATE_RESOLUTION_REVOKED
-        written = await self.write(request, context, Scope.WRITE if revoked else Scope.ADMIN)
-        return api_pb2.ResolveRevocationCandidateResponse(
-            event_ids=written.event_ids, consistency_token=written.token.encode()
+        return await self._record(
+            request,
+            context,
+            api_pb2.ResolveRevocationCandidateResponse,
+            Scope.WRITE if revoked else Scope.ADMIN,
         )
 
     @translate_errors
     async def HandleInboundMessage(
         self, request: api_pb2.HandleInboundMessageRequest, context: grpc.aio.ServicerContext
-    ) -> Any:
+    ) -> api_pb2.HandleInboundMessageResponse:
         principal = self._caller(context, Scope.WRITE)
         command = api.command_from_proto(request)
         assert isinstance(command, HandleInboundMessage)
@@ -479,7 +487,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         unowned = next(iter(brands)) if brands is not None and len(brands) == 1 else ANY_BRAND
         result = await within(
             write_budget(context, self.write_timeout),
-            self.app.handle_inbound(
+            self.usecases.writes.handle_inbound(
                 command, authorize=authorize, recorded_by=principal.name, unowned_brand=unowned
             ),
         )

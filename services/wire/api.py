@@ -45,11 +45,13 @@ from ledger.events import ConsentProof, ListSource, MessageKind
 from ledger.keywords import Intent
 from ledger.opt_out_rate import OptOutRate
 from ledger.policy import Decision, Obligation, Reason
+from ledger.status import ConsentState
 from ledger.validation import Violations
 from services.wire import codec
 from services.wire.enums import EnumMap, WireFormatError
 
 __all__ = [
+    "CONSENT_STATES",
     "INTENTS",
     "OBLIGATIONS",
     "REASONS",
@@ -71,6 +73,7 @@ REASONS = EnumMap(Reason, api_pb2.Reason)
 OBLIGATIONS = EnumMap(Obligation, api_pb2.Obligation)
 INTENTS = EnumMap(Intent, api_pb2.InboundIntent)
 REPLY_KINDS = EnumMap(ReplyKind, api_pb2.ReplyKind)
+CONSENT_STATES = EnumMap(ConsentState, api_pb2.ConsentState)
 
 # --- small readers, shared with the servicer --------------------------------------
 

@@ -140,9 +140,9 @@ def test_the_build_context_holds_what_the_dockerfile_copies() -> None:
     for source in sources:
         assert in_context(source.rstrip("/")), source
         assert (REPO_ROOT / source).exists(), source
-    assert not in_context("tests/unit/test_app.py")
+    assert not in_context("tests/unit/test_writes.py")
     assert not in_context(".venv/bin/python")
-    assert not in_context("services/__pycache__/app.cpython-311.pyc")
+    assert not in_context("services/usecases/__pycache__/writes.cpython-311.pyc")
 
 
 @pytest.fixture(scope="module")

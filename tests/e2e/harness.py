@@ -20,10 +20,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from services.app import Clock, utc_now
 from services.bootstrap import Runtime
 from services.grpc_api.auth import token_digest
 from services.settings import FreshnessSettings, KafkaLedgerSettings, Settings
+from services.usecases.context import Clock, utc_now
 from tests.builders import proof_proto as proof
 
 TOKENS = {

@@ -63,7 +63,9 @@ async def two_instances(request, tmp_path, postgres_dsn, kafka_bootstrap):
         runtime = Runtime(settings, clock=lambda: when)
         await runtime.start()
         runtimes.append(runtime)
-        assert isinstance(runtime.app.reads, DigestReplica) == (request.param == "replica")
+        assert runtime.usecases is not None
+        replica = isinstance(runtime.usecases.checks.reads, DigestReplica)
+        assert replica == (request.param == "replica")
     async with client(runtimes[0].address) as admin:
         w = await admin.DefineCampaign(define("acme", "promo", when - timedelta(days=1)))
     for runtime in runtimes:

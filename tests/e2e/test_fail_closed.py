@@ -43,7 +43,7 @@ async def test_a_failing_read_model_answers_not_allowed_for_single_and_batch(
                 raise FAILURES[failure]
 
             # The replica, or the view behind the read batcher.
-            target = runtime.app.reads if reads == "replica" else runtime.view
+            target = runtime.usecases.checks.reads if reads == "replica" else runtime.view
             target.digests = broken  # type: ignore[method-assign, union-attr]
             one = await c.CanSend(
                 api.CanSendRequest(phone="+14155552671", brand="acme", campaign="promo")

@@ -18,17 +18,17 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 async def test_shutdown_reports_not_serving_and_lets_in_flight_calls_finish(tmp_path, postgres_dsn):
     runtime = Runtime(service_settings(tmp_path, postgres_dsn, kafka=None))
     await runtime.start()
-    app = runtime.app
-    assert app is not None
+    assert runtime.usecases is not None
+    checks = runtime.usecases.checks
     entered, release = asyncio.Event(), asyncio.Event()
-    real = app.can_send
+    real = checks.can_send
 
     async def slow(*args, **kwargs):
         entered.set()
         await release.wait()
         return await real(*args, **kwargs)
 
-    app.can_send = slow  # type: ignore[method-assign]
+    checks.can_send = slow  # type: ignore[method-assign]
     async with (
         client(runtime.address, "acme-app") as c,
         grpc.aio.insecure_channel(runtime.address) as channel,
@@ -42,7 +42,8 @@ async def test_shutdown_reports_not_serving_and_lets_in_flight_calls_finish(tmp_
         in_flight = asyncio.create_task(
             c.CanSend(api.CanSendRequest(phone="+14155552671", brand="acme", campaign="promo"))
         )
-        # Bounded: if CanSend stops going through ``app.can_send``, fail here, not at the timeout.
+        # Bounded: if CanSend stops going through ``Checks.can_send``, fail here, not at
+        # the timeout.
         await asyncio.wait_for(entered.wait(), 10)
         stopping = asyncio.create_task(runtime.stop())
         update = await asyncio.wait_for(watch.read(), 5)

@@ -306,23 +306,23 @@ def test_the_clock_skew_bound_still_holds_for_a_far_future_fact() -> None:
 
 async def test_a_batch_answers_a_non_number_in_its_place_and_the_others_as_usual() -> None:
     from ledger.policy import Reason
-    from tests.unit.test_app import define, opt_in, running
+    from tests.unit.usecase_harness import define, opt_in, running
 
     async with running() as (app, _):
-        await app.record(define())
-        written = await app.record(opt_in("r1"))
+        await app.writes.record(define())
+        written = await app.writes.record(opt_in("r1"))
         phones = ["+14155552671", "not a number", "+1415555\u200b2671", "+15551234567"]
-        result = await app.can_send_batch(phones, "acme", "promo", token=written.token)
+        result = await app.checks.can_send_batch(phones, "acme", "promo", token=written.token)
         reasons = [d.reason for d in result.decisions]
         assert reasons[0] != Reason.INVALID_PHONE and result.decisions[0].allowed
         assert reasons[1:] == [Reason.INVALID_PHONE] * 3
         assert not any(d.allowed for d in result.decisions[1:])
         assert all("E.164, for example +14155552671" in d.detail for d in result.decisions[1:])
         with pytest.raises(DomainError) as err:  # a bad brand or campaign fails it whole
-            await app.can_send_batch(phones, "acme", "promo\n")
+            await app.checks.can_send_batch(phones, "acme", "promo\n")
         assert [f for f, _ in err.value.violations] == ["campaign"]
         with pytest.raises(DomainError) as err:  # and a single check names every bad field
-            await app.can_send("nope", "Acme", "promo\n")
+            await app.checks.can_send("nope", "Acme", "promo\n")
         assert [f for f, _ in err.value.violations] == ["brand", "campaign", "phone"]
 
 

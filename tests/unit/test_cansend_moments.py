@@ -12,9 +12,10 @@ from ledger.commands import DefineCampaign, RecordMessageSent, RecordOptOut
 from ledger.errors import InvalidRequest
 from ledger.events import MessageKind, RevocationChannel
 from ledger.policy import Reason
-from services.app import ConsentApp
+from services.usecases.checks import Checks
+from services.usecases.context import Context
 from tests.builders import BRAND, PHONE, at
-from tests.unit.test_app import NOW, define, ledger_at_now, opt_in, running
+from tests.unit.usecase_harness import NOW, define, ledger_at_now, opt_in, running
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 OTHER = "+14155550199"
@@ -22,36 +23,42 @@ OTHER = "+14155550199"
 
 async def test_a_check_for_a_past_moment_counts_no_grant_given_after_it():
     async with running(ledger=ledger_at_now()) as (app, _):
-        await app.record(define())
-        granted = await app.record(opt_in("r1"))  # at(0)
-        before = await app.can_send(PHONE, BRAND, "promo", at=at(-10), token=granted.token)
+        await app.writes.record(define())
+        granted = await app.writes.record(opt_in("r1"))  # at(0)
+        before = await app.checks.can_send(PHONE, BRAND, "promo", at=at(-10), token=granted.token)
         assert not before.decision.allowed and before.decision.reason is Reason.NO_CONSENT
         assert not before.provisional
-        assert (await app.can_send(PHONE, BRAND, "promo", token=granted.token)).decision.allowed
+        assert (
+            await app.checks.can_send(PHONE, BRAND, "promo", token=granted.token)
+        ).decision.allowed
 
 
 async def test_a_check_for_a_past_moment_answers_as_the_check_as_of_does():
     async with running(ledger=ledger_at_now()) as (app, _):
-        await app.record(define())
-        await app.record(opt_in("r1"))
+        await app.writes.record(define())
+        await app.writes.record(opt_in("r1"))
         stop = RecordOptOut("r2", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(30))
-        written = await app.record(stop)
+        written = await app.writes.record(stop)
         for moment in (at(-10), at(10), at(30), at(45)):
-            single = await app.can_send(PHONE, BRAND, "promo", at=moment, token=written.token)
-            audit = await app.can_send_as_of(PHONE, BRAND, "promo", moment)
+            single = await app.checks.can_send(
+                PHONE, BRAND, "promo", at=moment, token=written.token
+            )
+            audit = await app.checks.can_send_as_of(PHONE, BRAND, "promo", moment)
             assert single.decision == audit.decision, moment
-            batch = await app.can_send_batch(
+            batch = await app.checks.can_send_batch(
                 [PHONE, OTHER, PHONE], BRAND, "promo", at=moment, token=written.token
             )
             assert batch.decisions == [audit.decision, batch.decisions[1], audit.decision]
             assert batch.decisions[1].reason is Reason.NO_CONSENT and not batch.provisional
-        assert (await app.can_send(PHONE, BRAND, "promo", at=at(10))).decision.allowed
+        assert (await app.checks.can_send(PHONE, BRAND, "promo", at=at(10))).decision.allowed
 
 
 async def test_a_past_batch_answers_a_phone_that_is_not_a_number_in_its_place():
     async with running(ledger=ledger_at_now()) as (app, _):
-        await app.record(define())
-        result = await app.can_send_batch([PHONE, "not a number"], BRAND, "promo", at=at(-10))
+        await app.writes.record(define())
+        result = await app.checks.can_send_batch(
+            [PHONE, "not a number"], BRAND, "promo", at=at(-10)
+        )
         assert [d.reason for d in result.decisions][1] == Reason.INVALID_PHONE
         assert not result.decisions[1].allowed
         assert result.decisions[0].reason != Reason.INVALID_PHONE
@@ -60,42 +67,43 @@ async def test_a_past_batch_answers_a_phone_that_is_not_a_number_in_its_place():
 async def test_a_check_ahead_of_now_is_provisional_and_plans_around_quiet_hours_and_caps():
     async with running(ledger=ledger_at_now()) as (app, _):
         capped = CampaignPolicy(frequency_caps=(FrequencyCap(1, timedelta(hours=6)),))
-        await app.record(DefineCampaign("d", BRAND, "promo", capped, at(0) - timedelta(days=1)))
-        await app.record(opt_in("r1"))
+        await app.writes.record(
+            DefineCampaign("d", BRAND, "promo", capped, at(0) - timedelta(days=1))
+        )
+        await app.writes.record(opt_in("r1"))
         sent = RecordMessageSent("s1", PHONE, BRAND, "promo", "m1", MessageKind.REGULAR, NOW)
-        written = await app.record(sent)
-        now = await app.can_send(PHONE, BRAND, "promo", token=written.token)
+        written = await app.writes.record(sent)
+        now = await app.checks.can_send(PHONE, BRAND, "promo", token=written.token)
         assert not now.provisional and now.decision.reason is Reason.FREQUENCY_CAP_REACHED
         # NOW is 11:00 in Los Angeles: at 23:00 quiet hours, the next morning free.
-        night = await app.can_send(PHONE, BRAND, "promo", at=NOW + timedelta(hours=12))
+        night = await app.checks.can_send(PHONE, BRAND, "promo", at=NOW + timedelta(hours=12))
         assert night.provisional and night.decision.reason is Reason.QUIET_HOURS
-        morning = await app.can_send(PHONE, BRAND, "promo", at=NOW + timedelta(hours=22))
+        morning = await app.checks.can_send(PHONE, BRAND, "promo", at=NOW + timedelta(hours=22))
         assert morning.provisional and morning.decision.allowed
-        batch = await app.can_send_batch([PHONE], BRAND, "promo", at=NOW + timedelta(days=30))
+        batch = await app.checks.can_send_batch(
+            [PHONE], BRAND, "promo", at=NOW + timedelta(days=30)
+        )
         assert batch.provisional and batch.decisions[0].allowed
 
 
 @pytest.mark.parametrize("batch", [False, True])
 async def test_a_check_beyond_the_horizon_is_refused_on_at(batch):
     async with running(ledger=ledger_at_now()) as (app, _):
-        await app.record(define())
+        await app.writes.record(define())
         beyond = NOW + timedelta(days=30, seconds=1)
         with pytest.raises(InvalidRequest) as err:
             if batch:
-                await app.can_send_batch([PHONE], BRAND, "promo", at=beyond)
+                await app.checks.can_send_batch([PHONE], BRAND, "promo", at=beyond)
             else:
-                await app.can_send(PHONE, BRAND, "promo", at=beyond)
+                await app.checks.can_send(PHONE, BRAND, "promo", at=beyond)
         assert err.value.field == "at" and "30 days" in err.value.reason
 
 
 async def test_the_horizon_is_the_apps_setting():
     async with running(ledger=ledger_at_now()) as (app, _):
-        await app.record(define())
-        short = ConsentApp(
-            app.ledger,
-            app.view,
-            app.guard,
-            clock=lambda: NOW,
+        await app.writes.record(define())
+        short = Checks(
+            Context(app.ledger, app.view, app.guard, clock=lambda: NOW),
             future_horizon=timedelta(days=1),
         )
         with pytest.raises(InvalidRequest):

@@ -34,7 +34,7 @@ from tests.builders import (
     revoked,
     sent,
 )
-from tests.unit.test_app import NOW, ledger_at_now, opt_in, running
+from tests.unit.usecase_harness import NOW, ledger_at_now, opt_in, running
 
 NUMBER = "+12125551234"
 PROMO = campaign("promo", sender_numbers=(NUMBER,))
@@ -241,17 +241,21 @@ async def test_a_recorded_send_keeps_whether_it_earned_its_exemption():
         capped = CampaignPolicy(
             sender_numbers=(NUMBER,), frequency_caps=(FrequencyCap(1, timedelta(days=1)),)
         )
-        await app.record(DefineCampaign("d", "acme", "promo", capped, at(-60 * 24)))
-        await app.record(opt_in("r1"))
+        await app.writes.record(DefineCampaign("d", "acme", "promo", capped, at(-60 * 24)))
+        await app.writes.record(opt_in("r1"))
 
         def reply(request_id: str, kind: MessageKind) -> RecordMessageSent:
             return RecordMessageSent(request_id, PHONE, "acme", "promo", request_id, kind, NOW)
 
         # A "help reply" no HELP asked for counts like any other message.
-        written = await app.record(reply("h1", MessageKind.HELP_REPLY))
-        d = await app.can_send(PHONE, "acme", "promo", token=written.token)
+        written = await app.writes.record(reply("h1", MessageKind.HELP_REPLY))
+        d = await app.checks.can_send(PHONE, "acme", "promo", token=written.token)
         assert d.decision.reason is Reason.FREQUENCY_CAP_REACHED
-        sends = [r.event for r in await app.history(PHONE, "acme") if hasattr(r.event, "exempt")]
+        sends = [
+            r.event
+            for r in (await app.audit.history(PHONE, "acme")).value
+            if hasattr(r.event, "exempt")
+        ]
         assert [s.exempt for s in sends] == [False]
 
 
@@ -262,28 +266,32 @@ async def test_a_help_reply_after_a_help_is_recorded_as_owed_and_not_counted():
         capped = CampaignPolicy(
             sender_numbers=(NUMBER,), frequency_caps=(FrequencyCap(1, timedelta(days=1)),)
         )
-        await app.record(DefineCampaign("d", "acme", "promo", capped, at(-60 * 24)))
-        await app.record(opt_in("r1"))
-        first = await app.record(
+        await app.writes.record(DefineCampaign("d", "acme", "promo", capped, at(-60 * 24)))
+        await app.writes.record(opt_in("r1"))
+        first = await app.writes.record(
             RecordMessageSent("s1", PHONE, "acme", "promo", "m1", MessageKind.REGULAR, NOW)
         )
         await app.guard.wait_for_token(first.token)
-        asked = await app.handle_inbound(
+        asked = await app.writes.handle_inbound(
             HandleInboundMessage("i1", PHONE, NUMBER, "HELP", "SM-help", NOW)
         )
         assert asked.outcome.reply == ReplyKind.HELP
         await app.guard.wait_for_token(asked.write.token)
-        d = await app.can_send(PHONE, "acme", "promo", kind=MessageKind.HELP_REPLY)
+        d = await app.checks.can_send(PHONE, "acme", "promo", kind=MessageKind.HELP_REPLY)
         assert d.decision.allowed  # the cap is used up; the owed reply goes all the same
         help_reply = RecordMessageSent(
             "s2", PHONE, "acme", "promo", "m2", MessageKind.HELP_REPLY, NOW
         )
-        written = await app.record(help_reply)
+        written = await app.writes.record(help_reply)
         await app.guard.wait_for_token(written.token)
-        sends = [r.event for r in await app.history(PHONE, "acme") if hasattr(r.event, "exempt")]
+        sends = [
+            r.event
+            for r in (await app.audit.history(PHONE, "acme")).value
+            if hasattr(r.event, "exempt")
+        ]
         assert [(s.kind, s.exempt) for s in sends] == [
             (MessageKind.REGULAR, None),
             (MessageKind.HELP_REPLY, True),
         ]
-        again = await app.can_send(PHONE, "acme", "promo", kind=MessageKind.HELP_REPLY)
+        again = await app.checks.can_send(PHONE, "acme", "promo", kind=MessageKind.HELP_REPLY)
         assert again.decision.reason is Reason.REPLY_NOT_OWED

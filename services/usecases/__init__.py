@@ -1,0 +1,44 @@
+"""The use cases, by purpose: ``writes`` records facts, ``checks`` answers CanSend,
+``audit`` reads what is on record, ``review`` lists the replies awaiting review.
+
+Entry points (gRPC, CLI) build a request from their input and call one of them;
+they know the ports (``ledger.ports``), never a technology. ``UseCases.build`` makes
+all four on one ``Context``; ``services.bootstrap`` is the one place that does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from ledger.ports import ConsentView, Ledger
+from services.freshness import FreshnessGuard
+from services.usecases.audit import Audit
+from services.usecases.checks import DEFAULT_FUTURE_HORIZON, Checks, DigestReads
+from services.usecases.context import Clock, Context, utc_now
+from services.usecases.review import Review
+from services.usecases.writes import Writes
+
+
+@dataclass(frozen=True)
+class UseCases:
+    writes: Writes
+    checks: Checks
+    audit: Audit
+    review: Review
+
+    @classmethod
+    def build(
+        cls,
+        ledger: Ledger,
+        view: ConsentView,
+        guard: FreshnessGuard,
+        clock: Clock = utc_now,
+        *,
+        reads: DigestReads | None = None,
+        future_horizon: timedelta = DEFAULT_FUTURE_HORIZON,
+    ) -> UseCases:
+        """``reads`` answers CanSend's digests (by default the view, batched);
+        ``future_horizon`` is how far ahead a check may ask."""
+        ctx = Context(ledger, view, guard, clock)
+        return cls(Writes(ctx), Checks(ctx, reads, future_horizon), Audit(ctx), Review(ctx))

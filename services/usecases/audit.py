@@ -1,0 +1,178 @@
+"""What is on record: one number's consent (``GetConsent``), its events
+(``ListEvents``), a brand's opt-out rate (``GetOptOutRate``) and its changes as they
+are applied (``WatchConsentChanges``).
+
+An audit read answers an error, not a decision: one the view cannot serve fresh
+enough raises ``NotConsistent`` (UNAVAILABLE, retryable) rather than answer from
+stale rows. Each answer carries the token of the view it was read from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from ledger.commands import check_name, check_time
+from ledger.digest import digest_of
+from ledger.errors import InvalidRequest
+from ledger.events import (
+    ANY_BRAND,
+    AgeVerified,
+    ConsentGranted,
+    ConsentReconfirmed,
+    ConsentRevoked,
+    Recorded,
+    RevocationCandidateFlagged,
+)
+from ledger.opt_out_rate import DEFAULT_WINDOW, OptOutRate
+from ledger.phone import to_e164
+from ledger.ports import ConsistencyToken, Stream
+from ledger.state import Fact
+from ledger.status import ConsentState, consent_state, revocation_in_force
+from services import changes
+from services.errors import FailedPrecondition
+from services.usecases.context import Context
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Read(Generic[T]):
+    """An answer read from the view, and how fresh the view was."""
+
+    value: T
+    token: ConsistencyToken
+
+
+@dataclass(frozen=True)
+class Consent:
+    """A number's consent to one campaign of a brand, with the facts it stands on."""
+
+    state: ConsentState
+    token: ConsistencyToken
+    grant: Fact[ConsentGranted] | None = None
+    revocation: Fact[ConsentRevoked] | None = None
+    """The opt-out that stands (the campaign's own, or the brand-wide one)."""
+    reconfirmation: Fact[ConsentReconfirmed] | None = None
+    age_verification: Fact[AgeVerified] | None = None
+    location: Fact[Any] | None = None
+    pending: tuple[Fact[RevocationCandidateFlagged], ...] = ()
+    """Replies awaiting review that block sends: the brand's, then the number's STOPs
+    whose brand was unknown (``ANY_BRAND``), which deny every brand's sends."""
+    regions: tuple[str, ...] = ()
+    proof_missing: tuple[str, ...] = ()
+    """What the grant's proof lacks of the provider's template."""
+
+
+class Audit:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def get_consent(
+        self, phone: str, brand: str, campaign: str, token: ConsistencyToken | None = None
+    ) -> Consent:
+        """The number's consent to ``campaign`` of ``brand``: a campaign never defined
+        is refused, so a misspelt name cannot pass for "never granted"."""
+        number = to_e164(phone)
+        check_name(brand, "brand")
+        check_name(campaign, "campaign")
+        await self.ctx.require_fresh([number], "phone", token)
+        if not await self.ctx.campaign_known(brand, campaign):
+            raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
+        state = (await self.ctx.view.subscriber_states(brand, [number]))[number]
+        wide = (await self.ctx.view.subscriber_states(ANY_BRAND, [number]))[number]
+        digest = digest_of(state)
+        pending = (*state.pending_candidates(), *wide.pending_candidates())
+        cc = state.campaign(campaign)
+        grant = cc.grant
+        return Consent(
+            consent_state(digest, campaign, pending_review=bool(pending)),
+            self.ctx.applied_token(),
+            grant=grant,
+            revocation=revocation_in_force(state, digest, campaign),
+            reconfirmation=cc.reconfirmation,
+            age_verification=state.age,
+            location=state.location,
+            pending=pending,
+            regions=digest.regions,
+            proof_missing=(
+                ()
+                if grant is None
+                else tuple(grant.event.proof.template_missing(grant.event.method))
+            ),
+        )
+
+    async def history(
+        self, phone: str, brand: str | None, token: ConsistencyToken | None = None
+    ) -> Read[list[Recorded]]:
+        """The number's events (towards ``brand``, or every brand), in ledger order."""
+        number = to_e164(phone)
+        if brand is not None:
+            check_name(brand, "brand")
+        await self.ctx.require_fresh([number], "phone", token)
+        return Read(await self.ctx.view.history(number, brand), self.ctx.applied_token())
+
+    async def opt_out_rate(
+        self,
+        brand: str,
+        campaign: str | None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        token: ConsistencyToken | None = None,
+    ) -> Read[OptOutRate]:
+        """The brand's (or the campaign's) opt-out rate over ``[start, end)``: by
+        default the 30 days up to now. A campaign never defined is refused, so a
+        misspelt name cannot pass for a clean record."""
+        check_name(brand, "brand")
+        if campaign is not None:
+            check_name(campaign, "campaign")
+        now = self.ctx.clock()
+        end = now if end is None else check_time(end, now, "end_time")
+        if start is None:
+            if end < datetime.min.replace(tzinfo=UTC) + DEFAULT_WINDOW:
+                raise InvalidRequest("end_time", "is too early for the default window")
+            start = end - DEFAULT_WINDOW
+        elif start.tzinfo is None:
+            raise InvalidRequest("start_time", "must carry a time zone")
+        if start >= end:
+            raise InvalidRequest("start_time", "must be before end_time")
+        await self.ctx.require_fresh(None, "brand", token)
+        if campaign is not None and not await self.ctx.campaign_known(brand, campaign):
+            raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
+        counts = await self.ctx.view.sending_counts(brand, campaign, start, end)
+        return Read(OptOutRate(brand, campaign, start, end, counts), self.ctx.applied_token())
+
+    async def watch_changes(
+        self,
+        brand: str,
+        after: ConsistencyToken | None,
+        *,
+        from_now: bool = False,
+        campaign: str | None = None,
+        messages: bool = False,
+        stopping: asyncio.Event | None = None,
+    ) -> AsyncGenerator[tuple[Recorded, ConsistencyToken], None]:
+        """``services.changes.watch`` of ``brand``: after ``after``, after what the view
+        has applied now (``from_now``), or else from its first change; until
+        ``stopping`` is set."""
+        check_name(brand, "brand")
+        if campaign is not None:
+            check_name(campaign, "campaign")
+        if from_now:
+            start = await self.ctx.view.positions(Stream.SUBSCRIBERS)
+        else:
+            start = changes.resume_after(after) if after is not None else {}
+        types = changes.CONSENT_CHANGES | changes.MESSAGES if messages else changes.CONSENT_CHANGES
+        async for change in changes.watch(
+            self.ctx.view,
+            self.ctx.guard,
+            brand,
+            start,
+            campaign=campaign,
+            types=types,
+            stopping=stopping,
+        ):
+            yield change

@@ -1,0 +1,385 @@
+"""May we send? ``CanSend``, ``CanSendBatch`` and ``CanSendAsOf``.
+
+A check reads the number's digest (through ``reads``: the in-memory replica, or the
+view behind a read batcher) and the campaign's rules, once the view is fresh enough,
+and asks the pure policy (``ledger.policy.Check``). It fails closed: a view it cannot
+vouch for, a campaign it cannot find, a rule that fails, each answers "not allowed"
+with its reason, never an error a caller could mistake for "allowed".
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from ledger.campaigns import Campaign
+from ledger.commands import check_name, check_time, is_name
+from ledger.digest import Digest, digest_of
+from ledger.errors import InvalidPhoneNumber, InvalidRequest
+from ledger.events import ANY_BRAND, MessageKind, SubscriberEvent
+from ledger.phone import to_e164
+from ledger.policy import Check, Decision, Reason, decide_as_of, deny
+from ledger.ports import ConsistencyToken, Stream
+from ledger.state import CampaignHistory, SubscriberState
+from ledger.validation import Violations, check_not_too_early
+from services.errors import NotConsistent
+from services.read_batcher import ReadBatcher
+from services.usecases.context import BEHIND, Context
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FUTURE_HORIZON = timedelta(days=30)
+"""How far ahead a CanSend may ask, provisionally (``CONSENT_CANSEND_FUTURE_HORIZON_DAYS``)."""
+
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+NO_TOKEN = ConsistencyToken({})
+"""The token of an answer read from no view (encoded: empty)."""
+
+
+class DigestReads(Protocol):
+    async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]: ...
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    decision: Decision
+    token: ConsistencyToken
+    provisional: bool = False
+    """The check was for a moment ahead of now: facts recorded until then may change it."""
+    proof_missing: tuple[str, ...] = ()
+    """What the proof of the campaign's grant lacks of the provider's template."""
+
+    @classmethod
+    def failed(cls, decision: Decision) -> CheckResult:
+        """The answer of a check that could not be made: ``decision``, from no view."""
+        return cls(decision, NO_TOKEN)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    decisions: list[Decision]
+    token: ConsistencyToken
+    provisional: bool = False
+
+    @classmethod
+    def failed(cls, phones: Sequence[str], decision: Decision) -> BatchResult:
+        """The answer of a batch that could not be made: ``decision`` for each number,
+        and for an entry that is no number, why, still said in its place."""
+        return cls(_placed([decision] * len(phones), invalid_entries(phones)), NO_TOKEN)
+
+
+def _behind() -> Decision:
+    return deny(Reason.NOT_CONSISTENT, BEHIND)
+
+
+def _invalid_phone(exc: InvalidPhoneNumber) -> Decision:
+    """A batch's answer for an entry that is no phone number: not allowed, said in
+    its own place, so the rest of the batch is still answered."""
+    return deny(Reason.INVALID_PHONE, f"not a phone number: {exc.reason}")
+
+
+def invalid_entries(phones: Sequence[str]) -> dict[int, Decision]:
+    """The answers for a batch's entries that are no phone numbers, by place: an entry
+    says why it is refused even when the others cannot be answered."""
+    invalid: dict[int, Decision] = {}
+    for i, phone in enumerate(phones):
+        if _E164.fullmatch(phone) is None:
+            try:
+                to_e164(phone, field=f"phones[{i}]")
+            except InvalidPhoneNumber as exc:
+                invalid[i] = _invalid_phone(exc)
+    return invalid
+
+
+def _placed(decisions: list[Decision], invalid: dict[int, Decision]) -> list[Decision]:
+    """``decisions`` with the answers for entries that are no numbers in their places."""
+    for i, decision in invalid.items():
+        decisions[i] = decision
+    return decisions
+
+
+def check_target(
+    brand: str,
+    campaign: str,
+    phone: str | None = None,
+    when: Callable[[], object] | None = None,
+    found: Violations | None = None,
+) -> None:
+    """Refuse, in one ``DomainError``, every one of a check's brand, campaign, phone
+    (None: a batch's, answered each in its place) and moment (``when`` raises for a
+    bad one) that is bad, with those already in ``found``."""
+    found = Violations() if found is None else found
+    found.check(check_name, brand, "brand")
+    found.check(check_name, campaign, "campaign")
+    if phone is not None:
+        found.check(to_e164, phone, field="phone")
+    if when is not None:
+        found.check(when)
+    found.raise_if_any()
+
+
+def _undefined(brand: str, campaign: str) -> Decision:
+    return deny(Reason.CAMPAIGN_UNKNOWN, f"campaign {brand}/{campaign} is not defined")
+
+
+class Checks:
+    def __init__(
+        self,
+        ctx: Context,
+        reads: DigestReads | None = None,
+        future_horizon: timedelta = DEFAULT_FUTURE_HORIZON,
+    ) -> None:
+        """``reads`` answers CanSend's digests: a ``DigestReplica`` that the guard
+        watches, or by default the view itself, through a ``ReadBatcher``;
+        ``future_horizon`` is how far ahead a check may ask (provisionally)."""
+        self.ctx = ctx
+        self.reads: DigestReads = ReadBatcher(ctx.view) if reads is None else reads
+        self.future_horizon = future_horizon
+        # Campaign histories, valid while the campaign stream's applied positions (as
+        # the guard last observed them) stay the same: any campaign write moves them.
+        self._histories: dict[tuple[str, str], CampaignHistory] = {}
+        self._histories_at: tuple[tuple[int, int], ...] | None = None
+        self._histories_token: ConsistencyToken | None = None
+        self._histories_generation = 0
+        """Bumped at each reset: a read that began before one must not store its answer."""
+
+    async def can_send(
+        self,
+        phone: str,
+        brand: str,
+        campaign: str,
+        *,
+        at: datetime | None = None,
+        kind: MessageKind = MessageKind.REGULAR,
+        token: ConsistencyToken | None = None,
+    ) -> CheckResult:
+        """``can_send_batch`` for one number, with the number's errors on ``phone``.
+
+        The steps and the answers are the batch's; this path only skips the batch's
+        lists and sets, which are most of a single check's own cost."""
+        canonical = _E164.fullmatch(phone) is not None
+        if not (canonical and is_name(brand) and is_name(campaign)):
+            check_target(brand, campaign, phone, lambda: self._when(at))
+        number = phone if canonical else to_e164(phone, field="phone")
+        when, provisional, past = self._when(at)
+        if past:
+            return await self.can_send_as_of(number, brand, campaign, when, kind=kind, token=token)
+        fresh = await self.ctx.fresh([number], token)
+        read_at = self.ctx.applied_token()
+        if not fresh:
+            return CheckResult(_behind(), read_at)
+        digest = (await self.reads.digests(brand, [number])).get(number)
+        if digest is None and canonical:
+            # Raises INVALID_ARGUMENT for a number that is not one. One that only looks
+            # canonical ("+4402071234567", a trunk 0 kept) is stored under its normal
+            # form: look that up, as the batch does, after waiting for its partition.
+            normal = to_e164(phone, field="phone")
+            if normal != number:
+                number = normal
+                if not await self.ctx.fresh([number], None):
+                    return CheckResult(_behind(), read_at)
+                digest = (await self.reads.digests(brand, [number])).get(number)
+        if digest is None:
+            digest = digest_of(SubscriberState(phone=number, brand=brand))
+        try:
+            rules = await self._rules(brand, campaign, when, read_at)
+        except NotConsistent:
+            return CheckResult(_behind(), read_at)
+        if rules is None:
+            return CheckResult(_undefined(brand, campaign), read_at, provisional)
+        decision = self._decide(Check(rules, when, kind), digest)
+        missing = digest.campaign(campaign).proof_missing
+        return CheckResult(decision, read_at, provisional, missing)
+
+    async def can_send_batch(
+        self,
+        phones: Sequence[str],
+        brand: str,
+        campaign: str,
+        *,
+        at: datetime | None = None,
+        kind: MessageKind = MessageKind.REGULAR,
+        token: ConsistencyToken | None = None,
+    ) -> BatchResult:
+        """Decide for every phone, in order. A phone that is not a valid number raises
+        ``REASON_INVALID_PHONE`` in its own place, and the others are answered; a bad
+        brand or campaign refuses the whole batch. A query writes nothing either way."""
+        if not (is_name(brand) and is_name(campaign)):
+            check_target(brand, campaign, None, lambda: self._when(at))
+        # The view's keys are numbers validated and normalised when they were written,
+        # so each phone is first looked up as written; only those not found are parsed
+        # (and a phone that is not a number is refused even if others were found).
+        # Waiting for the partitions of phones as written may wait for a partition a
+        # non-canonical one does not need; those parsed are waited for below.
+        when, provisional, past = self._when(at)
+        if past:
+            return await self._batch_as_of(phones, brand, campaign, when, kind, token)
+        fresh = await self.ctx.fresh(phones, token)
+        read_at = self.ctx.applied_token()
+        if not fresh:
+            return BatchResult(_placed([_behind()] * len(phones), invalid_entries(phones)), read_at)
+        # PostgreSQL text holds no NUL: an entry with one is no number (answered in its
+        # place below), and looked up it would fail the query it shares with others.
+        lookup = [p for p in phones if "\x00" not in p] if "\x00" in "".join(phones) else phones
+        digests = await self.reads.digests(brand, lookup)
+        numbers = list(phones)
+        unknown = [i for i, p in enumerate(phones) if p not in digests]
+        invalid: dict[int, Decision] = {}
+        if unknown:
+            for i in unknown:
+                try:
+                    numbers[i] = to_e164(phones[i], field=f"phones[{i}]")
+                except InvalidPhoneNumber as exc:  # answered in its place, below
+                    invalid[i] = _invalid_phone(exc)
+            missing = sorted({numbers[i] for i in unknown} - set(phones) - digests.keys())
+            if missing:
+                if not await self.ctx.fresh(missing, None):
+                    return BatchResult(_placed([_behind()] * len(numbers), invalid), read_at)
+                digests.update(await self.reads.digests(brand, missing))
+            for i in unknown:  # no fact about the number towards this brand
+                n = numbers[i]
+                if n not in digests:
+                    digests[n] = digest_of(SubscriberState(phone=n, brand=brand))
+        try:
+            rules = await self._rules(brand, campaign, when, read_at)
+        except NotConsistent:
+            return BatchResult(_placed([_behind()] * len(numbers), invalid), read_at)
+        if rules is None:
+            undefined = [_undefined(brand, campaign)] * len(numbers)
+            return BatchResult(_placed(undefined, invalid), read_at)
+        check = Check(rules, when, kind)
+        try:
+            decisions = [check(digests[n]) for n in numbers]
+        except Exception:  # find the numbers it failed for, and answer those alone "no"
+            decisions = [self._decide(check, digests[n]) for n in numbers]
+        return BatchResult(_placed(decisions, invalid), read_at, provisional)
+
+    async def can_send_as_of(
+        self,
+        phone: str,
+        brand: str,
+        campaign: str,
+        at: datetime,
+        known_at: datetime | None = None,
+        *,
+        kind: MessageKind = MessageKind.REGULAR,
+        token: ConsistencyToken | None = None,
+    ) -> CheckResult:
+        """What CanSend would have answered at ``at``, from what the ledger knew at
+        ``known_at`` (by default now). Neither may be ahead of now by more than the
+        clock skew allowed: the ledger cannot know the future, so such an answer would
+        only be a guess. The view is read as fresh as ``can_send`` reads it, and fails
+        closed the same way (``REASON_NOT_CONSISTENT`` while it is behind)."""
+        number = to_e164(phone)
+        check_name(brand, "brand")
+        check_name(campaign, "campaign")
+        now = self.ctx.clock()
+        t_world = check_time(at, now, "at")
+        t_known = now if known_at is None else check_time(known_at, now, "known_at")
+        fresh = await self.ctx.fresh([number], token)
+        read_at = self.ctx.applied_token()
+        if not fresh:
+            return CheckResult(_behind(), read_at)
+        subscriber = [
+            r
+            for r in await self.ctx.view.history(number, brand)
+            if isinstance(r.event, SubscriberEvent)
+        ]
+        # STOPs whose brand was unknown concern every brand (``ledger.events.ANY_BRAND``).
+        subscriber += await self.ctx.view.history(number, ANY_BRAND)
+        history: CampaignHistory = await self.ctx.view.campaign_history(brand, campaign)
+        campaign_events = history.facts()
+        decision = decide_as_of([*campaign_events, *subscriber], campaign, t_world, t_known, kind)
+        return CheckResult(decision, read_at)
+
+    def _when(self, at: datetime | None) -> tuple[datetime, bool, bool]:
+        """The moment a check is for (now, or ``at``), whether its answer is only
+        provisional, and whether it is past. A moment ahead of now, up to
+        ``future_horizon``, is answered from the facts known now, which those
+        recorded until then may change. A moment before now is answered as
+        ``can_send_as_of`` answers it: facts that happened after it must not decide."""
+        now = self.ctx.clock()
+        if at is None:
+            return now, False, False
+        if at.tzinfo is None:
+            raise InvalidRequest("at", "must carry a time zone")
+        check_not_too_early(at, "at")
+        if at - now > self.future_horizon:
+            raise InvalidRequest(
+                "at",
+                f"is more than {self.future_horizon / timedelta(days=1):g} days ahead "
+                "(CONSENT_CANSEND_FUTURE_HORIZON_DAYS); nothing that far ahead is answered",
+            )
+        return at, at > now, at < now
+
+    async def _batch_as_of(
+        self,
+        phones: Sequence[str],
+        brand: str,
+        campaign: str,
+        at: datetime,
+        kind: MessageKind,
+        token: ConsistencyToken | None,
+    ) -> BatchResult:
+        """A batch for a moment before now: each number as ``can_send_as_of`` answers
+        it, from its history (a query per distinct number, unlike a batch for now)."""
+        answers: dict[str, Decision] = {}
+        numbers: list[str] = []
+        for i, phone in enumerate(phones):
+            try:
+                numbers.append(to_e164(phone, field=f"phones[{i}]"))
+            except InvalidPhoneNumber as exc:  # answered in its place
+                numbers.append(phone)
+                answers[phone] = _invalid_phone(exc)
+        read_at = self.ctx.applied_token()
+        for number in dict.fromkeys(numbers):
+            if number in answers:
+                continue
+            result = await self.can_send_as_of(number, brand, campaign, at, kind=kind, token=token)
+            answers[number], read_at = result.decision, result.token
+        return BatchResult([answers[n] for n in numbers], read_at)
+
+    async def _rules(
+        self, brand: str, campaign: str, when: datetime, read_at: ConsistencyToken
+    ) -> Campaign | None:
+        """The campaign's rules in force at ``when``; None if it is not defined, and
+        ``NotConsistent`` when the view cannot catch up to tell."""
+        rules = (await self._history(brand, campaign, read_at)).as_of(when)
+        if rules is None and await self.ctx.campaign_known(brand, campaign):
+            rules = (await self.ctx.view.campaign_history(brand, campaign)).as_of(when)
+        return rules
+
+    async def _history(
+        self, brand: str, campaign: str, read_at: ConsistencyToken
+    ) -> CampaignHistory:
+        if read_at is not self._histories_token:  # the guard keeps one token per observation
+            self._histories_token = read_at
+            at = tuple(
+                sorted((p, o) for (s, p), o in read_at.offsets.items() if s is Stream.CAMPAIGNS)
+            )
+            if at != self._histories_at:
+                self._histories.clear()
+                self._histories_at = at
+                self._histories_generation += 1
+        history = self._histories.get((brand, campaign))
+        if history is None:
+            generation = self._histories_generation
+            history = await self.ctx.view.campaign_history(brand, campaign)
+            # Kept only if no newer observation reset the cache meanwhile: a read that
+            # began before it may predate the rules those positions include, and would
+            # be served, stale, until the next campaign write.
+            if history.versions and generation == self._histories_generation:
+                self._histories[(brand, campaign)] = history
+        return history
+
+    @staticmethod
+    def _decide(check: Check, digest: Digest) -> Decision:
+        try:
+            return check(digest)
+        except Exception:  # fail closed: a bug in one rule must never read as "allowed"
+            log.exception("decide failed for a phone; answering not allowed")
+            return deny(Reason.INTERNAL_ERROR, "the policy could not be evaluated")

@@ -1,0 +1,81 @@
+"""What every use case reads through: the ledger, the view, the freshness guard and
+the clock, with the waits that decide whether the view may answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ledger.ports import ConsentView, ConsistencyToken, Ledger, Stream
+from services.errors import NotConsistent
+from services.freshness import FreshnessGuard
+
+Clock = Callable[[], datetime]
+
+BEHIND = (
+    "the read model could not be shown fresh within CONSENT_FRESHNESS_WAIT_MS (it is"
+    " behind the ledger, or the ledger or the database did not answer); try again"
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Context:
+    ledger: Ledger
+    view: ConsentView
+    guard: FreshnessGuard
+    clock: Clock = utc_now
+
+    def applied_token(self) -> ConsistencyToken:
+        """How fresh the view was at the guard's last observation: the token an
+        answer read from it carries."""
+        return self.guard.applied_token()
+
+    async def fresh(self, phones: Sequence[str], token: ConsistencyToken | None) -> bool:
+        """Whether the view has applied ``token`` (when given) and the phones'
+        partitions up to their ends as last observed, within the bound: a check
+        answers "not allowed" when it has not."""
+        if token is not None and not await self.guard.wait_for_token(token):
+            return False
+        return await self.guard.wait_for_phones(phones)
+
+    async def require_fresh(
+        self, phones: Sequence[str] | None, field: str, token: ConsistencyToken | None = None
+    ) -> None:
+        """``fresh`` for a read that answers an error, not a decision (None: every
+        partition of the view): one the view cannot serve fresh within the bound
+        raises ``NotConsistent`` (UNAVAILABLE, retryable), on ``at_least_as_fresh``
+        when the caller's token is what it lacks, else on ``field``, rather than
+        answer from stale rows."""
+        if token is not None and not await self.guard.wait_for_token(token):
+            raise NotConsistent("at_least_as_fresh", "the view has not applied the token yet")
+        if phones is None:
+            fresh = await self.guard.wait_for_all()
+        else:
+            fresh = await self.guard.wait_for_phones(phones)
+        if not fresh:
+            raise NotConsistent(field, BEHIND)
+
+    async def require_caught_up(self, stream: Stream, field: str) -> None:
+        """Let the view reach the ledger's end as it is now (``FreshnessGuard.catch_up``),
+        before an answer that must count every fact acknowledged so far ("not defined",
+        "no campaign sends from", "not pending"); ``NotConsistent`` on ``field``
+        (UNAVAILABLE, retryable) when it cannot within the bound."""
+        if not await self.guard.catch_up((stream,)):
+            raise NotConsistent(field, BEHIND)
+
+    async def campaign_known(self, brand: str, campaign: str) -> bool:
+        """Whether the campaign is defined, counting a definition the ledger
+        acknowledged a moment ago; ``NotConsistent`` on ``campaign`` when the view
+        cannot catch up to tell, for "not defined" is an answer callers act on (a
+        refused write is not retried, a redefinition would be written)."""
+        if (await self.view.campaign_history(brand, campaign)).versions:
+            return True
+        # Perhaps defined a moment ago: look at the ledger's end now, let the
+        # projection reach it, and ask again before refusing.
+        await self.require_caught_up(Stream.CAMPAIGNS, "campaign")
+        return bool((await self.view.campaign_history(brand, campaign)).versions)

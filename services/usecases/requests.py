@@ -1,0 +1,98 @@
+"""Each request recorded once: a request id belongs to the first request that used it,
+and a provider's message id to the first send recorded under it.
+
+``replay`` finds a request recorded before (answered with its first result, nothing
+written); ``append`` takes the request id for a new one, then appends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ledger.events import CampaignEvent, LedgerEvent, MessageSent, SubscriberEvent
+from ledger.ports import ConsistencyToken, RequestUse
+from services.errors import AlreadyExists, NotConsistent
+from services.usecases.context import BEHIND, Context
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    event_ids: list[str]
+    token: ConsistencyToken
+    replayed: bool = False
+    """True when the request id had been written before: nothing new was recorded."""
+
+
+def brand_of(event: LedgerEvent) -> str:
+    return event.brand if isinstance(event, SubscriberEvent | CampaignEvent) else ""
+
+
+def _refuse_another_request(event: LedgerEvent, use: RequestUse) -> None:
+    """``AlreadyExists`` unless ``use`` (the request id's first use) is ``event``'s own
+    request."""
+    if use.fingerprint != event.request_fingerprint:
+        raise AlreadyExists(
+            "request_id",
+            f"{event.request_id!r} was used before for another request of"
+            f" {brand_of(event)!r}; a new request needs a new id",
+            event.request_id,
+            use.event_ids,
+        )
+
+
+async def replay(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult | None:
+    """The earlier result when every event was already recorded (a retried request).
+
+    Request ids are the brand's: the first request that used one holds it
+    (``ConsentView.request_use``), and another request under the same id is
+    refused with ``AlreadyExists``, naming the first one's events. A miss while
+    the projection lags behind an earlier attempt appends the same facts again,
+    under the same ids, and the projection stores them once. A ``MessageSent``
+    whose provider message id is recorded already is that message, whatever
+    else it says: the answer is the first one's event, and nothing is written."""
+    first = events[0]
+    use = await ctx.view.request_use(brand_of(first), first.request_id)
+    if use is not None:
+        _refuse_another_request(first, use)
+        ids = [str(e.event_id) for e in events]
+        known = [await ctx.view.find_event(i) for i in ids]
+        if all(k is not None for k in known):
+            return WriteResult(ids, ConsistencyToken.after([k for k in known if k]), True)
+    if isinstance(first, MessageSent):
+        return await _same_message(ctx, first)
+    return None
+
+
+async def _same_message(ctx: Context, sent: MessageSent) -> WriteResult | None:
+    original = await ctx.view.message_use(sent.brand, sent.phone, sent.message_id)
+    if original is None and await ctx.guard.catch_up_phones([sent.phone]):
+        # Perhaps recorded a moment ago: count every send acknowledged for the
+        # phone. (A view that cannot get there in time is no reason to refuse the
+        # write: the projection still applies one MessageSent per message id.)
+        original = await ctx.view.message_use(sent.brand, sent.phone, sent.message_id)
+    if original is None or original == str(sent.event_id):
+        return None
+    recorded = await ctx.view.find_event(original)
+    if recorded is None:  # the view reads them in one transaction: only mid-rebuild
+        raise NotConsistent("message_id", BEHIND)
+    return WriteResult([original], ConsistencyToken.after([recorded]), True)
+
+
+async def append(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult:
+    """Append a request ``replay`` did not find (new, or a retry the view has not
+    applied yet: the same ids again, which the projection stores once), once its
+    request id is taken for it: of two requests under one id at once, through
+    any instances sharing the view, the second is refused and appends nothing."""
+    first, ids = events[0], [str(e.event_id) for e in events]
+    use = await ctx.view.claim_request(
+        brand_of(first), first.request_id, first.request_fingerprint, ids
+    )
+    _refuse_another_request(first, use)
+    recorded = await ctx.ledger.append(events)
+    return WriteResult(ids, ConsistencyToken.after(recorded))
+
+
+async def recorded_once(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult:
+    """The earlier result of a retried request, or else the events appended."""
+    return await replay(ctx, events) or await append(ctx, events)

@@ -1,0 +1,102 @@
+"""The review queue: replies flagged as possible opt-outs that nobody has resolved.
+
+Each blocks sending to its number until someone resolves it
+(``ResolveRevocationCandidate``), and is overdue ten business days after it was
+flagged (``ledger.deadlines``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from ledger.commands import check_name
+from ledger.deadlines import revocation_due
+from ledger.events import ANY_BRAND, RevocationCandidateFlagged
+from ledger.ports import ConsistencyToken
+from ledger.state import Fact
+from services.usecases.context import Context
+
+QUEUE_CHUNK = 500
+"""Flagged replies read at a time, with their numbers' states, for the review queue."""
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A flagged reply awaiting review, at its place in the queue (``Flagged.position``)."""
+
+    position: int
+    candidate: Fact[RevocationCandidateFlagged]
+
+    @property
+    def due_at(self) -> datetime:
+        """When it becomes overdue: ten business days after it was flagged."""
+        return revocation_due(self.candidate.at)
+
+
+@dataclass(frozen=True)
+class ReviewPage:
+    candidates: list[Queued]
+    token: ConsistencyToken
+    now: datetime
+    """When the queue was read: a candidate due by then is overdue."""
+
+
+class Review:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def revocation_candidates(
+        self,
+        brand: str,
+        after: int = 0,
+        limit: int | None = None,
+        *,
+        overdue_only: bool = False,
+        token: ConsistencyToken | None = None,
+    ) -> ReviewPage:
+        """The brand's unresolved flagged replies, each with its place in the review
+        queue, above ``after``, at most ``limit``.
+
+        The queue is in the order the view applied the replies (``Flagged``), not the
+        order they happened or were recorded in: a reply from a partition applied late
+        joins the end, so a reviewer paging from ``after`` skips none. Pending is what
+        the fold says, as ``GetConsent`` reports it for one number. The view leaves
+        out the replies it knows are resolved, and the rest are read in chunks until
+        ``limit`` are found: the cost grows with the candidates asked for.
+
+        ``overdue_only`` keeps those whose ten business days have passed; ``brand``
+        ``ANY_BRAND`` lists the STOPs whose brand is unknown."""
+        if brand != ANY_BRAND:
+            check_name(brand, "brand")
+        now = self.ctx.clock()
+        await self.ctx.require_fresh(None, "brand", token)
+        pending: list[Queued] = []
+        while limit is None or len(pending) < limit:
+            # The view lists few resolved replies (only those it cannot tell about),
+            # so asking for as many as are still wanted is mostly enough.
+            size = QUEUE_CHUNK if limit is None else min(QUEUE_CHUNK, limit - len(pending))
+            flagged = await self.ctx.view.flagged(brand, after, size)
+            places = {f.event_id: f.position for f in flagged}
+            phones = sorted({f.phone for f in flagged})
+            states = await self.ctx.view.subscriber_states(brand, phones)
+            # A reply applied after ``flagged`` was read has no place yet; the next
+            # read finds it above every place given here.
+            found = [
+                Queued(places[c.event_id], c)
+                for state in states.values()
+                for c in state.pending_candidates()
+                if c.event_id in places and not (overdue_only and revocation_due(c.at) > now)
+            ]
+            pending += sorted(found, key=lambda q: q.position)
+            if len(flagged) < size:
+                break
+            after = flagged[-1].position
+        return ReviewPage(pending[:limit], self.ctx.applied_token(), now)
+
+    async def overdue_candidates(self) -> int:
+        """How many flagged replies of every brand are past their ten business days
+        unresolved (a reply flagged before migration 0008 may count until a rebuild
+        marks it resolved)."""
+        now = self.ctx.clock()
+        return sum(1 for t in await self.ctx.view.open_flagged_times() if revocation_due(t) <= now)

@@ -1,0 +1,338 @@
+"""Recording facts: the write RPCs and inbound texts, checked, then appended once.
+
+``Writes.record`` validates a request into events, answers a retry with its first
+result (``services.usecases.requests``), checks what the view must confirm (the
+campaign exists, the proof its rules require, a sender number free, a candidate
+pending) and appends. ``Writes.handle_inbound`` reads an inbound text against its
+campaign and the number's state, one text of a phone at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field, replace
+
+from ledger.commands import (
+    ChangeCampaignPolicy,
+    Command,
+    DefineCampaign,
+    HandleInboundMessage,
+    InboundOutcome,
+    RecordMessageSent,
+    RecordOptIn,
+    RecordOptOut,
+    check_inbound,
+    check_required_proof,
+    handle_inbound,
+    handle_unowned_inbound,
+    to_events,
+    unattributed_opt_out,
+)
+from ledger.digest import digest_of
+from ledger.events import (
+    ANY_BRAND,
+    CampaignDefined,
+    CampaignPolicyChanged,
+    LedgerEvent,
+    MessageSent,
+    RevocationCandidateResolved,
+)
+from ledger.phone import to_e164
+from ledger.policy import earns_exemption
+from ledger.ports import Stream
+from ledger.state import COUNTED_KINDS
+from services.errors import FailedPrecondition, NotConsistent
+from services.usecases.context import BEHIND, Context
+from services.usecases.requests import WriteResult, append, recorded_once, replay
+
+CAMPAIGN_TURN_WAIT = 10.0
+"""Seconds a campaign write that lists sender numbers waits for its turn (another
+instance's check and append, ``FreshnessSettings.wait_bound`` and the ledger's append
+timeout at most, are what it waits for)."""
+
+
+@dataclass(frozen=True)
+class InboundResult:
+    write: WriteResult
+    outcome: InboundOutcome
+
+
+@dataclass
+class _Turn:
+    """A phone's inbound texts' lock, and how many calls hold it or wait for it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    holders: int = 0
+
+
+def _stamped(events: Sequence[LedgerEvent], recorded_by: str) -> list[LedgerEvent]:
+    """``events``, each with ``recorded_by`` set (as they are when it is empty)."""
+    return [replace(e, recorded_by=recorded_by) for e in events] if recorded_by else list(events)
+
+
+def _lists_numbers(event: LedgerEvent) -> bool:
+    return isinstance(event, CampaignDefined | CampaignPolicyChanged) and bool(
+        event.policy.sender_numbers
+    )
+
+
+def _retrieve(write: asyncio.Future[WriteResult]) -> None:
+    """Take the outcome of a write whose caller went away, so it is not logged as lost."""
+    if not write.cancelled():
+        write.exception()
+
+
+class Writes:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._campaign_writes = asyncio.Lock()
+        self._inbound_turns: dict[str, _Turn] = {}
+
+    async def record(self, cmd: Command, *, recorded_by: str = "") -> WriteResult:
+        """Validate, then append. A retry of a request the view has applied records
+        nothing new; one it has not applied yet appends the same facts again, under the
+        same ids, which the projection stores once.
+
+        ``recorded_by`` (the caller's name) is stamped on every event written."""
+        events = _stamped(to_events(cmd, self.ctx.clock()), recorded_by)
+        earlier = await replay(self.ctx, events)
+        if earlier is not None:  # checked first: a retried DefineCampaign is not a redefinition
+            return earlier
+        if isinstance(cmd, RecordMessageSent):
+            events = await self._with_exemption(events)
+        if (
+            isinstance(cmd, RecordOptOut)
+            and cmd.campaign is not None
+            and not await self.ctx.campaign_known(cmd.brand, cmd.campaign)
+        ):
+            # Refused, the opt-out would be lost: kept for review, denying meanwhile.
+            kept = _stamped(unattributed_opt_out(cmd, self.ctx.clock()), recorded_by)
+            return await recorded_once(self.ctx, kept)
+        if isinstance(cmd, DefineCampaign | ChangeCampaignPolicy):
+            # A caller that goes away (a deadline) does not end the write half-way:
+            # it runs on, holding its turn until the append is acknowledged or fails.
+            write = asyncio.ensure_future(self._campaign_write(cmd, events))
+            write.add_done_callback(_retrieve)
+            return await asyncio.shield(write)
+        return await self._checked_append(cmd, events)
+
+    async def _with_exemption(self, events: list[LedgerEvent]) -> list[LedgerEvent]:
+        """A send of a kind that may escape the caps (a reply owed to a STOP, HELP or
+        START, a conversation reply), with whether it earned that when it was sent
+        (``ledger.policy.earns_exemption``), read as fresh as CanSend reads: one that
+        did not, or whose facts cannot be read fresh, counts like any other message."""
+        sent = events[0]
+        if not isinstance(sent, MessageSent) or sent.kind in COUNTED_KINDS:
+            return events
+        exempt = False
+        if await self.ctx.guard.wait_for_phones([sent.phone]):
+            history = await self.ctx.view.campaign_history(sent.brand, sent.campaign)
+            rules = history.as_of(sent.occurred_at)
+            if rules is not None:
+                states = await self.ctx.view.subscriber_states(sent.brand, [sent.phone])
+                state = states[sent.phone]
+                exempt = earns_exemption(digest_of(state), rules, sent.occurred_at, sent.kind)
+        return [replace(sent, exempt=exempt), *events[1:]]
+
+    async def _campaign_write(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
+        # One campaign write at a time in this process. One that lists sender numbers
+        # also waits for its turn among every instance sharing the view: the second
+        # of two claims of one number then checks after the first was appended, and
+        # is refused.
+        async with self._campaign_writes:
+            if not _lists_numbers(events[0]):
+                return await self._checked_append(cmd, events)
+            async with self._campaign_turn():
+                return await self._checked_append(cmd, events)
+
+    @asynccontextmanager
+    async def _campaign_turn(self) -> AsyncIterator[None]:
+        """The view's turn for campaign writes; UNAVAILABLE (retryable) if it does not
+        come within ``CAMPAIGN_TURN_WAIT``."""
+        async with AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(self.ctx.view.campaign_writes(CAMPAIGN_TURN_WAIT))
+            except TimeoutError:
+                raise NotConsistent(
+                    "policy.sender_numbers", "another campaign write is in progress; retry"
+                ) from None
+            yield
+
+    async def _checked_append(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
+        try:
+            await self._check_campaign_exists(cmd)
+            await self._check_required_proof(cmd)
+            await self._check_sender_numbers(events)
+            await self._check_candidate_pending(events)
+        except FailedPrecondition:
+            # The check caught the view up with the ledger, and with it perhaps the
+            # first attempt of this very request: then this is a retry after all.
+            earlier = await replay(self.ctx, events)
+            if earlier is None:
+                raise
+            return earlier
+        return await append(self.ctx, events)
+
+    async def handle_inbound(
+        self,
+        cmd: HandleInboundMessage,
+        authorize: Callable[[str], None] = lambda brand: None,
+        *,
+        recorded_by: str = "",
+        unowned_brand: str = ANY_BRAND,
+    ) -> InboundResult:
+        """``authorize`` is called with the brand the receiving number belongs to,
+        before anything is written (a caller may act for some brands only);
+        ``recorded_by`` is stamped on every event written.
+
+        A STOP to a number no campaign sends from is recorded for ``unowned_brand``
+        (the caller's one brand, or ``ANY_BRAND``: every brand) and denies until
+        resolved; any other text to such a number is refused, as nothing needs it."""
+        check_inbound(cmd, self.ctx.clock())  # every bad field at once, before any lookup
+        to = to_e164(cmd.to_phone, field="to_phone")
+        sender = to_e164(cmd.from_phone, field="from_phone")
+        async with self._inbound_turn(sender):
+            return await self._handle_inbound(
+                cmd, to, sender, authorize, recorded_by, unowned_brand
+            )
+
+    @asynccontextmanager
+    async def _inbound_turn(self, phone: str) -> AsyncIterator[None]:
+        """One inbound text of a phone at a time in this process: the next reads the
+        state after the one before it was appended. (Across instances the facts an
+        inbound text records do not depend on the state read, so two at once through
+        two instances record what they would one after the other; only the replies
+        owed are read from the state.)"""
+        turn = self._inbound_turns.get(phone)
+        if turn is None:
+            turn = self._inbound_turns[phone] = _Turn()
+        turn.holders += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.holders -= 1
+            if not turn.holders:
+                del self._inbound_turns[phone]
+
+    async def _handle_inbound(
+        self,
+        cmd: HandleInboundMessage,
+        to: str,
+        sender: str,
+        authorize: Callable[[str], None],
+        recorded_by: str,
+        unowned_brand: str = ANY_BRAND,
+    ) -> InboundResult:
+        # Gateways do not retry FAILED_PRECONDITION: a STOP refused for a view that
+        # was merely behind would be lost. Behind answers UNAVAILABLE, which they retry.
+        # The reading counts every write acknowledged for the phone before this text
+        # came (the ledger's end now, not as last observed): a START sent the moment
+        # its STOP was acknowledged is read after that STOP.
+        if not await self.ctx.guard.catch_up_phones([sender]):
+            raise NotConsistent("from_phone", BEHIND)
+        # The phone's partition is there; the campaign rules as of that look too.
+        await self.ctx.require_fresh([sender], "to_phone")
+        owner = await self.ctx.view.campaign_for_number(to)
+        if owner is None:  # perhaps claimed a moment ago: count every claim acknowledged
+            await self.ctx.require_caught_up(Stream.CAMPAIGNS, "to_phone")
+            owner = await self.ctx.view.campaign_for_number(to)
+        if owner is None:
+            kept = handle_unowned_inbound(cmd, unowned_brand, self.ctx.clock())
+            if kept is None:
+                raise FailedPrecondition("to_phone", f"no campaign sends from {to}")
+            events = _stamped(kept.events, recorded_by)
+            written = await recorded_once(self.ctx, events)
+            return InboundResult(written, kept)
+        brand, name = owner
+        authorize(brand)
+        campaign = (await self.ctx.view.campaign_history(brand, name)).current()
+        if campaign is None:  # the lookup and the history come from one projection
+            raise FailedPrecondition("to_phone", f"campaign {brand}/{name} has no rules")
+        states = await self.ctx.view.subscriber_states(brand, [sender])
+        outcome = handle_inbound(cmd, campaign, states[sender], self.ctx.clock())
+        events = _stamped(outcome.events, recorded_by)
+        written = await recorded_once(self.ctx, events)
+        return InboundResult(written, outcome)
+
+    async def _check_campaign_exists(self, cmd: Command) -> None:
+        campaign = getattr(cmd, "campaign", None)
+        if isinstance(cmd, DefineCampaign):
+            if await self.ctx.campaign_known(cmd.brand, cmd.campaign):
+                raise FailedPrecondition("campaign", "already defined; use ChangeCampaignPolicy")
+            return
+        if campaign is None:  # brand-wide facts (STOPALL, age) need no campaign
+            return
+        if not await self.ctx.campaign_known(cmd.brand, campaign):
+            raise FailedPrecondition("campaign", f"{cmd.brand}/{campaign} is not defined")
+
+    async def _check_required_proof(self, cmd: Command) -> None:
+        """An opt-in must carry the proof fields its campaign's current rules require
+        (``INVALID_ARGUMENT`` naming the first missing one, nothing written)."""
+        if not isinstance(cmd, RecordOptIn):
+            return
+        rules = (await self.ctx.view.campaign_history(cmd.brand, cmd.campaign)).current()
+        if rules is not None:
+            check_required_proof(cmd, rules.policy)
+
+    async def _check_sender_numbers(self, events: Sequence[LedgerEvent]) -> None:
+        """A sender number belongs to one campaign at a time: refuse a campaign's
+        rules that list a number another campaign holds (a campaign keeps its own).
+
+        The view must have every campaign fact the ledger acknowledged before this
+        check, or a number claimed a moment ago would pass for free: like
+        ``_campaign_known``, look at the ledger's end now and let the projection reach
+        it. Here "free" is the answer that writes, so a view that cannot catch up in
+        time refuses rather than guesses.
+
+        No check here could see a claim appended between this look at the ledger's
+        end and this append: the ledger's appends are unconditional. So ``record``
+        runs this check and the append inside the view's turn for campaign writes
+        (``ConsentView.campaign_writes``), which every instance sharing the view
+        takes: the second of two claims looks at the ledger's end after the first
+        was appended, and waits for the view to apply it.
+
+        Should two claims still both be written (instances on separate views of one
+        ledger), the views agree on the holder (``sender_number_holder``): the claim
+        the ledger recorded first keeps the number, the later campaign never
+        receives a reply to it, and its next policy change is refused until it
+        drops the number.
+        """
+        event = events[0]
+        if not isinstance(event, CampaignDefined | CampaignPolicyChanged):
+            return
+        numbers = event.policy.sender_numbers
+        if not numbers:
+            return
+        await self.ctx.require_caught_up(Stream.CAMPAIGNS, "policy.sender_numbers")
+        for i, number in enumerate(numbers):
+            holder = await self.ctx.view.campaign_for_number(number)
+            if holder is None or holder == (event.brand, event.campaign):
+                continue
+            field, (brand, campaign) = f"policy.sender_numbers[{i}]", holder
+            if brand != event.brand:  # which brand, let alone which campaign, is not said
+                raise FailedPrecondition(field, f"{number} is in use by another brand's campaign")
+            raise FailedPrecondition(field, f"{number} is in use by campaign {brand}/{campaign}")
+
+    async def _check_candidate_pending(self, events: Sequence[LedgerEvent]) -> None:
+        """A resolution must name a candidate still pending for its phone and brand.
+        One that names a made-up id, another number's candidate or one already
+        resolved would be recorded and answered OK while the real candidate kept
+        blocking sends. (A retry of a resolution is answered by ``_replay``: at once
+        when the view has applied the first attempt, else after this check, having
+        caught the view up, finds the candidate resolved.)
+
+        Read as fresh as a write's checks are: a reply flagged a moment ago counts."""
+        event = events[0]
+        if not isinstance(event, RevocationCandidateResolved):
+            return
+        await self.ctx.require_caught_up(Stream.SUBSCRIBERS, "candidate_event_id")
+        state = (await self.ctx.view.subscriber_states(event.brand, [event.phone]))[event.phone]
+        pending = {c.event_id for c in state.pending_candidates()}
+        if str(event.candidate_event_id) not in pending:
+            raise FailedPrecondition(
+                "candidate_event_id",
+                f"is not a pending revocation candidate of {event.phone} for {event.brand}",
+            )

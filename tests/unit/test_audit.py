@@ -1,0 +1,108 @@
+"""What is on record (``services.usecases.audit``): consent, history and the opt-out
+rate, refused rather than read stale."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ledger.commands import (
+    RecordMessageSent,
+    RecordOptOut,
+    to_events,
+)
+from ledger.errors import InvalidRequest
+from ledger.events import (
+    MessageKind,
+    RevocationChannel,
+)
+from services.errors import FailedPrecondition, NotConsistent
+from tests.builders import BRAND, PHONE, at
+from tests.unit.usecase_harness import (
+    NOW,
+    define,
+    opt_in,
+    running,
+    stop_task,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def test_audit_reads_the_view_cannot_serve_fresh_are_unavailable_not_stale():
+    async with running(wait_bound=0.1) as (app, projector):
+        await app.writes.record(define())
+        granted = await app.writes.record(opt_in("r1"))
+        assert await app.guard.wait_for_token(granted.token)
+        assert (await app.audit.get_consent(PHONE, BRAND, "promo")).grant is not None
+        await stop_task(projector)
+        stop = RecordOptOut("r2", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(1))
+        await app.ledger.append(to_events(stop, NOW))  # acknowledged, never applied
+        await app.guard.observe()
+
+        reads = {
+            "phone": [
+                app.audit.get_consent(PHONE, BRAND, "promo"),
+                app.audit.history(PHONE, BRAND),
+            ],
+            "brand": [
+                app.review.revocation_candidates(BRAND),
+                app.audit.opt_out_rate(BRAND, "promo"),
+            ],
+        }
+        for field, calls in reads.items():
+            for call in calls:
+                with pytest.raises(NotConsistent) as err:
+                    await call
+                assert err.value.field == field
+
+
+async def test_consent_is_asked_of_a_defined_campaign_only(app):
+    granted = await app.writes.record(define())
+    assert await app.guard.wait_for_token(granted.token)
+    for name in ("", "NOT A NAME!"):
+        with pytest.raises(InvalidRequest) as bad:
+            await app.audit.get_consent(PHONE, BRAND, name)
+        assert bad.value.field == "campaign"
+    with pytest.raises(FailedPrecondition) as undefined:  # a misspelling, say
+        await app.audit.get_consent(PHONE, BRAND, "promoo")
+    assert undefined.value.field == "campaign"
+    assert (await app.audit.get_consent(PHONE, BRAND, "promo")).grant is None
+
+
+async def test_the_opt_out_rate_counts_the_last_30_days_by_default(app):
+    await app.writes.record(define())
+    await app.writes.record(opt_in("r1"))
+    sent = RecordMessageSent("r2", PHONE, BRAND, "promo", "m1", MessageKind.REGULAR, at(1))
+    await app.writes.record(sent)
+    stop = await app.writes.record(
+        RecordOptOut("r3", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(2))
+    )
+    await app.guard.wait_for_token(stop.token)
+
+    rate = (await app.audit.opt_out_rate(BRAND, "promo")).value
+    assert (rate.start, rate.end) == (NOW - timedelta(days=30), NOW)
+    assert (rate.counts.messages_sent, rate.counts.opt_outs, rate.rate) == (1, 1, 1.0)
+    assert rate.above_limit
+    later = (await app.audit.opt_out_rate(BRAND, None, at(3), NOW)).value
+    assert (later.counts.messages_sent, later.counts.opt_outs, later.above_limit) == (0, 0, False)
+
+
+async def test_the_opt_out_rate_refuses_a_bad_window_or_an_undefined_campaign(app):
+    await app.writes.record(define())
+    with pytest.raises(FailedPrecondition) as undefined:
+        await app.audit.opt_out_rate(BRAND, "nosuch")
+    assert undefined.value.field == "campaign"
+    with pytest.raises(InvalidRequest) as backwards:
+        await app.audit.opt_out_rate(BRAND, "promo", at(5), at(5))
+    assert backwards.value.field == "start_time"
+    with pytest.raises(InvalidRequest) as future:
+        await app.audit.opt_out_rate(BRAND, "promo", None, NOW + timedelta(days=1))
+    assert future.value.field == "end_time"
+    with pytest.raises(InvalidRequest) as too_early:
+        await app.audit.opt_out_rate(BRAND, None, None, datetime(1, 1, 2, tzinfo=UTC))
+    assert too_early.value.field == "end_time"
+    with pytest.raises(InvalidRequest) as naive:
+        await app.audit.opt_out_rate(BRAND, None, at(0).replace(tzinfo=None), NOW)
+    assert naive.value.field == "start_time"

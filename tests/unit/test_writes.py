@@ -1,0 +1,466 @@
+"""Recording facts (``services.usecases.writes``): request ids and message ids
+recorded once, the checks before an append, sender numbers, inbound texts."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from ledger.campaigns import CampaignPolicy
+from ledger.commands import (
+    DefineCampaign,
+    HandleInboundMessage,
+    RecordMessageSent,
+    RecordOptOut,
+    ResolveRevocationCandidate,
+    to_events,
+)
+from ledger.errors import MissingProofError
+from ledger.events import (
+    CandidateResolution,
+    LedgerEvent,
+    MessageKind,
+    Recorded,
+    RevocationChannel,
+)
+from ledger.policy import Reason
+from ledger.ports import ConsistencyToken, Stream
+from services.adapters.memory_ledger import InMemoryLedger
+from services.adapters.memory_view import InMemoryConsentView
+from services.errors import AlreadyExists, FailedPrecondition, NotConsistent
+from tests.builders import BRAND, PHONE, at, proof
+from tests.builders import opt_in as an_opt_in
+from tests.unit.usecase_harness import (
+    NOW,
+    NUMBER,
+    OTHER_NUMBER,
+    SlowLedger,
+    claim,
+    define,
+    instances,
+    opt_in,
+    running,
+    stop_task,
+    unprojected,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def test_a_retry_that_overtakes_the_projection_is_still_a_retry(app):
+    first = await app.writes.record(define())
+    second = await app.writes.record(define())  # before the projector has applied the first
+    assert second.replayed and second.event_ids == first.event_ids
+    with pytest.raises(FailedPrecondition):
+        await app.writes.record(define("another-request"))
+
+
+async def test_every_event_written_names_its_caller_and_a_retry_keeps_the_first():
+    async with running() as (app, _):
+        await app.writes.record(define(), recorded_by="ops-console")
+        first = await app.writes.record(opt_in("r1"), recorded_by="checkout")
+        await app.guard.wait_for_token(first.token)
+        again = await app.writes.record(opt_in("r1"), recorded_by="someone-else")
+        assert again.replayed and again.event_ids == first.event_ids
+        ledger = app.ledger
+        subscribers = await ledger.read(Stream.SUBSCRIBERS, ledger.partition_for(PHONE), 0)
+        campaigns = await ledger.read(Stream.CAMPAIGNS, 0, 0)
+        assert [r.event.recorded_by for r in campaigns] == ["ops-console"]
+        assert [r.event.recorded_by for r in subscribers] == ["checkout"]
+
+
+async def test_two_brands_may_use_the_same_request_id_and_neither_write_is_lost():
+    async with running() as (app, _):
+        for brand in (BRAND, "globex"):
+            await app.writes.record(
+                DefineCampaign(f"define-{brand}", brand, "promo", CampaignPolicy(), at(-1))
+            )
+        acme = await app.writes.record(opt_in("r1"))
+        await app.writes.record(an_opt_in(at(0), request_id="g1", brand="globex"))
+        stop = await app.writes.record(
+            RecordOptOut("r1", PHONE, "globex", "promo", RevocationChannel.API, at(30))
+        )
+        assert not stop.replayed and stop.event_ids != acme.event_ids
+        globex = await app.checks.can_send(PHONE, "globex", "promo", token=stop.token)
+        assert globex.decision.reason is Reason.REVOKED
+        assert (await app.checks.can_send(PHONE, BRAND, "promo", token=stop.token)).decision.allowed
+
+
+async def test_a_request_id_reused_for_another_request_is_refused_naming_the_first():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        first = await app.writes.record(opt_in("r1"))
+        await app.guard.wait_for_token(first.token)
+        for other in (reuse_r1_to_stop(), dataclasses.replace(opt_in("r1"), occurred_at=at(1))):
+            with pytest.raises(AlreadyExists) as refused:
+                await app.writes.record(other)  # a client bug: "r1" again, for another request
+            assert refused.value.event_ids == tuple(first.event_ids)
+            assert refused.value.field == "request_id" and refused.value.request_id == "r1"
+        again = await app.writes.record(opt_in("r1"))  # an unchanged retry is still a retry
+        assert again.replayed and again.event_ids == first.event_ids
+        written = await app.ledger.read(Stream.SUBSCRIBERS, app.ledger.partition_for(PHONE), 0)
+        assert [type(r.event).__name__ for r in written] == ["ConsentGranted"]
+
+
+def reuse_r1_to_stop() -> RecordOptOut:
+    return RecordOptOut("r1", PHONE, BRAND, "promo", RevocationChannel.API, at(30))
+
+
+async def test_a_request_id_reused_while_the_projection_lags_is_refused_all_the_same():
+    # The view has not applied the first use of "r1" when the second comes: the id
+    # was taken before the first was appended, so the second is refused anyway.
+    async with running() as (app, projector):
+        assert await app.guard.wait_for_token((await app.writes.record(define())).token)
+        await stop_task(projector)
+        first = await app.writes.record(opt_in("r1"))  # in the ledger, not in the view
+        with pytest.raises(AlreadyExists) as refused:
+            await app.writes.record(reuse_r1_to_stop())
+        assert refused.value.event_ids == tuple(first.event_ids)
+        retry = await app.writes.record(opt_in("r1"))  # not seen as a retry yet: written again
+        assert retry.event_ids == first.event_ids
+        written = await app.ledger.read(Stream.SUBSCRIBERS, app.ledger.partition_for(PHONE), 0)
+        assert [type(r.event).__name__ for r in written] == ["ConsentGranted"] * 2
+
+
+async def test_two_requests_under_one_id_at_once_through_two_instances_record_one():
+    async with instances(2) as ((a, b), _):
+        assert await a.guard.wait_for_token((await a.writes.record(define())).token)
+        results = await asyncio.gather(
+            a.writes.record(opt_in("r1")),
+            b.writes.record(reuse_r1_to_stop()),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, AlreadyExists)]
+        (written,) = [r for r in results if not isinstance(r, BaseException)]
+        assert len(refused) == 1 and refused[0].event_ids == tuple(written.event_ids)
+        events = await a.ledger.read(Stream.SUBSCRIBERS, a.ledger.partition_for(PHONE), 0)
+        assert [str(r.event.event_id) for r in events] == written.event_ids
+
+
+async def test_a_fact_appended_under_an_id_another_request_holds_is_no_fact():
+    # A writer that did not take the id (an older version, a view of its own): both
+    # reach the ledger, and the fold keeps the request that holds the id, here the
+    # first applied, and ignores the other, in every view.
+    async with running() as (app, _):
+        await app.writes.record(define())
+        grant = to_events(opt_in("r1"), NOW)
+        stop = to_events(reuse_r1_to_stop(), NOW)
+        recorded = await app.ledger.append([*grant, *stop])
+        token = ConsistencyToken.after(recorded)
+        assert await app.guard.wait_for_token(token)
+        history = (await app.audit.history(PHONE, BRAND)).value
+        assert [r.event.event_id for r in history] == [grant[0].event_id]
+        assert (await app.checks.can_send(PHONE, BRAND, "promo", token=token)).decision.allowed
+        use = await app.view.request_use(BRAND, "r1")
+        assert use is not None and use.event_ids == (str(grant[0].event_id),)
+        with pytest.raises(AlreadyExists):
+            await app.writes.record(reuse_r1_to_stop())
+
+
+def sent(request_id: str, message_id: str = "SM1", **changes: Any) -> RecordMessageSent:
+    cmd = RecordMessageSent(
+        request_id, PHONE, BRAND, "promo", message_id, MessageKind.REGULAR, at(10)
+    )
+    return dataclasses.replace(cmd, **changes)
+
+
+async def test_a_message_id_recorded_already_is_the_same_message_whatever_else_is_said():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        await app.writes.record(opt_in("g1"))
+        first = await app.writes.record(sent("s1"))
+        assert await app.guard.wait_for_token(first.token)
+        for other in (sent("s2"), sent("s3", occurred_at=at(11), included_opt_out_language=True)):
+            again = await app.writes.record(other)
+            assert again.replayed and again.event_ids == first.event_ids
+        other = await app.writes.record(sent("s4", message_id="SM2"))  # another message: counted
+        assert await app.guard.wait_for_token(other.token)
+        rate = (await app.audit.opt_out_rate(BRAND, "promo", at(0), at(60))).value
+        assert rate.counts.messages_sent == 2
+        # Appended twice without the check (a race, or a writer of its own): once.
+        dupes = to_events(sent("s5", occurred_at=at(12)), NOW) + to_events(sent("s6"), NOW)
+        assert await app.guard.wait_for_token(
+            ConsistencyToken.after(await app.ledger.append(dupes))
+        )
+        rate = (await app.audit.opt_out_rate(BRAND, "promo", at(0), at(60))).value
+        assert rate.counts.messages_sent == 2
+        kinds = [type(r.event).__name__ for r in (await app.audit.history(PHONE, BRAND)).value]
+        assert kinds.count("MessageSent") == 2
+
+
+async def test_writes_of_other_request_ids_do_not_wait_for_each_other():
+    async with running(ledger=SlowLedger(partitions=4)) as (app, _):
+        await app.writes.record(define())
+        started = asyncio.get_running_loop().time()
+
+        await asyncio.gather(*(app.writes.record(opt_in(f"r{i}")) for i in range(10)))
+
+        # SlowLedger takes 0.05 s an append; one after another would take 0.5 s.
+        assert asyncio.get_running_loop().time() - started < 0.3
+
+
+async def test_an_opt_in_for_an_undefined_campaign_writes_nothing(app):
+    with pytest.raises(FailedPrecondition) as err:
+        await app.writes.record(an_opt_in(at(0), "nosuch", request_id="r1"))
+    assert err.value.field == "campaign"
+    assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == {0: 0, 1: 0, 2: 0, 3: 0}
+
+
+async def test_an_opt_in_without_a_field_its_campaign_requires_writes_nothing():
+    async with running() as (app, _):
+        strict = CampaignPolicy(required_proof_fields=("email",))
+        await app.writes.record(
+            DefineCampaign("d", BRAND, "promo", strict, at(0) - timedelta(days=1))
+        )
+        thin = dataclasses.replace(opt_in("r1"), proof=proof(at(0), email=""))
+        with pytest.raises(MissingProofError) as err:
+            await app.writes.record(thin)
+        assert err.value.field == "proof.email"
+        assert await app.ledger.read(Stream.SUBSCRIBERS, app.ledger.partition_for(PHONE), 0) == []
+        written = await app.writes.record(opt_in("r2"))
+        checked = await app.checks.can_send(PHONE, BRAND, "promo", token=written.token)
+        assert checked.decision.evidence and checked.proof_missing == ()
+
+
+# ---- a sender number belongs to one campaign at a time ---------------------------------
+
+
+async def test_another_brands_sender_number_is_refused_unnamed_and_its_stop_stays_put(app):
+    await app.writes.record(claim("acme-promo", "acme", "promo", NUMBER))
+    await app.writes.record(opt_in("r1"))
+    written = await app.ledger.end_offsets(Stream.CAMPAIGNS)
+
+    with pytest.raises(FailedPrecondition) as err:
+        await app.writes.record(claim("globex-deals", "globex", "deals", "+1 212 555 0101", NUMBER))
+
+    assert err.value.field == "policy.sender_numbers[1]"
+    assert "in use" in err.value.reason
+    assert "acme" not in err.value.reason and "promo" not in err.value.reason
+    assert await app.ledger.end_offsets(Stream.CAMPAIGNS) == written
+    stop = await app.writes.handle_inbound(
+        HandleInboundMessage("in1", PHONE, NUMBER, "STOP", "m1", at(1))
+    )
+    assert (stop.outcome.brand, stop.outcome.campaign) == ("acme", "promo")
+    check = await app.checks.can_send(PHONE, "acme", "promo", token=stop.write.token)
+    assert check.decision.reason is Reason.REVOKED
+
+
+async def test_a_number_another_campaign_of_the_brand_uses_is_refused_by_its_name(app):
+    await app.writes.record(claim("acme-promo", "acme", "promo", NUMBER))
+    await app.writes.record(claim("acme-alerts", "acme", "alerts", OTHER_NUMBER))
+
+    with pytest.raises(FailedPrecondition) as defined:
+        await app.writes.record(claim("acme-news", "acme", "news", NUMBER))
+    with pytest.raises(FailedPrecondition) as changed:
+        await app.writes.record(
+            claim("alerts-2", "acme", "alerts", OTHER_NUMBER, NUMBER, change=True)
+        )
+
+    assert defined.value.field == "policy.sender_numbers[0]"
+    assert changed.value.field == "policy.sender_numbers[1]"
+    assert "acme/promo" in defined.value.reason and "acme/promo" in changed.value.reason
+
+
+async def test_a_campaign_keeps_its_own_numbers_and_frees_those_it_drops(app):
+    await app.writes.record(claim("acme-promo", "acme", "promo", NUMBER))
+    await app.writes.record(claim("promo-2", "acme", "promo", NUMBER, OTHER_NUMBER, change=True))
+    with pytest.raises(FailedPrecondition):
+        await app.writes.record(claim("globex-deals", "globex", "deals", NUMBER))
+
+    await app.writes.record(claim("promo-3", "acme", "promo", OTHER_NUMBER, change=True))
+    freed = await app.writes.record(claim("globex-deals-2", "globex", "deals", NUMBER))
+
+    assert await app.guard.wait_for_token(freed.token)
+    assert await app.view.campaign_for_number(NUMBER) == ("globex", "deals")
+    assert await app.view.campaign_for_number(OTHER_NUMBER) == ("acme", "promo")
+
+
+async def test_a_number_claimed_a_moment_ago_is_seen_before_deciding(app):
+    # Written by another process, say: in the ledger, not yet in the view.
+    await app.ledger.append(to_events(claim("acme-promo", "acme", "promo", NUMBER), NOW))
+    with pytest.raises(FailedPrecondition):
+        await app.writes.record(claim("globex-deals", "globex", "deals", NUMBER))
+
+
+@pytest.mark.parametrize("count", [1, 2], ids=["one instance", "two instances"])
+async def test_two_claims_of_one_number_at_once_let_one_through(count):
+    async with instances(count, ledger=SlowLedger(partitions=4)) as (apps, _):
+        results = await asyncio.gather(
+            apps[0].writes.record(claim("acme-promo", "acme", "promo", NUMBER)),
+            apps[-1].writes.record(claim("globex-deals", "globex", "deals", NUMBER)),
+            return_exceptions=True,
+        )
+
+        refused = [r for r in results if isinstance(r, FailedPrecondition)]
+        assert len(refused) == 1 and refused[0].field == "policy.sender_numbers[0]"
+        assert len(await apps[0].ledger.read(Stream.CAMPAIGNS, 0, 0)) == 1
+
+
+class GatedLedger(InMemoryLedger):
+    """Appends that wait for ``gate``, saying when one has begun."""
+
+    def __init__(self, partitions: int) -> None:
+        super().__init__(partitions=partitions)
+        self.begun, self.gate = asyncio.Event(), asyncio.Event()
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        self.begun.set()
+        await self.gate.wait()
+        return await super().append(events)
+
+
+async def test_a_claim_whose_caller_goes_away_keeps_its_turn_until_it_is_appended():
+    ledger = GatedLedger(partitions=4)
+    async with running(ledger=ledger) as (app, _):
+        caller = asyncio.create_task(
+            app.writes.record(claim("acme-promo", "acme", "promo", NUMBER))
+        )
+        await asyncio.wait_for(ledger.begun.wait(), 5)
+        await stop_task(caller)  # a deadline, say, while the append is on its way
+
+        with pytest.raises(TimeoutError):  # the write runs on, and holds the turn
+            async with app.view.campaign_writes(0.1):
+                pass
+        ledger.gate.set()
+        async with app.view.campaign_writes(5):
+            assert len(await app.ledger.read(Stream.CAMPAIGNS, 0, 0)) == 1
+        with pytest.raises(FailedPrecondition):
+            await app.writes.record(claim("globex-deals", "globex", "deals", NUMBER))
+
+
+async def test_a_claim_that_cannot_get_its_turn_is_unavailable_and_writes_nothing(app, monkeypatch):
+    monkeypatch.setattr("services.usecases.writes.CAMPAIGN_TURN_WAIT", 0.1)
+    async with app.view.campaign_writes(1):  # another instance's write, taking long
+        with pytest.raises(NotConsistent) as err:
+            await app.writes.record(claim("acme-promo", "acme", "promo", NUMBER))
+        # A campaign write that claims no number needs no turn.
+        await app.writes.record(claim("acme-alerts", "acme", "alerts"))
+
+    assert err.value.field == "policy.sender_numbers"
+    [written] = await app.ledger.read(Stream.CAMPAIGNS, 0, 0)
+    assert written.event.campaign == "alerts"
+
+
+async def test_a_claim_is_refused_as_not_consistent_while_the_view_lags():
+    async with running(wait_bound=0.1) as (app, projector):
+        await stop_task(projector)
+        await app.ledger.append(to_events(claim("acme-promo", "acme", "promo", NUMBER), NOW))
+
+        with pytest.raises(NotConsistent) as err:
+            await app.writes.record(claim("acme-news", "acme", "news", OTHER_NUMBER))
+
+        # "Is the campaign already defined?" is the first question that needs a view
+        # caught up with the ledger; the sender numbers' check would be the next.
+        assert err.value.field == "campaign"
+        assert len(await app.ledger.read(Stream.CAMPAIGNS, 0, 0)) == 1
+
+
+# ---- inbound texts -------------------------------------------------------------------
+
+
+async def test_an_inbound_stop_to_a_number_the_view_lacks_yet_is_unavailable_not_refused():
+    async with unprojected() as app:
+        await app.ledger.append(to_events(claim("acme-promo", "acme", "promo", NUMBER), NOW))
+
+        with pytest.raises(NotConsistent) as err:  # gateways retry UNAVAILABLE
+            await app.writes.handle_inbound(
+                HandleInboundMessage("in1", PHONE, NUMBER, "STOP", "m1", at(1))
+            )
+
+        assert err.value.field == "to_phone"
+
+
+async def test_an_inbound_stop_to_a_number_claimed_a_moment_ago_is_recorded(app):
+    await app.ledger.append(to_events(claim("acme-promo", "acme", "promo", NUMBER), NOW))
+
+    stop = await app.writes.handle_inbound(
+        HandleInboundMessage("in1", PHONE, NUMBER, "STOP", "m1", at(1))
+    )
+
+    assert (stop.outcome.brand, stop.outcome.campaign) == ("acme", "promo")
+
+
+class ReadsLedger(SlowLedger):
+    """A slow ledger that notes, in order, each append and each read of a state."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.log: list[str] = []
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        self.log.append("append starts")
+        recorded = await super().append(events)
+        self.log.append("append ends")
+        return recorded
+
+
+async def test_two_texts_of_one_phone_at_once_are_read_and_written_one_after_the_other():
+    ledger = ReadsLedger(partitions=4)
+    view = InMemoryConsentView()
+    read = view.subscriber_states
+
+    async def noted(brand: str, phones: Sequence[str]) -> Any:
+        ledger.log.append("state read")
+        return await read(brand, phones)
+
+    view.subscriber_states = noted  # type: ignore[method-assign]
+    async with running(ledger=ledger, view=view) as (app, _):
+        assert await app.guard.wait_for_token(
+            (await app.writes.record(claim("acme-promo", BRAND, "promo", NUMBER))).token
+        )
+        ledger.log.clear()
+        await asyncio.gather(
+            app.writes.handle_inbound(
+                HandleInboundMessage("i1", PHONE, NUMBER, "STOP", "m1", at(1))
+            ),
+            app.writes.handle_inbound(
+                HandleInboundMessage("i2", PHONE, NUMBER, "START", "m2", at(2))
+            ),
+        )
+        # Without the phone's turn both would read before either appended.
+        assert ledger.log == ["state read", "append starts", "append ends"] * 2
+        assert not app.writes._inbound_turns  # nothing kept for a phone once its texts are done
+
+
+# ---- resolving a flagged reply ---------------------------------------------------------
+
+
+def resolve(request_id: str, candidate: str, phone: str = PHONE, brand: str = "acme"):
+    return ResolveRevocationCandidate(
+        request_id, phone, brand, candidate, CandidateResolution.DISMISSED, at(3)
+    )
+
+
+async def test_only_a_pending_candidate_of_that_number_and_brand_can_be_resolved(app):
+    other = "+14155552672"
+    await app.writes.record(claim("acme-promo", "acme", "promo", NUMBER))
+    await app.writes.record(claim("globex-deals", "globex", "deals", OTHER_NUMBER))
+    flagged = {}
+    for phone in (PHONE, other):  # resolved below at once: a reply flagged a moment ago counts
+        reply = "please stop texting me"
+        inbound = HandleInboundMessage(f"in-{phone}", phone, NUMBER, reply, f"m-{phone}", at(1))
+        flagged[phone] = (await app.writes.handle_inbound(inbound)).write.event_ids[1]
+    written = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    for request, why in (
+        (resolve("x1", "00000000-0000-0000-0000-000000000001"), "made up"),
+        (resolve("x2", flagged[other]), "another number's"),
+        (resolve("x3", flagged[PHONE], brand="globex"), "another brand's"),
+    ):
+        with pytest.raises(FailedPrecondition) as err:
+            await app.writes.record(request)
+        assert err.value.field == "candidate_event_id", why
+    assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == written
+
+    done = await app.writes.record(resolve("ok", flagged[PHONE].upper()))
+    again = await app.writes.record(resolve("ok", flagged[PHONE].upper()))  # a retry
+    assert again.replayed and again.event_ids == done.event_ids
+    with pytest.raises(FailedPrecondition):  # resolved already, by another request
+        await app.writes.record(resolve("ok-2", flagged[PHONE]))
+    check = await app.checks.can_send(PHONE, "acme", "promo", token=done.token)
+    assert check.decision.reason is not Reason.REVOCATION_PENDING_REVIEW
