@@ -77,18 +77,18 @@ class _Truth:
             if (a.start, b.start) in forks:
                 return
             forks.add((a.start, b.start))
-            self.findings.append(
-                Finding(
-                    stream,
-                    partition,
-                    offset,
-                    FORKED,
-                    f"two signed checkpoints disagree about offset {offset} "
-                    f"([{a.start}, {a.end}) at {a.time:%Y-%m-%d %H:%M:%S} and "
-                    f"[{b.start}, {b.end}) at {b.time:%Y-%m-%d %H:%M:%S}): "
-                    "the ledger was rewritten between them",
-                )
+            detail = (
+                f"two signed checkpoints disagree about offset {offset} "
+                f"([{a.start}, {a.end}) at {a.time:%Y-%m-%d %H:%M:%S} and "
+                f"[{b.start}, {b.end}) at {b.time:%Y-%m-%d %H:%M:%S}): "
+                "the ledger was rewritten between them"
             )
+            if a is b:  # only the genesis head to disagree with
+                detail = (
+                    f"the signed checkpoint of [{b.start}, {b.end}) does not start from this "
+                    "partition's genesis head: it chains another ledger's records"
+                )
+            self.findings.append(Finding(stream, partition, offset, FORKED, detail))
 
         for c in sorted(checkpoints, key=lambda c: (c.start, c.end, c.time)):
             # Fingerprints first: they name the offset where two checkpoints part.

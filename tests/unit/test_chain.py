@@ -312,3 +312,11 @@ def test_a_proof_checks_the_wanted_records_with_the_checkpoint_alone():
         bad[i] = replace(proved[0], value=b"altered")
         assert not check_proof(replace(segment, links=tuple(bad)), good)
         assert not check_proof(segment, lambda c: False)
+
+
+def test_a_checkpoint_that_does_not_start_from_genesis_is_a_fork():
+    rs = records(5)
+    c = checkpoints(rs, 5)[0]
+    found, _ = compare("subscribers", 0, rs, [replace(c, prev_head=bytes(32))], 0, 5)
+    assert kinds(found) == [(FORKED, 0)]
+    assert "genesis" in found[0].detail
