@@ -1,8 +1,9 @@
 -- The signed checkpoints of the ledger's hash chain (services/checkpoints.py) for the
 -- embedded default, whose ledger is a table here: what the checkpoint topic holds
--- under Kafka. Like the ledger's own table, nothing here can be rebuilt, so rows are only
--- ever added (triggers refuse UPDATE, DELETE and TRUNCATE, as for the ledger).
-CREATE TABLE ledger_checkpoints (
+-- under Kafka. Like the ledger's own table, nothing here can be rebuilt, so rows are
+-- only ever added (triggers refuse UPDATE, DELETE and TRUNCATE, as for the ledger).
+-- Safe to run again from the top, like every migration after 0006.
+CREATE TABLE IF NOT EXISTS ledger_checkpoints (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     stream      text    NOT NULL,
     partition   integer NOT NULL,
@@ -12,9 +13,10 @@ CREATE TABLE ledger_checkpoints (
     checkpoint  text    NOT NULL
 );
 
-CREATE INDEX ledger_checkpoints_latest ON ledger_checkpoints (key_id, stream, partition, end_offset);
+CREATE INDEX IF NOT EXISTS ledger_checkpoints_latest
+    ON ledger_checkpoints (key_id, stream, partition, end_offset);
 
-CREATE FUNCTION ledger_checkpoints_refuse_change() RETURNS trigger
+CREATE OR REPLACE FUNCTION ledger_checkpoints_refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'ledger_checkpoints is append-only: % is not allowed', TG_OP
@@ -22,10 +24,10 @@ BEGIN
 END;
 $$;
 
-CREATE TRIGGER ledger_checkpoints_no_update_or_delete
+CREATE OR REPLACE TRIGGER ledger_checkpoints_no_update_or_delete
     BEFORE UPDATE OR DELETE ON ledger_checkpoints
     FOR EACH ROW EXECUTE FUNCTION ledger_checkpoints_refuse_change();
 
-CREATE TRIGGER ledger_checkpoints_no_truncate
+CREATE OR REPLACE TRIGGER ledger_checkpoints_no_truncate
     BEFORE TRUNCATE ON ledger_checkpoints
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_checkpoints_refuse_change();

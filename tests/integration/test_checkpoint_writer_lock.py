@@ -1,7 +1,10 @@
 """Only one process signs checkpoints at a time: the writer's turn is a PostgreSQL
-advisory lock on a connection of its own, let go when that connection goes."""
+advisory lock on a connection of its own, let go when that connection goes. And the
+embedded default's checkpoints table keeps what it is given."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import pytest
 
@@ -25,3 +28,27 @@ async def test_one_writer_at_a_time_and_the_next_takes_over(postgres_dsn):
     finally:
         for lock in (first, second, other):
             await lock.close()
+
+
+async def test_the_checkpoints_table_is_append_only_and_its_migration_runs_again(postgres_dsn):
+    import asyncpg
+
+    from ledger.chain import Chain
+    from services.adapters.migrations import migrate
+    from services.adapters.postgres_audit import PostgresCheckpoints
+
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+        store = PostgresCheckpoints(pool)
+        c = Chain("subscribers", 0).cut(datetime(2026, 12, 2, tzinfo=UTC), "ed25519:t")
+        await store.publish([c.with_signature(b"s")])
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await pool.execute("DELETE FROM ledger_checkpoints")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await pool.execute("UPDATE ledger_checkpoints SET key_id = 'x'")
+        await pool.execute("DELETE FROM schema_migrations WHERE version = 12")
+        assert "0012_ledger_checkpoints" in await migrate(pool)
+        assert [x async for x in store.every()] == [c]
+    finally:
+        await pool.close()
