@@ -32,6 +32,7 @@ from ledger.phone import to_e164
 from ledger.policy import Decision, Reason, deny
 from ledger.ports import ConsistencyToken
 from ledger.validation import Violations
+from services import packets
 from services.errors import PermissionDenied, ServiceError, ShuttingDown, StoreUnavailable
 from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
 from services.grpc_api.deadlines import within, write_budget
@@ -371,6 +372,26 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             _token(request.at_least_as_fresh),
         )
         return api.opt_out_rate_to_proto(rate.value, rate.token.encode())
+
+    @translate_errors
+    async def GetProofPacket(
+        self, request: api_pb2.GetProofPacketRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.GetProofPacketResponse:
+        self._caller(context, Scope.AUDIT, request.brand)
+        campaign = request.campaign if request.HasField("campaign") else None
+        _refuse_bad_fields(
+            lambda: api.packet_format_from_proto(request.format),
+            lambda: _token(request.at_least_as_fresh),
+            *_target(request.phone, request.brand, campaign),
+        )
+        fmt = api.packet_format_from_proto(request.format)
+        packet = await self.usecases.audit.proof_packet(
+            request.phone, request.brand, campaign, _token(request.at_least_as_fresh)
+        )
+        document = packets.to_document(packet.value, consistency_token=packet.token.encode())
+        # A PDF takes a moment to draw: off the event loop, which serves other calls.
+        rendered = b"" if fmt is None else await asyncio.to_thread(packets.render, document, fmt)
+        return api.packet_to_proto(document, rendered, fmt)
 
     # ---- writes ------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """What is on record: one number's consent (``GetConsent``), its events
-(``ListEvents``), a brand's opt-out rate (``GetOptOutRate``) and its changes as they
-are applied (``WatchConsentChanges``).
+(``ListEvents``), its proof of opt-in (``GetProofPacket``), a brand's opt-out rate
+(``GetOptOutRate``) and its changes as they are applied (``WatchConsentChanges``).
 
 An audit read answers an error, not a decision: one the view cannot serve fresh
 enough raises ``NotConsistent`` (UNAVAILABLE, retryable) rather than answer from
@@ -28,6 +28,7 @@ from ledger.events import (
     RevocationCandidateFlagged,
 )
 from ledger.opt_out_rate import DEFAULT_WINDOW, OptOutRate
+from ledger.packet import Packet, assemble
 from ledger.phone import to_e164
 from ledger.ports import ConsistencyToken, Stream
 from ledger.state import Fact
@@ -114,6 +115,38 @@ class Audit:
             check_name(brand, "brand")
         await self.ctx.require_fresh([number], "phone", token)
         return Read(await self.ctx.view.history(number, brand), self.ctx.applied_token())
+
+    async def proof_packet(
+        self,
+        phone: str,
+        brand: str,
+        campaign: str | None = None,
+        token: ConsistencyToken | None = None,
+    ) -> Read[Packet]:
+        """The proof-of-opt-in packet of ``phone`` for ``brand`` (``campaign``: only
+        what bears on it): ``ledger.packet.assemble`` of the number's facts towards
+        the brand, its STOPs whose brand was unknown, and the rules of every campaign
+        they name. A campaign never defined is refused, so a misspelt name cannot
+        pass for "no opt-in"."""
+        number = to_e164(phone)
+        check_name(brand, "brand")
+        if campaign is not None:
+            check_name(campaign, "campaign")
+        await self.ctx.require_fresh([number], "phone", token)
+        read_at = self.ctx.applied_token()
+        if campaign is not None and not await self.ctx.campaign_known(brand, campaign):
+            raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
+        view = self.ctx.view
+        # STOPs whose brand was unknown concern every brand (``ledger.events.ANY_BRAND``).
+        facts = [*await view.history(number, brand), *await view.history(number, ANY_BRAND)]
+        named = {campaign} if campaign is not None else set()
+        named |= {c for r in facts if isinstance(c := getattr(r.event, "campaign", None), str)}
+        rules: dict[str, Recorded] = {}
+        for name in sorted(named):
+            for r in (await view.campaign_history(brand, name)).facts():
+                rules.setdefault(str(r.event.event_id), r)
+        packet = assemble([*facts, *rules.values()], number, brand, campaign, self.ctx.clock())
+        return Read(packet, read_at)
 
     async def opt_out_rate(
         self,

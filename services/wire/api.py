@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from consent.v1 import consent_service_pb2 as api_pb2
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from ledger.campaigns import CampaignPolicy
@@ -47,6 +48,7 @@ from ledger.opt_out_rate import OptOutRate
 from ledger.policy import Decision, Obligation, Reason
 from ledger.status import ConsentState
 from ledger.validation import Violations
+from services.packets import Format
 from services.wire import codec
 from services.wire.enums import EnumMap, WireFormatError
 
@@ -456,3 +458,30 @@ def inbound_outcome_to_proto(
             else 0
         ),
     )
+
+
+_PACKET_FORMATS = {
+    api_pb2.PACKET_FORMAT_JSON: Format.JSON,
+    api_pb2.PACKET_FORMAT_HTML: Format.HTML,
+    api_pb2.PACKET_FORMAT_PDF: Format.PDF,
+}
+
+
+def packet_format_from_proto(value: int, field: str = "format") -> Format | None:
+    """The document a ``GetProofPacket`` asks for; None: the JSON packet alone."""
+    if value == api_pb2.PACKET_FORMAT_UNSPECIFIED:
+        return None
+    if value not in _PACKET_FORMATS:
+        raise InvalidRequest(field, f"{value} is not a PacketFormat")
+    return _PACKET_FORMATS[value]
+
+
+def packet_to_proto(
+    document: dict[str, Any], rendered: bytes, fmt: Format | None
+) -> api_pb2.GetProofPacketResponse:
+    response = api_pb2.GetProofPacketResponse(consistency_token=document["consistency_token"])
+    json_format.ParseDict(document, response.packet)
+    if fmt is not None:
+        response.document = rendered
+        response.content_type = fmt.content_type
+    return response

@@ -17,6 +17,7 @@ from collections import abc as _abc
 from consent.v1 import ledger_pb2 as _ledger_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -284,6 +285,34 @@ REPLY_CONTENT_CONFIRM_NO_FURTHER_MESSAGES: ReplyContent.ValueType  # 2
 REPLY_CONTENT_CUSTOMER_CARE_CONTACT: ReplyContent.ValueType  # 3
 REPLY_CONTENT_OPT_OUT_INSTRUCTIONS: ReplyContent.ValueType  # 4
 Global___ReplyContent: _TypeAlias = ReplyContent  # noqa: Y015
+
+class _PacketFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PacketFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PacketFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PACKET_FORMAT_UNSPECIFIED: _PacketFormat.ValueType  # 0
+    """The JSON packet only (GetProofPacketResponse.packet)."""
+    PACKET_FORMAT_JSON: _PacketFormat.ValueType  # 1
+    """The JSON packet as a file too (UTF-8, indented), in document."""
+    PACKET_FORMAT_HTML: _PacketFormat.ValueType  # 2
+    """A readable HTML page, with the consent timeline as an SVG picture."""
+    PACKET_FORMAT_PDF: _PacketFormat.ValueType  # 3
+    """A PDF, with the same timeline drawn."""
+
+class PacketFormat(_PacketFormat, metaclass=_PacketFormatEnumTypeWrapper):
+    """What GetProofPacket renders besides the JSON packet."""
+
+PACKET_FORMAT_UNSPECIFIED: PacketFormat.ValueType  # 0
+"""The JSON packet only (GetProofPacketResponse.packet)."""
+PACKET_FORMAT_JSON: PacketFormat.ValueType  # 1
+"""The JSON packet as a file too (UTF-8, indented), in document."""
+PACKET_FORMAT_HTML: PacketFormat.ValueType  # 2
+"""A readable HTML page, with the consent timeline as an SVG picture."""
+PACKET_FORMAT_PDF: PacketFormat.ValueType  # 3
+"""A PDF, with the same timeline drawn."""
+Global___PacketFormat: _TypeAlias = PacketFormat  # noqa: Y015
 
 @_typing.final
 class CanSendRequest(_message.Message):
@@ -1790,3 +1819,75 @@ class WatchConsentChangesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchConsentChangesResponse: _TypeAlias = WatchConsentChangesResponse  # noqa: Y015
+
+@_typing.final
+class GetProofPacketRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_FIELD_NUMBER: _builtins.int
+    BRAND_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    AT_LEAST_AS_FRESH_FIELD_NUMBER: _builtins.int
+    phone: _builtins.str
+    brand: _builtins.str
+    """The caller's token needs the audit scope for this brand."""
+    campaign: _builtins.str
+    """Only what bears on this campaign (its own facts, and those of every campaign of
+    the brand: a STOPALL, a flagged reply). Absent: every campaign of the brand.
+    """
+    format: Global___PacketFormat.ValueType
+    at_least_as_fresh: _builtins.str
+    def __init__(
+        self,
+        *,
+        phone: _builtins.str = ...,
+        brand: _builtins.str = ...,
+        campaign: _builtins.str | None = ...,
+        format: Global___PacketFormat.ValueType = ...,
+        at_least_as_fresh: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "at_least_as_fresh", b"at_least_as_fresh", "brand", b"brand", "campaign", b"campaign", "format", b"format", "phone", b"phone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__campaign: _TypeAlias = _typing.Literal["campaign"]  # noqa: Y015
+    _WhichOneofArgType__campaign: _TypeAlias = _typing.Literal["_campaign", b"_campaign"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__campaign) -> _WhichOneofReturnType__campaign | None: ...
+
+Global___GetProofPacketRequest: _TypeAlias = GetProofPacketRequest  # noqa: Y015
+
+@_typing.final
+class GetProofPacketResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PACKET_FIELD_NUMBER: _builtins.int
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    document: _builtins.bytes
+    """The packet rendered in the format asked for; empty for PACKET_FORMAT_UNSPECIFIED."""
+    content_type: _builtins.str
+    """The document's media type: application/json, text/html; charset=utf-8 or
+    application/pdf.
+    """
+    consistency_token: _builtins.str
+    @_builtins.property
+    def packet(self) -> _struct_pb2.Struct:
+        """The packet (packet_version 1), as README.md's "Proof of opt-in" describes it."""
+
+    def __init__(
+        self,
+        *,
+        packet: _struct_pb2.Struct | None = ...,
+        document: _builtins.bytes = ...,
+        content_type: _builtins.str = ...,
+        consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["packet", b"packet"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "content_type", b"content_type", "document", b"document", "packet", b"packet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProofPacketResponse: _TypeAlias = GetProofPacketResponse  # noqa: Y015

@@ -130,6 +130,11 @@ class ConsentServiceStub:
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesResponse.FromString,
                 _registered_method=True)
+        self.GetProofPacket = channel.unary_unary(
+                '/consent.v1.ConsentService/GetProofPacket',
+                request_serializer=consent_dot_v1_dot_consent__service__pb2.GetProofPacketRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__service__pb2.GetProofPacketResponse.FromString,
+                _registered_method=True)
 
 
 class ConsentServiceServicer:
@@ -287,6 +292,17 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetProofPacket(self, request, context):
+        """Audit: the proof of opt-in for a number and a brand (optionally one campaign):
+        what the provider's template asks for (and what the record lacks of it), every
+        message with the decision that allowed it, every opt-out and reply with its
+        handling, and the consent timeline; as JSON, and on request as an HTML page or
+        a PDF. It is whole after an opt-out: history is kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -384,6 +400,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.WatchConsentChanges,
                     request_deserializer=consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesRequest.FromString,
                     response_serializer=consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesResponse.SerializeToString,
+            ),
+            'GetProofPacket': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProofPacket,
+                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.GetProofPacketRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__service__pb2.GetProofPacketResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -900,6 +921,33 @@ class ConsentService:
             '/consent.v1.ConsentService/WatchConsentChanges',
             consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesRequest.SerializeToString,
             consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProofPacket(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentService/GetProofPacket',
+            consent_dot_v1_dot_consent__service__pb2.GetProofPacketRequest.SerializeToString,
+            consent_dot_v1_dot_consent__service__pb2.GetProofPacketResponse.FromString,
             options,
             channel_credentials,
             insecure,

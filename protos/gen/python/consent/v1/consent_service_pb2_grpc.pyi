@@ -107,6 +107,13 @@ class ConsentServiceStub:
     number come in the order the ledger recorded them; changes of numbers on
     different ledger partitions are interleaved by recorded time.
     """
+    GetProofPacket: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.GetProofPacketRequest, _consent_service_pb2.GetProofPacketResponse]
+    """Audit: the proof of opt-in for a number and a brand (optionally one campaign):
+    what the provider's template asks for (and what the record lacks of it), every
+    message with the decision that allowed it, every opt-out and reply with its
+    handling, and the consent timeline; as JSON, and on request as an HTML page or
+    a PDF. It is whole after an opt-out: history is kept.
+    """
 
 @_typing.type_check_only
 class ConsentServiceAsyncStub(ConsentServiceStub):
@@ -176,6 +183,13 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     server reads the next changes only as the client takes them. Changes of one
     number come in the order the ledger recorded them; changes of numbers on
     different ledger partitions are interleaved by recorded time.
+    """
+    GetProofPacket: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.GetProofPacketRequest, _consent_service_pb2.GetProofPacketResponse]  # type: ignore[assignment]
+    """Audit: the proof of opt-in for a number and a brand (optionally one campaign):
+    what the provider's template asks for (and what the record lacks of it), every
+    message with the decision that allowed it, every opt-out and reply with its
+    handling, and the consent timeline; as JSON, and on request as an HTML page or
+    a PDF. It is whole after an opt-out: history is kept.
     """
 
 class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -357,6 +371,19 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         server reads the next changes only as the client takes them. Changes of one
         number come in the order the ledger recorded them; changes of numbers on
         different ledger partitions are interleaved by recorded time.
+        """
+
+    @_abc_1.abstractmethod
+    def GetProofPacket(
+        self,
+        request: _consent_service_pb2.GetProofPacketRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_service_pb2.GetProofPacketResponse, _abc.Awaitable[_consent_service_pb2.GetProofPacketResponse]]:
+        """Audit: the proof of opt-in for a number and a brand (optionally one campaign):
+        what the provider's template asks for (and what the record lacks of it), every
+        message with the decision that allowed it, every opt-out and reply with its
+        handling, and the consent timeline; as JSON, and on request as an HTML page or
+        a PDF. It is whole after an opt-out: history is kept.
         """
 
 def add_ConsentServiceServicer_to_server(servicer: ConsentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
