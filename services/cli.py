@@ -1,7 +1,8 @@
 """Command line: ``serve`` (the service), ``migrate`` (schema and topics), ``rebuild``
 (re-fold the projections from the ledger), ``token add`` / ``token remove`` (edit
 the tokens file); ``export``, ``verify`` and ``keys`` (tamper evidence) are in
-``services.cli_audit``."""
+``services.cli_audit``; ``audit packet`` (a number's proof of opt-in, from a running
+service) in ``services.packets.cli``."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from services.bootstrap import (
 )
 from services.log_context import LogContext
 from services.log_limits import limited
+from services.packets import cli as packets_cli
 from services.settings import Settings, SettingsError, TlsSettings
 
 log = logging.getLogger("consent-ledger")
@@ -381,6 +383,7 @@ def _parser() -> argparse.ArgumentParser:
     from services import cli_audit
 
     cli_audit.add_commands(sub, command)
+    packets_cli.add_command(sub, command)
     return parser
 
 
@@ -394,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in cli_audit.COMMANDS:
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
         return cli_audit.run(args)
+    if args.command == "audit":  # a client of a running service: no settings of its own
+        return packets_cli.run(args)
     if args.command == "migrate" and (args.wait < 0 or args.wait != args.wait):
         parser.error("--wait must be 0 or more seconds")
     if args.command == "migrate" and args.wait and not args.check:

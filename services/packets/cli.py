@@ -1,0 +1,229 @@
+"""``consent-ledger audit packet``: ask a running service for a number's proof of
+opt-in and write it as JSON, HTML or PDF. A client of the gRPC API, so the caller's
+token, its audit scope and its brands decide what it may read, as for any call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+AUDIT_HELP = "auditors' tools: a number's proof-of-opt-in packet (audit packet --help)"
+
+PACKET_DESCRIPTION = """\
+Write the proof of opt-in for one phone number and one brand (optionally one
+campaign): what a carrier's or a court's request for proof asks for, from the
+ledger alone, as a file for people (HTML or PDF) or for machines (JSON).
+
+The packet holds, for each opt-in, the fields of the provider's proof-of-opt-in
+template (name, email, physical address, registration date and time, IP address
+or other method of collection, form URL, consent wording, screenshot and its
+SHA-256, the first message sent), with every field the record lacks listed as
+missing, never filled in; every message sent, with the decision CanSend would
+have given for it from what the ledger had recorded when the send was recorded
+(and the decision in hindsight, when a fact recorded later changes it); every
+opt-out and every text received, with how each was handled (the confirmation
+sent, the review of a flagged reply); the consent timeline, drawn as a picture
+in HTML and PDF (grant, messages, STOP, confirmation, resume); and every fact it
+rests on, with its ledger position and who recorded it. History is kept after an
+opt-out, so a packet made years later is whole.
+
+It asks the service's GetProofPacket (the same as grpcurl would) with a token
+that has the audit scope for the brand: a token limited to other brands is
+refused. It prints a summary to standard error."""
+
+PACKET_EPILOG = """\
+connection:
+  --address, or CONSENT_ADDRESS, else 127.0.0.1:50051. The token: --token-file,
+  else CONSENT_TOKEN, else var/data/dev-token (what `make run` writes). Plaintext
+  unless --cacert is given (TLS), with --cert and --key for mutual TLS.
+
+examples:
+  consent-ledger audit packet --phone +14155552671 --brand acme --format pdf -o proof.pdf
+  consent-ledger audit packet --phone +14155552671 --brand acme --campaign promo \\
+      --format json -o - | jq '.missing'
+
+exit status:
+  0  the packet was written
+  1  the service refused (the reason and any bad field are printed) or could
+     not be reached
+  2  a usage error"""
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEV_TOKEN = Path("var/data/dev-token")
+
+
+def add_command(sub: Any, command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """``audit`` and its ``packet`` on ``services.cli``'s parser."""
+    audit = command("audit", AUDIT_HELP)
+    audit.epilog = (
+        "Each TOOL --help is its manual. The tools are clients of a running service: "
+        "they read no CONSENT_* settings but CONSENT_ADDRESS and CONSENT_TOKEN."
+    )
+    tools = audit.add_subparsers(dest="audit_command", required=True, metavar="TOOL")
+    packet = tools.add_parser(
+        "packet",
+        help="write a number's proof-of-opt-in packet (JSON, HTML or PDF)",
+        description=PACKET_DESCRIPTION,
+        epilog=PACKET_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    packet.add_argument("--phone", required=True, help="the number, E.164 (+14155552671)")
+    packet.add_argument("--brand", required=True, help="the brand the proof is for")
+    packet.add_argument(
+        "--campaign", help="only what bears on this campaign (default: every campaign)"
+    )
+    packet.add_argument(
+        "--format",
+        choices=["json", "html", "pdf"],
+        default="pdf",
+        help="json for machines; html or pdf (the default) for people",
+    )
+    packet.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="where to write it; - for standard output",
+    )
+    packet.add_argument(
+        "--address", help=f"the service (default: $CONSENT_ADDRESS or {DEFAULT_ADDRESS})"
+    )
+    packet.add_argument(
+        "--token-file",
+        type=Path,
+        help="a file holding the bearer token (default: $CONSENT_TOKEN, else var/data/dev-token)",
+    )
+    packet.add_argument("--cacert", type=Path, help="PEM CA to verify the server's TLS certificate")
+    packet.add_argument("--cert", type=Path, help="PEM client certificate, for mutual TLS")
+    packet.add_argument("--key", type=Path, help="PEM key of --cert")
+    packet.add_argument(
+        "--timeout", type=float, default=60.0, metavar="SECONDS", help="give up after (60)"
+    )
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file is not None:
+        return str(args.token_file.read_text()).strip()
+    if os.environ.get("CONSENT_TOKEN"):
+        return os.environ["CONSENT_TOKEN"].strip()
+    if DEV_TOKEN.exists():
+        return DEV_TOKEN.read_text().strip()
+    return None
+
+
+def _channel(args: argparse.Namespace, address: str) -> Any:
+    import grpc
+
+    if args.cacert is None:
+        if args.cert or args.key:
+            raise ValueError("--cert and --key go with --cacert")
+        return grpc.insecure_channel(address)
+    if bool(args.cert) != bool(args.key):
+        raise ValueError("--cert and --key go together")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=args.cacert.read_bytes(),
+        private_key=args.key.read_bytes() if args.key else None,
+        certificate_chain=args.cert.read_bytes() if args.cert else None,
+    )
+    return grpc.secure_channel(address, credentials)
+
+
+def _refusal(exc: Any) -> str:
+    """A failed call's status, message, and the fields a ``BadRequest`` names."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    lines = [f"{exc.code().name}: {exc.details()}"]
+    status = rpc_status.from_call(exc)
+    for detail in status.details if status else []:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            lines += [f"  {v.field}: {v.description}" for v in bad.field_violations]
+    return "\n".join(lines)
+
+
+def summary(packet: dict[str, Any]) -> str:
+    """What a person wants to know before opening the file."""
+    messages = packet["messages"]
+    denied = sum(1 for m in messages if not m["decision"]["allowed"])
+    late = sum(1 for m in messages if m["hindsight"])
+    lines = [
+        f"proof of opt-in for {packet['phone']} / {packet['brand']}"
+        + (f" / {packet['campaign']}" if packet["campaign"] else "")
+        + f" (ledger read up to {packet['consistency_token'] or '-'})",
+        f"  opt-ins: {len(packet['opt_ins'])}; messages: {len(messages)} "
+        f"({denied} not allowed when sent, {late} not allowed in hindsight); "
+        f"opt-outs: {len(packet['opt_outs'])}; texts received: {len(packet['replies'])}",
+    ]
+    if packet["missing"]:
+        lines.append("  missing: " + ", ".join(m["field"] for m in packet["missing"]))
+    else:
+        lines.append("  missing: nothing the template asks for")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import grpc
+    from consent.v1 import consent_service_pb2 as api
+    from consent.v1 import consent_service_pb2_grpc as api_grpc
+
+    address = args.address or os.environ.get("CONSENT_ADDRESS") or DEFAULT_ADDRESS
+    if args.output == "-" and args.format == "pdf" and sys.stdout.isatty():
+        print(
+            "consent-ledger audit packet: a PDF is not for a terminal: give -o FILE",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        token = _token(args)
+        channel = _channel(args, address)
+    except (OSError, ValueError) as exc:
+        print(f"consent-ledger audit packet: {exc}", file=sys.stderr)
+        return 2
+    if token is None:
+        print(
+            "consent-ledger audit packet: no token: give --token-file or set CONSENT_TOKEN",
+            file=sys.stderr,
+        )
+        return 2
+    request = api.GetProofPacketRequest(
+        phone=args.phone,
+        brand=args.brand,
+        format={
+            "json": api.PACKET_FORMAT_JSON,
+            "html": api.PACKET_FORMAT_HTML,
+            "pdf": api.PACKET_FORMAT_PDF,
+        }[args.format],
+    )
+    if args.campaign is not None:
+        request.campaign = args.campaign
+    try:
+        with channel:
+            answer = api_grpc.ConsentServiceStub(channel).GetProofPacket(
+                request, metadata=[("authorization", f"Bearer {token}")], timeout=args.timeout
+            )
+    except grpc.RpcError as exc:
+        print(f"consent-ledger audit packet: {_refusal(exc)}", file=sys.stderr)
+        return 1
+    if args.output == "-":
+        sys.stdout.buffer.write(answer.document)
+        sys.stdout.buffer.flush()
+    else:
+        Path(args.output).write_bytes(answer.document)
+    packet = json.loads(answer.document) if args.format == "json" else _as_dict(answer.packet)
+    where = "standard output" if args.output == "-" else args.output
+    print(f"wrote {where} ({args.format}, {len(answer.document)} bytes)", file=sys.stderr)
+    print(summary(packet), file=sys.stderr)
+    return 0
+
+
+def _as_dict(message: Any) -> dict[str, Any]:
+    from google.protobuf import json_format
+
+    found: dict[str, Any] = json_format.MessageToDict(message)
+    return found
