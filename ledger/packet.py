@@ -15,7 +15,7 @@ History is kept after an opt-out, so the packet is whole after one.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ledger.deadlines import revocation_due
@@ -231,7 +231,6 @@ class Packet:
     timeline: tuple[TimelinePoint, ...]
     missing: tuple[Missing, ...]
     version: int = PACKET_VERSION
-    notes: tuple[str, ...] = field(default=())
 
 
 TEMPLATE_LABELS = {
