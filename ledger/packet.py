@@ -39,6 +39,7 @@ from ledger.events import (
 )
 from ledger.keywords import Intent
 from ledger.policy import Decision, Obligation, decide_as_of
+from ledger.state import SubscriberState, fold, retained_facts
 from ledger.validation import is_blank
 
 PACKET_VERSION = 1
@@ -349,10 +350,10 @@ def assemble(
     rules = [r for r in everything if isinstance(r.event, CampaignEvent) and r.event.brand == brand]
     mine = [r for r in subscriber if _concerns(r.event, campaign)]  # type: ignore[arg-type]
 
+    sends = [r for r in mine if isinstance(r.event, MessageSent)]
+    replayed = _replays(subscriber, rules, now, {str(r.event.event_id) for r in sends})
     messages = {
-        str(r.event.event_id): _message(r, subscriber, rules, now)
-        for r in mine
-        if isinstance(r.event, MessageSent)
+        str(r.event.event_id): _message(r, *replayed[str(r.event.event_id)], now) for r in sends
     }
     # Facts a decision cites belong in the packet even when they name another
     # campaign (a STOP of another campaign under the revoke-all rule).
@@ -400,21 +401,67 @@ def _is_opt_out(e: LedgerEvent) -> bool:
     return isinstance(e, ConsentRevoked | RevocationCandidateFlagged)
 
 
-def _message(
-    sent: Recorded, subscriber: Sequence[Recorded], rules: Sequence[Recorded], now: datetime
-) -> SentMessage:
-    """The send with the decision replayed for it.
+def _replays(
+    subscriber: Sequence[Recorded], rules: Sequence[Recorded], now: datetime, wanted: set[str]
+) -> dict[str, tuple[Decision, Decision]]:
+    """For each send in ``wanted``, the decision replayed for it then and in hindsight.
 
     Then: at the send's world time, from the facts the ledger had recorded before it
     (in its partition, before its offset; campaign rules by their recorded time), so
     the send itself, and any send recorded after it, are not counted against it.
-    In hindsight: from every fact recorded by ``now``, the send itself left out."""
+    In hindsight: from every fact recorded by ``now``, the send itself left out.
+
+    Both go through ``decide_as_of``. To keep a long history linear, the facts before
+    a send are handed over as those their fold still depends on
+    (``ledger.state.retained_facts``: folding them again gives the same state) when
+    none of them lies after the moment asked about; otherwise, and in hindsight when
+    a fact recorded after the send happened before it, every fact is handed over.
+    Hindsight is the answer of then when nothing recorded since the send (a
+    subscriber fact, a campaign's rules) speaks of the send's moment."""
+    states = {False: SubscriberState(), True: SubscriberState()}  # brand's, ANY_BRAND's
+    latest_occurred = latest_recorded = None
+    # The earliest moment any fact recorded after each position speaks of.
+    earliest_after: list[datetime | None] = [None] * (len(subscriber) + 1)
+    for i in range(len(subscriber) - 1, -1, -1):
+        r = subscriber[i]
+        moment = min(r.event.occurred_at, r.recorded_at)
+        following = earliest_after[i + 1]
+        earliest_after[i] = moment if following is None or moment < following else following
+    found: dict[str, tuple[Decision, Decision]] = {}
+    for i, sent in enumerate(subscriber):
+        e = sent.event
+        if isinstance(e, MessageSent) and str(e.event_id) in wanted:
+            at, known = e.occurred_at, sent.recorded_at
+            compact = (latest_occurred is None or latest_occurred <= at) and (
+                latest_recorded is None or latest_recorded <= known
+            )
+            if compact:
+                facts = [*retained_facts(states[False]), *retained_facts(states[True])]
+            else:
+                facts = list(subscriber[:i])
+            then = decide_as_of([*rules, *facts], e.campaign, at, known, e.kind)
+            late = earliest_after[i + 1]
+            if late is not None and late <= at:
+                facts = [*subscriber[:i], *subscriber[i + 1 :]]
+                later = decide_as_of([*rules, *facts], e.campaign, at, now, e.kind)
+            elif any(r.recorded_at > known and r.event.occurred_at <= at for r in rules):
+                later = decide_as_of([*rules, *facts], e.campaign, at, now, e.kind)
+            else:  # nothing recorded since the send speaks of its moment
+                later = then
+            found[str(e.event_id)] = (then, later)
+        wide = isinstance(e, SubscriberEvent) and e.brand == ANY_BRAND
+        states[wide] = fold([sent], states[wide])
+        if latest_occurred is None or e.occurred_at > latest_occurred:
+            latest_occurred = e.occurred_at
+        if latest_recorded is None or sent.recorded_at > latest_recorded:
+            latest_recorded = sent.recorded_at
+    return found
+
+
+def _message(sent: Recorded, then: Decision, later: Decision, now: datetime) -> SentMessage:
+    """The send, with the decision that allowed it (``_replays``)."""
     e = sent.event
     assert isinstance(e, MessageSent)
-    before = [r for r in subscriber if r.position.offset < sent.position.offset]
-    then = decide_as_of([*rules, *before], e.campaign, e.occurred_at, sent.recorded_at, e.kind)
-    others = [r for r in subscriber if r is not sent]
-    later = decide_as_of([*rules, *others], e.campaign, e.occurred_at, now, e.kind)
     hindsight = None
     if (later.allowed, later.reason) != (then.allowed, then.reason):
         hindsight = Ruling.of(later, e.occurred_at, now)

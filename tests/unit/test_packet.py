@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta
 
+import pytest
+
 from ledger.campaigns import CampaignPolicy, FrequencyCap
 from ledger.events import (
     ANY_BRAND,
@@ -20,11 +22,13 @@ from ledger.events import (
     InboundMessageReceived,
     LedgerPosition,
     MessageKind,
+    MessageSent,
     Recorded,
     RevocationCandidateFlagged,
     RevocationChannel,
 )
 from ledger.packet import FIRST_MESSAGE_TEXT_NOT_RECORDED, assemble, iso
+from ledger.policy import decide_as_of
 from tests.builders import (
     BRAND,
     PHONE,
@@ -290,3 +294,46 @@ def test_another_brands_facts_never_enter_the_packet():
     assert [o.event.event_id for o in packet.opt_ins] != [] and all(
         e.event_id != str(theirs.event_id) for e in packet.events
     )
+
+
+def _naive(history, now):
+    """Each send's decisions from every fact, as ``decide_as_of`` alone gives them."""
+    subscriber = [r for r in history if not isinstance(r.event, CampaignDefined)]
+    rules = [r for r in history if isinstance(r.event, CampaignDefined)]
+    found = {}
+    for i, r in enumerate(subscriber):
+        e = r.event
+        if isinstance(e, MessageSent):
+            before = subscriber[:i]
+            others = subscriber[:i] + subscriber[i + 1 :]
+            then = decide_as_of([*rules, *before], e.campaign, e.occurred_at, r.recorded_at, e.kind)
+            later = decide_as_of([*rules, *others], e.campaign, e.occurred_at, now, e.kind)
+            found[str(e.event_id)] = (then, later)
+    return found
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_the_compact_replay_decides_as_decide_as_of_over_every_fact(late):
+    capped = _defined(frequency_caps=(FrequencyCap(3, timedelta(days=1)),))
+    events = [capped, granted(at(0))]
+    events += [sent(at(hours=h)) for h in (1, 2, 3, 4, 30, 31)]
+    events += [
+        _stop(at(hours=40)),
+        sent(at(hours=40, minutes=1), kind=MessageKind.OPT_OUT_CONFIRMATION),
+    ]
+    events += [sent(at(hours=41)), resumed(at(hours=50), "promo"), sent(at(hours=51))]
+    history = record(events)
+    if late:  # a STOP reported a day late, and a send stamped before facts it follows
+        stop = Recorded(_stop(at(hours=3, minutes=30)), LedgerPosition(0, 99), at(hours=60))
+        early = Recorded(sent(at(hours=20)), LedgerPosition(0, 100), at(hours=61))
+        history = [*history, stop, early]
+    packet = assemble(history, PHONE, BRAND, None, NOW)
+    expected = _naive(history, NOW)
+    assert len(packet.messages) == len(expected)
+    for m in packet.messages:
+        then, later = expected[m.event.event_id]
+        assert (m.decision.allowed, m.decision.reason) == (then.allowed, then.reason.value)
+        assert m.decision.evidence == then.evidence
+        shown = m.hindsight or m.decision
+        assert (shown.allowed, shown.reason) == (later.allowed, later.reason.value)
+    assert any(m.hindsight for m in packet.messages) is late
