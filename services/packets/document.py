@@ -14,13 +14,15 @@ from ledger.packet import Packet, iso
 TAMPER_EVIDENCE_PENDING = {
     "status": "not_available",
     "detail": (
-        "this ledger does not sign checkpoints yet: the events are listed with their "
-        "partitions and offsets, and a checkpoint proof will be added here when "
-        "signed checkpoints are published"
+        "this packet does not carry the proof of its events against a signed "
+        "checkpoint yet; each event's partition and offset are listed, so "
+        "`consent-ledger export` and `consent-ledger verify` check them against the "
+        "ledger's signed checkpoints"
     ),
 }
-"""``tamper_evidence`` until the ledger publishes signed checkpoints: the place where
-the bundle that checks the packet's events against a checkpoint goes."""
+"""``tamper_evidence`` until a packet carries its own proof: the place where what
+checks the packet's events against a signed checkpoint, with the public key alone,
+goes (``ledger.chain.prove`` makes it from the partition's records)."""
 
 
 def _plain(value: Any) -> Any:
