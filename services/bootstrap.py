@@ -201,6 +201,9 @@ class Runtime:
     usecases: UseCases | None = None
     server: GrpcServer | None = None
     dev_token: str | None = None
+    proofs: Any = None
+    """``services.proofs.Proofs`` once checkpoints are signed: a proof packet's
+    tamper evidence for its events."""
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     metrics_address: str | None = None
     """Where ``/metrics`` is served (``settings.metrics_listen`` with its real port)."""
@@ -367,13 +370,15 @@ class Runtime:
         """Sign a checkpoint of the ledger's chain every ``checkpoint_interval``
         (``services.checkpoints``), with the key of ``checkpoint_key_file``; the
         embedded default makes one in its data directory."""
+        from services.adapters.postgres_audit import PostgresCheckpoints
         from services.checkpoints import (
             Checkpointer,
-            CheckpointStore,
+            IndexedCheckpoints,
             PostgresWriterLock,
             RecordSource,
             SigningKey,
         )
+        from services.proofs import Proofs
 
         s = self.settings
         path = s.checkpoint_key_file
@@ -399,12 +404,16 @@ class Runtime:
                 await kafka_records.start()
                 await kafka_store.start()
             records: RecordSource = kafka_records
-            store: CheckpointStore = kafka_store
+            # a copy in PostgreSQL finds the checkpoints of an event (for proofs)
+            store: IndexedCheckpoints | PostgresCheckpoints = IndexedCheckpoints(
+                kafka_store, PostgresCheckpoints(pool)
+            )
             name = kafka_store.topic
         else:
-            from services.adapters.postgres_audit import PostgresCheckpoints, PostgresRecords
+            from services.adapters.postgres_audit import PostgresRecords
 
             records, store, name = PostgresRecords(pool), PostgresCheckpoints(pool), ""
+        self.proofs = Proofs(records, store)
         assert dsn is not None  # the embedded PostgreSQL's, when none was given
         lock = PostgresWriterLock(dsn, f"consent-ledger checkpoints {name}")
         metrics = self.metrics

@@ -255,6 +255,40 @@ class CheckpointStore(Protocol):
         ...
 
 
+class Covering(Protocol):
+    async def covering(self, stream: str, partition: int, offset: int) -> list[Checkpoint]:
+        """The stored checkpoints whose range holds ``offset`` of the partition."""
+        ...
+
+
+class IndexedCheckpoints:
+    """A ``CheckpointStore`` (the checkpoint topic) with a copy of each checkpoint in
+    an index that finds those covering an event (``PostgresCheckpoints``). The store
+    is the record; a copy that fails is logged, and a proof then lacks that one."""
+
+    def __init__(self, store: CheckpointStore, index: Any) -> None:
+        self.store, self.index = store, index
+
+    async def publish(self, checkpoints: Sequence[Checkpoint]) -> None:
+        await self.store.publish(checkpoints)
+        try:
+            await self.index.publish(checkpoints)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("checkpoints: published, but not indexed for proofs: %s", exc)
+
+    async def latest(
+        self, key_id: str, wanted: set[tuple[str, int]]
+    ) -> dict[tuple[str, int], Checkpoint]:
+        return await self.store.latest(key_id, wanted)
+
+    def every(self) -> AsyncIterator[Checkpoint | str]:
+        return self.store.every()
+
+    async def covering(self, stream: str, partition: int, offset: int) -> list[Checkpoint]:
+        found: list[Checkpoint] = await self.index.covering(stream, partition, offset)
+        return found
+
+
 class WriterLock(Protocol):
     async def held(self) -> bool:
         """Whether this process is the writer now (taking the turn if it is free)."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ledger.chain import ChainRecord, Checkpoint, ProofSegment, check_proof, prove
-from services.checkpoints import Keyring, RecordSource
+from services.checkpoints import Covering, Keyring, RecordSource
 
 BUNDLE_FORMAT = 1
 
@@ -51,6 +51,25 @@ async def bundle(
             for o in sorted(offsets - reached)
         ]
     return {"format": BUNDLE_FORMAT, "segments": segments, "uncovered": uncovered}
+
+
+class Proofs:
+    """What a proof packet calls: the bundle for its events, with the checkpoints that
+    cover them found in the store's index (``Runtime.proofs``)."""
+
+    def __init__(self, source: RecordSource, checkpoints: Covering) -> None:
+        self.source, self.checkpoints = source, checkpoints
+
+    async def tamper_evidence(self, positions: Iterable[tuple[str, int, int]]) -> dict[str, Any]:
+        """``bundle`` of the events at ``positions`` ((stream, partition, offset)), with
+        every stored checkpoint that covers one; ``check_bundle`` and the public keys
+        check it (and say which checkpoints to trust)."""
+        asked = sorted(set(positions))
+        found: dict[bytes, Checkpoint] = {}
+        for stream, partition, offset in asked:
+            for c in await self.checkpoints.covering(stream, partition, offset):
+                found.setdefault(c.signature, c)
+        return await bundle(self.source, list(found.values()), asked)
 
 
 def _at(offsets: set[int]) -> Callable[[ChainRecord], bool]:

@@ -98,6 +98,20 @@ class PostgresCheckpoints:
                 found[(stream, partition)] = Checkpoint.from_json(json.loads(text))
         return found
 
+    async def covering(self, stream: str, partition: int, offset: int) -> list[Checkpoint]:
+        """The checkpoints that cover ``offset`` of the partition, the nearest first
+        (one per key that signed one, usually)."""
+        rows = await self._pool.fetch(
+            "SELECT checkpoint FROM ledger_checkpoints "
+            "WHERE stream = $1 AND partition = $2 AND end_offset > $3 "
+            "ORDER BY end_offset, id LIMIT 16",
+            stream,
+            partition,
+            offset,
+        )
+        found = [Checkpoint.from_json(json.loads(row["checkpoint"])) for row in rows]
+        return [c for c in found if c.start <= offset]
+
     async def every(self) -> AsyncIterator[Checkpoint | str]:
         after = 0
         while True:

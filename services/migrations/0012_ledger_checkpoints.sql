@@ -1,6 +1,6 @@
 -- The signed checkpoints of the ledger's hash chain (services/checkpoints.py) for the
 -- embedded default, whose ledger is a table here: what the checkpoint topic holds
--- under Kafka. Like the ledger's own table, nothing here can be rebuilt, so rows are
+-- under Kafka (where this table is a copy, to find the checkpoints of an event). Like the ledger's own table, nothing here can be rebuilt, so rows are
 -- only ever added (triggers refuse UPDATE, DELETE and TRUNCATE, as for the ledger).
 -- Safe to run again from the top, like every migration after 0006.
 CREATE TABLE IF NOT EXISTS ledger_checkpoints (
@@ -15,6 +15,10 @@ CREATE TABLE IF NOT EXISTS ledger_checkpoints (
 
 CREATE INDEX IF NOT EXISTS ledger_checkpoints_latest
     ON ledger_checkpoints (key_id, stream, partition, end_offset);
+-- Which checkpoints cover an event (a proof packet's question): under Kafka too, the
+-- writer keeps a copy of each checkpoint here as this index.
+CREATE INDEX IF NOT EXISTS ledger_checkpoints_covering
+    ON ledger_checkpoints (stream, partition, end_offset);
 
 CREATE OR REPLACE FUNCTION ledger_checkpoints_refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$

@@ -23,6 +23,7 @@ from services.adapters.kafka_audit import KafkaCheckpoints
 from services.adapters.postgres_audit import PostgresCheckpoints
 from services.bootstrap import Runtime
 from services.checkpoints import Keyring, PublicKey, SigningKey
+from services.proofs import check_bundle
 from tests.e2e.harness import (
     client,
     define,
@@ -170,6 +171,14 @@ async def test_checkpoints_are_signed_and_a_tampered_export_is_caught(
         finally:
             if kafka is not None:
                 await store.close()
+        # a proof packet's tamper evidence: its events, proven with the public key alone
+        assert runtime.ledger is not None
+        ends = await runtime.ledger.every_end_offset()
+        asked = [(s.value, p, end - 1) for s in Stream for p, end in ends[s].items() if end]
+        evidence = json.loads(json.dumps(await runtime.proofs.tamper_evidence(asked)))
+        proven, problems = check_bundle(evidence, Keyring.load(keys))
+        assert problems == [] and evidence["uncovered"] == []
+        assert sorted((r.stream, r.partition, r.offset) for r in proven) == sorted(asked)
         export = tmp_path / "ledger.jsonl"
         code, out, err = await consent_ledger("export", "--output", str(export), env=env)
         assert code == 0, err

@@ -516,3 +516,17 @@ def _verify_file(tmp_path, name: str) -> tuple[int, list[dict]]:  # type: ignore
             ]
         )
     return code, json.loads(out.getvalue())["findings"]
+
+
+async def test_a_checkpoint_not_copied_to_the_index_is_still_published(key):
+    from services.checkpoints import IndexedCheckpoints
+
+    class Broken:
+        async def publish(self, checkpoints: Sequence[Checkpoint]) -> None:
+            raise OSError("PostgreSQL is gone")
+
+    ledger, clock = Ledger(1), Clock()
+    ledger.append("subscribers", 0, 2)
+    store = IndexedCheckpoints(ledger, Broken())
+    published = await Checkpointer(ledger, store, key, Always(), clock, 1.0).round()
+    assert ledger.stored == published and len(published) == 2
