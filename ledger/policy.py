@@ -29,15 +29,11 @@ from ledger.campaigns import (
     QuietHours,
 )
 from ledger.digest import (
-    AT,
-    ID,
-    OFFSET,
-    PENDING_DUE,
-    PENDING_ID,
-    PENDING_UNATTRIBUTED,
     CampaignDigest,
     Digest,
+    Located,
     Mark,
+    built,
     digest_of,
     from_micros,
     micros,
@@ -147,7 +143,7 @@ class Obligation(enum.Enum):
 
 
 class Decision(NamedTuple):
-    """The answer. Immutable; a tuple underneath because a batch builds thousands."""
+    """The answer. Immutable."""
 
     allowed: bool
     reason: Reason
@@ -162,10 +158,6 @@ class Decision(NamedTuple):
     """Where that rule is written (statute or regulation, or the campaign's policy)."""
 
 
-_new = tuple.__new__
-"""A named tuple built from all its fields without its Python-level constructor."""
-
-
 def deny(
     reason: Reason,
     detail: str,
@@ -174,7 +166,7 @@ def deny(
     rule: str = "",
     citation: str = "",
 ) -> Decision:
-    return _new(Decision, (False, reason, (), tuple(evidence), detail, version, rule, citation))
+    return built(Decision, (False, reason, (), tuple(evidence), detail, version, rule, citation))
 
 
 _DEFAULT_HOURS = QuietHours()
@@ -217,9 +209,7 @@ def standing(digest: Digest, c: CampaignDigest) -> Standing:
         and c.resume is None
         and digest.brand_resume is None
     ):
-        # The common case, made quick: ``tuple.__new__`` skips the named tuple's
-        # Python-level constructor (a batch asks this of every number).
-        return _new(Standing, (True, grant[AT], (grant[ID],), None, False))
+        return built(Standing, (True, grant.at, (grant.event_id,), None, False))
     # Ordered by (time, rank, offset): at the same instant a revocation (rank 1)
     # outranks a grant (rank 0), so doubt denies. This campaign's own opt-out is
     # lifted only by this campaign's resume or a newer grant; a brand-wide resume
@@ -229,51 +219,51 @@ def standing(digest: Digest, c: CampaignDigest) -> Standing:
     kind = ""
     fact: Mark | None = None
     if grant is not None:
-        best, kind, fact = (grant[AT], 0, grant[OFFSET]), "grant", grant
+        best, kind, fact = (grant.at, 0, grant.offset), "grant", grant
         best, kind, fact = _later_resume(grant, c.resume, best, kind, fact)
     own = c.revocation
     if own is not None:
-        key = (own[AT], 1, own[OFFSET])
+        key = (own.at, 1, own.offset)
         if best is None or key > best:
             best, kind, fact = key, "campaign", own
     if grant is not None and best is not None and fact is not None and kind != "campaign":
         best, kind, fact = _later_resume(grant, digest.brand_resume, best, kind, fact)
     brand = digest.brand_revocation
     if brand is not None:
-        key = (brand[AT], 1, brand[OFFSET])
+        key = (brand.at, 1, brand.offset)
         resume = digest.brand_resume
-        lifted = resume is not None and (resume[AT], 0, resume[OFFSET]) > key
+        lifted = resume is not None and (resume.at, 0, resume.offset) > key
         if (best is None or key > best) and not (kind == "campaign" and lifted):
             best, kind, fact = key, "brand", brand
     if fact is None:
         return Standing(False, None, (), None)
     if kind in ("campaign", "brand"):
-        return Standing(False, None, (fact[ID],), fact, kind == "brand")
+        return Standing(False, None, (fact.event_id,), fact, kind == "brand")
     assert grant is not None  # "resume" only stands when a grant precedes it
-    evidence = (grant[ID],) if kind == "grant" else (grant[ID], fact[ID])
-    return Standing(True, fact[AT], evidence, None)
+    evidence = (grant.event_id,) if kind == "grant" else (grant.event_id, fact.event_id)
+    return Standing(True, fact.at, evidence, None)
 
 
 def _later_resume(
     grant: Mark, resume: Mark | None, best: tuple[int, int, int], kind: str, fact: Mark
 ) -> tuple[tuple[int, int, int], str, Mark]:
     """``resume`` in place of (best, kind, fact) when it came after the grant and best."""
-    if resume is not None and grant[:2] < resume[:2]:
-        key = (resume[AT], 0, resume[OFFSET])
+    if resume is not None and grant.before(resume):
+        key = (resume.at, 0, resume.offset)
         if key > best:
             return key, "resume", resume
     return best, kind, fact
 
 
-def latest_revocation(digest: Digest, c: CampaignDigest) -> tuple[Mark, bool] | None:
-    """The latest opt-out on record for the campaign, and whether it was brand-wide, even
+def latest_revocation(digest: Digest, c: CampaignDigest) -> Mark | None:
+    """The latest opt-out on record for the campaign (its own or a brand-wide one), even
     when a later grant or resume outranks it."""
     own, brand = c.revocation, digest.brand_revocation
     if own is None:
-        return None if brand is None else (brand, True)
-    if brand is None or own[:2] > brand[:2]:
-        return (own, False)
-    return (brand, True)
+        return brand
+    if brand is None or brand.before(own):
+        return own
+    return brand
 
 
 def _obligations(non_marketing: bool, first: bool, reconfirm: bool) -> tuple[Obligation, ...]:
@@ -417,8 +407,8 @@ class Check:
         if digest.pending:
             return deny(
                 Reason.REVOCATION_PENDING_REVIEW,
-                f"reply {digest.pending[0][1]!r} reads like an opt-out and awaits review",
-                [p[PENDING_ID] for p in digest.pending],
+                f"reply {digest.pending[0].text!r} reads like an opt-out and awaits review",
+                [p.event_id for p in digest.pending],
                 version,
             )
 
@@ -476,9 +466,9 @@ class Check:
         first = disclosed is None or disclosed < since
         basis = since
         reconfirmation = c.reconfirmation
-        if reconfirmation is not None and reconfirmation[AT] >= since:
-            basis = reconfirmation[AT]
-            evidence = (*evidence, reconfirmation[ID])
+        if reconfirmation is not None and reconfirmation.at >= since:
+            basis = reconfirmation.at
+            evidence = (*evidence, reconfirmation.event_id)
         silent_since_basis = last_sent is None or last_sent < basis
         elapsed = self._now - basis
         reconfirm = (silent_since_basis and elapsed > self._first_message) or (
@@ -491,8 +481,7 @@ class Check:
         if replying is not None:
             obligations = tuple(o for o in obligations if o is not Obligation.IDENTIFY_SENDER)
             evidence, detail = (*evidence, replying), "consent stands; a reply in a conversation"
-        # Built as ``standing``'s common case is, for the same reason.
-        return _new(
+        return built(
             Decision, (True, _CONSENT_ACTIVE, obligations, evidence, detail, version, "", "")
         )
 
@@ -523,12 +512,12 @@ class Check:
                 continue
             stands = standing(digest, theirs)
             revocation = stands.revocation
-            if revocation is not None and not stands.brand_wide and revocation[AT] >= since:
+            if revocation is not None and not stands.brand_wide and revocation.at >= since:
                 return deny(
                     Reason.REVOKED_BRAND_WIDE,
                     f"opted out of campaign {other}: a revocation of one campaign revokes "
                     "every campaign of the brand (47 CFR 64.1200(a)(10), revoke-all)",
-                    (revocation[ID],),
+                    (revocation.event_id,),
                     self.version,
                 )
         return None
@@ -541,24 +530,24 @@ class Check:
         the brand is unknown too). A resolution, either way, ends both. Replies owed
         to the person's own text are decided before this, as after a revocation."""
         now, version = self._now, self.version
-        overdue = [p for p in digest.pending if p[PENDING_DUE] <= now]
+        overdue = [p for p in digest.pending if p.due <= now]
         if overdue:
-            due = from_micros(overdue[0][PENDING_DUE])
+            due = from_micros(overdue[0].due)
             return deny(
                 Reason.REVOCATION_OVERDUE,
-                f"reply {overdue[0][1]!r} reads like an opt-out and was not resolved by "
+                f"reply {overdue[0].text!r} reads like an opt-out and was not resolved by "
                 f"{due:%Y-%m-%d %H:%M} UTC, ten business days after it came: "
                 "it counts as a revocation until resolved",
-                [p[PENDING_ID] for p in overdue],
+                [p.event_id for p in overdue],
                 version,
             )
-        unattributed = [p for p in digest.pending if p[PENDING_UNATTRIBUTED]]
+        unattributed = [p for p in digest.pending if p.unattributed]
         if unattributed:
             return deny(
                 Reason.REVOKED_BRAND_WIDE,
-                f"opt-out {unattributed[0][1]!r} names no defined campaign: it counts for "
+                f"opt-out {unattributed[0].text!r} names no defined campaign: it counts for "
                 "every campaign until resolved",
-                [p[PENDING_ID] for p in unattributed],
+                [p.event_id for p in unattributed],
                 version,
             )
         return None
@@ -566,8 +555,7 @@ class Check:
     def _without_consent(self, digest: Digest, c: CampaignDigest) -> Decision:
         version = self.version
         purpose = self.policy.purpose
-        latest = latest_revocation(digest, c)
-        revocation = None if latest is None else latest[0]
+        revocation = latest_revocation(digest, c)
         if purpose is CampaignPurpose.CONVERSATIONAL:
             inbound = self._open_conversation(digest, revocation)
             if inbound is None:
@@ -599,7 +587,7 @@ class Check:
                 Reason.CONSENT_TIER_INSUFFICIENT,
                 "texting first consents to that conversation only, "
                 f"never to a {purpose.name.lower()} campaign",
-                (digest.last_inbound[ID],),
+                (digest.last_inbound.event_id,),
                 version,
             )
         other = sorted(name for name in digest.campaigns if digest.campaign(name).grant is not None)
@@ -610,26 +598,24 @@ class Check:
 
     def _opt_out_confirmation(self, digest: Digest, c: CampaignDigest) -> Decision:
         version = self.version
-        latest = latest_revocation(digest, c)
-        if latest is None:
+        revocation = latest_revocation(digest, c)
+        if revocation is None:
             return deny(
                 Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED, "no opt-out to confirm", (), version
             )
-        revocation = latest[0]
-        evidence = (revocation[ID],)
-        already = [s for s in digest.confirmations if s[AT] >= revocation[AT]]
+        evidence = (revocation.event_id,)
+        already = [s for s in digest.confirmations if s.at >= revocation.at]
         if already:
             return deny(
                 Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED,
                 "the one confirmation for this opt-out was already sent",
-                (*evidence, already[0][ID]),
+                (*evidence, already[0].event_id),
                 version,
             )
         if not self._in_reply_window(revocation):
-            window = min(self.policy.opt_out_confirmation_window, MAX_OPT_OUT_CONFIRMATION_WINDOW)
             return deny(
                 Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED,
-                f"the confirmation window of {window} after the opt-out has passed",
+                f"the confirmation window of {self._window()} after the opt-out has passed",
                 evidence,
                 version,
             )
@@ -649,18 +635,18 @@ class Check:
         if request is None or not self._in_reply_window(request):
             return self._not_asked("HELP")
         reply = c.help_reply
-        if reply is not None and reply[AT] >= request[AT]:
+        if reply is not None and reply.at >= request.at:
             return deny(
                 Reason.REPLY_NOT_OWED,
                 "this HELP was already answered",
-                (request[ID], reply[ID]),
+                (request.event_id, reply.event_id),
                 version,
             )
         return Decision(
             True,
             Reason.HELP_REPLY_ALLOWED,
             (Obligation.IDENTIFY_SENDER, Obligation.NON_MARKETING_CONTENT_ONLY),
-            (request[ID],),
+            (request.event_id,),
             "a reply to the person's own HELP",
             version,
         )
@@ -672,19 +658,19 @@ class Check:
         if resume is None or not self._in_reply_window(resume):
             return self._not_asked("START")
         current = standing(digest, c)
-        if not current.active or resume[ID] not in current.evidence:
+        if not current.active or resume.event_id not in current.evidence:
             return deny(
                 Reason.REPLY_NOT_OWED,
                 "the START resumed no consent that still stands",
-                (resume[ID], *current.evidence),
+                (resume.event_id, *current.evidence),
                 version,
             )
         sent = c.opt_in_confirmation
-        if sent is not None and sent[AT] >= resume[AT]:
+        if sent is not None and sent.at >= resume.at:
             return deny(
                 Reason.REPLY_NOT_OWED,
                 "this START was already confirmed",
-                (resume[ID], sent[ID]),
+                (resume.event_id, sent.event_id),
                 version,
             )
         return Decision(
@@ -702,7 +688,7 @@ class Check:
 
     def _in_reply_window(self, asked: Mark) -> bool:
         """Whether now is within the reply window after the person's text ``asked``."""
-        return asked[AT] <= self._now <= asked[AT] + self._confirmation
+        return asked.at <= self._now <= asked.at + self._confirmation
 
     def _not_asked(self, keyword: str) -> Decision:
         return deny(
@@ -718,26 +704,26 @@ class Check:
     def _open_conversation(self, digest: Digest, revocation: Mark | None) -> str | None:
         """The id of the inbound message that keeps a conversation open, if any."""
         inbound = digest.last_inbound
-        if inbound is None or not inbound[AT] <= self._now <= inbound[AT] + self._conversation:
+        if inbound is None or not inbound.at <= self._now <= inbound.at + self._conversation:
             return None
-        if revocation is not None and inbound[:2] <= revocation[:2]:
+        if revocation is not None and not revocation.before(inbound):
             return None  # the opt-out itself, or anything before it, opens nothing
-        return inbound[ID]
+        return inbound.event_id
 
     def _quiet_hours(
         self,
         zones: tuple[str, ...],
         regions: tuple[str, ...] = (),
-        located: tuple[str, str] | None = None,
+        located: Located | None = None,
     ) -> Decision | None:
         key = (zones, regions)
         try:
             found = self._quiet[key]
         except KeyError:
             found = self._quiet[key] = self._quiet_hours_in(zones, regions)
-        if found is not None and located is not None and found.rule == f"state:{located[0]}":
+        if found is not None and located is not None and found.rule == f"state:{located.state}":
             # The state came from the subscriber's own word: that opt-in is evidence.
-            return found._replace(evidence=(*found.evidence, located[1]))
+            return found._replace(evidence=(*found.evidence, located.event_id))
         return found
 
     def _quiet_hours_in(
@@ -804,9 +790,10 @@ class Check:
             if hours is None:
                 detail = f"{kind} {day} in {zone}: {rule.name} allows no solicitation that day"
             elif not hours[0] <= local.time() < hours[1]:
+                start, end = hours
                 detail = (
                     f"{local:%H:%M} on {kind} in {zone} is outside {rule.name}'s "
-                    f"{hours[0]:%H:%M}-{hours[1]:%H:%M}"
+                    f"{start:%H:%M}-{end:%H:%M}"
                 )
             else:
                 continue
@@ -854,12 +841,12 @@ class Check:
         for cap, window in self._caps:
             # A send stamped after now (a sender's clock a little ahead, within the
             # accepted skew) has happened all the same: it counts.
-            counted = [s for s in c.sent if now - window < s[AT]]
+            counted = [s for s in c.sent if now - window < s.at]
             if len(counted) >= cap.limit:
                 return deny(
                     Reason.FREQUENCY_CAP_REACHED,
                     f"{len(counted)} of {cap.limit} messages in {cap.window}",
-                    [s[ID] for s in counted],
+                    [s.event_id for s in counted],
                     self.version,
                 )
         if policy.daily_cap is not None:
@@ -873,12 +860,12 @@ class Check:
             for zone in digest.zones:
                 tz = _zone_info(zone)
                 today = self._date_in(zone)
-                counted = [s for s in c.sent if from_micros(s[AT]).astimezone(tz).date() == today]
+                counted = [s for s in c.sent if from_micros(s.at).astimezone(tz).date() == today]
                 if len(counted) >= policy.daily_cap:
                     return deny(
                         Reason.DAILY_CAP_REACHED,
                         f"{len(counted)} of {policy.daily_cap} messages on {today} in {zone}",
-                        [s[ID] for s in counted],
+                        [s.event_id for s in counted],
                         self.version,
                     )
         if self._promotional:
@@ -896,12 +883,12 @@ class Check:
             return None
         now = self._now
         for rule, cap, window in caps:
-            counted = [s for s in c.sent if now - window < s[AT]]
+            counted = [s for s in c.sent if now - window < s.at]
             if len(counted) >= cap.limit:
-                evidence = [s[ID] for s in counted]
+                evidence = [s.event_id for s in counted]
                 located = digest.located
-                if located is not None and located[0] == rule.state:
-                    evidence.append(located[1])
+                if located is not None and located.state == rule.state:
+                    evidence.append(located.event_id)
                 return deny(
                     Reason.FREQUENCY_CAP_REACHED,
                     f"{len(counted)} of {cap.limit} solicitations on this subject in "
@@ -954,7 +941,7 @@ def earns_exemption(digest: Digest, campaign: Campaign, at: datetime, kind: Mess
     check = Check(campaign, at, kind)
     if kind is MessageKind.CONVERSATION_REPLY:
         latest = latest_revocation(digest, digest.campaign(campaign.campaign))
-        return check._open_conversation(digest, None if latest is None else latest[0]) is not None
+        return check._open_conversation(digest, latest) is not None
     return check(digest).allowed
 
 

@@ -26,7 +26,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
 
-from ledger.digest import AT, ID, Digest, digest_of, from_micros, with_phone_wide
+from ledger.digest import Digest, digest_of, from_micros, with_phone_wide
 from ledger.events import (
     ANY_BRAND,
     BRAND_SETTINGS,
@@ -373,8 +373,7 @@ def _status_rows(
     for name in sorted(digest.campaigns):
         consent = digest.campaign(name)
         status = _STATUS_COLUMN[consent_state(digest, name)]
-        latest = latest_revocation(digest, consent)
-        revocation = None if latest is None else latest[0]
+        revocation = latest_revocation(digest, consent)
         grant = consent.grant
         rows.append(
             (
@@ -383,10 +382,10 @@ def _status_rows(
                 name,
                 status,
                 consent.tier if grant else None,
-                grant[ID] if grant else None,
-                from_micros(grant[AT]) if grant else None,
-                revocation[ID] if revocation else None,
-                from_micros(revocation[AT]) if revocation else None,
+                grant.event_id if grant else None,
+                from_micros(grant.at) if grant else None,
+                revocation.event_id if revocation else None,
+                from_micros(revocation.at) if revocation else None,
                 updated_at,
             )
         )

@@ -1,9 +1,8 @@
 """A ``ledger.digest.Digest`` as bytes, for the projection's ``subscriber_state.digest``.
 
-MessagePack, behind one version byte. The digest is nested tuples of ints,
-strings and booleans, which MessagePack carries as they are: its C decoder reads
-one back in about a microsecond, two with the named tuples rebuilt, and that is
-part of the per-number cost of a batch check. It is a cache of the snapshot
+MessagePack, behind one version byte. The digest is nested named tuples of ints,
+strings and booleans, which MessagePack carries as arrays; reading one back types
+each array as the named tuple it was. It is a cache of the snapshot
 beside it, never the source of anything, so a row whose digest is missing, or
 written in a format this code does not know, is answered from the snapshot
 instead (``decode_digest`` returns None).
@@ -11,9 +10,11 @@ instead (``decode_digest`` returns None).
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 
-from ledger.digest import Age, CampaignDigest, Digest
+from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, built
 
 FORMAT = 6
 """1 had no ``CampaignDigest.last_disclosed_at``, 2 no ``Digest.regions`` and
@@ -24,10 +25,10 @@ FORMAT = 6
 folded and digested again.
 """
 _HEADER = bytes([FORMAT])
-_DIGEST_FIELDS = len(Digest._fields)
-_CAMPAIGN_FIELDS = len(CampaignDigest._fields)
-_AGE_FIELDS = len(Age._fields)
-_new = tuple.__new__
+
+
+class _Unreadable(ValueError):
+    """A field too many or too few somewhere: a row of another shape."""
 
 
 def encode_digest(digest: Digest) -> bytes:
@@ -52,18 +53,80 @@ def payload_of(data: bytes) -> bytes:
 
 def decode_payload(data: bytes) -> Digest | None:
     """``decode_digest`` of what follows the version byte."""
-    raw = msgpack.unpackb(data, use_list=False)
-    # The lengths are checked, so a field can never be read from the wrong place.
-    # Typed in place with ``tuple.__new__``: what ``_make`` does, without a Python
-    # call per tuple. The campaigns are typed when asked for (``Digest.campaign``).
-    if len(raw) != _DIGEST_FIELDS:
+    try:
+        return _digest(msgpack.unpackb(data, use_list=False))
+    except _Unreadable:
         return None
-    for campaign in raw[8].values():
-        if len(campaign) != _CAMPAIGN_FIELDS:
-            return None
-    age = raw[5]
-    if age is not None:
-        if len(age) != _AGE_FIELDS:
-            return None
-        raw = (*raw[:5], _new(Age, age), *raw[6:])
-    return _new(Digest, raw)
+
+
+def _digest(raw: tuple[Any, ...]) -> Digest:
+    (
+        brand,
+        zones,
+        pending,
+        brand_revocation,
+        brand_resume,
+        age,
+        last_inbound,
+        confirmations,
+        campaigns,
+        regions,
+        located,
+    ) = _fields(Digest, raw)
+    return built(
+        Digest,
+        (
+            brand,
+            zones,
+            pending and tuple([built(Pending, p) for p in pending]),
+            brand_revocation and built(Mark, brand_revocation),
+            brand_resume and built(Mark, brand_resume),
+            age and built(Age, _fields(Age, age)),
+            last_inbound and built(Mark, last_inbound),
+            confirmations and tuple([built(Mark, m) for m in confirmations]),
+            {name: _campaign(fields) for name, fields in campaigns.items()},
+            regions,
+            located and built(Located, located),
+        ),
+    )
+
+
+def _campaign(raw: tuple[Any, ...]) -> CampaignDigest:
+    (
+        grant,
+        tier,
+        revocation,
+        resume,
+        reconfirmation,
+        sent,
+        last_sent_at,
+        last_disclosed_at,
+        help_request,
+        help_reply,
+        opt_in_confirmation,
+        proof_missing,
+    ) = _fields(CampaignDigest, raw)
+    return built(
+        CampaignDigest,
+        (
+            grant and built(Mark, grant),
+            tier,
+            revocation and built(Mark, revocation),
+            resume and built(Mark, resume),
+            reconfirmation and built(Mark, reconfirmation),
+            sent and tuple([built(Mark, m) for m in sent]),
+            last_sent_at,
+            last_disclosed_at,
+            help_request and built(Mark, help_request),
+            help_reply and built(Mark, help_reply),
+            opt_in_confirmation and built(Mark, opt_in_confirmation),
+            proof_missing,
+        ),
+    )
+
+
+def _fields(cls: type[tuple[Any, ...]], raw: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``raw``, when it holds exactly the fields of the named tuple ``cls``."""
+    if len(raw) != len(cls._fields):  # type: ignore[attr-defined]
+        raise _Unreadable(cls.__name__)
+    return raw

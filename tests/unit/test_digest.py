@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from ledger.digest import (
     EMPTY_CAMPAIGN,
     EPOCH,
-    ID,
     CampaignDigest,
     Digest,
     digest_of,
@@ -130,8 +129,8 @@ def test_one_check_asked_of_many_numbers_answers_each_in_its_own_zone():
 
     assert [a.allowed for a in answers] == [True, False, True, False]
     assert answers[1].reason is Reason.QUIET_HOURS and "America/New_York" in answers[1].detail
-    assert answers[0].evidence == (west.campaign("promo").grant[ID],)
-    assert answers[1].evidence == (east.campaign("promo").grant[ID],)
+    assert answers[0].evidence == (west.campaign("promo").grant.event_id,)
+    assert answers[1].evidence == (east.campaign("promo").grant.event_id,)
 
 
 def test_one_check_asked_of_many_numbers_keeps_their_facts_apart():

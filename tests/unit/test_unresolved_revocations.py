@@ -59,8 +59,8 @@ def test_a_dismissal_after_the_deadline_ends_it():
 def test_the_digest_carries_each_candidates_deadline():
     c = flagged(FLAGGED_AT)
     (pending,) = digest_of(state_of(c)).pending
-    assert pending[0] == str(c.event_id) and pending[3] is False
-    assert pending[2] == int((DUE - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1e6)
+    assert pending.event_id == str(c.event_id) and pending.unattributed is False
+    assert pending.due == int((DUE - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1e6)
 
 
 def test_an_unattributed_opt_out_denies_every_campaign_at_once():
