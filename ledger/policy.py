@@ -25,7 +25,6 @@ from ledger.campaigns import (
     MAX_OPT_OUT_CONFIRMATION_WINDOW,
     Campaign,
     CampaignPurpose,
-    FrequencyCap,
     QuietHours,
 )
 from ledger.digest import (
@@ -289,51 +288,6 @@ _OBLIGATIONS = {
 promotional, then by (first message since the consent?, reconfirmation due?)."""
 
 
-class _Spans(NamedTuple):
-    """What a ``Check`` needs from a campaign's rules, in the units it compares."""
-
-    conversation: int
-    confirmation: int
-    first_message: int
-    reconfirm: int | None
-    caps: tuple[tuple[FrequencyCap, int], ...]
-    limits: bool
-    age_gated: bool
-    obligations: dict[tuple[bool, bool], tuple[Obligation, ...]]
-    content_allowed: bool
-
-
-_SPANS: dict[int, tuple[Campaign, _Spans]] = {}
-
-
-def _spans(campaign: Campaign) -> _Spans:
-    """``_Spans`` of ``campaign``, worked out once per rules object: the service asks
-    the same (cached) rules object thousands of times a second."""
-    entry = _SPANS.get(id(campaign))
-    # An entry keeps its campaign alive, so no other object can have that id while
-    # it is cached; the identity check makes that explicit.
-    if entry is not None and entry[0] is campaign:
-        return entry[1]
-    policy = campaign.policy
-    spans = _Spans(
-        # A campaign may only shorten these windows (its definition is checked for
-        # that); one recorded before that check is held to the limits as well.
-        micros_of(min(policy.conversation_window, MAX_CONVERSATION_WINDOW)),
-        micros_of(min(policy.opt_out_confirmation_window, MAX_OPT_OUT_CONFIRMATION_WINDOW)),
-        micros_of(policy.first_message_window),
-        None if policy.reconfirm_interval is None else micros_of(policy.reconfirm_interval),
-        tuple((cap, micros_of(cap.window)) for cap in policy.frequency_caps),
-        bool(policy.frequency_caps) or policy.daily_cap is not None,
-        policy.requires_age_verification,
-        _OBLIGATIONS[policy.purpose is not CampaignPurpose.PROMOTIONAL],
-        policy.content_allowed,
-    )
-    if len(_SPANS) >= 1024:
-        _SPANS.clear()
-    _SPANS[id(campaign)] = (campaign, spans)
-    return spans
-
-
 class Check:
     """One question (a campaign's rules, a moment, a kind of message) asked of digests.
 
@@ -354,22 +308,24 @@ class Check:
         self.kind = kind
         self.version = campaign.policy_version
         self._now = micros(now)
-        (
-            self._conversation,
-            self._confirmation,
-            self._first_message,
-            self._reconfirm,
-            self._caps,
-            self._limits,
-            self._age_gated,
-            self._obligations,
-            self._content_allowed,
-        ) = _spans(campaign)
-        self._quiet: dict[tuple[tuple[str, ...], tuple[str, ...]], Decision | None] = {}
+        # The campaign's durations in the digest's microseconds. A campaign may only
+        # shorten the two windows (its definition is checked for that); one recorded
+        # before that check is held to the limits as well.
+        self._conversation = micros_of(min(policy.conversation_window, MAX_CONVERSATION_WINDOW))
+        self._confirmation = micros_of(self._window())
+        self._first_message = micros_of(policy.first_message_window)
+        self._reconfirm = (
+            None if policy.reconfirm_interval is None else micros_of(policy.reconfirm_interval)
+        )
+        self._caps = tuple((cap, micros_of(cap.window)) for cap in policy.frequency_caps)
+        self._campaign_limits = bool(policy.frequency_caps) or policy.daily_cap is not None
         # Promotional sends also count towards the caps of the recipient's states.
         self._promotional = policy.purpose is CampaignPurpose.PROMOTIONAL
-        self._campaign_limits = self._limits
-        self._limits = self._limits or self._promotional
+        self._limits = self._campaign_limits or self._promotional
+        self._age_gated = policy.requires_age_verification
+        self._obligations = _OBLIGATIONS[not self._promotional]
+        self._content_allowed = policy.content_allowed
+        self._quiet: dict[tuple[tuple[str, ...], tuple[str, ...]], Decision | None] = {}
         self._state_caps: dict[
             tuple[tuple[str, ...], tuple[str, ...]], tuple[tuple[StateRule, StateCap, int], ...]
         ] = {}
