@@ -259,7 +259,32 @@ class ReplicaStats(Protocol):
         ...
 
 
-class ConsentView(ABC):
+class DigestReads(ABC):
+    """What CanSend reads of the view: digests, and the positions they reflect.
+
+    ``ConsentView`` is one. A speed layer in front of a view (``DigestReplica``, an
+    in-memory copy) is another: it wraps the view, answers the same questions with
+    the same answers, and passes the same slice of the view's conformance suite
+    (``DigestReadsSuite``), so the use cases never know it is there.
+    """
+
+    @abstractmethod
+    async def positions(self, stream: Stream) -> dict[int, int]:
+        """Per partition, the offset of the next event not applied. Once it has
+        answered, ``digests`` reflect at least those positions (the freshness guard
+        relies on that)."""
+
+    @abstractmethod
+    async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
+        """What the policy reads (``ledger.digest``) about each phone the view has a
+        fact for towards ``brand``; phones it knows nothing about are left out.
+
+        Each carries the pending candidates recorded for its phone under
+        ``ledger.events.ANY_BRAND`` too (``ledger.digest.with_phone_wide``): a STOP
+        whose brand is unknown concerns every brand, so every brand's check reads it."""
+
+
+class ConsentView(DigestReads):
     """The read model the policy reads, built by folding the ledger.
 
     ``apply`` stores the folded rows and the consumed positions in one atomic
@@ -272,23 +297,10 @@ class ConsentView(ABC):
         """Fold ``batch`` (ledger order) into the view and advance the positions."""
 
     @abstractmethod
-    async def positions(self, stream: Stream) -> dict[int, int]:
-        """Per partition, the offset of the next event the view has not applied."""
-
-    @abstractmethod
     async def subscriber_states(
         self, brand: str, phones: Sequence[str]
     ) -> dict[str, SubscriberState]:
         """The folded state of each phone towards ``brand`` (an empty state if unknown)."""
-
-    @abstractmethod
-    async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
-        """What the policy reads (``ledger.digest``) about each phone the view has a
-        fact for towards ``brand``; phones it knows nothing about are left out.
-
-        Each carries the pending candidates recorded for its phone under
-        ``ledger.events.ANY_BRAND`` too (``ledger.digest.with_phone_wide``): a STOP
-        whose brand is unknown concerns every brand, so every brand's check reads it."""
 
     @abstractmethod
     async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:
@@ -393,5 +405,5 @@ class ConsentView(ABC):
         """Empty the view and its positions, for a rebuild from offset 0. Stop the
         projectors writing to it first."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Wait for in-flight writes to commit or roll back, then release connections."""

@@ -22,12 +22,12 @@ import asyncio
 from collections.abc import Sequence
 
 from ledger.digest import Digest
-from ledger.ports import ConsentView
+from ledger.ports import ConsentView, DigestReads, Stream
 
 Waiter = tuple[Sequence[str], "asyncio.Future[dict[str, Digest]]"]
 
 
-class ReadBatcher:
+class ReadBatcher(DigestReads):
     def __init__(self, view: ConsentView, *, max_in_flight: int = 2, bypass_at: int = 64) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
@@ -38,6 +38,9 @@ class ReadBatcher:
         self._in_flight = 0
         self._scheduled = False
         self._reads: set[asyncio.Task[None]] = set()  # strong references while they run
+
+    async def positions(self, stream: Stream) -> dict[int, int]:
+        return await self.view.positions(stream)
 
     async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
         """``ConsentView.digests``, sharing a query with concurrent reads when it can."""

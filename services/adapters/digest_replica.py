@@ -45,7 +45,7 @@ import asyncpg
 
 from ledger.digest import Digest, with_phone_wide
 from ledger.events import ANY_BRAND
-from ledger.ports import ConsentView, Stream
+from ledger.ports import ConsentView, DigestReads, Stream
 from services.adapters.postgres_view import snapshot_unless_digest, stored_digest
 from services.wire.digest import FORMAT as DIGEST_FORMAT
 from services.wire.digest import decode_payload, encode_digest, payload_of
@@ -72,7 +72,7 @@ JOIN (SELECT DISTINCT e.phone, e.brand
 """
 
 
-class DigestReplica:
+class DigestReplica(DigestReads):
     """``digests`` and ``positions`` of a ``PostgresConsentView``, from memory.
 
     ``view`` answers the campaign stream's positions (campaign reads go to

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from ledger.ports import ConsentView, Ledger
+from ledger.ports import ConsentView, DigestReads, Ledger
 from services.freshness import FreshnessGuard
 from services.usecases.audit import Audit
-from services.usecases.checks import DEFAULT_FUTURE_HORIZON, Checks, DigestReads
+from services.usecases.checks import DEFAULT_FUTURE_HORIZON, Checks
 from services.usecases.context import Clock, Context, utc_now
 from services.usecases.review import Review
 from services.usecases.writes import Writes

@@ -14,7 +14,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from ledger.campaigns import Campaign
 from ledger.commands import check_name, check_time, is_name
@@ -23,7 +22,7 @@ from ledger.errors import InvalidPhoneNumber, InvalidRequest
 from ledger.events import ANY_BRAND, MessageKind, SubscriberEvent
 from ledger.phone import to_e164
 from ledger.policy import Check, Decision, Reason, decide_as_of, deny
-from ledger.ports import ConsistencyToken, Stream
+from ledger.ports import ConsistencyToken, DigestReads, Stream
 from ledger.state import CampaignHistory, SubscriberState
 from ledger.validation import Violations, check_not_too_early
 from services.errors import NotConsistent
@@ -38,10 +37,6 @@ DEFAULT_FUTURE_HORIZON = timedelta(days=30)
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 NO_TOKEN = ConsistencyToken({})
 """The token of an answer read from no view (encoded: empty)."""
-
-
-class DigestReads(Protocol):
-    async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]: ...
 
 
 @dataclass(frozen=True)

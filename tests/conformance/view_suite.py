@@ -1,6 +1,8 @@
 """The conformance suite of the ``ConsentView`` port, run against every adapter.
 
-Subclass ``ConsentViewSuite`` and provide a ``view`` fixture (an empty view).
+Subclass ``ConsentViewSuite`` and provide a ``view`` fixture (an empty view). Its
+reads slice, ``DigestReadsSuite``, runs on its own against every speed layer that
+wraps a view's ``DigestReads`` (with a ``reads`` fixture).
 Also home of the event builders the projection tests share: ``recorded`` stamps
 ledger positions the way a phone-keyed ledger would, and ``generate_events``
 makes a large, varied ledger for rebuild and throughput tests.
@@ -20,7 +22,7 @@ from typing import Any
 import pytest
 
 from ledger.campaigns import CampaignPolicy, CampaignPurpose
-from ledger.digest import digest_of
+from ledger.digest import Digest, digest_of
 from ledger.events import (
     ANY_BRAND,
     BRAND_SETTINGS,
@@ -46,7 +48,7 @@ from ledger.events import (
     SubscriberEvent,
 )
 from ledger.opt_out_rate import SendingCounts, count_sending
-from ledger.ports import ConsentView, RequestUse, Stream
+from ledger.ports import ConsentView, DigestReads, RequestUse, Stream
 from ledger.state import SubscriberState, fold, fold_campaign
 from tests import builders
 from tests.builders import _base, flagged, granted, revoked
@@ -247,12 +249,137 @@ def replace_id(event: LedgerEvent, event_id: uuid.UUID) -> LedgerEvent:
     return replace(event, event_id=event_id)
 
 
-class ConsentViewSuite:
-    """Every ``ConsentView`` adapter must pass these. Subclasses provide ``view``."""
+class DigestReadsSuite:
+    """What every ``DigestReads`` must answer: the view itself, and every speed layer
+    that wraps one (``DigestReplica``). Subclasses provide ``view`` (an empty view,
+    where the facts are applied) and ``reads`` (what is read; by default the view).
+    Reads are made as the service makes them: positions first (the freshness
+    guard's observation), then digests."""
 
     @pytest.fixture
     def view(self) -> ConsentView:
         raise NotImplementedError("subclasses provide an empty view")
+
+    @pytest.fixture
+    def reads(self, view: ConsentView) -> DigestReads:
+        return view
+
+    async def test_digests_leave_out_phones_with_no_fact_for_the_brand(
+        self, view: ConsentView, reads: DigestReads
+    ) -> None:
+        pos = Positions()
+        batch = pos.record(
+            [
+                grant("+14155550100", "acme", "deals", T0),
+                revoke("+14155550100", "acme", None, T0 + timedelta(hours=1)),
+                grant("+14155550101", "globex", "deals", T0),
+            ]
+        )
+        await view.apply(Stream.SUBSCRIBERS, batch)
+
+        digests = await _read(reads, "acme", ["+14155550100", "+14155550101", "+14155550199"])
+
+        expected = expected_states(batch)
+        assert digests == {"+14155550100": digest_of(expected["+14155550100", "acme"])}
+        assert digests["+14155550100"].brand_revocation is not None
+
+    async def test_a_phone_wide_stop_reaches_every_brands_digests(
+        self, view: ConsentView, reads: DigestReads
+    ) -> None:
+        pos = Positions()
+        known, unknown, other = "+14155550120", "+14155550121", "+14155550122"
+        stops = [
+            replace(flag(phone, ANY_BRAND, T0), text="STOP", unattributed=True, to_number="+1")
+            for phone in (known, unknown)
+        ]
+        await view.apply(
+            Stream.SUBSCRIBERS,
+            pos.record(
+                [grant(known, "acme", "deals", T0), grant(other, "acme", "deals", T0), *stops]
+            ),
+        )
+
+        for brand in ("acme", "globex"):
+            digests = await _read(reads, brand, [known, unknown, other])
+            assert set(digests) == (
+                {known, unknown, other} if brand == "acme" else {known, unknown}
+            )
+            for phone, stop in ((known, stops[0]), (unknown, stops[1])):
+                assert [p.event_id for p in digests[phone].pending] == [str(stop.event_id)]
+                assert digests[phone].pending[0].unattributed is True
+            assert not digests.get(other, digest_of(SubscriberState())).pending
+        acme = (await _read(reads, "acme", [known]))[known]
+        assert acme.campaign("deals").grant is not None  # the brand's own facts are kept
+        # Under the phone-wide key itself, its own digest and nothing added twice.
+        wide = await _read(reads, ANY_BRAND, [known])
+        assert len(wide[known].pending) == 1
+
+        dismissed = RevocationCandidateResolved(
+            **_base(T0 + timedelta(minutes=1)),
+            phone=unknown,
+            brand=ANY_BRAND,
+            candidate_event_id=stops[1].event_id,
+            resolution=CandidateResolution.DISMISSED,
+        )
+        await view.apply(Stream.SUBSCRIBERS, pos.record([dismissed]))
+        assert await _read(reads, "globex", [unknown]) == {}
+
+    async def test_positions_are_the_views_and_the_digests_follow_them(
+        self, view: ConsentView, reads: DigestReads
+    ) -> None:
+        assert await reads.positions(Stream.SUBSCRIBERS) == {}
+        first = [
+            Recorded(grant("+14155550100", "acme", "deals", T0), LedgerPosition(0, 0), T0),
+            Recorded(grant("+14155550101", "acme", "deals", T0), LedgerPosition(2, 7), T0),
+        ]
+        await view.apply(Stream.SUBSCRIBERS, first)
+        await view.apply(
+            Stream.CAMPAIGNS, [Recorded(define("acme", "deals", T0), LedgerPosition(1, 3), T0)]
+        )
+
+        assert await reads.positions(Stream.SUBSCRIBERS) == {0: 1, 2: 8}
+        assert await reads.positions(Stream.CAMPAIGNS) == {1: 4}
+        assert set(await reads.digests("acme", ["+14155550100", "+14155550101"])) == {
+            "+14155550100",
+            "+14155550101",
+        }
+
+        stop = revoke("+14155550100", "acme", "deals", T0 + timedelta(hours=1))
+        await view.apply(Stream.SUBSCRIBERS, [Recorded(stop, LedgerPosition(0, 1), T0)])
+
+        assert await reads.positions(Stream.SUBSCRIBERS) == {0: 2, 2: 8}
+        after = (await reads.digests("acme", ["+14155550100"]))["+14155550100"]
+        assert after.campaign("deals").revocation is not None
+
+    async def test_a_generated_ledger_reads_exactly(
+        self, view: ConsentView, reads: DigestReads
+    ) -> None:
+        pos = Positions()
+        recorded = pos.record(generate_events(1500, phones=150, brands=3, campaigns=3))
+        subscribers = [r for r in recorded if Stream.of(r.event) is Stream.SUBSCRIBERS]
+        for start in range(0, len(subscribers), 400):
+            await view.apply(Stream.SUBSCRIBERS, subscribers[start : start + 400])
+
+        assert await reads.positions(Stream.SUBSCRIBERS) == await view.positions(Stream.SUBSCRIBERS)
+        expected = expected_states(subscribers)
+        for brand in sorted({b for _, b in expected}):
+            phones = sorted(p for p, b in expected if b == brand)
+            digests = await reads.digests(brand, [*phones, "+14155559999"])
+            assert digests == {p: digest_of(expected[p, brand]) for p in phones}
+            # A batch's read answers each number as reading it alone does.
+            for phone in phones[:5]:
+                assert await reads.digests(brand, [phone]) == {phone: digests[phone]}
+
+
+async def _read(reads: DigestReads, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
+    """Digests as CanSend reads them: after an observation of the positions."""
+    await reads.positions(Stream.SUBSCRIBERS)
+    return await reads.digests(brand, phones)
+
+
+class ConsentViewSuite(DigestReadsSuite):
+    """Every ``ConsentView`` adapter must pass these, and the reads above. Subclasses
+    provide ``view``."""
 
     async def test_applying_a_batch_gives_the_fold_of_its_events(self, view: ConsentView) -> None:
         pos = Positions()
@@ -276,25 +403,6 @@ class ConsentViewSuite:
         states = await view.subscriber_states("acme", ["+14155550199"])
 
         assert states == {"+14155550199": SubscriberState(phone="+14155550199", brand="acme")}
-
-    async def test_digests_leave_out_phones_with_no_fact_for_the_brand(
-        self, view: ConsentView
-    ) -> None:
-        pos = Positions()
-        batch = pos.record(
-            [
-                grant("+14155550100", "acme", "deals", T0),
-                revoke("+14155550100", "acme", None, T0 + timedelta(hours=1)),
-                grant("+14155550101", "globex", "deals", T0),
-            ]
-        )
-        await view.apply(Stream.SUBSCRIBERS, batch)
-
-        digests = await view.digests("acme", ["+14155550100", "+14155550101", "+14155550199"])
-
-        expected = expected_states(batch)
-        assert digests == {"+14155550100": digest_of(expected["+14155550100", "acme"])}
-        assert digests["+14155550100"].brand_revocation is not None
 
     async def test_a_late_fact_folds_by_world_time_not_arrival(self, view: ConsentView) -> None:
         pos = Positions()
@@ -508,45 +616,25 @@ class ConsentViewSuite:
         assert await view.flagged("acme", after=listed[0].position, limit=1) == listed[1:2]
         assert await view.flagged("acme", limit=0) == []
 
-    async def test_a_phone_wide_stop_reaches_every_brands_digests(self, view: ConsentView) -> None:
+    async def test_a_phone_wide_stop_waits_in_the_queue_until_resolved(
+        self, view: ConsentView
+    ) -> None:
         pos = Positions()
-        known, unknown, other = "+14155550120", "+14155550121", "+14155550122"
         stops = [
             replace(flag(phone, ANY_BRAND, T0), text="STOP", unattributed=True, to_number="+1")
-            for phone in (known, unknown)
+            for phone in ("+14155550120", "+14155550121")
         ]
-        await view.apply(
-            Stream.SUBSCRIBERS,
-            pos.record(
-                [grant(known, "acme", "deals", T0), grant(other, "acme", "deals", T0), *stops]
-            ),
-        )
-
-        for brand in ("acme", "globex"):
-            digests = await view.digests(brand, [known, unknown, other])
-            assert set(digests) == (
-                {known, unknown, other} if brand == "acme" else {known, unknown}
-            )
-            for phone, stop in ((known, stops[0]), (unknown, stops[1])):
-                assert [p[0] for p in digests[phone].pending] == [str(stop.event_id)]
-                assert digests[phone].pending[0][3] is True  # unattributed
-            assert not digests.get(other, digest_of(SubscriberState())).pending
-        acme = (await view.digests("acme", [known]))[known]
-        assert acme.campaign("deals").grant is not None  # the brand's own facts are kept
-        # Under the phone-wide key itself, its own digest and nothing added twice.
-        wide = await view.digests(ANY_BRAND, [known])
-        assert len(wide[known].pending) == 1
-
+        await view.apply(Stream.SUBSCRIBERS, pos.record(stops))
         dismissed = RevocationCandidateResolved(
             **_base(T0 + timedelta(minutes=1)),
-            phone=unknown,
+            phone="+14155550121",
             brand=ANY_BRAND,
             candidate_event_id=stops[1].event_id,
             resolution=CandidateResolution.DISMISSED,
         )
         await view.apply(Stream.SUBSCRIBERS, pos.record([dismissed]))
-        assert await view.digests("globex", [unknown]) == {}
-        assert [f.phone for f in await view.flagged(ANY_BRAND)] == [known]
+
+        assert [f.phone for f in await view.flagged(ANY_BRAND)] == ["+14155550120"]
 
     async def test_open_flagged_times_are_every_brands_unresolved_replies(
         self, view: ConsentView
@@ -830,8 +918,6 @@ class ConsentViewSuite:
             phones = sorted(p for p, b in expected if b == brand)
             states = await view.subscriber_states(brand, phones)
             assert states == {p: expected[p, brand] for p in phones}
-            digests = await view.digests(brand, phones)
-            assert digests == {p: digest_of(expected[p, brand]) for p in phones}
         assert await view.positions(Stream.SUBSCRIBERS) == {
             p: o + 1 for p, o in _last_offsets(subscribers).items()
         }

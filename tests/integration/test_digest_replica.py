@@ -19,6 +19,7 @@ from services.adapters.digest_replica import DigestReplica
 from services.adapters.postgres_view import PostgresConsentView
 from tests.conformance.view_suite import (
     T0,
+    DigestReadsSuite,
     Positions,
     flag,
     generate_events,
@@ -30,6 +31,18 @@ from tests.conformance.view_suite import (
 pytestmark = pytest.mark.postgres
 
 PHONES = [f"+1415555{n:04d}" for n in range(400, 440)]
+
+
+class TestDigestReplicaReads(DigestReadsSuite):
+    """The replica answers what the view it wraps answers."""
+
+    @pytest.fixture
+    def view(self, pool: asyncpg.Pool) -> PostgresConsentView:
+        return PostgresConsentView(pool)
+
+    @pytest.fixture
+    def reads(self, pool: asyncpg.Pool, view: PostgresConsentView) -> DigestReplica:
+        return DigestReplica(pool, view)
 
 
 async def _all(
@@ -212,5 +225,5 @@ async def test_every_brands_digests_carry_a_phone_wide_stop(pool: asyncpg.Pool) 
     for brand in ("acme", "globex"):
         copied = await replica.digests(brand, [PHONES[0], PHONES[1]])
         assert copied == await view.digests(brand, [PHONES[0], PHONES[1]])
-        assert [p[0] for p in copied[PHONES[0]].pending] == [str(stop.event_id)]
+        assert [p.event_id for p in copied[PHONES[0]].pending] == [str(stop.event_id)]
     assert (await replica.digests("acme", [PHONES[0]]))[PHONES[0]].campaign("deals").grant
