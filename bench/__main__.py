@@ -67,11 +67,6 @@ class Config:
     name: str
     loop: str
     processes: int
-    reads: str = "replica"
-    base_busy: float = float("nan")
-    """Share of the machine's CPU in use during the echo phase's timed window."""
-    svc_busy: float = float("nan")
-    """Where CanSend reads digests (``CONSENT_CANSEND_READS``)."""
 
 
 @dataclass
@@ -92,7 +87,6 @@ class Row:
     """Resident memory of the echo server processes after their phases, MB."""
     svc_rss: float = float("nan")
     """Resident memory of the service processes after their phases, MB."""
-    reads: str = "replica"
     base_busy: float = float("nan")
     """Share of the machine's CPU in use during the echo phase's timed window."""
     svc_busy: float = float("nan")
@@ -319,9 +313,6 @@ async def main_async(args: argparse.Namespace) -> int:
         configs = {
             "asyncio": Config("1 process, asyncio", "asyncio", 1),
             "uvloop": Config("1 process, uvloop", "uvloop", 1),
-            "uvloop-postgres": Config(
-                "1 process, uvloop, PostgreSQL reads", "uvloop", 1, "postgres"
-            ),
             "reuseport": Config(
                 f"{args.server_procs} processes, uvloop, so_reuseport",
                 "uvloop",
@@ -351,11 +342,10 @@ async def main_async(args: argparse.Namespace) -> int:
                         load(echo.address, echo_method, reqs, conc), f"echo {phase}", echo
                     )
                 echo_rss = rss_bytes(p.pid for p in echo.procs) / 2**20
-            svc_args = [*consent_args, "--reads", config.reads]
-            with ServerGroup("consent", config.loop, config.processes, svc_args) as svc:
+            with ServerGroup("consent", config.loop, config.processes, consent_args) as svc:
                 say(
-                    f"  service ready in {svc.start_seconds:.1f} s (CanSend reads: "
-                    f"{config.reads}), RSS {rss_bytes(p.pid for p in svc.procs) / 2**20:,.0f} MB"
+                    f"  service ready in {svc.start_seconds:.1f} s, "
+                    f"RSS {rss_bytes(p.pid for p in svc.procs) / 2**20:,.0f} MB"
                 )
                 # Let the projectors' consumer group settle before anything is timed.
                 await asyncio.sleep(args.settle)
@@ -373,7 +363,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     echo_result, echo_cpu, _, echo_busy = base[i]
                     rows.append(
                         Row(config.name, phase, conc, echo_result, result, per_call,
-                            echo_cpu, svc_cpu, pg_cpu, reads=config.reads,
+                            echo_cpu, svc_cpu, pg_cpu,
                             base_busy=echo_busy, svc_busy=svc_busy)
                     )  # fmt: skip
                     if per_call > 1:
@@ -487,10 +477,9 @@ def idle_line(shares: dict[str, float], seconds: float) -> str:
 
 
 def goals(every: list[Row]) -> None:
-    # Judged on the service as it runs by default (CanSend reading the replica); the
-    # PostgreSQL-reads rows are there for comparison. Unary CanSend has no goal of its
-    # own (BENCHMARKS.md, "The goals"): its ratio is compared with the latest run.
-    rows = [r for r in every if r.reads == "replica"]
+    # Unary CanSend has no goal of its own (BENCHMARKS.md, "The goals"): its ratio
+    # is compared with the latest run.
+    rows = every
     unary = [r for r in rows if r.per_call == 1]
     ratios = sorted((r.svc.qps / r.base.qps, r) for r in unary if r.base.qps)
     worst, best = ratios[0], ratios[-1]
@@ -529,7 +518,6 @@ def report(
         "rows": [
             {
                 "config": r.config,
-                "reads": r.reads,
                 "phase": r.phase,
                 "concurrency": r.concurrency,
                 "echo": res(r.base, r.per_call),
@@ -598,9 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-workers", type=int, default=2)
     parser.add_argument(
         "--configs",
-        default="asyncio,uvloop,uvloop-postgres,reuseport",
-        help="server configurations to run, comma-separated (default: all four; "
-        "uvloop-postgres reads PostgreSQL per call instead of the in-memory replica)",
+        default="asyncio,uvloop,reuseport",
+        help="server configurations to run, comma-separated (default: all three)",
     )
     parser.add_argument(
         "--settle",

@@ -170,7 +170,6 @@ async def _consent(
         freshness=FreshnessSettings(),
         shutdown_grace=1,
         projector_group=f"{args.prefix}projector",
-        cansend_reads=args.reads,
         reuse_port=True,  # CONSENT_GRPC_REUSE_PORT=true: a group of these shares the port
     )
     runtime = Runtime(settings)
@@ -221,7 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="bench.")
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--tokens")
-    parser.add_argument("--reads", choices=["replica", "postgres"], default="replica")
     parser.add_argument(
         "--ledger",
         choices=["kafka", "postgres"],

@@ -275,13 +275,10 @@ class Runtime:
         self.ledger = await self._build_ledger(dsn)
         await self._start_projector()
         await self._start_checkpoints(self.pool, dsn)
-        replica = None
-        if s.cansend_reads == "replica":
-            # On the read pool (idle with a replica): no reset round trip per refresh.
-            replica = DigestReplica(self.reads, self.view, on_reload=self.on_replica_reload)
+        # On the read pool: no reset round trip per refresh.
+        replica = DigestReplica(self.reads, self.view, on_reload=self.on_replica_reload)
         # The guard watches what CanSend reads; its first observation loads the replica.
-        watched = self.view if replica is None else replica
-        self.guard = FreshnessGuard(self.ledger, watched, s.freshness)
+        self.guard = FreshnessGuard(self.ledger, replica, s.freshness)
         await self.guard.start()
         self.usecases = UseCases.build(
             TimedAppends(self.ledger, self.metrics),

@@ -150,9 +150,6 @@ class Settings:
     shutdown_grace: float = 10.0
     projector_group: str = "consent-projector"
     pool_size: int = 10
-    cansend_reads: str = "replica"
-    """Where CanSend reads digests: ``replica`` (a copy of them in memory, kept
-    current from PostgreSQL) or ``postgres`` (a query per call, shared under load)."""
     metrics_listen: str = ""
     """``host:port`` of the Prometheus endpoint (``/metrics``); empty serves none."""
     tls: TlsSettings | None = None
@@ -241,8 +238,14 @@ class Settings:
                 min_insync_replicas=min_insync,
             )
         reads = e.get("CONSENT_CANSEND_READS", "replica")
-        if reads not in ("replica", "postgres"):
-            raise SettingsError(f"CONSENT_CANSEND_READS must be replica or postgres, got {reads!r}")
+        if reads != "replica":
+            # The per-call PostgreSQL reads were removed: a deployment that chose them
+            # is told, not silently given the replica's memory use.
+            raise SettingsError(
+                f"CONSENT_CANSEND_READS={reads!r} is no longer supported: CanSend always "
+                "reads the in-memory replica of the view (see the README's 'Where CanSend "
+                "reads'); remove the setting"
+            )
         dsn = e.get("CONSENT_POSTGRES_DSN") or None
         if dsn is None and not embedded:
             raise SettingsError("CONSENT_POSTGRES_DSN is required (or run with --embedded)")
@@ -306,7 +309,6 @@ class Settings:
             projector_group=text("CONSENT_PROJECTOR_GROUP", "consent-projector"),
             # asyncpg's pools here keep two connections open at least
             pool_size=whole("CONSENT_POSTGRES_POOL_SIZE", 10, least=2),
-            cansend_reads=reads,
             metrics_listen=metrics,
             tls=_tls(e),
             health_listen=health,

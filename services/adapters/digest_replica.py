@@ -30,9 +30,7 @@ Memory: one ``bytes`` object (the encoded digest without its version byte, which
 ``_store`` checks) and one phone string per (phone, brand), plus the
 dictionary slot; ``make bench`` measures the whole (BENCHMARKS.md). A load after
 a rebuild builds the new copy while the old one still answers, so until the swap
-the process holds both: about twice the usual size. Set
-``CONSENT_CANSEND_READS=postgres`` to read PostgreSQL per call instead, for a view
-too big to hold.
+the process holds both: about twice the usual size.
 """
 
 from __future__ import annotations

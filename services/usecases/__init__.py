@@ -38,7 +38,7 @@ class UseCases:
         reads: DigestReads | None = None,
         future_horizon: timedelta = DEFAULT_FUTURE_HORIZON,
     ) -> UseCases:
-        """``reads`` answers CanSend's digests (by default the view, batched);
+        """``reads`` answers CanSend's digests (by default the view);
         ``future_horizon`` is how far ahead a check may ask."""
         ctx = Context(ledger, view, guard, clock)
         return cls(Writes(ctx), Checks(ctx, reads, future_horizon), Audit(ctx), Review(ctx))

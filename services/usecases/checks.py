@@ -1,7 +1,7 @@
 """May we send? ``CanSend``, ``CanSendBatch`` and ``CanSendAsOf``.
 
-A check reads the number's digest (through ``reads``: the in-memory replica, or the
-view behind a read batcher) and the campaign's rules, once the view is fresh enough,
+A check reads the number's digest (through ``reads``: the in-memory replica of the
+view) and the campaign's rules, once the view is fresh enough,
 and asks the pure policy (``ledger.policy.Check``). It fails closed: a view it cannot
 vouch for, a campaign it cannot find, a rule that fails, each answers "not allowed"
 with its reason, never an error a caller could mistake for "allowed".
@@ -26,7 +26,6 @@ from ledger.ports import ConsistencyToken, DigestReads, Stream
 from ledger.state import CampaignHistory, SubscriberState
 from ledger.validation import Violations, check_not_too_early
 from services.errors import NotConsistent
-from services.read_batcher import ReadBatcher
 from services.usecases.context import BEHIND, Context
 
 log = logging.getLogger(__name__)
@@ -129,10 +128,10 @@ class Checks:
         future_horizon: timedelta = DEFAULT_FUTURE_HORIZON,
     ) -> None:
         """``reads`` answers CanSend's digests: a ``DigestReplica`` that the guard
-        watches, or by default the view itself, through a ``ReadBatcher``;
-        ``future_horizon`` is how far ahead a check may ask (provisionally)."""
+        watches, or by default the view itself; ``future_horizon`` is how far ahead a
+        check may ask (provisionally)."""
         self.ctx = ctx
-        self.reads: DigestReads = ReadBatcher(ctx.view) if reads is None else reads
+        self.reads: DigestReads = ctx.view if reads is None else reads
         self.future_horizon = future_horizon
         # Campaign histories, valid while the campaign stream's applied positions (as
         # the guard last observed them) stay the same: any campaign write moves them.

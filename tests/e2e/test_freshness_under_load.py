@@ -11,7 +11,6 @@ refresh interval or more after its number's opt-out was acknowledged must say no
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import multiprocessing
 import time
@@ -40,9 +39,6 @@ TASKS = 24  # concurrent callers in each reader process
 async def test_no_read_allows_a_send_a_refresh_interval_after_an_acked_opt_out(
     tmp_path, postgres_dsn, kafka_bootstrap
 ):
-    """With the replica (the default), where reads are fastest and so the most of
-    them land in the window; the guard is the same for reads from PostgreSQL."""
-    reads = "replica"
     when = noon_in_los_angeles()
     settings = service_settings(
         tmp_path,
@@ -50,7 +46,6 @@ async def test_no_read_allows_a_send_a_refresh_interval_after_an_acked_opt_out(
         kafka=kafka_settings(kafka_bootstrap, f"load-{uuid.uuid4().hex[:8]}."),
     )
     assert settings.freshness.refresh_interval == REFRESH
-    settings = dataclasses.replace(settings, cansend_reads=reads)
     runtime = Runtime(settings, clock=lambda: when)
     await runtime.start()
     try:

@@ -126,6 +126,29 @@ async def test_the_command_line_says_why_it_cannot_start_without_a_traceback(tmp
     assert "Traceback" not in done.stderr
 
 
+async def test_the_removed_postgres_read_mode_is_refused_at_start(tmp_path):
+    env = {
+        **os.environ,
+        "CONSENT_CANSEND_READS": "postgres",
+        "CONSENT_AUTH_TOKENS_FILE": str(write_tokens(tmp_path / "tokens.json")),
+        "CONSENT_DATA_DIR": str(tmp_path),
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services.cli", "serve", "--embedded"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "CONSENT_CANSEND_READS='postgres' is no longer supported" in done.stderr
+    assert "Traceback" not in done.stderr
+    # Refused before anything started: no database was made in the data directory.
+    assert [p.name for p in tmp_path.iterdir()] == ["tokens.json"]
+
+
 async def test_json_logs_are_one_object_per_line_the_failed_start_included(tmp_path):
     env = {
         **os.environ,

@@ -19,18 +19,14 @@ from services.settings import (
 EMBEDDED: dict[str, str] = {}
 
 
-def test_cansend_reads_the_replica_by_default() -> None:
-    assert Settings.from_env(EMBEDDED, embedded=True).cansend_reads == "replica"
+@pytest.mark.parametrize("reads", ["postgres", "redis", ""])
+def test_a_removed_read_mode_is_refused_by_name(reads: str) -> None:
+    with pytest.raises(SettingsError, match=f"CONSENT_CANSEND_READS='{reads}' is no longer"):
+        Settings.from_env({"CONSENT_CANSEND_READS": reads}, embedded=True)
 
 
-def test_cansend_can_read_postgres_instead() -> None:
-    env = {"CONSENT_CANSEND_READS": "postgres"}
-    assert Settings.from_env(env, embedded=True).cansend_reads == "postgres"
-
-
-def test_an_unknown_read_mode_is_refused_by_name() -> None:
-    with pytest.raises(SettingsError, match="CONSENT_CANSEND_READS must be replica or postgres"):
-        Settings.from_env({"CONSENT_CANSEND_READS": "redis"}, embedded=True)
+def test_the_one_read_mode_may_still_be_named() -> None:
+    Settings.from_env({"CONSENT_CANSEND_READS": "replica"}, embedded=True)
 
 
 def test_kafka_needs_its_bootstrap_servers() -> None:
