@@ -55,12 +55,14 @@ APPLY_BATCH = 5000
 
 
 def reference_time() -> datetime:
-    """The ``at`` every check asks about: the latest 19:00 UTC (noon to 15:00 across the
-    chosen area codes, so quiet hours never decide). Fixed per run, so every phase
-    sees the same decisions."""
+    """The ``at`` every check asks about: a 19:00 UTC (noon to 15:00 across the chosen
+    area codes, so quiet hours never decide) at least two hours ahead. Fixed per run,
+    so every phase sees the same decisions. Ahead, not past: a check about a past
+    moment is answered from the history (``CanSendAsOf``'s path), not the digests
+    that serve a check about now."""
     now = datetime.now(UTC)
     t = now.replace(hour=19, minute=0, second=0, microsecond=0)
-    return t if t <= now else t - timedelta(days=1)
+    return t if t - now >= timedelta(hours=2) else t + timedelta(days=1)
 
 
 def campaign_event(at: datetime) -> Recorded:
