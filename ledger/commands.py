@@ -57,6 +57,7 @@ from ledger.events import (
     ListSource,
     MessageKind,
     MessageSent,
+    ReliedAnswer,
     RevocationCandidateFlagged,
     RevocationCandidateResolved,
     RevocationChannel,
@@ -66,6 +67,8 @@ from ledger.events import (
 )
 from ledger.keywords import Intent, classify
 from ledger.phone import to_e164
+from ledger.policy import Reason
+from ledger.ports import ConsistencyToken
 from ledger.regions import normalise_region
 from ledger.state import SubscriberState
 from ledger.validation import (
@@ -308,6 +311,43 @@ class RecordMessageSent:
     occurred_at: datetime
     included_opt_out_language: bool = False
     identified_sender: bool = False
+    relied_on: ReliedAnswer | None = None
+    """The ``CanSend`` answer the sender relied on, as it was given."""
+
+
+MAX_RELIED_EVIDENCE = 100
+"""How many evidence ids a relied-on answer may carry (an answer names a handful)."""
+_MAX_RELIED_TEXT = 4_096
+"""The longest consistency token or evidence id a relied-on answer may carry."""
+
+
+def _relied_on(answer: ReliedAnswer | None) -> ReliedAnswer | None:
+    """``answer`` if it is one the service could have given, else ``InvalidRequest``."""
+    if answer is None:
+        return None
+    token = answer.consistency_token
+    if not token:
+        raise InvalidRequest("relied_on.consistency_token", "is required")
+    if len(token) > _MAX_RELIED_TEXT:
+        raise InvalidRequest("relied_on.consistency_token", "is too long")
+    try:
+        ConsistencyToken.decode(token)
+    except ValueError:
+        raise InvalidRequest(
+            "relied_on.consistency_token", "is not a consistency token the service gave"
+        ) from None
+    if answer.reason not in _REASONS:
+        raise InvalidRequest("relied_on.reason", f"is not a reason: {answer.reason!r}")
+    if len(answer.evidence) > MAX_RELIED_EVIDENCE:
+        raise InvalidRequest(
+            "relied_on.evidence_event_ids", f"may hold at most {MAX_RELIED_EVIDENCE} ids"
+        )
+    if any(len(evidence) > _MAX_RELIED_TEXT for evidence in answer.evidence):
+        raise InvalidRequest("relied_on.evidence_event_ids", "holds an id too long")
+    return answer
+
+
+_REASONS = frozenset(reason.value for reason in Reason)
 
 
 @dataclass(frozen=True)
@@ -579,6 +619,7 @@ def _sent(cmd: RecordMessageSent, now: datetime) -> list[LedgerEvent]:
             kind=cmd.kind,
             included_opt_out_language=cmd.included_opt_out_language,
             identified_sender=cmd.identified_sender,
+            relied_on=_relied_on(cmd.relied_on),
         )
     ]
 

@@ -243,6 +243,20 @@ class ConsentResumed(SubscriberEvent):
 
 
 @dataclass(frozen=True)
+class ReliedAnswer:
+    """The ``CanSend`` answer a sender says it relied on for a send, as it was given:
+    the view's consistency token, whether it allowed the send, its reason (a
+    ``ledger.policy.Reason`` value) and the ids of the events it named. What the
+    sender claims, not a fact the ledger checked: the compliance sweep
+    (``ledger.sweep``) sets it beside the answer the ledger gives for that moment."""
+
+    consistency_token: str = ""
+    allowed: bool = False
+    reason: str = ""
+    evidence: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class MessageSent(SubscriberEvent):
     EVENT_TYPE = "MessageSent"
     message_id: str
@@ -255,6 +269,9 @@ class MessageSent(SubscriberEvent):
     (``ledger.policy.earns_exemption``): a reply of a kind that escapes them counts like
     any other message unless what earns it was there. None on sends recorded before
     that was decided: their kind alone says (``ledger.state.COUNTED_KINDS``)."""
+    relied_on: ReliedAnswer | None = None
+    """The answer the sender relied on; None when it said of none (it sent without
+    asking, or was recorded before senders could say)."""
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from ledger.commands import (
     check_fields,
 )
 from ledger.errors import InvalidRequest
-from ledger.events import ConsentProof, ListSource, MessageKind
+from ledger.events import ConsentProof, ListSource, MessageKind, ReliedAnswer
 from ledger.keywords import Intent
 from ledger.opt_out_rate import OptOutRate
 from ledger.policy import Decision, Obligation, Reason
@@ -189,6 +189,20 @@ def _message_sent(r: api_pb2.RecordMessageSentRequest, v: Violations) -> RecordM
         occurred_at=_read(v, lambda: required_time(r, "occurred_at")),
         included_opt_out_language=r.included_opt_out_language,
         identified_sender=r.identified_sender,
+        relied_on=_read(v, lambda: _relied_on(r)),
+    )
+
+
+def _relied_on(r: api_pb2.RecordMessageSentRequest) -> ReliedAnswer | None:
+    """The answer the sender relied on; an unset reason is no answer the service gave."""
+    if not r.HasField("relied_on"):
+        return None
+    answer = r.relied_on
+    if answer.reason == api_pb2.REASON_UNSPECIFIED:
+        raise InvalidRequest("relied_on.reason", "is required")
+    reason: Reason = _enum(REASONS, answer.reason, "relied_on.reason")
+    return ReliedAnswer(
+        answer.consistency_token, answer.allowed, reason.value, tuple(answer.evidence_event_ids)
     )
 
 

@@ -61,6 +61,7 @@ from ledger.events import (
     MessageKind,
     MessageSent,
     Recorded,
+    ReliedAnswer,
     RevocationCandidateFlagged,
     RevocationCandidateResolved,
     RevocationChannel,
@@ -397,6 +398,16 @@ def _enc_sent(e: MessageSent) -> tuple[str, Message]:
         included_opt_out_language=e.included_opt_out_language,
         identified_sender=e.identified_sender,
         exempt=e.exempt,
+        relied_on=None if e.relied_on is None else _enc_relied(e.relied_on),
+    )
+
+
+def _enc_relied(r: ReliedAnswer) -> ledger_pb2.ReliedAnswer:
+    return ledger_pb2.ReliedAnswer(
+        consistency_token=r.consistency_token,
+        allowed=r.allowed,
+        reason=r.reason,
+        evidence_event_ids=r.evidence,
     )
 
 
@@ -408,6 +419,16 @@ def _dec_sent(p: ledger_pb2.MessageSent) -> dict[str, Any]:
         "included_opt_out_language": p.included_opt_out_language,
         "identified_sender": p.identified_sender,
         "exempt": p.exempt if p.HasField("exempt") else None,
+        "relied_on": (
+            ReliedAnswer(
+                p.relied_on.consistency_token,
+                p.relied_on.allowed,
+                p.relied_on.reason,
+                tuple(p.relied_on.evidence_event_ids),
+            )
+            if p.HasField("relied_on")
+            else None
+        ),
     }
 
 

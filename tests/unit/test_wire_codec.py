@@ -36,6 +36,7 @@ from ledger.events import (
     MessageKind,
     MessageSent,
     Recorded,
+    ReliedAnswer,
     RevocationCandidateFlagged,
     RevocationCandidateResolved,
     RevocationChannel,
@@ -126,6 +127,14 @@ EXAMPLES: list[LedgerEvent] = [
         kind=MessageKind.OPT_OUT_CONFIRMATION,
         included_opt_out_language=True,
         identified_sender=True,
+    ),
+    MessageSent(
+        **base(9),
+        **who(),
+        message_id="SM126b",
+        campaign="spring-sale",
+        kind=MessageKind.REGULAR,
+        relied_on=ReliedAnswer("subscribers:3:17", True, "consent_active", ("e-1", "e-2")),
     ),
     InboundMessageReceived(
         **base(10),

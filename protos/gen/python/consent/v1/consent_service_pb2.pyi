@@ -976,6 +976,7 @@ class RecordMessageSentRequest(_message.Message):
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     INCLUDED_OPT_OUT_LANGUAGE_FIELD_NUMBER: _builtins.int
     IDENTIFIED_SENDER_FIELD_NUMBER: _builtins.int
+    RELIED_ON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     phone: _builtins.str
     brand: _builtins.str
@@ -988,6 +989,13 @@ class RecordMessageSentRequest(_message.Message):
     identified_sender: _builtins.bool
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def relied_on(self) -> Global___ReliedOnAnswer:
+        """The CanSend (or CanSendBatch) answer the sender relied on for this send,
+        copied from it. Optional; the compliance sweep (SweepCampaign) flags a send
+        that names none ("sent without asking") or one that did not allow it.
+        """
+
     def __init__(
         self,
         *,
@@ -1000,14 +1008,50 @@ class RecordMessageSentRequest(_message.Message):
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         included_opt_out_language: _builtins.bool = ...,
         identified_sender: _builtins.bool = ...,
+        relied_on: Global___ReliedOnAnswer | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "relied_on", b"relied_on"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand", b"brand", "campaign", b"campaign", "identified_sender", b"identified_sender", "included_opt_out_language", b"included_opt_out_language", "kind", b"kind", "message_id", b"message_id", "occurred_at", b"occurred_at", "phone", b"phone", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand", b"brand", "campaign", b"campaign", "identified_sender", b"identified_sender", "included_opt_out_language", b"included_opt_out_language", "kind", b"kind", "message_id", b"message_id", "occurred_at", b"occurred_at", "phone", b"phone", "relied_on", b"relied_on", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordMessageSentRequest: _TypeAlias = RecordMessageSentRequest  # noqa: Y015
+
+@_typing.final
+class ReliedOnAnswer(_message.Message):
+    """A CanSend answer as the service gave it, handed back with the send it allowed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    EVIDENCE_EVENT_IDS_FIELD_NUMBER: _builtins.int
+    consistency_token: _builtins.str
+    """The answer's consistency_token; required."""
+    allowed: _builtins.bool
+    reason: Global___Reason.ValueType
+    """The answer's reason; required."""
+    @_builtins.property
+    def evidence_event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The answer's evidence_event_ids (up to 100)."""
+
+    def __init__(
+        self,
+        *,
+        consistency_token: _builtins.str = ...,
+        allowed: _builtins.bool = ...,
+        reason: Global___Reason.ValueType = ...,
+        evidence_event_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "consistency_token", b"consistency_token", "evidence_event_ids", b"evidence_event_ids", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReliedOnAnswer: _TypeAlias = ReliedOnAnswer  # noqa: Y015
 
 @_typing.final
 class RecordMessageSentResponse(_message.Message):

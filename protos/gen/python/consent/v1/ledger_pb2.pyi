@@ -629,6 +629,7 @@ class MessageSent(_message.Message):
     INCLUDED_OPT_OUT_LANGUAGE_FIELD_NUMBER: _builtins.int
     IDENTIFIED_SENDER_FIELD_NUMBER: _builtins.int
     EXEMPT_FIELD_NUMBER: _builtins.int
+    RELIED_ON_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     campaign: _builtins.str
     kind: Global___MessageKind.ValueType
@@ -640,6 +641,12 @@ class MessageSent(_message.Message):
     conversation the person began); it counts towards them otherwise. Absent on
     sends recorded before this was decided: their kind alone says.
     """
+    @_builtins.property
+    def relied_on(self) -> Global___ReliedAnswer:
+        """The CanSend answer the sender said it relied on; absent when it named none
+        (it sent without asking, or was recorded before senders could say).
+        """
+
     def __init__(
         self,
         *,
@@ -649,16 +656,50 @@ class MessageSent(_message.Message):
         included_opt_out_language: _builtins.bool = ...,
         identified_sender: _builtins.bool = ...,
         exempt: _builtins.bool | None = ...,
+        relied_on: Global___ReliedAnswer | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exempt", b"_exempt", "exempt", b"exempt"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exempt", b"_exempt", "exempt", b"exempt", "relied_on", b"relied_on"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exempt", b"_exempt", "campaign", b"campaign", "exempt", b"exempt", "identified_sender", b"identified_sender", "included_opt_out_language", b"included_opt_out_language", "kind", b"kind", "message_id", b"message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exempt", b"_exempt", "campaign", b"campaign", "exempt", b"exempt", "identified_sender", b"identified_sender", "included_opt_out_language", b"included_opt_out_language", "kind", b"kind", "message_id", b"message_id", "relied_on", b"relied_on"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exempt: _TypeAlias = _typing.Literal["exempt"]  # noqa: Y015
     _WhichOneofArgType__exempt: _TypeAlias = _typing.Literal["_exempt", b"_exempt"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__exempt) -> _WhichOneofReturnType__exempt | None: ...
 
 Global___MessageSent: _TypeAlias = MessageSent  # noqa: Y015
+
+@_typing.final
+class ReliedAnswer(_message.Message):
+    """A CanSend answer as the sender was given it: what it claims, not a fact checked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    EVIDENCE_EVENT_IDS_FIELD_NUMBER: _builtins.int
+    consistency_token: _builtins.str
+    """The consistency_token of the answer."""
+    allowed: _builtins.bool
+    reason: _builtins.str
+    """The answer's reason, as ledger.policy.Reason's value ("consent_active", ...)."""
+    @_builtins.property
+    def evidence_event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        consistency_token: _builtins.str = ...,
+        allowed: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        evidence_event_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "consistency_token", b"consistency_token", "evidence_event_ids", b"evidence_event_ids", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReliedAnswer: _TypeAlias = ReliedAnswer  # noqa: Y015
 
 @_typing.final
 class InboundMessageReceived(_message.Message):

@@ -1,0 +1,76 @@
+"""The answer a send relied on: carried from RecordMessageSent to the recorded fact."""
+
+from __future__ import annotations
+
+import pytest
+from consent.v1 import consent_service_pb2 as api_pb2
+
+from ledger.commands import RecordMessageSent, to_events
+from ledger.errors import InvalidRequest
+from ledger.events import MessageKind, MessageSent, ReliedAnswer
+from services.wire import api, codec
+from tests.builders import BRAND, PHONE, T0
+
+
+def _request(**relied: object) -> api_pb2.RecordMessageSentRequest:
+    msg = api_pb2.RecordMessageSentRequest(
+        request_id="r-1", phone=PHONE, brand=BRAND, campaign="promo", message_id="SM1"
+    )
+    msg.occurred_at.FromDatetime(T0)
+    if relied:
+        msg.relied_on.CopyFrom(api_pb2.ReliedOnAnswer(**relied))  # type: ignore[arg-type]
+    return msg
+
+
+def _sent(msg: api_pb2.RecordMessageSentRequest) -> MessageSent:
+    command = api.command_from_proto(msg)
+    assert isinstance(command, RecordMessageSent)
+    (event,) = to_events(command, T0)
+    assert isinstance(event, MessageSent)
+    return event
+
+
+def test_the_answer_relied_on_reaches_the_fact_and_survives_the_wire():
+    msg = _request(
+        consistency_token="subscribers:0:12,campaigns:0:3",
+        allowed=False,
+        reason=api_pb2.REASON_QUIET_HOURS,
+        evidence_event_ids=["a", "b"],
+    )
+    event = _sent(msg)
+    assert event.relied_on == ReliedAnswer(
+        "subscribers:0:12,campaigns:0:3", False, "quiet_hours", ("a", "b")
+    )
+    assert codec.decode_event(codec.encode_event(event)) == event
+
+
+def test_a_send_that_names_no_answer_records_none():
+    event = _sent(_request())
+    assert event.relied_on is None and event.kind is MessageKind.REGULAR
+    assert codec.decode_event(codec.encode_event(event)).relied_on is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("relied", "field"),
+    [
+        ({"allowed": True, "reason": api_pb2.REASON_CONSENT_ACTIVE}, "relied_on.consistency_token"),
+        (
+            {"consistency_token": "yesterday", "reason": api_pb2.REASON_CONSENT_ACTIVE},
+            "relied_on.consistency_token",
+        ),
+        ({"consistency_token": "subscribers:0:1", "allowed": True}, "relied_on.reason"),
+        ({"consistency_token": "subscribers:0:1", "reason": 999}, "relied_on.reason"),
+        (
+            {
+                "consistency_token": "subscribers:0:1",
+                "reason": api_pb2.REASON_CONSENT_ACTIVE,
+                "evidence_event_ids": ["x"] * 101,
+            },
+            "relied_on.evidence_event_ids",
+        ),
+    ],
+)
+def test_an_answer_the_service_could_not_have_given_is_refused_by_field(relied, field):
+    with pytest.raises(InvalidRequest) as err:
+        _sent(_request(**relied))
+    assert err.value.field == field
