@@ -1,0 +1,288 @@
+"""The compliance sweep: every message of a campaign sent without what the policy
+required at that moment.
+
+A sweep reads a brand's subscriber events in ledger order, once, and keeps only the
+folded state of each number (``ledger.state``), never the events themselves: a
+campaign of a million messages is swept in the memory of its numbers' states.
+Each ``MessageSent`` of the campaign inside the time range is judged by the
+policy's own ``Check`` (``ledger.policy``) as ``CanSendAsOf`` answers for
+``at = occurred_at``, ``known_at = recorded_at``, from the facts recorded before
+the send: what ``CanSend`` would have said had it been asked when the message went
+out, knowing what the ledger knew when it was told of it. There is no second
+reading of the rules here; this module only says which answers make a finding.
+
+A send is also set beside the answer its sender said it relied on
+(``MessageSent.relied_on``): one sent without asking, or against a "not allowed",
+is a finding even when the policy would have allowed it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from ledger.campaigns import Campaign
+from ledger.digest import digest_of, with_phone_wide
+from ledger.events import (
+    ANY_BRAND,
+    BRAND_SETTINGS,
+    CampaignEvent,
+    MessageKind,
+    MessageSent,
+    Recorded,
+    SubscriberEvent,
+)
+from ledger.policy import Check, Decision, Obligation, Reason, decide_as_of, deny
+from ledger.state import CampaignHistory, SubscriberState, apply, retained_facts
+
+
+class FindingKind(enum.Enum):
+    """What a send lacked."""
+
+    NO_CONSENT = "no_consent"
+    """No consent of a sufficient tier for the campaign (texting first is not one)."""
+    AFTER_OPT_OUT = "after_opt_out"
+    """Sent after an opt-out (or a pending or overdue one), other than the one
+    confirmation it was owed."""
+    QUIET_HOURS = "quiet_hours"
+    """Outside the hours of the federal rule, the recipient's state or the campaign,
+    or on a day the state closes, or with no time zone to tell."""
+    OVER_CAP = "over_cap"
+    """Over the campaign's or the recipient's state's cap."""
+    AGE_UNVERIFIED = "age_unverified"
+    """An age-gated campaign's message to a number not verified 21 or older."""
+    OBLIGATIONS_UNMET = "obligations_unmet"
+    """Allowed, but without what the message had to carry: the opt-out language of a
+    first message, the sender's name, the reconfirmation that was due."""
+    NOT_ALLOWED = "not_allowed"
+    """Denied for another reason (content, an unowed reply, an unknown campaign)."""
+    SENT_AGAINST_NOT_ALLOWED = "sent_against_not_allowed"
+    """The sender says it relied on an answer that did not allow the send."""
+    SENT_WITHOUT_ASKING = "sent_without_asking"
+    """The sender named no answer it relied on."""
+
+
+_DENIALS: dict[Reason, FindingKind] = {
+    Reason.NO_CONSENT: FindingKind.NO_CONSENT,
+    Reason.CONSENT_TIER_INSUFFICIENT: FindingKind.NO_CONSENT,
+    Reason.CONVERSATION_WINDOW_CLOSED: FindingKind.NO_CONSENT,
+    Reason.REVOKED: FindingKind.AFTER_OPT_OUT,
+    Reason.REVOKED_BRAND_WIDE: FindingKind.AFTER_OPT_OUT,
+    Reason.REVOCATION_PENDING_REVIEW: FindingKind.AFTER_OPT_OUT,
+    Reason.REVOCATION_OVERDUE: FindingKind.AFTER_OPT_OUT,
+    Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED: FindingKind.AFTER_OPT_OUT,
+    Reason.QUIET_HOURS: FindingKind.QUIET_HOURS,
+    Reason.TIME_ZONE_UNKNOWN: FindingKind.QUIET_HOURS,
+    Reason.FREQUENCY_CAP_REACHED: FindingKind.OVER_CAP,
+    Reason.DAILY_CAP_REACHED: FindingKind.OVER_CAP,
+    Reason.AGE_VERIFICATION_REQUIRED: FindingKind.AGE_UNVERIFIED,
+}
+"""The finding a denial makes; any other denial is ``NOT_ALLOWED``."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One send that lacked what the policy required, and why."""
+
+    sent: Recorded
+    """The ``MessageSent`` as the ledger recorded it."""
+    kinds: tuple[FindingKind, ...]
+    decision: Decision
+    """The answer ``CanSend`` gives for the moment of the send (``Sweep``)."""
+    unmet: tuple[Obligation, ...] = ()
+    """The obligations of an allowed answer that the send says it did not meet."""
+
+    @property
+    def message(self) -> MessageSent:
+        event = self.sent.event
+        assert isinstance(event, MessageSent)
+        return event
+
+    @property
+    def evidence(self) -> tuple[str, ...]:
+        """The send's own id, then the ids of the events the answer stands on."""
+        return (str(self.sent.event.event_id), *self.decision.evidence)
+
+
+def unmet_obligations(decision: Decision, message: MessageSent) -> tuple[Obligation, ...]:
+    """The obligations of ``decision`` that ``message`` says it did not meet. Content
+    (``NON_MARKETING_CONTENT_ONLY``) is not recorded, so it is never counted unmet."""
+    unmet = []
+    for obligation in decision.obligations:
+        if obligation is Obligation.INCLUDE_OPT_OUT_LANGUAGE:
+            met = message.included_opt_out_language
+        elif obligation is Obligation.IDENTIFY_SENDER:
+            met = message.identified_sender
+        elif obligation is Obligation.RECONFIRM_IN_THIS_MESSAGE:
+            met = message.kind is MessageKind.RECONFIRMATION_REQUEST
+        else:
+            met = True
+        if not met:
+            unmet.append(obligation)
+    return tuple(unmet)
+
+
+def judge(recorded: Recorded, decision: Decision) -> Finding | None:
+    """The finding ``decision`` (the answer for the send's moment) makes of the send
+    ``recorded``, or None when the send lacked nothing."""
+    message = recorded.event
+    assert isinstance(message, MessageSent)
+    kinds: list[FindingKind] = []
+    unmet: tuple[Obligation, ...] = ()
+    if not decision.allowed:
+        kinds.append(_DENIALS.get(decision.reason, FindingKind.NOT_ALLOWED))
+    else:
+        unmet = unmet_obligations(decision, message)
+        if unmet:
+            kinds.append(FindingKind.OBLIGATIONS_UNMET)
+    relied = message.relied_on
+    if relied is None:
+        kinds.append(FindingKind.SENT_WITHOUT_ASKING)
+    elif not relied.allowed:
+        kinds.append(FindingKind.SENT_AGAINST_NOT_ALLOWED)
+    if not kinds:
+        return None
+    return Finding(recorded, tuple(kinds), decision, unmet)
+
+
+_EMPTY = SubscriberState()
+
+
+class Sweep:
+    """A sweep of one campaign of a brand over ``[start, end)`` of world time.
+
+    ``feed`` it the brand's subscriber events in ledger order (each partition's in
+    offset order; the events of one number share a partition), including those of
+    the numbers' unknown brand (``ANY_BRAND``), and events of every other campaign:
+    an opt-out of one campaign, a send of another, count for this one. Events of
+    other brands are skipped. ``history`` holds the campaign's rules and its brand's
+    settings; campaign events fed in are added to it.
+    """
+
+    def __init__(
+        self,
+        history: CampaignHistory,
+        brand: str,
+        campaign: str,
+        start: datetime,
+        end: datetime,
+    ) -> None:
+        if start.tzinfo is None or end.tzinfo is None:
+            raise ValueError("start and end must be timezone-aware")
+        self.history = history
+        self.brand = brand
+        self.campaign = campaign
+        self.start = start
+        self.end = end
+        self.events_read = 0
+        self.sends_judged = 0
+        self._states: dict[str, SubscriberState] = {}
+        self._wide: dict[str, SubscriberState] = {}
+        # Per number, the latest occurred_at and recorded_at of what its states hold:
+        # while neither is past the send's moment, the states are exactly what
+        # ``decide_as_of`` would fold, and the decision is asked of them directly.
+        self._latest: dict[str, tuple[datetime, datetime]] = {}
+        # Per number, its facts other than sends: the fold keeps only the latest of
+        # each kind, and a send stamped before a later fact is judged without that
+        # fact, by the one before it. Sends the fold keeps (those a cap can count).
+        self._facts: dict[str, list[Recorded]] = {}
+        self._rules: dict[tuple[str, datetime | None], Campaign] = {}
+
+    def feed(self, recorded: Recorded) -> Finding | None:
+        """Take the next event; the finding it makes, if it is a send that lacked
+        something."""
+        self.events_read += 1
+        event = recorded.event
+        if not isinstance(event, SubscriberEvent):
+            if (
+                isinstance(event, CampaignEvent)
+                and event.brand == self.brand
+                and event.campaign in (self.campaign, BRAND_SETTINGS)
+            ):
+                self.history = self.history.with_event(recorded)
+            return None
+        phone = event.phone
+        if event.brand == ANY_BRAND:
+            states = self._wide
+        elif event.brand == self.brand:
+            states = self._states
+        else:
+            return None
+        finding = None
+        if (
+            isinstance(event, MessageSent)
+            and event.campaign == self.campaign
+            and event.brand == self.brand
+            and self.start <= event.occurred_at < self.end
+        ):
+            self.sends_judged += 1
+            finding = judge(recorded, self.decision(recorded))
+        states[phone] = apply(states.get(phone, _EMPTY), recorded)
+        if not isinstance(event, MessageSent):
+            self._facts.setdefault(phone, []).append(recorded)
+        latest = self._latest.get(phone)
+        if latest is None:
+            self._latest[phone] = (event.occurred_at, recorded.recorded_at)
+        else:
+            self._latest[phone] = (
+                max(latest[0], event.occurred_at),
+                max(latest[1], recorded.recorded_at),
+            )
+        return finding
+
+    def decision(self, recorded: Recorded) -> Decision:
+        """What ``CanSendAsOf`` answers for the send ``recorded`` (at its occurred_at,
+        known at its recorded_at) from the facts fed before it."""
+        message = recorded.event
+        assert isinstance(message, MessageSent)
+        phone, moment, known = message.phone, message.occurred_at, recorded.recorded_at
+        state = self._states.get(phone, _EMPTY)
+        wide = self._wide.get(phone)
+        latest = self._latest.get(phone)
+        if latest is not None and (latest[0] > moment or latest[1] > known):
+            # A fact stamped after the send (a clock ahead, a late import): leave out
+            # what the moment did not know, exactly as the audit answer does.
+            sends = [r for r in retained_facts(state) if isinstance(r.event, MessageSent)]
+            facts = [*self._facts.get(phone, ()), *sends, *self.history.facts()]
+            return decide_as_of(facts, self.campaign, moment, known, message.kind)
+        rules = self._rules_at(moment, known)
+        if rules is None:
+            return deny(
+                Reason.CAMPAIGN_UNKNOWN, f"campaign {self.campaign!r} was not defined at that time"
+            )
+        digest = digest_of(state)
+        if wide is not None:
+            merged = with_phone_wide(digest, digest_of(wide))
+            assert merged is not None
+            digest = merged
+        return Check(rules, moment, message.kind)(digest)
+
+    def _rules_at(self, moment: datetime, known: datetime) -> Campaign | None:
+        """The rules in force at ``moment`` as known at ``known``; one object per
+        version, so the policy's per-rules caches serve every send under it."""
+        found = self.history.as_of(moment, known)
+        if found is None:
+            return None
+        key = (found.policy_event_id, found.revoke_all_since)
+        kept = self._rules.get(key)
+        if kept is None or kept.policy_version != found.policy_version:
+            self._rules[key] = kept = found
+        return kept
+
+
+def sweep(
+    events: Iterable[Recorded],
+    history: CampaignHistory,
+    brand: str,
+    campaign: str,
+    start: datetime,
+    end: datetime,
+) -> Iterator[Finding]:
+    """Every finding of a ``Sweep`` of ``events``, as the events stream by."""
+    swept = Sweep(history, brand, campaign, start, end)
+    for recorded in events:
+        finding = swept.feed(recorded)
+        if finding is not None:
+            yield finding
