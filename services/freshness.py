@@ -242,10 +242,14 @@ class FreshnessGuard:
         deadline = self._monotonic() + (timeout or self._settings.wait_bound)
         return await self._wait(dict(token.offsets), deadline)
 
-    async def wait_for_phones(self, phones: Sequence[str]) -> bool:
-        """True once the view has applied the phones' partitions up to their ends as
-        observed since one refresh interval before the call, and the campaign stream
-        up to its end."""
+    async def wait_for_phones(
+        self, phones: Sequence[str], token: ConsistencyToken | None = None
+    ) -> bool:
+        """True once the view has applied ``token`` (when given, as ``wait_for_token``),
+        then the phones' partitions up to their ends as observed since one refresh
+        interval before the call, and the campaign stream up to its end."""
+        if token is not None and not await self.wait_for_token(token):
+            return False
         recent = await self._recent()
         if recent is None:
             return False

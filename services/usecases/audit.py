@@ -91,7 +91,7 @@ class Audit:
         grant = cc.grant
         return Consent(
             consent_state(digest, campaign, pending_review=bool(pending)),
-            self.ctx.applied_token(),
+            self.ctx.guard.applied_token(),
             grant=grant,
             revocation=revocation_in_force(state, digest, campaign),
             reconfirmation=cc.reconfirmation,
@@ -114,7 +114,7 @@ class Audit:
         if brand is not None:
             check_name(brand, "brand")
         await self.ctx.require_fresh([number], "phone", token)
-        return Read(await self.ctx.view.history(number, brand), self.ctx.applied_token())
+        return Read(await self.ctx.view.history(number, brand), self.ctx.guard.applied_token())
 
     async def proof_packet(
         self,
@@ -133,7 +133,7 @@ class Audit:
         if campaign is not None:
             check_name(campaign, "campaign")
         await self.ctx.require_fresh([number], "phone", token)
-        read_at = self.ctx.applied_token()
+        read_at = self.ctx.guard.applied_token()
         if campaign is not None and not await self.ctx.campaign_known(brand, campaign):
             raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
         view = self.ctx.view
@@ -176,7 +176,7 @@ class Audit:
         if campaign is not None and not await self.ctx.campaign_known(brand, campaign):
             raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
         counts = await self.ctx.view.sending_counts(brand, campaign, start, end)
-        return Read(OptOutRate(brand, campaign, start, end, counts), self.ctx.applied_token())
+        return Read(OptOutRate(brand, campaign, start, end, counts), self.ctx.guard.applied_token())
 
     async def watch_changes(
         self,

@@ -162,8 +162,8 @@ class Checks:
         when, provisional, past = self._when(at)
         if past:
             return await self.can_send_as_of(number, brand, campaign, when, kind=kind, token=token)
-        fresh = await self.ctx.fresh([number], token)
-        read_at = self.ctx.applied_token()
+        fresh = await self.ctx.guard.wait_for_phones([number], token)
+        read_at = self.ctx.guard.applied_token()
         if not fresh:
             return CheckResult(_behind(), read_at)
         digest = (await self.reads.digests(brand, [number])).get(number)
@@ -174,7 +174,7 @@ class Checks:
             normal = to_e164(phone, field="phone")
             if normal != number:
                 number = normal
-                if not await self.ctx.fresh([number], None):
+                if not await self.ctx.guard.wait_for_phones([number], None):
                     return CheckResult(_behind(), read_at)
                 digest = (await self.reads.digests(brand, [number])).get(number)
         if digest is None:
@@ -212,8 +212,8 @@ class Checks:
         when, provisional, past = self._when(at)
         if past:
             return await self._batch_as_of(phones, brand, campaign, when, kind, token)
-        fresh = await self.ctx.fresh(phones, token)
-        read_at = self.ctx.applied_token()
+        fresh = await self.ctx.guard.wait_for_phones(phones, token)
+        read_at = self.ctx.guard.applied_token()
         if not fresh:
             return BatchResult(_placed([_behind()] * len(phones), invalid_entries(phones)), read_at)
         # PostgreSQL text holds no NUL: an entry with one is no number (answered in its
@@ -231,7 +231,7 @@ class Checks:
                     invalid[i] = _invalid_phone(exc)
             missing = sorted({numbers[i] for i in unknown} - set(phones) - digests.keys())
             if missing:
-                if not await self.ctx.fresh(missing, None):
+                if not await self.ctx.guard.wait_for_phones(missing, None):
                     return BatchResult(_placed([_behind()] * len(numbers), invalid), read_at)
                 digests.update(await self.reads.digests(brand, missing))
             for i in unknown:  # no fact about the number towards this brand
@@ -274,8 +274,8 @@ class Checks:
         now = self.ctx.clock()
         t_world = check_time(at, now, "at")
         t_known = now if known_at is None else check_time(known_at, now, "known_at")
-        fresh = await self.ctx.fresh([number], token)
-        read_at = self.ctx.applied_token()
+        fresh = await self.ctx.guard.wait_for_phones([number], token)
+        read_at = self.ctx.guard.applied_token()
         if not fresh:
             return CheckResult(_behind(), read_at)
         subscriber = [
@@ -329,7 +329,7 @@ class Checks:
             except InvalidPhoneNumber as exc:  # answered in its place
                 numbers.append(phone)
                 answers[phone] = _invalid_phone(exc)
-        read_at = self.ctx.applied_token()
+        read_at = self.ctx.guard.applied_token()
         for number in dict.fromkeys(numbers):
             if number in answers:
                 continue

@@ -30,25 +30,13 @@ class Context:
     guard: FreshnessGuard
     clock: Clock = utc_now
 
-    def applied_token(self) -> ConsistencyToken:
-        """How fresh the view was at the guard's last observation: the token an
-        answer read from it carries."""
-        return self.guard.applied_token()
-
-    async def fresh(self, phones: Sequence[str], token: ConsistencyToken | None) -> bool:
-        """Whether the view has applied ``token`` (when given) and the phones'
-        partitions up to their ends as last observed, within the bound: a check
-        answers "not allowed" when it has not."""
-        if token is not None and not await self.guard.wait_for_token(token):
-            return False
-        return await self.guard.wait_for_phones(phones)
-
     async def require_fresh(
         self, phones: Sequence[str] | None, field: str, token: ConsistencyToken | None = None
     ) -> None:
-        """``fresh`` for a read that answers an error, not a decision (None: every
-        partition of the view): one the view cannot serve fresh within the bound
-        raises ``NotConsistent`` (UNAVAILABLE, retryable), on ``at_least_as_fresh``
+        """Wait, as CanSend does, for the view to apply ``token`` (when given) and the
+        phones' partitions (None: every partition of the view). A read that answers
+        an error, not a decision, and that the view cannot serve fresh within the
+        bound raises ``NotConsistent`` (UNAVAILABLE, retryable), on ``at_least_as_fresh``
         when the caller's token is what it lacks, else on ``field``, rather than
         answer from stale rows."""
         if token is not None and not await self.guard.wait_for_token(token):

@@ -92,7 +92,7 @@ class Review:
             if len(flagged) < size:
                 break
             after = flagged[-1].position
-        return ReviewPage(pending[:limit], self.ctx.applied_token(), now)
+        return ReviewPage(pending[:limit], self.ctx.guard.applied_token(), now)
 
     async def overdue_candidates(self) -> int:
         """How many flagged replies of every brand are past their ten business days

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ledger.ports import Stream
+from ledger.ports import ConsistencyToken, Stream
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
 from services.freshness import FreshnessGuard
@@ -210,3 +210,21 @@ async def test_a_catch_up_never_uses_an_observation_that_started_before_it_arriv
 
     assert not await guard.catch_up_phones([PHONE])
     await old
+
+
+async def test_a_phones_read_with_a_token_waits_for_the_token_as_well() -> None:
+    ledger, view = InMemoryLedger(partitions=2), InMemoryConsentView()
+    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.01, wait_bound=0.1))
+    await guard.start()
+    try:
+        # A write to a number in another partition than PHONE's, not applied yet.
+        numbers = (f"+1415555{n:04d}" for n in range(2600, 2700))
+        other = next(p for p in numbers if ledger.partition_for(p) != ledger.partition_for(PHONE))
+        written = await ledger.append([granted(phone=other)])
+        token = ConsistencyToken.after(written)
+        assert await guard.wait_for_phones([PHONE])  # PHONE's partition is not behind
+        assert not await guard.wait_for_phones([PHONE], token)
+        await view.apply(Stream.SUBSCRIBERS, written)
+        assert await guard.wait_for_phones([PHONE], token)
+    finally:
+        await guard.stop()
