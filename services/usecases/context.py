@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from ledger.ports import ConsentView, ConsistencyToken, Ledger, Stream
 from services.errors import NotConsistent
@@ -19,8 +20,8 @@ BEHIND = (
 )
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+utc_now: Clock = partial(datetime.now, UTC)
+"""The service's clock: now, in UTC."""
 
 
 @dataclass(frozen=True)
