@@ -321,12 +321,13 @@ class WriteRow:
             return f"{r.qps:,.0f} | {p50} | {p99}"
 
         raw_ratio = f"{self.svc.qps / self.raw.qps:.1%}" if self.raw and self.raw.qps else ""
+        raw_cpu = f"{self.raw_cpu:,.0f}" if self.raw else ""
         echo_ratio = f"{self.svc.qps / self.echo.qps:.1%}" if self.echo.qps else ""
         return (
             f"| {self.path} | {self.phase} | {self.concurrency} | {fig(self.echo)} "
             f"| {fig(self.raw)} | {fig(self.svc)} | {echo_ratio} | {raw_ratio} "
             f"| {self.svc_cpu:,.0f} | {self.pg_cpu:,.0f} | {self.kafka_cpu:,.0f} "
-            f"| {self.raw_cpu:,.0f} | {self.busy:.0%} | {self.settled:.1f} |"
+            f"| {raw_cpu} | {self.busy:.0%} | {self.settled:.1f} |"
         )
 
 
