@@ -14,9 +14,10 @@ History is kept after an opt-out, so the packet is whole after one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from ledger.deadlines import revocation_due
 from ledger.events import (
@@ -232,6 +233,9 @@ class Packet:
     timeline: tuple[TimelinePoint, ...]
     missing: tuple[Missing, ...]
     version: int = PACKET_VERSION
+    tamper_evidence: Mapping[str, Any] | None = None
+    """The proof of ``events`` against the ledger's signed checkpoints, as JSON; the
+    service adds it (``services.packets.evidence``), None where it has none."""
 
 
 TEMPLATE_LABELS = {

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiokafka.errors import KafkaError
@@ -42,6 +42,9 @@ from services.rate_limits import CallerLimits
 from services.settings import Settings, host_and_port, is_loopback
 from services.usecases import UseCases
 from services.usecases.context import Clock, utc_now
+
+if TYPE_CHECKING:
+    from services.packets.evidence import PacketEvidence
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +202,8 @@ class Runtime:
     view: ConsentView | None = None
     guard: FreshnessGuard | None = None
     usecases: UseCases | None = None
+    packet_evidence: PacketEvidence | None = None
+    """What proves a packet's events against the signed checkpoints (none without them)."""
     server: GrpcServer | None = None
     dev_token: str | None = None
     proofs: Any = None
@@ -287,6 +292,7 @@ class Runtime:
             self.clock,
             reads=replica,
             future_horizon=s.cansend_future_horizon,
+            evidence=self.packet_evidence,
         )
         self.metrics.guard, self.metrics.replica = self.guard, replica
         self.metrics.overdue = read_on_loop(
@@ -411,6 +417,11 @@ class Runtime:
 
             records, store, name = PostgresRecords(pool), PostgresCheckpoints(pool), ""
         self.proofs = Proofs(records, store)
+        from services.checkpoints import PublicKey
+        from services.packets.evidence import PacketEvidence
+
+        # Proof packets carry their events' proof against the signed checkpoints.
+        self.packet_evidence = PacketEvidence(self.proofs, PublicKey(key.key_id, key.public))
         assert dsn is not None  # the embedded PostgreSQL's, when none was given
         lock = PostgresWriterLock(dsn, f"consent-ledger checkpoints {name}")
         metrics = self.metrics

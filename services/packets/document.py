@@ -50,6 +50,7 @@ def to_document(
     ``consistency_token``: how far the view had read the ledger when the packet was
     made. ``tamper_evidence``: what checks the events against a signed checkpoint."""
     body = _plain(packet)
+    stored = body.pop("tamper_evidence")
     for opt_in in body["opt_ins"]:
         for item in opt_in["template"]:
             item["missing"] = item["value"] is None
@@ -62,7 +63,7 @@ def to_document(
         "generated_at": body.pop("generated_at"),
         "consistency_token": consistency_token,
         **body,
-        "tamper_evidence": tamper_evidence or TAMPER_EVIDENCE_PENDING,
+        "tamper_evidence": tamper_evidence or stored or TAMPER_EVIDENCE_PENDING,
     }
 
 

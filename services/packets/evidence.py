@@ -1,45 +1,40 @@
 """A packet's tamper evidence: the proof that its events are in the ledger, unchanged,
-at their offsets, checked against the checkpoints this service signed with the
-public key alone (``services.proofs``)."""
+at their offsets, against the ledger's signed checkpoints, which a reader checks
+with the public keys alone (``services.proofs``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
-from ledger.chain import Checkpoint
-from services.checkpoints import CheckpointStore, Keyring, PublicKey, RecordSource
-from services.proofs import bundle
+from services.checkpoints import PublicKey
 
 STREAM = "subscribers"
 """The stream a number's events live on (``services.checkpoints.STREAMS``)."""
 
 
+class Proving(Protocol):
+    """``services.proofs.Proofs``: the bundle of some events with their checkpoints."""
+
+    async def tamper_evidence(
+        self, positions: Iterable[tuple[str, int, int]]
+    ) -> dict[str, Any]: ...
+
+
 class PacketEvidence:
-    def __init__(self, records: RecordSource, store: CheckpointStore, key: PublicKey) -> None:
-        """``key``: the public half of the key this service signs checkpoints with."""
-        self.records = records
-        self.store = store
+    def __init__(self, proofs: Proving, key: PublicKey) -> None:
+        """``key``: the public half of the key this service signs checkpoints with
+        now, given beside the proof (a reader trusts the keys its operator gives it,
+        and an older checkpoint may be signed by a key since retired)."""
+        self.proofs = proofs
         self.key = key
-        self.keyring = Keyring([key])
 
     async def of(self, positions: Iterable[tuple[int, int]]) -> dict[str, Any]:
-        """The proof of the subscriber events at ``positions`` ((partition, offset)),
-        with the public key that checks it. Checkpoints come from the store, each one
-        whose signature holds under the key; events newer than the last checkpoint
-        are listed as ``uncovered``, for a packet made later to prove."""
+        """The proof of the subscriber events at ``positions`` ((partition, offset)).
+        Events newer than the last checkpoint are listed as ``uncovered``, for a
+        packet made later to prove."""
         wanted = sorted(set(positions))
-        partitions = {p for p, _ in wanted}
-        trusted: list[Checkpoint] = []
-        async for c in self.store.every():
-            if (
-                isinstance(c, Checkpoint)
-                and c.stream == STREAM
-                and c.partition in partitions
-                and self.keyring.distrust(c) is None
-            ):
-                trusted.append(c)
-        proof = await bundle(self.records, trusted, [(STREAM, p, o) for p, o in wanted])
+        proof = await self.proofs.tamper_evidence([(STREAM, p, o) for p, o in wanted])
         left = len(proof["uncovered"])
         if not wanted:
             status, detail = "nothing_to_prove", "the packet lists no event"

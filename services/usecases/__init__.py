@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from ledger.ports import ConsentView, DigestReads, Ledger
 from services.freshness import FreshnessGuard
-from services.usecases.audit import Audit
+from services.usecases.audit import Audit, Evidence
 from services.usecases.checks import DEFAULT_FUTURE_HORIZON, Checks
 from services.usecases.context import Clock, Context, utc_now
 from services.usecases.review import Review
@@ -37,8 +37,11 @@ class UseCases:
         *,
         reads: DigestReads | None = None,
         future_horizon: timedelta = DEFAULT_FUTURE_HORIZON,
+        evidence: Evidence | None = None,
     ) -> UseCases:
         """``reads`` answers CanSend's digests (by default the view);
-        ``future_horizon`` is how far ahead a check may ask."""
+        ``future_horizon`` is how far ahead a check may ask; ``evidence`` proves a
+        proof packet's events against the signed checkpoints."""
         ctx = Context(ledger, view, guard, clock)
-        return cls(Writes(ctx), Checks(ctx, reads, future_horizon), Audit(ctx), Review(ctx))
+        checks = Checks(ctx, reads, future_horizon)
+        return cls(Writes(ctx), checks, Audit(ctx, evidence), Review(ctx))

@@ -10,10 +10,11 @@ stale rows. Each answer carries the token of the view it was read from.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+import logging
+from collections.abc import AsyncGenerator, Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ledger.commands import check_name, check_time
 from ledger.digest import digest_of
@@ -37,6 +38,7 @@ from services import changes
 from services.errors import FailedPrecondition
 from services.usecases.context import Context
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -68,9 +70,20 @@ class Consent:
     """What the grant's proof lacks of the provider's template."""
 
 
+class Evidence(Protocol):
+    """What proves a packet's events against the ledger's signed checkpoints
+    (``services.packets.evidence.PacketEvidence``)."""
+
+    async def of(self, positions: Iterable[tuple[int, int]]) -> dict[str, Any]:
+        """The proof of the subscriber events at (partition, offset) ``positions``."""
+        ...
+
+
 class Audit:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, evidence: Evidence | None = None) -> None:
+        """``evidence``: None when the service signs no checkpoints."""
         self.ctx = ctx
+        self.evidence = evidence
 
     async def get_consent(
         self, phone: str, brand: str, campaign: str, token: ConsistencyToken | None = None
@@ -146,7 +159,19 @@ class Audit:
             for r in (await view.campaign_history(brand, name)).facts():
                 rules.setdefault(str(r.event.event_id), r)
         packet = assemble([*facts, *rules.values()], number, brand, campaign, self.ctx.clock())
+        if self.evidence is not None:
+            packet = replace(packet, tamper_evidence=await self._evidence(packet))
         return Read(packet, read_at)
+
+    async def _evidence(self, packet: Packet) -> dict[str, Any]:
+        """The proof of the packet's events; a packet is still given when the
+        checkpoints cannot be read, saying so."""
+        assert self.evidence is not None
+        try:
+            return await self.evidence.of((e.partition, e.offset) for e in packet.events)
+        except Exception as exc:  # the proof is an addition: its failure must not hide the rest
+            log.warning("the packet's tamper evidence could not be read: %r", exc)
+            return {"status": "unavailable", "detail": f"the checkpoints could not be read: {exc}"}
 
     async def opt_out_rate(
         self,

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from google.protobuf import json_format
 
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
+from services.checkpoints import Keyring, PublicKey, SigningKey
+from services.proofs import check_bundle
 from tests.e2e.grpcurl import grpcurl
 from tests.e2e.harness import (
     TOKENS,
@@ -344,3 +347,61 @@ async def test_the_readme_packet_calls_run_as_written(tmp_path, postgres_dsn):
     )
     text = "\n".join(p.extract_text() for p in pypdf.PdfReader(tmp_path / "proof.pdf").pages)
     assert "Ada Lovelace" in text and "Missing: opt_ins[0].email" in text
+
+
+@pytest.mark.parametrize("ledger", ["kafka", "postgres"])
+async def test_the_packet_carries_the_proof_of_its_events_against_signed_checkpoints(
+    tmp_path, postgres_dsn, kafka_bootstrap, ledger
+):
+    """Checked with the public key alone: each of the packet's events is in the
+    ledger, unchanged, at the partition and offset the packet gives."""
+    SigningKey.generate(tmp_path / "checkpoint-key.pem")
+    kafka = None
+    if ledger == "kafka":
+        kafka = kafka_settings(kafka_bootstrap, f"packet-{uuid.uuid4().hex[:8]}.")
+    settings = replace(
+        service_settings(tmp_path, postgres_dsn, kafka=kafka),
+        checkpoint_key_file=tmp_path / "checkpoint-key.pem",
+        checkpoint_interval=0.5,
+    )
+    at = datetime.now(UTC) - timedelta(minutes=10)
+    async with running(settings) as runtime, client(runtime.address) as admin:
+        w = await admin.DefineCampaign(define("acme", "promo", at - timedelta(days=1)))
+        assert await runtime.guard.wait_for_token(
+            ConsistencyToken.decode(w.consistency_token), timeout=60
+        )
+        await admin.RecordOptIn(opt_in(PHONE, "acme", "promo", at))
+        w = await admin.RecordOptOut(
+            api.RecordOptOutRequest(
+                request_id=uuid.uuid4().hex,
+                phone=PHONE,
+                brand="acme",
+                campaign="promo",
+                channel=lpb.REVOCATION_CHANNEL_API,
+                occurred_at=ts(at + timedelta(minutes=1)),
+            )
+        )
+        packet: dict = {}
+        for _ in range(120):  # until a checkpoint covers both events
+            answer = await admin.GetProofPacket(
+                api.GetProofPacketRequest(
+                    phone=PHONE, brand="acme", at_least_as_fresh=w.consistency_token
+                )
+            )
+            packet = json_format.MessageToDict(answer.packet)
+            if packet["tamper_evidence"]["status"] == "proven":
+                break
+            await asyncio.sleep(0.25)
+        evidence = packet["tamper_evidence"]
+        assert evidence["status"] == "proven", evidence
+    # Struct numbers are floats: the bundle as JSON again, as a reader would hold it.
+    bundle = json.loads(json.dumps(evidence["bundle"]), parse_float=lambda v: int(float(v)))
+    public = Keyring([PublicKey.from_json(evidence["public_key"])])
+    proven, problems = check_bundle(bundle, public)
+    assert problems == []
+    events = {(int(e["partition"]), int(e["offset"])): e["event_id"] for e in packet["events"]}
+    assert len(events) == 2
+    assert {(r.partition, r.offset) for r in proven} == set(events)
+    for record in proven:  # the signed bytes are the events the packet names
+        envelope = lpb.EventEnvelope.FromString(record.value)
+        assert envelope.event_id == events[(record.partition, record.offset)]
