@@ -38,8 +38,9 @@ from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
 from services.grpc_api.deadlines import within, write_budget
 from services.grpc_api.errors import translate_errors, translate_stream_errors
 from services.metrics import ServiceMetrics
-from services.usecases import UseCases
+from services.usecases import UseCases, sweeps
 from services.usecases.checks import BatchResult, CheckResult, check_target
+from services.usecases.sweeps import SweepProgress
 from services.wire import api, codec
 
 log = logging.getLogger(__name__)
@@ -351,6 +352,38 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         raise ShuttingDown(
             "resume_token", "the server is stopping; watch again with the last resume_token"
         )
+
+    @translate_stream_errors
+    async def SweepCampaign(
+        self, request: api_pb2.SweepCampaignRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.SweepCampaignResponse]:
+        self._caller(context, Scope.AUDIT, request.brand)
+        _refuse_bad_fields(
+            lambda: sweeps.check_range(
+                api.optional_time(request, "start_time"), api.optional_time(request, "end_time")
+            ),
+            lambda: _token(request.at_least_as_fresh),
+            *_target(None, request.brand, request.campaign),
+        )
+        found = self.usecases.audit.sweep(
+            request.brand,
+            request.campaign,
+            api.optional_time(request, "start_time"),
+            api.optional_time(request, "end_time"),
+            _token(request.at_least_as_fresh),
+        )
+        token = ""
+        try:
+            async for item in found:
+                if isinstance(item, SweepProgress):
+                    token = item.token.encode()
+                    yield api.sweep_progress_to_proto(
+                        item.events_read, item.sends_judged, item.findings, item.done, token
+                    )
+                else:
+                    yield api.sweep_finding_to_proto(item, token)
+        finally:
+            await found.aclose()  # type: ignore[attr-defined]
 
     @translate_errors
     async def GetOptOutRate(

@@ -12,7 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-AUDIT_HELP = "auditors' tools: a number's proof-of-opt-in packet (audit packet --help)"
+AUDIT_HELP = (
+    "auditors' tools: a number's proof-of-opt-in packet (audit packet --help), "
+    "a campaign's compliance sweep (audit sweep --help)"
+)
 
 PACKET_DESCRIPTION = """\
 Write the proof of opt-in for one phone number and one brand (optionally one
@@ -65,6 +68,9 @@ def add_command(sub: Any, command: Callable[[str, str], argparse.ArgumentParser]
         "they read no CONSENT_* settings but CONSENT_ADDRESS and CONSENT_TOKEN."
     )
     tools = audit.add_subparsers(dest="audit_command", required=True, metavar="TOOL")
+    from services import sweep_cli
+
+    sweep_cli.add_parser(tools)
     packet = tools.add_parser(
         "packet",
         help="write a number's proof-of-opt-in packet (JSON, HTML or PDF)",
@@ -168,6 +174,10 @@ def summary(packet: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.audit_command == "sweep":
+        from services import sweep_cli
+
+        return sweep_cli.run(args)
     import grpc
     from consent.v1 import consent_service_pb2 as api
     from consent.v1 import consent_service_pb2_grpc as api_grpc

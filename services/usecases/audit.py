@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -34,9 +34,12 @@ from ledger.phone import to_e164
 from ledger.ports import ConsistencyToken, Stream
 from ledger.state import Fact
 from ledger.status import ConsentState, consent_state, revocation_in_force
+from ledger.sweep import Finding
 from services import changes
 from services.errors import FailedPrecondition
+from services.usecases import sweeps
 from services.usecases.context import Context
+from services.usecases.sweeps import SweepProgress
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -234,3 +237,15 @@ class Audit:
             stopping=stopping,
         ):
             yield change
+
+    def sweep(
+        self,
+        brand: str,
+        campaign: str,
+        start: datetime | None,
+        end: datetime | None,
+        token: ConsistencyToken | None = None,
+    ) -> AsyncIterator[Finding | SweepProgress]:
+        """The compliance sweep of ``campaign`` over ``[start, end)``
+        (``services.usecases.sweeps.sweep_campaign``)."""
+        return sweeps.sweep_campaign(self.ctx, brand, campaign, start, end, token)

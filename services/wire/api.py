@@ -47,6 +47,7 @@ from ledger.keywords import Intent
 from ledger.opt_out_rate import OptOutRate
 from ledger.policy import Decision, Obligation, Reason
 from ledger.status import ConsentState
+from ledger.sweep import Finding, FindingKind
 from ledger.validation import Violations
 from services.packets import Format
 from services.wire import codec
@@ -76,6 +77,7 @@ OBLIGATIONS = EnumMap(Obligation, api_pb2.Obligation)
 INTENTS = EnumMap(Intent, api_pb2.InboundIntent)
 REPLY_KINDS = EnumMap(ReplyKind, api_pb2.ReplyKind)
 CONSENT_STATES = EnumMap(ConsentState, api_pb2.ConsentState)
+SWEEP_FINDING_KINDS = EnumMap(FindingKind, api_pb2.SweepFindingKind)
 
 # --- small readers, shared with the servicer --------------------------------------
 
@@ -358,6 +360,55 @@ def decision_to_as_of_proto(
     response = api_pb2.CanSendAsOfResponse(consistency_token=consistency_token)
     _fill_decision(response, decision, *_wire_values(decision))
     return response
+
+
+def sweep_finding_to_proto(
+    finding: Finding, consistency_token: str = ""
+) -> api_pb2.SweepCampaignResponse:
+    """A ``SweepCampaign`` message carrying ``finding``."""
+    message, recorded, decision = finding.message, finding.sent, finding.decision
+    found = api_pb2.SweepFinding(
+        event_id=str(message.event_id),
+        phone=message.phone,
+        message_id=message.message_id,
+        message_kind=codec.MESSAGE_KINDS.to_proto(message.kind),
+        occurred_at=codec.timestamp_to_proto(message.occurred_at),
+        recorded_at=codec.timestamp_to_proto(recorded.recorded_at),
+        partition=recorded.position.partition,
+        offset=recorded.position.offset,
+        kinds=[SWEEP_FINDING_KINDS.to_proto(k) for k in finding.kinds],
+        allowed=decision.allowed,
+        reason=REASONS.to_proto(decision.reason),
+        detail=decision.detail,
+        evidence_event_ids=decision.evidence,
+        rule=decision.rule,
+        rule_citation=decision.citation,
+        policy_version=decision.policy_version,
+        unmet_obligations=[OBLIGATIONS.to_proto(o) for o in finding.unmet],
+    )
+    relied = message.relied_on
+    if relied is not None:
+        found.relied_on.CopyFrom(
+            api_pb2.ReliedOnAnswer(
+                consistency_token=relied.consistency_token,
+                allowed=relied.allowed,
+                reason=REASONS.to_proto(Reason(relied.reason)),
+                evidence_event_ids=relied.evidence,
+            )
+        )
+    return api_pb2.SweepCampaignResponse(finding=found, consistency_token=consistency_token)
+
+
+def sweep_progress_to_proto(
+    events_read: int, sends_judged: int, findings: int, done: float, consistency_token: str
+) -> api_pb2.SweepCampaignResponse:
+    """A ``SweepCampaign`` message saying how far the sweep has come."""
+    return api_pb2.SweepCampaignResponse(
+        progress=api_pb2.SweepProgress(
+            events_read=events_read, sends_judged=sends_judged, findings=findings, done=done
+        ),
+        consistency_token=consistency_token,
+    )
 
 
 def candidate_deadline_to_proto(

@@ -314,6 +314,60 @@ PACKET_FORMAT_PDF: PacketFormat.ValueType  # 3
 """A PDF, with the same timeline drawn."""
 Global___PacketFormat: _TypeAlias = PacketFormat  # noqa: Y015
 
+class _SweepFindingKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SweepFindingKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SweepFindingKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SWEEP_FINDING_KIND_UNSPECIFIED: _SweepFindingKind.ValueType  # 0
+    SWEEP_FINDING_KIND_NO_CONSENT: _SweepFindingKind.ValueType  # 1
+    """No consent of a sufficient tier for the campaign."""
+    SWEEP_FINDING_KIND_AFTER_OPT_OUT: _SweepFindingKind.ValueType  # 2
+    """After an opt-out (or a pending or overdue one), but the one confirmation."""
+    SWEEP_FINDING_KIND_QUIET_HOURS: _SweepFindingKind.ValueType  # 3
+    """Outside the federal, state or campaign hours, on a state's closed day, or with
+    no time zone to tell.
+    """
+    SWEEP_FINDING_KIND_OVER_CAP: _SweepFindingKind.ValueType  # 4
+    """Over the campaign's or the recipient's state's cap."""
+    SWEEP_FINDING_KIND_AGE_UNVERIFIED: _SweepFindingKind.ValueType  # 5
+    """An age-gated campaign's message to a number not verified 21 or older."""
+    SWEEP_FINDING_KIND_OBLIGATIONS_UNMET: _SweepFindingKind.ValueType  # 6
+    """Allowed, but the send says it lacked what it had to carry (unmet_obligations)."""
+    SWEEP_FINDING_KIND_NOT_ALLOWED: _SweepFindingKind.ValueType  # 7
+    """Denied for another reason (content, an unowed reply, an unknown campaign)."""
+    SWEEP_FINDING_KIND_SENT_AGAINST_NOT_ALLOWED: _SweepFindingKind.ValueType  # 8
+    """The sender relied on an answer that did not allow the send."""
+    SWEEP_FINDING_KIND_SENT_WITHOUT_ASKING: _SweepFindingKind.ValueType  # 9
+    """The sender named no answer it relied on (RecordMessageSent.relied_on)."""
+
+class SweepFindingKind(_SweepFindingKind, metaclass=_SweepFindingKindEnumTypeWrapper):
+    """What a send lacked."""
+
+SWEEP_FINDING_KIND_UNSPECIFIED: SweepFindingKind.ValueType  # 0
+SWEEP_FINDING_KIND_NO_CONSENT: SweepFindingKind.ValueType  # 1
+"""No consent of a sufficient tier for the campaign."""
+SWEEP_FINDING_KIND_AFTER_OPT_OUT: SweepFindingKind.ValueType  # 2
+"""After an opt-out (or a pending or overdue one), but the one confirmation."""
+SWEEP_FINDING_KIND_QUIET_HOURS: SweepFindingKind.ValueType  # 3
+"""Outside the federal, state or campaign hours, on a state's closed day, or with
+no time zone to tell.
+"""
+SWEEP_FINDING_KIND_OVER_CAP: SweepFindingKind.ValueType  # 4
+"""Over the campaign's or the recipient's state's cap."""
+SWEEP_FINDING_KIND_AGE_UNVERIFIED: SweepFindingKind.ValueType  # 5
+"""An age-gated campaign's message to a number not verified 21 or older."""
+SWEEP_FINDING_KIND_OBLIGATIONS_UNMET: SweepFindingKind.ValueType  # 6
+"""Allowed, but the send says it lacked what it had to carry (unmet_obligations)."""
+SWEEP_FINDING_KIND_NOT_ALLOWED: SweepFindingKind.ValueType  # 7
+"""Denied for another reason (content, an unowed reply, an unknown campaign)."""
+SWEEP_FINDING_KIND_SENT_AGAINST_NOT_ALLOWED: SweepFindingKind.ValueType  # 8
+"""The sender relied on an answer that did not allow the send."""
+SWEEP_FINDING_KIND_SENT_WITHOUT_ASKING: SweepFindingKind.ValueType  # 9
+"""The sender named no answer it relied on (RecordMessageSent.relied_on)."""
+Global___SweepFindingKind: _TypeAlias = SweepFindingKind  # noqa: Y015
+
 @_typing.final
 class CanSendRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -1935,3 +1989,184 @@ class GetProofPacketResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetProofPacketResponse: _TypeAlias = GetProofPacketResponse  # noqa: Y015
+
+@_typing.final
+class SweepCampaignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BRAND_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    AT_LEAST_AS_FRESH_FIELD_NUMBER: _builtins.int
+    brand: _builtins.str
+    campaign: _builtins.str
+    at_least_as_fresh: _builtins.str
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The sends swept: occurred_at in [start_time, end_time); both required."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        brand: _builtins.str = ...,
+        campaign: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        at_least_as_fresh: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_least_as_fresh", b"at_least_as_fresh", "brand", b"brand", "campaign", b"campaign", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepCampaignRequest: _TypeAlias = SweepCampaignRequest  # noqa: Y015
+
+@_typing.final
+class SweepFinding(_message.Message):
+    """One send that lacked what the policy required."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_KIND_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    EVIDENCE_EVENT_IDS_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    RULE_CITATION_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    UNMET_OBLIGATIONS_FIELD_NUMBER: _builtins.int
+    RELIED_ON_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The MessageSent's event id, number, provider id, kind and times."""
+    phone: _builtins.str
+    message_id: _builtins.str
+    message_kind: _ledger_pb2.MessageKind.ValueType
+    partition: _builtins.int
+    offset: _builtins.int
+    allowed: _builtins.bool
+    """The answer CanSend gives for the send's moment."""
+    reason: Global___Reason.ValueType
+    detail: _builtins.str
+    rule: _builtins.str
+    rule_citation: _builtins.str
+    policy_version: _builtins.int
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___SweepFindingKind.ValueType]: ...
+    @_builtins.property
+    def evidence_event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The events that answer stands on."""
+
+    @_builtins.property
+    def unmet_obligations(self) -> _containers.RepeatedScalarFieldContainer[Global___Obligation.ValueType]: ...
+    @_builtins.property
+    def relied_on(self) -> Global___ReliedOnAnswer:
+        """The answer the sender said it relied on; absent when it named none."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        phone: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        message_kind: _ledger_pb2.MessageKind.ValueType = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        partition: _builtins.int = ...,
+        offset: _builtins.int = ...,
+        kinds: _abc.Iterable[Global___SweepFindingKind.ValueType] | None = ...,
+        allowed: _builtins.bool = ...,
+        reason: Global___Reason.ValueType = ...,
+        detail: _builtins.str = ...,
+        evidence_event_ids: _abc.Iterable[_builtins.str] | None = ...,
+        rule: _builtins.str = ...,
+        rule_citation: _builtins.str = ...,
+        policy_version: _builtins.int = ...,
+        unmet_obligations: _abc.Iterable[Global___Obligation.ValueType] | None = ...,
+        relied_on: Global___ReliedOnAnswer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "recorded_at", b"recorded_at", "relied_on", b"relied_on"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "detail", b"detail", "event_id", b"event_id", "evidence_event_ids", b"evidence_event_ids", "kinds", b"kinds", "message_id", b"message_id", "message_kind", b"message_kind", "occurred_at", b"occurred_at", "offset", b"offset", "partition", b"partition", "phone", b"phone", "policy_version", b"policy_version", "reason", b"reason", "recorded_at", b"recorded_at", "relied_on", b"relied_on", "rule", b"rule", "rule_citation", b"rule_citation", "unmet_obligations", b"unmet_obligations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepFinding: _TypeAlias = SweepFinding  # noqa: Y015
+
+@_typing.final
+class SweepProgress(_message.Message):
+    """How far a sweep has come."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_READ_FIELD_NUMBER: _builtins.int
+    SENDS_JUDGED_FIELD_NUMBER: _builtins.int
+    FINDINGS_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    events_read: _builtins.int
+    """Events of the brand read, sends of the campaign in the range judged, findings."""
+    sends_judged: _builtins.int
+    findings: _builtins.int
+    done: _builtins.float
+    """The share of the view's events looked through, 0 to 1."""
+    def __init__(
+        self,
+        *,
+        events_read: _builtins.int = ...,
+        sends_judged: _builtins.int = ...,
+        findings: _builtins.int = ...,
+        done: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "events_read", b"events_read", "findings", b"findings", "sends_judged", b"sends_judged"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepProgress: _TypeAlias = SweepProgress  # noqa: Y015
+
+@_typing.final
+class SweepCampaignResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FINDING_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    consistency_token: _builtins.str
+    """The view the sweep reads (its positions when the sweep began)."""
+    @_builtins.property
+    def finding(self) -> Global___SweepFinding: ...
+    @_builtins.property
+    def progress(self) -> Global___SweepProgress: ...
+    def __init__(
+        self,
+        *,
+        finding: Global___SweepFinding | None = ...,
+        progress: Global___SweepProgress | None = ...,
+        consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finding", b"finding", "item", b"item", "progress", b"progress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "finding", b"finding", "item", b"item", "progress", b"progress"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["finding", "progress"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___SweepCampaignResponse: _TypeAlias = SweepCampaignResponse  # noqa: Y015

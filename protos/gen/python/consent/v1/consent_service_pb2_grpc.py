@@ -130,6 +130,11 @@ class ConsentServiceStub:
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesResponse.FromString,
                 _registered_method=True)
+        self.SweepCampaign = channel.unary_stream(
+                '/consent.v1.ConsentService/SweepCampaign',
+                request_serializer=consent_dot_v1_dot_consent__service__pb2.SweepCampaignRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__service__pb2.SweepCampaignResponse.FromString,
+                _registered_method=True)
         self.GetProofPacket = channel.unary_unary(
                 '/consent.v1.ConsentService/GetProofPacket',
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.GetProofPacketRequest.SerializeToString,
@@ -292,6 +297,20 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SweepCampaign(self, request, context):
+        """Audit: every message of a campaign sent in [start_time, end_time) that lacked
+        what the policy required at that moment (consent, no opt-out but the one
+        confirmation, quiet hours and closed days of the recipient's state, caps, the
+        first message's obligations), or whose sender named no CanSend answer or one
+        that did not allow it. Each send is judged as CanSendAsOf answers at its
+        occurred_at, known at its recorded_at. Findings stream as found, with progress
+        between them; the last message is progress with done 1. Reads the view as it
+        stood when the sweep began.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetProofPacket(self, request, context):
         """Audit: the proof of opt-in for a number and a brand (optionally one campaign):
         what the provider's template asks for (and what the record lacks of it), every
@@ -400,6 +419,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.WatchConsentChanges,
                     request_deserializer=consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesRequest.FromString,
                     response_serializer=consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesResponse.SerializeToString,
+            ),
+            'SweepCampaign': grpc.unary_stream_rpc_method_handler(
+                    servicer.SweepCampaign,
+                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.SweepCampaignRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__service__pb2.SweepCampaignResponse.SerializeToString,
             ),
             'GetProofPacket': grpc.unary_unary_rpc_method_handler(
                     servicer.GetProofPacket,
@@ -921,6 +945,33 @@ class ConsentService:
             '/consent.v1.ConsentService/WatchConsentChanges',
             consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesRequest.SerializeToString,
             consent_dot_v1_dot_consent__service__pb2.WatchConsentChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SweepCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/consent.v1.ConsentService/SweepCampaign',
+            consent_dot_v1_dot_consent__service__pb2.SweepCampaignRequest.SerializeToString,
+            consent_dot_v1_dot_consent__service__pb2.SweepCampaignResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -107,6 +107,16 @@ class ConsentServiceStub:
     number come in the order the ledger recorded them; changes of numbers on
     different ledger partitions are interleaved by recorded time.
     """
+    SweepCampaign: _grpc.UnaryStreamMultiCallable[_consent_service_pb2.SweepCampaignRequest, _consent_service_pb2.SweepCampaignResponse]
+    """Audit: every message of a campaign sent in [start_time, end_time) that lacked
+    what the policy required at that moment (consent, no opt-out but the one
+    confirmation, quiet hours and closed days of the recipient's state, caps, the
+    first message's obligations), or whose sender named no CanSend answer or one
+    that did not allow it. Each send is judged as CanSendAsOf answers at its
+    occurred_at, known at its recorded_at. Findings stream as found, with progress
+    between them; the last message is progress with done 1. Reads the view as it
+    stood when the sweep began.
+    """
     GetProofPacket: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.GetProofPacketRequest, _consent_service_pb2.GetProofPacketResponse]
     """Audit: the proof of opt-in for a number and a brand (optionally one campaign):
     what the provider's template asks for (and what the record lacks of it), every
@@ -183,6 +193,16 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     server reads the next changes only as the client takes them. Changes of one
     number come in the order the ledger recorded them; changes of numbers on
     different ledger partitions are interleaved by recorded time.
+    """
+    SweepCampaign: _aio.UnaryStreamMultiCallable[_consent_service_pb2.SweepCampaignRequest, _consent_service_pb2.SweepCampaignResponse]  # type: ignore[assignment]
+    """Audit: every message of a campaign sent in [start_time, end_time) that lacked
+    what the policy required at that moment (consent, no opt-out but the one
+    confirmation, quiet hours and closed days of the recipient's state, caps, the
+    first message's obligations), or whose sender named no CanSend answer or one
+    that did not allow it. Each send is judged as CanSendAsOf answers at its
+    occurred_at, known at its recorded_at. Findings stream as found, with progress
+    between them; the last message is progress with done 1. Reads the view as it
+    stood when the sweep began.
     """
     GetProofPacket: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.GetProofPacketRequest, _consent_service_pb2.GetProofPacketResponse]  # type: ignore[assignment]
     """Audit: the proof of opt-in for a number and a brand (optionally one campaign):
@@ -371,6 +391,22 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         server reads the next changes only as the client takes them. Changes of one
         number come in the order the ledger recorded them; changes of numbers on
         different ledger partitions are interleaved by recorded time.
+        """
+
+    @_abc_1.abstractmethod
+    def SweepCampaign(
+        self,
+        request: _consent_service_pb2.SweepCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_consent_service_pb2.SweepCampaignResponse], _abc.AsyncIterator[_consent_service_pb2.SweepCampaignResponse]]:
+        """Audit: every message of a campaign sent in [start_time, end_time) that lacked
+        what the policy required at that moment (consent, no opt-out but the one
+        confirmation, quiet hours and closed days of the recipient's state, caps, the
+        first message's obligations), or whose sender named no CanSend answer or one
+        that did not allow it. Each send is judged as CanSendAsOf answers at its
+        occurred_at, known at its recorded_at. Findings stream as found, with progress
+        between them; the last message is progress with done 1. Reads the view as it
+        stood when the sweep began.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,242 @@
+"""The compliance sweep through the real gRPC server, on the real Kafka ledger and
+PostgreSQL: among thousands of compliant sends, the one sent in a state's quiet
+hours is found alone; a send against a "not allowed" and one without asking are
+found; another brand's token and bad input are refused; the CLI prints the same."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+
+from ledger.ports import ConsistencyToken
+from services.bootstrap import Runtime
+from tests.e2e.harness import (
+    TOKENS,
+    client,
+    define,
+    kafka_settings,
+    opt_in,
+    service_settings,
+    status_details,
+    ts,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+NUMBERS = 700
+SENDS_EACH = 3  # 2,100 compliant sends, as many as Florida's cap allows a day
+SENDER = "+12125550190"
+
+
+def florida(i: int) -> str:
+    return f"+1305555{i:04d}"  # Miami: America/New_York, Florida's 8 a.m. to 8 p.m.
+
+
+@pytest.fixture
+async def service(tmp_path, postgres_dsn, kafka_bootstrap):
+    prefix = f"sweep-{uuid.uuid4().hex[:8]}."
+    settings = service_settings(
+        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
+    )
+    runtime = Runtime(settings)
+    await runtime.start()
+    try:
+        yield runtime
+    finally:
+        await runtime.stop()
+
+
+def _sent(phone: str, at: datetime, relied: api.ReliedOnAnswer | None):
+    request = api.RecordMessageSentRequest(
+        request_id=uuid.uuid4().hex,
+        phone=phone,
+        brand="acme",
+        campaign="promo",
+        message_id=f"SM{uuid.uuid4().hex[:16]}",
+        occurred_at=ts(at),
+        included_opt_out_language=True,
+        identified_sender=True,
+    )
+    if relied is not None:
+        request.relied_on.CopyFrom(relied)
+    return request
+
+
+async def _sweep(c, start: datetime, end: datetime, brand: str = "acme"):
+    request = api.SweepCampaignRequest(
+        brand=brand, campaign="promo", start_time=ts(start), end_time=ts(end)
+    )
+    call = c.stub.SweepCampaign(
+        request, metadata=[("authorization", f"Bearer {c.token}")], timeout=300
+    )
+    return [item async for item in call]
+
+
+async def test_the_sweep_finds_the_one_send_in_a_states_quiet_hours_among_thousands(
+    service, tmp_path
+):
+    runtime = service
+    # Two days ago, in winter: Miami is UTC-5. Noon there, and 20:30, past Florida's
+    # 8 p.m. but before the federal 9 p.m.
+    day = (datetime.now(UTC) - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
+    noon = day + timedelta(hours=17)
+    evening = day + timedelta(hours=25, minutes=30)
+    async with client(runtime.address) as admin:
+        w = await admin.DefineCampaign(define("acme", "promo", day - timedelta(days=5), [SENDER]))
+    assert await runtime.guard.wait_for_token(
+        ConsistencyToken.decode(w.consistency_token), timeout=60
+    )
+    async with client(runtime.address, "acme-app") as c:
+        gate = asyncio.Semaphore(32)
+
+        async def call(rpc, request):
+            async with gate:
+                return await getattr(c, rpc)(request, timeout=60)
+
+        grants = await asyncio.gather(
+            *(
+                call("RecordOptIn", opt_in(florida(i), "acme", "promo", day - timedelta(days=1)))
+                for i in range(NUMBERS + 3)
+            )
+        )
+        answer = api.ReliedOnAnswer(
+            consistency_token=grants[-1].consistency_token,
+            allowed=True,
+            reason=api.REASON_CONSENT_ACTIVE,
+        )
+        sends = [
+            _sent(florida(i), noon + timedelta(minutes=j), answer)
+            for i in range(NUMBERS)
+            for j in range(SENDS_EACH)
+        ]
+        late = _sent(florida(NUMBERS + 2), evening, answer)
+        written = await asyncio.gather(*(call("RecordMessageSent", s) for s in [*sends, late]))
+        # A day later, out of the first range: a send against a "not allowed", and
+        # one whose sender asked nothing.
+        refused = api.ReliedOnAnswer(
+            consistency_token=grants[-1].consistency_token,
+            allowed=False,
+            reason=api.REASON_QUIET_HOURS,
+        )
+        against = _sent(florida(NUMBERS), noon + timedelta(days=1), refused)
+        unasked = _sent(florida(NUMBERS + 1), noon + timedelta(days=1), None)
+        written += [await c.RecordMessageSent(against), await c.RecordMessageSent(unasked)]
+        every = ConsistencyToken({})
+        for w in written:
+            every = every.merge(ConsistencyToken.decode(w.consistency_token))
+        assert await runtime.guard.wait_for_token(every, timeout=120)
+
+        items = await _sweep(c, day, day + timedelta(days=1, hours=12))
+        findings = [i.finding for i in items if i.HasField("finding")]
+        progress = [i.progress for i in items if i.HasField("progress")]
+        assert [(f.phone, f.message_id) for f in findings] == [
+            (florida(NUMBERS + 2), late.message_id)
+        ]
+        (found,) = findings
+        assert list(found.kinds) == [api.SWEEP_FINDING_KIND_QUIET_HOURS]
+        assert found.reason == api.REASON_QUIET_HOURS and found.rule == "state:FL"
+        assert found.relied_on.allowed and found.recorded_at.seconds > 0
+        assert progress[-1].done == 1.0
+        assert progress[-1].sends_judged == NUMBERS * SENDS_EACH + 1
+        assert progress[-1].events_read >= NUMBERS * (SENDS_EACH + 1)
+
+        items = await _sweep(c, day + timedelta(days=1, hours=12), day + timedelta(days=3))
+        findings = {i.finding.message_id: i.finding for i in items if i.HasField("finding")}
+        assert set(findings) == {against.message_id, unasked.message_id}
+        assert list(findings[against.message_id].kinds) == [
+            api.SWEEP_FINDING_KIND_SENT_AGAINST_NOT_ALLOWED
+        ]
+        assert findings[against.message_id].allowed
+        assert list(findings[unasked.message_id].kinds) == [
+            api.SWEEP_FINDING_KIND_SENT_WITHOUT_ASKING
+        ]
+
+    # The CLI, as an auditor runs it: JSON Lines on standard output, progress on stderr.
+    env = {**os.environ, "CONSENT_TOKEN": TOKENS["acme-app"][0]}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "audit",
+            "sweep",
+            "--brand",
+            "acme",
+            "--campaign",
+            "promo",
+            "--from",
+            day.isoformat(),
+            "--to",
+            (day + timedelta(days=1, hours=12)).isoformat(),
+            "--json",
+            "--address",
+            runtime.address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stdout.splitlines()
+    record = json.loads(line)
+    assert record["message_id"] == late.message_id and record["kinds"] == ["quiet_hours"]
+    assert record["rule"] == "state:FL" and record["relied_on"]["reason"] == "consent_active"
+    assert "100.0%" in done.stderr and "/s" in done.stderr and "left" in done.stderr
+    assert f"{NUMBERS * SENDS_EACH + 1:,} sends judged, 1 found" in done.stderr
+
+
+async def test_a_sweep_is_refused_another_brands_token_and_bad_input_by_field(service):
+    runtime = service
+    start = datetime.now(UTC) - timedelta(days=1)
+    async with client(runtime.address) as c:
+        w = await c.DefineCampaign(define("acme", "promo", start - timedelta(days=2), [SENDER]))
+        assert await runtime.guard.wait_for_token(
+            ConsistencyToken.decode(w.consistency_token), timeout=60
+        )
+    async with client(runtime.address, "globex-app") as c:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _sweep(c, start, start + timedelta(hours=1))
+        assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    async with client(runtime.address, "acme-app") as c:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _sweep(c, start, start - timedelta(hours=1))
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in status_details(err.value)] == ["start_time"]
+        call = c.stub.SweepCampaign(
+            api.SweepCampaignRequest(brand="acme", campaign="promo"),
+            metadata=[("authorization", f"Bearer {c.token}")],
+            timeout=30,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            _ = [item async for item in call]
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert {f for f, _ in status_details(err.value)} == {"start_time"}
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _sweep(c, start, start + timedelta(hours=1), brand="acme ")
+        assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED or (
+            err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        )
+        request = api.SweepCampaignRequest(
+            brand="acme",
+            campaign="nosuch",
+            start_time=ts(start),
+            end_time=ts(start + timedelta(hours=1)),
+        )
+        call = c.stub.SweepCampaign(
+            request, metadata=[("authorization", f"Bearer {c.token}")], timeout=30
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            _ = [item async for item in call]
+        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
