@@ -4,7 +4,8 @@
 -- (PostgresApplicationRecorder with originator_id_type "text"), so its
 -- create_table() finds them in place; recorded_at is ours: the ledger's clock,
 -- which a Kafka record carries as its LogAppendTime. Nothing here can be rebuilt:
--- this table is the source of truth.
+-- this table is the source of truth. Safe to run again from the top, like every
+-- migration after 0006.
 --
 -- originator_id names a stream's one partition ('subscribers:0', 'campaigns:0')
 -- and originator_version is the event's offset in it: the primary key refuses two
@@ -31,7 +32,7 @@ COMMENT ON TABLE ledger_stored_events IS
 
 -- Append-only, by triggers for the reason 0001 gives (the owner is a superuser on
 -- a laptop, and superusers ignore privileges).
-CREATE FUNCTION ledger_stored_events_refuse_change() RETURNS trigger
+CREATE OR REPLACE FUNCTION ledger_stored_events_refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'ledger_stored_events is append-only: % is not allowed', TG_OP
@@ -40,10 +41,12 @@ BEGIN
 END;
 $$;
 
+DROP TRIGGER IF EXISTS ledger_stored_events_no_update_or_delete ON ledger_stored_events;
 CREATE TRIGGER ledger_stored_events_no_update_or_delete
     BEFORE UPDATE OR DELETE ON ledger_stored_events
     FOR EACH ROW EXECUTE FUNCTION ledger_stored_events_refuse_change();
 
+DROP TRIGGER IF EXISTS ledger_stored_events_no_truncate ON ledger_stored_events;
 CREATE TRIGGER ledger_stored_events_no_truncate
     BEFORE TRUNCATE ON ledger_stored_events
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_stored_events_refuse_change();
@@ -53,11 +56,17 @@ CREATE TRIGGER ledger_stored_events_no_truncate
 -- so the facts are in exactly one place. Its rows were stamped in offset order
 -- along each stream, so ordering by time keeps each stream's order in the
 -- notification ids too.
-INSERT INTO ledger_stored_events
-    (originator_id, originator_version, topic, state, recorded_at)
-SELECT stream || ':' || partition, "offset", 'ledger.events:' || event_type, payload, recorded_at
-FROM ledger_events
-ORDER BY recorded_at, stream, "offset";
-
-DROP TABLE ledger_events;
-DROP FUNCTION ledger_events_refuse_change();
+DO $$
+BEGIN
+    IF to_regclass('ledger_events') IS NOT NULL THEN
+        INSERT INTO ledger_stored_events
+            (originator_id, originator_version, topic, state, recorded_at)
+        SELECT stream || ':' || partition, "offset", 'ledger.events:' || event_type,
+               payload, recorded_at
+        FROM ledger_events
+        ORDER BY recorded_at, stream, "offset";
+        DROP TABLE ledger_events;
+        DROP FUNCTION IF EXISTS ledger_events_refuse_change();
+    END IF;
+END;
+$$;
