@@ -81,6 +81,12 @@ def add_parser(tools: Any) -> None:
         "--to", dest="end", required=True, type=_moment, help="moment after the last (ISO 8601)"
     )
     sweep.add_argument("--json", action="store_true", help="print findings as JSON Lines")
+    sweep.add_argument(
+        "--at-least-as-fresh",
+        default="",
+        metavar="TOKEN",
+        help="a write's consistency_token: sweep a view that has applied it",
+    )
     sweep.add_argument("--quiet", action="store_true", help="no progress line")
     sweep.add_argument(
         "--address",
@@ -207,7 +213,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    request = api.SweepCampaignRequest(brand=args.brand, campaign=args.campaign)
+    request = api.SweepCampaignRequest(
+        brand=args.brand, campaign=args.campaign, at_least_as_fresh=args.at_least_as_fresh
+    )
     request.start_time.FromDatetime(args.start)
     request.end_time.FromDatetime(args.end)
     progress = Progress(sys.stderr)

@@ -61,8 +61,8 @@ async def sweep_campaign(
     end: datetime | None,
     token: ConsistencyToken | None = None,
 ) -> AsyncIterator[Finding | SweepProgress]:
-    """Each finding of the sweep of ``campaign`` over ``[start, end)`` as it is found,
-    a ``SweepProgress`` after every page read, and a last one with ``done`` 1.0.
+    """Each finding of the sweep of ``campaign`` over ``[start, end)`` as it is found;
+    a ``SweepProgress`` first, after every page read, and last with ``done`` 1.0.
 
     A campaign never defined is refused (``FailedPrecondition``), so a misspelt name
     cannot pass for a clean record; a view behind ``token`` is ``NotConsistent``."""
@@ -78,6 +78,7 @@ async def sweep_campaign(
     total = sum(target.values())
     swept = Sweep(history, brand, campaign, start, end)
     found = 0
+    yield SweepProgress(0, 0, 0, 0.0, read_at)  # the view read, before any finding
     # The STOPs of numbers whose brand was unknown first: few, and each send is
     # judged only with those that the moment of the send knew (``ledger.sweep``).
     for key in (ANY_BRAND, brand):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -19,16 +20,19 @@ from consent.v1 import consent_service_pb2 as api
 
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
+from tests.e2e.grpcurl import grpcurl
 from tests.e2e.harness import (
     TOKENS,
     client,
     define,
     kafka_settings,
     opt_in,
+    running,
     service_settings,
     status_details,
     ts,
 )
+from tests.e2e.test_readme import answers, block, run
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -240,3 +244,26 @@ async def test_a_sweep_is_refused_another_brands_token_and_bad_input_by_field(se
         with pytest.raises(grpc.aio.AioRpcError) as err:
             _ = [item async for item in call]
         assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_the_readme_sweep_calls_run_as_written(tmp_path, postgres_dsn):
+    """README's "Compliance sweep" block, after the "Calling the API" walk-through it
+    follows, with grpcurl and the installed CLI, against a real service."""
+    walk, calls = block("readme-grpcurl", "sh"), block("readme-sweep", "sh")
+    tool = await asyncio.to_thread(grpcurl)
+    path = os.pathsep.join([str(Path(tool).parent), str(Path(sys.executable).parent)])
+    script = f"PATH='{path}{os.pathsep}{os.environ['PATH']}'\n{walk}\n{calls}"
+    async with running(service_settings(tmp_path, postgres_dsn, kafka=None)) as runtime:
+        done = await asyncio.to_thread(
+            run, ["bash", "-euo", "pipefail", "-c", script], tmp_path, runtime.address
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    cli = done.stdout.index("  after_opt_out,sent_without_asking")
+    grpcurl_out = done.stdout[: done.stdout.rindex("\n", 0, cli)]
+    found = [a["finding"] for a in answers(grpcurl_out)[1] if "finding" in a]
+    assert [f["kinds"] for f in found] == [
+        ["SWEEP_FINDING_KIND_AFTER_OPT_OUT", "SWEEP_FINDING_KIND_SENT_WITHOUT_ASKING"]
+    ]
+    assert found[0]["reason"] == "REASON_REVOKED"
+    assert "after_opt_out,sent_without_asking" in done.stdout
+    assert "100.0%" in done.stderr and "1 found" in done.stderr

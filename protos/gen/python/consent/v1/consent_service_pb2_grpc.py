@@ -304,8 +304,8 @@ class ConsentServiceServicer:
         first message's obligations), or whose sender named no CanSend answer or one
         that did not allow it. Each send is judged as CanSendAsOf answers at its
         occurred_at, known at its recorded_at. Findings stream as found, with progress
-        between them; the last message is progress with done 1. Reads the view as it
-        stood when the sweep began.
+        between them; the first message is progress (done 0), the last progress with
+        done 1. Reads the view as it stood when the sweep began.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -114,8 +114,8 @@ class ConsentServiceStub:
     first message's obligations), or whose sender named no CanSend answer or one
     that did not allow it. Each send is judged as CanSendAsOf answers at its
     occurred_at, known at its recorded_at. Findings stream as found, with progress
-    between them; the last message is progress with done 1. Reads the view as it
-    stood when the sweep began.
+    between them; the first message is progress (done 0), the last progress with
+    done 1. Reads the view as it stood when the sweep began.
     """
     GetProofPacket: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.GetProofPacketRequest, _consent_service_pb2.GetProofPacketResponse]
     """Audit: the proof of opt-in for a number and a brand (optionally one campaign):
@@ -201,8 +201,8 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     first message's obligations), or whose sender named no CanSend answer or one
     that did not allow it. Each send is judged as CanSendAsOf answers at its
     occurred_at, known at its recorded_at. Findings stream as found, with progress
-    between them; the last message is progress with done 1. Reads the view as it
-    stood when the sweep began.
+    between them; the first message is progress (done 0), the last progress with
+    done 1. Reads the view as it stood when the sweep began.
     """
     GetProofPacket: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.GetProofPacketRequest, _consent_service_pb2.GetProofPacketResponse]  # type: ignore[assignment]
     """Audit: the proof of opt-in for a number and a brand (optionally one campaign):
@@ -405,8 +405,8 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         first message's obligations), or whose sender named no CanSend answer or one
         that did not allow it. Each send is judged as CanSendAsOf answers at its
         occurred_at, known at its recorded_at. Findings stream as found, with progress
-        between them; the last message is progress with done 1. Reads the view as it
-        stood when the sweep began.
+        between them; the first message is progress (done 0), the last progress with
+        done 1. Reads the view as it stood when the sweep began.
         """
 
     @_abc_1.abstractmethod
