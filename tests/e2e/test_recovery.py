@@ -8,6 +8,7 @@ import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from prometheus_client import generate_latest
@@ -53,7 +54,10 @@ async def test_a_failed_projector_is_started_again_and_the_failure_counted(
         await real_apply(self, stream, batch)
 
     async with running(settings) as runtime, client(runtime.address) as c:
-        await c.DefineCampaign(define("acme", "promo", at - timedelta(days=1)))
+        defined = await c.DefineCampaign(define("acme", "promo", at - timedelta(days=1)))
+        # The opt-in's write checks the campaign against the view within the short bound
+        # set above, so let the view apply the campaign first, however busy the machine.
+        await applied(c, defined.consistency_token)
         monkeypatch.setattr(PostgresConsentView, "apply", apply_failing_once)
         w = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", at - timedelta(minutes=5)))
         check = api.CanSendRequest(
@@ -82,3 +86,20 @@ async def test_a_failed_projector_is_started_again_and_the_failure_counted(
         for s in family.samples
     }
     assert counted["consent_projector_failures_total"] == 1
+
+
+async def applied(c, token: str, within: float = 30.0) -> None:
+    """Wait until the view has applied ``token``: a read that asks for it is answered."""
+    deadline = asyncio.get_running_loop().time() + within
+    probe = api.GetConsentRequest(phone=PHONE, brand="acme", campaign="promo")
+    probe.at_least_as_fresh = token
+    while True:
+        try:
+            await c.GetConsent(probe)
+            return
+        except grpc.aio.AioRpcError as e:
+            if e.code() is not grpc.StatusCode.UNAVAILABLE:
+                raise
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"the view never applied {token}") from e
+            await asyncio.sleep(0.1)
