@@ -383,7 +383,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                 else:
                     yield api.sweep_finding_to_proto(item, token)
         finally:
-            await found.aclose()  # type: ignore[attr-defined]
+            await found.aclose()  # its read of the view ends with the call
 
     @translate_errors
     async def GetOptOutRate(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -245,7 +245,7 @@ class Audit:
         start: datetime | None,
         end: datetime | None,
         token: ConsistencyToken | None = None,
-    ) -> AsyncIterator[Finding | SweepProgress]:
+    ) -> AsyncGenerator[Finding | SweepProgress, None]:
         """The compliance sweep of ``campaign`` over ``[start, end)``
         (``services.usecases.sweeps.sweep_campaign``)."""
         return sweeps.sweep_campaign(self.ctx, brand, campaign, start, end, token)

@@ -8,7 +8,7 @@ nothing after, and says how far it has come as it goes (``SweepProgress``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -60,7 +60,7 @@ async def sweep_campaign(
     start: datetime | None,
     end: datetime | None,
     token: ConsistencyToken | None = None,
-) -> AsyncIterator[Finding | SweepProgress]:
+) -> AsyncGenerator[Finding | SweepProgress, None]:
     """Each finding of the sweep of ``campaign`` over ``[start, end)`` as it is found;
     a ``SweepProgress`` first, after every page read, and last with ``done`` 1.0.
 
