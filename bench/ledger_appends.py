@@ -1,7 +1,7 @@
 """The embedded ledger's append rate: ``python -m bench.ledger_appends``.
 
 Appends one ``MessageSent`` per call from ``--in-flight`` concurrent tasks for
-``--duration`` seconds through the embedded default's ``Ledger`` adapter, on a
+``--duration`` seconds through the embedded default's ``EventLog`` adapter, on a
 PostgreSQL started by ``tests.infra`` (or ``CONSENT_TEST_POSTGRES_DSN``'s), and
 prints appends a second and latency percentiles. The write path above the ledger
 (gRPC, validation, the view's checks) is not in it: this is the ledger's share.
@@ -23,7 +23,7 @@ from pathlib import Path
 import asyncpg
 
 from ledger.events import MessageKind, MessageSent, event_id_for
-from ledger.ports import Ledger
+from ledger.ports import EventLog
 from services.adapters.migrations import migrate
 from tests.infra.postgres_server import PostgresServer, create_database
 
@@ -40,7 +40,7 @@ def _event(n: int) -> MessageSent:
     )
 
 
-async def _run(ledger: Ledger, in_flight: int, duration: float) -> list[float]:
+async def _run(ledger: EventLog, in_flight: int, duration: float) -> list[float]:
     latencies: list[float] = []
     deadline = time.perf_counter() + duration
     counter = iter(range(1 << 62))

@@ -170,7 +170,7 @@ class EventTooLarge(ValueError):
     refused again, so the request must not be retried as it is."""
 
 
-class Ledger(ABC):
+class EventLog(ABC):
     """The append-only ledger of facts.
 
     Appends are unconditional (no read-modify-write, no expected version): events

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from aiokafka.errors import KafkaError
 
-from ledger.ports import ConsentView, Ledger
+from ledger.ports import ConsentView, EventLog
 from services.adapters.digest_replica import DigestReplica
 from services.adapters.kafka_ledger import KafkaLedger, UnsafeTopicError
 from services.adapters.kafka_projector import KafkaProjector
@@ -198,7 +198,7 @@ class Runtime:
     (``DigestReplica``'s ``on_reload``)."""
     pool: asyncpg.Pool | None = None
     reads: asyncpg.Pool | None = None
-    ledger: Ledger | None = None
+    ledger: EventLog | None = None
     view: ConsentView | None = None
     guard: FreshnessGuard | None = None
     usecases: UseCases | None = None
@@ -340,7 +340,7 @@ class Runtime:
         bound = self._metrics_http.server_port
         self.metrics_address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
 
-    async def _build_ledger(self, dsn: str) -> Ledger:
+    async def _build_ledger(self, dsn: str) -> EventLog:
         s = self.settings
         if s.ledger == "kafka":
             assert s.kafka is not None

@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledger.ports import AppliedPositions, ConsistencyToken, Ledger, Stream
+from ledger.ports import AppliedPositions, ConsistencyToken, EventLog, Stream
 from services.settings import FreshnessSettings
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ _HASH_AT_MOST = 32
 """A read of more numbers than this waits for every partition, not just theirs: a
 big batch touches nearly all of them anyway, and that is the stricter wait."""
 
-_CATCH_UP_PAUSE = 0.002
-"""How long ``catch_up`` pauses between its looks at the view's positions. A write
+_LOOK_PAUSE = 0.002
+"""How long ``wait_until_applied`` pauses between its looks at the view's positions. A write
 waits on it, so it is far shorter than the refresh interval; the looks are shared,
 so however many writes wait, the ledger and the view are asked once per pause."""
 
@@ -77,7 +77,7 @@ class FreshnessStatus:
 class FreshnessGuard:
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: EventLog,
         view: AppliedPositions,
         settings: FreshnessSettings,
         monotonic: Callable[[], float] = time.monotonic,
@@ -279,7 +279,7 @@ class FreshnessGuard:
         }
         return await self._wait(needed, recent[1])
 
-    async def catch_up(self, streams: Collection[Stream] = tuple(Stream)) -> bool:
+    async def wait_until_applied(self, streams: Collection[Stream] = tuple(Stream)) -> bool:
         """True once the view has applied every partition of ``streams`` up to the
         ledger's end as this call observes it, within the bound: a decision that must
         count every fact acknowledged before it (a request id's earlier use, a campaign
@@ -289,10 +289,10 @@ class FreshnessGuard:
         It waits for ends read by an observation that started after it arrived (one
         it shares with the calls arriving with it; one that started earlier may miss
         a write acknowledged just before the call), and looks at
-        the view's progress every ``_CATCH_UP_PAUSE`` rather than every refresh
+        the view's progress every ``_LOOK_PAUSE`` rather than every refresh
         interval: a write that follows another by a moment waits for that one's
         projection, which takes milliseconds, not for the guard's next round."""
-        return await self._catch_up(
+        return await self._wait_until(
             lambda ends: {
                 (stream, p): offset
                 for stream in streams
@@ -300,14 +300,14 @@ class FreshnessGuard:
             }
         )
 
-    async def catch_up_phones(self, phones: Sequence[str]) -> bool:
-        """``catch_up`` for the subscriber partitions of ``phones``: a decision about
+    async def wait_until_applied_for(self, phones: Sequence[str]) -> bool:
+        """``wait_until_applied`` for the subscriber partitions of ``phones``: a decision about
         these numbers that must count every write acknowledged for them so far (an
         inbound text read after the STOP before it was answered). Every subscriber
         partition when the ledger cannot say where a phone lives."""
         partitions = {self._ledger.partition_for(p) for p in phones}
         if None in partitions:
-            return await self.catch_up((Stream.SUBSCRIBERS,))
+            return await self.wait_until_applied((Stream.SUBSCRIBERS,))
 
         def needed(ends: dict[Stream, dict[int, int]]) -> dict[tuple[Stream, int], int]:
             subscribers = ends.get(Stream.SUBSCRIBERS, {})
@@ -315,9 +315,9 @@ class FreshnessGuard:
                 (Stream.SUBSCRIBERS, p): subscribers.get(p, 0) for p in partitions if p is not None
             }
 
-        return await self._catch_up(needed)
+        return await self._wait_until(needed)
 
-    async def _catch_up(
+    async def _wait_until(
         self,
         select: Callable[[dict[Stream, dict[int, int]]], dict[tuple[Stream, int], int]],
     ) -> bool:
@@ -348,7 +348,7 @@ class FreshnessGuard:
         await asyncio.shield(self._next_look)
 
     async def _pause_and_observe(self) -> None:
-        await asyncio.sleep(_CATCH_UP_PAUSE)
+        await asyncio.sleep(_LOOK_PAUSE)
         try:
             await self.observe()
         except Exception:  # as in the loop: the waiters time out and fail closed

@@ -62,7 +62,7 @@ from prometheus_client.registry import Collector
 
 from ledger.events import LedgerEvent, Recorded
 from ledger.policy import Decision, Reason
-from ledger.ports import Ledger, Offsets, ReplicaStats, Stream
+from ledger.ports import EventLog, Offsets, ReplicaStats, Stream
 from services.freshness import FreshnessStatus
 
 log = logging.getLogger(__name__)
@@ -300,11 +300,11 @@ class ServiceMetrics(Collector):
             )
 
 
-class TimedAppends(Ledger):
+class TimedAppends(EventLog):
     """A ledger whose appends are timed into ``consent_ledger_append_seconds``; every
     other method is the wrapped ledger's."""
 
-    def __init__(self, ledger: Ledger, metrics: ServiceMetrics) -> None:
+    def __init__(self, ledger: EventLog, metrics: ServiceMetrics) -> None:
         self._ledger = ledger
         self._metrics = metrics
 

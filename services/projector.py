@@ -1,6 +1,6 @@
 """The projection loop: folds the ledger into the read model; rebuild; supervise.
 
-``Projector`` follows any ``Ledger`` through the port (the in-memory and the local
+``Projector`` follows any ``EventLog`` through the port (the in-memory and the local
 PostgreSQL ledgers); the Kafka deployment's consumer-group projector is an adapter,
 ``services.adapters.kafka_projector.KafkaProjector``. Both resume from the positions
 the view stored with its rows, never from a ledger's own bookkeeping: the view
@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-from ledger.ports import ConsentView, Ledger, Stream
+from ledger.ports import ConsentView, EventLog, Stream
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Projector:
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: EventLog,
         view: ConsentView,
         *,
         streams: Iterable[Stream] = tuple(Stream),
@@ -106,7 +106,7 @@ class Projector:
         return count
 
 
-async def rebuild(ledger: Ledger, view: ConsentView, *, batch_size: int = 5000) -> int:
+async def rebuild(ledger: EventLog, view: ConsentView, *, batch_size: int = 5000) -> int:
     """Empty the view and fold the whole ledger again from offset 0.
 
     Stop the projectors writing to ``view`` first. Returns the number of events read.
@@ -115,7 +115,7 @@ async def rebuild(ledger: Ledger, view: ConsentView, *, batch_size: int = 5000) 
     return await Projector(ledger, view).catch_up(batch_size=batch_size)
 
 
-async def lag(view: ConsentView, ledger: Ledger, stream: Stream) -> dict[int, int]:
+async def lag(view: ConsentView, ledger: EventLog, stream: Stream) -> dict[int, int]:
     """Per partition, how many events the ledger holds that the view has not applied."""
     applied = await view.positions(stream)
     ends = await ledger.end_offsets(stream)

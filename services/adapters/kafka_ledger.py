@@ -1,4 +1,4 @@
-"""``KafkaLedger``: the ``Ledger`` port on Apache Kafka, through ``aiokafka``.
+"""``KafkaLedger``: the ``EventLog`` port on Apache Kafka, through ``aiokafka``.
 
 Two topics. Subscriber events are keyed by phone, so one subscriber's history lives
 in one partition, in order. Campaign events go to their own topic, keyed by
@@ -39,7 +39,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from ledger.events import CampaignEvent, LedgerEvent, LedgerPosition, Recorded, SubscriberEvent
-from ledger.ports import EventTooLarge, Ledger, LedgerUnavailable, Offsets, Stream
+from ledger.ports import EventLog, EventTooLarge, LedgerUnavailable, Offsets, Stream
 from ledger.upcasting import class_version
 from services.settings import KafkaLedgerSettings
 from services.wire.codec import decode_event, encode_event
@@ -111,7 +111,7 @@ class UnsafeTopicError(RuntimeError):
     """A ledger topic is missing, or configured so that it could lose or reorder events."""
 
 
-class KafkaLedger(Ledger):
+class KafkaLedger(EventLog):
     """Call ``start()`` before use and ``close()`` after; ``ensure_topics()`` needs neither."""
 
     def __init__(self, settings: KafkaLedgerSettings) -> None:

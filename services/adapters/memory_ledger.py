@@ -1,4 +1,4 @@
-"""``InMemoryLedger``: the ``Ledger`` port in a process's memory, for fast unit tests.
+"""``InMemoryLedger``: the ``EventLog`` port in a process's memory, for fast unit tests.
 
 It keeps Kafka's shape (subscriber events spread over partitions by phone, campaign
 events in one partition, offsets counting from 0 per partition) so code tested
@@ -14,14 +14,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 
 from ledger.events import LedgerEvent, LedgerPosition, Recorded, SubscriberEvent
-from ledger.ports import Ledger, Offsets, Stream
+from ledger.ports import EventLog, Offsets, Stream
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class InMemoryLedger(Ledger):
+class InMemoryLedger(EventLog):
     """``partitions`` is the subscriber stream's partition count; campaigns have one."""
 
     def __init__(self, partitions: int = 1, *, clock: Callable[[], datetime] = _utc_now) -> None:

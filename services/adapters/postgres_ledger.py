@@ -1,4 +1,4 @@
-"""``PostgresLedger``: the ``Ledger`` port on the ``eventsourcing`` library's
+"""``PostgresLedger``: the ``EventLog`` port on the ``eventsourcing`` library's
 PostgreSQL application recorder.
 
 The local ledger of the embedded default (``make run`` without Kafka). The
@@ -39,7 +39,7 @@ from eventsourcing.utils import get_topic
 from psycopg.conninfo import conninfo_to_dict
 
 from ledger.events import LedgerEvent, LedgerPosition, Recorded
-from ledger.ports import Ledger, LedgerUnavailable, Offsets, Stream
+from ledger.ports import EventLog, LedgerUnavailable, Offsets, Stream
 from services.wire.codec import decode_event, encode_event
 
 PARTITION = 0
@@ -90,7 +90,7 @@ class _Append:
     offsets: list[int] = field(default_factory=list)
 
 
-class PostgresLedger(Ledger):
+class PostgresLedger(EventLog):
     """The ledger on an ``asyncpg`` pool the caller owns (and closes), and a
     recorder on a connection of its own (``open`` makes it; ``close`` closes it).
 

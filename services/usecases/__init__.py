@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from ledger.ports import ConsentView, DigestReads, Ledger
+from ledger.ports import ConsentView, DigestReads, EventLog
 from services.freshness import FreshnessGuard
 from services.usecases.audit import Audit, Evidence
 from services.usecases.checks import DEFAULT_FUTURE_HORIZON, Checks
@@ -30,7 +30,7 @@ class UseCases:
     @classmethod
     def build(
         cls,
-        ledger: Ledger,
+        ledger: EventLog,
         view: ConsentView,
         guard: FreshnessGuard,
         clock: Clock = utc_now,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 
-from ledger.ports import ConsentView, ConsistencyToken, Ledger, Stream
+from ledger.ports import ConsentView, ConsistencyToken, EventLog, Stream
 from services.errors import NotConsistent
 from services.freshness import FreshnessGuard
 
@@ -26,7 +26,7 @@ utc_now: Clock = partial(datetime.now, UTC)
 
 @dataclass(frozen=True)
 class Context:
-    ledger: Ledger
+    ledger: EventLog
     view: ConsentView
     guard: FreshnessGuard
     clock: Clock = utc_now
@@ -50,11 +50,11 @@ class Context:
             raise NotConsistent(field, BEHIND)
 
     async def require_caught_up(self, stream: Stream, field: str) -> None:
-        """Let the view reach the ledger's end as it is now (``FreshnessGuard.catch_up``),
+        """Let the view reach the ledger's end as it is now (``FreshnessGuard.wait_until_applied``),
         before an answer that must count every fact acknowledged so far ("not defined",
         "no campaign sends from", "not pending"); ``NotConsistent`` on ``field``
         (UNAVAILABLE, retryable) when it cannot within the bound."""
-        if not await self.guard.catch_up((stream,)):
+        if not await self.guard.wait_until_applied((stream,)):
             raise NotConsistent(field, BEHIND)
 
     async def campaign_known(self, brand: str, campaign: str) -> bool:

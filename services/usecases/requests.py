@@ -66,7 +66,7 @@ async def replay(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult | N
 
 async def _same_message(ctx: Context, sent: MessageSent) -> WriteResult | None:
     original = await ctx.view.message_use(sent.brand, sent.phone, sent.message_id)
-    if original is None and await ctx.guard.catch_up_phones([sent.phone]):
+    if original is None and await ctx.guard.wait_until_applied_for([sent.phone]):
         # Perhaps recorded a moment ago: count every send acknowledged for the
         # phone. (A view that cannot get there in time is no reason to refuse the
         # write: the projection still applies one MessageSent per message id.)

@@ -231,7 +231,7 @@ class Writes:
         # The reading counts every write acknowledged for the phone before this text
         # came (the ledger's end now, not as last observed): a START sent the moment
         # its STOP was acknowledged is read after that STOP.
-        if not await self.ctx.guard.catch_up_phones([sender]):
+        if not await self.ctx.guard.wait_until_applied_for([sender]):
             raise NotConsistent("from_phone", BEHIND)
         # The phone's partition is there; the campaign rules as of that look too.
         await self.ctx.require_fresh([sender], "to_phone")

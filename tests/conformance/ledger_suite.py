@@ -1,4 +1,4 @@
-"""The ``Ledger`` port's conformance suite: every adapter passes these same tests.
+"""The ``EventLog`` port's conformance suite: every adapter passes these same tests.
 
 Subclass ``LedgerSuite`` once per adapter and give the subclass a ``ledger`` fixture
 that yields a fresh, empty ledger (and closes it). The class name does not start
@@ -39,7 +39,7 @@ from ledger.events import (
     RevocationChannel,
     SubscriberEvent,
 )
-from ledger.ports import Ledger, Stream
+from ledger.ports import EventLog, Stream
 from tests.builders import _base, proof, sent
 
 BRAND = "acme"
@@ -124,7 +124,7 @@ def one_of_each_kind(phone: str) -> list[LedgerEvent]:
     ]
 
 
-async def read_all(ledger: Ledger, stream: Stream, page: int = 100) -> dict[int, list[Recorded]]:
+async def read_all(ledger: EventLog, stream: Stream, page: int = 100) -> dict[int, list[Recorded]]:
     """Every event of ``stream`` per partition, read page by page up to the end offsets."""
     ends = await ledger.end_offsets(stream)
     out: dict[int, list[Recorded]] = {}
@@ -169,13 +169,13 @@ def event_ids(recorded: Sequence[Recorded]) -> list[uuid.UUID]:
 
 
 class LedgerSuite:
-    """What every ``Ledger`` adapter promises. Subclasses provide ``ledger``."""
+    """What every ``EventLog`` adapter promises. Subclasses provide ``ledger``."""
 
     @pytest.fixture
-    def ledger(self) -> Ledger:
+    def ledger(self) -> EventLog:
         raise NotImplementedError("a LedgerSuite subclass must define the `ledger` fixture")
 
-    async def test_appended_events_come_back_equal_and_in_order(self, ledger: Ledger) -> None:
+    async def test_appended_events_come_back_equal_and_in_order(self, ledger: EventLog) -> None:
         events = one_of_each_kind(new_phone())
 
         recorded = await ledger.append(events)
@@ -186,7 +186,7 @@ class LedgerSuite:
             appended = [r for r in recorded if Stream.of(r.event) is stream]
             assert {p: rs for p, rs in stored.items() if rs} == by_partition(appended)
 
-    async def test_read_returns_exactly_what_append_returned(self, ledger: Ledger) -> None:
+    async def test_read_returns_exactly_what_append_returned(self, ledger: EventLog) -> None:
         phone = new_phone()
         recorded = await ledger.append([message_sent(phone, n) for n in range(5)])
 
@@ -196,7 +196,7 @@ class LedgerSuite:
 
         assert read == recorded  # event, position and recorded_at
 
-    async def test_offsets_increase_by_one_within_each_partition(self, ledger: Ledger) -> None:
+    async def test_offsets_increase_by_one_within_each_partition(self, ledger: EventLog) -> None:
         phones = [new_phone() for _ in range(8)]
         await ledger.append([message_sent(p) for p in phones])
         recorded = await ledger.append([message_sent(p, n) for n in range(3) for p in phones])
@@ -206,7 +206,7 @@ class LedgerSuite:
             assert offsets == list(range(offsets[0], offsets[0] + len(rs))), partition
 
     async def test_one_phones_events_stay_in_one_partition_in_append_order(
-        self, ledger: Ledger
+        self, ledger: EventLog
     ) -> None:
         phones = [new_phone() for _ in range(10)]
         first = await ledger.append([message_sent(p, n) for n in range(3) for p in phones])
@@ -221,7 +221,7 @@ class LedgerSuite:
             assert event_ids(in_log) == event_ids(appended)
 
     async def test_partition_for_names_the_partition_a_phones_events_go_to(
-        self, ledger: Ledger
+        self, ledger: EventLog
     ) -> None:
         phones = [new_phone() for _ in range(20)]
 
@@ -229,7 +229,7 @@ class LedgerSuite:
 
         assert [ledger.partition_for(p) for p in phones] == [r.position.partition for r in recorded]
 
-    async def test_campaign_events_go_to_the_campaign_stream(self, ledger: Ledger) -> None:
+    async def test_campaign_events_go_to_the_campaign_stream(self, ledger: EventLog) -> None:
         phone = new_phone()
         defined = [campaign_defined("spring"), campaign_defined("summer", brand="globex")]
         recorded = await ledger.append(
@@ -246,7 +246,7 @@ class LedgerSuite:
             recorded[2].event,
         ]
 
-    async def test_end_offsets_advance_by_the_count_appended(self, ledger: Ledger) -> None:
+    async def test_end_offsets_advance_by_the_count_appended(self, ledger: EventLog) -> None:
         await ledger.append([message_sent(new_phone())])
         before = await ledger.end_offsets(Stream.SUBSCRIBERS)
         campaigns_before = await ledger.end_offsets(Stream.CAMPAIGNS)
@@ -263,7 +263,7 @@ class LedgerSuite:
         for r in recorded:  # the offset the next event gets is one past the last one
             assert r.position.offset < after[r.position.partition]
 
-    async def test_every_end_offset_is_each_streams_end_offsets(self, ledger: Ledger) -> None:
+    async def test_every_end_offset_is_each_streams_end_offsets(self, ledger: EventLog) -> None:
         await ledger.append(
             [message_sent(new_phone(), n) for n in range(5)]
             + [campaign_defined(f"c-{uuid.uuid4().hex[:8]}")]
@@ -278,14 +278,14 @@ class LedgerSuite:
         assert sum(every[Stream.SUBSCRIBERS].values()) >= 5
         assert sum(every[Stream.CAMPAIGNS].values()) >= 1
 
-    async def test_appending_nothing_records_nothing(self, ledger: Ledger) -> None:
+    async def test_appending_nothing_records_nothing(self, ledger: EventLog) -> None:
         before = await ledger.end_offsets(Stream.SUBSCRIBERS)
 
         assert await ledger.append([]) == []
         assert await ledger.end_offsets(Stream.SUBSCRIBERS) == before
 
     async def test_subscribe_delivers_events_from_the_given_offsets_on(
-        self, ledger: Ledger
+        self, ledger: EventLog
     ) -> None:
         phone = new_phone()
         await ledger.append([message_sent(phone, n) for n in range(3)])
@@ -301,7 +301,7 @@ class LedgerSuite:
 
         assert got == earlier + later
 
-    async def test_subscribe_delivers_events_of_every_partition(self, ledger: Ledger) -> None:
+    async def test_subscribe_delivers_events_of_every_partition(self, ledger: EventLog) -> None:
         start = await ledger.end_offsets(Stream.SUBSCRIBERS)
         subscription = ledger.subscribe(Stream.SUBSCRIBERS, start, poll_timeout=0.1)
         try:
@@ -315,7 +315,7 @@ class LedgerSuite:
         assert by_partition(got) == by_partition(recorded)  # same events, same order each
 
     async def test_subscribe_reads_partitions_missing_from_start_from_the_first_event(
-        self, ledger: Ledger
+        self, ledger: EventLog
     ) -> None:
         recorded = await ledger.append([campaign_defined(f"c{n}") for n in range(3)])
         subscription = ledger.subscribe(Stream.CAMPAIGNS, {}, poll_timeout=0.1)
@@ -326,7 +326,7 @@ class LedgerSuite:
 
         assert got == recorded
 
-    async def test_subscribe_yields_an_empty_batch_when_idle(self, ledger: Ledger) -> None:
+    async def test_subscribe_yields_an_empty_batch_when_idle(self, ledger: EventLog) -> None:
         start = await ledger.end_offsets(Stream.CAMPAIGNS)
         subscription = ledger.subscribe(Stream.CAMPAIGNS, start, poll_timeout=0.1)
         try:
@@ -336,7 +336,9 @@ class LedgerSuite:
 
         assert batch == []
 
-    async def test_a_batch_of_500_appended_in_one_call_all_comes_back(self, ledger: Ledger) -> None:
+    async def test_a_batch_of_500_appended_in_one_call_all_comes_back(
+        self, ledger: EventLog
+    ) -> None:
         phones = [new_phone() for _ in range(50)]
         events = [message_sent(p, n) for n in range(10) for p in phones]
 
@@ -350,7 +352,7 @@ class LedgerSuite:
         assert by_partition(recorded) == {p: rs for p, rs in stored.items() if rs}
 
     async def test_concurrent_appends_never_share_an_offset_or_leave_a_gap(
-        self, ledger: Ledger
+        self, ledger: EventLog
     ) -> None:
         phone = new_phone()
         before = await ledger.end_offsets(Stream.SUBSCRIBERS)
@@ -370,7 +372,7 @@ class LedgerSuite:
             )
 
     async def test_recorded_at_is_tz_aware_and_not_before_the_append_started(
-        self, ledger: Ledger
+        self, ledger: EventLog
     ) -> None:
         started = datetime.now(UTC)
 
@@ -381,7 +383,7 @@ class LedgerSuite:
             assert r.recorded_at.utcoffset() is not None
             assert started - CLOCK_SKEW <= r.recorded_at <= finished + CLOCK_SKEW
 
-    async def test_reading_past_the_end_gives_nothing(self, ledger: Ledger) -> None:
+    async def test_reading_past_the_end_gives_nothing(self, ledger: EventLog) -> None:
         recorded = await ledger.append([message_sent(new_phone(), n) for n in range(2)])
         partition = recorded[0].position.partition
         end = (await ledger.end_offsets(Stream.SUBSCRIBERS))[partition]
@@ -389,7 +391,7 @@ class LedgerSuite:
         assert await ledger.read(Stream.SUBSCRIBERS, partition, end) == []
         assert await ledger.read(Stream.SUBSCRIBERS, partition, end + 100) == []
 
-    async def test_read_honours_start_and_limit(self, ledger: Ledger) -> None:
+    async def test_read_honours_start_and_limit(self, ledger: EventLog) -> None:
         phone = new_phone()
         recorded = await ledger.append([message_sent(phone, n) for n in range(6)])
         partition, first = recorded[0].position.partition, recorded[0].position.offset
@@ -398,7 +400,7 @@ class LedgerSuite:
 
         assert page == recorded[1:4]
 
-    async def test_every_stream_has_partitions_numbered_from_zero(self, ledger: Ledger) -> None:
+    async def test_every_stream_has_partitions_numbered_from_zero(self, ledger: EventLog) -> None:
         for stream in Stream:
             partitions = await ledger.partitions(stream)
             assert partitions == list(range(len(partitions)))

@@ -1,4 +1,4 @@
-"""``InMemoryLedger`` against the ``Ledger`` conformance suite, plus what only it offers."""
+"""``InMemoryLedger`` against the ``EventLog`` conformance suite, plus what only it offers."""
 
 from __future__ import annotations
 

@@ -49,9 +49,7 @@ async def test_evidence_that_cannot_be_read_is_said_and_the_packet_still_given()
     async with running() as (app, _):
         await app.writes.record(define())
         granted = await app.writes.record(opt_in("r1"))
-        read = await Audit(app.audit.ctx, Broken()).proof_packet(
-            PHONE, BRAND, None, granted.token
-        )
+        read = await Audit(app.audit.ctx, Broken()).proof_packet(PHONE, BRAND, None, granted.token)
         assert len(read.value.opt_ins) == 1
         assert read.value.tamper_evidence is not None
         assert read.value.tamper_evidence["status"] == "unavailable"

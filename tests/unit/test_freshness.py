@@ -1,4 +1,4 @@
-"""``FreshnessGuard.catch_up``: what a write that must count every acknowledged
+"""``FreshnessGuard.wait_until_applied``: what a write that must count every acknowledged
 fact waits for, and how soon it learns the view got there."""
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from services.settings import FreshnessSettings
 from tests.builders import PHONE, granted, revoked
 
 
-async def test_catch_up_learns_of_the_projection_in_moments_not_at_the_next_refresh() -> None:
+async def test_wait_until_applied_learns_of_the_projection_in_moments_not_at_the_next_refresh() -> (
+    None
+):
     ledger, view = InMemoryLedger(partitions=2), InMemoryConsentView()
-    # A refresh interval far longer than the bound: only catch_up's own looks can tell.
+    # A refresh interval far longer than the bound: only wait_until_applied's own looks can tell.
     guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=1))
     await guard.start()
     try:
@@ -27,21 +29,23 @@ async def test_catch_up_learns_of_the_projection_in_moments_not_at_the_next_refr
 
         projecting = asyncio.create_task(project_soon())
         started = asyncio.get_running_loop().time()
-        assert await guard.catch_up()
+        assert await guard.wait_until_applied()
         assert asyncio.get_running_loop().time() - started < 0.2
         await projecting
     finally:
         await guard.stop()
 
 
-async def test_catch_up_fails_closed_when_the_view_does_not_get_there_in_the_bound() -> None:
+async def test_wait_until_applied_fails_closed_when_the_view_does_not_get_there_in_the_bound() -> (
+    None
+):
     ledger, view = InMemoryLedger(partitions=2), InMemoryConsentView()
     guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=0.1))
     await guard.start()
     try:
         await ledger.append([granted()])  # never applied
-        assert not await guard.catch_up()
-        assert await guard.catch_up((Stream.CAMPAIGNS,))  # a stream with nothing behind
+        assert not await guard.wait_until_applied()
+        assert await guard.wait_until_applied((Stream.CAMPAIGNS,))  # a stream with nothing behind
     finally:
         await guard.stop()
 
@@ -57,17 +61,19 @@ class _DownLedger(InMemoryLedger):
         raise ConnectionError("broker down")
 
 
-async def test_catch_up_keeps_its_bound_when_the_broker_hangs_or_is_down() -> None:
+async def test_wait_until_applied_keeps_its_bound_when_the_broker_hangs_or_is_down() -> None:
     settings = FreshnessSettings(refresh_interval=60, wait_bound=0.1)
     for ledger_type in (_HungLedger, _DownLedger):
         ledger, view = ledger_type(partitions=2), InMemoryConsentView()
         guard = FreshnessGuard(ledger, view, settings)  # never started: no loop to wait for
         started = asyncio.get_running_loop().time()
-        assert not await guard.catch_up()
+        assert not await guard.wait_until_applied()
         assert asyncio.get_running_loop().time() - started < 0.5
 
 
-async def test_catch_up_phones_waits_for_the_phones_partition_at_the_ledger_s_end_now() -> None:
+async def test_wait_until_applied_for_waits_for_the_phones_partition_at_the_ledger_s_end_now() -> (
+    None
+):
     ledger, view = InMemoryLedger(partitions=4), InMemoryConsentView()
     guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=0.1))
     await guard.start()  # observed before the write: wait_for_phones would not wait
@@ -77,11 +83,11 @@ async def test_catch_up_phones_waits_for_the_phones_partition_at_the_ledger_s_en
         assert ledger.partition_for(mine.phone) != ledger.partition_for(other.phone)
         written = await ledger.append([mine])
         assert await guard.wait_for_phones([mine.phone])  # the last observation: too old
-        assert not await guard.catch_up_phones([mine.phone])
+        assert not await guard.wait_until_applied_for([mine.phone])
         await view.apply(Stream.SUBSCRIBERS, written)
         await ledger.append([other])  # another partition, never applied: not waited for
-        assert await guard.catch_up_phones([mine.phone])
-        assert not await guard.catch_up_phones([other.phone])
+        assert await guard.wait_until_applied_for([mine.phone])
+        assert not await guard.wait_until_applied_for([other.phone])
     finally:
         await guard.stop()
 
@@ -180,7 +186,7 @@ async def test_a_hung_ledger_fails_reads_closed_in_the_bound_with_few_asks_under
     await guard.stop()
 
 
-async def test_concurrent_catch_ups_share_their_looks_at_the_ledger() -> None:
+async def test_concurrent_waits_share_their_looks_at_the_ledger() -> None:
     """Sixty-four writes catching up at once ask the ledger for its ends a few times,
     not sixty-four: each waits for an observation that started after it arrived,
     and those arriving together share one."""
@@ -191,14 +197,14 @@ async def test_concurrent_catch_ups_share_their_looks_at_the_ledger() -> None:
     await guard.observe()
     asked = ledger.asked
 
-    answers = await asyncio.gather(*(guard.catch_up_phones([PHONE]) for _ in range(64)))
+    answers = await asyncio.gather(*(guard.wait_until_applied_for([PHONE]) for _ in range(64)))
 
     assert all(answers)
     assert ledger.asked - asked <= 3
     assert ledger.most_under_way <= 2
 
 
-async def test_a_catch_up_never_uses_an_observation_that_started_before_it_arrived() -> None:
+async def test_a_wait_never_uses_an_observation_that_started_before_it_arrived() -> None:
     """A write acknowledged just before a catch-up must count, even though an
     observation under way (started before the write) would have landed sooner."""
     ledger = _SlowLedger(0.1, partitions=2)
@@ -208,7 +214,7 @@ async def test_a_catch_up_never_uses_an_observation_that_started_before_it_arriv
     await asyncio.sleep(0.02)  # ``old`` asked for the ends already
     await ledger.append([revoked(granted().occurred_at)])  # acknowledged, never applied
 
-    assert not await guard.catch_up_phones([PHONE])
+    assert not await guard.wait_until_applied_for([PHONE])
     await old
 
 
