@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple, Protocol, TypeVar
 
+from ledger.chain import ChainRecord, Checkpoint
 from ledger.digest import Digest
 from ledger.events import CampaignEvent, LedgerEvent, Recorded, SubscriberEvent
 from ledger.opt_out_rate import SendingCounts
@@ -407,3 +408,52 @@ class ConsentView(DigestReads):
 
     async def close(self) -> None:
         """Wait for in-flight writes to commit or roll back, then release connections."""
+
+
+# -- tamper evidence (services.checkpoints) ------------------------------------------
+
+
+class RecordSource(Protocol):
+    """The ledger's records exactly as stored (the chain hashes their bytes)."""
+
+    async def partitions(self, stream: str) -> list[int]: ...
+
+    async def end_offset(self, stream: str, partition: int) -> int: ...
+
+    def records(
+        self, stream: str, partition: int, start: int, stop: int
+    ) -> AsyncIterator[ChainRecord]:
+        """The records of offsets ``[start, stop)``, in offset order."""
+        ...
+
+
+class CheckpointStore(Protocol):
+    """Where checkpoints are kept: the checkpoint topic, or the embedded default's table."""
+
+    async def publish(self, checkpoints: Sequence[Checkpoint]) -> None: ...
+
+    async def latest(
+        self, key_id: str, wanted: set[tuple[str, int]]
+    ) -> dict[tuple[str, int], Checkpoint]:
+        """Of each wanted (stream, partition), the checkpoint signed by ``key_id`` that
+        reaches furthest; partitions it has none for are left out."""
+        ...
+
+    def every(self) -> AsyncIterator[Checkpoint | str]:
+        """Every checkpoint stored, in the order stored; a record that is no
+        checkpoint comes as a description of what is wrong with it."""
+        ...
+
+
+class Covering(Protocol):
+    async def covering(self, stream: str, partition: int, offset: int) -> list[Checkpoint]:
+        """The stored checkpoints whose range holds ``offset`` of the partition."""
+        ...
+
+
+class WriterLock(Protocol):
+    async def held(self) -> bool:
+        """Whether this process is the writer now (taking the turn if it is free)."""
+        ...
+
+    async def close(self) -> None: ...

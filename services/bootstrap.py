@@ -331,12 +331,12 @@ class Runtime:
         """Sign a checkpoint of the ledger's chain every ``checkpoint_interval``
         (``services.checkpoints``), with the key of ``checkpoint_key_file``; the
         embedded default makes one in its data directory."""
+        from ledger.ports import RecordSource
         from services.adapters.postgres_audit import PostgresCheckpoints
         from services.checkpoints import (
             Checkpointer,
             IndexedCheckpoints,
             PostgresWriterLock,
-            RecordSource,
             SigningKey,
         )
         from services.proofs import Proofs

@@ -30,14 +30,15 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ledger.chain import Chain, ChainRecord, Checkpoint
+from ledger.chain import Chain, Checkpoint
+from ledger.ports import CheckpointStore, RecordSource, WriterLock
 
 log = logging.getLogger(__name__)
 
@@ -223,44 +224,6 @@ class Keyring:
 # -- the ports the writer and the verifier read through ------------------------------
 
 
-class RecordSource(Protocol):
-    """The ledger's records exactly as stored (the chain hashes their bytes)."""
-
-    async def partitions(self, stream: str) -> list[int]: ...
-
-    async def end_offset(self, stream: str, partition: int) -> int: ...
-
-    def records(
-        self, stream: str, partition: int, start: int, stop: int
-    ) -> AsyncIterator[ChainRecord]:
-        """The records of offsets ``[start, stop)``, in offset order."""
-        ...
-
-
-class CheckpointStore(Protocol):
-    """Where checkpoints are kept: the checkpoint topic, or the embedded default's table."""
-
-    async def publish(self, checkpoints: Sequence[Checkpoint]) -> None: ...
-
-    async def latest(
-        self, key_id: str, wanted: set[tuple[str, int]]
-    ) -> dict[tuple[str, int], Checkpoint]:
-        """Of each wanted (stream, partition), the checkpoint signed by ``key_id`` that
-        reaches furthest; partitions it has none for are left out."""
-        ...
-
-    def every(self) -> AsyncIterator[Checkpoint | str]:
-        """Every checkpoint stored, in the order stored; a record that is no
-        checkpoint comes as a description of what is wrong with it."""
-        ...
-
-
-class Covering(Protocol):
-    async def covering(self, stream: str, partition: int, offset: int) -> list[Checkpoint]:
-        """The stored checkpoints whose range holds ``offset`` of the partition."""
-        ...
-
-
 class IndexedCheckpoints:
     """A ``CheckpointStore`` (the checkpoint topic) with a copy of each checkpoint in
     an index that finds those covering an event (``PostgresCheckpoints``). The store
@@ -287,14 +250,6 @@ class IndexedCheckpoints:
     async def covering(self, stream: str, partition: int, offset: int) -> list[Checkpoint]:
         found: list[Checkpoint] = await self.index.covering(stream, partition, offset)
         return found
-
-
-class WriterLock(Protocol):
-    async def held(self) -> bool:
-        """Whether this process is the writer now (taking the turn if it is free)."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 class PostgresWriterLock:

@@ -18,14 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from services.checkpoints import (
-    STREAMS,
-    CheckpointStore,
-    Keyring,
-    PublicKey,
-    RecordSource,
-    SigningKey,
-)
+from ledger.ports import CheckpointStore, RecordSource
+from services.checkpoints import STREAMS, Keyring, PublicKey, SigningKey
 
 COMMANDS = ("export", "verify", "keys")
 

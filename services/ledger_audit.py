@@ -24,8 +24,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from ledger.chain import ChainRecord, Checkpoint, micros
+from ledger.ports import CheckpointStore, RecordSource
 from ledger.tamper import REMOVED, Coverage, Finding, compare
-from services.checkpoints import STREAMS, CheckpointStore, Keyring, RecordSource
+from services.checkpoints import STREAMS, Keyring
 
 EXPORT_FORMAT = 1
 UNPROVEN = "unproven"

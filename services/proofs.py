@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ledger.chain import ChainRecord, Checkpoint, ProofSegment, check_proof, prove
-from services.checkpoints import Covering, Keyring, RecordSource
+from ledger.ports import Covering, RecordSource
+from services.checkpoints import Keyring
 
 BUNDLE_FORMAT = 1
 
