@@ -285,7 +285,25 @@ class DigestReads(ABC):
         whose brand is unknown concerns every brand, so every brand's check reads it."""
 
 
-class ConsentView(DigestReads):
+class CampaignReads(ABC):
+    """What a check reads of a campaign: its rules, every version of them.
+
+    ``ConsentView`` is one. A speed layer in front of a view (``CampaignHistoryCache``)
+    is another, and passes the same slice of the view's conformance suite
+    (``CampaignReadsSuite``).
+    """
+
+    @abstractmethod
+    async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:
+        """Every definition and change of the campaign (empty if never defined)."""
+
+    def observe(self, seen: ConsistencyToken) -> None:  # noqa: B027 (a no-op by design)
+        """The view was seen at ``seen`` (the freshness guard's observation). Later
+        answers reflect at least those positions. A view always answers from what it
+        has applied, so this is for speed layers that answer from memory."""
+
+
+class ConsentView(DigestReads, CampaignReads):
     """The read model the policy reads, built by folding the ledger.
 
     ``apply`` stores the folded rows and the consumed positions in one atomic
@@ -302,10 +320,6 @@ class ConsentView(DigestReads):
         self, brand: str, phones: Sequence[str]
     ) -> dict[str, SubscriberState]:
         """The folded state of each phone towards ``brand`` (an empty state if unknown)."""
-
-    @abstractmethod
-    async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:
-        """Every definition and change of the campaign (empty if never defined)."""
 
     @abstractmethod
     async def campaign_for_number(self, to_phone: str) -> tuple[str, str] | None:

@@ -24,6 +24,7 @@ import asyncpg
 from aiokafka.errors import KafkaError
 
 from ledger.ports import ConsentView, EventLog
+from services.adapters.campaign_cache import CampaignHistoryCache
 from services.adapters.digest_replica import DigestReplica
 from services.adapters.kafka_ledger import KafkaLedger, UnsafeTopicError
 from services.adapters.kafka_projector import KafkaProjector
@@ -249,6 +250,7 @@ class Runtime:
             self.guard,
             self.clock,
             reads=replica,
+            campaigns=CampaignHistoryCache(self.view),
             future_horizon=s.cansend_future_horizon,
             evidence=self.packet_evidence,
         )

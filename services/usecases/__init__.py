@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from ledger.ports import ConsentView, DigestReads, EventLog
+from ledger.ports import CampaignReads, ConsentView, DigestReads, EventLog
 from services.freshness import FreshnessGuard
 from services.usecases.audit import Audit, Evidence
 from services.usecases.checks import DEFAULT_FUTURE_HORIZON, Checks
@@ -36,12 +36,14 @@ class UseCases:
         clock: Clock = utc_now,
         *,
         reads: DigestReads | None = None,
+        campaigns: CampaignReads | None = None,
         future_horizon: timedelta = DEFAULT_FUTURE_HORIZON,
         evidence: Evidence | None = None,
     ) -> UseCases:
-        """``reads`` answers CanSend's digests (by default the view);
+        """``reads`` answers CanSend's digests and ``campaigns`` the campaigns' rules
+        (each by default the view);
         ``future_horizon`` is how far ahead a check may ask; ``evidence`` proves a
         proof packet's events against the signed checkpoints."""
         ctx = Context(ledger, view, guard, clock)
-        checks = Checks(ctx, reads, future_horizon)
+        checks = Checks(ctx, reads, future_horizon, campaigns)
         return cls(Writes(ctx), checks, Audit(ctx, evidence), Review(ctx))

@@ -22,7 +22,7 @@ from ledger.errors import InvalidPhoneNumber, InvalidRequest
 from ledger.events import ANY_BRAND, MessageKind, SubscriberEvent
 from ledger.phone import to_e164
 from ledger.policy import Check, Decision, Reason, decide_as_of, deny
-from ledger.ports import ConsistencyToken, DigestReads, Stream
+from ledger.ports import CampaignReads, ConsistencyToken, DigestReads
 from ledger.state import CampaignHistory, SubscriberState
 from ledger.validation import Violations, check_not_too_early
 from services.errors import NotConsistent
@@ -126,20 +126,16 @@ class Checks:
         ctx: Context,
         reads: DigestReads | None = None,
         future_horizon: timedelta = DEFAULT_FUTURE_HORIZON,
+        campaigns: CampaignReads | None = None,
     ) -> None:
         """``reads`` answers CanSend's digests: a ``DigestReplica`` that the guard
         watches, or by default the view itself; ``future_horizon`` is how far ahead a
-        check may ask (provisionally)."""
+        check may ask (provisionally); ``campaigns`` answers the campaigns' rules (a
+        ``CampaignHistoryCache`` in front of the view, or by default the view)."""
         self.ctx = ctx
         self.reads: DigestReads = ctx.view if reads is None else reads
         self.future_horizon = future_horizon
-        # Campaign histories, valid while the campaign stream's applied positions (as
-        # the guard last observed them) stay the same: any campaign write moves them.
-        self._histories: dict[tuple[str, str], CampaignHistory] = {}
-        self._histories_at: tuple[tuple[int, int], ...] | None = None
-        self._histories_token: ConsistencyToken | None = None
-        self._histories_generation = 0
-        """Bumped at each reset: a read that began before one must not store its answer."""
+        self.campaigns: CampaignReads = ctx.view if campaigns is None else campaigns
 
     async def can_send(
         self,
@@ -350,25 +346,8 @@ class Checks:
     async def _history(
         self, brand: str, campaign: str, read_at: ConsistencyToken
     ) -> CampaignHistory:
-        if read_at is not self._histories_token:  # the guard keeps one token per observation
-            self._histories_token = read_at
-            at = tuple(
-                sorted((p, o) for (s, p), o in read_at.offsets.items() if s is Stream.CAMPAIGNS)
-            )
-            if at != self._histories_at:
-                self._histories.clear()
-                self._histories_at = at
-                self._histories_generation += 1
-        history = self._histories.get((brand, campaign))
-        if history is None:
-            generation = self._histories_generation
-            history = await self.ctx.view.campaign_history(brand, campaign)
-            # Kept only if no newer observation reset the cache meanwhile: a read that
-            # began before it may predate the rules those positions include, and would
-            # be served, stale, until the next campaign write.
-            if history.versions and generation == self._histories_generation:
-                self._histories[(brand, campaign)] = history
-        return history
+        self.campaigns.observe(read_at)
+        return await self.campaigns.campaign_history(brand, campaign)
 
     @staticmethod
     def _decide(check: Check, digest: Digest) -> Decision:

@@ -48,7 +48,14 @@ from ledger.events import (
     SubscriberEvent,
 )
 from ledger.opt_out_rate import SendingCounts, count_sending
-from ledger.ports import ConsentView, DigestReads, RequestUse, Stream
+from ledger.ports import (
+    CampaignReads,
+    ConsentView,
+    ConsistencyToken,
+    DigestReads,
+    RequestUse,
+    Stream,
+)
 from ledger.state import SubscriberState, fold, fold_campaign
 from tests import builders
 from tests.builders import _base, flagged, granted, revoked
@@ -377,7 +384,80 @@ async def _read(reads: DigestReads, brand: str, phones: Sequence[str]) -> dict[s
     return await reads.digests(brand, phones)
 
 
-class ConsentViewSuite(DigestReadsSuite):
+class CampaignReadsSuite:
+    """What every ``CampaignReads`` must answer: the view itself, and every speed layer
+    that wraps one (``CampaignHistoryCache``). Subclasses provide ``view`` (an empty
+    view, where the facts are applied) and ``reads`` (what is read; by default the
+    view). Reads are made as the service makes them: after an observation of the
+    view's positions (``observe``)."""
+
+    @pytest.fixture
+    def view(self) -> ConsentView:
+        raise NotImplementedError("subclasses provide an empty view")
+
+    @pytest.fixture
+    def campaign_reads(self, view: ConsentView) -> CampaignReads:
+        return view
+
+    @staticmethod
+    async def _observe(view: ConsentView, reads: CampaignReads) -> None:
+        positions = await view.positions(Stream.CAMPAIGNS)
+        reads.observe(ConsistencyToken({(Stream.CAMPAIGNS, p): o for p, o in positions.items()}))
+
+    async def test_campaign_history_keeps_every_version(
+        self, view: ConsentView, campaign_reads: CampaignReads
+    ) -> None:
+        pos = Positions()
+        batch = pos.record(
+            [
+                define("acme", "deals", T0, ["+12025550100"]),
+                define("acme", "news", T0, ["+12025550101"]),
+                define("acme", "deals", T0 + timedelta(days=1), ["+12025550102"], changed=True),
+            ]
+        )
+        await view.apply(Stream.CAMPAIGNS, batch[:2])
+        await view.apply(Stream.CAMPAIGNS, batch[2:])
+        await self._observe(view, campaign_reads)
+
+        history = await campaign_reads.campaign_history("acme", "deals")
+        assert history == fold_campaign([batch[0], batch[2]])
+        current = history.current()
+        assert current is not None and current.policy_version == 2
+        assert await campaign_reads.campaign_history("acme", "unknown") == fold_campaign([])
+        assert await view.positions(Stream.CAMPAIGNS) == {
+            p: o + 1 for p, o in _last_offsets(batch).items()
+        }
+
+    async def test_a_change_is_read_once_its_positions_are_observed(
+        self, view: ConsentView, campaign_reads: CampaignReads
+    ) -> None:
+        pos = Positions()
+        first = pos.record([define("acme", "deals", T0), define("globex", "deals", T0)])
+        await view.apply(Stream.CAMPAIGNS, first)
+        await self._observe(view, campaign_reads)
+        before = await campaign_reads.campaign_history("acme", "deals")
+        assert before == fold_campaign([first[0]])
+
+        change = pos.record([define("acme", "deals", T0 + timedelta(days=1), changed=True)])
+        await view.apply(Stream.CAMPAIGNS, change)
+        await self._observe(view, campaign_reads)
+
+        after = await campaign_reads.campaign_history("acme", "deals")
+        assert after == fold_campaign([first[0], change[0]])
+        assert await campaign_reads.campaign_history("globex", "deals") == fold_campaign([first[1]])
+
+    async def test_a_campaign_defined_after_a_read_of_it_is_found(
+        self, view: ConsentView, campaign_reads: CampaignReads
+    ) -> None:
+        await self._observe(view, campaign_reads)
+        assert (await campaign_reads.campaign_history("acme", "later")).versions == ()
+        batch = Positions().record([define("acme", "later", T0)])
+        await view.apply(Stream.CAMPAIGNS, batch)
+        await self._observe(view, campaign_reads)
+        assert await campaign_reads.campaign_history("acme", "later") == fold_campaign(batch)
+
+
+class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
     """Every ``ConsentView`` adapter must pass these, and the reads above. Subclasses
     provide ``view``."""
 
@@ -715,27 +795,6 @@ class ConsentViewSuite(DigestReadsSuite):
                     assert await view.sending_counts(brand, campaign, start, end) == expected
         whole = count_sending(events, "brand-0", None, *windows[0])
         assert whole.messages_sent > 0 and whole.opt_outs > 0  # the ledger has both
-
-    async def test_campaign_history_keeps_every_version(self, view: ConsentView) -> None:
-        pos = Positions()
-        batch = pos.record(
-            [
-                define("acme", "deals", T0, ["+12025550100"]),
-                define("acme", "news", T0, ["+12025550101"]),
-                define("acme", "deals", T0 + timedelta(days=1), ["+12025550102"], changed=True),
-            ]
-        )
-        await view.apply(Stream.CAMPAIGNS, batch[:2])
-        await view.apply(Stream.CAMPAIGNS, batch[2:])
-
-        history = await view.campaign_history("acme", "deals")
-        assert history == fold_campaign([batch[0], batch[2]])
-        current = history.current()
-        assert current is not None and current.policy_version == 2
-        assert await view.campaign_history("acme", "unknown") == fold_campaign([])
-        assert await view.positions(Stream.CAMPAIGNS) == {
-            p: o + 1 for p, o in _last_offsets(batch).items()
-        }
 
     async def test_a_brand_setting_comes_with_every_campaign_of_the_brand(
         self, view: ConsentView

@@ -12,6 +12,7 @@ from datetime import timedelta
 from ledger.campaigns import CampaignPolicy
 from ledger.commands import ChangeCampaignPolicy, DefineCampaign, RecordOptIn
 from ledger.events import LedgerEvent, Recorded
+from services.adapters.campaign_cache import CampaignHistoryCache
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
 from services.freshness import FreshnessGuard
@@ -43,7 +44,9 @@ class App:
 
 def wired(ledger: InMemoryLedger, view: InMemoryConsentView, guard: FreshnessGuard) -> App:
     """The use cases as ``services.bootstrap`` builds them, at ``NOW``."""
-    built = UseCases.build(ledger, view, guard, clock=lambda: NOW)
+    built = UseCases.build(
+        ledger, view, guard, clock=lambda: NOW, campaigns=CampaignHistoryCache(view)
+    )
     return App(ledger, view, guard, built.writes, built.checks, built.audit, built.review)
 
 
