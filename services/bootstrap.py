@@ -334,13 +334,8 @@ class Runtime:
         (``services.checkpoints``), with the key of ``checkpoint_key_file``; the
         embedded default makes one in its data directory."""
         from ledger.ports import RecordSource
-        from services.adapters.postgres_audit import PostgresCheckpoints
-        from services.checkpoints import (
-            Checkpointer,
-            IndexedCheckpoints,
-            PostgresWriterLock,
-            SigningKey,
-        )
+        from services.adapters.postgres_audit import PostgresCheckpoints, PostgresWriterLock
+        from services.checkpoints import Checkpointer, IndexedCheckpoints, SigningKey
         from services.proofs import Proofs
 
         s = self.settings

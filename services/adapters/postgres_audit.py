@@ -4,12 +4,15 @@
 partition is an originator (``subscribers:0``), an offset its version, the record's
 bytes its ``state`` (the envelope a Kafka record carries) and ``recorded_at``.
 ``PostgresCheckpoints`` keeps the signed checkpoints in ``ledger_checkpoints``
-(migration 0012), append-only like the ledger.
+(migration 0012), append-only like the ledger. ``PostgresWriterLock`` is the
+checkpoint writer's turn.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
@@ -18,6 +21,8 @@ from ledger.chain import ChainRecord, Checkpoint, micros
 from services.adapters.postgres_ledger import TABLE
 
 _PAGE = 1000
+
+log = logging.getLogger(__name__)
 
 
 class PostgresRecords:
@@ -128,3 +133,39 @@ class PostgresCheckpoints:
                 except ValueError as exc:
                     yield f"ledger_checkpoints row {row['id']} is not a checkpoint: {exc}"
             after = rows[-1]["id"]
+
+
+class PostgresWriterLock:
+    """The writer's turn: a session advisory lock on a connection of its own, so it
+    goes when the process (or its connection) does."""
+
+    def __init__(self, dsn: str, name: str, timeout: float = 5.0) -> None:
+        self._dsn = dsn
+        self._key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        self._timeout = timeout
+        self._conn: asyncpg.Connection | None = None
+        self._held = False
+
+    async def held(self) -> bool:
+        try:
+            if self._conn is None or self._conn.is_closed():
+                self._held = False
+                self._conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+            if self._held:
+                await self._conn.fetchval("SELECT 1", timeout=self._timeout)  # still there?
+            else:
+                self._held = bool(
+                    await self._conn.fetchval(
+                        "SELECT pg_try_advisory_lock($1::bigint)", self._key, timeout=self._timeout
+                    )
+                )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("checkpoints: cannot hold the writer's turn: %s", exc)
+            await self.close()
+            return False
+        return self._held
+
+    async def close(self) -> None:
+        conn, self._conn, self._held = self._conn, None, False
+        if conn is not None:
+            conn.terminate()

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.checkpoints import PostgresWriterLock
+from services.adapters.postgres_audit import PostgresWriterLock
 
 pytestmark = [pytest.mark.postgres, pytest.mark.asyncio(loop_scope="session")]
 
