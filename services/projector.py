@@ -113,10 +113,3 @@ async def rebuild(ledger: EventLog, view: ConsentView, *, batch_size: int = 5000
     """
     await view.reset()
     return await Projector(ledger, view).catch_up(batch_size=batch_size)
-
-
-async def lag(view: ConsentView, ledger: EventLog, stream: Stream) -> dict[int, int]:
-    """Per partition, how many events the ledger holds that the view has not applied."""
-    applied = await view.positions(stream)
-    ends = await ledger.end_offsets(stream)
-    return {p: max(0, end - applied.get(p, 0)) for p, end in sorted(ends.items())}

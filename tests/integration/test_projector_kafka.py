@@ -20,10 +20,10 @@ from ledger.ports import ConsistencyToken, Stream
 from services.adapters.kafka_ledger import KafkaLedger
 from services.adapters.kafka_projector import KafkaProjector
 from services.adapters.postgres_view import PROJECTION_TABLES, PostgresConsentView
-from services.projector import lag, rebuild
+from services.projector import rebuild
 from services.settings import KafkaLedgerSettings
 from tests.conformance.view_suite import expected_states, generate_events
-from tests.integration.waiting import wait_for
+from tests.integration.waiting import lag, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 

@@ -16,9 +16,9 @@ from ledger.events import LedgerEvent, Recorded
 from ledger.ports import ConsentView, ConsistencyToken, Stream
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.postgres_view import PROJECTION_TABLES, PostgresConsentView
-from services.projector import Projector, lag, rebuild
+from services.projector import Projector, rebuild
 from tests.conformance.view_suite import expected_states, generate_events
-from tests.integration.waiting import wait_for
+from tests.integration.waiting import lag, wait_for
 
 pytestmark = pytest.mark.postgres
 

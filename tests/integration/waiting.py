@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ledger.ports import ConsentView, ConsistencyToken, Stream
+from ledger.ports import ConsentView, ConsistencyToken, EventLog, Stream
 
 
 async def wait_for(
@@ -36,3 +36,10 @@ async def _has_applied(view: ConsentView, wanted: dict[Stream, dict[int, int]]) 
         if any(applied.get(p, 0) < offset for p, offset in offsets.items()):
             return False
     return True
+
+
+async def lag(view: ConsentView, ledger: EventLog, stream: Stream) -> dict[int, int]:
+    """Per partition, how many events the ledger holds that the view has not applied."""
+    applied = await view.positions(stream)
+    ends = await ledger.end_offsets(stream)
+    return {p: max(0, end - applied.get(p, 0)) for p, end in sorted(ends.items())}
