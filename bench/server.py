@@ -150,7 +150,7 @@ async def _stub(
 async def _consent(
     port: int, ready: Callable[[int], None], stop: asyncio.Event, args: argparse.Namespace
 ) -> None:
-    from services.bootstrap import Runtime
+    from services.bootstrap import Runtime, settle_heap
     from services.settings import FreshnessSettings, KafkaLedgerSettings, Settings
 
     kafka = KafkaLedgerSettings(
@@ -174,6 +174,7 @@ async def _consent(
     )
     runtime = Runtime(settings)
     await runtime.start()
+    await asyncio.to_thread(settle_heap)  # as ``consent-ledger serve`` does
     try:
         ready(int(runtime.address.rsplit(":", 1)[1]))
         await stop.wait()

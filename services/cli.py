@@ -30,6 +30,7 @@ from services.bootstrap import (
     EMBEDDED_MISSING,
     Runtime,
     StartError,
+    settle_heap,
     start_embedded_postgres,
 )
 from services.log_context import LogContext
@@ -56,8 +57,25 @@ def _grpcurl_hint(address: str, token: str | None, tls: TlsSettings | None = Non
 
 
 async def _serve(settings: Settings, embedded: bool) -> None:
-    runtime = Runtime(settings)
+    settling: set[asyncio.Future[Any]] = set()
+
+    def settle_again() -> None:
+        # The replica's new copy, after a rebuild, is on memory the start did not set
+        # up: set the heap up again, off the event loop, as below.
+        future = asyncio.ensure_future(asyncio.to_thread(settle_heap))
+        settling.add(future)
+        future.add_done_callback(settled)
+
+    def settled(future: asyncio.Future[Any]) -> None:
+        settling.discard(future)
+        if not future.cancelled() and (error := future.exception()) is not None:
+            log.error("setting the heap up again failed", exc_info=error)
+
+    runtime = Runtime(settings, on_replica_reload=settle_again)
     await runtime.start()
+    # In a worker thread: mapping a large heap with huge pages takes a moment, and
+    # the server already answers meanwhile.
+    await asyncio.to_thread(settle_heap)
     assert runtime.server is not None
     tls = settings.tls
     security = "" if tls is None else " with mutual TLS" if tls.client_ca_file else " with TLS"

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 
@@ -83,8 +83,13 @@ class DigestReplica(DigestReads):
         view: ConsentView,
         *,
         chunk: int = 20_000,
+        on_reload: Callable[[], None] | None = None,
     ) -> None:
+        """``on_reload`` is called after each load of the whole view but the first
+        (after a rebuild): the new copy lives on memory allocated since the process
+        set its heap up for serving (``services.bootstrap.settle_heap``)."""
         self._pool = pool
+        self._on_reload = on_reload
         self._view = view
         self._chunk = chunk
         self._digests: dict[str, dict[str, bytes]] = {}
@@ -160,6 +165,8 @@ class DigestReplica(DigestReads):
                 fresh = await self._read_all(conn)
                 self._digests, self._positions, self._epoch = fresh, positions, epoch
                 self.loads += 1
+                if self.loads > 1 and self._on_reload is not None:
+                    self._on_reload()
                 return
             moved = [
                 (p, old.get(p, 0), o) for p, o in sorted(positions.items()) if o > old.get(p, 0)

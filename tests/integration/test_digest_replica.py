@@ -108,13 +108,15 @@ async def test_a_rebuild_is_loaded_afresh_even_when_positions_grew_past_the_copy
     the replica looks again. Reading only the offsets past its own would miss rows
     rewritten below them; the epoch makes it load everything."""
     view = PostgresConsentView(pool)
-    replica = DigestReplica(pool, view)
+    reloads: list[int] = []
+    replica = DigestReplica(pool, view, on_reload=lambda: reloads.append(replica.size))
     first = Positions()
     await view.apply(
         Stream.SUBSCRIBERS, first.record([grant(p, "acme", "deals", T0) for p in PHONES[:8]])
     )
     await replica.refresh()
     assert replica.size == 8
+    assert reloads == []  # the first load is the start's: set up by the caller
 
     await view.reset()
     # A different ledger folded to more positions than before (as a rebuild after a
@@ -129,7 +131,7 @@ async def test_a_rebuild_is_loaded_afresh_even_when_positions_grew_past_the_copy
 
     await replica.refresh()
     assert replica.loads == 2
-    assert replica.size == 24
+    assert reloads == [24]  # told, once the new copy is in place
     assert await _all(replica, ["acme"]) == await _all(view, ["acme"])
     assert all(
         d.campaign("deals").grant is None
