@@ -150,8 +150,9 @@ async def _stub(
 async def _consent(
     port: int, ready: Callable[[int], None], stop: asyncio.Event, args: argparse.Namespace
 ) -> None:
-    from services.bootstrap import Runtime, settle_heap
+    from services.bootstrap import Runtime
     from services.settings import FreshnessSettings, KafkaLedgerSettings, Settings
+    from services.tuning import settle_heap
 
     kafka = KafkaLedgerSettings(
         bootstrap_servers=args.kafka,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import gc
 import logging
 import os
 import warnings
@@ -36,7 +35,6 @@ from services.grpc_api.auth import TokenAuthenticator, write_dev_tokens
 from services.grpc_api.credentials import TlsFiles, file_stamp, follow_tokens
 from services.grpc_api.server import CannotListen, GrpcServer
 from services.grpc_api.servicer import ConsentServicer
-from services.huge_pages import Collapsed, collapse_heap
 from services.metrics import ServiceMetrics, TimedAppends, read_on_loop
 from services.projector import Projector, supervise
 from services.rate_limits import CallerLimits
@@ -150,43 +148,6 @@ def warn_if_plaintext_beyond_loopback(settings: Settings) -> None:
             "CONSENT_TLS_CERT_FILE and CONSENT_TLS_KEY_FILE",
             settings.listen,
         )
-
-
-def settle_heap() -> Collapsed:
-    """Set up the heap for serving; call once, after ``Runtime.start`` (from a worker
-    thread, as ``consent-ledger serve`` does, so the event loop keeps answering).
-
-    Everything allocated by then (modules, the gRPC and protobuf machinery, the
-    service's objects) lives as long as the process, yet CPython's cyclic
-    collector would traverse it again and again: a 1,000-number batch check
-    allocates some ten thousand tuples that outlive the young collections they
-    trigger, and the full collections they add up to scan every object in the
-    process. ``gc.freeze`` moves what exists now out of the collector's sight;
-    objects made later, and the cycles among them, are collected as before. The
-    youngest generation is collected after 10,000 net allocations instead of 700,
-    so a batch's short-lived tuples are mostly gone before a collection looks.
-    bench/HISTORY.md ("The garbage collector") has what each was measured to be worth.
-
-    Then the heap, the digest replica's included, is mapped with huge pages where
-    the system allows (``services.huge_pages``), and the log says how much.
-    """
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
-    found = collapse_heap()
-    if found.skipped:
-        log.info("heap left in small pages: %s", found.skipped)
-    else:
-        log.info(
-            "heap: %d MiB mapped with huge pages (%d MiB could not be)",
-            found.collapsed >> 20,
-            found.left >> 20,
-        )
-    return found
-
-
-YOUNG_THRESHOLD = 10_000
 
 
 @dataclass

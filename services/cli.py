@@ -30,13 +30,13 @@ from services.bootstrap import (
     EMBEDDED_MISSING,
     Runtime,
     StartError,
-    settle_heap,
     start_embedded_postgres,
 )
 from services.log_context import LogContext
 from services.log_limits import limited
 from services.packets import cli as packets_cli
 from services.settings import Settings, SettingsError, TlsSettings
+from services.tuning import settle_heap
 
 log = logging.getLogger("consent-ledger")
 

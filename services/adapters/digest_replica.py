@@ -87,7 +87,7 @@ class DigestReplica(DigestReads):
     ) -> None:
         """``on_reload`` is called after each load of the whole view but the first
         (after a rebuild): the new copy lives on memory allocated since the process
-        set its heap up for serving (``services.bootstrap.settle_heap``)."""
+        set its heap up for serving (``services.tuning.settle_heap``)."""
         self._pool = pool
         self._on_reload = on_reload
         self._view = view

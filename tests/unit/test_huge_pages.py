@@ -1,4 +1,4 @@
-"""``services.huge_pages``: which mappings are asked for huge pages, and that the
+"""``services.tuning``: which mappings are asked for huge pages, and that the
 kernel maps them so where it can."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from services import huge_pages
-from services.huge_pages import HUGE_PAGE, collapse_heap, heap_ranges, thp_mode
+from services import tuning as huge_pages
+from services.tuning import HUGE_PAGE, collapse_heap, heap_ranges, thp_mode
 
 MIB = 1 << 20
 
@@ -57,7 +57,7 @@ def test_the_kernels_mode_is_the_bracketed_word(tmp_path: Path):
 
 _PROBE = """
 import json, os
-from services.huge_pages import collapse_heap
+from services.tuning import collapse_heap
 def anon_huge():
     with open("/proc/self/smaps") as f:
         return sum(int(l.split()[1]) for l in f if l.startswith("AnonHugePages:")) * 1024

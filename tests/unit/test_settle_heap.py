@@ -9,7 +9,7 @@ import sys
 
 _PROBE = """
 import gc, json, weakref
-from services.bootstrap import settle_heap
+from services.tuning import settle_heap
 before = gc.get_freeze_count()
 
 class Node:
