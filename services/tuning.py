@@ -1,7 +1,7 @@
 """The process set up for serving, once it holds the replica (``settle_heap``): the
 cyclic collector kept off the long-lived heap, and the heap in huge pages.
 
-Huge pages. 
+Huge pages.
 CanSend reads the digest replica (``services.adapters.digest_replica``) at random:
 a million subscribers' digests and phone strings are some 300 MB of small objects,
 and each number a batch checks touches several of them, each on another 4 KiB
