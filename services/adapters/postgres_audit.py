@@ -166,6 +166,19 @@ class PostgresWriterLock:
         return self._held
 
     async def close(self) -> None:
-        conn, self._conn, self._held = self._conn, None, False
-        if conn is not None:
+        conn, held = self._conn, self._held
+        self._conn, self._held = None, False
+        if conn is None:
+            return
+        # Unlock on purpose before going: the server frees a session lock only once it
+        # notices the connection is gone, so a successor asking right after a bare
+        # disconnect could still find it taken.
+        try:
+            if held:
+                await conn.fetchval(
+                    "SELECT pg_advisory_unlock($1::bigint)", self._key, timeout=self._timeout
+                )
+            await conn.close(timeout=self._timeout)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("checkpoints: leaving the writer's turn uncleanly: %s", exc)
             conn.terminate()

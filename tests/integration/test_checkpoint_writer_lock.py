@@ -4,6 +4,7 @@ embedded default's checkpoints table keeps what it is given."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -22,11 +23,31 @@ async def test_one_writer_at_a_time_and_the_next_takes_over(postgres_dsn):
         assert not await second.held()
         assert await first.held()  # it keeps its turn, round after round
         assert await other.held()  # another ledger's writer is not held back
-        await first.close()  # the process went: its connection, and the lock, with it
+        await first.close()  # it steps down: the lock is free the moment close returns
         assert await second.held()
         assert not await first.held()
     finally:
         for lock in (first, second, other):
+            await lock.close()
+
+
+async def test_a_writer_that_died_gives_up_its_turn_once_the_server_notices(postgres_dsn):
+    first = PostgresWriterLock(postgres_dsn, "consent-ledger checkpoints died")
+    second = PostgresWriterLock(postgres_dsn, "consent-ledger checkpoints died")
+    try:
+        assert await first.held()
+        assert first._conn is not None
+        first._conn.terminate()  # a crash: no unlock, the socket just goes
+        first._conn = None
+        # The server frees the lock when its backend sees the socket closed, a moment
+        # later; the next writer asks each round, so it takes over within a few rounds.
+        for _ in range(200):
+            if await second.held():
+                break
+            await asyncio.sleep(0.05)
+        assert await second.held()
+    finally:
+        for lock in (first, second):
             await lock.close()
 
 
