@@ -52,6 +52,8 @@ from ledger.events import (
     ConsentResumed,
     ConsentRevoked,
     ConsentTier,
+    DeliveryOutcome,
+    DeliveryOutcomeReported,
     InboundMessageReceived,
     LedgerEvent,
     ListSource,
@@ -119,6 +121,7 @@ TEXT_LIMITS: dict[str, int] = {
     "text": 16_384,
     "detail": 4_096,
     "message_id": 256,
+    "error_code": 64,
     "in_reply_to": 256,
     "method": 256,
     "resolved_by": 256,
@@ -170,7 +173,7 @@ def _check_request_id(request_id: str) -> str:
 
 
 _PHONES = ("phone", "from_phone", "to_phone")
-_IDENTIFIERS = ("message_id", "in_reply_to")
+_IDENTIFIERS = ("message_id", "in_reply_to", "error_code")
 
 
 def check_fields(fields: Mapping[str, Any], now: datetime | None, found: Violations) -> None:
@@ -188,7 +191,7 @@ def check_fields(fields: Mapping[str, Any], now: datetime | None, found: Violati
             continue  # resolving a STOP whose brand was unknown: kept there (``_resolve``)
         elif name in ("brand", "campaign"):
             found.check(check_name, value, name)
-        elif name in _PHONES:
+        elif name in _PHONES or (name == "from_number" and value):
             found.check(to_e164, value, field=name)
         elif name in _IDENTIFIERS:
             if name == "message_id" and not value:
@@ -313,6 +316,24 @@ class RecordMessageSent:
     identified_sender: bool = False
     relied_on: ReliedAnswer | None = None
     """The ``CanSend`` answer the sender relied on, as it was given."""
+    from_number: str = ""
+    """The number it went out from (optional; campaign health counts per number)."""
+
+
+@dataclass(frozen=True)
+class RecordDeliveryOutcome:
+    """What the SMS provider reported became of a message recorded as sent."""
+
+    request_id: str
+    phone: str
+    brand: str
+    message_id: str
+    """The provider's id of the message, as its ``RecordMessageSent`` gave it."""
+    outcome: DeliveryOutcome | None
+    """None: the caller named none, which is refused."""
+    occurred_at: datetime
+    error_code: str = ""
+    """The provider's error code (Twilio's ``ErrorCode``, say); only with an error."""
 
 
 MAX_RELIED_EVIDENCE = 100
@@ -620,6 +641,27 @@ def _sent(cmd: RecordMessageSent, now: datetime) -> list[LedgerEvent]:
             included_opt_out_language=cmd.included_opt_out_language,
             identified_sender=cmd.identified_sender,
             relied_on=_relied_on(cmd.relied_on),
+            from_number=to_e164(cmd.from_number, field="from_number") if cmd.from_number else "",
+        )
+    ]
+
+
+def _delivery(cmd: RecordDeliveryOutcome, now: datetime) -> list[LedgerEvent]:
+    if not cmd.message_id:
+        raise InvalidRequest("message_id", "is required")
+    check_length(cmd.message_id, "message_id")
+    if cmd.outcome is None:
+        raise InvalidRequest("outcome", "is required (delivered, failed or undeliverable)")
+    check_length(cmd.error_code, "error_code")
+    if cmd.error_code and not cmd.outcome.is_error:
+        raise InvalidRequest("error_code", "must be empty when the message was delivered")
+    return [
+        DeliveryOutcomeReported(
+            **_subscriber(cmd),
+            message_id=cmd.message_id,
+            campaign="",  # the send's, filled in once it is found (``services.usecases.writes``)
+            outcome=cmd.outcome,
+            error_code=cmd.error_code,
         )
     ]
 
@@ -759,6 +801,7 @@ _BUILDERS: dict[type[Any], Callable[[Any, datetime], list[LedgerEvent]]] = {
     RecordOptOut: _opt_out,
     RecordReconfirmation: _reconfirm,
     RecordMessageSent: _sent,
+    RecordDeliveryOutcome: _delivery,
     RecordAgeVerification: _age,
     RecordSubscriberLocation: _located,
     ResolveRevocationCandidate: _resolve,
@@ -772,6 +815,7 @@ Command = (
     | RecordOptOut
     | RecordReconfirmation
     | RecordMessageSent
+    | RecordDeliveryOutcome
     | RecordAgeVerification
     | RecordSubscriberLocation
     | ResolveRevocationCandidate

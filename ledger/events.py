@@ -95,6 +95,21 @@ class MessageKind(enum.Enum):
     """The reply owed to a START (or UNSTOP, YES) that resumed a prior consent."""
 
 
+class DeliveryOutcome(enum.Enum):
+    """What the SMS provider reported became of a message it was handed."""
+
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    """The provider could not send it (a carrier or the provider refused it)."""
+    UNDELIVERABLE = "undeliverable"
+    """Sent, but the handset could not be reached (Twilio's ``undelivered``)."""
+
+    @property
+    def is_error(self) -> bool:
+        """Whether it counts towards the error rate carriers watch."""
+        return self is not DeliveryOutcome.DELIVERED
+
+
 class CandidateResolution(enum.Enum):
     REVOKED = "revoked"
     DISMISSED = "dismissed"
@@ -272,6 +287,24 @@ class MessageSent(SubscriberEvent):
     relied_on: ReliedAnswer | None = None
     """The answer the sender relied on; None when it said of none (it sent without
     asking, or was recorded before senders could say)."""
+    from_number: str = ""
+    """The E.164 number the message went out from; empty when the sender did not say
+    (campaign health then counts it under no sending number)."""
+
+
+@dataclass(frozen=True)
+class DeliveryOutcomeReported(SubscriberEvent):
+    """What the SMS provider reported became of a recorded ``MessageSent``: delivered,
+    failed or undeliverable, with the provider's error code. ``campaign`` is the
+    send's, copied when the outcome was recorded, so a reader of one campaign's
+    events finds it without looking the send up. A later report on one message
+    stands over an earlier one (``ledger.health``)."""
+
+    EVENT_TYPE = "DeliveryOutcomeReported"
+    message_id: str
+    campaign: str
+    outcome: DeliveryOutcome
+    error_code: str = ""
 
 
 @dataclass(frozen=True)
@@ -394,6 +427,7 @@ SUBSCRIBER_EVENT_TYPES: tuple[type[SubscriberEvent], ...] = (
     RevocationCandidateResolved,
     AgeVerified,
     SubscriberLocated,
+    DeliveryOutcomeReported,
 )
 CAMPAIGN_EVENT_TYPES: tuple[type[CampaignEvent], ...] = (
     CampaignDefined,

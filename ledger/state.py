@@ -30,6 +30,7 @@ from ledger.events import (
     ConsentReconfirmed,
     ConsentResumed,
     ConsentRevoked,
+    DeliveryOutcomeReported,
     InboundMessageReceived,
     LedgerEvent,
     LedgerPosition,
@@ -303,6 +304,12 @@ def _apply_age(s: SubscriberState, f: Fact[AgeVerified]) -> SubscriberState:
     return _evolve(s, age=_later(s.age, f))
 
 
+def _apply_delivery(s: SubscriberState, f: Fact[DeliveryOutcomeReported]) -> SubscriberState:
+    # What became of a message decides nothing about what may be sent next: campaign
+    # health reads these facts from the ledger (``ledger.health``), the state keeps none.
+    return s
+
+
 _MUTATORS: dict[type[Any], Callable[[SubscriberState, Any], SubscriberState]] = {
     ConsentGranted: _apply_granted,
     ConsentRevoked: _apply_revoked,
@@ -314,6 +321,7 @@ _MUTATORS: dict[type[Any], Callable[[SubscriberState, Any], SubscriberState]] = 
     RevocationCandidateResolved: _apply_resolved,
     AgeVerified: _apply_age,
     SubscriberLocated: _apply_located,
+    DeliveryOutcomeReported: _apply_delivery,
 }
 
 

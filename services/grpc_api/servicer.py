@@ -471,6 +471,12 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         return await self._record(request, context, api_pb2.RecordMessageSentResponse)
 
     @translate_errors
+    async def RecordDeliveryOutcome(
+        self, request: api_pb2.RecordDeliveryOutcomeRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.RecordDeliveryOutcomeResponse:
+        return await self._record(request, context, api_pb2.RecordDeliveryOutcomeResponse)
+
+    @translate_errors
     async def RecordAgeVerification(
         self, request: api_pb2.RecordAgeVerificationRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.RecordAgeVerificationResponse:

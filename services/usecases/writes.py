@@ -20,6 +20,7 @@ from ledger.commands import (
     DefineCampaign,
     HandleInboundMessage,
     InboundOutcome,
+    RecordDeliveryOutcome,
     RecordMessageSent,
     RecordOptIn,
     RecordOptOut,
@@ -35,6 +36,7 @@ from ledger.events import (
     ANY_BRAND,
     CampaignDefined,
     CampaignPolicyChanged,
+    DeliveryOutcomeReported,
     LedgerEvent,
     MessageSent,
     RevocationCandidateResolved,
@@ -102,6 +104,8 @@ class Writes:
             return earlier
         if isinstance(cmd, RecordMessageSent):
             events = await self._with_exemption(events)
+        if isinstance(cmd, RecordDeliveryOutcome):
+            events = await self._with_send(events)
         if (
             isinstance(cmd, RecordOptOut)
             and cmd.campaign is not None
@@ -135,6 +139,28 @@ class Writes:
                 state = states[sent.phone]
                 exempt = earns_exemption(digest_of(state), rules, sent.occurred_at, sent.kind)
         return [replace(sent, exempt=exempt), *events[1:]]
+
+    async def _with_send(self, events: list[LedgerEvent]) -> list[LedgerEvent]:
+        """A delivery outcome with the campaign of the send it reports on. A message
+        not recorded as sent to the number for the brand is refused, once the view
+        has caught up with every write acknowledged for the phone: an outcome that
+        no send explains would count towards no campaign's error rate."""
+        reported = events[0]
+        assert isinstance(reported, DeliveryOutcomeReported)
+        view = self.ctx.view
+        original = await view.message_use(reported.brand, reported.phone, reported.message_id)
+        if original is None:  # perhaps recorded a moment ago
+            if not await self.ctx.guard.wait_until_applied_for([reported.phone]):
+                raise NotConsistent("message_id", BEHIND)
+            original = await view.message_use(reported.brand, reported.phone, reported.message_id)
+        sent = None if original is None else await view.find_event(original)
+        if sent is None or not isinstance(sent.event, MessageSent):
+            raise FailedPrecondition(
+                "message_id",
+                f"no message {reported.message_id!r} was recorded as sent to this number"
+                f" for {reported.brand!r} (RecordMessageSent first)",
+            )
+        return [replace(reported, campaign=sent.event.campaign), *events[1:]]
 
     async def _campaign_write(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
         # One campaign write at a time in this process. One that lists sender numbers

@@ -31,6 +31,7 @@ from ledger.commands import (
     HandleInboundMessage,
     InboundOutcome,
     RecordAgeVerification,
+    RecordDeliveryOutcome,
     RecordMessageSent,
     RecordOptIn,
     RecordOptOut,
@@ -192,6 +193,21 @@ def _message_sent(r: api_pb2.RecordMessageSentRequest, v: Violations) -> RecordM
         included_opt_out_language=r.included_opt_out_language,
         identified_sender=r.identified_sender,
         relied_on=_read(v, lambda: _relied_on(r)),
+        from_number=r.from_number,
+    )
+
+
+def _delivery_outcome(
+    r: api_pb2.RecordDeliveryOutcomeRequest, v: Violations
+) -> RecordDeliveryOutcome:
+    return RecordDeliveryOutcome(
+        request_id=r.request_id,
+        phone=r.phone,
+        brand=r.brand,
+        message_id=r.message_id,
+        outcome=_read(v, lambda: _enum(codec.OUTCOMES, r.outcome, "outcome")),
+        occurred_at=_read(v, lambda: required_time(r, "occurred_at")),
+        error_code=r.error_code,
     )
 
 
@@ -295,6 +311,7 @@ _COMMANDS: dict[type[Message], Callable[[Any, Violations], Command | HandleInbou
     api_pb2.RecordOptOutRequest: _opt_out,
     api_pb2.RecordReconfirmationRequest: _reconfirmation,
     api_pb2.RecordMessageSentRequest: _message_sent,
+    api_pb2.RecordDeliveryOutcomeRequest: _delivery_outcome,
     api_pb2.RecordAgeVerificationRequest: _age_verification,
     api_pb2.RecordSubscriberLocationRequest: _location,
     api_pb2.ResolveRevocationCandidateRequest: _resolve,

@@ -54,6 +54,8 @@ from ledger.events import (
     ConsentResumed,
     ConsentRevoked,
     ConsentTier,
+    DeliveryOutcome,
+    DeliveryOutcomeReported,
     InboundMessageReceived,
     LedgerEvent,
     LedgerPosition,
@@ -100,6 +102,7 @@ METHODS = EnumMap(CollectionMethod, ledger_pb2.CollectionMethod)
 SOURCES = EnumMap(ListSource, ledger_pb2.ListSource)
 CHANNELS = EnumMap(RevocationChannel, ledger_pb2.RevocationChannel)
 MESSAGE_KINDS = EnumMap(MessageKind, ledger_pb2.MessageKind)
+OUTCOMES = EnumMap(DeliveryOutcome, ledger_pb2.DeliveryOutcome)
 RESOLUTIONS = EnumMap(CandidateResolution, ledger_pb2.CandidateResolution)
 PURPOSES = EnumMap(CampaignPurpose, ledger_pb2.CampaignPurpose)
 CATEGORIES = EnumMap(CampaignCategory, ledger_pb2.CampaignCategory)
@@ -399,6 +402,7 @@ def _enc_sent(e: MessageSent) -> tuple[str, Message]:
         identified_sender=e.identified_sender,
         exempt=e.exempt,
         relied_on=None if e.relied_on is None else _enc_relied(e.relied_on),
+        from_number=e.from_number,
     )
 
 
@@ -429,6 +433,7 @@ def _dec_sent(p: ledger_pb2.MessageSent) -> dict[str, Any]:
             if p.HasField("relied_on")
             else None
         ),
+        "from_number": p.from_number,
     }
 
 
@@ -514,6 +519,24 @@ def _dec_located(p: ledger_pb2.SubscriberLocated) -> dict[str, Any]:
     return {"region": p.region, "detail": p.detail}
 
 
+def _enc_delivery(e: DeliveryOutcomeReported) -> tuple[str, Message]:
+    return "delivery_outcome_reported", ledger_pb2.DeliveryOutcomeReported(
+        message_id=e.message_id,
+        campaign=e.campaign,
+        outcome=OUTCOMES.to_proto(e.outcome),
+        error_code=e.error_code,
+    )
+
+
+def _dec_delivery(p: ledger_pb2.DeliveryOutcomeReported) -> dict[str, Any]:
+    return {
+        "message_id": p.message_id,
+        "campaign": p.campaign,
+        "outcome": OUTCOMES.from_proto(p.outcome, "delivery_outcome_reported.outcome"),
+        "error_code": p.error_code,
+    }
+
+
 def _campaign_encoder(field: str, message: type[Message]) -> _Encoder:
     def encode(e: CampaignDefined | CampaignPolicyChanged) -> tuple[str, Message]:
         return field, message(campaign=e.campaign, policy=policy_to_proto(e.policy))
@@ -561,6 +584,11 @@ _CODECS: dict[str, tuple[str, _Encoder, _Decoder]] = {
     ),
     AgeVerified.EVENT_TYPE: ("age_verified", _enc_age, _dec_age),
     SubscriberLocated.EVENT_TYPE: ("subscriber_located", _enc_located, _dec_located),
+    DeliveryOutcomeReported.EVENT_TYPE: (
+        "delivery_outcome_reported",
+        _enc_delivery,
+        _dec_delivery,
+    ),
     CampaignDefined.EVENT_TYPE: (
         "campaign_defined",
         _campaign_encoder("campaign_defined", ledger_pb2.CampaignDefined),

@@ -17,6 +17,7 @@ from ledger.commands import (
     DefineCampaign,
     HandleInboundMessage,
     RecordAgeVerification,
+    RecordDeliveryOutcome,
     RecordMessageSent,
     RecordOptIn,
     RecordOptOut,
@@ -43,6 +44,7 @@ from ledger.events import (
     ConsentResumed,
     ConsentRevoked,
     ConsentTier,
+    DeliveryOutcome,
     InboundMessageReceived,
     ListSource,
     MessageKind,
@@ -389,6 +391,7 @@ def _requests_with(field: str, value: str) -> list[object]:
         RecordOptOut("r", PHONE, BRAND, "promo", RevocationChannel.API, at(0)),
         RecordReconfirmation("r", PHONE, BRAND, "promo", RevocationChannel.WEB, at(0)),
         RecordMessageSent("r", PHONE, BRAND, "promo", "SM1", MessageKind.REGULAR, at(0)),
+        RecordDeliveryOutcome("r", PHONE, BRAND, "SM1", DeliveryOutcome.FAILED, at(0)),
         RecordAgeVerification("r", PHONE, BRAND, "id-scan", at(0), verified_21_plus=True),
         ResolveRevocationCandidate(
             "r", PHONE, BRAND, str(uuid.uuid4()), CandidateResolution.DISMISSED, at(0)
@@ -431,12 +434,14 @@ def test_every_free_text_field_of_every_request_has_a_limit():
         "candidate_event_id",  # a UUID
         "date_of_birth",  # an ISO date
         "region",  # proof.region: a USPS code (ledger.regions.normalise_region)
+        "from_number",  # E.164, as phone
     }
     requests = (
         RecordOptIn,
         RecordOptOut,
         RecordReconfirmation,
         RecordMessageSent,
+        RecordDeliveryOutcome,
         RecordAgeVerification,
         ResolveRevocationCandidate,
         DefineCampaign,

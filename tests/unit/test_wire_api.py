@@ -22,6 +22,7 @@ from ledger.commands import (
     DefineCampaign,
     HandleInboundMessage,
     RecordAgeVerification,
+    RecordDeliveryOutcome,
     RecordMessageSent,
     RecordOptIn,
     RecordOptOut,
@@ -38,6 +39,7 @@ from ledger.events import (
     CollectionMethod,
     ConsentGranted,
     ConsentTier,
+    DeliveryOutcome,
     ListSource,
     MessageKind,
     RevocationChannel,
@@ -144,6 +146,7 @@ WRITES: list[tuple[Message, Any]] = [
             occurred_at=ts(),
             included_opt_out_language=True,
             identified_sender=True,
+            from_number="+12125550100",
         ),
         RecordMessageSent(
             **who,
@@ -153,6 +156,7 @@ WRITES: list[tuple[Message, Any]] = [
             occurred_at=AT,
             included_opt_out_language=True,
             identified_sender=True,
+            from_number="+12125550100",
         ),
     ),
     (
@@ -232,6 +236,22 @@ WRITES: list[tuple[Message, Any]] = [
             **who, region="tx", occurred_at=ts(), detail="billing address"
         ),
         RecordSubscriberLocation(**who, region="tx", occurred_at=AT, detail="billing address"),
+    ),
+    (
+        api_pb2.RecordDeliveryOutcomeRequest(
+            **who,
+            message_id="SM2",
+            outcome=ledger_pb2.DELIVERY_OUTCOME_FAILED,
+            error_code="30007",
+            occurred_at=ts(),
+        ),
+        RecordDeliveryOutcome(
+            **who,
+            message_id="SM2",
+            outcome=DeliveryOutcome.FAILED,
+            error_code="30007",
+            occurred_at=AT,
+        ),
     ),
 ]
 

@@ -1031,6 +1031,7 @@ class RecordMessageSentRequest(_message.Message):
     INCLUDED_OPT_OUT_LANGUAGE_FIELD_NUMBER: _builtins.int
     IDENTIFIED_SENDER_FIELD_NUMBER: _builtins.int
     RELIED_ON_FIELD_NUMBER: _builtins.int
+    FROM_NUMBER_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     phone: _builtins.str
     brand: _builtins.str
@@ -1041,6 +1042,10 @@ class RecordMessageSentRequest(_message.Message):
     """Absent (MESSAGE_KIND_UNSPECIFIED) means MESSAGE_KIND_REGULAR."""
     included_opt_out_language: _builtins.bool
     identified_sender: _builtins.bool
+    from_number: _builtins.str
+    """The E.164 number the message went out from. Optional; campaign health
+    (GetCampaignHealth) counts per sending number, and a send without one under "".
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1063,10 +1068,11 @@ class RecordMessageSentRequest(_message.Message):
         included_opt_out_language: _builtins.bool = ...,
         identified_sender: _builtins.bool = ...,
         relied_on: Global___ReliedOnAnswer | None = ...,
+        from_number: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "relied_on", b"relied_on"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand", b"brand", "campaign", b"campaign", "identified_sender", b"identified_sender", "included_opt_out_language", b"included_opt_out_language", "kind", b"kind", "message_id", b"message_id", "occurred_at", b"occurred_at", "phone", b"phone", "relied_on", b"relied_on", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand", b"brand", "campaign", b"campaign", "from_number", b"from_number", "identified_sender", b"identified_sender", "included_opt_out_language", b"included_opt_out_language", "kind", b"kind", "message_id", b"message_id", "occurred_at", b"occurred_at", "phone", b"phone", "relied_on", b"relied_on", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1129,6 +1135,77 @@ class RecordMessageSentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordMessageSentResponse: _TypeAlias = RecordMessageSentResponse  # noqa: Y015
+
+@_typing.final
+class RecordDeliveryOutcomeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    BRAND_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    phone: _builtins.str
+    """The number the message was sent to, and its brand, as RecordMessageSent gave them."""
+    brand: _builtins.str
+    message_id: _builtins.str
+    """The provider's id of the message, as RecordMessageSent gave it; required. A
+    message not recorded as sent is refused (FAILED_PRECONDITION).
+    """
+    outcome: _ledger_pb2.DeliveryOutcome.ValueType
+    """Required."""
+    error_code: _builtins.str
+    """The provider's error code (Twilio's ErrorCode, e.g. "30003"), up to 64
+    characters; only with FAILED or UNDELIVERABLE.
+    """
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the provider reported it."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        phone: _builtins.str = ...,
+        brand: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        outcome: _ledger_pb2.DeliveryOutcome.ValueType = ...,
+        error_code: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand", b"brand", "error_code", b"error_code", "message_id", b"message_id", "occurred_at", b"occurred_at", "outcome", b"outcome", "phone", b"phone", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordDeliveryOutcomeRequest: _TypeAlias = RecordDeliveryOutcomeRequest  # noqa: Y015
+
+@_typing.final
+class RecordDeliveryOutcomeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_IDS_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    consistency_token: _builtins.str
+    @_builtins.property
+    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        event_ids: _abc.Iterable[_builtins.str] | None = ...,
+        consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "event_ids", b"event_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordDeliveryOutcomeResponse: _TypeAlias = RecordDeliveryOutcomeResponse  # noqa: Y015
 
 @_typing.final
 class RecordAgeVerificationRequest(_message.Message):

@@ -70,6 +70,11 @@ class ConsentServiceStub:
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.RecordMessageSentRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_consent__service__pb2.RecordMessageSentResponse.FromString,
                 _registered_method=True)
+        self.RecordDeliveryOutcome = channel.unary_unary(
+                '/consent.v1.ConsentService/RecordDeliveryOutcome',
+                request_serializer=consent_dot_v1_dot_consent__service__pb2.RecordDeliveryOutcomeRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__service__pb2.RecordDeliveryOutcomeResponse.FromString,
+                _registered_method=True)
         self.RecordAgeVerification = channel.unary_unary(
                 '/consent.v1.ConsentService/RecordAgeVerification',
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.RecordAgeVerificationRequest.SerializeToString,
@@ -191,6 +196,14 @@ class ConsentServiceServicer:
 
     def RecordMessageSent(self, request, context):
         """Record a message actually sent (counts towards caps, ends the first-message window).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordDeliveryOutcome(self, request, context):
+        """Record what the SMS provider reported became of a message recorded as sent
+        (delivered, failed, undeliverable): the error rate carriers watch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -359,6 +372,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.RecordMessageSent,
                     request_deserializer=consent_dot_v1_dot_consent__service__pb2.RecordMessageSentRequest.FromString,
                     response_serializer=consent_dot_v1_dot_consent__service__pb2.RecordMessageSentResponse.SerializeToString,
+            ),
+            'RecordDeliveryOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordDeliveryOutcome,
+                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.RecordDeliveryOutcomeRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__service__pb2.RecordDeliveryOutcomeResponse.SerializeToString,
             ),
             'RecordAgeVerification': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordAgeVerification,
@@ -621,6 +639,33 @@ class ConsentService:
             '/consent.v1.ConsentService/RecordMessageSent',
             consent_dot_v1_dot_consent__service__pb2.RecordMessageSentRequest.SerializeToString,
             consent_dot_v1_dot_consent__service__pb2.RecordMessageSentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordDeliveryOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentService/RecordDeliveryOutcome',
+            consent_dot_v1_dot_consent__service__pb2.RecordDeliveryOutcomeRequest.SerializeToString,
+            consent_dot_v1_dot_consent__service__pb2.RecordDeliveryOutcomeResponse.FromString,
             options,
             channel_credentials,
             insecure,

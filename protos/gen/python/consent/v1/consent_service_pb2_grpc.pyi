@@ -59,6 +59,10 @@ class ConsentServiceStub:
     """Record that the person confirmed again that they want the campaign."""
     RecordMessageSent: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RecordMessageSentRequest, _consent_service_pb2.RecordMessageSentResponse]
     """Record a message actually sent (counts towards caps, ends the first-message window)."""
+    RecordDeliveryOutcome: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RecordDeliveryOutcomeRequest, _consent_service_pb2.RecordDeliveryOutcomeResponse]
+    """Record what the SMS provider reported became of a message recorded as sent
+    (delivered, failed, undeliverable): the error rate carriers watch.
+    """
     RecordAgeVerification: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RecordAgeVerificationRequest, _consent_service_pb2.RecordAgeVerificationResponse]
     """Record that the person is known to be 21 or older (or their date of birth)."""
     RecordSubscriberLocation: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RecordSubscriberLocationRequest, _consent_service_pb2.RecordSubscriberLocationResponse]
@@ -146,6 +150,10 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     """Record that the person confirmed again that they want the campaign."""
     RecordMessageSent: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RecordMessageSentRequest, _consent_service_pb2.RecordMessageSentResponse]  # type: ignore[assignment]
     """Record a message actually sent (counts towards caps, ends the first-message window)."""
+    RecordDeliveryOutcome: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RecordDeliveryOutcomeRequest, _consent_service_pb2.RecordDeliveryOutcomeResponse]  # type: ignore[assignment]
+    """Record what the SMS provider reported became of a message recorded as sent
+    (delivered, failed, undeliverable): the error rate carriers watch.
+    """
     RecordAgeVerification: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RecordAgeVerificationRequest, _consent_service_pb2.RecordAgeVerificationResponse]  # type: ignore[assignment]
     """Record that the person is known to be 21 or older (or their date of birth)."""
     RecordSubscriberLocation: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RecordSubscriberLocationRequest, _consent_service_pb2.RecordSubscriberLocationResponse]  # type: ignore[assignment]
@@ -272,6 +280,16 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_consent_service_pb2.RecordMessageSentResponse, _abc.Awaitable[_consent_service_pb2.RecordMessageSentResponse]]:
         """Record a message actually sent (counts towards caps, ends the first-message window)."""
+
+    @_abc_1.abstractmethod
+    def RecordDeliveryOutcome(
+        self,
+        request: _consent_service_pb2.RecordDeliveryOutcomeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_service_pb2.RecordDeliveryOutcomeResponse, _abc.Awaitable[_consent_service_pb2.RecordDeliveryOutcomeResponse]]:
+        """Record what the SMS provider reported became of a message recorded as sent
+        (delivered, failed, undeliverable): the error rate carriers watch.
+        """
 
     @_abc_1.abstractmethod
     def RecordAgeVerification(

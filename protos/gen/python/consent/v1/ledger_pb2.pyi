@@ -140,6 +140,30 @@ MESSAGE_KIND_OPT_IN_CONFIRMATION: MessageKind.ValueType  # 6
 """The reply owed to a START that resumed a prior consent."""
 Global___MessageKind: _TypeAlias = MessageKind  # noqa: Y015
 
+class _DeliveryOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_OUTCOME_UNSPECIFIED: _DeliveryOutcome.ValueType  # 0
+    DELIVERY_OUTCOME_DELIVERED: _DeliveryOutcome.ValueType  # 1
+    DELIVERY_OUTCOME_FAILED: _DeliveryOutcome.ValueType  # 2
+    """The provider could not send it (a carrier or the provider refused it)."""
+    DELIVERY_OUTCOME_UNDELIVERABLE: _DeliveryOutcome.ValueType  # 3
+    """Sent, but the handset could not be reached (Twilio's "undelivered")."""
+
+class DeliveryOutcome(_DeliveryOutcome, metaclass=_DeliveryOutcomeEnumTypeWrapper):
+    """What the SMS provider reported became of a message."""
+
+DELIVERY_OUTCOME_UNSPECIFIED: DeliveryOutcome.ValueType  # 0
+DELIVERY_OUTCOME_DELIVERED: DeliveryOutcome.ValueType  # 1
+DELIVERY_OUTCOME_FAILED: DeliveryOutcome.ValueType  # 2
+"""The provider could not send it (a carrier or the provider refused it)."""
+DELIVERY_OUTCOME_UNDELIVERABLE: DeliveryOutcome.ValueType  # 3
+"""Sent, but the handset could not be reached (Twilio's "undelivered")."""
+Global___DeliveryOutcome: _TypeAlias = DeliveryOutcome  # noqa: Y015
+
 class _CandidateResolution:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -264,6 +288,7 @@ class EventEnvelope(_message.Message):
     CAMPAIGN_POLICY_CHANGED_FIELD_NUMBER: _builtins.int
     SUBSCRIBER_LOCATED_FIELD_NUMBER: _builtins.int
     BRAND_POLICY_SET_FIELD_NUMBER: _builtins.int
+    DELIVERY_OUTCOME_REPORTED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The event's own id (a UUID derived from the client's request id)."""
     event_type: _builtins.str
@@ -322,6 +347,8 @@ class EventEnvelope(_message.Message):
     def subscriber_located(self) -> Global___SubscriberLocated: ...
     @_builtins.property
     def brand_policy_set(self) -> Global___BrandPolicySet: ...
+    @_builtins.property
+    def delivery_outcome_reported(self) -> Global___DeliveryOutcomeReported: ...
     def __init__(
         self,
         *,
@@ -348,12 +375,13 @@ class EventEnvelope(_message.Message):
         campaign_policy_changed: Global___CampaignPolicyChanged | None = ...,
         subscriber_located: Global___SubscriberLocated | None = ...,
         brand_policy_set: Global___BrandPolicySet | None = ...,
+        delivery_outcome_reported: Global___DeliveryOutcomeReported | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "brand_policy_set", b"brand_policy_set", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "inbound_message_received", b"inbound_message_received", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "subscriber_located", b"subscriber_located"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "brand_policy_set", b"brand_policy_set", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "delivery_outcome_reported", b"delivery_outcome_reported", "inbound_message_received", b"inbound_message_received", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "subscriber_located", b"subscriber_located"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "brand", b"brand", "brand_policy_set", b"brand_policy_set", "campaign", b"campaign", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "event_id", b"event_id", "event_type", b"event_type", "inbound_message_received", b"inbound_message_received", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "phone", b"phone", "recorded_by", b"recorded_by", "request_fingerprint", b"request_fingerprint", "request_id", b"request_id", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "schema_version", b"schema_version", "subscriber_located", b"subscriber_located"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "brand", b"brand", "brand_policy_set", b"brand_policy_set", "campaign", b"campaign", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "delivery_outcome_reported", b"delivery_outcome_reported", "event_id", b"event_id", "event_type", b"event_type", "inbound_message_received", b"inbound_message_received", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "phone", b"phone", "recorded_by", b"recorded_by", "request_fingerprint", b"request_fingerprint", "request_id", b"request_id", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "schema_version", b"schema_version", "subscriber_located", b"subscriber_located"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["consent_granted", "consent_revoked", "consent_reconfirmed", "consent_resumed", "message_sent", "inbound_message_received", "revocation_candidate_flagged", "revocation_candidate_resolved", "age_verified", "campaign_defined", "campaign_policy_changed", "subscriber_located", "brand_policy_set"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["consent_granted", "consent_revoked", "consent_reconfirmed", "consent_resumed", "message_sent", "inbound_message_received", "revocation_candidate_flagged", "revocation_candidate_resolved", "age_verified", "campaign_defined", "campaign_policy_changed", "subscriber_located", "brand_policy_set", "delivery_outcome_reported"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -630,6 +658,7 @@ class MessageSent(_message.Message):
     IDENTIFIED_SENDER_FIELD_NUMBER: _builtins.int
     EXEMPT_FIELD_NUMBER: _builtins.int
     RELIED_ON_FIELD_NUMBER: _builtins.int
+    FROM_NUMBER_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     campaign: _builtins.str
     kind: Global___MessageKind.ValueType
@@ -641,6 +670,8 @@ class MessageSent(_message.Message):
     conversation the person began); it counts towards them otherwise. Absent on
     sends recorded before this was decided: their kind alone says.
     """
+    from_number: _builtins.str
+    """The E.164 number it went out from; empty when the sender did not say."""
     @_builtins.property
     def relied_on(self) -> Global___ReliedAnswer:
         """The CanSend answer the sender said it relied on; absent when it named none
@@ -657,16 +688,51 @@ class MessageSent(_message.Message):
         identified_sender: _builtins.bool = ...,
         exempt: _builtins.bool | None = ...,
         relied_on: Global___ReliedAnswer | None = ...,
+        from_number: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exempt", b"_exempt", "exempt", b"exempt", "relied_on", b"relied_on"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exempt", b"_exempt", "campaign", b"campaign", "exempt", b"exempt", "identified_sender", b"identified_sender", "included_opt_out_language", b"included_opt_out_language", "kind", b"kind", "message_id", b"message_id", "relied_on", b"relied_on"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exempt", b"_exempt", "campaign", b"campaign", "exempt", b"exempt", "from_number", b"from_number", "identified_sender", b"identified_sender", "included_opt_out_language", b"included_opt_out_language", "kind", b"kind", "message_id", b"message_id", "relied_on", b"relied_on"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exempt: _TypeAlias = _typing.Literal["exempt"]  # noqa: Y015
     _WhichOneofArgType__exempt: _TypeAlias = _typing.Literal["_exempt", b"_exempt"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__exempt) -> _WhichOneofReturnType__exempt | None: ...
 
 Global___MessageSent: _TypeAlias = MessageSent  # noqa: Y015
+
+@_typing.final
+class DeliveryOutcomeReported(_message.Message):
+    """What the SMS provider reported became of a recorded MessageSent (same phone and
+    brand, same message_id). A later report on one message stands over an earlier one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    campaign: _builtins.str
+    """The campaign of the MessageSent it reports on."""
+    outcome: Global___DeliveryOutcome.ValueType
+    error_code: _builtins.str
+    """The provider's error code ("30003"); empty when delivered."""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        campaign: _builtins.str = ...,
+        outcome: Global___DeliveryOutcome.ValueType = ...,
+        error_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "error_code", b"error_code", "message_id", b"message_id", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryOutcomeReported: _TypeAlias = DeliveryOutcomeReported  # noqa: Y015
 
 @_typing.final
 class ReliedAnswer(_message.Message):
