@@ -256,6 +256,7 @@ class Runtime:
             campaigns=CampaignHistoryCache(self.view),
             future_horizon=s.cansend_future_horizon,
             evidence=self.packet_evidence,
+            health_limits=s.health_limits,
         )
         self.metrics.guard, self.metrics.replica = self.guard, replica
         self.metrics.overdue = read_on_loop(

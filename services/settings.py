@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from ledger.health import HealthLimits
 from ledger.ports import Stream
 
 
@@ -181,6 +182,9 @@ class Settings:
     signs none, except with ``embedded``, which makes one under ``data_dir``."""
     checkpoint_interval: float = 60.0
     """Seconds between checkpoints (each covers what was appended since the last)."""
+    health_limits: HealthLimits = field(default_factory=HealthLimits)
+    """The opt-out and error rates above which campaign health flags a campaign or a
+    sending number. The provider's notice gives them for a sender, not per brand."""
 
     @staticmethod
     def from_env(env: Mapping[str, str] | None = None, *, embedded: bool = False) -> Settings:
@@ -199,6 +203,15 @@ class Settings:
             if not math.isfinite(value) or value < least or (above and value == least):
                 bound = f"above {least:g}" if above else f"at least {least:g}"
                 raise SettingsError(f"{name} must be a finite number {bound}, got {raw!r}")
+            return value
+
+        def share(name: str, default: float) -> float:
+            """A rate, from 0 to 1 (0.003 is 0.3 %)."""
+            value = number(name, default, least=0, above=False)
+            if value > 1:
+                raise SettingsError(
+                    f"{name} must be a share from 0 to 1 (0.06 is 6 %), got {e[name]!r}"
+                )
             return value
 
         def whole(name: str, default: int, *, least: int = 1) -> int:
@@ -325,6 +338,10 @@ class Settings:
                 else None
             ),
             checkpoint_interval=number("CONSENT_CHECKPOINT_INTERVAL_S", 60),
+            health_limits=HealthLimits(
+                opt_out=share("CONSENT_OPT_OUT_RATE_LIMIT", HealthLimits.opt_out),
+                error=share("CONSENT_ERROR_RATE_LIMIT", HealthLimits.error),
+            ),
         )
 
 

@@ -407,6 +407,27 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         return api.opt_out_rate_to_proto(rate.value, rate.token.encode())
 
     @translate_errors
+    async def GetCampaignHealth(
+        self, request: api_pb2.GetCampaignHealthRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.GetCampaignHealthResponse:
+        self._caller(context, Scope.AUDIT, request.brand)
+        campaign = request.campaign if request.HasField("campaign") else None
+        _refuse_bad_fields(
+            lambda: api.optional_time(request, "start_time"),
+            lambda: api.optional_time(request, "end_time"),
+            lambda: _token(request.at_least_as_fresh),
+            *_target(None, request.brand, campaign),
+        )
+        health = await self.usecases.audit.campaign_health(
+            request.brand,
+            campaign,
+            api.optional_time(request, "start_time"),
+            api.optional_time(request, "end_time"),
+            _token(request.at_least_as_fresh),
+        )
+        return api.campaign_health_to_proto(health.value, health.token.encode())
+
+    @translate_errors
     async def GetProofPacket(
         self, request: api_pb2.GetProofPacketRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.GetProofPacketResponse:

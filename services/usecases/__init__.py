@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from ledger.health import HealthLimits
 from ledger.ports import CampaignReads, ConsentView, DigestReads, EventLog
 from services.freshness import FreshnessGuard
 from services.usecases.audit import Audit, Evidence
@@ -39,11 +40,13 @@ class UseCases:
         campaigns: CampaignReads | None = None,
         future_horizon: timedelta = DEFAULT_FUTURE_HORIZON,
         evidence: Evidence | None = None,
+        health_limits: HealthLimits | None = None,
     ) -> UseCases:
         """``reads`` answers CanSend's digests and ``campaigns`` the campaigns' rules
         (each by default the view);
         ``future_horizon`` is how far ahead a check may ask; ``evidence`` proves a
-        proof packet's events against the signed checkpoints."""
+        proof packet's events against the signed checkpoints; ``health_limits`` the rates
+        campaign health flags."""
         ctx = Context(ledger, view, guard, clock)
         checks = Checks(ctx, reads, future_horizon, campaigns)
-        return cls(Writes(ctx), checks, Audit(ctx, evidence), Review(ctx))
+        return cls(Writes(ctx), checks, Audit(ctx, evidence, health_limits), Review(ctx))

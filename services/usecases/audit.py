@@ -1,6 +1,7 @@
 """What is on record: one number's consent (``GetConsent``), its events
 (``ListEvents``), its proof of opt-in (``GetProofPacket``), a brand's opt-out rate
-(``GetOptOutRate``) and its changes as they are applied (``WatchConsentChanges``).
+(``GetOptOutRate``), its campaigns' health (``GetCampaignHealth``) and its changes
+as they are applied (``WatchConsentChanges``).
 
 An audit read answers an error, not a decision: one the view cannot serve fresh
 enough raises ``NotConsistent`` (UNAVAILABLE, retryable) rather than answer from
@@ -28,6 +29,7 @@ from ledger.events import (
     Recorded,
     RevocationCandidateFlagged,
 )
+from ledger.health import HealthLimits, HealthReport
 from ledger.opt_out_rate import DEFAULT_WINDOW, OptOutRate
 from ledger.packet import Packet, assemble
 from ledger.phone import to_e164
@@ -37,7 +39,7 @@ from ledger.status import ConsentState, consent_state, revocation_in_force
 from ledger.sweep import Finding
 from services import changes
 from services.errors import FailedPrecondition
-from services.usecases import sweeps
+from services.usecases import health, sweeps
 from services.usecases.context import Context
 from services.usecases.sweeps import SweepProgress
 
@@ -83,10 +85,17 @@ class Evidence(Protocol):
 
 
 class Audit:
-    def __init__(self, ctx: Context, evidence: Evidence | None = None) -> None:
-        """``evidence``: None when the service signs no checkpoints."""
+    def __init__(
+        self,
+        ctx: Context,
+        evidence: Evidence | None = None,
+        health_limits: HealthLimits | None = None,
+    ) -> None:
+        """``evidence``: None when the service signs no checkpoints; ``health_limits``:
+        the rates campaign health flags (by default the provider's)."""
         self.ctx = ctx
         self.evidence = evidence
+        self.health_limits = health_limits or HealthLimits()
 
     async def get_consent(
         self, phone: str, brand: str, campaign: str, token: ConsistencyToken | None = None
@@ -187,6 +196,38 @@ class Audit:
         """The brand's (or the campaign's) opt-out rate over ``[start, end)``: by
         default the 30 days up to now. A campaign never defined is refused, so a
         misspelt name cannot pass for a clean record."""
+        start, end = await self._brand_window(brand, campaign, start, end, token)
+        counts = await self.ctx.view.sending_counts(brand, campaign, start, end)
+        return Read(OptOutRate(brand, campaign, start, end, counts), self.ctx.guard.applied_token())
+
+    async def campaign_health(
+        self,
+        brand: str,
+        campaign: str | None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        token: ConsistencyToken | None = None,
+    ) -> Read[HealthReport]:
+        """The opt-out and error rates of the brand's campaigns (or of one), per
+        campaign and per sending number, over ``[start, end)``: by default the 30
+        days up to now (``ledger.health``). A campaign never defined is refused, so
+        a misspelt name cannot pass for a healthy one."""
+        start, end = await self._brand_window(brand, campaign, start, end, token)
+        report, read_at = await health.campaign_health(
+            self.ctx, brand, campaign, start, end, self.health_limits
+        )
+        return Read(report, read_at)
+
+    async def _brand_window(
+        self,
+        brand: str,
+        campaign: str | None,
+        start: datetime | None,
+        end: datetime | None,
+        token: ConsistencyToken | None,
+    ) -> tuple[datetime, datetime]:
+        """``[start, end)`` checked (by default the 30 days up to now), once the view
+        has caught up for the whole brand and the campaign, if named, is defined."""
         check_name(brand, "brand")
         if campaign is not None:
             check_name(campaign, "campaign")
@@ -203,8 +244,7 @@ class Audit:
         await self.ctx.require_fresh(None, "brand", token)
         if campaign is not None and not await self.ctx.campaign_known(brand, campaign):
             raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
-        counts = await self.ctx.view.sending_counts(brand, campaign, start, end)
-        return Read(OptOutRate(brand, campaign, start, end, counts), self.ctx.guard.applied_token())
+        return start, end
 
     async def watch_changes(
         self,

@@ -44,6 +44,7 @@ from ledger.commands import (
 )
 from ledger.errors import InvalidRequest
 from ledger.events import ConsentProof, ListSource, MessageKind, ReliedAnswer
+from ledger.health import HealthCounts, HealthLimits, HealthReport
 from ledger.keywords import Intent
 from ledger.opt_out_rate import OptOutRate
 from ledger.policy import Decision, Obligation, Reason
@@ -60,6 +61,7 @@ __all__ = [
     "OBLIGATIONS",
     "REASONS",
     "REPLY_KINDS",
+    "campaign_health_to_proto",
     "command_from_proto",
     "decision_from_proto",
     "decision_to_as_of_proto",
@@ -454,6 +456,49 @@ def opt_out_rate_to_proto(
     if rate.rate is not None:
         response.opt_out_rate = rate.rate
     return response
+
+
+def _health_counts(counts: HealthCounts, limits: HealthLimits) -> api_pb2.HealthCounts:
+    message = api_pb2.HealthCounts(
+        messages_sent=counts.messages_sent,
+        opt_outs=counts.opt_outs,
+        delivery_errors=counts.delivery_errors,
+        opt_out_flagged=counts.opt_out_flagged(limits),
+        error_flagged=counts.error_flagged(limits),
+    )
+    if counts.opt_out_rate is not None:
+        message.opt_out_rate = counts.opt_out_rate
+    if counts.error_rate is not None:
+        message.error_rate = counts.error_rate
+    return message
+
+
+def campaign_health_to_proto(
+    report: HealthReport, consistency_token: str = ""
+) -> api_pb2.GetCampaignHealthResponse:
+    limits = report.limits
+    return api_pb2.GetCampaignHealthResponse(
+        campaigns=[
+            api_pb2.CampaignHealth(
+                campaign=c.campaign,
+                counts=_health_counts(c.counts, limits),
+                senders=[
+                    api_pb2.SenderHealth(
+                        from_number=s.from_number, counts=_health_counts(s.counts, limits)
+                    )
+                    for s in c.senders
+                ],
+            )
+            for c in report.campaigns
+        ],
+        unattributed_opt_outs=report.unattributed_opt_outs,
+        opt_out_limit=limits.opt_out,
+        error_limit=limits.error,
+        flagged=report.flagged,
+        start_time=codec.timestamp_to_proto(report.start),
+        end_time=codec.timestamp_to_proto(report.end),
+        consistency_token=consistency_token,
+    )
 
 
 def batch_to_proto(

@@ -8,15 +8,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ledger.commands import (
+    RecordDeliveryOutcome,
     RecordMessageSent,
     RecordOptOut,
     to_events,
 )
 from ledger.errors import InvalidRequest
 from ledger.events import (
+    DeliveryOutcome,
     MessageKind,
     RevocationChannel,
 )
+from ledger.health import HealthCounts
 from services.errors import FailedPrecondition, NotConsistent
 from tests.builders import BRAND, PHONE, at
 from tests.unit.usecase_harness import (
@@ -106,3 +109,51 @@ async def test_the_opt_out_rate_refuses_a_bad_window_or_an_undefined_campaign(ap
     with pytest.raises(InvalidRequest) as naive:
         await app.audit.opt_out_rate(BRAND, None, at(0).replace(tzinfo=None), NOW)
     assert naive.value.field == "start_time"
+
+
+def _sent(request_id: str, message_id: str, minutes: float, **kw) -> RecordMessageSent:
+    return RecordMessageSent(
+        request_id, PHONE, BRAND, "promo", message_id, MessageKind.REGULAR, at(minutes), **kw
+    )
+
+
+async def test_campaign_health_counts_per_sending_number_from_the_view(app):
+    await app.writes.record(define())
+    await app.writes.record(opt_in("r1"))
+    await app.writes.record(_sent("s1", "m1", 1, from_number="+12125550100"))
+    await app.writes.record(_sent("s2", "m2", 2, from_number="+12125550101"))
+    await app.writes.record(
+        RecordDeliveryOutcome("d1", PHONE, BRAND, "m1", DeliveryOutcome.FAILED, at(3))
+    )
+    stop = await app.writes.record(
+        RecordOptOut("r3", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(4))
+    )
+    await app.guard.wait_for_token(stop.token)
+
+    health = (await app.audit.campaign_health(BRAND, None)).value
+    assert (health.start, health.end) == (NOW - timedelta(days=30), NOW)
+    [promo] = health.campaigns
+    assert promo.counts == HealthCounts(2, 1, 1)
+    assert [(s.from_number, s.counts) for s in promo.senders] == [
+        ("+12125550100", HealthCounts(1, 0, 1)),  # failed
+        ("+12125550101", HealthCounts(1, 1, 0)),  # the STOP came after it
+    ]
+    assert health.flagged
+    later = (await app.audit.campaign_health(BRAND, "promo", at(5), NOW)).value
+    assert later.campaigns == () and not later.flagged
+
+
+async def test_campaign_health_refuses_a_bad_window_or_an_undefined_campaign(app):
+    await app.writes.record(define())
+    with pytest.raises(FailedPrecondition) as undefined:
+        await app.audit.campaign_health(BRAND, "nosuch")
+    assert undefined.value.field == "campaign"
+    with pytest.raises(InvalidRequest) as backwards:
+        await app.audit.campaign_health(BRAND, "promo", at(5), at(5))
+    assert backwards.value.field == "start_time"
+    with pytest.raises(InvalidRequest) as future:
+        await app.audit.campaign_health(BRAND, "promo", None, NOW + timedelta(days=1))
+    assert future.value.field == "end_time"
+    with pytest.raises(InvalidRequest) as bad_brand:
+        await app.audit.campaign_health("NOT A BRAND", None)
+    assert bad_brand.value.field == "brand"

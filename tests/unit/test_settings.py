@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger.health import HealthLimits
 from services.settings import (
     RateLimit,
     Settings,
@@ -278,3 +279,15 @@ def test_the_database_and_write_timeouts_are_read_in_milliseconds() -> None:
 def test_a_timeout_that_would_not_bound_anything_is_refused_by_name(name, value) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({**PRODUCTION, name: value})
+
+
+def test_the_health_limits_are_the_provider_s_unless_set() -> None:
+    assert Settings.from_env(PRODUCTION).health_limits == HealthLimits(opt_out=0.003, error=0.06)
+    env = {**PRODUCTION, "CONSENT_OPT_OUT_RATE_LIMIT": "0.002", "CONSENT_ERROR_RATE_LIMIT": "0.05"}
+    assert Settings.from_env(env).health_limits == HealthLimits(opt_out=0.002, error=0.05)
+
+
+@pytest.mark.parametrize("value", ["6", "-0.1", "nan", "six"])
+def test_a_health_limit_that_is_no_share_is_refused_by_name(value: str) -> None:
+    with pytest.raises(SettingsError, match=r"^CONSENT_ERROR_RATE_LIMIT must be a"):
+        Settings.from_env({**PRODUCTION, "CONSENT_ERROR_RATE_LIMIT": value})

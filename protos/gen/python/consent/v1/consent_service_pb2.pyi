@@ -1813,6 +1813,212 @@ class GetOptOutRateResponse(_message.Message):
 Global___GetOptOutRateResponse: _TypeAlias = GetOptOutRateResponse  # noqa: Y015
 
 @_typing.final
+class GetCampaignHealthRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BRAND_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    AT_LEAST_AS_FRESH_FIELD_NUMBER: _builtins.int
+    brand: _builtins.str
+    campaign: _builtins.str
+    """Absent: every campaign of the brand. A campaign never defined is refused
+    (FAILED_PRECONDITION).
+    """
+    at_least_as_fresh: _builtins.str
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The window [start_time, end_time) of the messages' world time (occurred_at).
+        end_time absent: now; start_time absent: 30 days before end_time.
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        brand: _builtins.str = ...,
+        campaign: _builtins.str | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        at_least_as_fresh: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "at_least_as_fresh", b"at_least_as_fresh", "brand", b"brand", "campaign", b"campaign", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__campaign: _TypeAlias = _typing.Literal["campaign"]  # noqa: Y015
+    _WhichOneofArgType__campaign: _TypeAlias = _typing.Literal["_campaign", b"_campaign"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__campaign) -> _WhichOneofReturnType__campaign | None: ...
+
+Global___GetCampaignHealthRequest: _TypeAlias = GetCampaignHealthRequest  # noqa: Y015
+
+@_typing.final
+class HealthCounts(_message.Message):
+    """What a carrier counts of some messages, and whether it would flag them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_SENT_FIELD_NUMBER: _builtins.int
+    OPT_OUTS_FIELD_NUMBER: _builtins.int
+    DELIVERY_ERRORS_FIELD_NUMBER: _builtins.int
+    OPT_OUT_RATE_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    OPT_OUT_FLAGGED_FIELD_NUMBER: _builtins.int
+    ERROR_FLAGGED_FIELD_NUMBER: _builtins.int
+    messages_sent: _builtins.int
+    """Every recorded send, of any kind, once per provider message id."""
+    opt_outs: _builtins.int
+    """The messages an opt-out was attributed to: the latest message of the opt-out's
+    campaign (of the brand, for a brand-wide one) before it, to that number.
+    """
+    delivery_errors: _builtins.int
+    """The messages whose latest reported delivery outcome is failed or undeliverable."""
+    opt_out_rate: _builtins.float
+    """opt_outs / messages_sent and delivery_errors / messages_sent; absent when no
+    message was sent.
+    """
+    error_rate: _builtins.float
+    opt_out_flagged: _builtins.bool
+    """The rate is above its limit."""
+    error_flagged: _builtins.bool
+    def __init__(
+        self,
+        *,
+        messages_sent: _builtins.int = ...,
+        opt_outs: _builtins.int = ...,
+        delivery_errors: _builtins.int = ...,
+        opt_out_rate: _builtins.float | None = ...,
+        error_rate: _builtins.float | None = ...,
+        opt_out_flagged: _builtins.bool = ...,
+        error_flagged: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_error_rate", b"_error_rate", "_opt_out_rate", b"_opt_out_rate", "error_rate", b"error_rate", "opt_out_rate", b"opt_out_rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error_rate", b"_error_rate", "_opt_out_rate", b"_opt_out_rate", "delivery_errors", b"delivery_errors", "error_flagged", b"error_flagged", "error_rate", b"error_rate", "messages_sent", b"messages_sent", "opt_out_flagged", b"opt_out_flagged", "opt_out_rate", b"opt_out_rate", "opt_outs", b"opt_outs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__error_rate: _TypeAlias = _typing.Literal["error_rate"]  # noqa: Y015
+    _WhichOneofArgType__error_rate: _TypeAlias = _typing.Literal["_error_rate", b"_error_rate"]  # noqa: Y015
+    _WhichOneofReturnType__opt_out_rate: _TypeAlias = _typing.Literal["opt_out_rate"]  # noqa: Y015
+    _WhichOneofArgType__opt_out_rate: _TypeAlias = _typing.Literal["_opt_out_rate", b"_opt_out_rate"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__error_rate) -> _WhichOneofReturnType__error_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__opt_out_rate) -> _WhichOneofReturnType__opt_out_rate | None: ...
+
+Global___HealthCounts: _TypeAlias = HealthCounts  # noqa: Y015
+
+@_typing.final
+class SenderHealth(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_NUMBER_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    from_number: _builtins.str
+    """The number the messages went out from (RecordMessageSent's from_number);
+    empty for the sends that named none.
+    """
+    @_builtins.property
+    def counts(self) -> Global___HealthCounts: ...
+    def __init__(
+        self,
+        *,
+        from_number: _builtins.str = ...,
+        counts: Global___HealthCounts | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "from_number", b"from_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SenderHealth: _TypeAlias = SenderHealth  # noqa: Y015
+
+@_typing.final
+class CampaignHealth(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    SENDERS_FIELD_NUMBER: _builtins.int
+    campaign: _builtins.str
+    @_builtins.property
+    def counts(self) -> Global___HealthCounts:
+        """Every sending number of the campaign together."""
+
+    @_builtins.property
+    def senders(self) -> _containers.RepeatedCompositeFieldContainer[Global___SenderHealth]:
+        """By sending number, in order."""
+
+    def __init__(
+        self,
+        *,
+        campaign: _builtins.str = ...,
+        counts: Global___HealthCounts | None = ...,
+        senders: _abc.Iterable[Global___SenderHealth] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "counts", b"counts", "senders", b"senders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignHealth: _TypeAlias = CampaignHealth  # noqa: Y015
+
+@_typing.final
+class GetCampaignHealthResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGNS_FIELD_NUMBER: _builtins.int
+    UNATTRIBUTED_OPT_OUTS_FIELD_NUMBER: _builtins.int
+    OPT_OUT_LIMIT_FIELD_NUMBER: _builtins.int
+    ERROR_LIMIT_FIELD_NUMBER: _builtins.int
+    FLAGGED_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    unattributed_opt_outs: _builtins.int
+    """Opt-outs in the window with no message to their number before them."""
+    opt_out_limit: _builtins.float
+    """The limits flagged against: the top of the provider's good ranges unless the
+    service is set otherwise (CONSENT_OPT_OUT_RATE_LIMIT, CONSENT_ERROR_RATE_LIMIT).
+    """
+    error_limit: _builtins.float
+    flagged: _builtins.bool
+    """Some campaign or sending number is flagged."""
+    consistency_token: _builtins.str
+    @_builtins.property
+    def campaigns(self) -> _containers.RepeatedCompositeFieldContainer[Global___CampaignHealth]:
+        """The campaigns that sent in the window, by name."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The window counted."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        campaigns: _abc.Iterable[Global___CampaignHealth] | None = ...,
+        unattributed_opt_outs: _builtins.int = ...,
+        opt_out_limit: _builtins.float = ...,
+        error_limit: _builtins.float = ...,
+        flagged: _builtins.bool = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaigns", b"campaigns", "consistency_token", b"consistency_token", "end_time", b"end_time", "error_limit", b"error_limit", "flagged", b"flagged", "opt_out_limit", b"opt_out_limit", "start_time", b"start_time", "unattributed_opt_outs", b"unattributed_opt_outs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCampaignHealthResponse: _TypeAlias = GetCampaignHealthResponse  # noqa: Y015
+
+@_typing.final
 class ListRevocationCandidatesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -125,6 +125,11 @@ class ConsentServiceStub:
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.GetOptOutRateRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_consent__service__pb2.GetOptOutRateResponse.FromString,
                 _registered_method=True)
+        self.GetCampaignHealth = channel.unary_unary(
+                '/consent.v1.ConsentService/GetCampaignHealth',
+                request_serializer=consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthResponse.FromString,
+                _registered_method=True)
         self.ListRevocationCandidates = channel.unary_unary(
                 '/consent.v1.ConsentService/ListRevocationCandidates',
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.ListRevocationCandidatesRequest.SerializeToString,
@@ -288,6 +293,16 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCampaignHealth(self, request, context):
+        """Audit: per campaign and per sending number, over a window, the messages sent,
+        those that drew an opt-out (each opt-out attributed to the message before it)
+        and those whose delivery failed, with the opt-out rate and the error rate, and
+        a flag where either is above its limit (0.3 % and 6 %, the provider's good ranges).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListRevocationCandidates(self, request, context):
         """Audit: a brand's replies flagged as possible opt-outs that nobody has resolved,
         in the order the service's view applied them, so a reply that arrives late joins
@@ -427,6 +442,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.GetOptOutRate,
                     request_deserializer=consent_dot_v1_dot_consent__service__pb2.GetOptOutRateRequest.FromString,
                     response_serializer=consent_dot_v1_dot_consent__service__pb2.GetOptOutRateResponse.SerializeToString,
+            ),
+            'GetCampaignHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCampaignHealth,
+                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthResponse.SerializeToString,
             ),
             'ListRevocationCandidates': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRevocationCandidates,
@@ -936,6 +956,33 @@ class ConsentService:
             '/consent.v1.ConsentService/GetOptOutRate',
             consent_dot_v1_dot_consent__service__pb2.GetOptOutRateRequest.SerializeToString,
             consent_dot_v1_dot_consent__service__pb2.GetOptOutRateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCampaignHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentService/GetCampaignHealth',
+            consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthRequest.SerializeToString,
+            consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthResponse.FromString,
             options,
             channel_credentials,
             insecure,

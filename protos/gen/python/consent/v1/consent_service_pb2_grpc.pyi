@@ -97,6 +97,12 @@ class ConsentServiceStub:
     """Audit: the numbers that opted out against the messages sent, for a brand or one of
     its campaigns over a window; carriers suspend senders above about 0.3 %.
     """
+    GetCampaignHealth: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.GetCampaignHealthRequest, _consent_service_pb2.GetCampaignHealthResponse]
+    """Audit: per campaign and per sending number, over a window, the messages sent,
+    those that drew an opt-out (each opt-out attributed to the message before it)
+    and those whose delivery failed, with the opt-out rate and the error rate, and
+    a flag where either is above its limit (0.3 % and 6 %, the provider's good ranges).
+    """
     ListRevocationCandidates: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.ListRevocationCandidatesRequest, _consent_service_pb2.ListRevocationCandidatesResponse]
     """Audit: a brand's replies flagged as possible opt-outs that nobody has resolved,
     in the order the service's view applied them, so a reply that arrives late joins
@@ -187,6 +193,12 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     GetOptOutRate: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.GetOptOutRateRequest, _consent_service_pb2.GetOptOutRateResponse]  # type: ignore[assignment]
     """Audit: the numbers that opted out against the messages sent, for a brand or one of
     its campaigns over a window; carriers suspend senders above about 0.3 %.
+    """
+    GetCampaignHealth: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.GetCampaignHealthRequest, _consent_service_pb2.GetCampaignHealthResponse]  # type: ignore[assignment]
+    """Audit: per campaign and per sending number, over a window, the messages sent,
+    those that drew an opt-out (each opt-out attributed to the message before it)
+    and those whose delivery failed, with the opt-out rate and the error rate, and
+    a flag where either is above its limit (0.3 % and 6 %, the provider's good ranges).
     """
     ListRevocationCandidates: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.ListRevocationCandidatesRequest, _consent_service_pb2.ListRevocationCandidatesResponse]  # type: ignore[assignment]
     """Audit: a brand's replies flagged as possible opt-outs that nobody has resolved,
@@ -383,6 +395,18 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_consent_service_pb2.GetOptOutRateResponse, _abc.Awaitable[_consent_service_pb2.GetOptOutRateResponse]]:
         """Audit: the numbers that opted out against the messages sent, for a brand or one of
         its campaigns over a window; carriers suspend senders above about 0.3 %.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCampaignHealth(
+        self,
+        request: _consent_service_pb2.GetCampaignHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_service_pb2.GetCampaignHealthResponse, _abc.Awaitable[_consent_service_pb2.GetCampaignHealthResponse]]:
+        """Audit: per campaign and per sending number, over a window, the messages sent,
+        those that drew an opt-out (each opt-out attributed to the message before it)
+        and those whose delivery failed, with the opt-out rate and the error rate, and
+        a flag where either is above its limit (0.3 % and 6 %, the provider's good ranges).
         """
 
     @_abc_1.abstractmethod

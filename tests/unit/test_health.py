@@ -1,0 +1,231 @@
+"""Campaign health's counting rule (``ledger.health``), without any view."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import datetime
+
+import pytest
+
+from ledger.events import (
+    DeliveryOutcome,
+    DeliveryOutcomeReported,
+    LedgerEvent,
+    MessageKind,
+    MessageSent,
+)
+from ledger.health import (
+    ERROR_RATE_LIMIT,
+    HealthCounts,
+    HealthLimits,
+    HealthReport,
+    HealthTally,
+)
+from tests.builders import BRAND, PHONE, at, record, revoked
+from tests.builders import sent as a_send
+
+START, END = at(0), at(days=1)
+NUMBER_A, NUMBER_B = "+12125550100", "+12125550101"
+
+
+def sent(
+    when: datetime,
+    campaign: str = "promo",
+    *,
+    number: str = NUMBER_A,
+    phone: str = PHONE,
+    kind: MessageKind = MessageKind.REGULAR,
+    message_id: str = "",
+) -> MessageSent:
+    event = a_send(when, campaign, kind, phone=phone)
+    return replace(event, from_number=number, message_id=message_id or event.message_id)
+
+
+def outcome(
+    message: MessageSent, result: DeliveryOutcome, when: datetime | None = None
+) -> DeliveryOutcomeReported:
+    return DeliveryOutcomeReported(
+        event_id=uuid.uuid4(),
+        occurred_at=when or message.occurred_at,
+        phone=message.phone,
+        brand=message.brand,
+        message_id=message.message_id,
+        campaign=message.campaign,
+        outcome=result,
+        error_code="" if result is DeliveryOutcome.DELIVERED else "30003",
+    )
+
+
+def health(events: list[LedgerEvent], campaign: str | None = None, **kw) -> HealthReport:
+    return (
+        HealthTally(BRAND, campaign, kw.get("start", START), kw.get("end", END))
+        .feed_all(record(events))
+        .report(kw.get("limits"))
+    )
+
+
+def counts_of(report: HealthReport, campaign: str = "promo", number: str | None = None):
+    [c] = [c for c in report.campaigns if c.campaign == campaign]
+    if number is None:
+        return c.counts
+    [s] = [s for s in c.senders if s.from_number == number]
+    return s.counts
+
+
+def phone(i: int) -> str:
+    return f"+1415555{i:04d}"
+
+
+def test_the_limits_are_the_provider_s_good_ranges() -> None:
+    assert HealthLimits() == HealthLimits(opt_out=0.003, error=0.06)
+    assert ERROR_RATE_LIMIT == 0.06
+
+
+def test_an_error_rate_above_six_percent_is_flagged_and_at_it_is_not() -> None:
+    limits = HealthLimits()
+    assert not HealthCounts(100, 0, 6).error_flagged(limits)
+    assert HealthCounts(100, 0, 7).error_flagged(limits)
+    assert not HealthCounts(0, 0, 0).error_flagged(limits)
+
+
+def test_an_opt_out_rate_above_three_in_a_thousand_is_flagged_and_at_it_is_not() -> None:
+    limits = HealthLimits()
+    assert not HealthCounts(1000, 3, 0).opt_out_flagged(limits)
+    assert HealthCounts(1000, 4, 0).opt_out_flagged(limits)
+
+
+def test_a_limit_outside_zero_to_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="error limit"):
+        HealthLimits(error=6)
+
+
+def test_delivery_errors_over_six_percent_flag_the_campaign_and_its_number() -> None:
+    sends = [
+        sent(at(i), number=NUMBER_A if i < 50 else NUMBER_B, phone=phone(i)) for i in range(100)
+    ]
+    # 7 failures, all from number A: 7 % of the campaign, 14 % of number A, none of B
+    failures = [outcome(s, DeliveryOutcome.FAILED) for s in sends[:7]]
+    delivered = [outcome(s, DeliveryOutcome.DELIVERED) for s in sends[7:]]
+    report = health([*sends, *failures, *delivered])
+
+    assert counts_of(report) == HealthCounts(100, 0, 7)
+    assert counts_of(report).error_flagged(report.limits)
+    assert counts_of(report, number=NUMBER_A) == HealthCounts(50, 0, 7)
+    assert counts_of(report, number=NUMBER_B) == HealthCounts(50, 0, 0)
+    assert not counts_of(report, number=NUMBER_B).error_flagged(report.limits)
+    assert report.flagged
+
+
+def test_six_failures_in_a_hundred_raise_no_flag() -> None:
+    sends = [sent(at(i), phone=phone(i)) for i in range(100)]
+    report = health([*sends, *(outcome(s, DeliveryOutcome.UNDELIVERABLE) for s in sends[:6])])
+    assert counts_of(report).error_rate == 0.06
+    assert not report.flagged
+
+
+def test_the_latest_report_on_a_message_stands() -> None:
+    message = sent(at(1))
+    failed_then_delivered = [
+        message,
+        outcome(message, DeliveryOutcome.FAILED, at(2)),
+        outcome(message, DeliveryOutcome.DELIVERED, at(3)),
+    ]
+    assert counts_of(health(failed_then_delivered)).delivery_errors == 0
+    # reported in the other order, the later report (by its time) still wins
+    late = [message, failed_then_delivered[2], failed_then_delivered[1]]
+    assert counts_of(health(late)).delivery_errors == 0
+    two_failures = [message, *(outcome(message, DeliveryOutcome.FAILED, at(m)) for m in (2, 3))]
+    assert counts_of(health(two_failures)).delivery_errors == 1
+
+
+def test_an_opt_out_is_attributed_to_the_message_that_preceded_it() -> None:
+    first = sent(at(1), "promo", number=NUMBER_A)
+    second = sent(at(2), "news", number=NUMBER_B)
+    report = health([first, second, revoked(at(3), None)])  # STOPALL after the "news" text
+
+    assert counts_of(report, "news", NUMBER_B).opt_outs == 1
+    assert counts_of(report, "promo", NUMBER_A).opt_outs == 0
+
+
+def test_an_opt_out_of_one_campaign_goes_to_that_campaign_s_latest_message() -> None:
+    promo = sent(at(1), "promo", number=NUMBER_A)
+    news = sent(at(2), "news", number=NUMBER_B)
+    report = health([promo, news, revoked(at(3), "promo")])
+
+    assert counts_of(report, "promo", NUMBER_A).opt_outs == 1
+    assert counts_of(report, "news", NUMBER_B).opt_outs == 0
+
+
+def test_no_opt_out_is_attributed_to_the_reply_owed_to_a_keyword() -> None:
+    regular = sent(at(1), number=NUMBER_A)
+    help_reply = sent(at(2), number=NUMBER_B, kind=MessageKind.HELP_REPLY)
+    report = health([regular, help_reply, revoked(at(3))])
+
+    assert counts_of(report, number=NUMBER_A).opt_outs == 1
+    assert counts_of(report, number=NUMBER_B) == HealthCounts(1, 0, 0)
+
+
+def test_a_message_draws_one_opt_out_however_many_follow_it() -> None:
+    report = health([sent(at(1)), revoked(at(2)), revoked(at(3), None)])
+    assert counts_of(report) == HealthCounts(1, 1, 0)
+
+
+def test_an_opt_out_with_no_message_before_it_is_counted_apart() -> None:
+    report = health([revoked(at(1)), sent(at(2))])
+    assert counts_of(report) == HealthCounts(1, 0, 0)
+    assert report.unattributed_opt_outs == 1
+
+
+def test_one_opt_out_in_a_thousand_messages_is_within_the_limit_and_four_are_not() -> None:
+    sends = [sent(at(i / 100), phone=phone(i)) for i in range(1000)]
+    three = health([*sends, *(revoked(at(20), phone=phone(i)) for i in range(3))])
+    four = health([*sends, *(revoked(at(20), phone=phone(i)) for i in range(4))])
+
+    assert counts_of(three).opt_out_rate == 0.003 and not three.flagged
+    assert counts_of(four).opt_outs == 4 and four.flagged
+
+
+def test_the_window_counts_sends_from_its_start_up_to_but_not_including_its_end() -> None:
+    at_start = sent(START, phone=phone(1))
+    before = sent(at(-1), phone=phone(2))
+    at_end = sent(END, phone=phone(3))
+    report = health([at_start, before, at_end])
+    assert counts_of(report).messages_sent == 1
+
+
+def test_an_opt_out_counts_in_the_window_of_the_message_it_is_attributed_to() -> None:
+    before = sent(at(-1))
+    stop_inside = revoked(at(5))
+    # The message was sent before the window: neither it nor its opt-out count here.
+    report = health([before, stop_inside, sent(at(6), phone=phone(1))])
+    assert counts_of(report) == HealthCounts(1, 0, 0)
+    assert report.unattributed_opt_outs == 0
+    # In the window before, the message and its opt-out both count.
+    earlier = health([before, stop_inside], start=at(-10), end=START)
+    assert counts_of(earlier) == HealthCounts(1, 1, 0)
+
+
+def test_a_later_message_of_the_window_takes_the_opt_out_from_an_earlier_one_outside() -> None:
+    report = health([sent(at(-1)), sent(at(1)), revoked(at(2))])
+    assert counts_of(report) == HealthCounts(1, 1, 0)
+
+
+def test_one_campaign_s_report_leaves_the_others_out_but_attributes_as_the_brand_does() -> None:
+    events = [sent(at(1), "promo"), sent(at(2), "news"), revoked(at(3), None)]
+    report = health(events, campaign="promo")
+    assert [c.campaign for c in report.campaigns] == ["promo"]
+    assert counts_of(report) == HealthCounts(1, 0, 0)  # the STOPALL answered "news"
+
+
+def test_other_brands_and_repeated_message_ids_are_not_counted() -> None:
+    message = sent(at(1), message_id="SM1")
+    other_brand = replace(sent(at(1), message_id="SM2"), brand="globex")
+    again = replace(message, event_id=uuid.uuid4())
+    assert counts_of(health([message, other_brand, again])).messages_sent == 1
+
+
+def test_a_send_that_named_no_number_counts_under_none() -> None:
+    report = health([sent(at(1), number="")])
+    [campaign] = report.campaigns
+    assert [s.from_number for s in campaign.senders] == [""]
