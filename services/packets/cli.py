@@ -14,7 +14,8 @@ from typing import Any
 
 AUDIT_HELP = (
     "auditors' tools: a number's proof-of-opt-in packet (audit packet --help), "
-    "a campaign's compliance sweep (audit sweep --help)"
+    "a campaign's compliance sweep (audit sweep --help), the campaigns' opt-out and "
+    "error rates (audit health --help)"
 )
 
 PACKET_DESCRIPTION = """\
@@ -68,9 +69,10 @@ def add_command(sub: Any, command: Callable[[str, str], argparse.ArgumentParser]
         "they read no CONSENT_* settings but CONSENT_ADDRESS and CONSENT_TOKEN."
     )
     tools = audit.add_subparsers(dest="audit_command", required=True, metavar="TOOL")
-    from services import sweep_cli
+    from services import health_cli, sweep_cli
 
     sweep_cli.add_parser(tools)
+    health_cli.add_parser(tools)
     packet = tools.add_parser(
         "packet",
         help="write a number's proof-of-opt-in packet (JSON, HTML or PDF)",
@@ -178,6 +180,10 @@ def run(args: argparse.Namespace) -> int:
         from services import sweep_cli
 
         return sweep_cli.run(args)
+    if args.audit_command == "health":
+        from services import health_cli
+
+        return health_cli.run(args)
     import grpc
     from consent.v1 import consent_service_pb2 as api
     from consent.v1 import consent_service_pb2_grpc as api_grpc
