@@ -47,6 +47,15 @@ class RequestUse(NamedTuple):
     event_ids: tuple[str, ...]
 
 
+class RequestClaim(NamedTuple):
+    """One request's claim of its request id (``ConsentView.claim_requests``)."""
+
+    brand: str
+    request_id: str
+    fingerprint: str
+    event_ids: tuple[str, ...]
+
+
 class Stream(enum.Enum):
     """The ledger's two streams: subscriber facts keyed by phone, and campaign rules."""
 
@@ -350,6 +359,34 @@ class ConsentView(DigestReads, CampaignReads):
         process, and kept by a rebuild: of two requests claiming one id at once,
         one gets it and the other is told. The view's fold keeps to it: an event
         whose request id another fingerprint holds is not applied."""
+
+    async def request_uses(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], RequestUse]:
+        """``request_use`` of each (brand, request id) in ``keys``, those in use only.
+        A bulk import asks this of a thousand records at once: adapters answer in
+        one round trip; this default asks one at a time."""
+        found: dict[tuple[str, str], RequestUse] = {}
+        for brand, request_id in keys:
+            use = await self.request_use(brand, request_id)
+            if use is not None:
+                found[(brand, request_id)] = use
+        return found
+
+    async def claim_requests(self, claims: Sequence[RequestClaim]) -> list[RequestUse]:
+        """``claim_request`` of each claim, answered in order, with its guarantees
+        for each (a claim of an id that an earlier claim of the same call took is
+        answered with that earlier claim's use). Adapters claim in one round trip;
+        this default claims one at a time."""
+        return [
+            await self.claim_request(c.brand, c.request_id, c.fingerprint, c.event_ids)
+            for c in claims
+        ]
+
+    async def known_events(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of ``event_ids`` the view has applied (``find_event`` of each, in one
+        round trip where the adapter can)."""
+        return {i for i in event_ids if await self.find_event(i) is not None}
 
     @abstractmethod
     async def message_use(self, brand: str, phone: str, message_id: str) -> str | None:

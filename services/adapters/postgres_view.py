@@ -45,6 +45,7 @@ from ledger.ports import (
     ConsentView,
     Flagged,
     Offsets,
+    RequestClaim,
     RequestUse,
     Stream,
     page_of_changes,
@@ -136,6 +137,31 @@ SELECT fingerprint, event_ids FROM taken
 UNION ALL
 SELECT fingerprint, event_ids FROM request_use WHERE brand = $1 AND request_id = $2
 LIMIT 1
+"""
+# A bulk import's claims (``claim_requests``), one statement for a chunk: the rows it
+# inserted, or those that were there. Inserted in key order, so two imports that
+# share ids cannot deadlock. Like _CLAIM_REQUEST, a row another writer committed
+# after this statement's snapshot conflicts but is not read: those are claimed again.
+_CLAIM_REQUESTS = """
+WITH k AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+        AS k(brand, request_id, fingerprint, event_ids)
+), taken AS (
+    INSERT INTO request_use (brand, request_id, fingerprint, event_ids)
+    SELECT brand, request_id, fingerprint, string_to_array(event_ids, ',')::uuid[]
+    FROM k ORDER BY brand, request_id
+    ON CONFLICT DO NOTHING
+    RETURNING brand, request_id, fingerprint, event_ids
+)
+SELECT k.brand, k.request_id,
+       coalesce(t.fingerprint, u.fingerprint) AS fingerprint,
+       coalesce(t.event_ids, u.event_ids) AS event_ids
+FROM k LEFT JOIN taken AS t USING (brand, request_id)
+LEFT JOIN request_use AS u USING (brand, request_id)
+"""
+_REQUEST_USES_OF = """
+SELECT u.brand, u.request_id, u.fingerprint, u.event_ids FROM request_use AS u
+JOIN unnest($1::text[], $2::text[]) AS k(brand, request_id) USING (brand, request_id)
 """
 _USE_MESSAGES = """
 INSERT INTO message_use (brand, phone, message_id, event_id) VALUES ($1, $2, $3, $4)
@@ -811,6 +837,46 @@ class PostgresConsentView(ConsentView):
             row = await self._reads.fetchrow(_CLAIM_REQUEST, brand, request_id, fingerprint, ids)
             if row is not None:
                 return _request_use(row)
+
+    @bounded
+    async def request_uses(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], RequestUse]:
+        if not keys:
+            return {}
+        rows = await self._reads.fetch(_REQUEST_USES_OF, [k[0] for k in keys], [k[1] for k in keys])
+        return {(row["brand"], row["request_id"]): _request_use(row) for row in rows}
+
+    @bounded
+    async def claim_requests(self, claims: Sequence[RequestClaim]) -> list[RequestUse]:
+        uses: dict[tuple[str, str], RequestUse] = {}
+        pending = list({(c.brand, c.request_id): c for c in reversed(claims)}.values())
+        while pending:  # only claims of ids committed by others meanwhile come round again
+            rows = await self._reads.fetch(
+                _CLAIM_REQUESTS,
+                [c.brand for c in pending],
+                [c.request_id for c in pending],
+                [c.fingerprint for c in pending],
+                [",".join(str(uuid.UUID(i)) for i in c.event_ids) for c in pending],
+            )
+            for row in rows:
+                if row["fingerprint"] is not None:
+                    uses[(row["brand"], row["request_id"])] = _request_use(row)
+            pending = [c for c in pending if (c.brand, c.request_id) not in uses]
+        return [uses[(c.brand, c.request_id)] for c in claims]
+
+    @bounded
+    async def known_events(self, event_ids: Sequence[str]) -> set[str]:
+        keys = []
+        for i in event_ids:
+            try:
+                keys.append(uuid.UUID(str(i)))
+            except ValueError:
+                continue
+        if not keys:
+            return set()
+        rows = await self._reads.fetch(_KNOWN_EVENTS, keys)
+        return {str(row["event_id"]) for row in rows}
 
     @bounded
     async def message_use(self, brand: str, phone: str, message_id: str) -> str | None:

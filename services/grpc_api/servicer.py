@@ -34,6 +34,7 @@ from ledger.ports import ConsistencyToken
 from ledger.validation import Violations
 from services import packets
 from services.errors import PermissionDenied, ServiceError, ShuttingDown, StoreUnavailable
+from services.grpc_api import imports as imports_api
 from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
 from services.grpc_api.deadlines import within, write_budget
 from services.grpc_api.errors import translate_errors, translate_stream_errors
@@ -575,6 +576,20 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         return api.inbound_outcome_to_proto(
             result.outcome, result.write.event_ids, result.write.token.encode()
         )
+
+    @translate_stream_errors
+    async def ImportConsents(
+        self,
+        requests: AsyncIterator[api_pb2.ImportConsentsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[api_pb2.ImportConsentsResponse]:
+        principal = self._caller(context, Scope.WRITE)
+        imports = self.usecases.start_import(
+            authorize=lambda brand: principal.require(Scope.WRITE, brand),
+            recorded_by=principal.name,
+        )
+        async for answer in imports_api.answer_chunks(imports, requests):
+            yield answer
 
 
 def _certificate_names(context: grpc.aio.ServicerContext) -> list[str]:

@@ -1,5 +1,6 @@
 """The use cases, by purpose: ``writes`` records facts, ``checks`` answers CanSend,
-``audit`` reads what is on record, ``review`` lists the replies awaiting review.
+``audit`` reads what is on record, ``review`` lists the replies awaiting review;
+``imports`` records another platform's export (``UseCases.start_import``).
 
 Entry points (gRPC, CLI) build a request from their input and call one of them;
 they know the ports (``ledger.ports``), never a technology. ``UseCases.build`` makes
@@ -8,6 +9,7 @@ all four on one ``Context``; ``services.bootstrap`` is the one place that does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -17,6 +19,7 @@ from services.freshness import FreshnessGuard
 from services.usecases.audit import Audit, Evidence
 from services.usecases.checks import DEFAULT_FUTURE_HORIZON, Checks
 from services.usecases.context import Clock, Context, utc_now
+from services.usecases.imports import Imports
 from services.usecases.review import Review
 from services.usecases.writes import Writes
 
@@ -50,3 +53,9 @@ class UseCases:
         ctx = Context(ledger, view, guard, clock)
         checks = Checks(ctx, reads, future_horizon, campaigns)
         return cls(Writes(ctx), checks, Audit(ctx, evidence, health_limits), Review(ctx))
+
+    def start_import(
+        self, *, authorize: Callable[[str], None] = lambda brand: None, recorded_by: str = ""
+    ) -> Imports:
+        """A bulk import's use case (``services.usecases.imports``), for one import."""
+        return Imports(self.writes.ctx, authorize=authorize, recorded_by=recorded_by)

@@ -351,6 +351,26 @@ class LedgerSuite:
         )
         assert by_partition(recorded) == {p: rs for p, rs in stored.items() if rs}
 
+    async def test_import_sized_batches_appended_at_once_keep_each_calls_order(
+        self, ledger: EventLog
+    ) -> None:
+        # A bulk import appends chunks of hundreds of events, several at once: each
+        # call's events come back in its order, and each phone's stay in the order
+        # its calls gave them.
+        phones = [new_phone() for _ in range(10)]
+        calls = [
+            [message_sent(p, 100 * c + n) for n in range(25) for p in phones] for c in range(4)
+        ]
+
+        results = await asyncio.gather(*(ledger.append(events) for events in calls))
+
+        for events, recorded in zip(calls, results, strict=True):
+            assert [r.event for r in recorded] == events
+            for rs in by_partition(recorded).values():
+                assert [r.position.offset for r in rs] == sorted(r.position.offset for r in rs)
+        stored = await read_all(ledger, Stream.SUBSCRIBERS, page=1000)
+        assert sum(len(rs) for rs in stored.values()) == 4 * 25 * 10
+
     async def test_concurrent_appends_never_share_an_offset_or_leave_a_gap(
         self, ledger: EventLog
     ) -> None:

@@ -53,6 +53,7 @@ from ledger.ports import (
     ConsentView,
     ConsistencyToken,
     DigestReads,
+    RequestClaim,
     RequestUse,
     Stream,
 )
@@ -1022,6 +1023,40 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
         assert await view.history(phone) == []
         await view.reset()  # a rebuild keeps which request holds each id
         assert await view.request_use("acme", "r1") == held
+
+    async def test_bulk_claims_answer_each_claim_with_the_use_that_stands(
+        self, view: ConsentView
+    ) -> None:
+        held = await view.claim_request("acme", "r0", "fp-0", [str(uuid.uuid4())])
+        mine = [str(uuid.uuid4()) for _ in range(3)]
+        claims = [
+            RequestClaim("acme", "r0", "fp-x", (mine[0],)),  # taken before: not ours
+            RequestClaim("acme", "r1", "fp-1", (mine[1], mine[2])),
+            RequestClaim("globex", "r0", "fp-g", (mine[0],)),  # another brand's own id
+            RequestClaim("acme", "r1", "fp-dup", (str(uuid.uuid4()),)),  # r1 again: the first
+        ]
+        uses = await view.claim_requests(claims)
+        assert uses == [
+            held,
+            RequestUse("fp-1", (mine[1], mine[2])),
+            RequestUse("fp-g", (mine[0],)),
+            RequestUse("fp-1", (mine[1], mine[2])),
+        ]
+        assert await view.request_use("acme", "r1") == RequestUse("fp-1", (mine[1], mine[2]))
+        assert await view.request_uses([("acme", "r1"), ("acme", "r9"), ("globex", "r0")]) == {
+            ("acme", "r1"): RequestUse("fp-1", (mine[1], mine[2])),
+            ("globex", "r0"): RequestUse("fp-g", (mine[0],)),
+        }
+        assert await view.claim_requests([]) == []
+        assert await view.request_uses([]) == {}
+
+    async def test_known_events_names_the_applied_ones_only(self, view: ConsentView) -> None:
+        applied = grant("+14155550100", "acme", "deals", T0)
+        await view.apply(Stream.SUBSCRIBERS, Positions().record([applied]))
+        missing = str(uuid.uuid4())
+        found = await view.known_events([str(applied.event_id), missing, "not-an-id"])
+        assert found == {str(applied.event_id)}
+        assert await view.known_events([]) == set()
 
     async def test_a_second_send_of_one_provider_message_id_is_no_fact(
         self, view: ConsentView

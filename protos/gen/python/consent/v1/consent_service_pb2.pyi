@@ -2453,3 +2453,165 @@ class SweepCampaignResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
 Global___SweepCampaignResponse: _TypeAlias = SweepCampaignResponse  # noqa: Y015
+
+@_typing.final
+class ImportRecord(_message.Message):
+    """One record of an import: an opt-in with its proof, or an opt-out, as the
+    single write would carry it. Its request_id is the record's stable import id
+    (the source platform's id, or one derived from the record's content).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPT_IN_FIELD_NUMBER: _builtins.int
+    OPT_OUT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def opt_in(self) -> Global___RecordOptInRequest: ...
+    @_builtins.property
+    def opt_out(self) -> Global___RecordOptOutRequest: ...
+    def __init__(
+        self,
+        *,
+        opt_in: Global___RecordOptInRequest | None = ...,
+        opt_out: Global___RecordOptOutRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["opt_in", b"opt_in", "opt_out", b"opt_out", "record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["opt_in", b"opt_in", "opt_out", b"opt_out", "record", b"record"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_record: _TypeAlias = _typing.Literal["opt_in", "opt_out"]  # noqa: Y015
+    _WhichOneofArgType_record: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_record) -> _WhichOneofReturnType_record | None: ...
+
+Global___ImportRecord: _TypeAlias = ImportRecord  # noqa: Y015
+
+@_typing.final
+class ImportConsentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    """Check every record and write nothing; the answers count what would be
+    imported. The first message decides for the whole import.
+    """
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportRecord]:
+        """At most 1,000 records."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___ImportRecord] | None = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportConsentsRequest: _TypeAlias = ImportConsentsRequest  # noqa: Y015
+
+@_typing.final
+class ImportFieldViolation(_message.Message):
+    """A field of a refused record, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """As in the single write's request: "phone", "proof.ip_address", ..."""
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportFieldViolation: _TypeAlias = ImportFieldViolation  # noqa: Y015
+
+@_typing.final
+class ImportRefusal(_message.Message):
+    """A record not imported."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    VIOLATIONS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The record's place in the import: 0 is the first record of the first
+    message, counted over every message of the stream.
+    """
+    request_id: _builtins.str
+    code: _builtins.str
+    """The gRPC status code the single write would have got: INVALID_ARGUMENT,
+    FAILED_PRECONDITION (campaign not defined), ALREADY_EXISTS (the import id was
+    used by another record or request) or PERMISSION_DENIED (the brand).
+    """
+    @_builtins.property
+    def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportFieldViolation]: ...
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+        code: _builtins.str = ...,
+        violations: _abc.Iterable[Global___ImportFieldViolation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "index", b"index", "request_id", b"request_id", "violations", b"violations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportRefusal: _TypeAlias = ImportRefusal  # noqa: Y015
+
+@_typing.final
+class ImportConsentsResponse(_message.Message):
+    """The answer to one ImportConsentsRequest, in the order they were sent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMPORTED_FIELD_NUMBER: _builtins.int
+    ALREADY_PRESENT_FIELD_NUMBER: _builtins.int
+    REFUSALS_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    FIRST_INDEX_FIELD_NUMBER: _builtins.int
+    imported: _builtins.int
+    """Records of the message written now (with dry_run: that would be)."""
+    already_present: _builtins.int
+    """Records recorded before under their import id: nothing written."""
+    consistency_token: _builtins.str
+    """Read at least this fresh to see the message's records (empty when it wrote
+    nothing).
+    """
+    first_index: _builtins.int
+    """The index of the message's first record."""
+    @_builtins.property
+    def refusals(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportRefusal]: ...
+    def __init__(
+        self,
+        *,
+        imported: _builtins.int = ...,
+        already_present: _builtins.int = ...,
+        refusals: _abc.Iterable[Global___ImportRefusal] | None = ...,
+        consistency_token: _builtins.str = ...,
+        first_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_present", b"already_present", "consistency_token", b"consistency_token", "first_index", b"first_index", "imported", b"imported", "refusals", b"refusals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportConsentsResponse: _TypeAlias = ImportConsentsResponse  # noqa: Y015

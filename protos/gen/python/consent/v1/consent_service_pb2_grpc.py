@@ -150,6 +150,11 @@ class ConsentServiceStub:
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.GetProofPacketRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_consent__service__pb2.GetProofPacketResponse.FromString,
                 _registered_method=True)
+        self.ImportConsents = channel.stream_stream(
+                '/consent.v1.ConsentService/ImportConsents',
+                request_serializer=consent_dot_v1_dot_consent__service__pb2.ImportConsentsRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__service__pb2.ImportConsentsResponse.FromString,
+                _registered_method=True)
 
 
 class ConsentServiceServicer:
@@ -350,6 +355,21 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportConsents(self, request_iterator, context):
+        """Bulk import of another platform's export: opt-ins with their proof, and
+        opt-outs. The client sends chunks of up to 1,000 records; each chunk is
+        answered, in order, once its new records are appended (or, with dry_run,
+        checked). A record is checked as RecordOptIn / RecordOptOut would check it,
+        and refused on its own, naming its fields and why, while the others go on.
+        Its request_id is its import id: a record already imported under it is
+        counted as already present and writes nothing, so running an import again
+        writes nothing new. Needs the write scope; a record of a brand the token may
+        not write for is refused (PERMISSION_DENIED) and the rest go on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -467,6 +487,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.GetProofPacket,
                     request_deserializer=consent_dot_v1_dot_consent__service__pb2.GetProofPacketRequest.FromString,
                     response_serializer=consent_dot_v1_dot_consent__service__pb2.GetProofPacketResponse.SerializeToString,
+            ),
+            'ImportConsents': grpc.stream_stream_rpc_method_handler(
+                    servicer.ImportConsents,
+                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.ImportConsentsRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__service__pb2.ImportConsentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1091,6 +1116,33 @@ class ConsentService:
             '/consent.v1.ConsentService/GetProofPacket',
             consent_dot_v1_dot_consent__service__pb2.GetProofPacketRequest.SerializeToString,
             consent_dot_v1_dot_consent__service__pb2.GetProofPacketResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportConsents(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/consent.v1.ConsentService/ImportConsents',
+            consent_dot_v1_dot_consent__service__pb2.ImportConsentsRequest.SerializeToString,
+            consent_dot_v1_dot_consent__service__pb2.ImportConsentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -134,6 +134,17 @@ class ConsentServiceStub:
     handling, and the consent timeline; as JSON, and on request as an HTML page or
     a PDF. It is whole after an opt-out: history is kept.
     """
+    ImportConsents: _grpc.StreamStreamMultiCallable[_consent_service_pb2.ImportConsentsRequest, _consent_service_pb2.ImportConsentsResponse]
+    """Bulk import of another platform's export: opt-ins with their proof, and
+    opt-outs. The client sends chunks of up to 1,000 records; each chunk is
+    answered, in order, once its new records are appended (or, with dry_run,
+    checked). A record is checked as RecordOptIn / RecordOptOut would check it,
+    and refused on its own, naming its fields and why, while the others go on.
+    Its request_id is its import id: a record already imported under it is
+    counted as already present and writes nothing, so running an import again
+    writes nothing new. Needs the write scope; a record of a brand the token may
+    not write for is refused (PERMISSION_DENIED) and the rest go on.
+    """
 
 @_typing.type_check_only
 class ConsentServiceAsyncStub(ConsentServiceStub):
@@ -230,6 +241,17 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     message with the decision that allowed it, every opt-out and reply with its
     handling, and the consent timeline; as JSON, and on request as an HTML page or
     a PDF. It is whole after an opt-out: history is kept.
+    """
+    ImportConsents: _aio.StreamStreamMultiCallable[_consent_service_pb2.ImportConsentsRequest, _consent_service_pb2.ImportConsentsResponse]  # type: ignore[assignment]
+    """Bulk import of another platform's export: opt-ins with their proof, and
+    opt-outs. The client sends chunks of up to 1,000 records; each chunk is
+    answered, in order, once its new records are appended (or, with dry_run,
+    checked). A record is checked as RecordOptIn / RecordOptOut would check it,
+    and refused on its own, naming its fields and why, while the others go on.
+    Its request_id is its import id: a record already imported under it is
+    counted as already present and writes nothing, so running an import again
+    writes nothing new. Needs the write scope; a record of a brand the token may
+    not write for is refused (PERMISSION_DENIED) and the rest go on.
     """
 
 class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -462,6 +484,23 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         message with the decision that allowed it, every opt-out and reply with its
         handling, and the consent timeline; as JSON, and on request as an HTML page or
         a PDF. It is whole after an opt-out: history is kept.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportConsents(
+        self,
+        request_iterator: _MaybeAsyncIterator[_consent_service_pb2.ImportConsentsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_consent_service_pb2.ImportConsentsResponse], _abc.AsyncIterator[_consent_service_pb2.ImportConsentsResponse]]:
+        """Bulk import of another platform's export: opt-ins with their proof, and
+        opt-outs. The client sends chunks of up to 1,000 records; each chunk is
+        answered, in order, once its new records are appended (or, with dry_run,
+        checked). A record is checked as RecordOptIn / RecordOptOut would check it,
+        and refused on its own, naming its fields and why, while the others go on.
+        Its request_id is its import id: a record already imported under it is
+        counted as already present and writes nothing, so running an import again
+        writes nothing new. Needs the write scope; a record of a brand the token may
+        not write for is refused (PERMISSION_DENIED) and the rest go on.
         """
 
 def add_ConsentServiceServicer_to_server(servicer: ConsentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

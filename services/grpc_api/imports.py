@@ -1,0 +1,92 @@
+"""``ImportConsents``' stream: chunks of records in, one answer per chunk out, in order.
+
+Up to ``IN_FLIGHT`` chunks are worked on at once, so the next chunk is checked and
+its import ids claimed while the one before waits for the ledger to acknowledge
+its append; the answers still go out in the order the chunks came. A client that
+sends no more than it has answers for, plus ``IN_FLIGHT``, keeps the server busy
+without holding more than that in its memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+
+from consent.v1 import consent_service_pb2 as api_pb2
+
+from ledger.commands import RecordOptIn, RecordOptOut
+from ledger.errors import DomainError, InvalidRequest
+from services.usecases.imports import ChunkResult, Imports, Item
+from services.wire.api import command_from_proto
+
+IN_FLIGHT = 4
+"""Chunks worked on at once in one stream."""
+
+
+def items_from_proto(records: Sequence[api_pb2.ImportRecord], first: int) -> list[Item]:
+    """Each record as the use case takes it: its command, or what refused its fields."""
+    items = []
+    for index, record in enumerate(records, first):
+        kind = record.WhichOneof("record")
+        if kind is None:
+            error = InvalidRequest("record", "holds neither opt_in nor opt_out")
+            items.append(Item(index, None, error))
+            continue
+        message = getattr(record, kind)
+        try:
+            command = command_from_proto(message)
+        except DomainError as exc:
+            items.append(Item(index, None, exc, message.request_id))
+            continue
+        assert isinstance(command, RecordOptIn | RecordOptOut)
+        items.append(Item(index, command, None, message.request_id))
+    return items
+
+
+def chunk_to_proto(result: ChunkResult, first: int) -> api_pb2.ImportConsentsResponse:
+    response = api_pb2.ImportConsentsResponse(
+        imported=result.imported,
+        already_present=result.present,
+        consistency_token=result.token.encode(),
+        first_index=first,
+    )
+    for refusal in result.refusals:
+        response.refusals.add(
+            index=refusal.index,
+            request_id=refusal.request_id,
+            code=refusal.code,
+            violations=[
+                api_pb2.ImportFieldViolation(field=f, description=d) for f, d in refusal.violations
+            ],
+        )
+    return response
+
+
+async def answer_chunks(
+    imports: Imports, requests: AsyncIterator[api_pb2.ImportConsentsRequest]
+) -> AsyncIterator[api_pb2.ImportConsentsResponse]:
+    """One answer per request, in order; the first request's ``dry_run`` holds for all."""
+    pending: deque[tuple[int, asyncio.Future[ChunkResult]]] = deque()
+    index = 0
+    dry_run: bool | None = None
+    try:
+        async for request in requests:
+            if dry_run is None:
+                dry_run = request.dry_run
+            items = items_from_proto(request.records, index)
+            pending.append((index, asyncio.ensure_future(imports.chunk(items, dry_run=dry_run))))
+            index += len(items)
+            while pending and (len(pending) >= IN_FLIGHT or pending[0][1].done()):
+                first, work = pending.popleft()
+                yield chunk_to_proto(await work, first)
+        while pending:
+            first, work = pending.popleft()
+            yield chunk_to_proto(await work, first)
+    finally:
+        for _, work in pending:
+            work.cancel()
+        for _, work in pending:
+            with contextlib.suppress(BaseException):
+                await work

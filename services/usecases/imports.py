@@ -1,0 +1,252 @@
+"""Bulk import: another platform's opt-ins (with their proof) and opt-outs, a chunk
+of records at a time, each recorded once.
+
+Every record is a ``RecordOptIn`` or ``RecordOptOut`` whose ``request_id`` is its
+stable import id, and is checked as that write is (``services.usecases.writes``):
+its fields, its campaign, the proof its campaign's rules require, its brand
+against the caller. A record that fails is refused on its own, naming the field
+and why; the others go on. An import id already recorded for the same record is
+"already present" and writes nothing; for another record it is refused, as a
+request id reused is.
+
+A chunk costs a few round trips whatever its size: the request ids are claimed in
+one statement (``ConsentView.claim_requests``), the facts already applied are
+found in one (``known_events``), and the chunk's facts are appended in one call
+(``EventLog.append``), ordered by when each record happened. One number's facts
+then reach the ledger in the order of their own times within a chunk; across
+chunks the fold needs no order, as it reads facts in world order
+(``ledger.state``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from ledger.campaigns import Campaign
+from ledger.commands import (
+    RecordOptIn,
+    RecordOptOut,
+    check_required_proof,
+    to_events,
+    unattributed_opt_out,
+)
+from ledger.errors import DomainError, InvalidRequest
+from ledger.events import LedgerEvent
+from ledger.ports import ConsistencyToken, RequestClaim, RequestUse, Stream
+from services.errors import FailedPrecondition, PermissionDenied, ServiceError
+from services.usecases.context import BEHIND, Context
+from services.usecases.requests import brand_of
+
+MAX_CHUNK = 1000
+"""Records one chunk may hold."""
+
+ImportCommand = RecordOptIn | RecordOptOut
+
+
+class Code:
+    """Why a record was refused, as the gRPC status code its write alone would get."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A record not imported: its place in the import, its import id, and each bad
+    field with the reason (a record's every bad field at once, like a write's)."""
+
+    index: int
+    request_id: str
+    code: str
+    violations: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One record of a chunk: its place in the whole import, and its command, or the
+    refusal of its fields that translating it met."""
+
+    index: int
+    command: ImportCommand | None
+    error: DomainError | None = None
+    request_id: str = ""
+
+
+@dataclass
+class ChunkResult:
+    imported: int = 0
+    """Records written (in a dry run: that would be)."""
+    present: int = 0
+    """Records recorded before (this import id, this record): nothing written."""
+    refusals: list[Refusal] = field(default_factory=list)
+    token: ConsistencyToken = field(default_factory=lambda: ConsistencyToken({}))
+
+
+@dataclass
+class _Planned:
+    item: Item
+    events: list[LedgerEvent]
+
+
+def _refusal(item: Item, code: str, exc: DomainError | ServiceError) -> Refusal:
+    violations = exc.violations if isinstance(exc, DomainError) else ((exc.field, exc.reason),)
+    return Refusal(item.index, item.request_id, code, tuple(violations))
+
+
+class Imports:
+    """One import's records, a chunk at a time (``chunk``). Keeps what it learnt of
+    each campaign for the import's length; one instance per import."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        authorize: Callable[[str], None] = lambda brand: None,
+        recorded_by: str = "",
+    ) -> None:
+        """``authorize`` raises ``PermissionDenied`` for a brand the caller may not
+        write for; ``recorded_by`` (the caller's name) is stamped on every event."""
+        self.ctx = ctx
+        self._authorize = authorize
+        self._recorded_by = recorded_by
+        self._campaigns: dict[tuple[str, str], Campaign | None] = {}
+        self._caught_up = False
+
+    async def chunk(self, items: Sequence[Item], *, dry_run: bool = False) -> ChunkResult:
+        """Check every record, then append the new ones in one call; with ``dry_run``,
+        check only. Raises (nothing of the chunk refused for it) only when the
+        ledger or the view fails: the chunk may then be sent again unchanged."""
+        if len(items) > MAX_CHUNK:
+            raise InvalidRequest("records", f"at most {MAX_CHUNK} records per message")
+        if not self._caught_up:
+            # An earlier run's records may be in the ledger but not yet in the view:
+            # let the view reach the ledger's end once, so a re-run finds them.
+            if not await self.ctx.guard.wait_until_applied((Stream.SUBSCRIBERS,)):
+                raise FailedPrecondition("records", BEHIND)
+            self._caught_up = True
+        result = ChunkResult()
+        planned: list[_Planned] = []
+        for item in items:
+            try:
+                planned.append(_Planned(item, await self._checked(item)))
+            except DomainError as exc:
+                result.refusals.append(_refusal(item, Code.INVALID_ARGUMENT, exc))
+            except PermissionDenied as exc:
+                result.refusals.append(_refusal(item, Code.PERMISSION_DENIED, exc))
+            except FailedPrecondition as exc:
+                result.refusals.append(_refusal(item, Code.FAILED_PRECONDITION, exc))
+        new = await self._new(planned, result, dry_run)
+        if dry_run:
+            result.imported = len(new)
+            result.refusals.sort(key=lambda r: r.index)
+            return result
+        # When each record happened, not where it stood in the file: one number's
+        # facts reach the ledger in the order of their own times.
+        new.sort(key=lambda p: p.events[0].occurred_at)
+        events = [e for p in new for e in p.events]
+        recorded = await self.ctx.ledger.append(events)
+        result.imported = len(new)
+        result.token = ConsistencyToken.after(recorded)
+        result.refusals.sort(key=lambda r: r.index)
+        return result
+
+    async def _checked(self, item: Item) -> list[LedgerEvent]:
+        """The record's facts, or the first refusal it meets (its fields, its brand
+        for the caller, its campaign, the proof its campaign requires)."""
+        if item.error is not None:
+            raise item.error
+        cmd = item.command
+        assert cmd is not None
+        now = self.ctx.clock()
+        events = to_events(cmd, now)  # every bad field at once
+        self._authorize(cmd.brand)
+        if isinstance(cmd, RecordOptOut):
+            if cmd.campaign is not None and not await self._campaign_known(cmd.brand, cmd.campaign):
+                # As RecordOptOut does: kept for review, denying meanwhile; refusing
+                # it would lose the opt-out.
+                events = unattributed_opt_out(cmd, now)
+        else:
+            rules = await self._campaign_rules(cmd.brand, cmd.campaign)
+            if rules is None:
+                raise FailedPrecondition("campaign", f"{cmd.brand}/{cmd.campaign} is not defined")
+            check_required_proof(cmd, rules.policy)
+        if self._recorded_by:
+            events = [replace(e, recorded_by=self._recorded_by) for e in events]
+        return events
+
+    async def _campaign_known(self, brand: str, campaign: str) -> bool:
+        return await self._campaign_rules(brand, campaign) is not None
+
+    async def _campaign_rules(self, brand: str, campaign: str) -> Campaign | None:
+        key = (brand, campaign)
+        if key not in self._campaigns:
+            if await self.ctx.campaign_known(brand, campaign):
+                history = await self.ctx.view.campaign_history(brand, campaign)
+                self._campaigns[key] = history.current()
+            else:
+                self._campaigns[key] = None
+        return self._campaigns[key]
+
+    async def _new(
+        self, planned: list[_Planned], result: ChunkResult, dry_run: bool
+    ) -> list[_Planned]:
+        """The records not recorded before: an import id of this chunk seen earlier
+        in it, or claimed before with every fact applied, is "already present" (the
+        same record) or refused (another record under the id). In a dry run nothing
+        is claimed."""
+        first: dict[tuple[str, str], _Planned] = {}
+        unique: list[_Planned] = []
+        for p in planned:
+            key = (brand_of(p.events[0]), p.events[0].request_id)
+            earlier = first.get(key)
+            if earlier is None:
+                first[key] = p
+                unique.append(p)
+            elif earlier.events[0].request_fingerprint == p.events[0].request_fingerprint:
+                result.present += 1
+            else:
+                result.refusals.append(_reused(p.item, earlier.item.index))
+        if not unique:
+            return []
+        uses: list[RequestUse | None]
+        if dry_run:
+            found = await self.ctx.view.request_uses(list(first))
+            uses = [found.get(k) for k in first]
+        else:
+            claims = [
+                RequestClaim(
+                    brand_of(p.events[0]),
+                    p.events[0].request_id,
+                    p.events[0].request_fingerprint,
+                    tuple(str(e.event_id) for e in p.events),
+                )
+                for p in unique
+            ]
+            uses = list(await self.ctx.view.claim_requests(claims))
+        ours: list[_Planned] = []
+        for p, use in zip(unique, uses, strict=True):
+            if use is not None and use.fingerprint != p.events[0].request_fingerprint:
+                result.refusals.append(_reused(p.item, None))
+            else:
+                ours.append(p)
+        known = await self.ctx.view.known_events([str(e.event_id) for p in ours for e in p.events])
+        new: list[_Planned] = []
+        for p in ours:
+            if all(str(e.event_id) in known for e in p.events):
+                result.present += 1
+            else:  # new, or claimed by a run whose append failed: (again) the same ids
+                new.append(p)
+        return new
+
+
+def _reused(item: Item, earlier: int | None) -> Refusal:
+    where = f"record {earlier} of this import" if earlier is not None else "another request"
+    return Refusal(
+        item.index,
+        item.request_id,
+        Code.ALREADY_EXISTS,
+        (("request_id", f"was used before by {where}; a new record needs a new id"),),
+    )

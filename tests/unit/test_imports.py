@@ -1,0 +1,190 @@
+"""Bulk import (``services.usecases.imports``) on the in-memory adapters: each record
+checked as its write would be and refused on its own, each import id recorded once,
+a chunk appended in one call in the order of the records' own times."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from ledger.commands import RecordOptOut
+from ledger.errors import InvalidRequest
+from ledger.events import (
+    ConsentGranted,
+    ConsentRevoked,
+    RevocationCandidateFlagged,
+    RevocationChannel,
+)
+from ledger.policy import Reason
+from ledger.ports import Stream
+from services.errors import PermissionDenied
+from services.usecases.imports import MAX_CHUNK, Code, Imports, Item
+from tests.builders import BRAND, at, proof
+from tests.builders import opt_in as an_opt_in
+from tests.unit.usecase_harness import App, define, running
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def opt_in(i: int, phone: str, minutes: int = 0, **changes: object) -> Item:
+    cmd = an_opt_in(at(minutes), request_id=f"imp-{i}", phone=phone, **changes)
+    return Item(i, cmd, request_id=cmd.request_id)
+
+
+def opt_out(i: int, phone: str, minutes: int, campaign: str | None = "promo") -> Item:
+    cmd = RecordOptOut(
+        f"imp-{i}", phone, BRAND, campaign, RevocationChannel.KEYWORD, at(minutes), "STOP"
+    )
+    return Item(i, cmd, request_id=cmd.request_id)
+
+
+async def test_a_chunk_records_the_good_records_and_refuses_each_bad_one_by_field():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        imports = _imports(app)
+        items = [
+            opt_in(0, "+14155550100"),
+            opt_in(1, "not a phone"),
+            opt_in(2, "+14155550102", proof=proof(at(0), ip_address="", form_url="")),
+            opt_in(3, "+14155550103", campaign="nope"),
+            Item(4, None, InvalidRequest("occurred_at", "is required"), request_id="imp-4"),
+            opt_out(5, "+14155550105", 1),
+        ]
+
+        result = await imports.chunk(items)
+
+        assert (result.imported, result.present) == (2, 0)
+        refused = {r.index: (r.code, r.violations[0][0]) for r in result.refusals}
+        assert refused == {
+            1: (Code.INVALID_ARGUMENT, "phone"),
+            2: (Code.INVALID_ARGUMENT, "proof.ip_address"),
+            3: (Code.FAILED_PRECONDITION, "campaign"),
+            4: (Code.INVALID_ARGUMENT, "occurred_at"),
+        }
+        assert [r.request_id for r in result.refusals] == ["imp-1", "imp-2", "imp-3", "imp-4"]
+        written = await app.ledger.read(Stream.SUBSCRIBERS, 0, 0) + [
+            r for p in range(1, 4) for r in await app.ledger.read(Stream.SUBSCRIBERS, p, 0)
+        ]
+        assert sorted(type(r.event).__name__ for r in written) == [
+            "ConsentGranted",
+            "ConsentRevoked",
+        ]
+
+
+async def test_re_running_an_import_writes_nothing_new():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        items = [opt_in(i, f"+1415555{i:04d}") for i in range(20)]
+        first = await _imports(app).chunk(items)
+        assert first.imported == 20
+        ends = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+        again = await _imports(app).chunk(items)
+
+        assert (again.imported, again.present, again.refusals) == (0, 20, [])
+        assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+async def test_an_import_id_reused_for_another_record_is_refused():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        await _imports(app).chunk([opt_in(0, "+14155550100")])
+
+        other = opt_in(0, "+14155550199")  # same import id, another number
+        twice = [opt_in(1, "+14155550101"), opt_in(1, "+14155550101", minutes=5)]
+        result = await _imports(app).chunk([other, *twice])
+
+        assert result.imported == 1
+        assert [(r.index, r.code, r.violations[0][0]) for r in result.refusals] == [
+            (0, Code.ALREADY_EXISTS, "request_id"),
+            (1, Code.ALREADY_EXISTS, "request_id"),
+        ]
+
+
+async def test_the_same_record_twice_in_one_import_is_recorded_once():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        result = await _imports(app).chunk([opt_in(7, "+14155550100")] * 3)
+        assert (result.imported, result.present) == (1, 2)
+
+
+async def test_a_dry_run_checks_everything_and_writes_nothing():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        await _imports(app).chunk([opt_in(0, "+14155550100")])
+        ends = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+        result = await _imports(app).chunk(
+            [opt_in(0, "+14155550100"), opt_in(1, "+14155550101"), opt_in(2, "bad")],
+            dry_run=True,
+        )
+
+        assert (result.imported, result.present) == (1, 1)
+        assert [r.index for r in result.refusals] == [2]
+        assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+        assert await app.view.request_use(BRAND, "imp-1") is None  # nothing claimed
+
+
+async def test_a_chunk_is_appended_in_the_order_of_the_records_own_times():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        phone = "+14155550100"
+        # The export lists the opt-out first; it happened after the opt-in.
+        result = await _imports(app).chunk([opt_out(0, phone, 30), opt_in(1, phone, 10)])
+        assert result.imported == 2
+        partition = app.ledger.partition_for(phone)
+        events = [r.event for r in await app.ledger.read(Stream.SUBSCRIBERS, partition, 0)]
+        assert [type(e) for e in events] == [ConsentGranted, ConsentRevoked]
+        answer = await app.checks.can_send(phone, BRAND, "promo", token=result.token)
+        assert answer.decision.reason is Reason.REVOKED
+
+
+async def test_an_opt_out_of_an_unknown_campaign_is_kept_for_review():
+    async with running() as (app, _):
+        result = await _imports(app).chunk([opt_out(0, "+14155550100", 1, campaign="gone")])
+        assert result.imported == 1
+        partition = app.ledger.partition_for("+14155550100")
+        (kept,) = await app.ledger.read(Stream.SUBSCRIBERS, partition, 0)
+        assert isinstance(kept.event, RevocationCandidateFlagged)
+
+
+async def test_records_of_a_brand_the_caller_may_not_write_for_are_refused():
+    async with running() as (app, _):
+        await app.writes.record(define())
+
+        def only_globex(brand: str) -> None:
+            if brand != "globex":
+                raise PermissionDenied("brand", f"this token may not act for {brand!r}")
+
+        imports = Imports(app.writes.ctx, authorize=only_globex)
+        result = await imports.chunk([opt_in(0, "+14155550100")])
+
+        assert result.imported == 0
+        assert [(r.code, r.violations[0][0]) for r in result.refusals] == [
+            (Code.PERMISSION_DENIED, "brand")
+        ]
+
+
+async def test_imported_facts_carry_the_importer_and_answer_can_send():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        imports = Imports(app.writes.ctx, recorded_by="migration-bot")
+        result = await imports.chunk([opt_in(0, "+14155550100", minutes=-60)])
+        answer = await app.checks.can_send(
+            "+14155550100", BRAND, "promo", at=at(0) + timedelta(hours=2), token=result.token
+        )
+        assert answer.decision.reason is Reason.CONSENT_ACTIVE
+        partition = app.ledger.partition_for("+14155550100")
+        (granted,) = await app.ledger.read(Stream.SUBSCRIBERS, partition, 0)
+        assert granted.event.recorded_by == "migration-bot"
+
+
+async def test_a_chunk_larger_than_the_limit_is_refused_whole():
+    async with running() as (app, _):
+        with pytest.raises(InvalidRequest):
+            await _imports(app).chunk([opt_in(i, "+14155550100") for i in range(MAX_CHUNK + 1)])
+
+
+def _imports(app: App) -> Imports:
+    return Imports(app.writes.ctx)
