@@ -25,6 +25,12 @@ metrics make that visible:
   (``services.grpc_api.rpc_metrics``), go-grpc-prometheus's names;
 * ``consent_ledger_append_seconds`` (histogram): how long the ledger took to
   acknowledge an append (``TimedAppends``);
+* ``consent_messages_sent_total`` and ``consent_delivery_outcomes_total{outcome}``:
+  the ``MessageSent`` and ``DeliveryOutcomeReported`` facts this process appended
+  (every write path counted where it appends, ``TimedAppends``): the error rate
+  carriers watch, across every brand, as it happens;
+* ``consent_campaign_health_flags_total{flag}``: campaigns and sending numbers that
+  ``GetCampaignHealth`` answers found above a limit (``opt_out`` or ``error``);
 * ``consent_projector_failures_total``: times the projector failed and was
   started again (``services.projector.supervise``);
 * ``consent_revocation_candidates_overdue``: flagged replies of every brand left
@@ -60,7 +66,14 @@ from prometheus_client import Counter as CounterMetric
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ledger.events import LedgerEvent, Recorded
+from ledger.events import (
+    DeliveryOutcome,
+    DeliveryOutcomeReported,
+    LedgerEvent,
+    MessageSent,
+    Recorded,
+)
+from ledger.health import HealthReport
 from ledger.policy import Decision, Reason
 from ledger.ports import EventLog, Offsets, ReplicaStats, Stream
 from services.freshness import FreshnessStatus
@@ -131,6 +144,9 @@ class ServiceMetrics(Collector):
         """Open WatchConsentChanges streams."""
         self.changes_streamed = 0
         """Changes handed to gRPC for watchers (sent, or in the call's send)."""
+        self._messages_sent = 0
+        self._outcomes = {outcome: 0 for outcome in DeliveryOutcome}
+        self._health_flags = {"opt_out": 0, "error": 0}
         # prometheus_client's own types for what needs buckets; not registered
         # anywhere (collect yields them), so each ServiceMetrics has its own.
         rpc = ["grpc_service", "grpc_method", "grpc_type"]
@@ -187,6 +203,22 @@ class ServiceMetrics(Collector):
         key = (rpc, code)
         self._errors[key] = self._errors.get(key, 0) + 1
 
+    def appended_facts(self, events: Sequence[LedgerEvent]) -> None:
+        """Count the sends and delivery outcomes among ``events``, just appended."""
+        for event in events:
+            if isinstance(event, MessageSent):
+                self._messages_sent += 1
+            elif isinstance(event, DeliveryOutcomeReported):
+                self._outcomes[event.outcome] += 1
+
+    def health_flagged(self, report: HealthReport) -> None:
+        """Count the campaigns and sending numbers ``report`` flags."""
+        limits = report.limits
+        for campaign in report.campaigns:
+            for counts in (campaign.counts, *(s.counts for s in campaign.senders)):
+                self._health_flags["opt_out"] += counts.opt_out_flagged(limits)
+                self._health_flags["error"] += counts.error_flagged(limits)
+
     def projector_failed(self) -> None:
         self._projector_failures += 1
 
@@ -231,6 +263,28 @@ class ServiceMetrics(Collector):
             "Changes sent to WatchConsentChanges streams.",
             value=self.changes_streamed,
         )
+        yield CounterMetricFamily(
+            "consent_messages_sent",
+            "MessageSent facts this process appended (every brand's sends).",
+            value=self._messages_sent,
+        )
+        outcomes = CounterMetricFamily(
+            "consent_delivery_outcomes",
+            "DeliveryOutcomeReported facts this process appended, by outcome.",
+            labels=["outcome"],
+        )
+        for outcome, n in self._outcomes.copy().items():
+            outcomes.add_metric([outcome.value], n)
+        yield outcomes
+        flags = CounterMetricFamily(
+            "consent_campaign_health_flags",
+            "Campaigns and sending numbers that GetCampaignHealth answers flagged, by "
+            "the rate above its limit.",
+            labels=["flag"],
+        )
+        for flag, n in self._health_flags.copy().items():
+            flags.add_metric([flag], n)
+        yield flags
         yield CounterMetricFamily(
             "consent_projector_failures",
             "Times the projector failed and was started again; the log has each cause.",
@@ -301,8 +355,9 @@ class ServiceMetrics(Collector):
 
 
 class TimedAppends(EventLog):
-    """A ledger whose appends are timed into ``consent_ledger_append_seconds``; every
-    other method is the wrapped ledger's."""
+    """A ledger whose appends are timed into ``consent_ledger_append_seconds`` (and
+    whose sends and delivery outcomes are counted); every other method is the
+    wrapped ledger's."""
 
     def __init__(self, ledger: EventLog, metrics: ServiceMetrics) -> None:
         self._ledger = ledger
@@ -313,6 +368,7 @@ class TimedAppends(EventLog):
         try:
             recorded = await self._ledger.append(events)
             outcome = "ok"
+            self._metrics.appended_facts(events)
             return recorded
         finally:
             self._metrics.appended(outcome, time.perf_counter() - started)

@@ -426,6 +426,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             api.optional_time(request, "end_time"),
             _token(request.at_least_as_fresh),
         )
+        self.metrics.health_flagged(health.value)
         return api.campaign_health_to_proto(health.value, health.token.encode())
 
     @translate_errors

@@ -3,17 +3,22 @@ freshness guard's status it reads from."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
+import pytest
+
+from ledger.events import DeliveryOutcome, DeliveryOutcomeReported
+from ledger.health import CampaignHealth, HealthCounts, HealthLimits, HealthReport, SenderHealth
 from ledger.policy import Decision, Reason, deny
-from ledger.ports import Stream
+from ledger.ports import LedgerUnavailable, Stream
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
 from services.freshness import FreshnessGuard, FreshnessStatus
 from services.grpc_api.servicer import ConsentServicer
-from services.metrics import ServiceMetrics
+from services.metrics import ServiceMetrics, TimedAppends
 from services.settings import FreshnessSettings
-from tests.builders import granted, revoked
+from tests.builders import BRAND, at, granted, revoked, sent
 
 ALLOWED = Decision(True, Reason.CONSENT_ACTIVE)
 REVOKED = deny(Reason.REVOKED, "opted out")
@@ -135,3 +140,64 @@ def test_every_method_reports_its_errors_under_its_own_name() -> None:
     }
     assert {"CanSend", "RecordOptIn", "DefineCampaign", "ListEvents"} <= wrapped.keys()
     assert {name: m.__name__ for name, m in wrapped.items()} == {name: name for name in wrapped}
+
+
+async def test_sends_and_delivery_outcomes_are_counted_as_they_are_appended() -> None:
+    metrics = ServiceMetrics()
+    ledger = TimedAppends(InMemoryLedger(partitions=2), metrics)
+    message = sent(at(1))
+    await ledger.append([granted(at(0)), message, sent(at(2))])
+    await ledger.append([_reported(message, DeliveryOutcome.UNDELIVERABLE)])
+
+    assert value(metrics, "consent_messages_sent_total") == 2
+    outcomes = "consent_delivery_outcomes_total"
+    assert value(metrics, outcomes, outcome="undeliverable") == 1
+    assert value(metrics, outcomes, outcome="failed") == 0  # shown from 0, for rate()
+    assert value(metrics, outcomes, outcome="delivered") == 0
+
+
+async def test_an_append_that_fails_counts_no_send() -> None:
+    class Refusing(InMemoryLedger):
+        async def append(self, events):
+            raise LedgerUnavailable("down")
+
+    metrics = ServiceMetrics()
+    with pytest.raises(LedgerUnavailable):
+        await TimedAppends(Refusing(), metrics).append([sent(at(1))])
+    assert value(metrics, "consent_messages_sent_total") == 0
+
+
+def test_each_flagged_campaign_and_number_of_a_health_answer_is_counted() -> None:
+    metrics = ServiceMetrics()
+    errors = HealthCounts(100, 0, 7)
+    report = HealthReport(
+        BRAND,
+        None,
+        at(0),
+        at(60),
+        HealthLimits(),
+        (
+            CampaignHealth(
+                "promo",
+                errors,
+                (SenderHealth("+12125550100", errors), SenderHealth("", HealthCounts(1, 1, 0))),
+            ),
+        ),
+        0,
+    )
+    metrics.health_flagged(report)
+    flags = "consent_campaign_health_flags_total"
+    assert value(metrics, flags, flag="error") == 2  # the campaign and its first number
+    assert value(metrics, flags, flag="opt_out") == 1  # the second number: 1 in 1
+
+
+def _reported(message, result: DeliveryOutcome) -> DeliveryOutcomeReported:
+    return DeliveryOutcomeReported(
+        event_id=uuid.uuid4(),
+        occurred_at=message.occurred_at,
+        phone=message.phone,
+        brand=message.brand,
+        message_id=message.message_id,
+        campaign=message.campaign,
+        outcome=result,
+    )
