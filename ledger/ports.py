@@ -7,6 +7,7 @@ Adapters are named for their technology and port (``KafkaLedger``,
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import heapq
 import itertools
@@ -508,3 +509,59 @@ class WriterLock(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+# -- accountable access -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccessRecord:
+    """One audit read, as it was asked: who, through what, which read, of which brand,
+    number and campaign, under which request id, and when. ``id`` is given by the log
+    (increasing in the order records were written); None before it is written."""
+
+    at: datetime
+    subject: str
+    """The name of the token (or certificate) that read."""
+    action: str
+    """The read, by its API name (``GetProofPacket``, ``ListEvents``, ...)."""
+    brand: str | None
+    """None: every brand (an operator's read across brands)."""
+    request_id: str
+    via: str = "grpc"
+    """What the reader came through: ``grpc``, ``console``."""
+    phone: str | None = None
+    campaign: str | None = None
+    detail: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """The read's other parameters (a time range, a format, a moment asked about)."""
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class AccessQuery:
+    """Which access records to list, newest first."""
+
+    brands: frozenset[str] | None
+    """Only these brands' records; None: every record, those of every brand included."""
+    phone: str | None = None
+    subject: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    """``[start, end)`` of ``at``."""
+    before: int | None = None
+    """Only records with an ``id`` below this (the next page)."""
+    limit: int = 100
+
+
+class AccessLog(Protocol):
+    """Where audit reads are recorded, append-only: a record once written is never
+    changed or removed."""
+
+    async def append(self, record: AccessRecord) -> int:
+        """Write ``record`` durably and return its id; raise when it cannot (the read
+        it records must then not be answered)."""
+        ...
+
+    async def list(self, query: AccessQuery) -> Sequence[AccessRecord]:
+        """The records ``query`` selects, newest (highest id) first."""
+        ...

@@ -29,6 +29,7 @@ from services.adapters.digest_replica import DigestReplica
 from services.adapters.kafka_ledger import KafkaLedger, UnsafeTopicError
 from services.adapters.kafka_projector import KafkaProjector
 from services.adapters.migrations import migrate
+from services.adapters.postgres_access import PostgresAccessLog
 from services.adapters.postgres_view import PostgresConsentView, read_pool
 from services.freshness import FreshnessGuard
 from services.grpc_api.auth import TokenAuthenticator, write_dev_tokens
@@ -257,6 +258,8 @@ class Runtime:
             future_horizon=s.cansend_future_horizon,
             evidence=self.packet_evidence,
             health_limits=s.health_limits,
+            # Every audit read is recorded here, committed before it is answered.
+            access_log=PostgresAccessLog(self.pool, timeout=s.postgres_timeout),
         )
         self.metrics.guard, self.metrics.replica = self.guard, replica
         self.metrics.overdue = read_on_loop(

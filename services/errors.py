@@ -39,6 +39,11 @@ class NotConsistent(ServiceError):
     """The read model did not reach the requested freshness within the bound."""
 
 
+class AccessNotRecorded(ServiceError):
+    """An audit read whose access record could not be written: refused, unread
+    (UNAVAILABLE, retryable), for no audit read may go unrecorded."""
+
+
 class PermissionDenied(ServiceError):
     """The caller is authenticated but may not do this (scope or brand)."""
 

@@ -34,6 +34,7 @@ from ledger.validation import identifier_problem
 from services.errors import PermissionDenied, Unauthenticated
 from services.rate_limits import UNLIMITED
 from services.settings import RateLimit
+from services.usecases.access import Reader
 
 
 class Scope(enum.Enum):
@@ -61,6 +62,12 @@ class Principal:
             raise PermissionDenied("authorization", f"{self.name} lacks the {scope.value} scope")
         if brand is not None and self.brands is not None and brand not in self.brands:
             raise PermissionDenied("brand", f"{self.name} may not act for brand {brand!r}")
+
+    def reader(self, request_id: str, via: str = "grpc") -> Reader:
+        """This caller as an auditor (``services.usecases.access``): it needs the audit
+        scope; the use cases hold it to its brands and record what it reads."""
+        self.require(Scope.AUDIT)
+        return Reader(self.name, self.brands, request_id, via)
 
 
 def token_digest(token: str) -> str:

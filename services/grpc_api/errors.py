@@ -20,6 +20,7 @@ from grpc_status import rpc_status
 from ledger.errors import DomainError
 from ledger.ports import EventTooLarge, LedgerUnavailable
 from services.errors import (
+    AccessNotRecorded,
     AlreadyExists,
     FailedPrecondition,
     NotConsistent,
@@ -193,6 +194,8 @@ def to_status(exc: BaseException) -> grpc.Status:
         return _unavailable("SHUTTING_DOWN", f"{exc.field}: {exc.reason}")
     if isinstance(exc, NotConsistent):
         return _status(code_pb2.UNAVAILABLE, f"{exc.field}: {exc.reason}")
+    if isinstance(exc, AccessNotRecorded):
+        return _unavailable("ACCESS_NOT_RECORDED", f"{exc.field}: {exc.reason}")
     if isinstance(exc, ServiceError):
         return _status(code_pb2.INTERNAL, exc.reason)
     if isinstance(exc, EventTooLarge):  # the limits of TEXT_LIMITS should never let one by

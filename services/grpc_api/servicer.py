@@ -38,8 +38,10 @@ from services.grpc_api import imports as imports_api
 from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
 from services.grpc_api.deadlines import within, write_budget
 from services.grpc_api.errors import translate_errors, translate_stream_errors
+from services.log_context import REQUEST_ID
 from services.metrics import ServiceMetrics
 from services.usecases import UseCases, sweeps
+from services.usecases.access import Reader
 from services.usecases.checks import BatchResult, CheckResult, check_target
 from services.usecases.sweeps import SweepProgress
 from services.wire import api, codec
@@ -159,6 +161,12 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         principal.require(scope, brand)
         return principal
 
+    def _reader(self, context: grpc.aio.ServicerContext, brand: str | None = None) -> Reader:
+        """The caller as an auditor of ``brand``: the audit use cases record each of
+        its reads (``services.usecases.access``) and hold it to its brands."""
+        principal = self._caller(context, Scope.AUDIT, brand)
+        return principal.reader(REQUEST_ID.get() or "-")
+
     # ---- CanSend and friends: fail closed ----------------------------------------------
 
     @translate_errors
@@ -203,7 +211,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def CanSendAsOf(
         self, request: api_pb2.CanSendAsOfRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.CanSendAsOfResponse:
-        self._caller(context, Scope.AUDIT, request.brand)
+        reader = self._reader(context, request.brand)
         _refuse_bad_fields(
             lambda: api.required_time(request, "at"),
             lambda: api.optional_time(request, "known_at"),
@@ -221,6 +229,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                 api.optional_time(request, "known_at"),
                 kind=api.message_kind_from_proto(request.message_kind),
                 token=_token(request.at_least_as_fresh),
+                reader=reader,
             ),
             CheckResult.failed,
         )
@@ -232,13 +241,17 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def GetConsent(
         self, request: api_pb2.GetConsentRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.GetConsentResponse:
-        self._caller(context, Scope.AUDIT, request.brand)
+        reader = self._reader(context, request.brand)
         _refuse_bad_fields(
             lambda: _token(request.at_least_as_fresh),
             *_target(request.phone, request.brand, request.campaign),
         )
         consent = await self.usecases.audit.get_consent(
-            request.phone, request.brand, request.campaign, _token(request.at_least_as_fresh)
+            request.phone,
+            request.brand,
+            request.campaign,
+            _token(request.at_least_as_fresh),
+            reader=reader,
         )
         response = api_pb2.GetConsentResponse(
             state=api.CONSENT_STATES.to_proto(consent.state),
@@ -265,8 +278,8 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, request: api_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListEventsResponse:
         brand = request.brand if request.HasField("brand") else None
-        principal = self._caller(context, Scope.AUDIT, brand)
-        if brand is None and principal.brands is not None:
+        reader = self._reader(context, brand)
+        if brand is None and reader.brands is not None:
             raise InvalidRequest("brand", "is required for a token limited to some brands")
         _refuse_bad_fields(
             lambda: _page_size(request.page_size),
@@ -277,7 +290,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         size = _page_size(request.page_size)
         start = _page_start(request.page_token)
         history = await self.usecases.audit.history(
-            request.phone, brand, _token(request.at_least_as_fresh)
+            request.phone, brand, _token(request.at_least_as_fresh), reader=reader
         )
         events = history.value
         more = start + size < len(events)
@@ -291,7 +304,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def ListRevocationCandidates(
         self, request: api_pb2.ListRevocationCandidatesRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListRevocationCandidatesResponse:
-        self._caller(context, Scope.AUDIT, request.brand)
+        reader = self._reader(context, request.brand)
         _refuse_bad_fields(
             lambda: _page_size(request.page_size),
             lambda: _queue_after(request.page_token),
@@ -306,6 +319,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             size + 1,
             overdue_only=request.overdue_only,
             token=_token(request.at_least_as_fresh),
+            reader=reader,
         )
         page = queue.candidates[:size]
         more = len(queue.candidates) > size
@@ -323,7 +337,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def WatchConsentChanges(
         self, request: api_pb2.WatchConsentChangesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.WatchConsentChangesResponse]:
-        self._caller(context, Scope.AUDIT, request.brand)
+        reader = self._reader(context, request.brand)
         campaign = request.campaign or None
         _refuse_bad_fields(
             lambda: _resume_token(request.resume_token),
@@ -337,6 +351,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             campaign=campaign,
             messages=request.include_messages,
             stopping=self.stopping,
+            reader=reader,
         )
         self.metrics.watchers += 1
         try:
@@ -358,7 +373,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def SweepCampaign(
         self, request: api_pb2.SweepCampaignRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.SweepCampaignResponse]:
-        self._caller(context, Scope.AUDIT, request.brand)
+        reader = self._reader(context, request.brand)
         _refuse_bad_fields(
             lambda: sweeps.check_range(
                 api.optional_time(request, "start_time"), api.optional_time(request, "end_time")
@@ -372,6 +387,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             api.optional_time(request, "start_time"),
             api.optional_time(request, "end_time"),
             _token(request.at_least_as_fresh),
+            reader=reader,
         )
         token = ""
         try:
@@ -390,7 +406,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def GetOptOutRate(
         self, request: api_pb2.GetOptOutRateRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.GetOptOutRateResponse:
-        self._caller(context, Scope.AUDIT, request.brand)
+        reader = self._reader(context, request.brand)
         campaign = request.campaign if request.HasField("campaign") else None
         _refuse_bad_fields(
             lambda: api.optional_time(request, "start_time"),
@@ -404,6 +420,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             api.optional_time(request, "start_time"),
             api.optional_time(request, "end_time"),
             _token(request.at_least_as_fresh),
+            reader=reader,
         )
         return api.opt_out_rate_to_proto(rate.value, rate.token.encode())
 
@@ -411,7 +428,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def GetCampaignHealth(
         self, request: api_pb2.GetCampaignHealthRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.GetCampaignHealthResponse:
-        self._caller(context, Scope.AUDIT, request.brand)
+        reader = self._reader(context, request.brand)
         campaign = request.campaign if request.HasField("campaign") else None
         _refuse_bad_fields(
             lambda: api.optional_time(request, "start_time"),
@@ -425,6 +442,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             api.optional_time(request, "start_time"),
             api.optional_time(request, "end_time"),
             _token(request.at_least_as_fresh),
+            reader=reader,
         )
         self.metrics.health_flagged(health.value)
         return api.campaign_health_to_proto(health.value, health.token.encode())
@@ -433,7 +451,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def GetProofPacket(
         self, request: api_pb2.GetProofPacketRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.GetProofPacketResponse:
-        self._caller(context, Scope.AUDIT, request.brand)
+        reader = self._reader(context, request.brand)
         campaign = request.campaign if request.HasField("campaign") else None
         _refuse_bad_fields(
             lambda: api.packet_format_from_proto(request.format),
@@ -442,7 +460,12 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         )
         fmt = api.packet_format_from_proto(request.format)
         packet = await self.usecases.audit.proof_packet(
-            request.phone, request.brand, campaign, _token(request.at_least_as_fresh)
+            request.phone,
+            request.brand,
+            campaign,
+            _token(request.at_least_as_fresh),
+            reader=reader,
+            document=None if fmt is None else fmt.value,
         )
         document = packets.to_document(packet.value, consistency_token=packet.token.encode())
         # A PDF takes a moment to draw: off the event loop, which serves other calls.

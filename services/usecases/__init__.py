@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from ledger.health import HealthLimits
-from ledger.ports import CampaignReads, ConsentView, DigestReads, EventLog
+from ledger.ports import AccessLog, CampaignReads, ConsentView, DigestReads, EventLog
+from services.adapters.memory_access import InMemoryAccessLog
 from services.freshness import FreshnessGuard
+from services.usecases.access import Access
 from services.usecases.audit import Audit, Evidence
 from services.usecases.checks import DEFAULT_FUTURE_HORIZON, Checks
 from services.usecases.context import Clock, Context, utc_now
@@ -30,6 +32,7 @@ class UseCases:
     checks: Checks
     audit: Audit
     review: Review
+    access: Access
 
     @classmethod
     def build(
@@ -44,15 +47,19 @@ class UseCases:
         future_horizon: timedelta = DEFAULT_FUTURE_HORIZON,
         evidence: Evidence | None = None,
         health_limits: HealthLimits | None = None,
+        access_log: AccessLog | None = None,
     ) -> UseCases:
         """``reads`` answers CanSend's digests and ``campaigns`` the campaigns' rules
         (each by default the view);
         ``future_horizon`` is how far ahead a check may ask; ``evidence`` proves a
         proof packet's events against the signed checkpoints; ``health_limits`` the rates
-        campaign health flags."""
-        ctx = Context(ledger, view, guard, clock)
+        campaign health flags; ``access_log`` records every audit read
+        (``services.bootstrap`` gives the durable one; by default they are kept in
+        memory, for tests)."""
+        access = Access(InMemoryAccessLog() if access_log is None else access_log, clock)
+        ctx = Context(ledger, view, guard, clock, access=access)
         checks = Checks(ctx, reads, future_horizon, campaigns)
-        return cls(Writes(ctx), checks, Audit(ctx, evidence, health_limits), Review(ctx))
+        return cls(Writes(ctx), checks, Audit(ctx, evidence, health_limits), Review(ctx), access)
 
     def start_import(
         self, *, authorize: Callable[[str], None] = lambda brand: None, recorded_by: str = ""

@@ -40,6 +40,7 @@ from ledger.sweep import Finding
 from services import changes
 from services.errors import FailedPrecondition
 from services.usecases import health, sweeps
+from services.usecases.access import Reader
 from services.usecases.context import Context
 from services.usecases.sweeps import SweepProgress
 
@@ -98,13 +99,20 @@ class Audit:
         self.health_limits = health_limits or HealthLimits()
 
     async def get_consent(
-        self, phone: str, brand: str, campaign: str, token: ConsistencyToken | None = None
+        self,
+        phone: str,
+        brand: str,
+        campaign: str,
+        token: ConsistencyToken | None = None,
+        *,
+        reader: Reader,
     ) -> Consent:
         """The number's consent to ``campaign`` of ``brand``: a campaign never defined
         is refused, so a misspelt name cannot pass for "never granted"."""
         number = to_e164(phone)
         check_name(brand, "brand")
         check_name(campaign, "campaign")
+        await self.ctx.access.admit(reader, "GetConsent", brand, phone=number, campaign=campaign)
         await self.ctx.require_fresh([number], "phone", token)
         if not await self.ctx.campaign_known(brand, campaign):
             raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
@@ -132,12 +140,18 @@ class Audit:
         )
 
     async def history(
-        self, phone: str, brand: str | None, token: ConsistencyToken | None = None
+        self,
+        phone: str,
+        brand: str | None,
+        token: ConsistencyToken | None = None,
+        *,
+        reader: Reader,
     ) -> Read[list[Recorded]]:
         """The number's events (towards ``brand``, or every brand), in ledger order."""
         number = to_e164(phone)
         if brand is not None:
             check_name(brand, "brand")
+        await self.ctx.access.admit(reader, "ListEvents", brand, phone=number)
         await self.ctx.require_fresh([number], "phone", token)
         return Read(await self.ctx.view.history(number, brand), self.ctx.guard.applied_token())
 
@@ -147,16 +161,28 @@ class Audit:
         brand: str,
         campaign: str | None = None,
         token: ConsistencyToken | None = None,
+        *,
+        reader: Reader,
+        document: str | None = None,
     ) -> Read[Packet]:
         """The proof-of-opt-in packet of ``phone`` for ``brand`` (``campaign``: only
         what bears on it): ``ledger.packet.assemble`` of the number's facts towards
         the brand, its STOPs whose brand was unknown, and the rules of every campaign
         they name. A campaign never defined is refused, so a misspelt name cannot
-        pass for "no opt-in"."""
+        pass for "no opt-in". ``document``: the format the packet is to be given in,
+        for the access record."""
         number = to_e164(phone)
         check_name(brand, "brand")
         if campaign is not None:
             check_name(campaign, "campaign")
+        await self.ctx.access.admit(
+            reader,
+            "GetProofPacket",
+            brand,
+            phone=number,
+            campaign=campaign,
+            detail={"format": document},
+        )
         await self.ctx.require_fresh([number], "phone", token)
         read_at = self.ctx.guard.applied_token()
         if campaign is not None and not await self.ctx.campaign_known(brand, campaign):
@@ -192,11 +218,15 @@ class Audit:
         start: datetime | None = None,
         end: datetime | None = None,
         token: ConsistencyToken | None = None,
+        *,
+        reader: Reader,
     ) -> Read[OptOutRate]:
         """The brand's (or the campaign's) opt-out rate over ``[start, end)``: by
         default the 30 days up to now. A campaign never defined is refused, so a
         misspelt name cannot pass for a clean record."""
-        start, end = await self._brand_window(brand, campaign, start, end, token)
+        start, end = await self._brand_window(
+            brand, campaign, start, end, token, reader, "GetOptOutRate"
+        )
         counts = await self.ctx.view.sending_counts(brand, campaign, start, end)
         return Read(OptOutRate(brand, campaign, start, end, counts), self.ctx.guard.applied_token())
 
@@ -207,12 +237,16 @@ class Audit:
         start: datetime | None = None,
         end: datetime | None = None,
         token: ConsistencyToken | None = None,
+        *,
+        reader: Reader,
     ) -> Read[HealthReport]:
         """The opt-out and error rates of the brand's campaigns (or of one), per
         campaign and per sending number, over ``[start, end)``: by default the 30
         days up to now (``ledger.health``). A campaign never defined is refused, so
         a misspelt name cannot pass for a healthy one."""
-        start, end = await self._brand_window(brand, campaign, start, end, token)
+        start, end = await self._brand_window(
+            brand, campaign, start, end, token, reader, "GetCampaignHealth"
+        )
         report, read_at = await health.campaign_health(
             self.ctx, brand, campaign, start, end, self.health_limits
         )
@@ -225,9 +259,12 @@ class Audit:
         start: datetime | None,
         end: datetime | None,
         token: ConsistencyToken | None,
+        reader: Reader,
+        action: str,
     ) -> tuple[datetime, datetime]:
-        """``[start, end)`` checked (by default the 30 days up to now), once the view
-        has caught up for the whole brand and the campaign, if named, is defined."""
+        """``[start, end)`` checked (by default the 30 days up to now), once the read
+        ``action`` is admitted for ``reader`` and recorded, and the view has caught up
+        for the whole brand and the campaign, if named, is defined."""
         check_name(brand, "brand")
         if campaign is not None:
             check_name(campaign, "campaign")
@@ -241,6 +278,13 @@ class Audit:
             raise InvalidRequest("start_time", "must carry a time zone")
         if start >= end:
             raise InvalidRequest("start_time", "must be before end_time")
+        await self.ctx.access.admit(
+            reader,
+            action,
+            brand,
+            campaign=campaign,
+            detail={"start_time": start.isoformat(), "end_time": end.isoformat()},
+        )
         await self.ctx.require_fresh(None, "brand", token)
         if campaign is not None and not await self.ctx.campaign_known(brand, campaign):
             raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
@@ -255,6 +299,7 @@ class Audit:
         campaign: str | None = None,
         messages: bool = False,
         stopping: asyncio.Event | None = None,
+        reader: Reader,
     ) -> AsyncGenerator[tuple[Recorded, ConsistencyToken], None]:
         """``services.changes.watch`` of ``brand``: after ``after``, after what the view
         has applied now (``from_now``), or else from its first change; until
@@ -262,6 +307,13 @@ class Audit:
         check_name(brand, "brand")
         if campaign is not None:
             check_name(campaign, "campaign")
+        await self.ctx.access.admit(
+            reader,
+            "WatchConsentChanges",
+            brand,
+            campaign=campaign,
+            detail={"resume_token": None if after is None else after.encode()},
+        )
         if from_now:
             start = await self.ctx.view.positions(Stream.SUBSCRIBERS)
         else:
@@ -278,14 +330,31 @@ class Audit:
         ):
             yield change
 
-    def sweep(
+    async def sweep(
         self,
         brand: str,
         campaign: str,
         start: datetime | None,
         end: datetime | None,
         token: ConsistencyToken | None = None,
+        *,
+        reader: Reader,
     ) -> AsyncGenerator[Finding | SweepProgress, None]:
         """The compliance sweep of ``campaign`` over ``[start, end)``
-        (``services.usecases.sweeps.sweep_campaign``)."""
-        return sweeps.sweep_campaign(self.ctx, brand, campaign, start, end, token)
+        (``services.usecases.sweeps.sweep_campaign``), recorded before it reads."""
+        check_name(brand, "brand")
+        check_name(campaign, "campaign")
+        start, end = sweeps.check_range(start, end)
+        await self.ctx.access.admit(
+            reader,
+            "SweepCampaign",
+            brand,
+            campaign=campaign,
+            detail={"start_time": start.isoformat(), "end_time": end.isoformat()},
+        )
+        found = sweeps.sweep_campaign(self.ctx, brand, campaign, start, end, token)
+        try:
+            async for item in found:
+                yield item
+        finally:
+            await found.aclose()

@@ -26,6 +26,7 @@ from ledger.ports import CampaignReads, ConsistencyToken, DigestReads
 from ledger.state import CampaignHistory, SubscriberState
 from ledger.validation import Violations, check_not_too_early
 from services.errors import NotConsistent
+from services.usecases.access import Reader
 from services.usecases.context import BEHIND, Context
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class Checks:
         number = phone if canonical else to_e164(phone, field="phone")
         when, provisional, past = self._when(at)
         if past:
-            return await self.can_send_as_of(number, brand, campaign, when, kind=kind, token=token)
+            return await self._as_of(number, brand, campaign, when, kind=kind, token=token)
         fresh = await self.ctx.guard.wait_for_phones([number], token)
         read_at = self.ctx.guard.applied_token()
         if not fresh:
@@ -258,6 +259,37 @@ class Checks:
         *,
         kind: MessageKind = MessageKind.REGULAR,
         token: ConsistencyToken | None = None,
+        reader: Reader,
+    ) -> CheckResult:
+        """What CanSend would have answered at ``at``, from what the ledger knew at
+        ``known_at`` (by default now): an audit read, admitted and recorded for
+        ``reader`` (``services.usecases.access``) before it reads, then ``_as_of``."""
+        number = to_e164(phone)
+        check_name(brand, "brand")
+        check_name(campaign, "campaign")
+        now = self.ctx.clock()
+        t_world = check_time(at, now, "at")
+        t_known = now if known_at is None else check_time(known_at, now, "known_at")
+        await self.ctx.access.admit(
+            reader,
+            "CanSendAsOf",
+            brand,
+            phone=number,
+            campaign=campaign,
+            detail={"at": t_world.isoformat(), "known_at": t_known.isoformat()},
+        )
+        return await self._as_of(number, brand, campaign, t_world, t_known, kind=kind, token=token)
+
+    async def _as_of(
+        self,
+        phone: str,
+        brand: str,
+        campaign: str,
+        at: datetime,
+        known_at: datetime | None = None,
+        *,
+        kind: MessageKind = MessageKind.REGULAR,
+        token: ConsistencyToken | None = None,
     ) -> CheckResult:
         """What CanSend would have answered at ``at``, from what the ledger knew at
         ``known_at`` (by default now). Neither may be ahead of now by more than the
@@ -329,7 +361,7 @@ class Checks:
         for number in dict.fromkeys(numbers):
             if number in answers:
                 continue
-            result = await self.can_send_as_of(number, brand, campaign, at, kind=kind, token=token)
+            result = await self._as_of(number, brand, campaign, at, kind=kind, token=token)
             answers[number], read_at = result.decision, result.token
         return BatchResult([answers[n] for n in numbers], read_at)
 

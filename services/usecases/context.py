@@ -4,13 +4,14 @@ the clock, with the waits that decide whether the view may answer."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 
 from ledger.ports import ConsentView, ConsistencyToken, EventLog, Stream
 from services.errors import NotConsistent
 from services.freshness import FreshnessGuard
+from services.usecases.access import Access
 
 Clock = Callable[[], datetime]
 
@@ -30,6 +31,8 @@ class Context:
     view: ConsentView
     guard: FreshnessGuard
     clock: Clock = utc_now
+    access: Access = field(kw_only=True)
+    """Where every audit read is admitted and recorded (``services.usecases.access``)."""
 
     async def require_fresh(
         self, phones: Sequence[str] | None, field: str, token: ConsistencyToken | None = None

@@ -15,6 +15,7 @@ from ledger.deadlines import revocation_due
 from ledger.events import ANY_BRAND, RevocationCandidateFlagged
 from ledger.ports import ConsistencyToken
 from ledger.state import Fact
+from services.usecases.access import Reader
 from services.usecases.context import Context
 
 QUEUE_CHUNK = 500
@@ -54,6 +55,7 @@ class Review:
         *,
         overdue_only: bool = False,
         token: ConsistencyToken | None = None,
+        reader: Reader,
     ) -> ReviewPage:
         """The brand's unresolved flagged replies, each with its place in the review
         queue, above ``after``, at most ``limit``.
@@ -69,6 +71,13 @@ class Review:
         ``ANY_BRAND`` lists the STOPs whose brand is unknown."""
         if brand != ANY_BRAND:
             check_name(brand, "brand")
+        # The STOPs whose brand is unknown are every brand's: an operator's to list.
+        await self.ctx.access.admit(
+            reader,
+            "ListRevocationCandidates",
+            None if brand == ANY_BRAND else brand,
+            detail={"overdue_only": "true" if overdue_only else None},
+        )
         now = self.ctx.clock()
         await self.ctx.require_fresh(None, "brand", token)
         pending: list[Queued] = []

@@ -23,6 +23,7 @@ from ledger.health import HealthCounts
 from services.errors import FailedPrecondition, NotConsistent
 from tests.builders import BRAND, PHONE, at
 from tests.unit.usecase_harness import (
+    AUDITOR,
     NOW,
     define,
     opt_in,
@@ -38,7 +39,9 @@ async def test_audit_reads_the_view_cannot_serve_fresh_are_unavailable_not_stale
         await app.writes.record(define())
         granted = await app.writes.record(opt_in("r1"))
         assert await app.guard.wait_for_token(granted.token)
-        assert (await app.audit.get_consent(PHONE, BRAND, "promo")).grant is not None
+        assert (
+            await app.audit.get_consent(PHONE, BRAND, "promo", reader=AUDITOR)
+        ).grant is not None
         await stop_task(projector)
         stop = RecordOptOut("r2", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(1))
         await app.ledger.append(to_events(stop, NOW))  # acknowledged, never applied
@@ -46,12 +49,12 @@ async def test_audit_reads_the_view_cannot_serve_fresh_are_unavailable_not_stale
 
         reads = {
             "phone": [
-                app.audit.get_consent(PHONE, BRAND, "promo"),
-                app.audit.history(PHONE, BRAND),
+                app.audit.get_consent(PHONE, BRAND, "promo", reader=AUDITOR),
+                app.audit.history(PHONE, BRAND, reader=AUDITOR),
             ],
             "brand": [
-                app.review.revocation_candidates(BRAND),
-                app.audit.opt_out_rate(BRAND, "promo"),
+                app.review.revocation_candidates(BRAND, reader=AUDITOR),
+                app.audit.opt_out_rate(BRAND, "promo", reader=AUDITOR),
             ],
         }
         for field, calls in reads.items():
@@ -66,12 +69,12 @@ async def test_consent_is_asked_of_a_defined_campaign_only(app):
     assert await app.guard.wait_for_token(granted.token)
     for name in ("", "NOT A NAME!"):
         with pytest.raises(InvalidRequest) as bad:
-            await app.audit.get_consent(PHONE, BRAND, name)
+            await app.audit.get_consent(PHONE, BRAND, name, reader=AUDITOR)
         assert bad.value.field == "campaign"
     with pytest.raises(FailedPrecondition) as undefined:  # a misspelling, say
-        await app.audit.get_consent(PHONE, BRAND, "promoo")
+        await app.audit.get_consent(PHONE, BRAND, "promoo", reader=AUDITOR)
     assert undefined.value.field == "campaign"
-    assert (await app.audit.get_consent(PHONE, BRAND, "promo")).grant is None
+    assert (await app.audit.get_consent(PHONE, BRAND, "promo", reader=AUDITOR)).grant is None
 
 
 async def test_the_opt_out_rate_counts_the_last_30_days_by_default(app):
@@ -84,30 +87,32 @@ async def test_the_opt_out_rate_counts_the_last_30_days_by_default(app):
     )
     await app.guard.wait_for_token(stop.token)
 
-    rate = (await app.audit.opt_out_rate(BRAND, "promo")).value
+    rate = (await app.audit.opt_out_rate(BRAND, "promo", reader=AUDITOR)).value
     assert (rate.start, rate.end) == (NOW - timedelta(days=30), NOW)
     assert (rate.counts.messages_sent, rate.counts.opt_outs, rate.rate) == (1, 1, 1.0)
     assert rate.above_limit
-    later = (await app.audit.opt_out_rate(BRAND, None, at(3), NOW)).value
+    later = (await app.audit.opt_out_rate(BRAND, None, at(3), NOW, reader=AUDITOR)).value
     assert (later.counts.messages_sent, later.counts.opt_outs, later.above_limit) == (0, 0, False)
 
 
 async def test_the_opt_out_rate_refuses_a_bad_window_or_an_undefined_campaign(app):
     await app.writes.record(define())
     with pytest.raises(FailedPrecondition) as undefined:
-        await app.audit.opt_out_rate(BRAND, "nosuch")
+        await app.audit.opt_out_rate(BRAND, "nosuch", reader=AUDITOR)
     assert undefined.value.field == "campaign"
     with pytest.raises(InvalidRequest) as backwards:
-        await app.audit.opt_out_rate(BRAND, "promo", at(5), at(5))
+        await app.audit.opt_out_rate(BRAND, "promo", at(5), at(5), reader=AUDITOR)
     assert backwards.value.field == "start_time"
     with pytest.raises(InvalidRequest) as future:
-        await app.audit.opt_out_rate(BRAND, "promo", None, NOW + timedelta(days=1))
+        await app.audit.opt_out_rate(BRAND, "promo", None, NOW + timedelta(days=1), reader=AUDITOR)
     assert future.value.field == "end_time"
     with pytest.raises(InvalidRequest) as too_early:
-        await app.audit.opt_out_rate(BRAND, None, None, datetime(1, 1, 2, tzinfo=UTC))
+        await app.audit.opt_out_rate(
+            BRAND, None, None, datetime(1, 1, 2, tzinfo=UTC), reader=AUDITOR
+        )
     assert too_early.value.field == "end_time"
     with pytest.raises(InvalidRequest) as naive:
-        await app.audit.opt_out_rate(BRAND, None, at(0).replace(tzinfo=None), NOW)
+        await app.audit.opt_out_rate(BRAND, None, at(0).replace(tzinfo=None), NOW, reader=AUDITOR)
     assert naive.value.field == "start_time"
 
 
@@ -130,7 +135,7 @@ async def test_campaign_health_counts_per_sending_number_from_the_view(app):
     )
     await app.guard.wait_for_token(stop.token)
 
-    health = (await app.audit.campaign_health(BRAND, None)).value
+    health = (await app.audit.campaign_health(BRAND, None, reader=AUDITOR)).value
     assert (health.start, health.end) == (NOW - timedelta(days=30), NOW)
     [promo] = health.campaigns
     assert promo.counts == HealthCounts(2, 1, 1)
@@ -139,21 +144,23 @@ async def test_campaign_health_counts_per_sending_number_from_the_view(app):
         ("+12125550101", HealthCounts(1, 1, 0)),  # the STOP came after it
     ]
     assert health.flagged
-    later = (await app.audit.campaign_health(BRAND, "promo", at(5), NOW)).value
+    later = (await app.audit.campaign_health(BRAND, "promo", at(5), NOW, reader=AUDITOR)).value
     assert later.campaigns == () and not later.flagged
 
 
 async def test_campaign_health_refuses_a_bad_window_or_an_undefined_campaign(app):
     await app.writes.record(define())
     with pytest.raises(FailedPrecondition) as undefined:
-        await app.audit.campaign_health(BRAND, "nosuch")
+        await app.audit.campaign_health(BRAND, "nosuch", reader=AUDITOR)
     assert undefined.value.field == "campaign"
     with pytest.raises(InvalidRequest) as backwards:
-        await app.audit.campaign_health(BRAND, "promo", at(5), at(5))
+        await app.audit.campaign_health(BRAND, "promo", at(5), at(5), reader=AUDITOR)
     assert backwards.value.field == "start_time"
     with pytest.raises(InvalidRequest) as future:
-        await app.audit.campaign_health(BRAND, "promo", None, NOW + timedelta(days=1))
+        await app.audit.campaign_health(
+            BRAND, "promo", None, NOW + timedelta(days=1), reader=AUDITOR
+        )
     assert future.value.field == "end_time"
     with pytest.raises(InvalidRequest) as bad_brand:
-        await app.audit.campaign_health("NOT A BRAND", None)
+        await app.audit.campaign_health("NOT A BRAND", None, reader=AUDITOR)
     assert bad_brand.value.field == "brand"

@@ -9,7 +9,7 @@ import pytest
 from services.errors import FailedPrecondition
 from services.usecases.audit import Audit
 from tests.builders import BRAND, PHONE
-from tests.unit.usecase_harness import define, opt_in, running
+from tests.unit.usecase_harness import AUDITOR, define, opt_in, running
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -36,20 +36,22 @@ async def test_the_packet_reads_the_numbers_facts_and_asks_for_their_proof():
         assert await app.guard.wait_for_token(granted.token)
         evidence = Recording()
         audit = Audit(app.audit.ctx, evidence)
-        read = await audit.proof_packet(PHONE, BRAND, "promo", granted.token)
+        read = await audit.proof_packet(PHONE, BRAND, "promo", granted.token, reader=AUDITOR)
         [grant] = read.value.opt_ins
         assert grant.event.event_id == granted.event_ids[0]
         assert evidence.asked == [(grant.event.partition, grant.event.offset)]
         assert read.value.tamper_evidence == {"status": "proven", "detail": "test"}
         with pytest.raises(FailedPrecondition):
-            await audit.proof_packet(PHONE, BRAND, "promo-typo")
+            await audit.proof_packet(PHONE, BRAND, "promo-typo", reader=AUDITOR)
 
 
 async def test_evidence_that_cannot_be_read_is_said_and_the_packet_still_given():
     async with running() as (app, _):
         await app.writes.record(define())
         granted = await app.writes.record(opt_in("r1"))
-        read = await Audit(app.audit.ctx, Broken()).proof_packet(PHONE, BRAND, None, granted.token)
+        read = await Audit(app.audit.ctx, Broken()).proof_packet(
+            PHONE, BRAND, None, granted.token, reader=AUDITOR
+        )
         assert len(read.value.opt_ins) == 1
         assert read.value.tamper_evidence is not None
         assert read.value.tamper_evidence["status"] == "unavailable"

@@ -15,7 +15,7 @@ from ledger.policy import Reason
 from services.usecases.checks import Checks
 from services.usecases.context import Context
 from tests.builders import BRAND, PHONE, at
-from tests.unit.usecase_harness import NOW, define, ledger_at_now, opt_in, running
+from tests.unit.usecase_harness import AUDITOR, NOW, define, ledger_at_now, opt_in, running
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 OTHER = "+14155550199"
@@ -43,7 +43,7 @@ async def test_a_check_for_a_past_moment_answers_as_the_check_as_of_does():
             single = await app.checks.can_send(
                 PHONE, BRAND, "promo", at=moment, token=written.token
             )
-            audit = await app.checks.can_send_as_of(PHONE, BRAND, "promo", moment)
+            audit = await app.checks.can_send_as_of(PHONE, BRAND, "promo", moment, reader=AUDITOR)
             assert single.decision == audit.decision, moment
             batch = await app.checks.can_send_batch(
                 [PHONE, OTHER, PHONE], BRAND, "promo", at=moment, token=written.token
@@ -103,7 +103,9 @@ async def test_the_horizon_is_the_apps_setting():
     async with running(ledger=ledger_at_now()) as (app, _):
         await app.writes.record(define())
         short = Checks(
-            Context(app.ledger, app.view, app.guard, clock=lambda: NOW),
+            Context(
+                app.ledger, app.view, app.guard, clock=lambda: NOW, access=app.audit.ctx.access
+            ),
             future_horizon=timedelta(days=1),
         )
         with pytest.raises(InvalidRequest):

@@ -24,6 +24,7 @@ from ledger.policy import Reason
 from services.errors import NotConsistent
 from tests.builders import BRAND, PHONE, at, proof
 from tests.unit.usecase_harness import (
+    AUDITOR,
     NOW,
     define,
     ledger_at_now,
@@ -153,7 +154,7 @@ async def test_a_check_for_a_campaign_the_view_lacks_yet_is_not_consistent_not_u
         await app.ledger.append(to_events(define(), NOW))
 
         with pytest.raises(NotConsistent) as err:
-            await app.audit.opt_out_rate(BRAND, "promo")
+            await app.audit.opt_out_rate(BRAND, "promo", reader=AUDITOR)
         single = await app.checks.can_send(PHONE, BRAND, "promo")
         batch = await app.checks.can_send_batch([PHONE], BRAND, "promo")
 
@@ -175,13 +176,13 @@ async def test_a_check_as_of_waits_for_the_projection_and_says_no_while_it_is_be
         await app.writes.record(define())
         granted = await app.writes.record(opt_in("r1"))
         assert await app.guard.wait_for_token(granted.token)
-        before = await app.checks.can_send_as_of(PHONE, BRAND, "promo", NOW)
+        before = await app.checks.can_send_as_of(PHONE, BRAND, "promo", NOW, reader=AUDITOR)
         await stop_task(projector)
         stop = RecordOptOut("r2", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(1))
         await app.ledger.append(to_events(stop, NOW))  # acknowledged, never applied
         await app.guard.observe()
 
-        after = await app.checks.can_send_as_of(PHONE, BRAND, "promo", NOW)
+        after = await app.checks.can_send_as_of(PHONE, BRAND, "promo", NOW, reader=AUDITOR)
 
         assert before.decision.allowed
         assert not after.decision.allowed and after.decision.reason is Reason.NOT_CONSISTENT
@@ -193,9 +194,11 @@ async def test_a_check_as_of_refuses_a_time_ahead_of_now(field):
         assert await app.guard.wait_for_token((await app.writes.record(define())).token)
         ahead = {"at": NOW, "known_at": None, field: datetime(9999, 12, 31, tzinfo=UTC)}
         with pytest.raises(InvalidRequest) as err:
-            await app.checks.can_send_as_of(PHONE, BRAND, "promo", ahead["at"], ahead["known_at"])
+            await app.checks.can_send_as_of(
+                PHONE, BRAND, "promo", ahead["at"], ahead["known_at"], reader=AUDITOR
+            )
         assert err.value.field == field
         skewed = await app.checks.can_send_as_of(
-            PHONE, BRAND, "promo", NOW, NOW + timedelta(minutes=1)
+            PHONE, BRAND, "promo", NOW, NOW + timedelta(minutes=1), reader=AUDITOR
         )
         assert skewed.decision.reason is Reason.NO_CONSENT  # within the skew allowed

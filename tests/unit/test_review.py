@@ -20,6 +20,7 @@ from services.adapters.memory_view import InMemoryConsentView
 from tests.builders import BRAND, PHONE, at
 from tests.conformance.view_suite import Positions, flag
 from tests.unit.usecase_harness import (
+    AUDITOR,
     running,
 )
 
@@ -37,16 +38,17 @@ async def test_the_review_queue_pages_past_no_reply_applied_late():
     async with running() as (app, _):
         later, earlier = flagged(PHONE, 0, at(2)), flagged("+14155552672", 1, at(1))
         await app.view.apply(Stream.SUBSCRIBERS, [later])
-        (first,) = (await app.review.revocation_candidates(BRAND)).candidates
+        (first,) = (await app.review.revocation_candidates(BRAND, reader=AUDITOR)).candidates
         assert first.candidate.event_id == str(later.event.event_id)
 
         await app.view.apply(Stream.SUBSCRIBERS, [earlier])  # its partition was behind
         (following,) = (
-            await app.review.revocation_candidates(BRAND, after=first.position)
+            await app.review.revocation_candidates(BRAND, after=first.position, reader=AUDITOR)
         ).candidates
         assert following.candidate.event_id == str(earlier.event.event_id)
         assert [
-            q.candidate for q in (await app.review.revocation_candidates(BRAND)).candidates
+            q.candidate
+            for q in (await app.review.revocation_candidates(BRAND, reader=AUDITOR)).candidates
         ] == [
             first.candidate,
             following.candidate,
@@ -84,12 +86,14 @@ async def test_the_review_queue_reads_in_chunks_and_the_fold_decides(monkeypatch
                 await app.view.apply(Stream.SUBSCRIBERS, [recorded])
         open_ = [str(replies[i].event_id) for i in (3, 4, 6)]
 
-        everything = (await app.review.revocation_candidates(BRAND)).candidates
+        everything = (await app.review.revocation_candidates(BRAND, reader=AUDITOR)).candidates
         assert [q.candidate.event_id for q in everything] == open_
-        page = (await app.review.revocation_candidates(BRAND, limit=2)).candidates
+        page = (await app.review.revocation_candidates(BRAND, limit=2, reader=AUDITOR)).candidates
         assert page == everything[:2]
         rest = (
-            await app.review.revocation_candidates(BRAND, after=page[-1].position, limit=2)
+            await app.review.revocation_candidates(
+                BRAND, after=page[-1].position, limit=2, reader=AUDITOR
+            )
         ).candidates
         assert rest == everything[2:]
 
@@ -105,6 +109,6 @@ async def test_a_page_of_the_review_queue_reads_only_as_many_replies_as_it_shows
     replies = [flag(f"+1415555{2950 + i:04d}", BRAND, at(i)) for i in range(30)]
     async with running(view=CountingView()) as (app, _):
         await app.view.apply(Stream.SUBSCRIBERS, Positions(partitions=4).record(replies))
-        page = (await app.review.revocation_candidates(BRAND, limit=11)).candidates
+        page = (await app.review.revocation_candidates(BRAND, limit=11, reader=AUDITOR)).candidates
     assert [q.candidate.event_id for q in page] == [str(r.event_id) for r in replies[:11]]
     assert asked == [11]

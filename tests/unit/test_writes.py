@@ -36,6 +36,7 @@ from services.errors import AlreadyExists, FailedPrecondition, NotConsistent
 from tests.builders import BRAND, PHONE, at, proof
 from tests.builders import opt_in as an_opt_in
 from tests.unit.usecase_harness import (
+    AUDITOR,
     NOW,
     NUMBER,
     OTHER_NUMBER,
@@ -153,7 +154,7 @@ async def test_a_fact_appended_under_an_id_another_request_holds_is_no_fact():
         recorded = await app.ledger.append([*grant, *stop])
         token = ConsistencyToken.after(recorded)
         assert await app.guard.wait_for_token(token)
-        history = (await app.audit.history(PHONE, BRAND)).value
+        history = (await app.audit.history(PHONE, BRAND, reader=AUDITOR)).value
         assert [r.event.event_id for r in history] == [grant[0].event_id]
         assert (await app.checks.can_send(PHONE, BRAND, "promo", token=token)).decision.allowed
         use = await app.view.request_use(BRAND, "r1")
@@ -180,16 +181,19 @@ async def test_a_message_id_recorded_already_is_the_same_message_whatever_else_i
             assert again.replayed and again.event_ids == first.event_ids
         other = await app.writes.record(sent("s4", message_id="SM2"))  # another message: counted
         assert await app.guard.wait_for_token(other.token)
-        rate = (await app.audit.opt_out_rate(BRAND, "promo", at(0), at(60))).value
+        rate = (await app.audit.opt_out_rate(BRAND, "promo", at(0), at(60), reader=AUDITOR)).value
         assert rate.counts.messages_sent == 2
         # Appended twice without the check (a race, or a writer of its own): once.
         dupes = to_events(sent("s5", occurred_at=at(12)), NOW) + to_events(sent("s6"), NOW)
         assert await app.guard.wait_for_token(
             ConsistencyToken.after(await app.ledger.append(dupes))
         )
-        rate = (await app.audit.opt_out_rate(BRAND, "promo", at(0), at(60))).value
+        rate = (await app.audit.opt_out_rate(BRAND, "promo", at(0), at(60), reader=AUDITOR)).value
         assert rate.counts.messages_sent == 2
-        kinds = [type(r.event).__name__ for r in (await app.audit.history(PHONE, BRAND)).value]
+        kinds = [
+            type(r.event).__name__
+            for r in (await app.audit.history(PHONE, BRAND, reader=AUDITOR)).value
+        ]
         assert kinds.count("MessageSent") == 2
 
 

@@ -19,6 +19,7 @@ from services.freshness import FreshnessGuard
 from services.projector import Projector
 from services.settings import FreshnessSettings
 from services.usecases import UseCases
+from services.usecases.access import Access, Reader
 from services.usecases.audit import Audit
 from services.usecases.checks import Checks
 from services.usecases.review import Review
@@ -27,6 +28,8 @@ from tests.builders import BRAND, at
 from tests.builders import opt_in as an_opt_in
 
 NOW = at(60)
+AUDITOR = Reader("auditor", None, "req-test")
+"""A reader of every brand, as an operator's audit token is."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class App:
     checks: Checks
     audit: Audit
     review: Review
+    access: Access
 
 
 def wired(ledger: InMemoryLedger, view: InMemoryConsentView, guard: FreshnessGuard) -> App:
@@ -47,7 +51,9 @@ def wired(ledger: InMemoryLedger, view: InMemoryConsentView, guard: FreshnessGua
     built = UseCases.build(
         ledger, view, guard, clock=lambda: NOW, campaigns=CampaignHistoryCache(view)
     )
-    return App(ledger, view, guard, built.writes, built.checks, built.audit, built.review)
+    return App(
+        ledger, view, guard, built.writes, built.checks, built.audit, built.review, built.access
+    )
 
 
 @contextlib.asynccontextmanager
