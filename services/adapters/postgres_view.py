@@ -7,9 +7,13 @@ first locks the position rows of the batch's partitions, so two projectors
 handed the same partitions during a Kafka rebalance take turns, and the second
 finds the batch already applied and writes nothing.
 
-Everything is read in one query per table per batch and written back with
-``executemany``: the cost of a batch grows with its size, not with round trips.
-The tables are created by ``services/migrations/0002_projections.sql``.
+Everything is read in one query per table per batch. The rows written go by
+``COPY`` into temporary staging tables and from there into the tables in one
+set-based statement each: PostgreSQL parses and plans a handful of statements
+per batch instead of one per row, and the batch's cost grows with its size, not
+with round trips. Each fact is encoded once, for its event copy and for the
+snapshots that keep it (``join_snapshot``). The tables are created by
+``services/migrations/0002_projections.sql``.
 """
 
 from __future__ import annotations
@@ -61,7 +65,13 @@ from ledger.state import (
 )
 from ledger.status import ConsentState, consent_state
 from services.errors import StoreUnavailable
-from services.wire.codec import decode_recorded, decode_snapshot, encode_recorded, encode_snapshot
+from services.wire.codec import (
+    decode_recorded,
+    decode_snapshot,
+    encode_recorded,
+    join_snapshot,
+    split_snapshot,
+)
 from services.wire.digest import FORMAT as DIGEST_FORMAT
 from services.wire.digest import decode_digest, encode_digest
 
@@ -101,27 +111,65 @@ _WRITE_POSITION = """
 UPDATE projection_offset SET next_offset = $3 WHERE stream = $1 AND partition = $2
 """
 _KNOWN_EVENTS = "SELECT event_id FROM ledger_event_copy WHERE event_id = ANY($1::uuid[])"
-_INSERT_EVENT = """
-INSERT INTO ledger_event_copy (event_id, stream, partition, "offset", event_type, phone, brand,
-                               campaign, occurred_at, recorded_at, payload)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+# The staging tables a batch's rows are copied into: the session's own, emptied at
+# every commit, created once per connection (a notice says they exist already).
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS stage_event_copy (
+    seq integer, event_id uuid, stream text, partition integer, "offset" bigint,
+    event_type text, phone text, brand text, campaign text, occurred_at timestamptz,
+    recorded_at timestamptz, payload bytea) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_subscriber_state (
+    seq integer, phone text, brand text, snapshot bytea, last_offset bigint,
+    updated_at timestamptz, digest bytea) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_consent_status (
+    seq integer, phone text, brand text, campaign text, status text, tier smallint,
+    granted_event_id uuid, granted_at timestamptz, revoked_event_id uuid,
+    revoked_at timestamptz, updated_at timestamptz) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_request_use (
+    seq integer, first boolean, brand text, request_id text, fingerprint text,
+    event_ids uuid[]) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_message_use (
+    seq integer, brand text, phone text, message_id text, event_id uuid) ON COMMIT DELETE ROWS;
+"""
+_EVENT_COLUMNS = (
+    "event_id", "stream", "partition", "offset", "event_type", "phone", "brand", "campaign",
+    "occurred_at", "recorded_at", "payload",
+)  # fmt: skip
+_QUOTED_EVENT_COLUMNS = ", ".join(f'"{c}"' for c in _EVENT_COLUMNS)
+# In seq order: the recorded order, in which the event copies' trigger (migration
+# 0007) gives the batch's flagged replies their places in the review queue.
+_INSERT_EVENTS = f"""
+INSERT INTO ledger_event_copy ({_QUOTED_EVENT_COLUMNS})
+SELECT {_QUOTED_EVENT_COLUMNS} FROM stage_event_copy ORDER BY seq
 ON CONFLICT DO NOTHING
 """
 # A request id taken by the first request applied with it (unless a writer took it
-# first, claim_request); an event of the same request adds its id. Rows are taken in
-# key order, so two batches that share ids cannot deadlock.
-_USE_REQUESTS = """
-INSERT INTO request_use AS u (brand, request_id, fingerprint, event_ids)
-VALUES ($1, $2, $3, $4::uuid[])
-ON CONFLICT (brand, request_id) DO UPDATE
-SET event_ids = u.event_ids || ARRAY(
-    SELECT e FROM unnest(EXCLUDED.event_ids) WITH ORDINALITY AS t(e, n)
+# first, claim_request); an event of the same request adds its id. Per id, the
+# batch's first fingerprint inserts the row when the id is free; the others can only
+# add their ids to a row that holds their fingerprint already (the second
+# statement). Rows are taken in key order (seq), so two batches that share ids
+# cannot deadlock; the second statement finds them locked by the first already.
+_ADD_IDS = """
+event_ids = u.event_ids || ARRAY(
+    SELECT e FROM unnest({ids}) WITH ORDINALITY AS t(e, n)
     WHERE e <> ALL(u.event_ids) ORDER BY n)
+"""
+_USE_REQUESTS = f"""
+INSERT INTO request_use AS u (brand, request_id, fingerprint, event_ids)
+SELECT brand, request_id, fingerprint, event_ids FROM stage_request_use WHERE first ORDER BY seq
+ON CONFLICT (brand, request_id) DO UPDATE
+SET {_ADD_IDS.format(ids="EXCLUDED.event_ids")}
 WHERE u.fingerprint = EXCLUDED.fingerprint
 """
+_USE_REQUESTS_AGAIN = f"""
+UPDATE request_use AS u SET {_ADD_IDS.format(ids="s.event_ids")}
+FROM stage_request_use AS s
+WHERE NOT s.first AND u.brand = s.brand AND u.request_id = s.request_id
+  AND u.fingerprint = s.fingerprint
+"""
 _REQUEST_USES = """
-SELECT u.brand, u.request_id, u.fingerprint FROM request_use AS u
-JOIN unnest($1::text[], $2::text[]) AS k(brand, request_id) USING (brand, request_id)
+SELECT DISTINCT u.brand, u.request_id, u.fingerprint FROM request_use AS u
+JOIN stage_request_use AS k USING (brand, request_id)
 """
 # The writer's claim: the row it inserted, or the one that was there. A row committed
 # by another writer after this statement's snapshot conflicts but is not read: then
@@ -164,13 +212,13 @@ SELECT u.brand, u.request_id, u.fingerprint, u.event_ids FROM request_use AS u
 JOIN unnest($1::text[], $2::text[]) AS k(brand, request_id) USING (brand, request_id)
 """
 _USE_MESSAGES = """
-INSERT INTO message_use (brand, phone, message_id, event_id) VALUES ($1, $2, $3, $4)
+INSERT INTO message_use (brand, phone, message_id, event_id)
+SELECT brand, phone, message_id, event_id FROM stage_message_use ORDER BY seq
 ON CONFLICT DO NOTHING
 """
 _MESSAGE_USES = """
 SELECT m.brand, m.phone, m.message_id, m.event_id FROM message_use AS m
-JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(brand, phone, message_id)
-USING (brand, phone, message_id)
+JOIN stage_message_use AS k USING (brand, phone, message_id)
 """
 _READ_FLAGGED = """
 SELECT position, event_id, phone FROM flagged_reply
@@ -188,7 +236,8 @@ FOR UPDATE OF s
 """
 _UPSERT_STATE = """
 INSERT INTO subscriber_state (phone, brand, snapshot, last_offset, updated_at, digest)
-VALUES ($1, $2, $3, $4, $5, $6)
+SELECT phone, brand, snapshot, last_offset, updated_at, digest
+FROM stage_subscriber_state ORDER BY seq
 ON CONFLICT (phone, brand) DO UPDATE
 SET snapshot = EXCLUDED.snapshot, last_offset = EXCLUDED.last_offset,
     updated_at = EXCLUDED.updated_at, digest = EXCLUDED.digest
@@ -216,7 +265,9 @@ WHERE f.resolved IS NOT TRUE
 _UPSERT_STATUS = """
 INSERT INTO consent_status (phone, brand, campaign, status, tier, granted_event_id, granted_at,
                             revoked_event_id, revoked_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+SELECT phone, brand, campaign, status, tier, granted_event_id, granted_at, revoked_event_id,
+       revoked_at, updated_at
+FROM stage_consent_status ORDER BY seq
 ON CONFLICT (phone, brand, campaign) DO UPDATE
 SET status = EXCLUDED.status, tier = EXCLUDED.tier,
     granted_event_id = EXCLUDED.granted_event_id, granted_at = EXCLUDED.granted_at,
@@ -443,14 +494,21 @@ moves the partition's position, under that position's row lock. A partition with
 no such event gives one row with no event, for its position."""
 
 
+async def _copy(conn: asyncpg.Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
+    """``rows`` into one of the ``_STAGING`` tables, in its column order."""
+    if rows:
+        await conn.copy_records_to_table(table, records=rows)
+
+
 def _request_use(row: asyncpg.Record) -> RequestUse:
     return RequestUse(row["fingerprint"], tuple(str(i) for i in row["event_ids"]))
 
 
-def _event_row(stream: Stream, recorded: Recorded) -> tuple[Any, ...]:
+def _event_row(stream: Stream, recorded: Recorded, payload: bytes, seq: int) -> tuple[Any, ...]:
     event = recorded.event
     phone = event.phone if isinstance(event, SubscriberEvent) else None
     return (
+        seq,
         event.event_id,
         stream.value,
         recorded.position.partition,
@@ -461,8 +519,49 @@ def _event_row(stream: Stream, recorded: Recorded) -> tuple[Any, ...]:
         getattr(event, "campaign", None),
         event.occurred_at,
         recorded.recorded_at,
-        encode_recorded(recorded),
+        payload,
     )
+
+
+class _FactBytes:
+    """Each fact's encoding, made once per batch: a new event's is its event copy's
+    payload, a loaded one's comes out of its row's snapshot, and every snapshot
+    written is joined from them (``join_snapshot``) instead of encoded again.
+
+    Keyed by the event object, which a fact and the ``Recorded`` it came from share;
+    the entry holds that object, so its id cannot be reused while it is kept."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[Recorded, bytes]] = {}
+
+    def remember(self, recorded: Recorded, data: bytes) -> None:
+        if not recorded.extra:  # a snapshot's facts carry no extra: else not the same bytes
+            self._known[id(recorded.event)] = (recorded, data)
+
+    def of(self, fact: Recorded) -> bytes:
+        hit = self._known.get(id(fact.event))
+        if (
+            hit is not None
+            and hit[0].event is fact.event
+            and hit[0].position == fact.position
+            and hit[0].recorded_at == fact.recorded_at
+        ):
+            return hit[1]
+        data = encode_recorded(fact)
+        self._known[id(fact.event)] = (fact, data)
+        return data
+
+    def load_state(self, phone: str, brand: str, snapshot: bytes) -> SubscriberState:
+        """A row's state, as ``_load_state`` folds it, its facts' bytes remembered."""
+        facts = []
+        for data in split_snapshot(snapshot):
+            fact = decode_recorded(data)
+            self._known[id(fact.event)] = (fact, data)
+            facts.append(fact)
+        return fold(facts, SubscriberState(phone=phone, brand=brand))
+
+    def snapshot(self, state: SubscriberState) -> bytes:
+        return join_snapshot([self.of(fact) for fact in retained_facts(state)])
 
 
 class PostgresConsentView(ConsentView):
@@ -534,6 +633,7 @@ class PostgresConsentView(ConsentView):
         if not fresh:
             return
 
+        await conn.execute(_STAGING)
         known = {
             row["event_id"]
             for row in await conn.fetch(_KNOWN_EVENTS, [r.event.event_id for r in fresh])
@@ -547,15 +647,20 @@ class PostgresConsentView(ConsentView):
         new = await self._first_uses(conn, new)
 
         if new:
+            encoded = _FactBytes()
             # Inserted in recorded order: the order in which the event copies' trigger
             # (migration 0007) gives the batch's flagged replies their places in the
             # review queue, at the commit.
             in_recorded_order = sorted(new, key=lambda r: (r.recorded_at, r.event.event_id))
-            await conn.executemany(
-                _INSERT_EVENT, [_event_row(stream, r) for r in in_recorded_order]
-            )
+            rows = []
+            for seq, recorded in enumerate(in_recorded_order):
+                payload = encode_recorded(recorded)
+                encoded.remember(recorded, payload)
+                rows.append(_event_row(stream, recorded, payload, seq))
+            await _copy(conn, "stage_event_copy", rows)
+            await conn.execute(_INSERT_EVENTS)
             if stream is Stream.SUBSCRIBERS:
-                await self._fold_subscribers(conn, new)
+                await self._fold_subscribers(conn, new, encoded)
                 await self._mark_resolved(conn, new)
             else:
                 await self._fold_campaigns(conn, new)
@@ -578,12 +683,20 @@ class PostgresConsentView(ConsentView):
                 uses = requests.setdefault((getattr(e, "brand", ""), e.request_id), {})
                 uses.setdefault(e.request_fingerprint, []).append(e.event_id)
         if requests:
-            keys = sorted(requests)
-            await conn.executemany(
-                _USE_REQUESTS,
-                [(*key, fp, ids) for key in keys for fp, ids in requests[key].items()],
+            staged = [
+                (key, n == 0, fp, ids)
+                for key in sorted(requests)
+                for n, (fp, ids) in enumerate(requests[key].items())
+            ]
+            await _copy(
+                conn,
+                "stage_request_use",
+                [(seq, first, *key, fp, ids) for seq, (key, first, fp, ids) in enumerate(staged)],
             )
-            rows = await conn.fetch(_REQUEST_USES, [k[0] for k in keys], [k[1] for k in keys])
+            await conn.execute(_USE_REQUESTS)
+            if any(not first for _, first, _, _ in staged):
+                await conn.execute(_USE_REQUESTS_AGAIN)
+            rows = await conn.fetch(_REQUEST_USES)
             holder = {(row["brand"], row["request_id"]): row["fingerprint"] for row in rows}
             new = [
                 r
@@ -600,8 +713,11 @@ class PostgresConsentView(ConsentView):
         if not sent:
             return new
         messages = sorted(sent)
-        await conn.executemany(_USE_MESSAGES, [(*m, sent[m]) for m in messages])
-        rows = await conn.fetch(_MESSAGE_USES, *([m[i] for m in messages] for i in range(3)))
+        await _copy(
+            conn, "stage_message_use", [(seq, *m, sent[m]) for seq, m in enumerate(messages)]
+        )
+        await conn.execute(_USE_MESSAGES)
+        rows = await conn.fetch(_MESSAGE_USES)
         first = {(row["brand"], row["phone"], row["message_id"]): row["event_id"] for row in rows}
         return [
             r
@@ -610,7 +726,9 @@ class PostgresConsentView(ConsentView):
             or first[r.event.brand, r.event.phone, r.event.message_id] == r.event.event_id
         ]
 
-    async def _fold_subscribers(self, conn: asyncpg.Connection, new: list[Recorded]) -> None:
+    async def _fold_subscribers(
+        self, conn: asyncpg.Connection, new: list[Recorded], encoded: _FactBytes
+    ) -> None:
         keys = sorted({(r.event.phone, r.event.brand) for r in new})  # type: ignore[attr-defined]
         states: dict[tuple[str, str], SubscriberState] = {}
         # The retained facts need not include the newest event (a late fact that
@@ -619,7 +737,7 @@ class PostgresConsentView(ConsentView):
         updated: dict[tuple[str, str], datetime] = {}
         for row in await conn.fetch(_LOAD_STATES, [k[0] for k in keys], [k[1] for k in keys]):
             key = (row["phone"], row["brand"])
-            states[key] = _load_state(*key, row["snapshot"])
+            states[key] = encoded.load_state(*key, row["snapshot"])
             last_offset[key] = row["last_offset"]
             updated[key] = row["updated_at"]
         for recorded in new:
@@ -631,24 +749,28 @@ class PostgresConsentView(ConsentView):
             last_offset[key] = max(last_offset.get(key, -1), recorded.position.offset)
             updated[key] = max(updated.get(key, recorded.recorded_at), recorded.recorded_at)
         digests = {key: digest_of(states[key]) for key in keys}
-        await conn.executemany(
-            _UPSERT_STATE,
+        await _copy(
+            conn,
+            "stage_subscriber_state",
             [
                 (
+                    seq,
                     phone,
                     brand,
-                    encode_snapshot(retained_facts(states[phone, brand])),
+                    encoded.snapshot(states[phone, brand]),
                     last_offset[phone, brand],
                     updated[phone, brand],
                     encode_digest(digests[phone, brand]),
                 )
-                for phone, brand in keys
+                for seq, (phone, brand) in enumerate(keys)
             ],
         )
-        await conn.executemany(
-            _UPSERT_STATUS,
-            [row for key in keys for row in _status_rows(states[key], digests[key], updated[key])],
-        )
+        await conn.execute(_UPSERT_STATE)
+        statuses = [
+            row for key in keys for row in _status_rows(states[key], digests[key], updated[key])
+        ]
+        await _copy(conn, "stage_consent_status", [(seq, *row) for seq, row in enumerate(statuses)])
+        await conn.execute(_UPSERT_STATUS)
 
     @staticmethod
     async def _mark_resolved(conn: asyncpg.Connection, new: list[Recorded]) -> None:

@@ -745,3 +745,52 @@ def decode_snapshot(data: bytes) -> list[Recorded]:
     msg = ledger_pb2.StateSnapshot()
     _parse(msg, data)
     return [recorded_from_proto(r) for r in msg.facts]
+
+
+_FACTS_TAG = b"\x0a"  # StateSnapshot.facts: field 1, length-delimited
+
+
+def join_snapshot(facts: Sequence[bytes]) -> bytes:
+    """``encode_snapshot`` of facts already encoded one by one (``encode_recorded``,
+    with no ``extra``): a repeated message field is its items' bytes one after
+    another, so the projector encodes each fact once, for its event copy and for
+    every snapshot that keeps it."""
+    parts = []
+    for data in facts:
+        parts.append(_FACTS_TAG)
+        parts.append(_varint(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def split_snapshot(data: bytes) -> list[bytes]:
+    """The encoded facts of a snapshot, each as ``encode_recorded`` gives it; the
+    inverse of ``join_snapshot``."""
+    facts, at, end = [], 0, len(data)
+    while at < end:
+        if data[at : at + 1] != _FACTS_TAG:
+            raise WireFormatError("snapshot", "holds a field other than its facts")
+        length, shift, at = 0, 0, at + 1
+        while True:
+            if at >= end:
+                raise WireFormatError("snapshot", "ends inside a fact's length")
+            byte = data[at]
+            at += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        if at + length > end:
+            raise WireFormatError("snapshot", "ends inside a fact")
+        facts.append(data[at : at + length])
+        at += length
+    return facts
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

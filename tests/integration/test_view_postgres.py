@@ -16,17 +16,18 @@ import pytest_asyncio
 from ledger.events import (
     CandidateResolution,
     ConsentTier,
+    Recorded,
     RevocationCandidateResolved,
 )
 from ledger.ports import Stream
 from services.adapters.migrations import discover, migrate
 from services.adapters.postgres_view import (
     _CHANGES,
-    _INSERT_EVENT,
     PostgresConsentView,
     _event_row,
     read_pool,
 )
+from services.wire.codec import encode_recorded
 from tests.conformance.view_suite import (
     T0,
     ConsentViewSuite,
@@ -287,6 +288,14 @@ async def test_the_review_queue_migration_keeps_the_recorded_order_of_earlier_re
         await pool.close()
 
 
+async def insert_event_copy(conn: asyncpg.Connection, recorded: Recorded) -> None:
+    """One event copy inserted by itself, as an earlier version of the view did."""
+    row = _event_row(Stream.SUBSCRIBERS, recorded, encode_recorded(recorded), 0)[1:]
+    await conn.execute(
+        "INSERT INTO ledger_event_copy VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", *row
+    )
+
+
 async def test_a_reply_any_version_applies_gets_its_place_at_its_commit(pool: asyncpg.Pool) -> None:
     """The places come from the database (migration 0007), so an instance of an
     earlier version that only inserts the reply's event copy gets it placed, and
@@ -298,11 +307,11 @@ async def test_a_reply_any_version_applies_gets_its_place_at_its_commit(pool: as
 
     async with pool.acquire() as conn, conn.transaction():  # an earlier version
         [reply] = pos.record([flag(copied, "acme", T0)])
-        await conn.execute(_INSERT_EVENT, *_event_row(Stream.SUBSCRIBERS, reply))
+        await insert_event_copy(conn, reply)
         assert await conn.fetchval("SELECT count(*) FROM flagged_reply") == 1
     async with pool.acquire() as conn, conn.transaction():  # the version before
         [reply] = pos.record([flag(placed, "acme", T0)])
-        await conn.execute(_INSERT_EVENT, *_event_row(Stream.SUBSCRIBERS, reply))
+        await insert_event_copy(conn, reply)
         last = await conn.fetchval("SELECT last FROM flagged_reply_counter FOR UPDATE")
         await conn.execute(
             "INSERT INTO flagged_reply VALUES ($1, 'acme', $2, $3)",

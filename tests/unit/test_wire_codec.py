@@ -590,6 +590,34 @@ def test_any_snapshot_round_trips(rows: list[tuple[LedgerEvent, int, int, dateti
     assert codec.decode_snapshot(codec.encode_snapshot(facts)) == facts
 
 
+@given(
+    st.lists(
+        st.tuples(any_event, st.integers(0, 2**31 - 1), st.integers(0, 2**63 - 1), moments),
+        max_size=5,
+    )
+)
+def test_a_snapshot_joined_from_encoded_facts_is_the_encoded_snapshot(
+    rows: list[tuple[LedgerEvent, int, int, datetime]],
+) -> None:
+    facts = [Recorded(e, LedgerPosition(p, o), at) for e, p, o, at in rows]
+    encoded = [codec.encode_recorded(f) for f in facts]
+
+    joined = codec.join_snapshot(encoded)
+
+    assert joined == codec.encode_snapshot(facts)
+    assert codec.split_snapshot(joined) == encoded
+
+
+def test_a_snapshot_cut_short_is_refused_not_misread() -> None:
+    fact = Recorded(EXAMPLES[0], LedgerPosition(0, 300), AT)
+    whole = codec.encode_snapshot([fact, fact])
+
+    with pytest.raises(codec.WireFormatError, match="snapshot"):
+        codec.split_snapshot(whole[:-1])
+    with pytest.raises(codec.WireFormatError, match="snapshot"):
+        codec.split_snapshot(b"\x12\x00")
+
+
 @pytest.mark.parametrize(
     "enum_map",
     [

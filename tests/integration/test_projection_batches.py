@@ -1,0 +1,133 @@
+"""The view's batched write path (COPY into staging tables, then one statement per
+table) against a real PostgreSQL: a batch of thousands writes exactly the rows that
+the same stream applied one event at a time writes, and a connection lost in the
+middle of a batch leaves none of it behind."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import asyncpg
+import pytest
+
+from ledger.events import LedgerEvent, MessageSent, SubscriberEvent
+from ledger.ports import Stream
+from services.adapters.memory_view import InMemoryConsentView
+from services.adapters.postgres_view import PROJECTION_TABLES, PostgresConsentView, _FactBytes
+from services.projector import Projector
+from tests.conformance.view_suite import generate_events
+from tests.integration.test_projector_postgres import (
+    assert_projection_is_exact,
+    dump,
+    filled_ledger,
+)
+
+pytestmark = pytest.mark.postgres
+
+
+def mixed_stream(count: int) -> list[LedgerEvent]:
+    """``generate_events`` with what only some batches meet: requests of two events,
+    a request id reused by another request (no fact), provider message ids sent twice
+    (the second no fact), and appends retried (the same event id twice)."""
+    events = generate_events(count, phones=120, brands=3, campaigns=2, seed=23)
+    out: list[LedgerEvent] = []
+    for i, event in enumerate(events):
+        if isinstance(event, SubscriberEvent) and i % 4 == 0:
+            # i and i + 4 share a request (the same fingerprint) unless i % 24 == 0,
+            # where a second request reuses the id with another fingerprint.
+            request = i // 8
+            fingerprint = f"fp-{request}-{i % 24 == 0}"
+            event = dataclasses.replace(
+                event, request_id=f"req-{request}", request_fingerprint=fingerprint
+            )
+        if isinstance(event, MessageSent) and i % 9 == 0:
+            event = dataclasses.replace(event, message_id=f"m-shared-{i % 5}")
+        out.append(event)
+        if i % 97 == 0:
+            out.append(event)  # a retried append
+    return out
+
+
+async def tables(view: PostgresConsentView, pool: asyncpg.Pool) -> dict[str, list[Any]]:
+    found = await dump(view)
+    found["request_use"] = [
+        tuple(row.values())
+        for row in await pool.fetch("SELECT * FROM request_use ORDER BY brand, request_id")
+    ]
+    return found
+
+
+async def test_a_batch_writes_what_one_event_at_a_time_writes(pool: asyncpg.Pool) -> None:
+    ledger, recorded = await filled_ledger(mixed_stream(1500))
+    view = PostgresConsentView(pool)
+
+    await Projector(ledger, view).catch_up(batch_size=1)
+    one_at_a_time = await tables(view, pool)
+    await view.reset()
+    await pool.execute("TRUNCATE request_use")
+    await Projector(ledger, view).catch_up(batch_size=5000)
+    batched = await tables(view, pool)
+
+    assert len(one_at_a_time["ledger_event_copy"]) < len(recorded)  # the retries, once
+    assert one_at_a_time["request_use"], "the stream has requests"
+    assert one_at_a_time["message_use"], "the stream has provider message ids"
+    assert one_at_a_time["flagged_reply"], "the stream has flagged replies"
+    for table in (*PROJECTION_TABLES, "request_use"):
+        assert batched[table] == one_at_a_time[table], table
+    # And the states are those of the in-memory view, which shares no code with it.
+    memory = InMemoryConsentView()
+    await Projector(ledger, memory).catch_up(batch_size=5000)
+    keys = {
+        (r.event.phone, r.event.brand) for r in recorded if isinstance(r.event, SubscriberEvent)
+    }
+    for brand in sorted({b for _, b in keys}):
+        phones = sorted(p for p, b in keys if b == brand)
+        assert await view.subscriber_states(brand, phones) == await memory.subscriber_states(
+            brand, phones
+        )
+
+
+class ConnectionLostMidBatch(PostgresConsentView):
+    """Loses its connection on its ``lose_on``-th batch, after the event copies and
+    the subscriber rows went in and before the positions did."""
+
+    def __init__(self, pool: asyncpg.Pool, lose_on: int) -> None:
+        super().__init__(pool)
+        self.batches = 0
+        self.lose_on = lose_on
+
+    async def _fold_subscribers(
+        self, conn: asyncpg.Connection, new: Any, encoded: _FactBytes
+    ) -> None:
+        await super()._fold_subscribers(conn, new, encoded)
+        self.batches += 1
+        if self.batches == self.lose_on:
+            assert await conn.fetchval("SELECT count(*) FROM stage_subscriber_state") > 0
+            await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+
+async def test_a_connection_lost_mid_batch_leaves_nothing_and_the_restart_is_exact(
+    pool: asyncpg.Pool,
+) -> None:
+    ledger, recorded = await filled_ledger(
+        generate_events(3000, phones=300, brands=3, campaigns=2, seed=5)
+    )
+    losing = ConnectionLostMidBatch(pool, lose_on=3)
+
+    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+        await Projector(ledger, losing).catch_up(batch_size=400)
+    positions = await losing.positions(Stream.SUBSCRIBERS)
+    copies = await losing.table_dump("ledger_event_copy")
+    # Two subscriber batches committed; the third went with its connection.
+    applied = sum(positions.values())
+    assert 400 < applied <= 800
+    assert len(copies) == applied + len(await losing.table_dump("campaign_version"))
+
+    restarted = PostgresConsentView(pool)
+    await Projector(ledger, restarted).catch_up(batch_size=400)
+    await assert_projection_is_exact(restarted, recorded)
+    after_loss = await dump(restarted)
+    await restarted.reset()
+    await Projector(ledger, restarted).catch_up(batch_size=400)
+    assert await dump(restarted) == after_loss
