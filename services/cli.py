@@ -2,7 +2,8 @@
 (re-fold the projections from the ledger), ``token add`` / ``token remove`` (edit
 the tokens file); ``export``, ``verify`` and ``keys`` (tamper evidence) are in
 ``services.cli_audit``; ``audit packet`` (a number's proof of opt-in, from a running
-service) in ``services.packets.cli``."""
+service) in ``services.packets.cli``; ``import`` (another platform's export, into a
+running service) in ``services.import_cli``."""
 
 from __future__ import annotations
 
@@ -384,6 +385,9 @@ def _parser() -> argparse.ArgumentParser:
 
     cli_audit.add_commands(sub, command)
     packets_cli.add_command(sub, command)
+    from services import import_cli
+
+    import_cli.add_parser(sub, command)
     return parser
 
 
@@ -399,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         return cli_audit.run(args)
     if args.command == "audit":  # a client of a running service: no settings of its own
         return packets_cli.run(args)
+    if args.command == "import":  # so is import
+        from services import import_cli
+
+        return import_cli.run(args)
     if args.command == "migrate" and (args.wait < 0 or args.wait != args.wait):
         parser.error("--wait must be 0 or more seconds")
     if args.command == "migrate" and args.wait and not args.check:

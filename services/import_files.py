@@ -1,0 +1,254 @@
+"""Reading another platform's export for ``consent-ledger import``: CSV or JSON Lines,
+one opt-in or opt-out a record, each turned into an ``ImportRecord`` message.
+
+Both formats have the same fields (``FIELDS``); a JSON line may also nest the proof
+as ``"proof": {...}``. Enumerations are written short (``promotional``,
+``web_form``, ``keyword``) or as the API names them (``CONSENT_TIER_PROMOTIONAL``).
+Times are ISO 8601 with a zone (``2026-11-02T09:30:00Z``, ``...+01:00``): a time
+without one would be read in some zone the file does not say.
+
+A record without ``import_id`` gets one from its content (``derived_import_id``):
+the same record in the same export has the same id on every run, so running the
+import again writes nothing new, and a record whose content changed is a new fact.
+
+What cannot be read is a ``Unreadable`` naming its line, field and why; the
+service never sees it, and the rest of the file goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+from google.protobuf.timestamp_pb2 import Timestamp
+
+FORMATS = ("csv", "jsonl")
+_EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+PROOF_FIELDS = (
+    "registered_at",
+    "name",
+    "email",
+    "postal_address",
+    "ip_address",
+    "collection_detail",
+    "form_url",
+    "consent_text",
+    "consent_text_sha256",
+    "consent_text_version",
+    "screenshot_ref",
+    "screenshot_sha256",
+    "region",
+)
+COMMON_FIELDS = ("type", "import_id", "phone", "brand", "campaign", "occurred_at")
+OPT_IN_FIELDS = ("tier", "method", "source", *(f"proof.{f}" for f in PROOF_FIELDS))
+OPT_OUT_FIELDS = ("channel", "text", "in_reply_to")
+FIELDS = (*COMMON_FIELDS, *OPT_IN_FIELDS, *OPT_OUT_FIELDS)
+"""Every field a record may have; any other is a mistake (a misspelt column would
+otherwise drop its values silently)."""
+
+_ENUMS: dict[str, tuple[Any, str]] = {
+    "tier": (lpb.ConsentTier, "CONSENT_TIER_"),
+    "method": (lpb.CollectionMethod, "COLLECTION_METHOD_"),
+    "source": (lpb.ListSource, "LIST_SOURCE_"),
+    "channel": (lpb.RevocationChannel, "REVOCATION_CHANNEL_"),
+}
+
+
+class FormatError(ValueError):
+    """The file as a whole cannot be read (an unknown format or column)."""
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A record that cannot be read: where, which field, why."""
+
+    line: int
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Read:
+    """A record read: the line it starts on, and the message."""
+
+    line: int
+    record: api.ImportRecord
+
+
+def format_of(path: Path, given: str | None) -> str:
+    """``given``, or the format the file's extension names."""
+    if given is not None:
+        if given not in FORMATS:
+            raise FormatError(f"unknown format {given!r}: one of {', '.join(FORMATS)}")
+        return given
+    found = _EXTENSIONS.get(path.suffix.lower())
+    if found is None:
+        raise FormatError(
+            f"cannot tell the format of {path.name} from its extension; give --format csv "
+            "or --format jsonl"
+        )
+    return found
+
+
+def read_records(text: TextIO, fmt: str) -> Iterator[Read | Unreadable]:
+    """Every record of ``text`` in order, read or not."""
+    if fmt == "csv":
+        yield from _csv(text)
+    else:
+        yield from _jsonl(text)
+
+
+def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
+    rows = csv.DictReader(text)
+    unknown = [c for c in rows.fieldnames or () if c not in FIELDS]
+    if unknown:
+        raise FormatError(
+            f"unknown column(s) {', '.join(map(repr, unknown))}; the columns are: "
+            + ", ".join(FIELDS)
+        )
+    seen = rows.line_num  # the header's lines
+    for row in rows:
+        start, seen = seen + 1, rows.line_num
+        if None in row:  # more cells than the header has columns
+            yield Unreadable(start, "record", "has more values than the header has columns")
+            continue
+        yield parse_fields({k: v for k, v in row.items() if v}, start)
+
+
+def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
+    for number, raw in enumerate(text, 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            yield Unreadable(number, "record", f"is not JSON: {exc}")
+            continue
+        if not isinstance(obj, dict):
+            yield Unreadable(number, "record", "is not a JSON object")
+            continue
+        nested = obj.pop("proof", None)
+        if nested is not None:
+            if not isinstance(nested, dict):
+                yield Unreadable(number, "proof", "is not a JSON object")
+                continue
+            obj.update({f"proof.{k}": v for k, v in nested.items()})
+        unknown = sorted(k for k in obj if k not in FIELDS)
+        if unknown:
+            yield Unreadable(number, unknown[0], "is no field of an import record")
+            continue
+        bad = next((k for k, v in obj.items() if v is not None and not isinstance(v, str)), None)
+        if bad is not None:
+            yield Unreadable(number, bad, "must be a string")
+            continue
+        yield parse_fields({k: v for k, v in obj.items() if v}, number)
+
+
+def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:
+    """One record's fields (empty ones left out) as an ``ImportRecord``."""
+    kind = fields.get("type", "").strip().lower().replace("-", "_")
+    if kind not in ("opt_in", "opt_out"):
+        return Unreadable(line, "type", "must be opt_in or opt_out")
+    own, other = (
+        (OPT_IN_FIELDS, OPT_OUT_FIELDS) if kind == "opt_in" else (OPT_OUT_FIELDS, OPT_IN_FIELDS)
+    )
+    stray = next((f for f in other if f in fields), None)
+    if stray is not None:
+        return Unreadable(line, stray, f"is no field of an {kind}")
+    try:
+        values: dict[str, Any] = {}
+        for name in ("phone", "brand"):
+            values[name] = fields.get(name, "")
+        if "occurred_at" in fields:
+            values["occurred_at"] = _time(fields["occurred_at"], "occurred_at")
+        for name in own:
+            if name in fields and not name.startswith("proof."):
+                values[name] = _enum(name, fields[name]) if name in _ENUMS else fields[name]
+        if kind == "opt_in":
+            values["campaign"] = fields.get("campaign", "")
+            proof: dict[str, Any] = {}
+            for name in PROOF_FIELDS:
+                value = fields.get(f"proof.{name}")
+                if value is not None:
+                    proof[name] = (
+                        _time(value, "proof.registered_at") if name == "registered_at" else value
+                    )
+            message: Any = api.RecordOptInRequest(**values, proof=lpb.ConsentProof(**proof))
+            record = api.ImportRecord(opt_in=message)
+        else:
+            if "campaign" in fields:  # none: every campaign of the brand (STOPALL)
+                values["campaign"] = fields["campaign"]
+            message = api.RecordOptOutRequest(**values)
+            record = api.ImportRecord(opt_out=message)
+    except _Bad as bad:
+        return Unreadable(line, bad.field, bad.reason)
+    # Set on the record's own copy of the request (the constructor copied it in).
+    getattr(record, kind).request_id = fields.get("import_id") or derived_import_id(record)
+    return Read(line, record)
+
+
+def derived_import_id(record: api.ImportRecord) -> str:
+    """An import id from everything the record says (it has no ``request_id`` yet):
+    the same for the same record on every run."""
+    digest = hashlib.sha256(record.SerializeToString(deterministic=True)).hexdigest()
+    return f"import-{digest[:32]}"
+
+
+class _Bad(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+def _time(text: str, field: str) -> Timestamp:
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise _Bad(field, f"is not an ISO 8601 time: {text!r}") from None
+    if value.tzinfo is None:
+        raise _Bad(field, f"has no time zone (Z or +hh:mm): {text!r}")
+    stamp = Timestamp()
+    try:
+        stamp.FromDatetime(value)
+    except (ValueError, OverflowError):
+        raise _Bad(field, f"is out of range: {text!r}") from None
+    return stamp
+
+
+def _enum(field: str, text: str) -> int:
+    enum, prefix = _ENUMS[field]
+    name = text.strip().upper().replace("-", "_").replace(" ", "_")
+    names = [k for k in list(enum.keys()) if not k.endswith("_UNSPECIFIED")]
+    for candidate in (name, prefix + name):
+        if candidate in names:
+            return int(enum.Value(candidate))
+    choices = ", ".join(k.removeprefix(prefix).lower() for k in names)
+    raise _Bad(field, f"is not one of {choices}: {text!r}")
+
+
+def count_records(path: Path, fmt: str) -> int:
+    """About how many records ``path`` holds (its lines, less a CSV's header): the
+    progress bar's total, counted without parsing."""
+    lines = 0
+    last = b"\n"
+    with path.open("rb") as raw:
+        for block in iter(lambda: raw.read(1 << 20), b""):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    lines += last != b"\n"
+    return max(lines - (fmt == "csv"), 0)
+
+
+def open_text(path: Path) -> TextIO:
+    """The file as text (UTF-8, a byte-order mark skipped; CSV's newlines kept as the
+    csv module wants them)."""
+    return open(path, encoding="utf-8-sig", newline="")

@@ -1,0 +1,266 @@
+"""``consent-ledger import`` end to end: a CSV export sent through ``ImportConsents``
+to a service on the real Kafka ledger and PostgreSQL, answered by ``CanSend``; its
+bad records refused by line, field and reason in the summary; the same import run
+again writing nothing (the ledger's end offsets unchanged); a dry run writing
+nothing; and the embedded default (``serve --embedded``) importing JSON Lines."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import re
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from consent.v1 import consent_service_pb2 as api
+
+from ledger.ports import Stream
+from tests.e2e.harness import (
+    TOKENS,
+    Client,
+    client,
+    define,
+    kafka_settings,
+    running,
+    service_settings,
+    ts,
+)
+from tests.e2e.test_embedded_run import data_dir as data_dir  # the fixture, shared
+from tests.e2e.test_embedded_run import start, stop
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ROOT = Path(__file__).resolve().parents[2]
+PROOF = {
+    "proof.name": "Ada Lovelace",
+    "proof.ip_address": "203.0.113.7",
+    "proof.form_url": "https://acme.example/join",
+    "proof.consent_text": "Yes, text me offers. Reply STOP to cancel.",
+    "proof.screenshot_ref": "s3://proofs/form.png",
+    "proof.screenshot_sha256": "9f" * 32,
+}
+COLUMNS = ["type", "import_id", "phone", "brand", "campaign", "occurred_at", "tier", "method",
+           "channel", "text", "proof.registered_at", *PROOF]  # fmt: skip
+GOOD = 40
+"""Numbers opted in by the export; every fifth opts out later."""
+
+
+def phone(i: int) -> str:
+    return f"+1415555{3000 + i:04d}"
+
+
+def iso(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def export_rows(when: datetime) -> list[dict[str, str]]:
+    """The export: good opt-ins, later opt-outs of some (listed before their opt-in,
+    as an export sorted by number may list them), and five bad records."""
+    rows: list[dict[str, str]] = []
+    for i in range(GOOD):
+        opted_in = when - timedelta(days=30, minutes=i)
+        opt_in = {
+            "type": "opt_in",
+            "import_id": f"old-platform-{i}",
+            "phone": phone(i),
+            "brand": "acme",
+            "campaign": "promo",
+            "occurred_at": iso(opted_in),
+            "tier": "promotional",
+            "method": "web_form",
+            "proof.registered_at": iso(opted_in),
+            **PROOF,
+        }
+        if i % 5 == 0:
+            rows.append(
+                {
+                    "type": "opt_out",
+                    "import_id": f"old-platform-stop-{i}",
+                    "phone": phone(i),
+                    "brand": "acme",
+                    "campaign": "promo",
+                    "occurred_at": iso(when - timedelta(days=2)),
+                    "channel": "keyword",
+                    "text": "STOP",
+                }
+            )
+        rows.append(opt_in)
+    base = dict(rows[1])
+    rows += [
+        {**base, "import_id": "bad-phone", "phone": "+1 415 CALL ME"},
+        {**base, "import_id": "no-ip", "phone": phone(90), "proof.ip_address": ""},
+        {**base, "import_id": "no-campaign", "phone": phone(91), "campaign": "nope"},
+        {**base, "import_id": "globex", "phone": phone(92), "brand": "globex"},
+        {**base, "import_id": "bad-time", "phone": phone(93), "occurred_at": "yesterday"},
+    ]
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as out:
+        writer = csv.DictWriter(out, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+async def import_cli(*argv: str, token: str, cwd: Path = ROOT) -> tuple[int, str, str]:
+    """``consent-ledger import`` in a process of its own (the service runs in this
+    test's event loop, which the CLI must not block)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "import", *argv,
+        env={**os.environ, "CONSENT_TOKEN": token}, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def service(tmp_path, postgres_dsn, kafka_bootstrap):
+    prefix = f"import-{uuid.uuid4().hex[:8]}."
+    settings = service_settings(
+        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
+    )
+    async with running(settings) as runtime:
+        when = datetime.now(UTC)
+        async with client(runtime.address) as admin:
+            await admin.DefineCampaign(define("acme", "promo", when - timedelta(days=60)))
+        yield runtime, when
+
+
+def token_of(summary: str) -> str:
+    found = re.search(r"ledger written up to: (\S+)", summary)
+    assert found, summary
+    return found.group(1)
+
+
+async def answers(c: Client, phones: list[str], token: str) -> dict[str, str]:
+    """CanSendBatch's reason per number, at a coming noon in Los Angeles (no quiet
+    hours), from a view that has applied ``token``."""
+    noon = datetime.now(UTC).replace(hour=20, minute=0, second=0, microsecond=0)
+    noon += timedelta(days=1)
+    batch = await c.CanSendBatch(
+        api.CanSendBatchRequest(
+            brand="acme", campaign="promo", phones=phones, at=ts(noon), at_least_as_fresh=token
+        )
+    )
+    return {d.phone: api.Reason.Name(d.reason) for d in batch.decisions}
+
+
+async def test_an_export_is_imported_refused_by_line_and_imported_again_as_nothing(
+    service, tmp_path
+):
+    runtime, when = service
+    export = write_csv(tmp_path / "export.csv", export_rows(when))
+    acme = TOKENS["acme-app"][0]
+
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, "--refusals", str(tmp_path / "r.jsonl"),
+        token=acme,
+    )  # fmt: skip
+
+    assert code == 1, err  # some records refused
+    opt_outs = GOOD // 5
+    assert f"imported {GOOD + opt_outs:,} of {GOOD + opt_outs + 5:,} records" in out, out
+    assert "already present: 0" in out and "refused: 5" in out
+    lines = {m.group(2): m.group(1) for m in re.finditer(r"(\w+)  (\S+): .*\(line", out)}
+    assert lines == {
+        "phone": "INVALID_ARGUMENT",
+        "proof.ip_address": "INVALID_ARGUMENT",
+        "campaign": "FAILED_PRECONDITION",
+        "brand": "PERMISSION_DENIED",
+        "occurred_at": "INVALID_ARGUMENT",
+    }, out
+    first_bad_line = GOOD + opt_outs + 2  # after the header and the good records
+    assert f"(line {first_bad_line})" in out
+    refused = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    # "bad-time" cannot be read: the service never saw it, and it has no import id here
+    assert {r["import_id"] for r in refused if r["import_id"]} == {
+        "bad-phone",
+        "no-ip",
+        "no-campaign",
+        "globex",
+    }
+
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, [phone(i) for i in range(GOOD)], token_of(out))
+    for i in range(GOOD):
+        expected = "REASON_REVOKED" if i % 5 == 0 else "REASON_CONSENT_ACTIVE"
+        assert reasons[phone(i)] == expected, (i, reasons[phone(i)])
+
+    assert runtime.ledger is not None
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    assert sum(ends.values()) == GOOD + opt_outs
+
+    code, again, err = await import_cli(str(export), "--address", runtime.address, token=acme)
+
+    assert code == 1, err
+    assert f"imported 0 of {GOOD + opt_outs + 5:,} records" in again, again
+    assert f"already present: {GOOD + opt_outs:,}" in again and "refused: 5" in again
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+async def test_a_dry_run_checks_every_record_and_writes_nothing(service, tmp_path):
+    runtime, when = service
+    export = write_csv(tmp_path / "export.csv", export_rows(when))
+    assert runtime.ledger is not None
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    code, out, err = await import_cli(
+        str(export), "--dry-run", "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 1, err
+    assert f"would import {GOOD + GOOD // 5:,} of" in out and "refused: 5" in out, out
+    assert "dry run: nothing was written" in out
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, [phone(1)], "")
+    assert reasons[phone(1)] == "REASON_NO_CONSENT"
+
+
+async def test_a_token_without_the_write_scope_imports_nothing(service, tmp_path):
+    runtime, when = service
+    export = write_csv(tmp_path / "export.csv", export_rows(when)[:3])
+    code, _, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["acme-checker"][0]
+    )
+    assert code == 1
+    assert "PERMISSION_DENIED" in err and "lacks the write scope" in err, err
+
+
+async def test_the_embedded_default_imports_json_lines(tmp_path, data_dir):
+    proc, address, token, _ = await asyncio.to_thread(start, data_dir)
+    try:
+        when = datetime.now(UTC)
+        async with client(address) as admin:
+            admin.token = token
+            await admin.DefineCampaign(define("acme", "promo", when - timedelta(days=60)))
+        records = [
+            {**{k: v for k, v in row.items() if not k.startswith("proof.")},
+             "proof": {k.removeprefix("proof."): v for k, v in row.items()
+                       if k.startswith("proof.")}}
+            for row in export_rows(when)[:12]
+        ]  # fmt: skip
+        export = tmp_path / "export.jsonl"
+        export.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+        code, out, err = await import_cli(str(export), "--address", address, token=token)
+        assert code == 0, err
+        assert "imported 12 of 12 records" in out, out
+        async with client(address) as c:
+            c.token = token
+            reasons = await answers(c, [phone(1), phone(5)], token_of(out))
+        assert reasons == {phone(1): "REASON_CONSENT_ACTIVE", phone(5): "REASON_REVOKED"}
+
+        code, again, err = await import_cli(str(export), "--address", address, token=token)
+        assert code == 0, err
+        assert "imported 0 of 12 records" in again and "already present: 12" in again, again
+    finally:
+        await asyncio.to_thread(stop, proc)

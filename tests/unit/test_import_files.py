@@ -1,0 +1,150 @@
+"""Reading an export for ``consent-ledger import`` (``services.import_files``) and the
+summary it prints (``services.import_cli``): CSV and JSON Lines read alike, every
+unreadable record named by line and field, import ids stable, reasons grouped."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from consent.v1 import ledger_pb2 as lpb
+
+from services import import_cli
+from services.import_files import (
+    FormatError,
+    Read,
+    Unreadable,
+    count_records,
+    format_of,
+    read_records,
+)
+
+CSV = """\
+type,import_id,phone,brand,campaign,occurred_at,tier,method,proof.registered_at,proof.name,channel,text
+opt_in,src-1,+14155550100,acme,promo,2026-11-02T09:30:00Z,promotional,WEB_FORM,2026-11-02T09:29:00Z,Ada,,
+opt_out,src-2,+14155550100,acme,,2026-11-03T10:00:00+01:00,,,,,keyword,STOP
+opt_in,,+14155550101,acme,promo,2026-11-02 09:30,promotional,web_form,,,,
+opt_in,,+14155550102,acme,promo,2026-11-02T09:30:00Z,lifetime,web_form,,,,
+"""
+
+
+def read(text: str, fmt: str) -> list[Read | Unreadable]:
+    return list(read_records(io.StringIO(text), fmt))
+
+
+def test_csv_rows_become_the_single_writes_requests():
+    opt_in, opt_out, no_zone, bad_tier = read(CSV, "csv")
+
+    assert isinstance(opt_in, Read) and opt_in.line == 2
+    request = opt_in.record.opt_in
+    assert (request.request_id, request.phone, request.brand, request.campaign) == (
+        "src-1", "+14155550100", "acme", "promo"
+    )  # fmt: skip
+    assert request.tier == lpb.CONSENT_TIER_PROMOTIONAL
+    assert request.method == lpb.COLLECTION_METHOD_WEB_FORM
+    assert request.occurred_at.ToJsonString() == "2026-11-02T09:30:00Z"
+    assert request.proof.name == "Ada"
+    assert request.proof.registered_at.ToJsonString() == "2026-11-02T09:29:00Z"
+
+    assert isinstance(opt_out, Read) and opt_out.line == 3
+    stop = opt_out.record.opt_out
+    assert not stop.HasField("campaign")  # empty: every campaign of the brand
+    assert stop.channel == lpb.REVOCATION_CHANNEL_KEYWORD and stop.text == "STOP"
+    assert stop.occurred_at.ToJsonString() == "2026-11-03T09:00:00Z"
+
+    assert no_zone == Unreadable(
+        4, "occurred_at", "has no time zone (Z or +hh:mm): '2026-11-02 09:30'"
+    )
+    assert isinstance(bad_tier, Unreadable) and (bad_tier.line, bad_tier.field) == (5, "tier")
+    assert "conversational, informational, promotional" in bad_tier.reason
+
+
+def test_json_lines_read_as_csv_does_with_the_proof_nested_or_flat():
+    lines = (
+        '{"type": "opt_in", "import_id": "src-1", "phone": "+14155550100", "brand": "acme",'
+        ' "campaign": "promo", "occurred_at": "2026-11-02T09:30:00Z", "tier": "promotional",'
+        ' "method": "WEB_FORM", "proof": {"registered_at": "2026-11-02T09:29:00Z",'
+        ' "name": "Ada"}}\n'
+        "\n"
+        '{"type": "opt_out", "import_id": "src-2", "phone": "+14155550100", "brand": "acme",'
+        ' "occurred_at": "2026-11-03T10:00:00+01:00", "channel": "keyword", "text": "STOP"}\n'
+        "not json\n"
+        '{"type": "opt_in", "colour": "red"}\n'
+        '{"type": "opt_out", "phone": 14155550100}\n'
+    )
+    from_csv = [r.record for r in read(CSV, "csv")[:2] if isinstance(r, Read)]
+
+    found = read(lines, "jsonl")
+
+    assert [r.record for r in found[:2] if isinstance(r, Read)] == from_csv
+    assert [(r.line, r.field) for r in found[2:] if isinstance(r, Unreadable)] == [
+        (4, "record"),
+        (5, "colour"),
+        (6, "phone"),
+    ]
+
+
+def test_a_record_without_an_import_id_gets_the_same_one_from_its_content_every_run():
+    text = CSV.replace("2026-11-02 09:30", "2026-11-02T09:30:00Z")  # all four readable
+
+    def ids(text: str) -> list[str]:
+        rows = [r.record for r in read(text, "csv") if isinstance(r, Read)]
+        return [getattr(r, str(r.WhichOneof("record"))).request_id for r in rows]
+
+    first, again = ids(text), ids(text)
+    changed = ids(text.replace("+14155550101", "+14155550109"))
+
+    assert first == again
+    assert first[:2] == ["src-1", "src-2"]  # given: kept
+    assert first[2].startswith("import-") and len(first[2]) == len("import-") + 32
+    assert changed[2] != first[2]  # another record is another fact
+
+
+def test_fields_of_the_other_kind_and_unknown_types_are_unreadable():
+    text = "type,phone,brand,channel,tier\nopt_in,+14155550100,acme,keyword,\nstop,+1,acme,,\n"
+    assert [(r.line, r.field) for r in read(text, "csv") if isinstance(r, Unreadable)] == [
+        (2, "channel"),
+        (3, "type"),
+    ]
+
+
+def test_an_unknown_column_refuses_the_file():
+    with pytest.raises(FormatError, match="'colour'"):
+        read("type,phone,colour\nopt_in,+1,red\n", "csv")
+
+
+def test_the_format_comes_from_the_extension_unless_given():
+    assert format_of(Path("x.CSV"), None) == "csv"
+    assert format_of(Path("x.ndjson"), None) == "jsonl"
+    assert format_of(Path("x.txt"), "csv") == "csv"
+    with pytest.raises(FormatError, match="--format"):
+        format_of(Path("x.txt"), None)
+
+
+def test_records_are_counted_for_the_progress_bar_without_a_trailing_newline(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("type\nopt_in\nopt_in")
+    assert count_records(path, "csv") == 2
+    assert count_records(path, "jsonl") == 3
+
+
+def test_the_summary_groups_refusals_by_reason_with_their_lines():
+    summary = import_cli.Summary(imported=7, present=2, token="subscribers:0:7")
+    for line in (4, 9, 12, 15, 20, 31, 40):
+        summary.refuse(line, "INVALID_ARGUMENT", "phone", "is not a phone number")
+    summary.refuse(3, "FAILED_PRECONDITION", "campaign", "acme/nope is not defined")
+
+    text = summary.lines("export.csv", 2.0, dry_run=False)
+
+    assert text == [
+        "imported 7 of 17 records from export.csv in 2.0 s (8 records/s)",
+        "  already present: 2",
+        "  refused: 8",
+        "         7  INVALID_ARGUMENT  phone: is not a phone number "
+        "(lines 4, 9, 12, 15, 20 and 2 more)",
+        "         1  FAILED_PRECONDITION  campaign: acme/nope is not defined (line 3)",
+        "ledger written up to: subscribers:0:7",
+    ]
+    assert summary.lines("export.csv", 2.0, dry_run=True)[0].startswith("would import 7 of 17")
+    assert summary.lines("export.csv", 2.0, dry_run=True)[-1] == "dry run: nothing was written"
