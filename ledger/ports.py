@@ -395,6 +395,28 @@ class ConsentView(DigestReads, CampaignReads):
         ``message_id`` to ``phone`` for ``brand``; a later ``MessageSent`` with that
         message id is the same message and is not applied again."""
 
+    async def message_uses(
+        self, brand: str, sends: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """``message_use`` for many (phone, message id) pairs of ``brand`` at once: of
+        each pair recorded, the id of its first ``MessageSent``. One pass through the
+        single lookup here; an adapter that can ask once (one query) does."""
+        found: dict[tuple[str, str], str] = {}
+        for phone, message_id in dict.fromkeys(sends):
+            event_id = await self.message_use(brand, phone, message_id)
+            if event_id is not None:
+                found[(phone, message_id)] = event_id
+        return found
+
+    async def find_events(self, event_ids: Sequence[str]) -> dict[str, Recorded]:
+        """``find_event`` for many ids at once: each applied event among them, by id."""
+        found: dict[str, Recorded] = {}
+        for event_id in dict.fromkeys(event_ids):
+            recorded = await self.find_event(event_id)
+            if recorded is not None:
+                found[event_id] = recorded
+        return found
+
     @abstractmethod
     async def flagged(self, brand: str, after: int = 0, limit: int | None = None) -> list[Flagged]:
         """The replies flagged as possible opt-outs towards ``brand`` with a position

@@ -19,6 +19,7 @@ snapshots that keep it (``join_snapshot``). The tables are created by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 import uuid
@@ -220,6 +221,12 @@ _MESSAGE_USES = """
 SELECT m.brand, m.phone, m.message_id, m.event_id FROM message_use AS m
 JOIN stage_message_use AS k USING (brand, phone, message_id)
 """
+_BRAND_MESSAGE_USES = """
+SELECT m.phone, m.message_id, m.event_id FROM message_use AS m
+JOIN unnest($2::text[], $3::text[]) AS k(phone, message_id) USING (phone, message_id)
+WHERE m.brand = $1
+"""
+_FIND_EVENTS = "SELECT event_id, payload FROM ledger_event_copy WHERE event_id = ANY($1::uuid[])"
 _READ_FLAGGED = """
 SELECT position, event_id, phone FROM flagged_reply
 WHERE brand = $1 AND position > $2 AND resolved IS NOT TRUE ORDER BY position LIMIT $3
@@ -1009,6 +1016,28 @@ class PostgresConsentView(ConsentView):
             message_id,
         )
         return None if found is None else str(found)
+
+    @bounded
+    async def message_uses(
+        self, brand: str, sends: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        if not sends:
+            return {}
+        rows = await self._reads.fetch(
+            _BRAND_MESSAGE_USES, brand, [s[0] for s in sends], [s[1] for s in sends]
+        )
+        return {(row["phone"], row["message_id"]): str(row["event_id"]) for row in rows}
+
+    @bounded
+    async def find_events(self, event_ids: Sequence[str]) -> dict[str, Recorded]:
+        keys = []
+        for event_id in event_ids:
+            with contextlib.suppress(ValueError):
+                keys.append(uuid.UUID(str(event_id)))
+        if not keys:
+            return {}
+        rows = await self._reads.fetch(_FIND_EVENTS, keys)
+        return {str(row["event_id"]): decode_recorded(row["payload"]) for row in rows}
 
     @bounded
     async def flagged(self, brand: str, after: int = 0, limit: int | None = None) -> list[Flagged]:

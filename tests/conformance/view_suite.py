@@ -623,6 +623,20 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
         assert await view.find_event(str(uuid.uuid4())) is None
         assert await view.find_event("not-a-uuid") is None
 
+    async def test_find_events_returns_each_recorded_event_found_by_id(
+        self, view: ConsentView
+    ) -> None:
+        pos = Positions()
+        batch = pos.record(
+            [grant("+14155550100", "acme", "deals", T0), sent("+14155550101", "acme", "deals", T0)]
+        )
+        await view.apply(Stream.SUBSCRIBERS, batch)
+        ids = [str(r.event.event_id) for r in batch]
+
+        found = await view.find_events([ids[1], str(uuid.uuid4()), "not-a-uuid", ids[0], ids[1]])
+        assert found == {ids[0]: batch[0], ids[1]: batch[1]}
+        assert await view.find_events([]) == {}
+
     async def test_flagged_replies_queue_in_the_order_applied_and_never_go_back(
         self, view: ConsentView
     ) -> None:
@@ -1078,6 +1092,25 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
         assert await view.message_use("globex", a, first.message_id) is None
         window = (T0, T0 + timedelta(days=1))
         assert await view.sending_counts("acme", None, *window) == SendingCounts(2, 0)
+
+    async def test_message_uses_answer_the_first_send_of_each_pair_of_the_brand(
+        self, view: ConsentView
+    ) -> None:
+        a, b = "+14155550100", "+14155550101"
+        first, other = sent(a, "acme", "deals", T0), sent(b, "acme", "deals", T0)
+        again = replace(sent(a, "acme", "news", T0), message_id=first.message_id)
+        theirs = replace(sent(a, "globex", "deals", T0), message_id="SM-globex")
+        await view.apply(Stream.SUBSCRIBERS, Positions().record([first, other, again, theirs]))
+
+        asked = [(a, first.message_id), (b, other.message_id), (b, first.message_id)]
+        assert await view.message_uses("acme", [*asked, (a, "SM-globex"), asked[0]]) == {
+            (a, first.message_id): str(first.event_id),
+            (b, other.message_id): str(other.event_id),
+        }
+        assert await view.message_uses("globex", [(a, "SM-globex")]) == {
+            (a, "SM-globex"): str(theirs.event_id)
+        }
+        assert await view.message_uses("acme", []) == {}
 
     # ---- the change stream (changes) ------------------------------------------------------
 
