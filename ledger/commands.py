@@ -336,6 +336,37 @@ class RecordDeliveryOutcome:
     """The provider's error code (Twilio's ``ErrorCode``, say); only with an error."""
 
 
+MAX_SENDS_PER_CALL = 1_000
+"""How many messages one ``RecordMessagesSent`` may record."""
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """One message of a ``RecordMessagesSent``: what ``RecordMessageSent`` says of it,
+    less the request id and brand the whole call shares."""
+
+    phone: str
+    campaign: str
+    message_id: str
+    kind: MessageKind
+    occurred_at: datetime
+    included_opt_out_language: bool = False
+    identified_sender: bool = False
+    relied_on: ReliedAnswer | None = None
+    from_number: str = ""
+
+
+@dataclass(frozen=True)
+class RecordMessagesSent:
+    """Up to ``MAX_SENDS_PER_CALL`` messages of one brand sent, as one request: one
+    request id, one ``MessageSent`` per message (its ``index`` the message's place),
+    refused whole when any message is bad."""
+
+    request_id: str
+    brand: str
+    messages: tuple[SentMessage, ...]
+
+
 MAX_RELIED_EVIDENCE = 100
 """How many evidence ids a relied-on answer may carry (an answer names a handful)."""
 _MAX_RELIED_TEXT = 4_096
@@ -666,6 +697,81 @@ def _delivery(cmd: RecordDeliveryOutcome, now: datetime) -> list[LedgerEvent]:
     ]
 
 
+def _sent_batch(cmd: RecordMessagesSent, now: datetime) -> list[LedgerEvent]:
+    """One ``MessageSent`` per message, each as ``_sent`` builds it. Every bad field of
+    every message is named (``messages[3].phone``) and nothing is built: a call that
+    recorded some of its messages would have to be told apart from its own retry."""
+    brand = cmd.brand  # checked with the request's other fields (``to_events``)
+    if not cmd.messages:
+        raise InvalidRequest("messages", "is required (1 to 1,000 messages)")
+    if len(cmd.messages) > MAX_SENDS_PER_CALL:
+        raise InvalidRequest(
+            "messages",
+            f"holds {len(cmd.messages):,} messages; at most {MAX_SENDS_PER_CALL:,} a call",
+        )
+    fingerprint = request_fingerprint(cmd)  # once: it digests every message
+    found = Violations()
+    events: list[LedgerEvent] = []
+    for i, message in enumerate(cmd.messages):
+        item = Violations()
+        check_fields(vars(message), now, item)
+        sent = item.check(_one_sent, cmd, i, message, brand, fingerprint)
+        if item:
+            found.add(_within(item, f"messages[{i}]."))
+        elif sent is not None:
+            events.append(sent)
+    found.raise_if_any()
+    return events
+
+
+def check_sent_messages(cmd: RecordMessagesSent, now: datetime | None, found: Violations) -> None:
+    """``check_fields`` for each message of ``cmd``, noting each violation in ``found``
+    under the message's place (``messages[3].phone``)."""
+    for i, message in enumerate(cmd.messages):
+        item = Violations()
+        check_fields(vars(message), now, item)
+        if item:
+            found.add(_within(item, f"messages[{i}]."))
+
+
+def _one_sent(
+    cmd: RecordMessagesSent, index: int, m: SentMessage, brand: str, fingerprint: str
+) -> MessageSent:
+    if not m.message_id:
+        raise InvalidRequest("message_id", "is required")
+    check_length(m.message_id, "message_id")
+    return MessageSent(
+        event_id=event_id_for(cmd.request_id, index, brand, fingerprint),
+        occurred_at=m.occurred_at,
+        request_id=cmd.request_id,
+        request_fingerprint=fingerprint,
+        phone=to_e164(m.phone),
+        brand=brand,
+        campaign=check_name(m.campaign, "campaign"),
+        message_id=m.message_id,
+        kind=m.kind,
+        included_opt_out_language=m.included_opt_out_language,
+        identified_sender=m.identified_sender,
+        relied_on=_relied_on(m.relied_on),
+        from_number=to_e164(m.from_number, field="from_number") if m.from_number else "",
+    )
+
+
+def _within(found: Violations, prefix: str) -> DomainError:
+    """The violations ``found`` in one message, as one error naming each field under
+    ``prefix`` (the message's place in its call)."""
+    try:
+        found.raise_if_any()
+    except DomainError as exc:
+        named = Exception.__new__(type(exc))
+        named.__dict__.update(exc.__dict__)
+        named.violations = tuple((prefix + f, r) for f, r in exc.violations)
+        named.field, named.reason = named.violations[0]
+        named.args = ("; ".join(f"{f}: {r}" for f, r in named.violations),)
+        return named
+    raise AssertionError("no violation to name")
+
+
 def _age(cmd: RecordAgeVerification, now: datetime) -> list[LedgerEvent]:
     if is_blank(cmd.method):  # spaces or a zero-width space name no way of verifying
         raise InvalidRequest("method", "is required (how the age was verified)")
@@ -802,6 +908,7 @@ _BUILDERS: dict[type[Any], Callable[[Any, datetime], list[LedgerEvent]]] = {
     RecordReconfirmation: _reconfirm,
     RecordMessageSent: _sent,
     RecordDeliveryOutcome: _delivery,
+    RecordMessagesSent: _sent_batch,
     RecordAgeVerification: _age,
     RecordSubscriberLocation: _located,
     ResolveRevocationCandidate: _resolve,
@@ -816,6 +923,7 @@ Command = (
     | RecordReconfirmation
     | RecordMessageSent
     | RecordDeliveryOutcome
+    | RecordMessagesSent
     | RecordAgeVerification
     | RecordSubscriberLocation
     | ResolveRevocationCandidate

@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 
 from ledger.campaigns import CampaignPolicy
 from ledger.commands import (
+    MAX_SENDS_PER_CALL,
     REPLY_MESSAGE_KINDS,
     ChangeCampaignPolicy,
     Command,
@@ -33,14 +34,17 @@ from ledger.commands import (
     RecordAgeVerification,
     RecordDeliveryOutcome,
     RecordMessageSent,
+    RecordMessagesSent,
     RecordOptIn,
     RecordOptOut,
     RecordReconfirmation,
     RecordSubscriberLocation,
     ReplyKind,
     ResolveRevocationCandidate,
+    SentMessage,
     SetBrandPolicy,
     check_fields,
+    check_sent_messages,
 )
 from ledger.errors import InvalidRequest
 from ledger.events import ConsentProof, ListSource, MessageKind, ReliedAnswer
@@ -85,11 +89,12 @@ SWEEP_FINDING_KINDS = EnumMap(FindingKind, api_pb2.SweepFindingKind)
 # --- small readers, shared with the servicer --------------------------------------
 
 
-def required_time(msg: Message, name: str) -> datetime:
-    """The timestamp field ``name`` of ``msg`` as a UTC datetime, or ``InvalidRequest``."""
+def required_time(msg: Message, name: str, label: str = "") -> datetime:
+    """The timestamp field ``name`` of ``msg`` as a UTC datetime, or ``InvalidRequest``
+    on ``label`` (the field's name in the request; ``name`` when not given)."""
     if not msg.HasField(name):
-        raise InvalidRequest(name, "is required")
-    return _timestamp(msg, name)
+        raise InvalidRequest(label or name, "is required")
+    return _timestamp(msg, name, label)
 
 
 def optional_time(msg: Message, name: str) -> datetime | None:
@@ -97,9 +102,9 @@ def optional_time(msg: Message, name: str) -> datetime | None:
     return _timestamp(msg, name) if msg.HasField(name) else None
 
 
-def _timestamp(msg: Message, name: str) -> datetime:
+def _timestamp(msg: Message, name: str, label: str = "") -> datetime:
     try:
-        return codec.timestamp_from_proto(getattr(msg, name), name)
+        return codec.timestamp_from_proto(getattr(msg, name), label or name)
     except WireFormatError as exc:  # a nanos or a year out of range: the caller's error
         raise InvalidRequest(exc.field, exc.reason) from None
 
@@ -213,14 +218,50 @@ def _delivery_outcome(
     )
 
 
-def _relied_on(r: api_pb2.RecordMessageSentRequest) -> ReliedAnswer | None:
+def _messages_sent(r: api_pb2.RecordMessagesSentRequest, v: Violations) -> RecordMessagesSent:
+    """Each message as ``_message_sent`` reads one, what it cannot read named under
+    its place (``messages[3].occurred_at``). Past the limit nothing is read: the
+    domain refuses the count, and reading 100,000 messages first would be for nothing."""
+    if len(r.messages) > MAX_SENDS_PER_CALL:
+        return RecordMessagesSent(r.request_id, r.brand, tuple(_unread(len(r.messages))))
+    return RecordMessagesSent(
+        request_id=r.request_id,
+        brand=r.brand,
+        messages=tuple(_sent_message(m, i, v) for i, m in enumerate(r.messages)),
+    )
+
+
+def _sent_message(m: api_pb2.SentMessage, index: int, v: Violations) -> SentMessage:
+    at = f"messages[{index}]."
+    return SentMessage(
+        phone=m.phone,
+        campaign=m.campaign,
+        message_id=m.message_id,
+        kind=_read(v, lambda: message_kind_from_proto(m.kind, at + "kind")),
+        occurred_at=_read(v, lambda: required_time(m, "occurred_at", at + "occurred_at")),
+        included_opt_out_language=m.included_opt_out_language,
+        identified_sender=m.identified_sender,
+        relied_on=_read(v, lambda: _relied_on(m, at)),
+        from_number=m.from_number,
+    )
+
+
+def _unread(count: int) -> list[SentMessage]:
+    """``count`` placeholders: only how many there are is looked at."""
+    blank = SentMessage("", "", "", MessageKind.REGULAR, datetime.min)
+    return [blank] * count
+
+
+def _relied_on(
+    r: api_pb2.RecordMessageSentRequest | api_pb2.SentMessage, at: str = ""
+) -> ReliedAnswer | None:
     """The answer the sender relied on; an unset reason is no answer the service gave."""
     if not r.HasField("relied_on"):
         return None
     answer = r.relied_on
     if answer.reason == api_pb2.REASON_UNSPECIFIED:
-        raise InvalidRequest("relied_on.reason", "is required")
-    reason: Reason = _enum(REASONS, answer.reason, "relied_on.reason")
+        raise InvalidRequest(at + "relied_on.reason", "is required")
+    reason: Reason = _enum(REASONS, answer.reason, at + "relied_on.reason")
     return ReliedAnswer(
         answer.consistency_token, answer.allowed, reason.value, tuple(answer.evidence_event_ids)
     )
@@ -314,6 +355,7 @@ _COMMANDS: dict[type[Message], Callable[[Any, Violations], Command | HandleInbou
     api_pb2.RecordReconfirmationRequest: _reconfirmation,
     api_pb2.RecordMessageSentRequest: _message_sent,
     api_pb2.RecordDeliveryOutcomeRequest: _delivery_outcome,
+    api_pb2.RecordMessagesSentRequest: _messages_sent,
     api_pb2.RecordAgeVerificationRequest: _age_verification,
     api_pb2.RecordSubscriberLocationRequest: _location,
     api_pb2.ResolveRevocationCandidateRequest: _resolve,
@@ -339,6 +381,8 @@ def command_from_proto(request: Message) -> Command | HandleInboundMessage:
     command = build(request, found)
     if found:  # what could not be read is None, and left out of these checks
         check_fields(vars(command), None, found)
+        if isinstance(command, RecordMessagesSent):
+            check_sent_messages(command, None, found)
         found.raise_if_any()
     return command
 

@@ -24,11 +24,13 @@ from ledger.commands import (
     RecordAgeVerification,
     RecordDeliveryOutcome,
     RecordMessageSent,
+    RecordMessagesSent,
     RecordOptIn,
     RecordOptOut,
     RecordReconfirmation,
     RecordSubscriberLocation,
     ResolveRevocationCandidate,
+    SentMessage,
     SetBrandPolicy,
     handle_inbound,
     to_events,
@@ -42,6 +44,7 @@ from ledger.events import (
     DeliveryOutcome,
     ListSource,
     MessageKind,
+    ReliedAnswer,
     RevocationChannel,
 )
 from ledger.policy import Decision, Obligation, Reason
@@ -281,6 +284,7 @@ def test_every_write_request_type_is_translated() -> None:
         if name.startswith(("Record", "Resolve", "Define", "Change", "Handle"))
     }
     translated = {type(msg).__name__.removesuffix("Request") for msg, _ in WRITES}
+    translated.add("RecordMessagesSent")  # below: a call of many messages
 
     assert translated == writes
 
@@ -638,3 +642,63 @@ def test_a_set_brand_policy_request_becomes_its_command() -> None:
     with pytest.raises(InvalidRequest) as err:
         to_events(api.command_from_proto(off), AT)  # type: ignore[arg-type]
     assert err.value.field == "revoke_all"
+
+
+def sent_message_proto(i: int) -> api_pb2.SentMessage:
+    return api_pb2.SentMessage(
+        phone=PHONE,
+        campaign=CAMPAIGN,
+        message_id=f"SM{i}",
+        kind=ledger_pb2.MESSAGE_KIND_HELP_REPLY,
+        occurred_at=ts(),
+        included_opt_out_language=True,
+        identified_sender=True,
+        relied_on=api_pb2.ReliedOnAnswer(
+            consistency_token="subscribers:0:3",
+            allowed=True,
+            reason=api_pb2.REASON_CONSENT_ACTIVE,
+            evidence_event_ids=["e1"],
+        ),
+    )
+
+
+def test_a_call_of_many_messages_sent_becomes_one_request_of_each_message() -> None:
+    request = api_pb2.RecordMessagesSentRequest(
+        request_id="req-1", brand=BRAND, messages=[sent_message_proto(0), sent_message_proto(1)]
+    )
+    relied = ReliedAnswer("subscribers:0:3", True, "consent_active", ("e1",))
+    assert api.command_from_proto(request) == RecordMessagesSent(
+        "req-1",
+        BRAND,
+        tuple(
+            SentMessage(PHONE, CAMPAIGN, f"SM{i}", MessageKind.HELP_REPLY, AT, True, True, relied)
+            for i in range(2)
+        ),
+    )
+
+
+def test_what_a_message_of_a_call_lacks_is_named_by_its_place_with_every_other_bad_field() -> None:
+    messages = [sent_message_proto(i) for i in range(4)]
+    messages[1].ClearField("occurred_at")
+    messages[2].relied_on.reason = api_pb2.REASON_UNSPECIFIED
+    messages[3].phone = "not a phone"
+    request = api_pb2.RecordMessagesSentRequest(request_id="req-1", brand="Acme", messages=messages)
+    with pytest.raises(InvalidRequest) as refused:
+        api.command_from_proto(request)
+    assert [f for f, _ in refused.value.violations] == [
+        "messages[1].occurred_at",
+        "messages[2].relied_on.reason",
+        "brand",
+        "messages[3].phone",
+    ]
+
+
+def test_a_call_of_too_many_messages_is_not_read_message_by_message() -> None:
+    request = api_pb2.RecordMessagesSentRequest(
+        request_id="req-1", brand=BRAND, messages=[api_pb2.SentMessage()] * 1_001
+    )
+    command = api.command_from_proto(request)  # no message is read, so none is refused
+    assert isinstance(command, RecordMessagesSent) and len(command.messages) == 1_001
+    with pytest.raises(InvalidRequest) as refused:
+        to_events(command, AT)
+    assert refused.value.field == "messages"

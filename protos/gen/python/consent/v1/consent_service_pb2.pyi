@@ -1079,6 +1079,117 @@ class RecordMessageSentRequest(_message.Message):
 Global___RecordMessageSentRequest: _TypeAlias = RecordMessageSentRequest  # noqa: Y015
 
 @_typing.final
+class RecordMessagesSentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    BRAND_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """One id for the whole call, unique among the brand's requests: a retry repeats
+    the call unchanged (the same messages in the same order).
+    """
+    brand: _builtins.str
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___SentMessage]:
+        """1 to 1,000 messages. One bad field of any message refuses the whole call with
+        INVALID_ARGUMENT naming each, as messages[3].phone, and nothing is written.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        brand: _builtins.str = ...,
+        messages: _abc.Iterable[Global___SentMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand", b"brand", "messages", b"messages", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordMessagesSentRequest: _TypeAlias = RecordMessagesSentRequest  # noqa: Y015
+
+@_typing.final
+class SentMessage(_message.Message):
+    """One message of a RecordMessagesSent: RecordMessageSentRequest's fields less the
+    request id and brand the call shares; each means what it means there.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    INCLUDED_OPT_OUT_LANGUAGE_FIELD_NUMBER: _builtins.int
+    IDENTIFIED_SENDER_FIELD_NUMBER: _builtins.int
+    RELIED_ON_FIELD_NUMBER: _builtins.int
+    FROM_NUMBER_FIELD_NUMBER: _builtins.int
+    phone: _builtins.str
+    campaign: _builtins.str
+    message_id: _builtins.str
+    """The SMS provider's id for the message; required."""
+    kind: _ledger_pb2.MessageKind.ValueType
+    """Absent (MESSAGE_KIND_UNSPECIFIED) means MESSAGE_KIND_REGULAR."""
+    included_opt_out_language: _builtins.bool
+    identified_sender: _builtins.bool
+    from_number: _builtins.str
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def relied_on(self) -> Global___ReliedOnAnswer: ...
+    def __init__(
+        self,
+        *,
+        phone: _builtins.str = ...,
+        campaign: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        kind: _ledger_pb2.MessageKind.ValueType = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        included_opt_out_language: _builtins.bool = ...,
+        identified_sender: _builtins.bool = ...,
+        relied_on: Global___ReliedOnAnswer | None = ...,
+        from_number: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "relied_on", b"relied_on"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "from_number", b"from_number", "identified_sender", b"identified_sender", "included_opt_out_language", b"included_opt_out_language", "kind", b"kind", "message_id", b"message_id", "occurred_at", b"occurred_at", "phone", b"phone", "relied_on", b"relied_on"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SentMessage: _TypeAlias = SentMessage  # noqa: Y015
+
+@_typing.final
+class RecordMessagesSentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_IDS_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    consistency_token: _builtins.str
+    @_builtins.property
+    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """event_ids[i] is the MessageSent of messages[i]: the first one's when its
+        message_id was recorded before for the phone (then nothing new is written).
+        """
+
+    def __init__(
+        self,
+        *,
+        event_ids: _abc.Iterable[_builtins.str] | None = ...,
+        consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "event_ids", b"event_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordMessagesSentResponse: _TypeAlias = RecordMessagesSentResponse  # noqa: Y015
+
+@_typing.final
 class ReliedOnAnswer(_message.Message):
     """A CanSend answer as the service gave it, handed back with the send it allowed."""
 

@@ -75,6 +75,11 @@ class ConsentServiceStub:
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.RecordDeliveryOutcomeRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_consent__service__pb2.RecordDeliveryOutcomeResponse.FromString,
                 _registered_method=True)
+        self.RecordMessagesSent = channel.unary_unary(
+                '/consent.v1.ConsentService/RecordMessagesSent',
+                request_serializer=consent_dot_v1_dot_consent__service__pb2.RecordMessagesSentRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__service__pb2.RecordMessagesSentResponse.FromString,
+                _registered_method=True)
         self.RecordAgeVerification = channel.unary_unary(
                 '/consent.v1.ConsentService/RecordAgeVerification',
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.RecordAgeVerificationRequest.SerializeToString,
@@ -214,6 +219,14 @@ class ConsentServiceServicer:
     def RecordDeliveryOutcome(self, request, context):
         """Record what the SMS provider reported became of a message recorded as sent
         (delivered, failed, undeliverable): the error rate carriers watch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordMessagesSent(self, request, context):
+        """Record up to 1,000 messages of one brand sent, in one call: each recorded as
+        RecordMessageSent records it, the call refused whole when any message is bad.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -412,6 +425,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.RecordDeliveryOutcome,
                     request_deserializer=consent_dot_v1_dot_consent__service__pb2.RecordDeliveryOutcomeRequest.FromString,
                     response_serializer=consent_dot_v1_dot_consent__service__pb2.RecordDeliveryOutcomeResponse.SerializeToString,
+            ),
+            'RecordMessagesSent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordMessagesSent,
+                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.RecordMessagesSentRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__service__pb2.RecordMessagesSentResponse.SerializeToString,
             ),
             'RecordAgeVerification': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordAgeVerification,
@@ -711,6 +729,33 @@ class ConsentService:
             '/consent.v1.ConsentService/RecordDeliveryOutcome',
             consent_dot_v1_dot_consent__service__pb2.RecordDeliveryOutcomeRequest.SerializeToString,
             consent_dot_v1_dot_consent__service__pb2.RecordDeliveryOutcomeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordMessagesSent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentService/RecordMessagesSent',
+            consent_dot_v1_dot_consent__service__pb2.RecordMessagesSentRequest.SerializeToString,
+            consent_dot_v1_dot_consent__service__pb2.RecordMessagesSentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,10 @@ class ConsentServiceStub:
     """Record what the SMS provider reported became of a message recorded as sent
     (delivered, failed, undeliverable): the error rate carriers watch.
     """
+    RecordMessagesSent: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RecordMessagesSentRequest, _consent_service_pb2.RecordMessagesSentResponse]
+    """Record up to 1,000 messages of one brand sent, in one call: each recorded as
+    RecordMessageSent records it, the call refused whole when any message is bad.
+    """
     RecordAgeVerification: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RecordAgeVerificationRequest, _consent_service_pb2.RecordAgeVerificationResponse]
     """Record that the person is known to be 21 or older (or their date of birth)."""
     RecordSubscriberLocation: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RecordSubscriberLocationRequest, _consent_service_pb2.RecordSubscriberLocationResponse]
@@ -170,6 +174,10 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     RecordDeliveryOutcome: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RecordDeliveryOutcomeRequest, _consent_service_pb2.RecordDeliveryOutcomeResponse]  # type: ignore[assignment]
     """Record what the SMS provider reported became of a message recorded as sent
     (delivered, failed, undeliverable): the error rate carriers watch.
+    """
+    RecordMessagesSent: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RecordMessagesSentRequest, _consent_service_pb2.RecordMessagesSentResponse]  # type: ignore[assignment]
+    """Record up to 1,000 messages of one brand sent, in one call: each recorded as
+    RecordMessageSent records it, the call refused whole when any message is bad.
     """
     RecordAgeVerification: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RecordAgeVerificationRequest, _consent_service_pb2.RecordAgeVerificationResponse]  # type: ignore[assignment]
     """Record that the person is known to be 21 or older (or their date of birth)."""
@@ -323,6 +331,16 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_consent_service_pb2.RecordDeliveryOutcomeResponse, _abc.Awaitable[_consent_service_pb2.RecordDeliveryOutcomeResponse]]:
         """Record what the SMS provider reported became of a message recorded as sent
         (delivered, failed, undeliverable): the error rate carriers watch.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordMessagesSent(
+        self,
+        request: _consent_service_pb2.RecordMessagesSentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_service_pb2.RecordMessagesSentResponse, _abc.Awaitable[_consent_service_pb2.RecordMessagesSentResponse]]:
+        """Record up to 1,000 messages of one brand sent, in one call: each recorded as
+        RecordMessageSent records it, the call refused whole when any message is bad.
         """
 
     @_abc_1.abstractmethod
