@@ -124,22 +124,32 @@ def _refused(exc: DomainError) -> grpc.Status:
 
 
 REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
+LISTED_EVENT_IDS = 20
+"""How many of the first request's event ids a ``REQUEST_ID_REUSED`` refusal lists."""
 
 
 def already_exists(exc: AlreadyExists) -> grpc.Status:
     """A request id used before for another request: the first request's event ids in
     an ``ErrorInfo`` (reason ``REQUEST_ID_REUSED``; metadata ``request_id`` and
-    ``event_ids``, comma-separated) and in a ``ResourceInfo`` naming the request id."""
-    ids = ",".join(exc.event_ids)
+    ``event_ids``, comma-separated) and in a ``ResourceInfo`` naming the request id.
+
+    Past ``LISTED_EVENT_IDS`` ids (a ``RecordMessagesSent`` of 1,000 messages) only
+    the first are listed, with ``event_count`` saying how many there are: 1,000 ids
+    would not fit a gRPC client's trailer limit, and the call would fail unread."""
+    listed = exc.event_ids[:LISTED_EVENT_IDS]
+    ids = ",".join(listed)
+    metadata = {"request_id": exc.request_id, "event_ids": ids}
+    described = ids
+    if len(exc.event_ids) > len(listed):
+        metadata["event_count"] = str(len(exc.event_ids))
+        described = f"{ids} and {len(exc.event_ids) - len(listed):,} more"
     info = error_details_pb2.ErrorInfo(
-        reason=REQUEST_ID_REUSED,
-        domain=ERROR_DOMAIN,
-        metadata={"request_id": exc.request_id, "event_ids": ids},
+        reason=REQUEST_ID_REUSED, domain=ERROR_DOMAIN, metadata=metadata
     )
     resource = error_details_pb2.ResourceInfo(
         resource_type="consent.v1.RequestId",
         resource_name=exc.request_id,
-        description=f"first used for the request that recorded events {ids}",
+        description=f"first used for the request that recorded events {described}",
     )
     return _status(code_pb2.ALREADY_EXISTS, f"{exc.field}: {exc.reason}", info, resource)
 

@@ -92,6 +92,19 @@ def test_a_reused_request_id_is_already_exists_naming_the_first_request_s_events
     assert resource.resource_name == "r1" and ids[1] in resource.description
 
 
+def test_a_reused_request_id_of_a_thousand_events_lists_the_first_and_counts_them() -> None:
+    ids = [f"3156e1cb-0000-5000-8000-{i:012d}" for i in range(1_000)]
+    status = to_status(AlreadyExists("request_id", "used before", "b1", ids))
+    raw = dict(status.trailing_metadata)["grpc-status-details-bin"]
+    assert len(raw) < 4_096  # within a client's default 8 KiB of trailers, with room
+    info, resource = error_details_pb2.ErrorInfo(), error_details_pb2.ResourceInfo()
+    found = status_pb2.Status.FromString(raw).details
+    assert found[0].Unpack(info) and found[1].Unpack(resource)
+    assert info.metadata["event_ids"].split(",") == ids[:20]
+    assert info.metadata["event_count"] == "1000"
+    assert resource.description.endswith("and 980 more")
+
+
 def details(status: grpc.Status) -> tuple[list[str], list[float]]:
     """The ``ErrorInfo`` reasons and ``RetryInfo`` delays (seconds) of a status."""
     raw = dict(status.trailing_metadata)["grpc-status-details-bin"]
