@@ -37,9 +37,12 @@ log = logging.getLogger(__name__)
 Context: TypeAlias = grpc.aio.ServicerContext
 Authenticate: TypeAlias = Callable[[Context], Principal]
 
-_COSTS: dict[str, Callable[[Any], int]] = {"CanSendBatch": lambda request: len(request.phones)}
+_COSTS: dict[str, Callable[[Any], int]] = {
+    "CanSendBatch": lambda request: len(request.phones),
+    "RecordMessagesSent": lambda request: len(request.messages),
+}
 """Methods that count as more than one call against a rate limit: a batch is as
-many calls as it has numbers."""
+many calls as it has numbers (or messages)."""
 
 
 class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]

@@ -25,7 +25,7 @@ from consent.v1 import consent_service_pb2 as api_pb2
 from consent.v1 import consent_service_pb2_grpc as api_grpc
 from consent.v1 import ledger_pb2
 
-from ledger.commands import HandleInboundMessage, check_name
+from ledger.commands import HandleInboundMessage, RecordMessagesSent, check_name
 from ledger.errors import DomainError, InvalidRequest
 from ledger.events import ANY_BRAND, MessageKind
 from ledger.phone import to_e164
@@ -521,6 +521,21 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, request: api_pb2.RecordDeliveryOutcomeRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.RecordDeliveryOutcomeResponse:
         return await self._record(request, context, api_pb2.RecordDeliveryOutcomeResponse)
+
+    @translate_errors
+    async def RecordMessagesSent(
+        self, request: api_pb2.RecordMessagesSentRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.RecordMessagesSentResponse:
+        principal = self._caller(context, Scope.WRITE, request.brand)
+        command = api.command_from_proto(request)
+        assert isinstance(command, RecordMessagesSent)
+        budget = write_budget(context, self.write_timeout)
+        written = await within(
+            budget, self.usecases.sends.record(command, recorded_by=principal.name)
+        )
+        return api_pb2.RecordMessagesSentResponse(
+            event_ids=written.event_ids, consistency_token=written.token.encode()
+        )
 
     @translate_errors
     async def RecordAgeVerification(

@@ -1,10 +1,11 @@
-"""The use cases, by purpose: ``writes`` records facts, ``checks`` answers CanSend,
+"""The use cases, by purpose: ``writes`` records facts (``sends``, many messages sent
+at once), ``checks`` answers CanSend,
 ``audit`` reads what is on record, ``review`` lists the replies awaiting review;
 ``imports`` records another platform's export (``UseCases.start_import``).
 
 Entry points (gRPC, CLI) build a request from their input and call one of them;
 they know the ports (``ledger.ports``), never a technology. ``UseCases.build`` makes
-all four on one ``Context``; ``services.bootstrap`` is the one place that does.
+all of them on one ``Context``; ``services.bootstrap`` is the one place that does.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from services.usecases.checks import DEFAULT_FUTURE_HORIZON, Checks
 from services.usecases.context import Clock, Context, utc_now
 from services.usecases.imports import Imports
 from services.usecases.review import Review
+from services.usecases.sends import Sends
 from services.usecases.writes import Writes
 
 
@@ -33,6 +35,7 @@ class UseCases:
     audit: Audit
     review: Review
     access: Access
+    sends: Sends
 
     @classmethod
     def build(
@@ -59,7 +62,14 @@ class UseCases:
         access = Access(InMemoryAccessLog() if access_log is None else access_log, clock)
         ctx = Context(ledger, view, guard, clock, access=access)
         checks = Checks(ctx, reads, future_horizon, campaigns)
-        return cls(Writes(ctx), checks, Audit(ctx, evidence, health_limits), Review(ctx), access)
+        return cls(
+            Writes(ctx),
+            checks,
+            Audit(ctx, evidence, health_limits),
+            Review(ctx),
+            access,
+            Sends(ctx),
+        )
 
     def start_import(
         self, *, authorize: Callable[[str], None] = lambda brand: None, recorded_by: str = ""

@@ -28,7 +28,7 @@ def brand_of(event: LedgerEvent) -> str:
     return event.brand if isinstance(event, SubscriberEvent | CampaignEvent) else ""
 
 
-def _refuse_another_request(event: LedgerEvent, use: RequestUse) -> None:
+def refuse_another_request(event: LedgerEvent, use: RequestUse) -> None:
     """``AlreadyExists`` unless ``use`` (the request id's first use) is ``event``'s own
     request."""
     if use.fingerprint != event.request_fingerprint:
@@ -54,7 +54,7 @@ async def replay(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult | N
     first = events[0]
     use = await ctx.view.request_use(brand_of(first), first.request_id)
     if use is not None:
-        _refuse_another_request(first, use)
+        refuse_another_request(first, use)
         ids = [str(e.event_id) for e in events]
         known = [await ctx.view.find_event(i) for i in ids]
         if all(k is not None for k in known):
@@ -88,7 +88,7 @@ async def append(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult:
     use = await ctx.view.claim_request(
         brand_of(first), first.request_id, first.request_fingerprint, ids
     )
-    _refuse_another_request(first, use)
+    refuse_another_request(first, use)
     recorded = await ctx.ledger.append(events)
     return WriteResult(ids, ConsistencyToken.after(recorded))
 

@@ -23,6 +23,7 @@ from services.usecases.access import Access, Reader
 from services.usecases.audit import Audit
 from services.usecases.checks import Checks
 from services.usecases.review import Review
+from services.usecases.sends import Sends
 from services.usecases.writes import Writes
 from tests.builders import BRAND, at
 from tests.builders import opt_in as an_opt_in
@@ -34,7 +35,7 @@ AUDITOR = Reader("auditor", None, "req-test")
 
 @dataclass(frozen=True)
 class App:
-    """The four use cases on one ledger, view and guard, which a test may look at."""
+    """The use cases on one ledger, view and guard, which a test may look at."""
 
     ledger: InMemoryLedger
     view: InMemoryConsentView
@@ -44,6 +45,7 @@ class App:
     audit: Audit
     review: Review
     access: Access
+    sends: Sends
 
 
 def wired(ledger: InMemoryLedger, view: InMemoryConsentView, guard: FreshnessGuard) -> App:
@@ -52,7 +54,15 @@ def wired(ledger: InMemoryLedger, view: InMemoryConsentView, guard: FreshnessGua
         ledger, view, guard, clock=lambda: NOW, campaigns=CampaignHistoryCache(view)
     )
     return App(
-        ledger, view, guard, built.writes, built.checks, built.audit, built.review, built.access
+        ledger,
+        view,
+        guard,
+        built.writes,
+        built.checks,
+        built.audit,
+        built.review,
+        built.access,
+        built.sends,
     )
 
 

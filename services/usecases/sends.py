@@ -1,0 +1,146 @@
+"""Recording many messages sent in one call (``RecordMessagesSent``).
+
+Each message becomes the ``MessageSent`` that ``RecordMessageSent`` would record
+for it, read by the fold, the sweep and every other reader as such; the call is one
+request (one request id, taken once) whose events go to the ledger in one append.
+What costs a single write a round trip per check here costs one per call: the
+request id, the message ids recorded before, each campaign named, the exemptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from ledger.commands import RecordMessagesSent, to_events
+from ledger.digest import digest_of
+from ledger.events import MessageSent
+from ledger.policy import earns_exemption
+from ledger.ports import ConsistencyToken
+from ledger.state import COUNTED_KINDS
+from services.errors import FailedPrecondition, NotConsistent
+from services.usecases.context import BEHIND, Context
+from services.usecases.requests import refuse_another_request
+
+
+@dataclass(frozen=True)
+class SendsResult:
+    event_ids: list[str]
+    """Per message, in the call's order, its ``MessageSent``: the first one's when its
+    message id was recorded before for the phone."""
+    token: ConsistencyToken
+    appended: int
+    """How many events this call appended (0 for a retry the view has applied)."""
+
+
+class Sends:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def record(self, cmd: RecordMessagesSent, *, recorded_by: str = "") -> SendsResult:
+        """Validate every message (any bad field refuses the call, nothing written),
+        then append the messages not recorded before, in one append.
+
+        A message whose provider message id the view has recorded for its phone is
+        that message (``RecordMessageSent``'s rule): answered with the first one's
+        event id, not written. A retry of the call (its request id taken by this very
+        request) lets the view reach the ledger's end on the phones' partitions
+        first, so what its first attempt appended is found, not appended again. A
+        first attempt does not wait (nor does a retry the view cannot serve in
+        time): a copy of a message recorded a moment ago that the view has not
+        applied yet is appended, and the projection applies one ``MessageSent`` per
+        message id, so it never counts twice."""
+        sent = [
+            replace(e, recorded_by=recorded_by) if recorded_by else e
+            for e in to_events(cmd, self.ctx.clock())
+        ]
+        events: list[MessageSent] = [e for e in sent if isinstance(e, MessageSent)]
+        use = await self.ctx.view.request_use(cmd.brand, cmd.request_id)
+        if use is not None:
+            refuse_another_request(events[0], use)
+        keys = [(e.phone, e.message_id) for e in events]
+        known = await self.ctx.view.message_uses(cmd.brand, keys)
+        if use is not None and len(known) < len(set(keys)):
+            # A retry: its first attempt may be in the ledger, not yet in the view. One
+            # the view cannot reach in time appends those facts again, under the same
+            # ids, which the projection stores once.
+            phones = sorted({e.phone for e in events})
+            if await self.ctx.guard.wait_until_applied_for(phones):
+                known = await self.ctx.view.message_uses(cmd.brand, keys)
+        answer: list[str] = []
+        new: list[MessageSent] = []
+        first_in_call: dict[tuple[str, str], str] = {}
+        for event, key in zip(events, keys, strict=True):
+            earlier = known.get(key) or first_in_call.get(key)
+            if earlier is not None:
+                answer.append(earlier)
+                continue
+            first_in_call[key] = str(event.event_id)
+            answer.append(str(event.event_id))
+            new.append(event)
+        ours = set(first_in_call.values())
+        others = {i for i in answer if i not in ours}
+        token = await self._token_of(others)
+        if not new:
+            return SendsResult(answer, token, 0)
+        await self._check_campaigns(new, events)
+        new = await self._with_exemptions(new)
+        claimed = await self.ctx.view.claim_request(
+            cmd.brand, cmd.request_id, events[0].request_fingerprint, answer
+        )
+        refuse_another_request(events[0], claimed)
+        recorded = await self.ctx.ledger.append(new)
+        return SendsResult(answer, token.merge(ConsistencyToken.after(recorded)), len(recorded))
+
+    async def _token_of(self, event_ids: set[str]) -> ConsistencyToken:
+        """The token after the events recorded before that the answer names."""
+        if not event_ids:
+            return ConsistencyToken({})
+        found = await self.ctx.view.find_events(sorted(event_ids))
+        if len(found) < len(event_ids):  # the view reads them in one transaction: mid-rebuild
+            raise NotConsistent("messages", BEHIND)
+        return ConsistencyToken.after(list(found.values()))
+
+    async def _check_campaigns(
+        self, new: Sequence[MessageSent], every: Sequence[MessageSent]
+    ) -> None:
+        """Every campaign the new messages name is defined (counting a definition
+        acknowledged a moment ago), else ``FailedPrecondition`` on the first message
+        that names one that is not."""
+        place = {id(e): i for i, e in enumerate(every)}
+        checked: set[str] = set()
+        for event in new:
+            if event.campaign in checked:
+                continue
+            if not await self.ctx.campaign_known(event.brand, event.campaign):
+                raise FailedPrecondition(
+                    f"messages[{place[id(event)]}].campaign",
+                    f"{event.brand}/{event.campaign} is not defined",
+                )
+            checked.add(event.campaign)
+
+    async def _with_exemptions(self, new: list[MessageSent]) -> list[MessageSent]:
+        """Replies that may escape the caps, each with whether it earned that when it
+        was sent, read as fresh as CanSend reads (``Writes._with_exemption``, for all
+        of them at once): one that did not, or whose facts cannot be read fresh,
+        counts like any other message."""
+        replies = [e for e in new if e.kind not in COUNTED_KINDS]
+        if not replies:
+            return new
+        fresh = await self.ctx.guard.wait_for_phones(sorted({e.phone for e in replies}))
+        exempt: dict[int, bool] = {}
+        if fresh:
+            states = await self.ctx.view.subscriber_states(
+                replies[0].brand, sorted({e.phone for e in replies})
+            )
+            for event in replies:
+                history = await self.ctx.view.campaign_history(event.brand, event.campaign)
+                rules = history.as_of(event.occurred_at)
+                digest = digest_of(states[event.phone])
+                exempt[id(event)] = rules is not None and earns_exemption(
+                    digest, rules, event.occurred_at, event.kind
+                )
+        return [
+            replace(e, exempt=exempt.get(id(e), False)) if e.kind not in COUNTED_KINDS else e
+            for e in new
+        ]

@@ -1,0 +1,205 @@
+"""``RecordMessagesSent`` through the real gRPC server, on the real Kafka ledger and
+PostgreSQL and on the embedded default's ledger (PostgreSQL): a thousand messages
+recorded in one call, listed and swept as single sends are; a bad message, too many
+messages and another brand's token refused with nothing written; a retried call
+writing nothing twice."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+
+from ledger.ports import ConsistencyToken, Stream
+from services.bootstrap import Runtime
+from tests.e2e.harness import (
+    client,
+    define,
+    kafka_settings,
+    service_settings,
+    status_details,
+    ts,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+CALL = 1_000
+
+
+@pytest.fixture(params=["kafka", "embedded"])
+async def service(request, tmp_path, postgres_dsn, kafka_bootstrap):
+    """A service on the Kafka ledger, or on the embedded default's PostgreSQL ledger,
+    with acme's campaign "promo" defined a day before ``when``."""
+    kafka = (
+        kafka_settings(kafka_bootstrap, f"sends-{uuid.uuid4().hex[:8]}.")
+        if request.param == "kafka"
+        else None
+    )
+    runtime = Runtime(service_settings(tmp_path, postgres_dsn, kafka=kafka))
+    await runtime.start()
+    when = datetime.now(UTC) - timedelta(hours=1)
+    try:
+        async with client(runtime.address) as admin:
+            w = await admin.DefineCampaign(define("acme", "promo", when - timedelta(days=1)))
+            assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
+        yield runtime, when
+    finally:
+        await runtime.stop()
+
+
+def phone(i: int) -> str:
+    return f"+1415556{i:04d}"
+
+
+def message(i: int, when: datetime, **changes) -> api.SentMessage:
+    fields = dict(
+        phone=phone(i),
+        campaign="promo",
+        message_id=f"SM-{i}",
+        occurred_at=ts(when),
+        included_opt_out_language=True,
+        identified_sender=True,
+        relied_on=api.ReliedOnAnswer(
+            consistency_token="subscribers:0:1", allowed=True, reason=api.REASON_CONSENT_ACTIVE
+        ),
+    )
+    fields.update(changes)
+    return api.SentMessage(**fields)
+
+
+def call(request_id: str, messages: list[api.SentMessage]) -> api.RecordMessagesSentRequest:
+    return api.RecordMessagesSentRequest(request_id=request_id, brand="acme", messages=messages)
+
+
+async def ledger_size(runtime: Runtime) -> int:
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    return sum(ends.values())
+
+
+async def sweep(c, start: datetime, end: datetime, token: str) -> list[api.SweepCampaignResponse]:
+    request = api.SweepCampaignRequest(
+        brand="acme",
+        campaign="promo",
+        start_time=ts(start),
+        end_time=ts(end),
+        at_least_as_fresh=token,
+    )
+    items = c.stub.SweepCampaign(
+        request, metadata=[("authorization", f"Bearer {c.token}")], timeout=120
+    )
+    return [item async for item in items]
+
+
+async def test_a_thousand_messages_are_recorded_listed_and_swept_like_single_sends(service):
+    runtime, when = service
+    async with client(runtime.address, "acme-app") as c:
+        before = await ledger_size(runtime)
+        written = await c.RecordMessagesSent(
+            call("batch-1", [message(i, when) for i in range(CALL)]), timeout=60
+        )
+        assert len(written.event_ids) == len(set(written.event_ids)) == CALL
+        assert await ledger_size(runtime) == before + CALL
+        # One more message to a number no batch names, sent alone, to set beside them.
+        single = await c.RecordMessageSent(
+            api.RecordMessageSentRequest(
+                request_id="single-1",
+                phone=phone(CALL),
+                brand="acme",
+                campaign="promo",
+                message_id=f"SM-{CALL}",
+                occurred_at=ts(when),
+                included_opt_out_language=True,
+                identified_sender=True,
+                relied_on=message(0, when).relied_on,
+            )
+        )
+        token = (
+            ConsistencyToken.decode(written.consistency_token)
+            .merge(ConsistencyToken.decode(single.consistency_token))
+            .encode()
+        )
+
+        for i in (0, 517, CALL - 1):
+            listed = await c.ListEvents(
+                api.ListEventsRequest(phone=phone(i), brand="acme", at_least_as_fresh=token)
+            )
+            (event,) = [e.event for e in listed.events]
+            assert event.event_type == "MessageSent" and event.event_id == written.event_ids[i]
+            assert event.message_sent.message_id == f"SM-{i}"
+            assert event.message_sent.relied_on.allowed
+
+        answered = await sweep(c, when - timedelta(minutes=1), when + timedelta(minutes=1), token)
+        findings = [item.finding for item in answered if item.HasField("finding")]
+        last = [item.progress for item in answered if item.HasField("progress")][-1]
+        assert last.sends_judged == CALL + 1 and last.done == 1
+        by_phone = {f.phone: f for f in findings}
+        assert len(by_phone) == CALL + 1  # none of these numbers opted in
+        alone = by_phone[phone(CALL)]
+        kinds = Counter(tuple(f.kinds) for f in findings)
+        assert kinds == {tuple(alone.kinds): CALL + 1}
+        assert api.SWEEP_FINDING_KIND_NO_CONSENT in alone.kinds
+        assert {f.event_id for f in findings} == {*written.event_ids, single.event_ids[0]}
+
+
+async def test_a_retried_call_writes_nothing_twice(service):
+    runtime, when = service
+    async with client(runtime.address, "acme-app") as c:
+        request = call("batch-retry", [message(i, when) for i in range(200)])
+        first = await c.RecordMessagesSent(request)
+        assert await runtime.guard.wait_for_token(ConsistencyToken.decode(first.consistency_token))
+        size = await ledger_size(runtime)
+        again = await c.RecordMessagesSent(request)
+        assert list(again.event_ids) == list(first.event_ids)
+        assert await ledger_size(runtime) == size
+        # The same messages under another request id are the same messages.
+        other = await c.RecordMessagesSent(call("batch-retry-2", list(request.messages)))
+        assert list(other.event_ids) == list(first.event_ids)
+        assert await ledger_size(runtime) == size
+        # The id reused for other messages is refused, naming the first call's events.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordMessagesSent(call("batch-retry", [message(i, when) for i in range(201)]))
+        assert err.value.code() is grpc.StatusCode.ALREADY_EXISTS
+        assert await ledger_size(runtime) == size
+
+
+async def test_a_bad_message_refuses_the_whole_call_naming_it_and_writes_nothing(service):
+    runtime, when = service
+    async with client(runtime.address, "acme-app") as c:
+        size = await ledger_size(runtime)
+        messages = [message(i, when) for i in range(10)]
+        messages[3].phone = "+1 not a number"
+        messages[7].ClearField("occurred_at")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordMessagesSent(call("batch-bad", messages))
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in status_details(err.value)] == [
+            "messages[7].occurred_at",
+            "messages[3].phone",
+        ]
+        messages = [message(i, when) for i in range(3)]
+        messages[1].campaign = "nosuch"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordMessagesSent(call("batch-unknown", messages))
+        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert await ledger_size(runtime) == size
+
+
+async def test_more_than_a_thousand_messages_or_another_brand_is_refused(service):
+    runtime, when = service
+    over = call("batch-over", [message(i, when) for i in range(CALL + 1)])
+    async with client(runtime.address, "acme-app") as c:
+        size = await ledger_size(runtime)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordMessagesSent(over)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in status_details(err.value)] == ["messages"]
+    for who in ("globex-app", "acme-checker"):
+        async with client(runtime.address, who) as c:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await c.RecordMessagesSent(call("batch-theirs", [message(0, when)]))
+            assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert await ledger_size(runtime) == size

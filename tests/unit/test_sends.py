@@ -1,0 +1,257 @@
+"""Many messages sent in one call (``services.usecases.sends``): each recorded as a
+single ``RecordMessageSent`` records it, in one append; the call refused whole on
+bad input; a retry, a reused request id and message ids recorded before."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from ledger.commands import (
+    MAX_SENDS_PER_CALL,
+    RecordMessageSent,
+    RecordMessagesSent,
+    RecordOptOut,
+    SentMessage,
+)
+from ledger.errors import DomainError, InvalidRequest
+from ledger.events import (
+    LedgerEvent,
+    MessageKind,
+    MessageSent,
+    Recorded,
+    ReliedAnswer,
+    RevocationChannel,
+)
+from ledger.ports import Stream
+from ledger.sweep import Finding
+from services.adapters.memory_ledger import InMemoryLedger
+from services.errors import AlreadyExists, FailedPrecondition
+from services.usecases.sweeps import sweep_campaign
+from tests.builders import BRAND, PHONE, at
+from tests.unit.usecase_harness import App, define, opt_in, running, stop_task
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+class CountingLedger(InMemoryLedger):
+    """Counts the appends, and how many events each carried."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.appends: list[int] = []
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        self.appends.append(len(events))
+        return await super().append(events)
+
+
+def phone(i: int) -> str:
+    return f"+1415555{i:04d}"
+
+
+def message(i: int, **changes: Any) -> SentMessage:
+    m = SentMessage(phone(i), "promo", f"SM-{i}", MessageKind.REGULAR, at(10))
+    return dataclasses.replace(m, **changes)
+
+
+def batch(request_id: str, messages: Sequence[SentMessage]) -> RecordMessagesSent:
+    return RecordMessagesSent(request_id, BRAND, tuple(messages))
+
+
+async def sends_in_ledger(app: App) -> list[MessageSent]:
+    found: list[MessageSent] = []
+    for partition in await app.ledger.partitions(Stream.SUBSCRIBERS):
+        for r in await app.ledger.read(Stream.SUBSCRIBERS, partition, 0, 100_000):
+            if isinstance(r.event, MessageSent):
+                found.append(r.event)
+    return found
+
+
+async def test_a_thousand_messages_are_one_append_of_one_message_sent_each():
+    async with running(ledger=CountingLedger(partitions=4)) as (app, _):
+        await app.writes.record(define())
+        assert isinstance(app.ledger, CountingLedger)
+        app.ledger.appends.clear()
+        messages = [message(i) for i in range(MAX_SENDS_PER_CALL)]
+        written = await app.sends.record(batch("b1", messages), recorded_by="sender")
+        assert app.ledger.appends == [MAX_SENDS_PER_CALL]
+        assert written.appended == MAX_SENDS_PER_CALL
+        assert len(set(written.event_ids)) == MAX_SENDS_PER_CALL
+        assert await app.guard.wait_for_token(written.token)
+        recorded = {str(e.event_id): e for e in await sends_in_ledger(app)}
+        for event_id, m in zip(written.event_ids, messages, strict=True):
+            event = recorded[event_id]
+            assert (event.phone, event.message_id, event.recorded_by) == (
+                m.phone,
+                m.message_id,
+                "sender",
+            )
+        rate = (await app.audit.opt_out_rate(BRAND, "promo", at(0), at(60))).value
+        assert rate.counts.messages_sent == MAX_SENDS_PER_CALL
+
+
+async def test_a_batched_send_is_the_message_sent_a_single_write_records():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        relied = ReliedAnswer("subscribers:0:1", True, "consent_active", ("e1",))
+        fields = dict(included_opt_out_language=True, identified_sender=True, relied_on=relied)
+        single = await app.writes.record(
+            RecordMessageSent(
+                "s1", PHONE, BRAND, "promo", "SM-single", MessageKind.REGULAR, at(10), **fields
+            )
+        )
+        one = SentMessage(PHONE, "promo", "SM-batched", MessageKind.REGULAR, at(10), **fields)
+        batched = await app.sends.record(batch("b1", [one]))
+        assert await app.guard.wait_for_token(single.token.merge(batched.token))
+        by_id = {str(e.event_id): e for e in await sends_in_ledger(app)}
+        one, other = by_id[single.event_ids[0]], by_id[batched.event_ids[0]]
+        differ = {"event_id", "message_id", "request_id", "request_fingerprint"}
+        assert {
+            f.name
+            for f in dataclasses.fields(one)
+            if getattr(one, f.name) != getattr(other, f.name)
+        } == differ
+
+
+async def test_the_sweep_judges_batched_sends_exactly_like_single_ones():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        await app.writes.record(opt_in("g1"))
+        await app.writes.record(
+            RecordOptOut("stop", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(5))
+        )
+        lone = await app.writes.record(
+            RecordMessageSent("s1", PHONE, BRAND, "promo", "SM-a", MessageKind.REGULAR, at(10))
+        )
+        many = await app.sends.record(
+            batch(
+                "b1",
+                [
+                    SentMessage(PHONE, "promo", "SM-b", MessageKind.REGULAR, at(10)),
+                    message(7),  # never opted in
+                ],
+            )
+        )
+        token = lone.token.merge(many.token)
+        assert await app.guard.wait_for_token(token)
+        findings = [
+            f
+            async for f in sweep_campaign(app.sends.ctx, BRAND, "promo", at(0), at(60), token)
+            if isinstance(f, Finding)
+        ]
+        by_message = {f.message.message_id: f for f in findings}
+        assert set(by_message) == {"SM-a", "SM-b", "SM-7"}
+        single, batched = by_message["SM-a"], by_message["SM-b"]
+        assert batched.kinds == single.kinds and batched.kinds
+        assert batched.decision.reason == single.decision.reason
+        assert batched.decision.evidence == single.decision.evidence
+        assert by_message["SM-7"].kinds != single.kinds
+
+
+async def test_one_bad_message_refuses_the_call_naming_each_field_and_writes_nothing():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        before = len(await sends_in_ledger(app))
+        messages = [
+            message(0),
+            message(1, phone="+1415"),
+            message(2),
+            message(3, message_id="", campaign="Not A Name"),
+        ]
+        with pytest.raises(DomainError) as refused:
+            await app.sends.record(batch("b1", messages))
+        fields = [f for f, _ in refused.value.violations]
+        assert fields == ["messages[1].phone", "messages[3].campaign", "messages[3].message_id"]
+        assert len(await sends_in_ledger(app)) == before
+
+
+async def test_more_than_a_thousand_messages_is_refused_and_writes_nothing():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        with pytest.raises(InvalidRequest) as refused:
+            await app.sends.record(batch("b1", [message(i) for i in range(MAX_SENDS_PER_CALL + 1)]))
+        assert refused.value.field == "messages"
+        assert "at most 1,000" in refused.value.reason
+        with pytest.raises(InvalidRequest, match="messages"):
+            await app.sends.record(batch("b2", []))
+        assert await sends_in_ledger(app) == []
+
+
+async def test_a_retried_call_records_nothing_new_and_answers_the_same_ids():
+    async with running(ledger=CountingLedger(partitions=4)) as (app, _):
+        await app.writes.record(define())
+        call = batch("b1", [message(i) for i in range(50)])
+        first = await app.sends.record(call)
+        assert await app.guard.wait_for_token(first.token)
+        again = await app.sends.record(call)
+        assert again.appended == 0 and again.event_ids == first.event_ids
+        assert again.token.offsets == first.token.offsets
+        assert len(await sends_in_ledger(app)) == 50
+
+
+async def test_a_retry_before_the_view_applied_the_first_waits_for_it_and_appends_nothing():
+    async with running(ledger=CountingLedger(partitions=4)) as (app, _):
+        await app.writes.record(define())
+        call = batch("b1", [message(i) for i in range(20)])
+        first, again = await app.sends.record(call), await app.sends.record(call)
+        assert again.event_ids == first.event_ids and again.appended == 0
+        assert len(await sends_in_ledger(app)) == 20
+
+
+async def test_a_retry_the_view_cannot_reach_appends_the_same_facts_which_count_once():
+    async with running(wait_bound=0.05) as (app, projector):
+        await app.writes.record(define())
+        call = batch("b1", [message(i) for i in range(5)])
+        first = await app.sends.record(call)
+        await app.guard.wait_for_token(first.token)
+        await stop_task(projector)
+        call2 = batch("b2", [message(i + 5) for i in range(5)])
+        second = await app.sends.record(call2)
+        again = await app.sends.record(call2)  # the view has not applied the first attempt
+        assert again.event_ids == second.event_ids and again.appended == 5
+    async with running(ledger=app.ledger, view=app.view) as (later, _):
+        assert await later.guard.wait_for_token(again.token)
+        rate = (await later.audit.opt_out_rate(BRAND, "promo", at(0), at(60))).value
+        assert rate.counts.messages_sent == 10
+
+
+async def test_a_request_id_reused_for_another_call_is_refused_and_writes_nothing():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        first = await app.sends.record(batch("b1", [message(i) for i in range(30)]))
+        assert await app.guard.wait_for_token(first.token)
+        with pytest.raises(AlreadyExists) as refused:
+            await app.sends.record(batch("b1", [message(i) for i in range(31)]))
+        assert refused.value.event_ids == tuple(first.event_ids)
+        assert len(await sends_in_ledger(app)) == 30
+
+
+async def test_a_message_id_recorded_before_is_answered_with_the_first_and_not_written():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        single = await app.writes.record(
+            RecordMessageSent("s1", phone(1), BRAND, "promo", "SM-1", MessageKind.REGULAR, at(9))
+        )
+        assert await app.guard.wait_for_token(single.token)
+        written = await app.sends.record(
+            batch("b1", [message(0), message(1), message(2), message(0, occurred_at=at(11))])
+        )
+        assert written.appended == 2
+        assert written.event_ids[1] == single.event_ids[0]
+        assert written.event_ids[3] == written.event_ids[0]
+        assert await app.guard.wait_for_token(written.token)
+        rate = (await app.audit.opt_out_rate(BRAND, "promo", at(0), at(60))).value
+        assert rate.counts.messages_sent == 3
+
+
+async def test_a_message_for_an_undefined_campaign_refuses_the_call_and_writes_nothing():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        with pytest.raises(FailedPrecondition) as refused:
+            await app.sends.record(batch("b1", [message(0), message(1, campaign="nope")]))
+        assert refused.value.field == "messages[1].campaign"
+        assert await sends_in_ledger(app) == []
