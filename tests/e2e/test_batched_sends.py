@@ -45,10 +45,19 @@ async def service(request, tmp_path, postgres_dsn, kafka_bootstrap):
     try:
         async with client(runtime.address) as admin:
             w = await admin.DefineCampaign(define("acme", "promo", when - timedelta(days=1)))
-            assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
+            assert await applied(runtime, w.consistency_token)
         yield runtime, when
     finally:
         await runtime.stop()
+
+
+async def applied(runtime: Runtime, token: str) -> bool:
+    """Whether the view applies ``token`` within a few of the guard's bounds: a loaded
+    machine projects slowly, not wrongly."""
+    for _ in range(6):
+        if await runtime.guard.wait_for_token(ConsistencyToken.decode(token)):
+            return True
+    return False
 
 
 def phone(i: int) -> str:
@@ -150,7 +159,7 @@ async def test_a_retried_call_writes_nothing_twice(service):
     async with client(runtime.address, "acme-app") as c:
         request = call("batch-retry", [message(i, when) for i in range(200)])
         first = await c.RecordMessagesSent(request)
-        assert await runtime.guard.wait_for_token(ConsistencyToken.decode(first.consistency_token))
+        assert await applied(runtime, first.consistency_token)
         size = await ledger_size(runtime)
         again = await c.RecordMessagesSent(request)
         assert list(again.event_ids) == list(first.event_ids)

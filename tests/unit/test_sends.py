@@ -36,6 +36,9 @@ from tests.unit.usecase_harness import App, define, opt_in, running, stop_task
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
+WAIT = 30.0
+"""The freshness guard's bound: a loaded machine may take seconds to project 1,000 sends."""
+
 
 class CountingLedger(InMemoryLedger):
     """Counts the appends, and how many events each carried."""
@@ -72,7 +75,7 @@ async def sends_in_ledger(app: App) -> list[MessageSent]:
 
 
 async def test_a_thousand_messages_are_one_append_of_one_message_sent_each():
-    async with running(ledger=CountingLedger(partitions=4)) as (app, _):
+    async with running(WAIT, ledger=CountingLedger(partitions=4)) as (app, _):
         await app.writes.record(define())
         assert isinstance(app.ledger, CountingLedger)
         app.ledger.appends.clear()
@@ -95,10 +98,15 @@ async def test_a_thousand_messages_are_one_append_of_one_message_sent_each():
 
 
 async def test_a_batched_send_is_the_message_sent_a_single_write_records():
-    async with running() as (app, _):
+    async with running(WAIT) as (app, _):
         await app.writes.record(define())
         relied = ReliedAnswer("subscribers:0:1", True, "consent_active", ("e1",))
-        fields = dict(included_opt_out_language=True, identified_sender=True, relied_on=relied)
+        fields = dict(
+            included_opt_out_language=True,
+            identified_sender=True,
+            relied_on=relied,
+            from_number="+1 212 555 0100",
+        )
         single = await app.writes.record(
             RecordMessageSent(
                 "s1", PHONE, BRAND, "promo", "SM-single", MessageKind.REGULAR, at(10), **fields
@@ -118,7 +126,7 @@ async def test_a_batched_send_is_the_message_sent_a_single_write_records():
 
 
 async def test_the_sweep_judges_batched_sends_exactly_like_single_ones():
-    async with running() as (app, _):
+    async with running(WAIT) as (app, _):
         await app.writes.record(define())
         await app.writes.record(opt_in("g1"))
         await app.writes.record(
@@ -153,7 +161,7 @@ async def test_the_sweep_judges_batched_sends_exactly_like_single_ones():
 
 
 async def test_one_bad_message_refuses_the_call_naming_each_field_and_writes_nothing():
-    async with running() as (app, _):
+    async with running(WAIT) as (app, _):
         await app.writes.record(define())
         before = len(await sends_in_ledger(app))
         messages = [
@@ -170,7 +178,7 @@ async def test_one_bad_message_refuses_the_call_naming_each_field_and_writes_not
 
 
 async def test_more_than_a_thousand_messages_is_refused_and_writes_nothing():
-    async with running() as (app, _):
+    async with running(WAIT) as (app, _):
         await app.writes.record(define())
         with pytest.raises(InvalidRequest) as refused:
             await app.sends.record(batch("b1", [message(i) for i in range(MAX_SENDS_PER_CALL + 1)]))
@@ -182,7 +190,7 @@ async def test_more_than_a_thousand_messages_is_refused_and_writes_nothing():
 
 
 async def test_a_retried_call_records_nothing_new_and_answers_the_same_ids():
-    async with running(ledger=CountingLedger(partitions=4)) as (app, _):
+    async with running(WAIT, ledger=CountingLedger(partitions=4)) as (app, _):
         await app.writes.record(define())
         call = batch("b1", [message(i) for i in range(50)])
         first = await app.sends.record(call)
@@ -194,7 +202,7 @@ async def test_a_retried_call_records_nothing_new_and_answers_the_same_ids():
 
 
 async def test_a_retry_before_the_view_applied_the_first_waits_for_it_and_appends_nothing():
-    async with running(ledger=CountingLedger(partitions=4)) as (app, _):
+    async with running(WAIT, ledger=CountingLedger(partitions=4)) as (app, _):
         await app.writes.record(define())
         call = batch("b1", [message(i) for i in range(20)])
         first, again = await app.sends.record(call), await app.sends.record(call)
@@ -213,14 +221,14 @@ async def test_a_retry_the_view_cannot_reach_appends_the_same_facts_which_count_
         second = await app.sends.record(call2)
         again = await app.sends.record(call2)  # the view has not applied the first attempt
         assert again.event_ids == second.event_ids and again.appended == 5
-    async with running(ledger=app.ledger, view=app.view) as (later, _):
+    async with running(WAIT, ledger=app.ledger, view=app.view) as (later, _):
         assert await later.guard.wait_for_token(again.token)
         rate = (await later.audit.opt_out_rate(BRAND, "promo", at(0), at(60))).value
         assert rate.counts.messages_sent == 10
 
 
 async def test_a_request_id_reused_for_another_call_is_refused_and_writes_nothing():
-    async with running() as (app, _):
+    async with running(WAIT) as (app, _):
         await app.writes.record(define())
         first = await app.sends.record(batch("b1", [message(i) for i in range(30)]))
         assert await app.guard.wait_for_token(first.token)
@@ -231,7 +239,7 @@ async def test_a_request_id_reused_for_another_call_is_refused_and_writes_nothin
 
 
 async def test_a_message_id_recorded_before_is_answered_with_the_first_and_not_written():
-    async with running() as (app, _):
+    async with running(WAIT) as (app, _):
         await app.writes.record(define())
         single = await app.writes.record(
             RecordMessageSent("s1", phone(1), BRAND, "promo", "SM-1", MessageKind.REGULAR, at(9))
@@ -249,7 +257,7 @@ async def test_a_message_id_recorded_before_is_answered_with_the_first_and_not_w
 
 
 async def test_a_message_for_an_undefined_campaign_refuses_the_call_and_writes_nothing():
-    async with running() as (app, _):
+    async with running(WAIT) as (app, _):
         await app.writes.record(define())
         with pytest.raises(FailedPrecondition) as refused:
             await app.sends.record(batch("b1", [message(0), message(1, campaign="nope")]))

@@ -659,6 +659,7 @@ def sent_message_proto(i: int) -> api_pb2.SentMessage:
             reason=api_pb2.REASON_CONSENT_ACTIVE,
             evidence_event_ids=["e1"],
         ),
+        from_number="+12125550100",
     )
 
 
@@ -671,7 +672,17 @@ def test_a_call_of_many_messages_sent_becomes_one_request_of_each_message() -> N
         "req-1",
         BRAND,
         tuple(
-            SentMessage(PHONE, CAMPAIGN, f"SM{i}", MessageKind.HELP_REPLY, AT, True, True, relied)
+            SentMessage(
+                PHONE,
+                CAMPAIGN,
+                f"SM{i}",
+                MessageKind.HELP_REPLY,
+                AT,
+                True,
+                True,
+                relied,
+                "+12125550100",
+            )
             for i in range(2)
         ),
     )
