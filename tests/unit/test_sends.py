@@ -32,7 +32,7 @@ from services.adapters.memory_ledger import InMemoryLedger
 from services.errors import AlreadyExists, FailedPrecondition
 from services.usecases.sweeps import sweep_campaign
 from tests.builders import BRAND, PHONE, at
-from tests.unit.usecase_harness import App, define, opt_in, running, stop_task
+from tests.unit.usecase_harness import AUDITOR, App, define, opt_in, running, stop_task
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -93,7 +93,7 @@ async def test_a_thousand_messages_are_one_append_of_one_message_sent_each():
                 m.message_id,
                 "sender",
             )
-        rate = (await app.audit.opt_out_rate(BRAND, "promo", at(0), at(60))).value
+        rate = (await app.audit.opt_out_rate(BRAND, "promo", at(0), at(60), reader=AUDITOR)).value
         assert rate.counts.messages_sent == MAX_SENDS_PER_CALL
 
 
@@ -223,7 +223,7 @@ async def test_a_retry_the_view_cannot_reach_appends_the_same_facts_which_count_
         assert again.event_ids == second.event_ids and again.appended == 5
     async with running(WAIT, ledger=app.ledger, view=app.view) as (later, _):
         assert await later.guard.wait_for_token(again.token)
-        rate = (await later.audit.opt_out_rate(BRAND, "promo", at(0), at(60))).value
+        rate = (await later.audit.opt_out_rate(BRAND, "promo", at(0), at(60), reader=AUDITOR)).value
         assert rate.counts.messages_sent == 10
 
 
@@ -252,7 +252,7 @@ async def test_a_message_id_recorded_before_is_answered_with_the_first_and_not_w
         assert written.event_ids[1] == single.event_ids[0]
         assert written.event_ids[3] == written.event_ids[0]
         assert await app.guard.wait_for_token(written.token)
-        rate = (await app.audit.opt_out_rate(BRAND, "promo", at(0), at(60))).value
+        rate = (await app.audit.opt_out_rate(BRAND, "promo", at(0), at(60), reader=AUDITOR)).value
         assert rate.counts.messages_sent == 3
 
 
