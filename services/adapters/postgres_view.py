@@ -1105,10 +1105,27 @@ class PostgresConsentView(ConsentView):
         """Empty every projection table, for a rebuild from offset 0."""
         await self.settle()  # a write still in flight must not land after the truncate
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES)}")
-            # In-memory copies of the view (DigestReplica) load afresh when it moves.
-            await conn.execute("UPDATE projection_epoch SET epoch = epoch + 1")
+            await self._empty(conn)
+
+    async def _empty(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES)}")
+        # In-memory copies of the view (DigestReplica) load afresh when it moves.
+        await conn.execute("UPDATE projection_epoch SET epoch = epoch + 1")
         self._states.clear()
+
+    async def begin_rebuild(self) -> bool:
+        await self.settle()
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Locked, so two rebuilds begun at once do not both empty the view.
+            await conn.execute("LOCK TABLE projection_rebuild IN EXCLUSIVE MODE")
+            if await conn.fetchval("SELECT started_at FROM projection_rebuild") is not None:
+                return True
+            await self._empty(conn)
+            await conn.execute("INSERT INTO projection_rebuild (started_at) VALUES (now())")
+            return False
+
+    async def finish_rebuild(self) -> None:
+        await self._pool.execute("DELETE FROM projection_rebuild")
 
     async def table_dump(self, table: str) -> list[tuple[Any, ...]]:
         """Every row of one projection table in key order (for rebuild checks)."""
