@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -20,6 +21,7 @@ from consent.v1 import ledger_pb2 as lpb
 
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
+from tests.e2e.grpcurl import grpcurl
 from tests.e2e.harness import (
     TOKENS,
     client,
@@ -27,10 +29,12 @@ from tests.e2e.harness import (
     kafka_settings,
     opt_out,
     precondition_violations,
+    running,
     service_settings,
     status_details,
     ts,
 )
+from tests.e2e.test_readme import answers, block, run
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -356,3 +360,28 @@ async def test_delivery_outcomes_and_health_refuse_bad_input_by_field(service):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.RecordDeliveryOutcome(_outcome(sent, lpb.DELIVERY_OUTCOME_DELIVERED, at))
         assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_the_readme_health_calls_run_as_written(tmp_path, postgres_dsn):
+    """README's "Campaign health" block, after the "Calling the API" walk-through it
+    follows, with grpcurl and the installed CLI, against a real service."""
+    walk, calls = block("readme-grpcurl", "sh"), block("readme-health", "sh")
+    tool = await asyncio.to_thread(grpcurl)
+    path = os.pathsep.join([str(Path(tool).parent), str(Path(sys.executable).parent)])
+    script = f"PATH='{path}{os.pathsep}{os.environ['PATH']}'\n{walk}\n{calls}"
+    async with running(service_settings(tmp_path, postgres_dsn, kafka=None)) as runtime:
+        done = await asyncio.to_thread(
+            run, ["bash", "-euo", "pipefail", "-c", script], tmp_path, runtime.address
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = done.stdout.index("campaign health of acme")
+    *_, sent, outcome, health = answers(done.stdout[:table])[1]
+    assert len(sent["eventIds"]) == 1 and len(outcome["eventIds"]) == 1
+    [promo] = health["campaigns"]
+    assert promo["counts"]["messagesSent"] == "1" and promo["counts"]["deliveryErrors"] == "1"
+    assert promo["counts"]["errorFlagged"] is True
+    assert [s["fromNumber"] for s in promo["senders"]] == ["+12125550100"]
+    assert health["unattributedOptOuts"] == "1" and health["flagged"] is True
+    rows = {line.split()[0]: line.split()[1:] for line in done.stdout[table:].splitlines() if line}
+    assert rows["promo"] == ["1", "0", "0.00%", "1", "100.00%", "ERRORS"]
+    assert rows["+12125550100"] == ["1", "0", "0.00%", "1", "100.00%", "ERRORS"]
