@@ -26,11 +26,12 @@ unknown ways:
   positions that went backwards mean the same; either makes the next refresh load
   everything afresh, swapping the whole copy in at once.
 
-Memory: one ``bytes`` object (the encoded digest without its version byte, which
-``_store`` checks) and one phone string per (phone, brand), plus the
-dictionary slot; ``make bench`` measures the whole (BENCHMARKS.md). A load after
-a rebuild builds the new copy while the old one still answers, so until the swap
-the process holds both: about twice the usual size.
+Memory: the digests are held compactly (``CompactDigests``: a shape number and the
+values that differ, in one ``bytearray``, found through an open-addressing index
+keyed by the phone number as an integer), about 50 bytes per (phone, brand) where
+a ``bytes`` object and a phone string in a dict took some 300 (docs/capacity.md).
+A load after a rebuild builds the new copy while the old one still answers, so
+until the swap the process holds both: about twice the usual size.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ import asyncpg
 from ledger.digest import Digest, with_phone_wide
 from ledger.events import ANY_BRAND
 from ledger.ports import ConsentView, DigestReads, Stream
+from services.adapters.compact_digests import CompactDigests
 from services.adapters.postgres_view import snapshot_unless_digest, stored_digest
 from services.wire.digest import FORMAT as DIGEST_FORMAT
-from services.wire.digest import decode_payload, encode_digest, payload_of
 
 _SUBSCRIBERS = Stream.SUBSCRIBERS.value
 
@@ -59,6 +60,7 @@ SELECT (SELECT epoch FROM projection_epoch) AS epoch,
 """
 _ROW = f"brand, phone, digest, {snapshot_unless_digest('$1')}"
 _ALL_DIGESTS = f"SELECT {_ROW} FROM subscriber_state"
+_COUNTS = "SELECT brand, count(*) FROM subscriber_state GROUP BY brand"
 _CHANGED_DIGESTS = f"""
 SELECT {_ROW}
 FROM subscriber_state
@@ -92,7 +94,7 @@ class DigestReplica(DigestReads):
         self._on_reload = on_reload
         self._view = view
         self._chunk = chunk
-        self._digests: dict[str, dict[str, bytes]] = {}
+        self._digests = CompactDigests()
         self._positions: dict[int, int] = {}
         self._epoch: int | None = None
         self._lock = asyncio.Lock()
@@ -105,8 +107,12 @@ class DigestReplica(DigestReads):
     @property
     def size(self) -> int:
         """How many (phone, brand) digests the copy holds."""
-        # In C from end to end: a metrics scrape on another thread reads it safely.
-        return sum(map(len, list(self._digests.values())))
+        # One attribute read: a metrics scrape on another thread reads it safely.
+        return self._digests.size
+
+    def stats(self) -> dict[str, int]:
+        """Where the copy's bytes are (``CompactDigests.stats``)."""
+        return self._digests.stats()
 
     async def positions(self, stream: Stream) -> dict[int, int]:
         """``ConsentView.positions`` of the copy: what its digests reflect."""
@@ -116,27 +122,15 @@ class DigestReplica(DigestReads):
         return dict(self._positions)
 
     async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
-        """``ConsentView.digests`` as of ``positions``: unknown phones are left out."""
-        known = self._digests.get(brand)
-        found: dict[str, Digest] = {}
-        if known:
-            for phone in phones:
-                data = known.get(phone)
-                if data is not None:
-                    digest = decode_payload(data)
-                    assert digest is not None, "the replica keeps only digests it can read"
-                    found[phone] = digest
+        """``ConsentView.digests`` as of ``positions``: unknown phones are left out.
+        Raises ``Unreadable`` on bytes it cannot decode: CanSend then fails closed."""
+        found = self._digests.get_many(brand, phones)
         # STOPs whose brand is unknown: usually none at all, one lookup to say so.
-        wide = self._digests.get(ANY_BRAND) if brand != ANY_BRAND else None
-        if wide:
-            for phone in phones:
-                data = wide.get(phone)
-                if data is not None:
-                    phone_wide = decode_payload(data)
-                    assert phone_wide is not None, "the replica keeps only digests it can read"
-                    merged = with_phone_wide(found.get(phone), phone_wide)
-                    if merged is not None:
-                        found[phone] = merged
+        if brand != ANY_BRAND:
+            for phone, phone_wide in self._digests.get_many(ANY_BRAND, phones).items():
+                merged = with_phone_wide(found.get(phone), phone_wide)
+                if merged is not None:
+                    found[phone] = merged
         return found
 
     async def refresh(self) -> None:
@@ -182,20 +176,19 @@ class DigestReplica(DigestReads):
                 _store(self._digests, rows)
             self._positions = positions
 
-    async def _read_all(self, conn: asyncpg.Connection) -> dict[str, dict[str, bytes]]:
-        digests: dict[str, dict[str, bytes]] = {}
+    async def _read_all(self, conn: asyncpg.Connection) -> CompactDigests:
+        digests = CompactDigests()
+        for brand, count in await conn.fetch(_COUNTS):
+            digests.reserve(brand, count)
         cursor = await conn.cursor(_ALL_DIGESTS, DIGEST_FORMAT)
         while rows := await cursor.fetch(self._chunk):
             _store(digests, rows)
         return digests
 
 
-def _store(digests: dict[str, dict[str, bytes]], rows: Sequence[asyncpg.Record]) -> None:
+def _store(digests: CompactDigests, rows: Sequence[asyncpg.Record]) -> None:
+    put = digests.put
     for brand, phone, data, snapshot in rows:
-        if snapshot is not None:  # no digest in the row, or one this code cannot read
-            data = encode_digest(stored_digest(phone, brand, data, snapshot))
-        phones = digests.get(brand)
-        if phones is None:
-            phones = digests[brand] = {}
-        assert data is not None
-        phones[phone] = payload_of(data)
+        # Without a digest in the row, or with one this code cannot read, the
+        # snapshot comes too, and is digested.
+        put(brand, phone, stored_digest(phone, brand, data, snapshot))

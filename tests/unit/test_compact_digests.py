@@ -1,0 +1,247 @@
+"""The replica's compact digests: every digest reads back equal, of the same types,
+from a few dozen bytes; the index finds what was put and nothing else; what the
+encoding cannot hold is kept another way and answered all the same."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, digest_of
+from ledger.state import SubscriberState, fold
+from services.adapters.compact_digests import CompactDigests, phone_key
+from services.wire.compact_digest import Shapes, Unencodable, Unreadable
+from tests.builders import at, flagged, granted, record, revoked
+from tests.unit.test_properties import histories
+
+ID = "0b6a4f2e-1c2d-5e3f-8a9b-0c1d2e3f4a5b"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, and of the same types all the way down (``True`` is not ``1``)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def test_digest_fields_are_the_ones_the_encoding_knows():
+    # A field added to a digest must be added to the encoding: fail here, not in prod.
+    assert Digest._fields == (
+        "brand", "zones", "pending", "brand_revocation", "brand_resume", "age",
+        "last_inbound", "confirmations", "campaigns", "regions", "located",
+    )  # fmt: skip
+    assert CampaignDigest._fields == (
+        "grant", "tier", "revocation", "resume", "reconfirmation", "sent", "last_sent_at",
+        "last_disclosed_at", "help_request", "help_reply", "opt_in_confirmation",
+        "proof_missing",
+    )  # fmt: skip
+    assert Mark._fields == ("at", "offset", "event_id")
+    assert Pending._fields == ("event_id", "text", "due", "unattributed")
+    assert Age._fields == ("event_id", "verified_21_plus", "date_of_birth")
+    assert Located._fields == ("state", "event_id")
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=histories, flag=st.booleans())
+def test_a_folded_digest_reads_back_equal_and_of_the_same_types(events, flag):
+    if flag:
+        events = [*events, flagged(at(1), "stop it")]
+    digest = digest_of(fold(record(events)))
+    shapes = Shapes()
+
+    data = shapes.encode(digest)
+
+    assert _same(shapes.decode(data), digest)
+    assert shapes.size_at(data, 0) == len(data)
+    # And again at an offset, after another digest, in a bytearray as the store has it.
+    arena = bytearray(shapes.encode(digest_of(SubscriberState(phone="+12125551234"))))
+    start = len(arena)
+    arena += shapes.encode(digest)
+    assert _same(shapes.decode(arena, start), digest)
+
+
+marks = st.builds(
+    Mark,
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(0, 2**63 - 1),
+    st.one_of(st.uuids().map(str), st.text(max_size=40)),
+)
+texts = st.text(max_size=20)
+campaign_digests = st.builds(
+    CampaignDigest,
+    st.none() | marks,
+    st.integers(0, 5),
+    st.none() | marks,
+    st.none() | marks,
+    st.none() | marks,
+    st.lists(marks, max_size=3).map(tuple),
+    st.none() | st.integers(0, 2**62),
+    st.none() | st.integers(0, 2**62),
+    st.none() | marks,
+    st.none() | marks,
+    st.none() | marks,
+    st.lists(texts, max_size=2).map(tuple),
+)
+digests = st.builds(
+    Digest,
+    texts,
+    st.lists(texts, max_size=2).map(tuple),
+    st.lists(
+        st.builds(
+            Pending, st.uuids().map(str) | texts, texts, st.integers(0, 2**62), st.booleans()
+        ),
+        max_size=2,
+    ).map(tuple),
+    st.none() | marks,
+    st.none() | marks,
+    st.none() | st.builds(Age, st.uuids().map(str) | texts, st.booleans(), texts),
+    st.none() | marks,
+    st.lists(marks, max_size=3).map(tuple),
+    st.dictionaries(texts, campaign_digests, max_size=3),
+    st.lists(texts, max_size=2).map(tuple),
+    st.none() | st.builds(Located, texts, st.uuids().map(str) | texts),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(many=st.lists(digests, min_size=1, max_size=4))
+def test_any_digest_reads_back_equal_among_others_of_other_shapes(many):
+    shapes = Shapes()
+    arena = bytearray()
+    starts = []
+    for digest in many:
+        starts.append(len(arena))
+        arena += shapes.encode(digest)
+    for start, digest in zip(starts, many, strict=True):
+        assert _same(shapes.decode(arena, start), digest)
+
+
+def test_a_lone_grant_takes_32_bytes():
+    digest = Digest(
+        brand="acme",
+        zones=("America/New_York",),
+        campaigns={"promo": CampaignDigest(grant=Mark(1_790_000_000_000_000, 12, ID), tier=3)},
+        regions=("NY",),
+    )
+    assert len(Shapes().encode(digest)) == 32
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        Digest(brand="acme", campaigns={"p": CampaignDigest(tier=True)}),  # a bool, not an int
+        Digest(brand="acme", campaigns={"p": CampaignDigest(last_sent_at=2**64)}),
+        Digest(brand="acme", zones=["America/New_York"]),  # type: ignore[arg-type]
+        Digest(brand="acme", campaigns={"p": CampaignDigest(grant=Mark(1.5, 0, ID))}),  # type: ignore[arg-type]
+    ],
+)
+def test_what_would_not_read_back_exactly_is_refused(digest):
+    with pytest.raises(Unencodable):
+        Shapes().encode(digest)
+
+
+def test_bytes_that_are_no_digest_are_unreadable():
+    shapes = Shapes()
+    data = shapes.encode(digest_of(fold(record([granted(at(0))]))))
+    with pytest.raises(Unreadable):
+        shapes.decode(b"\x07\x00" + data[2:])  # no such shape
+    with pytest.raises(Unreadable):
+        shapes.decode(data[:10])  # cut short
+
+
+def test_phone_keys_name_one_e164_number_each():
+    assert phone_key("+14155552671") == 14155552671
+    for odd in ("14155552671", "+014155552671", "+1_4155552671", "+1415555267\u0661", "+", "+1 415",
+                "+-1", "+1234567890123456789"):  # fmt: skip
+        assert phone_key(odd) == 0
+
+
+def _digest(events: list[Any]) -> Digest:
+    return digest_of(fold(record(events)))
+
+
+def test_the_store_answers_what_was_put_and_leaves_out_the_rest():
+    store = CompactDigests()
+    granted_digest = _digest([granted(at(0))])
+    revoked_digest = _digest([granted(at(0)), revoked(at(1))])
+    phones = [f"+1415555{n:04d}" for n in range(2000)]
+    for i, phone in enumerate(phones):  # enough for the index to grow several times
+        store.put("acme", phone, granted_digest if i % 3 else revoked_digest)
+    store.put("globex", phones[0], revoked_digest)
+
+    found = store.get_many("acme", [*phones, "+12125550000", "not a phone"])
+
+    assert len(found) == len(phones) == store.size - 1
+    for i, phone in enumerate(phones):
+        assert found[phone] == (granted_digest if i % 3 else revoked_digest)
+    assert store.get_many("globex", phones) == {phones[0]: revoked_digest}
+    assert store.get_many("initech", phones) == {}
+
+
+def test_room_reserved_ahead_holds_the_entries_without_growing():
+    store = CompactDigests()
+    store.put("acme", "+14155550000", _digest([granted(at(0))]))
+    store.reserve("acme", 5000)
+    index_bytes = store.stats()["index_bytes"]
+    digest = _digest([granted(at(0))])
+    phones = [f"+1415555{n:04d}" for n in range(4000)]
+    for phone in phones:
+        store.put("acme", phone, digest)
+    assert store.stats()["index_bytes"] == index_bytes
+    assert store.get_many("acme", phones) == dict.fromkeys(phones, digest)
+    assert store.size == 4000
+
+
+def test_a_rewritten_digest_replaces_the_old_and_its_place_is_reused():
+    store = CompactDigests()
+    short, long = _digest([granted(at(0))]), _digest([granted(at(0)), revoked(at(1))])
+    store.put("acme", "+14155550001", short)
+    store.put("acme", "+14155550001", long)  # another size: moved, the old place freed
+    store.put("acme", "+14155550002", short)  # takes the freed place
+    arena = store.stats()["arena_bytes"]
+    later = _digest([granted(at(2)), revoked(at(3))])
+    store.put("acme", "+14155550001", later)  # the same size: in place
+
+    assert store.get_many("acme", ["+14155550001", "+14155550002"]) == {
+        "+14155550001": later,
+        "+14155550002": short,
+    }
+    assert (
+        store.stats()["arena_bytes"]
+        == arena
+        == len(Shapes().encode(long)) + len(Shapes().encode(short))
+    )
+    assert store.size == 2
+
+
+def test_what_the_encoding_refuses_and_odd_phones_are_kept_and_answered():
+    store = CompactDigests()
+    fine = _digest([granted(at(0))])
+    refused = fine._replace(zones=["America/New_York"])  # a list: not kept compactly
+    store.put("acme", "+14155550001", fine)
+    store.put("acme", "+14155550001", refused)
+    store.put("acme", "+014155550002", fine)  # no E.164 number: no integer key
+
+    assert store.get_many("acme", ["+14155550001", "+014155550002"]) == {
+        "+14155550001": refused,
+        "+014155550002": fine,
+    }
+    store.put("acme", "+14155550001", fine)  # compact again
+    assert store.get_many("acme", ["+14155550001"]) == {"+14155550001": fine}
+    assert store.stats()["odd_entries"] == 1
+    assert store.size == 2
+
+
+def test_unreadable_bytes_fail_the_read_rather_than_answer():
+    store = CompactDigests()
+    store.put("acme", "+14155550001", _digest([granted(at(0))]))
+    store._arena[0:2] = b"\xff\xff"  # a shape that does not exist
+    with pytest.raises(Unreadable):
+        store.get_many("acme", ["+14155550001"])
