@@ -2,7 +2,8 @@
 then the writes beside echo and a raw aiokafka producer.
 
     python -m bench [--subscribers N] [--duration S] [--quick] [--profile]
-                    [--writes-only | --no-writes] [--write-paths kafka,postgres]
+                    [--writes-only | --no-writes | --projection-only]
+                    [--write-paths kafka,postgres] [--projection-events N | --no-projection]
 
 1. Start Kafka and PostgreSQL (``tests.infra``), or reuse the ones named by
    ``CONSENT_TEST_KAFKA_BOOTSTRAP`` / ``CONSENT_TEST_POSTGRES_DSN``.
@@ -17,6 +18,10 @@ then the writes beside echo and a raw aiokafka producer.
    RecordMessageSent at 64 in flight on the Kafka ledger and on the embedded
    default, each beside echo and (on Kafka) a raw aiokafka producer.
    ``--writes-only`` runs these alone, with no seeding.
+6. The projection phase (``bench.projection``): events a second one projector
+   process applies into PostgreSQL, beside a raw COPY of the same rows into a bare
+   table, and the time a rebuild from Kafka takes. ``--projection-only`` runs it
+   alone; ``--no-projection`` leaves it out.
 
 ``--profile`` instead runs the service in one uvloop process under cProfile through
 the CanSend phases (with ``--writes-only``, the write phases) and prints where the
@@ -50,6 +55,7 @@ from bench.cpu import WindowMeter, postgres_pids, rss_bytes
 from bench.infra import CHECK_TOKEN, REPO_ROOT, Infra, ServerGroup
 from bench.ladder import run_ladder
 from bench.phones import phones as make_phones
+from bench.projection import projection_lines, run_projection
 from bench.seed import BRAND, CAMPAIGN, REVOKE_EVERY, Plan, recorded_for, reference_time, seed
 from bench.server import ECHO_BATCH, ECHO_UNARY
 from bench.writes import HEADER as WRITE_HEADER
@@ -280,6 +286,13 @@ async def main_async(args: argparse.Namespace) -> int:
     try:
         await infra.start()
         say(f"infrastructure up in {time.perf_counter() - t0:.1f} s: " + "; ".join(infra.notes))
+        if args.projection_only:
+            alone = await run_projection(args, infra, say)
+            say("")
+            for line in projection_lines(alone):
+                say(line)
+            save({"machine": info, "args": vars(args), "projection": alone.as_dict()})
+            return 0
         if args.writes_only:
             if args.profile:
                 return await profile_writes(args, infra)
@@ -374,6 +387,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     row.base_rss, row.svc_rss = echo_rss, svc_rss
 
         write_rows = [] if args.no_writes else await run_writes(args, infra, say)
+        projection = None if args.no_projection else await run_projection(args, infra, say)
         say("\n" + HEADER)
         for row in rows:
             say(row.line())
@@ -381,7 +395,12 @@ async def main_async(args: argparse.Namespace) -> int:
         goals(rows)
         if write_rows:
             print_writes(write_rows)
+        if projection is not None:
+            say("")
+            for line in projection_lines(projection):
+                say(line)
         figures = report(info, seeded, rows, args)
+        figures["projection"] = None if projection is None else projection.as_dict()
         figures["idle_cpu_share_of_a_core"] = idle_rows
         figures["writes"] = row_figures(write_rows)
         save(figures)
@@ -618,6 +637,18 @@ def main(argv: list[str] | None = None) -> int:
         "--writes-only", action="store_true", help="run the write phases alone (no seeding)"
     )
     writes.add_argument("--no-writes", action="store_true", help="skip the write phases")
+    writes.add_argument(
+        "--projection-only",
+        action="store_true",
+        help="run the projection phase alone: apply rate beside a raw COPY, and a rebuild",
+    )
+    parser.add_argument(
+        "--projection-events",
+        type=int,
+        default=1_000_000,
+        help="events the projection phase applies and rebuilds (default 1,000,000)",
+    )
+    parser.add_argument("--no-projection", action="store_true", help="skip the projection phase")
     parser.add_argument(
         "--write-paths",
         default="kafka,postgres",
@@ -634,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)  # fmt: skip
     if args.quick:
+        args.projection_events = min(args.projection_events, 20_000)
         args.subscribers = min(args.subscribers, 20_000)
         args.duration = min(args.duration, 2.0)
         args.warmup = min(args.warmup, 1.0)

@@ -1,0 +1,206 @@
+"""The projection phase of ``make bench`` (``--projection-only`` runs it alone): how
+fast one projector process applies events into PostgreSQL, and how long a rebuild
+from a Kafka ledger takes.
+
+1. **Apply.** The seed's facts (``bench.seed``: a grant per subscriber, an opt-out
+   for every tenth) through ``PostgresConsentView.apply`` in batches of 5,000, from
+   this one process, into an empty view: events a second, and this process's CPU
+   per event (the fold, digests and encoding are Python).
+   **Baseline**, in the same run on the same server: a raw ``COPY`` of the same
+   events' event-copy rows (payloads encoded beforehand) into a bare table with
+   the same columns and no index or key, the most PostgreSQL takes of these rows.
+2. **Rebuild.** The same facts appended to a Kafka ledger of their own (12
+   partitions), then ``services.projector.rebuild`` from it into the view, as
+   ``consent-ledger rebuild`` runs it: reads through ``KafkaLedger.read``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import asyncpg
+
+from bench.infra import Infra
+from bench.seed import APPLY_BATCH, Plan, campaign_event, recorded_for, reference_time
+from ledger.events import Recorded
+from ledger.ports import Stream
+from services.adapters.migrations import migrate
+from services.adapters.postgres_view import PostgresConsentView, _event_row
+from services.wire.codec import encode_recorded
+
+GOAL_RATE = 50_000
+GOAL_REBUILD_EVENTS = 1_000_000
+GOAL_REBUILD_SECONDS = 30.0
+PARTITIONS = 12
+BARE_TABLE = """
+CREATE TABLE bare_event_copy (
+    seq integer, event_id uuid, stream text, partition integer, "offset" bigint,
+    event_type text, phone text, brand text, campaign text, occurred_at timestamptz,
+    recorded_at timestamptz, payload bytea)
+"""
+
+
+@dataclass
+class ProjectionFigures:
+    events: int
+    apply_seconds: float
+    apply_cpu_seconds: float
+    copy_seconds: float
+    rebuild_events: int
+    rebuild_seconds: float
+    append_seconds: float
+
+    @property
+    def apply_rate(self) -> float:
+        return self.events / self.apply_seconds
+
+    @property
+    def copy_rate(self) -> float:
+        return self.events / self.copy_seconds
+
+    @property
+    def rebuild_rate(self) -> float:
+        return self.rebuild_events / self.rebuild_seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "apply_events_per_s": self.apply_rate,
+            "apply_cpu_us_per_event": self.apply_cpu_seconds / self.events * 1e6,
+            "copy_events_per_s": self.copy_rate,
+            "rebuild_events_per_s": self.rebuild_rate,
+        }
+
+
+def plan_for(events: int) -> Plan:
+    """A plan of about ``events`` facts: a subscriber has 1.1 on average."""
+    return Plan(max(1, round(events / 1.1)), PARTITIONS, reference_time())
+
+
+async def _apply(dsn: str, records: list[Recorded], at: Any) -> tuple[float, float]:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+        view = PostgresConsentView(pool)
+        await view.apply(Stream.CAMPAIGNS, [campaign_event(at)])
+        wall, cpu = time.perf_counter(), time.process_time()
+        for start in range(0, len(records), APPLY_BATCH):
+            await view.apply(Stream.SUBSCRIBERS, records[start : start + APPLY_BATCH])
+        return time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        await pool.close()
+
+
+async def _bare_copy(dsn: str, records: list[Recorded]) -> float:
+    rows = [
+        _event_row(Stream.SUBSCRIBERS, r, encode_recorded(r), seq) for seq, r in enumerate(records)
+    ]
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(BARE_TABLE)
+        started = time.perf_counter()
+        for start in range(0, len(rows), APPLY_BATCH):
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    "bare_event_copy", records=rows[start : start + APPLY_BATCH]
+                )
+        return time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+async def _rebuild(
+    infra: Infra, dsn: str, records: list[Recorded], at: Any
+) -> tuple[int, float, float]:
+    from services.adapters.kafka_ledger import KafkaLedger
+    from services.projector import rebuild
+    from services.settings import KafkaLedgerSettings
+
+    settings = KafkaLedgerSettings(
+        bootstrap_servers=infra.bootstrap,
+        topic_prefix=f"{infra.prefix}projection-{uuid.uuid4().hex[:6]}.",
+        subscriber_partitions=PARTITIONS,
+        replication_factor=1,
+        min_insync_replicas=1,
+        append_timeout_s=120,
+    )
+    ledger = KafkaLedger(settings)
+    await ledger.ensure_topics()
+    await ledger.start()
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+        started = time.perf_counter()
+        await ledger.append([campaign_event(at).event])
+        for start in range(0, len(records), 10_000):
+            await ledger.append([r.event for r in records[start : start + 10_000]])
+        appended = time.perf_counter() - started
+        started = time.perf_counter()
+        count = await rebuild(ledger, PostgresConsentView(pool))
+        return count, time.perf_counter() - started, appended
+    finally:
+        await pool.close()
+        await asyncio.wait_for(ledger.close(), 60)
+
+
+async def run_projection(
+    args: argparse.Namespace, infra: Infra, say: Callable[[str], None]
+) -> ProjectionFigures:
+    plan = plan_for(args.projection_events)
+    records = recorded_for(plan)
+    say(f"\n== projection: {len(records):,} events ({plan.count:,} subscribers), one process")
+    apply_s, cpu_s = await _apply(await infra.fresh_database(), records, plan.at)
+    say(
+        f"  apply through PostgresConsentView.apply: {len(records) / apply_s:,.0f} events/s "
+        f"({apply_s:.1f} s; this process's CPU {cpu_s / len(records) * 1e6:,.0f} µs/event)"
+    )
+    copy_s = await _bare_copy(await infra.fresh_database(), records)
+    say(
+        "  baseline, raw COPY of the event rows into a bare table: "
+        f"{len(records) / copy_s:,.0f} rows/s"
+    )
+    count, rebuild_s, append_s = await _rebuild(
+        infra, await infra.fresh_database(), records, plan.at
+    )
+    say(
+        f"  rebuild from Kafka of {count:,} events: {rebuild_s:.1f} s, "
+        f"{count / rebuild_s:,.0f} events/s (appending them took {append_s:.1f} s)"
+    )
+    return ProjectionFigures(len(records), apply_s, cpu_s, copy_s, count, rebuild_s, append_s)
+
+
+def projection_lines(f: ProjectionFigures) -> list[str]:
+    """The table and the goals, as the bench prints them at the end."""
+    ratio = f.apply_rate / f.copy_rate
+    met = "met" if f.apply_rate >= GOAL_RATE else "NOT met"
+    lines = [
+        "| phase | events | events/s | baseline: raw COPY rows/s | / baseline |",
+        "|---|---:|---:|---:|---:|",
+        f"| apply, one process | {f.events:,} | {f.apply_rate:,.0f} | {f.copy_rate:,.0f} "
+        f"| {ratio:.1%} |",
+        f"| rebuild from Kafka | {f.rebuild_events:,} | {f.rebuild_rate:,.0f} | | |",
+        "",
+        f"goal projection >= {GOAL_RATE:,} events/s per process: {met} "
+        f"({f.apply_rate:,.0f}/s; {f.apply_cpu_seconds / f.events * 1e6:,.0f} µs of this "
+        "process's CPU per event)",
+    ]
+    if f.rebuild_events >= GOAL_REBUILD_EVENTS:
+        met = "met" if f.rebuild_seconds < GOAL_REBUILD_SECONDS else "NOT met"
+        lines.append(
+            f"goal rebuild of {GOAL_REBUILD_EVENTS:,} events < {GOAL_REBUILD_SECONDS:.0f} s: "
+            f"{met} ({f.rebuild_events:,} events in {f.rebuild_seconds:.1f} s)"
+        )
+    else:
+        at_rate = GOAL_REBUILD_EVENTS / f.rebuild_rate
+        lines.append(
+            f"goal rebuild of {GOAL_REBUILD_EVENTS:,} events < {GOAL_REBUILD_SECONDS:.0f} s: "
+            f"not measured (only {f.rebuild_events:,} events, in {f.rebuild_seconds:.1f} s; "
+            f"{at_rate:,.0f} s at that rate)"
+        )
+    return lines
