@@ -9,7 +9,8 @@ STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help venv lock run test test-unit test-integration test-e2e lint typecheck protos \
-        protos-check buf-check kafka-jars deploy-tools kcat grpcurl dev-up dev-down bench clean
+        protos-check buf-check kafka-jars deploy-tools kcat grpcurl chromium dev-up dev-down \
+        bench clean
 
 help:
 	@echo "make run        start the service on the embedded default (no Kafka, no DB server to install)"
@@ -62,9 +63,14 @@ kcat:
 grpcurl:
 	bash scripts/ensure_grpcurl.sh
 
+# Debian's Chromium and chromedriver: the auditor's console's browser test drives them
+# (apt-get as root, or sudo without a password; see the script).
+chromium:
+	bash scripts/ensure_chromium.sh
+
 # The whole suite: lint and types first (seconds), then every test, real Kafka and
 # PostgreSQL included. pytest's exit code 5 (no tests ran) fails the target too.
-test: $(STAMP) kafka-jars deploy-tools kcat grpcurl lint
+test: $(STAMP) kafka-jars deploy-tools kcat grpcurl chromium lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
@@ -73,7 +79,7 @@ test-unit: $(STAMP)
 test-integration: $(STAMP) kafka-jars kcat
 	$(PY) -m pytest tests/integration tests/infra $(PYTEST_ARGS)
 
-test-e2e: $(STAMP) kafka-jars grpcurl
+test-e2e: $(STAMP) kafka-jars grpcurl chromium
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -177,6 +177,10 @@ class Runtime:
     """Where ``/metrics`` is served (``settings.metrics_listen`` with its real port)."""
     tls_files: TlsFiles | None = None
     """The gRPC port's TLS files, when it has them (they are read again on change)."""
+    console_address: str | None = None
+    """Where the auditor's console is served (``settings.console_listen`` with its
+    real port)."""
+    _console: Any = None
     _metrics_http: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stoppers: list[Any] = field(default_factory=list)
@@ -267,6 +271,8 @@ class Runtime:
         )
         if s.metrics_listen:  # before gRPC: a port in use stops the start, not a served process
             self._serve_metrics(s.metrics_listen)
+        if s.console_listen:
+            await self._serve_console(s.console_listen, auth)
         server = GrpcServer(
             ConsentServicer(self.usecases, auth, self.metrics, write_timeout=s.write_timeout),
             s.listen,
@@ -306,6 +312,40 @@ class Runtime:
             ) from exc
         bound = self._metrics_http.server_port
         self.metrics_address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+
+    async def _serve_console(self, listen: str, auth: TokenAuthenticator) -> None:
+        """Serve the auditor's console on this loop, over TLS with the gRPC port's
+        certificate when it has one (read once, at start)."""
+        import ssl
+
+        from services.console import Console, ConsoleServer
+
+        assert self.usecases is not None
+        host, port = host_and_port(listen, "CONSENT_CONSOLE_LISTEN")
+        context = None
+        if self.settings.tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            with _failing_as("cannot serve the console over TLS", (OSError, ssl.SSLError)):
+                context.load_cert_chain(self.settings.tls.cert_file, self.settings.tls.key_file)
+        elif not is_loopback(host):
+            log.warning(
+                "serving the auditor's console in plaintext on %s, which is not a loopback "
+                "address: tokens typed into it cross the network in the clear; set "
+                "CONSENT_TLS_CERT_FILE and CONSENT_TLS_KEY_FILE",
+                listen,
+            )
+        console = ConsoleServer(
+            Console(self.usecases, auth, secure=context is not None), host, port, context
+        )
+        try:
+            await console.start()
+        except OSError as exc:
+            raise StartError(
+                f"cannot serve the console on {listen} ({exc.strerror}): set "
+                "CONSENT_CONSOLE_LISTEN to a free host:port, or to nothing for no console"
+            ) from exc
+        self._console = console
+        self.console_address = console.address
 
     async def _build_ledger(self, dsn: str) -> EventLog:
         s = self.settings
@@ -408,6 +448,9 @@ class Runtime:
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace)
+        if self._console is not None:
+            await self._console.stop()
+            self._console = None
         if self.guard is not None:
             await self.guard.stop()
         for task in self._tasks:

@@ -88,6 +88,9 @@ async def _serve(settings: Settings, embedded: bool) -> None:
         lines.append(f"gRPC health checks (plaintext) on {runtime.server.health_address}")
     if runtime.metrics_address:
         lines.append(f"Prometheus metrics on http://{runtime.metrics_address}/metrics")
+    if runtime.console_address:
+        scheme = "http" if tls is None else "https"
+        lines.append(f"auditor's console on {scheme}://{runtime.console_address}/")
     if settings.log_format == "json":  # for a log pipeline: records, and no secrets
         if runtime.dev_token:
             lines.append(f"local admin token stored in {settings.data_dir}/dev-token")

@@ -158,6 +158,8 @@ class Settings:
     health_listen: str = ""
     """``host:port`` of a plaintext port serving only the gRPC health service (for
     probes that cannot speak TLS); empty serves none."""
+    console_listen: str = ""
+    """``host:port`` of the auditor's console (``services.console``); empty serves none."""
     tokens_reload_interval: float = 5.0
     """How often the tokens file is looked at for changes (seconds)."""
     log_format: str = "text"
@@ -278,6 +280,9 @@ class Settings:
         health = e.get("CONSENT_HEALTH_LISTEN", "")
         if health:
             host_and_port(health, "CONSENT_HEALTH_LISTEN")
+        console = e.get("CONSENT_CONSOLE_LISTEN", "")
+        if console:
+            host_and_port(console, "CONSENT_CONSOLE_LISTEN")
         # Empty is unset: a blank in a template must not pass for a file, and outside
         # --embedded no file means no start (never the local all-brands admin token).
         tokens = e.get("CONSENT_AUTH_TOKENS_FILE", "").strip()
@@ -325,6 +330,7 @@ class Settings:
             metrics_listen=metrics,
             tls=_tls(e),
             health_listen=health,
+            console_listen=console,
             log_format=log_format,
             cansend_future_horizon=timedelta(days=horizon),
             rate_limit=rate_limit,

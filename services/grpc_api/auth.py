@@ -214,6 +214,14 @@ class TokenAuthenticator:
         self._by_digest, self._by_certificate = other._by_digest, other._by_certificate
         self._known = {}
 
+    def by_digest(self, digest: str) -> Principal | None:
+        """The principal of the token whose SHA-256 is ``digest``, while the tokens
+        file names it (the console's sessions keep the digest, never the token)."""
+        for known, principal in self._by_digest.items():
+            if hmac.compare_digest(known, digest):
+                return principal
+        return None
+
     @property
     def names_certificates(self) -> bool:
         """Whether any entry grants its scopes to a client certificate."""
