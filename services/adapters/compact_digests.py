@@ -134,6 +134,7 @@ class CompactDigests:
         self._free: dict[int, list[int]] = {}
         self._odd: dict[str, dict[str, Digest]] = {}
         self._typecode = "I"
+        self._loading: dict[str, tuple[array[int], array[int]]] = {}
         self.size = 0
         """How many (brand, phone) entries there are."""
 
@@ -184,15 +185,37 @@ class CompactDigests:
         self._arena += data
         return position
 
-    def reserve(self, brand: str, count: int) -> None:
-        """Make room for ``count`` entries of ``brand`` before they are put: an index
-        grown a third at a time on the way to millions would be rebuilt dozens of
-        times."""
-        index = self._indexes.get(brand)
-        if index is None:
-            self._indexes[brand] = _Index(count, self._typecode)
-        elif index.cap * _GROW_AT < count:
-            self._indexes[brand] = index.resized(count)
+    def add(self, brand: str, phone: str, digest: Digest) -> None:
+        """``put`` for a copy being loaded, where each (brand, phone) comes once: the
+        index entries wait in plain arrays until ``seal`` builds each brand's index
+        at its size. (Grown a third at a time on the way to millions, an index would
+        be rebuilt dozens of times.) Nothing may be read before ``seal``."""
+        key = phone_key(phone)
+        if key == 0:
+            self.put(brand, phone, digest)
+            return
+        try:
+            slot = self._place(self._shapes.encode(digest)) + 1
+        except Unencodable:
+            self._odd.setdefault(brand, {})[phone] = digest
+            slot = _ODD
+        keys, slots = self._loading.setdefault(brand, (array("q"), array("Q")))
+        keys.append(key)
+        slots.append(slot)
+        self.size += 1
+
+    def seal(self) -> None:
+        """Build the indexes of what ``add`` added."""
+        for brand, (keys, slots) in self._loading.items():
+            index = self._indexes.get(brand)
+            if index is None:
+                index = _Index(len(keys), self._typecode)
+            else:
+                index = index.resized(index.count + len(keys))
+            for key, slot in zip(keys, slots, strict=True):
+                index.put(key, slot)
+            self._indexes[brand] = index
+        self._loading = {}
 
     def get_many(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
         """The digests of those ``phones`` that have one towards ``brand``.

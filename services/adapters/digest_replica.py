@@ -60,7 +60,6 @@ SELECT (SELECT epoch FROM projection_epoch) AS epoch,
 """
 _ROW = f"brand, phone, digest, {snapshot_unless_digest('$1')}"
 _ALL_DIGESTS = f"SELECT {_ROW} FROM subscriber_state"
-_COUNTS = "SELECT brand, count(*) FROM subscriber_state GROUP BY brand"
 _CHANGED_DIGESTS = f"""
 SELECT {_ROW}
 FROM subscriber_state
@@ -173,21 +172,19 @@ class DigestReplica(DigestReads):
                     [first for _, first, _ in moved],
                     [stop for _, _, stop in moved],
                 )
-                _store(self._digests, rows)
+                _store(self._digests.put, rows)
             self._positions = positions
 
     async def _read_all(self, conn: asyncpg.Connection) -> CompactDigests:
         digests = CompactDigests()
-        for brand, count in await conn.fetch(_COUNTS):
-            digests.reserve(brand, count)
         cursor = await conn.cursor(_ALL_DIGESTS, DIGEST_FORMAT)
         while rows := await cursor.fetch(self._chunk):
-            _store(digests, rows)
+            _store(digests.add, rows)
+        digests.seal()
         return digests
 
 
-def _store(digests: CompactDigests, rows: Sequence[asyncpg.Record]) -> None:
-    put = digests.put
+def _store(put: Callable[[str, str, Digest], None], rows: Sequence[asyncpg.Record]) -> None:
     for brand, phone, data, snapshot in rows:
         # Without a digest in the row, or with one this code cannot read, the
         # snapshot comes too, and is digested.

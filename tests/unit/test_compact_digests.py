@@ -185,18 +185,24 @@ def test_the_store_answers_what_was_put_and_leaves_out_the_rest():
     assert store.get_many("initech", phones) == {}
 
 
-def test_room_reserved_ahead_holds_the_entries_without_growing():
+def test_a_load_builds_each_index_once_at_its_size():
     store = CompactDigests()
-    store.put("acme", "+14155550000", _digest([granted(at(0))]))
-    store.reserve("acme", 5000)
-    index_bytes = store.stats()["index_bytes"]
+    store.put("acme", "+14155550000", _digest([granted(at(0))]))  # one there before
     digest = _digest([granted(at(0))])
-    phones = [f"+1415555{n:04d}" for n in range(4000)]
+    phones = [f"+1415555{n:04d}" for n in range(1, 4001)]
     for phone in phones:
-        store.put("acme", phone, digest)
-    assert store.stats()["index_bytes"] == index_bytes
+        store.add("acme", phone, digest)
+    store.add("acme", "+014155550002", digest)  # no E.164 number: kept aside
+    store.add("globex", phones[0], digest._replace(zones=["UTC"]))  # refused: kept aside
+    store.seal()
+
     assert store.get_many("acme", phones) == dict.fromkeys(phones, digest)
-    assert store.size == 4000
+    assert store.get_many("acme", ["+014155550002"]) == {"+014155550002": digest}
+    assert store.get_many("globex", phones) == {phones[0]: digest._replace(zones=["UTC"])}
+    assert store.size == 4003
+    # Sized once for what it holds (filled to 60 %), not grown a third at a time:
+    # acme's slots and globex's smallest index, 12 bytes a slot.
+    assert store.stats()["index_bytes"] == (int(4001 / 0.6) + 1 + 8) * 12
 
 
 def test_a_rewritten_digest_replaces_the_old_and_its_place_is_reused():
