@@ -74,6 +74,11 @@ def settings_of(docs: list[dict[str, Any]]) -> Settings:
     return Settings.from_env({**data, "CONSENT_POSTGRES_DSN": "postgresql://db/consent"})
 
 
+def test_prod_serves_no_auditors_console() -> None:
+    assert settings_of(render("prod")).console_listen == ""
+    assert one(render("prod"), "ConfigMap")["data"]["CONSENT_CONSOLE_LISTEN"] == ""
+
+
 def test_there_is_a_dev_and_a_prod_overlay() -> None:
     assert {"dev", "prod"} <= set(OVERLAYS)
 
