@@ -472,6 +472,38 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         rendered = b"" if fmt is None else await asyncio.to_thread(packets.render, document, fmt)
         return api.packet_to_proto(document, rendered, fmt)
 
+    @translate_errors
+    async def ListAuditAccess(
+        self, request: api_pb2.ListAuditAccessRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ListAuditAccessResponse:
+        brand = request.brand if request.HasField("brand") else None
+        reader = self._reader(context, brand)
+        phone = request.phone or None
+        _refuse_bad_fields(
+            lambda: _page_size(request.page_size),
+            lambda: _access_before(request.page_token),
+            lambda: api.optional_time(request, "start_time"),
+            lambda: api.optional_time(request, "end_time"),
+            *_target(phone, brand),
+        )
+        size = _page_size(request.page_size)
+        found = await self.usecases.access.list(
+            reader,
+            brand,
+            phone=phone,
+            subject=request.subject or None,
+            start=api.optional_time(request, "start_time"),
+            end=api.optional_time(request, "end_time"),
+            before=_access_before(request.page_token) or None,
+            limit=size + 1,
+        )
+        page = found[:size]
+        last = page[-1].id if page else None
+        return api_pb2.ListAuditAccessResponse(
+            accesses=[api.access_to_proto(r) for r in page],
+            next_page_token=_encode_token("a", last) if len(found) > size and last else "",
+        )
+
     # ---- writes ------------------------------------------------------------------------
 
     async def _record(
@@ -706,6 +738,11 @@ def _queue_after(token: str) -> int:
     return _token_number(
         token, "q", lambda n: 0 < n < _BIGINT, f"{_NOT_ISSUED}; list from the start"
     )
+
+
+def _access_before(token: str) -> int:
+    """The id below which the next page of access records starts; 0: the newest."""
+    return _token_number(token, "a", lambda n: 0 < n < _BIGINT, _NOT_ISSUED)
 
 
 def _page_token(offset: int) -> str:

@@ -26,7 +26,9 @@ from services.errors import AccessNotRecorded, PermissionDenied
 
 log = logging.getLogger(__name__)
 
-MAX_PAGE = 1000
+MAX_PAGE = 1001
+"""The most records one listing reads: the API's largest page and one more, which
+tells it whether there is a next page."""
 _NOW: Callable[[], datetime] = partial(datetime.now, UTC)
 
 

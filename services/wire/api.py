@@ -52,6 +52,7 @@ from ledger.health import HealthCounts, HealthLimits, HealthReport
 from ledger.keywords import Intent
 from ledger.opt_out_rate import OptOutRate
 from ledger.policy import Decision, Obligation, Reason
+from ledger.ports import AccessRecord
 from ledger.status import ConsentState
 from ledger.sweep import Finding, FindingKind
 from ledger.validation import Violations
@@ -542,6 +543,23 @@ def campaign_health_to_proto(
         start_time=codec.timestamp_to_proto(report.start),
         end_time=codec.timestamp_to_proto(report.end),
         consistency_token=consistency_token,
+    )
+
+
+def access_to_proto(record: AccessRecord) -> api_pb2.AuditAccess:
+    """One access record; a read across every brand has an empty ``brand``."""
+    assert record.id is not None, "only a written record is listed"
+    return api_pb2.AuditAccess(
+        id=record.id,
+        at=codec.timestamp_to_proto(record.at),
+        subject=record.subject,
+        via=record.via,
+        action=record.action,
+        brand=record.brand or "",
+        phone=record.phone or "",
+        campaign=record.campaign or "",
+        request_id=record.request_id,
+        detail=dict(record.detail),
     )
 
 

@@ -2726,3 +2726,154 @@ class ImportConsentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImportConsentsResponse: _TypeAlias = ImportConsentsResponse  # noqa: Y015
+
+@_typing.final
+class ListAuditAccessRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BRAND_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    brand: _builtins.str
+    """The brand whose reads to list. Absent: every brand's, and the reads across every
+    brand (a token of every brand only).
+    """
+    phone: _builtins.str
+    """Only the reads of this number (E.164)."""
+    subject: _builtins.str
+    """Only the reads by this caller (a token's name)."""
+    page_size: _builtins.int
+    """At most this many records per page; 0 means the server's default (100)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the first (newest) page."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only the reads made in [start_time, end_time); either may be absent."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        brand: _builtins.str | None = ...,
+        phone: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_brand", b"_brand", "brand", b"brand", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_brand", b"_brand", "brand", b"brand", "end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "phone", b"phone", "start_time", b"start_time", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__brand: _TypeAlias = _typing.Literal["brand"]  # noqa: Y015
+    _WhichOneofArgType__brand: _TypeAlias = _typing.Literal["_brand", b"_brand"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__brand) -> _WhichOneofReturnType__brand | None: ...
+
+Global___ListAuditAccessRequest: _TypeAlias = ListAuditAccessRequest  # noqa: Y015
+
+@_typing.final
+class AuditAccess(_message.Message):
+    """One audit read, as it was asked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DetailEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    VIA_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    BRAND_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Increases in the order reads were recorded."""
+    subject: _builtins.str
+    """The name of the caller's token (or client certificate)."""
+    via: _builtins.str
+    """What the read came through: "grpc", "console"."""
+    action: _builtins.str
+    """The read, by its API name: "GetProofPacket", "ListEvents", ..."""
+    brand: _builtins.str
+    """Empty: a read across every brand."""
+    phone: _builtins.str
+    campaign: _builtins.str
+    request_id: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def detail(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The read's other parameters: a time range, a moment asked about, a format."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        subject: _builtins.str = ...,
+        via: _builtins.str = ...,
+        action: _builtins.str = ...,
+        brand: _builtins.str = ...,
+        phone: _builtins.str = ...,
+        campaign: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        detail: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "at", b"at", "brand", b"brand", "campaign", b"campaign", "detail", b"detail", "id", b"id", "phone", b"phone", "request_id", b"request_id", "subject", b"subject", "via", b"via"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditAccess: _TypeAlias = AuditAccess  # noqa: Y015
+
+@_typing.final
+class ListAuditAccessResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESSES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def accesses(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditAccess]: ...
+    def __init__(
+        self,
+        *,
+        accesses: _abc.Iterable[Global___AuditAccess] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accesses", b"accesses", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditAccessResponse: _TypeAlias = ListAuditAccessResponse  # noqa: Y015

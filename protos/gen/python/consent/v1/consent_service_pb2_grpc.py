@@ -160,6 +160,11 @@ class ConsentServiceStub:
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.ImportConsentsRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_consent__service__pb2.ImportConsentsResponse.FromString,
                 _registered_method=True)
+        self.ListAuditAccess = channel.unary_unary(
+                '/consent.v1.ConsentService/ListAuditAccess',
+                request_serializer=consent_dot_v1_dot_consent__service__pb2.ListAuditAccessRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__service__pb2.ListAuditAccessResponse.FromString,
+                _registered_method=True)
 
 
 class ConsentServiceServicer:
@@ -182,7 +187,7 @@ class ConsentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetConsent(self, request, context):
-        """The consent standing for one number and campaign, with the proof of the grant.
+        """Audit: the consent standing for one number and campaign, with the proof of the grant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -383,6 +388,17 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditAccess(self, request, context):
+        """Audit: who read what. Every audit read (each Audit call of this service, and the
+        console's) is recorded before it is answered: the caller's token name, the call,
+        the brand, number and campaign it was about, its request id (x-request-id) and
+        when; a read whose record cannot be written is refused (UNAVAILABLE) unread. The
+        records of the caller's brands, newest first; this listing is recorded too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -510,6 +526,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.ImportConsents,
                     request_deserializer=consent_dot_v1_dot_consent__service__pb2.ImportConsentsRequest.FromString,
                     response_serializer=consent_dot_v1_dot_consent__service__pb2.ImportConsentsResponse.SerializeToString,
+            ),
+            'ListAuditAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditAccess,
+                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.ListAuditAccessRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__service__pb2.ListAuditAccessResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1188,6 +1209,33 @@ class ConsentService:
             '/consent.v1.ConsentService/ImportConsents',
             consent_dot_v1_dot_consent__service__pb2.ImportConsentsRequest.SerializeToString,
             consent_dot_v1_dot_consent__service__pb2.ImportConsentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentService/ListAuditAccess',
+            consent_dot_v1_dot_consent__service__pb2.ListAuditAccessRequest.SerializeToString,
+            consent_dot_v1_dot_consent__service__pb2.ListAuditAccessResponse.FromString,
             options,
             channel_credentials,
             insecure,

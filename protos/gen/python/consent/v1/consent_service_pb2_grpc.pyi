@@ -50,7 +50,7 @@ class ConsentServiceStub:
     CanSendBatch: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.CanSendBatchRequest, _consent_service_pb2.CanSendBatchResponse]
     """CanSend for many numbers of one campaign, answered from one consistent view."""
     GetConsent: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.GetConsentRequest, _consent_service_pb2.GetConsentResponse]
-    """The consent standing for one number and campaign, with the proof of the grant."""
+    """Audit: the consent standing for one number and campaign, with the proof of the grant."""
     RecordOptIn: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RecordOptInRequest, _consent_service_pb2.RecordOptInResponse]
     """Record an opt-in with the proof a carrier or an auditor will ask for."""
     RecordOptOut: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RecordOptOutRequest, _consent_service_pb2.RecordOptOutResponse]
@@ -149,6 +149,13 @@ class ConsentServiceStub:
     writes nothing new. Needs the write scope; a record of a brand the token may
     not write for is refused (PERMISSION_DENIED) and the rest go on.
     """
+    ListAuditAccess: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.ListAuditAccessRequest, _consent_service_pb2.ListAuditAccessResponse]
+    """Audit: who read what. Every audit read (each Audit call of this service, and the
+    console's) is recorded before it is answered: the caller's token name, the call,
+    the brand, number and campaign it was about, its request id (x-request-id) and
+    when; a read whose record cannot be written is refused (UNAVAILABLE) unread. The
+    records of the caller's brands, newest first; this listing is recorded too.
+    """
 
 @_typing.type_check_only
 class ConsentServiceAsyncStub(ConsentServiceStub):
@@ -162,7 +169,7 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     CanSendBatch: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.CanSendBatchRequest, _consent_service_pb2.CanSendBatchResponse]  # type: ignore[assignment]
     """CanSend for many numbers of one campaign, answered from one consistent view."""
     GetConsent: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.GetConsentRequest, _consent_service_pb2.GetConsentResponse]  # type: ignore[assignment]
-    """The consent standing for one number and campaign, with the proof of the grant."""
+    """Audit: the consent standing for one number and campaign, with the proof of the grant."""
     RecordOptIn: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RecordOptInRequest, _consent_service_pb2.RecordOptInResponse]  # type: ignore[assignment]
     """Record an opt-in with the proof a carrier or an auditor will ask for."""
     RecordOptOut: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RecordOptOutRequest, _consent_service_pb2.RecordOptOutResponse]  # type: ignore[assignment]
@@ -261,6 +268,13 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     writes nothing new. Needs the write scope; a record of a brand the token may
     not write for is refused (PERMISSION_DENIED) and the rest go on.
     """
+    ListAuditAccess: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.ListAuditAccessRequest, _consent_service_pb2.ListAuditAccessResponse]  # type: ignore[assignment]
+    """Audit: who read what. Every audit read (each Audit call of this service, and the
+    console's) is recorded before it is answered: the caller's token name, the call,
+    the brand, number and campaign it was about, its request id (x-request-id) and
+    when; a read whose record cannot be written is refused (UNAVAILABLE) unread. The
+    records of the caller's brands, newest first; this listing is recorded too.
+    """
 
 class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     """Consent for SMS: may we text this number, and the facts that decide it."""
@@ -289,7 +303,7 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _consent_service_pb2.GetConsentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_consent_service_pb2.GetConsentResponse, _abc.Awaitable[_consent_service_pb2.GetConsentResponse]]:
-        """The consent standing for one number and campaign, with the proof of the grant."""
+        """Audit: the consent standing for one number and campaign, with the proof of the grant."""
 
     @_abc_1.abstractmethod
     def RecordOptIn(
@@ -519,6 +533,19 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         counted as already present and writes nothing, so running an import again
         writes nothing new. Needs the write scope; a record of a brand the token may
         not write for is refused (PERMISSION_DENIED) and the rest go on.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditAccess(
+        self,
+        request: _consent_service_pb2.ListAuditAccessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_service_pb2.ListAuditAccessResponse, _abc.Awaitable[_consent_service_pb2.ListAuditAccessResponse]]:
+        """Audit: who read what. Every audit read (each Audit call of this service, and the
+        console's) is recorded before it is answered: the caller's token name, the call,
+        the brand, number and campaign it was about, its request id (x-request-id) and
+        when; a read whose record cannot be written is refused (UNAVAILABLE) unread. The
+        records of the caller's brands, newest first; this listing is recorded too.
         """
 
 def add_ConsentServiceServicer_to_server(servicer: ConsentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

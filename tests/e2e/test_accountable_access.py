@@ -1,0 +1,312 @@
+"""Accountable access through the real gRPC server, on the real Kafka ledger and
+PostgreSQL: every audit RPC records who read what (token name, the call, brand,
+number, campaign, request id, time) in the append-only ``audit_access`` table before
+it answers; refuses another brand's read (PERMISSION_DENIED, unrecorded); refuses a
+read it cannot record (UNAVAILABLE, unread); and ``ListAuditAccess`` lists them.
+
+The table of audit RPCs is checked against the service's proto: an RPC documented
+as "Audit:" that is not in it, or any RPC classified nowhere, fails the test, so a
+new audit read cannot go without these checks."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import consent_service_pb2_grpc as api_grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from ledger.ports import ConsistencyToken
+from services.bootstrap import Runtime
+from tests.e2e.harness import (
+    TOKENS,
+    client,
+    define,
+    kafka_settings,
+    opt_in,
+    service_settings,
+    ts,
+)
+
+PROTO = Path(__file__).resolve().parents[2] / "protos/consent/v1/consent_service.proto"
+PHONE = "+14155552861"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# Each audit RPC, the request it is called with for acme's PHONE, and what its
+# record says besides the caller, the call and the brand: (phone, campaign).
+AUDIT: dict[str, tuple[Callable[[], Any], tuple[str, str]]] = {
+    "GetConsent": (
+        lambda: api.GetConsentRequest(phone=PHONE, brand="acme", campaign="promo"),
+        (PHONE, "promo"),
+    ),
+    "ListEvents": (lambda: api.ListEventsRequest(phone=PHONE, brand="acme"), (PHONE, "")),
+    "CanSendAsOf": (
+        lambda: api.CanSendAsOfRequest(
+            phone=PHONE, brand="acme", campaign="promo", at=ts(_now() - timedelta(minutes=1))
+        ),
+        (PHONE, "promo"),
+    ),
+    "GetOptOutRate": (
+        lambda: api.GetOptOutRateRequest(brand="acme", campaign="promo"),
+        ("", "promo"),
+    ),
+    "GetCampaignHealth": (
+        lambda: api.GetCampaignHealthRequest(brand="acme", campaign="promo"),
+        ("", "promo"),
+    ),
+    "ListRevocationCandidates": (
+        lambda: api.ListRevocationCandidatesRequest(brand="acme"),
+        ("", ""),
+    ),
+    "WatchConsentChanges": (
+        lambda: api.WatchConsentChangesRequest(brand="acme", from_now=True),
+        ("", ""),
+    ),
+    "SweepCampaign": (
+        lambda: api.SweepCampaignRequest(
+            brand="acme",
+            campaign="promo",
+            start_time=ts(_now() - timedelta(days=1)),
+            end_time=ts(_now() + timedelta(hours=1)),
+        ),
+        ("", "promo"),
+    ),
+    "GetProofPacket": (
+        lambda: api.GetProofPacketRequest(phone=PHONE, brand="acme", campaign="promo"),
+        (PHONE, "promo"),
+    ),
+    "ListAuditAccess": (lambda: api.ListAuditAccessRequest(brand="acme"), ("", "")),
+}
+NOT_AUDIT = {
+    "CanSend",
+    "CanSendBatch",
+    "RecordOptIn",
+    "RecordOptOut",
+    "RecordReconfirmation",
+    "RecordMessageSent",
+    "RecordAgeVerification",
+    "RecordSubscriberLocation",
+    "HandleInboundMessage",
+    "ResolveRevocationCandidate",
+    "DefineCampaign",
+    "ChangeCampaignPolicy",
+    "SetBrandPolicy",
+    "ImportConsents",
+    "RecordDeliveryOutcome",
+    "RecordMessagesSent",
+}
+"""Calls that read nothing on record (checks, writes): not audit reads."""
+
+
+def _documented_as_audit() -> set[str]:
+    """The RPCs whose comment in the proto begins "Audit:"."""
+    text = PROTO.read_text()
+    found = set()
+    for comment, name in re.findall(r"((?:\n  //[^\n]*)+)\n  rpc (\w+)\(", text):
+        if comment.strip().startswith("// Audit:"):
+            found.add(name)
+    return found
+
+
+def test_every_rpc_is_classified_and_every_audit_rpc_is_in_the_table() -> None:
+    methods = set(api.DESCRIPTOR.services_by_name["ConsentService"].methods_by_name)
+    assert set(AUDIT) | NOT_AUDIT == methods, "classify the new RPC here, as audit or not"
+    assert not set(AUDIT) & NOT_AUDIT
+    assert _documented_as_audit() == set(AUDIT)
+
+
+@pytest.fixture
+async def service(tmp_path, postgres_dsn, kafka_bootstrap) -> AsyncIterator[Runtime]:
+    prefix = f"access-{uuid.uuid4().hex[:8]}."
+    settings = service_settings(
+        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
+    )
+    runtime = Runtime(settings)
+    await runtime.start()
+    try:
+        async with client(runtime.address) as admin:
+            at = _now() - timedelta(minutes=10)
+            for brand in ("acme", "globex"):
+                await admin.DefineCampaign(define(brand, "promo", at))
+            w = await admin.RecordOptIn(opt_in(PHONE, "acme", "promo", at))
+            token = ConsistencyToken.decode(w.consistency_token)
+            assert await runtime.guard.wait_for_token(token, timeout=60)
+        yield runtime
+    finally:
+        await runtime.stop()
+
+
+async def _call(
+    address: str, rpc: str, who: str, request_id: str, request: Any = None
+) -> tuple[grpc.StatusCode, Any]:
+    """Call ``rpc`` as ``who`` with ``x-request-id``; its status and first answer. A
+    stream is read to its first message (its read was recorded before it), or, for
+    a change stream that has none yet, until its record is written."""
+    metadata = [("authorization", f"Bearer {TOKENS[who][0]}"), ("x-request-id", request_id)]
+    request = AUDIT[rpc][0]() if request is None else request
+    async with grpc.aio.insecure_channel(address) as channel:
+        method = getattr(api_grpc.ConsentServiceStub(channel), rpc)
+        call = method(request, metadata=metadata, timeout=60)
+        try:
+            if rpc == "WatchConsentChanges":
+                read = asyncio.ensure_future(call.read())
+                status = asyncio.ensure_future(call.code())
+                done, _ = await asyncio.wait({read, status}, timeout=5)
+                if not done:  # no change to send: it waits, its read admitted
+                    call.cancel()
+                    return grpc.StatusCode.OK, None
+                return await call.code(), None
+            if rpc == "SweepCampaign":
+                return grpc.StatusCode.OK, await call.read()
+            return grpc.StatusCode.OK, await call
+        except grpc.aio.AioRpcError as err:
+            return err.code(), err
+
+
+async def _records(dsn: str, request_id: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch("SELECT * FROM audit_access WHERE request_id = $1", request_id)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("rpc", sorted(AUDIT))
+async def test_an_audit_read_is_recorded_before_it_is_answered(
+    service: Runtime, postgres_dsn: str, rpc: str
+) -> None:
+    rid = f"rid-{rpc}-{uuid.uuid4().hex[:6]}"
+    code, _ = await _call(service.address, rpc, "acme-app", rid)
+    assert code == grpc.StatusCode.OK
+    (row,) = await _records(postgres_dsn, rid)
+    phone, campaign = AUDIT[rpc][1]
+    assert (row["subject"], row["action"], row["brand"], row["via"]) == (
+        "acme-app",
+        rpc,
+        "acme",
+        "grpc",
+    )
+    assert (row["phone"] or "", row["campaign"] or "") == (phone, campaign)
+    assert abs(row["at"] - _now()) < timedelta(minutes=5)
+
+
+@pytest.mark.parametrize("rpc", sorted(AUDIT))
+async def test_another_brands_token_is_refused_and_nothing_is_recorded(
+    service: Runtime, postgres_dsn: str, rpc: str
+) -> None:
+    for who in ("globex-app", "acme-checker"):  # another brand; no audit scope
+        rid = f"rid-denied-{uuid.uuid4().hex[:6]}"
+        code, _ = await _call(service.address, rpc, who, rid)
+        assert code == grpc.StatusCode.PERMISSION_DENIED, (rpc, who)
+        assert await _records(postgres_dsn, rid) == []
+
+
+async def test_a_read_that_cannot_be_recorded_is_refused_unread(
+    service: Runtime, postgres_dsn: str
+) -> None:
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        # A real failure of the table's writes, as a full disk or a revoked grant
+        # would give: every insert is refused.
+        await conn.execute(
+            "CREATE FUNCTION refuse_access() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'no room'; END; $$;"
+            "CREATE TRIGGER refuse_access BEFORE INSERT ON audit_access"
+            " FOR EACH ROW EXECUTE FUNCTION refuse_access()"
+        )
+        for rpc in sorted(AUDIT):
+            rid = f"rid-refused-{uuid.uuid4().hex[:6]}"
+            code, err = await _call(service.address, rpc, "acme-app", rid)
+            assert code == grpc.StatusCode.UNAVAILABLE, rpc
+            if err is not None and rpc != "WatchConsentChanges":
+                status = rpc_status.from_call(err)
+                info = error_details_pb2.ErrorInfo()
+                assert any(d.Unpack(info) for d in status.details)
+                assert info.reason == "ACCESS_NOT_RECORDED"
+        await conn.execute("DROP TRIGGER refuse_access ON audit_access")
+        code, _ = await _call(service.address, "GetProofPacket", "acme-app", "rid-again")
+        assert code == grpc.StatusCode.OK
+    finally:
+        await conn.close()
+
+
+async def test_list_audit_access_shows_the_brands_reads_newest_first(service: Runtime) -> None:
+    await _call(service.address, "GetProofPacket", "acme-app", "rid-packet")
+    await _call(
+        service.address,
+        "ListEvents",
+        "globex-app",
+        "rid-globex",
+        api.ListEventsRequest(phone=PHONE, brand="globex"),
+    )
+    await _call(
+        service.address, "ListEvents", "admin", "rid-every", api.ListEventsRequest(phone=PHONE)
+    )
+    _, acme = await _call(service.address, "ListAuditAccess", "acme-app", "rid-list")
+    assert [(a.action, a.request_id) for a in acme.accesses] == [
+        ("ListAuditAccess", "rid-list"),
+        ("GetProofPacket", "rid-packet"),
+    ]
+    packet = acme.accesses[1]
+    assert (packet.subject, packet.brand, packet.phone, packet.campaign) == (
+        "acme-app",
+        "acme",
+        PHONE,
+        "promo",
+    )
+    _, every = await _call(
+        service.address, "ListAuditAccess", "admin", "rid-all", api.ListAuditAccessRequest()
+    )
+    assert [a.request_id for a in every.accesses][:4] == [
+        "rid-all",
+        "rid-list",
+        "rid-every",
+        "rid-globex",
+    ]
+    assert every.accesses[2].brand == ""  # a read across every brand
+    # a brand-limited token lists only its brands
+    code, _ = await _call(
+        service.address, "ListAuditAccess", "acme-app", "rid-x", api.ListAuditAccessRequest()
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    # pages, by number
+    _, first = await _call(
+        service.address,
+        "ListAuditAccess",
+        "admin",
+        "rid-p1",
+        api.ListAuditAccessRequest(brand="acme", phone=PHONE, page_size=1),
+    )
+    _, second = await _call(
+        service.address,
+        "ListAuditAccess",
+        "admin",
+        "rid-p2",
+        api.ListAuditAccessRequest(
+            brand="acme", phone=PHONE, page_size=1, page_token=first.next_page_token
+        ),
+    )
+    assert [a.request_id for a in [*first.accesses, *second.accesses]] == ["rid-p1", "rid-packet"]
+    code, _ = await _call(
+        service.address,
+        "ListAuditAccess",
+        "admin",
+        "rid-bad",
+        api.ListAuditAccessRequest(brand="acme", page_token="not-ours"),
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
