@@ -35,7 +35,6 @@ from services.bootstrap import (
 )
 from services.log_context import LogContext
 from services.log_limits import limited
-from services.packets import cli as packets_cli
 from services.settings import Settings, SettingsError, TlsSettings
 from services.tuning import settle_heap
 
@@ -385,9 +384,9 @@ def _parser() -> argparse.ArgumentParser:
     from services import cli_audit
 
     cli_audit.add_commands(sub, command)
-    packets_cli.add_command(sub, command)
-    from services import import_cli
+    from services import audit_cli, import_cli
 
+    audit_cli.add_command(sub, command)
     import_cli.add_parser(sub, command)
     return parser
 
@@ -403,7 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
         return cli_audit.run(args)
     if args.command == "audit":  # a client of a running service: no settings of its own
-        return packets_cli.run(args)
+        from services import audit_cli
+
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+        return audit_cli.run(args)
     if args.command == "import":  # so is import
         from services import import_cli
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import sys
+import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,10 +21,11 @@ from typing import Any
 
 from ledger.ports import CheckpointStore, RecordSource
 from services.checkpoints import STREAMS, Keyring, PublicKey, SigningKey
+from services.cli_manual import Manual, tool
 
 COMMANDS = ("export", "verify", "keys")
 
-EXPORT_HELP = """\
+EXPORT_DESCRIPTION = """\
 Write the ledger's records as JSON Lines, exactly as stored: each record's bytes
 (base64), its stream, partition and offset, and the time the ledger recorded it,
 with the signed checkpoints that cover them, so that `consent-ledger verify` can
@@ -35,15 +37,16 @@ CONSENT_KAFKA_BOOTSTRAP, CONSENT_KAFKA_TOPIC_PREFIX, CONSENT_POSTGRES_DSN; with
 
 A --from offset is moved back to where a checkpoint starts (a note says so), so
 that the export begins on a signed head of the chain. The format is in
-protos/README.md, "Tamper evidence".
+protos/README.md, "Tamper evidence"."""
+EXPORT_EXAMPLES = """\
+consent-ledger audit export --embedded --output ledger.jsonl
+consent-ledger audit export --stream subscribers --partition 3 --from 1200 --to 1500"""
+EXPORT_EXIT = """\
+0  written
+1  the ledger could not be read
+2  a usage error"""
 
-examples:
-  consent-ledger export --embedded --output ledger.jsonl
-  consent-ledger export --stream subscribers --partition 3 --from 1200 --to 1500
-
-exit status: 0 written; 1 the ledger could not be read; 2 a usage error."""
-
-VERIFY_HELP = """\
+VERIFY_DESCRIPTION = """\
 Check the ledger's records against its signed checkpoints and say whether any
 record was altered, removed, inserted or reordered, and where: stream, partition
 and offset.
@@ -69,12 +72,17 @@ What it reports, one line each, at stream/partition@offset:
   UNPROVEN      records older than --grace that no trusted checkpoint covers (their
                 checkpoints were removed, or never made)
 Records newer than the last checkpoint are listed as not yet covered; they are no
-finding until they are older than --grace.
+finding until they are older than --grace."""
+VERIFY_EXAMPLES = """\
+consent-ledger audit verify --export ledger.jsonl --keys keys.json
+consent-ledger audit verify --embedded --keys keys.json       # the live ledger
+consent-ledger audit verify --export ledger.jsonl --keys keys.json --json | jq .ok"""
+VERIFY_EXIT = """\
+0  nothing found
+1  a finding (each is printed)
+2  a usage error, or a file that cannot be read"""
 
-exit status: 0 nothing found; 1 a finding (each is printed); 2 a usage error or a
-file that cannot be read."""
-
-KEYS_HELP = """\
+KEYS_DESCRIPTION = """\
 Manage the Ed25519 keys checkpoints are signed with.
 
   new FILE                  make a signing key (PEM, mode 0600; never overwrites)
@@ -89,40 +97,74 @@ Rotation: `keys new` a key, `keys public NEW --keyring keys.json`, point
 CONSENT_CHECKPOINT_KEY_FILE at it and restart the service; once no process signs
 with the old key, `keys retire OLD --keyring keys.json`. The service checkpoints
 the whole ledger again with the new key (it resumes only from its own key's
-checkpoints), so even a revoked old key leaves every record proven.
+checkpoints), so even a revoked old key leaves every record proven."""
+KEYS_EXAMPLES = """\
+consent-ledger audit keys new /secrets/checkpoint-2027.pem
+consent-ledger audit keys public /secrets/checkpoint-2027.pem --keyring keys.json
+consent-ledger audit keys retire ed25519:f5f9d657d96d45db --keyring keys.json \\
+    --at 2027-01-01T00:00:00Z"""
+KEYS_EXIT = """\
+0  done
+1  it could not be done (the message says why)"""
 
-exit status: 0 done; 1 it could not be done (the message says why)."""
+
+SUMMARIES = {
+    "export": "write the ledger's records and checkpoints as JSON Lines",
+    "verify": "check the ledger (or an export) against its signed checkpoints",
+    "keys": "make, publish, retire and revoke checkpoint signing keys",
+}
+MANUALS = {
+    name: Manual(SUMMARIES[name], description, examples, exit_status)
+    for name, description, examples, exit_status in (
+        ("export", EXPORT_DESCRIPTION, EXPORT_EXAMPLES, EXPORT_EXIT),
+        ("verify", VERIFY_DESCRIPTION, VERIFY_EXAMPLES, VERIFY_EXIT),
+        ("keys", KEYS_DESCRIPTION, KEYS_EXAMPLES, KEYS_EXIT),
+    )
+}
 
 
 def add_commands(sub: Any, command: Any) -> None:
     """Add the commands to ``services.cli``'s subparsers; ``command(name, text)``
     makes one the way every other command is made."""
-
-    def manual(name: str, text: str, body: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = command(name, text)
-        parser.description = f"{text}\n\n{body}"
-        return parser
-
-    def live(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--embedded",
-            action="store_true",
-            help="the embedded default's ledger (a table of the PostgreSQL under CONSENT_DATA_DIR)",
+    for name in COMMANDS:
+        parser: argparse.ArgumentParser = command(name, SUMMARIES[name])
+        page = MANUALS[name]
+        examples = textwrap.indent(
+            page.examples.replace("consent-ledger audit ", "consent-ledger "), "  "
         )
-
-    def selection(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--stream",
-            choices=[*STREAMS, "all"],
-            default="all",
-            help="which stream (default: all)",
+        parser.description = (
+            f"{page.summary}\n\n{page.description}\n\nexamples:\n{examples}\n\n"
+            f"exit status:\n{textwrap.indent(page.exit_status, '  ')}"
         )
+        _ARGUMENTS[name](parser)
 
-    export = manual(
-        "export", "write the ledger's records and checkpoints as JSON Lines", EXPORT_HELP
+
+def add_audit_tools(tools: Any) -> None:
+    """The same commands among ``audit``'s tools, each with its manual page."""
+    for name in COMMANDS:
+        _ARGUMENTS[name](tool(tools, name, MANUALS[name]))
+
+
+def _live_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--embedded",
+        action="store_true",
+        help="the embedded default's ledger (a table of the PostgreSQL under CONSENT_DATA_DIR)",
     )
-    live(export)
-    selection(export)
+
+
+def _stream_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--stream",
+        choices=[*STREAMS, "all"],
+        default="all",
+        help="which stream (default: all)",
+    )
+
+
+def _export_arguments(export: argparse.ArgumentParser) -> None:
+    _live_option(export)
+    _stream_option(export)
     export.add_argument(
         "--partition",
         type=int,
@@ -139,11 +181,10 @@ def add_commands(sub: Any, command: Any) -> None:
         "--no-checkpoints", action="store_true", help="leave the checkpoints out of the export"
     )
 
-    verify = manual(
-        "verify", "check the ledger (or an export) against its signed checkpoints", VERIFY_HELP
-    )
-    live(verify)
-    selection(verify)
+
+def _verify_arguments(verify: argparse.ArgumentParser) -> None:
+    _live_option(verify)
+    _stream_option(verify)
     verify.add_argument(
         "--export", metavar="FILE", help="the export to check (default: the live ledger)"
     )
@@ -169,13 +210,17 @@ def add_commands(sub: Any, command: Any) -> None:
     )
     verify.add_argument("--json", action="store_true", help="one JSON object, for a program")
 
-    keys = manual("keys", "make, publish, retire and revoke checkpoint signing keys", KEYS_HELP)
+
+def _keys_arguments(keys: argparse.ArgumentParser) -> None:
     keys.add_argument("action", choices=["new", "public", "retire", "revoke"])
     keys.add_argument("target", metavar="FILE|KEY_ID", help="a key file, or a key id")
     keys.add_argument("--keyring", metavar="FILE", help="the keyring file to change")
     keys.add_argument(
         "--at", metavar="TIME", help="retire: ISO 8601 time it stopped signing (default now)"
     )
+
+
+_ARGUMENTS = {"export": _export_arguments, "verify": _verify_arguments, "keys": _keys_arguments}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,36 +30,36 @@ CONSENT_ERROR_RATE_LIMIT). The sending number is RecordMessageSent's from_number
 "(none)" holds the sends that named none. Opt-outs with no message before them
 are counted apart."""
 
-HEALTH_EPILOG = """\
-connection: as for `audit packet` (--address or CONSENT_ADDRESS; --token-file or
-CONSENT_TOKEN; --cacert for TLS).
 
-examples:
-  consent-ledger audit health --brand acme
-      (every campaign, the last 30 days)
-  consent-ledger audit health --brand acme --campaign promo \\
-      --since 2026-11-01 --until 2026-12-01
-  consent-ledger audit health --brand acme --json | jq '.campaigns[] | select(.flagged)'
+def _manual() -> Any:
+    from services.cli_manual import Manual
+    from services.packets.cli import CONNECTION
 
-exit status:
-  0  nothing flagged
-  1  a campaign or sending number is flagged; or the service refused (the reason
-     and any bad field are printed) or could not be reached
-  2  a usage error"""
+    return Manual(
+        summary="show a brand's campaigns' opt-out and error rates, flagged past the limits",
+        description=f"{HEALTH_DESCRIPTION}\n\n{CONNECTION}",
+        examples="""\
+consent-ledger audit health --brand acme
+    (every campaign, the last 30 days)
+consent-ledger audit health --brand acme --campaign promo \\
+    --since 2026-11-01 --until 2026-12-01
+consent-ledger audit health --brand acme --json | jq '.campaigns[] | select(.flagged)'""",
+        exit_status="""\
+0  nothing flagged
+1  a campaign or sending number is flagged; or the service refused (the reason
+   and any bad field are printed) or could not be reached
+2  a usage error""",
+        see_also=("consent-ledger audit sweep",),
+    )
 
 
 def add_parser(tools: Any) -> None:
     """``health`` among ``audit``'s tools."""
     from services import sweep_cli
+    from services.cli_manual import tool
     from services.packets import cli as packet_cli
 
-    health = tools.add_parser(
-        "health",
-        help="show a brand's campaigns' opt-out and error rates, flagged past the limits",
-        description=HEALTH_DESCRIPTION,
-        epilog=HEALTH_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    health = tool(tools, "health", _manual())
     health.add_argument("--brand", required=True, help="the brand")
     health.add_argument("--campaign", help="only this campaign (default: every campaign)")
     health.add_argument(

@@ -33,21 +33,26 @@ show it. Each send is judged as CanSend would have answered when it went out
 It streams: a campaign of millions of messages is swept without holding them,
 with a progress line on standard error (share done, events read, rate, time left)."""
 
-SWEEP_EPILOG = """\
-connection: as for `audit packet` (--address or CONSENT_ADDRESS; --token-file or
-CONSENT_TOKEN; --cacert for TLS).
 
-examples:
-  consent-ledger audit sweep --brand acme --campaign promo \\
-      --from 2026-11-01T00:00:00Z --to 2026-12-01T00:00:00Z
-  consent-ledger audit sweep --brand acme --campaign promo --from 2026-11-01 \\
-      --to 2026-12-01 --json | jq -r 'select(.kinds[] == "quiet_hours") | .phone'
+def _manual() -> Any:
+    from services.cli_manual import Manual
+    from services.packets.cli import CONNECTION
 
-exit status:
-  0  swept, nothing found
-  1  swept, findings printed; or the service refused (the reason and any bad
-     field are printed) or could not be reached
-  2  a usage error"""
+    return Manual(
+        summary="list a campaign's messages sent without what the policy required",
+        description=f"{SWEEP_DESCRIPTION}\n\n{CONNECTION}",
+        examples="""\
+consent-ledger audit sweep --brand acme --campaign promo \\
+    --from 2026-11-01T00:00:00Z --to 2026-12-01T00:00:00Z
+consent-ledger audit sweep --brand acme --campaign promo --from 2026-11-01 \\
+    --to 2026-12-01 --json | jq -r 'select(.kinds[] == "quiet_hours") | .phone'""",
+        exit_status="""\
+0  swept, nothing found
+1  swept, findings printed; or the service refused (the reason and any bad
+   field are printed) or could not be reached
+2  a usage error""",
+        see_also=("consent-ledger audit packet", "consent-ledger audit health"),
+    )
 
 
 def _moment(text: str) -> datetime:
@@ -63,15 +68,10 @@ def _moment(text: str) -> datetime:
 
 def add_parser(tools: Any) -> None:
     """``sweep`` among ``audit``'s tools."""
+    from services.cli_manual import tool
     from services.packets import cli as packet_cli
 
-    sweep = tools.add_parser(
-        "sweep",
-        help="list a campaign's messages sent without what the policy required",
-        description=SWEEP_DESCRIPTION,
-        epilog=SWEEP_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    sweep = tool(tools, "sweep", _manual())
     sweep.add_argument("--brand", required=True, help="the brand")
     sweep.add_argument("--campaign", required=True, help="the campaign swept")
     sweep.add_argument(

@@ -8,15 +8,10 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-AUDIT_HELP = (
-    "auditors' tools: a number's proof-of-opt-in packet (audit packet --help), "
-    "a campaign's compliance sweep (audit sweep --help), the campaigns' opt-out and "
-    "error rates (audit health --help)"
-)
+from services.cli_manual import Manual, tool
 
 PACKET_DESCRIPTION = """\
 Write the proof of opt-in for one phone number and one brand (optionally one
@@ -40,46 +35,35 @@ It asks the service's GetProofPacket (the same as grpcurl would) with a token
 that has the audit scope for the brand: a token limited to other brands is
 refused. It prints a summary to standard error."""
 
-PACKET_EPILOG = """\
-connection:
-  --address, or CONSENT_ADDRESS, else 127.0.0.1:50051. The token: --token-file,
-  else CONSENT_TOKEN, else var/data/dev-token (what `make run` writes). Plaintext
-  unless --cacert is given (TLS), with --cert and --key for mutual TLS.
+CONNECTION = """\
+Connection: the audit tools that ask a running service (packet, sweep, health,
+access) reach it at --address, or CONSENT_ADDRESS, else 127.0.0.1:50051, with the
+token in --token-file, else CONSENT_TOKEN, else var/data/dev-token (what `make
+run` writes). Plaintext unless --cacert is given (TLS), with --cert and --key for
+mutual TLS."""
 
-examples:
-  consent-ledger audit packet --phone +14155552671 --brand acme --format pdf -o proof.pdf
-  consent-ledger audit packet --phone +14155552671 --brand acme --campaign promo \\
-      --format json -o - | jq '.missing'
-
-exit status:
-  0  the packet was written
-  1  the service refused (the reason and any bad field are printed) or could
-     not be reached
-  2  a usage error"""
+PACKET_MANUAL = Manual(
+    summary="write a number's proof-of-opt-in packet (JSON, HTML or PDF)",
+    description=f"{PACKET_DESCRIPTION}\n\n{CONNECTION}",
+    examples="""\
+consent-ledger audit packet --phone +14155552671 --brand acme --format pdf -o proof.pdf
+consent-ledger audit packet --phone +14155552671 --brand acme --campaign promo \\
+    --format json -o - | jq '.missing'""",
+    exit_status="""\
+0  the packet was written
+1  the service refused (the reason and any bad field are printed) or could
+   not be reached
+2  a usage error""",
+    see_also=("consent-ledger audit verify", "consent-ledger audit access"),
+)
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEV_TOKEN = Path("var/data/dev-token")
 
 
-def add_command(sub: Any, command: Callable[[str, str], argparse.ArgumentParser]) -> None:
-    """``audit`` and its ``packet`` on ``services.cli``'s parser."""
-    audit = command("audit", AUDIT_HELP)
-    audit.epilog = (
-        "Each TOOL --help is its manual. The tools are clients of a running service: "
-        "they read no CONSENT_* settings but CONSENT_ADDRESS and CONSENT_TOKEN."
-    )
-    tools = audit.add_subparsers(dest="audit_command", required=True, metavar="TOOL")
-    from services import health_cli, sweep_cli
-
-    sweep_cli.add_parser(tools)
-    health_cli.add_parser(tools)
-    packet = tools.add_parser(
-        "packet",
-        help="write a number's proof-of-opt-in packet (JSON, HTML or PDF)",
-        description=PACKET_DESCRIPTION,
-        epilog=PACKET_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_parser(tools: Any) -> None:
+    """``packet`` among ``audit``'s tools (``services.audit_cli``)."""
+    packet = tool(tools, "packet", PACKET_MANUAL)
     packet.add_argument("--phone", required=True, help="the number, E.164 (+14155552671)")
     packet.add_argument("--brand", required=True, help="the brand the proof is for")
     packet.add_argument(
@@ -176,14 +160,6 @@ def summary(packet: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.audit_command == "sweep":
-        from services import sweep_cli
-
-        return sweep_cli.run(args)
-    if args.audit_command == "health":
-        from services import health_cli
-
-        return health_cli.run(args)
     import grpc
     from consent.v1 import consent_service_pb2 as api
     from consent.v1 import consent_service_pb2_grpc as api_grpc

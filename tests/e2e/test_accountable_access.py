@@ -11,7 +11,10 @@ new audit read cannot go without these checks."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -310,3 +313,49 @@ async def test_list_audit_access_shows_the_brands_reads_newest_first(service: Ru
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
+
+async def _access_cli(*argv: str, token: str) -> tuple[int | None, str, str]:
+    """``consent-ledger audit access`` in a process of its own (the service runs in
+    this test's event loop, so the call must not block it)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        "audit",
+        "access",
+        *argv,
+        env={**os.environ, "CONSENT_TOKEN": token},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_the_cli_lists_who_read_what_and_is_listed_itself(service: Runtime) -> None:
+    await _call(service.address, "GetProofPacket", "acme-app", "rid-cli-packet")
+    code, out, err = await _access_cli(
+        "--brand", "acme", "--address", service.address, token=TOKENS["acme-app"][0]
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "acme-app  ListAuditAccess  acme  request " in lines[0]
+    assert (
+        f"acme-app  GetProofPacket  acme {PHONE} promo  request rid-cli-packet via grpc"
+        in (lines[1])
+    )
+    assert "2 read(s) listed" in err
+    code, out, err = await _access_cli(
+        "--brand", "acme", "--phone", PHONE, "--json", "--address", service.address,
+        token=TOKENS["acme-app"][0],
+    )  # fmt: skip
+    assert code == 0, err
+    found = [json.loads(line) for line in out.splitlines()]
+    assert [(f["action"], f["phone"]) for f in found] == [
+        ("ListAuditAccess", PHONE),
+        ("GetProofPacket", PHONE),
+    ]
+    code, _, err = await _access_cli(
+        "--brand", "acme", "--address", service.address, token=TOKENS["globex-app"][0]
+    )
+    assert code == 1 and "PERMISSION_DENIED" in err

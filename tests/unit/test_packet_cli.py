@@ -16,9 +16,9 @@ def test_the_help_reads_like_a_manual_page(capsys):
         "Write the proof of opt-in for one phone number and one brand",
         "listed as missing, never filled in",
         "the decision CanSend would have given",
-        "connection:",
-        "examples: consent-ledger audit packet --phone +14155552671 --brand acme",
-        "exit status: 0 the packet was written",
+        "Connection:",
+        "EXAMPLES consent-ledger audit packet --phone +14155552671 --brand acme",
+        "EXIT STATUS 0 the packet was written",
     ):
         assert part in text
 

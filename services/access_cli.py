@@ -1,0 +1,163 @@
+"""``consent-ledger audit access``: list who read what, from a running service's
+``ListAuditAccess``. A client of the gRPC API: the caller's token, its audit scope
+and its brands decide what it may list, and the listing is itself recorded."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ACCESS_DESCRIPTION = """\
+List the audit reads of a brand, newest first: who read (the token's name), what
+(the call: GetProofPacket, ListEvents, SweepCampaign, ...), about which number and
+campaign, when, under which request id, and through what (grpc, console).
+
+The service records every audit read before it answers it, in an append-only
+table (nothing in it can be changed or removed); a read it cannot record it
+refuses, unread. So this list is every read there was. Listing it is an audit
+read too, and is listed. A token limited to some brands lists only theirs."""
+
+ACCESS_EXAMPLES = """\
+consent-ledger audit access --brand acme
+consent-ledger audit access --brand acme --phone +14155552671 --from 2026-12-01
+consent-ledger audit access --brand acme --subject acme-auditor --json | jq -r .action"""
+
+ACCESS_EXIT = """\
+0  listed
+1  the service refused (the reason and any bad field are printed) or could not
+   be reached
+2  a usage error"""
+
+
+def _moment(text: str) -> datetime:
+    """An ISO 8601 time; a date or a time without zone is read as UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def add_parser(tools: Any) -> None:
+    """``access`` among ``audit``'s tools (``services.audit_cli``)."""
+    from services.cli_manual import Manual, tool
+    from services.packets.cli import CONNECTION, DEFAULT_ADDRESS
+
+    parser = tool(
+        tools,
+        "access",
+        Manual(
+            summary="list who read what: every audit read of a brand, newest first",
+            description=f"{ACCESS_DESCRIPTION}\n\n{CONNECTION}",
+            examples=ACCESS_EXAMPLES,
+            exit_status=ACCESS_EXIT,
+            see_also=("consent-ledger audit packet",),
+        ),
+    )
+    parser.add_argument(
+        "--brand", help="the brand whose reads to list (default: every brand, for such a token)"
+    )
+    parser.add_argument("--phone", help="only the reads of this number (E.164)")
+    parser.add_argument("--subject", help="only the reads by this caller (a token's name)")
+    parser.add_argument("--from", dest="start", type=_moment, help="first moment (ISO 8601)")
+    parser.add_argument("--to", dest="end", type=_moment, help="moment after the last")
+    parser.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="at most N records (default 100)"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object a line")
+    parser.add_argument(
+        "--address", help=f"the service (default: $CONSENT_ADDRESS or {DEFAULT_ADDRESS})"
+    )
+    parser.add_argument("--token-file", type=Path, help="a file holding the bearer token")
+    parser.add_argument("--cacert", type=Path, help="PEM CA to verify the server's certificate")
+    parser.add_argument("--cert", type=Path, help="PEM client certificate, for mutual TLS")
+    parser.add_argument("--key", type=Path, help="PEM key of --cert")
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, metavar="SECONDS", help="give up after (60)"
+    )
+
+
+def record(access: Any) -> dict[str, Any]:
+    """An ``AuditAccess`` as one JSON object."""
+    return {
+        "id": access.id,
+        "at": access.at.ToJsonString(),
+        "subject": access.subject,
+        "via": access.via,
+        "action": access.action,
+        "brand": access.brand or None,
+        "phone": access.phone or None,
+        "campaign": access.campaign or None,
+        "request_id": access.request_id,
+        "detail": dict(access.detail),
+    }
+
+
+def text(found: dict[str, Any]) -> str:
+    what = " ".join(
+        x for x in (found["brand"] or "(every brand)", found["phone"], found["campaign"]) if x
+    )
+    detail = " ".join(f"{k}={v}" for k, v in sorted(found["detail"].items()))
+    return (
+        f"{found['at']}  {found['subject']}  {found['action']}  {what}  "
+        f"request {found['request_id']} via {found['via']}" + (f"  {detail}" if detail else "")
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import grpc
+    from consent.v1 import consent_service_pb2 as api
+    from consent.v1 import consent_service_pb2_grpc as api_grpc
+
+    from services.packets import cli as packet_cli
+
+    if args.limit < 1:
+        print("consent-ledger audit access: --limit must be 1 or more", file=sys.stderr)
+        return 2
+    address = args.address or os.environ.get("CONSENT_ADDRESS") or packet_cli.DEFAULT_ADDRESS
+    try:
+        token = packet_cli._token(args)
+        channel = packet_cli._channel(args, address)
+    except (OSError, ValueError) as exc:
+        print(f"consent-ledger audit access: {exc}", file=sys.stderr)
+        return 2
+    if token is None:
+        print(
+            "consent-ledger audit access: no token: give --token-file or set CONSENT_TOKEN",
+            file=sys.stderr,
+        )
+        return 2
+    request = api.ListAuditAccessRequest(
+        phone=args.phone or "", subject=args.subject or "", page_size=min(args.limit, 1000)
+    )
+    if args.brand is not None:
+        request.brand = args.brand
+    if args.start is not None:
+        request.start_time.FromDatetime(args.start)
+    if args.end is not None:
+        request.end_time.FromDatetime(args.end)
+    shown = 0
+    try:
+        with channel:
+            stub = api_grpc.ConsentServiceStub(channel)
+            while shown < args.limit:
+                page = stub.ListAuditAccess(
+                    request, metadata=[("authorization", f"Bearer {token}")], timeout=args.timeout
+                )
+                for access in page.accesses[: args.limit - shown]:
+                    found = record(access)
+                    print(json.dumps(found) if args.json else text(found))
+                    shown += 1
+                if not page.next_page_token:
+                    break
+                request.page_token = page.next_page_token
+    except grpc.RpcError as exc:
+        print(f"consent-ledger audit access: {packet_cli._refusal(exc)}", file=sys.stderr)
+        return 1
+    print(f"{shown} read(s) listed", file=sys.stderr)
+    return 0

@@ -1,0 +1,65 @@
+"""``consent-ledger audit``: the auditors' one tool. Each capability is a TOOL with a
+manual page for its ``--help`` (``services.cli_manual``): packet, sweep, health and
+access ask a running service, with the caller's token; export, verify and keys work
+on the ledger and its checkpoints themselves (the same as the top-level commands)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from services.cli_manual import ManualParser
+
+AUDIT_HELP = "the auditors' tools: packet, sweep, health, access, export, verify, keys"
+
+AUDIT_DESCRIPTION = """\
+The auditors' tools, one for each thing an auditor is asked for:
+
+  packet   a number's proof of opt-in for a brand, as JSON, HTML or PDF
+  sweep    a campaign's messages sent without what the policy required
+  health   a brand's campaigns' opt-out and error rates, flagged past the limits
+  access   who read what: every audit read, recorded before it was answered
+  export   the ledger's records and signed checkpoints, as a file to hand over
+  verify   whether any record was altered, removed, inserted or reordered
+  keys     the checkpoint signing keys: make, publish, retire, revoke
+
+`consent-ledger audit TOOL --help` is each one's manual page. packet, sweep, health
+and access are clients of a running service (CONSENT_ADDRESS, CONSENT_TOKEN): the
+token's audit scope and brands decide what they may read, and the service records
+each read. export, verify and keys read the ledger the service's settings name."""
+
+
+def add_command(sub: Any, command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """``audit`` and its tools on ``services.cli``'s parser."""
+    from services import access_cli, cli_audit, health_cli, sweep_cli
+    from services.packets import cli as packet_cli
+
+    audit = command("audit", AUDIT_HELP)
+    audit.description = AUDIT_DESCRIPTION
+    audit.epilog = None
+    tools = audit.add_subparsers(
+        dest="audit_command", required=True, metavar="TOOL", parser_class=ManualParser
+    )
+    packet_cli.add_parser(tools)
+    sweep_cli.add_parser(tools)
+    health_cli.add_parser(tools)
+    access_cli.add_parser(tools)
+    cli_audit.add_audit_tools(tools)
+
+
+def run(args: argparse.Namespace) -> int:
+    from services import access_cli, cli_audit, health_cli, sweep_cli
+    from services.packets import cli as packet_cli
+
+    tool = args.audit_command
+    if tool in cli_audit.COMMANDS:
+        args.command = tool  # as the top-level command of that name
+        return cli_audit.run(args)
+    runners: dict[str, Callable[[argparse.Namespace], int]] = {
+        "packet": packet_cli.run,
+        "sweep": sweep_cli.run,
+        "health": health_cli.run,
+        "access": access_cli.run,
+    }
+    return runners[tool](args)
