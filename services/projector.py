@@ -95,12 +95,24 @@ class Projector:
         batch_size: int = 5000,
         progress: Callable[[Progress], None] | None = None,
         resumed: bool = False,
+        share: int = 0,
+        shares: int = 1,
     ) -> int:
         """Apply everything the ledger holds now and return; the number of events read.
 
         ``progress`` is called before the first batch and after each: how far the
-        view is along the ledger's offsets as they stood when this began."""
-        ends = {stream: await self._ledger.end_offsets(stream) for stream in self._streams}
+        view is along the ledger's offsets as they stood when this began. With
+        ``shares`` above 1, only the partitions whose number leaves ``share`` when
+        divided by ``shares``: that many processes catch up together, each on its
+        own partitions, whose positions' locks never meet."""
+        ends = {
+            stream: {
+                p: end
+                for p, end in (await self._ledger.end_offsets(stream)).items()
+                if p % shares == share
+            }
+            for stream in self._streams
+        }
         applied = {stream: await self._view.positions(stream) for stream in self._streams}
         total = sum(sum(e.values()) for e in ends.values())
         done = sum(

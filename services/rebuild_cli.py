@@ -1,17 +1,21 @@
 """``consent-ledger rebuild``: re-fold the projections from the ledger, with a progress
 line on standard error (share done, events, rate, time left). Interrupted (Ctrl-C, a
 killed pod), the same command run again resumes where it stopped
-(``services.projector.rebuild``)."""
+(``services.projector.rebuild``). With ``--workers N``, N processes fold the
+partitions between them (the fold is Python: one core each)."""
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import asyncpg
 
-from services.projector import Progress
+from ledger.ports import Stream
+from services.projector import Progress, Projector
 
 if TYPE_CHECKING:
     from services.settings import Settings
@@ -88,9 +92,9 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
-async def run(settings: Settings, *, batch_size: int, out: TextIO | None) -> None:
+async def run(settings: Settings, *, batch_size: int, out: TextIO | None, workers: int = 1) -> None:
     """Rebuild the view of ``settings`` from its ledger; progress to ``out`` (None:
-    quiet). Prints what it did on standard output."""
+    quiet), ``workers`` processes. Prints what it did on standard output."""
     from services.adapters.migrations import migrate
     from services.adapters.postgres_view import PostgresConsentView
     from services.bootstrap import Runtime, start_embedded_postgres
@@ -105,9 +109,13 @@ async def run(settings: Settings, *, batch_size: int, out: TextIO | None) -> Non
         await migrate(pool)
         ledger = await runtime._build_ledger(dsn)
         try:
-            count = await rebuild(
-                ledger, PostgresConsentView(pool), batch_size=batch_size, progress=progress
-            )
+            view = PostgresConsentView(pool)
+            if workers > 1:
+                count = await _rebuild_in_processes(
+                    settings, dsn, ledger, view, batch_size, workers, progress
+                )
+            else:
+                count = await rebuild(ledger, view, batch_size=batch_size, progress=progress)
         finally:
             if progress is not None:
                 progress.end()
@@ -115,5 +123,94 @@ async def run(settings: Settings, *, batch_size: int, out: TextIO | None) -> Non
         resumed = progress is not None and progress.last is not None and progress.last.resumed
         note = " (resumed: the events before them were applied by the interrupted run)"
         print(f"rebuilt the projections from {count} ledger events" + (note if resumed else ""))
+    finally:
+        await pool.close()
+
+
+async def _rebuild_in_processes(
+    settings: Settings,
+    dsn: str,
+    ledger: Any,
+    view: Any,
+    batch_size: int,
+    workers: int,
+    progress: Callable[[Progress], None] | None,
+    poll: float = 0.5,
+) -> int:
+    """``services.projector.rebuild`` with ``workers`` processes, each catching up its
+    share of the partitions; the progress is read from the positions they commit."""
+    resumed = await view.begin_rebuild()
+    ends = {stream: await ledger.end_offsets(stream) for stream in Stream}
+    total = sum(sum(e.values()) for e in ends.values())
+
+    async def applied() -> int:
+        done = 0
+        for stream in Stream:
+            positions = await view.positions(stream)
+            done += sum(min(positions.get(p, 0), end) for p, end in ends[stream].items())
+        return done
+
+    first = await applied()
+    began = time.monotonic()
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(settings, dsn, batch_size, share, workers, results),
+            name=f"rebuild-{share}",
+            daemon=True,
+        )
+        for share in range(workers)
+    ]
+    try:
+        for proc in procs:
+            proc.start()
+        while True:
+            done = await applied()
+            if progress is not None:
+                progress(Progress(done, total, done - first, time.monotonic() - began, resumed))
+            if not any(proc.is_alive() for proc in procs):
+                break
+            await asyncio.sleep(poll)
+        failed = [proc for proc in procs if proc.exitcode != 0]
+        if failed:
+            raise RuntimeError(
+                f"rebuild worker {failed[0].name} failed (exit code {failed[0].exitcode}); "
+                "what it applied is kept: run `consent-ledger rebuild` again to resume"
+            )
+        count = sum(int(results.get(timeout=10)) for _ in procs)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+    await view.finish_rebuild()
+    return count
+
+
+def _worker(
+    settings: Settings, dsn: str, batch_size: int, share: int, shares: int, results: Any
+) -> None:
+    results.put(asyncio.run(_catch_up_share(settings, dsn, batch_size, share, shares)))
+
+
+async def _catch_up_share(
+    settings: Settings, dsn: str, batch_size: int, share: int, shares: int
+) -> int:
+    from services.adapters.postgres_view import PostgresConsentView
+    from services.bootstrap import Runtime
+
+    runtime = Runtime(settings)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    runtime.pool = pool
+    try:
+        ledger = await runtime._build_ledger(dsn)
+        try:
+            return await Projector(ledger, PostgresConsentView(pool)).catch_up(
+                batch_size=batch_size, share=share, shares=shares
+            )
+        finally:
+            await ledger.close()
     finally:
         await pool.close()

@@ -1,6 +1,7 @@
 """``consent-ledger rebuild`` of a real Kafka ledger into a real PostgreSQL, stopped
-with Ctrl-C partway and run again: the second run says it resumes, reads only what
-the first had not applied, and the tables equal those of a clean rebuild."""
+with Ctrl-C partway and run again (with two worker processes): the second run says
+it resumes, reads only what the first had not applied, and the tables equal those
+of a clean rebuild."""
 
 from __future__ import annotations
 
@@ -43,9 +44,9 @@ async def applied(dsn: str) -> int:
         await conn.close()
 
 
-def rebuild_command(env: dict[str, str]) -> subprocess.Popen[str]:
+def rebuild_command(env: dict[str, str], *options: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "rebuild", "--batch-size", str(BATCH)],
+        [sys.executable, "-m", "services.cli", "rebuild", "--batch-size", str(BATCH), *options],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -105,7 +106,7 @@ async def test_an_interrupted_rebuild_resumes_where_it_stopped(
         stopped_at = await applied(postgres_dsn)
         assert 0 < stopped_at < total
 
-        second = rebuild_command(env)
+        second = rebuild_command(env, "--workers", "2")
         out, err = second.communicate(timeout=300)
         assert second.returncode == 0, out + err
         assert f"resuming an interrupted rebuild at {stopped_at:,} of {total:,} events" in err
