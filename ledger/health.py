@@ -38,6 +38,8 @@ a few counters, never the events themselves.
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -151,30 +153,31 @@ class HealthReport:
         )
 
 
-class _Sent:
-    """What the tally keeps of one message."""
-
-    __slots__ = ("bucket", "error", "opted_out", "outcome_at")
-
-    def __init__(self, bucket: tuple[str, str] | None) -> None:
-        self.bucket = bucket
-        """(campaign, sending number) when the message counts in the report."""
-        self.opted_out = False
-        self.outcome_at: datetime | None = None
-        self.error = False
+_OPTED_OUT, _ERROR = 1, 2
+"""A counted message's flags (``HealthTally._flags``)."""
+_NOT_COUNTED = -1
+"""The index of a message outside the report (another window or campaign)."""
 
 
 class HealthTally:
     """Campaign health of ``brand`` (``campaign``: of that one) over ``[start, end)``,
-    fed the brand's subscriber events in the ledger's order of each number's facts."""
+    fed the brand's subscriber events in the ledger's order of each number's facts.
+
+    A counted message is an index into flat arrays (its bucket, its flags), not an
+    object: a million of them are a few bytes each beside their key, and nothing
+    the cyclic collector walks."""
 
     def __init__(self, brand: str, campaign: str | None, start: datetime, end: datetime) -> None:
         self.brand, self.campaign, self.start, self.end = brand, campaign, start, end
         self.events_read = 0
         # Per number, its latest message per campaign, and of the brand under None.
-        self._latest: dict[str, dict[str | None, _Sent]] = {}
+        self._latest: dict[str, dict[str | None, int]] = {}
         # The window's messages that count, by (number, provider message id).
-        self._counted: dict[tuple[str, str], _Sent] = {}
+        self._counted: dict[tuple[str, str], int] = {}
+        self._bucket_of = array("I")  # per counted message, its (campaign, number)
+        self._flags = bytearray()  # per counted message, _OPTED_OUT | _ERROR
+        self._outcome_at: dict[int, datetime] = {}  # the latest report's time
+        self._buckets: dict[tuple[str, str], int] = {}
         self._unattributed = 0
 
     def feed(self, recorded: Recorded) -> None:
@@ -187,12 +190,7 @@ class HealthTally:
         elif isinstance(event, ConsentRevoked):
             self._revoked(event)
         elif isinstance(event, DeliveryOutcomeReported):
-            sent = self._counted.get((event.phone, event.message_id))
-            if sent is not None and (
-                sent.outcome_at is None or event.occurred_at >= sent.outcome_at
-            ):
-                sent.outcome_at = event.occurred_at
-                sent.error = event.outcome.is_error
+            self._reported(event)
 
     def feed_all(self, events: Iterable[Recorded]) -> HealthTally:
         for recorded in events:
@@ -200,39 +198,56 @@ class HealthTally:
         return self
 
     def _sent(self, event: MessageSent) -> None:
-        key = (event.phone, event.message_id)
+        # One string per phone, however many events carry a copy of it.
+        phone = sys.intern(event.phone)
+        key = (phone, event.message_id)
         if key in self._counted:
             return  # the same provider message recorded again
-        counts = self.start <= event.occurred_at < self.end and self.campaign in (
+        index = _NOT_COUNTED
+        if self.start <= event.occurred_at < self.end and self.campaign in (
             None,
             event.campaign,
-        )
-        sent = _Sent((event.campaign, event.from_number) if counts else None)
-        if counts:
-            self._counted[key] = sent
+        ):
+            bucket = (event.campaign, event.from_number)
+            index = len(self._flags)
+            self._bucket_of.append(self._buckets.setdefault(bucket, len(self._buckets)))
+            self._flags.append(0)
+            self._counted[key] = index
         if event.kind not in _ANSWERS:
-            latest = self._latest.setdefault(event.phone, {})
-            latest[event.campaign] = latest[None] = sent
+            latest = self._latest.setdefault(phone, {})
+            latest[event.campaign] = latest[None] = index
 
     def _revoked(self, event: ConsentRevoked) -> None:
-        sent = self._latest.get(event.phone, {}).get(event.campaign)
-        if sent is None:
+        index = self._latest.get(event.phone, {}).get(event.campaign)
+        if index is None:
             if self.start <= event.occurred_at < self.end and self.campaign in (
                 None,
                 event.campaign,
             ):
                 self._unattributed += 1
+        elif index != _NOT_COUNTED:
+            self._flags[index] |= _OPTED_OUT  # once: a message draws one opt-out at most
+
+    def _reported(self, event: DeliveryOutcomeReported) -> None:
+        index = self._counted.get((event.phone, event.message_id))
+        if index is None:
             return
-        sent.opted_out = True  # once: a message draws at most one opt-out
+        before = self._outcome_at.get(index)
+        if before is None or event.occurred_at >= before:
+            self._outcome_at[index] = event.occurred_at
+            if event.outcome.is_error:
+                self._flags[index] |= _ERROR
+            else:
+                self._flags[index] &= ~_ERROR & 0xFF
 
     def report(self, limits: HealthLimits | None = None) -> HealthReport:
-        buckets: dict[tuple[str, str], list[int]] = {}
-        for sent in self._counted.values():
-            assert sent.bucket is not None
-            tally = buckets.setdefault(sent.bucket, [0, 0, 0])
+        tallies = [[0, 0, 0] for _ in self._buckets]
+        for bucket, flags in zip(self._bucket_of, self._flags, strict=True):
+            tally = tallies[bucket]
             tally[0] += 1
-            tally[1] += sent.opted_out
-            tally[2] += sent.error
+            tally[1] += flags & _OPTED_OUT
+            tally[2] += (flags & _ERROR) >> 1
+        buckets = {key: tallies[i] for key, i in self._buckets.items()}
         campaigns: dict[str, list[SenderHealth]] = {}
         for (campaign, number), (sent_, opted, errors) in sorted(buckets.items()):
             campaigns.setdefault(campaign, []).append(
