@@ -28,6 +28,7 @@ from ledger.events import (
     ConsentReconfirmed,
     ConsentResumed,
     ConsentRevoked,
+    DeliveryOutcomeReported,
     InboundMessageReceived,
     LedgerEvent,
     MessageKind,
@@ -303,6 +304,9 @@ def describe(e: LedgerEvent) -> str:
         return f"age verified ({e.method})"
     if isinstance(e, SubscriberLocated):
         return f"subscriber located in {e.region}"
+    if isinstance(e, DeliveryOutcomeReported):
+        code = f" (error {e.error_code})" if e.error_code else ""
+        return f"{e.message_id} reported {e.outcome.value}{code}"
     return e.EVENT_TYPE
 
 

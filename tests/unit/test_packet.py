@@ -19,6 +19,8 @@ from ledger.events import (
     ConsentProof,
     ConsentRevoked,
     ConsentTier,
+    DeliveryOutcome,
+    DeliveryOutcomeReported,
     InboundMessageReceived,
     LedgerPosition,
     MessageKind,
@@ -337,3 +339,21 @@ def test_the_compact_replay_decides_as_decide_as_of_over_every_fact(late):
         shown = m.hindsight or m.decision
         assert (shown.allowed, shown.reason) == (later.allowed, later.reason.value)
     assert any(m.hindsight for m in packet.messages) is late
+
+
+def test_a_reported_delivery_failure_is_listed_with_its_error_code():
+    message = sent(at(5))
+    failure = DeliveryOutcomeReported(
+        **_base(at(6)),
+        phone=PHONE,
+        brand=BRAND,
+        message_id=message.message_id,
+        campaign="promo",
+        outcome=DeliveryOutcome.UNDELIVERABLE,
+        error_code="30003",
+    )
+    packet = assemble(
+        record([_defined(), granted(at(0)), message, failure]), PHONE, BRAND, None, NOW
+    )
+    [listed] = [e for e in packet.events if e.type == "DeliveryOutcomeReported"]
+    assert listed.summary == f"{message.message_id} reported undeliverable (error 30003)"
