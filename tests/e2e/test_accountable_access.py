@@ -31,15 +31,18 @@ from grpc_status import rpc_status
 
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
+from tests.e2e.grpcurl import grpcurl
 from tests.e2e.harness import (
     TOKENS,
     client,
     define,
     kafka_settings,
     opt_in,
+    running,
     service_settings,
     ts,
 )
+from tests.e2e.test_readme import answers, block, run
 
 PROTO = Path(__file__).resolve().parents[2] / "protos/consent/v1/consent_service.proto"
 PHONE = "+14155552861"
@@ -359,3 +362,28 @@ async def test_the_cli_lists_who_read_what_and_is_listed_itself(service: Runtime
         "--brand", "acme", "--address", service.address, token=TOKENS["globex-app"][0]
     )
     assert code == 1 and "PERMISSION_DENIED" in err
+
+
+async def test_the_readme_access_calls_run_as_written(tmp_path: Path, postgres_dsn: str) -> None:
+    """README's "Who read what" block, after the "Calling the API" walk-through it
+    follows, with grpcurl and the installed CLI, against a real service."""
+    walk, calls = block("readme-grpcurl", "sh"), block("readme-access", "sh")
+    tool = await asyncio.to_thread(grpcurl)
+    path = os.pathsep.join([str(Path(tool).parent), str(Path(sys.executable).parent)])
+    script = f"PATH='{path}{os.pathsep}{os.environ['PATH']}'\n{walk}\n{calls}"
+    async with running(service_settings(tmp_path, postgres_dsn, kafka=None)) as runtime:
+        done = await asyncio.to_thread(
+            run, ["bash", "-euo", "pipefail", "-c", script], tmp_path, runtime.address
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    end = done.stdout.rindex("}") + 1  # grpcurl's answers; then the CLI's lines
+    listed = next(a for a in answers(done.stdout[:end])[1] if "accesses" in a)["accesses"]
+    assert [(a["action"], a["subject"], a["brand"], a["phone"]) for a in listed] == [
+        ("ListAuditAccess", "admin", "acme", "+14155552671"),
+        ("ListEvents", "admin", "acme", "+14155552671"),
+    ]
+    assert listed[1]["requestId"] == "case-2291-events"
+    cli = done.stdout[end:].strip().splitlines()
+    assert len(cli) == 3 and "admin  ListAuditAccess  acme +14155552671  request " in cli[0]
+    assert "ListEvents  acme +14155552671  request case-2291-events via grpc" in cli[2]
+    assert "3 read(s) listed" in done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,13 @@ def test_the_audit_tools_run_what_the_top_level_commands_run(capsys) -> None:
     top_page = capsys.readouterr().out
     for option in ("--export", "--keys", "--grace", "--live-checkpoints", "--json"):
         assert option in audit_page and option in top_page
+
+
+def test_the_readme_shows_a_manual_page_as_it_prints(monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    shown = readme.split("$ consent-ledger audit access --help\n", 1)[1].split("```", 1)[0]
+    head, tail = shown.split("...\n")
+    page = _tools()["access"].format_help()
+    assert page.startswith(head)
+    assert tail in page
