@@ -14,11 +14,13 @@ again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
+from ledger.events import Recorded
 from ledger.ports import ConsentView, EventLog, Stream
 
 log = logging.getLogger(__name__)
@@ -130,19 +132,42 @@ class Projector:
         for stream in self._streams:
             for partition, end in sorted(ends[stream].items()):
                 offset = applied[stream].get(partition, 0)
-                while offset < end:
-                    batch = await self._ledger.read(
-                        stream, partition, offset, min(batch_size, end - offset)
+
+                def read(
+                    start: int, stream: Stream = stream, p: int = partition, end: int = end
+                ) -> asyncio.Future[list[Recorded]]:
+                    return asyncio.ensure_future(
+                        self._ledger.read(stream, p, start, min(batch_size, end - start))
                     )
+
+                # One batch read ahead: the next is fetched and decoded while
+                # PostgreSQL writes this one, instead of after it.
+                pending = read(offset) if offset < end else None
+                while pending is not None:
+                    batch = await pending
                     if not batch:
                         break
-                    await self._view.apply(stream, batch)
-                    count += len(batch)
                     after = batch[-1].position.offset + 1
+                    pending = read(after) if after < end else None
+                    try:
+                        await self._view.apply(stream, batch)
+                    except BaseException:
+                        await _abandon(pending)
+                        raise
+                    count += len(batch)
                     done += min(after, end) - offset  # offsets, not records: Kafka's skip some
                     offset = after
                     report()
         return count
+
+
+async def _abandon(read: asyncio.Future[list[Recorded]] | None) -> None:
+    """Cancel a read ahead whose batch will not be applied, and wait for it to end."""
+    if read is None:
+        return
+    read.cancel()
+    with contextlib.suppress(BaseException):
+        await read
 
 
 @dataclass(frozen=True)
