@@ -7,6 +7,8 @@ from dataclasses import replace
 from datetime import datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger.events import (
     DeliveryOutcome,
@@ -229,3 +231,66 @@ def test_a_send_that_named_no_number_counts_under_none() -> None:
     report = health([sent(at(1), number="")])
     [campaign] = report.campaigns
     assert [s.from_number for s in campaign.senders] == [""]
+
+
+_PHONES = [phone(i) for i in range(3)]
+_CAMPAIGNS = ["promo", "news"]
+
+
+@st.composite
+def _histories(draw) -> list[LedgerEvent]:
+    """A brand's events in ledger order: sends, opt-outs (of a campaign or brand-wide)
+    and reports on earlier sends, at random minutes of two days."""
+    out: list[LedgerEvent] = []
+    sends: list[MessageSent] = []
+    for _ in range(draw(st.integers(0, 40))):
+        when = at(draw(st.integers(-600, 2400)))
+        what = draw(st.sampled_from(["send", "send", "stop", "report"]))
+        who = draw(st.sampled_from(_PHONES))
+        if what == "send":
+            kind = draw(st.sampled_from([MessageKind.REGULAR, MessageKind.HELP_REPLY]))
+            number = draw(st.sampled_from([NUMBER_A, NUMBER_B]))
+            message = sent(
+                when, draw(st.sampled_from(_CAMPAIGNS)), number=number, phone=who, kind=kind
+            )
+            sends.append(message)
+            out.append(message)
+        elif what == "stop":
+            out.append(revoked(when, draw(st.sampled_from([*_CAMPAIGNS, None])), phone=who))
+        elif sends:
+            result = draw(st.sampled_from(list(DeliveryOutcome)))
+            out.append(outcome(draw(st.sampled_from(sends)), result, when))
+    return out
+
+
+def _rows(report: HealthReport) -> dict[tuple[str, str], HealthCounts]:
+    return {(c.campaign, s.from_number): s.counts for c in report.campaigns for s in c.senders}
+
+
+@settings(max_examples=200, deadline=None)
+@given(_histories(), st.integers(-600, 2400))
+def test_a_window_split_in_two_counts_what_the_whole_counts(events, minutes) -> None:
+    # Everything is counted in the window of its message, and a message's opt-out
+    # and outcome do not depend on the window: the halves add up to the whole.
+    first, whole = at(-600), at(2401)
+    middle = at(minutes)
+    total = _rows(health(events, start=first, end=whole))
+    halves: dict[tuple[str, str], HealthCounts] = {}
+    for start, end in ((first, middle), (middle, whole)):
+        if start < end:
+            for key, counts in _rows(health(events, start=start, end=end)).items():
+                halves[key] = halves.get(key, HealthCounts()) + counts
+    assert halves == total
+
+
+@settings(max_examples=200, deadline=None)
+@given(_histories())
+def test_no_rate_exceeds_one_and_a_campaign_alone_counts_as_in_the_brand(events) -> None:
+    report = health(events, start=at(-600), end=at(2401))
+    for c in report.campaigns:
+        assert c.counts == sum((s.counts for s in c.senders), HealthCounts())
+        for counts in (c.counts, *(s.counts for s in c.senders)):
+            assert counts.opt_outs <= counts.messages_sent
+            assert counts.delivery_errors <= counts.messages_sent
+        [alone] = health(events, c.campaign, start=at(-600), end=at(2401)).campaigns
+        assert alone == c
