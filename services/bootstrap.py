@@ -266,6 +266,7 @@ class Runtime:
             access_log=PostgresAccessLog(self.pool, timeout=s.postgres_timeout),
         )
         self.metrics.guard, self.metrics.replica = self.guard, replica
+        self.usecases.access.observe = self.metrics.audit_read
         self.metrics.overdue = read_on_loop(
             asyncio.get_running_loop(), self.usecases.review.overdue_candidates
         )

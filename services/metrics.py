@@ -31,6 +31,10 @@ metrics make that visible:
   carriers watch, across every brand, as it happens;
 * ``consent_campaign_health_flags_total{flag}``: campaigns and sending numbers that
   ``GetCampaignHealth`` answers found above a limit (``opt_out`` or ``error``);
+* ``consent_audit_reads_total{action, via}``: audit reads recorded and answered
+  (``services.usecases.access``), by call and by what they came through (``grpc``,
+  ``console``); ``consent_audit_reads_unrecorded_total{action}``: those refused
+  because their record could not be written;
 * ``consent_projector_failures_total``: times the projector failed and was
   started again (``services.projector.supervise``);
 * ``consent_revocation_candidates_overdue``: flagged replies of every brand left
@@ -75,7 +79,7 @@ from ledger.events import (
 )
 from ledger.health import HealthReport
 from ledger.policy import Decision, Reason
-from ledger.ports import EventLog, Offsets, ReplicaStats, Stream
+from ledger.ports import AccessRecord, EventLog, Offsets, ReplicaStats, Stream
 from services.freshness import FreshnessStatus
 
 log = logging.getLogger(__name__)
@@ -147,6 +151,8 @@ class ServiceMetrics(Collector):
         self._messages_sent = 0
         self._outcomes = {outcome: 0 for outcome in DeliveryOutcome}
         self._health_flags = {"opt_out": 0, "error": 0}
+        self._audit_reads: dict[tuple[str, str], int] = {}
+        self._audit_unrecorded: dict[str, int] = {}
         # prometheus_client's own types for what needs buckets; not registered
         # anywhere (collect yields them), so each ServiceMetrics has its own.
         rpc = ["grpc_service", "grpc_method", "grpc_type"]
@@ -219,6 +225,14 @@ class ServiceMetrics(Collector):
                 self._health_flags["opt_out"] += counts.opt_out_flagged(limits)
                 self._health_flags["error"] += counts.error_flagged(limits)
 
+    def audit_read(self, record: AccessRecord, written: bool) -> None:
+        """Count an audit read: recorded (and so answered), or refused unrecorded."""
+        if written:
+            key = (record.action, record.via)
+            self._audit_reads[key] = self._audit_reads.get(key, 0) + 1
+        else:
+            self._audit_unrecorded[record.action] = self._audit_unrecorded.get(record.action, 0) + 1
+
     def projector_failed(self) -> None:
         self._projector_failures += 1
 
@@ -285,6 +299,22 @@ class ServiceMetrics(Collector):
         for flag, n in self._health_flags.copy().items():
             flags.add_metric([flag], n)
         yield flags
+        reads = CounterMetricFamily(
+            "consent_audit_reads",
+            "Audit reads recorded in the access log and answered, by call and channel.",
+            labels=["action", "via"],
+        )
+        for (action, via), n in self._audit_reads.copy().items():
+            reads.add_metric([action, via], n)
+        yield reads
+        unrecorded = CounterMetricFamily(
+            "consent_audit_reads_unrecorded",
+            "Audit reads refused (UNAVAILABLE) because the access log could not record them.",
+            labels=["action"],
+        )
+        for action, n in self._audit_unrecorded.copy().items():
+            unrecorded.add_metric([action], n)
+        yield unrecorded
         yield CounterMetricFamily(
             "consent_projector_failures",
             "Times the projector failed and was started again; the log has each cause.",

@@ -59,6 +59,9 @@ class Access:
     def __init__(self, log: AccessLog, clock: Callable[[], datetime] = _NOW) -> None:
         self.log = log
         self.clock = clock
+        self.observe: Callable[[AccessRecord, bool], None] = lambda record, written: None
+        """Told of each read admitted: its record, and whether it was written (the
+        service counts them for Prometheus)."""
 
     async def admit(
         self,
@@ -89,6 +92,7 @@ class Access:
         try:
             await self.log.append(record)
         except Exception as exc:  # whatever the cause, no record means no read
+            self.observe(record, False)
             log.warning(
                 "an audit read was refused: its access record could not be written: %r", exc
             )
@@ -97,6 +101,7 @@ class Access:
                 "the read could not be recorded (every audit read is), so it was not "
                 "answered; retry",
             ) from exc
+        self.observe(record, True)
 
     async def list(
         self,

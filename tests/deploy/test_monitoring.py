@@ -9,11 +9,13 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 
 from ledger.policy import Decision, Reason
+from ledger.ports import AccessRecord
 from services.freshness import FreshnessStatus
 from services.metrics import ServiceMetrics
 from tests.deploy import tools
@@ -41,7 +43,7 @@ def dashboard_queries() -> list[str]:
 def test_the_alert_rules_pass_promtool_check() -> None:
     done = promtool("check", "rules", ALERTS.name)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 10 rules found" in done.stdout
+    assert "SUCCESS: 11 rules found" in done.stdout
 
 
 def test_each_alert_fires_on_its_cause_and_only_then() -> None:
@@ -115,6 +117,9 @@ def exported_metrics() -> set[str]:
     metrics.decided("CanSend", Decision(True, Reason.CONSENT_ACTIVE))
     metrics.failed("CanSend", "UNAVAILABLE")
     metrics.overdue = lambda: 1
+    read = AccessRecord(datetime.now(UTC), "auditor", "GetProofPacket", "acme", "req")
+    metrics.audit_read(read, True)
+    metrics.audit_read(read, False)
     return {sample.name for family in metrics.registry().collect() for sample in family.samples}
 
 

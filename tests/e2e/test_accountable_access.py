@@ -243,6 +243,13 @@ async def test_a_read_that_cannot_be_recorded_is_refused_unread(
                 info = error_details_pb2.ErrorInfo()
                 assert any(d.Unpack(info) for d in status.details)
                 assert info.reason == "ACCESS_NOT_RECORDED"
+        scraped = {
+            (sample.name, sample.labels.get("action")): sample.value
+            for family in service.metrics.registry().collect()
+            for sample in family.samples
+        }
+        for rpc in AUDIT:
+            assert scraped[("consent_audit_reads_unrecorded_total", rpc)] >= 1, rpc
         await conn.execute("DROP TRIGGER refuse_access ON audit_access")
         code, _ = await _call(service.address, "GetProofPacket", "acme-app", "rid-again")
         assert code == grpc.StatusCode.OK

@@ -206,3 +206,17 @@ async def test_memory_log_selects_as_asked() -> None:
         await log.append(AccessRecord(NOW, "x", "ListEvents", brand, "req"))
     found = await log.list(AccessQuery(frozenset({"a"})))
     assert [r.id for r in found] == [3, 1]
+
+
+async def test_each_read_is_told_to_the_observer_recorded_or_not() -> None:
+    seen: list[tuple[str, bool]] = []
+    async with running() as (app, _):
+        await app.writes.record(define())
+        app.access.observe = lambda record, written: seen.append((record.action, written))
+        await app.audit.history(PHONE, BRAND, reader=ACME)
+        app.access.log = _Broken()
+        with pytest.raises(AccessNotRecorded):
+            await app.audit.history(PHONE, BRAND, reader=ACME)
+        with pytest.raises(PermissionDenied):
+            await app.audit.history(PHONE, "globex", reader=ACME)
+    assert seen == [("ListEvents", True), ("ListEvents", False)]
