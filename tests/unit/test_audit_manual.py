@@ -4,6 +4,7 @@ tool's ``--help`` reads like a manual page (``services.cli_manual``)."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -87,3 +88,17 @@ def test_the_readme_shows_a_manual_page_as_it_prints(monkeypatch) -> None:
     page = _tools()["access"].format_help()
     assert page.startswith(head)
     assert tail in page
+
+
+def test_the_audit_tools_run_the_commands_they_wrap(tmp_path, capsys) -> None:
+    key, keyring = tmp_path / "key.pem", tmp_path / "keys.json"
+    assert cli.main(["audit", "keys", "new", str(key)]) == 0
+    assert cli.main(["audit", "keys", "public", str(key), "--keyring", str(keyring)]) == 0
+    made = capsys.readouterr()
+    key_id = json.loads(made.out)["keys"][0]["key_id"]
+    assert json.loads(keyring.read_text())["keys"][0]["key_id"] == key_id
+    assert (
+        cli.main(["audit", "verify", "--export", str(tmp_path / "none"), "--keys", str(keyring)])
+        == 2
+    )
+    assert "No such file" in capsys.readouterr().err
