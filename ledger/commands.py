@@ -138,6 +138,10 @@ TEXT_LIMITS: dict[str, int] = {
     "proof.screenshot_ref": 4_096,
     "proof.screenshot_sha256": 128,
     "policy.category": 64,
+    # Erasure and legal holds (``ledger.retention``): names and references, no personal data.
+    "hold_id": 256,
+    "reference": 256,
+    "reason": 1_024,
 }
 """The most characters each free-text field of a request may hold, by its name in the
 request. Every fact must fit one ledger record (Kafka's producer refuses records over

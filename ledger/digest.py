@@ -150,6 +150,9 @@ class Digest(NamedTuple):
     the number's and the one the subscriber gave; each state's rules apply."""
     located: Located | None = None
     """The opt-in that said where the subscriber is, if any."""
+    erased: Mark | None = None
+    """The latest erasure of the subject's personal data (``SubscriberState.erased``):
+    a send it leaves without consent is denied as ``SUBJECT_ERASED``."""
 
     def campaign(self, name: str) -> CampaignDigest:
         return self.campaigns.get(name, EMPTY_CAMPAIGN)
@@ -217,6 +220,7 @@ def digest_of(state: SubscriberState) -> Digest:
         campaigns=campaigns,
         regions=candidate_regions(state.phone, supplied),
         located=None if location is None else Located(supplied, location.event_id),
+        erased=_mark(state.erased),
     )
 
 

@@ -16,7 +16,7 @@ import enum
 import uuid
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import date, datetime, timedelta
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ledger.campaigns import LEGAL_AGE, PROOF_TEMPLATE_FIELDS, CampaignPolicy
 from ledger.validation import is_blank
@@ -173,6 +173,21 @@ class ConsentProof:
 
 
 @dataclass(frozen=True)
+class Sealed:
+    """Personal data encrypted with the key of the event's subject (phone and brand),
+    held outside the ledger (``ledger.ports.SubjectKeys``). The ledger keeps only
+    this: once the key is destroyed, the event still says everything but who.
+
+    ``fields`` names what it holds (``ledger.personal_data.PERSONAL_FIELDS``); the
+    event shows ``SEALED`` in each of them until it is opened."""
+
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class LedgerEvent:
     """A fact in the ledger, ``occurred_at`` in the world.
 
@@ -195,6 +210,11 @@ class LedgerEvent:
     recorded_by: str = field(default="", compare=False)
     request_id: str = field(default="", compare=False)
     request_fingerprint: str = field(default="", compare=False)
+    sealed: Sealed | None = field(default=None, compare=False)
+    """The event's personal data, encrypted with its subject's key
+    (``ledger.personal_data``); None when it carries its personal data in the clear
+    (written before sealing, or it has none). How it is stored, not what it says,
+    so it takes no part in comparing events."""
 
 
 @dataclass(frozen=True)
@@ -215,9 +235,19 @@ class CampaignEvent(LedgerEvent):
     campaign: str
 
 
+def _in_the_clear(state: dict[str, Any]) -> None:
+    """Upcast v1 to v2 of an event class with personal data
+    (``ledger.personal_data.PERSONAL_FIELDS``): v2 may hold it sealed
+    (``LedgerEvent.sealed``), v1 held it in the clear. A reader that knows only v1
+    refuses a v2 event rather than take ``SEALED`` for what the person wrote."""
+    state["sealed"] = None
+
+
 @dataclass(frozen=True)
 class ConsentGranted(SubscriberEvent):
     EVENT_TYPE = "ConsentGranted"
+    class_version: ClassVar[int] = 2
+    upcast_v1_v2 = staticmethod(_in_the_clear)
     campaign: str
     tier: ConsentTier
     method: CollectionMethod
@@ -230,6 +260,8 @@ class ConsentRevoked(SubscriberEvent):
     """Consent withdrawn; ``campaign`` None means every campaign of the brand (STOPALL)."""
 
     EVENT_TYPE = "ConsentRevoked"
+    class_version: ClassVar[int] = 2
+    upcast_v1_v2 = staticmethod(_in_the_clear)
     campaign: str | None
     channel: RevocationChannel
     text: str = ""
@@ -243,6 +275,8 @@ class ConsentRevoked(SubscriberEvent):
 @dataclass(frozen=True)
 class ConsentReconfirmed(SubscriberEvent):
     EVENT_TYPE = "ConsentReconfirmed"
+    class_version: ClassVar[int] = 2
+    upcast_v1_v2 = staticmethod(_in_the_clear)
     campaign: str
     channel: RevocationChannel
     detail: str = ""
@@ -312,6 +346,8 @@ class InboundMessageReceived(SubscriberEvent):
     """A text the person sent us; opens a conversation for the brand."""
 
     EVENT_TYPE = "InboundMessageReceived"
+    class_version: ClassVar[int] = 2
+    upcast_v1_v2 = staticmethod(_in_the_clear)
     message_id: str
     to_number: str
     body: str
@@ -333,6 +369,8 @@ class RevocationCandidateFlagged(SubscriberEvent):
     """
 
     EVENT_TYPE = "RevocationCandidateFlagged"
+    class_version: ClassVar[int] = 2
+    upcast_v1_v2 = staticmethod(_in_the_clear)
     inbound_message_id: str
     text: str
     to_number: str = ""
@@ -381,8 +419,43 @@ class SubscriberLocated(SubscriberEvent):
     ``proof.region``, is the one the policy adds to the number's own state."""
 
     EVENT_TYPE = "SubscriberLocated"
+    class_version: ClassVar[int] = 2
+    upcast_v1_v2 = staticmethod(_in_the_clear)
     region: str
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class SubjectErased(SubscriberEvent):
+    """The personal data of a phone towards a brand was erased: its key destroyed
+    (``ledger.personal_data``), after the retention period and with no legal hold
+    (``ledger.retention``). Every earlier fact of the subject stays in the ledger,
+    its personal data unreadable; none of them is consent any more
+    (``ledger.state``): only a fresh opt-in after it allows a send."""
+
+    EVENT_TYPE = "SubjectErased"
+    requested_by: str = ""
+    reference: str = ""
+    """The request's own reference (a ticket number), free text, no personal data."""
+    retained_until: datetime | None = None
+    """When the retention period had ended: the erasure came after it."""
+
+
+@dataclass(frozen=True)
+class LegalHoldPlaced(SubscriberEvent):
+    """A legal hold on a phone's records towards a brand: no erasure while it stands."""
+
+    EVENT_TYPE = "LegalHoldPlaced"
+    hold_id: str
+    reason: str = ""
+    placed_by: str = ""
+
+
+@dataclass(frozen=True)
+class LegalHoldReleased(SubscriberEvent):
+    EVENT_TYPE = "LegalHoldReleased"
+    hold_id: str
+    released_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -428,6 +501,9 @@ SUBSCRIBER_EVENT_TYPES: tuple[type[SubscriberEvent], ...] = (
     AgeVerified,
     SubscriberLocated,
     DeliveryOutcomeReported,
+    SubjectErased,
+    LegalHoldPlaced,
+    LegalHoldReleased,
 )
 CAMPAIGN_EVENT_TYPES: tuple[type[CampaignEvent], ...] = (
     CampaignDefined,

@@ -31,11 +31,14 @@ from ledger.events import (
     DeliveryOutcomeReported,
     InboundMessageReceived,
     LedgerEvent,
+    LegalHoldPlaced,
+    LegalHoldReleased,
     MessageKind,
     MessageSent,
     Recorded,
     RevocationCandidateFlagged,
     RevocationCandidateResolved,
+    SubjectErased,
     SubscriberEvent,
     SubscriberLocated,
 )
@@ -228,7 +231,8 @@ class Packet:
     opt_outs: tuple[OptOut, ...]
     replies: tuple[Reply, ...]
     other: tuple[EventRef, ...]
-    """Reconfirmations, resumes, age verifications, locations, resolutions."""
+    """Reconfirmations, resumes, age verifications, locations, resolutions, legal
+    holds and erasures."""
     events: tuple[EventRef, ...]
     """Every subscriber fact the packet rests on, in ledger order."""
     timeline: tuple[TimelinePoint, ...]
@@ -307,6 +311,12 @@ def describe(e: LedgerEvent) -> str:
     if isinstance(e, DeliveryOutcomeReported):
         code = f" (error {e.error_code})" if e.error_code else ""
         return f"{e.message_id} reported {e.outcome.value}{code}"
+    if isinstance(e, SubjectErased):
+        return "personal data erased" + (f" ({e.reference})" if e.reference else "")
+    if isinstance(e, LegalHoldPlaced):
+        return f"legal hold {e.hold_id} placed"
+    if isinstance(e, LegalHoldReleased):
+        return f"legal hold {e.hold_id} released"
     return e.EVENT_TYPE
 
 
@@ -383,7 +393,10 @@ def assemble(
             | ConsentResumed
             | AgeVerified
             | SubscriberLocated
-            | RevocationCandidateResolved,
+            | RevocationCandidateResolved
+            | SubjectErased
+            | LegalHoldPlaced
+            | LegalHoldReleased,
         )
     )
     missing = _missing(opt_ins, campaign)

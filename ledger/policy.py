@@ -118,6 +118,9 @@ class Reason(enum.Enum):
     """Quiet hours apply and the recipient's time zone cannot be told from the number."""
     CONTENT_NOT_ALLOWED = "content_not_allowed"
     """The campaign's category is prohibited, or not a category the service knows."""
+    SUBJECT_ERASED = "subject_erased"
+    """The subscriber's personal data was erased, and with it the proof of every
+    earlier consent: only a fresh opt-in after the erasure allows a send."""
     REPLY_NOT_OWED = "reply_not_owed"
     """A help reply or START confirmation that no recent text of the person's asked
     for, or one already sent for it."""
@@ -544,6 +547,14 @@ class Check:
                 "texting first consents to that conversation only, "
                 f"never to a {purpose.name.lower()} campaign",
                 (digest.last_inbound.event_id,),
+                version,
+            )
+        if digest.erased is not None:
+            return deny(
+                Reason.SUBJECT_ERASED,
+                "the subscriber's personal data was erased, with the proof of every consent"
+                " before it: only a fresh opt-in after the erasure allows a send",
+                (digest.erased.event_id,),
                 version,
             )
         other = sorted(name for name in digest.campaigns if digest.campaign(name).grant is not None)

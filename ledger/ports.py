@@ -599,3 +599,40 @@ class AccessLog(Protocol):
     async def list(self, query: AccessQuery) -> Sequence[AccessRecord]:
         """The records ``query`` selects, newest (highest id) first."""
         ...
+
+
+# -- personal data (ledger.personal_data, services.personal_data) --------------------
+
+
+@dataclass(frozen=True)
+class SubjectKey:
+    """One key of a subject (a phone towards a brand): its id and its secret."""
+
+    key_id: str
+    secret: bytes
+
+
+class SubjectKeys(ABC):
+    """The keys that seal each subject's personal data, kept outside the ledger.
+
+    A subject has at most one live key at a time; destroying it erases every event
+    it sealed. A subject whose keys were destroyed gets a new key when something new
+    is sealed for it (a fresh opt-in after an erasure), which opens only what came
+    after. Secrets are 32 random bytes (AES-256)."""
+
+    @abstractmethod
+    async def current(self, phone: str, brand: str) -> SubjectKey:
+        """The subject's live key, made now if it has none: of two callers at once,
+        both get the same one."""
+
+    @abstractmethod
+    async def find(self, phone: str, brand: str, key_ids: Collection[str]) -> dict[str, bytes]:
+        """The secrets of those of ``key_ids`` that are the subject's and not destroyed."""
+
+    @abstractmethod
+    async def destroy(self, phone: str, brand: str) -> int:
+        """Destroy every live key of the subject; how many there were. Destroyed keys
+        are never returned again, and their ids are never reused."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the adapter holds."""

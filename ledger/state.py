@@ -34,11 +34,14 @@ from ledger.events import (
     InboundMessageReceived,
     LedgerEvent,
     LedgerPosition,
+    LegalHoldPlaced,
+    LegalHoldReleased,
     MessageKind,
     MessageSent,
     Recorded,
     RevocationCandidateFlagged,
     RevocationCandidateResolved,
+    SubjectErased,
     SubscriberEvent,
     SubscriberLocated,
 )
@@ -151,6 +154,11 @@ class SubscriberState:
     """The latest word of which state the subscriber is in: an opt-in whose proof gives
     a region (``Fact[ConsentGranted]``) or a ``Fact[SubscriberLocated]``; read it
     with ``located_region``."""
+    erased: Fact[SubjectErased] | None = None
+    """The latest erasure of the subject's personal data. Nothing before it that
+    allows a send counts (a grant, a START, a reconfirmation, an age verification,
+    a conversation, a location): its proof is gone, so only a fresh opt-in after
+    it allows one. Opt-outs and sends before it still count: doubt denies."""
 
     def campaign(self, name: str) -> CampaignConsent:
         return self.campaigns.get(name, EMPTY_CAMPAIGN)
@@ -173,7 +181,15 @@ def _prune(sent: Iterable[SentRecord], newest: datetime) -> tuple[SentRecord, ..
     return tuple(sorted((s for s in sent if s.at >= horizon), key=lambda s: (s.at, s.event_id)))
 
 
+def _erased_after(s: SubscriberState, f: Fact[Any]) -> bool:
+    """Whether an erasure of the subject came after ``f`` in world order: ``f`` then
+    allows nothing."""
+    return s.erased is not None and f.key < s.erased.key
+
+
 def _apply_granted(s: SubscriberState, f: Fact[ConsentGranted]) -> SubscriberState:
+    if _erased_after(s, f):
+        return s
     s = _with_campaign(s, f.event.campaign, lambda c: _evolve(c, grant=_later(c.grant, f)))
     if f.event.proof.region:
         s = _evolve(s, location=_later(s.location, f))
@@ -189,12 +205,16 @@ def _apply_revoked(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberSta
 
 
 def _apply_resumed(s: SubscriberState, f: Fact[ConsentResumed]) -> SubscriberState:
+    if _erased_after(s, f):
+        return s
     if f.event.campaign is None:
         return _evolve(s, brand_resume=_later(s.brand_resume, f))
     return _with_campaign(s, f.event.campaign, lambda c: _evolve(c, resume=_later(c.resume, f)))
 
 
 def _apply_reconfirmed(s: SubscriberState, f: Fact[ConsentReconfirmed]) -> SubscriberState:
+    if _erased_after(s, f):
+        return s
     return _with_campaign(
         s, f.event.campaign, lambda c: _evolve(c, reconfirmation=_later(c.reconfirmation, f))
     )
@@ -265,6 +285,8 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
 
 
 def _apply_inbound(s: SubscriberState, f: Fact[InboundMessageReceived]) -> SubscriberState:
+    if _erased_after(s, f):
+        return s
     s = _evolve(s, last_inbound=_later(s.last_inbound, f))
     if f.event.intent == Intent.HELP.value and f.event.campaign is not None:
         s = _with_campaign(
@@ -286,6 +308,8 @@ def _apply_resolved(s: SubscriberState, f: Fact[RevocationCandidateResolved]) ->
 
 
 def _apply_located(s: SubscriberState, f: Fact[SubscriberLocated]) -> SubscriberState:
+    if _erased_after(s, f):
+        return s
     return _evolve(s, location=_later(s.location, f))
 
 
@@ -301,12 +325,49 @@ def located_region(fact: Fact[Any] | None) -> str:
 
 
 def _apply_age(s: SubscriberState, f: Fact[AgeVerified]) -> SubscriberState:
+    if _erased_after(s, f):
+        return s
     return _evolve(s, age=_later(s.age, f))
 
 
 def _apply_delivery(s: SubscriberState, f: Fact[DeliveryOutcomeReported]) -> SubscriberState:
     # What became of a message decides nothing about what may be sent next: campaign
     # health reads these facts from the ledger (``ledger.health``), the state keeps none.
+    return s
+
+
+def _apply_erased(s: SubscriberState, f: Fact[SubjectErased]) -> SubscriberState:
+    """Forget what allowed sends before the erasure (``SubscriberState.erased``); the
+    mutators above ignore such facts that are folded after it."""
+    erased = _later(s.erased, f)
+    at = erased.key
+
+    def before(fact: Fact[Any] | None) -> Fact[Any] | None:
+        return None if fact is None or fact.key < at else fact
+
+    campaigns = {
+        name: _evolve(
+            c,
+            grant=before(c.grant),
+            resume=before(c.resume),
+            reconfirmation=before(c.reconfirmation),
+            help_request=before(c.help_request),
+        )
+        for name, c in s.campaigns.items()
+    }
+    return _evolve(
+        s,
+        erased=erased,
+        campaigns=MappingProxyType(campaigns),
+        brand_resume=before(s.brand_resume),
+        age=before(s.age),
+        location=before(s.location),
+        last_inbound=before(s.last_inbound),
+    )
+
+
+def _unchanged(s: SubscriberState, f: Fact[Any]) -> SubscriberState:
+    """A fact about the records (a legal hold), not about consent."""
     return s
 
 
@@ -322,6 +383,9 @@ _MUTATORS: dict[type[Any], Callable[[SubscriberState, Any], SubscriberState]] = 
     AgeVerified: _apply_age,
     SubscriberLocated: _apply_located,
     DeliveryOutcomeReported: _apply_delivery,
+    SubjectErased: _apply_erased,
+    LegalHoldPlaced: _unchanged,
+    LegalHoldReleased: _unchanged,
 }
 
 
@@ -515,6 +579,7 @@ def retained_facts(state: SubscriberState) -> list[Recorded]:
     for brand_fact in (state.brand_revocation, state.brand_resume, state.age, state.last_inbound):
         keep(brand_fact)
     keep(state.location)
+    keep(state.erased)
     for sent in state.brand_sent:
         keep(sent.fact)
     for candidate in state.candidates.values():

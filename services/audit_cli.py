@@ -11,7 +11,7 @@ from typing import Any
 
 from services.cli_manual import ManualParser
 
-AUDIT_HELP = "the auditors' tools: packet, sweep, health, access, export, verify, keys"
+AUDIT_HELP = "the auditors' tools: packet, sweep, health, access, erase, hold, export, verify, keys"
 
 AUDIT_DESCRIPTION = """\
 The auditors' tools, one for each thing an auditor is asked for:
@@ -20,19 +20,21 @@ The auditors' tools, one for each thing an auditor is asked for:
   sweep    a campaign's messages sent without what the policy required
   health   a brand's campaigns' opt-out and error rates, flagged past the limits
   access   who read what: every audit read, recorded before it was answered
+  erase    a number's personal data erased, after the retention period
+  hold     a legal hold placed or released: no erasure while it stands
   export   the ledger's records and signed checkpoints, as a file to hand over
   verify   whether any record was altered, removed, inserted or reordered
   keys     the checkpoint signing keys: make, publish, retire, revoke
 
-`consent-ledger audit TOOL --help` is each one's manual page. packet, sweep, health
-and access are clients of a running service (CONSENT_ADDRESS, CONSENT_TOKEN): the
-token's audit scope and brands decide what they may read, and the service records
-each read. export, verify and keys read the ledger the service's settings name."""
+`consent-ledger audit TOOL --help` is each one's manual page. packet, sweep, health,
+access, erase and hold are clients of a running service (CONSENT_ADDRESS,
+CONSENT_TOKEN): the token's scopes and brands decide what they may do, and the
+service records each read. export, verify and keys read the ledger the service's settings name."""
 
 
 def add_command(sub: Any, command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     """``audit`` and its tools on ``services.cli``'s parser."""
-    from services import access_cli, cli_audit, health_cli, sweep_cli
+    from services import access_cli, cli_audit, erasure_cli, health_cli, sweep_cli
     from services.packets import cli as packet_cli
 
     audit = command("audit", AUDIT_HELP)
@@ -45,11 +47,12 @@ def add_command(sub: Any, command: Callable[[str, str], argparse.ArgumentParser]
     sweep_cli.add_parser(tools)
     health_cli.add_parser(tools)
     access_cli.add_parser(tools)
+    erasure_cli.add_parsers(tools)
     cli_audit.add_audit_tools(tools)
 
 
 def run(args: argparse.Namespace) -> int:
-    from services import access_cli, cli_audit, health_cli, sweep_cli
+    from services import access_cli, cli_audit, erasure_cli, health_cli, sweep_cli
     from services.packets import cli as packet_cli
 
     tool = args.audit_command
@@ -61,5 +64,7 @@ def run(args: argparse.Namespace) -> int:
         "sweep": sweep_cli.run,
         "health": health_cli.run,
         "access": access_cli.run,
+        "erase": erasure_cli.run,
+        "hold": erasure_cli.run,
     }
     return runners[tool](args)

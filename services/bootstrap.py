@@ -24,12 +24,14 @@ import asyncpg
 from aiokafka.errors import KafkaError
 
 from ledger.ports import ConsentView, EventLog
+from ledger.retention import Retention
 from services.adapters.campaign_cache import CampaignHistoryCache
 from services.adapters.digest_replica import DigestReplica
 from services.adapters.kafka_ledger import KafkaLedger, UnsafeTopicError
 from services.adapters.kafka_projector import KafkaProjector
 from services.adapters.migrations import migrate
 from services.adapters.postgres_access import PostgresAccessLog
+from services.adapters.postgres_keys import PostgresSubjectKeys
 from services.adapters.postgres_view import PostgresConsentView, read_pool
 from services.freshness import FreshnessGuard
 from services.grpc_api.auth import TokenAuthenticator, write_dev_tokens
@@ -264,6 +266,8 @@ class Runtime:
             health_limits=s.health_limits,
             # Every audit read is recorded here, committed before it is answered.
             access_log=PostgresAccessLog(self.pool, timeout=s.postgres_timeout),
+            keys=PostgresSubjectKeys(self.pool),
+            retention=Retention(s.retention_years),
         )
         self.metrics.guard, self.metrics.replica = self.guard, replica
         self.usecases.access.observe = self.metrics.audit_read

@@ -20,6 +20,20 @@ class FailedPrecondition(ServiceError):
     (an unknown campaign, a number no campaign sends from)."""
 
 
+class Refused(FailedPrecondition):
+    """A precondition refusal with a reason a client can branch on
+    (``google.rpc.ErrorInfo``) and what it needs to act on it (``metadata``): an
+    erasure inside the retention period or under a legal hold, with the date from
+    which it is possible."""
+
+    def __init__(
+        self, field: str, reason: str, error_reason: str, metadata: dict[str, str]
+    ) -> None:
+        super().__init__(field, reason)
+        self.error_reason = error_reason
+        self.metadata = metadata
+
+
 class AlreadyExists(ServiceError):
     """A request id of the brand was used before for another request: refused, and
     nothing recorded. ``event_ids`` are the facts of that first request."""

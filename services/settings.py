@@ -187,6 +187,9 @@ class Settings:
     health_limits: HealthLimits = field(default_factory=HealthLimits)
     """The opt-out and error rates above which campaign health flags a campaign or a
     sending number. The provider's notice gives them for a sender, not per brand."""
+    retention_years: int = 5
+    """Years proof is kept after the last fact about a phone and brand, before its
+    personal data may be erased (``ledger.retention``)."""
 
     @staticmethod
     def from_env(env: Mapping[str, str] | None = None, *, embedded: bool = False) -> Settings:
@@ -300,6 +303,16 @@ class Settings:
                 f"{freshness.max_observation_age * 1000:g}: an observation older than that "
                 "is not trusted, so every read would fail closed"
             )
+
+        def retention_years() -> int:
+            years = number("CONSENT_RETENTION_YEARS", 5, least=1, above=False)
+            if years != int(years) or years > 100:
+                raise SettingsError(
+                    f"CONSENT_RETENTION_YEARS must be a whole number of years, 1 to 100,"
+                    f" got {e['CONSENT_RETENTION_YEARS']!r}"
+                )
+            return int(years)
+
         horizon = number("CONSENT_CANSEND_FUTURE_HORIZON_DAYS", 30, least=0, above=False)
         if horizon > 366:
             raise SettingsError(
@@ -348,6 +361,7 @@ class Settings:
                 opt_out=share("CONSENT_OPT_OUT_RATE_LIMIT", HealthLimits.opt_out),
                 error=share("CONSENT_ERROR_RATE_LIMIT", HealthLimits.error),
             ),
+            retention_years=retention_years(),
         )
 
 

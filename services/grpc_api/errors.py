@@ -27,6 +27,7 @@ from services.errors import (
     OutcomeUnknown,
     PermissionDenied,
     RateLimited,
+    Refused,
     ServiceError,
     ShuttingDown,
     StoreUnavailable,
@@ -191,7 +192,14 @@ def to_status(exc: BaseException) -> grpc.Status:
                 )
             ]
         )
-        return _status(code_pb2.FAILED_PRECONDITION, f"{exc.field}: {exc.reason}", detail)
+        if not isinstance(exc, Refused):
+            return _status(code_pb2.FAILED_PRECONDITION, f"{exc.field}: {exc.reason}", detail)
+        info = error_details_pb2.ErrorInfo(
+            reason=exc.error_reason,
+            domain=ERROR_DOMAIN,
+            metadata={"field": exc.field, **exc.metadata},
+        )
+        return _status(code_pb2.FAILED_PRECONDITION, f"{exc.field}: {exc.reason}", detail, info)
     if isinstance(exc, AlreadyExists):
         return already_exists(exc)
     if isinstance(exc, Unauthenticated):

@@ -31,6 +31,7 @@ from ledger.events import ANY_BRAND, MessageKind
 from ledger.phone import to_e164
 from ledger.policy import Decision, Reason, deny
 from ledger.ports import ConsistencyToken
+from ledger.retention import PlaceLegalHold, ReleaseLegalHold, RequestErasure
 from ledger.validation import Violations
 from services import packets
 from services.errors import PermissionDenied, ServiceError, ShuttingDown, StoreUnavailable
@@ -502,6 +503,61 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         return api_pb2.ListAuditAccessResponse(
             accesses=[api.access_to_proto(r) for r in page],
             next_page_token=_encode_token("a", last) if len(found) > size and last else "",
+        )
+
+    # ---- retention ---------------------------------------------------------------------
+
+    @translate_errors
+    async def RequestErasure(
+        self, request: api_pb2.RequestErasureRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.RequestErasureResponse:
+        principal = self._caller(context, Scope.ADMIN, request.brand)
+        command = RequestErasure(
+            request.request_id, request.phone, request.brand, request.reference
+        )
+        erased = await within(
+            write_budget(context, self.write_timeout),
+            self.usecases.erasure.erase(command, requested_by=principal.name),
+        )
+        response = api_pb2.RequestErasureResponse(
+            event_id=erased.event_id,
+            consistency_token=erased.token.encode(),
+            keys_destroyed=erased.keys_destroyed,
+        )
+        if erased.retained_until is not None:
+            response.retained_until.CopyFrom(codec.timestamp_to_proto(erased.retained_until))
+        return response
+
+    @translate_errors
+    async def PlaceLegalHold(
+        self, request: api_pb2.PlaceLegalHoldRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.PlaceLegalHoldResponse:
+        principal = self._caller(context, Scope.AUDIT, request.brand)
+        command = PlaceLegalHold(
+            request.request_id, request.phone, request.brand, request.hold_id, request.reason
+        )
+        written = await within(
+            write_budget(context, self.write_timeout),
+            self.usecases.erasure.hold(command, by=principal.name),
+        )
+        return api_pb2.PlaceLegalHoldResponse(
+            event_ids=written.event_ids, consistency_token=written.token.encode()
+        )
+
+    @translate_errors
+    async def ReleaseLegalHold(
+        self, request: api_pb2.ReleaseLegalHoldRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ReleaseLegalHoldResponse:
+        principal = self._caller(context, Scope.ADMIN, request.brand)
+        command = ReleaseLegalHold(
+            request.request_id, request.phone, request.brand, request.hold_id
+        )
+        written = await within(
+            write_budget(context, self.write_timeout),
+            self.usecases.erasure.hold(command, by=principal.name),
+        )
+        return api_pb2.ReleaseLegalHoldResponse(
+            event_ids=written.event_ids, consistency_token=written.token.encode()
         )
 
     # ---- writes ------------------------------------------------------------------------

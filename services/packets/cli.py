@@ -37,10 +37,10 @@ refused. It prints a summary to standard error."""
 
 CONNECTION = """\
 Connection: the audit tools that ask a running service (packet, sweep, health,
-access) reach it at --address, or CONSENT_ADDRESS, else 127.0.0.1:50051, with the
-token in --token-file, else CONSENT_TOKEN, else var/data/dev-token (what `make
-run` writes). Plaintext unless --cacert is given (TLS), with --cert and --key for
-mutual TLS."""
+access, erase, hold) reach it at --address, or CONSENT_ADDRESS, else
+127.0.0.1:50051, with the token in --token-file, else CONSENT_TOKEN, else
+var/data/dev-token (what `make run` writes). Plaintext unless --cacert is given
+(TLS), with --cert and --key for mutual TLS."""
 
 PACKET_MANUAL = Manual(
     summary="write a number's proof-of-opt-in packet (JSON, HTML or PDF)",

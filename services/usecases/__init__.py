@@ -1,7 +1,8 @@
 """The use cases, by purpose: ``writes`` records facts (``sends``, many messages sent
 at once), ``checks`` answers CanSend,
 ``audit`` reads what is on record, ``review`` lists the replies awaiting review;
-``imports`` records another platform's export (``UseCases.start_import``).
+``imports`` records another platform's export (``UseCases.start_import``); ``erasure``
+erases a subject's personal data after the retention period, and places legal holds.
 
 Entry points (gRPC, CLI) build a request from their input and call one of them;
 they know the ports (``ledger.ports``), never a technology. ``UseCases.build`` makes
@@ -15,17 +16,22 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from ledger.health import HealthLimits
-from ledger.ports import AccessLog, CampaignReads, ConsentView, DigestReads, EventLog
+from ledger.ports import AccessLog, CampaignReads, ConsentView, DigestReads, EventLog, SubjectKeys
+from ledger.retention import Retention
 from services.adapters.memory_access import InMemoryAccessLog
 from services.freshness import FreshnessGuard
+from services.personal_data import PersonalData, SealingEventLog
 from services.usecases.access import Access
 from services.usecases.audit import Audit, Evidence
 from services.usecases.checks import DEFAULT_FUTURE_HORIZON, Checks
 from services.usecases.context import Clock, Context, utc_now
+from services.usecases.erasure import Erasure
 from services.usecases.imports import Imports
 from services.usecases.review import Review
 from services.usecases.sends import Sends
 from services.usecases.writes import Writes
+
+DEFAULT_RETENTION = Retention()
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class UseCases:
     review: Review
     access: Access
     sends: Sends
+    erasure: Erasure
 
     @classmethod
     def build(
@@ -51,6 +58,8 @@ class UseCases:
         evidence: Evidence | None = None,
         health_limits: HealthLimits | None = None,
         access_log: AccessLog | None = None,
+        keys: SubjectKeys | None = None,
+        retention: Retention = DEFAULT_RETENTION,
     ) -> UseCases:
         """``reads`` answers CanSend's digests and ``campaigns`` the campaigns' rules
         (each by default the view);
@@ -58,9 +67,13 @@ class UseCases:
         proof packet's events against the signed checkpoints; ``health_limits`` the rates
         campaign health flags; ``access_log`` records every audit read
         (``services.bootstrap`` gives the durable one; by default they are kept in
-        memory, for tests)."""
+        memory, for tests); ``keys`` seal each subject's personal data (None: it is
+        written in the clear) and ``retention`` says when it may be erased."""
         access = Access(InMemoryAccessLog() if access_log is None else access_log, clock)
-        ctx = Context(ledger, view, guard, clock, access=access)
+        personal = PersonalData(keys) if keys is not None else None
+        if personal is not None:
+            ledger = SealingEventLog(ledger, personal)
+        ctx = Context(ledger, view, guard, clock, access=access, personal=personal)
         checks = Checks(ctx, reads, future_horizon, campaigns)
         return cls(
             Writes(ctx),
@@ -69,6 +82,7 @@ class UseCases:
             Review(ctx),
             access,
             Sends(ctx),
+            Erasure(ctx, keys, retention),
         )
 
     def start_import(

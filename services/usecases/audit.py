@@ -26,6 +26,7 @@ from ledger.events import (
     ConsentGranted,
     ConsentReconfirmed,
     ConsentRevoked,
+    LedgerEvent,
     Recorded,
     RevocationCandidateFlagged,
 )
@@ -46,6 +47,7 @@ from services.usecases.sweeps import SweepProgress
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+E = TypeVar("E", bound=LedgerEvent)
 
 
 @dataclass(frozen=True)
@@ -121,16 +123,17 @@ class Audit:
         digest = digest_of(state)
         pending = (*state.pending_candidates(), *wide.pending_candidates())
         cc = state.campaign(campaign)
-        grant = cc.grant
+        # What an auditor is shown: each fact's personal data opened (or ERASED).
+        grant = await self._shown(cc.grant)
         return Consent(
             consent_state(digest, campaign, pending_review=bool(pending)),
             self.ctx.guard.applied_token(),
             grant=grant,
-            revocation=revocation_in_force(state, digest, campaign),
-            reconfirmation=cc.reconfirmation,
+            revocation=await self._shown(revocation_in_force(state, digest, campaign)),
+            reconfirmation=await self._shown(cc.reconfirmation),
             age_verification=state.age,
-            location=state.location,
-            pending=pending,
+            location=await self._shown(state.location),
+            pending=tuple([f for p in pending if (f := await self._shown(p)) is not None]),
             regions=digest.regions,
             proof_missing=(
                 ()
@@ -138,6 +141,14 @@ class Audit:
                 else tuple(grant.event.proof.template_missing(grant.event.method))
             ),
         )
+
+    async def _shown(self, fact: Fact[E] | None) -> Fact[E] | None:
+        """``fact`` with its personal data opened, or ``ERASED`` where it is gone."""
+        if fact is None:
+            return None
+        (shown,) = await self.ctx.opened([fact.as_recorded()])
+        event: E = shown.event  # type: ignore[assignment]  # the same event, opened
+        return Fact(event, fact.position, fact.recorded_at)
 
     async def history(
         self,
@@ -153,7 +164,9 @@ class Audit:
             check_name(brand, "brand")
         await self.ctx.access.admit(reader, "ListEvents", brand, phone=number)
         await self.ctx.require_fresh([number], "phone", token)
-        return Read(await self.ctx.view.history(number, brand), self.ctx.guard.applied_token())
+        token_read = self.ctx.guard.applied_token()
+        history = await self.ctx.opened(await self.ctx.view.history(number, brand))
+        return Read(history, token_read)
 
     async def proof_packet(
         self,
@@ -189,7 +202,9 @@ class Audit:
             raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
         view = self.ctx.view
         # STOPs whose brand was unknown concern every brand (``ledger.events.ANY_BRAND``).
-        facts = [*await view.history(number, brand), *await view.history(number, ANY_BRAND)]
+        facts = await self.ctx.opened(
+            [*await view.history(number, brand), *await view.history(number, ANY_BRAND)]
+        )
         named = {campaign} if campaign is not None else set()
         named |= {c for r in facts if isinstance(c := getattr(r.event, "campaign", None), str)}
         rules: dict[str, Recorded] = {}

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 
+from ledger.events import Recorded
 from ledger.ports import ConsentView, ConsistencyToken, EventLog, Stream
 from services.errors import NotConsistent
 from services.freshness import FreshnessGuard
+from services.personal_data import PersonalData
 from services.usecases.access import Access
 
 Clock = Callable[[], datetime]
@@ -33,6 +35,15 @@ class Context:
     clock: Clock = utc_now
     access: Access = field(kw_only=True)
     """Where every audit read is admitted and recorded (``services.usecases.access``)."""
+    personal: PersonalData | None = field(default=None, kw_only=True)
+    """Opens the personal data an audit read shows (None: events are shown as stored)."""
+
+    async def opened(self, history: Sequence[Recorded]) -> list[Recorded]:
+        """``history`` as a reader may see it: personal data opened where its key is,
+        ``ERASED`` where it is gone (``PersonalData.open``)."""
+        if self.personal is None:
+            return list(history)
+        return await self.personal.open(history)
 
     async def require_fresh(
         self, phones: Sequence[str] | None, field: str, token: ConsistencyToken | None = None

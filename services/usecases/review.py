@@ -12,7 +12,7 @@ from datetime import datetime
 
 from ledger.commands import check_name
 from ledger.deadlines import revocation_due
-from ledger.events import ANY_BRAND, RevocationCandidateFlagged
+from ledger.events import ANY_BRAND, LedgerEvent, RevocationCandidateFlagged
 from ledger.ports import ConsistencyToken
 from ledger.state import Fact
 from services.usecases.access import Reader
@@ -41,6 +41,11 @@ class ReviewPage:
     token: ConsistencyToken
     now: datetime
     """When the queue was read: a candidate due by then is overdue."""
+
+
+def _flagged(event: LedgerEvent) -> RevocationCandidateFlagged:
+    assert isinstance(event, RevocationCandidateFlagged)
+    return event
 
 
 class Review:
@@ -101,7 +106,16 @@ class Review:
             if len(flagged) < size:
                 break
             after = flagged[-1].position
-        return ReviewPage(pending[:limit], self.ctx.guard.applied_token(), now)
+        shown = pending[:limit]
+        # The reviewer reads what the person wrote: opened, or ERASED where it is gone.
+        opened = await self.ctx.opened([q.candidate.as_recorded() for q in shown])
+        shown = [
+            Queued(
+                q.position, Fact(_flagged(o.event), q.candidate.position, q.candidate.recorded_at)
+            )
+            for q, o in zip(shown, opened, strict=True)
+        ]
+        return ReviewPage(shown, self.ctx.guard.applied_token(), now)
 
     async def overdue_candidates(self) -> int:
         """How many flagged replies of every brand are past their ten business days

@@ -59,6 +59,8 @@ from ledger.events import (
     InboundMessageReceived,
     LedgerEvent,
     LedgerPosition,
+    LegalHoldPlaced,
+    LegalHoldReleased,
     ListSource,
     MessageKind,
     MessageSent,
@@ -67,9 +69,12 @@ from ledger.events import (
     RevocationCandidateFlagged,
     RevocationCandidateResolved,
     RevocationChannel,
+    Sealed,
+    SubjectErased,
     SubscriberEvent,
     SubscriberLocated,
 )
+from ledger.personal_data import SEALED
 from ledger.upcasting import class_version, upcast
 from services.wire.enums import EnumMap, WireFormatError
 
@@ -537,6 +542,45 @@ def _dec_delivery(p: ledger_pb2.DeliveryOutcomeReported) -> dict[str, Any]:
     }
 
 
+def _enc_erased(e: SubjectErased) -> tuple[str, Message]:
+    msg = ledger_pb2.SubjectErased(requested_by=e.requested_by, reference=e.reference)
+    if e.retained_until is not None:
+        msg.retained_until.CopyFrom(timestamp_to_proto(e.retained_until, "retained_until"))
+    return "subject_erased", msg
+
+
+def _dec_erased(p: ledger_pb2.SubjectErased) -> dict[str, Any]:
+    return {
+        "requested_by": p.requested_by,
+        "reference": p.reference,
+        "retained_until": (
+            timestamp_from_proto(p.retained_until, "subject_erased.retained_until")
+            if p.HasField("retained_until")
+            else None
+        ),
+    }
+
+
+def _enc_hold(e: LegalHoldPlaced) -> tuple[str, Message]:
+    return "legal_hold_placed", ledger_pb2.LegalHoldPlaced(
+        hold_id=e.hold_id, reason=e.reason, placed_by=e.placed_by
+    )
+
+
+def _dec_hold(p: ledger_pb2.LegalHoldPlaced) -> dict[str, Any]:
+    return {"hold_id": p.hold_id, "reason": p.reason, "placed_by": p.placed_by}
+
+
+def _enc_release(e: LegalHoldReleased) -> tuple[str, Message]:
+    return "legal_hold_released", ledger_pb2.LegalHoldReleased(
+        hold_id=e.hold_id, released_by=e.released_by
+    )
+
+
+def _dec_release(p: ledger_pb2.LegalHoldReleased) -> dict[str, Any]:
+    return {"hold_id": p.hold_id, "released_by": p.released_by}
+
+
 def _campaign_encoder(field: str, message: type[Message]) -> _Encoder:
     def encode(e: CampaignDefined | CampaignPolicyChanged) -> tuple[str, Message]:
         return field, message(campaign=e.campaign, policy=policy_to_proto(e.policy))
@@ -589,6 +633,9 @@ _CODECS: dict[str, tuple[str, _Encoder, _Decoder]] = {
         _enc_delivery,
         _dec_delivery,
     ),
+    SubjectErased.EVENT_TYPE: ("subject_erased", _enc_erased, _dec_erased),
+    LegalHoldPlaced.EVENT_TYPE: ("legal_hold_placed", _enc_hold, _dec_hold),
+    LegalHoldReleased.EVENT_TYPE: ("legal_hold_released", _enc_release, _dec_release),
     CampaignDefined.EVENT_TYPE: (
         "campaign_defined",
         _campaign_encoder("campaign_defined", ledger_pb2.CampaignDefined),
@@ -617,6 +664,21 @@ def _uuid(text: str, field: str) -> uuid.UUID:
 # --- events ----------------------------------------------------------------------
 
 
+def _set_paths(payload: Message, paths: Sequence[str], value: str, field: str = "") -> None:
+    """Set each text field of ``payload`` at ``paths`` ("body", "proof.name") to ``value``."""
+    for path in paths:
+        *parents, name = path.split(".")
+        msg = payload
+        try:
+            for parent in parents:
+                msg = getattr(msg, parent)
+            if not isinstance(getattr(msg, name), str):
+                raise AttributeError(f"{path} is not a text field")
+            setattr(msg, name, value)
+        except AttributeError as exc:
+            raise WireFormatError(field or "sealed.fields", f"{path!r}: {exc}") from exc
+
+
 def event_to_proto(event: LedgerEvent) -> ledger_pb2.EventEnvelope:
     """The envelope for ``event``; ``WireFormatError`` if it cannot be stored faithfully."""
     event_type = type(event).EVENT_TYPE
@@ -624,6 +686,9 @@ def event_to_proto(event: LedgerEvent) -> ledger_pb2.EventEnvelope:
         raise WireFormatError("event_type", f"{type(event).__name__} has no wire format")
     oneof_field, encode, _ = _CODECS[event_type]
     _, payload = encode(event)
+    sealed = event.sealed
+    if sealed is not None:  # the sealed fields travel empty: their text is in ``sealed``
+        _set_paths(payload, sealed.fields, "")
     campaign = getattr(event, "campaign", None)
     env = ledger_pb2.EventEnvelope(
         event_id=str(event.event_id),
@@ -638,6 +703,15 @@ def event_to_proto(event: LedgerEvent) -> ledger_pb2.EventEnvelope:
         request_fingerprint=event.request_fingerprint,
     )
     getattr(env, oneof_field).CopyFrom(payload)
+    if sealed is not None:
+        env.sealed.CopyFrom(
+            ledger_pb2.SealedPersonalData(
+                key_id=sealed.key_id,
+                nonce=sealed.nonce,
+                ciphertext=sealed.ciphertext,
+                fields=sealed.fields,
+            )
+        )
     return env
 
 
@@ -667,9 +741,20 @@ def event_from_proto(env: ledger_pb2.EventEnvelope) -> LedgerEvent:
     }
     if issubclass(cls, SubscriberEvent):
         state["phone"] = env.phone
-    state.update(decode(getattr(env, oneof_field)))
+    payload = getattr(env, oneof_field)
+    if env.HasField("sealed"):  # each sealed field shows SEALED (on a copy: env is the caller's)
+        shown = type(payload)()
+        shown.CopyFrom(payload)
+        _set_paths(shown, env.sealed.fields, SEALED, "sealed.fields")
+        payload = shown
+    state.update(decode(payload))
     # Written before schema_version existed, or by a writer that left it unset.
     written_as = env.schema_version or 1
+    sealed = None
+    if env.HasField("sealed"):
+        s = env.sealed
+        sealed = Sealed(s.key_id, s.nonce, s.ciphertext, tuple(s.fields))
+        state["sealed"] = sealed
     try:
         state = upcast(cls, state, written_as)
     except ValueError as exc:

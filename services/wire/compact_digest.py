@@ -163,6 +163,7 @@ def _digest_signature(d: Any, vals: list[Any]) -> tuple[Any, ...]:
         confirmations,
         _strs(d.regions),
         located,
+        _mark(d.erased, vals),
     )
 
 
@@ -227,7 +228,20 @@ class _Source:
         return self.value("q") if present else "None"
 
     def digest(self, sig: tuple[Any, ...]) -> str:
-        _, brand, zones, pending, revocation, resume, age, inbound, confs, regions, located = sig
+        (
+            _,
+            brand,
+            zones,
+            pending,
+            revocation,
+            resume,
+            age,
+            inbound,
+            confs,
+            regions,
+            located,
+            erased,
+        ) = sig
         items = []
         for id_code, unattributed in pending:
             event_id = self.event_id(id_code)
@@ -246,10 +260,11 @@ class _Source:
         if located is not None:
             state = self.const(located[0])
             located_expr = f"built(Located, ({state}, {self.event_id(located[1])}))"
+        erased_expr = self.mark(erased)
         return (
             f"built(Digest, ({self.const(brand)}, {self.const(zones)}, ({''.join(items)}), "
             f"{revocation_expr}, {resume_expr}, {age_expr}, {inbound_expr}, {confs_expr}, "
-            f"campaigns, {self.const(regions)}, {located_expr}))"
+            f"campaigns, {self.const(regions)}, {located_expr}, {erased_expr}))"
         )
 
     def campaign(self, sig: tuple[Any, ...]) -> str:

@@ -16,13 +16,13 @@ import msgpack
 
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, built
 
-FORMAT = 6
+FORMAT = 7
 """1 had no ``CampaignDigest.last_disclosed_at``, 2 no ``Digest.regions`` and
 ``Digest.located`` (the recipient's candidate states), 3 no ``CampaignDigest``
 ``help_request``, ``help_reply`` or ``opt_in_confirmation``, 4 no
 ``CampaignDigest.proof_missing``, 5 no due time or unattributed mark on
-``Digest.pending``: rows in any of them are read from their snapshots, which are
-folded and digested again.
+``Digest.pending``, 6 no ``Digest.erased``: rows in any of them are read from
+their snapshots, which are folded and digested again.
 """
 _HEADER = bytes([FORMAT])
 
@@ -72,6 +72,7 @@ def _digest(raw: tuple[Any, ...]) -> Digest:
         campaigns,
         regions,
         located,
+        erased,
     ) = _fields(Digest, raw)
     return built(
         Digest,
@@ -87,6 +88,7 @@ def _digest(raw: tuple[Any, ...]) -> Digest:
             {name: _campaign(fields) for name, fields in campaigns.items()},
             regions,
             located and built(Located, located),
+            erased and built(Mark, erased),
         ),
     )
 

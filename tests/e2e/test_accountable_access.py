@@ -114,6 +114,10 @@ NOT_AUDIT = {
     "ImportConsents",
     "RecordDeliveryOutcome",
     "RecordMessagesSent",
+    # Writes of retention: each is an event with who asked; they disclose no record.
+    "RequestErasure",
+    "PlaceLegalHold",
+    "ReleaseLegalHold",
 }
 """Calls that read nothing on record (checks, writes): not audit reads."""
 

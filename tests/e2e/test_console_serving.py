@@ -21,9 +21,7 @@ from tests.e2e.harness import TOKENS, running, service_settings
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-async def test_over_tls_the_console_speaks_https_and_its_cookies_are_secure(
-    tmp_path, postgres_dsn
-):
+async def test_over_tls_the_console_speaks_https_and_its_cookies_are_secure(tmp_path, postgres_dsn):
     ca = Authority(tmp_path, "console-ca")
     server = ca.issue("consent-ledger", server=True)
     settings = dataclasses.replace(

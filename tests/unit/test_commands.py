@@ -54,6 +54,15 @@ from ledger.events import (
 )
 from ledger.keywords import Intent
 from ledger.policy import Reason, decide
+from ledger.retention import (
+    PlaceLegalHold,
+    ReleaseLegalHold,
+    RequestErasure,
+    Retention,
+    erasure_event,
+    erasure_verdict,
+    hold_event,
+)
 from ledger.state import fold
 from tests.builders import BRAND, PHONE, at, campaign, granted, proof, record, revoked
 from tests.builders import opt_in as an_opt_in
@@ -397,11 +406,18 @@ def _requests_with(field: str, value: str) -> list[object]:
             "r", PHONE, BRAND, str(uuid.uuid4()), CandidateResolution.DISMISSED, at(0)
         ),
         _inbound("hello"),
+        RequestErasure("r", PHONE, BRAND),
+        PlaceLegalHold("r", PHONE, BRAND, "smith-v-acme"),
+        ReleaseLegalHold("r", PHONE, BRAND, "smith-v-acme"),
     ]
     return [replace(r, **{field: value}) for r in base if field in r.__dataclass_fields__]  # type: ignore[call-overload, attr-defined]
 
 
 def _build(request: object) -> list[object]:
+    if isinstance(request, PlaceLegalHold | ReleaseLegalHold):
+        return [hold_event(request, NOW, "law")]
+    if isinstance(request, RequestErasure):
+        return [erasure_event(request, NOW, erasure_verdict([], Retention(), NOW), "dpo")]
     if isinstance(request, HandleInboundMessage):
         return list(handle_inbound(request, campaign(), fold([]), NOW).events)
     return list(to_events(request, NOW))  # type: ignore[arg-type]
@@ -447,6 +463,9 @@ def test_every_free_text_field_of_every_request_has_a_limit():
         DefineCampaign,
         ChangeCampaignPolicy,
         HandleInboundMessage,
+        RequestErasure,
+        PlaceLegalHold,
+        ReleaseLegalHold,
     )
     text = {
         f.name

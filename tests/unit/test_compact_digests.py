@@ -35,7 +35,7 @@ def test_digest_fields_are_the_ones_the_encoding_knows():
     # A field added to a digest must be added to the encoding: fail here, not in prod.
     assert Digest._fields == (
         "brand", "zones", "pending", "brand_revocation", "brand_resume", "age",
-        "last_inbound", "confirmations", "campaigns", "regions", "located",
+        "last_inbound", "confirmations", "campaigns", "regions", "located", "erased",
     )  # fmt: skip
     assert CampaignDigest._fields == (
         "grant", "tier", "revocation", "resume", "reconfirmation", "sent", "last_sent_at",
@@ -107,6 +107,7 @@ digests = st.builds(
     st.dictionaries(texts, campaign_digests, max_size=3),
     st.lists(texts, max_size=2).map(tuple),
     st.none() | st.builds(Located, texts, st.uuids().map(str) | texts),
+    st.none() | marks,
 )
 
 

@@ -291,3 +291,16 @@ def test_the_health_limits_are_the_provider_s_unless_set() -> None:
 def test_a_health_limit_that_is_no_share_is_refused_by_name(value: str) -> None:
     with pytest.raises(SettingsError, match=r"^CONSENT_ERROR_RATE_LIMIT must be a"):
         Settings.from_env({**PRODUCTION, "CONSENT_ERROR_RATE_LIMIT": value})
+
+
+def test_retention_is_five_years_unless_set_to_whole_years() -> None:
+    assert Settings.from_env(EMBEDDED, embedded=True).retention_years == 5
+    assert (
+        Settings.from_env(
+            {**EMBEDDED, "CONSENT_RETENTION_YEARS": "7"}, embedded=True
+        ).retention_years
+        == 7
+    )
+    for bad in ("0", "2.5", "soon"):
+        with pytest.raises(SettingsError, match="CONSENT_RETENTION_YEARS"):
+            Settings.from_env({**EMBEDDED, "CONSENT_RETENTION_YEARS": bad}, embedded=True)

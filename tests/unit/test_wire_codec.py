@@ -34,6 +34,8 @@ from ledger.events import (
     InboundMessageReceived,
     LedgerEvent,
     LedgerPosition,
+    LegalHoldPlaced,
+    LegalHoldReleased,
     ListSource,
     MessageKind,
     MessageSent,
@@ -42,9 +44,12 @@ from ledger.events import (
     RevocationCandidateFlagged,
     RevocationCandidateResolved,
     RevocationChannel,
+    Sealed,
+    SubjectErased,
     SubscriberLocated,
 )
-from ledger.upcasting import upcast
+from ledger.personal_data import SEALED
+from ledger.upcasting import class_version, upcast
 from services.wire import codec
 from tests.builders import proof
 
@@ -188,6 +193,18 @@ EXAMPLES: list[LedgerEvent] = [
     AgeVerified(**base(15), **who(), method="self_attested", verified_21_plus=True),
     SubscriberLocated(**base(18), **who(), region="TX", detail="billing address"),
     SubscriberLocated(**base(19), **who(), region="FL"),
+    SubjectErased(**base(22), **who(), requested_by="dpo", reference="T-1", retained_until=AT),
+    SubjectErased(**base(23), **who()),
+    LegalHoldPlaced(**base(24), **who(), hold_id="smith-v-acme", reason="suit", placed_by="law"),
+    LegalHoldReleased(**base(25), **who(), hold_id="smith-v-acme", released_by="law"),
+    InboundMessageReceived(
+        **base(26),
+        **who(),
+        message_id="SM9",
+        to_number="+14155550100",
+        body=SEALED,
+        sealed=Sealed("k1", b"\x00" * 12, b"ciphertext", ("body",)),
+    ),
     CampaignDefined(**base(16), brand=BRAND, campaign="spring-sale", policy=CampaignPolicy()),
     CampaignPolicyChanged(**base(17), brand=BRAND, campaign="spring-sale", policy=RICH_POLICY),
     BrandPolicySet(**base(21), brand=BRAND, campaign=BRAND_SETTINGS, revoke_all=True),
@@ -213,7 +230,7 @@ def test_envelope_denormalises_type_version_and_routing_fields(event: LedgerEven
 
     assert env.event_id == str(event.event_id)
     assert env.event_type == type(event).EVENT_TYPE
-    assert env.schema_version == 1
+    assert env.schema_version == class_version(type(event))
     assert env.brand == BRAND
     assert env.phone == getattr(event, "phone", "")
     assert env.campaign == (getattr(event, "campaign", None) or "")
@@ -343,7 +360,7 @@ def test_unknown_event_type_is_refused_by_name() -> None:
 
 def test_event_written_by_a_newer_version_is_refused() -> None:
     env = envelope(EXAMPLES[0])
-    env.schema_version = 2
+    env.schema_version = class_version(ConsentGranted) + 1
 
     with pytest.raises(ValueError, match="written by a newer version"):
         codec.decode_event(env.SerializeToString())

@@ -95,6 +95,10 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """Denied: a reply that reads like an opt-out was not resolved within ten business
     days (47 CFR 64.1200(a)(10)); it counts as a revocation until resolved.
     """
+    REASON_SUBJECT_ERASED: _Reason.ValueType  # 25
+    """Denied: the subscriber's personal data was erased, with the proof of every
+    consent before it; only a fresh opt-in after the erasure allows a send.
+    """
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Why a decision came out as it did; mirrors ledger.policy.Reason one to one."""
@@ -155,6 +159,10 @@ for (HandleInboundMessage said none was owed), or one already sent for it.
 REASON_REVOCATION_OVERDUE: Reason.ValueType  # 24
 """Denied: a reply that reads like an opt-out was not resolved within ten business
 days (47 CFR 64.1200(a)(10)); it counts as a revocation until resolved.
+"""
+REASON_SUBJECT_ERASED: Reason.ValueType  # 25
+"""Denied: the subscriber's personal data was erased, with the proof of every
+consent before it; only a fresh opt-in after the erasure allows a send.
 """
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
@@ -2877,3 +2885,172 @@ class ListAuditAccessResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAuditAccessResponse: _TypeAlias = ListAuditAccessResponse  # noqa: Y015
+
+@_typing.final
+class RequestErasureRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    BRAND_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Makes a retry harmless, as for every write."""
+    phone: _builtins.str
+    brand: _builtins.str
+    reference: _builtins.str
+    """The request's own reference (a ticket number); free text, no personal data."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        phone: _builtins.str = ...,
+        brand: _builtins.str = ...,
+        reference: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand", b"brand", "phone", b"phone", "reference", b"reference", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestErasureRequest: _TypeAlias = RequestErasureRequest  # noqa: Y015
+
+@_typing.final
+class RequestErasureResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    RETAINED_UNTIL_FIELD_NUMBER: _builtins.int
+    KEYS_DESTROYED_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The SubjectErased event."""
+    consistency_token: _builtins.str
+    keys_destroyed: _builtins.int
+    """Keys destroyed by this call (0 on a retry, or when nothing was ever sealed)."""
+    @_builtins.property
+    def retained_until(self) -> _timestamp_pb2.Timestamp:
+        """When the retention period had ended."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        consistency_token: _builtins.str = ...,
+        retained_until: _timestamp_pb2.Timestamp | None = ...,
+        keys_destroyed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retained_until", b"retained_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "event_id", b"event_id", "keys_destroyed", b"keys_destroyed", "retained_until", b"retained_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestErasureResponse: _TypeAlias = RequestErasureResponse  # noqa: Y015
+
+@_typing.final
+class PlaceLegalHoldRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    BRAND_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    phone: _builtins.str
+    brand: _builtins.str
+    hold_id: _builtins.str
+    """The hold's name, e.g. the matter it is for; releasing names it again."""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        phone: _builtins.str = ...,
+        brand: _builtins.str = ...,
+        hold_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand", b"brand", "hold_id", b"hold_id", "phone", b"phone", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceLegalHoldRequest: _TypeAlias = PlaceLegalHoldRequest  # noqa: Y015
+
+@_typing.final
+class PlaceLegalHoldResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_IDS_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    consistency_token: _builtins.str
+    @_builtins.property
+    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        event_ids: _abc.Iterable[_builtins.str] | None = ...,
+        consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "event_ids", b"event_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceLegalHoldResponse: _TypeAlias = PlaceLegalHoldResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseLegalHoldRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    BRAND_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    phone: _builtins.str
+    brand: _builtins.str
+    hold_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        phone: _builtins.str = ...,
+        brand: _builtins.str = ...,
+        hold_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand", b"brand", "hold_id", b"hold_id", "phone", b"phone", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseLegalHoldRequest: _TypeAlias = ReleaseLegalHoldRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseLegalHoldResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_IDS_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    consistency_token: _builtins.str
+    @_builtins.property
+    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        event_ids: _abc.Iterable[_builtins.str] | None = ...,
+        consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "event_ids", b"event_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseLegalHoldResponse: _TypeAlias = ReleaseLegalHoldResponse  # noqa: Y015

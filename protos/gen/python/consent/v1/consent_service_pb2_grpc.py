@@ -165,6 +165,21 @@ class ConsentServiceStub:
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.ListAuditAccessRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_consent__service__pb2.ListAuditAccessResponse.FromString,
                 _registered_method=True)
+        self.RequestErasure = channel.unary_unary(
+                '/consent.v1.ConsentService/RequestErasure',
+                request_serializer=consent_dot_v1_dot_consent__service__pb2.RequestErasureRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__service__pb2.RequestErasureResponse.FromString,
+                _registered_method=True)
+        self.PlaceLegalHold = channel.unary_unary(
+                '/consent.v1.ConsentService/PlaceLegalHold',
+                request_serializer=consent_dot_v1_dot_consent__service__pb2.PlaceLegalHoldRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__service__pb2.PlaceLegalHoldResponse.FromString,
+                _registered_method=True)
+        self.ReleaseLegalHold = channel.unary_unary(
+                '/consent.v1.ConsentService/ReleaseLegalHold',
+                request_serializer=consent_dot_v1_dot_consent__service__pb2.ReleaseLegalHoldRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__service__pb2.ReleaseLegalHoldResponse.FromString,
+                _registered_method=True)
 
 
 class ConsentServiceServicer:
@@ -399,6 +414,37 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestErasure(self, request, context):
+        """Retention: erase the personal data of a number towards a brand. Its key is
+        destroyed and the erasure recorded (SubjectErased); the ledger's events stay,
+        and still verify against the signed checkpoints, with ERASED for what was
+        personal. Refused (FAILED_PRECONDITION, google.rpc.ErrorInfo) inside the
+        retention period (reason RETENTION_PERIOD, metadata possible_from and
+        retained_until), under a legal hold (LEGAL_HOLD, metadata holds) or with
+        nothing recorded (NOTHING_RECORDED). Afterwards CanSend answers "not allowed"
+        (REASON_SUBJECT_ERASED, or the opt-out that stands) until a fresh opt-in.
+        Admin scope for the brand.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlaceLegalHold(self, request, context):
+        """Place a legal hold on a number's records towards a brand: no erasure while it
+        stands. Audit scope for the brand.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseLegalHold(self, request, context):
+        """Release a legal hold; one that does not stand is refused (FAILED_PRECONDITION,
+        reason NO_SUCH_HOLD). Admin scope for the brand.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -531,6 +577,21 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.ListAuditAccess,
                     request_deserializer=consent_dot_v1_dot_consent__service__pb2.ListAuditAccessRequest.FromString,
                     response_serializer=consent_dot_v1_dot_consent__service__pb2.ListAuditAccessResponse.SerializeToString,
+            ),
+            'RequestErasure': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestErasure,
+                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.RequestErasureRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__service__pb2.RequestErasureResponse.SerializeToString,
+            ),
+            'PlaceLegalHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlaceLegalHold,
+                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.PlaceLegalHoldRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__service__pb2.PlaceLegalHoldResponse.SerializeToString,
+            ),
+            'ReleaseLegalHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLegalHold,
+                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.ReleaseLegalHoldRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__service__pb2.ReleaseLegalHoldResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1236,6 +1297,87 @@ class ConsentService:
             '/consent.v1.ConsentService/ListAuditAccess',
             consent_dot_v1_dot_consent__service__pb2.ListAuditAccessRequest.SerializeToString,
             consent_dot_v1_dot_consent__service__pb2.ListAuditAccessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestErasure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentService/RequestErasure',
+            consent_dot_v1_dot_consent__service__pb2.RequestErasureRequest.SerializeToString,
+            consent_dot_v1_dot_consent__service__pb2.RequestErasureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlaceLegalHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentService/PlaceLegalHold',
+            consent_dot_v1_dot_consent__service__pb2.PlaceLegalHoldRequest.SerializeToString,
+            consent_dot_v1_dot_consent__service__pb2.PlaceLegalHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLegalHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consent.v1.ConsentService/ReleaseLegalHold',
+            consent_dot_v1_dot_consent__service__pb2.ReleaseLegalHoldRequest.SerializeToString,
+            consent_dot_v1_dot_consent__service__pb2.ReleaseLegalHoldResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -156,6 +156,25 @@ class ConsentServiceStub:
     when; a read whose record cannot be written is refused (UNAVAILABLE) unread. The
     records of the caller's brands, newest first; this listing is recorded too.
     """
+    RequestErasure: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RequestErasureRequest, _consent_service_pb2.RequestErasureResponse]
+    """Retention: erase the personal data of a number towards a brand. Its key is
+    destroyed and the erasure recorded (SubjectErased); the ledger's events stay,
+    and still verify against the signed checkpoints, with ERASED for what was
+    personal. Refused (FAILED_PRECONDITION, google.rpc.ErrorInfo) inside the
+    retention period (reason RETENTION_PERIOD, metadata possible_from and
+    retained_until), under a legal hold (LEGAL_HOLD, metadata holds) or with
+    nothing recorded (NOTHING_RECORDED). Afterwards CanSend answers "not allowed"
+    (REASON_SUBJECT_ERASED, or the opt-out that stands) until a fresh opt-in.
+    Admin scope for the brand.
+    """
+    PlaceLegalHold: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.PlaceLegalHoldRequest, _consent_service_pb2.PlaceLegalHoldResponse]
+    """Place a legal hold on a number's records towards a brand: no erasure while it
+    stands. Audit scope for the brand.
+    """
+    ReleaseLegalHold: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.ReleaseLegalHoldRequest, _consent_service_pb2.ReleaseLegalHoldResponse]
+    """Release a legal hold; one that does not stand is refused (FAILED_PRECONDITION,
+    reason NO_SUCH_HOLD). Admin scope for the brand.
+    """
 
 @_typing.type_check_only
 class ConsentServiceAsyncStub(ConsentServiceStub):
@@ -274,6 +293,25 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     the brand, number and campaign it was about, its request id (x-request-id) and
     when; a read whose record cannot be written is refused (UNAVAILABLE) unread. The
     records of the caller's brands, newest first; this listing is recorded too.
+    """
+    RequestErasure: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RequestErasureRequest, _consent_service_pb2.RequestErasureResponse]  # type: ignore[assignment]
+    """Retention: erase the personal data of a number towards a brand. Its key is
+    destroyed and the erasure recorded (SubjectErased); the ledger's events stay,
+    and still verify against the signed checkpoints, with ERASED for what was
+    personal. Refused (FAILED_PRECONDITION, google.rpc.ErrorInfo) inside the
+    retention period (reason RETENTION_PERIOD, metadata possible_from and
+    retained_until), under a legal hold (LEGAL_HOLD, metadata holds) or with
+    nothing recorded (NOTHING_RECORDED). Afterwards CanSend answers "not allowed"
+    (REASON_SUBJECT_ERASED, or the opt-out that stands) until a fresh opt-in.
+    Admin scope for the brand.
+    """
+    PlaceLegalHold: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.PlaceLegalHoldRequest, _consent_service_pb2.PlaceLegalHoldResponse]  # type: ignore[assignment]
+    """Place a legal hold on a number's records towards a brand: no erasure while it
+    stands. Audit scope for the brand.
+    """
+    ReleaseLegalHold: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.ReleaseLegalHoldRequest, _consent_service_pb2.ReleaseLegalHoldResponse]  # type: ignore[assignment]
+    """Release a legal hold; one that does not stand is refused (FAILED_PRECONDITION,
+    reason NO_SUCH_HOLD). Admin scope for the brand.
     """
 
 class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -546,6 +584,43 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         the brand, number and campaign it was about, its request id (x-request-id) and
         when; a read whose record cannot be written is refused (UNAVAILABLE) unread. The
         records of the caller's brands, newest first; this listing is recorded too.
+        """
+
+    @_abc_1.abstractmethod
+    def RequestErasure(
+        self,
+        request: _consent_service_pb2.RequestErasureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_service_pb2.RequestErasureResponse, _abc.Awaitable[_consent_service_pb2.RequestErasureResponse]]:
+        """Retention: erase the personal data of a number towards a brand. Its key is
+        destroyed and the erasure recorded (SubjectErased); the ledger's events stay,
+        and still verify against the signed checkpoints, with ERASED for what was
+        personal. Refused (FAILED_PRECONDITION, google.rpc.ErrorInfo) inside the
+        retention period (reason RETENTION_PERIOD, metadata possible_from and
+        retained_until), under a legal hold (LEGAL_HOLD, metadata holds) or with
+        nothing recorded (NOTHING_RECORDED). Afterwards CanSend answers "not allowed"
+        (REASON_SUBJECT_ERASED, or the opt-out that stands) until a fresh opt-in.
+        Admin scope for the brand.
+        """
+
+    @_abc_1.abstractmethod
+    def PlaceLegalHold(
+        self,
+        request: _consent_service_pb2.PlaceLegalHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_service_pb2.PlaceLegalHoldResponse, _abc.Awaitable[_consent_service_pb2.PlaceLegalHoldResponse]]:
+        """Place a legal hold on a number's records towards a brand: no erasure while it
+        stands. Audit scope for the brand.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseLegalHold(
+        self,
+        request: _consent_service_pb2.ReleaseLegalHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_service_pb2.ReleaseLegalHoldResponse, _abc.Awaitable[_consent_service_pb2.ReleaseLegalHoldResponse]]:
+        """Release a legal hold; one that does not stand is refused (FAILED_PRECONDITION,
+        reason NO_SUCH_HOLD). Admin scope for the brand.
         """
 
 def add_ConsentServiceServicer_to_server(servicer: ConsentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

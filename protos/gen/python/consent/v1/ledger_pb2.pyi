@@ -275,6 +275,7 @@ class EventEnvelope(_message.Message):
     RECORDED_BY_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     REQUEST_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    SEALED_FIELD_NUMBER: _builtins.int
     CONSENT_GRANTED_FIELD_NUMBER: _builtins.int
     CONSENT_REVOKED_FIELD_NUMBER: _builtins.int
     CONSENT_RECONFIRMED_FIELD_NUMBER: _builtins.int
@@ -289,6 +290,9 @@ class EventEnvelope(_message.Message):
     SUBSCRIBER_LOCATED_FIELD_NUMBER: _builtins.int
     BRAND_POLICY_SET_FIELD_NUMBER: _builtins.int
     DELIVERY_OUTCOME_REPORTED_FIELD_NUMBER: _builtins.int
+    SUBJECT_ERASED_FIELD_NUMBER: _builtins.int
+    LEGAL_HOLD_PLACED_FIELD_NUMBER: _builtins.int
+    LEGAL_HOLD_RELEASED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The event's own id (a UUID derived from the client's request id)."""
     event_type: _builtins.str
@@ -322,6 +326,15 @@ class EventEnvelope(_message.Message):
         """When the fact happened in the world."""
 
     @_builtins.property
+    def sealed(self) -> Global___SealedPersonalData:
+        """The event's personal data, encrypted with its subject's key (phone and brand),
+        which is kept outside the ledger; absent when the event holds none, or holds it
+        in the clear (written before sealing: schema_version 1). The payload's fields
+        that it holds are empty. Destroying the key erases them; these bytes, and the
+        hash chain over them, stay as they are.
+        """
+
+    @_builtins.property
     def consent_granted(self) -> Global___ConsentGranted: ...
     @_builtins.property
     def consent_revoked(self) -> Global___ConsentRevoked: ...
@@ -349,6 +362,12 @@ class EventEnvelope(_message.Message):
     def brand_policy_set(self) -> Global___BrandPolicySet: ...
     @_builtins.property
     def delivery_outcome_reported(self) -> Global___DeliveryOutcomeReported: ...
+    @_builtins.property
+    def subject_erased(self) -> Global___SubjectErased: ...
+    @_builtins.property
+    def legal_hold_placed(self) -> Global___LegalHoldPlaced: ...
+    @_builtins.property
+    def legal_hold_released(self) -> Global___LegalHoldReleased: ...
     def __init__(
         self,
         *,
@@ -362,6 +381,7 @@ class EventEnvelope(_message.Message):
         recorded_by: _builtins.str = ...,
         request_id: _builtins.str = ...,
         request_fingerprint: _builtins.str = ...,
+        sealed: Global___SealedPersonalData | None = ...,
         consent_granted: Global___ConsentGranted | None = ...,
         consent_revoked: Global___ConsentRevoked | None = ...,
         consent_reconfirmed: Global___ConsentReconfirmed | None = ...,
@@ -376,16 +396,141 @@ class EventEnvelope(_message.Message):
         subscriber_located: Global___SubscriberLocated | None = ...,
         brand_policy_set: Global___BrandPolicySet | None = ...,
         delivery_outcome_reported: Global___DeliveryOutcomeReported | None = ...,
+        subject_erased: Global___SubjectErased | None = ...,
+        legal_hold_placed: Global___LegalHoldPlaced | None = ...,
+        legal_hold_released: Global___LegalHoldReleased | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "brand_policy_set", b"brand_policy_set", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "delivery_outcome_reported", b"delivery_outcome_reported", "inbound_message_received", b"inbound_message_received", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "subscriber_located", b"subscriber_located"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "brand_policy_set", b"brand_policy_set", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "delivery_outcome_reported", b"delivery_outcome_reported", "inbound_message_received", b"inbound_message_received", "legal_hold_placed", b"legal_hold_placed", "legal_hold_released", b"legal_hold_released", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "sealed", b"sealed", "subject_erased", b"subject_erased", "subscriber_located", b"subscriber_located"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "brand", b"brand", "brand_policy_set", b"brand_policy_set", "campaign", b"campaign", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "delivery_outcome_reported", b"delivery_outcome_reported", "event_id", b"event_id", "event_type", b"event_type", "inbound_message_received", b"inbound_message_received", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "phone", b"phone", "recorded_by", b"recorded_by", "request_fingerprint", b"request_fingerprint", "request_id", b"request_id", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "schema_version", b"schema_version", "subscriber_located", b"subscriber_located"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_verified", b"age_verified", "brand", b"brand", "brand_policy_set", b"brand_policy_set", "campaign", b"campaign", "campaign_defined", b"campaign_defined", "campaign_policy_changed", b"campaign_policy_changed", "consent_granted", b"consent_granted", "consent_reconfirmed", b"consent_reconfirmed", "consent_resumed", b"consent_resumed", "consent_revoked", b"consent_revoked", "delivery_outcome_reported", b"delivery_outcome_reported", "event_id", b"event_id", "event_type", b"event_type", "inbound_message_received", b"inbound_message_received", "legal_hold_placed", b"legal_hold_placed", "legal_hold_released", b"legal_hold_released", "message_sent", b"message_sent", "occurred_at", b"occurred_at", "payload", b"payload", "phone", b"phone", "recorded_by", b"recorded_by", "request_fingerprint", b"request_fingerprint", "request_id", b"request_id", "revocation_candidate_flagged", b"revocation_candidate_flagged", "revocation_candidate_resolved", b"revocation_candidate_resolved", "schema_version", b"schema_version", "sealed", b"sealed", "subject_erased", b"subject_erased", "subscriber_located", b"subscriber_located"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["consent_granted", "consent_revoked", "consent_reconfirmed", "consent_resumed", "message_sent", "inbound_message_received", "revocation_candidate_flagged", "revocation_candidate_resolved", "age_verified", "campaign_defined", "campaign_policy_changed", "subscriber_located", "brand_policy_set", "delivery_outcome_reported"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["consent_granted", "consent_revoked", "consent_reconfirmed", "consent_resumed", "message_sent", "inbound_message_received", "revocation_candidate_flagged", "revocation_candidate_resolved", "age_verified", "campaign_defined", "campaign_policy_changed", "subscriber_located", "brand_policy_set", "delivery_outcome_reported", "subject_erased", "legal_hold_placed", "legal_hold_released"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___EventEnvelope: _TypeAlias = EventEnvelope  # noqa: Y015
+
+@_typing.final
+class SealedPersonalData(_message.Message):
+    """Personal data sealed with AES-256-GCM under the subject's key. The plaintext is
+    a JSON object from field path ("proof.name", "body", ...) to its text; the
+    associated data binds it to its event and key: the UTF-8 of
+    "consent-ledger/personal-data/v1", event_id, event_type, phone, brand and
+    key_id joined by NUL characters.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """Which of the subject's keys sealed it."""
+    nonce: _builtins.bytes
+    """12 bytes, never reused under one key."""
+    ciphertext: _builtins.bytes
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The payload fields it holds, by path ("proof.name", "body", ...)."""
+
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        nonce: _builtins.bytes = ...,
+        ciphertext: _builtins.bytes = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "fields", b"fields", "key_id", b"key_id", "nonce", b"nonce"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SealedPersonalData: _TypeAlias = SealedPersonalData  # noqa: Y015
+
+@_typing.final
+class SubjectErased(_message.Message):
+    """The subject's personal data was erased: its key destroyed, after the retention
+    period and with no legal hold. No earlier fact of the subject is consent any more.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    RETAINED_UNTIL_FIELD_NUMBER: _builtins.int
+    requested_by: _builtins.str
+    reference: _builtins.str
+    """The request's own reference (a ticket number); no personal data."""
+    @_builtins.property
+    def retained_until(self) -> _timestamp_pb2.Timestamp:
+        """When the retention period had ended."""
+
+    def __init__(
+        self,
+        *,
+        requested_by: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        retained_until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retained_until", b"retained_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reference", b"reference", "requested_by", b"requested_by", "retained_until", b"retained_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubjectErased: _TypeAlias = SubjectErased  # noqa: Y015
+
+@_typing.final
+class LegalHoldPlaced(_message.Message):
+    """A legal hold on a phone's records towards a brand: no erasure while it stands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PLACED_BY_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    reason: _builtins.str
+    placed_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        placed_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "placed_by", b"placed_by", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LegalHoldPlaced: _TypeAlias = LegalHoldPlaced  # noqa: Y015
+
+@_typing.final
+class LegalHoldReleased(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    RELEASED_BY_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    released_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        released_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "released_by", b"released_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LegalHoldReleased: _TypeAlias = LegalHoldReleased  # noqa: Y015
 
 @_typing.final
 class RecordedEvent(_message.Message):

@@ -1,0 +1,146 @@
+"""What in an event is personal data, and how an event looks sealed, opened or erased.
+
+An opt-in's proof names a person (name, email, postal address, IP address, how
+they were signed up) and their own texts say what they wrote. That data is kept
+apart from the rest of the fact: the service encrypts it with a key of the
+event's subject, one phone number towards one brand, held outside the ledger
+(``ledger.ports.SubjectKeys``; the cipher is ``services.personal_data``'s). The
+ledger and its copies hold the ciphertext, so destroying the key erases the data
+everywhere at once, while every event and the hash chain over its bytes stay as
+they were: the ledger stays append-only and verifiable.
+
+What is not sealed, and why: the consent wording, form URL and screenshot
+reference and hashes (the same for everyone who used the form, and what an
+auditor needs after an erasure), a state code (coarse, and the policy reads it
+for quiet hours), and an age verification's date of birth: the age gate reads it
+on every check (a person becomes 21 on a day), so it cannot sit behind a key the
+check does not hold. After an erasure the fold stops reading it (``ledger.state``).
+
+Pure: field names and string rewriting only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from ledger.events import (
+    ConsentGranted,
+    ConsentReconfirmed,
+    ConsentRevoked,
+    InboundMessageReceived,
+    LedgerEvent,
+    Recorded,
+    RevocationCandidateFlagged,
+    Sealed,
+    SubjectErased,
+    SubscriberEvent,
+    SubscriberLocated,
+)
+
+SEALED = "[sealed]"
+"""What a sealed field shows until it is opened: never empty, so a check of "was it
+given" (``ConsentProof.template_missing``) reads a sealed field as given."""
+ERASED = "[erased]"
+"""What a field shows once its subject's key is destroyed, or the subject erased."""
+
+PERSONAL_FIELDS: Mapping[type[LedgerEvent], tuple[str, ...]] = {
+    ConsentGranted: (
+        "proof.name",
+        "proof.email",
+        "proof.postal_address",
+        "proof.ip_address",
+        "proof.collection_detail",
+    ),
+    ConsentRevoked: ("text",),
+    ConsentReconfirmed: ("detail",),
+    InboundMessageReceived: ("body",),
+    RevocationCandidateFlagged: ("text",),
+    SubscriberLocated: ("detail",),
+}
+"""Per event class, the fields (``proof.name`` is a field of the proof) that hold
+personal data. A class not named here holds none."""
+
+
+def _get(event: Any, path: str) -> str:
+    for part in path.split("."):
+        event = getattr(event, part)
+    value: str = event
+    return value
+
+
+def _set(event: Any, path: str, value: str) -> Any:
+    head, _, rest = path.partition(".")
+    if not rest:
+        return replace(event, **{head: value})
+    return replace(event, **{head: _set(getattr(event, head), rest, value)})
+
+
+def personal_data(event: LedgerEvent) -> dict[str, str]:
+    """The personal data ``event`` holds in the clear, by field (empty fields left out)."""
+    return {
+        path: value
+        for path in PERSONAL_FIELDS.get(type(event), ())
+        if (value := _get(event, path)) and value not in (SEALED, ERASED)
+    }
+
+
+def with_fields(event: LedgerEvent, values: Mapping[str, str]) -> LedgerEvent:
+    """``event`` with each field of ``values`` set to its value."""
+    for path, value in values.items():
+        event = _set(event, path, value)
+    return event
+
+
+def sealed_as(event: LedgerEvent, sealed: Sealed) -> LedgerEvent:
+    """``event`` as stored: ``SEALED`` in each field ``sealed`` holds."""
+    shown = with_fields(event, dict.fromkeys(sealed.fields, SEALED))
+    return replace(shown, sealed=sealed)
+
+
+def opened(event: LedgerEvent, values: Mapping[str, str]) -> LedgerEvent:
+    """A sealed ``event`` with its personal data back (``values`` decrypted)."""
+    return replace(with_fields(event, values), sealed=None)
+
+
+def erased(event: LedgerEvent) -> LedgerEvent:
+    """``event`` with ``ERASED`` in every field of personal data it had, sealed or not."""
+    names = event.sealed.fields if event.sealed is not None else tuple(personal_data(event))
+    return replace(with_fields(event, dict.fromkeys(names, ERASED)), sealed=None)
+
+
+def associated_data(event: SubscriberEvent, key_id: str) -> bytes:
+    """What a seal binds its ciphertext to: the event's id, type and subject, and the
+    key. A ciphertext moved to another event, subject or key does not open."""
+    parts = (
+        "consent-ledger/personal-data/v1",
+        str(event.event_id),
+        type(event).EVENT_TYPE,
+        event.phone,
+        event.brand,
+        key_id,
+    )
+    return "\x00".join(parts).encode()
+
+
+def subject_of(event: LedgerEvent) -> tuple[str, str] | None:
+    """The (phone, brand) whose key seals ``event``'s personal data; None for an event
+    that holds none."""
+    if isinstance(event, SubscriberEvent) and type(event) in PERSONAL_FIELDS:
+        return event.phone, event.brand
+    return None
+
+
+def erased_before(history: Iterable[Recorded]) -> dict[tuple[str, str], int]:
+    """Per subject (phone, brand), the ledger offset of its latest ``SubjectErased``:
+    every event of the subject before it, sealed or written in the clear before
+    sealing existed, is shown erased (one phone lives in one partition, so offsets
+    order a subject's events)."""
+    latest: dict[tuple[str, str], int] = {}
+    for r in history:
+        e = r.event
+        if isinstance(e, SubjectErased):
+            key = (e.phone, e.brand)
+            latest[key] = max(latest.get(key, -1), r.position.offset)
+    return latest

@@ -1,0 +1,145 @@
+"""Sealing and opening the personal data in events (``ledger.personal_data``).
+
+``SealingEventLog`` wraps the ledger: every event appended through it that holds
+personal data holds it sealed, AES-256-GCM under its subject's key
+(``ledger.ports.SubjectKeys``), so the ledger, its copies in the view and every
+stream consumer see only ciphertext. ``PersonalData.open`` gives an auditor's read
+its personal data back, or ``ERASED`` where the key is gone or the subject was
+erased after the event (legacy events written in the clear included).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ledger.events import LedgerEvent, Recorded, Sealed, SubscriberEvent
+from ledger.personal_data import (
+    associated_data,
+    erased,
+    erased_before,
+    opened,
+    personal_data,
+    sealed_as,
+    subject_of,
+)
+from ledger.ports import EventLog, Offsets, Stream, SubjectKey, SubjectKeys
+
+log = logging.getLogger(__name__)
+
+NONCE_BYTES = 12
+
+
+class PersonalData:
+    """Seals events for the ledger and opens them for a reader, with one key store."""
+
+    def __init__(self, keys: SubjectKeys) -> None:
+        self.keys = keys
+
+    async def seal(self, events: Sequence[LedgerEvent]) -> list[LedgerEvent]:
+        """``events`` as the ledger should hold them: personal data sealed."""
+        out: list[LedgerEvent] = []
+        held: dict[tuple[str, str], SubjectKey] = {}
+        for event in events:
+            subject = subject_of(event)
+            values = personal_data(event) if subject is not None else {}
+            if subject is None or not values or event.sealed is not None:
+                out.append(event)
+                continue
+            assert isinstance(event, SubscriberEvent)
+            key = held.get(subject)
+            if key is None:
+                key = held[subject] = await self.keys.current(*subject)
+            nonce = os.urandom(NONCE_BYTES)
+            plaintext = json.dumps(values, sort_keys=True).encode()
+            ciphertext = AESGCM(key.secret).encrypt(
+                nonce, plaintext, associated_data(event, key.key_id)
+            )
+            out.append(sealed_as(event, Sealed(key.key_id, nonce, ciphertext, tuple(values))))
+        return out
+
+    async def open(self, history: Sequence[Recorded]) -> list[Recorded]:
+        """``history`` with its personal data readable where its key still is, and
+        ``ERASED`` where it is not, or where its subject was erased after it."""
+        cut = erased_before(history)
+        wanted: dict[tuple[str, str], set[str]] = {}
+        for r in history:
+            e = r.event
+            if e.sealed is not None and isinstance(e, SubscriberEvent):
+                wanted.setdefault((e.phone, e.brand), set()).add(e.sealed.key_id)
+        secrets = {s: await self.keys.find(*s, ids) for s, ids in wanted.items()}
+        out: list[Recorded] = []
+        for r in history:
+            e = r.event
+            subject = subject_of(e)
+            if subject is None:
+                out.append(r)
+            elif subject in cut and r.position.offset < cut[subject]:
+                out.append(replace(r, event=erased(e)))
+            elif e.sealed is not None:
+                out.append(replace(r, event=self._opened(e, secrets[subject])))
+            else:
+                out.append(r)
+        return out
+
+    @staticmethod
+    def _opened(event: LedgerEvent, secrets: dict[str, bytes]) -> LedgerEvent:
+        sealed = event.sealed
+        assert sealed is not None and isinstance(event, SubscriberEvent)
+        secret = secrets.get(sealed.key_id)
+        if secret is None:
+            return erased(event)
+        try:
+            plaintext = AESGCM(secret).decrypt(
+                sealed.nonce, sealed.ciphertext, associated_data(event, sealed.key_id)
+            )
+        except InvalidTag:
+            # Not this event's seal (moved from another event, or altered): what it
+            # says cannot be shown, and the tamper verifier says where it changed.
+            log.warning("the personal data of event %s does not open", event.event_id)
+            return erased(event)
+        values = json.loads(plaintext)
+        return opened(event, {f: str(values.get(f, "")) for f in sealed.fields})
+
+
+class SealingEventLog(EventLog):
+    """A ledger whose appends seal their events' personal data first; every other
+    method is the wrapped ledger's (what it reads back stays sealed)."""
+
+    def __init__(self, ledger: EventLog, personal: PersonalData) -> None:
+        self._ledger = ledger
+        self._personal = personal
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        return await self._ledger.append(await self._personal.seal(events))
+
+    async def read(
+        self, stream: Stream, partition: int, start: int, limit: int = 1000
+    ) -> list[Recorded]:
+        return await self._ledger.read(stream, partition, start, limit)
+
+    async def partitions(self, stream: Stream) -> list[int]:
+        return await self._ledger.partitions(stream)
+
+    async def end_offsets(self, stream: Stream) -> dict[int, int]:
+        return await self._ledger.end_offsets(stream)
+
+    async def every_end_offset(self) -> dict[Stream, dict[int, int]]:
+        return await self._ledger.every_end_offset()
+
+    def subscribe(
+        self, stream: Stream, start: Offsets, *, poll_timeout: float = 0.5
+    ) -> AsyncIterator[list[Recorded]]:
+        return self._ledger.subscribe(stream, start, poll_timeout=poll_timeout)
+
+    def partition_for(self, phone: str) -> int | None:
+        return self._ledger.partition_for(phone)
+
+    async def close(self) -> None:
+        await self._ledger.close()

@@ -1,0 +1,115 @@
+"""Erasure and legal holds: ``RequestErasure``, ``PlaceLegalHold``, ``ReleaseLegalHold``.
+
+An erasure is decided on the subject's whole history (``ledger.retention``): refused
+inside the retention period or under a legal hold, with the reason and the date it
+becomes possible; otherwise the erasure is recorded, then the subject's key is
+destroyed (``ledger.ports.SubjectKeys``). In that order: a key destroyed but no
+erasure recorded would be data gone without a trace, while an erasure recorded and
+a key not yet destroyed (the store failed) already reads as erased
+(``PersonalData.open``), and the request, retried, destroys it.
+
+A hold placed on another instance between this one's look at the history and its
+append is not seen (appends are unconditional); holds are placed before a matter
+needs them, not raced against an erasure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from ledger.events import Recorded, SubjectErased
+from ledger.ports import ConsistencyToken, SubjectKeys
+from ledger.retention import (
+    ErasureVerdict,
+    PlaceLegalHold,
+    ReleaseLegalHold,
+    RequestErasure,
+    Retention,
+    check_subject,
+    erasure_event,
+    erasure_verdict,
+    hold_event,
+    standing_holds,
+)
+from services.errors import NotConsistent, Refused
+from services.usecases.context import BEHIND, Context
+from services.usecases.requests import WriteResult, recorded_once
+
+
+@dataclass(frozen=True)
+class Erased:
+    event_id: str
+    token: ConsistencyToken
+    retained_until: datetime | None
+    keys_destroyed: int
+    replayed: bool = False
+
+
+class Erasure:
+    def __init__(self, ctx: Context, keys: SubjectKeys | None, retention: Retention) -> None:
+        """``keys``: where the subjects' keys are (None: nothing is sealed, and an
+        erasure only records itself and hides what it can on read)."""
+        self.ctx, self.keys, self.retention = ctx, keys, retention
+
+    async def verdict(self, phone: str, brand: str) -> ErasureVerdict:
+        """Whether the subject may be erased now, from its whole history."""
+        number, brand = check_subject(phone, brand)
+        return erasure_verdict(
+            await self._everything(number, brand), self.retention, self.ctx.clock()
+        )
+
+    async def _everything(self, number: str, brand: str) -> list[Recorded]:
+        """Every fact of the subject the ledger has acknowledged so far (a hold placed
+        a moment ago included): an erasure cannot be taken back, so it is never
+        decided on a view that may lag; ``NotConsistent`` (UNAVAILABLE, retryable)
+        when the view cannot catch up within the bound."""
+        if not await self.ctx.guard.wait_until_applied_for([number]):
+            raise NotConsistent("phone", BEHIND)
+        return await self.ctx.view.history(number, brand)
+
+    async def erase(self, cmd: RequestErasure, requested_by: str = "") -> Erased:
+        number, brand = check_subject(cmd.phone, cmd.brand)
+        now = self.ctx.clock()
+        verdict = await self.verdict(number, brand)
+        if verdict.last_fact is None:
+            raise Refused(
+                "phone",
+                f"nothing is recorded about this number for {brand!r}: there is nothing to erase",
+                "NOTHING_RECORDED",
+                {},
+            )
+        if not verdict.allowed:
+            assert verdict.refusal is not None
+            metadata = {"holds": ",".join(verdict.holds)}
+            if verdict.retained_until is not None:
+                metadata["retained_until"] = verdict.retained_until.isoformat()
+            if verdict.possible_from is not None:
+                metadata["possible_from"] = verdict.possible_from.isoformat()
+            raise Refused("phone", verdict.explain(), verdict.refusal.value, metadata)
+        event: SubjectErased = erasure_event(cmd, now, verdict, requested_by)
+        result = await recorded_once(self.ctx, [event])
+        destroyed = await self.keys.destroy(number, brand) if self.keys is not None else 0
+        return Erased(
+            result.event_ids[0], result.token, verdict.retained_until, destroyed, result.replayed
+        )
+
+    async def hold(self, cmd: PlaceLegalHold | ReleaseLegalHold, by: str = "") -> WriteResult:
+        """Record a hold placed, or one released. Releasing a hold that does not stand
+        is refused (``FAILED_PRECONDITION``), so a misspelt id cannot pass for a
+        release."""
+        event = hold_event(cmd, self.ctx.clock(), by)
+        if isinstance(cmd, ReleaseLegalHold):
+            history = await self._everything(event.phone, event.brand)
+            holds = standing_holds(history)
+            if cmd.hold_id not in holds and not any(
+                r.event.event_id == event.event_id for r in history
+            ):
+                raise Refused(
+                    "hold_id",
+                    f"no legal hold {cmd.hold_id!r} stands on this number for {event.brand!r}"
+                    + (f" (standing: {', '.join(holds)})" if holds else ""),
+                    "NO_SUCH_HOLD",
+                    {"holds": ",".join(holds)},
+                )
+        return await recorded_once(self.ctx, [event])

@@ -1,0 +1,174 @@
+"""Erasure through the use cases, on the in-memory adapters with a clock the test
+moves: refused inside the period and under a hold (with the date), done after it;
+what the audit reads and CanSend then say."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+
+import pytest
+
+from ledger.commands import RecordOptOut
+from ledger.events import ConsentGranted, RevocationChannel, SubjectErased
+from ledger.personal_data import ERASED
+from ledger.policy import Reason
+from ledger.retention import PlaceLegalHold, ReleaseLegalHold, RequestErasure, add_years
+from services.adapters.memory_keys import InMemorySubjectKeys
+from services.adapters.memory_ledger import InMemoryLedger
+from services.adapters.memory_view import InMemoryConsentView
+from services.errors import Refused
+from services.freshness import FreshnessGuard
+from services.projector import Projector
+from services.settings import FreshnessSettings
+from services.usecases import UseCases
+from tests.builders import BRAND, PHONE, at
+from tests.builders import opt_in as an_opt_in
+from tests.unit.usecase_harness import AUDITOR, define, stop_task
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@contextlib.asynccontextmanager
+async def app(clock: Clock) -> AsyncIterator[tuple[UseCases, InMemorySubjectKeys]]:
+    ledger, view, keys = (
+        InMemoryLedger(partitions=4, clock=clock),
+        InMemoryConsentView(),
+        InMemorySubjectKeys(),
+    )
+    projector = asyncio.create_task(Projector(ledger, view, poll_timeout=0.01).run())
+    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.01, wait_bound=1))
+    await guard.start()
+    try:
+        yield UseCases.build(ledger, view, guard, clock, keys=keys), keys
+    finally:
+        await guard.stop()
+        await stop_task(projector)
+
+
+async def opted_in_and_out(uc: UseCases) -> datetime:
+    """A number opted in and out; when the opt-out happened."""
+    await uc.writes.record(define())
+    await uc.writes.record(an_opt_in(at(0), request_id="in"))
+    stop = at(5)
+    await uc.writes.record(
+        RecordOptOut("out", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, stop, "STOP")
+    )
+    return stop
+
+
+async def test_an_early_erasure_is_refused_with_the_date_it_becomes_possible() -> None:
+    clock = Clock(at(10))
+    async with app(clock) as (uc, keys):
+        stop = await opted_in_and_out(uc)
+
+        with pytest.raises(Refused) as err:
+            await uc.erasure.erase(RequestErasure("erase-1", PHONE, BRAND), "dpo")
+
+        assert err.value.error_reason == "RETENTION_PERIOD"
+        # The period runs from the last fact: the opt-out, recorded at the clock's now.
+        assert stop < clock.now
+        assert err.value.metadata["possible_from"] == add_years(clock.now, 5).isoformat()
+        assert add_years(clock.now, 5).isoformat() in err.value.reason
+        history = await uc.audit.history(PHONE, BRAND, reader=AUDITOR)
+        assert not any(isinstance(r.event, SubjectErased) for r in history.value)
+        assert await keys.find(PHONE, BRAND, [(await keys.current(PHONE, BRAND)).key_id])
+
+
+async def test_a_late_erasure_destroys_the_key_and_reads_show_it_erased() -> None:
+    clock = Clock(at(10))
+    async with app(clock) as (uc, _):
+        stop = await opted_in_and_out(uc)
+        clock.now = add_years(stop, 5) + timedelta(days=1)
+
+        done = await uc.erasure.erase(RequestErasure("erase-1", PHONE, BRAND, "T-7"), "dpo")
+        history = (await uc.audit.history(PHONE, BRAND, done.token, reader=AUDITOR)).value
+        again = await uc.erasure.erase(RequestErasure("erase-1", PHONE, BRAND, "T-7"), "dpo")
+
+        assert done.keys_destroyed == 1
+        assert again.replayed and again.event_id == done.event_id
+        grant = next(r.event for r in history if isinstance(r.event, ConsentGranted))
+        assert grant.proof.name == grant.proof.email == ERASED
+        assert any(isinstance(r.event, SubjectErased) for r in history)
+        packet = (await uc.audit.proof_packet(PHONE, BRAND, reader=AUDITOR)).value
+        assert ERASED in repr(packet) and "Ada Lovelace" not in repr(packet)
+        answer = await uc.checks.can_send(PHONE, BRAND, "promo", token=done.token)
+        assert not answer.decision.allowed
+
+
+async def test_a_fresh_opt_in_after_erasure_is_allowed_and_readable() -> None:
+    clock = Clock(at(10))
+    async with app(clock) as (uc, _):
+        await uc.writes.record(define())
+        await uc.writes.record(an_opt_in(at(0), request_id="in"))
+        clock.now = add_years(at(0), 5) + timedelta(days=1)
+        done = await uc.erasure.erase(RequestErasure("erase-1", PHONE, BRAND), "dpo")
+        erased_answer = await uc.checks.can_send(PHONE, BRAND, "promo", token=done.token)
+        clock.now += timedelta(hours=1)
+        fresh = an_opt_in(clock.now - timedelta(minutes=1), request_id="again")
+        result = await uc.writes.record(fresh)
+
+        answer = await uc.checks.can_send(PHONE, BRAND, "promo", token=result.token)
+        history = (await uc.audit.history(PHONE, BRAND, reader=AUDITOR)).value
+
+        assert erased_answer.decision.reason is Reason.SUBJECT_ERASED
+        assert answer.decision.allowed
+        names = [r.event.proof.name for r in history if isinstance(r.event, ConsentGranted)]
+        assert names == [ERASED, "Ada Lovelace"]
+
+
+async def test_a_legal_hold_refuses_until_it_is_released() -> None:
+    clock = Clock(at(10))
+    async with app(clock) as (uc, _):
+        stop = await opted_in_and_out(uc)
+        await uc.erasure.hold(PlaceLegalHold("hold-1", PHONE, BRAND, "smith-v-acme", "suit"), "law")
+        clock.now = add_years(stop, 6)
+
+        with pytest.raises(Refused) as err:
+            await uc.erasure.erase(RequestErasure("erase-1", PHONE, BRAND), "dpo")
+        await uc.erasure.hold(ReleaseLegalHold("hold-2", PHONE, BRAND, "smith-v-acme"), "law")
+        done = await uc.erasure.erase(RequestErasure("erase-2", PHONE, BRAND), "dpo")
+
+        assert err.value.error_reason == "LEGAL_HOLD"
+        assert err.value.metadata["holds"] == "smith-v-acme"
+        assert done.keys_destroyed == 1
+
+
+async def test_releasing_a_hold_that_does_not_stand_is_refused() -> None:
+    clock = Clock(at(10))
+    async with app(clock) as (uc, _):
+        await opted_in_and_out(uc)
+
+        with pytest.raises(Refused) as err:
+            await uc.erasure.hold(ReleaseLegalHold("rel", PHONE, BRAND, "smith-v-acme"), "law")
+
+        assert err.value.error_reason == "NO_SUCH_HOLD"
+
+
+async def test_erasing_a_number_with_nothing_recorded_is_refused() -> None:
+    async with app(Clock(at(10))) as (uc, _):
+        with pytest.raises(Refused) as err:
+            await uc.erasure.erase(RequestErasure("erase-1", PHONE, BRAND), "dpo")
+
+        assert err.value.error_reason == "NOTHING_RECORDED"
+
+
+async def test_get_consent_shows_each_fact_opened_while_the_ledger_holds_it_sealed() -> None:
+    async with app(Clock(at(10))) as (uc, _):
+        await opted_in_and_out(uc)
+        assert await uc.audit.ctx.guard.wait_until_applied_for([PHONE])
+
+        consent = await uc.audit.get_consent(PHONE, BRAND, "promo", reader=AUDITOR)
+        stored = await uc.audit.ctx.view.history(PHONE, BRAND)
+
+        assert consent.grant is not None and consent.grant.event.proof.name == "Ada Lovelace"
+        assert consent.revocation is not None and consent.revocation.event.text == "STOP"
+        assert {r.event.sealed is not None for r in stored} == {True}

@@ -1,0 +1,133 @@
+"""Personal data sealed with each subject's key: what the ledger's bytes hold, what a
+reader is shown before and after the key is destroyed, and old events in the clear."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+import pytest
+from consent.v1 import ledger_pb2
+
+from ledger.events import CollectionMethod, ConsentGranted, LedgerPosition, Recorded, SubjectErased
+from ledger.personal_data import ERASED, SEALED
+from services.adapters.memory_keys import InMemorySubjectKeys
+from services.personal_data import PersonalData
+from services.wire import codec
+from tests.builders import BRAND, PHONE, at, flagged, granted, inbound, record, revoked, sent
+
+PII = ("Ada Lovelace", "ada@example.com", "1 Main St, Springfield", "203.0.113.7")
+
+
+@pytest.fixture
+def personal() -> PersonalData:
+    return PersonalData(InMemorySubjectKeys())
+
+
+async def stored(personal: PersonalData, events: list) -> list[Recorded]:
+    """``events`` sealed and through the wire format, as a reader gets them back."""
+    sealed = await personal.seal(events)
+    return record([codec.decode_event(codec.encode_event(e)) for e in sealed])
+
+
+async def test_the_ledgers_bytes_hold_no_personal_data(personal: PersonalData) -> None:
+    events = [granted(at(0)), inbound(at(1), "my name is Ada, stop it"), flagged(at(2))]
+
+    data = b"".join(codec.encode_event(e) for e in await personal.seal(events))
+
+    for text in (*PII, "my name is Ada", "please stop texting me"):
+        assert text.encode() not in data
+    # What is not personal stays readable to every consumer.
+    assert b"https://acme.example/sms-signup" in data
+
+
+async def test_a_sealed_proof_reads_as_given_and_opens_to_what_was_written(
+    personal: PersonalData,
+) -> None:
+    grant = granted(at(0))
+
+    (kept,) = await stored(personal, [grant])
+    (shown,) = await personal.open([kept])
+
+    assert isinstance(kept.event, ConsentGranted)
+    assert kept.event.proof.name == SEALED
+    assert kept.event.proof.template_missing(CollectionMethod.WEB_FORM) == []
+    assert shown.event == grant
+    assert shown.event.sealed is None
+
+
+async def test_the_envelope_carries_the_seal_and_empty_fields() -> None:
+    personal = PersonalData(InMemorySubjectKeys())
+    (sealed,) = await personal.seal([inbound(at(0), "hello there")])
+
+    env = ledger_pb2.EventEnvelope.FromString(codec.encode_event(sealed))
+
+    assert env.inbound_message_received.body == ""
+    assert list(env.sealed.fields) == ["body"]
+    assert len(env.sealed.nonce) == 12
+
+
+async def test_events_without_personal_data_are_stored_as_they_are(
+    personal: PersonalData,
+) -> None:
+    events = [sent(at(0)), revoked(at(1), text="")]
+
+    assert await personal.seal(events) == events
+    assert all(e.sealed is None for e in await personal.seal(events))
+
+
+async def test_destroying_the_key_shows_every_field_erased_and_keeps_the_rest(
+    personal: PersonalData,
+) -> None:
+    history = await stored(personal, [granted(at(0)), revoked(at(1), text="STOP it now")])
+    await personal.keys.destroy(PHONE, BRAND)
+
+    grant, revocation = (r.event for r in await personal.open(history))
+
+    assert isinstance(grant, ConsentGranted)
+    assert grant.proof.name == grant.proof.email == grant.proof.ip_address == ERASED
+    assert grant.proof.form_url == "https://acme.example/sms-signup?utm=spring"
+    assert revocation.text == ERASED  # type: ignore[attr-defined]
+    assert revocation.campaign == "promo"  # type: ignore[attr-defined]
+
+
+async def test_a_seal_moved_to_another_event_does_not_open(personal: PersonalData) -> None:
+    first, second = await personal.seal([granted(at(0)), granted(at(1))])
+    moved = replace(second, sealed=first.sealed)
+
+    (shown,) = await personal.open(record([moved]))
+
+    assert shown.event.proof.name == ERASED  # type: ignore[attr-defined]
+
+
+async def test_old_events_in_the_clear_still_read_and_are_hidden_after_an_erasure(
+    personal: PersonalData,
+) -> None:
+    """An event written before sealing (schema version 1, personal data in the clear)
+    is upcast on read; once its subject is erased it is shown erased too."""
+    old = granted(at(0))
+    env = codec.event_to_proto(old)
+    env.schema_version = 1
+    (legacy,) = record([codec.decode_event(env.SerializeToString())])
+    erasure = SubjectErased(event_id=uuid.uuid4(), occurred_at=at(5), phone=PHONE, brand=BRAND)
+    later = Recorded(erasure, LedgerPosition(0, 1), at(5))
+
+    (before,) = await personal.open([legacy])
+    after, _ = await personal.open([legacy, later])
+
+    assert before.event == old
+    assert after.event.proof.name == ERASED  # type: ignore[attr-defined]
+
+
+async def test_a_fresh_opt_in_after_erasure_is_sealed_with_a_new_key_and_opens(
+    personal: PersonalData,
+) -> None:
+    (old,) = await stored(personal, [granted(at(0))])
+    await personal.keys.destroy(PHONE, BRAND)
+    (new,) = await stored(personal, [granted(at(10))])
+    new = replace(new, position=LedgerPosition(0, 1))
+
+    shown_old, shown_new = await personal.open([old, new])
+
+    assert shown_old.event.proof.name == ERASED  # type: ignore[attr-defined]
+    assert shown_new.event.proof.name == "Ada Lovelace"  # type: ignore[attr-defined]
