@@ -27,13 +27,15 @@ send's ``occurred_at``), per campaign and per sending number (``MessageSent.from
   message with no report counts as no error: the error rate is of what providers
   reported, over every message sent.
 
-"Preceded" is the ledger's order of the number's facts (one partition holds them
-all, in the order they were recorded): the STOP answers the last text the number
-had been sent when the STOP was recorded.
+"Preceded" is world time (``occurred_at``), the ledger's order breaking ties: a send
+recorded after the STOP it came before (reported late, or in a batch) is still the
+one the STOP answers, and a send after the STOP is never blamed for it.
 
-``HealthTally`` reads the brand's events once, in that order, and keeps per number
-its latest message (per campaign, and of the brand) and per message of the window
-a few counters, never the events themselves.
+``HealthTally`` reads the brand's events once and keeps, per message of the window,
+a few numbers in flat arrays; per number, whether it was texted before the window
+and its first text after it (per campaign, and of the brand); and the opt-outs
+from the window's start on. It attributes the opt-outs when asked for the report.
+It never keeps the events themselves.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import sys
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from ledger.events import (
     ConsentRevoked,
@@ -154,41 +156,66 @@ class HealthReport:
 
 
 _OPTED_OUT, _ERROR = 1, 2
-"""A counted message's flags (``HealthTally._flags``)."""
-_NOT_COUNTED = -1
-"""The index of a message outside the report (another window or campaign)."""
+"""A window message's flags (``HealthTally._flags``)."""
+_NOT_COUNTED = 0xFFFFFFFF
+"""The bucket of a window message outside the report (another campaign's)."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_BRAND = -1
+"""The scope of a brand-wide opt-out, among the campaigns' numbers."""
+
+Moment = tuple[int, int]
+"""(``occurred_at`` in microseconds, the order the tally was fed in): what precedes what."""
+
+
+def _micros(t: datetime) -> int:
+    return (t - _EPOCH) // _MICROSECOND
 
 
 class HealthTally:
     """Campaign health of ``brand`` (``campaign``: of that one) over ``[start, end)``,
     fed the brand's subscriber events in the ledger's order of each number's facts.
 
-    A counted message is an index into flat arrays (its bucket, its flags), not an
-    object: a million of them are a few bytes each beside their key, and nothing
-    the cyclic collector walks."""
+    A window message is an index into flat arrays (its moment, campaign, bucket and
+    flags), not an object: a million of them are a few dozen bytes each beside their
+    key, and nothing the cyclic collector walks."""
 
     def __init__(self, brand: str, campaign: str | None, start: datetime, end: datetime) -> None:
         self.brand, self.campaign, self.start, self.end = brand, campaign, start, end
         self.events_read = 0
-        # Per number, its latest message per campaign, and of the brand under None.
-        self._latest: dict[str, dict[str | None, int]] = {}
-        # The window's messages that count, by (number, provider message id).
-        self._counted: dict[tuple[str, str], int] = {}
-        self._bucket_of = array("I")  # per counted message, its (campaign, number)
-        self._flags = bytearray()  # per counted message, _OPTED_OUT | _ERROR
+        self._fed = 0
+        # The window's messages (every campaign's), by (number, provider message id).
+        self._window: dict[tuple[str, str], int] = {}
+        self._time = array("q")
+        self._order = array("Q")
+        self._campaign_of = array("i")
+        self._bucket_of = array("I")  # _NOT_COUNTED, or an index of _buckets
+        self._flags = bytearray()
         self._outcome_at: dict[int, datetime] = {}  # the latest report's time
         self._buckets: dict[tuple[str, str], int] = {}
-        self._unattributed = 0
+        self._campaigns: dict[str, int] = {}
+        # Per number: its window messages an opt-out may answer, the scopes it was
+        # texted in before the window, its first text after it per scope, and its
+        # opt-outs from the window's start on (moment, scope).
+        self._messages: dict[str, list[int]] = {}
+        self._before: dict[str, set[int]] = {}
+        self._after: dict[str, dict[int, Moment]] = {}
+        self._stops: dict[str, list[tuple[Moment, int, datetime]]] = {}
 
     def feed(self, recorded: Recorded) -> None:
         event = recorded.event
         if getattr(event, "brand", None) != self.brand:
             return
         self.events_read += 1
+        self._fed += 1
         if isinstance(event, MessageSent):
             self._sent(event)
         elif isinstance(event, ConsentRevoked):
-            self._revoked(event)
+            if event.occurred_at >= self.start:
+                scope = _BRAND if event.campaign is None else self._scope(event.campaign)
+                moment = (_micros(event.occurred_at), self._fed)
+                stops = self._stops.setdefault(sys.intern(event.phone), [])
+                stops.append((moment, scope, event.occurred_at))
         elif isinstance(event, DeliveryOutcomeReported):
             self._reported(event)
 
@@ -197,39 +224,45 @@ class HealthTally:
             self.feed(recorded)
         return self
 
+    def _scope(self, campaign: str) -> int:
+        return self._campaigns.setdefault(campaign, len(self._campaigns))
+
     def _sent(self, event: MessageSent) -> None:
         # One string per phone, however many events carry a copy of it.
         phone = sys.intern(event.phone)
+        answer = event.kind in _ANSWERS
+        scope = self._scope(event.campaign)
+        if event.occurred_at < self.start:
+            if not answer:
+                self._before.setdefault(phone, set()).update((scope, _BRAND))
+            return
+        moment = (_micros(event.occurred_at), self._fed)
+        if event.occurred_at >= self.end:
+            if not answer:
+                after = self._after.setdefault(phone, {})
+                for within in (scope, _BRAND):
+                    if within not in after or moment < after[within]:
+                        after[within] = moment
+            return
         key = (phone, event.message_id)
-        if key in self._counted:
+        if key in self._window:
             return  # the same provider message recorded again
-        index = _NOT_COUNTED
-        if self.start <= event.occurred_at < self.end and self.campaign in (
-            None,
-            event.campaign,
-        ):
+        index = len(self._flags)
+        self._window[key] = index
+        self._time.append(moment[0])
+        self._order.append(moment[1])
+        self._campaign_of.append(scope)
+        if self.campaign in (None, event.campaign):
             bucket = (event.campaign, event.from_number)
-            index = len(self._flags)
             self._bucket_of.append(self._buckets.setdefault(bucket, len(self._buckets)))
-            self._flags.append(0)
-            self._counted[key] = index
-        if event.kind not in _ANSWERS:
-            latest = self._latest.setdefault(phone, {})
-            latest[event.campaign] = latest[None] = index
-
-    def _revoked(self, event: ConsentRevoked) -> None:
-        index = self._latest.get(event.phone, {}).get(event.campaign)
-        if index is None:
-            if self.start <= event.occurred_at < self.end and self.campaign in (
-                None,
-                event.campaign,
-            ):
-                self._unattributed += 1
-        elif index != _NOT_COUNTED:
-            self._flags[index] |= _OPTED_OUT  # once: a message draws one opt-out at most
+        else:
+            self._bucket_of.append(_NOT_COUNTED)
+        self._flags.append(0)
+        if not answer:
+            self._messages.setdefault(phone, []).append(index)
 
     def _reported(self, event: DeliveryOutcomeReported) -> None:
-        index = self._counted.get((event.phone, event.message_id))
+        index = self._window.get((event.phone, event.message_id))
         if index is None:
             return
         before = self._outcome_at.get(index)
@@ -240,9 +273,38 @@ class HealthTally:
             else:
                 self._flags[index] &= ~_ERROR & 0xFF
 
+    def _attribute(self) -> int:
+        """Mark each window message an opt-out answers; the opt-outs of the window
+        with no message before them, counted."""
+        unattributed = 0
+        wanted = None if self.campaign is None else self._campaigns.get(self.campaign, -2)
+        for phone, stops in self._stops.items():
+            messages = self._messages.get(phone, [])
+            for moment, scope, at in stops:
+                first_after = self._after.get(phone, {}).get(scope)
+                if first_after is not None and first_after < moment:
+                    continue  # it answers a message after the window
+                latest, latest_at = None, (-1, -1)
+                for i in messages:
+                    sent_at = (self._time[i], self._order[i])
+                    if (
+                        (scope == _BRAND or self._campaign_of[i] == scope)
+                        and sent_at < moment
+                        and sent_at > latest_at
+                    ):
+                        latest, latest_at = i, sent_at
+                if latest is not None:
+                    self._flags[latest] |= _OPTED_OUT  # once: a message draws one at most
+                elif scope not in self._before.get(phone, ()) and at < self.end:
+                    unattributed += wanted is None or scope in (wanted, _BRAND)
+        return unattributed
+
     def report(self, limits: HealthLimits | None = None) -> HealthReport:
+        unattributed = self._attribute()
         tallies = [[0, 0, 0] for _ in self._buckets]
         for bucket, flags in zip(self._bucket_of, self._flags, strict=True):
+            if bucket == _NOT_COUNTED:
+                continue
             tally = tallies[bucket]
             tally[0] += 1
             tally[1] += flags & _OPTED_OUT
@@ -265,6 +327,6 @@ class HealthTally:
                 )
                 for name, senders in campaigns.items()
             ),
-            self._unattributed,
+            unattributed,
             self.events_read,
         )

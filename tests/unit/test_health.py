@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -157,6 +157,26 @@ def test_an_opt_out_of_one_campaign_goes_to_that_campaign_s_latest_message() -> 
 
     assert counts_of(report, "promo", NUMBER_A).opt_outs == 1
     assert counts_of(report, "news", NUMBER_B).opt_outs == 0
+
+
+def test_a_send_recorded_after_the_stop_it_came_before_is_the_one_it_answers() -> None:
+    # B's send went out before the STOP but was recorded after it (a batch, say).
+    events = [sent(at(1), number=NUMBER_A), revoked(at(5)), sent(at(3), number=NUMBER_B)]
+    report = health(events)
+    assert counts_of(report, number=NUMBER_B).opt_outs == 1
+    assert counts_of(report, number=NUMBER_A).opt_outs == 0
+
+
+def test_a_send_after_the_stop_is_never_blamed_for_it() -> None:
+    report = health([sent(at(1), number=NUMBER_A), sent(at(9), number=NUMBER_B), revoked(at(5))])
+    assert counts_of(report, number=NUMBER_A).opt_outs == 1
+    assert counts_of(report, number=NUMBER_B).opt_outs == 0
+
+
+def test_a_stop_after_the_window_goes_to_a_message_after_it_when_there_is_one() -> None:
+    inside, after = sent(at(1)), sent(END + timedelta(minutes=1))
+    assert counts_of(health([inside, after, revoked(END + timedelta(minutes=2))])).opt_outs == 0
+    assert counts_of(health([inside, revoked(END + timedelta(minutes=2))])).opt_outs == 1
 
 
 def test_no_opt_out_is_attributed_to_the_reply_owed_to_a_keyword() -> None:
