@@ -127,7 +127,9 @@ async def test_campaign_health_flags_errors_over_six_percent_and_opt_outs_over_t
     end = day + timedelta(days=1)
     async with client(runtime.address) as admin:
         for name, numbers in (("promo", [A, B]), ("news", [C]), ("edge", [D])):
-            w = await admin.DefineCampaign(define("acme", name, day - timedelta(days=5), numbers))
+            w = await retried(
+                admin.DefineCampaign, define("acme", name, day - timedelta(days=5), numbers)
+            )
         assert await runtime.guard.wait_for_token(
             ConsistencyToken.decode(w.consistency_token), timeout=60
         )
@@ -303,13 +305,15 @@ async def test_delivery_outcomes_and_health_refuse_bad_input_by_field(service):
     runtime = service
     at = datetime.now(UTC) - timedelta(hours=1)
     async with client(runtime.address) as admin:
-        w = await admin.DefineCampaign(define("acme", "promo", at - timedelta(days=1), [A]))
+        w = await retried(
+            admin.DefineCampaign, define("acme", "promo", at - timedelta(days=1), [A])
+        )
         assert await runtime.guard.wait_for_token(
             ConsistencyToken.decode(w.consistency_token), timeout=60
         )
     async with client(runtime.address, "acme-app") as c:
         sent = _sent(promo_phone(1), "promo", at, A)
-        await c.RecordMessageSent(sent)
+        await retried(c.RecordMessageSent, sent)
 
         unset = _outcome(sent, lpb.DELIVERY_OUTCOME_UNSPECIFIED, at)
         unset.message_id = ""
@@ -338,8 +342,8 @@ async def test_delivery_outcomes_and_health_refuse_bad_input_by_field(service):
 
         # A retry records once: the same event ids, one fact.
         reported = _outcome(sent, lpb.DELIVERY_OUTCOME_FAILED, at, "30003")
-        first = await c.RecordDeliveryOutcome(reported)
-        again = await c.RecordDeliveryOutcome(reported)
+        first = await retried(c.RecordDeliveryOutcome, reported)
+        again = await retried(c.RecordDeliveryOutcome, reported)
         assert list(again.event_ids) == list(first.event_ids)
 
         with pytest.raises(grpc.aio.AioRpcError) as err:
