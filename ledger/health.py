@@ -162,7 +162,7 @@ _NOT_COUNTED = 0xFFFFFFFF
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _BRAND = -1
-"""The scope of a brand-wide opt-out, among the campaigns' numbers."""
+"""The scope of a brand-wide opt-out, beside the campaigns' indices (0 on)."""
 
 Moment = tuple[int, int]
 """(``occurred_at`` in microseconds, the order the tally was fed in): what precedes what."""
@@ -196,7 +196,7 @@ class HealthTally:
         self._campaigns: dict[str, int] = {}
         # Per number: its window messages an opt-out may answer, the scopes it was
         # texted in before the window, its first text after it per scope, and its
-        # opt-outs from the window's start on (moment, scope).
+        # opt-outs from the window's start on (moment, scope, occurred_at).
         self._messages: dict[str, list[int]] = {}
         self._before: dict[str, set[int]] = {}
         self._after: dict[str, dict[int, Moment]] = {}
