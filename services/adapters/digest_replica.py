@@ -178,8 +178,14 @@ class DigestReplica(DigestReads):
     async def _read_all(self, conn: asyncpg.Connection) -> CompactDigests:
         digests = CompactDigests()
         cursor = await conn.cursor(_ALL_DIGESTS, DIGEST_FORMAT)
+        add, add_stored = digests.add, digests.add_stored
         while rows := await cursor.fetch(self._chunk):
-            _store(digests.add, rows)
+            for brand, phone, data, snapshot in rows:
+                # The query sends the snapshot only when the digest is not one in
+                # this format: then the snapshot is digested.
+                if snapshot is None and add_stored(brand, phone, data[1:]):
+                    continue
+                add(brand, phone, stored_digest(phone, brand, data, snapshot))
         digests.seal()
         return digests
 

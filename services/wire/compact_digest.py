@@ -88,14 +88,21 @@ def _strs(value: Any) -> tuple[str, ...]:
     return value
 
 
+def _fields(value: Any, cls: type[tuple[Any, ...]], size: int, what: str) -> tuple[Any, ...]:
+    """``value`` as a tuple of ``cls``'s fields: an instance of ``cls`` or a plain tuple
+    of as many items (MessagePack's form of one, read untyped), which decodes to
+    the instance of ``cls`` it stands for."""
+    if (type(value) is cls or type(value) is tuple) and len(value) == size:
+        return value
+    raise Unencodable(f"not a {what}")
+
+
 def _mark(m: Any, vals: list[Any]) -> tuple[str, str] | None:
     """A mark's part of a shape's signature: None, or its offset's and id's codes;
     its values are appended to ``vals``."""
     if m is None:
         return None
-    if type(m) is not Mark:
-        raise Unencodable("not a Mark")
-    at, offset, event_id = m
+    at, offset, event_id = _fields(m, Mark, 3, "Mark")
     vals.append(_int(at))
     vals.append(_int(offset))
     return ("I" if 0 <= offset < 2**32 else "q", _id_code(event_id, vals))
@@ -118,72 +125,90 @@ def _digest_signature(d: Any, vals: list[Any]) -> tuple[Any, ...]:
     """What a digest's shape is made of (its constants and the codes of its values,
     in order), its values appended to ``vals``. Types are checked as they are met,
     so a signature holds only values of the types the shape will give back."""
-    if type(d) is not Digest:
-        raise Unencodable("not a Digest")
-    if type(d.pending) is not tuple or type(d.confirmations) is not tuple:
-        raise Unencodable("pending and confirmations are tuples")
-    pending = []
-    for p in d.pending:
-        if type(p) is not Pending:
-            raise Unencodable("not a Pending")
-        event_id, text, due, unattributed = p
+    (
+        brand,
+        zones,
+        pending,
+        brand_revocation,
+        brand_resume,
+        age,
+        last_inbound,
+        confirmations,
+        campaigns,
+        regions,
+        located,
+        erased,
+    ) = _fields(d, Digest, 12, "Digest")
+    if type(pending) is not tuple:
+        raise Unencodable("pending is not a tuple")
+    pending_sig = []
+    for p in pending:
+        event_id, text, due, unattributed = _fields(p, Pending, 4, "Pending")
         code = _id_code(event_id, vals)
         vals.append(_exact(text, str))
         vals.append(_int(due))
-        pending.append((code, _exact(unattributed, bool)))
-    revocation = _mark(d.brand_revocation, vals)
-    resume = _mark(d.brand_resume, vals)
-    age: tuple[str, bool] | None = None
-    if d.age is not None:
-        if type(d.age) is not Age:
-            raise Unencodable("not an Age")
-        event_id, verified, born = d.age
-        age = (_id_code(event_id, vals), _exact(verified, bool))
+        pending_sig.append((code, _exact(unattributed, bool)))
+    revocation = _mark(brand_revocation, vals)
+    resume = _mark(brand_resume, vals)
+    age_sig: tuple[str, bool] | None = None
+    if age is not None:
+        event_id, verified, born = _fields(age, Age, 3, "Age")
+        age_sig = (_id_code(event_id, vals), _exact(verified, bool))
         vals.append(_exact(born, str))
-    inbound = _mark(d.last_inbound, vals)
-    confirmations = _marks(d.confirmations, vals)
-    located: tuple[str, str] | None = None
-    if d.located is not None:
-        if type(d.located) is not Located:
-            raise Unencodable("not a Located")
-        state, event_id = d.located
-        located = (_exact(state, str), _id_code(event_id, vals))
-    campaigns = d.campaigns
+    inbound = _mark(last_inbound, vals)
+    confirmations_sig = _marks(confirmations, vals)
+    located_sig: tuple[str, str] | None = None
+    if located is not None:
+        state, event_id = _fields(located, Located, 2, "Located")
+        located_sig = (_exact(state, str), _id_code(event_id, vals))
+    erased_sig = _mark(erased, vals)
     if type(campaigns) is not dict:
         raise Unencodable("campaigns is not a dict")
     return (
         len(campaigns),
-        _exact(d.brand, str),
-        _strs(d.zones),
-        tuple(pending),
+        _exact(brand, str),
+        _strs(zones),
+        tuple(pending_sig),
         revocation,
         resume,
-        age,
+        age_sig,
         inbound,
-        confirmations,
-        _strs(d.regions),
-        located,
-        _mark(d.erased, vals),
+        confirmations_sig,
+        _strs(regions),
+        located_sig,
+        erased_sig,
     )
 
 
 def _campaign_signature(name: Any, c: Any, vals: list[Any]) -> tuple[Any, ...]:
-    if type(c) is not CampaignDigest:
-        raise Unencodable("not a CampaignDigest")
+    (
+        grant,
+        tier,
+        revocation,
+        resume,
+        reconfirmation,
+        sent,
+        last_sent_at,
+        last_disclosed_at,
+        help_request,
+        help_reply,
+        opt_in_confirmation,
+        proof_missing,
+    ) = _fields(c, CampaignDigest, 12, "CampaignDigest")
     return (
         _exact(name, str),
-        _mark(c.grant, vals),
-        _int(_exact(c.tier, int)),
-        _mark(c.revocation, vals),
-        _mark(c.resume, vals),
-        _mark(c.reconfirmation, vals),
-        _marks(c.sent, vals),
-        _optional_int(c.last_sent_at, vals),
-        _optional_int(c.last_disclosed_at, vals),
-        _mark(c.help_request, vals),
-        _mark(c.help_reply, vals),
-        _mark(c.opt_in_confirmation, vals),
-        _strs(c.proof_missing),
+        _mark(grant, vals),
+        _int(_exact(tier, int)),
+        _mark(revocation, vals),
+        _mark(resume, vals),
+        _mark(reconfirmation, vals),
+        _marks(sent, vals),
+        _optional_int(last_sent_at, vals),
+        _optional_int(last_disclosed_at, vals),
+        _mark(help_request, vals),
+        _mark(help_reply, vals),
+        _mark(opt_in_confirmation, vals),
+        _strs(proof_missing),
     )
 
 
@@ -317,12 +342,16 @@ class Shapes:
         """How many digest shapes, campaign shapes and kept strings there are."""
         return len(self._digests), len(self._campaigns), len(self._strings)
 
-    def encode(self, digest: Digest) -> bytes:
-        """``digest`` as bytes that ``decode`` gives back equal, or ``Unencodable``."""
+    def encode(self, digest: Digest | tuple[Any, ...]) -> bytes:
+        """``digest`` as bytes that ``decode`` gives back equal, or ``Unencodable``.
+
+        ``digest`` may also be a digest as MessagePack reads it untyped (plain tuples
+        for the named ones): the bytes then decode to the ``Digest`` it stands for,
+        and a load skips building the named tuples twice."""
         vals: list[Any] = []
         sig = _digest_signature(digest, vals)
         parts = [self._packed(sig, vals, self._digest_ids, self._digests)]
-        for name, campaign in digest.campaigns.items():
+        for name, campaign in digest[8].items():
             vals = []
             sig = _campaign_signature(name, campaign, vals)
             parts.append(self._packed(sig, vals, self._campaign_ids, self._campaigns))

@@ -51,6 +51,13 @@ def payload_of(data: bytes) -> bytes:
     return data[1:]
 
 
+def untyped_payload(data: bytes) -> tuple[Any, ...]:
+    """What follows the version byte, as MessagePack reads it: the digest's fields in
+    plain tuples, unchecked (``decode_payload`` types and checks them)."""
+    raw: tuple[Any, ...] = msgpack.unpackb(data, use_list=False)
+    return raw
+
+
 def decode_payload(data: bytes) -> Digest | None:
     """``decode_digest`` of what follows the version byte."""
     try:

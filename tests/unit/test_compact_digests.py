@@ -14,6 +14,7 @@ from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, d
 from ledger.state import SubscriberState, fold
 from services.adapters.compact_digests import CompactDigests, phone_key
 from services.wire.compact_digest import Shapes, Unencodable, Unreadable
+from services.wire.digest import decode_payload, encode_digest, payload_of
 from tests.builders import at, flagged, granted, record, revoked
 from tests.unit.test_properties import histories
 
@@ -65,6 +66,30 @@ def test_a_folded_digest_reads_back_equal_and_of_the_same_types(events, flag):
     start = len(arena)
     arena += shapes.encode(digest)
     assert _same(shapes.decode(arena, start), digest)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=histories)
+def test_a_stored_digest_added_untyped_reads_back_as_the_typed_one(events):
+    digest = digest_of(fold(record(events)))
+    payload = payload_of(encode_digest(digest))
+    store = CompactDigests()
+
+    assert store.add_stored("acme", "+14155550001", payload)
+    store.seal()
+
+    (found,) = store.get_many("acme", ["+14155550001"]).values()
+    assert _same(found, decode_payload(payload))
+
+
+def test_a_stored_digest_that_is_not_one_is_left_to_the_caller():
+    store = CompactDigests()
+    digest = _digest([granted(at(0))])
+    assert not store.add_stored("acme", "+014155550001", payload_of(encode_digest(digest)))
+    assert not store.add_stored("acme", "+14155550001", b"\x93\x01")  # three fields of 11
+    assert not store.add_stored("acme", "+14155550001", b"\xc1")  # no MessagePack at all
+    store.seal()
+    assert store.size == 0 and store.get_many("acme", ["+14155550001"]) == {}
 
 
 marks = st.builds(
