@@ -13,9 +13,11 @@ import pytest
 from services import cli
 from services.cli_manual import SECTIONS, Manual, ManualParser, tool
 
-CAPABILITIES = {"packet", "sweep", "health", "access", "export", "verify", "keys"}
+CAPABILITIES = {
+    *("packet", "sweep", "health", "access", "erase", "hold", "export", "verify", "keys")
+}
 """What an auditor does: the proof packet, the compliance sweep, campaign health,
-who read what, and tamper evidence (export, verify, keys)."""
+who read what, erasure and legal holds, and tamper evidence (export, verify, keys)."""
 
 
 def _tools() -> dict[str, argparse.ArgumentParser]:
