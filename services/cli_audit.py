@@ -229,8 +229,16 @@ def run(args: argparse.Namespace) -> int:
             return _keys(args)
         return asyncio.run(_EXPORT_OR_VERIFY[args.command](args))
     except _Usage as exc:
-        print(f"consent-ledger {args.command}: {exc}", file=sys.stderr)
+        print(f"{_prog(args)}: {exc}", file=sys.stderr)
         return 2
+
+
+def _prog(args: argparse.Namespace) -> str:
+    """How the command was called, for its messages: ``consent-ledger verify``, or
+    ``consent-ledger audit verify`` among the audit tools."""
+    if getattr(args, "audit_command", None):
+        return f"consent-ledger audit {args.audit_command}"
+    return f"consent-ledger {args.command}"
 
 
 class _Usage(Exception):
@@ -273,7 +281,7 @@ def _keys(args: argparse.Namespace) -> int:
         print(f"{args.target} is {keyring.keys[args.target].status} in {path}", file=sys.stderr)
         return 0
     except (OSError, ValueError) as exc:
-        print(f"consent-ledger keys {args.action}: {exc}", file=sys.stderr)
+        print(f"{_prog(args)} {args.action}: {exc}", file=sys.stderr)
         return 1
 
 

@@ -103,4 +103,5 @@ def test_the_audit_tools_run_the_commands_they_wrap(tmp_path, capsys) -> None:
         cli.main(["audit", "verify", "--export", str(tmp_path / "none"), "--keys", str(keyring)])
         == 2
     )
-    assert "No such file" in capsys.readouterr().err
+    refused = capsys.readouterr().err
+    assert refused.startswith("consent-ledger audit verify: ") and "No such file" in refused
