@@ -99,7 +99,8 @@ async def _apply(dsn: str, records: list[Recorded], at: Any) -> tuple[float, flo
 
 async def _bare_copy(dsn: str, records: list[Recorded]) -> float:
     rows = [
-        _event_row(Stream.SUBSCRIBERS, r, encode_recorded(r), seq) for seq, r in enumerate(records)
+        (seq, *_event_row(Stream.SUBSCRIBERS, r, encode_recorded(r)))
+        for seq, r in enumerate(records)
     ]
     conn = await asyncpg.connect(dsn)
     try:

@@ -144,6 +144,11 @@ INSERT INTO ledger_event_copy ({_QUOTED_EVENT_COLUMNS})
 SELECT {_QUOTED_EVENT_COLUMNS} FROM stage_event_copy ORDER BY seq
 ON CONFLICT DO NOTHING
 """
+_INSERT_EVENT = f"""
+INSERT INTO ledger_event_copy ({_QUOTED_EVENT_COLUMNS})
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT DO NOTHING
+"""
 # A request id taken by the first request applied with it (unless a writer took it
 # first, claim_request); an event of the same request adds its id. Per id, the
 # batch's first fingerprint inserts the row when the id is free; the others can only
@@ -158,6 +163,14 @@ event_ids = u.event_ids || ARRAY(
 _USE_REQUESTS = f"""
 INSERT INTO request_use AS u (brand, request_id, fingerprint, event_ids)
 SELECT brand, request_id, fingerprint, event_ids FROM stage_request_use WHERE first ORDER BY seq
+ON CONFLICT (brand, request_id) DO UPDATE
+SET {_ADD_IDS.format(ids="EXCLUDED.event_ids")}
+WHERE u.fingerprint = EXCLUDED.fingerprint
+"""
+# Row by row, in the same order: each row's statement sees the rows before it.
+_USE_REQUEST = f"""
+INSERT INTO request_use AS u (brand, request_id, fingerprint, event_ids)
+VALUES ($1, $2, $3, $4::uuid[])
 ON CONFLICT (brand, request_id) DO UPDATE
 SET {_ADD_IDS.format(ids="EXCLUDED.event_ids")}
 WHERE u.fingerprint = EXCLUDED.fingerprint
@@ -221,6 +234,15 @@ _MESSAGE_USES = """
 SELECT m.brand, m.phone, m.message_id, m.event_id FROM message_use AS m
 JOIN stage_message_use AS k USING (brand, phone, message_id)
 """
+_USE_MESSAGE = """
+INSERT INTO message_use (brand, phone, message_id, event_id) VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING
+"""
+_MESSAGE_USES_OF = """
+SELECT m.brand, m.phone, m.message_id, m.event_id FROM message_use AS m
+JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(brand, phone, message_id)
+USING (brand, phone, message_id)
+"""
 _BRAND_MESSAGE_USES = """
 SELECT m.phone, m.message_id, m.event_id FROM message_use AS m
 JOIN unnest($2::text[], $3::text[]) AS k(phone, message_id) USING (phone, message_id)
@@ -241,14 +263,20 @@ FROM subscriber_state AS s
 JOIN unnest($1::text[], $2::text[]) AS k(phone, brand) USING (phone, brand)
 FOR UPDATE OF s
 """
-_UPSERT_STATE = """
-INSERT INTO subscriber_state (phone, brand, snapshot, last_offset, updated_at, digest)
-SELECT phone, brand, snapshot, last_offset, updated_at, digest
-FROM stage_subscriber_state ORDER BY seq
+_STATE_CONFLICT = """
 ON CONFLICT (phone, brand) DO UPDATE
 SET snapshot = EXCLUDED.snapshot, last_offset = EXCLUDED.last_offset,
     updated_at = EXCLUDED.updated_at, digest = EXCLUDED.digest
 """
+_UPSERT_STATES = f"""
+INSERT INTO subscriber_state (phone, brand, snapshot, last_offset, updated_at, digest)
+SELECT phone, brand, snapshot, last_offset, updated_at, digest
+FROM stage_subscriber_state ORDER BY seq
+{_STATE_CONFLICT}"""
+_UPSERT_STATE = f"""
+INSERT INTO subscriber_state (phone, brand, snapshot, last_offset, updated_at, digest)
+VALUES ($1, $2, $3, $4, $5, $6)
+{_STATE_CONFLICT}"""
 
 
 def snapshot_unless_digest(format_param: str) -> str:
@@ -269,18 +297,23 @@ _OPEN_FLAGGED_TIMES = """
 SELECT e.occurred_at FROM flagged_reply AS f JOIN ledger_event_copy AS e USING (event_id)
 WHERE f.resolved IS NOT TRUE
 """
-_UPSERT_STATUS = """
-INSERT INTO consent_status (phone, brand, campaign, status, tier, granted_event_id, granted_at,
-                            revoked_event_id, revoked_at, updated_at)
-SELECT phone, brand, campaign, status, tier, granted_event_id, granted_at, revoked_event_id,
-       revoked_at, updated_at
-FROM stage_consent_status ORDER BY seq
+_STATUS_COLUMNS = """phone, brand, campaign, status, tier, granted_event_id, granted_at,
+    revoked_event_id, revoked_at, updated_at"""
+_STATUS_CONFLICT = """
 ON CONFLICT (phone, brand, campaign) DO UPDATE
 SET status = EXCLUDED.status, tier = EXCLUDED.tier,
     granted_event_id = EXCLUDED.granted_event_id, granted_at = EXCLUDED.granted_at,
     revoked_event_id = EXCLUDED.revoked_event_id, revoked_at = EXCLUDED.revoked_at,
     updated_at = EXCLUDED.updated_at
 """
+_UPSERT_STATUSES = f"""
+INSERT INTO consent_status ({_STATUS_COLUMNS})
+SELECT {_STATUS_COLUMNS} FROM stage_consent_status ORDER BY seq
+{_STATUS_CONFLICT}"""
+_UPSERT_STATUS = f"""
+INSERT INTO consent_status ({_STATUS_COLUMNS})
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+{_STATUS_CONFLICT}"""
 _INSERT_VERSION = """
 INSERT INTO campaign_version (brand, campaign, event_id, partition, "offset", occurred_at,
                               recorded_at, payload)
@@ -507,15 +540,54 @@ async def _copy(conn: asyncpg.Connection, table: str, rows: list[tuple[Any, ...]
         await conn.copy_records_to_table(table, records=rows)
 
 
+COPY_AT = 100
+"""A batch of this many fresh events or more is written through the staging tables;
+a smaller one row by row. Setting the staging tables up and emptying them at the
+commit costs a few milliseconds of the server's time per batch, more than a small
+batch saves (``bench/HISTORY.md``, "The projection's batches by COPY")."""
+
+_STAGED = {
+    "event_copy": _INSERT_EVENTS,
+    "subscriber_state": _UPSERT_STATES,
+    "consent_status": _UPSERT_STATUSES,
+}
+_ROW_BY_ROW = {
+    "event_copy": _INSERT_EVENT,
+    "subscriber_state": _UPSERT_STATE,
+    "consent_status": _UPSERT_STATUS,
+}
+
+
+class _Writes:
+    """How one batch's rows reach a table: by ``COPY`` into its staging table, then
+    one statement (``staged``), or one statement per row in the same order."""
+
+    def __init__(self, conn: asyncpg.Connection, staged: bool) -> None:
+        self.conn = conn
+        self.staged = staged
+
+    async def prepare(self) -> None:
+        if self.staged:
+            await self.conn.execute(_STAGING)
+
+    async def write(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        if self.staged:
+            await _copy(self.conn, f"stage_{table}", [(n, *row) for n, row in enumerate(rows)])
+            await self.conn.execute(_STAGED[table])
+        else:
+            await self.conn.executemany(_ROW_BY_ROW[table], rows)
+
+
 def _request_use(row: asyncpg.Record) -> RequestUse:
     return RequestUse(row["fingerprint"], tuple(str(i) for i in row["event_ids"]))
 
 
-def _event_row(stream: Stream, recorded: Recorded, payload: bytes, seq: int) -> tuple[Any, ...]:
+def _event_row(stream: Stream, recorded: Recorded, payload: bytes) -> tuple[Any, ...]:
     event = recorded.event
     phone = event.phone if isinstance(event, SubscriberEvent) else None
     return (
-        seq,
         event.event_id,
         stream.value,
         recorded.position.partition,
@@ -640,7 +712,8 @@ class PostgresConsentView(ConsentView):
         if not fresh:
             return
 
-        await conn.execute(_STAGING)
+        writes = _Writes(conn, staged=len(fresh) >= COPY_AT)
+        await writes.prepare()
         known = {
             row["event_id"]
             for row in await conn.fetch(_KNOWN_EVENTS, [r.event.event_id for r in fresh])
@@ -651,7 +724,7 @@ class PostgresConsentView(ConsentView):
                 continue  # the same fact written twice (a retried append): fold it once
             known.add(recorded.event.event_id)
             new.append(recorded)
-        new = await self._first_uses(conn, new)
+        new = await self._first_uses(writes, new)
 
         if new:
             encoded = _FactBytes()
@@ -660,14 +733,13 @@ class PostgresConsentView(ConsentView):
             # review queue, at the commit.
             in_recorded_order = sorted(new, key=lambda r: (r.recorded_at, r.event.event_id))
             rows = []
-            for seq, recorded in enumerate(in_recorded_order):
+            for recorded in in_recorded_order:
                 payload = encode_recorded(recorded)
                 encoded.remember(recorded, payload)
-                rows.append(_event_row(stream, recorded, payload, seq))
-            await _copy(conn, "stage_event_copy", rows)
-            await conn.execute(_INSERT_EVENTS)
+                rows.append(_event_row(stream, recorded, payload))
+            await writes.write("event_copy", rows)
             if stream is Stream.SUBSCRIBERS:
-                await self._fold_subscribers(conn, new, encoded)
+                await self._fold_subscribers(writes, new, encoded)
                 await self._mark_resolved(conn, new)
             else:
                 await self._fold_campaigns(conn, new)
@@ -676,7 +748,7 @@ class PostgresConsentView(ConsentView):
         )
 
     @staticmethod
-    async def _first_uses(conn: asyncpg.Connection, new: list[Recorded]) -> list[Recorded]:
+    async def _first_uses(writes: _Writes, new: list[Recorded]) -> list[Recorded]:
         """``new`` without the events that are no facts: those of a request whose id
         another request holds (``claim_request``), and a ``MessageSent`` whose
         provider message id an earlier one recorded (``message_use``). Ids still
@@ -689,21 +761,34 @@ class PostgresConsentView(ConsentView):
             if e.request_id:
                 uses = requests.setdefault((getattr(e, "brand", ""), e.request_id), {})
                 uses.setdefault(e.request_fingerprint, []).append(e.event_id)
+        conn = writes.conn
         if requests:
-            staged = [
+            keys = sorted(requests)
+            claims = [
                 (key, n == 0, fp, ids)
-                for key in sorted(requests)
+                for key in keys
                 for n, (fp, ids) in enumerate(requests[key].items())
             ]
-            await _copy(
-                conn,
-                "stage_request_use",
-                [(seq, first, *key, fp, ids) for seq, (key, first, fp, ids) in enumerate(staged)],
-            )
-            await conn.execute(_USE_REQUESTS)
-            if any(not first for _, first, _, _ in staged):
-                await conn.execute(_USE_REQUESTS_AGAIN)
-            rows = await conn.fetch(_REQUEST_USES)
+            if writes.staged:
+                await _copy(
+                    conn,
+                    "stage_request_use",
+                    [
+                        (seq, first, *key, fp, ids)
+                        for seq, (key, first, fp, ids) in enumerate(claims)
+                    ],
+                )
+                await conn.execute(_USE_REQUESTS)
+                if any(not first for _, first, _, _ in claims):
+                    await conn.execute(_USE_REQUESTS_AGAIN)
+                rows = await conn.fetch(_REQUEST_USES)
+            else:
+                await conn.executemany(
+                    _USE_REQUEST, [(*key, fp, ids) for key, _, fp, ids in claims]
+                )
+                rows = await conn.fetch(
+                    _REQUEST_USES_OF, [k[0] for k in keys], [k[1] for k in keys]
+                )
             holder = {(row["brand"], row["request_id"]): row["fingerprint"] for row in rows}
             new = [
                 r
@@ -720,11 +805,15 @@ class PostgresConsentView(ConsentView):
         if not sent:
             return new
         messages = sorted(sent)
-        await _copy(
-            conn, "stage_message_use", [(seq, *m, sent[m]) for seq, m in enumerate(messages)]
-        )
-        await conn.execute(_USE_MESSAGES)
-        rows = await conn.fetch(_MESSAGE_USES)
+        if writes.staged:
+            await _copy(
+                conn, "stage_message_use", [(seq, *m, sent[m]) for seq, m in enumerate(messages)]
+            )
+            await conn.execute(_USE_MESSAGES)
+            rows = await conn.fetch(_MESSAGE_USES)
+        else:
+            await conn.executemany(_USE_MESSAGE, [(*m, sent[m]) for m in messages])
+            rows = await conn.fetch(_MESSAGE_USES_OF, *([m[i] for m in messages] for i in range(3)))
         first = {(row["brand"], row["phone"], row["message_id"]): row["event_id"] for row in rows}
         return [
             r
@@ -734,8 +823,9 @@ class PostgresConsentView(ConsentView):
         ]
 
     async def _fold_subscribers(
-        self, conn: asyncpg.Connection, new: list[Recorded], encoded: _FactBytes
+        self, writes: _Writes, new: list[Recorded], encoded: _FactBytes
     ) -> None:
+        conn = writes.conn
         keys = sorted({(r.event.phone, r.event.brand) for r in new})  # type: ignore[attr-defined]
         states: dict[tuple[str, str], SubscriberState] = {}
         # The retained facts need not include the newest event (a late fact that
@@ -756,12 +846,10 @@ class PostgresConsentView(ConsentView):
             last_offset[key] = max(last_offset.get(key, -1), recorded.position.offset)
             updated[key] = max(updated.get(key, recorded.recorded_at), recorded.recorded_at)
         digests = {key: digest_of(states[key]) for key in keys}
-        await _copy(
-            conn,
-            "stage_subscriber_state",
+        await writes.write(
+            "subscriber_state",
             [
                 (
-                    seq,
                     phone,
                     brand,
                     encoded.snapshot(states[phone, brand]),
@@ -769,15 +857,13 @@ class PostgresConsentView(ConsentView):
                     updated[phone, brand],
                     encode_digest(digests[phone, brand]),
                 )
-                for seq, (phone, brand) in enumerate(keys)
+                for phone, brand in keys
             ],
         )
-        await conn.execute(_UPSERT_STATE)
-        statuses = [
-            row for key in keys for row in _status_rows(states[key], digests[key], updated[key])
-        ]
-        await _copy(conn, "stage_consent_status", [(seq, *row) for seq, row in enumerate(statuses)])
-        await conn.execute(_UPSERT_STATUS)
+        await writes.write(
+            "consent_status",
+            [row for key in keys for row in _status_rows(states[key], digests[key], updated[key])],
+        )
 
     @staticmethod
     async def _mark_resolved(conn: asyncpg.Connection, new: list[Recorded]) -> None:

@@ -1,7 +1,8 @@
-"""The view's batched write path (COPY into staging tables, then one statement per
-table) against a real PostgreSQL: a batch of thousands writes exactly the rows that
-the same stream applied one event at a time writes, and a connection lost in the
-middle of a batch leaves none of it behind."""
+"""The view's two ways of writing a batch against a real PostgreSQL: a large batch by
+COPY into staging tables and one statement per table, a small one row by row. A
+batch of thousands writes exactly the rows that the same stream applied one event
+at a time writes, and a connection lost in the middle of a batch, either way,
+leaves none of it behind."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ import pytest
 from ledger.events import LedgerEvent, MessageSent, SubscriberEvent
 from ledger.ports import Stream
 from services.adapters.memory_view import InMemoryConsentView
-from services.adapters.postgres_view import PROJECTION_TABLES, PostgresConsentView, _FactBytes
+from services.adapters.postgres_view import (
+    COPY_AT,
+    PROJECTION_TABLES,
+    PostgresConsentView,
+    _FactBytes,
+    _Writes,
+)
 from services.projector import Projector
 from tests.conformance.view_suite import generate_events
 from tests.integration.test_projector_postgres import (
@@ -61,6 +68,7 @@ async def tables(view: PostgresConsentView, pool: asyncpg.Pool) -> dict[str, lis
 async def test_a_batch_writes_what_one_event_at_a_time_writes(pool: asyncpg.Pool) -> None:
     ledger, recorded = await filled_ledger(mixed_stream(1500))
     view = PostgresConsentView(pool)
+    assert 1 < COPY_AT <= 5000  # so the two runs below take the two ways
 
     await Projector(ledger, view).catch_up(batch_size=1)
     one_at_a_time = await tables(view, pool)
@@ -96,19 +104,19 @@ class ConnectionLostMidBatch(PostgresConsentView):
         super().__init__(pool)
         self.batches = 0
         self.lose_on = lose_on
+        self.staged: bool | None = None
 
-    async def _fold_subscribers(
-        self, conn: asyncpg.Connection, new: Any, encoded: _FactBytes
-    ) -> None:
-        await super()._fold_subscribers(conn, new, encoded)
+    async def _fold_subscribers(self, writes: _Writes, new: Any, encoded: _FactBytes) -> None:
+        await super()._fold_subscribers(writes, new, encoded)
         self.batches += 1
         if self.batches == self.lose_on:
-            assert await conn.fetchval("SELECT count(*) FROM stage_subscriber_state") > 0
-            await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            self.staged = writes.staged
+            await writes.conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
 
 
+@pytest.mark.parametrize("batch", [400, 60])
 async def test_a_connection_lost_mid_batch_leaves_nothing_and_the_restart_is_exact(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool, batch: int
 ) -> None:
     ledger, recorded = await filled_ledger(
         generate_events(3000, phones=300, brands=3, campaigns=2, seed=5)
@@ -116,18 +124,19 @@ async def test_a_connection_lost_mid_batch_leaves_nothing_and_the_restart_is_exa
     losing = ConnectionLostMidBatch(pool, lose_on=3)
 
     with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
-        await Projector(ledger, losing).catch_up(batch_size=400)
+        await Projector(ledger, losing).catch_up(batch_size=batch)
+    assert losing.staged is (batch >= COPY_AT)
     positions = await losing.positions(Stream.SUBSCRIBERS)
     copies = await losing.table_dump("ledger_event_copy")
     # Two subscriber batches committed; the third went with its connection.
     applied = sum(positions.values())
-    assert 400 < applied <= 800
+    assert batch < applied <= 2 * batch
     assert len(copies) == applied + len(await losing.table_dump("campaign_version"))
 
     restarted = PostgresConsentView(pool)
-    await Projector(ledger, restarted).catch_up(batch_size=400)
+    await Projector(ledger, restarted).catch_up(batch_size=batch)
     await assert_projection_is_exact(restarted, recorded)
     after_loss = await dump(restarted)
     await restarted.reset()
-    await Projector(ledger, restarted).catch_up(batch_size=400)
+    await Projector(ledger, restarted).catch_up(batch_size=batch)
     assert await dump(restarted) == after_loss

@@ -290,7 +290,7 @@ async def test_the_review_queue_migration_keeps_the_recorded_order_of_earlier_re
 
 async def insert_event_copy(conn: asyncpg.Connection, recorded: Recorded) -> None:
     """One event copy inserted by itself, as an earlier version of the view did."""
-    row = _event_row(Stream.SUBSCRIBERS, recorded, encode_recorded(recorded), 0)[1:]
+    row = _event_row(Stream.SUBSCRIBERS, recorded, encode_recorded(recorded))
     await conn.execute(
         "INSERT INTO ledger_event_copy VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", *row
     )
