@@ -178,9 +178,9 @@ async def _migrate_check(settings: Settings, wait: float) -> None:
 
 
 async def _rebuild(settings: Settings, args: argparse.Namespace) -> None:
-    from services import rebuild_cli
+    from services import cli_rebuild
 
-    await rebuild_cli.run(
+    await cli_rebuild.run(
         settings,
         batch_size=args.batch_size,
         out=None if args.quiet else sys.stderr,
@@ -462,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.command != "rebuild":
             raise
-        from services.rebuild_cli import INTERRUPTED
+        from services.cli_rebuild import INTERRUPTED
 
         print(f"\n{INTERRUPTED}", file=sys.stderr)
         return 130

@@ -8,8 +8,8 @@ import io
 import pytest
 
 from services import cli
+from services.cli_rebuild import ProgressLine
 from services.projector import Progress
-from services.rebuild_cli import ProgressLine
 
 
 class Clock:
