@@ -15,8 +15,10 @@ then the writes beside echo and a raw aiokafka producer.
    client harness: unary at concurrency 1 and 32, and 1,000-number batches.
 4. Print every figure beside the baseline of the same configuration, as a ratio.
 5. The write phases (``bench.writes``): RecordOptIn, RecordOptOut and
-   RecordMessageSent at 64 in flight on the Kafka ledger and on the embedded
-   default, each beside echo and (on Kafka) a raw aiokafka producer.
+   RecordMessageSent at 64 in flight, and RecordMessagesSent (1,000 messages a
+   call, 8 in flight), on the Kafka ledger and on the embedded default, each
+   beside echo and (on Kafka) a raw aiokafka producer with the same records.
+   ``--write-phases RecordMessagesSent`` runs the batched phase alone.
    ``--writes-only`` runs these alone, with no seeding.
 6. The projection phase (``bench.projection``): events a second one projector
    process applies into PostgreSQL, beside a raw COPY of the same rows into a bare
@@ -657,8 +659,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--write-phases",
-        default="RecordOptIn,RecordOptOut,RecordMessageSent",
-        help="write phases to run, comma-separated",
+        default="RecordOptIn,RecordOptOut,RecordMessageSent,RecordMessagesSent",
+        help="write phases to run, comma-separated (RecordMessagesSent: 1,000 messages a "
+        "call, 8 calls in flight, its rates in messages a second)",
     )
     parser.add_argument(
         "--write-phones", type=int, default=20_000, help="phones the write phases cycle through"

@@ -46,6 +46,41 @@ class Load:
     """Numbers of string fields given a value of their own in every call."""
     tag: str = ""
     """Begins every unique value: one per run and phase, so that no two phases share one."""
+    items: Sequence[Sequence[bytes]] = ()
+    """Batches of items, each item pre-serialized: every call appends one batch's items
+    (the next batch each call) to its request, each as field ``item_field``, with its
+    ``item_unique`` fields given a value of its own (the call's, then the item's
+    place): a batch of sends names new message ids."""
+    item_field: int = 0
+    item_unique: tuple[int, ...] = ()
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def message_field(number: int, value: bytes) -> bytes:
+    """The wire encoding of an embedded message (or any length-delimited) field."""
+    return _varint((number << 3) | 2) + _varint(len(value)) + value
+
+
+def batch_items(load: Load, value: str, call: int = 0) -> bytes:
+    """The ``call``-th batch of ``load.items`` as a request's repeated field, each
+    item's unique fields set to ``value`` and its place."""
+    if not load.items:
+        return b""
+    return b"".join(
+        message_field(
+            load.item_field,
+            item + b"".join(string_field(f, f"{value}.{j}".encode()) for f in load.item_unique),
+        )
+        for j, item in enumerate(load.items[call % len(load.items)])
+    )
 
 
 def string_field(number: int, value: bytes) -> bytes:
@@ -109,8 +144,9 @@ async def _drive(load: Load, share: int, offset: int, begin: float, end: float) 
                     return
                 request = requests[i % n]
                 if unique:
-                    value = f"{load.tag}.{offset}.{k}.{i}".encode()
-                    request += b"".join(string_field(f, value) for f in unique)
+                    value = f"{load.tag}.{offset}.{k}.{i}"
+                    request += b"".join(string_field(f, value.encode()) for f in unique)
+                    request += batch_items(load, value, i)
                 i += 1
                 try:
                     await call(request, metadata=metadata, timeout=load.timeout)

@@ -1,5 +1,6 @@
 """The write phases: ``RecordOptIn``, ``RecordOptOut`` and ``RecordMessageSent`` at 64
-in flight, on the Kafka ledger and on the embedded default's PostgreSQL ledger.
+in flight, and ``RecordMessagesSent`` (1,000 messages a call) at 8 calls in flight, on
+the Kafka ledger and on the embedded default's PostgreSQL ledger.
 
 Each path gets a database and topics of its own, so its projector applies every
 write from the first (as in production, in the serving process). The campaign is
@@ -12,12 +13,15 @@ Every phase runs beside its baselines in the same run, one right after the other
 * on the Kafka path, a raw ``aiokafka`` producer in a process of its own, with the
   ledger's producer settings (``KafkaLedgerSettings.producer_options``: acks=all,
   idempotent) and the very records the service writes for the phase's requests
-  (the same encoded events, keys and headers), 64 appends in flight, each awaited
-  until the broker acknowledged it.
+  (the same encoded events, keys and headers), as many appends in flight as the
+  phase has calls (a batched call's thousand records sent together), each awaited
+  until the broker acknowledged every record of it.
 
 Every call carries a request id (and a message id) of its own, so every call
-writes. After each service phase the bench waits until the service is idle again
-(its projector has applied what the phase wrote) before the next phase starts.
+writes; every message of a batch has a message id of its own. A batched phase's
+rates are messages a second (calls times 1,000), its latencies a call's. After
+each service phase the bench waits until the service is idle again (its projector
+has applied what the phase wrote) before the next phase starts.
 """
 
 from __future__ import annotations
@@ -48,6 +52,14 @@ from bench.seed import BRAND, CAMPAIGN, SENDER
 from bench.server import ECHO_WRITE
 
 CONCURRENCY = 64
+BATCH = 1000
+"""Messages a ``RecordMessagesSent`` call of the batched phase records."""
+BATCH_CONCURRENCY = 8
+"""Batched calls in flight: a sender's few workers, 8,000 messages between them."""
+BATCH_GOAL = 50_000.0
+"""Messages a second the batched phase should record (issue 21)."""
+RAW_BATCHES = 8
+"""Distinct batched calls whose records the raw producer cycles through."""
 PARTITIONS = 12
 PATHS = ("kafka", "postgres")
 PATH_NAMES = {"kafka": "Kafka ledger", "postgres": "embedded default (PostgreSQL ledger)"}
@@ -76,6 +88,14 @@ class Phase:
     unique: tuple[int, ...]
     messages: list[Message] = field(repr=False)
     """The same requests as messages (with a request id), for the raw producer's records."""
+    concurrency: int = CONCURRENCY
+    per_call: int = 1
+    """Messages a call records: rates are per message."""
+    items: list[list[bytes]] = field(default_factory=list, repr=False)
+    """Batched calls' messages, without the fields ``item_unique`` names
+    (``client.Load.items``)."""
+    item_field: int = 0
+    item_unique: tuple[int, ...] = ()
 
     @property
     def method(self) -> str:
@@ -148,7 +168,59 @@ def phases(phones: list[str], at: datetime) -> list[Phase]:
                 setattr(named, f, f"raw-{i}-{uuid.uuid4().hex[:12]}")
             messages.append(named)
         found.append(Phase(name, [m.SerializeToString() for m in built], numbers, messages))
+    found.append(batched_phase(phones, stamp))
     return found
+
+
+def batched_phase(phones: list[str], stamp: Timestamp) -> Phase:
+    """``RecordMessagesSent`` of ``BATCH`` messages to as many phones (fewer if fewer
+    are given), each message as the single phase's ``RecordMessageSent`` says it, with
+    the ``relied_on`` answer a sender that asked ``CanSend`` hands back. The calls go
+    through ``phones`` a thousand at a time, as a campaign's sends go through its
+    list: a number's state grows by one send each time round, not one every call."""
+    size = min(BATCH, len(phones))
+    rounds = [phones[start : start + size] for start in range(0, len(phones) - size + 1, size)]
+    chosen = rounds[0]
+    relied = api_pb2.ReliedOnAnswer(
+        consistency_token="campaigns:0:1,subscribers:3:1042",
+        allowed=True,
+        reason=api_pb2.REASON_CONSENT_ACTIVE,
+        evidence_event_ids=["0c6f7d1e-4b8a-5c2d-9e3f-1a2b3c4d5e6f"],
+    )
+
+    def item(phone: str) -> api_pb2.SentMessage:
+        return api_pb2.SentMessage(
+            phone=phone,
+            campaign=CAMPAIGN,
+            kind=lpb.MESSAGE_KIND_REGULAR,
+            occurred_at=stamp,
+            included_opt_out_language=True,
+            identified_sender=True,
+            relied_on=relied,
+        )
+
+    items = [item(p) for p in chosen]
+    batches = [[item(p).SerializeToString() for p in batch] for batch in rounds]
+    messages = []
+    for b in range(RAW_BATCHES):
+        call = api_pb2.RecordMessagesSentRequest(
+            request_id=f"raw-{b}-{uuid.uuid4().hex[:12]}", brand=BRAND, messages=items
+        )
+        for j, m in enumerate(call.messages):
+            m.message_id = f"raw-{b}-{j}-{uuid.uuid4().hex[:8]}"
+        messages.append(call)
+    header = api_pb2.RecordMessagesSentRequest(brand=BRAND)
+    return Phase(
+        "RecordMessagesSent",
+        [header.SerializeToString()],
+        (_number(api_pb2.RecordMessagesSentRequest, "request_id"),),
+        messages,
+        concurrency=BATCH_CONCURRENCY,
+        per_call=len(items),
+        items=batches,
+        item_field=_number(api_pb2.RecordMessagesSentRequest, "messages"),
+        item_unique=(_number(api_pb2.SentMessage, "message_id"),),
+    )
 
 
 Record = tuple[str, bytes, bytes, list[tuple[str, bytes]]]
@@ -312,19 +384,27 @@ class WriteRow:
     busy: float = float("nan")
     settled: float = float("nan")
     """Seconds after the phase until the service was idle again (projection caught up)."""
+    per_call: int = 1
+    """Messages a call recorded: the rates are per message, the CPU per message."""
+
+    @property
+    def rate(self) -> float:
+        """Writes (messages) a second the service recorded."""
+        return self.svc.qps * self.per_call
 
     def line(self) -> str:
         def fig(r: client.Result | None) -> str:
             if r is None:
                 return " | | "
             p50, p99 = ms(r.percentile(0.5)), ms(r.percentile(0.99))
-            return f"{r.qps:,.0f} | {p50} | {p99}"
+            return f"{r.qps * self.per_call:,.0f} | {p50} | {p99}"
 
         raw_ratio = f"{self.svc.qps / self.raw.qps:.1%}" if self.raw and self.raw.qps else ""
         raw_cpu = f"{self.raw_cpu:,.0f}" if self.raw else ""
         echo_ratio = f"{self.svc.qps / self.echo.qps:.1%}" if self.echo.qps else ""
+        phase = f"{self.phase} ({self.per_call:,}/call)" if self.per_call > 1 else self.phase
         return (
-            f"| {self.path} | {self.phase} | {self.concurrency} | {fig(self.echo)} "
+            f"| {self.path} | {phase} | {self.concurrency} | {fig(self.echo)} "
             f"| {fig(self.raw)} | {fig(self.svc)} | {echo_ratio} | {raw_ratio} "
             f"| {self.svc_cpu:,.0f} | {self.pg_cpu:,.0f} | {self.kafka_cpu:,.0f} "
             f"| {raw_cpu} | {self.busy:.0%} | {self.settled:.1f} |"
@@ -348,7 +428,15 @@ def ms(seconds: float) -> str:
 def goal_lines(rows: list[WriteRow]) -> list[str]:
     out = []
     for path in PATHS:
-        mine = [r for r in rows if r.path == path]
+        for r in rows:
+            if r.path == path and r.per_call > 1:
+                raw = f"; raw aiokafka {r.raw.qps * r.per_call:,.0f}/s" if r.raw else ""
+                out.append(
+                    f"goal {PATH_NAMES[path]}, {r.phase}: >= {BATCH_GOAL:,.0f} messages/s: "
+                    f"{'met' if r.rate >= BATCH_GOAL else 'NOT met'} ({r.rate:,.0f}/s, "
+                    f"{r.per_call:,} a call, {r.concurrency} calls in flight{raw})"
+                )
+        mine = [r for r in rows if r.path == path and r.per_call == 1]
         if not mine:
             continue
         worst = min(mine, key=lambda r: r.svc.qps)
@@ -364,11 +452,12 @@ def goal_lines(rows: list[WriteRow]) -> list[str]:
 
 
 def row_figures(rows: list[WriteRow]) -> list[dict[str, Any]]:
-    def res(r: client.Result | None) -> dict[str, float] | None:
+    def res(r: client.Result | None, per_call: int) -> dict[str, float] | None:
         if r is None:
             return None
         return {
-            "per_s": r.qps,
+            "per_s": r.qps * per_call,
+            "calls_per_s": r.qps,
             "p50_ms": r.percentile(0.5) * 1000,
             "p99_ms": r.percentile(0.99) * 1000,
             "calls": r.calls,
@@ -379,9 +468,10 @@ def row_figures(rows: list[WriteRow]) -> list[dict[str, Any]]:
             "ledger": r.path,
             "phase": r.phase,
             "concurrency": r.concurrency,
-            "echo": res(r.echo),
-            "raw_aiokafka": res(r.raw),
-            "service": res(r.svc),
+            "messages_per_call": r.per_call,
+            "echo": res(r.echo, r.per_call),
+            "raw_aiokafka": res(r.raw, r.per_call),
+            "service": res(r.svc, r.per_call),
             "cpu_us_per_write": {
                 "service": r.svc_cpu,
                 "postgres": r.pg_cpu,
@@ -473,6 +563,8 @@ def measure(load: client.Load, pids: dict[str, Callable[[], list[int]]], label: 
         for name, cpu in meter.cpu.items()
     }
     note = f", {result.errors} errors ({result.first_error})" if result.errors else ""
+    if load.items:
+        note += f"; {result.qps * len(load.items[0]):,.0f} messages/s"
     say(
         f"  {label:<30} c={load.concurrency:<3} {result.qps:>8,.0f}/s  "
         f"p50 {ms(result.percentile(0.5))} ms  p99 {ms(result.percentile(0.99))} ms  "
@@ -513,9 +605,10 @@ async def run_writes(
 
         def load(address: str, method: str, phase: Phase, who: str) -> client.Load:
             return client.Load(
-                address, method, phase.requests, METADATA, CONCURRENCY, args.duration,
+                address, method, phase.requests, METADATA, phase.concurrency, args.duration,
                 warmup=args.warmup, processes=args.client_procs, unique=phase.unique,
-                tag=f"{tag}{who}{phase.name}",
+                tag=f"{tag}{who}{phase.name}", items=phase.items, item_field=phase.item_field,
+                item_unique=phase.item_unique,
             )  # fmt: skip
 
         with (
@@ -539,12 +632,15 @@ async def run_writes(
                     if path == "kafka":
                         records = ledger_records(phase, raw_prefix, at)
                         raw, raw_cpu, raw_kafka_cpu = run_producer(
-                            infra.bootstrap, records, CONCURRENCY, args.duration, args.warmup,
-                            kafka_pids,
+                            infra.bootstrap, records, phase.concurrency, args.duration,
+                            args.warmup, kafka_pids,
                         )  # fmt: skip
+                        raw_cpu /= phase.per_call
+                        raw_kafka_cpu /= phase.per_call
                         say(
-                            f"  {'raw aiokafka ' + phase.name:<30} c={CONCURRENCY:<3} "
-                            f"{raw.qps:>8,.0f}/s  p50 {ms(raw.percentile(0.5))} ms  "
+                            f"  {'raw aiokafka ' + phase.name:<30} c={phase.concurrency:<3} "
+                            f"{raw.qps * phase.per_call:>8,.0f}/s  "
+                            f"p50 {ms(raw.percentile(0.5))} ms  "
                             f"p99 {ms(raw.percentile(0.99))} ms  producer {raw_cpu:,.0f} "
                             f"µs/append  kafka {raw_kafka_cpu:,.0f} µs/append"
                             + (f", {raw.errors} errors ({raw.first_error})" if raw.errors else "")
@@ -561,11 +657,12 @@ async def run_writes(
                 )
                 settled = await settle(svc_pids)
                 say(f"  {'':<30} idle again {settled:.1f} s after the phase")
+                n = phase.per_call
                 rows.append(
                     WriteRow(
-                        path, phase.name, CONCURRENCY, echo_result or client.Result(), result,
-                        raw, per["service"], per["postgres"], per["kafka"], raw_cpu,
-                        raw_kafka_cpu, busy, settled,
+                        path, phase.name, phase.concurrency, echo_result or client.Result(),
+                        result, raw, per["service"] / n, per["postgres"] / n, per["kafka"] / n,
+                        raw_cpu, raw_kafka_cpu, busy, settled, n,
                     )
                 )  # fmt: skip
     return rows
