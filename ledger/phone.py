@@ -23,6 +23,10 @@ E164_EXAMPLE = "E.164, for example +14155552671"
 """The form a phone number is asked for, as every refusal of one says."""
 
 
+class _Refused(ValueError):
+    """Why ``_e164`` refuses a number; ``to_e164`` names the field."""
+
+
 def to_e164(raw: str, *, field: str = "phone", default_region: str | None = None) -> str:
     """Return ``raw`` as an E.164 string, or raise ``InvalidPhoneNumber``.
 
@@ -32,33 +36,39 @@ def to_e164(raw: str, *, field: str = "phone", default_region: str | None = None
     digits of any script; anything else (a control or format character, a letter)
     is refused, not skipped, and so is an extension: no text reaches one. The reason
     says the form expected, never the library's own words.
+
+    What a number reads as is kept (the last 65,536 numbers read): the library's
+    parse is most of a write's CPU, and a number is read again and again (its
+    CanSend, then its send, then the next campaign's).
     """
+    try:
+        return _e164(raw, default_region)
+    except _Refused as exc:
+        raise InvalidPhoneNumber(field, str(exc)) from None
+
+
+@lru_cache(maxsize=65_536)
+def _e164(raw: str, default_region: str | None) -> str:
+    """``to_e164``'s reading, raising ``_Refused`` with the reason (a refusal is not kept)."""
     if not raw or not raw.strip():
-        raise InvalidPhoneNumber(field, f"is required: a phone number in {E164_EXAMPLE}")
+        raise _Refused(f"is required: a phone number in {E164_EXAMPLE}")
     if not raw.isprintable():
-        raise InvalidPhoneNumber(
-            field, f"must be a phone number in {E164_EXAMPLE}, with no control characters"
-        )
+        raise _Refused(f"must be a phone number in {E164_EXAMPLE}, with no control characters")
     # The library drops a stray letter ("+1415K5552671" was +14155552671) and reads
     # words as keypad letters: a typo would pass for another number, so only digits
     # and the punctuation people write numbers with are read.
     if not all(ch.isdecimal() or ch in _PUNCTUATION for ch in raw):
-        raise InvalidPhoneNumber(
-            field,
+        raise _Refused(
             f"must hold only digits, spaces and + - ( ) . / : a phone number in {E164_EXAMPLE}",
         )
     try:
         parsed = phonenumbers.parse(raw, default_region)
     except phonenumbers.NumberParseException:
-        raise InvalidPhoneNumber(field, f"is not a phone number: expected {E164_EXAMPLE}") from None
+        raise _Refused(f"is not a phone number: expected {E164_EXAMPLE}") from None
     if parsed.extension:
-        raise InvalidPhoneNumber(
-            field, f"must be a phone number without an extension, in {E164_EXAMPLE}"
-        )
+        raise _Refused(f"must be a phone number without an extension, in {E164_EXAMPLE}")
     if not phonenumbers.is_valid_number(parsed):
-        raise InvalidPhoneNumber(
-            field, f"is not a valid number for its region: expected {E164_EXAMPLE}"
-        )
+        raise _Refused(f"is not a valid number for its region: expected {E164_EXAMPLE}")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
