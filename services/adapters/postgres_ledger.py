@@ -47,8 +47,12 @@ TABLE = "ledger_stored_events"
 NOTIFY_CHANNEL = TABLE  # the recorder NOTIFYs on a channel named for its table
 _MAX_CONFLICTS = 10
 """Times an append re-reads the ends after another process took its offsets."""
-_BATCH_EVENTS = 5000
-"""At most this many events go into one insert, so one transaction stays short."""
+_BATCH_EVENTS = 2000
+"""At most this many events of several appends go into one insert, so one transaction
+stays short. Well below where the recorder's insert stops: it pipelines one
+statement per event and reads their answers only at the end, and at about 4,800
+events (measured) those answers fill the socket both ways and it waits for ever.
+Eight batched sends of 1,000 messages at once reached it."""
 
 
 def originator_id(stream: Stream) -> str:

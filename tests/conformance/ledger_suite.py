@@ -371,6 +371,20 @@ class LedgerSuite:
         stored = await read_all(ledger, Stream.SUBSCRIBERS, page=1000)
         assert sum(len(rs) for rs in stored.values()) == 4 * 25 * 10
 
+    async def test_many_large_appends_at_once_all_land_in_order(self, ledger: EventLog) -> None:
+        """Eight calls of 1,000 sends at once (``RecordMessagesSent``'s largest): an
+        adapter that merges appends must not merge them into one it cannot finish."""
+        phones = [new_phone() for _ in range(8)]
+        calls = [[message_sent(phone, n) for n in range(1000)] for phone in phones]
+
+        results = await asyncio.gather(*(ledger.append(events) for events in calls))
+
+        for events, recorded in zip(calls, results, strict=True):
+            assert [r.event for r in recorded] == events
+            assert len({r.position.partition for r in recorded}) == 1
+            offsets = [r.position.offset for r in recorded]
+            assert offsets == list(range(offsets[0], offsets[0] + 1000))
+
     async def test_concurrent_appends_never_share_an_offset_or_leave_a_gap(
         self, ledger: EventLog
     ) -> None:
