@@ -343,7 +343,10 @@ class Audit:
             types=types,
             stopping=stopping,
         ):
-            yield change
+            recorded, token = change
+            if recorded.event.sealed is not None:  # shown opened, as ListEvents shows it
+                (recorded,) = await self.ctx.opened([recorded])
+            yield recorded, token
 
     async def sweep(
         self,

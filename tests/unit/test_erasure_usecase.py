@@ -172,3 +172,22 @@ async def test_get_consent_shows_each_fact_opened_while_the_ledger_holds_it_seal
         assert consent.grant is not None and consent.grant.event.proof.name == "Ada Lovelace"
         assert consent.revocation is not None and consent.revocation.event.text == "STOP"
         assert {r.event.sealed is not None for r in stored} == {True}
+
+
+async def test_the_change_stream_shows_the_opt_in_opened() -> None:
+    async with app(Clock(at(10))) as (uc, _):
+        await opted_in_and_out(uc)
+        assert await uc.audit.ctx.guard.wait_until_applied_for([PHONE])
+        stopping = asyncio.Event()
+
+        seen = []
+        async for recorded, _token in uc.audit.watch_changes(
+            BRAND, None, stopping=stopping, reader=AUDITOR
+        ):
+            seen.append(recorded.event)
+            if len(seen) == 2:
+                stopping.set()
+                break
+
+        grant = next(e for e in seen if isinstance(e, ConsentGranted))
+        assert grant.proof.name == "Ada Lovelace" and grant.sealed is None
