@@ -70,13 +70,6 @@ def _get(event: Any, path: str) -> str:
     return value
 
 
-def _set(event: Any, path: str, value: str) -> Any:
-    head, _, rest = path.partition(".")
-    if not rest:
-        return replace(event, **{head: value})
-    return replace(event, **{head: _set(getattr(event, head), rest, value)})
-
-
 def personal_data(event: LedgerEvent) -> dict[str, str]:
     """The personal data ``event`` holds in the clear, by field (empty fields left out)."""
     return {
@@ -87,10 +80,19 @@ def personal_data(event: LedgerEvent) -> dict[str, str]:
 
 
 def with_fields(event: LedgerEvent, values: Mapping[str, str]) -> LedgerEvent:
-    """``event`` with each field of ``values`` set to its value."""
+    """``event`` with each field of ``values`` set to its value (one ``replace`` per
+    object changed: sealing runs on every opt-in written)."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, str]] = {}
     for path, value in values.items():
-        event = _set(event, path, value)
-    return event
+        head, _, rest = path.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[head] = value
+    for head, inner in nested.items():
+        top[head] = replace(getattr(event, head), **inner)
+    return replace(event, **top) if top else event
 
 
 def sealed_as(event: LedgerEvent, sealed: Sealed) -> LedgerEvent:

@@ -10,13 +10,20 @@ import asyncpg
 
 from ledger.ports import SubjectKey, SubjectKeys
 
-_LIVE = (
-    "SELECT key_id, secret FROM subject_keys WHERE phone = $1 AND brand = $2 AND secret IS NOT NULL"
+_CURRENT = """
+WITH made AS (
+    INSERT INTO subject_keys (key_id, phone, brand, secret) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (phone, brand) WHERE secret IS NOT NULL DO NOTHING
+    RETURNING key_id, secret
 )
-_MAKE = """
-INSERT INTO subject_keys (key_id, phone, brand, secret) VALUES ($1, $2, $3, $4)
-ON CONFLICT (phone, brand) WHERE secret IS NOT NULL DO NOTHING
+SELECT key_id, secret FROM made
+UNION ALL
+SELECT key_id, secret FROM subject_keys WHERE phone = $2 AND brand = $3 AND secret IS NOT NULL
+LIMIT 1
 """
+"""The live key, made if there is none, in one round trip: the insert's row when it
+made one, else the row it ran into (the statement's snapshot does not see its own
+insert, so the two never both answer)."""
 _FIND = """
 SELECT key_id, secret FROM subject_keys
 WHERE phone = $1 AND brand = $2 AND key_id = ANY($3::uuid[]) AND secret IS NOT NULL
@@ -32,13 +39,15 @@ class PostgresSubjectKeys(SubjectKeys):
         self.pool = pool
 
     async def current(self, phone: str, brand: str) -> SubjectKey:
-        async with self.pool.acquire() as conn:
-            for _ in range(2):  # made by another writer between the read and the insert
-                row = await conn.fetchrow(_LIVE, phone, brand)
-                if row is not None:
-                    return SubjectKey(str(row["key_id"]), bytes(row["secret"]))
-                await conn.execute(_MAKE, uuid.uuid4(), phone, brand, secrets.token_bytes(32))
-            raise RuntimeError("a subject key was made and destroyed at once")  # pragma: no cover
+        for _ in range(3):
+            row = await self.pool.fetchrow(
+                _CURRENT, uuid.uuid4(), phone, brand, secrets.token_bytes(32)
+            )
+            # None: another writer's key, committed after this statement's snapshot
+            # was taken, stopped the insert; the next statement sees it.
+            if row is not None:
+                return SubjectKey(str(row["key_id"]), bytes(row["secret"]))
+        raise RuntimeError("no live key could be made or read for the subject")
 
     async def find(self, phone: str, brand: str, key_ids: Collection[str]) -> dict[str, bytes]:
         ids = []
