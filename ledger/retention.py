@@ -92,8 +92,6 @@ class ErasureVerdict:
     """The first moment an erasure is possible: the period's end, when that is what
     stands in the way. None when possible now, or when a hold stands (it is possible
     once every hold is released, and not before ``retained_until``)."""
-    erased: bool = False
-    """The subject was erased already and nothing was recorded about it since."""
 
     @property
     def allowed(self) -> bool:
@@ -150,11 +148,6 @@ def erasure_verdict(
     last = max((max(r.event.occurred_at, r.recorded_at) for r in about_person), default=None)
     retained_until = retention.ends(last) if last is not None else None
     holds = standing_holds(facts)
-    erasures = [r for r in facts if isinstance(r.event, SubjectErased)]
-    latest_erasure = max((r.position.offset for r in erasures), default=None)
-    erased = latest_erasure is not None and all(
-        r.position.offset < latest_erasure for r in about_person
-    )
     if holds:
         refusal: Refusal | None = Refusal.LEGAL_HOLD
         possible_from = None
@@ -162,7 +155,7 @@ def erasure_verdict(
         refusal, possible_from = Refusal.RETENTION_PERIOD, retained_until
     else:
         refusal, possible_from = None, None
-    return ErasureVerdict(last, retained_until, holds, refusal, possible_from, erased)
+    return ErasureVerdict(last, retained_until, holds, refusal, possible_from)
 
 
 # --- requests ------------------------------------------------------------------
