@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 from hypothesis import given, settings
@@ -14,10 +15,13 @@ from ledger.events import (
     InboundMessageReceived,
     MessageKind,
     MessageSent,
+    SubjectErased,
 )
 from ledger.policy import decide
 from ledger.state import fold, retained_facts
 from tests.builders import (
+    BRAND,
+    PHONE,
     age,
     at,
     campaign,
@@ -86,6 +90,46 @@ def test_an_acknowledged_revocation_without_a_new_grant_never_allows(
     stop = revoked(stop_at, None if brand_wide else asked)
     state = fold(record([*before, stop, *after]))
     now = stop_at + timedelta(minutes=delay_minutes)
+    for purpose_kw in ({}, {"purpose": 1}, {"purpose": 2}):
+        d = decide(state, campaign(asked, **purpose_kw), now, kind)
+        assert not d.allowed, d
+
+
+@st.composite
+def no_consent(draw, *, after: int):
+    """A fact after an erasure that gives no consent: a send, a reconfirmation, an
+    age verification (a grant, a START or a text of the person's would)."""
+    when = at(after + draw(MINUTES))
+    name = draw(CAMPAIGNS)
+    return draw(
+        st.sampled_from(
+            [
+                lambda: sent(when, name, draw(st.sampled_from(list(MessageKind)))),
+                lambda: reconfirmed(when, name),
+                lambda: age(when, plus21=True),
+            ]
+        )
+    )()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    before=histories,
+    late=st.lists(any_event(), max_size=6),
+    after=st.lists(no_consent(after=60 * 24 * 41), max_size=8),
+    asked=CAMPAIGNS,
+    delay_minutes=st.integers(min_value=0, max_value=60 * 24 * 60),
+    kind=st.sampled_from([k for k in MessageKind if k not in OWED]),
+)
+def test_an_erased_subscriber_is_never_allowed_without_a_fresh_grant(
+    before, late, after, asked, delay_minutes, kind
+):
+    """Whatever was recorded before the erasure, or is recorded after it but happened
+    before it (a grant imported late, a START, a text), allows nothing."""
+    erased_at = at(days=41)
+    erasure = SubjectErased(event_id=uuid.uuid4(), occurred_at=erased_at, phone=PHONE, brand=BRAND)
+    state = fold(record([*before, erasure, *late, *after]))
+    now = erased_at + timedelta(minutes=delay_minutes)
     for purpose_kw in ({}, {"purpose": 1}, {"purpose": 2}):
         d = decide(state, campaign(asked, **purpose_kw), now, kind)
         assert not d.allowed, d
