@@ -26,6 +26,10 @@ class ConsentState(enum.Enum):
     """Opted out of every campaign of the brand."""
     PENDING_REVIEW = "pending_review"
     """A reply that reads like an opt-out awaits review; nothing may be sent."""
+    ERASED = "erased"
+    """The subscriber's personal data was erased, with the proof of every consent
+    before it, and no opt-in or opt-out came after: nothing may be sent until a
+    fresh opt-in."""
 
 
 def consent_state(digest: Digest, campaign: str, *, pending_review: bool = False) -> ConsentState:
@@ -38,7 +42,7 @@ def consent_state(digest: Digest, campaign: str, *, pending_review: bool = False
     if now.active:
         return ConsentState.ACTIVE
     if now.revocation is None:
-        return ConsentState.NEVER_GRANTED
+        return ConsentState.NEVER_GRANTED if digest.erased is None else ConsentState.ERASED
     return ConsentState.REVOKED_BRAND_WIDE if now.brand_wide else ConsentState.REVOKED
 
 

@@ -479,6 +479,7 @@ _STATUS_COLUMN = {
     ConsentState.REVOKED: "revoked",
     ConsentState.REVOKED_BRAND_WIDE: "revoked",
     ConsentState.NEVER_GRANTED: "none",
+    ConsentState.ERASED: "none",
 }
 """``consent_status.status``: the table's words for ``ledger.status.consent_state``."""
 

@@ -232,6 +232,12 @@ async def test_erasure_is_refused_early_and_under_a_hold_then_done_and_the_ledge
         )
         assert not erased_answer.allowed
         assert erased_answer.reason == api.REASON_SUBJECT_ERASED
+        consent = await c.GetConsent(
+            api.GetConsentRequest(
+                phone=QUIET, brand="acme", campaign="promo", at_least_as_fresh=quiet_token
+            )
+        )
+        assert consent.state == api.CONSENT_STATE_ERASED
         start = await c.HandleInboundMessage(
             api.HandleInboundMessageRequest(
                 request_id=uuid.uuid4().hex,

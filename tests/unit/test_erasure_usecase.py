@@ -16,6 +16,7 @@ from ledger.events import ConsentGranted, RevocationChannel, SubjectErased
 from ledger.personal_data import ERASED
 from ledger.policy import Reason
 from ledger.retention import PlaceLegalHold, ReleaseLegalHold, RequestErasure, add_years
+from ledger.status import ConsentState
 from services.adapters.memory_keys import InMemorySubjectKeys
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
@@ -112,6 +113,7 @@ async def test_a_fresh_opt_in_after_erasure_is_allowed_and_readable() -> None:
         clock.now = add_years(at(0), 5) + timedelta(days=1)
         done = await uc.erasure.erase(RequestErasure("erase-1", PHONE, BRAND), "dpo")
         erased_answer = await uc.checks.can_send(PHONE, BRAND, "promo", token=done.token)
+        erased_consent = await uc.audit.get_consent(PHONE, BRAND, "promo", reader=AUDITOR)
         clock.now += timedelta(hours=1)
         fresh = an_opt_in(clock.now - timedelta(minutes=1), request_id="again")
         result = await uc.writes.record(fresh)
@@ -120,7 +122,12 @@ async def test_a_fresh_opt_in_after_erasure_is_allowed_and_readable() -> None:
         history = (await uc.audit.history(PHONE, BRAND, reader=AUDITOR)).value
 
         assert erased_answer.decision.reason is Reason.SUBJECT_ERASED
+        assert erased_consent.state is ConsentState.ERASED and erased_consent.grant is None
         assert answer.decision.allowed
+        fresh_consent = await uc.audit.get_consent(
+            PHONE, BRAND, "promo", result.token, reader=AUDITOR
+        )
+        assert fresh_consent.state is ConsentState.ACTIVE
         names = [r.event.proof.name for r in history if isinstance(r.event, ConsentGranted)]
         assert names == [ERASED, "Ada Lovelace"]
 

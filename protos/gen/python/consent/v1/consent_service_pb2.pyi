@@ -205,6 +205,11 @@ class _ConsentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConsentS
     """Opted out of every campaign of the brand."""
     CONSENT_STATE_PENDING_REVIEW: _ConsentState.ValueType  # 5
     """A reply that reads like an opt-out awaits review; nothing may be sent."""
+    CONSENT_STATE_ERASED: _ConsentState.ValueType  # 6
+    """The subscriber's personal data was erased, with the proof of every consent
+    before it (RequestErasure), and no opt-in or opt-out came after: nothing may be
+    sent until a fresh opt-in.
+    """
 
 class ConsentState(_ConsentState, metaclass=_ConsentStateEnumTypeWrapper):
     """Where a number stands with one campaign, before caps and quiet hours."""
@@ -220,6 +225,11 @@ CONSENT_STATE_REVOKED_BRAND_WIDE: ConsentState.ValueType  # 4
 """Opted out of every campaign of the brand."""
 CONSENT_STATE_PENDING_REVIEW: ConsentState.ValueType  # 5
 """A reply that reads like an opt-out awaits review; nothing may be sent."""
+CONSENT_STATE_ERASED: ConsentState.ValueType  # 6
+"""The subscriber's personal data was erased, with the proof of every consent
+before it (RequestErasure), and no opt-in or opt-out came after: nothing may be
+sent until a fresh opt-in.
+"""
 Global___ConsentState: _TypeAlias = ConsentState  # noqa: Y015
 
 class _InboundIntent:
