@@ -190,8 +190,9 @@ class ReleaseLegalHold:
     occurred_at: datetime | None = None
 
 
-def _checked(cmd: Any, now: datetime) -> dict[str, Any]:
-    """The fields every fact of these requests shares, every bad field in one refusal."""
+def checked(cmd: Any, now: datetime) -> dict[str, Any]:
+    """The fields every fact of these requests shares; ``InvalidRequest`` (or the first
+    bad field's own error) naming every bad field of the request, in one refusal."""
     found = Violations()
     check_fields(
         {f.name: getattr(cmd, f.name) for f in fields(cmd) if f.name != "occurred_at"},
@@ -219,7 +220,7 @@ def erasure_event(
     if not verdict.allowed:
         raise ValueError("an erasure the verdict refuses is not recorded")
     return SubjectErased(
-        **_checked(cmd, now),
+        **checked(cmd, now),
         requested_by=requested_by,
         reference=cmd.reference,
         retained_until=verdict.retained_until,
@@ -228,7 +229,7 @@ def erasure_event(
 
 def hold_event(cmd: PlaceLegalHold | ReleaseLegalHold, now: datetime, by: str) -> SubscriberEvent:
     """The fact a hold request records, at ``now`` (or the ``occurred_at`` it gives)."""
-    base = _checked(cmd, now)
+    base = checked(cmd, now)
     if cmd.occurred_at is not None:
         base["occurred_at"] = check_time(cmd.occurred_at, now)
     if isinstance(cmd, PlaceLegalHold):

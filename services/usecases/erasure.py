@@ -27,6 +27,7 @@ from ledger.retention import (
     RequestErasure,
     Retention,
     check_subject,
+    checked,
     erasure_event,
     erasure_verdict,
     hold_event,
@@ -69,8 +70,9 @@ class Erasure:
         return await self.ctx.view.history(number, brand)
 
     async def erase(self, cmd: RequestErasure, requested_by: str = "") -> Erased:
-        number, brand = check_subject(cmd.phone, cmd.brand)
         now = self.ctx.clock()
+        fields = checked(cmd, now)  # bad input is refused before anything is read
+        number, brand = fields["phone"], fields["brand"]
         verdict = await self.verdict(number, brand)
         if verdict.last_fact is None:
             raise Refused(

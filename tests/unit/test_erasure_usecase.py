@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from ledger.commands import RecordOptOut
+from ledger.errors import InvalidRequest
 from ledger.events import ConsentGranted, RevocationChannel, SubjectErased
 from ledger.personal_data import ERASED
 from ledger.policy import Reason
@@ -198,3 +199,13 @@ async def test_the_change_stream_shows_the_opt_in_opened() -> None:
 
         grant = next(e for e in seen if isinstance(e, ConsentGranted))
         assert grant.proof.name == "Ada Lovelace" and grant.sealed is None
+
+
+async def test_bad_input_is_refused_by_field_before_the_retention_is_looked_at() -> None:
+    async with app(Clock(at(10))) as (uc, _):
+        await opted_in_and_out(uc)  # inside the period: a well-formed request is refused
+
+        with pytest.raises(InvalidRequest) as err:
+            await uc.erasure.erase(RequestErasure("", PHONE, BRAND, "x" * 300), "dpo")
+
+        assert {f for f, _ in err.value.violations} == {"request_id", "reference"}
