@@ -6,6 +6,8 @@ writing nothing twice."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -16,14 +18,17 @@ from consent.v1 import consent_service_pb2 as api
 
 from ledger.ports import ConsistencyToken, Stream
 from services.bootstrap import Runtime
+from tests.e2e.grpcurl import grpcurl
 from tests.e2e.harness import (
     client,
     define,
     kafka_settings,
+    running,
     service_settings,
     status_details,
     ts,
 )
+from tests.e2e.test_readme import answers, block, run
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -212,3 +217,20 @@ async def test_more_than_a_thousand_messages_or_another_brand_is_refused(service
                 await c.RecordMessagesSent(call("batch-theirs", [message(0, when)]))
             assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert await ledger_size(runtime) == size
+
+
+async def test_the_readme_batched_send_runs_as_written(tmp_path, postgres_dsn):
+    """README's "Recording many messages sent" block, after the "Calling the API"
+    walk-through it follows, with grpcurl, against a real service."""
+    walk, sends = block("readme-grpcurl", "sh"), block("readme-sends", "sh")
+    tool = await asyncio.to_thread(grpcurl)
+    path = f"{os.path.dirname(tool)}{os.pathsep}{os.environ['PATH']}"
+    script = f"PATH='{path}'\n{walk}\n{sends}"
+    async with running(service_settings(tmp_path, postgres_dsn, kafka=None)) as runtime:
+        done = await asyncio.to_thread(
+            run, ["bash", "-euo", "pipefail", "-c", script], tmp_path, runtime.address
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    written = answers(done.stdout)[1][-1]
+    assert len(written["eventIds"]) == len(set(written["eventIds"])) == 2
+    assert written["consistencyToken"].startswith("subscribers:0:")  # one partition
