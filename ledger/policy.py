@@ -50,6 +50,7 @@ from ledger.events import (
     SubscriberEvent,
     is_21_plus,
 )
+from ledger.personal_data import ERASED, SEALED
 from ledger.state import (
     CampaignHistory,
     SubscriberState,
@@ -72,6 +73,12 @@ brand-wide, whenever it was sent; a campaign's ``CampaignPolicy.revoke_all``, or
 brand's own setting (``ledger.events.BrandPolicySet``, folded into
 ``Campaign.revoke_all_since``), does so earlier (and neither can turn it off after).
 Midnight in Washington, D.C., as the business days of ``ledger.deadlines`` are counted."""
+
+
+def _said(text: str) -> str:
+    """What a person's words add to an answer: " 'their words'", or nothing where they
+    are sealed or erased (``ledger.personal_data``): a sender reads the answer too."""
+    return "" if text in (SEALED, ERASED) else f" {text!r}"
 
 
 class Reason(enum.Enum):
@@ -366,7 +373,7 @@ class Check:
         if digest.pending:
             return deny(
                 Reason.REVOCATION_PENDING_REVIEW,
-                f"reply {digest.pending[0].text!r} reads like an opt-out and awaits review",
+                f"reply{_said(digest.pending[0].text)} reads like an opt-out and awaits review",
                 [p.event_id for p in digest.pending],
                 version,
             )
@@ -494,7 +501,7 @@ class Check:
             due = from_micros(overdue[0].due)
             return deny(
                 Reason.REVOCATION_OVERDUE,
-                f"reply {overdue[0].text!r} reads like an opt-out and was not resolved by "
+                f"reply{_said(overdue[0].text)} reads like an opt-out and was not resolved by "
                 f"{due:%Y-%m-%d %H:%M} UTC, ten business days after it came: "
                 "it counts as a revocation until resolved",
                 [p.event_id for p in overdue],
@@ -504,7 +511,7 @@ class Check:
         if unattributed:
             return deny(
                 Reason.REVOKED_BRAND_WIDE,
-                f"opt-out {unattributed[0].text!r} names no defined campaign: it counts for "
+                f"opt-out{_said(unattributed[0].text)} names no defined campaign: it counts for "
                 "every campaign until resolved",
                 [p.event_id for p in unattributed],
                 version,

@@ -11,10 +11,23 @@ from consent.v1 import ledger_pb2
 
 from ledger.events import CollectionMethod, ConsentGranted, LedgerPosition, Recorded, SubjectErased
 from ledger.personal_data import ERASED, SEALED
+from ledger.policy import Reason, decide
+from ledger.state import fold
 from services.adapters.memory_keys import InMemorySubjectKeys
 from services.personal_data import PersonalData
 from services.wire import codec
-from tests.builders import BRAND, PHONE, at, flagged, granted, inbound, record, revoked, sent
+from tests.builders import (
+    BRAND,
+    PHONE,
+    at,
+    campaign,
+    flagged,
+    granted,
+    inbound,
+    record,
+    revoked,
+    sent,
+)
 
 PII = ("Ada Lovelace", "ada@example.com", "1 Main St, Springfield", "203.0.113.7")
 
@@ -131,3 +144,15 @@ async def test_a_fresh_opt_in_after_erasure_is_sealed_with_a_new_key_and_opens(
 
     assert shown_old.event.proof.name == ERASED  # type: ignore[attr-defined]
     assert shown_new.event.proof.name == "Ada Lovelace"  # type: ignore[attr-defined]
+
+
+def test_an_answer_about_a_sealed_reply_does_not_quote_it() -> None:
+    sealed = record([granted(at(0)), replace(flagged(at(1)), text=SEALED)])
+    plain = record([granted(at(0)), flagged(at(1), "please stop texting me")])
+
+    hidden = decide(fold(sealed), campaign(), at(2))
+    shown = decide(fold(plain), campaign(), at(2))
+
+    assert hidden.reason is shown.reason is Reason.REVOCATION_PENDING_REVIEW
+    assert hidden.detail == "reply reads like an opt-out and awaits review"
+    assert "'please stop texting me'" in shown.detail
