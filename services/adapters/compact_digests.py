@@ -136,11 +136,13 @@ class CompactDigests:
         self._odd: dict[str, dict[str, Digest]] = {}
         self._typecode = "I"
         self._loading: dict[str, tuple[array[int], array[int]]] = {}
+        self._writes = 0
         self.size = 0
         """How many (brand, phone) entries there are."""
 
     def put(self, brand: str, phone: str, digest: Digest) -> None:
         """Store ``digest`` for ``phone`` towards ``brand``, replacing any before."""
+        self._writes += 1
         key = phone_key(phone)
         if key == 0:
             phones = self._odd.setdefault(brand, {})
@@ -185,6 +187,27 @@ class CompactDigests:
             self._indexes = {b: i.widened() for b, i in self._indexes.items()}
         self._arena += data
         return position
+
+    def grown_index(self, brand: str, more: int) -> tuple[_Index, int] | None:
+        """A larger copy of ``brand``'s index, with room for ``more`` entries beyond
+        those it holds, if putting them would make ``put`` grow it; else None.
+
+        ``put`` would rebuild it in place, in the caller's thread: some 8 s at ten
+        million entries. This only reads the index, so it may run in a worker
+        thread while the event loop keeps reading it; ``install`` then puts the
+        copy in place."""
+        index = self._indexes.get(brand)
+        if index is None or index.count + more <= index.cap * _GROW_AT:
+            return None
+        writes = self._writes
+        return index.resized(index.count + more), writes
+
+    def install(self, brand: str, grown: tuple[_Index, int]) -> None:
+        """Use the index ``grown_index`` made, which must have seen every write."""
+        index, writes = grown
+        if writes != self._writes:
+            raise RuntimeError("the digests changed while their index was copied")
+        self._indexes[brand] = index
 
     def add(self, brand: str, phone: str, digest: Digest) -> None:
         """``put`` for a copy being loaded, where each (brand, phone) comes once: the

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import asyncpg
@@ -172,8 +173,19 @@ class DigestReplica(DigestReads):
                     [first for _, first, _ in moved],
                     [stop for _, _, stop in moved],
                 )
+                await self._make_room(rows)
                 _store(self._digests.put, rows)
             self._positions = positions
+
+    async def _make_room(self, rows: Sequence[asyncpg.Record]) -> None:
+        """Grow, in a worker thread, each index that these rows would make ``put``
+        grow in the event loop (seconds at millions of entries, unanswered). Reads
+        go on meanwhile from the index as it is; the refresh's lock keeps writes
+        out until the copy is in place."""
+        for brand, more in Counter(row["brand"] for row in rows).items():
+            grown = await asyncio.to_thread(self._digests.grown_index, brand, more)
+            if grown is not None:
+                self._digests.install(brand, grown)
 
     async def _read_all(self, conn: asyncpg.Connection) -> CompactDigests:
         digests = CompactDigests()

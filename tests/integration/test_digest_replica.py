@@ -227,3 +227,26 @@ async def test_every_brands_digests_carry_a_phone_wide_stop(pool: asyncpg.Pool) 
         assert copied == await view.digests(brand, [PHONES[0], PHONES[1]])
         assert [p.event_id for p in copied[PHONES[0]].pending] == [str(stop.event_id)]
     assert (await replica.digests("acme", [PHONES[0]]))[PHONES[0]].campaign("deals").grant
+
+
+async def test_a_refresh_that_outgrows_the_index_grows_it_and_follows_the_view(
+    pool: asyncpg.Pool,
+) -> None:
+    """A refresh bringing more new numbers than the loaded index has room for grows
+    it first (aside, in a worker thread), and the copy still equals the view."""
+    view = PostgresConsentView(pool)
+    replica = DigestReplica(pool, view)
+    pos = Positions()
+    await view.apply(
+        Stream.SUBSCRIBERS, pos.record([grant(p, "acme", "deals", T0) for p in PHONES[:4]])
+    )
+    await replica.refresh()
+    index_bytes = replica.stats()["index_bytes"]  # sized for four
+
+    more = [grant(p, "acme", "deals", T0) for p in PHONES[4:]]
+    await view.apply(Stream.SUBSCRIBERS, pos.record(more))
+    await replica.refresh()
+
+    assert replica.stats()["index_bytes"] > index_bytes
+    assert replica.loads == 1 and replica.size == len(PHONES)
+    assert await _all(replica, ["acme"]) == await _all(view, ["acme"])

@@ -231,6 +231,38 @@ def test_a_load_builds_each_index_once_at_its_size():
     assert store.stats()["index_bytes"] == (int(4001 / 0.6) + 1 + 8) * 12
 
 
+def test_an_index_grown_aside_holds_what_it_copied_and_room_for_more():
+    store = CompactDigests()
+    digest = _digest([granted(at(0))])
+    phones = [f"+1415555{n:04d}" for n in range(10)]
+    for phone in phones[:4]:  # an index of 8 slots, grown past 80 %
+        store.put("acme", phone, digest)
+    assert store.grown_index("acme", 2) is None  # room enough: nothing to do
+    assert store.grown_index("initech", 100) is None  # no index to grow
+    grown = store.grown_index("acme", 6)
+    assert grown is not None
+    before = store.stats()["index_bytes"]
+
+    store.install("acme", grown)
+    for phone in phones[4:]:
+        store.put("acme", phone, digest)
+
+    assert store.stats()["index_bytes"] > before
+    assert store.get_many("acme", phones) == dict.fromkeys(phones, digest)
+
+
+def test_an_index_copied_before_a_write_is_refused():
+    store = CompactDigests()
+    digest = _digest([granted(at(0))])
+    for n in range(6):
+        store.put("acme", f"+141555500{n:02d}", digest)
+    grown = store.grown_index("acme", 10)
+    assert grown is not None
+    store.put("acme", "+14155550000", _digest([granted(at(0)), revoked(at(1))]))
+    with pytest.raises(RuntimeError):
+        store.install("acme", grown)
+
+
 def test_a_rewritten_digest_replaces_the_old_and_its_place_is_reused():
     store = CompactDigests()
     short, long = _digest([granted(at(0))]), _digest([granted(at(0)), revoked(at(1))])
