@@ -188,6 +188,11 @@ class CompactDigests:
         self._arena += data
         return position
 
+    def needs_room(self, brand: str, more: int) -> bool:
+        """Whether putting ``more`` new entries would make ``put`` grow ``brand``'s index."""
+        index = self._indexes.get(brand)
+        return index is not None and index.count + more > index.cap * _GROW_AT
+
     def grown_index(self, brand: str, more: int) -> tuple[_Index, int] | None:
         """A larger copy of ``brand``'s index, with room for ``more`` entries beyond
         those it holds, if putting them would make ``put`` grow it; else None.
@@ -196,11 +201,10 @@ class CompactDigests:
         million entries. This only reads the index, so it may run in a worker
         thread while the event loop keeps reading it; ``install`` then puts the
         copy in place."""
-        index = self._indexes.get(brand)
-        if index is None or index.count + more <= index.cap * _GROW_AT:
+        if not self.needs_room(brand, more):
             return None
         writes = self._writes
-        return index.resized(index.count + more), writes
+        return self._indexes[brand].resized(self._indexes[brand].count + more), writes
 
     def install(self, brand: str, grown: tuple[_Index, int]) -> None:
         """Use the index ``grown_index`` made, which must have seen every write."""

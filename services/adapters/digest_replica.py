@@ -183,6 +183,8 @@ class DigestReplica(DigestReads):
         go on meanwhile from the index as it is; the refresh's lock keeps writes
         out until the copy is in place."""
         for brand, more in Counter(row["brand"] for row in rows).items():
+            if not self._digests.needs_room(brand, more):
+                continue  # nearly always: one comparison, no thread
             grown = await asyncio.to_thread(self._digests.grown_index, brand, more)
             if grown is not None:
                 self._digests.install(brand, grown)

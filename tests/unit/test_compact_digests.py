@@ -238,6 +238,7 @@ def test_an_index_grown_aside_holds_what_it_copied_and_room_for_more():
     for phone in phones[:4]:  # an index of 8 slots, grown past 80 %
         store.put("acme", phone, digest)
     assert store.grown_index("acme", 2) is None  # room enough: nothing to do
+    assert not store.needs_room("acme", 2) and store.needs_room("acme", 6)
     assert store.grown_index("initech", 100) is None  # no index to grow
     grown = store.grown_index("acme", 6)
     assert grown is not None
