@@ -31,7 +31,7 @@ from ledger.ports import ConsistencyToken, Stream
 from services.adapters.kafka_ledger import KafkaLedger
 from services.adapters.postgres_view import PROJECTION_TABLES, PostgresConsentView
 from services.bootstrap import Runtime
-from services.cli import _rebuild
+from services.cli import _parser, _rebuild
 from services.settings import FreshnessSettings, Settings
 from tests.e2e.harness import (
     client,
@@ -52,6 +52,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 WHEN = noon_in_los_angeles()
 CAMPAIGNS = ("promo", "news")
+REBUILD = _parser().parse_args(["rebuild", "--quiet"])
+"""`consent-ledger rebuild --quiet`, as the command line gives it."""
 
 
 def _settings(tmp: Path, dsn: str, bootstrap: str, prefix: str) -> Settings:
@@ -133,7 +135,7 @@ async def test_a_dropped_projection_database_is_rebuilt_from_the_ledger_with_the
 
     await postgres_server.drop_database(name)  # every table, the offsets with them
     dsn = await postgres_server.create_database(name)
-    await _rebuild(settings)  # what `consent-ledger rebuild` runs
+    await _rebuild(settings, REBUILD)  # what `consent-ledger rebuild` runs
 
     runtime = Runtime(dataclasses.replace(settings, postgres_dsn=dsn), clock=lambda: WHEN)
     await runtime.start()
@@ -429,7 +431,7 @@ async def test_a_service_killed_during_writes_leaves_a_projection_equal_to_the_l
         incremental = {t: await view.table_dump(t) for t in PROJECTION_TABLES}
 
         settings = Settings.from_env({**env, "CONSENT_GRPC_LISTEN": "127.0.0.1:0"})
-        await _rebuild(settings)
+        await _rebuild(settings, REBUILD)
         assert {t: await view.table_dump(t) for t in PROJECTION_TABLES} == incremental
     finally:
         await pool.close()
