@@ -47,12 +47,11 @@ TABLE = "ledger_stored_events"
 NOTIFY_CHANNEL = TABLE  # the recorder NOTIFYs on a channel named for its table
 _MAX_CONFLICTS = 10
 """Times an append re-reads the ends after another process took its offsets."""
-_BATCH_EVENTS = 2000
-"""At most this many events of several appends go into one insert, so one transaction
-stays short. Well below where the recorder's insert stops: it pipelines one
-statement per event and reads their answers only at the end, and at about 4,800
-events (measured) those answers fill the socket both ways and it waits for ever.
-Eight batched sends of 1,000 messages at once reached it."""
+_BATCH_EVENTS = 1000
+"""At most this many events go into one insert, so one transaction stays short. An
+append of more is split into inserts of this many. The recorder inserts in psycopg's
+pipeline mode, which was seen to hang for good on inserts of some 3,000 events or
+more (client and server each waiting for the other; inserts of 1,000 never did)."""
 
 
 def originator_id(stream: Stream) -> str:
@@ -143,17 +142,30 @@ class PostgresLedger(EventLog):
         encoded = [(Stream.of(event), event, encode_event(event)) for event in events]
         if not encoded:
             return []
-        waiting = _Append(encoded, asyncio.get_running_loop().create_future())
-        self._waiting.append(waiting)
+        loop = asyncio.get_running_loop()
+        # In order, one after the other in the queue: the writer inserts them in turn.
+        # Should one fail, those before it may be stored (as a Kafka append's may).
+        parts = [
+            _Append(encoded[i : i + _BATCH_EVENTS], loop.create_future())
+            for i in range(0, len(encoded), _BATCH_EVENTS)
+        ]
+        self._waiting.extend(parts)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name="postgres-ledger-writer")
+        every = asyncio.gather(*(part.done for part in parts), return_exceptions=True)
         try:
-            return await asyncio.wait_for(asyncio.shield(waiting.done), self._append_timeout_s)
+            results = await asyncio.wait_for(asyncio.shield(every), self._append_timeout_s)
         except TimeoutError as exc:
             raise LedgerUnavailable(
                 f"PostgreSQL ledger: {len(encoded)} event(s) not acknowledged in "
                 f"{self._append_timeout_s:g} s"
             ) from exc
+        recorded: list[Recorded] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            recorded.extend(result)
+        return recorded
 
     async def _write(self) -> None:
         """Insert what is waiting, batch by batch, until nothing is."""

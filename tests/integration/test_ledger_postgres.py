@@ -6,6 +6,7 @@ two processes share one gapless sequence; a ledger an older version wrote in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -238,3 +239,30 @@ async def test_an_insert_the_recorder_retried_after_it_was_committed_is_not_appe
     assert [(r.event, r.position.offset) for r in recorded] == [(sent, 1)]
     assert await ledger.read(Stream.SUBSCRIBERS, 0, 0) == first + recorded + after
     assert [r.position.offset for r in after] == [2]
+
+
+async def test_an_append_larger_than_one_insert_is_stored_whole_while_followed(
+    ledger: PostgresLedger,
+) -> None:
+    # Inserts of some 3,000 events or more hung in the recorder's pipeline mode (with a
+    # subscriber following, at once): an append of 4,800 is now inserts of 1,000.
+    followed: list[int] = []
+
+    async def follow() -> None:
+        async for batch in ledger.subscribe(Stream.SUBSCRIBERS, {}):
+            followed.append(len(batch))
+
+    following = asyncio.create_task(follow())
+    try:
+        phones = [new_phone() for _ in range(100)]
+        events = [message_sent(p, n) for n in range(48) for p in phones]
+
+        recorded = await ledger.append(events)
+
+        assert [r.event for r in recorded] == events
+        assert [r.position.offset for r in recorded] == list(range(len(events)))
+        assert await ledger.end_offsets(Stream.SUBSCRIBERS) == {0: len(events)}
+    finally:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
