@@ -365,13 +365,31 @@ def bounded(
     cancelling the caller returns in time. The task is cancelled and finishes when
     the server answers again."""
 
+    return _bounded(method, 1)
+
+
+BULK_BOUND = 20
+"""A bulk import's statements (``request_uses``, ``claim_requests``, ``known_events``:
+a thousand rows each) may take this many times the view's ``timeout``."""
+
+
+def bounded_bulk(
+    method: Callable[Concatenate[PostgresConsentView, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[PostgresConsentView, P], Coroutine[Any, Any, R]]:
+    """``bounded``, for a statement of a thousand rows: ``BULK_BOUND`` times the bound."""
+    return _bounded(method, BULK_BOUND)
+
+
+def _bounded(
+    method: Callable[Concatenate[PostgresConsentView, P], Coroutine[Any, Any, R]], factor: float
+) -> Callable[Concatenate[PostgresConsentView, P], Coroutine[Any, Any, R]]:
     @functools.wraps(method)
     async def bounded_method(view: PostgresConsentView, /, *args: P.args, **kwargs: P.kwargs) -> R:
         if view._timeout is None:
             return await method(view, *args, **kwargs)
         read = asyncio.ensure_future(method(view, *args, **kwargs))
         try:
-            done, _ = await asyncio.wait({read}, timeout=view._timeout)
+            done, _ = await asyncio.wait({read}, timeout=view._timeout * factor)
         except asyncio.CancelledError:
             read.cancel()
             raise
@@ -379,8 +397,9 @@ def bounded(
             read.cancel()
             read.add_done_callback(_retrieve)
             raise StoreUnavailable(
-                f"PostgreSQL did not answer within {view._timeout:g} s"
-                f" (CONSENT_POSTGRES_TIMEOUT_MS; {method.__name__})"
+                f"PostgreSQL did not answer within {view._timeout * factor:g} s"
+                f" (CONSENT_POSTGRES_TIMEOUT_MS{f' x {factor:g}' if factor != 1 else ''};"
+                f" {method.__name__})"
             )
         return read.result()
 
@@ -1054,7 +1073,7 @@ class PostgresConsentView(ConsentView):
             if row is not None:
                 return _request_use(row)
 
-    @bounded
+    @bounded_bulk
     async def request_uses(
         self, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], RequestUse]:
@@ -1063,7 +1082,7 @@ class PostgresConsentView(ConsentView):
         rows = await self._reads.fetch(_REQUEST_USES_OF, [k[0] for k in keys], [k[1] for k in keys])
         return {(row["brand"], row["request_id"]): _request_use(row) for row in rows}
 
-    @bounded
+    @bounded_bulk
     async def claim_requests(self, claims: Sequence[RequestClaim]) -> list[RequestUse]:
         uses: dict[tuple[str, str], RequestUse] = {}
         pending = list({(c.brand, c.request_id): c for c in reversed(claims)}.values())
@@ -1081,7 +1100,7 @@ class PostgresConsentView(ConsentView):
             pending = [c for c in pending if (c.brand, c.request_id) not in uses]
         return [uses[(c.brand, c.request_id)] for c in claims]
 
-    @bounded
+    @bounded_bulk
     async def known_events(self, event_ids: Sequence[str]) -> set[str]:
         keys = []
         for i in event_ids:

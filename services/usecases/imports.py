@@ -34,12 +34,15 @@ from ledger.commands import (
 from ledger.errors import DomainError, InvalidRequest
 from ledger.events import LedgerEvent
 from ledger.ports import ConsistencyToken, RequestClaim, RequestUse, Stream
-from services.errors import FailedPrecondition, PermissionDenied, ServiceError
+from services.errors import FailedPrecondition, NotConsistent, PermissionDenied, ServiceError
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import brand_of
 
 MAX_CHUNK = 1000
 """Records one chunk may hold."""
+CATCH_UP_ROUNDS = 20
+"""Freshness bounds (``CONSENT_FRESHNESS_WAIT_MS`` each) an import's first chunk waits
+for the view to reach the ledger's end."""
 
 ImportCommand = RecordOptIn | RecordOptOut
 
@@ -122,11 +125,7 @@ class Imports:
         if len(items) > MAX_CHUNK:
             raise InvalidRequest("records", f"at most {MAX_CHUNK} records per message")
         if not self._caught_up:
-            # An earlier run's records may be in the ledger but not yet in the view:
-            # let the view reach the ledger's end once, so a re-run finds them.
-            if not await self.ctx.guard.wait_until_applied((Stream.SUBSCRIBERS,)):
-                raise FailedPrecondition("records", BEHIND)
-            self._caught_up = True
+            await self._catch_up()
         result = ChunkResult()
         planned: list[_Planned] = []
         for item in items:
@@ -152,6 +151,17 @@ class Imports:
         result.token = ConsistencyToken.after(recorded)
         result.refusals.sort(key=lambda r: r.index)
         return result
+
+    async def _catch_up(self) -> None:
+        """Let the view reach the ledger's end once per import: an earlier run's
+        records may be in the ledger but not yet in the view, and a re-run must find
+        them. A view still catching up (a projector that just joined its group) is
+        given ``CATCH_UP_ROUNDS`` bounds before the import is refused as UNAVAILABLE."""
+        for _ in range(CATCH_UP_ROUNDS):
+            if await self.ctx.guard.wait_until_applied((Stream.SUBSCRIBERS,)):
+                self._caught_up = True
+                return
+        raise NotConsistent("records", BEHIND)
 
     async def _checked(self, item: Item) -> list[LedgerEvent]:
         """The record's facts, or the first refusal it meets (its fields, its brand
