@@ -4,6 +4,7 @@ then the writes beside echo and a raw aiokafka producer.
     python -m bench [--subscribers N] [--duration S] [--quick] [--profile]
                     [--writes-only | --no-writes | --projection-only]
                     [--write-paths kafka,postgres] [--projection-events N | --no-projection]
+                    [--import-only | --no-import] [--import-records N]
 
 1. Start Kafka and PostgreSQL (``tests.infra``), or reuse the ones named by
    ``CONSENT_TEST_KAFKA_BOOTSTRAP`` / ``CONSENT_TEST_POSTGRES_DSN``.
@@ -24,6 +25,9 @@ then the writes beside echo and a raw aiokafka producer.
    process applies into PostgreSQL, beside a raw COPY of the same rows into a bare
    table, and the time a rebuild from Kafka takes. ``--projection-only`` runs it
    alone; ``--no-projection`` leaves it out.
+7. The import phase (``bench.imports``): ``ImportConsents`` of 200,000 opt-ins with
+   proof and 20,000 opt-outs, appended and then answerable by CanSend, beside a raw
+   aiokafka producer appending the same records. ``--import-only`` runs it alone.
 
 ``--profile`` instead runs the service in one uvloop process under cProfile through
 the CanSend phases (with ``--writes-only``, the write phases) and prints where the
@@ -54,6 +58,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench import client
 from bench.cpu import WindowMeter, postgres_pids, rss_bytes
+from bench.imports import HEADER as IMPORT_HEADER
+from bench.imports import ImportRow, run_imports
+from bench.imports import goal_lines as import_goal_lines
+from bench.imports import row_figures as import_row_figures
 from bench.infra import CHECK_TOKEN, REPO_ROOT, Infra, ServerGroup
 from bench.ladder import run_ladder
 from bench.phones import phones as make_phones
@@ -295,6 +303,11 @@ async def main_async(args: argparse.Namespace) -> int:
                 say(line)
             save({"machine": info, "args": vars(args), "projection": alone.as_dict()})
             return 0
+        if args.import_only:
+            import_rows = await run_imports(args, infra, say)
+            print_imports(import_rows)
+            save({"machine": info, "args": vars(args), "imports": import_row_figures(import_rows)})
+            return 0
         if args.writes_only:
             if args.profile:
                 return await profile_writes(args, infra)
@@ -390,6 +403,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
         write_rows = [] if args.no_writes else await run_writes(args, infra, say)
         projection = None if args.no_projection else await run_projection(args, infra, say)
+        import_rows = [] if args.no_import else await run_imports(args, infra, say)
         say("\n" + HEADER)
         for row in rows:
             say(row.line())
@@ -401,10 +415,13 @@ async def main_async(args: argparse.Namespace) -> int:
             say("")
             for line in projection_lines(projection):
                 say(line)
+        if import_rows:
+            print_imports(import_rows)
         figures = report(info, seeded, rows, args)
         figures["projection"] = None if projection is None else projection.as_dict()
         figures["idle_cpu_share_of_a_core"] = idle_rows
         figures["writes"] = row_figures(write_rows)
+        figures["imports"] = import_row_figures(import_rows)
         save(figures)
         return 0
     finally:
@@ -417,6 +434,15 @@ def print_writes(rows: list[WriteRow]) -> None:
         say(row.line())
     say("")
     for line in goal_lines(rows):
+        say(line)
+
+
+def print_imports(rows: list[ImportRow]) -> None:
+    say("\n" + IMPORT_HEADER)
+    for row in rows:
+        say(row.line())
+    say("")
+    for line in import_goal_lines(rows):
         say(line)
 
 
@@ -651,6 +677,23 @@ def main(argv: list[str] | None = None) -> int:
         help="events the projection phase applies and rebuilds (default 1,000,000)",
     )
     parser.add_argument("--no-projection", action="store_true", help="skip the projection phase")
+    writes.add_argument(
+        "--import-only",
+        action="store_true",
+        help="run the import phase alone (bench.imports; no seeding, no write phases)",
+    )
+    parser.add_argument("--no-import", action="store_true", help="skip the import phase")
+    parser.add_argument(
+        "--import-records",
+        type=int,
+        default=200_000,
+        help="opt-ins the import phase imports (and a tenth as many opt-outs); 200,000",
+    )
+    parser.add_argument(
+        "--import-paths",
+        default="kafka,postgres",
+        help="ledgers the import phase runs on, comma-separated: kafka, postgres",
+    )
     parser.add_argument(
         "--write-paths",
         default="kafka,postgres",
