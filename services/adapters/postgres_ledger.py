@@ -48,10 +48,13 @@ NOTIFY_CHANNEL = TABLE  # the recorder NOTIFYs on a channel named for its table
 _MAX_CONFLICTS = 10
 """Times an append re-reads the ends after another process took its offsets."""
 _BATCH_EVENTS = 1000
-"""At most this many events go into one insert, so one transaction stays short. An
-append of more is split into inserts of this many. The recorder inserts in psycopg's
-pipeline mode, which was seen to hang for good on inserts of some 3,000 events or
-more (client and server each waiting for the other; inserts of 1,000 never did)."""
+_BATCH_BYTES = 128 * 1024
+"""At most this many events, of at most this many bytes, go into one insert (one
+alone may be larger), so one transaction stays short. An append of more is split
+into inserts of this size. The recorder inserts in psycopg's pipeline mode, which
+was seen to hang for good on large inserts (4,800 events of 300 bytes at once, and
+1,100 of 700 bytes; client and server each waiting for the other), as
+psycopg/psycopg#685 reports for large pipelines."""
 
 
 def originator_id(stream: Stream) -> str:
@@ -91,6 +94,25 @@ class _Append:
     encoded: list[tuple[Stream, LedgerEvent, bytes]]
     done: asyncio.Future[list[Recorded]]
     offsets: list[int] = field(default_factory=list)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(len(payload) for _, _, payload in self.encoded)
+
+
+def _parts(
+    encoded: list[tuple[Stream, LedgerEvent, bytes]],
+) -> list[list[tuple[Stream, LedgerEvent, bytes]]]:
+    """``encoded`` in order, in parts of at most ``_BATCH_EVENTS`` and ``_BATCH_BYTES``."""
+    parts: list[list[tuple[Stream, LedgerEvent, bytes]]] = [[]]
+    size = 0
+    for item in encoded:
+        if parts[-1] and (len(parts[-1]) == _BATCH_EVENTS or size + len(item[2]) > _BATCH_BYTES):
+            parts.append([])
+            size = 0
+        parts[-1].append(item)
+        size += len(item[2])
+    return parts
 
 
 class PostgresLedger(EventLog):
@@ -145,10 +167,7 @@ class PostgresLedger(EventLog):
         loop = asyncio.get_running_loop()
         # In order, one after the other in the queue: the writer inserts them in turn.
         # Should one fail, those before it may be stored (as a Kafka append's may).
-        parts = [
-            _Append(encoded[i : i + _BATCH_EVENTS], loop.create_future())
-            for i in range(0, len(encoded), _BATCH_EVENTS)
-        ]
+        parts = [_Append(part, loop.create_future()) for part in _parts(encoded)]
         self._waiting.extend(parts)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name="postgres-ledger-writer")
@@ -172,9 +191,15 @@ class PostgresLedger(EventLog):
         while self._waiting:
             batch = [self._waiting.popleft()]
             size = len(batch[0].encoded)
-            while self._waiting and size + len(self._waiting[0].encoded) <= _BATCH_EVENTS:
+            size_bytes = batch[0].size_bytes
+            while (
+                self._waiting
+                and size + len(self._waiting[0].encoded) <= _BATCH_EVENTS
+                and size_bytes + self._waiting[0].size_bytes <= _BATCH_BYTES
+            ):
                 batch.append(self._waiting.popleft())
                 size += len(batch[-1].encoded)
+                size_bytes += batch[-1].size_bytes
             try:
                 recorded = await self._insert(batch)
             except Exception as exc:
