@@ -1,0 +1,93 @@
+"""``ImportConsents``' stream (``services.grpc_api.imports``): one answer per message,
+in the order sent, however the chunks worked on at once finish; the first message's
+``dry_run`` for all; records that cannot be translated refused on their own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+from consent.v1 import consent_service_pb2 as api
+
+from ledger.ports import ConsistencyToken, Stream
+from services.grpc_api import imports as stream
+from services.usecases.imports import ChunkResult, Item, Refusal
+from tests.builders import T0
+from tests.e2e.harness import opt_in
+
+
+class SlowFirst:
+    """Chunks that finish in reverse order: the first takes longest."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, bool]] = []
+        self.at_once = 0
+        self.most_at_once = 0
+
+    async def chunk(self, items: Sequence[Item], *, dry_run: bool = False) -> ChunkResult:
+        first = items[0].index
+        self.seen.append((first, dry_run))
+        self.at_once += 1
+        self.most_at_once = max(self.most_at_once, self.at_once)
+        await asyncio.sleep(0.05 if first == 0 else 0.001)
+        self.at_once -= 1
+        token = ConsistencyToken({(Stream.SUBSCRIBERS, 0): first + len(items)})
+        refusals = [Refusal(first, "r", "INVALID_ARGUMENT", (("phone", "bad"),))]
+        return ChunkResult(imported=len(items) - 1, refusals=refusals, token=token)
+
+
+async def messages(count: int, size: int) -> AsyncIterator[api.ImportConsentsRequest]:
+    for m in range(count):
+        records = [
+            api.ImportRecord(opt_in=opt_in("+14155550100", "acme", "promo", T0, f"r-{m}-{i}"))
+            for i in range(size)
+        ]
+        yield api.ImportConsentsRequest(records=records, dry_run=m == 0)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_answers_come_in_the_order_sent_whichever_chunk_finishes_first():
+    imports = SlowFirst()
+
+    answers = [a async for a in stream.answer_chunks(imports, messages(6, 3))]  # type: ignore[arg-type]
+
+    assert [a.first_index for a in answers] == [0, 3, 6, 9, 12, 15]
+    assert [a.imported for a in answers] == [2] * 6
+    assert [(r.index, r.violations[0].field) for r in answers[1].refusals] == [(3, "phone")]
+    assert answers[-1].consistency_token == "subscribers:0:18"
+    assert 1 < imports.most_at_once <= stream.IN_FLIGHT
+    assert {dry for _, dry in imports.seen} == {True}  # the first message's choice
+
+
+def test_a_record_that_cannot_be_translated_is_refused_on_its_own():
+    good = api.ImportRecord(opt_in=opt_in("+14155550100", "acme", "promo", T0, "ok"))
+    no_time = api.ImportRecord(opt_in=opt_in("+14155550100", "acme", "promo", T0, "no-time"))
+    no_time.opt_in.ClearField("occurred_at")
+
+    items = stream.items_from_proto([good, api.ImportRecord(), no_time], 10)
+
+    assert [i.index for i in items] == [10, 11, 12]
+    assert items[0].command is not None and items[0].request_id == "ok"
+    assert items[1].command is None and items[1].error is not None
+    assert items[1].error.field == "record"
+    assert items[2].command is None and items[2].error is not None
+    assert items[2].request_id == "no-time"
+    assert "occurred_at" in {f for f, _ in items[2].error.violations}
+
+
+def test_an_answer_names_every_bad_field_of_each_refused_record():
+    result = ChunkResult(
+        imported=1,
+        present=2,
+        refusals=[Refusal(7, "r-7", "INVALID_ARGUMENT", (("phone", "bad"), ("brand", "bad")))],
+    )
+    answer = stream.chunk_to_proto(result, 5)
+    assert (answer.imported, answer.already_present, answer.first_index) == (1, 2, 5)
+    (refusal,) = answer.refusals
+    assert (refusal.index, refusal.request_id, refusal.code) == (7, "r-7", "INVALID_ARGUMENT")
+    assert [(v.field, v.description) for v in refusal.violations] == [
+        ("phone", "bad"),
+        ("brand", "bad"),
+    ]
+    assert answer.consistency_token == ""  # nothing written, nothing to wait for
