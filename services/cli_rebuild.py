@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 import asyncpg
 
 from ledger.ports import Stream
-from services.projector import Progress, Projector
+from services.progress import Progress, ProgressLine
+from services.projector import Projector
 
 if TYPE_CHECKING:
     from services.settings import Settings
@@ -23,73 +24,6 @@ if TYPE_CHECKING:
 INTERRUPTED = (
     "rebuild interrupted; what it applied is kept: run `consent-ledger rebuild` again to resume it"
 )
-
-
-class ProgressLine:
-    """Draws a rebuild's ``Progress``: redrawn in place on a terminal (at most every
-    ``tty_every`` seconds), else one line every ``log_every`` seconds (a pod's log)."""
-
-    def __init__(
-        self,
-        out: TextIO,
-        *,
-        tty_every: float = 0.2,
-        log_every: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.out = out
-        self.tty = out.isatty()
-        self.every = tty_every if self.tty else log_every
-        self.clock = clock
-        self.last: Progress | None = None
-        self.shown_at: float | None = None
-        self.pending = False
-
-    @staticmethod
-    def line(p: Progress) -> str:
-        share = p.done / p.total if p.total else 1.0
-        width = 30
-        filled = int(width * min(max(share, 0.0), 1.0))
-        left = "--:--" if p.left is None else _clock(p.left)
-        return (
-            f"rebuild [{'#' * filled}{'.' * (width - filled)}] {share:6.1%}  "
-            f"{p.done:,} of {p.total:,} events  {p.rate:,.0f}/s  {left} left"
-        )
-
-    def __call__(self, p: Progress) -> None:
-        if self.last is None and p.resumed:
-            self.out.write(f"resuming an interrupted rebuild at {p.done:,} of {p.total:,} events\n")
-        self.last = p
-        now = self.clock()
-        if self.shown_at is not None and now - self.shown_at < self.every:
-            self.pending = True
-            return
-        self._show(p)
-        self.shown_at = now
-
-    def _show(self, p: Progress) -> None:
-        self.pending = False
-        if self.tty:
-            self.out.write("\r" + self.line(p))
-        else:
-            self.out.write(self.line(p) + "\n")
-        self.out.flush()
-
-    def end(self) -> None:
-        """Show the last state if it was not shown, and end the line."""
-        if self.last is None:
-            return
-        if self.pending:
-            self._show(self.last)
-        if self.tty:
-            self.out.write("\n")
-            self.out.flush()
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
 async def run(settings: Settings, *, batch_size: int, out: TextIO | None, workers: int = 1) -> None:

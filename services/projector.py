@@ -18,10 +18,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 
 from ledger.events import Recorded
 from ledger.ports import ConsentView, EventLog, Stream
+from services.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -168,33 +168,6 @@ async def _abandon(read: asyncio.Future[list[Recorded]] | None) -> None:
     read.cancel()
     with contextlib.suppress(BaseException):
         await read
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where a catch-up (a rebuild's, say) stands."""
-
-    done: int
-    """Offsets of the ledger the view has applied, of ``total``."""
-    total: int
-    """The ledger's offsets when the catch-up began, every stream and partition."""
-    read: int
-    """Events this run read (a resumed rebuild's ``done`` includes the earlier run's)."""
-    seconds: float
-    """Since this run began."""
-    resumed: bool = False
-    """Whether this run resumed an interrupted rebuild."""
-
-    @property
-    def rate(self) -> float:
-        """Events a second this run."""
-        return self.read / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def left(self) -> float | None:
-        """Seconds to the end at this run's rate; None before it has one."""
-        rate = self.rate
-        return (self.total - self.done) / rate if rate > 0 else None
 
 
 async def rebuild(

@@ -10,7 +10,9 @@ import json
 import sys
 import time
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Any
+
+from services.progress import Progress, ProgressLine, wanted
 
 SWEEP_DESCRIPTION = """\
 List every message of a campaign sent in [--from, --to) that lacked what the
@@ -31,7 +33,8 @@ show it. Each send is judged as CanSend would have answered when it went out
   sent_without_asking        the sender named no answer it relied on
 
 It streams: a campaign of millions of messages is swept without holding them,
-with a progress line on standard error (share done, events read, rate, time left)."""
+with a progress line on standard error (share done, events read, rate, time left)
+when it is a terminal or with --progress."""
 
 
 def _manual() -> Any:
@@ -89,6 +92,11 @@ def add_parser(tools: Any) -> None:
     )
     sweep.add_argument("--quiet", action="store_true", help="no progress line")
     sweep.add_argument(
+        "--progress",
+        action="store_true",
+        help="a progress line on standard error even when it is not a terminal",
+    )
+    sweep.add_argument(
         "--address",
         help=f"the service (default: $CONSENT_ADDRESS or {packet_cli.DEFAULT_ADDRESS})",
     )
@@ -105,42 +113,6 @@ def _path(text: str) -> Any:
     from pathlib import Path
 
     return Path(text)
-
-
-class Progress:
-    """A progress line: share done, events read, their rate and the time left."""
-
-    def __init__(self, out: TextIO, clock: Any = time.monotonic) -> None:
-        self.out, self.clock, self.began = out, clock, clock()
-        self.shown = False
-
-    def line(self, done: float, events: int, findings: int) -> str:
-        elapsed = max(self.clock() - self.began, 1e-6)
-        rate = events / elapsed
-        left = elapsed * (1 - done) / done if done > 0 else None
-        width = 30
-        filled = int(width * min(max(done, 0.0), 1.0))
-        eta = "--:--" if left is None else _clock(left)
-        return (
-            f"[{'#' * filled}{'.' * (width - filled)}] {done:6.1%}  {events:,} events  "
-            f"{rate:,.0f}/s  {eta} left  {findings:,} found"
-        )
-
-    def show(self, done: float, events: int, findings: int) -> None:
-        self.out.write("\r" + self.line(done, events, findings))
-        self.out.flush()
-        self.shown = True
-
-    def end(self) -> None:
-        if self.shown:
-            self.out.write("\n")
-            self.out.flush()
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
 def finding_record(finding: Any) -> dict[str, Any]:
@@ -218,7 +190,9 @@ def run(args: argparse.Namespace) -> int:
     )
     request.start_time.FromDatetime(args.start)
     request.end_time.FromDatetime(args.end)
-    progress = Progress(sys.stderr)
+    shown = wanted(sys.stderr, args.progress) and not args.quiet
+    progress = ProgressLine(sys.stderr, "sweep")
+    began = time.monotonic()
     found = judged = events = 0
     try:
         with channel:
@@ -229,17 +203,24 @@ def run(args: argparse.Namespace) -> int:
                 if item.HasField("progress"):
                     p = item.progress
                     events, judged = p.events_read, p.sends_judged
-                    if not args.quiet:
-                        progress.show(p.done, p.events_read, p.findings)
+                    if shown:
+                        progress(
+                            Progress(
+                                done=p.events_read,
+                                total=None,
+                                read=p.events_read,
+                                seconds=time.monotonic() - began,
+                                fraction=p.done,
+                                note=f"{p.findings:,} found",
+                            )
+                        )
                     continue
                 found += 1
                 record = finding_record(item.finding)
-                if not args.quiet:
-                    progress.end()
-                    progress.shown = False
+                progress.interrupt()
                 print(json.dumps(record) if args.json else _text(record), flush=True)
     except grpc.RpcError as exc:
-        progress.end()
+        progress.interrupt()
         print(f"consent-ledger audit sweep: {packet_cli._refusal(exc)}", file=sys.stderr)
         return 1
     progress.end()

@@ -183,6 +183,7 @@ async def test_the_sweep_finds_the_one_send_in_a_states_quiet_hours_among_thousa
             "--to",
             (day + timedelta(days=1, hours=12)).isoformat(),
             "--json",
+            "--progress",
             "--address",
             runtime.address,
         ],

@@ -9,7 +9,7 @@ import pytest
 
 from services import cli
 from services.cli_rebuild import ProgressLine
-from services.projector import Progress
+from services.progress import Progress
 
 
 class Clock:
@@ -34,7 +34,9 @@ def test_the_rate_and_time_left_come_from_this_runs_events() -> None:
 
 
 def test_a_line_says_the_share_the_events_the_rate_and_the_time_left() -> None:
-    line = ProgressLine.line(Progress(done=250_000, total=1_000_000, read=250_000, seconds=10.0))
+    line = ProgressLine(io.StringIO()).line(
+        Progress(done=250_000, total=1_000_000, read=250_000, seconds=10.0)
+    )
 
     assert "[#######.......................]" in line
     assert " 25.0%" in line

@@ -7,26 +7,17 @@ import io
 import pytest
 
 from services.cli import _parser
-from services.sweep_cli import Progress
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from services.progress import Progress, ProgressLine
 
 
 def test_the_progress_line_gives_the_share_the_rate_and_the_time_left():
-    clock = Clock()
-    progress = Progress(io.StringIO(), clock)
-    clock.now += 10
-    line = progress.line(0.25, 50_000, 3)
+    line = ProgressLine(io.StringIO(), "sweep").line(
+        Progress(50_000, None, 50_000, 10.0, fraction=0.25, note="3 found")
+    )
     assert "25.0%" in line and "50,000 events" in line and "5,000/s" in line
-    assert "00:30 left" in line and "3 found" in line
-    assert line.startswith("[" + "#" * 7 + "." * 23 + "]")
-    assert "--:-- left" in Progress(io.StringIO(), clock).line(0.0, 0, 0)
+    assert "00:30 left" in line and line.endswith("3 found")
+    assert line.startswith("sweep [" + "#" * 7 + "." * 23 + "]")
+    assert "--:-- left" in ProgressLine(io.StringIO()).line(Progress(0, None, 0, 0.0, fraction=0.0))
 
 
 def test_the_range_is_read_as_iso_times_and_a_bare_one_as_utc():
