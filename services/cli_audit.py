@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,8 +23,11 @@ from typing import Any
 from ledger.ports import CheckpointStore, RecordSource
 from services.checkpoints import STREAMS, Keyring, PublicKey, SigningKey
 from services.cli_manual import Manual, tool
+from services.progress import Progress, ProgressLine, ResumeState, StopAfter, wanted
 
 COMMANDS = ("export", "verify", "keys")
+VERIFY_STATE = "consent-ledger-verify.resume"
+"""Where ``verify`` of the live ledger keeps its resume state, in the current folder."""
 
 EXPORT_DESCRIPTION = """\
 Write the ledger's records as JSON Lines, exactly as stored: each record's bytes
@@ -162,6 +166,14 @@ def _stream_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        help="a progress line on standard error even when it is not a terminal",
+    )
+
+
 def _export_arguments(export: argparse.ArgumentParser) -> None:
     _live_option(export)
     _stream_option(export)
@@ -180,6 +192,13 @@ def _export_arguments(export: argparse.ArgumentParser) -> None:
     export.add_argument(
         "--no-checkpoints", action="store_true", help="leave the checkpoints out of the export"
     )
+    export.add_argument(
+        "--resume",
+        metavar="FILE",
+        help="the resume state of an export to --output (default: OUTPUT.resume); an "
+        "interrupted export run again carries on from it",
+    )
+    _progress_option(export)
 
 
 def _verify_arguments(verify: argparse.ArgumentParser) -> None:
@@ -209,6 +228,13 @@ def _verify_arguments(verify: argparse.ArgumentParser) -> None:
         help="how old an uncovered record may be before it is a finding (default 600)",
     )
     verify.add_argument("--json", action="store_true", help="one JSON object, for a program")
+    verify.add_argument(
+        "--resume",
+        metavar="FILE",
+        help=f"the resume state (default: {VERIFY_STATE}, or EXPORT.verify-resume with "
+        "--export); an interrupted verify run again skips the partitions it judged",
+    )
+    _progress_option(verify)
 
 
 def _keys_arguments(keys: argparse.ArgumentParser) -> None:
@@ -231,6 +257,9 @@ def run(args: argparse.Namespace) -> int:
     except _Usage as exc:
         print(f"{_prog(args)}: {exc}", file=sys.stderr)
         return 2
+    except _Interrupted as exc:
+        print(f"\n{_prog(args)} interrupted; {exc}", file=sys.stderr)
+        return 130
 
 
 def _prog(args: argparse.Namespace) -> str:
@@ -243,6 +272,10 @@ def _prog(args: argparse.Namespace) -> str:
 
 class _Usage(Exception):
     """A usage error or an unreadable input: exit status 2."""
+
+
+class _Interrupted(Exception):
+    """Ctrl-C (or the test hook) after the resume state was saved: exit status 130."""
 
 
 # -- keys -----------------------------------------------------------------------------
@@ -339,29 +372,159 @@ async def _live(embedded: bool) -> AsyncIterator[_Live]:
 
 
 async def _export(args: argparse.Namespace) -> int:
-    from services.ledger_audit import all_streams, export, plan, stored_checkpoints
+    from services.ledger_audit import (
+        ExportMark,
+        Range,
+        all_streams,
+        export,
+        plan,
+        stored_checkpoints,
+    )
 
     if (args.start or 0) < 0 or (args.stop or 0) < 0:
         raise _Usage("--from and --to are offsets, 0 or more")
+    if args.resume is not None and args.output is None:
+        raise _Usage("--resume needs --output: an export to standard output cannot be resumed")
+    request = {
+        "stream": args.stream,
+        "partition": args.partition,
+        "from": args.start,
+        "to": args.stop,
+        "no_checkpoints": args.no_checkpoints,
+        "output": None if args.output is None else os.path.abspath(args.output),
+    }
+    state = None
+    if args.output is not None:
+        state = ResumeState(Path(args.resume or f"{args.output}.resume"))
+    try:
+        saved = None if state is None else state.load()
+    except (OSError, ValueError) as exc:
+        raise _Usage(f"cannot read the resume state: {exc}") from exc
+    if saved is not None and (saved.get("command"), saved.get("request")) != ("export", request):
+        raise _Usage(
+            f"{state.path if state else ''} is the resume state of another export; "
+            "remove it to start this one over"
+        )
     async with _live(args.embedded) as ledger:
         found = [] if args.no_checkpoints else await stored_checkpoints(ledger.checkpoints)
         checkpoints = [c for c in found if not isinstance(c, str)]
-        partitions = None if args.partition is None else set(args.partition)
-        ranges, notes = await plan(
-            ledger.records, checkpoints, all_streams(args.stream), partitions, args.start, args.stop
-        )
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
+        mark = None
+        if saved is None:
+            partitions = None if args.partition is None else set(args.partition)
+            ranges, notes = await plan(
+                ledger.records,
+                checkpoints,
+                all_streams(args.stream),
+                partitions,
+                args.start,
+                args.stop,
+            )
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+            exported_at = datetime.now(UTC)
+        else:
+            # The plan and the time of the interrupted run: the whole export is the
+            # one it would have written.
+            ranges = [Range(str(s), int(p), int(a), int(b)) for s, p, a, b in saved["ranges"]]
+            exported_at = datetime.fromisoformat(saved["exported_at"])
+            mark = None if saved["mark"] is None else ExportMark.from_json(saved["mark"])
+        total = sum(r.stop - r.start for r in ranges)
+        base = {
+            "command": "export",
+            "request": request,
+            "ranges": [[r.stream, r.partition, r.start, r.stop] for r in ranges],
+            "exported_at": exported_at.isoformat(),
+        }
         with contextlib.ExitStack() as files:
-            out = sys.stdout if args.output is None else files.enter_context(open(args.output, "w"))
-            count = await export(out, ledger.records, ranges, checkpoints, datetime.now(UTC))
+            if args.output is None:
+                out = sys.stdout
+            elif mark is None:
+                out = files.enter_context(open(args.output, "w"))
+            else:
+                out = files.enter_context(_cut_back(Path(args.output), mark.size))
+            show = ProgressLine(sys.stderr, "export")
+            shown = wanted(sys.stderr, args.progress)
+            stop = StopAfter()
+            began = time.monotonic()
+            first = 0 if mark is None else mark.records
+            latest = mark
+
+            def done_at(at: ExportMark) -> int:
+                whole = sum(r.stop - r.start for r in ranges[: at.index])
+                if at.index < len(ranges) and at.offset is not None:
+                    whole += at.offset - ranges[at.index].start
+                return whole
+
+            def save(at: ExportMark) -> None:
+                out.flush()
+                os.fsync(out.fileno())
+                assert state is not None
+                state.save({**base, "mark": at.to_json()})
+
+            def moved(at: ExportMark) -> None:
+                nonlocal latest
+                latest = at
+                if shown:
+                    show(
+                        Progress(
+                            done_at(at),
+                            total,
+                            at.records - first,
+                            time.monotonic() - began,
+                            resumed=mark is not None,
+                        )
+                    )
+                if state is not None and state.due():
+                    save(at)
+                if at.offset is not None:
+                    stop.tick()
+
+            if state is not None and mark is None:
+                state.save({**base, "mark": None})  # the plan, before a line is written
+            try:
+                count = await export(
+                    out, ledger.records, ranges, checkpoints, exported_at, mark=mark, moved=moved
+                )
+            except (KeyboardInterrupt, asyncio.CancelledError):
+                show.end()
+                if state is None:
+                    raise _Interrupted("the export to standard output is incomplete") from None
+                if latest is not None:
+                    save(latest)
+                raise _Interrupted(
+                    f"run the same command again to carry on from {state.path}"
+                ) from None
+            show.end()
+    if state is not None:
+        state.remove()
     where = "" if args.output is None else f" to {args.output}"
+    resumed = ""
+    if mark is not None:
+        resumed = f" (resumed at record {mark.records}: {count - mark.records} read by this run)"
     print(
         f"exported {count} record(s) of {len(ranges)} partition(s){where}, with "
-        f"{0 if args.no_checkpoints else len(checkpoints)} checkpoint(s) to check them against",
+        f"{0 if args.no_checkpoints else len(checkpoints)} checkpoint(s) to check them "
+        f"against{resumed}",
         file=sys.stderr,
     )
     return 0
+
+
+def _cut_back(path: Path, size: int) -> Any:
+    """``path`` opened to append after cutting it back to ``size`` bytes: the last
+    line an interrupted export wrote whole before its state was saved."""
+    try:
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        raise _Usage(f"{path} is gone: remove its resume state to start over") from None
+    if actual < size:
+        raise _Usage(
+            f"{path} holds {actual} bytes, fewer than the {size} its resume state "
+            "says were written: remove the resume state to start over"
+        )
+    with open(path, "r+b") as f:
+        f.truncate(size)
+    return open(path, "a")
 
 
 # -- verify ---------------------------------------------------------------------------
@@ -369,9 +532,11 @@ async def _export(args: argparse.Namespace) -> int:
 
 async def _verify(args: argparse.Namespace) -> int:
     from services.ledger_audit import (
+        Judged,
         Verifier,
         all_streams,
         describe,
+        ledger_size,
         read_checkpoints,
         read_export,
         read_ledger,
@@ -395,27 +560,114 @@ async def _verify(args: argparse.Namespace) -> int:
     verifier = Verifier(keyring, timedelta(seconds=args.grace))
     streams = all_streams(args.stream)
     verifier.add_checkpoints(extra)
-    if export is not None:
-        verifier.add_checkpoints(export.checkpoints)
-        if args.live_checkpoints:
+    request = {
+        "export": None if args.export is None else os.path.abspath(args.export),
+        "stream": args.stream,
+        "keys": os.path.abspath(args.keys),
+        "checkpoints": [os.path.abspath(name) for name in args.checkpoints],
+        "live_checkpoints": args.live_checkpoints,
+        "grace": args.grace,
+    }
+    default = VERIFY_STATE if args.export is None else f"{args.export}.verify-resume"
+    state = ResumeState(Path(args.resume or default))
+    try:
+        saved = state.load()
+    except (OSError, ValueError) as exc:
+        raise _Usage(f"cannot read the resume state: {exc}") from exc
+    if saved is not None and (saved.get("command"), saved.get("request")) != ("verify", request):
+        print(
+            f"note: {state.path} is the resume state of another verify; starting over",
+            file=sys.stderr,
+        )
+        saved = None
+    before: list[Judged] = []
+    if saved is not None:
+        before = [Judged.from_json(j) for j in saved["judged"]]
+    for judgement in before:
+        verifier.restore(judgement)
+    skip = {j.where for j in before}
+    done = sum(j.coverage.records for j in before)
+    show = ProgressLine(sys.stderr, "verify")
+    shown = wanted(sys.stderr, args.progress)
+    stop = StopAfter()
+    began = time.monotonic()
+    read = 0
+    judgements = list(before)
+
+    def save(taken: datetime) -> None:
+        state.save(
+            {
+                "command": "verify",
+                "request": request,
+                "taken_at": taken.isoformat(),
+                "judged": [j.to_json() for j in judgements],
+            }
+        )
+
+    def tick(total: int | None, n: int = 1) -> None:
+        nonlocal read
+        read += n
+        if shown:
+            show(Progress(done + read, total, read, time.monotonic() - began, bool(before)))
+        stop.tick(n)
+
+    def judge(
+        where: tuple[str, int], span: tuple[int, int], records: list[Any], taken: datetime
+    ) -> None:
+        judgements.append(verifier.judge(where, span, records, taken))
+        if state.due():
+            save(taken)
+
+    # A partition is judged whole (its records are aligned with the checkpoints'
+    # fingerprints as one sequence), so the resume state keeps each judged
+    # partition's findings and coverage, and a resumed run starts over only the
+    # partition it was interrupted in.
+    taken = datetime.now(UTC)
+    try:
+        if export is not None:
+            verifier.add_checkpoints(export.checkpoints)
+            if args.live_checkpoints:
+                async with _live(args.embedded) as ledger:
+                    verifier.add_checkpoints(await stored_checkpoints(ledger.checkpoints))
+            taken = export.taken_at or taken
+            chosen = {w: r for w, r in export.records.items() if w[0] in streams}
+            total = sum(len(r) for r in chosen.values())
+            judged: set[tuple[str, int]] = set(skip)
+            for where, records in sorted(chosen.items()):
+                if where in skip:
+                    continue
+                tick(total, len(records))
+                judge(where, export.ranges[where], records, taken)
+                judged.add(where)
+            verifier.missing(
+                (c for c in export.checkpoints if not isinstance(c, str) and c.stream in streams),
+                judged,
+            )
+        else:
             async with _live(args.embedded) as ledger:
                 verifier.add_checkpoints(await stored_checkpoints(ledger.checkpoints))
-        taken = export.taken_at or datetime.now(UTC)
-        judged: set[tuple[str, int]] = set()
-        for where, records in sorted(export.records.items()):
-            if where[0] in streams:
-                verifier.judge(where, export.ranges[where], records, taken)
-                judged.add(where)
-        verifier.missing(
-            (c for c in export.checkpoints if not isinstance(c, str) and c.stream in streams),
-            judged,
+                if saved is not None:
+                    taken = datetime.fromisoformat(saved["taken_at"])
+                total = await ledger_size(ledger.records, streams)
+                async for where, span, records in read_ledger(
+                    ledger.records, streams, taken, skip=skip, each=lambda: tick(total)
+                ):
+                    judge(where, span, records, taken)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        show.end()
+        save(taken)
+        raise _Interrupted(
+            f"{len(judgements)} partition(s) judged are kept in {state.path}: "
+            "run the same command again to carry on"
+        ) from None
+    show.end()
+    state.remove()
+    if before:
+        print(
+            f"resumed: {len(before)} partition(s) judged by the interrupted run, "
+            f"{read} record(s) checked by this one",
+            file=sys.stderr,
         )
-    else:
-        async with _live(args.embedded) as ledger:
-            verifier.add_checkpoints(await stored_checkpoints(ledger.checkpoints))
-            taken = datetime.now(UTC)
-            async for where, span, records in read_ledger(ledger.records, streams, taken):
-                verifier.judge(where, span, records, taken)
     verdict = verifier.verdict()
     if args.json:
         print(

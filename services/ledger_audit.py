@@ -17,8 +17,9 @@ An export is JSON Lines, one object a line, each with a ``type``:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
@@ -94,31 +95,86 @@ async def plan(
     return ranges, notes
 
 
+@dataclass(frozen=True)
+class ExportMark:
+    """Where an export stands: its output holds whole lines up to here, so an
+    interrupted export is carried on from a mark (``export(mark=...)``) after
+    cutting its output back to ``size``."""
+
+    index: int
+    """The ranges before this one are written whole, their checkpoints too."""
+    offset: int | None
+    """The next offset of ``ranges[index]`` to write; None: its ``range`` line is not
+    written yet."""
+    records: int
+    """Records written."""
+    size: int
+    """The output's length in bytes (every line is ASCII: ``json.dumps`` escapes)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "offset": self.offset,
+            "records": self.records,
+            "size": self.size,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> ExportMark:
+        offset = obj["offset"]
+        return cls(
+            int(obj["index"]),
+            None if offset is None else int(offset),
+            int(obj["records"]),
+            int(obj["size"]),
+        )
+
+
 async def export(
     out: TextIO,
     source: RecordSource,
     ranges: list[Range],
     checkpoints: list[Checkpoint],
     now: datetime,
+    *,
+    mark: ExportMark | None = None,
+    moved: Callable[[ExportMark], None] | None = None,
 ) -> int:
-    """Write the export; returns the number of records written."""
+    """Write the export, from ``mark`` when it carries on an interrupted one; returns
+    the number of records the export holds. ``moved`` is told of the mark after
+    each record and each range written."""
+    size = 0 if mark is None else mark.size
 
     def line(obj: dict[str, Any]) -> None:
-        out.write(json.dumps(obj, sort_keys=True) + "\n")
+        nonlocal size
+        text = json.dumps(obj, sort_keys=True) + "\n"
+        out.write(text)
+        size += len(text)
 
-    line({"type": "export", "format": EXPORT_FORMAT, "exported_at": now.isoformat()})
-    count = 0
-    for r in ranges:
-        line(
-            {
-                "type": "range",
-                "stream": r.stream,
-                "partition": r.partition,
-                "from": r.start,
-                "to": r.stop,
-            }
-        )
-        async for record in source.records(r.stream, r.partition, r.start, r.stop):
+    def tell(at: ExportMark) -> None:
+        if moved is not None:
+            moved(at)
+
+    if mark is None:
+        line({"type": "export", "format": EXPORT_FORMAT, "exported_at": now.isoformat()})
+        mark = ExportMark(0, None, 0, size)
+    count = mark.records
+    for index in range(mark.index, len(ranges)):
+        r = ranges[index]
+        first = r.start
+        if index == mark.index and mark.offset is not None:
+            first = mark.offset
+        else:
+            line(
+                {
+                    "type": "range",
+                    "stream": r.stream,
+                    "partition": r.partition,
+                    "from": r.start,
+                    "to": r.stop,
+                }
+            )
+        async for record in source.records(r.stream, r.partition, first, r.stop):
             line(
                 {
                     "type": "record",
@@ -132,11 +188,13 @@ async def export(
                 }
             )
             count += 1
+            tell(ExportMark(index, record.offset + 1, count, size))
         for c in checkpoints:
             if (c.stream, c.partition) == (r.stream, r.partition) and (
                 c.start <= r.stop and c.end >= r.start
             ):
                 line({"type": "checkpoint", "checkpoint": c.to_json()})
+        tell(ExportMark(index + 1, None, count, size))
     return count
 
 
@@ -212,17 +270,39 @@ def read_checkpoints(lines: Iterable[str], name: str) -> Iterator[Checkpoint | s
 
 
 async def read_ledger(
-    source: RecordSource, streams: Iterable[str], now: datetime
+    source: RecordSource,
+    streams: Iterable[str],
+    now: datetime,
+    *,
+    skip: set[tuple[str, int]] | None = None,
+    each: Callable[[], None] | None = None,
 ) -> AsyncIterator[tuple[tuple[str, int], tuple[int, int], list[ChainRecord]]]:
-    """The live ledger, a partition at a time, from its first record to its end."""
+    """The live ledger, a partition at a time, from its first record to its end;
+    the partitions in ``skip`` (judged by an interrupted run) are not read. ``each``
+    is called after each record read."""
     for stream in streams:
         for partition in await source.partitions(stream):
+            if skip is not None and (stream, partition) in skip:
+                continue
             first_offset = getattr(source, "first_offset", None)
             first = 0 if first_offset is None else await first_offset(stream, partition)
             end = await source.end_offset(stream, partition)
-            records = [r async for r in source.records(stream, partition, first, end)]
+            records = []
+            async for record in source.records(stream, partition, first, end):
+                records.append(record)
+                if each is not None:
+                    each()
             # A topic whose first records were deleted starts later: those count as removed.
             yield (stream, partition), (0, end), records
+
+
+async def ledger_size(source: RecordSource, streams: Iterable[str]) -> int:
+    """The offsets the live ledger's partitions end at, added up: a progress total."""
+    total = 0
+    for stream in streams:
+        for partition in await source.partitions(stream):
+            total += await source.end_offset(stream, partition)
+    return total
 
 
 @dataclass
@@ -237,6 +317,31 @@ class Verdict:
         for f in self.findings:
             counts[f.kind] = counts.get(f.kind, 0) + 1
         return counts
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One partition's judgement: what a resumed ``verify`` need not redo."""
+
+    where: tuple[str, int]
+    findings: list[Finding]
+    coverage: Coverage
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "where": list(self.where),
+            "findings": [dataclasses.astuple(f) for f in self.findings],
+            "coverage": dataclasses.asdict(self.coverage),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Judged:
+        stream, partition = obj["where"]
+        return cls(
+            (str(stream), int(partition)),
+            [Finding(str(s), int(p), int(o), str(k), str(d)) for s, p, o, k, d in obj["findings"]],
+            Coverage(**obj["coverage"]),
+        )
 
 
 class Verifier:
@@ -277,6 +382,23 @@ class Verifier:
             self.by_key[c.key_id] = self.by_key.get(c.key_id, 0) + 1
 
     def judge(
+        self,
+        where: tuple[str, int],
+        span: tuple[int, int],
+        records: list[ChainRecord],
+        taken_at: datetime,
+    ) -> Judged:
+        """Judge one partition; what it found, to keep in a resume state."""
+        before = len(self.findings)
+        self._judge(where, span, records, taken_at)
+        return Judged(where, self.findings[before:], self.coverage[-1])
+
+    def restore(self, judged: Judged) -> None:
+        """Take the judgement of a partition made by an interrupted run."""
+        self.findings += judged.findings
+        self.coverage.append(judged.coverage)
+
+    def _judge(
         self,
         where: tuple[str, int],
         span: tuple[int, int],
