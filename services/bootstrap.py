@@ -266,7 +266,7 @@ class Runtime:
             health_limits=s.health_limits,
             # Every audit read is recorded here, committed before it is answered.
             access_log=PostgresAccessLog(self.pool, timeout=s.postgres_timeout),
-            keys=PostgresSubjectKeys(self.pool),
+            keys=PostgresSubjectKeys(self.pool, timeout=s.postgres_timeout),
             retention=Retention(s.retention_years),
         )
         self.metrics.guard, self.metrics.replica = self.guard, replica

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from ledger.ports import AccessQuery, AccessRecord
+from services.adapters.postgres_bounds import bounded
 
 _INSERT = """
 INSERT INTO audit_access (at, subject, via, action, brand, phone, campaign, request_id, detail)
@@ -26,6 +27,7 @@ class PostgresAccessLog:
         self._pool = pool
         self._timeout = timeout
 
+    @bounded
     async def append(self, record: AccessRecord) -> int:
         # One autocommitted INSERT: once it returns, the record is committed (and,
         # with PostgreSQL's default synchronous_commit, on disk).
@@ -40,10 +42,10 @@ class PostgresAccessLog:
             record.campaign,
             record.request_id,
             json.dumps(dict(record.detail), sort_keys=True),
-            timeout=self._timeout,
         )
         return int(found)
 
+    @bounded
     async def list(self, query: AccessQuery) -> Sequence[AccessRecord]:
         where: list[str] = []
         args: list[Any] = []

@@ -9,6 +9,7 @@ from collections.abc import Collection
 import asyncpg
 
 from ledger.ports import SubjectKey, SubjectKeys
+from services.adapters.postgres_bounds import bounded
 
 _CURRENT = """
 WITH made AS (
@@ -35,9 +36,13 @@ WHERE phone = $1 AND brand = $2 AND secret IS NOT NULL
 
 
 class PostgresSubjectKeys(SubjectKeys):
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, timeout: float | None = None) -> None:
+        """``timeout``: seconds a statement may take before it fails (and with it the
+        write or read that needed the key)."""
         self.pool = pool
+        self._timeout = timeout
 
+    @bounded
     async def current(self, phone: str, brand: str) -> SubjectKey:
         for _ in range(3):
             row = await self.pool.fetchrow(
@@ -49,6 +54,7 @@ class PostgresSubjectKeys(SubjectKeys):
                 return SubjectKey(str(row["key_id"]), bytes(row["secret"]))
         raise RuntimeError("no live key could be made or read for the subject")
 
+    @bounded
     async def find(self, phone: str, brand: str, key_ids: Collection[str]) -> dict[str, bytes]:
         ids = []
         for key_id in key_ids:
@@ -61,6 +67,7 @@ class PostgresSubjectKeys(SubjectKeys):
         rows = await self.pool.fetch(_FIND, phone, brand, ids)
         return {str(r["key_id"]): bytes(r["secret"]) for r in rows}
 
+    @bounded
     async def destroy(self, phone: str, brand: str) -> int:
         status: str = await self.pool.execute(_DESTROY, phone, brand)
         return int(status.split()[-1])

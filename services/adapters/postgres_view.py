@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any
 
 import asyncpg
 
@@ -65,7 +64,7 @@ from ledger.state import (
     sender_number_holder,
 )
 from ledger.status import ConsentState, consent_state
-from services.errors import StoreUnavailable
+from services.adapters.postgres_bounds import bounded, bounded_bulk
 from services.wire.codec import (
     decode_recorded,
     decode_snapshot,
@@ -346,70 +345,6 @@ JOIN campaign_version AS v USING (brand, campaign)
 WHERE n.number = $1
 ORDER BY n.brand, n.campaign, v.partition, v."offset"
 """
-
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def bounded(
-    method: Callable[Concatenate[PostgresConsentView, P], Coroutine[Any, Any, R]],
-) -> Callable[Concatenate[PostgresConsentView, P], Coroutine[Any, Any, R]]:
-    """A read that a call waits on gives up after the view's ``timeout``, waiting for a
-    connection included, and raises ``StoreUnavailable``.
-
-    The read runs as a task of its own that the caller stops waiting for: a frozen
-    server (SIGSTOP) answers nothing, not even the cancellation asyncpg sends on a
-    timeout of its own or on a cancelled call, and asyncpg waits for that answer
-    before it gives the connection back, so neither ``command_timeout`` nor
-    cancelling the caller returns in time. The task is cancelled and finishes when
-    the server answers again."""
-
-    return _bounded(method, 1)
-
-
-BULK_BOUND = 20
-"""A bulk import's statements (``request_uses``, ``claim_requests``, ``known_events``:
-a thousand rows each) may take this many times the view's ``timeout``."""
-
-
-def bounded_bulk(
-    method: Callable[Concatenate[PostgresConsentView, P], Coroutine[Any, Any, R]],
-) -> Callable[Concatenate[PostgresConsentView, P], Coroutine[Any, Any, R]]:
-    """``bounded``, for a statement of a thousand rows: ``BULK_BOUND`` times the bound."""
-    return _bounded(method, BULK_BOUND)
-
-
-def _bounded(
-    method: Callable[Concatenate[PostgresConsentView, P], Coroutine[Any, Any, R]], factor: float
-) -> Callable[Concatenate[PostgresConsentView, P], Coroutine[Any, Any, R]]:
-    @functools.wraps(method)
-    async def bounded_method(view: PostgresConsentView, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        if view._timeout is None:
-            return await method(view, *args, **kwargs)
-        read = asyncio.ensure_future(method(view, *args, **kwargs))
-        try:
-            done, _ = await asyncio.wait({read}, timeout=view._timeout * factor)
-        except asyncio.CancelledError:
-            read.cancel()
-            raise
-        if not done:
-            read.cancel()
-            read.add_done_callback(_retrieve)
-            raise StoreUnavailable(
-                f"PostgreSQL did not answer within {view._timeout * factor:g} s"
-                f" (CONSENT_POSTGRES_TIMEOUT_MS{f' x {factor:g}' if factor != 1 else ''};"
-                f" {method.__name__})"
-            )
-        return read.result()
-
-    return bounded_method
-
-
-def _retrieve(read: asyncio.Future[Any]) -> None:
-    """Take the outcome of a read nobody waits for any more, so it is not logged."""
-    if not read.cancelled():
-        read.exception()
 
 
 async def read_pool(

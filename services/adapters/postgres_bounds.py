@@ -1,0 +1,82 @@
+"""Bounds on the PostgreSQL statements a call waits on: the view's reads, a write's
+lookups, the access log's records and the subject keys. Each gives up after the
+store's ``timeout`` and raises ``StoreUnavailable``, even when the server is frozen."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+
+from services.errors import StoreUnavailable
+
+
+class Timed(Protocol):
+    _timeout: float | None
+    """Seconds a bounded statement may take; None: unbounded."""
+
+
+S = TypeVar("S", bound=Timed)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def bounded(
+    method: Callable[Concatenate[S, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
+    """A read that a call waits on gives up after the view's ``timeout``, waiting for a
+    connection included, and raises ``StoreUnavailable``.
+
+    The read runs as a task of its own that the caller stops waiting for: a frozen
+    server (SIGSTOP) answers nothing, not even the cancellation asyncpg sends on a
+    timeout of its own or on a cancelled call, and asyncpg waits for that answer
+    before it gives the connection back, so neither ``command_timeout`` nor
+    cancelling the caller returns in time. The task is cancelled and finishes when
+    the server answers again."""
+
+    return _bounded(method, 1)
+
+
+BULK_BOUND = 20
+"""A bulk import's statements (``request_uses``, ``claim_requests``, ``known_events``:
+a thousand rows each) may take this many times the view's ``timeout``."""
+
+
+def bounded_bulk(
+    method: Callable[Concatenate[S, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
+    """``bounded``, for a statement of a thousand rows: ``BULK_BOUND`` times the bound."""
+    return _bounded(method, BULK_BOUND)
+
+
+def _bounded(
+    method: Callable[Concatenate[S, P], Coroutine[Any, Any, R]], factor: float
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
+    @functools.wraps(method)
+    async def bounded_method(view: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        if view._timeout is None:
+            return await method(view, *args, **kwargs)
+        read = asyncio.ensure_future(method(view, *args, **kwargs))
+        try:
+            done, _ = await asyncio.wait({read}, timeout=view._timeout * factor)
+        except asyncio.CancelledError:
+            read.cancel()
+            raise
+        if not done:
+            read.cancel()
+            read.add_done_callback(_retrieve)
+            raise StoreUnavailable(
+                f"PostgreSQL did not answer within {view._timeout * factor:g} s"
+                f" (CONSENT_POSTGRES_TIMEOUT_MS{f' x {factor:g}' if factor != 1 else ''};"
+                f" {method.__name__})"
+            )
+        return read.result()
+
+    return bounded_method
+
+
+def _retrieve(read: asyncio.Future[Any]) -> None:
+    """Take the outcome of a read nobody waits for any more, so it is not logged."""
+    if not read.cancelled():
+        read.exception()
