@@ -48,7 +48,8 @@ consent-ledger audit export --stream subscribers --partition 3 --from 1200 --to 
 EXPORT_EXIT = """\
 0  written
 1  the ledger could not be read
-2  a usage error"""
+2  a usage error
+130  interrupted (Ctrl-C): run the same command again to carry on"""
 
 VERIFY_DESCRIPTION = """\
 Check the ledger's records against its signed checkpoints and say whether any
@@ -84,7 +85,8 @@ consent-ledger audit verify --export ledger.jsonl --keys keys.json --json | jq .
 VERIFY_EXIT = """\
 0  nothing found
 1  a finding (each is printed)
-2  a usage error, or a file that cannot be read"""
+2  a usage error, or a file that cannot be read
+130  interrupted (Ctrl-C): run the same command again to carry on"""
 
 KEYS_DESCRIPTION = """\
 Manage the Ed25519 keys checkpoints are signed with.

@@ -10,9 +10,13 @@ import json
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from services.progress import Progress, ProgressLine, wanted
+from services.progress import Progress, ProgressLine, ResumeState, StopAfter, wanted
+
+SWEEP_STATE = "consent-ledger-sweep.resume"
+"""Where ``audit sweep`` keeps its resume state by default, in the current folder."""
 
 SWEEP_DESCRIPTION = """\
 List every message of a campaign sent in [--from, --to) that lacked what the
@@ -34,7 +38,13 @@ show it. Each send is judged as CanSend would have answered when it went out
 
 It streams: a campaign of millions of messages is swept without holding them,
 with a progress line on standard error (share done, events read, rate, time left)
-when it is a terminal or with --progress."""
+when it is a terminal or with --progress.
+
+Interrupted (Ctrl-C, exit status 130), it keeps the partitions it finished and
+their findings in a resume state (--resume FILE; default
+consent-ledger-sweep.resume): the same command run again prints those findings,
+sweeps only the other partitions of the same view, and ends as an uninterrupted
+sweep would."""
 
 
 def _manual() -> Any:
@@ -53,7 +63,8 @@ consent-ledger audit sweep --brand acme --campaign promo --from 2026-11-01 \\
 0  swept, nothing found
 1  swept, findings printed; or the service refused (the reason and any bad
    field are printed) or could not be reached
-2  a usage error""",
+2  a usage error
+130  interrupted (Ctrl-C): run the same command again to carry on""",
         see_also=("consent-ledger audit packet", "consent-ledger audit health"),
     )
 
@@ -91,6 +102,12 @@ def add_parser(tools: Any) -> None:
         help="a write's consistency_token: sweep a view that has applied it",
     )
     sweep.add_argument("--quiet", action="store_true", help="no progress line")
+    sweep.add_argument(
+        "--resume",
+        metavar="FILE",
+        help=f"the resume state (default: {SWEEP_STATE}); an interrupted sweep run again "
+        "skips the partitions it finished",
+    )
     sweep.add_argument(
         "--progress",
         action="store_true",
@@ -190,10 +207,60 @@ def run(args: argparse.Namespace) -> int:
     )
     request.start_time.FromDatetime(args.start)
     request.end_time.FromDatetime(args.end)
+    state = ResumeState(Path(args.resume or SWEEP_STATE))
+    asked = {
+        "brand": args.brand,
+        "campaign": args.campaign,
+        "from": args.start.isoformat(),
+        "to": args.end.isoformat(),
+    }
+    try:
+        saved = state.load()
+    except (OSError, ValueError) as exc:
+        print(f"consent-ledger audit sweep: cannot read the resume state: {exc}", file=sys.stderr)
+        return 2
+    if saved is not None and (saved.get("command"), saved.get("request")) != ("sweep", asked):
+        print(
+            f"note: {state.path} is the resume state of another sweep; starting over",
+            file=sys.stderr,
+        )
+        saved = None
+    # Findings of the partitions finished, and what they read: the resumed sweep
+    # reads the same view (read_at) and skips those partitions.
+    kept: list[dict[str, Any]] = [] if saved is None else list(saved["findings"])
+    prior_events = 0 if saved is None else int(saved["events_read"])
+    prior_judged = 0 if saved is None else int(saved["sends_judged"])
+    read_at = "" if saved is None else str(saved["read_at"])
+    finished: list[int] = [] if saved is None else [int(p) for p in saved["partitions_done"]]
+    if saved is not None:
+        request.resume_read_at = read_at
+        request.resume_partitions_done.extend(finished)
+    pending: list[dict[str, Any]] = []
+    base = {"events": 0, "judged": 0}  # this run's, at the last partition finished
+
+    def save() -> None:
+        state.save(
+            {
+                "command": "sweep",
+                "request": asked,
+                "read_at": read_at,
+                "partitions_done": finished,
+                "findings": kept,
+                "events_read": prior_events + base["events"],
+                "sends_judged": prior_judged + base["judged"],
+            }
+        )
+
+    def show_record(record: dict[str, Any]) -> None:
+        print(json.dumps(record) if args.json else _text(record), flush=True)
+
+    for record in kept:
+        show_record(record)
     shown = wanted(sys.stderr, args.progress) and not args.quiet
     progress = ProgressLine(sys.stderr, "sweep")
+    stop = StopAfter()
     began = time.monotonic()
-    found = judged = events = 0
+    events = judged = 0
     try:
         with channel:
             stream = api_grpc.ConsentServiceStub(channel).SweepCampaign(
@@ -202,31 +269,60 @@ def run(args: argparse.Namespace) -> int:
             for item in stream:
                 if item.HasField("progress"):
                     p = item.progress
+                    stop.tick(p.events_read - events)
                     events, judged = p.events_read, p.sends_judged
+                    read_at = item.consistency_token
+                    if len(p.partitions_done) > len(finished):
+                        # every finding of a finished partition has come: keep them
+                        finished = sorted(p.partitions_done)
+                        kept.extend(pending)
+                        pending.clear()
+                        base.update(events=events, judged=judged)
+                        if state.due():
+                            save()
                     if shown:
                         progress(
                             Progress(
-                                done=p.events_read,
+                                done=prior_events + p.events_read,
                                 total=None,
                                 read=p.events_read,
                                 seconds=time.monotonic() - began,
+                                resumed=saved is not None,
                                 fraction=p.done,
-                                note=f"{p.findings:,} found",
+                                note=f"{len(kept) + len(pending):,} found",
                             )
                         )
                     continue
-                found += 1
                 record = finding_record(item.finding)
+                pending.append(record)
                 progress.interrupt()
-                print(json.dumps(record) if args.json else _text(record), flush=True)
+                show_record(record)
+    except KeyboardInterrupt:
+        progress.interrupt()
+        if read_at:
+            save()
+        print(
+            f"\nconsent-ledger audit sweep interrupted; {len(finished)} partition(s) swept "
+            f"are kept in {state.path}: run the same command again to carry on",
+            file=sys.stderr,
+        )
+        return 130
     except grpc.RpcError as exc:
         progress.interrupt()
         print(f"consent-ledger audit sweep: {packet_cli._refusal(exc)}", file=sys.stderr)
         return 1
     progress.end()
+    state.remove()
+    found = len(kept) + len(pending)
+    if saved is not None:
+        print(
+            f"resumed: {len(saved['partitions_done'])} partition(s) swept by the interrupted "
+            f"run, {events:,} events read by this one",
+            file=sys.stderr,
+        )
     print(
-        f"swept {args.brand}/{args.campaign}: {events:,} events read, {judged:,} sends "
-        f"judged, {found:,} found",
+        f"swept {args.brand}/{args.campaign}: {prior_events + events:,} events read, "
+        f"{prior_judged + judged:,} sends judged, {found:,} found",
         file=sys.stderr,
     )
     return 1 if found else 0

@@ -64,6 +64,15 @@ def _token(text: str) -> ConsistencyToken | None:
         raise InvalidRequest("at_least_as_fresh", "is not a consistency token") from exc
 
 
+def _sweep_resume_at(text: str) -> ConsistencyToken | None:
+    if not text:
+        return None
+    try:
+        return ConsistencyToken.decode(text)
+    except ValueError as exc:
+        raise InvalidRequest("resume_read_at", "is not a consistency token") from exc
+
+
 def _check_fields(
     request: api_pb2.CanSendRequest | api_pb2.CanSendBatchRequest, phone: str | None
 ) -> tuple[datetime | None, MessageKind, ConsistencyToken | None]:
@@ -380,6 +389,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                 api.optional_time(request, "start_time"), api.optional_time(request, "end_time")
             ),
             lambda: _token(request.at_least_as_fresh),
+            lambda: _sweep_resume_at(request.resume_read_at),
             *_target(None, request.brand, request.campaign),
         )
         found = self.usecases.audit.sweep(
@@ -389,6 +399,8 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             api.optional_time(request, "end_time"),
             _token(request.at_least_as_fresh),
             reader=reader,
+            resume_at=_sweep_resume_at(request.resume_read_at),
+            skip=frozenset(request.resume_partitions_done),
         )
         token = ""
         try:
@@ -396,7 +408,12 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                 if isinstance(item, SweepProgress):
                     token = item.token.encode()
                     yield api.sweep_progress_to_proto(
-                        item.events_read, item.sends_judged, item.findings, item.done, token
+                        item.events_read,
+                        item.sends_judged,
+                        item.findings,
+                        item.done,
+                        token,
+                        item.partitions_done,
                     )
                 else:
                     yield api.sweep_finding_to_proto(item, token)

@@ -357,6 +357,8 @@ class Audit:
         token: ConsistencyToken | None = None,
         *,
         reader: Reader,
+        resume_at: ConsistencyToken | None = None,
+        skip: frozenset[int] = frozenset(),
     ) -> AsyncGenerator[Finding | SweepProgress, None]:
         """The compliance sweep of ``campaign`` over ``[start, end)``
         (``services.usecases.sweeps.sweep_campaign``), recorded before it reads."""
@@ -370,7 +372,9 @@ class Audit:
             campaign=campaign,
             detail={"start_time": start.isoformat(), "end_time": end.isoformat()},
         )
-        found = sweeps.sweep_campaign(self.ctx, brand, campaign, start, end, token)
+        found = sweeps.sweep_campaign(
+            self.ctx, brand, campaign, start, end, token, resume_at=resume_at, skip=skip
+        )
         try:
             async for item in found:
                 yield item

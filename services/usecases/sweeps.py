@@ -36,6 +36,8 @@ class SweepProgress:
     """The share of the view's applied events the sweep has looked through, 0 to 1."""
     token: ConsistencyToken
     """The view the sweep reads: its positions when the sweep began."""
+    partitions_done: tuple[int, ...] = ()
+    """The partitions swept to the end: every finding of them has been given."""
 
 
 def check_range(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
@@ -60,9 +62,19 @@ async def sweep_campaign(
     start: datetime | None,
     end: datetime | None,
     token: ConsistencyToken | None = None,
+    *,
+    resume_at: ConsistencyToken | None = None,
+    skip: frozenset[int] = frozenset(),
 ) -> AsyncGenerator[Finding | SweepProgress, None]:
     """Each finding of the sweep of ``campaign`` over ``[start, end)`` as it is found;
-    a ``SweepProgress`` first, after every page read, and last with ``done`` 1.0.
+    a ``SweepProgress`` first, after every page read and every partition finished,
+    and last with ``done`` 1.0.
+
+    The sweep goes a partition at a time: a number's events share a partition, so
+    once one is finished no state of its numbers is needed again. That is what makes
+    it resumable without saving the numbers' states: ``resume_at`` (the ``token`` of
+    an interrupted sweep's progress) reads the same view, and the partitions in
+    ``skip`` (its ``partitions_done``) are not read again.
 
     A campaign never defined is refused (``FailedPrecondition``), so a misspelt name
     cannot pass for a clean record; a view behind ``token`` is ``NotConsistent``."""
@@ -70,35 +82,57 @@ async def sweep_campaign(
     check_name(campaign, "campaign")
     start, end = check_range(start, end)
     await ctx.require_fresh(None, "brand", token)
+    if resume_at is not None:
+        await ctx.require_fresh(None, "brand", resume_at)
     if not await ctx.campaign_known(brand, campaign):
         raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
     history = await ctx.view.campaign_history(brand, campaign)
-    target = await ctx.view.positions(Stream.SUBSCRIBERS)
+    if resume_at is None:
+        target = dict(await ctx.view.positions(Stream.SUBSCRIBERS))
+    else:
+        target = {p: o for (s, p), o in resume_at.offsets.items() if s is Stream.SUBSCRIBERS}
     read_at = ConsistencyToken({(Stream.SUBSCRIBERS, p): o for p, o in target.items()})
     total = sum(target.values())
-    swept = Sweep(history, brand, campaign, start, end)
-    found = 0
-    yield SweepProgress(0, 0, 0, 0.0, read_at)  # the view read, before any finding
-    # The STOPs of numbers whose brand was unknown first: few, and each send is
-    # judged only with those that the moment of the send knew (``ledger.sweep``).
-    for key in (ANY_BRAND, brand):
-        after: dict[int, int] = {}
-        while True:
-            page = await ctx.view.changes(key, after, PAGE)
-            for recorded in page.events:
-                if _within(recorded, target):
-                    finding = swept.feed(recorded)
-                    if finding is not None:
-                        found += 1
-                        yield finding
-            after.update(page.through)
-            if all(after.get(p, 0) >= o for p, o in target.items()) or len(page.events) < PAGE:
-                break
-            if key == brand:
-                covered = sum(min(after.get(p, 0), o) for p, o in target.items())
-                done = covered / total if total else 0.0
-                yield SweepProgress(swept.events_read, swept.sends_judged, found, done, read_at)
-    yield SweepProgress(swept.events_read, swept.sends_judged, found, 1.0, read_at)
+    done = set(skip) & set(target)
+    found = events = judged = 0  # events and sends of the partitions finished
+    covered = sum(target[p] for p in done)
+    swept: Sweep | None = None
+
+    def progress(share: float) -> SweepProgress:
+        now_read = events + (swept.events_read if swept else 0)
+        now_judged = judged + (swept.sends_judged if swept else 0)
+        return SweepProgress(now_read, now_judged, found, share, read_at, tuple(sorted(done)))
+
+    yield progress(covered / total if total else 0.0)  # the view read, before any finding
+    for partition in sorted(set(target) - done):
+        swept = Sweep(history, brand, campaign, start, end)
+        # The other partitions are asked from where the view was when the sweep
+        # began: only what was applied since comes back, and it is left out.
+        others = {p: o for p, o in target.items() if p != partition}
+        # The STOPs of numbers whose brand was unknown first: few, and each send is
+        # judged only with those that the moment of the send knew (``ledger.sweep``).
+        for key in (ANY_BRAND, brand):
+            after: dict[int, int] = {**others, partition: 0}
+            while True:
+                page = await ctx.view.changes(key, after, PAGE)
+                for recorded in page.events:
+                    if recorded.position.partition == partition and _within(recorded, target):
+                        finding = swept.feed(recorded)
+                        if finding is not None:
+                            found += 1
+                            yield finding
+                after.update(page.through)
+                if after.get(partition, 0) >= target[partition] or len(page.events) < PAGE:
+                    break
+                if key == brand:
+                    share = (covered + min(after.get(partition, 0), target[partition])) / total
+                    yield progress(share)
+        events, judged = events + swept.events_read, judged + swept.sends_judged
+        swept = None
+        covered += target[partition]
+        done.add(partition)
+        yield progress(covered / total if total else 1.0)
+    yield progress(1.0)
 
 
 def _within(recorded: Recorded, target: dict[int, int]) -> bool:

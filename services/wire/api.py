@@ -464,12 +464,21 @@ def sweep_finding_to_proto(
 
 
 def sweep_progress_to_proto(
-    events_read: int, sends_judged: int, findings: int, done: float, consistency_token: str
+    events_read: int,
+    sends_judged: int,
+    findings: int,
+    done: float,
+    consistency_token: str,
+    partitions_done: Sequence[int] = (),
 ) -> api_pb2.SweepCampaignResponse:
     """A ``SweepCampaign`` message saying how far the sweep has come."""
     return api_pb2.SweepCampaignResponse(
         progress=api_pb2.SweepProgress(
-            events_read=events_read, sends_judged=sends_judged, findings=findings, done=done
+            events_read=events_read,
+            sends_judged=sends_judged,
+            findings=findings,
+            done=done,
+            partitions_done=partitions_done,
         ),
         consistency_token=consistency_token,
     )

@@ -20,6 +20,7 @@ from consent.v1 import consent_service_pb2 as api
 
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
+from services.progress import STOP_AFTER
 from tests.e2e.grpcurl import grpcurl
 from tests.e2e.harness import (
     TOKENS,
@@ -200,6 +201,58 @@ async def test_the_sweep_finds_the_one_send_in_a_states_quiet_hours_among_thousa
     assert record["rule"] == "state:FL" and record["relied_on"]["reason"] == "consent_active"
     assert "100.0%" in done.stderr and "/s" in done.stderr and "left" in done.stderr
     assert f"{NUMBERS * SENDS_EACH + 1:,} sends judged, 1 found" in done.stderr
+
+    # Interrupted halfway (the test hook acts as Ctrl-C) and run again: the rerun
+    # skips the partitions finished, and prints what an uninterrupted sweep prints.
+    everything = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "audit",
+        "sweep",
+        "--brand",
+        "acme",
+        "--campaign",
+        "promo",
+        "--from",
+        day.isoformat(),
+        "--to",
+        (day + timedelta(days=3)).isoformat(),
+        "--json",
+        "--address",
+        runtime.address,
+    ]
+
+    def sweep_cli(*more: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*everything, *more],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env=env | extra,
+        )
+
+    whole = await asyncio.to_thread(sweep_cli, "--resume", str(tmp_path / "whole.resume"))
+    assert whole.returncode == 1, whole.stderr
+    assert len(whole.stdout.splitlines()) == 3  # the late send, the unasked, the refused
+    summary = whole.stderr.splitlines()[-1]
+    total = int(summary.split(": ")[1].split(" events")[0].replace(",", ""))
+    state = tmp_path / "sweep.resume"
+    first = await asyncio.to_thread(
+        sweep_cli, "--resume", str(state), **{STOP_AFTER: str(total // 2)}
+    )
+    assert first.returncode == 130, first.stderr
+    kept = json.loads(state.read_text())
+    assert kept["partitions_done"], kept  # at least one partition was finished
+    rerun = await asyncio.to_thread(sweep_cli, "--resume", str(state))
+    assert rerun.returncode == 1, rerun.stderr
+    assert rerun.stdout == whole.stdout
+    assert rerun.stderr.splitlines()[-1] == summary
+    read_again = [line for line in rerun.stderr.splitlines() if "read by this one" in line]
+    assert read_again, rerun.stderr
+    assert int(read_again[0].split(", ")[-1].split(" ")[0].replace(",", "")) < total
+    assert not state.exists()
 
 
 async def test_a_sweep_is_refused_another_brands_token_and_bad_input_by_field(service):

@@ -2411,15 +2411,24 @@ class SweepCampaignRequest(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     AT_LEAST_AS_FRESH_FIELD_NUMBER: _builtins.int
+    RESUME_READ_AT_FIELD_NUMBER: _builtins.int
+    RESUME_PARTITIONS_DONE_FIELD_NUMBER: _builtins.int
     brand: _builtins.str
     campaign: _builtins.str
     at_least_as_fresh: _builtins.str
+    resume_read_at: _builtins.str
+    """To resume an interrupted sweep: the consistency_token its responses carried (the
+    view it read; the resumed sweep reads the same), and the partitions it finished
+    (SweepProgress.partitions_done: every finding of them was sent), not read again.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """The sends swept: occurred_at in [start_time, end_time); both required."""
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def resume_partitions_done(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
@@ -2428,10 +2437,12 @@ class SweepCampaignRequest(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         at_least_as_fresh: _builtins.str = ...,
+        resume_read_at: _builtins.str = ...,
+        resume_partitions_done: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_least_as_fresh", b"at_least_as_fresh", "brand", b"brand", "campaign", b"campaign", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_least_as_fresh", b"at_least_as_fresh", "brand", b"brand", "campaign", b"campaign", "end_time", b"end_time", "resume_partitions_done", b"resume_partitions_done", "resume_read_at", b"resume_read_at", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2531,12 +2542,20 @@ class SweepProgress(_message.Message):
     SENDS_JUDGED_FIELD_NUMBER: _builtins.int
     FINDINGS_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
+    PARTITIONS_DONE_FIELD_NUMBER: _builtins.int
     events_read: _builtins.int
     """Events of the brand read, sends of the campaign in the range judged, findings."""
     sends_judged: _builtins.int
     findings: _builtins.int
     done: _builtins.float
     """The share of the view's events looked through, 0 to 1."""
+    @_builtins.property
+    def partitions_done(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The partitions swept to the end: every finding of them has been sent. The sweep
+        goes a partition at a time (a number's events share one), so a sweep resumed
+        with these skips them and holds no state of theirs.
+        """
+
     def __init__(
         self,
         *,
@@ -2544,10 +2563,11 @@ class SweepProgress(_message.Message):
         sends_judged: _builtins.int = ...,
         findings: _builtins.int = ...,
         done: _builtins.float = ...,
+        partitions_done: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "events_read", b"events_read", "findings", b"findings", "sends_judged", b"sends_judged"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "events_read", b"events_read", "findings", b"findings", "partitions_done", b"partitions_done", "sends_judged", b"sends_judged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
