@@ -73,7 +73,9 @@ class UseCases:
         personal = PersonalData(keys) if keys is not None else None
         if personal is not None:
             ledger = SealingEventLog(ledger, personal)
-        ctx = Context(ledger, view, guard, clock, access=access, personal=personal)
+        ctx = Context(
+            ledger, view, guard, clock, access=access, personal=personal, campaigns=campaigns
+        )
         checks = Checks(ctx, reads, future_horizon, campaigns)
         return cls(
             Writes(ctx),

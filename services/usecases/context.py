@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 from ledger.events import Recorded
-from ledger.ports import ConsentView, ConsistencyToken, EventLog, Stream
+from ledger.ports import CampaignReads, ConsentView, ConsistencyToken, EventLog, Stream
 from services.errors import NotConsistent
 from services.freshness import FreshnessGuard
 from services.personal_data import PersonalData
@@ -37,6 +37,13 @@ class Context:
     """Where every audit read is admitted and recorded (``services.usecases.access``)."""
     personal: PersonalData | None = field(default=None, kw_only=True)
     """Opens the personal data an audit read shows (None: events are shown as stored)."""
+    campaigns: CampaignReads | None = field(default=None, kw_only=True)
+    """Where a write reads the campaigns' rules it checks against: CanSend's (the
+    view's rules kept in memory until the campaign stream moves); None: the view."""
+
+    @property
+    def rules(self) -> CampaignReads:
+        return self.view if self.campaigns is None else self.campaigns
 
     async def opened(self, history: Sequence[Recorded]) -> list[Recorded]:
         """``history`` as a reader may see it: personal data opened where its key is,
@@ -76,7 +83,7 @@ class Context:
         acknowledged a moment ago; ``NotConsistent`` on ``campaign`` when the view
         cannot catch up to tell, for "not defined" is an answer callers act on (a
         refused write is not retried, a redefinition would be written)."""
-        if (await self.view.campaign_history(brand, campaign)).versions:
+        if (await self.rules.campaign_history(brand, campaign)).versions:
             return True
         # Perhaps defined a moment ago: look at the ledger's end now, let the
         # projection reach it, and ask again before refusing.

@@ -153,7 +153,7 @@ class Sends:
                 replies[0].brand, sorted({e.phone for e in replies})
             )
             for event in replies:
-                history = await self.ctx.view.campaign_history(event.brand, event.campaign)
+                history = await self.ctx.rules.campaign_history(event.brand, event.campaign)
                 rules = history.as_of(event.occurred_at)
                 digest = digest_of(states[event.phone])
                 exempt[id(event)] = rules is not None and earns_exemption(

@@ -132,7 +132,7 @@ class Writes:
             return events
         exempt = False
         if await self.ctx.guard.wait_for_phones([sent.phone]):
-            history = await self.ctx.view.campaign_history(sent.brand, sent.campaign)
+            history = await self.ctx.rules.campaign_history(sent.brand, sent.campaign)
             rules = history.as_of(sent.occurred_at)
             if rules is not None:
                 states = await self.ctx.view.subscriber_states(sent.brand, [sent.phone])
@@ -299,7 +299,7 @@ class Writes:
         (``INVALID_ARGUMENT`` naming the first missing one, nothing written)."""
         if not isinstance(cmd, RecordOptIn):
             return
-        rules = (await self.ctx.view.campaign_history(cmd.brand, cmd.campaign)).current()
+        rules = (await self.ctx.rules.campaign_history(cmd.brand, cmd.campaign)).current()
         if rules is not None:
             check_required_proof(cmd, rules.policy)
 
