@@ -36,12 +36,17 @@ BATCH = 40  # small batches: a hundred commits, so Ctrl-C lands partway
 async def applied(dsn: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
+        return await applied_on(conn)
+    finally:
+        await conn.close()
+
+
+async def applied_on(conn: asyncpg.Connection) -> int:
+    try:
         found = await conn.fetchval("SELECT coalesce(sum(next_offset), 0) FROM projection_offset")
         return int(found)
     except asyncpg.UndefinedTableError:
         return 0
-    finally:
-        await conn.close()
 
 
 def rebuild_command(env: dict[str, str], *options: str) -> subprocess.Popen[str]:
@@ -94,11 +99,19 @@ async def test_an_interrupted_rebuild_resumes_where_it_stopped(
 
         first = rebuild_command(env)
         deadline = time.monotonic() + 120
-        while await applied(postgres_dsn) == 0:
-            assert first.poll() is None, first.communicate()
-            assert time.monotonic() < deadline, "the rebuild applied nothing in 120 s"
-            await asyncio.sleep(0.05)
+        watch = await asyncpg.connect(postgres_dsn)  # one connection: each look is quick
+        try:
+            while await applied_on(watch) == 0:
+                assert first.poll() is None, first.communicate()
+                assert time.monotonic() < deadline, "the rebuild applied nothing in 120 s"
+                await asyncio.sleep(0.01)
+        finally:
+            await watch.close()
+        # Hold the process still while Ctrl-C is sent: on a busy machine it could
+        # otherwise apply every batch in the moment between the look and the signal.
+        first.send_signal(signal.SIGSTOP)
         first.send_signal(signal.SIGINT)
+        first.send_signal(signal.SIGCONT)
         out, err = first.communicate(timeout=60)
         assert first.returncode == 130, out + err
         assert INTERRUPTED in err
