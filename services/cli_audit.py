@@ -476,7 +476,8 @@ async def _export(args: argparse.Namespace) -> int:
                             resumed=mark is not None,
                         )
                     )
-                if state is not None and state.due():
+                # every 2 s, and at each partition's end: a crash loses little
+                if state is not None and (at.offset is None or state.due()):
                     save(at)
                 if at.offset is not None:
                     stop.tick()
@@ -617,8 +618,7 @@ async def _verify(args: argparse.Namespace) -> int:
         where: tuple[str, int], span: tuple[int, int], records: list[Any], taken: datetime
     ) -> None:
         judgements.append(verifier.judge(where, span, records, taken))
-        if state.due():
-            save(taken)
+        save(taken)  # a partition judged is seconds of work: kept at once
 
     # A partition is judged whole (its records are aligned with the checkpoints'
     # fingerprints as one sequence), so the resume state keeps each judged

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -155,8 +155,9 @@ def clock_text(seconds: float) -> str:
 
 
 class ResumeState:
-    """A command's resume state: a JSON object in ``path``, saved atomically at most
-    every ``every`` seconds (``save(force=True)`` at once), removed when done."""
+    """A command's resume state: a JSON object in ``path``, replaced atomically;
+    ``due`` says when ``every`` seconds have passed since the last save (the commands
+    also save at each partition's end, and on Ctrl-C). Removed when done."""
 
     def __init__(
         self,
@@ -201,17 +202,26 @@ class ResumeState:
 STOP_AFTER = "CONSENT_TEST_STOP_AFTER_EVENTS"
 """A test hook: the long audit commands act as if interrupted (Ctrl-C) once they
 have read this many events, so a test can interrupt one at a known point."""
+CRASH = "CONSENT_TEST_CRASH"
+"""With the hook above, ``1``: die at once instead (exit status 137, no cleanup,
+nothing flushed), as a killed process does; the resume state is what was last
+saved before."""
 
 
 class StopAfter:
-    """Counts events and raises ``KeyboardInterrupt`` at the test hook's number."""
+    """Counts events and raises ``KeyboardInterrupt`` (or dies) at the test hook's
+    number."""
 
-    def __init__(self, environ: dict[str, str] | None = None) -> None:
-        value = (os.environ if environ is None else environ).get(STOP_AFTER, "")
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        value = env.get(STOP_AFTER, "")
         self.limit = int(value) if value else None
+        self.crash = env.get(CRASH, "") == "1"
         self.count = 0
 
     def tick(self, n: int = 1) -> None:
         self.count += n
         if self.limit is not None and self.count >= self.limit:
+            if self.crash:
+                os._exit(137)
             raise KeyboardInterrupt

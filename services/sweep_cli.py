@@ -278,8 +278,7 @@ def run(args: argparse.Namespace) -> int:
                         kept.extend(pending)
                         pending.clear()
                         base.update(events=events, judged=judged)
-                        if state.due():
-                            save()
+                        save()
                     if shown:
                         progress(
                             Progress(

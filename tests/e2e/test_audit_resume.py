@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from services.adapters.kafka_audit import KafkaCheckpoints
-from services.progress import STOP_AFTER
+from services.progress import CRASH, STOP_AFTER
 from tests.e2e.harness import client, kafka_settings, now, opt_in, running, service_settings
 from tests.e2e.test_tamper_evidence import checkpointed, consent_ledger, keyring, write_history
 
@@ -91,6 +91,32 @@ async def test_an_interrupted_export_and_verify_carry_on_to_the_same_result(
     got, want = export.read_text().splitlines(), whole.read_text().splitlines()
     assert json.loads(got[0])["type"] == "export"
     assert got[1:] == want[1:]
+
+    # -- export: a crash (no cleanup, nothing flushed) -----------------------------
+    per_range: list[int] = []
+    for text in want:
+        kind = json.loads(text)["type"]
+        if kind == "range":
+            per_range.append(0)
+        elif kind == "record":
+            per_range[-1] += 1
+    first = next(i for i, n in enumerate(per_range) if n)
+    saved_at = sum(per_range[: first + 1])  # the state is saved at each partition's end
+    assert saved_at < size, per_range
+    crashed = tmp_path / "crashed.jsonl"
+    code, _, err = await consent_ledger(
+        "export",
+        "--output",
+        str(crashed),
+        env=env | {STOP_AFTER: str(saved_at + 1), CRASH: "1"},
+    )
+    assert code == 137, err
+    mark = json.loads(Path(f"{crashed}.resume").read_text())["mark"]
+    assert mark["records"] == saved_at and mark["offset"] is None
+    code, _, err = await consent_ledger("export", "--output", str(crashed), env=env)
+    assert code == 0, err
+    assert read_by_this_run(err) == size - saved_at
+    assert crashed.read_text().splitlines()[1:] == want[1:]
 
     # -- verify of the live ledger ----------------------------------------------------
     code, plain, err = await consent_ledger("verify", "--keys", str(keys), "--json", env=env)
