@@ -77,7 +77,7 @@ async def test_the_worked_kcat_and_protoc_example_runs_as_written(kafka_bootstra
         event = r.event
         headers = (
             "headers content-type=application/x-protobuf; messageType=consent.v1.EventEnvelope,"
-            f"event-id={event.event_id},event-type={type(event).__name__},schema-version=1,"
+            f"event-id={event.event_id},event-type={type(event).__name__},schema-version={event.class_version},"
             "brand=acme"
         )
         if type(event).__name__ == "ConsentGranted":

@@ -20,7 +20,7 @@ def test_a_campaign_grant_names_its_type_version_brand_campaign_and_id() -> None
         "content-type": CONTENT_TYPE,
         "event-id": str(event.event_id),
         "event-type": "ConsentGranted",
-        "schema-version": "1",
+        "schema-version": "2",  # sealed personal data (ledger.upcasting)
         "brand": "acme",
         "campaign": "spring-promo",
     }
