@@ -241,6 +241,42 @@ class EventLog(ABC):
         """Release connections; flush anything buffered."""
 
 
+class WrappedEventLog(EventLog):
+    """An ``EventLog`` that hands every call to ``wrapped``: the base of wrappers that
+    change one thing (how appends are timed, what they seal) and nothing else."""
+
+    def __init__(self, wrapped: EventLog) -> None:
+        self._ledger = wrapped
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        return await self._ledger.append(events)
+
+    async def read(
+        self, stream: Stream, partition: int, start: int, limit: int = 1000
+    ) -> list[Recorded]:
+        return await self._ledger.read(stream, partition, start, limit)
+
+    async def partitions(self, stream: Stream) -> list[int]:
+        return await self._ledger.partitions(stream)
+
+    async def end_offsets(self, stream: Stream) -> dict[int, int]:
+        return await self._ledger.end_offsets(stream)
+
+    async def every_end_offset(self) -> dict[Stream, dict[int, int]]:
+        return await self._ledger.every_end_offset()
+
+    def subscribe(
+        self, stream: Stream, start: Offsets, *, poll_timeout: float = 0.5
+    ) -> AsyncIterator[list[Recorded]]:
+        return self._ledger.subscribe(stream, start, poll_timeout=poll_timeout)
+
+    def partition_for(self, phone: str) -> int | None:
+        return self._ledger.partition_for(phone)
+
+    async def close(self) -> None:
+        await self._ledger.close()
+
+
 class AppliedPositions(Protocol):
     """How far a copy of the ledger has applied it: what the freshness guard watches
     and what a replica compares with the view. ``ConsentView`` is one; an in-memory

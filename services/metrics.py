@@ -55,7 +55,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from operator import attrgetter
 from typing import Protocol
 
@@ -79,7 +79,7 @@ from ledger.events import (
 )
 from ledger.health import HealthReport
 from ledger.policy import Decision, Reason
-from ledger.ports import AccessRecord, EventLog, Offsets, ReplicaStats, Stream
+from ledger.ports import AccessRecord, EventLog, ReplicaStats, Stream, WrappedEventLog
 from services.freshness import FreshnessStatus
 
 log = logging.getLogger(__name__)
@@ -384,13 +384,13 @@ class ServiceMetrics(Collector):
             )
 
 
-class TimedAppends(EventLog):
+class TimedAppends(WrappedEventLog):
     """A ledger whose appends are timed into ``consent_ledger_append_seconds`` (and
     whose sends and delivery outcomes are counted); every other method is the
     wrapped ledger's."""
 
     def __init__(self, ledger: EventLog, metrics: ServiceMetrics) -> None:
-        self._ledger = ledger
+        super().__init__(ledger)
         self._metrics = metrics
 
     async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
@@ -402,28 +402,3 @@ class TimedAppends(EventLog):
             return recorded
         finally:
             self._metrics.appended(outcome, time.perf_counter() - started)
-
-    async def read(
-        self, stream: Stream, partition: int, start: int, limit: int = 1000
-    ) -> list[Recorded]:
-        return await self._ledger.read(stream, partition, start, limit)
-
-    async def partitions(self, stream: Stream) -> list[int]:
-        return await self._ledger.partitions(stream)
-
-    async def end_offsets(self, stream: Stream) -> dict[int, int]:
-        return await self._ledger.end_offsets(stream)
-
-    async def every_end_offset(self) -> dict[Stream, dict[int, int]]:
-        return await self._ledger.every_end_offset()
-
-    def subscribe(
-        self, stream: Stream, start: Offsets, *, poll_timeout: float = 0.5
-    ) -> AsyncIterator[list[Recorded]]:
-        return self._ledger.subscribe(stream, start, poll_timeout=poll_timeout)
-
-    def partition_for(self, phone: str) -> int | None:
-        return self._ledger.partition_for(phone)
-
-    async def close(self) -> None:
-        await self._ledger.close()

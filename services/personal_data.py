@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 from cryptography.exceptions import InvalidTag
@@ -29,7 +29,7 @@ from ledger.personal_data import (
     sealed_as,
     subject_of,
 )
-from ledger.ports import EventLog, Offsets, Stream, SubjectKey, SubjectKeys
+from ledger.ports import EventLog, SubjectKey, SubjectKeys, WrappedEventLog
 
 log = logging.getLogger(__name__)
 
@@ -108,38 +108,13 @@ class PersonalData:
         return opened(event, {f: str(values.get(f, "")) for f in sealed.fields})
 
 
-class SealingEventLog(EventLog):
+class SealingEventLog(WrappedEventLog):
     """A ledger whose appends seal their events' personal data first; every other
     method is the wrapped ledger's (what it reads back stays sealed)."""
 
     def __init__(self, ledger: EventLog, personal: PersonalData) -> None:
-        self._ledger = ledger
+        super().__init__(ledger)
         self._personal = personal
 
     async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
         return await self._ledger.append(await self._personal.seal(events))
-
-    async def read(
-        self, stream: Stream, partition: int, start: int, limit: int = 1000
-    ) -> list[Recorded]:
-        return await self._ledger.read(stream, partition, start, limit)
-
-    async def partitions(self, stream: Stream) -> list[int]:
-        return await self._ledger.partitions(stream)
-
-    async def end_offsets(self, stream: Stream) -> dict[int, int]:
-        return await self._ledger.end_offsets(stream)
-
-    async def every_end_offset(self) -> dict[Stream, dict[int, int]]:
-        return await self._ledger.every_end_offset()
-
-    def subscribe(
-        self, stream: Stream, start: Offsets, *, poll_timeout: float = 0.5
-    ) -> AsyncIterator[list[Recorded]]:
-        return self._ledger.subscribe(stream, start, poll_timeout=poll_timeout)
-
-    def partition_for(self, phone: str) -> int | None:
-        return self._ledger.partition_for(phone)
-
-    async def close(self) -> None:
-        await self._ledger.close()
