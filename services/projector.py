@@ -145,6 +145,9 @@ class Projector:
                 pending = read(offset) if offset < end else None
                 while pending is not None:
                     batch = await pending
+                    if _cancel_swallowed():
+                        await _abandon(pending)
+                        raise asyncio.CancelledError
                     if not batch:
                         break
                     after = batch[-1].position.offset + 1
@@ -159,6 +162,15 @@ class Projector:
                     offset = after
                     report()
         return count
+
+
+def _cancel_swallowed() -> bool:
+    """Whether this task was asked to stop while it waited for a read that finished
+    anyway: Python 3.11's ``asyncio.wait_for`` (the Kafka read's bound) can return a
+    result that lands with the cancellation and drop the cancellation, and Ctrl-C
+    on a rebuild must still stop it."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _abandon(read: asyncio.Future[list[Recorded]] | None) -> None:
