@@ -31,18 +31,16 @@ from grpc_status import rpc_status
 
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
-from tests.e2e.grpcurl import grpcurl
 from tests.e2e.harness import (
     TOKENS,
     client,
     define,
     kafka_settings,
     opt_in,
-    running,
     service_settings,
     ts,
 )
-from tests.e2e.test_readme import answers, block, run
+from tests.e2e.test_readme import answers, run_after_walk_through
 
 PROTO = Path(__file__).resolve().parents[2] / "protos/consent/v1/consent_service.proto"
 PHONE = "+14155552861"
@@ -378,14 +376,7 @@ async def test_the_cli_lists_who_read_what_and_is_listed_itself(service: Runtime
 async def test_the_readme_access_calls_run_as_written(tmp_path: Path, postgres_dsn: str) -> None:
     """README's "Who read what" block, after the "Calling the API" walk-through it
     follows, with grpcurl and the installed CLI, against a real service."""
-    walk, calls = block("readme-grpcurl", "sh"), block("readme-access", "sh")
-    tool = await asyncio.to_thread(grpcurl)
-    path = os.pathsep.join([str(Path(tool).parent), str(Path(sys.executable).parent)])
-    script = f"PATH='{path}{os.pathsep}{os.environ['PATH']}'\n{walk}\n{calls}"
-    async with running(service_settings(tmp_path, postgres_dsn, kafka=None)) as runtime:
-        done = await asyncio.to_thread(
-            run, ["bash", "-euo", "pipefail", "-c", script], tmp_path, runtime.address
-        )
+    done = await run_after_walk_through("readme-access", tmp_path, postgres_dsn)
     assert done.returncode == 0, done.stdout + done.stderr
     end = done.stdout.rindex("}") + 1  # grpcurl's answers; then the CLI's lines
     listed = next(a for a in answers(done.stdout[:end])[1] if "accesses" in a)["accesses"]

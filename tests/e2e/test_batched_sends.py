@@ -6,8 +6,6 @@ writing nothing twice."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -18,17 +16,15 @@ from consent.v1 import consent_service_pb2 as api
 
 from ledger.ports import ConsistencyToken, Stream
 from services.bootstrap import Runtime
-from tests.e2e.grpcurl import grpcurl
 from tests.e2e.harness import (
     client,
     define,
     kafka_settings,
-    running,
     service_settings,
     status_details,
     ts,
 )
-from tests.e2e.test_readme import answers, block, run
+from tests.e2e.test_readme import answers, run_after_walk_through
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -222,14 +218,7 @@ async def test_more_than_a_thousand_messages_or_another_brand_is_refused(service
 async def test_the_readme_batched_send_runs_as_written(tmp_path, postgres_dsn):
     """README's "Recording many messages sent" block, after the "Calling the API"
     walk-through it follows, with grpcurl, against a real service."""
-    walk, sends = block("readme-grpcurl", "sh"), block("readme-sends", "sh")
-    tool = await asyncio.to_thread(grpcurl)
-    path = f"{os.path.dirname(tool)}{os.pathsep}{os.environ['PATH']}"
-    script = f"PATH='{path}'\n{walk}\n{sends}"
-    async with running(service_settings(tmp_path, postgres_dsn, kafka=None)) as runtime:
-        done = await asyncio.to_thread(
-            run, ["bash", "-euo", "pipefail", "-c", script], tmp_path, runtime.address
-        )
+    done = await run_after_walk_through("readme-sends", tmp_path, postgres_dsn)
     assert done.returncode == 0, done.stdout + done.stderr
     written = answers(done.stdout)[1][-1]
     assert len(written["eventIds"]) == len(set(written["eventIds"])) == 2

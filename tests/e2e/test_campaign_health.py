@@ -12,7 +12,6 @@ import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import grpc
 import pytest
@@ -21,7 +20,6 @@ from consent.v1 import ledger_pb2 as lpb
 
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
-from tests.e2e.grpcurl import grpcurl
 from tests.e2e.harness import (
     TOKENS,
     client,
@@ -29,12 +27,11 @@ from tests.e2e.harness import (
     kafka_settings,
     opt_out,
     precondition_violations,
-    running,
     service_settings,
     status_details,
     ts,
 )
-from tests.e2e.test_readme import answers, block, run
+from tests.e2e.test_readme import answers, run_after_walk_through
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -369,14 +366,7 @@ async def test_delivery_outcomes_and_health_refuse_bad_input_by_field(service):
 async def test_the_readme_health_calls_run_as_written(tmp_path, postgres_dsn):
     """README's "Campaign health" block, after the "Calling the API" walk-through it
     follows, with grpcurl and the installed CLI, against a real service."""
-    walk, calls = block("readme-grpcurl", "sh"), block("readme-health", "sh")
-    tool = await asyncio.to_thread(grpcurl)
-    path = os.pathsep.join([str(Path(tool).parent), str(Path(sys.executable).parent)])
-    script = f"PATH='{path}{os.pathsep}{os.environ['PATH']}'\n{walk}\n{calls}"
-    async with running(service_settings(tmp_path, postgres_dsn, kafka=None)) as runtime:
-        done = await asyncio.to_thread(
-            run, ["bash", "-euo", "pipefail", "-c", script], tmp_path, runtime.address
-        )
+    done = await run_after_walk_through("readme-health", tmp_path, postgres_dsn)
     assert done.returncode == 0, done.stdout + done.stderr
     table = done.stdout.index("campaign health of acme")
     *_, sent, outcome, health = answers(done.stdout[:table])[1]

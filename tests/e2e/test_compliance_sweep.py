@@ -12,7 +12,6 @@ import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import grpc
 import pytest
@@ -21,19 +20,17 @@ from consent.v1 import consent_service_pb2 as api
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
 from services.progress import STOP_AFTER
-from tests.e2e.grpcurl import grpcurl
 from tests.e2e.harness import (
     TOKENS,
     client,
     define,
     kafka_settings,
     opt_in,
-    running,
     service_settings,
     status_details,
     ts,
 )
-from tests.e2e.test_readme import answers, block, run
+from tests.e2e.test_readme import answers, run_after_walk_through
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -303,14 +300,7 @@ async def test_a_sweep_is_refused_another_brands_token_and_bad_input_by_field(se
 async def test_the_readme_sweep_calls_run_as_written(tmp_path, postgres_dsn):
     """README's "Compliance sweep" block, after the "Calling the API" walk-through it
     follows, with grpcurl and the installed CLI, against a real service."""
-    walk, calls = block("readme-grpcurl", "sh"), block("readme-sweep", "sh")
-    tool = await asyncio.to_thread(grpcurl)
-    path = os.pathsep.join([str(Path(tool).parent), str(Path(sys.executable).parent)])
-    script = f"PATH='{path}{os.pathsep}{os.environ['PATH']}'\n{walk}\n{calls}"
-    async with running(service_settings(tmp_path, postgres_dsn, kafka=None)) as runtime:
-        done = await asyncio.to_thread(
-            run, ["bash", "-euo", "pipefail", "-c", script], tmp_path, runtime.address
-        )
+    done = await run_after_walk_through("readme-sweep", tmp_path, postgres_dsn)
     assert done.returncode == 0, done.stdout + done.stderr
     cli = done.stdout.index("  after_opt_out,sent_without_asking")
     grpcurl_out = done.stdout[: done.stdout.rindex("\n", 0, cli)]

@@ -6,15 +6,11 @@ it erased, the proof packet still proves its events, and CanSend says no."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import os
-import sys
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import grpc
 import pytest
@@ -30,18 +26,16 @@ from services.adapters.kafka_audit import KafkaCheckpoints
 from services.bootstrap import Runtime
 from services.checkpoints import Keyring, SigningKey
 from services.proofs import check_bundle
-from tests.e2e.grpcurl import grpcurl
 from tests.e2e.harness import (
     TOKENS,
     client,
     define,
     kafka_settings,
     opt_in,
-    running,
     service_settings,
     ts,
 )
-from tests.e2e.test_readme import block, run
+from tests.e2e.test_readme import run_after_walk_through
 from tests.e2e.test_tamper_evidence import checkpointed, consent_ledger, keyring
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -326,14 +320,7 @@ async def test_erasure_is_refused_early_and_under_a_hold_then_done_and_the_ledge
 async def test_the_readme_erasure_calls_run_as_written(tmp_path, postgres_dsn):
     """README's "Retention, erasure and legal holds" block, after the "Calling the
     API" walk-through it follows, with grpcurl and the installed CLI."""
-    walk, calls = block("readme-grpcurl", "sh"), block("readme-erasure", "sh")
-    tool = await asyncio.to_thread(grpcurl)
-    path = os.pathsep.join([str(Path(tool).parent), str(Path(sys.executable).parent)])
-    script = f"PATH='{path}{os.pathsep}{os.environ['PATH']}'\n{walk}\n{calls}"
-    async with running(service_settings(tmp_path, postgres_dsn, kafka=None)) as runtime:
-        done = await asyncio.to_thread(
-            run, ["bash", "-euo", "pipefail", "-c", script], tmp_path, runtime.address
-        )
+    done = await run_after_walk_through("readme-erasure", tmp_path, postgres_dsn)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Code: FailedPrecondition" in done.stderr
     assert "erasure is possible from then" in done.stderr

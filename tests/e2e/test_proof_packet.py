@@ -13,7 +13,6 @@ import sys
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import grpc
 import pypdf
@@ -26,7 +25,6 @@ from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
 from services.checkpoints import Keyring, PublicKey, SigningKey
 from services.proofs import check_bundle
-from tests.e2e.grpcurl import grpcurl
 from tests.e2e.harness import (
     TOKENS,
     client,
@@ -39,7 +37,7 @@ from tests.e2e.harness import (
     status_details,
     ts,
 )
-from tests.e2e.test_readme import answers, block, run
+from tests.e2e.test_readme import answers, run_after_walk_through
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -324,14 +322,7 @@ async def test_the_cli_writes_the_packet_and_says_what_it_holds(service, tmp_pat
 async def test_the_readme_packet_calls_run_as_written(tmp_path, postgres_dsn):
     """README's "Proof of opt-in" block, after the "Calling the API" walk-through it
     follows, with grpcurl and the installed CLI, against a real service."""
-    walk, calls = block("readme-grpcurl", "sh"), block("readme-packet", "sh")
-    tool = await asyncio.to_thread(grpcurl)
-    path = os.pathsep.join([str(Path(tool).parent), str(Path(sys.executable).parent)])
-    script = f"PATH='{path}{os.pathsep}{os.environ['PATH']}'\n{walk}\n{calls}"
-    async with running(service_settings(tmp_path, postgres_dsn, kafka=None)) as runtime:
-        done = await asyncio.to_thread(
-            run, ["bash", "-euo", "pipefail", "-c", script], tmp_path, runtime.address
-        )
+    done = await run_after_walk_through("readme-packet", tmp_path, postgres_dsn)
     assert done.returncode == 0, done.stdout + done.stderr
     packet = answers(done.stdout)[1][-1]["packet"]
     assert packet["phone"] == "+14155552671" and packet["campaign"] == "promo"

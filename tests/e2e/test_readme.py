@@ -42,6 +42,21 @@ def run(argv: list[str], tmp_path: Path, address: str) -> subprocess.CompletedPr
     )
 
 
+async def run_after_walk_through(
+    marker: str, tmp_path: Path, dsn: str
+) -> subprocess.CompletedProcess[str]:
+    """README's block ``marker`` run after the "Calling the API" walk-through it
+    follows, with grpcurl and the installed CLI on the path, against a real service."""
+    walk, calls = block("readme-grpcurl", "sh"), block(marker, "sh")
+    tool = await asyncio.to_thread(grpcurl)
+    path = os.pathsep.join([str(Path(tool).parent), str(Path(sys.executable).parent)])
+    script = f"PATH='{path}{os.pathsep}{os.environ['PATH']}'\n{walk}\n{calls}"
+    async with running(service_settings(tmp_path, dsn, kafka=None)) as runtime:
+        return await asyncio.to_thread(
+            run, ["bash", "-euo", "pipefail", "-c", script], tmp_path, runtime.address
+        )
+
+
 async def test_the_readme_python_example_runs_as_written(tmp_path, postgres_dsn):
     script = tmp_path / "example.py"
     script.write_text(readme_example())
