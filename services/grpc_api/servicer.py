@@ -98,6 +98,26 @@ def _check_fields(
         raise AssertionError("check_target raises what was found") from exc
 
 
+def _brand_window(
+    request: api_pb2.GetOptOutRateRequest | api_pb2.GetCampaignHealthRequest,
+) -> tuple[str | None, datetime | None, datetime | None, ConsistencyToken | None]:
+    """A brand's read over a window: its campaign (None: every campaign), start and
+    end times, and the freshness asked for, each refused by field when malformed."""
+    campaign = request.campaign if request.HasField("campaign") else None
+    _refuse_bad_fields(
+        lambda: api.optional_time(request, "start_time"),
+        lambda: api.optional_time(request, "end_time"),
+        lambda: _token(request.at_least_as_fresh),
+        *_target(None, request.brand, campaign),
+    )
+    return (
+        campaign,
+        api.optional_time(request, "start_time"),
+        api.optional_time(request, "end_time"),
+        _token(request.at_least_as_fresh),
+    )
+
+
 def _refuse_bad_fields(*checks: Callable[[], object]) -> None:
     """Run every check of a request's fields, then refuse in one ``DomainError`` (one
     ``BadRequest``) every field that failed; the calls that follow read them again."""
@@ -425,20 +445,8 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, request: api_pb2.GetOptOutRateRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.GetOptOutRateResponse:
         reader = self._reader(context, request.brand)
-        campaign = request.campaign if request.HasField("campaign") else None
-        _refuse_bad_fields(
-            lambda: api.optional_time(request, "start_time"),
-            lambda: api.optional_time(request, "end_time"),
-            lambda: _token(request.at_least_as_fresh),
-            *_target(None, request.brand, campaign),
-        )
         rate = await self.usecases.audit.opt_out_rate(
-            request.brand,
-            campaign,
-            api.optional_time(request, "start_time"),
-            api.optional_time(request, "end_time"),
-            _token(request.at_least_as_fresh),
-            reader=reader,
+            request.brand, *_brand_window(request), reader=reader
         )
         return api.opt_out_rate_to_proto(rate.value, rate.token.encode())
 
@@ -447,20 +455,8 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, request: api_pb2.GetCampaignHealthRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.GetCampaignHealthResponse:
         reader = self._reader(context, request.brand)
-        campaign = request.campaign if request.HasField("campaign") else None
-        _refuse_bad_fields(
-            lambda: api.optional_time(request, "start_time"),
-            lambda: api.optional_time(request, "end_time"),
-            lambda: _token(request.at_least_as_fresh),
-            *_target(None, request.brand, campaign),
-        )
         health = await self.usecases.audit.campaign_health(
-            request.brand,
-            campaign,
-            api.optional_time(request, "start_time"),
-            api.optional_time(request, "end_time"),
-            _token(request.at_least_as_fresh),
-            reader=reader,
+            request.brand, *_brand_window(request), reader=reader
         )
         self.metrics.health_flagged(health.value)
         return api.campaign_health_to_proto(health.value, health.token.encode())
