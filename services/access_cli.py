@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,19 +118,10 @@ def run(args: argparse.Namespace) -> int:
     if args.limit < 1:
         print("consent-ledger audit access: --limit must be 1 or more", file=sys.stderr)
         return 2
-    address = args.address or os.environ.get("CONSENT_ADDRESS") or packet_cli.DEFAULT_ADDRESS
-    try:
-        token = packet_cli._token(args)
-        channel = packet_cli._channel(args, address)
-    except (OSError, ValueError) as exc:
-        print(f"consent-ledger audit access: {exc}", file=sys.stderr)
+    connected = packet_cli.connect(args, "audit access")
+    if connected is None:
         return 2
-    if token is None:
-        print(
-            "consent-ledger audit access: no token: give --token-file or set CONSENT_TOKEN",
-            file=sys.stderr,
-        )
-        return 2
+    token, channel = connected
     request = api.ListAuditAccessRequest(
         phone=args.phone or "", subject=args.subject or "", page_size=min(args.limit, 1000)
     )

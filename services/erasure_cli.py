@@ -5,7 +5,6 @@ token (its scope and brands decide, as for any call)."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -133,19 +132,10 @@ def run(args: argparse.Namespace) -> int:
     from services.packets import cli as packet_cli
 
     name = "audit erase" if args.audit_command == "erase" else f"audit hold {args.action}"
-    address = args.address or os.environ.get("CONSENT_ADDRESS") or packet_cli.DEFAULT_ADDRESS
-    try:
-        token = packet_cli._token(args)
-        channel = packet_cli._channel(args, address)
-    except (OSError, ValueError) as exc:
-        print(f"consent-ledger {name}: {exc}", file=sys.stderr)
+    connected = packet_cli.connect(args, name)
+    if connected is None:
         return 2
-    if token is None:
-        print(
-            f"consent-ledger {name}: no token: give --token-file or set CONSENT_TOKEN",
-            file=sys.stderr,
-        )
-        return 2
+    token, channel = connected
     request_id = args.request_id or uuid.uuid4().hex
     subject = {"request_id": request_id, "phone": args.phone, "brand": args.brand}
     metadata = [("authorization", f"Bearer {token}")]

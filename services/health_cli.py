@@ -175,7 +175,6 @@ def table(record: dict[str, Any], brand: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
 
     import grpc
     from consent.v1 import consent_service_pb2 as api
@@ -183,19 +182,10 @@ def run(args: argparse.Namespace) -> int:
 
     from services.packets import cli as packet_cli
 
-    address = args.address or os.environ.get("CONSENT_ADDRESS") or packet_cli.DEFAULT_ADDRESS
-    try:
-        token = packet_cli._token(args)
-        channel = packet_cli._channel(args, address)
-    except (OSError, ValueError) as exc:
-        print(f"consent-ledger audit health: {exc}", file=sys.stderr)
+    connected = packet_cli.connect(args, "audit health")
+    if connected is None:
         return 2
-    if token is None:
-        print(
-            "consent-ledger audit health: no token: give --token-file or set CONSENT_TOKEN",
-            file=sys.stderr,
-        )
-        return 2
+    token, channel = connected
     request = api.GetCampaignHealthRequest(
         brand=args.brand, at_least_as_fresh=args.at_least_as_fresh
     )

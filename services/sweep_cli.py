@@ -181,7 +181,6 @@ def _text(record: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
 
     import grpc
     from consent.v1 import consent_service_pb2 as api
@@ -189,19 +188,10 @@ def run(args: argparse.Namespace) -> int:
 
     from services.packets import cli as packet_cli
 
-    address = args.address or os.environ.get("CONSENT_ADDRESS") or packet_cli.DEFAULT_ADDRESS
-    try:
-        token = packet_cli._token(args)
-        channel = packet_cli._channel(args, address)
-    except (OSError, ValueError) as exc:
-        print(f"consent-ledger audit sweep: {exc}", file=sys.stderr)
+    connected = packet_cli.connect(args, "audit sweep")
+    if connected is None:
         return 2
-    if token is None:
-        print(
-            "consent-ledger audit sweep: no token: give --token-file or set CONSENT_TOKEN",
-            file=sys.stderr,
-        )
-        return 2
+    token, channel = connected
     request = api.SweepCampaignRequest(
         brand=args.brand, campaign=args.campaign, at_least_as_fresh=args.at_least_as_fresh
     )

@@ -108,6 +108,26 @@ def _token(args: argparse.Namespace) -> str | None:
     return None
 
 
+def connect(args: argparse.Namespace, tool: str) -> tuple[str, Any] | None:
+    """The token and channel a client tool (``consent-ledger TOOL``) calls the
+    service with; None after saying on standard error why there are none (the tool
+    then exits 2, a usage error)."""
+    address = args.address or os.environ.get("CONSENT_ADDRESS") or DEFAULT_ADDRESS
+    try:
+        token = _token(args)
+        channel = _channel(args, address)
+    except (OSError, ValueError) as exc:
+        print(f"consent-ledger {tool}: {exc}", file=sys.stderr)
+        return None
+    if token is None:
+        print(
+            f"consent-ledger {tool}: no token: give --token-file or set CONSENT_TOKEN",
+            file=sys.stderr,
+        )
+        return None
+    return token, channel
+
+
 def _channel(args: argparse.Namespace, address: str) -> Any:
     import grpc
 
@@ -164,25 +184,16 @@ def run(args: argparse.Namespace) -> int:
     from consent.v1 import consent_service_pb2 as api
     from consent.v1 import consent_service_pb2_grpc as api_grpc
 
-    address = args.address or os.environ.get("CONSENT_ADDRESS") or DEFAULT_ADDRESS
     if args.output == "-" and args.format == "pdf" and sys.stdout.isatty():
         print(
             "consent-ledger audit packet: a PDF is not for a terminal: give -o FILE",
             file=sys.stderr,
         )
         return 2
-    try:
-        token = _token(args)
-        channel = _channel(args, address)
-    except (OSError, ValueError) as exc:
-        print(f"consent-ledger audit packet: {exc}", file=sys.stderr)
+    connected = connect(args, "audit packet")
+    if connected is None:
         return 2
-    if token is None:
-        print(
-            "consent-ledger audit packet: no token: give --token-file or set CONSENT_TOKEN",
-            file=sys.stderr,
-        )
-        return 2
+    token, channel = connected
     request = api.GetProofPacketRequest(
         phone=args.phone,
         brand=args.brand,
