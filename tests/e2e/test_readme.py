@@ -107,10 +107,12 @@ async def test_the_readme_grpcurl_walk_through_runs_as_written(tmp_path, postgre
         assert check["reason"] == "REASON_CONSENT_ACTIVE"
         assert "OBLIGATION_IDENTIFY_SENDER" in check["obligations"]
         assert hours & set(range(8, 21))
+        # An allow also rests on the campaign's policy (its sender numbers).
+        assert check["evidenceEventIds"] == opt_in["eventIds"] + campaign["eventIds"]
     else:
         assert check["reason"] == "REASON_QUIET_HOURS", check
         assert hours - set(range(8, 21))
-    assert check["evidenceEventIds"] == opt_in["eventIds"]
+        assert check["evidenceEventIds"] == opt_in["eventIds"]
     assert inbound["intent"] == "INBOUND_INTENT_OPT_OUT"
     assert inbound["reply"] == "REPLY_KIND_OPT_OUT_CONFIRMATION"
     assert rate["optOuts"] == "1" and rate["aboveLimit"] is True and rate["limit"] == 0.003
