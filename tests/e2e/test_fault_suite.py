@@ -31,7 +31,7 @@ from ledger.ports import ConsistencyToken, Stream
 from services.adapters.kafka_ledger import KafkaLedger
 from services.adapters.postgres_view import PROJECTION_TABLES, PostgresConsentView
 from services.bootstrap import Runtime
-from services.cli import _parser, _rebuild
+from services.cli.main import _parser, _rebuild
 from services.settings import FreshnessSettings, Settings
 from tests.e2e.harness import (
     client,

@@ -20,7 +20,7 @@ import pytest
 from ledger.ports import Stream
 from services.adapters.kafka_ledger import KafkaLedger
 from services.adapters.postgres_view import PROJECTION_TABLES, PostgresConsentView
-from services.cli_rebuild import INTERRUPTED
+from services.cli.rebuild import INTERRUPTED
 from services.projector import rebuild
 from services.settings import KafkaLedgerSettings
 from tests.conformance.view_suite import generate_events

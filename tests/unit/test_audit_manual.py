@@ -1,5 +1,5 @@
 """``consent-ledger audit``: one tool wraps every auditor's capability, and each
-tool's ``--help`` reads like a manual page (``services.cli_manual``)."""
+tool's ``--help`` reads like a manual page (``services.cli.manual``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from services import cli
-from services.cli_manual import SECTIONS, Manual, ManualParser, tool
+from services.cli import main as cli
+from services.cli.manual import SECTIONS, Manual, ManualParser, tool
 
 CAPABILITIES = {
     *("packet", "sweep", "health", "access", "erase", "hold", "export", "verify", "keys")

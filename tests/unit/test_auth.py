@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from services import cli
+from services.cli import main as cli
 from services.errors import Unauthenticated
 from services.grpc_api.auth import (
     Scope,

@@ -420,7 +420,7 @@ def test_the_checkpoint_settings_are_read_and_a_blank_key_file_refused():
 
 @pytest.mark.parametrize("command", ["verify", "export", "keys"])
 def test_the_help_reads_like_a_manual_page(command, capsys):
-    from services.cli import main
+    from services.cli.main import main
 
     with pytest.raises(SystemExit) as exited:
         main([command, "--help"])
@@ -433,7 +433,7 @@ def test_the_help_reads_like_a_manual_page(command, capsys):
 
 
 def test_keys_new_public_retire_and_revoke_through_the_command_line(tmp_path, capsys):
-    from services.cli import main
+    from services.cli.main import main
 
     key_file, keyring = tmp_path / "k.pem", tmp_path / "keys.json"
     assert main(["keys", "new", str(key_file)]) == 0
@@ -451,7 +451,7 @@ def test_keys_new_public_retire_and_revoke_through_the_command_line(tmp_path, ca
 
 
 def test_verify_of_an_unreadable_export_is_a_usage_error(tmp_path, capsys):
-    from services.cli import main
+    from services.cli.main import main
 
     Keyring().save(tmp_path / "keys.json")
     (tmp_path / "bad.jsonl").write_text("not json\n")
@@ -501,7 +501,7 @@ async def test_a_partition_taken_out_of_an_export_is_reported(key, tmp_path):
 def _verify_file(tmp_path, name: str) -> tuple[int, list[dict]]:  # type: ignore[no-untyped-def]
     import contextlib
 
-    from services.cli import main
+    from services.cli.main import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from services import cli
 from services.bootstrap import EMBEDDED_MISSING, StartError, start_embedded_postgres
+from services.cli import main as cli
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from consent.v1 import consent_service_pb2 as api
 
-from services.cli import _parser
-from services.health_cli import health_record, table
+from services.cli.audit.health import health_record, table
+from services.cli.main import _parser
 
 
 def _args(*extra: str):

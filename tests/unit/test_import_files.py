@@ -1,5 +1,5 @@
 """Reading an export for ``consent-ledger import`` (``services.import_files``) and the
-summary it prints (``services.import_cli``): CSV and JSON Lines read alike, every
+summary it prints (``services.cli.import_``): CSV and JSON Lines read alike, every
 unreadable record named by line and field, import ids stable, reasons grouped."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from consent.v1 import ledger_pb2 as lpb
 
-from services import import_cli
+from services.cli import import_
 from services.import_files import (
     FormatError,
     Read,
@@ -130,7 +130,7 @@ def test_records_are_counted_for_the_progress_bar_without_a_trailing_newline(tmp
 
 
 def test_the_summary_groups_refusals_by_reason_with_their_lines():
-    summary = import_cli.Summary(imported=7, present=2, token="subscribers:0:7")
+    summary = import_.Summary(imported=7, present=2, token="subscribers:0:7")
     for line in (4, 9, 12, 15, 20, 31, 40):
         summary.refuse(line, "INVALID_ARGUMENT", "phone", "is not a phone number")
     summary.refuse(3, "FAILED_PRECONDITION", "campaign", "acme/nope is not defined")

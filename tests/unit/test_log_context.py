@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from services import cli
+from services.cli import main as cli
 from services.grpc_api.call_ids import call_id
 from services.log_context import REQUEST_ID, LogContext, mask_phones
 from services.settings import Settings

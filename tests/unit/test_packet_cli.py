@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from services import cli
-from services.packets import cli as packets_cli
+from services.cli import main as cli
+from services.cli.audit import packet as packets_cli
 from tests.unit.test_cli_options import help_text
 
 

@@ -7,8 +7,8 @@ import io
 
 import pytest
 
-from services import cli
-from services.cli_rebuild import ProgressLine
+from services.cli import main as cli
+from services.cli.rebuild import ProgressLine
 from services.progress import Progress
 
 

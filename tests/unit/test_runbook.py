@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services import cli
+from services.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[2]
 

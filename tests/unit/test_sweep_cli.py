@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from services.cli import _parser
+from services.cli.main import _parser
 from services.progress import Progress, ProgressLine
 
 

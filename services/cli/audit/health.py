@@ -32,8 +32,8 @@ are counted apart."""
 
 
 def _manual() -> Any:
-    from services.cli_manual import Manual
-    from services.packets.cli import CONNECTION
+    from services.cli.audit.packet import CONNECTION
+    from services.cli.manual import Manual
 
     return Manual(
         summary="show a brand's campaigns' opt-out and error rates, flagged past the limits",
@@ -55,9 +55,9 @@ consent-ledger audit health --brand acme --json | jq '.campaigns[] | select(.fla
 
 def add_parser(tools: Any) -> None:
     """``health`` among ``audit``'s tools."""
-    from services import sweep_cli
-    from services.cli_manual import tool
-    from services.packets import cli as packet_cli
+    from services.cli.audit import packet as packet_cli
+    from services.cli.audit import sweep as sweep_cli
+    from services.cli.manual import tool
 
     health = tool(tools, "health", _manual())
     health.add_argument("--brand", required=True, help="the brand")
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     from consent.v1 import consent_service_pb2 as api
     from consent.v1 import consent_service_pb2_grpc as api_grpc
 
-    from services.packets import cli as packet_cli
+    from services.cli.audit import packet as packet_cli
 
     connected = packet_cli.connect(args, "audit health")
     if connected is None:

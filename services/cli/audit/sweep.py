@@ -48,8 +48,8 @@ sweep would."""
 
 
 def _manual() -> Any:
-    from services.cli_manual import Manual
-    from services.packets.cli import CONNECTION
+    from services.cli.audit.packet import CONNECTION
+    from services.cli.manual import Manual
 
     return Manual(
         summary="list a campaign's messages sent without what the policy required",
@@ -82,8 +82,8 @@ def _moment(text: str) -> datetime:
 
 def add_parser(tools: Any) -> None:
     """``sweep`` among ``audit``'s tools."""
-    from services.cli_manual import tool
-    from services.packets import cli as packet_cli
+    from services.cli.audit import packet as packet_cli
+    from services.cli.manual import tool
 
     sweep = tool(tools, "sweep", _manual())
     sweep.add_argument("--brand", required=True, help="the brand")
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     from consent.v1 import consent_service_pb2 as api
     from consent.v1 import consent_service_pb2_grpc as api_grpc
 
-    from services.packets import cli as packet_cli
+    from services.cli.audit import packet as packet_cli
 
     connected = packet_cli.connect(args, "audit sweep")
     if connected is None:

@@ -1,5 +1,5 @@
 """``consent-ledger audit``: the auditors' one tool. Each capability is a TOOL with a
-manual page for its ``--help`` (``services.cli_manual``): packet, sweep, health and
+manual page for its ``--help`` (``services.cli.manual``): packet, sweep, health and
 access ask a running service, with the caller's token; export, verify and keys work
 on the ledger and its checkpoints themselves (the same as the top-level commands)."""
 
@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from services.cli_manual import ManualParser
+from services.cli.manual import ManualParser
 
 AUDIT_HELP = "the auditors' tools: packet, sweep, health, access, erase, hold, export, verify, keys"
 
@@ -33,9 +33,8 @@ service records each read. export, verify and keys read the ledger the service's
 
 
 def add_command(sub: Any, command: Callable[[str, str], argparse.ArgumentParser]) -> None:
-    """``audit`` and its tools on ``services.cli``'s parser."""
-    from services import access_cli, cli_audit, erasure_cli, health_cli, sweep_cli
-    from services.packets import cli as packet_cli
+    """``audit`` and its tools on ``services.cli.main``'s parser."""
+    from services.cli.audit import access, erasure, evidence, health, packet, sweep
 
     audit = command("audit", AUDIT_HELP)
     audit.description = AUDIT_DESCRIPTION
@@ -43,28 +42,27 @@ def add_command(sub: Any, command: Callable[[str, str], argparse.ArgumentParser]
     tools = audit.add_subparsers(
         dest="audit_command", required=True, metavar="TOOL", parser_class=ManualParser
     )
-    packet_cli.add_parser(tools)
-    sweep_cli.add_parser(tools)
-    health_cli.add_parser(tools)
-    access_cli.add_parser(tools)
-    erasure_cli.add_parsers(tools)
-    cli_audit.add_audit_tools(tools)
+    packet.add_parser(tools)
+    sweep.add_parser(tools)
+    health.add_parser(tools)
+    access.add_parser(tools)
+    erasure.add_parsers(tools)
+    evidence.add_audit_tools(tools)
 
 
 def run(args: argparse.Namespace) -> int:
-    from services import access_cli, cli_audit, erasure_cli, health_cli, sweep_cli
-    from services.packets import cli as packet_cli
+    from services.cli.audit import access, erasure, evidence, health, packet, sweep
 
     tool = args.audit_command
-    if tool in cli_audit.COMMANDS:
+    if tool in evidence.COMMANDS:
         args.command = tool  # as the top-level command of that name
-        return cli_audit.run(args)
+        return evidence.run(args)
     runners: dict[str, Callable[[argparse.Namespace], int]] = {
-        "packet": packet_cli.run,
-        "sweep": sweep_cli.run,
-        "health": health_cli.run,
-        "access": access_cli.run,
-        "erase": erasure_cli.run,
-        "hold": erasure_cli.run,
+        "packet": packet.run,
+        "sweep": sweep.run,
+        "health": health.run,
+        "access": access.run,
+        "erase": erasure.run,
+        "hold": erasure.run,
     }
     return runners[tool](args)

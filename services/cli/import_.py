@@ -95,7 +95,7 @@ SHOWN_LINES = 5
 
 
 def add_parser(sub: Any, command: Any) -> None:
-    """``import`` on ``services.cli``'s parser."""
+    """``import`` on ``services.cli.main``'s parser."""
     parser = command("import", "import another platform's opt-ins and opt-outs (CSV, JSON Lines)")
     parser.description = DESCRIPTION
     parser.epilog = EPILOG
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from services import import_files
-    from services.packets import cli as packet_cli
+    from services.cli.audit import packet as packet_cli
 
     name = "consent-ledger import"
     try:

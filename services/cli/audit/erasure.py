@@ -36,8 +36,8 @@ is refused."""
 
 
 def _manuals() -> tuple[Any, Any]:
-    from services.cli_manual import Manual
-    from services.packets.cli import CONNECTION
+    from services.cli.audit.packet import CONNECTION
+    from services.cli.manual import Manual
 
     erase = Manual(
         summary="erase a number's personal data after the retention period",
@@ -91,8 +91,8 @@ def _connection(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(tools: Any) -> None:
-    """``erase`` and ``hold`` among ``audit``'s tools (``services.audit_cli``)."""
-    from services.cli_manual import tool
+    """``erase`` and ``hold`` among ``audit``'s tools (``services.cli.audit``)."""
+    from services.cli.manual import tool
 
     erase_manual, hold_manual = _manuals()
     erase = tool(tools, "erase", erase_manual)
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from consent.v1 import consent_service_pb2 as api
     from consent.v1 import consent_service_pb2_grpc as api_grpc
 
-    from services.packets import cli as packet_cli
+    from services.cli.audit import packet as packet_cli
 
     name = "audit erase" if args.audit_command == "erase" else f"audit hold {args.action}"
     connected = packet_cli.connect(args, name)

@@ -43,9 +43,9 @@ def _moment(text: str) -> datetime:
 
 
 def add_parser(tools: Any) -> None:
-    """``access`` among ``audit``'s tools (``services.audit_cli``)."""
-    from services.cli_manual import Manual, tool
-    from services.packets.cli import CONNECTION, DEFAULT_ADDRESS
+    """``access`` among ``audit``'s tools (``services.cli.audit``)."""
+    from services.cli.audit.packet import CONNECTION, DEFAULT_ADDRESS
+    from services.cli.manual import Manual, tool
 
     parser = tool(
         tools,
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from consent.v1 import consent_service_pb2 as api
     from consent.v1 import consent_service_pb2_grpc as api_grpc
 
-    from services.packets import cli as packet_cli
+    from services.cli.audit import packet as packet_cli
 
     if args.limit < 1:
         print("consent-ledger audit access: --limit must be 1 or more", file=sys.stderr)

@@ -1,6 +1,6 @@
 """The tamper-evidence commands: ``export``, ``verify`` and ``keys``.
 
-``services.cli`` adds them to its parser (``add_commands``) and hands them their
+``services.cli.main`` adds them to its parser (``add_commands``) and hands them their
 arguments (``run``); they need no tokens file and start no service.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from ledger.ports import CheckpointStore, RecordSource
 from services.checkpoints import STREAMS, Keyring, PublicKey, SigningKey
-from services.cli_manual import Manual, tool
+from services.cli.manual import Manual, tool
 from services.progress import Progress, ProgressLine, ResumeState, StopAfter, wanted
 
 COMMANDS = ("export", "verify", "keys")
@@ -130,7 +130,7 @@ MANUALS = {
 
 
 def add_commands(sub: Any, command: Any) -> None:
-    """Add the commands to ``services.cli``'s subparsers; ``command(name, text)``
+    """Add the commands to ``services.cli.main``'s subparsers; ``command(name, text)``
     makes one the way every other command is made."""
     for name in COMMANDS:
         parser: argparse.ArgumentParser = command(name, SUMMARIES[name])

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.cli_manual import Manual, tool
+from services.cli.manual import Manual, tool
 
 PACKET_DESCRIPTION = """\
 Write the proof of opt-in for one phone number and one brand (optionally one
@@ -62,7 +62,7 @@ DEV_TOKEN = Path("var/data/dev-token")
 
 
 def add_parser(tools: Any) -> None:
-    """``packet`` among ``audit``'s tools (``services.audit_cli``)."""
+    """``packet`` among ``audit``'s tools (``services.cli.audit``)."""
     packet = tool(tools, "packet", PACKET_MANUAL)
     packet.add_argument("--phone", required=True, help="the number, E.164 (+14155552671)")
     packet.add_argument("--brand", required=True, help="the brand the proof is for")

@@ -1,9 +1,9 @@
 """Command line: ``serve`` (the service), ``migrate`` (schema and topics), ``rebuild``
 (re-fold the projections from the ledger), ``token add`` / ``token remove`` (edit
 the tokens file); ``export``, ``verify`` and ``keys`` (tamper evidence) are in
-``services.cli_audit``; ``audit packet`` (a number's proof of opt-in, from a running
-service) in ``services.packets.cli``; ``import`` (another platform's export, into a
-running service) in ``services.import_cli``."""
+``services.cli.audit.evidence``; ``audit`` and its tools in ``services.cli.audit``;
+``import`` (another platform's export, into a running service) in
+``services.cli.import_``."""
 
 from __future__ import annotations
 
@@ -178,9 +178,9 @@ async def _migrate_check(settings: Settings, wait: float) -> None:
 
 
 async def _rebuild(settings: Settings, args: argparse.Namespace) -> None:
-    from services import cli_rebuild
+    from services.cli import rebuild
 
-    await cli_rebuild.run(
+    await rebuild.run(
         settings,
         batch_size=args.batch_size,
         out=None if args.quiet else sys.stderr,
@@ -392,13 +392,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--burst", type=int, help="the most calls at once, with --rate")
     token.add_argument("--file", help="the tokens file (default: $CONSENT_AUTH_TOKENS_FILE)")
-    from services import cli_audit
+    from services.cli import audit, import_
+    from services.cli.audit import evidence
 
-    cli_audit.add_commands(sub, command)
-    from services import audit_cli, import_cli
-
-    audit_cli.add_command(sub, command)
-    import_cli.add_parser(sub, command)
+    evidence.add_commands(sub, command)
+    audit.add_command(sub, command)
+    import_.add_parser(sub, command)
     return parser
 
 
@@ -407,20 +406,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "token":
         return _token(args)
-    from services import cli_audit
+    from services.cli.audit import evidence
 
-    if args.command in cli_audit.COMMANDS:
+    if args.command in evidence.COMMANDS:
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
-        return cli_audit.run(args)
+        return evidence.run(args)
     if args.command == "audit":  # a client of a running service: no settings of its own
-        from services import audit_cli
+        from services.cli import audit
 
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
-        return audit_cli.run(args)
+        return audit.run(args)
     if args.command == "import":  # so is import
-        from services import import_cli
+        from services.cli import import_
 
-        return import_cli.run(args)
+        return import_.run(args)
     if args.command == "migrate" and (args.wait < 0 or args.wait != args.wait):
         parser.error("--wait must be 0 or more seconds")
     if args.command == "migrate" and args.wait and not args.check:
@@ -462,12 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.command != "rebuild":
             raise
-        from services.cli_rebuild import INTERRUPTED
+        from services.cli.rebuild import INTERRUPTED
 
         print(f"\n{INTERRUPTED}", file=sys.stderr)
         return 130
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
