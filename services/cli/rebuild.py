@@ -6,8 +6,10 @@ partitions between them (the fold is Python: one core each)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import multiprocessing
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
@@ -26,7 +28,49 @@ INTERRUPTED = (
 )
 
 
-async def run(settings: Settings, *, batch_size: int, out: TextIO | None, workers: int = 1) -> None:
+def add_parser(command: Any, embedded_help: str) -> None:
+    rebuild = command("rebuild", "re-fold the projections from the ledger")
+    rebuild.add_argument("--embedded", action="store_true", help=embedded_help)
+    rebuild.add_argument(
+        "--batch-size",
+        type=int,
+        default=5000,
+        metavar="EVENTS",
+        help="events applied per transaction (5000); an interrupted rebuild keeps every "
+        "batch it committed, and the next `rebuild` resumes after them",
+    )
+    rebuild.add_argument("--quiet", action="store_true", help="no progress line on standard error")
+    rebuild.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes that fold the ledger's partitions between them (1); the fold "
+        "takes one core each, so up to the cores free and the subscriber partitions",
+    )
+
+
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse option values the parser cannot (``parser.error`` exits 2)."""
+    if args.batch_size < 1:
+        parser.error("--batch-size must be 1 or more events")
+    if args.workers < 1:
+        parser.error("--workers must be 1 or more")
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> None:
+    """What ``consent-ledger rebuild`` runs, with its parsed arguments."""
+    await refold(
+        settings,
+        batch_size=args.batch_size,
+        out=None if args.quiet else sys.stderr,
+        workers=args.workers,
+    )
+
+
+async def refold(
+    settings: Settings, *, batch_size: int, out: TextIO | None, workers: int = 1
+) -> None:
     """Rebuild the view of ``settings`` from its ledger; progress to ``out`` (None:
     quiet), ``workers`` processes. Prints what it did on standard output."""
     from services.adapters.migrations import migrate

@@ -31,7 +31,8 @@ from ledger.ports import ConsistencyToken, Stream
 from services.adapters.kafka_ledger import KafkaLedger
 from services.adapters.postgres_view import PROJECTION_TABLES, PostgresConsentView
 from services.bootstrap import Runtime
-from services.cli.main import _parser, _rebuild
+from services.cli import rebuild
+from services.cli.main import _parser
 from services.settings import FreshnessSettings, Settings
 from tests.e2e.harness import (
     client,
@@ -135,7 +136,7 @@ async def test_a_dropped_projection_database_is_rebuilt_from_the_ledger_with_the
 
     await postgres_server.drop_database(name)  # every table, the offsets with them
     dsn = await postgres_server.create_database(name)
-    await _rebuild(settings, REBUILD)  # what `consent-ledger rebuild` runs
+    await rebuild.run(settings, REBUILD)  # what `consent-ledger rebuild` runs
 
     runtime = Runtime(dataclasses.replace(settings, postgres_dsn=dsn), clock=lambda: WHEN)
     await runtime.start()
@@ -431,7 +432,7 @@ async def test_a_service_killed_during_writes_leaves_a_projection_equal_to_the_l
         incremental = {t: await view.table_dump(t) for t in PROJECTION_TABLES}
 
         settings = Settings.from_env({**env, "CONSENT_GRPC_LISTEN": "127.0.0.1:0"})
-        await _rebuild(settings, REBUILD)
+        await rebuild.run(settings, REBUILD)
         assert {t: await view.table_dump(t) for t in PROJECTION_TABLES} == incremental
     finally:
         await pool.close()
