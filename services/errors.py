@@ -20,6 +20,22 @@ class FailedPrecondition(ServiceError):
     (an unknown campaign, a number no campaign sends from)."""
 
 
+class NotFound(FailedPrecondition):
+    """What an audit read names does not exist (a campaign never defined): NOT_FOUND,
+    so that a misspelt name cannot pass for a clean record. A precondition of the
+    read, hence the base class: whoever handles those handles this."""
+
+    def __init__(self, field: str, reason: str, resource_type: str, resource_name: str) -> None:
+        super().__init__(field, reason)
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+
+
+def campaign_not_found(brand: str, campaign: str) -> NotFound:
+    name = f"{brand}/{campaign}"
+    return NotFound("campaign", f"{name} is not defined", "consent.v1.Campaign", name)
+
+
 class Refused(FailedPrecondition):
     """A precondition refusal with a reason a client can branch on
     (``google.rpc.ErrorInfo``) and what it needs to act on it (``metadata``): an

@@ -24,6 +24,7 @@ from services.errors import (
     AlreadyExists,
     FailedPrecondition,
     NotConsistent,
+    NotFound,
     OutcomeUnknown,
     PermissionDenied,
     RateLimited,
@@ -182,6 +183,16 @@ def to_status(exc: BaseException) -> grpc.Status:
         return _refused(exc)
     if isinstance(exc, WireFormatError):
         return bad_request(exc.field, exc.reason)
+    if isinstance(exc, NotFound):
+        info = error_details_pb2.ErrorInfo(
+            reason="NOT_FOUND", domain=ERROR_DOMAIN, metadata={"field": exc.field}
+        )
+        resource = error_details_pb2.ResourceInfo(
+            resource_type=exc.resource_type,
+            resource_name=_clip(exc.resource_name, MAX_DESCRIPTION),
+            description=_clip(exc.reason, MAX_DESCRIPTION),
+        )
+        return _status(code_pb2.NOT_FOUND, f"{exc.field}: {exc.reason}", info, resource)
     if isinstance(exc, FailedPrecondition):
         detail = error_details_pb2.PreconditionFailure(
             violations=[

@@ -39,7 +39,7 @@ from ledger.state import Fact
 from ledger.status import ConsentState, consent_state, revocation_in_force
 from ledger.sweep import Finding
 from services import changes
-from services.errors import FailedPrecondition
+from services.errors import campaign_not_found
 from services.usecases import health, sweeps
 from services.usecases.access import Reader
 from services.usecases.context import Context
@@ -117,7 +117,7 @@ class Audit:
         await self.ctx.access.admit(reader, "GetConsent", brand, phone=number, campaign=campaign)
         await self.ctx.require_fresh([number], "phone", token)
         if not await self.ctx.campaign_known(brand, campaign):
-            raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
+            raise campaign_not_found(brand, campaign)
         state = (await self.ctx.view.subscriber_states(brand, [number]))[number]
         wide = (await self.ctx.view.subscriber_states(ANY_BRAND, [number]))[number]
         digest = digest_of(state)
@@ -199,7 +199,7 @@ class Audit:
         await self.ctx.require_fresh([number], "phone", token)
         read_at = self.ctx.guard.applied_token()
         if campaign is not None and not await self.ctx.campaign_known(brand, campaign):
-            raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
+            raise campaign_not_found(brand, campaign)
         view = self.ctx.view
         # STOPs whose brand was unknown concern every brand (``ledger.events.ANY_BRAND``).
         facts = await self.ctx.opened(
@@ -302,7 +302,7 @@ class Audit:
         )
         await self.ctx.require_fresh(None, "brand", token)
         if campaign is not None and not await self.ctx.campaign_known(brand, campaign):
-            raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
+            raise campaign_not_found(brand, campaign)
         return start, end
 
     async def watch_changes(

@@ -17,7 +17,7 @@ from ledger.errors import InvalidRequest
 from ledger.events import ANY_BRAND, Recorded
 from ledger.ports import ConsistencyToken, Stream
 from ledger.sweep import Finding, Sweep
-from services.errors import FailedPrecondition
+from services.errors import campaign_not_found
 from services.usecases.context import Context
 
 PAGE = 1000
@@ -76,7 +76,7 @@ async def sweep_campaign(
     an interrupted sweep's progress) reads the same view, and the partitions in
     ``skip`` (its ``partitions_done``) are not read again.
 
-    A campaign never defined is refused (``FailedPrecondition``), so a misspelt name
+    A campaign never defined is refused (``NotFound``), so a misspelt name
     cannot pass for a clean record; a view behind ``token`` is ``NotConsistent``."""
     check_name(brand, "brand")
     check_name(campaign, "campaign")
@@ -85,7 +85,7 @@ async def sweep_campaign(
     if resume_at is not None:
         await ctx.require_fresh(None, "brand", resume_at)
     if not await ctx.campaign_known(brand, campaign):
-        raise FailedPrecondition("campaign", f"{brand}/{campaign} is not defined")
+        raise campaign_not_found(brand, campaign)
     history = await ctx.view.campaign_history(brand, campaign)
     if resume_at is None:
         target = dict(await ctx.view.positions(Stream.SUBSCRIBERS))

@@ -351,7 +351,7 @@ async def test_delivery_outcomes_and_health_refuse_bad_input_by_field(service):
         assert [f for f, _ in status_details(err.value)] == ["start_time"]
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.GetCampaignHealth(api.GetCampaignHealthRequest(brand="acme", campaign="nosuch"))
-        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert err.value.code() is grpc.StatusCode.NOT_FOUND
 
     async with client(runtime.address, "globex-app") as c:
         with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -294,7 +294,7 @@ async def test_a_sweep_is_refused_another_brands_token_and_bad_input_by_field(se
         )
         with pytest.raises(grpc.aio.AioRpcError) as err:
             _ = [item async for item in call]
-        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert err.value.code() is grpc.StatusCode.NOT_FOUND
 
 
 async def test_the_readme_sweep_calls_run_as_written(tmp_path, postgres_dsn):

@@ -523,8 +523,8 @@ async def test_an_unknown_campaign_is_a_failed_precondition(service):
         assert not r.allowed and r.reason == api.REASON_CAMPAIGN_UNKNOWN
         with pytest.raises(grpc.aio.AioRpcError) as err:  # not "never granted"
             await c.GetConsent(api.GetConsentRequest(phone=PHONE, brand="acme", campaign="nosuch"))
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert [s for s, _ in precondition_violations(err.value)] == ["campaign"]
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert err.value.details() == "campaign: acme/nosuch is not defined"
         for name in ("", "NOT A NAME!"):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await c.GetConsent(api.GetConsentRequest(phone=PHONE, brand="acme", campaign=name))
