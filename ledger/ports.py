@@ -587,8 +587,9 @@ class WriterLock(Protocol):
 @dataclass(frozen=True)
 class AccessRecord:
     """One audit read, as it was asked: who, through what, which read, of which brand,
-    number and campaign, under which request id, and when. ``id`` is given by the log
-    (increasing in the order records were written); None before it is written."""
+    number and campaign, under which request id, and when, and whether it was let
+    through or refused. ``id`` is given by the log (increasing in the order records
+    were written); None before it is written."""
 
     at: datetime
     subject: str
@@ -605,6 +606,15 @@ class AccessRecord:
     detail: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """The read's other parameters (a time range, a format, a moment asked about)."""
     id: int | None = None
+    outcome: str = "admitted"
+    """``admitted``: let through, recorded before it read anything; ``refused``:
+    turned away before it read anything (another brand, a scope it lacks, bad input,
+    a campaign never defined), with ``refusal_code`` and ``refusal``."""
+    refusal_code: str | None = None
+    """The refusal's gRPC status name (``PERMISSION_DENIED``, ``INVALID_ARGUMENT``,
+    ``NOT_FOUND``)."""
+    refusal: str | None = None
+    """What the caller was told: the field and the reason."""
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,11 @@ from ledger.ports import AccessQuery, AccessRecord
 from services.adapters.postgres_bounds import bounded
 
 _INSERT = """
-INSERT INTO audit_access (at, subject, via, action, brand, phone, campaign, request_id, detail)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
+INSERT INTO audit_access (
+    at, subject, via, action, brand, phone, campaign, request_id, detail,
+    outcome, refusal_code, refusal
+)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12)
 RETURNING id
 """
 
@@ -42,6 +45,9 @@ class PostgresAccessLog:
             record.campaign,
             record.request_id,
             json.dumps(dict(record.detail), sort_keys=True),
+            record.outcome,
+            record.refusal_code,
+            record.refusal,
         )
         return int(found)
 
@@ -69,7 +75,7 @@ class PostgresAccessLog:
         args.append(query.limit)
         rows = await self._pool.fetch(
             "SELECT id, at, subject, via, action, brand, phone, campaign, request_id,"
-            " detail::text AS detail FROM audit_access"
+            " detail::text AS detail, outcome, refusal_code, refusal FROM audit_access"
             + (" WHERE " + " AND ".join(where) if where else "")
             + f" ORDER BY id DESC LIMIT ${len(args)}",
             *args,
@@ -87,6 +93,9 @@ class PostgresAccessLog:
                 campaign=r["campaign"],
                 detail=json.loads(r["detail"]),
                 id=r["id"],
+                outcome=r["outcome"],
+                refusal_code=r["refusal_code"],
+                refusal=r["refusal"],
             )
             for r in rows
         ]

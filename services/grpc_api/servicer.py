@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
@@ -25,27 +27,35 @@ from consent.v1 import consent_service_pb2 as api_pb2
 from consent.v1 import consent_service_pb2_grpc as api_grpc
 from consent.v1 import ledger_pb2
 
-from ledger.commands import HandleInboundMessage, RecordMessagesSent, check_name
+from ledger.commands import HandleInboundMessage, RecordMessagesSent, check_name, is_name
 from ledger.errors import DomainError, InvalidRequest
 from ledger.events import ANY_BRAND, MessageKind
 from ledger.phone import to_e164
 from ledger.policy import Decision, Reason, deny
-from ledger.ports import ConsistencyToken
+from ledger.ports import ConsistencyToken, Stream
 from ledger.retention import PlaceLegalHold, ReleaseLegalHold, RequestErasure
 from ledger.validation import Violations
 from services import packets
-from services.errors import PermissionDenied, ServiceError, ShuttingDown, StoreUnavailable
+from services.errors import (
+    FailedPrecondition,
+    PermissionDenied,
+    ServiceError,
+    ShuttingDown,
+    StoreUnavailable,
+    Unauthenticated,
+)
 from services.grpc_api import imports as imports_api
 from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
 from services.grpc_api.deadlines import within, write_budget
-from services.grpc_api.errors import translate_errors, translate_stream_errors
+from services.grpc_api.errors import to_status, translate_errors, translate_stream_errors
 from services.log_context import REQUEST_ID
 from services.metrics import ServiceMetrics
 from services.usecases import UseCases, sweeps
-from services.usecases.access import Reader
+from services.usecases.access import ADMITTED, Reader
 from services.usecases.checks import BatchResult, CheckResult, check_target
 from services.usecases.sweeps import SweepProgress
 from services.wire import api, codec
+from services.wire.enums import WireFormatError
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +81,25 @@ def _sweep_resume_at(text: str) -> ConsistencyToken | None:
         return ConsistencyToken.decode(text)
     except ValueError as exc:
         raise InvalidRequest("resume_read_at", "is not a consistency token") from exc
+
+
+def _sweep_skip(request: api_pb2.SweepCampaignRequest) -> None:
+    """The partitions an interrupted sweep finished are of the read it resumes: none
+    without that read, and only partitions that read has."""
+    done = list(request.resume_partitions_done)
+    if not done:
+        return
+    resume_at = _sweep_resume_at(request.resume_read_at)
+    if resume_at is None:
+        raise InvalidRequest(
+            "resume_partitions_done", "needs resume_read_at, the read they were swept in"
+        )
+    known = {p for (stream, p) in resume_at.offsets if stream is Stream.SUBSCRIBERS}
+    for partition in done:
+        if partition not in known:
+            raise InvalidRequest(
+                "resume_partitions_done", f"partition {partition} is not in resume_read_at"
+            )
 
 
 def _check_fields(
@@ -158,6 +187,43 @@ async def _fail_closed(what: str, answer: Awaitable[R], failed: Callable[[Decisi
         return failed(deny(Reason.INTERNAL_ERROR, "the service could not answer; not allowed"))
 
 
+REFUSALS = (DomainError, WireFormatError, PermissionDenied, FailedPrecondition)
+"""What turns an audit call away before its read: bad input, another brand or a scope
+the caller lacks, a campaign never defined."""
+
+
+def accountable(handler: Any) -> Any:
+    """An audit RPC whose refusals are recorded as its reads are: a call refused
+    before its read was admitted (``services.usecases.access.ADMITTED``) is written
+    to the access log with outcome ``refused``, the status and what the caller was
+    told, then refused as it would be. A caller no token names is refused unrecorded:
+    there is no one to record, and anyone could fill the log so."""
+    if inspect.isasyncgenfunction(handler):
+
+        @functools.wraps(handler)
+        async def stream(self: ConsentServicer, request: Any, context: Any) -> Any:
+            ADMITTED.set(False)
+            try:
+                async for reply in handler(self, request, context):
+                    yield reply
+            except REFUSALS as exc:
+                await self._refused(handler.__name__, request, context, exc)
+                raise
+
+        return stream
+
+    @functools.wraps(handler)
+    async def unary(self: ConsentServicer, request: Any, context: Any) -> Any:
+        ADMITTED.set(False)
+        try:
+            return await handler(self, request, context)
+        except REFUSALS as exc:
+            await self._refused(handler.__name__, request, context, exc)
+            raise
+
+    return unary
+
+
 # The generated base is untyped to mypy (generated code is excluded from checks).
 class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     def __init__(
@@ -193,9 +259,42 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
 
     def _reader(self, context: grpc.aio.ServicerContext, brand: str | None = None) -> Reader:
         """The caller as an auditor of ``brand``: the audit use cases record each of
-        its reads (``services.usecases.access``) and hold it to its brands."""
-        principal = self._caller(context, Scope.AUDIT, brand)
+        its reads (``services.usecases.access``) and hold it to its brands.
+
+        A brand left empty or malformed is bad input, whoever asks (a format says
+        nothing of any brand's records): it is left to the request's field checks,
+        which refuse it (INVALID_ARGUMENT) with every other bad field; the use cases
+        would refuse it too, and ``Access.admit`` would not let it read. Only a
+        well-formed brand is held to the caller's here (PERMISSION_DENIED)."""
+        principal = self.authenticate(context)
+        principal.require(Scope.AUDIT)
+        if brand is None or brand == ANY_BRAND or is_name(brand):
+            principal.require(Scope.AUDIT, brand)
         return principal.reader(REQUEST_ID.get() or "-")
+
+    async def _refused(
+        self, rpc: str, request: Any, context: grpc.aio.ServicerContext, exc: Exception
+    ) -> None:
+        """Record the audit call ``rpc`` refused with ``exc``, unless its read was
+        admitted (and so recorded) before, or no token names its caller."""
+        if ADMITTED.get():
+            return
+        try:
+            principal = self.authenticate(context)
+        except Unauthenticated:
+            return
+        status = to_status(exc)
+        await self.usecases.access.refused(
+            principal.name,
+            "grpc",
+            REQUEST_ID.get() or "-",
+            rpc,
+            status.code.name,
+            status.details,
+            brand=getattr(request, "brand", None),
+            phone=getattr(request, "phone", None),
+            campaign=getattr(request, "campaign", None),
+        )
 
     # ---- CanSend and friends: fail closed ----------------------------------------------
 
@@ -238,6 +337,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         return response
 
     @translate_errors
+    @accountable
     async def CanSendAsOf(
         self, request: api_pb2.CanSendAsOfRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.CanSendAsOfResponse:
@@ -268,6 +368,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     # ---- audit and review: errors, not decisions ----------------------------------------
 
     @translate_errors
+    @accountable
     async def GetConsent(
         self, request: api_pb2.GetConsentRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.GetConsentResponse:
@@ -304,6 +405,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         return response
 
     @translate_errors
+    @accountable
     async def ListEvents(
         self, request: api_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListEventsResponse:
@@ -331,6 +433,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         )
 
     @translate_errors
+    @accountable
     async def ListRevocationCandidates(
         self, request: api_pb2.ListRevocationCandidatesRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListRevocationCandidatesResponse:
@@ -364,6 +467,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         )
 
     @translate_stream_errors
+    @accountable
     async def WatchConsentChanges(
         self, request: api_pb2.WatchConsentChangesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.WatchConsentChangesResponse]:
@@ -400,6 +504,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         )
 
     @translate_stream_errors
+    @accountable
     async def SweepCampaign(
         self, request: api_pb2.SweepCampaignRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.SweepCampaignResponse]:
@@ -410,6 +515,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             ),
             lambda: _token(request.at_least_as_fresh),
             lambda: _sweep_resume_at(request.resume_read_at),
+            lambda: _sweep_skip(request),
             *_target(None, request.brand, request.campaign),
         )
         found = self.usecases.audit.sweep(
@@ -441,6 +547,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             await found.aclose()  # its read of the view ends with the call
 
     @translate_errors
+    @accountable
     async def GetOptOutRate(
         self, request: api_pb2.GetOptOutRateRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.GetOptOutRateResponse:
@@ -451,6 +558,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         return api.opt_out_rate_to_proto(rate.value, rate.token.encode())
 
     @translate_errors
+    @accountable
     async def GetCampaignHealth(
         self, request: api_pb2.GetCampaignHealthRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.GetCampaignHealthResponse:
@@ -462,6 +570,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         return api.campaign_health_to_proto(health.value, health.token.encode())
 
     @translate_errors
+    @accountable
     async def GetProofPacket(
         self, request: api_pb2.GetProofPacketRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.GetProofPacketResponse:
@@ -487,6 +596,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         return api.packet_to_proto(document, rendered, fmt)
 
     @translate_errors
+    @accountable
     async def ListAuditAccess(
         self, request: api_pb2.ListAuditAccessRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListAuditAccessResponse:

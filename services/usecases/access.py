@@ -8,12 +8,20 @@ and writes the record to the ``AccessLog``; when the record cannot be written th
 read is refused (``AccessNotRecorded``, UNAVAILABLE) and nothing is read. Every
 entry point (the gRPC API, the console) goes through the use cases, so none can
 read without leaving a record.
+
+A call turned away before its read was admitted (another brand's, a token without
+the audit scope, bad input, a campaign never defined) is recorded too, by the entry
+point that answers it (``Access.refused``), with outcome ``refused``: the log says
+who tried what, not only who read what. ``admitted`` tells the entry point whether
+the call's read was admitted already, so that no call is recorded twice.
 """
 
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -30,6 +38,17 @@ MAX_PAGE = 1001
 """The most records one listing reads: the API's largest page and one more, which
 tells it whether there is a next page."""
 _NOW: Callable[[], datetime] = partial(datetime.now, UTC)
+
+MAX_SUBJECT = 128
+"""The longest reader's name (a token's name is at most this long)."""
+
+ADMITTED: ContextVar[bool] = ContextVar("audit_read_admitted", default=False)
+"""Set in the call (the task) whose read ``Access.admit`` recorded: a refusal after
+that (a view that cannot catch up) is no refusal of the read, which is on record."""
+
+MAX_ASKED = 256
+"""The most characters of a refused call's brand, number or campaign kept as asked:
+a refusal of 100,000 characters of nonsense is on record without them."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,43 @@ class Access:
                 "answered; retry",
             ) from exc
         self.observe(record, True)
+        ADMITTED.set(True)
+
+    async def refused(
+        self,
+        subject: str,
+        via: str,
+        request_id: str,
+        action: str,
+        code: str,
+        refusal: str,
+        *,
+        brand: str | None,
+        phone: str | None = None,
+        campaign: str | None = None,
+    ) -> None:
+        """Record that ``subject`` asked for the read ``action`` and was refused with
+        ``code`` (a gRPC status name) and ``refusal`` before anything was read. The
+        brand, number and campaign are kept as asked (they may be malformed), cut to
+        ``MAX_ASKED`` characters and without control characters. A refusal that
+        cannot be recorded is logged: the caller is refused either way."""
+        record = AccessRecord(
+            at=self.clock(),
+            subject=subject,
+            action=action,
+            brand=_as_asked(brand),
+            request_id=request_id,
+            via=via,
+            phone=_as_asked(phone),
+            campaign=_as_asked(campaign),
+            outcome="refused",
+            refusal_code=code,
+            refusal=_as_asked(refusal, 1024),
+        )
+        try:
+            await self.log.append(record)
+        except Exception as exc:  # the answer is a refusal all the same
+            log.warning("a refused audit call could not be recorded: %r", exc)
 
     async def list(
         self,
@@ -123,6 +179,8 @@ class Access:
         number = None if phone is None else to_e164(phone)
         if start is not None and end is not None and start >= end:
             raise InvalidRequest("start_time", "must be before end_time")
+        if subject is not None and len(subject) > MAX_SUBJECT:
+            raise InvalidRequest("subject", f"must be at most {MAX_SUBJECT} characters")
         if not 0 < limit <= MAX_PAGE:
             raise InvalidRequest("page_size", f"must be 1-{MAX_PAGE}")
         await self.admit(
@@ -147,3 +205,14 @@ class Access:
                 limit=limit,
             )
         )
+
+
+def _as_asked(text: str | None, limit: int = MAX_ASKED) -> str | None:
+    """``text`` as a caller sent it, safe to store and show: control characters (NUL
+    among them, which PostgreSQL's text refuses) escaped, cut to ``limit``."""
+    if not text:
+        return None
+    shown = "".join(
+        c if unicodedata.category(c)[0] != "C" else f"\\x{ord(c):02x}" for c in text[: limit + 1]
+    )
+    return shown if len(shown) <= limit else shown[: limit - 1] + "\u2026"

@@ -569,6 +569,9 @@ def access_to_proto(record: AccessRecord) -> api_pb2.AuditAccess:
         campaign=record.campaign or "",
         request_id=record.request_id,
         detail=dict(record.detail),
+        outcome=record.outcome,
+        refusal_code=record.refusal_code or "",
+        refusal=record.refusal or "",
     )
 
 

@@ -90,3 +90,25 @@ class AccessLogSuite:
         assert [r.subject for r in by_subject] == ["a", "a"]
         assert [r.at for r in in_range] == [T0 + timedelta(minutes=i) for i in (2, 1)]
         assert [r.at for r in page + next_page] == [T0 + timedelta(minutes=i) for i in (4, 3, 2, 1)]
+
+    async def test_a_refusal_comes_back_with_its_outcome(self, access_log: AccessLog) -> None:
+        await access_log.append(access())
+        await access_log.append(
+            access(
+                brand="globex",
+                outcome="refused",
+                refusal_code="PERMISSION_DENIED",
+                refusal="brand: auditor may not read brand 'globex'",
+            )
+        )
+        refused, admitted = await access_log.list(AccessQuery(None))
+        assert (refused.outcome, refused.refusal_code, refused.refusal) == (
+            "refused",
+            "PERMISSION_DENIED",
+            "brand: auditor may not read brand 'globex'",
+        )
+        assert (admitted.outcome, admitted.refusal_code, admitted.refusal) == (
+            "admitted",
+            None,
+            None,
+        )

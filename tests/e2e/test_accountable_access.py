@@ -1,8 +1,9 @@
 """Accountable access through the real gRPC server, on the real Kafka ledger and
 PostgreSQL: every audit RPC records who read what (token name, the call, brand,
 number, campaign, request id, time) in the append-only ``audit_access`` table before
-it answers; refuses another brand's read (PERMISSION_DENIED, unrecorded); refuses a
-read it cannot record (UNAVAILABLE, unread); and ``ListAuditAccess`` lists them.
+it answers; refuses another brand's read (PERMISSION_DENIED), and records the
+refusal as such; refuses a read it cannot record (UNAVAILABLE, unread); and
+``ListAuditAccess`` lists them.
 
 The table of audit RPCs is checked against the service's proto: an RPC documented
 as "Audit:" that is not in it, or any RPC classified nowhere, fails the test, so a
@@ -213,14 +214,57 @@ async def test_an_audit_read_is_recorded_before_it_is_answered(
 
 
 @pytest.mark.parametrize("rpc", sorted(AUDIT))
-async def test_another_brands_token_is_refused_and_nothing_is_recorded(
+async def test_another_brands_token_is_refused_and_recorded_as_refused(
     service: Runtime, postgres_dsn: str, rpc: str
 ) -> None:
     for who in ("globex-app", "acme-checker"):  # another brand; no audit scope
         rid = f"rid-denied-{uuid.uuid4().hex[:6]}"
-        code, _ = await _call(service.address, rpc, who, rid)
+        code, err = await _call(service.address, rpc, who, rid)
         assert code == grpc.StatusCode.PERMISSION_DENIED, (rpc, who)
-        assert await _records(postgres_dsn, rid) == []
+        (row,) = await _records(postgres_dsn, rid)
+        assert (row["subject"], row["action"], row["brand"], row["outcome"]) == (
+            who,
+            rpc,
+            "acme",
+            "refused",
+        )
+        assert row["refusal_code"] == "PERMISSION_DENIED"
+        if err is not None:  # a change stream refused says so in its status alone
+            assert row["refusal"] == err.details()
+        told = "may not act for brand 'acme'" if who == "globex-app" else "lacks the audit scope"
+        assert told in row["refusal"]
+        assert (row["phone"] or "", row["campaign"] or "") == AUDIT[rpc][1]
+
+
+async def test_bad_input_is_recorded_as_refused_once_and_an_unknown_caller_not_at_all(
+    service: Runtime, postgres_dsn: str
+) -> None:
+    bad = api.GetProofPacketRequest(phone="12\x00" + "9" * 5000, brand="acme")
+    code, _ = await _call(service.address, "GetProofPacket", "acme-app", "rid-bad-phone", bad)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    (row,) = await _records(postgres_dsn, "rid-bad-phone")
+    assert (row["outcome"], row["refusal_code"], row["brand"]) == (
+        "refused",
+        "INVALID_ARGUMENT",
+        "acme",
+    )
+    assert row["refusal"].startswith("phone: ")
+    # The number as asked, made safe to store: its NUL escaped, its length cut.
+    assert row["phone"].startswith("12\\x0099") and len(row["phone"]) == 256
+    unknown = api.GetCampaignHealthRequest(brand="acme", campaign="nope")
+    code, _ = await _call(service.address, "GetCampaignHealth", "acme-app", "rid-nope", unknown)
+    assert code == grpc.StatusCode.NOT_FOUND
+    # Admitted, and recorded once: the read found no such campaign.
+    (row,) = await _records(postgres_dsn, "rid-nope")
+    assert (row["outcome"], row["refusal_code"], row["campaign"]) == ("admitted", None, "nope")
+    async with grpc.aio.insecure_channel(service.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+            await api_grpc.ConsentServiceStub(channel).ListEvents(
+                api.ListEventsRequest(phone=PHONE, brand="acme"),
+                metadata=[("authorization", "Bearer nobody"), ("x-request-id", "rid-anon")],
+            )
+    assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert await _records(postgres_dsn, "rid-anon") == []
 
 
 async def test_a_read_that_cannot_be_recorded_is_refused_unread(

@@ -14,7 +14,7 @@ from ledger.errors import InvalidRequest
 from ledger.ports import AccessQuery, AccessRecord
 from services.adapters.memory_access import InMemoryAccessLog
 from services.errors import AccessNotRecorded, PermissionDenied
-from services.usecases.access import Reader
+from services.usecases.access import MAX_ASKED, Access, Reader
 from tests.builders import BRAND, PHONE, at
 from tests.unit.usecase_harness import NOW, App, define, opt_in, running
 
@@ -220,3 +220,40 @@ async def test_each_read_is_told_to_the_observer_recorded_or_not() -> None:
         with pytest.raises(PermissionDenied):
             await app.audit.history(PHONE, "globex", reader=ACME)
     assert seen == [("ListEvents", True), ("ListEvents", False)]
+
+
+async def test_a_refusal_is_recorded_as_asked_made_safe_to_store() -> None:
+    log = InMemoryAccessLog()
+    access = Access(log, clock=lambda: NOW)
+    await access.refused(
+        "globex-auditor",
+        "grpc",
+        "req-9",
+        "GetProofPacket",
+        "INVALID_ARGUMENT",
+        "phone: is not a phone number",
+        brand=BRAND,
+        phone="12\x00" + "9" * 10_000,
+        campaign="",
+    )
+    (record,) = log.records
+    assert (record.outcome, record.refusal_code, record.refusal) == (
+        "refused",
+        "INVALID_ARGUMENT",
+        "phone: is not a phone number",
+    )
+    assert (record.subject, record.action, record.brand, record.campaign) == (
+        "globex-auditor",
+        "GetProofPacket",
+        BRAND,
+        None,
+    )
+    assert record.phone is not None and record.phone.startswith("12\\x0099")
+    assert len(record.phone) == MAX_ASKED and record.phone.endswith("\u2026")
+
+
+async def test_a_refusal_that_cannot_be_recorded_is_still_a_refusal() -> None:
+    access = Access(_Broken(), clock=lambda: NOW)
+    await access.refused(  # logged, not raised: the caller is refused either way
+        "x", "grpc", "req", "ListEvents", "PERMISSION_DENIED", "no", brand=BRAND
+    )

@@ -94,6 +94,9 @@ def record(access: Any) -> dict[str, Any]:
         "campaign": access.campaign or None,
         "request_id": access.request_id,
         "detail": dict(access.detail),
+        "outcome": access.outcome or "admitted",
+        "refusal_code": access.refusal_code or None,
+        "refusal": access.refusal or None,
     }
 
 
@@ -102,10 +105,13 @@ def text(found: dict[str, Any]) -> str:
         x for x in (found["brand"] or "(every brand)", found["phone"], found["campaign"]) if x
     )
     detail = " ".join(f"{k}={v}" for k, v in sorted(found["detail"].items()))
-    return (
+    line = (
         f"{found['at']}  {found['subject']}  {found['action']}  {what}  "
         f"request {found['request_id']} via {found['via']}" + (f"  {detail}" if detail else "")
     )
+    if found.get("outcome") == "refused":  # an attempt, turned away before any read
+        line += f"  REFUSED {found['refusal_code']}: {found['refusal']}"
+    return line
 
 
 def run(args: argparse.Namespace) -> int:

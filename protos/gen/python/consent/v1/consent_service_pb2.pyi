@@ -1858,7 +1858,7 @@ class GetOptOutRateRequest(_message.Message):
     campaign: _builtins.str
     """Absent: every campaign of the brand. For one campaign, a brand-wide opt-out
     (STOPALL) counts when the campaign texted that number in the window. A campaign
-    never defined is refused (FAILED_PRECONDITION).
+    never defined is refused (NOT_FOUND).
     """
     at_least_as_fresh: _builtins.str
     @_builtins.property
@@ -1953,7 +1953,7 @@ class GetCampaignHealthRequest(_message.Message):
     brand: _builtins.str
     campaign: _builtins.str
     """Absent: every campaign of the brand. A campaign never defined is refused
-    (FAILED_PRECONDITION).
+    (NOT_FOUND).
     """
     at_least_as_fresh: _builtins.str
     @_builtins.property
@@ -2851,6 +2851,9 @@ class AuditAccess(_message.Message):
     CAMPAIGN_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    REFUSAL_CODE_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Increases in the order reads were recorded."""
     subject: _builtins.str
@@ -2864,6 +2867,17 @@ class AuditAccess(_message.Message):
     phone: _builtins.str
     campaign: _builtins.str
     request_id: _builtins.str
+    outcome: _builtins.str
+    """"admitted": let through, recorded before it read anything (a read that finds
+    its campaign never defined included). "refused": turned away before it read
+    anything (another brand's, a token without the audit scope, bad input); brand,
+    phone and campaign are then as the caller sent them (control characters
+    escaped, cut to 256 characters).
+    """
+    refusal_code: _builtins.str
+    """A refusal's gRPC status name: "PERMISSION_DENIED", "INVALID_ARGUMENT"."""
+    refusal: _builtins.str
+    """What the caller was told: the field and the reason."""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -2883,10 +2897,13 @@ class AuditAccess(_message.Message):
         campaign: _builtins.str = ...,
         request_id: _builtins.str = ...,
         detail: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        outcome: _builtins.str = ...,
+        refusal_code: _builtins.str = ...,
+        refusal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "at", b"at", "brand", b"brand", "campaign", b"campaign", "detail", b"detail", "id", b"id", "phone", b"phone", "request_id", b"request_id", "subject", b"subject", "via", b"via"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "at", b"at", "brand", b"brand", "campaign", b"campaign", "detail", b"detail", "id", b"id", "outcome", b"outcome", "phone", b"phone", "refusal", b"refusal", "refusal_code", b"refusal_code", "request_id", b"request_id", "subject", b"subject", "via", b"via"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

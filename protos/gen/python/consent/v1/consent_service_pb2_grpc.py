@@ -407,8 +407,10 @@ class ConsentServiceServicer:
         """Audit: who read what. Every audit read (each Audit call of this service, and the
         console's) is recorded before it is answered: the caller's token name, the call,
         the brand, number and campaign it was about, its request id (x-request-id) and
-        when; a read whose record cannot be written is refused (UNAVAILABLE) unread. The
-        records of the caller's brands, newest first; this listing is recorded too.
+        when; a read whose record cannot be written is refused (UNAVAILABLE) unread. A
+        call refused before its read (another brand, no audit scope, bad input) is
+        recorded too, with outcome "refused". The records of the caller's brands,
+        newest first; this listing is recorded too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -153,8 +153,10 @@ class ConsentServiceStub:
     """Audit: who read what. Every audit read (each Audit call of this service, and the
     console's) is recorded before it is answered: the caller's token name, the call,
     the brand, number and campaign it was about, its request id (x-request-id) and
-    when; a read whose record cannot be written is refused (UNAVAILABLE) unread. The
-    records of the caller's brands, newest first; this listing is recorded too.
+    when; a read whose record cannot be written is refused (UNAVAILABLE) unread. A
+    call refused before its read (another brand, no audit scope, bad input) is
+    recorded too, with outcome "refused". The records of the caller's brands,
+    newest first; this listing is recorded too.
     """
     RequestErasure: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RequestErasureRequest, _consent_service_pb2.RequestErasureResponse]
     """Retention: erase the personal data of a number towards a brand. Its key is
@@ -291,8 +293,10 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     """Audit: who read what. Every audit read (each Audit call of this service, and the
     console's) is recorded before it is answered: the caller's token name, the call,
     the brand, number and campaign it was about, its request id (x-request-id) and
-    when; a read whose record cannot be written is refused (UNAVAILABLE) unread. The
-    records of the caller's brands, newest first; this listing is recorded too.
+    when; a read whose record cannot be written is refused (UNAVAILABLE) unread. A
+    call refused before its read (another brand, no audit scope, bad input) is
+    recorded too, with outcome "refused". The records of the caller's brands,
+    newest first; this listing is recorded too.
     """
     RequestErasure: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RequestErasureRequest, _consent_service_pb2.RequestErasureResponse]  # type: ignore[assignment]
     """Retention: erase the personal data of a number towards a brand. Its key is
@@ -582,8 +586,10 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         """Audit: who read what. Every audit read (each Audit call of this service, and the
         console's) is recorded before it is answered: the caller's token name, the call,
         the brand, number and campaign it was about, its request id (x-request-id) and
-        when; a read whose record cannot be written is refused (UNAVAILABLE) unread. The
-        records of the caller's brands, newest first; this listing is recorded too.
+        when; a read whose record cannot be written is refused (UNAVAILABLE) unread. A
+        call refused before its read (another brand, no audit scope, bad input) is
+        recorded too, with outcome "refused". The records of the caller's brands,
+        newest first; this listing is recorded too.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,375 @@
+"""The audit API as an outside checker pokes it, on the real Kafka ledger and
+PostgreSQL: every malformed field of every audit RPC is INVALID_ARGUMENT naming
+the field (an unknown campaign NOT_FOUND), a token of one brand reaches no other
+brand through any of them, and a refused call writes nothing to the ledger and
+leaves only its refusal in the access log (an unknown campaign: the read that
+found it missing)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import consent_service_pb2_grpc as api_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from ledger.ports import ConsistencyToken
+from services.bootstrap import Runtime
+from tests.e2e.harness import (
+    TOKENS,
+    client,
+    define,
+    kafka_settings,
+    opt_in,
+    opt_out,
+    service_settings,
+    ts,
+)
+
+PHONE = "+14155552971"  # acme's and globex's: opted in to both, then out of acme's
+SENDER = "+12125550197"
+HUGE = "x" * 100_000
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _bad_ts() -> Timestamp:
+    """A timestamp before year 1: no moment at all."""
+    return Timestamp(seconds=-62_135_596_801)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """An audit call as a checker makes it, and what it must answer: ``code`` and,
+    for INVALID_ARGUMENT, the ``field`` named."""
+
+    rpc: str
+    request: Callable[[], Any]
+    code: grpc.StatusCode
+    field: str = ""
+    who: str = "acme-app"
+
+    @property
+    def name(self) -> str:
+        return f"{self.rpc}:{self.who}:{self.field or self.code.name}"
+
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+
+
+def _window(**fields: Any) -> dict[str, Any]:
+    return {
+        "start_time": ts(_now() - timedelta(days=1)),
+        "end_time": ts(_now() + timedelta(minutes=1)),
+        **fields,
+    }
+
+
+def _malformed() -> list[Probe]:
+    """Each audit RPC with each of its fields malformed in turn, by acme's own token."""
+    p = []
+    for rpc, make, has_campaign in (
+        ("GetConsent", api.GetConsentRequest, True),
+        ("GetProofPacket", api.GetProofPacketRequest, False),
+        ("ListEvents", api.ListEventsRequest, False),
+    ):
+        base = {"phone": PHONE, "brand": "acme"}
+        if has_campaign:
+            base["campaign"] = "promo"
+
+        def request(make: Any = make, base: dict[str, Any] = base, **fields: Any) -> Callable:
+            return lambda: make(**{**base, **fields})
+
+        p += [
+            Probe(rpc, request(brand=""), INVALID, "brand"),
+            Probe(rpc, request(brand="ACME!"), INVALID, "brand"),
+            Probe(rpc, request(brand=HUGE), INVALID, "brand"),
+            Probe(rpc, request(phone=""), INVALID, "phone"),
+            Probe(rpc, request(phone="12"), INVALID, "phone"),
+            Probe(rpc, request(phone="+1415555297"), INVALID, "phone"),
+            Probe(rpc, request(phone=HUGE), INVALID, "phone"),
+            Probe(rpc, request(at_least_as_fresh="nope"), INVALID, "at_least_as_fresh"),
+        ]
+        if rpc != "ListEvents":
+            p += [
+                Probe(rpc, request(campaign="Promo!"), INVALID, "campaign"),
+                Probe(rpc, request(campaign=HUGE), INVALID, "campaign"),
+                Probe(rpc, request(campaign="nope"), NOT_FOUND, "campaign"),
+            ]
+    p += [
+        Probe("GetConsent", lambda: api.GetConsentRequest(phone=PHONE, brand="acme"), INVALID,
+              "campaign"),
+        Probe("GetProofPacket",
+              lambda: api.GetProofPacketRequest(phone=PHONE, brand="acme", format=99),
+              INVALID, "format"),
+        Probe("ListEvents", lambda: api.ListEventsRequest(phone=PHONE, brand="acme",
+                                                          page_size=-1), INVALID, "page_size"),
+        Probe("ListEvents", lambda: api.ListEventsRequest(phone=PHONE, brand="acme",
+                                                          page_token="zz"), INVALID, "page_token"),
+        Probe("ListEvents", lambda: api.ListEventsRequest(phone=PHONE), INVALID, "brand"),
+    ]  # fmt: skip
+
+    def as_of(**fields: Any) -> Callable[[], Any]:
+        base = {"phone": PHONE, "brand": "acme", "campaign": "promo",
+                "at": ts(_now() - timedelta(minutes=1))}  # fmt: skip
+        return lambda: api.CanSendAsOfRequest(**{**base, **fields})
+
+    p += [
+        Probe("CanSendAsOf", as_of(brand=""), INVALID, "brand"),
+        Probe("CanSendAsOf", as_of(brand=HUGE), INVALID, "brand"),
+        Probe("CanSendAsOf", as_of(phone="12"), INVALID, "phone"),
+        Probe("CanSendAsOf", as_of(phone=""), INVALID, "phone"),
+        Probe("CanSendAsOf", as_of(campaign=""), INVALID, "campaign"),
+        Probe("CanSendAsOf", lambda: api.CanSendAsOfRequest(phone=PHONE, brand="acme",
+                                                            campaign="promo"), INVALID, "at"),
+        Probe("CanSendAsOf", as_of(at=_bad_ts()), INVALID, "at"),
+        Probe("CanSendAsOf", as_of(known_at=_bad_ts()), INVALID, "known_at"),
+        Probe("CanSendAsOf", as_of(message_kind=99), INVALID, "message_kind"),
+    ]  # fmt: skip
+
+    for rpc, make in (
+        ("GetCampaignHealth", api.GetCampaignHealthRequest),
+        ("GetOptOutRate", api.GetOptOutRateRequest),
+    ):
+
+        def window(make: Any = make, **fields: Any) -> Callable[[], Any]:
+            return lambda: make(**{"brand": "acme", "campaign": "promo", **fields})
+
+        now = _now()
+        p += [
+            Probe(rpc, window(brand=""), INVALID, "brand"),
+            Probe(rpc, window(brand=HUGE), INVALID, "brand"),
+            Probe(rpc, window(campaign="Promo!"), INVALID, "campaign"),
+            Probe(rpc, window(campaign="nope"), NOT_FOUND, "campaign"),
+            Probe(rpc, window(start_time=ts(now), end_time=ts(now - timedelta(days=1))),
+                  INVALID, "start_time"),
+            Probe(rpc, window(start_time=ts(now - timedelta(hours=1)),
+                              end_time=ts(now - timedelta(hours=1))), INVALID, "start_time"),
+            Probe(rpc, window(start_time=_bad_ts()), INVALID, "start_time"),
+            Probe(rpc, window(end_time=_bad_ts()), INVALID, "end_time"),
+            Probe(rpc, window(at_least_as_fresh="nope"), INVALID, "at_least_as_fresh"),
+        ]  # fmt: skip
+
+    def sweep(**fields: Any) -> Callable[[], Any]:
+        return lambda: api.SweepCampaignRequest(**{"brand": "acme", "campaign": "promo",
+                                                   **_window(), **fields})  # fmt: skip
+
+    now = _now()
+    p += [
+        Probe("SweepCampaign", sweep(brand=""), INVALID, "brand"),
+        Probe("SweepCampaign", sweep(brand=HUGE), INVALID, "brand"),
+        Probe("SweepCampaign", sweep(campaign=""), INVALID, "campaign"),
+        Probe("SweepCampaign", sweep(campaign="nope"), NOT_FOUND, "campaign"),
+        Probe("SweepCampaign", lambda: api.SweepCampaignRequest(brand="acme", campaign="promo"),
+              INVALID, "start_time"),
+        Probe("SweepCampaign", sweep(start_time=ts(now), end_time=ts(now - timedelta(days=1))),
+              INVALID, "start_time"),
+        Probe("SweepCampaign", sweep(start_time=_bad_ts()), INVALID, "start_time"),
+        Probe("SweepCampaign", sweep(resume_read_at="nope"), INVALID, "resume_read_at"),
+        Probe("SweepCampaign", sweep(resume_partitions_done=[0]), INVALID,
+              "resume_partitions_done"),
+        Probe("SweepCampaign", sweep(resume_read_at="subscribers:0:1",
+                                     resume_partitions_done=[-1]), INVALID,
+              "resume_partitions_done"),
+        Probe("ListRevocationCandidates",
+              lambda: api.ListRevocationCandidatesRequest(brand=""), INVALID, "brand"),
+        Probe("ListRevocationCandidates",
+              lambda: api.ListRevocationCandidatesRequest(brand="acme", page_size=-5),
+              INVALID, "page_size"),
+        Probe("ListRevocationCandidates",
+              lambda: api.ListRevocationCandidatesRequest(brand="acme", page_token="zz"),
+              INVALID, "page_token"),
+        Probe("WatchConsentChanges", lambda: api.WatchConsentChangesRequest(brand=""),
+              INVALID, "brand"),
+        Probe("WatchConsentChanges",
+              lambda: api.WatchConsentChangesRequest(brand="acme", resume_token="nope"),
+              INVALID, "resume_token"),
+        Probe("ListAuditAccess", lambda: api.ListAuditAccessRequest(brand="ACME!"),
+              INVALID, "brand"),
+        Probe("ListAuditAccess", lambda: api.ListAuditAccessRequest(brand="acme", phone="12"),
+              INVALID, "phone"),
+        Probe("ListAuditAccess", lambda: api.ListAuditAccessRequest(brand="acme",
+                                                                    page_size=-1),
+              INVALID, "page_size"),
+        Probe("ListAuditAccess", lambda: api.ListAuditAccessRequest(
+            brand="acme", start_time=ts(now), end_time=ts(now - timedelta(days=1))),
+              INVALID, "start_time"),
+        Probe("ListAuditAccess", lambda: api.ListAuditAccessRequest(brand="acme",
+                                                                    subject=HUGE),
+              INVALID, "subject"),
+    ]  # fmt: skip
+    return p
+
+
+def _cross_brand() -> list[Probe]:
+    """Every audit RPC asked about acme by globex's token (and by acme's token without
+    the audit scope): refused, whatever else the request holds."""
+    at = ts(_now() - timedelta(minutes=1))
+    requests: dict[str, Callable[[], Any]] = {
+        "GetConsent": lambda: api.GetConsentRequest(phone=PHONE, brand="acme", campaign="promo"),
+        "ListEvents": lambda: api.ListEventsRequest(phone=PHONE, brand="acme"),
+        "CanSendAsOf": lambda: api.CanSendAsOfRequest(
+            phone=PHONE, brand="acme", campaign="promo", at=at
+        ),
+        "GetOptOutRate": lambda: api.GetOptOutRateRequest(brand="acme"),
+        "GetCampaignHealth": lambda: api.GetCampaignHealthRequest(brand="acme"),
+        "ListRevocationCandidates": lambda: api.ListRevocationCandidatesRequest(brand="acme"),
+        "WatchConsentChanges": lambda: api.WatchConsentChangesRequest(brand="acme"),
+        "SweepCampaign": lambda: api.SweepCampaignRequest(
+            brand="acme", campaign="promo", **_window()
+        ),
+        "GetProofPacket": lambda: api.GetProofPacketRequest(phone=PHONE, brand="acme"),
+        "ListAuditAccess": lambda: api.ListAuditAccessRequest(brand="acme"),
+        # A listing of every brand is for a token of every brand alone.
+        "ListAuditAccess ": lambda: api.ListAuditAccessRequest(),
+        "ListRevocationCandidates ": lambda: api.ListRevocationCandidatesRequest(brand="*"),
+    }
+    probes = [
+        Probe(rpc.strip(), make, DENIED, who=who)
+        for rpc, make in requests.items()
+        for who in ("globex-app", "acme-checker")
+    ]
+    # Bad input about another brand is that brand's business: refused as denied,
+    # so that it tells the caller nothing of what would have been read.
+    probes.append(
+        Probe(
+            "GetProofPacket",
+            lambda: api.GetProofPacketRequest(phone="12", brand="acme"),
+            DENIED,
+            who="globex-app",
+        )
+    )
+    return probes
+
+
+@pytest.fixture
+async def service(tmp_path, postgres_dsn, kafka_bootstrap) -> AsyncIterator[Runtime]:
+    prefix = f"probes-{uuid.uuid4().hex[:8]}."
+    settings = service_settings(
+        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
+    )
+    runtime = Runtime(settings)
+    await runtime.start()
+    try:
+        async with client(runtime.address) as admin:
+            at = _now() - timedelta(hours=2)
+            for brand, sender in (("acme", SENDER), ("globex", "+12125550198")):
+                w = await admin.DefineCampaign(define(brand, "promo", at, [sender]))
+                # The projector may take a while to join its group on a busy machine.
+                token = ConsistencyToken.decode(w.consistency_token)
+                assert await runtime.guard.wait_for_token(token, timeout=60)
+                await admin.RecordOptIn(opt_in(PHONE, brand, "promo", at))
+            w = await admin.RecordOptOut(opt_out(PHONE, "acme", "promo", at + timedelta(hours=1)))
+            token = ConsistencyToken.decode(w.consistency_token)
+            assert await runtime.guard.wait_for_token(token, timeout=60)
+        yield runtime
+    finally:
+        await runtime.stop()
+
+
+async def _call(address: str, probe: Probe, request_id: str) -> tuple[grpc.StatusCode, Any]:
+    """The probe's status and its error (None when it was answered). A stream is
+    read to its first message, or, for a change stream that has none, a moment."""
+    metadata = [("authorization", f"Bearer {TOKENS[probe.who][0]}"), ("x-request-id", request_id)]
+    async with grpc.aio.insecure_channel(address) as channel:
+        method = getattr(api_grpc.ConsentServiceStub(channel), probe.rpc)
+        call = method(probe.request(), metadata=metadata, timeout=60)
+        try:
+            if probe.rpc == "WatchConsentChanges":
+                read = asyncio.ensure_future(call.read())
+                done, _ = await asyncio.wait({read}, timeout=3)
+                if not done:
+                    call.cancel()
+                    return grpc.StatusCode.OK, None
+                await read
+                return grpc.StatusCode.OK, None
+            if probe.rpc == "SweepCampaign":
+                async for _ in call:
+                    pass
+                return grpc.StatusCode.OK, None
+            await call
+            return grpc.StatusCode.OK, None
+        except grpc.aio.AioRpcError as err:
+            return err.code(), err
+
+
+def _fields(err: grpc.aio.AioRpcError) -> list[str]:
+    """The fields an error names: its BadRequest's, else its ResourceInfo's or
+    ErrorInfo's ``field``."""
+    status = rpc_status.from_call(err)
+    found = []
+    for detail in status.details if status else []:
+        bad = error_details_pb2.BadRequest()
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(bad):
+            found += [v.field for v in bad.field_violations]
+        elif detail.Unpack(info) and "field" in info.metadata:
+            found.append(info.metadata["field"])
+    return found
+
+
+async def _ledger_ends(runtime: Runtime) -> dict[int, int]:
+    """Where the subscribers' stream ends, as the view has applied it."""
+    from ledger.ports import Stream
+
+    return dict(await runtime.view.positions(Stream.SUBSCRIBERS))
+
+
+async def _admitted(dsn: str, request_id: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(
+            "SELECT * FROM audit_access WHERE request_id = $1 AND outcome = 'admitted'",
+            request_id,
+        )
+    finally:
+        await conn.close()
+
+
+async def _judge(service: Runtime, dsn: str, probes: list[Probe]) -> list[str]:
+    """What each probe got wrong; empty when every one was answered as it must be."""
+    wrong = []
+    before = await _ledger_ends(service)
+    for probe in probes:
+        rid = f"probe-{uuid.uuid4().hex[:10]}"
+        code, err = await _call(service.address, probe, rid)
+        if code != probe.code:
+            detail = err.details()[:200] if err is not None else ""
+            wrong.append(f"{probe.name}: {code.name} ({detail})")
+            continue
+        if probe.field and probe.field not in _fields(err):
+            wrong.append(f"{probe.name}: named {_fields(err)} ({err.details()[:200]})")
+        # A campaign never defined is found so by a read, admitted and recorded.
+        if probe.code is not NOT_FOUND and await _admitted(dsn, rid):
+            wrong.append(f"{probe.name}: refused, yet recorded as an admitted read")
+    if await _ledger_ends(service) != before:
+        wrong.append("a refused call wrote to the ledger")
+    return wrong
+
+
+async def test_every_malformed_field_of_every_audit_rpc_is_refused_by_name(
+    service: Runtime, postgres_dsn: str
+) -> None:
+    wrong = await _judge(service, postgres_dsn, _malformed())
+    assert not wrong, "\n".join(wrong)
+
+
+async def test_no_audit_rpc_lets_one_brands_token_see_another_brand(
+    service: Runtime, postgres_dsn: str
+) -> None:
+    wrong = await _judge(service, postgres_dsn, _cross_brand())
+    assert not wrong, "\n".join(wrong)
