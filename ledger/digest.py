@@ -24,8 +24,8 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 from ledger.deadlines import revocation_due
 from ledger.events import MessageKind
-from ledger.phone import time_zones
-from ledger.regions import candidate_regions, zones_with_region
+from ledger.numbers import places
+from ledger.regions import with_supplied, zones_with_region
 from ledger.state import Fact, SentRecord, SubscriberState, located_region
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -200,10 +200,11 @@ def digest_of(state: SubscriberState) -> Digest:
     age = state.age
     location = state.location
     supplied = located_region(location)
-    zones = time_zones(state.phone) if state.phone else ()
+    # ledger.phone.time_zones and ledger.regions.candidate_regions, from one reading
+    number = places(state.phone) if state.phone else None
     return Digest(
         brand=state.brand,
-        zones=zones_with_region(zones, supplied),
+        zones=zones_with_region(number.zones if number else (), supplied),
         pending=tuple(
             Pending(c.event_id, c.event.text, micros(revocation_due(c.at)), c.event.unattributed)
             for c in state.pending_candidates()
@@ -218,7 +219,7 @@ def digest_of(state: SubscriberState) -> Digest:
             _sent(s) for s in state.brand_sent if s.kind is MessageKind.OPT_OUT_CONFIRMATION
         ),
         campaigns=campaigns,
-        regions=candidate_regions(state.phone, supplied),
+        regions=with_supplied(number.regions if number else (), supplied),
         located=None if location is None else Located(supplied, location.event_id),
         erased=_mark(state.erased),
     )

@@ -14,7 +14,8 @@ from phonenumbers.tzdata import TIMEZONE_DATA
 
 from ledger.errors import InvalidPhoneNumber
 
-_UNKNOWN_ZONE = "Etc/Unknown"
+UNKNOWN_ZONE = "Etc/Unknown"
+"""``phonenumbers``' zone for a number it cannot place; never kept."""
 
 
 _PUNCTUATION = frozenset("+-(). /")
@@ -90,9 +91,9 @@ def time_zones(e164: str) -> tuple[str, ...]:
         # (850: Eastern and Central), every zone of it counts, not just the one
         # libphonenumber gives the exchange (or, for an exchange it lacks, the
         # area code's default).
-        area = _AREA_ZONES.get(phonenumbers.national_significant_number(parsed)[:3], ())
+        area = area_zones(phonenumbers.national_significant_number(parsed))
         zones.extend(z for z in area if z not in zones)
-    return tuple(z for z in zones if z != _UNKNOWN_ZONE)
+    return tuple(z for z in zones if z != UNKNOWN_ZONE)
 
 
 def _area_zones() -> dict[str, tuple[str, ...]]:
@@ -105,3 +106,8 @@ def _area_zones() -> dict[str, tuple[str, ...]]:
 
 _AREA_ZONES = _area_zones()
 """The NANP area codes that span more than one zone, with all of them."""
+
+
+def area_zones(national_number: str) -> tuple[str, ...]:
+    """Every zone of a NANP number's area code when it spans several, else none."""
+    return _AREA_ZONES.get(national_number[:3], ())

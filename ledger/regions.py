@@ -101,7 +101,7 @@ _BY_NAME = {name.lower(): code for code, name in STATE_NAMES.items()}
 _BY_NAME["washington d.c."] = "DC"
 _BY_NAME["washington, d.c."] = "DC"
 _BY_NAME["washington state"] = "WA"  # how the geocoder names Washington's area codes
-_TERRITORIES = {"PR": "PR", "VI": "VI", "GU": "GU", "AS": "AS", "MP": "MP"}
+TERRITORIES = {"PR": "PR", "VI": "VI", "GU": "GU", "AS": "AS", "MP": "MP"}
 
 
 def normalise_region(raw: str) -> str | None:
@@ -140,8 +140,8 @@ def regions_for_number(e164: str) -> tuple[str, ...]:
     except phonenumbers.NumberParseException:
         return ()
     region = phonenumbers.region_code_for_number(parsed)
-    if region in _TERRITORIES:
-        return (_TERRITORIES[region],)
+    if region in TERRITORIES:
+        return (TERRITORIES[region],)
     if region != "US":
         return ()
     state = state_of_description(geocoder.description_for_number(parsed, "en"))
@@ -154,7 +154,11 @@ def candidate_regions(e164: str, supplied: str = "") -> tuple[str, ...]:
     A supplied state replaces only "somewhere in the US" (it is better knowledge
     than nothing); it never removes the state the area code names.
     """
-    from_number = regions_for_number(e164) if e164 else ()
+    return with_supplied(regions_for_number(e164) if e164 else (), supplied)
+
+
+def with_supplied(from_number: tuple[str, ...], supplied: str) -> tuple[str, ...]:
+    """``candidate_regions`` given the number's own states (``regions_for_number``)."""
     if not supplied:
         return from_number
     kept = [r for r in from_number if r != ANY_US_STATE]
