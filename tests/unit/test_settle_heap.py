@@ -38,3 +38,16 @@ def test_settle_heap_freezes_what_exists_and_still_collects_later_cycles():
     assert found["frozen"] > 1000  # the modules, classes and functions loaded by then
     assert found["collected"] is True  # garbage cycles made later are still collected
     assert found["threshold"] == [10_000, 10, 10]  # CPython's defaults are 700, 10, 10
+
+
+def test_settle_collector_is_settle_heaps_collector_half():
+    """What ``consent-ledger rebuild`` does (it holds no replica to map in huge pages)."""
+    probe = _PROBE.replace("settle_heap", "settle_collector")
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    found = json.loads(out)
+    assert found["before"] == 0
+    assert found["frozen"] > 1000
+    assert found["collected"] is True
+    assert found["threshold"] == [10_000, 10, 10]
