@@ -330,3 +330,41 @@ class HealthTally:
             unattributed,
             self.events_read,
         )
+
+
+def combine(
+    brand: str,
+    campaign: str | None,
+    start: datetime,
+    end: datetime,
+    limits: HealthLimits,
+    reports: Iterable[HealthReport],
+) -> HealthReport:
+    """One report of the tallies of disjoint sets of numbers (each partition of the
+    ledger's): their counts added per campaign and sending number. Exact, because
+    every count is of one number's facts, and each number is in one set alone."""
+    buckets: dict[tuple[str, str], HealthCounts] = {}
+    unattributed = events = 0
+    for report in reports:
+        unattributed += report.unattributed_opt_outs
+        events += report.events_read
+        for c in report.campaigns:
+            for s in c.senders:
+                key = (c.campaign, s.from_number)
+                buckets[key] = buckets.get(key, HealthCounts()) + s.counts
+    campaigns: dict[str, list[SenderHealth]] = {}
+    for (name, number), counts in sorted(buckets.items()):
+        campaigns.setdefault(name, []).append(SenderHealth(number, counts))
+    return HealthReport(
+        brand,
+        campaign,
+        start,
+        end,
+        limits,
+        tuple(
+            CampaignHealth(name, sum((s.counts for s in senders), HealthCounts()), tuple(senders))
+            for name, senders in campaigns.items()
+        ),
+        unattributed,
+        events,
+    )

@@ -1,7 +1,13 @@
-"""Campaign health (``GetCampaignHealth``): ``ledger.health`` over a brand's events
-as the view applied them, page by page, so a brand of millions of messages is read
-in the memory of its numbers' latest messages and its window's messages, never of
-its events.
+"""Campaign health (``GetCampaignHealth``, ``StreamCampaignHealth``): ``ledger.health``
+over a brand's events as the view applied them, a partition at a time and page by
+page, so a brand of millions of messages is read in the memory of one partition's
+window messages and numbers, never of its events, and the caller can be told how far
+the read has come.
+
+A partition at a time, because every fact ``ledger.health`` counts is about one
+number, and a number's facts share a partition: once a partition is read, its tally
+is reduced to its counts (a few per campaign and sending number) and let go. The
+memory left grows with the window only as much as one partition's share of it.
 
 Why a read over the view's copy of the events and not a projection of its own: the
 rule attributes each opt-out to the message before it, per number, which a
@@ -13,15 +19,29 @@ afford, and the answer is never older than the view.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from datetime import datetime
 
 from ledger.events import Recorded
-from ledger.health import HealthLimits, HealthReport, HealthTally
+from ledger.health import HealthLimits, HealthReport, HealthTally, combine
 from ledger.ports import ConsistencyToken, Stream
 from services.usecases.context import Context
 
 PAGE = 1000
 """Events read from the view at a time."""
+
+
+@dataclass(frozen=True)
+class HealthProgress:
+    """How far a campaign health read has come."""
+
+    events_read: int
+    """The brand's events read so far."""
+    done: float
+    """The share of the view's applied events looked through, 0 to 1."""
+    token: ConsistencyToken
+    """The view read: its positions when the read began."""
 
 
 async def campaign_health(
@@ -35,19 +55,52 @@ async def campaign_health(
     """The health of ``brand``'s campaigns (``campaign``: of that one) over ``[start,
     end)``, from what the view had applied when the read began, and that view's
     token. The caller has checked the request and the view's freshness."""
-    target = await ctx.view.positions(Stream.SUBSCRIBERS)
+    report, token = None, None
+    async for item in campaign_health_stream(ctx, brand, campaign, start, end, limits):
+        if isinstance(item, HealthReport):
+            report = item
+        else:
+            token = item.token
+    assert report is not None and token is not None, "the stream ends with its report"
+    return report, token
+
+
+async def campaign_health_stream(
+    ctx: Context,
+    brand: str,
+    campaign: str | None,
+    start: datetime,
+    end: datetime,
+    limits: HealthLimits,
+) -> AsyncGenerator[HealthProgress | HealthReport, None]:
+    """``campaign_health`` as it goes: a ``HealthProgress`` first, after every page
+    and every partition read, and the ``HealthReport`` last."""
+    target = dict(await ctx.view.positions(Stream.SUBSCRIBERS))
     read_at = ConsistencyToken({(Stream.SUBSCRIBERS, p): o for p, o in target.items()})
-    tally = HealthTally(brand, campaign, start, end)
-    after: dict[int, int] = {}
-    while True:
-        page = await ctx.view.changes(brand, after, PAGE)
-        for recorded in page.events:
-            if _within(recorded, target):
-                tally.feed(recorded)
-        after.update(page.through)
-        if all(after.get(p, 0) >= o for p, o in target.items()) or len(page.events) < PAGE:
-            break
-    return tally.report(limits), read_at
+    total = sum(target.values())
+    covered = events = 0
+    reports: list[HealthReport] = []
+    yield HealthProgress(0, 0.0 if total else 1.0, read_at)
+    for partition in sorted(target):
+        tally = HealthTally(brand, campaign, start, end)
+        # The other partitions are asked from where the view was when the read
+        # began: only what was applied since comes back, and it is left out.
+        after = {**{p: o for p, o in target.items() if p != partition}, partition: 0}
+        while True:
+            page = await ctx.view.changes(brand, after, PAGE)
+            for recorded in page.events:
+                if recorded.position.partition == partition and _within(recorded, target):
+                    tally.feed(recorded)
+            after.update(page.through)
+            reached = min(after.get(partition, 0), target[partition])
+            if reached >= target[partition] or len(page.events) < PAGE:
+                break
+            yield HealthProgress(events + tally.events_read, (covered + reached) / total, read_at)
+        reports.append(tally.report(limits))
+        events += tally.events_read
+        covered += target[partition]
+        yield HealthProgress(events, covered / total if total else 1.0, read_at)
+    yield combine(brand, campaign, start, end, limits, reports)
 
 
 def _within(recorded: Recorded, target: dict[int, int]) -> bool:

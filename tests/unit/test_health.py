@@ -23,6 +23,7 @@ from ledger.health import (
     HealthLimits,
     HealthReport,
     HealthTally,
+    combine,
 )
 from tests.builders import BRAND, PHONE, at, record, revoked
 from tests.builders import sent as a_send
@@ -314,3 +315,22 @@ def test_no_rate_exceeds_one_and_a_campaign_alone_counts_as_in_the_brand(events)
             assert counts.delivery_errors <= counts.messages_sent
         [alone] = health(events, c.campaign, start=at(-600), end=at(2401)).campaigns
         assert alone == c
+
+
+@settings(max_examples=200, deadline=None)
+@given(_histories(), st.sampled_from([None, "promo"]))
+def test_tallies_of_disjoint_numbers_combined_count_what_one_tally_counts(events, campaign) -> None:
+    # What lets the service read a partition at a time: every count is of one
+    # number's facts, so tallies of separate numbers add up to the whole.
+    start, end = at(-600), at(2401)
+    whole = health(events, campaign, start=start, end=end)
+    parts = [
+        health(
+            [e for e in events if getattr(e, "phone", None) == p], campaign, start=start, end=end
+        )
+        for p in _PHONES
+    ]
+    combined = combine(BRAND, campaign, start, end, HealthLimits(), parts)
+    assert combined.campaigns == whole.campaigns
+    assert combined.unattributed_opt_outs == whole.unattributed_opt_outs
+    assert combined.events_read == whole.events_read
