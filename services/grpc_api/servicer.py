@@ -53,6 +53,7 @@ from services.metrics import ServiceMetrics
 from services.usecases import UseCases, sweeps
 from services.usecases.access import ADMITTED, Reader
 from services.usecases.checks import BatchResult, CheckResult, check_target
+from services.usecases.health import HealthProgress
 from services.usecases.sweeps import SweepProgress
 from services.wire import api, codec
 from services.wire.enums import WireFormatError
@@ -568,6 +569,35 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         )
         self.metrics.health_flagged(health.value)
         return api.campaign_health_to_proto(health.value, health.token.encode())
+
+    @translate_stream_errors
+    @accountable
+    async def StreamCampaignHealth(
+        self, request: api_pb2.GetCampaignHealthRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.StreamCampaignHealthResponse]:
+        reader = self._reader(context, request.brand)
+        found = self.usecases.audit.campaign_health_stream(
+            request.brand, *_brand_window(request), reader=reader
+        )
+        token = ""
+        try:
+            async for item in found:
+                if isinstance(item, HealthProgress):
+                    yield api_pb2.StreamCampaignHealthResponse(
+                        progress=api_pb2.CampaignHealthProgress(
+                            events_read=item.events_read, done=item.done
+                        ),
+                        consistency_token=item.token.encode(),
+                    )
+                    token = item.token.encode()
+                else:
+                    self.metrics.health_flagged(item)
+                    yield api_pb2.StreamCampaignHealthResponse(
+                        health=api.campaign_health_to_proto(item, token),
+                        consistency_token=token,
+                    )
+        finally:
+            await found.aclose()  # its read of the view ends with the call
 
     @translate_errors
     @accountable

@@ -43,6 +43,7 @@ from services.errors import campaign_not_found
 from services.usecases import health, sweeps
 from services.usecases.access import Reader
 from services.usecases.context import Context
+from services.usecases.health import HealthProgress
 from services.usecases.sweeps import SweepProgress
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,31 @@ class Audit:
             self.ctx, brand, campaign, start, end, self.health_limits
         )
         return Read(report, read_at)
+
+    async def campaign_health_stream(
+        self,
+        brand: str,
+        campaign: str | None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        token: ConsistencyToken | None = None,
+        *,
+        reader: Reader,
+    ) -> AsyncGenerator[HealthProgress | HealthReport, None]:
+        """``campaign_health`` as it goes: how far the read has come
+        (``services.usecases.health.HealthProgress``), then the report. Recorded as
+        one read, before it reads."""
+        start, end = await self._brand_window(
+            brand, campaign, start, end, token, reader, "StreamCampaignHealth"
+        )
+        found = health.campaign_health_stream(
+            self.ctx, brand, campaign, start, end, self.health_limits
+        )
+        try:
+            async for item in found:
+                yield item
+        finally:
+            await found.aclose()
 
     async def _brand_window(
         self,

@@ -73,6 +73,10 @@ AUDIT: dict[str, tuple[Callable[[], Any], tuple[str, str]]] = {
         lambda: api.GetCampaignHealthRequest(brand="acme", campaign="promo"),
         ("", "promo"),
     ),
+    "StreamCampaignHealth": (
+        lambda: api.GetCampaignHealthRequest(brand="acme", campaign="promo"),
+        ("", "promo"),
+    ),
     "ListRevocationCandidates": (
         lambda: api.ListRevocationCandidatesRequest(brand="acme"),
         ("", ""),
@@ -179,7 +183,7 @@ async def _call(
                     call.cancel()
                     return grpc.StatusCode.OK, None
                 return await call.code(), None
-            if rpc == "SweepCampaign":
+            if rpc in ("SweepCampaign", "StreamCampaignHealth"):
                 return grpc.StatusCode.OK, await call.read()
             return grpc.StatusCode.OK, await call
         except grpc.aio.AioRpcError as err:

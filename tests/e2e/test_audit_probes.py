@@ -143,6 +143,7 @@ def _malformed() -> list[Probe]:
 
     for rpc, make in (
         ("GetCampaignHealth", api.GetCampaignHealthRequest),
+        ("StreamCampaignHealth", api.GetCampaignHealthRequest),
         ("GetOptOutRate", api.GetOptOutRateRequest),
     ):
 
@@ -227,6 +228,7 @@ def _cross_brand() -> list[Probe]:
         ),
         "GetOptOutRate": lambda: api.GetOptOutRateRequest(brand="acme"),
         "GetCampaignHealth": lambda: api.GetCampaignHealthRequest(brand="acme"),
+        "StreamCampaignHealth": lambda: api.GetCampaignHealthRequest(brand="acme"),
         "ListRevocationCandidates": lambda: api.ListRevocationCandidatesRequest(brand="acme"),
         "WatchConsentChanges": lambda: api.WatchConsentChangesRequest(brand="acme"),
         "SweepCampaign": lambda: api.SweepCampaignRequest(
@@ -297,7 +299,7 @@ async def _call(address: str, probe: Probe, request_id: str) -> tuple[grpc.Statu
                     return grpc.StatusCode.OK, None
                 await read
                 return grpc.StatusCode.OK, None
-            if probe.rpc == "SweepCampaign":
+            if probe.rpc in ("SweepCampaign", "StreamCampaignHealth"):
                 async for _ in call:
                     pass
                 return grpc.StatusCode.OK, None

@@ -264,6 +264,25 @@ async def test_campaign_health_flags_errors_over_six_percent_and_opt_outs_over_t
     # promo and B; then news and C; then edge and D in the window before (1 in 1)
     assert registry.get_sample_value(flags, {"flag": "opt_out"}) == 2 + 2 + 2
 
+    # The same answer streamed, after progress: from done 0, never going back, to 1.
+    async with client(runtime.address, "acme-app") as c:
+        stream = c.stub.StreamCampaignHealth(
+            request, metadata=[("authorization", f"Bearer {c.token}")], timeout=120
+        )
+        items = [item async for item in stream]
+        now = await retried(c.GetCampaignHealth, request)  # the fourth opt-out in
+    *progress, last = items
+    assert last.WhichOneof("item") == "health"
+    assert all(p.WhichOneof("item") == "progress" for p in progress)
+    shares = [p.progress.done for p in progress]
+    events = [p.progress.events_read for p in progress]
+    assert shares[0] == 0 and shares[-1] == 1 and shares == sorted(shares)
+    assert events == sorted(events) and events[-1] > 1 + 100 + NEWS
+    assert list(last.health.campaigns) == list(now.campaigns)
+    assert _triple(_counts(last.health, "news")) == (1000, 4, 0)
+    assert last.health.unattributed_opt_outs == now.unattributed_opt_outs
+    assert last.consistency_token == progress[0].consistency_token
+
     # The CLI, as an auditor runs it: exit 1, the flagged rows marked.
     env = {**os.environ, "CONSENT_TOKEN": TOKENS["acme-app"][0]}
     done = await asyncio.to_thread(
@@ -284,6 +303,7 @@ async def test_campaign_health_flags_errors_over_six_percent_and_opt_outs_over_t
             end.isoformat(),
             "--address",
             runtime.address,
+            "--progress",
         ],
         capture_output=True,
         text=True,
@@ -292,6 +312,10 @@ async def test_campaign_health_flags_errors_over_six_percent_and_opt_outs_over_t
         env=env,
     )
     assert done.returncode == 1, done.stderr
+    # The progress line (standard error is no terminal: --progress asks for it).
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("health [##############################] 100.0%  "), done.stderr
+    assert " events  " in last_line and "/s  00:00 left" in last_line
     rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines() if line.strip()}
     assert rows["promo"] == ["100", "1", "1.00%", "7", "7.00%", "OPT-OUTS", "ERRORS"]
     assert rows[A] == ["50", "0", "0.00%", "7", "14.00%", "ERRORS"]

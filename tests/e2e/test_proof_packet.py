@@ -300,10 +300,14 @@ async def test_the_cli_writes_the_packet_and_says_what_it_holds(service, tmp_pat
     assert "Ada Lovelace" in text and "ALLOWED: opt_out_confirmation_allowed" in text
     code, out, err = await _cli(
         "--phone", PHONE, "--brand", "acme", "--format", "json", "-o", "-",
-        "--address", runtime.address, token=TOKENS["acme-app"][0],
+        "--address", runtime.address, "--progress", token=TOKENS["acme-app"][0],
     )  # fmt: skip
     assert code == 0, err
-    assert json.loads(out)["opt_ins"][0]["template"][0]["value"] == "Ada Lovelace"
+    packet = json.loads(out)
+    assert packet["opt_ins"][0]["template"][0]["value"] == "Ada Lovelace"
+    # The progress line: every event of the packet read, at its rate.
+    n = len(packet["events"])
+    assert f"packet [##############################] 100.0%  {n} of {n} events  " in err
     # Another brand's token: refused, and the file is not written.
     refused = tmp_path / "refused.pdf"
     code, _, err = await _cli(

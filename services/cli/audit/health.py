@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
+
+from services.progress import Progress, ProgressLine, wanted
 
 HEALTH_DESCRIPTION = """\
 Show, for the messages a brand's campaigns sent in [--since, --until), per
@@ -28,7 +31,11 @@ limit: by default the top of what the provider calls good, 0.3 % of opt-outs and
 6 % of errors (the service's CONSENT_OPT_OUT_RATE_LIMIT and
 CONSENT_ERROR_RATE_LIMIT). The sending number is RecordMessageSent's from_number;
 "(none)" holds the sends that named none. Opt-outs with no message before them
-are counted apart."""
+are counted apart.
+
+While the service reads the brand's events, a progress line on standard error
+(share done, events read, rate, time left) when it is a terminal or with
+--progress."""
 
 
 def _manual() -> Any:
@@ -77,6 +84,12 @@ def add_parser(tools: Any) -> None:
         help="moment after the window's last, ISO 8601 (default: now)",
     )
     health.add_argument("--json", action="store_true", help="print the answer as JSON")
+    health.add_argument(
+        "--progress",
+        action="store_true",
+        help="a progress line on standard error even when it is not a terminal",
+    )
+    health.add_argument("--quiet", action="store_true", help="no progress line")
     health.add_argument(
         "--at-least-as-fresh",
         default="",
@@ -195,13 +208,37 @@ def run(args: argparse.Namespace) -> int:
         request.start_time.FromDatetime(args.start)
     if args.end is not None:
         request.end_time.FromDatetime(args.end)
+    shown = wanted(sys.stderr, args.progress) and not args.quiet
+    progress = ProgressLine(sys.stderr, "health")
+    began = time.monotonic()
+    response = None
     try:
         with channel:
-            response = api_grpc.ConsentServiceStub(channel).GetCampaignHealth(
+            # The streaming form of GetCampaignHealth: the same answer, last, after
+            # progress messages as the service reads the brand's events.
+            stream = api_grpc.ConsentServiceStub(channel).StreamCampaignHealth(
                 request, metadata=[("authorization", f"Bearer {token}")], timeout=args.timeout
             )
+            for item in stream:
+                if item.HasField("health"):
+                    response = item.health
+                elif shown:
+                    progress(
+                        Progress(
+                            done=item.progress.events_read,
+                            total=None,
+                            read=item.progress.events_read,
+                            seconds=time.monotonic() - began,
+                            fraction=item.progress.done,
+                        )
+                    )
     except grpc.RpcError as exc:
+        progress.interrupt()
         print(f"consent-ledger audit health: {packet_cli._refusal(exc)}", file=sys.stderr)
+        return 1
+    progress.end()
+    if response is None:
+        print("consent-ledger audit health: the service ended without an answer", file=sys.stderr)
         return 1
     record = health_record(response)
     print(json.dumps(record, indent=2) if args.json else table(record, args.brand))

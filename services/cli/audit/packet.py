@@ -8,10 +8,12 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from services.cli.manual import Manual, tool
+from services.progress import Progress, ProgressLine, wanted
 
 PACKET_DESCRIPTION = """\
 Write the proof of opt-in for one phone number and one brand (optionally one
@@ -96,6 +98,12 @@ def add_parser(tools: Any) -> None:
     packet.add_argument(
         "--timeout", type=float, default=60.0, metavar="SECONDS", help="give up after (60)"
     )
+    packet.add_argument(
+        "--progress",
+        action="store_true",
+        help="the progress line on standard error even when it is not a terminal",
+    )
+    packet.add_argument("--quiet", action="store_true", help="no progress line")
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -205,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.campaign is not None:
         request.campaign = args.campaign
+    began = time.monotonic()
     try:
         with channel:
             answer = api_grpc.ConsentServiceStub(channel).GetProofPacket(
@@ -213,6 +222,13 @@ def run(args: argparse.Namespace) -> int:
     except grpc.RpcError as exc:
         print(f"consent-ledger audit packet: {_refusal(exc)}", file=sys.stderr)
         return 1
+    if wanted(sys.stderr, args.progress) and not args.quiet:
+        # One number's packet comes in one answer: the line says what it read, and
+        # how fast, once it is there.
+        events = len(_as_dict(answer.packet).get("events", []))
+        progress = ProgressLine(sys.stderr, "packet")
+        progress(Progress(events, events, events, time.monotonic() - began))
+        progress.end()
     if args.output == "-":
         sys.stdout.buffer.write(answer.document)
         sys.stdout.buffer.flush()

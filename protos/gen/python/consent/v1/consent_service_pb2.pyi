@@ -2574,6 +2574,62 @@ class SweepProgress(_message.Message):
 Global___SweepProgress: _TypeAlias = SweepProgress  # noqa: Y015
 
 @_typing.final
+class CampaignHealthProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_READ_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    events_read: _builtins.int
+    """Events of the brand read so far."""
+    done: _builtins.float
+    """The share of the view's events looked through, 0 to 1."""
+    def __init__(
+        self,
+        *,
+        events_read: _builtins.int = ...,
+        done: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "events_read", b"events_read"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignHealthProgress: _TypeAlias = CampaignHealthProgress  # noqa: Y015
+
+@_typing.final
+class StreamCampaignHealthResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    consistency_token: _builtins.str
+    """The view read (its positions when the read began)."""
+    @_builtins.property
+    def progress(self) -> Global___CampaignHealthProgress: ...
+    @_builtins.property
+    def health(self) -> Global___GetCampaignHealthResponse:
+        """The last message: what GetCampaignHealth answers."""
+
+    def __init__(
+        self,
+        *,
+        progress: Global___CampaignHealthProgress | None = ...,
+        health: Global___GetCampaignHealthResponse | None = ...,
+        consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "item", b"item", "progress", b"progress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "health", b"health", "item", b"item", "progress", b"progress"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["progress", "health"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___StreamCampaignHealthResponse: _TypeAlias = StreamCampaignHealthResponse  # noqa: Y015
+
+@_typing.final
 class SweepCampaignResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

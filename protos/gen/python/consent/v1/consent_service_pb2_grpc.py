@@ -135,6 +135,11 @@ class ConsentServiceStub:
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthResponse.FromString,
                 _registered_method=True)
+        self.StreamCampaignHealth = channel.unary_stream(
+                '/consent.v1.ConsentService/StreamCampaignHealth',
+                request_serializer=consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthRequest.SerializeToString,
+                response_deserializer=consent_dot_v1_dot_consent__service__pb2.StreamCampaignHealthResponse.FromString,
+                _registered_method=True)
         self.ListRevocationCandidates = channel.unary_unary(
                 '/consent.v1.ConsentService/ListRevocationCandidates',
                 request_serializer=consent_dot_v1_dot_consent__service__pb2.ListRevocationCandidatesRequest.SerializeToString,
@@ -336,6 +341,15 @@ class ConsentServiceServicer:
         those that drew an opt-out (each opt-out attributed to the message before it)
         and those whose delivery failed, with the opt-out rate and the error rate, and
         a flag where either is above its limit (0.3 % and 6 %, the provider's good ranges).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamCampaignHealth(self, request, context):
+        """Audit: GetCampaignHealth as it goes, for a long window of a large brand: progress
+        messages (events read, the share done; the first with done 0) as the brand's
+        events are read, a partition at a time, then one message with the answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -549,6 +563,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.GetCampaignHealth,
                     request_deserializer=consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthRequest.FromString,
                     response_serializer=consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthResponse.SerializeToString,
+            ),
+            'StreamCampaignHealth': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamCampaignHealth,
+                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthRequest.FromString,
+                    response_serializer=consent_dot_v1_dot_consent__service__pb2.StreamCampaignHealthResponse.SerializeToString,
             ),
             'ListRevocationCandidates': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRevocationCandidates,
@@ -1137,6 +1156,33 @@ class ConsentService:
             '/consent.v1.ConsentService/GetCampaignHealth',
             consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthRequest.SerializeToString,
             consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamCampaignHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/consent.v1.ConsentService/StreamCampaignHealth',
+            consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthRequest.SerializeToString,
+            consent_dot_v1_dot_consent__service__pb2.StreamCampaignHealthResponse.FromString,
             options,
             channel_credentials,
             insecure,

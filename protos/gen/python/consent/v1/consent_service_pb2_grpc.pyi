@@ -107,6 +107,11 @@ class ConsentServiceStub:
     and those whose delivery failed, with the opt-out rate and the error rate, and
     a flag where either is above its limit (0.3 % and 6 %, the provider's good ranges).
     """
+    StreamCampaignHealth: _grpc.UnaryStreamMultiCallable[_consent_service_pb2.GetCampaignHealthRequest, _consent_service_pb2.StreamCampaignHealthResponse]
+    """Audit: GetCampaignHealth as it goes, for a long window of a large brand: progress
+    messages (events read, the share done; the first with done 0) as the brand's
+    events are read, a partition at a time, then one message with the answer.
+    """
     ListRevocationCandidates: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.ListRevocationCandidatesRequest, _consent_service_pb2.ListRevocationCandidatesResponse]
     """Audit: a brand's replies flagged as possible opt-outs that nobody has resolved,
     in the order the service's view applied them, so a reply that arrives late joins
@@ -246,6 +251,11 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     those that drew an opt-out (each opt-out attributed to the message before it)
     and those whose delivery failed, with the opt-out rate and the error rate, and
     a flag where either is above its limit (0.3 % and 6 %, the provider's good ranges).
+    """
+    StreamCampaignHealth: _aio.UnaryStreamMultiCallable[_consent_service_pb2.GetCampaignHealthRequest, _consent_service_pb2.StreamCampaignHealthResponse]  # type: ignore[assignment]
+    """Audit: GetCampaignHealth as it goes, for a long window of a large brand: progress
+    messages (events read, the share done; the first with done 0) as the brand's
+    events are read, a partition at a time, then one message with the answer.
     """
     ListRevocationCandidates: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.ListRevocationCandidatesRequest, _consent_service_pb2.ListRevocationCandidatesResponse]  # type: ignore[assignment]
     """Audit: a brand's replies flagged as possible opt-outs that nobody has resolved,
@@ -503,6 +513,17 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         those that drew an opt-out (each opt-out attributed to the message before it)
         and those whose delivery failed, with the opt-out rate and the error rate, and
         a flag where either is above its limit (0.3 % and 6 %, the provider's good ranges).
+        """
+
+    @_abc_1.abstractmethod
+    def StreamCampaignHealth(
+        self,
+        request: _consent_service_pb2.GetCampaignHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_consent_service_pb2.StreamCampaignHealthResponse], _abc.AsyncIterator[_consent_service_pb2.StreamCampaignHealthResponse]]:
+        """Audit: GetCampaignHealth as it goes, for a long window of a large brand: progress
+        messages (events read, the share done; the first with done 0) as the brand's
+        events are read, a partition at a time, then one message with the answer.
         """
 
     @_abc_1.abstractmethod
