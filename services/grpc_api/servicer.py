@@ -129,7 +129,9 @@ def _check_fields(
 
 
 def _brand_window(
-    request: api_pb2.GetOptOutRateRequest | api_pb2.GetCampaignHealthRequest,
+    request: api_pb2.GetOptOutRateRequest
+    | api_pb2.GetCampaignHealthRequest
+    | api_pb2.StreamCampaignHealthRequest,
 ) -> tuple[str | None, datetime | None, datetime | None, ConsistencyToken | None]:
     """A brand's read over a window: its campaign (None: every campaign), start and
     end times, and the freshness asked for, each refused by field when malformed."""
@@ -573,7 +575,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     @translate_stream_errors
     @accountable
     async def StreamCampaignHealth(
-        self, request: api_pb2.GetCampaignHealthRequest, context: grpc.aio.ServicerContext
+        self, request: api_pb2.StreamCampaignHealthRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.StreamCampaignHealthResponse]:
         reader = self._reader(context, request.brand)
         found = self.usecases.audit.campaign_health_stream(

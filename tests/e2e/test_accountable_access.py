@@ -74,7 +74,7 @@ AUDIT: dict[str, tuple[Callable[[], Any], tuple[str, str]]] = {
         ("", "promo"),
     ),
     "StreamCampaignHealth": (
-        lambda: api.GetCampaignHealthRequest(brand="acme", campaign="promo"),
+        lambda: api.StreamCampaignHealthRequest(brand="acme", campaign="promo"),
         ("", "promo"),
     ),
     "ListRevocationCandidates": (

@@ -143,7 +143,7 @@ def _malformed() -> list[Probe]:
 
     for rpc, make in (
         ("GetCampaignHealth", api.GetCampaignHealthRequest),
-        ("StreamCampaignHealth", api.GetCampaignHealthRequest),
+        ("StreamCampaignHealth", api.StreamCampaignHealthRequest),
         ("GetOptOutRate", api.GetOptOutRateRequest),
     ):
 
@@ -228,7 +228,7 @@ def _cross_brand() -> list[Probe]:
         ),
         "GetOptOutRate": lambda: api.GetOptOutRateRequest(brand="acme"),
         "GetCampaignHealth": lambda: api.GetCampaignHealthRequest(brand="acme"),
-        "StreamCampaignHealth": lambda: api.GetCampaignHealthRequest(brand="acme"),
+        "StreamCampaignHealth": lambda: api.StreamCampaignHealthRequest(brand="acme"),
         "ListRevocationCandidates": lambda: api.ListRevocationCandidatesRequest(brand="acme"),
         "WatchConsentChanges": lambda: api.WatchConsentChangesRequest(brand="acme"),
         "SweepCampaign": lambda: api.SweepCampaignRequest(

@@ -266,8 +266,10 @@ async def test_campaign_health_flags_errors_over_six_percent_and_opt_outs_over_t
 
     # The same answer streamed, after progress: from done 0, never going back, to 1.
     async with client(runtime.address, "acme-app") as c:
+        streamed = api.StreamCampaignHealthRequest()
+        streamed.ParseFromString(request.SerializeToString())  # the same fields
         stream = c.stub.StreamCampaignHealth(
-            request, metadata=[("authorization", f"Bearer {c.token}")], timeout=120
+            streamed, metadata=[("authorization", f"Bearer {c.token}")], timeout=120
         )
         items = [item async for item in stream]
         now = await retried(c.GetCampaignHealth, request)  # the fourth opt-out in

@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     if connected is None:
         return 2
     token, channel = connected
-    request = api.GetCampaignHealthRequest(
+    request = api.StreamCampaignHealthRequest(
         brand=args.brand, at_least_as_fresh=args.at_least_as_fresh
     )
     if args.campaign is not None:

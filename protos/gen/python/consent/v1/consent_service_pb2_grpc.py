@@ -137,7 +137,7 @@ class ConsentServiceStub:
                 _registered_method=True)
         self.StreamCampaignHealth = channel.unary_stream(
                 '/consent.v1.ConsentService/StreamCampaignHealth',
-                request_serializer=consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthRequest.SerializeToString,
+                request_serializer=consent_dot_v1_dot_consent__service__pb2.StreamCampaignHealthRequest.SerializeToString,
                 response_deserializer=consent_dot_v1_dot_consent__service__pb2.StreamCampaignHealthResponse.FromString,
                 _registered_method=True)
         self.ListRevocationCandidates = channel.unary_unary(
@@ -347,7 +347,8 @@ class ConsentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamCampaignHealth(self, request, context):
-        """Audit: GetCampaignHealth as it goes, for a long window of a large brand: progress
+        """Audit: GetCampaignHealth as it goes, for a long window of a large brand (the same
+        request fields): progress
         messages (events read, the share done; the first with done 0) as the brand's
         events are read, a partition at a time, then one message with the answer.
         """
@@ -566,7 +567,7 @@ def add_ConsentServiceServicer_to_server(servicer, server):
             ),
             'StreamCampaignHealth': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamCampaignHealth,
-                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthRequest.FromString,
+                    request_deserializer=consent_dot_v1_dot_consent__service__pb2.StreamCampaignHealthRequest.FromString,
                     response_serializer=consent_dot_v1_dot_consent__service__pb2.StreamCampaignHealthResponse.SerializeToString,
             ),
             'ListRevocationCandidates': grpc.unary_unary_rpc_method_handler(
@@ -1181,7 +1182,7 @@ class ConsentService:
             request,
             target,
             '/consent.v1.ConsentService/StreamCampaignHealth',
-            consent_dot_v1_dot_consent__service__pb2.GetCampaignHealthRequest.SerializeToString,
+            consent_dot_v1_dot_consent__service__pb2.StreamCampaignHealthRequest.SerializeToString,
             consent_dot_v1_dot_consent__service__pb2.StreamCampaignHealthResponse.FromString,
             options,
             channel_credentials,

@@ -107,8 +107,9 @@ class ConsentServiceStub:
     and those whose delivery failed, with the opt-out rate and the error rate, and
     a flag where either is above its limit (0.3 % and 6 %, the provider's good ranges).
     """
-    StreamCampaignHealth: _grpc.UnaryStreamMultiCallable[_consent_service_pb2.GetCampaignHealthRequest, _consent_service_pb2.StreamCampaignHealthResponse]
-    """Audit: GetCampaignHealth as it goes, for a long window of a large brand: progress
+    StreamCampaignHealth: _grpc.UnaryStreamMultiCallable[_consent_service_pb2.StreamCampaignHealthRequest, _consent_service_pb2.StreamCampaignHealthResponse]
+    """Audit: GetCampaignHealth as it goes, for a long window of a large brand (the same
+    request fields): progress
     messages (events read, the share done; the first with done 0) as the brand's
     events are read, a partition at a time, then one message with the answer.
     """
@@ -252,8 +253,9 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     and those whose delivery failed, with the opt-out rate and the error rate, and
     a flag where either is above its limit (0.3 % and 6 %, the provider's good ranges).
     """
-    StreamCampaignHealth: _aio.UnaryStreamMultiCallable[_consent_service_pb2.GetCampaignHealthRequest, _consent_service_pb2.StreamCampaignHealthResponse]  # type: ignore[assignment]
-    """Audit: GetCampaignHealth as it goes, for a long window of a large brand: progress
+    StreamCampaignHealth: _aio.UnaryStreamMultiCallable[_consent_service_pb2.StreamCampaignHealthRequest, _consent_service_pb2.StreamCampaignHealthResponse]  # type: ignore[assignment]
+    """Audit: GetCampaignHealth as it goes, for a long window of a large brand (the same
+    request fields): progress
     messages (events read, the share done; the first with done 0) as the brand's
     events are read, a partition at a time, then one message with the answer.
     """
@@ -518,10 +520,11 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def StreamCampaignHealth(
         self,
-        request: _consent_service_pb2.GetCampaignHealthRequest,
+        request: _consent_service_pb2.StreamCampaignHealthRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_consent_service_pb2.StreamCampaignHealthResponse], _abc.AsyncIterator[_consent_service_pb2.StreamCampaignHealthResponse]]:
-        """Audit: GetCampaignHealth as it goes, for a long window of a large brand: progress
+        """Audit: GetCampaignHealth as it goes, for a long window of a large brand (the same
+        request fields): progress
         messages (events read, the share done; the first with done 0) as the brand's
         events are read, a partition at a time, then one message with the answer.
         """
