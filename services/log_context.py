@@ -1,6 +1,6 @@
 """What every log line carries and what none may carry.
 
-Each gRPC call runs with a request id (``services.grpc_api.call_ids``) in the
+Each gRPC call runs with a request id (``services.grpc_api.interceptors``) in the
 contextvar ``REQUEST_ID``; ``LogContext``, a filter on the log handler, adds it to
 every record as ``request_id`` (``-`` outside a call), so one call's lines can be
 found together, tasks it starts included (they copy the context).

@@ -22,7 +22,7 @@ metrics make that visible:
 * ``grpc_server_started_total``, ``grpc_server_handled_total{grpc_code}`` and
   ``grpc_server_handling_seconds`` (histogram, by ``grpc_code`` too), each by
   ``grpc_service``, ``grpc_method`` and ``grpc_type``: every call of every method
-  (``services.grpc_api.rpc_metrics``), go-grpc-prometheus's names;
+  (``services.grpc_api.interceptors``), go-grpc-prometheus's names;
 * ``consent_ledger_append_seconds`` (histogram): how long the ledger took to
   acknowledge an append (``TimedAppends``);
 * ``consent_messages_sent_total`` and ``consent_delivery_outcomes_total{outcome}``:

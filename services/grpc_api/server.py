@@ -24,8 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from services.grpc_api.admission import Admission
-from services.grpc_api.call_ids import CallIds
-from services.grpc_api.rpc_metrics import RpcMetrics
+from services.grpc_api.interceptors import CallIds, RpcMetrics
 from services.grpc_api.servicer import ConsentServicer
 from services.rate_limits import CallerLimits
 

@@ -10,7 +10,7 @@ import logging
 import pytest
 
 from services.cli import main as cli
-from services.grpc_api.call_ids import call_id
+from services.grpc_api.interceptors import call_id
 from services.log_context import REQUEST_ID, LogContext, mask_phones
 from services.settings import Settings
 
