@@ -25,8 +25,7 @@ from aiokafka.errors import KafkaError
 
 from ledger.ports import ConsentView, EventLog
 from ledger.retention import Retention
-from services.adapters.campaign_cache import CampaignHistoryCache
-from services.adapters.digest_replica import DigestReplica
+from services.adapters.digest_replica import CampaignHistoryCache, DigestReplica
 from services.adapters.kafka_ledger import KafkaLedger, UnsafeTopicError
 from services.adapters.kafka_projector import KafkaProjector
 from services.adapters.migrations import migrate

@@ -1,4 +1,9 @@
-"""``DigestReplica``: the digests of ``PostgresConsentView``, held in the process.
+"""What CanSend reads of the view, held in the process: ``DigestReplica``, every
+digest of ``PostgresConsentView`` (stored compactly by ``CompactDigests``), and
+``CampaignHistoryCache``, the campaigns' rules between campaign writes. Each wraps
+one of the view's ports (``DigestReads``, ``CampaignReads``) and passes that
+port's slice of the view's conformance suite, so the use cases do not know they
+are there.
 
 CanSend needs one thing per number: its digest (``ledger.digest``). Read from
 PostgreSQL, that is a query per call (or per shared read), and the query costs
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -45,10 +51,12 @@ import asyncpg
 
 from ledger.digest import Digest, with_phone_wide
 from ledger.events import ANY_BRAND
-from ledger.ports import ConsentView, DigestReads, Stream
-from services.adapters.compact_digests import CompactDigests
+from ledger.ports import CampaignReads, ConsentView, ConsistencyToken, DigestReads, Stream
+from ledger.state import CampaignHistory
 from services.adapters.postgres_view import snapshot_unless_digest, stored_digest
+from services.wire.compact_digest import Shapes, Unencodable, Unreadable
 from services.wire.digest import FORMAT as DIGEST_FORMAT
+from services.wire.digest import untyped_payload
 
 _SUBSCRIBERS = Stream.SUBSCRIBERS.value
 
@@ -209,3 +217,372 @@ def _store(put: Callable[[str, str, Digest], None], rows: Sequence[asyncpg.Recor
         # Without a digest in the row, or with one this code cannot read, the
         # snapshot comes too, and is digested.
         put(brand, phone, stored_digest(phone, brand, data, snapshot))
+
+
+class CampaignHistoryCache(CampaignReads):
+    """Campaign rules kept in memory between campaign writes.
+
+    Every check reads its campaign's rules; they change only when the campaign stream
+    moves, which is rare. ``CampaignHistoryCache`` wraps the view's ``CampaignReads`` and
+    answers from memory while the campaign stream's positions, as the freshness guard
+    last observed them, stay the same. It passes the view's ``CampaignReadsSuite``.
+    """
+
+    def __init__(self, view: CampaignReads) -> None:
+        self.view = view
+        self._histories: dict[tuple[str, str], CampaignHistory] = {}
+        self._seen: ConsistencyToken | None = None
+        self._at: tuple[tuple[int, int], ...] | None = None
+        self._generation = 0
+        """Bumped when the cache is emptied: a read that began before must not store
+        its answer."""
+
+    def observe(self, seen: ConsistencyToken) -> None:
+        if seen is self._seen:  # the guard keeps one token per observation
+            return
+        self._seen = seen
+        at = tuple(sorted((p, o) for (s, p), o in seen.offsets.items() if s is Stream.CAMPAIGNS))
+        if at != self._at:
+            self._histories.clear()
+            self._at = at
+            self._generation += 1
+
+    async def campaign_history(self, brand: str, campaign: str) -> CampaignHistory:
+        history = self._histories.get((brand, campaign))
+        if history is not None:
+            return history
+        generation = self._generation
+        history = await self.view.campaign_history(brand, campaign)
+        # Kept only if no newer observation emptied the cache meanwhile: a read that
+        # began before it may predate the rules those positions include, and would be
+        # served, stale, until the next campaign write. Nothing is kept before the
+        # first observation, nor for a campaign not yet defined.
+        if self._at is not None and history.versions and generation == self._generation:
+            self._histories[(brand, campaign)] = history
+        return history
+
+
+# How the replica holds its digests: in few bytes each, found by the number.
+
+_MIX = 0x9E3779B97F4A7C15
+"""An odd 64-bit multiplier: consecutive numbers (a seeded block, a carrier's
+range) land far apart instead of filling one run of slots."""
+_FILL = 0.6
+"""How full a table is made when it is built or grown."""
+_GROW_AT = 0.8
+"""A table this full is rebuilt larger (linear probing slows down beyond)."""
+_ODD = 0
+"""The slot that says: this entry's digest is in the dict of odd entries (a slot
+holds where the digest starts, plus one)."""
+_WIDE = 2**32 - 2
+"""Slots up to here fit 4 bytes; an arena beyond makes every index use 8."""
+
+
+def phone_key(phone: str) -> int:
+    """The E.164 ``phone``'s digits as an integer, or 0 when it is no such number
+    (the integer then would not name it alone: ``+01`` and ``+1``, ``+1_0`` and
+    ``+10``)."""
+    digits = phone[1:]
+    if (
+        phone[:1] == "+"
+        and phone.isascii()
+        and digits.isdigit()
+        and digits[:1] != "0"
+        and len(digits) <= 18
+    ):
+        return int(digits)
+    return 0
+
+
+class _Index:
+    """One brand's table: ``keys[i]`` a phone's key (0: empty), ``slots[i]`` where its
+    digest starts in the arena plus one (``_ODD``, 0: in the dict of odd entries)."""
+
+    __slots__ = ("cap", "count", "keys", "slots")
+
+    def __init__(self, expected: int, typecode: str) -> None:
+        self.cap = max(8, int(expected / _FILL) + 1)
+        self.count = 0
+        self.keys = array("q", bytes(8 * self.cap))
+        self.slots = array(typecode, bytes(array(typecode).itemsize * self.cap))
+
+    def find(self, key: int) -> int:
+        """``key``'s slot, or -1 when it has none."""
+        keys, cap = self.keys, self.cap
+        i = key * _MIX % cap
+        while True:
+            k = keys[i]
+            if k == key:
+                return self.slots[i]
+            if k == 0:
+                return -1
+            i += 1
+            if i == cap:
+                i = 0
+
+    def put(self, key: int, position: int) -> int:
+        """Point ``key`` at ``position``; answers where it pointed before, or -1."""
+        keys, cap = self.keys, self.cap
+        i = key * _MIX % cap
+        while True:
+            k = keys[i]
+            if k == key:
+                old = self.slots[i]
+                self.slots[i] = position
+                return old
+            if k == 0:
+                keys[i] = key
+                self.slots[i] = position
+                self.count += 1
+                return -1
+            i += 1
+            if i == cap:
+                i = 0
+
+    def resized(self, expected: int) -> _Index:
+        """A copy with room for ``expected`` entries at ``_FILL``."""
+        bigger = _Index(max(expected, self.count), self.slots.typecode)
+        for k, p in zip(self.keys, self.slots, strict=True):
+            if k:
+                bigger.put(k, p)
+        return bigger
+
+    def widened(self) -> _Index:
+        wide = _Index.__new__(_Index)
+        wide.cap, wide.count, wide.keys = self.cap, self.count, self.keys
+        wide.slots = array("Q", self.slots)
+        return wide
+
+    @property
+    def nbytes(self) -> int:
+        return self.cap * (self.keys.itemsize + self.slots.itemsize)
+
+
+class CompactDigests:
+    """A map of (brand, phone) to digest, compact in memory. ``get_many`` answers
+    what ``put`` stored; nothing is ever removed (the replica replaces the whole
+    ``CompactDigests`` when it loads the view afresh).
+
+    The replica (``DigestReplica``) keeps a digest per (phone, brand) for as long as the
+    process runs. As Python objects (a ``bytes`` and a phone string per entry, in a
+    dict) that was about 300 bytes each; here it is about 50 at a million subscribers:
+
+    * **The digests** are encoded by ``services.wire.compact_digest`` (a shape number
+      and the values that differ: a lone grant is 32 bytes) and laid end to end in one
+      ``bytearray``. A digest rewritten at the same size is rewritten in place; one of
+      another size goes elsewhere, and its old place is reused by the next digest of
+      that size (a free list per size), so updates do not grow the array without end.
+    * **The index** is one open-addressing table per brand (linear probing): the phone
+      number as an integer (its E.164 digits) in one ``array('q')``, where its digest
+      starts in another, slots left empty holding 0. That is 12 bytes a slot, filled
+      to 60-80 % (sized for what a load reads, grown by a third when 80 % full).
+    * What this cannot hold (a phone that is no E.164 number, a digest the encoding
+      refuses) is kept as a ``Digest`` object in a plain dict: never expected, so never
+      costly, and answered all the same.
+
+    Not safe for use from several threads; the replica uses it from the event loop.
+    """
+
+    def __init__(self) -> None:
+        self._shapes = Shapes()
+        self._arena = bytearray()
+        self._indexes: dict[str, _Index] = {}
+        self._free: dict[int, list[int]] = {}
+        self._odd: dict[str, dict[str, Digest]] = {}
+        self._typecode = "I"
+        self._loading: dict[str, tuple[array[int], array[int]]] = {}
+        self._writes = 0
+        self.size = 0
+        """How many (brand, phone) entries there are."""
+
+    def put(self, brand: str, phone: str, digest: Digest) -> None:
+        """Store ``digest`` for ``phone`` towards ``brand``, replacing any before."""
+        self._writes += 1
+        key = phone_key(phone)
+        if key == 0:
+            phones = self._odd.setdefault(brand, {})
+            self.size += phone not in phones
+            phones[phone] = digest
+            return
+        index = self._indexes.get(brand)
+        if index is None:
+            index = self._indexes[brand] = _Index(1, self._typecode)
+        elif index.count + 1 > index.cap * _GROW_AT:
+            index = self._indexes[brand] = index.resized(index.count + 1)
+        try:
+            data: bytes | None = self._shapes.encode(digest)
+        except Unencodable:
+            data = None
+        old = index.find(key)  # the position + 1, _ODD, or -1 when new
+        if old == _ODD:
+            del self._odd[brand][phone]
+        elif old > 0:
+            size = self._shapes.size_at(self._arena, old - 1)
+            if data is not None and size == len(data):
+                self._arena[old - 1 : old - 1 + size] = data
+                return
+            self._free.setdefault(size, []).append(old - 1)
+        if data is None:
+            self._odd.setdefault(brand, {})[phone] = digest
+            slot = _ODD
+        else:
+            slot = self._place(data) + 1
+        if index.put(key, slot) == -1:
+            self.size += 1
+
+    def _place(self, data: bytes) -> int:
+        free = self._free.get(len(data))
+        if free:
+            position = free.pop()
+            self._arena[position : position + len(data)] = data
+            return position
+        position = len(self._arena)
+        if position + len(data) > _WIDE and self._typecode == "I":
+            self._typecode = "Q"
+            self._indexes = {b: i.widened() for b, i in self._indexes.items()}
+        self._arena += data
+        return position
+
+    def needs_room(self, brand: str, more: int) -> bool:
+        """Whether putting ``more`` new entries would make ``put`` grow ``brand``'s index."""
+        index = self._indexes.get(brand)
+        return index is not None and index.count + more > index.cap * _GROW_AT
+
+    def grown_index(self, brand: str, more: int) -> tuple[_Index, int] | None:
+        """A larger copy of ``brand``'s index, with room for ``more`` entries beyond
+        those it holds, if putting them would make ``put`` grow it; else None.
+
+        ``put`` would rebuild it in place, in the caller's thread: some 8 s at ten
+        million entries. This only reads the index, so it may run in a worker
+        thread while the event loop keeps reading it; ``install`` then puts the
+        copy in place."""
+        if not self.needs_room(brand, more):
+            return None
+        writes = self._writes
+        return self._indexes[brand].resized(self._indexes[brand].count + more), writes
+
+    def install(self, brand: str, grown: tuple[_Index, int]) -> None:
+        """Use the index ``grown_index`` made, which must have seen every write."""
+        index, writes = grown
+        if writes != self._writes:
+            raise RuntimeError("the digests changed while their index was copied")
+        self._indexes[brand] = index
+
+    def add(self, brand: str, phone: str, digest: Digest) -> None:
+        """``put`` for a copy being loaded, where each (brand, phone) comes once: the
+        index entries wait in plain arrays until ``seal`` builds each brand's index
+        at its size. (Grown a third at a time on the way to millions, an index would
+        be rebuilt dozens of times.) Nothing may be read before ``seal``."""
+        key = phone_key(phone)
+        if key == 0:
+            self.put(brand, phone, digest)
+            return
+        try:
+            slot = self._place(self._shapes.encode(digest)) + 1
+        except Unencodable:
+            self._odd.setdefault(brand, {})[phone] = digest
+            slot = _ODD
+        keys, slots = self._loading.setdefault(brand, (array("q"), array("Q")))
+        keys.append(key)
+        slots.append(slot)
+        self.size += 1
+
+    def add_stored(self, brand: str, phone: str, payload: bytes) -> bool:
+        """``add`` of a digest as stored (``services.wire.digest``, after its version
+        byte), read without building its named tuples first: half a load's work.
+        False, with nothing added, when it is not one to keep this way; the caller
+        then reads it as usual and ``add``s it."""
+        key = phone_key(phone)
+        if key == 0:
+            return False
+        try:
+            data = self._shapes.encode(untyped_payload(payload))
+        except (Unencodable, ValueError, TypeError):  # msgpack's errors are ValueErrors
+            return False
+        keys, slots = self._loading.setdefault(brand, (array("q"), array("Q")))
+        keys.append(key)
+        slots.append(self._place(data) + 1)
+        self.size += 1
+        return True
+
+    def seal(self) -> None:
+        """Build the indexes of what ``add`` added."""
+        for brand, (keys, slots) in self._loading.items():
+            index = self._indexes.get(brand)
+            if index is None:
+                index = _Index(len(keys), self._typecode)
+            else:
+                index = index.resized(index.count + len(keys))
+            for key, slot in zip(keys, slots, strict=True):
+                index.put(key, slot)
+            self._indexes[brand] = index
+        self._loading = {}
+
+    def get_many(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
+        """The digests of those ``phones`` that have one towards ``brand``.
+
+        Raises ``Unreadable`` when stored bytes cannot be read back (the caller
+        fails closed)."""
+        found: dict[str, Digest] = {}
+        index = self._indexes.get(brand)
+        if index is not None:
+            keys, slots, cap = index.keys, index.slots, index.cap
+            data = self._arena
+            decode = self._shapes.decode
+            for phone in phones:
+                digits = phone[1:]
+                if not (
+                    phone[:1] == "+"
+                    and phone.isascii()
+                    and digits.isdigit()
+                    and digits[:1] != "0"
+                    and len(digits) <= 18
+                ):
+                    continue
+                key = int(digits)
+                # ``_Index.find``, inline: this loop is most of what a batch costs here.
+                i = key * _MIX % cap
+                while True:
+                    k = keys[i]
+                    if k == key:
+                        slot = slots[i]
+                        if slot != _ODD:
+                            found[phone] = decode(data, slot - 1)
+                        break
+                    if k == 0:
+                        break
+                    i += 1
+                    if i == cap:
+                        i = 0
+        odd = self._odd.get(brand)
+        if odd:
+            for phone in phones:
+                digest = odd.get(phone)
+                if digest is not None:
+                    found[phone] = digest
+        return found
+
+    def brands(self) -> set[str]:
+        return set(self._indexes) | set(self._odd)
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the arena and the indexes (what grows with the entries)."""
+        return len(self._arena) + sum(i.nbytes for i in self._indexes.values())
+
+    def stats(self) -> dict[str, int]:
+        """For the bench and the capacity plan: where the bytes are."""
+        digest_shapes, campaign_shapes, strings = self._shapes.counts
+        return {
+            "entries": self.size,
+            "arena_bytes": len(self._arena),
+            "free_bytes": sum(size * len(p) for size, p in self._free.items()),
+            "index_bytes": sum(i.nbytes for i in self._indexes.values()),
+            "odd_entries": sum(map(len, self._odd.values())),
+            "digest_shapes": digest_shapes,
+            "campaign_shapes": campaign_shapes,
+            "strings": strings,
+        }
+
+
+__all__ = ["CompactDigests", "Unreadable", "phone_key"]

@@ -7,7 +7,7 @@ import pytest
 
 from ledger.ports import ConsistencyToken, Stream
 from ledger.state import CampaignHistory
-from services.adapters.campaign_cache import CampaignHistoryCache
+from services.adapters.digest_replica import CampaignHistoryCache
 from services.adapters.memory_view import InMemoryConsentView
 from tests.conformance.view_suite import T0, CampaignReadsSuite, ConsentViewSuite, Positions, define
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, digest_of
 from ledger.state import SubscriberState, fold
-from services.adapters.compact_digests import CompactDigests, phone_key
+from services.adapters.digest_replica import CompactDigests, phone_key
 from services.wire.compact_digest import Shapes, Unencodable, Unreadable
 from services.wire.digest import decode_payload, encode_digest, payload_of
 from tests.builders import at, flagged, granted, record, revoked

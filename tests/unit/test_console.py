@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from ledger.commands import RecordOptOut
 from ledger.events import RevocationChannel
-from services.adapters.campaign_cache import CampaignHistoryCache
+from services.adapters.digest_replica import CampaignHistoryCache
 from services.adapters.memory_access import InMemoryAccessLog
 from services.console import Console
 from services.console.sessions import LOGIN_COOKIE, SESSION_COOKIE, Cookies

@@ -12,7 +12,7 @@ from datetime import timedelta
 from ledger.campaigns import CampaignPolicy
 from ledger.commands import ChangeCampaignPolicy, DefineCampaign, RecordOptIn
 from ledger.events import LedgerEvent, Recorded
-from services.adapters.campaign_cache import CampaignHistoryCache
+from services.adapters.digest_replica import CampaignHistoryCache
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
 from services.freshness import FreshnessGuard
