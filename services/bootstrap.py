@@ -33,13 +33,13 @@ from services.adapters.postgres_access import PostgresAccessLog
 from services.adapters.postgres_keys import PostgresSubjectKeys
 from services.adapters.postgres_view import PostgresConsentView, read_pool
 from services.freshness import FreshnessGuard
+from services.grpc_api.admission import CallerLimits
 from services.grpc_api.auth import TokenAuthenticator, write_dev_tokens
 from services.grpc_api.credentials import TlsFiles, file_stamp, follow_tokens
 from services.grpc_api.server import CannotListen, GrpcServer
 from services.grpc_api.servicer import ConsentServicer
 from services.metrics import ServiceMetrics, TimedAppends, read_on_loop
 from services.projector import Projector, supervise
-from services.rate_limits import CallerLimits
 from services.settings import Settings, host_and_port, is_loopback
 from services.usecases import UseCases
 from services.usecases.context import Clock, utc_now

@@ -97,8 +97,8 @@ class FreshnessSettings:
 
 @dataclass(frozen=True)
 class RateLimit:
-    """A caller's rate limit, for ``services.rate_limits``: the default for every
-    caller, or one caller's own from the tokens file."""
+    """A caller's rate limit, for ``services.grpc_api.admission``: the default for
+    every caller, or one caller's own from the tokens file."""
 
     rate: float
     """Calls a second, on average; ``math.inf`` for no limit."""
@@ -119,6 +119,10 @@ class RateLimit:
     @property
     def unlimited(self) -> bool:
         return math.isinf(self.rate)
+
+
+UNLIMITED = RateLimit(math.inf, 1)
+"""A caller exempt from any default limit."""
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,7 @@ from ledger.commands import check_name
 from ledger.errors import InvalidRequest
 from ledger.validation import identifier_problem
 from services.errors import PermissionDenied, Unauthenticated
-from services.rate_limits import UNLIMITED
-from services.settings import RateLimit
+from services.settings import UNLIMITED, RateLimit
 from services.usecases.access import Reader
 
 

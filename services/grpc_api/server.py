@@ -23,10 +23,9 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from services.grpc_api.admission import Admission
+from services.grpc_api.admission import Admission, CallerLimits
 from services.grpc_api.interceptors import CallIds, RpcMetrics
 from services.grpc_api.servicer import ConsentServicer
-from services.rate_limits import CallerLimits
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = api_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name

@@ -17,8 +17,7 @@ from services.grpc_api.auth import (
     token_digest,
     write_dev_tokens,
 )
-from services.rate_limits import UNLIMITED
-from services.settings import RateLimit
+from services.settings import UNLIMITED, RateLimit
 
 
 def authenticator(tmp_path, *entries: dict) -> TokenAuthenticator:

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from services.rate_limits import UNLIMITED, CallerLimits, TokenBucket
-from services.settings import RateLimit
+from services.grpc_api.admission import CallerLimits, TokenBucket
+from services.settings import UNLIMITED, RateLimit
 
 
 class Clock:
