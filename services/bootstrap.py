@@ -265,7 +265,9 @@ class Runtime:
             health_limits=s.health_limits,
             # Every audit read is recorded here, committed before it is answered.
             access_log=PostgresAccessLog(self.pool, timeout=s.postgres_timeout),
-            keys=PostgresSubjectKeys(self.pool, timeout=s.postgres_timeout),
+            # Single statements, on the read pool: no reset round trip after each
+            # write's key (every opt-in and opt-out seals with one).
+            keys=PostgresSubjectKeys(self.reads, timeout=s.postgres_timeout),
             retention=Retention(s.retention_years),
         )
         self.metrics.guard, self.metrics.replica = self.guard, replica

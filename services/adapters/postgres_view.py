@@ -367,8 +367,9 @@ async def read_pool(
       (``statement_timeout``: a lock wait, a slow plan), so a busy server frees the
       connection itself; a frozen one is left to ``bounded``.
 
-    Use it for nothing else: transactions and the projector's writes use the
-    view's main pool.
+    Use it for nothing else (but ``PostgresSubjectKeys``' single statements, which
+    every opt-in's and opt-out's sealing waits on): transactions and the
+    projector's writes use the view's main pool.
     """
     settings = {"plan_cache_mode": "force_generic_plan"}
     if timeout is not None:
