@@ -48,6 +48,18 @@ class RequestUse(NamedTuple):
     event_ids: tuple[str, ...]
 
 
+class RequestTaken(NamedTuple):
+    """What ``ConsentView.take_request`` found, in one step: the use of the request id
+    that stands (None: none, the id left free for a copy of a message), whether
+    this call took the id (False: a request took it before, perhaps this very one),
+    and for a send, the applied ``MessageSent`` that first recorded its provider
+    message id, if another did."""
+
+    use: RequestUse | None
+    taken: bool
+    sent_as: str | None = None
+
+
 class RequestClaim(NamedTuple):
     """One request's claim of its request id (``ConsentView.claim_requests``)."""
 
@@ -396,6 +408,30 @@ class ConsentView(DigestReads, CampaignReads):
         process, and kept by a rebuild: of two requests claiming one id at once,
         one gets it and the other is told. The view's fold keeps to it: an event
         whose request id another fingerprint holds is not applied."""
+
+    async def take_request(
+        self,
+        brand: str,
+        request_id: str,
+        fingerprint: str,
+        event_ids: Sequence[str],
+        message: tuple[str, str] | None = None,
+    ) -> RequestTaken:
+        """``claim_request``, telling whether this call took the id, and for a send
+        (``message``: its phone and provider message id) ``message_use`` with it: a
+        message the view has recorded under another event leaves the id free, as
+        that send is answered, not written. Adapters answer in one round trip; this
+        default asks in turn. (Two attempts of one request at once may both be told
+        they took it; they append the same facts, which the view applies once.)"""
+        sent_as = None
+        if message is not None:
+            sent_as = await self.message_use(brand, *message)
+        before = await self.request_use(brand, request_id)
+        if before is not None or (sent_as is not None and sent_as not in event_ids):
+            return RequestTaken(before, False, sent_as)
+        use = await self.claim_request(brand, request_id, fingerprint, event_ids)
+        taken = use == RequestUse(fingerprint, tuple(str(i) for i in event_ids))
+        return RequestTaken(use, taken, sent_as)
 
     async def request_uses(
         self, keys: Sequence[tuple[str, str]]

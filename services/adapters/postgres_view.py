@@ -50,6 +50,7 @@ from ledger.ports import (
     Flagged,
     Offsets,
     RequestClaim,
+    RequestTaken,
     RequestUse,
     Stream,
     page_of_changes,
@@ -197,6 +198,31 @@ WITH taken AS (
 SELECT fingerprint, event_ids FROM taken
 UNION ALL
 SELECT fingerprint, event_ids FROM request_use WHERE brand = $1 AND request_id = $2
+LIMIT 1
+"""
+# take_request: the claim, whether this statement made it, and the send's message
+# use, in one round trip. A message recorded under another event blocks the insert
+# (that send is answered, not written). No row back means a claim another writer
+# committed after this statement's snapshot ran into the insert unseen: ask again.
+_TAKE_REQUEST = """
+WITH sent AS (
+    SELECT event_id FROM message_use
+    WHERE $5::text IS NOT NULL AND brand = $1 AND phone = $5 AND message_id = $6
+), blocked AS (
+    SELECT EXISTS (SELECT 1 FROM sent WHERE event_id <> ALL($4::uuid[])) AS blocked
+), taken AS (
+    INSERT INTO request_use (brand, request_id, fingerprint, event_ids)
+    SELECT $1, $2, $3, $4::uuid[] FROM blocked WHERE NOT blocked
+    ON CONFLICT DO NOTHING
+    RETURNING fingerprint, event_ids
+)
+SELECT fingerprint, event_ids, true AS taken, (SELECT event_id FROM sent) AS sent_as
+FROM taken
+UNION ALL
+SELECT fingerprint, event_ids, false, (SELECT event_id FROM sent)
+FROM request_use WHERE brand = $1 AND request_id = $2
+UNION ALL
+SELECT NULL, NULL, false, (SELECT event_id FROM sent) FROM blocked WHERE blocked
 LIMIT 1
 """
 # A bulk import's claims (``claim_requests``), one statement for a chunk: the rows it
@@ -1008,6 +1034,26 @@ class PostgresConsentView(ConsentView):
             row = await self._reads.fetchrow(_CLAIM_REQUEST, brand, request_id, fingerprint, ids)
             if row is not None:
                 return _request_use(row)
+
+    @bounded
+    async def take_request(
+        self,
+        brand: str,
+        request_id: str,
+        fingerprint: str,
+        event_ids: Sequence[str],
+        message: tuple[str, str] | None = None,
+    ) -> RequestTaken:
+        ids = [uuid.UUID(i) for i in event_ids]
+        phone, message_id = message or (None, None)
+        while True:
+            row = await self._reads.fetchrow(
+                _TAKE_REQUEST, brand, request_id, fingerprint, ids, phone, message_id
+            )
+            if row is not None:
+                sent_as = None if row["sent_as"] is None else str(row["sent_as"])
+                use = None if row["fingerprint"] is None else _request_use(row)
+                return RequestTaken(use, row["taken"], sent_as)
 
     @bounded_bulk
     async def request_uses(

@@ -93,6 +93,40 @@ async def append(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult:
     return WriteResult(ids, ConsistencyToken.after(recorded))
 
 
+async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult:
+    """``replay`` and ``append`` in one look at the view, for a request whose checks
+    passed: the request id is taken (``ConsentView.take_request``) and the events
+    appended; or, when a request took the id before, refused if it was another, and
+    answered with its result if the view has applied it (a retry). A send first lets
+    the view reach what was acknowledged for its phone (as ``replay`` does), so that
+    the same provider message id recorded a moment ago is answered as that message,
+    in the same look."""
+    first, ids = events[0], [str(e.event_id) for e in events]
+    message = None
+    if isinstance(first, MessageSent):
+        # A view that cannot get there in time is no reason to refuse the write: the
+        # projection still applies one MessageSent per message id.
+        await ctx.guard.wait_until_applied_for([first.phone])
+        message = (first.phone, first.message_id)
+    taken = await ctx.view.take_request(
+        brand_of(first), first.request_id, first.request_fingerprint, ids, message
+    )
+    if taken.use is not None:
+        refuse_another_request(first, taken.use)
+    if not taken.taken:
+        if taken.use is not None:  # this very request before: recorded, if applied
+            known = await ctx.view.find_events(ids)
+            if len(known) == len(ids):
+                return WriteResult(ids, ConsistencyToken.after([known[i] for i in ids]), True)
+        if taken.sent_as is not None and taken.sent_as not in ids:
+            original = await ctx.view.find_event(taken.sent_as)
+            if original is None:  # the view reads them in one transaction: only mid-rebuild
+                raise NotConsistent("message_id", BEHIND)
+            return WriteResult([taken.sent_as], ConsistencyToken.after([original]), True)
+    recorded = await ctx.ledger.append(events)
+    return WriteResult(ids, ConsistencyToken.after(recorded))
+
+
 async def recorded_once(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult:
     """The earlier result of a retried request, or else the events appended."""
     return await replay(ctx, events) or await append(ctx, events)

@@ -32,6 +32,7 @@ from ledger.commands import (
     unattributed_opt_out,
 )
 from ledger.digest import digest_of
+from ledger.errors import DomainError
 from ledger.events import (
     ANY_BRAND,
     CampaignDefined,
@@ -47,7 +48,13 @@ from ledger.ports import Stream
 from ledger.state import COUNTED_KINDS
 from services.errors import FailedPrecondition, NotConsistent
 from services.usecases.context import BEHIND, Context
-from services.usecases.requests import WriteResult, append, recorded_once, replay
+from services.usecases.requests import (
+    WriteResult,
+    append,
+    recorded_once,
+    replay,
+    taken_then_appended,
+)
 
 CAMPAIGN_TURN_WAIT = 10.0
 """Seconds a campaign write that lists sender numbers waits for its turn (another
@@ -99,28 +106,38 @@ class Writes:
 
         ``recorded_by`` (the caller's name) is stamped on every event written."""
         events = _stamped(to_events(cmd, self.ctx.clock()), recorded_by)
-        earlier = await replay(self.ctx, events)
-        if earlier is not None:  # checked first: a retried DefineCampaign is not a redefinition
-            return earlier
-        if isinstance(cmd, RecordMessageSent):
-            events = await self._with_exemption(events)
-        if isinstance(cmd, RecordDeliveryOutcome):
-            events = await self._with_send(events)
-        if (
-            isinstance(cmd, RecordOptOut)
-            and cmd.campaign is not None
-            and not await self.ctx.campaign_known(cmd.brand, cmd.campaign)
-        ):
-            # Refused, the opt-out would be lost: kept for review, denying meanwhile.
-            kept = _stamped(unattributed_opt_out(cmd, self.ctx.clock()), recorded_by)
-            return await recorded_once(self.ctx, kept)
         if isinstance(cmd, DefineCampaign | ChangeCampaignPolicy):
+            earlier = await replay(self.ctx, events)
+            if earlier is not None:  # checked first: a retried definition is no redefinition
+                return earlier
             # A caller that goes away (a deadline) does not end the write half-way:
             # it runs on, holding its turn until the append is acknowledged or fails.
             write = asyncio.ensure_future(self._campaign_write(cmd, events))
             write.add_done_callback(_retrieve)
             return await asyncio.shield(write)
-        return await self._checked_append(cmd, events)
+        # The checks first, then the request id taken and the events appended in one
+        # look at the view (most checks read memory): a write that fails its checks
+        # is answered as recorded when it is a retry of one that passed them.
+        try:
+            if isinstance(cmd, RecordMessageSent):
+                events = await self._with_exemption(events)
+            if isinstance(cmd, RecordDeliveryOutcome):
+                events = await self._with_send(events)
+            if (
+                isinstance(cmd, RecordOptOut)
+                and cmd.campaign is not None
+                and not await self.ctx.campaign_known(cmd.brand, cmd.campaign)
+            ):
+                # Refused, the opt-out would be lost: kept for review, denying meanwhile.
+                kept = _stamped(unattributed_opt_out(cmd, self.ctx.clock()), recorded_by)
+                return await recorded_once(self.ctx, kept)
+            await self._check(cmd, events)
+        except (DomainError, FailedPrecondition, NotConsistent):
+            earlier = await replay(self.ctx, events)
+            if earlier is None:
+                raise
+            return earlier
+        return await taken_then_appended(self.ctx, events)
 
     async def _with_exemption(self, events: list[LedgerEvent]) -> list[LedgerEvent]:
         """A send of a kind that may escape the caps (a reply owed to a STOP, HELP or
@@ -186,12 +203,15 @@ class Writes:
                 ) from None
             yield
 
+    async def _check(self, cmd: Command, events: list[LedgerEvent]) -> None:
+        await self._check_campaign_exists(cmd)
+        await self._check_required_proof(cmd)
+        await self._check_sender_numbers(events)
+        await self._check_candidate_pending(events)
+
     async def _checked_append(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
         try:
-            await self._check_campaign_exists(cmd)
-            await self._check_required_proof(cmd)
-            await self._check_sender_numbers(events)
-            await self._check_candidate_pending(events)
+            await self._check(cmd, events)
         except FailedPrecondition:
             # The check caught the view up with the ledger, and with it perhaps the
             # first attempt of this very request: then this is a retry after all.

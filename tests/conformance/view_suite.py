@@ -54,6 +54,7 @@ from ledger.ports import (
     ConsistencyToken,
     DigestReads,
     RequestClaim,
+    RequestTaken,
     RequestUse,
     Stream,
 )
@@ -1063,6 +1064,43 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
         }
         assert await view.claim_requests([]) == []
         assert await view.request_uses([]) == {}
+
+    async def test_taking_a_request_id_says_whether_this_call_took_it(
+        self, view: ConsentView
+    ) -> None:
+        mine = [str(uuid.uuid4()) for _ in range(2)]
+        takes = await asyncio.gather(
+            *(view.take_request("acme", "r1", f"fp-{i}", [i]) for i in mine)
+        )
+        assert sorted(t.taken for t in takes) == [False, True]
+        winner = next(t for t in takes if t.taken)
+        assert {t.use for t in takes} == {winner.use}
+        assert await view.request_use("acme", "r1") == winner.use
+        again = await view.take_request("acme", "r1", winner.use.fingerprint, mine)
+        assert again == RequestTaken(winner.use, False, None)
+        assert await view.take_request("globex", "r1", "fp-g", mine[:1]) == RequestTaken(
+            RequestUse("fp-g", (mine[0],)), True, None
+        )
+
+    async def test_taking_a_request_id_for_a_copy_of_a_message_leaves_it_free(
+        self, view: ConsentView
+    ) -> None:
+        phone = "+14155550100"
+        first = of_request(sent(phone, "acme", "deals", T0), "s1", "fp-1")
+        await view.apply(Stream.SUBSCRIBERS, Positions().record([first]))
+        copy = str(uuid.uuid4())
+        taken = await view.take_request("acme", "s2", "fp-2", [copy], (phone, first.message_id))
+        assert taken == RequestTaken(None, False, str(first.event_id))
+        assert await view.request_use("acme", "s2") is None
+        # The first's own retry, and a new message, take their ids as usual.
+        retry = await view.take_request(
+            "acme", "s1", "fp-1", [str(first.event_id)], (phone, first.message_id)
+        )
+        assert retry == RequestTaken(
+            RequestUse("fp-1", (str(first.event_id),)), False, str(first.event_id)
+        )
+        new = await view.take_request("acme", "s3", "fp-3", [copy], (phone, "SM-new"))
+        assert new == RequestTaken(RequestUse("fp-3", (copy,)), True, None)
 
     async def test_known_events_names_the_applied_ones_only(self, view: ConsentView) -> None:
         applied = grant("+14155550100", "acme", "deals", T0)
