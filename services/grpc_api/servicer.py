@@ -275,6 +275,17 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             principal.require(Scope.AUDIT, brand)
         return principal.reader(REQUEST_ID.get() or "-")
 
+    def _retention_caller(
+        self, context: grpc.aio.ServicerContext, scope: Scope, brand: str
+    ) -> Principal:
+        """The caller of an erasure or a hold, with ``scope``, held to ``brand`` when it
+        is a well-formed name; an empty or malformed one is bad input, whoever asks,
+        and the request's checks refuse it (INVALID_ARGUMENT) before anything is read
+        or written."""
+        principal = self.authenticate(context)
+        principal.require(scope, brand if is_name(brand) else None)
+        return principal
+
     async def _refused(
         self, rpc: str, request: Any, context: grpc.aio.ServicerContext, exc: Exception
     ) -> None:
@@ -666,7 +677,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def RequestErasure(
         self, request: api_pb2.RequestErasureRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.RequestErasureResponse:
-        principal = self._caller(context, Scope.ADMIN, request.brand)
+        principal = self._retention_caller(context, Scope.ADMIN, request.brand)
         command = RequestErasure(
             request.request_id, request.phone, request.brand, request.reference
         )
@@ -687,7 +698,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def PlaceLegalHold(
         self, request: api_pb2.PlaceLegalHoldRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.PlaceLegalHoldResponse:
-        principal = self._caller(context, Scope.AUDIT, request.brand)
+        principal = self._retention_caller(context, Scope.AUDIT, request.brand)
         command = PlaceLegalHold(
             request.request_id, request.phone, request.brand, request.hold_id, request.reason
         )
@@ -703,7 +714,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def ReleaseLegalHold(
         self, request: api_pb2.ReleaseLegalHoldRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ReleaseLegalHoldResponse:
-        principal = self._caller(context, Scope.ADMIN, request.brand)
+        principal = self._retention_caller(context, Scope.ADMIN, request.brand)
         command = ReleaseLegalHold(
             request.request_id, request.phone, request.brand, request.hold_id
         )

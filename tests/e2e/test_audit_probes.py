@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -258,11 +258,59 @@ def _cross_brand() -> list[Probe]:
     return probes
 
 
+def _retention() -> list[Probe]:
+    """Erasure and legal holds, as a checker pokes them: another brand's token and a
+    token without the scope are denied, every malformed field refused by name, and
+    nothing of it written."""
+
+    def erase(**fields: Any) -> Callable[[], Any]:
+        base = {"request_id": uuid.uuid4().hex, "phone": PHONE, "brand": "acme",
+                "reference": "DSR-1"}  # fmt: skip
+        return lambda: api.RequestErasureRequest(**{**base, **fields})
+
+    def hold(**fields: Any) -> Callable[[], Any]:
+        base = {"request_id": uuid.uuid4().hex, "phone": PHONE, "brand": "acme",
+                "hold_id": "smith-v-acme", "reason": "Smith v. Acme"}  # fmt: skip
+        return lambda: api.PlaceLegalHoldRequest(**{**base, **fields})
+
+    def release(**fields: Any) -> Callable[[], Any]:
+        base = {"request_id": uuid.uuid4().hex, "phone": PHONE, "brand": "acme",
+                "hold_id": "smith-v-acme"}  # fmt: skip
+        return lambda: api.ReleaseLegalHoldRequest(**{**base, **fields})
+
+    return [
+        Probe("RequestErasure", erase(), DENIED, who="globex-admin"),
+        Probe("RequestErasure", erase(), DENIED, who="acme-app"),  # no admin scope
+        Probe("PlaceLegalHold", hold(), DENIED, who="globex-app"),
+        Probe("PlaceLegalHold", hold(), DENIED, who="acme-checker"),
+        Probe("ReleaseLegalHold", release(), DENIED, who="globex-admin"),
+        Probe("RequestErasure", erase(phone="12"), INVALID, "phone", who="admin"),
+        Probe("RequestErasure", erase(phone=HUGE), INVALID, "phone", who="admin"),
+        Probe("RequestErasure", erase(brand=""), INVALID, "brand", who="admin"),
+        Probe("RequestErasure", erase(brand=""), INVALID, "brand", who="globex-admin"),
+        Probe("RequestErasure", erase(request_id=""), INVALID, "request_id", who="admin"),
+        Probe("RequestErasure", erase(reference=HUGE), INVALID, "reference", who="admin"),
+        Probe("PlaceLegalHold", hold(hold_id=""), INVALID, "hold_id"),
+        Probe("PlaceLegalHold", hold(hold_id=HUGE), INVALID, "hold_id"),
+        Probe("PlaceLegalHold", hold(reason=HUGE), INVALID, "reason"),
+        Probe("PlaceLegalHold", hold(phone="12"), INVALID, "phone"),
+        Probe("PlaceLegalHold", hold(brand="ACME!"), INVALID, "brand"),
+        Probe("ReleaseLegalHold", release(hold_id=""), INVALID, "hold_id", who="admin"),
+        Probe("ReleaseLegalHold", release(phone="12"), INVALID, "phone", who="admin"),
+        # A hold that does not stand cannot be released, so a typo cannot pass for one.
+        Probe("ReleaseLegalHold", release(hold_id="nope"), grpc.StatusCode.FAILED_PRECONDITION,
+              who="admin"),
+        # Inside the retention period: refused, with the date it becomes possible.
+        Probe("RequestErasure", erase(), grpc.StatusCode.FAILED_PRECONDITION, who="admin"),
+    ]  # fmt: skip
+
+
 @pytest.fixture
 async def service(tmp_path, postgres_dsn, kafka_bootstrap) -> AsyncIterator[Runtime]:
     prefix = f"probes-{uuid.uuid4().hex[:8]}."
-    settings = service_settings(
-        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
+    settings = replace(
+        service_settings(tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)),
+        console_listen="127.0.0.1:0",
     )
     runtime = Runtime(settings)
     await runtime.start()
@@ -375,3 +423,11 @@ async def test_no_audit_rpc_lets_one_brands_token_see_another_brand(
 ) -> None:
     wrong = await _judge(service, postgres_dsn, _cross_brand())
     assert not wrong, "\n".join(wrong)
+
+
+async def test_erasure_and_holds_refuse_other_brands_and_bad_input_and_write_nothing(
+    service: Runtime, postgres_dsn: str
+) -> None:
+    wrong = await _judge(service, postgres_dsn, _retention())
+    assert not wrong, "\n".join(wrong)
+
