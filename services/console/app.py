@@ -54,7 +54,7 @@ from services.grpc_api.auth import Principal, Scope, TokenAuthenticator, token_d
 from services.log_context import REQUEST_ID
 from services.packets import timeline
 from services.usecases import UseCases
-from services.usecases.access import Reader
+from services.usecases.access import ADMITTED, Reader
 from services.usecases.audit import Consent
 from services.usecases.checks import CheckResult
 
@@ -435,7 +435,10 @@ class Console:
     async def _errors(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        """Every refusal as a page that says why, with the field it is about."""
+        """Every refusal as a page that says why, with the field it is about; a page
+        refused before any of its reads was admitted is recorded as a refused audit
+        call, as the gRPC API records its own (``services.usecases.access``)."""
+        ADMITTED.set(False)
         try:
             return await handler(request)
         except web.HTTPException:
@@ -443,8 +446,11 @@ class Console:
         except Refused as exc:
             return self._error(exc.status, "Refused", [("request", exc.reason)])
         except DomainError as exc:
+            told = "; ".join(f"{f}: {r}" for f, r in exc.violations)
+            await self._refused(request, "INVALID_ARGUMENT", told)
             return self._error(400, "Bad input", list(exc.violations))
         except PermissionDenied as exc:
+            await self._refused(request, "PERMISSION_DENIED", f"{exc.field}: {exc.reason}")
             return self._error(403, "Not allowed", [(exc.field, exc.reason)])
         except FailedPrecondition as exc:
             return self._error(404, "Not found", [(exc.field, exc.reason)])
@@ -457,6 +463,28 @@ class Console:
         except Exception:
             log.exception("console: %s %s failed", request.method, request.path)
             return self._error(500, "Failed", [("request", "the console could not answer")])
+
+    async def _refused(self, request: web.Request, code: str, told: str) -> None:
+        """Record the page ``request`` asked for, refused with ``code``, unless one of
+        its reads was admitted (and so recorded) first, or no one is logged in."""
+        if ADMITTED.get():
+            return
+        try:
+            principal, _ = self._who(request)
+        except web.HTTPException:
+            return
+        q = request.query
+        await self.usecases.access.refused(
+            principal.name,
+            "console",
+            REQUEST_ID.get() or "-",
+            f"{request.method} {request.path}",
+            code,
+            told,
+            brand=q.get("brand"),
+            phone=q.get("phone"),
+            campaign=q.get("campaign"),
+        )
 
     def _error(self, status: int, title: str, problems: list[tuple[str, str]]) -> web.Response:
         return self._render("error.html.j2", status=status, title=title, problems=problems)

@@ -8,12 +8,14 @@ found it missing)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import asyncpg
 import grpc
 import pytest
@@ -431,3 +433,58 @@ async def test_erasure_and_holds_refuse_other_brands_and_bad_input_and_write_not
     wrong = await _judge(service, postgres_dsn, _retention())
     assert not wrong, "\n".join(wrong)
 
+
+async def _console_login(http: aiohttp.ClientSession, base: str, who: str) -> None:
+    form = await (await http.get(f"{base}/login")).text()
+    match = re.search(r'name="nonce" value="([^"]+)"', form)
+    assert match is not None, form
+    logged = await http.post(
+        f"{base}/login",
+        data={"nonce": match.group(1), "token": TOKENS[who][0]},
+        headers={"Origin": base},
+        allow_redirects=False,
+    )
+    assert logged.status == 303, await logged.text()
+
+
+async def test_the_console_refuses_another_brand_and_records_each_refusal(
+    service: Runtime, postgres_dsn: str
+) -> None:
+    base = f"http://{service.console_address}"
+    asked = {
+        f"/number?phone=%2B{PHONE[1:]}&brand=acme": 403,
+        f"/packet?phone=%2B{PHONE[1:]}&brand=acme&format=pdf": 403,
+        f"/packet?phone=%2B{PHONE[1:]}&brand=acme&format=json": 403,
+        "/review?brand=acme": 403,
+        "/number?phone=12&brand=globex": 400,
+    }
+    before = await _ledger_ends(service)
+    # unsafe: keep the cookies of a site at an IP address (the console's, here)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        await _console_login(http, base, "globex-app")
+        for path, status in asked.items():
+            page = await http.get(base + path, allow_redirects=False)
+            body = await page.text()
+            assert page.status == status, (path, body[:300])
+            assert "Ada" not in body  # nothing of acme's subscriber is shown
+        # Looked up without a brand, the number shows globex's records alone.
+        page = await http.get(f"{base}/number?phone=%2B{PHONE[1:]}", allow_redirects=False)
+        assert page.status == 200
+        assert "acme" not in (await page.text()).replace("acme-", "")
+    assert await _ledger_ends(service) == before
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT action, brand, outcome, refusal_code FROM audit_access"
+            " WHERE via = 'console' AND subject = 'globex-app' AND outcome = 'refused'"
+            " ORDER BY id"
+        )
+    finally:
+        await conn.close()
+    assert [(r["action"], r["brand"], r["refusal_code"]) for r in rows] == [
+        ("GET /number", "acme", "PERMISSION_DENIED"),
+        ("GET /packet", "acme", "PERMISSION_DENIED"),
+        ("GET /packet", "acme", "PERMISSION_DENIED"),
+        ("GET /review", "acme", "PERMISSION_DENIED"),
+        ("GET /number", "globex", "INVALID_ARGUMENT"),
+    ]
