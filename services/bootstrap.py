@@ -1,7 +1,9 @@
 """The composition root: the one place that builds adapters and wires them.
 
 Nothing connects at import time; ``Runtime.start`` connects, migrates, starts
-the projector and the freshness guard, and serves gRPC. ``Runtime.stop`` turns
+the projector (unless ``CONSENT_PROJECTOR=off`` leaves it to ``project``
+processes) and the freshness guard, and serves gRPC; ``Runtime.start_projecting``
+runs the projector alone, for ``consent-ledger project``. ``Runtime.stop`` turns
 health to NOT_SERVING first, lets in-flight calls finish, then flushes and closes.
 A start that fails stops what it had started and raises ``StartError``, which
 names the setting to look at.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -51,6 +54,8 @@ log = logging.getLogger(__name__)
 
 _POSTGRES_FAILURES = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _KAFKA_FAILURES = (OSError, asyncio.TimeoutError, KafkaError, UnsafeTopicError)
+_PROJECTOR_LAG_INTERVAL = 1.0
+"""Seconds between a ``project`` process's looks at its lag (for metrics only)."""
 
 
 class StartError(RuntimeError):
@@ -181,6 +186,9 @@ class Runtime:
     console_address: str | None = None
     """Where the auditor's console is served (``settings.console_listen`` with its
     real port)."""
+    health_address: str | None = None
+    """Where ``start_projecting`` serves the gRPC health service, once it does."""
+    _health: Any = None
     _console: Any = None
     _metrics_http: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -246,7 +254,13 @@ class Runtime:
         self.view = PostgresConsentView(self.pool, reads=self.reads, timeout=s.postgres_timeout)
         assert dsn is not None
         self.ledger = await self._build_ledger(dsn)
-        await self._start_projector()
+        if s.projector == "in-process":
+            await self._start_projector()
+        else:
+            # Nothing else changes: the guard and the replica read the applied
+            # positions from PostgreSQL either way, so while no projector advances
+            # them, reads that need newer facts fail closed.
+            log.info("projection left to `consent-ledger project` (CONSENT_PROJECTOR=off)")
         await self._start_checkpoints(self.pool, dsn)
         # On the read pool: no reset round trip per refresh.
         replica = DigestReplica(self.reads, self.view, on_reload=self.on_replica_reload)
@@ -303,6 +317,66 @@ class Runtime:
                 f"this machine's; set {setting} to a free host:port{share}"
             ) from exc
         self.server = server  # only a started server is stopped
+
+    async def start_projecting(self) -> None:
+        """What ``consent-ledger project`` runs: the projector alone, supervised as
+        ``serve`` supervises its own, beside serving processes started with
+        ``CONSENT_PROJECTOR=off``; ``/metrics`` (``CONSENT_METRICS_LISTEN``: its
+        failures and the projection's lag) and the gRPC health service
+        (``CONSENT_HEALTH_LISTEN``) when set. ``stop`` stops it."""
+        try:
+            await self._start_projecting()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_projecting(self) -> None:
+        s = self.settings
+        dsn = s.postgres_dsn
+        if dsn is None:  # the embedded PostgreSQL belongs to the one `serve --embedded`
+            raise StartError(
+                "the projector needs the PostgreSQL of the serving processes: set "
+                "CONSENT_POSTGRES_DSN (with --embedded, serve projects in its own process)"
+            )
+        with _failing_as("cannot use PostgreSQL (CONSENT_POSTGRES_DSN)", _POSTGRES_FAILURES):
+            self.pool = await asyncpg.create_pool(dsn, min_size=2, max_size=s.pool_size)
+            await migrate(self.pool)
+        self.view = PostgresConsentView(self.pool, timeout=s.postgres_timeout)
+        self.ledger = await self._build_ledger(dsn)
+        await self._start_projector()
+        # For the lag metrics only (nothing here reads the view): once a second.
+        watch = dataclasses.replace(s.freshness, refresh_interval=_PROJECTOR_LAG_INTERVAL)
+        self.guard = FreshnessGuard(self.ledger, self.view, watch)
+        with _failing_as(
+            "cannot observe the projection's lag", _POSTGRES_FAILURES + _KAFKA_FAILURES
+        ):
+            await self.guard.start()
+        self.metrics.guard = self.guard
+        if s.metrics_listen:
+            self._serve_metrics(s.metrics_listen)
+        if s.health_listen:
+            await self._serve_health(s.health_listen)
+
+    async def _serve_health(self, listen: str) -> None:
+        """The gRPC health service alone, in plaintext, SERVING until ``stop``."""
+        import grpc
+        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+        servicer = health.aio.HealthServicer()
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        host, _ = host_and_port(listen, "CONSENT_HEALTH_LISTEN")
+        try:
+            port = server.add_insecure_port(listen)
+        except RuntimeError as exc:  # grpc's only word for an address it cannot bind
+            raise StartError(
+                f"cannot serve gRPC health checks on {listen}: the address is in use or "
+                "not one of this machine's; set CONSENT_HEALTH_LISTEN to a free host:port"
+            ) from exc
+        await server.start()
+        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._health = (server, servicer)
+        self.health_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def _serve_metrics(self, listen: str) -> None:
         """Serve ``/metrics`` from a thread of prometheus_client's own."""
@@ -454,6 +528,13 @@ class Runtime:
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace)
+        if self._health is not None:
+            from grpc_health.v1 import health_pb2
+
+            server, servicer = self._health
+            await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+            await server.stop(0)
+            self._health = None
         if self._console is not None:
             await self._console.stop()
             self._console = None

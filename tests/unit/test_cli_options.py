@@ -56,7 +56,7 @@ def help_text(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return " ".join(capsys.readouterr().out.split())
 
 
-@pytest.mark.parametrize("argv", [[], ["serve"], ["migrate"], ["rebuild"], ["token"]])
+@pytest.mark.parametrize("argv", [[], ["serve"], ["project"], ["migrate"], ["rebuild"], ["token"]])
 def test_help_says_where_the_settings_come_from(argv, capsys):
     text = help_text(argv, capsys)
     assert "CONSENT_* environment variables" in text
@@ -64,7 +64,7 @@ def test_help_says_where_the_settings_come_from(argv, capsys):
     assert "var/dev/env" in text
 
 
-@pytest.mark.parametrize("command", ["serve", "migrate", "rebuild", "token"])
+@pytest.mark.parametrize("command", ["serve", "project", "migrate", "rebuild", "token"])
 def test_help_explains_every_option(command, capsys):
     """Every option and positional of every command has a help text of its own."""
     parser = cli._parser()
@@ -72,6 +72,10 @@ def test_help_explains_every_option(command, capsys):
     for action in [*parser._actions, *sub.choices[command]._actions]:
         assert action.help, f"{command}: {action.option_strings or action.dest} has no help"
     assert "-v, --verbose" in help_text([command], capsys)
+
+
+def test_project_help_says_which_serving_processes_it_goes_with(capsys):
+    assert "CONSENT_PROJECTOR=off" in help_text(["project"], capsys)
 
 
 def test_help_says_what_embedded_does(capsys):

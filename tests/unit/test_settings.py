@@ -304,3 +304,17 @@ def test_retention_is_five_years_unless_set_to_whole_years() -> None:
     for bad in ("0", "2.5", "soon"):
         with pytest.raises(SettingsError, match="CONSENT_RETENTION_YEARS"):
             Settings.from_env({**EMBEDDED, "CONSENT_RETENTION_YEARS": bad}, embedded=True)
+
+
+def test_serve_runs_its_projector_unless_told_projection_is_elsewhere() -> None:
+    assert Settings.from_env(PRODUCTION).projector == "in-process"
+    assert Settings.from_env({**PRODUCTION, "CONSENT_PROJECTOR": "off"}).projector == "off"
+    with pytest.raises(SettingsError, match="CONSENT_PROJECTOR must be in-process or off"):
+        Settings.from_env({**PRODUCTION, "CONSENT_PROJECTOR": "elsewhere"})
+
+
+def test_a_process_that_serves_no_api_needs_no_tokens_file() -> None:
+    without = {k: v for k, v in PRODUCTION.items() if k != "CONSENT_AUTH_TOKENS_FILE"}
+    with pytest.raises(SettingsError, match="CONSENT_AUTH_TOKENS_FILE is required"):
+        Settings.from_env(without)
+    assert Settings.from_env(without, api=False).tokens_file is None
