@@ -232,6 +232,25 @@ async def test_erasure_is_refused_early_and_under_a_hold_then_done_and_the_ledge
             )
         )
         assert consent.state == api.CONSENT_STATE_ERASED
+        # Every other way of asking says no too: in a batch, and as of now.
+        batch = await c.CanSendBatch(
+            api.CanSendBatchRequest(
+                phones=[QUIET], brand="acme", campaign="promo", at_least_as_fresh=quiet_token
+            )
+        )
+        assert [(d.allowed, d.reason) for d in batch.decisions] == [
+            (False, api.REASON_SUBJECT_ERASED)
+        ]
+        as_of = await c.CanSendAsOf(
+            api.CanSendAsOfRequest(
+                phone=QUIET,
+                brand="acme",
+                campaign="promo",
+                at=ts(clock.now),
+                at_least_as_fresh=quiet_token,
+            )
+        )
+        assert (as_of.allowed, as_of.reason) == (False, api.REASON_SUBJECT_ERASED)
         start = await c.HandleInboundMessage(
             api.HandleInboundMessageRequest(
                 request_id=uuid.uuid4().hex,
