@@ -291,10 +291,17 @@ async def test_the_consoles_reads_are_recorded_under_the_auditors_name():
         assert (await client.get("/number", params={**query, "brand": "globex"})).status == 403
         log = usecases.access.log
         assert isinstance(log, InMemoryAccessLog)
-        records = log.records
+        records = [r for r in log.records if r.outcome == "admitted"]
         assert {(r.subject, r.via, r.brand, r.phone) for r in records} == {
             ("acme-auditor", "console", BRAND, PHONE)
         }
+        # The other brand's page: refused, and on record as such.
+        [refused] = [r for r in log.records if r.outcome == "refused"]
+        assert (refused.action, refused.brand, refused.refusal_code) == (
+            "GET /number",
+            "globex",
+            "PERMISSION_DENIED",
+        )
         actions = [r.action for r in records]
         assert {"ListEvents", "GetConsent", "CanSendAsOf", "GetProofPacket"} <= set(actions)
         assert [r.detail.get("format") for r in records if r.action == "GetProofPacket"][
