@@ -3,17 +3,23 @@ the clock, with the waits that decide whether the view may answer."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 
+from ledger.errors import InvalidRequest
 from ledger.events import Recorded
 from ledger.ports import CampaignReads, ConsentView, ConsistencyToken, EventLog, Stream
 from services.errors import NotConsistent
 from services.freshness import FreshnessGuard
 from services.personal_data import PersonalData
 from services.usecases.access import Access
+
+_LOOK_AT_THE_END = 5.0
+"""Seconds to read the ledger's end offsets, to tell a token no write gave from one
+the view has not applied yet."""
 
 Clock = Callable[[], datetime]
 
@@ -62,6 +68,24 @@ class Context:
         when the caller's token is what it lacks, else on ``field``, rather than
         answer from stale rows."""
         if token is not None and not await self.guard.wait_for_token(token):
+            # A token past the ledger's end (or of a partition it lacks) will never be
+            # applied: no write of this ledger gave it, and "retry" would be forever.
+            try:
+                async with asyncio.timeout(_LOOK_AT_THE_END):
+                    ends = await self.guard.observe()
+            except Exception:  # an outage: say what was asked, retryable
+                ends = {}
+                ends_known = False
+            else:
+                ends_known = True
+            for (stream, partition), offset in token.offsets.items():
+                end = ends.get(stream, {}).get(partition)
+                if ends_known and (end is None or offset > end):
+                    raise InvalidRequest(
+                        "at_least_as_fresh",
+                        f"names {stream.value}:{partition}:{offset}, past the ledger's end: "
+                        "not a token of this service",
+                    )
             raise NotConsistent("at_least_as_fresh", "the view has not applied the token yet")
         if phones is None:
             fresh = await self.guard.wait_for_all()
