@@ -709,6 +709,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--write-phones", type=int, default=20_000, help="phones the write phases cycle through"
     )
+    parser.add_argument(
+        "--projector",
+        choices=["in-process", "separate"],
+        default="in-process",
+        help="where the write and import phases' projector runs: in the service process "
+        "(the default, as `serve`), or a `project` process beside a service started with "
+        "CONSENT_PROJECTOR=off; the service's CPU figures then include the projector's",
+    )
     args = parser.parse_args(argv)  # fmt: skip
     if args.quick:
         args.projection_events = min(args.projection_events, 20_000)

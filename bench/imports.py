@@ -39,7 +39,7 @@ from consent.v1 import consent_service_pb2 as api_pb2
 from consent.v1 import ledger_pb2 as lpb
 
 from bench.cpu import cpu_seconds
-from bench.infra import Infra, ServerGroup
+from bench.infra import Infra, service
 from bench.phones import phones as make_phones
 from bench.seed import BRAND, CAMPAIGN
 from bench.writes import METADATA, PARTITIONS, _raw_topics, _ts, check_service
@@ -276,6 +276,9 @@ class ImportRow:
     raw_s: float = float("nan")
     raw_cpu_s: float = float("nan")
     service_cpu_s: float = float("nan")
+    """The service's CPU seconds, and the projector process's with ``--projector separate``."""
+    projector_cpu_s: float = float("nan")
+    """Of ``service_cpu_s``, the projector process's; NaN when it runs in the service."""
 
     def rate(self, seconds: float) -> float:
         return self.records / seconds if seconds > 0 else float("nan")
@@ -346,11 +349,12 @@ async def run_imports(args: argparse.Namespace, infra: Infra, say: Say) -> list[
             "--partitions", str(PARTITIONS), "--tokens", str(infra.tokens_file()),
             "--ledger", path,
         ]  # fmt: skip
-        with ServerGroup("consent", "uvloop", 1, svc_args) as svc:
-            pids = [p.pid for p in svc.procs]
+        with service(svc_args, args.projector) as (svc, proj_pids):
+            pids = [p.pid for p in svc.procs] + proj_pids
             await check_service(svc.address, at)
             say(f"  service ({path} ledger) ready in {svc.start_seconds:.1f} s")
             before = cpu_seconds(pids)
+            before_proj = sum(cpu_seconds(proj_pids).values())
             started = time.perf_counter()
             first = await import_all(svc.address, messages)
             if first.imported != len(recs) or first.refused:
@@ -361,11 +365,15 @@ async def run_imports(args: argparse.Namespace, infra: Infra, say: Say) -> list[
             await answerable(svc.address, sample, revoked, first.token)
             e2e = time.perf_counter() - started
             used = sum(cpu_seconds(pids).values()) - sum(before.values())
+            projector_used = (
+                sum(cpu_seconds(proj_pids).values()) - before_proj if proj_pids else float("nan")
+            )
             say(
                 f"  import ({path}): appended in {first.seconds:.2f} s "
                 f"({len(recs) / first.seconds:,.0f} records/s); answerable by CanSend after "
                 f"{e2e:.2f} s ({len(recs) / e2e:,.0f} records/s end to end); service CPU "
                 f"{used:.1f} s"
+                + (f" (of it the projector process {projector_used:.1f} s)" if proj_pids else "")
             )
             again = await import_all(svc.address, messages)
             if again.imported or again.present != len(recs):
@@ -377,8 +385,11 @@ async def run_imports(args: argparse.Namespace, infra: Infra, say: Say) -> list[
                 f"({again.present:,} already present)"
             )
             rows.append(
-                ImportRow(path, len(recs), first.seconds, e2e, again.seconds, raw_s, raw_cpu, used)
-            )
+                ImportRow(
+                    path, len(recs), first.seconds, e2e, again.seconds, raw_s, raw_cpu, used,
+                    projector_used,
+                )
+            )  # fmt: skip
     return rows
 
 
@@ -392,6 +403,7 @@ def row_figures(rows: list[ImportRow]) -> list[dict[str, Any]]:
             "end_to_end_s": r.e2e_s,
             "again_s": r.again_s,
             "service_cpu_s": r.service_cpu_s,
+            "projector_process_cpu_s": r.projector_cpu_s,
             "raw_producer_cpu_s": r.raw_cpu_s,
         }
         for r in rows

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -186,3 +187,20 @@ class ServerGroup:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def service(svc_args: list[str], projector: str) -> Iterator[tuple[ServerGroup, list[int]]]:
+    """One uvloop service process; with ``projector`` ``separate``, started with
+    ``CONSENT_PROJECTOR=off`` beside a ``project`` process of the same settings.
+    Yields the service's group and the projector's pids (none when in-process)."""
+    if projector != "separate":
+        with ServerGroup("consent", "uvloop", 1, svc_args) as svc:
+            yield svc, []
+        return
+    # The service first: it makes the topics the projector then subscribes to.
+    with (
+        ServerGroup("consent", "uvloop", 1, [*svc_args, "--projector", "off"]) as svc,
+        ServerGroup("project", "uvloop", 1, svc_args) as proj,
+    ):
+        yield svc, [p.pid for p in proj.procs]

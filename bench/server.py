@@ -2,7 +2,8 @@
 
     python -m bench.server echo    --port P --loop uvloop
     python -m bench.server consent --port P --loop asyncio --dsn ... --kafka ... --prefix ...
-                                   [--ledger kafka|postgres]
+                                   [--ledger kafka|postgres] [--projector in-process|off]
+    python -m bench.server project --port P --loop uvloop  --dsn ... (as consent's)
     python -m bench.server stub    --port P --loop uvloop [--tokens FILE]
 
 Prints ``READY <port>`` on stdout once it serves, and stops when its stdin closes
@@ -15,6 +16,9 @@ and one generic handler of raw bytes: no proto parsing, no work. It answers
 with a realistic ``CanSendBatchResponse`` of 1,000 decisions, and ``/bench.Echo/Write``
 with a write's response (one event id and its consistency token), so the baseline
 moves the same bytes the service does.
+
+``project`` is ``consent-ledger project`` with the settings ``consent`` would have
+(its ``--port`` unused): the projector of a ``consent --projector off``.
 
 The stub (``python -m bench.ladder`` runs it) is the service's own gRPC server
 (``GrpcServer``: its options, its handlers, health and reflection) with a
@@ -147,12 +151,8 @@ async def _stub(
     await server.stop(1)
 
 
-async def _consent(
-    port: int, ready: Callable[[int], None], stop: asyncio.Event, args: argparse.Namespace
-) -> None:
-    from services.bootstrap import Runtime
+def _settings(port: int, args: argparse.Namespace) -> Any:
     from services.settings import FreshnessSettings, KafkaLedgerSettings, Settings
-    from services.tuning import settle_heap
 
     kafka = KafkaLedgerSettings(
         bootstrap_servers=args.kafka,
@@ -161,7 +161,7 @@ async def _consent(
         replication_factor=1,
         min_insync_replicas=1,
     )
-    settings = Settings(
+    return Settings(
         listen=f"127.0.0.1:{port}",
         ledger=args.ledger,
         kafka=kafka if args.ledger == "kafka" else None,
@@ -171,13 +171,38 @@ async def _consent(
         freshness=FreshnessSettings(),
         shutdown_grace=1,
         projector_group=f"{args.prefix}projector",
+        projector=args.projector,
         reuse_port=True,  # CONSENT_GRPC_REUSE_PORT=true: a group of these shares the port
     )
-    runtime = Runtime(settings)
+
+
+async def _consent(
+    port: int, ready: Callable[[int], None], stop: asyncio.Event, args: argparse.Namespace
+) -> None:
+    from services.bootstrap import Runtime
+    from services.tuning import settle_heap
+
+    runtime = Runtime(_settings(port, args))
     await runtime.start()
     await asyncio.to_thread(settle_heap)  # as ``consent-ledger serve`` does
     try:
         ready(int(runtime.address.rsplit(":", 1)[1]))
+        await stop.wait()
+    finally:
+        await runtime.stop()
+
+
+async def _project(
+    port: int, ready: Callable[[int], None], stop: asyncio.Event, args: argparse.Namespace
+) -> None:
+    from services.bootstrap import Runtime
+    from services.tuning import settle_collector
+
+    runtime = Runtime(_settings(port, args))
+    await runtime.start_projecting()
+    settle_collector()  # as ``consent-ledger project`` does
+    try:
+        ready(port)
         await stop.wait()
     finally:
         await runtime.stop()
@@ -198,6 +223,8 @@ async def _main(args: argparse.Namespace) -> None:
         await _echo(args.port, ready, stop)
     elif args.kind == "stub":
         await _stub(args.port, ready, stop, args)
+    elif args.kind == "project":
+        await _project(args.port, ready, stop, args)
     else:
         await _consent(args.port, ready, stop, args)
 
@@ -213,7 +240,7 @@ def _run(args: argparse.Namespace, coro: Callable[[], Coroutine[Any, Any, None]]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.server")
-    parser.add_argument("kind", choices=["echo", "stub", "consent"])
+    parser.add_argument("kind", choices=["echo", "stub", "consent", "project"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     parser.add_argument("--dsn")
@@ -226,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=["kafka", "postgres"],
         default="kafka",
         help="the ledger: Kafka, or the embedded default's PostgreSQL table",
+    )
+    parser.add_argument(
+        "--projector",
+        choices=["in-process", "off"],
+        default="in-process",
+        help="CONSENT_PROJECTOR: off leaves projection to a `project` process",
     )
     parser.add_argument("--profile", type=Path)
     args = parser.parse_args(argv)

@@ -46,7 +46,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench import client
 from bench.cpu import WindowMeter, cpu_seconds, postgres_pids
-from bench.infra import ADMIN_TOKEN, WRITE_TOKEN, Infra, ServerGroup
+from bench.infra import ADMIN_TOKEN, WRITE_TOKEN, Infra, ServerGroup, service
 from bench.phones import phones as make_phones
 from bench.seed import BRAND, CAMPAIGN, SENDER
 from bench.server import ECHO_WRITE
@@ -386,6 +386,9 @@ class WriteRow:
     """Seconds after the phase until the service was idle again (projection caught up)."""
     per_call: int = 1
     """Messages a call recorded: the rates are per message, the CPU per message."""
+    projector_cpu: float = float("nan")
+    """With ``--projector separate``, the projector process's CPU µs per write, which
+    ``svc_cpu`` includes (so both ways compare); NaN when it runs in the service."""
 
     @property
     def rate(self) -> float:
@@ -474,6 +477,7 @@ def row_figures(rows: list[WriteRow]) -> list[dict[str, Any]]:
             "service": res(r.svc, r.per_call),
             "cpu_us_per_write": {
                 "service": r.svc_cpu,
+                "projector_process": r.projector_cpu,
                 "postgres": r.pg_cpu,
                 "kafka": r.kafka_cpu,
                 "raw_producer": r.raw_cpu,
@@ -589,7 +593,8 @@ async def run_writes(
     rows: list[WriteRow] = []
     kafka_pids = [infra.kafka.pid] if infra.kafka is not None and infra.kafka.pid else []
     for path in args.write_paths.split(","):
-        say(f"\n== writes, {PATH_NAMES[path]}, 1 uvloop process")
+        alone = " and a projector process" if args.projector == "separate" else ""
+        say(f"\n== writes, {PATH_NAMES[path]}, 1 uvloop process{alone}")
         dsn = await infra.fresh_database()
         prefix = f"{infra.prefix}w{path}-{tag}."
         svc_args = [
@@ -613,12 +618,12 @@ async def run_writes(
 
         with (
             ServerGroup("echo", "uvloop", 1, []) as echo,
-            ServerGroup("consent", "uvloop", 1, svc_args) as svc,
+            service(svc_args, args.projector) as (svc, proj_pids),
         ):
             svc_pids = [p.pid for p in svc.procs]
             await check_service(svc.address, at)
             say(f"  service ready in {svc.start_seconds:.1f} s; a write read back fresh")
-            await settle(svc_pids)
+            await settle(svc_pids + proj_pids)
             for phase in write_phases:
                 echo_result = raw = None
                 raw_cpu = raw_kafka_cpu = float("nan")
@@ -645,24 +650,29 @@ async def run_writes(
                             f"µs/append  kafka {raw_kafka_cpu:,.0f} µs/append"
                             + (f", {raw.errors} errors ({raw.first_error})" if raw.errors else "")
                         )
+                processes: dict[str, Callable[[], list[int]]] = {
+                    "service": svc_pids.copy,
+                    "postgres": postgres_pids,
+                    "kafka": lambda: kafka_pids,
+                }
+                if proj_pids:
+                    processes["projector"] = proj_pids.copy
                 result, per, busy = measure(
                     load(svc.address, phase.method, phase, f"s{path[0]}"),
-                    {
-                        "service": svc_pids.copy,
-                        "postgres": postgres_pids,
-                        "kafka": lambda: kafka_pids,
-                    },
+                    processes,
                     phase.name,
                     say,
                 )
-                settled = await settle(svc_pids)
+                settled = await settle(svc_pids + proj_pids)
                 say(f"  {'':<30} idle again {settled:.1f} s after the phase")
                 n = phase.per_call
                 rows.append(
                     WriteRow(
                         path, phase.name, phase.concurrency, echo_result or client.Result(),
-                        result, raw, per["service"] / n, per["postgres"] / n, per["kafka"] / n,
+                        result, raw, (per["service"] + per.get("projector", 0.0)) / n,
+                        per["postgres"] / n, per["kafka"] / n,
                         raw_cpu, raw_kafka_cpu, busy, settled, n,
+                        per.get("projector", float("nan")) / n,
                     )
                 )  # fmt: skip
     return rows
