@@ -99,6 +99,7 @@ def test_every_resource_validates_against_the_kubernetes_schemas(
         [
             "ConfigMap",
             "Deployment",
+            "Deployment",
             "HorizontalPodAutoscaler",
             "Job",
             "NetworkPolicy",
@@ -110,7 +111,7 @@ def test_every_resource_validates_against_the_kubernetes_schemas(
 
 
 def test_the_kubernetes_validation_refuses_a_misspelt_field() -> None:
-    deployment = deepcopy(one(render("prod"), "Deployment"))
+    deployment = deepcopy(one(render("prod"), "Deployment", "consent-ledger"))
     deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError, match="readinesProbe"):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
@@ -201,7 +202,9 @@ def test_the_api_probes_the_health_port_it_serves(overlay: str) -> None:
     _, health_port = host_and_port(settings.health_listen)
     _, grpc_port = host_and_port(settings.listen)
     _, metrics_port = host_and_port(settings.metrics_listen)
-    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    container = one(docs, "Deployment", "consent-ledger")["spec"]["template"]["spec"]["containers"][
+        0
+    ]
     assert container["args"] == ["serve"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"grpc": grpc_port, "health": health_port, "metrics": metrics_port}
@@ -217,11 +220,46 @@ def test_the_api_probes_the_health_port_it_serves(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_projector_runs_beside_api_pods_that_leave_projection_to_it(overlay: str) -> None:
+    docs = render(overlay)
+    assert settings_of(docs).projector == "off"
+    projector = one(docs, "Deployment", "consent-ledger-projector")
+    assert projector["spec"]["replicas"] >= 1
+    # what a projector pod reads: the same settings, no tokens file needed
+    data = one(docs, "ConfigMap")["data"]
+    settings = Settings.from_env(
+        {**data, "CONSENT_POSTGRES_DSN": "postgresql://db/consent"}, api=False
+    )
+    _, health_port = host_and_port(settings.health_listen)
+    _, metrics_port = host_and_port(settings.metrics_listen)
+    spec = projector["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["args"] == ["project"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": health_port, "metrics": metrics_port}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": health_port}, probe
+    (wait,) = spec["initContainers"]
+    assert wait["args"][:2] == ["migrate", "--check"]
+    api = one(docs, "Deployment", "consent-ledger")["spec"]["template"]["spec"]
+    assert container["image"] == wait["image"] == api["containers"][0]["image"]
+    labels = projector["spec"]["template"]["metadata"]["labels"]
+    assert projector["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # the API's Service, disruption budget and autoscaler are not the projector's
+    api_selector = one(docs, "Service")["spec"]["selector"]
+    assert not api_selector.items() <= labels.items()
+    assert (
+        one(docs, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["name"]
+        != (projector["metadata"]["name"])
+    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_migrations_run_before_the_api_serves(overlay: str) -> None:
     docs = render(overlay)
     job = one(docs, "Job")["spec"]["template"]["spec"]
     assert [c["args"] for c in job["containers"]] == [["migrate"]]
-    api = one(docs, "Deployment")["spec"]["template"]["spec"]
+    api = one(docs, "Deployment", "consent-ledger")["spec"]["template"]["spec"]
     (wait,) = api["initContainers"]
     assert wait["args"][:2] == ["migrate", "--check"]
     assert wait["image"] == job["containers"][0]["image"] == api["containers"][0]["image"]
@@ -238,7 +276,7 @@ def test_every_image_is_the_overlays_tagged_image(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_selectors_find_the_api_pods(overlay: str) -> None:
     docs = render(overlay)
-    deployment = one(docs, "Deployment")
+    deployment = one(docs, "Deployment", "consent-ledger")
     labels = deployment["spec"]["template"]["metadata"]["labels"]
 
     def selects(selector: dict[str, str]) -> bool:
