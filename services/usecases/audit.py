@@ -355,6 +355,9 @@ class Audit:
             campaign=campaign,
             detail={"resume_token": None if after is None else after.encode()},
         )
+        # A misspelt campaign would watch nothing, forever: refused as the reads are.
+        if campaign is not None and not await self.ctx.campaign_known(brand, campaign):
+            raise campaign_not_found(brand, campaign)
         if from_now:
             start = await self.ctx.view.positions(Stream.SUBSCRIBERS)
         else:

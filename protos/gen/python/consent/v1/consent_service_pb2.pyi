@@ -2304,7 +2304,8 @@ class WatchConsentChangesRequest(_message.Message):
     campaign: _builtins.str
     """Only the changes that name this campaign, and those that name no campaign
     (they reach every campaign of the brand: an opt-out of every campaign, an age
-    verification, a flagged reply). Empty: every campaign.
+    verification, a flagged reply). Empty: every campaign. A campaign never defined
+    is refused (NOT_FOUND).
     """
     resume_token: _builtins.str
     """Where to start: the resume_token of the last change received, to go on after
