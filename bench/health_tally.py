@@ -3,7 +3,11 @@ its rate over generated events beside a bare loop over the same events and besid
 ``ledger.opt_out_rate.count_sending`` (GetOptOutRate's rule), and the memory it keeps
 (``tracemalloc``: what the tally allocates and holds, the events excluded).
 
-    python -m bench.health_tally [--numbers N] [--sends-each K]
+    python -m bench.health_tally [--numbers N] [--sends-each K] [--partitions P]
+
+With ``--partitions``, also the peak memory of the service's way (a tally per ledger
+partition, each reduced to its counts before the next: ``ledger.health.combine``)
+beside one tally of every number at once.
 
 The view's paging (``services.usecases.health``) and the decoding of each event
 are not in it: this is the fold alone, the part whose memory grows with the data.
@@ -28,7 +32,7 @@ from ledger.events import (
     Recorded,
     RevocationChannel,
 )
-from ledger.health import HealthTally
+from ledger.health import HealthLimits, HealthTally, combine
 from ledger.opt_out_rate import count_sending
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -91,6 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--numbers", type=int, default=100_000)
     parser.add_argument("--sends-each", type=int, default=3)
+    parser.add_argument("--partitions", type=int, default=0)
     args = parser.parse_args()
     recorded = events(args.numbers, args.sends_each)
     start, end = T0, T0 + timedelta(days=args.sends_each + 1)
@@ -131,6 +136,24 @@ def main() -> None:
         f"tally memory     {held / 2**20:10,.1f} MiB held after the fold, "
         f"{held / sends:,.0f} bytes a send; peak {peak / 2**20:,.1f} MiB"
     )
+    if args.partitions:
+        # A number's events share a partition; split as the ledger keys them (by
+        # number), outside the measurement, as the view hands them over.
+        parts: list[list[Recorded]] = [[] for _ in range(args.partitions)]
+        for r in recorded:
+            parts[hash(r.event.phone) % args.partitions].append(r)  # type: ignore[attr-defined]
+        tracemalloc.start()
+        reports = []
+        for part in parts:
+            reports.append(HealthTally("acme", None, start, end).feed_all(part).report())
+        combined = combine("acme", None, start, end, HealthLimits(), reports)
+        _, part_peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert combined.campaigns == report.campaigns, "a partition at a time counts alike"
+        print(
+            f"per partition    {part_peak / 2**20:10,.1f} MiB peak over {args.partitions} "
+            f"partitions ({part_peak / peak:.2f} x one tally's peak), the same counts"
+        )
 
 
 if __name__ == "__main__":
