@@ -184,9 +184,18 @@ class Console:
         if principal is None:
             return await self.login_form(request, "Unknown token.", 401)
         if Scope.AUDIT not in principal.scopes:
-            return await self.login_form(
-                request, f"{principal.name} lacks the audit scope the console needs.", 403
+            told = f"{principal.name} lacks the audit scope the console needs."
+            # A known token turned away is an attempt on record, as the API's are.
+            await self.usecases.access.refused(
+                principal.name,
+                "console",
+                REQUEST_ID.get() or "-",
+                "POST /login",
+                "PERMISSION_DENIED",
+                f"authorization: {told}",
+                brand=None,
             )
+            return await self.login_form(request, told, 403)
         cookie, _ = self.cookies.session(token_digest(token))
         response = web.HTTPSeeOther("/")
         self._set_cookie(response, SESSION_COOKIE, cookie, SESSION_SECONDS)

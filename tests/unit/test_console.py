@@ -99,7 +99,7 @@ async def test_a_good_token_logs_in_with_a_strict_http_only_cookie():
 
 
 async def test_a_bad_token_and_a_token_without_the_audit_scope_are_refused():
-    async with console() as (client, _, _, _):
+    async with console() as (client, _, _, usecases):
         unknown = await log_in(client, "not-a-token")
         assert unknown.status == 401
         assert "Unknown token" in await unknown.text()
@@ -107,6 +107,13 @@ async def test_a_bad_token_and_a_token_without_the_audit_scope_are_refused():
         checker = await log_in(client, "acme-check-secret")
         assert checker.status == 403
         assert "lacks the audit scope" in await checker.text()
+        # The known token's attempt is on record; the unknown one's, with no one to
+        # name, is not.
+        log = usecases.access.log
+        assert isinstance(log, InMemoryAccessLog)
+        assert [(r.subject, r.action, r.outcome, r.refusal_code) for r in log.records] == [
+            ("acme-checker", "POST /login", "refused", "PERMISSION_DENIED")
+        ]
         page = await client.get("/number", params={"phone": PHONE}, allow_redirects=False)
         assert page.status == 303 and page.headers["Location"] == "/login"
 
