@@ -257,3 +257,33 @@ async def test_a_refusal_that_cannot_be_recorded_is_still_a_refusal() -> None:
     await access.refused(  # logged, not raised: the caller is refused either way
         "x", "grpc", "req", "ListEvents", "PERMISSION_DENIED", "no", brand=BRAND
     )
+
+
+async def test_the_cli_shows_a_refused_attempt_as_refused() -> None:
+    from consent.v1 import consent_service_pb2 as api_pb2
+
+    from services.cli.audit import access as access_cli
+
+    refused = access_cli.record(
+        api_pb2.AuditAccess(
+            id=7,
+            subject="globex-auditor",
+            via="grpc",
+            action="GetProofPacket",
+            brand=BRAND,
+            phone=PHONE,
+            request_id="req-9",
+            outcome="refused",
+            refusal_code="PERMISSION_DENIED",
+            refusal="globex-auditor may not act for brand 'acme'",
+        )
+    )
+    admitted = access_cli.record(
+        api_pb2.AuditAccess(id=8, subject="a", via="grpc", action="ListEvents", brand=BRAND)
+    )
+    assert (refused["outcome"], refused["refusal_code"]) == ("refused", "PERMISSION_DENIED")
+    assert access_cli.text(refused).endswith(
+        "  REFUSED PERMISSION_DENIED: globex-auditor may not act for brand 'acme'"
+    )
+    # A record of a service older than the outcome field reads as admitted.
+    assert admitted["outcome"] == "admitted" and "REFUSED" not in access_cli.text(admitted)
