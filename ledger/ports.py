@@ -707,6 +707,14 @@ class SubjectKeys(ABC):
         """The subject's live key, made now if it has none: of two callers at once,
         both get the same one."""
 
+    async def current_many(
+        self, subjects: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], SubjectKey]:
+        """``current`` for each ``(phone, brand)`` of ``subjects``, by subject. An
+        adapter with round trips overrides it to make a bulk import's thousand new
+        subjects' keys in one; this one asks for them one by one."""
+        return {s: await self.current(*s) for s in dict.fromkeys(subjects)}
+
     @abstractmethod
     async def find(self, phone: str, brand: str, key_ids: Collection[str]) -> dict[str, bytes]:
         """The secrets of those of ``key_ids`` that are the subject's and not destroyed."""

@@ -29,7 +29,7 @@ from ledger.personal_data import (
     sealed_as,
     subject_of,
 )
-from ledger.ports import EventLog, SubjectKey, SubjectKeys, WrappedEventLog
+from ledger.ports import EventLog, SubjectKeys, WrappedEventLog
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +44,26 @@ class PersonalData:
 
     async def seal(self, events: Sequence[LedgerEvent]) -> list[LedgerEvent]:
         """``events`` as the ledger should hold them: personal data sealed."""
-        out: list[LedgerEvent] = []
-        held: dict[tuple[str, str], SubjectKey] = {}
-        for event in events:
+        out = list(events)
+        to_seal: list[tuple[int, SubscriberEvent, tuple[str, str], dict[str, str]]] = []
+        for i, event in enumerate(out):
             subject = subject_of(event)
             values = personal_data(event) if subject is not None else {}
-            if subject is None or not values or event.sealed is not None:
-                out.append(event)
-                continue
-            assert isinstance(event, SubscriberEvent)
-            key = held.get(subject)
-            if key is None:
-                key = held[subject] = await self.keys.current(*subject)
+            if subject is not None and values and event.sealed is None:
+                assert isinstance(event, SubscriberEvent)
+                to_seal.append((i, event, subject, values))
+        if not to_seal:
+            return out
+        # Every subject's key in one call: an import's chunk names a thousand.
+        held = await self.keys.current_many([subject for _, _, subject, _ in to_seal])
+        for i, event, subject, values in to_seal:
+            key = held[subject]
             nonce = os.urandom(NONCE_BYTES)
             plaintext = json.dumps(values, sort_keys=True).encode()
             ciphertext = AESGCM(key.secret).encrypt(
                 nonce, plaintext, associated_data(event, key.key_id)
             )
-            out.append(sealed_as(event, Sealed(key.key_id, nonce, ciphertext, tuple(values))))
+            out[i] = sealed_as(event, Sealed(key.key_id, nonce, ciphertext, tuple(values)))
         return out
 
     async def open(self, history: Sequence[Recorded]) -> list[Recorded]:

@@ -9,7 +9,7 @@ from collections.abc import Collection
 import asyncpg
 
 from ledger.ports import SubjectKey, SubjectKeys
-from services.adapters.postgres_bounds import bounded
+from services.adapters.postgres_bounds import bounded, bounded_bulk
 
 _CURRENT = """
 WITH made AS (
@@ -25,6 +25,24 @@ LIMIT 1
 """The live key, made if there is none, in one round trip: the insert's row when it
 made one, else the row it ran into (the statement's snapshot does not see its own
 insert, so the two never both answer)."""
+_CURRENT_MANY = """
+WITH wanted AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])
+        AS w(key_id, phone, brand, secret)
+), made AS (
+    INSERT INTO subject_keys (key_id, phone, brand, secret)
+    SELECT key_id, phone, brand, secret FROM wanted
+    ON CONFLICT (phone, brand) WHERE secret IS NOT NULL DO NOTHING
+    RETURNING phone, brand, key_id, secret
+)
+SELECT phone, brand, key_id, secret FROM made
+UNION ALL
+SELECT k.phone, k.brand, k.key_id, k.secret
+FROM subject_keys k JOIN wanted w ON k.phone = w.phone AND k.brand = w.brand
+WHERE k.secret IS NOT NULL
+"""
+"""``_CURRENT`` for many subjects at once: the rows it made, and the live keys it ran
+into (the snapshot sees none of the rows it made, so no subject answers twice)."""
 _FIND = """
 SELECT key_id, secret FROM subject_keys
 WHERE phone = $1 AND brand = $2 AND key_id = ANY($3::uuid[]) AND secret IS NOT NULL
@@ -53,6 +71,33 @@ class PostgresSubjectKeys(SubjectKeys):
             if row is not None:
                 return SubjectKey(str(row["key_id"]), bytes(row["secret"]))
         raise RuntimeError("no live key could be made or read for the subject")
+
+    @bounded_bulk
+    async def current_many(
+        self, subjects: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], SubjectKey]:
+        # In one order, so that two imports making keys for the same subjects at once
+        # wait for each other's rows in turn instead of deadlocking.
+        wanted = sorted(set(subjects))
+        found: dict[tuple[str, str], SubjectKey] = {}
+        for _ in range(3):
+            if not wanted:
+                return found
+            rows = await self.pool.fetch(
+                _CURRENT_MANY,
+                [uuid.uuid4() for _ in wanted],
+                [phone for phone, _ in wanted],
+                [brand for _, brand in wanted],
+                [secrets.token_bytes(32) for _ in wanted],
+            )
+            for r in rows:
+                found[(r["phone"], r["brand"])] = SubjectKey(str(r["key_id"]), bytes(r["secret"]))
+            # Missing: another writer's key, committed after this statement's snapshot
+            # was taken, stopped the insert; the next statement sees it.
+            wanted = [s for s in wanted if s not in found]
+        if wanted:
+            raise RuntimeError("no live key could be made or read for some subjects")
+        return found
 
     @bounded
     async def find(self, phone: str, brand: str, key_ids: Collection[str]) -> dict[str, bytes]:

@@ -60,3 +60,36 @@ class SubjectKeysSuite:
 
         assert new.key_id != old.key_id and new.secret != old.secret
         assert await keys.find(PHONE, BRAND, [old.key_id, new.key_id]) == {new.key_id: new.secret}
+
+    async def test_many_subjects_at_once_get_the_keys_they_get_one_by_one(
+        self, keys: SubjectKeys
+    ) -> None:
+        known = await keys.current(PHONE, BRAND)
+        subjects = [(PHONE, BRAND), (PHONE, "globex"), ("+14155550124", BRAND), (PHONE, BRAND)]
+
+        got = await keys.current_many(subjects)
+
+        assert set(got) == set(subjects)
+        assert got[(PHONE, BRAND)] == known
+        assert got[(PHONE, "globex")] == await keys.current(PHONE, "globex")
+        assert got[("+14155550124", BRAND)] == await keys.current("+14155550124", BRAND)
+        assert len({k.key_id for k in got.values()}) == 3
+        assert await keys.current_many([]) == {}
+
+    async def test_callers_of_many_at_once_agree_on_every_key(self, keys: SubjectKeys) -> None:
+        subjects = [(f"+1415555{i:04d}", BRAND) for i in range(50)]
+        orders = [subjects, subjects[::-1], subjects[25:] + subjects[:25], subjects[::2]]
+
+        got = await asyncio.gather(*(keys.current_many(order) for order in orders))
+
+        for subject in subjects:
+            assert len({answer[subject] for answer in got if subject in answer}) == 1
+
+    async def test_many_at_once_make_a_new_key_after_destruction(self, keys: SubjectKeys) -> None:
+        old = await keys.current(PHONE, BRAND)
+        await keys.destroy(PHONE, BRAND)
+
+        new = (await keys.current_many([(PHONE, BRAND)]))[(PHONE, BRAND)]
+
+        assert new.key_id != old.key_id
+        assert await keys.current(PHONE, BRAND) == new

@@ -4,6 +4,7 @@ reader is shown before and after the key is destroyed, and old events in the cle
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import replace
 
 import pytest
@@ -12,6 +13,7 @@ from consent.v1 import ledger_pb2
 from ledger.events import CollectionMethod, ConsentGranted, LedgerPosition, Recorded, SubjectErased
 from ledger.personal_data import ERASED, SEALED
 from ledger.policy import Reason, decide
+from ledger.ports import SubjectKey
 from ledger.state import fold
 from services.adapters.memory_keys import InMemorySubjectKeys
 from services.personal_data import PersonalData
@@ -87,6 +89,41 @@ async def test_events_without_personal_data_are_stored_as_they_are(
 
     assert await personal.seal(events) == events
     assert all(e.sealed is None for e in await personal.seal(events))
+
+
+class CountingKeys(InMemorySubjectKeys):
+    """Counts the key store's calls: each is a round trip on PostgreSQL."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def current(self, phone: str, brand: str) -> SubjectKey:
+        self.calls += 1
+        return await super().current(phone, brand)
+
+    async def current_many(
+        self, subjects: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], SubjectKey]:
+        self.calls += 1
+        return {s: await InMemorySubjectKeys.current(self, *s) for s in subjects}
+
+
+async def test_a_chunk_of_many_subjects_asks_the_key_store_once() -> None:
+    keys = CountingKeys()
+    personal = PersonalData(keys)
+    phones = [f"+1415555{i:04d}" for i in range(200)]
+    events = [granted(at(i), phone=p) for i, p in enumerate(phones)] + [granted(at(300))]
+
+    sealed = await personal.seal(events)
+
+    assert keys.calls == 1
+    assert [e.event_id for e in sealed] == [e.event_id for e in events]
+    for event, phone in zip(sealed, phones, strict=False):
+        assert event.sealed is not None
+        assert event.sealed.key_id == (await keys.current(phone, BRAND)).key_id
+    opened = await personal.open(record(sealed))
+    assert [r.event for r in opened] == events
 
 
 async def test_destroying_the_key_shows_every_field_erased_and_keeps_the_rest(
