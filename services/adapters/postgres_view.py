@@ -522,6 +522,10 @@ async def _copy(conn: asyncpg.Connection, table: str, rows: list[tuple[Any, ...]
         await conn.copy_records_to_table(table, records=rows)
 
 
+_FOLD_CHUNK = 128
+"""Subscribers digested between two turns of the event loop, during which a
+statement in flight (the event copies) moves on: a few milliseconds of Python."""
+
 COPY_AT = 100
 """A batch of this many fresh events or more is written through the staging tables;
 a smaller one row by row. Setting the staging tables up and emptying them at the
@@ -719,11 +723,11 @@ class PostgresConsentView(ConsentView):
                 payload = encode_recorded(recorded)
                 encoded.remember(recorded, payload)
                 rows.append(_event_row(stream, recorded, payload))
-            await writes.write("event_copy", rows)
             if stream is Stream.SUBSCRIBERS:
-                await self._fold_subscribers(writes, new, encoded)
+                await self._fold_subscribers(writes, new, encoded, rows)
                 await self._mark_resolved(conn, new)
             else:
+                await writes.write("event_copy", rows)
                 await self._fold_campaigns(conn, new)
         await self._write_positions(
             conn, stream, {p: next_offsets[p] for p in {r.position.partition for r in fresh}}
@@ -805,8 +809,19 @@ class PostgresConsentView(ConsentView):
         ]
 
     async def _fold_subscribers(
-        self, writes: _Writes, new: list[Recorded], encoded: _FactBytes
+        self,
+        writes: _Writes,
+        new: list[Recorded],
+        encoded: _FactBytes,
+        event_rows: list[tuple[Any, ...]],
     ) -> None:
+        """Write the batch's event copies (``event_rows``) and fold its subscribers.
+
+        The event copies are the batch's costliest statement for PostgreSQL (every
+        index of ``ledger_event_copy``), and the fold its costliest work in Python,
+        and neither needs the other: so the copies go in while the fold runs,
+        which hands the event loop to them every ``_FOLD_CHUNK`` subscribers. The
+        states are read (and their rows locked) first, as the fold needs them."""
         conn = writes.conn
         keys = sorted({(r.event.phone, r.event.brand) for r in new})  # type: ignore[attr-defined]
         states: dict[tuple[str, str], SubscriberState] = {}
@@ -819,33 +834,45 @@ class PostgresConsentView(ConsentView):
             states[key] = encoded.load_state(*key, row["snapshot"])
             last_offset[key] = row["last_offset"]
             updated[key] = row["updated_at"]
-        for recorded in new:
-            event = recorded.event
-            assert isinstance(event, SubscriberEvent)
-            key = (event.phone, event.brand)
-            state = states.get(key) or SubscriberState(phone=event.phone, brand=event.brand)
-            states[key] = apply(state, recorded)
-            last_offset[key] = max(last_offset.get(key, -1), recorded.position.offset)
-            updated[key] = max(updated.get(key, recorded.recorded_at), recorded.recorded_at)
-        digests = {key: digest_of(states[key]) for key in keys}
-        await writes.write(
-            "subscriber_state",
-            [
-                (
-                    phone,
-                    brand,
-                    encoded.snapshot(states[phone, brand]),
-                    last_offset[phone, brand],
-                    updated[phone, brand],
-                    encode_digest(digests[phone, brand]),
+        copying = asyncio.ensure_future(writes.write("event_copy", event_rows))
+        try:
+            for recorded in new:
+                event = recorded.event
+                assert isinstance(event, SubscriberEvent)
+                key = (event.phone, event.brand)
+                state = states.get(key) or SubscriberState(phone=event.phone, brand=event.brand)
+                states[key] = apply(state, recorded)
+                last_offset[key] = max(last_offset.get(key, -1), recorded.position.offset)
+                updated[key] = max(updated.get(key, recorded.recorded_at), recorded.recorded_at)
+            state_rows: list[tuple[Any, ...]] = []
+            status_rows: list[tuple[Any, ...]] = []
+            for n, key in enumerate(keys):
+                if n % _FOLD_CHUNK == 0:
+                    await self._let_writes_run(conn)
+                state, digest = states[key], digest_of(states[key])
+                state_rows.append(
+                    (
+                        *key,
+                        encoded.snapshot(state),
+                        last_offset[key],
+                        updated[key],
+                        encode_digest(digest),
+                    )
                 )
-                for phone, brand in keys
-            ],
-        )
-        await writes.write(
-            "consent_status",
-            [row for key in keys for row in _status_rows(states[key], digests[key], updated[key])],
-        )
+                status_rows.extend(_status_rows(state, digest, updated[key]))
+        finally:
+            # Never past this with the copies' statement still on the connection;
+            # its error, if any, is taken here, whether or not the fold failed too.
+            await asyncio.wait([copying])
+            failed = copying.exception()
+        if failed is not None:
+            raise failed
+        await writes.write("subscriber_state", state_rows)
+        await writes.write("consent_status", status_rows)
+
+    async def _let_writes_run(self, conn: asyncpg.Connection) -> None:
+        """A turn of the event loop for the statement in flight on ``conn``."""
+        await asyncio.sleep(0)
 
     @staticmethod
     async def _mark_resolved(conn: asyncpg.Connection, new: list[Recorded]) -> None:

@@ -106,8 +106,10 @@ class ConnectionLostMidBatch(PostgresConsentView):
         self.lose_on = lose_on
         self.staged: bool | None = None
 
-    async def _fold_subscribers(self, writes: _Writes, new: Any, encoded: _FactBytes) -> None:
-        await super()._fold_subscribers(writes, new, encoded)
+    async def _fold_subscribers(
+        self, writes: _Writes, new: Any, encoded: _FactBytes, event_rows: Any
+    ) -> None:
+        await super()._fold_subscribers(writes, new, encoded, event_rows)
         self.batches += 1
         if self.batches == self.lose_on:
             self.staged = writes.staged
@@ -140,3 +142,58 @@ async def test_a_connection_lost_mid_batch_leaves_nothing_and_the_restart_is_exa
     await restarted.reset()
     await Projector(ledger, restarted).catch_up(batch_size=batch)
     assert await dump(restarted) == after_loss
+
+
+class ConnectionLostWhileFolding(PostgresConsentView):
+    """Loses its connection on its ``lose_on``-th batch while the fold runs, at its
+    ``at``-th turn of the event loop: the event copies' statement under way or just
+    sent, no subscriber row written yet."""
+
+    def __init__(self, pool: asyncpg.Pool, lose_on: int, at: int) -> None:
+        super().__init__(pool)
+        self.lose_on, self.at = lose_on, at
+        self.batches = 0
+        self.turns = 0
+        self.killed = False
+
+    async def _fold_subscribers(
+        self, writes: _Writes, new: Any, encoded: _FactBytes, event_rows: Any
+    ) -> None:
+        self.batches += 1
+        self.turns = 0
+        await super()._fold_subscribers(writes, new, encoded, event_rows)
+
+    async def _let_writes_run(self, conn: asyncpg.Connection) -> None:
+        if self.batches == self.lose_on and self.turns == self.at:
+            # From another connection: this one is busy with the event copies.
+            await self._pool.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+            self.killed = True
+        self.turns += 1
+        await super()._let_writes_run(conn)
+
+
+@pytest.mark.parametrize(("batch", "at"), [(400, 1), (400, 0), (60, 0)])
+async def test_a_connection_lost_while_the_copies_go_in_leaves_nothing(
+    pool: asyncpg.Pool, batch: int, at: int
+) -> None:
+    ledger, recorded = await filled_ledger(
+        generate_events(3000, phones=300, brands=3, campaigns=2, seed=5)
+    )
+    losing = ConnectionLostWhileFolding(pool, lose_on=3, at=at)
+
+    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+        await Projector(ledger, losing).catch_up(batch_size=batch)
+    assert losing.killed
+    positions = await losing.positions(Stream.SUBSCRIBERS)
+    applied = sum(positions.values())
+    assert batch < applied <= 2 * batch  # two batches committed, the third none of it
+    copies = await losing.table_dump("ledger_event_copy")
+    assert len(copies) == applied + len(await losing.table_dump("campaign_version"))
+    subscribers = [r for r in recorded if isinstance(r.event, SubscriberEvent)]
+    partition = {r.event.phone: r.position.partition for r in subscribers}  # type: ignore[attr-defined]
+    for phone, _, _, last_offset, *_ in await losing.table_dump("subscriber_state"):
+        assert last_offset < positions[partition[phone]]  # no row of the lost batch
+
+    restarted = PostgresConsentView(pool)
+    await Projector(ledger, restarted).catch_up(batch_size=batch)
+    await assert_projection_is_exact(restarted, recorded)
