@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 from ledger.commands import check_name
-from ledger.errors import InvalidRequest
+from ledger.errors import DomainError, InvalidRequest
 from ledger.phone import to_e164
 from ledger.ports import AccessLog, AccessQuery, AccessRecord
 from services.errors import AccessNotRecorded, PermissionDenied
@@ -148,7 +148,7 @@ class Access:
             brand=_as_asked(brand),
             request_id=request_id,
             via=via,
-            phone=_as_asked(phone),
+            phone=_number_as_asked(phone),
             campaign=_as_asked(campaign),
             outcome="refused",
             refusal_code=code,
@@ -205,6 +205,15 @@ class Access:
                 limit=limit,
             )
         )
+
+
+def _number_as_asked(phone: str | None) -> str | None:
+    """A refused call's number in E.164 when it is one (so that listing by number
+    finds the attempt with the reads), else as asked."""
+    try:
+        return to_e164(phone) if phone and len(phone) <= MAX_ASKED else _as_asked(phone)
+    except DomainError:
+        return _as_asked(phone)
 
 
 def _as_asked(text: str | None, limit: int = MAX_ASKED) -> str | None:

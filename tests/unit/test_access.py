@@ -252,6 +252,17 @@ async def test_a_refusal_is_recorded_as_asked_made_safe_to_store() -> None:
     assert len(record.phone) == MAX_ASKED and record.phone.endswith("\u2026")
 
 
+async def test_a_refused_number_is_kept_in_e164_when_it_is_one() -> None:
+    log = InMemoryAccessLog()
+    access = Access(log, clock=lambda: NOW)
+    for asked in ("+1 415 555 2671", "(415) 555-2671"):
+        await access.refused(
+            "globex-auditor", "grpc", "r", "ListEvents", "PERMISSION_DENIED", "no",
+            brand=BRAND, phone=asked,
+        )  # fmt: skip
+    assert [r.phone for r in log.records] == ["+14155552671", "(415) 555-2671"]
+
+
 async def test_a_refusal_that_cannot_be_recorded_is_still_a_refusal() -> None:
     access = Access(_Broken(), clock=lambda: NOW)
     await access.refused(  # logged, not raised: the caller is refused either way
