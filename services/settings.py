@@ -282,6 +282,14 @@ class Settings:
         dsn = e.get("CONSENT_POSTGRES_DSN") or None
         if dsn is None and not embedded:
             raise SettingsError("CONSENT_POSTGRES_DSN is required (or run with --embedded)")
+        if dsn is None and projector == "off":
+            # The embedded PostgreSQL is this process's own: no `project` could reach it,
+            # and every read of a newer fact would fail closed for good.
+            raise SettingsError(
+                "CONSENT_PROJECTOR=off needs CONSENT_POSTGRES_DSN, the database that "
+                "`consent-ledger project` processes write to; --embedded projects in its "
+                "own process"
+            )
         listen = e.get("CONSENT_GRPC_LISTEN", "127.0.0.1:50051")
         host_and_port(listen, "CONSENT_GRPC_LISTEN")
         reuse_port = e.get("CONSENT_GRPC_REUSE_PORT", "false")

@@ -318,3 +318,10 @@ def test_a_process_that_serves_no_api_needs_no_tokens_file() -> None:
     with pytest.raises(SettingsError, match="CONSENT_AUTH_TOKENS_FILE is required"):
         Settings.from_env(without)
     assert Settings.from_env(without, api=False).tokens_file is None
+
+
+def test_the_embedded_database_cannot_leave_projection_to_another_process() -> None:
+    with pytest.raises(SettingsError, match="CONSENT_PROJECTOR=off needs CONSENT_POSTGRES_DSN"):
+        Settings.from_env({"CONSENT_PROJECTOR": "off"}, embedded=True)
+    given = {"CONSENT_PROJECTOR": "off", "CONSENT_POSTGRES_DSN": "postgresql://db/consent"}
+    assert Settings.from_env(given, embedded=True).projector == "off"
