@@ -84,7 +84,9 @@ def _sweep_resume_at(text: str) -> ConsistencyToken | None:
         raise InvalidRequest("resume_read_at", "is not a consistency token") from exc
 
 
-def _sweep_skip(request: api_pb2.SweepCampaignRequest) -> None:
+def _sweep_skip(
+    request: api_pb2.SweepCampaignRequest | api_pb2.StreamCampaignHealthRequest,
+) -> None:
     """The partitions an interrupted sweep finished are of the read it resumes: none
     without that read, and only partitions that read has."""
     done = list(request.resume_partitions_done)
@@ -589,20 +591,34 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, request: api_pb2.StreamCampaignHealthRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.StreamCampaignHealthResponse]:
         reader = self._reader(context, request.brand)
+        _refuse_bad_fields(
+            lambda: _sweep_resume_at(request.resume_read_at),
+            lambda: _sweep_skip(request),
+        )
         found = self.usecases.audit.campaign_health_stream(
-            request.brand, *_brand_window(request), reader=reader
+            request.brand,
+            *_brand_window(request),
+            reader=reader,
+            resume_at=_sweep_resume_at(request.resume_read_at),
+            skip=frozenset(request.resume_partitions_done),
         )
         token = ""
         try:
             async for item in found:
                 if isinstance(item, HealthProgress):
-                    yield api_pb2.StreamCampaignHealthResponse(
-                        progress=api_pb2.CampaignHealthProgress(
-                            events_read=item.events_read, done=item.done
-                        ),
-                        consistency_token=item.token.encode(),
-                    )
                     token = item.token.encode()
+                    progress = api_pb2.CampaignHealthProgress(
+                        events_read=item.events_read,
+                        done=item.done,
+                        partitions_done=item.partitions_done,
+                    )
+                    if item.partition is not None:
+                        progress.partition.CopyFrom(
+                            api.campaign_health_to_proto(item.partition, token)
+                        )
+                    yield api_pb2.StreamCampaignHealthResponse(
+                        progress=progress, consistency_token=token
+                    )
                 else:
                     self.metrics.health_flagged(item)
                     yield api_pb2.StreamCampaignHealthResponse(

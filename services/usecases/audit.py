@@ -277,6 +277,8 @@ class Audit:
         token: ConsistencyToken | None = None,
         *,
         reader: Reader,
+        resume_at: ConsistencyToken | None = None,
+        skip: frozenset[int] = frozenset(),
     ) -> AsyncGenerator[HealthProgress | HealthReport, None]:
         """``campaign_health`` as it goes: how far the read has come
         (``services.usecases.health.HealthProgress``), then the report. Recorded as
@@ -285,7 +287,14 @@ class Audit:
             brand, campaign, start, end, token, reader, "StreamCampaignHealth"
         )
         found = health.campaign_health_stream(
-            self.ctx, brand, campaign, start, end, self.health_limits
+            self.ctx,
+            brand,
+            campaign,
+            start,
+            end,
+            self.health_limits,
+            resume_at=resume_at,
+            skip=skip,
         )
         try:
             async for item in found:

@@ -42,6 +42,10 @@ class HealthProgress:
     """The share of the view's applied events looked through, 0 to 1."""
     token: ConsistencyToken
     """The view read: its positions when the read began."""
+    partitions_done: tuple[int, ...] = ()
+    """The partitions read to the end, those skipped by a resumed read included."""
+    partition: HealthReport | None = None
+    """At a partition's end, its counts alone."""
 
 
 async def campaign_health(
@@ -72,16 +76,27 @@ async def campaign_health_stream(
     start: datetime,
     end: datetime,
     limits: HealthLimits,
+    *,
+    resume_at: ConsistencyToken | None = None,
+    skip: frozenset[int] = frozenset(),
 ) -> AsyncGenerator[HealthProgress | HealthReport, None]:
     """``campaign_health`` as it goes: a ``HealthProgress`` first, after every page
-    and every partition read, and the ``HealthReport`` last."""
-    target = dict(await ctx.view.positions(Stream.SUBSCRIBERS))
+    and every partition read (with that partition's counts), and the ``HealthReport``
+    last. ``resume_at`` (an interrupted read's token) reads the same view, and the
+    partitions in ``skip`` are not read: the report counts the others alone."""
+    if resume_at is None:
+        target = dict(await ctx.view.positions(Stream.SUBSCRIBERS))
+    else:
+        await ctx.require_fresh(None, "resume_read_at", resume_at)
+        target = {p: o for (s, p), o in resume_at.offsets.items() if s is Stream.SUBSCRIBERS}
     read_at = ConsistencyToken({(Stream.SUBSCRIBERS, p): o for p, o in target.items()})
     total = sum(target.values())
-    covered = events = 0
+    done = set(skip) & set(target)
+    covered = sum(target[p] for p in done)
+    events = 0
     reports: list[HealthReport] = []
-    yield HealthProgress(0, 0.0 if total else 1.0, read_at)
-    for partition in sorted(target):
+    yield HealthProgress(0, covered / total if total else 1.0, read_at, tuple(sorted(done)))
+    for partition in sorted(set(target) - done):
         tally = HealthTally(brand, campaign, start, end)
         # The other partitions are asked from where the view was when the read
         # began: only what was applied since comes back, and it is left out.
@@ -95,11 +110,20 @@ async def campaign_health_stream(
             reached = min(after.get(partition, 0), target[partition])
             if reached >= target[partition] or len(page.events) < PAGE:
                 break
-            yield HealthProgress(events + tally.events_read, (covered + reached) / total, read_at)
-        reports.append(tally.report(limits))
+            yield HealthProgress(
+                events + tally.events_read,
+                (covered + reached) / total,
+                read_at,
+                tuple(sorted(done)),
+            )
+        counted = tally.report(limits)
+        reports.append(counted)
         events += tally.events_read
         covered += target[partition]
-        yield HealthProgress(events, covered / total if total else 1.0, read_at)
+        done.add(partition)
+        yield HealthProgress(
+            events, covered / total if total else 1.0, read_at, tuple(sorted(done)), counted
+        )
     yield combine(brand, campaign, start, end, limits, reports)
 
 

@@ -176,6 +176,19 @@ def _malformed() -> list[Probe]:
             Probe(rpc, window(at_least_as_fresh="nope"), INVALID, "at_least_as_fresh"),
         ]  # fmt: skip
 
+    def streamed(**fields: Any) -> Callable[[], Any]:
+        return lambda: api.StreamCampaignHealthRequest(brand="acme", **fields)
+
+    p += [
+        Probe("StreamCampaignHealth", streamed(resume_read_at="nope"), INVALID,
+              "resume_read_at"),
+        Probe("StreamCampaignHealth", streamed(resume_partitions_done=[0]), INVALID,
+              "resume_partitions_done"),
+        Probe("StreamCampaignHealth", streamed(resume_read_at="subscribers:0:1",
+                                               resume_partitions_done=[7]), INVALID,
+              "resume_partitions_done"),
+    ]  # fmt: skip
+
     def sweep(**fields: Any) -> Callable[[], Any]:
         return lambda: api.SweepCampaignRequest(**{"brand": "acme", "campaign": "promo",
                                                    **_window(), **fields})  # fmt: skip

@@ -7,6 +7,7 @@ the metrics."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -117,6 +118,7 @@ def _triple(counts: api.HealthCounts) -> tuple[int, int, int]:
 
 
 async def test_campaign_health_flags_errors_over_six_percent_and_opt_outs_over_three_in_1000(
+    tmp_path,
     service,
 ):
     runtime = service
@@ -322,6 +324,26 @@ async def test_campaign_health_flags_errors_over_six_percent_and_opt_outs_over_t
     assert rows["promo"] == ["100", "1", "1.00%", "7", "7.00%", "OPT-OUTS", "ERRORS"]
     assert rows[A] == ["50", "0", "0.00%", "7", "14.00%", "ERRORS"]
     assert rows[B] == ["50", "1", "2.00%", "0", "0.00%", "OPT-OUTS"]
+
+    # Interrupted after its first partition (the test hook acts as Ctrl-C), then run
+    # again: it resumes, reads the rest, and prints what the whole run printed.
+    whole = done.stdout.splitlines()[1:]  # all but the heading, with its read's token
+    state = tmp_path / "health.resume"
+    argv = [*done.args[:-1], "--resume", str(state)]
+    hooked = {**env, "CONSENT_TEST_STOP_AFTER_EVENTS": "1"}
+    stopped = await asyncio.to_thread(
+        subprocess.run, argv, capture_output=True, text=True, timeout=300, env=hooked
+    )
+    assert stopped.returncode == 130, stopped.stderr
+    assert "1 partition(s) read are kept in" in stopped.stderr
+    assert json.loads(state.read_text())["partitions_done"]
+    resumed = await asyncio.to_thread(
+        subprocess.run, argv, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert resumed.returncode == 1, resumed.stderr
+    assert "resumed: 1 partition(s) read by the interrupted run" in resumed.stderr
+    assert resumed.stdout.splitlines()[1:] == whole
+    assert not state.exists()
 
 
 async def test_delivery_outcomes_and_health_refuse_bad_input_by_field(service):

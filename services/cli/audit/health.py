@@ -11,7 +11,10 @@ import sys
 import time
 from typing import Any
 
-from services.progress import Progress, ProgressLine, wanted
+from services.progress import Progress, ProgressLine, ResumeState, StopAfter, wanted
+
+HEALTH_STATE = "consent-ledger-health.resume"
+"""Where ``audit health`` keeps its resume state by default, in the current folder."""
 
 HEALTH_DESCRIPTION = """\
 Show, for the messages a brand's campaigns sent in [--since, --until), per
@@ -35,7 +38,9 @@ are counted apart.
 
 While the service reads the brand's events, a progress line on standard error
 (share done, events read, rate, time left) when it is a terminal or with
---progress."""
+--progress. Interrupted (Ctrl-C, exit status 130), the same command run again
+carries on from its resume state (--resume; saved at each partition's end): it
+reads the same view, skips the partitions read, and adds their counts."""
 
 
 def _manual() -> Any:
@@ -90,6 +95,12 @@ def add_parser(tools: Any) -> None:
         help="a progress line on standard error even when it is not a terminal",
     )
     health.add_argument("--quiet", action="store_true", help="no progress line")
+    health.add_argument(
+        "--resume",
+        metavar="FILE",
+        help=f"the resume state (default: {HEALTH_STATE}); an interrupted read run again "
+        "skips the partitions it finished",
+    )
     health.add_argument(
         "--at-least-as-fresh",
         default="",
@@ -187,7 +198,62 @@ def table(record: dict[str, Any], brand: str) -> str:
     return "\n".join(lines)
 
 
+def combine_records(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Answers (``health_record``) over disjoint partitions as one: the counts added
+    per campaign and sending number, the rates and flags worked out again with the
+    limits the service gave. Exact: every count is of one number's facts."""
+    last = parts[-1]
+    limits = (last["opt_out_limit"], last["error_limit"])
+    buckets: dict[tuple[str, str], list[int]] = {}
+    for part in parts:
+        for c in part["campaigns"]:
+            for sender in c["senders"]:
+                tally = buckets.setdefault((c["campaign"], sender["from_number"]), [0, 0, 0])
+                tally[0] += sender["messages_sent"]
+                tally[1] += sender["opt_outs"]
+                tally[2] += sender["delivery_errors"]
+
+    def counts(sent: int, opted: int, errors: int) -> dict[str, Any]:
+        opt_rate = opted / sent if sent else None
+        error_rate = errors / sent if sent else None
+        return {
+            "messages_sent": sent,
+            "opt_outs": opted,
+            "delivery_errors": errors,
+            "opt_out_rate": opt_rate,
+            "error_rate": error_rate,
+            "opt_out_flagged": opt_rate is not None and opt_rate > limits[0],
+            "error_flagged": error_rate is not None and error_rate > limits[1],
+        }
+
+    campaigns: dict[str, list[dict[str, Any]]] = {}
+    for (name, number), (sent, opted, errors) in sorted(buckets.items()):
+        campaigns.setdefault(name, []).append(
+            {"from_number": number, **counts(sent, opted, errors)}
+        )
+    shown = []
+    for name, senders in campaigns.items():
+        total = counts(
+            *(sum(s[k] for s in senders) for k in ("messages_sent", "opt_outs", "delivery_errors"))
+        )
+        flagged = total["opt_out_flagged"] or total["error_flagged"]
+        shown.append({"campaign": name, **total, "flagged": flagged, "senders": senders})
+    flagged = any(
+        c[k] or s[k]
+        for c in shown
+        for s in c["senders"]
+        for k in ("opt_out_flagged", "error_flagged")
+    )
+    return {
+        **last,
+        "flagged": flagged,
+        "unattributed_opt_outs": sum(p["unattributed_opt_outs"] for p in parts),
+        "campaigns": shown,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
 
     import grpc
     from consent.v1 import consent_service_pb2 as api
@@ -208,8 +274,48 @@ def run(args: argparse.Namespace) -> int:
         request.start_time.FromDatetime(args.start)
     if args.end is not None:
         request.end_time.FromDatetime(args.end)
+    state = ResumeState(Path(args.resume or HEALTH_STATE))
+    asked = {
+        "brand": args.brand,
+        "campaign": args.campaign,
+        "start": None if args.start is None else args.start.isoformat(),
+        "end": None if args.end is None else args.end.isoformat(),
+    }
+    try:
+        saved = state.load()
+    except ValueError as exc:
+        print(f"consent-ledger audit health: {exc}", file=sys.stderr)
+        return 2
+    if saved is not None and saved.get("asked") != asked:
+        saved = None  # another question's state: start over, and replace it
+    partials: list[dict[str, Any]] = []
+    finished: list[int] = []
+    read_at = ""
+    if saved is not None:
+        partials, finished = list(saved["partials"]), list(saved["partitions_done"])
+        read_at = saved["read_at"]
+        # The same window as the interrupted read, whose defaults were "now" then.
+        request.start_time.FromJsonString(saved["start_time"])
+        request.end_time.FromJsonString(saved["end_time"])
+        request.resume_read_at = read_at
+        request.resume_partitions_done.extend(finished)
+    earlier = list(partials)
+
+    def save() -> None:
+        state.save(
+            {
+                "asked": asked,
+                "read_at": read_at,
+                "partitions_done": finished,
+                "partials": partials,
+                "start_time": partials[-1]["start_time"],
+                "end_time": partials[-1]["end_time"],
+            }
+        )
+
     shown = wanted(sys.stderr, args.progress) and not args.quiet
     progress = ProgressLine(sys.stderr, "health")
+    stop = StopAfter()
     began = time.monotonic()
     response = None
     try:
@@ -222,16 +328,33 @@ def run(args: argparse.Namespace) -> int:
             for item in stream:
                 if item.HasField("health"):
                     response = item.health
-                elif shown:
+                    continue
+                p = item.progress
+                read_at = item.consistency_token
+                if p.HasField("partition"):  # a partition read to its end: keep it
+                    partials.append(health_record(p.partition))
+                    finished = sorted(p.partitions_done)
+                    save()
+                    stop.tick()
+                if shown:
                     progress(
                         Progress(
-                            done=item.progress.events_read,
+                            done=p.events_read,
                             total=None,
-                            read=item.progress.events_read,
+                            read=p.events_read,
                             seconds=time.monotonic() - began,
-                            fraction=item.progress.done,
+                            resumed=saved is not None,
+                            fraction=p.done,
                         )
                     )
+    except KeyboardInterrupt:
+        progress.interrupt()
+        print(
+            f"\nconsent-ledger audit health interrupted; {len(finished)} partition(s) read "
+            f"are kept in {state.path}: run the same command again to carry on",
+            file=sys.stderr,
+        )
+        return 130
     except grpc.RpcError as exc:
         progress.interrupt()
         print(f"consent-ledger audit health: {packet_cli._refusal(exc)}", file=sys.stderr)
@@ -240,6 +363,14 @@ def run(args: argparse.Namespace) -> int:
     if response is None:
         print("consent-ledger audit health: the service ended without an answer", file=sys.stderr)
         return 1
+    state.remove()
     record = health_record(response)
+    if saved is not None:
+        record = combine_records([*earlier, record])
+        print(
+            f"resumed: {len(saved['partitions_done'])} partition(s) read by the interrupted "
+            "run, the rest by this one",
+            file=sys.stderr,
+        )
     print(json.dumps(record, indent=2) if args.json else table(record, args.brand))
-    return 1 if response.flagged else 0
+    return 1 if record["flagged"] else 0

@@ -1994,13 +1994,23 @@ class StreamCampaignHealthRequest(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     AT_LEAST_AS_FRESH_FIELD_NUMBER: _builtins.int
+    RESUME_READ_AT_FIELD_NUMBER: _builtins.int
+    RESUME_PARTITIONS_DONE_FIELD_NUMBER: _builtins.int
     brand: _builtins.str
     campaign: _builtins.str
     at_least_as_fresh: _builtins.str
+    resume_read_at: _builtins.str
+    """To resume an interrupted read: its consistency_token (the same view is read)
+    and the partitions it finished, which are not read again. The answer then
+    counts the other partitions alone: add the `partition` counts the interrupted
+    read gave for those (`consent-ledger audit health` does).
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def resume_partitions_done(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
@@ -2009,10 +2019,12 @@ class StreamCampaignHealthRequest(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         at_least_as_fresh: _builtins.str = ...,
+        resume_read_at: _builtins.str = ...,
+        resume_partitions_done: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "at_least_as_fresh", b"at_least_as_fresh", "brand", b"brand", "campaign", b"campaign", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "at_least_as_fresh", b"at_least_as_fresh", "brand", b"brand", "campaign", b"campaign", "end_time", b"end_time", "resume_partitions_done", b"resume_partitions_done", "resume_read_at", b"resume_read_at", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__campaign: _TypeAlias = _typing.Literal["campaign"]  # noqa: Y015
     _WhichOneofArgType__campaign: _TypeAlias = _typing.Literal["_campaign", b"_campaign"]  # noqa: Y015
@@ -2617,19 +2629,33 @@ class CampaignHealthProgress(_message.Message):
 
     EVENTS_READ_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
+    PARTITIONS_DONE_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
     events_read: _builtins.int
     """Events of the brand read so far."""
     done: _builtins.float
     """The share of the view's events looked through, 0 to 1."""
+    @_builtins.property
+    def partitions_done(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The partitions read to the end (those of resume_partitions_done included)."""
+
+    @_builtins.property
+    def partition(self) -> Global___GetCampaignHealthResponse:
+        """At a partition's end, that partition's counts alone: what a resumed read
+        adds to its answer for the partitions it does not read again.
+        """
+
     def __init__(
         self,
         *,
         events_read: _builtins.int = ...,
         done: _builtins.float = ...,
+        partitions_done: _abc.Iterable[_builtins.int] | None = ...,
+        partition: Global___GetCampaignHealthResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["partition", b"partition"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "events_read", b"events_read"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "events_read", b"events_read", "partition", b"partition", "partitions_done", b"partitions_done"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
