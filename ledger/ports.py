@@ -58,6 +58,11 @@ class RequestTaken(NamedTuple):
     use: RequestUse | None
     taken: bool
     sent_as: str | None = None
+    claimed_by: str | None = None
+    """For a send: the event that claimed its message id first (this one's, when this
+    call or an earlier attempt of it did). Another's, not yet ``sent_as``, leaves
+    the request id free too: the caller lets the view catch up with the phone and
+    asks again with ``past_claims``."""
 
 
 class RequestClaim(NamedTuple):
@@ -416,22 +421,47 @@ class ConsentView(DigestReads, CampaignReads):
         fingerprint: str,
         event_ids: Sequence[str],
         message: tuple[str, str] | None = None,
+        *,
+        past_claims: bool = False,
     ) -> RequestTaken:
         """``claim_request``, telling whether this call took the id, and for a send
         (``message``: its phone and provider message id) ``message_use`` with it: a
         message the view has recorded under another event leaves the id free, as
-        that send is answered, not written. Adapters answer in one round trip; this
-        default asks in turn. (Two attempts of one request at once may both be told
-        they took it; they append the same facts, which the view applies once.)"""
-        sent_as = None
+        that send is answered, not written. A send also claims its message id for
+        its event (``claim_message``); one another send claimed first leaves the
+        request id free as well, unless ``past_claims`` (asked again once the view
+        has caught up with the phone: ``message_use`` then decides alone).
+
+        Adapters answer in one round trip; this default asks in turn. (Two attempts
+        of one request at once may both be told they took it; they append the same
+        facts, which the view applies once.)"""
+        sent_as = claimed_by = None
+        other_claim = False
         if message is not None:
             sent_as = await self.message_use(brand, *message)
+            if sent_as is None or sent_as in event_ids:
+                claimed_by = await self.claim_message(brand, *message, event_ids[0])
+                other_claim = claimed_by not in event_ids
         before = await self.request_use(brand, request_id)
-        if before is not None or (sent_as is not None and sent_as not in event_ids):
-            return RequestTaken(before, False, sent_as)
+        if (
+            before is not None
+            or (sent_as is not None and sent_as not in event_ids)
+            or (other_claim and not past_claims)
+        ):
+            return RequestTaken(before, False, sent_as, claimed_by)
         use = await self.claim_request(brand, request_id, fingerprint, event_ids)
         taken = use == RequestUse(fingerprint, tuple(str(i) for i in event_ids))
-        return RequestTaken(use, taken, sent_as)
+        return RequestTaken(use, taken, sent_as, claimed_by)
+
+    async def claim_message(
+        self, brand: str, phone: str, message_id: str, event_id: str
+    ) -> str | None:
+        """Claim provider message ``message_id`` to ``phone`` for ``brand`` for the send
+        ``event_id``, unless a send claimed it before; the event that holds the claim
+        either way. Claims only spare a send a wait (the first claim of a message needs
+        none); ``message_use``, which the projection keeps, decides which send is the
+        message. None: this view keeps no claims, and every send waits."""
+        return None
 
     async def request_uses(
         self, keys: Sequence[tuple[str, str]]

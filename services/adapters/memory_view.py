@@ -103,6 +103,8 @@ class InMemoryConsentView(ConsentView):
         self._campaign_turn = asyncio.Lock()
         self._requests: dict[tuple[str, str], RequestUse] = {}
         """Request ids by (brand, request id); a reset keeps them (``claim_request``)."""
+        self._message_claims: dict[tuple[str, str, str], str] = {}
+        """Sends' claims of (brand, phone, message id); a reset keeps them too."""
 
     async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
         for recorded in batch:
@@ -227,6 +229,11 @@ class InMemoryConsentView(ConsentView):
         return self._requests.setdefault(
             (brand, request_id), RequestUse(fingerprint, tuple(event_ids))
         )
+
+    async def claim_message(
+        self, brand: str, phone: str, message_id: str, event_id: str
+    ) -> str | None:
+        return self._message_claims.setdefault((brand, phone, message_id), str(event_id))
 
     async def message_use(self, brand: str, phone: str, message_id: str) -> str | None:
         return self._tables.messages.get((brand, phone, message_id))

@@ -200,29 +200,62 @@ UNION ALL
 SELECT fingerprint, event_ids FROM request_use WHERE brand = $1 AND request_id = $2
 LIMIT 1
 """
-# take_request: the claim, whether this statement made it, and the send's message
-# use, in one round trip. A message recorded under another event blocks the insert
-# (that send is answered, not written). No row back means a claim another writer
-# committed after this statement's snapshot ran into the insert unseen: ask again.
+# take_request: the request id's claim, whether this statement made it, and for a
+# send its message id's first use and first claim, in one round trip. A message
+# recorded under another event blocks both claims (that send is answered, not
+# written); one claimed by another send blocks the request id's claim unless $7 (the
+# caller caught the view up and asks again). No row back means a claim another
+# writer committed after this statement's snapshot ran into the insert unseen: ask
+# again. A message claim met that way reads as none (claimed_by NULL): the caller
+# then waits for the view, as it would for another send's claim.
 _TAKE_REQUEST = """
 WITH sent AS (
     SELECT event_id FROM message_use
     WHERE $5::text IS NOT NULL AND brand = $1 AND phone = $5 AND message_id = $6
+), made AS (
+    INSERT INTO message_claim (brand, phone, message_id, event_id)
+    SELECT $1, $5, $6, ($4::uuid[])[1]
+    WHERE $5::text IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM sent WHERE event_id <> ALL($4::uuid[]))
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+), claim AS (
+    SELECT event_id FROM made
+    UNION ALL
+    SELECT event_id FROM message_claim
+    WHERE $5::text IS NOT NULL AND brand = $1 AND phone = $5 AND message_id = $6
+    LIMIT 1
 ), blocked AS (
-    SELECT EXISTS (SELECT 1 FROM sent WHERE event_id <> ALL($4::uuid[])) AS blocked
+    SELECT EXISTS (SELECT 1 FROM sent WHERE event_id <> ALL($4::uuid[]))
+        OR ($5::text IS NOT NULL AND NOT $7::boolean
+            AND NOT EXISTS (SELECT 1 FROM claim WHERE event_id = ANY($4::uuid[])))
+        AS blocked
 ), taken AS (
     INSERT INTO request_use (brand, request_id, fingerprint, event_ids)
     SELECT $1, $2, $3, $4::uuid[] FROM blocked WHERE NOT blocked
     ON CONFLICT DO NOTHING
     RETURNING fingerprint, event_ids
 )
-SELECT fingerprint, event_ids, true AS taken, (SELECT event_id FROM sent) AS sent_as
+SELECT fingerprint, event_ids, true AS taken,
+       (SELECT event_id FROM sent) AS sent_as, (SELECT event_id FROM claim) AS claimed_by
 FROM taken
 UNION ALL
-SELECT fingerprint, event_ids, false, (SELECT event_id FROM sent)
+SELECT fingerprint, event_ids, false, (SELECT event_id FROM sent), (SELECT event_id FROM claim)
 FROM request_use WHERE brand = $1 AND request_id = $2
 UNION ALL
-SELECT NULL, NULL, false, (SELECT event_id FROM sent) FROM blocked WHERE blocked
+SELECT NULL, NULL, false, (SELECT event_id FROM sent), (SELECT event_id FROM claim)
+FROM blocked WHERE blocked
+LIMIT 1
+"""
+_CLAIM_MESSAGE = """
+WITH made AS (
+    INSERT INTO message_claim (brand, phone, message_id, event_id) VALUES ($1, $2, $3, $4)
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+)
+SELECT event_id FROM made
+UNION ALL
+SELECT event_id FROM message_claim WHERE brand = $1 AND phone = $2 AND message_id = $3
 LIMIT 1
 """
 # A bulk import's claims (``claim_requests``), one statement for a chunk: the rows it
@@ -1070,17 +1103,30 @@ class PostgresConsentView(ConsentView):
         fingerprint: str,
         event_ids: Sequence[str],
         message: tuple[str, str] | None = None,
+        *,
+        past_claims: bool = False,
     ) -> RequestTaken:
         ids = [uuid.UUID(i) for i in event_ids]
         phone, message_id = message or (None, None)
         while True:
             row = await self._reads.fetchrow(
-                _TAKE_REQUEST, brand, request_id, fingerprint, ids, phone, message_id
+                _TAKE_REQUEST, brand, request_id, fingerprint, ids, phone, message_id, past_claims
             )
             if row is not None:
-                sent_as = None if row["sent_as"] is None else str(row["sent_as"])
-                use = None if row["fingerprint"] is None else _request_use(row)
-                return RequestTaken(use, row["taken"], sent_as)
+                sent_as, claimed_by = row["sent_as"], row["claimed_by"]
+                return RequestTaken(
+                    None if row["fingerprint"] is None else _request_use(row),
+                    row["taken"],
+                    None if sent_as is None else str(sent_as),
+                    None if claimed_by is None else str(claimed_by),
+                )
+
+    @bounded
+    async def claim_message(
+        self, brand: str, phone: str, message_id: str, event_id: str
+    ) -> str | None:
+        found = await self._reads.fetchval(_CLAIM_MESSAGE, brand, phone, message_id, event_id)
+        return None if found is None else str(found)
 
     @bounded_bulk
     async def request_uses(

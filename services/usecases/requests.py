@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from ledger.events import CampaignEvent, LedgerEvent, MessageSent, SubscriberEvent
 from ledger.ports import ConsistencyToken, RequestUse
@@ -97,20 +98,33 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
     """``replay`` and ``append`` in one look at the view, for a request whose checks
     passed: the request id is taken (``ConsentView.take_request``) and the events
     appended; or, when a request took the id before, refused if it was another, and
-    answered with its result if the view has applied it (a retry). A send first lets
-    the view reach what was acknowledged for its phone (as ``replay`` does), so that
-    the same provider message id recorded a moment ago is answered as that message,
-    in the same look."""
+    answered with its result if the view has applied it (a retry). A send claims its
+    provider message id in the same look; when another send claimed it first, the
+    view is let reach what was acknowledged for the phone (as ``replay`` does) and
+    asked again, so that the same message recorded a moment ago is answered as that
+    message. (Batched sends take no claims: a single send of one of their messages
+    a moment after it, before the view applied it, is appended, and the projection
+    applies one ``MessageSent`` per message id, as for their own first attempts.)"""
     first, ids = events[0], [str(e.event_id) for e in events]
     message = None
     if isinstance(first, MessageSent):
-        # A view that cannot get there in time is no reason to refuse the write: the
-        # projection still applies one MessageSent per message id.
-        await ctx.guard.wait_until_applied_for([first.phone])
         message = (first.phone, first.message_id)
-    taken = await ctx.view.take_request(
-        brand_of(first), first.request_id, first.request_fingerprint, ids, message
+    take = partial(
+        ctx.view.take_request,
+        brand_of(first),
+        first.request_id,
+        first.request_fingerprint,
+        ids,
+        message,
     )
+    taken = await take()
+    if message is not None and taken.sent_as is None and taken.claimed_by not in ids:
+        # Another send claimed the message id first, perhaps a moment ago: count every
+        # send acknowledged for the phone, then the view's first use decides. (A view
+        # that cannot get there in time is no reason to refuse the write: the
+        # projection still applies one MessageSent per message id.)
+        await ctx.guard.wait_until_applied_for([message[0]])
+        taken = await take(past_claims=True)
     if taken.use is not None:
         refuse_another_request(first, taken.use)
     if not taken.taken:

@@ -1097,10 +1097,32 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
             "acme", "s1", "fp-1", [str(first.event_id)], (phone, first.message_id)
         )
         assert retry == RequestTaken(
-            RequestUse("fp-1", (str(first.event_id),)), False, str(first.event_id)
+            RequestUse("fp-1", (str(first.event_id),)),
+            False,
+            str(first.event_id),
+            str(first.event_id),
         )
         new = await view.take_request("acme", "s3", "fp-3", [copy], (phone, "SM-new"))
-        assert new == RequestTaken(RequestUse("fp-3", (copy,)), True, None)
+        assert new == RequestTaken(RequestUse("fp-3", (copy,)), True, None, copy)
+
+    async def test_a_message_id_claimed_by_another_send_leaves_the_request_id_free(
+        self, view: ConsentView
+    ) -> None:
+        phone, a, b = "+14155550100", str(uuid.uuid4()), str(uuid.uuid4())
+        first = await view.take_request("acme", "s1", "fp-1", [a], (phone, "SM-1"))
+        assert first == RequestTaken(RequestUse("fp-1", (a,)), True, None, a)
+        copy = await view.take_request("acme", "s2", "fp-2", [b], (phone, "SM-1"))
+        assert copy == RequestTaken(None, False, None, a)
+        assert await view.request_use("acme", "s2") is None
+        # Asked again past the claims (the view caught up and has no first use):
+        # the copy is written, and the projection applies one of the two.
+        again = await view.take_request(
+            "acme", "s2", "fp-2", [b], (phone, "SM-1"), past_claims=True
+        )
+        assert again == RequestTaken(RequestUse("fp-2", (b,)), True, None, a)
+        assert await view.take_request("globex", "s1", "fp-g", [b], (phone, "SM-1")) == (
+            RequestTaken(RequestUse("fp-g", (b,)), True, None, b)
+        )
 
     async def test_known_events_names_the_applied_ones_only(self, view: ConsentView) -> None:
         applied = grant("+14155550100", "acme", "deals", T0)
