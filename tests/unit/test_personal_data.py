@@ -96,16 +96,16 @@ class CountingKeys(InMemorySubjectKeys):
 
     def __init__(self) -> None:
         super().__init__()
-        self.calls = 0
+        self.calls: list[str] = []
 
     async def current(self, phone: str, brand: str) -> SubjectKey:
-        self.calls += 1
+        self.calls.append("current")
         return await super().current(phone, brand)
 
     async def current_many(
         self, subjects: Collection[tuple[str, str]]
     ) -> dict[tuple[str, str], SubjectKey]:
-        self.calls += 1
+        self.calls.append("current_many")
         return {s: await InMemorySubjectKeys.current(self, *s) for s in subjects}
 
 
@@ -117,13 +117,23 @@ async def test_a_chunk_of_many_subjects_asks_the_key_store_once() -> None:
 
     sealed = await personal.seal(events)
 
-    assert keys.calls == 1
+    assert keys.calls == ["current_many"]
     assert [e.event_id for e in sealed] == [e.event_id for e in events]
     for event, phone in zip(sealed, phones, strict=False):
         assert event.sealed is not None
         assert event.sealed.key_id == (await keys.current(phone, BRAND)).key_id
     opened = await personal.open(record(sealed))
     assert [r.event for r in opened] == events
+
+
+async def test_a_single_writes_subject_is_asked_for_on_its_own() -> None:
+    """One subject keeps the single statement, and the single write's time bound."""
+    keys = CountingKeys()
+
+    sealed = await PersonalData(keys).seal([granted(at(0)), inbound(at(1), "stop it")])
+
+    assert keys.calls == ["current"]
+    assert all(e.sealed is not None for e in sealed)
 
 
 async def test_destroying_the_key_shows_every_field_erased_and_keeps_the_rest(
