@@ -10,12 +10,13 @@ and why; the others go on. An import id already recorded for the same record is
 request id reused is.
 
 A chunk costs a few round trips whatever its size: the request ids are claimed in
-one statement (``ConsentView.claim_requests``), the facts already applied are
-found in one (``known_events``), and the chunk's facts are appended in one call
-(``EventLog.append``), ordered by when each record happened. One number's facts
-then reach the ledger in the order of their own times within a chunk; across
-chunks the fold needs no order, as it reads facts in world order
-(``ledger.state``).
+one statement (``ConsentView.claim_requests``), the facts already applied are found
+in one (``known_events``), and the chunk's facts are appended in one call
+(``EventLog.append``), ordered by when each record happened, which seals their
+personal data under keys read or made for all their subjects in one more
+(``SubjectKeys.current_many``). One number's facts then reach the ledger in the
+order of their own times within a chunk; across chunks the fold needs no order, as
+it reads facts in world order (``ledger.state``).
 """
 
 from __future__ import annotations
