@@ -286,6 +286,7 @@ class Runtime:
         )
         self.metrics.guard, self.metrics.replica = self.guard, replica
         self.usecases.access.observe = self.metrics.audit_read
+        self.usecases.access.observe_refusal = self.metrics.audit_refused
         self.metrics.overdue = read_on_loop(
             asyncio.get_running_loop(), self.usecases.review.overdue_candidates
         )

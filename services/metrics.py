@@ -34,7 +34,8 @@ metrics make that visible:
 * ``consent_audit_reads_total{action, via}``: audit reads recorded and answered
   (``services.usecases.access``), by call and by what they came through (``grpc``,
   ``console``); ``consent_audit_reads_unrecorded_total{action}``: those refused
-  because their record could not be written;
+  because their record could not be written; ``consent_audit_refusals_total{action,
+  via, code}``: audit calls refused before their read (each also in the access log);
 * ``consent_projector_failures_total``: times the projector failed and was
   started again (``services.projector.supervise``);
 * ``consent_revocation_candidates_overdue``: flagged replies of every brand left
@@ -153,6 +154,7 @@ class ServiceMetrics(Collector):
         self._health_flags = {"opt_out": 0, "error": 0}
         self._audit_reads: dict[tuple[str, str], int] = {}
         self._audit_unrecorded: dict[str, int] = {}
+        self._audit_refused: dict[tuple[str, str, str], int] = {}
         # prometheus_client's own types for what needs buckets; not registered
         # anywhere (collect yields them), so each ServiceMetrics has its own.
         rpc = ["grpc_service", "grpc_method", "grpc_type"]
@@ -232,6 +234,11 @@ class ServiceMetrics(Collector):
             self._audit_reads[key] = self._audit_reads.get(key, 0) + 1
         else:
             self._audit_unrecorded[record.action] = self._audit_unrecorded.get(record.action, 0) + 1
+
+    def audit_refused(self, record: AccessRecord) -> None:
+        """Count an audit call refused before its read, by call, channel and code."""
+        key = (record.action, record.via, record.refusal_code or "")
+        self._audit_refused[key] = self._audit_refused.get(key, 0) + 1
 
     def projector_failed(self) -> None:
         self._projector_failures += 1
@@ -315,6 +322,15 @@ class ServiceMetrics(Collector):
         for action, n in self._audit_unrecorded.copy().items():
             unrecorded.add_metric([action], n)
         yield unrecorded
+        refused = CounterMetricFamily(
+            "consent_audit_refusals",
+            "Audit calls refused before their read (another brand, no audit scope, bad "
+            "input), by call, channel and status code.",
+            labels=["action", "via", "code"],
+        )
+        for (action, via, code), n in self._audit_refused.copy().items():
+            refused.add_metric([action, via, code], n)
+        yield refused
         yield CounterMetricFamily(
             "consent_projector_failures",
             "Times the projector failed and was started again; the log has each cause.",

@@ -81,6 +81,8 @@ class Access:
         self.observe: Callable[[AccessRecord, bool], None] = lambda record, written: None
         """Told of each read admitted: its record, and whether it was written (the
         service counts them for Prometheus)."""
+        self.observe_refusal: Callable[[AccessRecord], None] = lambda record: None
+        """Told of each call refused before its read (counted for Prometheus too)."""
 
     async def admit(
         self,
@@ -154,6 +156,7 @@ class Access:
             refusal_code=code,
             refusal=_as_asked(refusal, 1024),
         )
+        self.observe_refusal(record)
         try:
             await self.log.append(record)
         except Exception as exc:  # the answer is a refusal all the same

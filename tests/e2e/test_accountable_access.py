@@ -238,6 +238,11 @@ async def test_another_brands_token_is_refused_and_recorded_as_refused(
         told = "may not act for brand 'acme'" if who == "globex-app" else "lacks the audit scope"
         assert told in row["refusal"]
         assert (row["phone"] or "", row["campaign"] or "") == AUDIT[rpc][1]
+    refusals = service.metrics.registry().get_sample_value(
+        "consent_audit_refusals_total",
+        {"action": rpc, "via": "grpc", "code": "PERMISSION_DENIED"},
+    )
+    assert refusals == 2
 
 
 async def test_bad_input_is_recorded_as_refused_once_and_an_unknown_caller_not_at_all(
