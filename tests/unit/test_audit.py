@@ -19,9 +19,11 @@ from ledger.events import (
     MessageKind,
     RevocationChannel,
 )
-from ledger.health import HealthCounts
+from ledger.health import HealthCounts, HealthReport, combine
 from services.errors import FailedPrecondition, NotConsistent
+from services.usecases.health import HealthProgress
 from tests.builders import BRAND, PHONE, at
+from tests.builders import opt_in as an_opt_in
 from tests.unit.usecase_harness import (
     AUDITOR,
     NOW,
@@ -164,3 +166,45 @@ async def test_campaign_health_refuses_a_bad_window_or_an_undefined_campaign(app
     with pytest.raises(InvalidRequest) as bad_brand:
         await app.audit.campaign_health("NOT A BRAND", None, reader=AUDITOR)
     assert bad_brand.value.field == "brand"
+
+
+async def test_campaign_health_resumed_without_its_finished_partitions_adds_up_to_the_whole(
+    app,
+):
+    await app.writes.record(define())
+    last = None
+    for i in range(12):  # numbers on every partition of the ledger
+        phone = f"+1415555{2600 + i:04d}"
+        await app.writes.record(an_opt_in(at(0), request_id=f"o{i}", phone=phone))
+        last = await app.writes.record(
+            RecordMessageSent(f"s{i}", phone, BRAND, "promo", f"m{i}", MessageKind.REGULAR, at(1))
+        )
+        if i % 3 == 0:
+            last = await app.writes.record(
+                RecordOptOut(f"r{i}", phone, BRAND, "promo", RevocationChannel.KEYWORD, at(2))
+            )
+    assert last is not None and await app.guard.wait_for_token(last.token)
+    whole = (await app.audit.campaign_health(BRAND, None, reader=AUDITOR)).value
+
+    items = [i async for i in app.audit.campaign_health_stream(BRAND, None, reader=AUDITOR)]
+    ends = [i for i in items if isinstance(i, HealthProgress) and i.partition is not None]
+    assert len(ends) > 1 and [len(e.partitions_done) for e in ends] == list(range(1, len(ends) + 1))
+    first, token = ends[0], ends[0].token
+    resumed = [
+        i
+        async for i in app.audit.campaign_health_stream(
+            BRAND,
+            None,
+            whole.start,
+            whole.end,
+            reader=AUDITOR,
+            resume_at=token,
+            skip=frozenset(first.partitions_done),
+        )
+    ]
+    rest = resumed[-1]
+    assert isinstance(rest, HealthReport) and isinstance(first.partition, HealthReport)
+    assert rest.campaigns != whole.campaigns  # the first partition is not read again
+    combined = combine(BRAND, None, whole.start, whole.end, whole.limits, [first.partition, rest])
+    assert combined.campaigns == whole.campaigns
+    assert combined.unattributed_opt_outs == whole.unattributed_opt_outs
