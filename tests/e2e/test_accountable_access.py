@@ -154,7 +154,11 @@ async def service(tmp_path, postgres_dsn, kafka_bootstrap) -> AsyncIterator[Runt
         async with client(runtime.address) as admin:
             at = _now() - timedelta(minutes=10)
             for brand in ("acme", "globex"):
-                await admin.DefineCampaign(define(brand, "promo", at))
+                w = await admin.DefineCampaign(define(brand, "promo", at))
+                # The projector may take a while to join its group on a busy machine;
+                # a write needs the campaign's definition applied.
+                token = ConsistencyToken.decode(w.consistency_token)
+                assert await runtime.guard.wait_for_token(token, timeout=60)
             w = await admin.RecordOptIn(opt_in(PHONE, "acme", "promo", at))
             token = ConsistencyToken.decode(w.consistency_token)
             assert await runtime.guard.wait_for_token(token, timeout=60)
