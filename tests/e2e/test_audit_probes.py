@@ -8,6 +8,7 @@ found it missing)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -521,3 +522,21 @@ async def test_the_console_refuses_another_brand_and_records_each_refusal(
         ("GET /review", "acme", "PERMISSION_DENIED"),
         ("GET /number", "globex", "INVALID_ARGUMENT"),
     ]
+
+
+async def test_the_packet_is_whole_after_the_opt_out_and_for_its_own_brand_only(
+    service: Runtime,
+) -> None:
+    async with client(service.address, "acme-app") as acme:
+        answer = await acme.GetProofPacket(
+            api.GetProofPacketRequest(phone=PHONE, brand="acme", format=api.PACKET_FORMAT_JSON)
+        )
+    packet = json.loads(answer.document)
+    assert (packet["phone"], packet["brand"]) == (PHONE, "acme")
+    assert [o["campaign"] for o in packet["opt_ins"]] == ["promo"]
+    assert [o["kind"] for o in packet["opt_outs"]] == ["revocation"]
+    # globex's opt-in of the same number is globex's: not in acme's packet.
+    async with client(service.address, "globex-app") as globex:
+        theirs = await globex.ListEvents(api.ListEventsRequest(phone=PHONE, brand="globex"))
+    assert theirs.events and all(e.event.event_id for e in theirs.events)
+    assert not {e.event.event_id for e in theirs.events} & {e["event_id"] for e in packet["events"]}
