@@ -61,43 +61,32 @@ async def test_a_failing_read_model_answers_not_allowed_for_single_and_batch(
 async def test_an_audit_read_the_view_cannot_serve_fresh_enough_is_unavailable(
     tmp_path, postgres_dsn
 ):
-    import grpc
-
-    settings = service_settings(tmp_path, postgres_dsn, kafka=None)
-    settings = type(settings)(
-        **{
-            **settings.__dict__,
-            "freshness": type(settings.freshness)(refresh_interval=0.05, wait_bound=0.3),
-        }
-    )
-    runtime = Runtime(settings)
-    await runtime.start()
+    when = noon_in_los_angeles()
+    runtime = await _started_with_quick_freshness(tmp_path, postgres_dsn, when)
+    phone = "+14155552671"
     try:
         async with client(runtime.address) as c:
-            ahead = "subscribers:0:1000000"  # a write the view has not applied
+            await c.DefineCampaign(define("acme", "promo", when - timedelta(days=1)))
+            await asyncio.sleep(0.15)
+            # A write the ledger acknowledged and the view never applies.
+            ahead = await _stop_the_projector_then_opt_out(runtime, c, phone, when)
             for call in (
                 c.GetConsent(
                     api.GetConsentRequest(
-                        phone="+14155552671",
-                        brand="acme",
-                        campaign="promo",
-                        at_least_as_fresh=ahead,
+                        phone=phone, brand="acme", campaign="promo", at_least_as_fresh=ahead
                     )
                 ),
-                c.ListEvents(api.ListEventsRequest(phone="+14155552671", at_least_as_fresh=ahead)),
+                c.ListEvents(api.ListEventsRequest(phone=phone, at_least_as_fresh=ahead)),
             ):
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await call
                 assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             as_of = await c.CanSendAsOf(
                 api.CanSendAsOfRequest(
-                    phone="+14155552671",
-                    brand="acme",
-                    campaign="promo",
-                    at=ts(datetime.now(UTC)),
+                    phone=phone, brand="acme", campaign="promo", at=ts(when),
                     at_least_as_fresh=ahead,
                 )
-            )
+            )  # fmt: skip
             assert not as_of.allowed and as_of.reason == api.REASON_NOT_CONSISTENT
     finally:
         await runtime.stop()
@@ -170,16 +159,17 @@ async def test_audit_reads_behind_an_acknowledged_stop_are_unavailable(tmp_path,
         await runtime.stop()
 
 
-async def _stop_the_projector_then_opt_out(runtime, c, phone: str, when) -> None:
+async def _stop_the_projector_then_opt_out(runtime, c, phone: str, when) -> str:
     """Stop every projector, record a STOP the view will not apply, and let the guard
-    observe it (several refresh intervals)."""
+    observe it (several refresh intervals); the STOP's consistency token."""
     for task in runtime._tasks:
         task.cancel()
     await asyncio.gather(*runtime._tasks, return_exceptions=True)
-    await c.RecordOptOut(
+    stop = await c.RecordOptOut(
         opt_out(phone, "acme", "promo", when, "stop-1", channel=lpb.REVOCATION_CHANNEL_KEYWORD)
     )
     await asyncio.sleep(0.15)
+    return stop.consistency_token
 
 
 async def _started_with_quick_freshness(tmp_path, postgres_dsn, when: datetime) -> Runtime:

@@ -702,7 +702,7 @@ async def test_the_opt_out_rate_counts_sends_and_opt_outs_per_campaign_and_brand
 
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.GetOptOutRate(api.GetOptOutRateRequest(brand="acme", campaign="nosuch"))
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.GetOptOutRate(
                 api.GetOptOutRateRequest(brand="acme", start_time=ts(t), end_time=ts(t))
