@@ -33,6 +33,11 @@ def add_parser(command: Any) -> None:
 async def run(settings: Settings, args: argparse.Namespace) -> None:
     runtime = Runtime(settings)
     await runtime.start_projecting()
+    # Before the lines that say it projects: a SIGTERM sent on seeing them is a clean stop.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     settle_collector()  # as `serve` and `rebuild` do: the fold is all small objects
     where = (
         f"the consumer group {settings.projector_group}"
@@ -51,10 +56,6 @@ async def run(settings: Settings, args: argparse.Namespace) -> None:
             log.info("%s", line)
     else:
         print("\n".join(lines), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     # Each batch commits its rows with its positions: stopping between two loses nothing.
     log.info("shutting down the projector")

@@ -295,3 +295,56 @@ def test_the_installed_image_migrates_and_serves_on_kafka_and_postgres(
             serving.wait()
     assert serving.returncode == 0, log.read_text()
     assert "shutting down" in log.read_text()
+
+
+def test_the_installed_image_projects_with_no_tokens_file_and_stops_cleanly(
+    installed, tmp_path, postgres_dsn, kafka_bootstrap
+):
+    """What the manifests' projector Deployment runs: `project`, probed on its health port."""
+    health = _free_port()
+    env = {
+        **_clean_env(),
+        "CONSENT_HEALTH_LISTEN": f"127.0.0.1:{health}",
+        "CONSENT_LEDGER": "kafka",
+        "CONSENT_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "CONSENT_KAFKA_TOPIC_PREFIX": f"image-{uuid.uuid4().hex[:8]}.",
+        "CONSENT_KAFKA_PARTITIONS": "2",
+        "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
+        "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
+        "CONSENT_POSTGRES_DSN": postgres_dsn,
+        "CONSENT_PROJECTOR_GROUP": f"image-{uuid.uuid4().hex[:8]}",
+    }
+    log = tmp_path / "project.log"
+    projecting = subprocess.Popen(
+        [str(installed / "bin" / "consent-ledger"), "project"],
+        cwd=tmp_path,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        status = None
+        deadline = time.monotonic() + 90
+        with grpc.insecure_channel(f"127.0.0.1:{health}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline and projecting.poll() is None:
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                except grpc.RpcError:
+                    status = None
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+                time.sleep(0.5)
+        assert status == health_pb2.HealthCheckResponse.SERVING, log.read_text()
+        # SIGTERM is handled once it says it projects (a moment after SERVING).
+        while "consent-ledger projecting the ledger" not in log.read_text():
+            assert time.monotonic() < deadline and projecting.poll() is None, log.read_text()
+            time.sleep(0.2)
+        projecting.send_signal(signal.SIGTERM)
+        projecting.wait(timeout=60)
+    finally:
+        if projecting.poll() is None:
+            projecting.kill()
+            projecting.wait()
+    assert projecting.returncode == 0, log.read_text()
+    assert "shutting down the projector" in log.read_text()
