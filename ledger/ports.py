@@ -463,6 +463,20 @@ class ConsentView(DigestReads, CampaignReads):
         message. None: this view keeps no claims, and every send waits."""
         return None
 
+    async def claim_messages(
+        self, brand: str, claims: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """``claim_message`` of each (phone, message id, event id) in ``claims``, for a
+        batch of sends: the event that holds each claim, by (phone, message id); a
+        pair missing from the answer reads as claimed by another send. Adapters claim
+        in one round trip; this default claims one at a time."""
+        held: dict[tuple[str, str], str] = {}
+        for phone, message_id, event_id in claims:
+            holder = await self.claim_message(brand, phone, message_id, event_id)
+            if holder is not None:
+                held[(phone, message_id)] = holder
+        return held
+
     async def request_uses(
         self, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], RequestUse]:

@@ -258,6 +258,25 @@ UNION ALL
 SELECT event_id FROM message_claim WHERE brand = $1 AND phone = $2 AND message_id = $3
 LIMIT 1
 """
+# A batch of sends' message claims (``claim_messages``), one statement: the claims it
+# made, or those that were there. In key order, so two batches cannot deadlock; a claim
+# another writer committed after this statement's snapshot is not read, and so reads
+# as another send's (the caller then waits for the view, as for any other's claim).
+_CLAIM_MESSAGES = """
+WITH k AS (
+    SELECT * FROM unnest($2::text[], $3::text[], $4::uuid[]) AS k(phone, message_id, event_id)
+), made AS (
+    INSERT INTO message_claim (brand, phone, message_id, event_id)
+    SELECT $1, phone, message_id, event_id FROM k ORDER BY phone, message_id
+    ON CONFLICT DO NOTHING
+    RETURNING phone, message_id, event_id
+)
+SELECT phone, message_id, event_id FROM made
+UNION ALL
+SELECT c.phone, c.message_id, c.event_id FROM message_claim AS c
+JOIN k USING (phone, message_id)
+WHERE c.brand = $1
+"""
 # A bulk import's claims (``claim_requests``), one statement for a chunk: the rows it
 # inserted, or those that were there. Inserted in key order, so two imports that
 # share ids cannot deadlock. Like _CLAIM_REQUEST, a row another writer committed
@@ -1127,6 +1146,22 @@ class PostgresConsentView(ConsentView):
     ) -> str | None:
         found = await self._reads.fetchval(_CLAIM_MESSAGE, brand, phone, message_id, event_id)
         return None if found is None else str(found)
+
+    @bounded_bulk
+    async def claim_messages(
+        self, brand: str, claims: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str], str]:
+        if not claims:
+            return {}
+        first = list({(c[0], c[1]): c for c in reversed(claims)}.values())
+        rows = await self._reads.fetch(
+            _CLAIM_MESSAGES,
+            brand,
+            [c[0] for c in first],
+            [c[1] for c in first],
+            [uuid.UUID(str(c[2])) for c in first],
+        )
+        return {(row["phone"], row["message_id"]): str(row["event_id"]) for row in rows}
 
     @bounded_bulk
     async def request_uses(

@@ -102,9 +102,8 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
     provider message id in the same look; when another send claimed it first, the
     view is let reach what was acknowledged for the phone (as ``replay`` does) and
     asked again, so that the same message recorded a moment ago is answered as that
-    message. (Batched sends take no claims: a single send of one of their messages
-    a moment after it, before the view applied it, is appended, and the projection
-    applies one ``MessageSent`` per message id, as for their own first attempts.)"""
+    message. (Batched sends claim their messages' ids the same way, in one statement:
+    ``Sends``.)"""
     first, ids = events[0], [str(e.event_id) for e in events]
     message = None
     if isinstance(first, MessageSent):

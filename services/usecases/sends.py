@@ -48,6 +48,27 @@ def _stamped(cmd: RecordMessagesSent, now: datetime, recorded_by: str) -> list[L
     return [replace(e, recorded_by=recorded_by) for e in events] if recorded_by else events
 
 
+def _split(
+    events: Sequence[MessageSent],
+    keys: Sequence[tuple[str, str]],
+    known: dict[tuple[str, str], str],
+) -> tuple[list[str], list[MessageSent]]:
+    """Per message, the event id that answers it (the first one recorded under its
+    message id, in the view or earlier in the call), and the messages to append."""
+    answer: list[str] = []
+    new: list[MessageSent] = []
+    first_in_call: dict[tuple[str, str], str] = {}
+    for event, key in zip(events, keys, strict=True):
+        earlier = known.get(key) or first_in_call.get(key)
+        if earlier is not None:
+            answer.append(earlier)
+            continue
+        first_in_call[key] = str(event.event_id)
+        answer.append(str(event.event_id))
+        new.append(event)
+    return answer, new
+
+
 class Sends:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -65,11 +86,11 @@ class Sends:
         that message (``RecordMessageSent``'s rule): answered with the first one's
         event id, not written. A retry of the call (its request id taken by this very
         request) lets the view reach the ledger's end on the phones' partitions
-        first, so what its first attempt appended is found, not appended again. A
-        first attempt does not wait (nor does a retry the view cannot serve in
-        time): a copy of a message recorded a moment ago that the view has not
-        applied yet is appended, and the projection applies one ``MessageSent`` per
-        message id, so it never counts twice."""
+        first, so what its first attempt appended is found, not appended again. The
+        new messages' ids are claimed as a single send claims its one; only messages
+        another send claimed first make the call wait for the view on their phones.
+        A copy the view cannot reach in time is appended, and the projection applies
+        one ``MessageSent`` per message id, so it never counts twice."""
         # A thousand messages are some 100 ms of validation: in a thread, so the event
         # loop (CanSend, this call's own reads) gets its turns meanwhile.
         sent = await asyncio.to_thread(_stamped, cmd, self.ctx.clock(), recorded_by)
@@ -86,23 +107,26 @@ class Sends:
             phones = sorted({e.phone for e in events})
             if await self.ctx.guard.wait_until_applied_for(phones):
                 known = await self.ctx.view.message_uses(cmd.brand, keys)
-        answer: list[str] = []
-        new: list[MessageSent] = []
-        first_in_call: dict[tuple[str, str], str] = {}
-        for event, key in zip(events, keys, strict=True):
-            earlier = known.get(key) or first_in_call.get(key)
-            if earlier is not None:
-                answer.append(earlier)
-                continue
-            first_in_call[key] = str(event.event_id)
-            answer.append(str(event.event_id))
-            new.append(event)
-        ours = set(first_in_call.values())
-        others = {i for i in answer if i not in ours}
-        token = await self._token_of(others)
+        answer, new = _split(events, keys, known)
+        if new:
+            await self._check_campaigns(new, events)
+            # Claim the new messages' ids as a single send does (``take_request``), so a
+            # single send of one of them a moment later waits for the view and is
+            # answered as this one. One another send claimed first may have been recorded
+            # a moment ago: the view is let reach the ledger on those phones, and asked.
+            held = await self.ctx.view.claim_messages(
+                cmd.brand, [(e.phone, e.message_id, str(e.event_id)) for e in new]
+            )
+            contested = [e for e in new if held.get((e.phone, e.message_id)) != str(e.event_id)]
+            if contested and await self.ctx.guard.wait_until_applied_for(
+                sorted({e.phone for e in contested})
+            ):
+                known = await self.ctx.view.message_uses(cmd.brand, keys)
+                answer, new = _split(events, keys, known)
+        ours = {str(e.event_id) for e in new}
+        token = await self._token_of({i for i in answer if i not in ours})
         if not new:
             return SendsResult(answer, token, 0)
-        await self._check_campaigns(new, events)
         new = await self._with_exemptions(new)
         claimed = await self.ctx.view.claim_request(
             cmd.brand, cmd.request_id, events[0].request_fingerprint, answer

@@ -1124,6 +1124,21 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
             RequestTaken(RequestUse("fp-g", (b,)), True, None, b)
         )
 
+    async def test_a_batch_claims_each_message_once_and_a_single_send_finds_it(
+        self, view: ConsentView
+    ) -> None:
+        phone, a, b, c = "+14155550100", *(str(uuid.uuid4()) for _ in range(3))
+        held = await view.claim_messages("acme", [(phone, "SM-1", a), (phone, "SM-2", b)])
+        assert held == {(phone, "SM-1"): a, (phone, "SM-2"): b}
+        # A second batch holding one of them is told whose the claim is.
+        again = await view.claim_messages("acme", [(phone, "SM-2", c), (phone, "SM-3", c)])
+        assert again == {(phone, "SM-2"): b, (phone, "SM-3"): c}
+        # A single send of a batch's message finds the batch's claim, so it waits.
+        copy = await view.take_request("acme", "s9", "fp-9", [c], (phone, "SM-1"))
+        assert copy == RequestTaken(None, False, None, a)
+        assert await view.claim_messages("globex", [(phone, "SM-1", c)]) == {(phone, "SM-1"): c}
+        assert await view.claim_messages("acme", []) == {}
+
     async def test_known_events_names_the_applied_ones_only(self, view: ConsentView) -> None:
         applied = grant("+14155550100", "acme", "deals", T0)
         await view.apply(Stream.SUBSCRIBERS, Positions().record([applied]))

@@ -256,6 +256,25 @@ async def test_a_message_id_recorded_before_is_answered_with_the_first_and_not_w
         assert rate.counts.messages_sent == 3
 
 
+async def test_a_message_sent_right_after_in_the_other_call_is_answered_as_the_first():
+    async with running(WAIT) as (app, _):
+        await app.writes.record(define())
+        # No wait for the view in between: the claims, not the view, tell the copy.
+        written = await app.sends.record(batch("b1", [message(i) for i in range(3)]))
+        copy = await app.writes.record(
+            RecordMessageSent("s1", phone(1), BRAND, "promo", "SM-1", MessageKind.REGULAR, at(9))
+        )
+        assert copy.event_ids == [written.event_ids[1]]
+        single = await app.writes.record(
+            RecordMessageSent("s2", phone(7), BRAND, "promo", "SM-7", MessageKind.REGULAR, at(9))
+        )
+        again = await app.sends.record(batch("b2", [message(7), message(8)]))
+        assert again.event_ids[0] == single.event_ids[0] and again.appended == 1
+        assert sorted(e.message_id for e in await sends_in_ledger(app)) == [
+            "SM-0", "SM-1", "SM-2", "SM-7", "SM-8"
+        ]  # fmt: skip
+
+
 async def test_a_message_for_an_undefined_campaign_refuses_the_call_and_writes_nothing():
     async with running(WAIT) as (app, _):
         await app.writes.record(define())
