@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 import threading
 import time
@@ -193,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from services import import_files
-    from services.cli.audit import packet as packet_cli
+    from services.cli import client
 
     name = "consent-ledger import"
     try:
@@ -205,9 +204,8 @@ def run(args: argparse.Namespace) -> int:
         peeked = next(records, None)
         records = itertools.chain([peeked] if peeked is not None else [], records)
         total = import_files.count_records(args.file, fmt)
-        token = packet_cli._token(args)
-        address = args.address or os.environ.get("CONSENT_ADDRESS") or packet_cli.DEFAULT_ADDRESS
-        channel = packet_cli._channel(args, address)
+        token = client.token(args)
+        channel = client.channel(args, client.address(args))
         refusals_out = args.refusals.open("w") if args.refusals is not None else None
     except (OSError, ValueError) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
@@ -292,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
         if failure and isinstance(failure[0], import_files.FormatError | UnicodeError):
             print(f"{name}: {args.file}: {failure[0]}", file=sys.stderr)
             return 2
-        print(f"{name}: {packet_cli._refusal(exc)}", file=sys.stderr)
+        print(f"{name}: {client.refusal(exc)}", file=sys.stderr)
         print(
             f"{name}: stopped after {summary.imported:,} records imported; running the "
             "import again goes on from there (records already recorded are skipped)",

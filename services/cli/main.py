@@ -2,7 +2,8 @@
 module beside this one: ``serve``, ``project``, ``migrate``, ``rebuild``, ``tokens`` (``token
 add`` / ``token remove``), ``import_``; ``audit`` (its tools, one module each, in
 ``services.cli.audit``), with ``export``, ``verify`` and ``keys`` also top-level
-commands (``services.cli.audit.evidence``)."""
+commands (``services.cli.audit.evidence``). The clients of a running service
+(the audit tools, ``import``) connect through ``services.cli.client``."""
 
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +32,10 @@ ACCESS_EXIT = """\
 2  a usage error"""
 
 
-def _moment(text: str) -> datetime:
-    """An ISO 8601 time; a date or a time without zone is read as UTC."""
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def add_parser(tools: Any) -> None:
     """``access`` among ``audit``'s tools (``services.cli.audit``)."""
-    from services.cli.audit.packet import CONNECTION, DEFAULT_ADDRESS
+    from services.cli import client
+    from services.cli.client import CONNECTION, DEFAULT_ADDRESS
     from services.cli.manual import Manual, tool
 
     parser = tool(
@@ -63,8 +54,8 @@ def add_parser(tools: Any) -> None:
     )
     parser.add_argument("--phone", help="only the reads of this number (E.164)")
     parser.add_argument("--subject", help="only the reads by this caller (a token's name)")
-    parser.add_argument("--from", dest="start", type=_moment, help="first moment (ISO 8601)")
-    parser.add_argument("--to", dest="end", type=_moment, help="moment after the last")
+    parser.add_argument("--from", dest="start", type=client.moment, help="first moment (ISO 8601)")
+    parser.add_argument("--to", dest="end", type=client.moment, help="moment after the last")
     parser.add_argument(
         "--limit", type=int, default=100, metavar="N", help="at most N records (default 100)"
     )
@@ -119,12 +110,12 @@ def run(args: argparse.Namespace) -> int:
     from consent.v1 import consent_service_pb2 as api
     from consent.v1 import consent_service_pb2_grpc as api_grpc
 
-    from services.cli.audit import packet as packet_cli
+    from services.cli import client
 
     if args.limit < 1:
         print("consent-ledger audit access: --limit must be 1 or more", file=sys.stderr)
         return 2
-    connected = packet_cli.connect(args, "audit access")
+    connected = client.connect(args, "audit access")
     if connected is None:
         return 2
     token, channel = connected
@@ -153,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
                     break
                 request.page_token = page.next_page_token
     except grpc.RpcError as exc:
-        print(f"consent-ledger audit access: {packet_cli._refusal(exc)}", file=sys.stderr)
+        print(f"consent-ledger audit access: {client.refusal(exc)}", file=sys.stderr)
         return 1
     print(f"{shown} read(s) listed", file=sys.stderr)
     return 0

@@ -36,7 +36,7 @@ is refused."""
 
 
 def _manuals() -> tuple[Any, Any]:
-    from services.cli.audit.packet import CONNECTION
+    from services.cli.client import CONNECTION
     from services.cli.manual import Manual
 
     erase = Manual(
@@ -129,10 +129,10 @@ def run(args: argparse.Namespace) -> int:
     from consent.v1 import consent_service_pb2 as api
     from consent.v1 import consent_service_pb2_grpc as api_grpc
 
-    from services.cli.audit import packet as packet_cli
+    from services.cli import client
 
     name = "audit erase" if args.audit_command == "erase" else f"audit hold {args.action}"
-    connected = packet_cli.connect(args, name)
+    connected = client.connect(args, name)
     if connected is None:
         return 2
     token, channel = connected

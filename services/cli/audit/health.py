@@ -44,7 +44,7 @@ reads the same view, skips the partitions read, and adds their counts."""
 
 
 def _manual() -> Any:
-    from services.cli.audit.packet import CONNECTION
+    from services.cli.client import CONNECTION
     from services.cli.manual import Manual
 
     return Manual(
@@ -67,8 +67,9 @@ consent-ledger audit health --brand acme --json | jq '.campaigns[] | select(.fla
 
 def add_parser(tools: Any) -> None:
     """``health`` among ``audit``'s tools."""
-    from services.cli.audit import packet as packet_cli
-    from services.cli.audit import sweep as sweep_cli
+    from pathlib import Path
+
+    from services.cli import client
     from services.cli.manual import tool
 
     health = tool(tools, "health", _manual())
@@ -78,14 +79,14 @@ def add_parser(tools: Any) -> None:
         "--since",
         dest="start",
         metavar="TIME",
-        type=sweep_cli._moment,
+        type=client.moment,
         help="first moment of the window, ISO 8601 (default: 30 days before --until)",
     )
     health.add_argument(
         "--until",
         dest="end",
         metavar="TIME",
-        type=sweep_cli._moment,
+        type=client.moment,
         help="moment after the window's last, ISO 8601 (default: now)",
     )
     health.add_argument("--json", action="store_true", help="print the answer as JSON")
@@ -109,14 +110,12 @@ def add_parser(tools: Any) -> None:
     )
     health.add_argument(
         "--address",
-        help=f"the service (default: $CONSENT_ADDRESS or {packet_cli.DEFAULT_ADDRESS})",
+        help=f"the service (default: $CONSENT_ADDRESS or {client.DEFAULT_ADDRESS})",
     )
-    health.add_argument("--token-file", type=sweep_cli._path, help="a file holding the token")
-    health.add_argument(
-        "--cacert", type=sweep_cli._path, help="PEM CA to verify the server's certificate"
-    )
-    health.add_argument("--cert", type=sweep_cli._path, help="PEM client certificate, for mTLS")
-    health.add_argument("--key", type=sweep_cli._path, help="PEM key of --cert")
+    health.add_argument("--token-file", type=Path, help="a file holding the token")
+    health.add_argument("--cacert", type=Path, help="PEM CA to verify the server's certificate")
+    health.add_argument("--cert", type=Path, help="PEM client certificate, for mTLS")
+    health.add_argument("--key", type=Path, help="PEM key of --cert")
     health.add_argument(
         "--timeout", type=float, default=600.0, metavar="SECONDS", help="give up after (600)"
     )
@@ -259,9 +258,9 @@ def run(args: argparse.Namespace) -> int:
     from consent.v1 import consent_service_pb2 as api
     from consent.v1 import consent_service_pb2_grpc as api_grpc
 
-    from services.cli.audit import packet as packet_cli
+    from services.cli import client
 
-    connected = packet_cli.connect(args, "audit health")
+    connected = client.connect(args, "audit health")
     if connected is None:
         return 2
     token, channel = connected
@@ -357,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     except grpc.RpcError as exc:
         progress.interrupt()
-        print(f"consent-ledger audit health: {packet_cli._refusal(exc)}", file=sys.stderr)
+        print(f"consent-ledger audit health: {client.refusal(exc)}", file=sys.stderr)
         return 1
     progress.end()
     if response is None:

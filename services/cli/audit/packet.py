@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from services.cli import client
+from services.cli.client import CONNECTION, DEFAULT_ADDRESS
 from services.cli.manual import Manual, tool
 from services.progress import Progress, ProgressLine, wanted
 
@@ -37,13 +38,6 @@ It asks the service's GetProofPacket (the same as grpcurl would) with a token
 that has the audit scope for the brand: a token limited to other brands is
 refused. It prints a summary to standard error."""
 
-CONNECTION = """\
-Connection: the audit tools that ask a running service (packet, sweep, health,
-access, erase, hold) reach it at --address, or CONSENT_ADDRESS, else
-127.0.0.1:50051, with the token in --token-file, else CONSENT_TOKEN, else
-var/data/dev-token (what `make run` writes). Plaintext unless --cacert is given
-(TLS), with --cert and --key for mutual TLS."""
-
 PACKET_MANUAL = Manual(
     summary="write a number's proof-of-opt-in packet (JSON, HTML or PDF)",
     description=f"{PACKET_DESCRIPTION}\n\n{CONNECTION}",
@@ -58,9 +52,6 @@ consent-ledger audit packet --phone +14155552671 --brand acme --campaign promo \
 2  a usage error""",
     see_also=("consent-ledger audit verify", "consent-ledger audit access"),
 )
-
-DEFAULT_ADDRESS = "127.0.0.1:50051"
-DEV_TOKEN = Path("var/data/dev-token")
 
 
 def add_parser(tools: Any) -> None:
@@ -106,67 +97,6 @@ def add_parser(tools: Any) -> None:
     packet.add_argument("--quiet", action="store_true", help="no progress line")
 
 
-def _token(args: argparse.Namespace) -> str | None:
-    if args.token_file is not None:
-        return str(args.token_file.read_text()).strip()
-    if os.environ.get("CONSENT_TOKEN"):
-        return os.environ["CONSENT_TOKEN"].strip()
-    if DEV_TOKEN.exists():
-        return DEV_TOKEN.read_text().strip()
-    return None
-
-
-def connect(args: argparse.Namespace, tool: str) -> tuple[str, Any] | None:
-    """The token and channel a client tool (``consent-ledger TOOL``) calls the
-    service with; None after saying on standard error why there are none (the tool
-    then exits 2, a usage error)."""
-    address = args.address or os.environ.get("CONSENT_ADDRESS") or DEFAULT_ADDRESS
-    try:
-        token = _token(args)
-        channel = _channel(args, address)
-    except (OSError, ValueError) as exc:
-        print(f"consent-ledger {tool}: {exc}", file=sys.stderr)
-        return None
-    if token is None:
-        print(
-            f"consent-ledger {tool}: no token: give --token-file or set CONSENT_TOKEN",
-            file=sys.stderr,
-        )
-        return None
-    return token, channel
-
-
-def _channel(args: argparse.Namespace, address: str) -> Any:
-    import grpc
-
-    if args.cacert is None:
-        if args.cert or args.key:
-            raise ValueError("--cert and --key go with --cacert")
-        return grpc.insecure_channel(address)
-    if bool(args.cert) != bool(args.key):
-        raise ValueError("--cert and --key go together")
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=args.cacert.read_bytes(),
-        private_key=args.key.read_bytes() if args.key else None,
-        certificate_chain=args.cert.read_bytes() if args.cert else None,
-    )
-    return grpc.secure_channel(address, credentials)
-
-
-def _refusal(exc: Any) -> str:
-    """A failed call's status, message, and the fields a ``BadRequest`` names."""
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
-
-    lines = [f"{exc.code().name}: {exc.details()}"]
-    status = rpc_status.from_call(exc)
-    for detail in status.details if status else []:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            lines += [f"  {v.field}: {v.description}" for v in bad.field_violations]
-    return "\n".join(lines)
-
-
 def summary(packet: dict[str, Any]) -> str:
     """What a person wants to know before opening the file."""
     messages = packet["messages"]
@@ -198,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    connected = connect(args, "audit packet")
+    connected = client.connect(args, "audit packet")
     if connected is None:
         return 2
     token, channel = connected
@@ -220,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
                 request, metadata=[("authorization", f"Bearer {token}")], timeout=args.timeout
             )
     except grpc.RpcError as exc:
-        print(f"consent-ledger audit packet: {_refusal(exc)}", file=sys.stderr)
+        print(f"consent-ledger audit packet: {client.refusal(exc)}", file=sys.stderr)
         return 1
     if wanted(sys.stderr, args.progress) and not args.quiet:
         # One number's packet comes in one answer: the line says what it read, and

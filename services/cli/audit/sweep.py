@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ sweep would."""
 
 
 def _manual() -> Any:
-    from services.cli.audit.packet import CONNECTION
+    from services.cli.client import CONNECTION
     from services.cli.manual import Manual
 
     return Manual(
@@ -69,30 +68,23 @@ consent-ledger audit sweep --brand acme --campaign promo --from 2026-11-01 \\
     )
 
 
-def _moment(text: str) -> datetime:
-    """An ISO 8601 time; a date or a time without zone is read as UTC."""
-    from datetime import UTC
-
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def add_parser(tools: Any) -> None:
     """``sweep`` among ``audit``'s tools."""
-    from services.cli.audit import packet as packet_cli
+    from services.cli import client
     from services.cli.manual import tool
 
     sweep = tool(tools, "sweep", _manual())
     sweep.add_argument("--brand", required=True, help="the brand")
     sweep.add_argument("--campaign", required=True, help="the campaign swept")
     sweep.add_argument(
-        "--from", dest="start", required=True, type=_moment, help="first moment (ISO 8601)"
+        "--from", dest="start", required=True, type=client.moment, help="first moment (ISO 8601)"
     )
     sweep.add_argument(
-        "--to", dest="end", required=True, type=_moment, help="moment after the last (ISO 8601)"
+        "--to",
+        dest="end",
+        required=True,
+        type=client.moment,
+        help="moment after the last (ISO 8601)",
     )
     sweep.add_argument("--json", action="store_true", help="print findings as JSON Lines")
     sweep.add_argument(
@@ -115,21 +107,15 @@ def add_parser(tools: Any) -> None:
     )
     sweep.add_argument(
         "--address",
-        help=f"the service (default: $CONSENT_ADDRESS or {packet_cli.DEFAULT_ADDRESS})",
+        help=f"the service (default: $CONSENT_ADDRESS or {client.DEFAULT_ADDRESS})",
     )
-    sweep.add_argument("--token-file", type=_path, help="a file holding the bearer token")
-    sweep.add_argument("--cacert", type=_path, help="PEM CA to verify the server's certificate")
-    sweep.add_argument("--cert", type=_path, help="PEM client certificate, for mutual TLS")
-    sweep.add_argument("--key", type=_path, help="PEM key of --cert")
+    sweep.add_argument("--token-file", type=Path, help="a file holding the bearer token")
+    sweep.add_argument("--cacert", type=Path, help="PEM CA to verify the server's certificate")
+    sweep.add_argument("--cert", type=Path, help="PEM client certificate, for mutual TLS")
+    sweep.add_argument("--key", type=Path, help="PEM key of --cert")
     sweep.add_argument(
         "--timeout", type=float, default=3600.0, metavar="SECONDS", help="give up after (3600)"
     )
-
-
-def _path(text: str) -> Any:
-    from pathlib import Path
-
-    return Path(text)
 
 
 def finding_record(finding: Any) -> dict[str, Any]:
@@ -186,9 +172,9 @@ def run(args: argparse.Namespace) -> int:
     from consent.v1 import consent_service_pb2 as api
     from consent.v1 import consent_service_pb2_grpc as api_grpc
 
-    from services.cli.audit import packet as packet_cli
+    from services.cli import client
 
-    connected = packet_cli.connect(args, "audit sweep")
+    connected = client.connect(args, "audit sweep")
     if connected is None:
         return 2
     token, channel = connected
@@ -298,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     except grpc.RpcError as exc:
         progress.interrupt()
-        print(f"consent-ledger audit sweep: {packet_cli._refusal(exc)}", file=sys.stderr)
+        print(f"consent-ledger audit sweep: {client.refusal(exc)}", file=sys.stderr)
         return 1
     progress.end()
     state.remove()
