@@ -237,6 +237,27 @@ class KafkaLedger(EventLog):
                 return topics
             await asyncio.sleep(0.1)
 
+    async def _described_configs(
+        self, admin: AIOKafkaAdminClient, topics: list[str], await_creation: bool
+    ) -> list[dict[str, Any]]:
+        """Each topic's configs (``describe_configs``). Of topics just created, the
+        broker asked may not know one yet (seen on a three-broker cluster): asked again
+        until ``request_timeout_s``, as ``_described_topics`` waits for the topics."""
+        if not topics:
+            return []
+        resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics]
+        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
+        while True:
+            found = [
+                resource
+                for response in await admin.describe_configs(resources)
+                for resource in response.to_object()["resources"]
+            ]
+            pending = any(r["error_code"] != 0 for r in found)
+            if not (await_creation and pending) or asyncio.get_running_loop().time() > deadline:
+                return found
+            await asyncio.sleep(0.1)
+
     async def _verify_topics(self, admin: AIOKafkaAdminClient, await_creation: bool) -> None:
         names = self.settings.topic_partitions()
         problems: dict[str, list[str]] = {name: [] for name in names}
@@ -259,15 +280,14 @@ class KafkaLedger(EventLog):
                 problems[name].append(
                     f"has replication factor {replicas}, below {self.settings.replication_factor}"
                 )
-        resources = [ConfigResource(ConfigResourceType.TOPIC, t["topic"]) for t in described]
-        for response in await admin.describe_configs(resources):
-            for resource in response.to_object()["resources"]:
-                name = resource["resource_name"]
-                if resource["error_code"] != 0:
-                    problems[name].append(f"configs unreadable: {resource['error_message']}")
-                    continue
-                found = {e["config_names"]: e["config_value"] for e in resource["config_entries"]}
-                problems[name].extend(self._config_problems(found))
+        topics = [t["topic"] for t in described]
+        for resource in await self._described_configs(admin, topics, await_creation):
+            name = resource["resource_name"]
+            if resource["error_code"] != 0:
+                problems[name].append(f"configs unreadable: {resource['error_message']}")
+                continue
+            found = {e["config_names"]: e["config_value"] for e in resource["config_entries"]}
+            problems[name].extend(self._config_problems(found))
         report = [f"{name}: {p}" for name, ps in problems.items() for p in ps]
         if report:
             raise UnsafeTopicError(
