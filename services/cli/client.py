@@ -24,6 +24,29 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEV_TOKEN = Path("var/data/dev-token")
 
 
+def add_connection_options(parser: argparse.ArgumentParser, timeout: int) -> None:
+    """``--address``, ``--token-file``, ``--cacert``, ``--cert``, ``--key`` and
+    ``--timeout`` (giving up after ``timeout`` seconds), which ``connect`` reads."""
+    parser.add_argument(
+        "--address", help=f"the service (default: $CONSENT_ADDRESS or {DEFAULT_ADDRESS})"
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"a file holding the bearer token (default: $CONSENT_TOKEN, else {DEV_TOKEN})",
+    )
+    parser.add_argument("--cacert", type=Path, help="PEM CA to verify the server's certificate")
+    parser.add_argument("--cert", type=Path, help="PEM client certificate, for mutual TLS")
+    parser.add_argument("--key", type=Path, help="PEM key of --cert")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=float(timeout),
+        metavar="SECONDS",
+        help=f"give up after ({timeout})",
+    )
+
+
 def token(args: argparse.Namespace) -> str | None:
     """The bearer token: ``--token-file``, else $CONSENT_TOKEN, else the dev token."""
     if args.token_file is not None:

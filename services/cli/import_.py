@@ -95,6 +95,8 @@ SHOWN_LINES = 5
 
 def add_parser(sub: Any, command: Any) -> None:
     """``import`` on ``services.cli.main``'s parser."""
+    from services.cli import client
+
     parser = command("import", "import another platform's opt-ins and opt-outs (CSV, JSON Lines)")
     parser.description = DESCRIPTION
     parser.epilog = EPILOG
@@ -112,20 +114,7 @@ def add_parser(sub: Any, command: Any) -> None:
         "--refusals", type=Path, metavar="FILE", help="write each refused record here (JSONL)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--address", help="the service (default: $CONSENT_ADDRESS or 127.0.0.1:50051)"
-    )
-    parser.add_argument(
-        "--token-file",
-        type=Path,
-        help="a file holding the bearer token (default: $CONSENT_TOKEN, else var/data/dev-token)",
-    )
-    parser.add_argument("--cacert", type=Path, help="PEM CA to verify the server's certificate")
-    parser.add_argument("--cert", type=Path, help="PEM client certificate, for mutual TLS")
-    parser.add_argument("--key", type=Path, help="PEM key of --cert")
-    parser.add_argument(
-        "--timeout", type=float, default=3600.0, metavar="SECONDS", help="give up after (3600)"
-    )
+    client.add_connection_options(parser, 3600)
 
 
 @dataclass

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 ACCESS_DESCRIPTION = """\
@@ -35,7 +34,7 @@ ACCESS_EXIT = """\
 def add_parser(tools: Any) -> None:
     """``access`` among ``audit``'s tools (``services.cli.audit``)."""
     from services.cli import client
-    from services.cli.client import CONNECTION, DEFAULT_ADDRESS
+    from services.cli.client import CONNECTION
     from services.cli.manual import Manual, tool
 
     parser = tool(
@@ -60,16 +59,7 @@ def add_parser(tools: Any) -> None:
         "--limit", type=int, default=100, metavar="N", help="at most N records (default 100)"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object a line")
-    parser.add_argument(
-        "--address", help=f"the service (default: $CONSENT_ADDRESS or {DEFAULT_ADDRESS})"
-    )
-    parser.add_argument("--token-file", type=Path, help="a file holding the bearer token")
-    parser.add_argument("--cacert", type=Path, help="PEM CA to verify the server's certificate")
-    parser.add_argument("--cert", type=Path, help="PEM client certificate, for mutual TLS")
-    parser.add_argument("--key", type=Path, help="PEM key of --cert")
-    parser.add_argument(
-        "--timeout", type=float, default=60.0, metavar="SECONDS", help="give up after (60)"
-    )
+    client.add_connection_options(parser, 60)
 
 
 def record(access: Any) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 ERASE_DESCRIPTION = """\
@@ -71,6 +70,8 @@ consent-ledger audit hold release --phone +14155552671 --brand acme --hold-id sm
 
 
 def _connection(parser: argparse.ArgumentParser) -> None:
+    from services.cli import client
+
     parser.add_argument("--phone", required=True, help="the number, E.164 (+14155552671)")
     parser.add_argument("--brand", required=True, help="the brand")
     parser.add_argument(
@@ -78,16 +79,7 @@ def _connection(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="makes a retry harmless: the same id records nothing twice (default: a new one)",
     )
-    parser.add_argument(
-        "--address", help="the service (default: $CONSENT_ADDRESS or 127.0.0.1:50051)"
-    )
-    parser.add_argument("--token-file", type=Path, help="a file holding the bearer token")
-    parser.add_argument("--cacert", type=Path, help="PEM CA to verify the server's certificate")
-    parser.add_argument("--cert", type=Path, help="PEM client certificate, for mutual TLS")
-    parser.add_argument("--key", type=Path, help="PEM key of --cert")
-    parser.add_argument(
-        "--timeout", type=float, default=30.0, metavar="SECONDS", help="give up after (30)"
-    )
+    client.add_connection_options(parser, 30)
 
 
 def add_parsers(tools: Any) -> None:

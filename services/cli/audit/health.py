@@ -67,7 +67,6 @@ consent-ledger audit health --brand acme --json | jq '.campaigns[] | select(.fla
 
 def add_parser(tools: Any) -> None:
     """``health`` among ``audit``'s tools."""
-    from pathlib import Path
 
     from services.cli import client
     from services.cli.manual import tool
@@ -108,17 +107,7 @@ def add_parser(tools: Any) -> None:
         metavar="TOKEN",
         help="a write's consistency_token: read a view that has applied it",
     )
-    health.add_argument(
-        "--address",
-        help=f"the service (default: $CONSENT_ADDRESS or {client.DEFAULT_ADDRESS})",
-    )
-    health.add_argument("--token-file", type=Path, help="a file holding the token")
-    health.add_argument("--cacert", type=Path, help="PEM CA to verify the server's certificate")
-    health.add_argument("--cert", type=Path, help="PEM client certificate, for mTLS")
-    health.add_argument("--key", type=Path, help="PEM key of --cert")
-    health.add_argument(
-        "--timeout", type=float, default=600.0, metavar="SECONDS", help="give up after (600)"
-    )
+    client.add_connection_options(health, 600)
 
 
 def _counts(counts: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from services.cli import client
-from services.cli.client import CONNECTION, DEFAULT_ADDRESS
+from services.cli.client import CONNECTION
 from services.cli.manual import Manual, tool
 from services.progress import Progress, ProgressLine, wanted
 
@@ -75,20 +75,7 @@ def add_parser(tools: Any) -> None:
         metavar="FILE",
         help="where to write it; - for standard output",
     )
-    packet.add_argument(
-        "--address", help=f"the service (default: $CONSENT_ADDRESS or {DEFAULT_ADDRESS})"
-    )
-    packet.add_argument(
-        "--token-file",
-        type=Path,
-        help="a file holding the bearer token (default: $CONSENT_TOKEN, else var/data/dev-token)",
-    )
-    packet.add_argument("--cacert", type=Path, help="PEM CA to verify the server's TLS certificate")
-    packet.add_argument("--cert", type=Path, help="PEM client certificate, for mutual TLS")
-    packet.add_argument("--key", type=Path, help="PEM key of --cert")
-    packet.add_argument(
-        "--timeout", type=float, default=60.0, metavar="SECONDS", help="give up after (60)"
-    )
+    client.add_connection_options(packet, 60)
     packet.add_argument(
         "--progress",
         action="store_true",

@@ -105,17 +105,7 @@ def add_parser(tools: Any) -> None:
         action="store_true",
         help="a progress line on standard error even when it is not a terminal",
     )
-    sweep.add_argument(
-        "--address",
-        help=f"the service (default: $CONSENT_ADDRESS or {client.DEFAULT_ADDRESS})",
-    )
-    sweep.add_argument("--token-file", type=Path, help="a file holding the bearer token")
-    sweep.add_argument("--cacert", type=Path, help="PEM CA to verify the server's certificate")
-    sweep.add_argument("--cert", type=Path, help="PEM client certificate, for mutual TLS")
-    sweep.add_argument("--key", type=Path, help="PEM key of --cert")
-    sweep.add_argument(
-        "--timeout", type=float, default=3600.0, metavar="SECONDS", help="give up after (3600)"
-    )
+    client.add_connection_options(sweep, 3600)
 
 
 def finding_record(finding: Any) -> dict[str, Any]:
