@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -229,13 +229,11 @@ class KafkaLedger(EventLog):
         if not names:
             return []
         # A topic just created takes a moment to reach the broker's metadata cache.
-        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
-        while True:
-            topics: list[dict[str, Any]] = await admin.describe_topics(names)
-            pending = any(t["error_code"] == UnknownTopicOrPartitionError.errno for t in topics)
-            if not (await_creation and pending) or asyncio.get_running_loop().time() > deadline:
-                return topics
-            await asyncio.sleep(0.1)
+        return await self._asked_until_known(
+            lambda: admin.describe_topics(names),
+            lambda t: t["error_code"] == UnknownTopicOrPartitionError.errno,
+            await_creation,
+        )
 
     async def _described_configs(
         self, admin: AIOKafkaAdminClient, topics: list[str], await_creation: bool
@@ -246,14 +244,27 @@ class KafkaLedger(EventLog):
         if not topics:
             return []
         resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics]
+
+        async def configs() -> list[dict[str, Any]]:
+            responses = await admin.describe_configs(resources)
+            return [r for response in responses for r in response.to_object()["resources"]]
+
+        return await self._asked_until_known(
+            configs, lambda r: r["error_code"] != 0, await_creation
+        )
+
+    async def _asked_until_known(
+        self,
+        ask: Callable[[], Awaitable[list[dict[str, Any]]]],
+        unknown: Callable[[dict[str, Any]], bool],
+        await_creation: bool,
+    ) -> list[dict[str, Any]]:
+        """``ask()``'s answer; of topics just created (``await_creation``), asked again
+        every 0.1 s while an entry is ``unknown``, until ``request_timeout_s``."""
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
         while True:
-            found = [
-                resource
-                for response in await admin.describe_configs(resources)
-                for resource in response.to_object()["resources"]
-            ]
-            pending = any(r["error_code"] != 0 for r in found)
+            found = await ask()
+            pending = any(unknown(entry) for entry in found)
             if not (await_creation and pending) or asyncio.get_running_loop().time() > deadline:
                 return found
             await asyncio.sleep(0.1)
