@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 _POSTGRES_FAILURES = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _KAFKA_FAILURES = (OSError, asyncio.TimeoutError, KafkaError, UnsafeTopicError)
 _PROJECTOR_LAG_INTERVAL = 1.0
+PROCESS_HEALTH = "liveness"
+"""The health service name a ``project`` process answers SERVING for while it runs,
+whether or not its projector does: the liveness probe's. The overall status ("")
+is NOT_SERVING while a failed projector waits to be started again."""
 """Seconds between a ``project`` process's looks at its lag (for metrics only)."""
 
 
@@ -189,6 +193,8 @@ class Runtime:
     health_address: str | None = None
     """Where ``start_projecting`` serves the gRPC health service, once it does."""
     _health: Any = None
+    _projecting: bool = False
+    """Whether the supervised projector's run is going (not failed and waiting)."""
     _console: Any = None
     _metrics_http: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -359,7 +365,8 @@ class Runtime:
             await self._serve_health(s.health_listen)
 
     async def _serve_health(self, listen: str) -> None:
-        """The gRPC health service alone, in plaintext, SERVING until ``stop``."""
+        """The gRPC health service alone, in plaintext: ``PROCESS_HEALTH`` SERVING until
+        ``stop``, the overall status SERVING while the projector runs."""
         import grpc
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -375,8 +382,9 @@ class Runtime:
                 "not one of this machine's; set CONSENT_HEALTH_LISTEN to a free host:port"
             ) from exc
         await server.start()
-        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await servicer.set(PROCESS_HEALTH, health_pb2.HealthCheckResponse.SERVING)
         self._health = (server, servicer)
+        await self._projector_running(self._projecting)
         self.health_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def _serve_metrics(self, listen: str) -> None:
@@ -454,8 +462,22 @@ class Runtime:
         else:
             local = Projector(self.ledger, self.view, poll_timeout=0.05)
             run = local.run
-        supervised = supervise(run, name="the projector", failed=self.metrics.projector_failed)
+        supervised = supervise(
+            run,
+            name="the projector",
+            failed=self.metrics.projector_failed,
+            running=self._projector_running,
+        )
         self._tasks.append(asyncio.create_task(supervised, name="projector"))
+
+    async def _projector_running(self, running: bool) -> None:
+        """Keep the health service's overall status (``project``'s) to the projector's."""
+        self._projecting = running
+        if self._health is not None:
+            from grpc_health.v1 import health_pb2
+
+            status = health_pb2.HealthCheckResponse
+            await self._health[1].set("", status.SERVING if running else status.NOT_SERVING)
 
     async def _start_checkpoints(self, pool: asyncpg.Pool, dsn: str | None) -> None:
         """Sign a checkpoint of the ledger's chain every ``checkpoint_interval``
@@ -530,10 +552,8 @@ class Runtime:
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace)
         if self._health is not None:
-            from grpc_health.v1 import health_pb2
-
             server, servicer = self._health
-            await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+            await servicer.enter_graceful_shutdown()  # every status NOT_SERVING, for good
             await server.stop(0)
             self._health = None
         if self._console is not None:

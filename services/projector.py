@@ -31,6 +31,7 @@ async def supervise(
     *,
     name: str,
     failed: Callable[[], None] = lambda: None,
+    running: Callable[[bool], Awaitable[None]] | None = None,
     first_pause: float = 0.5,
     longest_pause: float = 30.0,
     healthy_after: float = 60.0,
@@ -45,17 +46,23 @@ async def supervise(
     and counted through ``failed``; the pause before the next start doubles from
     ``first_pause`` up to ``longest_pause``, and goes back to ``first_pause`` once a
     run has lasted ``healthy_after`` seconds. A run that returns is a failure too:
-    a projector follows the ledger forever.
+    a projector follows the ledger forever. ``running``, if given, is told True as
+    each run starts and False as it fails, so that a health check can say NOT_SERVING
+    while a failed run waits for its next start.
     """
     pause = first_pause
     while True:
         started = monotonic()
+        if running is not None:
+            await running(True)
         try:
             await run()
             problem: BaseException = RuntimeError(f"{name} returned; it should run forever")
         except Exception as exc:  # cancellation is a BaseException: it ends the loop
             problem = exc
         failed()
+        if running is not None:
+            await running(False)
         if monotonic() - started >= healthy_after:
             pause = first_pause
         log.error("%s failed; starting it again in %.1f s", name, pause, exc_info=problem)

@@ -20,6 +20,7 @@ import yaml
 
 from ledger.ports import Stream
 from services.adapters.kafka_ledger import topic_configs
+from services.bootstrap import PROCESS_HEALTH
 from services.settings import Settings, host_and_port
 from tests.deploy import tools
 
@@ -237,8 +238,8 @@ def test_the_projector_runs_beside_api_pods_that_leave_projection_to_it(overlay:
     assert container["args"] == ["project"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"health": health_port, "metrics": metrics_port}
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"] == {"port": health_port}, probe
+    assert container["readinessProbe"]["grpc"] == {"port": health_port}
+    assert container["livenessProbe"]["grpc"] == {"port": health_port, "service": PROCESS_HEALTH}
     (wait,) = spec["initContainers"]
     assert wait["args"][:2] == ["migrate", "--check"]
     api = one(docs, "Deployment", "consent-ledger")["spec"]["template"]["spec"]

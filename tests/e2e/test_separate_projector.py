@@ -22,13 +22,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.bootstrap import Runtime
+from services.bootstrap import PROCESS_HEALTH, Runtime
 from services.settings import FreshnessSettings, Settings
 from tests.e2e.harness import Client, client, define, kafka_settings, opt_in, opt_out
 from tests.e2e.harness import service_settings as harness_settings
@@ -159,9 +160,11 @@ async def eventually_answered(c: Client, phone: str, token: str) -> Any:
         assert asyncio.get_running_loop().time() < deadline, "the projector never caught up"
 
 
-async def health_of(address: str) -> int:
+async def health_of(address: str, service: str = "") -> int:
     async with grpc.aio.insecure_channel(address) as channel:
-        answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        answer = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service)
+        )
         return int(answer.status)
 
 
@@ -251,3 +254,47 @@ async def test_by_default_serve_projects_in_its_own_process(tmp_path, postgres_d
         granted = await app.RecordOptIn(opt_in("+14155552901", "acme", "promo", when))
         answer = await check(app, "+14155552901", granted.consistency_token)
         assert answer.allowed, answer
+
+
+async def test_a_projector_process_is_not_ready_while_its_failed_projector_waits(
+    tmp_path, postgres_dsn
+):
+    """Its readiness follows the projector: NOT_SERVING from a failure (here the
+    view's positions table gone) until a start that works; its liveness does not."""
+    when = noon_in_los_angeles()
+    settings = serving_settings(tmp_path, postgres_dsn, None, projector="off")
+    async with serving(settings, when) as service, client(service.address, "acme-app") as app:
+        with projector(settings) as separate:
+            await eventually_health(separate.health, "", health_pb2.HealthCheckResponse.SERVING)
+            async with client(service.address) as admin:
+                await admin.DefineCampaign(define("acme", "promo", when - timedelta(1)))
+            conn = await asyncpg.connect(postgres_dsn)
+            try:
+                await conn.execute("ALTER TABLE projection_offset RENAME TO projection_away")
+                granted = await app.RecordOptIn(opt_in("+14155552902", "acme", "promo", when))
+                await eventually_health(
+                    separate.health, "", health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                assert await health_of(separate.health, PROCESS_HEALTH) == (
+                    health_pb2.HealthCheckResponse.SERVING
+                )
+                failures = re.search(
+                    r"^consent_projector_failures_total (\S+)$", separate.metrics_text(), re.M
+                )
+                assert failures is not None and float(failures.group(1)) >= 1
+            finally:
+                await conn.execute(
+                    "ALTER TABLE IF EXISTS projection_away RENAME TO projection_offset"
+                )
+                await conn.close()
+            await eventually_health(separate.health, "", health_pb2.HealthCheckResponse.SERVING)
+            answer = await eventually_answered(app, "+14155552902", granted.consistency_token)
+            assert answer.allowed, answer
+            separate.stop()
+
+
+async def eventually_health(address: str, service: str, wanted: int) -> None:
+    deadline = asyncio.get_running_loop().time() + CAUGHT_UP_WITHIN
+    while (status := await health_of(address, service)) != wanted:
+        assert asyncio.get_running_loop().time() < deadline, f"health stayed {status}"
+        await asyncio.sleep(0.1)

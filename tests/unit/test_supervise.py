@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,7 @@ class Runs:
             raise ConnectionResetError(f"lost the database (run {self.calls})")
 
 
-async def supervised(runs: Runs, clock: Clock, failures: list[int], **kw: float) -> None:
+async def supervised(runs: Runs, clock: Clock, failures: list[int], **kw: Any) -> None:
     """Run ``supervise`` until the scripted runs are over, then cancel it."""
     task = asyncio.create_task(
         supervise(
@@ -82,6 +83,20 @@ async def test_the_pause_starts_small_again_after_a_run_that_lasted():
     runs = Runs(clock, [0.1, 0.1, 0.1, 120.0, 0.1, 61.0])
     await supervised(runs, clock, failures, first_pause=0.5, healthy_after=60.0)
     assert clock.pauses == [0.5, 1.0, 2.0, 0.5, 1.0, 0.5]
+
+
+async def test_it_says_when_a_run_starts_and_when_it_fails():
+    """What the projector process's health status follows: not running from a
+    failure until the next start, after the pause."""
+    clock, failures, said = Clock(), [], []
+
+    async def running(now: bool) -> None:
+        said.append((now, runs.calls, len(clock.pauses)))
+
+    runs = Runs(clock, [0.1, 0.1])
+    await supervised(runs, clock, failures, running=running)
+    # (running?, runs started, pauses taken) at each word
+    assert said == [(True, 0, 0), (False, 1, 0), (True, 1, 1), (False, 2, 1), (True, 2, 2)]
 
 
 async def test_a_run_that_returns_is_a_failure_too():
