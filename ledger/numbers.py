@@ -9,10 +9,18 @@ parses once and works the region and the type out once, then composes the same
 library steps from them, so it gives the same answers (tests/unit/test_numbers.py
 holds it to the two functions over every region's example numbers and every NANP
 area code) in less than half the time: 26 µs a new number, not 61 (``bench/HISTORY.md``).
+
+A NANP number's answers depend only on its first ``NANP_BLOCK`` national digits
+(one more in the area codes of ``NANP_LONGER_BLOCKS``): every pattern of the NANP
+regions' metadata decides a ten-digit number by them, and the time zone and
+geocoding tables key NANP numbers by six at most. So NANP numbers are read once per
+block (ten thousand numbers; a thousand in those area codes), through the block's
+first number; tests/unit/test_numbers.py proves the depths from the installed metadata.
 """
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -48,9 +56,28 @@ class Places(NamedTuple):
 
 _NOWHERE = Places((), ())
 
+NANP_BLOCK = 6
+"""How many national digits of a NANP number decide its places: area code, exchange."""
+NANP_LONGER_BLOCKS = frozenset({"246", "876"})
+"""The area codes (Barbados, Jamaica) whose numbers' types need one digit more."""
+_NANP_NUMBER = re.compile(r"\+1[0-9]{10}")
+
+
+def places(e164: str) -> Places:
+    """The number's time zones and states."""
+    if _NANP_NUMBER.fullmatch(e164):
+        digits = NANP_BLOCK + 1 if e164[2:5] in NANP_LONGER_BLOCKS else NANP_BLOCK
+        return _block_places(e164[: 2 + digits])
+    return _number_places(e164)
+
 
 @lru_cache(maxsize=262_144)
-def places(e164: str) -> Places:
+def _block_places(head: str) -> Places:
+    """The places of every NANP number that starts with ``head``: its first number's."""
+    return read_places(head.ljust(12, "0"))
+
+
+def read_places(e164: str) -> Places:
     """The number's time zones and states, from one parse and one look at its region."""
     try:
         parsed = phonenumbers.parse(e164, None)
@@ -71,6 +98,9 @@ def places(e164: str) -> Places:
         area = area_zones(national_significant_number(parsed))
         zones.extend(z for z in area if z not in zones)
     return Places(tuple(z for z in zones if z != UNKNOWN_ZONE), _regions(parsed, region, kind))
+
+
+_number_places = lru_cache(maxsize=262_144)(read_places)
 
 
 def _regions(parsed: phonenumbers.PhoneNumber, region: str | None, kind: int) -> tuple[str, ...]:

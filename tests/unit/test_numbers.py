@@ -7,17 +7,21 @@ code's exchanges, random numbers, and strings that are no number."""
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 
 import phonenumbers
 import pytest
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
+from phonenumbers.geodata import GEOCODE_DATA
+from phonenumbers.tzdata import TIMEZONE_DATA
 
 from ledger.digest import digest_of
-from ledger.numbers import places
+from ledger.numbers import NANP_BLOCK, NANP_LONGER_BLOCKS, places
 from ledger.phone import time_zones
 from ledger.regions import candidate_regions, regions_for_number
 from ledger.state import SubscriberState
+from tests.unit.pattern_depth import Automaton
 
 _TYPES = [getattr(PhoneNumberType, name) for name in dir(PhoneNumberType) if name.isupper()]
 
@@ -108,3 +112,81 @@ def test_a_digest_reads_the_number_as_before(phone: str) -> None:
     digest = digest_of(SubscriberState(phone=phone, brand="acme"))
     assert digest.zones == (time_zones(phone) if phone else ())
     assert digest.regions == candidate_regions(phone)
+
+
+# --- NANP numbers are read once per block (ledger.numbers.NANP_BLOCK) ---------------
+
+
+def _nanp_patterns() -> Iterator[tuple[str, str, bool]]:
+    """Every pattern that can decide something about a NANP number, with whether it is
+    read as ``re.match`` (a prefix): each NANP region's number descriptions and its
+    leading digits (which pick the region), and the national prefix that parsing
+    strips (the main region's: ``phonenumbers.parse`` reads a "+1" number by it)."""
+    main = phonenumbers.region_code_for_country_code(1)
+    for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        assert metadata is not None
+        for name, value in sorted(vars(metadata).items()):
+            if isinstance(value, phonenumbers.PhoneNumberDesc) and value.national_number_pattern:
+                yield f"{region}.{name}", value.national_number_pattern, False
+        if metadata.leading_digits:
+            yield f"{region}.leading_digits", metadata.leading_digits, True
+        if region == main and metadata.national_prefix_for_parsing:
+            yield f"{region}.national_prefix", metadata.national_prefix_for_parsing, True
+
+
+def test_the_proof_reads_the_patterns_as_re_does() -> None:
+    rng = random.Random(3)
+    examples = [n[2:] for n in _examples() if n.startswith("+1") and len(n) == 12]
+    for name, pattern, prefix in _nanp_patterns():
+        automaton = Automaton(pattern, prefix=prefix)
+        compiled = re.compile(pattern)
+        read = compiled.match if prefix else compiled.fullmatch
+        texts = [*examples, *("".join(rng.choices("0123456789", k=10)) for _ in range(300))]
+        texts += [t[:-1] for t in examples]
+        for text in texts:
+            assert automaton.accepts(text) == (read(text) is not None), (name, text)
+
+
+def test_a_nanp_numbers_first_block_digits_decide_its_places() -> None:
+    # Every pattern decides a ten-digit national number by its first NANP_BLOCK
+    # digits (one more in NANP_LONGER_BLOCKS' area codes); the zone and geocoding
+    # tables look at no more of it (their keys start with the country code, 1); the
+    # rest of ledger.numbers.read_places reads the region, the type and the length.
+    automata = {name: Automaton(p, prefix=m) for name, p, m in _nanp_patterns()}
+    longer = set()
+    for area in (f"{a:03d}" for a in range(1000)):
+        depth = max(automaton.depth(10, area) for automaton in automata.values())
+        assert depth <= NANP_BLOCK + 1, area
+        if depth > NANP_BLOCK:
+            longer.add(area)
+    assert longer == NANP_LONGER_BLOCKS
+    for table in (GEOCODE_DATA, TIMEZONE_DATA):
+        assert max(len(key) for key in table if key.startswith("1")) <= 1 + NANP_BLOCK
+
+
+def _blocks() -> Iterator[str]:
+    rng = random.Random(11)
+    for area in [*range(200, 1000), *map(int, NANP_LONGER_BLOCKS)]:
+        digits = NANP_BLOCK + (f"{area}" in NANP_LONGER_BLOCKS) - 3
+        for _ in range(3):
+            yield f"+1{area}{rng.randrange(10**digits):0{digits}d}"
+    for example in _examples():
+        if example.startswith("+1") and len(example) == 12:
+            digits = NANP_BLOCK + (example[2:5] in NANP_LONGER_BLOCKS)
+            yield example[: 2 + digits]
+
+
+def test_every_number_of_a_nanp_block_reads_the_same() -> None:
+    rng = random.Random(5)
+    numbers = [
+        block + last
+        for block in _blocks()
+        for last in (
+            "0" * (12 - len(block)),
+            "9" * (12 - len(block)),
+            f"{rng.randrange(10 ** (12 - len(block))):0{12 - len(block)}d}",
+        )
+    ]
+    assert len(numbers) > 7000
+    _same(numbers)
