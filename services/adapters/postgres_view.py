@@ -155,6 +155,8 @@ ON CONFLICT DO NOTHING
 # add their ids to a row that holds their fingerprint already (the second
 # statement). Rows are taken in key order (seq), so two batches that share ids
 # cannot deadlock; the second statement finds them locked by the first already.
+# A row that holds every id already (a writer claimed them, take_request) is locked
+# but not rewritten: a new row version per request cost as much as the insert.
 _ADD_IDS = """
 event_ids = u.event_ids || ARRAY(
     SELECT e FROM unnest({ids}) WITH ORDINALITY AS t(e, n)
@@ -165,7 +167,7 @@ INSERT INTO request_use AS u (brand, request_id, fingerprint, event_ids)
 SELECT brand, request_id, fingerprint, event_ids FROM stage_request_use WHERE first ORDER BY seq
 ON CONFLICT (brand, request_id) DO UPDATE
 SET {_ADD_IDS.format(ids="EXCLUDED.event_ids")}
-WHERE u.fingerprint = EXCLUDED.fingerprint
+WHERE u.fingerprint = EXCLUDED.fingerprint AND NOT u.event_ids @> EXCLUDED.event_ids
 """
 # Row by row, in the same order: each row's statement sees the rows before it.
 _USE_REQUEST = f"""
@@ -173,13 +175,13 @@ INSERT INTO request_use AS u (brand, request_id, fingerprint, event_ids)
 VALUES ($1, $2, $3, $4::uuid[])
 ON CONFLICT (brand, request_id) DO UPDATE
 SET {_ADD_IDS.format(ids="EXCLUDED.event_ids")}
-WHERE u.fingerprint = EXCLUDED.fingerprint
+WHERE u.fingerprint = EXCLUDED.fingerprint AND NOT u.event_ids @> EXCLUDED.event_ids
 """
 _USE_REQUESTS_AGAIN = f"""
 UPDATE request_use AS u SET {_ADD_IDS.format(ids="s.event_ids")}
 FROM stage_request_use AS s
 WHERE NOT s.first AND u.brand = s.brand AND u.request_id = s.request_id
-  AND u.fingerprint = s.fingerprint
+  AND u.fingerprint = s.fingerprint AND NOT u.event_ids @> s.event_ids
 """
 _REQUEST_USES = """
 SELECT DISTINCT u.brand, u.request_id, u.fingerprint FROM request_use AS u

@@ -19,7 +19,7 @@ from ledger.events import (
     Recorded,
     RevocationCandidateResolved,
 )
-from ledger.ports import Stream
+from ledger.ports import RequestUse, Stream
 from services.adapters.migrations import discover, migrate
 from services.adapters.postgres_view import (
     _CHANGES,
@@ -34,6 +34,7 @@ from tests.conformance.view_suite import (
     Positions,
     flag,
     grant,
+    of_request,
     revoke,
     sent,
 )
@@ -170,6 +171,25 @@ async def _status(pool: asyncpg.Pool, phone: str) -> dict[str, tuple[object, ...
         phone,
     )
     return {r["campaign"]: tuple(r.values())[1:] for r in rows}
+
+
+async def test_applying_what_a_writer_claimed_leaves_the_claim_row_unwritten(
+    pool: asyncpg.Pool,
+) -> None:
+    view = PostgresConsentView(pool)
+    phone = "+14155550100"
+    events = [of_request(grant(phone, "acme", c, T0), "r1", "fp-a") for c in ("deals", "news")]
+    claimed = [str(e.event_id) for e in events]
+    await view.claim_request("acme", "r1", "fp-a", claimed)
+    version = "SELECT xmin::text FROM request_use WHERE brand = 'acme' AND request_id = 'r1'"
+    before = await pool.fetchval(version)
+    pos = Positions()
+    for event in events:  # one batch each: each holds a part of the claim's ids
+        await view.apply(Stream.SUBSCRIBERS, pos.record([event]))
+
+    assert await pool.fetchval(version) == before  # no new row version per batch
+    assert await view.request_use("acme", "r1") == RequestUse("fp-a", tuple(claimed))
+    assert len(await view.history(phone, "acme")) == 2
 
 
 async def test_a_cached_state_is_never_served_after_its_row_changed(postgres_dsn: str) -> None:
