@@ -108,8 +108,10 @@ WHERE stream = $1 AND partition = ANY($2::integer[])
 ORDER BY partition
 FOR UPDATE
 """
-_WRITE_POSITION = """
-UPDATE projection_offset SET next_offset = $3 WHERE stream = $1 AND partition = $2
+_WRITE_POSITIONS = """
+UPDATE projection_offset AS p SET next_offset = k.next_offset
+FROM unnest($2::integer[], $3::bigint[]) AS k(partition, next_offset)
+WHERE p.stream = $1 AND p.partition = k.partition
 """
 _KNOWN_EVENTS = "SELECT event_id FROM ledger_event_copy WHERE event_id = ANY($1::uuid[])"
 # The staging tables a batch's rows are copied into: the session's own, emptied at
@@ -739,8 +741,10 @@ class PostgresConsentView(ConsentView):
         self, conn: asyncpg.Connection, stream: Stream, batch: Sequence[Recorded]
     ) -> None:
         partitions = sorted({r.position.partition for r in batch})
-        await conn.execute(_CLAIM_POSITIONS, stream.value, partitions)
         rows = await conn.fetch(_LOCK_POSITIONS, stream.value, partitions)
+        if len(rows) < len(partitions):  # a partition's first batch: its row is made once
+            await conn.execute(_CLAIM_POSITIONS, stream.value, partitions)
+            rows = await conn.fetch(_LOCK_POSITIONS, stream.value, partitions)
         next_offsets: dict[int, int] = {row["partition"]: row["next_offset"] for row in rows}
         fresh: list[Recorded] = []
         for recorded in batch:
@@ -987,8 +991,9 @@ class PostgresConsentView(ConsentView):
     async def _write_positions(
         self, conn: asyncpg.Connection, stream: Stream, offsets: dict[int, int]
     ) -> None:
-        await conn.executemany(
-            _WRITE_POSITION, [(stream.value, p, o) for p, o in sorted(offsets.items())]
+        partitions = sorted(offsets)
+        await conn.execute(
+            _WRITE_POSITIONS, stream.value, partitions, [offsets[p] for p in partitions]
         )
 
     async def close(self) -> None:
