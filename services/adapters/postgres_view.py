@@ -7,10 +7,10 @@ first locks the position rows of the batch's partitions, so two projectors
 handed the same partitions during a Kafka rebalance take turns, and the second
 finds the batch already applied and writes nothing.
 
-Everything is read in one query per table per batch. The rows written go by
-``COPY`` into temporary staging tables and from there into the tables in one
-set-based statement each: PostgreSQL parses and plans a handful of statements
-per batch instead of one per row, and the batch's cost grows with its size, not
+Everything is read in one query per table per batch, and the rows written go
+into each table by one statement whose parameters are the rows' columns as
+arrays (``_unnest``): PostgreSQL parses and runs a handful of statements per
+batch instead of one per row, and the batch's cost grows with its size, not
 with round trips. Each fact is encoded once, for its event copy and for the
 snapshots that keep it (``join_snapshot``). The tables are created by
 ``services/migrations/0002_projections.sql``.
@@ -23,7 +23,7 @@ import contextlib
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -114,49 +114,41 @@ FROM unnest($2::integer[], $3::bigint[]) AS k(partition, next_offset)
 WHERE p.stream = $1 AND p.partition = k.partition
 """
 _KNOWN_EVENTS = "SELECT event_id FROM ledger_event_copy WHERE event_id = ANY($1::uuid[])"
-# The staging tables a batch's rows are copied into: the session's own, emptied at
-# every commit, created once per connection (a notice says they exist already).
-_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS stage_event_copy (
-    seq integer, event_id uuid, stream text, partition integer, "offset" bigint,
-    event_type text, phone text, brand text, campaign text, occurred_at timestamptz,
-    recorded_at timestamptz, payload bytea) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_subscriber_state (
-    seq integer, phone text, brand text, snapshot bytea, last_offset bigint,
-    updated_at timestamptz, digest bytea) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_consent_status (
-    seq integer, phone text, brand text, campaign text, status text, tier smallint,
-    granted_event_id uuid, granted_at timestamptz, revoked_event_id uuid,
-    revoked_at timestamptz, updated_at timestamptz) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_request_use (
-    seq integer, first boolean, brand text, request_id text, fingerprint text,
-    event_ids uuid[]) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_message_use (
-    seq integer, brand text, phone text, message_id text, event_id uuid) ON COMMIT DELETE ROWS;
-"""
+
+
+def _unnest(*types: str) -> str:
+    """A batch's rows as a table: parameters $1.. hold one column each, as arrays of
+    ``types``, and ``n`` numbers the rows in the order given. One statement writes a
+    batch of any size: in PostgreSQL's CPU, a statement per row cost 30 % more at 30
+    rows, and COPY through temporary staging tables twice as much at 30 rows and
+    15 % more at 1,000 (``bench/HISTORY.md``, "One statement per table a batch")."""
+    columns = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, 1))
+    return f"unnest({columns}) WITH ORDINALITY"
+
+
 _EVENT_COLUMNS = (
     "event_id", "stream", "partition", "offset", "event_type", "phone", "brand", "campaign",
     "occurred_at", "recorded_at", "payload",
 )  # fmt: skip
 _QUOTED_EVENT_COLUMNS = ", ".join(f'"{c}"' for c in _EVENT_COLUMNS)
-# In seq order: the recorded order, in which the event copies' trigger (migration
-# 0007) gives the batch's flagged replies their places in the review queue.
+_EVENT_TYPES = (
+    "uuid", "text", "integer", "bigint", "text", "text", "text", "text",
+    "timestamptz", "timestamptz", "bytea",
+)  # fmt: skip
+# In the order given: the recorded order, in which the event copies' trigger
+# (migration 0007) gives the batch's flagged replies their places in the review queue.
 _INSERT_EVENTS = f"""
 INSERT INTO ledger_event_copy ({_QUOTED_EVENT_COLUMNS})
-SELECT {_QUOTED_EVENT_COLUMNS} FROM stage_event_copy ORDER BY seq
-ON CONFLICT DO NOTHING
-"""
-_INSERT_EVENT = f"""
-INSERT INTO ledger_event_copy ({_QUOTED_EVENT_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+SELECT {_QUOTED_EVENT_COLUMNS} FROM {_unnest(*_EVENT_TYPES)} AS k({_QUOTED_EVENT_COLUMNS}, n)
+ORDER BY n
 ON CONFLICT DO NOTHING
 """
 # A request id taken by the first request applied with it (unless a writer took it
 # first, claim_request); an event of the same request adds its id. Per id, the
 # batch's first fingerprint inserts the row when the id is free; the others can only
 # add their ids to a row that holds their fingerprint already (the second
-# statement). Rows are taken in key order (seq), so two batches that share ids
-# cannot deadlock; the second statement finds them locked by the first already.
+# statement). Rows are taken in key order (the order given), so two batches that
+# share ids cannot deadlock; the second statement finds them locked by the first already.
 # A row that holds every id already (a writer claimed them, take_request) is locked
 # but not rewritten: a new row version per request cost as much as the insert.
 _ADD_IDS = """
@@ -164,30 +156,28 @@ event_ids = u.event_ids || ARRAY(
     SELECT e FROM unnest({ids}) WITH ORDINALITY AS t(e, n)
     WHERE e <> ALL(u.event_ids) ORDER BY n)
 """
+# The uses' ids are one array ($6), each use's the slice from its lo to its hi.
+_REQUEST_ROWS = f"""
+SELECT n, brand, request_id, fingerprint, ($6::uuid[])[lo:hi] AS event_ids
+FROM {_unnest("text", "text", "text", "integer", "integer")}
+    AS k(brand, request_id, fingerprint, lo, hi, n)
+"""
 _USE_REQUESTS = f"""
 INSERT INTO request_use AS u (brand, request_id, fingerprint, event_ids)
-SELECT brand, request_id, fingerprint, event_ids FROM stage_request_use WHERE first ORDER BY seq
-ON CONFLICT (brand, request_id) DO UPDATE
-SET {_ADD_IDS.format(ids="EXCLUDED.event_ids")}
-WHERE u.fingerprint = EXCLUDED.fingerprint AND NOT u.event_ids @> EXCLUDED.event_ids
-"""
-# Row by row, in the same order: each row's statement sees the rows before it.
-_USE_REQUEST = f"""
-INSERT INTO request_use AS u (brand, request_id, fingerprint, event_ids)
-VALUES ($1, $2, $3, $4::uuid[])
+SELECT brand, request_id, fingerprint, event_ids FROM ({_REQUEST_ROWS}) AS s ORDER BY n
 ON CONFLICT (brand, request_id) DO UPDATE
 SET {_ADD_IDS.format(ids="EXCLUDED.event_ids")}
 WHERE u.fingerprint = EXCLUDED.fingerprint AND NOT u.event_ids @> EXCLUDED.event_ids
 """
 _USE_REQUESTS_AGAIN = f"""
 UPDATE request_use AS u SET {_ADD_IDS.format(ids="s.event_ids")}
-FROM stage_request_use AS s
-WHERE NOT s.first AND u.brand = s.brand AND u.request_id = s.request_id
+FROM ({_REQUEST_ROWS}) AS s
+WHERE u.brand = s.brand AND u.request_id = s.request_id
   AND u.fingerprint = s.fingerprint AND NOT u.event_ids @> s.event_ids
 """
-_REQUEST_USES = """
-SELECT DISTINCT u.brand, u.request_id, u.fingerprint FROM request_use AS u
-JOIN stage_request_use AS k USING (brand, request_id)
+_REQUEST_HOLDERS = """
+SELECT u.brand, u.request_id, u.fingerprint FROM request_use AS u
+JOIN unnest($1::text[], $2::text[]) AS k(brand, request_id) USING (brand, request_id)
 """
 # The writer's claim: the row it inserted, or the one that was there. A row committed
 # by another writer after this statement's snapshot conflicts but is not read: then
@@ -306,23 +296,24 @@ _REQUEST_USES_OF = """
 SELECT u.brand, u.request_id, u.fingerprint, u.event_ids FROM request_use AS u
 JOIN unnest($1::text[], $2::text[]) AS k(brand, request_id) USING (brand, request_id)
 """
-_USE_MESSAGES = """
-INSERT INTO message_use (brand, phone, message_id, event_id)
-SELECT brand, phone, message_id, event_id FROM stage_message_use ORDER BY seq
-ON CONFLICT DO NOTHING
-"""
-_MESSAGE_USES = """
+# A batch's first sends of their message ids, in key order, and the sends that hold
+# each id: those it made, or those that were there. Only the projector writes these
+# rows, under the lock of the phone's partition position, so none can be committed
+# by another after this statement's snapshot and be missed.
+_USE_MESSAGES = f"""
+WITH k AS (
+    SELECT * FROM {_unnest("text", "text", "text", "uuid")}
+        AS k(brand, phone, message_id, event_id, n)
+), made AS (
+    INSERT INTO message_use (brand, phone, message_id, event_id)
+    SELECT brand, phone, message_id, event_id FROM k ORDER BY n
+    ON CONFLICT DO NOTHING
+    RETURNING brand, phone, message_id, event_id
+)
+SELECT brand, phone, message_id, event_id FROM made
+UNION ALL
 SELECT m.brand, m.phone, m.message_id, m.event_id FROM message_use AS m
-JOIN stage_message_use AS k USING (brand, phone, message_id)
-"""
-_USE_MESSAGE = """
-INSERT INTO message_use (brand, phone, message_id, event_id) VALUES ($1, $2, $3, $4)
-ON CONFLICT DO NOTHING
-"""
-_MESSAGE_USES_OF = """
-SELECT m.brand, m.phone, m.message_id, m.event_id FROM message_use AS m
-JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(brand, phone, message_id)
-USING (brand, phone, message_id)
+JOIN k USING (brand, phone, message_id)
 """
 _BRAND_MESSAGE_USES = """
 SELECT m.phone, m.message_id, m.event_id FROM message_use AS m
@@ -349,14 +340,13 @@ ON CONFLICT (phone, brand) DO UPDATE
 SET snapshot = EXCLUDED.snapshot, last_offset = EXCLUDED.last_offset,
     updated_at = EXCLUDED.updated_at, digest = EXCLUDED.digest
 """
+_STATE_COLUMNS = "phone, brand, snapshot, last_offset, updated_at, digest"
 _UPSERT_STATES = f"""
-INSERT INTO subscriber_state (phone, brand, snapshot, last_offset, updated_at, digest)
-SELECT phone, brand, snapshot, last_offset, updated_at, digest
-FROM stage_subscriber_state ORDER BY seq
-{_STATE_CONFLICT}"""
-_UPSERT_STATE = f"""
-INSERT INTO subscriber_state (phone, brand, snapshot, last_offset, updated_at, digest)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO subscriber_state ({_STATE_COLUMNS})
+SELECT {_STATE_COLUMNS}
+FROM {_unnest("text", "text", "bytea", "bigint", "timestamptz", "bytea")}
+    AS k({_STATE_COLUMNS}, n)
+ORDER BY n
 {_STATE_CONFLICT}"""
 
 
@@ -387,13 +377,14 @@ SET status = EXCLUDED.status, tier = EXCLUDED.tier,
     revoked_event_id = EXCLUDED.revoked_event_id, revoked_at = EXCLUDED.revoked_at,
     updated_at = EXCLUDED.updated_at
 """
+_STATUS_TYPES = (
+    "text", "text", "text", "text", "smallint", "uuid", "timestamptz", "uuid", "timestamptz",
+    "timestamptz",
+)  # fmt: skip
 _UPSERT_STATUSES = f"""
 INSERT INTO consent_status ({_STATUS_COLUMNS})
-SELECT {_STATUS_COLUMNS} FROM stage_consent_status ORDER BY seq
-{_STATUS_CONFLICT}"""
-_UPSERT_STATUS = f"""
-INSERT INTO consent_status ({_STATUS_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+SELECT {_STATUS_COLUMNS} FROM {_unnest(*_STATUS_TYPES)} AS k({_STATUS_COLUMNS}, n)
+ORDER BY n
 {_STATUS_CONFLICT}"""
 _INSERT_VERSION = """
 INSERT INTO campaign_version (brand, campaign, event_id, partition, "offset", occurred_at,
@@ -572,54 +563,46 @@ moves the partition's position, under that position's row lock. A partition with
 no such event gives one row with no event, for its position."""
 
 
-async def _copy(conn: asyncpg.Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
-    """``rows`` into one of the ``_STAGING`` tables, in its column order."""
-    if rows:
-        await conn.copy_records_to_table(table, records=rows)
-
-
 _FOLD_CHUNK = 128
 """Subscribers digested between two turns of the event loop, during which a
 statement in flight (the event copies) moves on: a few milliseconds of Python."""
 
-COPY_AT = 100
-"""A batch of this many fresh events or more is written through the staging tables;
-a smaller one row by row. Setting the staging tables up and emptying them at the
-commit costs a few milliseconds of the server's time per batch, more than a small
-batch saves (``bench/HISTORY.md``, "The projection's batches by COPY")."""
-
-_STAGED = {
+_WRITE = {
     "event_copy": _INSERT_EVENTS,
     "subscriber_state": _UPSERT_STATES,
     "consent_status": _UPSERT_STATUSES,
 }
-_ROW_BY_ROW = {
-    "event_copy": _INSERT_EVENT,
-    "subscriber_state": _UPSERT_STATE,
-    "consent_status": _UPSERT_STATUS,
-}
 
 
 class _Writes:
-    """How one batch's rows reach a table: by ``COPY`` into its staging table, then
-    one statement (``staged``), or one statement per row in the same order."""
+    """How one batch's rows reach a table: one statement, its columns as arrays."""
 
-    def __init__(self, conn: asyncpg.Connection, staged: bool) -> None:
+    def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
-        self.staged = staged
-
-    async def prepare(self) -> None:
-        if self.staged:
-            await self.conn.execute(_STAGING)
 
     async def write(self, table: str, rows: list[tuple[Any, ...]]) -> None:
-        if not rows:
-            return
-        if self.staged:
-            await _copy(self.conn, f"stage_{table}", [(n, *row) for n, row in enumerate(rows)])
-            await self.conn.execute(_STAGED[table])
-        else:
-            await self.conn.executemany(_ROW_BY_ROW[table], rows)
+        if rows:
+            await self.conn.execute(_WRITE[table], *zip(*rows, strict=True))
+
+
+def _request_columns(
+    claims: Iterable[tuple[tuple[str, str], bool, str, list[uuid.UUID]]],
+) -> tuple[list[Any], ...]:
+    """``_REQUEST_ROWS``' parameters for request uses (key, first, fingerprint, ids)."""
+    brands: list[str] = []
+    request_ids: list[str] = []
+    fingerprints: list[str] = []
+    lows: list[int] = []
+    highs: list[int] = []
+    ids: list[uuid.UUID] = []
+    for (brand, request_id), _, fingerprint, event_ids in claims:
+        brands.append(brand)
+        request_ids.append(request_id)
+        fingerprints.append(fingerprint)
+        lows.append(len(ids) + 1)
+        ids.extend(event_ids)
+        highs.append(len(ids))
+    return brands, request_ids, fingerprints, lows, highs, ids
 
 
 def _request_use(row: asyncpg.Record) -> RequestUse:
@@ -756,8 +739,7 @@ class PostgresConsentView(ConsentView):
         if not fresh:
             return
 
-        writes = _Writes(conn, staged=len(fresh) >= COPY_AT)
-        await writes.prepare()
+        writes = _Writes(conn)
         known = {
             row["event_id"]
             for row in await conn.fetch(_KNOWN_EVENTS, [r.event.event_id for r in fresh])
@@ -813,26 +795,12 @@ class PostgresConsentView(ConsentView):
                 for key in keys
                 for n, (fp, ids) in enumerate(requests[key].items())
             ]
-            if writes.staged:
-                await _copy(
-                    conn,
-                    "stage_request_use",
-                    [
-                        (seq, first, *key, fp, ids)
-                        for seq, (key, first, fp, ids) in enumerate(claims)
-                    ],
+            await conn.execute(_USE_REQUESTS, *_request_columns(c for c in claims if c[1]))
+            if any(not first for _, first, _, _ in claims):
+                await conn.execute(
+                    _USE_REQUESTS_AGAIN, *_request_columns(c for c in claims if not c[1])
                 )
-                await conn.execute(_USE_REQUESTS)
-                if any(not first for _, first, _, _ in claims):
-                    await conn.execute(_USE_REQUESTS_AGAIN)
-                rows = await conn.fetch(_REQUEST_USES)
-            else:
-                await conn.executemany(
-                    _USE_REQUEST, [(*key, fp, ids) for key, _, fp, ids in claims]
-                )
-                rows = await conn.fetch(
-                    _REQUEST_USES_OF, [k[0] for k in keys], [k[1] for k in keys]
-                )
+            rows = await conn.fetch(_REQUEST_HOLDERS, [k[0] for k in keys], [k[1] for k in keys])
             holder = {(row["brand"], row["request_id"]): row["fingerprint"] for row in rows}
             new = [
                 r
@@ -849,15 +817,8 @@ class PostgresConsentView(ConsentView):
         if not sent:
             return new
         messages = sorted(sent)
-        if writes.staged:
-            await _copy(
-                conn, "stage_message_use", [(seq, *m, sent[m]) for seq, m in enumerate(messages)]
-            )
-            await conn.execute(_USE_MESSAGES)
-            rows = await conn.fetch(_MESSAGE_USES)
-        else:
-            await conn.executemany(_USE_MESSAGE, [(*m, sent[m]) for m in messages])
-            rows = await conn.fetch(_MESSAGE_USES_OF, *([m[i] for m in messages] for i in range(3)))
+        columns = [[m[i] for m in messages] for i in range(3)]
+        rows = await conn.fetch(_USE_MESSAGES, *columns, [sent[m] for m in messages])
         first = {(row["brand"], row["phone"], row["message_id"]): row["event_id"] for row in rows}
         return [
             r

@@ -1,8 +1,6 @@
-"""The view's two ways of writing a batch against a real PostgreSQL: a large batch by
-COPY into staging tables and one statement per table, a small one row by row. A
-batch of thousands writes exactly the rows that the same stream applied one event
-at a time writes, and a connection lost in the middle of a batch, either way,
-leaves none of it behind."""
+"""The view's batches against a real PostgreSQL: a batch of thousands writes exactly
+the rows that the same stream applied one event at a time writes, and a connection
+lost in the middle of a batch, large or small, leaves none of it behind."""
 
 from __future__ import annotations
 
@@ -16,7 +14,6 @@ from ledger.events import LedgerEvent, MessageSent, SubscriberEvent
 from ledger.ports import Stream
 from services.adapters.memory_view import InMemoryConsentView
 from services.adapters.postgres_view import (
-    COPY_AT,
     PROJECTION_TABLES,
     PostgresConsentView,
     _FactBytes,
@@ -68,7 +65,6 @@ async def tables(view: PostgresConsentView, pool: asyncpg.Pool) -> dict[str, lis
 async def test_a_batch_writes_what_one_event_at_a_time_writes(pool: asyncpg.Pool) -> None:
     ledger, recorded = await filled_ledger(mixed_stream(1500))
     view = PostgresConsentView(pool)
-    assert 1 < COPY_AT <= 5000  # so the two runs below take the two ways
 
     await Projector(ledger, view).catch_up(batch_size=1)
     one_at_a_time = await tables(view, pool)
@@ -104,7 +100,6 @@ class ConnectionLostMidBatch(PostgresConsentView):
         super().__init__(pool)
         self.batches = 0
         self.lose_on = lose_on
-        self.staged: bool | None = None
 
     async def _fold_subscribers(
         self, writes: _Writes, new: Any, encoded: _FactBytes, event_rows: Any
@@ -112,7 +107,6 @@ class ConnectionLostMidBatch(PostgresConsentView):
         await super()._fold_subscribers(writes, new, encoded, event_rows)
         self.batches += 1
         if self.batches == self.lose_on:
-            self.staged = writes.staged
             await writes.conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
 
 
@@ -127,7 +121,6 @@ async def test_a_connection_lost_mid_batch_leaves_nothing_and_the_restart_is_exa
 
     with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
         await Projector(ledger, losing).catch_up(batch_size=batch)
-    assert losing.staged is (batch >= COPY_AT)
     positions = await losing.positions(Stream.SUBSCRIBERS)
     copies = await losing.table_dump("ledger_event_copy")
     # Two subscriber batches committed; the third went with its connection.
