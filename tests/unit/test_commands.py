@@ -19,11 +19,13 @@ from ledger.commands import (
     RecordAgeVerification,
     RecordDeliveryOutcome,
     RecordMessageSent,
+    RecordMessagesSent,
     RecordOptIn,
     RecordOptOut,
     RecordReconfirmation,
     ReplyKind,
     ResolveRevocationCandidate,
+    SentMessage,
     check_required_proof,
     handle_inbound,
     request_fingerprint,
@@ -48,6 +50,7 @@ from ledger.events import (
     InboundMessageReceived,
     ListSource,
     MessageKind,
+    ReliedAnswer,
     RevocationCandidateFlagged,
     RevocationChannel,
     is_21_plus,
@@ -155,6 +158,32 @@ def test_event_ids_are_pinned_so_a_retry_across_an_upgrade_stays_a_retry():
         "2d9baa5c-d2ac-5fda-84b5-5d408c768c10",
         "bb5c8a37-1721-5a32-a83f-ca2a9b209fc2",
     }
+
+
+def test_a_batch_of_sends_has_pinned_ids_too():
+    # Golden values, as above: a batch digests nested messages, enums, an answer relied
+    # on and instants down to the microsecond (``_canonical`` writes each by its type).
+    relied = ReliedAnswer("subscribers:3:1042", True, "consent_active", ("0c6f7d1e",))
+    cmd = RecordMessagesSent(
+        "batch-1",
+        BRAND,
+        (
+            SentMessage(PHONE, "promo", "SM1", MessageKind.REGULAR, at(1), True, True, relied),
+            SentMessage(
+                PHONE,
+                "promo",
+                "SM2",
+                MessageKind.HELP_REPLY,
+                at(2) + timedelta(microseconds=7),
+                from_number="+12125551234",
+            ),
+        ),
+    )
+    assert request_fingerprint(cmd) == "2c1ceeb2dfbd4acc0c8ac26017303de4"
+    assert [str(e.event_id) for e in to_events(cmd, NOW)] == [
+        "14a31fcb-8fa7-538b-b972-7a469e124204",
+        "220206d0-4087-5333-8ef0-fff429e715fb",
+    ]
 
 
 def test_a_field_added_later_with_its_default_changes_no_fingerprint():
