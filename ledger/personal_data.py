@@ -22,7 +22,6 @@ Pure: field names and string rewriting only.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from typing import Any
 
 from ledger.events import (
@@ -37,6 +36,7 @@ from ledger.events import (
     SubjectErased,
     SubscriberEvent,
     SubscriberLocated,
+    evolved,
 )
 
 SEALED = "[sealed]"
@@ -79,10 +79,10 @@ def personal_data(event: LedgerEvent) -> dict[str, str]:
     }
 
 
-def with_fields(event: LedgerEvent, values: Mapping[str, str]) -> LedgerEvent:
-    """``event`` with each field of ``values`` set to its value (one ``replace`` per
-    object changed: sealing runs on every opt-in written)."""
-    top: dict[str, Any] = {}
+def with_fields(event: LedgerEvent, values: Mapping[str, str], **also: Any) -> LedgerEvent:
+    """``event`` with each field of ``values`` set to its value, and each of ``also``
+    (one ``replace`` per object changed: sealing runs on every opt-in written)."""
+    top: dict[str, Any] = dict(also)
     nested: dict[str, dict[str, str]] = {}
     for path, value in values.items():
         head, _, rest = path.partition(".")
@@ -91,25 +91,24 @@ def with_fields(event: LedgerEvent, values: Mapping[str, str]) -> LedgerEvent:
         else:
             top[head] = value
     for head, inner in nested.items():
-        top[head] = replace(getattr(event, head), **inner)
-    return replace(event, **top) if top else event
+        top[head] = evolved(getattr(event, head), **inner)
+    return evolved(event, **top) if top else event
 
 
 def sealed_as(event: LedgerEvent, sealed: Sealed) -> LedgerEvent:
     """``event`` as stored: ``SEALED`` in each field ``sealed`` holds."""
-    shown = with_fields(event, dict.fromkeys(sealed.fields, SEALED))
-    return replace(shown, sealed=sealed)
+    return with_fields(event, dict.fromkeys(sealed.fields, SEALED), sealed=sealed)
 
 
 def opened(event: LedgerEvent, values: Mapping[str, str]) -> LedgerEvent:
     """A sealed ``event`` with its personal data back (``values`` decrypted)."""
-    return replace(with_fields(event, values), sealed=None)
+    return with_fields(event, values, sealed=None)
 
 
 def erased(event: LedgerEvent) -> LedgerEvent:
     """``event`` with ``ERASED`` in every field of personal data it had, sealed or not."""
     names = event.sealed.fields if event.sealed is not None else tuple(personal_data(event))
-    return replace(with_fields(event, dict.fromkeys(names, ERASED)), sealed=None)
+    return with_fields(event, dict.fromkeys(names, ERASED), sealed=None)
 
 
 def associated_data(event: SubscriberEvent, key_id: str) -> bytes:

@@ -22,7 +22,7 @@ it reads facts in world order (``ledger.state``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ledger.campaigns import Campaign
 from ledger.commands import (
@@ -33,7 +33,7 @@ from ledger.commands import (
     unattributed_opt_out,
 )
 from ledger.errors import DomainError, InvalidRequest
-from ledger.events import LedgerEvent
+from ledger.events import LedgerEvent, evolved
 from ledger.ports import ConsistencyToken, RequestClaim, RequestUse, Stream
 from services.errors import FailedPrecondition, NotConsistent, PermissionDenied, ServiceError
 from services.usecases.context import BEHIND, Context
@@ -185,7 +185,7 @@ class Imports:
                 raise FailedPrecondition("campaign", f"{cmd.brand}/{cmd.campaign} is not defined")
             check_required_proof(cmd, rules.policy)
         if self._recorded_by:
-            events = [replace(e, recorded_by=self._recorded_by) for e in events]
+            events = [evolved(e, recorded_by=self._recorded_by) for e in events]
         return events
 
     async def _campaign_known(self, brand: str, campaign: str) -> bool:

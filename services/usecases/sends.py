@@ -16,7 +16,7 @@ from datetime import datetime
 
 from ledger.commands import RecordMessagesSent, to_events
 from ledger.digest import digest_of
-from ledger.events import LedgerEvent, MessageSent
+from ledger.events import LedgerEvent, MessageSent, evolved
 from ledger.policy import earns_exemption
 from ledger.ports import ConsistencyToken
 from ledger.state import COUNTED_KINDS
@@ -45,7 +45,7 @@ the database's time limit."""
 def _stamped(cmd: RecordMessagesSent, now: datetime, recorded_by: str) -> list[LedgerEvent]:
     """``cmd``'s facts, each with ``recorded_by`` set (as they are when it is empty)."""
     events = to_events(cmd, now)
-    return [replace(e, recorded_by=recorded_by) for e in events] if recorded_by else events
+    return [evolved(e, recorded_by=recorded_by) for e in events] if recorded_by else events
 
 
 def _split(
