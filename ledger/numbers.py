@@ -63,12 +63,15 @@ NANP_LONGER_BLOCKS = frozenset({"246", "876"})
 _NANP_NUMBER = re.compile(r"\+1[0-9]{10}")
 
 
+@lru_cache(maxsize=262_144)
 def places(e164: str) -> Places:
     """The number's time zones and states."""
+    # Cached by the whole number too: a number asked about again (every CanSend on
+    # an in-memory view digests its state) is answered without running any of this.
     if _NANP_NUMBER.fullmatch(e164):
         digits = NANP_BLOCK + 1 if e164[2:5] in NANP_LONGER_BLOCKS else NANP_BLOCK
         return _block_places(e164[: 2 + digits])
-    return _number_places(e164)
+    return read_places(e164)
 
 
 @lru_cache(maxsize=262_144)
@@ -98,9 +101,6 @@ def read_places(e164: str) -> Places:
         area = area_zones(national_significant_number(parsed))
         zones.extend(z for z in area if z not in zones)
     return Places(tuple(z for z in zones if z != UNKNOWN_ZONE), _regions(parsed, region, kind))
-
-
-_number_places = lru_cache(maxsize=262_144)(read_places)
 
 
 def _regions(parsed: phonenumbers.PhoneNumber, region: str | None, kind: int) -> tuple[str, ...]:
