@@ -725,7 +725,11 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup = min(args.warmup, 1.0)
     if args.subscribers < 1100:
         parser.error("--subscribers must be at least 1100 (a batch samples 1,000 of them)")
-    return asyncio.run(main_async(args))
+    try:
+        return asyncio.run(main_async(args))
+    except KeyboardInterrupt:  # Ctrl-C: what the bench started is stopped by now
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ import contextlib
 import multiprocessing
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from multiprocessing.pool import Pool
+from typing import Any, TypeVar
 
 import asyncpg
 from aiokafka.partitioner import DefaultPartitioner
@@ -162,6 +164,31 @@ def _worker(dsn: str, plan: Plan, mine: list[int]) -> int:
     return len(records)
 
 
+T = TypeVar("T")
+
+
+def _applied(pool: Pool, func: Callable[..., T], args: tuple[Any, ...]) -> asyncio.Future[T]:
+    """``func(*args)`` in one of ``pool``'s processes, as a future of this loop."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Any, failed: bool) -> None:
+        if done.done():  # cancelled meanwhile
+            return
+        if failed:
+            done.set_exception(outcome)
+        else:
+            done.set_result(outcome)
+
+    pool.apply_async(
+        func,
+        args,
+        callback=lambda result: loop.call_soon_threadsafe(settle, result, False),
+        error_callback=lambda exc: loop.call_soon_threadsafe(settle, exc, True),
+    )
+    return done
+
+
 @dataclass(frozen=True)
 class SeedResult:
     subscribers: int
@@ -183,10 +210,13 @@ async def seed(dsn: str, plan: Plan, workers: int = 2) -> SeedResult:
         await pool.close()
     shares = [list(range(w, plan.partitions, workers)) for w in range(workers)]
     ctx = multiprocessing.get_context("spawn")
-    loop = asyncio.get_running_loop()
     with ctx.Pool(workers) as procs:
-        results = [procs.apply_async(_worker, (dsn, plan, share)) for share in shares]
-        counts = await loop.run_in_executor(None, lambda: [r.get() for r in results])
+        # Awaited through callbacks, not a thread blocked in ``get()``: a cancelled seed
+        # (Ctrl-C) then leaves this block, which terminates the workers, and nothing
+        # is left waiting on them when the bench stops its broker and database.
+        counts = await asyncio.gather(
+            *(_applied(procs, _worker, (dsn, plan, share)) for share in shares)
+        )
     seconds = time.perf_counter() - started
     # A steady state, as a service that has run for a while would see it: the tables
     # vacuumed and their statistics current, not an autovacuum pass over a million
