@@ -676,6 +676,13 @@ def main(argv: list[str] | None = None) -> int:
         default=1_000_000,
         help="events the projection phase applies and rebuilds (default 1,000,000)",
     )
+    parser.add_argument(
+        "--rebuild-workers",
+        type=int,
+        default=2,
+        help="the projection phase also runs `consent-ledger rebuild --workers N` "
+        "of the same events (default 2; 1 leaves it out)",
+    )
     parser.add_argument("--no-projection", action="store_true", help="skip the projection phase")
     writes.add_argument(
         "--import-only",
@@ -725,6 +732,8 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup = min(args.warmup, 1.0)
     if args.subscribers < 1100:
         parser.error("--subscribers must be at least 1100 (a batch samples 1,000 of them)")
+    if args.rebuild_workers < 1:
+        parser.error("--rebuild-workers must be 1 or more")
     try:
         return asyncio.run(main_async(args))
     except KeyboardInterrupt:  # Ctrl-C: what the bench started is stopped by now

@@ -20,6 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import re
+import resource
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -28,7 +33,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.infra import Infra
+from bench.infra import REPO_ROOT, Infra
 from bench.seed import APPLY_BATCH, Plan, campaign_event, recorded_for, reference_time
 from ledger.events import Recorded
 from ledger.ports import Stream
@@ -59,6 +64,11 @@ class ProjectionFigures:
     rebuild_seconds: float
     append_seconds: float
     rebuild_cpu_seconds: float
+    workers: int = 1
+    """Processes of the second rebuild, ``consent-ledger rebuild --workers``; 1: none ran."""
+    workers_seconds: float = 0.0
+    workers_cpu_seconds: float = 0.0
+    """The CPU of that command and its workers, PostgreSQL's not included."""
 
     @property
     def apply_rate(self) -> float:
@@ -122,7 +132,7 @@ async def _bare_copy(dsn: str, records: list[Recorded]) -> float:
 
 
 async def _rebuild(
-    infra: Infra, dsn: str, records: list[Recorded], at: Any
+    infra: Infra, dsn: str, records: list[Recorded], at: Any, topic_prefix: str
 ) -> tuple[int, float, float, float]:
     from services.adapters.kafka_ledger import KafkaLedger
     from services.projector import rebuild
@@ -130,7 +140,7 @@ async def _rebuild(
 
     settings = KafkaLedgerSettings(
         bootstrap_servers=infra.bootstrap,
-        topic_prefix=f"{infra.prefix}projection-{uuid.uuid4().hex[:6]}.",
+        topic_prefix=topic_prefix,
         subscriber_partitions=PARTITIONS,
         replication_factor=1,
         min_insync_replicas=1,
@@ -155,6 +165,44 @@ async def _rebuild(
         await asyncio.wait_for(ledger.close(), 60)
 
 
+async def _rebuild_in_workers(
+    infra: Infra, dsn: str, topic_prefix: str, workers: int
+) -> tuple[int, float, float]:
+    """``consent-ledger rebuild --workers N`` of the same topics into a fresh view, as an
+    operator runs it: its events, wall time, and the CPU of the command and its workers."""
+    with tempfile.TemporaryDirectory(prefix="bench-rebuild-") as data_dir:
+        env = {
+            **os.environ,
+            "CONSENT_LEDGER": "kafka",
+            "CONSENT_KAFKA_BOOTSTRAP": infra.bootstrap,
+            "CONSENT_KAFKA_TOPIC_PREFIX": topic_prefix,
+            "CONSENT_KAFKA_PARTITIONS": str(PARTITIONS),
+            "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
+            "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
+            "CONSENT_POSTGRES_DSN": dsn,
+            "CONSENT_AUTH_TOKENS_FILE": str(infra.tokens_file()),
+            "CONSENT_DATA_DIR": data_dir,
+        }
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "rebuild", "--quiet", "--workers", str(workers),
+            cwd=REPO_ROOT, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = re.search(r"rebuilt the projections from (\d+) ledger events", out.decode())
+    if proc.returncode != 0 or done is None:
+        raise RuntimeError(
+            f"consent-ledger rebuild --workers {workers} failed ({proc.returncode}): "
+            + err.decode()[-2000:]
+        )
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return int(done.group(1)), seconds, cpu
+
+
 async def run_projection(
     args: argparse.Namespace, infra: Infra, say: Callable[[str], None]
 ) -> ProjectionFigures:
@@ -175,17 +223,32 @@ async def run_projection(
         "  baseline, raw COPY of the event rows into a bare table: "
         f"{len(records) / copy_s:,.0f} rows/s"
     )
+    topic_prefix = f"{infra.prefix}projection-{uuid.uuid4().hex[:6]}."
     count, rebuild_s, append_s, rebuild_cpu_s = await _rebuild(
-        infra, await infra.fresh_database(), records, plan.at
+        infra, await infra.fresh_database(), records, plan.at, topic_prefix
     )
     say(
         f"  rebuild from Kafka of {count:,} events: {rebuild_s:.1f} s, "
         f"{count / rebuild_s:,.0f} events/s (this process's CPU {rebuild_cpu_s / count * 1e6:,.0f}"
         f" µs/event, reading included; appending them took {append_s:.1f} s)"
     )
-    return ProjectionFigures(
+    figures = ProjectionFigures(
         len(records), apply_s, cpu_s, copy_s, count, rebuild_s, append_s, rebuild_cpu_s
     )
+    workers = args.rebuild_workers
+    if workers > 1:
+        done, figures.workers_seconds, figures.workers_cpu_seconds = await _rebuild_in_workers(
+            infra, await infra.fresh_database(), topic_prefix, workers
+        )
+        if done != count:
+            raise RuntimeError(f"rebuild --workers {workers} folded {done:,} of {count:,} events")
+        figures.workers = workers
+        say(
+            f"  consent-ledger rebuild --workers {workers}: {figures.workers_seconds:.1f} s, "
+            f"{count / figures.workers_seconds:,.0f} events/s (its processes' CPU "
+            f"{figures.workers_cpu_seconds / count * 1e6:,.0f} µs/event)"
+        )
+    return figures
 
 
 def projection_lines(f: ProjectionFigures) -> list[str]:
@@ -198,26 +261,42 @@ def projection_lines(f: ProjectionFigures) -> list[str]:
         f"| apply, one process | {f.events:,} | {f.apply_rate:,.0f} | {f.copy_rate:,.0f} "
         f"| {ratio:.1%} |",
         f"| rebuild from Kafka | {f.rebuild_events:,} | {f.rebuild_rate:,.0f} | | |",
+        *(
+            [
+                f"| rebuild, {f.workers} processes | {f.rebuild_events:,} "
+                f"| {f.rebuild_events / f.workers_seconds:,.0f} | | |"
+            ]
+            if f.workers > 1
+            else []
+        ),
         "",
         f"goal projection >= {GOAL_RATE:,} events/s per process: {met} "
         f"({f.apply_rate:,.0f}/s; {f.apply_cpu_seconds / f.events * 1e6:,.0f} µs of this "
         "process's CPU per event)",
     ]
+    fastest = min(f.rebuild_seconds, f.workers_seconds or f.rebuild_seconds)
+    how = "one process" if fastest == f.rebuild_seconds else f"{f.workers} processes"
     if f.rebuild_events >= GOAL_REBUILD_EVENTS:
-        met = "met" if f.rebuild_seconds < GOAL_REBUILD_SECONDS else "NOT met"
+        met = "met" if fastest < GOAL_REBUILD_SECONDS else "NOT met"
         lines.append(
             f"goal rebuild of {GOAL_REBUILD_EVENTS:,} events < {GOAL_REBUILD_SECONDS:.0f} s: "
-            f"{met} ({f.rebuild_events:,} events in {f.rebuild_seconds:.1f} s)"
+            f"{met} ({f.rebuild_events:,} events in {fastest:.1f} s, {how})"
         )
     else:
-        at_rate = GOAL_REBUILD_EVENTS / f.rebuild_rate
+        at_rate = GOAL_REBUILD_EVENTS / f.rebuild_events * fastest
         lines.append(
             f"goal rebuild of {GOAL_REBUILD_EVENTS:,} events < {GOAL_REBUILD_SECONDS:.0f} s: "
-            f"not measured (only {f.rebuild_events:,} events, in {f.rebuild_seconds:.1f} s; "
+            f"not measured (only {f.rebuild_events:,} events, in {fastest:.1f} s, {how}; "
             f"{at_rate:,.0f} s at that rate)"
         )
     lines.append(
         f"  (the rebuild: {f.rebuild_cpu_seconds / f.rebuild_events * 1e6:,.0f} µs of this "
-        "process's CPU per event, reading from Kafka included)"
+        "process's CPU per event, reading from Kafka included"
+        + (
+            f"; with {f.workers} processes "
+            f"{f.workers_cpu_seconds / f.rebuild_events * 1e6:,.0f} µs of theirs)"
+            if f.workers > 1
+            else ")"
+        )
     )
     return lines
