@@ -553,6 +553,20 @@ class Recorded:
     recorded_at: datetime
     _: KW_ONLY
     extra: dict[str, str] = field(default_factory=dict, compare=False)
+    envelope: bytes | None = field(default=None, init=False, compare=False, repr=False)
+    """The event exactly as the wire format encodes it, when the ledger read it so
+    (``as_read``); else None. Not a constructor argument, so ``replace`` never
+    carries it to a ``Recorded`` of another event (an erased or opened copy)."""
+
+    @classmethod
+    def as_read(
+        cls, event: LedgerEvent, position: LedgerPosition, recorded_at: datetime, envelope: bytes
+    ) -> Recorded:
+        """A stored event with the bytes it was stored as, which must be what encoding
+        ``event`` gives: a copy of it is then made from them, not encoded again."""
+        recorded = cls(event, position, recorded_at)
+        object.__setattr__(recorded, "envelope", envelope)  # frozen: set once, here
+        return recorded
 
     @property
     def order_key(self) -> tuple[datetime, int]:

@@ -42,7 +42,7 @@ from ledger.events import CampaignEvent, LedgerEvent, LedgerPosition, Recorded, 
 from ledger.ports import EventLog, EventTooLarge, LedgerUnavailable, Offsets, Stream
 from ledger.upcasting import class_version
 from services.settings import KafkaLedgerSettings
-from services.wire.codec import decode_event, encode_event
+from services.wire.codec import encode_event, recorded_from_stored
 
 
 def topic_configs(settings: KafkaLedgerSettings) -> dict[str, str]:
@@ -521,10 +521,8 @@ def recorded_from_record(record: ConsumerRecord[bytes, bytes]) -> Recorded:
     """A Kafka record as the ledger recorded it; ``recorded_at`` is the broker's stamp."""
     if record.value is None:
         raise ValueError(f"empty record at {record.topic}/{record.partition}@{record.offset}")
-    return Recorded(
-        decode_event(record.value),
-        LedgerPosition(record.partition, record.offset),
-        _utc(record.timestamp),
+    return recorded_from_stored(
+        record.value, LedgerPosition(record.partition, record.offset), _utc(record.timestamp)
     )
 
 

@@ -40,7 +40,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ledger.events import LedgerEvent, LedgerPosition, Recorded
 from ledger.ports import EventLog, LedgerUnavailable, Offsets, Stream
-from services.wire.codec import decode_event, encode_event
+from services.wire.codec import encode_event, recorded_from_stored
 
 PARTITION = 0
 TABLE = "ledger_stored_events"
@@ -290,8 +290,8 @@ class PostgresLedger(EventLog):
     async def _read(db: Any, stream: Stream, start: int, limit: int) -> list[Recorded]:
         rows = await db.fetch(_READ, originator_id(stream), start, limit)
         return [
-            Recorded(
-                decode_event(row["state"]),
+            recorded_from_stored(
+                row["state"],
                 LedgerPosition(PARTITION, row["originator_version"]),
                 row["recorded_at"],
             )

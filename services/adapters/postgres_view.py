@@ -12,7 +12,9 @@ into each table by one statement whose parameter is the rows as an array of the
 table's own row type (``_rows_of``): PostgreSQL parses and runs a handful of statements per
 batch instead of one per row, and the batch's cost grows with its size, not
 with round trips. Each fact is encoded once, for its event copy and for the
-snapshots that keep it (``join_snapshot``). The tables are created by
+snapshots that keep it (``join_snapshot``), and a fact read from the ledger is
+not encoded at all: its copy is joined from the bytes it was stored as
+(``encode_recorded`` of a ``Recorded.envelope``). The tables are created by
 ``services/migrations/0002_projections.sql``.
 """
 

@@ -94,6 +94,7 @@ __all__ = [
     "policy_from_proto",
     "policy_to_proto",
     "recorded_from_proto",
+    "recorded_from_stored",
     "recorded_to_proto",
     "timestamp_from_proto",
     "timestamp_to_proto",
@@ -120,13 +121,19 @@ _DEFAULT_POLICY = CampaignPolicy()
 
 
 def timestamp_to_proto(value: datetime, field: str = "timestamp") -> Timestamp:
+    seconds, nanos = _since_epoch(value, field)
+    return Timestamp(seconds=seconds, nanos=nanos)
+
+
+def _since_epoch(value: datetime, field: str) -> tuple[int, int]:
+    """A ``Timestamp``'s seconds and nanos for ``value``."""
     if value.tzinfo is None or value.utcoffset() is None:
         raise WireFormatError(field, "must carry a time zone (naive datetimes are ambiguous)")
     # Counted from the epoch in UTC: what FromDatetime gives, without its
     # utctimetuple() (a tenth of encoding an event), which would also drop any
     # sub-second part of a historic zone's UTC offset.
     since = value - _EPOCH
-    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
+    return since.days * 86_400 + since.seconds, since.microseconds * 1000
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -787,6 +794,63 @@ def decode_event(data: bytes) -> LedgerEvent:
     return event_from_proto(env)
 
 
+def recorded_from_stored(data: bytes, position: LedgerPosition, recorded_at: datetime) -> Recorded:
+    """The event a ledger stored as ``data`` (``decode_event``), recorded at ``position``;
+    with ``data`` kept (``Recorded.as_read``) when it is what ``encode_event`` gives for
+    the event, so ``encode_recorded`` reuses it instead of encoding the event again."""
+    env = ledger_pb2.EventEnvelope()
+    _parse(env, data)
+    event = event_from_proto(env)
+    if _encodes_back(env, event, data):
+        return Recorded.as_read(event, position, recorded_at, data)
+    return Recorded(event, position, recorded_at)
+
+
+def _encodes_back(env: ledger_pb2.EventEnvelope, event: LedgerEvent, data: bytes) -> bool:
+    """Whether ``encode_event(event) == data``, told without encoding: ``env`` (parsed
+    from ``data``) must hold nothing that decoding drops or changes. Each such loss
+    is checked below; tests/unit/test_wire_stored.py sets every field of every
+    subscriber event's envelope in turn and holds the answer to ``encode_event``."""
+    if not isinstance(event, SubscriberEvent):
+        return False  # a campaign policy's absent fields read as defaults: rare, encoded
+    if env.schema_version != class_version(type(event)):  # upcast, or written unset
+        return False
+    if (
+        env.event_id != str(event.event_id)  # a UUID written in another form
+        or env.event_type != event.EVENT_TYPE
+        or env.campaign != (getattr(event, "campaign", None) or "")  # a copy, never read
+        or env.occurred_at.nanos % 1000  # datetimes keep microseconds
+    ):
+        return False
+    oneof_field = _CODECS[env.event_type][0]
+    payload = getattr(env, oneof_field)
+    exact = _DECODED_EXACTLY.get(oneof_field)
+    if exact is not None and not exact(payload, event):
+        return False
+    if env.HasField("sealed") and any(_text_at(payload, p) for p in env.sealed.fields):
+        return False  # a sealed field reads as SEALED whatever was written there
+    # What is left is the wire form: fields in order, defaults left out, no field
+    # this code does not know (which decoding drops), as serializing writes it.
+    env.DiscardUnknownFields()
+    return _serialize(env) == data
+
+
+_DECODED_EXACTLY: dict[str, Callable[[Any, Any], bool]] = {
+    "consent_granted": lambda p, e: p.proof.registered_at.nanos % 1000 == 0,
+    "subject_erased": lambda p, e: p.retained_until.nanos % 1000 == 0,
+    "revocation_candidate_resolved": lambda p, e: p.candidate_event_id == str(e.candidate_event_id),
+}
+"""Per payload, the check that its decoding keeps what encoding writes back (its
+times' nanoseconds, its UUIDs' form), for ``_encodes_back``."""
+
+
+def _text_at(payload: Message, path: str) -> Any:
+    msg = payload
+    for name in path.split("."):
+        msg = getattr(msg, name)
+    return msg
+
+
 # --- recorded events and snapshots ------------------------------------------------
 
 
@@ -812,7 +876,41 @@ def recorded_from_proto(msg: ledger_pb2.RecordedEvent) -> Recorded:
 
 
 def encode_recorded(r: Recorded) -> bytes:
-    return _serialize(recorded_to_proto(r))
+    envelope = r.envelope
+    position = r.position
+    if (
+        envelope is None
+        or r.extra
+        or not 0 <= position.partition < _INT32
+        or not 0 <= position.offset < _INT64
+    ):
+        return _serialize(recorded_to_proto(r))
+    # The event as the ledger stored it (exactly what encoding it gives), joined
+    # to the rest field by field: encoding the event was most of the cost.
+    seconds, nanos = _since_epoch(r.recorded_at, "recorded_at")
+    at = (_varint_field(0x08, seconds) if seconds else b"") + (
+        _varint_field(0x10, nanos) if nanos else b""
+    )
+    return b"".join(
+        (
+            b"\x0a",  # event: field 1, length-delimited
+            _varint(len(envelope)),
+            envelope,
+            _varint_field(0x10, position.partition) if position.partition else b"",
+            _varint_field(0x18, position.offset) if position.offset else b"",
+            b"\x22",  # recorded_at: field 4, length-delimited
+            _varint(len(at)),
+            at,
+        )
+    )
+
+
+_INT32, _INT64 = 2**31, 2**63
+
+
+def _varint_field(tag: int, value: int) -> bytes:
+    """A varint field; a negative value as its 64-bit two's complement, as protobuf does."""
+    return bytes((tag,)) + _varint(value & 0xFFFF_FFFF_FFFF_FFFF)
 
 
 def decode_recorded(data: bytes) -> Recorded:

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from ledger.events import LedgerEvent, MessageSent, SubscriberEvent
+from ledger.events import LedgerEvent, MessageSent, Recorded, SubscriberEvent
 from ledger.ports import Stream
 from services.adapters.memory_view import InMemoryConsentView
 from services.adapters.postgres_view import (
@@ -20,6 +20,7 @@ from services.adapters.postgres_view import (
     _Writes,
 )
 from services.projector import Projector
+from services.wire.codec import encode_event, recorded_from_stored
 from tests.conformance.view_suite import generate_events
 from tests.integration.test_projector_postgres import (
     assert_projection_is_exact,
@@ -90,6 +91,34 @@ async def test_a_batch_writes_what_one_event_at_a_time_writes(pool: asyncpg.Pool
         assert await view.subscriber_states(brand, phones) == await memory.subscriber_states(
             brand, phones
         )
+
+
+async def test_events_read_as_a_ledger_stores_them_are_projected_to_the_same_rows(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger, recorded = await filled_ledger(mixed_stream(1500))
+    view = PostgresConsentView(pool)
+    await Projector(ledger, view).catch_up(batch_size=500)
+    from_memory = await tables(view, pool)
+    await view.reset()
+    await pool.execute("TRUNCATE request_use")
+    kept = 0
+    read_from_memory = ledger.read
+
+    async def read_as_stored(*args: Any, **kwargs: Any) -> list[Recorded]:
+        nonlocal kept
+        batch = [
+            recorded_from_stored(encode_event(r.event), r.position, r.recorded_at)
+            for r in await read_from_memory(*args, **kwargs)
+        ]
+        kept += sum(r.envelope is not None for r in batch)
+        return batch
+
+    monkeypatch.setattr(ledger, "read", read_as_stored)
+    await Projector(ledger, view).catch_up(batch_size=500)
+
+    assert kept > len(recorded) // 2  # most copies came from the bytes read
+    assert await tables(view, pool) == from_memory
 
 
 class ConnectionLostMidBatch(PostgresConsentView):
