@@ -109,12 +109,17 @@ def read_records(text: TextIO, fmt: str) -> Iterator[Read | Unreadable]:
 
 def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
     rows = csv.DictReader(text)
-    unknown = [c for c in rows.fieldnames or () if c not in FIELDS]
+    columns = list(rows.fieldnames or ())
+    unknown = [c for c in columns if c not in FIELDS]
     if unknown:
         raise FormatError(
             f"unknown column(s) {', '.join(map(repr, unknown))}; the columns are: "
             + ", ".join(FIELDS)
         )
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        # A row would keep only the last of the column's values, silently.
+        raise FormatError(f"column(s) {', '.join(map(repr, twice))} named more than once")
     seen = rows.line_num  # the header's lines
     for row in rows:
         start, seen = seen + 1, rows.line_num
@@ -129,7 +134,10 @@ def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
+            obj = json.loads(raw, object_pairs_hook=_once)
+        except _Twice as twice:
+            yield Unreadable(number, twice.field, "is given more than once")
+            continue
         except ValueError as exc:
             yield Unreadable(number, "record", f"is not JSON: {exc}")
             continue
@@ -141,7 +149,12 @@ def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
             if not isinstance(nested, dict):
                 yield Unreadable(number, "proof", "is not a JSON object")
                 continue
-            obj.update({f"proof.{k}": v for k, v in nested.items()})
+            flat = {f"proof.{k}": v for k, v in nested.items()}
+            both = sorted(k for k in flat if k in obj)
+            if both:
+                yield Unreadable(number, both[0], "is given both nested and flat")
+                continue
+            obj.update(flat)
         unknown = sorted(k for k in obj if k not in FIELDS)
         if unknown:
             yield Unreadable(number, unknown[0], "is no field of an import record")
@@ -151,6 +164,23 @@ def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
             yield Unreadable(number, bad, "must be a string")
             continue
         yield parse_fields({k: v for k, v in obj.items() if v}, number)
+
+
+class _Twice(ValueError):
+    def __init__(self, field: str) -> None:
+        super().__init__(f"{field} is given more than once")
+        self.field = field
+
+
+def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (``json`` would keep the last
+    value and drop the other silently)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _Twice(key if key in FIELDS or key not in PROOF_FIELDS else f"proof.{key}")
+        obj[key] = value
+    return obj
 
 
 def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:

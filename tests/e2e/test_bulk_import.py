@@ -264,3 +264,38 @@ async def test_the_embedded_default_imports_json_lines(tmp_path, data_dir):
         assert "imported 0 of 12 records" in again and "already present: 12" in again, again
     finally:
         await asyncio.to_thread(stop, proc)
+
+
+async def test_a_field_named_twice_is_refused_rather_than_one_value_dropped(service, tmp_path):
+    """A CSV header naming a column twice, or a JSON line giving a key twice, would
+    keep the last value and drop the other without a word."""
+    runtime, when = service
+    assert runtime.ledger is not None
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    row = export_rows(when)[1]
+    twice = tmp_path / "twice.csv"
+    with twice.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow([*COLUMNS, "phone"])
+        writer.writerow([*(row.get(c, "") for c in COLUMNS), phone(70)])
+
+    code, out, err = await import_cli(
+        str(twice), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 2, out + err
+    assert "'phone' named more than once" in err and "Traceback" not in err, err
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
+
+    good = json.dumps(export_rows(when)[3])
+    bad = json.dumps(row)[:-1] + f', "phone": "{phone(71)}"}}'
+    lines = tmp_path / "twice.jsonl"
+    lines.write_text(bad + "\n" + good + "\n")
+
+    code, out, err = await import_cli(
+        str(lines), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 1, out + err
+    assert "imported 1 of 2 records" in out, out
+    assert "phone: is given more than once (line 1)" in out, out
