@@ -30,6 +30,8 @@ from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ledger.commands import TEXT_LIMITS
+
 FORMATS = ("csv", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
@@ -61,6 +63,17 @@ _ENUMS: dict[str, tuple[Any, str]] = {
     "source": (lpb.ListSource, "LIST_SOURCE_"),
     "channel": (lpb.RevocationChannel, "REVOCATION_CHANNEL_"),
 }
+
+
+CSV_VALUE_LIMIT = 1 << 24
+"""Characters a CSV value is read up to. The csv module's own limit (131,072) would
+stop the whole file at one long value; a value over its field's limit is refused
+on its own instead (``VALUE_LIMIT``)."""
+VALUE_LIMIT = 1024
+"""Characters a value of a field without a limit of its own in ``TEXT_LIMITS`` may
+hold before it is refused here (the service's limits on those are far lower). With
+``TEXT_LIMITS``, this keeps every record a small part of one message to the service,
+which reads messages of up to 512 KiB."""
 
 
 class FormatError(ValueError):
@@ -108,6 +121,7 @@ def read_records(text: TextIO, fmt: str) -> Iterator[Read | Unreadable]:
 
 
 def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_VALUE_LIMIT))
     rows = csv.DictReader(text)
     columns = list(rows.fieldnames or ())
     unknown = [c for c in columns if c not in FIELDS]
@@ -121,12 +135,15 @@ def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
         # A row would keep only the last of the column's values, silently.
         raise FormatError(f"column(s) {', '.join(map(repr, twice))} named more than once")
     seen = rows.line_num  # the header's lines
-    for row in rows:
-        start, seen = seen + 1, rows.line_num
-        if None in row:  # more cells than the header has columns
-            yield Unreadable(start, "record", "has more values than the header has columns")
-            continue
-        yield parse_fields({k: v for k, v in row.items() if v}, start)
+    try:
+        for row in rows:
+            start, seen = seen + 1, rows.line_num
+            if None in row:  # more cells than the header has columns
+                yield Unreadable(start, "record", "has more values than the header has columns")
+                continue
+            yield parse_fields({k: v for k, v in row.items() if v}, start)
+    except csv.Error as exc:  # past the csv module's own limit: the rest cannot be read
+        raise FormatError(f"line {seen + 1}: {exc}") from None
 
 
 def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
@@ -194,6 +211,17 @@ def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:
     stray = next((f for f in other if f in fields), None)
     if stray is not None:
         return Unreadable(line, stray, f"is no field of an {kind}")
+    for name, given in fields.items():
+        limit = TEXT_LIMITS.get(name)
+        if limit is not None and len(given) > limit:
+            # The service's own words for it (``ledger.commands.check_length``).
+            return Unreadable(
+                line, name, f"must be at most {limit:,} characters, got {len(given):,}"
+            )
+        if limit is None and len(given) > VALUE_LIMIT:
+            return Unreadable(
+                line, name, f"is {len(given):,} characters long, longer than any {name}"
+            )
     try:
         values: dict[str, Any] = {}
         for name in ("phone", "brand"):

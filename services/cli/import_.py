@@ -80,8 +80,9 @@ examples:
 exit status:
   0  every record imported or already present
   1  some records refused (the summary says which and why), or the service refused
-     the import or could not be reached; records acknowledged so far are recorded,
-     and running the import again picks up where it stopped
+     the import or could not be reached, or the file could not be read past a
+     line; records acknowledged so far are recorded, and running the import again
+     picks up where it stopped
   2  a usage error (no such file, an unknown format or column)"""
 
 CHUNK = 500
@@ -276,10 +277,12 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
         window.release(WINDOW)  # a sender waiting for room sees the stop
         bar.close()
-        if failure and isinstance(failure[0], import_files.FormatError | UnicodeError):
+        if failure and isinstance(failure[0], Exception):
+            # The file, not the service, stopped the import midway (the call ends
+            # with a bare "Exception iterating requests"): say what in the file.
             print(f"{name}: {args.file}: {failure[0]}", file=sys.stderr)
-            return 2
-        print(f"{name}: {client.refusal(exc)}", file=sys.stderr)
+        else:
+            print(f"{name}: {client.refusal(exc)}", file=sys.stderr)
         print(
             f"{name}: stopped after {summary.imported:,} records imported; running the "
             "import again goes on from there (records already recorded are skipped)",

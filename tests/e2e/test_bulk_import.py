@@ -299,3 +299,34 @@ async def test_a_field_named_twice_is_refused_rather_than_one_value_dropped(serv
     assert code == 1, out + err
     assert "imported 1 of 2 records" in out, out
     assert "phone: is given more than once (line 1)" in out, out
+
+
+async def test_an_overlong_value_is_refused_on_its_own_and_the_rest_imported(service, tmp_path):
+    """A value past the csv module's own limit (131,072 characters) stopped the whole
+    file with a traceback, and a JSON line too large for one message to the service
+    stopped the whole import; each is now one record refused, naming the field."""
+    runtime, when = service
+    rows = export_rows(when)[:4]
+    rows[1] = {**rows[1], "proof.consent_text": "Reply STOP to cancel. " + "x" * 200_000}
+    export = write_csv(tmp_path / "long.csv", rows)
+
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 1, out + err
+    assert "Traceback" not in err, err
+    assert "imported 3 of 4 records" in out, out
+    assert "proof.consent_text: must be at most 8,192 characters, got 200,022 (line 3)" in out
+
+    stop = {**export_rows(when)[0], "import_id": "long-stop", "text": "STOP " + "y" * 1_000_000}
+    lines = tmp_path / "long.jsonl"
+    lines.write_text(json.dumps(stop) + "\n" + json.dumps(export_rows(when)[5]) + "\n")
+
+    code, out, err = await import_cli(
+        str(lines), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 1, out + err
+    assert "imported 1 of 2 records" in out, out
+    assert "text: must be at most 16,384 characters, got 1,000,005 (line 1)" in out, out

@@ -17,6 +17,7 @@ from services.import_files import (
     Unreadable,
     count_records,
     format_of,
+    parse_fields,
     read_records,
 )
 
@@ -148,3 +149,16 @@ def test_the_summary_groups_refusals_by_reason_with_their_lines():
     ]
     assert summary.lines("export.csv", 2.0, dry_run=True)[0].startswith("would import 7 of 17")
     assert summary.lines("export.csv", 2.0, dry_run=True)[-1] == "dry run: nothing was written"
+
+
+def test_a_value_is_held_to_its_own_fields_limit():
+    fields = {"type": "opt_in", "phone": "+14155550100", "brand": "acme", "campaign": "promo"}
+    within = parse_fields({**fields, "proof.collection_detail": "x" * 4096}, 2)
+    over = parse_fields({**fields, "proof.collection_detail": "x" * 4097}, 3)
+    long_phone = parse_fields({**fields, "phone": "1" * 1025}, 4)
+
+    assert isinstance(within, Read)
+    assert over == Unreadable(
+        3, "proof.collection_detail", "must be at most 4,096 characters, got 4,097"
+    )
+    assert long_phone == Unreadable(4, "phone", "is 1,025 characters long, longer than any phone")
