@@ -86,8 +86,12 @@ exit status:
   2  a usage error (no such file, an unknown format or column)"""
 
 CHUNK = 500
-"""Records in one message (about 200 KB of opt-ins with proof; the server reads
-messages of up to 512 KiB)."""
+"""Records in one message at most (about 100 KB of opt-ins with short proof)."""
+CHUNK_BYTES = 384 * 1024
+"""Bytes of records in one message at most: the server reads messages of up to
+512 KiB, and opt-ins with long proof (up to 8,192 characters of consent text each)
+pass that well before ``CHUNK`` of them. The reader keeps every record far smaller
+(``import_files.VALUE_LIMIT``)."""
 WINDOW = 8
 """Messages sent ahead of their answers."""
 SHOWN_LINES = 5
@@ -223,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
         """The file's records in messages of ``CHUNK``, at most ``WINDOW`` ahead of
         the answers; what cannot be read is refused here and never sent."""
         chunk: list[Any] = []
+        size = 0  # the chunk's bytes
         first = True
         try:
             for item in records:
@@ -233,14 +238,20 @@ def run(args: argparse.Namespace) -> int:
                     refusals.write(item.line, "", "INVALID_ARGUMENT", item.field, item.reason)
                     bar.update(1)
                     continue
+                grows = item.record.ByteSize()
+                if chunk and size + grows > CHUNK_BYTES:
+                    window.acquire()
+                    yield api.ImportConsentsRequest(records=chunk, dry_run=args.dry_run and first)
+                    chunk, size, first = [], 0, False
                 lines.append(item.line)
                 kind = item.record.WhichOneof("record")
                 ids.append(getattr(item.record, kind).request_id)
                 chunk.append(item.record)
+                size += grows
                 if len(chunk) == CHUNK:
                     window.acquire()
                     yield api.ImportConsentsRequest(records=chunk, dry_run=args.dry_run and first)
-                    chunk, first = [], False
+                    chunk, size, first = [], 0, False
             if chunk or first:  # an empty file still asks (and answers) once
                 window.acquire()
                 yield api.ImportConsentsRequest(records=chunk, dry_run=args.dry_run and first)

@@ -330,3 +330,27 @@ async def test_an_overlong_value_is_refused_on_its_own_and_the_rest_imported(ser
     assert code == 1, out + err
     assert "imported 1 of 2 records" in out, out
     assert "text: must be at most 16,384 characters, got 1,000,005 (line 1)" in out, out
+
+
+async def test_opt_ins_with_long_proof_are_sent_in_messages_the_service_reads(service, tmp_path):
+    """A hundred opt-ins with 6,000 characters of consent text each (the limit is
+    8,192) are more than the 512 KiB the service reads in one message: sent as one
+    they ended the whole import RESOURCE_EXHAUSTED, and every run again the same."""
+    runtime, when = service
+    text = "Yes, text me offers. Reply STOP to cancel. " + "Terms apply. " * 458
+    rows = [
+        {**export_rows(when)[1], "import_id": f"long-proof-{i}", "phone": phone(100 + i),
+         "proof.consent_text": text}
+        for i in range(100)
+    ]  # fmt: skip
+    export = write_csv(tmp_path / "long-proof.csv", rows)
+
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 0, out + err
+    assert "imported 100 of 100 records" in out, out
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, [phone(100), phone(199)], token_of(out))
+    assert set(reasons.values()) == {"REASON_CONSENT_ACTIVE"}, reasons
