@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -174,7 +175,7 @@ def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
             obj.update(flat)
         unknown = sorted(k for k in obj if k not in FIELDS)
         if unknown:
-            yield Unreadable(number, unknown[0], "is no field of an import record")
+            yield Unreadable(number, _shown(unknown[0]), "is no field of an import record")
             continue
         bad = next((k for k, v in obj.items() if v is not None and not isinstance(v, str)), None)
         if bad is not None:
@@ -212,6 +213,9 @@ def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:
     if stray is not None:
         return Unreadable(line, stray, f"is no field of an {kind}")
     for name, given in fields.items():
+        odd = _SURROGATE.search(given)
+        if odd is not None:
+            return Unreadable(line, name, _not_text(odd.group()))
         limit = TEXT_LIMITS.get(name)
         if limit is not None and len(given) > limit:
             # The service's own words for it (``ledger.commands.check_length``).
@@ -252,6 +256,25 @@ def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:
     # Set on the record's own copy of the request (the constructor copied it in).
     getattr(record, kind).request_id = fields.get("import_id") or derived_import_id(record)
     return Read(line, record)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _not_text(char: str) -> str:
+    """Why a value holding ``char`` (a lone surrogate) is no text: a byte of the
+    file that is not UTF-8 (``open_text`` reads each as U+DC80-U+DCFF), or a
+    JSON escape of half a surrogate pair."""
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"holds the byte 0x{code - 0xDC00:02X}, which is not UTF-8 text"
+    return f"holds U+{code:04X}, half of a surrogate pair, which is no character"
+
+
+def _shown(name: str) -> str:
+    """A name read from the file, printable in UTF-8: a lone surrogate (a byte that
+    is not UTF-8, or half a pair) escaped as ``\\udcff``."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def derived_import_id(record: api.ImportRecord) -> str:
@@ -308,5 +331,6 @@ def count_records(path: Path, fmt: str) -> int:
 
 def open_text(path: Path) -> TextIO:
     """The file as text (UTF-8, a byte-order mark skipped; CSV's newlines kept as the
-    csv module wants them)."""
-    return open(path, encoding="utf-8-sig", newline="")
+    csv module wants them). A byte that is not UTF-8 is read as a lone surrogate,
+    which refuses the value holding it (``parse_fields``), not the whole file."""
+    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")

@@ -354,3 +354,38 @@ async def test_opt_ins_with_long_proof_are_sent_in_messages_the_service_reads(se
     async with client(runtime.address, "acme-app") as c:
         reasons = await answers(c, [phone(100), phone(199)], token_of(out))
     assert set(reasons.values()) == {"REASON_CONSENT_ACTIVE"}, reasons
+
+
+async def test_bytes_that_are_not_utf8_refuse_their_record_naming_line_and_field(service, tmp_path):
+    """A byte that is not UTF-8 stopped the whole import as a usage error (exit 2),
+    naming a position in a read buffer rather than a line, after the records before
+    it were written; a JSON escape of half a surrogate pair did the same."""
+    runtime, when = service
+    rows = export_rows(when)[:4]
+    rows[2] = {**rows[2], "proof.name": "Ada \udcff Lovelace"}  # the byte 0xff, below
+    export = tmp_path / "latin1.csv"
+    with export.open("w", newline="", encoding="utf-8", errors="surrogateescape") as out:
+        writer = csv.DictWriter(out, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    assert b"Ada \xff Lovelace" in export.read_bytes()
+
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 1, out + err
+    assert "imported 3 of 4 records" in out, out
+    assert "proof.name: holds the byte 0xFF, which is not UTF-8 text (line 4)" in out, out
+
+    half = json.dumps(export_rows(when)[5]).replace("Ada Lovelace", "Ada \\ud800")
+    lines = tmp_path / "half.jsonl"
+    lines.write_text(half + "\n" + json.dumps(export_rows(when)[6]) + "\n")
+
+    code, out, err = await import_cli(
+        str(lines), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 1, out + err
+    assert "imported 1 of 2 records" in out, out
+    assert "proof.name: holds U+D800, half of a surrogate pair" in out, out
