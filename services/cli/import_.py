@@ -83,7 +83,8 @@ exit status:
      the import or could not be reached, or the file could not be read past a
      line; records acknowledged so far are recorded, and running the import again
      picks up where it stopped
-  2  a usage error (no such file, an unknown format or column)"""
+  2  a usage error (no such file, an unknown format or column)
+  130  interrupted (Ctrl-C); the summary says what was imported until then"""
 
 CHUNK = 500
 """Records in one message at most (about 100 KB of opt-ins with short proof)."""
@@ -180,6 +181,18 @@ class _Refusals:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # before the import began, or while it is told
+        print("consent-ledger import: interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+INTERRUPTED = 130
+"""The exit status after Ctrl-C (128 + SIGINT), as a shell reports it."""
+
+
+def _run(args: argparse.Namespace) -> int:
     import grpc
     from consent.v1 import consent_service_pb2 as api
     from consent.v1 import consent_service_pb2_grpc as api_grpc
@@ -261,6 +274,7 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     code = 0
+    answers: Any = None
     try:
         with channel, text:
             answers = api_grpc.ConsentServiceStub(channel).ImportConsents(
@@ -300,6 +314,20 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         code = 1
+    except KeyboardInterrupt:
+        # Ctrl-C: end the call (the service stops on the chunks it has not answered)
+        # and tell what was done, as for a call that failed.
+        stop.set()
+        window.release(WINDOW)
+        if answers is not None:
+            answers.cancel()
+        bar.close()
+        print(
+            f"{name}: interrupted after {summary.imported:,} records imported; running "
+            "the import again goes on from there (records already recorded are skipped)",
+            file=sys.stderr,
+        )
+        code = INTERRUPTED
     finally:
         if refusals_out is not None:
             refusals_out.close()

@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import re
+import signal
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -389,3 +390,54 @@ async def test_bytes_that_are_not_utf8_refuse_their_record_naming_line_and_field
     assert code == 1, out + err
     assert "imported 1 of 2 records" in out, out
     assert "proof.name: holds U+D800, half of a surrogate pair" in out, out
+
+
+async def test_an_import_interrupted_by_ctrl_c_says_so_and_a_rerun_writes_each_record_once(
+    service, tmp_path
+):
+    """Ctrl-C ended the import with a traceback and no summary; now it cancels the
+    call, tells what was imported (exit 130), and a run again completes the import
+    with every record in the ledger once."""
+    runtime, when = service
+    assert runtime.ledger is not None
+    total = 20_000
+    template = export_rows(when)[1]
+    rows = [
+        {**template, "import_id": f"many-{i}", "phone": f"+1646{5_500_000 + i:07d}"}
+        for i in range(total)
+    ]
+    export = write_csv(tmp_path / "many.csv", rows)
+    before = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "import", str(export), "--address",
+        runtime.address, env={**os.environ, "CONSENT_TOKEN": TOKENS["acme-app"][0]},
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    shown = b""
+    while not re.search(rb"\b(\d{4,})/%d" % total, shown):  # some thousands acknowledged
+        more = await asyncio.wait_for(process.stderr.read(4096), 60)
+        assert more, shown.decode()
+        shown += more
+    process.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    err = shown + err
+
+    assert process.returncode == 130, err.decode()
+    assert b"interrupted after" in err and b"Traceback" not in err, err.decode()
+    done = re.search(r"imported ([\d,]+) of", out.decode())
+    assert done, out.decode()
+    assert int(done.group(1).replace(",", "")) < total  # it was interrupted midway
+
+    code, again, err2 = await import_cli(str(export), "--address", runtime.address,
+                                         token=TOKENS["acme-app"][0])  # fmt: skip
+
+    assert code == 0, again + err2
+    found = re.search(r"imported ([\d,]+) of ([\d,]+) records", again)
+    present = re.search(r"already present: ([\d,]+)", again)
+    assert found and present, again
+    imported, seen = (int(g.replace(",", "")) for g in found.groups())
+    assert seen == total and imported + int(present.group(1).replace(",", "")) == total
+    after = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+    assert after == before + total  # nothing written twice
