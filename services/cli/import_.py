@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import sys
 import threading
 import time
@@ -290,13 +291,13 @@ def _run(args: argparse.Namespace) -> int:
                     summary.token = _merged(summary.token, answer.consistency_token)
                 for refusal in answer.refusals:
                     line = lines[refusal.index]
-                    for violation in refusal.violations[:1]:
-                        summary.refuse(line, refusal.code, violation.field, violation.description)
-                    for violation in refusal.violations:
-                        refusals.write(
-                            line, refusal.request_id, refusal.code, violation.field,
-                            violation.description,
-                        )  # fmt: skip
+                    told = [
+                        _in_file_terms(v.field, v.description, lines) for v in refusal.violations
+                    ]
+                    for field_name, reason in told[:1]:
+                        summary.refuse(line, refusal.code, field_name, reason)
+                    for field_name, reason in told:
+                        refusals.write(line, refusal.request_id, refusal.code, field_name, reason)
                 bar.update(answer.imported + answer.already_present + len(answer.refusals))
     except grpc.RpcError as exc:
         stop.set()
@@ -336,6 +337,23 @@ def _run(args: argparse.Namespace) -> int:
     for out_line in summary.lines(args.file.name, seconds, args.dry_run):
         print(out_line)
     return code or (1 if summary.refused else 0)
+
+
+_EARLIER_RECORD = re.compile(r"record (\d+) of this import")
+
+
+def _in_file_terms(field_name: str, reason: str, lines: Any) -> tuple[str, str]:
+    """A refusal as the file says it: the service's ``request_id`` is the file's
+    ``import_id``, and an earlier record of the import (the service knows its index)
+    is the line it starts on."""
+    if field_name == "request_id":
+        field_name = "import_id"
+
+    def line_of(found: re.Match[str]) -> str:
+        index = int(found.group(1))
+        return f"the record on line {lines[index]}" if index < len(lines) else found.group()
+
+    return field_name, _EARLIER_RECORD.sub(line_of, reason)
 
 
 def _merged(a: str, b: str) -> str:

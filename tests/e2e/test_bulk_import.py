@@ -441,3 +441,28 @@ async def test_an_import_interrupted_by_ctrl_c_says_so_and_a_rerun_writes_each_r
     assert seen == total and imported + int(present.group(1).replace(",", "")) == total
     after = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
     assert after == before + total  # nothing written twice
+
+
+async def test_a_refused_import_id_is_named_as_the_file_names_it(service, tmp_path):
+    """The service calls a record's import id its request_id and an earlier record
+    by its index in the import; the summary named a column the file does not have
+    and a "record 3" that is on no line the user can find."""
+    runtime, when = service
+    rows = export_rows(when)[1:4]
+    rows += [
+        {**rows[2], "phone": phone(80)},  # the import id of line 4, another record
+        {**rows[0], "import_id": " spaced", "phone": phone(81)},
+    ]
+    export = write_csv(tmp_path / "ids.csv", rows)
+
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, "--refusals", str(tmp_path / "r.jsonl"),
+        token=TOKENS["acme-app"][0],
+    )  # fmt: skip
+
+    assert code == 1, out + err
+    assert "imported 3 of 5 records" in out, out
+    assert "import_id: was used before by the record on line 4; a new record" in out, out
+    assert "(line 5)" in out and "import_id: must not begin or end with a space (line 6)" in out
+    refused = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert {r["field"] for r in refused} == {"import_id"}
