@@ -100,6 +100,15 @@ def _refusal(item: Item, code: str, exc: DomainError | ServiceError) -> Refusal:
     return Refusal(item.index, item.request_id, code, tuple(violations))
 
 
+@dataclass
+class _Claimed:
+    """The records one chunk of this import set out to append, by (brand, import id);
+    and once appended, the token after them."""
+
+    keys: list[tuple[str, str]]
+    token: ConsistencyToken | None = None
+
+
 class Imports:
     """One import's records, a chunk at a time (``chunk``). Keeps what it learnt of
     each campaign for the import's length; one instance per import."""
@@ -118,6 +127,13 @@ class Imports:
         self._recorded_by = recorded_by
         self._campaigns: dict[tuple[str, str], Campaign | None] = {}
         self._caught_up = False
+        self._claimed: list[_Claimed] = []
+        self._unapplied: dict[tuple[str, str], str] = {}
+        """The fingerprints of the records this import's chunks claimed to append
+        that the view may not have applied yet. Another chunk (they are worked on
+        at once) repeating one finds its claim but not its facts, as after a failed
+        append, and would append it again; those the view has applied,
+        ``known_events`` finds."""
 
     async def chunk(self, items: Sequence[Item], *, dry_run: bool = False) -> ChunkResult:
         """Check every record, then append the new ones in one call; with ``dry_run``,
@@ -143,13 +159,17 @@ class Imports:
             result.imported = len(new)
             result.refusals.sort(key=lambda r: r.index)
             return result
+        # No await since _new looked, so another chunk sees these before it looks.
+        claimed = _Claimed([_key(p) for p in new])
+        self._claimed.append(claimed)
+        self._unapplied.update((_key(p), p.events[0].request_fingerprint) for p in new)
         # When each record happened, not where it stood in the file: one number's
         # facts reach the ledger in the order of their own times.
         new.sort(key=lambda p: p.events[0].occurred_at)
         events = [e for p in new for e in p.events]
         recorded = await self.ctx.ledger.append(events)
         result.imported = len(new)
-        result.token = ConsistencyToken.after(recorded)
+        result.token = claimed.token = ConsistencyToken.after(recorded)
         result.refusals.sort(key=lambda r: r.index)
         return result
 
@@ -244,13 +264,30 @@ class Imports:
             else:
                 ours.append(p)
         known = await self.ctx.view.known_events([str(e.event_id) for p in ours for e in p.events])
+        self._forget_applied()
         new: list[_Planned] = []
         for p in ours:
             if all(str(e.event_id) in known for e in p.events):
                 result.present += 1
+            elif self._unapplied.get(_key(p)) == p.events[0].request_fingerprint:
+                result.present += 1  # another chunk of this import appends it
             else:  # new, or claimed by a run whose append failed: (again) the same ids
                 new.append(p)
         return new
+
+    def _forget_applied(self) -> None:
+        """Drop from ``_unapplied`` the chunks the view has applied: an import holds
+        only what the projection has still to catch up on."""
+        applied = self.ctx.guard.applied_token().offsets
+        while self._claimed and (token := self._claimed[0].token) is not None:
+            if any(applied.get(k, 0) < offset for k, offset in token.offsets.items()):
+                break
+            for key in self._claimed.pop(0).keys:
+                self._unapplied.pop(key, None)
+
+
+def _key(p: _Planned) -> tuple[str, str]:
+    return (brand_of(p.events[0]), p.events[0].request_id)
 
 
 def _reused(item: Item, earlier: int | None) -> Refusal:

@@ -27,6 +27,7 @@ from tests.e2e.harness import (
     client,
     define,
     kafka_settings,
+    opt_in,
     running,
     service_settings,
     ts,
@@ -466,3 +467,35 @@ async def test_a_refused_import_id_is_named_as_the_file_names_it(service, tmp_pa
     assert "(line 5)" in out and "import_id: must not begin or end with a space (line 6)" in out
     refused = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert {r["field"] for r in refused} == {"import_id"}
+
+
+async def test_a_record_repeated_in_another_chunk_is_written_once(service):
+    """Chunks of one import are worked on at once; a record repeated in another chunk
+    found its id claimed and its facts not yet in the view, as after a failed append,
+    and was appended a second time and counted as imported twice."""
+    runtime, when = service
+    assert runtime.ledger is not None
+    before = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+    at = when - timedelta(days=3)
+    first = [
+        api.ImportRecord(opt_in=opt_in(f"+1720555{i:04d}", "acme", "promo", at, f"chunked-{i}"))
+        for i in range(1000)
+    ]
+    again = [first[7], api.ImportRecord(opt_in=opt_in("+17205551999", "acme", "promo", at, "x"))]
+
+    async def chunks():
+        yield api.ImportConsentsRequest(records=first)
+        yield api.ImportConsentsRequest(records=again)
+
+    async with client(runtime.address, "acme-app") as c:
+        stream = c.stub.ImportConsents(
+            chunks(), metadata=[("authorization", f"Bearer {c.token}")], timeout=120
+        )
+        answers = [a async for a in stream]
+
+    # Whichever chunk claims the record first writes it; the other finds it present.
+    assert len(answers) == 2 and not any(a.refusals for a in answers)
+    assert sum(a.imported for a in answers) == 1001
+    assert sum(a.already_present for a in answers) == 1
+    after = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+    assert after == before + 1001
