@@ -28,7 +28,8 @@ a record is recorded whole or not at all.
 Running the same import again writes nothing new: each record carries an import
 id (the import_id field, else one derived from the record's content), and a
 record already recorded under its id is counted as already present. An id used
-before for a different record is refused. A number's facts take effect in the
+before for a different record is refused; within the file, the first record
+under an id is the one imported, in a dry run too. A number's facts take effect in the
 order of their own times (occurred_at), whatever their order in the file.
 
 file formats (from the extension, .csv or .jsonl/.ndjson, or --format):
@@ -224,7 +225,11 @@ def _run(args: argparse.Namespace) -> int:
     summary = Summary()
     refusals = _Refusals(refusals_out)
     lines = array("q")  # the line of each record sent, by its index in the import
-    ids: list[str] = []  # and its import id
+    contents = array("q")  # and a hash of its bytes
+    first_use: dict[str, int] = {}  # brand and import id: the index of the first record
+    repeats: list[tuple[int, int, str]] = []  # a record again: the first's index, line, id
+    refused_at: dict[int, tuple[str, str, str]] = {}  # by index: code, field, reason
+    answered = 0  # records answered
     window = threading.Semaphore(WINDOW)
     stop = threading.Event()
     failure: list[BaseException] = []
@@ -252,14 +257,35 @@ def _run(args: argparse.Namespace) -> int:
                     refusals.write(item.line, "", "INVALID_ARGUMENT", item.field, item.reason)
                     bar.update(1)
                     continue
-                grows = item.record.ByteSize()
+                body = item.record.SerializeToString(deterministic=True)
+                grows = len(body)
+                request = getattr(item.record, item.record.WhichOneof("record"))
+                key = f"{request.brand}\0{request.request_id}"
+                earlier = first_use.get(key)
+                if earlier is not None:
+                    # The file's order decides, in a dry run too: the service works on
+                    # several messages at once, and would not see a repeat of a record
+                    # it has not written.
+                    if contents[earlier] == hash(body):  # fares as the first does
+                        repeats.append((earlier, item.line, request.request_id))
+                        continue
+                    reason = (
+                        f"was used before by the record on line {lines[earlier]}; a new "
+                        "record needs a new id"
+                    )
+                    summary.refuse(item.line, "ALREADY_EXISTS", "import_id", reason)
+                    refusals.write(
+                        item.line, request.request_id, "ALREADY_EXISTS", "import_id", reason
+                    )
+                    bar.update(1)
+                    continue
                 if chunk and size + grows > CHUNK_BYTES:
                     window.acquire()
                     yield api.ImportConsentsRequest(records=chunk, dry_run=args.dry_run and first)
                     chunk, size, first = [], 0, False
+                first_use[key] = len(lines)
                 lines.append(item.line)
-                kind = item.record.WhichOneof("record")
-                ids.append(getattr(item.record, kind).request_id)
+                contents.append(hash(body))
                 chunk.append(item.record)
                 size += grows
                 if len(chunk) == CHUNK:
@@ -296,9 +322,12 @@ def _run(args: argparse.Namespace) -> int:
                     ]
                     for field_name, reason in told[:1]:
                         summary.refuse(line, refusal.code, field_name, reason)
+                        refused_at[refusal.index] = (refusal.code, field_name, reason)
                     for field_name, reason in told:
                         refusals.write(line, refusal.request_id, refusal.code, field_name, reason)
-                bar.update(answer.imported + answer.already_present + len(answer.refusals))
+                told_now = answer.imported + answer.already_present + len(answer.refusals)
+                answered += told_now
+                bar.update(told_now)
     except grpc.RpcError as exc:
         stop.set()
         window.release(WINDOW)  # a sender waiting for room sees the stop
@@ -330,6 +359,15 @@ def _run(args: argparse.Namespace) -> int:
         )
         code = INTERRUPTED
     finally:
+        # A record repeated in the file was not sent: it fares as its first did (if
+        # that was answered before the import ended).
+        for earlier, line, import_id in list(repeats):
+            if earlier in refused_at:
+                summary.refuse(line, *refused_at[earlier])
+                refusals.write(line, import_id, *refused_at[earlier])
+            elif earlier < answered:
+                summary.present += 1
+            bar.update(1)
         if refusals_out is not None:
             refusals_out.close()
     bar.close()

@@ -499,3 +499,35 @@ async def test_a_record_repeated_in_another_chunk_is_written_once(service):
     assert sum(a.already_present for a in answers) == 1
     after = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
     assert after == before + 1001
+
+
+async def test_a_dry_run_finds_what_the_import_refuses_across_the_whole_file(service, tmp_path):
+    """A record repeated, or an import id reused for another record, more than a
+    message (500 records) after its first: the dry run checked each message alone
+    and said all would be imported, while the import then refused one; and which of
+    two records sharing an id was refused depended on which message the service
+    reached first. The file's order decides now, in a dry run too."""
+    runtime, when = service
+    assert runtime.ledger is not None
+    template = export_rows(when)[1]
+    rows = [
+        {**template, "import_id": f"spread-{i}", "phone": f"+1720666{i:04d}"} for i in range(600)
+    ]
+    rows.append(dict(rows[2]))  # the same record again
+    rows.append({**rows[1], "phone": "+17206669999"})  # its id, another record
+    export = write_csv(tmp_path / "spread.csv", rows)
+    before = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+    acme = TOKENS["acme-app"][0]
+
+    code, dry, err = await import_cli(str(export), "--dry-run", "--address", runtime.address,
+                                      token=acme)  # fmt: skip
+    code_real, real, err_real = await import_cli(str(export), "--address", runtime.address,
+                                                 token=acme)  # fmt: skip
+
+    reused = "import_id: was used before by the record on line 3; a new record needs a new id"
+    for out, exit_code in ((dry, code), (real, code_real)):
+        assert exit_code == 1, out + err + err_real
+        assert "600 of 602 records" in out and "already present: 1" in out, out
+        assert f"{reused} (line 603)" in out, out
+    after = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+    assert after == before + 600
