@@ -148,6 +148,7 @@ def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
 
 
 def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
+    first = True
     for number, raw in enumerate(text, 1):
         if not raw.strip():
             continue
@@ -156,9 +157,22 @@ def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
         except _Twice as twice:
             yield Unreadable(number, twice.field, "is given more than once")
             continue
+        except json.JSONDecodeError as exc:
+            if first and raw.lstrip().startswith("["):
+                # A JSON document (an array of records over many lines), not JSON
+                # Lines: every line of it would be refused, each for another reason.
+                raise FormatError(
+                    f"line {number} opens a JSON array: the file must be JSON Lines, "
+                    "one object a line"
+                ) from None
+            # Without the position in the line, so that one mistake groups as one.
+            yield Unreadable(number, "record", f"is not JSON: {exc.msg}")
+            continue
         except ValueError as exc:
             yield Unreadable(number, "record", f"is not JSON: {exc}")
             continue
+        finally:
+            first = False
         if not isinstance(obj, dict):
             yield Unreadable(number, "record", "is not a JSON object")
             continue

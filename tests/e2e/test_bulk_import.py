@@ -531,3 +531,22 @@ async def test_a_dry_run_finds_what_the_import_refuses_across_the_whole_file(ser
         assert f"{reused} (line 603)" in out, out
     after = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
     assert after == before + 600
+
+
+async def test_a_json_array_is_refused_as_a_file_not_line_by_line(service, tmp_path):
+    """A .json export holding one JSON array (over many lines) was read as JSON
+    Lines: every line refused on its own, for reasons that differed only in the
+    column, and nothing said the file was of the wrong kind."""
+    runtime, when = service
+    assert runtime.ledger is not None
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(export_rows(when)[:3], indent=2))
+
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 2, out + err
+    assert "line 1 opens a JSON array: the file must be JSON Lines" in err, err
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
