@@ -123,7 +123,10 @@ def read_records(text: TextIO, fmt: str) -> Iterator[Read | Unreadable]:
 
 def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
     csv.field_size_limit(max(csv.field_size_limit(), CSV_VALUE_LIMIT))
-    rows = csv.DictReader(text)
+    # Strict: a quote opened and never closed would otherwise take every line after
+    # it, up to the next quote or the end of the file, into one value, and the
+    # records on those lines would vanish without a word.
+    rows = csv.DictReader(text, strict=True)
     columns = list(rows.fieldnames or ())
     unknown = [c for c in columns if c not in FIELDS]
     if unknown:
@@ -143,8 +146,12 @@ def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
                 yield Unreadable(start, "record", "has more values than the header has columns")
                 continue
             yield parse_fields({k: v for k, v in row.items() if v}, start)
-    except csv.Error as exc:  # past the csv module's own limit: the rest cannot be read
-        raise FormatError(f"line {seen + 1}: {exc}") from None
+    except csv.Error as exc:  # the rest cannot be read: stop, naming where
+        quoting = "expected after" in str(exc) or "end of data" in str(exc)
+        hint = " (a quoted value that opens on this line and does not close?)" if quoting else ""
+        raise FormatError(
+            f"line {seen + 1}: {exc}{hint}; nothing from this line on was read"
+        ) from None
 
 
 def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:

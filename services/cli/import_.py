@@ -29,11 +29,13 @@ Running the same import again writes nothing new: each record carries an import
 id (the import_id field, else one derived from the record's content), and a
 record already recorded under its id is counted as already present. An id used
 before for a different record is refused; within the file, the first record
-under an id is the one imported, in a dry run too. A number's facts take effect in the
-order of their own times (occurred_at), whatever their order in the file.
+under an id is the one imported, in a dry run too. A number's facts take effect
+in the order of their own times (occurred_at), whatever their order in the file.
 
 file formats (from the extension, .csv or .jsonl/.ndjson, or --format):
-  csv    a header row naming the fields below, one record a row
+  csv    a header row naming the fields below, one record a row; a quoted value
+         may run over lines, and one whose quote does not close stops the import
+         at its line (the records before it are imported)
   jsonl  one JSON object a line, with the same fields; the proof may be nested
          as "proof": {"name": ..., ...}
 
@@ -295,7 +297,12 @@ def _run(args: argparse.Namespace) -> int:
             if chunk or first:  # an empty file still asks (and answers) once
                 window.acquire()
                 yield api.ImportConsentsRequest(records=chunk, dry_run=args.dry_run and first)
-        except BaseException as exc:  # a file that turns out unreadable midway
+        except import_files.FormatError as exc:  # the file unreadable from a line on
+            failure.append(exc)
+            if chunk:  # what was read before it is imported; the call ends there
+                window.acquire()
+                yield api.ImportConsentsRequest(records=chunk, dry_run=args.dry_run and first)
+        except BaseException as exc:  # anything else stops the call
             failure.append(exc)
             raise
 
@@ -328,6 +335,10 @@ def _run(args: argparse.Namespace) -> int:
                 told_now = answer.imported + answer.already_present + len(answer.refusals)
                 answered += told_now
                 bar.update(told_now)
+        if failure:  # the file stopped the import, the service answered all it was sent
+            bar.close()
+            print(f"{name}: {args.file}: {failure[0]}", file=sys.stderr)
+            code = 1
     except grpc.RpcError as exc:
         stop.set()
         window.release(WINDOW)  # a sender waiting for room sees the stop

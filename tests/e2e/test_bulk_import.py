@@ -550,3 +550,31 @@ async def test_a_json_array_is_refused_as_a_file_not_line_by_line(service, tmp_p
     assert code == 2, out + err
     assert "line 1 opens a JSON array: the file must be JSON Lines" in err, err
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
+
+
+async def test_a_quote_left_open_stops_the_import_at_its_line(service, tmp_path):
+    """A quote opened and never closed took every line after it into one value (up
+    to the next quote or the end of the file): the opt-outs on those lines vanished,
+    and the summary said all was imported. The import now stops at that line and
+    names it, with what came before it imported; a quoted value may still run over
+    several lines."""
+    runtime, when = service
+    assert runtime.ledger is not None
+    before = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+    at = iso(when - timedelta(days=1))
+    lines = ["type,import_id,phone,brand,campaign,occurred_at,channel,text"]
+    lines += [f"opt_out,open-{i},{phone(60 + i)},acme,,{at},keyword,STOP" for i in range(12)]
+    lines[2] = f'opt_out,open-1,{phone(61)},acme,,{at},free_text,"Please stop\ntexting me"'
+    lines[5] = lines[5].replace(",STOP", ',"STOP')  # line 6: the quote never closes
+    export = tmp_path / "stops.csv"
+    export.write_text("\n".join(lines) + "\n")
+
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 1, out + err
+    assert "line 7: unexpected end of data" in err and "does not close" in err, err
+    assert "imported 4 of 4 records" in out, out  # lines 2 to 6 (one runs over two)
+    after = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+    assert after == before + 4
