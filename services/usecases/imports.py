@@ -167,7 +167,15 @@ class Imports:
         # facts reach the ledger in the order of their own times.
         new.sort(key=lambda p: p.events[0].occurred_at)
         events = [e for p in new for e in p.events]
-        recorded = await self.ctx.ledger.append(events)
+        try:
+            recorded = await self.ctx.ledger.append(events)
+        except BaseException:
+            # Not appended after all: a repeat of these records in a chunk still to
+            # come must be appended, not counted as present.
+            self._claimed.remove(claimed)
+            for key in claimed.keys:
+                self._unapplied.pop(key, None)
+            raise
         result.imported = len(new)
         result.token = claimed.token = ConsistencyToken.after(recorded)
         result.refusals.sort(key=lambda r: r.index)

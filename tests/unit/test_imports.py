@@ -4,6 +4,7 @@ a chunk appended in one call in the order of the records' own times."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
@@ -13,11 +14,14 @@ from ledger.errors import InvalidRequest
 from ledger.events import (
     ConsentGranted,
     ConsentRevoked,
+    LedgerEvent,
+    Recorded,
     RevocationCandidateFlagged,
     RevocationChannel,
 )
 from ledger.policy import Reason
-from ledger.ports import Stream
+from ledger.ports import LedgerUnavailable, Stream
+from services.adapters.memory_ledger import InMemoryLedger
 from services.errors import PermissionDenied
 from services.usecases.imports import MAX_CHUNK, Code, Imports, Item
 from tests.builders import BRAND, at, proof
@@ -107,6 +111,32 @@ async def test_the_same_record_twice_in_one_import_is_recorded_once():
         await app.writes.record(define())
         result = await _imports(app).chunk([opt_in(7, "+14155550100")] * 3)
         assert (result.imported, result.present) == (1, 2)
+
+
+class _FailingOnce(InMemoryLedger):
+    """A ledger whose first append of subscriber facts fails, as a broker gone away."""
+
+    failed = False
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        if not self.failed and any(isinstance(e, ConsentGranted) for e in events):
+            self.failed = True
+            raise LedgerUnavailable("the broker went away")
+        return await super().append(events)
+
+
+async def test_a_record_whose_append_failed_is_appended_when_sent_again():
+    async with running(ledger=_FailingOnce(partitions=4)) as (app, _):
+        await app.writes.record(define())
+        imports = _imports(app)
+        with pytest.raises(LedgerUnavailable):
+            await imports.chunk([opt_in(7, "+14155550100")])
+
+        again = await imports.chunk([opt_in(7, "+14155550100")])
+
+        assert (again.imported, again.present) == (1, 0)
+        written = [r for p in range(4) for r in await app.ledger.read(Stream.SUBSCRIBERS, p, 0)]
+        assert [type(r.event).__name__ for r in written] == ["ConsentGranted"]
 
 
 async def test_a_dry_run_checks_everything_and_writes_nothing():
