@@ -59,11 +59,13 @@ from ledger.ports import (
 )
 from ledger.state import (
     CampaignHistory,
+    Fact,
     SubscriberState,
     apply,
     fold,
     fold_campaign,
-    retained_facts,
+    new_state,
+    retained,
     sender_number_holder,
 )
 from ledger.status import ConsentState, consent_state
@@ -445,7 +447,7 @@ async def _no_session_state(conn: asyncpg.Connection) -> None:
 
 
 def _load_state(phone: str, brand: str, snapshot: bytes) -> SubscriberState:
-    return fold(decode_snapshot(snapshot), SubscriberState(phone=phone, brand=brand))
+    return fold(decode_snapshot(snapshot), new_state(phone, brand))
 
 
 def stored_digest(phone: str, brand: str, data: bytes | None, snapshot: bytes | None) -> Digest:
@@ -606,7 +608,7 @@ class _FactBytes:
         if not recorded.extra:  # a snapshot's facts carry no extra: else not the same bytes
             self._known[id(recorded.event)] = (recorded, data)
 
-    def of(self, fact: Recorded) -> bytes:
+    def of(self, fact: Fact[Any]) -> bytes:
         hit = self._known.get(id(fact.event))
         if (
             hit is not None
@@ -615,8 +617,9 @@ class _FactBytes:
             and hit[0].recorded_at == fact.recorded_at
         ):
             return hit[1]
-        data = encode_recorded(fact)
-        self._known[id(fact.event)] = (fact, data)
+        recorded = fact.as_recorded()
+        data = encode_recorded(recorded)
+        self._known[id(fact.event)] = (recorded, data)
         return data
 
     def load_state(self, phone: str, brand: str, snapshot: bytes) -> SubscriberState:
@@ -626,10 +629,10 @@ class _FactBytes:
             fact = decode_recorded(data)
             self._known[id(fact.event)] = (fact, data)
             facts.append(fact)
-        return fold(facts, SubscriberState(phone=phone, brand=brand))
+        return fold(facts, new_state(phone, brand))
 
     def snapshot(self, state: SubscriberState) -> bytes:
-        return join_snapshot([self.of(fact) for fact in retained_facts(state)])
+        return join_snapshot([self.of(fact) for fact in retained(state)])
 
 
 class PostgresConsentView(ConsentView):
@@ -823,7 +826,7 @@ class PostgresConsentView(ConsentView):
                 event = recorded.event
                 assert isinstance(event, SubscriberEvent)
                 key = (event.phone, event.brand)
-                state = states.get(key) or SubscriberState(phone=event.phone, brand=event.brand)
+                state = states.get(key) or new_state(event.phone, event.brand)
                 states[key] = apply(state, recorded)
                 last_offset[key] = max(last_offset.get(key, -1), recorded.position.offset)
                 updated[key] = max(updated.get(key, recorded.recorded_at), recorded.recorded_at)

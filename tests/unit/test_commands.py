@@ -67,6 +67,7 @@ from ledger.retention import (
     hold_event,
 )
 from ledger.state import fold
+from ledger.validation import is_blank
 from tests.builders import BRAND, PHONE, at, campaign, granted, proof, record, revoked
 from tests.builders import opt_in as an_opt_in
 
@@ -533,6 +534,25 @@ def test_a_proof_reports_what_it_lacks_of_the_provider_s_template():
         "proof.ip_address",
         "proof.form_url",
     ]
+
+
+@pytest.mark.parametrize(
+    ("value", "blank"),
+    [
+        ("", True),
+        ("   \t\n", True),
+        ("\u200b", True),  # a zero-width space (format, Cf)
+        ("\u200f \u2060\u00a0", True),  # a bidi mark, a word joiner, a no-break space
+        ("x", False),
+        ("\u200b x", False),  # invisible first, then something to see
+        ("   .", False),
+        ("\u0301", False),  # a combining accent alone is a mark (Mn), not blank
+    ],
+)
+def test_a_proof_field_of_only_space_and_invisible_characters_is_missing(value, blank):
+    assert is_blank(value) is blank
+    missing = proof(email=value).template_missing(CollectionMethod.WEB_FORM)
+    assert ("proof.email" in missing) is blank
 
 
 def test_a_campaign_may_require_only_the_template_s_proof_fields():

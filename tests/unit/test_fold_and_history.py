@@ -13,8 +13,27 @@ from ledger.events import (
     Recorded,
 )
 from ledger.policy import Reason, decide, decide_as_of
-from ledger.state import CampaignHistory, fold, retained_facts
-from tests.builders import BRAND, _base, at, campaign, granted, inbound, record, revoked, sent
+from ledger.state import (
+    CampaignHistory,
+    SubscriberState,
+    fold,
+    new_state,
+    retained,
+    retained_facts,
+)
+from tests.builders import (
+    BRAND,
+    PHONE,
+    _base,
+    at,
+    campaign,
+    flagged,
+    granted,
+    inbound,
+    record,
+    revoked,
+    sent,
+)
 
 
 def _campaign_event(cls, when, policy):
@@ -34,6 +53,25 @@ def test_state_rebuilt_from_its_retained_facts_is_equal():
     )
     state = fold(events)
     assert fold(retained_facts(state)) == state
+
+
+def test_the_retained_facts_are_the_state_s_own_facts_in_ledger_order():
+    events = record([granted(at(0)), sent(at(1)), revoked(at(2), None), flagged(at(3))])
+    state = fold(events)
+    facts = retained(state)
+    assert [f.as_recorded() for f in facts] == retained_facts(state)
+    assert [f.position.offset for f in facts] == [0, 1, 2, 3]  # each once, in ledger order
+    assert {f.event.event_id for f in facts} == {r.event.event_id for r in events}
+
+
+def test_new_states_start_empty_and_folding_one_leaves_the_others_empty():
+    first, second = new_state(PHONE, BRAND), new_state("+14155550199", BRAND)
+    assert first == SubscriberState(phone=PHONE, brand=BRAND)
+    folded = fold(record([granted(at(0)), flagged(at(1))]), first)
+    assert folded.campaigns and folded.candidates
+    assert first == SubscriberState(phone=PHONE, brand=BRAND)  # shared empty mappings unchanged
+    assert second == SubscriberState(phone="+14155550199", brand=BRAND)
+    assert not second.campaigns and not second.candidates and not second.resolutions
 
 
 def test_a_campaigns_sends_do_not_depend_on_when_a_newer_confirmation_was_recorded():
