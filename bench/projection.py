@@ -7,7 +7,7 @@ from a Kafka ledger takes.
    stored bytes, untimed), through ``PostgresConsentView.apply`` in batches of 5,000, from
    this one process, into an empty view: events a second, and this process's CPU
    per event (the fold, digests and encoding are Python), with the collector set
-   as ``consent-ledger serve`` and ``rebuild`` set it (``settle_collector``).
+   as ``consent-ledger project`` and ``rebuild`` set it (``settle_collector``).
    **Baseline**, in the same run on the same server: a raw ``COPY`` of the same
    events' event-copy rows (payloads encoded beforehand) into a bare table with
    the same columns and no index or key, the most PostgreSQL takes of these rows.
@@ -40,7 +40,7 @@ from ledger.events import Recorded
 from ledger.ports import Stream
 from services.adapters.migrations import migrate
 from services.adapters.postgres_view import PostgresConsentView, _event_row
-from services.tuning import settle_collector
+from services.tuning import PROJECTION_YOUNG_THRESHOLD, settle_collector
 from services.wire.codec import encode_event, encode_recorded, recorded_from_stored
 
 GOAL_RATE = 50_000
@@ -219,10 +219,10 @@ async def run_projection(
 ) -> ProjectionFigures:
     plan = plan_for(args.projection_events)
     records = recorded_for(plan)
-    # The collector as `consent-ledger serve` (whose projector applies) and `rebuild`
-    # set it: without, its full collections would also scan the million events made
-    # here as input, which no projector holds.
-    settle_collector()
+    # The collector as `consent-ledger project` and `rebuild` set it: without, its
+    # full collections would also scan the million events made here as input, which
+    # no projector holds.
+    settle_collector(PROJECTION_YOUNG_THRESHOLD)
     say(f"\n== projection: {len(records):,} events ({plan.count:,} subscribers), one process")
     apply_s, cpu_s = await _apply(await infra.fresh_database(), records, plan.at)
     say(

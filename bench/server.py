@@ -196,11 +196,11 @@ async def _project(
     port: int, ready: Callable[[int], None], stop: asyncio.Event, args: argparse.Namespace
 ) -> None:
     from services.bootstrap import Runtime
-    from services.tuning import settle_collector
+    from services.tuning import PROJECTION_YOUNG_THRESHOLD, settle_collector
 
     runtime = Runtime(_settings(port, args))
     await runtime.start_projecting()
-    settle_collector()  # as ``consent-ledger project`` does
+    settle_collector(PROJECTION_YOUNG_THRESHOLD)  # as ``consent-ledger project`` does
     try:
         ready(port)
         await stop.wait()

@@ -154,17 +154,25 @@ def settle_heap() -> Collapsed:
     return found
 
 
-def settle_collector() -> None:
+YOUNG_THRESHOLD = 10_000
+
+PROJECTION_YOUNG_THRESHOLD = 200_000
+"""For a process that only folds the ledger (``consent-ledger project``, ``rebuild``
+and its workers). A batch of 5,000 events holds some 100,000 objects (its events,
+states, digests and rows) until its commit frees them all by reference count; at
+10,000 every young collection, and every tenth's middle-generation one, went over
+them and found next to nothing to free: a tenth of the process's CPU
+(bench/HISTORY.md, "The projection's collector"). Above a batch's count, the
+collector runs only when garbage cycles outlive the batches. (At CPython's 700,
+the full collections they added up to cost more still: "The projection's CPU".)"""
+
+
+def settle_collector(young: int = YOUNG_THRESHOLD) -> None:
     """The collector's half of ``settle_heap``: what exists now frozen out of its
-    sight, and the youngest generation collected after ``YOUNG_THRESHOLD`` net
-    allocations. ``consent-ledger rebuild`` calls it alone (it holds no replica): a
-    batch of 5,000 events makes some hundred thousand objects, which at CPython's
-    700 outlive young collections by the thousand and add up to full collections
-    of everything the batch holds (bench/HISTORY.md, "The projection's CPU")."""
+    sight, and the youngest generation collected after ``young`` net allocations.
+    A process that only projects calls it alone (it holds no replica), with
+    ``PROJECTION_YOUNG_THRESHOLD``."""
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
-
-
-YOUNG_THRESHOLD = 10_000
+    gc.set_threshold(young, older, oldest)

@@ -17,7 +17,7 @@ from typing import Any
 
 from services.bootstrap import Runtime
 from services.settings import Settings
-from services.tuning import settle_collector
+from services.tuning import PROJECTION_YOUNG_THRESHOLD, settle_collector
 
 log = logging.getLogger("consent-ledger")
 
@@ -38,7 +38,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    settle_collector()  # as `serve` and `rebuild` do: the fold is all small objects
+    settle_collector(PROJECTION_YOUNG_THRESHOLD)  # as `rebuild` does: the fold is all small objects
     where = (
         f"the consumer group {settings.projector_group}"
         if settings.ledger == "kafka"

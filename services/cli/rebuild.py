@@ -19,7 +19,7 @@ import asyncpg
 from ledger.ports import Stream
 from services.progress import Progress, ProgressLine
 from services.projector import Projector
-from services.tuning import settle_collector
+from services.tuning import PROJECTION_YOUNG_THRESHOLD, settle_collector
 
 if TYPE_CHECKING:
     from services.settings import Settings
@@ -80,7 +80,7 @@ async def refold(
     from services.projector import rebuild
 
     runtime = Runtime(settings)
-    settle_collector()  # as `serve` does for its projector: the fold is all small objects
+    settle_collector(PROJECTION_YOUNG_THRESHOLD)  # the fold is all small objects
     dsn = settings.postgres_dsn or start_embedded_postgres(settings.data_dir)[0]
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
     runtime.pool = pool
@@ -182,7 +182,7 @@ async def _catch_up_share(
     from services.bootstrap import Runtime
 
     runtime = Runtime(settings)
-    settle_collector()
+    settle_collector(PROJECTION_YOUNG_THRESHOLD)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     runtime.pool = pool
     try:

@@ -51,3 +51,21 @@ def test_settle_collector_is_settle_heaps_collector_half():
     assert found["frozen"] > 1000
     assert found["collected"] is True
     assert found["threshold"] == [10_000, 10, 10]
+
+
+def test_a_projecting_process_collects_its_young_objects_less_often_and_still_collects():
+    """What ``consent-ledger project`` and ``rebuild`` do: their batches' objects are
+    freed by reference count at the commit, so the young collections wait longer."""
+    probe = _PROBE.replace("settle_heap", "settle_collector").replace(
+        "settle_collector()", "settle_collector(PROJECTION_YOUNG_THRESHOLD)"
+    )
+    probe = probe.replace(
+        "import settle_collector", "import PROJECTION_YOUNG_THRESHOLD, settle_collector"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    found = json.loads(out)
+    assert found["frozen"] > 1000
+    assert found["collected"] is True
+    assert found["threshold"] == [200_000, 10, 10]
