@@ -9,6 +9,8 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
+import asyncpg
+
 from services.errors import StoreUnavailable
 
 
@@ -48,6 +50,26 @@ def bounded_bulk(
 ) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
     """``bounded``, for a statement of a thousand rows: ``BULK_BOUND`` times the bound."""
     return _bounded(method, BULK_BOUND)
+
+
+async def fetch_bulk(
+    pool: asyncpg.Pool, timeout: float | None, query: str, *args: Any
+) -> list[asyncpg.Record]:
+    """``pool.fetch`` of a ``bounded_bulk`` statement. The read pools make the server
+    cancel a statement at the single statements' bound (``read_pool``): here that
+    limit is lifted to ``BULK_BOUND`` times it for this statement alone (``SET LOCAL``,
+    in a transaction of its own), or a thousand rows on a busy server would be
+    cancelled long before the caller's own bound."""
+    rows: list[asyncpg.Record]
+    if timeout is None:
+        rows = await pool.fetch(query, *args)
+        return rows
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            f"SET LOCAL statement_timeout = {max(1, round(timeout * BULK_BOUND * 1000))}"
+        )
+        rows = await conn.fetch(query, *args)
+        return rows
 
 
 def _bounded(

@@ -9,7 +9,7 @@ from collections.abc import Collection
 import asyncpg
 
 from ledger.ports import SubjectKey, SubjectKeys
-from services.adapters.postgres_bounds import bounded, bounded_bulk
+from services.adapters.postgres_bounds import bounded, bounded_bulk, fetch_bulk
 
 _CURRENT = """
 WITH made AS (
@@ -83,7 +83,9 @@ class PostgresSubjectKeys(SubjectKeys):
         for _ in range(3):
             if not wanted:
                 return found
-            rows = await self.pool.fetch(
+            rows = await fetch_bulk(
+                self.pool,
+                self._timeout,
                 _CURRENT_MANY,
                 [uuid.uuid4() for _ in wanted],
                 [phone for phone, _ in wanted],

@@ -69,7 +69,7 @@ from ledger.state import (
     sender_number_holder,
 )
 from ledger.status import ConsentState, consent_state
-from services.adapters.postgres_bounds import bounded, bounded_bulk
+from services.adapters.postgres_bounds import bounded, bounded_bulk, fetch_bulk
 from services.wire.codec import (
     decode_recorded,
     decode_snapshot,
@@ -1089,7 +1089,9 @@ class PostgresConsentView(ConsentView):
         if not claims:
             return {}
         first = list({(c[0], c[1]): c for c in reversed(claims)}.values())
-        rows = await self._reads.fetch(
+        rows = await fetch_bulk(
+            self._reads,
+            self._timeout,
             _CLAIM_MESSAGES,
             brand,
             [c[0] for c in first],
@@ -1104,7 +1106,9 @@ class PostgresConsentView(ConsentView):
     ) -> dict[tuple[str, str], RequestUse]:
         if not keys:
             return {}
-        rows = await self._reads.fetch(_REQUEST_USES_OF, [k[0] for k in keys], [k[1] for k in keys])
+        rows = await fetch_bulk(
+            self._reads, self._timeout, _REQUEST_USES_OF, [k[0] for k in keys], [k[1] for k in keys]
+        )
         return {(row["brand"], row["request_id"]): _request_use(row) for row in rows}
 
     @bounded_bulk
@@ -1112,7 +1116,9 @@ class PostgresConsentView(ConsentView):
         uses: dict[tuple[str, str], RequestUse] = {}
         pending = list({(c.brand, c.request_id): c for c in reversed(claims)}.values())
         while pending:  # only claims of ids committed by others meanwhile come round again
-            rows = await self._reads.fetch(
+            rows = await fetch_bulk(
+                self._reads,
+                self._timeout,
                 _CLAIM_REQUESTS,
                 [c.brand for c in pending],
                 [c.request_id for c in pending],
@@ -1135,7 +1141,7 @@ class PostgresConsentView(ConsentView):
                 continue
         if not keys:
             return set()
-        rows = await self._reads.fetch(_KNOWN_EVENTS, keys)
+        rows = await fetch_bulk(self._reads, self._timeout, _KNOWN_EVENTS, keys)
         return {str(row["event_id"]) for row in rows}
 
     @bounded

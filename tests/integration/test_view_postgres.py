@@ -19,7 +19,7 @@ from ledger.events import (
     Recorded,
     RevocationCandidateResolved,
 )
-from ledger.ports import RequestUse, Stream
+from ledger.ports import RequestClaim, RequestUse, Stream
 from services.adapters.migrations import discover, migrate
 from services.adapters.postgres_view import (
     _CHANGES,
@@ -485,3 +485,34 @@ async def test_a_change_stream_page_reads_the_changes_index(postgres_dsn: str) -
     assert "ledger_event_copy_changes" in plan
     assert len(page.events) == 100
     assert all(r.position.offset >= 900 for r in page.events)
+
+
+async def test_a_bulk_claim_may_wait_past_a_single_statements_bound(postgres_dsn: str) -> None:
+    """The read pool has the server cancel a statement at the single statements' bound;
+    a thousand-row claim (``bounded_bulk``) is given ``BULK_BOUND`` times that, so one
+    waiting on a row lock for longer than the single bound is answered, not cancelled."""
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
+    reads = await read_pool(postgres_dsn, min_size=1, max_size=2, timeout=0.1)
+    try:
+        await migrate(pool)
+        view = PostgresConsentView(pool, reads=reads, timeout=0.1)
+        ids = (str(uuid.uuid4()),)
+        ours = RequestClaim("acme", "imp-1", "ours", ids)
+        async with pool.acquire() as other:
+            held = other.transaction()
+            await held.start()
+            await other.execute(
+                "INSERT INTO request_use (brand, request_id, fingerprint, event_ids)"
+                " VALUES ('acme', 'imp-1', 'theirs', $1::uuid[])",
+                [uuid.uuid4()],
+            )
+            claim = asyncio.ensure_future(view.claim_requests([ours]))
+            await asyncio.sleep(0.5)  # five single bounds, waiting on the row's lock
+            await held.rollback()
+            uses = await claim
+        with pytest.raises(asyncpg.QueryCanceledError):  # a single statement is still cut
+            await reads.execute("SELECT pg_sleep(0.5)")
+    finally:
+        await reads.close()
+        await pool.close()
+    assert uses == [RequestUse("ours", ids)]
