@@ -93,7 +93,13 @@ def _bounded(
                 f" (CONSENT_POSTGRES_TIMEOUT_MS{f' x {factor:g}' if factor != 1 else ''};"
                 f" {method.__name__})"
             )
-        return read.result()
+        try:
+            return read.result()
+        except asyncpg.QueryCanceledError as exc:  # the server's own limit (``read_pool``)
+            raise StoreUnavailable(
+                f"PostgreSQL cancelled {method.__name__} at its statement timeout"
+                f" (CONSENT_POSTGRES_TIMEOUT_MS{f' x {factor:g}' if factor != 1 else ''})"
+            ) from exc
 
     return bounded_method
 

@@ -27,6 +27,7 @@ from services.adapters.postgres_view import (
     _event_row,
     read_pool,
 )
+from services.errors import StoreUnavailable
 from services.wire.codec import encode_recorded
 from tests.conformance.view_suite import (
     T0,
@@ -516,3 +517,26 @@ async def test_a_bulk_claim_may_wait_past_a_single_statements_bound(postgres_dsn
         await reads.close()
         await pool.close()
     assert uses == [RequestUse("ours", ids)]
+
+
+async def test_a_statement_the_server_cancels_is_a_store_unavailable_naming_it(
+    postgres_dsn: str,
+) -> None:
+    """A statement PostgreSQL cancels at the read pool's limit is told as the store
+    not answering in time, with the statement's name, not as an unknown failure."""
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
+    reads = await read_pool(postgres_dsn, min_size=1, max_size=2, timeout=0.1)
+    try:
+        await migrate(pool)
+        view = PostgresConsentView(pool, reads=reads, timeout=5)
+        async with pool.acquire() as other, other.transaction():
+            await other.execute(
+                "INSERT INTO request_use (brand, request_id, fingerprint, event_ids)"
+                " VALUES ('acme', 'req-1', 'theirs', $1::uuid[])",
+                [uuid.uuid4()],
+            )
+            with pytest.raises(StoreUnavailable, match="cancelled take_request at its statement"):
+                await view.take_request("acme", "req-1", "ours", [str(uuid.uuid4())])
+    finally:
+        await reads.close()
+        await pool.close()
