@@ -4,6 +4,7 @@ and call them with a real gRPC client."""
 from __future__ import annotations
 
 import json
+import signal
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -52,6 +53,13 @@ def write_tokens(path: Path) -> Path:
         )
     )
     return path
+
+
+def ctrl_c_as_at_a_terminal() -> None:
+    """A child's ``preexec_fn``: a suite started in the background by a non-interactive
+    shell (``make test &``) inherits SIGINT ignored, and so would the child; at a
+    terminal Ctrl-C stops it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def ts(value: datetime) -> Timestamp:

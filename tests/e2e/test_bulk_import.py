@@ -25,6 +25,7 @@ from tests.e2e.harness import (
     TOKENS,
     Client,
     client,
+    ctrl_c_as_at_a_terminal,
     define,
     kafka_settings,
     opt_in,
@@ -425,6 +426,7 @@ async def test_an_import_interrupted_by_ctrl_c_says_so_and_a_rerun_writes_each_r
         sys.executable, "-m", "services.cli", "import", str(export), "--address",
         runtime.address, env={**os.environ, "CONSENT_TOKEN": TOKENS["acme-app"][0]},
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=ctrl_c_as_at_a_terminal,
     )  # fmt: skip
     await asyncio.wait_for(held.wait(), 60)  # one message written, the next held
     process.send_signal(signal.SIGINT)

@@ -24,7 +24,7 @@ from services.cli.rebuild import INTERRUPTED
 from services.projector import rebuild
 from services.settings import KafkaLedgerSettings
 from tests.conformance.view_suite import generate_events
-from tests.e2e.harness import write_tokens
+from tests.e2e.harness import ctrl_c_as_at_a_terminal, write_tokens
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -57,14 +57,8 @@ def rebuild_command(env: dict[str, str], *options: str) -> subprocess.Popen[str]
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_ctrl_c_as_at_a_terminal,
+        preexec_fn=ctrl_c_as_at_a_terminal,
     )
-
-
-def _ctrl_c_as_at_a_terminal() -> None:
-    """A suite started in the background by a non-interactive shell (``make test &``)
-    inherits SIGINT ignored, and so would the rebuild; at a terminal Ctrl-C stops it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 async def test_an_interrupted_rebuild_resumes_where_it_stopped(
