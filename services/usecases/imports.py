@@ -21,6 +21,7 @@ it reads facts in world order (``ledger.state``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -127,6 +128,8 @@ class Imports:
         self._recorded_by = recorded_by
         self._campaigns: dict[tuple[str, str], Campaign | None] = {}
         self._caught_up = False
+        self._turn: asyncio.Future[None] | None = None
+        """Done when the last chunk begun has taken its import ids (``chunk``)."""
         self._claimed: list[_Claimed] = []
         self._unapplied: dict[tuple[str, str], str] = {}
         """The fingerprints of the records this import's chunks claimed to append
@@ -141,6 +144,23 @@ class Imports:
         ledger or the view fails: the chunk may then be sent again unchanged."""
         if len(items) > MAX_CHUNK:
             raise InvalidRequest("records", f"at most {MAX_CHUNK} records per message")
+        # Chunks are checked at once but take their import ids in the order they came
+        # (the turn is taken before any await): of two records under one id in two
+        # chunks, the earlier chunk's is kept, however long each took to check.
+        before, turn = self._turn, asyncio.get_running_loop().create_future()
+        self._turn = turn
+        try:
+            return await self._chunk(items, dry_run, before, turn)
+        finally:
+            _release(turn)
+
+    async def _chunk(
+        self,
+        items: Sequence[Item],
+        dry_run: bool,
+        before: asyncio.Future[None] | None,
+        turn: asyncio.Future[None],
+    ) -> ChunkResult:
         if not self._caught_up:
             await self._catch_up()
         result = ChunkResult()
@@ -154,6 +174,8 @@ class Imports:
                 result.refusals.append(_refusal(item, Code.PERMISSION_DENIED, exc))
             except FailedPrecondition as exc:
                 result.refusals.append(_refusal(item, Code.FAILED_PRECONDITION, exc))
+        if before is not None:
+            await asyncio.shield(before)
         new = await self._new(planned, result, dry_run)
         if dry_run:
             result.imported = len(new)
@@ -163,6 +185,7 @@ class Imports:
         claimed = _Claimed([_key(p) for p in new])
         self._claimed.append(claimed)
         self._unapplied.update((_key(p), p.events[0].request_fingerprint) for p in new)
+        _release(turn)  # the next chunk may claim; the append need not wait for it
         # When each record happened, not where it stood in the file: one number's
         # facts reach the ledger in the order of their own times.
         new.sort(key=lambda p: p.events[0].occurred_at)
@@ -292,6 +315,11 @@ class Imports:
                 break
             for key in self._claimed.pop(0).keys:
                 self._unapplied.pop(key, None)
+
+
+def _release(turn: asyncio.Future[None]) -> None:
+    if not turn.done():
+        turn.set_result(None)
 
 
 def _key(p: _Planned) -> tuple[str, str]:

@@ -4,6 +4,7 @@ a chunk appended in one call in the order of the records' own times."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -104,6 +105,30 @@ async def test_an_import_id_reused_for_another_record_is_refused():
             (0, Code.ALREADY_EXISTS, "request_id"),
             (1, Code.ALREADY_EXISTS, "request_id"),
         ]
+
+
+async def test_of_two_records_under_one_id_in_two_chunks_the_earlier_chunks_is_kept():
+    """Chunks are worked on at once; the first to claim an id used to keep it. The
+    first chunk's claim is held back here, so without the turn the second wins."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        imports = _imports(app)
+        claim, calls = app.view.claim_requests, []
+
+        async def first_held(claims):  # type: ignore[no-untyped-def]
+            calls.append(claims)
+            if len(calls) == 1:
+                await asyncio.sleep(0.1)
+            return await claim(claims)
+
+        app.view.claim_requests = first_held  # type: ignore[method-assign]
+        earlier, later = opt_in(0, "+14155550100"), opt_in(0, "+14155550199")
+        first, second = await asyncio.gather(imports.chunk([earlier]), imports.chunk([later]))
+
+        assert (first.imported, second.imported) == (1, 0)
+        assert [(r.index, r.code) for r in second.refusals] == [(0, Code.ALREADY_EXISTS)]
+        written = [r for p in range(4) for r in await app.ledger.read(Stream.SUBSCRIBERS, p, 0)]
+        assert [r.event.phone for r in written] == ["+14155550100"]  # type: ignore[attr-defined]
 
 
 async def test_the_same_record_twice_in_one_import_is_recorded_once():
