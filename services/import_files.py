@@ -31,7 +31,8 @@ from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ledger.commands import TEXT_LIMITS
+from ledger.commands import TEXT_LIMITS, check_length
+from ledger.errors import InvalidRequest
 
 FORMATS = ("csv", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
@@ -237,13 +238,12 @@ def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:
         odd = _SURROGATE.search(given)
         if odd is not None:
             return Unreadable(line, name, _not_text(odd.group()))
-        limit = TEXT_LIMITS.get(name)
-        if limit is not None and len(given) > limit:
-            # The service's own words for it (``ledger.commands.check_length``).
-            return Unreadable(
-                line, name, f"must be at most {limit:,} characters, got {len(given):,}"
-            )
-        if limit is None and len(given) > VALUE_LIMIT:
+        if name in TEXT_LIMITS:
+            try:
+                check_length(given, name)  # the service's own check, in its words
+            except InvalidRequest as too_long:
+                return Unreadable(line, name, too_long.violations[0][1])
+        elif len(given) > VALUE_LIMIT:
             return Unreadable(
                 line, name, f"is {len(given):,} characters long, longer than any {name}"
             )
