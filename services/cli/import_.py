@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import re
 import sys
 import threading
 import time
@@ -324,9 +323,7 @@ def _run(args: argparse.Namespace) -> int:
                     summary.token = _merged(summary.token, answer.consistency_token)
                 for refusal in answer.refusals:
                     line = lines[refusal.index]
-                    told = [
-                        _in_file_terms(v.field, v.description, lines) for v in refusal.violations
-                    ]
+                    told = [_in_file_terms(v.field, v.description) for v in refusal.violations]
                     for field_name, reason in told[:1]:
                         summary.refuse(line, refusal.code, field_name, reason)
                         refused_at[refusal.index] = (refusal.code, field_name, reason)
@@ -388,21 +385,11 @@ def _run(args: argparse.Namespace) -> int:
     return code or (1 if summary.refused else 0)
 
 
-_EARLIER_RECORD = re.compile(r"record (\d+) of this import")
-
-
-def _in_file_terms(field_name: str, reason: str, lines: Any) -> tuple[str, str]:
+def _in_file_terms(field_name: str, reason: str) -> tuple[str, str]:
     """A refusal as the file says it: the service's ``request_id`` is the file's
-    ``import_id``, and an earlier record of the import (the service knows its index)
-    is the line it starts on."""
-    if field_name == "request_id":
-        field_name = "import_id"
-
-    def line_of(found: re.Match[str]) -> str:
-        index = int(found.group(1))
-        return f"the record on line {lines[index]}" if index < len(lines) else found.group()
-
-    return field_name, _EARLIER_RECORD.sub(line_of, reason)
+    ``import_id``. (The service never names an earlier record of the import: an
+    import id the file repeats is settled here, in the file's order, and not sent.)"""
+    return ("import_id" if field_name == "request_id" else field_name), reason
 
 
 def _merged(a: str, b: str) -> str:
