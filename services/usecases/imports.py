@@ -262,7 +262,7 @@ class Imports:
         first: dict[tuple[str, str], _Planned] = {}
         unique: list[_Planned] = []
         for p in planned:
-            key = (brand_of(p.events[0]), p.events[0].request_id)
+            key = _key(p)
             earlier = first.get(key)
             if earlier is None:
                 first[key] = p
@@ -280,8 +280,7 @@ class Imports:
         else:
             claims = [
                 RequestClaim(
-                    brand_of(p.events[0]),
-                    p.events[0].request_id,
+                    *_key(p),
                     p.events[0].request_fingerprint,
                     tuple(str(e.event_id) for e in p.events),
                 )
