@@ -161,8 +161,8 @@ PROJECTION_YOUNG_THRESHOLD = 200_000
 and its workers). A batch of 5,000 events holds some 100,000 objects (its events,
 states, digests and rows) until its commit frees them all by reference count; at
 10,000 every young collection, and every tenth's middle-generation one, went over
-them and found next to nothing to free: a tenth of the process's CPU
-(bench/HISTORY.md, "The projection's collector"). Above a batch's count, the
+them and found next to nothing to free: 6-8 % of the process's CPU (bench/HISTORY.md,
+"The projection's Python per event, a third time"). Above a batch's count, the
 collector runs only when garbage cycles outlive the batches. (At CPython's 700,
 the full collections they added up to cost more still: "The projection's CPU".)"""
 
