@@ -85,20 +85,19 @@ def _bounded(
         except asyncio.CancelledError:
             read.cancel()
             raise
+        setting = f"CONSENT_POSTGRES_TIMEOUT_MS{f' x {factor:g}' if factor != 1 else ''}"
         if not done:
             read.cancel()
             read.add_done_callback(_retrieve)
             raise StoreUnavailable(
                 f"PostgreSQL did not answer within {view._timeout * factor:g} s"
-                f" (CONSENT_POSTGRES_TIMEOUT_MS{f' x {factor:g}' if factor != 1 else ''};"
-                f" {method.__name__})"
+                f" ({setting}; {method.__name__})"
             )
         try:
             return read.result()
         except asyncpg.QueryCanceledError as exc:  # the server's own limit (``read_pool``)
             raise StoreUnavailable(
-                f"PostgreSQL cancelled {method.__name__} at its statement timeout"
-                f" (CONSENT_POSTGRES_TIMEOUT_MS{f' x {factor:g}' if factor != 1 else ''})"
+                f"PostgreSQL cancelled {method.__name__} at its statement timeout ({setting})"
             ) from exc
 
     return bounded_method
