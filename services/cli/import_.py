@@ -86,7 +86,8 @@ exit status:
      the import or could not be reached, or the file could not be read past a
      line; records acknowledged so far are recorded, and running the import again
      picks up where it stopped
-  2  a usage error (no such file, an unknown format or column)
+  2  a usage error (no such file, an unknown format or column), or a file that
+     holds no records (empty, a header only, blank lines): nothing was imported
   130  interrupted (Ctrl-C); the summary says what was imported until then"""
 
 CHUNK = 500
@@ -212,7 +213,17 @@ def _run(args: argparse.Namespace) -> int:
         # The header is read now: a file of unknown columns is a usage error, not a
         # refusal of every record.
         peeked = next(records, None)
-        records = itertools.chain([peeked] if peeked is not None else [], records)
+        if peeked is None:
+            # Most often an export that failed (a header and no rows): an exit 0 here
+            # would pass for "every opt-out recorded".
+            text.close()
+            print(
+                f"{name}: {args.file}: holds no records (it is empty, or holds only a "
+                "header or blank lines); nothing was imported",
+                file=sys.stderr,
+            )
+            return 2
+        records = itertools.chain([peeked], records)
         total = import_files.count_records(args.file, fmt)
         token = client.token(args)
         channel = client.channel(args, client.address(args))
@@ -293,7 +304,7 @@ def _run(args: argparse.Namespace) -> int:
                     window.acquire()
                     yield api.ImportConsentsRequest(records=chunk, dry_run=args.dry_run and first)
                     chunk, size, first = [], 0, False
-            if chunk or first:  # an empty file still asks (and answers) once
+            if chunk or first:  # every record unreadable: still asks once, the token too
                 window.acquire()
                 yield api.ImportConsentsRequest(records=chunk, dry_run=args.dry_run and first)
         except import_files.FormatError as exc:  # the file unreadable from a line on

@@ -587,3 +587,31 @@ async def test_a_quote_left_open_stops_the_import_at_its_line(service, tmp_path)
     assert "imported 4 of 4 records" in out, out  # lines 2 to 6 (one runs over two)
     after = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
     assert after == before + 4
+
+
+async def test_a_file_without_records_says_nothing_was_imported(service, tmp_path):
+    """An empty export, one of a header only and one of blank lines each exited 0
+    with "imported 0 of 0 records", as an import of every record does: an export
+    that failed (a header and no rows) passed for one whose opt-outs were all
+    recorded. Now each says it holds no records and exits 2, a dry run too."""
+    runtime, _ = service
+    assert runtime.ledger is not None
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    files = {
+        "empty.csv": "",
+        "header.csv": ",".join(COLUMNS) + "\r\n",
+        "blank.csv": "\r\n\r\n",
+        "blank.jsonl": "\n   \n\n",
+    }
+    for file_name, content in files.items():
+        export = tmp_path / file_name
+        export.write_text(content)
+        for dry in ((), ("--dry-run",)):
+            code, out, err = await import_cli(
+                str(export), *dry, "--address", runtime.address, token=TOKENS["acme-app"][0]
+            )
+
+            assert code == 2, (file_name, dry, out, err)
+            assert f"{export}: holds no records" in err, (file_name, err)
+            assert "nothing was imported" in err and "Traceback" not in err, err
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
