@@ -338,16 +338,23 @@ def _enum(field: str, text: str) -> int:
 
 
 def count_records(path: Path, fmt: str) -> int:
-    """About how many records ``path`` holds (its lines, less a CSV's header): the
-    progress bar's total, counted without parsing."""
-    lines = 0
-    last = b"\n"
+    """How many records ``path`` holds, as the reader will find them: the progress
+    bar's total, counted without parsing. Lines the reader skips (blank ones) and a
+    CSV's header are not records, and a CSV line that ends inside a quoted value is
+    one record with the lines its value runs over (a quote inside a value is
+    doubled, so a line with an odd number of quotes opens or closes one)."""
+    csv_ = fmt == "csv"
+    records = 0
+    quoted = False  # the line before ended inside a quoted value
     with path.open("rb") as raw:
-        for block in iter(lambda: raw.read(1 << 20), b""):
-            lines += block.count(b"\n")
-            last = block[-1:]
-    lines += last != b"\n"
-    return max(lines - (fmt == "csv"), 0)
+        for line in raw:
+            starts = not quoted
+            if csv_ and line.count(b'"') % 2:
+                quoted = not quoted
+            # The csv module skips an empty row; JSON Lines, one of whitespace.
+            if starts and (line.rstrip(b"\r\n") if csv_ else line.strip()):
+                records += 1
+    return max(records - csv_, 0)
 
 
 def open_text(path: Path) -> TextIO:

@@ -615,3 +615,31 @@ async def test_a_file_without_records_says_nothing_was_imported(service, tmp_pat
             assert f"{export}: holds no records" in err, (file_name, err)
             assert "nothing was imported" in err and "Traceback" not in err, err
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
+
+
+async def test_the_progress_total_counts_records_not_lines(service, tmp_path):
+    """The progress bar's total was the file's lines less the header: a value over
+    three lines and two blank lines made five records a total of nine, and the bar
+    ended at 5/9 (56%) on an import that had done everything; JSON Lines' blank
+    lines the same."""
+    runtime, when = service
+    at = iso(when - timedelta(days=1))
+    lines = ["type,import_id,phone,brand,campaign,occurred_at,channel,text"]
+    lines += [f"opt_out,bar-{i},{phone(110 + i)},acme,,{at},keyword,STOP" for i in range(4)]
+    lines.insert(2, "")
+    lines.insert(4, f'opt_out,bar-9,{phone(119)},acme,,{at},free_text,"Please\n""stop""\nnow"')
+    lines.append("")
+    export = tmp_path / "bar.csv"
+    export.write_text("\r\n".join(lines) + "\r\n")
+    stops = export_rows(when)[:3]
+    jsonl = tmp_path / "bar.jsonl"
+    jsonl.write_text("\n" + "\n \n".join(json.dumps(r) for r in stops) + "\n\n")
+
+    for path, records in ((export, 5), (jsonl, 3)):
+        code, out, err = await import_cli(
+            str(path), "--address", runtime.address, token=TOKENS["acme-app"][0]
+        )
+
+        assert code == 0, out + err
+        assert f"imported {records} of {records} records" in out, out
+        assert f"| {records}/{records} [" in err, err

@@ -17,6 +17,7 @@ from services.import_files import (
     Unreadable,
     count_records,
     format_of,
+    open_text,
     parse_fields,
     read_records,
 )
@@ -128,6 +129,19 @@ def test_records_are_counted_for_the_progress_bar_without_a_trailing_newline(tmp
     path.write_text("type\nopt_in\nopt_in")
     assert count_records(path, "csv") == 2
     assert count_records(path, "jsonl") == 3
+
+
+def test_records_are_counted_as_the_reader_finds_them_not_by_lines(tmp_path):
+    """A quoted value over lines (a doubled quote, a blank line in it) is one
+    record; a blank line between records is none."""
+    path = tmp_path / "x.csv"
+    path.write_bytes(b'type,text\r\n\r\nopt_out,"a\r\n\r\n""b""\r\n"\r\n\r\nopt_out,c\r\n\r\n')
+    with open_text(path) as text:
+        assert count_records(path, "csv") == len(list(read_records(text, "csv"))) == 2
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'\n{"type": "opt_out"}\n \t\r\n{"type": "opt_out"}\n\n')
+    with open_text(path) as text:
+        assert count_records(path, "jsonl") == len(list(read_records(text, "jsonl"))) == 2
 
 
 def test_the_summary_groups_refusals_by_reason_with_their_lines():
