@@ -131,6 +131,12 @@ class Imports:
         self._turn: asyncio.Future[None] | None = None
         """Done when the last chunk begun has taken its import ids (``chunk``)."""
         self._claimed: list[_Claimed] = []
+        self._dry_run_taken: dict[int, int] = {}
+        """In a dry run, the records its chunks would import, by hashes of (brand,
+        import id) and of the record: nothing is claimed, so a later chunk that
+        repeats one would not see it (an import would count it as present, or refuse
+        another record under the id). Some 100 bytes a record, for the stream's
+        length."""
         self._unapplied: dict[tuple[str, str], str] = {}
         """The fingerprints of the records this import's chunks claimed to append
         that the view may not have applied yet. Another chunk (they are worked on
@@ -271,12 +277,15 @@ class Imports:
                 result.present += 1
             else:
                 result.refusals.append(_reused(p.item, earlier.item.index))
+        if dry_run:
+            unique = self._not_taken_in_dry_run(unique, result)
         if not unique:
             return []
         uses: list[RequestUse | None]
         if dry_run:
-            found = await self.ctx.view.request_uses(list(first))
-            uses = [found.get(k) for k in first]
+            keys = [_key(p) for p in unique]
+            found = await self.ctx.view.request_uses(keys)
+            uses = [found.get(k) for k in keys]
         else:
             claims = [
                 RequestClaim(
@@ -303,7 +312,26 @@ class Imports:
                 result.present += 1  # another chunk of this import appends it
             else:  # new, or claimed by a run whose append failed: (again) the same ids
                 new.append(p)
+        if dry_run:
+            self._dry_run_taken.update(
+                (hash(_key(p)), hash(p.events[0].request_fingerprint)) for p in new
+            )
         return new
+
+    def _not_taken_in_dry_run(self, unique: list[_Planned], result: ChunkResult) -> list[_Planned]:
+        """A dry run's records less those an earlier chunk of it would import under
+        the same import id: the same record is "already present", another refused,
+        as the import would answer them."""
+        left: list[_Planned] = []
+        for p in unique:
+            earlier = self._dry_run_taken.get(hash(_key(p)))
+            if earlier is None:
+                left.append(p)
+            elif earlier == hash(p.events[0].request_fingerprint):
+                result.present += 1
+            else:
+                result.refusals.append(_reused(p.item, None))
+        return left
 
     def _forget_applied(self) -> None:
         """Drop from ``_unapplied`` the chunks the view has applied: an import holds

@@ -643,3 +643,44 @@ async def test_the_progress_total_counts_records_not_lines(service, tmp_path):
         assert code == 0, out + err
         assert f"imported {records} of {records} records" in out, out
         assert f"| {records}/{records} [" in err, err
+
+
+async def test_a_dry_run_stream_answers_a_repeat_in_a_later_message_as_the_import_does(service):
+    """Through ImportConsents itself (the CLI settles repeats in the file before
+    sending): a dry run looked up each message's import ids in what was claimed,
+    and a dry run claims nothing, so a record an earlier message would import,
+    repeated or its id reused for another record, was counted as one more it would
+    import; the import then found one present and refused the other."""
+    runtime, when = service
+    assert runtime.ledger is not None
+    at = when - timedelta(days=3)
+
+    def record(i: int, import_id: str | None = None) -> api.ImportRecord:
+        return api.ImportRecord(
+            opt_in=opt_in(f"+1720777{i:04d}", "acme", "promo", at, import_id or f"dry-{i}")
+        )
+
+    first = [record(i) for i in range(10)]
+    later = [record(3), record(50, "dry-5"), record(11)]  # again; its id reused; new
+
+    async def answered(dry_run: bool) -> list[tuple[int, int, list[tuple[int, str]]]]:
+        async def chunks():
+            yield api.ImportConsentsRequest(records=first, dry_run=dry_run)
+            yield api.ImportConsentsRequest(records=later)
+
+        async with client(runtime.address, "acme-app") as c:
+            stream = c.stub.ImportConsents(
+                chunks(), metadata=[("authorization", f"Bearer {c.token}")], timeout=120
+            )
+            return [
+                (a.imported, a.already_present, [(r.index, r.code) for r in a.refusals])
+                async for a in stream
+            ]
+
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    dry = await answered(True)
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
+    real = await answered(False)
+
+    assert real == [(10, 0, []), (1, 1, [(11, "ALREADY_EXISTS")])], real
+    assert dry == real
