@@ -8,22 +8,22 @@ commands (``services.cli.audit.evidence``). The clients of a running service
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import importlib.util
 import logging
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.bootstrap import EMBEDDED_MISSING, StartError
-from services.cli import audit, import_, migrate, project, rebuild, serve, tokens
-from services.cli.audit import evidence
-from services.log_context import LogContext
-from services.log_limits import limited
-from services.settings import Settings, SettingsError
+from services.cli import audit, import_, tokens
+
+if TYPE_CHECKING:
+    from services.settings import Settings
 
 log = logging.getLogger("consent-ledger")
+
+INTERRUPTED = 130
+"""The exit status after Ctrl-C (128 + SIGINT), as a shell reports it."""
 
 
 def _configure_logging(settings: Settings, verbose: bool) -> None:
@@ -32,6 +32,8 @@ def _configure_logging(settings: Settings, verbose: bool) -> None:
     ``request_id`` (the gRPC call's, ``-`` outside one) and ``exc_info`` (a
     traceback), for a log pipeline. Every logger's lines pass
     the repeat limit (``services.log_limits``)."""
+    from services.log_limits import limited
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         handlers=[
@@ -44,6 +46,8 @@ def _configure_logging(settings: Settings, verbose: bool) -> None:
 
 def _log_handler(settings: Settings, stream: Any = None) -> logging.Handler:
     """The handler of ``_configure_logging`` (to stderr unless ``stream``)."""
+    from services.log_context import LogContext
+
     log_format = settings.log_format
     handler = logging.StreamHandler(stream)
     # the call's request id on each line, and phone numbers masked (services.log_context)
@@ -93,6 +97,12 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    # The commands' modules, imported here rather than with this one: they take a
+    # second or two (gRPC, asyncpg, phonenumbers' data), and ``main`` turns a Ctrl-C
+    # meanwhile into exit 130 rather than a traceback of whichever import it hit.
+    from services.cli import migrate, project, rebuild, serve
+    from services.cli.audit import evidence
+
     def verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
         parser.add_argument(
             "-v",
@@ -144,8 +154,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = _parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while starting: nothing was done yet
+        print("consent-ledger: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    return _run(parser, args)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from services.bootstrap import EMBEDDED_MISSING, StartError
+    from services.cli import migrate, project, rebuild, serve
+    from services.cli.audit import evidence
+    from services.settings import Settings, SettingsError
+
     if args.command == "token":
         return tokens.run(args)
     if args.command in evidence.COMMANDS:
@@ -194,5 +219,5 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "rebuild":
             raise
         print(f"\n{rebuild.INTERRUPTED}", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     return 0

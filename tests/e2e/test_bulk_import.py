@@ -684,3 +684,42 @@ async def test_a_dry_run_stream_answers_a_repeat_in_a_later_message_as_the_impor
 
     assert real == [(10, 0, []), (1, 1, [(11, "ALREADY_EXISTS")])], real
     assert dry == real
+
+
+async def test_ctrl_c_while_the_import_starts_exits_130_without_a_traceback(
+    service, tmp_path, monkeypatch
+):
+    """Ctrl-C in the second or two the command takes to start (importing gRPC,
+    asyncpg, phonenumbers' data) printed a traceback of whichever import it hit,
+    and the process died of the signal; now it exits 130 saying it was interrupted,
+    wherever the signal lands. The service holds every append, so none lands after
+    the import is done."""
+    runtime, when = service
+    ledger = runtime.ledger
+    assert ledger is not None
+    export = write_csv(tmp_path / "start.csv", export_rows(when)[:3])
+    append, release = ledger.append, asyncio.Event()
+
+    async def held(events):
+        await release.wait()
+        return await append(events)
+
+    monkeypatch.setattr(ledger, "append", held)
+    try:
+        for delay in (0.25, 0.5, 0.9, 1.4):
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "services.cli", "import", str(export), "--address",
+                runtime.address, env={**os.environ, "CONSENT_TOKEN": TOKENS["acme-app"][0]},
+                cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                preexec_fn=ctrl_c_as_at_a_terminal,
+            )  # fmt: skip
+            await asyncio.sleep(delay)
+            process.send_signal(signal.SIGINT)
+            out_bytes, err_bytes = await asyncio.wait_for(process.communicate(), 60)
+            err = err_bytes.decode()
+
+            assert process.returncode == 130, (delay, out_bytes.decode(), err)
+            assert "interrupted" in err and "Traceback" not in err, (delay, err)
+    finally:
+        release.set()
+        monkeypatch.setattr(ledger, "append", append)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
 
@@ -101,7 +102,7 @@ def test_not_verbose_unless_asked():
 def test_verbose_after_the_command_reaches_the_logging(monkeypatch):
     seen = []
     monkeypatch.setattr(cli, "_configure_logging", lambda settings, verbose: seen.append(verbose))
-    monkeypatch.setattr(cli.asyncio, "run", lambda coroutine: coroutine.close())
+    monkeypatch.setattr(asyncio, "run", lambda coroutine: coroutine.close())
     monkeypatch.setitem(sys.modules, "uvloop", None)  # asyncio.run, the stand-in above
     monkeypatch.setenv("CONSENT_LEDGER", "postgres")
     monkeypatch.setenv("CONSENT_POSTGRES_DSN", "postgresql://localhost/none")
