@@ -288,6 +288,16 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         principal.require(scope, brand if is_name(brand) else None)
         return principal
 
+    def _writer(self, context: grpc.aio.ServicerContext, scope: Scope, brand: str) -> Principal:
+        """The caller of a write for ``brand``, with ``scope``, held to ``brand`` when it
+        is a name (or "*"). An empty or malformed one is bad input, whoever asks: the
+        write's field checks refuse it (INVALID_ARGUMENT, with every other bad field)
+        before anything is written, where PERMISSION_DENIED would send the caller of
+        a token for some brands to look at its token rather than at the request."""
+        principal = self.authenticate(context)
+        principal.require(scope, brand if brand == ANY_BRAND or is_name(brand) else None)
+        return principal
+
     async def _refused(
         self, rpc: str, request: Any, context: grpc.aio.ServicerContext, exc: Exception
     ) -> None:
@@ -753,7 +763,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     ) -> R:
         """Every plain write: authorize for the request's brand, translate, record,
         and answer with the ``response`` type's event ids and token."""
-        principal = self._caller(context, scope, request.brand)
+        principal = self._writer(context, scope, request.brand)
         command = api.command_from_proto(request)
         assert not isinstance(command, HandleInboundMessage)
         budget = write_budget(context, self.write_timeout)
@@ -796,7 +806,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def RecordMessagesSent(
         self, request: api_pb2.RecordMessagesSentRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.RecordMessagesSentResponse:
-        principal = self._caller(context, Scope.WRITE, request.brand)
+        principal = self._writer(context, Scope.WRITE, request.brand)
         command = api.command_from_proto(request)
         assert isinstance(command, RecordMessagesSent)
         budget = write_budget(context, self.write_timeout)

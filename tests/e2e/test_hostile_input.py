@@ -326,3 +326,59 @@ async def test_a_time_before_2000_is_named_beside_a_field_that_cannot_be_read(ru
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             named = [f for f, _ in status_details(err.value)]
             assert "occurred_at" in named and len(named) == 2, named
+
+
+async def test_a_malformed_brand_is_bad_input_for_a_token_of_some_brands_too(runtime):
+    """A token for acme that wrote with the brand empty, "ACME" or "acme\\n" was told
+    PERMISSION_DENIED ("acme-app may not act for brand 'ACME'") with no field named,
+    where an admin's token was told INVALID_ARGUMENT naming the brand: the caller
+    was sent to look at its token, not at its request. Each write now refuses it as
+    bad input, naming the brand and why beside every other bad field, and writes
+    nothing; another brand's name, or "*", is still PERMISSION_DENIED."""
+    at = datetime.now(UTC) - timedelta(minutes=5)
+
+    def writes(brand: str) -> list[tuple[str, object]]:
+        return [
+            ("RecordOptIn", opt_in("+1 CALL", brand, "promo", at)),
+            ("RecordOptOut", opt_out("+1 CALL", brand, "promo", at)),
+            (
+                "RecordMessageSent",
+                api.RecordMessageSentRequest(
+                    request_id="m-1",
+                    phone="+1 CALL",
+                    brand=brand,
+                    campaign="promo",
+                    message_id="SM-1",
+                    occurred_at=ts(at),
+                ),
+            ),
+            (
+                "RecordMessagesSent",
+                api.RecordMessagesSentRequest(
+                    request_id="ms-1",
+                    brand=brand,
+                    messages=[
+                        api.SentMessage(
+                            phone="+1 CALL", campaign="promo", message_id="SM-2", occurred_at=ts(at)
+                        )
+                    ],
+                ),
+            ),
+        ]
+
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    async with client(runtime.address, "acme-app") as c:
+        for brand in ("", "ACME", "acme\n"):
+            for rpc, request in writes(brand):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await getattr(c, rpc)(request)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (rpc, brand)
+                fields = {f for f, _ in status_details(err.value)}
+                phone = "messages[0].phone" if rpc == "RecordMessagesSent" else "phone"
+                assert fields == {"brand", phone}, (rpc, brand, fields)
+        for brand in ("globex", "*"):
+            for rpc, request in writes(brand):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await getattr(c, rpc)(request)
+                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, (rpc, brand)
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
