@@ -66,6 +66,7 @@ from ledger.events import (
     SubscriberLocated,
     event_id_for,
     is_21_plus,
+    send_differences,
 )
 from ledger.keywords import Intent, classify
 from ledger.phone import to_e164
@@ -784,6 +785,7 @@ def _sent_batch(cmd: RecordMessagesSent, now: datetime) -> list[LedgerEvent]:
     fingerprint = request_fingerprint(cmd)  # once: it digests every message
     found = Violations()
     events: list[LedgerEvent] = []
+    first: dict[tuple[str, str], tuple[int, MessageSent]] = {}  # by number and message id
     for i, message in enumerate(cmd.messages):
         item = Violations()
         check_fields(vars(message), now, item)
@@ -792,6 +794,20 @@ def _sent_batch(cmd: RecordMessagesSent, now: datetime) -> list[LedgerEvent]:
             found.add(_within(item, f"messages[{i}]."))
         elif sent is not None:
             events.append(sent)
+            # A message id again is that message (answered as the first), unless it
+            # says something else of it: which of the two is the message is not known.
+            key = (sent.phone, sent.message_id)
+            seen = first.get(key)
+            if seen is None:
+                first[key] = (i, sent)
+            elif other := send_differences(seen[1], sent):
+                found.add(
+                    InvalidRequest(
+                        f"messages[{i}].message_id",
+                        f"is messages[{seen[0]}]'s message id for this number, with another"
+                        f" {', '.join(other)}",
+                    )
+                )
     found.raise_if_any()
     return events
 

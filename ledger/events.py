@@ -347,6 +347,26 @@ class MessageSent(SubscriberEvent):
     (campaign health then counts it under no sending number)."""
 
 
+SENT_MESSAGE_FIELDS = (
+    "campaign",
+    "kind",
+    "occurred_at",
+    "included_opt_out_language",
+    "identified_sender",
+    "relied_on",
+    "from_number",
+)
+"""What a ``MessageSent`` says of its message, beyond the provider's message id, the
+number and the brand that name it: the request's own fields (its ids, who recorded
+it) and what the service worked out (``exempt``) are not the message's."""
+
+
+def send_differences(first: MessageSent, again: MessageSent) -> list[str]:
+    """The fields in which ``again``, a send of the message ``first`` recorded (the
+    same provider message id, number and brand), says something else of it."""
+    return [f for f in SENT_MESSAGE_FIELDS if getattr(first, f) != getattr(again, f)]
+
+
 @dataclass(frozen=True)
 class DeliveryOutcomeReported(SubscriberEvent):
     """What the SMS provider reported became of a recorded ``MessageSent``: delivered,

@@ -60,6 +60,17 @@ class AlreadyExists(ServiceError):
         self.event_ids = tuple(event_ids)
 
 
+class MessageIdReused(AlreadyExists):
+    """A provider message id recorded before for the number and brand, sent again
+    saying something else of the message: refused, and nothing recorded. A message
+    recorded is not changed by recording it again; ``event_ids`` is its
+    ``MessageSent``."""
+
+    def __init__(self, field: str, reason: str, message_id: str, event_ids: Sequence[str]) -> None:
+        super().__init__(field, reason, "", event_ids)
+        self.message_id = message_id
+
+
 class ShuttingDown(ServiceError):
     """The server is stopping: a long call (a change stream) ends so that its client
     goes on elsewhere, from where it was."""

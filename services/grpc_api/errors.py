@@ -23,6 +23,7 @@ from services.errors import (
     AccessNotRecorded,
     AlreadyExists,
     FailedPrecondition,
+    MessageIdReused,
     NotConsistent,
     NotFound,
     OutcomeUnknown,
@@ -156,6 +157,28 @@ def already_exists(exc: AlreadyExists) -> grpc.Status:
     return _status(code_pb2.ALREADY_EXISTS, f"{exc.field}: {exc.reason}", info, resource)
 
 
+MESSAGE_ID_REUSED = "MESSAGE_ID_REUSED"
+
+
+def message_id_reused(exc: MessageIdReused) -> grpc.Status:
+    """A provider message id recorded before, sent again saying something else of the
+    message: the first send's event id in an ``ErrorInfo`` (reason
+    ``MESSAGE_ID_REUSED``; metadata ``message_id`` and ``event_ids``) and in a
+    ``ResourceInfo`` naming the message id."""
+    ids = ",".join(exc.event_ids)
+    info = error_details_pb2.ErrorInfo(
+        reason=MESSAGE_ID_REUSED,
+        domain=ERROR_DOMAIN,
+        metadata={"message_id": exc.message_id, "event_ids": ids},
+    )
+    resource = error_details_pb2.ResourceInfo(
+        resource_type="consent.v1.MessageId",
+        resource_name=exc.message_id,
+        description=f"recorded as sent by event {ids}",
+    )
+    return _status(code_pb2.ALREADY_EXISTS, f"{exc.field}: {exc.reason}", info, resource)
+
+
 def undecodable(message: str) -> grpc.Status:
     """A request body that is not a ``message`` (its full protobuf name)."""
     return bad_request("request", f"is not a {message} in the protobuf wire format")
@@ -211,6 +234,8 @@ def to_status(exc: BaseException) -> grpc.Status:
             metadata={"field": exc.field, **exc.metadata},
         )
         return _status(code_pb2.FAILED_PRECONDITION, f"{exc.field}: {exc.reason}", detail, info)
+    if isinstance(exc, MessageIdReused):
+        return message_id_reused(exc)
     if isinstance(exc, AlreadyExists):
         return already_exists(exc)
     if isinstance(exc, Unauthenticated):

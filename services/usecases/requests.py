@@ -11,9 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from ledger.events import CampaignEvent, LedgerEvent, MessageSent, SubscriberEvent
+from ledger.events import (
+    CampaignEvent,
+    LedgerEvent,
+    MessageSent,
+    SubscriberEvent,
+    send_differences,
+)
 from ledger.ports import ConsistencyToken, RequestUse
-from services.errors import AlreadyExists, NotConsistent
+from services.errors import AlreadyExists, MessageIdReused, NotConsistent
 from services.usecases.context import BEHIND, Context
 
 
@@ -42,6 +48,26 @@ def refuse_another_request(event: LedgerEvent, use: RequestUse) -> None:
         )
 
 
+def refuse_another_message(
+    sent: MessageSent, first: LedgerEvent, first_id: str, field: str = "message_id"
+) -> None:
+    """``MessageIdReused`` when ``sent`` says something else of its message than
+    ``first``, the send recorded under its provider message id, did. Answered as that
+    message, the sender would take what it sent now for what is recorded."""
+    if not isinstance(first, MessageSent):
+        return
+    other = send_differences(first, sent)
+    if other:
+        raise MessageIdReused(
+            field,
+            f"{sent.message_id!r} was recorded before as sent to this number, with another"
+            f" {', '.join(other)}; a message recorded is not changed by recording it"
+            " again (another message needs another message id)",
+            sent.message_id,
+            [first_id],
+        )
+
+
 async def replay(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult | None:
     """The earlier result when every event was already recorded (a retried request).
 
@@ -50,8 +76,9 @@ async def replay(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult | N
     refused with ``AlreadyExists``, naming the first one's events. A miss while
     the projection lags behind an earlier attempt appends the same facts again,
     under the same ids, and the projection stores them once. A ``MessageSent``
-    whose provider message id is recorded already is that message, whatever
-    else it says: the answer is the first one's event, and nothing is written."""
+    whose provider message id is recorded already is that message: the answer is
+    the first one's event, and nothing is written; unless it says something else of
+    the message, which is refused (``refuse_another_message``)."""
     first = events[0]
     use = await ctx.view.request_use(brand_of(first), first.request_id)
     if use is not None:
@@ -77,6 +104,7 @@ async def _same_message(ctx: Context, sent: MessageSent) -> WriteResult | None:
     recorded = await ctx.view.find_event(original)
     if recorded is None:  # the view reads them in one transaction: only mid-rebuild
         raise NotConsistent("message_id", BEHIND)
+    refuse_another_message(sent, recorded.event, original)
     return WriteResult([original], ConsistencyToken.after([recorded]), True)
 
 
@@ -135,6 +163,8 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
             original = await ctx.view.find_event(taken.sent_as)
             if original is None:  # the view reads them in one transaction: only mid-rebuild
                 raise NotConsistent("message_id", BEHIND)
+            if isinstance(first, MessageSent):
+                refuse_another_message(first, original.event, taken.sent_as)
             return WriteResult([taken.sent_as], ConsistencyToken.after([original]), True)
     recorded = await ctx.ledger.append(events)
     return WriteResult(ids, ConsistencyToken.after(recorded))

@@ -16,13 +16,13 @@ from datetime import datetime
 
 from ledger.commands import RecordMessagesSent, to_events
 from ledger.digest import digest_of
-from ledger.events import LedgerEvent, MessageSent, evolved
+from ledger.events import LedgerEvent, MessageSent, Recorded, evolved
 from ledger.policy import earns_exemption
 from ledger.ports import ConsistencyToken
 from ledger.state import COUNTED_KINDS
 from services.errors import FailedPrecondition, NotConsistent
 from services.usecases.context import BEHIND, Context
-from services.usecases.requests import refuse_another_request
+from services.usecases.requests import refuse_another_message, refuse_another_request
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,13 @@ class Sends:
                 known = await self.ctx.view.message_uses(cmd.brand, keys)
                 answer, new = _split(events, keys, known)
         ours = {str(e.event_id) for e in new}
-        token = await self._token_of({i for i in answer if i not in ours})
+        earlier = await self._recorded({i for i in answer if i not in ours})
+        for i, (event, event_id) in enumerate(zip(events, answer, strict=True)):
+            if event_id in earlier:  # recorded before: the same message, or refused
+                refuse_another_message(
+                    event, earlier[event_id].event, event_id, f"messages[{i}].message_id"
+                )
+        token = ConsistencyToken.after(list(earlier.values()))
         if not new:
             return SendsResult(answer, token, 0)
         new = await self._with_exemptions(new)
@@ -135,14 +141,14 @@ class Sends:
         recorded = await self.ctx.ledger.append(new)
         return SendsResult(answer, token.merge(ConsistencyToken.after(recorded)), len(recorded))
 
-    async def _token_of(self, event_ids: set[str]) -> ConsistencyToken:
-        """The token after the events recorded before that the answer names."""
+    async def _recorded(self, event_ids: set[str]) -> dict[str, Recorded]:
+        """The events recorded before that the answer names, by id."""
         if not event_ids:
-            return ConsistencyToken({})
+            return {}
         found = await self.ctx.view.find_events(sorted(event_ids))
         if len(found) < len(event_ids):  # the view reads them in one transaction: mid-rebuild
             raise NotConsistent("messages", BEHIND)
-        return ConsistencyToken.after(list(found.values()))
+        return found
 
     async def _check_campaigns(
         self, new: Sequence[MessageSent], every: Sequence[MessageSent]

@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from ledger.ports import ConsistencyToken, Stream
 from services.bootstrap import Runtime
@@ -173,6 +175,69 @@ async def test_a_retried_call_writes_nothing_twice(service):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.RecordMessagesSent(call("batch-retry", [message(i, when) for i in range(201)]))
         assert err.value.code() is grpc.StatusCode.ALREADY_EXISTS
+        assert await ledger_size(runtime) == size
+
+
+def message_id_reused(err: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
+    """An ``ALREADY_EXISTS`` for a message id: its message, and its ``ErrorInfo``'s
+    metadata (the reason checked)."""
+    assert err.code() is grpc.StatusCode.ALREADY_EXISTS, err
+    status = rpc_status.from_call(err)
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            assert info.reason == "MESSAGE_ID_REUSED" and info.domain == "consent-ledger"
+            return err.details(), dict(info.metadata)
+    raise AssertionError(f"no ErrorInfo in {err}")
+
+
+async def test_a_message_id_again_saying_something_else_is_refused_not_answered_ok(service):
+    """A provider message id recorded before, sent again under another request id
+    with another time or flag, alone or in a batch, was answered OK with the first
+    send's event id and nothing written: the sender took what it sent for what was
+    recorded. Now that is ALREADY_EXISTS naming the first send's event, and within
+    one call INVALID_ARGUMENT; the same message again is still answered as the
+    first."""
+    runtime, when = service
+    async with client(runtime.address, "acme-app") as c:
+        first = await c.RecordMessagesSent(call("first", [message(i, when) for i in range(3)]))
+        assert await applied(runtime, first.consistency_token)
+        size = await ledger_size(runtime)
+
+        def alone(request_id: str, m: api.SentMessage) -> api.RecordMessageSentRequest:
+            return api.RecordMessageSentRequest(
+                request_id=request_id, brand="acme", phone=m.phone, campaign=m.campaign,
+                message_id=m.message_id, occurred_at=m.occurred_at, relied_on=m.relied_on,
+                included_opt_out_language=m.included_opt_out_language,
+                identified_sender=m.identified_sender,
+            )  # fmt: skip
+
+        same = await c.RecordMessageSent(alone("alone-1", message(1, when)))
+        assert list(same.event_ids) == [first.event_ids[1]]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            later = message(1, when, occurred_at=ts(when + timedelta(minutes=1)))
+            await c.RecordMessageSent(alone("alone-2", later))
+        text, info = message_id_reused(err.value)
+        assert text.startswith("message_id: 'SM-1' was recorded before") and "occurred_at" in text
+        assert info == {"message_id": "SM-1", "event_ids": first.event_ids[1]}
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordMessagesSent(
+                call("again", [message(7, when), message(2, when, identified_sender=False)])
+            )
+        text, info = message_id_reused(err.value)
+        assert text.startswith("messages[1].message_id: 'SM-2' was recorded before"), text
+        assert "identified_sender" in text and info["event_ids"] == first.event_ids[2]
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordMessagesSent(
+                call("twice", [message(8, when), message(8, when, campaign="other")])
+            )
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert status_details(err.value) == [
+            ("messages[1].message_id", "is messages[0]'s message id for this number, with"
+             " another campaign"),
+        ]  # fmt: skip
         assert await ledger_size(runtime) == size
 
 

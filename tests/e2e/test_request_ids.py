@@ -140,12 +140,19 @@ async def test_a_provider_message_id_recorded_already_is_the_same_message(servic
         same = [
             sent("s1", "SM-1", at),  # a retry
             sent("s2", "SM-1", at),  # the same message under another request id
-            sent("s3", "SM-1", at + timedelta(minutes=1), kind=lpb.MESSAGE_KIND_HELP_REPLY,
-                 included_opt_out_language=True),
-        ]  # fmt: skip
+        ]
         for request in same:
             again = await c.RecordMessageSent(request)
             assert list(again.event_ids) == list(first.event_ids)
+        # Saying something else of it: refused, the first send named (an OK would
+        # tell the sender that what it sent now is what is recorded).
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordMessageSent(
+                sent("s3", "SM-1", at + timedelta(minutes=1), kind=lpb.MESSAGE_KIND_HELP_REPLY,
+                     included_opt_out_language=True)
+            )  # fmt: skip
+        assert err.value.code() is grpc.StatusCode.ALREADY_EXISTS
+        assert "another kind, occurred_at, included_opt_out_language" in err.value.details()
         other = await c.RecordMessageSent(sent("s4", "SM-2", at))
         rate = await c.GetOptOutRate(
             api.GetOptOutRateRequest(

@@ -29,7 +29,7 @@ from ledger.events import (
 from ledger.ports import Stream
 from ledger.sweep import Finding
 from services.adapters.memory_ledger import InMemoryLedger
-from services.errors import AlreadyExists, FailedPrecondition
+from services.errors import AlreadyExists, FailedPrecondition, MessageIdReused
 from services.usecases.sweeps import sweep_campaign
 from tests.builders import BRAND, PHONE, at
 from tests.unit.usecase_harness import AUDITOR, App, define, opt_in, running, stop_task
@@ -242,11 +242,11 @@ async def test_a_message_id_recorded_before_is_answered_with_the_first_and_not_w
     async with running(WAIT) as (app, _):
         await app.writes.record(define())
         single = await app.writes.record(
-            RecordMessageSent("s1", phone(1), BRAND, "promo", "SM-1", MessageKind.REGULAR, at(9))
+            RecordMessageSent("s1", phone(1), BRAND, "promo", "SM-1", MessageKind.REGULAR, at(10))
         )
         assert await app.guard.wait_for_token(single.token)
         written = await app.sends.record(
-            batch("b1", [message(0), message(1), message(2), message(0, occurred_at=at(11))])
+            batch("b1", [message(0), message(1), message(2), message(0)])
         )
         assert written.appended == 2
         assert written.event_ids[1] == single.event_ids[0]
@@ -256,17 +256,45 @@ async def test_a_message_id_recorded_before_is_answered_with_the_first_and_not_w
         assert rate.counts.messages_sent == 3
 
 
+async def test_a_message_id_again_with_other_content_is_refused_and_not_written():
+    """Answered as the first, the sender would take what it sent now for what is
+    recorded: in one call that is bad input, across calls the id is taken."""
+    async with running(WAIT) as (app, _):
+        await app.writes.record(define())
+        first = await app.sends.record(batch("b1", [message(0), message(1)]))
+        assert await app.guard.wait_for_token(first.token)
+        recorded = len(await sends_in_ledger(app))
+        with pytest.raises(DomainError) as bad:
+            await app.sends.record(batch("b2", [message(5), message(5, occurred_at=at(11))]))
+        assert bad.value.violations == (
+            ("messages[1].message_id", "is messages[0]'s message id for this number, with"
+             " another occurred_at"),
+        )  # fmt: skip
+        with pytest.raises(MessageIdReused) as reused:
+            await app.sends.record(batch("b3", [message(6), message(1, identified_sender=True)]))
+        assert reused.value.field == "messages[1].message_id"
+        assert reused.value.event_ids == (first.event_ids[1],)
+        with pytest.raises(MessageIdReused) as reused:
+            await app.writes.record(
+                RecordMessageSent(
+                    "s1", phone(0), BRAND, "other", "SM-0", MessageKind.REGULAR, at(10)
+                )
+            )
+        assert reused.value.field == "message_id" and "another campaign" in reused.value.reason
+        assert len(await sends_in_ledger(app)) == recorded
+
+
 async def test_a_message_sent_right_after_in_the_other_call_is_answered_as_the_first():
     async with running(WAIT) as (app, _):
         await app.writes.record(define())
         # No wait for the view in between: the claims, not the view, tell the copy.
         written = await app.sends.record(batch("b1", [message(i) for i in range(3)]))
         copy = await app.writes.record(
-            RecordMessageSent("s1", phone(1), BRAND, "promo", "SM-1", MessageKind.REGULAR, at(9))
+            RecordMessageSent("s1", phone(1), BRAND, "promo", "SM-1", MessageKind.REGULAR, at(10))
         )
         assert copy.event_ids == [written.event_ids[1]]
         single = await app.writes.record(
-            RecordMessageSent("s2", phone(7), BRAND, "promo", "SM-7", MessageKind.REGULAR, at(9))
+            RecordMessageSent("s2", phone(7), BRAND, "promo", "SM-7", MessageKind.REGULAR, at(10))
         )
         again = await app.sends.record(batch("b2", [message(7), message(8)]))
         assert again.event_ids[0] == single.event_ids[0] and again.appended == 1

@@ -32,7 +32,7 @@ from ledger.policy import Reason
 from ledger.ports import ConsistencyToken, Stream
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
-from services.errors import AlreadyExists, FailedPrecondition, NotConsistent
+from services.errors import AlreadyExists, FailedPrecondition, MessageIdReused, NotConsistent
 from tests.builders import BRAND, PHONE, at, proof
 from tests.builders import opt_in as an_opt_in
 from tests.unit.usecase_harness import (
@@ -170,15 +170,20 @@ def sent(request_id: str, message_id: str = "SM1", **changes: Any) -> RecordMess
     return dataclasses.replace(cmd, **changes)
 
 
-async def test_a_message_id_recorded_already_is_the_same_message_whatever_else_is_said():
+async def test_a_message_id_recorded_already_is_the_same_message_or_refused():
     async with running() as (app, _):
         await app.writes.record(define())
         await app.writes.record(opt_in("g1"))
         first = await app.writes.record(sent("s1"))
         assert await app.guard.wait_for_token(first.token)
-        for other in (sent("s2"), sent("s3", occurred_at=at(11), included_opt_out_language=True)):
-            again = await app.writes.record(other)
-            assert again.replayed and again.event_ids == first.event_ids
+        again = await app.writes.record(sent("s2"))
+        assert again.replayed and again.event_ids == first.event_ids
+        # Saying something else of the message: answered as it, the sender would take
+        # what it sent now for what is recorded.
+        with pytest.raises(MessageIdReused) as reused:
+            await app.writes.record(sent("s3", occurred_at=at(11), included_opt_out_language=True))
+        assert reused.value.event_ids == tuple(first.event_ids)
+        assert "another occurred_at, included_opt_out_language" in reused.value.reason
         other = await app.writes.record(sent("s4", message_id="SM2"))  # another message: counted
         assert await app.guard.wait_for_token(other.token)
         rate = (await app.audit.opt_out_rate(BRAND, "promo", at(0), at(60), reader=AUDITOR)).value
