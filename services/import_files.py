@@ -127,8 +127,13 @@ def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
     # Strict: a quote opened and never closed would otherwise take every line after
     # it, up to the next quote or the end of the file, into one value, and the
     # records on those lines would vanish without a word.
-    rows = csv.DictReader(text, strict=True)
-    columns = list(rows.fieldnames or ())
+    rows = csv.reader(text, strict=True)
+    # The header is the first row that is not blank, as each record is (a blank line
+    # before it would make it a record of a header with no columns).
+    try:
+        columns: list[str] = next((row for row in rows if row), [])
+    except csv.Error as exc:
+        raise FormatError(f"line {rows.line_num}: {exc}; the header cannot be read") from None
     unknown = [c for c in columns if c not in FIELDS]
     if unknown:
         raise FormatError(
@@ -139,14 +144,16 @@ def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
     if twice:
         # A row would keep only the last of the column's values, silently.
         raise FormatError(f"column(s) {', '.join(map(repr, twice))} named more than once")
-    seen = rows.line_num  # the header's lines
+    seen = rows.line_num  # the lines up to the header's end
     try:
         for row in rows:
             start, seen = seen + 1, rows.line_num
-            if None in row:  # more cells than the header has columns
+            if not row:  # a blank line: no record, and the next starts after it
+                continue
+            if len(row) > len(columns):
                 yield Unreadable(start, "record", "has more values than the header has columns")
                 continue
-            yield parse_fields({k: v for k, v in row.items() if v}, start)
+            yield parse_fields({k: v for k, v in zip(columns, row, strict=False) if v}, start)
     except csv.Error as exc:  # the rest cannot be read: stop, naming where
         quoting = "expected after" in str(exc) or "end of data" in str(exc)
         hint = " (a quoted value that opens on this line and does not close?)" if quoting else ""

@@ -723,3 +723,30 @@ async def test_ctrl_c_while_the_import_starts_exits_130_without_a_traceback(
     finally:
         release.set()
         monkeypatch.setattr(ledger, "append", append)
+
+
+async def test_blank_lines_before_the_header_or_a_record_leave_the_lines_named_right(
+    service, tmp_path
+):
+    """A blank line before a CSV's header made the header a record of a header with
+    no columns: every record, the header too, was refused as having "more values
+    than the header has columns". And a record after a blank line was named by the
+    blank line's number, one that holds no record."""
+    runtime, when = service
+    at = iso(when - timedelta(days=1))
+    export = tmp_path / "blank.csv"
+    export.write_text(
+        "\r\n\r\ntype,import_id,phone,brand,campaign,occurred_at,channel,text\r\n"
+        f"opt_out,blank-1,{phone(120)},acme,,{at},keyword,STOP\r\n"
+        "\r\n"
+        f"opt_out,blank-2,+1 415 CALL ME,acme,,{at},keyword,STOP\r\n"
+    )
+
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 1, out + err
+    assert "imported 1 of 2 records" in out and "refused: 1" in out, out
+    assert "phone: must hold only digits" in out and "(line 6)" in out, out
+    assert "more values than the header" not in out, out
