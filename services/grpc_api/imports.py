@@ -67,7 +67,10 @@ def chunk_to_proto(result: ChunkResult, first: int) -> api_pb2.ImportConsentsRes
 async def answer_chunks(
     imports: Imports, requests: AsyncIterator[api_pb2.ImportConsentsRequest]
 ) -> AsyncIterator[api_pb2.ImportConsentsResponse]:
-    """One answer per request, in order; the first request's ``dry_run`` holds for all."""
+    """One answer per request, in order; the first request's ``dry_run`` holds for all.
+    A later request asking for a dry run of an import that writes ends the stream
+    (INVALID_ARGUMENT, once the requests before it are answered), its records unread:
+    written, they would be what it asked not to happen."""
     pending: deque[tuple[int, asyncio.Future[ChunkResult]]] = deque()
     index = 0
     dry_run: bool | None = None
@@ -75,6 +78,16 @@ async def answer_chunks(
         async for request in requests:
             if dry_run is None:
                 dry_run = request.dry_run
+            elif request.dry_run and not dry_run:
+                while pending:
+                    first, work = pending.popleft()
+                    yield chunk_to_proto(await work, first)
+                raise InvalidRequest(
+                    "dry_run",
+                    "is set on a later message of an import that writes (the first "
+                    "message decides): a dry run is an import of its own; nothing of "
+                    "this message was written",
+                )
             items = items_from_proto(request.records, index)
             pending.append((index, asyncio.ensure_future(imports.chunk(items, dry_run=dry_run))))
             index += len(items)

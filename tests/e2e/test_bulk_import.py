@@ -17,6 +17,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 
@@ -31,6 +32,7 @@ from tests.e2e.harness import (
     opt_in,
     running,
     service_settings,
+    status_details,
     ts,
 )
 from tests.e2e.test_embedded_run import data_dir as data_dir  # the fixture, shared
@@ -750,3 +752,36 @@ async def test_blank_lines_before_the_header_or_a_record_leave_the_lines_named_r
     assert "imported 1 of 2 records" in out and "refused: 1" in out, out
     assert "phone: must hold only digits" in out and "(line 6)" in out, out
     assert "more values than the header" not in out, out
+
+
+async def test_a_later_message_asking_for_a_dry_run_of_an_import_that_writes_is_refused(service):
+    """The first message of an ImportConsents stream decides whether it writes; a
+    later message with dry_run set was written all the same, without a word: what
+    it asked not to happen. Now the stream ends INVALID_ARGUMENT on dry_run once the
+    messages before it are answered, and nothing of it is written."""
+    runtime, when = service
+    assert runtime.ledger is not None
+    at = when - timedelta(days=3)
+
+    def record(i: int) -> api.ImportRecord:
+        return api.ImportRecord(opt_in=opt_in(f"+1720999{i:04d}", "acme", "promo", at, f"w-{i}"))
+
+    async def chunks():
+        yield api.ImportConsentsRequest(records=[record(0), record(1)])
+        yield api.ImportConsentsRequest(records=[record(2)], dry_run=True)
+
+    before = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+    answered = []
+    async with client(runtime.address, "acme-app") as c:
+        stream = c.stub.ImportConsents(
+            chunks(), metadata=[("authorization", f"Bearer {c.token}")], timeout=120
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for answer in stream:
+                answered.append(answer.imported)
+
+    assert answered == [2]
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in status_details(err.value)] == ["dry_run"]
+    after = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+    assert after == before + 2
