@@ -208,6 +208,14 @@ def _run(args: argparse.Namespace) -> int:
 
     name = "consent-ledger import"
     try:
+        if (
+            args.refusals is not None
+            and args.refusals.exists()
+            and args.refusals.samefile(args.file)
+        ):
+            # Opened for writing, it would be emptied under the reader: the export lost,
+            # and only what was read before counted as the whole file.
+            raise ValueError(f"--refusals {args.refusals} is the file to import; name another")
         fmt = import_files.format_of(args.file, args.format)
         text = import_files.open_text(args.file)
         records = import_files.read_records(text, fmt)

@@ -785,3 +785,29 @@ async def test_a_later_message_asking_for_a_dry_run_of_an_import_that_writes_is_
     assert [f for f, _ in status_details(err.value)] == ["dry_run"]
     after = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
     assert after == before + 2
+
+
+async def test_refusals_written_to_the_file_being_imported_are_refused_first(service, tmp_path):
+    """``--refusals`` naming the export itself opened it for writing after its first
+    lines were read: the export was emptied, and the import went on with what was
+    read before, as if that were the whole file. Now it is a usage error, and the
+    file and the ledger are as they were."""
+    runtime, when = service
+    assert runtime.ledger is not None
+    template = export_rows(when)[1]
+    rows = [
+        {**template, "import_id": f"self-{i}", "phone": f"+1720555{i:04d}"} for i in range(2_000)
+    ]
+    export = write_csv(tmp_path / "self.csv", rows)
+    content = export.read_bytes()
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    code, out, err = await import_cli(
+        str(export), "--refusals", str(tmp_path / "." / "self.csv"), "--address",
+        runtime.address, token=TOKENS["acme-app"][0],
+    )  # fmt: skip
+
+    assert code == 2, out + err
+    assert "is the file to import" in err, err
+    assert export.read_bytes() == content
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
