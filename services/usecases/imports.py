@@ -42,6 +42,10 @@ from services.usecases.requests import brand_of
 
 MAX_CHUNK = 1000
 """Records one chunk may hold."""
+DRY_RUN_REMEMBERED = 1_000_000
+"""Records a dry run remembers to answer later repeats (some 110 bytes each, 110 MB
+at most): a stream past that is not held in memory without end; its later chunks
+see repeats of the records beyond it only within themselves."""
 CATCH_UP_ROUNDS = 20
 """Freshness bounds (``CONSENT_FRESHNESS_WAIT_MS`` each) an import's first chunk waits
 for the view to reach the ledger's end."""
@@ -135,8 +139,7 @@ class Imports:
         """In a dry run, the records its chunks would import, by hashes of (brand,
         import id) and of the record: nothing is claimed, so a later chunk that
         repeats one would not see it (an import would count it as present, or refuse
-        another record under the id). Some 100 bytes a record, for the stream's
-        length."""
+        another record under the id). At most ``DRY_RUN_REMEMBERED`` of them."""
         self._unapplied: dict[tuple[str, str], str] = {}
         """The fingerprints of the records this import's chunks claimed to append
         that the view may not have applied yet. Another chunk (they are worked on
@@ -313,8 +316,9 @@ class Imports:
             else:  # new, or claimed by a run whose append failed: (again) the same ids
                 new.append(p)
         if dry_run:
+            room = DRY_RUN_REMEMBERED - len(self._dry_run_taken)
             self._dry_run_taken.update(
-                (hash(_key(p)), hash(p.events[0].request_fingerprint)) for p in new
+                (hash(_key(p)), hash(p.events[0].request_fingerprint)) for p in new[:room]
             )
         return new
 

@@ -24,6 +24,7 @@ from ledger.policy import Reason
 from ledger.ports import LedgerUnavailable, Stream
 from services.adapters.memory_ledger import InMemoryLedger
 from services.errors import PermissionDenied
+from services.usecases import imports as imports_module
 from services.usecases.imports import MAX_CHUNK, Code, Imports, Item
 from tests.builders import BRAND, at, proof
 from tests.builders import opt_in as an_opt_in
@@ -179,6 +180,24 @@ async def test_a_dry_run_checks_everything_and_writes_nothing():
         assert [r.index for r in result.refusals] == [2]
         assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
         assert await app.view.request_use(BRAND, "imp-1") is None  # nothing claimed
+
+
+async def test_a_dry_run_remembers_its_records_up_to_a_bound(monkeypatch):
+    """A dry run answers a later chunk's repeat as the import would, from what its
+    earlier chunks would import; it holds that for at most ``DRY_RUN_REMEMBERED``
+    records, so a long stream does not grow the service without end."""
+    monkeypatch.setattr(imports_module, "DRY_RUN_REMEMBERED", 2)
+    async with running() as (app, _):
+        await app.writes.record(define())
+        imports = _imports(app)
+        first = await imports.chunk([opt_in(i, f"+1415555010{i}") for i in range(3)], dry_run=True)
+        again = await imports.chunk([opt_in(0, "+14155550100")], dry_run=True)
+        past = await imports.chunk([opt_in(2, "+14155550102")], dry_run=True)
+
+        assert first.imported == 3
+        assert (again.imported, again.present) == (0, 1)  # remembered
+        assert (past.imported, past.present) == (1, 0)  # beyond the bound: not remembered
+        assert len(imports._dry_run_taken) == 2
 
 
 async def test_a_chunk_is_appended_in_the_order_of_the_records_own_times():
