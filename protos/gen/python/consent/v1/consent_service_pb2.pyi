@@ -1055,7 +1055,10 @@ class RecordMessageSentRequest(_message.Message):
     brand: _builtins.str
     campaign: _builtins.str
     message_id: _builtins.str
-    """The SMS provider's id for the message; required."""
+    """The SMS provider's id for the message; required. Sent again for the phone
+    and brand, the same message is answered with its first event; one that says
+    something else of it is ALREADY_EXISTS (reason MESSAGE_ID_REUSED).
+    """
     kind: _ledger_pb2.MessageKind.ValueType
     """Absent (MESSAGE_KIND_UNSPECIFIED) means MESSAGE_KIND_REGULAR."""
     included_opt_out_language: _builtins.bool
@@ -1191,6 +1194,8 @@ class RecordMessagesSentResponse(_message.Message):
     def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """event_ids[i] is the MessageSent of messages[i]: the first one's when its
         message_id was recorded before for the phone (then nothing new is written).
+        A message_id with other content refuses the whole call: ALREADY_EXISTS
+        (MESSAGE_ID_REUSED) if recorded before, INVALID_ARGUMENT if earlier in it.
         """
 
     def __init__(
@@ -2762,7 +2767,8 @@ class ImportConsentsRequest(_message.Message):
     DRY_RUN_FIELD_NUMBER: _builtins.int
     dry_run: _builtins.bool
     """Check every record and write nothing; the answers count what would be
-    imported. The first message decides for the whole import.
+    imported. The first message decides for the whole import: a later one
+    asking for a dry run of an import that writes is INVALID_ARGUMENT.
     """
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportRecord]:
