@@ -26,7 +26,7 @@ from ledger.deadlines import revocation_due
 from ledger.events import MessageKind
 from ledger.numbers import places
 from ledger.regions import with_supplied, zones_with_region
-from ledger.state import Fact, SentRecord, SubscriberState, located_region
+from ledger.state import CampaignConsent, Fact, SentRecord, SubscriberState, located_region
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -161,67 +161,101 @@ class Digest(NamedTuple):
 def _mark(fact: Fact[Any] | None) -> Mark | None:
     if fact is None:
         return None
-    return Mark(micros(fact.event.occurred_at), fact.position.offset, fact.event_id)
+    event = fact.event
+    at = (event.occurred_at - EPOCH) // _MICROSECOND
+    return built(Mark, (at, fact.position.offset, str(event.event_id)))
 
 
 def _sent(record: SentRecord) -> Mark:
     """A send's mark: its time is when it was sent."""
-    return Mark(micros(record.at), record.fact.position.offset, record.event_id)
+    return built(
+        Mark, ((record.at - EPOCH) // _MICROSECOND, record.fact.position.offset, record.event_id)
+    )
 
 
 def _sent_mark(record: SentRecord | None) -> Mark | None:
     return None if record is None else _sent(record)
 
 
-def digest_of(state: SubscriberState) -> Digest:
-    """The digest of a folded state."""
-    campaigns = {}
-    for name, c in sorted(state.campaigns.items()):
-        campaigns[name] = CampaignDigest(
-            grant=_mark(c.grant),
-            tier=int(c.grant.event.tier) if c.grant is not None else 0,
-            revocation=_mark(c.revocation),
-            resume=_mark(c.resume),
-            reconfirmation=_mark(c.reconfirmation),
-            sent=tuple(_sent(s) for s in c.sent),
-            last_sent_at=micros(c.last_sent.at) if c.last_sent is not None else None,
-            last_disclosed_at=(
-                micros(c.last_disclosed.at) if c.last_disclosed is not None else None
-            ),
-            help_request=_mark(c.help_request),
-            help_reply=_sent_mark(c.help_reply),
-            opt_in_confirmation=_sent_mark(c.opt_in_confirmation),
-            proof_missing=(
-                tuple(c.grant.event.proof.template_missing(c.grant.event.method))
-                if c.grant is not None
+def _campaign_digest(c: CampaignConsent) -> CampaignDigest:
+    grant = c.grant
+    last_sent, last_disclosed = c.last_sent, c.last_disclosed
+    # Positional, through ``built``, in CampaignDigest's field order: a projection
+    # digests every state it writes, and the keyword constructors run in Python.
+    return built(
+        CampaignDigest,
+        (
+            _mark(grant),
+            int(grant.event.tier) if grant is not None else 0,
+            _mark(c.revocation),
+            _mark(c.resume),
+            _mark(c.reconfirmation),
+            tuple([_sent(s) for s in c.sent]) if c.sent else (),
+            None if last_sent is None else (last_sent.at - EPOCH) // _MICROSECOND,
+            None if last_disclosed is None else (last_disclosed.at - EPOCH) // _MICROSECOND,
+            _mark(c.help_request),
+            _sent_mark(c.help_reply),
+            _sent_mark(c.opt_in_confirmation),
+            (
+                tuple(grant.event.proof.template_missing(grant.event.method))
+                if grant is not None
                 else ()
             ),
-        )
+        ),
+    )
+
+
+def digest_of(state: SubscriberState) -> Digest:
+    """The digest of a folded state."""
+    held = state.campaigns
+    campaigns = {name: _campaign_digest(held[name]) for name in sorted(held)}
     age = state.age
     location = state.location
     supplied = located_region(location)
     # ledger.phone.time_zones and ledger.regions.candidate_regions, from one reading
     number = places(state.phone) if state.phone else None
-    return Digest(
-        brand=state.brand,
-        zones=zones_with_region(number.zones if number else (), supplied),
-        pending=tuple(
-            Pending(c.event_id, c.event.text, micros(revocation_due(c.at)), c.event.unattributed)
-            for c in state.pending_candidates()
+    return built(
+        Digest,
+        (
+            state.brand,
+            zones_with_region(number.zones if number else (), supplied),
+            (
+                tuple(
+                    [
+                        Pending(
+                            c.event_id,
+                            c.event.text,
+                            micros(revocation_due(c.at)),
+                            c.event.unattributed,
+                        )
+                        for c in state.pending_candidates()
+                    ]
+                )
+                if state.candidates
+                else ()
+            ),
+            _mark(state.brand_revocation),
+            _mark(state.brand_resume),
+            None
+            if age is None
+            else Age(age.event_id, age.event.verified_21_plus, age.event.date_of_birth),
+            _mark(state.last_inbound),
+            (
+                tuple(
+                    [
+                        _sent(s)
+                        for s in state.brand_sent
+                        if s.kind is MessageKind.OPT_OUT_CONFIRMATION
+                    ]
+                )
+                if state.brand_sent
+                else ()
+            ),
+            campaigns,
+            with_supplied(number.regions if number else (), supplied),
+            None if location is None else Located(supplied, location.event_id),
+            _mark(state.erased),
         ),
-        brand_revocation=_mark(state.brand_revocation),
-        brand_resume=_mark(state.brand_resume),
-        age=None
-        if age is None
-        else Age(age.event_id, age.event.verified_21_plus, age.event.date_of_birth),
-        last_inbound=_mark(state.last_inbound),
-        confirmations=tuple(
-            _sent(s) for s in state.brand_sent if s.kind is MessageKind.OPT_OUT_CONFIRMATION
-        ),
-        campaigns=campaigns,
-        regions=with_supplied(number.regions if number else (), supplied),
-        located=None if location is None else Located(supplied, location.event_id),
-        erased=_mark(state.erased),
     )
 
 

@@ -167,8 +167,8 @@ class ConsentProof:
         collection", "or details around other collection methods")."""
         detail = method is not CollectionMethod.WEB_FORM and not is_blank(self.collection_detail)
         return [
-            f"proof.{name}"
-            for name in PROOF_TEMPLATE_FIELDS
+            shown
+            for name, shown in _TEMPLATE_NAMES
             if is_blank(getattr(self, name)) and not (detail and name in ("ip_address", "form_url"))
         ]
 
@@ -191,6 +191,10 @@ class ConsentProof:
             # Keyword replies name the inbound message; imports name the original source.
             missing.append("proof.collection_detail")
         return missing
+
+
+_TEMPLATE_NAMES = tuple((name, f"proof.{name}") for name in PROOF_TEMPLATE_FIELDS)
+"""Each template field with the name ``template_missing`` reports it by, made once."""
 
 
 @dataclass(frozen=True)

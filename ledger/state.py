@@ -12,7 +12,6 @@ events gives an equal state.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -580,30 +579,41 @@ def retained_facts(state: SubscriberState) -> list[Recorded]:
 def retained(state: SubscriberState) -> list[Fact[Any]]:
     """``retained_facts`` as the state holds them, for a caller that needs no
     ``Recorded`` of each (the projection's snapshot joins their stored bytes)."""
-    # By the event's UUID, not its text (Fact.event_id): the same facts, without
-    # formatting an id per fact for every snapshot the projection writes.
-    facts: dict[uuid.UUID, Fact[Any]] = {}
-
-    def keep(fact: Fact[Any] | None) -> None:
-        if fact is not None:
-            facts[fact.event.event_id] = fact
-
+    # By the event's UUID as its integer, not its text (Fact.event_id) nor the UUID
+    # itself, whose hash and equality run in Python: the same facts, found with
+    # less work, as the projection asks this of every state it writes.
+    facts: dict[int, Fact[Any]] = {}
     for c in state.campaigns.values():
         for kept in (c.grant, c.revocation, c.resume, c.reconfirmation, c.help_request):
-            keep(kept)
+            if kept is not None:
+                facts[kept.event.event_id.int] = kept
         for sent in c.sent:
-            keep(sent.fact)
+            facts[sent.fact.event.event_id.int] = sent.fact
         for record in (c.last_sent, c.last_disclosed, c.help_reply, c.opt_in_confirmation):
             if record is not None:
-                keep(record.fact)
-    for brand_fact in (state.brand_revocation, state.brand_resume, state.age, state.last_inbound):
-        keep(brand_fact)
-    keep(state.location)
-    keep(state.erased)
+                facts[record.fact.event.event_id.int] = record.fact
+    brand_facts: tuple[Fact[Any] | None, ...] = (
+        state.brand_revocation,
+        state.brand_resume,
+        state.age,
+        state.last_inbound,
+        state.location,
+        state.erased,
+    )
+    for kept in brand_facts:
+        if kept is not None:
+            facts[kept.event.event_id.int] = kept
     for sent in state.brand_sent:
-        keep(sent.fact)
+        facts[sent.fact.event.event_id.int] = sent.fact
     for candidate in state.candidates.values():
-        keep(candidate)
+        facts[candidate.event.event_id.int] = candidate
     for resolution in state.resolutions.values():
-        keep(resolution)
-    return sorted(facts.values(), key=lambda f: (f.position.partition, f.position.offset))
+        facts[resolution.event.event_id.int] = resolution
+    if len(facts) == 1:
+        return list(facts.values())
+    return sorted(facts.values(), key=_ledger_order)
+
+
+def _ledger_order(fact: Fact[Any]) -> tuple[int, int]:
+    position = fact.position
+    return (position.partition, position.offset)

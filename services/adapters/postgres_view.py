@@ -32,7 +32,7 @@ from typing import Any
 
 import asyncpg
 
-from ledger.digest import Digest, digest_of, from_micros, with_phone_wide
+from ledger.digest import Digest, digest_of, with_phone_wide
 from ledger.events import (
     ANY_BRAND,
     BRAND_SETTINGS,
@@ -502,11 +502,17 @@ def _status_rows(
     state: SubscriberState, digest: Digest, updated_at: datetime
 ) -> list[tuple[Any, ...]]:
     rows = []
-    for name in sorted(digest.campaigns):
-        consent = digest.campaign(name)
+    held = state.campaigns
+    for name, consent in sorted(digest.campaigns.items()):
         status = _STATUS_COLUMN[consent_state(digest, name)]
         revocation = latest_revocation(digest, consent)
         grant = consent.grant
+        # The times as the state's facts hold them (the instants the digest's marks
+        # stand for), rather than made again from the marks' microseconds.
+        revoked_at = None
+        if revocation is not None:
+            fact = held[name].revocation if revocation is consent.revocation else None
+            revoked_at = (fact or state.brand_revocation).at  # type: ignore[union-attr]
         rows.append(
             (
                 state.phone,
@@ -515,9 +521,9 @@ def _status_rows(
                 status,
                 consent.tier if grant else None,
                 grant.event_id if grant else None,
-                from_micros(grant.at) if grant else None,
+                held[name].grant.at if grant else None,  # type: ignore[union-attr]
                 revocation.event_id if revocation else None,
-                from_micros(revocation.at) if revocation else None,
+                revoked_at,
                 updated_at,
             )
         )
@@ -610,13 +616,16 @@ class _FactBytes:
 
     def of(self, fact: Fact[Any]) -> bytes:
         hit = self._known.get(id(fact.event))
-        if (
-            hit is not None
-            and hit[0].event is fact.event
-            and hit[0].position == fact.position
-            and hit[0].recorded_at == fact.recorded_at
-        ):
-            return hit[1]
+        if hit is not None:
+            known = hit[0]
+            # A fact folded from a Recorded shares its position and time objects:
+            # the identity answers before the dataclass's equality (Python) runs.
+            if (
+                known.event is fact.event
+                and (known.position is fact.position or known.position == fact.position)
+                and known.recorded_at == fact.recorded_at
+            ):
+                return hit[1]
         recorded = fact.as_recorded()
         data = encode_recorded(recorded)
         self._known[id(fact.event)] = (recorded, data)
@@ -828,24 +837,31 @@ class PostgresConsentView(ConsentView):
                 key = (event.phone, event.brand)
                 state = states.get(key) or new_state(event.phone, event.brand)
                 states[key] = apply(state, recorded)
-                last_offset[key] = max(last_offset.get(key, -1), recorded.position.offset)
-                updated[key] = max(updated.get(key, recorded.recorded_at), recorded.recorded_at)
+                offset, at = recorded.position.offset, recorded.recorded_at
+                if last_offset.get(key, -1) < offset:
+                    last_offset[key] = offset
+                seen = updated.get(key)
+                if seen is None or seen < at:
+                    updated[key] = at
             state_rows: list[tuple[Any, ...]] = []
             status_rows: list[tuple[Any, ...]] = []
             for n, key in enumerate(keys):
                 if n % _FOLD_CHUNK == 0:
                     await self._let_writes_run(conn)
-                state, digest = states[key], digest_of(states[key])
+                state = states[key]
+                digest = digest_of(state)
+                at = updated[key]
                 state_rows.append(
                     (
-                        *key,
+                        key[0],
+                        key[1],
                         encoded.snapshot(state),
                         last_offset[key],
-                        updated[key],
+                        at,
                         encode_digest(digest),
                     )
                 )
-                status_rows.extend(_status_rows(state, digest, updated[key]))
+                status_rows.extend(_status_rows(state, digest, at))
         finally:
             # Never past this with the copies' statement still on the connection;
             # its error, if any, is taken here, whether or not the fold failed too.
