@@ -320,7 +320,8 @@ class _Bad(Exception):
 
 def _time(text: str, field: str) -> Timestamp:
     try:
-        value = datetime.fromisoformat(text.strip())
+        # RFC 3339 lets the "T" and "Z" be written in lower case, as some exports do.
+        value = datetime.fromisoformat(text.strip().upper())
     except ValueError:
         raise _Bad(field, f"is not an ISO 8601 time: {text!r}") from None
     if value.tzinfo is None:

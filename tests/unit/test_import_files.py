@@ -62,6 +62,16 @@ def test_csv_rows_become_the_single_writes_requests():
     assert "conversational, informational, promotional" in bad_tier.reason
 
 
+@pytest.mark.parametrize(
+    "written", ["2026-11-02t09:30:00z", "2026-11-02T09:30:00z", "2026-11-02t10:30:00+01:00"]
+)
+def test_a_time_with_a_lower_case_t_or_z_reads_as_rfc_3339_allows(written):
+    row = f"opt_in,src-1,+14155550100,acme,promo,{written},promotional,web_form"
+    (found,) = read("type,import_id,phone,brand,campaign,occurred_at,tier,method\n" + row, "csv")
+    assert isinstance(found, Read), found
+    assert found.record.opt_in.occurred_at.ToJsonString() == "2026-11-02T09:30:00Z"
+
+
 def test_json_lines_read_as_csv_does_with_the_proof_nested_or_flat():
     lines = (
         '{"type": "opt_in", "import_id": "src-1", "phone": "+14155550100", "brand": "acme",'
