@@ -115,14 +115,21 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
-async def import_cli(*argv: str, token: str, cwd: Path = ROOT) -> tuple[int, str, str]:
-    """``consent-ledger import`` in a process of its own (the service runs in this
-    test's event loop, which the CLI must not block)."""
-    process = await asyncio.create_subprocess_exec(
+async def started_import(*argv: str, token: str, cwd: Path = ROOT) -> asyncio.subprocess.Process:
+    """``consent-ledger import`` started in a process of its own (the service runs in
+    this test's event loop, which the CLI must not block), its output piped, and
+    Ctrl-C reaching it as at a terminal."""
+    return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.cli", "import", *argv,
         env={**os.environ, "CONSENT_TOKEN": token}, cwd=cwd,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=ctrl_c_as_at_a_terminal,
     )  # fmt: skip
+
+
+async def import_cli(*argv: str, token: str, cwd: Path = ROOT) -> tuple[int, str, str]:
+    """``consent-ledger import`` run to its end: its exit status, output and errors."""
+    process = await started_import(*argv, token=token, cwd=cwd)
     out, err = await asyncio.wait_for(process.communicate(), 120)
     return process.returncode or 0, out.decode(), err.decode()
 
@@ -425,12 +432,9 @@ async def test_an_import_interrupted_by_ctrl_c_says_so_and_a_rerun_writes_each_r
         return await append(events)
 
     monkeypatch.setattr(ledger, "append", one_then_held)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "import", str(export), "--address",
-        runtime.address, env={**os.environ, "CONSENT_TOKEN": TOKENS["acme-app"][0]},
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        preexec_fn=ctrl_c_as_at_a_terminal,
-    )  # fmt: skip
+    process = await started_import(
+        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
     await asyncio.wait_for(held.wait(), 60)  # one message written, the next held
     process.send_signal(signal.SIGINT)
     out_bytes, err_bytes = await asyncio.wait_for(process.communicate(), 60)
@@ -718,12 +722,9 @@ async def test_ctrl_c_while_the_import_starts_exits_130_without_a_traceback(
     start_up = time.monotonic() - begun
     try:
         for delay in (2 * start_up + extra for extra in (0.1, 0.3, 0.6, 1.0)):
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.cli", "import", str(export), "--address",
-                runtime.address, env={**os.environ, "CONSENT_TOKEN": TOKENS["acme-app"][0]},
-                cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                preexec_fn=ctrl_c_as_at_a_terminal,
-            )  # fmt: skip
+            process = await started_import(
+                str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+            )
             await asyncio.sleep(delay)
             process.send_signal(signal.SIGINT)
             out_bytes, err_bytes = await asyncio.wait_for(process.communicate(), 60)
