@@ -269,7 +269,9 @@ class Runtime:
             log.info("projection left to `consent-ledger project` (CONSENT_PROJECTOR=off)")
         await self._start_checkpoints(self.pool, dsn)
         # On the read pool: no reset round trip per refresh.
-        replica = DigestReplica(self.reads, self.view, on_reload=self.on_replica_reload)
+        replica = DigestReplica(
+            self.reads, self.view, timeout=s.postgres_timeout, on_reload=self.on_replica_reload
+        )
         # The guard watches what CanSend reads; its first observation loads the replica.
         self.guard = FreshnessGuard(self.ledger, replica, s.freshness)
         await self.guard.start()

@@ -53,6 +53,7 @@ from ledger.digest import Digest, with_phone_wide
 from ledger.events import ANY_BRAND
 from ledger.ports import CampaignReads, ConsentView, ConsistencyToken, DigestReads, Stream
 from ledger.state import CampaignHistory
+from services.adapters.postgres_bounds import BULK_BOUND
 from services.adapters.postgres_view import snapshot_unless_digest, stored_digest
 from services.wire.compact_digest import Shapes, Unencodable, Unreadable
 from services.wire.digest import FORMAT as DIGEST_FORMAT
@@ -93,12 +94,19 @@ class DigestReplica(DigestReads):
         view: ConsentView,
         *,
         chunk: int = 20_000,
+        timeout: float | None = None,
         on_reload: Callable[[], None] | None = None,
     ) -> None:
         """``on_reload`` is called after each load of the whole view but the first
         (after a rebuild): the new copy lives on memory allocated since the process
-        set its heap up for serving (``services.tuning.settle_heap``)."""
+        set its heap up for serving (``services.tuning.settle_heap``).
+
+        ``timeout`` is the bound ``pool``'s server puts on each statement
+        (``read_pool``). Reading the whole view, or a change larger than a chunk,
+        lifts it to ``BULK_BOUND`` times that: each fetch is a chunk of rows, and a
+        busy server would cancel it, failing the service's start."""
         self._pool = pool
+        self._timeout = timeout
         self._on_reload = on_reload
         self._view = view
         self._chunk = chunk
@@ -164,6 +172,7 @@ class DigestReplica(DigestReads):
             positions = dict(zip(partitions, offsets, strict=True))
             old = self._positions
             if epoch != self._epoch or any(positions.get(p, 0) < o for p, o in old.items()):
+                await self._lift_bound(conn)
                 fresh = await self._read_all(conn)
                 self._digests, self._positions, self._epoch = fresh, positions, epoch
                 self.loads += 1
@@ -174,6 +183,8 @@ class DigestReplica(DigestReads):
                 (p, old.get(p, 0), o) for p, o in sorted(positions.items()) if o > old.get(p, 0)
             ]
             if moved:
+                if sum(stop - first for _, first, stop in moved) > self._chunk:
+                    await self._lift_bound(conn)
                 rows = await conn.fetch(
                     _CHANGED_DIGESTS,
                     DIGEST_FORMAT,
@@ -184,6 +195,11 @@ class DigestReplica(DigestReads):
                 await self._make_room(rows)
                 _store(self._digests.put, rows)
             self._positions = positions
+
+    async def _lift_bound(self, conn: asyncpg.Connection) -> None:
+        if self._timeout is not None:
+            bound = max(1, round(self._timeout * BULK_BOUND * 1000))
+            await conn.execute(f"SET LOCAL statement_timeout = {bound}")
 
     async def _make_room(self, rows: Sequence[asyncpg.Record]) -> None:
         """Grow, in a worker thread, each index that these rows would make ``put``

@@ -16,7 +16,7 @@ from ledger.digest import Digest
 from ledger.events import ANY_BRAND, SubscriberEvent
 from ledger.ports import Stream
 from services.adapters.digest_replica import DigestReplica
-from services.adapters.postgres_view import PostgresConsentView
+from services.adapters.postgres_view import PostgresConsentView, read_pool
 from tests.conformance.view_suite import (
     T0,
     DigestReadsSuite,
@@ -249,4 +249,36 @@ async def test_a_refresh_that_outgrows_the_index_grows_it_and_follows_the_view(
 
     assert replica.stats()["index_bytes"] > index_bytes
     assert replica.loads == 1 and replica.size == len(PHONES)
+    assert await _all(replica, ["acme"]) == await _all(view, ["acme"])
+
+
+async def test_a_load_waits_past_a_single_statements_bound_on_a_busy_server(
+    pool: asyncpg.Pool, postgres_dsn: str
+) -> None:
+    """The service reads the replica through the read pool, whose server cancels a
+    statement at the single statements' bound. Reading the whole view, or a change of
+    more than a chunk, is given ``BULK_BOUND`` times that: a load that waits longer
+    than one bound (here on a table lock) completes, where it used to fail the
+    service's start."""
+    view = PostgresConsentView(pool)
+    reads = await read_pool(postgres_dsn, min_size=1, max_size=2, timeout=0.1)
+    try:
+        replica = DigestReplica(reads, view, chunk=7, timeout=0.1)
+        pos = Positions()
+
+        async def while_locked(events: Sequence[SubscriberEvent]) -> None:
+            await view.apply(Stream.SUBSCRIBERS, pos.record(list(events)))
+            async with pool.acquire() as other, other.transaction():
+                await other.execute("LOCK TABLE subscriber_state IN ACCESS EXCLUSIVE MODE")
+                refresh = asyncio.ensure_future(replica.positions(Stream.SUBSCRIBERS))
+                await asyncio.sleep(0.5)  # five single bounds, waiting on the lock
+            await refresh
+
+        await while_locked([grant(p, "acme", "deals", T0) for p in PHONES[:20]])  # a load
+        await while_locked([grant(p, "acme", "deals", T0) for p in PHONES[20:30]])  # a change
+        with pytest.raises(asyncpg.QueryCanceledError):  # a single statement is still cut
+            await reads.execute("SELECT pg_sleep(0.5)")
+    finally:
+        await reads.close()
+    assert replica.loads == 1 and replica.size == 30
     assert await _all(replica, ["acme"]) == await _all(view, ["acme"])
