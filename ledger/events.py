@@ -13,9 +13,10 @@ Old versions of an event class are upcast on read (``ledger.upcasting``).
 from __future__ import annotations
 
 import enum
+import json
 import uuid
 from dataclasses import KW_ONLY, dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
 from ledger.campaigns import LEGAL_AGE, PROOF_TEMPLATE_FIELDS, CampaignPolicy
@@ -369,6 +370,31 @@ def send_differences(first: MessageSent, again: MessageSent) -> list[str]:
     """The fields in which ``again``, a send of the message ``first`` recorded (the
     same provider message id, number and brand), says something else of it."""
     return [f for f in SENT_MESSAGE_FIELDS if getattr(first, f) != getattr(again, f)]
+
+
+def _said(value: Any) -> Any:
+    """One of ``SENT_MESSAGE_FIELDS`` as JSON: an instant in UTC, a kind by value."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, ReliedAnswer):
+        return [value.consistency_token, value.allowed, value.reason, list(value.evidence)]
+    return value
+
+
+def message_content(sent: MessageSent) -> str:
+    """What ``sent`` says of its message (``SENT_MESSAGE_FIELDS``) as canonical JSON,
+    for a send's claim of its message id: a copy that meets the claim is compared
+    with it before the first send can be read from the view."""
+    said = {f: _said(getattr(sent, f)) for f in SENT_MESSAGE_FIELDS}
+    return json.dumps(said, sort_keys=True, separators=(",", ":"))
+
+
+def content_differences(content: str, again: MessageSent) -> list[str]:
+    """``send_differences`` of ``again`` from a send known by its ``message_content``."""
+    first = json.loads(content)
+    return [f for f in SENT_MESSAGE_FIELDS if first.get(f) != _said(getattr(again, f))]
 
 
 @dataclass(frozen=True)

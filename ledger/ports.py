@@ -63,6 +63,26 @@ class RequestTaken(NamedTuple):
     call or an earlier attempt of it did). Another's, not yet ``sent_as``, leaves
     the request id free too: the caller lets the view catch up with the phone and
     asks again with ``past_claims``."""
+    claimed_content: str | None = None
+    """What the claiming send said of its message (``ledger.events.message_content``);
+    None for a claim made before claims kept it."""
+
+
+class MessageClaim(NamedTuple):
+    """The send that holds a provider message id's claim (``ConsentView.claim_message``):
+    its event, and what it said of the message (None: claimed before claims kept it)."""
+
+    event_id: str
+    content: str | None = None
+
+    def refuses(self, event_id: str, content: str | None) -> bool:
+        """Whether this claim refuses the send ``event_id`` saying ``content``: it is
+        another send's, which said something else (as far as both are known)."""
+        return (
+            self.event_id != str(event_id)
+            and None not in (self.content, content)
+            and self.content != content
+        )
 
 
 class RequestClaim(NamedTuple):
@@ -422,57 +442,64 @@ class ConsentView(DigestReads, CampaignReads):
         event_ids: Sequence[str],
         message: tuple[str, str] | None = None,
         *,
+        content: str | None = None,
         past_claims: bool = False,
     ) -> RequestTaken:
         """``claim_request``, telling whether this call took the id, and for a send
         (``message``: its phone and provider message id) ``message_use`` with it: a
         message the view has recorded under another event leaves the id free, as
         that send is answered, not written. A send also claims its message id for
-        its event (``claim_message``); one another send claimed first leaves the
+        its event and ``content`` (``claim_message``); one another send claimed first
+        leaves the
         request id free as well, unless ``past_claims`` (asked again once the view
         has caught up with the phone: ``message_use`` then decides alone).
 
         Adapters answer in one round trip; this default asks in turn. (Two attempts
         of one request at once may both be told they took it; they append the same
         facts, which the view applies once.)"""
-        sent_as = claimed_by = None
+        sent_as = claim = None
         other_claim = False
+        before = await self.request_use(brand, request_id)
         if message is not None:
             sent_as = await self.message_use(brand, *message)
-            if sent_as is None or sent_as in event_ids:
-                claimed_by = await self.claim_message(brand, *message, event_ids[0])
-                other_claim = claimed_by not in event_ids
-        before = await self.request_use(brand, request_id)
+            # A send whose request id another request holds is refused: no claim.
+            ours = before is None or before.fingerprint == fingerprint
+            if ours and (sent_as is None or sent_as in event_ids):
+                claim = await self.claim_message(brand, *message, event_ids[0], content)
+                other_claim = claim is None or claim.event_id not in event_ids
+        claimed_by, claimed_content = claim or (None, None)
         if (
             before is not None
             or (sent_as is not None and sent_as not in event_ids)
             or (other_claim and not past_claims)
+            or (claim is not None and claim.refuses(event_ids[0], content))
         ):
-            return RequestTaken(before, False, sent_as, claimed_by)
+            return RequestTaken(before, False, sent_as, claimed_by, claimed_content)
         use = await self.claim_request(brand, request_id, fingerprint, event_ids)
         taken = use == RequestUse(fingerprint, tuple(str(i) for i in event_ids))
-        return RequestTaken(use, taken, sent_as, claimed_by)
+        return RequestTaken(use, taken, sent_as, claimed_by, claimed_content)
 
     async def claim_message(
-        self, brand: str, phone: str, message_id: str, event_id: str
-    ) -> str | None:
+        self, brand: str, phone: str, message_id: str, event_id: str, content: str | None = None
+    ) -> MessageClaim | None:
         """Claim provider message ``message_id`` to ``phone`` for ``brand`` for the send
-        ``event_id``, unless a send claimed it before; the event that holds the claim
-        either way. Claims only spare a send a wait (the first claim of a message needs
-        none); ``message_use``, which the projection keeps, decides which send is the
-        message. None: this view keeps no claims, and every send waits."""
+        ``event_id``, which says ``content`` of it, unless a send claimed it before; the
+        claim that stands either way. A claim spares the first send of a message a
+        wait, and lets a copy that says something else of it be refused before the
+        first can be read; ``message_use``, which the projection keeps, decides which
+        send is the message. None: this view keeps no claims, and every send waits."""
         return None
 
     async def claim_messages(
-        self, brand: str, claims: Sequence[tuple[str, str, str]]
-    ) -> dict[tuple[str, str], str]:
-        """``claim_message`` of each (phone, message id, event id) in ``claims``, for a
-        batch of sends: the event that holds each claim, by (phone, message id); a
-        pair missing from the answer reads as claimed by another send. Adapters claim
-        in one round trip; this default claims one at a time."""
-        held: dict[tuple[str, str], str] = {}
-        for phone, message_id, event_id in claims:
-            holder = await self.claim_message(brand, phone, message_id, event_id)
+        self, brand: str, claims: Sequence[tuple[str, str, str, str | None]]
+    ) -> dict[tuple[str, str], MessageClaim]:
+        """``claim_message`` of each (phone, message id, event id, content) in
+        ``claims``, for a batch of sends: the claim that stands for each, by (phone,
+        message id); a pair missing from the answer reads as claimed by another send.
+        Adapters claim in one round trip; this default claims one at a time."""
+        held: dict[tuple[str, str], MessageClaim] = {}
+        for phone, message_id, event_id, content in claims:
+            holder = await self.claim_message(brand, phone, message_id, event_id, content)
             if holder is not None:
                 held[(phone, message_id)] = holder
         return held

@@ -36,6 +36,7 @@ from ledger.ports import (
     ChangesPage,
     ConsentView,
     Flagged,
+    MessageClaim,
     Offsets,
     RequestUse,
     Stream,
@@ -103,7 +104,7 @@ class InMemoryConsentView(ConsentView):
         self._campaign_turn = asyncio.Lock()
         self._requests: dict[tuple[str, str], RequestUse] = {}
         """Request ids by (brand, request id); a reset keeps them (``claim_request``)."""
-        self._message_claims: dict[tuple[str, str, str], str] = {}
+        self._message_claims: dict[tuple[str, str, str], MessageClaim] = {}
         """Sends' claims of (brand, phone, message id); a reset keeps them too."""
 
     async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
@@ -231,9 +232,29 @@ class InMemoryConsentView(ConsentView):
         )
 
     async def claim_message(
-        self, brand: str, phone: str, message_id: str, event_id: str
-    ) -> str | None:
-        return self._message_claims.setdefault((brand, phone, message_id), str(event_id))
+        self, brand: str, phone: str, message_id: str, event_id: str, content: str | None = None
+    ) -> MessageClaim | None:
+        return self._message_claims.setdefault(
+            (brand, phone, message_id), MessageClaim(str(event_id), content)
+        )
+
+    async def claim_messages(
+        self, brand: str, claims: Sequence[tuple[str, str, str, str | None]]
+    ) -> dict[tuple[str, str], MessageClaim]:
+        # All or none, as PostgreSQL's statement: a claim another send holds with
+        # other content refuses the call, which must leave no claims behind.
+        def refused(phone: str, message_id: str, event_id: str, content: str | None) -> bool:
+            held = self._message_claims.get((brand, phone, message_id))
+            return held is not None and held.refuses(event_id, content)
+
+        if not any(refused(*claim) for claim in claims):
+            for phone, message_id, event_id, content in claims:
+                await self.claim_message(brand, phone, message_id, event_id, content)
+        return {
+            (p, m): claim
+            for p, m, _, _ in claims
+            if (claim := self._message_claims.get((brand, p, m))) is not None
+        }
 
     async def message_use(self, brand: str, phone: str, message_id: str) -> str | None:
         return self._tables.messages.get((brand, phone, message_id))

@@ -50,6 +50,7 @@ from ledger.ports import (
     ChangesPage,
     ConsentView,
     Flagged,
+    MessageClaim,
     Offsets,
     RequestClaim,
     RequestTaken,
@@ -196,28 +197,35 @@ LIMIT 1
 # caller caught the view up and asks again). No row back means a claim another
 # writer committed after this statement's snapshot ran into the insert unseen: ask
 # again. A message claim met that way reads as none (claimed_by NULL): the caller
-# then waits for the view, as it would for another send's claim.
+# then waits for the view, as it would for another send's claim. $8 is what the send
+# says of its message, kept with its claim and answered with another's; another's
+# with other content blocks the request id even past claims (that send is refused). A
+# send whose request id another request holds is refused too, so it claims nothing.
 _TAKE_REQUEST = """
 WITH sent AS (
     SELECT event_id FROM message_use
     WHERE $5::text IS NOT NULL AND brand = $1 AND phone = $5 AND message_id = $6
 ), made AS (
-    INSERT INTO message_claim (brand, phone, message_id, event_id)
-    SELECT $1, $5, $6, ($4::uuid[])[1]
+    INSERT INTO message_claim (brand, phone, message_id, event_id, content)
+    SELECT $1, $5, $6, ($4::uuid[])[1], $8::text
     WHERE $5::text IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM sent WHERE event_id <> ALL($4::uuid[]))
+      AND NOT EXISTS (
+          SELECT 1 FROM request_use WHERE brand = $1 AND request_id = $2 AND fingerprint <> $3
+      )
     ON CONFLICT DO NOTHING
-    RETURNING event_id
+    RETURNING event_id, content
 ), claim AS (
-    SELECT event_id FROM made
+    SELECT event_id, content FROM made
     UNION ALL
-    SELECT event_id FROM message_claim
+    SELECT event_id, content FROM message_claim
     WHERE $5::text IS NOT NULL AND brand = $1 AND phone = $5 AND message_id = $6
     LIMIT 1
 ), blocked AS (
     SELECT EXISTS (SELECT 1 FROM sent WHERE event_id <> ALL($4::uuid[]))
         OR ($5::text IS NOT NULL AND NOT $7::boolean
             AND NOT EXISTS (SELECT 1 FROM claim WHERE event_id = ANY($4::uuid[])))
+        OR EXISTS (SELECT 1 FROM claim WHERE event_id <> ALL($4::uuid[]) AND content <> $8)
         AS blocked
 ), taken AS (
     INSERT INTO request_use (brand, request_id, fingerprint, event_ids)
@@ -225,44 +233,55 @@ WITH sent AS (
     ON CONFLICT DO NOTHING
     RETURNING fingerprint, event_ids
 )
-SELECT fingerprint, event_ids, true AS taken,
-       (SELECT event_id FROM sent) AS sent_as, (SELECT event_id FROM claim) AS claimed_by
+SELECT fingerprint, event_ids, true AS taken, (SELECT event_id FROM sent) AS sent_as,
+       (SELECT event_id FROM claim) AS claimed_by, (SELECT content FROM claim) AS claimed_content
 FROM taken
 UNION ALL
-SELECT fingerprint, event_ids, false, (SELECT event_id FROM sent), (SELECT event_id FROM claim)
+SELECT fingerprint, event_ids, false, (SELECT event_id FROM sent),
+       (SELECT event_id FROM claim), (SELECT content FROM claim)
 FROM request_use WHERE brand = $1 AND request_id = $2
 UNION ALL
-SELECT NULL, NULL, false, (SELECT event_id FROM sent), (SELECT event_id FROM claim)
+SELECT NULL, NULL, false, (SELECT event_id FROM sent),
+       (SELECT event_id FROM claim), (SELECT content FROM claim)
 FROM blocked WHERE blocked
 LIMIT 1
 """
 _CLAIM_MESSAGE = """
 WITH made AS (
-    INSERT INTO message_claim (brand, phone, message_id, event_id) VALUES ($1, $2, $3, $4)
+    INSERT INTO message_claim (brand, phone, message_id, event_id, content)
+    VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT DO NOTHING
-    RETURNING event_id
+    RETURNING event_id, content
 )
-SELECT event_id FROM made
+SELECT event_id, content FROM made
 UNION ALL
-SELECT event_id FROM message_claim WHERE brand = $1 AND phone = $2 AND message_id = $3
+SELECT event_id, content FROM message_claim
+WHERE brand = $1 AND phone = $2 AND message_id = $3
 LIMIT 1
 """
 # A batch of sends' message claims (``claim_messages``), one statement: the claims it
 # made, or those that were there. In key order, so two batches cannot deadlock; a claim
-# another writer committed after this statement's snapshot is not read, and so reads
-# as another send's (the caller then waits for the view, as for any other's claim).
+# another writer committed after this statement's snapshot is not read: those keys are
+# claimed again, and the next statement reads it.
+# None is made when another send holds one with other content: that refuses the call.
 _CLAIM_MESSAGES = """
 WITH k AS (
-    SELECT * FROM unnest($2::text[], $3::text[], $4::uuid[]) AS k(phone, message_id, event_id)
+    SELECT * FROM unnest($2::text[], $3::text[], $4::uuid[], $5::text[])
+        AS k(phone, message_id, event_id, content)
+), other AS (
+    SELECT 1 FROM message_claim AS c JOIN k USING (phone, message_id)
+    WHERE c.brand = $1 AND c.event_id <> k.event_id AND c.content <> k.content
 ), made AS (
-    INSERT INTO message_claim (brand, phone, message_id, event_id)
-    SELECT $1, phone, message_id, event_id FROM k ORDER BY phone, message_id
+    INSERT INTO message_claim (brand, phone, message_id, event_id, content)
+    SELECT $1, phone, message_id, event_id, content FROM k
+    WHERE NOT EXISTS (SELECT 1 FROM other)
+    ORDER BY phone, message_id
     ON CONFLICT DO NOTHING
-    RETURNING phone, message_id, event_id
+    RETURNING phone, message_id, event_id, content
 )
-SELECT phone, message_id, event_id FROM made
+SELECT phone, message_id, event_id, content FROM made
 UNION ALL
-SELECT c.phone, c.message_id, c.event_id FROM message_claim AS c
+SELECT c.phone, c.message_id, c.event_id, c.content FROM message_claim AS c
 JOIN k USING (phone, message_id)
 WHERE c.brand = $1
 """
@@ -1074,13 +1093,22 @@ class PostgresConsentView(ConsentView):
         event_ids: Sequence[str],
         message: tuple[str, str] | None = None,
         *,
+        content: str | None = None,
         past_claims: bool = False,
     ) -> RequestTaken:
         ids = [uuid.UUID(i) for i in event_ids]
         phone, message_id = message or (None, None)
         while True:
             row = await self._reads.fetchrow(
-                _TAKE_REQUEST, brand, request_id, fingerprint, ids, phone, message_id, past_claims
+                _TAKE_REQUEST,
+                brand,
+                request_id,
+                fingerprint,
+                ids,
+                phone,
+                message_id,
+                past_claims,
+                content,
             )
             if row is not None:
                 sent_as, claimed_by = row["sent_as"], row["claimed_by"]
@@ -1089,32 +1117,44 @@ class PostgresConsentView(ConsentView):
                     row["taken"],
                     None if sent_as is None else str(sent_as),
                     None if claimed_by is None else str(claimed_by),
+                    row["claimed_content"],
                 )
 
     @bounded
     async def claim_message(
-        self, brand: str, phone: str, message_id: str, event_id: str
-    ) -> str | None:
-        found = await self._reads.fetchval(_CLAIM_MESSAGE, brand, phone, message_id, event_id)
-        return None if found is None else str(found)
+        self, brand: str, phone: str, message_id: str, event_id: str, content: str | None = None
+    ) -> MessageClaim | None:
+        row = await self._reads.fetchrow(
+            _CLAIM_MESSAGE, brand, phone, message_id, uuid.UUID(str(event_id)), content
+        )
+        return None if row is None else MessageClaim(str(row["event_id"]), row["content"])
 
     @bounded_bulk
     async def claim_messages(
-        self, brand: str, claims: Sequence[tuple[str, str, str]]
-    ) -> dict[tuple[str, str], str]:
+        self, brand: str, claims: Sequence[tuple[str, str, str, str | None]]
+    ) -> dict[tuple[str, str], MessageClaim]:
         if not claims:
             return {}
-        first = list({(c[0], c[1]): c for c in reversed(claims)}.values())
-        rows = await fetch_bulk(
-            self._reads,
-            self._timeout,
-            _CLAIM_MESSAGES,
-            brand,
-            [c[0] for c in first],
-            [c[1] for c in first],
-            [uuid.UUID(str(c[2])) for c in first],
-        )
-        return {(row["phone"], row["message_id"]): str(row["event_id"]) for row in rows}
+        pending = list({(c[0], c[1]): c for c in reversed(claims)}.values())
+        held: dict[tuple[str, str], MessageClaim] = {}
+        while pending:
+            rows = await fetch_bulk(
+                self._reads,
+                self._timeout,
+                _CLAIM_MESSAGES,
+                brand,
+                [c[0] for c in pending],
+                [c[1] for c in pending],
+                [uuid.UUID(str(c[2])) for c in pending],
+                [c[3] for c in pending],
+            )
+            for row in rows:
+                key = (row["phone"], row["message_id"])
+                held[key] = MessageClaim(str(row["event_id"]), row["content"])
+            if any((h := held.get((c[0], c[1]))) and h.refuses(c[2], c[3]) for c in pending):
+                return held  # none was made: the caller refuses the batch
+            pending = [c for c in pending if (c[0], c[1]) not in held]
+        return held
 
     @bounded_bulk
     async def request_uses(

@@ -16,9 +16,11 @@ from ledger.events import (
     LedgerEvent,
     MessageSent,
     SubscriberEvent,
+    content_differences,
+    message_content,
     send_differences,
 )
-from ledger.ports import ConsistencyToken, RequestUse
+from ledger.ports import ConsistencyToken, RequestTaken, RequestUse
 from services.errors import AlreadyExists, MessageIdReused, NotConsistent
 from services.usecases.context import BEHIND, Context
 
@@ -66,6 +68,31 @@ def refuse_another_message(
             sent.message_id,
             [first_id],
         )
+
+
+def refuse_another_claim(
+    sent: MessageSent, claimed_by: str, content: str | None, field: str = "message_id"
+) -> None:
+    """``MessageIdReused`` when ``sent`` says something else of its message than the
+    send that claimed its provider message id first (``content``, that send's
+    ``message_content``; None for a claim that did not keep it), recorded or not: of
+    two sends at once, the later is refused rather than answered OK and dropped."""
+    other = [] if content is None else content_differences(content, sent)
+    if other:
+        raise MessageIdReused(
+            field,
+            f"{sent.message_id!r} was claimed before by another send to this number, with"
+            f" another {', '.join(other)}; a message recorded is not changed by recording"
+            " it again (another message needs another message id)",
+            sent.message_id,
+            [claimed_by],
+        )
+
+
+def _refuse_another_claim(sent: LedgerEvent, taken: RequestTaken) -> None:
+    """``refuse_another_claim`` for a send whose message id another send claimed."""
+    if isinstance(sent, MessageSent) and taken.claimed_by is not None:
+        refuse_another_claim(sent, taken.claimed_by, taken.claimed_content)
 
 
 async def replay(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult | None:
@@ -133,9 +160,9 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
     message. (Batched sends claim their messages' ids the same way, in one statement:
     ``Sends``.)"""
     first, ids = events[0], [str(e.event_id) for e in events]
-    message = None
+    message = content = None
     if isinstance(first, MessageSent):
-        message = (first.phone, first.message_id)
+        message, content = (first.phone, first.message_id), message_content(first)
     take = partial(
         ctx.view.take_request,
         brand_of(first),
@@ -143,17 +170,24 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
         first.request_fingerprint,
         ids,
         message,
+        content=content,
     )
     taken = await take()
-    if message is not None and taken.sent_as is None and taken.claimed_by not in ids:
-        # Another send claimed the message id first, perhaps a moment ago: count every
-        # send acknowledged for the phone, then the view's first use decides. (A view
-        # that cannot get there in time is no reason to refuse the write: the
-        # projection still applies one MessageSent per message id.)
-        await ctx.guard.wait_until_applied_for([message[0]])
-        taken = await take(past_claims=True)
     if taken.use is not None:
         refuse_another_request(first, taken.use)
+    if message is not None and taken.sent_as is None and taken.claimed_by not in ids:
+        _refuse_another_claim(first, taken)
+        # Another send claimed the message id first, saying the same of it, perhaps a
+        # moment ago: count every send acknowledged for the phone, then the view's
+        # first use decides. (A view that cannot get there in time is no reason to
+        # refuse the write: the projection still applies one MessageSent per message
+        # id.)
+        await ctx.guard.wait_until_applied_for([message[0]])
+        taken = await take(past_claims=True)
+        if taken.use is not None:
+            refuse_another_request(first, taken.use)
+        if taken.sent_as is None and taken.claimed_by not in ids:
+            _refuse_another_claim(first, taken)
     if not taken.taken:
         if taken.use is not None:  # this very request before: recorded, if applied
             known = await ctx.view.find_events(ids)

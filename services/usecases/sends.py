@@ -16,13 +16,17 @@ from datetime import datetime
 
 from ledger.commands import RecordMessagesSent, to_events
 from ledger.digest import digest_of
-from ledger.events import LedgerEvent, MessageSent, Recorded, evolved
+from ledger.events import LedgerEvent, MessageSent, Recorded, evolved, message_content
 from ledger.policy import earns_exemption
 from ledger.ports import ConsistencyToken
 from ledger.state import COUNTED_KINDS
 from services.errors import FailedPrecondition, NotConsistent
 from services.usecases.context import BEHIND, Context
-from services.usecases.requests import refuse_another_message, refuse_another_request
+from services.usecases.requests import (
+    refuse_another_claim,
+    refuse_another_message,
+    refuse_another_request,
+)
 
 
 @dataclass(frozen=True)
@@ -108,28 +112,35 @@ class Sends:
             if await self.ctx.guard.wait_until_applied_for(phones):
                 known = await self.ctx.view.message_uses(cmd.brand, keys)
         answer, new = _split(events, keys, known)
+        # A message recorded before with other content refuses the call before any
+        # of its messages' ids is claimed, so a refused call leaves no claims behind.
+        earlier = await self._recorded_as_said(events, answer, new)
         if new:
             await self._check_campaigns(new, events)
             # Claim the new messages' ids as a single send does (``take_request``), so a
             # single send of one of them a moment later waits for the view and is
-            # answered as this one. One another send claimed first may have been recorded
-            # a moment ago: the view is let reach the ledger on those phones, and asked.
+            # answered as this one. A claim another send holds with other content
+            # refuses the call (the view claims none of them then); one with the same
+            # may have been recorded a moment ago: the view is let reach the ledger on
+            # those phones, and asked.
             held = await self.ctx.view.claim_messages(
-                cmd.brand, [(e.phone, e.message_id, str(e.event_id)) for e in new]
+                cmd.brand,
+                [(e.phone, e.message_id, str(e.event_id), message_content(e)) for e in new],
             )
-            contested = [e for e in new if held.get((e.phone, e.message_id)) != str(e.event_id)]
+            contested = []
+            for event in new:
+                claim = held.get((event.phone, event.message_id))
+                if claim is not None and claim.event_id != str(event.event_id):
+                    field = f"messages[{events.index(event)}].message_id"
+                    refuse_another_claim(event, claim.event_id, claim.content, field)
+                if claim is None or claim.event_id != str(event.event_id):
+                    contested.append(event)
             if contested and await self.ctx.guard.wait_until_applied_for(
                 sorted({e.phone for e in contested})
             ):
                 known = await self.ctx.view.message_uses(cmd.brand, keys)
                 answer, new = _split(events, keys, known)
-        ours = {str(e.event_id) for e in new}
-        earlier = await self._recorded({i for i in answer if i not in ours})
-        for i, (event, event_id) in enumerate(zip(events, answer, strict=True)):
-            if event_id in earlier:  # recorded before: the same message, or refused
-                refuse_another_message(
-                    event, earlier[event_id].event, event_id, f"messages[{i}].message_id"
-                )
+                earlier = await self._recorded_as_said(events, answer, new)
         token = ConsistencyToken.after(list(earlier.values()))
         if not new:
             return SendsResult(answer, token, 0)
@@ -140,6 +151,20 @@ class Sends:
         refuse_another_request(events[0], claimed)
         recorded = await self.ctx.ledger.append(new)
         return SendsResult(answer, token.merge(ConsistencyToken.after(recorded)), len(recorded))
+
+    async def _recorded_as_said(
+        self, events: Sequence[MessageSent], answer: Sequence[str], new: Sequence[MessageSent]
+    ) -> dict[str, Recorded]:
+        """The events recorded before that ``answer`` names, by id; ``MessageIdReused``
+        when one of ``events`` says something else of its message than its."""
+        ours = {str(e.event_id) for e in new}
+        earlier = await self._recorded({i for i in answer if i not in ours})
+        for i, (event, event_id) in enumerate(zip(events, answer, strict=True)):
+            if event_id in earlier:  # recorded before: the same message, or refused
+                refuse_another_message(
+                    event, earlier[event_id].event, event_id, f"messages[{i}].message_id"
+                )
+        return earlier
 
     async def _recorded(self, event_ids: set[str]) -> dict[str, Recorded]:
         """The events recorded before that the answer names, by id."""

@@ -53,6 +53,7 @@ from ledger.ports import (
     ConsentView,
     ConsistencyToken,
     DigestReads,
+    MessageClaim,
     RequestClaim,
     RequestTaken,
     RequestUse,
@@ -1128,16 +1129,96 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
         self, view: ConsentView
     ) -> None:
         phone, a, b, c = "+14155550100", *(str(uuid.uuid4()) for _ in range(3))
-        held = await view.claim_messages("acme", [(phone, "SM-1", a), (phone, "SM-2", b)])
-        assert held == {(phone, "SM-1"): a, (phone, "SM-2"): b}
+        held = await view.claim_messages(
+            "acme", [(phone, "SM-1", a, "said-1"), (phone, "SM-2", b, "said-2")]
+        )
+        assert held == {
+            (phone, "SM-1"): MessageClaim(a, "said-1"),
+            (phone, "SM-2"): MessageClaim(b, "said-2"),
+        }
         # A second batch holding one of them is told whose the claim is.
-        again = await view.claim_messages("acme", [(phone, "SM-2", c), (phone, "SM-3", c)])
-        assert again == {(phone, "SM-2"): b, (phone, "SM-3"): c}
+        again = await view.claim_messages(
+            "acme", [(phone, "SM-2", c, "said-2"), (phone, "SM-3", c, "said-3")]
+        )
+        assert again == {
+            (phone, "SM-2"): MessageClaim(b, "said-2"),
+            (phone, "SM-3"): MessageClaim(c, "said-3"),
+        }
         # A single send of a batch's message finds the batch's claim, so it waits.
         copy = await view.take_request("acme", "s9", "fp-9", [c], (phone, "SM-1"))
-        assert copy == RequestTaken(None, False, None, a)
-        assert await view.claim_messages("globex", [(phone, "SM-1", c)]) == {(phone, "SM-1"): c}
+        assert copy == RequestTaken(None, False, None, a, "said-1")
+        assert await view.claim_messages("globex", [(phone, "SM-1", c, None)]) == {
+            (phone, "SM-1"): MessageClaim(c, None)
+        }
         assert await view.claim_messages("acme", []) == {}
+
+    async def test_a_batch_meeting_a_claim_with_other_content_claims_none(
+        self, view: ConsentView
+    ) -> None:
+        phone, a, b = "+14155550100", str(uuid.uuid4()), str(uuid.uuid4())
+        await view.claim_messages("acme", [(phone, "SM-2", a, "said-2")])
+        held = await view.claim_messages(
+            "acme", [(phone, "SM-1", b, "said-1"), (phone, "SM-2", b, "said-other")]
+        )
+        # The caller refuses the batch for SM-2, so SM-1 must not stay claimed by it.
+        assert held == {(phone, "SM-2"): MessageClaim(a, "said-2")}
+        later = str(uuid.uuid4())
+        assert await view.claim_messages("acme", [(phone, "SM-1", later, "said-x")]) == {
+            (phone, "SM-1"): MessageClaim(later, "said-x")
+        }
+        # A claim kept from before claims kept content (None) blocks no batch.
+        await view.claim_messages("acme", [(phone, "SM-4", a, None)])
+        held = await view.claim_messages(
+            "acme", [(phone, "SM-4", b, "said-4"), (phone, "SM-5", b, "said-5")]
+        )
+        assert held == {
+            (phone, "SM-4"): MessageClaim(a, None),
+            (phone, "SM-5"): MessageClaim(b, "said-5"),
+        }
+
+    async def test_a_message_claimed_with_other_content_blocks_the_request_id(
+        self, view: ConsentView
+    ) -> None:
+        phone, a, b, c = "+14155550100", *(str(uuid.uuid4()) for _ in range(3))
+        first = await view.take_request(
+            "acme", "s1", "fp-1", [a], (phone, "SM-1"), content="said-1"
+        )
+        assert first == RequestTaken(RequestUse("fp-1", (a,)), True, None, a, "said-1")
+        # Another content is told the claim's, and takes no request id, even past
+        # the claims: that send is refused, and its retry must be refused again.
+        for past_claims in (False, True):
+            other = await view.take_request(
+                "acme",
+                "s2",
+                "fp-2",
+                [b],
+                (phone, "SM-1"),
+                content="said-other",
+                past_claims=past_claims,
+            )
+            assert other == RequestTaken(None, False, None, a, "said-1")
+        assert await view.request_use("acme", "s2") is None
+        # The same content past the claims is written, as before.
+        same = await view.take_request(
+            "acme", "s3", "fp-3", [c], (phone, "SM-1"), content="said-1", past_claims=True
+        )
+        assert same == RequestTaken(RequestUse("fp-3", (c,)), True, None, a, "said-1")
+
+    async def test_a_send_refused_for_its_request_id_claims_no_message_id(
+        self, view: ConsentView
+    ) -> None:
+        phone, a, b, c = "+14155550100", *(str(uuid.uuid4()) for _ in range(3))
+        await view.claim_request("acme", "s1", "fp-1", [a])
+        refused = await view.take_request(
+            "acme", "s1", "fp-other", [b], (phone, "SM-1"), content="said-1"
+        )
+        assert refused.use == RequestUse("fp-1", (a,)) and not refused.taken
+        assert refused.claimed_by is None
+        # The message id is free for the send that is recorded, whatever it says.
+        later = await view.take_request(
+            "acme", "s2", "fp-2", [c], (phone, "SM-1"), content="said-2"
+        )
+        assert later == RequestTaken(RequestUse("fp-2", (c,)), True, None, c, "said-2")
 
     async def test_known_events_names_the_applied_ones_only(self, view: ConsentView) -> None:
         applied = grant("+14155550100", "acme", "deals", T0)

@@ -6,6 +6,7 @@ writing nothing twice."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -81,6 +82,16 @@ def message(i: int, when: datetime, **changes) -> api.SentMessage:
     )
     fields.update(changes)
     return api.SentMessage(**fields)
+
+
+def alone(request_id: str, m: api.SentMessage) -> api.RecordMessageSentRequest:
+    """``m`` as a single send."""
+    return api.RecordMessageSentRequest(
+        request_id=request_id, brand="acme", phone=m.phone, campaign=m.campaign,
+        message_id=m.message_id, occurred_at=m.occurred_at, relied_on=m.relied_on,
+        included_opt_out_language=m.included_opt_out_language,
+        identified_sender=m.identified_sender,
+    )  # fmt: skip
 
 
 def call(request_id: str, messages: list[api.SentMessage]) -> api.RecordMessagesSentRequest:
@@ -204,14 +215,6 @@ async def test_a_message_id_again_saying_something_else_is_refused_not_answered_
         assert await applied(runtime, first.consistency_token)
         size = await ledger_size(runtime)
 
-        def alone(request_id: str, m: api.SentMessage) -> api.RecordMessageSentRequest:
-            return api.RecordMessageSentRequest(
-                request_id=request_id, brand="acme", phone=m.phone, campaign=m.campaign,
-                message_id=m.message_id, occurred_at=m.occurred_at, relied_on=m.relied_on,
-                included_opt_out_language=m.included_opt_out_language,
-                identified_sender=m.identified_sender,
-            )  # fmt: skip
-
         same = await c.RecordMessageSent(alone("alone-1", message(1, when)))
         assert list(same.event_ids) == [first.event_ids[1]]
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -239,6 +242,43 @@ async def test_a_message_id_again_saying_something_else_is_refused_not_answered_
              " another campaign"),
         ]  # fmt: skip
         assert await ledger_size(runtime) == size
+
+
+async def test_two_sends_of_one_message_at_once_saying_different_things_are_not_both_ok(
+    service,
+):
+    """Two sends of one provider message id at once, one minute apart in what they
+    say: the later used to meet the first's claim before the first was readable, and
+    was answered OK, then dropped by the projection. Now, of each pair, one is
+    answered OK and is what the view holds; the other is ALREADY_EXISTS
+    (``MESSAGE_ID_REUSED``) naming it. Singly and in batches."""
+    runtime, when = service
+    pairs = 12
+
+    def said(i: int, k: int) -> api.SentMessage:
+        return message(100 + i, when, occurred_at=ts(when + timedelta(minutes=k)))
+
+    async with client(runtime.address, "acme-app") as c:
+
+        async def send(i: int, k: int) -> str:
+            try:
+                if i % 2:
+                    answer = await c.RecordMessagesSent(call(f"race-{i}-{k}", [said(i, k)]))
+                else:
+                    answer = await c.RecordMessageSent(alone(f"race-{i}-{k}", said(i, k)))
+            except grpc.aio.AioRpcError as err:
+                _, info = message_id_reused(err)
+                return "refused:" + info["event_ids"]
+            assert await applied(runtime, answer.consistency_token)
+            return str(answer.event_ids[0])
+
+        answers = await asyncio.gather(*(send(i, k) for i in range(pairs) for k in (0, 1)))
+    for i in range(pairs):
+        pair = answers[2 * i : 2 * i + 2]
+        ok = [a for a in pair if not a.startswith("refused:")]
+        assert len(ok) == 1, (i, pair)
+        assert "refused:" + ok[0] in pair
+        assert await runtime.view.message_use("acme", phone(100 + i), f"SM-{100 + i}") == ok[0]
 
 
 async def test_a_bad_message_refuses_the_whole_call_naming_it_and_writes_nothing(service):

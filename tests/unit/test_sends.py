@@ -4,6 +4,7 @@ bad input; a retry, a reused request id and message ids recorded before."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Sequence
 from typing import Any
@@ -32,7 +33,15 @@ from services.adapters.memory_ledger import InMemoryLedger
 from services.errors import AlreadyExists, FailedPrecondition, MessageIdReused
 from services.usecases.sweeps import sweep_campaign
 from tests.builders import BRAND, PHONE, at
-from tests.unit.usecase_harness import AUDITOR, App, define, opt_in, running, stop_task
+from tests.unit.usecase_harness import (
+    AUDITOR,
+    App,
+    GatedLedger,
+    define,
+    opt_in,
+    running,
+    stop_task,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -282,6 +291,40 @@ async def test_a_message_id_again_with_other_content_is_refused_and_not_written(
             )
         assert reused.value.field == "message_id" and "another campaign" in reused.value.reason
         assert len(await sends_in_ledger(app)) == recorded
+
+
+async def test_a_batch_meeting_a_message_on_its_way_with_other_content_is_refused_whole():
+    """A single send of SM-1 is on its way to the ledger (its append waits). A batch
+    that says something else of SM-1 is refused, naming it, before the first is
+    readable; and it leaves no claim on its other message, which a later send then
+    records whatever it says."""
+    ledger = GatedLedger(partitions=4)
+    async with running(WAIT, ledger=ledger) as (app, _):
+        ledger.gate.set()
+        await app.writes.record(define())
+        ledger.gate.clear()
+        ledger.begun.clear()
+        single = RecordMessageSent(
+            "s1", phone(1), BRAND, "promo", "SM-1", MessageKind.REGULAR, at(10)
+        )
+        first = asyncio.create_task(app.writes.record(single))
+        await asyncio.wait_for(ledger.begun.wait(), 5)
+        with pytest.raises(MessageIdReused) as reused:
+            await asyncio.wait_for(
+                app.sends.record(batch("b1", [message(2), message(1, identified_sender=True)])),
+                5,
+            )
+        assert reused.value.field == "messages[1].message_id"
+        assert "another identified_sender" in reused.value.reason
+        ledger.gate.set()
+        recorded = await first
+        assert reused.value.event_ids == tuple(recorded.event_ids)
+        later = await app.sends.record(batch("b2", [message(2, occurred_at=at(12))]))
+        assert await app.guard.wait_for_token(later.token)
+        sends = {
+            (e.message_id, e.occurred_at, e.identified_sender) for e in await sends_in_ledger(app)
+        }
+        assert sends == {("SM-1", at(10), False), ("SM-2", at(12), False)}
 
 
 async def test_a_message_sent_right_after_in_the_other_call_is_answered_as_the_first():

@@ -30,7 +30,6 @@ from ledger.events import (
 )
 from ledger.policy import Reason
 from ledger.ports import ConsistencyToken, Stream
-from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
 from services.errors import AlreadyExists, FailedPrecondition, MessageIdReused, NotConsistent
 from tests.builders import BRAND, PHONE, at, proof
@@ -40,6 +39,7 @@ from tests.unit.usecase_harness import (
     NOW,
     NUMBER,
     OTHER_NUMBER,
+    GatedLedger,
     SlowLedger,
     claim,
     define,
@@ -321,19 +321,6 @@ async def test_two_claims_of_one_number_at_once_let_one_through(count):
         assert len(await apps[0].ledger.read(Stream.CAMPAIGNS, 0, 0)) == 1
 
 
-class GatedLedger(InMemoryLedger):
-    """Appends that wait for ``gate``, saying when one has begun."""
-
-    def __init__(self, partitions: int) -> None:
-        super().__init__(partitions=partitions)
-        self.begun, self.gate = asyncio.Event(), asyncio.Event()
-
-    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
-        self.begun.set()
-        await self.gate.wait()
-        return await super().append(events)
-
-
 async def test_a_claim_whose_caller_goes_away_keeps_its_turn_until_it_is_appended():
     ledger = GatedLedger(partitions=4)
     async with running(ledger=ledger) as (app, _):
@@ -351,6 +338,37 @@ async def test_a_claim_whose_caller_goes_away_keeps_its_turn_until_it_is_appende
             assert len(await app.ledger.read(Stream.CAMPAIGNS, 0, 0)) == 1
         with pytest.raises(FailedPrecondition):
             await app.writes.record(claim("globex-deals", "globex", "deals", NUMBER))
+
+
+async def test_a_copy_with_other_content_is_refused_while_the_first_is_on_its_way():
+    """The first send of a message id is not yet in the ledger (its append waits):
+    a copy that says something else of the message is refused at the claim, not
+    answered OK and then dropped by the projection, and a retry of it is refused
+    again. The first is written; a copy that says the same waits for it."""
+    ledger = GatedLedger(partitions=4)
+    async with running(ledger=ledger) as (app, _):
+        ledger.gate.set()
+        await app.writes.record(define())
+        await app.writes.record(opt_in("g1"))
+        ledger.gate.clear()
+        ledger.begun.clear()
+        first = asyncio.create_task(app.writes.record(sent("s1")))
+        await asyncio.wait_for(ledger.begun.wait(), 5)
+        for _ in range(2):  # the copy, then its retry
+            with pytest.raises(MessageIdReused) as reused:
+                copy = sent("s2", occurred_at=at(11), included_opt_out_language=True)
+                await asyncio.wait_for(app.writes.record(copy), 5)
+            assert reused.value.field == "message_id"
+            assert "another occurred_at, included_opt_out_language" in reused.value.reason
+        same = asyncio.create_task(app.writes.record(sent("s3")))
+        ledger.gate.set()
+        recorded = await first
+        assert reused.value.event_ids == tuple(recorded.event_ids)
+        await same
+        assert await app.guard.wait_for_token(recorded.token)
+        history = (await app.audit.history(PHONE, BRAND, reader=AUDITOR)).value
+        sends = [r.event for r in history if type(r.event).__name__ == "MessageSent"]
+        assert [(e.occurred_at, e.included_opt_out_language) for e in sends] == [(at(10), False)]
 
 
 async def test_a_claim_that_cannot_get_its_turn_is_unavailable_and_writes_nothing(app, monkeypatch):

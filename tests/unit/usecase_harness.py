@@ -131,6 +131,19 @@ class SlowLedger(InMemoryLedger):
         return await super().append(events)
 
 
+class GatedLedger(InMemoryLedger):
+    """Appends that wait for ``gate``, saying when one has begun."""
+
+    def __init__(self, partitions: int) -> None:
+        super().__init__(partitions=partitions)
+        self.begun, self.gate = asyncio.Event(), asyncio.Event()
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        self.begun.set()
+        await self.gate.wait()
+        return await super().append(events)
+
+
 def opt_in(request_id: str) -> RecordOptIn:
     return an_opt_in(at(0), request_id=request_id)
 

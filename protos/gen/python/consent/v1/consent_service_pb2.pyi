@@ -1057,7 +1057,8 @@ class RecordMessageSentRequest(_message.Message):
     message_id: _builtins.str
     """The SMS provider's id for the message; required. Sent again for the phone
     and brand, the same message is answered with its first event; one that says
-    something else of it is ALREADY_EXISTS (reason MESSAGE_ID_REUSED).
+    something else of it is ALREADY_EXISTS (reason MESSAGE_ID_REUSED), also
+    while the first is still being recorded.
     """
     kind: _ledger_pb2.MessageKind.ValueType
     """Absent (MESSAGE_KIND_UNSPECIFIED) means MESSAGE_KIND_REGULAR."""
@@ -1195,7 +1196,8 @@ class RecordMessagesSentResponse(_message.Message):
         """event_ids[i] is the MessageSent of messages[i]: the first one's when its
         message_id was recorded before for the phone (then nothing new is written).
         A message_id with other content refuses the whole call: ALREADY_EXISTS
-        (MESSAGE_ID_REUSED) if recorded before, INVALID_ARGUMENT if earlier in it.
+        (MESSAGE_ID_REUSED) if recorded or being recorded by another call,
+        INVALID_ARGUMENT if earlier in it.
         """
 
     def __init__(
