@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import sys
 import threading
 import time
 from array import array
-from collections import defaultdict
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,13 @@ WINDOW = 8
 """Messages sent ahead of their answers."""
 SHOWN_LINES = 5
 """Line numbers listed per reason in the summary."""
+REMEMBERED = 1_000_000
+"""Records whose import id (with a hash of the record) and line the command keeps, to
+settle a repeat in the file's order itself: some 200 bytes each, as many as the
+service's dry run remembers (``services.usecases.imports.DRY_RUN_REMEMBERED``). Past
+them the service settles a repeat (the earlier message's record is kept), so that a
+file of any size is read in bounded memory: of a record past them only its message's
+lines are kept, until the message is answered."""
 
 
 def add_parser(sub: Any, command: Any) -> None:
@@ -129,19 +137,31 @@ def add_parser(sub: Any, command: Any) -> None:
 
 
 @dataclass
+class _Group:
+    """The records refused for one reason: how many, and the first lines of them."""
+
+    count: int = 0
+    lines: list[int] = field(default_factory=list)
+
+
+@dataclass
 class Summary:
     """What an import did, record by record, as the summary tells it."""
 
     imported: int = 0
     present: int = 0
     refused: int = 0
-    groups: dict[tuple[str, str, str], list[int]] = field(default_factory=lambda: defaultdict(list))
-    """Per (code, field, reason), the lines of the records refused for it."""
+    groups: dict[tuple[str, str, str], _Group] = field(default_factory=dict)
+    """Per (code, field, reason), the records refused for it (the lines shown only:
+    a file refused whole is not held in memory)."""
     token: str = ""
 
     def refuse(self, line: int, code: str, field_name: str, reason: str) -> None:
         self.refused += 1
-        self.groups[(code, field_name, reason)].append(line)
+        group = self.groups.setdefault((code, field_name, reason), _Group())
+        group.count += 1
+        if len(group.lines) < SHOWN_LINES:
+            group.lines.append(line)
 
     def lines(self, source: str, seconds: float, dry_run: bool) -> list[str]:
         total = self.imported + self.present + self.refused
@@ -152,13 +172,14 @@ class Summary:
             f"  already present: {self.present:,}",
             f"  refused: {self.refused:,}",
         ]
-        ranked = sorted(self.groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-        for (code, field_name, reason), lines in ranked:
-            shown = ", ".join(str(n) for n in lines[:SHOWN_LINES])
-            more = f" and {len(lines) - SHOWN_LINES:,} more" if len(lines) > SHOWN_LINES else ""
-            word = "line" if len(lines) == 1 else "lines"
+        ranked = sorted(self.groups.items(), key=lambda kv: (-kv[1].count, kv[0]))
+        for (code, field_name, reason), group in ranked:
+            shown = ", ".join(str(n) for n in group.lines)
+            extra = group.count - len(group.lines)
+            more = f" and {extra:,} more" if extra else ""
+            word = "line" if group.count == 1 else "lines"
             out.append(
-                f"    {len(lines):>6,}  {code}  {field_name}: {reason} ({word} {shown}{more})"
+                f"    {group.count:>6,}  {code}  {field_name}: {reason} ({word} {shown}{more})"
             )
         if dry_run:
             out.append("dry run: nothing was written")
@@ -245,11 +266,15 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     summary = Summary()
     refusals = _Refusals(refusals_out)
-    lines = array("q")  # the line of each record sent, by its index in the import
-    contents = array("q")  # and a hash of its bytes
+    # Of the first REMEMBERED records sent, by their index in the import:
+    lines = array("q")  # the line each starts on
+    contents = array("q")  # a hash of its bytes
     first_use: dict[str, int] = {}  # brand and import id: the index of the first record
-    repeats: list[tuple[int, int, str]] = []  # a record again: the first's index, line, id
-    refused_at: dict[int, tuple[str, str, str]] = {}  # by index: code, field, reason
+    refused_at: dict[int, tuple[str, str, str, str]] = {}  # code, field, reason, import id
+    repeat_of, repeat_line = array("q"), array("q")  # a record again: the first's index, line
+    # Of each message sent and not yet answered: its first record's index, and the
+    # line of each of its records (the answers come in the order of the messages).
+    in_flight: deque[tuple[int, array[int]]] = deque()
     answered = 0  # records answered
     window = threading.Semaphore(WINDOW)
     stop = threading.Event()
@@ -267,8 +292,21 @@ def _run(args: argparse.Namespace) -> int:
         """The file's records in messages of ``CHUNK``, at most ``WINDOW`` ahead of
         the answers; what cannot be read is refused here and never sent."""
         chunk: list[Any] = []
+        chunk_lines = array("q")
         size = 0  # the chunk's bytes
+        sent = 0  # records sent before the chunk
         first = True
+
+        def message() -> Any:
+            """The chunk as the next message, once the window has room for it."""
+            nonlocal chunk, chunk_lines, size, sent, first
+            window.acquire()
+            in_flight.append((sent, chunk_lines))
+            request = api.ImportConsentsRequest(records=chunk, dry_run=args.dry_run and first)
+            sent += len(chunk)
+            chunk, chunk_lines, size, first = [], array("q"), 0, False
+            return request
+
         try:
             for item in records:
                 if stop.is_set():
@@ -288,7 +326,8 @@ def _run(args: argparse.Namespace) -> int:
                     # several messages at once, and would not see a repeat of a record
                     # it has not written.
                     if contents[earlier] == hash(body):  # fares as the first does
-                        repeats.append((earlier, item.line, request.request_id))
+                        repeat_of.append(earlier)
+                        repeat_line.append(item.line)
                         continue
                     reason = (
                         f"was used before by the record on line {lines[earlier]}; a new "
@@ -301,26 +340,23 @@ def _run(args: argparse.Namespace) -> int:
                     bar.update(1)
                     continue
                 if chunk and size + grows > CHUNK_BYTES:
-                    window.acquire()
-                    yield api.ImportConsentsRequest(records=chunk, dry_run=args.dry_run and first)
-                    chunk, size, first = [], 0, False
-                first_use[key] = len(lines)
-                lines.append(item.line)
-                contents.append(hash(body))
+                    yield message()
+                index = sent + len(chunk)
+                if index < REMEMBERED:
+                    first_use[key] = index
+                    lines.append(item.line)
+                    contents.append(hash(body))
                 chunk.append(item.record)
+                chunk_lines.append(item.line)
                 size += grows
                 if len(chunk) == CHUNK:
-                    window.acquire()
-                    yield api.ImportConsentsRequest(records=chunk, dry_run=args.dry_run and first)
-                    chunk, size, first = [], 0, False
+                    yield message()
             if chunk or first:  # every record unreadable: still asks once, the token too
-                window.acquire()
-                yield api.ImportConsentsRequest(records=chunk, dry_run=args.dry_run and first)
+                yield message()
         except import_files.FormatError as exc:  # the file unreadable from a line on
             failure.append(exc)
             if chunk:  # what was read before it is imported; the call ends there
-                window.acquire()
-                yield api.ImportConsentsRequest(records=chunk, dry_run=args.dry_run and first)
+                yield message()
         except BaseException as exc:  # anything else stops the call
             failure.append(exc)
             raise
@@ -337,16 +373,23 @@ def _run(args: argparse.Namespace) -> int:
             )
             for answer in answers:
                 window.release()
+                first_index, chunk_lines = in_flight.popleft()
                 summary.imported += answer.imported
                 summary.present += answer.already_present
                 if answer.consistency_token:
                     summary.token = _merged(summary.token, answer.consistency_token)
                 for refusal in answer.refusals:
-                    line = lines[refusal.index]
-                    told = [_in_file_terms(v.field, v.description) for v in refusal.violations]
+                    line = chunk_lines[refusal.index - first_index]
+                    told = [
+                        _in_file_terms(v.field, v.description, lines, first_index, chunk_lines)
+                        for v in refusal.violations
+                    ]
                     for field_name, reason in told[:1]:
                         summary.refuse(line, refusal.code, field_name, reason)
-                        refused_at[refusal.index] = (refusal.code, field_name, reason)
+                        if refusal.index < REMEMBERED:
+                            refused_at[refusal.index] = (
+                                refusal.code, field_name, reason, refusal.request_id
+                            )  # fmt: skip
                     for field_name, reason in told:
                         refusals.write(line, refusal.request_id, refusal.code, field_name, reason)
                 told_now = answer.imported + answer.already_present + len(answer.refusals)
@@ -389,10 +432,11 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         # A record repeated in the file was not sent: it fares as its first did (if
         # that was answered before the import ended).
-        for earlier, line, import_id in list(repeats):
+        for earlier, line in zip(repeat_of, repeat_line, strict=True):
             if earlier in refused_at:
-                summary.refuse(line, *refused_at[earlier])
-                refusals.write(line, import_id, *refused_at[earlier])
+                code_, field_name, reason, import_id = refused_at[earlier]
+                summary.refuse(line, code_, field_name, reason)
+                refusals.write(line, import_id, code_, field_name, reason)
             elif earlier < answered:
                 summary.present += 1
             bar.update(1)
@@ -405,11 +449,29 @@ def _run(args: argparse.Namespace) -> int:
     return code or (1 if summary.refused else 0)
 
 
-def _in_file_terms(field_name: str, reason: str) -> tuple[str, str]:
+_EARLIER_RECORD = re.compile(r"record (\d+) of this import")
+
+
+def _in_file_terms(
+    field_name: str, reason: str, lines: array[int], first: int, chunk_lines: array[int]
+) -> tuple[str, str]:
     """A refusal as the file says it: the service's ``request_id`` is the file's
-    ``import_id``. (The service never names an earlier record of the import: an
-    import id the file repeats is settled here, in the file's order, and not sent.)"""
-    return ("import_id" if field_name == "request_id" else field_name), reason
+    ``import_id``, and a record of the import it names (an import id the file
+    repeats past the ``REMEMBERED`` records, which the service settles) is the line
+    it starts on: ``lines`` holds those of the first records, ``chunk_lines`` those of
+    the message whose first record is ``first``."""
+
+    def line_of(found: re.Match[str]) -> str:
+        index = int(found.group(1))
+        if index < len(lines):
+            return f"the record on line {lines[index]}"
+        if first <= index < first + len(chunk_lines):
+            return f"the record on line {chunk_lines[index - first]}"
+        return found.group()
+
+    return ("import_id" if field_name == "request_id" else field_name), _EARLIER_RECORD.sub(
+        line_of, reason
+    )
 
 
 def _merged(a: str, b: str) -> str:
