@@ -9,7 +9,7 @@ from importlib.resources import files
 from typing import Any
 
 from fpdf import FPDF
-from fpdf.enums import XPos, YPos
+from fpdf.enums import MethodReturnValue, XPos, YPos
 from fpdf.fonts import FontFace
 
 from services.packets import timeline
@@ -72,6 +72,11 @@ def _para(
     pdf.set_font(FONT, "", 8)
 
 
+ROW_LINES = 50
+"""Lines of text a table row holds at most (190 mm, of a page's 267): fpdf2 breaks a
+table between rows only, and refuses a row taller than a page."""
+
+
 def _table(pdf: FPDF, widths: tuple[float, ...], rows: list[list[Any]]) -> None:
     """Rows of cells: a string, or (string, FontFace) for a cell of its own style."""
     pdf.set_font(FONT, "", 7.5)
@@ -82,14 +87,39 @@ def _table(pdf: FPDF, widths: tuple[float, ...], rows: list[list[Any]]) -> None:
         padding=1,
         headings_style=FontFace(emphasis="BOLD", fill_color=(245, 245, 245)),
     ) as table:
-        for values in rows:
-            row = table.row()
-            for value in values:
-                if isinstance(value, tuple):
-                    row.cell(value[0], style=value[1])
-                else:
-                    row.cell(str(value))
+        for i, values in enumerate(rows):
+            # The headings are one row, repeated on each page; only a body row is split.
+            for part in [values] if i == 0 else _rows_that_fit(pdf, widths, values):
+                row = table.row()
+                for value in part:
+                    if isinstance(value, tuple):
+                        row.cell(value[0], style=value[1])
+                    else:
+                        row.cell(str(value))
     pdf.set_font(FONT, "", 8)
+
+
+def _rows_that_fit(pdf: FPDF, widths: tuple[float, ...], values: list[Any]) -> list[list[Any]]:
+    """``values`` as one row, or, when a cell runs over ``ROW_LINES`` lines (a consent
+    text of 8,192 characters, an opt-out's words of 16,384), as rows of at most that
+    many lines each, the rest of each long cell going on in the rows below it: a row
+    taller than a page made the whole PDF fail. Measured a little narrower than the
+    cell, and in bold, so that each line still fits the cell on its own."""
+    pdf.set_font(FONT, "B", 7.5)
+    parts: list[list[Any]] = []
+    for width, value in zip(widths, values, strict=True):
+        text, style = value if isinstance(value, tuple) else (str(value), None)
+        lines = pdf.multi_cell(width - 4, 3.8, text, dry_run=True, output=MethodReturnValue.LINES)
+        assert isinstance(lines, list)
+        if len(lines) <= ROW_LINES:
+            parts.append([value])
+            continue
+        pieces = ["\n".join(lines[i : i + ROW_LINES]) for i in range(0, len(lines), ROW_LINES)]
+        parts.append([(p, style) if style is not None else p for p in pieces])
+    pdf.set_font(FONT, "", 7.5)
+    if all(len(p) == 1 for p in parts):
+        return [values]
+    return [[p[i] if i < len(p) else "" for p in parts] for i in range(max(len(p) for p in parts))]
 
 
 MISSING = FontFace(emphasis="BOLD", color=RED)

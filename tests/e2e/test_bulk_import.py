@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
+import pypdf
 import pytest
 from consent.v1 import consent_service_pb2 as api
 
@@ -895,3 +897,49 @@ async def test_a_large_file_is_read_in_memory_that_does_not_grow_with_it(service
     ) in out, out
     # 98,000 records more: 16 MB more when each was kept, nothing now
     assert rss - rss_small < 8 * 1024, (rss_small, rss)
+
+
+async def test_the_proof_of_an_import_with_the_longest_words_allowed_exports_as_a_pdf(
+    service, tmp_path
+):
+    """An export's opt-in whose consent text is as long as the import takes (8,192
+    characters: a platform's whole terms), then its opt-out with words as long as
+    they may be (16,384): the PDF of the proof failed (INTERNAL), as a table row of
+    the packet taller than a page cannot be drawn, while the JSON was whole. Each
+    text now goes on over rows and pages, all of it there to read."""
+    runtime, when = service
+    number = "+14155558190"
+    terms = " ".join(f"term{i:04d}" for i in range(910))  # 8,189 characters
+    words = " ".join(f"stop{i:05d}" for i in range(1638))  # 16,379
+    opted_in = iso(when - timedelta(days=40))
+    rows = [
+        {"type": "opt_in", "import_id": "long-in", "phone": number, "brand": "acme",
+         "campaign": "promo", "occurred_at": opted_in, "tier": "promotional",
+         "method": "web_form", "proof.registered_at": opted_in,
+         **{**PROOF, "proof.consent_text": terms}},
+        {"type": "opt_out", "import_id": "long-out", "phone": number, "brand": "acme",
+         "campaign": "promo", "occurred_at": iso(when - timedelta(days=1)),
+         "channel": "free_text", "text": words},
+    ]  # fmt: skip
+    export = tmp_path / "long.jsonl"
+    export.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = await import_cli(str(export), "--address", runtime.address,
+                                      token=TOKENS["acme-app"][0])  # fmt: skip
+    assert code == 0 and "imported 2 of 2 records" in out, out + err
+
+    async with client(runtime.address, "acme-app") as c:
+        answer = await c.GetProofPacket(
+            api.GetProofPacketRequest(
+                phone=number, brand="acme", campaign="promo",
+                format=api.PACKET_FORMAT_PDF, at_least_as_fresh=token_of(out),
+            ),
+            timeout=60,
+        )  # fmt: skip
+
+    reader = pypdf.PdfReader(io.BytesIO(answer.document))
+    text = "\n".join(page.extract_text() for page in reader.pages)
+    opt_ins = text.split("Opt-ins and their proof", 1)[1].split("Messages sent", 1)[0]
+    opt_outs = text.split("Opt-outs and how they were handled", 1)[1]
+    # Every word of each, in order (page footers and repeated headings between).
+    assert re.findall(r"term\d{4}", opt_ins) == terms.split()
+    assert re.findall(r"stop\d{5}", opt_outs) == words.split()
