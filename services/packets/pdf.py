@@ -1,7 +1,8 @@
 """The packet as a PDF for people (``fpdf2``, pure Python): the same sections as the
 HTML page, and the timeline drawn with the PDF's own lines and circles from the
-layout the SVG uses. DejaVu Sans is embedded, so any name or text shows the same
-on every machine."""
+layout the SVG uses. DejaVu Sans is embedded, so a name or text shows the same on
+every machine; a character it has no glyph for (Chinese, Japanese, Korean) is
+written as its code point, ``<U+674E>``, never left out."""
 
 from __future__ import annotations
 
@@ -42,6 +43,19 @@ class _Document(FPDF):
         self.add_font(FONT, "B", str(fonts / "DejaVuSans-Bold.ttf"))
         self.set_margins(MARGIN, MARGIN, MARGIN)
         self.set_auto_page_break(True, margin=MARGIN)
+
+    def normalize_text(self, text: str) -> str:
+        """``text`` with each character the embedded font cannot draw written as its
+        code point (``<U+674E>``): DejaVu Sans has no Chinese, Japanese or Korean, and
+        such a name was drawn as nothing, a proof of opt-in with its name left blank."""
+        font = self.current_font
+        if font is not None and hasattr(font, "cmap"):
+            cmap = font.cmap
+            if not all(ord(c) in cmap or c < " " for c in text):
+                text = "".join(
+                    c if ord(c) in cmap or c < " " else f"<U+{ord(c):04X}>" for c in text
+                )
+        return super().normalize_text(text)
 
     def footer(self) -> None:
         self.set_y(-10)

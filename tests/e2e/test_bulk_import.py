@@ -943,3 +943,36 @@ async def test_the_proof_of_an_import_with_the_longest_words_allowed_exports_as_
     # Every word of each, in order (page footers and repeated headings between).
     assert re.findall(r"term\d{4}", opt_ins) == terms.split()
     assert re.findall(r"stop\d{5}", opt_outs) == words.split()
+
+
+async def test_a_name_the_pdf_font_cannot_draw_is_shown_by_its_code_points(service, tmp_path):
+    """An export's opt-in from a form where the person wrote their name in Chinese:
+    the PDF's font (DejaVu Sans) has no glyph for it, and the proof's name was
+    drawn as nothing, a proof of opt-in with the name left blank. Each such
+    character is now written as its code point; the JSON keeps the text itself."""
+    runtime, when = service
+    number, name = "+14155558191", "李小龙 (Bruce Lee)"
+    opted_in = iso(when - timedelta(days=40))
+    row = {"type": "opt_in", "import_id": "cjk-name", "phone": number, "brand": "acme",
+           "campaign": "promo", "occurred_at": opted_in, "tier": "promotional",
+           "method": "web_form", "proof.registered_at": opted_in,
+           **{**PROOF, "proof.name": name}}  # fmt: skip
+    export = tmp_path / "names.jsonl"
+    export.write_text(json.dumps(row) + "\n")
+    code, out, err = await import_cli(str(export), "--address", runtime.address,
+                                      token=TOKENS["acme-app"][0])  # fmt: skip
+    assert code == 0, out + err
+
+    async with client(runtime.address, "acme-app") as c:
+        answer = await c.GetProofPacket(
+            api.GetProofPacketRequest(
+                phone=number, brand="acme", campaign="promo",
+                format=api.PACKET_FORMAT_PDF, at_least_as_fresh=token_of(out),
+            ),
+            timeout=60,
+        )  # fmt: skip
+
+    text = "\n".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(answer.document)).pages)
+    assert "<U+674E><U+5C0F><U+9F99> (Bruce Lee)" in text, text[:2000]
+    template = answer.packet["opt_ins"][0]["template"]
+    assert {t["key"]: t["value"] for t in template}["name"] == name
