@@ -668,7 +668,7 @@ def _opt_in(cmd: RecordOptIn, now: datetime) -> list[LedgerEvent]:
         )
     return [
         ConsentGranted(
-            **_subscriber(cmd),
+            **{**_subscriber(cmd), "occurred_at": consent_time(cmd.occurred_at, now)},
             campaign=check_name(cmd.campaign, "campaign"),
             tier=cmd.tier,
             method=cmd.method,
@@ -676,6 +676,15 @@ def _opt_in(cmd: RecordOptIn, now: datetime) -> list[LedgerEvent]:
             source=cmd.source,
         )
     ]
+
+
+def consent_time(occurred_at: datetime, now: datetime) -> datetime:
+    """When a consent (an opt-in, a START) takes its place in world order: when it was
+    given, or now if that is later. A time ahead of the service's clock (a client's
+    clock ahead, within ``MAX_CLOCK_SKEW``) would otherwise outrank an opt-out made,
+    and acknowledged, after the consent was recorded: a consent cannot have been given
+    after the ledger held it. Opt-outs keep their time: ahead, they only deny."""
+    return min(occurred_at, now)
 
 
 def _with_region(proof: ConsentProof) -> ConsentProof:
@@ -1099,7 +1108,7 @@ def handle_inbound(
             **outcome,
         )
     if intent is Intent.OPT_IN:
-        return _resume(cmd, events, phone, brand, name, state, outcome)
+        return _resume(cmd, events, phone, brand, name, state, outcome, now)
     if intent is Intent.HELP:
         return InboundOutcome(
             events, reply=ReplyKind.HELP, required_content=HELP_CONTENT, **outcome
@@ -1125,6 +1134,7 @@ def _resume(
     name: str,
     state: SubscriberState,
     outcome: dict[str, Any],
+    now: datetime,
 ) -> InboundOutcome:
     """START/UNSTOP/YES: resume the campaign whose number received it, and only it.
 
@@ -1138,7 +1148,7 @@ def _resume(
     ``state``: the opt-in confirmation is owed when there is a grant to resume."""
     events.append(
         ConsentResumed(
-            **_base(cmd, 1, cmd.occurred_at, brand),
+            **_base(cmd, 1, consent_time(cmd.occurred_at, now), brand),
             phone=phone,
             brand=brand,
             campaign=name,

@@ -202,6 +202,16 @@ def stop_at(request_id, occurred_at):
     return RecordOptOut(request_id, PHONE, BRAND, "promo", RevocationChannel.API, occurred_at)
 
 
+def test_an_opt_in_stamped_ahead_of_the_clock_takes_its_place_now():
+    """A consent cannot have been given after the ledger held it: one stamped ahead
+    (within the skew allowed) would outrank an opt-out made after it was recorded."""
+    ahead = NOW + timedelta(minutes=4)
+    (granted_now,) = to_events(opt_in(occurred_at=ahead, proof=proof(ahead)), NOW)
+    assert granted_now.occurred_at == NOW and granted_now.proof.registered_at == ahead
+    (stop,) = to_events(stop_at("req-2", ahead), NOW)
+    assert stop.occurred_at == ahead  # an opt-out ahead only denies longer
+
+
 def test_a_timestamp_in_the_future_beyond_the_skew_is_refused():
     def stop(occurred_at):
         return RecordOptOut("req-2", PHONE, BRAND, "promo", RevocationChannel.API, occurred_at)

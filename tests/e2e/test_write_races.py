@@ -1,0 +1,110 @@
+"""An opt-in and an opt-out of one number, through the real gRPC server on the real
+Kafka ledger and PostgreSQL: whatever order and timing they come in, once both are
+acknowledged no check allows a send that the ledger's record cannot defend."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+import pytest
+from consent.v1 import consent_service_pb2 as api
+
+from ledger.ports import ConsistencyToken
+from services.bootstrap import Runtime
+from tests.builders import proof_proto as proof
+from tests.e2e.harness import (
+    client,
+    define,
+    kafka_settings,
+    opt_in,
+    opt_out,
+    service_settings,
+    ts,
+)
+from tests.e2e.test_consistency import noon_in_los_angeles
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+NUMBER = "+12125550177"
+
+
+@pytest.fixture
+async def service(tmp_path, postgres_dsn, kafka_bootstrap):
+    """A service whose clock reads noon in Los Angeles (no quiet hours), with acme's
+    campaign "promo" sending from ``NUMBER``."""
+    when = noon_in_los_angeles()
+    prefix = f"races-{uuid.uuid4().hex[:8]}."
+    settings = service_settings(
+        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
+    )
+    runtime = Runtime(settings, clock=lambda: when)
+    await runtime.start()
+    try:
+        async with client(runtime.address) as admin:
+            w = await admin.DefineCampaign(
+                define("acme", "promo", when - timedelta(days=1), [NUMBER])
+            )
+            assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
+        yield runtime, when
+    finally:
+        await runtime.stop()
+
+
+def token(*writes) -> str:
+    merged = ConsistencyToken.decode(writes[0].consistency_token)
+    for w in writes[1:]:
+        merged = merged.merge(ConsistencyToken.decode(w.consistency_token))
+    return merged.encode()
+
+
+async def allowed(c, phone: str, fresh: str) -> list[bool]:
+    """The unary and the batch check's answers for ``phone``, at least as fresh as
+    ``fresh``."""
+    one = await c.CanSend(
+        api.CanSendRequest(phone=phone, brand="acme", campaign="promo", at_least_as_fresh=fresh)
+    )
+    batch = await c.CanSendBatch(
+        api.CanSendBatchRequest(
+            brand="acme", campaign="promo", phones=[phone], at_least_as_fresh=fresh
+        )
+    )
+    return [one.allowed, batch.decisions[0].allowed]
+
+
+def texted(phone: str, body: str, at: datetime) -> api.HandleInboundMessageRequest:
+    """A text from ``phone`` to the campaign's number."""
+    return api.HandleInboundMessageRequest(
+        request_id=uuid.uuid4().hex,
+        from_phone=phone,
+        to_phone=NUMBER,
+        body=body,
+        message_id=f"SM{uuid.uuid4().hex[:12]}",
+        occurred_at=ts(at),
+    )
+
+
+async def test_a_consent_stamped_ahead_of_the_clock_does_not_outrank_a_later_opt_out(service):
+    """A client whose clock runs ahead records an opt-in (or a START) stamped minutes
+    after now, within the skew allowed; the person opts out a second later, and that
+    is acknowledged after the consent. The consent outranked the opt-out in world
+    order, so every check allowed: the ledger itself shows the consent held before
+    the opt-out came. A consent now takes its place when it was recorded."""
+    runtime, when = service
+    ahead = when + timedelta(minutes=4)
+    async with client(runtime.address, "acme-app") as c:
+        phone = "+14155550171"
+        granted = await c.RecordOptIn(opt_in(phone, "acme", "promo", ahead, proof=proof(ahead)))
+        assert await allowed(c, phone, granted.consistency_token) == [True, True]
+        stopped = await c.RecordOptOut(opt_out(phone, "acme", "promo", when + timedelta(seconds=1)))
+        assert await allowed(c, phone, token(granted, stopped)) == [False, False]
+
+        # The same through a START stamped ahead, after an earlier opt-out.
+        phone = "+14155550172"
+        hour_ago = when - timedelta(hours=1)
+        first = await c.RecordOptIn(opt_in(phone, "acme", "promo", hour_ago))
+        await c.RecordOptOut(opt_out(phone, "acme", "promo", hour_ago + timedelta(minutes=1)))
+        resumed = await c.HandleInboundMessage(texted(phone, "START", ahead))
+        assert await allowed(c, phone, token(first, resumed)) == [True, True]
+        stopped = await c.RecordOptOut(opt_out(phone, "acme", "promo", when + timedelta(seconds=1)))
+        assert await allowed(c, phone, token(first, resumed, stopped)) == [False, False]
