@@ -4,6 +4,7 @@ acknowledged no check allows a send that the ledger's record cannot defend."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timedelta
 
@@ -108,3 +109,33 @@ async def test_a_consent_stamped_ahead_of_the_clock_does_not_outrank_a_later_opt
         assert await allowed(c, phone, token(first, resumed)) == [True, True]
         stopped = await c.RecordOptOut(opt_out(phone, "acme", "promo", when + timedelta(seconds=1)))
         assert await allowed(c, phone, token(first, resumed, stopped)) == [False, False]
+
+
+@pytest.mark.parametrize(
+    "apart",
+    [timedelta(0), timedelta(milliseconds=1)],
+    ids=["the-same-instant", "the-opt-out-a-millisecond-later"],
+)
+async def test_an_opt_in_and_an_opt_out_sent_at_once_never_leave_a_number_allowed(service, apart):
+    """Thirty numbers, each sent an opt-in and an opt-out at once (the opt-out at
+    the same instant, or a millisecond after; of the campaign, of the whole brand,
+    or a STOP texted to the campaign's number): whichever the ledger takes first,
+    once both are acknowledged neither check allows any of them."""
+    runtime, when = service
+    at = when - timedelta(minutes=10)
+    async with client(runtime.address, "acme-app") as c:
+        stops = [
+            lambda phone: c.RecordOptOut(opt_out(phone, "acme", "promo", at + apart)),
+            lambda phone: c.RecordOptOut(opt_out(phone, "acme", None, at + apart)),
+            lambda phone: c.HandleInboundMessage(texted(phone, "STOP", at + apart)),
+        ]
+
+        async def race(i: int) -> tuple[str, list[bool]]:
+            phone = f"+1415555{i:04d}"
+            written = await asyncio.gather(
+                c.RecordOptIn(opt_in(phone, "acme", "promo", at)), stops[i % 3](phone)
+            )
+            return phone, await allowed(c, phone, token(*written))
+
+        answers = await asyncio.gather(*(race(3000 + i) for i in range(30)))
+    assert [(phone, a) for phone, a in answers if any(a)] == []
