@@ -10,6 +10,9 @@ without one would be read in some zone the file does not say.
 A record without ``import_id`` gets one from its content (``derived_import_id``):
 the same record in the same export has the same id on every run, so running the
 import again writes nothing new, and a record whose content changed is a new fact.
+Its number is read as E.164 first (``+1 (415) 555-2671`` is ``+14155552671``), as
+its enumerations and times are read into their values: the same consent written
+another way, in one export or the next, is the same record.
 
 What cannot be read is a ``Unreadable`` naming its line, field and why; the
 service never sees it, and the rest of the file goes on.
@@ -32,7 +35,8 @@ from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.commands import TEXT_LIMITS, check_length
-from ledger.errors import InvalidRequest
+from ledger.errors import DomainError, InvalidRequest
+from ledger.phone import to_e164
 
 FORMATS = ("csv", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
@@ -282,8 +286,28 @@ def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:
     except _Bad as bad:
         return Unreadable(line, bad.field, bad.reason)
     # Set on the record's own copy of the request (the constructor copied it in).
-    getattr(record, kind).request_id = fields.get("import_id") or derived_import_id(record)
+    request = getattr(record, kind)
+    if "import_id" in fields:
+        request.request_id = fields["import_id"]
+    else:
+        request.phone = _e164_or_as_given(request.phone)
+        request.request_id = derived_import_id(record)
     return Read(line, record)
+
+
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+
+
+def _e164_or_as_given(phone: str) -> str:
+    """``phone`` in E.164 when it is a valid number written another way, else as
+    written (the service refuses it, in its own words). One already in E.164's form
+    is not parsed again: most exports write every number so."""
+    if _E164.fullmatch(phone):
+        return phone
+    try:
+        return to_e164(phone)
+    except DomainError:
+        return phone
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

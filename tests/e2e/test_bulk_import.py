@@ -976,3 +976,41 @@ async def test_a_name_the_pdf_font_cannot_draw_is_shown_by_its_code_points(servi
     assert "<U+674E><U+5C0F><U+9F99> (Bruce Lee)" in text, text[:2000]
     template = answer.packet["opt_ins"][0]["template"]
     assert {t["key"]: t["value"] for t in template}["name"] == name
+
+
+async def test_a_consent_written_two_ways_without_an_import_id_is_recorded_once(service, tmp_path):
+    """One opt-in, its number written "+14155554950" on one line and "+1 (415)
+    555-4950" on the next (a merged export), and again "+1.415.555.4950" in a later
+    file: without an import id, each spelling got an id of its own, and the number's
+    history and proof held the same consent two and three times. The number is read
+    as E.164 before the id is derived from the record, as its times and
+    enumerations are."""
+    runtime, when = service
+    at = iso(when - timedelta(days=9))
+    record = {"type": "opt_in", "brand": "acme", "campaign": "promo", "occurred_at": at,
+              "tier": "promotional", "method": "web_form", "proof.registered_at": at,
+              **PROOF}  # fmt: skip
+    merged, later = tmp_path / "merged.jsonl", tmp_path / "later.jsonl"
+    merged.write_text(
+        json.dumps({**record, "phone": "+14155554950"})
+        + "\n"
+        + json.dumps({**record, "phone": "+1 (415) 555-4950"})
+        + "\n"
+    )
+    later.write_text(json.dumps({**record, "phone": "+1.415.555.4950"}) + "\n")
+    acme = TOKENS["acme-app"][0]
+
+    code, out, err = await import_cli(str(merged), "--address", runtime.address, token=acme)
+    code_later, out_later, err_later = await import_cli(
+        str(later), "--address", runtime.address, token=acme
+    )
+
+    assert code == 0 and "imported 1 of 2 records" in out and "present: 1" in out, out + err
+    assert code_later == 0 and "imported 0 of 1 records" in out_later, out_later + err_later
+    async with client(runtime.address, "acme-app") as c:
+        history = await c.ListEvents(
+            api.ListEventsRequest(
+                phone="+14155554950", brand="acme", at_least_as_fresh=token_of(out)
+            )
+        )
+    assert [e.event.event_type for e in history.events] == ["ConsentGranted"]
