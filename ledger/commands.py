@@ -679,11 +679,12 @@ def _opt_in(cmd: RecordOptIn, now: datetime) -> list[LedgerEvent]:
 
 
 def consent_time(occurred_at: datetime, now: datetime) -> datetime:
-    """When a consent (an opt-in, a START) takes its place in world order: when it was
-    given, or now if that is later. A time ahead of the service's clock (a client's
-    clock ahead, within ``MAX_CLOCK_SKEW``) would otherwise outrank an opt-out made,
-    and acknowledged, after the consent was recorded: a consent cannot have been given
-    after the ledger held it. Opt-outs keep their time: ahead, they only deny."""
+    """When a fact of consent (an opt-in, an opt-out, a text and what it means) takes
+    its place in world order: when it happened, or now if that is later. It cannot
+    have happened after the ledger held it, and a time ahead of the service's clock (a
+    client's clock ahead, within ``MAX_CLOCK_SKEW``) would misplace it: a consent
+    ahead outranked an opt-out acknowledged after it, and an opt-out ahead had its
+    one confirmation refused, and a START texted after it outranked, until its time."""
     return min(occurred_at, now)
 
 
@@ -720,7 +721,7 @@ def _opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:
     check_length(cmd.in_reply_to, "in_reply_to")
     return [
         ConsentRevoked(
-            **_subscriber(cmd),
+            **{**_subscriber(cmd), "occurred_at": consent_time(cmd.occurred_at, now)},
             campaign=None if cmd.campaign is None else check_name(cmd.campaign, "campaign"),
             channel=cmd.channel,
             text=cmd.text,
@@ -1074,7 +1075,7 @@ def handle_inbound(
     check_length(cmd.message_id, "message_id")
     check_length(cmd.body, "body")
     phone = to_e164(cmd.from_phone, field="from_phone")
-    brand, name, at = campaign.brand, campaign.campaign, cmd.occurred_at
+    brand, name, at = campaign.brand, campaign.campaign, consent_time(cmd.occurred_at, now)
     intent = classify(cmd.body)
     events: list[LedgerEvent] = [
         InboundMessageReceived(
@@ -1108,7 +1109,7 @@ def handle_inbound(
             **outcome,
         )
     if intent is Intent.OPT_IN:
-        return _resume(cmd, events, phone, brand, name, state, outcome, now)
+        return _resume(cmd, events, phone, brand, name, state, outcome, at)
     if intent is Intent.HELP:
         return InboundOutcome(
             events, reply=ReplyKind.HELP, required_content=HELP_CONTENT, **outcome
@@ -1134,7 +1135,7 @@ def _resume(
     name: str,
     state: SubscriberState,
     outcome: dict[str, Any],
-    now: datetime,
+    at: datetime,
 ) -> InboundOutcome:
     """START/UNSTOP/YES: resume the campaign whose number received it, and only it.
 
@@ -1148,7 +1149,7 @@ def _resume(
     ``state``: the opt-in confirmation is owed when there is a grant to resume."""
     events.append(
         ConsentResumed(
-            **_base(cmd, 1, consent_time(cmd.occurred_at, now), brand),
+            **_base(cmd, 1, at, brand),
             phone=phone,
             brand=brand,
             campaign=name,
@@ -1186,7 +1187,7 @@ def unattributed_opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:
     assert isinstance(revoked, ConsentRevoked)
     return [
         RevocationCandidateFlagged(
-            **_base(cmd, 0, cmd.occurred_at, cmd.brand),
+            **_base(cmd, 0, revoked.occurred_at, cmd.brand),
             phone=revoked.phone,
             brand=revoked.brand,
             inbound_message_id=cmd.in_reply_to,
@@ -1215,7 +1216,7 @@ def handle_unowned_inbound(
     intent = classify(cmd.body)
     if intent not in (Intent.OPT_OUT, Intent.OPT_OUT_BRAND_WIDE, Intent.REVOCATION_CANDIDATE):
         return None
-    at = cmd.occurred_at
+    at = consent_time(cmd.occurred_at, now)
     events: list[LedgerEvent] = [
         InboundMessageReceived(
             **_base(cmd, 0, at, brand),

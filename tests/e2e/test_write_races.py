@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 import pytest
 from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
 
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
@@ -23,7 +24,7 @@ from tests.e2e.harness import (
     service_settings,
     ts,
 )
-from tests.e2e.test_consistency import noon_in_los_angeles
+from tests.e2e.test_lifecycle import Clock
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -32,22 +33,22 @@ NUMBER = "+12125550177"
 
 @pytest.fixture
 async def service(tmp_path, postgres_dsn, kafka_bootstrap):
-    """A service whose clock reads noon in Los Angeles (no quiet hours), with acme's
-    campaign "promo" sending from ``NUMBER``."""
-    when = noon_in_los_angeles()
+    """A service whose clock reads noon in Los Angeles (no quiet hours) until a test
+    moves it, with acme's campaign "promo" sending from ``NUMBER``."""
+    clock = Clock()
     prefix = f"races-{uuid.uuid4().hex[:8]}."
     settings = service_settings(
         tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
     )
-    runtime = Runtime(settings, clock=lambda: when)
+    runtime = Runtime(settings, clock=clock)
     await runtime.start()
     try:
         async with client(runtime.address) as admin:
             w = await admin.DefineCampaign(
-                define("acme", "promo", when - timedelta(days=1), [NUMBER])
+                define("acme", "promo", clock.now - timedelta(days=1), [NUMBER])
             )
             assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
-        yield runtime, when
+        yield runtime, clock
     finally:
         await runtime.stop()
 
@@ -91,7 +92,8 @@ async def test_a_consent_stamped_ahead_of_the_clock_does_not_outrank_a_later_opt
     is acknowledged after the consent. The consent outranked the opt-out in world
     order, so every check allowed: the ledger itself shows the consent held before
     the opt-out came. A consent now takes its place when it was recorded."""
-    runtime, when = service
+    runtime, clock = service
+    when = clock.now
     ahead = when + timedelta(minutes=4)
     async with client(runtime.address, "acme-app") as c:
         phone = "+14155550171"
@@ -121,8 +123,8 @@ async def test_an_opt_in_and_an_opt_out_sent_at_once_never_leave_a_number_allowe
     the same instant, or a millisecond after; of the campaign, of the whole brand,
     or a STOP texted to the campaign's number): whichever the ledger takes first,
     once both are acknowledged neither check allows any of them."""
-    runtime, when = service
-    at = when - timedelta(minutes=10)
+    runtime, clock = service
+    at = clock.now - timedelta(minutes=10)
     async with client(runtime.address, "acme-app") as c:
         stops = [
             lambda phone: c.RecordOptOut(opt_out(phone, "acme", "promo", at + apart)),
@@ -139,3 +141,33 @@ async def test_an_opt_in_and_an_opt_out_sent_at_once_never_leave_a_number_allowe
 
         answers = await asyncio.gather(*(race(3000 + i) for i in range(30)))
     assert [(phone, a) for phone, a in answers if any(a)] == []
+
+
+async def test_an_opt_out_texted_ahead_of_the_clock_is_confirmed_and_resumed_at_once(service):
+    """A gateway whose clock runs ahead passes on a STOP: its one confirmation was
+    refused ("the confirmation window ... has passed") until the STOP's time came,
+    and a START the person texted a second later was outranked by it, leaving the
+    number stopped. The text's facts now take their place when they are recorded."""
+    runtime, clock = service
+    when = clock.now
+    async with client(runtime.address, "acme-app") as c:
+        phone = "+14155550173"
+        granted = await c.RecordOptIn(opt_in(phone, "acme", "promo", when - timedelta(hours=1)))
+        stopped = await c.HandleInboundMessage(texted(phone, "STOP", when + timedelta(minutes=2)))
+        confirmation = await c.CanSend(
+            api.CanSendRequest(
+                phone=phone,
+                brand="acme",
+                campaign="promo",
+                message_kind=lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION,
+                at_least_as_fresh=token(granted, stopped),
+            )
+        )
+        assert confirmation.allowed, confirmation.detail
+        assert await allowed(c, phone, token(granted, stopped)) == [False, False]
+
+        clock.now = when + timedelta(seconds=1)
+        started = await c.HandleInboundMessage(
+            texted(phone, "START", when + timedelta(minutes=2, seconds=1))
+        )
+        assert await allowed(c, phone, token(granted, stopped, started)) == [True, True]

@@ -208,8 +208,6 @@ def test_an_opt_in_stamped_ahead_of_the_clock_takes_its_place_now():
     ahead = NOW + timedelta(minutes=4)
     (granted_now,) = to_events(opt_in(occurred_at=ahead, proof=proof(ahead)), NOW)
     assert granted_now.occurred_at == NOW and granted_now.proof.registered_at == ahead
-    (stop,) = to_events(stop_at("req-2", ahead), NOW)
-    assert stop.occurred_at == ahead  # an opt-out ahead only denies longer
 
 
 def test_a_timestamp_in_the_future_beyond_the_skew_is_refused():
@@ -342,6 +340,20 @@ def test_inbound_stop_records_the_message_and_a_campaign_revocation():
     assert [type(e) for e in out.events] == [InboundMessageReceived, ConsentRevoked]
     assert out.events[1].campaign == "promo" and out.events[1].in_reply_to == "SM1"
     assert out.reply == ReplyKind.OPT_OUT_CONFIRMATION
+
+
+def test_an_opt_out_or_a_text_stamped_ahead_of_the_clock_takes_its_place_now():
+    """Ahead, an opt-out had its one confirmation refused until its time came, and a
+    START texted after it was outranked; a text's facts keep one time."""
+    ahead = NOW + timedelta(minutes=4)
+    (stop,) = to_events(stop_at("req-2", ahead), NOW)
+    assert stop.occurred_at == NOW
+    text = replace(_inbound("STOP"), occurred_at=ahead)
+    out = handle_inbound(text, campaign(), fold(record([granted(at(0))])), NOW)
+    assert [e.occurred_at for e in out.events] == [NOW, NOW]
+    earlier = replace(_inbound("START"), occurred_at=NOW - timedelta(minutes=1))
+    out = handle_inbound(earlier, campaign(), fold([]), NOW)
+    assert [e.occurred_at for e in out.events] == [earlier.occurred_at] * 2
 
 
 def test_inbound_stopall_revokes_brand_wide():
