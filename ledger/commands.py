@@ -1199,6 +1199,57 @@ def unattributed_opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:
     ]
 
 
+@dataclass(frozen=True)
+class HoldRefusedOptOut:
+    """Keep an opt-out that an import refused for its details (no channel, a bad time,
+    an import id taken by another record) as a candidate for review: a wrong allow
+    costs far more than a wrong deny, so its number is denied until someone resolves
+    it, as a ``RecordOptOut`` of an undefined campaign is.
+
+    ``record`` is a digest of everything the refused record said: with its import id
+    and brand it names the hold, so a re-run of the same file holds it once."""
+
+    import_id: str
+    phone: str
+    brand: str
+    record: str
+    campaign: str | None = None
+
+    @property
+    def request_id(self) -> str:
+        """The hold's own id, apart from the record's import id (which another record
+        may hold), derived from the record as an import id is from its content."""
+        said = f"{self.brand}\0{self.import_id}\0{self.record}".encode()
+        return f"held-{hashlib.sha256(said).hexdigest()[:32]}"
+
+
+HELD_FOR_REVIEW = (
+    "held for review: the number is denied for the brand until someone resolves it "
+    "(ListRevocationCandidates, ResolveRevocationCandidate)"
+)
+"""What a refusal of a held opt-out adds to its reason."""
+
+
+def held_opt_out(cmd: HoldRefusedOptOut, refused: str, now: datetime) -> list[LedgerEvent]:
+    """The candidate that keeps ``cmd``, flagged ``now`` (the record's own time may be
+    what was wrong with it); ``refused`` says why the record was refused. Raises
+    ``InvalidRequest`` when its number or brand cannot be read: nothing to hold."""
+    brand = check_name(cmd.brand, "brand")
+    phone = to_e164(cmd.phone)
+    campaign = cmd.campaign if cmd.campaign is not None and is_name(cmd.campaign) else None
+    text = f"opt-out {cmd.import_id!r} refused at import ({refused})"
+    return [
+        RevocationCandidateFlagged(
+            **_base(cmd, 0, now, brand),
+            phone=phone,
+            brand=brand,
+            inbound_message_id="",
+            text=text[: TEXT_LIMITS["text"]],
+            campaign=campaign,
+        )
+    ]
+
+
 def handle_unowned_inbound(
     cmd: HandleInboundMessage, brand: str, now: datetime
 ) -> InboundOutcome | None:

@@ -14,8 +14,10 @@ Its number is read as E.164 first (``+1 (415) 555-2671`` is ``+14155552671``), a
 its enumerations and times are read into their values: the same consent written
 another way, in one export or the next, is the same record.
 
-What cannot be read is a ``Unreadable`` naming its line, field and why; the
-service never sees it, and the rest of the file goes on.
+What cannot be read is a ``Unreadable`` naming its line, field and why, and the
+rest of the file goes on. Of an opt-out, what can be read (its number, brand and
+campaign) is still sent (``Unreadable.held``), for the service to hold for review:
+an opt-out refused must not leave its number open to texts.
 """
 
 from __future__ import annotations
@@ -93,6 +95,9 @@ class Unreadable:
     line: int
     field: str
     reason: str
+    held: api.ImportRecord | None = None
+    """Of an opt-out, what can be read of it, with no channel or time: the service
+    refuses it and holds its number for review (``ImportConsents``)."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,31 @@ def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:
     kind = fields.get("type", "").strip().lower().replace("-", "_")
     if kind not in ("opt_in", "opt_out"):
         return Unreadable(line, "type", "must be opt_in or opt_out")
+    read = _parse(kind, fields, line)
+    if isinstance(read, Unreadable) and kind == "opt_out":
+        return Unreadable(read.line, read.field, read.reason, _held(fields))
+    return read
+
+
+def _held(fields: dict[str, str]) -> api.ImportRecord | None:
+    """What the service may hold of an opt-out that cannot be read: its number,
+    brand and campaign, under its import id or one derived from all it said (the
+    same on every run). Without a channel or a time it is refused, and held. None
+    when its number or brand is not text of a sane length: nothing to hold."""
+    plain = {k: v for k, v in fields.items() if len(v) <= VALUE_LIMIT and not _SURROGATE.search(v)}
+    if "phone" not in plain or "brand" not in plain:
+        return None
+    request = api.RecordOptOutRequest(phone=_e164_or_as_given(plain["phone"]), brand=plain["brand"])
+    if "campaign" in plain:
+        request.campaign = plain["campaign"]
+    said = json.dumps(sorted(fields.items())).encode()  # lone surrogates escaped
+    request.request_id = plain.get("import_id") or (
+        f"import-{hashlib.sha256(said).hexdigest()[:32]}"
+    )
+    return api.ImportRecord(opt_out=request)
+
+
+def _parse(kind: str, fields: dict[str, str], line: int) -> Read | Unreadable:
     own, other = (
         (OPT_IN_FIELDS, OPT_OUT_FIELDS) if kind == "opt_in" else (OPT_OUT_FIELDS, OPT_IN_FIELDS)
     )

@@ -55,7 +55,11 @@ fields:
 
 The campaigns must be defined first (DefineCampaign); an opt-in must carry the
 proof its method and its campaign require. An opt-out of a campaign that is not
-defined is kept for review and denies meanwhile, as RecordOptOut does."""
+defined is kept for review and denies meanwhile, as RecordOptOut does. An opt-out
+refused for its details (no channel, a bad time, an import id another record
+holds) whose phone and brand can be read is refused and held for review: its
+number is denied for the brand until someone resolves it, and the summary says
+so; opt-ins refused are only refused."""
 
 EPILOG = """\
 connection:
@@ -272,6 +276,8 @@ def _run(args: argparse.Namespace) -> int:
     first_use: dict[str, int] = {}  # brand and import id: the index of the first record
     refused_at: dict[int, tuple[str, str, str, str]] = {}  # code, field, reason, import id
     repeat_of, repeat_line = array("q"), array("q")  # a record again: the first's index, line
+    # Of opt-outs that could not be read, sent to be held: by index, the field and why.
+    told_here: dict[int, tuple[str, str]] = {}
     # Of each message sent and not yet answered: its first record's index, and the
     # line of each of its records (the answers come in the order of the messages).
     in_flight: deque[tuple[int, array[int]]] = deque()
@@ -311,16 +317,27 @@ def _run(args: argparse.Namespace) -> int:
             for item in records:
                 if stop.is_set():
                     return
+                unreadable = None
                 if isinstance(item, import_files.Unreadable):
-                    summary.refuse(item.line, "INVALID_ARGUMENT", item.field, item.reason)
-                    refusals.write(item.line, "", "INVALID_ARGUMENT", item.field, item.reason)
-                    bar.update(1)
-                    continue
+                    if item.held is None:
+                        summary.refuse(item.line, "INVALID_ARGUMENT", item.field, item.reason)
+                        refusals.write(item.line, "", "INVALID_ARGUMENT", item.field, item.reason)
+                        bar.update(1)
+                        continue
+                    # An opt-out: the service is sent what can be read of it, refuses
+                    # it and holds its number for review; told here in the file's terms.
+                    unreadable = item
+                    item = import_files.Read(item.line, item.held)
                 body = item.record.SerializeToString(deterministic=True)
                 grows = len(body)
-                request = getattr(item.record, item.record.WhichOneof("record"))
+                kind = item.record.WhichOneof("record")
+                request = getattr(item.record, kind)
                 key = f"{request.brand}\0{request.request_id}"
-                earlier = first_use.get(key)
+                earlier = None if unreadable is not None else first_use.get(key)
+                if earlier is not None and kind == "opt_out" and contents[earlier] != hash(body):
+                    # Another record's import id on an opt-out: the service refuses it
+                    # (the first record keeps the id) and holds its number for review.
+                    earlier, key = None, ""
                 if earlier is not None:
                     # The file's order decides, in a dry run too: the service works on
                     # several messages at once, and would not see a repeat of a record
@@ -342,8 +359,11 @@ def _run(args: argparse.Namespace) -> int:
                 if chunk and size + grows > CHUNK_BYTES:
                     yield message()
                 index = sent + len(chunk)
+                if unreadable is not None:
+                    told_here[index] = (unreadable.field, unreadable.reason)
                 if index < REMEMBERED:
-                    first_use[key] = index
+                    if key and unreadable is None:
+                        first_use[key] = index
                     lines.append(item.line)
                     contents.append(hash(body))
                 chunk.append(item.record)
@@ -384,14 +404,18 @@ def _run(args: argparse.Namespace) -> int:
                         _in_file_terms(v.field, v.description, lines, first_index, chunk_lines)
                         for v in refusal.violations
                     ]
+                    refused_for = refusal.code
+                    here = told_here.pop(refusal.index, None)
+                    if here is not None:  # what the file said wrong, and the hold
+                        told, refused_for = [_with_hold(here, refusal)], "INVALID_ARGUMENT"
                     for field_name, reason in told[:1]:
-                        summary.refuse(line, refusal.code, field_name, reason)
+                        summary.refuse(line, refused_for, field_name, reason)
                         if refusal.index < REMEMBERED:
                             refused_at[refusal.index] = (
-                                refusal.code, field_name, reason, refusal.request_id
+                                refused_for, field_name, reason, refusal.request_id
                             )  # fmt: skip
                     for field_name, reason in told:
-                        refusals.write(line, refusal.request_id, refusal.code, field_name, reason)
+                        refusals.write(line, refusal.request_id, refused_for, field_name, reason)
                 told_now = answer.imported + answer.already_present + len(answer.refusals)
                 answered += told_now
                 bar.update(told_now)
@@ -447,6 +471,20 @@ def _run(args: argparse.Namespace) -> int:
     for out_line in summary.lines(args.file.name, seconds, args.dry_run):
         print(out_line)
     return code or (1 if summary.refused else 0)
+
+
+def _with_hold(here: tuple[str, str], refusal: Any) -> tuple[str, str]:
+    """An unreadable opt-out's field and reason, with what the service said of the
+    hold of its number (the service's own reasons are for what was sent of it)."""
+    from ledger.commands import HELD_FOR_REVIEW
+
+    field_name, reason = here
+    said = refusal.violations[0].description if refusal.violations else ""
+    if said.endswith(f"would be {HELD_FOR_REVIEW}"):
+        return field_name, f"{reason}; would be {HELD_FOR_REVIEW}"
+    if said.endswith(HELD_FOR_REVIEW):
+        return field_name, f"{reason}; {HELD_FOR_REVIEW}"
+    return field_name, reason
 
 
 _EARLIER_RECORD = re.compile(r"record (\d+) of this import")

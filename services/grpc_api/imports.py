@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
 from consent.v1 import consent_service_pb2 as api_pb2
 
-from ledger.commands import RecordOptIn, RecordOptOut
+from ledger.commands import HoldRefusedOptOut, RecordOptIn, RecordOptOut
 from ledger.errors import DomainError, InvalidRequest
 from services.usecases.imports import ChunkResult, Imports, Item
 from services.wire.api import command_from_proto
@@ -38,11 +39,20 @@ def items_from_proto(records: Sequence[api_pb2.ImportRecord], first: int) -> lis
         try:
             command = command_from_proto(message)
         except DomainError as exc:
-            items.append(Item(index, None, exc, message.request_id))
+            held = _hold(message) if kind == "opt_out" else None
+            items.append(Item(index, None, exc, message.request_id, held))
             continue
         assert isinstance(command, RecordOptIn | RecordOptOut)
         items.append(Item(index, command, None, message.request_id))
     return items
+
+
+def _hold(message: api_pb2.RecordOptOutRequest) -> HoldRefusedOptOut:
+    """What of an opt-out that cannot be read is held for review: its number, brand
+    and campaign, under a digest of all it said (the same on every run)."""
+    said = hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
+    campaign = message.campaign if message.HasField("campaign") else None
+    return HoldRefusedOptOut(message.request_id, message.phone, message.brand, said, campaign)
 
 
 def chunk_to_proto(result: ChunkResult, first: int) -> api_pb2.ImportConsentsResponse:

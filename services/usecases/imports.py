@@ -27,9 +27,13 @@ from dataclasses import dataclass, field
 
 from ledger.campaigns import Campaign
 from ledger.commands import (
+    HELD_FOR_REVIEW,
+    HoldRefusedOptOut,
     RecordOptIn,
     RecordOptOut,
     check_required_proof,
+    held_opt_out,
+    request_fingerprint,
     to_events,
     unattributed_opt_out,
 )
@@ -82,6 +86,9 @@ class Item:
     command: ImportCommand | None
     error: DomainError | None = None
     request_id: str = ""
+    held: HoldRefusedOptOut | None = None
+    """For an opt-out whose translation was refused: what of it can be held for
+    review (a record translated is held from its command)."""
 
 
 @dataclass
@@ -91,6 +98,9 @@ class ChunkResult:
     present: int = 0
     """Records recorded before (this import id, this record): nothing written."""
     refusals: list[Refusal] = field(default_factory=list)
+    held: int = 0
+    """Refused opt-outs held for review now (in a dry run: that would be); one held
+    by an earlier run is not counted again."""
     token: ConsistencyToken = field(default_factory=lambda: ConsistencyToken({}))
 
 
@@ -186,11 +196,16 @@ class Imports:
         if before is not None:
             await asyncio.shield(before)
         new = await self._new(planned, result, dry_run)
+        held = await self._held(items, result, dry_run)
         if dry_run:
             result.imported = len(new)
+            result.held = len(held)
             result.refusals.sort(key=lambda r: r.index)
             return result
-        # No await since _new looked, so another chunk sees these before it looks.
+        # Still this chunk's turn (released below): another chunk's _new sees these.
+        imported = len(new)
+        # Appended with the chunk's records, in the one call: all or none of them.
+        new += held
         claimed = _Claimed([_key(p) for p in new])
         self._claimed.append(claimed)
         self._unapplied.update((_key(p), p.events[0].request_fingerprint) for p in new)
@@ -208,10 +223,49 @@ class Imports:
             for key in claimed.keys:
                 self._unapplied.pop(key, None)
             raise
-        result.imported = len(new)
+        result.imported, result.held = imported, len(held)
         result.token = claimed.token = ConsistencyToken.after(recorded)
         result.refusals.sort(key=lambda r: r.index)
         return result
+
+    async def _held(
+        self, items: Sequence[Item], result: ChunkResult, dry_run: bool
+    ) -> list[_Planned]:
+        """Hold for review each refused opt-out whose number and brand can be read
+        (for a brand the caller may write for): the service fails closed, so an
+        opt-out refused for its details still denies its number, as one of an
+        undefined campaign does, until a person resolves it. Each refusal says so.
+
+        A hold goes through the records' own claims (``_new``) under an id of its own
+        (``HoldRefusedOptOut.request_id``): a re-run finds it present, and a failed
+        append leaves it to be appended again. The new holds are returned."""
+        by_index = {item.index: item for item in items}
+        holds: list[_Planned] = []
+        now = self.ctx.clock()
+        for refusal in result.refusals:
+            if refusal.code == Code.PERMISSION_DENIED:
+                continue  # not the caller's brand: not theirs to deny either
+            hold = _hold_of(by_index[refusal.index])
+            if hold is None:
+                continue
+            field_name, reason = refusal.violations[0]
+            try:
+                self._authorize(hold.brand)
+                events = held_opt_out(hold, f"{field_name}: {reason}", now)
+            except (DomainError, PermissionDenied):
+                continue  # no number or brand to hold it under
+            if self._recorded_by:
+                events = [evolved(e, recorded_by=self._recorded_by) for e in events]
+            holds.append(_Planned(by_index[refusal.index], events))
+        if not holds:
+            return []
+        # Another hold under a hold's id is only the same hold (its id digests the
+        # record): what _new would refuse cannot arise, and is not told.
+        new = await self._new(holds, ChunkResult(), dry_run)
+        note = f"would be {HELD_FOR_REVIEW}" if dry_run else HELD_FOR_REVIEW
+        kept = {p.item.index for p in holds}
+        result.refusals = [_noted(r, note) if r.index in kept else r for r in result.refusals]
+        return new
 
     async def _catch_up(self) -> None:
         """Let the view reach the ledger's end once per import: an earlier run's
@@ -355,6 +409,27 @@ def _release(turn: asyncio.Future[None]) -> None:
 
 def _key(p: _Planned) -> tuple[str, str]:
     return (brand_of(p.events[0]), p.events[0].request_id)
+
+
+def _hold_of(item: Item) -> HoldRefusedOptOut | None:
+    """What of a refused record an opt-out hold keeps, or None for an opt-in."""
+    cmd = item.command
+    if isinstance(cmd, RecordOptOut):
+        return HoldRefusedOptOut(
+            cmd.request_id, cmd.phone, cmd.brand, request_fingerprint(cmd), cmd.campaign
+        )
+    return item.held if cmd is None else None
+
+
+def _noted(refusal: Refusal, note: str) -> Refusal:
+    """``refusal`` with ``note`` on its first reason, the one a summary shows."""
+    (field_name, reason), *rest = refusal.violations
+    return Refusal(
+        refusal.index,
+        refusal.request_id,
+        refusal.code,
+        ((field_name, f"{reason}; {note}"), *rest),
+    )
 
 
 def _reused(item: Item, earlier: int | None) -> Refusal:

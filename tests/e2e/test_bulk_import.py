@@ -344,7 +344,11 @@ async def test_an_overlong_value_is_refused_on_its_own_and_the_rest_imported(ser
 
     assert code == 1, out + err
     assert "imported 1 of 2 records" in out, out
-    assert "text: must be at most 16,384 characters, got 1,000,005 (line 1)" in out, out
+    # An opt-out: refused, and its number held for review all the same.
+    assert (
+        "text: must be at most 16,384 characters, got 1,000,005; held for review: the "
+        "number is denied for the brand until someone resolves it"
+    ) in out, out
 
 
 async def test_opt_ins_with_long_proof_are_sent_in_messages_the_service_reads(service, tmp_path):
@@ -893,8 +897,9 @@ async def test_a_large_file_is_read_in_memory_that_does_not_grow_with_it(service
     assert "already present: 1" in out and "refused: 1" in out, out
     assert (
         "ALREADY_EXISTS  import_id: was used before by the record on line 50001; a new "
-        "record needs a new id (line 50003)"
+        "record needs a new id; would be held for review"  # an opt-out: its number held
     ) in out, out
+    assert "(ListRevocationCandidates, ResolveRevocationCandidate) (line 50003)" in out, out
     # 98,000 records more: 16 MB more when each was kept, nothing now
     assert rss - rss_small < 8 * 1024, (rss_small, rss)
 
@@ -1014,3 +1019,78 @@ async def test_a_consent_written_two_ways_without_an_import_id_is_recorded_once(
             )
         )
     assert [e.event.event_type for e in history.events] == ["ConsentGranted"]
+
+
+async def test_an_opt_out_refused_for_its_details_denies_its_number_until_reviewed(
+    service, tmp_path
+):
+    """An opt-out refused for its details (no channel; an import id an opt-in of
+    another source table took; a time that cannot be read) was dropped while the
+    number's opt-in went in: CanSend allowed texts to someone who had opted out.
+    Each is refused and held for review now; a re-run and a dry run write nothing."""
+    runtime, when = service
+    assert runtime.ledger is not None
+    numbers = {"no-channel": phone(70), "reused-id": phone(71), "bad-time": phone(72)}
+    rows = []
+    for n, (why, number) in enumerate(numbers.items()):
+        opt_in_row = export_rows(when)[1]
+        rows.append({**opt_in_row, "import_id": str(7000 + n), "phone": number})
+        opt_out_row = {
+            "type": "opt_out", "import_id": f"stop-{why}", "phone": number, "brand": "acme",
+            "occurred_at": iso(when - timedelta(days=1)), "channel": "keyword", "text": "STOP",
+        }  # fmt: skip
+        if why == "no-channel":
+            del opt_out_row["channel"]
+        elif why == "reused-id":
+            opt_out_row["import_id"] = str(7000 + n)  # one numeric id space, two tables
+        else:
+            opt_out_row["occurred_at"] = "yesterday"
+        rows.append(opt_out_row)
+    export = write_csv(tmp_path / "stops.csv", rows)
+    acme = TOKENS["acme-app"][0]
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    code, dry, err = await import_cli(
+        str(export), "--dry-run", "--address", runtime.address, token=acme
+    )
+
+    assert code == 1, dry + err
+    assert "would import 3 of 6 records" in dry and "refused: 3" in dry, dry
+    assert dry.count("would be held for review") == 3, dry
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
+
+    code, out, err = await import_cli(str(export), "--address", runtime.address, token=acme)
+
+    assert code == 1, out + err
+    assert "imported 3 of 6 records" in out and "refused: 3" in out, out
+    held = "held for review: the number is denied for the brand until someone resolves it"
+    for refused in (
+        "channel: is required",
+        "import_id: was used before by the record on line 4",
+        "occurred_at: is not an ISO 8601 time: 'yesterday'",
+    ):
+        assert re.search(f"{re.escape(refused)}.*; {held}", out), (refused, out)
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, list(numbers.values()), token_of(out))
+        assert set(reasons.values()) == {"REASON_REVOCATION_PENDING_REVIEW"}, reasons
+        one = await c.CanSend(
+            api.CanSendRequest(
+                phone=numbers["no-channel"], brand="acme", campaign="promo",
+                at_least_as_fresh=token_of(out),
+            )
+        )  # fmt: skip
+        assert not one.allowed and one.reason == api.REASON_REVOCATION_PENDING_REVIEW
+        assert "awaits review" in one.detail, one.detail
+        queue = await c.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="acme", at_least_as_fresh=token_of(out))
+        )
+        assert sorted(q.event.phone for q in queue.candidates) == sorted(numbers.values())
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    assert sum(ends.values()) == sum(before.values()) + 6  # 3 opt-ins, 3 holds
+
+    code, again, err = await import_cli(str(export), "--address", runtime.address, token=acme)
+
+    assert code == 1, again + err
+    assert "imported 0 of 6 records" in again and "already present: 3" in again, again
+    assert again.count(held) == 3, again
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends

@@ -186,3 +186,29 @@ def test_a_value_is_held_to_its_own_fields_limit():
         3, "proof.collection_detail", "must be at most 4,096 characters, got 4,097"
     )
     assert long_phone == Unreadable(4, "phone", "is 1,025 characters long, longer than any phone")
+
+
+def test_an_opt_out_that_cannot_be_read_is_still_sent_as_its_number_and_brand():
+    """The service holds it for review: refused, it must not leave its number open."""
+    row = {"type": "opt_out", "phone": "+1 (415) 555-2671", "brand": "acme",
+           "campaign": "promo", "occurred_at": "yesterday", "channel": "keyword"}  # fmt: skip
+
+    first, again = parse_fields(dict(row), 7), parse_fields(dict(row), 9)
+    other = parse_fields({**row, "occurred_at": "last week"}, 8)
+
+    assert isinstance(first, Unreadable) and first.field == "occurred_at"
+    assert first.held is not None
+    held = first.held.opt_out
+    assert (held.phone, held.brand, held.campaign) == ("+14155552671", "acme", "promo")
+    assert not held.HasField("occurred_at") and held.channel == 0  # refused by the service
+    assert isinstance(again, Unreadable) and again.held == first.held  # the same each run
+    assert isinstance(other, Unreadable) and other.held is not None
+    assert other.held.opt_out.request_id != held.request_id
+
+
+def test_an_opt_in_or_an_opt_out_without_a_readable_number_is_not_sent_to_be_held():
+    opt_in = parse_fields({"type": "opt_in", "phone": "+14155552671", "brand": "acme",
+                           "occurred_at": "yesterday"}, 2)  # fmt: skip
+    no_number = parse_fields({"type": "opt_out", "phone": "+1415\udcff", "brand": "acme"}, 3)
+    assert isinstance(opt_in, Unreadable) and opt_in.held is None
+    assert isinstance(no_number, Unreadable) and no_number.held is None

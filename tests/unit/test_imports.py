@@ -10,9 +10,15 @@ from datetime import timedelta
 
 import pytest
 
-from ledger.commands import RecordOptOut
+from ledger.commands import (
+    HELD_FOR_REVIEW,
+    HoldRefusedOptOut,
+    RecordOptOut,
+    ResolveRevocationCandidate,
+)
 from ledger.errors import InvalidRequest
 from ledger.events import (
+    CandidateResolution,
     ConsentGranted,
     ConsentRevoked,
     LedgerEvent,
@@ -258,6 +264,132 @@ async def test_a_chunk_larger_than_the_limit_is_refused_whole():
     async with running() as (app, _):
         with pytest.raises(InvalidRequest):
             await _imports(app).chunk([opt_in(i, "+14155550100") for i in range(MAX_CHUNK + 1)])
+
+
+def no_channel(i: int, phone: str, request_id: str = "") -> Item:
+    """An opt-out whose translation was refused (no channel), as the servicer gives it."""
+    request_id = request_id or f"imp-{i}"
+    held = HoldRefusedOptOut(request_id, phone, BRAND, f"record-{i}", "promo")
+    return Item(i, None, InvalidRequest("channel", "is required"), request_id, held)
+
+
+async def _written(app: App) -> list[LedgerEvent]:
+    return [r.event for p in range(4) for r in await app.ledger.read(Stream.SUBSCRIBERS, p, 0)]
+
+
+async def test_an_opt_out_refused_for_its_details_is_held_and_denies_until_reviewed():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        phone = "+14155550100"
+
+        result = await _imports(app).chunk([opt_in(0, phone, -60), no_channel(1, phone)])
+
+        assert (result.imported, result.held) == (1, 1)
+        (refusal,) = result.refusals
+        assert (refusal.index, refusal.code) == (1, Code.INVALID_ARGUMENT)
+        assert refusal.violations[0] == ("channel", f"is required; {HELD_FOR_REVIEW}")
+        answer = await app.checks.can_send(phone, BRAND, "promo", token=result.token)
+        assert answer.decision.reason is Reason.REVOCATION_PENDING_REVIEW
+        (held,) = [e for e in await _written(app) if isinstance(e, RevocationCandidateFlagged)]
+        assert (held.phone, held.brand, held.request_id[:5]) == (phone, BRAND, "held-")
+
+        resolved = await app.writes.record(
+            ResolveRevocationCandidate(
+                "review-1", phone, BRAND, str(held.event_id), CandidateResolution.DISMISSED, at(1)
+            )
+        )
+        answer = await app.checks.can_send(phone, BRAND, "promo", token=resolved.token)
+        assert answer.decision.allowed
+
+
+async def test_an_opt_out_refused_for_a_reused_import_id_is_held():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        phone = "+14155550100"
+        # One id space for two source tables: the opt-in takes it, the opt-out is refused.
+        reused = opt_out(0, phone, 5)
+
+        result = await _imports(app).chunk([opt_in(0, phone), reused])
+
+        assert (result.imported, result.held) == (1, 1)
+        assert [(r.code, r.violations[0][0]) for r in result.refusals] == [
+            (Code.ALREADY_EXISTS, "request_id")
+        ]
+        assert result.refusals[0].violations[0][1].endswith(HELD_FOR_REVIEW)
+        answer = await app.checks.can_send(phone, BRAND, "promo", token=result.token)
+        assert answer.decision.reason is Reason.REVOCATION_PENDING_REVIEW
+
+
+async def test_a_re_run_holds_a_refused_opt_out_once():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        phone = "+14155550100"
+        items = [opt_in(0, phone), opt_out(0, phone, 5), no_channel(1, "+1 415 555 0101")]
+        first = await _imports(app).chunk(items)
+        assert first.held == 2
+        ends = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+        again = await _imports(app).chunk(items)
+
+        assert (again.imported, again.present, again.held) == (0, 1, 0)
+        assert all(r.violations[0][1].endswith(HELD_FOR_REVIEW) for r in again.refusals)
+        assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+async def test_a_dry_run_says_a_refused_opt_out_would_be_held_and_writes_nothing():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        ends = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+        result = await _imports(app).chunk([no_channel(0, "+14155550100")], dry_run=True)
+
+        assert result.held == 1
+        assert result.refusals[0].violations[0][1].endswith(f"would be {HELD_FOR_REVIEW}")
+        assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+async def test_an_opt_out_without_a_readable_number_or_an_opt_in_is_not_held():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        result = await _imports(app).chunk(
+            [no_channel(0, "not a phone"), opt_in(1, "+14155550101", campaign="nope")]
+        )
+        assert (result.held, len(result.refusals)) == (0, 2)
+        assert not any(HELD_FOR_REVIEW in r.violations[0][1] for r in result.refusals)
+        assert await _written(app) == []
+
+
+async def test_an_opt_out_of_a_brand_the_caller_may_not_write_for_is_not_held():
+    async with running() as (app, _):
+        await app.writes.record(define())
+
+        def only_globex(brand: str) -> None:
+            if brand != "globex":
+                raise PermissionDenied("brand", f"this token may not act for {brand!r}")
+
+        result = await Imports(app.writes.ctx, authorize=only_globex).chunk(
+            [no_channel(0, "+14155550100")]
+        )
+        assert (result.held, len(result.refusals)) == (0, 1)
+        assert await _written(app) == []
+
+
+async def test_a_hold_whose_append_failed_is_not_written_and_is_held_when_sent_again():
+    async with running(ledger=_FailingOnce(partitions=4)) as (app, _):
+        await app.writes.record(define())
+        imports = _imports(app)
+        items = [opt_in(0, "+14155550100"), no_channel(1, "+14155550100")]
+        with pytest.raises(LedgerUnavailable):
+            await imports.chunk(items)
+        assert await _written(app) == []
+
+        again = await imports.chunk(items)
+
+        assert (again.imported, again.held) == (1, 1)
+        assert sorted(type(e).__name__ for e in await _written(app)) == [
+            "ConsentGranted",
+            "RevocationCandidateFlagged",
+        ]
 
 
 def _imports(app: App) -> Imports:

@@ -2836,7 +2836,15 @@ class ImportRefusal(_message.Message):
     used by another record or request) or PERMISSION_DENIED (the brand).
     """
     @_builtins.property
-    def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportFieldViolation]: ...
+    def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportFieldViolation]:
+        """An opt-out refused whose phone and brand can be read (for a brand the caller
+        may write for) is held for review all the same: kept as a revocation
+        candidate that denies the number for the brand until ResolveRevocationCandidate,
+        recorded once however often the import runs. Its first violation's description
+        then ends with "; held for review: the number is denied for the brand until
+        someone resolves it (...)" ("would be held" in a dry run).
+        """
+
     def __init__(
         self,
         *,

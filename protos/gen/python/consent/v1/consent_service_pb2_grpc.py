@@ -412,7 +412,8 @@ class ConsentServiceServicer:
         Its request_id is its import id: a record already imported under it is
         counted as already present and writes nothing, so running an import again
         writes nothing new. Needs the write scope; a record of a brand the token may
-        not write for is refused (PERMISSION_DENIED) and the rest go on.
+        not write for is refused (PERMISSION_DENIED) and the rest go on. An opt-out
+        refused for its details still denies its number until reviewed (ImportRefusal).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -153,7 +153,8 @@ class ConsentServiceStub:
     Its request_id is its import id: a record already imported under it is
     counted as already present and writes nothing, so running an import again
     writes nothing new. Needs the write scope; a record of a brand the token may
-    not write for is refused (PERMISSION_DENIED) and the rest go on.
+    not write for is refused (PERMISSION_DENIED) and the rest go on. An opt-out
+    refused for its details still denies its number until reviewed (ImportRefusal).
     """
     ListAuditAccess: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.ListAuditAccessRequest, _consent_service_pb2.ListAuditAccessResponse]
     """Audit: who read what. Every audit read (each Audit call of this service, and the
@@ -299,7 +300,8 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     Its request_id is its import id: a record already imported under it is
     counted as already present and writes nothing, so running an import again
     writes nothing new. Needs the write scope; a record of a brand the token may
-    not write for is refused (PERMISSION_DENIED) and the rest go on.
+    not write for is refused (PERMISSION_DENIED) and the rest go on. An opt-out
+    refused for its details still denies its number until reviewed (ImportRefusal).
     """
     ListAuditAccess: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.ListAuditAccessRequest, _consent_service_pb2.ListAuditAccessResponse]  # type: ignore[assignment]
     """Audit: who read what. Every audit read (each Audit call of this service, and the
@@ -598,7 +600,8 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         Its request_id is its import id: a record already imported under it is
         counted as already present and writes nothing, so running an import again
         writes nothing new. Needs the write scope; a record of a brand the token may
-        not write for is refused (PERMISSION_DENIED) and the rest go on.
+        not write for is refused (PERMISSION_DENIED) and the rest go on. An opt-out
+        refused for its details still denies its number until reviewed (ImportRefusal).
         """
 
     @_abc_1.abstractmethod
