@@ -25,6 +25,7 @@ import pytest
 from consent.v1 import consent_service_pb2 as api
 
 from ledger.ports import Stream
+from services.bootstrap import Runtime
 from tests.e2e.harness import (
     TOKENS,
     Client,
@@ -153,6 +154,22 @@ def token_of(summary: str) -> str:
     found = re.search(r"ledger written up to: (\S+)", summary)
     assert found, summary
     return found.group(1)
+
+
+async def pdf_proof(
+    runtime: Runtime, number: str, token: str
+) -> tuple[api.GetProofPacketResponse, str]:
+    """acme/promo's proof packet for ``number`` as a PDF, and the PDF's text."""
+    async with client(runtime.address, "acme-app") as c:
+        answer = await c.GetProofPacket(
+            api.GetProofPacketRequest(
+                phone=number, brand="acme", campaign="promo",
+                format=api.PACKET_FORMAT_PDF, at_least_as_fresh=token,
+            ),
+            timeout=60,
+        )  # fmt: skip
+    pages = pypdf.PdfReader(io.BytesIO(answer.document)).pages
+    return answer, "\n".join(page.extract_text() for page in pages)
 
 
 async def answers(c: Client, phones: list[str], token: str) -> dict[str, str]:
@@ -932,17 +949,7 @@ async def test_the_proof_of_an_import_with_the_longest_words_allowed_exports_as_
                                       token=TOKENS["acme-app"][0])  # fmt: skip
     assert code == 0 and "imported 2 of 2 records" in out, out + err
 
-    async with client(runtime.address, "acme-app") as c:
-        answer = await c.GetProofPacket(
-            api.GetProofPacketRequest(
-                phone=number, brand="acme", campaign="promo",
-                format=api.PACKET_FORMAT_PDF, at_least_as_fresh=token_of(out),
-            ),
-            timeout=60,
-        )  # fmt: skip
-
-    reader = pypdf.PdfReader(io.BytesIO(answer.document))
-    text = "\n".join(page.extract_text() for page in reader.pages)
+    _, text = await pdf_proof(runtime, number, token_of(out))
     opt_ins = text.split("Opt-ins and their proof", 1)[1].split("Messages sent", 1)[0]
     opt_outs = text.split("Opt-outs and how they were handled", 1)[1]
     # Every word of each, in order (page footers and repeated headings between).
@@ -968,16 +975,7 @@ async def test_a_name_the_pdf_font_cannot_draw_is_shown_by_its_code_points(servi
                                       token=TOKENS["acme-app"][0])  # fmt: skip
     assert code == 0, out + err
 
-    async with client(runtime.address, "acme-app") as c:
-        answer = await c.GetProofPacket(
-            api.GetProofPacketRequest(
-                phone=number, brand="acme", campaign="promo",
-                format=api.PACKET_FORMAT_PDF, at_least_as_fresh=token_of(out),
-            ),
-            timeout=60,
-        )  # fmt: skip
-
-    text = "\n".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(answer.document)).pages)
+    answer, text = await pdf_proof(runtime, number, token_of(out))
     assert "<U+674E><U+5C0F><U+9F99> (Bruce Lee)" in text, text[:2000]
     template = answer.packet["opt_ins"][0]["template"]
     assert {t["key"]: t["value"] for t in template}["name"] == name
