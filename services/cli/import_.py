@@ -479,12 +479,12 @@ def _with_hold(here: tuple[str, str], refusal: Any) -> tuple[str, str]:
     from ledger.commands import HELD_FOR_REVIEW
 
     field_name, reason = here
+    if not refusal.held_for_review:
+        return field_name, reason
     said = refusal.violations[0].description if refusal.violations else ""
     if said.endswith(f"would be {HELD_FOR_REVIEW}"):
         return field_name, f"{reason}; would be {HELD_FOR_REVIEW}"
-    if said.endswith(HELD_FOR_REVIEW):
-        return field_name, f"{reason}; {HELD_FOR_REVIEW}"
-    return field_name, reason
+    return field_name, f"{reason}; {HELD_FOR_REVIEW}"
 
 
 _EARLIER_RECORD = re.compile(r"record (\d+) of this import")

@@ -70,6 +70,7 @@ def chunk_to_proto(result: ChunkResult, first: int) -> api_pb2.ImportConsentsRes
             violations=[
                 api_pb2.ImportFieldViolation(field=f, description=d) for f, d in refusal.violations
             ],
+            held_for_review=refusal.held,
         )
     return response
 

@@ -75,6 +75,8 @@ class Refusal:
     request_id: str
     code: str
     violations: tuple[tuple[str, str], ...]
+    held: bool = False
+    """An opt-out held for review all the same (in a dry run: that would be)."""
 
 
 @dataclass(frozen=True)
@@ -422,13 +424,15 @@ def _hold_of(item: Item) -> HoldRefusedOptOut | None:
 
 
 def _noted(refusal: Refusal, note: str) -> Refusal:
-    """``refusal`` with ``note`` on its first reason, the one a summary shows."""
+    """``refusal`` held for review, with ``note`` on its first reason, the one a
+    summary shows."""
     (field_name, reason), *rest = refusal.violations
     return Refusal(
         refusal.index,
         refusal.request_id,
         refusal.code,
         ((field_name, f"{reason}; {note}"), *rest),
+        held=True,
     )
 
 

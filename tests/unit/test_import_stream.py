@@ -33,7 +33,7 @@ class SlowFirst:
         await asyncio.sleep(0.05 if first == 0 else 0.001)
         self.at_once -= 1
         token = ConsistencyToken({(Stream.SUBSCRIBERS, 0): first + len(items)})
-        refusals = [Refusal(first, "r", "INVALID_ARGUMENT", (("phone", "bad"),))]
+        refusals = [Refusal(first, "r", "INVALID_ARGUMENT", (("phone", "bad"),), held=first == 3)]
         return ChunkResult(imported=len(items) - 1, refusals=refusals, token=token)
 
 
@@ -55,6 +55,7 @@ async def test_answers_come_in_the_order_sent_whichever_chunk_finishes_first():
     assert [a.first_index for a in answers] == [0, 3, 6, 9, 12, 15]
     assert [a.imported for a in answers] == [2] * 6
     assert [(r.index, r.violations[0].field) for r in answers[1].refusals] == [(3, "phone")]
+    assert [r.held_for_review for a in answers for r in a.refusals] == [False, True, *[False] * 4]
     assert answers[-1].consistency_token == "subscribers:0:18"
     assert 1 < imports.most_at_once <= stream.IN_FLIGHT
     assert {dry for _, dry in imports.seen} == {True}  # the first message's choice

@@ -288,6 +288,7 @@ async def test_an_opt_out_refused_for_its_details_is_held_and_denies_until_revie
         (refusal,) = result.refusals
         assert (refusal.index, refusal.code) == (1, Code.INVALID_ARGUMENT)
         assert refusal.violations[0] == ("channel", f"is required; {HELD_FOR_REVIEW}")
+        assert refusal.held
         answer = await app.checks.can_send(phone, BRAND, "promo", token=result.token)
         assert answer.decision.reason is Reason.REVOCATION_PENDING_REVIEW
         (held,) = [e for e in await _written(app) if isinstance(e, RevocationCandidateFlagged)]
@@ -343,7 +344,7 @@ async def test_a_dry_run_says_a_refused_opt_out_would_be_held_and_writes_nothing
 
         result = await _imports(app).chunk([no_channel(0, "+14155550100")], dry_run=True)
 
-        assert result.held == 1
+        assert result.held == 1 and result.refusals[0].held
         assert result.refusals[0].violations[0][1].endswith(f"would be {HELD_FOR_REVIEW}")
         assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
 
@@ -356,6 +357,7 @@ async def test_an_opt_out_without_a_readable_number_or_an_opt_in_is_not_held():
         )
         assert (result.held, len(result.refusals)) == (0, 2)
         assert not any(HELD_FOR_REVIEW in r.violations[0][1] for r in result.refusals)
+        assert not any(r.held for r in result.refusals)
         assert await _written(app) == []
 
 

@@ -2825,6 +2825,7 @@ class ImportRefusal(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     VIOLATIONS_FIELD_NUMBER: _builtins.int
+    HELD_FOR_REVIEW_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """The record's place in the import: 0 is the first record of the first
     message, counted over every message of the stream.
@@ -2834,6 +2835,10 @@ class ImportRefusal(_message.Message):
     """The gRPC status code the single write would have got: INVALID_ARGUMENT,
     FAILED_PRECONDITION (campaign not defined), ALREADY_EXISTS (the import id was
     used by another record or request) or PERMISSION_DENIED (the brand).
+    """
+    held_for_review: _builtins.bool
+    """True when the refused record is held for review as above (with dry_run: would
+    be): its number is denied for the brand until the candidate is resolved.
     """
     @_builtins.property
     def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportFieldViolation]:
@@ -2852,10 +2857,11 @@ class ImportRefusal(_message.Message):
         request_id: _builtins.str = ...,
         code: _builtins.str = ...,
         violations: _abc.Iterable[Global___ImportFieldViolation] | None = ...,
+        held_for_review: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "index", b"index", "request_id", b"request_id", "violations", b"violations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "held_for_review", b"held_for_review", "index", b"index", "request_id", b"request_id", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
