@@ -127,14 +127,16 @@ class Sends:
                 cmd.brand,
                 [(e.phone, e.message_id, str(e.event_id), message_content(e)) for e in new],
             )
+            place = {id(e): i for i, e in enumerate(events)}
             contested = []
             for event in new:
                 claim = held.get((event.phone, event.message_id))
-                if claim is not None and claim.event_id != str(event.event_id):
-                    field = f"messages[{events.index(event)}].message_id"
+                if claim is not None and claim.event_id == str(event.event_id):
+                    continue  # this call's own claim
+                if claim is not None:
+                    field = f"messages[{place[id(event)]}].message_id"
                     refuse_another_claim(event, claim.event_id, claim.content, field)
-                if claim is None or claim.event_id != str(event.event_id):
-                    contested.append(event)
+                contested.append(event)
             if contested and await self.ctx.guard.wait_until_applied_for(
                 sorted({e.phone for e in contested})
             ):
