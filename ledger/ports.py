@@ -450,9 +450,8 @@ class ConsentView(DigestReads, CampaignReads):
         message the view has recorded under another event leaves the id free, as
         that send is answered, not written. A send also claims its message id for
         its event and ``content`` (``claim_message``); one another send claimed first
-        leaves the
-        request id free as well, unless ``past_claims`` (asked again once the view
-        has caught up with the phone: ``message_use`` then decides alone).
+        leaves the request id free as well, unless ``past_claims`` (asked again once
+        the view has caught up with the phone: ``message_use`` then decides alone).
 
         Adapters answer in one round trip; this default asks in turn. (Two attempts
         of one request at once may both be told they took it; they append the same
