@@ -407,7 +407,8 @@ def _run(args: argparse.Namespace) -> int:
                     refused_for = refusal.code
                     here = told_here.pop(refusal.index, None)
                     if here is not None:  # what the file said wrong, and the hold
-                        told, refused_for = [_with_hold(here, refusal)], "INVALID_ARGUMENT"
+                        told = [_with_hold(here, refusal.held_for_review, args.dry_run)]
+                        refused_for = "INVALID_ARGUMENT"
                     for field_name, reason in told[:1]:
                         summary.refuse(line, refused_for, field_name, reason)
                         if refusal.index < REMEMBERED:
@@ -473,18 +474,15 @@ def _run(args: argparse.Namespace) -> int:
     return code or (1 if summary.refused else 0)
 
 
-def _with_hold(here: tuple[str, str], refusal: Any) -> tuple[str, str]:
-    """An unreadable opt-out's field and reason, with what the service said of the
-    hold of its number (the service's own reasons are for what was sent of it)."""
+def _with_hold(here: tuple[str, str], held: bool, dry_run: bool) -> tuple[str, str]:
+    """An unreadable opt-out's field and reason, with whether the service held its
+    number (the service's own reasons are for what was sent of it)."""
     from ledger.commands import HELD_FOR_REVIEW
 
     field_name, reason = here
-    if not refusal.held_for_review:
+    if not held:
         return field_name, reason
-    said = refusal.violations[0].description if refusal.violations else ""
-    if said.endswith(f"would be {HELD_FOR_REVIEW}"):
-        return field_name, f"{reason}; would be {HELD_FOR_REVIEW}"
-    return field_name, f"{reason}; {HELD_FOR_REVIEW}"
+    return field_name, f"{reason}; {'would be ' if dry_run else ''}{HELD_FOR_REVIEW}"
 
 
 _EARLIER_RECORD = re.compile(r"record (\d+) of this import")
