@@ -229,13 +229,15 @@ async def test_an_opt_out_of_an_unknown_campaign_is_kept_for_review():
         assert isinstance(kept.event, RevocationCandidateFlagged)
 
 
+def only_globex(brand: str) -> None:
+    """An import's ``authorize`` for a token that writes for globex alone."""
+    if brand != "globex":
+        raise PermissionDenied("brand", f"this token may not act for {brand!r}")
+
+
 async def test_records_of_a_brand_the_caller_may_not_write_for_are_refused():
     async with running() as (app, _):
         await app.writes.record(define())
-
-        def only_globex(brand: str) -> None:
-            if brand != "globex":
-                raise PermissionDenied("brand", f"this token may not act for {brand!r}")
 
         imports = Imports(app.writes.ctx, authorize=only_globex)
         result = await imports.chunk([opt_in(0, "+14155550100")])
@@ -364,10 +366,6 @@ async def test_an_opt_out_without_a_readable_number_or_an_opt_in_is_not_held():
 async def test_an_opt_out_of_a_brand_the_caller_may_not_write_for_is_not_held():
     async with running() as (app, _):
         await app.writes.record(define())
-
-        def only_globex(brand: str) -> None:
-            if brand != "globex":
-                raise PermissionDenied("brand", f"this token may not act for {brand!r}")
 
         result = await Imports(app.writes.ctx, authorize=only_globex).chunk(
             [no_channel(0, "+14155550100")]
