@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient
 
 from services.grpc_api.auth import token_digest
 from tests.infra.fixtures import ENV_KAFKA, ENV_POSTGRES
@@ -46,11 +47,14 @@ class Infra:
         self.prefix = f"bench-{uuid.uuid4().hex[:8]}."
         self.notes: list[str] = []
         self._databases: list[str] = [self.database]
+        self._topics_before: set[str] | None = None
+        """On a reused broker, the topics there at start; None on a broker of our own."""
 
     async def start(self) -> None:
         external_kafka = os.environ.get(ENV_KAFKA)
         if external_kafka:
             self.bootstrap = external_kafka
+            self._topics_before = await topic_names(external_kafka)
             self.notes.append(f"Kafka: reused {external_kafka} ({ENV_KAFKA})")
         else:
             ensure_jars()
@@ -88,6 +92,8 @@ class Infra:
         return await create_database(self.postgres.dsn, name)
 
     async def stop(self) -> None:
+        if self._topics_before is not None:
+            await self._delete_own_topics()
         if self.postgres is not None:
             for name in self._databases:
                 with contextlib.suppress(Exception):
@@ -96,6 +102,19 @@ class Infra:
         if self.kafka is not None:
             self.kafka.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    async def _delete_own_topics(self) -> None:
+        # Other benches and test runs share a reused broker, so a name under this
+        # run's prefix is not enough: a topic there before the run is left alone too.
+        try:
+            now = await topic_names(self.bootstrap)
+            mine = own_topics(now, self._topics_before or set(), self.prefix)
+            failed = await delete_topics(self.bootstrap, mine)
+        except Exception as exc:  # the run's figures stand; say what is left behind
+            print(f"bench: could not delete topics {self.prefix}*: {exc!r}", file=sys.stderr)
+            return
+        if failed:
+            print(f"bench: could not delete topics: {failed}", file=sys.stderr)
 
     def tokens_file(self) -> Path:
         """A tokens file with a check-only, a write and an admin token for brand ``acme``."""
@@ -122,6 +141,37 @@ class Infra:
         ]
         path.write_text(json.dumps({"tokens": entries}))
         return path
+
+
+def own_topics(now: set[str], before: set[str], prefix: str) -> list[str]:
+    """The topics a run made: under its prefix and not there when it started."""
+    return sorted(t for t in now - before if t.startswith(prefix))
+
+
+async def topic_names(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def delete_topics(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    """Delete ``topics``; the ones the broker refused, with its error codes."""
+    if not topics:
+        return {}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        response = await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+    return {
+        t["topic"]: t["error_code"]
+        for t in response.to_object()["topic_error_codes"]
+        if t["error_code"] != 0
+    }
 
 
 def free_port() -> int:
