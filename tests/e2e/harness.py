@@ -187,6 +187,29 @@ def opt_out(
     return api.RecordOptOutRequest(**fields)
 
 
+def inbound(
+    phone: str,
+    to: str,
+    body: str,
+    at: datetime | None,
+    request_id: str | None = None,
+    **changes: Any,
+) -> api.HandleInboundMessageRequest:
+    """A text from ``phone`` to the sender number ``to`` through the API, with a
+    provider message id of its own; ``at`` None leaves the time unset."""
+    fields: dict[str, Any] = dict(
+        request_id=uuid.uuid4().hex if request_id is None else request_id,
+        from_phone=phone,
+        to_phone=to,
+        body=body,
+        message_id=f"SM{uuid.uuid4().hex[:12]}",
+    )
+    if at is not None:
+        fields["occurred_at"] = ts(at)
+    fields.update(changes)
+    return api.HandleInboundMessageRequest(**fields)
+
+
 def define(
     brand: str, campaign: str, at: datetime, numbers: Sequence[str] = (), **policy: Any
 ) -> api.DefineCampaignRequest:

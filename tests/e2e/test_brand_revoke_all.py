@@ -12,9 +12,9 @@ import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
-from tests.e2e.harness import client, status_details, ts
+from tests.e2e.harness import client, inbound, status_details, ts
 from tests.e2e.test_lifecycle import ACME_NUMBER, PHONE
-from tests.e2e.test_unresolved_revocations import REVOKE_ALL_AT, inbound, service
+from tests.e2e.test_unresolved_revocations import REVOKE_ALL_AT, service
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -51,7 +51,7 @@ async def test_a_brand_may_put_revoke_all_in_force_for_all_its_campaigns(service
 
         # Without the setting, before the date: a STOP to promo leaves alerts allowed.
         stopped_at = clock.now
-        stop = await acme.HandleInboundMessage(inbound("STOP", ACME_NUMBER, clock))
+        stop = await acme.HandleInboundMessage(inbound(PHONE, ACME_NUMBER, "STOP", clock.now))
         assert stop.campaign == "promo"
         assert (await check("promo", stop.consistency_token)).reason == api.REASON_REVOKED
         assert (await check("alerts")).reason == api.REASON_CONSENT_ACTIVE
@@ -117,7 +117,7 @@ async def test_only_the_brand_may_set_it_and_only_on(service):
                 await admin.SetBrandPolicy(brand_policy("no such brand!"))
             assert bad_brand.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "brand" in [f for f, _ in status_details(bad_brand.value)]
-            stop = await acme.HandleInboundMessage(inbound("STOP", ACME_NUMBER, clock))
+            stop = await acme.HandleInboundMessage(inbound(PHONE, ACME_NUMBER, "STOP", clock.now))
             r = await acme.CanSend(
                 api.CanSendRequest(
                     phone=PHONE,

@@ -4,14 +4,22 @@ read ``ledger.status``."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 import asyncpg
 import pytest
 from consent.v1 import consent_service_pb2 as api
 
-from tests.e2e.harness import client, define, now, opt_in, opt_out, running, service_settings, ts
+from tests.e2e.harness import (
+    client,
+    define,
+    inbound,
+    now,
+    opt_in,
+    opt_out,
+    running,
+    service_settings,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -42,13 +50,12 @@ async def test_each_consent_state_is_reported_with_the_opt_out_that_stands(tmp_p
                 opt_in(phones["granted_again"], "acme", "promo", t - timedelta(minutes=1))
             )
             last = await c.HandleInboundMessage(
-                api.HandleInboundMessageRequest(
-                    request_id=uuid.uuid4().hex,
-                    from_phone=phones["review"],
-                    to_phone=NUMBER,
-                    body="please stop texting me",
+                inbound(
+                    phones["review"],
+                    NUMBER,
+                    "please stop texting me",
+                    t - timedelta(minutes=1),
                     message_id="SM-review",
-                    occurred_at=ts(t - timedelta(minutes=1)),
                 )
             )
 

@@ -30,6 +30,7 @@ from tests.e2e.harness import (
     TOKENS,
     client,
     define,
+    inbound,
     kafka_settings,
     opt_in,
     service_settings,
@@ -119,14 +120,7 @@ async def _life(c, when: datetime) -> datetime:
     await c.RecordOptIn(opt_in(PHONE, "acme", "promo", start))
     await c.RecordOptIn(opt_in(QUIET, "acme", "promo", start))
     await c.HandleInboundMessage(
-        api.HandleInboundMessageRequest(
-            request_id=uuid.uuid4().hex,
-            from_phone=PHONE,
-            to_phone=SENDER,
-            body=SAID,
-            message_id="SM-in-1",
-            occurred_at=ts(start + timedelta(minutes=5)),
-        )
+        inbound(PHONE, SENDER, SAID, start + timedelta(minutes=5), message_id="SM-in-1")
     )
     last = start + timedelta(minutes=10)
     await c.RecordOptOut(
@@ -252,14 +246,7 @@ async def test_erasure_is_refused_early_and_under_a_hold_then_done_and_the_ledge
         )
         assert (as_of.allowed, as_of.reason) == (False, api.REASON_SUBJECT_ERASED)
         start = await c.HandleInboundMessage(
-            api.HandleInboundMessageRequest(
-                request_id=uuid.uuid4().hex,
-                from_phone=PHONE,
-                to_phone=SENDER,
-                body="START",
-                message_id="SM-in-2",
-                occurred_at=ts(clock.now),
-            )
+            inbound(PHONE, SENDER, "START", clock.now, message_id="SM-in-2")
         )
         after_start = await c.CanSend(
             api.CanSendRequest(

@@ -20,6 +20,7 @@ from services.bootstrap import Runtime
 from tests.e2e.harness import (
     client,
     define,
+    inbound,
     opt_in,
     opt_out,
     service_settings,
@@ -222,14 +223,9 @@ async def test_a_hostile_stop_is_refused_by_field_or_stops_the_number(runtime):
         for i, (field, value) in enumerate(cases):
             t = base + timedelta(seconds=10 * i)
             await c.RecordOptIn(opt_in(PHONE, "acme", "promo", t))
-            given = {"from_phone": PHONE, "to_phone": NUMBER, "message_id": f"SM-{i}", field: value}
             ledger_end = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
-            request = api.HandleInboundMessageRequest(
-                request_id=uuid.uuid4().hex,
-                body="STOP",
-                occurred_at=ts(t + timedelta(seconds=1)),
-                **given,
-            )
+            spelt = {"message_id": f"SM-{i}", field: value}
+            request = inbound(PHONE, NUMBER, "STOP", t + timedelta(seconds=1), **spelt)
             try:
                 written = await c.HandleInboundMessage(request)
             except grpc.aio.AioRpcError as err:
@@ -241,7 +237,7 @@ async def test_a_hostile_stop_is_refused_by_field_or_stops_the_number(runtime):
             assert written.intent == api.INBOUND_INTENT_OPT_OUT, (field, value)
             answer = await c.CanSend(
                 api.CanSendRequest(
-                    phone=given["from_phone"],
+                    phone=request.from_phone,
                     brand="acme",
                     campaign="promo",
                     at_least_as_fresh=written.consistency_token,

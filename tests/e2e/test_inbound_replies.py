@@ -14,7 +14,15 @@ from consent.v1 import consent_service_pb2 as api
 
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
-from tests.e2e.harness import Client, client, define, kafka_settings, opt_in, service_settings, ts
+from tests.e2e.harness import (
+    Client,
+    client,
+    define,
+    inbound,
+    kafka_settings,
+    opt_in,
+    service_settings,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -58,17 +66,6 @@ async def instances(tmp_path, postgres_dsn, kafka_bootstrap):
     finally:
         for runtime in runtimes:
             await runtime.stop()
-
-
-def text(phone: str, campaign: str, body: str, at: datetime) -> api.HandleInboundMessageRequest:
-    return api.HandleInboundMessageRequest(
-        request_id=uuid.uuid4().hex,
-        from_phone=phone,
-        to_phone=NUMBERS[campaign],
-        body=body,
-        message_id=f"SM{uuid.uuid4().hex[:12]}",
-        occurred_at=ts(at),
-    )
 
 
 SEQUENCE = [
@@ -131,7 +128,9 @@ async def run(
     replies = []
     for i, (campaign, body) in enumerate(SEQUENCE):
         at = when - timedelta(minutes=20) + timedelta(seconds=i)
-        r = await writers[i % len(writers)].HandleInboundMessage(text(phone, campaign, body, at))
+        r = await writers[i % len(writers)].HandleInboundMessage(
+            inbound(phone, NUMBERS[campaign], body, at)
+        )
         replies.append(r.reply)
         token = r.consistency_token
         await settle()
@@ -166,11 +165,11 @@ async def test_a_start_after_stopall_resumes_only_the_campaign_it_was_sent_to(in
         for campaign in NUMBERS:
             await c.RecordOptIn(opt_in(phone, "acme", campaign, when - timedelta(minutes=30)))
         stop = await c.HandleInboundMessage(
-            text(phone, "alerts", "STOPALL", when - timedelta(minutes=9))
+            inbound(phone, ALERTS_NUMBER, "STOPALL", when - timedelta(minutes=9))
         )
         await standing(c, phone, stop.consistency_token)  # the START reads the STOPALL
         start = await c.HandleInboundMessage(
-            text(phone, "promo", "START", when - timedelta(minutes=8))
+            inbound(phone, PROMO_NUMBER, "START", when - timedelta(minutes=8))
         )
         assert start.reply == api.REPLY_KIND_OPT_IN_CONFIRMATION and start.campaign == "promo"
         answers = await standing(c, phone, start.consistency_token)
@@ -186,7 +185,7 @@ async def test_a_start_with_no_consent_to_resume_owes_no_reply_and_allows_nothin
     async with client(a.address, "acme-app") as c:
         await c.RecordOptIn(opt_in(phone, "acme", "alerts", when - timedelta(minutes=30)))
         start = await c.HandleInboundMessage(
-            text(phone, "promo", "START", when - timedelta(minutes=8))
+            inbound(phone, PROMO_NUMBER, "START", when - timedelta(minutes=8))
         )
         assert start.reply == api.REPLY_KIND_NONE and start.notes
         answers = await standing(c, phone, start.consistency_token)
@@ -206,8 +205,8 @@ async def test_texts_of_one_phone_at_once_through_two_instances_record_every_fac
             stop_at, start_at = when - timedelta(minutes=9), when - timedelta(minutes=8)
             first, second = (ca, cb) if round_ % 2 else (cb, ca)
             stop, start = await asyncio.gather(
-                first.HandleInboundMessage(text(phone, "promo", "STOPALL", stop_at)),
-                second.HandleInboundMessage(text(phone, "promo", "START", start_at)),
+                first.HandleInboundMessage(inbound(phone, PROMO_NUMBER, "STOPALL", stop_at)),
+                second.HandleInboundMessage(inbound(phone, PROMO_NUMBER, "START", start_at)),
             )
             token = ConsistencyToken.decode(stop.consistency_token).merge(
                 ConsistencyToken.decode(start.consistency_token)

@@ -20,6 +20,7 @@ from tests.e2e.harness import (
     already_recorded,
     client,
     define,
+    inbound,
     kafka_settings,
     opt_in,
     opt_out,
@@ -93,17 +94,6 @@ async def check(
     )
 
 
-def inbound(body: str, to: str = ACME_NUMBER, at: datetime | None = None):
-    return api.HandleInboundMessageRequest(
-        request_id=uuid.uuid4().hex,
-        from_phone=PHONE,
-        to_phone=to,
-        body=body,
-        message_id=f"SM{uuid.uuid4().hex[:10]}",
-        occurred_at=ts(at) if at else None,
-    )
-
-
 async def test_the_full_life_of_a_number(service):
     runtime, clock = service
     async with client(runtime.address, "acme-app") as c:
@@ -138,7 +128,9 @@ async def test_the_full_life_of_a_number(service):
         assert r.allowed and api.OBLIGATION_INCLUDE_OPT_OUT_LANGUAGE not in r.obligations
 
         # STOP: the reply owed is the one confirmation, then nothing.
-        stop = await c.HandleInboundMessage(inbound("Stop", at=t - timedelta(minutes=2)))
+        stop = await c.HandleInboundMessage(
+            inbound(PHONE, ACME_NUMBER, "Stop", t - timedelta(minutes=2))
+        )
         assert stop.intent == api.INBOUND_INTENT_OPT_OUT
         assert stop.reply == api.REPLY_KIND_OPT_OUT_CONFIRMATION
         assert (stop.brand, stop.campaign) == ("acme", "promo")
@@ -162,7 +154,9 @@ async def test_the_full_life_of_a_number(service):
         assert not r.allowed and r.reason == api.REASON_OPT_OUT_CONFIRMATION_NOT_ALLOWED
 
         # START with the prior consent resumes it.
-        start = await c.HandleInboundMessage(inbound("START", at=t - timedelta(seconds=30)))
+        start = await c.HandleInboundMessage(
+            inbound(PHONE, ACME_NUMBER, "START", t - timedelta(seconds=30))
+        )
         assert start.intent == api.INBOUND_INTENT_OPT_IN
         r = await check(c, start.consistency_token)
         assert r.allowed
@@ -170,7 +164,7 @@ async def test_the_full_life_of_a_number(service):
         # STOPALL ends every campaign of the brand.
         w = await c.RecordOptIn(opt_in(PHONE, "acme", "alerts", t - timedelta(seconds=20)))
         stopall = await c.HandleInboundMessage(
-            inbound("STOPALL", to=ALERTS_NUMBER, at=t - timedelta(seconds=10))
+            inbound(PHONE, ALERTS_NUMBER, "STOPALL", t - timedelta(seconds=10))
         )
         for campaign in ("promo", "alerts"):
             r = await check(c, stopall.consistency_token, campaign=campaign)
@@ -235,7 +229,7 @@ async def test_a_second_brand_is_isolated_from_the_first(service):
             globex.RecordOptOut(opt_out(PHONE, "acme", None, clock.now, "x")),
             globex.ListEvents(api.ListEventsRequest(phone=PHONE, brand="acme")),
             globex.ListEvents(api.ListEventsRequest(phone=PHONE)),
-            globex.HandleInboundMessage(inbound("STOP")),
+            globex.HandleInboundMessage(inbound(PHONE, ACME_NUMBER, "STOP", None)),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await call
@@ -244,7 +238,7 @@ async def test_a_second_brand_is_isolated_from_the_first(service):
                 grpc.StatusCode.INVALID_ARGUMENT,
             )
         with pytest.raises(grpc.aio.AioRpcError) as err:  # acme's number, globex's token
-            await globex.HandleInboundMessage(inbound("hello", at=clock.now))
+            await globex.HandleInboundMessage(inbound(PHONE, ACME_NUMBER, "hello", clock.now))
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "acme" not in err.value.details()  # whose number it is stays unsaid
         r = await check(acme, w.consistency_token)
@@ -279,7 +273,9 @@ async def test_another_brands_sender_number_is_refused_and_its_stop_stays_with_i
     assert await runtime.ledger.end_offsets(Stream.CAMPAIGNS) == campaign_events
 
     async with client(runtime.address, "acme-app") as acme:
-        stop = await acme.HandleInboundMessage(inbound("STOP", at=t - timedelta(minutes=1)))
+        stop = await acme.HandleInboundMessage(
+            inbound(PHONE, ACME_NUMBER, "STOP", t - timedelta(minutes=1))
+        )
         assert (stop.brand, stop.campaign) == ("acme", "promo")
         r = await check(acme, stop.consistency_token)
         assert not r.allowed and r.reason == api.REASON_REVOKED
@@ -382,14 +378,7 @@ BAD_WRITES = [
     ),
     (
         "HandleInboundMessage",
-        lambda t: api.HandleInboundMessageRequest(
-            request_id="e",
-            from_phone="x",
-            to_phone=ACME_NUMBER,
-            body="STOP",
-            message_id="m",
-            occurred_at=ts(t),
-        ),
+        lambda t: inbound("x", ACME_NUMBER, "STOP", t, "e", message_id="m"),
         "from_phone",
     ),
     (
@@ -436,14 +425,7 @@ BAD_WRITES = [
     ),
     (
         "HandleInboundMessage",
-        lambda t: api.HandleInboundMessageRequest(
-            request_id="i",
-            from_phone=PHONE,
-            to_phone=ACME_NUMBER,
-            body="STOP" + "!" * 4_096,
-            message_id="m",
-            occurred_at=ts(t),
-        ),
+        lambda t: inbound(PHONE, ACME_NUMBER, "STOP" + "!" * 4_096, t, "i", message_id="m"),
         "body",
     ),
     (
@@ -666,7 +648,7 @@ async def test_the_opt_out_rate_counts_sends_and_opt_outs_per_campaign_and_brand
                     occurred_at=ts(t - timedelta(hours=1, minutes=i)),
                 )
             )
-        await c.HandleInboundMessage(inbound("STOP", at=t - timedelta(minutes=30)))
+        await c.HandleInboundMessage(inbound(PHONE, ACME_NUMBER, "STOP", t - timedelta(minutes=30)))
         stopall = await c.RecordOptOut(
             opt_out(
                 other,
@@ -753,8 +735,9 @@ async def test_flagged_replies_wait_in_a_queue_until_resolved(service):
     async with client(runtime.address, "acme-app") as c:
         flagged = []
         for minutes, phone in ((20, other), (10, PHONE)):  # the other number replies first
-            request = inbound("please stop texting me", at=t - timedelta(minutes=minutes))
-            request.from_phone = phone
+            request = inbound(
+                phone, ACME_NUMBER, "please stop texting me", t - timedelta(minutes=minutes)
+            )
             w = await c.HandleInboundMessage(request)
             assert w.intent == api.INBOUND_INTENT_REVOCATION_CANDIDATE
             flagged.append(w)
@@ -771,9 +754,10 @@ async def test_flagged_replies_wait_in_a_queue_until_resolved(service):
         assert first.next_page_token
 
         # A reply recorded late (it happened before both) joins the end of the queue.
-        late = inbound("wrong number", at=t - timedelta(hours=1))
-        late.from_phone = third = "+14155552673"
-        await c.HandleInboundMessage(late)
+        third = "+14155552673"
+        await c.HandleInboundMessage(
+            inbound(third, ACME_NUMBER, "wrong number", t - timedelta(hours=1))
+        )
         dismiss = api.ResolveRevocationCandidateRequest(
             request_id="resolve-1",
             phone=other,

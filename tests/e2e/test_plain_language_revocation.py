@@ -13,7 +13,7 @@ from consent.v1 import consent_service_pb2 as api
 
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
-from tests.e2e.harness import client, define, kafka_settings, opt_in, service_settings, ts
+from tests.e2e.harness import client, define, inbound, kafka_settings, opt_in, service_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -62,14 +62,7 @@ async def reply_and_check(runtime: Runtime, when: datetime, phone: str, body: st
     async with client(runtime.address, "acme-app") as c:
         await c.RecordOptIn(opt_in(phone, "acme", "promo", when - timedelta(minutes=30)))
         reply = await c.HandleInboundMessage(
-            api.HandleInboundMessageRequest(
-                request_id=uuid.uuid4().hex,
-                from_phone=phone,
-                to_phone=NUMBER,
-                body=body,
-                message_id=f"SM{uuid.uuid4().hex[:12]}",
-                occurred_at=ts(when - timedelta(minutes=5)),
-            )
+            inbound(phone, NUMBER, body, when - timedelta(minutes=5))
         )
         answer = await c.CanSend(
             api.CanSendRequest(

@@ -29,6 +29,7 @@ from tests.e2e.harness import (
     TOKENS,
     client,
     define,
+    inbound,
     kafka_settings,
     opt_in,
     proof,
@@ -96,14 +97,7 @@ async def _life(c, when):
     )
     await c.RecordMessageSent(_sent(PHONE, "acme", start + timedelta(minutes=10), "SM-second"))
     stop = await c.HandleInboundMessage(
-        api.HandleInboundMessageRequest(
-            request_id=uuid.uuid4().hex,
-            from_phone=PHONE,
-            to_phone=SENDER,
-            body="STOP",
-            message_id="SM-in-stop",
-            occurred_at=ts(start + timedelta(minutes=20)),
-        )
+        inbound(PHONE, SENDER, "STOP", start + timedelta(minutes=20), message_id="SM-in-stop")
     )
     assert stop.reply == api.REPLY_KIND_OPT_OUT_CONFIRMATION
     w = await c.RecordMessageSent(

@@ -17,6 +17,7 @@ from tests.e2e.harness import (
     already_recorded,
     client,
     define,
+    inbound,
     kafka_settings,
     opt_in,
     opt_out,
@@ -94,16 +95,7 @@ async def test_a_request_id_reused_for_any_other_request_is_refused_with_its_eve
                     policy=lpb.CampaignPolicy(),
                 )
             ),
-            c.HandleInboundMessage(
-                api.HandleInboundMessageRequest(
-                    request_id="r1",
-                    from_phone=PHONE,
-                    to_phone=NUMBER,
-                    body="STOP",
-                    message_id="SM-in",
-                    occurred_at=ts(when),
-                )
-            ),
+            c.HandleInboundMessage(inbound(PHONE, NUMBER, "STOP", when, "r1", message_id="SM-in")),
         ]
         for call in others:
             with pytest.raises(grpc.aio.AioRpcError) as refused:

@@ -17,7 +17,16 @@ from consent.v1 import ledger_pb2 as lpb
 
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
-from tests.e2e.harness import client, define, kafka_settings, opt_in, opt_out, service_settings, ts
+from tests.e2e.harness import (
+    client,
+    define,
+    inbound,
+    kafka_settings,
+    opt_in,
+    opt_out,
+    service_settings,
+    ts,
+)
 from tests.e2e.test_lifecycle import ACME_NUMBER, GLOBEX_NUMBER, PHONE, Clock
 from tests.e2e.test_metrics import sample, scrape
 
@@ -64,17 +73,6 @@ async def service(tmp_path, postgres_dsn, kafka_bootstrap):
         await runtime.stop()
 
 
-def inbound(body: str, to: str, clock: Clock) -> api.HandleInboundMessageRequest:
-    return api.HandleInboundMessageRequest(
-        request_id=uuid.uuid4().hex,
-        from_phone=PHONE,
-        to_phone=to,
-        body=body,
-        message_id=f"SM{uuid.uuid4().hex[:10]}",
-        occurred_at=ts(clock.now),
-    )
-
-
 async def reasons(runtime: Runtime, token: str) -> dict[tuple[str, str], int]:
     """What CanSend answers for each campaign (asked by the operator, of every brand)."""
     found = {}
@@ -106,7 +104,7 @@ async def test_a_stop_to_a_number_no_campaign_sends_from_denies_every_brand(serv
         before = await reasons(runtime, "")
         assert set(before.values()) == {api.REASON_CONSENT_ACTIVE}
 
-        stop = await admin.HandleInboundMessage(inbound("STOP", UNOWNED, clock))
+        stop = await admin.HandleInboundMessage(inbound(PHONE, UNOWNED, "STOP", clock.now))
         assert stop.intent == api.INBOUND_INTENT_OPT_OUT and stop.brand == ""
         assert any(UNOWNED in note for note in stop.notes)
         after = await reasons(runtime, stop.consistency_token)
@@ -131,7 +129,9 @@ async def test_a_stop_to_a_number_no_campaign_sends_from_denies_every_brand(serv
 
         # A text that is no opt-out has nothing to keep: still refused.
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await admin.HandleInboundMessage(inbound("what are your hours?", UNOWNED, clock))
+            await admin.HandleInboundMessage(
+                inbound(PHONE, UNOWNED, "what are your hours?", clock.now)
+            )
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
         # Someone who looked resolves it; the brands' sends go on.
@@ -152,7 +152,7 @@ async def test_a_stop_to_a_number_no_campaign_sends_from_denies_every_brand(serv
 async def test_a_stop_to_an_unowned_number_from_a_one_brand_caller_is_that_brands(service):
     runtime, clock = service
     async with client(runtime.address, "acme-app") as acme:
-        stop = await acme.HandleInboundMessage(inbound("stop all", UNOWNED, clock))
+        stop = await acme.HandleInboundMessage(inbound(PHONE, UNOWNED, "stop all", clock.now))
         assert stop.brand == "acme"
         found = await reasons(runtime, stop.consistency_token)
         assert found["acme", "promo"] == found["acme", "alerts"] == api.REASON_REVOKED_BRAND_WIDE
@@ -211,7 +211,7 @@ async def test_an_overdue_candidate_denies_and_is_listed_and_counted(service):
     assert runtime.metrics_address is not None
     async with client(runtime.address, "acme-app") as acme:
         reply = await acme.HandleInboundMessage(
-            inbound("please stop texting me", ACME_NUMBER, clock)
+            inbound(PHONE, ACME_NUMBER, "please stop texting me", clock.now)
         )
         assert reply.intent == api.INBOUND_INTENT_REVOCATION_CANDIDATE
         found = await reasons(runtime, reply.consistency_token)
@@ -267,7 +267,7 @@ async def test_a_stop_to_one_campaign_stops_them_all_from_the_revoke_all_date(se
         await admin.DefineCampaign(early)
         w = await admin.RecordOptIn(opt_in(PHONE, "acme", "early", clock.now - timedelta(hours=1)))
         stopped_at = clock.now
-        stop = await admin.HandleInboundMessage(inbound("STOP", ACME_NUMBER, clock))
+        stop = await admin.HandleInboundMessage(inbound(PHONE, ACME_NUMBER, "STOP", clock.now))
         assert stop.brand == "acme" and stop.campaign == "promo"
 
         async def reason(campaign: str, token: str = "") -> int:

@@ -19,6 +19,7 @@ from ledger.ports import ConsistencyToken
 from tests.e2e.harness import (
     client,
     define,
+    inbound,
     kafka_service_settings,
     opt_in,
     running,
@@ -241,8 +242,10 @@ async def test_every_reply_handle_inbound_says_is_owed_is_allowed_and_no_other(s
                 if step == "opt_in":
                     await c.RecordOptIn(opt_in(phone, "acme", "promo", when))
                 else:
-                    await c.HandleInboundMessage(text(phone, step, when))
-            got = await c.HandleInboundMessage(text(phone, body, t - timedelta(seconds=30)))
+                    await c.HandleInboundMessage(inbound(phone, PROMO_NUMBER, step, when))
+            got = await c.HandleInboundMessage(
+                inbound(phone, PROMO_NUMBER, body, t - timedelta(seconds=30))
+            )
             owed = got.reply_message_kind
             assert (owed == 0) == (got.reply == api.REPLY_KIND_NONE), (phone, body)
             for kind in OWED_KINDS:
@@ -265,13 +268,6 @@ async def test_every_reply_handle_inbound_says_is_owed_is_allowed_and_no_other(s
         # After a STOP, the HELP got its reply above; a regular message still may not go.
         r = await c.CanSend(can_send("+14155550103"))
         assert not r.allowed and r.reason == api.REASON_REVOKED
-
-
-def text(phone: str, body: str, when: datetime) -> api.HandleInboundMessageRequest:
-    return api.HandleInboundMessageRequest(
-        request_id=uuid.uuid4().hex, from_phone=phone, to_phone=PROMO_NUMBER, body=body,
-        message_id=f"SM{uuid.uuid4().hex[:10]}", occurred_at=ts(when),
-    )  # fmt: skip
 
 
 async def test_a_reply_that_did_not_earn_its_exemption_counts_towards_the_cap(service):
@@ -317,7 +313,7 @@ async def test_a_reply_that_did_not_earn_its_exemption_counts_towards_the_cap(se
         # A reply inside a conversation the person began: not counted, not capped.
         phone = "+14155550113"
         asked = await c.HandleInboundMessage(
-            text(phone, "is the sale on today?", t - timedelta(minutes=3))
+            inbound(phone, PROMO_NUMBER, "is the sale on today?", t - timedelta(minutes=3))
         )
         r = await c.CanSend(
             can_send(

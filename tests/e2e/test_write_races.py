@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from consent.v1 import consent_service_pb2 as api
@@ -18,11 +18,11 @@ from tests.builders import proof_proto as proof
 from tests.e2e.harness import (
     client,
     define,
+    inbound,
     kafka_settings,
     opt_in,
     opt_out,
     service_settings,
-    ts,
 )
 from tests.e2e.test_lifecycle import Clock
 
@@ -74,18 +74,6 @@ async def allowed(c, phone: str, fresh: str) -> list[bool]:
     return [one.allowed, batch.decisions[0].allowed]
 
 
-def texted(phone: str, body: str, at: datetime) -> api.HandleInboundMessageRequest:
-    """A text from ``phone`` to the campaign's number."""
-    return api.HandleInboundMessageRequest(
-        request_id=uuid.uuid4().hex,
-        from_phone=phone,
-        to_phone=NUMBER,
-        body=body,
-        message_id=f"SM{uuid.uuid4().hex[:12]}",
-        occurred_at=ts(at),
-    )
-
-
 async def test_a_consent_stamped_ahead_of_the_clock_does_not_outrank_a_later_opt_out(service):
     """A client whose clock runs ahead records an opt-in (or a START) stamped minutes
     after now, within the skew allowed; the person opts out a second later, and that
@@ -107,7 +95,7 @@ async def test_a_consent_stamped_ahead_of_the_clock_does_not_outrank_a_later_opt
         hour_ago = when - timedelta(hours=1)
         first = await c.RecordOptIn(opt_in(phone, "acme", "promo", hour_ago))
         await c.RecordOptOut(opt_out(phone, "acme", "promo", hour_ago + timedelta(minutes=1)))
-        resumed = await c.HandleInboundMessage(texted(phone, "START", ahead))
+        resumed = await c.HandleInboundMessage(inbound(phone, NUMBER, "START", ahead))
         assert await allowed(c, phone, token(first, resumed)) == [True, True]
         stopped = await c.RecordOptOut(opt_out(phone, "acme", "promo", when + timedelta(seconds=1)))
         assert await allowed(c, phone, token(first, resumed, stopped)) == [False, False]
@@ -129,7 +117,7 @@ async def test_an_opt_in_and_an_opt_out_sent_at_once_never_leave_a_number_allowe
         stops = [
             lambda phone: c.RecordOptOut(opt_out(phone, "acme", "promo", at + apart)),
             lambda phone: c.RecordOptOut(opt_out(phone, "acme", None, at + apart)),
-            lambda phone: c.HandleInboundMessage(texted(phone, "STOP", at + apart)),
+            lambda phone: c.HandleInboundMessage(inbound(phone, NUMBER, "STOP", at + apart)),
         ]
 
         async def race(i: int) -> tuple[str, list[bool]]:
@@ -153,7 +141,9 @@ async def test_an_opt_out_texted_ahead_of_the_clock_is_confirmed_and_resumed_at_
     async with client(runtime.address, "acme-app") as c:
         phone = "+14155550173"
         granted = await c.RecordOptIn(opt_in(phone, "acme", "promo", when - timedelta(hours=1)))
-        stopped = await c.HandleInboundMessage(texted(phone, "STOP", when + timedelta(minutes=2)))
+        stopped = await c.HandleInboundMessage(
+            inbound(phone, NUMBER, "STOP", when + timedelta(minutes=2))
+        )
         confirmation = await c.CanSend(
             api.CanSendRequest(
                 phone=phone,
@@ -168,6 +158,6 @@ async def test_an_opt_out_texted_ahead_of_the_clock_is_confirmed_and_resumed_at_
 
         clock.now = when + timedelta(seconds=1)
         started = await c.HandleInboundMessage(
-            texted(phone, "START", when + timedelta(minutes=2, seconds=1))
+            inbound(phone, NUMBER, "START", when + timedelta(minutes=2, seconds=1))
         )
         assert await allowed(c, phone, token(granted, stopped, started)) == [True, True]
