@@ -35,7 +35,7 @@ from services.adapters.migrations import migrate
 from services.adapters.postgres_access import PostgresAccessLog
 from services.adapters.postgres_keys import PostgresSubjectKeys
 from services.adapters.postgres_view import PostgresConsentView, read_pool
-from services.freshness import FreshnessGuard
+from services.freshness import FreshnessGuard, WatchedAppends
 from services.grpc_api.admission import CallerLimits
 from services.grpc_api.auth import TokenAuthenticator, write_dev_tokens
 from services.grpc_api.credentials import TlsFiles, file_stamp, follow_tokens
@@ -276,7 +276,8 @@ class Runtime:
         self.guard = FreshnessGuard(self.ledger, replica, s.freshness)
         await self.guard.start()
         self.usecases = UseCases.build(
-            TimedAppends(self.ledger, self.metrics),
+            # The guard hears of each write at once: this instance reads its own writes.
+            TimedAppends(WatchedAppends(self.ledger, self.guard), self.metrics),
             self.view,
             self.guard,
             self.clock,

@@ -15,6 +15,11 @@ arrived. Under load the loop's observations come late and take long, so a read
 that finds the last one older waits for the next, which all such readers share
 (at most ``_MAX_IN_FLIGHT`` are under way at once), and fails closed when none
 comes within the bound.
+
+An instance's own writes need no observation: ``WatchedAppends`` hands the guard
+each acknowledged write's position, and the instance's next read of that partition
+waits for the projection to apply it. The interval's window is left only for writes
+acknowledged by another instance.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledger.ports import AppliedPositions, ConsistencyToken, EventLog, Stream
+from ledger.events import LedgerEvent, Recorded
+from ledger.ports import AppliedPositions, ConsistencyToken, EventLog, Stream, WrappedEventLog
 from services.settings import FreshnessSettings
 
 log = logging.getLogger(__name__)
@@ -98,6 +104,9 @@ class FreshnessGuard:
         self._latest: tuple[float, asyncio.Future[dict[Stream, dict[int, int]]]] | None = None
         """The observation started last: when, and its outcome (shared by its waiters)."""
         self._in_flight = 0
+        self._written: dict[tuple[Stream, int], int] = {}
+        """Positions this instance's acknowledged writes reached that the view had not
+        applied at the last observation; emptied as observations find them applied."""
 
     async def start(self) -> None:
         await self.observe()
@@ -144,6 +153,12 @@ class FreshnessGuard:
         if started < self.status.observed_at:
             return ends  # a later one landed first; its ends are newer, keep them
         self._ends, self._applied = ends, applied
+        if self._written:  # a write the view has applied needs no note any more
+            self._written = {
+                key: offset
+                for key, offset in self._written.items()
+                if offset > applied.get(key[0], {}).get(key[1], 0)
+            }
         partition_lag = {
             stream: {
                 p: max(0, offset - applied.get(stream, {}).get(p, 0))
@@ -214,17 +229,44 @@ class FreshnessGuard:
         }
 
     async def _wait(self, needed: dict[tuple[Stream, int], int], deadline: float) -> bool:
+        look_soon: bool | None = None
         while True:
             if self._monotonic() - self.status.observed_at > self._settings.max_observation_age:
                 return False
-            if not self._behind(needed):
+            behind = self._behind(needed)
+            if not behind:
                 return True
             remaining = deadline - self._monotonic()
             if remaining <= 0:
                 return False
-            changed = self._changed
+            if look_soon is None:
+                # Waiting for a write of this instance: its projection takes
+                # milliseconds, so look again soon rather than wait for the loop's
+                # next round.
+                look_soon = any(key in self._written for key in behind)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+                if look_soon:
+                    await asyncio.wait_for(self._look_again(), remaining)
+                else:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def _with_written(
+        self, needed: dict[tuple[Stream, int], int]
+    ) -> dict[tuple[Stream, int], int]:
+        """``needed`` raised to the positions of this instance's own writes not yet
+        applied, on the same partitions."""
+        if not self._written:
+            return needed
+        return {key: max(offset, self._written.get(key, 0)) for key, offset in needed.items()}
+
+    def appended(self, recorded: Sequence[Recorded]) -> None:
+        """Note this instance's acknowledged write: a read after it (without a
+        token) waits for the projection to apply it, as it would after the next
+        observation, but from the moment of the acknowledgement."""
+        for (stream, partition), offset in ConsistencyToken.after(recorded).offsets.items():
+            key = (stream, partition)
+            if offset > self._written.get(key, 0):
+                self._written[key] = offset
 
     async def _recent(self) -> tuple[FreshnessStatus, float] | None:
         """The observation a read arriving now may use (one started at most a refresh
@@ -254,7 +296,7 @@ class FreshnessGuard:
         if recent is None:
             return False
         status, deadline = recent
-        if status.caught_up:
+        if status.caught_up and not self._written:
             return True  # every partition is, so the phones' partitions are too
         ends = self._ends.get(Stream.SUBSCRIBERS, {})
         partitions: set[int | None] = set(ends)
@@ -265,7 +307,7 @@ class FreshnessGuard:
         needed = {(Stream.SUBSCRIBERS, p): ends.get(p, 0) for p in partitions if p is not None}
         for p, offset in self._ends.get(Stream.CAMPAIGNS, {}).items():
             needed[(Stream.CAMPAIGNS, p)] = offset
-        return await self._wait(needed, deadline)
+        return await self._wait(self._with_written(needed), deadline)
 
     async def wait_for_all(self) -> bool:
         """True once the view has applied every partition of every stream up to its
@@ -277,7 +319,7 @@ class FreshnessGuard:
         needed = {
             (stream, p): offset for stream, ends in self._ends.items() for p, offset in ends.items()
         }
-        return await self._wait(needed, recent[1])
+        return await self._wait(self._with_written(needed), recent[1])
 
     async def wait_until_applied(self, streams: Collection[Stream] = tuple(Stream)) -> bool:
         """True once the view has applied every partition of ``streams`` up to the
@@ -357,3 +399,17 @@ class FreshnessGuard:
     def applied_token(self) -> ConsistencyToken:
         """The freshness the view had at the last observation."""
         return self._applied_token
+
+
+class WatchedAppends(WrappedEventLog):
+    """A ledger whose acknowledged appends the freshness guard is told of at once
+    (``FreshnessGuard.appended``); every other method is the wrapped ledger's."""
+
+    def __init__(self, ledger: EventLog, guard: FreshnessGuard) -> None:
+        super().__init__(ledger)
+        self._guard = guard
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        recorded = await self._ledger.append(events)
+        self._guard.appended(recorded)
+        return recorded

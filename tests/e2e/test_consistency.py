@@ -28,6 +28,7 @@ from tests.e2e.harness import (
     opt_in,
     opt_out,
     precondition_violations,
+    running,
     service_settings,
 )
 
@@ -236,3 +237,45 @@ async def test_one_sender_number_claimed_through_two_instances_at_once_goes_to_o
                 token = ConsistencyToken.decode(won[0].consistency_token)
                 assert await runtime.guard.wait_for_token(token)
                 assert await runtime.view.campaign_for_number(number) == ("acme", winner)
+
+
+@pytest.mark.parametrize("ledger", ["kafka", "postgres"])
+async def test_an_instance_honours_its_own_opt_out_at_once_without_a_token(
+    ledger, tmp_path, postgres_dsn, kafka_bootstrap
+):
+    """The refresh interval's window is for writes another instance acknowledged: a
+    read sent to the instance that acknowledged the opt-out, right after, says no."""
+    when = noon_in_los_angeles()
+    kafka = kafka_settings(kafka_bootstrap, f"own-{uuid.uuid4().hex[:8]}.")
+    settings = service_settings(tmp_path, postgres_dsn, kafka=kafka if ledger == "kafka" else None)
+    async with (
+        running(settings, clock=lambda: when) as runtime,
+        client(runtime.address) as admin,
+        client(runtime.address, "acme-app") as c,
+    ):
+        w = await admin.DefineCampaign(define("acme", "promo", when - timedelta(days=1)))
+        phones = [f"+1415555{2800 + i:04d}" for i in range(40)]
+        token = ConsistencyToken.decode(w.consistency_token)
+        for phone in phones:
+            granted = await c.RecordOptIn(opt_in(phone, "acme", "promo", when))
+            token = token.merge(ConsistencyToken.decode(granted.consistency_token))
+        assert await runtime.guard.wait_for_token(token)
+        batch = api.CanSendBatchRequest(brand="acme", campaign="promo", phones=phones)
+        assert all(d.allowed for d in (await c.CanSendBatch(batch)).decisions)
+
+        for i, phone in enumerate(phones[:30]):
+            await c.RecordOptOut(
+                opt_out(phone, "acme", "promo", when, channel=lpb.REVOCATION_CHANNEL_WEB)
+            )
+            if i % 3 == 0:
+                answer = await c.CanSend(
+                    api.CanSendRequest(phone=phone, brand="acme", campaign="promo")
+                )
+                assert not answer.allowed and answer.reason == api.REASON_REVOKED, (i, answer)
+            elif i % 3 == 1:  # a batch of one number waits for its partition
+                small = api.CanSendBatchRequest(brand="acme", campaign="promo", phones=[phone])
+                (decision,) = (await c.CanSendBatch(small)).decisions
+                assert not decision.allowed and decision.reason == api.REASON_REVOKED, i
+            else:  # a batch of more numbers than are hashed waits for every partition
+                decisions = (await c.CanSendBatch(batch)).decisions
+                assert [d.allowed for d in decisions] == [j > i for j in range(40)], i

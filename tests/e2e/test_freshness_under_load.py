@@ -6,6 +6,8 @@ a few thousand calls a second the guard's look at the ledger's end comes late an
 takes long, so the promise holds only if reads enforce it: here client processes
 load the server with CanSend while another writes opt-outs, and every read sent a
 refresh interval or more after its number's opt-out was acknowledged must say no.
+The opt-outs go to the instance that is read, which knows of its own writes at
+once: every read sent after the acknowledgement must say no.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ async def test_no_read_allows_a_send_a_refresh_interval_after_an_acked_opt_out(
     late = [
         (sent, i, allowed, reason)
         for sent, i, allowed, reason, _ in reads_seen
-        if sent >= acked[i] + REFRESH
+        if sent >= acked[i]
     ]
     allowed_late = [
         (round((sent - acked[i]) * 1000, 1), i) for sent, i, allowed, _ in late if allowed
@@ -111,10 +113,10 @@ async def test_no_read_allows_a_send_a_refresh_interval_after_an_acked_opt_out(
     reasons = Counter(api.Reason.Name(r[3]) for r in reads_seen)
     took = sorted(r[4] for r in reads_seen)
     print("p50 p90 p99", [round(took[int(len(took) * q)] * 1000, 1) for q in (0.5, 0.9, 0.99)])
-    print(f"{len(reads_seen)} reads in {duration:.1f} s, {len(late)} after ack + bound; {reasons}")
+    print(f"{len(reads_seen)} reads in {duration:.1f} s, {len(late)} after ack; {reasons}")
     assert allowed_late == []
     # Not vacuous: the load was real, the numbers were allowed before their opt-outs,
-    # and many reads came after an opt-out's acknowledgement plus the bound.
+    # and many reads came after an opt-out's acknowledgement.
     assert len(reads_seen) / duration > 200
     assert sum(1 for r in reads_seen if r[2]) > 500
     assert len(late) > 500

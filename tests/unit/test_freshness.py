@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from ledger.ports import ConsistencyToken, Stream
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
-from services.freshness import FreshnessGuard
+from services.freshness import FreshnessGuard, WatchedAppends
 from services.settings import FreshnessSettings
 from tests.builders import PHONE, granted, revoked
 
@@ -234,3 +236,71 @@ async def test_a_phones_read_with_a_token_waits_for_the_token_as_well() -> None:
         assert await guard.wait_for_phones([PHONE], token)
     finally:
         await guard.stop()
+
+
+async def test_a_read_after_this_instance_s_own_write_waits_for_it_with_no_observation() -> (
+    None
+):
+    """No loop, no observation after the write: only the write's own note can tell a
+    read that the opt-out it follows is not applied yet."""
+    ledger, view = InMemoryLedger(partitions=4), InMemoryConsentView()
+    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=0.1))
+    writes = WatchedAppends(ledger, guard)
+    opt_in = await writes.append([granted()])
+    await view.apply(Stream.SUBSCRIBERS, opt_in)
+    await guard.observe()
+    assert await guard.wait_for_phones([PHONE])
+
+    opt_out = await writes.append([revoked(granted().occurred_at)])
+
+    assert not await guard.wait_for_phones([PHONE])
+    assert not await guard.wait_for_phones([f"+1415555{n:04d}" for n in range(2600, 2640)])
+    assert not await guard.wait_for_all()
+    # Another partition than the write's is not held up by it.
+    numbers = (f"+1415555{n:04d}" for n in range(2600, 2700))
+    other = next(p for p in numbers if ledger.partition_for(p) != ledger.partition_for(PHONE))
+    assert await guard.wait_for_phones([other])
+
+    async def project_soon() -> None:
+        await asyncio.sleep(0.02)
+        await view.apply(Stream.SUBSCRIBERS, opt_out)
+
+    projecting = asyncio.create_task(project_soon())
+    started = asyncio.get_running_loop().time()
+    guard = _with_bound(guard, 1)
+    assert await guard.wait_for_phones([PHONE])  # learnt in moments, not at the next refresh
+    assert asyncio.get_running_loop().time() - started < 0.5
+    await projecting
+    assert await guard.wait_for_all()
+
+
+async def test_an_observation_that_finds_a_write_applied_makes_its_note_needless() -> None:
+    ledger, view = InMemoryLedger(partitions=2), InMemoryConsentView()
+    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=0.1))
+    writes = WatchedAppends(ledger, guard)
+    written = await writes.append([granted()])
+    assert guard._written  # noted
+    await view.apply(Stream.SUBSCRIBERS, written)
+    await guard.observe()
+    assert not guard._written  # applied, and observed so
+    assert guard.status.caught_up and await guard.wait_for_phones([PHONE])
+
+
+async def test_a_write_the_ledger_refuses_is_not_noted() -> None:
+    class Refusing(InMemoryLedger):
+        async def append(self, events):  # type: ignore[no-untyped-def]
+            raise ConnectionError("broker down")
+
+    ledger, view = Refusing(partitions=2), InMemoryConsentView()
+    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=0.1))
+    await guard.observe()
+    with pytest.raises(ConnectionError):
+        await WatchedAppends(ledger, guard).append([granted()])
+    assert not guard._written and await guard.wait_for_phones([PHONE])
+
+
+def _with_bound(guard: FreshnessGuard, seconds: float) -> FreshnessGuard:
+    guard._settings = FreshnessSettings(
+        refresh_interval=guard._settings.refresh_interval, wait_bound=seconds
+    )
+    return guard
