@@ -3,7 +3,11 @@ only *read like* an opt-out.
 
 Both readings below see the message folded: Unicode compatibility forms unified
 (NFKC, so a full-width or mathematical-bold STOP is STOP), typographic apostrophes
-(U+2019, U+2018, U+02BC and the like) made ', and case folded.
+(U+2019, U+2018, U+02BC and the like) made ', and case folded. A message is also
+read with the letters of other scripts that are drawn like Latin ones made Latin
+(Cyrillic, Greek, Armenian, Cherokee, Lisu, small capitals: a STOP typed as U+0405
+U+0422 U+041E U+0420), and that reading counts when it stops more: a look-alike
+STOP is a STOP, a look-alike START or HELP stays conversation.
 
 Keywords
 --------
@@ -200,8 +204,87 @@ def normalise(text: str) -> str:
     return "".join(ch for ch in _fold(text) if ch.isalnum()).upper()
 
 
+def _small_capitals() -> dict[str, str]:
+    """Latin small capitals (U+1D00 ...), which NFKC leaves as they are, as their letter."""
+    letters = {}
+    for code in (*range(0x0250, 0x02B0), *range(0x1D00, 0x1D2C), *range(0xA720, 0xA740)):
+        name = unicodedata.name(chr(code), "")
+        prefix = "LATIN LETTER SMALL CAPITAL "
+        if name.startswith(prefix) and len(name) == len(prefix) + 1:
+            letters[chr(code)] = name[-1].lower()
+    return letters
+
+
+# Letters of other scripts drawn like Latin ones: a phone set to a Cyrillic keyboard
+# types STOP as U+0405 U+0422 U+041E U+0420, which NFKC and case folding leave as
+# no keyword.
+_LOOK_ALIKE_SCRIPTS = (
+    # Cyrillic capitals and small letters
+    (
+        "\u0410\u0412\u0415\u0405\u0406\u0408\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425"
+        "\u0423\u04ae\u051a\u051c\u04c0\u0500",
+        "ABESIJKMHOPCTXYYQWID",
+    ),
+    (
+        "\u0430\u0435\u0455\u0456\u0458\u043e\u0440\u0441\u0443\u0445\u04bb\u0501\u051b\u051d"
+        "\u04cf\u04af\u043a\u0442\u043c\u043d\u0432",
+        "aesijopcyxhdqwlyktmhb",
+    ),
+    # Greek
+    (
+        "\u0391\u0392\u0395\u0396\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a5\u03a7"
+        "\u03f9\u037f",
+        "ABEZHIKMNOPTYXCJ",
+    ),
+    ("\u03bf\u03bd\u03b9\u03ba\u03c4\u03c1\u03b1\u03c5\u03f2\u03f3", "oviktpaucj"),
+    # Armenian
+    ("\u054f\u0555\u054d\u0585\u057d\u0578\u0570\u0566", "SOUounhq"),
+    # Cherokee
+    (
+        "\u13aa\u13f4\u13df\u13a0\u13ac\u13c0\u13bb\u13a5\u13ab\u13e6\u13de\u13b7\u13be\u13e2"
+        "\u13d2\u13da\u13a2\u13d9\u13b3\u13c3",
+        "ABCDEGHiJKLMOPRSTVWZ",
+    ),
+    # Lisu
+    (
+        "\ua4ee\ua4d0\ua4da\ua4d3\ua4f0\ua4dd\ua4d6\ua4e7\ua4f2\ua4d9\ua4d7\ua4e1\ua4df\ua4e0"
+        "\ua4f3\ua4d1\ua4e3\ua4e2\ua4d4\ua4f4\ua4e6\ua4ea\ua4eb\ua4ec\ua4dc",
+        "ABCDEFGHIJKLMNOPRSTUVWXYZ",
+    ),
+)
+_LOOK_ALIKES = str.maketrans(
+    {
+        **_small_capitals(),
+        **{
+            drawn: latin
+            for drawn_letters, latin_letters in _LOOK_ALIKE_SCRIPTS
+            for drawn, latin in zip(drawn_letters, latin_letters, strict=True)
+        },
+    }
+)
+
+# How far a reading stops sends: a look-alike spelling is taken only when it stops more.
+_STOPS = {Intent.REVOCATION_CANDIDATE: 1, Intent.OPT_OUT: 2, Intent.OPT_OUT_BRAND_WIDE: 3}
+
+
 def classify(text: str) -> Intent:
-    """What an inbound message asks for."""
+    """What an inbound message asks for.
+
+    The text is also read with look-alike letters made Latin, and that reading
+    counts when it stops more: a "STOP" in Cyrillic letters is the person's STOP,
+    while a look-alike START or HELP is left as written, since resuming consent on
+    a guess would allow what the person may not have asked for.
+    """
+    intent = _classify(text)
+    latin = text.translate(_LOOK_ALIKES)
+    if latin != text:
+        drawn = _classify(latin)
+        if _STOPS.get(drawn, 0) > _STOPS.get(intent, 0):
+            return drawn
+    return intent
+
+
+def _classify(text: str) -> Intent:
     word = normalise(text)
     if _OPT_OUT_RUN.fullmatch(word):
         # One opt-out keyword or several; a STOPALL in it makes it brand-wide

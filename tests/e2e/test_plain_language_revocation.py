@@ -90,3 +90,24 @@ async def test_an_ordinary_reply_leaves_the_number_allowed(service):
         reply, answer = await reply_and_check(runtime, when, f"+1415555{3100 + n}", body)
         assert reply.intent == api.INBOUND_INTENT_CONVERSATION, body
         assert answer.allowed, body
+
+
+async def test_a_stop_typed_in_look_alike_letters_revokes(service):
+    # Cyrillic, Armenian and Greek letters drawn like S, T, O and P: the person's
+    # STOP (or STOP ALL), which the keyword sets alone read as conversation.
+    runtime, when = service
+    spellings = [
+        ("\u0405\u0422\u041e\u0420", api.INBOUND_INTENT_OPT_OUT, api.REASON_REVOKED),
+        ("\u054fTOP", api.INBOUND_INTENT_OPT_OUT, api.REASON_REVOKED),
+        ("s\u03c4op", api.INBOUND_INTENT_OPT_OUT, api.REASON_REVOKED),
+        (
+            "\u0405\u0422\u041e\u0420 \u0410LL",
+            api.INBOUND_INTENT_OPT_OUT_BRAND_WIDE,
+            api.REASON_REVOKED_BRAND_WIDE,
+        ),
+    ]
+    for n, (body, intent, reason) in enumerate(spellings):
+        reply, answer = await reply_and_check(runtime, when, f"+1415555{3200 + n}", body)
+        assert reply.intent == intent, body
+        assert not answer.allowed, body
+        assert answer.reason == reason, body

@@ -462,6 +462,40 @@ def test_unicode_forms_and_typographic_apostrophes_read_as_their_plain_form(text
     assert classify(text) is intent
 
 
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        pytest.param("\u0405\u0422\u041e\u0420", Intent.OPT_OUT, id="Cyrillic STOP"),
+        pytest.param("S\u0422OP", Intent.OPT_OUT, id="one Cyrillic T"),
+        pytest.param("\u0455\u0442\u043e\u0440", Intent.OPT_OUT, id="Cyrillic lower stop"),
+        pytest.param("\u054fTOP", Intent.OPT_OUT, id="Armenian S"),
+        pytest.param("s\u03c4op", Intent.OPT_OUT, id="Greek tau"),
+        pytest.param("QU\u0399T", Intent.OPT_OUT, id="Greek iota QUIT"),
+        pytest.param("\u0415ND", Intent.OPT_OUT, id="Cyrillic E END"),
+        pytest.param("\u0421\u0410NCEL", Intent.OPT_OUT, id="Cyrillic CA CANCEL"),
+        pytest.param("\u041ePTOUT", Intent.OPT_OUT, id="Cyrillic O OPTOUT"),
+        pytest.param("\u13da\u13a2\u13be\u13e2", Intent.OPT_OUT, id="Cherokee STOP"),
+        pytest.param("\ua4e2\ua4d4\ua4f3\ua4d1", Intent.OPT_OUT, id="Lisu STOP"),
+        pytest.param("\ua731\u1d1b\u1d0f\u1d18", Intent.OPT_OUT, id="small capital stop"),
+        pytest.param(
+            "\u0405\u0422\u041e\u0420 \u0410LL", Intent.OPT_OUT_BRAND_WIDE, id="Cyrillic STOP ALL"
+        ),
+        pytest.param("\u0405\u0422\u041e\u0420!", Intent.OPT_OUT, id="Cyrillic STOP!"),
+        pytest.param("\u0405\u0422\u041e\u0420 texting me", CANDIDATE, id="Cyrillic STOP in words"),
+        pytest.param("\u0405\u0422\u0410RT", CONVERSATION, id="Cyrillic START resumes nothing"),
+        pytest.param("\u041d\u0415LP", CONVERSATION, id="Cyrillic HELP"),
+        pytest.param("\u0441\u0442\u043e\u043f", CANDIDATE, id="Russian stop stays a candidate"),
+        pytest.param(
+            "\u0421\u043f\u0430\u0441\u0438\u0431\u043e", CONVERSATION, id="Russian thanks"
+        ),
+    ],
+)
+def test_letters_of_other_scripts_drawn_like_latin_read_as_latin_for_a_stop(text, intent):
+    # A phone set to another keyboard types STOP in letters that only look Latin;
+    # the person asked to stop all the same. No such spelling ever resumes consent.
+    assert classify(text) is intent
+
+
 # Keyword spellings: the sets, plus the spaced and hyphenated forms people type.
 KEYWORDS = OPT_OUT_KEYWORDS | BRAND_WIDE_OPT_OUT_KEYWORDS | OPT_IN_KEYWORDS | HELP_KEYWORDS
 ANY_KEYWORD = st.sampled_from([*sorted(KEYWORDS), "OPT OUT", "opt-out", "stop all"])
