@@ -20,6 +20,23 @@ UNKNOWN_ZONE = "Etc/Unknown"
 
 _PUNCTUATION = frozenset("+-(). /")
 
+# Spaces, dashes and the full-width + ( ) . / as they reach us from a spreadsheet (a
+# no-break space between groups), a word processor (an en dash) or a phone's
+# full-width input, read as the ASCII ones: refused, an opt-out written so was lost
+# while its number, written plainly elsewhere, stayed opted in.
+_SEPARATORS = str.maketrans(
+    {
+        **dict.fromkeys("\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008", " "),
+        **dict.fromkeys("\u2009\u200a\u202f\u205f\u3000", " "),
+        **dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d", "-"),
+        "\uff0b": "+",
+        "\uff08": "(",
+        "\uff09": ")",
+        "\uff0e": ".",
+        "\uff0f": "/",
+    }
+)
+
 E164_EXAMPLE = "E.164, for example +14155552671"
 """The form a phone number is asked for, as every refusal of one says."""
 
@@ -33,8 +50,9 @@ def to_e164(raw: str, *, field: str = "phone", default_region: str | None = None
 
     Without ``default_region`` the number must carry its country code (+1...), so a
     subscriber can never be filed under the wrong country by accident. Spaces,
-    dashes, dots, slashes and brackets are read through (``+1 (415) 555-2671``), and
-    digits of any script; anything else (a control or format character, a letter)
+    dashes, dots, slashes and brackets are read through (``+1 (415) 555-2671``),
+    no-break and other Unicode spaces, Unicode dashes and full-width punctuation
+    included, and digits of any script; anything else (a control or format character, a letter)
     is refused, not skipped, and so is an extension: no text reaches one. The reason
     says the form expected, never the library's own words.
 
@@ -51,6 +69,7 @@ def to_e164(raw: str, *, field: str = "phone", default_region: str | None = None
 @lru_cache(maxsize=65_536)
 def _e164(raw: str, default_region: str | None) -> str:
     """``to_e164``'s reading, raising ``_Refused`` with the reason (a refusal is not kept)."""
+    raw = raw.translate(_SEPARATORS)
     if not raw or not raw.strip():
         raise _Refused(f"is required: a phone number in {E164_EXAMPLE}")
     if not raw.isprintable():

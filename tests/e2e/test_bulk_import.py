@@ -1092,3 +1092,43 @@ async def test_an_opt_out_refused_for_its_details_denies_its_number_until_review
     assert "imported 0 of 6 records" in again and "already present: 3" in again, again
     assert again.count(held) == 3, again
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+async def test_an_opt_out_whose_number_is_spaced_by_a_spreadsheet_revokes_its_number(
+    service, tmp_path
+):
+    """An opt-in with its number written plainly, and an opt-out of it written with
+    a spreadsheet's no-break spaces, a word processor's en dashes or full-width
+    signs: the opt-out was refused as "not a number" and not even held, and CanSend
+    allowed the number it meant."""
+    runtime, when = service
+    spellings = {
+        phone(80): "+1\u00a0415\u00a0555\u00a03080",
+        phone(81): "+1\u2013415\u2013555\u20133081",
+        phone(82): "\uff0b1 (415) 555-3082",
+    }
+    rows = []
+    for number, spelt in spellings.items():
+        rows.append({**export_rows(when)[1], "import_id": f"in-{number}", "phone": number})
+        rows.append(
+            {
+                "type": "opt_out",
+                "import_id": f"out-{number}",
+                "phone": spelt,
+                "brand": "acme",
+                "campaign": "promo",
+                "occurred_at": iso(when - timedelta(days=1)),
+                "channel": "keyword",
+                "text": "STOP",
+            }
+        )
+    export = write_csv(tmp_path / "spaced.csv", rows)
+
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 0 and "imported 6 of 6 records" in out, out + err
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, list(spellings), token_of(out))
+    assert reasons == dict.fromkeys(spellings, "REASON_REVOKED"), reasons

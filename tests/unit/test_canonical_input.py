@@ -158,6 +158,24 @@ def test_a_number_with_an_extension_is_refused_and_spacing_is_read_through() -> 
     assert to_e164("+1 (415) 555-0123") == PHONE
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "+1\u00a0415\u00a0555\u00a00123",  # a spreadsheet's no-break space
+        "+1\u202f415\u2009555\u20090123",  # narrow and thin spaces
+        "+1\u3000415\u3000555\u30000123",  # an ideographic space
+        "+1\u2013415\u2013555\u20130123",  # a word processor's en dash
+        "+1\u2212415\u2011555\u20100123",  # minus sign, non-breaking hyphen, hyphen
+        "\uff0b1\uff08415\uff09555\uff0e0123",  # full-width + ( ) .
+        "\uff0b\uff11\uff14\uff11\uff15\uff15\uff15\uff15\uff10\uff11\uff12\uff13",
+    ],
+)
+def test_a_number_spaced_or_dashed_by_other_characters_reads_as_the_number(raw: str) -> None:
+    # Refused, an opt-out written so was lost, while the same number written plainly
+    # elsewhere (its opt-in, the sender's CanSend) stayed opted in.
+    assert to_e164(raw) == PHONE
+
+
 # --- times and dates ---------------------------------------------------------------
 
 
