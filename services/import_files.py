@@ -243,7 +243,14 @@ def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:
     """One record's fields (empty ones left out) as an ``ImportRecord``."""
     kind = fields.get("type", "").strip().lower().replace("-", "_")
     if kind not in ("opt_in", "opt_out"):
-        return Unreadable(line, "type", "must be opt_in or opt_out")
+        # A type that cannot be read ("optout", "unsubscribe", none) may be an
+        # opt-out: it is held, as an opt-out refused for its details is, unless
+        # the record says only what an opt-in says (a misspelt opt-in stays refused).
+        opt_in_only = any(f in fields for f in OPT_IN_FIELDS) and not any(
+            f in fields for f in OPT_OUT_FIELDS
+        )
+        held = None if opt_in_only else _held(fields)
+        return Unreadable(line, "type", "must be opt_in or opt_out", held)
     read = _parse(kind, fields, line)
     if isinstance(read, Unreadable) and kind == "opt_out":
         return Unreadable(read.line, read.field, read.reason, _held(fields))

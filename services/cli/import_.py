@@ -59,7 +59,8 @@ defined is kept for review and denies meanwhile, as RecordOptOut does. An opt-ou
 refused for its details (no channel, a bad time, an import id another record
 holds) whose phone and brand can be read is refused and held for review: its
 number is denied for the brand until someone resolves it, and the summary says
-so; opt-ins refused are only refused."""
+so. So is a record whose type cannot be read ("optout", none), unless it holds
+only an opt-in's fields; opt-ins refused are only refused."""
 
 EPILOG = """\
 connection:

@@ -1132,3 +1132,44 @@ async def test_an_opt_out_whose_number_is_spaced_by_a_spreadsheet_revokes_its_nu
     async with client(runtime.address, "acme-app") as c:
         reasons = await answers(c, list(spellings), token_of(out))
     assert reasons == dict.fromkeys(spellings, "REASON_REVOKED"), reasons
+
+
+async def test_a_record_whose_type_cannot_be_read_is_held_unless_it_is_an_opt_in(service, tmp_path):
+    """An opt-out typed "optout" or "unsubscribe", or with no type, beside its
+    number's opt-in: refused as "type: must be opt_in or opt_out" and not held, so
+    CanSend allowed the number. It is held for review now; a misspelt opt-in (only
+    an opt-in's fields) is refused and nothing more."""
+    runtime, when = service
+    types = {phone(83): "optout", phone(84): "unsubscribe", phone(85): ""}
+    rows = []
+    for number, kind in types.items():
+        rows.append({**export_rows(when)[1], "import_id": f"in-{number}", "phone": number})
+        rows.append(
+            {
+                "type": kind,
+                "import_id": f"out-{number}",
+                "phone": number,
+                "brand": "acme",
+                "campaign": "promo",
+                "occurred_at": iso(when - timedelta(days=1)),
+                "channel": "keyword",
+                "text": "STOP",
+            }
+        )
+    misspelt = {**export_rows(when)[1], "type": "optin", "import_id": "in-86", "phone": phone(86)}
+    export = write_csv(tmp_path / "types.csv", [*rows, misspelt])
+
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 1 and "imported 3 of 7 records" in out, out + err
+    assert "refused: 4" in out, out
+    assert re.search(r"3 +INVALID_ARGUMENT +type: must be opt_in or opt_out; held for review", out)
+    assert re.search(r"1 +INVALID_ARGUMENT +type: must be opt_in or opt_out \(line 8\)", out)
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, [*types, phone(86)], token_of(out))
+    assert reasons == {
+        **dict.fromkeys(types, "REASON_REVOCATION_PENDING_REVIEW"),
+        phone(86): "REASON_NO_CONSENT",
+    }, reasons
