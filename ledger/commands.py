@@ -1215,6 +1215,15 @@ class HoldRefusedOptOut:
     record: str
     campaign: str | None = None
 
+    def __post_init__(self) -> None:
+        # An export's "acme " or "ACME" is refused as a brand (a name is matched
+        # whole), but it is acme that the person asked to stop: held under no
+        # brand, the opt-out was dropped while the number's opt-in went in. A hold
+        # only denies, so it is kept under the brand the record spells.
+        loose = self.brand.strip().lower()
+        if not is_name(self.brand) and is_name(loose):
+            object.__setattr__(self, "brand", loose)
+
     @property
     def request_id(self) -> str:
         """The hold's own id, apart from the record's import id (which another record

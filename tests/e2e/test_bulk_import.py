@@ -1173,3 +1173,39 @@ async def test_a_record_whose_type_cannot_be_read_is_held_unless_it_is_an_opt_in
         **dict.fromkeys(types, "REASON_REVOCATION_PENDING_REVIEW"),
         phone(86): "REASON_NO_CONSENT",
     }, reasons
+
+
+async def test_an_opt_out_whose_brand_is_padded_or_capitalised_is_held_under_the_brand(
+    service, tmp_path
+):
+    """An opt-out whose brand an export wrote "acme " or "ACME" is refused (a name is
+    matched whole), but was not held either, its brand being no name: the number's
+    opt-in went in and CanSend allowed it. It is held under the brand it spells."""
+    runtime, when = service
+    brands = {phone(87): "acme ", phone(88): "ACME", phone(89): " Acme"}
+    rows = []
+    for number, spelt in brands.items():
+        rows.append({**export_rows(when)[1], "import_id": f"in-{number}", "phone": number})
+        rows.append(
+            {
+                "type": "opt_out",
+                "import_id": f"out-{number}",
+                "phone": number,
+                "brand": spelt,
+                "campaign": "promo",
+                "occurred_at": iso(when - timedelta(days=1)),
+                "channel": "keyword",
+                "text": "STOP",
+            }
+        )
+    export = write_csv(tmp_path / "brands.csv", rows)
+
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 1 and "imported 3 of 6 records" in out and "refused: 3" in out, out + err
+    assert re.search(r"3 +INVALID_ARGUMENT +brand: .*; held for review", out), out
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, list(brands), token_of(out))
+    assert reasons == dict.fromkeys(brands, "REASON_REVOCATION_PENDING_REVIEW"), reasons
