@@ -140,8 +140,10 @@ tranquille, mauvais numéro); Portuguese for a few (pare, não mande, não quero
 mensagens, descadastrar). Chinese, Japanese, Korean, Russian, Vietnamese,
 Tagalog, Haitian Creole, German, Italian and Arabic only by their commonest
 words for stop and unsubscribe (停止, 退订, 配信停止, 수신거부, стоп, отписаться,
-ngừng gửi, tigil, sispann, abmelden, cancellami, توقف): other phrasings in them,
-and every other language, are not read beyond the keywords (STOP and the like,
+ngừng gửi, tigil, sispann, abmelden, cancellami, توقف), and by their one-word
+replies for stop or cancel when that word is the whole reply (取消, ストップ, 중지,
+отмена, hủy, hinto, anile, kündigen, annulla, إيقاف and a few more): other
+phrasings in them, and every other language, are not read beyond the keywords (STOP and the like,
 as the whole message), an English or Spanish word among their words, and the
 emoji.
 """
@@ -1557,6 +1559,8 @@ def reads_like_an_opt_out(text: str) -> bool:
         return True
     if _OTHER_LANGUAGES.search(_fold(text)) or _OTHER_LANGUAGES.search(plain):
         return True
+    if _letters(text) in _OTHER_LANGUAGE_REPLIES:
+        return True
     clauses = _clauses(plain)
     if _short_ender(clauses, question=plain.rstrip().endswith("?")):
         return True
@@ -1582,6 +1586,32 @@ _OTHER_LANGUAGES = re.compile(
     r"توقف|الغاء الاشتراك|إلغاء الاشتراك"
 )
 
+
+def _letters(text: str) -> str:
+    """The folded text's letters and digits alone, accents kept."""
+    return "".join(ch for ch in _fold(text) if ch.isalnum())
+
+
+# The same languages' commonest one-word replies for stop, cancel or unsubscribe,
+# matched only as the whole reply: inside a sentence they are often about something
+# else ("取消订单" cancels an order), and some are names without their accents
+# (Vietnamese "Huy", "Dung"), so those are matched with them.
+_OTHER_LANGUAGE_REPLIES = frozenset(
+    _letters(word)
+    for words in (
+        "取消 停 停止发送",  # Chinese
+        "配信解除 解除 ストップ やめて 止めて",  # Japanese
+        "중지 해지 수신해지 스톱 거부 그만",  # Korean
+        "отмена отписка отписаться",  # Russian
+        "dừng hủy từ_chối tu_choi ngừng",  # Vietnamese
+        "hinto itigil huwag",  # Tagalog
+        "anile kanpe",  # Haitian Creole
+        "kündigen austragen aufhören",  # German
+        "annulla disdici cancella fermati smettila",  # Italian
+        "إيقاف ايقاف إلغاء الغاء ستوب كفى كفاية",  # Arabic
+    )
+    for word in words.split()
+)
 
 # "I'm not Kevin", "This isn't Maria", "No soy Juan": a name after a denial, told by
 # its capital letter (a message in capitals is left to the other rules).

@@ -333,6 +333,43 @@ def test_other_languages_are_read_by_their_commonest_stop_words(text, intent):
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        "取消",  # Chinese: cancel
+        "停",  # Chinese: stop
+        "配信解除",  # Japanese: unsubscribe from the mailing
+        "ストップ",  # Japanese: stop, in katakana
+        "やめて",  # Japanese: stop it
+        "중지",  # Korean: stop
+        "수신해지",  # Korean: end receiving
+        "스톱",  # Korean: stop, in Hangul
+        "Отмена",  # Russian: cancel
+        "Dừng",  # Vietnamese: stop
+        "Hủy",  # Vietnamese: cancel
+        "Từ chối",  # Vietnamese: refuse
+        "Hinto",  # Tagalog: stop
+        "Itigil",  # Tagalog: stop (tigil with its prefix)
+        "Anile",  # Haitian Creole: cancel
+        "Kanpe",  # Haitian Creole: stop
+        "Kündigen",  # German: cancel
+        "Annulla",  # Italian: cancel
+        "إيقاف",  # Arabic: stop
+        "إلغاء",  # Arabic: cancel
+        "ستوب",  # Arabic: stop, transliterated
+    ],
+)
+def test_a_reply_of_one_common_stop_word_of_the_ten_languages_is_a_candidate(text):
+    # The whole reply, after a marketing text: these are what people of those
+    # languages send to stop one, and each read as conversation.
+    assert classify(text) is CANDIDATE
+
+
+@pytest.mark.parametrize("text", ["Huy", "Dung", "取消订单了吗？", "停车场在哪里？"])  # noqa: RUF001
+def test_those_words_as_a_name_or_inside_a_sentence_stay_conversation(text):
+    assert classify(text) is CONVERSATION
+
+
+@pytest.mark.parametrize(
     "text", ["No thanks", "no thank you", "No, gracias", "No thanks, I'm good", "Hard pass"]
 )
 def test_declining_and_nothing_else_is_a_candidate(text):
