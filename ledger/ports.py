@@ -94,6 +94,18 @@ class RequestClaim(NamedTuple):
     event_ids: tuple[str, ...]
 
 
+class AppendTurn(enum.Enum):
+    """Where an import's turn to append a record's facts stands
+    (``ConsentView.take_append_turns``)."""
+
+    TAKEN = "taken"
+    """This holder's now: it appends, then ends the turn."""
+    APPENDED = "appended"
+    """Another holder appended the facts: the record is present."""
+    HELD = "held"
+    """Another holder's, still running: it may be appending them right now."""
+
+
 class Stream(enum.Enum):
     """The ledger's two streams: subscriber facts keyed by phone, and campaign rules."""
 
@@ -525,6 +537,29 @@ class ConsentView(DigestReads, CampaignReads):
             await self.claim_request(c.brand, c.request_id, c.fingerprint, c.event_ids)
             for c in claims
         ]
+
+    async def take_append_turns(
+        self, keys: Sequence[tuple[str, str]], holder: str, lease_s: float
+    ) -> list[AppendTurn]:
+        """Take for ``holder`` (a UUID naming one import) the turn to append the facts
+        of each (brand, request id) in ``keys``, answered in order: of imports
+        sharing the view that claimed the same record (``claim_requests``, the same
+        fingerprint) and find its facts not applied, one appends them and the
+        others are told. A turn is this holder's until it ends it
+        (``end_append_turns``) or ``lease_s`` seconds pass: a holder that died
+        before saying whether it appended leaves its turns to be taken again then.
+        Atomic among every writer that shares the view, in any process, and kept by
+        a rebuild. This default keeps no turns: every caller appends (the facts are
+        the same, under the same ids, and the view applies them once)."""
+        return [AppendTurn.TAKEN for _ in keys]
+
+    async def end_append_turns(
+        self, keys: Sequence[tuple[str, str]], holder: str, *, appended: bool
+    ) -> None:
+        """End ``holder``'s turns of ``keys``: ``appended`` (its append was
+        acknowledged; the others are told the record is there), or given up (it
+        failed: the next to ask takes the turn and appends). A turn another holder
+        took meanwhile is left to it."""
 
     async def known_events(self, event_ids: Sequence[str]) -> set[str]:
         """Which of ``event_ids`` the view has applied (``find_event`` of each, in one

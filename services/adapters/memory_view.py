@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
+import math
+import time
 import uuid
 from collections import ChainMap
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -33,6 +35,7 @@ from ledger.events import (
 )
 from ledger.opt_out_rate import SendingCounts, count_sending
 from ledger.ports import (
+    AppendTurn,
     ChangesPage,
     ConsentView,
     Flagged,
@@ -106,6 +109,9 @@ class InMemoryConsentView(ConsentView):
         """Request ids by (brand, request id); a reset keeps them (``claim_request``)."""
         self._message_claims: dict[tuple[str, str, str], MessageClaim] = {}
         """Sends' claims of (brand, phone, message id); a reset keeps them too."""
+        self._append_turns: dict[tuple[str, str], tuple[str, float | None]] = {}
+        """Imports' turns to append, by (brand, request id): the holder, and when
+        the turn runs out (``time.monotonic``; None: appended). A reset keeps them."""
 
     async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
         for recorded in batch:
@@ -255,6 +261,28 @@ class InMemoryConsentView(ConsentView):
             for p, m, _, _ in claims
             if (claim := self._message_claims.get((brand, p, m))) is not None
         }
+
+    async def take_append_turns(
+        self, keys: Sequence[tuple[str, str]], holder: str, lease_s: float
+    ) -> list[AppendTurn]:
+        # Every import that shares this view is in this process, and this has no await.
+        now, turns = time.monotonic(), []
+        for key in keys:
+            held = self._append_turns.get(key)
+            if held is None or (held[1] is not None and (held[0] == holder or held[1] <= now)):
+                self._append_turns[key] = (holder, now + lease_s)
+                turns.append(AppendTurn.TAKEN)
+            else:
+                turns.append(AppendTurn.APPENDED if held[1] is None else AppendTurn.HELD)
+        return turns
+
+    async def end_append_turns(
+        self, keys: Sequence[tuple[str, str]], holder: str, *, appended: bool
+    ) -> None:
+        for key in keys:
+            held = self._append_turns.get(key)
+            if held is not None and held[0] == holder and held[1] is not None:
+                self._append_turns[key] = (holder, None if appended else -math.inf)
 
     async def message_use(self, brand: str, phone: str, message_id: str) -> str | None:
         return self._tables.messages.get((brand, phone, message_id))

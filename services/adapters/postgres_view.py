@@ -47,6 +47,7 @@ from ledger.events import (
 from ledger.opt_out_rate import SendingCounts
 from ledger.policy import latest_revocation
 from ledger.ports import (
+    AppendTurn,
     ChangesPage,
     ConsentView,
     Flagged,
@@ -305,6 +306,36 @@ SELECT k.brand, k.request_id,
        coalesce(t.event_ids, u.event_ids) AS event_ids
 FROM k LEFT JOIN taken AS t USING (brand, request_id)
 LEFT JOIN request_use AS u USING (brand, request_id)
+"""
+# An import's turns to append (``take_append_turns``), one statement for a chunk: a
+# turn is taken when free, run out, or this holder's already. Taken in key order, so
+# two imports that share ids cannot deadlock. A turn another holder committed after
+# this statement's snapshot, and kept, is not read (turn NULL): asked again.
+_TAKE_APPEND_TURNS = """
+WITH k AS (
+    SELECT * FROM unnest($1::text[], $2::text[]) AS k(brand, request_id)
+), taken AS (
+    INSERT INTO append_turn AS t (brand, request_id, holder, until)
+    SELECT brand, request_id, $3::uuid, now() + make_interval(secs => $4) FROM k
+    ORDER BY brand, request_id
+    ON CONFLICT (brand, request_id) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until
+    WHERE t.until IS NOT NULL AND (t.holder = EXCLUDED.holder OR t.until <= now())
+    RETURNING brand, request_id
+)
+SELECT k.brand, k.request_id,
+       CASE WHEN x.request_id IS NOT NULL THEN 'taken'
+            WHEN a.request_id IS NULL THEN NULL
+            WHEN a.until IS NULL THEN 'appended'
+            ELSE 'held' END AS turn
+FROM k LEFT JOIN taken AS x USING (brand, request_id)
+LEFT JOIN append_turn AS a USING (brand, request_id)
+"""
+# A holder's turns ended: appended (until NULL), or given up (run out at once).
+_END_APPEND_TURNS = """
+UPDATE append_turn AS t SET until = CASE WHEN $4 THEN NULL ELSE '-infinity'::timestamptz END
+FROM unnest($1::text[], $2::text[]) AS k(brand, request_id)
+WHERE t.brand = k.brand AND t.request_id = k.request_id AND t.holder = $3::uuid
+  AND t.until IS NOT NULL
 """
 _REQUEST_USES_OF = """
 SELECT u.brand, u.request_id, u.fingerprint, u.event_ids FROM request_use AS u
@@ -1186,6 +1217,43 @@ class PostgresConsentView(ConsentView):
                     uses[(row["brand"], row["request_id"])] = _request_use(row)
             pending = [c for c in pending if (c.brand, c.request_id) not in uses]
         return [uses[(c.brand, c.request_id)] for c in claims]
+
+    @bounded_bulk
+    async def take_append_turns(
+        self, keys: Sequence[tuple[str, str]], holder: str, lease_s: float
+    ) -> list[AppendTurn]:
+        turns: dict[tuple[str, str], AppendTurn] = {}
+        pending = list(dict.fromkeys(keys))  # a row is taken at most once a statement
+        while pending:  # only turns committed by others meanwhile come round again
+            rows = await fetch_bulk(
+                self._reads,
+                self._timeout,
+                _TAKE_APPEND_TURNS,
+                [k[0] for k in pending],
+                [k[1] for k in pending],
+                uuid.UUID(holder),
+                lease_s,
+            )
+            for row in rows:
+                if row["turn"] is not None:
+                    turns[(row["brand"], row["request_id"])] = AppendTurn(row["turn"])
+            pending = [k for k in pending if k not in turns]
+        return [turns[k] for k in keys]
+
+    @bounded_bulk
+    async def end_append_turns(
+        self, keys: Sequence[tuple[str, str]], holder: str, *, appended: bool
+    ) -> None:
+        if keys:
+            await fetch_bulk(
+                self._reads,
+                self._timeout,
+                _END_APPEND_TURNS,
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                uuid.UUID(holder),
+                appended,
+            )
 
     @bounded_bulk
     async def known_events(self, event_ids: Sequence[str]) -> set[str]:

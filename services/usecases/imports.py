@@ -11,18 +11,26 @@ request id reused is.
 
 A chunk costs a few round trips whatever its size: the request ids are claimed in
 one statement (``ConsentView.claim_requests``), the facts already applied are found
-in one (``known_events``), and the chunk's facts are appended in one call
+in one (``known_events``), the turns to append the rest are taken in one
+(``take_append_turns``), and the chunk's facts are appended in one call
 (``EventLog.append``), ordered by when each record happened, which seals their
 personal data under keys read or made for all their subjects in one more
 (``SubjectKeys.current_many``). One number's facts then reach the ledger in the
 order of their own times within a chunk; across chunks the fold needs no order, as
 it reads facts in world order (``ledger.state``).
+
+Imports at once, in one process or several sharing the view, append a record they
+share once: the one holding its append turn appends it and counts it as imported;
+another waits for that turn to end, and counts it as already present, or takes it
+over, if the holder's append failed or it died, and appends it itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from ledger.campaigns import Campaign
@@ -39,10 +47,12 @@ from ledger.commands import (
 )
 from ledger.errors import DomainError, InvalidRequest
 from ledger.events import LedgerEvent, evolved
-from ledger.ports import ConsistencyToken, RequestClaim, RequestUse, Stream
+from ledger.ports import AppendTurn, ConsistencyToken, RequestClaim, RequestUse, Stream
 from services.errors import FailedPrecondition, NotConsistent, PermissionDenied, ServiceError
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import brand_of
+
+log = logging.getLogger(__name__)
 
 MAX_CHUNK = 1000
 """Records one chunk may hold."""
@@ -53,6 +63,13 @@ see repeats of the records beyond it only within themselves."""
 CATCH_UP_ROUNDS = 20
 """Freshness bounds (``CONSENT_FRESHNESS_WAIT_MS`` each) an import's first chunk waits
 for the view to reach the ledger's end."""
+APPEND_LEASE_S = 120.0
+"""How long an import's turn to append a record lasts unless it ends it: past twice
+the longest append a ledger waits for (40 s on Kafka), so a live holder keeps it; a
+dead one's records wait that long for the next import."""
+TURN_POLL_S = (0.02, 0.5)
+"""The first and the longest pause before asking again after a turn another import
+holds."""
 
 ImportCommand = RecordOptIn | RecordOptOut
 
@@ -136,10 +153,15 @@ class Imports:
         *,
         authorize: Callable[[str], None] = lambda brand: None,
         recorded_by: str = "",
+        lease_s: float = APPEND_LEASE_S,
     ) -> None:
         """``authorize`` raises ``PermissionDenied`` for a brand the caller may not
-        write for; ``recorded_by`` (the caller's name) is stamped on every event."""
+        write for; ``recorded_by`` (the caller's name) is stamped on every event;
+        ``lease_s`` bounds each turn to append this import takes."""
         self.ctx = ctx
+        self._holder = str(uuid.uuid4())
+        """This import, as the holder of its turns to append (``_turns``)."""
+        self._lease_s = lease_s
         self._authorize = authorize
         self._recorded_by = recorded_by
         self._campaigns: dict[tuple[str, str], Campaign | None] = {}
@@ -198,7 +220,14 @@ class Imports:
         if before is not None:
             await asyncio.shield(before)
         new = await self._new(planned, result, dry_run)
-        held = await self._held(items, result, dry_run)
+        try:
+            held = await self._held(items, result, dry_run)
+        except BaseException:
+            if not dry_run:  # the records' turns: another import may take them now
+                await _quietly(
+                    self.ctx.view.end_append_turns(_keys(new), self._holder, appended=False)
+                )
+            raise
         if dry_run:
             result.imported = len(new)
             result.held = len(held)
@@ -220,11 +249,19 @@ class Imports:
             recorded = await self.ctx.ledger.append(events)
         except BaseException:
             # Not appended after all: a repeat of these records in a chunk still to
-            # come must be appended, not counted as present.
+            # come must be appended, not counted as present; and another import
+            # waiting for their turns takes them now rather than when they run out.
             self._claimed.remove(claimed)
             for key in claimed.keys:
                 self._unapplied.pop(key, None)
+            await _quietly(
+                self.ctx.view.end_append_turns(claimed.keys, self._holder, appended=False)
+            )
             raise
+        # Appended: the imports waiting for these turns count the records as present.
+        # Should the store not hear it, the turns run out and the next to ask finds
+        # the facts applied by then (``_turns`` looks again after a wait).
+        await _quietly(self.ctx.view.end_append_turns(claimed.keys, self._holder, appended=True))
         result.imported, result.held = imported, len(held)
         result.token = claimed.token = ConsistencyToken.after(recorded)
         result.refusals.sort(key=lambda r: r.index)
@@ -371,12 +408,52 @@ class Imports:
                 result.present += 1  # another chunk of this import appends it
             else:  # new, or claimed by a run whose append failed: (again) the same ids
                 new.append(p)
+        if not dry_run and new:
+            new = await self._turns(new, result)
         if dry_run:
             room = DRY_RUN_REMEMBERED - len(self._dry_run_taken)
             self._dry_run_taken.update(
                 (hash(_key(p)), hash(p.events[0].request_fingerprint)) for p in new[:room]
             )
         return new
+
+    async def _turns(self, new: list[_Planned], result: ChunkResult) -> list[_Planned]:
+        """Those of ``new`` (claimed, facts not applied) whose turn to append this
+        import takes. Another import holding one's turn may be appending it right
+        now (two imports of one export at once): it is waited for, and then counted
+        as present, or taken over when that import gave it up or let it run out."""
+        ours: list[_Planned] = []
+        waited = False
+        pause, longest = TURN_POLL_S
+        while True:
+            keys = [_key(p) for p in new]
+            turns = await self.ctx.view.take_append_turns(keys, self._holder, self._lease_s)
+            held: list[_Planned] = []
+            for p, turn in zip(new, turns, strict=True):
+                if turn is AppendTurn.TAKEN:
+                    ours.append(p)
+                elif turn is AppendTurn.APPENDED:
+                    result.present += 1
+                else:
+                    held.append(p)
+            if not held:
+                break
+            new, waited = held, True
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, longest)
+        if waited and ours:
+            # A turn taken over from an import that died may cover facts it did
+            # append and the view has applied since.
+            known = await self.ctx.view.known_events(
+                [str(e.event_id) for p in ours for e in p.events]
+            )
+            applied = [all(str(e.event_id) in known for e in p.events) for p in ours]
+            if any(applied):
+                keys = [_key(p) for p, done in zip(ours, applied, strict=True) if done]
+                await self.ctx.view.end_append_turns(keys, self._holder, appended=True)
+                result.present += len(keys)
+                ours = [p for p, done in zip(ours, applied, strict=True) if not done]
+        return ours
 
     def _not_taken_in_dry_run(self, unique: list[_Planned], result: ChunkResult) -> list[_Planned]:
         """A dry run's records less those an earlier chunk of it would import under
@@ -404,6 +481,15 @@ class Imports:
                 self._unapplied.pop(key, None)
 
 
+async def _quietly(ending: Awaitable[None]) -> None:
+    """Await ``ending`` (the end of turns to append) even in a cancelled chunk, and
+    let it fail: a turn not ended runs out on its own."""
+    try:
+        await asyncio.shield(ending)
+    except Exception:
+        log.warning("import: turns to append not ended; they run out", exc_info=True)
+
+
 def _release(turn: asyncio.Future[None]) -> None:
     if not turn.done():
         turn.set_result(None)
@@ -411,6 +497,10 @@ def _release(turn: asyncio.Future[None]) -> None:
 
 def _key(p: _Planned) -> tuple[str, str]:
     return (brand_of(p.events[0]), p.events[0].request_id)
+
+
+def _keys(planned: Sequence[_Planned]) -> list[tuple[str, str]]:
+    return [_key(p) for p in planned]
 
 
 def _hold_of(item: Item) -> HoldRefusedOptOut | None:

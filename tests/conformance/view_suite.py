@@ -49,6 +49,7 @@ from ledger.events import (
 )
 from ledger.opt_out_rate import SendingCounts, count_sending
 from ledger.ports import (
+    AppendTurn,
     CampaignReads,
     ConsentView,
     ConsistencyToken,
@@ -1065,6 +1066,53 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
         }
         assert await view.claim_requests([]) == []
         assert await view.request_uses([]) == {}
+
+    async def test_of_imports_taking_one_records_append_turn_one_holds_it_until_it_ends(
+        self, view: ConsentView
+    ) -> None:
+        a, b, keys = str(uuid.uuid4()), str(uuid.uuid4()), [("acme", "r1"), ("acme", "r2")]
+        takes = await asyncio.gather(
+            view.take_append_turns(keys, a, 60), view.take_append_turns(keys, b, 60)
+        )
+        assert sorted(takes, key=lambda t: t[0].value) == [
+            [AppendTurn.HELD, AppendTurn.HELD],
+            [AppendTurn.TAKEN, AppendTurn.TAKEN],
+        ]
+        first, second = (a, b) if takes[0][0] is AppendTurn.TAKEN else (b, a)
+        # Its holder may ask again (a chunk sent again); another brand's id is its own.
+        assert await view.take_append_turns([keys[0], ("globex", "r1")], first, 60) == [
+            AppendTurn.TAKEN,
+            AppendTurn.TAKEN,
+        ]
+        await view.end_append_turns(keys[:1], second, appended=True)  # not its turn
+        assert await view.take_append_turns(keys, second, 60) == [AppendTurn.HELD] * 2
+        await view.end_append_turns(keys[:1], first, appended=True)
+        await view.end_append_turns(keys[1:], first, appended=False)  # its append failed
+        assert await view.take_append_turns(keys, second, 60) == [
+            AppendTurn.APPENDED,
+            AppendTurn.TAKEN,
+        ]
+        assert await view.take_append_turns(keys, first, 60) == [
+            AppendTurn.APPENDED,
+            AppendTurn.HELD,
+        ]
+        await view.reset()  # a rebuild keeps the turns
+        assert await view.take_append_turns(keys, str(uuid.uuid4()), 60) == [
+            AppendTurn.APPENDED,
+            AppendTurn.HELD,
+        ]
+        assert await view.take_append_turns([], first, 60) == []
+
+    async def test_an_append_turn_not_ended_runs_out_and_is_taken_again(
+        self, view: ConsentView
+    ) -> None:
+        dead, next_one, keys = str(uuid.uuid4()), str(uuid.uuid4()), [("acme", "r1")]
+        assert await view.take_append_turns(keys, dead, 0.3) == [AppendTurn.TAKEN]
+        assert await view.take_append_turns(keys, next_one, 60) == [AppendTurn.HELD]
+        await asyncio.sleep(0.4)
+        assert await view.take_append_turns(keys, next_one, 60) == [AppendTurn.TAKEN]
+        await view.end_append_turns(keys, dead, appended=True)  # too late: not its turn now
+        assert await view.take_append_turns(keys, dead, 60) == [AppendTurn.HELD]
 
     async def test_taking_a_request_id_says_whether_this_call_took_it(
         self, view: ConsentView

@@ -171,6 +171,79 @@ async def test_a_record_whose_append_failed_is_appended_when_sent_again():
         assert [type(r.event).__name__ for r in written] == ["ConsentGranted"]
 
 
+class _Slow(InMemoryLedger):
+    """A ledger whose appends of subscriber facts take a while (the first may fail
+    instead), so that two imports at once meet while one appends."""
+
+    fail_first = False
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        if any(isinstance(e, ConsentGranted) for e in events):
+            await asyncio.sleep(0.05)
+            if self.fail_first:
+                self.fail_first = False
+                raise LedgerUnavailable("the broker went away")
+        return await super().append(events)
+
+
+def _granted(written: list[Recorded]) -> list[str]:
+    return sorted(r.event.request_id for r in written if isinstance(r.event, ConsentGranted))
+
+
+async def test_two_imports_of_the_same_records_at_once_append_each_once():
+    """Both used to find the ids claimed with their own fingerprint and the facts
+    not applied, and both appended them."""
+    async with running(ledger=_Slow(partitions=4)) as (app, _):
+        await app.writes.record(define())
+        items = [opt_in(i, f"+1415555{i:04d}") for i in range(20)]
+
+        one, other = await asyncio.gather(_imports(app).chunk(items), _imports(app).chunk(items))
+
+        assert sorted([(one.imported, one.present), (other.imported, other.present)]) == [
+            (0, 20),
+            (20, 0),
+        ]
+        written = [r for p in range(4) for r in await app.ledger.read(Stream.SUBSCRIBERS, p, 0)]
+        assert _granted(written) == sorted(f"imp-{i}" for i in range(20))
+
+
+async def test_an_import_waiting_for_anothers_failed_append_appends_the_records_itself():
+    ledger = _Slow(partitions=4)
+    ledger.fail_first = True
+    async with running(ledger=ledger) as (app, _):
+        await app.writes.record(define())
+        items = [opt_in(i, f"+1415555{i:04d}") for i in range(5)]
+
+        # Told of the failure, it takes the turns at once, not when they run out.
+        failed, waited = await asyncio.wait_for(
+            asyncio.gather(
+                _imports(app).chunk(items), _imports(app).chunk(items), return_exceptions=True
+            ),
+            5,
+        )
+
+        assert isinstance(failed, LedgerUnavailable)
+        assert not isinstance(waited, BaseException)
+        assert (waited.imported, waited.present) == (5, 0)
+        written = [r for p in range(4) for r in await app.ledger.read(Stream.SUBSCRIBERS, p, 0)]
+        assert _granted(written) == sorted(f"imp-{i}" for i in range(5))
+
+
+async def test_records_whose_turn_a_dead_import_took_are_written_once_it_runs_out():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        items = [opt_in(i, f"+1415555{i:04d}") for i in range(3)]
+        # A dead import: its turns taken, nothing appended.
+        dead = [(BRAND, f"imp-{i}") for i in range(3)]
+        await app.writes.ctx.view.take_append_turns(dead, "a dead import", 0.3)
+
+        again = await _imports(app).chunk(items)
+
+        assert (again.imported, again.present) == (3, 0)
+        written = [r for p in range(4) for r in await app.ledger.read(Stream.SUBSCRIBERS, p, 0)]
+        assert _granted(written) == ["imp-0", "imp-1", "imp-2"]
+
+
 async def test_a_dry_run_checks_everything_and_writes_nothing():
     async with running() as (app, _):
         await app.writes.record(define())
