@@ -109,7 +109,7 @@ class Age(NamedTuple):
 
 
 class Pending(NamedTuple):
-    """A reply that reads like an opt-out and awaits review."""
+    """A reply that reads like an opt-out, or another opt-out held, awaiting review."""
 
     event_id: str
     text: str
@@ -119,6 +119,9 @@ class Pending(NamedTuple):
     the policy only compares."""
     unattributed: bool
     """An opt-out no defined campaign could take: it counts for every campaign."""
+    imported: bool
+    """An import's opt-out held for its details, not a reply
+    (``RevocationCandidateFlagged.imported``): answers say which was held."""
 
 
 class Located(NamedTuple):
@@ -135,7 +138,8 @@ class Digest(NamedTuple):
     zones: tuple[str, ...] = ()
     """The number's time zones (``ledger.phone.time_zones``), found once when digested."""
     pending: tuple[Pending, ...] = ()
-    """Replies that read like an opt-out and await review, by id."""
+    """Replies that read like an opt-out and other opt-outs held, awaiting review, by
+    id."""
     brand_revocation: Mark | None = None
     brand_resume: Mark | None = None
     age: Age | None = None
@@ -227,6 +231,7 @@ def digest_of(state: SubscriberState) -> Digest:
                             c.event.text,
                             micros(revocation_due(c.at)),
                             c.event.unattributed,
+                            c.event.imported,
                         )
                         for c in state.pending_candidates()
                     ]

@@ -452,6 +452,13 @@ class RevocationCandidateFlagged(SubscriberEvent):
     """A definite opt-out whose campaign is unknown: it denies every campaign of its
     brand (of every brand, under ``ANY_BRAND``) until resolved."""
 
+    @property
+    def imported(self) -> bool:
+        """An import's opt-out refused for its details and held for review
+        (``ledger.commands.held_opt_out``), not a reply: the one candidate neither
+        unattributed nor flagged from a text, which always has a message id."""
+        return not self.inbound_message_id and not self.unattributed
+
 
 @dataclass(frozen=True)
 class RevocationCandidateResolved(SubscriberEvent):

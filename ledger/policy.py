@@ -32,6 +32,7 @@ from ledger.digest import (
     Digest,
     Located,
     Mark,
+    Pending,
     built,
     digest_of,
     from_micros,
@@ -79,6 +80,15 @@ def _said(text: str) -> str:
     """What a person's words add to an answer: " 'their words'", or nothing where they
     are sealed or erased (``ledger.personal_data``): a sender reads the answer too."""
     return "" if text in (SEALED, ERASED) else f" {text!r}"
+
+
+def _candidate(pending: Pending) -> str:
+    """What a candidate awaiting review is, for an answer: a person's reply, or an
+    import's opt-out held for its details (whose words say why it was refused)."""
+    if pending.imported:
+        text = pending.text
+        return "an imported opt-out" + ("" if text in (SEALED, ERASED) else f" ({text})")
+    return f"reply{_said(pending.text)} reads like an opt-out and"
 
 
 class Reason(enum.Enum):
@@ -373,7 +383,7 @@ class Check:
         if digest.pending:
             return deny(
                 Reason.REVOCATION_PENDING_REVIEW,
-                f"reply{_said(digest.pending[0].text)} reads like an opt-out and awaits review",
+                f"{_candidate(digest.pending[0])} awaits review",
                 [p.event_id for p in digest.pending],
                 version,
             )
@@ -499,11 +509,11 @@ class Check:
         overdue = [p for p in digest.pending if p.due <= now]
         if overdue:
             due = from_micros(overdue[0].due)
+            came = "was held" if overdue[0].imported else "came"
             return deny(
                 Reason.REVOCATION_OVERDUE,
-                f"reply{_said(overdue[0].text)} reads like an opt-out and was not resolved by "
-                f"{due:%Y-%m-%d %H:%M} UTC, ten business days after it came: "
-                "it counts as a revocation until resolved",
+                f"{_candidate(overdue[0])} was not resolved by {due:%Y-%m-%d %H:%M} UTC, ten "
+                f"business days after it {came}: it counts as a revocation until resolved",
                 [p.event_id for p in overdue],
                 version,
             )

@@ -1209,3 +1209,56 @@ async def test_an_opt_out_whose_brand_is_padded_or_capitalised_is_held_under_the
     async with client(runtime.address, "acme-app") as c:
         reasons = await answers(c, list(brands), token_of(out))
     assert reasons == dict.fromkeys(brands, "REASON_REVOCATION_PENDING_REVIEW"), reasons
+
+
+async def test_a_held_opt_out_is_named_an_imported_opt_out_by_every_check(service, tmp_path):
+    """CanSend's reason for an import's held opt-out was right, but its detail said
+    the number's "reply reads like an opt-out and awaits review": there was no
+    reply. Each check now says an imported opt-out is held (the record's words are
+    sealed, as a reply's are: the review queue says why it was refused)."""
+    runtime, when = service
+    number = phone(80)
+    rows = [
+        {**export_rows(when)[1], "import_id": "8000", "phone": number},
+        {
+            "type": "opt_out", "import_id": "stop-8000", "phone": number, "brand": "acme",
+            "occurred_at": iso(when - timedelta(days=1)), "text": "STOP",
+        },  # no channel: refused, and held
+    ]  # fmt: skip
+    export = write_csv(tmp_path / "held.csv", rows)
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+    assert code == 1 and "imported 1 of 2 records" in out, out + err
+    fresh = token_of(out)
+    held = "an imported opt-out awaits review"
+    async with client(runtime.address, "acme-app") as c:
+        one = await c.CanSend(
+            api.CanSendRequest(
+                phone=number, brand="acme", campaign="promo", at_least_as_fresh=fresh
+            )
+        )
+        batch = await c.CanSendBatch(
+            api.CanSendBatchRequest(
+                brand="acme", campaign="promo", phones=[number], at_least_as_fresh=fresh
+            )
+        )
+        as_of = await c.CanSendAsOf(
+            api.CanSendAsOfRequest(
+                phone=number, brand="acme", campaign="promo", at=ts(datetime.now(UTC)),
+                at_least_as_fresh=fresh,
+            )
+        )  # fmt: skip
+        overdue = await c.CanSend(  # a send planned past its ten business days
+            api.CanSendRequest(
+                phone=number, brand="acme", campaign="promo", at=ts(when + timedelta(days=30)),
+                at_least_as_fresh=fresh,
+            )
+        )  # fmt: skip
+    for answer in (one, batch.decisions[0], as_of):
+        assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
+        assert answer.detail.startswith(held), answer.detail
+        assert "reply" not in answer.detail, answer.detail
+    assert overdue.reason == api.REASON_REVOCATION_OVERDUE, overdue
+    assert overdue.detail.startswith("an imported opt-out was not resolved by"), overdue.detail
+    assert "reply" not in overdue.detail, overdue.detail

@@ -10,12 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledger.commands import HoldRefusedOptOut, held_opt_out
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, digest_of
 from ledger.state import SubscriberState, fold
 from services.adapters.digest_replica import CompactDigests, phone_key
 from services.wire.compact_digest import Shapes, Unencodable, Unreadable
 from services.wire.digest import decode_payload, encode_digest, payload_of
-from tests.builders import at, flagged, granted, record, revoked
+from tests.builders import BRAND, PHONE, at, flagged, granted, record, revoked
 from tests.unit.test_properties import histories
 
 ID = "0b6a4f2e-1c2d-5e3f-8a9b-0c1d2e3f4a5b"
@@ -44,7 +45,7 @@ def test_digest_fields_are_the_ones_the_encoding_knows():
         "proof_missing",
     )  # fmt: skip
     assert Mark._fields == ("at", "offset", "event_id")
-    assert Pending._fields == ("event_id", "text", "due", "unattributed")
+    assert Pending._fields == ("event_id", "text", "due", "unattributed", "imported")
     assert Age._fields == ("event_id", "verified_21_plus", "date_of_birth")
     assert Located._fields == ("state", "event_id")
 
@@ -120,7 +121,12 @@ digests = st.builds(
     st.lists(texts, max_size=2).map(tuple),
     st.lists(
         st.builds(
-            Pending, st.uuids().map(str) | texts, texts, st.integers(0, 2**62), st.booleans()
+            Pending,
+            st.uuids().map(str) | texts,
+            texts,
+            st.integers(0, 2**62),
+            st.booleans(),
+            st.booleans(),
         ),
         max_size=2,
     ).map(tuple),
@@ -191,6 +197,26 @@ def test_phone_keys_name_one_e164_number_each():
 
 def _digest(events: list[Any]) -> Digest:
     return digest_of(fold(record(events)))
+
+
+def test_an_imported_opt_out_held_is_marked_apart_from_a_reply_at_no_cost_in_bytes():
+    """Answers name what is held: an import's refused opt-out, or a reply. The mark
+    is the candidate's own (no message it came from, not unattributed), so a
+    rebuild digests it the same; both encodings give it back, and the replica's
+    keeps it in the shape, not among each number's bytes."""
+    hold = HoldRefusedOptOut("stop-7", PHONE, BRAND, "said")
+    (held,) = held_opt_out(hold, "channel: is required", at(1))
+    imported = _digest([granted(at(0)), held])
+    reply = _digest([granted(at(0)), flagged(at(1))])
+
+    assert [(p.imported, p.unattributed) for p in imported.pending] == [(True, False)]
+    assert [(p.imported, p.unattributed) for p in reply.pending] == [(False, False)]
+    assert _same(decode_payload(payload_of(encode_digest(imported))), imported)
+    shapes = Shapes()
+    for digest in (imported, reply):
+        assert _same(shapes.decode(shapes.encode(digest)), digest)
+    # The texts differ in length (each kept once in the table of strings, not here).
+    assert len(shapes.encode(imported)) == len(shapes.encode(reply))
 
 
 def test_the_store_answers_what_was_put_and_leaves_out_the_rest():

@@ -366,6 +366,11 @@ async def test_an_opt_out_refused_for_its_details_is_held_and_denies_until_revie
         assert refusal.held
         answer = await app.checks.can_send(phone, BRAND, "promo", token=result.token)
         assert answer.decision.reason is Reason.REVOCATION_PENDING_REVIEW
+        # What is held is named: no reply of the person's reads like an opt-out.
+        assert answer.decision.detail == (
+            "an imported opt-out (opt-out 'imp-1' refused at import (channel: is required)) "
+            "awaits review"
+        )
         (held,) = [e for e in await _written(app) if isinstance(e, RevocationCandidateFlagged)]
         assert (held.phone, held.brand, held.request_id[:5]) == (phone, BRAND, "held-")
 
