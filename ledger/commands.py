@@ -76,8 +76,10 @@ from ledger.regions import normalise_region
 from ledger.state import SubscriberState
 from ledger.validation import (
     EARLIEST_BIRTH,
+    TEXT_LIMITS,
     Violations,
     check_identifier,
+    check_length,
     check_not_too_early,
     check_text,
     is_blank,
@@ -109,55 +111,6 @@ def check_time(value: datetime, now: datetime, field_name: str = "occurred_at") 
     check_not_too_early(value, field_name)
     if value > now + MAX_CLOCK_SKEW:
         raise InvalidRequest(field_name, f"is in the future (more than {MAX_CLOCK_SKEW} ahead)")
-    return value
-
-
-TEXT_LIMITS: dict[str, int] = {
-    # What a person texted. Carriers deliver at most 1,600 characters (ten segments,
-    # and Twilio's limit for SMS and MMS alike); the rest is headroom for a gateway
-    # that joins segments itself. An inbound STOP refused would be a STOP lost.
-    "body": 4_096,
-    # An opt-out's words, by any channel (an email, notes of a call): generous, since
-    # an opt-out refused for its wording leaves the number opted in.
-    "text": 16_384,
-    "detail": 4_096,
-    "message_id": 256,
-    "error_code": 64,
-    "in_reply_to": 256,
-    "method": 256,
-    "resolved_by": 256,
-    "proof.name": 256,
-    "proof.email": 320,
-    "proof.postal_address": 1_024,
-    "proof.ip_address": 256,
-    "proof.collection_detail": 4_096,
-    "proof.form_url": 4_096,
-    # The words next to the checkbox; a longer document is kept by its sha256 and version.
-    "proof.consent_text": 8_192,
-    "proof.consent_text_sha256": 128,
-    "proof.consent_text_version": 256,
-    "proof.screenshot_ref": 4_096,
-    "proof.screenshot_sha256": 128,
-    "policy.category": 64,
-    # Erasure and legal holds (``ledger.retention``): names and references, no personal data.
-    "hold_id": 256,
-    "reference": 256,
-    "reason": 1_024,
-}
-"""The most characters each free-text field of a request may hold, by its name in the
-request. Every fact must fit one ledger record (Kafka's producer refuses records over
-1 MiB, and so would the broker), and a field no real request fills to this length is
-refused rather than stored: with every field at its limit, in four-byte characters, a
-fact stays far below a record's limit."""
-
-
-def check_length(value: str, field_name: str) -> str:
-    """``value`` if it fits ``TEXT_LIMITS[field_name]``, else ``InvalidRequest``."""
-    limit = TEXT_LIMITS[field_name]
-    if len(value) > limit:
-        raise InvalidRequest(
-            field_name, f"must be at most {limit:,} characters, got {len(value):,}"
-        )
     return value
 
 

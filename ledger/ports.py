@@ -17,13 +17,18 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequen
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 
-from ledger.chain import ChainRecord, Checkpoint
-from ledger.digest import Digest
 from ledger.events import CampaignEvent, LedgerEvent, Recorded, SubscriberEvent
-from ledger.opt_out_rate import SendingCounts
-from ledger.state import CampaignHistory, SubscriberState
+
+if TYPE_CHECKING:
+    # Named in the ports' signatures only. The digest and the state bring the policy's
+    # data (phonenumbers' geocoder, holidays: most of a second), which a client of
+    # the API that only reads a consistency token or a stream's name has no use for.
+    from ledger.chain import ChainRecord, Checkpoint
+    from ledger.digest import Digest
+    from ledger.opt_out_rate import SendingCounts
+    from ledger.state import CampaignHistory, SubscriberState
 
 
 class Flagged(NamedTuple):

@@ -36,6 +36,54 @@ return allowed); every other free-text field is one line."""
 
 _LINE_BREAKS = frozenset("\t\n\r")
 
+TEXT_LIMITS: dict[str, int] = {
+    # What a person texted. Carriers deliver at most 1,600 characters (ten segments,
+    # and Twilio's limit for SMS and MMS alike); the rest is headroom for a gateway
+    # that joins segments itself. An inbound STOP refused would be a STOP lost.
+    "body": 4_096,
+    # An opt-out's words, by any channel (an email, notes of a call): generous, since
+    # an opt-out refused for its wording leaves the number opted in.
+    "text": 16_384,
+    "detail": 4_096,
+    "message_id": 256,
+    "error_code": 64,
+    "in_reply_to": 256,
+    "method": 256,
+    "resolved_by": 256,
+    "proof.name": 256,
+    "proof.email": 320,
+    "proof.postal_address": 1_024,
+    "proof.ip_address": 256,
+    "proof.collection_detail": 4_096,
+    "proof.form_url": 4_096,
+    # The words next to the checkbox; a longer document is kept by its sha256 and version.
+    "proof.consent_text": 8_192,
+    "proof.consent_text_sha256": 128,
+    "proof.consent_text_version": 256,
+    "proof.screenshot_ref": 4_096,
+    "proof.screenshot_sha256": 128,
+    "policy.category": 64,
+    # Erasure and legal holds (``ledger.retention``): names and references, no personal data.
+    "hold_id": 256,
+    "reference": 256,
+    "reason": 1_024,
+}
+"""The most characters each free-text field of a request may hold, by its name in the
+request. Every fact must fit one ledger record (Kafka's producer refuses records over
+1 MiB, and so would the broker), and a field no real request fills to this length is
+refused rather than stored: with every field at its limit, in four-byte characters, a
+fact stays far below a record's limit."""
+
+
+def check_length(value: str, field_name: str) -> str:
+    """``value`` if it fits ``TEXT_LIMITS[field_name]``, else ``InvalidRequest``."""
+    limit = TEXT_LIMITS[field_name]
+    if len(value) > limit:
+        raise InvalidRequest(
+            field_name, f"must be at most {limit:,} characters, got {len(value):,}"
+        )
+    return value
+
 
 def identifier_problem(value: str) -> str | None:
     """Why ``value`` cannot be an identifier, or None when it can."""

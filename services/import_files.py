@@ -36,9 +36,9 @@ from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ledger.commands import TEXT_LIMITS, check_length
 from ledger.errors import DomainError, InvalidRequest
 from ledger.phone import to_e164
+from ledger.validation import TEXT_LIMITS, check_length
 
 FORMATS = ("csv", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}

@@ -97,9 +97,10 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    # The commands' modules, imported here rather than with this one: they take a
-    # second or two (gRPC, asyncpg, phonenumbers' data), and ``main`` turns a Ctrl-C
-    # meanwhile into exit 130 rather than a traceback of whichever import it hit.
+    # Each command's module only adds its options here: what it runs on (gRPC,
+    # asyncpg, aiokafka, the policy's data: a second or more) it imports when it
+    # runs, so that `--help`, a client command and a dry run do not wait for the
+    # service's parts.
     from services.cli import migrate, project, rebuild, serve
     from services.cli.audit import evidence
 
@@ -157,19 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = _parser()
         args = parser.parse_args(argv)
-    except KeyboardInterrupt:  # Ctrl-C while starting: nothing was done yet
+        return _run(parser, args)
+    except KeyboardInterrupt:
+        # Most often while the command still loads what it runs on; the commands
+        # that can be stopped partway (import, rebuild, export, verify, the sweep)
+        # say what they kept themselves. A traceback would only show an import.
         print("consent-ledger: interrupted", file=sys.stderr)
         return INTERRUPTED
-    return _run(parser, args)
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    import asyncio
-
-    from services.bootstrap import EMBEDDED_MISSING, StartError
-    from services.cli import migrate, project, rebuild, serve
     from services.cli.audit import evidence
-    from services.settings import Settings, SettingsError
 
     if args.command == "token":
         return tokens.run(args)
@@ -181,6 +180,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return audit.run(args)
     if args.command == "import":  # so is import
         return import_.run(args)
+
+    import asyncio
+
+    from services.bootstrap import EMBEDDED_MISSING, StartError
+    from services.cli import migrate, project, rebuild, serve
+    from services.settings import Settings, SettingsError
+
     if args.command == "migrate":
         migrate.check(parser, args)
     if args.command == "rebuild":

@@ -7,12 +7,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
-from services.bootstrap import StartError, start_embedded_postgres
-from services.settings import Settings
+if TYPE_CHECKING:
+    from services.settings import Settings
 
 log = logging.getLogger("consent-ledger")
 
@@ -50,7 +48,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _migrate(settings: Settings) -> None:
+    import asyncpg
+
     from services.adapters.migrations import migrate
+    from services.bootstrap import start_embedded_postgres
 
     dsn = settings.postgres_dsn or start_embedded_postgres(settings.data_dir)[0]
     async with contextlib.AsyncExitStack() as stack:
@@ -72,7 +73,10 @@ CHECK_INTERVAL_S = 2.0
 async def _not_migrated(settings: Settings) -> list[str]:
     """What ``migrate`` has yet to do: migrations not applied, topics missing or
     unsafe, or a store that does not answer. Changes nothing."""
+    import asyncpg
+
     from services.adapters.migrations import pending
+    from services.bootstrap import start_embedded_postgres
 
     dsn = settings.postgres_dsn or start_embedded_postgres(settings.data_dir)[0]
     try:
@@ -102,6 +106,8 @@ async def _migrate_check(settings: Settings, wait: float) -> None:
     """``migrate --check``: exit 0 once the schema and topics are in place, after up to
     ``wait`` seconds of asking again; otherwise fail naming what is missing. For an
     init container that holds the service back until the migrate Job is done."""
+    from services.bootstrap import StartError
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while problems := await _not_migrated(settings):

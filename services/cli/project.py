@@ -13,11 +13,12 @@ import argparse
 import asyncio
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.bootstrap import Runtime
-from services.settings import Settings
 from services.tuning import PROJECTION_YOUNG_THRESHOLD, settle_collector
+
+if TYPE_CHECKING:
+    from services.settings import Settings
 
 log = logging.getLogger("consent-ledger")
 
@@ -31,6 +32,8 @@ def add_parser(command: Any) -> None:
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> None:
+    from services.bootstrap import Runtime
+
     runtime = Runtime(settings)
     await runtime.start_projecting()
     # Before the lines that say it projects: a SIGTERM sent on seeing them is a clean stop.

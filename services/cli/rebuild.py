@@ -14,11 +14,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
-import asyncpg
-
 from ledger.ports import Stream
 from services.progress import Progress, ProgressLine
-from services.projector import Projector
 from services.tuning import PROJECTION_YOUNG_THRESHOLD, settle_collector
 
 if TYPE_CHECKING:
@@ -74,6 +71,8 @@ async def refold(
 ) -> None:
     """Rebuild the view of ``settings`` from its ledger; progress to ``out`` (None:
     quiet), ``workers`` processes. Prints what it did on standard output."""
+    import asyncpg
+
     from services.adapters.migrations import migrate
     from services.adapters.postgres_view import PostgresConsentView
     from services.bootstrap import Runtime, start_embedded_postgres
@@ -178,8 +177,11 @@ def _worker(
 async def _catch_up_share(
     settings: Settings, dsn: str, batch_size: int, share: int, shares: int
 ) -> int:
+    import asyncpg
+
     from services.adapters.postgres_view import PostgresConsentView
     from services.bootstrap import Runtime
+    from services.projector import Projector
 
     runtime = Runtime(settings)
     settle_collector(PROJECTION_YOUNG_THRESHOLD)

@@ -7,11 +7,12 @@ import argparse
 import asyncio
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.bootstrap import Runtime
-from services.settings import Settings, TlsSettings
 from services.tuning import settle_heap
+
+if TYPE_CHECKING:
+    from services.settings import Settings, TlsSettings
 
 log = logging.getLogger("consent-ledger")
 
@@ -41,6 +42,8 @@ def _grpcurl_hint(address: str, token: str | None, tls: TlsSettings | None = Non
 
 
 async def _serve(settings: Settings, embedded: bool) -> None:
+    from services.bootstrap import Runtime
+
     settling: set[asyncio.Future[Any]] = set()
 
     def settle_again() -> None:
