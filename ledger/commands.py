@@ -31,6 +31,7 @@ from ledger.campaigns import (
 from ledger.errors import (
     DomainError,
     InvalidCampaignPolicy,
+    InvalidPhoneNumber,
     InvalidRequest,
     MissingProofError,
     ProhibitedContent,
@@ -1192,12 +1193,32 @@ HELD_FOR_REVIEW = (
 """What a refusal of a held opt-out adds to its reason."""
 
 
+_INTERNATIONAL_PREFIX = re.compile(r"^(?:011|00)")
+
+
+def _held_number(raw: str) -> str:
+    """The number a refused opt-out is held under: as E.164, or else its digits read
+    as a number with its country code and no "+" (a spreadsheet drops a leading
+    "+"), after an international prefix (00, or 011 from North America) if any. A
+    number must carry its "+" to be recorded, so the record stays refused; but a
+    hold only denies, and the export's opt-in of the same number, written with its
+    "+", would otherwise stand."""
+    try:
+        return to_e164(raw)
+    except InvalidPhoneNumber:
+        digits = "".join(ch for ch in raw if ch.isdecimal())
+        written = all(ch.isdecimal() or ch in " -()./" for ch in raw)
+        if "+" in raw or not digits or not written:
+            raise
+        return to_e164("+" + _INTERNATIONAL_PREFIX.sub("", digits))
+
+
 def held_opt_out(cmd: HoldRefusedOptOut, refused: str, now: datetime) -> list[LedgerEvent]:
     """The candidate that keeps ``cmd``, flagged ``now`` (the record's own time may be
     what was wrong with it); ``refused`` says why the record was refused. Raises
     ``InvalidRequest`` when its number or brand cannot be read: nothing to hold."""
     brand = check_name(cmd.brand, "brand")
-    phone = to_e164(cmd.phone)
+    phone = _held_number(cmd.phone)
     campaign = cmd.campaign if cmd.campaign is not None and is_name(cmd.campaign) else None
     text = f"opt-out {cmd.import_id!r} refused at import ({refused})"
     return [

@@ -1262,3 +1262,44 @@ async def test_a_held_opt_out_is_named_an_imported_opt_out_by_every_check(servic
     assert overdue.reason == api.REASON_REVOCATION_OVERDUE, overdue
     assert overdue.detail.startswith("an imported opt-out was not resolved by"), overdue.detail
     assert "reply" not in overdue.detail, overdue.detail
+
+
+async def test_an_opt_out_whose_number_lost_its_plus_is_held_under_the_number(service, tmp_path):
+    """An opt-out whose number a spreadsheet stripped of its "+" ("14155553093"), or
+    that was written with an international prefix ("00 1 ...", "011 1 ..."), beside
+    the number's opt-in written in E.164: refused as "not a phone number" (a
+    number must carry its country code), and not held, so CanSend allowed the
+    number. The refusal stands, and the opt-out is held under the number those
+    digits make with a "+", for a person to confirm."""
+    runtime, when = service
+    spellings = {
+        phone(93): "14155553093",
+        phone(94): "00 1 415 555 3094",
+        phone(95): "011-1-415-555-3095",
+    }
+    rows = []
+    for number, spelt in spellings.items():
+        rows.append({**export_rows(when)[1], "import_id": f"in-{number}", "phone": number})
+        rows.append(
+            {
+                "type": "opt_out",
+                "import_id": f"out-{number}",
+                "phone": spelt,
+                "brand": "acme",
+                "campaign": "promo",
+                "occurred_at": iso(when - timedelta(days=1)),
+                "channel": "keyword",
+                "text": "STOP",
+            }
+        )
+    export = write_csv(tmp_path / "plus.csv", rows)
+
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 1 and "imported 3 of 6 records" in out and "refused: 3" in out, out + err
+    assert re.search(r"3 +INVALID_ARGUMENT +phone: .*; held for review", out), out
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, list(spellings), token_of(out))
+    assert reasons == dict.fromkeys(spellings, "REASON_REVOCATION_PENDING_REVIEW"), reasons
