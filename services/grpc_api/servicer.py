@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
+import hashlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -439,14 +441,15 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         reader = self._reader(context, brand)
         if brand is None and reader.brands is not None:
             raise InvalidRequest("brand", "is required for a token limited to some brands")
+        listing = _listing(request.phone, brand)
         _refuse_bad_fields(
             lambda: _page_size(request.page_size),
-            lambda: _page_start(request.page_token),
+            lambda: _page_start(request.page_token, listing),
             lambda: _token(request.at_least_as_fresh),
             *_target(request.phone, brand),
         )
         size = _page_size(request.page_size)
-        start = _page_start(request.page_token)
+        start = _page_start(request.page_token, listing)
         history = await self.usecases.audit.history(
             request.phone, brand, _token(request.at_least_as_fresh), reader=reader
         )
@@ -454,7 +457,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         more = start + size < len(events)
         return api_pb2.ListEventsResponse(
             events=[codec.recorded_to_proto(r) for r in events[start : start + size]],
-            next_page_token=_page_token(start + size) if more else "",
+            next_page_token=_page_token(start + size, listing) if more else "",
             consistency_token=history.token.encode(),
         )
 
@@ -993,9 +996,21 @@ def _access_before(token: str) -> int:
     return _token_number(token, "a", lambda n: 0 < n < _BIGINT, _NOT_ISSUED)
 
 
-def _page_token(offset: int) -> str:
-    return _encode_token("o", offset)
+def _listing(phone: str, brand: str | None) -> str:
+    """The kind of ListEvents' page tokens for one number and brand: a token names
+    an offset into the listing that issued it, and read against another number's
+    or brand's it paged that one short, with no error."""
+    with contextlib.suppress(DomainError):  # refused as the phone, by name
+        phone = to_e164(phone)
+    digest = hashlib.sha256(f"{phone}\0{brand or ''}".encode()).hexdigest()[:16]
+    return f"o{digest}"
 
 
-def _page_start(token: str) -> int:
-    return _token_number(token, "o", lambda n: n >= 0, _NOT_ISSUED)
+def _page_token(offset: int, listing: str) -> str:
+    return _encode_token(listing, offset)
+
+
+def _page_start(token: str, listing: str) -> int:
+    return _token_number(
+        token, listing, lambda n: n >= 0, f"{_NOT_ISSUED} for this phone and brand"
+    )

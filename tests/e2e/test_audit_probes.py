@@ -540,3 +540,35 @@ async def test_the_packet_is_whole_after_the_opt_out_and_for_its_own_brand_only(
         theirs = await globex.ListEvents(api.ListEventsRequest(phone=PHONE, brand="globex"))
     assert theirs.events and all(e.event.event_id for e in theirs.events)
     assert not {e.event.event_id for e in theirs.events} & {e["event_id"] for e in packet["events"]}
+
+
+async def test_a_page_token_of_one_listing_is_refused_for_another(service: Runtime) -> None:
+    """ListEvents' next page token of one number and brand, sent with another number
+    or brand: it was read as a bare offset into the other listing, and its pages
+    came back short or empty, an incomplete history with no error. A page token
+    pages through the listing that issued it only (a number spelt otherwise is
+    the same listing)."""
+    other = "+14155552972"
+    async with client(service.address) as admin:
+        w = await admin.RecordOptIn(opt_in(other, "acme", "promo", _now() - timedelta(hours=1)))
+        fresh = w.consistency_token
+        first = await admin.ListEvents(
+            api.ListEventsRequest(phone=PHONE, brand="acme", page_size=1, at_least_as_fresh=fresh)
+        )
+        assert first.next_page_token
+        spelt = await admin.ListEvents(
+            api.ListEventsRequest(
+                phone="+1 (415) 555-2971", brand="acme", page_size=1,
+                page_token=first.next_page_token,
+            )
+        )  # fmt: skip
+        assert [e.event.event_type for e in spelt.events] == ["ConsentRevoked"]
+        for phone, brand in ((other, "acme"), (PHONE, "globex")):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await admin.ListEvents(
+                    api.ListEventsRequest(
+                        phone=phone, brand=brand, page_size=1, page_token=first.next_page_token
+                    )
+                )
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (phone, brand)
+            assert _fields(err.value) == ["page_token"], (phone, brand)

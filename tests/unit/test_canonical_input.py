@@ -372,20 +372,26 @@ def test_a_consistency_token_is_read_only_as_the_service_writes_it(text: str) ->
 def test_a_page_token_is_only_the_text_the_service_issued() -> None:
     import base64
 
-    from services.grpc_api.servicer import _page_start, _page_token
+    from services.grpc_api.servicer import _listing, _page_start, _page_token
 
-    assert _page_start(_page_token(100)) == 100
-    issued = _page_token(100)
+    listing = _listing(PHONE, "acme")
+    assert _page_start(_page_token(100, listing), listing) == 100
+    issued = _page_token(100, listing)
     for other in (
         issued + "!",
         "!" + issued,
-        base64.urlsafe_b64encode(b"o: 100").decode(),
-        base64.urlsafe_b64encode(b"o:1_00").decode(),
-        base64.urlsafe_b64encode(b"o:+100").decode(),
+        base64.urlsafe_b64encode(f"{listing}: 100".encode()).decode(),
+        base64.urlsafe_b64encode(f"{listing}:1_00".encode()).decode(),
+        base64.urlsafe_b64encode(f"{listing}:+100".encode()).decode(),
+        base64.urlsafe_b64encode(b"o:100").decode(),  # of no listing (before this version)
+        _page_token(100, _listing("+14155550124", "acme")),
+        _page_token(100, _listing(PHONE, "globex")),
+        _page_token(100, _listing(PHONE, None)),
     ):
         with pytest.raises(InvalidRequest) as err:
-            _page_start(other)
+            _page_start(other, listing)
         assert err.value.field == "page_token"
+    assert _listing("+1 (415) 555-0123", "acme") == listing  # one number, spelt otherwise
 
 
 @pytest.mark.parametrize("port", ["\u00b2", "\u0665\u0660", "50051\n", " 50051", "+1"])
