@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -421,13 +422,19 @@ class Imports:
         """Those of ``new`` (claimed, facts not applied) whose turn to append this
         import takes. Another import holding one's turn may be appending it right
         now (two imports of one export at once): it is waited for, and then counted
-        as present, or taken over when that import gave it up or let it run out."""
-        ours: list[_Planned] = []
+        as present, or taken over when that import gave it up or let it run out.
+
+        While it waits, this import holds no turns: the turns it took are given up
+        and asked for again with the rest. Two imports each holding a turn the other
+        waits for (after a third gave up the turns both wanted) would otherwise both
+        wait until one's turns ran out. The pauses vary, so that two imports waiting
+        for each other's records do not keep asking in step."""
         waited = False
         pause, longest = TURN_POLL_S
         while True:
             keys = [_key(p) for p in new]
             turns = await self.ctx.view.take_append_turns(keys, self._holder, self._lease_s)
+            ours: list[_Planned] = []
             held: list[_Planned] = []
             for p, turn in zip(new, turns, strict=True):
                 if turn is AppendTurn.TAKEN:
@@ -438,8 +445,10 @@ class Imports:
                     held.append(p)
             if not held:
                 break
-            new, waited = held, True
-            await asyncio.sleep(pause)
+            if ours:
+                await self.ctx.view.end_append_turns(_keys(ours), self._holder, appended=False)
+            new, waited = ours + held, True
+            await asyncio.sleep(pause * random.uniform(0.5, 1.5))
             pause = min(pause * 2, longest)
         if waited and ours:
             # A turn taken over from an import that died may cover facts it did

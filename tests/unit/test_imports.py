@@ -27,7 +27,7 @@ from ledger.events import (
     RevocationChannel,
 )
 from ledger.policy import Reason
-from ledger.ports import LedgerUnavailable, Stream
+from ledger.ports import AppendTurn, LedgerUnavailable, Stream
 from services.adapters.memory_ledger import InMemoryLedger
 from services.errors import PermissionDenied
 from services.usecases import imports as imports_module
@@ -242,6 +242,38 @@ async def test_records_whose_turn_a_dead_import_took_are_written_once_it_runs_ou
         assert (again.imported, again.present) == (3, 0)
         written = [r for p in range(4) for r in await app.ledger.read(Stream.SUBSCRIBERS, p, 0)]
         assert _granted(written) == ["imp-0", "imp-1", "imp-2"]
+
+
+async def test_an_import_waiting_for_a_turn_holds_none_another_waits_for():
+    """A third import gave up a turn that two others wanted; the one that took it
+    waits for a record whose turn the other took meanwhile, and the other waits
+    for it: both used to wait until a turn ran out (two minutes), holding theirs."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        view = app.writes.ctx.view
+        first, second = (BRAND, "imp-1"), (BRAND, "imp-2")
+        await view.take_append_turns([first], "a third import", 60)
+        items = [opt_in(1, "+14155550001"), opt_in(2, "+14155550002")]
+        waiting = asyncio.ensure_future(_imports(app).chunk(items))
+        await asyncio.sleep(0.01)  # it asked for both turns: the first was held
+        await view.end_append_turns([first], "a third import", appended=False)
+        # Another import takes the first record's turn and waits for the second's.
+        assert await view.take_append_turns([first], "another", 60) == [AppendTurn.TAKEN]
+
+        async def the_other() -> None:
+            while await view.take_append_turns([second], "another", 60) != [AppendTurn.TAKEN]:
+                await asyncio.sleep(0.01)
+            await app.writes.ctx.ledger.append(
+                [e for i in items for e in await _imports(app)._checked(i)]
+            )
+            await view.end_append_turns([first, second], "another", appended=True)
+
+        await asyncio.wait_for(the_other(), 5)
+        result = await asyncio.wait_for(waiting, 5)
+
+        assert (result.imported, result.present) == (0, 2)
+        written = [r for p in range(4) for r in await app.ledger.read(Stream.SUBSCRIBERS, p, 0)]
+        assert _granted(written) == ["imp-1", "imp-2"]
 
 
 async def test_a_dry_run_checks_everything_and_writes_nothing():
