@@ -299,7 +299,12 @@ def describe(e: LedgerEvent) -> str:
     if isinstance(e, InboundMessageReceived):
         return f'text received: "{_short(e.body)}"'
     if isinstance(e, RevocationCandidateFlagged):
-        what = "opt-out no campaign could take" if e.unattributed else "reply flagged as opt-out"
+        if e.unattributed:
+            what = "opt-out no campaign could take"
+        elif e.imported:
+            what = "imported opt-out held for review"
+        else:
+            what = "reply flagged as opt-out"
         return f'{what}: "{_short(e.text)}"'
     if isinstance(e, RevocationCandidateResolved):
         by = f" by {e.resolved_by}" if e.resolved_by else ""

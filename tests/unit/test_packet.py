@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 
 from ledger.campaigns import CampaignPolicy, FrequencyCap
+from ledger.commands import HoldRefusedOptOut, held_opt_out
 from ledger.events import (
     ANY_BRAND,
     CampaignDefined,
@@ -278,6 +279,15 @@ def test_a_flagged_reply_shows_its_deadline_and_resolution():
     assert flag.kind == "candidate"
     assert flag.due is not None and flag.due > at(10)
     assert flag.resolution is not None and flag.resolution.startswith("revoked by reviewer-7")
+
+
+def test_an_imported_opt_out_held_is_described_as_one_not_as_a_reply():
+    hold = HoldRefusedOptOut("stop-7", PHONE, BRAND, "said")
+    (held,) = held_opt_out(hold, "channel: is required", at(10))
+    packet = assemble(record([_defined(), granted(at(0)), held]), PHONE, BRAND, None, NOW)
+    (line,) = [e.summary for e in packet.events if e.event_id == str(held.event_id)]
+    assert line.startswith("imported opt-out held for review: ")
+    assert "stop-7" in line and "channel: is required" in line
 
 
 def test_a_stop_whose_brand_was_unknown_is_in_every_brands_packet():
