@@ -467,9 +467,10 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, request: api_pb2.ListRevocationCandidatesRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListRevocationCandidatesResponse:
         reader = self._reader(context, request.brand)
+        listing = _queue(request.brand, request.overdue_only)
         _refuse_bad_fields(
             lambda: _page_size(request.page_size),
-            lambda: _queue_after(request.page_token),
+            lambda: _queue_after(request.page_token, listing),
             lambda: _token(request.at_least_as_fresh),
             # "*": the STOPs whose brand is unknown (ANY_BRAND), for an operator's token.
             *_target(None, None if request.brand == ANY_BRAND else request.brand),
@@ -477,7 +478,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         size = _page_size(request.page_size)
         queue = await self.usecases.review.revocation_candidates(
             request.brand,
-            _queue_after(request.page_token),
+            _queue_after(request.page_token, listing),
             size + 1,
             overdue_only=request.overdue_only,
             token=_token(request.at_least_as_fresh),
@@ -487,7 +488,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         more = len(queue.candidates) > size
         return api_pb2.ListRevocationCandidatesResponse(
             candidates=[codec.recorded_to_proto(q.candidate.as_recorded()) for q in page],
-            next_page_token=_queue_token(page[-1].position) if more else "",
+            next_page_token=_queue_token(page[-1].position, listing) if more else "",
             consistency_token=queue.token.encode(),
             deadlines=[
                 api.candidate_deadline_to_proto(q.candidate.event_id, q.due_at, queue.now)
@@ -975,19 +976,28 @@ def _token_number(token: str, kind: str, valid: Callable[[int], bool], reason: s
     return number
 
 
-def _queue_token(position: int) -> str:
+def _queue(brand: str, overdue_only: bool) -> str:
+    """The kind of the review queue's page tokens for one listing: every brand's
+    candidates share the queue's positions, so a token read for another brand (or
+    the overdue ones alone) skipped that listing's candidates before its place."""
+    digest = hashlib.sha256(f"{brand}\0{overdue_only}".encode()).hexdigest()[:16]
+    return f"q{digest}"
+
+
+def _queue_token(position: int, listing: str) -> str:
     """A page token that names the queue position of the last candidate given, not a
     count: the queue shrinks as candidates are resolved, grows at its end as replies
     are applied, and the next page must skip none."""
-    return _encode_token("q", position)
+    return _encode_token(listing, position)
 
 
-def _queue_after(token: str) -> int:
-    """The position a page token names; 0 (the start) for no token. A token of the
-    versions that ordered the queue by recorded time ("c:") is refused like any
-    other: its reader lists from the start again."""
+def _queue_after(token: str, listing: str) -> int:
+    """The position a page token of ``listing`` names; 0 (the start) for no token. A
+    token of another listing, or of the versions before listings were told apart
+    ("q:") or that ordered the queue by recorded time ("c:"), is refused like any
+    other text: its reader lists from the start again."""
     return _token_number(
-        token, "q", lambda n: 0 < n < _BIGINT, f"{_NOT_ISSUED}; list from the start"
+        token, listing, lambda n: 0 < n < _BIGINT, f"{_NOT_ISSUED}; list from the start"
     )
 
 

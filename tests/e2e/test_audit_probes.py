@@ -572,3 +572,43 @@ async def test_a_page_token_of_one_listing_is_refused_for_another(service: Runti
                 )
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (phone, brand)
             assert _fields(err.value) == ["page_token"], (phone, brand)
+
+
+async def test_a_review_queue_page_token_of_one_brand_is_refused_for_another(
+    service: Runtime,
+) -> None:
+    """ListRevocationCandidates' page token names a place in the queue every brand
+    shares: sent with another brand, it skipped that brand's candidates before the
+    place, and a reviewer saw a queue short of pending revocations, with no error.
+    A token pages through the listing that issued it only (brand and overdue_only)."""
+    async with client(service.address) as admin:
+        fresh = ""
+        for n, (sender, phone) in enumerate(
+            ((SENDER, "+14155552973"), ("+12125550198", "+14155552974"),
+             (SENDER, "+14155552975"))
+        ):  # fmt: skip
+            w = await admin.HandleInboundMessage(
+                api.HandleInboundMessageRequest(
+                    request_id=f"queue-{n}-{uuid.uuid4().hex[:8]}", from_phone=phone,
+                    to_phone=sender, body="please no more texts",
+                    message_id=f"SM-queue-{n}-{uuid.uuid4().hex[:8]}", occurred_at=ts(_now()),
+                )
+            )  # fmt: skip
+            fresh = w.consistency_token
+        first = await admin.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="acme", page_size=1, at_least_as_fresh=fresh)
+        )
+        assert first.next_page_token
+        for brand, overdue_only in (("globex", False), ("acme", True)):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await admin.ListRevocationCandidates(
+                    api.ListRevocationCandidatesRequest(
+                        brand=brand, page_token=first.next_page_token, overdue_only=overdue_only
+                    )
+                )
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, brand
+            assert _fields(err.value) == ["page_token"], brand
+        rest = await admin.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="acme", page_token=first.next_page_token)
+        )
+        assert [c.event.phone for c in rest.candidates] == ["+14155552975"]
