@@ -676,9 +676,10 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         brand = request.brand if request.HasField("brand") else None
         reader = self._reader(context, brand)
         phone = request.phone or None
+        listing = _accesses(request)
         _refuse_bad_fields(
             lambda: _page_size(request.page_size),
-            lambda: _access_before(request.page_token),
+            lambda: _access_before(request.page_token, listing),
             lambda: api.optional_time(request, "start_time"),
             lambda: api.optional_time(request, "end_time"),
             *_target(phone, brand),
@@ -691,14 +692,14 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             subject=request.subject or None,
             start=api.optional_time(request, "start_time"),
             end=api.optional_time(request, "end_time"),
-            before=_access_before(request.page_token) or None,
+            before=_access_before(request.page_token, listing) or None,
             limit=size + 1,
         )
         page = found[:size]
         last = page[-1].id if page else None
         return api_pb2.ListAuditAccessResponse(
             accesses=[api.access_to_proto(r) for r in page],
-            next_page_token=_encode_token("a", last) if len(found) > size and last else "",
+            next_page_token=_encode_token(listing, last) if len(found) > size and last else "",
         )
 
     # ---- retention ---------------------------------------------------------------------
@@ -1001,9 +1002,31 @@ def _queue_after(token: str, listing: str) -> int:
     )
 
 
-def _access_before(token: str) -> int:
-    """The id below which the next page of access records starts; 0: the newest."""
-    return _token_number(token, "a", lambda n: 0 < n < _BIGINT, _NOT_ISSUED)
+def _accesses(request: api_pb2.ListAuditAccessRequest) -> str:
+    """The kind of ListAuditAccess' page tokens for one listing (its brand, number,
+    reader and window): a token names an access id, and read for another listing it
+    skipped that listing's reads newer than the id."""
+    phone = request.phone
+    with contextlib.suppress(DomainError):  # refused as the phone, by name
+        phone = to_e164(phone)
+    said = repr(
+        (
+            request.brand if request.HasField("brand") else None,
+            phone,
+            request.subject,
+            request.start_time.SerializeToString() if request.HasField("start_time") else None,
+            request.end_time.SerializeToString() if request.HasField("end_time") else None,
+        )
+    )
+    return "a" + hashlib.sha256(said.encode()).hexdigest()[:16]
+
+
+def _access_before(token: str, listing: str) -> int:
+    """The id below which the next page of ``listing``'s access records starts; 0:
+    the newest."""
+    return _token_number(
+        token, listing, lambda n: 0 < n < _BIGINT, f"{_NOT_ISSUED} for this listing"
+    )
 
 
 def _listing(phone: str, brand: str | None) -> str:

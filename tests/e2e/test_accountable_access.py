@@ -381,6 +381,21 @@ async def test_list_audit_access_shows_the_brands_reads_newest_first(service: Ru
         api.ListAuditAccessRequest(brand="acme", page_token="not-ours"),
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+    # A token pages the listing that issued it only: read for another (another
+    # brand, no number, another reader), it skipped that listing's newer reads.
+    for n, other in enumerate(
+        (
+            api.ListAuditAccessRequest(brand="acme", page_token=first.next_page_token),
+            api.ListAuditAccessRequest(
+                brand="globex", phone=PHONE, page_token=first.next_page_token
+            ),
+            api.ListAuditAccessRequest(
+                brand="acme", phone=PHONE, subject="admin", page_token=first.next_page_token
+            ),
+        )
+    ):
+        code, _ = await _call(service.address, "ListAuditAccess", "admin", f"rid-o{n}", other)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, other
 
 
 async def _access_cli(*argv: str, token: str) -> tuple[int | None, str, str]:
