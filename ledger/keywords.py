@@ -516,7 +516,8 @@ def _canon(token: str) -> tuple[str, ...]:
         return ()
     if not token.isalpha():
         leet = token.translate(_LEET)
-        if leet.isalpha() and (leet in _LEXICON or _STOP_LIKE_PREFIX.match(leet)):
+        # A stop word counts however the digit falls ("5top" as "st0p"): _known.
+        if leet.isalpha() and (_known(leet) or _STOP_LIKE_PREFIX.match(leet)):
             return _canon(leet)
         letters = "".join(ch for ch in token if ch.isalpha())
         return _canon(letters) if letters else ()

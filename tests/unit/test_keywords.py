@@ -228,6 +228,9 @@ def test_spanish_stop_doing_with_a_contact_verb_is_a_candidate(stopper, verb):
         "stoop",
         "sotp",
         "st0p",
+        "5TOP",  # a digit for the first letter, as for any other
+        "5t0p",
+        "un5ubscribe",
         "S T O P pls",
         "cancle my subscription",
         "plz remoove me",
