@@ -18,6 +18,7 @@ history; ``ensure_topics`` refuses topics configured that way.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -117,6 +118,10 @@ class KafkaLedger(EventLog):
     def __init__(self, settings: KafkaLedgerSettings) -> None:
         self.settings = settings
         self._producer: AIOKafkaProducer | None = None
+        self._spent: AIOKafkaProducer | None = None
+        """The producer, if a batch of it failed (``_renew_producer_if_spent``)."""
+        self._renewing = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
         self._reader: AIOKafkaConsumer | None = None
         # One consumer serves every ``read``; reads reassign it, so they take turns.
         self._read_lock = asyncio.Lock()
@@ -159,6 +164,8 @@ class KafkaLedger(EventLog):
         self._producer = self._reader = None
         if producer is not None:
             await self._stop_producer(producer)
+        for retiring in list(self._retiring):
+            await retiring
         if reader is not None:
             await reader.stop()
 
@@ -352,10 +359,9 @@ class KafkaLedger(EventLog):
                 )
         if not records:
             return []
-        producer = self._started_producer()
         try:
             metadata = await asyncio.wait_for(
-                self._send_all(producer, records), self.settings.append_timeout_s
+                self._sent(records), self.settings.append_timeout_s
             )
         except _TOO_LARGE as exc:  # the broker's limit, below the producer's: no retry helps
             raise EventTooLarge(
@@ -372,21 +378,65 @@ class KafkaLedger(EventLog):
             for event, md in zip(events, metadata, strict=True)
         ]
 
-    @staticmethod
-    async def _send_all(
-        producer: AIOKafkaProducer, records: list[tuple[str, bytes, bytes, list[Header]]]
+    async def _sent(
+        self, records: list[tuple[str, bytes, bytes, list[Header]]]
     ) -> list[RecordMetadata]:
+        producer = await self._renew_producer_if_spent()
         # send() only queues a record (in call order, so one key's events keep their
         # order); waiting on each delivery in turn would make 500 events 500 round trips.
-        deliveries = [
-            await producer.send(topic, value, key=key, headers=headers)
-            for topic, key, value, headers in records
-        ]
-        results = await asyncio.gather(*deliveries, return_exceptions=True)
+        deliveries = []
+        for topic, key, value, headers in records:
+            delivery = await producer.send(topic, value, key=key, headers=headers)
+            delivery.add_done_callback(functools.partial(self._delivered, producer))
+            deliveries.append(delivery)
+        # Shielded: an append that times out must not cancel its deliveries, or a
+        # batch that fails later would fail unseen by ``_delivered``.
+        results = await asyncio.gather(
+            *(asyncio.shield(d) for d in deliveries), return_exceptions=True
+        )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
         return list(results)
+
+    def _delivered(self, producer: AIOKafkaProducer, delivery: asyncio.Future[Any]) -> None:
+        if not delivery.cancelled() and delivery.exception() is not None:
+            self._spent = producer
+
+    async def _renew_producer_if_spent(self) -> AIOKafkaProducer:
+        """The producer to send with: a new one if a batch of the current one failed.
+
+        An idempotent producer numbers each partition's batches, and the broker
+        takes a batch only if it follows the last one it wrote. aiokafka numbers a
+        batch as it takes it for sending, also when it then gives up on it (a batch
+        that waited ``request_timeout_s`` for a partition with no leader, as during
+        a broker restart, or one the broker refused), and never numbers again: the
+        broker then refuses every later batch of that partition
+        (``OutOfOrderSequenceNumber``) for as long as the producer lives (aiokafka
+        issue #1017). Kafka's Java producer takes a new producer id then; so does
+        this. Durability is unchanged: the new producer is as idempotent and
+        ``acks=all``, and what the old one still holds is sent, or given up on
+        within ``request_timeout_s``, as ``close`` does.
+        """
+        producer = self._started_producer()
+        if self._spent is not producer:
+            return producer
+        async with self._renewing:
+            producer = self._started_producer()
+            if self._spent is not producer:
+                return producer  # renewed while this append waited
+            fresh = AIOKafkaProducer(**producer_options(self.settings))
+            try:
+                await fresh.start()  # fails while the broker is away: the next append tries
+            except BaseException:
+                await fresh.stop()
+                raise
+            self._producer, self._spent = fresh, None
+        log.warning("Kafka ledger: a batch failed; sending with a new idempotent producer")
+        retiring = asyncio.create_task(self._stop_producer(producer))
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
+        return fresh
 
     async def read(
         self, stream: Stream, partition: int, start: int, limit: int = 1000

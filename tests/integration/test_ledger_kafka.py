@@ -293,3 +293,29 @@ async def test_an_event_the_broker_refuses_as_too_large_is_not_an_outage(
             await ledger.append([large])
 
         assert not isinstance(refused.value, ConnectionError)  # not "retry"
+
+
+async def test_a_partition_takes_appends_again_after_the_broker_refused_one_of_them(
+    kafka_bootstrap: str,
+) -> None:
+    """A batch the producer gave up on has spent a sequence number the broker never
+    saw: aiokafka's idempotent producer then had every later append to that
+    partition refused (OutOfOrderSequenceNumber) until the process restarted. A
+    broker restart leaves such batches too (they expire while no leader is known);
+    a batch refused as too large is the way to make one at will."""
+    settings = settings_for_test(kafka_bootstrap)
+    await KafkaLedger(settings).ensure_topics()
+    async with admin_client(kafka_bootstrap) as admin:
+        topic = settings.topic(Stream.SUBSCRIBERS)
+        limit = {**topic_configs(settings), "max.message.bytes": "4096"}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+    async with started_ledger(settings) as ledger:
+        phone = new_phone()
+        before = await ledger.append([message_sent(phone, 0)])
+        with pytest.raises(EventTooLarge):
+            await ledger.append([replace(message_sent(phone, 1), message_id="x" * 10_000)])
+
+        after = [await ledger.append([message_sent(phone, n)]) for n in (2, 3)]
+
+        assert [r[0].position.partition for r in after] == [before[0].position.partition] * 2
+        assert after[0][0].position.offset < after[1][0].position.offset
