@@ -28,6 +28,7 @@ over, if the holder's append failed or it died, and appends it itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
@@ -428,12 +429,43 @@ class Imports:
         and asked for again with the rest. Two imports each holding a turn the other
         waits for (after a third gave up the turns both wanted) would otherwise both
         wait until one's turns ran out. The pauses vary, so that two imports waiting
-        for each other's records do not keep asking in step."""
+        for each other's records do not keep asking in step.
+
+        Cancelled (the caller went away) or failed before it returns, it gives back
+        every turn it asked for, once the statement asking has ended: one cancelled
+        mid-way may still have taken them, which would hold a re-run up for the
+        length of a turn."""
+        asked = _keys(new)
+        taking: list[asyncio.Future[list[AppendTurn]]] = []
+        try:
+            return await self._take_turns(new, result, taking)
+        except BaseException:
+            await _quietly(self._give_back(asked, taking))
+            raise
+
+    async def _give_back(
+        self, keys: list[tuple[str, str]], taking: list[asyncio.Future[list[AppendTurn]]]
+    ) -> None:
+        for take in taking:
+            with contextlib.suppress(BaseException):
+                await take
+        await self.ctx.view.end_append_turns(keys, self._holder, appended=False)
+
+    async def _take_turns(
+        self,
+        new: list[_Planned],
+        result: ChunkResult,
+        taking: list[asyncio.Future[list[AppendTurn]]],
+    ) -> list[_Planned]:
         waited = False
         pause, longest = TURN_POLL_S
         while True:
             keys = [_key(p) for p in new]
-            turns = await self.ctx.view.take_append_turns(keys, self._holder, self._lease_s)
+            take = asyncio.ensure_future(
+                self.ctx.view.take_append_turns(keys, self._holder, self._lease_s)
+            )
+            taking.append(take)
+            turns = await asyncio.shield(take)  # cancelled, it ends first (``_give_back``)
             ours: list[_Planned] = []
             held: list[_Planned] = []
             for p, turn in zip(new, turns, strict=True):

@@ -276,6 +276,32 @@ async def test_an_import_waiting_for_a_turn_holds_none_another_waits_for():
         assert _granted(written) == ["imp-1", "imp-2"]
 
 
+async def test_an_import_cancelled_while_taking_turns_gives_them_back():
+    """A call cancelled (Ctrl-C in the CLI) while its statement took the turns left
+    them taken: the re-run waited for them to run out (two minutes)."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        view = app.writes.ctx.view
+        take, asked = view.take_append_turns, asyncio.Event()
+
+        async def answered_late(keys, holder, lease_s):  # type: ignore[no-untyped-def]
+            turns = await take(keys, holder, lease_s)  # taken: the statement committed
+            asked.set()
+            await asyncio.sleep(0.2)  # and its answer is still on its way
+            return turns
+
+        view.take_append_turns = answered_late  # type: ignore[method-assign]
+        items = [opt_in(1, "+14155550001"), opt_in(2, "+14155550002")]
+        cancelled = asyncio.ensure_future(_imports(app).chunk(items))
+        await asyncio.wait_for(asked.wait(), 5)
+        cancelled.cancel()
+        view.take_append_turns = take  # type: ignore[method-assign]
+
+        again = await asyncio.wait_for(_imports(app).chunk(items), 5)
+
+        assert (again.imported, again.present) == (2, 0)
+
+
 async def test_a_dry_run_checks_everything_and_writes_nothing():
     async with running() as (app, _):
         await app.writes.record(define())
