@@ -21,7 +21,7 @@ from aiokafka.structs import ConsumerRecord
 
 from ledger.chain import ChainRecord, Checkpoint
 from ledger.ports import Stream
-from services.adapters.kafka_ledger import consumer_options, producer_options
+from services.adapters.kafka_ledger import consumer_options, producer_options, stop_producer
 from services.settings import KafkaLedgerSettings
 
 _SCAN = 1000
@@ -137,33 +137,62 @@ class KafkaCheckpoints:
         self.topic = settings.checkpoint_topic_name()
         self._reader = _Reader(settings)
         self._producer: AIOKafkaProducer | None = None
+        self._writes = False
+        self._failed = False
 
     async def start(self, *, write: bool = True) -> None:
         await self._reader.start()
+        self._writes = write
         if write:
             self._producer = AIOKafkaProducer(**producer_options(self.settings))
             await self._producer.start()
 
     async def close(self) -> None:
         producer, self._producer = self._producer, None
+        self._writes = False
         if producer is not None:
-            await producer.stop()
+            await stop_producer(producer, self.settings.request_timeout_s)
         await self._reader.close()
 
     async def publish(self, checkpoints: Sequence[Checkpoint]) -> None:
-        if self._producer is None:
+        if not self._writes:
             raise RuntimeError("KafkaCheckpoints was started read-only")
-        sent = [
-            await self._producer.send(
-                self.topic,
-                json.dumps(c.to_json(), sort_keys=True).encode(),
-                key=f"{c.stream}/{c.partition}".encode(),
-            )
-            for c in checkpoints
-        ]
-        await asyncio.wait_for(
-            asyncio.gather(*sent), self.settings.append_timeout_s
-        )  # acks=all: each is on every in-sync replica
+        if self._failed or self._producer is None:
+            await self._renew_producer()
+        producer = self._producer
+        assert producer is not None
+        try:
+            sent = [
+                await producer.send(
+                    self.topic,
+                    json.dumps(c.to_json(), sort_keys=True).encode(),
+                    key=f"{c.stream}/{c.partition}".encode(),
+                )
+                for c in checkpoints
+            ]
+            await asyncio.wait_for(
+                asyncio.gather(*sent), self.settings.append_timeout_s
+            )  # acks=all: each is on every in-sync replica
+        except BaseException:
+            self._failed = True
+            raise
+
+    async def _renew_producer(self) -> None:
+        """A new producer in place of one whose publish failed: aiokafka's idempotent
+        producer may have spent the sequence number of a batch it gave up on, and
+        the broker then refuses all its later batches (see
+        ``KafkaLedger._renew_producer_if_spent``). The old one first sends or gives
+        up on what it holds, so that checkpoints still land in the order signed."""
+        old, self._producer = self._producer, None
+        if old is not None:
+            await stop_producer(old, self.settings.request_timeout_s)
+        fresh = AIOKafkaProducer(**producer_options(self.settings))
+        try:
+            await fresh.start()
+        except BaseException:
+            await fresh.stop()
+            raise
+        self._producer, self._failed = fresh, False
 
     async def latest(
         self, key_id: str, wanted: set[tuple[str, int]]

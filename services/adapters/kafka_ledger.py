@@ -108,6 +108,23 @@ async def _create_topics(admin: AIOKafkaAdminClient, new_topics: list[NewTopic])
     raise AssertionError("unreachable")
 
 
+async def stop_producer(producer: AIOKafkaProducer, timeout: float) -> None:
+    """Send what is buffered, then disconnect; give up on the buffer after ``timeout``.
+
+    An idempotent aiokafka producer retries an unsent batch for as long as it runs,
+    and ``stop()`` waits for it: with the broker down, forever. Whatever is still
+    buffered after ``request_timeout_s`` was never acknowledged (its ``append``
+    raised), so dropping it keeps the port's promise. aiokafka offers no public
+    way to abandon the buffer; stopping its sender task is what makes ``stop()``
+    return.
+    """
+    stopping = asyncio.ensure_future(producer.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=timeout)
+    if not done:
+        producer._sender.sender_task.cancel()
+    await stopping
+
+
 class UnsafeTopicError(RuntimeError):
     """A ledger topic is missing, or configured so that it could lose or reorder events."""
 
@@ -170,20 +187,7 @@ class KafkaLedger(EventLog):
             await reader.stop()
 
     async def _stop_producer(self, producer: AIOKafkaProducer) -> None:
-        """Send what is buffered, then disconnect; give up on the buffer after a timeout.
-
-        An idempotent aiokafka producer retries an unsent batch for as long as it runs,
-        and ``stop()`` waits for it: with the broker down, forever. Whatever is still
-        buffered after ``request_timeout_s`` was never acknowledged (its ``append``
-        raised), so dropping it keeps the port's promise. aiokafka offers no public
-        way to abandon the buffer; stopping its sender task is what makes ``stop()``
-        return.
-        """
-        stopping = asyncio.ensure_future(producer.stop())
-        done, _ = await asyncio.wait({stopping}, timeout=self.settings.request_timeout_s)
-        if not done:
-            producer._sender.sender_task.cancel()
-        await stopping
+        await stop_producer(producer, self.settings.request_timeout_s)
 
     # -- topics -----------------------------------------------------------------------
 

@@ -7,11 +7,14 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 
 from ledger.chain import Chain
 from ledger.ports import Stream
 from services.adapters.kafka_audit import KafkaCheckpoints, KafkaRecords
-from services.adapters.kafka_ledger import KafkaLedger
+from services.adapters.kafka_ledger import KafkaLedger, topic_configs
 from services.checkpoints import Checkpointer, SigningKey
 from services.settings import KafkaLedgerSettings
 from tests.builders import granted
@@ -71,3 +74,57 @@ async def test_checkpoints_cover_the_records_as_stored_and_a_writer_resumes(
         await store.close()
         await records.close()
         await ledger.close()
+
+
+async def test_checkpoints_are_published_again_after_the_broker_refused_some(
+    kafka_bootstrap, tmp_path
+):
+    """A publish the producer gave up on (refused here; after a broker restart, one
+    that waited too long for a leader) spent a sequence number the broker never
+    saw, and aiokafka's idempotent producer then had every later checkpoint
+    refused (OutOfOrderSequenceNumber) until the process restarted."""
+    settings = KafkaLedgerSettings(
+        bootstrap_servers=kafka_bootstrap,
+        topic_prefix=f"it-{uuid.uuid4().hex[:8]}.",
+        subscriber_partitions=2,
+        replication_factor=1,
+        min_insync_replicas=1,
+        request_timeout_s=10,
+    )
+    ledger = KafkaLedger(settings)
+    await ledger.ensure_topics()
+    await ledger.start()
+    records, store = KafkaRecords(settings), KafkaCheckpoints(settings)
+    await records.start()
+    await store.start()
+    key = SigningKey.generate(tmp_path / "key.pem")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        writer = Checkpointer(records, store, key, Always(), lambda: T0, 0.1)
+        await ledger.append([granted(phone=f"+1415555{n:04d}") for n in range(4)])
+        first = await writer.round()
+        await ledger.append([granted(phone="+14155559999")])
+        await admin.alter_configs([_configs(settings, {"max.message.bytes": "100"})])
+        with pytest.raises(KafkaError):
+            await writer.round()
+        await admin.alter_configs([_configs(settings, {})])
+
+        second = await writer.round()
+
+        assert second and [c async for c in store.every()] == first + second
+    finally:
+        await admin.close()
+        await store.close()
+        await records.close()
+        await ledger.close()
+
+
+def _configs(settings: KafkaLedgerSettings, changes: dict[str, str]) -> ConfigResource:
+    """The checkpoint topic's whole config set (altering replaces it): a ledger
+    topic's, with ``changes``."""
+    return ConfigResource(
+        ConfigResourceType.TOPIC,
+        settings.checkpoint_topic_name(),
+        {**topic_configs(settings), **changes},
+    )
