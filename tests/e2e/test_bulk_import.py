@@ -110,6 +110,26 @@ def export_rows(when: datetime) -> list[dict[str, str]]:
     return rows
 
 
+def opted_in_then_out(when: datetime, opt_outs: dict[str, dict[str, str]]) -> list[dict[str, str]]:
+    """For each number, its opt-in as the export writes it, then its opt-out (a STOP
+    a day before ``when``) with ``opt_outs[number]`` written over its fields."""
+    rows = []
+    for number, changes in opt_outs.items():
+        rows.append({**export_rows(when)[1], "import_id": f"in-{number}", "phone": number})
+        opt_out = {
+            "type": "opt_out",
+            "import_id": f"out-{number}",
+            "phone": number,
+            "brand": "acme",
+            "campaign": "promo",
+            "occurred_at": iso(when - timedelta(days=1)),
+            "channel": "keyword",
+            "text": "STOP",
+        }
+        rows.append({**opt_out, **changes})
+    return rows
+
+
 def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
     with path.open("w", newline="") as out:
         writer = csv.DictWriter(out, COLUMNS)
@@ -1107,21 +1127,7 @@ async def test_an_opt_out_whose_number_is_spaced_by_a_spreadsheet_revokes_its_nu
         phone(81): "+1\u2013415\u2013555\u20133081",
         phone(82): "\uff0b1 (415) 555-3082",
     }
-    rows = []
-    for number, spelt in spellings.items():
-        rows.append({**export_rows(when)[1], "import_id": f"in-{number}", "phone": number})
-        rows.append(
-            {
-                "type": "opt_out",
-                "import_id": f"out-{number}",
-                "phone": spelt,
-                "brand": "acme",
-                "campaign": "promo",
-                "occurred_at": iso(when - timedelta(days=1)),
-                "channel": "keyword",
-                "text": "STOP",
-            }
-        )
+    rows = opted_in_then_out(when, {n: {"phone": spelt} for n, spelt in spellings.items()})
     export = write_csv(tmp_path / "spaced.csv", rows)
 
     code, out, err = await import_cli(
@@ -1141,21 +1147,7 @@ async def test_a_record_whose_type_cannot_be_read_is_held_unless_it_is_an_opt_in
     an opt-in's fields) is refused and nothing more."""
     runtime, when = service
     types = {phone(83): "optout", phone(84): "unsubscribe", phone(85): ""}
-    rows = []
-    for number, kind in types.items():
-        rows.append({**export_rows(when)[1], "import_id": f"in-{number}", "phone": number})
-        rows.append(
-            {
-                "type": kind,
-                "import_id": f"out-{number}",
-                "phone": number,
-                "brand": "acme",
-                "campaign": "promo",
-                "occurred_at": iso(when - timedelta(days=1)),
-                "channel": "keyword",
-                "text": "STOP",
-            }
-        )
+    rows = opted_in_then_out(when, {n: {"type": kind} for n, kind in types.items()})
     misspelt = {**export_rows(when)[1], "type": "optin", "import_id": "in-86", "phone": phone(86)}
     export = write_csv(tmp_path / "types.csv", [*rows, misspelt])
 
@@ -1183,21 +1175,7 @@ async def test_an_opt_out_whose_brand_is_padded_or_capitalised_is_held_under_the
     opt-in went in and CanSend allowed it. It is held under the brand it spells."""
     runtime, when = service
     brands = {phone(87): "acme ", phone(88): "ACME", phone(89): " Acme"}
-    rows = []
-    for number, spelt in brands.items():
-        rows.append({**export_rows(when)[1], "import_id": f"in-{number}", "phone": number})
-        rows.append(
-            {
-                "type": "opt_out",
-                "import_id": f"out-{number}",
-                "phone": number,
-                "brand": spelt,
-                "campaign": "promo",
-                "occurred_at": iso(when - timedelta(days=1)),
-                "channel": "keyword",
-                "text": "STOP",
-            }
-        )
+    rows = opted_in_then_out(when, {n: {"brand": spelt} for n, spelt in brands.items()})
     export = write_csv(tmp_path / "brands.csv", rows)
 
     code, out, err = await import_cli(
@@ -1277,21 +1255,7 @@ async def test_an_opt_out_whose_number_lost_its_plus_is_held_under_the_number(se
         phone(94): "00 1 415 555 3094",
         phone(95): "011-1-415-555-3095",
     }
-    rows = []
-    for number, spelt in spellings.items():
-        rows.append({**export_rows(when)[1], "import_id": f"in-{number}", "phone": number})
-        rows.append(
-            {
-                "type": "opt_out",
-                "import_id": f"out-{number}",
-                "phone": spelt,
-                "brand": "acme",
-                "campaign": "promo",
-                "occurred_at": iso(when - timedelta(days=1)),
-                "channel": "keyword",
-                "text": "STOP",
-            }
-        )
+    rows = opted_in_then_out(when, {n: {"phone": spelt} for n, spelt in spellings.items()})
     export = write_csv(tmp_path / "plus.csv", rows)
 
     code, out, err = await import_cli(
