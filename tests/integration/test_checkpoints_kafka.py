@@ -34,10 +34,8 @@ class Always:
         pass
 
 
-async def test_checkpoints_cover_the_records_as_stored_and_a_writer_resumes(
-    kafka_bootstrap, tmp_path
-):
-    settings = KafkaLedgerSettings(
+def _settings(kafka_bootstrap: str) -> KafkaLedgerSettings:
+    return KafkaLedgerSettings(
         bootstrap_servers=kafka_bootstrap,
         topic_prefix=f"it-{uuid.uuid4().hex[:8]}.",
         subscriber_partitions=2,
@@ -45,6 +43,12 @@ async def test_checkpoints_cover_the_records_as_stored_and_a_writer_resumes(
         min_insync_replicas=1,
         request_timeout_s=10,
     )
+
+
+async def test_checkpoints_cover_the_records_as_stored_and_a_writer_resumes(
+    kafka_bootstrap, tmp_path
+):
+    settings = _settings(kafka_bootstrap)
     ledger = KafkaLedger(settings)
     await ledger.ensure_topics()
     await ledger.start()
@@ -83,14 +87,7 @@ async def test_checkpoints_are_published_again_after_the_broker_refused_some(
     that waited too long for a leader) spent a sequence number the broker never
     saw, and aiokafka's idempotent producer then had every later checkpoint
     refused (OutOfOrderSequenceNumber) until the process restarted."""
-    settings = KafkaLedgerSettings(
-        bootstrap_servers=kafka_bootstrap,
-        topic_prefix=f"it-{uuid.uuid4().hex[:8]}.",
-        subscriber_partitions=2,
-        replication_factor=1,
-        min_insync_replicas=1,
-        request_timeout_s=10,
-    )
+    settings = _settings(kafka_bootstrap)
     ledger = KafkaLedger(settings)
     await ledger.ensure_topics()
     await ledger.start()
