@@ -41,6 +41,7 @@ from ledger.events import (
     ANY_BRAND,
     BRAND_SETTINGS,
     MAX_CLOCK_SKEW,
+    REFUSED_PREFIX,
     AgeVerified,
     BrandPolicySet,
     CampaignDefined,
@@ -1168,6 +1169,9 @@ class HoldRefusedOptOut:
     brand: str
     record: str
     campaign: str | None = None
+    via: str = ""
+    """The live request refused (``RecordOptOut``, ``HandleInboundMessage``), whose
+    request id ``import_id`` then is; empty for an import's record."""
 
     def __post_init__(self) -> None:
         # An export's "acme " or "ACME" is refused as a brand (a name is matched
@@ -1182,8 +1186,12 @@ class HoldRefusedOptOut:
     def request_id(self) -> str:
         """The hold's own id, apart from the record's import id (which another record
         may hold), derived from the record as an import id is from its content."""
-        said = f"{self.brand}\0{self.import_id}\0{self.record}".encode()
-        return f"held-{hashlib.sha256(said).hexdigest()[:32]}"
+        said = f"{self.brand}\0{self.import_id}\0{self.record}"
+        if self.via:
+            # Not the client's request id, which its corrected retry then takes.
+            said = f"{self.via}\0{said}"
+            return f"{REFUSED_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
+        return f"held-{hashlib.sha256(said.encode()).hexdigest()[:32]}"
 
 
 HELD_FOR_REVIEW = (
@@ -1213,14 +1221,39 @@ def _held_number(raw: str) -> str:
         return to_e164("+" + _INTERNATIONAL_PREFIX.sub("", digits))
 
 
+HELD_OPT_OUT = "RecordOptOut"
+HELD_INBOUND = "HandleInboundMessage"
+"""``HoldRefusedOptOut.via`` of a live request's hold."""
+HELD_INTENTS = frozenset({Intent.OPT_OUT, Intent.OPT_OUT_BRAND_WIDE, Intent.REVOCATION_CANDIDATE})
+"""How an inbound text refused for its details must read to be held: as a STOP, or
+as a reply that reads like one (which a text recorded would flag for review too)."""
+HELD_BODY_READ = 65_536
+"""Characters of a refused text read for a STOP: past the limit a text may have, not
+past what a gateway could send; a STOP is read whole or not at all."""
+
+
+def held_intent(body: str) -> Intent:
+    """How a text refused for its details reads: its NULs read as spaces (a gateway's
+    padding says nothing of what the person wrote)."""
+    return classify(body[:HELD_BODY_READ].replace("\0", " "))
+
+
 def held_opt_out(cmd: HoldRefusedOptOut, refused: str, now: datetime) -> list[LedgerEvent]:
     """The candidate that keeps ``cmd``, flagged ``now`` (the record's own time may be
     what was wrong with it); ``refused`` says why the record was refused. Raises
-    ``InvalidRequest`` when its number or brand cannot be read: nothing to hold."""
-    brand = check_name(cmd.brand, "brand")
+    ``InvalidRequest`` when its number or brand cannot be read: nothing to hold.
+
+    An inbound STOP's hold may be for every brand (``ANY_BRAND``): a STOP to a
+    number no campaign sends from is kept so when refused, as when recorded."""
+    live = bool(cmd.via)
+    inbound = cmd.via == HELD_INBOUND
+    brand = cmd.brand if inbound and cmd.brand == ANY_BRAND else check_name(cmd.brand, "brand")
     phone = _held_number(cmd.phone)
     campaign = cmd.campaign if cmd.campaign is not None and is_name(cmd.campaign) else None
-    text = f"opt-out {cmd.import_id!r} refused at import ({refused})"
+    if live:
+        text = f"{cmd.via} opt-out refused for its details ({refused})"
+    else:
+        text = f"opt-out {cmd.import_id!r} refused at import ({refused})"
     return [
         RevocationCandidateFlagged(
             **_base(cmd, 0, now, brand),

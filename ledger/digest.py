@@ -122,6 +122,9 @@ class Pending(NamedTuple):
     imported: bool
     """An import's opt-out held for its details, not a reply
     (``RevocationCandidateFlagged.imported``): answers say which was held."""
+    refused: bool
+    """A live opt-out (``RecordOptOut``, an inbound STOP) refused for its details and
+    held, not a reply (``RevocationCandidateFlagged.refused``)."""
 
 
 class Located(NamedTuple):
@@ -232,6 +235,7 @@ def digest_of(state: SubscriberState) -> Digest:
                             micros(revocation_due(c.at)),
                             c.event.unattributed,
                             c.event.imported,
+                            c.event.refused,
                         )
                         for c in state.pending_candidates()
                     ]

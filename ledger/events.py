@@ -31,6 +31,10 @@ no campaign sends from, from a caller that may act for any brand). Not a valid
 brand name, so no brand can own it; every brand's CanSend reads its candidates
 (``ledger.digest.with_phone_wide``). The same "*" means every brand in tokens files."""
 
+REFUSED_PREFIX = "refused-"
+"""How the request id of a live opt-out's hold begins (``ledger.commands``
+``HoldRefusedOptOut.via``): ``RevocationCandidateFlagged.refused`` tells it by that."""
+
 
 _Frozen = TypeVar("_Frozen")
 
@@ -455,9 +459,22 @@ class RevocationCandidateFlagged(SubscriberEvent):
     @property
     def imported(self) -> bool:
         """An import's opt-out refused for its details and held for review
-        (``ledger.commands.held_opt_out``), not a reply: the one candidate neither
-        unattributed nor flagged from a text, which always has a message id."""
-        return not self.inbound_message_id and not self.unattributed
+        (``ledger.commands.held_opt_out``), not a reply: a candidate neither
+        unattributed nor flagged from a text, which always has a message id, nor
+        ``refused``."""
+        return not self.inbound_message_id and not self.unattributed and not self.refused
+
+    @property
+    def refused(self) -> bool:
+        """A live opt-out (``RecordOptOut``, an inbound STOP) refused for its details
+        and held for review: told by its request id, which the service derives
+        (``REFUSED_PREFIX``); no client's request records a candidate without a
+        message id that is not unattributed."""
+        return (
+            not self.inbound_message_id
+            and not self.unattributed
+            and self.request_id.startswith(REFUSED_PREFIX)
+        )
 
 
 @dataclass(frozen=True)

@@ -303,6 +303,8 @@ def describe(e: LedgerEvent) -> str:
             what = "opt-out no campaign could take"
         elif e.imported:
             what = "imported opt-out held for review"
+        elif e.refused:
+            what = "opt-out refused for its details, held for review"
         else:
             what = "reply flagged as opt-out"
         return f'{what}: "{_short(e.text)}"'

@@ -84,10 +84,12 @@ def _said(text: str) -> str:
 
 def _candidate(pending: Pending) -> str:
     """What a candidate awaiting review is, for an answer: a person's reply, or an
-    import's opt-out held for its details (whose words say why it was refused)."""
-    if pending.imported:
+    import's or a live request's opt-out held for its details (whose words say why
+    it was refused)."""
+    if pending.imported or pending.refused:
         text = pending.text
-        return "an imported opt-out" + ("" if text in (SEALED, ERASED) else f" ({text})")
+        what = "an imported opt-out" if pending.imported else "an opt-out refused for its details"
+        return what + ("" if text in (SEALED, ERASED) else f" ({text})")
     return f"reply{_said(pending.text)} reads like an opt-out and"
 
 
@@ -509,7 +511,7 @@ class Check:
         overdue = [p for p in digest.pending if p.due <= now]
         if overdue:
             due = from_micros(overdue[0].due)
-            came = "was held" if overdue[0].imported else "came"
+            came = "was held" if overdue[0].imported or overdue[0].refused else "came"
             return deny(
                 Reason.REVOCATION_OVERDUE,
                 f"{_candidate(overdue[0])} was not resolved by {due:%Y-%m-%d %H:%M} UTC, ten "

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ledger.commands import HELD_FOR_REVIEW
+from ledger.errors import DomainError
+
 
 class ServiceError(Exception):
     def __init__(self, field: str, reason: str) -> None:
@@ -112,3 +115,18 @@ class OutcomeUnknown(ConnectionError):
     """A write was not acknowledged within its bound (the caller's deadline or
     ``CONSENT_WRITE_TIMEOUT_MS``). It may still be recorded: a retry with the same
     ``request_id`` records nothing twice."""
+
+
+class HeldForReview(DomainError):
+    """A live opt-out (``RecordOptOut``, an inbound STOP) refused for its details, and
+    held for review all the same: the number is denied for the brand until someone
+    resolves the hold. Answered as the refusal was (INVALID_ARGUMENT, every bad field)
+    with ``error_reason`` and the hold's candidate id and consistency token in the
+    ``ErrorInfo``'s metadata, so a client need not read the text."""
+
+    error_reason = "OPT_OUT_HELD_FOR_REVIEW"
+
+    def __init__(self, refused: DomainError, candidate_event_id: str, token: str) -> None:
+        (field, reason), *more = refused.violations
+        super().__init__(field, f"{reason}; {HELD_FOR_REVIEW}", *more)
+        self.metadata = {"candidate_event_id": candidate_event_id, "consistency_token": token}

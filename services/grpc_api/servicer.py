@@ -28,8 +28,16 @@ import grpc
 from consent.v1 import consent_service_pb2 as api_pb2
 from consent.v1 import consent_service_pb2_grpc as api_grpc
 from consent.v1 import ledger_pb2
+from google.protobuf.message import Message
 
-from ledger.commands import HandleInboundMessage, RecordMessagesSent, check_name, is_name
+from ledger.commands import (
+    HELD_OPT_OUT,
+    HandleInboundMessage,
+    HoldRefusedOptOut,
+    RecordMessagesSent,
+    check_name,
+    is_name,
+)
 from ledger.errors import DomainError, InvalidRequest
 from ledger.events import ANY_BRAND, MessageKind
 from ledger.phone import to_e164
@@ -66,6 +74,12 @@ MAX_BATCH = 1000
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 R = TypeVar("R")
+
+
+def _digest(request: Message) -> str:
+    """A digest of everything a refused request said, for its hold's id: a retry of it
+    holds it once, another request holds another."""
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()[:32]
 
 
 def _token(text: str) -> ConsistencyToken | None:
@@ -787,7 +801,29 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def RecordOptOut(
         self, request: api_pb2.RecordOptOutRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.RecordOptOutResponse:
-        return await self._record(request, context, api_pb2.RecordOptOutResponse)
+        try:
+            return await self._record(request, context, api_pb2.RecordOptOutResponse)
+        except DomainError as exc:  # refused for its details: held when it can be read
+            principal = self.authenticate(context)
+            campaign = request.campaign if request.HasField("campaign") else None
+            hold = HoldRefusedOptOut(
+                request.request_id,
+                request.phone,
+                request.brand,
+                _digest(request),
+                campaign,
+                via=HELD_OPT_OUT,
+            )
+            await within(
+                write_budget(context, self.write_timeout),
+                self.usecases.writes.hold_refused_opt_out(
+                    hold,
+                    exc,
+                    lambda brand: principal.require(Scope.WRITE, brand),
+                    recorded_by=principal.name,
+                ),
+            )
+            raise
 
     @translate_errors
     async def RecordReconfirmation(
@@ -876,8 +912,6 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, request: api_pb2.HandleInboundMessageRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.HandleInboundMessageResponse:
         principal = self._caller(context, Scope.WRITE)
-        command = api.command_from_proto(request)
-        assert isinstance(command, HandleInboundMessage)
 
         def authorize(brand: str) -> None:
             # The brand comes from the receiving number, not from the caller: a refusal
@@ -891,12 +925,31 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         # it acts for exactly one; otherwise the brand is unknown, and it concerns all.
         brands = principal.brands
         unowned = next(iter(brands)) if brands is not None and len(brands) == 1 else ANY_BRAND
-        result = await within(
-            write_budget(context, self.write_timeout),
-            self.usecases.writes.handle_inbound(
-                command, authorize=authorize, recorded_by=principal.name, unowned_brand=unowned
-            ),
-        )
+        try:
+            command = api.command_from_proto(request)
+            assert isinstance(command, HandleInboundMessage)
+            result = await within(
+                write_budget(context, self.write_timeout),
+                self.usecases.writes.handle_inbound(
+                    command, authorize=authorize, recorded_by=principal.name, unowned_brand=unowned
+                ),
+            )
+        except DomainError as exc:  # refused for a detail: a STOP is held when it can be read
+            await within(
+                write_budget(context, self.write_timeout),
+                self.usecases.writes.hold_refused_inbound(
+                    request.request_id,
+                    request.from_phone,
+                    request.to_phone,
+                    request.body,
+                    _digest(request),
+                    exc,
+                    authorize,
+                    recorded_by=principal.name,
+                    unowned_brand=unowned,
+                ),
+            )
+            raise
         return api.inbound_outcome_to_proto(
             result.outcome, result.write.event_ids, result.write.token.encode()
         )

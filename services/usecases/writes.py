@@ -15,10 +15,13 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 from ledger.commands import (
+    HELD_INBOUND,
+    HELD_INTENTS,
     ChangeCampaignPolicy,
     Command,
     DefineCampaign,
     HandleInboundMessage,
+    HoldRefusedOptOut,
     InboundOutcome,
     RecordDeliveryOutcome,
     RecordMessageSent,
@@ -28,6 +31,8 @@ from ledger.commands import (
     check_required_proof,
     handle_inbound,
     handle_unowned_inbound,
+    held_intent,
+    held_opt_out,
     to_events,
     unattributed_opt_out,
 )
@@ -46,7 +51,7 @@ from ledger.phone import to_e164
 from ledger.policy import earns_exemption
 from ledger.ports import Stream
 from ledger.state import COUNTED_KINDS
-from services.errors import FailedPrecondition, NotConsistent
+from services.errors import FailedPrecondition, HeldForReview, NotConsistent, PermissionDenied
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import (
     WriteResult,
@@ -85,6 +90,11 @@ def _lists_numbers(event: LedgerEvent) -> bool:
     return isinstance(event, CampaignDefined | CampaignPolicyChanged) and bool(
         event.policy.sender_numbers
     )
+
+
+def _anyone(brand: str) -> None:
+    """Lets any caller act: a STOP to a number no campaign sends from is kept for the
+    caller's own brand, or every brand, whoever sent it (``Writes.handle_inbound``)."""
 
 
 def _retrieve(write: asyncio.Future[WriteResult]) -> None:
@@ -138,6 +148,75 @@ class Writes:
                 raise
             return earlier
         return await taken_then_appended(self.ctx, events)
+
+    async def hold_refused_opt_out(
+        self,
+        hold: HoldRefusedOptOut,
+        refused: DomainError,
+        authorize: Callable[[str], None],
+        *,
+        recorded_by: str = "",
+    ) -> None:
+        """Hold for review a live opt-out ``refused`` for its details, whose number and
+        brand can be read, for a brand ``authorize`` lets the caller act for, and raise
+        ``HeldForReview``; return, holding nothing, when there is nothing to hold it
+        under (the caller then raises ``refused``).
+
+        A gateway does not retry INVALID_ARGUMENT and a wrong allow costs a lawsuit per
+        text: refused and dropped, the STOP was lost while CanSend allowed. Held, the
+        number is denied for the brand (``REASON_REVOCATION_PENDING_REVIEW``) until
+        someone resolves it, as an import's refused opt-out is. The hold's id digests
+        the request (``HoldRefusedOptOut.request_id``): a retry holds it once, and the
+        client's request id stays free for its corrected retry."""
+        (field_name, reason), *_ = refused.violations
+        try:
+            authorize(hold.brand)
+            events = held_opt_out(hold, f"{field_name}: {reason}", self.ctx.clock())
+        except (DomainError, PermissionDenied):
+            return  # no number or brand to hold it under, or not the caller's brand
+        written = await recorded_once(self.ctx, _stamped(events, recorded_by))
+        raise HeldForReview(refused, written.event_ids[0], written.token.encode())
+
+    async def hold_refused_inbound(
+        self,
+        request_id: str,
+        from_phone: str,
+        to_phone: str,
+        body: str,
+        record: str,
+        refused: DomainError,
+        authorize: Callable[[str], None],
+        *,
+        recorded_by: str = "",
+        unowned_brand: str = ANY_BRAND,
+    ) -> None:
+        """``hold_refused_opt_out`` for an inbound text refused for a detail (a time far
+        ahead or missing, a NUL, a text or message id too long, none) that reads as an
+        opt-out or like one (``HELD_INTENTS``): held under the brand of the campaign
+        that sends from the number it reached (which ``authorize`` must allow), or,
+        with none or that number unreadable, under ``unowned_brand``, as a STOP to a
+        number no campaign sends from is kept.
+
+        The fields are the request's as sent; ``record`` digests the whole of it."""
+        if held_intent(body) not in HELD_INTENTS:
+            return
+        brand, campaign = unowned_brand, None
+        owner = None
+        try:
+            to = to_e164(to_phone, field="to_phone")
+        except DomainError:
+            to = None
+        if to is not None:
+            owner = await self.ctx.view.campaign_for_number(to)
+            if owner is None:  # perhaps claimed a moment ago: count every claim acknowledged
+                await self.ctx.require_caught_up(Stream.CAMPAIGNS, "to_phone")
+                owner = await self.ctx.view.campaign_for_number(to)
+        if owner is not None:
+            brand, campaign = owner
+        else:
+            authorize = _anyone
+        hold = HoldRefusedOptOut(request_id, from_phone, brand, record, campaign, via=HELD_INBOUND)
+        await self.hold_refused_opt_out(hold, refused, authorize, recorded_by=recorded_by)
 
     async def _with_exemption(self, events: list[LedgerEvent]) -> list[LedgerEvent]:
         """A send of a kind that may escape the caps (a reply owed to a STOP, HELP or

@@ -143,11 +143,12 @@ def _digest_signature(d: Any, vals: list[Any]) -> tuple[Any, ...]:
         raise Unencodable("pending is not a tuple")
     pending_sig = []
     for p in pending:
-        event_id, text, due, unattributed, imported = _fields(p, Pending, 5, "Pending")
+        event_id, text, due, unattributed, imported, refused = _fields(p, Pending, 6, "Pending")
         code = _id_code(event_id, vals)
         vals.append(_exact(text, str))
         vals.append(_int(due))
-        pending_sig.append((code, _exact(unattributed, bool), _exact(imported, bool)))
+        flags = (_exact(unattributed, bool), _exact(imported, bool), _exact(refused, bool))
+        pending_sig.append((code, *flags))
     revocation = _mark(brand_revocation, vals)
     resume = _mark(brand_resume, vals)
     age_sig: tuple[str, bool] | None = None
@@ -268,11 +269,11 @@ class _Source:
             erased,
         ) = sig
         items = []
-        for id_code, unattributed, imported in pending:
+        for id_code, unattributed, imported, refused in pending:
             event_id = self.event_id(id_code)
             text = self.string()
             due = self.value("q")
-            flags = f"{unattributed!r}, {imported!r}"
+            flags = f"{unattributed!r}, {imported!r}, {refused!r}"
             items.append(f"built(Pending, ({event_id}, {text}, {due}, {flags})), ")
         revocation_expr = self.mark(revocation)
         resume_expr = self.mark(resume)

@@ -1,5 +1,6 @@
 """Hostile spellings of an opt-out's identifiers, through the real gRPC server: each
-is refused with its field named and nothing written, or accepted and then found by
+is refused with its field named and nothing written (but the opt-out held for review
+where its number and brand can be read), or accepted and then found by
 a check that spells the number, brand and campaign the same way (an acknowledged
 opt-out always protects). ``tests/unit/test_hostile_input.py`` runs many more
 through the same translation and validation; this is a sample, end to end."""
@@ -9,11 +10,15 @@ from __future__ import annotations
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from ledger.ports import Stream
 from services.bootstrap import Runtime
@@ -69,6 +74,39 @@ async def runtime(tmp_path, postgres_dsn):
         await runtime.stop()
 
 
+def held_info(err: grpc.aio.AioRpcError) -> dict[str, str] | None:
+    """The metadata of a refusal's ``OPT_OUT_HELD_FOR_REVIEW`` ErrorInfo, or None."""
+    status = rpc_status.from_call(err)
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.reason == "OPT_OUT_HELD_FOR_REVIEW":
+            return dict(info.metadata)
+    return None
+
+
+async def dismissed(c: Any, held: dict[str, str], t: datetime, brand: str = "acme") -> None:
+    """A held opt-out denies the number for acme until dismissed, which the next
+    case needs (its own opt-out must then read as a revocation). ``brand`` is the
+    one it is held under: "*" for a STOP whose receiving number could not be read,
+    sent with the operator's token."""
+    answer = await c.CanSend(
+        api.CanSendRequest(
+            phone=PHONE, brand="acme", campaign="promo",
+            at_least_as_fresh=held["consistency_token"],
+        )
+    )  # fmt: skip
+    assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
+    stamp = Timestamp()
+    stamp.FromDatetime(t + timedelta(seconds=2))
+    await c.ResolveRevocationCandidate(
+        api.ResolveRevocationCandidateRequest(
+            request_id=uuid.uuid4().hex, phone=PHONE, brand=brand,
+            candidate_event_id=held["candidate_event_id"],
+            resolution=lpb.CANDIDATE_RESOLUTION_DISMISSED, occurred_at=stamp,
+        )
+    )  # fmt: skip
+
+
 async def test_a_hostile_opt_out_is_refused_by_field_or_protects_the_number(runtime):
     base = datetime.now(UTC) - timedelta(minutes=30)
     async with client(runtime.address, "admin") as c:
@@ -92,6 +130,11 @@ async def test_a_hostile_opt_out_is_refused_by_field_or_protects_the_number(runt
                 assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, value, err)
                 assert field in [f for f, _ in status_details(err)], (field, value)
                 after = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+                held = held_info(err)
+                if held is not None:  # an opt-out refused is held for review, not lost
+                    assert after == ledger_end + 1, f"{field}={value!r} held more than once"
+                    await dismissed(c, held, t)
+                    continue
                 assert after == ledger_end, f"{field}={value!r} was refused but written"
                 still = await c.CanSend(
                     api.CanSendRequest(
@@ -205,8 +248,9 @@ async def test_a_batch_with_a_nul_in_one_entry_answers_every_entry(tmp_path, pos
 
 async def test_a_hostile_stop_is_refused_by_field_or_stops_the_number(runtime):
     """The gateway's path: an inbound STOP whose sender, receiving number or message
-    id is spelt oddly is refused naming the field, or recorded so that a check
-    spelling the sender the same way finds the opt-out."""
+    id is spelt oddly is refused naming the field (and held for review where its
+    sender can be read), or recorded so that a check spelling the sender the same
+    way finds the opt-out."""
     base = datetime.now(UTC) - timedelta(minutes=30)
     rng = random.Random(7)
     cases = [("from_phone", " +1 (415) 555-2671 "), ("to_phone", "+1 212 555 0100")]
@@ -232,6 +276,11 @@ async def test_a_hostile_stop_is_refused_by_field_or_stops_the_number(runtime):
                 assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, value, err)
                 assert field in [f for f, _ in status_details(err)], (field, value)
                 after = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+                held = held_info(err)
+                if held is not None:  # an opt-out refused is held for review, not lost
+                    assert after == ledger_end + 1, f"{field}={value!r} held more than once"
+                    await dismissed(c, held, t, "*" if field == "to_phone" else "acme")
+                    continue
                 assert after == ledger_end, f"{field}={value!r} was refused but written"
                 continue
             assert written.intent == api.INBOUND_INTENT_OPT_OUT, (field, value)

@@ -4,13 +4,14 @@ encoding cannot hold is kept another way and answered all the same."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.commands import HoldRefusedOptOut, held_opt_out
+from ledger.commands import HELD_OPT_OUT, HoldRefusedOptOut, held_opt_out
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, digest_of
 from ledger.state import SubscriberState, fold
 from services.adapters.digest_replica import CompactDigests, phone_key
@@ -45,7 +46,7 @@ def test_digest_fields_are_the_ones_the_encoding_knows():
         "proof_missing",
     )  # fmt: skip
     assert Mark._fields == ("at", "offset", "event_id")
-    assert Pending._fields == ("event_id", "text", "due", "unattributed", "imported")
+    assert Pending._fields == ("event_id", "text", "due", "unattributed", "imported", "refused")
     assert Age._fields == ("event_id", "verified_21_plus", "date_of_birth")
     assert Located._fields == ("state", "event_id")
 
@@ -125,6 +126,7 @@ digests = st.builds(
             st.uuids().map(str) | texts,
             texts,
             st.integers(0, 2**62),
+            st.booleans(),
             st.booleans(),
             st.booleans(),
         ),
@@ -217,6 +219,25 @@ def test_an_imported_opt_out_held_is_marked_apart_from_a_reply_at_no_cost_in_byt
         assert _same(shapes.decode(shapes.encode(digest)), digest)
     # The texts differ in length (each kept once in the table of strings, not here).
     assert len(shapes.encode(imported)) == len(shapes.encode(reply))
+
+
+def test_a_live_opt_out_held_is_marked_apart_from_an_import_at_no_cost_in_bytes():
+    """A RecordOptOut or inbound STOP refused for its details and held is named as
+    such (``Pending.refused``), told by its hold's own request id: a rebuild digests
+    it the same, and the replica keeps the mark in the shape."""
+    hold = HoldRefusedOptOut("r-7", PHONE, BRAND, "said", via=HELD_OPT_OUT)
+    (held,) = held_opt_out(hold, "occurred_at: is in the future", at(1))
+    live = _digest([granted(at(0)), held])
+    (imported,) = held_opt_out(replace(hold, via=""), "channel: is required", at(1))
+    other = _digest([granted(at(0)), imported])
+
+    assert [(p.refused, p.imported) for p in live.pending] == [(True, False)]
+    assert [(p.refused, p.imported) for p in other.pending] == [(False, True)]
+    assert _same(decode_payload(payload_of(encode_digest(live))), live)
+    shapes = Shapes()
+    for digest in (live, other):
+        assert _same(shapes.decode(shapes.encode(digest)), digest)
+    assert len(shapes.encode(live)) == len(shapes.encode(other))
 
 
 def test_the_store_answers_what_was_put_and_leaves_out_the_rest():
