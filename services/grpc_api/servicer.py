@@ -1030,12 +1030,17 @@ def _token_number(token: str, kind: str, valid: Callable[[int], bool], reason: s
     return number
 
 
+def _kind(letter: str, *listing: object) -> str:
+    """A page token's kind for one listing: ``letter`` (which call) and a digest of
+    what the listing is, so that a token is read only by the listing that issued it."""
+    return letter + hashlib.sha256(repr(listing).encode()).hexdigest()[:16]
+
+
 def _queue(brand: str, overdue_only: bool) -> str:
     """The kind of the review queue's page tokens for one listing: every brand's
     candidates share the queue's positions, so a token read for another brand (or
     the overdue ones alone) skipped that listing's candidates before its place."""
-    digest = hashlib.sha256(f"{brand}\0{overdue_only}".encode()).hexdigest()[:16]
-    return f"q{digest}"
+    return _kind("q", brand, overdue_only)
 
 
 def _queue_token(position: int, listing: str) -> str:
@@ -1062,16 +1067,14 @@ def _accesses(request: api_pb2.ListAuditAccessRequest) -> str:
     phone = request.phone
     with contextlib.suppress(DomainError):  # refused as the phone, by name
         phone = to_e164(phone)
-    said = repr(
-        (
-            request.brand if request.HasField("brand") else None,
-            phone,
-            request.subject,
-            request.start_time.SerializeToString() if request.HasField("start_time") else None,
-            request.end_time.SerializeToString() if request.HasField("end_time") else None,
-        )
+    return _kind(
+        "a",
+        request.brand if request.HasField("brand") else None,
+        phone,
+        request.subject,
+        request.start_time.SerializeToString() if request.HasField("start_time") else None,
+        request.end_time.SerializeToString() if request.HasField("end_time") else None,
     )
-    return "a" + hashlib.sha256(said.encode()).hexdigest()[:16]
 
 
 def _access_before(token: str, listing: str) -> int:
@@ -1088,8 +1091,7 @@ def _listing(phone: str, brand: str | None) -> str:
     or brand's it paged that one short, with no error."""
     with contextlib.suppress(DomainError):  # refused as the phone, by name
         phone = to_e164(phone)
-    digest = hashlib.sha256(f"{phone}\0{brand or ''}".encode()).hexdigest()[:16]
-    return f"o{digest}"
+    return _kind("o", phone, brand)
 
 
 def _page_token(offset: int, listing: str) -> str:
