@@ -130,3 +130,17 @@ class HeldForReview(DomainError):
         (field, reason), *more = refused.violations
         super().__init__(field, f"{reason}; {HELD_FOR_REVIEW}", *more)
         self.metadata = {"candidate_event_id": candidate_event_id, "consistency_token": token}
+
+
+class ReusedIdHeldForReview(AlreadyExists):
+    """A live opt-out refused because its request id was used before for another
+    request (a client's bug), held for review all the same, as ``HeldForReview`` is:
+    answered ALREADY_EXISTS naming what the id recorded, plus an ``ErrorInfo`` with
+    ``error_reason`` and the hold's ``metadata``."""
+
+    error_reason = HeldForReview.error_reason
+
+    def __init__(self, refused: AlreadyExists, candidate_event_id: str, token: str) -> None:
+        reason = f"{refused.reason}; {HELD_FOR_REVIEW}"
+        super().__init__(refused.field, reason, refused.request_id, refused.event_ids)
+        self.metadata = {"candidate_event_id": candidate_event_id, "consistency_token": token}

@@ -30,6 +30,7 @@ from services.errors import (
     PermissionDenied,
     RateLimited,
     Refused,
+    ReusedIdHeldForReview,
     ServiceError,
     ShuttingDown,
     StoreUnavailable,
@@ -134,7 +135,8 @@ LISTED_EVENT_IDS = 20
 def already_exists(exc: AlreadyExists) -> grpc.Status:
     """A request id used before for another request: the first request's event ids in
     an ``ErrorInfo`` (reason ``REQUEST_ID_REUSED``; metadata ``request_id`` and
-    ``event_ids``, comma-separated) and in a ``ResourceInfo`` naming the request id.
+    ``event_ids``, comma-separated) and in a ``ResourceInfo`` naming the request id;
+    for an opt-out held for review all the same, a second ``ErrorInfo`` saying so.
 
     Past ``LISTED_EVENT_IDS`` ids (a ``RecordMessagesSent`` of 1,000 messages) only
     the first are listed, with ``event_count`` saying how many there are: 1,000 ids
@@ -154,7 +156,15 @@ def already_exists(exc: AlreadyExists) -> grpc.Status:
         resource_name=exc.request_id,
         description=f"first used for the request that recorded events {described}",
     )
-    return _status(code_pb2.ALREADY_EXISTS, f"{exc.field}: {exc.reason}", info, resource)
+    details: list[Any] = [info, resource]
+    if isinstance(exc, ReusedIdHeldForReview):  # an opt-out held all the same: say so
+        held = error_details_pb2.ErrorInfo(
+            reason=exc.error_reason,
+            domain=ERROR_DOMAIN,
+            metadata={"field": exc.field, **exc.metadata},
+        )
+        details.append(held)
+    return _status(code_pb2.ALREADY_EXISTS, f"{exc.field}: {exc.reason}", *details)
 
 
 MESSAGE_ID_REUSED = "MESSAGE_ID_REUSED"

@@ -47,6 +47,7 @@ from ledger.retention import PlaceLegalHold, ReleaseLegalHold, RequestErasure
 from ledger.validation import Violations
 from services import packets
 from services.errors import (
+    AlreadyExists,
     FailedPrecondition,
     PermissionDenied,
     ServiceError,
@@ -803,7 +804,9 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     ) -> api_pb2.RecordOptOutResponse:
         try:
             return await self._record(request, context, api_pb2.RecordOptOutResponse)
-        except DomainError as exc:  # refused for its details: held when it can be read
+        # Refused for its details, or for a request id used before for another
+        # request (a client's bug no retry mends): held when it can be read.
+        except (DomainError, AlreadyExists) as exc:
             principal = self.authenticate(context)
             campaign = request.campaign if request.HasField("campaign") else None
             hold = HoldRefusedOptOut(
@@ -934,7 +937,9 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                     command, authorize=authorize, recorded_by=principal.name, unowned_brand=unowned
                 ),
             )
-        except DomainError as exc:  # refused for a detail: a STOP is held when it can be read
+        # Refused for a detail or a request id used before for another request: a
+        # STOP is held when it can be read.
+        except (DomainError, AlreadyExists) as exc:
             await within(
                 write_budget(context, self.write_timeout),
                 self.usecases.writes.hold_refused_inbound(

@@ -51,7 +51,15 @@ from ledger.phone import to_e164
 from ledger.policy import earns_exemption
 from ledger.ports import Stream
 from ledger.state import COUNTED_KINDS
-from services.errors import FailedPrecondition, HeldForReview, NotConsistent, PermissionDenied
+from services.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    HeldForReview,
+    MessageIdReused,
+    NotConsistent,
+    PermissionDenied,
+    ReusedIdHeldForReview,
+)
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import (
     WriteResult,
@@ -152,7 +160,7 @@ class Writes:
     async def hold_refused_opt_out(
         self,
         hold: HoldRefusedOptOut,
-        refused: DomainError,
+        refused: DomainError | AlreadyExists,
         authorize: Callable[[str], None],
         *,
         recorded_by: str = "",
@@ -167,14 +175,25 @@ class Writes:
         number is denied for the brand (``REASON_REVOCATION_PENDING_REVIEW``) until
         someone resolves it, as an import's refused opt-out is. The hold's id digests
         the request (``HoldRefusedOptOut.request_id``): a retry holds it once, and the
-        client's request id stays free for its corrected retry."""
-        (field_name, reason), *_ = refused.violations
+        client's request id stays free for its corrected retry.
+
+        An opt-out refused for its request id, used before for another request (a
+        client's bug, which no retry mends), is held too and raises
+        ``ReusedIdHeldForReview``; a provider message id reused is no opt-out's."""
+        if isinstance(refused, MessageIdReused):
+            return
+        if isinstance(refused, AlreadyExists):
+            field_name, reason = refused.field, refused.reason
+        else:
+            (field_name, reason), *_ = refused.violations
         try:
             authorize(hold.brand)
             events = held_opt_out(hold, f"{field_name}: {reason}", self.ctx.clock())
         except (DomainError, PermissionDenied):
             return  # no number or brand to hold it under, or not the caller's brand
         written = await recorded_once(self.ctx, _stamped(events, recorded_by))
+        if isinstance(refused, AlreadyExists):
+            raise ReusedIdHeldForReview(refused, written.event_ids[0], written.token.encode())
         raise HeldForReview(refused, written.event_ids[0], written.token.encode())
 
     async def hold_refused_inbound(
@@ -184,14 +203,15 @@ class Writes:
         to_phone: str,
         body: str,
         record: str,
-        refused: DomainError,
+        refused: DomainError | AlreadyExists,
         authorize: Callable[[str], None],
         *,
         recorded_by: str = "",
         unowned_brand: str = ANY_BRAND,
     ) -> None:
         """``hold_refused_opt_out`` for an inbound text refused for a detail (a time far
-        ahead or missing, a NUL, a text or message id too long, none) that reads as an
+        ahead or missing, a NUL, a text or message id too long, none; or its request
+        id used before for another request) that reads as an
         opt-out or like one (``HELD_INTENTS``): held under the brand of the campaign
         that sends from the number it reached (which ``authorize`` must allow), or,
         with none or that number unreadable, under ``unowned_brand``, as a STOP to a

@@ -244,6 +244,18 @@ def precondition_violations(err: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
     return out
 
 
+def held_info(err: grpc.aio.AioRpcError) -> dict[str, str] | None:
+    """The metadata of a refusal's ``ErrorInfo`` saying its opt-out is held for review
+    (reason ``OPT_OUT_HELD_FOR_REVIEW``), or None."""
+    status = rpc_status.from_call(err)
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.reason == "OPT_OUT_HELD_FOR_REVIEW":
+            assert info.domain == "consent-ledger"
+            return dict(info.metadata)
+    return None
+
+
 def already_recorded(err: grpc.aio.AioRpcError) -> list[str]:
     """The event ids an ``ALREADY_EXISTS`` names: those of the request that first used
     the request id, from its ``google.rpc.ErrorInfo`` (checked against its
@@ -254,7 +266,10 @@ def already_recorded(err: grpc.aio.AioRpcError) -> list[str]:
     for detail in status.details if status else []:
         info, resource = error_details_pb2.ErrorInfo(), error_details_pb2.ResourceInfo()
         if detail.Unpack(info):
-            assert info.reason == "REQUEST_ID_REUSED" and info.domain == "consent-ledger"
+            assert info.domain == "consent-ledger"
+            if info.reason == "OPT_OUT_HELD_FOR_REVIEW":  # an opt-out held all the same
+                continue
+            assert info.reason == "REQUEST_ID_REUSED", info
             ids = info.metadata["event_ids"].split(",")
         elif detail.Unpack(resource):
             named = resource.resource_name

@@ -24,6 +24,7 @@ from tests.e2e.harness import (
     already_recorded,
     client,
     define,
+    held_info,
     kafka_settings,
     opt_in,
     opt_out,
@@ -159,29 +160,34 @@ async def test_a_request_id_reused_on_another_instance_is_refused(two_instances)
     async with client(a.address, "acme-app") as ca, client(b.address, "acme-app") as cb:
         first = await ca.RecordOptIn(opt_in(phone, "acme", "promo", when, request_id="r1"))
         # At once, through B, whose view may not have the opt-in yet: "r1" again, for
-        # a STOP. A client's bug: refused, naming what "r1" recorded.
+        # a STOP. A client's bug: refused, naming what "r1" recorded, and the STOP
+        # held for review, so that both instances deny the number meanwhile.
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await cb.RecordOptOut(
                 opt_out(phone, "acme", "promo", when + timedelta(seconds=1), "r1")
             )
         assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
         assert already_recorded(refused.value) == list(first.event_ids)
+        held = held_info(refused.value)
+        assert held is not None, refused.value.details()
         for c in (ca, cb):
             answer = await c.CanSend(
                 api.CanSendRequest(
                     phone=phone,
                     brand="acme",
                     campaign="promo",
-                    at_least_as_fresh=first.consistency_token,
+                    at_least_as_fresh=held["consistency_token"],
                 )
             )
-            assert answer.allowed
+            assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
+            assert list(answer.evidence_event_ids) == [held["candidate_event_id"]]
 
         partition = a.ledger.partition_for(phone)
         assert partition is not None
         written = await a.ledger.read(Stream.SUBSCRIBERS, partition, 0)
         mine = [r.event for r in written if r.event.phone == phone]
-        assert [type(e).__name__ for e in mine] == ["ConsentGranted"]
+        assert [type(e).__name__ for e in mine] == ["ConsentGranted", "RevocationCandidateFlagged"]
+        assert mine[1].request_id != "r1"  # the hold's own id, not the client's
 
 
 async def test_two_requests_under_one_id_at_once_through_two_instances_record_one(two_instances):
@@ -199,12 +205,16 @@ async def test_two_requests_under_one_id_at_once_through_two_instances_record_on
             (won,) = [r for r in results if not isinstance(r, BaseException)]
             assert [e.code() for e in errors] == [grpc.StatusCode.ALREADY_EXISTS]
             assert already_recorded(errors[0]) == list(won.event_ids)
+            # The STOP refused is held for review (perhaps appended before what won,
+            # still on its way to the ledger); the opt-in refused is not.
+            held = held_info(errors[0])
+            assert (held is not None) == (results[1] is errors[0]), errors[0].details()
+            expected = list(won.event_ids) + ([held["candidate_event_id"]] if held else [])
+            fresh = held["consistency_token"] if held else won.consistency_token
             events = await ca.ListEvents(
-                api.ListEventsRequest(
-                    phone=phone, brand="acme", at_least_as_fresh=won.consistency_token
-                )
+                api.ListEventsRequest(phone=phone, brand="acme", at_least_as_fresh=fresh)
             )
-            assert [e.event.event_id for e in events.events] == list(won.event_ids)
+            assert sorted(e.event.event_id for e in events.events) == sorted(expected)
 
 
 async def test_one_sender_number_claimed_through_two_instances_at_once_goes_to_one(

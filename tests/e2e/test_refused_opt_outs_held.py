@@ -14,14 +14,14 @@ from typing import Any
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
 from tests.e2e.harness import (
+    already_recorded,
     client,
     define,
+    held_info,
     inbound,
     kafka_settings,
     opt_in,
@@ -34,7 +34,6 @@ from tests.e2e.test_lifecycle import ACME_NUMBER, Clock
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-HELD = "OPT_OUT_HELD_FOR_REVIEW"
 DETAIL = "an opt-out refused for its details"
 
 
@@ -73,17 +72,6 @@ async def opted_in(runtime: Runtime, numbers: list[str], at: datetime) -> None:
         for number in numbers:
             w = await admin.RecordOptIn(opt_in(number, "acme", "promo", at - timedelta(days=1)))
     assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
-
-
-def held_info(err: grpc.aio.AioRpcError) -> dict[str, str] | None:
-    """The metadata of the refusal's ErrorInfo saying the opt-out is held, or None."""
-    status = rpc_status.from_call(err)
-    for detail in status.details if status else []:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info) and info.reason == HELD:
-            assert info.domain == "consent-ledger"
-            return dict(info.metadata)
-    return None
 
 
 async def refused(call: Any, request: Any) -> grpc.aio.AioRpcError:
@@ -297,3 +285,98 @@ async def test_an_inbound_text_refused_that_is_no_stop_holds_nothing(service):
             c.HandleInboundMessage, inbound(number, ACME_NUMBER, "STOP\0", clock.now)
         )
         assert held_info(err) is not None, err.details()
+
+
+async def test_an_opt_out_under_a_request_id_used_before_is_held_and_denies(service):
+    """Before: ALREADY_EXISTS, nothing written, CanSend allowed: the STOP was lost to
+    a client's bug. Now the refusal still names what the id recorded, and says the
+    number is held; CanSend denies; the same request again holds once."""
+    runtime, clock = service
+    number, spare = phone(80), phone(81)
+    await opted_in(runtime, [spare], clock.now)
+    request_id = f"r-{uuid.uuid4().hex}"
+    async with client(runtime.address, "acme-app") as c:
+        first = await c.RecordOptIn(opt_in(number, "acme", "promo", clock.now, request_id))
+        stop = opt_out(number, "acme", "promo", clock.now, request_id)
+        err = await refused(c.RecordOptOut, stop)
+        assert err.code() == grpc.StatusCode.ALREADY_EXISTS, err
+        assert already_recorded(err) == list(first.event_ids)
+        assert "held for review" in err.details()
+        info = held_info(err)
+        assert info is not None and info["field"] == "request_id", err.details()
+        answer = await can_send(runtime, number, info["consistency_token"])
+        assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
+        assert list(answer.evidence_event_ids) == [info["candidate_event_id"]], answer
+        again = await refused(c.RecordOptOut, stop)
+        assert again.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert held_info(again) is not None
+        assert held_info(again)["candidate_event_id"] == info["candidate_event_id"]
+        assert await candidates_of(runtime, number, info["consistency_token"]) == [
+            info["candidate_event_id"]
+        ]
+        # The id's own request, retried, is answered as before and holds nothing.
+        retry = await c.RecordOptIn(opt_in(number, "acme", "promo", clock.now, request_id))
+        assert list(retry.event_ids) == list(first.event_ids)
+        # An opt-in under the id an opt-out took is refused and holds nothing.
+        taken = f"r-{uuid.uuid4().hex}"
+        await c.RecordOptOut(opt_out(spare, "acme", "promo", clock.now, taken))
+        err = await refused(c.RecordOptIn, opt_in(spare, "acme", "promo", clock.now, taken))
+        assert err.code() == grpc.StatusCode.ALREADY_EXISTS and held_info(err) is None
+    async with client(runtime.address) as admin:
+        events = await admin.ListEvents(
+            api.ListEventsRequest(
+                phone=number, brand="acme", at_least_as_fresh=retry.consistency_token
+            )
+        )
+        kinds = [e.event.event_type for e in events.events]
+        assert kinds == ["ConsentGranted", "RevocationCandidateFlagged"], kinds
+        w = await admin.RecordOptIn(opt_in(phone(82), "acme", "promo", clock.now))
+    assert await candidates_of(runtime, spare, w.consistency_token) == []
+
+
+async def test_an_opt_out_under_an_id_used_before_by_a_caller_of_another_brand_holds_nothing(
+    service,
+):
+    runtime, clock = service
+    number = phone(83)  # opted in by acme under the id
+    request_id = f"r-{uuid.uuid4().hex}"
+    async with client(runtime.address, "acme-app") as c:
+        await c.RecordOptIn(opt_in(number, "acme", "promo", clock.now, request_id))
+    async with client(runtime.address, "globex-app") as g:
+        err = await refused(g.RecordOptOut, opt_out(number, "acme", "promo", clock.now, request_id))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED, err
+        err = await refused(
+            g.HandleInboundMessage,
+            inbound(number, ACME_NUMBER, "STOP", clock.now, request_id),
+        )
+        assert held_info(err) is None, err
+    async with client(runtime.address) as admin:
+        w = await admin.RecordOptIn(opt_in(phone(84), "acme", "promo", clock.now))
+    answer = await can_send(runtime, number, w.consistency_token)
+    assert answer.allowed, answer
+
+
+async def test_an_inbound_stop_under_a_request_id_used_before_is_held_and_denies(service):
+    runtime, clock = service
+    number, chatty = phone(85), phone(86)
+    request_id = f"r-{uuid.uuid4().hex}"
+    async with client(runtime.address, "acme-app") as c:
+        first = await c.RecordOptIn(opt_in(number, "acme", "promo", clock.now, request_id))
+        await c.RecordOptIn(opt_in(chatty, "acme", "promo", clock.now, f"{request_id}-2"))
+        stop = inbound(number, ACME_NUMBER, "STOP", clock.now, request_id)
+        err = await refused(c.HandleInboundMessage, stop)
+        assert err.code() == grpc.StatusCode.ALREADY_EXISTS, err
+        assert already_recorded(err) == list(first.event_ids)
+        info = held_info(err)
+        assert info is not None, err.details()
+        answer = await can_send(runtime, number, info["consistency_token"])
+        assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
+        again = held_info(await refused(c.HandleInboundMessage, stop))
+        assert again is not None and again["candidate_event_id"] == info["candidate_event_id"]
+        # A text that is no STOP under a reused id holds nothing.
+        hello = inbound(chatty, ACME_NUMBER, "see you at 5", clock.now, f"{request_id}-2")
+        err = await refused(c.HandleInboundMessage, hello)
+        assert err.code() == grpc.StatusCode.ALREADY_EXISTS and held_info(err) is None
+    async with client(runtime.address) as admin:
+        w = await admin.RecordOptIn(opt_in(phone(87), "acme", "promo", clock.now))
+    assert (await can_send(runtime, chatty, w.consistency_token)).allowed

@@ -17,6 +17,7 @@ from tests.e2e.harness import (
     already_recorded,
     client,
     define,
+    held_info,
     inbound,
     kafka_settings,
     opt_in,
@@ -82,45 +83,66 @@ async def test_a_request_id_reused_for_any_other_request_is_refused_with_its_eve
         client(runtime.address) as admin,
     ):
         first = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", when, request_id="r1"))
+        # Each refused; an opt-out (the STOP as a RecordOptOut or an inbound text) is
+        # held for review all the same, so that a client's bug loses no STOP.
         others = [
-            c.RecordOptOut(opt_out(PHONE, "acme", "promo", when, "r1")),
-            c.RecordOptIn(opt_in(PHONE, "acme", "promo", when - timedelta(seconds=1), "r1")),
-            c.RecordMessageSent(sent("r1", "SM-r1", when)),
-            admin.DefineCampaign(
-                api.DefineCampaignRequest(
-                    request_id="r1",
-                    brand="acme",
-                    campaign="other",
-                    occurred_at=ts(when),
-                    policy=lpb.CampaignPolicy(),
-                )
+            (c.RecordOptOut(opt_out(PHONE, "acme", "promo", when, "r1")), True),
+            (
+                c.RecordOptIn(opt_in(PHONE, "acme", "promo", when - timedelta(seconds=1), "r1")),
+                False,
             ),
-            c.HandleInboundMessage(inbound(PHONE, NUMBER, "STOP", when, "r1", message_id="SM-in")),
+            (c.RecordMessageSent(sent("r1", "SM-r1", when)), False),
+            (
+                admin.DefineCampaign(
+                    api.DefineCampaignRequest(
+                        request_id="r1",
+                        brand="acme",
+                        campaign="other",
+                        occurred_at=ts(when),
+                        policy=lpb.CampaignPolicy(),
+                    )
+                ),
+                False,
+            ),
+            (
+                c.HandleInboundMessage(
+                    inbound(PHONE, NUMBER, "STOP", when, "r1", message_id="SM-in")
+                ),
+                True,
+            ),
         ]
-        for call in others:
+        holds = []
+        for call, stop in others:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await call
             assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
             assert already_recorded(refused.value) == list(first.event_ids)
+            held = held_info(refused.value)
+            assert (held is not None) == stop, (stop, refused.value.details())
+            if held is not None:
+                holds.append(held["candidate_event_id"])
+                fresh = held["consistency_token"]  # the phone's partition, past each hold
         retry = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", when, request_id="r1"))
         assert list(retry.event_ids) == list(first.event_ids)
         # Another brand's "r1" is its own.
         await g.RecordOptIn(opt_in(PHONE, "globex", "promo", when, request_id="r1"))
 
         events = await c.ListEvents(
-            api.ListEventsRequest(
-                phone=PHONE, brand="acme", at_least_as_fresh=retry.consistency_token
-            )
+            api.ListEventsRequest(phone=PHONE, brand="acme", at_least_as_fresh=fresh)
         )
-        assert [e.event.event_type for e in events.events] == ["ConsentGranted"]
+        assert [e.event.event_type for e in events.events] == [
+            "ConsentGranted",
+            "RevocationCandidateFlagged",
+            "RevocationCandidateFlagged",
+        ]
         assert events.events[0].event.request_id == "r1"
+        assert [e.event.event_id for e in events.events[1:]] == holds
         answer = await c.CanSend(
             api.CanSendRequest(
-                phone=PHONE, brand="acme", campaign="promo",
-                at_least_as_fresh=retry.consistency_token,
+                phone=PHONE, brand="acme", campaign="promo", at_least_as_fresh=fresh,
             )
         )  # fmt: skip
-        assert answer.allowed
+        assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
 
 
 async def test_a_provider_message_id_recorded_already_is_the_same_message(service):

@@ -9,7 +9,13 @@ from google.rpc import error_details_pb2, status_pb2
 
 from ledger.errors import InvalidRequest
 from ledger.ports import EventTooLarge, LedgerUnavailable
-from services.errors import AlreadyExists, OutcomeUnknown, RateLimited, StoreUnavailable
+from services.errors import (
+    AlreadyExists,
+    OutcomeUnknown,
+    RateLimited,
+    ReusedIdHeldForReview,
+    StoreUnavailable,
+)
 from services.grpc_api.errors import to_status
 
 RETRY = "the ledger could not be reached; retry with the same request_id"
@@ -90,6 +96,29 @@ def test_a_reused_request_id_is_already_exists_naming_the_first_request_s_events
     assert (info.reason, info.domain) == ("REQUEST_ID_REUSED", "consent-ledger")
     assert dict(info.metadata) == {"request_id": "r1", "event_ids": ",".join(ids)}
     assert resource.resource_name == "r1" and ids[1] in resource.description
+
+
+def test_an_opt_out_held_under_a_reused_request_id_says_so_beside_the_first_events() -> None:
+    ids = ["3156e1cb-0000-5000-8000-000000000001"]
+    refused = AlreadyExists("request_id", "used before", "r1", ids)
+    status = to_status(ReusedIdHeldForReview(refused, "3156e1cb-held", "tok"))
+    assert status.code is grpc.StatusCode.ALREADY_EXISTS
+    assert status.details.startswith("request_id: used before; held for review")
+    raw = dict(status.trailing_metadata)["grpc-status-details-bin"]
+    found = status_pb2.Status.FromString(raw).details
+    first, resource, held = (
+        error_details_pb2.ErrorInfo(),
+        error_details_pb2.ResourceInfo(),
+        error_details_pb2.ErrorInfo(),
+    )
+    assert found[0].Unpack(first) and found[1].Unpack(resource) and found[2].Unpack(held)
+    assert dict(first.metadata) == {"request_id": "r1", "event_ids": ids[0]}
+    assert (held.reason, held.domain) == ("OPT_OUT_HELD_FOR_REVIEW", "consent-ledger")
+    assert dict(held.metadata) == {
+        "field": "request_id",
+        "candidate_event_id": "3156e1cb-held",
+        "consistency_token": "tok",
+    }
 
 
 def test_a_reused_request_id_of_a_thousand_events_lists_the_first_and_counts_them() -> None:
