@@ -221,7 +221,11 @@ class ConsentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordOptOut(self, request, context):
-        """Record an opt-out of one campaign, or of every campaign of the brand.
+        """Record an opt-out of one campaign, or of every campaign of the brand. One
+        refused (INVALID_ARGUMENT for a detail, or ALREADY_EXISTS for a request id used
+        before for another request) whose number and brand can be read is held for
+        review all the same: CanSend denies the number until it is resolved, and the
+        error carries an ErrorInfo with reason OPT_OUT_HELD_FOR_REVIEW.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -275,7 +279,8 @@ class ConsentServiceServicer:
 
     def HandleInboundMessage(self, request, context):
         """Record a text the person sent, interpret it (STOP, START, HELP...), record what
-        it means, and say which reply the sender now owes.
+        it means, and say which reply the sender now owes. A text that reads as a STOP
+        and is refused is held for review as a refused RecordOptOut is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

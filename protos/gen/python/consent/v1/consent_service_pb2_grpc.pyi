@@ -54,7 +54,12 @@ class ConsentServiceStub:
     RecordOptIn: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RecordOptInRequest, _consent_service_pb2.RecordOptInResponse]
     """Record an opt-in with the proof a carrier or an auditor will ask for."""
     RecordOptOut: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RecordOptOutRequest, _consent_service_pb2.RecordOptOutResponse]
-    """Record an opt-out of one campaign, or of every campaign of the brand."""
+    """Record an opt-out of one campaign, or of every campaign of the brand. One
+    refused (INVALID_ARGUMENT for a detail, or ALREADY_EXISTS for a request id used
+    before for another request) whose number and brand can be read is held for
+    review all the same: CanSend denies the number until it is resolved, and the
+    error carries an ErrorInfo with reason OPT_OUT_HELD_FOR_REVIEW.
+    """
     RecordReconfirmation: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RecordReconfirmationRequest, _consent_service_pb2.RecordReconfirmationResponse]
     """Record that the person confirmed again that they want the campaign."""
     RecordMessageSent: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RecordMessageSentRequest, _consent_service_pb2.RecordMessageSentResponse]
@@ -76,7 +81,8 @@ class ConsentServiceStub:
     """
     HandleInboundMessage: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.HandleInboundMessageRequest, _consent_service_pb2.HandleInboundMessageResponse]
     """Record a text the person sent, interpret it (STOP, START, HELP...), record what
-    it means, and say which reply the sender now owes.
+    it means, and say which reply the sender now owes. A text that reads as a STOP
+    and is refused is held for review as a refused RecordOptOut is.
     """
     ResolveRevocationCandidate: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.ResolveRevocationCandidateRequest, _consent_service_pb2.ResolveRevocationCandidateResponse]
     """A human's decision on a reply that read like an opt-out."""
@@ -201,7 +207,12 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     RecordOptIn: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RecordOptInRequest, _consent_service_pb2.RecordOptInResponse]  # type: ignore[assignment]
     """Record an opt-in with the proof a carrier or an auditor will ask for."""
     RecordOptOut: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RecordOptOutRequest, _consent_service_pb2.RecordOptOutResponse]  # type: ignore[assignment]
-    """Record an opt-out of one campaign, or of every campaign of the brand."""
+    """Record an opt-out of one campaign, or of every campaign of the brand. One
+    refused (INVALID_ARGUMENT for a detail, or ALREADY_EXISTS for a request id used
+    before for another request) whose number and brand can be read is held for
+    review all the same: CanSend denies the number until it is resolved, and the
+    error carries an ErrorInfo with reason OPT_OUT_HELD_FOR_REVIEW.
+    """
     RecordReconfirmation: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RecordReconfirmationRequest, _consent_service_pb2.RecordReconfirmationResponse]  # type: ignore[assignment]
     """Record that the person confirmed again that they want the campaign."""
     RecordMessageSent: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RecordMessageSentRequest, _consent_service_pb2.RecordMessageSentResponse]  # type: ignore[assignment]
@@ -223,7 +234,8 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     """
     HandleInboundMessage: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.HandleInboundMessageRequest, _consent_service_pb2.HandleInboundMessageResponse]  # type: ignore[assignment]
     """Record a text the person sent, interpret it (STOP, START, HELP...), record what
-    it means, and say which reply the sender now owes.
+    it means, and say which reply the sender now owes. A text that reads as a STOP
+    and is refused is held for review as a refused RecordOptOut is.
     """
     ResolveRevocationCandidate: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.ResolveRevocationCandidateRequest, _consent_service_pb2.ResolveRevocationCandidateResponse]  # type: ignore[assignment]
     """A human's decision on a reply that read like an opt-out."""
@@ -375,7 +387,12 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _consent_service_pb2.RecordOptOutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_consent_service_pb2.RecordOptOutResponse, _abc.Awaitable[_consent_service_pb2.RecordOptOutResponse]]:
-        """Record an opt-out of one campaign, or of every campaign of the brand."""
+        """Record an opt-out of one campaign, or of every campaign of the brand. One
+        refused (INVALID_ARGUMENT for a detail, or ALREADY_EXISTS for a request id used
+        before for another request) whose number and brand can be read is held for
+        review all the same: CanSend denies the number until it is resolved, and the
+        error carries an ErrorInfo with reason OPT_OUT_HELD_FOR_REVIEW.
+        """
 
     @_abc_1.abstractmethod
     def RecordReconfirmation(
@@ -439,7 +456,8 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_consent_service_pb2.HandleInboundMessageResponse, _abc.Awaitable[_consent_service_pb2.HandleInboundMessageResponse]]:
         """Record a text the person sent, interpret it (STOP, START, HELP...), record what
-        it means, and say which reply the sender now owes.
+        it means, and say which reply the sender now owes. A text that reads as a STOP
+        and is refused is held for review as a refused RecordOptOut is.
         """
 
     @_abc_1.abstractmethod
