@@ -397,7 +397,10 @@ class CanSendRequest(_message.Message):
     MESSAGE_KIND_FIELD_NUMBER: _builtins.int
     AT_LEAST_AS_FRESH_FIELD_NUMBER: _builtins.int
     phone: _builtins.str
-    """E.164 preferred; national formats of the default region are accepted."""
+    """E.164, with its country code (+14155552671); spaces, dashes, dots and brackets
+    are read through. A national number (415-555-2671) is INVALID_ARGUMENT: without
+    a country code it could name a subscriber in another country.
+    """
     brand: _builtins.str
     campaign: _builtins.str
     message_kind: _ledger_pb2.MessageKind.ValueType
