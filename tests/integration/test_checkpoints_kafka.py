@@ -4,7 +4,10 @@ signs checkpoints into their topic, and a new writer resumes after them."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -45,9 +48,13 @@ def _settings(kafka_bootstrap: str) -> KafkaLedgerSettings:
     )
 
 
-async def test_checkpoints_cover_the_records_as_stored_and_a_writer_resumes(
-    kafka_bootstrap, tmp_path
-):
+Started = tuple[KafkaLedgerSettings, KafkaLedger, KafkaRecords, KafkaCheckpoints, SigningKey]
+
+
+@asynccontextmanager
+async def _started(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Started]:
+    """A ledger on topics of its own, its records and checkpoint store started, and a
+    signing key: what a checkpoint writer needs."""
     settings = _settings(kafka_bootstrap)
     ledger = KafkaLedger(settings)
     await ledger.ensure_topics()
@@ -55,8 +62,18 @@ async def test_checkpoints_cover_the_records_as_stored_and_a_writer_resumes(
     records, store = KafkaRecords(settings), KafkaCheckpoints(settings)
     await records.start()
     await store.start()
-    key = SigningKey.generate(tmp_path / "key.pem")
     try:
+        yield settings, ledger, records, store, SigningKey.generate(tmp_path / "key.pem")
+    finally:
+        await store.close()
+        await records.close()
+        await ledger.close()
+
+
+async def test_checkpoints_cover_the_records_as_stored_and_a_writer_resumes(
+    kafka_bootstrap, tmp_path
+):
+    async with _started(kafka_bootstrap, tmp_path) as (_, ledger, records, store, key):
         await ledger.append([granted(phone=f"+1415555{n:04d}") for n in range(6)])
         first = await Checkpointer(records, store, key, Always(), lambda: T0, 0.1).round()
         ends = await ledger.end_offsets(Stream.SUBSCRIBERS)
@@ -74,10 +91,6 @@ async def test_checkpoints_cover_the_records_as_stored_and_a_writer_resumes(
             (*where, ends[where[1]], ends[where[1]] + 1)
         ]
         assert [c async for c in store.every()] == first + second
-    finally:
-        await store.close()
-        await records.close()
-        await ledger.close()
 
 
 async def test_checkpoints_are_published_again_after_the_broker_refused_some(
@@ -87,34 +100,24 @@ async def test_checkpoints_are_published_again_after_the_broker_refused_some(
     that waited too long for a leader) spent a sequence number the broker never
     saw, and aiokafka's idempotent producer then had every later checkpoint
     refused (OutOfOrderSequenceNumber) until the process restarted."""
-    settings = _settings(kafka_bootstrap)
-    ledger = KafkaLedger(settings)
-    await ledger.ensure_topics()
-    await ledger.start()
-    records, store = KafkaRecords(settings), KafkaCheckpoints(settings)
-    await records.start()
-    await store.start()
-    key = SigningKey.generate(tmp_path / "key.pem")
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        writer = Checkpointer(records, store, key, Always(), lambda: T0, 0.1)
-        await ledger.append([granted(phone=f"+1415555{n:04d}") for n in range(4)])
-        first = await writer.round()
-        await ledger.append([granted(phone="+14155559999")])
-        await admin.alter_configs([_configs(settings, {"max.message.bytes": "100"})])
-        with pytest.raises(KafkaError):
-            await writer.round()
-        await admin.alter_configs([_configs(settings, {})])
+    async with _started(kafka_bootstrap, tmp_path) as (settings, ledger, records, store, key):
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            writer = Checkpointer(records, store, key, Always(), lambda: T0, 0.1)
+            await ledger.append([granted(phone=f"+1415555{n:04d}") for n in range(4)])
+            first = await writer.round()
+            await ledger.append([granted(phone="+14155559999")])
+            await admin.alter_configs([_configs(settings, {"max.message.bytes": "100"})])
+            with pytest.raises(KafkaError):
+                await writer.round()
+            await admin.alter_configs([_configs(settings, {})])
 
-        second = await writer.round()
+            second = await writer.round()
 
-        assert second and [c async for c in store.every()] == first + second
-    finally:
-        await admin.close()
-        await store.close()
-        await records.close()
-        await ledger.close()
+            assert second and [c async for c in store.every()] == first + second
+        finally:
+            await admin.close()
 
 
 def _configs(settings: KafkaLedgerSettings, changes: dict[str, str]) -> ConfigResource:
