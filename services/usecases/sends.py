@@ -16,10 +16,17 @@ from datetime import datetime
 
 from ledger.commands import RecordMessagesSent, to_events
 from ledger.digest import digest_of
-from ledger.events import LedgerEvent, MessageSent, Recorded, evolved, message_content
+from ledger.events import (
+    LedgerEvent,
+    LedgerPosition,
+    MessageSent,
+    Recorded,
+    evolved,
+    message_content,
+)
 from ledger.policy import earns_exemption
 from ledger.ports import ConsistencyToken
-from ledger.state import COUNTED_KINDS
+from ledger.state import COUNTED_KINDS, apply
 from services.errors import FailedPrecondition, NotConsistent
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import (
@@ -38,6 +45,10 @@ class SendsResult:
     appended: int
     """How many events this call appended (0 for a retry the view has applied)."""
 
+
+_UNAPPENDED = 2**62
+"""The offsets a call's messages are folded at before they are appended: past any a
+ledger gives, so they follow the phone's recorded facts of the same moment."""
 
 CALLS_AT_ONCE = 2
 """Calls a process works on at once; the others wait their turn before any read. Two
@@ -199,24 +210,32 @@ class Sends:
         """Replies that may escape the caps, each with whether it earned that when it
         was sent, read as fresh as CanSend reads (``Writes._with_exemption``, for all
         of them at once): one that did not, or whose facts cannot be read fresh,
-        counts like any other message."""
-        replies = [e for e in new if e.kind not in COUNTED_KINDS]
-        if not replies:
+        counts like any other message. Each is judged after the call's messages before
+        it, as if each had been sent alone in turn: a HELP earns one reply, not one
+        per message of the call."""
+        replying = sorted({e.phone for e in new if e.kind not in COUNTED_KINDS})
+        if not replying:
             return new
-        fresh = await self.ctx.guard.wait_for_phones(sorted({e.phone for e in replies}))
-        exempt: dict[int, bool] = {}
-        if fresh:
-            states = await self.ctx.view.subscriber_states(
-                replies[0].brand, sorted({e.phone for e in replies})
-            )
-            for event in replies:
+        if not await self.ctx.guard.wait_for_phones(replying):
+            return [e if e.kind in COUNTED_KINDS else replace(e, exempt=False) for e in new]
+        states = await self.ctx.view.subscriber_states(new[0].brand, replying)
+        now = self.ctx.clock()
+        judged: list[MessageSent] = []
+        for place, event in enumerate(new):
+            if event.phone not in states:
+                judged.append(event)
+                continue
+            if event.kind not in COUNTED_KINDS:
                 history = await self.ctx.rules.campaign_history(event.brand, event.campaign)
                 rules = history.as_of(event.occurred_at)
                 digest = digest_of(states[event.phone])
-                exempt[id(event)] = rules is not None and earns_exemption(
-                    digest, rules, event.occurred_at, event.kind
+                event = replace(
+                    event,
+                    exempt=rules is not None
+                    and earns_exemption(digest, rules, event.occurred_at, event.kind),
                 )
-        return [
-            replace(e, exempt=exempt.get(id(e), False)) if e.kind not in COUNTED_KINDS else e
-            for e in new
-        ]
+            judged.append(event)
+            # Not appended yet: placed after every fact of the phone, in call order.
+            position = LedgerPosition(-1, _UNAPPENDED + place)
+            states[event.phone] = apply(states[event.phone], Recorded(event, position, now))
+        return judged

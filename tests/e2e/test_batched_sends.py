@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -22,7 +24,9 @@ from services.bootstrap import Runtime
 from tests.e2e.harness import (
     client,
     define,
+    inbound,
     kafka_settings,
+    opt_in,
     service_settings,
     status_details,
     ts,
@@ -318,6 +322,38 @@ async def test_more_than_a_thousand_messages_or_another_brand_is_refused(service
                 await c.RecordMessagesSent(call("batch-theirs", [message(0, when)]))
             assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert await ledger_size(runtime) == size
+
+
+async def test_a_reply_owed_once_and_sent_twice_in_one_call_counts_the_second(service):
+    """One HELP earns one reply that escapes the caps; a second reply to it, later in
+    the same call, counts as it would sent alone, so a cap it fills denies."""
+    runtime, _ = service
+    now = datetime.now(UTC)
+    number, sender = phone(9000), "+12125550177"
+    cap = lpb.FrequencyCap(limit=2, window=Duration(seconds=86400))
+    async with client(runtime.address) as admin:
+        await admin.DefineCampaign(define("acme", "capped", now, [sender], frequency_caps=[cap]))
+    async with client(runtime.address, "acme-app") as c:
+        await c.RecordOptIn(opt_in(number, "acme", "capped", now - timedelta(minutes=2)))
+        await c.HandleInboundMessage(inbound(number, sender, "HELP", now - timedelta(minutes=1)))
+        help_reply = dict(campaign="capped", kind=lpb.MESSAGE_KIND_HELP_REPLY)
+        replies = [message(9000, now, message_id=f"SM-help-{i}", **help_reply) for i in range(3)]
+        written = await c.RecordMessagesSent(call("batch-help-replies", replies))
+        listed = await c.ListEvents(
+            api.ListEventsRequest(
+                phone=number, brand="acme", at_least_as_fresh=written.consistency_token
+            )
+        )
+        sent = [e.event.message_sent for e in listed.events if e.event.event_type == "MessageSent"]
+        assert [m.exempt for m in sent] == [True, False, False]
+        answer = await c.CanSend(
+            api.CanSendRequest(
+                phone=number, brand="acme", campaign="capped",
+                at_least_as_fresh=written.consistency_token,
+            )
+        )  # fmt: skip
+        assert not answer.allowed
+        assert answer.reason == api.REASON_FREQUENCY_CAP_REACHED
 
 
 async def test_the_readme_batched_send_runs_as_written(tmp_path, postgres_dsn):
