@@ -1202,15 +1202,18 @@ HELD_FOR_REVIEW = (
 
 
 _INTERNATIONAL_PREFIX = re.compile(r"^(?:011|00)")
+_NANP_NATIONAL_DIGITS = 10
+"""A North American number without its country code: area code, exchange, line."""
 
 
 def _held_number(raw: str) -> str:
     """The number a refused opt-out is held under: as E.164, or else its digits read
     as a number with its country code and no "+" (a spreadsheet drops a leading
-    "+"), after an international prefix (00, or 011 from North America) if any. A
-    number must carry its "+" to be recorded, so the record stays refused; but a
-    hold only denies, and the export's opt-in of the same number, written with its
-    "+", would otherwise stand."""
+    "+"), after an international prefix (00, or 011 from North America) if any, or
+    else as a North American number written without its country code, as at home
+    ((415) 555-2671). A number must carry its "+" to be recorded, so the record
+    stays refused; but a hold only denies, and the opt-in of the same number,
+    written with its "+", would otherwise stand."""
     try:
         return to_e164(raw)
     except InvalidPhoneNumber:
@@ -1218,7 +1221,12 @@ def _held_number(raw: str) -> str:
         written = all(ch.isdecimal() or ch in " -()./" for ch in raw)
         if "+" in raw or not digits or not written:
             raise
-        return to_e164("+" + _INTERNATIONAL_PREFIX.sub("", digits))
+        try:
+            return to_e164("+" + _INTERNATIONAL_PREFIX.sub("", digits))
+        except InvalidPhoneNumber:
+            if len(digits) != _NANP_NATIONAL_DIGITS:
+                raise
+            return to_e164("+1" + digits)
 
 
 HELD_OPT_OUT = "RecordOptOut"

@@ -165,6 +165,28 @@ async def test_a_number_without_its_plus_or_a_padded_brand_is_held_all_the_same(
             assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
 
 
+async def test_a_stop_from_a_number_written_without_its_country_code_is_held(service):
+    """A US number written as at home, (415) 555-4022, is no number the service
+    records (it names no country), but an opt-out from it is no less an opt-out: it
+    was refused and dropped while the number, opted in as +14155554022, was allowed."""
+    runtime, clock = service
+    texted, recorded = phone(22), phone(23)
+    await opted_in(runtime, [texted, recorded], clock.now)
+    national = f"({texted[2:5]}) {texted[5:8]}-{texted[8:]}"
+    async with client(runtime.address, "acme-app") as c:
+        stop = inbound(national, ACME_NUMBER, "STOP", clock.now)
+        record = opt_out(recorded[2:], "acme", "promo", clock.now)
+        for number, err in (
+            (texted, await refused(c.HandleInboundMessage, stop)),
+            (recorded, await refused(c.RecordOptOut, record)),
+        ):
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+            info = held_info(err)
+            assert info is not None, err.details()
+            answer = await can_send(runtime, number, info["consistency_token"])
+            assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
+
+
 async def test_a_retry_holds_once_and_a_corrected_retry_under_its_id_is_recorded(service):
     """The hold's id digests the request, not the client's request id: the same
     request again holds nothing new, and the corrected request under the same

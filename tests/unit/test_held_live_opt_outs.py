@@ -16,7 +16,7 @@ from ledger.commands import (
     held_intent,
     held_opt_out,
 )
-from ledger.errors import InvalidRequest
+from ledger.errors import InvalidPhoneNumber, InvalidRequest
 from ledger.events import ANY_BRAND
 from ledger.keywords import Intent
 from ledger.packet import assemble
@@ -83,6 +83,26 @@ def test_only_an_inbound_stop_is_held_for_every_brand():
     assert held.brand == ANY_BRAND
     with pytest.raises(InvalidRequest):
         held_opt_out(replace(_live(), brand=ANY_BRAND), "occurred_at: is required", at(1))
+
+
+@pytest.mark.parametrize(
+    ("written", "held_under"),
+    [
+        ("(415) 555-2671", "+14155552671"),  # a US number as at home: no country code
+        ("415.555.2671", "+14155552671"),
+        ("1 415 555 2671", "+14155552671"),  # its country code without the "+"
+        ("011 44 20 7946 0018", "+442079460018"),  # dialled from North America
+    ],
+)
+def test_a_refused_opt_out_is_held_under_its_number_however_written(written, held_under):
+    (held,) = held_opt_out(replace(_live(), phone=written), "channel: is required", at(1))
+    assert held.phone == held_under
+
+
+@pytest.mark.parametrize("written", ["555-2671", "(415) 555-267", "+415 555 2671", "415 555 267a"])
+def test_a_refused_opt_out_whose_number_cannot_be_read_holds_nothing(written):
+    with pytest.raises(InvalidPhoneNumber):
+        held_opt_out(replace(_live(), phone=written), "channel: is required", at(1))
 
 
 @pytest.mark.parametrize(
