@@ -20,6 +20,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -443,7 +444,8 @@ class Runtime:
         s = self.settings
         if s.ledger == "kafka":
             assert s.kafka is not None
-            kafka = KafkaLedger(s.kafka)
+            renewed = partial(self.metrics.producer_renewed, "ledger")
+            kafka = KafkaLedger(s.kafka, renewed=renewed)
             with _failing_as(_kafka(s.kafka.bootstrap_servers), _KAFKA_FAILURES):
                 await kafka.ensure_topics()  # before start: start refuses missing or unsafe topics
                 await kafka.start()
@@ -509,7 +511,10 @@ class Runtime:
             from services.adapters.kafka_audit import KafkaCheckpoints, KafkaRecords
 
             assert s.kafka is not None
-            kafka_records, kafka_store = KafkaRecords(s.kafka), KafkaCheckpoints(s.kafka)
+            kafka_records = KafkaRecords(s.kafka)
+            kafka_store = KafkaCheckpoints(
+                s.kafka, renewed=partial(self.metrics.producer_renewed, "checkpoints")
+            )
             self._stoppers += [kafka_store.close, kafka_records.close]
             with _failing_as(_kafka(s.kafka.bootstrap_servers), _KAFKA_FAILURES):
                 await kafka_records.start()

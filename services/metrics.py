@@ -38,6 +38,10 @@ metrics make that visible:
   via, code}``: audit calls refused before their read (each also in the access log);
 * ``consent_projector_failures_total``: times the projector failed and was
   started again (``services.projector.supervise``);
+* ``consent_kafka_producer_renewals_total{producer}``: times the Kafka ledger's
+  (``ledger``) or the checkpoint store's (``checkpoints``) producer was replaced
+  by a new one after a failed delivery (aiokafka issue #1017; a broker restart
+  causes a few, a steady climb means deliveries keep failing);
 * ``consent_revocation_candidates_overdue``: flagged replies of every brand left
   unresolved past the ten business days the law allows (each denies as a
   revocation); read from the view when scraped, one query over the unresolved ones;
@@ -145,6 +149,7 @@ class ServiceMetrics(Collector):
         self.checkpoints_signed = 0
         """Checkpoints of the ledger's chain this process signed and stored."""
         self.checkpointer_failures = 0
+        self._producer_renewals = {"ledger": 0, "checkpoints": 0}
         self.watchers = 0
         """Open WatchConsentChanges streams."""
         self.changes_streamed = 0
@@ -246,6 +251,11 @@ class ServiceMetrics(Collector):
     def checkpointer_failed(self) -> None:
         self.checkpointer_failures += 1
 
+    def producer_renewed(self, producer: str) -> None:
+        """Count a Kafka producer (``ledger`` or ``checkpoints``) replaced after a
+        failed delivery."""
+        self._producer_renewals[producer] += 1
+
     def registry(self) -> CollectorRegistry:
         """A registry with these metrics and the process's own."""
         registry = CollectorRegistry()
@@ -346,6 +356,15 @@ class ServiceMetrics(Collector):
             "Times the checkpoint writer failed and was started again; the log has each cause.",
             value=self.checkpointer_failures,
         )
+        renewals = CounterMetricFamily(
+            "consent_kafka_producer_renewals",
+            "Times a Kafka producer was replaced by a new one after a failed delivery, by "
+            "producer (ledger, checkpoints); the log has each.",
+            labels=["producer"],
+        )
+        for producer, n in self._producer_renewals.copy().items():
+            renewals.add_metric([producer], n)
+        yield renewals
         if self.guard is not None:
             status = self.guard.status
             lag = GaugeMetricFamily(

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -24,6 +25,7 @@ from ledger.ports import Stream
 from services.adapters.kafka_ledger import consumer_options, producer_options, stop_producer
 from services.settings import KafkaLedgerSettings
 
+log = logging.getLogger(__name__)
 _SCAN = 1000
 """Checkpoint records read at a time when looking back from the topic's end."""
 
@@ -130,10 +132,16 @@ class KafkaRecords:
 
 
 class KafkaCheckpoints:
-    """``services.checkpoints.CheckpointStore`` on the checkpoint topic."""
+    """``services.checkpoints.CheckpointStore`` on the checkpoint topic.
 
-    def __init__(self, settings: KafkaLedgerSettings) -> None:
+    ``renewed`` is called each time a new producer replaces one whose publish
+    failed (``_renew_producer``), for the metric that counts them."""
+
+    def __init__(
+        self, settings: KafkaLedgerSettings, renewed: Callable[[], None] | None = None
+    ) -> None:
         self.settings = settings
+        self._renewed = renewed
         self.topic = settings.checkpoint_topic_name()
         self._reader = _Reader(settings)
         self._producer: AIOKafkaProducer | None = None
@@ -183,7 +191,7 @@ class KafkaCheckpoints:
         the broker then refuses all its later batches (see
         ``KafkaLedger._renew_producer_if_spent``). The old one first sends or gives
         up on what it holds, so that checkpoints still land in the order signed."""
-        old, self._producer = self._producer, None
+        old, self._producer, failed = self._producer, None, self._failed
         if old is not None:
             await stop_producer(old, self.settings.request_timeout_s)
         fresh = AIOKafkaProducer(**producer_options(self.settings))
@@ -193,6 +201,10 @@ class KafkaCheckpoints:
             await fresh.stop()
             raise
         self._producer, self._failed = fresh, False
+        if failed:
+            log.warning("Kafka checkpoints: a publish failed; sending with a new producer")
+            if self._renewed is not None:
+                self._renewed()
 
     async def latest(
         self, key_id: str, wanted: set[tuple[str, int]]

@@ -130,10 +130,16 @@ class UnsafeTopicError(RuntimeError):
 
 
 class KafkaLedger(EventLog):
-    """Call ``start()`` before use and ``close()`` after; ``ensure_topics()`` needs neither."""
+    """Call ``start()`` before use and ``close()`` after; ``ensure_topics()`` needs neither.
 
-    def __init__(self, settings: KafkaLedgerSettings) -> None:
+    ``renewed`` is called each time a new producer replaces one whose batch failed
+    (``_renew_producer_if_spent``), for the metric that counts them."""
+
+    def __init__(
+        self, settings: KafkaLedgerSettings, renewed: Callable[[], None] | None = None
+    ) -> None:
         self.settings = settings
+        self._renewed = renewed
         self._producer: AIOKafkaProducer | None = None
         self._spent: AIOKafkaProducer | None = None
         """The producer, if a batch of it failed (``_renew_producer_if_spent``)."""
@@ -437,6 +443,8 @@ class KafkaLedger(EventLog):
                 raise
             self._producer, self._spent = fresh, None
         log.warning("Kafka ledger: a batch failed; sending with a new idempotent producer")
+        if self._renewed is not None:
+            self._renewed()
         retiring = asyncio.create_task(self._stop_producer(producer))
         self._retiring.add(retiring)
         retiring.add_done_callback(self._retiring.discard)

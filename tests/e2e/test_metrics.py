@@ -1,5 +1,5 @@
 """``/metrics``: the service's answers, errors and freshness, scraped over HTTP from a
-running service (PostgreSQL ledger and view, real gRPC)."""
+running service (PostgreSQL ledger and view, real gRPC; Kafka for its producer)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,25 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import consent_service_pb2_grpc as api_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.harness import client, define, opt_in, opt_out, running, service_settings, ts
+from ledger.ports import Stream
+from services.adapters.kafka_ledger import topic_configs
+from services.settings import KafkaLedgerSettings
+from tests.e2e.harness import (
+    client,
+    define,
+    kafka_service_settings,
+    opt_in,
+    opt_out,
+    running,
+    service_settings,
+    ts,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -197,3 +211,46 @@ async def test_metrics_count_answers_and_errors_and_show_a_stalled_projection(
         assert decisions(m, "CanSend", "true", "consent_active") == 1
     with pytest.raises(OSError):  # stopped with the service
         await asyncio.to_thread(scrape, runtime.metrics_address)
+
+
+async def test_a_kafka_producer_renewed_after_a_refused_write_is_counted(
+    tmp_path, postgres_dsn, kafka_bootstrap
+):
+    """A write the broker refused spends the producer (aiokafka issue #1017), so the
+    next write sends with a new one; the scrape counts it, by producer."""
+    base = kafka_service_settings(tmp_path, postgres_dsn, kafka_bootstrap)
+    settings = dataclasses.replace(base, metrics_listen="127.0.0.1:0")
+    kafka = settings.kafka
+    assert kafka is not None
+    at = noon_in_los_angeles()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        async with running(settings) as runtime, client(runtime.address) as c:
+            await c.DefineCampaign(define("acme", "promo", at - timedelta(days=1)))
+            assert runtime.metrics_address is not None
+            renewals = "consent_kafka_producer_renewals_total"
+            m = await asyncio.to_thread(scrape, runtime.metrics_address)
+            assert sample(m, renewals, producer="ledger") == 0
+
+            await _subscriber_topic_limit(admin, kafka, {"max.message.bytes": "100"})
+            with pytest.raises(grpc.aio.AioRpcError):
+                await c.RecordOptIn(opt_in(PHONE, "acme", "promo", at - timedelta(minutes=5)))
+            await _subscriber_topic_limit(admin, kafka, {})
+            await c.RecordOptIn(opt_in(OTHER, "acme", "promo", at - timedelta(minutes=5)))
+            await c.RecordOptIn(opt_in(PHONE, "acme", "promo", at - timedelta(minutes=5)))
+
+            m = await asyncio.to_thread(scrape, runtime.metrics_address)
+            assert sample(m, renewals, producer="ledger") == 1
+            assert sample(m, renewals, producer="checkpoints") == 0
+    finally:
+        await admin.close()
+
+
+async def _subscriber_topic_limit(
+    admin: AIOKafkaAdminClient, kafka: KafkaLedgerSettings, changes: dict[str, str]
+) -> None:
+    """Altering a topic replaces its whole config set: a ledger topic's, with ``changes``."""
+    topic = kafka.topic(Stream.SUBSCRIBERS)
+    config = {**topic_configs(kafka), **changes}
+    await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, config)])

@@ -4,7 +4,7 @@ signs checkpoints into their topic, and a new writer resumes after them."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,14 +52,16 @@ Started = tuple[KafkaLedgerSettings, KafkaLedger, KafkaRecords, KafkaCheckpoints
 
 
 @asynccontextmanager
-async def _started(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Started]:
+async def _started(
+    kafka_bootstrap: str, tmp_path: Path, renewed: Callable[[], None] | None = None
+) -> AsyncIterator[Started]:
     """A ledger on topics of its own, its records and checkpoint store started, and a
     signing key: what a checkpoint writer needs."""
     settings = _settings(kafka_bootstrap)
     ledger = KafkaLedger(settings)
     await ledger.ensure_topics()
     await ledger.start()
-    records, store = KafkaRecords(settings), KafkaCheckpoints(settings)
+    records, store = KafkaRecords(settings), KafkaCheckpoints(settings, renewed=renewed)
     await records.start()
     await store.start()
     try:
@@ -100,7 +102,9 @@ async def test_checkpoints_are_published_again_after_the_broker_refused_some(
     that waited too long for a leader) spent a sequence number the broker never
     saw, and aiokafka's idempotent producer then had every later checkpoint
     refused (OutOfOrderSequenceNumber) until the process restarted."""
-    async with _started(kafka_bootstrap, tmp_path) as (settings, ledger, records, store, key):
+    renewals: list[None] = []
+    started = _started(kafka_bootstrap, tmp_path, renewed=lambda: renewals.append(None))
+    async with started as (settings, ledger, records, store, key):
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
         await admin.start()
         try:
@@ -112,10 +116,12 @@ async def test_checkpoints_are_published_again_after_the_broker_refused_some(
             with pytest.raises(KafkaError):
                 await writer.round()
             await admin.alter_configs([_configs(settings, {})])
+            assert not renewals  # the first start is no renewal
 
             second = await writer.round()
 
             assert second and [c async for c in store.every()] == first + second
+            assert len(renewals) == 1
         finally:
             await admin.close()
 

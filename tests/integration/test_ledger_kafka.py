@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import pytest
@@ -53,8 +53,10 @@ def settings_for_test(bootstrap: str, **overrides: object) -> KafkaLedgerSetting
 
 
 @contextlib.asynccontextmanager
-async def started_ledger(settings: KafkaLedgerSettings) -> AsyncIterator[KafkaLedger]:
-    ledger = KafkaLedger(settings)
+async def started_ledger(
+    settings: KafkaLedgerSettings, renewed: Callable[[], None] | None = None
+) -> AsyncIterator[KafkaLedger]:
+    ledger = KafkaLedger(settings, renewed=renewed)
     await ledger.ensure_topics()
     await ledger.start()
     try:
@@ -309,13 +311,16 @@ async def test_a_partition_takes_appends_again_after_the_broker_refused_one_of_t
         topic = settings.topic(Stream.SUBSCRIBERS)
         limit = {**topic_configs(settings), "max.message.bytes": "4096"}
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
-    async with started_ledger(settings) as ledger:
+    renewals: list[None] = []
+    async with started_ledger(settings, renewed=lambda: renewals.append(None)) as ledger:
         phone = new_phone()
         before = await ledger.append([message_sent(phone, 0)])
         with pytest.raises(EventTooLarge):
             await ledger.append([replace(message_sent(phone, 1), message_id="x" * 10_000)])
+        assert not renewals  # renewed at the next append, not when the batch fails
 
         after = [await ledger.append([message_sent(phone, n)]) for n in (2, 3)]
 
         assert [r[0].position.partition for r in after] == [before[0].position.partition] * 2
         assert after[0][0].position.offset < after[1][0].position.offset
+        assert len(renewals) == 1  # once for the failed batch, not for each append after

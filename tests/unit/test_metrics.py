@@ -201,3 +201,17 @@ def _reported(message, result: DeliveryOutcome) -> DeliveryOutcomeReported:
         campaign=message.campaign,
         outcome=result,
     )
+
+
+def test_kafka_producer_renewals_are_counted_per_producer() -> None:
+    metrics = ServiceMetrics()
+    renewals = "consent_kafka_producer_renewals_total"
+    # Shown at 0 before any renewal, so that increase() sees the first one.
+    assert value(metrics, renewals, producer="ledger") == 0
+
+    metrics.producer_renewed("ledger")
+    metrics.producer_renewed("ledger")
+    metrics.producer_renewed("checkpoints")
+
+    assert value(metrics, renewals, producer="ledger") == 2
+    assert value(metrics, renewals, producer="checkpoints") == 1
