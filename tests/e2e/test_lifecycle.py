@@ -17,17 +17,16 @@ from ledger.ports import ConsistencyToken, Stream
 from services.bootstrap import Runtime
 from services.grpc_api.server import MAX_REQUEST_BYTES
 from tests.e2e.harness import (
+    Clock,
     already_recorded,
     client,
     define,
     held_info,
     inbound,
-    kafka_settings,
     opt_in,
     opt_out,
     precondition_violations,
     proof,
-    service_settings,
     status_details,
     ts,
 )
@@ -40,44 +39,18 @@ ALERTS_NUMBER = "+12125550101"
 GLOBEX_NUMBER = "+13125550100"
 
 
-class Clock:
-    """The service's clock, set to the next 12:00 in Los Angeles so quiet hours never
-    bite. It is ahead of the real clock, so the broker's ``recorded_at`` stamps are
-    always "known" by the service's now, as they are in production."""
-
-    def __init__(self) -> None:
-        real = datetime.now(UTC)
-        noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
-        self.now = noon if noon > real else noon + timedelta(days=1)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
-async def service(tmp_path, postgres_dsn, kafka_bootstrap):
+async def service(serve):
     clock = Clock()
-    prefix = f"e2e-{uuid.uuid4().hex[:8]}."
-    runtime = Runtime(
-        service_settings(tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)),
-        clock=clock,
-    )
-    await runtime.start()
-    async with client(runtime.address) as admin:
-        t = clock.now
+    campaigns = [
+        define(brand, campaign, clock.now - timedelta(days=60), [number])
         for brand, campaign, number in (
             ("acme", "promo", ACME_NUMBER),
             ("acme", "alerts", ALERTS_NUMBER),
             ("globex", "promo", GLOBEX_NUMBER),
-        ):
-            w = await admin.DefineCampaign(
-                define(brand, campaign, t - timedelta(days=60), [number])
-            )
-        assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
-    try:
-        yield runtime, clock
-    finally:
-        await runtime.stop()
+        )
+    ]
+    return await serve(clock=clock, campaigns=campaigns), clock
 
 
 async def check(

@@ -18,19 +18,18 @@ from consent.v1 import consent_service_pb2 as api
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
 from tests.e2e.harness import (
+    Clock,
     already_recorded,
     client,
     define,
     held_info,
     inbound,
-    kafka_settings,
     opt_in,
     opt_out,
-    service_settings,
     status_details,
     ts,
 )
-from tests.e2e.test_lifecycle import ACME_NUMBER, Clock
+from tests.e2e.test_lifecycle import ACME_NUMBER
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -42,29 +41,11 @@ def phone(i: int) -> str:
 
 
 @pytest.fixture
-async def service(tmp_path, postgres_dsn, kafka_bootstrap):
+async def service(serve):
     """acme's promo campaign sending from ACME_NUMBER; each test opts its numbers in."""
     clock = Clock()
-    prefix = f"held-{uuid.uuid4().hex[:8]}."
-    settings = service_settings(
-        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
-    )
-    runtime = Runtime(settings, clock=clock)
-    await runtime.start()
-    try:
-        async with client(runtime.address) as admin:
-            request = define("acme", "promo", clock.now - timedelta(days=60), [ACME_NUMBER])
-            for attempt in range(5):  # the projector may take a while to join its group
-                try:
-                    w = await admin.DefineCampaign(request)
-                    break
-                except grpc.aio.AioRpcError as err:
-                    if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == 4:
-                        raise
-        assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
-        yield runtime, clock
-    finally:
-        await runtime.stop()
+    campaign = define("acme", "promo", clock.now - timedelta(days=60), [ACME_NUMBER])
+    return await serve(name="held", clock=clock, campaigns=[campaign]), clock
 
 
 async def opted_in(runtime: Runtime, numbers: list[str], at: datetime) -> None:

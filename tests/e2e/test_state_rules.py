@@ -11,14 +11,11 @@ import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 
-from ledger.ports import ConsistencyToken
 from tests.e2e.harness import (
     client,
     define,
-    kafka_service_settings,
     opt_in,
     proof,
-    running,
     status_details,
     ts,
 )
@@ -48,17 +45,10 @@ class SundayMorning:
 
 
 @pytest.fixture
-async def service(tmp_path, postgres_dsn, kafka_bootstrap):
+async def service(serve):
     clock = SundayMorning()
-    settings = kafka_service_settings(tmp_path, postgres_dsn, kafka_bootstrap)
-    async with running(settings, clock) as runtime:
-        async with client(runtime.address) as admin:
-            w = await admin.DefineCampaign(
-                define("acme", "promo", clock.now - timedelta(days=60), [SENDER])
-            )
-            token = ConsistencyToken.decode(w.consistency_token)
-            assert await runtime.guard.wait_for_token(token)
-        yield runtime, clock
+    campaign = define("acme", "promo", clock.now - timedelta(days=60), [SENDER])
+    return await serve(clock=clock, campaigns=[campaign]), clock
 
 
 async def can_send(c, phone: str, token: str) -> api.CanSendResponse:

@@ -6,7 +6,6 @@ business days of 47 CFR 64.1200(a)(10)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -18,16 +17,15 @@ from consent.v1 import ledger_pb2 as lpb
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
 from tests.e2e.harness import (
+    Clock,
     client,
     define,
     inbound,
-    kafka_settings,
     opt_in,
     opt_out,
-    service_settings,
     ts,
 )
-from tests.e2e.test_lifecycle import ACME_NUMBER, GLOBEX_NUMBER, PHONE, Clock
+from tests.e2e.test_lifecycle import ACME_NUMBER, GLOBEX_NUMBER, PHONE
 from tests.e2e.test_metrics import sample, scrape
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -37,40 +35,20 @@ UNOWNED = "+12125550199"
 
 
 @pytest.fixture
-async def service(tmp_path, postgres_dsn, kafka_bootstrap):
+async def service(serve):
     clock = Clock()
-    prefix = f"e2e-{uuid.uuid4().hex[:8]}."
-    settings = service_settings(
-        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
-    )
-    runtime = Runtime(dataclasses.replace(settings, metrics_listen="127.0.0.1:0"), clock=clock)
-    await runtime.start()
+    t = clock.now
+    campaigns = [
+        define("acme", "promo", t - timedelta(days=60), [ACME_NUMBER]),
+        define("acme", "alerts", t - timedelta(days=60)),
+        define("globex", "promo", t - timedelta(days=60), [GLOBEX_NUMBER]),
+    ]
+    runtime = await serve(clock=clock, campaigns=campaigns, metrics_listen="127.0.0.1:0")
     async with client(runtime.address) as admin:
-        t = clock.now
-        for brand, campaign, number in (
-            ("acme", "promo", ACME_NUMBER),
-            ("acme", "alerts", None),
-            ("globex", "promo", GLOBEX_NUMBER),
-        ):
-            numbers = [number] if number else []
-            request = define(brand, campaign, t - timedelta(days=60), numbers)
-            # The projector may take a while to join its group on a fresh broker: the
-            # same request again is a retry, as a client's would be.
-            for attempt in range(5):
-                try:
-                    w = await admin.DefineCampaign(request)
-                    break
-                except grpc.aio.AioRpcError as err:
-                    if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == 4:
-                        raise
-        assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
         for brand, campaign in (("acme", "promo"), ("acme", "alerts"), ("globex", "promo")):
             w = await admin.RecordOptIn(opt_in(PHONE, brand, campaign, t - timedelta(days=1)))
         assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
-    try:
-        yield runtime, clock
-    finally:
-        await runtime.stop()
+    return runtime, clock
 
 
 async def reasons(runtime: Runtime, token: str) -> dict[tuple[str, str], int]:

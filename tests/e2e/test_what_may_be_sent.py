@@ -5,7 +5,7 @@ the replies the service says are owed, and the kinds of message that escape a ru
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -15,14 +15,12 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from ledger.ports import ConsistencyToken
 from tests.e2e.harness import (
+    Clock,
     client,
     define,
     inbound,
-    kafka_service_settings,
     opt_in,
-    running,
     status_details,
     ts,
 )
@@ -34,31 +32,11 @@ OTHER = "+14155550199"
 PROMO_NUMBER = "+12125550140"
 
 
-class Clock:
-    """The service's clock, at the next 12:00 in Los Angeles (ahead of the real clock,
-    so the broker's ``recorded_at`` stamps are always known by the service's now)."""
-
-    def __init__(self) -> None:
-        real = datetime.now(UTC)
-        noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
-        self.now = noon if noon > real else noon + timedelta(days=1)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
-async def service(tmp_path, postgres_dsn, kafka_bootstrap):
+async def service(serve):
     clock = Clock()
-    settings = kafka_service_settings(tmp_path, postgres_dsn, kafka_bootstrap)
-    async with running(settings, clock) as runtime:
-        async with client(runtime.address) as admin:
-            w = await admin.DefineCampaign(
-                define("acme", "promo", clock.now - timedelta(days=60), [PROMO_NUMBER])
-            )
-            token = ConsistencyToken.decode(w.consistency_token)
-            assert await runtime.guard.wait_for_token(token)
-        yield runtime, clock
+    campaign = define("acme", "promo", clock.now - timedelta(days=60), [PROMO_NUMBER])
+    return await serve(clock=clock, campaigns=[campaign]), clock
 
 
 def can_send(phone: str = PHONE, **fields) -> api.CanSendRequest:

@@ -5,7 +5,6 @@ acknowledged no check allows a send that the ledger's record cannot defend."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -13,18 +12,15 @@ from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
 from ledger.ports import ConsistencyToken
-from services.bootstrap import Runtime
 from tests.builders import proof_proto as proof
 from tests.e2e.harness import (
+    Clock,
     client,
     define,
     inbound,
-    kafka_settings,
     opt_in,
     opt_out,
-    service_settings,
 )
-from tests.e2e.test_lifecycle import Clock
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -32,25 +28,12 @@ NUMBER = "+12125550177"
 
 
 @pytest.fixture
-async def service(tmp_path, postgres_dsn, kafka_bootstrap):
+async def service(serve):
     """A service whose clock reads noon in Los Angeles (no quiet hours) until a test
     moves it, with acme's campaign "promo" sending from ``NUMBER``."""
     clock = Clock()
-    prefix = f"races-{uuid.uuid4().hex[:8]}."
-    settings = service_settings(
-        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
-    )
-    runtime = Runtime(settings, clock=clock)
-    await runtime.start()
-    try:
-        async with client(runtime.address) as admin:
-            w = await admin.DefineCampaign(
-                define("acme", "promo", clock.now - timedelta(days=1), [NUMBER])
-            )
-            assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
-        yield runtime, clock
-    finally:
-        await runtime.stop()
+    campaign = define("acme", "promo", clock.now - timedelta(days=1), [NUMBER])
+    return await serve(name="races", clock=clock, campaigns=[campaign]), clock
 
 
 def token(*writes) -> str:
