@@ -14,6 +14,7 @@ import dataclasses
 import enum
 import hashlib
 import re
+import unicodedata
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -1154,6 +1155,14 @@ def unattributed_opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:
     ]
 
 
+def _loose_name(value: str) -> str:
+    """The name ``value`` spells to a reader: its full-width or other compatibility
+    letters as plain ones, its invisible format characters (a zero-width space pasted
+    with it) dropped, trimmed and in lower case."""
+    plain = unicodedata.normalize("NFKC", value)
+    return "".join(ch for ch in plain if unicodedata.category(ch) != "Cf").strip().lower()
+
+
 @dataclass(frozen=True)
 class HoldRefusedOptOut:
     """Keep an opt-out that an import refused for its details (no channel, a bad time,
@@ -1178,7 +1187,7 @@ class HoldRefusedOptOut:
         # whole), but it is acme that the person asked to stop: held under no
         # brand, the opt-out was dropped while the number's opt-in went in. A hold
         # only denies, so it is kept under the brand the record spells.
-        loose = self.brand.strip().lower()
+        loose = _loose_name(self.brand)
         if not is_name(self.brand) and is_name(loose):
             object.__setattr__(self, "brand", loose)
 

@@ -146,6 +146,23 @@ async def test_a_number_without_its_plus_or_a_padded_brand_is_held_all_the_same(
             assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
 
 
+async def test_a_brand_spelled_in_full_width_or_with_a_zero_width_space_is_held(service):
+    """Pasted from a web page or typed with a phone's full-width keyboard, the brand
+    is refused as a name, but it is acme the person asked to stop: refused and
+    dropped, the number stayed allowed."""
+    runtime, clock = service
+    numbers = {"\uff41\uff43\uff4d\uff45": phone(24), "acme\u200b": phone(25)}
+    await opted_in(runtime, list(numbers.values()), clock.now)
+    async with client(runtime.address, "acme-app") as c:
+        for brand, number in numbers.items():
+            err = await refused(c.RecordOptOut, opt_out(number, brand, "promo", clock.now))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+            info = held_info(err)
+            assert info is not None, (brand, err.details())
+            answer = await can_send(runtime, number, info["consistency_token"])
+            assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
+
+
 async def test_a_stop_from_a_number_written_without_its_country_code_is_held(service):
     """A US number written as at home, (415) 555-4022, is no number the service
     records (it names no country), but an opt-out from it is no less an opt-out: it

@@ -86,6 +86,20 @@ def test_only_an_inbound_stop_is_held_for_every_brand():
 
 
 @pytest.mark.parametrize(
+    "spelled", ["ACME ", "\uff21\uff23\uff2d\uff25", "acme\u200b", "\u2060acme", "\ufeffAcme\u00a0"]
+)
+def test_a_refused_opt_out_is_held_under_the_brand_its_name_spells(spelled):
+    (held,) = held_opt_out(replace(_live(), brand=spelled), "brand: is no name", at(1))
+    assert held.brand == "acme"
+
+
+@pytest.mark.parametrize("spelled", ["ACMÉ", "ac me", "acme!"])
+def test_a_brand_that_spells_another_name_holds_nothing(spelled):
+    with pytest.raises(InvalidRequest):
+        held_opt_out(replace(_live(), brand=spelled), "brand: is no name", at(1))
+
+
+@pytest.mark.parametrize(
     ("written", "held_under"),
     [
         ("(415) 555-2671", "+14155552671"),  # a US number as at home: no country code
