@@ -14,7 +14,9 @@ from ledger.commands import (
     DefineCampaign,
     HandleInboundMessage,
     RecordMessageSent,
+    RecordMessagesSent,
     ReplyKind,
+    SentMessage,
     handle_inbound,
 )
 from ledger.digest import digest_of
@@ -295,3 +297,30 @@ async def test_a_help_reply_after_a_help_is_recorded_as_owed_and_not_counted():
         ]
         again = await app.checks.can_send(PHONE, "acme", "promo", kind=MessageKind.HELP_REPLY)
         assert again.decision.reason is Reason.REPLY_NOT_OWED
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_help_replies_batched_in_one_call_earn_one_exemption_as_sent_alone():
+    async with running(ledger=ledger_at_now()) as (app, _):
+        capped = CampaignPolicy(
+            sender_numbers=(NUMBER,), frequency_caps=(FrequencyCap(1, timedelta(days=1)),)
+        )
+        await app.writes.record(DefineCampaign("d", "acme", "promo", capped, at(-60 * 24)))
+        await app.writes.record(opt_in("r1"))
+        asked = await app.writes.handle_inbound(
+            HandleInboundMessage("i1", PHONE, NUMBER, "HELP", "SM-help", NOW)
+        )
+        await app.guard.wait_for_token(asked.write.token)
+        replies = tuple(
+            SentMessage(PHONE, "promo", f"m{i}", MessageKind.HELP_REPLY, NOW) for i in range(2)
+        )
+        written = await app.sends.record(RecordMessagesSent("b1", "acme", replies))
+        await app.guard.wait_for_token(written.token)
+        sends = [
+            r.event
+            for r in (await app.audit.history(PHONE, "acme", reader=AUDITOR)).value
+            if hasattr(r.event, "exempt")
+        ]
+        assert [s.exempt for s in sends] == [True, False]
+        d = await app.checks.can_send(PHONE, "acme", "promo")
+        assert d.decision.reason is Reason.FREQUENCY_CAP_REACHED
