@@ -14,9 +14,7 @@ import io
 import json
 import shutil
 import time
-import uuid
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +22,13 @@ import pypdf
 import pytest
 
 from ledger.ports import AccessQuery, ConsistencyToken
-from services.bootstrap import Runtime
 from tests.e2e.harness import (
     TOKENS,
+    Clock,
     client,
     define,
-    kafka_settings,
     opt_in,
     opt_out,
-    service_settings,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -186,25 +182,11 @@ def audit_in_browser(base: str, tmp: Path, before_stop: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def service(tmp_path, postgres_dsn, kafka_bootstrap):
+async def service(serve):
     # Noon in Los Angeles, so that the moment before the STOP is within its hours.
-    real = datetime.now(UTC)
-    noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
-    when = noon if noon > real else noon + timedelta(days=1)
-    settings = replace(
-        service_settings(
-            tmp_path,
-            postgres_dsn,
-            kafka=kafka_settings(kafka_bootstrap, f"console-{uuid.uuid4().hex[:8]}."),
-        ),
-        console_listen="127.0.0.1:0",
-    )
-    runtime = Runtime(settings, clock=lambda: when)
-    await runtime.start()
-    try:
-        yield runtime, when
-    finally:
-        await runtime.stop()
+    clock = Clock()
+    runtime = await serve(name="console", clock=clock, console_listen="127.0.0.1:0")
+    return runtime, clock.now
 
 
 async def test_an_auditor_looks_a_number_up_in_a_real_browser(service, tmp_path):

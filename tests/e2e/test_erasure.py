@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -20,20 +19,18 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from ledger.ports import ConsistencyToken
 from ledger.retention import add_years
 from services.adapters.kafka_audit import KafkaCheckpoints
-from services.bootstrap import Runtime
 from services.checkpoints import Keyring, SigningKey
 from services.proofs import check_bundle
 from tests.e2e.harness import (
     TOKENS,
+    Clock,
     client,
     define,
     inbound,
-    kafka_settings,
+    noon_in_los_angeles,
     opt_in,
-    service_settings,
     ts,
 )
 from tests.e2e.test_readme import run_after_walk_through
@@ -46,16 +43,6 @@ QUIET = "+14155552882"  # opts in only
 SENDER = "+12125550188"
 PERSONAL = ("Ada Lovelace", "ada@example.com", "1 Main St, Springfield", "203.0.113.7")
 SAID = "this is Ada, please call me at home"
-
-
-class Clock:
-    """The service's clock, which the test moves (``Runtime(clock=...)``)."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
@@ -74,44 +61,30 @@ def erase(phone: str, request_id: str | None = None) -> api.RequestErasureReques
 
 
 @pytest.fixture
-async def service(tmp_path, postgres_dsn, kafka_bootstrap):
-    real = datetime.now(UTC)
+async def service(serve, tmp_path, postgres_dsn, kafka_bootstrap):
     # Noon in Los Angeles, at least two hours ahead: every fact then happens after
     # the broker records it, so the retention period runs from a known moment.
-    noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
-    when = noon if noon > real + timedelta(hours=2) else noon + timedelta(days=1)
+    clock = Clock(noon_in_los_angeles(ahead=timedelta(hours=2)))
     key = SigningKey.generate(tmp_path / "checkpoint-key.pem")
-    prefix = f"erasure-{uuid.uuid4().hex[:8]}."
-    kafka = kafka_settings(kafka_bootstrap, prefix)
-    settings = replace(
-        service_settings(tmp_path, postgres_dsn, kafka=kafka),
+    runtime = await serve(
+        name="erasure",
+        clock=clock,
+        campaigns=[define("acme", "promo", clock.now - timedelta(days=1), [SENDER])],
         checkpoint_key_file=tmp_path / "checkpoint-key.pem",
         checkpoint_interval=0.5,
     )
-    clock = Clock(when)
-    runtime = Runtime(settings, clock=clock)
-    await runtime.start()
+    kafka = runtime.settings.kafka
+    assert kafka is not None
     env = {
         "CONSENT_LEDGER": "kafka",
         "CONSENT_POSTGRES_DSN": postgres_dsn,
         "CONSENT_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "CONSENT_KAFKA_TOPIC_PREFIX": prefix,
+        "CONSENT_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
         "CONSENT_KAFKA_PARTITIONS": str(kafka.subscriber_partitions),
         "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
         "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
     }
-    try:
-        async with client(runtime.address) as admin:
-            w = await admin.DefineCampaign(
-                define("acme", "promo", when - timedelta(days=1), [SENDER])
-            )
-            # The projector may take a while to join its group on a busy machine.
-            assert await runtime.guard.wait_for_token(
-                ConsistencyToken.decode(w.consistency_token), timeout=60
-            )
-        yield runtime, clock, keyring(tmp_path, key), env, kafka
-    finally:
-        await runtime.stop()
+    return runtime, clock, keyring(tmp_path, key), env, kafka
 
 
 async def _life(c, when: datetime) -> datetime:

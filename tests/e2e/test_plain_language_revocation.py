@@ -5,15 +5,13 @@ an ordinary reply, a false friend of "stop" included, leaves the number allowed.
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from consent.v1 import consent_service_pb2 as api
 
-from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
-from tests.e2e.harness import client, define, inbound, kafka_settings, opt_in, service_settings
+from tests.e2e.harness import Clock, client, define, inbound, opt_in
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -30,31 +28,11 @@ REVOCATIONS = [
 ORDINARY = ["Can I stop by at 5?", "yes see you then", "No, that's all", "Who is this?"]
 
 
-def noon_in_los_angeles() -> datetime:
-    real = datetime.now(UTC)
-    noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
-    return noon if noon > real else noon + timedelta(days=1)
-
-
 @pytest.fixture
-async def service(tmp_path, postgres_dsn, kafka_bootstrap):
-    when = noon_in_los_angeles()
-    settings = service_settings(
-        tmp_path,
-        postgres_dsn,
-        kafka=kafka_settings(kafka_bootstrap, f"rev-{uuid.uuid4().hex[:8]}."),
-    )
-    runtime = Runtime(settings, clock=lambda: when)
-    await runtime.start()
-    try:
-        async with client(runtime.address) as admin:
-            w = await admin.DefineCampaign(
-                define("acme", "promo", when - timedelta(days=1), [NUMBER])
-            )
-        assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
-        yield runtime, when
-    finally:
-        await runtime.stop()
+async def service(serve):
+    clock = Clock()
+    campaign = define("acme", "promo", clock.now - timedelta(days=1), [NUMBER])
+    return await serve(name="rev", clock=clock, campaigns=[campaign]), clock.now
 
 
 async def reply_and_check(runtime: Runtime, when: datetime, phone: str, body: str):

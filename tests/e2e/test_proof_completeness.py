@@ -5,22 +5,19 @@ template, and a campaign may require fields of it."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
-from ledger.ports import ConsistencyToken
-from services.bootstrap import Runtime
 from tests.e2e.harness import (
+    Clock,
     client,
     define,
-    kafka_settings,
     opt_in,
     proof,
-    service_settings,
     status_details,
 )
 
@@ -30,32 +27,14 @@ PHONE = "+14155552781"
 
 
 @pytest.fixture
-async def service(tmp_path, postgres_dsn, kafka_bootstrap):
-    real = datetime.now(UTC)
-    noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
-    when = noon if noon > real else noon + timedelta(days=1)
-    prefix = f"proof-{uuid.uuid4().hex[:8]}."
-    settings = service_settings(
-        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
-    )
-    runtime = Runtime(settings, clock=lambda: when)
-    await runtime.start()
-    try:
-        async with client(runtime.address) as admin:
-            w = await admin.DefineCampaign(define("acme", "promo", when - timedelta(days=1)))
-            # The projector may take a while to join its group on a busy machine.
-            token = ConsistencyToken.decode(w.consistency_token)
-            assert await runtime.guard.wait_for_token(token, timeout=60)
-            w = await admin.DefineCampaign(
-                define(
-                    "acme", "strict", when - timedelta(days=1),
-                    required_proof_fields=["email", "postal_address", "screenshot_ref"],
-                )
-            )  # fmt: skip
-            assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
-        yield runtime, when
-    finally:
-        await runtime.stop()
+async def service(serve):
+    clock = Clock()
+    required = ["email", "postal_address", "screenshot_ref"]
+    campaigns = [
+        define("acme", "promo", clock.now - timedelta(days=1)),
+        define("acme", "strict", clock.now - timedelta(days=1), required_proof_fields=required),
+    ]
+    return await serve(name="proof", clock=clock, campaigns=campaigns), clock.now
 
 
 def thin_proof(when: datetime) -> lpb.ConsentProof:

@@ -22,11 +22,11 @@ from consent.v1 import ledger_pb2 as lpb
 from google.protobuf import json_format
 
 from ledger.ports import ConsistencyToken
-from services.bootstrap import Runtime
 from services.checkpoints import Keyring, PublicKey, SigningKey
 from services.proofs import check_bundle
 from tests.e2e.harness import (
     TOKENS,
+    Clock,
     client,
     define,
     inbound,
@@ -48,28 +48,13 @@ SENDER = "+12125550177"
 
 
 @pytest.fixture
-async def service(tmp_path, postgres_dsn, kafka_bootstrap):
-    real = datetime.now(UTC)
-    noon = real.replace(hour=20, minute=0, second=0, microsecond=0)  # 12:00 in LA
-    when = noon if noon > real else noon + timedelta(days=1)
-    prefix = f"packet-{uuid.uuid4().hex[:8]}."
-    settings = service_settings(
-        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
-    )
-    runtime = Runtime(settings, clock=lambda: when)
-    await runtime.start()
-    try:
-        async with client(runtime.address) as admin:
-            for brand, number in (("acme", SENDER), ("globex", "+12125550178")):
-                w = await admin.DefineCampaign(
-                    define(brand, "promo", when - timedelta(days=1), [number])
-                )
-                # The projector may take a while to join its group on a busy machine.
-                token = ConsistencyToken.decode(w.consistency_token)
-                assert await runtime.guard.wait_for_token(token, timeout=60)
-        yield runtime, when
-    finally:
-        await runtime.stop()
+async def service(serve):
+    clock = Clock()
+    campaigns = [
+        define(brand, "promo", clock.now - timedelta(days=1), [number])
+        for brand, number in (("acme", SENDER), ("globex", "+12125550178"))
+    ]
+    return await serve(name="packet", clock=clock, campaigns=campaigns), clock.now
 
 
 def _sent(phone, brand, at, message_id, kind=lpb.MESSAGE_KIND_REGULAR, disclosed=False):

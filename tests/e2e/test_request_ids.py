@@ -3,26 +3,22 @@ message, through the real gRPC server on the real Kafka ledger and PostgreSQL.""
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
-from ledger.ports import ConsistencyToken
-from services.bootstrap import Runtime
 from tests.e2e.harness import (
+    Clock,
     already_recorded,
     client,
     define,
     held_info,
     inbound,
-    kafka_settings,
     opt_in,
     opt_out,
-    service_settings,
     ts,
 )
 
@@ -33,33 +29,13 @@ NUMBER = "+12125550150"
 
 
 @pytest.fixture
-async def service(tmp_path, postgres_dsn, kafka_bootstrap):
-    real = datetime.now(UTC)
-    noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
-    when = noon if noon > real else noon + timedelta(days=1)
-    prefix = f"rid-{uuid.uuid4().hex[:8]}."
-    settings = service_settings(
-        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
-    )
-    runtime = Runtime(settings, clock=lambda: when)
-    await runtime.start()
-    try:
-        async with client(runtime.address) as admin:
-            for brand in ("acme", "globex"):
-                w = await admin.DefineCampaign(
-                    define(
-                        brand,
-                        "promo",
-                        when - timedelta(days=1),
-                        [NUMBER] if brand == "acme" else [],
-                    )
-                )
-                assert await runtime.guard.wait_for_token(
-                    ConsistencyToken.decode(w.consistency_token)
-                )
-        yield runtime, when
-    finally:
-        await runtime.stop()
+async def service(serve):
+    clock = Clock()
+    campaigns = [
+        define("acme", "promo", clock.now - timedelta(days=1), [NUMBER]),
+        define("globex", "promo", clock.now - timedelta(days=1)),
+    ]
+    return await serve(name="rid", clock=clock, campaigns=campaigns), clock.now
 
 
 def sent(request_id: str, message_id: str, at: datetime, **changes) -> api.RecordMessageSentRequest:
