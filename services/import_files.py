@@ -159,10 +159,12 @@ def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
             start, seen = seen + 1, rows.line_num
             if not row:  # a blank line: no record, and the next starts after it
                 continue
-            if len(row) > len(columns):
-                yield Unreadable(start, "record", "has more values than the header has columns")
+            fields = {k: v for k, v in zip(columns, row, strict=False) if v}
+            if len(row) > len(columns):  # an unquoted comma, most often in a text
+                reason = "has more values than the header has columns"
+                yield _refused(fields, start, "record", reason)
                 continue
-            yield parse_fields({k: v for k, v in zip(columns, row, strict=False) if v}, start)
+            yield parse_fields(fields, start)
     except csv.Error as exc:  # the rest cannot be read: stop, naming where
         quoting = "expected after" in str(exc) or "end of data" in str(exc)
         hint = " (a quoted value that opens on this line and does not close?)" if quoting else ""
@@ -179,7 +181,9 @@ def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
         try:
             obj = json.loads(raw, object_pairs_hook=_once)
         except _Twice as twice:
-            yield Unreadable(number, twice.field, "is given more than once")
+            agreed = json.loads(raw, object_pairs_hook=_agreed)
+            loose = _loose(agreed) if isinstance(agreed, dict) else {}
+            yield _refused(loose, number, twice.field, "is given more than once")
             continue
         except json.JSONDecodeError as exc:
             if first and raw.lstrip().startswith("["):
@@ -200,24 +204,26 @@ def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
         if not isinstance(obj, dict):
             yield Unreadable(number, "record", "is not a JSON object")
             continue
+        loose = _loose(obj)  # what an opt-out refused below is held by
         nested = obj.pop("proof", None)
         if nested is not None:
             if not isinstance(nested, dict):
-                yield Unreadable(number, "proof", "is not a JSON object")
+                yield _refused(loose, number, "proof", "is not a JSON object")
                 continue
             flat = {f"proof.{k}": v for k, v in nested.items()}
             both = sorted(k for k in flat if k in obj)
             if both:
-                yield Unreadable(number, both[0], "is given both nested and flat")
+                yield _refused(loose, number, both[0], "is given both nested and flat")
                 continue
             obj.update(flat)
         unknown = sorted(k for k in obj if k not in FIELDS)
         if unknown:
-            yield Unreadable(number, _shown(unknown[0]), "is no field of an import record")
+            reason = "is no field of an import record"
+            yield _refused(loose, number, _shown(unknown[0]), reason)
             continue
         bad = next((k for k, v in obj.items() if v is not None and not isinstance(v, str)), None)
         if bad is not None:
-            yield Unreadable(number, bad, "must be a string")
+            yield _refused(loose, number, bad, "must be a string")
             continue
         yield parse_fields({k: v for k, v in obj.items() if v}, number)
 
@@ -239,22 +245,58 @@ def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+def _agreed(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys given twice keep their value only when both say the
+    same: of two numbers, or two types, which was meant cannot be told."""
+    obj: dict[str, Any] = {}
+    differ = set()
+    for key, value in pairs:
+        if key in obj and obj[key] != value:
+            differ.add(key)
+        obj.setdefault(key, value)
+    return {k: v for k, v in obj.items() if k not in differ}
+
+
+def _loose(obj: dict[str, Any]) -> dict[str, str]:
+    """A JSON record that will be refused, as fields: its text, its whole numbers as
+    written (a phone number given as a number) and a nested proof's, for ``_held``."""
+    fields: dict[str, str] = {}
+    for key, value in obj.items():
+        if key == "proof" and isinstance(value, dict):
+            fields.update(_loose({f"proof.{k}": v for k, v in value.items()}))
+        elif isinstance(value, str) and value:
+            fields[key] = value
+        elif isinstance(value, int) and not isinstance(value, bool):
+            fields[key] = str(value)
+    return fields
+
+
 def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:
     """One record's fields (empty ones left out) as an ``ImportRecord``."""
-    kind = fields.get("type", "").strip().lower().replace("-", "_")
+    kind = _kind(fields)
     if kind not in ("opt_in", "opt_out"):
-        # A type that cannot be read ("optout", "unsubscribe", none) may be an
-        # opt-out: it is held, as an opt-out refused for its details is, unless
-        # the record says only what an opt-in says (a misspelt opt-in stays refused).
-        opt_in_only = any(f in fields for f in OPT_IN_FIELDS) and not any(
-            f in fields for f in OPT_OUT_FIELDS
-        )
-        held = None if opt_in_only else _held(fields)
-        return Unreadable(line, "type", "must be opt_in or opt_out", held)
+        return _refused(fields, line, "type", "must be opt_in or opt_out")
     read = _parse(kind, fields, line)
-    if isinstance(read, Unreadable) and kind == "opt_out":
-        return Unreadable(read.line, read.field, read.reason, _held(fields))
+    if isinstance(read, Unreadable):
+        return _refused(fields, read.line, read.field, read.reason)
     return read
+
+
+def _kind(fields: dict[str, str]) -> str:
+    return fields.get("type", "").strip().lower().replace("-", "_")
+
+
+def _refused(fields: dict[str, str], line: int, field: str, reason: str) -> Unreadable:
+    """A record that cannot be read, held (``_held``) if it may be an opt-out: one
+    typed so, or one whose type cannot be read ("optout", "unsubscribe", none),
+    unless it says only what an opt-in says (a misspelt opt-in stays refused)."""
+    kind = _kind(fields)
+    opt_in_only = any(f in fields for f in OPT_IN_FIELDS) and not any(
+        f in fields for f in OPT_OUT_FIELDS
+    )
+    if kind == "opt_in" or (kind != "opt_out" and opt_in_only):
+        return Unreadable(line, field, reason)
+    return Unreadable(line, field, reason, _held(fields))
 
 
 def _held(fields: dict[str, str]) -> api.ImportRecord | None:

@@ -1267,3 +1267,48 @@ async def test_an_opt_out_whose_number_lost_its_plus_is_held_under_the_number(se
     async with client(runtime.address, "acme-app") as c:
         reasons = await answers(c, list(spellings), token_of(out))
     assert reasons == dict.fromkeys(spellings, "REASON_REVOCATION_PENDING_REVIEW"), reasons
+
+
+async def test_an_opt_out_refused_for_how_its_line_is_written_is_held_all_the_same(
+    service, tmp_path
+):
+    """Opt-outs beside their numbers' opt-ins, refused for how the line is written
+    rather than for a field's value: a CSV row with more values than the header (an
+    unquoted comma in its text), and JSON lines with a key no record has, a number
+    given as a JSON number, a key given twice, or a proof that is no object. They
+    were refused and not held, so CanSend allowed each number; now each is held
+    for review, and a re-run of the files writes nothing new."""
+    runtime, when = service
+    assert runtime.ledger is not None
+    export = write_csv(tmp_path / "comma.csv", opted_in_then_out(when, {phone(60): {}}))
+    export.write_text(export.read_text().replace(",STOP", ",STOP, no more"))
+    numbers = [phone(61), phone(62), phone(63), phone(64)]
+    pairs = opted_in_then_out(when, {number: {} for number in numbers})
+    notes, as_number, twice, proof = pairs[1::2]
+    jsonl = tmp_path / "odd.jsonl"
+    lines = [
+        *(json.dumps(opt_in) for opt_in in pairs[::2]),
+        json.dumps({**notes, "notes": "from the old CRM"}),
+        json.dumps({**as_number, "phone": int(phone(62).removeprefix("+"))}),
+        json.dumps(twice)[:-1] + ', "type": "opt_in"}',
+        json.dumps({**proof, "proof": "none"}),
+    ]
+    jsonl.write_text("\n".join(lines) + "\n")
+
+    for path, held in ((export, [phone(60)]), (jsonl, numbers)):
+        code, out, err = await import_cli(
+            str(path), "--address", runtime.address, token=TOKENS["acme-app"][0]
+        )
+        assert code == 1 and f"refused: {len(held)}" in out, out + err
+        assert len(re.findall(r"; held for review", out)) == len(held), out
+        async with client(runtime.address, "acme-app") as c:
+            reasons = await answers(c, held, token_of(out))
+        assert reasons == dict.fromkeys(held, "REASON_REVOCATION_PENDING_REVIEW"), reasons
+
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    for path in (export, jsonl):
+        code, out, err = await import_cli(
+            str(path), "--address", runtime.address, token=TOKENS["acme-app"][0]
+        )
+        assert code == 1 and "imported 0 of" in out, out + err
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before

@@ -5,6 +5,7 @@ unreadable record named by line and field, import ids stable, reasons grouped.""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,35 @@ def test_an_opt_in_or_an_opt_out_without_a_readable_number_is_not_sent_to_be_hel
     no_number = parse_fields({"type": "opt_out", "phone": "+1415\udcff", "brand": "acme"}, 3)
     assert isinstance(opt_in, Unreadable) and opt_in.held is None
     assert isinstance(no_number, Unreadable) and no_number.held is None
+
+
+def test_a_line_refused_for_how_it_is_written_is_held_if_it_may_be_an_opt_out():
+    """Not only a bad value: a row with more values than the header, a key no record
+    has, a value that is no string, a key given twice with two values (which was
+    meant cannot be told, so the type is unread) or a proof that is no object."""
+    rows = read("type,phone,brand,channel,text\nopt_out,+14155552671,acme,keyword,STOP, no\n"
+                "opt_in,+14155552672,acme,,x,y\n", "csv")  # fmt: skip
+    stop = {"type": "opt_out", "phone": "+14155552671", "brand": "acme", "channel": "keyword"}
+    lines = [
+        json.dumps({**stop, "notes": "x"}),
+        json.dumps({**stop, "phone": 14155552671}),
+        json.dumps(stop)[:-1] + ', "type": "opt_in"}',
+        json.dumps({**stop, "proof": "none"}),
+        json.dumps({**stop, "type": "opt_in", "tier": "promotional", "notes": "x"}),
+        json.dumps(stop)[:-1] + ', "phone": "+14155550000"}',
+    ]
+    *odd, opt_in, two_numbers = read("\n".join(lines) + "\n", "jsonl")
+
+    comma, opt_in_row = rows
+    assert isinstance(comma, Unreadable) and comma.field == "record" and comma.held is not None
+    assert isinstance(opt_in_row, Unreadable) and opt_in_row.held is None
+    assert [(r.field, r.held is not None) for r in odd if isinstance(r, Unreadable)] == [
+        ("notes", True), ("phone", True), ("type", True), ("proof", True)
+    ]  # fmt: skip
+    for record in (comma, *odd):
+        assert isinstance(record, Unreadable) and record.held is not None
+        # The service reads a number without its "+" as the number (as when it is held).
+        assert record.held.opt_out.phone.removeprefix("+") == "14155552671"
+        assert record.held.opt_out.brand == "acme"
+    assert isinstance(opt_in, Unreadable) and opt_in.held is None
+    assert isinstance(two_numbers, Unreadable) and two_numbers.held is None
