@@ -448,12 +448,17 @@ def _enum(field: str, text: str) -> int:
     raise _Bad(field, f"is not one of {choices}: {text!r}")
 
 
-def count_records(path: Path, fmt: str) -> int:
+def count_records(path: Path, fmt: str) -> int | None:
     """How many records ``path`` holds, as the reader will find them: the progress
     bar's total, counted without parsing. Lines the reader skips (blank ones) and a
     CSV's header are not records, and a CSV line that ends inside a quoted value is
     one record with the lines its value runs over (a quote inside a value is
-    doubled, so a line with an odd number of quotes opens or closes one)."""
+    doubled, so a line with an odd number of quotes opens or closes one).
+
+    None for a file that is not a regular file (a pipe, ``/dev/stdin``): it can be
+    read once only, and counting would take its records from the import."""
+    if not path.is_file():
+        return None
     csv_ = fmt == "csv"
     records = 0
     quoted = False  # the line before ended inside a quoted value

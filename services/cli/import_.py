@@ -85,6 +85,7 @@ examples:
   consent-ledger import export.csv --dry-run
   consent-ledger import export.csv
   consent-ledger import stops.jsonl --refusals refused.jsonl
+  gunzip -c export.csv.gz | consent-ledger import /dev/stdin --format csv
 
 exit status:
   0  every record imported or already present
@@ -124,7 +125,9 @@ def add_parser(sub: Any, command: Any) -> None:
     parser = command("import", "import another platform's opt-ins and opt-outs (CSV, JSON Lines)")
     parser.description = DESCRIPTION
     parser.epilog = EPILOG
-    parser.add_argument("file", type=Path, metavar="FILE", help="the export: .csv or .jsonl")
+    parser.add_argument(
+        "file", type=Path, metavar="FILE", help="the export: .csv or .jsonl, or /dev/stdin"
+    )
     parser.add_argument(
         "--format", choices=["csv", "jsonl"], help="the file's format (default: its extension)"
     )

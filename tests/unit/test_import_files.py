@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,13 @@ def test_records_are_counted_for_the_progress_bar_without_a_trailing_newline(tmp
     path.write_text("type\nopt_in\nopt_in")
     assert count_records(path, "csv") == 2
     assert count_records(path, "jsonl") == 3
+
+
+def test_a_pipe_is_not_counted_for_it_can_be_read_only_once(tmp_path):
+    """Counting a pipe (``/dev/stdin``) would take its records from the import."""
+    fifo = tmp_path / "export.csv"
+    os.mkfifo(fifo)
+    assert count_records(fifo, "csv") is None  # and returns at once: nothing opened it
 
 
 def test_records_are_counted_as_the_reader_finds_them_not_by_lines(tmp_path):
