@@ -194,7 +194,8 @@ def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
                     "one object a line"
                 ) from None
             # Without the position in the line, so that one mistake groups as one.
-            yield Unreadable(number, "record", f"is not JSON: {exc.msg}")
+            cut = _cut_short(raw)
+            yield _refused(_loose(cut or {}), number, "record", f"is not JSON: {exc.msg}")
             continue
         except ValueError as exc:
             yield Unreadable(number, "record", f"is not JSON: {exc}")
@@ -255,6 +256,28 @@ def _agreed(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             differ.add(key)
         obj.setdefault(key, value)
     return {k: v for k, v in obj.items() if k not in differ}
+
+
+def _cut_short(raw: str) -> dict[str, Any] | None:
+    """What a JSON line cut short (an export stopped mid-write) said before the cut:
+    the object closed where the line stops, less its last value unless that one
+    plainly ended (a string's closing quote, a comma after it), for the cut may
+    have shortened it (a number's last digits). None when it is no such line."""
+    head = raw.rstrip()
+    ended = head.endswith((",", '"'))
+    head = head.removesuffix(",")
+    for nested in ("", "}"):  # cut inside the proof, or not
+        for closing in ("}", '"}', '":null}', ":null}", "null}"):
+            try:
+                obj = json.loads(head + closing + nested, object_pairs_hook=_agreed)
+            except ValueError:
+                continue
+            if not isinstance(obj, dict) or not obj:
+                return None
+            if not (ended and closing == "}"):
+                obj.popitem()
+            return obj
+    return None
 
 
 def _loose(obj: dict[str, Any]) -> dict[str, str]:

@@ -1338,3 +1338,31 @@ async def test_a_file_read_from_a_pipe_is_imported_whole(service):
     async with client(runtime.address, "acme-app") as c:
         reasons = await answers(c, numbers[-3:], token_of(out.decode()))
     assert reasons == dict.fromkeys(numbers[-3:], "REASON_REVOKED_BRAND_WIDE"), reasons
+
+
+async def test_an_opt_out_on_a_json_line_cut_short_is_held_by_what_it_said(service, tmp_path):
+    """An export stopped mid-write ends on a line cut short. A CSV row cut after its
+    number is held, for its number and brand were read; a JSON line cut short was
+    refused as "is not JSON" and not held, so CanSend allowed the number opted in
+    on the line before. It is held now by what it said before the cut; a line cut
+    inside its number holds nothing (the number may have lost digits)."""
+    runtime, when = service
+    opt_in, opt_out = (json.dumps(r) for r in opted_in_then_out(when, {phone(65): {}}))
+    cut = opt_out[: opt_out.index('"occurred_at"') + len('"occurred_at": "20')]
+    other_in, other_out = (json.dumps(r) for r in opted_in_then_out(when, {phone(66): {}}))
+    cut_in_number = other_out[: other_out.index(phone(66)) + 6]
+    jsonl = tmp_path / "cut.jsonl"
+    jsonl.write_text("\n".join([opt_in, other_in, cut_in_number, cut]))
+
+    code, out, err = await import_cli(
+        str(jsonl), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 1 and "imported 2 of 4 records" in out, out + err
+    assert re.search(r"1 +INVALID_ARGUMENT +record: is not JSON: .*; held for review", out), out
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, [phone(65), phone(66)], token_of(out))
+    assert reasons == {
+        phone(65): "REASON_REVOCATION_PENDING_REVIEW",
+        phone(66): "REASON_CONSENT_ACTIVE",
+    }, reasons

@@ -253,3 +253,22 @@ def test_a_line_refused_for_how_it_is_written_is_held_if_it_may_be_an_opt_out():
         assert record.held.opt_out.brand == "acme"
     assert isinstance(opt_in, Unreadable) and opt_in.held is None
     assert isinstance(two_numbers, Unreadable) and two_numbers.held is None
+
+
+def test_an_opt_out_on_a_json_line_cut_short_is_held_by_what_it_said_before_the_cut():
+    """Its last value is left out unless it plainly ended: the cut may have
+    shortened it, and a number short of digits may be another's."""
+    stop = json.dumps({"type": "opt_out", "phone": "+14155552671", "brand": "acme",
+                       "channel": "keyword", "text": "STOP"})  # fmt: skip
+    after_brand = stop.index('"acme"') + len('"acme"')
+    cuts = [stop[:after_brand], stop[: after_brand + 1], stop[: after_brand + 9], stop[:-3]]
+    in_number = stop[: stop.index("2671")]
+    opt_in = json.dumps({"type": "opt_in", "phone": "+14155552671", "brand": "acme"})[:-5]
+    *held, short, refused_in = read("\n".join([*cuts, in_number, opt_in]) + "\n", "jsonl")
+
+    for record in held:
+        assert isinstance(record, Unreadable) and record.field == "record", record
+        assert record.held is not None, record
+        assert (record.held.opt_out.phone, record.held.opt_out.brand) == ("+14155552671", "acme")
+    assert isinstance(short, Unreadable) and short.held is None
+    assert isinstance(refused_in, Unreadable) and refused_in.held is None
