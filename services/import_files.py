@@ -176,6 +176,8 @@ def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
 def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
     first = True
     for number, raw in enumerate(text, 1):
+        # Files joined (cat a.jsonl b.jsonl) keep each one's byte-order mark: no content.
+        raw = raw.removeprefix("\ufeff")
         if not raw.strip():
             continue
         try:

@@ -1366,3 +1366,25 @@ async def test_an_opt_out_on_a_json_line_cut_short_is_held_by_what_it_said(servi
         phone(65): "REASON_REVOCATION_PENDING_REVIEW",
         phone(66): "REASON_CONSENT_ACTIVE",
     }, reasons
+
+
+async def test_json_lines_files_joined_with_their_byte_order_marks_are_read_whole(
+    service, tmp_path
+):
+    """``cat a.jsonl b.jsonl`` of exports that each begin with a byte-order mark
+    puts the second's mark at the start of a line: that line was refused as "is not
+    JSON: Unexpected UTF-8 BOM", an opt-out on it not held, and CanSend allowed
+    its number. A mark is no content, wherever a line begins with it."""
+    runtime, when = service
+    opt_in, opt_out = (json.dumps(r) for r in opted_in_then_out(when, {phone(67): {}}))
+    jsonl = tmp_path / "joined.jsonl"
+    jsonl.write_text(f"\ufeff{opt_in}\n\ufeff{opt_out}\n", encoding="utf-8")
+
+    code, out, err = await import_cli(
+        str(jsonl), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 0 and "imported 2 of 2 records" in out, out + err
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, [phone(67)], token_of(out))
+    assert reasons == {phone(67): "REASON_REVOKED"}, reasons
