@@ -1283,6 +1283,50 @@ def held_opt_out(cmd: HoldRefusedOptOut, refused: str, now: datetime) -> list[Le
     ]
 
 
+COVERED_PREFIX = "covered-"
+"""Starts the request id of a held opt-out's resolution by an opt-out that covers it
+(``covered_hold_resolved``)."""
+
+
+def covers(revoked: ConsentRevoked, hold: RevocationCandidateFlagged) -> bool:
+    """Whether the recorded opt-out ``revoked`` says at least what the live opt-out
+    held for its details (``hold``, ``RevocationCandidateFlagged.refused``) does: the
+    same number, the same brand, and every campaign of it. A hold denies every
+    campaign of its brand, so an opt-out of one campaign leaves it to a reviewer, who
+    can tell whether the person meant only that one."""
+    return (
+        hold.refused
+        and revoked.campaign is None
+        and revoked.phone == hold.phone
+        and revoked.brand == hold.brand
+    )
+
+
+def covered_hold_resolved(
+    revoked: ConsentRevoked, hold: RevocationCandidateFlagged, now: datetime
+) -> list[LedgerEvent]:
+    """The resolution of ``hold`` by ``revoked``, which ``covers`` it: "revoked" at
+    ``now``, as a reviewer would resolve it, its ``resolved_by`` naming the opt-out.
+
+    Not "dismissed": the hold stood for a STOP whose own time the service could not
+    trust (often the very detail refused), and the opt-out recorded since may carry an
+    earlier time than the STOP had, with an opt-in between them. "Revoked" revokes
+    the brand again at ``now``, so closing the hold allows nothing it denied; only
+    consent given after it does, as after any opt-out. Its request id digests the
+    hold and the opt-out: a retry of that opt-out resolves it once."""
+    said = f"{hold.event_id}\0{revoked.event_id}"
+    resolve = ResolveRevocationCandidate(
+        request_id=f"{COVERED_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}",
+        phone=hold.phone,
+        brand=hold.brand,
+        candidate_event_id=str(hold.event_id),
+        resolution=CandidateResolution.REVOKED,
+        occurred_at=now,
+        resolved_by=f"opt-out {revoked.event_id}",
+    )
+    return to_events(resolve, now)
+
+
 def handle_unowned_inbound(
     cmd: HandleInboundMessage, brand: str, now: datetime
 ) -> InboundOutcome | None:

@@ -78,7 +78,7 @@ class UseCases:
         )
         checks = Checks(ctx, reads, future_horizon, campaigns)
         return cls(
-            Writes(ctx),
+            Writes(ctx, reads),
             checks,
             Audit(ctx, evidence, health_limits),
             Review(ctx),

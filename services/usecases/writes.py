@@ -10,6 +10,7 @@ campaign and the number's state, one text of a phone at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,8 @@ from ledger.commands import (
     RecordOptOut,
     check_inbound,
     check_required_proof,
+    covered_hold_resolved,
+    covers,
     handle_inbound,
     handle_unowned_inbound,
     held_intent,
@@ -42,6 +45,7 @@ from ledger.events import (
     ANY_BRAND,
     CampaignDefined,
     CampaignPolicyChanged,
+    ConsentRevoked,
     DeliveryOutcomeReported,
     LedgerEvent,
     MessageSent,
@@ -49,7 +53,7 @@ from ledger.events import (
 )
 from ledger.phone import to_e164
 from ledger.policy import earns_exemption
-from ledger.ports import Stream
+from ledger.ports import ConsistencyToken, DigestReads, Stream
 from ledger.state import COUNTED_KINDS
 from services.errors import (
     AlreadyExists,
@@ -112,8 +116,11 @@ def _retrieve(write: asyncio.Future[WriteResult]) -> None:
 
 
 class Writes:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, reads: DigestReads | None = None) -> None:
+        """``reads`` answers CanSend's digests (the view by default): a brand-wide
+        opt-out looks there for a held opt-out it covers."""
         self.ctx = ctx
+        self.reads: DigestReads = ctx.view if reads is None else reads
         self._campaign_writes = asyncio.Lock()
         self._inbound_turns: dict[str, _Turn] = {}
 
@@ -155,7 +162,41 @@ class Writes:
             if earlier is None:
                 raise
             return earlier
-        return await taken_then_appended(self.ctx, events)
+        written = await taken_then_appended(self.ctx, events)
+        revoked = events[0]
+        if isinstance(revoked, ConsentRevoked) and revoked.campaign is None:
+            # A retry of the opt-out too: it resolves what an earlier attempt may not have.
+            token = await self._resolve_covered_holds(revoked, recorded_by)
+            if token is not None:  # a read at the answer's token sees the hold resolved
+                written = replace(written, token=written.token.merge(token))
+        return written
+
+    async def _resolve_covered_holds(
+        self, revoked: ConsentRevoked, recorded_by: str
+    ) -> ConsistencyToken | None:
+        """Resolve each live opt-out held for review that ``revoked``, a brand-wide
+        opt-out just recorded, covers (``ledger.commands.covers``): typically the
+        client's corrected retry of the refused request, which otherwise left the hold
+        for a reviewer to close (``covered_hold_resolved`` says why that is safe).
+
+        The replica's digest, in memory, says whether the number has such a hold at
+        all, so most opt-outs pay no query. It is not waited for: a hold not applied
+        yet (the retry came within milliseconds of it) stays for a reviewer, as before.
+        Returns the token after the resolutions written, if any."""
+        phone, brand = revoked.phone, revoked.brand
+        digest = (await self.reads.digests(brand, [phone])).get(phone)
+        if digest is None or not any(p.refused for p in digest.pending):
+            return None
+        state = (await self.ctx.view.subscriber_states(brand, [phone]))[phone]
+        token = None
+        for held in state.pending_candidates():
+            if not covers(revoked, held.event):
+                continue
+            resolved = covered_hold_resolved(revoked, held.event, self.ctx.clock())
+            with contextlib.suppress(AlreadyExists):  # an earlier attempt's, which resolves it
+                written = await recorded_once(self.ctx, _stamped(resolved, recorded_by))
+                token = written.token if token is None else token.merge(written.token)
+        return token
 
     async def hold_refused_opt_out(
         self,

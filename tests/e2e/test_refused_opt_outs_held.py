@@ -205,10 +205,44 @@ async def test_a_retry_holds_once_and_a_corrected_retry_under_its_id_is_recorded
         right = opt_out(number, "acme", "promo", clock.now - timedelta(minutes=1), request_id)
         written = await c.RecordOptOut(right)
     assert written.event_ids and first["candidate_event_id"] not in written.event_ids
-    # The hold stands until a person resolves it (it is read first); the opt-out is
-    # recorded beside it.
+    # An opt-out of one campaign leaves the hold, which denies every campaign, to a
+    # person (it is read first); the opt-out is recorded beside it.
     answer = await can_send(runtime, number, written.consistency_token)
     assert not answer.allowed, answer
+
+
+async def test_a_corrected_retry_of_every_campaign_resolves_its_hold(service):
+    """Before, a reviewer had to close the hold beside the client's corrected retry.
+    An opt-out of every campaign of the brand covers it: the hold is resolved as
+    revoked, naming that opt-out, and the number is opted out of the brand."""
+    runtime, clock = service
+    number = phone(32)
+    await opted_in(runtime, [number], clock.now)
+    wrong = opt_out(number, "acme", None, clock.now + timedelta(hours=3))
+    async with client(runtime.address, "acme-app") as c:
+        held = held_info(await refused(c.RecordOptOut, wrong))
+        assert held is not None
+        assert await runtime.guard.wait_for_token(
+            ConsistencyToken.decode(held["consistency_token"])
+        )
+        written = await c.RecordOptOut(opt_out(number, "acme", None, clock.now))
+    async with client(runtime.address) as admin:
+        events = await admin.ListEvents(
+            api.ListEventsRequest(
+                phone=number, brand="acme", at_least_as_fresh=written.consistency_token
+            )
+        )
+        (resolution,) = [
+            e.event.revocation_candidate_resolved
+            for e in events.events
+            if e.event.event_type == "RevocationCandidateResolved"
+        ]
+        token = events.consistency_token
+    assert resolution.candidate_event_id == held["candidate_event_id"]
+    assert resolution.resolved_by == f"opt-out {written.event_ids[0]}"
+    assert await candidates_of(runtime, number, token) == []
+    answer = await can_send(runtime, number, token)
+    assert answer.reason == api.REASON_REVOKED_BRAND_WIDE, answer
 
 
 async def test_a_refused_opt_in_or_a_caller_of_another_brand_holds_nothing(service):

@@ -1,5 +1,6 @@
 """A live opt-out refused for its details (``RecordOptOut``, an inbound STOP) is held
-for review: the hold's id, how it is told apart, and what CanSend says of it."""
+for review: the hold's id, how it is told apart, what CanSend says of it, and the
+opt-out recorded since that resolves it."""
 
 from __future__ import annotations
 
@@ -13,16 +14,27 @@ from ledger.commands import (
     HELD_INTENTS,
     HELD_OPT_OUT,
     HoldRefusedOptOut,
+    RecordOptOut,
+    covered_hold_resolved,
+    covers,
     held_intent,
     held_opt_out,
 )
 from ledger.errors import InvalidPhoneNumber, InvalidRequest
-from ledger.events import ANY_BRAND
+from ledger.events import (
+    ANY_BRAND,
+    CandidateResolution,
+    RevocationCandidateResolved,
+    RevocationChannel,
+)
 from ledger.keywords import Intent
 from ledger.packet import assemble
 from ledger.policy import Reason, decide
+from ledger.ports import ConsistencyToken
 from ledger.state import fold
-from tests.builders import BRAND, PHONE, at, campaign, flagged, granted, record
+from services.errors import HeldForReview
+from tests.builders import BRAND, PHONE, at, campaign, flagged, granted, record, revoked
+from tests.unit.usecase_harness import define, opt_in, running
 
 PROMO = campaign("promo")
 
@@ -135,3 +147,68 @@ def test_a_refused_text_is_read_for_a_stop_through_its_nuls_and_length(body, int
 @pytest.mark.parametrize("body", ["see you at 5\0", "HELP\0", "START\0", "x" * 5000])
 def test_a_refused_text_that_reads_as_no_stop_is_not_held(body):
     assert held_intent(body) not in HELD_INTENTS
+
+
+def test_only_a_brand_wide_opt_out_of_the_same_number_and_brand_covers_a_live_hold():
+    """A hold denies every campaign of its brand: an opt-out of one campaign, of
+    another number or brand, or a hold that is an import's or a reply, is left to a
+    reviewer."""
+    (held,) = held_opt_out(_live(), "occurred_at: is in the future", at(1))
+    assert covers(revoked(at(2), None), held)
+    assert not covers(revoked(at(2), "promo"), held)
+    assert not covers(revoked(at(2), None, phone="+14155550000"), held)
+    assert not covers(revoked(at(2), None, brand="globex"), held)
+    (imported,) = held_opt_out(replace(_live(), via=""), "channel: is required", at(1))
+    assert not covers(revoked(at(2), None), imported)
+    assert not covers(revoked(at(2), None), flagged(at(1)))
+
+
+def test_a_covered_hold_is_resolved_revoked_at_now_naming_the_opt_out():
+    """Revoked again at now, not dismissed: the opt-out may carry an earlier time than
+    the STOP held, with an opt-in between them, which must not come back."""
+    (held,) = held_opt_out(_live(), "occurred_at: is in the future", at(3))
+    stop = revoked(at(1), None)
+    events = covered_hold_resolved(stop, held, at(5))
+    resolution, again = events
+    assert resolution.candidate_event_id == held.event_id
+    assert resolution.resolution is CandidateResolution.REVOKED
+    assert resolution.resolved_by == f"opt-out {stop.event_id}"
+    assert resolution.request_id.startswith("covered-")
+    assert again.campaign is None and again.occurred_at == at(5)  # the brand, at now
+    assert covered_hold_resolved(stop, held, at(6))[0].request_id == resolution.request_id
+    state = fold(record([granted(at(0)), stop, granted(at(2)), held, *events]))
+    assert not state.pending_candidates()
+    d = decide(state, PROMO, at(5) + timedelta(minutes=1))
+    assert d.reason is Reason.REVOKED_BRAND_WIDE, d  # the opt-in at 2 does not come back
+    # What a hold dismissed would have let through: the opt-in after the opt-out.
+    dismissed = fold(record([granted(at(0)), stop, granted(at(2))]))
+    assert decide(dismissed, PROMO, at(5) + timedelta(minutes=1)).allowed
+
+
+async def test_a_brand_wide_opt_out_resolves_the_live_hold_it_covers():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        await app.writes.record(opt_in("r-in"))
+        refusal = InvalidRequest("occurred_at", "is in the future")
+        with pytest.raises(HeldForReview) as held:
+            await app.writes.hold_refused_opt_out(_live(), refusal, lambda brand: None)
+        hold_id = held.value.metadata["candidate_event_id"]
+        token = ConsistencyToken.decode(held.value.metadata["consistency_token"])
+        assert await app.guard.wait_for_token(token)
+        one = RecordOptOut("r-one", PHONE, BRAND, "promo", RevocationChannel.API, at(2))
+        scoped = await app.writes.record(one, recorded_by="acme-app")
+        assert await app.guard.wait_for_token(scoped.token)
+        state = (await app.view.subscriber_states(BRAND, [PHONE]))[PHONE]
+        assert [str(c.event_id) for c in state.pending_candidates()] == [hold_id]  # one campaign
+        every = replace(one, request_id="r-every", campaign=None)
+
+        written = await app.writes.record(every, recorded_by="acme-app")
+        await app.writes.record(every, recorded_by="acme-app")  # a retry resolves nothing new
+
+        checked = await app.checks.can_send(PHONE, BRAND, "promo", token=written.token)
+        assert checked.decision.reason is Reason.REVOKED_BRAND_WIDE, checked.decision
+        history = await app.view.history(PHONE, BRAND)
+        resolutions = [r.event for r in history if isinstance(r.event, RevocationCandidateResolved)]
+        assert [str(r.candidate_event_id) for r in resolutions] == [hold_id]
+        assert resolutions[0].resolved_by == f"opt-out {written.event_ids[0]}"
+        assert resolutions[0].recorded_by == "acme-app"
