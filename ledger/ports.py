@@ -566,6 +566,14 @@ class ConsentView(DigestReads, CampaignReads):
         failed: the next to ask takes the turn and appends). A turn another holder
         took meanwhile is left to it."""
 
+    async def prune_append_turns(self, kept_s: float) -> int:
+        """Forget the append turns that ended, or ran out, more than ``kept_s`` seconds
+        ago, and say how many. A turn ended appended tells the imports sharing its
+        record that the facts are on the ledger only until the view applies them
+        (then they find them applied and ask for no turn); one given up or run out is
+        as good as none. This default keeps no turns."""
+        return 0
+
     async def known_events(self, event_ids: Sequence[str]) -> set[str]:
         """Which of ``event_ids`` the view has applied (``find_event`` of each, in one
         round trip where the adapter can)."""

@@ -112,6 +112,8 @@ class InMemoryConsentView(ConsentView):
         self._append_turns: dict[tuple[str, str], tuple[str, float | None]] = {}
         """Imports' turns to append, by (brand, request id): the holder, and when
         the turn runs out (``time.monotonic``; None: appended). A reset keeps them."""
+        self._appended_at: dict[tuple[str, str], float] = {}
+        """When each turn ended appended (``time.monotonic``), for pruning."""
 
     async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
         for recorded in batch:
@@ -283,6 +285,20 @@ class InMemoryConsentView(ConsentView):
             held = self._append_turns.get(key)
             if held is not None and held[0] == holder and held[1] is not None:
                 self._append_turns[key] = (holder, None if appended else -math.inf)
+                if appended:
+                    self._appended_at[key] = time.monotonic()
+
+    async def prune_append_turns(self, kept_s: float) -> int:
+        before = time.monotonic() - kept_s
+        pruned = [
+            key
+            for key, (_, until) in self._append_turns.items()
+            if (self._appended_at[key] if until is None else until) < before
+        ]
+        for key in pruned:
+            del self._append_turns[key]
+            self._appended_at.pop(key, None)
+        return len(pruned)
 
     async def message_use(self, brand: str, phone: str, message_id: str) -> str | None:
         return self._tables.messages.get((brand, phone, message_id))

@@ -330,13 +330,29 @@ SELECT k.brand, k.request_id,
 FROM k LEFT JOIN taken AS x USING (brand, request_id)
 LEFT JOIN append_turn AS a USING (brand, request_id)
 """
-# A holder's turns ended: appended (until NULL), or given up (run out at once).
+# A holder's turns ended: appended (until NULL, and when), or given up (run out at once).
 _END_APPEND_TURNS = """
-UPDATE append_turn AS t SET until = CASE WHEN $4 THEN NULL ELSE '-infinity'::timestamptz END
+UPDATE append_turn AS t SET until = CASE WHEN $4 THEN NULL ELSE '-infinity'::timestamptz END,
+    appended_at = CASE WHEN $4 THEN now() END
 FROM unnest($1::text[], $2::text[]) AS k(brand, request_id)
 WHERE t.brand = k.brand AND t.request_id = k.request_id AND t.holder = $3::uuid
   AND t.until IS NOT NULL
 """
+# At most $2 of the turns ended or run out more than $1 seconds ago (one given up ran
+# out at -infinity). An import takes a turn for each record it appends, so there may
+# be millions: a statement each bounded batch, not one past the statement's bound.
+_PRUNE_APPEND_TURNS = """
+WITH pruned AS (
+    DELETE FROM append_turn WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM append_turn
+        WHERE coalesce(until, appended_at) < now() - make_interval(secs => $1)
+        LIMIT $2
+    ))
+    RETURNING 1
+)
+SELECT count(*) AS n FROM pruned
+"""
+_PRUNE_BATCH = 20_000
 _REQUEST_USES_OF = """
 SELECT u.brand, u.request_id, u.fingerprint, u.event_ids FROM request_use AS u
 JOIN unnest($1::text[], $2::text[]) AS k(brand, request_id) USING (brand, request_id)
@@ -1254,6 +1270,22 @@ class PostgresConsentView(ConsentView):
                 uuid.UUID(holder),
                 appended,
             )
+
+    async def prune_append_turns(self, kept_s: float) -> int:
+        pruned = 0
+        while True:
+            n = await self._prune_append_turns(kept_s)
+            pruned += n
+            if n < _PRUNE_BATCH:
+                return pruned
+
+    @bounded_bulk
+    async def _prune_append_turns(self, kept_s: float) -> int:
+        (row,) = await fetch_bulk(
+            self._reads, self._timeout, _PRUNE_APPEND_TURNS, kept_s, _PRUNE_BATCH
+        )
+        pruned: int = row["n"]
+        return pruned
 
     @bounded_bulk
     async def known_events(self, event_ids: Sequence[str]) -> set[str]:

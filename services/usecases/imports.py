@@ -69,6 +69,12 @@ APPEND_LEASE_S = 120.0
 """How long an import's turn to append a record lasts unless it ends it: past twice
 the longest append a ledger waits for (40 s on Kafka), so a live holder keeps it; a
 dead one's records wait that long for the next import."""
+TURNS_KEPT_S = 86_400.0
+"""How long append turns are kept after they end or run out: a turn ended appended
+is needed only until the view applies its facts (seconds; minutes in an outage),
+and a holder whose turn ran out may still say it appended within this. Imports
+are what add turns, so each prunes the old ones as it begins
+(``ConsentView.prune_append_turns``)."""
 TURN_POLL_S = (0.02, 0.5)
 """The first and the longest pause before asking again after a turn another import
 holds."""
@@ -170,6 +176,8 @@ class Imports:
         self._caught_up = False
         self._turn: asyncio.Future[None] | None = None
         """Done when the last chunk begun has taken its import ids (``chunk``)."""
+        self._pruned = False
+        """Whether this import has pruned the old append turns (``_turns``)."""
         self._claimed: list[_Claimed] = []
         self._dry_run_taken: dict[int, int] = {}
         """In a dry run, the records its chunks would import, by hashes of (brand,
@@ -435,6 +443,9 @@ class Imports:
         every turn it asked for, once the statement asking has ended: one cancelled
         mid-way may still have taken them, which would hold a re-run up for the
         length of a turn."""
+        if not self._pruned:
+            self._pruned = True
+            await self._prune_turns()
         asked = _keys(new)
         taking: list[asyncio.Future[list[AppendTurn]]] = []
         try:
@@ -442,6 +453,17 @@ class Imports:
         except BaseException:
             await _quietly(self._give_back(asked, taking))
             raise
+
+    async def _prune_turns(self) -> None:
+        """Forget the turns of every import that ended or ran out ``TURNS_KEPT_S`` ago;
+        housekeeping, so a failure is logged and the import goes on."""
+        try:
+            pruned = await self.ctx.view.prune_append_turns(TURNS_KEPT_S)
+        except Exception:
+            log.warning("import: old turns to append not pruned", exc_info=True)
+        else:
+            if pruned:
+                log.info("import: pruned %d turns to append, ended over a day ago", pruned)
 
     async def _give_back(
         self, keys: list[tuple[str, str]], taking: list[asyncio.Future[list[AppendTurn]]]

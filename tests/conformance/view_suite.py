@@ -1114,6 +1114,33 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
         await view.end_append_turns(keys, dead, appended=True)  # too late: not its turn now
         assert await view.take_append_turns(keys, dead, 60) == [AppendTurn.HELD]
 
+    async def test_append_turns_ended_or_run_out_are_pruned_once_kept_long_enough(
+        self, view: ConsentView
+    ) -> None:
+        """A turn ended appended tells the imports sharing its record it is there,
+        until pruned; one given up is as good as none at once; a live one is kept."""
+        holder, dead, other = (str(uuid.uuid4()) for _ in range(3))
+        appended, given_up, live, ran_out = (("acme", f"r-{uuid.uuid4()}") for _ in range(4))
+        await view.take_append_turns([appended, given_up, live], holder, 60)
+        await view.take_append_turns([ran_out], dead, 0.2)
+        await view.end_append_turns([appended], holder, appended=True)
+        await view.end_append_turns([given_up], holder, appended=False)
+
+        assert await view.prune_append_turns(1.0) >= 1  # the one given up
+        assert await view.take_append_turns([appended, live], other, 60) == [
+            AppendTurn.APPENDED,
+            AppendTurn.HELD,
+        ]
+        await asyncio.sleep(1.5)
+        assert await view.prune_append_turns(1.0) >= 2
+        await view.end_append_turns([ran_out], dead, appended=True)  # too late: forgotten
+
+        assert await view.take_append_turns([appended, live, ran_out], other, 60) == [
+            AppendTurn.TAKEN,  # forgotten: its facts are long applied, or appended again
+            AppendTurn.HELD,
+            AppendTurn.TAKEN,
+        ]
+
     async def test_taking_a_request_id_says_whether_this_call_took_it(
         self, view: ConsentView
     ) -> None:

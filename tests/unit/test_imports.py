@@ -530,3 +530,26 @@ async def test_a_hold_whose_append_failed_is_not_written_and_is_held_when_sent_a
 
 def _imports(app: App) -> Imports:
     return Imports(app.writes.ctx)
+
+
+async def test_an_import_prunes_the_turns_that_ended_long_ago_as_it_begins(monkeypatch):
+    """Every record imported leaves its turn to append behind; they were never
+    deleted. An import now forgets, as it begins, those ended ``TURNS_KEPT_S`` ago."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        view = app.writes.ctx.view
+        old, recent = (BRAND, "earlier-1"), (BRAND, "earlier-2")
+        await view.take_append_turns([old], "an earlier import", 60)
+        await view.end_append_turns([old], "an earlier import", appended=True)
+        await asyncio.sleep(1.0)
+        await view.take_append_turns([recent], "an earlier import", 60)
+        await view.end_append_turns([recent], "an earlier import", appended=True)
+        monkeypatch.setattr(imports_module, "TURNS_KEPT_S", 0.5)
+
+        imported = await _imports(app).chunk([opt_in(0, "+14155550100")])
+
+        assert imported.imported == 1
+        assert await view.take_append_turns([old, recent], "another", 60) == [
+            AppendTurn.TAKEN,  # forgotten
+            AppendTurn.APPENDED,
+        ]
