@@ -1215,27 +1215,35 @@ _NANP_NATIONAL_DIGITS = 10
 """A North American number without its country code: area code, exchange, line."""
 
 
-def _held_number(raw: str) -> str:
-    """The number a refused opt-out is held under: as E.164, or else its digits read
-    as a number with its country code and no "+" (a spreadsheet drops a leading
-    "+"), after an international prefix (00, or 011 from North America) if any, or
-    else as a North American number written without its country code, as at home
-    ((415) 555-2671). A number must carry its "+" to be recorded, so the record
-    stays refused; but a hold only denies, and the opt-in of the same number,
-    written with its "+", would otherwise stand."""
+def _held_numbers(raw: str) -> list[str]:
+    """The numbers a refused opt-out is held under: its number as E.164, or else
+    every number its digits may be read as: with their country code and no "+" (a
+    spreadsheet drops a leading "+"), after an international prefix (00, or 011
+    from North America) if any; and, for ten digits, a North American number
+    written without its country code, as at home ((415) 555-2671). A number must
+    carry its "+" to be recorded, so the record stays refused; but a hold only
+    denies, and the opt-in of the same number, written with its "+", would
+    otherwise stand. Some ten digits read both ways ((646) 555-2671 is also
+    +64 6555 2671): held under one reading only, the other number stayed allowed."""
     try:
-        return to_e164(raw)
-    except InvalidPhoneNumber:
+        return [to_e164(raw)]
+    except InvalidPhoneNumber as refused:
         digits = "".join(ch for ch in raw if ch.isdecimal())
         written = all(ch.isdecimal() or ch in " -()./" for ch in raw)
         if "+" in raw or not digits or not written:
             raise
-        try:
-            return to_e164("+" + _INTERNATIONAL_PREFIX.sub("", digits))
-        except InvalidPhoneNumber:
-            if len(digits) != _NANP_NATIONAL_DIGITS:
-                raise
-            return to_e164("+1" + digits)
+        candidates = ["+" + _INTERNATIONAL_PREFIX.sub("", digits)]
+        if len(digits) == _NANP_NATIONAL_DIGITS:
+            candidates.append("+1" + digits)
+        numbers: list[str] = []
+        for candidate in candidates:
+            with contextlib.suppress(InvalidPhoneNumber):
+                number = to_e164(candidate)
+                if number not in numbers:
+                    numbers.append(number)
+        if not numbers:
+            raise refused from None
+        return numbers
 
 
 HELD_OPT_OUT = "RecordOptOut"
@@ -1265,21 +1273,27 @@ def held_opt_out(cmd: HoldRefusedOptOut, refused: str, now: datetime) -> list[Le
     live = bool(cmd.via)
     inbound = cmd.via == HELD_INBOUND
     brand = cmd.brand if inbound and cmd.brand == ANY_BRAND else check_name(cmd.brand, "brand")
-    phone = _held_number(cmd.phone)
+    phones = _held_numbers(cmd.phone)
     campaign = cmd.campaign if cmd.campaign is not None and is_name(cmd.campaign) else None
     if live:
         text = f"{cmd.via} opt-out refused for its details ({refused})"
     else:
         text = f"opt-out {cmd.import_id!r} refused at import ({refused})"
+    if len(phones) > 1:
+        # Each hold is reviewed alone: say it has siblings, for the reviewer to find.
+        text = f"{text}; its number reads as {' and as '.join(phones)}: held under each"
+    # One candidate per reading, each its own event id (its index): a retry of the
+    # request holds each once.
     return [
         RevocationCandidateFlagged(
-            **_base(cmd, 0, now, brand),
+            **_base(cmd, i, now, brand),
             phone=phone,
             brand=brand,
             inbound_message_id="",
             text=text[: TEXT_LIMITS["text"]],
             campaign=campaign,
         )
+        for i, phone in enumerate(phones)
     ]
 
 

@@ -122,14 +122,26 @@ class HeldForReview(DomainError):
     held for review all the same: the number is denied for the brand until someone
     resolves the hold. Answered as the refusal was (INVALID_ARGUMENT, every bad field)
     with ``error_reason`` and the hold's candidate id and consistency token in the
-    ``ErrorInfo``'s metadata, so a client need not read the text."""
+    ``ErrorInfo``'s metadata, so a client need not read the text: ``candidate_event_id``
+    the first hold, ``candidate_event_ids`` every one (comma-separated), as a number
+    written without its "+" may be held under more than one reading of it."""
 
     error_reason = "OPT_OUT_HELD_FOR_REVIEW"
 
-    def __init__(self, refused: DomainError, candidate_event_id: str, token: str) -> None:
+    def __init__(
+        self, refused: DomainError, candidate_event_ids: Sequence[str], token: str
+    ) -> None:
         (field, reason), *more = refused.violations
         super().__init__(field, f"{reason}; {HELD_FOR_REVIEW}", *more)
-        self.metadata = {"candidate_event_id": candidate_event_id, "consistency_token": token}
+        self.metadata = _held_metadata(candidate_event_ids, token)
+
+
+def _held_metadata(candidate_event_ids: Sequence[str], token: str) -> dict[str, str]:
+    return {
+        "candidate_event_id": candidate_event_ids[0],
+        "candidate_event_ids": ",".join(candidate_event_ids),
+        "consistency_token": token,
+    }
 
 
 class ReusedIdHeldForReview(AlreadyExists):
@@ -140,7 +152,9 @@ class ReusedIdHeldForReview(AlreadyExists):
 
     error_reason = HeldForReview.error_reason
 
-    def __init__(self, refused: AlreadyExists, candidate_event_id: str, token: str) -> None:
+    def __init__(
+        self, refused: AlreadyExists, candidate_event_ids: Sequence[str], token: str
+    ) -> None:
         reason = f"{refused.reason}; {HELD_FOR_REVIEW}"
         super().__init__(refused.field, reason, refused.request_id, refused.event_ids)
-        self.metadata = {"candidate_event_id": candidate_event_id, "consistency_token": token}
+        self.metadata = _held_metadata(candidate_event_ids, token)

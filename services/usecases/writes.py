@@ -234,8 +234,8 @@ class Writes:
             return  # no number or brand to hold it under, or not the caller's brand
         written = await recorded_once(self.ctx, _stamped(events, recorded_by))
         if isinstance(refused, AlreadyExists):
-            raise ReusedIdHeldForReview(refused, written.event_ids[0], written.token.encode())
-        raise HeldForReview(refused, written.event_ids[0], written.token.encode())
+            raise ReusedIdHeldForReview(refused, written.event_ids, written.token.encode())
+        raise HeldForReview(refused, written.event_ids, written.token.encode())
 
     async def hold_refused_inbound(
         self,

@@ -185,6 +185,57 @@ async def test_a_stop_from_a_number_written_without_its_country_code_is_held(ser
             assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
 
 
+async def test_ten_digits_that_read_two_ways_are_held_under_both_numbers(service):
+    """(646) 555-4040 is a New York number without its country code and, read with a
+    "+", +64 6555 4040 in New Zealand. Held under the foreign reading only, the STOP
+    left the New York number, opted in as +16465554040, allowed. Each reading is
+    held: a retry holds neither again, and the corrected opt-out of the US number
+    resolves its own hold, leaving the other reading to a reviewer."""
+    runtime, clock = service
+    us, foreign, texted = "+16465554040", "+6465554040", "+16465554041"
+    await opted_in(runtime, [us, texted], clock.now)
+    record = opt_out("646 555 4040", "acme", None, clock.now)
+    stop = inbound("(646) 555-4041", ACME_NUMBER, "STOP", clock.now)
+    async with client(runtime.address, "acme-app") as c:
+        infos = []
+        for number, err in (
+            (us, await refused(c.RecordOptOut, record)),
+            (texted, await refused(c.HandleInboundMessage, stop)),
+        ):
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+            info = held_info(err)
+            assert info is not None, err.details()
+            ids = info["candidate_event_ids"].split(",")
+            assert len(set(ids)) == 2 and info["candidate_event_id"] == ids[0], info
+            answer = await can_send(runtime, number, info["consistency_token"])
+            assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
+            infos.append(info)
+        again = held_info(await refused(c.RecordOptOut, record))
+        assert again is not None and again["candidate_event_ids"] == infos[0]["candidate_event_ids"]
+        token = again["consistency_token"]
+        held_us, held_foreign = (
+            await candidates_of(runtime, us, token),
+            await candidates_of(runtime, foreign, token),
+        )
+        assert sorted(held_us + held_foreign) == sorted(infos[0]["candidate_event_ids"].split(","))
+        written = await c.RecordOptOut(opt_out(us, "acme", None, clock.now))
+    answer = await can_send(runtime, us, written.consistency_token)
+    assert answer.reason == api.REASON_REVOKED_BRAND_WIDE, answer
+    async with client(runtime.address) as admin:
+        history = await admin.ListEvents(
+            api.ListEventsRequest(
+                phone=us, brand="acme", at_least_as_fresh=written.consistency_token
+            )
+        )
+    resolved = [
+        e.event.revocation_candidate_resolved.candidate_event_id
+        for e in history.events
+        if e.event.event_type == "RevocationCandidateResolved"
+    ]
+    assert resolved == held_us
+    assert await candidates_of(runtime, foreign, history.consistency_token) == held_foreign
+
+
 async def test_a_retry_holds_once_and_a_corrected_retry_under_its_id_is_recorded(service):
     """The hold's id digests the request, not the client's request id: the same
     request again holds nothing new, and the corrected request under the same

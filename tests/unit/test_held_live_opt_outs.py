@@ -125,6 +125,21 @@ def test_a_refused_opt_out_is_held_under_its_number_however_written(written, hel
     assert held.phone == held_under
 
 
+def test_ten_digits_that_read_as_two_numbers_are_held_under_each_once():
+    """(646) 555-2671 is a New York number without its country code and, with a "+",
+    +64 6555 2671 in New Zealand: a hold under one reading left the other allowed."""
+    hold = replace(_live(), phone="(646) 555-2671")
+    foreign, home = held_opt_out(hold, "phone: needs its country code", at(1))
+    assert (foreign.phone, home.phone) == ("+6465552671", "+16465552671")
+    assert foreign.event_id != home.event_id
+    assert foreign.request_id == home.request_id == hold.request_id
+    assert "reads as +6465552671 and as +16465552671: held under each" in home.text
+    again = held_opt_out(hold, "phone: needs its country code", at(2))
+    assert [e.event_id for e in again] == [foreign.event_id, home.event_id]  # a retry's
+    assert covers(revoked(at(2), None, phone="+16465552671"), home)
+    assert not covers(revoked(at(2), None, phone="+16465552671"), foreign)
+
+
 @pytest.mark.parametrize("written", ["555-2671", "(415) 555-267", "+415 555 2671", "415 555 267a"])
 def test_a_refused_opt_out_whose_number_cannot_be_read_holds_nothing(written):
     with pytest.raises(InvalidPhoneNumber):

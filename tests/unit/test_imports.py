@@ -475,6 +475,27 @@ async def test_a_re_run_holds_a_refused_opt_out_once():
         assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
 
 
+async def test_a_refused_opt_out_whose_digits_read_two_ways_is_held_under_both_once():
+    """6465550100 is (646) 555-0100 in New York and, with a "+", +64 6555 0100 in New
+    Zealand: one record held under both numbers, counted once, and a re-run holds
+    neither again."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        items = [opt_in(0, "+16465550100", -60), no_channel(1, "6465550100")]
+
+        first = await _imports(app).chunk(items)
+
+        assert (first.imported, first.held) == (1, 1)
+        answer = await app.checks.can_send("+16465550100", BRAND, "promo", token=first.token)
+        assert answer.decision.reason is Reason.REVOCATION_PENDING_REVIEW, answer.decision
+        held = [e for e in await _written(app) if isinstance(e, RevocationCandidateFlagged)]
+        assert sorted(e.phone for e in held) == ["+16465550100", "+6465550100"]
+        ends = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+        again = await _imports(app).chunk(items)
+        assert (again.imported, again.present, again.held) == (0, 1, 0)
+        assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
 async def test_a_dry_run_says_a_refused_opt_out_would_be_held_and_writes_nothing():
     async with running() as (app, _):
         await app.writes.record(define())
