@@ -22,8 +22,10 @@ an opt-out refused must not leave its number open to texts.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -501,5 +503,15 @@ def count_records(path: Path, fmt: str) -> int | None:
 def open_text(path: Path) -> TextIO:
     """The file as text (UTF-8, a byte-order mark skipped; CSV's newlines kept as the
     csv module wants them). A byte that is not UTF-8 is read as a lone surrogate,
-    which refuses the value holding it (``parse_fields``), not the whole file."""
-    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    which refuses the value holding it (``parse_fields``), not the whole file.
+
+    A file that begins with UTF-16's byte-order mark is refused whole: read as UTF-8,
+    its every line would be refused for its NUL bytes, none saying why."""
+    raw = open(path, "rb")  # noqa: SIM115 (the text wrapper returned closes it)
+    if raw.peek(2)[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        raw.close()
+        raise FormatError(
+            f"{path.name} is UTF-16 text (it begins with UTF-16's byte-order mark); "
+            "save it as UTF-8"
+        )
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")

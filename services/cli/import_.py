@@ -32,7 +32,7 @@ before for a different record is refused; within the file, the first record
 under an id is the one imported, in a dry run too. A number's facts take effect
 in the order of their own times (occurred_at), whatever their order in the file.
 
-file formats (from the extension, .csv or .jsonl/.ndjson, or --format):
+file formats (UTF-8 text; from the extension, .csv or .jsonl/.ndjson, or --format):
   csv    a header row naming the fields below, one record a row; a quoted value
          may run over lines, and one whose quote does not close stops the import
          at its line (the records before it are imported)

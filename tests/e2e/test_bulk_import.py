@@ -1388,3 +1388,27 @@ async def test_json_lines_files_joined_with_their_byte_order_marks_are_read_whol
     async with client(runtime.address, "acme-app") as c:
         reasons = await answers(c, [phone(67)], token_of(out))
     assert reasons == {phone(67): "REASON_REVOKED"}, reasons
+
+
+async def test_a_utf16_export_is_refused_as_a_file_saying_so(service, tmp_path):
+    """A UTF-16 file (PowerShell's ``>``, Windows' "Unicode" text) was read as
+    UTF-8: a CSV's header was refused as unknown columns of NUL-spaced letters, and
+    JSON Lines had each of its half-lines refused as "is not JSON", more records
+    than the file held. Neither says what to do: the file is refused whole now,
+    naming its encoding, and nothing is written."""
+    runtime, when = service
+    assert runtime.ledger is not None
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    rows = opted_in_then_out(when, {phone(68): {}})
+    export = write_csv(tmp_path / "unicode.csv", rows)
+    export.write_bytes(export.read_text().encode("utf-16"))
+    jsonl = tmp_path / "unicode.jsonl"
+    jsonl.write_bytes("\n".join(json.dumps(r) for r in rows).encode("utf-16"))
+
+    for path in (export, jsonl):
+        code, out, err = await import_cli(
+            str(path), "--address", runtime.address, token=TOKENS["acme-app"][0]
+        )
+        assert code == 2 and out == "", out + err
+        assert f"{path.name} is UTF-16 text" in err and "save it as UTF-8" in err, err
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before

@@ -4,6 +4,7 @@ unreadable record named by line and field, import ids stable, reasons grouped.""
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import os
@@ -272,3 +273,17 @@ def test_an_opt_out_on_a_json_line_cut_short_is_held_by_what_it_said_before_the_
         assert (record.held.opt_out.phone, record.held.opt_out.brand) == ("+14155552671", "acme")
     assert isinstance(short, Unreadable) and short.held is None
     assert isinstance(refused_in, Unreadable) and refused_in.held is None
+
+
+def test_a_utf16_file_is_refused_whole_and_a_utf8_one_read_past_its_mark(tmp_path):
+    for encoding in ("utf-16", "utf-16-be"):
+        path = tmp_path / f"{encoding}.csv"
+        path.write_bytes(
+            codecs.BOM_UTF16_BE * (encoding == "utf-16-be") + "type\n".encode(encoding)
+        )
+        with pytest.raises(FormatError, match=f"{path.name} is UTF-16 text"):
+            open_text(path)
+    path = tmp_path / "utf-8.csv"
+    path.write_bytes(codecs.BOM_UTF8 + "type,text\nopt_out,Zoë\n".encode())
+    with open_text(path) as text:
+        assert text.read() == "type,text\nopt_out,Zoë\n"
