@@ -142,7 +142,7 @@ def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
     # The header is the first row that is not blank, as each record is (a blank line
     # before it would make it a record of a header with no columns).
     try:
-        columns: list[str] = next((row for row in rows if row), [])
+        columns: list[str] = next((row for row in rows if any(v.strip() for v in row)), [])
     except csv.Error as exc:
         raise FormatError(f"line {rows.line_num}: {exc}; the header cannot be read") from None
     unknown = [c for c in columns if c not in FIELDS]
@@ -159,7 +159,9 @@ def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
     try:
         for row in rows:
             start, seen = seen + 1, rows.line_num
-            if not row:  # a blank line: no record, and the next starts after it
+            # A blank line, or a row of empty values (a spreadsheet writes them below
+            # its data): no record, and the next starts after it.
+            if not any(value.strip() for value in row):
                 continue
             fields = {k: v for k, v in zip(columns, row, strict=False) if v}
             if len(row) > len(columns):  # an unquoted comma, most often in a text
@@ -494,8 +496,8 @@ def count_records(path: Path, fmt: str) -> int | None:
             starts = not quoted
             if csv_ and line.count(b'"') % 2:
                 quoted = not quoted
-            # The csv module skips an empty row; JSON Lines, one of whitespace.
-            if starts and (line.rstrip(b"\r\n") if csv_ else line.strip()):
+            # The reader skips a CSV row of empty values; JSON Lines, one of whitespace.
+            if starts and (line.strip(b" \t\r\n,") if csv_ else line.strip()):
                 records += 1
     return max(records - csv_, 0)
 

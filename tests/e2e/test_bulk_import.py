@@ -1412,3 +1412,20 @@ async def test_a_utf16_export_is_refused_as_a_file_saying_so(service, tmp_path):
         assert code == 2 and out == "", out + err
         assert f"{path.name} is UTF-16 text" in err and "save it as UTF-8" in err, err
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
+
+
+async def test_rows_of_empty_values_below_a_spreadsheets_data_are_no_records(service, tmp_path):
+    """A spreadsheet saved as CSV writes rows of commas where cells below its data
+    were once used: each was refused as "type: must be opt_in or opt_out", so an
+    import of every record exited 1 as if some had failed. They are blank lines."""
+    runtime, when = service
+    export = write_csv(tmp_path / "sheet.csv", opted_in_then_out(when, {phone(69): {}}))
+    empty = "," * (len(COLUMNS) - 1)
+    export.write_text(f"{export.read_text()}{empty}\r\n{empty}\r\n , \r\n")
+
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 0 and "imported 2 of 2 records" in out and "refused: 0" in out, out + err
+    assert "| 2/2 [" in err, err

@@ -287,3 +287,12 @@ def test_a_utf16_file_is_refused_whole_and_a_utf8_one_read_past_its_mark(tmp_pat
     path.write_bytes(codecs.BOM_UTF8 + "type,text\nopt_out,Zoë\n".encode())
     with open_text(path) as text:
         assert text.read() == "type,text\nopt_out,Zoë\n"
+
+
+def test_rows_of_empty_values_are_no_records_and_not_counted(tmp_path):
+    path = tmp_path / "sheet.csv"
+    path.write_text(",,\r\n \r\ntype,phone,text\r\nopt_out,+14155552671,STOP\r\n,,\r\n , ,\r\n")
+    with open_text(path) as text:
+        records = list(read_records(text, "csv"))
+    assert [r.line for r in records] == [4]
+    assert count_records(path, "csv") == 1
