@@ -506,9 +506,10 @@ class Writes:
         """A resolution must name a candidate still pending for its phone and brand.
         One that names a made-up id, another number's candidate or one already
         resolved would be recorded and answered OK while the real candidate kept
-        blocking sends. (A retry of a resolution is answered by ``_replay``: at once
-        when the view has applied the first attempt, else after this check, having
-        caught the view up, finds the candidate resolved.)
+        blocking sends. One stamped before the reply it resolves is refused too. (A retry
+        of a resolution is answered by ``_replay``: at once when the view has applied
+        the first attempt, else after this check, having caught the view up, finds
+        the candidate resolved.)
 
         Read as fresh as a write's checks are: a reply flagged a moment ago counts."""
         event = events[0]
@@ -516,9 +517,18 @@ class Writes:
             return
         await self.ctx.require_caught_up(Stream.SUBSCRIBERS, "candidate_event_id")
         state = (await self.ctx.view.subscriber_states(event.brand, [event.phone]))[event.phone]
-        pending = {c.event_id for c in state.pending_candidates()}
-        if str(event.candidate_event_id) not in pending:
+        pending = {c.event_id: c for c in state.pending_candidates()}
+        candidate = pending.get(str(event.candidate_event_id))
+        if candidate is None:
             raise FailedPrecondition(
                 "candidate_event_id",
                 f"is not a pending revocation candidate of {event.phone} for {event.brand}",
+            )
+        # Stamped before its reply, a "revoked" fell before the opt-in it was to end
+        # (which then stood), and a dismissal unmade the hold in hindsight.
+        if event.occurred_at < candidate.at:
+            raise FailedPrecondition(
+                "occurred_at",
+                f"is before the reply it resolves ({candidate.at.isoformat()}): a decision "
+                "comes after what it decides",
             )

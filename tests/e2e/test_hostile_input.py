@@ -97,7 +97,8 @@ async def dismissed(c: Any, held: dict[str, str], t: datetime, brand: str = "acm
     )  # fmt: skip
     assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
     stamp = Timestamp()
-    stamp.FromDatetime(t + timedelta(seconds=2))
+    # Not before the hold, which is stamped when it was recorded, not at ``t``.
+    stamp.FromDatetime(max(t + timedelta(seconds=2), datetime.now(UTC)))
     await c.ResolveRevocationCandidate(
         api.ResolveRevocationCandidateRequest(
             request_id=uuid.uuid4().hex, phone=PHONE, brand=brand,

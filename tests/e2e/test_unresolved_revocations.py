@@ -23,6 +23,7 @@ from tests.e2e.harness import (
     inbound,
     opt_in,
     opt_out,
+    precondition_violations,
     ts,
 )
 from tests.e2e.test_lifecycle import ACME_NUMBER, GLOBEX_NUMBER, PHONE
@@ -182,6 +183,54 @@ async def test_an_opt_out_naming_an_undefined_campaign_is_kept_and_denies_the_br
             api.ListRevocationCandidatesRequest(brand="acme")
         )
         assert not queue.candidates
+
+
+async def test_a_resolution_stamped_before_its_reply_is_refused_and_the_reply_denies(service):
+    # A "revoked" stamped before the opt-in it ends left that opt-in standing: the
+    # reply was resolved, the number allowed. A decision cannot precede its reply.
+    runtime, clock = service
+    async with client(runtime.address, "acme-app") as acme:
+        replied_at = clock.now - timedelta(hours=1)
+        reply = await acme.HandleInboundMessage(
+            inbound(PHONE, ACME_NUMBER, "please stop texting me", replied_at)
+        )
+        [candidate] = (
+            await acme.ListRevocationCandidates(
+                api.ListRevocationCandidatesRequest(
+                    brand="acme", at_least_as_fresh=reply.consistency_token
+                )
+            )
+        ).candidates
+        early = resolve("acme", candidate.event.event_id, clock, lpb.CANDIDATE_RESOLUTION_REVOKED)
+        early.occurred_at.CopyFrom(ts(clock.now - timedelta(days=2)))  # before the opt-in
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await acme.ResolveRevocationCandidate(early)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert [s for s, _ in precondition_violations(err.value)] == ["occurred_at"]
+        found = await reasons(runtime, reply.consistency_token)
+        assert found["acme", "promo"] == api.REASON_REVOCATION_PENDING_REVIEW
+
+    async with client(runtime.address) as admin:  # a dismissal likewise
+        dismissal = resolve(
+            "acme", candidate.event.event_id, clock, lpb.CANDIDATE_RESOLUTION_DISMISSED
+        )
+        dismissal.occurred_at.CopyFrom(ts(replied_at - timedelta(microseconds=1)))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await admin.ResolveRevocationCandidate(dismissal)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        as_of = await admin.CanSendAsOf(
+            api.CanSendAsOfRequest(phone=PHONE, brand="acme", campaign="promo", at=ts(replied_at))
+        )
+        assert as_of.reason == api.REASON_REVOCATION_PENDING_REVIEW
+
+        # Stamped at the reply or after it, the resolution is recorded.
+        at_reply = resolve(
+            "acme", candidate.event.event_id, clock, lpb.CANDIDATE_RESOLUTION_REVOKED
+        )
+        at_reply.occurred_at.CopyFrom(ts(replied_at))
+        done = await admin.ResolveRevocationCandidate(at_reply)
+        found = await reasons(runtime, done.consistency_token)
+        assert found["acme", "promo"] == found["acme", "alerts"] == api.REASON_REVOKED_BRAND_WIDE
 
 
 async def test_an_overdue_candidate_denies_and_is_listed_and_counted(service):

@@ -434,7 +434,12 @@ async def test_an_opt_out_refused_for_its_details_is_held_and_denies_until_revie
 
         resolved = await app.writes.record(
             ResolveRevocationCandidate(
-                "review-1", phone, BRAND, str(held.event_id), CandidateResolution.DISMISSED, at(1)
+                "review-1",
+                phone,
+                BRAND,
+                str(held.event_id),
+                CandidateResolution.DISMISSED,
+                held.occurred_at,  # not before the hold: a decision follows what it decides
             )
         )
         answer = await app.checks.can_send(phone, BRAND, "promo", token=resolved.token)

@@ -1580,7 +1580,11 @@ class ResolveRevocationCandidateRequest(_message.Message):
     resolved_by: _builtins.str
     """Who decided, for the audit trail."""
     @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the decision was taken: not before the reply it resolves
+        (FAILED_PRECONDITION on occurred_at).
+        """
+
     def __init__(
         self,
         *,
