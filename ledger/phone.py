@@ -115,11 +115,34 @@ def time_zones(e164: str) -> tuple[str, ...]:
     return tuple(z for z in zones if z != UNKNOWN_ZONE)
 
 
+OVERLAID = {
+    "986": "208",  # Idaho
+    "364": "270",  # western Kentucky
+    "729": "423",  # eastern Tennessee
+    "458": "541",  # Oregon outside the Willamette Valley
+    "930": "812",  # southern Indiana
+    "448": "850",  # the Florida panhandle
+    "236": "250",  # British Columbia
+    "257": "250",
+    "672": "250",
+    "778": "250",
+    "367": "418",  # eastern Quebec
+    "581": "418",
+    "879": "709",  # Newfoundland and Labrador
+}
+"""Overlay area codes over one that spans several zones, each with the one it
+overlays (NANPA's and the CNA's overlay plans). An overlay serves the same ground,
+but libphonenumber gives most of them one zone: 448 Eastern only, though Pensacola
+keeps Central."""
+
+
 def _area_zones() -> dict[str, tuple[str, ...]]:
     found: dict[str, set[str]] = {}
     for prefix, zones in TIMEZONE_DATA.items():
         if prefix.startswith("1") and len(prefix) >= 4:
             found.setdefault(prefix[1:4], set()).update(zones)
+    for overlay, under in OVERLAID.items():
+        found.setdefault(overlay, set()).update(found.get(under, ()))
     return {area: tuple(sorted(z)) for area, z in found.items() if len(z) > 1}
 
 

@@ -25,7 +25,7 @@ from ledger.events import (
     MessageSent,
     SubscriberLocated,
 )
-from ledger.phone import time_zones
+from ledger.phone import OVERLAID, time_zones
 from ledger.policy import Check, Decision, Reason, decide
 from ledger.regions import (
     ANY_US_STATE,
@@ -267,6 +267,23 @@ def test_an_area_code_that_spans_two_zones_is_held_to_both():
     assert not d.allowed and d.reason is Reason.QUIET_HOURS and d.rule == "federal"
     assert time_zones("+18502220000") == ("America/New_York", "America/Chicago")
     assert time_zones("+12125550123") == ("America/New_York",)
+
+
+def test_an_overlay_of_an_area_code_that_spans_two_zones_is_held_to_both():
+    # An overlay serves its area code's ground, but libphonenumber gives 448 (over
+    # Florida's 850) and 930 (over Indiana's 812) Eastern time only, though Pensacola
+    # and Evansville keep Central; 458 (over Oregon's 541) Pacific only, though
+    # Ontario, OR keeps Mountain.
+    for overlay in ("+14485550123", "+19305550123"):
+        d = ask(overlay, eastern(MONDAY, 8, 15))  # 07:15 in Central time
+        assert not d.allowed and d.reason is Reason.QUIET_HOURS, overlay
+        assert ask(overlay, eastern(MONDAY, 9, 0)).allowed, overlay
+    pacific_2030 = eastern(MONDAY, 23, 30)  # 21:30 in Ontario, OR
+    d = ask("+14585550123", pacific_2030)
+    assert not d.allowed and d.reason is Reason.QUIET_HOURS and d.rule == "federal"
+    for overlay, under in OVERLAID.items():
+        held = set(time_zones(f"+1{overlay}2221234"))
+        assert set(time_zones(f"+1{under}2221234")) <= held, overlay
 
 
 def test_sunday_closed_states_deny_all_day_and_open_on_monday():
