@@ -43,6 +43,7 @@ from ledger.events import (
     BRAND_SETTINGS,
     MAX_CLOCK_SKEW,
     REFUSED_PREFIX,
+    REUSED_ID_PREFIX,
     AgeVerified,
     BrandPolicySet,
     CampaignDefined,
@@ -1181,6 +1182,9 @@ class HoldRefusedOptOut:
     via: str = ""
     """The live request refused (``RecordOptOut``, ``HandleInboundMessage``), whose
     request id ``import_id`` then is; empty for an import's record."""
+    reused_id: bool = False
+    """A live request refused because its request id was used before for another
+    request, not for a detail: its hold says so (``REUSED_ID_PREFIX``)."""
 
     def __post_init__(self) -> None:
         # An export's "acme " or "ACME" is refused as a brand (a name is matched
@@ -1199,7 +1203,8 @@ class HoldRefusedOptOut:
         if self.via:
             # Not the client's request id, which its corrected retry then takes.
             said = f"{self.via}\0{said}"
-            return f"{REFUSED_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
+            prefix = REUSED_ID_PREFIX if self.reused_id else REFUSED_PREFIX
+            return f"{prefix}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
         return f"held-{hashlib.sha256(said.encode()).hexdigest()[:32]}"
 
 
@@ -1276,7 +1281,8 @@ def held_opt_out(cmd: HoldRefusedOptOut, refused: str, now: datetime) -> list[Le
     phones = _held_numbers(cmd.phone)
     campaign = cmd.campaign if cmd.campaign is not None and is_name(cmd.campaign) else None
     if live:
-        text = f"{cmd.via} opt-out refused for its details ({refused})"
+        why = "a request id used before" if cmd.reused_id else "its details"
+        text = f"{cmd.via} opt-out refused for {why} ({refused})"
     else:
         text = f"opt-out {cmd.import_id!r} refused at import ({refused})"
     if len(phones) > 1:

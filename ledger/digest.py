@@ -125,6 +125,9 @@ class Pending(NamedTuple):
     refused: bool
     """A live opt-out (``RecordOptOut``, an inbound STOP) refused for its details and
     held, not a reply (``RevocationCandidateFlagged.refused``)."""
+    reused_id: bool
+    """Of those, one refused for a request id used before, not for a detail
+    (``RevocationCandidateFlagged.reused_id``)."""
 
 
 class Located(NamedTuple):
@@ -236,6 +239,7 @@ def digest_of(state: SubscriberState) -> Digest:
                             c.event.unattributed,
                             c.event.imported,
                             c.event.refused,
+                            c.event.reused_id,
                         )
                         for c in state.pending_candidates()
                     ]

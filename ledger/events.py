@@ -34,6 +34,9 @@ brand name, so no brand can own it; every brand's CanSend reads its candidates
 REFUSED_PREFIX = "refused-"
 """How the request id of a live opt-out's hold begins (``ledger.commands``
 ``HoldRefusedOptOut.via``): ``RevocationCandidateFlagged.refused`` tells it by that."""
+REUSED_ID_PREFIX = f"{REFUSED_PREFIX}id-"
+"""How it begins when the opt-out was refused for a request id used before
+(``HoldRefusedOptOut.reused_id``; the rest is hex, so no other hold's begins so)."""
 
 
 _Frozen = TypeVar("_Frozen")
@@ -475,6 +478,13 @@ class RevocationCandidateFlagged(SubscriberEvent):
             and not self.unattributed
             and self.request_id.startswith(REFUSED_PREFIX)
         )
+
+    @property
+    def reused_id(self) -> bool:
+        """A live opt-out held because its request id was used before for another
+        request (a client's bug), not for a detail: ``refused``, and told by its
+        request id too (``REUSED_ID_PREFIX``)."""
+        return self.refused and self.request_id.startswith(REUSED_ID_PREFIX)
 
 
 @dataclass(frozen=True)

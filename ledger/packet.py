@@ -303,6 +303,8 @@ def describe(e: LedgerEvent) -> str:
             what = "opt-out no campaign could take"
         elif e.imported:
             what = "imported opt-out held for review"
+        elif e.reused_id:
+            what = "opt-out refused for a request id used before, held for review"
         elif e.refused:
             what = "opt-out refused for its details, held for review"
         else:

@@ -88,7 +88,12 @@ def _candidate(pending: Pending) -> str:
     it was refused)."""
     if pending.imported or pending.refused:
         text = pending.text
-        what = "an imported opt-out" if pending.imported else "an opt-out refused for its details"
+        if pending.imported:
+            what = "an imported opt-out"
+        elif pending.reused_id:
+            what = "an opt-out refused for a request id used before"
+        else:
+            what = "an opt-out refused for its details"
         return what + ("" if text in (SEALED, ERASED) else f" ({text})")
     return f"reply{_said(pending.text)} reads like an opt-out and"
 

@@ -225,6 +225,7 @@ class Writes:
             return
         if isinstance(refused, AlreadyExists):
             field_name, reason = refused.field, refused.reason
+            hold = replace(hold, reused_id=True)
         else:
             (field_name, reason), *_ = refused.violations
         try:

@@ -143,11 +143,18 @@ def _digest_signature(d: Any, vals: list[Any]) -> tuple[Any, ...]:
         raise Unencodable("pending is not a tuple")
     pending_sig = []
     for p in pending:
-        event_id, text, due, unattributed, imported, refused = _fields(p, Pending, 6, "Pending")
+        event_id, text, due, unattributed, imported, refused, reused_id = _fields(
+            p, Pending, 7, "Pending"
+        )
         code = _id_code(event_id, vals)
         vals.append(_exact(text, str))
         vals.append(_int(due))
-        flags = (_exact(unattributed, bool), _exact(imported, bool), _exact(refused, bool))
+        flags = (
+            _exact(unattributed, bool),
+            _exact(imported, bool),
+            _exact(refused, bool),
+            _exact(reused_id, bool),
+        )
         pending_sig.append((code, *flags))
     revocation = _mark(brand_revocation, vals)
     resume = _mark(brand_resume, vals)
@@ -269,11 +276,11 @@ class _Source:
             erased,
         ) = sig
         items = []
-        for id_code, unattributed, imported, refused in pending:
+        for id_code, unattributed, imported, refused, reused_id in pending:
             event_id = self.event_id(id_code)
             text = self.string()
             due = self.value("q")
-            flags = f"{unattributed!r}, {imported!r}, {refused!r}"
+            flags = f"{unattributed!r}, {imported!r}, {refused!r}, {reused_id!r}"
             items.append(f"built(Pending, ({event_id}, {text}, {due}, {flags})), ")
         revocation_expr = self.mark(revocation)
         resume_expr = self.mark(resume)

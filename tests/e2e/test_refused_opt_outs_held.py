@@ -34,6 +34,7 @@ from tests.e2e.test_lifecycle import ACME_NUMBER
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 DETAIL = "an opt-out refused for its details"
+REUSED_DETAIL = "an opt-out refused for a request id used before"
 
 
 def phone(i: int) -> str:
@@ -411,6 +412,7 @@ async def test_an_opt_out_under_a_request_id_used_before_is_held_and_denies(serv
         assert info is not None and info["field"] == "request_id", err.details()
         answer = await can_send(runtime, number, info["consistency_token"])
         assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
+        assert answer.detail.startswith(REUSED_DETAIL), answer.detail
         assert list(answer.evidence_event_ids) == [info["candidate_event_id"]], answer
         again = await refused(c.RecordOptOut, stop)
         assert again.code() == grpc.StatusCode.ALREADY_EXISTS

@@ -46,7 +46,9 @@ def test_digest_fields_are_the_ones_the_encoding_knows():
         "proof_missing",
     )  # fmt: skip
     assert Mark._fields == ("at", "offset", "event_id")
-    assert Pending._fields == ("event_id", "text", "due", "unattributed", "imported", "refused")
+    assert Pending._fields == (
+        "event_id", "text", "due", "unattributed", "imported", "refused", "reused_id"
+    )  # fmt: skip
     assert Age._fields == ("event_id", "verified_21_plus", "date_of_birth")
     assert Located._fields == ("state", "event_id")
 
@@ -126,6 +128,7 @@ digests = st.builds(
             st.uuids().map(str) | texts,
             texts,
             st.integers(0, 2**62),
+            st.booleans(),
             st.booleans(),
             st.booleans(),
             st.booleans(),
@@ -231,13 +234,17 @@ def test_a_live_opt_out_held_is_marked_apart_from_an_import_at_no_cost_in_bytes(
     (imported,) = held_opt_out(replace(hold, via=""), "channel: is required", at(1))
     other = _digest([granted(at(0)), imported])
 
-    assert [(p.refused, p.imported) for p in live.pending] == [(True, False)]
+    (reused,) = held_opt_out(replace(hold, reused_id=True), "request_id: used before", at(1))
+    reused_live = _digest([granted(at(0)), reused])
+
+    assert [(p.refused, p.imported, p.reused_id) for p in live.pending] == [(True, False, False)]
     assert [(p.refused, p.imported) for p in other.pending] == [(False, True)]
+    assert [(p.refused, p.reused_id) for p in reused_live.pending] == [(True, True)]
     assert _same(decode_payload(payload_of(encode_digest(live))), live)
     shapes = Shapes()
-    for digest in (live, other):
+    for digest in (live, other, reused_live):
         assert _same(shapes.decode(shapes.encode(digest)), digest)
-    assert len(shapes.encode(live)) == len(shapes.encode(other))
+    assert len(shapes.encode(live)) == len(shapes.encode(other)) == len(shapes.encode(reused_live))
 
 
 def test_the_store_answers_what_was_put_and_leaves_out_the_rest():

@@ -79,6 +79,26 @@ def test_canSend_says_an_opt_out_refused_for_its_details_awaits_review():
     assert "after it was held" in late.detail
 
 
+def test_a_hold_for_a_request_id_used_before_says_so_not_its_details():
+    """Answers and the packet told a client's reused request id apart from a detail
+    refused only in the sealed text: the hold's own id now says which it was."""
+    reused = replace(_live(), reused_id=True)
+    assert reused.request_id.startswith("refused-id-")
+    assert reused.request_id != _live().request_id
+    assert not _live().request_id.startswith("refused-id-")  # hex follows "refused-"
+    (held,) = held_opt_out(reused, "request_id: was used before", at(1))
+    assert held.refused and held.reused_id and not held.imported
+    (detail,) = held_opt_out(_live(), "occurred_at: is in the future", at(1))
+    assert not detail.reused_id
+    state = fold(record([granted(at(0)), held]))
+    d = decide(state, PROMO, at(2))
+    assert d.reason is Reason.REVOCATION_PENDING_REVIEW
+    assert d.detail.startswith("an opt-out refused for a request id used before (")
+    packet = assemble(record([granted(at(0)), held]), PHONE, BRAND, None, at(2))
+    (line,) = [e.summary for e in packet.events if e.event_id == str(held.event_id)]
+    assert line.startswith("opt-out refused for a request id used before, held for review: ")
+
+
 def test_the_proof_packet_names_a_live_hold():
     (held,) = held_opt_out(_live(), "text: contains a NUL", at(1))
     packet = assemble(record([granted(at(0)), held]), PHONE, BRAND, None, at(2))
