@@ -102,6 +102,10 @@ class SentRecord:
     event_id: str
     message_id: str
     fact: Fact[MessageSent] = field(compare=False, repr=False)
+    basis: tuple[Fact[Any], ...] = field(default=(), compare=False, repr=False)
+    """The facts the fold read to judge whether a reply owed once was still owed
+    (``_owed_reply``): kept with it, so a state refolded from its retained facts
+    judges it the same."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,10 @@ class CampaignConsent:
     """The latest help reply sent for this campaign, counted or not."""
     opt_in_confirmation: SentRecord | None = None
     """The latest confirmation of a START sent for this campaign, counted or not."""
+    help_answer: SentRecord | None = None
+    """The latest help reply that escaped the caps: the one reply a HELP is owed."""
+    opt_in_answer: SentRecord | None = None
+    """The latest confirmation of a START that escaped the caps."""
 
 
 EMPTY_CAMPAIGN = CampaignConsent()
@@ -243,6 +251,13 @@ _REPLY_RECORDS = {
 }
 """The replies owed once per request, by the ``CampaignConsent`` field of the latest."""
 
+_ONCE_REPLIES = {
+    MessageKind.HELP_REPLY: ("help_request", "help_answer"),
+    MessageKind.OPT_IN_CONFIRMATION: ("resume", "opt_in_answer"),
+}
+"""The replies owed once per request: the ``CampaignConsent`` fields of the latest
+request (HELP, START) and of the latest reply that escaped the caps."""
+
 
 def counts(event: MessageSent) -> bool:
     """Whether a send counts towards caps (and ends the first-message period)."""
@@ -255,10 +270,43 @@ def _latest_record(current: SentRecord | None, record: SentRecord) -> SentRecord
     return current
 
 
+def _owed_reply(c: CampaignConsent, record: SentRecord) -> tuple[bool, tuple[Fact[Any], ...]]:
+    """Whether ``record``, a reply owed once per request recorded as having earned its
+    exemption, was still owed at this point of the ledger, and the facts that say so.
+
+    The exemption is judged at the write against the view, and sends made at the
+    same moment (several instances, or one HELP answered three times at once) were
+    all judged against a view without the others: every one escaped the caps. In
+    ledger order, which every view shares, only the first reply after the request
+    is owed it; another counts, as a send judged not to be owed does."""
+    asked_field, answer_field = _ONCE_REPLIES[record.kind]
+    asked: Fact[Any] | None = getattr(c, asked_field)
+    answer: SentRecord | None = getattr(c, answer_field)
+    if asked is None:
+        return False, ()
+    if record.at < asked.at:  # it answers a request no longer known: doubt counts it
+        return False, (asked,)
+    if answer is not None and answer.at >= asked.at:
+        return False, (asked, answer.fact, *answer.basis)
+    return True, (asked,)
+
+
 def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
     record = SentRecord(f.at, f.event.kind, f.event_id, f.event.message_id, f)
     if record in s.brand_sent:
         return s
+    exempt = not counts(f.event)
+    once = _ONCE_REPLIES.get(record.kind)
+    if exempt and once is not None:
+        exempt, basis = _owed_reply(s.campaign(f.event.campaign), record)
+        record = _evolve(record, basis=basis)
+        if exempt:
+            answer = once[1]
+            s = _with_campaign(
+                s,
+                f.event.campaign,
+                lambda c: _evolve(c, **{answer: _latest_record(getattr(c, answer), record)}),
+            )
     newest = max([record.at, *(r.at for r in s.brand_sent)])
     s = _evolve(s, brand_sent=_prune((*s.brand_sent, record), newest))
     reply = _REPLY_RECORDS.get(record.kind)
@@ -268,7 +316,7 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
             f.event.campaign,
             lambda c: _evolve(c, **{reply: _latest_record(getattr(c, reply), record)}),
         )
-    if not counts(f.event):
+    if exempt:
         return s
 
     def add(c: CampaignConsent) -> CampaignConsent:
@@ -587,11 +635,20 @@ def retained(state: SubscriberState) -> list[Fact[Any]]:
         for kept in (c.grant, c.revocation, c.resume, c.reconfirmation, c.help_request):
             if kept is not None:
                 facts[kept.event.event_id.int] = kept
-        for sent in c.sent:
-            facts[sent.fact.event.event_id.int] = sent.fact
-        for record in (c.last_sent, c.last_disclosed, c.help_reply, c.opt_in_confirmation):
+        records = (
+            *c.sent,
+            c.last_sent,
+            c.last_disclosed,
+            c.help_reply,
+            c.opt_in_confirmation,
+            c.help_answer,
+            c.opt_in_answer,
+        )
+        for record in records:
             if record is not None:
                 facts[record.fact.event.event_id.int] = record.fact
+                for kept in record.basis:
+                    facts[kept.event.event_id.int] = kept
     brand_facts: tuple[Fact[Any] | None, ...] = (
         state.brand_revocation,
         state.brand_resume,
@@ -605,6 +662,8 @@ def retained(state: SubscriberState) -> list[Fact[Any]]:
             facts[kept.event.event_id.int] = kept
     for sent in state.brand_sent:
         facts[sent.fact.event.event_id.int] = sent.fact
+        for kept in sent.basis:
+            facts[kept.event.event_id.int] = kept
     for candidate in state.candidates.values():
         facts[candidate.event.event_id.int] = candidate
     for resolution in state.resolutions.values():

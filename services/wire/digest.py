@@ -16,14 +16,16 @@ import msgpack
 
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, built
 
-FORMAT = 10
+FORMAT = 11
 """1 had no ``CampaignDigest.last_disclosed_at``, 2 no ``Digest.regions`` and
 ``Digest.located`` (the recipient's candidate states), 3 no ``CampaignDigest``
 ``help_request``, ``help_reply`` or ``opt_in_confirmation``, 4 no
 ``CampaignDigest.proof_missing``, 5 no due time or unattributed mark on
 ``Digest.pending``, 6 no ``Digest.erased``, 7 no imported mark on
-``Digest.pending``, 8 no refused mark on it, 9 no reused-id mark on it: rows in any
-of them are read from their snapshots, which are folded and digested again.
+``Digest.pending``, 8 no refused mark on it, 9 no reused-id mark on it, 10 left out
+of ``CampaignDigest.sent`` a second reply to one HELP or START recorded as exempt
+(``ledger.state._owed_reply``): rows in any of them are read from their snapshots,
+which are folded and digested again.
 """
 _HEADER = bytes([FORMAT])
 

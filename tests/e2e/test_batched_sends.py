@@ -324,6 +324,46 @@ async def test_more_than_a_thousand_messages_or_another_brand_is_refused(service
     assert await ledger_size(runtime) == size
 
 
+async def test_help_replies_recorded_at_once_in_separate_calls_count_but_the_first(service):
+    """Three RecordMessageSent calls of one HELP's reply at the same moment were each
+    judged against a view without the others, and all escaped the caps: CanSend then
+    allowed a regular message over a cap of two a day. The ledger's order decides:
+    the first reply is owed, the other two count, and the cap is reached."""
+    runtime, _ = service
+    now = datetime.now(UTC)
+    number, sender = phone(9001), "+12125550178"
+    cap = lpb.FrequencyCap(limit=2, window=Duration(seconds=86400))
+    async with client(runtime.address) as admin:
+        await admin.DefineCampaign(define("acme", "capped2", now, [sender], frequency_caps=[cap]))
+    async with client(runtime.address, "acme-app") as c:
+        await c.RecordOptIn(opt_in(number, "acme", "capped2", now - timedelta(minutes=2)))
+        asked = await c.HandleInboundMessage(
+            inbound(number, sender, "HELP", now - timedelta(minutes=1))
+        )
+        assert await applied(runtime, asked.consistency_token)
+        replies = [
+            message(9001, now, campaign="capped2", message_id=f"SM-help-alone-{i}")
+            for i in range(3)
+        ]
+        requests = []
+        for i, m in enumerate(replies):
+            request = alone(f"help-reply-alone-{i}-{uuid.uuid4().hex[:8]}", m)
+            request.kind = lpb.MESSAGE_KIND_HELP_REPLY
+            requests.append(request)
+        written = await asyncio.gather(*(c.RecordMessageSent(r) for r in requests))
+        token = ConsistencyToken.decode(written[0].consistency_token)
+        for w in written[1:]:
+            token = token.merge(ConsistencyToken.decode(w.consistency_token))
+        answer = await c.CanSend(
+            api.CanSendRequest(
+                phone=number, brand="acme", campaign="capped2", at_least_as_fresh=token.encode()
+            )
+        )
+    assert not answer.allowed, answer
+    assert answer.reason == api.REASON_FREQUENCY_CAP_REACHED, answer
+    assert answer.detail.startswith("2 of 2 messages"), answer  # the two not owed
+
+
 async def test_a_reply_owed_once_and_sent_twice_in_one_call_counts_the_second(service):
     """One HELP earns one reply that escapes the caps; a second reply to it, later in
     the same call, counts as it would sent alone, so a cap it fills denies."""

@@ -23,7 +23,7 @@ from ledger.digest import digest_of
 from ledger.events import MessageKind
 from ledger.keywords import Intent
 from ledger.policy import Obligation, Reason, decide, earns_exemption
-from ledger.state import fold
+from ledger.state import fold, retained_facts
 from tests.builders import (
     PHONE,
     age,
@@ -33,6 +33,7 @@ from tests.builders import (
     granted,
     inbound,
     record,
+    resumed,
     revoked,
     sent,
 )
@@ -185,13 +186,42 @@ def test_a_conversational_campaigns_replies_are_capped_unless_labelled_and_earne
 def test_a_recorded_reply_counts_towards_caps_unless_it_earned_its_exemption(kind):
     capped = campaign(frequency_caps=(FrequencyCap(1, timedelta(days=1)),))
     grant = granted(at(0))
-    unearned = state_of(grant, sent(at(1), "promo", kind, exempt=False))
+    # A help reply is owed to a HELP (``test_only_the_first_reply_to_one_help_...``).
+    asked = [inbound(at(1), "HELP", "promo")] if kind is MessageKind.HELP_REPLY else []
+    unearned = state_of(grant, *asked, sent(at(1), "promo", kind, exempt=False))
     d = decide(unearned, capped, at(2))
     assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED
-    earned = state_of(grant, sent(at(1), "promo", kind, exempt=True))
+    earned = state_of(grant, *asked, sent(at(1), "promo", kind, exempt=True))
     assert decide(earned, capped, at(2)).allowed
-    legacy = state_of(grant, sent(at(1), "promo", kind))  # recorded before it was decided
+    legacy = state_of(grant, *asked, sent(at(1), "promo", kind))  # before it was decided
     assert decide(legacy, capped, at(2)).allowed
+
+
+@pytest.mark.parametrize(
+    ("kind", "asked"),
+    [
+        (MessageKind.HELP_REPLY, lambda when: inbound(when, "HELP", "promo")),
+        (MessageKind.OPT_IN_CONFIRMATION, lambda when: resumed(when, "promo")),
+    ],
+)
+def test_only_the_first_reply_to_one_request_escapes_the_caps(kind, asked):
+    """Three replies to one HELP judged at once (two instances, or one call each) were
+    each recorded as exempt: none counted, and a regular send went out over a cap of
+    two a day. In ledger order only the first is owed; the others count, and the
+    next request earns one reply again."""
+    capped = campaign(frequency_caps=(FrequencyCap(2, timedelta(days=1)),))
+    replies = [sent(at(2), "promo", kind, exempt=True) for _ in range(3)]
+    history = [granted(at(0)), asked(at(1)), *replies]
+    state = state_of(*history)
+    assert [r.event_id for r in state.campaign("promo").sent] == sorted(
+        str(r.event_id) for r in replies[1:]
+    )
+    d = decide(state, capped, at(3))
+    assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED, d
+    again = state_of(*history[:3], asked(at(4)), sent(at(5), "promo", kind, exempt=True))
+    assert [r.event_id for r in again.campaign("promo").sent] == []
+    # Judged in ledger order, the same however the state was stored and folded again.
+    assert fold(retained_facts(state)) == state
 
 
 def test_regular_sends_and_reconfirmation_requests_always_count():

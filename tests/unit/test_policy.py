@@ -365,7 +365,9 @@ def test_each_rules_object_is_checked_by_its_own_rules():
 
 def test_opt_out_confirmations_do_not_count_towards_the_cap():
     c = campaign(frequency_caps=(FrequencyCap(1, timedelta(days=30)),))
-    s = state_of(granted(at(0)), sent(at(1), kind=MessageKind.HELP_REPLY))
+    # A reply to the person's HELP; one that answers no HELP counts (test_owed_replies).
+    asked = inbound(at(1), "HELP", "promo")
+    s = state_of(granted(at(0)), asked, sent(at(1), kind=MessageKind.HELP_REPLY))
     assert decide(s, c, at(2)).allowed
 
 
