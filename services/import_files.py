@@ -179,10 +179,20 @@ def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
 
 def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
     first = True
-    for number, raw in enumerate(text, 1):
+    for number, raw, whole in _lines(text):
         # Files joined (cat a.jsonl b.jsonl) keep each one's byte-order mark: no content.
         raw = raw.removeprefix("\ufeff")
         if not raw.strip():
+            continue
+        if first and raw.lstrip().startswith("["):
+            # A JSON document (an array of records, on one line or many), not JSON
+            # Lines: it would be refused as one record, or each line for another reason.
+            where = f"line {number} opens a JSON array"
+            raise FormatError(f"{where}: the file must be JSON Lines, one object a line")
+        first = False
+        if not whole:
+            reason = f"is longer than {LINE_LIMIT:,} characters, longer than any record"
+            yield _refused(_loose(_cut_short(raw) or {}), number, "record", reason)
             continue
         try:
             obj = json.loads(raw, object_pairs_hook=_once)
@@ -192,13 +202,6 @@ def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
             yield _refused(loose, number, twice.field, "is given more than once")
             continue
         except json.JSONDecodeError as exc:
-            if first and raw.lstrip().startswith("["):
-                # A JSON document (an array of records over many lines), not JSON
-                # Lines: every line of it would be refused, each for another reason.
-                raise FormatError(
-                    f"line {number} opens a JSON array: the file must be JSON Lines, "
-                    "one object a line"
-                ) from None
             # Without the position in the line, so that one mistake groups as one.
             cut = _cut_short(raw)
             yield _refused(_loose(cut or {}), number, "record", f"is not JSON: {exc.msg}")
@@ -206,8 +209,6 @@ def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
         except ValueError as exc:
             yield Unreadable(number, "record", f"is not JSON: {exc}")
             continue
-        finally:
-            first = False
         if not isinstance(obj, dict):
             yield Unreadable(number, "record", "is not a JSON object")
             continue
@@ -233,6 +234,25 @@ def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
             yield _refused(loose, number, bad, "must be a string")
             continue
         yield parse_fields({k: v for k, v in obj.items() if v}, number)
+
+
+LINE_LIMIT = 1 << 20
+"""Characters of a JSON line read: far more than any record holds (``VALUE_LIMIT``,
+``TEXT_LIMITS``, escaped). A longer line is refused by what its first characters
+say, and the rest of it skipped unkept, so that memory does not grow with a line."""
+
+
+def _lines(text: TextIO) -> Iterator[tuple[int, str, bool]]:
+    """Each line's number, its first ``LINE_LIMIT`` characters, and whether that is
+    the whole line."""
+    number = 0
+    while line := text.readline(LINE_LIMIT):
+        number += 1
+        whole = len(line) < LINE_LIMIT or line.endswith(("\n", "\r"))
+        rest = line
+        while not rest.endswith(("\n", "\r")) and (rest := text.readline(LINE_LIMIT)):
+            pass
+        yield number, line, whole
 
 
 class _Twice(ValueError):
@@ -491,14 +511,16 @@ def count_records(path: Path, fmt: str) -> int | None:
     csv_ = fmt == "csv"
     records = 0
     quoted = False  # the line before ended inside a quoted value
+    line_starts = True  # the piece read next begins a line (pieces keep memory bounded)
     with path.open("rb") as raw:
-        for line in raw:
-            starts = not quoted
-            if csv_ and line.count(b'"') % 2:
+        for piece in iter(lambda: raw.readline(LINE_LIMIT), b""):
+            starts = line_starts and not quoted
+            if csv_ and piece.count(b'"') % 2:
                 quoted = not quoted
             # The reader skips a CSV row of empty values; JSON Lines, one of whitespace.
-            if starts and (line.strip(b" \t\r\n,") if csv_ else line.strip()):
+            if starts and (piece.strip(b" \t\r\n,") if csv_ else piece.strip()):
                 records += 1
+            line_starts = piece.endswith(b"\n")
     return max(records - csv_, 0)
 
 

@@ -1429,3 +1429,31 @@ async def test_rows_of_empty_values_below_a_spreadsheets_data_are_no_records(ser
 
     assert code == 0 and "imported 2 of 2 records" in out and "refused: 0" in out, out + err
     assert "| 2/2 [" in err, err
+
+
+async def test_a_json_array_on_one_line_is_refused_as_a_file_in_bounded_memory(service, tmp_path):
+    """A JSON export written as one array on one line (``json.dump(records, f)``)
+    was read as one line, whole, and parsed: 375 MB at its peak for a 42 MB file,
+    so many GB for a brand's export, to refuse it as one record, "is not a JSON
+    object", exit 1 (an array over many lines was a usage error, exit 2). It is
+    refused as a file now from its first characters, and a line is read only up to
+    ``LINE_LIMIT`` characters, far more than any record holds."""
+    runtime, when = service
+    record = json.dumps(opted_in_then_out(when, {phone(70): {}})[1])
+    small, large = tmp_path / "small.json", tmp_path / "large.json"
+    small.write_text(f"[{record}]")
+    large.write_text("[" + ",".join([record] * 100_000) + "]")  # some 20 MB
+
+    code_small, out_small, rss_small = await remembering_import(
+        1_000, str(small), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+    code, out, rss = await remembering_import(
+        1_000, str(large), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code_small == code == 2 and out_small == out == "", (out_small, out)
+    assert rss - rss_small < 8 * 1024, (rss_small, rss)
+    code, out, err = await import_cli(
+        str(small), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+    assert code == 2 and "line 1 opens a JSON array: the file must be JSON Lines" in err, err

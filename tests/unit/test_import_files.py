@@ -15,6 +15,7 @@ from consent.v1 import ledger_pb2 as lpb
 
 from services.cli import import_
 from services.import_files import (
+    LINE_LIMIT,
     FormatError,
     Read,
     Unreadable,
@@ -296,3 +297,20 @@ def test_rows_of_empty_values_are_no_records_and_not_counted(tmp_path):
         records = list(read_records(text, "csv"))
     assert [r.line for r in records] == [4]
     assert count_records(path, "csv") == 1
+
+
+def test_a_json_line_longer_than_any_record_is_refused_by_its_start_and_the_next_read():
+    stop = {"type": "opt_out", "phone": "+14155552671", "brand": "acme", "channel": "keyword"}
+    long = json.dumps({**stop, "text": "STOP " * LINE_LIMIT})
+    overlong, after = read(f"{long}\n{json.dumps(stop)}\n", "jsonl")
+
+    assert isinstance(overlong, Unreadable) and overlong.field == "record"
+    assert overlong.reason == "is longer than 1,048,576 characters, longer than any record"
+    assert overlong.held is not None and overlong.held.opt_out.phone == "+14155552671"
+    assert isinstance(after, Read) and after.line == 2
+
+
+def test_a_json_array_is_refused_as_a_file_on_one_line_or_many():
+    for array in ('[{"type": "opt_out"}]\n', '  [\n{"type": "opt_out"}\n]\n'):
+        with pytest.raises(FormatError, match="line 1 opens a JSON array"):
+            read(array, "jsonl")
