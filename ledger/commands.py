@@ -636,8 +636,8 @@ def _opt_in(cmd: RecordOptIn, now: datetime) -> list[LedgerEvent]:
 
 
 def consent_time(occurred_at: datetime, now: datetime) -> datetime:
-    """When a fact of consent (an opt-in, an opt-out, a text and what it means) takes
-    its place in world order: when it happened, or now if that is later. It cannot
+    """When a fact of consent (an opt-in, an opt-out, a text and what it means, a
+    review's decision) takes its place in world order: when it happened, or now if that is later. It cannot
     have happened after the ledger held it, and a time ahead of the service's clock (a
     client's clock ahead, within ``MAX_CLOCK_SKEW``) would misplace it: a consent
     ahead outranked an opt-out acknowledged after it, and an opt-out ahead had its
@@ -867,9 +867,12 @@ def _resolve(cmd: ResolveRevocationCandidate, now: datetime) -> list[LedgerEvent
     # ANY_BRAND holds the STOPs whose brand was unknown; they are resolved there.
     brand = cmd.brand if cmd.brand == ANY_BRAND else check_name(cmd.brand, "brand")
     phone = to_e164(cmd.phone)
+    # Ahead of the clock, a dismissal lifted the hold for CanSend at once, while
+    # CanSendAsOf for that moment still held it; so a decision takes now at the latest.
+    at = consent_time(cmd.occurred_at, now)
     events: list[LedgerEvent] = [
         RevocationCandidateResolved(
-            **_base(cmd, 0, cmd.occurred_at, brand),
+            **_base(cmd, 0, at, brand),
             phone=phone,
             brand=brand,
             candidate_event_id=candidate,
@@ -881,7 +884,7 @@ def _resolve(cmd: ResolveRevocationCandidate, now: datetime) -> list[LedgerEvent
         # A reply that meant "stop" stops everything from the brand: the safe reading.
         events.append(
             ConsentRevoked(
-                **_base(cmd, 1, cmd.occurred_at, brand),
+                **_base(cmd, 1, at, brand),
                 phone=phone,
                 brand=brand,
                 campaign=None,

@@ -356,6 +356,21 @@ def test_an_opt_out_or_a_text_stamped_ahead_of_the_clock_takes_its_place_now():
     assert [e.occurred_at for e in out.events] == [earlier.occurred_at] * 2
 
 
+def test_a_resolution_stamped_ahead_of_the_clock_takes_its_place_now():
+    """Ahead, a dismissal lifted the hold at once for CanSend, while CanSendAsOf and
+    the sweep, reading world time, still held it: an allowed send judged not allowed."""
+    ahead = NOW + timedelta(minutes=4)
+    candidate = str(uuid.uuid4())
+    for resolution in CandidateResolution:
+        resolve = ResolveRevocationCandidate("r", PHONE, BRAND, candidate, resolution, ahead)
+        assert {e.occurred_at for e in to_events(resolve, NOW)} == {NOW}, resolution
+    earlier = NOW - timedelta(minutes=1)
+    resolve = ResolveRevocationCandidate(
+        "r", PHONE, BRAND, candidate, CandidateResolution.REVOKED, earlier
+    )
+    assert {e.occurred_at for e in to_events(resolve, NOW)} == {earlier}
+
+
 def test_inbound_stopall_revokes_brand_wide():
     out = handle_inbound(_inbound("STOPALL"), campaign(), fold([]), NOW)
     assert out.events[1].campaign is None and out.intent is Intent.OPT_OUT_BRAND_WIDE
