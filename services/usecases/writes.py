@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,7 @@ from ledger.commands import (
     RecordMessageSent,
     RecordOptIn,
     RecordOptOut,
+    ReplyKind,
     check_inbound,
     check_required_proof,
     covered_hold_resolved,
@@ -47,6 +49,7 @@ from ledger.events import (
     CampaignPolicyChanged,
     ConsentRevoked,
     DeliveryOutcomeReported,
+    InboundMessageReceived,
     LedgerEvent,
     MessageSent,
     RevocationCandidateResolved,
@@ -102,6 +105,11 @@ def _lists_numbers(event: LedgerEvent) -> bool:
     return isinstance(event, CampaignDefined | CampaignPolicyChanged) and bool(
         event.policy.sender_numbers
     )
+
+
+INBOUND_PREFIX = "inbound-message-"
+"""Starts the key under which an inbound text's provider message id is taken among a
+brand's request ids (``Writes._redelivered``): no client's request id is one."""
 
 
 def _anyone(brand: str) -> None:
@@ -431,6 +439,9 @@ class Writes:
             if kept is None:
                 raise FailedPrecondition("to_phone", f"no campaign sends from {to}")
             events = _stamped(kept.events, recorded_by)
+            earlier = await self._redelivered(events, kept)
+            if earlier is not None:
+                return earlier
             written = await recorded_once(self.ctx, events)
             return InboundResult(written, kept)
         brand, name = owner
@@ -441,8 +452,59 @@ class Writes:
         states = await self.ctx.view.subscriber_states(brand, [sender])
         outcome = handle_inbound(cmd, campaign, states[sender], self.ctx.clock())
         events = _stamped(outcome.events, recorded_by)
+        earlier = await self._redelivered(events, outcome)
+        if earlier is not None:
+            return earlier
         written = await recorded_once(self.ctx, events)
         return InboundResult(written, outcome)
+
+    async def _redelivered(
+        self, events: list[LedgerEvent], outcome: InboundOutcome
+    ) -> InboundResult | None:
+        """The text recorded before under the provider message id of ``events`` (an
+        inbound text's facts), for the phone and brand, when this is that text again:
+        None when it is new, or a retry of the request that recorded it.
+
+        Gateways redeliver a text under a new request id: each was recorded again,
+        and each answer said a confirmation or help reply was owed again. The
+        message id is taken in the view's shared request ids (``claim_request``,
+        under a key of its own) with a digest of the words and the number they
+        reached. The same text again is answered with the first one's facts and no
+        reply owed. Other words under a taken message id are refused
+        (``MessageIdReused``) unless they read as a STOP or like one: a STOP is
+        never lost, so it is recorded as the text it is. A first recording not in
+        the view (its append failed, or another instance's is still in flight) does
+        not stand for this one, which is recorded: a text twice is the lesser harm."""
+        received = events[0]
+        assert isinstance(received, InboundMessageReceived)
+        said = f"{received.phone}\0{received.message_id}"
+        key = f"{INBOUND_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
+        content = f"{received.to_number}\0{received.body}"
+        digest = hashlib.sha256(content.encode()).hexdigest()[:32]
+        ids = [str(e.event_id) for e in events]
+        use = await self.ctx.view.claim_request(received.brand, key, digest, ids)
+        if set(use.event_ids) & set(ids):  # taken for this text, or this request's retry
+            return None
+        if use.fingerprint != digest:
+            if held_intent(received.body) in HELD_INTENTS:
+                return None
+            raise MessageIdReused(
+                "message_id",
+                f"{received.message_id!r} was recorded before for another text from this"
+                " number; a gateway's new text needs a new message id",
+                received.message_id,
+                use.event_ids,
+            )
+        known = await self.ctx.view.find_events(use.event_ids)
+        if len(known) != len(use.event_ids):
+            return None
+        token = ConsistencyToken.after([known[i] for i in use.event_ids])
+        note = (
+            f"message {received.message_id!r} was recorded before: a redelivery, nothing"
+            " recorded again and no reply owed again"
+        )
+        again = replace(outcome, events=[], reply=ReplyKind.NONE, required_content=(), notes=[note])
+        return InboundResult(WriteResult(list(use.event_ids), token, True), again)
 
     async def _check_campaign_exists(self, cmd: Command) -> None:
         campaign = getattr(cmd, "campaign", None)

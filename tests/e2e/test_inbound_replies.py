@@ -9,6 +9,7 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 
@@ -223,3 +224,41 @@ async def test_texts_of_one_phone_at_once_through_two_instances_record_every_fac
             )
             answers = await standing(ca, phone, token.encode())
             assert answers["promo"] == (True, api.REASON_CONSENT_ACTIVE)
+
+
+async def test_a_text_redelivered_to_either_instance_is_recorded_once(instances):
+    """A gateway redelivers a text under a new request id, perhaps to another
+    instance: it was recorded again and owed its reply again. The message id names
+    the text: the same words again answer the first one's facts and owe nothing;
+    other words are refused naming message_id, but a STOP under it is recorded."""
+    (a, b), when = instances
+    phone = "+14155557310"
+    async with client(a.address, "acme-app") as ca, client(b.address, "acme-app") as cb:
+        await ca.RecordOptIn(opt_in(phone, "acme", "promo", when - timedelta(minutes=30)))
+        help_ = inbound(phone, PROMO_NUMBER, "HELP", when - timedelta(minutes=5))
+        first = await ca.HandleInboundMessage(help_)
+        assert first.reply == api.REPLY_KIND_HELP
+        for c in (ca, cb):
+            again = api.HandleInboundMessageRequest()
+            again.CopyFrom(help_)
+            again.request_id = uuid.uuid4().hex
+            answer = await c.HandleInboundMessage(again)
+            assert list(answer.event_ids) == list(first.event_ids), answer
+            assert answer.reply == api.REPLY_KIND_NONE, answer
+        other = api.HandleInboundMessageRequest()
+        other.CopyFrom(help_)
+        other.request_id, other.body = uuid.uuid4().hex, "thanks"
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await cb.HandleInboundMessage(other)
+        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "message_id" in refused.value.details()
+        other.request_id, other.body = uuid.uuid4().hex, "STOP"
+        stop = await cb.HandleInboundMessage(other)
+        assert stop.reply == api.REPLY_KIND_OPT_OUT_CONFIRMATION
+        events = await ca.ListEvents(
+            api.ListEventsRequest(
+                phone=phone, brand="acme", at_least_as_fresh=stop.consistency_token
+            )
+        )
+    received = [e for e in events.events if e.event.event_type == "InboundMessageReceived"]
+    assert len(received) == 2  # the HELP once, and the STOP

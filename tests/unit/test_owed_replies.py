@@ -23,7 +23,9 @@ from ledger.digest import digest_of
 from ledger.events import MessageKind
 from ledger.keywords import Intent
 from ledger.policy import Obligation, Reason, decide, earns_exemption
+from ledger.ports import Stream
 from ledger.state import fold, retained_facts
+from services.errors import MessageIdReused
 from tests.builders import (
     PHONE,
     age,
@@ -354,3 +356,55 @@ async def test_help_replies_batched_in_one_call_earn_one_exemption_as_sent_alone
         assert [s.exempt for s in sends] == [True, False]
         d = await app.checks.can_send(PHONE, "acme", "promo")
         assert d.decision.reason is Reason.FREQUENCY_CAP_REACHED
+
+
+async def test_a_text_redelivered_under_a_new_request_id_is_recorded_once():
+    """Gateways redeliver: the same HELP or STOP under a new request id was recorded
+    again, and each answer owed the reply again. It is answered with the first
+    text's facts, nothing appended, no reply owed."""
+    async with running(ledger=ledger_at_now()) as (app, _):
+        await app.writes.record(DefineCampaign("d", "acme", "promo", PROMO.policy, at(-60 * 24)))
+        await app.writes.record(opt_in("r1"))
+        for body, reply in (("HELP", ReplyKind.HELP), ("STOP", ReplyKind.OPT_OUT_CONFIRMATION)):
+            first = await app.writes.handle_inbound(
+                HandleInboundMessage(f"i-{body}", PHONE, NUMBER, body, f"SM-{body}", NOW)
+            )
+            assert first.outcome.reply is reply
+            await app.guard.wait_for_token(first.write.token)
+            ends = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+            again = await app.writes.handle_inbound(
+                HandleInboundMessage(f"i-{body}-again", PHONE, NUMBER, body, f"SM-{body}", NOW)
+            )
+
+            assert again.write.event_ids == first.write.event_ids and again.write.replayed
+            assert again.outcome.reply is ReplyKind.NONE, again.outcome
+            assert "a redelivery" in again.outcome.notes[0]
+            assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+async def test_other_words_under_a_recorded_message_id_are_refused_unless_a_stop():
+    """A message id names one text: other words under it are a gateway's bug, refused
+    naming message_id, but a STOP is never lost: it is recorded as the text it is."""
+    async with running(ledger=ledger_at_now()) as (app, _):
+        await app.writes.record(DefineCampaign("d", "acme", "promo", PROMO.policy, at(-60 * 24)))
+        await app.writes.record(opt_in("r1"))
+        first = await app.writes.handle_inbound(
+            HandleInboundMessage("i1", PHONE, NUMBER, "hi there", "SM-1", NOW)
+        )
+        await app.guard.wait_for_token(first.write.token)
+        with pytest.raises(MessageIdReused) as refused:
+            await app.writes.handle_inbound(
+                HandleInboundMessage("i2", PHONE, NUMBER, "see you", "SM-1", NOW)
+            )
+        assert refused.value.field == "message_id"
+        assert list(refused.value.event_ids) == first.write.event_ids
+
+        stop = await app.writes.handle_inbound(
+            HandleInboundMessage("i3", PHONE, NUMBER, "STOP", "SM-1", NOW)
+        )
+
+        assert stop.outcome.reply is ReplyKind.OPT_OUT_CONFIRMATION
+        assert set(stop.write.event_ids).isdisjoint(first.write.event_ids)
+        checked = await app.checks.can_send(PHONE, "acme", "promo", token=stop.write.token)
+        assert checked.decision.reason is Reason.REVOKED, checked.decision
