@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,7 @@ from tests.e2e.harness import (
     TOKENS,
     client,
     define,
-    kafka_settings,
     opt_in,
-    service_settings,
     ts,
 )
 from tests.e2e.test_readme import answers, run_after_walk_through
@@ -143,28 +141,14 @@ def test_every_rpc_is_classified_and_every_audit_rpc_is_in_the_table() -> None:
 
 
 @pytest.fixture
-async def service(tmp_path, postgres_dsn, kafka_bootstrap) -> AsyncIterator[Runtime]:
-    prefix = f"access-{uuid.uuid4().hex[:8]}."
-    settings = service_settings(
-        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
-    )
-    runtime = Runtime(settings)
-    await runtime.start()
-    try:
-        async with client(runtime.address) as admin:
-            at = _now() - timedelta(minutes=10)
-            for brand in ("acme", "globex"):
-                w = await admin.DefineCampaign(define(brand, "promo", at))
-                # The projector may take a while to join its group on a busy machine;
-                # a write needs the campaign's definition applied.
-                token = ConsistencyToken.decode(w.consistency_token)
-                assert await runtime.guard.wait_for_token(token, timeout=60)
-            w = await admin.RecordOptIn(opt_in(PHONE, "acme", "promo", at))
-            token = ConsistencyToken.decode(w.consistency_token)
-            assert await runtime.guard.wait_for_token(token, timeout=60)
-        yield runtime
-    finally:
-        await runtime.stop()
+async def service(serve) -> Runtime:
+    at = _now() - timedelta(minutes=10)
+    campaigns = [define(brand, "promo", at) for brand in ("acme", "globex")]
+    runtime = await serve(name="access", campaigns=campaigns)
+    async with client(runtime.address) as admin:
+        w = await admin.RecordOptIn(opt_in(PHONE, "acme", "promo", at))
+    assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token), 60)
+    return runtime
 
 
 async def _call(

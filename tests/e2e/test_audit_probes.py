@@ -11,8 +11,8 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,10 +32,8 @@ from tests.e2e.harness import (
     TOKENS,
     client,
     define,
-    kafka_settings,
     opt_in,
     opt_out,
-    service_settings,
     ts,
 )
 
@@ -342,29 +340,17 @@ def _retention() -> list[Probe]:
 
 
 @pytest.fixture
-async def service(tmp_path, postgres_dsn, kafka_bootstrap) -> AsyncIterator[Runtime]:
-    prefix = f"probes-{uuid.uuid4().hex[:8]}."
-    settings = replace(
-        service_settings(tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)),
-        console_listen="127.0.0.1:0",
-    )
-    runtime = Runtime(settings)
-    await runtime.start()
-    try:
-        async with client(runtime.address) as admin:
-            at = _now() - timedelta(hours=2)
-            for brand, sender in (("acme", SENDER), ("globex", "+12125550198")):
-                w = await admin.DefineCampaign(define(brand, "promo", at, [sender]))
-                # The projector may take a while to join its group on a busy machine.
-                token = ConsistencyToken.decode(w.consistency_token)
-                assert await runtime.guard.wait_for_token(token, timeout=60)
-                await admin.RecordOptIn(opt_in(PHONE, brand, "promo", at))
-            w = await admin.RecordOptOut(opt_out(PHONE, "acme", "promo", at + timedelta(hours=1)))
-            token = ConsistencyToken.decode(w.consistency_token)
-            assert await runtime.guard.wait_for_token(token, timeout=60)
-        yield runtime
-    finally:
-        await runtime.stop()
+async def service(serve) -> Runtime:
+    at = _now() - timedelta(hours=2)
+    senders = {"acme": SENDER, "globex": "+12125550198"}
+    campaigns = [define(brand, "promo", at, [sender]) for brand, sender in senders.items()]
+    runtime = await serve(name="probes", campaigns=campaigns, console_listen="127.0.0.1:0")
+    async with client(runtime.address) as admin:
+        for brand in senders:
+            await admin.RecordOptIn(opt_in(PHONE, brand, "promo", at))
+        w = await admin.RecordOptOut(opt_out(PHONE, "acme", "promo", at + timedelta(hours=1)))
+    assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token), 60)
+    return runtime
 
 
 async def _call(address: str, probe: Probe, request_id: str) -> tuple[grpc.StatusCode, Any]:

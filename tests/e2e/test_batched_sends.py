@@ -25,9 +25,8 @@ from tests.e2e.harness import (
     client,
     define,
     inbound,
-    kafka_settings,
     opt_in,
-    service_settings,
+    serving,
     status_details,
     ts,
 )
@@ -42,21 +41,13 @@ CALL = 1_000
 async def service(request, tmp_path, postgres_dsn, kafka_bootstrap):
     """A service on the Kafka ledger, or on the embedded default's PostgreSQL ledger,
     with acme's campaign "promo" defined a day before ``when``."""
-    kafka = (
-        kafka_settings(kafka_bootstrap, f"sends-{uuid.uuid4().hex[:8]}.")
-        if request.param == "kafka"
-        else None
-    )
-    runtime = Runtime(service_settings(tmp_path, postgres_dsn, kafka=kafka))
-    await runtime.start()
+    bootstrap = kafka_bootstrap if request.param == "kafka" else None
     when = datetime.now(UTC) - timedelta(hours=1)
-    try:
-        async with client(runtime.address) as admin:
-            w = await admin.DefineCampaign(define("acme", "promo", when - timedelta(days=1)))
-            assert await applied(runtime, w.consistency_token)
+    campaign = define("acme", "promo", when - timedelta(days=1))
+    async with serving(
+        tmp_path, postgres_dsn, bootstrap, name="sends", campaigns=[campaign]
+    ) as runtime:
         yield runtime, when
-    finally:
-        await runtime.stop()
 
 
 async def applied(runtime: Runtime, token: str) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import shutil
 import signal
@@ -29,7 +28,7 @@ from grpc_status import rpc_status
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
 from services.settings import FreshnessSettings
-from tests.e2e.harness import client, define, kafka_settings, opt_in, opt_out, service_settings
+from tests.e2e.harness import client, define, opt_in, opt_out, serving
 from tests.e2e.test_consistency import noon_in_los_angeles
 from tests.infra.kafka_broker import KafkaBroker
 from tests.infra.postgres_server import PostgresServer, dsn_with_database
@@ -93,42 +92,23 @@ def retry_info(err: grpc.aio.AioRpcError) -> list[float]:
 
 
 @contextlib.asynccontextmanager
-async def service(
-    tmp_path: Path, dsn: str, bootstrap: str, *, prefix: str | None = None
-) -> AsyncIterator[tuple[Runtime, list[str]]]:
+async def service(tmp_path: Path, dsn: str, bootstrap: str) -> AsyncIterator[Runtime]:
     """A service with a campaign, numbers opted in and the first opted out, all
-    applied: yields it and the consistency tokens of those writes."""
+    applied; its reads then wait for the view at most ``WAIT_BOUND``."""
     when = noon_in_los_angeles()
-    settings = service_settings(
-        tmp_path, dsn, kafka=kafka_settings(bootstrap, prefix or f"bw-{uuid.uuid4().hex[:8]}.")
-    )
-    settings = dataclasses.replace(
-        settings,
+    campaign = define("acme", "promo", when - timedelta(days=1))
+    async with serving(
+        tmp_path, dsn, bootstrap, name="bw", clock=lambda: when, campaigns=[campaign],
         postgres_timeout=DB_TIMEOUT,
-        freshness=FreshnessSettings(refresh_interval=0.05, wait_bound=5.0),
-    )
-    runtime = Runtime(settings, clock=lambda: when)
-    await runtime.start()
-    try:
-        async with client(runtime.address, "acme-app") as c, client(runtime.address) as admin:
-            tokens = [
-                (await admin.DefineCampaign(define("acme", "promo", when - timedelta(days=1))))
-            ]
-            # A new broker's consumer group takes a while to form: the projector first.
-            assert await runtime.guard.wait_for_token(
-                ConsistencyToken.decode(tokens[0].consistency_token), 60
-            )
-            for phone in PHONES:
-                tokens.append(await c.RecordOptIn(opt_in(phone, "acme", "promo", when)))
-            tokens.append(await c.RecordOptOut(opt_out(PHONES[0], "acme", "promo", when)))
-        for t in tokens:
-            assert await runtime.guard.wait_for_token(
-                ConsistencyToken.decode(t.consistency_token), 10
-            )
+    ) as runtime:  # fmt: skip
+        async with client(runtime.address, "acme-app") as c:
+            writes = [await c.RecordOptIn(opt_in(p, "acme", "promo", when)) for p in PHONES]
+            writes.append(await c.RecordOptOut(opt_out(PHONES[0], "acme", "promo", when)))
+        for w in writes:
+            token = ConsistencyToken.decode(w.consistency_token)
+            assert await runtime.guard.wait_for_token(token, 10)
         runtime.guard._settings = FreshnessSettings(refresh_interval=0.05, wait_bound=WAIT_BOUND)
-        yield runtime, [t.consistency_token for t in tokens]
-    finally:
-        await runtime.stop()
+        yield runtime
 
 
 async def _timed(call: asyncio.Future | object) -> tuple[object, float]:
@@ -166,7 +146,7 @@ async def test_a_frozen_or_stopped_database_answers_every_call_within_its_bound(
     dsn = await private_postgres.create_database(name)
     assert dsn == dsn_with_database(private_postgres.dsn, name)
     async with (
-        service(tmp_path, dsn, kafka_bootstrap) as (runtime, _),
+        service(tmp_path, dsn, kafka_bootstrap) as runtime,
         client(runtime.address, "acme-app") as c,
     ):
         ok = await c.CanSend(api.CanSendRequest(phone=PHONES[1], brand="acme", campaign="promo"))
@@ -227,7 +207,7 @@ async def test_a_write_held_by_a_down_broker_is_answered_before_the_caller_s_dea
     same request_id, once the broker is back, records the opt-out once."""
     bootstrap = private_kafka_broker.bootstrap_servers
     async with (
-        service(tmp_path, postgres_dsn, bootstrap) as (runtime, _),
+        service(tmp_path, postgres_dsn, bootstrap) as runtime,
         client(runtime.address, "acme-app") as c,
     ):
         await asyncio.to_thread(private_kafka_broker.stop)
@@ -286,7 +266,7 @@ async def test_a_check_whose_read_times_out_says_which_bound(
     name = f"frozen_{uuid.uuid4().hex[:8]}"
     dsn = await private_postgres.create_database(name)
     async with (
-        service(tmp_path, dsn, kafka_bootstrap) as (runtime, _),
+        service(tmp_path, dsn, kafka_bootstrap) as runtime,
         client(runtime.address, "acme-app") as c,
     ):
         # The last observation stays one a read may use while the database is frozen.

@@ -15,7 +15,6 @@ import re
 import signal
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,10 +31,7 @@ from tests.e2e.harness import (
     client,
     ctrl_c_as_at_a_terminal,
     define,
-    kafka_settings,
     opt_in,
-    running,
-    service_settings,
     status_details,
     ts,
 )
@@ -160,16 +156,9 @@ async def import_cli(*argv: str, token: str, cwd: Path = ROOT) -> tuple[int, str
 
 
 @pytest.fixture
-async def service(tmp_path, postgres_dsn, kafka_bootstrap):
-    prefix = f"import-{uuid.uuid4().hex[:8]}."
-    settings = service_settings(
-        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
-    )
-    async with running(settings) as runtime:
-        when = datetime.now(UTC)
-        async with client(runtime.address) as admin:
-            await admin.DefineCampaign(define("acme", "promo", when - timedelta(days=60)))
-        yield runtime, when
+async def service(serve):
+    campaign = define("acme", "promo", datetime.now(UTC) - timedelta(days=60))
+    return await serve(name="import", campaigns=[campaign]), datetime.now(UTC)
 
 
 def token_of(summary: str) -> str:

@@ -25,10 +25,8 @@ from tests.e2e.harness import (
     TOKENS,
     client,
     define,
-    kafka_settings,
     opt_out,
     precondition_violations,
-    service_settings,
     status_details,
     ts,
 )
@@ -50,17 +48,8 @@ def news_phone(i: int) -> str:
 
 
 @pytest.fixture
-async def service(tmp_path, postgres_dsn, kafka_bootstrap):
-    prefix = f"health-{uuid.uuid4().hex[:8]}."
-    settings = service_settings(
-        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
-    )
-    runtime = Runtime(settings)
-    await runtime.start()
-    try:
-        yield runtime
-    finally:
-        await runtime.stop()
+async def service(serve) -> Runtime:
+    return await serve(name="health")
 
 
 def _sent(phone: str, campaign: str, at: datetime, number: str) -> api.RecordMessageSentRequest:

@@ -24,9 +24,7 @@ from tests.e2e.harness import (
     TOKENS,
     client,
     define,
-    kafka_settings,
     opt_in,
-    service_settings,
     status_details,
     ts,
 )
@@ -44,17 +42,8 @@ def florida(i: int) -> str:
 
 
 @pytest.fixture
-async def service(tmp_path, postgres_dsn, kafka_bootstrap):
-    prefix = f"sweep-{uuid.uuid4().hex[:8]}."
-    settings = service_settings(
-        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
-    )
-    runtime = Runtime(settings)
-    await runtime.start()
-    try:
-        yield runtime
-    finally:
-        await runtime.stop()
+async def service(serve) -> Runtime:
+    return await serve(name="sweep")
 
 
 def _sent(phone: str, at: datetime, relied: api.ReliedOnAnswer | None):
