@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -194,6 +195,34 @@ async def answers(c: Client, phones: list[str], token: str) -> dict[str, str]:
         )
     )
     return {d.phone: api.Reason.Name(d.reason) for d in batch.decisions}
+
+
+async def imported_answers(
+    runtime: Runtime,
+    export: Path,
+    numbers: Iterable[str],
+    *,
+    code: int,
+    said: Sequence[str] = (),
+    refusals: Sequence[str] = (),
+    held: int | None = None,
+) -> dict[str, str]:
+    """``export`` imported as acme's app, its exit status ``code``, its summary saying
+    each of ``said``, matching each pattern of ``refusals`` and (unless None) naming
+    ``held`` records held for review; then ``answers`` for ``numbers`` from a view
+    that has applied the import."""
+    status, out, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+    assert status == code, out + err
+    for words in said:
+        assert words in out, out + err
+    for pattern in refusals:
+        assert re.search(pattern, out), (pattern, out)
+    if held is not None:
+        assert len(re.findall(r"; held for review", out)) == held, out
+    async with client(runtime.address, "acme-app") as c:
+        return await answers(c, list(numbers), token_of(out))
 
 
 async def test_an_export_is_imported_refused_by_line_and_imported_again_as_nothing(
@@ -1121,13 +1150,10 @@ async def test_an_opt_out_whose_number_is_spaced_by_a_spreadsheet_revokes_its_nu
     rows = opted_in_then_out(when, {n: {"phone": spelt} for n, spelt in spellings.items()})
     export = write_csv(tmp_path / "spaced.csv", rows)
 
-    code, out, err = await import_cli(
-        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    reasons = await imported_answers(
+        runtime, export, spellings, code=0, said=["imported 6 of 6 records"]
     )
 
-    assert code == 0 and "imported 6 of 6 records" in out, out + err
-    async with client(runtime.address, "acme-app") as c:
-        reasons = await answers(c, list(spellings), token_of(out))
     assert reasons == dict.fromkeys(spellings, "REASON_REVOKED"), reasons
 
 
@@ -1142,16 +1168,15 @@ async def test_a_record_whose_type_cannot_be_read_is_held_unless_it_is_an_opt_in
     misspelt = {**export_rows(when)[1], "type": "optin", "import_id": "in-86", "phone": phone(86)}
     export = write_csv(tmp_path / "types.csv", [*rows, misspelt])
 
-    code, out, err = await import_cli(
-        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
-    )
+    reasons = await imported_answers(
+        runtime, export, [*types, phone(86)], code=1,
+        said=["imported 3 of 7 records", "refused: 4"],
+        refusals=[
+            r"3 +INVALID_ARGUMENT +type: must be opt_in or opt_out; held for review",
+            r"1 +INVALID_ARGUMENT +type: must be opt_in or opt_out \(line 8\)",
+        ],
+    )  # fmt: skip
 
-    assert code == 1 and "imported 3 of 7 records" in out, out + err
-    assert "refused: 4" in out, out
-    assert re.search(r"3 +INVALID_ARGUMENT +type: must be opt_in or opt_out; held for review", out)
-    assert re.search(r"1 +INVALID_ARGUMENT +type: must be opt_in or opt_out \(line 8\)", out)
-    async with client(runtime.address, "acme-app") as c:
-        reasons = await answers(c, [*types, phone(86)], token_of(out))
     assert reasons == {
         **dict.fromkeys(types, "REASON_REVOCATION_PENDING_REVIEW"),
         phone(86): "REASON_NO_CONSENT",
@@ -1169,14 +1194,11 @@ async def test_an_opt_out_whose_brand_is_padded_or_capitalised_is_held_under_the
     rows = opted_in_then_out(when, {n: {"brand": spelt} for n, spelt in brands.items()})
     export = write_csv(tmp_path / "brands.csv", rows)
 
-    code, out, err = await import_cli(
-        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
-    )
+    reasons = await imported_answers(
+        runtime, export, brands, code=1, said=["imported 3 of 6 records", "refused: 3"],
+        refusals=[r"3 +INVALID_ARGUMENT +brand: .*; held for review"],
+    )  # fmt: skip
 
-    assert code == 1 and "imported 3 of 6 records" in out and "refused: 3" in out, out + err
-    assert re.search(r"3 +INVALID_ARGUMENT +brand: .*; held for review", out), out
-    async with client(runtime.address, "acme-app") as c:
-        reasons = await answers(c, list(brands), token_of(out))
     assert reasons == dict.fromkeys(brands, "REASON_REVOCATION_PENDING_REVIEW"), reasons
 
 
@@ -1249,14 +1271,11 @@ async def test_an_opt_out_whose_number_lost_its_plus_is_held_under_the_number(se
     rows = opted_in_then_out(when, {n: {"phone": spelt} for n, spelt in spellings.items()})
     export = write_csv(tmp_path / "plus.csv", rows)
 
-    code, out, err = await import_cli(
-        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
-    )
+    reasons = await imported_answers(
+        runtime, export, spellings, code=1, said=["imported 3 of 6 records", "refused: 3"],
+        refusals=[r"3 +INVALID_ARGUMENT +phone: .*; held for review"],
+    )  # fmt: skip
 
-    assert code == 1 and "imported 3 of 6 records" in out and "refused: 3" in out, out + err
-    assert re.search(r"3 +INVALID_ARGUMENT +phone: .*; held for review", out), out
-    async with client(runtime.address, "acme-app") as c:
-        reasons = await answers(c, list(spellings), token_of(out))
     assert reasons == dict.fromkeys(spellings, "REASON_REVOCATION_PENDING_REVIEW"), reasons
 
 
@@ -1287,13 +1306,9 @@ async def test_an_opt_out_refused_for_how_its_line_is_written_is_held_all_the_sa
     jsonl.write_text("\n".join(lines) + "\n")
 
     for path, held in ((export, [phone(60)]), (jsonl, numbers)):
-        code, out, err = await import_cli(
-            str(path), "--address", runtime.address, token=TOKENS["acme-app"][0]
+        reasons = await imported_answers(
+            runtime, path, held, code=1, said=[f"refused: {len(held)}"], held=len(held)
         )
-        assert code == 1 and f"refused: {len(held)}" in out, out + err
-        assert len(re.findall(r"; held for review", out)) == len(held), out
-        async with client(runtime.address, "acme-app") as c:
-            reasons = await answers(c, held, token_of(out))
         assert reasons == dict.fromkeys(held, "REASON_REVOCATION_PENDING_REVIEW"), reasons
 
     before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
@@ -1343,14 +1358,11 @@ async def test_an_opt_out_on_a_json_line_cut_short_is_held_by_what_it_said(servi
     jsonl = tmp_path / "cut.jsonl"
     jsonl.write_text("\n".join([opt_in, other_in, cut_in_number, cut]))
 
-    code, out, err = await import_cli(
-        str(jsonl), "--address", runtime.address, token=TOKENS["acme-app"][0]
-    )
+    reasons = await imported_answers(
+        runtime, jsonl, [phone(65), phone(66)], code=1, said=["imported 2 of 4 records"],
+        refusals=[r"1 +INVALID_ARGUMENT +record: is not JSON: .*; held for review"],
+    )  # fmt: skip
 
-    assert code == 1 and "imported 2 of 4 records" in out, out + err
-    assert re.search(r"1 +INVALID_ARGUMENT +record: is not JSON: .*; held for review", out), out
-    async with client(runtime.address, "acme-app") as c:
-        reasons = await answers(c, [phone(65), phone(66)], token_of(out))
     assert reasons == {
         phone(65): "REASON_REVOCATION_PENDING_REVIEW",
         phone(66): "REASON_CONSENT_ACTIVE",
@@ -1369,13 +1381,10 @@ async def test_json_lines_files_joined_with_their_byte_order_marks_are_read_whol
     jsonl = tmp_path / "joined.jsonl"
     jsonl.write_text(f"\ufeff{opt_in}\n\ufeff{opt_out}\n", encoding="utf-8")
 
-    code, out, err = await import_cli(
-        str(jsonl), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    reasons = await imported_answers(
+        runtime, jsonl, [phone(67)], code=0, said=["imported 2 of 2 records"]
     )
 
-    assert code == 0 and "imported 2 of 2 records" in out, out + err
-    async with client(runtime.address, "acme-app") as c:
-        reasons = await answers(c, [phone(67)], token_of(out))
     assert reasons == {phone(67): "REASON_REVOKED"}, reasons
 
 
