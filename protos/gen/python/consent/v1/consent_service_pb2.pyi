@@ -1486,7 +1486,12 @@ class HandleInboundMessageRequest(_message.Message):
     """Our number that received it; it names the brand and campaign."""
     body: _builtins.str
     message_id: _builtins.str
-    """The SMS provider's id for the inbound message; required."""
+    """The SMS provider's id for the inbound message; required. The same text again
+    under a message_id recorded for the phone and brand (a gateway's redelivery,
+    under any request_id) writes nothing and answers the first one's events with
+    REPLY_KIND_NONE; other words under it are ALREADY_EXISTS (MESSAGE_ID_REUSED),
+    unless they read as a STOP, which is recorded.
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(

@@ -225,7 +225,10 @@ class ConsentServiceServicer:
         refused (INVALID_ARGUMENT for a detail, or ALREADY_EXISTS for a request id used
         before for another request) whose number and brand can be read is held for
         review all the same: CanSend denies the number until it is resolved, and the
-        error carries an ErrorInfo with reason OPT_OUT_HELD_FOR_REVIEW.
+        error carries an ErrorInfo with reason OPT_OUT_HELD_FOR_REVIEW (metadata
+        candidate_event_id, and candidate_event_ids when digits read as two numbers are
+        held under both). A later opt-out of every campaign of the brand for the held
+        number resolves that number's hold as "revoked", naming the opt-out.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

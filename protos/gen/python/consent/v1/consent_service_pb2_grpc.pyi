@@ -58,7 +58,10 @@ class ConsentServiceStub:
     refused (INVALID_ARGUMENT for a detail, or ALREADY_EXISTS for a request id used
     before for another request) whose number and brand can be read is held for
     review all the same: CanSend denies the number until it is resolved, and the
-    error carries an ErrorInfo with reason OPT_OUT_HELD_FOR_REVIEW.
+    error carries an ErrorInfo with reason OPT_OUT_HELD_FOR_REVIEW (metadata
+    candidate_event_id, and candidate_event_ids when digits read as two numbers are
+    held under both). A later opt-out of every campaign of the brand for the held
+    number resolves that number's hold as "revoked", naming the opt-out.
     """
     RecordReconfirmation: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.RecordReconfirmationRequest, _consent_service_pb2.RecordReconfirmationResponse]
     """Record that the person confirmed again that they want the campaign."""
@@ -211,7 +214,10 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     refused (INVALID_ARGUMENT for a detail, or ALREADY_EXISTS for a request id used
     before for another request) whose number and brand can be read is held for
     review all the same: CanSend denies the number until it is resolved, and the
-    error carries an ErrorInfo with reason OPT_OUT_HELD_FOR_REVIEW.
+    error carries an ErrorInfo with reason OPT_OUT_HELD_FOR_REVIEW (metadata
+    candidate_event_id, and candidate_event_ids when digits read as two numbers are
+    held under both). A later opt-out of every campaign of the brand for the held
+    number resolves that number's hold as "revoked", naming the opt-out.
     """
     RecordReconfirmation: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.RecordReconfirmationRequest, _consent_service_pb2.RecordReconfirmationResponse]  # type: ignore[assignment]
     """Record that the person confirmed again that they want the campaign."""
@@ -391,7 +397,10 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         refused (INVALID_ARGUMENT for a detail, or ALREADY_EXISTS for a request id used
         before for another request) whose number and brand can be read is held for
         review all the same: CanSend denies the number until it is resolved, and the
-        error carries an ErrorInfo with reason OPT_OUT_HELD_FOR_REVIEW.
+        error carries an ErrorInfo with reason OPT_OUT_HELD_FOR_REVIEW (metadata
+        candidate_event_id, and candidate_event_ids when digits read as two numbers are
+        held under both). A later opt-out of every campaign of the brand for the held
+        number resolves that number's hold as "revoked", naming the opt-out.
         """
 
     @_abc_1.abstractmethod
