@@ -4,23 +4,15 @@ of its reading path (``tests/reading_path.py``)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from consent.v1 import consent_service_pb2 as api
 
 from services.adapters.digest_replica import DigestReplica
-from tests.e2e.harness import client, define, opt_in, running, service_settings
+from tests.e2e.harness import client, define, noon_in_los_angeles, opt_in, running, service_settings
 from tests.reading_path import INTERCEPTORS, SERVED_PATH, traced
 
 PHONE = "+14155552671"  # America/Los_Angeles
-
-
-def noon_in_los_angeles() -> datetime:
-    """The next noon in Los Angeles: a time no quiet hours refuse, so the whole
-    policy runs."""
-    real = datetime.now(UTC)
-    noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
-    return noon if noon > real else noon + timedelta(days=1)
 
 
 async def test_a_served_cansend_call_runs_code_only_in_its_reading_path(tmp_path, postgres_dsn):

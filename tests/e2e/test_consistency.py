@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -26,6 +26,7 @@ from tests.e2e.harness import (
     define,
     held_info,
     kafka_settings,
+    noon_in_los_angeles,
     opt_in,
     opt_out,
     precondition_violations,
@@ -36,12 +37,6 @@ from tests.e2e.harness import (
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 REFRESH = 0.05
-
-
-def noon_in_los_angeles() -> datetime:
-    real = datetime.now(UTC)
-    noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
-    return noon if noon > real else noon + timedelta(days=1)
 
 
 @pytest.fixture

@@ -14,7 +14,16 @@ from consent.v1 import ledger_pb2 as lpb
 from services.bootstrap import Runtime
 from services.settings import FreshnessSettings
 from services.wire.enums import WireFormatError
-from tests.e2e.harness import client, define, opt_in, opt_out, service_settings, status_details, ts
+from tests.e2e.harness import (
+    client,
+    define,
+    noon_in_los_angeles,
+    opt_in,
+    opt_out,
+    service_settings,
+    status_details,
+    ts,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -90,12 +99,6 @@ async def test_an_audit_read_the_view_cannot_serve_fresh_enough_is_unavailable(
             assert not as_of.allowed and as_of.reason == api.REASON_NOT_CONSISTENT
     finally:
         await runtime.stop()
-
-
-def noon_in_los_angeles() -> datetime:
-    real = datetime.now(UTC)
-    noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
-    return noon if noon > real else noon + timedelta(days=1)
 
 
 async def test_a_check_as_of_says_no_when_it_fails_or_the_view_is_behind(tmp_path, postgres_dsn):

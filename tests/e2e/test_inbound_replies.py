@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import grpc
 import pytest
@@ -21,6 +21,7 @@ from tests.e2e.harness import (
     define,
     inbound,
     kafka_settings,
+    noon_in_los_angeles,
     opt_in,
     service_settings,
 )
@@ -30,12 +31,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 PROMO_NUMBER = "+12125550140"
 ALERTS_NUMBER = "+12125550141"
 NUMBERS = {"promo": PROMO_NUMBER, "alerts": ALERTS_NUMBER}
-
-
-def noon_in_los_angeles() -> datetime:
-    real = datetime.now(UTC)
-    noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
-    return noon if noon > real else noon + timedelta(days=1)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.bootstrap import PROCESS_HEALTH, Runtime
 from services.settings import FreshnessSettings, Settings
-from tests.e2e.harness import Client, client, define, kafka_settings, opt_in, opt_out
+from tests.e2e.harness import (
+    Client,
+    client,
+    define,
+    kafka_settings,
+    noon_in_los_angeles,
+    opt_in,
+    opt_out,
+)
 from tests.e2e.harness import service_settings as harness_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -39,13 +47,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CAUGHT_UP_WITHIN = 90.0
 """A bound for a restarted projector to rejoin its group and catch up, so that a
 broken one fails the test instead of hanging it; not a speed claim."""
-
-
-def noon_in_los_angeles() -> datetime:
-    """A time when the campaigns' quiet hours let a send to a 415 number go."""
-    real = datetime.now(UTC)
-    noon = real.replace(hour=20, minute=0, second=0, microsecond=0)
-    return noon if noon > real else noon + timedelta(days=1)
 
 
 def serving_settings(tmp: Path, dsn: str, bootstrap: str | None, **changes: Any) -> Settings:
