@@ -42,24 +42,10 @@ WATCH = "/consent.v1.ConsentService/WatchConsentChanges"
 
 
 @pytest.fixture
-async def runtime(tmp_path, postgres_dsn, kafka_bootstrap):
-    prefix = f"watch-{uuid.uuid4().hex[:8]}."
-    settings = service_settings(
-        tmp_path, postgres_dsn, kafka=kafka_settings(kafka_bootstrap, prefix)
-    )
-    runtime = Runtime(settings)
-    await runtime.start()
+async def runtime(serve) -> Runtime:
     at = now() - timedelta(days=1)
-    async with client(runtime.address) as admin:
-        for brand in ("acme", "globex"):
-            for campaign in ("promo", "news"):
-                w = await admin.DefineCampaign(define(brand, campaign, at))
-                token = ConsistencyToken.decode(w.consistency_token)
-                assert await runtime.guard.wait_for_token(token, timeout=30)
-    try:
-        yield runtime
-    finally:
-        await runtime.stop()
+    campaigns = [define(b, c, at) for b in ("acme", "globex") for c in ("promo", "news")]
+    return await serve(name="watch", campaigns=campaigns)
 
 
 def watch(
