@@ -47,6 +47,7 @@ from ledger.events import (
     ANY_BRAND,
     CampaignDefined,
     CampaignPolicyChanged,
+    CandidateResolution,
     ConsentRevoked,
     DeliveryOutcomeReported,
     InboundMessageReceived,
@@ -569,7 +570,8 @@ class Writes:
         """A resolution must name a candidate still pending for its phone and brand.
         One that names a made-up id, another number's candidate or one already
         resolved would be recorded and answered OK while the real candidate kept
-        blocking sends. One stamped before the reply it resolves is refused too. (A retry
+        blocking sends. One stamped before the reply it resolves is refused too, and a
+        "revoked" under ANY_BRAND (it would revoke no brand). (A retry
         of a resolution is answered by ``_replay``: at once when the view has applied
         the first attempt, else after this check, having caught the view up, finds
         the candidate resolved.)
@@ -578,6 +580,15 @@ class Writes:
         event = events[0]
         if not isinstance(event, RevocationCandidateResolved):
             return
+        # A "revoked" under ANY_BRAND records a ConsentRevoked for no real brand: the
+        # hold it lifts was every brand's only denial, so each would allow again.
+        if event.brand == ANY_BRAND and event.resolution is CandidateResolution.REVOKED:
+            raise FailedPrecondition(
+                "resolution",
+                "cannot be revoked for a STOP whose brand was unknown: it would opt out of "
+                "no brand and let every brand send; record RecordOptOut for each brand it "
+                "concerns, then resolve it as dismissed with resolved_by naming those opt-outs",
+            )
         await self.ctx.require_caught_up(Stream.SUBSCRIBERS, "candidate_event_id")
         state = (await self.ctx.view.subscriber_states(event.brand, [event.phone]))[event.phone]
         pending = {c.event_id: c for c in state.pending_candidates()}

@@ -113,6 +113,19 @@ async def test_a_stop_to_a_number_no_campaign_sends_from_denies_every_brand(serv
             )
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
+        # "Revoked" under "*" would revoke no brand and lift every brand's only denial:
+        # refused, naming the way out; the STOP keeps denying every brand.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await admin.ResolveRevocationCandidate(
+                resolve("*", kept.event.event_id, clock, lpb.CANDIDATE_RESOLUTION_REVOKED)
+            )
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        [(field, why)] = precondition_violations(err.value)
+        assert field == "resolution" and "RecordOptOut" in why
+        assert set((await reasons(runtime, stop.consistency_token)).values()) == {
+            api.REASON_REVOKED_BRAND_WIDE
+        }
+
         # Someone who looked resolves it; the brands' sends go on.
         done = await admin.ResolveRevocationCandidate(
             resolve("*", kept.event.event_id, clock, lpb.CANDIDATE_RESOLUTION_DISMISSED)

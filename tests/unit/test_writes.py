@@ -22,6 +22,7 @@ from ledger.commands import (
 )
 from ledger.errors import MissingProofError
 from ledger.events import (
+    ANY_BRAND,
     CandidateResolution,
     LedgerEvent,
     MessageKind,
@@ -502,3 +503,23 @@ async def test_only_a_pending_candidate_of_that_number_and_brand_can_be_resolved
         await app.writes.record(resolve("ok-2", flagged[PHONE]))
     check = await app.checks.can_send(PHONE, "acme", "promo", token=done.token)
     assert check.decision.reason is not Reason.REVOCATION_PENDING_REVIEW
+
+
+async def test_a_stop_of_unknown_brand_is_not_resolved_as_revoked_under_every_brand(app):
+    # Its ConsentRevoked would be under "*", which revokes no brand: lifting the hold,
+    # the only denial every brand had, let each send again to a number that said STOP.
+    inbound = HandleInboundMessage("in", PHONE, OTHER_NUMBER, "STOP", "m", at(1))
+    stop = await app.writes.handle_inbound(inbound)  # no campaign sends from OTHER_NUMBER
+    candidate = stop.write.event_ids[-1]  # the RevocationCandidateFlagged, held under "*"
+    written = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    revoked = dataclasses.replace(
+        resolve("r", candidate, brand=ANY_BRAND), resolution=CandidateResolution.REVOKED
+    )
+    with pytest.raises(FailedPrecondition) as err:
+        await app.writes.record(revoked)
+    assert err.value.field == "resolution"
+    assert "RecordOptOut" in err.value.reason
+    assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == written  # nothing recorded
+    # Still pending: the way out the refusal names, a dismissal, is taken.
+    await app.writes.record(resolve("d", candidate, brand=ANY_BRAND))

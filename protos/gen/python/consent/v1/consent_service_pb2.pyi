@@ -1582,6 +1582,11 @@ class ResolveRevocationCandidateRequest(_message.Message):
     candidate_event_id: _builtins.str
     """The event id of the RevocationCandidateFlagged being resolved."""
     resolution: _ledger_pb2.CandidateResolution.ValueType
+    """Under brand "*" (a STOP whose brand was unknown) only dismissed: "revoked" there
+    would opt out of no brand, so it is refused (FAILED_PRECONDITION on resolution).
+    Record RecordOptOut for each brand the STOP concerns, then dismiss it with
+    resolved_by naming those opt-outs.
+    """
     resolved_by: _builtins.str
     """Who decided, for the audit trail."""
     @_builtins.property
