@@ -637,11 +637,12 @@ def _opt_in(cmd: RecordOptIn, now: datetime) -> list[LedgerEvent]:
 
 def consent_time(occurred_at: datetime, now: datetime) -> datetime:
     """When a fact of consent (an opt-in, an opt-out, a text and what it means, a
-    review's decision) takes its place in world order: when it happened, or now if that is later. It cannot
-    have happened after the ledger held it, and a time ahead of the service's clock (a
-    client's clock ahead, within ``MAX_CLOCK_SKEW``) would misplace it: a consent
-    ahead outranked an opt-out acknowledged after it, and an opt-out ahead had its
-    one confirmation refused, and a START texted after it outranked, until its time."""
+    review's decision) takes its place in world order: when it happened, or now if
+    it is stamped later than now. It cannot have happened after the ledger held it,
+    and a time ahead of the service's clock (a client's clock ahead, within
+    ``MAX_CLOCK_SKEW``) would misplace it: a consent ahead outranked an opt-out
+    acknowledged after it, and an opt-out ahead had its one confirmation refused,
+    and a START texted after it outranked, until its time."""
     return min(occurred_at, now)
 
 
