@@ -250,9 +250,7 @@ class FreshnessGuard:
                 else:
                     await asyncio.wait_for(self._changed.wait(), remaining)
 
-    def _with_written(
-        self, needed: dict[tuple[Stream, int], int]
-    ) -> dict[tuple[Stream, int], int]:
+    def _with_written(self, needed: dict[tuple[Stream, int], int]) -> dict[tuple[Stream, int], int]:
         """``needed`` raised to the positions of this instance's own writes not yet
         applied, on the same partitions."""
         if not self._written:

@@ -370,9 +370,7 @@ class KafkaLedger(EventLog):
         if not records:
             return []
         try:
-            metadata = await asyncio.wait_for(
-                self._sent(records), self.settings.append_timeout_s
-            )
+            metadata = await asyncio.wait_for(self._sent(records), self.settings.append_timeout_s)
         except _TOO_LARGE as exc:  # the broker's limit, below the producer's: no retry helps
             raise EventTooLarge(
                 f"Kafka ledger: {self.settings.bootstrap_servers} refused a record as too "

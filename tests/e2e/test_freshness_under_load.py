@@ -102,9 +102,7 @@ async def test_no_read_allows_a_send_a_refresh_interval_after_an_acked_opt_out(
     acked = {int(i): t for i, t in json.loads(acked_out.read_text()).items()}
     reads_seen = [r for out in outs for r in json.loads(out.read_text())]
     late = [
-        (sent, i, allowed, reason)
-        for sent, i, allowed, reason, _ in reads_seen
-        if sent >= acked[i]
+        (sent, i, allowed, reason) for sent, i, allowed, reason, _ in reads_seen if sent >= acked[i]
     ]
     allowed_late = [
         (round((sent - acked[i]) * 1000, 1), i) for sent, i, allowed, _ in late if allowed

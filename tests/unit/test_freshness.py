@@ -238,9 +238,7 @@ async def test_a_phones_read_with_a_token_waits_for_the_token_as_well() -> None:
         await guard.stop()
 
 
-async def test_a_read_after_this_instance_s_own_write_waits_for_it_with_no_observation() -> (
-    None
-):
+async def test_a_read_after_this_instance_s_own_write_waits_for_it_with_no_observation() -> None:
     """No loop, no observation after the write: only the write's own note can tell a
     read that the opt-out it follows is not applied yet."""
     ledger, view = InMemoryLedger(partitions=4), InMemoryConsentView()
