@@ -28,8 +28,7 @@ from grpc_status import rpc_status
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
 from services.settings import FreshnessSettings
-from tests.e2e.harness import client, define, opt_in, opt_out, serving
-from tests.e2e.test_consistency import noon_in_los_angeles
+from tests.e2e.harness import client, define, noon_in_los_angeles, opt_in, opt_out, serving
 from tests.infra.kafka_broker import KafkaBroker
 from tests.infra.postgres_server import PostgresServer, dsn_with_database
 

@@ -22,11 +22,11 @@ from tests.e2e.harness import (
     client,
     define,
     kafka_settings,
+    noon_in_los_angeles,
     opt_in,
     opt_out,
     service_settings,
 )
-from tests.e2e.test_consistency import noon_in_los_angeles
 from tests.infra.kafka_broker import KafkaBroker
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

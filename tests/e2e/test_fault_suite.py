@@ -38,13 +38,13 @@ from tests.e2e.harness import (
     client,
     define,
     kafka_settings,
+    noon_in_los_angeles,
     now,
     opt_in,
     opt_out,
     service_settings,
     write_tokens,
 )
-from tests.e2e.test_consistency import noon_in_los_angeles
 from tests.infra import InfraError
 from tests.infra.kafka_broker import KafkaBroker, KafkaCluster
 from tests.infra.postgres_server import PostgresServer

@@ -26,8 +26,15 @@ from consent.v1 import consent_service_pb2 as api
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
 from tests.e2e import load_clients
-from tests.e2e.harness import TOKENS, client, define, kafka_settings, opt_in, service_settings
-from tests.e2e.test_consistency import noon_in_los_angeles
+from tests.e2e.harness import (
+    TOKENS,
+    client,
+    define,
+    kafka_settings,
+    noon_in_los_angeles,
+    opt_in,
+    service_settings,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
