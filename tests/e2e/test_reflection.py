@@ -120,6 +120,4 @@ async def test_grpcurl_lists_both_and_describes_with_comments(tmp_path, postgres
     assert "Fails closed: when the service cannot tell" in method.stdout
     assert "rpc CanSend ( .consent.v1.CanSendRequest )" in method.stdout
     assert message.returncode == 0, message.stderr
-    assert "E.164 preferred; national formats of the default region are accepted." in (
-        message.stdout
-    )
+    assert "E.164, with its country code (+14155552671)" in message.stdout
