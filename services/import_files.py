@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -110,18 +111,20 @@ class Read:
     record: api.ImportRecord
 
 
-def format_of(path: Path, given: str | None) -> str:
-    """``given``, or the format the file's extension names."""
+STDIN_NAME = "standard input"
+"""How a file read from standard input (``-``, ``path`` None below) is named."""
+
+
+def format_of(path: Path | None, given: str | None) -> str:
+    """``given``, or the format the file's extension names (None: standard input)."""
     if given is not None:
         if given not in FORMATS:
             raise FormatError(f"unknown format {given!r}: one of {', '.join(FORMATS)}")
         return given
-    found = _EXTENSIONS.get(path.suffix.lower())
+    found = None if path is None else _EXTENSIONS.get(path.suffix.lower())
     if found is None:
-        raise FormatError(
-            f"cannot tell the format of {path.name} from its extension; give --format csv "
-            "or --format jsonl"
-        )
+        where = STDIN_NAME if path is None else f"{path.name} from its extension"
+        raise FormatError(f"cannot tell the format of {where}; give --format csv or --format jsonl")
     return found
 
 
@@ -497,16 +500,17 @@ def _enum(field: str, text: str) -> int:
     raise _Bad(field, f"is not one of {choices}: {text!r}")
 
 
-def count_records(path: Path, fmt: str) -> int | None:
+def count_records(path: Path | None, fmt: str) -> int | None:
     """How many records ``path`` holds, as the reader will find them: the progress
     bar's total, counted without parsing. Lines the reader skips (blank ones) and a
     CSV's header are not records, and a CSV line that ends inside a quoted value is
     one record with the lines its value runs over (a quote inside a value is
     doubled, so a line with an odd number of quotes opens or closes one).
 
-    None for a file that is not a regular file (a pipe, ``/dev/stdin``): it can be
-    read once only, and counting would take its records from the import."""
-    if not path.is_file():
+    None for a file that is not a regular file (a pipe, ``/dev/stdin``) and for
+    standard input (``path`` None): it can be read once only, and counting would
+    take its records from the import."""
+    if path is None or not path.is_file():
         return None
     csv_ = fmt == "csv"
     records = 0
@@ -524,18 +528,24 @@ def count_records(path: Path, fmt: str) -> int | None:
     return max(records - csv_, 0)
 
 
-def open_text(path: Path) -> TextIO:
-    """The file as text (UTF-8, a byte-order mark skipped; CSV's newlines kept as the
-    csv module wants them). A byte that is not UTF-8 is read as a lone surrogate,
-    which refuses the value holding it (``parse_fields``), not the whole file.
+def open_text(path: Path | None) -> TextIO:
+    """The file as text, or standard input when ``path`` is None (UTF-8, a
+    byte-order mark skipped; CSV's newlines kept as the csv module wants them). A
+    byte that is not UTF-8 is read as a lone surrogate, which refuses the value
+    holding it (``parse_fields``), not the whole file.
 
     A file that begins with UTF-16's byte-order mark is refused whole: read as UTF-8,
     its every line would be refused for its NUL bytes, none saying why."""
-    raw = open(path, "rb")  # noqa: SIM115 (the text wrapper returned closes it)
+    # The text wrapper returned closes it; standard input's descriptor stays open.
+    raw = (
+        open(sys.stdin.fileno(), "rb", closefd=False)  # noqa: SIM115
+        if path is None
+        else open(path, "rb")  # noqa: SIM115
+    )
+    name = STDIN_NAME if path is None else path.name
     if raw.peek(2)[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
         raw.close()
         raise FormatError(
-            f"{path.name} is UTF-16 text (it begins with UTF-16's byte-order mark); "
-            "save it as UTF-8"
+            f"{name} is UTF-16 text (it begins with UTF-16's byte-order mark); save it as UTF-8"
         )
     return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import re
 import sys
 import threading
@@ -85,7 +86,7 @@ examples:
   consent-ledger import export.csv --dry-run
   consent-ledger import export.csv
   consent-ledger import stops.jsonl --refusals refused.jsonl
-  gunzip -c export.csv.gz | consent-ledger import /dev/stdin --format csv
+  gunzip -c export.csv.gz | consent-ledger import - --format csv
 
 exit status:
   0  every record imported or already present
@@ -126,7 +127,9 @@ def add_parser(sub: Any, command: Any) -> None:
     parser.description = DESCRIPTION
     parser.epilog = EPILOG
     parser.add_argument(
-        "file", type=Path, metavar="FILE", help="the export: .csv or .jsonl, or /dev/stdin"
+        "file",
+        metavar="FILE",
+        help="the export: .csv or .jsonl, or - for standard input (./- names a file '-')",
     )
     parser.add_argument(
         "--format", choices=["csv", "jsonl"], help="the file's format (default: its extension)"
@@ -236,17 +239,16 @@ def _run(args: argparse.Namespace) -> int:
     from services.cli import client
 
     name = "consent-ledger import"
+    # "-" is standard input, as for most Unix tools; a file of that name is "./-".
+    path = None if args.file == "-" else Path(args.file)
+    shown = import_files.STDIN_NAME if path is None else args.file
     try:
-        if (
-            args.refusals is not None
-            and args.refusals.exists()
-            and args.refusals.samefile(args.file)
-        ):
+        if args.refusals is not None and _same_file(args.refusals, path):
             # Opened for writing, it would be emptied under the reader: the export lost,
             # and only what was read before counted as the whole file.
             raise ValueError(f"--refusals {args.refusals} is the file to import; name another")
-        fmt = import_files.format_of(args.file, args.format)
-        text = import_files.open_text(args.file)
+        fmt = import_files.format_of(path, args.format)
+        text = import_files.open_text(path)
         records = import_files.read_records(text, fmt)
         # The header is read now: a file of unknown columns is a usage error, not a
         # refusal of every record.
@@ -256,13 +258,13 @@ def _run(args: argparse.Namespace) -> int:
             # would pass for "every opt-out recorded".
             text.close()
             print(
-                f"{name}: {args.file}: holds no records (it is empty, or holds only a "
+                f"{name}: {shown}: holds no records (it is empty, or holds only a "
                 "header or blank lines); nothing was imported",
                 file=sys.stderr,
             )
             return 2
         records = itertools.chain([peeked], records)
-        total = import_files.count_records(args.file, fmt)
+        total = import_files.count_records(path, fmt)
         token = client.token(args)
         channel = client.channel(args, client.address(args))
         refusals_out = args.refusals.open("w") if args.refusals is not None else None
@@ -426,7 +428,7 @@ def _run(args: argparse.Namespace) -> int:
                 bar.update(told_now)
         if failure:  # the file stopped the import, the service answered all it was sent
             bar.close()
-            print(f"{name}: {args.file}: {failure[0]}", file=sys.stderr)
+            print(f"{name}: {shown}: {failure[0]}", file=sys.stderr)
             code = 1
     except grpc.RpcError as exc:
         stop.set()
@@ -435,7 +437,7 @@ def _run(args: argparse.Namespace) -> int:
         if failure and isinstance(failure[0], Exception):
             # The file, not the service, stopped the import midway (the call ends
             # with a bare "Exception iterating requests"): say what in the file.
-            print(f"{name}: {args.file}: {failure[0]}", file=sys.stderr)
+            print(f"{name}: {shown}: {failure[0]}", file=sys.stderr)
         else:
             print(f"{name}: {client.refusal(exc)}", file=sys.stderr)
         print(
@@ -473,9 +475,23 @@ def _run(args: argparse.Namespace) -> int:
             refusals_out.close()
     bar.close()
     seconds = time.monotonic() - started
-    for out_line in summary.lines(args.file.name, seconds, args.dry_run):
+    source = import_files.STDIN_NAME if path is None else path.name
+    for out_line in summary.lines(source, seconds, args.dry_run):
         print(out_line)
     return code or (1 if summary.refused else 0)
+
+
+def _same_file(refusals: Path, path: Path | None) -> bool:
+    """Whether ``refusals`` is the file to import (``path``, or standard input when
+    None, as ``< export.csv`` makes it)."""
+    if not refusals.exists():
+        return False
+    if path is not None:
+        return refusals.samefile(path)
+    try:
+        return os.path.samestat(os.stat(refusals), os.fstat(sys.stdin.fileno()))
+    except (OSError, ValueError):  # no standard input at all
+        return False
 
 
 def _with_hold(here: tuple[str, str], held: bool, dry_run: bool) -> tuple[str, str]:

@@ -1344,6 +1344,40 @@ async def test_a_file_read_from_a_pipe_is_imported_whole(service):
     assert reasons == dict.fromkeys(numbers[-3:], "REASON_REVOKED_BRAND_WIDE"), reasons
 
 
+async def test_a_dash_reads_the_export_from_standard_input(service, tmp_path):
+    """``-`` was taken for a file of that name: "No such file or directory: '-'",
+    exit 2, where most Unix tools read standard input. It is standard input now,
+    piped or redirected, named so in the summary; a ``--refusals`` file that is the
+    redirected export is refused before it is emptied."""
+    runtime, when = service
+    at = iso(when - timedelta(days=1))
+    numbers = [phone(2300 + i) for i in range(3)]
+    lines = ["type,import_id,phone,brand,campaign,occurred_at,channel,text"]
+    lines += [f"opt_out,dash-{n},{n},acme,,{at},keyword,STOP" for n in numbers]
+    export = tmp_path / "stops.csv"
+    export.write_text("\n".join(lines) + "\n")
+
+    process = await started_import(
+        "-", "--format", "csv", "--address", runtime.address,
+        token=TOKENS["acme-app"][0], stdin=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(export.read_bytes()), 120)
+
+    assert process.returncode == 0, out.decode() + err.decode()
+    assert "imported 3 of 3 records from standard input" in out.decode(), out.decode()
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, numbers, token_of(out.decode()))
+    assert reasons == dict.fromkeys(numbers, "REASON_REVOKED_BRAND_WIDE"), reasons
+    with export.open("rb") as redirected:
+        process = await started_import(
+            "-", "--format", "csv", "--refusals", str(export), "--address", runtime.address,
+            token=TOKENS["acme-app"][0], stdin=redirected.fileno(),
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 2 and "is the file to import" in err.decode(), err.decode()
+    assert export.read_text() == "\n".join(lines) + "\n"
+
+
 async def test_an_opt_out_on_a_json_line_cut_short_is_held_by_what_it_said(service, tmp_path):
     """An export stopped mid-write ends on a line cut short. A CSV row cut after its
     number is held, for its number and brand were read; a JSON line cut short was
