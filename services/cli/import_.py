@@ -80,7 +80,9 @@ output:
         ...
     ledger written up to: subscribers:0:9993
   --refusals FILE writes every refused record as JSON Lines (line, import_id,
-  code, field, reason) for fixing and importing again.
+  code, field, reason, held_for_review) for fixing and importing again;
+  held_for_review true is an opt-out held all the same (in a dry run: would be),
+  whose number CanSend denies for the brand until someone resolves it.
 
 examples:
   consent-ledger import export.csv --dry-run
@@ -205,7 +207,17 @@ class _Refusals:
     def __init__(self, out: TextIO | None) -> None:
         self.out = out
 
-    def write(self, line: int, import_id: str, code: str, field_name: str, reason: str) -> None:
+    def write(
+        self,
+        line: int,
+        import_id: str,
+        code: str,
+        field_name: str,
+        reason: str,
+        held: bool = False,
+    ) -> None:
+        """One refused record; ``held``: an opt-out held for review all the same (in a
+        dry run: that would be), which denies its number, unlike a record refused."""
         if self.out is not None:
             record = {
                 "line": line,
@@ -213,6 +225,7 @@ class _Refusals:
                 "code": code,
                 "field": field_name,
                 "reason": reason,
+                "held_for_review": held,
             }
             self.out.write(json.dumps(record) + "\n")
 
@@ -280,7 +293,8 @@ def _run(args: argparse.Namespace) -> int:
     lines = array("q")  # the line each starts on
     contents = array("q")  # a hash of its bytes
     first_use: dict[str, int] = {}  # brand and import id: the index of the first record
-    refused_at: dict[int, tuple[str, str, str, str]] = {}  # code, field, reason, import id
+    # code, field, reason, import id, held for review
+    refused_at: dict[int, tuple[str, str, str, str, bool]] = {}
     repeat_of, repeat_line = array("q"), array("q")  # a record again: the first's index, line
     # Of opt-outs that could not be read, sent to be held: by index, the field and why.
     told_here: dict[int, tuple[str, str]] = {}
@@ -419,10 +433,14 @@ def _run(args: argparse.Namespace) -> int:
                         summary.refuse(line, refused_for, field_name, reason)
                         if refusal.index < REMEMBERED:
                             refused_at[refusal.index] = (
-                                refused_for, field_name, reason, refusal.request_id
+                                refused_for, field_name, reason, refusal.request_id,
+                                refusal.held_for_review,
                             )  # fmt: skip
                     for field_name, reason in told:
-                        refusals.write(line, refusal.request_id, refused_for, field_name, reason)
+                        refusals.write(
+                            line, refusal.request_id, refused_for, field_name, reason,
+                            refusal.held_for_review,
+                        )  # fmt: skip
                 told_now = answer.imported + answer.already_present + len(answer.refusals)
                 answered += told_now
                 bar.update(told_now)
@@ -465,9 +483,9 @@ def _run(args: argparse.Namespace) -> int:
         # that was answered before the import ended).
         for earlier, line in zip(repeat_of, repeat_line, strict=True):
             if earlier in refused_at:
-                code_, field_name, reason, import_id = refused_at[earlier]
+                code_, field_name, reason, import_id, held = refused_at[earlier]
                 summary.refuse(line, code_, field_name, reason)
-                refusals.write(line, import_id, code_, field_name, reason)
+                refusals.write(line, import_id, code_, field_name, reason, held)
             elif earlier < answered:
                 summary.present += 1
             bar.update(1)

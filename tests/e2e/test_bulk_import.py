@@ -1134,6 +1134,43 @@ async def test_an_opt_out_refused_for_its_details_denies_its_number_until_review
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
 
 
+async def test_the_refusals_file_tells_a_held_opt_out_from_a_refused_record(service, tmp_path):
+    """``--refusals`` wrote line, import id, code, field and reason, and nothing of
+    the hold: an opt-out refused but held for review (its number denied until
+    resolved) read as a refused opt-in does (nothing recorded). Each line says
+    ``held_for_review`` now: for what the service held, what the file could not
+    read and was held, a repeat of a held line, and in a dry run (would be)."""
+    runtime, when = service
+    numbers = [phone(2310), phone(2311)]
+    rows = opted_in_then_out(when, {numbers[0]: {"channel": ""}, numbers[1]: {"occurred_at": "x"}})
+    bad_in = {**export_rows(when)[1], "import_id": "bad-in", "phone": "+1 415 CALL ME"}
+    late_in = {**export_rows(when)[1], "import_id": "late-in", "phone": phone(2312)}
+    rows += [rows[1], bad_in, {**late_in, "occurred_at": "later"}]
+    export = write_csv(tmp_path / "held.csv", rows)
+    acme = TOKENS["acme-app"][0]
+
+    for dry in (("--dry-run",), ()):
+        refusals = tmp_path / f"refused{len(dry)}.jsonl"
+        code, out, err = await import_cli(
+            str(export), *dry, "--address", runtime.address, "--refusals", str(refusals),
+            token=acme,
+        )  # fmt: skip
+
+        assert code == 1 and "refused: 5" in out, out + err
+        told = [json.loads(line) for line in refusals.read_text().splitlines()]
+        held = {(r["line"], r["field"]): r["held_for_review"] for r in told}
+        assert held == {
+            (3, "channel"): True,  # refused by the service, held
+            (5, "occurred_at"): True,  # not read here; what was read of it held
+            (6, "channel"): True,  # line 3 again
+            (7, "phone"): False,  # an opt-in: refused, nothing more
+            (8, "occurred_at"): False,
+        }, told
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, numbers, token_of(out))
+    assert reasons == dict.fromkeys(numbers, "REASON_REVOCATION_PENDING_REVIEW"), reasons
+
+
 async def test_an_opt_out_whose_number_is_spaced_by_a_spreadsheet_revokes_its_number(
     service, tmp_path
 ):
