@@ -494,6 +494,14 @@ class RevocationCandidateResolved(SubscriberEvent):
     resolution: CandidateResolution
     resolved_by: str = ""
 
+    @property
+    def lifts_hold(self) -> bool:
+        """Whether it releases the candidate's block on sending. A "revoked" under
+        ``ANY_BRAND`` does not: its ConsentRevoked is under no real brand, so lifting
+        the hold, every brand's only denial, would let each send again. Refused since
+        34200de, such resolutions recorded before it stay in the ledger."""
+        return not (self.brand == ANY_BRAND and self.resolution is CandidateResolution.REVOKED)
+
 
 @dataclass(frozen=True)
 class AgeVerified(SubscriberEvent):

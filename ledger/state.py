@@ -360,7 +360,10 @@ def _apply_flagged(s: SubscriberState, f: Fact[RevocationCandidateFlagged]) -> S
 
 def _apply_resolved(s: SubscriberState, f: Fact[RevocationCandidateResolved]) -> SubscriberState:
     # A resolution that says "revoked" comes with its own ConsentRevoked; here it only
-    # releases the block the candidate put on sending.
+    # releases the block the candidate put on sending, unless that ConsentRevoked is
+    # under no real brand (``lifts_hold``): then the candidate stays pending.
+    if not f.event.lifts_hold:
+        return s
     return _evolve(
         s, resolutions=MappingProxyType({**s.resolutions, str(f.event.candidate_event_id): f})
     )

@@ -154,7 +154,7 @@ class InMemoryConsentView(ConsentView):
                 added.append(recorded)
                 if isinstance(event, RevocationCandidateFlagged):
                     flagged.append(recorded)
-                elif isinstance(event, RevocationCandidateResolved):
+                elif isinstance(event, RevocationCandidateResolved) and event.lifts_hold:
                     resolved.append(str(event.candidate_event_id))
             elif isinstance(event, CampaignEvent):
                 key = (event.brand, event.campaign)

@@ -950,7 +950,7 @@ class PostgresConsentView(ConsentView):
         resolved = [
             r.event.candidate_event_id
             for r in new
-            if isinstance(r.event, RevocationCandidateResolved)
+            if isinstance(r.event, RevocationCandidateResolved) and r.event.lifts_hold
         ]
         if not resolved:
             return

@@ -14,6 +14,8 @@ import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
+from ledger.commands import ResolveRevocationCandidate, to_events
+from ledger.events import ANY_BRAND, CandidateResolution
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
 from tests.e2e.harness import (
@@ -139,6 +141,56 @@ async def test_a_stop_to_a_number_no_campaign_sends_from_denies_every_brand(serv
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await acme.ListRevocationCandidates(api.ListRevocationCandidatesRequest(brand="*"))
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_revoked_resolution_under_every_brand_recorded_before_its_refusal_denies(
+    service,
+):
+    # Before 34200de the service recorded a "revoked" of a STOP held under "*": its
+    # ConsentRevoked is under no real brand. Written straight to the ledger here, as
+    # that version wrote it, it must leave the STOP denying every brand and listed.
+    runtime, clock = service
+    assert runtime.ledger is not None
+    async with client(runtime.address) as admin:
+        stop = await admin.HandleInboundMessage(inbound(PHONE, UNOWNED, "STOP", clock.now))
+        queue = await admin.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="*", at_least_as_fresh=stop.consistency_token)
+        )
+        [kept] = queue.candidates
+        old = ResolveRevocationCandidate(
+            uuid.uuid4().hex,
+            PHONE,
+            ANY_BRAND,
+            kept.event.event_id,
+            CandidateResolution.REVOKED,
+            clock.now,
+        )
+        recorded = await runtime.ledger.append(to_events(old, clock.now))
+        token = ConsistencyToken.after(recorded).encode()
+
+        assert set((await reasons(runtime, token)).values()) == {api.REASON_REVOKED_BRAND_WIDE}
+        as_of = await admin.CanSendAsOf(
+            api.CanSendAsOfRequest(
+                phone=PHONE,
+                brand="globex",
+                campaign="promo",
+                at=ts(clock.now + timedelta(seconds=1)),
+                at_least_as_fresh=token,
+            )
+        )
+        assert as_of.reason == api.REASON_REVOKED_BRAND_WIDE
+        queue = await admin.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="*", at_least_as_fresh=token)
+        )
+        assert [c.event.event_id for c in queue.candidates] == [kept.event.event_id]
+
+        # The way out the refusal names still works: a dismissal lifts it.
+        done = await admin.ResolveRevocationCandidate(
+            resolve("*", kept.event.event_id, clock, lpb.CANDIDATE_RESOLUTION_DISMISSED)
+        )
+        assert set((await reasons(runtime, done.consistency_token)).values()) == {
+            api.REASON_CONSENT_ACTIVE
+        }
 
 
 async def test_a_stop_to_an_unowned_number_from_a_one_brand_caller_is_that_brands(service):

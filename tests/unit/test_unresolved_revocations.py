@@ -108,3 +108,33 @@ def test_as_of_questions_see_a_phone_wide_stop_from_when_it_came():
     assert decide_as_of(history, "promo", later, later).reason is Reason.REVOKED_BRAND_WIDE
     before = FLAGGED_AT.replace(hour=17)
     assert decide_as_of(history, "promo", before, later).allowed
+
+
+def test_a_revoked_resolution_under_every_brand_leaves_the_stop_denying():
+    # Recorded before 34200de refused it: its ConsentRevoked is under "*", no real
+    # brand, so lifting the hold let every brand send to a number that said STOP.
+    stop = replace(flagged(FLAGGED_AT, "STOP"), brand=ANY_BRAND, unattributed=True)
+    at = FLAGGED_AT.replace(hour=19)
+    old = replace(resolved(at, stop, CandidateResolution.REVOKED), brand=ANY_BRAND)
+    phone_wide = digest_of(state_of(stop, old))
+    merged = with_phone_wide(digest_of(state_of(granted(FLAGGED_AT.replace(hour=1)))), phone_wide)
+    assert merged is not None
+    assert Check(PROMO, at.replace(hour=20))(merged).reason is Reason.REVOKED_BRAND_WIDE
+
+    defined = CampaignDefined(
+        event_id=event_id_for("define-promo"),
+        occurred_at=FLAGGED_AT.replace(day=1),
+        brand=PROMO.brand,
+        campaign="promo",
+        policy=PROMO.policy,
+    )
+    history = record([defined, granted(FLAGGED_AT.replace(hour=1)), stop, old])
+    later = at.replace(hour=20)
+    assert decide_as_of(history, "promo", later, later).reason is Reason.REVOKED_BRAND_WIDE
+
+    # A dismissal, the way out the refusal names, still lifts it; and a brand's own
+    # "revoked" still resolves its candidate.
+    dismissed = replace(resolved(later, stop, CandidateResolution.DISMISSED), brand=ANY_BRAND)
+    assert not digest_of(state_of(stop, old, dismissed)).pending
+    own = flagged(FLAGGED_AT, "stop please")
+    assert not digest_of(state_of(own, resolved(at, own, CandidateResolution.REVOKED))).pending
