@@ -604,6 +604,13 @@ def _subscriber(cmd: Any) -> dict[str, Any]:
     }
 
 
+def _placed(cmd: Any, now: datetime) -> dict[str, Any]:
+    """``_subscriber`` for a fact the policy reads as of its time (a reconfirmation,
+    an age verification, a location): ahead of the clock, CanSend read it at once
+    while CanSendAsOf and the sweep, for the same moment, left it out."""
+    return {**_subscriber(cmd), "occurred_at": consent_time(cmd.occurred_at, now)}
+
+
 def _opt_in(cmd: RecordOptIn, now: datetime) -> list[LedgerEvent]:
     _check_proof(cmd.proof)
     if cmd.source is not ListSource.FIRST_PARTY:
@@ -692,7 +699,7 @@ def _reconfirm(cmd: RecordReconfirmation, now: datetime) -> list[LedgerEvent]:
     check_length(cmd.detail, "detail")
     return [
         ConsentReconfirmed(
-            **_subscriber(cmd),
+            **_placed(cmd, now),
             campaign=check_name(cmd.campaign, "campaign"),
             channel=cmd.channel,
             detail=cmd.detail,
@@ -841,7 +848,7 @@ def _age(cmd: RecordAgeVerification, now: datetime) -> list[LedgerEvent]:
         )
     return [
         AgeVerified(
-            **_subscriber(cmd),
+            **_placed(cmd, now),
             method=cmd.method,
             date_of_birth=cmd.date_of_birth,
             verified_21_plus=cmd.verified_21_plus,
@@ -859,7 +866,7 @@ def _located(cmd: RecordSubscriberLocation, now: datetime) -> list[LedgerEvent]:
             f"{cmd.region[:16]!r} is not the two-letter USPS code of a US state, DC or a territory",
         )
     check_length(cmd.detail, "detail")
-    return [SubscriberLocated(**_subscriber(cmd), region=code, detail=cmd.detail)]
+    return [SubscriberLocated(**_placed(cmd, now), region=code, detail=cmd.detail)]
 
 
 def _resolve(cmd: ResolveRevocationCandidate, now: datetime) -> list[LedgerEvent]:

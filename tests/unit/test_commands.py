@@ -23,6 +23,7 @@ from ledger.commands import (
     RecordOptIn,
     RecordOptOut,
     RecordReconfirmation,
+    RecordSubscriberLocation,
     ReplyKind,
     ResolveRevocationCandidate,
     SentMessage,
@@ -354,6 +355,21 @@ def test_an_opt_out_or_a_text_stamped_ahead_of_the_clock_takes_its_place_now():
     earlier = replace(_inbound("START"), occurred_at=NOW - timedelta(minutes=1))
     out = handle_inbound(earlier, campaign(), fold([]), NOW)
     assert [e.occurred_at for e in out.events] == [earlier.occurred_at] * 2
+
+
+def test_a_reconfirmation_age_or_location_stamped_ahead_takes_its_place_now():
+    """Ahead, an age verification let CanSend allow an age-gated campaign at once,
+    while CanSendAsOf and the sweep, for that moment, still found none."""
+    ahead, earlier = NOW + timedelta(minutes=4), NOW - timedelta(minutes=1)
+    for when, placed in ((ahead, NOW), (earlier, earlier)):
+        commands = (
+            RecordReconfirmation("r", PHONE, BRAND, "promo", RevocationChannel.WEB, when),
+            RecordAgeVerification("r", PHONE, BRAND, "id-scan", when, verified_21_plus=True),
+            RecordSubscriberLocation("r", PHONE, BRAND, "TX", when),
+        )
+        for command in commands:
+            (event,) = to_events(command, NOW)
+            assert event.occurred_at == placed, type(command).__name__
 
 
 def test_a_resolution_stamped_ahead_of_the_clock_takes_its_place_now():
