@@ -516,15 +516,18 @@ def count_records(path: Path | None, fmt: str) -> int | None:
     records = 0
     quoted = False  # the line before ended inside a quoted value
     line_starts = True  # the piece read next begins a line (pieces keep memory bounded)
-    with path.open("rb") as raw:
-        for piece in iter(lambda: raw.readline(LINE_LIMIT), b""):
+    # Lines end as the reader ends them: at CR LF, LF, or a lone CR (an old Mac's
+    # export), which universal newlines read as LF. Latin-1 reads any byte, and only
+    # ASCII matters here (quotes, commas, ASCII whitespace as bytes.strip strips).
+    with path.open(encoding="latin-1", newline=None) as text:
+        for piece in iter(lambda: text.readline(LINE_LIMIT), ""):
             starts = line_starts and not quoted
-            if csv_ and piece.count(b'"') % 2:
+            if csv_ and piece.count('"') % 2:
                 quoted = not quoted
             # The reader skips a CSV row of empty values; JSON Lines, one of whitespace.
-            if starts and (piece.strip(b" \t\r\n,") if csv_ else piece.strip()):
+            if starts and piece.strip(" \t\r\n," if csv_ else " \t\r\n\x0b\x0c"):
                 records += 1
-            line_starts = piece.endswith(b"\n")
+            line_starts = piece.endswith("\n")
     return max(records - csv_, 0)
 
 

@@ -715,6 +715,34 @@ async def test_the_progress_total_counts_records_not_lines(service, tmp_path):
         assert f"| {records}/{records} [" in err, err
 
 
+async def test_the_progress_total_counts_records_ended_by_an_old_macs_lone_carriage_returns(
+    service, tmp_path
+):
+    """A CSV whose lines end with CR alone (classic Mac OS, some Excel for Mac
+    saves) was read and imported right, but counted as one line for the progress
+    bar: a total of 0, shown as none ("4 records"). Its lines end as the reader
+    ends them now, a quoted value over lines and JSON Lines alike."""
+    runtime, when = service
+    at = iso(when - timedelta(days=1))
+    lines = ["type,import_id,phone,brand,campaign,occurred_at,channel,text"]
+    lines += [f"opt_out,mac-{i},{phone(2320 + i)},acme,,{at},keyword,STOP" for i in range(3)]
+    lines.insert(2, f'opt_out,mac-9,{phone(2329)},acme,,{at},free_text,"Please\r\rstop"')
+    export = tmp_path / "mac.csv"
+    export.write_bytes(("\r".join(lines) + "\r").encode())
+    jsonl = tmp_path / "mac.jsonl"
+    stops = opted_in_then_out(when, {phone(2330): {}})
+    jsonl.write_bytes("\r".join(json.dumps(r) for r in stops).encode())
+
+    for path, records in ((export, 4), (jsonl, 2)):
+        code, out, err = await import_cli(
+            str(path), "--address", runtime.address, token=TOKENS["acme-app"][0]
+        )
+
+        assert code == 0, out + err
+        assert f"imported {records} of {records} records" in out, out
+        assert f"| {records}/{records} [" in err, err
+
+
 async def test_a_dry_run_stream_answers_a_repeat_in_a_later_message_as_the_import_does(service):
     """Through ImportConsents itself (the CLI settles repeats in the file before
     sending): a dry run looked up each message's import ids in what was claimed,

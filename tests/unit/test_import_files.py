@@ -165,6 +165,20 @@ def test_records_are_counted_as_the_reader_finds_them_not_by_lines(tmp_path):
         assert count_records(path, "jsonl") == len(list(read_records(text, "jsonl"))) == 2
 
 
+@pytest.mark.parametrize("end", ["\r", "\n", "\r\n"])
+def test_records_are_counted_whatever_ends_their_lines(tmp_path, end):
+    """An old Mac's lone CR ends a line for the reader, so it does for the count."""
+    path = tmp_path / "x.csv"
+    rows = ["type,text", "opt_out,a", "", 'opt_out,"b', 'c"', "opt_out,d"]
+    path.write_bytes(end.join(rows).encode())
+    with open_text(path) as text:
+        assert count_records(path, "csv") == len(list(read_records(text, "csv"))) == 3
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(end.join(['{"type": "opt_out"}', " ", '{"type": "opt_out"}']).encode())
+    with open_text(path) as text:
+        assert count_records(path, "jsonl") == len(list(read_records(text, "jsonl"))) == 2
+
+
 def test_the_summary_groups_refusals_by_reason_with_their_lines():
     summary = import_.Summary(imported=7, present=2, token="subscribers:0:7")
     for line in (4, 9, 12, 15, 20, 31, 40):
