@@ -537,8 +537,9 @@ def open_text(path: Path | None) -> TextIO:
     byte that is not UTF-8 is read as a lone surrogate, which refuses the value
     holding it (``parse_fields``), not the whole file.
 
-    A file that begins with UTF-16's byte-order mark is refused whole: read as UTF-8,
-    its every line would be refused for its NUL bytes, none saying why."""
+    A UTF-16 file is refused whole: read as UTF-8, its every line would be refused
+    for its NUL bytes, none saying why. It is known by its byte-order mark, or
+    without one by a NUL in every other byte of its start (``_utf16_without_bom``)."""
     # The text wrapper returned closes it; standard input's descriptor stays open.
     raw = (
         open(sys.stdin.fileno(), "rb", closefd=False)  # noqa: SIM115
@@ -551,4 +552,31 @@ def open_text(path: Path | None) -> TextIO:
         raise FormatError(
             f"{name} is UTF-16 text (it begins with UTF-16's byte-order mark); save it as UTF-8"
         )
+    order = _utf16_without_bom(raw.peek(UTF16_SAMPLE)[:UTF16_SAMPLE])
+    if order is not None:
+        raw.close()
+        raise FormatError(
+            f"{name} is UTF-16 text ({order}, without a byte-order mark: every other byte "
+            "of its start is NUL); save it as UTF-8"
+        )
     return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+UTF16_SAMPLE = 512
+"""Bytes of a file's start looked at for UTF-16 without a byte-order mark."""
+
+
+def _utf16_without_bom(head: bytes) -> str | None:
+    """The byte order of UTF-16 text that ``head`` begins, or None. A header row or
+    a JSON object begins with ASCII, which UTF-16 writes as the character and a NUL:
+    one side of the byte pairs NUL nearly throughout (a character past U+00FF
+    aside), the other never. UTF-8 text holds no NUL but as a control character,
+    refused in any value, so no export read right is mistaken for it."""
+    pairs = len(head) // 2
+    if pairs < 2:
+        return None
+    low, high = head[0 : 2 * pairs : 2], head[1 : 2 * pairs : 2]
+    for order, nuls, chars in (("little-endian", high, low), ("big-endian", low, high)):
+        if chars.count(0) == 0 and nuls.count(0) * 4 >= pairs * 3:
+            return order
+    return None

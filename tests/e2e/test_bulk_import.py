@@ -1511,6 +1511,40 @@ async def test_a_utf16_export_is_refused_as_a_file_saying_so(service, tmp_path):
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
 
 
+async def test_a_utf16_export_without_a_byte_order_mark_is_refused_as_a_file(service, tmp_path):
+    """UTF-16 saved without a byte-order mark (Python's ``utf-16-le``, some ETL
+    tools) passed the check for its mark: a CSV was refused for unknown columns of
+    NUL-spaced letters, JSON Lines line by line, neither naming the encoding. Its
+    NUL in every other byte names it now, either byte order, piped in too; nothing
+    is written."""
+    runtime, when = service
+    assert runtime.ledger is not None
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    rows = opted_in_then_out(when, {phone(2340): {}})
+    text = write_csv(tmp_path / "rows.csv", rows).read_text()
+    lines = "\n".join(json.dumps(r) for r in rows)
+    files = {}
+    for order in ("le", "be"):
+        files[tmp_path / f"{order}.csv"] = text.encode(f"utf-16-{order}")
+        files[tmp_path / f"{order}.jsonl"] = lines.encode(f"utf-16-{order}")
+    for path, content in files.items():
+        path.write_bytes(content)
+        code, out, err = await import_cli(
+            str(path), "--address", runtime.address, token=TOKENS["acme-app"][0]
+        )
+        assert code == 2 and out == "", out + err
+        endian = "little-endian" if path.stem == "le" else "big-endian"
+        assert f"{path.name} is UTF-16 text ({endian}, without a byte-order mark" in err, err
+        assert "save it as UTF-8" in err, err
+    process = await started_import(
+        "-", "--format", "csv", "--address", runtime.address,
+        token=TOKENS["acme-app"][0], stdin=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(text.encode("utf-16-le")), 120)
+    assert process.returncode == 2 and b"standard input is UTF-16 text" in err, err
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
+
+
 async def test_rows_of_empty_values_below_a_spreadsheets_data_are_no_records(service, tmp_path):
     """A spreadsheet saved as CSV writes rows of commas where cells below its data
     were once used: each was refused as "type: must be opt_in or opt_out", so an

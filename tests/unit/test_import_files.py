@@ -179,6 +179,21 @@ def test_records_are_counted_whatever_ends_their_lines(tmp_path, end):
         assert count_records(path, "jsonl") == len(list(read_records(text, "jsonl"))) == 2
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_byte_order_mark_is_refused_as_a_file(tmp_path, encoding):
+    path = tmp_path / "x.csv"
+    path.write_bytes("type,phone\nopt_out,+14155552671 (Zoë, 日本)\n".encode(encoding))
+    with pytest.raises(FormatError, match=r"UTF-16 text .*without a byte-order mark"):
+        open_text(path)
+
+
+def test_utf8_with_characters_past_ascii_is_not_taken_for_utf16(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_bytes("type,text\nopt_out,Zoë 日本 ✓\n".encode())
+    with open_text(path) as text:
+        assert len(list(read_records(text, "csv"))) == 1
+
+
 def test_the_summary_groups_refusals_by_reason_with_their_lines():
     summary = import_.Summary(imported=7, present=2, token="subscribers:0:7")
     for line in (4, 9, 12, 15, 20, 31, 40):
