@@ -1319,15 +1319,18 @@ COVERED_PREFIX = "covered-"
 (``covered_hold_resolved``)."""
 
 
-def covers(revoked: ConsentRevoked, hold: RevocationCandidateFlagged) -> bool:
+def covers(
+    revoked: ConsentRevoked, hold: RevocationCandidateFlagged, *, every_campaign: bool = False
+) -> bool:
     """Whether the recorded opt-out ``revoked`` says at least what the live opt-out
     held for its details (``hold``, ``RevocationCandidateFlagged.refused``) does: the
     same number, the same brand, and every campaign of it. A hold denies every
     campaign of its brand, so an opt-out of one campaign leaves it to a reviewer, who
-    can tell whether the person meant only that one."""
+    can tell whether the person meant only that one; unless ``every_campaign`` (the
+    revoke-all rule is in force for the campaign it names: it revokes them all)."""
     return (
         hold.refused
-        and revoked.campaign is None
+        and (revoked.campaign is None or every_campaign)
         and revoked.phone == hold.phone
         and revoked.brand == hold.brand
     )

@@ -363,11 +363,7 @@ class Check:
             MessageKind.OPT_IN_CONFIRMATION: self._opt_in_confirmation,
         }.get(kind)
         self._replying = kind is MessageKind.CONVERSATION_REPLY
-        self._revoke_all = (
-            policy.revoke_all
-            or campaign.revoke_all_since is not None
-            or now >= REVOKE_ALL_EFFECTIVE
-        )
+        self._revoke_all = revokes_all(campaign, now)
         self._dates: dict[tuple[str, ...], date] = {}
         self._zone_dates: dict[str, date] = {}
         self._local_times: dict[str, datetime] = {}
@@ -919,6 +915,17 @@ class Check:
                 self.version,
             )
         return None
+
+
+def revokes_all(campaign: Campaign, at: datetime) -> bool:
+    """Whether an opt-out of ``campaign`` at ``at`` (its rules then) revokes every
+    campaign of its brand: the revoke-all rule (``REVOKE_ALL_EFFECTIVE``), the
+    campaign's own ``revoke_all``, or its brand's setting."""
+    return (
+        campaign.policy.revoke_all
+        or campaign.revoke_all_since is not None
+        or at >= REVOKE_ALL_EFFECTIVE
+    )
 
 
 def earns_exemption(digest: Digest, campaign: Campaign, at: datetime, kind: MessageKind) -> bool:

@@ -56,9 +56,9 @@ from ledger.events import (
     RevocationCandidateResolved,
 )
 from ledger.phone import to_e164
-from ledger.policy import earns_exemption
+from ledger.policy import earns_exemption, revokes_all
 from ledger.ports import ConsistencyToken, DigestReads, Stream
-from ledger.state import COUNTED_KINDS
+from ledger.state import COUNTED_KINDS, SubscriberState
 from services.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -173,39 +173,59 @@ class Writes:
             return earlier
         written = await taken_then_appended(self.ctx, events)
         revoked = events[0]
-        if isinstance(revoked, ConsentRevoked) and revoked.campaign is None:
+        if isinstance(revoked, ConsentRevoked):
             # A retry of the opt-out too: it resolves what an earlier attempt may not have.
-            token = await self._resolve_covered_holds(revoked, recorded_by)
-            if token is not None:  # a read at the answer's token sees the hold resolved
-                written = replace(written, token=written.token.merge(token))
+            phone, brand = revoked.phone, revoked.brand
+            digest = (await self.reads.digests(brand, [phone])).get(phone)
+            if digest is not None and any(p.refused for p in digest.pending):
+                state = (await self.ctx.view.subscriber_states(brand, [phone]))[phone]
+                every = revoked.campaign is not None and await self._revokes_all(revoked)
+                written = await self._resolve_covered_holds(
+                    revoked, state, written, recorded_by, every_campaign=every
+                )
         return written
 
-    async def _resolve_covered_holds(
-        self, revoked: ConsentRevoked, recorded_by: str
-    ) -> ConsistencyToken | None:
-        """Resolve each live opt-out held for review that ``revoked``, a brand-wide
-        opt-out just recorded, covers (``ledger.commands.covers``): typically the
-        client's corrected retry of the refused request, which otherwise left the hold
-        for a reviewer to close (``covered_hold_resolved`` says why that is safe).
+    async def _revokes_all(self, revoked: ConsentRevoked) -> bool:
+        """Whether ``revoked``, an opt-out of one campaign, revokes every campaign of
+        its brand under the campaign's rules at its time (``ledger.policy.revokes_all``)."""
+        assert revoked.campaign is not None
+        history = await self.ctx.rules.campaign_history(revoked.brand, revoked.campaign)
+        rules = history.as_of(revoked.occurred_at)
+        return rules is not None and revokes_all(rules, revoked.occurred_at)
 
-        The replica's digest, in memory, says whether the number has such a hold at
-        all, so most opt-outs pay no query. It is not waited for: a hold not applied
-        yet (the retry came within milliseconds of it) stays for a reviewer, as before.
-        Returns the token after the resolutions written, if any."""
-        phone, brand = revoked.phone, revoked.brand
-        digest = (await self.reads.digests(brand, [phone])).get(phone)
-        if digest is None or not any(p.refused for p in digest.pending):
-            return None
-        state = (await self.ctx.view.subscriber_states(brand, [phone]))[phone]
-        token = None
+    async def _resolve_covered_holds(
+        self,
+        revoked: ConsentRevoked,
+        state: SubscriberState,
+        written: WriteResult,
+        recorded_by: str,
+        *,
+        every_campaign: bool = False,
+    ) -> WriteResult:
+        """Resolve each live opt-out held for review in ``state`` that ``revoked``, an
+        opt-out just recorded (``written``), covers (``ledger.commands.covers``):
+        typically the client's corrected retry of the refused request, or the gateway's
+        of a refused STOP, which otherwise left the hold for a reviewer to close
+        (``covered_hold_resolved`` says why that is safe).
+
+        Only holds before the opt-out in ledger order, which every view and a rebuild
+        share: a hold recorded after it is a later STOP's, which this one does not
+        answer (a retry of the opt-out, reading a newer state, would otherwise resolve
+        it). A hold not applied when ``state`` was read stays for a reviewer. Returns
+        ``written`` with a token that covers the resolutions written, if any."""
+        ends = written.token.offsets
+        token = written.token
         for held in state.pending_candidates():
-            if not covers(revoked, held.event):
+            if not covers(revoked, held.event, every_campaign=every_campaign):
+                continue
+            where = (Stream.SUBSCRIBERS, held.position.partition)
+            if held.position.offset >= ends.get(where, 0):
                 continue
             resolved = covered_hold_resolved(revoked, held.event, self.ctx.clock())
             with contextlib.suppress(AlreadyExists):  # an earlier attempt's, which resolves it
-                written = await recorded_once(self.ctx, _stamped(resolved, recorded_by))
-                token = written.token if token is None else token.merge(written.token)
-        return token
+                done = await recorded_once(self.ctx, _stamped(resolved, recorded_by))
+                token = token.merge(done.token)  # a read at the answer's token sees it
+        return replace(written, token=token)
 
     async def hold_refused_opt_out(
         self,
@@ -457,6 +477,14 @@ class Writes:
         if earlier is not None:
             return earlier
         written = await recorded_once(self.ctx, events)
+        revoked = next((e for e in events if isinstance(e, ConsentRevoked)), None)
+        if revoked is not None:
+            # A STOP that covers a refused STOP's hold resolves it, as a RecordOptOut
+            # does: read from the state before the STOP, so in ledger order.
+            every = revoked.campaign is not None and revokes_all(campaign, revoked.occurred_at)
+            written = await self._resolve_covered_holds(
+                revoked, states[sender], written, recorded_by, every_campaign=every
+            )
         return InboundResult(written, outcome)
 
     async def _redelivered(

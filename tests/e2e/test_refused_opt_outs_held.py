@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
 
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
@@ -487,3 +488,82 @@ async def test_an_inbound_stop_under_a_request_id_used_before_is_held_and_denies
     async with client(runtime.address) as admin:
         w = await admin.RecordOptIn(opt_in(phone(87), "acme", "promo", clock.now))
     assert (await can_send(runtime, chatty, w.consistency_token)).allowed
+
+
+async def resolutions_of(runtime: Runtime, number: str, fresh: str) -> list[Any]:
+    async with client(runtime.address) as admin:
+        events = await admin.ListEvents(
+            api.ListEventsRequest(phone=number, brand="acme", at_least_as_fresh=fresh)
+        )
+    return [
+        (e.event.revocation_candidate_resolved, events.consistency_token)
+        for e in events.events
+        if e.event.event_type == "RevocationCandidateResolved"
+    ]
+
+
+async def test_a_gateways_corrected_stop_of_the_brand_resolves_its_hold(service):
+    """Before, only a RecordOptOut resolved a refused STOP's hold: the gateway's
+    corrected STOPALL under the same message id, or a later one, was recorded beside
+    it and the hold waited for a reviewer. A STOP of the brand now resolves it as
+    revoked, naming its own opt-out; a STOP of one campaign leaves it to a reviewer."""
+    runtime, clock = service
+    corrected, later, scoped = phone(90), phone(91), phone(92)
+    await opted_in(runtime, [corrected, later, scoped], clock.now)
+    async with client(runtime.address, "acme-app") as c:
+        holds = {}
+        for number, body in ((corrected, "STOPALL"), (later, "STOPALL"), (scoped, "STOP")):
+            wrong = inbound(number, ACME_NUMBER, f"{body}\0", clock.now)
+            holds[number] = held_info(await refused(c.HandleInboundMessage, wrong))
+            assert holds[number] is not None, number
+            assert await runtime.guard.wait_for_token(
+                ConsistencyToken.decode(holds[number]["consistency_token"])
+            )
+            again = inbound(number, ACME_NUMBER, body, clock.now)
+            if number == corrected:  # the same text, mended, under its message id
+                again.message_id = wrong.message_id
+            answer = await c.HandleInboundMessage(again)
+            assert answer.intent in (
+                api.INBOUND_INTENT_OPT_OUT,
+                api.INBOUND_INTENT_OPT_OUT_BRAND_WIDE,
+            ), answer
+            holds[number]["stop"] = answer
+    for number in (corrected, later):
+        stop = holds[number]["stop"]
+        ((resolution, token),) = await resolutions_of(runtime, number, stop.consistency_token)
+        assert resolution.candidate_event_id == holds[number]["candidate_event_id"]
+        assert resolution.resolution == lpb.CANDIDATE_RESOLUTION_REVOKED, resolution
+        assert resolution.resolved_by == f"opt-out {stop.event_ids[1]}", resolution
+        assert await candidates_of(runtime, number, stop.consistency_token) == []
+        answer = await can_send(runtime, number, token)
+        assert answer.reason == api.REASON_REVOKED_BRAND_WIDE, answer
+    stop = holds[scoped]["stop"]
+    assert await resolutions_of(runtime, scoped, stop.consistency_token) == []
+    held = await candidates_of(runtime, scoped, stop.consistency_token)
+    assert held == [holds[scoped]["candidate_event_id"]]
+
+
+async def test_a_stop_of_one_campaign_under_revoke_all_resolves_its_hold(service):
+    """Under the revoke-all rule a STOP to one campaign revokes every campaign of the
+    brand: it covers the hold as a STOP of the brand does."""
+    runtime, clock = service
+    number, club_number = phone(93), "+14155550987"
+    async with client(runtime.address) as admin:
+        await admin.DefineCampaign(
+            define("acme", "club", clock.now - timedelta(days=60), [club_number], revoke_all=True)
+        )
+        w = await admin.RecordOptIn(opt_in(number, "acme", "club", clock.now - timedelta(days=1)))
+    assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
+    async with client(runtime.address, "acme-app") as c:
+        wrong = inbound(number, club_number, "STOP\0", clock.now)
+        info = held_info(await refused(c.HandleInboundMessage, wrong))
+        assert info is not None
+        assert await runtime.guard.wait_for_token(
+            ConsistencyToken.decode(info["consistency_token"])
+        )
+        again = inbound(number, club_number, "STOP", clock.now, message_id=wrong.message_id)
+        stop = await c.HandleInboundMessage(again)
+    ((resolution, _),) = await resolutions_of(runtime, number, stop.consistency_token)
+    assert resolution.candidate_event_id == info["candidate_event_id"]
+    assert resolution.resolved_by == f"opt-out {stop.event_ids[1]}", resolution
+    assert await candidates_of(runtime, number, stop.consistency_token) == []

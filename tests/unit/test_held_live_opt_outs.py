@@ -191,6 +191,7 @@ def test_only_a_brand_wide_opt_out_of_the_same_number_and_brand_covers_a_live_ho
     (held,) = held_opt_out(_live(), "occurred_at: is in the future", at(1))
     assert covers(revoked(at(2), None), held)
     assert not covers(revoked(at(2), "promo"), held)
+    assert covers(revoked(at(2), "promo"), held, every_campaign=True)  # revoke-all
     assert not covers(revoked(at(2), None, phone="+14155550000"), held)
     assert not covers(revoked(at(2), None, brand="globex"), held)
     (imported,) = held_opt_out(replace(_live(), via=""), "channel: is required", at(1))
@@ -247,3 +248,28 @@ async def test_a_brand_wide_opt_out_resolves_the_live_hold_it_covers():
         assert [str(r.candidate_event_id) for r in resolutions] == [hold_id]
         assert resolutions[0].resolved_by == f"opt-out {written.event_ids[0]}"
         assert resolutions[0].recorded_by == "acme-app"
+
+
+async def test_a_retried_opt_out_leaves_a_hold_recorded_after_it():
+    """Only holds before the opt-out in ledger order are its to resolve: a hold
+    recorded after it is a later STOP's, which a retry of the opt-out, reading a newer
+    state, used to resolve in the retry's name."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        await app.writes.record(opt_in("r-in"))
+        every = RecordOptOut("r-every", PHONE, BRAND, None, RevocationChannel.API, at(2))
+        first = await app.writes.record(every, recorded_by="acme-app")
+        assert await app.guard.wait_for_token(first.token)
+        refusal = InvalidRequest("occurred_at", "is in the future")
+        with pytest.raises(HeldForReview) as held:
+            await app.writes.hold_refused_opt_out(_live(), refusal, lambda brand: None)
+        hold_id = held.value.metadata["candidate_event_id"]
+        token = ConsistencyToken.decode(held.value.metadata["consistency_token"])
+        assert await app.guard.wait_for_token(token)
+
+        again = await app.writes.record(every, recorded_by="acme-app")
+
+        assert again.event_ids == first.event_ids
+        assert await app.guard.wait_for_token(again.token)
+        state = (await app.view.subscriber_states(BRAND, [PHONE]))[PHONE]
+        assert [str(c.event_id) for c in state.pending_candidates()] == [hold_id]
