@@ -66,6 +66,7 @@ from services.errors import (
     MessageIdReused,
     NotConsistent,
     PermissionDenied,
+    Refused,
     ReusedIdHeldForReview,
 )
 from services.usecases.context import BEHIND, Context
@@ -107,6 +108,13 @@ def _lists_numbers(event: LedgerEvent) -> bool:
         event.policy.sender_numbers
     )
 
+
+RESOLUTION_PREFIX = "candidate-resolution-"
+"""Starts the key under which a revocation candidate's resolution is taken among its
+brand's request ids (``Writes._claim_resolution``): one resolution per candidate."""
+
+CANDIDATE_RESOLVED = "CANDIDATE_ALREADY_RESOLVED"
+"""The ``ErrorInfo`` reason of a resolution refused because another won the candidate."""
 
 INBOUND_PREFIX = "inbound-message-"
 """Starts the key under which an inbound text's provider message id is taken among a
@@ -166,6 +174,7 @@ class Writes:
                 kept = _stamped(unattributed_opt_out(cmd, self.ctx.clock()), recorded_by)
                 return await recorded_once(self.ctx, kept)
             await self._check(cmd, events)
+            await self._claim_resolution(events)
         except (DomainError, FailedPrecondition, NotConsistent):
             earlier = await replay(self.ctx, events)
             if earlier is None:
@@ -221,11 +230,57 @@ class Writes:
             where = (Stream.SUBSCRIBERS, held.position.partition)
             if held.position.offset >= ends.get(where, 0):
                 continue
-            resolved = covered_hold_resolved(revoked, held.event, self.ctx.clock())
-            with contextlib.suppress(AlreadyExists):  # an earlier attempt's, which resolves it
-                done = await recorded_once(self.ctx, _stamped(resolved, recorded_by))
+            resolved = _stamped(
+                covered_hold_resolved(revoked, held.event, self.ctx.clock()), recorded_by
+            )
+            # AlreadyExists: an earlier attempt's, which resolves it; Refused: a
+            # reviewer's resolution came first, and stands.
+            with contextlib.suppress(AlreadyExists, Refused):
+                await self._claim_resolution(resolved)
+                done = await recorded_once(self.ctx, resolved)
                 token = token.merge(done.token)  # a read at the answer's token sees it
         return replace(written, token=token)
+
+    async def _claim_resolution(self, events: Sequence[LedgerEvent]) -> None:
+        """Take the candidate a resolution (``events``) resolves for it, among every
+        instance sharing the view, or refuse it (``Refused``, FAILED_PRECONDITION)
+        naming the resolution that took it first.
+
+        Two reviewers resolving one candidate at once both found it pending, and both
+        were told OK while only one decision could stand (a "revoked" beside a
+        "dismissed" revokes). The candidate is taken in the view's shared request ids
+        (``claim_request``, under a key of its own) before the append: the first
+        resolution keeps it and its retries pass; any other is refused. A resolution
+        whose append failed keeps the candidate for its own retry, the hold denying
+        meanwhile."""
+        resolution = events[0]
+        if not isinstance(resolution, RevocationCandidateResolved):
+            return
+        said = f"{resolution.phone}\0{resolution.candidate_event_id}"
+        key = f"{RESOLUTION_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
+        ids = [str(e.event_id) for e in events]
+        use = await self.ctx.view.claim_request(
+            resolution.brand, key, resolution.request_fingerprint, ids
+        )
+        if set(use.event_ids) & set(ids):  # taken for this resolution, or its retry
+            return
+        winner = use.event_ids[0]
+        await self.ctx.guard.wait_until_applied_for([resolution.phone])
+        found = await self.ctx.view.find_event(winner)
+        metadata = {"candidate_event_id": str(resolution.candidate_event_id), "event_id": winner}
+        if found is not None and isinstance(found.event, RevocationCandidateResolved):
+            won = found.event
+            metadata |= {"resolution": won.resolution.value, "resolved_by": won.resolved_by}
+            how = f"as {won.resolution.value}" + (
+                f" by {won.resolved_by!r}" if won.resolved_by else ""
+            )
+            reason = f"was resolved {how} (event {winner}) before this resolution; it stands"
+        else:  # claimed, not in the ledger yet: on its way, or its append failed
+            reason = (
+                f"is being resolved by another request (event {winner}); read the "
+                "candidate again (ListEvents) to see its resolution"
+            )
+        raise Refused("candidate_event_id", reason, CANDIDATE_RESOLVED, metadata)
 
     async def hold_refused_opt_out(
         self,

@@ -16,6 +16,8 @@ import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from ledger.ports import ConsistencyToken, Stream
 from services.adapters.digest_replica import DigestReplica
@@ -32,6 +34,7 @@ from tests.e2e.harness import (
     precondition_violations,
     running,
     service_settings,
+    ts,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -284,3 +287,77 @@ async def test_an_instance_honours_its_own_opt_out_at_once_without_a_token(
             else:  # a batch of more numbers than are hashed waits for every partition
                 decisions = (await c.CanSendBatch(batch)).decisions
                 assert [d.allowed for d in decisions] == [j > i for j in range(40)], i
+
+
+def candidate_resolved(err: grpc.aio.AioRpcError) -> dict[str, str] | None:
+    """The metadata of a refusal's ``ErrorInfo`` saying another resolution won."""
+    status = rpc_status.from_call(err)
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.reason == "CANDIDATE_ALREADY_RESOLVED":
+            return dict(info.metadata)
+    return None
+
+
+async def test_two_reviewers_resolving_one_candidate_at_once_through_two_instances(
+    two_instances,
+):
+    """Before, both reviewers found the candidate pending, both resolutions were
+    recorded and both were told OK, though only one decision could stand (a
+    "revoked" beside a "dismissed" revokes). Now the first keeps the candidate and
+    the other is refused FAILED_PRECONDITION naming the resolution that won; a retry
+    of the winner is still answered OK."""
+    (a, b), when = two_instances
+    async with client(a.address) as ca, client(b.address) as cb:
+        for i in range(6):
+            phone = f"+1415555{2900 + i:04d}"
+            kept = await ca.RecordOptOut(opt_out(phone, "acme", "nope", when))
+            (candidate,) = kept.event_ids
+            assert await b.guard.wait_for_token(ConsistencyToken.decode(kept.consistency_token))
+            requests = [
+                api.ResolveRevocationCandidateRequest(
+                    request_id=uuid.uuid4().hex,
+                    phone=phone,
+                    brand="acme",
+                    candidate_event_id=candidate,
+                    resolution=resolution,
+                    occurred_at=ts(when),
+                    resolved_by=who,
+                )
+                for resolution, who in (
+                    (lpb.CANDIDATE_RESOLUTION_DISMISSED, "alice"),
+                    (lpb.CANDIDATE_RESOLUTION_REVOKED, "bob"),
+                )
+            ]
+            first, second = (ca, cb) if i % 2 == 0 else (cb, ca)
+            results = await asyncio.gather(
+                first.ResolveRevocationCandidate(requests[0]),
+                second.ResolveRevocationCandidate(requests[1]),
+                return_exceptions=True,
+            )
+            won = [r for r in results if isinstance(r, api.ResolveRevocationCandidateResponse)]
+            lost = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+            assert len(won) == 1 and len(lost) == 1, results
+            assert lost[0].code() == grpc.StatusCode.FAILED_PRECONDITION, lost[0]
+            info = candidate_resolved(lost[0])
+            assert info is not None, lost[0].details()
+            winner = requests[results.index(won[0])]
+            assert info["candidate_event_id"] == candidate
+            assert info["event_id"] == won[0].event_ids[0]
+            if "resolution" in info:  # the winner was in the view: its decision is named
+                assert info["resolved_by"] == winner.resolved_by
+                assert info["resolution"] in ("dismissed", "revoked")
+                assert info["resolved_by"] in lost[0].details()
+            again = await first.ResolveRevocationCandidate(winner)
+            assert list(again.event_ids) == list(won[0].event_ids)
+            events = await ca.ListEvents(
+                api.ListEventsRequest(
+                    phone=phone, brand="acme", at_least_as_fresh=won[0].consistency_token
+                )
+            )
+            resolutions = [
+                e.event.revocation_candidate_resolved.resolved_by
+                for e in events.events
+                if e.event.event_type == "RevocationCandidateResolved"
+            ]
+            assert resolutions == [winner.resolved_by], resolutions
