@@ -148,16 +148,7 @@ def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
         columns: list[str] = next((row for row in rows if any(v.strip() for v in row)), [])
     except csv.Error as exc:
         raise FormatError(f"line {rows.line_num}: {exc}; the header cannot be read") from None
-    unknown = [c for c in columns if c not in FIELDS]
-    if unknown:
-        raise FormatError(
-            f"unknown column(s) {', '.join(map(repr, unknown))}; the columns are: "
-            + ", ".join(FIELDS)
-        )
-    twice = sorted({c for c in columns if columns.count(c) > 1})
-    if twice:
-        # A row would keep only the last of the column's values, silently.
-        raise FormatError(f"column(s) {', '.join(map(repr, twice))} named more than once")
+    _check_columns(columns)
     seen = rows.line_num  # the lines up to the header's end
     try:
         for row in rows:
@@ -165,6 +156,16 @@ def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
             # A blank line, or a row of empty values (a spreadsheet writes them below
             # its data): no record, and the next starts after it.
             if not any(value.strip() for value in row):
+                continue
+            again = _header_again(row)
+            if again is not None:
+                # Exports joined (cat a.csv b.csv): the second's header is no record,
+                # and its rows are written under it, so they are read under it. It is
+                # refused all the same, named, so that a file that is not the one
+                # export it seems does not pass for clean, and no row is dropped unsaid.
+                _check_columns(again, f"line {start}, a header row further down: ", STOPPED)
+                yield Unreadable(start, "record", _header_reason(again, columns))
+                columns = again
                 continue
             fields = {k: v for k, v in zip(columns, row, strict=False) if v}
             if len(row) > len(columns):  # an unquoted comma, most often in a text
@@ -175,9 +176,49 @@ def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
     except csv.Error as exc:  # the rest cannot be read: stop, naming where
         quoting = "expected after" in str(exc) or "end of data" in str(exc)
         hint = " (a quoted value that opens on this line and does not close?)" if quoting else ""
+        raise FormatError(f"line {seen + 1}: {exc}{hint}{STOPPED}") from None
+
+
+STOPPED = "; nothing from this line on was read"
+
+
+def _check_columns(columns: list[str], where: str = "", then: str = "") -> None:
+    """Refuse a header (``FormatError``) that names a column no record has, or one
+    twice."""
+    unknown = [c for c in columns if c not in FIELDS]
+    if unknown:
         raise FormatError(
-            f"line {seen + 1}: {exc}{hint}; nothing from this line on was read"
-        ) from None
+            f"{where}unknown column(s) {', '.join(map(repr, unknown))}; the columns are: "
+            + ", ".join(FIELDS)
+            + then
+        )
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        # A row would keep only the last of the column's values, silently.
+        named = ", ".join(map(repr, twice))
+        raise FormatError(f"{where}column(s) {named} named more than once{then}")
+
+
+def _header_again(row: list[str]) -> list[str] | None:
+    """``row`` as the columns it names when it is a header row below the first (a
+    joined export's, its byte-order mark dropped), else None: ``type`` among its
+    values (a record's is ``opt_in`` or ``opt_out``) and most of them fields' names.
+    One naming a column no record has is a header still, which ``_check_columns``
+    refuses: read as a record, the rows after it would be read under other columns."""
+    named = [row[0].removeprefix("\ufeff"), *row[1:]]
+    if "type" in named and 2 * sum(value in FIELDS for value in named) > len(named):
+        return named
+    return None
+
+
+def _header_reason(again: list[str], columns: list[str]) -> str:
+    joined = "exports joined, as by cat?"
+    if again == columns:
+        return f"repeats the header row ({joined}): no record; the rows after it are read"
+    return (
+        f"is a header row naming other columns ({joined}): no record; the rows after it "
+        "are read under its columns"
+    )
 
 
 def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:

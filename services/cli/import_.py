@@ -36,7 +36,9 @@ in the order of their own times (occurred_at), whatever their order in the file.
 file formats (UTF-8 text; from the extension, .csv or .jsonl/.ndjson, or --format):
   csv    a header row naming the fields below, one record a row; a quoted value
          may run over lines, and one whose quote does not close stops the import
-         at its line (the records before it are imported)
+         at its line (the records before it are imported). A header row further
+         down (exports joined with cat) is refused as a line of its own, and the
+         rows after it are read under its columns
   jsonl  one JSON object a line, with the same fields; the proof may be nested
          as "proof": {"name": ..., ...}
 

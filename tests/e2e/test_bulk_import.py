@@ -1545,6 +1545,44 @@ async def test_a_utf16_export_without_a_byte_order_mark_is_refused_as_a_file(ser
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
 
 
+async def test_exports_joined_with_their_headers_name_each_header_and_read_every_row(
+    service, tmp_path
+):
+    """``cat a.csv b.csv``: the second export's header row was refused as "type: must
+    be opt_in or opt_out" (and sent to be held as an opt-out of the number "phone"),
+    and a second export of other columns had its rows read under the first's. Each
+    header below the first is refused as what it is, by line, so the joined file
+    does not pass for one clean export, and the rows after it are read under it:
+    every opt-out of every part is recorded."""
+    runtime, when = service
+    first = write_csv(tmp_path / "a.csv", opted_in_then_out(when, {phone(2350): {}}))
+    second = write_csv(tmp_path / "b.csv", opted_in_then_out(when, {phone(2351): {}}))
+    reordered = opted_in_then_out(when, {phone(2352): {}})
+    with (tmp_path / "c.csv").open("w", newline="") as out:
+        writer = csv.DictWriter(out, [*COLUMNS[::-1]])  # the same fields, another order
+        writer.writeheader()
+        writer.writerows(reordered)
+    joined = tmp_path / "joined.csv"
+    joined.write_bytes(
+        first.read_bytes() + "\ufeff".encode() + second.read_bytes()
+        + (tmp_path / "c.csv").read_bytes()
+    )  # fmt: skip
+    numbers = [phone(2350), phone(2351), phone(2352)]
+
+    reasons = await imported_answers(
+        runtime, joined, numbers, code=1, held=0,
+        said=["imported 6 of 8 records", "refused: 2"],
+        refusals=[
+            r"INVALID_ARGUMENT +record: repeats the header row \(exports joined, as by cat\?\)"
+            r".* \(line 4\)",
+            r"INVALID_ARGUMENT +record: is a header row naming other columns .*read under its "
+            r"columns \(line 7\)",
+        ],
+    )  # fmt: skip
+
+    assert reasons == dict.fromkeys(numbers, "REASON_REVOKED"), reasons
+
+
 async def test_rows_of_empty_values_below_a_spreadsheets_data_are_no_records(service, tmp_path):
     """A spreadsheet saved as CSV writes rows of commas where cells below its data
     were once used: each was refused as "type: must be opt_in or opt_out", so an

@@ -194,6 +194,29 @@ def test_utf8_with_characters_past_ascii_is_not_taken_for_utf16(tmp_path):
         assert len(list(read_records(text, "csv"))) == 1
 
 
+def test_a_header_row_further_down_is_refused_and_its_rows_read_under_it():
+    at = "2026-11-02T09:30:00Z"
+    rows = read(
+        f"type,phone,brand,occurred_at,channel\nopt_out,+14155552671,acme,{at},keyword\n"
+        f"\ufefftype,phone,brand,occurred_at,channel\nopt_out,+14155552672,acme,{at},keyword\n"
+        f"channel,occurred_at,brand,phone,type\nkeyword,{at},acme,+14155552673,opt_out\n",
+        "csv",
+    )
+    told = [(r.line, r.field, r.reason[:25]) for r in rows if isinstance(r, Unreadable)]
+    assert told == [
+        (3, "record", "repeats the header row (e"),
+        (5, "record", "is a header row naming ot"),
+    ], rows
+    phones = [r.record.opt_out.phone for r in rows if isinstance(r, Read)]
+    assert phones == ["+14155552671", "+14155552672", "+14155552673"], rows
+
+
+def test_a_header_row_further_down_naming_an_unknown_column_stops_the_file_there():
+    text = "type,phone\nopt_out,+14155552671\ntype,phone,colour\nopt_out,+14155552672,red\n"
+    with pytest.raises(FormatError, match=r"line 3, a header row further down: .*'colour'"):
+        read(text, "csv")
+
+
 def test_the_summary_groups_refusals_by_reason_with_their_lines():
     summary = import_.Summary(imported=7, present=2, token="subscribers:0:7")
     for line in (4, 9, 12, 15, 20, 31, 40):
