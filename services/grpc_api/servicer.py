@@ -341,19 +341,51 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
 
     # ---- CanSend and friends: fail closed ----------------------------------------------
 
+    @staticmethod
+    def _moment_reader(principal: Principal) -> Reader | None:
+        """The caller as an auditor, for a check that names a moment (one before now
+        is an audit read: ``Checks._admit_past``); None without the audit scope. A
+        check of now reads no history, is not recorded, and makes no reader."""
+        if Scope.AUDIT not in principal.scopes:
+            return None
+        return principal.reader(REQUEST_ID.get() or "-")
+
+    async def _at_moment(
+        self, rpc: str, request: Any, context: grpc.aio.ServicerContext, answer: Awaitable[R]
+    ) -> R:
+        """``answer`` of a check that names a moment; one for a past moment refused
+        for want of the audit scope is recorded as a refused audit read first, as
+        ``accountable`` records the audit calls' refusals."""
+        ADMITTED.set(False)
+        try:
+            return await answer
+        except PermissionDenied as exc:
+            if exc.field == "at":
+                await self._refused(rpc, request, context, exc)
+            raise
+
     @translate_errors
     async def CanSend(
         self, request: api_pb2.CanSendRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.CanSendResponse:
-        self._caller(context, Scope.CHECK, request.brand)
+        principal = self._caller(context, Scope.CHECK, request.brand)
         at, kind, token = _check_fields(request, request.phone)
-        result = await _fail_closed(
+        answer = _fail_closed(
             "CanSend",
             self.usecases.checks.can_send(
-                request.phone, request.brand, request.campaign, at=at, kind=kind, token=token
+                request.phone,
+                request.brand,
+                request.campaign,
+                at=at,
+                kind=kind,
+                token=token,
+                reader=None if at is None else self._moment_reader(principal),
             ),
             CheckResult.failed,
         )
+        if at is not None:
+            answer = self._at_moment("CanSend", request, context, answer)
+        result = await answer
         self.metrics.decided("CanSend", result.decision)
         response = api.decision_to_proto(result.decision, result.token.encode())
         response.provisional = result.provisional
@@ -364,16 +396,25 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def CanSendBatch(
         self, request: api_pb2.CanSendBatchRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.CanSendBatchResponse:
-        self._caller(context, Scope.CHECK, request.brand)
+        principal = self._caller(context, Scope.CHECK, request.brand)
         at, kind, token = _check_fields(request, None)
         phones: Sequence[str] = list(request.phones)
-        result = await _fail_closed(
+        answer = _fail_closed(
             "CanSendBatch",
             self.usecases.checks.can_send_batch(
-                phones, request.brand, request.campaign, at=at, kind=kind, token=token
+                phones,
+                request.brand,
+                request.campaign,
+                at=at,
+                kind=kind,
+                token=token,
+                reader=None if at is None else self._moment_reader(principal),
             ),
             lambda failed: BatchResult.failed(phones, failed),
         )
+        if at is not None:
+            answer = self._at_moment("CanSendBatch", request, context, answer)
+        result = await answer
         self.metrics.decided_all("CanSendBatch", result.decisions)
         response = api.batch_to_proto(phones, result.decisions, result.token.encode())
         response.provisional = result.provisional

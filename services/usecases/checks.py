@@ -25,7 +25,7 @@ from ledger.policy import Check, Decision, Reason, decide_as_of, deny
 from ledger.ports import CampaignReads, ConsistencyToken, DigestReads
 from ledger.state import CampaignHistory, SubscriberState
 from ledger.validation import Violations, check_not_too_early
-from services.errors import NotConsistent
+from services.errors import NotConsistent, PermissionDenied
 from services.usecases.access import Reader
 from services.usecases.context import BEHIND, Context
 
@@ -147,6 +147,7 @@ class Checks:
         at: datetime | None = None,
         kind: MessageKind = MessageKind.REGULAR,
         token: ConsistencyToken | None = None,
+        reader: Reader | None = None,
     ) -> CheckResult:
         """``can_send_batch`` for one number, with the number's errors on ``phone``.
 
@@ -158,6 +159,7 @@ class Checks:
         number = phone if canonical else to_e164(phone, field="phone")
         when, provisional, past = self._when(at)
         if past:
+            await self._admit_past(reader, "CanSend", brand, number, campaign, when)
             return await self._as_of(number, brand, campaign, when, kind=kind, token=token)
         fresh = await self.ctx.guard.wait_for_phones([number], token)
         read_at = self.ctx.guard.applied_token()
@@ -195,6 +197,7 @@ class Checks:
         at: datetime | None = None,
         kind: MessageKind = MessageKind.REGULAR,
         token: ConsistencyToken | None = None,
+        reader: Reader | None = None,
     ) -> BatchResult:
         """Decide for every phone, in order. A phone that is not a valid number raises
         ``REASON_INVALID_PHONE`` in its own place, and the others are answered; a bad
@@ -208,7 +211,7 @@ class Checks:
         # non-canonical one does not need; those parsed are waited for below.
         when, provisional, past = self._when(at)
         if past:
-            return await self._batch_as_of(phones, brand, campaign, when, kind, token)
+            return await self._batch_as_of(phones, brand, campaign, when, kind, token, reader)
         fresh = await self.ctx.guard.wait_for_phones(phones, token)
         read_at = self.ctx.guard.applied_token()
         if not fresh:
@@ -318,6 +321,31 @@ class Checks:
         decision = decide_as_of([*campaign_events, *subscriber], campaign, t_world, t_known, kind)
         return CheckResult(decision, read_at)
 
+    async def _admit_past(
+        self,
+        reader: Reader | None,
+        action: str,
+        brand: str,
+        number: str,
+        campaign: str,
+        at: datetime,
+    ) -> None:
+        """Admit and record a check for a past moment as the audit read it is: it
+        answers from the number's history what CanSendAsOf answers, so it needs the
+        audit scope and goes on the access log. ``reader`` is None for a caller
+        without that scope: a check-only token read past decisions unrecorded, and a
+        sender whose clock ran behind got "allowed" for a moment before a STOP."""
+        if reader is None:
+            raise PermissionDenied(
+                "at",
+                f"{at.isoformat()} is before now: what was allowed at a past moment is an "
+                "audit read, which needs the audit scope for the brand (CanSendAsOf); "
+                "leave at empty to ask about a send now",
+            )
+        await self.ctx.access.admit(
+            reader, action, brand, phone=number, campaign=campaign, detail={"at": at.isoformat()}
+        )
+
     def _when(self, at: datetime | None) -> tuple[datetime, bool, bool]:
         """The moment a check is for (now, or ``at``), whether its answer is only
         provisional, and whether it is past. A moment ahead of now, up to
@@ -346,9 +374,11 @@ class Checks:
         at: datetime,
         kind: MessageKind,
         token: ConsistencyToken | None,
+        reader: Reader | None,
     ) -> BatchResult:
         """A batch for a moment before now: each number as ``can_send_as_of`` answers
-        it, from its history (a query per distinct number, unlike a batch for now)."""
+        it, from its history (a query per distinct number, unlike a batch for now),
+        each read admitted and recorded for ``reader`` first (``_admit_past``)."""
         answers: dict[str, Decision] = {}
         numbers: list[str] = []
         for i, phone in enumerate(phones):
@@ -361,6 +391,7 @@ class Checks:
         for number in dict.fromkeys(numbers):
             if number in answers:
                 continue
+            await self._admit_past(reader, "CanSendBatch", brand, number, campaign, at)
             result = await self._as_of(number, brand, campaign, at, kind=kind, token=token)
             answers[number], read_at = result.decision, result.token
         return BatchResult([answers[n] for n in numbers], read_at)

@@ -72,6 +72,43 @@ async def test_a_check_for_a_past_moment_answers_as_the_check_as_of_does(service
         assert not before.allowed and before.reason == api.REASON_NO_CONSENT
 
 
+async def test_a_check_for_a_past_moment_needs_the_audit_scope_and_is_recorded(service):
+    """A check-only token read past decisions through CanSend's `at`, unrecorded; and a
+    sender whose clock ran 30 s behind was told "allowed" 10 s after a STOP."""
+    runtime, clock = service
+    async with client(runtime.address) as admin, client(runtime.address, "acme-checker") as c:
+        await admin.RecordOptIn(opt_in(PHONE, "acme", "promo", clock.now - timedelta(hours=2)))
+        stop = inbound(PHONE, PROMO_NUMBER, "STOP", clock.now - timedelta(seconds=10))
+        token = (await admin.HandleInboundMessage(stop)).consistency_token
+        behind = ts(clock.now - timedelta(seconds=30))
+        now = await c.CanSend(can_send(at_least_as_fresh=token))
+        assert now.reason == api.REASON_REVOKED
+        for call in (
+            c.CanSend(can_send(at=behind, at_least_as_fresh=token)),
+            c.CanSendBatch(
+                api.CanSendBatchRequest(
+                    brand="acme",
+                    campaign="promo",
+                    phones=[PHONE],
+                    at=behind,
+                    at_least_as_fresh=token,
+                )
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "audit scope" in (refused.value.details() or "")
+        # An auditor's token is answered, and the read is on the access log.
+        answered = await admin.CanSend(can_send(at=behind, at_least_as_fresh=token))
+        assert answered.allowed
+        log = await admin.ListAuditAccess(api.ListAuditAccessRequest(brand="acme"))
+    seen = [(a.subject, a.action, a.outcome) for a in log.accesses]
+    assert ("acme-checker", "CanSend", "refused") in seen
+    assert ("acme-checker", "CanSendBatch", "refused") in seen
+    assert ("admin", "CanSend", "admitted") in seen
+
+
 async def test_a_check_ahead_of_now_is_provisional_and_beyond_30_days_refused(service):
     runtime, clock = service
     async with client(runtime.address) as c:

@@ -12,6 +12,8 @@ from ledger.commands import DefineCampaign, RecordMessageSent, RecordOptOut
 from ledger.errors import InvalidRequest
 from ledger.events import MessageKind, RevocationChannel
 from ledger.policy import Reason
+from ledger.ports import AccessQuery
+from services.errors import PermissionDenied
 from services.usecases.checks import Checks
 from services.usecases.context import Context
 from tests.builders import BRAND, PHONE, at
@@ -25,7 +27,9 @@ async def test_a_check_for_a_past_moment_counts_no_grant_given_after_it():
     async with running(ledger=ledger_at_now()) as (app, _):
         await app.writes.record(define())
         granted = await app.writes.record(opt_in("r1"))  # at(0)
-        before = await app.checks.can_send(PHONE, BRAND, "promo", at=at(-10), token=granted.token)
+        before = await app.checks.can_send(
+            PHONE, BRAND, "promo", at=at(-10), token=granted.token, reader=AUDITOR
+        )
         assert not before.decision.allowed and before.decision.reason is Reason.NO_CONSENT
         assert not before.provisional
         assert (
@@ -41,27 +45,71 @@ async def test_a_check_for_a_past_moment_answers_as_the_check_as_of_does():
         written = await app.writes.record(stop)
         for moment in (at(-10), at(10), at(30), at(45)):
             single = await app.checks.can_send(
-                PHONE, BRAND, "promo", at=moment, token=written.token
+                PHONE, BRAND, "promo", at=moment, token=written.token, reader=AUDITOR
             )
             audit = await app.checks.can_send_as_of(PHONE, BRAND, "promo", moment, reader=AUDITOR)
             assert single.decision == audit.decision, moment
             batch = await app.checks.can_send_batch(
-                [PHONE, OTHER, PHONE], BRAND, "promo", at=moment, token=written.token
+                [PHONE, OTHER, PHONE],
+                BRAND,
+                "promo",
+                at=moment,
+                token=written.token,
+                reader=AUDITOR,
             )
             assert batch.decisions == [audit.decision, batch.decisions[1], audit.decision]
             assert batch.decisions[1].reason is Reason.NO_CONSENT and not batch.provisional
-        assert (await app.checks.can_send(PHONE, BRAND, "promo", at=at(10))).decision.allowed
+        then = await app.checks.can_send(PHONE, BRAND, "promo", at=at(10), reader=AUDITOR)
+        assert then.decision.allowed
 
 
 async def test_a_past_batch_answers_a_phone_that_is_not_a_number_in_its_place():
     async with running(ledger=ledger_at_now()) as (app, _):
         await app.writes.record(define())
         result = await app.checks.can_send_batch(
-            [PHONE, "not a number"], BRAND, "promo", at=at(-10)
+            [PHONE, "not a number"], BRAND, "promo", at=at(-10), reader=AUDITOR
         )
         assert [d.reason for d in result.decisions][1] == Reason.INVALID_PHONE
         assert not result.decisions[1].allowed
         assert result.decisions[0].reason != Reason.INVALID_PHONE
+
+
+@pytest.mark.parametrize("batch", [False, True])
+async def test_a_check_for_a_past_moment_without_the_audit_scope_is_refused_on_at(batch):
+    """Past, a check answers from the number's history what CanSendAsOf answers: a
+    check-only token read past decisions unrecorded, and a sender whose clock ran
+    behind was told "allowed" for the moment before a STOP it had just received."""
+    async with running(ledger=ledger_at_now()) as (app, _):
+        await app.writes.record(define())
+        await app.writes.record(opt_in("r1"))
+        stop = RecordOptOut("r2", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(30))
+        written = await app.writes.record(stop)
+        with pytest.raises(PermissionDenied) as err:
+            if batch:
+                await app.checks.can_send_batch([PHONE], BRAND, "promo", at=at(10))
+            else:
+                await app.checks.can_send(PHONE, BRAND, "promo", at=at(10), token=written.token)
+        assert err.value.field == "at" and "audit scope" in err.value.reason
+        now = await app.checks.can_send(PHONE, BRAND, "promo", token=written.token)
+        assert now.decision.reason is Reason.REVOKED
+
+
+async def test_a_check_for_a_past_moment_is_on_the_access_log_before_it_reads():
+    async with running(ledger=ledger_at_now()) as (app, _):
+        await app.writes.record(define())
+        await app.writes.record(opt_in("r1"))
+        await app.checks.can_send(PHONE, BRAND, "promo", at=at(10), reader=AUDITOR)
+        await app.checks.can_send_batch(
+            [PHONE, OTHER, PHONE], BRAND, "promo", at=at(10), reader=AUDITOR
+        )
+        records = await app.audit.ctx.access.log.list(AccessQuery(brands=None))
+        read = [(r.action, r.phone, r.detail.get("at")) for r in records]
+        moment = at(10).isoformat()
+        assert sorted(read) == [
+            ("CanSend", PHONE, moment),
+            ("CanSendBatch", OTHER, moment),
+            ("CanSendBatch", PHONE, moment),
+        ]
 
 
 async def test_a_check_ahead_of_now_is_provisional_and_plans_around_quiet_hours_and_caps():
