@@ -97,6 +97,9 @@ class CampaignDigest(NamedTuple):
     proof_missing: tuple[str, ...] = ()
     """What the grant's proof lacks of the provider's template
     (``ConsentProof.template_missing``), reported with every answer."""
+    last_inbound: Mark | None = None
+    """The latest text the person sent this campaign's number: a conversation is the
+    campaign's whose number the person texted, and no other's."""
 
 
 EMPTY_CAMPAIGN = CampaignDigest()
@@ -211,6 +214,7 @@ def _campaign_digest(c: CampaignConsent) -> CampaignDigest:
                 if grant is not None
                 else ()
             ),
+            _mark(c.last_inbound),
         ),
     )
 

@@ -426,7 +426,7 @@ class Check:
         # A conversation reply is one only inside the window after the person's text:
         # then it does not count towards caps and needs no sender identification (a
         # follow-up in a conversation); otherwise it is a message like any other.
-        replying = self._open_conversation(digest, None) if self._replying else None
+        replying = self._open_conversation(c, None) if self._replying else None
         # Age, caps, then quiet hours; the first that denies answers.
         check = self._age_gate(digest) if self._age_gated else None
         if check is None and self._limits and replying is None:
@@ -536,7 +536,7 @@ class Check:
         purpose = self.policy.purpose
         revocation = latest_revocation(digest, c)
         if purpose is CampaignPurpose.CONVERSATIONAL:
-            inbound = self._open_conversation(digest, revocation)
+            inbound = self._open_conversation(c, revocation)
             if inbound is None:
                 return deny(
                     Reason.CONVERSATION_WINDOW_CLOSED,
@@ -561,7 +561,7 @@ class Check:
                 "a reply inside the conversation the person started",
                 version,
             )
-        if digest.last_inbound is not None and self._open_conversation(digest, revocation):
+        if digest.last_inbound is not None and self._opened(digest.last_inbound, revocation):
             return deny(
                 Reason.CONSENT_TIER_INSUFFICIENT,
                 "texting first consents to that conversation only, "
@@ -688,9 +688,15 @@ class Check:
     def _window(self) -> timedelta:
         return min(self.policy.opt_out_confirmation_window, MAX_OPT_OUT_CONFIRMATION_WINDOW)
 
-    def _open_conversation(self, digest: Digest, revocation: Mark | None) -> str | None:
-        """The id of the inbound message that keeps a conversation open, if any."""
-        inbound = digest.last_inbound
+    def _open_conversation(self, c: CampaignDigest, revocation: Mark | None) -> str | None:
+        """The id of the inbound message that keeps this campaign's conversation open,
+        if any: the person's text to this campaign's number. A text to another
+        campaign's number is that campaign's conversation only (the provider's policy:
+        "the consent is limited only to that particular conversation")."""
+        return self._opened(c.last_inbound, revocation)
+
+    def _opened(self, inbound: Mark | None, revocation: Mark | None) -> str | None:
+        """``inbound``'s id when it keeps a conversation open now, else None."""
         if inbound is None or not inbound.at <= self._now <= inbound.at + self._conversation:
             return None
         if revocation is not None and not revocation.before(inbound):
@@ -938,8 +944,8 @@ def earns_exemption(digest: Digest, campaign: Campaign, at: datetime, kind: Mess
         return False
     check = Check(campaign, at, kind)
     if kind is MessageKind.CONVERSATION_REPLY:
-        latest = latest_revocation(digest, digest.campaign(campaign.campaign))
-        return check._open_conversation(digest, latest) is not None
+        c = digest.campaign(campaign.campaign)
+        return check._open_conversation(c, latest_revocation(digest, c)) is not None
     return check(digest).allowed
 
 

@@ -126,6 +126,9 @@ class CampaignConsent:
     help_request: Fact[InboundMessageReceived] | None = None
     """The latest HELP (or INFO) the person sent this campaign's number: it earns one
     help reply (``ledger.policy``)."""
+    last_inbound: Fact[InboundMessageReceived] | None = None
+    """The latest text the person sent this campaign's number: the conversation it
+    opens is this campaign's only (``ledger.policy``)."""
     help_reply: SentRecord | None = None
     """The latest help reply sent for this campaign, counted or not."""
     opt_in_confirmation: SentRecord | None = None
@@ -347,11 +350,21 @@ def _apply_inbound(s: SubscriberState, f: Fact[InboundMessageReceived]) -> Subsc
     if _erased_after(s, f):
         return s
     s = _evolve(s, last_inbound=_later(s.last_inbound, f))
-    if f.event.intent == Intent.HELP.value and f.event.campaign is not None:
-        s = _with_campaign(
-            s, f.event.campaign, lambda c: _evolve(c, help_request=_later(c.help_request, f))
+    if f.event.campaign is None:
+        return s
+    if f.event.intent == Intent.HELP.value:
+        return _with_campaign(
+            s,
+            f.event.campaign,
+            lambda c: _evolve(
+                c,
+                help_request=_later(c.help_request, f),
+                last_inbound=_later(c.last_inbound, f),
+            ),
         )
-    return s
+    return _with_campaign(
+        s, f.event.campaign, lambda c: _evolve(c, last_inbound=_later(c.last_inbound, f))
+    )
 
 
 def _apply_flagged(s: SubscriberState, f: Fact[RevocationCandidateFlagged]) -> SubscriberState:
@@ -414,6 +427,7 @@ def _apply_erased(s: SubscriberState, f: Fact[SubjectErased]) -> SubscriberState
             resume=before(c.resume),
             reconfirmation=before(c.reconfirmation),
             help_request=before(c.help_request),
+            last_inbound=before(c.last_inbound),
         )
         for name, c in s.campaigns.items()
     }
@@ -635,7 +649,8 @@ def retained(state: SubscriberState) -> list[Fact[Any]]:
     # less work, as the projection asks this of every state it writes.
     facts: dict[int, Fact[Any]] = {}
     for c in state.campaigns.values():
-        for kept in (c.grant, c.revocation, c.resume, c.reconfirmation, c.help_request):
+        kept_facts = (c.grant, c.revocation, c.resume, c.reconfirmation, c.help_request)
+        for kept in (*kept_facts, c.last_inbound):
             if kept is not None:
                 facts[kept.event.event_id.int] = kept
         records = (

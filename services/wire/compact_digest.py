@@ -202,7 +202,8 @@ def _campaign_signature(name: Any, c: Any, vals: list[Any]) -> tuple[Any, ...]:
         help_reply,
         opt_in_confirmation,
         proof_missing,
-    ) = _fields(c, CampaignDigest, 12, "CampaignDigest")
+        last_inbound,
+    ) = _fields(c, CampaignDigest, 13, "CampaignDigest")
     return (
         _exact(name, str),
         _mark(grant, vals),
@@ -217,6 +218,7 @@ def _campaign_signature(name: Any, c: Any, vals: list[Any]) -> tuple[Any, ...]:
         _mark(help_reply, vals),
         _mark(opt_in_confirmation, vals),
         _strs(proof_missing),
+        _mark(last_inbound, vals),
     )
 
 
@@ -315,6 +317,7 @@ class _Source:
             self.mark(sig[10]),
             self.mark(sig[11]),
             self.const(sig[12]),
+            self.mark(sig[13]),
         )
         return f"built(CampaignDigest, ({', '.join(fields)}))"
 

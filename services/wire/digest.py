@@ -16,7 +16,7 @@ import msgpack
 
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, built
 
-FORMAT = 11
+FORMAT = 12
 """1 had no ``CampaignDigest.last_disclosed_at``, 2 no ``Digest.regions`` and
 ``Digest.located`` (the recipient's candidate states), 3 no ``CampaignDigest``
 ``help_request``, ``help_reply`` or ``opt_in_confirmation``, 4 no
@@ -24,7 +24,8 @@ FORMAT = 11
 ``Digest.pending``, 6 no ``Digest.erased``, 7 no imported mark on
 ``Digest.pending``, 8 no refused mark on it, 9 no reused-id mark on it, 10 left out
 of ``CampaignDigest.sent`` a second reply to one HELP or START recorded as exempt
-(``ledger.state._owed_reply``): rows in any of them are read from their snapshots,
+(``ledger.state._owed_reply``), 11 no ``CampaignDigest.last_inbound`` (each
+campaign's own conversation): rows in any of them are read from their snapshots,
 which are folded and digested again.
 """
 _HEADER = bytes([FORMAT])
@@ -125,6 +126,7 @@ def _campaign(raw: tuple[Any, ...]) -> CampaignDigest:
         help_reply,
         opt_in_confirmation,
         proof_missing,
+        last_inbound,
     ) = _fields(CampaignDigest, raw)
     return built(
         CampaignDigest,
@@ -141,6 +143,7 @@ def _campaign(raw: tuple[Any, ...]) -> CampaignDigest:
             help_reply and built(Mark, help_reply),
             opt_in_confirmation and built(Mark, opt_in_confirmation),
             proof_missing,
+            last_inbound and built(Mark, last_inbound),
         ),
     )
 

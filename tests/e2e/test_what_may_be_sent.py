@@ -341,3 +341,37 @@ async def test_a_reply_that_did_not_earn_its_exemption_counts_towards_the_cap(se
         w = await c.RecordMessageSent(sent(phone, lpb.MESSAGE_KIND_CONVERSATION_REPLY))
         r = await c.CanSend(can_send(phone, at_least_as_fresh=w.consistency_token))
         assert r.allowed, r
+
+
+async def test_a_text_to_one_campaigns_number_is_no_other_campaigns_conversation(serve):
+    # The person texted the support line; the brand's sales line is another
+    # conversation, which the person never began, whatever kind the sender names.
+    clock = Clock()
+    day_ago = clock.now - timedelta(days=1)
+    support, sales = "+12125550150", "+12125550151"
+    campaigns = [
+        define("acme", name, day_ago, [number], purpose=lpb.CAMPAIGN_PURPOSE_CONVERSATIONAL)
+        for name, number in (("support", support), ("sales", sales))
+    ]
+    runtime = await serve(clock=clock, campaigns=campaigns)
+    async with client(runtime.address) as c:
+        w = await c.HandleInboundMessage(
+            inbound(PHONE, support, "when do you open?", clock.now - timedelta(minutes=2))
+        )
+        fresh = w.consistency_token
+        reply = lpb.MESSAGE_KIND_CONVERSATION_REPLY
+        r = await c.CanSend(
+            api.CanSendRequest(
+                phone=PHONE, brand="acme", campaign="support", message_kind=reply,
+                at_least_as_fresh=fresh,
+            )
+        )  # fmt: skip
+        assert r.allowed and r.reason == api.REASON_CONVERSATION_REPLY, r
+        for kind in (reply, lpb.MESSAGE_KIND_REGULAR):
+            ask = dict(brand="acme", campaign="sales", message_kind=kind)
+            r = await c.CanSend(api.CanSendRequest(phone=PHONE, **ask, at_least_as_fresh=fresh))
+            assert not r.allowed and r.reason == api.REASON_CONVERSATION_WINDOW_CLOSED, r
+            b = await c.CanSendBatch(api.CanSendBatchRequest(phones=[PHONE], **ask))
+            assert b.decisions[0].reason == api.REASON_CONVERSATION_WINDOW_CLOSED, b
+            a = await c.CanSendAsOf(api.CanSendAsOfRequest(phone=PHONE, at=ts(clock.now), **ask))
+            assert not a.allowed and a.reason == api.REASON_CONVERSATION_WINDOW_CLOSED, a

@@ -43,7 +43,7 @@ def test_digest_fields_are_the_ones_the_encoding_knows():
     assert CampaignDigest._fields == (
         "grant", "tier", "revocation", "resume", "reconfirmation", "sent", "last_sent_at",
         "last_disclosed_at", "help_request", "help_reply", "opt_in_confirmation",
-        "proof_missing",
+        "proof_missing", "last_inbound",
     )  # fmt: skip
     assert Mark._fields == ("at", "offset", "event_id")
     assert Pending._fields == (
@@ -117,6 +117,7 @@ campaign_digests = st.builds(
     st.none() | marks,
     st.none() | marks,
     st.lists(texts, max_size=2).map(tuple),
+    st.none() | marks,
 )
 digests = st.builds(
     Digest,

@@ -374,14 +374,14 @@ def test_opt_out_confirmations_do_not_count_towards_the_cap():
 # Rule 8: conversational and informational consent.
 def test_texting_first_allows_a_reply_within_the_conversation_window():
     c = campaign("support", purpose=CampaignPurpose.CONVERSATIONAL)
-    d = decide(state_of(inbound(at(0))), c, at(30))
+    d = decide(state_of(inbound(at(0), campaign="support")), c, at(30))
     assert d.allowed and d.reason is Reason.CONVERSATION_REPLY
     assert Obligation.IDENTIFY_SENDER not in d.obligations  # follow-up in a conversation
 
 
 def test_conversation_reply_after_the_window_is_denied():
     c = campaign("support", purpose=CampaignPurpose.CONVERSATIONAL)
-    d = decide(state_of(inbound(at(0))), c, at(days=1, minutes=1))
+    d = decide(state_of(inbound(at(0), campaign="support")), c, at(days=1, minutes=1))
     assert not d.allowed and d.reason is Reason.CONVERSATION_WINDOW_CLOSED
 
 
@@ -391,11 +391,28 @@ def test_a_conversation_window_wider_than_a_day_is_held_to_a_day():
     c = campaign(
         "support", purpose=CampaignPurpose.CONVERSATIONAL, conversation_window=timedelta(days=3650)
     )
-    s = state_of(inbound(at(0)))
+    s = state_of(inbound(at(0), campaign="support"))
     assert decide(s, c, at(days=1)).allowed
     d = decide(s, c, at(days=1, minutes=1))
     assert not d.allowed and d.reason is Reason.CONVERSATION_WINDOW_CLOSED
     assert not decide(s, c, at(days=200)).allowed
+
+
+def test_a_text_to_one_campaigns_number_opens_no_other_campaigns_conversation():
+    # "The consent is limited only to that particular conversation": a text to the
+    # support line lets the support line answer, not the brand's other lines.
+    support = campaign("support", purpose=CampaignPurpose.CONVERSATIONAL)
+    sales = campaign("sales", purpose=CampaignPurpose.CONVERSATIONAL)
+    s = state_of(inbound(at(0), "when do you open?", "support"))
+    assert decide(s, support, at(5), MessageKind.CONVERSATION_REPLY).allowed
+    for kind in (MessageKind.CONVERSATION_REPLY, MessageKind.REGULAR):
+        d = decide(s, sales, at(5), kind)
+        assert not d.allowed and d.reason is Reason.CONVERSATION_WINDOW_CLOSED
+    # Nor does it make another campaign's message a reply that escapes its caps.
+    capped = campaign(frequency_caps=(FrequencyCap(1, timedelta(days=1)),))
+    s = state_of(granted(at(0)), sent(at(1)), inbound(at(2), "when do you open?", "support"))
+    d = decide(s, capped, at(5), MessageKind.CONVERSATION_REPLY)
+    assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED
 
 
 def test_texting_first_never_allows_a_promotional_campaign():
@@ -422,7 +439,7 @@ def test_a_conversational_grant_allows_replies_within_the_window_only():
     grant = granted(at(0), "support", tier=ConsentTier.CONVERSATIONAL)
     d = decide(state_of(grant), c, at(days=30))
     assert not d.allowed and d.reason is Reason.CONVERSATION_WINDOW_CLOSED
-    d = decide(state_of(grant, inbound(at(days=30))), c, at(days=30, minutes=5))
+    d = decide(state_of(grant, inbound(at(days=30), campaign="support")), c, at(days=30, minutes=5))
     assert d.allowed and d.reason is Reason.CONVERSATION_REPLY
     informational = granted(at(0), "support", tier=ConsentTier.INFORMATIONAL)
     assert decide(state_of(informational), c, at(days=30)).reason is Reason.CONSENT_ACTIVE
@@ -437,7 +454,7 @@ def test_replies_are_held_to_the_campaigns_caps_and_quiet_hours():
         frequency_caps=(FrequencyCap(1, timedelta(days=1)),),
     )
     grant = granted(at(0), "support", tier=ConsentTier.CONVERSATIONAL)
-    asked = inbound(at(hours=10, minutes=40))  # 20:40 in Los Angeles
+    asked = inbound(at(hours=10, minutes=40), campaign="support")  # 20:40 in Los Angeles
     for start in ([grant, asked], [asked]):  # a conversational grant, or no grant at all
         d = decide(state_of(*start), c, at(hours=11, minutes=5))  # 21:05 there
         assert not d.allowed and d.reason is Reason.QUIET_HOURS
@@ -449,9 +466,9 @@ def test_replies_are_held_to_the_campaigns_caps_and_quiet_hours():
 
 def test_an_age_gated_conversation_needs_the_age_verified_too():
     c = campaign("bar", purpose=CampaignPurpose.CONVERSATIONAL, category="alcohol")
-    d = decide(state_of(inbound(at(0), "do you deliver?")), c, at(5))
+    d = decide(state_of(inbound(at(0), "do you deliver?", "bar")), c, at(5))
     assert not d.allowed and d.reason is Reason.AGE_VERIFICATION_REQUIRED
-    s = state_of(inbound(at(0), "do you deliver?"), age(at(1), plus21=True))
+    s = state_of(inbound(at(0), "do you deliver?", "bar"), age(at(1), plus21=True))
     assert decide(s, c, at(5)).reason is Reason.CONVERSATION_REPLY
 
 
