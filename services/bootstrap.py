@@ -293,6 +293,7 @@ class Runtime:
             # write's key (every opt-in and opt-out seals with one).
             keys=PostgresSubjectKeys(self.reads, timeout=s.postgres_timeout),
             retention=Retention(s.retention_years),
+            import_prune_interval=s.import_prune_interval,
         )
         self.metrics.guard, self.metrics.replica = self.guard, replica
         self.usecases.access.observe = self.metrics.audit_read

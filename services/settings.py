@@ -192,6 +192,9 @@ class Settings:
     signs none, except with ``embedded``, which makes one under ``data_dir``."""
     checkpoint_interval: float = 60.0
     """Seconds between checkpoints (each covers what was appended since the last)."""
+    import_prune_interval: float = 3600.0
+    """Seconds between prunings of old append turns by this process's imports at
+    most; 0: every import prunes as it begins."""
     health_limits: HealthLimits = field(default_factory=HealthLimits)
     """The opt-out and error rates above which campaign health flags a campaign or a
     sending number. The provider's notice gives them for a sender, not per brand."""
@@ -381,6 +384,7 @@ class Settings:
                 else None
             ),
             checkpoint_interval=number("CONSENT_CHECKPOINT_INTERVAL_S", 60),
+            import_prune_interval=number("CONSENT_IMPORT_PRUNE_INTERVAL_S", 3600, above=False),
             health_limits=HealthLimits(
                 opt_out=share("CONSENT_OPT_OUT_RATE_LIMIT", HealthLimits.opt_out),
                 error=share("CONSENT_ERROR_RATE_LIMIT", HealthLimits.error),

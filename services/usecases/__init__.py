@@ -12,7 +12,7 @@ all of them on one ``Context``; ``services.bootstrap`` is the one place that doe
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from ledger.health import HealthLimits
@@ -26,7 +26,7 @@ from services.usecases.audit import Audit, Evidence
 from services.usecases.checks import DEFAULT_FUTURE_HORIZON, Checks
 from services.usecases.context import Clock, Context, utc_now
 from services.usecases.erasure import Erasure
-from services.usecases.imports import Imports
+from services.usecases.imports import PRUNE_INTERVAL_S, Imports, TurnPruning
 from services.usecases.review import Review
 from services.usecases.sends import Sends
 from services.usecases.writes import Writes
@@ -43,6 +43,8 @@ class UseCases:
     access: Access
     sends: Sends
     erasure: Erasure
+    turn_pruning: TurnPruning = field(default_factory=TurnPruning)
+    """When the process's imports last pruned the old append turns."""
 
     @classmethod
     def build(
@@ -60,6 +62,7 @@ class UseCases:
         access_log: AccessLog | None = None,
         keys: SubjectKeys | None = None,
         retention: Retention = DEFAULT_RETENTION,
+        import_prune_interval: float = PRUNE_INTERVAL_S,
     ) -> UseCases:
         """``reads`` answers CanSend's digests and ``campaigns`` the campaigns' rules
         (each by default the view);
@@ -68,7 +71,8 @@ class UseCases:
         campaign health flags; ``access_log`` records every audit read
         (``services.bootstrap`` gives the durable one; by default they are kept in
         memory, for tests); ``keys`` seal each subject's personal data (None: it is
-        written in the clear) and ``retention`` says when it may be erased."""
+        written in the clear) and ``retention`` says when it may be erased;
+        ``import_prune_interval`` is how often imports prune old append turns at most."""
         access = Access(InMemoryAccessLog() if access_log is None else access_log, clock)
         personal = PersonalData(keys) if keys is not None else None
         if personal is not None:
@@ -85,10 +89,16 @@ class UseCases:
             access,
             Sends(ctx),
             Erasure(ctx, keys, retention),
+            TurnPruning(import_prune_interval),
         )
 
     def start_import(
         self, *, authorize: Callable[[str], None] = lambda brand: None, recorded_by: str = ""
     ) -> Imports:
         """A bulk import's use case (``services.usecases.imports``), for one import."""
-        return Imports(self.writes.ctx, authorize=authorize, recorded_by=recorded_by)
+        return Imports(
+            self.writes.ctx,
+            authorize=authorize,
+            recorded_by=recorded_by,
+            pruning=self.turn_pruning,
+        )

@@ -30,8 +30,9 @@ from ledger.policy import Reason
 from ledger.ports import AppendTurn, LedgerUnavailable, Stream
 from services.adapters.memory_ledger import InMemoryLedger
 from services.errors import PermissionDenied
+from services.usecases import UseCases
 from services.usecases import imports as imports_module
-from services.usecases.imports import MAX_CHUNK, Code, Imports, Item
+from services.usecases.imports import MAX_CHUNK, Code, Imports, Item, TurnPruning
 from tests.builders import BRAND, at, proof
 from tests.builders import opt_in as an_opt_in
 from tests.unit.usecase_harness import App, define, running
@@ -579,3 +580,40 @@ async def test_an_import_prunes_the_turns_that_ended_long_ago_as_it_begins(monke
             AppendTurn.TAKEN,  # forgotten
             AppendTurn.APPENDED,
         ]
+
+
+async def test_two_imports_in_a_row_prune_the_old_turns_once(monkeypatch):
+    """Each import pruned the old append turns as it began (1c2b663): a look at every
+    turn of the last day, some 0.45 s a million on PostgreSQL, which a client making
+    many small ImportConsents calls paid on each. A process prunes once an interval
+    now (``CONSENT_IMPORT_PRUNE_INTERVAL_S``), whichever import begins first."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        pruned: list[float] = []
+        prune = app.view.prune_append_turns
+
+        async def counted(kept_s: float) -> int:
+            pruned.append(kept_s)
+            return await prune(kept_s)
+
+        monkeypatch.setattr(app.view, "prune_append_turns", counted)
+        usecases = UseCases.build(app.ledger, app.view, app.guard, import_prune_interval=3600)
+
+        for i in range(2):
+            result = await usecases.start_import().chunk([opt_in(10 + i, f"+1415555010{i}")])
+            assert result.imported == 1
+
+        assert pruned == [imports_module.TURNS_KEPT_S]
+
+        # Past the interval, the next import prunes again; 0 prunes at every import.
+        now = [0.0]
+        pruning = TurnPruning(60, clock=lambda: now[0])
+        for i, moved in enumerate((0.0, 59.0, 61.0)):
+            now[0] = moved
+            imports = Imports(app.writes.ctx, pruning=pruning)
+            assert (await imports.chunk([opt_in(20 + i, f"+1415555011{i}")])).imported == 1
+        assert len(pruned) == 3  # at 0 and at 61, not at 59
+        every = TurnPruning(0)
+        for i in range(2):
+            await Imports(app.writes.ctx, pruning=every).chunk([opt_in(30 + i, f"+1415555012{i}")])
+        assert len(pruned) == 5

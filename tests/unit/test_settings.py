@@ -325,3 +325,12 @@ def test_the_embedded_database_cannot_leave_projection_to_another_process() -> N
         Settings.from_env({"CONSENT_PROJECTOR": "off"}, embedded=True)
     given = {"CONSENT_PROJECTOR": "off", "CONSENT_POSTGRES_DSN": "postgresql://db/consent"}
     assert Settings.from_env(given, embedded=True).projector == "off"
+
+
+def test_imports_prune_old_append_turns_once_an_hour_unless_told() -> None:
+    assert Settings.from_env({}, embedded=True).import_prune_interval == 3600
+    env = {"CONSENT_IMPORT_PRUNE_INTERVAL_S": "0"}  # every import prunes, as before
+    assert Settings.from_env(env, embedded=True).import_prune_interval == 0
+    for bad in ("-1", "nan", "soon"):
+        with pytest.raises(SettingsError, match="CONSENT_IMPORT_PRUNE_INTERVAL_S"):
+            Settings.from_env({"CONSENT_IMPORT_PRUNE_INTERVAL_S": bad}, embedded=True)
