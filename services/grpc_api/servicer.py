@@ -287,7 +287,12 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         nothing of any brand's records): it is left to the request's field checks,
         which refuse it (INVALID_ARGUMENT) with every other bad field; the use cases
         would refuse it too, and ``Access.admit`` would not let it read. Only a
-        well-formed brand is held to the caller's here (PERMISSION_DENIED)."""
+        well-formed brand is held to the caller's here (PERMISSION_DENIED).
+
+        An audit stream asks again before each message it sends: the tokens file is
+        followed, and a token revoked (or its audit scope or the brand taken from
+        it) while a stream is open would otherwise go on receiving, a watch without
+        end. It then ends UNAUTHENTICATED or PERMISSION_DENIED, sending nothing more."""
         principal = self.authenticate(context)
         principal.require(Scope.AUDIT)
         if brand is None or brand == ANY_BRAND or is_name(brand):
@@ -576,6 +581,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self.metrics.watchers += 1
         try:
             async for recorded, token in changes:
+                self._reader(context, request.brand)  # still one (_reader's docstring)
                 # Each yield returns once gRPC has taken the message, which waits for
                 # room in the client's flow-control window: the back-pressure.
                 self.metrics.changes_streamed += 1
@@ -617,6 +623,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         token = ""
         try:
             async for item in found:
+                self._reader(context, request.brand)  # still one (_reader's docstring)
                 if isinstance(item, SweepProgress):
                     token = item.token.encode()
                     yield api.sweep_progress_to_proto(
@@ -675,6 +682,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         token = ""
         try:
             async for item in found:
+                self._reader(context, request.brand)  # still one (_reader's docstring)
                 if isinstance(item, HealthProgress):
                     token = item.token.encode()
                     progress = api_pb2.CampaignHealthProgress(

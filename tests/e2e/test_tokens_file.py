@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -15,7 +16,7 @@ from consent.v1 import consent_service_pb2 as api
 from consent.v1 import consent_service_pb2_grpc as api_grpc
 
 from services.grpc_api.auth import token_digest
-from tests.e2e.harness import running, service_settings
+from tests.e2e.harness import Clock, client, define, opt_in, running, service_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -72,3 +73,44 @@ async def test_tokens_are_added_and_revoked_by_editing_the_file(tmp_path, postgr
                 await asyncio.sleep(0.05)
         assert "changed but cannot be used" in caplog.text
         assert await status_for(runtime.address, "rotated") == grpc.StatusCode.OK  # kept
+
+
+async def test_a_token_revoked_ends_its_open_watch_before_the_next_change(serve):
+    """The watch checked its caller once, at its start: a token taken out of the file
+    went on receiving every change of the brand (personal data opened), without end."""
+    clock = Clock()
+    campaign = define("acme", "promo", clock.now - timedelta(days=1), ["+12125550186"])
+    runtime = await serve(clock=clock, campaigns=[campaign], tokens_reload_interval=0.05)
+    tokens = runtime.settings.tokens_file
+    assert tokens is not None
+    got: list[str] = []
+    async with client(runtime.address) as admin, client(runtime.address, "acme-app") as app:
+        stream = app.stub.WatchConsentChanges(
+            api.WatchConsentChangesRequest(brand="acme", from_now=True),
+            metadata=[("authorization", f"Bearer {app.token}")],
+        )
+
+        async def watch() -> grpc.StatusCode:
+            try:
+                async for change in stream:
+                    got.append(change.event.event.phone)
+            except grpc.aio.AioRpcError as ended:
+                return ended.code()
+            return grpc.StatusCode.OK
+
+        watching = asyncio.create_task(watch())
+        before = "+14155550186"
+        await admin.RecordOptIn(opt_in(before, "acme", "promo", clock.now))
+        deadline = asyncio.get_running_loop().time() + 20
+        while before not in got:
+            assert asyncio.get_running_loop().time() < deadline, "the watch got nothing"
+            await asyncio.sleep(0.05)
+
+        entries = json.loads(tokens.read_text())["tokens"]
+        kept = [e for e in entries if e["name"] != "acme-app"]
+        rewrite(tokens, json.dumps({"tokens": kept}))
+        await eventually(runtime.address, "acme-secret", grpc.StatusCode.UNAUTHENTICATED)
+        await admin.RecordOptIn(opt_in("+14155550187", "acme", "promo", clock.now))
+        ended = await asyncio.wait_for(watching, 20)
+    assert ended == grpc.StatusCode.UNAUTHENTICATED
+    assert got == [before]
