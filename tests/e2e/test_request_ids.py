@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import asyncpg
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
 from tests.e2e.harness import (
+    TOKENS,
     Clock,
     already_recorded,
     client,
@@ -157,3 +159,62 @@ async def test_a_provider_message_id_recorded_already_is_the_same_message(servic
         )
         sends = [e.event for e in events.events if e.event.event_type == "MessageSent"]
         assert [e.message_sent.message_id for e in sends] == ["SM-1", "SM-2"]
+
+
+async def test_a_request_id_is_kept_years_on_past_the_imports_pruning(serve, postgres_dsn):
+    """``request_use`` promised no window: it was left out of the pruning that
+    imports began doing (1c2b663), and the README said only that none was promised.
+    The window is the database's life now, and ids are not pruned (the projection
+    asks ``request_use`` which request's facts an id applies, and a rebuild keeps
+    it). Six years on by the service's clock, after an import pruned the old append
+    turns as it began, a retry is still answered as its request and another request
+    under the id, or an import record, is still refused with the first's events."""
+    clock = Clock()
+    when = clock.now
+    campaigns = [define("acme", "promo", when - timedelta(days=1))]
+    runtime = await serve(name="rid-kept", clock=clock, campaigns=campaigns)
+    phone = "+14155552762"
+    async with client(runtime.address, "acme-app") as c:
+        first = await c.RecordOptIn(opt_in(phone, "acme", "promo", when, request_id="kept-1"))
+        db = await asyncpg.connect(postgres_dsn)
+        try:
+            await db.execute(
+                "INSERT INTO append_turn (brand, request_id, holder, until, appended_at) VALUES"
+                " ('acme', 'an-old-turn', gen_random_uuid(), NULL, now() - '2 days'::interval)"
+            )
+            clock.now = when + timedelta(days=6 * 366)
+
+            record = api.ImportRecord(
+                opt_in=opt_in("+14155552763", "acme", "promo", when, request_id="kept-import")
+            )
+            reused = api.ImportRecord(
+                opt_in=opt_in(phone, "acme", "promo", when - timedelta(hours=1), "kept-1")
+            )
+
+            async def chunks():
+                yield api.ImportConsentsRequest(records=[record, reused])
+
+            stream = c.stub.ImportConsents(
+                chunks(), metadata=[("authorization", f"Bearer {TOKENS['acme-app'][0]}")]
+            )
+            (answer,) = [a async for a in stream]
+
+            assert answer.imported == 1, answer
+            assert [(r.index, r.code) for r in answer.refusals] == [(1, "ALREADY_EXISTS")]
+            turns = await db.fetchval("SELECT count(*) FROM append_turn WHERE request_id = $1",
+                                      "an-old-turn")  # fmt: skip
+            assert turns == 0  # the import pruned as it began
+            kept = await db.fetchval(
+                "SELECT count(*) FROM request_use WHERE brand = 'acme' AND request_id = 'kept-1'"
+            )
+            assert kept == 1
+        finally:
+            await db.close()
+        retry = await c.RecordOptIn(opt_in(phone, "acme", "promo", when, request_id="kept-1"))
+        assert list(retry.event_ids) == list(first.event_ids)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await c.RecordOptIn(
+                opt_in(phone, "acme", "promo", when - timedelta(hours=1), request_id="kept-1")
+            )
+        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert already_recorded(refused.value) == list(first.event_ids)
