@@ -143,6 +143,9 @@ MAX_CAP_WINDOW = timedelta(days=31)
 """The longest frequency-cap window; the fold keeps message history this long."""
 MAX_OPT_OUT_CONFIRMATION_WINDOW = timedelta(minutes=5)
 """The policy allows one confirmation of an opt-out, within 5 minutes of it."""
+MAX_FIRST_MESSAGE_WINDOW = timedelta(days=30)
+"""How long a consent may wait for its first message before that message must
+reconfirm it (the provider's "reasonable period"): a campaign may shorten it."""
 MAX_CONVERSATION_WINDOW = timedelta(hours=24)
 """How long texting first allows a conversational campaign to reply: a day at most.
 The window is a permission no consent was recorded for; a campaign may shorten it."""
@@ -195,7 +198,7 @@ class CampaignPolicy:
     purpose: CampaignPurpose = CampaignPurpose.PROMOTIONAL
     category: str = ""
     age_gated: bool = False
-    first_message_window: timedelta = timedelta(days=30)
+    first_message_window: timedelta = MAX_FIRST_MESSAGE_WINDOW
     reconfirm_interval: timedelta | None = None
     quiet_hours: QuietHours = field(default_factory=QuietHours)
     quiet_hours_apply_to_all: bool = False
@@ -259,8 +262,14 @@ class CampaignPolicy:
                     f"required_proof_fields[{i}]",
                     f"{name!r} is not one of {', '.join(PROOF_TEMPLATE_FIELDS)}",
                 )
-        if self.first_message_window <= timedelta(0):
-            raise InvalidCampaignPolicy("first_message_window", "must be positive")
+        # A longer window would let a consent left unused for years be texted with no
+        # reconfirmation, which the provider's policy requires after a reasonable period.
+        if not timedelta(0) < self.first_message_window <= MAX_FIRST_MESSAGE_WINDOW:
+            raise InvalidCampaignPolicy(
+                "first_message_window",
+                "must be positive and at most 30 days (a consent unused longer must be "
+                "reconfirmed by its first message)",
+            )
         if self.reconfirm_interval is not None and self.reconfirm_interval <= timedelta(0):
             raise InvalidCampaignPolicy("reconfirm_interval", "must be positive when set")
         # Both windows allow a send no consent stands for: a campaign may only shorten them.

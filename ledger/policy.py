@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 from ledger import state_rules
 from ledger.campaigns import (
     MAX_CONVERSATION_WINDOW,
+    MAX_FIRST_MESSAGE_WINDOW,
     MAX_OPT_OUT_CONFIRMATION_WINDOW,
     Campaign,
     CampaignPurpose,
@@ -340,7 +341,8 @@ class Check:
         # before that check is held to the limits as well.
         self._conversation = micros_of(min(policy.conversation_window, MAX_CONVERSATION_WINDOW))
         self._confirmation = micros_of(self._window())
-        self._first_message = micros_of(policy.first_message_window)
+        # Rules recorded before a longer window was refused are held to the longest.
+        self._first_message = micros_of(min(policy.first_message_window, MAX_FIRST_MESSAGE_WINDOW))
         self._reconfirm = (
             None if policy.reconfirm_interval is None else micros_of(policy.reconfirm_interval)
         )

@@ -401,6 +401,13 @@ BAD_WRITES = [
         ),
         "policy.opt_out_confirmation_window",
     ),
+    (  # a ten-year window let a consent unused for 300 days be texted, unreconfirmed
+        "DefineCampaign",
+        lambda t: define(
+            "acme", "late", t, first_message_window=Duration(seconds=10 * 365 * 86400)
+        ),
+        "policy.first_message_window",
+    ),
     (
         "HandleInboundMessage",
         lambda t: inbound(PHONE, ACME_NUMBER, "STOP" + "!" * 4_096, t, "i", message_id="m"),

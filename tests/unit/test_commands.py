@@ -321,6 +321,9 @@ def test_cap_windows_longer_than_a_month_are_refused():
         ("conversation_window", timedelta(hours=24, seconds=1), "at most 24 hours"),
         ("conversation_window", timedelta(days=3650), "at most 24 hours"),
         ("conversation_window", timedelta(0), "must be positive"),
+        ("first_message_window", timedelta(days=30, seconds=1), "at most 30 days"),
+        ("first_message_window", timedelta(days=3650), "at most 30 days"),
+        ("first_message_window", timedelta(0), "must be positive"),
     ],
 )
 def test_a_window_that_allows_sends_without_consent_may_only_be_shortened(field, window, reason):

@@ -199,6 +199,16 @@ def test_consent_older_than_the_first_message_window_needs_reconfirmation():
     assert d.allowed and Obligation.RECONFIRM_IN_THIS_MESSAGE in d.obligations
 
 
+def test_a_first_message_window_longer_than_30_days_is_held_to_30_days():
+    # Such a campaign can no longer be defined (test_commands); one recorded before
+    # that check let a consent left unused for years be texted without reconfirming.
+    c = campaign(first_message_window=timedelta(days=3650))
+    d = decide(state_of(granted(at(0))), c, at(days=300))
+    assert d.allowed and Obligation.RECONFIRM_IN_THIS_MESSAGE in d.obligations
+    d = decide(state_of(granted(at(0))), c, at(days=29))
+    assert Obligation.RECONFIRM_IN_THIS_MESSAGE not in d.obligations
+
+
 def test_consent_inside_the_first_message_window_needs_no_reconfirmation():
     d = decide(state_of(granted(at(0))), PROMO, at(days=29))
     assert Obligation.RECONFIRM_IN_THIS_MESSAGE not in d.obligations
