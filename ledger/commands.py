@@ -878,29 +878,28 @@ def _resolve(cmd: ResolveRevocationCandidate, now: datetime) -> list[LedgerEvent
     # Ahead of the clock, a dismissal lifted the hold for CanSend at once, while
     # CanSendAsOf for that moment still held it; so a decision takes now at the latest.
     at = consent_time(cmd.occurred_at, now)
-    events: list[LedgerEvent] = [
-        RevocationCandidateResolved(
-            **_base(cmd, 0, at, brand),
-            phone=phone,
-            brand=brand,
-            candidate_event_id=candidate,
-            resolution=cmd.resolution,
-            resolved_by=cmd.resolved_by,
-        )
-    ]
-    if cmd.resolution is CandidateResolution.REVOKED:
-        # A reply that meant "stop" stops everything from the brand: the safe reading.
-        events.append(
-            ConsentRevoked(
-                **_base(cmd, 1, at, brand),
-                phone=phone,
-                brand=brand,
-                campaign=None,
-                channel=RevocationChannel.FREE_TEXT,
-                text=f"resolved candidate {candidate}",
-            )
-        )
-    return events
+    resolved = RevocationCandidateResolved(
+        **_base(cmd, 0, at, brand),
+        phone=phone,
+        brand=brand,
+        candidate_event_id=candidate,
+        resolution=cmd.resolution,
+        resolved_by=cmd.resolved_by,
+    )
+    if cmd.resolution is not CandidateResolution.REVOKED:
+        return [resolved]
+    # A reply that meant "stop" stops everything from the brand: the safe reading.
+    # The opt-out goes first: an append of several events is not atomic, and the
+    # resolution written without it would lift the hold and allow sends again.
+    revoked = ConsentRevoked(
+        **_base(cmd, 1, at, brand),
+        phone=phone,
+        brand=brand,
+        campaign=None,
+        channel=RevocationChannel.FREE_TEXT,
+        text=f"resolved candidate {candidate}",
+    )
+    return [revoked, resolved]
 
 
 def _campaign(cmd: DefineCampaign | ChangeCampaignPolicy, now: datetime) -> list[LedgerEvent]:

@@ -30,6 +30,7 @@ from ledger.commands import (
     RecordOptIn,
     RecordOptOut,
     ReplyKind,
+    ResolveRevocationCandidate,
     check_inbound,
     check_required_proof,
     covered_hold_resolved,
@@ -142,6 +143,15 @@ class Writes:
         self._inbound_turns: dict[str, _Turn] = {}
 
     async def record(self, cmd: Command, *, recorded_by: str = "") -> WriteResult:
+        """``_record``, answering a resolution's event ids with the resolution's first,
+        as before its ConsentRevoked was appended ahead of it."""
+        written = await self._record(cmd, recorded_by=recorded_by)
+        if isinstance(cmd, ResolveRevocationCandidate) and len(written.event_ids) > 1:
+            ids = written.event_ids
+            return replace(written, event_ids=[ids[-1], *ids[:-1]])
+        return written
+
+    async def _record(self, cmd: Command, *, recorded_by: str = "") -> WriteResult:
         """Validate, then append. A retry of a request the view has applied records
         nothing new; one it has not applied yet appends the same facts again, under the
         same ids, which the projection stores once.
@@ -182,7 +192,9 @@ class Writes:
             return earlier
         written = await taken_then_appended(self.ctx, events)
         revoked = events[0]
-        if isinstance(revoked, ConsentRevoked):
+        # A "revoked" resolution's events begin with a ConsentRevoked too: only an
+        # opt-out's resolves covered holds.
+        if isinstance(cmd, RecordOptOut) and isinstance(revoked, ConsentRevoked):
             # A retry of the opt-out too: it resolves what an earlier attempt may not have.
             phone, brand = revoked.phone, revoked.brand
             digest = (await self.reads.digests(brand, [phone])).get(phone)
@@ -253,12 +265,13 @@ class Writes:
         resolution keeps it and its retries pass; any other is refused. A resolution
         whose append failed keeps the candidate for its own retry, the hold denying
         meanwhile."""
-        resolution = events[0]
+        resolution = events[-1]  # a "revoked" has its ConsentRevoked first
         if not isinstance(resolution, RevocationCandidateResolved):
             return
         said = f"{resolution.phone}\0{resolution.candidate_event_id}"
         key = f"{RESOLUTION_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
-        ids = [str(e.event_id) for e in events]
+        # The resolution's id first: a refusal names the winner by the first.
+        ids = [str(resolution.event_id), *(str(e.event_id) for e in events[:-1])]
         use = await self.ctx.view.claim_request(
             resolution.brand, key, resolution.request_fingerprint, ids
         )
@@ -660,7 +673,7 @@ class Writes:
         the candidate resolved.)
 
         Read as fresh as a write's checks are: a reply flagged a moment ago counts."""
-        event = events[0]
+        event = events[-1]  # a "revoked" has its ConsentRevoked first
         if not isinstance(event, RevocationCandidateResolved):
             return
         # A "revoked" under ANY_BRAND records a ConsentRevoked for no real brand: the

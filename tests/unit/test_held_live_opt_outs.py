@@ -205,7 +205,7 @@ def test_a_covered_hold_is_resolved_revoked_at_now_naming_the_opt_out():
     (held,) = held_opt_out(_live(), "occurred_at: is in the future", at(3))
     stop = revoked(at(1), None)
     events = covered_hold_resolved(stop, held, at(5))
-    resolution, again = events
+    again, resolution = events  # the opt-out first: an append is not atomic
     assert resolution.candidate_event_id == held.event_id
     assert resolution.resolution is CandidateResolution.REVOKED
     assert resolution.resolved_by == f"opt-out {stop.event_id}"

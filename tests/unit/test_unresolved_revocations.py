@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from ledger.campaigns import CampaignPurpose
+from ledger.commands import ResolveRevocationCandidate, to_events
 from ledger.digest import digest_of, with_phone_wide
 from ledger.events import ANY_BRAND, CampaignDefined, CandidateResolution, MessageKind, event_id_for
 from ledger.policy import Check, Reason, decide, decide_as_of
@@ -138,3 +139,20 @@ def test_a_revoked_resolution_under_every_brand_leaves_the_stop_denying():
     assert not digest_of(state_of(stop, old, dismissed)).pending
     own = flagged(FLAGGED_AT, "stop please")
     assert not digest_of(state_of(own, resolved(at, own, CandidateResolution.REVOKED))).pending
+
+
+def test_every_part_of_a_revoked_resolution_written_alone_still_denies():
+    # A Kafka append of several events is not atomic: a process killed between two
+    # batches, or a batch given up on, leaves a prefix in the ledger, unacknowledged
+    # but read. The resolution written without its ConsentRevoked lifted the hold
+    # and let the number be sent to again.
+    c = flagged(FLAGGED_AT)
+    cmd = ResolveRevocationCandidate(
+        "resolve-1", PHONE, c.brand, str(c.event_id), CandidateResolution.REVOKED, FLAGGED_AT
+    )
+    events = to_events(cmd, FLAGGED_AT.replace(hour=19))
+    assert len(events) == 2
+    later = FLAGGED_AT.replace(hour=20)
+    for end in range(len(events) + 1):
+        s = state_of(granted(FLAGGED_AT.replace(hour=1)), c, *events[:end])
+        assert not decide(s, PROMO, later).allowed, events[:end]
