@@ -271,6 +271,23 @@ def standing(digest: Digest, c: CampaignDigest) -> Standing:
     return Standing(True, fact.at, evidence, None)
 
 
+def revoked_elsewhere(digest: Digest, campaign: str, since: int) -> tuple[str, Mark] | None:
+    """Under the revoke-all rule, the opt-out of another campaign of the brand that
+    stands and is no older than ``campaign``'s consent (``since``), with that
+    campaign's name; None when none does. ``GetConsent`` reads it as the policy does."""
+    for other in sorted(digest.campaigns):
+        if other == campaign:
+            continue
+        theirs = digest.campaign(other)
+        if theirs.revocation is None:
+            continue
+        stands = standing(digest, theirs)
+        revocation = stands.revocation
+        if revocation is not None and not stands.brand_wide and revocation.at >= since:
+            return other, revocation
+    return None
+
+
 def _later_resume(
     grant: Mark, resume: Mark | None, best: tuple[int, int, int], kind: str, fact: Mark
 ) -> tuple[tuple[int, int, int], str, Mark]:
@@ -484,24 +501,17 @@ class Check:
         brand that stands and is no older than this campaign's consent (a consent
         given or resumed after it is the person's newer word, for this campaign). The
         one opt-out confirmation is the revoked campaign's, decided before this."""
-        name = self.campaign.campaign
-        for other in sorted(digest.campaigns):
-            if other == name:
-                continue
-            theirs = digest.campaign(other)
-            if theirs.revocation is None:
-                continue
-            stands = standing(digest, theirs)
-            revocation = stands.revocation
-            if revocation is not None and not stands.brand_wide and revocation.at >= since:
-                return deny(
-                    Reason.REVOKED_BRAND_WIDE,
-                    f"opted out of campaign {other}: a revocation of one campaign revokes "
-                    "every campaign of the brand (47 CFR 64.1200(a)(10), revoke-all)",
-                    (revocation.event_id,),
-                    self.version,
-                )
-        return None
+        found = revoked_elsewhere(digest, self.campaign.campaign, since)
+        if found is None:
+            return None
+        other, revocation = found
+        return deny(
+            Reason.REVOKED_BRAND_WIDE,
+            f"opted out of campaign {other}: a revocation of one campaign revokes "
+            "every campaign of the brand (47 CFR 64.1200(a)(10), revoke-all)",
+            (revocation.event_id,),
+            self.version,
+        )
 
     def _unresolved_revocation(self, digest: Digest) -> Decision | None:
         """A pending candidate that counts as a revocation of every campaign of the

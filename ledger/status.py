@@ -10,7 +10,7 @@ import enum
 
 from ledger.digest import Digest
 from ledger.events import ConsentRevoked
-from ledger.policy import standing
+from ledger.policy import revoked_elsewhere, standing
 from ledger.state import Fact, SubscriberState
 
 
@@ -32,14 +32,21 @@ class ConsentState(enum.Enum):
     fresh opt-in."""
 
 
-def consent_state(digest: Digest, campaign: str, *, pending_review: bool = False) -> ConsentState:
+def consent_state(
+    digest: Digest, campaign: str, *, pending_review: bool = False, revoke_all: bool = False
+) -> ConsentState:
     """The campaign's consent as it stands now: a reply awaiting review
     (``pending_review``) outranks all else, then the latest of grant, resume and
-    opt-out (``ledger.policy.standing``)."""
+    opt-out (``ledger.policy.standing``), and with the revoke-all rule in force for
+    the campaign now (``revoke_all``: ``ledger.policy.revokes_all``) an opt-out of
+    another campaign of the brand that ends this one's consent, as CanSend reads it."""
     if pending_review:
         return ConsentState.PENDING_REVIEW
     now = standing(digest, digest.campaign(campaign))
     if now.active:
+        since = now.since
+        if revoke_all and since is not None and revoked_elsewhere(digest, campaign, since):
+            return ConsentState.REVOKED_BRAND_WIDE
         return ConsentState.ACTIVE
     if now.revocation is None:
         return ConsentState.NEVER_GRANTED if digest.erased is None else ConsentState.ERASED
@@ -47,12 +54,18 @@ def consent_state(digest: Digest, campaign: str, *, pending_review: bool = False
 
 
 def revocation_in_force(
-    state: SubscriberState, digest: Digest, campaign: str
+    state: SubscriberState, digest: Digest, campaign: str, *, revoke_all: bool = False
 ) -> Fact[ConsentRevoked] | None:
-    """The opt-out that stops the campaign's sends now (the brand-wide one or the
-    campaign's own), as ``consent_state`` reads it; None while none does."""
-    stands = consent_state(digest, campaign)
+    """The opt-out that stops the campaign's sends now (the brand-wide one, the
+    campaign's own, or under ``revoke_all`` another campaign's), as ``consent_state``
+    reads it; None while none does."""
+    stands = consent_state(digest, campaign, revoke_all=revoke_all)
     if stands is ConsentState.REVOKED_BRAND_WIDE:
+        current = standing(digest, digest.campaign(campaign))
+        if current.active and current.since is not None:
+            elsewhere = revoked_elsewhere(digest, campaign, current.since)
+            if elsewhere is not None:
+                return state.campaign(elsewhere[0]).revocation
         return state.brand_revocation
     if stands is ConsentState.REVOKED:
         return state.campaign(campaign).revocation

@@ -34,6 +34,7 @@ from ledger.health import HealthLimits, HealthReport
 from ledger.opt_out_rate import DEFAULT_WINDOW, OptOutRate
 from ledger.packet import Packet, assemble
 from ledger.phone import to_e164
+from ledger.policy import revokes_all
 from ledger.ports import ConsistencyToken, Stream
 from ledger.state import Fact
 from ledger.status import ConsentState, consent_state, revocation_in_force
@@ -124,13 +125,19 @@ class Audit:
         digest = digest_of(state)
         pending = (*state.pending_candidates(), *wide.pending_candidates())
         cc = state.campaign(campaign)
+        # Under the revoke-all rule a STOP to a sibling campaign ends this one too:
+        # read without it, the consent showed ACTIVE while CanSend denied.
+        now = self.ctx.clock()
+        rules = (await self.ctx.view.campaign_history(brand, campaign)).as_of(now)
+        revoke_all = rules is not None and revokes_all(rules, now)
         # What an auditor is shown: each fact's personal data opened (or ERASED).
         grant = await self._shown(cc.grant)
+        in_force = revocation_in_force(state, digest, campaign, revoke_all=revoke_all)
         return Consent(
-            consent_state(digest, campaign, pending_review=bool(pending)),
+            consent_state(digest, campaign, pending_review=bool(pending), revoke_all=revoke_all),
             self.ctx.guard.applied_token(),
             grant=grant,
-            revocation=await self._shown(revocation_in_force(state, digest, campaign)),
+            revocation=await self._shown(in_force),
             reconfirmation=await self._shown(cc.reconfirmation),
             age_verification=state.age,
             location=await self._shown(state.location),

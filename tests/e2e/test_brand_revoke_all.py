@@ -69,6 +69,13 @@ async def test_a_brand_may_put_revoke_all_in_force_for_all_its_campaigns(service
         assert not after.allowed and after.reason == api.REASON_REVOKED_BRAND_WIDE
         assert "revoke-all" in after.detail
         assert list(after.evidence_event_ids) == [stop.event_ids[1]]
+        # The auditor's view of alerts says so too, naming the STOP to promo: it
+        # said ACTIVE, with no opt-out, while CanSend denied.
+        consent = await acme.GetConsent(
+            api.GetConsentRequest(phone=PHONE, brand="acme", campaign="alerts")
+        )
+        assert consent.state == api.CONSENT_STATE_REVOKED_BRAND_WIDE
+        assert consent.revocation.event.event_id == stop.event_ids[1]
         # ... but the one confirmation of the STOP to promo stays allowed.
         confirm = await check("promo", kind=lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION)
         assert confirm.allowed, confirm.detail

@@ -53,3 +53,20 @@ def test_a_reply_awaiting_review_outranks_every_other_state():
     for events in ((), (granted(at(0)),), (granted(at(0)), revoked(at(1), None))):
         digest = digest_of(fold(record(list(events))))
         assert consent_state(digest, "promo", pending_review=True) is ConsentState.PENDING_REVIEW
+
+
+def test_under_revoke_all_an_opt_out_of_another_campaign_ends_this_one():
+    """CanSend reads a STOP to a sibling campaign as one of all under the revoke-all
+    rule; read without it, GetConsent said ACTIVE, with no opt-out, for a campaign
+    CanSend denied."""
+    stop = revoked(at(1), "alerts")
+    events = (granted(at(0)), granted(at(0), "alerts"), stop)
+    state = fold(record(list(events)))
+    digest = digest_of(state)
+    assert consent_state(digest, "promo") is ConsentState.ACTIVE  # the rule not in force
+    assert consent_state(digest, "promo", revoke_all=True) is ConsentState.REVOKED_BRAND_WIDE
+    revocation = revocation_in_force(state, digest, "promo", revoke_all=True)
+    assert revocation is not None and revocation.event == stop
+    # A consent given after the opt-out is the person's newer word for its campaign.
+    again = fold(record([*events, granted(at(2))]))
+    assert consent_state(digest_of(again), "promo", revoke_all=True) is ConsentState.ACTIVE
