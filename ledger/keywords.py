@@ -139,10 +139,12 @@ forms (arrêt, désabonner, ne ... plus, plus de SMS, pas intéressé, laissez-m
 tranquille, mauvais numéro); Portuguese for a few (pare, não mande, não quero,
 mensagens, descadastrar). Chinese, Japanese, Korean, Russian, Vietnamese,
 Tagalog, Haitian Creole, German, Italian and Arabic only by their commonest
-words for stop and unsubscribe (停止, 退订, 配信停止, 수신거부, стоп, отписаться,
-ngừng gửi, tigil, sispann, abmelden, cancellami, توقف), and by their one-word
-replies for stop or cancel when that word is the whole reply (取消, ストップ, 중지,
-отмена, hủy, hinto, anile, kündigen, annulla, إيقاف and a few more): other
+words for stop and unsubscribe (停止, 退订, 配信停止, 登録解除, 수신거부, 구독취소,
+стоп, отписаться, прекратите, ngừng gửi, đừng nhắn, tigil, sispann, pa vle mesaj,
+abmelden, nicht mehr schreiben, hör auf, cancellami, rimuovimi, توقف, لا ترسل),
+and by their one-word replies for stop or cancel when that word is the whole
+reply (取消, TD, ストップ, 중지, 탈퇴, отмена, hủy, hinto, anile, kündigen, annulla,
+إيقاف and a few more; Spanish "para ya" too, which "para" alone is not): other
 phrasings in them, and every other language, are not read beyond the keywords (STOP and the like,
 as the whole message), an English or Spanish word among their words, and the
 emoji.
@@ -1576,15 +1578,20 @@ def reads_like_an_opt_out(text: str) -> bool:
 # and in the plain one (Vietnamese without its accents).
 _OTHER_LANGUAGES = re.compile(
     r"停止|退订|退訂|取消订阅|取消訂閱|不要再发|不要再發|别再发|別再發|不要发|不要發|别发|勿扰|"
-    r"配信停止|送らないで|送信しないで|受信拒否|"
-    r"수신거부|수신 거부|그만 보내|보내지 ?마|그만해|"
-    r"\bстоп\b|отпис|хватит|не пишите|не присылайте|удалите (мой )?номер|"  # noqa: RUF001
+    r"勿打扰|勿打擾|"
+    r"配信停止|送らないで|送信しないで|受信拒否|登録解除|配信不要|"
+    r"수신거부|수신 거부|그만 보내|보내지 ?마|그만해|구독 ?취소|구독 ?해지|"
+    r"\bстоп\b|отпис|хватит|не пишите|не присылайте|удалите (мой )?номер|прекратите|"  # noqa: RUF001
     r"\b(ngung|dung|ngung lai) gui\b|\bhuy (dang|đang) ky\b|\bkhong muon nhan\b|"
-    r"\btigil\b|\btama na\b|\b(huwag|wag) na\b|\bayoko na\b|"
-    r"\bsispann\b|\bpa voye\b|"
+    r"\b(dung|đung) nhan (tin|nua)\b|\bkhong nhan tin\b|"
+    r"\btigil\b|\btumigil\b|\btama na\b|\b(huwag|wag) (nyo |mo |po )?na\b|\bayoko na\b|"
+    r"\bsispann\b|\bpa voye\b|\bpa vle (okenn |ankò |anko )?mesaj\b|"
     r"\bstopp\b|\babmelden\b|\babbestellen\b|\bkeine (sms|nachrichten) mehr\b|"
-    r"\bcancellami\b|\bnon (scrivermi|mandatemi|mandate|inviate)\b|\bdisiscriv|"
-    r"توقف|الغاء الاشتراك|إلغاء الاشتراك"
+    r"\bnicht mehr (schreiben|anschreiben|kontaktieren|senden)\b|\bhör(en sie|t)? auf\b|"
+    r"\b(me )?tir(e|a|em)(-me)? da (sua )?lista\b|"
+    r"\bcancellami\b|\bnon (scrivermi|mandatemi|mandate|inviate|scrivetemi|contattatemi)\b|"
+    r"\bdisiscriv|\brimuovimi\b|\bnon voglio più messaggi\b|\bnon voglio piu messaggi\b|"
+    r"توقف|الغاء الاشتراك|إلغاء الاشتراك|أوقف|اوقف|لا ترسل|لا تراسل"
 )
 
 
@@ -1600,16 +1607,17 @@ def _letters(text: str) -> str:
 _OTHER_LANGUAGE_REPLIES = frozenset(
     _letters(word)
     for words in (
-        "取消 停 停止发送",  # Chinese
+        "取消 停 停止发送 td",  # Chinese (TD: 退订's letters, "reply TD to unsubscribe")
         "配信解除 解除 ストップ やめて 止めて",  # Japanese
-        "중지 해지 수신해지 스톱 거부 그만",  # Korean
+        "중지 해지 수신해지 스톱 거부 그만 탈퇴",  # Korean
         "отмена отписка отписаться",  # Russian
         "dừng hủy từ_chối tu_choi ngừng",  # Vietnamese
         "hinto itigil huwag",  # Tagalog
         "anile kanpe",  # Haitian Creole
         "kündigen austragen aufhören",  # German
-        "annulla disdici cancella fermati smettila",  # Italian
+        "annulla disdici cancella fermati smettila smettetela",  # Italian
         "إيقاف ايقاف إلغاء الغاء ستوب كفى كفاية",  # Arabic
+        "para_ya",  # Spanish: "stop it", which "para" alone (for) is not
     )
     for word in words.split()
 )

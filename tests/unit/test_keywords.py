@@ -325,6 +325,22 @@ def test_requests_in_other_words_are_candidates(text):
         ("Sispann voye mesaj", CANDIDATE),
         ("Bitte abmelden", CANDIDATE),
         ("Non scrivermi più", CANDIDATE),
+        # Each read as conversation before (the person went on being texted):
+        ("请勿打扰", CANDIDATE),  # Chinese: do not disturb
+        ("登録解除", CANDIDATE),  # Japanese: unsubscribe
+        ("구독취소", CANDIDATE),  # Korean: cancel the subscription
+        ("Прекратите", CANDIDATE),  # Russian: stop it
+        ("Đừng nhắn tin nữa", CANDIDATE),  # Vietnamese: don't text any more
+        ("Wag nyo na akong i-text", CANDIDATE),  # Tagalog: don't text me any more
+        ("Mwen pa vle mesaj ankò", CANDIDATE),  # Haitian Creole: I want no more messages
+        ("Bitte nicht mehr schreiben", CANDIDATE),  # German: please write no more
+        ("Hört auf damit", CANDIDATE),  # German: stop it
+        ("Non voglio più messaggi", CANDIDATE),  # Italian: I want no more messages
+        ("Rimuovimi", CANDIDATE),  # Italian: remove me
+        ("لا ترسل", CANDIDATE),  # Arabic: don't send
+        ("أوقف الرسائل", CANDIDATE),  # Arabic: stop the messages
+        ("Me tire da lista", CANDIDATE),  # Portuguese: take me off the list
+        ("Ich höre auf zu arbeiten", CONVERSATION),
         ("你好，请问几点开门？", CONVERSATION),  # noqa: RUF001
         ("Спасибо", CONVERSATION),
         ("Cảm ơn", CONVERSATION),
@@ -359,6 +375,11 @@ def test_other_languages_are_read_by_their_commonest_stop_words(text, intent):
         "إيقاف",  # Arabic: stop
         "إلغاء",  # Arabic: cancel
         "ستوب",  # Arabic: stop, transliterated
+        "TD",  # Chinese: 退订's letters, as "reply TD to unsubscribe" asks
+        "탈퇴",  # Korean: withdraw
+        "Tumigil",  # Tagalog: stop
+        "Smettetela",  # Italian: stop it
+        "Para ya",  # Spanish: stop it
     ],
 )
 def test_a_reply_of_one_common_stop_word_of_the_ten_languages_is_a_candidate(text):
@@ -367,7 +388,10 @@ def test_a_reply_of_one_common_stop_word_of_the_ten_languages_is_a_candidate(tex
     assert classify(text) is CANDIDATE
 
 
-@pytest.mark.parametrize("text", ["Huy", "Dung", "取消订单了吗？", "停车场在哪里？"])  # noqa: RUF001
+@pytest.mark.parametrize(
+    "text",
+    ["Huy", "Dung", "取消订单了吗？", "停车场在哪里？", "para ya llegó"],  # noqa: RUF001
+)
 def test_those_words_as_a_name_or_inside_a_sentence_stay_conversation(text):
     assert classify(text) is CONVERSATION
 
