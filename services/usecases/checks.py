@@ -19,7 +19,7 @@ from ledger.campaigns import Campaign
 from ledger.commands import check_name, check_time, is_name
 from ledger.digest import Digest, digest_of
 from ledger.errors import InvalidPhoneNumber, InvalidRequest
-from ledger.events import ANY_BRAND, MessageKind, SubscriberEvent
+from ledger.events import ANY_BRAND, MAX_CLOCK_SKEW, MessageKind, SubscriberEvent
 from ledger.phone import to_e164
 from ledger.policy import Check, Decision, Reason, decide_as_of, deny
 from ledger.ports import CampaignReads, ConsistencyToken, DigestReads
@@ -351,7 +351,9 @@ class Checks:
         provisional, and whether it is past. A moment ahead of now, up to
         ``future_horizon``, is answered from the facts known now, which those
         recorded until then may change. A moment before now is answered as
-        ``can_send_as_of`` answers it: facts that happened after it must not decide."""
+        ``can_send_as_of`` answers it: facts that happened after it must not decide,
+        except one within the clock skew allowed, which is a sender's own clock running
+        behind the service's: that is a send now, answered from every fact known now."""
         now = self.ctx.clock()
         if at is None:
             return now, False, False
@@ -364,6 +366,8 @@ class Checks:
                 f"is more than {self.future_horizon / timedelta(days=1):g} days ahead "
                 "(CONSENT_CANSEND_FUTURE_HORIZON_DAYS); nothing that far ahead is answered",
             )
+        if timedelta(0) <= now - at <= MAX_CLOCK_SKEW:
+            return now, False, False
         return at, at > now, at < now
 
     async def _batch_as_of(

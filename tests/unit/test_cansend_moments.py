@@ -10,7 +10,7 @@ import pytest
 from ledger.campaigns import CampaignPolicy, FrequencyCap
 from ledger.commands import DefineCampaign, RecordMessageSent, RecordOptOut
 from ledger.errors import InvalidRequest
-from ledger.events import MessageKind, RevocationChannel
+from ledger.events import MAX_CLOCK_SKEW, MessageKind, RevocationChannel
 from ledger.policy import Reason
 from ledger.ports import AccessQuery
 from services.errors import PermissionDenied
@@ -92,6 +92,32 @@ async def test_a_check_for_a_past_moment_without_the_audit_scope_is_refused_on_a
         assert err.value.field == "at" and "audit scope" in err.value.reason
         now = await app.checks.can_send(PHONE, BRAND, "promo", token=written.token)
         assert now.decision.reason is Reason.REVOKED
+
+
+@pytest.mark.parametrize("behind", [timedelta(seconds=1), MAX_CLOCK_SKEW])
+async def test_a_moment_within_the_clock_skew_before_now_is_a_check_of_now(behind):
+    """A sender passing its own now, from a clock behind the service's, asks about a
+    send now: it is answered from every fact known now, with no audit scope, so a STOP
+    recorded since that moment denies (and a check-only token is not refused)."""
+    async with running(ledger=ledger_at_now()) as (app, _):
+        await app.writes.record(define())
+        await app.writes.record(opt_in("r1"))
+        stop = RecordOptOut(
+            "r2", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, NOW - timedelta(seconds=1)
+        )
+        written = await app.writes.record(stop)
+        single = await app.checks.can_send(
+            PHONE, BRAND, "promo", at=NOW - behind, token=written.token
+        )
+        batch = await app.checks.can_send_batch([PHONE], BRAND, "promo", at=NOW - behind)
+        for answer in (single.decision, *batch.decisions):
+            assert answer.reason is Reason.REVOKED
+        assert not single.provisional and not batch.provisional
+        with pytest.raises(PermissionDenied):
+            await app.checks.can_send(
+                PHONE, BRAND, "promo", at=NOW - MAX_CLOCK_SKEW - timedelta(seconds=1)
+            )
+        assert not await app.audit.ctx.access.log.list(AccessQuery(brands=None))
 
 
 async def test_a_check_for_a_past_moment_is_on_the_access_log_before_it_reads():
