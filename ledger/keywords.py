@@ -327,7 +327,10 @@ _E_MAIL = re.compile(r"\be[\s-]+mail")
 # Runs of single letters spaced or dotted out: "s t o p", "S.T.O.P", "u-n-s-u-b".
 _SPACED_LETTERS = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][\s.\-_*•]+){2,}[^\W\d_](?![^\W\d_])")
 _CLAUSE_BREAK = re.compile(r"[.!?;,:\n\r\u2026()\[\]{}\"\u00a1\u00bf|/]+|\s[-\u2013\u2014]+\s")
-_TOKEN = re.compile(r"[^\W_]+")
+# A word's letters and digits, and a "$" or "@" before a letter or digit in it: they
+# stand for the S and A of "$TOP", "UN$UBSCRIBE" and "C@NCEL" (_LEET), which a word
+# of letters alone would lose.
+_TOKEN = re.compile(r"(?:[^\W_]|[$@](?=[^\W_]))+")
 _LEET = str.maketrans("013457@$", "oieastas")
 
 # Surface form -> canonical word(s). Abbreviations, slang, contractions written

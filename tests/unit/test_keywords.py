@@ -231,6 +231,9 @@ def test_spanish_stop_doing_with_a_contact_verb_is_a_candidate(stopper, verb):
         "5TOP",  # a digit for the first letter, as for any other
         "5t0p",
         "un5ubscribe",
+        "$TOP",  # a symbol for a letter: "$" for S and "@" for A, read as they were not
+        "UN$UBSCRIBE",
+        "C@NCEL my texts",
         "S T O P pls",
         "cancle my subscription",
         "plz remoove me",
@@ -386,6 +389,11 @@ def test_a_reply_of_one_common_stop_word_of_the_ten_languages_is_a_candidate(tex
     # The whole reply, after a marketing text: these are what people of those
     # languages send to stop one, and each read as conversation.
     assert classify(text) is CANDIDATE
+
+
+@pytest.mark.parametrize("text", ["$5 off today?", "I paid $40", "see u @ 6", "c@ll me"])
+def test_a_dollar_or_at_sign_in_ordinary_words_stays_conversation(text):
+    assert classify(text) is CONVERSATION
 
 
 @pytest.mark.parametrize(
