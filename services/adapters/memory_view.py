@@ -26,6 +26,7 @@ from ledger.events import (
     ANY_BRAND,
     BRAND_SETTINGS,
     CampaignEvent,
+    ConsentRevoked,
     LedgerEvent,
     MessageSent,
     Recorded,
@@ -333,9 +334,10 @@ class InMemoryConsentView(ConsentView):
         def wanted(recorded: Recorded) -> bool:
             event = recorded.event
             named = getattr(event, "campaign", None)
-            return (campaign is None or named is None or named == campaign) and (
-                types is None or event.EVENT_TYPE in types
-            )
+            # Every opt-out of the brand reaches a campaign: under the revoke-all rule
+            # an opt-out of any campaign ends this one's consent (as the SQL reads it).
+            reaches = named is None or named == campaign or isinstance(event, ConsentRevoked)
+            return (campaign is None or reaches) and (types is None or event.EVENT_TYPE in types)
 
         positions = self._tables.positions[Stream.SUBSCRIBERS]
         lists = self._tables.by_brand.get(brand, {})

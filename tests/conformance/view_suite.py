@@ -1458,7 +1458,8 @@ def _wanted(
             continue
         seen.add(event.event_id)
         named = getattr(event, "campaign", None)
-        if campaign is not None and named is not None and named != campaign:
+        opt_out = event.EVENT_TYPE == "ConsentRevoked"  # reaches every campaign (revoke-all)
+        if campaign is not None and named is not None and named != campaign and not opt_out:
             continue
         if types is not None and event.EVENT_TYPE not in types:
             continue

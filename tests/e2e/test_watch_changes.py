@@ -207,6 +207,34 @@ async def test_a_watcher_that_resumes_gets_every_change_once_in_order(runtime):
     assert sorted(c.event.event.event_id for c in again) == sorted(ids[10:])
 
 
+async def test_a_watch_of_one_campaign_gets_the_opt_outs_of_the_others(runtime):
+    """Under the revoke-all rule (a brand's setting, or every brand's from 2027-01-31)
+    a STOP to news ends promo's consent too, and CanSend denies promo; a watcher of
+    promo alone never heard of it and kept the number opted in."""
+    p = phone(300)
+    at = now() - timedelta(hours=1)
+    async with client(runtime.address) as admin:
+        start = await admin.RecordOptIn(opt_in(p, "acme", "promo", at))
+        await admin.RecordOptIn(opt_in(p, "acme", "news", at))
+        await admin.SetBrandPolicy(
+            api.SetBrandPolicyRequest(request_id=uuid.uuid4().hex, brand="acme", revoke_all=True)
+        )
+        stop = await admin.RecordOptOut(opt_out(p, "acme", "news", now()))
+        check = await admin.CanSend(
+            api.CanSendRequest(
+                phone=p, brand="acme", campaign="promo", at_least_as_fresh=stop.consistency_token
+            )
+        )
+    assert check.reason == api.REASON_REVOKED_BRAND_WIDE
+    async with grpc.aio.insecure_channel(runtime.address) as channel:
+        watcher = Watcher(watch(channel, campaign="promo", resume_token=start.consistency_token))
+        (change,) = await watcher.take(1)
+        await watcher.nothing_more(0.5)  # not the opt-in to news
+        watcher.close()
+    assert change.event.event.event_id == stop.event_ids[0]
+    assert change.event.event.campaign == "news"
+
+
 async def test_the_filters_choose_what_comes(runtime):
     p = phone(200)
     at = now() - timedelta(hours=1)

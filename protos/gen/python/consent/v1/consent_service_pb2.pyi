@@ -2341,10 +2341,11 @@ class WatchConsentChangesRequest(_message.Message):
     brand: _builtins.str
     """The brand to watch; the caller's token needs the audit scope for it."""
     campaign: _builtins.str
-    """Only the changes that name this campaign, and those that name no campaign
-    (they reach every campaign of the brand: an opt-out of every campaign, an age
-    verification, a flagged reply). Empty: every campaign. A campaign never defined
-    is refused (NOT_FOUND).
+    """Only the changes that name this campaign, those that name no campaign (they
+    reach every campaign of the brand: an opt-out of every campaign, an age
+    verification, a flagged reply), and every opt-out of another campaign of the
+    brand (under the revoke-all rule it ends this campaign's consent too). Empty:
+    every campaign. A campaign never defined is refused (NOT_FOUND).
     """
     resume_token: _builtins.str
     """Where to start: the resume_token of the last change received, to go on after
