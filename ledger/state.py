@@ -346,11 +346,20 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
     return _with_campaign(s, f.event.campaign, add)
 
 
+_OPENS_NO_CONVERSATION = frozenset(
+    i.value for i in (Intent.OPT_OUT, Intent.OPT_OUT_BRAND_WIDE, Intent.REVOCATION_CANDIDATE)
+)
+"""Intents of a text that opens no conversation of its campaign. Its ConsentRevoked or
+RevocationCandidateFlagged closes it, but is appended after it, and an append is not
+atomic: the text recorded alone (its writer killed, a batch given up on) let a
+conversational campaign reply to a STOP."""
+
+
 def _apply_inbound(s: SubscriberState, f: Fact[InboundMessageReceived]) -> SubscriberState:
     if _erased_after(s, f):
         return s
     s = _evolve(s, last_inbound=_later(s.last_inbound, f))
-    if f.event.campaign is None:
+    if f.event.campaign is None or f.event.intent in _OPENS_NO_CONVERSATION:
         return s
     if f.event.intent == Intent.HELP.value:
         return _with_campaign(
