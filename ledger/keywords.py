@@ -300,6 +300,10 @@ def _classify(text: str) -> Intent:
         return Intent.OPT_IN
     if word in HELP_KEYWORDS:
         return Intent.HELP
+    # A keyword with a digit or symbol for a letter ("QU1T", "3ND", "$TOP"): the
+    # person's STOP, written so a filter may miss it; held for a person to read.
+    if _OPT_OUT_RUN.fullmatch(normalise(_fold(text).translate(_LEET))):
+        return Intent.REVOCATION_CANDIDATE
     if reads_like_an_opt_out(text):
         return Intent.REVOCATION_CANDIDATE
     return Intent.CONVERSATION

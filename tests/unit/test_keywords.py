@@ -391,6 +391,18 @@ def test_a_reply_of_one_common_stop_word_of_the_ten_languages_is_a_candidate(tex
     assert classify(text) is CANDIDATE
 
 
+@pytest.mark.parametrize("text", ["QU1T", "3ND", "R3V0K3", "0PT 0UT", "$T0P"])
+def test_a_keyword_with_a_digit_or_symbol_for_a_letter_is_a_candidate(text):
+    # Each read as conversation: QUIT, END and REVOKE as a filter-dodging sender of a
+    # STOP might write them, held for a person to read rather than let pass.
+    assert classify(text) is CANDIDATE
+
+
+@pytest.mark.parametrize("text", ["1", "10", "3", "H3LP", "ST4RT"])
+def test_digits_alone_or_a_digit_in_another_keyword_are_not_an_opt_out(text):
+    assert classify(text) is not CANDIDATE
+
+
 @pytest.mark.parametrize("text", ["$5 off today?", "I paid $40", "see u @ 6", "c@ll me"])
 def test_a_dollar_or_at_sign_in_ordinary_words_stays_conversation(text):
     assert classify(text) is CONVERSATION
