@@ -90,8 +90,10 @@ from ledger.validation import (
 )
 
 # Matched whole (``fullmatch``): with ``match`` and ``$``, "acme\n" passed, and an
-# opt-out written under it stopped nothing sent under "acme".
-_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+# opt-out written under it stopped nothing sent under "acme". Ending alphanumeric:
+# "acme." or "promo-" was a name of its own, one a person reads as "acme", and an
+# opt-out accepted under it stopped nothing sent under the name meant.
+_NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
 
 
 @lru_cache(maxsize=4096)
@@ -104,7 +106,8 @@ def check_name(value: str, field_name: str) -> str:
     """Brand and campaign ids: short, lower-case, stable (they key the ledger)."""
     if not is_name(value or ""):
         raise InvalidRequest(
-            field_name, "must be 1-64 chars of a-z, 0-9, '.', '_' or '-', starting alphanumeric"
+            field_name,
+            "must be 1-64 chars of a-z, 0-9, '.', '_' or '-', starting and ending alphanumeric",
         )
     return value
 
@@ -1169,9 +1172,11 @@ def unattributed_opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:
 def _loose_name(value: str) -> str:
     """The name ``value`` spells to a reader: its full-width or other compatibility
     letters as plain ones, its invisible format characters (a zero-width space pasted
-    with it) dropped, trimmed and in lower case."""
+    with it) dropped, trimmed of spaces and of separators typed after or before it
+    ("acme."), and in lower case."""
     plain = unicodedata.normalize("NFKC", value)
-    return "".join(ch for ch in plain if unicodedata.category(ch) != "Cf").strip().lower()
+    kept = "".join(ch for ch in plain if unicodedata.category(ch) != "Cf")
+    return kept.strip().strip("._-").strip().lower()
 
 
 @dataclass(frozen=True)

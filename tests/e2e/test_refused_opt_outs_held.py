@@ -165,6 +165,27 @@ async def test_a_brand_spelled_in_full_width_or_with_a_zero_width_space_is_held(
             assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
 
 
+async def test_a_brand_or_campaign_with_a_separator_after_it_is_no_name_of_its_own(service):
+    """A brand "acme." was one of its own: an opt-out written under it was accepted
+    and acme's number stayed allowed, and "promo-" could be defined beside "promo".
+    Both are refused now, and the opt-out is held under the brand the person meant."""
+    runtime, clock = service
+    number = phone(94)
+    await opted_in(runtime, [number], clock.now)
+    async with client(runtime.address) as admin:
+        err = await refused(admin.RecordOptOut, opt_out(number, "acme.", "promo", clock.now))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+        assert [f for f, _ in status_details(err)] == ["brand"], err.details()
+        info = held_info(err)
+        assert info is not None, err.details()
+        answer = await can_send(runtime, number, info["consistency_token"])
+        assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
+        for name in ("promo-", "promo.", "promo_"):
+            err = await refused(admin.DefineCampaign, define("acme", name, clock.now))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+            assert [f for f, _ in status_details(err)] == ["campaign"], err.details()
+
+
 async def test_a_stop_from_a_number_written_without_its_country_code_is_held(service):
     """A US number written as at home, (415) 555-4022, is no number the service
     records (it names no country), but an opt-out from it is no less an opt-out: it

@@ -66,6 +66,23 @@ def test_a_brand_or_campaign_with_anything_around_it_is_refused(name: str) -> No
         assert refused_fields(lambda f=field: to_events(opt_out(**{f: name}), NOW)) == [field]
 
 
+@pytest.mark.parametrize("name", ["acme.", "acme-", "acme_", "acme..", "promo-_"])
+def test_a_name_ending_in_a_separator_is_refused(name: str) -> None:
+    # "acme." was a brand of its own: an opt-out written under it was accepted and
+    # stopped nothing sent under "acme", the name a person reads in it.
+    for field in ("brand", "campaign"):
+        with pytest.raises(InvalidRequest) as err:
+            check_name(name, field)
+        assert err.value.field == field
+        assert "ending alphanumeric" in err.value.reason
+        assert refused_fields(lambda f=field: to_events(opt_out(**{f: name}), NOW)) == [field]
+
+
+@pytest.mark.parametrize("name", ["a", "7", "ac-me", "spring_sale.2026", "a" * 64])
+def test_a_name_between_separators_is_still_a_name(name: str) -> None:
+    assert check_name(name, "brand") == name
+
+
 def test_an_accepted_opt_out_names_the_brand_a_check_asks_about() -> None:
     (event,) = to_events(opt_out(), NOW)
     assert isinstance(event, ConsentRevoked)

@@ -118,7 +118,11 @@ def test_only_an_inbound_stop_is_held_for_every_brand():
 
 
 @pytest.mark.parametrize(
-    "spelled", ["ACME ", "\uff21\uff23\uff2d\uff25", "acme\u200b", "\u2060acme", "\ufeffAcme\u00a0"]
+    "spelled",
+    [
+        *("ACME ", "\uff21\uff23\uff2d\uff25", "acme\u200b", "\u2060acme", "\ufeffAcme\u00a0"),
+        *("acme.", "acme-", "acme_", " acme. "),  # a separator typed after it
+    ],
 )
 def test_a_refused_opt_out_is_held_under_the_brand_its_name_spells(spelled):
     (held,) = held_opt_out(replace(_live(), brand=spelled), "brand: is no name", at(1))
