@@ -1169,13 +1169,26 @@ def unattributed_opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:
     ]
 
 
+# Unicode's Default_Ignorable_Code_Point characters that are no format character
+# (Cf): they show nothing, so "acme" with a Hangul filler or a variation selector
+# pasted after it reads as acme, and an opt-out under it was held under no brand.
+_IGNORABLE = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0"
+    "\ufff0-\ufff8\U000e0000-\U000e0fff]"
+)
+
+
+def _invisible(ch: str) -> bool:
+    return unicodedata.category(ch) == "Cf" or _IGNORABLE.fullmatch(ch) is not None
+
+
 def _loose_name(value: str) -> str:
     """The name ``value`` spells to a reader: its full-width or other compatibility
     letters as plain ones, its invisible format characters (a zero-width space pasted
     with it) dropped, trimmed of spaces and of separators typed after or before it
     ("acme."), and in lower case."""
     plain = unicodedata.normalize("NFKC", value)
-    kept = "".join(ch for ch in plain if unicodedata.category(ch) != "Cf")
+    kept = "".join(ch for ch in plain if not _invisible(ch))
     return kept.strip().strip("._-").strip().lower()
 
 

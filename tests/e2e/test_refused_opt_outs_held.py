@@ -153,7 +153,11 @@ async def test_a_brand_spelled_in_full_width_or_with_a_zero_width_space_is_held(
     is refused as a name, but it is acme the person asked to stop: refused and
     dropped, the number stayed allowed."""
     runtime, clock = service
-    numbers = {"\uff41\uff43\uff4d\uff45": phone(24), "acme\u200b": phone(25)}
+    numbers = {
+        "\uff41\uff43\uff4d\uff45": phone(24),
+        "acme\u200b": phone(25),
+        "acme\u3164": phone(95),  # a Hangul filler: blank, and no format character
+    }
     await opted_in(runtime, list(numbers.values()), clock.now)
     async with client(runtime.address, "acme-app") as c:
         for brand, number in numbers.items():

@@ -122,6 +122,9 @@ def test_only_an_inbound_stop_is_held_for_every_brand():
     [
         *("ACME ", "\uff21\uff23\uff2d\uff25", "acme\u200b", "\u2060acme", "\ufeffAcme\u00a0"),
         *("acme.", "acme-", "acme_", " acme. "),  # a separator typed after it
+        # invisible but no format characters: a Hangul filler (and its halfwidth
+        # form), a combining grapheme joiner, a variation selector, a choseong filler
+        *("acme\u3164", "acme\uffa0", "ac\u034fme", "acme\ufe0f", "acme\u115f"),
     ],
 )
 def test_a_refused_opt_out_is_held_under_the_brand_its_name_spells(spelled):
