@@ -272,18 +272,18 @@ def standing(digest: Digest, c: CampaignDigest) -> Standing:
 
 
 def revoked_elsewhere(digest: Digest, campaign: str, since: int) -> tuple[str, Mark] | None:
-    """Under the revoke-all rule, the opt-out of another campaign of the brand that
-    stands and is no older than ``campaign``'s consent (``since``), with that
-    campaign's name; None when none does. ``GetConsent`` reads it as the policy does."""
+    """Under the revoke-all rule, an opt-out of another campaign of the brand no older
+    than ``campaign``'s consent (``since``), with that campaign's name; None when
+    there is none. It is read as an opt-out of every campaign, so only this
+    campaign's own newer consent (a grant, or a START to its number) outranks it: a
+    START to the other campaign's number, or a new grant of it, resumes that
+    campaign alone, as it does after a STOPALL. ``GetConsent`` reads it as the
+    policy does."""
     for other in sorted(digest.campaigns):
         if other == campaign:
             continue
-        theirs = digest.campaign(other)
-        if theirs.revocation is None:
-            continue
-        stands = standing(digest, theirs)
-        revocation = stands.revocation
-        if revocation is not None and not stands.brand_wide and revocation.at >= since:
+        revocation = digest.campaign(other).revocation
+        if revocation is not None and revocation.at >= since:
             return other, revocation
     return None
 

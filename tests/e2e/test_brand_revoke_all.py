@@ -134,3 +134,31 @@ async def test_only_the_brand_may_set_it_and_only_on(service):
                 )
             )
             assert r.reason == api.REASON_CONSENT_ACTIVE
+
+
+async def test_a_start_after_a_stop_under_revoke_all_resumes_its_campaign_alone(service):
+    """Under the brand's revoke-all, a STOP to promo stops alerts too; a START to
+    promo's number then allowed alerts again, where after a STOPALL it never does."""
+    runtime, clock = service
+    async with client(runtime.address, "acme-app") as acme:
+        await acme.SetBrandPolicy(brand_policy("acme"))
+        clock.now += timedelta(minutes=1)
+        stop = await acme.HandleInboundMessage(inbound(PHONE, ACME_NUMBER, "STOP", clock.now))
+        clock.now += timedelta(minutes=10)
+        start = await acme.HandleInboundMessage(inbound(PHONE, ACME_NUMBER, "START", clock.now))
+        assert start.campaign == "promo"
+
+        async def check(campaign: str) -> api.CanSendResponse:
+            return await acme.CanSend(
+                api.CanSendRequest(
+                    phone=PHONE,
+                    brand="acme",
+                    campaign=campaign,
+                    at_least_as_fresh=start.consistency_token,
+                )
+            )
+
+        assert (await check("promo")).allowed
+        alerts = await check("alerts")
+        assert not alerts.allowed and alerts.reason == api.REASON_REVOKED_BRAND_WIDE
+        assert list(alerts.evidence_event_ids) == [stop.event_ids[1]]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from ledger.events import CampaignDefined, MessageKind, event_id_for
 from ledger.policy import REVOKE_ALL_EFFECTIVE, Reason, decide, decide_as_of
 from ledger.state import fold
-from tests.builders import campaign, granted, record, revoked
+from tests.builders import campaign, granted, record, resumed, revoked
 
 BEFORE = datetime(2027, 1, 20, 19, 0, tzinfo=UTC)  # 11:00 in Los Angeles
 AFTER = datetime(2027, 2, 1, 19, 0, tzinfo=UTC)
@@ -47,6 +47,24 @@ def test_a_campaign_may_honour_it_before_the_date():
 def test_consent_given_after_the_stop_is_the_persons_newer_word():
     s = state_of(revoked(BEFORE, "promo"), granted(BEFORE + timedelta(days=1), "alerts"))
     assert decide(s, ALERTS, AFTER).allowed
+
+
+def test_a_start_to_the_stopped_campaign_resumes_it_alone():
+    """The STOP to promo is read as one of every campaign; a START to promo's number
+    then lifted alerts' stop too (the STOP no longer stood for promo), as a START
+    after a STOPALL never does. Only alerts' own newer consent lifts it."""
+    stop = revoked(BEFORE, "promo")
+    events = [granted(BEFORE - timedelta(days=5), "alerts"), granted(BEFORE - timedelta(days=5))]
+    start = resumed(BEFORE + timedelta(hours=1), "promo")
+    s = state_of(*events, stop, start)
+    assert decide(s, PROMO, AFTER).allowed
+    d = decide(s, ALERTS, AFTER)
+    assert not d.allowed and d.reason is Reason.REVOKED_BRAND_WIDE
+    assert d.evidence == (str(stop.event_id),)
+    again = granted(BEFORE + timedelta(hours=2))  # a new opt-in to promo: promo's alone
+    assert not decide(state_of(*events, stop, again), ALERTS, AFTER).allowed
+    own = resumed(BEFORE + timedelta(hours=2), "alerts")
+    assert decide(state_of(*events, stop, start, own), ALERTS, AFTER).allowed
 
 
 def test_the_stopped_campaign_may_still_send_its_one_confirmation():
