@@ -411,7 +411,13 @@ def located_region(fact: Fact[Any] | None) -> str:
 def _apply_age(s: SubscriberState, f: Fact[AgeVerified]) -> SubscriberState:
     if _erased_after(s, f):
         return s
-    return _evolve(s, age=_later(s.age, f))
+    # A date of birth decides over a "verified 21+" flag, whichever came or was
+    # recorded later: a flag cannot make 21 a person whose date of birth says younger.
+    # Among dates of birth (a correction) or among flags, the latest counts.
+    current = s.age
+    if current is not None and bool(current.event.date_of_birth) != bool(f.event.date_of_birth):
+        return s if current.event.date_of_birth else _evolve(s, age=f)
+    return _evolve(s, age=_later(current, f))
 
 
 def _apply_delivery(s: SubscriberState, f: Fact[DeliveryOutcomeReported]) -> SubscriberState:

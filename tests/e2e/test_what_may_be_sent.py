@@ -382,3 +382,39 @@ async def test_a_text_to_one_campaigns_number_is_no_other_campaigns_conversation
             assert b.decisions[0].reason == api.REASON_CONVERSATION_WINDOW_CLOSED, b
             a = await c.CanSendAsOf(api.CanSendAsOfRequest(phone=PHONE, at=ts(clock.now), **ask))
             assert not a.allowed and a.reason == api.REASON_CONVERSATION_WINDOW_CLOSED, a
+
+
+async def test_a_verified_21_flag_recorded_after_an_under_21_date_of_birth_allows_nothing(
+    serve,
+):
+    # The date of birth says 16; a later "verified 21+" flag (another check, or a
+    # client's mistake) must not make alcohol offers to that number allowed.
+    clock = Clock()
+    bar = define(
+        "acme",
+        "bar",
+        clock.now - timedelta(days=2),
+        [],
+        content_category=lpb.CAMPAIGN_CATEGORY_ALCOHOL,
+    )
+    runtime = await serve(clock=clock, campaigns=[bar])
+    async with client(runtime.address) as c:
+        await c.RecordOptIn(opt_in(PHONE, "acme", "bar", clock.now - timedelta(hours=3)))
+
+        def verified(hours_ago: int, **said) -> api.RecordAgeVerificationRequest:
+            return api.RecordAgeVerificationRequest(
+                request_id=uuid.uuid4().hex, phone=PHONE, brand="acme", method="id_scan",
+                occurred_at=ts(clock.now - timedelta(hours=hours_ago)), **said,
+            )  # fmt: skip
+
+        await c.RecordAgeVerification(verified(2, date_of_birth="2010-01-01"))
+        w = await c.RecordAgeVerification(verified(1, verified_21_plus=True))
+        ask = dict(phone=PHONE, brand="acme", campaign="bar")
+        r = await c.CanSend(api.CanSendRequest(**ask, at_least_as_fresh=w.consistency_token))
+        assert not r.allowed and r.reason == api.REASON_AGE_VERIFICATION_REQUIRED, r
+        b = await c.CanSendBatch(
+            api.CanSendBatchRequest(brand="acme", campaign="bar", phones=[PHONE])
+        )
+        assert b.decisions[0].reason == api.REASON_AGE_VERIFICATION_REQUIRED, b
+        a = await c.CanSendAsOf(api.CanSendAsOfRequest(**ask, at=ts(clock.now)))
+        assert not a.allowed and a.reason == api.REASON_AGE_VERIFICATION_REQUIRED, a

@@ -508,6 +508,23 @@ def test_age_gated_campaign_with_a_20_year_old_is_denied():
     assert decide(s, c, at(5)).reason is Reason.AGE_VERIFICATION_REQUIRED
 
 
+def test_a_date_of_birth_decides_over_a_later_verified_21_flag():
+    # A date of birth saying 20 and then a "verified 21+" flag (another check, a
+    # careless client, or the two recorded out of order): the date of birth stands,
+    # whichever of the two came or was recorded first.
+    c = campaign(age_gated=True)
+    under = age(at(1), dob="2005-06-01")
+    flag = age(at(2), plus21=True)
+    for events in ([under, flag], [flag, under]):
+        s = fold(record([granted(at(0)), *events]))
+        d = decide(s, c, at(5))
+        assert not d.allowed and d.reason is Reason.AGE_VERIFICATION_REQUIRED
+        assert fold(retained_facts(s)) == s
+    # A later date of birth still corrects an earlier one.
+    s = state_of(granted(at(0)), under, age(at(3), dob="1990-01-01"), flag)
+    assert decide(s, c, at(5)).allowed
+
+
 def test_age_counts_from_the_date_of_birth_at_the_time_of_the_question():
     c = campaign(age_gated=True)
     s = state_of(granted(at(0)), age(at(1), dob="2005-03-01"))  # 21 on 2026-03-01
