@@ -13,11 +13,11 @@ A chunk costs a few round trips whatever its size: the request ids are claimed i
 one statement (``ConsentView.claim_requests``), the facts already applied are found
 in one (``known_events``), the turns to append the rest are taken in one
 (``take_append_turns``), and the chunk's facts are appended in one call
-(``EventLog.append``), ordered by when each record happened, which seals their
-personal data under keys read or made for all their subjects in one more
-(``SubjectKeys.current_many``). One number's facts then reach the ledger in the
-order of their own times within a chunk; across chunks the fold needs no order, as
-it reads facts in world order (``ledger.state``).
+(``EventLog.append``), which seals their personal data under keys read or made
+for all their subjects in one more (``SubjectKeys.current_many``). The opt-outs and
+holds go first, then by when each record happened: an append cut short (it is not
+atomic on Kafka) must not leave an opt-in without the opt-out after it. The fold
+needs no order, as it reads facts in world order (``ledger.state``).
 
 Imports at once, in one process or several sharing the view, append a record they
 share once: the one holding its append turn appends it and counts it as imported;
@@ -49,7 +49,7 @@ from ledger.commands import (
     unattributed_opt_out,
 )
 from ledger.errors import DomainError, InvalidRequest
-from ledger.events import LedgerEvent, evolved
+from ledger.events import ConsentRevoked, LedgerEvent, RevocationCandidateFlagged, evolved
 from ledger.ports import AppendTurn, ConsistencyToken, RequestClaim, RequestUse, Stream
 from services.errors import FailedPrecondition, NotConsistent, PermissionDenied, ServiceError
 from services.usecases.context import BEHIND, Context
@@ -277,15 +277,18 @@ class Imports:
             return result
         # Still this chunk's turn (released below): another chunk's _new sees these.
         imported = len(new)
-        # Appended with the chunk's records, in the one call: all or none of them.
+        # Appended with the chunk's records, in the one call.
         new += held
         claimed = _Claimed([_key(p) for p in new])
         self._claimed.append(claimed)
         self._unapplied.update((_key(p), p.events[0].request_fingerprint) for p in new)
         _release(turn)  # the next chunk may claim; the append need not wait for it
-        # When each record happened, not where it stood in the file: one number's
-        # facts reach the ledger in the order of their own times.
-        new.sort(key=lambda p: p.events[0].occurred_at)
+        # The opt-outs and holds first, then in the order of their own times. The
+        # append is not atomic on Kafka: a process killed between two batches, or a
+        # batch given up on, leaves a prefix recorded, which must allow nothing the
+        # chunk denies (an opt-in without its opt-out after it). The fold reads world
+        # order, and at one instant a revocation wins, so the ledger's order is free.
+        new.sort(key=lambda p: (not _denies(p), p.events[0].occurred_at))
         events = [e for p in new for e in p.events]
         try:
             recorded = await self.ctx.ledger.append(events)
@@ -589,6 +592,11 @@ async def _quietly(ending: Awaitable[None]) -> None:
 def _release(turn: asyncio.Future[None]) -> None:
     if not turn.done():
         turn.set_result(None)
+
+
+def _denies(p: _Planned) -> bool:
+    """Whether the record is an opt-out, or an opt-out held for review."""
+    return any(isinstance(e, ConsentRevoked | RevocationCandidateFlagged) for e in p.events)
 
 
 def _key(p: _Planned) -> tuple[str, str]:

@@ -1,6 +1,6 @@
 """Bulk import (``services.usecases.imports``) on the in-memory adapters: each record
 checked as its write would be and refused on its own, each import id recorded once,
-a chunk appended in one call in the order of the records' own times."""
+a chunk appended in one call, its opt-outs first."""
 
 from __future__ import annotations
 
@@ -338,16 +338,17 @@ async def test_a_dry_run_remembers_its_records_up_to_a_bound(monkeypatch):
         assert len(imports._dry_run_taken) == 2
 
 
-async def test_a_chunk_is_appended_in_the_order_of_the_records_own_times():
+async def test_a_chunk_appends_its_opt_outs_first_and_they_take_effect_by_their_times():
     async with running() as (app, _):
         await app.writes.record(define())
         phone = "+14155550100"
-        # The export lists the opt-out first; it happened after the opt-in.
-        result = await _imports(app).chunk([opt_out(0, phone, 30), opt_in(1, phone, 10)])
+        # The export lists the opt-in first; the opt-out happened after it. Appended
+        # first, the opt-out cannot be left out of a prefix that holds the opt-in.
+        result = await _imports(app).chunk([opt_in(0, phone, 10), opt_out(1, phone, 30)])
         assert result.imported == 2
         partition = app.ledger.partition_for(phone)
         events = [r.event for r in await app.ledger.read(Stream.SUBSCRIBERS, partition, 0)]
-        assert [type(e) for e in events] == [ConsentGranted, ConsentRevoked]
+        assert [type(e) for e in events] == [ConsentRevoked, ConsentGranted]
         answer = await app.checks.can_send(phone, BRAND, "promo", token=result.token)
         assert answer.decision.reason is Reason.REVOKED
 
@@ -617,3 +618,37 @@ async def test_two_imports_in_a_row_prune_the_old_turns_once(monkeypatch):
         for i in range(2):
             await Imports(app.writes.ctx, pruning=every).chunk([opt_in(30 + i, f"+1415555012{i}")])
         assert len(pruned) == 5
+
+
+class _Torn(InMemoryLedger):
+    """A ledger whose first append of subscriber facts records only its first
+    ``kept`` events, then fails: a Kafka append is not atomic, and a process killed
+    between two batches, or a batch given up on, leaves such a prefix."""
+
+    def __init__(self, kept: int) -> None:
+        super().__init__(partitions=4)
+        self.kept, self.torn = kept, False
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        if self.torn or not any(isinstance(e, ConsentGranted) for e in events):
+            return await super().append(events)
+        self.torn = True
+        await super().append(events[: self.kept])
+        raise LedgerUnavailable("the broker went away after the first batch")
+
+
+@pytest.mark.parametrize("kept", [1, 2, 3])
+async def test_a_chunk_cut_short_in_the_ledger_never_allows_a_number_it_opts_out(kept):
+    # In the order of their own times, a number's opt-in went before its opt-out: the
+    # opt-in recorded alone allowed the number while the import was run again.
+    phone, other = "+14155550100", "+14155550101"
+    async with running(ledger=_Torn(kept)) as (app, _):
+        await app.writes.record(define())
+        imports = _imports(app)
+        items = [opt_in(0, phone, 0), opt_in(1, other, 1), opt_out(2, phone, 2)]
+        with pytest.raises(LedgerUnavailable):
+            await imports.chunk(items)
+        written = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+        check = await app.checks.can_send(phone, BRAND, "promo")
+        assert sum(written.values()) == kept
+        assert not check.decision.allowed, check.decision
