@@ -256,9 +256,23 @@ _LOOK_ALIKE_SCRIPTS = (
         "ABCDEFGHIJKLMNOPRSTUVWXYZ",
     ),
 )
+
+
+def _enclosed_letters() -> dict[str, str]:
+    """Negative circled and negative squared Latin capitals (U+1F150 ..., U+1F170 ...)
+    and regional indicator symbols (U+1F1E6 ...), which NFKC leaves as they are, as
+    their letter: "🅢🅣🅞🅟" and "🆂🆃🅾🅿" are a STOP drawn to slip past a filter."""
+    return {
+        chr(start + i): chr(ord("A") + i)
+        for start in (0x1F150, 0x1F170, 0x1F1E6)
+        for i in range(26)
+    }
+
+
 _LOOK_ALIKES = str.maketrans(
     {
         **_small_capitals(),
+        **_enclosed_letters(),
         **{
             drawn: latin
             for drawn_letters, latin_letters in _LOOK_ALIKE_SCRIPTS

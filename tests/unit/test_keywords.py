@@ -562,6 +562,19 @@ def test_unicode_forms_and_typographic_apostrophes_read_as_their_plain_form(text
         pytest.param("\ua4e2\ua4d4\ua4f3\ua4d1", Intent.OPT_OUT, id="Lisu STOP"),
         pytest.param("\ua731\u1d1b\u1d0f\u1d18", Intent.OPT_OUT, id="small capital stop"),
         pytest.param(
+            "\U0001f162\U0001f163\U0001f15e\U0001f15f", Intent.OPT_OUT, id="negative circled"
+        ),
+        pytest.param(
+            "\U0001f182\U0001f183\U0001f17e\U0001f17f", Intent.OPT_OUT, id="negative squared"
+        ),
+        pytest.param(
+            "\U0001f1f8\U0001f1f9\U0001f1f4\U0001f1f5", Intent.OPT_OUT, id="regional indicators"
+        ),
+        pytest.param(
+            "\U0001f182\U0001f183\U0001f170\U0001f181\U0001f183", CONVERSATION, id="squared START"
+        ),
+        pytest.param("\U0001f1fa\U0001f1f8", CONVERSATION, id="US flag"),
+        pytest.param(
             "\u0405\u0422\u041e\u0420 \u0410LL", Intent.OPT_OUT_BRAND_WIDE, id="Cyrillic STOP ALL"
         ),
         pytest.param("\u0405\u0422\u041e\u0420!", Intent.OPT_OUT, id="Cyrillic STOP!"),
