@@ -245,7 +245,11 @@ class Sweep:
             # A fact stamped after the send (a clock ahead, a late import): leave out
             # what the moment did not know, exactly as the audit answer does.
             sends = [r for r in retained_facts(state) if isinstance(r.event, MessageSent)]
-            facts = [*self._facts.get(phone, ()), *sends, *self.history.facts()]
+            # In ledger order: the fold grants a reply owed once to the first after its
+            # request in that order (``ledger.state._owed_reply``), not to the first
+            # send folded after every other fact.
+            kept = sorted([*self._facts.get(phone, ()), *sends], key=_ledger_order)
+            facts = [*kept, *self.history.facts()]
             return decide_as_of(facts, self.campaign, moment, known, message.kind)
         rules = self._rules_at(moment, known)
         if rules is None:
@@ -270,6 +274,10 @@ class Sweep:
         if kept is None or kept.policy_version != found.policy_version:
             self._rules[key] = kept = found
         return kept
+
+
+def _ledger_order(recorded: Recorded) -> tuple[int, int]:
+    return (recorded.position.partition, recorded.position.offset)
 
 
 def sweep(

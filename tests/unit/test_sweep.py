@@ -221,7 +221,18 @@ def test_findings_stream_before_the_events_end():
 
 
 def test_each_send_is_judged_as_can_send_as_of_answers_for_its_moment():
-    rng = random.Random(22)
+    _judged_as_can_send_as_of(random.Random(22), ["START"])
+
+
+def test_replies_owed_once_are_judged_in_ledger_order_after_a_fact_stamped_late():
+    """The fold grants a help reply its exemption when it is the first after its HELP
+    in ledger order. A fact stamped after a send made the sweep fold the number's
+    other facts first and its sends after them, so a reply that counted was judged
+    as owed (or the other way round), and the sweep disagreed with CanSendAsOf."""
+    _judged_as_can_send_as_of(random.Random(2), ["START", "HELP"])
+
+
+def _judged_as_can_send_as_of(rng: random.Random, texts: list[str]) -> None:
     for _round in range(30):
         events: list[LedgerEvent] = []
         for _ in range(25):
@@ -232,7 +243,7 @@ def test_each_send_is_judged_as_can_send_as_of_answers_for_its_moment():
             elif roll < 0.25:
                 events.append(revoked(when, rng.choice(["promo", None])))
             elif roll < 0.3:
-                events.append(inbound(when, "START", "promo"))
+                events.append(inbound(when, rng.choice(texts), "promo"))
             else:
                 kind = rng.choice(list(MessageKind))
                 events.append(send(when, kind=kind, disclosed=rng.random() < 0.5))
