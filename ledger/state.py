@@ -161,6 +161,9 @@ class SubscriberState:
     age: Fact[AgeVerified] | None = None
     last_inbound: Fact[InboundMessageReceived] | None = None
     brand_sent: tuple[SentRecord, ...] = ()
+    opt_out_answer: SentRecord | None = None
+    """The latest opt-out confirmation that escaped the caps: the one an opt-out is
+    owed, of any campaign of the brand (``_owed_confirmation``)."""
     location: Fact[Any] | None = None
     """The latest word of which state the subscriber is in: an opt-in whose proof gives
     a region (``Fact[ConsentGranted]``) or a ``Fact[SubscriberLocated]``; read it
@@ -294,6 +297,26 @@ def _owed_reply(c: CampaignConsent, record: SentRecord) -> tuple[bool, tuple[Fac
     return True, (asked,)
 
 
+def _owed_confirmation(
+    s: SubscriberState, record: SentRecord, campaign: str
+) -> tuple[bool, tuple[Fact[Any], ...]]:
+    """``_owed_reply`` for an opt-out confirmation recorded as exempt: owed once per
+    opt-out (the campaign's own or the brand's, whichever is later, as the policy reads
+    it), and only if no confirmation of any campaign of the brand escaped since, as
+    the policy allows one (``Check._opt_out_confirmation``). Judged at the write, two
+    sent at once were each judged against a view without the other: both escaped."""
+    own, brand = s.campaign(campaign).revocation, s.brand_revocation
+    asked = own if brand is None or (own is not None and own.key > brand.key) else brand
+    answer = s.opt_out_answer
+    if asked is None:
+        return False, ()
+    if record.at < asked.at:  # it answers an opt-out no longer the latest: doubt counts it
+        return False, (asked,)
+    if answer is not None and answer.at >= asked.at:
+        return False, (asked, answer.fact, *answer.basis)
+    return True, (asked,)
+
+
 def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
     record = SentRecord(f.at, f.event.kind, f.event_id, f.event.message_id, f)
     if record in s.brand_sent:
@@ -310,6 +333,11 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
                 f.event.campaign,
                 lambda c: _evolve(c, **{answer: _latest_record(getattr(c, answer), record)}),
             )
+    elif exempt and record.kind is MessageKind.OPT_OUT_CONFIRMATION:
+        exempt, basis = _owed_confirmation(s, record, f.event.campaign)
+        record = _evolve(record, basis=basis)
+        if exempt:
+            s = _evolve(s, opt_out_answer=_latest_record(s.opt_out_answer, record))
     newest = max([record.at, *(r.at for r in s.brand_sent)])
     s = _evolve(s, brand_sent=_prune((*s.brand_sent, record), newest))
     reply = _REPLY_RECORDS.get(record.kind)
@@ -693,7 +721,7 @@ def retained(state: SubscriberState) -> list[Fact[Any]]:
     for kept in brand_facts:
         if kept is not None:
             facts[kept.event.event_id.int] = kept
-    for sent in state.brand_sent:
+    for sent in (*state.brand_sent, *filter(None, (state.opt_out_answer,))):
         facts[sent.fact.event.event_id.int] = sent.fact
         for kept in sent.basis:
             facts[kept.event.event_id.int] = kept

@@ -16,7 +16,7 @@ import msgpack
 
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, built
 
-FORMAT = 12
+FORMAT = 13
 """1 had no ``CampaignDigest.last_disclosed_at``, 2 no ``Digest.regions`` and
 ``Digest.located`` (the recipient's candidate states), 3 no ``CampaignDigest``
 ``help_request``, ``help_reply`` or ``opt_in_confirmation``, 4 no
@@ -25,7 +25,8 @@ FORMAT = 12
 ``Digest.pending``, 8 no refused mark on it, 9 no reused-id mark on it, 10 left out
 of ``CampaignDigest.sent`` a second reply to one HELP or START recorded as exempt
 (``ledger.state._owed_reply``), 11 no ``CampaignDigest.last_inbound`` (each
-campaign's own conversation): rows in any of them are read from their snapshots,
+campaign's own conversation), 12 a second opt-out confirmation of one opt-out
+(``ledger.state._owed_confirmation``): rows in any of them are read from their snapshots,
 which are folded and digested again.
 """
 _HEADER = bytes([FORMAT])

@@ -395,3 +395,42 @@ async def test_the_readme_batched_send_runs_as_written(tmp_path, postgres_dsn):
     written = answers(done.stdout)[1][-1]
     assert len(written["eventIds"]) == len(set(written["eventIds"])) == 2
     assert written["consistencyToken"].startswith("subscribers:0:")  # one partition
+
+
+async def test_opt_out_confirmations_recorded_at_once_count_but_the_first(service):
+    """An opt-out earns one confirmation. Three RecordMessageSent calls of it at the
+    same moment were each judged exempt against a view without the others, and all
+    escaped the caps: after the person's START, CanSend allowed a regular message
+    over a cap of two a day. In ledger order the first is owed and the others count."""
+    runtime, _ = service
+    now = datetime.now(UTC)
+    number, sender = phone(9101), "+12125550179"
+    cap = lpb.FrequencyCap(limit=2, window=Duration(seconds=86400))
+    async with client(runtime.address) as admin:
+        await admin.DefineCampaign(define("acme", "capped3", now, [sender], frequency_caps=[cap]))
+    async with client(runtime.address, "acme-app") as c:
+        await c.RecordOptIn(opt_in(number, "acme", "capped3", now - timedelta(minutes=3)))
+        stop = await c.HandleInboundMessage(
+            inbound(number, sender, "STOP", now - timedelta(minutes=2))
+        )
+        assert await applied(runtime, stop.consistency_token)
+        requests = []
+        for i in range(3):
+            m = message(9101, now, campaign="capped3", message_id=f"SM-confirm-{i}")
+            request = alone(f"confirm-{i}-{uuid.uuid4().hex[:8]}", m)
+            request.kind = lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION
+            requests.append(request)
+        written = await asyncio.gather(*(c.RecordMessageSent(r) for r in requests))
+        start = await c.HandleInboundMessage(
+            inbound(number, sender, "START", now - timedelta(seconds=30))
+        )
+        token = ConsistencyToken.decode(start.consistency_token)
+        for w in written:
+            token = token.merge(ConsistencyToken.decode(w.consistency_token))
+        answer = await c.CanSend(
+            api.CanSendRequest(
+                phone=number, brand="acme", campaign="capped3", at_least_as_fresh=token.encode()
+            )
+        )
+    assert answer.reason == api.REASON_FREQUENCY_CAP_REACHED, answer
+    assert answer.detail.startswith("2 of 2 messages"), answer  # the two not owed

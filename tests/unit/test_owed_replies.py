@@ -190,12 +190,16 @@ def test_a_recorded_reply_counts_towards_caps_unless_it_earned_its_exemption(kin
     grant = granted(at(0))
     # A help reply is owed to a HELP (``test_only_the_first_reply_to_one_help_...``).
     asked = [inbound(at(1), "HELP", "promo")] if kind is MessageKind.HELP_REPLY else []
-    unearned = state_of(grant, *asked, sent(at(1), "promo", kind, exempt=False))
+    # An opt-out confirmation is owed to an opt-out, and the person opts in again.
+    again: list = []
+    if kind is MessageKind.OPT_OUT_CONFIRMATION:
+        asked, again = [revoked(at(1), None)], [granted(at(1) + timedelta(seconds=1))]
+    unearned = state_of(grant, *asked, sent(at(1), "promo", kind, exempt=False), *again)
     d = decide(unearned, capped, at(2))
     assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED
-    earned = state_of(grant, *asked, sent(at(1), "promo", kind, exempt=True))
+    earned = state_of(grant, *asked, sent(at(1), "promo", kind, exempt=True), *again)
     assert decide(earned, capped, at(2)).allowed
-    legacy = state_of(grant, *asked, sent(at(1), "promo", kind))  # before it was decided
+    legacy = state_of(grant, *asked, sent(at(1), "promo", kind), *again)  # before it was decided
     assert decide(legacy, capped, at(2)).allowed
 
 
@@ -224,6 +228,25 @@ def test_only_the_first_reply_to_one_request_escapes_the_caps(kind, asked):
     assert [r.event_id for r in again.campaign("promo").sent] == []
     # Judged in ledger order, the same however the state was stored and folded again.
     assert fold(retained_facts(state)) == state
+
+
+def test_only_the_first_confirmation_of_one_opt_out_escapes_the_caps():
+    """An opt-out earns one confirmation, of any campaign of the brand. Three judged at
+    once were each recorded as exempt and none counted; in ledger order the first is
+    owed and the others count, a later opt-out earns one again, and a confirmation
+    with no opt-out before it counts."""
+    kind = MessageKind.OPT_OUT_CONFIRMATION
+    confirmations = [sent(at(2), "promo", kind, exempt=True) for _ in range(3)]
+    history = [granted(at(0)), revoked(at(1), None), *confirmations]
+    state = state_of(*history)
+    assert [r.event_id for r in state.campaign("promo").sent] == sorted(
+        str(r.event_id) for r in confirmations[1:]
+    )
+    assert fold(retained_facts(state)) == state
+    again = state_of(*history[:3], revoked(at(4), "promo"), sent(at(5), "promo", kind, exempt=True))
+    assert [r.event_id for r in again.campaign("promo").sent] == []
+    unasked = state_of(granted(at(0)), sent(at(1), "promo", kind, exempt=True))
+    assert len(unasked.campaign("promo").sent) == 1
 
 
 def test_regular_sends_and_reconfirmation_requests_always_count():
