@@ -317,27 +317,37 @@ def _owed_confirmation(
     return True, (asked,)
 
 
+def _judged(
+    s: SubscriberState, f: Fact[MessageSent], record: SentRecord
+) -> tuple[bool, SentRecord]:
+    """Whether the send ``f`` (its ``record``) escapes the caps at this point of the
+    ledger, and its record with the facts that judgement read."""
+    if counts(f.event):
+        return False, record
+    if record.kind in _ONCE_REPLIES:
+        exempt, basis = _owed_reply(s.campaign(f.event.campaign), record)
+    elif record.kind is MessageKind.OPT_OUT_CONFIRMATION:
+        exempt, basis = _owed_confirmation(s, record, f.event.campaign)
+    else:
+        return True, record
+    return exempt, _evolve(record, basis=basis)
+
+
 def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
     record = SentRecord(f.at, f.event.kind, f.event_id, f.event.message_id, f)
     if record in s.brand_sent:
         return s
-    exempt = not counts(f.event)
+    exempt, record = _judged(s, f, record)
     once = _ONCE_REPLIES.get(record.kind)
     if exempt and once is not None:
-        exempt, basis = _owed_reply(s.campaign(f.event.campaign), record)
-        record = _evolve(record, basis=basis)
-        if exempt:
-            answer = once[1]
-            s = _with_campaign(
-                s,
-                f.event.campaign,
-                lambda c: _evolve(c, **{answer: _latest_record(getattr(c, answer), record)}),
-            )
+        answer = once[1]
+        s = _with_campaign(
+            s,
+            f.event.campaign,
+            lambda c: _evolve(c, **{answer: _latest_record(getattr(c, answer), record)}),
+        )
     elif exempt and record.kind is MessageKind.OPT_OUT_CONFIRMATION:
-        exempt, basis = _owed_confirmation(s, record, f.event.campaign)
-        record = _evolve(record, basis=basis)
-        if exempt:
-            s = _evolve(s, opt_out_answer=_latest_record(s.opt_out_answer, record))
+        s = _evolve(s, opt_out_answer=_latest_record(s.opt_out_answer, record))
     newest = max([record.at, *(r.at for r in s.brand_sent)])
     s = _evolve(s, brand_sent=_prune((*s.brand_sent, record), newest))
     reply = _REPLY_RECORDS.get(record.kind)
@@ -520,6 +530,27 @@ def apply(state: SubscriberState, recorded: Recorded) -> SubscriberState:
     if new.phone:
         return new
     return _evolve(new, phone=event.phone, brand=event.brand)
+
+
+def exemptions_not_granted(history: Iterable[Recorded]) -> set[str]:
+    """The ids of the sends in ``history`` (one phone's facts, of any brands, in ledger
+    order) recorded as exempt from the caps (``MessageSent.exempt`` true, or a reply
+    recorded before it was decided) that the fold counts all the same: what the
+    stored flag says of them is the judgement at the write, not what CanSend counts."""
+    states: dict[str, SubscriberState] = {}
+    found: set[str] = set()
+    for recorded in history:
+        event = recorded.event
+        if not isinstance(event, SubscriberEvent):
+            continue
+        state = states.get(event.brand) or new_state(event.phone, event.brand)
+        if isinstance(event, MessageSent) and not counts(event):
+            f: Fact[MessageSent] = Fact(event, recorded.position, recorded.recorded_at)
+            record = SentRecord(f.at, event.kind, f.event_id, event.message_id, f)
+            if record not in state.brand_sent and not _judged(state, f, record)[0]:
+                found.add(f.event_id)
+        states[event.brand] = apply(state, recorded)
+    return found
 
 
 def fold(events: Iterable[Recorded], state: SubscriberState | None = None) -> SubscriberState:

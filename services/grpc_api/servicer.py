@@ -44,6 +44,7 @@ from ledger.phone import to_e164
 from ledger.policy import Decision, Reason, deny
 from ledger.ports import ConsistencyToken, Stream
 from ledger.retention import PlaceLegalHold, ReleaseLegalHold, RequestErasure
+from ledger.state import exemptions_not_granted
 from ledger.validation import Violations
 from services import packets
 from services.errors import (
@@ -516,10 +517,16 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         )
         events = history.value
         more = start + size < len(events)
+        page = events[start : start + size]
+        # Judged over the whole history, which a page's replies depend on.
+        counted = exemptions_not_granted(events) if page else set()
         return api_pb2.ListEventsResponse(
-            events=[codec.recorded_to_proto(r) for r in events[start : start + size]],
+            events=[codec.recorded_to_proto(r) for r in page],
             next_page_token=_page_token(start + size, listing) if more else "",
             consistency_token=history.token.encode(),
+            exemption_not_granted=[
+                str(r.event.event_id) for r in page if str(r.event.event_id) in counted
+            ],
         )
 
     @translate_errors

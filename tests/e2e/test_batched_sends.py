@@ -434,3 +434,47 @@ async def test_opt_out_confirmations_recorded_at_once_count_but_the_first(servic
         )
     assert answer.reason == api.REASON_FREQUENCY_CAP_REACHED, answer
     assert answer.detail.startswith("2 of 2 messages"), answer  # the two not owed
+
+
+async def test_the_history_names_the_replies_recorded_exempt_that_count(service):
+    """Replies recorded at once were each judged exempt at the write, and ListEvents
+    showed every one as exempt while the fold counted all but the first: an auditor
+    read three sends that escaped the caps where CanSend counted two. The history
+    now names those that count, so exactly one reads as having escaped."""
+    runtime, _ = service
+    now = datetime.now(UTC)
+    number, sender = phone(9201), "+12125550181"
+    cap = lpb.FrequencyCap(limit=2, window=Duration(seconds=86400))
+    async with client(runtime.address) as admin:
+        await admin.DefineCampaign(define("acme", "capped4", now, [sender], frequency_caps=[cap]))
+    async with client(runtime.address, "acme-app") as c:
+        await c.RecordOptIn(opt_in(number, "acme", "capped4", now - timedelta(minutes=2)))
+        asked = await c.HandleInboundMessage(
+            inbound(number, sender, "HELP", now - timedelta(minutes=1))
+        )
+        assert await applied(runtime, asked.consistency_token)
+        requests = []
+        for i in range(3):
+            m = message(9201, now, campaign="capped4", message_id=f"SM-help-seen-{i}")
+            request = alone(f"help-seen-{i}-{uuid.uuid4().hex[:8]}", m)
+            request.kind = lpb.MESSAGE_KIND_HELP_REPLY
+            requests.append(request)
+        written = await asyncio.gather(*(c.RecordMessageSent(r) for r in requests))
+        token = ConsistencyToken.decode(written[0].consistency_token)
+        for w in written[1:]:
+            token = token.merge(ConsistencyToken.decode(w.consistency_token))
+    async with client(runtime.address) as admin:
+        listed = await admin.ListEvents(
+            api.ListEventsRequest(phone=number, brand="acme", at_least_as_fresh=token.encode())
+        )
+        answer = await admin.CanSend(
+            api.CanSendRequest(
+                phone=number, brand="acme", campaign="capped4", at_least_as_fresh=token.encode()
+            )
+        )
+    sends = [e.event for e in listed.events if e.event.event_type == "MessageSent"]
+    marked = {e.event_id for e in sends if e.message_sent.exempt}
+    not_granted = set(listed.exemption_not_granted)
+    assert not_granted <= marked, (not_granted, marked)
+    assert len(marked - not_granted) == 1, (marked, not_granted)  # the one owed
+    assert answer.detail.startswith("2 of 2 messages"), answer  # the other two count

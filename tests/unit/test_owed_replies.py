@@ -24,7 +24,7 @@ from ledger.events import MessageKind
 from ledger.keywords import Intent
 from ledger.policy import Obligation, Reason, decide, earns_exemption
 from ledger.ports import Stream
-from ledger.state import fold, retained_facts
+from ledger.state import exemptions_not_granted, fold, retained_facts
 from services.errors import MessageIdReused
 from tests.builders import (
     PHONE,
@@ -247,6 +247,18 @@ def test_only_the_first_confirmation_of_one_opt_out_escapes_the_caps():
     assert [r.event_id for r in again.campaign("promo").sent] == []
     unasked = state_of(granted(at(0)), sent(at(1), "promo", kind, exempt=True))
     assert len(unasked.campaign("promo").sent) == 1
+
+
+def test_the_replies_recorded_exempt_that_count_are_named():
+    """What an auditor reads of a send's exemption agrees with the fold: of three
+    replies to one HELP recorded exempt, the two not owed are named; a reply judged
+    not exempt at the write, or a regular send, is not (its flag says so already)."""
+    kind = MessageKind.HELP_REPLY
+    replies = [sent(at(2), "promo", kind, exempt=True) for _ in range(3)]
+    plain = [sent(at(3), "promo", kind, exempt=False), sent(at(3))]
+    history = record([granted(at(0)), inbound(at(1), "HELP", "promo"), *replies, *plain])
+    assert exemptions_not_granted(history) == {str(r.event_id) for r in replies[1:]}
+    assert exemptions_not_granted(history[:3]) == set()
 
 
 def test_regular_sends_and_reconfirmation_requests_always_count():

@@ -1852,21 +1852,34 @@ class ListEventsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    EXEMPTION_NOT_GRANTED_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Empty on the last page."""
     consistency_token: _builtins.str
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_ledger_pb2.RecordedEvent]: ...
+    @_builtins.property
+    def exemption_not_granted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The event ids of this page's sends recorded as exempt from the caps (a
+        MessageSent with exempt true, or a reply recorded before exempt was decided)
+        that count towards them all the same, as CanSend counts them: a reply owed
+        once (to a STOP, HELP or START) that was not the first after its request in
+        ledger order, or one that answers no request the number's history still
+        knows. exempt is the judgement made when the send was recorded, against a
+        view that may not have held another reply recorded at the same moment.
+        """
+
     def __init__(
         self,
         *,
         events: _abc.Iterable[_ledger_pb2.RecordedEvent] | None = ...,
         next_page_token: _builtins.str = ...,
         consistency_token: _builtins.str = ...,
+        exemption_not_granted: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "events", b"events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "events", b"events", "exemption_not_granted", b"exemption_not_granted", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
