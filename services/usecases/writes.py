@@ -127,6 +127,25 @@ def _anyone(brand: str) -> None:
     caller's own brand, or every brand, whoever sent it (``Writes.handle_inbound``)."""
 
 
+def _resolved_before(
+    candidate: str, winner: str, won: RevocationCandidateResolved | None
+) -> Refused:
+    """The refusal of a resolution of ``candidate`` that another resolution (event
+    ``winner``, ``won`` once the view holds it) took first: FAILED_PRECONDITION
+    naming it, with ``CANDIDATE_RESOLVED`` for a client to branch on."""
+    metadata = {"candidate_event_id": candidate, "event_id": winner}
+    if won is not None:
+        metadata |= {"resolution": won.resolution.value, "resolved_by": won.resolved_by}
+        how = f"as {won.resolution.value}" + (f" by {won.resolved_by!r}" if won.resolved_by else "")
+        reason = f"was resolved {how} (event {winner}) before this resolution; it stands"
+    else:  # claimed, not in the ledger yet: on its way, or its append failed
+        reason = (
+            f"is being resolved by another request (event {winner}); read the "
+            "candidate again (ListEvents) to see its resolution"
+        )
+    return Refused("candidate_event_id", reason, CANDIDATE_RESOLVED, metadata)
+
+
 def _retrieve(write: asyncio.Future[WriteResult]) -> None:
     """Take the outcome of a write whose caller went away, so it is not logged as lost."""
     if not write.cancelled():
@@ -280,20 +299,12 @@ class Writes:
         winner = use.event_ids[0]
         await self.ctx.guard.wait_until_applied_for([resolution.phone])
         found = await self.ctx.view.find_event(winner)
-        metadata = {"candidate_event_id": str(resolution.candidate_event_id), "event_id": winner}
-        if found is not None and isinstance(found.event, RevocationCandidateResolved):
-            won = found.event
-            metadata |= {"resolution": won.resolution.value, "resolved_by": won.resolved_by}
-            how = f"as {won.resolution.value}" + (
-                f" by {won.resolved_by!r}" if won.resolved_by else ""
-            )
-            reason = f"was resolved {how} (event {winner}) before this resolution; it stands"
-        else:  # claimed, not in the ledger yet: on its way, or its append failed
-            reason = (
-                f"is being resolved by another request (event {winner}); read the "
-                "candidate again (ListEvents) to see its resolution"
-            )
-        raise Refused("candidate_event_id", reason, CANDIDATE_RESOLVED, metadata)
+        won = found.event if found is not None else None
+        raise _resolved_before(
+            str(resolution.candidate_event_id),
+            winner,
+            won if isinstance(won, RevocationCandidateResolved) else None,
+        )
 
     async def hold_refused_opt_out(
         self,
@@ -689,6 +700,10 @@ class Writes:
         state = (await self.ctx.view.subscriber_states(event.brand, [event.phone]))[event.phone]
         pending = {c.event_id: c for c in state.pending_candidates()}
         candidate = pending.get(str(event.candidate_event_id))
+        resolved = state.resolutions.get(str(event.candidate_event_id))
+        if candidate is None and resolved is not None:
+            # Resolved since the reviewer read it: say by whom, as a race lost says.
+            raise _resolved_before(str(event.candidate_event_id), resolved.event_id, resolved.event)
         if candidate is None:
             raise FailedPrecondition(
                 "candidate_event_id",

@@ -350,6 +350,16 @@ async def test_two_reviewers_resolving_one_candidate_at_once_through_two_instanc
                 assert info["resolved_by"] in lost[0].details()
             again = await first.ResolveRevocationCandidate(winner)
             assert list(again.event_ids) == list(won[0].event_ids)
+            # A reviewer who comes after, through either instance, is told the same.
+            late = requests[1 - results.index(won[0])]
+            late.request_id = uuid.uuid4().hex
+            with pytest.raises(grpc.aio.AioRpcError) as after:
+                await second.ResolveRevocationCandidate(late)
+            assert after.value.code() == grpc.StatusCode.FAILED_PRECONDITION, after.value
+            told = candidate_resolved(after.value)
+            assert told is not None, after.value.details()
+            assert told["event_id"] == won[0].event_ids[0]
+            assert told["resolved_by"] == winner.resolved_by, told
             events = await ca.ListEvents(
                 api.ListEventsRequest(
                     phone=phone, brand="acme", at_least_as_fresh=won[0].consistency_token
