@@ -144,7 +144,8 @@ words for stop and unsubscribe (停止, 退订, 配信停止, 登録解除, 수�
 abmelden, nicht mehr schreiben, hör auf, cancellami, rimuovimi, توقف, لا ترسل),
 and by their one-word replies for stop or cancel when that word is the whole
 reply (取消, TD, ストップ, 중지, 탈퇴, отмена, hủy, hinto, anile, kündigen, annulla,
-إيقاف and a few more; Spanish "para ya" too, which "para" alone is not): other
+إيقاف and a few more; Spanish "para ya", "pará", "fin" and "se acabó" too, which
+"para" alone is not): other
 phrasings in them, and every other language, are not read beyond the keywords (STOP and the like,
 as the whole message), an English or Spanish word among their words, and the
 emoji.
@@ -1612,7 +1613,8 @@ _OTHER_LANGUAGES = re.compile(
     r"\b(me )?tir(e|a|em)(-me)? da (sua )?lista\b|"
     r"\bcancellami\b|\bnon (scrivermi|mandatemi|mandate|inviate|scrivetemi|contattatemi)\b|"
     r"\bdisiscriv|\brimuovimi\b|\bnon voglio più messaggi\b|\bnon voglio piu messaggi\b|"
-    r"توقف|الغاء الاشتراك|إلغاء الاشتراك|أوقف|اوقف|لا ترسل|لا تراسل"
+    r"توقف|الغاء الاشتراك|إلغاء الاشتراك|أوقف|اوقف|لا ترسل|لا تراسل|"
+    r"\bcero (mensajes|sms|textos)\b"
 )
 
 
@@ -1638,7 +1640,9 @@ _OTHER_LANGUAGE_REPLIES = frozenset(
         "kündigen austragen aufhören",  # German
         "annulla disdici cancella fermati smettila smettetela",  # Italian
         "إيقاف ايقاف إلغاء الغاء ستوب كفى كفاية",  # Arabic
-        "para_ya",  # Spanish: "stop it", which "para" alone (for) is not
+        # Spanish: "stop it" ("para" alone is "for", so only "para ya" and the
+        # accented "pará"), "end" (the FIN a Spanish opt-out list offers), "it's over"
+        "para_ya pará fin se_acabó",
     )
     for word in words.split()
 )

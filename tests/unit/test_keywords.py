@@ -343,6 +343,9 @@ def test_requests_in_other_words_are_candidates(text):
         ("لا ترسل", CANDIDATE),  # Arabic: don't send
         ("أوقف الرسائل", CANDIDATE),  # Arabic: stop the messages
         ("Me tire da lista", CANDIDATE),  # Portuguese: take me off the list
+        ("Cero mensajes", CANDIDATE),  # Spanish: no messages at all
+        ("Voy para la tienda", CONVERSATION),
+        ("¿Fin de semana?", CONVERSATION),
         ("Ich höre auf zu arbeiten", CONVERSATION),
         ("你好，请问几点开门？", CONVERSATION),  # noqa: RUF001
         ("Спасибо", CONVERSATION),
@@ -383,6 +386,9 @@ def test_other_languages_are_read_by_their_commonest_stop_words(text, intent):
         "Tumigil",  # Tagalog: stop
         "Smettetela",  # Italian: stop it
         "Para ya",  # Spanish: stop it
+        "Pará",  # Spanish (Río de la Plata): stop
+        "FIN",  # Spanish: end
+        "Se acabó",  # Spanish: it's over
     ],
 )
 def test_a_reply_of_one_common_stop_word_of_the_ten_languages_is_a_candidate(text):
