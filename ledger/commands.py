@@ -1261,22 +1261,49 @@ def _held_numbers(raw: str) -> list[str]:
     try:
         return [to_e164(raw)]
     except InvalidPhoneNumber as refused:
-        digits = "".join(ch for ch in raw if ch.isdecimal())
-        written = all(ch.isdecimal() or ch in " -()./" for ch in raw)
-        if "+" in raw or not digits or not written:
-            raise
-        candidates = ["+" + _INTERNATIONAL_PREFIX.sub("", digits)]
-        if len(digits) == _NANP_NATIONAL_DIGITS:
-            candidates.append("+1" + digits)
-        numbers: list[str] = []
-        for candidate in candidates:
+        plain = _number_in(raw)
+        if plain != raw:
             with contextlib.suppress(InvalidPhoneNumber):
-                number = to_e164(candidate)
-                if number not in numbers:
-                    numbers.append(number)
+                return [to_e164(plain)]
+        numbers = _digit_readings(plain)
         if not numbers:
             raise refused from None
         return numbers
+
+
+# A "tel:" link's scheme, and what follows a number on its line: a link's
+# parameters (";ext=12", ";phone-context=..."), or an extension ("ext. 12", "x12",
+# "#12"). A number written so is refused, an extension having no text; but the
+# person asked the line to stop, and a hold under no number left it allowed.
+_TEL_SCHEME = re.compile(r"^\s*tel:", re.IGNORECASE)
+_AFTER_NUMBER = re.compile(r"(?:;.*|\s*(?:ext\.?|extension|x|#)\s*\d+\s*)$", re.IGNORECASE)
+
+
+def _number_in(raw: str) -> str:
+    """The number ``raw`` names to a reader: its invisible characters (bidi marks a
+    right-to-left sheet puts around it, a zero-width space) dropped, a "tel:" link's
+    scheme and parameters and an extension cut off."""
+    plain = "".join(ch for ch in raw if not _invisible(ch))
+    return _AFTER_NUMBER.sub("", _TEL_SCHEME.sub("", plain)).strip()
+
+
+def _digit_readings(raw: str) -> list[str]:
+    """``_held_numbers``' readings of digits written without a "+" (none if ``raw``
+    has one, or holds more than digits and the punctuation numbers are written with)."""
+    digits = "".join(ch for ch in raw if ch.isdecimal())
+    written = all(ch.isdecimal() or ch in " -()./" for ch in raw)
+    if "+" in raw or not digits or not written:
+        return []
+    candidates = ["+" + _INTERNATIONAL_PREFIX.sub("", digits)]
+    if len(digits) == _NANP_NATIONAL_DIGITS:
+        candidates.append("+1" + digits)
+    numbers: list[str] = []
+    for candidate in candidates:
+        with contextlib.suppress(InvalidPhoneNumber):
+            number = to_e164(candidate)
+            if number not in numbers:
+                numbers.append(number)
+    return numbers
 
 
 HELD_OPT_OUT = "RecordOptOut"

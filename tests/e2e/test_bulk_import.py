@@ -1344,6 +1344,30 @@ async def test_an_opt_out_whose_number_lost_its_plus_is_held_under_the_number(se
     assert reasons == dict.fromkeys(spellings, "REASON_REVOCATION_PENDING_REVIEW"), reasons
 
 
+async def test_an_opt_out_whose_number_is_a_tel_uri_or_has_an_extension_is_held(service, tmp_path):
+    """An opt-out whose number came as a "tel:" link, with an extension, or wrapped in
+    the bidi marks a right-to-left spreadsheet puts around it, beside the number's
+    opt-in written in E.164: refused, and not held, so CanSend allowed the number.
+    The refusal stands, and the opt-out is held under the number it names."""
+    runtime, when = service
+    spellings = {
+        phone(140): f"tel:{phone(140)}",
+        phone(141): f"TEL:+1-415-555-{phone(141)[-4:]};phone-context=example.com",
+        phone(142): f"{phone(142)} ext. 12",
+        phone(143): f"{phone(143)}x12",
+        phone(144): f"\u202a{phone(144)}\u202c",
+    }
+    rows = opted_in_then_out(when, {n: {"phone": spelt} for n, spelt in spellings.items()})
+    export = write_csv(tmp_path / "tel.csv", rows)
+
+    reasons = await imported_answers(
+        runtime, export, spellings, code=1, said=["imported 5 of 10 records", "refused: 5"],
+        refusals=[r"INVALID_ARGUMENT +phone: .*; held for review"],
+    )  # fmt: skip
+
+    assert reasons == dict.fromkeys(spellings, "REASON_REVOCATION_PENDING_REVIEW"), reasons
+
+
 async def test_an_opt_out_refused_for_how_its_line_is_written_is_held_all_the_same(
     service, tmp_path
 ):

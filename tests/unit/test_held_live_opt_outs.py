@@ -145,6 +145,15 @@ def test_a_brand_that_spells_another_name_holds_nothing(spelled):
         ("415.555.2671", "+14155552671"),
         ("1 415 555 2671", "+14155552671"),  # its country code without the "+"
         ("011 44 20 7946 0018", "+442079460018"),  # dialled from North America
+        ("tel:+14155552671", "+14155552671"),  # a link's number
+        ("Tel:+1-415-555-2671;phone-context=example.com", "+14155552671"),
+        ("+14155552671;ext=12", "+14155552671"),  # the line an extension is on
+        ("+1 415 555 2671 ext. 12", "+14155552671"),
+        ("+1 (415) 555-2671 x12", "+14155552671"),
+        ("+14155552671 #12", "+14155552671"),
+        ("\u202a+14155552671\u202c", "+14155552671"),  # bidi marks around it
+        ("+1415\u200b5552671", "+14155552671"),
+        ("tel:14155552671", "+14155552671"),  # both at once: a link without its "+"
     ],
 )
 def test_a_refused_opt_out_is_held_under_its_number_however_written(written, held_under):
