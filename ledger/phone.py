@@ -79,7 +79,7 @@ def _e164(raw: str, default_region: str | None) -> str:
     # and the punctuation people write numbers with are read.
     if not all(ch.isdecimal() or ch in _PUNCTUATION for ch in raw):
         raise _Refused(
-            f"must hold only digits, spaces and + - ( ) . / : a phone number in {E164_EXAMPLE}",
+            f"must hold only digits, spaces and + - ( ) . /, as a phone number in {E164_EXAMPLE}",
         )
     try:
         parsed = phonenumbers.parse(raw, default_region)

@@ -488,6 +488,16 @@ def test_a_letter_or_symbol_in_a_phone_number_is_refused_not_dropped(raw: str) -
     assert "E.164, for example +14155552671" in err.value.reason
 
 
+@pytest.mark.parametrize("raw", ["+1:415:555:2671", "+1;415;555;2671", "+1_415_555_2671"])
+def test_a_refused_phone_number_lists_only_the_punctuation_read(raw: str) -> None:
+    # "spaces and + - ( ) . / : a phone number" read as if ":" were allowed, and a
+    # number written with colons was refused by a reason that seemed to allow them.
+    with pytest.raises(InvalidPhoneNumber) as err:
+        to_e164(raw)
+    listed = err.value.reason.split("spaces and ", 1)[1].split(",", 1)[0]
+    assert listed.split() == ["+", "-", "(", ")", ".", "/"], err.value.reason
+
+
 @pytest.mark.parametrize(
     "raw",
     [
