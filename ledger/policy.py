@@ -312,7 +312,9 @@ def latest_revocation(digest: Digest, c: CampaignDigest) -> Mark | None:
 
 def _obligations(non_marketing: bool, first: bool, reconfirm: bool) -> tuple[Obligation, ...]:
     found = {Obligation.IDENTIFY_SENDER}
-    if first:
+    # A message that reconfirms consent also reminds how to unsubscribe, in standard
+    # opt-out language (the provider's "Periodic Messages and Ongoing Consent").
+    if first or reconfirm:
         found.add(Obligation.INCLUDE_OPT_OUT_LANGUAGE)
     if reconfirm:
         found.add(Obligation.RECONFIRM_IN_THIS_MESSAGE)

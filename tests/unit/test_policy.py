@@ -214,6 +214,18 @@ def test_consent_inside_the_first_message_window_needs_no_reconfirmation():
     assert Obligation.RECONFIRM_IN_THIS_MESSAGE not in d.obligations
 
 
+def test_a_periodic_reconfirmation_reminds_how_to_unsubscribe():
+    # Messages went out with the opt-out language, so only the first owed it; the
+    # message that reconfirms consent after the interval owes the reminder again.
+    c = campaign(reconfirm_interval=timedelta(days=90))
+    s = state_of(granted(at(0)), sent(at(days=1)))
+    d = decide(s, c, at(days=100))
+    assert Obligation.RECONFIRM_IN_THIS_MESSAGE in d.obligations
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE in d.obligations
+    d = decide(s, c, at(days=80))
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE not in d.obligations
+
+
 def test_a_message_sent_inside_the_window_ends_the_first_message_rule():
     d = decide(state_of(granted(at(0)), sent(at(days=1))), PROMO, at(days=40))
     assert Obligation.RECONFIRM_IN_THIS_MESSAGE not in d.obligations
