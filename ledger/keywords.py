@@ -311,10 +311,13 @@ def _classify(text: str) -> Intent:
         if any(keyword in word for keyword in BRAND_WIDE_OPT_OUT_KEYWORDS):
             return Intent.OPT_OUT_BRAND_WIDE
         return Intent.OPT_OUT
-    if word in OPT_IN_KEYWORDS:
-        return Intent.OPT_IN
-    if word in HELP_KEYWORDS:
-        return Intent.HELP
+    if word in OPT_IN_KEYWORDS or word in HELP_KEYWORDS:
+        # The keyword is read from letters alone, so "START 🛑" or "HELP ✋" would
+        # resume consent, or keep it, while the emoji beside it says stop: a reply
+        # that says both is held for a person to read.
+        if reads_like_an_opt_out(text):
+            return Intent.REVOCATION_CANDIDATE
+        return Intent.OPT_IN if word in OPT_IN_KEYWORDS else Intent.HELP
     # A keyword with a digit or symbol for a letter ("QU1T", "3ND", "$TOP"): the
     # person's STOP, written so a filter may miss it; held for a person to read.
     if _OPT_OUT_RUN.fullmatch(normalise(_fold(text).translate(_LEET))):

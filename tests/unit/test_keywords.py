@@ -397,6 +397,24 @@ def test_a_reply_of_one_common_stop_word_of_the_ten_languages_is_a_candidate(tex
     assert classify(text) is CANDIDATE
 
 
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        ("START \U0001f6d1", CANDIDATE),  # a stop sign beside it: it said both
+        ("YES \u270b", CANDIDATE),
+        ("HELP \U0001f6d1", CANDIDATE),  # read as a HELP, the stop was lost
+        ("INFO \u26d4", CANDIDATE),
+        ("START \U0001f44d", Intent.OPT_IN),
+        ("YES!", Intent.OPT_IN),
+        ("HELP \U0001f64f", Intent.HELP),
+    ],
+)
+def test_a_start_or_help_with_a_stop_emoji_beside_it_is_held(text, intent):
+    # The keyword is read from the letters alone: a START with a stop sign resumed
+    # consent, a HELP with one kept it, though the emoji asks to stop.
+    assert classify(text) is intent
+
+
 @pytest.mark.parametrize("text", ["QU1T", "3ND", "R3V0K3", "0PT 0UT", "$T0P"])
 def test_a_keyword_with_a_digit_or_symbol_for_a_letter_is_a_candidate(text):
     # Each read as conversation: QUIT, END and REVOKE as a filter-dodging sender of a
