@@ -102,6 +102,15 @@ def is_name(value: str) -> bool:
     return _NAME.fullmatch(value) is not None
 
 
+_SEPARATOR_RUN = re.compile(r"[._-]+")
+
+
+def name_read(value: str) -> str:
+    """What a person reads in a name: "spring-sale", "spring_sale", "spring.sale" and
+    "spring--sale" are one name to a reader, though four keys to the ledger."""
+    return _SEPARATOR_RUN.sub("-", value)
+
+
 def check_name(value: str, field_name: str) -> str:
     """Brand and campaign ids: short, lower-case, stable (they key the ledger)."""
     if not is_name(value or ""):

@@ -426,6 +426,12 @@ class ConsentView(DigestReads, CampaignReads):
         """The (brand, campaign) that sends from ``to_phone``, by the current rules;
         of several that list it, the one ``ledger.state.sender_number_holder`` names."""
 
+    async def campaign_names(self, brand: str) -> list[str]:
+        """Every campaign of ``brand`` ever defined, by name (its own settings left
+        out). Not abstract, so a test's stand-in view need not have it; a view that
+        lacks it refuses the definition that asks (fail closed)."""
+        raise NotImplementedError
+
     @abstractmethod
     async def history(self, phone: str, brand: str | None = None) -> list[Recorded]:
         """Every applied event of ``phone`` (optionally one brand's), ledger order."""

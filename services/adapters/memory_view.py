@@ -205,6 +205,9 @@ class InMemoryConsentView(ConsentView):
         settings = self._tables.campaigns.get((brand, BRAND_SETTINGS))
         return history if settings is None else history.with_brand(settings)
 
+    async def campaign_names(self, brand: str) -> list[str]:
+        return sorted(c for b, c in self._tables.campaigns if b == brand and c != BRAND_SETTINGS)
+
     async def campaign_for_number(self, to_phone: str) -> tuple[str, str] | None:
         claims: dict[tuple[str, str], CampaignHistory] = {}
         for key, history in self._tables.campaigns.items():

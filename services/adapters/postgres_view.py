@@ -1081,6 +1081,16 @@ class PostgresConsentView(ConsentView):
         return fold_campaign(decode_recorded(row["payload"]) for row in rows)
 
     @bounded
+    async def campaign_names(self, brand: str) -> list[str]:
+        rows = await self._reads.fetch(
+            "SELECT DISTINCT campaign FROM campaign_version WHERE brand = $1 AND campaign <> $2"
+            " ORDER BY campaign",
+            brand,
+            BRAND_SETTINGS,
+        )
+        return [row["campaign"] for row in rows]
+
+    @bounded
     async def campaign_for_number(self, to_phone: str) -> tuple[str, str] | None:
         claims: dict[tuple[str, str], list[bytes]] = {}
         for row in await self._reads.fetch(_NUMBER_CLAIMS, to_phone):

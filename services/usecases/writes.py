@@ -39,6 +39,7 @@ from ledger.commands import (
     handle_unowned_inbound,
     held_intent,
     held_opt_out,
+    name_read,
     to_events,
     unattributed_opt_out,
 )
@@ -619,11 +620,26 @@ class Writes:
         if isinstance(cmd, DefineCampaign):
             if await self.ctx.campaign_known(cmd.brand, cmd.campaign):
                 raise FailedPrecondition("campaign", "already defined; use ChangeCampaignPolicy")
+            await self._check_name_free(cmd.brand, cmd.campaign)
             return
         if campaign is None:  # brand-wide facts (STOPALL, age) need no campaign
             return
         if not await self.ctx.campaign_known(cmd.brand, campaign):
             raise FailedPrecondition("campaign", f"{cmd.brand}/{campaign} is not defined")
+
+    async def _check_name_free(self, brand: str, campaign: str) -> None:
+        """A new campaign may not be named as one of the brand's own is, but for its
+        separators: "spring_sale" beside "spring-sale" was a campaign of its own, and
+        an opt-out a client wrote under the one stopped nothing sent under the other.
+        ``campaign_known`` has caught the view up with the ledger's campaigns."""
+        read = name_read(campaign)
+        for other in await self.ctx.view.campaign_names(brand):
+            if other != campaign and name_read(other) == read:
+                raise FailedPrecondition(
+                    "campaign",
+                    f"reads as campaign {brand}/{other}, which is defined: a new"
+                    " campaign's name must differ from it by more than '.', '_' or '-'",
+                )
 
     async def _check_required_proof(self, cmd: Command) -> None:
         """An opt-in must carry the proof fields its campaign's current rules require

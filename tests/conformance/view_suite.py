@@ -845,6 +845,10 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
         # The setting is no campaign: it claims no number and defines nothing.
         assert (await view.campaign_history("acme", "unknown")).versions == ()
         assert await view.campaign_for_number("+12025550100") == ("acme", "deals")
+        # Nor is it a campaign's name, which a new campaign's is checked against.
+        assert await view.campaign_names("acme") == ["deals", "news"]
+        assert await view.campaign_names("globex") == ["deals"]
+        assert await view.campaign_names("initech") == []
 
     async def test_sender_numbers_follow_the_current_rules(self, view: ConsentView) -> None:
         pos = Positions()

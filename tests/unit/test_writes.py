@@ -287,6 +287,25 @@ async def test_a_number_another_campaign_of_the_brand_uses_is_refused_by_its_nam
     assert "acme/promo" in defined.value.reason and "acme/promo" in changed.value.reason
 
 
+def definition(request_id: str, brand: str, campaign: str) -> DefineCampaign:
+    return DefineCampaign(request_id, brand, campaign, CampaignPolicy(), at(-1))
+
+
+@pytest.mark.parametrize("spelled", ["spring_sale", "spring.sale", "spring--sale", "spring-_sale"])
+async def test_a_campaign_named_as_one_of_the_brand_s_but_for_separators_is_refused(app, spelled):
+    """A campaign "spring_sale" beside "spring-sale" was one of its own: an opt-out
+    a client wrote under the one stopped nothing sent under the other."""
+    await app.writes.record(definition("d-1", "acme", "spring-sale"))
+    with pytest.raises(FailedPrecondition) as refused:
+        await app.writes.record(definition("d-2", "acme", spelled))
+    assert refused.value.field == "campaign"
+    assert "acme/spring-sale" in refused.value.reason
+    # Another brand's campaign, or a name that differs by more, is no clash.
+    await app.writes.record(definition("d-3", "globex", spelled))
+    await app.writes.record(definition("d-4", "acme", "springsale"))
+    await app.writes.record(definition("d-5", "acme", "spring-sale-2"))
+
+
 async def test_a_campaign_keeps_its_own_numbers_and_frees_those_it_drops(app):
     await app.writes.record(claim("acme-promo", "acme", "promo", NUMBER))
     await app.writes.record(claim("promo-2", "acme", "promo", NUMBER, OTHER_NUMBER, change=True))
