@@ -1297,9 +1297,14 @@ def _number_in(raw: str) -> str:
 
 
 def _digit_readings(raw: str) -> list[str]:
-    """``_held_numbers``' readings of digits written without a "+" (none if ``raw``
-    has one, or holds more than digits and the punctuation numbers are written with)."""
+    """``_held_numbers``' readings of digits written without a "+", or with one before
+    an international prefix (none if ``raw`` has another "+", or holds more than
+    digits and the punctuation numbers are written with)."""
     digits = "".join(ch for ch in raw if ch.isdecimal())
+    if raw.lstrip().startswith("+") and raw.count("+") == 1 and _INTERNATIONAL_PREFIX.match(digits):
+        # "+00 1 ...", "+011 44 ...": a "+" put before a dialled international prefix
+        # is refused (E.164 has no 00), but the number after the prefix is plain.
+        raw = raw.replace("+", "", 1)
     written = all(ch.isdecimal() or ch in " -()./" for ch in raw)
     if "+" in raw or not digits or not written:
         return []

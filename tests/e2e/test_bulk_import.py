@@ -1332,13 +1332,14 @@ async def test_an_opt_out_whose_number_lost_its_plus_is_held_under_the_number(se
         phone(93): "14155553093",
         phone(94): "00 1 415 555 3094",
         phone(95): "011-1-415-555-3095",
+        phone(96): "+00 1 415 555 3096",  # a "+" before the prefix, as well
     }
     rows = opted_in_then_out(when, {n: {"phone": spelt} for n, spelt in spellings.items()})
     export = write_csv(tmp_path / "plus.csv", rows)
 
     reasons = await imported_answers(
-        runtime, export, spellings, code=1, said=["imported 3 of 6 records", "refused: 3"],
-        refusals=[r"3 +INVALID_ARGUMENT +phone: .*; held for review"],
+        runtime, export, spellings, code=1, said=["imported 4 of 8 records", "refused: 4"],
+        refusals=[r"4 +INVALID_ARGUMENT +phone: .*; held for review"],
     )  # fmt: skip
 
     assert reasons == dict.fromkeys(spellings, "REASON_REVOCATION_PENDING_REVIEW"), reasons

@@ -154,6 +154,9 @@ def test_a_brand_that_spells_another_name_holds_nothing(spelled):
         ("\u202a+14155552671\u202c", "+14155552671"),  # bidi marks around it
         ("+1415\u200b5552671", "+14155552671"),
         ("tel:14155552671", "+14155552671"),  # both at once: a link without its "+"
+        ("+00 1 415 555 2671", "+14155552671"),  # a "+" before the international prefix
+        ("+011 44 20 7946 0018", "+442079460018"),
+        ("+0044 20 7946 0018", "+442079460018"),
     ],
 )
 def test_a_refused_opt_out_is_held_under_its_number_however_written(written, held_under):
