@@ -432,6 +432,11 @@ class ConsentView(DigestReads, CampaignReads):
         lacks it refuses the definition that asks (fail closed)."""
         raise NotImplementedError
 
+    async def brand_names(self) -> list[str]:
+        """Every brand a campaign was ever defined for (or its settings set), by
+        name; like ``campaign_names``, not abstract."""
+        raise NotImplementedError
+
     @abstractmethod
     async def history(self, phone: str, brand: str | None = None) -> list[Recorded]:
         """Every applied event of ``phone`` (optionally one brand's), ledger order."""

@@ -208,6 +208,9 @@ class InMemoryConsentView(ConsentView):
     async def campaign_names(self, brand: str) -> list[str]:
         return sorted(c for b, c in self._tables.campaigns if b == brand and c != BRAND_SETTINGS)
 
+    async def brand_names(self) -> list[str]:
+        return sorted({b for b, _ in self._tables.campaigns})
+
     async def campaign_for_number(self, to_phone: str) -> tuple[str, str] | None:
         claims: dict[tuple[str, str], CampaignHistory] = {}
         for key, history in self._tables.campaigns.items():

@@ -1091,6 +1091,11 @@ class PostgresConsentView(ConsentView):
         return [row["campaign"] for row in rows]
 
     @bounded
+    async def brand_names(self) -> list[str]:
+        rows = await self._reads.fetch("SELECT DISTINCT brand FROM campaign_version ORDER BY brand")
+        return [row["brand"] for row in rows]
+
+    @bounded
     async def campaign_for_number(self, to_phone: str) -> tuple[str, str] | None:
         claims: dict[tuple[str, str], list[bytes]] = {}
         for row in await self._reads.fetch(_NUMBER_CLAIMS, to_phone):

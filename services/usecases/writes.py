@@ -630,15 +630,28 @@ class Writes:
     async def _check_name_free(self, brand: str, campaign: str) -> None:
         """A new campaign may not be named as one of the brand's own is, but for its
         separators: "spring_sale" beside "spring-sale" was a campaign of its own, and
-        an opt-out a client wrote under the one stopped nothing sent under the other.
-        ``campaign_known`` has caught the view up with the ledger's campaigns."""
+        an opt-out a client wrote under the one stopped nothing sent under the other;
+        nor may a new brand be named so. ``campaign_known`` has caught the view up
+        with the ledger's campaigns."""
         read = name_read(campaign)
-        for other in await self.ctx.view.campaign_names(brand):
+        campaigns = await self.ctx.view.campaign_names(brand)
+        for other in campaigns:
             if other != campaign and name_read(other) == read:
                 raise FailedPrecondition(
                     "campaign",
                     f"reads as campaign {brand}/{other}, which is defined: a new"
                     " campaign's name must differ from it by more than '.', '_' or '-'",
+                )
+        if campaigns:
+            return
+        # The brand's first campaign: "acme_co" beside "acme-co" would be a brand of
+        # its own, and so would every opt-out a client wrote under it.
+        for other in await self.ctx.view.brand_names():
+            if other != brand and name_read(other) == name_read(brand):
+                raise FailedPrecondition(
+                    "brand",
+                    f"reads as brand {other!r}, which is in use: a new brand's name"
+                    " must differ from it by more than '.', '_' or '-'",
                 )
 
     async def _check_required_proof(self, cmd: Command) -> None:

@@ -849,6 +849,7 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
         assert await view.campaign_names("acme") == ["deals", "news"]
         assert await view.campaign_names("globex") == ["deals"]
         assert await view.campaign_names("initech") == []
+        assert await view.brand_names() == ["acme", "globex"]
 
     async def test_sender_numbers_follow_the_current_rules(self, view: ConsentView) -> None:
         pos = Positions()

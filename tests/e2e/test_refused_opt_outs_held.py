@@ -192,13 +192,19 @@ async def test_a_brand_or_campaign_with_a_separator_after_it_is_no_name_of_its_o
 
 async def test_a_campaign_named_as_another_but_for_separators_is_not_defined(service):
     """A campaign "promo_" is no name now, but "spring_sale" is one, and was defined
-    beside "spring-sale" as a campaign of its own (in PostgreSQL's view, as here)."""
+    beside "spring-sale" as a campaign of its own (in PostgreSQL's view, as here);
+    and a brand "acme_co" beside "acme-co"."""
     runtime, clock = service
     async with client(runtime.address) as admin:
         await admin.DefineCampaign(define("acme", "spring-sale", clock.now))
         err = await refused(admin.DefineCampaign, define("acme", "spring_sale", clock.now))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err
     assert "campaign: reads as campaign acme/spring-sale" in err.details(), err.details()
+    async with client(runtime.address) as admin:
+        await admin.DefineCampaign(define("acme-co", "promo", clock.now))
+        err = await refused(admin.DefineCampaign, define("acme_co", "promo", clock.now))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err
+    assert "brand: reads as brand 'acme-co'" in err.details(), err.details()
 
 
 async def test_a_stop_from_a_number_written_without_its_country_code_is_held(service):

@@ -306,6 +306,19 @@ async def test_a_campaign_named_as_one_of_the_brand_s_but_for_separators_is_refu
     await app.writes.record(definition("d-5", "acme", "spring-sale-2"))
 
 
+@pytest.mark.parametrize("spelled", ["acme_co", "acme.co", "acme--co"])
+async def test_a_brand_named_as_another_but_for_separators_is_refused(app, spelled):
+    """A brand "acme_co" beside "acme-co" was one of its own, and so was every
+    opt-out a client wrote under it: it stopped nothing sent under acme-co."""
+    await app.writes.record(definition("d-1", "acme-co", "promo"))
+    with pytest.raises(FailedPrecondition) as refused:
+        await app.writes.record(definition("d-2", spelled, "promo"))
+    assert refused.value.field == "brand"
+    assert "'acme-co'" in refused.value.reason
+    await app.writes.record(definition("d-3", "acme-co", "news"))  # its own brand's
+    await app.writes.record(definition("d-4", "acmeco", "promo"))  # more than a separator
+
+
 async def test_a_campaign_keeps_its_own_numbers_and_frees_those_it_drops(app):
     await app.writes.record(claim("acme-promo", "acme", "promo", NUMBER))
     await app.writes.record(claim("promo-2", "acme", "promo", NUMBER, OTHER_NUMBER, change=True))
