@@ -315,36 +315,44 @@ async def test_more_than_a_thousand_messages_or_another_brand_is_refused(service
     assert await ledger_size(runtime) == size
 
 
+async def replies_at_once(
+    runtime: Runtime, c, i: int, sender: str, campaign: str, text: str, kind: int
+) -> tuple[str, ConsistencyToken]:
+    """A campaign of ``sender`` capped at two a day, number ``i`` opted in to it and
+    then texting ``text``, and three replies of ``kind`` recorded by separate calls at
+    the same moment, each judged against a view without the others. Returns the
+    number and a token as fresh as every reply."""
+    now = datetime.now(UTC)
+    number = phone(i)
+    cap = lpb.FrequencyCap(limit=2, window=Duration(seconds=86400))
+    async with client(runtime.address) as admin:
+        await admin.DefineCampaign(define("acme", campaign, now, [sender], frequency_caps=[cap]))
+    await c.RecordOptIn(opt_in(number, "acme", campaign, now - timedelta(minutes=3)))
+    asked = await c.HandleInboundMessage(inbound(number, sender, text, now - timedelta(minutes=2)))
+    assert await applied(runtime, asked.consistency_token)
+    requests = []
+    for n in range(3):
+        m = message(i, now, campaign=campaign, message_id=f"SM-{campaign}-{n}")
+        request = alone(f"{campaign}-{n}-{uuid.uuid4().hex[:8]}", m)
+        request.kind = kind
+        requests.append(request)
+    written = await asyncio.gather(*(c.RecordMessageSent(r) for r in requests))
+    token = ConsistencyToken.decode(written[0].consistency_token)
+    for w in written[1:]:
+        token = token.merge(ConsistencyToken.decode(w.consistency_token))
+    return number, token
+
+
 async def test_help_replies_recorded_at_once_in_separate_calls_count_but_the_first(service):
     """Three RecordMessageSent calls of one HELP's reply at the same moment were each
     judged against a view without the others, and all escaped the caps: CanSend then
     allowed a regular message over a cap of two a day. The ledger's order decides:
     the first reply is owed, the other two count, and the cap is reached."""
     runtime, _ = service
-    now = datetime.now(UTC)
-    number, sender = phone(9001), "+12125550178"
-    cap = lpb.FrequencyCap(limit=2, window=Duration(seconds=86400))
-    async with client(runtime.address) as admin:
-        await admin.DefineCampaign(define("acme", "capped2", now, [sender], frequency_caps=[cap]))
     async with client(runtime.address, "acme-app") as c:
-        await c.RecordOptIn(opt_in(number, "acme", "capped2", now - timedelta(minutes=2)))
-        asked = await c.HandleInboundMessage(
-            inbound(number, sender, "HELP", now - timedelta(minutes=1))
+        number, token = await replies_at_once(
+            runtime, c, 9001, "+12125550178", "capped2", "HELP", lpb.MESSAGE_KIND_HELP_REPLY
         )
-        assert await applied(runtime, asked.consistency_token)
-        replies = [
-            message(9001, now, campaign="capped2", message_id=f"SM-help-alone-{i}")
-            for i in range(3)
-        ]
-        requests = []
-        for i, m in enumerate(replies):
-            request = alone(f"help-reply-alone-{i}-{uuid.uuid4().hex[:8]}", m)
-            request.kind = lpb.MESSAGE_KIND_HELP_REPLY
-            requests.append(request)
-        written = await asyncio.gather(*(c.RecordMessageSent(r) for r in requests))
-        token = ConsistencyToken.decode(written[0].consistency_token)
-        for w in written[1:]:
-            token = token.merge(ConsistencyToken.decode(w.consistency_token))
         answer = await c.CanSend(
             api.CanSendRequest(
                 phone=number, brand="acme", campaign="capped2", at_least_as_fresh=token.encode()
@@ -403,30 +411,15 @@ async def test_opt_out_confirmations_recorded_at_once_count_but_the_first(servic
     escaped the caps: after the person's START, CanSend allowed a regular message
     over a cap of two a day. In ledger order the first is owed and the others count."""
     runtime, _ = service
-    now = datetime.now(UTC)
-    number, sender = phone(9101), "+12125550179"
-    cap = lpb.FrequencyCap(limit=2, window=Duration(seconds=86400))
-    async with client(runtime.address) as admin:
-        await admin.DefineCampaign(define("acme", "capped3", now, [sender], frequency_caps=[cap]))
+    sender = "+12125550179"
     async with client(runtime.address, "acme-app") as c:
-        await c.RecordOptIn(opt_in(number, "acme", "capped3", now - timedelta(minutes=3)))
-        stop = await c.HandleInboundMessage(
-            inbound(number, sender, "STOP", now - timedelta(minutes=2))
+        number, token = await replies_at_once(
+            runtime, c, 9101, sender, "capped3", "STOP", lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION
         )
-        assert await applied(runtime, stop.consistency_token)
-        requests = []
-        for i in range(3):
-            m = message(9101, now, campaign="capped3", message_id=f"SM-confirm-{i}")
-            request = alone(f"confirm-{i}-{uuid.uuid4().hex[:8]}", m)
-            request.kind = lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION
-            requests.append(request)
-        written = await asyncio.gather(*(c.RecordMessageSent(r) for r in requests))
         start = await c.HandleInboundMessage(
-            inbound(number, sender, "START", now - timedelta(seconds=30))
+            inbound(number, sender, "START", datetime.now(UTC) - timedelta(seconds=30))
         )
-        token = ConsistencyToken.decode(start.consistency_token)
-        for w in written:
-            token = token.merge(ConsistencyToken.decode(w.consistency_token))
+        token = token.merge(ConsistencyToken.decode(start.consistency_token))
         answer = await c.CanSend(
             api.CanSendRequest(
                 phone=number, brand="acme", campaign="capped3", at_least_as_fresh=token.encode()
@@ -442,27 +435,10 @@ async def test_the_history_names_the_replies_recorded_exempt_that_count(service)
     read three sends that escaped the caps where CanSend counted two. The history
     now names those that count, so exactly one reads as having escaped."""
     runtime, _ = service
-    now = datetime.now(UTC)
-    number, sender = phone(9201), "+12125550181"
-    cap = lpb.FrequencyCap(limit=2, window=Duration(seconds=86400))
-    async with client(runtime.address) as admin:
-        await admin.DefineCampaign(define("acme", "capped4", now, [sender], frequency_caps=[cap]))
     async with client(runtime.address, "acme-app") as c:
-        await c.RecordOptIn(opt_in(number, "acme", "capped4", now - timedelta(minutes=2)))
-        asked = await c.HandleInboundMessage(
-            inbound(number, sender, "HELP", now - timedelta(minutes=1))
+        number, token = await replies_at_once(
+            runtime, c, 9201, "+12125550181", "capped4", "HELP", lpb.MESSAGE_KIND_HELP_REPLY
         )
-        assert await applied(runtime, asked.consistency_token)
-        requests = []
-        for i in range(3):
-            m = message(9201, now, campaign="capped4", message_id=f"SM-help-seen-{i}")
-            request = alone(f"help-seen-{i}-{uuid.uuid4().hex[:8]}", m)
-            request.kind = lpb.MESSAGE_KIND_HELP_REPLY
-            requests.append(request)
-        written = await asyncio.gather(*(c.RecordMessageSent(r) for r in requests))
-        token = ConsistencyToken.decode(written[0].consistency_token)
-        for w in written[1:]:
-            token = token.merge(ConsistencyToken.decode(w.consistency_token))
     async with client(runtime.address) as admin:
         listed = await admin.ListEvents(
             api.ListEventsRequest(phone=number, brand="acme", at_least_as_fresh=token.encode())
