@@ -1274,6 +1274,10 @@ def _held_numbers(raw: str) -> list[str]:
         if plain != raw:
             with contextlib.suppress(InvalidPhoneNumber):
                 return [to_e164(plain)]
+        mexican = _without_old_mobile_1(plain)
+        if mexican is not None:
+            with contextlib.suppress(InvalidPhoneNumber):
+                return [to_e164(mexican)]
         numbers = _digit_readings(plain)
         if not numbers:
             raise refused from None
@@ -1294,6 +1298,21 @@ def _number_in(raw: str) -> str:
     scheme and parameters and an extension cut off."""
     plain = "".join(ch for ch in raw if not _invisible(ch))
     return _AFTER_NUMBER.sub("", _TEL_SCHEME.sub("", plain)).strip()
+
+
+_MEXICO_OLD_MOBILE_DIGITS = 13
+"""+52, the old mobile "1" and a ten-digit national number."""
+
+
+def _without_old_mobile_1(raw: str) -> str | None:
+    """A Mexican mobile written with the "1" Mexico dropped after +52 in 2019 (+52 1
+    55 1234 5678), as the number it is now (+52 55 1234 5678); else None. The old
+    form is no valid number, but gateways and old exports still write it."""
+    digits = "".join(ch for ch in raw if ch.isdecimal())
+    plus = raw.lstrip().startswith("+")
+    if plus and digits.startswith("521") and len(digits) == _MEXICO_OLD_MOBILE_DIGITS:
+        return "+52" + digits[3:]
+    return None
 
 
 def _digit_readings(raw: str) -> list[str]:

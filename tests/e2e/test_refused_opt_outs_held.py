@@ -229,6 +229,24 @@ async def test_a_stop_from_a_number_written_without_its_country_code_is_held(ser
             assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
 
 
+async def test_a_stop_from_a_mexican_mobile_with_its_old_1_is_held(service):
+    """Mexico dropped the "1" after +52 from its mobile numbers in 2019, but a gateway
+    or an old export may still write +52 1 55 ...: refused as no valid number, the
+    STOP was dropped while the number, opted in as +52 55 ..., was allowed."""
+    runtime, clock = service
+    number = "+525512344096"
+    await opted_in(runtime, [number], clock.now)
+    async with client(runtime.address, "acme-app") as c:
+        err = await refused(
+            c.HandleInboundMessage, inbound("+5215512344096", ACME_NUMBER, "STOP", clock.now)
+        )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+    info = held_info(err)
+    assert info is not None, err.details()
+    answer = await can_send(runtime, number, info["consistency_token"])
+    assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
+
+
 async def test_ten_digits_that_read_two_ways_are_held_under_both_numbers(service):
     """(646) 555-4040 is a New York number without its country code and, read with a
     "+", +64 6555 4040 in New Zealand. Held under the foreign reading only, the STOP

@@ -157,6 +157,8 @@ def test_a_brand_that_spells_another_name_holds_nothing(spelled):
         ("+00 1 415 555 2671", "+14155552671"),  # a "+" before the international prefix
         ("+011 44 20 7946 0018", "+442079460018"),
         ("+0044 20 7946 0018", "+442079460018"),
+        ("+52 1 55 1234 5678", "+525512345678"),  # Mexico's old mobile "1", dropped in 2019
+        ("+5215512345678", "+525512345678"),
     ],
 )
 def test_a_refused_opt_out_is_held_under_its_number_however_written(written, held_under):
