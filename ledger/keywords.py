@@ -32,7 +32,9 @@ keeps texting someone who asked to stop; where in doubt, it flags.
 The reading is built on structure, not on a list of sentences. The text is
 normalised: accents dropped ("envíen" is "envien"), letter runs collapsed
 ("stooop", "pleeease"), spaced or dotted letters joined ("s t o p", "S.T.O.P"),
-digits read as letters inside words ("st0p"), contractions opened ("don't",
+digits read as letters inside words ("st0p"), an opt-out keyword glued to
+another keyword or a short word read as the words apart ("STOPSTART" as "stop
+start", "pleasestop" as "please stop"), contractions opened ("don't",
 "dont", "dnt" are "do not"), stop-sign emoji (🛑 ⛔ 🚫 🔕 📵) read as stop, crosses
 or a raised hand (❌ ✖ ✋ 🙅) as cancel, and 🖕 🤬 as f*** off. Each word is then
 mapped to a canonical word: common abbreviations and slang (pls, plz, txt, msg,
@@ -544,7 +546,9 @@ def _canon(token: str) -> tuple[str, ...]:
     if not token.isalpha():
         leet = token.translate(_LEET)
         # A stop word counts however the digit falls ("5top" as "st0p"): _known.
-        if leet.isalpha() and (_known(leet) or _STOP_LIKE_PREFIX.match(leet)):
+        if leet.isalpha() and (
+            _known(leet) or _STOP_LIKE_PREFIX.match(leet) or _glued_keywords(leet)
+        ):
             return _canon(leet)
         letters = "".join(ch for ch in token if ch.isalpha())
         return _canon(letters) if letters else ()
@@ -571,6 +575,9 @@ def _canon(token: str) -> tuple[str, ...]:
             return _LEXICON[squeezed]
         if squeezed != token and squeezed in _TYPO_TARGETS:
             return (squeezed,)
+    glued_words = _glued_keywords(token)
+    if glued_words:
+        return tuple(w for part in glued_words for w in _canon(part))
     # "stopit", "stoptexting": a stop word glued to the next word.
     glued = _STOP_LIKE_PREFIX.match(token)
     if glued and glued.end() < len(token):
@@ -595,6 +602,50 @@ def _canon(token: str) -> tuple[str, ...]:
 _STOP_LIKE_PREFIX = re.compile(
     r"(?:stopall|stop|unsubscribe|unsub|optout|cancel|remove)(?=[a-z]{2,})"
 )
+
+
+# An opt-out keyword typed with no space beside another keyword or a short word
+# ("STOPSTART", "HELPSTOP", "pleasestop", "stopnow"): read as the words apart, so
+# the stop in it is read as in "STOP START". Only these parts, never any short
+# word, so that "endless", "friend", "quite", "nonstop" and "backstop" stay words.
+_GLUED_OPT_OUTS = _words("stop stopall unsubscribe optout revoke cancel end quit")
+_GLUED_PARTS = sorted(
+    _GLUED_OPT_OUTS
+    | _words(
+        """
+        start unstop yes help info please pls plz plez now me us it this these them
+        thanks thx ty asap already just right ok okay
+        """
+    ),
+    key=len,
+    reverse=True,
+)
+
+
+@functools.lru_cache(maxsize=8192)
+def _glued_keywords(token: str) -> tuple[str, ...]:
+    """``token`` cut into two or more of _GLUED_PARTS, one an opt-out keyword, or ().
+
+    Cut from the end, not by recursion: a body may be one 4,096-letter word.
+    """
+    # first[i]: the longest part that starts token[i:] and leaves a cuttable rest.
+    first = [""] * (len(token) + 1)
+    cuttable = [False] * len(token) + [True]
+    for i in range(len(token) - 1, -1, -1):
+        for part in _GLUED_PARTS:
+            if token.startswith(part, i) and cuttable[i + len(part)]:
+                first[i], cuttable[i] = part, True
+                break
+    if not cuttable[0]:
+        return ()
+    parts = []
+    i = 0
+    while i < len(token):
+        parts.append(first[i])
+        i += len(first[i])
+    if len(parts) >= 2 and not _GLUED_OPT_OUTS.isdisjoint(parts):
+        return tuple(parts)
+    return ()
 
 
 def _plain(text: str) -> str:

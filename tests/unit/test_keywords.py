@@ -265,6 +265,59 @@ def test_misspellings_and_abbreviations_are_read_as_their_words(text):
 
 
 @pytest.mark.parametrize(
+    ("glued", "spaced"),
+    [
+        ("STOPSTART", "STOP START"),
+        ("STOPYES", "STOP YES"),
+        ("STOPHELP", "STOP HELP"),
+        ("HELPSTOP", "HELP STOP"),
+        ("yesstop", "yes stop"),
+        ("STARTSTOP", "START STOP"),
+        ("STOPINFO", "STOP INFO"),
+        ("STOPALLSTART", "STOPALL START"),
+        ("ENDSTART", "END START"),
+        ("CANCELHELP", "CANCEL HELP"),
+        ("HELPST0P", "HELP ST0P"),
+        ("pleasestop", "please stop"),
+        ("STOPPLS", "STOP PLS"),
+        ("stopnow", "stop now"),
+        ("unsubscribeme", "unsubscribe me"),
+    ],
+)
+def test_an_opt_out_keyword_glued_to_a_keyword_or_short_word_is_held_as_if_spaced(glued, spaced):
+    # A text that asks STOP and START (or HELP) at once cannot be read either
+    # way, and conversation is the one unsafe reading: both are held for review.
+    assert classify(spaced) is CANDIDATE
+    assert classify(glued) is CANDIDATE
+
+
+def test_a_body_of_one_long_glued_word_is_held_not_a_crash():
+    # 4,096 characters is the longest body read; one word of them, glued keywords
+    # to its end, once overflowed the recursion that read glued stops.
+    assert classify("stop" * 1000 + "start") is CANDIDATE
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "nonstop",
+        "backstop",
+        "stopwatch",
+        "Christopher",
+        "endless",
+        "friend",
+        "quite",
+        "Yesterday",
+        "I stopped by",
+        "at the bus stop",
+        "nonstop flight booked, see you Friday",
+    ],
+)
+def test_ordinary_words_holding_the_letters_of_an_opt_out_keyword_stay_conversation(text):
+    assert classify(text) is CONVERSATION
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "Is the stop at 5th and Main?",
