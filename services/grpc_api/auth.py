@@ -13,6 +13,7 @@ name, or the common name). A bearer token, when one is sent, always decides.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import fcntl
 import hashlib
@@ -145,6 +146,7 @@ class TokenAuthenticator:
         # are kept (a flood of made-up ones cannot grow it), and it is emptied when
         # full.
         self._known: dict[str | bytes, Principal] = {}
+        self._taken = asyncio.Event()
 
     @staticmethod
     def from_file(path: Path) -> TokenAuthenticator:
@@ -212,6 +214,14 @@ class TokenAuthenticator:
         token is checked anew, so a token taken out of the file stops working."""
         self._by_digest, self._by_certificate = other._by_digest, other._by_certificate
         self._known = {}
+        taken, self._taken = self._taken, asyncio.Event()
+        taken.set()
+
+    async def changed(self) -> None:
+        """Return once ``take`` is next called: an open stream asks then whether its
+        caller is still one, rather than before each message alone (an idle one would
+        never ask)."""
+        await self._taken.wait()
 
     def by_digest(self, digest: str) -> Principal | None:
         """The principal of the token whose SHA-256 is ``digest``, while the tokens

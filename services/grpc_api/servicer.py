@@ -293,12 +293,52 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         An audit stream asks again before each message it sends: the tokens file is
         followed, and a token revoked (or its audit scope or the brand taken from
         it) while a stream is open would otherwise go on receiving, a watch without
-        end. It then ends UNAUTHENTICATED or PERMISSION_DENIED, sending nothing more."""
+        end. It then ends UNAUTHENTICATED or PERMISSION_DENIED, sending nothing more;
+        ``_while_reader`` asks as well when the file is read again, for a stream with
+        nothing to send."""
         principal = self.authenticate(context)
         principal.require(Scope.AUDIT)
         if brand is None or brand == ANY_BRAND or is_name(brand):
             principal.require(Scope.AUDIT, brand)
         return principal.reader(REQUEST_ID.get() or "-")
+
+    @contextlib.asynccontextmanager
+    async def _while_reader(
+        self, context: grpc.aio.ServicerContext, brand: str
+    ) -> AsyncIterator[None]:
+        """End the audit stream it wraps, UNAUTHENTICATED or PERMISSION_DENIED, once the
+        tokens file is read again and its caller is no longer a reader of ``brand``.
+
+        Asking before each message alone lets an idle watch of a revoked token stay
+        open, holding its call and its read of the view, until the next change. This
+        asks when the file is taken instead, so nothing is added per message: it
+        cancels the stream's task. One waiting for its next item then ends with the
+        status; one waiting for the client to take a message is cancelled in
+        gRPC's send, and ends there."""
+        stream = asyncio.current_task()
+        assert stream is not None, "a stream is served in a task"
+        refused: list[Unauthenticated | PermissionDenied] = []
+
+        async def follow() -> None:
+            while True:
+                await self.auth.changed()
+                try:
+                    self._reader(context, brand)
+                except (Unauthenticated, PermissionDenied) as exc:
+                    refused.append(exc)
+                    stream.cancel()
+                    return
+
+        following = asyncio.create_task(follow(), name="stream-caller")
+        try:
+            yield
+        except asyncio.CancelledError:
+            if not refused:
+                raise
+            stream.uncancel()
+            raise refused[0] from None
+        finally:
+            following.cancel()
 
     def _retention_caller(
         self, context: grpc.aio.ServicerContext, scope: Scope, brand: str
@@ -587,14 +627,15 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         )
         self.metrics.watchers += 1
         try:
-            async for recorded, token in changes:
-                self._reader(context, request.brand)  # still one (_reader's docstring)
-                # Each yield returns once gRPC has taken the message, which waits for
-                # room in the client's flow-control window: the back-pressure.
-                self.metrics.changes_streamed += 1
-                yield api_pb2.WatchConsentChangesResponse(
-                    event=codec.recorded_to_proto(recorded), resume_token=token.encode()
-                )
+            async with self._while_reader(context, request.brand):
+                async for recorded, token in changes:
+                    self._reader(context, request.brand)  # still one (_reader's docstring)
+                    # Each yield returns once gRPC has taken the message, which waits for
+                    # room in the client's flow-control window: the back-pressure.
+                    self.metrics.changes_streamed += 1
+                    yield api_pb2.WatchConsentChangesResponse(
+                        event=codec.recorded_to_proto(recorded), resume_token=token.encode()
+                    )
         finally:
             self.metrics.watchers -= 1
             await changes.aclose()  # its read of the view ends with the call
@@ -629,20 +670,21 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         )
         token = ""
         try:
-            async for item in found:
-                self._reader(context, request.brand)  # still one (_reader's docstring)
-                if isinstance(item, SweepProgress):
-                    token = item.token.encode()
-                    yield api.sweep_progress_to_proto(
-                        item.events_read,
-                        item.sends_judged,
-                        item.findings,
-                        item.done,
-                        token,
-                        item.partitions_done,
-                    )
-                else:
-                    yield api.sweep_finding_to_proto(item, token)
+            async with self._while_reader(context, request.brand):
+                async for item in found:
+                    self._reader(context, request.brand)  # still one (_reader's docstring)
+                    if isinstance(item, SweepProgress):
+                        token = item.token.encode()
+                        yield api.sweep_progress_to_proto(
+                            item.events_read,
+                            item.sends_judged,
+                            item.findings,
+                            item.done,
+                            token,
+                            item.partitions_done,
+                        )
+                    else:
+                        yield api.sweep_finding_to_proto(item, token)
         finally:
             await found.aclose()  # its read of the view ends with the call
 
@@ -688,28 +730,29 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         )
         token = ""
         try:
-            async for item in found:
-                self._reader(context, request.brand)  # still one (_reader's docstring)
-                if isinstance(item, HealthProgress):
-                    token = item.token.encode()
-                    progress = api_pb2.CampaignHealthProgress(
-                        events_read=item.events_read,
-                        done=item.done,
-                        partitions_done=item.partitions_done,
-                    )
-                    if item.partition is not None:
-                        progress.partition.CopyFrom(
-                            api.campaign_health_to_proto(item.partition, token)
+            async with self._while_reader(context, request.brand):
+                async for item in found:
+                    self._reader(context, request.brand)  # still one (_reader's docstring)
+                    if isinstance(item, HealthProgress):
+                        token = item.token.encode()
+                        progress = api_pb2.CampaignHealthProgress(
+                            events_read=item.events_read,
+                            done=item.done,
+                            partitions_done=item.partitions_done,
                         )
-                    yield api_pb2.StreamCampaignHealthResponse(
-                        progress=progress, consistency_token=token
-                    )
-                else:
-                    self.metrics.health_flagged(item)
-                    yield api_pb2.StreamCampaignHealthResponse(
-                        health=api.campaign_health_to_proto(item, token),
-                        consistency_token=token,
-                    )
+                        if item.partition is not None:
+                            progress.partition.CopyFrom(
+                                api.campaign_health_to_proto(item.partition, token)
+                            )
+                        yield api_pb2.StreamCampaignHealthResponse(
+                            progress=progress, consistency_token=token
+                        )
+                    else:
+                        self.metrics.health_flagged(item)
+                        yield api_pb2.StreamCampaignHealthResponse(
+                            health=api.campaign_health_to_proto(item, token),
+                            consistency_token=token,
+                        )
         finally:
             await found.aclose()  # its read of the view ends with the call
 

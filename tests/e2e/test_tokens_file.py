@@ -114,3 +114,57 @@ async def test_a_token_revoked_ends_its_open_watch_before_the_next_change(serve)
         ended = await asyncio.wait_for(watching, 20)
     assert ended == grpc.StatusCode.UNAUTHENTICATED
     assert got == [before]
+
+
+Entries = list[dict[str, object]]
+
+
+def _without_acme_app(entries: Entries) -> tuple[Entries, grpc.StatusCode]:
+    return [e for e in entries if e["name"] != "acme-app"], grpc.StatusCode.UNAUTHENTICATED
+
+
+def _acme_app_for_globex(entries: Entries) -> tuple[Entries, grpc.StatusCode]:
+    moved = [{**e, "brands": ["globex"]} if e["name"] == "acme-app" else e for e in entries]
+    return moved, grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize("change", [_without_acme_app, _acme_app_for_globex])
+async def test_a_token_revoked_ends_its_idle_watch_within_the_reload_period(serve, change):
+    """Asked only before each message, a watch with nothing to send never asked: a
+    revoked token kept its stream, and what it held, open until the brand's next change."""
+    runtime = await serve(tokens_reload_interval=0.05)
+    tokens = runtime.settings.tokens_file
+    assert tokens is not None
+    async with client(runtime.address, "acme-app") as app:
+        stream = app.stub.WatchConsentChanges(
+            api.WatchConsentChangesRequest(brand="acme", from_now=True),
+            metadata=[("authorization", f"Bearer {app.token}")],
+        )
+
+        async def watch() -> grpc.StatusCode:
+            try:
+                async for _ in stream:
+                    return grpc.StatusCode.OK  # nothing is recorded: nothing to receive
+            except grpc.aio.AioRpcError as ended:
+                return ended.code()
+            return grpc.StatusCode.OK
+
+        watching = asyncio.create_task(watch())
+        deadline = asyncio.get_running_loop().time() + 20
+        while runtime.metrics.watchers != 1:  # served, and idle: nothing is recorded
+            assert asyncio.get_running_loop().time() < deadline, "the watch never opened"
+            await asyncio.sleep(0.05)
+
+        # A change that leaves the caller a reader of acme leaves its watch open.
+        entries = json.loads(tokens.read_text())["tokens"]
+        entries = [e for e in entries if e["name"] != "acme-checker"]
+        rewrite(tokens, json.dumps({"tokens": entries}))
+        await eventually(runtime.address, "acme-check-only", grpc.StatusCode.UNAUTHENTICATED)
+        await asyncio.sleep(0.2)
+        assert not watching.done() and runtime.metrics.watchers == 1
+
+        changed, code = change(entries)
+        rewrite(tokens, json.dumps({"tokens": changed}))
+        ended = await asyncio.wait_for(watching, 5)
+    assert ended == code
+    assert runtime.metrics.watchers == 0  # its call and its read of the view ended too
