@@ -296,12 +296,17 @@ def classify(text: str) -> Intent:
     while a look-alike START or HELP is left as written, since resuming consent on
     a guess would allow what the person may not have asked for.
     """
-    intent = _classify(text)
-    latin = text.translate(_LOOK_ALIKES)
-    if latin != text:
-        drawn = _classify(latin)
-        if _STOPS.get(drawn, 0) > _STOPS.get(intent, 0):
-            return drawn
+    try:
+        intent = _classify(text)
+        latin = text.translate(_LOOK_ALIKES)
+        if latin != text:
+            drawn = _classify(latin)
+            if _STOPS.get(drawn, 0) > _STOPS.get(intent, 0):
+                return drawn
+    except RecursionError:
+        # A body of one long word of glued stop words ("stopstop…") takes the
+        # reader past Python's depth: a person reads it; an error would lose a STOP.
+        return Intent.REVOCATION_CANDIDATE
     return intent
 
 
@@ -1633,6 +1638,13 @@ _CLAUSE_RULES: tuple[Callable[[list[str]], bool], ...] = (
 def reads_like_an_opt_out(text: str) -> bool:
     """Whether ``text`` could be read as a wish to receive no more messages (see
     the module docstring)."""
+    try:
+        return _reads_like_an_opt_out(text)
+    except RecursionError:
+        return True  # as in ``classify``: read by a person, never lost to an error
+
+
+def _reads_like_an_opt_out(text: str) -> bool:
     plain = _plain(text)
     if _NOT_THAT_PERSON.search(unicodedata.normalize("NFKC", text.translate(_APOSTROPHES))):
         return True

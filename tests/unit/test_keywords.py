@@ -11,6 +11,7 @@ from ledger.keywords import (
     OPT_OUT_KEYWORDS,
     Intent,
     classify,
+    reads_like_an_opt_out,
 )
 
 CANDIDATE = Intent.REVOCATION_CANDIDATE
@@ -295,6 +296,14 @@ def test_a_body_of_one_long_glued_word_is_held_not_a_crash():
     # 4,096 characters is the longest body read; one word of them, glued keywords
     # to its end, once overflowed the recursion that read glued stops.
     assert classify("stop" * 1000 + "start") is CANDIDATE
+
+
+@pytest.mark.parametrize("tail", ["xyz", "texting", "me", ""])
+def test_a_body_of_stop_words_glued_to_any_word_is_never_an_error(tail):
+    # "stopit" is read by peeling a stop word off the front, once for each: a
+    # thousand of them overflowed it, and an error would drop the person's STOP.
+    assert classify("stop" * 1000 + tail) in (CANDIDATE, Intent.OPT_OUT)
+    assert reads_like_an_opt_out("stop" * 1000 + tail)
 
 
 @pytest.mark.parametrize(
