@@ -47,6 +47,21 @@ def rewrite(path, text: str) -> None:
     os.replace(staged, path)
 
 
+async def watched_until_it_ends(app, got: list[str]) -> grpc.StatusCode:
+    """Watch acme's changes as ``app`` until the stream ends, each change's number put
+    in ``got``; the status it ended with."""
+    stream = app.stub.WatchConsentChanges(
+        api.WatchConsentChangesRequest(brand="acme", from_now=True),
+        metadata=[("authorization", f"Bearer {app.token}")],
+    )
+    try:
+        async for change in stream:
+            got.append(change.event.event.phone)
+    except grpc.aio.AioRpcError as ended:
+        return ended.code()
+    return grpc.StatusCode.OK
+
+
 async def test_tokens_are_added_and_revoked_by_editing_the_file(tmp_path, postgres_dsn, caplog):
     settings = dataclasses.replace(
         service_settings(tmp_path, postgres_dsn, kafka=None), tokens_reload_interval=0.05
@@ -85,20 +100,7 @@ async def test_a_token_revoked_ends_its_open_watch_before_the_next_change(serve)
     assert tokens is not None
     got: list[str] = []
     async with client(runtime.address) as admin, client(runtime.address, "acme-app") as app:
-        stream = app.stub.WatchConsentChanges(
-            api.WatchConsentChangesRequest(brand="acme", from_now=True),
-            metadata=[("authorization", f"Bearer {app.token}")],
-        )
-
-        async def watch() -> grpc.StatusCode:
-            try:
-                async for change in stream:
-                    got.append(change.event.event.phone)
-            except grpc.aio.AioRpcError as ended:
-                return ended.code()
-            return grpc.StatusCode.OK
-
-        watching = asyncio.create_task(watch())
+        watching = asyncio.create_task(watched_until_it_ends(app, got))
         before = "+14155550186"
         await admin.RecordOptIn(opt_in(before, "acme", "promo", clock.now))
         deadline = asyncio.get_running_loop().time() + 20
@@ -135,21 +137,9 @@ async def test_a_token_revoked_ends_its_idle_watch_within_the_reload_period(serv
     runtime = await serve(tokens_reload_interval=0.05)
     tokens = runtime.settings.tokens_file
     assert tokens is not None
+    got: list[str] = []
     async with client(runtime.address, "acme-app") as app:
-        stream = app.stub.WatchConsentChanges(
-            api.WatchConsentChangesRequest(brand="acme", from_now=True),
-            metadata=[("authorization", f"Bearer {app.token}")],
-        )
-
-        async def watch() -> grpc.StatusCode:
-            try:
-                async for _ in stream:
-                    return grpc.StatusCode.OK  # nothing is recorded: nothing to receive
-            except grpc.aio.AioRpcError as ended:
-                return ended.code()
-            return grpc.StatusCode.OK
-
-        watching = asyncio.create_task(watch())
+        watching = asyncio.create_task(watched_until_it_ends(app, got))
         deadline = asyncio.get_running_loop().time() + 20
         while runtime.metrics.watchers != 1:  # served, and idle: nothing is recorded
             assert asyncio.get_running_loop().time() < deadline, "the watch never opened"
@@ -167,4 +157,5 @@ async def test_a_token_revoked_ends_its_idle_watch_within_the_reload_period(serv
         rewrite(tokens, json.dumps({"tokens": changed}))
         ended = await asyncio.wait_for(watching, 5)
     assert ended == code
+    assert got == []  # nothing is recorded: nothing to receive
     assert runtime.metrics.watchers == 0  # its call and its read of the view ended too
