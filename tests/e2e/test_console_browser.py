@@ -107,8 +107,8 @@ def downloaded(downloads: Path, suffix: str) -> Path:
 def audit_in_browser(base: str, tmp: Path, before_stop: str) -> dict[str, Any]:
     """What an auditor sees, step by step (blocking: run in a thread, while the
     service serves on the test's event loop)."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.wait import WebDriverWait
 
     downloads = tmp / "downloads"
@@ -121,7 +121,17 @@ def audit_in_browser(base: str, tmp: Path, before_stop: str) -> dict[str, Any]:
             """Click ``button`` and wait for the page it leads to."""
             page = driver.find_element(By.TAG_NAME, "html")
             driver.find_element(By.ID, button).click()
-            WebDriverWait(driver, WAIT_S).until(staleness_of(page))
+            WebDriverWait(driver, WAIT_S).until(lambda _: left(page))
+
+        def left(page: Any) -> bool:
+            """Whether ``page`` is gone. Chrome may answer for a node of a page it is
+            leaving "does not belong to the document" rather than "stale", which
+            ``staleness_of`` raised as an error."""
+            try:
+                page.is_enabled()
+            except WebDriverException:
+                return True
+            return False
 
         def log_in(token: str) -> None:
             driver.find_element(By.ID, "token").send_keys(token)
