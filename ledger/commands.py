@@ -16,7 +16,7 @@ import hashlib
 import re
 import unicodedata
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -109,6 +109,17 @@ def name_read(value: str) -> str:
     """What a person reads in a name: "spring-sale", "spring_sale", "spring.sale" and
     "spring--sale" are one name to a reader, though four keys to the ledger."""
     return _SEPARATOR_RUN.sub("-", value)
+
+
+def brands_meant(brand: str, in_use: Sequence[str]) -> list[str]:
+    """The brands of ``in_use`` that ``brand``, when no brand in use is so named, may
+    be a spelling of: the same once '.', '_' and '-' are dropped ("acme_co", "acmeco"
+    and "acme.co" for "acme-co"). An opt-out written under such a name stopped
+    nothing the brand meant sends, so it is held under each of them instead."""
+    if brand in in_use:
+        return []
+    bare = _SEPARATOR_RUN.sub("", brand)
+    return [other for other in in_use if _SEPARATOR_RUN.sub("", other) == bare]
 
 
 def check_name(value: str, field_name: str) -> str:

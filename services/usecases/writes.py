@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -31,6 +32,7 @@ from ledger.commands import (
     RecordOptOut,
     ReplyKind,
     ResolveRevocationCandidate,
+    brands_meant,
     check_inbound,
     check_required_proof,
     covered_hold_resolved,
@@ -44,7 +46,7 @@ from ledger.commands import (
     unattributed_opt_out,
 )
 from ledger.digest import digest_of
-from ledger.errors import DomainError
+from ledger.errors import DomainError, InvalidRequest
 from ledger.events import (
     ANY_BRAND,
     CampaignDefined,
@@ -195,14 +197,14 @@ class Writes:
                 events = await self._with_exemption(events)
             if isinstance(cmd, RecordDeliveryOutcome):
                 events = await self._with_send(events)
-            if (
-                isinstance(cmd, RecordOptOut)
-                and cmd.campaign is not None
-                and not await self.ctx.campaign_known(cmd.brand, cmd.campaign)
+            if isinstance(cmd, RecordOptOut) and not (
+                cmd.campaign is not None and await self.ctx.campaign_known(cmd.brand, cmd.campaign)
             ):
-                # Refused, the opt-out would be lost: kept for review, denying meanwhile.
-                kept = _stamped(unattributed_opt_out(cmd, self.ctx.clock()), recorded_by)
-                return await recorded_once(self.ctx, kept)
+                await self._check_brand_meant(cmd.brand)
+                if cmd.campaign is not None:
+                    # Refused, the opt-out would be lost: kept for review, denying meanwhile.
+                    kept = _stamped(unattributed_opt_out(cmd, self.ctx.clock()), recorded_by)
+                    return await recorded_once(self.ctx, kept)
             await self._check(cmd, events)
             await self._claim_resolution(events)
         except (DomainError, FailedPrecondition, NotConsistent):
@@ -307,6 +309,32 @@ class Writes:
             won if isinstance(won, RevocationCandidateResolved) else None,
         )
 
+    async def _brands_meant(self, brand: str, *, catch_up: bool = True) -> list[str]:
+        """The brands in use that ``brand``, no brand in use, may be a spelling of
+        (``ledger.commands.brands_meant``); ``catch_up`` first counts a campaign the
+        ledger acknowledged a moment ago (``NotConsistent`` on ``brand`` when the view
+        cannot get there)."""
+        in_use = await self.ctx.view.brand_names()
+        if brand not in in_use and catch_up:
+            await self.ctx.require_caught_up(Stream.CAMPAIGNS, "brand")
+            in_use = await self.ctx.view.brand_names()
+        return brands_meant(brand, in_use)
+
+    async def _check_brand_meant(self, brand: str) -> None:
+        """Refuse an opt-out under a brand no campaign was defined for that reads as
+        one in use ("acme_co" for "acme-co"). An operator's token acts for every brand,
+        so such an opt-out was recorded under its own name and stopped nothing the
+        brand meant sends; refused, it is held under that brand
+        (``hold_refused_opt_out``)."""
+        meant = await self._brands_meant(brand)
+        if meant:
+            raise InvalidRequest(
+                "brand",
+                f"no brand {brand!r} is in use; it reads as brand"
+                f" {' and as '.join(repr(b) for b in meant)}, which is: write the brand's"
+                " name as defined",
+            )
+
     async def hold_refused_opt_out(
         self,
         hold: HoldRefusedOptOut,
@@ -337,12 +365,25 @@ class Writes:
             hold = replace(hold, reused_id=True)
         else:
             (field_name, reason), *_ = refused.violations
+        # Under a brand no campaign was defined for that reads as one in use, the hold
+        # would deny nothing the person meant: it is held under each brand it may mean.
+        meant = await self._brands_meant(hold.brand, catch_up=False)
+        holds = [replace(hold, brand=brand) for brand in meant] or [hold]
+        refusal = f"{field_name}: {reason}"
+        if meant and field_name != "brand":
+            refusal = f"{refusal}; its brand {hold.brand!r} is no brand in use: held as {meant}"
         try:
-            authorize(hold.brand)
-            events = held_opt_out(hold, f"{field_name}: {reason}", self.ctx.clock())
+            for each in holds:
+                authorize(each.brand)
+            held = [held_opt_out(each, refusal, self.ctx.clock()) for each in holds]
         except (DomainError, PermissionDenied):
             return  # no number or brand to hold it under, or not the caller's brand
-        written = await recorded_once(self.ctx, _stamped(events, recorded_by))
+        results = [await recorded_once(self.ctx, _stamped(e, recorded_by)) for e in held]
+        written = replace(
+            results[0],
+            event_ids=[i for r in results for i in r.event_ids],
+            token=functools.reduce(ConsistencyToken.merge, (r.token for r in results)),
+        )
         if isinstance(refused, AlreadyExists):
             raise ReusedIdHeldForReview(refused, written.event_ids, written.token.encode())
         raise HeldForReview(refused, written.event_ids, written.token.encode())

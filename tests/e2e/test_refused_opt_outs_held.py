@@ -627,3 +627,35 @@ async def test_a_stop_of_one_campaign_under_revoke_all_resolves_its_hold(service
     assert resolution.candidate_event_id == info["candidate_event_id"]
     assert resolution.resolved_by == f"opt-out {stop.event_ids[1]}", resolution
     assert await candidates_of(runtime, number, stop.consistency_token) == []
+
+
+async def test_an_operators_opt_out_under_a_misspelled_brand_is_held_under_the_brand(serve):
+    """An operator's token acts for every brand, so an opt-out under "acme_co" (no
+    brand) was accepted and kept under that name alone, while CanSend for acme-co,
+    the brand it reads as, went on allowing. Now it is refused on ``brand`` and held
+    under every brand in use it may mean, denying each until someone resolves it."""
+    clock = Clock()
+    campaign = define("acme-co", "promo", clock.now - timedelta(days=60))
+    runtime = await serve(name="held-spelled", clock=clock, campaigns=[campaign])
+    one, every = phone(96), phone(97)
+    async with client(runtime.address) as admin:
+        for number in (one, every):
+            w = await admin.RecordOptIn(opt_in(number, "acme-co", "promo", clock.now))
+        assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
+        for number, brand, named in ((one, "acme_co", "promo"), (every, "acmeco", None)):
+            err = await refused(admin.RecordOptOut, opt_out(number, brand, named, clock.now))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (brand, err)
+            assert [f for f, _ in status_details(err)] == ["brand"], err.details()
+            assert "'acme-co'" in err.details(), err.details()
+            info = held_info(err)
+            assert info is not None, err.details()
+            answer = await admin.CanSend(
+                api.CanSendRequest(
+                    phone=number,
+                    brand="acme-co",
+                    campaign="promo",
+                    at_least_as_fresh=info["consistency_token"],
+                )
+            )
+            assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, (brand, answer)
+            assert list(answer.evidence_event_ids) == [info["candidate_event_id"]], answer

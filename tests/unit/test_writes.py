@@ -20,7 +20,7 @@ from ledger.commands import (
     ResolveRevocationCandidate,
     to_events,
 )
-from ledger.errors import MissingProofError
+from ledger.errors import InvalidRequest, MissingProofError
 from ledger.events import (
     ANY_BRAND,
     CandidateResolution,
@@ -317,6 +317,24 @@ async def test_a_brand_named_as_another_but_for_separators_is_refused(app, spell
     assert "'acme-co'" in refused.value.reason
     await app.writes.record(definition("d-3", "acme-co", "news"))  # its own brand's
     await app.writes.record(definition("d-4", "acmeco", "promo"))  # more than a separator
+
+
+@pytest.mark.parametrize("spelled", ["acme_co", "acmeco", "acme.co"])
+@pytest.mark.parametrize("campaign", ["promo", None])
+async def test_an_opt_out_under_a_brand_in_use_but_for_separators_is_refused(
+    app, spelled, campaign
+):
+    """An operator's opt-out under "acme_co", a brand of no campaign, was kept under
+    that name and stopped nothing sent under acme-co; refused on ``brand`` now (the
+    servicer then holds it under acme-co)."""
+    await app.writes.record(definition("d-1", "acme-co", "promo"))
+    stop = RecordOptOut("s-1", PHONE, spelled, campaign, RevocationChannel.API, at(30))
+    with pytest.raises(InvalidRequest) as refused:
+        await app.writes.record(stop)
+    assert refused.value.field == "brand"
+    assert "'acme-co'" in refused.value.reason
+    # A brand of none in use is still kept under its name, as before.
+    await app.writes.record(dataclasses.replace(stop, brand="initech"))
 
 
 async def test_a_campaign_keeps_its_own_numbers_and_frees_those_it_drops(app):
