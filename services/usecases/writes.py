@@ -69,6 +69,7 @@ from services.errors import (
     HeldForReview,
     MessageIdReused,
     NotConsistent,
+    OutcomeUnknown,
     PermissionDenied,
     Refused,
     ReusedIdHeldForReview,
@@ -142,11 +143,27 @@ def _resolved_before(
         how = f"as {won.resolution.value}" + (f" by {won.resolved_by!r}" if won.resolved_by else "")
         reason = f"was resolved {how} (event {winner}) before this resolution; it stands"
     else:  # claimed, not in the ledger yet: on its way, or its append failed
+        # "Read it again" sent a reviewer to a resolution that may never come: say
+        # that it is not recorded, that the number stays denied, and what records it.
+        metadata["recorded"] = "false"
         reason = (
-            f"is being resolved by another request (event {winner}); read the "
-            "candidate again (ListEvents) to see its resolution"
+            f"was taken by another resolution (event {winner}) that is not in the ledger:"
+            " its append failed or is under way. The candidate stays pending and the"
+            " number denied until that request, retried unchanged (its request_id and"
+            " fields), is recorded; this resolution is refused"
         )
     return Refused("candidate_event_id", reason, CANDIDATE_RESOLVED, metadata)
+
+
+def _resolution_kept(cmd: ResolveRevocationCandidate) -> str:
+    """What a reviewer whose resolution's append failed is told: the candidate is
+    kept for this very request, so only its retry unchanged can record it."""
+    return (
+        f"candidate {cmd.candidate_event_id} is kept for this resolution (request_id"
+        f" {cmd.request_id!r}) until it is recorded: retry it unchanged, same request_id"
+        " and fields; meanwhile the candidate stays pending, the number stays denied,"
+        " and any other resolution of it is refused"
+    )
 
 
 def _retrieve(write: asyncio.Future[WriteResult]) -> None:
@@ -212,7 +229,12 @@ class Writes:
             if earlier is None:
                 raise
             return earlier
-        written = await taken_then_appended(self.ctx, events)
+        try:
+            written = await taken_then_appended(self.ctx, events)
+        except (ConnectionError, TimeoutError) as exc:
+            if isinstance(cmd, ResolveRevocationCandidate):
+                raise OutcomeUnknown(_resolution_kept(cmd)) from exc
+            raise
         revoked = events[0]
         # A "revoked" resolution's events begin with a ConsentRevoked too: only an
         # opt-out's resolves covered holds.

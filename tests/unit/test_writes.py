@@ -27,12 +27,20 @@ from ledger.events import (
     LedgerEvent,
     MessageKind,
     Recorded,
+    RevocationCandidateResolved,
     RevocationChannel,
 )
 from ledger.policy import Reason
-from ledger.ports import ConsistencyToken, Stream
+from ledger.ports import ConsistencyToken, LedgerUnavailable, Stream
 from services.adapters.memory_view import InMemoryConsentView
-from services.errors import AlreadyExists, FailedPrecondition, MessageIdReused, NotConsistent
+from services.adapters.memory_ledger import InMemoryLedger
+from services.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    MessageIdReused,
+    NotConsistent,
+    OutcomeUnknown,
+)
 from tests.builders import BRAND, PHONE, at, proof
 from tests.builders import opt_in as an_opt_in
 from tests.unit.usecase_harness import (
@@ -553,6 +561,48 @@ async def test_only_a_pending_candidate_of_that_number_and_brand_can_be_resolved
         await app.writes.record(resolve("ok-2", flagged[PHONE]))
     check = await app.checks.can_send(PHONE, "acme", "promo", token=done.token)
     assert check.decision.reason is not Reason.REVOCATION_PENDING_REVIEW
+
+
+class ResolutionsFailOnce(InMemoryLedger):
+    """A ledger whose first append of a resolution is not acknowledged."""
+
+    failed = False
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        if not self.failed and isinstance(events[-1], RevocationCandidateResolved):
+            self.failed = True
+            raise LedgerUnavailable("the broker did not acknowledge in time")
+        return await super().append(events)
+
+
+async def test_a_resolution_whose_append_failed_says_how_it_is_recorded():
+    """The candidate stays taken by a resolution whose append failed (denying, so
+    safe), but its reviewer was told only "outcome unknown", and another reviewer
+    to read the candidate again for a resolution that never came. Each is now told
+    that it is not recorded, that the number stays denied, and what records it."""
+    async with running(ledger=ResolutionsFailOnce(partitions=4)) as (app, _):
+        await app.writes.record(claim("acme-promo", "acme", "promo", NUMBER))
+        reply = HandleInboundMessage("in", PHONE, NUMBER, "please stop texting me", "m", at(1))
+        candidate = (await app.writes.handle_inbound(reply)).write.event_ids[1]
+        first = resolve("alice", candidate)
+        with pytest.raises(OutcomeUnknown) as failed:
+            await app.writes.record(first)
+        assert "kept for this resolution (request_id 'alice')" in str(failed.value)
+        assert "retry it unchanged" in str(failed.value)
+
+        with pytest.raises(FailedPrecondition) as other:
+            await app.writes.record(resolve("bob", candidate))
+        assert other.value.metadata["recorded"] == "false"
+        assert "not in the ledger" in other.value.reason
+        assert "retried unchanged" in other.value.reason
+        denied = await app.checks.can_send(PHONE, "acme", "promo")
+        assert denied.decision.reason is Reason.REVOCATION_PENDING_REVIEW
+
+        done = await app.writes.record(first)  # the retry the refusals name records it
+        with pytest.raises(FailedPrecondition) as after:
+            await app.writes.record(resolve("carol", candidate))
+        assert after.value.metadata["event_id"] == done.event_ids[0]
+        assert "recorded" not in after.value.metadata, after.value.metadata
 
 
 async def test_a_stop_of_unknown_brand_is_not_resolved_as_revoked_under_every_brand(app):
