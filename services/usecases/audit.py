@@ -364,6 +364,8 @@ class Audit:
         check_name(brand, "brand")
         if campaign is not None:
             check_name(campaign, "campaign")
+        if after is not None:  # bad input: refused before the read, and recorded so
+            await self.ctx.refuse_past_the_end(after, "resume_token")
         await self.ctx.access.admit(
             reader,
             "WatchConsentChanges",

@@ -94,6 +94,33 @@ class Context:
         if not fresh:
             raise NotConsistent(field, BEHIND)
 
+    async def refuse_past_the_end(self, token: ConsistencyToken, field: str) -> None:
+        """Refuse a token that names an offset past the ledger's end, or a partition it
+        lacks: no write or read of this ledger gave it, and a reader that starts there
+        would skip every event of that partition until the ledger got there. Parts the
+        view has applied need no look at the ledger; when the ledger's end cannot be
+        read to check the others, ``NotConsistent`` (retryable)."""
+        applied = self.guard.applied_token().offsets
+        ahead = {k: o for k, o in token.offsets.items() if k not in applied or o > applied[k]}
+        if not ahead:
+            return
+        try:
+            async with asyncio.timeout(_LOOK_AT_THE_END):
+                ends = await self.guard.observe()
+        except Exception as exc:
+            raise NotConsistent(field, "the ledger's end could not be read to check it") from exc
+        for (stream, partition), offset in sorted(
+            ahead.items(), key=lambda kv: (kv[0][0].value, kv[0][1])
+        ):
+            end = ends.get(stream, {}).get(partition)
+            if end is None or offset > end:
+                raise InvalidRequest(
+                    field,
+                    f"names {stream.value}:{partition}:{offset}, past the ledger's end "
+                    f"({'no such partition' if end is None else f'it ends at {end}'}): "
+                    "not a token of this service",
+                )
+
     async def require_caught_up(self, stream: Stream, field: str) -> None:
         """Let the view reach the ledger's end as it is now (``FreshnessGuard.wait_until_applied``),
         before an answer that must count every fact acknowledged so far ("not defined",

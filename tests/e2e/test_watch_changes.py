@@ -346,6 +346,41 @@ async def test_a_watch_is_scoped_and_checked_like_every_read(runtime):
     assert runtime.metrics.watchers == 0 or await _no_watchers(runtime)
 
 
+async def test_a_token_past_the_ledgers_end_is_refused_not_followed(runtime):
+    """A token of another ledger (another cluster, a topic prefix, a typo) that names
+    an offset the ledger has not reached was taken as it was: the stream started
+    there, and every change of that partition until the ledger got there, a STOP
+    among them, never came. It is refused, naming the field; so is a partition the
+    ledger lacks. A write's own token, ahead of the view for a moment, still works."""
+    p = phone(600)
+    async with client(runtime.address) as admin:
+        written = await admin.RecordOptIn(opt_in(p, "acme", "promo", now() - timedelta(hours=1)))
+    ((_, partition),) = [
+        key for key in ConsistencyToken.decode(written.consistency_token).offsets
+        if key[0].value == "subscribers"
+    ]  # fmt: skip
+    async with grpc.aio.insecure_channel(runtime.address) as channel:
+        for token in [
+            f"subscribers:{partition}:1000",
+            "subscribers:4:0",
+            "subscribers:0:0,campaigns:0:900",
+        ]:
+            call = watch(channel, resume_token=token)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async with asyncio.timeout(5):
+                    await call.read()
+            err = caught.value
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (token, err)
+            assert [f for f, _ in status_details(err)] == ["resume_token"], token
+            assert "past the ledger's end" in err.details(), err.details()
+        watcher = Watcher(watch(channel, resume_token=written.consistency_token))
+        async with client(runtime.address) as admin:
+            stop = await admin.RecordOptOut(opt_out(p, "acme", "promo", now()))
+        (change,) = await watcher.take(1)
+        watcher.close()
+    assert change.event.event.event_id == stop.event_ids[0]
+
+
 async def _no_watchers(runtime: Runtime) -> bool:
     async with asyncio.timeout(5):
         while runtime.metrics.watchers:
