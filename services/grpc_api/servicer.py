@@ -1065,10 +1065,15 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[api_pb2.ImportConsentsResponse]:
         principal = self._caller(context, Scope.WRITE)
-        imports = self.usecases.start_import(
-            authorize=lambda brand: principal.require(Scope.WRITE, brand),
-            recorded_by=principal.name,
-        )
+
+        def authorize(brand: str) -> None:
+            # Each record asks the tokens file as it stands, not as it stood when the
+            # stream opened: a token revoked, or moved off the brand, while its import
+            # is open writes nothing more (UNAUTHENTICATED ends the stream; a brand or
+            # scope taken away refuses each record, PERMISSION_DENIED).
+            self._caller(context, Scope.WRITE, brand)
+
+        imports = self.usecases.start_import(authorize=authorize, recorded_by=principal.name)
         async for answer in imports_api.answer_chunks(imports, requests):
             yield answer
 

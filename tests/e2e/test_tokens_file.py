@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import grpc
@@ -159,3 +160,55 @@ async def test_a_token_revoked_ends_its_idle_watch_within_the_reload_period(serv
     assert ended == code
     assert got == []  # nothing is recorded: nothing to receive
     assert runtime.metrics.watchers == 0  # its call and its read of the view ended too
+
+
+@pytest.mark.parametrize("change", [_without_acme_app, _acme_app_for_globex])
+async def test_an_open_import_writes_nothing_once_its_token_is_revoked(serve, change):
+    """The import checked its caller once, at its start: a token taken out of the
+    file, or moved off the brand, went on importing opt-ins for the brand for as
+    long as its stream stayed open."""
+    clock = Clock()
+    campaign = define("acme", "promo", clock.now - timedelta(days=1), ["+12125550186"])
+    runtime = await serve(clock=clock, campaigns=[campaign], tokens_reload_interval=0.05)
+    tokens = runtime.settings.tokens_file
+    assert tokens is not None
+    chunks: asyncio.Queue[api.ImportConsentsRequest | None] = asyncio.Queue()
+
+    async def sent() -> AsyncIterator[api.ImportConsentsRequest]:
+        while (chunk := await chunks.get()) is not None:
+            yield chunk
+
+    def chunk(phone: str) -> api.ImportConsentsRequest:
+        record = api.ImportRecord(opt_in=opt_in(phone, "acme", "promo", clock.now))
+        return api.ImportConsentsRequest(records=[record])
+
+    before, after = "+14155550191", "+14155550192"
+    async with client(runtime.address, "acme-app") as app, client(runtime.address) as admin:
+        stream = app.stub.ImportConsents(
+            sent(), metadata=[("authorization", f"Bearer {app.token}")], timeout=20
+        )
+        await chunks.put(chunk(before))
+        # A chunk is answered once the next comes or the stream ends; it is written
+        # before that.
+        deadline = asyncio.get_running_loop().time() + 20
+        while not (await admin.ListEvents(api.ListEventsRequest(phone=before))).events:
+            assert asyncio.get_running_loop().time() < deadline, "the first chunk was not written"
+            await asyncio.sleep(0.05)
+
+        changed, code = change(json.loads(tokens.read_text())["tokens"])
+        rewrite(tokens, json.dumps({"tokens": changed}))
+        await eventually(runtime.address, "acme-secret", code)
+        await chunks.put(chunk(after))
+        await chunks.put(None)
+        answers, ended = [], grpc.StatusCode.OK
+        try:
+            while (answer := await stream.read()) is not grpc.aio.EOF:
+                answers.append(answer)
+        except grpc.aio.AioRpcError as exc:
+            ended = exc.code()
+        written = await admin.ListEvents(api.ListEventsRequest(phone=after, brand="acme"))
+    assert answers[0].imported == 1
+    later = [(a.imported, [r.code for r in a.refusals]) for a in answers[1:]]
+    assert ended == code or later == [(0, [code.name])]
+    assert all(imported == 0 for imported, _ in later)
+    assert list(written.events) == []
