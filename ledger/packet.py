@@ -22,6 +22,7 @@ from typing import Any
 from ledger.deadlines import revocation_due
 from ledger.events import (
     ANY_BRAND,
+    BRAND_SETTINGS,
     AgeVerified,
     CampaignEvent,
     ConsentGranted,
@@ -43,8 +44,8 @@ from ledger.events import (
     SubscriberLocated,
 )
 from ledger.keywords import Intent
-from ledger.policy import Decision, Obligation, decide_as_of
-from ledger.state import SubscriberState, fold, retained_facts
+from ledger.policy import Decision, Obligation, decide_as_of, revokes_all
+from ledger.state import CampaignHistory, SubscriberState, fold, fold_campaign, retained_facts
 from ledger.validation import is_blank
 
 PACKET_VERSION = 1
@@ -375,7 +376,14 @@ def assemble(
         key=lambda r: (r.position.partition, r.position.offset),
     )
     rules = [r for r in everything if isinstance(r.event, CampaignEvent) and r.event.brand == brand]
-    mine = [r for r in subscriber if _concerns(r.event, campaign)]  # type: ignore[arg-type]
+    revoke_all = _revoke_all_campaigns(rules, now)
+    mine = [
+        r
+        for r in subscriber
+        if _concerns(r.event, campaign)  # type: ignore[arg-type]
+        # An opt-out of another campaign revokes this one under the revoke-all rule.
+        or (campaign in revoke_all and isinstance(r.event, ConsentRevoked))
+    ]
 
     sends = [r for r in mine if isinstance(r.event, MessageSent)]
     replayed = _replays(subscriber, rules, now, {str(r.event.event_id) for r in sends})
@@ -391,7 +399,7 @@ def assemble(
     opt_ins = tuple(
         _opt_in(r, shown, messages) for r in shown if isinstance(r.event, ConsentGranted)
     )
-    opt_outs = tuple(_opt_out(r, shown) for r in shown if _is_opt_out(r.event))
+    opt_outs = tuple(_opt_out(r, shown, revoke_all) for r in shown if _is_opt_out(r.event))
     replies = tuple(_reply(r, shown) for r in shown if isinstance(r.event, InboundMessageReceived))
     other = tuple(
         EventRef.of(r)
@@ -425,6 +433,20 @@ def assemble(
         timeline=tuple(_timeline(shown)),
         missing=missing,
     )
+
+
+def _revoke_all_campaigns(rules: Sequence[Recorded], now: datetime) -> set[str]:
+    """The campaigns of ``rules`` that an opt-out of any campaign of their brand
+    revokes, under their rules in force at ``now`` and their brand's settings
+    (``ledger.policy.revokes_all``, as ``CanSend`` decides now)."""
+    names = {r.event.campaign for r in rules if isinstance(r.event, CampaignEvent)}
+    found = set()
+    for name in names - {BRAND_SETTINGS}:
+        facts = [r for r in rules if getattr(r.event, "campaign", None) in (name, BRAND_SETTINGS)]
+        rules_now = fold_campaign(facts, CampaignHistory()).as_of(now)
+        if rules_now is not None and revokes_all(rules_now, now):
+            found.add(name)
+    return found
 
 
 def _is_opt_out(e: LedgerEvent) -> bool:
@@ -627,10 +649,21 @@ def _reply_after(
     return None
 
 
-def _opt_out(r: Recorded, shown: Sequence[Recorded]) -> OptOut:
+def _opt_out(r: Recorded, shown: Sequence[Recorded], revoke_all: set[str]) -> OptOut:
+    """``revoke_all``: the campaigns an opt-out of another campaign of the brand
+    revokes (``_revoke_all_campaigns``); an opt-out of one campaign names them too."""
     e = r.event
     ref = EventRef.of(r)
     if isinstance(e, ConsentRevoked):
+        scope = _scope(e)
+        also = sorted(revoke_all - {e.campaign})
+        if e.campaign is not None and e.brand != ANY_BRAND and also:
+            # Naming only its own campaign hid from an auditor what else it stopped.
+            scope = (
+                f"{e.campaign}, and under the revoke-all rule (47 CFR 64.1200(a)(10))"
+                f" every campaign of {e.brand} it is in force for: {', '.join(also)}"
+                " (a consent given after the opt-out is the person's newer word)"
+            )
         confirmation = _reply_after(r, shown, MessageKind.OPT_OUT_CONFIRMATION, e.campaign)
         if confirmation is None:
             handling = "revoked from then on; no confirmation was recorded"
@@ -642,7 +675,7 @@ def _opt_out(r: Recorded, shown: Sequence[Recorded]) -> OptOut:
         return OptOut(
             ref,
             "revocation",
-            _scope(e),
+            scope,
             e.channel.value,
             e.text,
             e.in_reply_to,

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
+from google.protobuf import json_format
 
 from tests.e2e.harness import client, inbound, status_details, ts
 from tests.e2e.test_lifecycle import ACME_NUMBER, PHONE
@@ -162,3 +163,25 @@ async def test_a_start_after_a_stop_under_revoke_all_resumes_its_campaign_alone(
         alerts = await check("alerts")
         assert not alerts.allowed and alerts.reason == api.REASON_REVOKED_BRAND_WIDE
         assert list(alerts.evidence_event_ids) == [stop.event_ids[1]]
+
+
+async def test_the_proof_packet_names_every_campaign_a_stop_revoked(service):
+    """Under the revoke-all rule a STOP to promo revoked alerts too (CanSend denied
+    it), but the proof packet's opt-out named promo alone, and alerts' packet left
+    the STOP out: an auditor could not see what it revoked."""
+    runtime, clock = service
+    async with client(runtime.address, "acme-app") as acme:
+        stop = await acme.HandleInboundMessage(inbound(PHONE, ACME_NUMBER, "STOP", clock.now))
+        clock.now += timedelta(minutes=1)
+        written = await acme.SetBrandPolicy(brand_policy("acme"))
+        for campaign in ("", "alerts"):
+            request = api.GetProofPacketRequest(
+                phone=PHONE, brand="acme", at_least_as_fresh=written.consistency_token
+            )
+            if campaign:
+                request.campaign = campaign
+            packet = json_format.MessageToDict((await acme.GetProofPacket(request)).packet)
+            [opt_out] = packet["opt_outs"]
+            assert opt_out["event"]["event_id"] == stop.event_ids[1], (campaign, opt_out)
+            assert opt_out["scope"].startswith("promo, and under the revoke-all rule"), opt_out
+            assert "in force for: alerts" in opt_out["scope"], opt_out

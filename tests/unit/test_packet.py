@@ -248,6 +248,41 @@ def test_a_campaign_packet_leaves_other_campaigns_out_but_keeps_brand_wide_opt_o
     assert sorted(o.campaign for o in whole.opt_ins) == ["alerts", "promo"]
 
 
+def test_a_stop_of_one_campaign_under_revoke_all_names_every_campaign_it_revoked():
+    """Under the revoke-all rule a STOP of promo revokes alerts too (CanSend denies
+    it), but the packet's opt-out named promo alone, and alerts' packet left it out:
+    an auditor could not see what the STOP revoked."""
+    stop = _stop(at(days=2))
+    events = [
+        _defined(),
+        _defined(campaign="alerts"),
+        _defined(campaign="news"),
+        granted(at(0)),
+        granted(at(1), "alerts"),
+        stop,
+    ]
+    whole = assemble(record(events), PHONE, BRAND, None, NOW)
+    [opt_out] = whole.opt_outs
+    assert opt_out.scope.startswith("promo, and under the revoke-all rule"), opt_out.scope
+    assert opt_out.scope.endswith("it is in force for: alerts, news" + _NEWER), opt_out.scope
+    alerts = assemble(record(events), PHONE, BRAND, "alerts", NOW)
+    assert [o.event.event_id for o in alerts.opt_outs] == [str(stop.event_id)]
+    assert "alerts" in alerts.opt_outs[0].scope
+    # Before the rule is in force (no campaign's own revoke_all), promo's alone.
+    before = at(days=3)
+    assert [o.scope for o in assemble(record(events), PHONE, BRAND, None, before).opt_outs] == [
+        "promo"
+    ]
+    assert assemble(record(events), PHONE, BRAND, "alerts", before).opt_outs == ()
+    # A campaign's own revoke_all: an opt-out of any other campaign revokes it.
+    early = [*events[:2], _defined(campaign="news", revoke_all=True), *events[3:]]
+    [scoped] = assemble(record(early), PHONE, BRAND, None, before).opt_outs
+    assert scoped.scope.endswith("in force for: news" + _NEWER), scoped.scope
+
+
+_NEWER = " (a consent given after the opt-out is the person's newer word)"
+
+
 def test_replies_say_how_they_were_read_and_answered():
     help_text = inbound(at(10), "HELP", "promo")
     helped = sent(at(11), kind=MessageKind.HELP_REPLY)
