@@ -365,7 +365,10 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, rpc: str, request: Any, context: grpc.aio.ServicerContext, exc: Exception
     ) -> None:
         """Record the audit call ``rpc`` refused with ``exc``, unless its read was
-        admitted (and so recorded) before, or no token names its caller."""
+        admitted (and so recorded) before, or no token names its caller. A batch's
+        refusal is recorded once for each number it asked about, as its admitted read
+        is (``Checks._batch_as_of``): recorded with no number, listing by number
+        missed it."""
         if ADMITTED.get():
             return
         try:
@@ -373,17 +376,20 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         except Unauthenticated:
             return
         status = to_status(exc)
-        await self.usecases.access.refused(
-            principal.name,
-            "grpc",
-            REQUEST_ID.get() or "-",
-            rpc,
-            status.code.name,
-            status.details,
-            brand=getattr(request, "brand", None),
-            phone=getattr(request, "phone", None),
-            campaign=getattr(request, "campaign", None),
-        )
+        phones = getattr(request, "phones", None)
+        asked = list(dict.fromkeys(phones)) if phones else [getattr(request, "phone", None)]
+        for phone in asked:
+            await self.usecases.access.refused(
+                principal.name,
+                "grpc",
+                REQUEST_ID.get() or "-",
+                rpc,
+                status.code.name,
+                status.details,
+                brand=getattr(request, "brand", None),
+                phone=phone,
+                campaign=getattr(request, "campaign", None),
+            )
 
     # ---- CanSend and friends: fail closed ----------------------------------------------
 

@@ -116,6 +116,35 @@ async def test_a_check_for_a_past_moment_needs_the_audit_scope_and_is_recorded(s
     assert ("admin", "CanSend", "admitted") in seen
 
 
+async def test_a_refused_batch_for_a_past_moment_is_recorded_under_each_number(service):
+    """A check-only token's CanSendBatch for a past moment was refused and recorded
+    with no number, so listing who read a number found no attempt on it; it is now
+    recorded once for each number asked about, as an admitted one is."""
+    runtime, clock = service
+    spelled = "+1 (415) 555-0199"  # OTHER, as a sender may write it
+    async with client(runtime.address) as admin, client(runtime.address, "acme-checker") as c:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await c.CanSendBatch(
+                api.CanSendBatchRequest(
+                    brand="acme",
+                    campaign="promo",
+                    phones=[PHONE, spelled, PHONE],
+                    at=ts(clock.now - timedelta(days=1)),
+                )
+            )
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        for number in (PHONE, OTHER):
+            log = await admin.ListAuditAccess(
+                api.ListAuditAccessRequest(brand="acme", phone=number)
+            )
+            found = [
+                (a.subject, a.outcome, a.refusal_code)
+                for a in log.accesses
+                if a.action == "CanSendBatch"
+            ]
+            assert found == [("acme-checker", "refused", "PERMISSION_DENIED")], (number, found)
+
+
 async def test_a_check_ahead_of_now_is_provisional_and_beyond_30_days_refused(service):
     runtime, clock = service
     async with client(runtime.address) as c:
