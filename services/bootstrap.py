@@ -40,7 +40,7 @@ from services.freshness import FreshnessGuard, WatchedAppends
 from services.grpc_api.admission import CallerLimits
 from services.grpc_api.auth import TokenAuthenticator, write_dev_tokens
 from services.grpc_api.credentials import TlsFiles, file_stamp, follow_tokens
-from services.grpc_api.server import CannotListen, GrpcServer
+from services.grpc_api.server import LIVENESS, CannotListen, GrpcServer
 from services.grpc_api.servicer import ConsentServicer
 from services.metrics import ServiceMetrics, TimedAppends, read_on_loop
 from services.projector import Projector, supervise
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 _POSTGRES_FAILURES = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _KAFKA_FAILURES = (OSError, asyncio.TimeoutError, KafkaError, UnsafeTopicError)
 _PROJECTOR_LAG_INTERVAL = 1.0
-PROCESS_HEALTH = "liveness"
+PROCESS_HEALTH = LIVENESS
 """The health service name a ``project`` process answers SERVING for while it runs,
 whether or not its projector does: the liveness probe's. The overall status ("")
 is NOT_SERVING while a failed projector waits to be started again."""
@@ -329,6 +329,24 @@ class Runtime:
                 f"this machine's; set {setting} to a free host:port{share}"
             ) from exc
         self.server = server  # only a started server is stopped
+        self._tasks.append(asyncio.create_task(self._follow_readiness(), name="readiness"))
+
+    async def _follow_readiness(self) -> None:
+        """Keep the readiness probe's status to whether CanSend can answer safely
+        (``FreshnessGuard.ready``), looked at every refresh interval, and log each
+        change with its reason."""
+        assert self.guard is not None and self.server is not None
+        was: str | None = None
+        while True:
+            await asyncio.sleep(self.settings.freshness.refresh_interval)
+            why = self.guard.ready()
+            if (why is None) != (was is None):
+                if why is None:
+                    log.info("ready again: CanSend can answer from a fresh view")
+                else:
+                    log.warning("not ready: %s", why)
+                await self.server.set_ready(why is None)
+            was = why
 
     async def start_projecting(self) -> None:
         """What ``consent-ledger project`` runs: the projector alone, supervised as

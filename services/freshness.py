@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,12 @@ _MAX_IN_FLIGHT = 2
 """Observations under way at once, at most. A reader that needs a newer one than
 those under way waits for the newest to finish and asks again: when the broker or
 the database hangs, readers do not pile up a request each on it."""
+
+
+_UNAPPLIED_KEPT = 64
+"""Observations the view has not caught up with that ``ready`` remembers, at most;
+past it the newest one's ends are raised in place, keeping its older time (the
+cautious side: not ready a little longer)."""
 
 
 _EARLY = 1.5
@@ -107,6 +114,9 @@ class FreshnessGuard:
         self._written: dict[tuple[Stream, int], int] = {}
         """Positions this instance's acknowledged writes reached that the view had not
         applied at the last observation; emptied as observations find them applied."""
+        self._unapplied: deque[tuple[float, dict[Stream, dict[int, int]]]] = deque()
+        """Observations whose ends the view had not applied when last looked: when each
+        started, and its ends, oldest first (for ``ready``)."""
 
     async def start(self) -> None:
         await self.observe()
@@ -168,6 +178,7 @@ class FreshnessGuard:
         }
         lag = {stream: sum(lags.values()) for stream, lags in partition_lag.items()}
         self.status = FreshnessStatus(started, lag, partition_lag)
+        self._note_unapplied(started, ends, applied)
         self._applied_token = ConsistencyToken(
             {
                 (stream, p): offset
@@ -178,6 +189,52 @@ class FreshnessGuard:
         self._changed.set()
         self._changed = asyncio.Event()
         return ends
+
+    def _note_unapplied(
+        self,
+        started: float,
+        ends: dict[Stream, dict[int, int]],
+        applied: dict[Stream, dict[int, int]],
+    ) -> None:
+        def reached(wanted: dict[Stream, dict[int, int]]) -> bool:
+            return all(
+                offset <= applied.get(stream, {}).get(p, 0)
+                for stream, partitions in wanted.items()
+                for p, offset in partitions.items()
+            )
+
+        while self._unapplied and reached(self._unapplied[0][1]):
+            self._unapplied.popleft()
+        if self.status.caught_up:
+            return
+        if len(self._unapplied) < _UNAPPLIED_KEPT:
+            self._unapplied.append((started, ends))
+        else:
+            self._unapplied[-1] = (self._unapplied[-1][0], ends)
+
+    def ready(self) -> str | None:
+        """None while a read arriving now can be answered from the view; otherwise
+        why not: the last observation of the ledger is too old (the broker or the
+        database unreachable), or the view has not applied what an observation
+        found longer ago than a read waits (no projector advances it). The
+        readiness probe's answer: CanSend would fail closed for the numbers behind."""
+        now = self._monotonic()
+        age = now - self.status.observed_at
+        if age > self._settings.max_observation_age:
+            return (
+                "the ledger's end was last observed "
+                + ("never" if age == float("inf") else f"{age:.1f} s ago")
+                + f" (over {self._settings.max_observation_age:g} s): CanSend fails closed"
+            )
+        if self._unapplied:
+            behind = now - self._unapplied[0][0]
+            if behind > self._settings.wait_bound:
+                return (
+                    f"the view has not applied what the ledger held {behind:.1f} s ago "
+                    f"(over CONSENT_FRESHNESS_WAIT_MS, {self._settings.wait_bound * 1000:g} "
+                    "ms): CanSend fails closed for the numbers behind"
+                )
+        return None
 
     async def _loop(self) -> None:
         interval = self._settings.refresh_interval

@@ -29,6 +29,9 @@ from services.grpc_api.servicer import ConsentServicer
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = api_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
+LIVENESS = "liveness"
+"""The health service name answered SERVING while the process serves, whatever its
+readiness: the liveness probe's (the overall status "" is the readiness probe's)."""
 
 MAX_REQUEST_BYTES = 512 * 1024
 """The largest request the server reads; a larger one is RESOURCE_EXHAUSTED, and
@@ -229,6 +232,8 @@ class GrpcServer:
             )
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
         self._port = self._health_port = 0
+        self._ready = False
+        self._stopping = False
 
     async def start(self) -> None:
         """Bind and serve; raises ``CannotListen`` for an address it cannot bind.
@@ -244,8 +249,21 @@ class GrpcServer:
                 await self._server.stop(0)
                 raise
             await self._health_server.start()
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, LIVENESS):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._ready = True
+
+    async def set_ready(self, ready: bool) -> None:
+        """The readiness probe's status ("" and the API's name): NOT_SERVING while
+        CanSend cannot answer safely, so that traffic goes to instances that can.
+        ``LIVENESS`` stays SERVING: an outage of the broker or the database is no
+        reason to restart the process. Once ``stop`` began, nothing turns back."""
+        if ready == self._ready or self._stopping:
+            return
+        self._ready = ready
+        status = health_pb2.HealthCheckResponse
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, status.SERVING if ready else status.NOT_SERVING)
 
     @property
     def address(self) -> str:
@@ -259,7 +277,8 @@ class GrpcServer:
         return _with_port(self._health_listen, self._health_port)
 
     async def stop(self, grace: float) -> None:
-        for name in ("", SERVICE_NAME):
+        self._stopping = True
+        for name in ("", SERVICE_NAME, LIVENESS):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._servicer.stopping.set()  # change streams would hold the grace to its end
         await self._server.stop(grace)

@@ -209,8 +209,11 @@ def test_the_api_probes_the_health_port_it_serves(overlay: str) -> None:
     assert container["args"] == ["serve"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"grpc": grpc_port, "health": health_port, "metrics": metrics_port}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"] == {"port": health_port}, probe
+    # Ready only while CanSend can answer; alive (and started) while the process
+    # serves, so that an outage of the broker or the database restarts no pod.
+    assert container["readinessProbe"]["grpc"] == {"port": health_port}
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": health_port, "service": PROCESS_HEALTH}, probe
     # the tokens file, TLS files and checkpoint key the settings name are on mounted secrets
     mounts = [m["mountPath"] for m in container["volumeMounts"]]
     assert settings.tls is not None and settings.tokens_file is not None

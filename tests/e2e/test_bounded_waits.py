@@ -18,11 +18,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from ledger.ports import ConsistencyToken
@@ -91,14 +93,17 @@ def retry_info(err: grpc.aio.AioRpcError) -> list[float]:
 
 
 @contextlib.asynccontextmanager
-async def service(tmp_path: Path, dsn: str, bootstrap: str) -> AsyncIterator[Runtime]:
+async def service(
+    tmp_path: Path, dsn: str, bootstrap: str, **changes: Any
+) -> AsyncIterator[Runtime]:
     """A service with a campaign, numbers opted in and the first opted out, all
-    applied; its reads then wait for the view at most ``WAIT_BOUND``."""
+    applied; its reads then wait for the view at most ``WAIT_BOUND``. ``changes`` to
+    its settings."""
     when = noon_in_los_angeles()
     campaign = define("acme", "promo", when - timedelta(days=1))
     async with serving(
         tmp_path, dsn, bootstrap, name="bw", clock=lambda: when, campaigns=[campaign],
-        postgres_timeout=DB_TIMEOUT,
+        postgres_timeout=DB_TIMEOUT, **changes,
     ) as runtime:  # fmt: skip
         async with client(runtime.address, "acme-app") as c:
             writes = [await c.RecordOptIn(opt_in(p, "acme", "promo", when)) for p in PHONES]
@@ -325,4 +330,66 @@ async def test_a_check_whose_read_times_out_says_which_bound(
             assert not answer.allowed and answer.reason == api.REASON_INTERNAL_ERROR, answer
             assert "did not answer" in answer.detail, answer.detail
             assert "CONSENT_POSTGRES_TIMEOUT_MS" in answer.detail, answer.detail
+    await private_postgres.drop_database(name)
+
+
+async def _health(address: str, service: str = "") -> str:
+    async with grpc.aio.insecure_channel(address) as channel:
+        answer = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=3
+        )
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+
+async def _health_becomes(address: str, wanted: str, within: float) -> float:
+    """Seconds until the readiness status ("") is ``wanted``; the liveness status
+    stays SERVING all along."""
+    started = time.monotonic()
+    while (status := await _health(address)) != wanted:
+        assert await _health(address, "liveness") == "SERVING"
+        assert time.monotonic() - started < within, f"readiness still {status}"
+        await asyncio.sleep(0.1)
+    assert await _health(address, "liveness") == "SERVING"
+    return time.monotonic() - started
+
+
+async def test_readiness_is_false_while_checks_fail_closed_and_liveness_stays_true(
+    tmp_path, private_postgres, private_kafka_broker: KafkaBroker
+):
+    """The readiness probe ("" on the health port) must say what CanSend can do: while
+    the broker is frozen, or the database is, checks fail closed, so an instance that
+    answers SERVING keeps taking traffic it can only refuse. The liveness probe
+    ("liveness") stays SERVING: an outage is no reason to restart the process."""
+    name = f"ready_{uuid.uuid4().hex[:8]}"
+    dsn = await private_postgres.create_database(name)
+    broker = private_kafka_broker
+    async with (
+        service(tmp_path, dsn, broker.bootstrap_servers, health_listen="127.0.0.1:0") as runtime,
+        client(runtime.address, "acme-app") as c,
+    ):
+        health = runtime.server.health_address
+        assert health is not None
+        await _health_becomes(health, "SERVING", 10)
+        assert await _health(health, "consent.v1.ConsentService") == "SERVING"
+
+        pid = broker.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # An observation older than 2 s is not trusted; the status follows it.
+            await _health_becomes(health, "NOT_SERVING", 6)
+            assert await _health(health, "consent.v1.ConsentService") == "NOT_SERVING"
+            check = await c.CanSend(
+                api.CanSendRequest(phone=PHONES[1], brand="acme", campaign="promo")
+            )
+            assert not check.allowed and check.reason == api.REASON_NOT_CONSISTENT
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await _health_becomes(health, "SERVING", 30)
+        await _eventually_allowed(c, PHONES[1])
+
+        with frozen(private_postgres):
+            await _health_becomes(health, "NOT_SERVING", 6)
+        await _health_becomes(health, "SERVING", 30)
+        await _eventually_allowed(c, PHONES[1])
     await private_postgres.drop_database(name)

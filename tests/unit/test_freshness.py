@@ -302,3 +302,55 @@ def _with_bound(guard: FreshnessGuard, seconds: float) -> FreshnessGuard:
         refresh_interval=guard._settings.refresh_interval, wait_bound=seconds
     )
     return guard
+
+
+async def test_ready_says_why_not_while_the_view_stays_behind_or_the_ledger_is_unseen() -> None:
+    """The readiness probe's answer: ready while a read arriving now could be answered;
+    not once the view has left an observed end unapplied for longer than a read
+    waits (no projector advances it), nor once the ledger has gone unobserved past
+    the age a read trusts; ready again when the view catches up."""
+    clock = [100.0]
+    ledger, view = InMemoryLedger(partitions=2), InMemoryConsentView()
+    settings = FreshnessSettings(refresh_interval=0.05, wait_bound=0.5)
+    guard = FreshnessGuard(ledger, view, settings, monotonic=lambda: clock[0])
+    assert guard.ready() is not None and "never" in str(guard.ready())  # nothing observed yet
+    await guard.observe()
+    assert guard.ready() is None
+
+    written = await ledger.append([granted()])  # not applied: the projector is stopped
+    await guard.observe()
+    clock[0] += 0.4
+    await guard.observe()
+    assert guard.ready() is None, "behind for less than a read waits"
+    clock[0] += 0.2
+    await guard.observe()
+    why = guard.ready()
+    assert why is not None and "CONSENT_FRESHNESS_WAIT_MS" in why
+
+    await view.apply(Stream.SUBSCRIBERS, written)
+    clock[0] += 0.05
+    await guard.observe()
+    assert guard.ready() is None
+
+    clock[0] += settings.max_observation_age + 0.1  # the broker went quiet: no observation
+    why = guard.ready()
+    assert why is not None and "last observed" in why
+
+
+async def test_ready_remembers_the_oldest_unapplied_end_past_many_observations() -> None:
+    clock = [0.0]
+    ledger, view = InMemoryLedger(partitions=1), InMemoryConsentView()
+    settings = FreshnessSettings(refresh_interval=0.05, wait_bound=0.5)
+    guard = FreshnessGuard(ledger, view, settings, monotonic=lambda: clock[0])
+    applied = []
+    for _ in range(200):  # far more observations than it keeps, each finding more
+        applied += await ledger.append([granted()])
+        await guard.observe()
+        clock[0] += 0.05
+    assert guard.ready() is not None
+    await view.apply(Stream.SUBSCRIBERS, applied[:100])  # half way: still behind
+    await guard.observe()
+    assert guard.ready() is not None
+    await view.apply(Stream.SUBSCRIBERS, applied[100:])
+    await guard.observe()
+    assert guard.ready() is None
