@@ -246,8 +246,13 @@ class TokenAuthenticator:
         header: str | bytes | None = None
         for key, value in metadata:
             if key == "authorization":
+                # Two headers name two callers, and taking either would let the order
+                # of the headers (a client's, then a proxy's) choose who acts.
+                if header is not None:
+                    raise Unauthenticated(
+                        "authorization", "send one authorization header, not several"
+                    )
                 header = value
-                break
         if header is None:
             if self._by_certificate:
                 for name in certificate_names():

@@ -356,3 +356,19 @@ def test_the_token_command_sets_a_rate_limit_and_refuses_one_that_is_not(tmp_pat
         assert cli.main([*add[:2], "new", *add[2:], *bad]) == 1
         assert reason in capsys.readouterr().err
     assert path.read_text() == before
+
+
+def test_a_call_with_two_authorization_headers_is_no_one(tmp_path) -> None:
+    """The first header decided: a proxy that adds its caller's token after the one a
+    client sent let the client's own choice of token win, and which token acted
+    depended on the order of the headers."""
+    acme = {**CHECKOUT, "sha256": token_digest("acme-secret")}
+    auth = authenticator(tmp_path, acme, OPS)
+    for headers in (
+        [("authorization", "Bearer acme-secret"), ("authorization", "Bearer ops-secret")],
+        [("authorization", "Bearer ops-secret"), ("authorization", "Bearer acme-secret")],
+        [("authorization", "Bearer ops-secret"), ("authorization", "Bearer ops-secret")],
+    ):
+        auth.authenticate(headers[:1])  # each alone is a caller, and is remembered
+        with pytest.raises(Unauthenticated, match="one authorization header"):
+            auth.authenticate(headers)
