@@ -276,7 +276,13 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     def _caller(
         self, context: grpc.aio.ServicerContext, scope: Scope, brand: str | None = None
     ) -> Principal:
+        """The caller, with ``scope``, held to ``brand`` when it is a name (or "*"). An
+        empty or malformed brand is bad input, whoever asks, as for the writes
+        (``_writer``): the request's field checks refuse it (INVALID_ARGUMENT naming
+        it), which they do before anything is read."""
         principal = self.authenticate(context)
+        if brand is not None and brand != ANY_BRAND and not is_name(brand):
+            brand = None
         principal.require(scope, brand)
         return principal
 
@@ -1076,8 +1082,10 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             # Each record asks the tokens file as it stands, not as it stood when the
             # stream opened: a token revoked, or moved off the brand, while its import
             # is open writes nothing more (UNAUTHENTICATED ends the stream; a brand or
-            # scope taken away refuses each record, PERMISSION_DENIED).
-            self._caller(context, Scope.WRITE, brand)
+            # scope taken away refuses each record, PERMISSION_DENIED). Held to the
+            # brand as written: a refused opt-out's may be malformed, and is held
+            # only under a brand the caller may write for.
+            self.authenticate(context).require(Scope.WRITE, brand)
 
         imports = self.usecases.start_import(authorize=authorize, recorded_by=principal.name)
         async for answer in imports_api.answer_chunks(imports, requests):

@@ -428,3 +428,33 @@ async def test_a_malformed_brand_is_bad_input_for_a_token_of_some_brands_too(run
                     await getattr(c, rpc)(request)
                 assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, (rpc, brand)
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
+
+
+async def test_a_check_s_malformed_brand_is_bad_input_for_a_token_of_some_brands_too(runtime):
+    """CanSend and CanSendBatch with the brand empty, "ACME" or "acme\\n" told a token
+    for acme PERMISSION_DENIED ("acme-checker may not act for brand 'ACME'") with no
+    field named, where an admin's token was told INVALID_ARGUMENT naming the brand,
+    as the writes already were. Another brand's name, or "*", is still
+    PERMISSION_DENIED."""
+
+    def checks(brand: str) -> list[tuple[str, object]]:
+        return [
+            ("CanSend", api.CanSendRequest(phone=PHONE, brand=brand, campaign="promo")),
+            (
+                "CanSendBatch",
+                api.CanSendBatchRequest(phones=[PHONE], brand=brand, campaign="promo"),
+            ),
+        ]
+
+    async with client(runtime.address, "acme-checker") as c:
+        for brand in ("", "ACME", "acme\n", " acme"):
+            for rpc, request in checks(brand):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await getattr(c, rpc)(request)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (rpc, brand)
+                assert [f for f, _ in status_details(err.value)] == ["brand"], (rpc, brand)
+        for brand in ("globex", "*"):
+            for rpc, request in checks(brand):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await getattr(c, rpc)(request)
+                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, (rpc, brand)
