@@ -166,6 +166,7 @@ class TokenAuthenticator:
             raise ValueError('not a tokens file: expected {"tokens": [...]}')
         principals: dict[str, Principal] = {}
         certificates: dict[str, Principal] = {}
+        names: set[str] = set()
         for i, entry in enumerate(data["tokens"]):
             if not isinstance(entry, dict):
                 raise ValueError(f"not a tokens file: tokens[{i}] is not an object")
@@ -180,6 +181,15 @@ class TokenAuthenticator:
             if problem is not None:
                 raise ValueError(f"not a tokens file: tokens[{i}].name {problem}")
             where = f"tokens[{i}] ({name})"
+            # A caller's rate limit and the audit trail (recorded_by, who read what)
+            # go by its name: two entries under one, say of two brands, would share a
+            # bucket and be told apart by no record.
+            if name in names:
+                raise ValueError(
+                    f"{where}: name is an earlier entry's: one caller, one entry (a token "
+                    "and a client certificate of one caller go in the same entry)"
+                )
+            names.add(name)
             principal = Principal(
                 name,
                 _scopes(entry.get("scopes"), where),

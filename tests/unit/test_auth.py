@@ -372,3 +372,15 @@ def test_a_call_with_two_authorization_headers_is_no_one(tmp_path) -> None:
         auth.authenticate(headers[:1])  # each alone is a caller, and is remembered
         with pytest.raises(Unauthenticated, match="one authorization header"):
             auth.authenticate(headers)
+
+
+def test_a_name_taken_twice_is_refused() -> None:
+    """Two entries under one name, of two brands, loaded: their callers shared one
+    rate limit (one could use up the other's) and every event and audit read named
+    them alike, so no record told acme's caller from globex's."""
+    other = entry(sha256=token_digest("globex-secret"), brands=["globex"])
+    with pytest.raises(
+        ValueError, match=r"tokens\[1\] \(checkout\): name is an earlier entry's: one caller"
+    ):
+        TokenAuthenticator.from_data({"tokens": [entry(), other]})
+    TokenAuthenticator.from_data({"tokens": [entry(), {**other, "name": "globex-checkout"}]})
