@@ -49,6 +49,9 @@ from ledger.ports import (
 )
 from ledger.state import CampaignHistory, SubscriberState, apply, sender_number_holder
 
+_REACH_EVERY_CAMPAIGN = (ConsentRevoked, RevocationCandidateFlagged, RevocationCandidateResolved)
+"""What a watch of one campaign gets of the brand's other campaigns too."""
+
 
 @dataclass
 class _Tables:
@@ -341,8 +344,9 @@ class InMemoryConsentView(ConsentView):
             event = recorded.event
             named = getattr(event, "campaign", None)
             # Every opt-out of the brand reaches a campaign: under the revoke-all rule
-            # an opt-out of any campaign ends this one's consent (as the SQL reads it).
-            reaches = named is None or named == campaign or isinstance(event, ConsentRevoked)
+            # an opt-out of any campaign ends this one's consent; and every hold and its
+            # resolution, as a hold denies every campaign (as the SQL reads it).
+            reaches = named is None or named == campaign or isinstance(event, _REACH_EVERY_CAMPAIGN)
             return (campaign is None or reaches) and (types is None or event.EVENT_TYPE in types)
 
         positions = self._tables.positions[Stream.SUBSCRIBERS]

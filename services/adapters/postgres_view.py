@@ -606,7 +606,8 @@ LEFT JOIN LATERAL (
           (SELECT a.o FROM unnest($2::integer[], $3::bigint[]) AS a(p, o) WHERE a.p = p.partition),
           0)
       AND ($5::text IS NULL OR e.campaign IS NULL OR e.campaign = $5
-           OR e.event_type = 'ConsentRevoked')
+           OR e.event_type IN ('ConsentRevoked', 'RevocationCandidateFlagged',
+                               'RevocationCandidateResolved'))
       AND ($6::text[] IS NULL OR e.event_type = ANY($6::text[]))
     ORDER BY e."offset"
     LIMIT $4
@@ -616,8 +617,9 @@ ORDER BY p.partition, page."offset"
 """
 """Per partition the view knows, the first ``$4`` wanted events of brand ``$1`` from
 the offset ``$2``/``$3`` give it (index ``ledger_event_copy_changes``); with a
-campaign ``$5``, those naming it or none, and every opt-out of the brand (under the
-revoke-all rule an opt-out of any campaign ends this one's consent). One
+campaign ``$5``, those naming it or none, every opt-out of the brand (under the
+revoke-all rule an opt-out of any campaign ends this one's consent), and every
+held opt-out and its resolution (a hold denies every campaign of the brand). One
 statement, so one snapshot: the rows of a partition it sees are the events the
 view had applied up to some offset, as every transaction that adds some also
 moves the partition's position, under that position's row lock. A partition with

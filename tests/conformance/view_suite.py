@@ -1417,6 +1417,26 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
         skip_a = {late[0].position.partition: late[0].position.offset + 1}
         assert (await view.changes("acme", skip_a, 10)).events == [*early, *other]
 
+    async def test_a_watch_of_one_campaign_gets_a_hold_of_another_and_its_resolution(
+        self, view: ConsentView
+    ) -> None:
+        """A held opt-out names the campaign it was sent for, yet denies every campaign
+        of the brand until resolved: a watcher of another campaign must see it."""
+        phone = "+14155550100"
+        pos = Positions()
+        hold = replace(flagged(T0, phone=phone, brand="acme"), campaign="news")
+        done = replace(
+            builders.resolved(T0, hold, CandidateResolution.DISMISSED), phone=phone, brand="acme"
+        )
+        listed = pos.record(
+            [grant(phone, "acme", "deals", T0), grant(phone, "acme", "news", T0), hold, done]
+        )
+        await view.apply(Stream.SUBSCRIBERS, listed)
+        got = (await view.changes("acme", {}, 10, campaign="deals")).events
+        assert [r.event.EVENT_TYPE for r in got] == [
+            "ConsentGranted", "RevocationCandidateFlagged", "RevocationCandidateResolved"
+        ]  # fmt: skip
+
     async def test_changes_leave_out_other_brands_and_are_emptied_by_a_reset(
         self, view: ConsentView
     ) -> None:
@@ -1463,8 +1483,13 @@ def _wanted(
             continue
         seen.add(event.event_id)
         named = getattr(event, "campaign", None)
-        opt_out = event.EVENT_TYPE == "ConsentRevoked"  # reaches every campaign (revoke-all)
-        if campaign is not None and named is not None and named != campaign and not opt_out:
+        # an opt-out reaches every campaign (revoke-all), a hold denies every campaign
+        reaches = event.EVENT_TYPE in (
+            "ConsentRevoked",
+            "RevocationCandidateFlagged",
+            "RevocationCandidateResolved",
+        )
+        if campaign is not None and named is not None and named != campaign and not reaches:
             continue
         if types is not None and event.EVENT_TYPE not in types:
             continue

@@ -27,6 +27,7 @@ from tests.e2e.harness import (
     TOKENS,
     client,
     define,
+    held_info,
     kafka_settings,
     now,
     opt_in,
@@ -232,6 +233,37 @@ async def test_a_watch_of_one_campaign_gets_the_opt_outs_of_the_others(runtime):
         await watcher.nothing_more(0.5)  # not the opt-in to news
         watcher.close()
     assert change.event.event.event_id == stop.event_ids[0]
+    assert change.event.event.campaign == "news"
+
+
+async def test_a_watch_of_one_campaign_gets_a_hold_of_another(runtime):
+    """An opt-out of news refused for a detail is held for review under news, and the
+    hold denies promo too; a watcher of promo alone never heard of it and kept the
+    number opted in, where CanSend said no."""
+    p = phone(310)
+    at = now() - timedelta(hours=1)
+    async with client(runtime.address) as admin:
+        start = await admin.RecordOptIn(opt_in(p, "acme", "promo", at))
+        await admin.RecordOptIn(opt_in(p, "acme", "news", at))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await admin.RecordOptOut(opt_out(p, "acme", "news", now(), text="STOP\0"))
+        held = held_info(caught.value)
+        assert held is not None
+        check = await admin.CanSend(
+            api.CanSendRequest(
+                phone=p,
+                brand="acme",
+                campaign="promo",
+                at_least_as_fresh=held["consistency_token"],
+            )
+        )
+    assert check.reason == api.REASON_REVOCATION_PENDING_REVIEW
+    async with grpc.aio.insecure_channel(runtime.address) as channel:
+        watcher = Watcher(watch(channel, campaign="promo", resume_token=start.consistency_token))
+        (change,) = await watcher.take(1)
+        await watcher.nothing_more(0.5)  # not the opt-in to news
+        watcher.close()
+    assert change.event.event.event_id == held["candidate_event_id"]
     assert change.event.event.campaign == "news"
 
 

@@ -2356,8 +2356,10 @@ class WatchConsentChangesRequest(_message.Message):
     campaign: _builtins.str
     """Only the changes that name this campaign, those that name no campaign (they
     reach every campaign of the brand: an opt-out of every campaign, an age
-    verification, a flagged reply), and every opt-out of another campaign of the
-    brand (under the revoke-all rule it ends this campaign's consent too). Empty:
+    verification, a flagged reply), every opt-out held for review and its
+    resolution, whichever campaign it names (a hold denies every campaign of the
+    brand), and every opt-out of another campaign of the brand (under the
+    revoke-all rule it ends this campaign's consent too). Empty:
     every campaign. A campaign never defined is refused (NOT_FOUND).
     """
     resume_token: _builtins.str
