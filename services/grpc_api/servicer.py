@@ -1035,17 +1035,18 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                     "to_phone", f"{principal.name} may not act for the brand of this number"
                 )
 
-        # A STOP to a number no campaign sends from is kept for the caller's brand when
-        # it acts for exactly one; otherwise the brand is unknown, and it concerns all.
+        # A STOP to a number no campaign sends from is kept under each of the caller's
+        # brands: it can be none other's. A caller of every brand cannot tell which it
+        # meant, and it concerns all.
         brands = principal.brands
-        unowned = next(iter(brands)) if brands is not None and len(brands) == 1 else ANY_BRAND
+        unowned = (ANY_BRAND,) if brands is None else tuple(sorted(brands))
         try:
             command = api.command_from_proto(request)
             assert isinstance(command, HandleInboundMessage)
             result = await within(
                 write_budget(context, self.write_timeout),
                 self.usecases.writes.handle_inbound(
-                    command, authorize=authorize, recorded_by=principal.name, unowned_brand=unowned
+                    command, authorize=authorize, recorded_by=principal.name, unowned_brands=unowned
                 ),
             )
         # Refused for a detail or a request id used before for another request: a
@@ -1062,7 +1063,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                     exc,
                     authorize,
                     recorded_by=principal.name,
-                    unowned_brand=unowned,
+                    unowned_brands=unowned,
                 ),
             )
             raise

@@ -364,9 +364,11 @@ class Writes:
         authorize: Callable[[str], None],
         *,
         recorded_by: str = "",
+        brands: Sequence[str] = (),
     ) -> None:
         """Hold for review a live opt-out ``refused`` for its details, whose number and
-        brand can be read, for a brand ``authorize`` lets the caller act for, and raise
+        brand can be read, for a brand ``authorize`` lets the caller act for (under
+        each of ``brands`` instead, when given), and raise
         ``HeldForReview``; return, holding nothing, when there is nothing to hold it
         under (the caller then raises ``refused``).
 
@@ -389,8 +391,8 @@ class Writes:
             (field_name, reason), *_ = refused.violations
         # Under a brand no campaign was defined for that reads as one in use, the hold
         # would deny nothing the person meant: it is held under each brand it may mean.
-        meant = await self._brands_meant(hold.brand, catch_up=False)
-        holds = [replace(hold, brand=brand) for brand in meant] or [hold]
+        meant = [] if brands else await self._brands_meant(hold.brand, catch_up=False)
+        holds = [replace(hold, brand=brand) for brand in brands or meant] or [hold]
         refusal = f"{field_name}: {reason}"
         if meant and field_name != "brand":
             refusal = f"{refusal}; its brand {hold.brand!r} is no brand in use: held as {meant}"
@@ -421,20 +423,20 @@ class Writes:
         authorize: Callable[[str], None],
         *,
         recorded_by: str = "",
-        unowned_brand: str = ANY_BRAND,
+        unowned_brands: Sequence[str] = (ANY_BRAND,),
     ) -> None:
         """``hold_refused_opt_out`` for an inbound text refused for a detail (a time far
         ahead or missing, a NUL, a text or message id too long, none; or its request
         id used before for another request) that reads as an
         opt-out or like one (``HELD_INTENTS``): held under the brand of the campaign
         that sends from the number it reached (which ``authorize`` must allow), or,
-        with none or that number unreadable, under ``unowned_brand``, as a STOP to a
-        number no campaign sends from is kept.
+        with none or that number unreadable, under each of ``unowned_brands``, as a
+        STOP to a number no campaign sends from is kept.
 
         The fields are the request's as sent; ``record`` digests the whole of it."""
         if held_intent(body) not in HELD_INTENTS:
             return
-        brand, campaign = unowned_brand, None
+        brand, campaign = unowned_brands[0], None
         owner = None
         try:
             to = to_e164(to_phone, field="to_phone")
@@ -445,12 +447,15 @@ class Writes:
             if owner is None:  # perhaps claimed a moment ago: count every claim acknowledged
                 await self.ctx.require_caught_up(Stream.CAMPAIGNS, "to_phone")
                 owner = await self.ctx.view.campaign_for_number(to)
+        brands: Sequence[str] = ()
         if owner is not None:
             brand, campaign = owner
         else:
-            authorize = _anyone
+            authorize, brands = _anyone, unowned_brands
         hold = HoldRefusedOptOut(request_id, from_phone, brand, record, campaign, via=HELD_INBOUND)
-        await self.hold_refused_opt_out(hold, refused, authorize, recorded_by=recorded_by)
+        await self.hold_refused_opt_out(
+            hold, refused, authorize, recorded_by=recorded_by, brands=brands
+        )
 
     async def _with_exemption(self, events: list[LedgerEvent]) -> list[LedgerEvent]:
         """A send of a kind that may escape the caps (a reply owed to a STOP, HELP or
@@ -540,21 +545,22 @@ class Writes:
         authorize: Callable[[str], None] = lambda brand: None,
         *,
         recorded_by: str = "",
-        unowned_brand: str = ANY_BRAND,
+        unowned_brands: Sequence[str] = (ANY_BRAND,),
     ) -> InboundResult:
         """``authorize`` is called with the brand the receiving number belongs to,
         before anything is written (a caller may act for some brands only);
         ``recorded_by`` is stamped on every event written.
 
-        A STOP to a number no campaign sends from is recorded for ``unowned_brand``
-        (the caller's one brand, or ``ANY_BRAND``: every brand) and denies until
-        resolved; any other text to such a number is refused, as nothing needs it."""
+        A STOP to a number no campaign sends from is recorded for each of
+        ``unowned_brands`` (the caller's brands, or ``ANY_BRAND``: every brand) and
+        denies until resolved; any other text to such a number is refused, as nothing
+        needs it."""
         check_inbound(cmd, self.ctx.clock())  # every bad field at once, before any lookup
         to = to_e164(cmd.to_phone, field="to_phone")
         sender = to_e164(cmd.from_phone, field="from_phone")
         async with self._inbound_turn(sender):
             return await self._handle_inbound(
-                cmd, to, sender, authorize, recorded_by, unowned_brand
+                cmd, to, sender, authorize, recorded_by, unowned_brands
             )
 
     @asynccontextmanager
@@ -583,7 +589,7 @@ class Writes:
         sender: str,
         authorize: Callable[[str], None],
         recorded_by: str,
-        unowned_brand: str = ANY_BRAND,
+        unowned_brands: Sequence[str] = (ANY_BRAND,),
     ) -> InboundResult:
         # Gateways do not retry FAILED_PRECONDITION: a STOP refused for a view that
         # was merely behind would be lost. Behind answers UNAVAILABLE, which they retry.
@@ -599,15 +605,7 @@ class Writes:
             await self.ctx.require_caught_up(Stream.CAMPAIGNS, "to_phone")
             owner = await self.ctx.view.campaign_for_number(to)
         if owner is None:
-            kept = handle_unowned_inbound(cmd, unowned_brand, self.ctx.clock())
-            if kept is None:
-                raise FailedPrecondition("to_phone", f"no campaign sends from {to}")
-            events = _stamped(kept.events, recorded_by)
-            earlier = await self._redelivered(events, kept)
-            if earlier is not None:
-                return earlier
-            written = await recorded_once(self.ctx, events)
-            return InboundResult(written, kept)
+            return await self._unowned_inbound(cmd, to, sender, unowned_brands, recorded_by)
         brand, name = owner
         authorize(brand)
         campaign = (await self.ctx.view.campaign_history(brand, name)).current()
@@ -629,6 +627,42 @@ class Writes:
                 revoked, states[sender], written, recorded_by, every_campaign=every
             )
         return InboundResult(written, outcome)
+
+    async def _unowned_inbound(
+        self,
+        cmd: HandleInboundMessage,
+        to: str,
+        sender: str,
+        brands: Sequence[str],
+        recorded_by: str,
+    ) -> InboundResult:
+        """A STOP (or a reply like one) to a number no campaign sends from, kept under
+        each of ``brands``: a caller of some brands can tell only that it was one of
+        theirs, and must neither deny nor show it to any other brand. Each brand's is
+        recorded as a request of its own, so a retry records what a failure left out."""
+        now = self.ctx.clock()
+        results = []
+        for brand in brands:
+            kept = handle_unowned_inbound(cmd, brand, now)
+            if kept is None:
+                raise FailedPrecondition("to_phone", f"no campaign sends from {to}")
+            events = _stamped(kept.events, recorded_by)
+            earlier = await self._redelivered(events, kept)
+            results.append(earlier or InboundResult(await recorded_once(self.ctx, events), kept))
+        if len(results) == 1:
+            return results[0]
+        first = results[0]
+        write = replace(
+            first.write,
+            event_ids=[i for r in results for i in r.write.event_ids],
+            token=functools.reduce(ConsistencyToken.merge, (r.write.token for r in results)),
+            replayed=all(r.write.replayed for r in results),
+        )
+        notes = [
+            f"no campaign sends from {to}: recorded for review, and sends of brands "
+            f"{', '.join(brands)} to {sender} are denied until it is resolved"
+        ]
+        return InboundResult(write, replace(first.outcome, brand="", notes=notes))
 
     async def _redelivered(
         self, events: list[LedgerEvent], outcome: InboundOutcome

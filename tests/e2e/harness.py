@@ -35,6 +35,7 @@ TOKENS = {
     "acme-checker": ("acme-check-only", ["check"], ["acme"]),
     "globex-app": ("globex-secret", ["check", "write", "audit"], ["globex"]),
     "globex-admin": ("globex-admin-secret", ["check", "write", "audit", "admin"], ["globex"]),
+    "acme-initech": ("acme-initech-secret", ["check", "write", "audit"], ["acme", "initech"]),
 }
 
 

@@ -22,6 +22,7 @@ from tests.e2e.harness import (
     Clock,
     client,
     define,
+    held_info,
     inbound,
     opt_in,
     opt_out,
@@ -216,6 +217,47 @@ async def test_a_stop_to_an_unowned_number_from_a_one_brand_caller_is_that_brand
             )
         )
         assert r.allowed  # another tenant's caller cannot stop globex's messages
+
+
+@pytest.mark.parametrize("refused", [False, True])
+async def test_a_stop_to_an_unowned_number_from_a_caller_of_some_brands_is_theirs(service, refused):
+    """A caller of two brands had its STOP to a number no campaign sends from kept
+    under "*": it denied every brand's sends to the number, globex's too, until an
+    operator of every brand dismissed it, and globex's auditors read its text. It is
+    kept under each of the caller's brands instead, whether it was recorded or
+    refused for a detail (no time) and held."""
+    runtime, clock = service
+    async with client(runtime.address, "acme-initech") as caller:
+        text = inbound(PHONE, UNOWNED, "stop all", None if refused else clock.now)
+        if refused:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await caller.HandleInboundMessage(text)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            held = held_info(err.value)
+            assert held is not None
+            token, ids = held["consistency_token"], held["candidate_event_ids"].split(",")
+        else:
+            stop = await caller.HandleInboundMessage(text)
+            token, ids = stop.consistency_token, list(stop.event_ids)
+            assert stop.brand == ""
+        found = await reasons(runtime, token)
+        assert found["acme", "promo"] != api.REASON_CONSENT_ACTIVE
+        assert found["acme", "alerts"] != api.REASON_CONSENT_ACTIVE
+        assert found["globex", "promo"] == api.REASON_CONSENT_ACTIVE
+        for brand in ("acme", "initech"):
+            queue = await caller.ListRevocationCandidates(
+                api.ListRevocationCandidatesRequest(brand=brand, at_least_as_fresh=token)
+            )
+            assert [c.event.event_id for c in queue.candidates if c.event.event_id in ids]
+    async with client(runtime.address) as admin:
+        queue = await admin.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="*", at_least_as_fresh=token)
+        )
+        assert not queue.candidates
+        events = await admin.ListEvents(
+            api.ListEventsRequest(phone=PHONE, brand="globex", at_least_as_fresh=token)
+        )
+        assert all(e.event.recorded_by != "acme-initech" for e in events.events)
 
 
 async def test_an_opt_out_naming_an_undefined_campaign_is_kept_and_denies_the_brand(service):
