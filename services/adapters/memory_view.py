@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import heapq
 import itertools
 import math
 import time
 import uuid
 from collections import ChainMap
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -51,6 +52,8 @@ from ledger.state import CampaignHistory, SubscriberState, apply, sender_number_
 
 _REACH_EVERY_CAMPAIGN = (ConsentRevoked, RevocationCandidateFlagged, RevocationCandidateResolved)
 """What a watch of one campaign gets of the brand's other campaigns too."""
+_HOLDS = (RevocationCandidateFlagged, RevocationCandidateResolved)
+"""What a watch of a brand gets of brand "*": a hold of every brand's sends, and its end."""
 
 
 @dataclass
@@ -347,17 +350,28 @@ class InMemoryConsentView(ConsentView):
             # an opt-out of any campaign ends this one's consent; and every hold and its
             # resolution, as a hold denies every campaign (as the SQL reads it).
             reaches = named is None or named == campaign or isinstance(event, _REACH_EVERY_CAMPAIGN)
+            if getattr(event, "brand", None) == ANY_BRAND:
+                # a hold of every brand's sends and its end; nothing else of brand "*"
+                return isinstance(event, _HOLDS) and (types is None or event.EVENT_TYPE in types)
             return (campaign is None or reaches) and (types is None or event.EVENT_TYPE in types)
 
-        positions = self._tables.positions[Stream.SUBSCRIBERS]
-        lists = self._tables.by_brand.get(brand, {})
-        pages: dict[int, list[Recorded]] = {}
-        for partition in sorted(positions):
+        def listed_from(lists: dict[int, list[Recorded]], partition: int) -> Iterator[Recorded]:
             events = lists.get(partition, [])
             start = bisect.bisect_left(
                 events, after.get(partition, 0), key=lambda r: r.position.offset
             )
-            listed = (events[i] for i in range(start, len(events)) if wanted(events[i]))
+            return (events[i] for i in range(start, len(events)) if wanted(events[i]))
+
+        positions = self._tables.positions[Stream.SUBSCRIBERS]
+        mine = self._tables.by_brand.get(brand, {})
+        every = self._tables.by_brand.get(ANY_BRAND, {})
+        pages: dict[int, list[Recorded]] = {}
+        for partition in sorted(positions):
+            listed = heapq.merge(
+                listed_from(mine, partition),
+                listed_from(every, partition),
+                key=lambda r: r.position.offset,
+            )
             pages[partition] = list(itertools.islice(listed, limit))
         return ChangesPage(*page_of_changes(pages, positions, after, limit, recorded_key))
 

@@ -600,16 +600,32 @@ _CHANGES = """
 SELECT page.recorded_at, p.partition, page."offset", page.payload, p.next_offset
 FROM projection_offset p
 LEFT JOIN LATERAL (
-    SELECT e.recorded_at, e."offset", e.payload FROM ledger_event_copy e
-    WHERE e.stream = 'subscribers' AND e.brand = $1 AND e.partition = p.partition
-      AND e."offset" >= coalesce(
-          (SELECT a.o FROM unnest($2::integer[], $3::bigint[]) AS a(p, o) WHERE a.p = p.partition),
-          0)
-      AND ($5::text IS NULL OR e.campaign IS NULL OR e.campaign = $5
-           OR e.event_type IN ('ConsentRevoked', 'RevocationCandidateFlagged',
-                               'RevocationCandidateResolved'))
-      AND ($6::text[] IS NULL OR e.event_type = ANY($6::text[]))
-    ORDER BY e."offset"
+    SELECT * FROM (
+        (SELECT e.recorded_at, e."offset", e.payload FROM ledger_event_copy e
+         WHERE e.stream = 'subscribers' AND e.brand = $1 AND e.partition = p.partition
+           AND e."offset" >= coalesce(
+               (SELECT a.o FROM unnest($2::integer[], $3::bigint[]) AS a(p, o)
+                WHERE a.p = p.partition),
+               0)
+           AND ($5::text IS NULL OR e.campaign IS NULL OR e.campaign = $5
+                OR e.event_type IN ('ConsentRevoked', 'RevocationCandidateFlagged',
+                                    'RevocationCandidateResolved'))
+           AND ($6::text[] IS NULL OR e.event_type = ANY($6::text[]))
+         ORDER BY e."offset"
+         LIMIT $4)
+        UNION ALL
+        (SELECT e.recorded_at, e."offset", e.payload FROM ledger_event_copy e
+         WHERE e.stream = 'subscribers' AND e.brand = '*' AND e.partition = p.partition
+           AND e."offset" >= coalesce(
+               (SELECT a.o FROM unnest($2::integer[], $3::bigint[]) AS a(p, o)
+                WHERE a.p = p.partition),
+               0)
+           AND e.event_type IN ('RevocationCandidateFlagged', 'RevocationCandidateResolved')
+           AND ($6::text[] IS NULL OR e.event_type = ANY($6::text[]))
+         ORDER BY e."offset"
+         LIMIT $4)
+    ) either
+    ORDER BY either."offset"
     LIMIT $4
 ) page ON true
 WHERE p.stream = 'subscribers'
@@ -619,7 +635,9 @@ ORDER BY p.partition, page."offset"
 the offset ``$2``/``$3`` give it (index ``ledger_event_copy_changes``); with a
 campaign ``$5``, those naming it or none, every opt-out of the brand (under the
 revoke-all rule an opt-out of any campaign ends this one's consent), and every
-held opt-out and its resolution (a hold denies every campaign of the brand). One
+held opt-out and its resolution (a hold denies every campaign of the brand). And
+the holds of brand "*" and their resolutions: an opt-out that reached a number no
+campaign sends from denies every brand's sends to its phone until resolved. One
 statement, so one snapshot: the rows of a partition it sees are the events the
 view had applied up to some offset, as every transaction that adds some also
 moves the partition's position, under that position's row lock. A partition with

@@ -391,7 +391,13 @@ class Audit:
             stopping=stopping,
         ):
             recorded, token = change
-            if recorded.event.sealed is not None:  # shown opened, as ListEvents shows it
+            # Shown opened, as ListEvents shows it; a hold of brand "*" (a STOP to a
+            # number no campaign sends from) stays sealed: what the person wrote, perhaps
+            # to another brand, is not every brand's to read, only that it holds them.
+            if (
+                recorded.event.sealed is not None
+                and getattr(recorded.event, "brand", None) != ANY_BRAND
+            ):
                 (recorded,) = await self.ctx.opened([recorded])
             yield recorded, token
 

@@ -1437,6 +1437,30 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
             "ConsentGranted", "RevocationCandidateFlagged", "RevocationCandidateResolved"
         ]  # fmt: skip
 
+    async def test_a_watch_of_a_brand_gets_the_holds_of_every_brand(
+        self, view: ConsentView
+    ) -> None:
+        """A STOP to a number no campaign sends from is held under brand "*" and denies
+        every brand's sends to its phone until resolved: every brand's watch gets the
+        hold and its resolution, and nothing else of brand "*"."""
+        phone = "+14155550100"
+        pos = Positions()
+        text = replace(builders.inbound(T0, "STOP"), phone=phone, brand=ANY_BRAND)
+        hold = replace(flagged(T0, "STOP", phone=phone, brand=ANY_BRAND), unattributed=True)
+        done = replace(
+            builders.resolved(T0, hold, CandidateResolution.DISMISSED), phone=phone, brand=ANY_BRAND
+        )
+        listed = pos.record([grant(phone, "acme", "deals", T0), text, hold, done])
+        await view.apply(Stream.SUBSCRIBERS, listed)
+        for campaign in (None, "deals"):
+            got = (await view.changes("acme", {}, 10, campaign=campaign)).events
+            assert [r.event.event_id for r in got] == [
+                listed[0].event.event_id, hold.event_id, done.event_id
+            ], campaign  # fmt: skip
+        only = {"RevocationCandidateResolved"}
+        got = (await view.changes("globex", {}, 10, types=only)).events
+        assert [r.event.event_id for r in got] == [done.event_id]
+
     async def test_changes_leave_out_other_brands_and_are_emptied_by_a_reset(
         self, view: ConsentView
     ) -> None:

@@ -28,6 +28,7 @@ from tests.e2e.harness import (
     client,
     define,
     held_info,
+    inbound,
     kafka_settings,
     now,
     opt_in,
@@ -265,6 +266,43 @@ async def test_a_watch_of_one_campaign_gets_a_hold_of_another(runtime):
         watcher.close()
     assert change.event.event.event_id == held["candidate_event_id"]
     assert change.event.event.campaign == "news"
+
+
+async def test_every_brands_watch_gets_a_stop_to_a_number_no_campaign_sends_from(runtime):
+    """A STOP to a number no campaign sends from is held under brand "*": it denies
+    every brand's sends to the phone until resolved, yet no brand's watcher heard of
+    it, and kept the number opted in where CanSend said no. Each brand's watch now
+    gets the hold, what the person wrote left sealed, and nothing else of "*"."""
+    p = phone(320)
+    at = now() - timedelta(hours=1)
+    async with client(runtime.address) as admin:
+        start = await admin.RecordOptIn(opt_in(p, "acme", "promo", at))
+        stop = await admin.HandleInboundMessage(inbound(p, "+12125559999", "STOP", now()))
+        check = await admin.CanSend(
+            api.CanSendRequest(
+                phone=p, brand="acme", campaign="promo", at_least_as_fresh=stop.consistency_token
+            )
+        )
+    assert not check.allowed
+    (hold,) = check.evidence_event_ids
+    async with grpc.aio.insecure_channel(runtime.address) as channel:
+        watchers = [
+            Watcher(watch(channel, who, resume_token=start.consistency_token, **fields))
+            for who, fields in [
+                ("acme-app", {"campaign": "promo"}),
+                ("acme-app", {"include_messages": True}),
+                ("globex-app", {"brand": "globex"}),
+            ]
+        ]
+        for watcher in watchers:
+            (change,) = await watcher.take(1)
+            await watcher.nothing_more(0.5)  # not the text itself
+            watcher.close()
+            assert change.event.event.event_id == hold
+            assert change.event.event.event_type == "RevocationCandidateFlagged"
+            assert change.event.event.brand == "*"
+            assert not change.event.event.revocation_candidate_flagged.text
+            assert "text" in change.event.event.sealed.fields
 
 
 async def test_the_filters_choose_what_comes(runtime):
