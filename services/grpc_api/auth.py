@@ -28,6 +28,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ledger.commands import check_name
 from ledger.errors import InvalidRequest
@@ -129,6 +130,17 @@ def _rate_limit(entry: dict[str, object], where: str) -> RateLimit | None:
     return RateLimit.of(float(rate), burst)
 
 
+def _json(path: Path) -> Any:
+    """The JSON in ``path``; ``ValueError`` for any text that is not JSON it can read.
+
+    Lists nested some hundred thousand deep raise RecursionError, which the file's
+    follower does not expect: it ended, and every later revocation went unread."""
+    try:
+        return json.loads(path.read_text())
+    except RecursionError:
+        raise ValueError("not a tokens file: nested too deeply to read") from None
+
+
 _KNOWN_TOKENS = 1024
 """How many recently seen tokens keep their principal in memory (see ``authenticate``)."""
 
@@ -151,7 +163,7 @@ class TokenAuthenticator:
     @staticmethod
     def from_file(path: Path) -> TokenAuthenticator:
         """``from_data`` of the JSON in ``path``; ``OSError`` if it cannot be read."""
-        return TokenAuthenticator.from_data(json.loads(path.read_text()))
+        return TokenAuthenticator.from_data(_json(path))
 
     @staticmethod
     def from_data(data: object) -> TokenAuthenticator:
@@ -371,7 +383,7 @@ def _edit(path: Path, change: Callable[[list[dict[str, object]]], list[dict[str,
         if path.exists():
             old = path.stat()
             try:
-                data = json.loads(path.read_text())
+                data = _json(path)
                 TokenAuthenticator.from_data(data)  # the entries are ones it can load
             except ValueError as exc:
                 raise ValueError(f"{path}: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +18,7 @@ from services.grpc_api.auth import (
     token_digest,
     write_dev_tokens,
 )
+from services.grpc_api.credentials import file_stamp, follow_tokens
 from services.settings import UNLIMITED, RateLimit
 
 
@@ -384,3 +386,37 @@ def test_a_name_taken_twice_is_refused() -> None:
     ):
         TokenAuthenticator.from_data({"tokens": [entry(), other]})
     TokenAuthenticator.from_data({"tokens": [entry(), {**other, "name": "globex-checkout"}]})
+
+
+async def test_the_follower_outlives_a_file_nested_too_deep_and_still_revokes(tmp_path) -> None:
+    """json.loads raises RecursionError, no ValueError, for lists nested some hundred
+    thousand deep: it ended the task that follows the file, and every token revoked
+    after that kept working until a restart."""
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"tokens": [OPS]}))
+    with pytest.raises(ValueError, match="not a tokens file"):
+        TokenAuthenticator.from_data(None)  # the loader's one kind of error
+    deep = "[" * 200_000 + "]" * 200_000
+    path.write_text('{"tokens": ' + deep + "}")
+    with pytest.raises(ValueError, match="nested too deeply"):
+        TokenAuthenticator.from_file(path)
+
+    path.write_text(json.dumps({"tokens": [OPS]}))
+    auth = TokenAuthenticator.from_file(path)
+    following = asyncio.create_task(follow_tokens(path, auth, 0.01, file_stamp(path)))
+    try:
+        path.write_text('{"tokens": ' + deep + "}  ")
+        await asyncio.sleep(0.2)
+        assert not following.done()
+        assert auth.authenticate(BEARER).name == "ops"  # kept, as for any unusable file
+        path.write_text(json.dumps({"tokens": [{**OPS, "sha256": token_digest("rotated")}]}))
+        for _ in range(100):
+            try:
+                auth.authenticate(BEARER)
+            except Unauthenticated:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the revoked token still authenticates")
+    finally:
+        following.cancel()
