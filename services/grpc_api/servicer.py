@@ -73,6 +73,17 @@ from services.wire.enums import WireFormatError
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
+
+_ABORTING: set[asyncio.Future[None]] = set()
+"""Statuses being sent to streams ended from outside (``_while_reader``): held here,
+as asyncio keeps only weak references to tasks, until the client has them."""
+
+
+def _aborted(aborting: asyncio.Future[None]) -> None:
+    """Let go of a status sent; its ``AbortError`` is how gRPC's abort returns."""
+    _ABORTING.discard(aborting)
+    if not aborting.cancelled():
+        aborting.exception()
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 R = TypeVar("R")
@@ -310,17 +321,20 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
 
     @contextlib.asynccontextmanager
     async def _while_reader(
-        self, context: grpc.aio.ServicerContext, brand: str
+        self, context: grpc.aio.ServicerContext, rpc: str, brand: str
     ) -> AsyncIterator[None]:
-        """End the audit stream it wraps, UNAUTHENTICATED or PERMISSION_DENIED, once the
-        tokens file is read again and its caller is no longer a reader of ``brand``.
+        """End the audit stream ``rpc`` it wraps, UNAUTHENTICATED or PERMISSION_DENIED,
+        once the tokens file is read again and its caller is no longer a reader of
+        ``brand``.
 
         Asking before each message alone lets an idle watch of a revoked token stay
         open, holding its call and its read of the view, until the next change. This
-        asks when the file is taken instead, so nothing is added per message: it
-        cancels the stream's task. One waiting for its next item then ends with the
-        status; one waiting for the client to take a message is cancelled in
-        gRPC's send, and ends there."""
+        asks when the file is taken instead, so nothing is added per message. The
+        status is sent from here, then the stream's task cancelled: one waiting for
+        its next item ends quietly; one waiting in gRPC's send for a client that
+        stopped reading is cancelled there, where it sent no status, and the client,
+        reading again, waited without end for one (or saw CANCELLED). Sent first, the
+        status follows the messages already sent, whenever the client reads them."""
         stream = asyncio.current_task()
         assert stream is not None, "a stream is served in a task"
         refused: list[Unauthenticated | PermissionDenied] = []
@@ -332,6 +346,12 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                     self._reader(context, brand)
                 except (Unauthenticated, PermissionDenied) as exc:
                     refused.append(exc)
+                    status = to_status(exc)
+                    self.metrics.failed(rpc, status.code.name)
+                    aborting = asyncio.ensure_future(context.abort_with_status(status))
+                    _ABORTING.add(aborting)
+                    aborting.add_done_callback(_aborted)
+                    await asyncio.sleep(0)  # its status is on its way before the cancel
                     stream.cancel()
                     return
 
@@ -341,8 +361,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         except asyncio.CancelledError:
             if not refused:
                 raise
-            stream.uncancel()
-            raise refused[0] from None
+            stream.uncancel()  # ends, as aborted: its status is sent already
         finally:
             following.cancel()
 
@@ -639,7 +658,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         )
         self.metrics.watchers += 1
         try:
-            async with self._while_reader(context, request.brand):
+            async with self._while_reader(context, "WatchConsentChanges", request.brand):
                 async for recorded, token in changes:
                     self._reader(context, request.brand)  # still one (_reader's docstring)
                     # Each yield returns once gRPC has taken the message, which waits for
@@ -682,7 +701,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         )
         token = ""
         try:
-            async with self._while_reader(context, request.brand):
+            async with self._while_reader(context, "SweepCampaign", request.brand):
                 async for item in found:
                     self._reader(context, request.brand)  # still one (_reader's docstring)
                     if isinstance(item, SweepProgress):
@@ -742,7 +761,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         )
         token = ""
         try:
-            async with self._while_reader(context, request.brand):
+            async with self._while_reader(context, "StreamCampaignHealth", request.brand):
                 async for item in found:
                     self._reader(context, request.brand)  # still one (_reader's docstring)
                     if isinstance(item, HealthProgress):

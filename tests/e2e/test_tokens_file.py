@@ -212,3 +212,49 @@ async def test_an_open_import_writes_nothing_once_its_token_is_revoked(serve, ch
     assert ended == code or later == [(0, [code.name])]
     assert all(imported == 0 for imported, _ in later)
     assert list(written.events) == []
+
+
+async def test_a_watch_whose_client_stopped_reading_ends_unauthenticated(serve):
+    """A stream whose client stopped reading waits in gRPC's send, where its task was
+    cancelled when the token was revoked, and no status was sent: the client, reading
+    again, got what was sent before and then waited for an end that never came."""
+    clock = Clock()
+    campaign = define("acme", "promo", clock.now - timedelta(days=1))
+    runtime = await serve(clock=clock, campaigns=[campaign], tokens_reload_interval=0.05)
+    tokens = runtime.settings.tokens_file
+    assert tokens is not None
+    async with client(runtime.address) as admin:
+        for start in range(0, 600, 10):  # more than the windows and buffers between them
+            await asyncio.gather(
+                *(
+                    admin.RecordOptIn(opt_in(f"+1415556{i:04d}", "acme", "promo", clock.now))
+                    for i in range(start, start + 10)
+                )
+            )
+    small_window = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
+    async with grpc.aio.insecure_channel(runtime.address, options=small_window) as channel:
+        stream = api_grpc.ConsentServiceStub(channel).WatchConsentChanges(
+            api.WatchConsentChangesRequest(brand="acme"),  # from the ledger's start
+            metadata=[("authorization", "Bearer acme-secret")],
+        )
+        first = await asyncio.wait_for(stream.read(), 20)  # then reads nothing more
+        assert first.event.event.brand == "acme"
+        await asyncio.sleep(1)
+        assert runtime.metrics.watchers == 1
+        entries = json.loads(tokens.read_text())["tokens"]
+        rewrite(tokens, json.dumps({"tokens": [e for e in entries if e["name"] != "acme-app"]}))
+        await eventually(runtime.address, "acme-secret", grpc.StatusCode.UNAUTHENTICATED)
+        await asyncio.sleep(0.5)
+        received = 1
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            while True:
+                try:
+                    got = await asyncio.wait_for(stream.read(), 20)
+                except TimeoutError:
+                    pytest.fail(f"no status came after {received} changes")
+                if got is grpc.aio.EOF:
+                    break
+                received += 1
+    assert received < 600, "the server sent everything: it never waited for the client"
+    assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED, (received, ended.value)
+    assert runtime.metrics.watchers == 0
