@@ -19,11 +19,11 @@ import fcntl
 import hashlib
 import hmac
 import json
-import math
 import os
 import re
 import secrets
 import stat
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -109,6 +109,9 @@ def _brands(entry: dict[str, object], where: str) -> frozenset[str] | None:
     return frozenset(value)
 
 
+_LARGEST = sys.float_info.max
+
+
 def _rate_limit(entry: dict[str, object], where: str) -> RateLimit | None:
     """The entry's ``rate`` (calls a second, or ``"unlimited"``) and ``burst``."""
     rate, burst = entry.get("rate"), entry.get("burst")
@@ -120,12 +123,16 @@ def _rate_limit(entry: dict[str, object], where: str) -> RateLimit | None:
         if burst is not None:
             raise ValueError(f"{where}: an unlimited rate takes no burst")
         return UNLIMITED
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < math.inf:
+    # An integer past the largest float is no rate (nor burst) either: float() of it
+    # raised OverflowError, which no reader of the file expects (the follower ended).
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= _LARGEST:
         raise ValueError(
             f'{where}: rate must be a number of calls a second above 0, or "unlimited", '
             f"got {rate!r}"
         )
-    if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int) or burst < 1):
+    if burst is not None and (
+        isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= _LARGEST
+    ):
         raise ValueError(f"{where}: burst must be a whole number of calls, at least 1")
     return RateLimit.of(float(rate), burst)
 

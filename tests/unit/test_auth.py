@@ -325,8 +325,10 @@ def test_an_entry_may_set_its_own_rate_limit() -> None:
         ({"rate": -5}, "rate must be a number"),
         ({"rate": "fast"}, "rate must be a number"),
         ({"rate": True}, "rate must be a number"),
+        ({"rate": 10**400}, "rate must be a number"),  # past any float
         ({"rate": 10, "burst": 0}, "burst must be a whole number of calls, at least 1"),
         ({"rate": 10, "burst": 2.5}, "burst must be a whole number"),
+        ({"rate": 10, "burst": 10**400}, "burst must be a whole number"),
         ({"burst": 10}, "burst needs a rate"),
         ({"rate": "unlimited", "burst": 10}, "an unlimited rate takes no burst"),
     ],
