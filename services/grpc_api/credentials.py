@@ -147,6 +147,14 @@ async def follow_tokens(
                 exc,
             )
             continue
+        except Exception:
+            # Any other failure to read it must not end the following: every later
+            # revocation would go unread, and the revoked tokens keep working.
+            log.exception(
+                "the tokens file %s changed but could not be read; keeping the tokens in use",
+                path,
+            )
+            continue
         log.info("the tokens file %s changed; its tokens are in use", path)
 
 

@@ -422,3 +422,36 @@ async def test_the_follower_outlives_a_file_nested_too_deep_and_still_revokes(tm
             raise AssertionError("the revoked token still authenticates")
     finally:
         following.cancel()
+
+
+async def test_the_follower_outlives_any_failure_to_read_the_file(tmp_path, monkeypatch) -> None:
+    """Only OSError and ValueError were expected of a read; any other error ended the
+    task that follows the file, and every later revocation went unread."""
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"tokens": [OPS]}))
+    auth = TokenAuthenticator.from_file(path)
+    load = TokenAuthenticator.from_file
+    failures = iter([RuntimeError("a loader's bug")])
+
+    def flaky(read: object) -> TokenAuthenticator:
+        for failure in failures:
+            raise failure
+        return load(read)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(TokenAuthenticator, "from_file", staticmethod(flaky))
+    following = asyncio.create_task(follow_tokens(path, auth, 0.01, file_stamp(path)))
+    try:
+        path.write_text(json.dumps({"tokens": [OPS]}) + " ")
+        await asyncio.sleep(0.2)
+        assert not following.done()
+        path.write_text(json.dumps({"tokens": [{**OPS, "sha256": token_digest("rotated")}]}))
+        for _ in range(100):
+            try:
+                auth.authenticate(BEARER)
+            except Unauthenticated:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the revoked token still authenticates")
+    finally:
+        following.cancel()
