@@ -99,8 +99,30 @@ def _bounded(
             raise StoreUnavailable(
                 f"PostgreSQL cancelled {method.__name__} at its statement timeout ({setting})"
             ) from exc
+        except Exception as exc:
+            if not _an_outage(exc):
+                raise
+            raise StoreUnavailable(
+                f"PostgreSQL failed in {method.__name__}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     return bounded_method
+
+
+_OUTAGE_CLASSES = ("08", "53", "57", "58")
+"""SQLSTATE classes of a server that cannot do the work now, whatever the request:
+connection exceptions, insufficient resources (a full disk, too many connections),
+operator intervention (a shutdown, a server starting) and system errors (I/O)."""
+
+
+def _an_outage(exc: BaseException) -> bool:
+    """Whether a statement's failure is the database's state, not the statement's: a
+    full disk or a refused connection must say STORE_UNAVAILABLE and that a retry
+    helps, not pass for the ledger being unreachable; a bug (a bad query) must not."""
+    if isinstance(exc, OSError | TimeoutError | asyncpg.PostgresConnectionError):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(exc, asyncpg.PostgresError) and str(sqlstate)[:2] in _OUTAGE_CLASSES
 
 
 def _retrieve(read: asyncio.Future[Any]) -> None:
