@@ -34,7 +34,7 @@ normalised: accents dropped ("envíen" is "envien"), letter runs collapsed
 ("stooop", "pleeease"), spaced or dotted letters joined ("s t o p", "S.T.O.P"),
 digits read as letters inside words ("st0p"), an opt-out keyword glued to
 another keyword or a short word read as the words apart ("STOPSTART" as "stop
-start", "pleasestop" as "please stop"), contractions opened ("don't",
+start", "pleasestop" as "please stop", "pleaseeestop" and "stopyouguys" too), contractions opened ("don't",
 "dont", "dnt" are "do not"), stop-sign emoji (🛑 ⛔ 🚫 🔕 📵) read as stop, crosses
 or a raised hand (❌ ✖ ✋ 🙅) as cancel, and 🖕 🤬 as f*** off. Each word is then
 mapped to a canonical word: common abbreviations and slang (pls, plz, txt, msg,
@@ -580,7 +580,7 @@ def _canon(token: str) -> tuple[str, ...]:
             return _LEXICON[squeezed]
         if squeezed != token and squeezed in _TYPO_TARGETS:
             return (squeezed,)
-    glued_words = _glued_keywords(token)
+    glued_words = _glued_keywords(token) or (_DOUBLE.search(token) and _glued_stretched(token))
     if glued_words:
         return tuple(w for part in glued_words for w in _canon(part))
     # "stopit", "stoptexting": a stop word glued to the next word.
@@ -619,7 +619,7 @@ _GLUED_PARTS = sorted(
     | _words(
         """
         start unstop yes help info please pls plz plez now me us it this these them
-        thanks thx ty asap already just right ok okay
+        thanks thx ty asap already just right ok okay you yall all guys
         """
     ),
     key=len,
@@ -648,6 +648,52 @@ def _glued_keywords(token: str) -> tuple[str, ...]:
     while i < len(token):
         parts.append(first[i])
         i += len(first[i])
+    if len(parts) >= 2 and not _GLUED_OPT_OUTS.isdisjoint(parts):
+        return tuple(parts)
+    return ()
+
+
+_STRETCHED_PARTS = [(part, re.sub(r"(.)\1+", r"\1", part)) for part in _GLUED_PARTS]
+"""Each part with its letter runs read as one letter: its letters as typed
+stretched ("pleaseee", "yaaall") are matched against these."""
+
+
+@functools.lru_cache(maxsize=8192)
+def _glued_stretched(token: str) -> tuple[str, ...]:
+    """``_glued_keywords`` for a token whose parts may have their letters stretched
+    ("STOPPLEASEEE", "pleaseeestop", "stopyaaall", "STOPPPPLEASE"), or (): squeezing
+    the whole token first would eat a letter two parts share ("stopp|please").
+
+    Each letter of a part takes a whole run of that letter in the token, but the last,
+    which may leave the rest of its run to the next part. Cut from the end, as there."""
+    n = len(token)
+    run_end = [n] * n  # run_end[i]: where the run of token[i]'s letter ending past i stops
+    for i in range(n - 2, -1, -1):
+        run_end[i] = run_end[i + 1] if token[i] == token[i + 1] else i + 1
+    if n:
+        run_end[n - 1] = n
+    first: list[tuple[str, int]] = [("", 0)] * (n + 1)
+    cuttable = [False] * n + [True]
+    for i in range(n - 1, -1, -1):
+        for part, letters in _STRETCHED_PARTS:
+            p = i
+            for c in letters[:-1]:
+                if p >= n or token[p] != c:
+                    break
+                p = run_end[p]
+            else:
+                if p < n and token[p] == letters[-1]:
+                    end = next((e for e in range(p + 1, run_end[p] + 1) if cuttable[e]), None)
+                    if end is not None:
+                        first[i], cuttable[i] = (part, end), True
+                        break
+    if not cuttable[0]:
+        return ()
+    parts = []
+    i = 0
+    while i < n:
+        part, i = first[i]
+        parts.append(part)
     if len(parts) >= 2 and not _GLUED_OPT_OUTS.isdisjoint(parts):
         return tuple(parts)
     return ()

@@ -292,6 +292,31 @@ def test_an_opt_out_keyword_glued_to_a_keyword_or_short_word_is_held_as_if_space
     assert classify(glued) is CANDIDATE
 
 
+@pytest.mark.parametrize(
+    ("glued", "spaced"),
+    [
+        ("STOPPLEASEEE", "STOP PLEASEEE"),
+        ("stopyall", "stop yall"),
+        ("pleaseeestop", "pleaseee stop"),
+        ("STOPPPPLEASEEE", "STOPPP PLEASEEE"),
+        ("stopyaaall", "stop yaaall"),
+        ("stopyouall", "stop you all"),
+        ("stopyouguys", "stop you guys"),
+        ("ENDDDDNOWWW", "ENDDD NOWWW"),
+    ],
+)
+def test_a_stop_word_glued_to_a_stretched_or_plural_you_is_held_as_if_spaced(glued, spaced):
+    # Read as conversation before: letters stretched in a glued word hid its parts
+    # ("pleaseee" is no part), and "you all" and "guys" were no parts at all.
+    assert classify(spaced) is CANDIDATE
+    assert classify(glued) is CANDIDATE
+
+
+@pytest.mark.parametrize("text", ["youall", "seeyou", "okaaay", "meeting", "allright", "e" * 4096])
+def test_stretched_words_with_no_stop_word_stay_conversation(text):
+    assert classify(text) is CONVERSATION
+
+
 def test_a_body_of_one_long_glued_word_is_held_not_a_crash():
     # 4,096 characters is the longest body read; one word of them, glued keywords
     # to its end, once overflowed the recursion that read glued stops.
