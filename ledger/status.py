@@ -1,7 +1,9 @@
 """Where a number's consent to one campaign stands, in the words audits use.
 
 ``GetConsent`` answers it and the projection stores it (``consent_status``), so it
-is worked out here once, from the digest the policy reads.
+is worked out here once, from the digest the policy reads. The stored rows are
+written without ``pending_review`` and ``revoke_all`` (the rule's date comes with
+no fact to rewrite them), so they are no decision: their table says so.
 """
 
 from __future__ import annotations

@@ -165,6 +165,25 @@ async def test_consent_status_rows_answer_audit_queries(postgres_dsn: str) -> No
     }
 
 
+async def test_consent_status_says_to_its_readers_it_is_no_decision(postgres_dsn: str) -> None:
+    """consent_status ignores the revoke-all rule and replies held for review (a STOP
+    to deals leaves news "active" there while CanSend denies it under the rule); a
+    reader of the database saw nothing that said so."""
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+        table = await pool.fetchval("SELECT obj_description('consent_status'::regclass)")
+        status = await pool.fetchval(
+            "SELECT col_description('consent_status'::regclass, attnum) FROM pg_attribute"
+            " WHERE attrelid = 'consent_status'::regclass AND attname = 'status'"
+        )
+    finally:
+        await pool.close()
+    assert table is not None and table.startswith("Not a decision"), table
+    assert "revoke-all" in table and "CanSend" in table, table
+    assert status is not None and "not whether a message may be sent" in status, status
+
+
 async def _status(pool: asyncpg.Pool, phone: str) -> dict[str, tuple[object, ...]]:
     rows = await pool.fetch(
         "SELECT campaign, status, tier, granted_event_id, revoked_event_id"
