@@ -166,15 +166,24 @@ class Audit:
         *,
         reader: Reader,
     ) -> Read[list[Recorded]]:
-        """The number's events (towards ``brand``, or every brand), in ledger order."""
+        """The number's events (towards ``brand`` and its STOPs whose brand was unknown,
+        as the proof packet reads them; or every brand's), in ledger order."""
         number = to_e164(phone)
         if brand is not None:
             check_name(brand, "brand")
         await self.ctx.access.admit(reader, "ListEvents", brand, phone=number)
         await self.ctx.require_fresh([number], "phone", token)
         token_read = self.ctx.guard.applied_token()
-        history = await self.ctx.opened(await self.ctx.view.history(number, brand))
-        return Read(history, token_read)
+        view = self.ctx.view
+        facts = await view.history(number, brand)
+        if brand is not None:
+            # A STOP whose brand was unknown (``ANY_BRAND``) denies this brand's sends
+            # too, and CanSend names it: the brand's auditor must find it here.
+            facts = sorted(
+                [*facts, *await view.history(number, ANY_BRAND)],
+                key=lambda r: (r.position.partition, r.position.offset),
+            )
+        return Read(await self.ctx.opened(facts), token_read)
 
     async def proof_packet(
         self,

@@ -323,6 +323,8 @@ class ConsentServiceServicer:
 
     def ListEvents(self, request, context):
         """Audit: every recorded fact about a number, optionally for one brand, in ledger order.
+        With a brand, also the facts of brand "*" (a STOP to a number no campaign sends
+        from, its hold and resolution), which deny that brand's sends too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -101,7 +101,10 @@ class ConsentServiceStub:
     The brand's write scope suffices (it only narrows what may be sent).
     """
     ListEvents: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.ListEventsRequest, _consent_service_pb2.ListEventsResponse]
-    """Audit: every recorded fact about a number, optionally for one brand, in ledger order."""
+    """Audit: every recorded fact about a number, optionally for one brand, in ledger order.
+    With a brand, also the facts of brand "*" (a STOP to a number no campaign sends
+    from, its hold and resolution), which deny that brand's sends too.
+    """
     CanSendAsOf: _grpc.UnaryUnaryMultiCallable[_consent_service_pb2.CanSendAsOfRequest, _consent_service_pb2.CanSendAsOfResponse]
     """Audit: the decision CanSend would have given at world time `at`, from the
     facts the ledger had recorded by `known_at`.
@@ -257,7 +260,10 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     The brand's write scope suffices (it only narrows what may be sent).
     """
     ListEvents: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.ListEventsRequest, _consent_service_pb2.ListEventsResponse]  # type: ignore[assignment]
-    """Audit: every recorded fact about a number, optionally for one brand, in ledger order."""
+    """Audit: every recorded fact about a number, optionally for one brand, in ledger order.
+    With a brand, also the facts of brand "*" (a STOP to a number no campaign sends
+    from, its hold and resolution), which deny that brand's sends too.
+    """
     CanSendAsOf: _aio.UnaryUnaryMultiCallable[_consent_service_pb2.CanSendAsOfRequest, _consent_service_pb2.CanSendAsOfResponse]  # type: ignore[assignment]
     """Audit: the decision CanSend would have given at world time `at`, from the
     facts the ledger had recorded by `known_at`.
@@ -512,7 +518,10 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _consent_service_pb2.ListEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_consent_service_pb2.ListEventsResponse, _abc.Awaitable[_consent_service_pb2.ListEventsResponse]]:
-        """Audit: every recorded fact about a number, optionally for one brand, in ledger order."""
+        """Audit: every recorded fact about a number, optionally for one brand, in ledger order.
+        With a brand, also the facts of brand "*" (a STOP to a number no campaign sends
+        from, its hold and resolution), which deny that brand's sends too.
+        """
 
     @_abc_1.abstractmethod
     def CanSendAsOf(
