@@ -34,20 +34,20 @@ normalised: accents dropped ("envíen" is "envien"), letter runs collapsed
 ("stooop", "pleeease"), spaced or dotted letters joined ("s t o p", "S.T.O.P"),
 digits read as letters inside words ("st0p"), an opt-out keyword glued to
 another keyword or a short word read as the words apart ("STOPSTART" as "stop
-start", "pleasestop" as "please stop", "pleaseeestop" and "stopyouguys" too), contractions opened ("don't",
-"dont", "dnt" are "do not"), stop-sign emoji (🛑 ⛔ 🚫 🔕 📵) read as stop, crosses
-or a raised hand (❌ ✖ ✋ 🙅) as cancel, and 🖕 🤬 as f*** off. Each word is then
-mapped to a canonical word: common abbreviations and slang (pls, plz, txt, msg,
-msgs, u, ur, wanna, unsub, nvr, hmu, mo, numba, ion) by a table, Spanish spelt as
-it sounds ("kiero", "kitenme", "sakenme") by reading k as qu or c, misspellings ("unsubscibe",
-"remvoe", "mesage", "wromg", "txet", "stp", "stoop", "sttop") by a table for
-short words and otherwise by edit distance (rapidfuzz) to the words the rules
-look for: one edit, two from eight letters, the same first letter, and up to
-six letters only a slip of the finger (a neighbouring key, two letters swapped,
-one dropped or doubled), so that real words stay themselves ("there" is not
-"these", "main" is not "mail"); a word the rules know is never corrected. The
-message is cut into clauses at sentence punctuation and commas, and it is a
-candidate when
+start", "pleasestop" as "please stop", "pleaseeestop" and "stopyouguys" too),
+contractions opened ("don't", "dont", "dnt" are "do not"), stop-sign emoji (🛑 ⛔
+🚫 🔕 📵) read as stop, crosses or a raised hand (❌ ✖ ✋ 🙅) as cancel, and 🖕 🤬 as
+f*** off. Each word is then mapped to a canonical word: common abbreviations and
+slang (pls, plz, txt, msg, msgs, u, ur, wanna, unsub, nvr, hmu, mo, numba, ion)
+by a table, Spanish spelt as it sounds ("kiero", "kitenme", "sakenme") by
+reading k as qu or c, misspellings ("unsubscibe", "remvoe", "mesage", "wromg",
+"txet", "stp", "stoop", "sttop") by a table for short words and otherwise by
+edit distance (rapidfuzz) to the words the rules look for: one edit, two from
+eight letters, the same first letter, and up to six letters only a slip of the
+finger (a neighbouring key, two letters swapped, one dropped or doubled), so
+that real words stay themselves ("there" is not "these", "main" is not "mail");
+a word the rules know is never corrected. The message is cut into clauses at
+sentence punctuation and commas, and it is a candidate when
 
 - a clause has a word that means stop whatever surrounds it: stop, stopall,
   unsubscribe (unsub...), opt out, revoke, cease, desist, Spanish parar/paren,

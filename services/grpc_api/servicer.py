@@ -84,6 +84,8 @@ def _aborted(aborting: asyncio.Future[None]) -> None:
     _ABORTING.discard(aborting)
     if not aborting.cancelled():
         aborting.exception()
+
+
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 R = TypeVar("R")

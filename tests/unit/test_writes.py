@@ -32,8 +32,8 @@ from ledger.events import (
 )
 from ledger.policy import Reason
 from ledger.ports import ConsistencyToken, LedgerUnavailable, Stream
-from services.adapters.memory_view import InMemoryConsentView
 from services.adapters.memory_ledger import InMemoryLedger
+from services.adapters.memory_view import InMemoryConsentView
 from services.errors import (
     AlreadyExists,
     FailedPrecondition,
