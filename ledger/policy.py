@@ -13,6 +13,7 @@ The rules read a state's digest (``ledger.digest``), never the state itself:
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
@@ -736,6 +737,40 @@ class Check:
     def _quiet_hours_in(
         self, zones: tuple[str, ...], regions: tuple[str, ...] = ()
     ) -> Decision | None:
+        """``_quiet_hours_at`` now, its denial saying, for a number that may ring in
+        several zones, when every one of them next allows a send, or that none does
+        within a day: naming one zone alone ("02:00 in Pacific/Guam") told a sender
+        to wait for an hour that, for a toll-free number, may never come."""
+        found = self._quiet_hours_at(zones, regions)
+        if found is None or found.reason is not Reason.QUIET_HOURS or len(zones) < 2:
+            return found
+        fits = self._next_moment_every_zone_allows(zones, regions)
+        if fits is None:
+            why = (
+                f"; no moment of the next 24 hours is inside the quiet hours in all"
+                f" {len(zones)} zones the number may ring in: it can be sent once its"
+                " state is known (proof.region, RecordSubscriberLocation)"
+            )
+        else:
+            why = (
+                f"; every one of the {len(zones)} zones the number may ring in allows it"
+                f" from {fits:%Y-%m-%dT%H:%MZ}"
+            )
+        return found._replace(detail=found.detail + why)
+
+    def _next_moment_every_zone_allows(
+        self, zones: tuple[str, ...], regions: tuple[str, ...]
+    ) -> datetime | None:
+        """The first quarter hour (UTC) of the next 24 hours at which the quiet hours
+        allow a send in every one of ``zones``, or None. Zones are offset by whole
+        quarter hours and the windows start and end on them, so none is skipped."""
+        now = self.now.astimezone(UTC)
+        start = now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0)
+        return _next_quarter_every_zone_allows(self.campaign, self.kind, zones, regions, start)
+
+    def _quiet_hours_at(
+        self, zones: tuple[str, ...], regions: tuple[str, ...] = ()
+    ) -> Decision | None:
         policy = self.policy
         if not policy.quiet_hours_apply:
             return None
@@ -935,6 +970,24 @@ class Check:
                 self.version,
             )
         return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _next_quarter_every_zone_allows(
+    campaign: Campaign,
+    kind: MessageKind,
+    zones: tuple[str, ...],
+    regions: tuple[str, ...],
+    start: datetime,
+) -> datetime | None:
+    """``Check._next_moment_every_zone_allows`` from the quarter hour ``start``: a
+    day's scan, kept for the quarter hour, as every denial in it has the same answer
+    (a batch at night asks it once, not once for each number)."""
+    for step in range(1, 24 * 4 + 1):
+        moment = start + timedelta(minutes=15 * step)
+        if Check(campaign, moment, kind)._quiet_hours_at(zones, regions) is None:
+            return moment
+    return None
 
 
 def revokes_all(campaign: Campaign, at: datetime) -> bool:

@@ -370,6 +370,27 @@ def test_informational_campaigns_are_held_to_no_state_window():
     assert d.allowed
 
 
+def test_a_toll_free_denial_says_no_moment_fits_every_zone_rather_than_one_zone():
+    """A toll-free number may ring in 42 zones, Guam to Adak: its denial named one
+    ("02:00 in Pacific/Guam ...") as if a later hour would do, where on a Saturday no
+    moment of the day is inside the quiet hours in all of them."""
+    assert len(time_zones(TOLL_FREE)) > 40
+    saturday = ask(TOLL_FREE, eastern(SATURDAY, 12))
+    assert saturday.reason is Reason.QUIET_HOURS, saturday
+    assert "no moment of the next 24 hours is inside the quiet hours in all" in saturday.detail
+    assert "once its state is known" in saturday.detail
+    # On a winter Wednesday one hour fits them all (22:00 UTC: 08:00 in Guam, 12:00
+    # in Honolulu, 17:00 in New York), and the denial says when it begins.
+    wednesday = datetime(2026, 12, 16, 12, tzinfo=UTC)
+    morning = ask(TOLL_FREE, wednesday)
+    assert morning.reason is Reason.QUIET_HOURS, morning
+    assert morning.detail.endswith("allows it from 2026-12-16T22:00Z"), morning.detail
+    assert ask(TOLL_FREE, wednesday.replace(hour=22)).allowed
+    # A number of one zone is told of that zone alone, as before.
+    alone = ask(CALIFORNIA, datetime(2026, 12, 16, 7, tzinfo=UTC))
+    assert alone.reason is Reason.QUIET_HOURS and "zones" not in alone.detail, alone.detail
+
+
 def test_a_number_of_unknown_state_is_held_to_every_states_rules():
     assert state_rules.rules_for((ANY_US_STATE,)) == state_rules.table().rules
 
