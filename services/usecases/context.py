@@ -121,6 +121,28 @@ class Context:
                     "not a token of this service",
                 )
 
+    async def long_read(self, resume_at: ConsistencyToken | None, field: str) -> dict[int, int]:
+        """Per subscriber partition of the ledger, the offset a long read (a sweep, a
+        health read) goes up to: the view's positions now, 0 where it has applied
+        nothing, so its token names every partition; or those of ``resume_at``, an
+        interrupted read's token. One that lacks a partition (a write's token, a
+        campaign's) would leave that partition unread and still end "done", so a
+        clean sweep would say nothing of sends never judged: refused, on ``field``."""
+        partitions = await self.ledger.partitions(Stream.SUBSCRIBERS)
+        if resume_at is None:
+            positions = await self.view.positions(Stream.SUBSCRIBERS)
+            return {**{p: 0 for p in partitions}, **positions}
+        named = {p: o for (s, p), o in resume_at.offsets.items() if s is Stream.SUBSCRIBERS}
+        missing = [p for p in partitions if p not in named]
+        if missing:
+            raise InvalidRequest(
+                field,
+                f"names no offset for subscriber partition {', '.join(map(str, missing))}: "
+                "not the token of an interrupted read, which names every partition "
+                "(the others would go unread)",
+            )
+        return named
+
     async def require_caught_up(self, stream: Stream, field: str) -> None:
         """Let the view reach the ledger's end as it is now (``FreshnessGuard.wait_until_applied``),
         before an answer that must count every fact acknowledged so far ("not defined",

@@ -84,11 +84,9 @@ async def campaign_health_stream(
     and every partition read (with that partition's counts), and the ``HealthReport``
     last. ``resume_at`` (an interrupted read's token) reads the same view, and the
     partitions in ``skip`` are not read: the report counts the others alone."""
-    if resume_at is None:
-        target = dict(await ctx.view.positions(Stream.SUBSCRIBERS))
-    else:
+    if resume_at is not None:
         await ctx.require_fresh(None, "resume_read_at", resume_at)
-        target = {p: o for (s, p), o in resume_at.offsets.items() if s is Stream.SUBSCRIBERS}
+    target = await ctx.long_read(resume_at, "resume_read_at")
     read_at = ConsistencyToken({(Stream.SUBSCRIBERS, p): o for p, o in target.items()})
     total = sum(target.values())
     done = set(skip) & set(target)

@@ -87,10 +87,7 @@ async def sweep_campaign(
     if not await ctx.campaign_known(brand, campaign):
         raise campaign_not_found(brand, campaign)
     history = await ctx.view.campaign_history(brand, campaign)
-    if resume_at is None:
-        target = dict(await ctx.view.positions(Stream.SUBSCRIBERS))
-    else:
-        target = {p: o for (s, p), o in resume_at.offsets.items() if s is Stream.SUBSCRIBERS}
+    target = await ctx.long_read(resume_at, "resume_read_at")
     read_at = ConsistencyToken({(Stream.SUBSCRIBERS, p): o for p, o in target.items()})
     total = sum(target.values())
     done = set(skip) & set(target)

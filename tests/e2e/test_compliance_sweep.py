@@ -286,6 +286,46 @@ async def test_a_sweep_is_refused_another_brands_token_and_bad_input_by_field(se
         assert err.value.code() is grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_sweep_resumed_from_a_token_that_lacks_partitions_is_refused(service):
+    """resume_read_at is the token a sweep's responses carried. Given a write's
+    token instead (one partition) the sweep read that partition alone, and given a
+    campaign's none at all, and each still ended "done" with what it found: a clean
+    sweep of sends it never judged. Such a token is refused, naming the field; a
+    sweep's own token names every partition, those it found empty too."""
+    runtime = service
+    start = datetime.now(UTC) - timedelta(hours=1)
+    async with client(runtime.address) as c:
+        w = await c.DefineCampaign(define("acme", "promo", start - timedelta(days=2), [SENDER]))
+        assert await runtime.guard.wait_for_token(
+            ConsistencyToken.decode(w.consistency_token), timeout=60
+        )
+        sent = [await c.RecordMessageSent(_sent(florida(i), start, None)) for i in range(6)]
+        whole = await _sweep(c, start - timedelta(hours=1), start + timedelta(hours=1))
+        read_at = whole[-1].consistency_token
+        assert sum(item.HasField("finding") for item in whole) == len(sent)
+        assert {p for (_, p) in ConsistencyToken.decode(read_at).offsets} == {0, 1, 2, 3}
+        for token in [sent[0].consistency_token, w.consistency_token]:
+            request = api.SweepCampaignRequest(
+                brand="acme",
+                campaign="promo",
+                start_time=ts(start - timedelta(hours=1)),
+                end_time=ts(start + timedelta(hours=1)),
+                resume_read_at=token,
+            )
+            call = c.stub.SweepCampaign(
+                request, metadata=[("authorization", f"Bearer {c.token}")], timeout=30
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                _ = [item async for item in call]
+            assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT, token
+            assert [f for f, _ in status_details(err.value)] == ["resume_read_at"], token
+        request.resume_read_at = read_at  # its own token resumes, judging all again
+        resumed = [item async for item in c.stub.SweepCampaign(
+            request, metadata=[("authorization", f"Bearer {c.token}")], timeout=30
+        )]  # fmt: skip
+        assert sum(item.HasField("finding") for item in resumed) == len(sent)
+
+
 async def test_the_readme_sweep_calls_run_as_written(tmp_path, postgres_dsn):
     """README's "Compliance sweep" block, after the "Calling the API" walk-through it
     follows, with grpcurl and the installed CLI, against a real service."""
