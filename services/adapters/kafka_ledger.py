@@ -145,6 +145,9 @@ class KafkaLedger(EventLog):
         """The producer, if a batch of it failed (``_renew_producer_if_spent``)."""
         self._renewing = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        # Appends waiting for ``_send_queued`` to hand their records to the producer.
+        self._queued: list[tuple[list[Record], asyncio.Future[list[RecordMetadata]]]] = []
+        self._sender: asyncio.Task[None] | None = None
         self._reader: AIOKafkaConsumer | None = None
         # One consumer serves every ``read``; reads reassign it, so they take turns.
         self._read_lock = asyncio.Lock()
@@ -370,7 +373,7 @@ class KafkaLedger(EventLog):
         if not records:
             return []
         try:
-            metadata = await asyncio.wait_for(self._sent(records), self.settings.append_timeout_s)
+            metadata = await self._sent(records)
         except _TOO_LARGE as exc:  # the broker's limit, below the producer's: no retry helps
             raise EventTooLarge(
                 f"Kafka ledger: {self.settings.bootstrap_servers} refused a record as too "
@@ -386,26 +389,92 @@ class KafkaLedger(EventLog):
             for event, md in zip(events, metadata, strict=True)
         ]
 
-    async def _sent(
-        self, records: list[tuple[str, bytes, bytes, list[Header]]]
-    ) -> list[RecordMetadata]:
-        producer = await self._renew_producer_if_spent()
-        # send() only queues a record (in call order, so one key's events keep their
-        # order); waiting on each delivery in turn would make 500 events 500 round trips.
-        deliveries = []
-        for topic, key, value, headers in records:
-            delivery = await producer.send(topic, value, key=key, headers=headers)
-            delivery.add_done_callback(functools.partial(self._delivered, producer))
-            deliveries.append(delivery)
-        # Shielded: an append that times out must not cancel its deliveries, or a
-        # batch that fails later would fail unseen by ``_delivered``.
-        results = await asyncio.gather(
-            *(asyncio.shield(d) for d in deliveries), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return list(results)
+    def _sent(self, records: list[Record]) -> asyncio.Future[list[RecordMetadata]]:
+        """Each record's metadata once the broker acknowledged all of them; the first
+        failure, or ``TimeoutError`` after ``append_timeout_s``, if not.
+
+        The appends of one turn of the event loop are handed to the producer together,
+        by one task under one timer (``_send_queued``): per append, a task, a timer and
+        a future for each record cost as much as its part of the produce request.
+        Each append is still answered on its own records' acknowledgements alone."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[list[RecordMetadata]] = loop.create_future()
+        self._queued.append((records, answer))
+        if self._sender is None:
+            self._sender = loop.create_task(self._send_queued())
+        return answer
+
+    async def _send_queued(self) -> None:
+        try:
+            while self._queued:
+                group, self._queued = self._queued, []
+                loop = asyncio.get_running_loop()
+                timer = loop.call_later(self.settings.append_timeout_s, _expire, group)
+                try:
+                    producer = await self._renew_producer_if_spent()
+                except Exception as exc:
+                    for _, answer in group:
+                        _fail(answer, exc)
+                    timer.cancel()
+                    continue
+                pending = [len(group)]
+                for records, answer in group:
+                    await self._send_one(producer, records, answer, timer, pending)
+        finally:
+            self._sender = None
+            for _, answer in self._queued:  # only when this task was cancelled
+                _fail(answer, LedgerUnavailable("Kafka ledger: the append was not sent"))
+            self._queued = []
+
+    async def _send_one(
+        self,
+        producer: AIOKafkaProducer,
+        records: list[Record],
+        answer: asyncio.Future[list[RecordMetadata]],
+        timer: asyncio.TimerHandle,
+        pending: list[int],
+    ) -> None:
+        """Queue ``records`` (in order: one key's events keep it), and answer
+        ``answer`` when the last of them is acknowledged; cancel ``timer`` when every
+        append of its group (``pending`` counts them down) is answered."""
+        deliveries: list[asyncio.Future[RecordMetadata]] = []
+        answered = False
+
+        def settled(_: asyncio.Future[Any] | None = None) -> None:
+            nonlocal answered
+            if answered or not all(d.done() for d in deliveries):
+                return
+            answered = True
+            failed = next(
+                (d.exception() for d in deliveries if not d.cancelled() and d.exception()), None
+            )
+            if failed is not None:
+                _fail(answer, failed)
+            elif not answer.done():
+                answer.set_result([d.result() for d in deliveries])
+            pending[0] -= 1
+            if not pending[0]:
+                timer.cancel()
+
+        try:
+            for topic, key, value, headers in records:
+                delivery = await producer.send(topic, value, key=key, headers=headers)
+                delivery.add_done_callback(functools.partial(self._delivered, producer))
+                deliveries.append(delivery)
+        except Exception as exc:  # this append alone: the group's others go on
+            _fail(answer, exc)
+            pending[0] -= 1
+            if not pending[0]:
+                timer.cancel()
+            return
+        last = deliveries[-1]
+        if last.done():
+            settled()
+        else:
+            # A partition's records are acknowledged in order, but an append's records
+            # may span partitions: each one's acknowledgement checks them all.
+            for d in deliveries:
+                d.add_done_callback(settled)
 
     def _delivered(self, producer: AIOKafkaProducer, delivery: asyncio.Future[Any]) -> None:
         if not delivery.cancelled() and delivery.exception() is not None:
@@ -543,6 +612,8 @@ class KafkaLedger(EventLog):
 
 
 Header = tuple[str, bytes]
+Record = tuple[str, bytes, bytes, list[Header]]
+"""A record as handed to the producer: topic, key, value, headers."""
 
 CONTENT_TYPE = "application/x-protobuf; messageType=consent.v1.EventEnvelope"
 """The ``content-type`` header of every record: what the value is."""
@@ -589,3 +660,16 @@ def recorded_from_record(record: ConsumerRecord[bytes, bytes]) -> Recorded:
 def _utc(epoch_ms: int) -> datetime:
     # Integer arithmetic: a float division can land a microsecond off the broker's stamp.
     return datetime.fromtimestamp(epoch_ms // 1000, UTC) + timedelta(milliseconds=epoch_ms % 1000)
+
+
+def _fail(answer: asyncio.Future[Any], error: BaseException) -> None:
+    if not answer.done():
+        answer.set_exception(error)
+
+
+def _expire(group: list[tuple[list[Record], asyncio.Future[Any]]]) -> None:
+    """The appends of ``group`` not acknowledged within ``append_timeout_s`` fail;
+    their records may still be written, which a retry under the same ids makes
+    harmless."""
+    for _, answer in group:
+        _fail(answer, TimeoutError())

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import asyncpg
 
 from ledger.ports import SubjectKey, SubjectKeys
+from services.adapters.coalescing import Coalesced
 from services.adapters.postgres_bounds import bounded, bounded_bulk, fetch_bulk
 
 _CURRENT = """
@@ -59,12 +60,17 @@ class PostgresSubjectKeys(SubjectKeys):
         write or read that needed the key)."""
         self.pool = pool
         self._timeout = timeout
+        # Single writes in flight at once read or make their keys in one statement.
+        self._currents = Coalesced(self._current_alone, self._currents_of)
 
     @bounded
     async def current(self, phone: str, brand: str) -> SubjectKey:
+        return await self._currents((phone, brand))
+
+    async def _current_alone(self, subject: tuple[str, str]) -> SubjectKey:
         for _ in range(3):
             row = await self.pool.fetchrow(
-                _CURRENT, uuid.uuid4(), phone, brand, secrets.token_bytes(32)
+                _CURRENT, uuid.uuid4(), *subject, secrets.token_bytes(32)
             )
             # None: another writer's key, committed after this statement's snapshot
             # was taken, stopped the insert; the next statement sees it.
@@ -72,8 +78,17 @@ class PostgresSubjectKeys(SubjectKeys):
                 return SubjectKey(str(row["key_id"]), bytes(row["secret"]))
         raise RuntimeError("no live key could be made or read for the subject")
 
+    async def _currents_of(self, subjects: Sequence[tuple[str, str]]) -> list[SubjectKey]:
+        found = await self._made_or_read(subjects)
+        return [found[s] for s in subjects]
+
     @bounded_bulk
     async def current_many(
+        self, subjects: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], SubjectKey]:
+        return await self._made_or_read(subjects)
+
+    async def _made_or_read(
         self, subjects: Collection[tuple[str, str]]
     ) -> dict[tuple[str, str], SubjectKey]:
         # In one order, so that two imports making keys for the same subjects at once

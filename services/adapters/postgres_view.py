@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -71,6 +71,7 @@ from ledger.state import (
     sender_number_holder,
 )
 from ledger.status import ConsentState, consent_state
+from services.adapters.coalescing import Coalesced
 from services.adapters.postgres_bounds import bounded, bounded_bulk, fetch_bulk
 from services.wire.codec import (
     decode_recorded,
@@ -202,6 +203,8 @@ LIMIT 1
 # says of its message, kept with its claim and answered with another's; another's
 # with other content blocks the request id even past claims (that send is refused). A
 # send whose request id another request holds is refused too, so it claims nothing.
+# $9 is the call's place in a batch of takes (``_take_many``), whose rows come back
+# as one list.
 _TAKE_REQUEST = """
 WITH sent AS (
     SELECT event_id FROM message_use
@@ -235,15 +238,16 @@ WITH sent AS (
     RETURNING fingerprint, event_ids
 )
 SELECT fingerprint, event_ids, true AS taken, (SELECT event_id FROM sent) AS sent_as,
-       (SELECT event_id FROM claim) AS claimed_by, (SELECT content FROM claim) AS claimed_content
+       (SELECT event_id FROM claim) AS claimed_by, (SELECT content FROM claim) AS claimed_content,
+       $9::int AS call
 FROM taken
 UNION ALL
 SELECT fingerprint, event_ids, false, (SELECT event_id FROM sent),
-       (SELECT event_id FROM claim), (SELECT content FROM claim)
+       (SELECT event_id FROM claim), (SELECT content FROM claim), $9
 FROM request_use WHERE brand = $1 AND request_id = $2
 UNION ALL
 SELECT NULL, NULL, false, (SELECT event_id FROM sent),
-       (SELECT event_id FROM claim), (SELECT content FROM claim)
+       (SELECT event_id FROM claim), (SELECT content FROM claim), $9
 FROM blocked WHERE blocked
 LIMIT 1
 """
@@ -666,6 +670,30 @@ class _Writes:
             await self.conn.execute(_WRITE[table], rows)
 
 
+class _Take(NamedTuple):
+    """``take_request``'s call: ``_TAKE_REQUEST``'s parameters but the last."""
+
+    brand: str
+    request_id: str
+    fingerprint: str
+    ids: list[uuid.UUID]
+    phone: str | None
+    message_id: str | None
+    past_claims: bool
+    content: str | None
+
+
+def _request_taken(row: asyncpg.Record) -> RequestTaken:
+    sent_as, claimed_by = row["sent_as"], row["claimed_by"]
+    return RequestTaken(
+        None if row["fingerprint"] is None else _request_use(row),
+        row["taken"],
+        None if sent_as is None else str(sent_as),
+        None if claimed_by is None else str(claimed_by),
+        row["claimed_content"],
+    )
+
+
 def _request_use(row: asyncpg.Record) -> RequestUse:
     return RequestUse(row["fingerprint"], tuple(str(i) for i in row["event_ids"]))
 
@@ -759,6 +787,7 @@ class PostgresConsentView(ConsentView):
         self._states: OrderedDict[tuple[str, str], tuple[int, SubscriberState]] = OrderedDict()
         self._state_cache_size = state_cache_size
         self._writes: set[asyncio.Future[None]] = set()
+        self._takes = Coalesced(self._take_one, self._take_many)
 
     async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
         if not batch:
@@ -1183,27 +1212,28 @@ class PostgresConsentView(ConsentView):
     ) -> RequestTaken:
         ids = [uuid.UUID(i) for i in event_ids]
         phone, message_id = message or (None, None)
+        return await self._takes(
+            _Take(brand, request_id, fingerprint, ids, phone, message_id, past_claims, content)
+        )
+
+    async def _take_one(self, take: _Take) -> RequestTaken:
         while True:
-            row = await self._reads.fetchrow(
-                _TAKE_REQUEST,
-                brand,
-                request_id,
-                fingerprint,
-                ids,
-                phone,
-                message_id,
-                past_claims,
-                content,
-            )
+            row = await self._reads.fetchrow(_TAKE_REQUEST, *take, 0)
             if row is not None:
-                sent_as, claimed_by = row["sent_as"], row["claimed_by"]
-                return RequestTaken(
-                    None if row["fingerprint"] is None else _request_use(row),
-                    row["taken"],
-                    None if sent_as is None else str(sent_as),
-                    None if claimed_by is None else str(claimed_by),
-                    row["claimed_content"],
-                )
+                return _request_taken(row)
+
+    async def _take_many(self, takes: Sequence[_Take]) -> list[RequestTaken]:
+        """The takes of writes in flight at once, in one round trip and one transaction
+        (asyncpg runs the statements of ``fetchmany`` in one): one commit, one WAL flush,
+        where each alone paid its own. In key order, so that two batches (of two
+        instances) holding the same request ids wait for each other's rows in turn
+        rather than deadlock; a batch that fails anyway is run again call by call."""
+        order = sorted(range(len(takes)), key=lambda i: (takes[i].brand, takes[i].request_id))
+        rows = await self._reads.fetchmany(_TAKE_REQUEST, [(*takes[i], i) for i in order])
+        found = {row["call"]: _request_taken(row) for row in rows}
+        # A call without a row ran into a claim committed after its statement's
+        # snapshot, as a single statement can: it asks again, alone.
+        return [found[i] if i in found else await self._take_one(t) for i, t in enumerate(takes)]
 
     @bounded
     async def claim_message(

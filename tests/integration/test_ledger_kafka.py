@@ -324,3 +324,47 @@ async def test_a_partition_takes_appends_again_after_the_broker_refused_one_of_t
         assert [r[0].position.partition for r in after] == [before[0].position.partition] * 2
         assert after[0][0].position.offset < after[1][0].position.offset
         assert len(renewals) == 1  # once for the failed batch, not for each append after
+
+
+async def test_appends_made_at_once_are_each_answered_with_their_own_records(
+    kafka_bootstrap: str,
+) -> None:
+    """Appends of one turn of the event loop go to the producer together; each is
+    still answered with its own events' positions, as the topic holds them."""
+    settings = settings_for_test(kafka_bootstrap)
+    async with started_ledger(settings) as ledger:
+        batches = [[message_sent(new_phone(), n) for n in range(1 + i % 3)] for i in range(24)]
+        answers = await asyncio.gather(*(ledger.append(b) for b in batches))
+
+        stored = await read_all(ledger, Stream.SUBSCRIBERS)
+
+    for batch, answer in zip(batches, answers, strict=True):
+        assert [r.event for r in answer] == batch
+    held = {(p, r.position.offset): r.event for p, rs in stored.items() for r in rs}
+    for answer in answers:
+        for r in answer:
+            assert held[(r.position.partition, r.position.offset)] == r.event
+
+
+async def test_an_append_the_broker_refuses_fails_alone_among_appends_made_at_once(
+    kafka_bootstrap: str,
+) -> None:
+    settings = settings_for_test(kafka_bootstrap)
+    await KafkaLedger(settings).ensure_topics()
+    async with admin_client(kafka_bootstrap) as admin:
+        topic = settings.topic(Stream.SUBSCRIBERS)
+        limit = {**topic_configs(settings), "max.message.bytes": "4096"}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+    async with started_ledger(settings) as ledger:
+        large = replace(message_sent(new_phone()), message_id="x" * 10_000)
+        others = [[campaign_defined()] for _ in range(6)]  # the campaigns' topic: no limit
+
+        outcomes = await asyncio.gather(
+            *(ledger.append(b) for b in [others[0], [large], *others[1:]]),
+            return_exceptions=True,
+        )
+
+        assert isinstance(outcomes[1], EventTooLarge)
+        kept = [o for i, o in enumerate(outcomes) if i != 1]
+        assert [[r.event for r in o] for o in kept] == others  # type: ignore[union-attr]
+        assert sum((await ledger.end_offsets(Stream.CAMPAIGNS)).values()) == len(others)

@@ -19,7 +19,7 @@ from ledger.events import (
     Recorded,
     RevocationCandidateResolved,
 )
-from ledger.ports import RequestClaim, RequestUse, Stream
+from ledger.ports import RequestClaim, RequestTaken, RequestUse, Stream
 from services.adapters.migrations import discover, migrate
 from services.adapters.postgres_view import (
     _CHANGES,
@@ -210,6 +210,90 @@ async def test_applying_what_a_writer_claimed_leaves_the_claim_row_unwritten(
     assert await pool.fetchval(version) == before  # no new row version per batch
     assert await view.request_use("acme", "r1") == RequestUse("fp-a", tuple(claimed))
     assert len(await view.history(phone, "acme")) == 2
+
+
+async def test_takes_in_flight_at_once_share_one_transaction(postgres_dsn: str) -> None:
+    pool = await read_pool(postgres_dsn)
+    try:
+        await migrate(pool)
+        view = PostgresConsentView(pool, reads=pool, timeout=5.0)
+        takes = await asyncio.gather(
+            *(view.take_request("acme", f"r{i}", "fp", [str(uuid.uuid4())]) for i in range(8))
+        )
+        assert all(t.taken for t in takes)
+        # Rows one transaction inserted share its id: fewer commits than takes.
+        commits = await pool.fetchval("SELECT count(DISTINCT xmin::text) FROM request_use")
+        assert commits <= 2
+    finally:
+        await pool.close()
+
+
+async def test_many_takes_of_one_request_id_at_once_take_it_once(postgres_dsn: str) -> None:
+    pool = await read_pool(postgres_dsn)
+    try:
+        await migrate(pool)
+        view = PostgresConsentView(pool, reads=pool, timeout=5.0)
+        ids = [str(uuid.uuid4()) for _ in range(16)]
+        takes = await asyncio.gather(
+            *(view.take_request("acme", "r1", f"fp-{i}", [i]) for i in ids)
+        )
+        [winner] = [t for t in takes if t.taken]
+        assert {t.use for t in takes} == {winner.use}
+        assert await view.request_use("acme", "r1") == winner.use
+    finally:
+        await pool.close()
+
+
+async def test_a_take_the_store_refuses_fails_alone_in_its_batch(postgres_dsn: str) -> None:
+    pool = await read_pool(postgres_dsn)
+    try:
+        await migrate(pool)
+        view = PostgresConsentView(pool, reads=pool, timeout=5.0)
+        names = ["r0", "r1", "r\x00", "r3", "r4"]  # PostgreSQL text holds no NUL
+        outcomes = await asyncio.gather(
+            *(view.take_request("acme", n, "fp", [str(uuid.uuid4())]) for n in names),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[2], asyncpg.PostgresError)
+        assert all(
+            isinstance(o, RequestTaken) and o.taken for i, o in enumerate(outcomes) if i != 2
+        )
+        assert await pool.fetchval("SELECT count(*) FROM request_use") == 4
+    finally:
+        await pool.close()
+
+
+async def test_two_instances_taking_the_same_ids_at_once_do_not_deadlock(
+    postgres_dsn: str,
+) -> None:
+    """Their batches take the rows in one order, so one waits for the other's commit;
+    in opposite orders they would deadlock, which PostgreSQL would only notice after
+    the long ``deadlock_timeout`` set here."""
+    pools = [
+        await asyncpg.create_pool(
+            postgres_dsn, min_size=1, max_size=2, server_settings={"deadlock_timeout": "30s"}
+        )
+        for _ in range(2)
+    ]
+    try:
+        await migrate(pools[0])
+        a, b = (PostgresConsentView(pool, timeout=20.0) for pool in pools)
+        names = [f"r{i:02}" for i in range(16)]
+
+        async def takes(view: PostgresConsentView, order: list[str]) -> list[RequestTaken]:
+            fingerprint = f"fp-{id(view)}"
+            return await asyncio.gather(
+                *(view.take_request("acme", n, fingerprint, [str(uuid.uuid4())]) for n in order)
+            )
+
+        both = await asyncio.wait_for(asyncio.gather(takes(a, names), takes(b, names[::-1])), 10)
+        by_a, by_b = both[0], both[1][::-1]
+        for name, x, y in zip(names, by_a, by_b, strict=True):
+            assert x.taken != y.taken, name
+            assert x.use == y.use == await a.request_use("acme", name)
+    finally:
+        for pool in pools:
+            await pool.close()
 
 
 async def test_a_cached_state_is_never_served_after_its_row_changed(postgres_dsn: str) -> None:
