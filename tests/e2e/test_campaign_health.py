@@ -389,6 +389,18 @@ async def test_delivery_outcomes_and_health_refuse_bad_input_by_field(service):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.GetCampaignHealth(api.GetCampaignHealthRequest(brand="acme", campaign="nosuch"))
         assert err.value.code() is grpc.StatusCode.NOT_FOUND
+        # A write's token names one partition: resumed from it, the read counted that
+        # partition alone and answered as if whole.
+        partial = await retried(c.RecordMessageSent, _sent(promo_phone(3), "promo", at, A))
+        stream = c.stub.StreamCampaignHealth(
+            api.StreamCampaignHealthRequest(brand="acme", resume_read_at=partial.consistency_token),
+            metadata=[("authorization", f"Bearer {c.token}")],
+            timeout=30,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            _ = [item async for item in stream]
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in status_details(err.value)] == ["resume_read_at"]
 
     async with client(runtime.address, "globex-app") as c:
         with pytest.raises(grpc.aio.AioRpcError) as err:
