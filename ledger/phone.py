@@ -89,7 +89,43 @@ def _e164(raw: str, default_region: str | None) -> str:
         raise _Refused(f"must be a phone number without an extension, in {E164_EXAMPLE}")
     if not phonenumbers.is_valid_number(parsed):
         raise _Refused(f"is not a valid number for its region: expected {E164_EXAMPLE}")
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return _with_mobile_token(parsed) or phonenumbers.format_number(
+        parsed, phonenumbers.PhoneNumberFormat.E164
+    )
+
+
+_MOBILE_TOKENS = {
+    code: token
+    for code in phonenumbers.supported_calling_codes()
+    if (token := phonenumbers.country_mobile_token(code))
+}
+"""The countries whose mobiles are dialled from abroad with a token after the country
+code (Argentina's 9: +54 9 11 ...), by calling code. The same line without it (+54 11
+...) is a valid number too, so one person could be filed under two numbers."""
+
+TOKEN_COUNTRIES = tuple(f"+{code}" for code in _MOBILE_TOKENS)
+"""How a number of a mobile-token country starts: one written so may be in the form
+without the token, which is not the form it is stored in."""
+
+
+def _with_mobile_token(parsed: phonenumbers.PhoneNumber) -> str | None:
+    """A valid number written without its country's mobile token, in the form with it
+    when that is a valid number too; else None. Argentina's +54 11 1234 5678 and +54 9 11
+    1234 5678 are one line (the 9 is dialled from abroad to reach a mobile; a number
+    is a mobile or a fixed line, never both), and carriers deliver texts to the form
+    with the 9, so that form is the one the person's facts are kept under."""
+    token = _MOBILE_TOKENS.get(parsed.country_code or 0)
+    if token is None:
+        return None
+    national = phonenumbers.national_significant_number(parsed)
+    if national.startswith(token):
+        return None
+    mobile = phonenumbers.PhoneNumber(
+        country_code=parsed.country_code, national_number=int(token + national)
+    )
+    if not phonenumbers.is_valid_number(mobile):
+        return None
+    return phonenumbers.format_number(mobile, phonenumbers.PhoneNumberFormat.E164)
 
 
 @lru_cache(maxsize=262_144)

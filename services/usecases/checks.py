@@ -20,7 +20,7 @@ from ledger.commands import check_name, check_time, is_name
 from ledger.digest import Digest, digest_of
 from ledger.errors import InvalidPhoneNumber, InvalidRequest
 from ledger.events import ANY_BRAND, MAX_CLOCK_SKEW, MessageKind, SubscriberEvent
-from ledger.phone import to_e164
+from ledger.phone import TOKEN_COUNTRIES, to_e164
 from ledger.policy import Check, Decision, Reason, decide_as_of, deny
 from ledger.ports import CampaignReads, ConsistencyToken, DigestReads
 from ledger.state import CampaignHistory, SubscriberState
@@ -153,7 +153,9 @@ class Checks:
 
         The steps and the answers are the batch's; this path only skips the batch's
         lists and sets, which are most of a single check's own cost."""
-        canonical = _E164.fullmatch(phone) is not None
+        # A number of a mobile-token country may be written without its token (+54 11
+        # ...), and is kept under the form with it: such a number is read, not looked up.
+        canonical = _E164.fullmatch(phone) is not None and not phone.startswith(TOKEN_COUNTRIES)
         if not (canonical and is_name(brand) and is_name(campaign)):
             check_target(brand, campaign, phone, lambda: self._when(at))
         number = phone if canonical else to_e164(phone, field="phone")
@@ -218,10 +220,17 @@ class Checks:
             return BatchResult(_placed([_behind()] * len(phones), invalid_entries(phones)), read_at)
         # PostgreSQL text holds no NUL: an entry with one is no number (answered in its
         # place below), and looked up it would fail the query it shares with others.
-        lookup = [p for p in phones if "\x00" not in p] if "\x00" in "".join(phones) else phones
+        joined = "".join(phones)
+        lookup = [p for p in phones if "\x00" not in p] if "\x00" in joined else phones
         digests = await self.reads.digests(brand, lookup)
         numbers = list(phones)
-        unknown = [i for i, p in enumerate(phones) if p not in digests]
+        if any(country in joined for country in TOKEN_COUNTRIES):
+            # Kept under the form with the mobile token: read, whether found or not.
+            unknown = [
+                i for i, p in enumerate(phones) if p not in digests or p.startswith(TOKEN_COUNTRIES)
+            ]
+        else:
+            unknown = [i for i, p in enumerate(phones) if p not in digests]
         invalid: dict[int, Decision] = {}
         if unknown:
             for i in unknown:
