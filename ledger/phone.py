@@ -103,6 +103,9 @@ _MOBILE_TOKENS = {
 code (Argentina's 9: +54 9 11 ...), by calling code. The same line without it (+54 11
 ...) is a valid number too, so one person could be filed under two numbers."""
 
+WITH_MOBILE_TOKEN = tuple(f"+{code}{token}" for code, token in _MOBILE_TOKENS.items())
+"""How a number in the mobile-token form starts: ``forms_stored_before`` has answers
+only for these (``str.startswith`` takes the tuple)."""
 TOKEN_COUNTRIES = tuple(f"+{code}" for code in _MOBILE_TOKENS)
 """How a number of a mobile-token country starts: one written so may be in the form
 without the token, which is not the form it is stored in."""
@@ -126,6 +129,26 @@ def _with_mobile_token(parsed: phonenumbers.PhoneNumber) -> str | None:
     if not phonenumbers.is_valid_number(mobile):
         return None
     return phonenumbers.format_number(mobile, phonenumbers.PhoneNumberFormat.E164)
+
+
+@lru_cache(maxsize=65_536)
+def forms_stored_before(e164: str) -> tuple[str, ...]:
+    """The other spellings a number's facts may be stored under by a version that did
+    not yet bring them to one form: for +54 9 11 1234 5678, +54 11 1234 5678. Those
+    facts stay where they are in the ledger (a phone's facts are one partition's, by
+    its key), so a check reads them beside the number's own."""
+    if not e164.startswith(WITH_MOBILE_TOKEN):
+        return ()
+    try:
+        parsed = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return ()
+    code = parsed.country_code or 0
+    national = phonenumbers.national_significant_number(parsed)[len(_MOBILE_TOKENS[code]) :]
+    without = phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
+    if not phonenumbers.is_valid_number(without) or _with_mobile_token(without) != e164:
+        return ()
+    return (f"+{code}{national}",)
 
 
 @lru_cache(maxsize=262_144)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from typing import Any, NamedTuple
@@ -1067,3 +1068,37 @@ def decide_as_of(
     digest = with_phone_wide(digest_of(fold(subscriber)), digest_of(fold(phone_wide)))
     assert digest is not None
     return Check(rules, t_world, kind)(digest)
+
+
+def as_one_number(history: Iterable[Recorded], phone: str) -> list[Recorded]:
+    """One person's subscriber facts, some recorded under another spelling of their
+    number (``ledger.phone.forms_stored_before``), each as if recorded under ``phone``,
+    in the order the ledger took them (``recorded_at``; a stable sort keeps each
+    spelling's own ledger order). A fold takes one number's facts, and the ledger
+    keeps each spelling's in that spelling's partition, so they are put together here."""
+    facts = [
+        r
+        if not isinstance(r.event, SubscriberEvent) or r.event.phone == phone
+        else replace(r, event=replace(r.event, phone=phone), extra=r.extra)
+        for r in history
+    ]
+    return sorted(facts, key=lambda r: r.recorded_at)
+
+
+def digest_of_history(history: Iterable[Recorded], phone: str, brand: str) -> Digest:
+    """The digest CanSend reads for ``phone`` towards ``brand``, from its subscriber
+    facts towards ``brand`` and towards ``ANY_BRAND`` (``as_one_number``'s)."""
+    subscriber: list[Recorded] = []
+    phone_wide: list[Recorded] = []
+    for r in history:
+        if isinstance(r.event, SubscriberEvent):
+            if r.event.brand == brand:
+                subscriber.append(r)
+            elif r.event.brand == ANY_BRAND:
+                phone_wide.append(r)
+    state = fold(subscriber, SubscriberState(phone=phone, brand=brand))
+    if not phone_wide:
+        return digest_of(state)
+    digest = with_phone_wide(digest_of(state), digest_of(fold(phone_wide)))
+    assert digest is not None
+    return digest

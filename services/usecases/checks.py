@@ -19,9 +19,17 @@ from ledger.campaigns import Campaign
 from ledger.commands import check_name, check_time, is_name
 from ledger.digest import Digest, digest_of
 from ledger.errors import InvalidPhoneNumber, InvalidRequest
-from ledger.events import ANY_BRAND, MAX_CLOCK_SKEW, MessageKind, SubscriberEvent
-from ledger.phone import TOKEN_COUNTRIES, to_e164
-from ledger.policy import Check, Decision, Reason, decide_as_of, deny
+from ledger.events import ANY_BRAND, MAX_CLOCK_SKEW, MessageKind, Recorded, SubscriberEvent
+from ledger.phone import TOKEN_COUNTRIES, WITH_MOBILE_TOKEN, forms_stored_before, to_e164
+from ledger.policy import (
+    Check,
+    Decision,
+    Reason,
+    as_one_number,
+    decide_as_of,
+    deny,
+    digest_of_history,
+)
 from ledger.ports import CampaignReads, ConsistencyToken, DigestReads
 from ledger.state import CampaignHistory, SubscriberState
 from ledger.validation import Violations, check_not_too_early
@@ -163,7 +171,8 @@ class Checks:
         if past:
             await self._admit_past(reader, "CanSend", brand, number, campaign, when)
             return await self._as_of(number, brand, campaign, when, kind=kind, token=token)
-        fresh = await self.ctx.guard.wait_for_phones([number], token)
+        earlier = forms_stored_before(number) if number.startswith(WITH_MOBILE_TOKEN) else ()
+        fresh = await self.ctx.guard.wait_for_phones([number, *earlier], token)
         read_at = self.ctx.guard.applied_token()
         if not fresh:
             return CheckResult(_behind(), read_at)
@@ -178,6 +187,8 @@ class Checks:
                 if not await self.ctx.guard.wait_for_phones([number], None):
                     return CheckResult(_behind(), read_at)
                 digest = (await self.reads.digests(brand, [number])).get(number)
+        if earlier and await self.reads.digests(brand, earlier):
+            digest = await self._as_one(number, earlier, brand)
         if digest is None:
             digest = digest_of(SubscriberState(phone=number, brand=brand))
         try:
@@ -243,6 +254,17 @@ class Checks:
                 if not await self.ctx.guard.wait_for_phones(missing, None):
                     return BatchResult(_placed([_behind()] * len(numbers), invalid), read_at)
                 digests.update(await self.reads.digests(brand, missing))
+            two_forms = {
+                n: f for n in {numbers[i] for i in unknown} if (f := forms_stored_before(n))
+            }
+            if two_forms:
+                earlier = sorted({f for forms in two_forms.values() for f in forms})
+                if not await self.ctx.guard.wait_for_phones(earlier, None):
+                    return BatchResult(_placed([_behind()] * len(numbers), invalid), read_at)
+                stored = await self.reads.digests(brand, earlier)
+                for n, forms in two_forms.items():
+                    if any(f in stored for f in forms):
+                        digests[n] = await self._as_one(n, forms, brand)
             for i in unknown:  # no fact about the number towards this brand
                 n = numbers[i]
                 if n not in digests:
@@ -314,21 +336,44 @@ class Checks:
         now = self.ctx.clock()
         t_world = check_time(at, now, "at")
         t_known = now if known_at is None else check_time(known_at, now, "known_at")
-        fresh = await self.ctx.guard.wait_for_phones([number], token)
+        earlier = forms_stored_before(number)
+        fresh = await self.ctx.guard.wait_for_phones([number, *earlier], token)
         read_at = self.ctx.guard.applied_token()
         if not fresh:
             return CheckResult(_behind(), read_at)
+        subscriber = await self._subscriber_history(number, brand)
+        for form in earlier:
+            subscriber += await self._subscriber_history(form, brand)
+        if earlier:
+            subscriber = as_one_number(subscriber, number)
+        history: CampaignHistory = await self.ctx.view.campaign_history(brand, campaign)
+        campaign_events = history.facts()
+        decision = decide_as_of([*campaign_events, *subscriber], campaign, t_world, t_known, kind)
+        return CheckResult(decision, read_at)
+
+    async def _subscriber_history(self, number: str, brand: str) -> list[Recorded]:
+        """The number's subscriber facts towards ``brand``, and its STOPs whose brand was
+        unknown, which concern every brand (``ledger.events.ANY_BRAND``)."""
         subscriber = [
             r
             for r in await self.ctx.view.history(number, brand)
             if isinstance(r.event, SubscriberEvent)
         ]
-        # STOPs whose brand was unknown concern every brand (``ledger.events.ANY_BRAND``).
-        subscriber += await self.ctx.view.history(number, ANY_BRAND)
-        history: CampaignHistory = await self.ctx.view.campaign_history(brand, campaign)
-        campaign_events = history.facts()
-        decision = decide_as_of([*campaign_events, *subscriber], campaign, t_world, t_known, kind)
-        return CheckResult(decision, read_at)
+        return subscriber + await self.ctx.view.history(number, ANY_BRAND)
+
+    async def _as_one(self, number: str, earlier: Sequence[str], brand: str) -> Digest:
+        """The digest of ``number`` towards ``brand`` with the facts stored under its
+        ``earlier`` spellings (``ledger.phone.forms_stored_before``), by a version that
+        kept +54 11 ... apart from +54 9 11 ...: folded together from the view's copies,
+        as if every one had been recorded under ``number``, so an opt-out, a hold or a
+        send counted under either spelling counts for the one person. The ledger keeps
+        them where they are (a rebuild folds each spelling apart again, and this read
+        puts them together the same way); only a number with facts under an earlier
+        spelling is read so."""
+        history = await self._subscriber_history(number, brand)
+        for form in earlier:
+            history += await self._subscriber_history(form, brand)
+        return digest_of_history(as_one_number(history, number), number, brand)
 
     async def _admit_past(
         self,

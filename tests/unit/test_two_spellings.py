@@ -1,12 +1,18 @@
 """One line, one number: a mobile written with or without its country's mobile token
-(Argentina's 9) is read as the one form."""
+(Argentina's 9) is read as the one form, and the facts an earlier version stored
+under the other spelling are folded with its own."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import phonenumbers
 import pytest
 
-from ledger.phone import to_e164
+from ledger.events import LedgerPosition, MessageKind, Recorded
+from ledger.phone import TOKEN_COUNTRIES, WITH_MOBILE_TOKEN, forms_stored_before, to_e164
+from ledger.policy import Check, as_one_number, digest_of_history
+from tests.builders import T0, campaign, granted, revoked, sent
 
 WITH_9 = "+5491112345678"
 WITHOUT_9 = "+541112345678"
@@ -35,6 +41,14 @@ def test_an_argentine_number_written_nationally_is_the_same_one(written: str, re
 def test_a_number_whose_9_form_is_no_number_keeps_its_own() -> None:
     # Toll-free: no mobile is +54 9 800 ..., so the number is what it was.
     assert to_e164("+54 800 123 4567") == "+548001234567"
+    assert forms_stored_before("+548001234567") == ()
+
+
+def test_the_form_with_the_9_names_the_form_facts_were_stored_under_before() -> None:
+    assert forms_stored_before(WITH_9) == (WITHOUT_9,)
+    assert forms_stored_before("+14155552671") == ()
+    assert forms_stored_before("+5491512345678") == ()  # no number
+    assert WITH_MOBILE_TOKEN == ("+549",) and TOKEN_COUNTRIES == ("+54",)
 
 
 def _example_numbers() -> list[str]:
@@ -55,4 +69,44 @@ def test_every_region_s_example_numbers_read_the_same_when_read_again() -> None:
         once = to_e164(number)
         if to_e164(once) != once:
             changed[number] = once
+        for earlier in forms_stored_before(once):
+            assert to_e164(earlier) == once
     assert changed == {}
+
+
+def _recorded(events: list, partition: int, start: int) -> list[Recorded]:
+    return [
+        Recorded(e, LedgerPosition(partition, start + i), e.occurred_at + timedelta(seconds=1))
+        for i, e in enumerate(events)
+    ]
+
+
+def test_an_opt_out_stored_under_the_other_spelling_revokes_the_number() -> None:
+    mine = _recorded([granted(T0, phone=WITH_9)], partition=3, start=0)
+    theirs = _recorded([revoked(T0 + timedelta(hours=1), phone=WITHOUT_9)], partition=7, start=0)
+    check = Check(campaign(), T0 + timedelta(hours=2), MessageKind.REGULAR)
+    alone = digest_of_history(mine, WITH_9, "acme")
+    both = digest_of_history(as_one_number([*mine, *theirs], WITH_9), WITH_9, "acme")
+    assert check(alone).allowed
+    assert not check(both).allowed
+    assert both.campaign("promo").revocation is not None
+
+
+def test_an_opt_in_stored_under_the_other_spelling_is_the_number_s_consent() -> None:
+    theirs = _recorded([granted(T0, phone=WITHOUT_9)], partition=7, start=0)
+    mine = _recorded([sent(T0 + timedelta(hours=1), phone=WITH_9)], partition=3, start=0)
+    check = Check(campaign(), T0 + timedelta(hours=2), MessageKind.REGULAR)
+    both = digest_of_history(as_one_number([*mine, *theirs], WITH_9), WITH_9, "acme")
+    assert check(both).allowed
+    assert len(both.campaign("promo").sent) == 1  # the send counts towards its caps
+    assert not check(digest_of_history(mine, WITH_9, "acme")).allowed
+
+
+def test_a_later_opt_in_under_one_spelling_follows_an_opt_out_under_the_other() -> None:
+    """Put together in the order the ledger took them, each fact keeps its place."""
+    theirs = _recorded(
+        [granted(T0, phone=WITHOUT_9), revoked(T0 + timedelta(hours=1), phone=WITHOUT_9)], 7, 0
+    )
+    mine = _recorded([granted(T0 + timedelta(hours=2), phone=WITH_9)], 3, 0)
+    check = Check(campaign(), T0 + timedelta(hours=3), MessageKind.REGULAR)
+    assert check(digest_of_history(as_one_number([*mine, *theirs], WITH_9), WITH_9, "acme")).allowed
