@@ -1285,10 +1285,10 @@ def _held_numbers(raw: str) -> list[str]:
         if plain != raw:
             with contextlib.suppress(InvalidPhoneNumber):
                 return [to_e164(plain)]
-        mexican = _without_old_mobile_1(plain)
-        if mexican is not None:
+        old_form = _without_old_mobile_1(plain) or _with_ninth_digit(plain)
+        if old_form is not None:
             with contextlib.suppress(InvalidPhoneNumber):
-                return [to_e164(mexican)]
+                return [to_e164(old_form)]
         numbers = _digit_readings(plain)
         if not numbers:
             raise refused from None
@@ -1323,6 +1323,22 @@ def _without_old_mobile_1(raw: str) -> str | None:
     plus = raw.lstrip().startswith("+")
     if plus and digits.startswith("521") and len(digits) == _MEXICO_OLD_MOBILE_DIGITS:
         return "+52" + digits[3:]
+    return None
+
+
+_BRAZIL_OLD_MOBILE_DIGITS = 12
+"""+55, a two-digit area code and the eight digits of a mobile before its 9."""
+
+
+def _with_ninth_digit(raw: str) -> str | None:
+    """A Brazilian mobile written without the 9 Brazil put before every mobile's eight
+    digits by 2016 (+55 11 8765 4321), as the number it is now (+55 11 9 8765 4321);
+    else None. The old form is no valid number, but old exports and contacts still
+    write it; one that is a valid (fixed) number is read as that, never here."""
+    digits = "".join(ch for ch in raw if ch.isdecimal())
+    plus = raw.lstrip().startswith("+")
+    if plus and digits.startswith("55") and len(digits) == _BRAZIL_OLD_MOBILE_DIGITS:
+        return f"+{digits[:4]}9{digits[4:]}"
     return None
 
 

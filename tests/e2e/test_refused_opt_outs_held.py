@@ -247,6 +247,24 @@ async def test_a_stop_from_a_mexican_mobile_with_its_old_1_is_held(service):
     assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
 
 
+async def test_a_stop_from_a_brazilian_mobile_without_its_9_is_held(service):
+    """Brazil put a 9 before every mobile's eight digits by 2016, but an old export or
+    contact may still write +55 11 8765 ...: refused as no valid number, the STOP was
+    dropped while the number, opted in as +55 11 9 8765 ..., was allowed."""
+    runtime, clock = service
+    number = "+5511987654096"
+    await opted_in(runtime, [number], clock.now)
+    async with client(runtime.address, "acme-app") as c:
+        err = await refused(
+            c.HandleInboundMessage, inbound("+551187654096", ACME_NUMBER, "STOP", clock.now)
+        )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+    info = held_info(err)
+    assert info is not None, err.details()
+    answer = await can_send(runtime, number, info["consistency_token"])
+    assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
+
+
 async def test_ten_digits_that_read_two_ways_are_held_under_both_numbers(service):
     """(646) 555-4040 is a New York number without its country code and, read with a
     "+", +64 6555 4040 in New Zealand. Held under the foreign reading only, the STOP

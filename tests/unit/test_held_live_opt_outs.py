@@ -159,6 +159,8 @@ def test_a_brand_that_spells_another_name_holds_nothing(spelled):
         ("+0044 20 7946 0018", "+442079460018"),
         ("+52 1 55 1234 5678", "+525512345678"),  # Mexico's old mobile "1", dropped in 2019
         ("+5215512345678", "+525512345678"),
+        ("+55 11 8765 4321", "+5511987654321"),  # Brazil's mobiles before their 9, by 2016
+        ("+551187654321", "+5511987654321"),
     ],
 )
 def test_a_refused_opt_out_is_held_under_its_number_however_written(written, held_under):
