@@ -89,46 +89,79 @@ def _e164(raw: str, default_region: str | None) -> str:
         raise _Refused(f"must be a phone number without an extension, in {E164_EXAMPLE}")
     if not phonenumbers.is_valid_number(parsed):
         raise _Refused(f"is not a valid number for its region: expected {E164_EXAMPLE}")
-    return _with_mobile_token(parsed) or phonenumbers.format_number(
-        parsed, phonenumbers.PhoneNumberFormat.E164
-    )
+    return _kept_form(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
 
 
-_MOBILE_TOKENS = {
-    code: token
+_MOBILE_TOKEN_FORMS = {
+    f"+{code}": f"+{code}{token}"
     for code in phonenumbers.supported_calling_codes()
     if (token := phonenumbers.country_mobile_token(code))
 }
-"""The countries whose mobiles are dialled from abroad with a token after the country
-code (Argentina's 9: +54 9 11 ...), by calling code. The same line without it (+54 11
-...) is a valid number too, so one person could be filed under two numbers."""
+"""Countries whose mobiles are dialled from abroad with a token after the country code,
+and how the form with it starts. Argentina's 9 (the library's only token): +54 9 11
+1234 5678 and +54 11 1234 5678 are one line (a number is a mobile or a fixed line,
+never both), ``phonenumbers`` takes both for valid numbers, and carriers deliver texts
+to the form with the 9, so that is the form a person's facts are kept under."""
 
-WITH_MOBILE_TOKEN = tuple(f"+{code}{token}" for code, token in _MOBILE_TOKENS.items())
-"""How a number in the mobile-token form starts: ``forms_stored_before`` has answers
-only for these (``str.startswith`` takes the tuple)."""
-TOKEN_COUNTRIES = tuple(f"+{code}" for code in _MOBILE_TOKENS)
-"""How a number of a mobile-token country starts: one written so may be in the form
-without the token, which is not the form it is stored in."""
+_LEADING_ZERO = {"+241": "GA"}
+"""Countries whose numbers are written after the country code both with a 0 and
+without, each a valid number to ``phonenumbers``, by region. Gabon's older numbers kept
+their leading 0 after +241 (its removal was announced and postponed,
+google/libphonenumber#701), its newer ones are written without one, and people write
+either way: +241 06 03 12 34 and +241 6 03 12 34 are one line, as are +241 0 77 69 47
+23 and +241 77 69 47 23. The form kept is the one the number has written at home, with
+the trunk 0 (``phonenumbers`` reads that 0 as part of the older numbers only)."""
+
+SPELT_TWO_WAYS = (*_MOBILE_TOKEN_FORMS, *_LEADING_ZERO)
+"""How a number of such a country starts: one written so may be in the spelling it is
+not kept under, so it is read, never looked up as written."""
+KEPT_FORMS = (*_MOBILE_TOKEN_FORMS.values(), *_LEADING_ZERO)
+"""How the spelling a number is kept under starts: ``forms_stored_before`` has answers
+only for numbers that start so (``str.startswith`` takes the tuple)."""
 
 
-def _with_mobile_token(parsed: phonenumbers.PhoneNumber) -> str | None:
-    """A valid number written without its country's mobile token, in the form with it
-    when that is a valid number too; else None. Argentina's +54 11 1234 5678 and +54 9 11
-    1234 5678 are one line (the 9 is dialled from abroad to reach a mobile; a number
-    is a mobile or a fixed line, never both), and carriers deliver texts to the form
-    with the 9, so that form is the one the person's facts are kept under."""
-    token = _MOBILE_TOKENS.get(parsed.country_code or 0)
-    if token is None:
+def _valid(e164: str) -> bool:
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse(e164, None))
+    except phonenumbers.NumberParseException:
+        return False
+
+
+def _kept_form(e164: str) -> str:
+    """A valid number in the spelling its line is kept under: the other spelling, when
+    that is a valid number too and the one kept; else itself."""
+    for country, kept in _MOBILE_TOKEN_FORMS.items():
+        if e164.startswith(country) and not e164.startswith(kept):
+            other = kept + e164[len(country) :]
+            if _valid(other):
+                return other
+    for country, region in _LEADING_ZERO.items():
+        if e164.startswith(country):
+            return _as_at_home(e164[len(country) :], region) or e164
+    return e164
+
+
+def _as_at_home(digits: str, region: str) -> str | None:
+    """The number ``digits`` (after the country code, with a leading 0 or without)
+    spell when written at home with the trunk 0, in E.164; None if that is no number."""
+    try:
+        parsed = phonenumbers.parse("0" + digits.removeprefix("0"), region)
+    except phonenumbers.NumberParseException:
         return None
-    national = phonenumbers.national_significant_number(parsed)
-    if national.startswith(token):
+    if not phonenumbers.is_valid_number(parsed):
         return None
-    mobile = phonenumbers.PhoneNumber(
-        country_code=parsed.country_code, national_number=int(token + national)
-    )
-    if not phonenumbers.is_valid_number(mobile):
-        return None
-    return phonenumbers.format_number(mobile, phonenumbers.PhoneNumberFormat.E164)
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _other_spelling(e164: str) -> str | None:
+    for country, kept in _MOBILE_TOKEN_FORMS.items():
+        if e164.startswith(kept):
+            return country + e164[len(kept) :]
+    for country in _LEADING_ZERO:
+        if e164.startswith(country):
+            digits = e164[len(country) :]
+            return country + (digits[1:] if digits.startswith("0") else "0" + digits)
+    return None
 
 
 @lru_cache(maxsize=65_536)
@@ -137,18 +170,10 @@ def forms_stored_before(e164: str) -> tuple[str, ...]:
     not yet bring them to one form: for +54 9 11 1234 5678, +54 11 1234 5678. Those
     facts stay where they are in the ledger (a phone's facts are one partition's, by
     its key), so a check reads them beside the number's own."""
-    if not e164.startswith(WITH_MOBILE_TOKEN):
+    other = _other_spelling(e164)
+    if other is None or not _valid(other) or _kept_form(other) != e164:
         return ()
-    try:
-        parsed = phonenumbers.parse(e164, None)
-    except phonenumbers.NumberParseException:
-        return ()
-    code = parsed.country_code or 0
-    national = phonenumbers.national_significant_number(parsed)[len(_MOBILE_TOKENS[code]) :]
-    without = phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
-    if not phonenumbers.is_valid_number(without) or _with_mobile_token(without) != e164:
-        return ()
-    return (f"+{code}{national}",)
+    return (other,)
 
 
 @lru_cache(maxsize=262_144)

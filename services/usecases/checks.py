@@ -20,7 +20,7 @@ from ledger.commands import check_name, check_time, is_name
 from ledger.digest import Digest, digest_of
 from ledger.errors import InvalidPhoneNumber, InvalidRequest
 from ledger.events import ANY_BRAND, MAX_CLOCK_SKEW, MessageKind, Recorded, SubscriberEvent
-from ledger.phone import TOKEN_COUNTRIES, WITH_MOBILE_TOKEN, forms_stored_before, to_e164
+from ledger.phone import KEPT_FORMS, SPELT_TWO_WAYS, forms_stored_before, to_e164
 from ledger.policy import (
     Check,
     Decision,
@@ -163,7 +163,7 @@ class Checks:
         lists and sets, which are most of a single check's own cost."""
         # A number of a mobile-token country may be written without its token (+54 11
         # ...), and is kept under the form with it: such a number is read, not looked up.
-        canonical = _E164.fullmatch(phone) is not None and not phone.startswith(TOKEN_COUNTRIES)
+        canonical = _E164.fullmatch(phone) is not None and not phone.startswith(SPELT_TWO_WAYS)
         if not (canonical and is_name(brand) and is_name(campaign)):
             check_target(brand, campaign, phone, lambda: self._when(at))
         number = phone if canonical else to_e164(phone, field="phone")
@@ -171,7 +171,7 @@ class Checks:
         if past:
             await self._admit_past(reader, "CanSend", brand, number, campaign, when)
             return await self._as_of(number, brand, campaign, when, kind=kind, token=token)
-        earlier = forms_stored_before(number) if number.startswith(WITH_MOBILE_TOKEN) else ()
+        earlier = forms_stored_before(number) if number.startswith(KEPT_FORMS) else ()
         fresh = await self.ctx.guard.wait_for_phones([number, *earlier], token)
         read_at = self.ctx.guard.applied_token()
         if not fresh:
@@ -235,10 +235,10 @@ class Checks:
         lookup = [p for p in phones if "\x00" not in p] if "\x00" in joined else phones
         digests = await self.reads.digests(brand, lookup)
         numbers = list(phones)
-        if any(country in joined for country in TOKEN_COUNTRIES):
+        if any(country in joined for country in SPELT_TWO_WAYS):
             # Kept under the form with the mobile token: read, whether found or not.
             unknown = [
-                i for i, p in enumerate(phones) if p not in digests or p.startswith(TOKEN_COUNTRIES)
+                i for i, p in enumerate(phones) if p not in digests or p.startswith(SPELT_TWO_WAYS)
             ]
         else:
             unknown = [i for i, p in enumerate(phones) if p not in digests]

@@ -1,6 +1,7 @@
 """One line, one number: a mobile written with or without its country's mobile token
-(Argentina's 9) is read as the one form, and the facts an earlier version stored
-under the other spelling are folded with its own."""
+(Argentina's 9), or a Gabonese number with or without its 0, is read as the one form,
+and the facts an earlier version stored under the other spelling are folded with its
+own."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import phonenumbers
 import pytest
 
 from ledger.events import LedgerPosition, MessageKind, Recorded
-from ledger.phone import TOKEN_COUNTRIES, WITH_MOBILE_TOKEN, forms_stored_before, to_e164
+from ledger.phone import KEPT_FORMS, SPELT_TWO_WAYS, forms_stored_before, to_e164
 from ledger.policy import Check, as_one_number, digest_of_history
 from tests.builders import T0, campaign, granted, revoked, sent
 
@@ -48,7 +49,25 @@ def test_the_form_with_the_9_names_the_form_facts_were_stored_under_before() -> 
     assert forms_stored_before(WITH_9) == (WITHOUT_9,)
     assert forms_stored_before("+14155552671") == ()
     assert forms_stored_before("+5491512345678") == ()  # no number
-    assert WITH_MOBILE_TOKEN == ("+549",) and TOKEN_COUNTRIES == ("+54",)
+    assert KEPT_FORMS == ("+549", "+241") and SPELT_TWO_WAYS == ("+54", "+241")
+
+
+@pytest.mark.parametrize(
+    ("written", "kept"),
+    [
+        ("+241 06 03 12 34", "+24106031234"),  # an older number, with its leading 0
+        ("+241 6 03 12 34", "+24106031234"),  # and without it
+        ("06 03 12 34", "+24106031234"),  # at home
+        ("+241 77 69 47 23", "+24177694723"),  # a newer number
+        ("+241 0 77 69 47 23", "+24177694723"),  # with the trunk 0 kept after +241
+        ("077 69 47 23", "+24177694723"),
+    ],
+)
+def test_a_gabonese_number_is_one_number_with_or_without_its_0(written: str, kept: str) -> None:
+    assert to_e164(written, default_region="GA") == kept
+    assert to_e164(kept) == kept
+    (other,) = forms_stored_before(kept)
+    assert to_e164(other) == kept and other != kept
 
 
 def _example_numbers() -> list[str]:
