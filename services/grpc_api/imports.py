@@ -13,14 +13,42 @@ import asyncio
 import contextlib
 import hashlib
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from consent.v1 import consent_service_pb2 as api_pb2
 
 from ledger.commands import HoldRefusedOptOut, RecordOptIn, RecordOptOut
 from ledger.errors import DomainError, InvalidRequest
-from services.usecases.imports import ChunkResult, Imports, Item
+from services.errors import OutcomeUnknown
+from services.grpc_api.deadlines import MARGIN, MARGIN_AT_MOST
+from services.usecases.imports import APPEND_LEASE_S, ChunkResult, Imports, Item
 from services.wire.api import command_from_proto
+
+
+async def _answered(
+    work: asyncio.Future[ChunkResult], first: int, time_left: Callable[[], float | None]
+) -> ChunkResult:
+    """``work``'s result, or ``OutcomeUnknown`` a margin before the caller's deadline
+    (``services.grpc_api.deadlines``). A chunk may wait far longer than a caller
+    does: for the turns to append its records that an import which died holds (up to
+    ``APPEND_LEASE_S``), or for the ledger. Without this the caller saw only
+    DEADLINE_EXCEEDED, with no word of why or of what to do; the chunks left are
+    cancelled as when the caller hangs up (their turns given back)."""
+    remaining = time_left()
+    if remaining is None:
+        return await work
+    budget = max(0.0, remaining - min(MARGIN_AT_MOST, MARGIN * remaining))
+    done, _ = await asyncio.wait({work}, timeout=budget)
+    if not done:
+        raise OutcomeUnknown(
+            f"the message with record {first} was not answered within {budget:.3g} s, "
+            "before the caller's deadline: its records may be waiting for their turn to "
+            "append, held by another import of them or, up to "
+            f"{APPEND_LEASE_S:g} s, by one that died, or for the ledger; run the import "
+            "again (with a longer deadline), and what was recorded is skipped"
+        )
+    return work.result()
+
 
 IN_FLIGHT = 4
 """Chunks worked on at once in one stream."""
@@ -76,12 +104,16 @@ def chunk_to_proto(result: ChunkResult, first: int) -> api_pb2.ImportConsentsRes
 
 
 async def answer_chunks(
-    imports: Imports, requests: AsyncIterator[api_pb2.ImportConsentsRequest]
+    imports: Imports,
+    requests: AsyncIterator[api_pb2.ImportConsentsRequest],
+    time_left: Callable[[], float | None] = lambda: None,
 ) -> AsyncIterator[api_pb2.ImportConsentsResponse]:
     """One answer per request, in order; the first request's ``dry_run`` holds for all.
     A later request asking for a dry run of an import that writes ends the stream
     (INVALID_ARGUMENT, once the requests before it are answered), its records unread:
-    written, they would be what it asked not to happen."""
+    written, they would be what it asked not to happen. ``time_left``: the seconds
+    until the caller's deadline (None: none); a chunk not answered a margin before it
+    ends the stream UNAVAILABLE, saying why (``_answered``)."""
     pending: deque[tuple[int, asyncio.Future[ChunkResult]]] = deque()
     index = 0
     dry_run: bool | None = None
@@ -91,8 +123,9 @@ async def answer_chunks(
                 dry_run = request.dry_run
             elif request.dry_run and not dry_run:
                 while pending:
-                    first, work = pending.popleft()
-                    yield chunk_to_proto(await work, first)
+                    first, work = pending[0]
+                    yield chunk_to_proto(await _answered(work, first, time_left), first)
+                    pending.popleft()
                 raise InvalidRequest(
                     "dry_run",
                     "is set on a later message of an import that writes (the first "
@@ -103,11 +136,13 @@ async def answer_chunks(
             pending.append((index, asyncio.ensure_future(imports.chunk(items, dry_run=dry_run))))
             index += len(items)
             while pending and (len(pending) >= IN_FLIGHT or pending[0][1].done()):
-                first, work = pending.popleft()
-                yield chunk_to_proto(await work, first)
+                first, work = pending[0]
+                yield chunk_to_proto(await _answered(work, first, time_left), first)
+                pending.popleft()
         while pending:
-            first, work = pending.popleft()
-            yield chunk_to_proto(await work, first)
+            first, work = pending[0]
+            yield chunk_to_proto(await _answered(work, first, time_left), first)
+            pending.popleft()
     finally:
         for _, work in pending:
             work.cancel()

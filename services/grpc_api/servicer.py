@@ -1110,7 +1110,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             self.authenticate(context).require(Scope.WRITE, brand)
 
         imports = self.usecases.start_import(authorize=authorize, recorded_by=principal.name)
-        async for answer in imports_api.answer_chunks(imports, requests):
+        async for answer in imports_api.answer_chunks(imports, requests, context.time_remaining):
             yield answer
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 
@@ -129,3 +130,59 @@ async def test_a_record_whose_turn_an_import_took_and_never_ended_is_written_by_
         after = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
         assert after - before == 20
         assert await imported(runtime, sent) == (0, 20)
+
+
+async def test_an_import_held_up_by_a_dead_import_s_turns_says_why_before_the_deadline(
+    tmp_path, postgres_dsn, kafka_bootstrap
+):
+    """The turns of an import that died hold its records up for two minutes; an
+    import of them run again with a shorter deadline must hear why from the server
+    (UNAVAILABLE, OUTCOME_UNKNOWN, what to do) before its deadline, not
+    DEADLINE_EXCEEDED with no word; and, run again once the turns ran out, it
+    writes them once."""
+    (settings, _) = await two_instances(tmp_path, postgres_dsn, kafka_bootstrap)
+    at = datetime.now(UTC) - timedelta(days=3)
+    sent = [
+        api.ImportRecord(opt_in=opt_in(f"+1303556{i:04d}", "acme", "promo", at, f"held-{i}"))
+        for i in range(10)
+    ]
+    async with running(settings) as runtime:
+        async with client(runtime.address) as admin:
+            await admin.DefineCampaign(define("acme", "promo", at - timedelta(days=60)))
+        conn = await asyncpg.connect(postgres_dsn)
+        try:  # what a dead import leaves: its claims, and its turns, running for 8 s
+            for record in sent:
+                cmd = command_from_proto(record.opt_in)
+                assert isinstance(cmd, RecordOptIn)
+                event = to_events(cmd, datetime.now(UTC))[0]
+                await conn.execute(
+                    "INSERT INTO request_use VALUES ($1, $2, $3, $4)",
+                    "acme", cmd.request_id, event.request_fingerprint, [event.event_id],
+                )  # fmt: skip
+                await conn.execute(
+                    "INSERT INTO append_turn VALUES ($1, $2, $3, now() + interval '8 s')",
+                    "acme", cmd.request_id, uuid.uuid4(),
+                )  # fmt: skip
+        finally:
+            await conn.close()
+
+        async def one_chunk() -> AsyncIterator[api.ImportConsentsRequest]:
+            yield api.ImportConsentsRequest(records=sent)
+
+        async with client(runtime.address, "acme-app") as c:
+            started = asyncio.get_running_loop().time()
+            stream = c.stub.ImportConsents(
+                one_chunk(), metadata=[("authorization", f"Bearer {c.token}")], timeout=3
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                _ = [a async for a in stream]
+            took = asyncio.get_running_loop().time() - started
+        assert failed.value.code() is grpc.StatusCode.UNAVAILABLE, failed.value
+        assert took < 3
+        details = failed.value.details() or ""
+        assert "outcome unknown" in details and "turn to append" in details, details
+        assert "run the import again" in details, details
+
+        await asyncio.sleep(8)  # the dead import's turns run out
+        assert await imported(runtime, sent) == (10, 0)
+        assert await imported(runtime, sent) == (0, 10)
