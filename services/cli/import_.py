@@ -111,7 +111,8 @@ CHUNK_BYTES = 384 * 1024
 pass that well before ``CHUNK`` of them. The reader keeps every record far smaller
 (``import_files.VALUE_LIMIT``)."""
 WINDOW = 8
-"""Messages sent ahead of their answers."""
+"""Messages sent ahead of their answers: each is answered once appended, and more
+than the service's four in flight keep it busy while answers travel back."""
 SHOWN_LINES = 5
 """Line numbers listed per reason in the summary."""
 REMEMBERED = 1_000_000

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from consent.v1 import consent_service_pb2 as api_pb2
 
@@ -108,44 +108,56 @@ async def answer_chunks(
     requests: AsyncIterator[api_pb2.ImportConsentsRequest],
     time_left: Callable[[], float | None] = lambda: None,
 ) -> AsyncIterator[api_pb2.ImportConsentsResponse]:
-    """One answer per request, in order; the first request's ``dry_run`` holds for all.
-    A later request asking for a dry run of an import that writes ends the stream
-    (INVALID_ARGUMENT, once the requests before it are answered), its records unread:
-    written, they would be what it asked not to happen. ``time_left``: the seconds
-    until the caller's deadline (None: none); a chunk not answered a margin before it
-    ends the stream UNAVAILABLE, saying why (``_answered``)."""
-    pending: deque[tuple[int, asyncio.Future[ChunkResult]]] = deque()
-    index = 0
-    dry_run: bool | None = None
-    try:
+    """One answer per request, in order, each as soon as its chunk is appended; the
+    first request's ``dry_run`` holds for all. A later request asking for a dry run
+    of an import that writes ends the stream (INVALID_ARGUMENT, once the requests
+    before it are answered), its records unread: written, they would be what it
+    asked not to happen. ``time_left``: the seconds until the caller's deadline (None:
+    none); a chunk not answered a margin before it ends the stream UNAVAILABLE,
+    saying why (``_answered``)."""
+    # The requests are read in a task of their own: read here, between answers, a
+    # chunk was answered only when the next came or the stream ended, and a client
+    # that waited for each answer before sending more stalled to its deadline.
+    started: asyncio.Queue[tuple[int, asyncio.Future[ChunkResult]] | None] = asyncio.Queue()
+    room = asyncio.Semaphore(IN_FLIGHT)
+    working: list[asyncio.Future[ChunkResult]] = []
+
+    async def read() -> None:
+        index = 0
+        dry_run: bool | None = None
         async for request in requests:
             if dry_run is None:
                 dry_run = request.dry_run
             elif request.dry_run and not dry_run:
-                while pending:
-                    first, work = pending[0]
-                    yield chunk_to_proto(await _answered(work, first, time_left), first)
-                    pending.popleft()
                 raise InvalidRequest(
                     "dry_run",
                     "is set on a later message of an import that writes (the first "
                     "message decides): a dry run is an import of its own; nothing of "
                     "this message was written",
                 )
+            await room.acquire()
             items = items_from_proto(request.records, index)
-            pending.append((index, asyncio.ensure_future(imports.chunk(items, dry_run=dry_run))))
+            work = asyncio.ensure_future(imports.chunk(items, dry_run=dry_run))
+            working.append(work)
+            started.put_nowait((index, work))
             index += len(items)
-            while pending and (len(pending) >= IN_FLIGHT or pending[0][1].done()):
-                first, work = pending[0]
-                yield chunk_to_proto(await _answered(work, first, time_left), first)
-                pending.popleft()
-        while pending:
-            first, work = pending[0]
-            yield chunk_to_proto(await _answered(work, first, time_left), first)
-            pending.popleft()
+
+    reader = asyncio.ensure_future(read())
+    # The end of the requests (or what ended them) comes after every chunk started.
+    reader.add_done_callback(lambda _: started.put_nowait(None))
+    try:
+        while (entry := await started.get()) is not None:
+            first, work = entry
+            result = await _answered(work, first, time_left)
+            working.remove(work)
+            room.release()
+            yield chunk_to_proto(result, first)
+        await reader
     finally:
-        for _, work in pending:
+        reader.cancel()
+        for work in working:
             work.cancel()
-        for _, work in pending:
+        tasks: list[asyncio.Future[Any]] = [reader, *working]
+        for task in tasks:
             with contextlib.suppress(BaseException):
-                await work
+                await task

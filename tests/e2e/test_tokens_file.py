@@ -188,8 +188,7 @@ async def test_an_open_import_writes_nothing_once_its_token_is_revoked(serve, ch
             sent(), metadata=[("authorization", f"Bearer {app.token}")], timeout=20
         )
         await chunks.put(chunk(before))
-        # A chunk is answered once the next comes or the stream ends; it is written
-        # before that.
+        # Written before its answer is read: wait for it in the ledger itself.
         deadline = asyncio.get_running_loop().time() + 20
         while not (await admin.ListEvents(api.ListEventsRequest(phone=before))).events:
             assert asyncio.get_running_loop().time() < deadline, "the first chunk was not written"
