@@ -123,12 +123,14 @@ def _unary(behavior: Any) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable
 
 def _streaming(behavior: Any) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
     async def called(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        token = await _start(context)
-        try:
-            async for reply in behavior(request, context):
-                yield reply
-        finally:
-            REQUEST_ID.reset(token)
+        # Not reset after: gRPC runs each call in a task of its own, whose context
+        # ends with it. A call cancelled while gRPC sends a reply leaves this
+        # generator at its yield, and asyncio closes it later from another task, in
+        # whose context a reset raised ValueError ("Task exception was never
+        # retrieved").
+        await _start(context)
+        async for reply in behavior(request, context):
+            yield reply
 
     return called
 

@@ -5,12 +5,14 @@ not kept waiting for a chunk it has not sent."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
+from consent.v1 import consent_service_pb2_grpc as api_grpc
 
 from tests.e2e.harness import Clock, client, define, opt_in
 
@@ -54,3 +56,41 @@ async def test_a_chunk_is_answered_before_the_next_is_sent(serve):
     assert (second.first_index, second.imported, second.already_present) == (2, 1, 1)
     assert took < 6, f"the import took {took:.1f} s of its 8 s deadline"
 
+
+async def test_an_import_cancelled_by_its_deadline_logs_no_error(serve, caplog):
+    """A stream whose deadline passed while the service sent it an answer was left
+    by gRPC at that answer; asyncio closed it later from a task of its own, where
+    restoring the call's request id raised "was created in a different Context"
+    ("Task exception was never retrieved" in the log)."""
+    clock = Clock()
+    runtime = await serve(
+        clock=clock, campaigns=[define("acme", "promo", clock.now - timedelta(days=1))]
+    )
+    # Records refused one by one make long answers; a client with a small window
+    # that reads none keeps the service waiting in its send when the deadline comes.
+    refused = [
+        api.ImportRecord(opt_in=opt_in(f"not a phone {i}", "acme", "promo", clock.now, f"x-{i}"))
+        for i in range(1000)
+    ]
+
+    async def sent() -> AsyncIterator[api.ImportConsentsRequest]:
+        for _ in range(4):
+            yield api.ImportConsentsRequest(records=refused)
+        await asyncio.sleep(30)  # the stream stays open until its deadline
+
+    small_window = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
+    for _ in range(3):
+        async with grpc.aio.insecure_channel(runtime.address, options=small_window) as channel:
+            stream = api_grpc.ConsentServiceStub(channel).ImportConsents(
+                sent(), metadata=[("authorization", "Bearer acme-secret")], timeout=1.5
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await asyncio.sleep(2.5)  # reads nothing until the deadline passed
+                async for _ in stream:
+                    pass
+            assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(10):  # time for asyncio to close what gRPC left
+        gc.collect()
+        await asyncio.sleep(0.1)
+    said = [r.getMessage() + str(r.exc_info and r.exc_info[1]) for r in caplog.records]
+    assert not [s for s in said if "different Context" in s or "never retrieved" in s]
