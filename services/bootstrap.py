@@ -234,7 +234,7 @@ class Runtime:
         ):
             read = file_stamp(tokens)  # before reading: a change after it is seen
             auth = TokenAuthenticator.from_file(tokens)
-        following = follow_tokens(tokens, auth, s.tokens_reload_interval, read)
+        following = follow_tokens(tokens, auth, s.tokens_reload_interval, read, self.metrics)
         self._tasks.append(asyncio.create_task(following, name="tokens-file"))
         if auth.names_certificates and (s.tls is None or s.tls.client_ca_file is None):
             log.warning(

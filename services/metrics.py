@@ -160,6 +160,11 @@ class ServiceMetrics(Collector):
         self._audit_reads: dict[tuple[str, str], int] = {}
         self._audit_unrecorded: dict[str, int] = {}
         self._audit_refused: dict[tuple[str, str, str], int] = {}
+        self.tokens_file_unreadable = False
+        """Whether the tokens file as it stands cannot be used, so the tokens of an
+        earlier read (a token since revoked among them) are still in use."""
+        self.tokens_loaded_at: float | None = None
+        """Unix time the tokens in use were read from the file (None: no file)."""
         # prometheus_client's own types for what needs buckets; not registered
         # anywhere (collect yields them), so each ServiceMetrics has its own.
         rpc = ["grpc_service", "grpc_method", "grpc_type"]
@@ -365,6 +370,18 @@ class ServiceMetrics(Collector):
         for producer, n in self._producer_renewals.copy().items():
             renewals.add_metric([producer], n)
         yield renewals
+        if self.tokens_loaded_at is not None:
+            yield GaugeMetricFamily(
+                "consent_tokens_file_unreadable",
+                "1 while the tokens file as it stands cannot be used: the tokens of the "
+                "last good read stay in use, a token revoked since among them.",
+                value=int(self.tokens_file_unreadable),
+            )
+            yield GaugeMetricFamily(
+                "consent_tokens_file_loaded_timestamp_seconds",
+                "Unix time the tokens in use were read from the tokens file.",
+                value=self.tokens_loaded_at,
+            )
         if self.guard is not None:
             status = self.guard.status
             lag = GaugeMetricFamily(

@@ -12,11 +12,13 @@ import asyncio
 import logging
 import ssl
 import threading
+import time
 from pathlib import Path
 
 import grpc
 
 from services.grpc_api.auth import TokenAuthenticator
+from services.metrics import ServiceMetrics
 from services.settings import TlsSettings
 
 log = logging.getLogger(__name__)
@@ -123,39 +125,56 @@ def file_stamp(path: Path) -> tuple[int, int, int]:
 
 
 async def follow_tokens(
-    path: Path, auth: TokenAuthenticator, interval: float, seen: tuple[int, int, int]
+    path: Path,
+    auth: TokenAuthenticator,
+    interval: float,
+    seen: tuple[int, int, int],
+    metrics: ServiceMetrics | None = None,
 ) -> None:
     """Read the tokens file again whenever it changes, so tokens are added and
     revoked without a restart (within ``interval`` seconds). ``seen`` is the file's
     stamp when ``auth`` was read. A file that cannot be used is logged, and the
-    tokens in use are kept."""
+    tokens in use are kept; ``metrics`` says so for as long as it stands (a revoking
+    edit that also broke the file leaves the revoked token working)."""
+    usable = True  # the file as ``seen`` is the one in use
+    if metrics is not None:
+        metrics.tokens_loaded_at = time.time()
     while True:
         await asyncio.sleep(interval)
         try:
             now = file_stamp(path)
         except OSError:
-            continue  # mid-replacement, say: look again next time
-        if now == seen:
+            # Mid-replacement, say: look again next time. Gone for good, its tokens
+            # stay in use unread: unusable too until it is back.
+            if metrics is not None:
+                metrics.tokens_file_unreadable = True
             continue
-        seen = now
-        try:
-            auth.take(TokenAuthenticator.from_file(path))
-        except (OSError, ValueError) as exc:
-            log.warning(
-                "the tokens file %s changed but cannot be used; keeping the tokens in use: %s",
-                path,
-                exc,
-            )
-            continue
-        except Exception:
-            # Any other failure to read it must not end the following: every later
-            # revocation would go unread, and the revoked tokens keep working.
-            log.exception(
-                "the tokens file %s changed but could not be read; keeping the tokens in use",
-                path,
-            )
-            continue
-        log.info("the tokens file %s changed; its tokens are in use", path)
+        if now != seen:
+            seen = now
+            try:
+                auth.take(TokenAuthenticator.from_file(path))
+            except (OSError, ValueError) as exc:
+                usable = False
+                log.warning(
+                    "the tokens file %s changed but cannot be used; keeping the tokens in use: %s",
+                    path,
+                    exc,
+                )
+            except Exception:
+                # Any other failure to read it must not end the following: every later
+                # revocation would go unread, and the revoked tokens keep working.
+                usable = False
+                log.exception(
+                    "the tokens file %s changed but could not be read; keeping the tokens in use",
+                    path,
+                )
+            else:
+                usable = True
+                if metrics is not None:
+                    metrics.tokens_loaded_at = time.time()
+                log.info("the tokens file %s changed; its tokens are in use", path)
+        if metrics is not None:
+            metrics.tokens_file_unreadable = not usable
 
 
 def _no_password() -> bytes:

@@ -19,6 +19,7 @@ from services.grpc_api.auth import (
     write_dev_tokens,
 )
 from services.grpc_api.credentials import file_stamp, follow_tokens
+from services.metrics import ServiceMetrics
 from services.settings import UNLIMITED, RateLimit
 
 
@@ -453,5 +454,53 @@ async def test_the_follower_outlives_any_failure_to_read_the_file(tmp_path, monk
             await asyncio.sleep(0.02)
         else:
             raise AssertionError("the revoked token still authenticates")
+    finally:
+        following.cancel()
+
+
+async def test_a_tokens_file_that_cannot_be_used_is_told_in_the_metrics(tmp_path) -> None:
+    """A revoking edit that also broke the file left the revoked token working, with
+    one warning in the log and nothing an alert could see."""
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"tokens": [OPS]}))
+    auth = TokenAuthenticator.from_file(path)
+    metrics = ServiceMetrics()
+    following = asyncio.create_task(follow_tokens(path, auth, 0.01, file_stamp(path), metrics))
+
+    def scraped() -> dict[str, float]:
+        return {
+            sample.name: sample.value
+            for family in metrics.registry().collect()
+            for sample in family.samples
+            if sample.name.startswith("consent_tokens_file")
+        }
+
+    async def until(unreadable: int) -> dict[str, float]:
+        for _ in range(100):
+            if (now := scraped()).get("consent_tokens_file_unreadable") == unreadable:
+                return now
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"consent_tokens_file_unreadable never became {unreadable}")
+
+    try:
+        first = await until(0)
+        revoked = json.dumps({"tokens": [{**OPS, "sha256": token_digest("rotated")}]})
+        path.write_text(revoked[:-1])  # the closing brace lost in the same edit
+        broken = await until(1)
+        assert auth.authenticate(BEARER).name == "ops"  # kept, as documented
+        assert (
+            broken["consent_tokens_file_loaded_timestamp_seconds"]
+            == first["consent_tokens_file_loaded_timestamp_seconds"]
+        )
+        await asyncio.sleep(0.1)
+        assert scraped()["consent_tokens_file_unreadable"] == 1  # for as long as it stands
+        path.write_text(revoked)
+        fixed = await until(0)
+        with pytest.raises(Unauthenticated):
+            auth.authenticate(BEARER)
+        assert (
+            fixed["consent_tokens_file_loaded_timestamp_seconds"]
+            > first["consent_tokens_file_loaded_timestamp_seconds"]
+        )
     finally:
         following.cancel()
