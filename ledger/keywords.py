@@ -161,6 +161,7 @@ import itertools
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from rapidfuzz import process
 from rapidfuzz.distance import OSA
@@ -296,17 +297,12 @@ def classify(text: str) -> Intent:
     while a look-alike START or HELP is left as written, since resuming consent on
     a guess would allow what the person may not have asked for.
     """
-    try:
-        intent = _classify(text)
-        latin = text.translate(_LOOK_ALIKES)
-        if latin != text:
-            drawn = _classify(latin)
-            if _STOPS.get(drawn, 0) > _STOPS.get(intent, 0):
-                return drawn
-    except RecursionError:
-        # A body of one long word of glued stop words ("stopstop…") takes the
-        # reader past Python's depth: a person reads it; an error would lose a STOP.
-        return Intent.REVOCATION_CANDIDATE
+    intent = _classify(text)
+    latin = text.translate(_LOOK_ALIKES)
+    if latin != text:
+        drawn = _classify(latin)
+        if _STOPS.get(drawn, 0) > _STOPS.get(intent, 0):
+            return drawn
     return intent
 
 
@@ -557,7 +553,58 @@ def _canon(token: str) -> tuple[str, ...]:
             return _canon(leet)
         letters = "".join(ch for ch in token if ch.isalpha())
         return _canon(letters) if letters else ()
-    if _REMOVE_ME.search(token) and len(token) >= 6:
+    return _peeled(token)
+
+
+PEELED_AT_MOST = 64
+"""Stop words peeled off the front of one token ("stopstopit") before the rest is
+left unread: each peel reads the rest again, so a body of one long word would take
+time that grows with its square. Past them the token is read as the stop words
+peeled and an unread word, which ``classify`` holds for review."""
+
+
+def _peeled(token: str) -> tuple[str, ...]:
+    """A token of letters read whole, or as the stop words glued to its front
+    ("stopit", "stoptexting") and the rest read on. A loop, not a call per stop
+    word: a body may be one word of thousands of them."""
+    table = _glued_table(token)
+    # Each stop word peeled and where the rest after it starts, outermost first.
+    peels: list[tuple[str, int]] = []
+    start = 0
+    while True:
+        whole = token[start:]
+        read = _read_whole(whole, table, start)
+        if read is not None:
+            break
+        glued = _STOP_LIKE_PREFIX.match(whole)
+        if glued is None or glued.end() == len(whole):
+            read = _fuzzed(whole)
+            break
+        if len(peels) == PEELED_AT_MOST:
+            read = None  # left unread: every peel below is kept
+            break
+        peels.append((glued.group(), start))
+        start += glued.end()
+    rest_start = start
+    for prefix, at in reversed(peels):
+        rest = token[rest_start:]
+        if read is None or read != (rest,) or set(read) & (_COURTESY | _ME | _DEMONSTRATIVE):
+            read = (*_canon(prefix), *((rest,) if read is None else read))
+        else:
+            read = _fuzzed(token[at:])
+        rest_start = at
+    assert read is not None
+    return read
+
+
+def _read_whole(token: str, table: _GluedTable, start: int) -> tuple[str, ...] | None:
+    """The reading of ``token`` (letters only, ``table``'s token from ``start`` on)
+    as a word, or None when it is no word known, misspelt or glued from keywords."""
+    if token in _LEXICON:
+        return _LEXICON[token]
+    # A tail of a token holds "...enme" only if the token does, which was read first:
+    # looked for in the whole token only, or a long word is read again for each peel.
+    if start == 0 and _REMOVE_ME.search(token) and len(token) >= 6:
         return (token,)  # "elimínenme", never fuzzed into "eliminen"
     for stem, word in _STRONG_STEMS:
         if token.startswith(stem):
@@ -565,31 +612,48 @@ def _canon(token: str) -> tuple[str, ...]:
     if token in _VOCABULARY:
         return (token,)
     # Spanish spelt as it sounds: "kiero", "kitenme", "sakenme" (quiero, quítenme, sáquenme).
-    if "k" in token:
+    if "k" in token and (start == 0 or len(token) <= _LONGEST_KNOWN):
         spelt = re.sub(r"k", "c", re.sub(r"k(?=[ei])", "qu", token))
-        if spelt in _VOCABULARY or (_REMOVE_ME.search(spelt) and len(spelt) >= 6):
+        if spelt in _VOCABULARY or (start == 0 and _REMOVE_ME.search(spelt) and len(spelt) >= 6):
             return (spelt,)
-    # "stooop", "sttop", "blockeed", "caall": letters doubled or run on.
-    singles = [token[: m.start()] + token[m.start() + 1 :] for m in _DOUBLE.finditer(token)]
-    for squeezed in (
-        re.sub(r"(.)\1{2,}", r"\1\1", token),
-        re.sub(r"(.)\1+", r"\1", token),
-        *singles,
-    ):
-        if squeezed != token and squeezed in _LEXICON:
-            return _LEXICON[squeezed]
-        if squeezed != token and squeezed in _TYPO_TARGETS:
-            return (squeezed,)
-    glued_words = _glued_keywords(token) or (_DOUBLE.search(token) and _glued_stretched(token))
+    # "stooop", "sttop", "blockeed", "caall": letters doubled or run on. Squeezed, a
+    # token keeps a letter of each run at least: one of more runs than the longest
+    # word is none (and is not squeezed, which takes as long as the token).
+    if _runs(token, _LONGEST_KNOWN + 1) <= _LONGEST_KNOWN:
+        singles = [token[: m.start()] + token[m.start() + 1 :] for m in _DOUBLE.finditer(token)]
+        for squeezed in (
+            re.sub(r"(.)\1{2,}", r"\1\1", token),
+            re.sub(r"(.)\1+", r"\1", token),
+            *singles,
+        ):
+            if squeezed != token and squeezed in _LEXICON:
+                return _LEXICON[squeezed]
+            if squeezed != token and squeezed in _TYPO_TARGETS:
+                return (squeezed,)
+    # Stretched letters ("pleaseeestop") are cut only where the exact cut fails.
+    glued_words = _glued_at(table, start) or (_DOUBLE.search(token) and _glued_stretched(token))
     if glued_words:
         return tuple(w for part in glued_words for w in _canon(part))
-    # "stopit", "stoptexting": a stop word glued to the next word.
-    glued = _STOP_LIKE_PREFIX.match(token)
-    if glued and glued.end() < len(token):
-        rest = _canon(token[glued.end() :])
-        if rest != (token[glued.end() :],) or set(rest) & (_COURTESY | _ME | _DEMONSTRATIVE):
-            return (*_canon(glued.group()), *rest)
-    if len(token) >= 4 and token not in _NOT_TYPOS:
+    return None
+
+
+def _runs(token: str, most: int) -> int:
+    """How many runs of one letter ``token`` holds, counted up to ``most``."""
+    runs = 0
+    previous = ""
+    for ch in token:
+        if ch != previous:
+            runs += 1
+            if runs == most:
+                break
+            previous = ch
+    return runs
+
+
+def _fuzzed(token: str) -> tuple[str, ...]:
+    """``token`` as the word it misspells, or as itself (a token longer than any word
+    by more than the two edits allowed is no misspelling of one)."""
+    if 4 <= len(token) <= _LONGEST_FUZZY + 2 and token not in _NOT_TYPOS:
         cutoff = 2 if len(token) >= 8 else 1
         # A four-letter word only as a five-letter one with a letter dropped ("wrng")
         # or as one of a few four-letter words that are never stop itself ("txet").
@@ -627,30 +691,66 @@ _GLUED_PARTS = sorted(
 )
 
 
+_PARTS_BY_LETTER: dict[str, tuple[str, ...]] = {}
+for _part in _GLUED_PARTS:  # longest first, as _GLUED_PARTS is
+    _PARTS_BY_LETTER[_part[0]] = (*_PARTS_BY_LETTER.get(_part[0], ()), _part)
+_LONGEST_PART = len(_GLUED_PARTS[0])
+
+
+@dataclass(frozen=True)
+class _GluedTable:
+    """How each tail of a token cuts into _GLUED_PARTS (``_glued_table``)."""
+
+    first: list[str]
+    """first[i]: the longest part that starts token[i:] and leaves a cuttable rest
+    ("" where none does)."""
+    parts: list[int]
+    """parts[i]: how many parts token[i:] cuts into."""
+    opt_out: list[bool]
+    """opt_out[i]: whether an opt-out keyword is among them."""
+
+
+def _glued_table(token: str) -> _GluedTable:
+    """Cut from the end, not by recursion: a body may be one word of thousands of
+    letters, and every tail of it is cut by the one table. A stretch as long as the
+    longest part that no cut reaches ends it: nothing before it can be cut."""
+    n = len(token)
+    first = [""] * (n + 1)
+    parts = [0] * (n + 1)
+    opt_out = [False] * (n + 1)
+    cuttable = [False] * n + [True]
+    uncut = 0  # positions in a row, up to i, from which no cut reaches the end
+    for i in range(n - 1, -1, -1):
+        for part in _PARTS_BY_LETTER.get(token[i], ()):
+            after = i + len(part)
+            if after <= n and cuttable[after] and token.startswith(part, i):
+                first[i], cuttable[i] = part, True
+                parts[i] = parts[after] + 1
+                opt_out[i] = opt_out[after] or part in _GLUED_OPT_OUTS
+                break
+        uncut = 0 if cuttable[i] else uncut + 1
+        if uncut >= _LONGEST_PART:
+            break
+    return _GluedTable(first, parts, opt_out)
+
+
+def _glued_at(table: _GluedTable, start: int) -> tuple[str, ...]:
+    """The tail of ``table``'s token from ``start`` cut into two or more of
+    _GLUED_PARTS, one an opt-out keyword, or ()."""
+    if not table.first[start] or table.parts[start] < 2 or not table.opt_out[start]:
+        return ()
+    cut = []
+    i = start
+    while table.first[i]:
+        cut.append(table.first[i])
+        i += len(table.first[i])
+    return tuple(cut)
+
+
 @functools.lru_cache(maxsize=8192)
 def _glued_keywords(token: str) -> tuple[str, ...]:
-    """``token`` cut into two or more of _GLUED_PARTS, one an opt-out keyword, or ().
-
-    Cut from the end, not by recursion: a body may be one 4,096-letter word.
-    """
-    # first[i]: the longest part that starts token[i:] and leaves a cuttable rest.
-    first = [""] * (len(token) + 1)
-    cuttable = [False] * len(token) + [True]
-    for i in range(len(token) - 1, -1, -1):
-        for part in _GLUED_PARTS:
-            if token.startswith(part, i) and cuttable[i + len(part)]:
-                first[i], cuttable[i] = part, True
-                break
-    if not cuttable[0]:
-        return ()
-    parts = []
-    i = 0
-    while i < len(token):
-        parts.append(first[i])
-        i += len(first[i])
-    if len(parts) >= 2 and not _GLUED_OPT_OUTS.isdisjoint(parts):
-        return tuple(parts)
-    return ()
+    """``token`` cut into two or more of _GLUED_PARTS, one an opt-out keyword, or ()."""
+    return _glued_at(_glued_table(token), 0) if token else ()
 
 
 _STRETCHED_PARTS = [(part, re.sub(r"(.)\1+", r"\1", part)) for part in _GLUED_PARTS]
@@ -1684,13 +1784,6 @@ _CLAUSE_RULES: tuple[Callable[[list[str]], bool], ...] = (
 def reads_like_an_opt_out(text: str) -> bool:
     """Whether ``text`` could be read as a wish to receive no more messages (see
     the module docstring)."""
-    try:
-        return _reads_like_an_opt_out(text)
-    except RecursionError:
-        return True  # as in ``classify``: read by a person, never lost to an error
-
-
-def _reads_like_an_opt_out(text: str) -> bool:
     plain = _plain(text)
     if _NOT_THAT_PERSON.search(unicodedata.normalize("NFKC", text.translate(_APOSTROPHES))):
         return True
@@ -2024,3 +2117,7 @@ _TYPO_TARGETS = (
     | _DESIRE
     | _AVERSION
 )
+_LONGEST_KNOWN = max(map(len, (*_LEXICON, *_TYPO_TARGETS, *_VOCABULARY)))
+"""The longest word a token squeezed or respelt is looked up as (``_read_whole``)."""
+_LONGEST_FUZZY = max(map(len, (*_FUZZY_TARGETS, *_FUZZY_TARGETS_4)))
+"""The longest word a token may be read as misspelling (``_fuzzed``)."""

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,6 +11,7 @@ from ledger.keywords import (
     HELP_KEYWORDS,
     OPT_IN_KEYWORDS,
     OPT_OUT_KEYWORDS,
+    PEELED_AT_MOST,
     Intent,
     classify,
     reads_like_an_opt_out,
@@ -329,6 +332,29 @@ def test_a_body_of_stop_words_glued_to_any_word_is_never_an_error(tail):
     # thousand of them overflowed it, and an error would drop the person's STOP.
     assert classify("stop" * 1000 + tail) in (CANDIDATE, Intent.OPT_OUT)
     assert reads_like_an_opt_out("stop" * 1000 + tail)
+
+
+@pytest.mark.parametrize("tail", ["xyz", "texting", "me"])
+def test_a_body_of_a_hundred_thousand_glued_stop_words_is_held_quickly(tail):
+    # Each stop word peeled read the rest again, and cut it into keywords again: a
+    # thousand took 10 s of CPU, five thousand over a minute, a hundred thousand
+    # would take hours; the peeling is a loop now, and past PEELED_AT_MOST stop
+    # words the rest is left unread and the text held.
+    body = "stop" * 100_000 + tail
+    started = time.process_time()
+    assert classify(body) is CANDIDATE
+    assert reads_like_an_opt_out(body)
+    assert time.process_time() - started < 10  # some 2 s on the shared 2-core machine
+
+
+def test_stop_words_glued_up_to_the_peeled_limit_read_as_before():
+    # The loop reads a token as the recursion did: "stopstop...it" is its stop
+    # words and "it"; "stopstop...xyz" one word, as "stopxyz" is.
+    glued = "stop" * PEELED_AT_MOST
+    assert classify(glued + "it") is CANDIDATE
+    assert classify("stopxyz") is Intent.CONVERSATION
+    assert classify(glued + "xyz") is Intent.CONVERSATION
+    assert classify(glued + "stopxyz") is CANDIDATE  # one stop word past the limit: held
 
 
 @pytest.mark.parametrize(
