@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import hashlib
 import io
 import json
 import re
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, BinaryIO, TextIO
 
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
@@ -101,6 +103,8 @@ class Unreadable:
     held: api.ImportRecord | None = None
     """Of an opt-out, what can be read of it, with no channel or time: the service
     refuses it and holds its number for review (``ImportConsents``)."""
+    opt_in: bool = dataclasses.field(default=False, compare=False)
+    """Typed ``opt_in``: never held (``read_records`` reads these apart)."""
 
 
 @dataclass(frozen=True)
@@ -128,15 +132,31 @@ def format_of(path: Path | None, given: str | None) -> str:
     return found
 
 
-def read_records(text: TextIO, fmt: str) -> Iterator[Read | Unreadable]:
-    """Every record of ``text`` in order, read or not."""
+def read_records(
+    text: TextIO, fmt: str, opt_ins: bool | None = None
+) -> Iterator[Read | Unreadable]:
+    """Every record of ``text`` in order, read or not; with ``opt_ins`` True only
+    those typed ``opt_in``, with False only the others (opt-outs, records whose type
+    cannot be read, header rows further down). A record typed ``opt_in`` is never
+    held (``_refused``), so the second part holds every record that may deny: read
+    and imported first, it denies before any opt-in is allowed."""
     if fmt == "csv":
-        yield from _csv(text)
+        yield from _csv(text, opt_ins)
     else:
-        yield from _jsonl(text)
+        yield from _jsonl(text, opt_ins)
 
 
-def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
+def _wanted(fields: dict[str, Any], opt_ins: bool | None) -> bool:
+    """Whether a record of ``fields`` is in the part of the file ``opt_ins`` asks for
+    (``read_records``); its fields are looked at, not parsed, so a part costs the
+    reading of the other's lines only."""
+    if opt_ins is None:
+        return True
+    kind = fields.get("type")
+    return (isinstance(kind, str) and _kind({"type": kind}) == "opt_in") == opt_ins
+
+
+def _csv(text: TextIO, opt_ins: bool | None = None) -> Iterator[Read | Unreadable]:
     csv.field_size_limit(max(csv.field_size_limit(), CSV_VALUE_LIMIT))
     # Strict: a quote opened and never closed would otherwise take every line after
     # it, up to the next quote or the end of the file, into one value, and the
@@ -164,10 +184,13 @@ def _csv(text: TextIO) -> Iterator[Read | Unreadable]:
                 # refused all the same, named, so that a file that is not the one
                 # export it seems does not pass for clean, and no row is dropped unsaid.
                 _check_columns(again, f"line {start}, a header row further down: ", STOPPED)
-                yield Unreadable(start, "record", _header_reason(again, columns))
+                if opt_ins is not True:
+                    yield Unreadable(start, "record", _header_reason(again, columns))
                 columns = again
                 continue
             fields = {k: v for k, v in zip(columns, row, strict=False) if v}
+            if not _wanted(fields, opt_ins):
+                continue
             if len(row) > len(columns):  # an unquoted comma, most often in a text
                 reason = "has more values than the header has columns"
                 yield _refused(fields, start, "record", reason)
@@ -221,7 +244,19 @@ def _header_reason(again: list[str], columns: list[str]) -> str:
     )
 
 
-def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
+def _jsonl(text: TextIO, opt_ins: bool | None = None) -> Iterator[Read | Unreadable]:
+    for item in _jsonl_all(text, opt_ins):
+        if opt_ins is None or _typed_opt_in(item) == opt_ins:
+            yield item
+
+
+def _typed_opt_in(item: Read | Unreadable) -> bool:
+    if isinstance(item, Unreadable):
+        return item.opt_in
+    return bool(item.record.WhichOneof("record") == "opt_in")
+
+
+def _jsonl_all(text: TextIO, opt_ins: bool | None) -> Iterator[Read | Unreadable]:
     first = True
     for number, raw, whole in _lines(text):
         # Files joined (cat a.jsonl b.jsonl) keep each one's byte-order mark: no content.
@@ -255,6 +290,8 @@ def _jsonl(text: TextIO) -> Iterator[Read | Unreadable]:
             continue
         if not isinstance(obj, dict):
             yield Unreadable(number, "record", "is not a JSON object")
+            continue
+        if not _wanted(obj, opt_ins):
             continue
         loose = _loose(obj)  # what an opt-out refused below is held by
         nested = obj.pop("proof", None)
@@ -388,7 +425,7 @@ def _refused(fields: dict[str, str], line: int, field: str, reason: str) -> Unre
         f in fields for f in OPT_OUT_FIELDS
     )
     if kind == "opt_in" or (kind != "opt_out" and opt_in_only):
-        return Unreadable(line, field, reason)
+        return Unreadable(line, field, reason, opt_in=kind == "opt_in")
     return Unreadable(line, field, reason, _held(fields))
 
 
@@ -541,7 +578,7 @@ def _enum(field: str, text: str) -> int:
     raise _Bad(field, f"is not one of {choices}: {text!r}")
 
 
-def count_records(path: Path | None, fmt: str) -> int | None:
+def count_records(path: Path | None, fmt: str, spooled: IO[bytes] | None = None) -> int | None:
     """How many records ``path`` holds, as the reader will find them: the progress
     bar's total, counted without parsing. Lines the reader skips (blank ones) and a
     CSV's header are not records, and a CSV line that ends inside a quoted value is
@@ -550,9 +587,17 @@ def count_records(path: Path | None, fmt: str) -> int | None:
 
     None for a file that is not a regular file (a pipe, ``/dev/stdin``) and for
     standard input (``path`` None): it can be read once only, and counting would
-    take its records from the import."""
+    take its records from the import. Once ``spool``ed (``spooled``), it is counted
+    there."""
+    if spooled is not None:
+        return _count(open(spooled.fileno(), "rb", closefd=False), fmt)
     if path is None or not path.is_file():
         return None
+    return _count(path.open("rb"), fmt)
+
+
+def _count(raw: BinaryIO, fmt: str) -> int:
+    raw.seek(0)
     csv_ = fmt == "csv"
     records = 0
     quoted = False  # the line before ended inside a quoted value
@@ -560,7 +605,7 @@ def count_records(path: Path | None, fmt: str) -> int | None:
     # Lines end as the reader ends them: at CR LF, LF, or a lone CR (an old Mac's
     # export), which universal newlines read as LF. Latin-1 reads any byte, and only
     # ASCII matters here (quotes, commas, ASCII whitespace as bytes.strip strips).
-    with path.open(encoding="latin-1", newline=None) as text:
+    with io.TextIOWrapper(raw, encoding="latin-1", newline=None) as text:
         for piece in iter(lambda: text.readline(LINE_LIMIT), ""):
             starts = line_starts and not quoted
             if csv_ and piece.count('"') % 2:
@@ -587,7 +632,53 @@ def open_text(path: Path | None) -> TextIO:
         if path is None
         else open(path, "rb")  # noqa: SIM115
     )
-    name = STDIN_NAME if path is None else path.name
+    return _text(raw, STDIN_NAME if path is None else path.name)
+
+
+def open_spooled(spooled: IO[bytes], name: str) -> TextIO:
+    """The file ``spool`` copied, as ``open_text`` reads a file, from its start: it
+    may be opened again (the file stays open when the text returned is closed)."""
+    raw = open(spooled.fileno(), "rb", closefd=False)  # noqa: SIM115
+    raw.seek(0)
+    return _text(raw, name)
+
+
+SPOOL_CHUNK = 1 << 20
+
+
+def spool(path: Path | None, limit: int) -> IO[bytes]:
+    """Standard input (``path`` None) or a file that can be read once only (a pipe,
+    ``/dev/stdin``) copied whole to a temporary file, so that it can be read twice:
+    opt-outs first (``read_records``). The file has no name (it is gone when the
+    process ends, however it ends). Raises ``FormatError`` past ``limit`` bytes, and
+    ``OSError`` when the disk is full: a file of that size is to be named instead."""
+    out = tempfile.TemporaryFile()  # noqa: SIM115
+    try:
+        source = (
+            open(sys.stdin.fileno(), "rb", closefd=False)  # noqa: SIM115
+            if path is None
+            else open(path, "rb")  # noqa: SIM115
+        )
+        with source:
+            copied = 0
+            while piece := source.read(SPOOL_CHUNK):
+                copied += len(piece)
+                if copied > limit:
+                    name = STDIN_NAME if path is None else path.name
+                    raise FormatError(
+                        f"{name} holds more than {limit:,} bytes, more than is copied to a "
+                        "temporary file to be read twice (opt-outs first); save it to a file "
+                        "and import that"
+                    )
+                out.write(piece)
+        out.flush()
+    except BaseException:
+        out.close()
+        raise
+    return out
+
+
+def _text(raw: io.BufferedReader, name: str) -> TextIO:
     if raw.peek(2)[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
         raw.close()
         raise FormatError(

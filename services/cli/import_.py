@@ -5,6 +5,8 @@ what was imported, what was there already and what was refused, and why."""
 from __future__ import annotations
 
 import argparse
+import bisect
+import contextlib
 import itertools
 import json
 import os
@@ -17,7 +19,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 DESCRIPTION = """\
 Import the opt-ins (each with its proof) and the opt-outs of another platform's
@@ -32,6 +34,16 @@ record already recorded under its id is counted as already present. An id used
 before for a different record is refused; within the file, the first record
 under an id is the one imported, in a dry run too. A number's facts take effect
 in the order of their own times (occurred_at), whatever their order in the file.
+
+Every opt-out of the file is imported before any opt-in: the file is read twice,
+its opt-outs (and records whose type cannot be read) first, and its opt-ins only
+once the service has acknowledged every one of them, so that an import stopped
+midway (killed, cut off, refused) never leaves a number allowed by an opt-in whose
+opt-out further down the file is not in yet. So an opt-out and an opt-in under one
+import id: the opt-out is imported, the opt-in refused. Standard input or a pipe is
+copied to a temporary file first (at most 16 GiB; it is gone when the command ends).
+A file that cannot be read past a line, or that changes while it is imported, has
+its opt-outs before that line imported and no opt-in.
 
 file formats (UTF-8 text; from the extension, .csv or .jsonl/.ndjson, or --format):
   csv    a header row naming the fields below, one record a row; a quoted value
@@ -122,6 +134,10 @@ service's dry run remembers (``services.usecases.imports.DRY_RUN_REMEMBERED``). 
 them the service settles a repeat (the earlier message's record is kept), so that a
 file of any size is read in bounded memory: of a record past them only its message's
 lines are kept, until the message is answered."""
+SPOOL_LIMIT = 16 << 30
+"""Bytes of standard input or a pipe copied to a temporary file to be read twice
+(opt-outs first) at most: a bound on the disk an import takes unasked. A larger
+export is to be saved to a file and named."""
 
 
 def add_parser(sub: Any, command: Any) -> None:
@@ -176,8 +192,10 @@ class Summary:
         self.refused += 1
         group = self.groups.setdefault((code, field_name, reason), _Group())
         group.count += 1
-        if len(group.lines) < SHOWN_LINES:
-            group.lines.append(line)
+        # The file's first lines: opt-outs are answered before the opt-ins above them.
+        if len(group.lines) < SHOWN_LINES or line < group.lines[-1]:
+            bisect.insort(group.lines, line)
+            del group.lines[SHOWN_LINES:]
 
     def lines(self, source: str, seconds: float, dry_run: bool) -> list[str]:
         total = self.imported + self.present + self.refused
@@ -258,36 +276,46 @@ def _run(args: argparse.Namespace) -> int:
     # "-" is standard input, as for most Unix tools; a file of that name is "./-".
     path = None if args.file == "-" else Path(args.file)
     shown = import_files.STDIN_NAME if path is None else args.file
+    spooled: IO[bytes] | None = None
+    reader: Iterator[Any] = iter(())
     try:
         if args.refusals is not None and _same_file(args.refusals, path):
             # Opened for writing, it would be emptied under the reader: the export lost,
             # and only what was read before counted as the whole file.
             raise ValueError(f"--refusals {args.refusals} is the file to import; name another")
         fmt = import_files.format_of(path, args.format)
-        text = import_files.open_text(path)
-        records = import_files.read_records(text, fmt)
+        if path is None or not path.is_file():  # read twice, so kept
+            spooled = import_files.spool(path, SPOOL_LIMIT)
+        # Counted before it is read: a copy's readers share its offset, so one at a time.
+        total = import_files.count_records(path, fmt, spooled)
+        reader = _opt_outs_first(path, spooled, fmt, shown)
         # The header is read now: a file of unknown columns is a usage error, not a
         # refusal of every record.
-        peeked = next(records, None)
-        if peeked is None:
+        peeked = []
+        for item in reader:
+            peeked.append(item)
+            if item is not OPT_INS:
+                break
+        if peeked[-1:] in ([], [OPT_INS]):
             # Most often an export that failed (a header and no rows): an exit 0 here
             # would pass for "every opt-out recorded".
-            text.close()
+            _close(reader, spooled)
             print(
                 f"{name}: {shown}: holds no records (it is empty, or holds only a "
                 "header or blank lines); nothing was imported",
                 file=sys.stderr,
             )
             return 2
-        records = itertools.chain([peeked], records)
-        total = import_files.count_records(path, fmt)
+        records = itertools.chain(peeked, reader)
         token = client.token(args)
         channel = client.channel(args, client.address(args))
         refusals_out = args.refusals.open("w") if args.refusals is not None else None
     except (OSError, ValueError) as exc:
+        _close(reader, spooled)
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
     if token is None:
+        _close(reader, spooled)
         print(f"{name}: no token: give --token-file or set CONSENT_TOKEN", file=sys.stderr)
         return 2
     summary = Summary()
@@ -307,6 +335,7 @@ def _run(args: argparse.Namespace) -> int:
     answered = 0  # records answered
     window = threading.Semaphore(WINDOW)
     stop = threading.Event()
+    opt_ins_begun = threading.Event()  # every opt-out acknowledged, the opt-ins go
     failure: list[BaseException] = []
     bar = tqdm(
         total=total,
@@ -317,29 +346,40 @@ def _run(args: argparse.Namespace) -> int:
         dynamic_ncols=True,
     )
 
-    def requests() -> Iterator[Any]:
+    sent = 0  # records sent, over both calls
+    asked = False  # whether any message was sent
+
+    def requests(opt_ins: bool) -> Iterator[Any]:
         """The file's records in messages of ``CHUNK``, at most ``WINDOW`` ahead of
-        the answers; what cannot be read is refused here and never sent."""
+        the answers, up to its opt-ins (``OPT_INS``) or, with ``opt_ins``, the rest;
+        what cannot be read is refused here and never sent."""
+        nonlocal sent, asked
         chunk: list[Any] = []
         chunk_lines = array("q")
         size = 0  # the chunk's bytes
-        sent = 0  # records sent before the chunk
         first = True
 
         def message() -> Any:
             """The chunk as the next message, once the window has room for it."""
-            nonlocal chunk, chunk_lines, size, sent, first
+            nonlocal chunk, chunk_lines, size, sent, first, asked
             window.acquire()
             in_flight.append((sent, chunk_lines))
+            # Each call's first message says whether it writes.
             request = api.ImportConsentsRequest(records=chunk, dry_run=args.dry_run and first)
             sent += len(chunk)
-            chunk, chunk_lines, size, first = [], array("q"), 0, False
+            chunk, chunk_lines, size, first, asked = [], array("q"), 0, False, True
+            if opt_ins:
+                opt_ins_begun.set()
             return request
 
         try:
             for item in records:
                 if stop.is_set():
                     return
+                if item is OPT_INS:
+                    # This call ends with every opt-out sent; the opt-ins go in a call
+                    # of their own once the service has answered all of this one.
+                    break
                 unreadable = None
                 if isinstance(item, import_files.Unreadable):
                     if item.held is None:
@@ -362,7 +402,7 @@ def _run(args: argparse.Namespace) -> int:
                     # (the first record keeps the id) and holds its number for review.
                     earlier, key = None, ""
                 if earlier is not None:
-                    # The file's order decides, in a dry run too: the service works on
+                    # The order sent decides, in a dry run too: the service works on
                     # several messages at once, and would not see a repeat of a record
                     # it has not written.
                     if contents[earlier] == hash(body):  # fares as the first does
@@ -372,6 +412,9 @@ def _run(args: argparse.Namespace) -> int:
                     reason = (
                         f"was used before by the record on line {lines[earlier]}; a new "
                         "record needs a new id"
+                        if lines[earlier] < item.line
+                        else f"was used by the opt-out on line {lines[earlier]}, imported "
+                        "first (opt-outs go in before opt-ins); a new record needs a new id"
                     )
                     summary.refuse(item.line, "ALREADY_EXISTS", "import_id", reason)
                     refusals.write(
@@ -394,8 +437,8 @@ def _run(args: argparse.Namespace) -> int:
                 size += grows
                 if len(chunk) == CHUNK:
                     yield message()
-            if chunk or first:  # every record unreadable: still asks once, the token too
-                yield message()
+            if chunk or (opt_ins and not asked):  # every record unreadable: still asks
+                yield message()  # once, the token too
         except import_files.FormatError as exc:  # the file unreadable from a line on
             failure.append(exc)
             if chunk:  # what was read before it is imported; the call ends there
@@ -408,48 +451,62 @@ def _run(args: argparse.Namespace) -> int:
     code = 0
     answers: Any = None
     try:
-        with channel, text:
-            answers = api_grpc.ConsentServiceStub(channel).ImportConsents(
-                requests(),
-                metadata=[("authorization", f"Bearer {token}")],
-                timeout=args.timeout,
-            )
-            for answer in answers:
-                window.release()
-                first_index, chunk_lines = in_flight.popleft()
-                summary.imported += answer.imported
-                summary.present += answer.already_present
-                if answer.consistency_token:
-                    summary.token = _merged(summary.token, answer.consistency_token)
-                for refusal in answer.refusals:
-                    line = chunk_lines[refusal.index - first_index]
-                    told = [
-                        _in_file_terms(v.field, v.description, lines, first_index, chunk_lines)
-                        for v in refusal.violations
-                    ]
-                    refused_for = refusal.code
-                    here = told_here.pop(refusal.index, None)
-                    if here is not None:  # what the file said wrong, and the hold
-                        told = [_with_hold(here, refusal.held_for_review, args.dry_run)]
-                        refused_for = "INVALID_ARGUMENT"
-                    for field_name, reason in told[:1]:
-                        summary.refuse(line, refused_for, field_name, reason)
-                        if refusal.index < REMEMBERED:
-                            refused_at[refusal.index] = (
-                                refused_for, field_name, reason, refusal.request_id,
+        with channel:
+            # Two calls: the opt-outs, then, once the service has answered every one
+            # of them (its records in the ledger), the opt-ins. The service works on
+            # several messages of a call at once: an opt-in appended while an opt-out
+            # before it failed would allow. An import that ends before the second
+            # call leaves only opt-outs recorded.
+            for opt_ins in (False, True):
+                offset = sent  # the service counts a call's records from 0
+                answers = api_grpc.ConsentServiceStub(channel).ImportConsents(
+                    requests(opt_ins),
+                    metadata=[("authorization", f"Bearer {token}")],
+                    timeout=args.timeout,
+                )
+                for answer in answers:
+                    window.release()
+                    first_index, chunk_lines = in_flight.popleft()
+                    summary.imported += answer.imported
+                    summary.present += answer.already_present
+                    if answer.consistency_token:
+                        summary.token = _merged(summary.token, answer.consistency_token)
+                    for refusal in answer.refusals:
+                        index = refusal.index + offset
+                        line = chunk_lines[index - first_index]
+                        told = [
+                            _in_file_terms(
+                                v.field, v.description, lines, first_index, chunk_lines, offset
+                            )
+                            for v in refusal.violations
+                        ]
+                        refused_for = refusal.code
+                        here = told_here.pop(index, None)
+                        if here is not None:  # what the file said wrong, and the hold
+                            told = [_with_hold(here, refusal.held_for_review, args.dry_run)]
+                            refused_for = "INVALID_ARGUMENT"
+                        for field_name, reason in told[:1]:
+                            summary.refuse(line, refused_for, field_name, reason)
+                            if index < REMEMBERED:
+                                refused_at[index] = (
+                                    refused_for, field_name, reason, refusal.request_id,
+                                    refusal.held_for_review,
+                                )  # fmt: skip
+                        for field_name, reason in told:
+                            refusals.write(
+                                line, refusal.request_id, refused_for, field_name, reason,
                                 refusal.held_for_review,
                             )  # fmt: skip
-                    for field_name, reason in told:
-                        refusals.write(
-                            line, refusal.request_id, refused_for, field_name, reason,
-                            refusal.held_for_review,
-                        )  # fmt: skip
-                told_now = answer.imported + answer.already_present + len(answer.refusals)
-                answered += told_now
-                bar.update(told_now)
+                    told_now = answer.imported + answer.already_present + len(answer.refusals)
+                    answered += told_now
+                    bar.update(told_now)
+                if failure or stop.is_set():
+                    break
         if failure:  # the file stopped the import, the service answered all it was sent
             bar.close()
             print(f"{name}: {shown}: {failure[0]}", file=sys.stderr)
+            if not opt_ins_begun.is_set():
+                print(f"{name}: {NO_OPT_IN}", file=sys.stderr)
             code = 1
     except grpc.RpcError as exc:
         stop.set()
@@ -466,6 +523,8 @@ def _run(args: argparse.Namespace) -> int:
             "import again goes on from there (records already recorded are skipped)",
             file=sys.stderr,
         )
+        if not opt_ins_begun.is_set():
+            print(f"{name}: {NO_OPT_IN}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         # Ctrl-C: end the call (the service stops on the chunks it has not answered)
@@ -494,12 +553,67 @@ def _run(args: argparse.Namespace) -> int:
             bar.update(1)
         if refusals_out is not None:
             refusals_out.close()
+        _close(reader, spooled)
     bar.close()
     seconds = time.monotonic() - started
     source = import_files.STDIN_NAME if path is None else path.name
     for out_line in summary.lines(source, seconds, args.dry_run):
         print(out_line)
     return code or (1 if summary.refused else 0)
+
+
+OPT_INS = object()
+"""Between the two parts ``_opt_outs_first`` reads: the opt-ins come next."""
+NO_OPT_IN = (
+    "no opt-in was imported: opt-ins go in once every opt-out of the file is in, and "
+    "this import ended before"
+)
+
+
+def _opt_outs_first(
+    path: Path | None, spooled: IO[bytes] | None, fmt: str, shown: str
+) -> Iterator[Any]:
+    """The file's records that may deny (``read_records``' opt-outs), ``OPT_INS``,
+    then its opt-ins: the file (or its copy, ``spooled``) is read twice. A file
+    that changed between the two readings (an export still being written) ends it
+    before the opt-ins: its opt-outs read may not be all of them."""
+    from services import import_files
+
+    def opened() -> TextIO:
+        if spooled is not None:
+            return import_files.open_spooled(spooled, shown)
+        assert path is not None
+        return import_files.open_text(path)
+
+    with opened() as text:
+        read_at = _version(text)
+        yield from import_files.read_records(text, fmt, opt_ins=False)
+    yield OPT_INS
+    with opened() as text:
+        if _version(text) != read_at:
+            raise import_files.FormatError(
+                "changed while its opt-outs were read (an export still being written?); "
+                "run the import again once it is whole"
+            )
+        yield from import_files.read_records(text, fmt, opt_ins=True)
+
+
+def _version(text: TextIO) -> tuple[int, ...]:
+    """What tells a file changed: its identity, size and time of change."""
+    found = os.fstat(text.fileno())
+    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
+
+
+def _close(records: Iterator[Any], spooled: IO[bytes] | None) -> None:
+    """Close the file being read (a generator's ``close``) and its copy."""
+    close = getattr(records, "close", None)
+    if close is not None:
+        # Still running in the call's thread (a call that failed, its sender told to
+        # stop): it closes its file as it returns.
+        with contextlib.suppress(ValueError):
+            close()
+    if spooled is not None:
+        spooled.close()
 
 
 def _same_file(refusals: Path, path: Path | None) -> bool:
@@ -530,16 +644,22 @@ _EARLIER_RECORD = re.compile(r"record (\d+) of this import")
 
 
 def _in_file_terms(
-    field_name: str, reason: str, lines: array[int], first: int, chunk_lines: array[int]
+    field_name: str,
+    reason: str,
+    lines: array[int],
+    first: int,
+    chunk_lines: array[int],
+    offset: int = 0,
 ) -> tuple[str, str]:
     """A refusal as the file says it: the service's ``request_id`` is the file's
     ``import_id``, and a record of the import it names (an import id the file
     repeats past the ``REMEMBERED`` records, which the service settles) is the line
     it starts on: ``lines`` holds those of the first records, ``chunk_lines`` those of
-    the message whose first record is ``first``."""
+    the message whose first record is ``first``; the service counts the records of
+    the call from ``offset`` on from 0."""
 
     def line_of(found: re.Match[str]) -> str:
-        index = int(found.group(1))
+        index = int(found.group(1)) + offset
         if index < len(lines):
             return f"the record on line {lines[index]}"
         if first <= index < first + len(chunk_lines):

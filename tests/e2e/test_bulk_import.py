@@ -26,6 +26,7 @@ from consent.v1 import consent_service_pb2 as api
 
 from ledger.ports import Stream
 from services.bootstrap import Runtime
+from services.cli import import_
 from tests.e2e.harness import (
     TOKENS,
     Client,
@@ -521,6 +522,77 @@ async def test_an_import_interrupted_by_ctrl_c_says_so_and_a_rerun_writes_each_r
     assert seen == total and imported + int(present.group(1).replace(",", "")) == total
     after = sum((await ledger.end_offsets(Stream.SUBSCRIBERS)).values())
     assert after == before + total  # nothing written twice
+
+
+def opt_ins_then_their_opt_outs(when: datetime, numbers: list[str]) -> list[dict[str, str]]:
+    """An export of two tables one after the other: every number's opt-in, then
+    every number's opt-out (a STOP a day before ``when``)."""
+    template = export_rows(when)[1]
+    rows = [{**template, "import_id": f"in-{n}", "phone": n} for n in numbers]
+    at = iso(when - timedelta(days=1))
+    rows += [
+        {"type": "opt_out", "import_id": f"out-{n}", "phone": n, "brand": "acme",
+         "campaign": "promo", "occurred_at": at, "channel": "keyword", "text": "STOP"}
+        for n in numbers
+    ]  # fmt: skip
+    return rows
+
+
+@pytest.mark.parametrize("source", ["file", "standard input"])
+async def test_an_import_stopped_after_its_first_message_allows_no_number_it_opts_out(
+    service, tmp_path, monkeypatch, source
+):
+    """An export listing its opt-ins before their opt-outs, stopped once its first
+    message was appended (the ledger failed the next): the opt-ins were recorded and
+    the opt-outs further down were not, so CanSend allowed every one of those numbers
+    until the import was run again. Every opt-out of the file (or of standard input,
+    copied first) is imported before any opt-in now: stopped there, the numbers are
+    denied, and the import run again records the rest once."""
+    runtime, when = service
+    ledger = runtime.ledger
+    assert ledger is not None
+    base = 5_700_000 if source == "file" else 5_800_000
+    numbers = [f"+1646{base + i:07d}" for i in range(import_.CHUNK)]  # a message each
+    export = write_csv(tmp_path / "tables.csv", opt_ins_then_their_opt_outs(when, numbers))
+    before = sum((await ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+    append, appends = ledger.append, []
+
+    async def first_then_failing(events):
+        appends.append(len(events))
+        if len(appends) > 1:
+            raise ConnectionError("the broker went away")
+        return await append(events)
+
+    monkeypatch.setattr(ledger, "append", first_then_failing)
+    acme = TOKENS["acme-app"][0]
+    if source == "file":
+        code, out, err = await import_cli(str(export), "--address", runtime.address, token=acme)
+    else:
+        with export.open("rb") as piped:
+            process = await started_import(
+                "-", "--format", "csv", "--address", runtime.address, token=acme, stdin=piped
+            )
+            out_bytes, err_bytes = await asyncio.wait_for(process.communicate(), 120)
+        code, out, err = process.returncode, out_bytes.decode(), err_bytes.decode()
+    monkeypatch.setattr(ledger, "append", append)
+
+    assert code == 1, out + err
+    assert f"imported {len(numbers):,} of {len(numbers):,} records" in out, out
+    assert f"stopped after {len(numbers):,} records imported" in err, err
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, numbers, token_of(out))
+    assert "REASON_CONSENT_ACTIVE" not in reasons.values(), reasons
+    assert set(reasons.values()) == {"REASON_REVOKED"}, reasons
+
+    code, again, err = await import_cli(str(export), "--address", runtime.address, token=acme)
+
+    assert code == 0, again + err
+    assert f"already present: {len(numbers):,}" in again, again
+    after = sum((await ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+    assert after == before + 2 * len(numbers)  # each record once
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, numbers, token_of(again))
+    assert set(reasons.values()) == {"REASON_REVOKED"}, reasons
 
 
 async def test_a_refused_import_id_is_named_as_the_file_names_it(service, tmp_path):
@@ -1093,7 +1165,9 @@ async def test_an_opt_out_refused_for_its_details_denies_its_number_until_review
     """An opt-out refused for its details (no channel; an import id an opt-in of
     another source table took; a time that cannot be read) was dropped while the
     number's opt-in went in: CanSend allowed texts to someone who had opted out.
-    Each is refused and held for review now; a re-run and a dry run write nothing."""
+    Each is refused and held for review now; a re-run and a dry run write nothing.
+    Opt-outs are imported before opt-ins, so of an opt-out and an opt-in under one
+    import id the opt-out is recorded and the opt-in refused."""
     runtime, when = service
     assert runtime.ledger is not None
     numbers = {"no-channel": phone(70), "reused-id": phone(71), "bad-time": phone(72)}
@@ -1122,7 +1196,7 @@ async def test_an_opt_out_refused_for_its_details_denies_its_number_until_review
 
     assert code == 1, dry + err
     assert "would import 3 of 6 records" in dry and "refused: 3" in dry, dry
-    assert dry.count("would be held for review") == 3, dry
+    assert dry.count("would be held for review") == 2, dry
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
 
     code, out, err = await import_cli(str(export), "--address", runtime.address, token=acme)
@@ -1132,13 +1206,20 @@ async def test_an_opt_out_refused_for_its_details_denies_its_number_until_review
     held = "held for review: the number is denied for the brand until someone resolves it"
     for refused in (
         "channel: is required",
-        "import_id: was used before by the record on line 4",
         "occurred_at: is not an ISO 8601 time: 'yesterday'",
     ):
         assert re.search(f"{re.escape(refused)}.*; {held}", out), (refused, out)
+    assert (
+        "import_id: was used by the opt-out on line 5, imported first (opt-outs go in "
+        "before opt-ins); a new record needs a new id (line 4)"
+    ) in out, out
     async with client(runtime.address, "acme-app") as c:
         reasons = await answers(c, list(numbers.values()), token_of(out))
-        assert set(reasons.values()) == {"REASON_REVOCATION_PENDING_REVIEW"}, reasons
+        assert reasons == {
+            numbers["no-channel"]: "REASON_REVOCATION_PENDING_REVIEW",
+            numbers["reused-id"]: "REASON_REVOKED_BRAND_WIDE",  # its opt-out in, the opt-in not
+            numbers["bad-time"]: "REASON_REVOCATION_PENDING_REVIEW",
+        }, reasons
         one = await c.CanSend(
             api.CanSendRequest(
                 phone=numbers["no-channel"], brand="acme", campaign="promo",
@@ -1150,15 +1231,16 @@ async def test_an_opt_out_refused_for_its_details_denies_its_number_until_review
         queue = await c.ListRevocationCandidates(
             api.ListRevocationCandidatesRequest(brand="acme", at_least_as_fresh=token_of(out))
         )
-        assert sorted(q.event.phone for q in queue.candidates) == sorted(numbers.values())
+        held_numbers = [numbers["no-channel"], numbers["bad-time"]]
+        assert sorted(q.event.phone for q in queue.candidates) == sorted(held_numbers)
     ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
-    assert sum(ends.values()) == sum(before.values()) + 6  # 3 opt-ins, 3 holds
+    assert sum(ends.values()) == sum(before.values()) + 5  # 2 opt-ins, an opt-out, 2 holds
 
     code, again, err = await import_cli(str(export), "--address", runtime.address, token=acme)
 
     assert code == 1, again + err
     assert "imported 0 of 6 records" in again and "already present: 3" in again, again
-    assert again.count(held) == 3, again
+    assert again.count(held) == 2, again
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
 
 

@@ -21,9 +21,11 @@ from services.import_files import (
     Unreadable,
     count_records,
     format_of,
+    open_spooled,
     open_text,
     parse_fields,
     read_records,
+    spool,
 )
 
 CSV = """\
@@ -366,3 +368,44 @@ def test_a_json_array_is_refused_as_a_file_on_one_line_or_many():
     for array in ('[{"type": "opt_out"}]\n', '  [\n{"type": "opt_out"}\n]\n'):
         with pytest.raises(FormatError, match="line 1 opens a JSON array"):
             read(array, "jsonl")
+
+
+def test_the_records_that_may_deny_are_read_apart_from_the_opt_ins():
+    """The import reads the file twice, its opt-outs first: every record is in one
+    part, and no record that may be held for review is among the opt-ins."""
+    rows = [
+        "opt_in,in-1,+14155550100,acme,promo,2026-11-02T09:30:00Z,promotional,web_form,,,",
+        "opt_in,in-2,+1 CALL ME,acme,promo,2026-11-02T09:30:00Z,promotional,web_form,,,",
+        "opt_out,out-1,+14155550100,acme,,2026-11-03T10:00:00Z,,,,keyword,STOP",
+        "optout,out-2,+14155550100,acme,,2026-11-03T10:00:00Z,,,,keyword,STOP",
+        "Opt-In,in-3,+14155550101,acme,promo,yesterday,promotional,web_form,,,",
+    ]
+    header = "type,import_id,phone,brand,campaign,occurred_at,tier,method,proof.name,channel,text"
+    text = "\n".join([header, *rows]) + "\n"
+    jsonl = "".join(
+        json.dumps(dict(zip(header.split(","), row.split(","), strict=True))) + "\n" for row in rows
+    )
+    for body, fmt, first_line in ((text, "csv", 2), (jsonl, "jsonl", 1)):
+        whole = list(read_records(io.StringIO(body), fmt))
+        outs = list(read_records(io.StringIO(body), fmt, opt_ins=False))
+        ins = list(read_records(io.StringIO(body), fmt, opt_ins=True))
+        assert sorted(r.line for r in outs + ins) == [r.line for r in whole]
+        assert [r.line - first_line for r in ins] == [0, 1, 4], fmt
+        assert isinstance(ins[2], Unreadable) and ins[2].held is None  # "Opt-In": never held
+        assert [r.line - first_line for r in outs] == [2, 3], fmt
+        assert isinstance(outs[1], Unreadable) and outs[1].held is not None  # "optout": held
+
+
+def test_standard_input_is_copied_to_be_read_twice_and_no_more_than_the_limit(tmp_path):
+    path = tmp_path / "export.csv"
+    path.write_text(CSV)
+    copy = spool(path, len(CSV))
+    try:
+        for _ in range(2):
+            with open_spooled(copy, "standard input") as text:
+                assert len(list(read_records(text, "csv"))) == 4
+        assert count_records(None, "csv", copy) == 4
+    finally:
+        copy.close()
+    with pytest.raises(FormatError, match=r"holds more than 100 bytes.*save it to a file"):
+        spool(path, 100)
