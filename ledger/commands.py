@@ -1233,6 +1233,9 @@ class HoldRefusedOptOut:
     reused_id: bool = False
     """A live request refused because its request id was used before for another
     request, not for a detail: its hold says so (``REUSED_ID_PREFIX``)."""
+    occurred_at: datetime | None = None
+    """The opt-out's own time, when it can be read: the hold is placed there, not at
+    the time it was refused (``held_opt_out``)."""
 
     def __post_init__(self) -> None:
         # An export's "acme " or "ACME" is refused as a brand (a name is matched
@@ -1384,14 +1387,21 @@ def held_intent(body: str) -> Intent:
 
 
 def held_opt_out(cmd: HoldRefusedOptOut, refused: str, now: datetime) -> list[LedgerEvent]:
-    """The candidate that keeps ``cmd``, flagged ``now`` (the record's own time may be
-    what was wrong with it); ``refused`` says why the record was refused. Raises
+    """The candidate that keeps ``cmd``, flagged at the opt-out's own time when it
+    can be read and is no later than ``now``, else ``now`` (the time may be what was
+    wrong with it); ``refused`` says why the record was refused. Raises
     ``InvalidRequest`` when its number or brand cannot be read: nothing to hold.
+
+    An import learns of an opt-out after it happened: flagged at the import, the
+    history said the number could be texted between the two, and an audit of a send
+    then (``CanSendAsOf``) read "allowed" once the opt-out was known. Its deadline
+    is counted from its own time too, as a revocation's is from when it came.
 
     An inbound STOP's hold may be for every brand (``ANY_BRAND``): a STOP to a
     number no campaign sends from is kept so when refused, as when recorded."""
     live = bool(cmd.via)
     inbound = cmd.via == HELD_INBOUND
+    at = _held_at(cmd.occurred_at, now)
     brand = cmd.brand if inbound and cmd.brand == ANY_BRAND else check_name(cmd.brand, "brand")
     phones = _held_numbers(cmd.phone)
     campaign = cmd.campaign if cmd.campaign is not None and is_name(cmd.campaign) else None
@@ -1407,7 +1417,7 @@ def held_opt_out(cmd: HoldRefusedOptOut, refused: str, now: datetime) -> list[Le
     # request holds each once.
     return [
         RevocationCandidateFlagged(
-            **_base(cmd, i, now, brand),
+            **_base(cmd, i, at, brand),
             phone=phone,
             brand=brand,
             inbound_message_id="",
@@ -1416,6 +1426,17 @@ def held_opt_out(cmd: HoldRefusedOptOut, refused: str, now: datetime) -> list[Le
         )
         for i, phone in enumerate(phones)
     ]
+
+
+def _held_at(occurred_at: datetime | None, now: datetime) -> datetime:
+    """Where a hold goes: the opt-out's own time if it reads as one, never later
+    than ``now`` (a hold placed ahead would deny nothing until then)."""
+    if occurred_at is None:
+        return now
+    try:
+        return min(check_time(occurred_at, now), now)
+    except DomainError:
+        return now
 
 
 COVERED_PREFIX = "covered-"

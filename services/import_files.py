@@ -440,6 +440,10 @@ def _held(fields: dict[str, str]) -> api.ImportRecord | None:
     request = api.RecordOptOutRequest(phone=_e164_or_as_given(plain["phone"]), brand=plain["brand"])
     if "campaign" in plain:
         request.campaign = plain["campaign"]
+    try:  # where the hold goes, if it can be read (the service ignores a bad one)
+        request.occurred_at.CopyFrom(_time(plain.get("occurred_at", ""), "occurred_at"))
+    except _Bad:
+        request.ClearField("occurred_at")
     said = json.dumps(sorted(fields.items())).encode()  # lone surrogates escaped
     request.request_id = plain.get("import_id") or (
         f"import-{hashlib.sha256(said).hexdigest()[:32]}"

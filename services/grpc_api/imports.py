@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from consent.v1 import consent_service_pb2 as api_pb2
@@ -76,11 +77,29 @@ def items_from_proto(records: Sequence[api_pb2.ImportRecord], first: int) -> lis
 
 
 def _hold(message: api_pb2.RecordOptOutRequest) -> HoldRefusedOptOut:
-    """What of an opt-out that cannot be read is held for review: its number, brand
-    and campaign, under a digest of all it said (the same on every run)."""
-    said = hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
+    """What of an opt-out that cannot be read is held for review: its number, brand,
+    campaign and time, under a digest of all else it said (the same on every run,
+    and as before the time was held: a re-run of an import held then holds nothing
+    new)."""
+    rest = api_pb2.RecordOptOutRequest()
+    rest.CopyFrom(message)
+    rest.ClearField("occurred_at")
+    said = hashlib.sha256(rest.SerializeToString(deterministic=True)).hexdigest()
     campaign = message.campaign if message.HasField("campaign") else None
-    return HoldRefusedOptOut(message.request_id, message.phone, message.brand, said, campaign)
+    return HoldRefusedOptOut(
+        message.request_id, message.phone, message.brand, said, campaign,
+        occurred_at=_time(message),
+    )  # fmt: skip
+
+
+def _time(message: api_pb2.RecordOptOutRequest) -> datetime | None:
+    if not message.HasField("occurred_at"):
+        return None
+    try:
+        found: datetime = message.occurred_at.ToDatetime(tzinfo=UTC)
+        return found
+    except (ValueError, OverflowError):  # out of any range: the hold goes at its refusal
+        return None
 
 
 def chunk_to_proto(result: ChunkResult, first: int) -> api_pb2.ImportConsentsResponse:

@@ -612,7 +612,12 @@ def _hold_of(item: Item) -> HoldRefusedOptOut | None:
     cmd = item.command
     if isinstance(cmd, RecordOptOut):
         return HoldRefusedOptOut(
-            cmd.request_id, cmd.phone, cmd.brand, request_fingerprint(cmd), cmd.campaign
+            cmd.request_id,
+            cmd.phone,
+            cmd.brand,
+            request_fingerprint(cmd),
+            cmd.campaign,
+            occurred_at=cmd.occurred_at,
         )
     return item.held if cmd is None else None
 

@@ -1349,6 +1349,39 @@ async def test_an_opt_out_whose_brand_is_padded_or_capitalised_is_held_under_the
     assert reasons == dict.fromkeys(brands, "REASON_REVOCATION_PENDING_REVIEW"), reasons
 
 
+async def test_a_held_opt_out_denies_in_the_history_from_its_own_time(service, tmp_path):
+    """An opt-out held for review (refused by the service for no channel, or here for
+    a channel that is no channel) was placed at the import: CanSendAsOf, asked of a
+    send between the opt-out's own time and the import, with the ledger as it stands,
+    answered "allowed" for a number the ledger knows had opted out. The hold is
+    placed at the opt-out's own time now."""
+    runtime, when = service
+    numbers = {"no channel": phone(2400), "pigeon": phone(2401)}
+    stopped = when - timedelta(days=5)
+    rows = opted_in_then_out(
+        when,
+        {
+            numbers["no channel"]: {"channel": "", "occurred_at": iso(stopped)},
+            numbers["pigeon"]: {"channel": "pigeon", "occurred_at": iso(stopped)},
+        },
+    )
+    export = write_csv(tmp_path / "held-then.csv", rows)
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+    assert code == 1 and "imported 2 of 4 records" in out, out + err
+    between = (when - timedelta(days=3)).replace(hour=20, minute=0, second=0, microsecond=0)
+    async with client(runtime.address, "acme-app") as c:
+        for number in numbers.values():
+            then = await c.CanSendAsOf(
+                api.CanSendAsOfRequest(
+                    phone=number, brand="acme", campaign="promo", at=ts(between),
+                    at_least_as_fresh=token_of(out),
+                )
+            )  # fmt: skip
+            assert then.reason == api.REASON_REVOCATION_PENDING_REVIEW, (number, then)
+
+
 async def test_a_held_opt_out_is_named_an_imported_opt_out_by_every_check(service, tmp_path):
     """CanSend's reason for an import's held opt-out was right, but its detail said
     the number's "reply reads like an opt-out and awaits review": there was no

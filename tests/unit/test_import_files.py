@@ -409,3 +409,15 @@ def test_standard_input_is_copied_to_be_read_twice_and_no_more_than_the_limit(tm
         copy.close()
     with pytest.raises(FormatError, match=r"holds more than 100 bytes.*save it to a file"):
         spool(path, 100)
+
+
+def test_an_opt_out_held_for_another_field_is_sent_with_its_time_for_the_hold():
+    """The hold goes at the opt-out's own time when it can be read (a channel that
+    is no channel), so that the history denies from then, not from the import."""
+    row = {"type": "opt_out", "phone": "+14155552671", "brand": "acme",
+           "occurred_at": "2026-11-02T09:30:00Z", "channel": "pigeon"}  # fmt: skip
+
+    read = parse_fields(row, 3)
+
+    assert isinstance(read, Unreadable) and read.field == "channel" and read.held is not None
+    assert read.held.opt_out.occurred_at.ToJsonString() == "2026-11-02T09:30:00Z"

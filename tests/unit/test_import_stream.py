@@ -92,3 +92,17 @@ def test_an_answer_names_every_bad_field_of_each_refused_record():
         ("brand", "bad"),
     ]
     assert answer.consistency_token == ""  # nothing written, nothing to wait for
+
+
+def test_an_opt_out_that_cannot_be_translated_is_held_at_its_own_time_under_the_same_id():
+    """Its time placed the hold; the hold's id, from all else it said, is the one an
+    import held before the time was read, so a re-run holds nothing new."""
+    message = api.RecordOptOutRequest(request_id="x", phone="+14155552671", brand="acme")
+    before = stream.items_from_proto([api.ImportRecord(opt_out=message)], 0)[0].held
+    message.occurred_at.FromDatetime(T0)
+
+    (item,) = stream.items_from_proto([api.ImportRecord(opt_out=message)], 0)
+
+    assert item.held is not None and before is not None
+    assert item.held.occurred_at == T0
+    assert item.held.request_id == before.request_id

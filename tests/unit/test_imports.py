@@ -35,7 +35,7 @@ from services.usecases import imports as imports_module
 from services.usecases.imports import MAX_CHUNK, Code, Imports, Item, TurnPruning
 from tests.builders import BRAND, at, proof
 from tests.builders import opt_in as an_opt_in
-from tests.unit.usecase_harness import App, define, running
+from tests.unit.usecase_harness import AUDITOR, NOW, App, define, ledger_at_now, running
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -652,3 +652,36 @@ async def test_a_chunk_cut_short_in_the_ledger_never_allows_a_number_it_opts_out
         check = await app.checks.can_send(phone, BRAND, "promo")
         assert sum(written.values()) == kept
         assert not check.decision.allowed, check.decision
+
+
+@pytest.mark.parametrize("refused", ["no channel", "reused id"])
+async def test_a_held_opt_out_denies_from_its_own_time_in_an_audit_of_the_moments_before(refused):
+    """An opt-out refused for its details and held was placed at the import, not at
+    its own time: an audit of a send between the two (CanSendAsOf, with the ledger
+    as it stands) read "allowed" for a number known to have opted out by then. It is
+    placed at its own time now, or at the import when that time lies ahead of it."""
+    async with running(ledger=ledger_at_now()) as (app, _):
+        await app.writes.record(define())
+        phone = "+14155550100"
+        if refused == "no channel":
+            held = HoldRefusedOptOut("imp-1", phone, BRAND, "record-1", "promo", occurred_at=at(10))
+            stop = Item(1, None, InvalidRequest("channel", "is required"), "imp-1", held)
+        else:  # the opt-in took the import id first
+            stop = opt_out(0, phone, 10)
+        ahead = HoldRefusedOptOut("imp-2", "+14155550101", BRAND, "record-2", occurred_at=at(600))
+        later = Item(2, None, InvalidRequest("channel", "is required"), "imp-2", ahead)
+
+        result = await _imports(app).chunk([opt_in(0, phone, -120), stop, later])
+
+        assert result.held == 2
+        flagged = {
+            e.phone: e.occurred_at
+            for e in await _written(app)
+            if isinstance(e, RevocationCandidateFlagged)
+        }
+        assert flagged == {phone: at(10), "+14155550101": NOW}
+        asked = {"reader": AUDITOR, "token": result.token}
+        before = await app.checks.can_send_as_of(phone, BRAND, "promo", at(5), **asked)
+        between = await app.checks.can_send_as_of(phone, BRAND, "promo", at(30), **asked)
+        assert before.decision.allowed
+        assert between.decision.reason is Reason.REVOCATION_PENDING_REVIEW
