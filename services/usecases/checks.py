@@ -341,11 +341,7 @@ class Checks:
         read_at = self.ctx.guard.applied_token()
         if not fresh:
             return CheckResult(_behind(), read_at)
-        subscriber = await self._subscriber_history(number, brand)
-        for form in earlier:
-            subscriber += await self._subscriber_history(form, brand)
-        if earlier:
-            subscriber = as_one_number(subscriber, number)
+        subscriber = await self._history_as_one(number, earlier, brand)
         history: CampaignHistory = await self.ctx.view.campaign_history(brand, campaign)
         campaign_events = history.facts()
         decision = decide_as_of([*campaign_events, *subscriber], campaign, t_world, t_known, kind)
@@ -361,6 +357,20 @@ class Checks:
         ]
         return subscriber + await self.ctx.view.history(number, ANY_BRAND)
 
+    async def _history_as_one(
+        self, number: str, earlier: Sequence[str], brand: str
+    ) -> list[Recorded]:
+        """``_subscriber_history`` of ``number`` with that of its ``earlier`` spellings
+        (``ledger.phone.forms_stored_before``), each fact as if recorded under ``number``
+        (``ledger.policy.as_one_number``); the number's own, as the view keeps them, when
+        it has none."""
+        history = await self._subscriber_history(number, brand)
+        if not earlier:
+            return history
+        for form in earlier:
+            history += await self._subscriber_history(form, brand)
+        return as_one_number(history, number)
+
     async def _as_one(self, number: str, earlier: Sequence[str], brand: str) -> Digest:
         """The digest of ``number`` towards ``brand`` with the facts stored under its
         ``earlier`` spellings (``ledger.phone.forms_stored_before``), by a version that
@@ -370,10 +380,8 @@ class Checks:
         them where they are (a rebuild folds each spelling apart again, and this read
         puts them together the same way); only a number with facts under an earlier
         spelling is read so."""
-        history = await self._subscriber_history(number, brand)
-        for form in earlier:
-            history += await self._subscriber_history(form, brand)
-        return digest_of_history(as_one_number(history, number), number, brand)
+        history = await self._history_as_one(number, earlier, brand)
+        return digest_of_history(history, number, brand)
 
     async def _admit_past(
         self,
