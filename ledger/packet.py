@@ -44,7 +44,7 @@ from ledger.events import (
     SubscriberLocated,
 )
 from ledger.keywords import Intent
-from ledger.policy import Decision, Obligation, decide_as_of, revokes_all
+from ledger.policy import Decision, Obligation, as_one_number, decide_as_of, revokes_all
 from ledger.state import CampaignHistory, SubscriberState, fold, fold_campaign, retained_facts
 from ledger.validation import is_blank
 
@@ -64,6 +64,9 @@ class EventRef:
     offset: int
     recorded_by: str
     summary: str
+    phone: str = ""
+    """The number the fact was recorded under: the packet's, or an earlier spelling
+    of it (``ledger.phone.forms_stored_before``) whose facts count as its own."""
 
     @staticmethod
     def of(r: Recorded) -> EventRef:
@@ -77,6 +80,7 @@ class EventRef:
             r.position.offset,
             e.recorded_by,
             describe(e),
+            getattr(e, "phone", ""),
         )
 
 
@@ -355,6 +359,8 @@ def assemble(
     brand: str,
     campaign: str | None,
     now: datetime,
+    *,
+    earlier: Sequence[str] = (),
 ) -> Packet:
     """The packet for ``phone`` and ``brand`` (``campaign``: only what bears on it).
 
@@ -362,7 +368,10 @@ def assemble(
     brand was unknown (``ANY_BRAND``), and the campaign facts of every campaign the
     number's facts name (``CampaignHistory.facts``), in any order; the packet reads
     them in ledger order. ``now`` is the moment the packet is made: decisions in
-    hindsight read every fact recorded by then.
+    hindsight read every fact recorded by then. ``earlier``: the spellings of
+    ``phone`` an earlier version kept facts under (``ledger.phone.forms_stored_before``),
+    whose facts in ``history`` are the number's, as CanSend counts them
+    (``ledger.policy.as_one_number``), each shown under its own spelling.
     """
     everything = list(history)
     subscriber = sorted(
@@ -370,11 +379,17 @@ def assemble(
             r
             for r in everything
             if isinstance(r.event, SubscriberEvent)
-            and r.event.phone == phone
+            and (r.event.phone == phone or r.event.phone in earlier)
             and r.event.brand in (brand, ANY_BRAND)
         ),
         key=lambda r: (r.position.partition, r.position.offset),
     )
+    folded = subscriber
+    if any(getattr(r.event, "phone", phone) != phone for r in subscriber):
+        # Two spellings are two partitions: the order they are folded in is the
+        # ledger's as as_one_number reads it, the same for what is shown.
+        subscriber.sort(key=lambda r: r.recorded_at)
+        folded = as_one_number(subscriber, phone)
     rules = [r for r in everything if isinstance(r.event, CampaignEvent) and r.event.brand == brand]
     revoke_all = _revoke_all_campaigns(rules, now)
     mine = [
@@ -386,7 +401,7 @@ def assemble(
     ]
 
     sends = [r for r in mine if isinstance(r.event, MessageSent)]
-    replayed = _replays(subscriber, rules, now, {str(r.event.event_id) for r in sends})
+    replayed = _replays(folded, rules, now, {str(r.event.event_id) for r in sends})
     messages = {
         str(r.event.event_id): _message(r, *replayed[str(r.event.event_id)], now) for r in sends
     }

@@ -13,7 +13,7 @@ events gives an equal state.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
 from types import MappingProxyType
@@ -536,7 +536,9 @@ def exemptions_not_granted(history: Iterable[Recorded]) -> set[str]:
     """The ids of the sends in ``history`` (one phone's facts, of any brands, in ledger
     order) recorded as exempt from the caps (``MessageSent.exempt`` true, or a reply
     recorded before it was decided) that the fold counts all the same: what the
-    stored flag says of them is the judgement at the write, not what CanSend counts."""
+    stored flag says of them is the judgement at the write, not what CanSend counts.
+    Facts under another spelling of the number (``ledger.phone.forms_stored_before``)
+    are the number's, as CanSend folds them (``ledger.policy.as_one_number``)."""
     states: dict[str, SubscriberState] = {}
     found: set[str] = set()
     for recorded in history:
@@ -544,6 +546,9 @@ def exemptions_not_granted(history: Iterable[Recorded]) -> set[str]:
         if not isinstance(event, SubscriberEvent):
             continue
         state = states.get(event.brand) or new_state(event.phone, event.brand)
+        if event.phone != state.phone:
+            event = replace(event, phone=state.phone)
+            recorded = replace(recorded, event=event, extra=recorded.extra)
         if isinstance(event, MessageSent) and not counts(event):
             f: Fact[MessageSent] = Fact(event, recorded.position, recorded.recorded_at)
             record = SentRecord(f.at, event.kind, f.event_id, event.message_id, f)

@@ -33,7 +33,7 @@ from ledger.events import (
 from ledger.health import HealthLimits, HealthReport
 from ledger.opt_out_rate import DEFAULT_WINDOW, OptOutRate
 from ledger.packet import Packet, assemble
-from ledger.phone import to_e164
+from ledger.phone import forms_stored_before, to_e164
 from ledger.policy import revokes_all
 from ledger.ports import ConsistencyToken, Stream
 from ledger.state import Fact
@@ -45,6 +45,7 @@ from services.usecases import health, sweeps
 from services.usecases.access import Reader
 from services.usecases.context import Context
 from services.usecases.health import HealthProgress
+from services.usecases.spellings import earlier_history, in_ledger_order, state_as_one
 from services.usecases.sweeps import SweepProgress
 
 log = logging.getLogger(__name__)
@@ -117,11 +118,14 @@ class Audit:
         check_name(brand, "brand")
         check_name(campaign, "campaign")
         await self.ctx.access.admit(reader, "GetConsent", brand, phone=number, campaign=campaign)
-        await self.ctx.require_fresh([number], "phone", token)
+        await self.ctx.require_fresh([number, *forms_stored_before(number)], "phone", token)
         if not await self.ctx.campaign_known(brand, campaign):
             raise campaign_not_found(brand, campaign)
-        state = (await self.ctx.view.subscriber_states(brand, [number]))[number]
-        wide = (await self.ctx.view.subscriber_states(ANY_BRAND, [number]))[number]
+        # Facts an earlier version kept under the number's other spelling count, as
+        # CanSend counts them, each shown under the spelling it was recorded under.
+        mine = await state_as_one(self.ctx.view, number, brand)
+        anyone = await state_as_one(self.ctx.view, number, ANY_BRAND)
+        state, wide = mine.state, anyone.state
         digest = digest_of(state)
         pending = (*state.pending_candidates(), *wide.pending_candidates())
         cc = state.campaign(campaign)
@@ -131,17 +135,21 @@ class Audit:
         rules = (await self.ctx.view.campaign_history(brand, campaign)).as_of(now)
         revoke_all = rules is not None and revokes_all(rules, now)
         # What an auditor is shown: each fact's personal data opened (or ERASED).
-        grant = await self._shown(cc.grant)
+        grant = await self._shown(mine.as_recorded(cc.grant))
         in_force = revocation_in_force(state, digest, campaign, revoke_all=revoke_all)
+        held = [
+            *map(mine.as_recorded, state.pending_candidates()),
+            *map(anyone.as_recorded, wide.pending_candidates()),
+        ]
         return Consent(
             consent_state(digest, campaign, pending_review=bool(pending), revoke_all=revoke_all),
             self.ctx.guard.applied_token(),
             grant=grant,
-            revocation=await self._shown(in_force),
-            reconfirmation=await self._shown(cc.reconfirmation),
-            age_verification=state.age,
-            location=await self._shown(state.location),
-            pending=tuple([f for p in pending if (f := await self._shown(p)) is not None]),
+            revocation=await self._shown(mine.as_recorded(in_force)),
+            reconfirmation=await self._shown(mine.as_recorded(cc.reconfirmation)),
+            age_verification=mine.as_recorded(state.age),
+            location=await self._shown(mine.as_recorded(state.location)),
+            pending=tuple([f for p in held if (f := await self._shown(p)) is not None]),
             regions=digest.regions,
             proof_missing=(
                 ()
@@ -172,18 +180,20 @@ class Audit:
         if brand is not None:
             check_name(brand, "brand")
         await self.ctx.access.admit(reader, "ListEvents", brand, phone=number)
-        await self.ctx.require_fresh([number], "phone", token)
+        await self.ctx.require_fresh([number, *forms_stored_before(number)], "phone", token)
         token_read = self.ctx.guard.applied_token()
         view = self.ctx.view
         facts = await view.history(number, brand)
+        # Facts an earlier version kept under the number's other spelling count for
+        # CanSend: its auditor must find them here, under the spelling they were
+        # recorded under.
+        earlier = await earlier_history(view, number, brand)
         if brand is not None:
             # A STOP whose brand was unknown (``ANY_BRAND``) denies this brand's sends
             # too, and CanSend names it: the brand's auditor must find it here.
-            facts = sorted(
-                [*facts, *await view.history(number, ANY_BRAND)],
-                key=lambda r: (r.position.partition, r.position.offset),
-            )
-        return Read(await self.ctx.opened(facts), token_read)
+            facts += await view.history(number, ANY_BRAND)
+            earlier += await earlier_history(view, number, ANY_BRAND)
+        return Read(await self.ctx.opened(in_ledger_order(facts, earlier)), token_read)
 
     async def proof_packet(
         self,
@@ -213,14 +223,21 @@ class Audit:
             campaign=campaign,
             detail={"format": document},
         )
-        await self.ctx.require_fresh([number], "phone", token)
+        earlier = forms_stored_before(number)
+        await self.ctx.require_fresh([number, *earlier], "phone", token)
         read_at = self.ctx.guard.applied_token()
         if campaign is not None and not await self.ctx.campaign_known(brand, campaign):
             raise campaign_not_found(brand, campaign)
         view = self.ctx.view
-        # STOPs whose brand was unknown concern every brand (``ledger.events.ANY_BRAND``).
+        # STOPs whose brand was unknown concern every brand (``ledger.events.ANY_BRAND``),
+        # and facts kept under the number's earlier spelling count as CanSend counts them.
         facts = await self.ctx.opened(
-            [*await view.history(number, brand), *await view.history(number, ANY_BRAND)]
+            [
+                *await view.history(number, brand),
+                *await view.history(number, ANY_BRAND),
+                *await earlier_history(view, number, brand),
+                *await earlier_history(view, number, ANY_BRAND),
+            ]
         )
         named = {campaign} if campaign is not None else set()
         named |= {c for r in facts if isinstance(c := getattr(r.event, "campaign", None), str)}
@@ -228,7 +245,9 @@ class Audit:
         for name in sorted(named):
             for r in (await view.campaign_history(brand, name)).facts():
                 rules.setdefault(str(r.event.event_id), r)
-        packet = assemble([*facts, *rules.values()], number, brand, campaign, self.ctx.clock())
+        packet = assemble(
+            [*facts, *rules.values()], number, brand, campaign, self.ctx.clock(), earlier=earlier
+        )
         if self.evidence is not None:
             packet = replace(packet, tamper_evidence=await self._evidence(packet))
         return Read(packet, read_at)

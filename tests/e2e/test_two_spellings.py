@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import pytest
 from consent.v1 import consent_service_pb2 as api
+from google.protobuf import json_format
 
 import ledger.phone
 from ledger.ports import ConsistencyToken
@@ -182,3 +183,55 @@ async def test_an_opt_in_stored_under_the_old_spelling_stands_until_a_stop(
     assert before["CanSendBatch"] == [True, True], before
     assert after["CanSendBatch"] == [False, False], after
     assert after[f"CanSend {other}"] == (False, api.REASON_REVOKED), after
+
+
+@pytest.mark.parametrize("opted_in_under", ["kept", "other"])
+async def test_audit_reads_show_every_fact_checks_count_with_its_spelling(
+    service, spellings, before_one_form, monkeypatch, opted_in_under
+):
+    """An opt-in under one spelling and a STOP under the other, recorded by a version
+    that kept them apart: CanSend counts both, so GetConsent, ListEvents and the proof
+    packet show both, each under the spelling it was recorded under, whichever
+    spelling the auditor asks about."""
+    runtime, clock = service
+    kept, other = spellings
+    granted_as, stopped_as = (kept, other) if opted_in_under == "kept" else (other, kept)
+    async with client(runtime.address) as admin:
+        await admin.RecordOptIn(opt_in(granted_as, "acme", "promo", clock.now - timedelta(days=1)))
+        w = await admin.HandleInboundMessage(
+            inbound(stopped_as, ACME_NUMBER, "STOP", clock.now - timedelta(minutes=2))
+        )
+    token = await applied(runtime, w.consistency_token)
+    monkeypatch.undo()  # the upgrade
+    ledger.phone._e164.cache_clear()
+    expected_events = [
+        ("ConsentGranted", granted_as),
+        ("InboundMessageReceived", stopped_as),
+        ("ConsentRevoked", stopped_as),
+    ]
+    async with client(runtime.address) as admin:
+        for asked in spellings:
+            consent = await admin.GetConsent(
+                api.GetConsentRequest(
+                    phone=asked, brand="acme", campaign="promo", at_least_as_fresh=token
+                )
+            )
+            assert consent.state == api.CONSENT_STATE_REVOKED, (asked, consent)
+            assert consent.grant.event.phone == granted_as, (asked, consent)
+            assert consent.revocation.event.phone == stopped_as, (asked, consent)
+            for brand in ("acme", None):
+                listed = await admin.ListEvents(
+                    api.ListEventsRequest(phone=asked, brand=brand, at_least_as_fresh=token)
+                )
+                found = [(r.event.event_type, r.event.phone) for r in listed.events]
+                assert found == expected_events, (asked, brand, found)
+            answer = await admin.GetProofPacket(
+                api.GetProofPacketRequest(
+                    phone=asked, brand="acme", campaign="promo", at_least_as_fresh=token
+                )
+            )
+            packet = json_format.MessageToDict(answer.packet)
+            assert packet["phone"] == kept, packet
+            assert [o["event"]["phone"] for o in packet["opt_ins"]] == [granted_as], packet
+            assert [o["event"]["phone"] for o in packet["opt_outs"]] == [stopped_as], packet
+            assert [e["type"] for e in packet["events"]] == [t for t, _ in expected_events]
