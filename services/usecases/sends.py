@@ -24,6 +24,7 @@ from ledger.events import (
     evolved,
     message_content,
 )
+from ledger.phone import forms_stored_before
 from ledger.policy import earns_exemption
 from ledger.ports import ConsistencyToken
 from ledger.state import COUNTED_KINDS, apply
@@ -34,6 +35,7 @@ from services.usecases.requests import (
     refuse_another_message,
     refuse_another_request,
 )
+from services.usecases.spellings import state_as_one
 
 
 @dataclass(frozen=True)
@@ -216,9 +218,13 @@ class Sends:
         replying = sorted({e.phone for e in new if e.kind not in COUNTED_KINDS})
         if not replying:
             return new
-        if not await self.ctx.guard.wait_for_phones(replying):
+        earlier = {n: forms for n in replying if (forms := forms_stored_before(n))}
+        spellings = [*replying, *(f for forms in earlier.values() for f in forms)]
+        if not await self.ctx.guard.wait_for_phones(spellings):
             return [e if e.kind in COUNTED_KINDS else replace(e, exempt=False) for e in new]
         states = await self.ctx.view.subscriber_states(new[0].brand, replying)
+        for number in earlier:  # what an earlier version kept under its other spelling
+            states[number] = (await state_as_one(self.ctx.view, number, new[0].brand)).state
         now = self.ctx.clock()
         judged: list[MessageSent] = []
         for place, event in enumerate(new):

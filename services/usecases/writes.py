@@ -59,7 +59,7 @@ from ledger.events import (
     MessageSent,
     RevocationCandidateResolved,
 )
-from ledger.phone import to_e164
+from ledger.phone import forms_stored_before, to_e164
 from ledger.policy import earns_exemption, revokes_all
 from ledger.ports import ConsistencyToken, DigestReads, Stream
 from ledger.state import COUNTED_KINDS, SubscriberState
@@ -82,6 +82,7 @@ from services.usecases.requests import (
     replay,
     taken_then_appended,
 )
+from services.usecases.spellings import state_as_one
 
 CAMPAIGN_TURN_WAIT = 10.0
 """Seconds a campaign write that lists sender numbers waits for its turn (another
@@ -242,8 +243,11 @@ class Writes:
             # A retry of the opt-out too: it resolves what an earlier attempt may not have.
             phone, brand = revoked.phone, revoked.brand
             digest = (await self.reads.digests(brand, [phone])).get(phone)
-            if digest is not None and any(p.refused for p in digest.pending):
-                state = (await self.ctx.view.subscriber_states(brand, [phone]))[phone]
+            spelt_before = forms_stored_before(phone)
+            if spelt_before or (digest is not None and any(p.refused for p in digest.pending)):
+                # A hold an earlier version kept under the number's other spelling
+                # denies the number too (CanSend folds it in): this opt-out covers it.
+                state = (await state_as_one(self.ctx.view, phone, brand)).state
                 every = revoked.campaign is not None and await self._revokes_all(revoked)
                 written = await self._resolve_covered_holds(
                     revoked, state, written, recorded_by, every_campaign=every
@@ -284,7 +288,10 @@ class Writes:
             if not covers(revoked, held.event, every_campaign=every_campaign):
                 continue
             where = (Stream.SUBSCRIBERS, held.position.partition)
-            if held.position.offset >= ends.get(where, 0):
+            # A hold of a partition the opt-out was not written to is one an earlier
+            # version kept under the number's other spelling: before it, as the
+            # checks fold them (every write goes under the spelling kept now).
+            if where in ends and held.position.offset >= ends[where]:
                 continue
             resolved = _stamped(
                 covered_hold_resolved(revoked, held.event, self.ctx.clock()), recorded_by
@@ -466,12 +473,13 @@ class Writes:
         if not isinstance(sent, MessageSent) or sent.kind in COUNTED_KINDS:
             return events
         exempt = False
-        if await self.ctx.guard.wait_for_phones([sent.phone]):
+        if await self.ctx.guard.wait_for_phones([sent.phone, *forms_stored_before(sent.phone)]):
             history = await self.ctx.rules.campaign_history(sent.brand, sent.campaign)
             rules = history.as_of(sent.occurred_at)
             if rules is not None:
-                states = await self.ctx.view.subscriber_states(sent.brand, [sent.phone])
-                state = states[sent.phone]
+                # A HELP or a conversation an earlier version kept under the number's
+                # other spelling earns its reply too, as CanSend reads it.
+                state = (await state_as_one(self.ctx.view, sent.phone, sent.brand)).state
                 exempt = earns_exemption(digest_of(state), rules, sent.occurred_at, sent.kind)
         return [replace(sent, exempt=exempt), *events[1:]]
 
@@ -596,7 +604,7 @@ class Writes:
         # The reading counts every write acknowledged for the phone before this text
         # came (the ledger's end now, not as last observed): a START sent the moment
         # its STOP was acknowledged is read after that STOP.
-        if not await self.ctx.guard.wait_until_applied_for([sender]):
+        if not await self.ctx.guard.wait_until_applied_for([sender, *forms_stored_before(sender)]):
             raise NotConsistent("from_phone", BEHIND)
         # The phone's partition is there; the campaign rules as of that look too.
         await self.ctx.require_fresh([sender], "to_phone")
@@ -611,8 +619,11 @@ class Writes:
         campaign = (await self.ctx.view.campaign_history(brand, name)).current()
         if campaign is None:  # the lookup and the history come from one projection
             raise FailedPrecondition("to_phone", f"campaign {brand}/{name} has no rules")
-        states = await self.ctx.view.subscriber_states(brand, [sender])
-        outcome = handle_inbound(cmd, campaign, states[sender], self.ctx.clock())
+        # The facts an earlier version kept under the sender's other spelling are the
+        # sender's (CanSend folds them in): a START resumes an opt-in kept there, and
+        # this STOP covers a hold kept there.
+        state = (await state_as_one(self.ctx.view, sender, brand)).state
+        outcome = handle_inbound(cmd, campaign, state, self.ctx.clock())
         events = _stamped(outcome.events, recorded_by)
         earlier = await self._redelivered(events, outcome)
         if earlier is not None:
@@ -624,7 +635,7 @@ class Writes:
             # does: read from the state before the STOP, so in ledger order.
             every = revoked.campaign is not None and revokes_all(campaign, revoked.occurred_at)
             written = await self._resolve_covered_holds(
-                revoked, states[sender], written, recorded_by, every_campaign=every
+                revoked, state, written, recorded_by, every_campaign=every
             )
         return InboundResult(written, outcome)
 
@@ -823,7 +834,9 @@ class Writes:
                 "concerns, then resolve it as dismissed with resolved_by naming those opt-outs",
             )
         await self.ctx.require_caught_up(Stream.SUBSCRIBERS, "candidate_event_id")
-        state = (await self.ctx.view.subscriber_states(event.brand, [event.phone]))[event.phone]
+        # A hold an earlier version kept under the number's other spelling denies the
+        # number (CanSend folds it in), so it is resolved under the number as read.
+        state = (await state_as_one(self.ctx.view, event.phone, event.brand)).state
         pending = {c.event_id: c for c in state.pending_candidates()}
         candidate = pending.get(str(event.candidate_event_id))
         resolved = state.resolutions.get(str(event.candidate_event_id))

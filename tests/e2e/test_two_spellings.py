@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 
+import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
 from google.protobuf import json_format
 
 import ledger.phone
@@ -21,6 +23,7 @@ from tests.e2e.harness import (
     Clock,
     client,
     define,
+    held_info,
     inbound,
     noon_in_los_angeles,
     opt_in,
@@ -235,3 +238,159 @@ async def test_audit_reads_show_every_fact_checks_count_with_its_spelling(
             assert [o["event"]["phone"] for o in packet["opt_ins"]] == [granted_as], packet
             assert [o["event"]["phone"] for o in packet["opt_outs"]] == [stopped_as], packet
             assert [e["type"] for e in packet["events"]] == [t for t, _ in expected_events]
+
+
+async def upgraded(monkeypatch) -> None:
+    """The service as this version, after ``before_one_form`` recorded its facts."""
+    monkeypatch.undo()
+    ledger.phone._e164.cache_clear()
+
+
+async def test_a_start_after_a_stop_under_the_old_spelling_resumes_and_is_confirmed(
+    service, spellings, before_one_form, monkeypatch
+):
+    """The opt-in and the STOP kept under the other spelling by an earlier version: a
+    START now (read under the spelling kept) resumes that opt-in and is owed its
+    confirmation, as it would be were all three under one spelling."""
+    runtime, clock = service
+    _, other = spellings
+    async with client(runtime.address) as admin:
+        await admin.RecordOptIn(opt_in(other, "acme", "promo", clock.now - timedelta(days=1)))
+        w = await admin.HandleInboundMessage(
+            inbound(other, ACME_NUMBER, "STOP", clock.now - timedelta(minutes=3))
+        )
+        await applied(runtime, w.consistency_token)
+        await upgraded(monkeypatch)
+        for written in spellings:  # either spelling is read as the one kept
+            start = await admin.HandleInboundMessage(
+                inbound(written, ACME_NUMBER, "START", clock.now - timedelta(minutes=2))
+            )
+            assert start.reply == api.REPLY_KIND_OPT_IN_CONFIRMATION, start
+            assert list(start.notes) == [], start
+    token = await applied(runtime, start.consistency_token)
+    found = await answers(runtime, clock, token, spellings)
+    assert found["CanSendBatch"] == [True, True], found
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        ("HELP", lpb.MESSAGE_KIND_HELP_REPLY),
+        ("what time do you open?", lpb.MESSAGE_KIND_CONVERSATION_REPLY),
+    ],
+)
+@pytest.mark.parametrize("alone", [True, False], ids=["RecordMessageSent", "RecordMessagesSent"])
+async def test_a_reply_to_a_text_under_the_old_spelling_is_the_reply_it_owed(
+    service, spellings, before_one_form, monkeypatch, body, kind, alone
+):
+    """A HELP, or a conversation, that an earlier version kept under the other
+    spelling earns its reply, sent to the number now read as the one kept: recorded
+    exempt from the caps, as CanSend counts it."""
+    runtime, clock = service
+    kept, other = spellings
+    async with client(runtime.address) as admin:
+        await admin.RecordOptIn(opt_in(kept, "acme", "promo", clock.now - timedelta(days=1)))
+        w = await admin.HandleInboundMessage(
+            inbound(other, ACME_NUMBER, body, clock.now - timedelta(minutes=2))
+        )
+        await applied(runtime, w.consistency_token)
+        await upgraded(monkeypatch)
+        reply = dict(
+            phone=kept,
+            campaign="promo",
+            message_id="SM-reply-1",
+            kind=kind,
+            occurred_at=ts(clock.now - timedelta(minutes=1)),
+            included_opt_out_language=True,
+            identified_sender=True,
+        )
+        if alone:
+            request = api.RecordMessageSentRequest(request_id="reply-1", brand="acme", **reply)
+            w = await admin.RecordMessageSent(request)
+        else:
+            batch = api.RecordMessagesSentRequest(
+                request_id="replies", brand="acme", messages=[api.SentMessage(**reply)]
+            )
+            w = await admin.RecordMessagesSent(batch)
+        listed = await admin.ListEvents(
+            api.ListEventsRequest(phone=kept, brand="acme", at_least_as_fresh=w.consistency_token)
+        )
+    (sent,) = [r.event for r in listed.events if r.event.event_type == "MessageSent"]
+    assert sent.message_sent.exempt, sent
+    assert list(listed.exemption_not_granted) == [], listed
+
+
+async def test_a_reply_held_for_review_under_the_old_spelling_can_be_resolved(
+    service, spellings, before_one_form, monkeypatch
+):
+    """A reply like a STOP that an earlier version held for review under the other
+    spelling denies the number (CanSend counts it); a reviewer resolving it, under
+    the number as now read, must be able to, or it denies for ever."""
+    runtime, clock = service
+    kept, other = spellings
+    async with client(runtime.address) as admin:
+        await admin.RecordOptIn(opt_in(kept, "acme", "promo", clock.now - timedelta(days=1)))
+        w = await admin.HandleInboundMessage(
+            inbound(other, ACME_NUMBER, "please stop texting me", clock.now - timedelta(minutes=3))
+        )
+        assert w.intent == api.INBOUND_INTENT_REVOCATION_CANDIDATE
+        (_, flagged) = w.event_ids
+        await applied(runtime, w.consistency_token)
+        await upgraded(monkeypatch)
+        before = await answers(runtime, clock, w.consistency_token, spellings)
+        queue = await admin.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="acme", at_least_as_fresh=w.consistency_token)
+        )
+        queued = [(c.event.event_id, c.event.phone) for c in queue.candidates]
+        w = await admin.ResolveRevocationCandidate(
+            api.ResolveRevocationCandidateRequest(
+                request_id="resolve-1",
+                phone=other,
+                brand="acme",
+                candidate_event_id=flagged,
+                resolution=lpb.CANDIDATE_RESOLUTION_DISMISSED,
+                occurred_at=ts(clock.now - timedelta(minutes=1)),
+                resolved_by="reviewer@acme",
+            )
+        )
+        token = await applied(runtime, w.consistency_token)
+        queue = await admin.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="acme", at_least_as_fresh=token)
+        )
+    after = await answers(runtime, clock, token, spellings)
+    assert before["CanSendBatch"] == [False, False], before
+    assert queued == [(flagged, other)], queued
+    assert after["CanSendBatch"] == [True, True], after
+    assert list(queue.candidates) == [], queue  # resolved: no longer awaiting review
+
+
+async def test_an_opt_out_covers_a_hold_kept_under_the_old_spelling(
+    service, spellings, before_one_form, monkeypatch
+):
+    """An opt-out refused for a detail, held by an earlier version under the other
+    spelling: the corrected opt-out, recorded under the number as now read, covers
+    it and resolves it, as it does a hold under one spelling."""
+    runtime, clock = service
+    kept, other = spellings
+    async with client(runtime.address) as admin:
+        await admin.RecordOptIn(opt_in(kept, "acme", "promo", clock.now - timedelta(days=1)))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await admin.RecordOptOut(opt_out(other, "acme", None, clock.now + timedelta(hours=3)))
+        held = held_info(refused.value)
+        assert held is not None
+        await applied(runtime, held["consistency_token"])
+        await upgraded(monkeypatch)
+        written = await admin.RecordOptOut(opt_out(kept, "acme", None, clock.now))
+        listed = await admin.ListEvents(
+            api.ListEventsRequest(
+                phone=kept, brand="acme", at_least_as_fresh=written.consistency_token
+            )
+        )
+    resolved = [
+        r.event.revocation_candidate_resolved.candidate_event_id
+        for r in listed.events
+        if r.event.event_type == "RevocationCandidateResolved"
+    ]
+    assert resolved == [held["candidate_event_id"]], listed
+    found = await answers(runtime, clock, listed.consistency_token, spellings)
+    assert found[f"CanSend {kept}"] == (False, api.REASON_REVOKED_BRAND_WIDE), found
