@@ -6,6 +6,8 @@ numbers that cannot ring and miss the per-country rules.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 
 import phonenumbers
@@ -92,30 +94,57 @@ def _e164(raw: str, default_region: str | None) -> str:
     return _kept_form(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
 
 
-_MOBILE_TOKEN_FORMS = {
-    f"+{code}": f"+{code}{token}"
-    for code in phonenumbers.supported_calling_codes()
-    if (token := phonenumbers.country_mobile_token(code))
-}
-"""Countries whose mobiles are dialled from abroad with a token after the country code,
-and how the form with it starts. Argentina's 9 (the library's only token): +54 9 11
-1234 5678 and +54 11 1234 5678 are one line (a number is a mobile or a fixed line,
-never both), ``phonenumbers`` takes both for valid numbers, and carriers deliver texts
-to the form with the 9, so that is the form a person's facts are kept under."""
+@dataclass(frozen=True)
+class _Respelling:
+    """Numbers that start with ``earlier`` and are ``length`` characters long (the +
+    included) are kept starting with ``kept`` instead, the rest of their digits as
+    they are, when both are valid numbers: one line that ``phonenumbers`` reads as
+    two valid numbers."""
 
-_LEADING_ZERO = {"+241": "GA"}
-"""Countries whose numbers are written after the country code both with a 0 and
-without, each a valid number to ``phonenumbers``, by region. Gabon's older numbers kept
-their leading 0 after +241 (its removal was announced and postponed,
-google/libphonenumber#701), its newer ones are written without one, and people write
-either way: +241 06 03 12 34 and +241 6 03 12 34 are one line, as are +241 0 77 69 47
-23 and +241 77 69 47 23. The form kept is the one the number has written at home, with
-the trunk 0 (``phonenumbers`` reads that 0 as part of the older numbers only)."""
+    earlier: str
+    kept: str
+    length: int
 
-SPELT_TWO_WAYS = (*_MOBILE_TOKEN_FORMS, *_LEADING_ZERO)
+    def kept_form(self, e164: str) -> str | None:
+        if len(e164) != self.length or not e164.startswith(self.earlier):
+            return None
+        return self.kept + e164[len(self.earlier) :]
+
+    def earlier_form(self, e164: str) -> str | None:
+        if len(e164) != self.length - len(self.earlier) + len(self.kept):
+            return None
+        if not e164.startswith(self.kept):
+            return None
+        return self.earlier + e164[len(self.kept) :]
+
+
+def _covering(prefixes: Iterable[str]) -> tuple[str, ...]:
+    """The fewest of ``prefixes`` that every one of them starts with, in their order."""
+    found = list(dict.fromkeys(prefixes))
+    return tuple(p for p in found if not any(p != q and p.startswith(q) for q in found))
+
+
+_RESPELLINGS = (
+    # Argentina's mobile 9 (``phonenumbers.country_mobile_token(54)``, the library's
+    # only mobile token): +54 9 11 1234 5678 and +54 11 1234 5678 (ten digits, as
+    # every Argentine number has) are one line (a number is a mobile or a fixed line,
+    # never both), and carriers deliver texts to the form with the 9.
+    _Respelling("+54", "+549", 13),
+    # Gabon's older numbers kept their leading 0 after +241 (its removal was announced
+    # and postponed, google/libphonenumber#701), and people wrote them either way:
+    # +241 06 03 12 34 and +241 6 03 12 34 are one line, kept as the library reads it
+    # written at home, with the trunk 0 (``phonenumbers`` reads that 0 as part of the
+    # older numbers only); so are +241 0 77 69 47 23 and +241 77 69 47 23.
+    _Respelling("+241", "+2410", 11),
+    _Respelling("+2410", "+241", 13),
+)
+"""Each way one line is spelt as two valid numbers: the spelling its facts are kept
+under, and the one an earlier version kept apart (``forms_stored_before``)."""
+
+SPELT_TWO_WAYS = _covering(r.earlier for r in _RESPELLINGS)
 """How a number of such a country starts: one written so may be in the spelling it is
 not kept under, so it is read, never looked up as written."""
-KEPT_FORMS = (*_MOBILE_TOKEN_FORMS.values(), *_LEADING_ZERO)
+KEPT_FORMS = _covering(r.kept for r in _RESPELLINGS)
 """How the spelling a number is kept under starts: ``forms_stored_before`` has answers
 only for numbers that start so (``str.startswith`` takes the tuple)."""
 
@@ -130,38 +159,11 @@ def _valid(e164: str) -> bool:
 def _kept_form(e164: str) -> str:
     """A valid number in the spelling its line is kept under: the other spelling, when
     that is a valid number too and the one kept; else itself."""
-    for country, kept in _MOBILE_TOKEN_FORMS.items():
-        if e164.startswith(country) and not e164.startswith(kept):
-            other = kept + e164[len(country) :]
-            if _valid(other):
-                return other
-    for country, region in _LEADING_ZERO.items():
-        if e164.startswith(country):
-            return _as_at_home(e164[len(country) :], region) or e164
+    for respelling in _RESPELLINGS:
+        kept = respelling.kept_form(e164)
+        if kept is not None and _valid(kept):
+            return kept
     return e164
-
-
-def _as_at_home(digits: str, region: str) -> str | None:
-    """The number ``digits`` (after the country code, with a leading 0 or without)
-    spell when written at home with the trunk 0, in E.164; None if that is no number."""
-    try:
-        parsed = phonenumbers.parse("0" + digits.removeprefix("0"), region)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(parsed):
-        return None
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-
-
-def _other_spelling(e164: str) -> str | None:
-    for country, kept in _MOBILE_TOKEN_FORMS.items():
-        if e164.startswith(kept):
-            return country + e164[len(kept) :]
-    for country in _LEADING_ZERO:
-        if e164.startswith(country):
-            digits = e164[len(country) :]
-            return country + (digits[1:] if digits.startswith("0") else "0" + digits)
-    return None
 
 
 @lru_cache(maxsize=65_536)
@@ -170,10 +172,8 @@ def forms_stored_before(e164: str) -> tuple[str, ...]:
     not yet bring them to one form: for +54 9 11 1234 5678, +54 11 1234 5678. Those
     facts stay where they are in the ledger (a phone's facts are one partition's, by
     its key), so a check reads them beside the number's own."""
-    other = _other_spelling(e164)
-    if other is None or not _valid(other) or _kept_form(other) != e164:
-        return ()
-    return (other,)
+    found = (r.earlier_form(e164) for r in _RESPELLINGS)
+    return tuple(f for f in found if f is not None and _valid(f) and _kept_form(f) == e164)
 
 
 @lru_cache(maxsize=262_144)
