@@ -73,14 +73,26 @@ async def service(serve):
     return await serve(name="spellings", clock=clock, campaigns=[promo(clock)]), clock
 
 
+def forget_spellings() -> None:
+    """Clear what ``ledger.phone`` keeps of the numbers it read, under the last rules."""
+    ledger.phone._e164.cache_clear()
+    ledger.phone.forms_stored_before.cache_clear()
+
+
 @pytest.fixture
 def before_one_form(monkeypatch) -> Iterator[None]:
     """The service as a version before this one: each spelling kept as written."""
-    ledger.phone._e164.cache_clear()
+    forget_spellings()
     monkeypatch.setattr(ledger.phone, "_kept_form", lambda e164: e164)
     yield
     monkeypatch.undo()
-    ledger.phone._e164.cache_clear()
+    forget_spellings()
+
+
+async def upgraded(monkeypatch) -> None:
+    """The service as this version, after ``before_one_form`` recorded its facts."""
+    monkeypatch.undo()
+    forget_spellings()
 
 
 async def applied(runtime: Runtime, token: str) -> str:
@@ -175,8 +187,7 @@ async def test_an_opt_out_stored_under_the_old_spelling_still_stops_the_number(
             inbound(other, ACME_NUMBER, "STOP", clock.now - timedelta(minutes=2))
         )
     token = await applied(runtime, w.consistency_token)
-    monkeypatch.undo()  # the upgrade
-    ledger.phone._e164.cache_clear()
+    await upgraded(monkeypatch)
     found = await answers(runtime, clock, token, spellings)
     assert found[f"CanSend {kept}"] == (False, api.REASON_REVOKED), found
     assert found[f"CanSend {other}"] == (False, api.REASON_REVOKED), found
@@ -194,8 +205,7 @@ async def test_an_opt_in_stored_under_the_old_spelling_stands_until_a_stop(
     async with client(runtime.address) as admin:
         w = await admin.RecordOptIn(opt_in(other, "acme", "promo", clock.now - timedelta(days=1)))
         await applied(runtime, w.consistency_token)
-        monkeypatch.undo()  # the upgrade
-        ledger.phone._e164.cache_clear()
+        await upgraded(monkeypatch)
         before = await answers(runtime, clock, w.consistency_token, spellings)
         w = await admin.HandleInboundMessage(
             inbound(kept, ACME_NUMBER, "STOP", clock.now - timedelta(minutes=1))
@@ -224,8 +234,7 @@ async def test_audit_reads_show_every_fact_checks_count_with_its_spelling(
             inbound(stopped_as, ACME_NUMBER, "STOP", clock.now - timedelta(minutes=2))
         )
     token = await applied(runtime, w.consistency_token)
-    monkeypatch.undo()  # the upgrade
-    ledger.phone._e164.cache_clear()
+    await upgraded(monkeypatch)
     expected_events = [
         ("ConsentGranted", granted_as),
         ("InboundMessageReceived", stopped_as),
@@ -257,12 +266,6 @@ async def test_audit_reads_show_every_fact_checks_count_with_its_spelling(
             assert [o["event"]["phone"] for o in packet["opt_ins"]] == [granted_as], packet
             assert [o["event"]["phone"] for o in packet["opt_outs"]] == [stopped_as], packet
             assert [e["type"] for e in packet["events"]] == [t for t, _ in expected_events]
-
-
-async def upgraded(monkeypatch) -> None:
-    """The service as this version, after ``before_one_form`` recorded its facts."""
-    monkeypatch.undo()
-    ledger.phone._e164.cache_clear()
 
 
 async def test_a_start_after_a_stop_under_the_old_spelling_resumes_and_is_confirmed(
