@@ -130,11 +130,20 @@ _RESPELLINGS = (
     # every Argentine number has) are one line (a number is a mobile or a fixed line,
     # never both), and carriers deliver texts to the form with the 9.
     _Respelling("+54", "+549", 13),
-    # Gabon's older numbers kept their leading 0 after +241 (its removal was announced
-    # and postponed, google/libphonenumber#701), and people wrote them either way:
-    # +241 06 03 12 34 and +241 6 03 12 34 are one line, kept as the library reads it
-    # written at home, with the trunk 0 (``phonenumbers`` reads that 0 as part of the
-    # older numbers only); so are +241 0 77 69 47 23 and +241 77 69 47 23.
+    # Gabon's 2019 plan (ARCEP) put the operator's digit after the 0 of every number:
+    # 06 03 12 34 became 066 03 12 34, +241 66 03 12 34 from abroad, and the old
+    # numbers stopped working on 6 April 2024. ``phonenumbers`` still takes the old
+    # ones for valid numbers, written after +241 with their leading 0 (its removal
+    # was postponed, google/libphonenumber#701) or without it: each is kept as the
+    # number its line has now.
+    *(
+        _Respelling(f"+241{zero}{old}", f"+241{new}", 12 if zero else 11)
+        for old, new in {"2": "62", "5": "65", "6": "66", "4": "74", "7": "77"}.items()
+        for zero in ("0", "")
+    ),
+    _Respelling("+24101", "+24111", 12),  # a Gabon Telecom fixed line: 01 became 011
+    # An old number the plan names no new one for (03) is kept as the library reads
+    # it written at home, with its 0; and +241 0 77 69 47 23 as +241 77 69 47 23.
     _Respelling("+241", "+2410", 11),
     _Respelling("+2410", "+241", 13),
 )

@@ -1,8 +1,8 @@
 """A number's facts under every spelling they were recorded under.
 
 A version before numbers were brought to one form (``ledger.phone.forms_stored_before``)
-kept +54 11 1234 5678 apart from +54 9 11 1234 5678, and Gabon's numbers with their
-0 apart from those without it. Those facts stay in the old spelling's partition; a
+kept +54 11 1234 5678 apart from +54 9 11 1234 5678, and Gabon's old numbers apart
+from their new ones. Those facts stay in the old spelling's partition; a
 check folds them in (``ledger.policy.as_one_number``), and so does every read here,
 so a reply, a write's checks and an audit read count what CanSend counts."""
 

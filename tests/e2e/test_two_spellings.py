@@ -1,9 +1,9 @@
 """A number written two ways is one person, through the real gRPC server on the real
 Kafka and PostgreSQL. +54 11 1234 5678 and +54 9 11 1234 5678 are one line (the 9 is
-dialled from abroad to reach a mobile), as are Gabon's +241 06 03 12 34 and +241 6 03
-12 34, and ``phonenumbers`` takes each for two valid numbers: kept as two, an opt-out
-under one left the other allowed. Facts a version before this one stored under the
-other spelling count too."""
+dialled from abroad to reach a mobile), as are Gabon's +241 66 03 12 34 and its old
++241 06 03 12 34 or +241 6 03 12 34, and ``phonenumbers`` takes each for two valid
+numbers: kept as two, an opt-out under one left the other allowed. Facts a version
+before this one stored under the other spelling count too."""
 
 from __future__ import annotations
 
@@ -48,7 +48,10 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 SPELLINGS = {
     "argentina": ("+5491112344101", "+541112344101"),  # kept with the mobile 9; without
-    "gabon": ("+24106441012", "+2416441012"),  # kept with the 0 it has at home; without
+    # Gabon's number since 2019; its old number, as the last version kept it (with
+    # its leading 0), and as a version before that kept it written without the 0.
+    "gabon": ("+24166441012", "+24106441012"),
+    "gabon-7-digits": ("+24177441013", "+2417441013"),
 }
 """Each pair: the spelling a number is kept under, and the other."""
 

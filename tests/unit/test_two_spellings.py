@@ -55,19 +55,67 @@ def test_the_form_with_the_9_names_the_form_facts_were_stored_under_before() -> 
 @pytest.mark.parametrize(
     ("written", "kept"),
     [
-        ("+241 06 03 12 34", "+24106031234"),  # an older number, with its leading 0
-        ("+241 6 03 12 34", "+24106031234"),  # and without it
-        ("06 03 12 34", "+24106031234"),  # at home
-        ("+241 77 69 47 23", "+24177694723"),  # a newer number
-        ("+241 0 77 69 47 23", "+24177694723"),  # with the trunk 0 kept after +241
+        # Gabon's numbers since its 2019 plan (ARCEP: the old ones stopped working on
+        # 6 April 2024): eight digits after +241, nine with the trunk 0 at home.
+        ("+241 66 03 12 34", "+24166031234"),
+        ("066 03 12 34", "+24166031234"),
+        ("+241 0 66 03 12 34", "+24166031234"),  # the trunk 0 kept after +241
+        ("+241 77 69 47 23", "+24177694723"),
         ("077 69 47 23", "+24177694723"),
+        ("+241 0 77 69 47 23", "+24177694723"),
+        # Their old numbers, with the leading 0 after +241 or without it, which
+        # phonenumbers still reads as valid: the same lines, with the operator's
+        # digit added (06 -> 066, 02 -> 062, 05 -> 065, 04 -> 074, 07 -> 077, 01 -> 011).
+        ("+241 06 03 12 34", "+24166031234"),
+        ("+241 6 03 12 34", "+24166031234"),
+        ("06 03 12 34", "+24166031234"),
+        ("+241 02 12 34 56", "+24162123456"),
+        ("+241 2 12 34 56", "+24162123456"),
+        ("+241 05 12 34 56", "+24165123456"),
+        ("+241 5 12 34 56", "+24165123456"),
+        ("+241 04 12 34 56", "+24174123456"),
+        ("+241 4 12 34 56", "+24174123456"),
+        ("+241 07 69 47 23", "+24177694723"),
+        ("+241 7 69 47 23", "+24177694723"),
+        ("07 69 47 23", "+24177694723"),
+        ("+241 01 44 12 34", "+24111441234"),  # a Gabon Telecom fixed line
+        ("01 44 12 34", "+24111441234"),
+        # An old 03 number no plan moved: with or without its 0, kept with it.
+        ("+241 03 12 34 56", "+24103123456"),
+        ("+241 3 12 34 56", "+24103123456"),
     ],
 )
-def test_a_gabonese_number_is_one_number_with_or_without_its_0(written: str, kept: str) -> None:
+def test_a_gabonese_number_is_one_number_in_its_old_and_new_spellings(
+    written: str, kept: str
+) -> None:
     assert to_e164(written, default_region="GA") == kept
     assert to_e164(kept) == kept
-    (other,) = forms_stored_before(kept)
-    assert to_e164(other) == kept and other != kept
+    for other in forms_stored_before(kept):
+        assert to_e164(other) == kept and other != kept
+
+
+@pytest.mark.parametrize(
+    ("kept", "earlier"),
+    [
+        ("+24166031234", {"+24106031234", "+2416031234"}),
+        ("+24177694723", {"+24107694723", "+2417694723"}),
+        ("+24111441234", {"+24101441234"}),
+        ("+24103123456", {"+2413123456"}),
+    ],
+)
+def test_a_gabonese_number_names_the_spellings_its_facts_were_stored_under(
+    kept: str, earlier: set[str]
+) -> None:
+    """An earlier version kept the old number as written (with its 0 or without it),
+    and the last one with its 0: each of those is read beside the number kept now."""
+    assert earlier <= set(forms_stored_before(kept)), forms_stored_before(kept)
+
+
+def test_a_new_gabonese_range_with_no_old_number_has_no_old_spelling() -> None:
+    """060 and 076 were opened after the 2019 plan: no old number became one of
+    them, so only the spelling with the trunk 0 after +241 is read beside them."""
+    for number in ("+24160123456", "+24176123456"):
+        assert forms_stored_before(number) == ("+2410" + number.removeprefix("+241"),)
 
 
 def _example_numbers() -> list[str]:
