@@ -1308,9 +1308,13 @@ _AFTER_NUMBER = re.compile(r"(?:;.*|\s*(?:ext\.?|extension|x|#)\s*\d+\s*)$", re.
 
 def _number_in(raw: str) -> str:
     """The number ``raw`` names to a reader: its invisible characters (bidi marks a
-    right-to-left sheet puts around it, a zero-width space) dropped, a "tel:" link's
-    scheme and parameters and an extension cut off."""
-    plain = "".join(ch for ch in raw if not _invisible(ch))
+    right-to-left sheet puts around it, a zero-width space) dropped, its control
+    characters read as spaces, a "tel:" link's scheme and parameters and an
+    extension cut off."""
+    # A NUL padding a fixed-width field, a line break inside a cell or a DEL shows
+    # nothing of the number either; read as nothing, the STOP was lost with it.
+    shown = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in raw)
+    plain = "".join(ch for ch in shown if not _invisible(ch))
     return _AFTER_NUMBER.sub("", _TEL_SCHEME.sub("", plain)).strip()
 
 

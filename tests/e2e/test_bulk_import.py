@@ -1484,6 +1484,34 @@ async def test_an_opt_out_whose_number_is_a_tel_uri_or_has_an_extension_is_held(
     assert reasons == dict.fromkeys(spellings, "REASON_REVOCATION_PENDING_REVIEW"), reasons
 
 
+async def test_an_opt_out_whose_number_holds_control_characters_is_held(service, tmp_path):
+    """An opt-out whose number an export left a control character in (a NUL a
+    fixed-width field was padded with, a line break inside a cell, a DEL), beside the
+    number's opt-in written in E.164: refused, and not held, so CanSend allowed the
+    number. The refusal stands, and the opt-out is held under the number it names."""
+    runtime, when = service
+    for first, suffix in ((150, "csv"), (160, "jsonl")):
+        spellings = {
+            phone(first): f"{phone(first)}\0",
+            phone(first + 1): f"\x01{phone(first + 1)}",
+            phone(first + 2): f"+1 415\n555 {phone(first + 2)[-4:]}",
+            phone(first + 3): f"{phone(first + 3)}\x7f",
+        }
+        rows = opted_in_then_out(when, {n: {"phone": spelt} for n, spelt in spellings.items()})
+        export = tmp_path / f"control.{suffix}"
+        if suffix == "csv":
+            write_csv(export, rows)
+        else:
+            export.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+        reasons = await imported_answers(
+            runtime, export, spellings, code=1, said=["imported 4 of 8 records", "refused: 4"],
+            refusals=[r"4 +INVALID_ARGUMENT +phone: .*; held for review"],
+        )  # fmt: skip
+
+        assert reasons == dict.fromkeys(spellings, "REASON_REVOCATION_PENDING_REVIEW"), reasons
+
+
 async def test_an_opt_out_refused_for_how_its_line_is_written_is_held_all_the_same(
     service, tmp_path
 ):

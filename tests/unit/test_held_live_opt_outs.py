@@ -161,6 +161,11 @@ def test_a_brand_that_spells_another_name_holds_nothing(spelled):
         ("+5215512345678", "+525512345678"),
         ("+55 11 8765 4321", "+5511987654321"),  # Brazil's mobiles before their 9, by 2016
         ("+551187654321", "+5511987654321"),
+        ("+14155552671\0", "+14155552671"),  # control characters an export left in
+        ("\x01+14155552671", "+14155552671"),
+        ("+1415\x005552671", "+14155552671"),
+        ("+1 415\n555 2671", "+14155552671"),
+        ("+14155552671\x7f", "+14155552671"),
     ],
 )
 def test_a_refused_opt_out_is_held_under_its_number_however_written(written, held_under):
