@@ -1304,17 +1304,25 @@ def _held_numbers(raw: str) -> list[str]:
 # person asked the line to stop, and a hold under no number left it allowed.
 _TEL_SCHEME = re.compile(r"^\s*tel:", re.IGNORECASE)
 _AFTER_NUMBER = re.compile(r"(?:;.*|\s*(?:ext\.?|extension|x|#)\s*\d+\s*)$", re.IGNORECASE)
+# How a spreadsheet keeps a number as text: a leading apostrophe ('+14155552671) or
+# a formula that yields it (="+14155552671"); and how a column of numbers read as
+# floats writes it (14155552671.0). The person asked that number to stop.
+_KEPT_AS_TEXT = re.compile(r"""^\s*(?:'(?P<quoted>.*)|=\s*"(?P<formula>[^"]*)"\s*)$""", re.DOTALL)
+_AS_FLOAT = re.compile(r"^(\s*\+?\d+)\.0+\s*$")
 
 
 def _number_in(raw: str) -> str:
     """The number ``raw`` names to a reader: its invisible characters (bidi marks a
     right-to-left sheet puts around it, a zero-width space) dropped, its control
-    characters read as spaces, a "tel:" link's scheme and parameters and an
-    extension cut off."""
+    characters read as spaces, a spreadsheet's text marks and a float's ".0", a
+    "tel:" link's scheme and parameters and an extension cut off."""
     # A NUL padding a fixed-width field, a line break inside a cell or a DEL shows
     # nothing of the number either; read as nothing, the STOP was lost with it.
     shown = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in raw)
     plain = "".join(ch for ch in shown if not _invisible(ch))
+    if kept := _KEPT_AS_TEXT.match(plain):
+        plain = kept.group("quoted") or kept.group("formula") or ""
+    plain = _AS_FLOAT.sub(r"\1", plain)
     return _AFTER_NUMBER.sub("", _TEL_SCHEME.sub("", plain)).strip()
 
 

@@ -1512,6 +1512,31 @@ async def test_an_opt_out_whose_number_holds_control_characters_is_held(service,
         assert reasons == dict.fromkeys(spellings, "REASON_REVOCATION_PENDING_REVIEW"), reasons
 
 
+async def test_an_opt_out_whose_number_a_spreadsheet_kept_as_text_or_a_float_is_held(
+    service, tmp_path
+):
+    """An opt-out whose number came with the marks a spreadsheet keeps a number as
+    text with (a leading apostrophe, a formula ="...") or as a float column writes it
+    ("14155553170.0"), beside the number's opt-in written in E.164: refused, and not
+    held, so CanSend allowed the number. The refusal stands, and the opt-out is held
+    under the number it names."""
+    runtime, when = service
+    spellings = {
+        phone(170): f"'{phone(170)}",
+        phone(171): f'="{phone(171)}"',
+        phone(172): f"{phone(172).removeprefix('+')}.0",
+    }
+    rows = opted_in_then_out(when, {n: {"phone": spelt} for n, spelt in spellings.items()})
+    export = write_csv(tmp_path / "sheet.csv", rows)
+
+    reasons = await imported_answers(
+        runtime, export, spellings, code=1, said=["imported 3 of 6 records", "refused: 3"],
+        refusals=[r"INVALID_ARGUMENT +phone: .*; held for review"],
+    )  # fmt: skip
+
+    assert reasons == dict.fromkeys(spellings, "REASON_REVOCATION_PENDING_REVIEW"), reasons
+
+
 async def test_an_opt_out_refused_for_how_its_line_is_written_is_held_all_the_same(
     service, tmp_path
 ):

@@ -166,6 +166,10 @@ def test_a_brand_that_spells_another_name_holds_nothing(spelled):
         ("+1415\x005552671", "+14155552671"),
         ("+1 415\n555 2671", "+14155552671"),
         ("+14155552671\x7f", "+14155552671"),
+        ("'+14155552671", "+14155552671"),  # a spreadsheet's marks of a number kept as text
+        ('="+14155552671"', "+14155552671"),
+        ('= "+1 415 555 2671" ', "+14155552671"),
+        ("14155552671.0", "+14155552671"),  # a number column read as floats
     ],
 )
 def test_a_refused_opt_out_is_held_under_its_number_however_written(written, held_under):
@@ -188,7 +192,10 @@ def test_ten_digits_that_read_as_two_numbers_are_held_under_each_once():
     assert not covers(revoked(at(2), None, phone="+16465552671"), foreign)
 
 
-@pytest.mark.parametrize("written", ["555-2671", "(415) 555-267", "+415 555 2671", "415 555 267a"])
+@pytest.mark.parametrize(
+    "written",
+    ["555-2671", "(415) 555-267", "+415 555 2671", "415 555 267a", "1.4155552671E+10", "415.5"],
+)
 def test_a_refused_opt_out_whose_number_cannot_be_read_holds_nothing(written):
     with pytest.raises(InvalidPhoneNumber):
         held_opt_out(replace(_live(), phone=written), "channel: is required", at(1))
