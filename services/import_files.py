@@ -34,6 +34,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO
 
@@ -274,16 +275,16 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None) -> Iterator[Read | Unreadable
             yield _refused(_loose(_cut_short(raw) or {}), number, "record", reason)
             continue
         try:
-            obj = json.loads(raw, object_pairs_hook=_once)
+            obj = json.loads(raw, object_pairs_hook=_once, parse_int=_whole)
         except _Twice as twice:
-            agreed = json.loads(raw, object_pairs_hook=_agreed)
+            agreed = json.loads(raw, object_pairs_hook=_agreed, parse_int=_whole)
             loose = _loose(agreed) if isinstance(agreed, dict) else {}
             yield _refused(loose, number, twice.field, "is given more than once")
             continue
         except json.JSONDecodeError as exc:
             # Without the position in the line, so that one mistake groups as one.
-            cut = _cut_short(raw)
-            yield _refused(_loose(cut or {}), number, "record", f"is not JSON: {exc.msg}")
+            for said in _said(raw, exc):
+                yield _refused(_loose(said), number, "record", f"is not JSON: {exc.msg}")
             continue
         except ValueError as exc:
             yield Unreadable(number, "record", f"is not JSON: {exc}")
@@ -365,6 +366,45 @@ def _agreed(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k not in differ}
 
 
+def _whole(digits: str) -> int | Decimal:
+    """A JSON whole number; one past what Python turns into an int (4,300 digits) as
+    a ``Decimal``, refused as any number given for text is, rather than the whole
+    line with Python's advice to raise its limit."""
+    try:
+        return int(digits)
+    except ValueError:
+        return Decimal(digits)
+
+
+_BETWEEN_OBJECTS = re.compile(r"[\s,]*")
+
+
+def _said(raw: str, exc: json.JSONDecodeError) -> list[dict[str, Any]]:
+    """What a JSON line that is no one object said, for an opt-out on it to be held:
+    each object of a line that holds several one after another (``cat`` of exports
+    whose first did not end its last line), else what it said before the mistake (a
+    line cut short, a comma left before its closing brace). Refused as "is not JSON"
+    and held by nothing, each opt-out on it left its number allowed."""
+    decoder = json.JSONDecoder(object_pairs_hook=_agreed, parse_int=_whole)
+    objects: list[dict[str, Any]] = []
+    at = _past_separators(raw, 0)
+    while exc.msg == "Extra data" and at < len(raw):
+        try:
+            value, at = decoder.raw_decode(raw, at)
+        except ValueError:
+            break
+        if not isinstance(value, dict):
+            break
+        objects.append(value)
+        at = _past_separators(raw, at)
+    return objects or [_cut_short(raw) or _cut_short(raw[: exc.pos]) or {}]
+
+
+def _past_separators(raw: str, at: int) -> int:
+    found = _BETWEEN_OBJECTS.match(raw, at)
+    return found.end() if found else at
+
+
 def _cut_short(raw: str) -> dict[str, Any] | None:
     """What a JSON line cut short (an export stopped mid-write) said before the cut:
     the object closed where the line stops, less its last value unless that one
@@ -376,7 +416,9 @@ def _cut_short(raw: str) -> dict[str, Any] | None:
     for nested in ("", "}"):  # cut inside the proof, or not
         for closing in ("}", '"}', '":null}', ":null}", "null}"):
             try:
-                obj = json.loads(head + closing + nested, object_pairs_hook=_agreed)
+                obj = json.loads(
+                    head + closing + nested, object_pairs_hook=_agreed, parse_int=_whole
+                )
             except ValueError:
                 continue
             if not isinstance(obj, dict) or not obj:

@@ -1661,6 +1661,43 @@ async def test_an_opt_out_on_a_json_line_cut_short_is_held_by_what_it_said(servi
     }, reasons
 
 
+async def test_opt_outs_on_a_json_line_that_is_no_one_object_are_held_by_what_they_said(
+    service, tmp_path
+):
+    """JSON lines that are not one JSON object for a slip in how they are written: two
+    records on one line (``cat`` of exports whose first does not end its last line),
+    text after the record, a comma left before its closing brace, a whole number too
+    long to read. Each was refused as "is not JSON" (the last with Python's advice to
+    call ``sys.set_int_max_str_digits()``) and none held, so CanSend allowed every
+    number opted in on the lines before. The lines stay refused, and each opt-out on
+    them is held by what it said."""
+    runtime, when = service
+    numbers = [phone(180 + i) for i in range(5)]
+    pairs = opted_in_then_out(when, {number: {} for number in numbers})
+    first, second, trailing, comma, huge = (json.dumps(out) for out in pairs[1::2])
+    jsonl = tmp_path / "slips.jsonl"
+    lines = [
+        *(json.dumps(opt_in) for opt_in in pairs[::2]),
+        first + second,
+        trailing + " -- exported by OldCRM",
+        comma[:-1] + ",}",
+        huge[:-1] + ', "in_reply_to": ' + "9" * 5000 + "}",
+    ]
+    jsonl.write_text("\n".join(lines) + "\n")
+
+    code, out, err = await import_cli(
+        str(jsonl), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 1, out + err
+    assert "imported 5 of 10 records" in out and "refused: 5" in out, out
+    assert "set_int_max_str_digits" not in out, out
+    assert "in_reply_to: must be a string" in out, out
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, numbers, token_of(out))
+    assert reasons == dict.fromkeys(numbers, "REASON_REVOCATION_PENDING_REVIEW"), reasons
+
+
 async def test_json_lines_files_joined_with_their_byte_order_marks_are_read_whole(
     service, tmp_path
 ):
