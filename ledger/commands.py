@@ -151,9 +151,16 @@ _PROOF_TEXT = tuple(
 )
 
 
+REQUEST_ID_LIMIT = 128
+
+
 def _check_request_id(request_id: str) -> str:
-    if not request_id.strip() or len(request_id) > 128:
+    if not request_id.strip():
         raise InvalidRequest("request_id", "is required (1-128 chars) so retries are idempotent")
+    if len(request_id) > REQUEST_ID_LIMIT:
+        # Said apart from a missing one: the caller has an id, one too long to keep.
+        reason = f"must be at most {REQUEST_ID_LIMIT} characters, got {len(request_id):,}"
+        raise InvalidRequest("request_id", reason)
     return check_identifier(request_id, "request_id")
 
 

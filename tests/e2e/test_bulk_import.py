@@ -374,6 +374,21 @@ async def test_a_field_named_twice_is_refused_rather_than_one_value_dropped(serv
     assert "phone: is given more than once (line 1)" in out, out
 
 
+async def test_an_overlong_import_id_is_refused_for_its_length(service, tmp_path):
+    """An import id of 129 characters was refused as "is required (1-128 chars)", as
+    if the record had none: the reason names what is wrong with it."""
+    runtime, when = service
+    row = {**export_rows(when)[1], "import_id": "x" * 129, "phone": phone(190)}
+    export = write_csv(tmp_path / "long-id.csv", [row])
+
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 1, out + err
+    assert "import_id: must be at most 128 characters, got 129 (line 2)" in out, out
+
+
 async def test_an_overlong_value_is_refused_on_its_own_and_the_rest_imported(service, tmp_path):
     """A value past the csv module's own limit (131,072 characters) stopped the whole
     file with a traceback, and a JSON line too large for one message to the service

@@ -272,6 +272,14 @@ def test_missing_request_id_is_refused():
     assert err.value.field == "request_id"
 
 
+def test_an_overlong_request_id_is_refused_for_its_length_not_as_missing():
+    with pytest.raises(InvalidRequest) as err:
+        to_events(opt_in(request_id="r" * 129), NOW)
+    assert err.value.field == "request_id"
+    assert err.value.reason == "must be at most 128 characters, got 129"
+    assert to_events(opt_in(request_id="r" * 128), NOW)
+
+
 def test_opt_out_without_campaign_is_brand_wide():
     (event,) = to_events(RecordOptOut("r", PHONE, BRAND, None, RevocationChannel.CALL, at(0)), NOW)
     assert isinstance(event, ConsentRevoked) and event.brand_wide
