@@ -162,7 +162,8 @@ def _csv(text: TextIO, opt_ins: bool | None = None) -> Iterator[Read | Unreadabl
     # Strict: a quote opened and never closed would otherwise take every line after
     # it, up to the next quote or the end of the file, into one value, and the
     # records on those lines would vanish without a word.
-    rows = csv.reader(text, strict=True)
+    source = _RowStarts(text)
+    rows = csv.reader(source, strict=True)
     # The header is the first row that is not blank, as each record is (a blank line
     # before it would make it a record of a header with no columns).
     try:
@@ -170,9 +171,11 @@ def _csv(text: TextIO, opt_ins: bool | None = None) -> Iterator[Read | Unreadabl
     except csv.Error as exc:
         raise FormatError(f"line {rows.line_num}: {exc}; the header cannot be read") from None
     _check_columns(columns)
+    source.row_read()
     seen = rows.line_num  # the lines up to the header's end
     try:
         for row in rows:
+            source.row_read()
             start, seen = seen + 1, rows.line_num
             # A blank line, or a row of empty values (a spreadsheet writes them below
             # its data): no record, and the next starts after it.
@@ -200,7 +203,45 @@ def _csv(text: TextIO, opt_ins: bool | None = None) -> Iterator[Read | Unreadabl
     except csv.Error as exc:  # the rest cannot be read: stop, naming where
         quoting = "expected after" in str(exc) or "end of data" in str(exc)
         hint = " (a quoted value that opens on this line and does not close?)" if quoting else ""
+        # An opt-out on the broken line is held by what it said before its mistake,
+        # as a JSON line cut short is: its number and brand most often come first.
+        said = _said_before_the_break(columns, source.first)
+        if _wanted(said, opt_ins):
+            broken = _refused(said, seen + 1, "record", f"cannot be read: {exc}{hint}")
+            if broken.held is not None:
+                yield broken
         raise FormatError(f"line {seen + 1}: {exc}{hint}{STOPPED}") from None
+
+
+class _RowStarts:
+    """``text``'s lines for ``csv.reader``, keeping the first line of the row being
+    read (up to ``LINE_LIMIT`` characters; ``row_read`` after each row): what a row
+    that cannot be read said, without keeping the lines a quote left open takes."""
+
+    def __init__(self, text: TextIO) -> None:
+        self._lines = iter(text)
+        self._starts = True
+        self.first = ""
+
+    def __iter__(self) -> _RowStarts:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        if self._starts:
+            self.first, self._starts = line[:LINE_LIMIT], False
+        return line
+
+    def row_read(self) -> None:
+        self._starts = True
+
+
+def _said_before_the_break(columns: list[str], line: str) -> dict[str, str]:
+    """The values of a CSV row that cannot be read, from its first line read without
+    strictness, less the last: the one its quote opens (which may have taken more
+    than its own) or that has more after its closing quote."""
+    row = next(csv.reader([line]), [])
+    return {k: v for k, v in zip(columns, row[:-1], strict=False) if v}
 
 
 STOPPED = "; nothing from this line on was read"

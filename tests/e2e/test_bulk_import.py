@@ -722,8 +722,8 @@ async def test_a_quote_left_open_stops_the_import_at_its_line(service, tmp_path)
     """A quote opened and never closed took every line after it into one value (up
     to the next quote or the end of the file): the opt-outs on those lines vanished,
     and the summary said all was imported. The import now stops at that line and
-    names it, with what came before it imported; a quoted value may still run over
-    several lines."""
+    names it, with what came before it imported and the opt-out on it held; a quoted
+    value may still run over several lines."""
     runtime, when = service
     assert runtime.ledger is not None
     before = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
@@ -741,9 +741,52 @@ async def test_a_quote_left_open_stops_the_import_at_its_line(service, tmp_path)
 
     assert code == 1, out + err
     assert "line 7: unexpected end of data" in err and "does not close" in err, err
-    assert "imported 4 of 4 records" in out, out  # lines 2 to 6 (one runs over two)
+    assert "imported 4 of 5 records" in out, out  # lines 2 to 6 (one runs over two)
+    assert re.search(r"record: cannot be read: .*; held for review.*\(line 7\)", out), out
     after = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
-    assert after == before + 4
+    assert after == before + 5  # and the hold of line 7's opt-out
+
+
+async def test_an_opt_out_on_the_line_a_quote_breaks_is_held_by_what_it_said(service, tmp_path):
+    """A CSV row whose quote opens and never closes (an export cut short inside a
+    text), or that has more after a closing quote, stops the import at its line; the
+    opt-out on that line was dropped with it, though its number and brand come before
+    the quote, and CanSend allowed the number its opt-in had allowed before. It is
+    held now by the values before the broken one; the import still stops there."""
+    runtime, when = service
+    at = iso(when - timedelta(days=1))
+    numbers = [phone(200), phone(201), phone(202)]
+    opt_ins = [{**export_rows(when)[1], "import_id": f"in-{n}", "phone": n} for n in numbers]
+    code, out, err = await import_cli(
+        str(write_csv(tmp_path / "in.csv", opt_ins)), "--address", runtime.address,
+        token=TOKENS["acme-app"][0],
+    )  # fmt: skip
+    assert code == 0, out + err
+    header = "type,import_id,phone,brand,campaign,occurred_at,channel,text\n"
+    cut = tmp_path / "cut.csv"
+    cut.write_text(
+        header
+        + f"opt_out,q-0,{numbers[0]},acme,promo,{at},keyword,STOP\n"
+        + f'opt_out,q-1,{numbers[1]},acme,promo,{at},free_text,"Stop texting me, please'
+    )
+    after_quote = tmp_path / "after-quote.csv"
+    after_quote.write_text(header + f'opt_out,q-2,{numbers[2]},acme,promo,{at},keyword,"STOP" x\n')
+
+    reasons = {}
+    for export, says in ((cut, "unexpected end of data"), (after_quote, "',' expected")):
+        code, out, err = await import_cli(
+            str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+        )
+        assert code == 1 and says in err, out + err
+        assert re.search(r"1 +INVALID_ARGUMENT +record: .*; held for review", out), out
+        async with client(runtime.address, "acme-app") as c:
+            reasons.update(await answers(c, numbers, token_of(out)))
+
+    assert reasons == {
+        numbers[0]: "REASON_REVOKED",
+        numbers[1]: "REASON_REVOCATION_PENDING_REVIEW",
+        numbers[2]: "REASON_REVOCATION_PENDING_REVIEW",
+    }, reasons
 
 
 async def test_a_file_without_records_says_nothing_was_imported(service, tmp_path):
