@@ -316,9 +316,11 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None) -> Iterator[Read | Unreadable
             yield _refused(_loose(_cut_short(raw) or {}), number, "record", reason)
             continue
         try:
-            obj = json.loads(raw, object_pairs_hook=_once, parse_int=_whole)
+            obj = json.loads(raw, object_pairs_hook=_once, parse_int=_whole, parse_float=Decimal)
         except _Twice as twice:
-            agreed = json.loads(raw, object_pairs_hook=_agreed, parse_int=_whole)
+            agreed = json.loads(
+                raw, object_pairs_hook=_agreed, parse_int=_whole, parse_float=Decimal
+            )
             loose = _loose(agreed) if isinstance(agreed, dict) else {}
             yield _refused(loose, number, twice.field, "is given more than once")
             continue
@@ -426,7 +428,7 @@ def _said(raw: str, exc: json.JSONDecodeError) -> list[dict[str, Any]]:
     whose first did not end its last line), else what it said before the mistake (a
     line cut short, a comma left before its closing brace). Refused as "is not JSON"
     and held by nothing, each opt-out on it left its number allowed."""
-    decoder = json.JSONDecoder(object_pairs_hook=_agreed, parse_int=_whole)
+    decoder = json.JSONDecoder(object_pairs_hook=_agreed, parse_int=_whole, parse_float=Decimal)
     objects: list[dict[str, Any]] = []
     at = _past_separators(raw, 0)
     while exc.msg == "Extra data" and at < len(raw):
@@ -458,7 +460,10 @@ def _cut_short(raw: str) -> dict[str, Any] | None:
         for closing in ("}", '"}', '":null}', ":null}", "null}"):
             try:
                 obj = json.loads(
-                    head + closing + nested, object_pairs_hook=_agreed, parse_int=_whole
+                    head + closing + nested,
+                    object_pairs_hook=_agreed,
+                    parse_int=_whole,
+                    parse_float=Decimal,
                 )
             except ValueError:
                 continue
@@ -481,7 +486,17 @@ def _loose(obj: dict[str, Any]) -> dict[str, str]:
             fields[key] = value
         elif isinstance(value, int) and not isinstance(value, bool):
             fields[key] = str(value)
+        elif isinstance(value, Decimal) and _whole_as_written(value):
+            # 14155552671.0, as a float column writes a number: its digits are all
+            # there (unlike 1.4155E+10's), and the hold reads them through the ".0".
+            fields[key] = str(value)
     return fields
+
+
+def _whole_as_written(value: Decimal) -> bool:
+    """Whether ``value`` is a whole number with every digit written out."""
+    exponent = value.as_tuple().exponent
+    return isinstance(exponent, int) and exponent <= 0 and value == value.to_integral_value()
 
 
 def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:

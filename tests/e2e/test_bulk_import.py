@@ -1756,6 +1756,26 @@ async def test_opt_outs_on_a_json_line_that_is_no_one_object_are_held_by_what_th
     assert reasons == dict.fromkeys(numbers, "REASON_REVOCATION_PENDING_REVIEW"), reasons
 
 
+async def test_an_opt_out_whose_number_is_a_json_float_is_held_under_it(service, tmp_path):
+    """A JSON line whose phone is a number with a decimal point, as a float column
+    writes it ("phone": 14155553210.0), beside the number's opt-in: refused, as a
+    number for a text is, but not held, where the same number written as a whole
+    number is, so CanSend allowed the number. It is held now under its digits."""
+    runtime, when = service
+    number = phone(210)
+    opt_in, opt_out = opted_in_then_out(when, {number: {}})
+    jsonl = tmp_path / "float.jsonl"
+    written = json.dumps({**opt_out, "phone": "PHONE"}).replace('"PHONE"', f"{number[1:]}.0")
+    jsonl.write_text(json.dumps(opt_in) + "\n" + written + "\n")
+
+    reasons = await imported_answers(
+        runtime, jsonl, [number], code=1, said=["imported 1 of 2 records"],
+        refusals=[r"1 +INVALID_ARGUMENT +phone: must be a string; held for review"],
+    )  # fmt: skip
+
+    assert reasons == {number: "REASON_REVOCATION_PENDING_REVIEW"}, reasons
+
+
 async def test_json_lines_files_joined_with_their_byte_order_marks_are_read_whole(
     service, tmp_path
 ):
