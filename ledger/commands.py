@@ -224,17 +224,21 @@ def check_free_text(value: str, field_name: str) -> str:
 
 
 def _candidate_id(value: str) -> uuid.UUID:
+    return _event_id(value, "candidate_event_id")
+
+
+def _event_id(value: str, field: str) -> uuid.UUID:
     # uuid.UUID reads "{...}", "urn:uuid:..." and hex without dashes alike: only the
     # one form the service writes names an event, so a later read finds it.
     try:
-        candidate = uuid.UUID(value)
+        found = uuid.UUID(value)
     except ValueError:
-        candidate = None
-    if candidate is None or str(candidate) != value.lower():
+        found = None
+    if found is None or str(found) != value.lower():
         raise InvalidRequest(
-            "candidate_event_id", "must be an event id as the service gives it (a UUID with dashes)"
+            field, "must be an event id as the service gives it (a UUID with dashes)"
         )
-    return candidate
+    return found
 
 
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -362,7 +366,7 @@ class RecordMessagesSent:
 MAX_RELIED_EVIDENCE = 100
 """How many evidence ids a relied-on answer may carry (an answer names a handful)."""
 _MAX_RELIED_TEXT = 4_096
-"""The longest consistency token or evidence id a relied-on answer may carry."""
+"""The longest consistency token a relied-on answer may carry."""
 
 
 @lru_cache(maxsize=4_096)
@@ -395,9 +399,13 @@ def _relied_on(answer: ReliedAnswer | None) -> ReliedAnswer | None:
         raise InvalidRequest(
             "relied_on.evidence_event_ids", f"may hold at most {MAX_RELIED_EVIDENCE} ids"
         )
-    if any(len(evidence) > _MAX_RELIED_TEXT for evidence in answer.evidence):
-        raise InvalidRequest("relied_on.evidence_event_ids", "holds an id too long")
-    return answer
+    # The ids of the events the answer named: anything else (a NUL, a bidi override,
+    # a word) would be kept in the ledger for good as what the sender relied on.
+    evidence = tuple(
+        str(_event_id(e, f"relied_on.evidence_event_ids[{i}]"))
+        for i, e in enumerate(answer.evidence)
+    )
+    return answer if evidence == answer.evidence else dataclasses.replace(answer, evidence=evidence)
 
 
 _REASONS = frozenset(reason.value for reason in Reason)

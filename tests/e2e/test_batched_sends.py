@@ -298,6 +298,34 @@ async def test_a_bad_message_refuses_the_whole_call_naming_it_and_writes_nothing
         assert await ledger_size(runtime) == size
 
 
+async def test_evidence_that_names_no_event_is_refused_by_field_and_writes_nothing(service):
+    """A relied-on answer's evidence ids were kept as sent: a NUL, a right-to-left
+    override or a word was written into the ledger for good, as the answer the sender
+    relied on. They are the ids of the events the answer named, and nothing else is
+    one: refused by field and place, alone and in a batch, with nothing written."""
+    runtime, when = service
+    evidence = "5614ccb1-9b4f-5a80-b524-39b0aaf5cae9"
+    async with client(runtime.address, "acme-app") as c:
+        size = await ledger_size(runtime)
+        messages = [message(i, when) for i in range(3)]
+        messages[1].relied_on.evidence_event_ids[:] = [evidence, evidence + "\x00"]
+        messages[2].relied_on.evidence_event_ids[:] = ["\u202e" + evidence]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordMessagesSent(call("batch-evidence", messages))
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in status_details(err.value)] == [
+            "messages[1].relied_on.evidence_event_ids[1]",
+            "messages[2].relied_on.evidence_event_ids[0]",
+        ]
+        single = alone("single-evidence", message(3, when))
+        single.relied_on.evidence_event_ids[:] = ["e1"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordMessageSent(single)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in status_details(err.value)] == ["relied_on.evidence_event_ids[0]"]
+        assert await ledger_size(runtime) == size
+
+
 async def test_more_than_a_thousand_messages_or_another_brand_is_refused(service):
     runtime, when = service
     over = call("batch-over", [message(i, when) for i in range(CALL + 1)])

@@ -165,7 +165,8 @@ def test_event_ids_are_pinned_so_a_retry_across_an_upgrade_stays_a_retry():
 def test_a_batch_of_sends_has_pinned_ids_too():
     # Golden values, as above: a batch digests nested messages, enums, an answer relied
     # on and instants down to the microsecond (``_canonical`` writes each by its type).
-    relied = ReliedAnswer("subscribers:3:1042", True, "consent_active", ("0c6f7d1e",))
+    evidence = "0c6f7d1e-4b8a-5c2d-9e3f-1a2b3c4d5e6f"
+    relied = ReliedAnswer("subscribers:3:1042", True, "consent_active", (evidence,))
     cmd = RecordMessagesSent(
         "batch-1",
         BRAND,
@@ -181,11 +182,16 @@ def test_a_batch_of_sends_has_pinned_ids_too():
             ),
         ),
     )
-    assert request_fingerprint(cmd) == "2c1ceeb2dfbd4acc0c8ac26017303de4"
+    assert request_fingerprint(cmd) == "70998cbd5780f44b776f3c7510bcea2f"
     assert [str(e.event_id) for e in to_events(cmd, NOW)] == [
-        "14a31fcb-8fa7-538b-b972-7a469e124204",
-        "220206d0-4087-5333-8ef0-fff429e715fb",
+        "6a83b745-71a9-50e9-9ae8-3ea9f0e380ab",
+        "0e8d9ece-12c3-5ed8-bfb9-d44a84e10f33",
     ]
+    # The value pinned before evidence had to name an event: the digest is unchanged.
+    short = dataclasses.replace(relied, evidence=("0c6f7d1e",))
+    first = dataclasses.replace(cmd.messages[0], relied_on=short)
+    earlier = dataclasses.replace(cmd, messages=(first, cmd.messages[1]))
+    assert request_fingerprint(earlier) == "2c1ceeb2dfbd4acc0c8ac26017303de4"
 
 
 def test_a_field_added_later_with_its_default_changes_no_fingerprint():

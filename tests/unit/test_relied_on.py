@@ -11,6 +11,8 @@ from ledger.events import MessageKind, MessageSent, ReliedAnswer
 from services.wire import api, codec
 from tests.builders import BRAND, PHONE, T0
 
+EVIDENCE = ("5614ccb1-9b4f-5a80-b524-39b0aaf5cae9", "0c3fdc0c-2103-50b0-812e-efe0be7b247c")
+
 
 def _request(**relied: object) -> api_pb2.RecordMessageSentRequest:
     msg = api_pb2.RecordMessageSentRequest(
@@ -35,11 +37,11 @@ def test_the_answer_relied_on_reaches_the_fact_and_survives_the_wire():
         consistency_token="subscribers:0:12,campaigns:0:3",
         allowed=False,
         reason=api_pb2.REASON_QUIET_HOURS,
-        evidence_event_ids=["a", "b"],
+        evidence_event_ids=[EVIDENCE[0], EVIDENCE[1].upper()],
     )
     event = _sent(msg)
     assert event.relied_on == ReliedAnswer(
-        "subscribers:0:12,campaigns:0:3", False, "quiet_hours", ("a", "b")
+        "subscribers:0:12,campaigns:0:3", False, "quiet_hours", EVIDENCE
     )
     assert codec.decode_event(codec.encode_event(event)) == event
 
@@ -67,6 +69,25 @@ def test_a_send_that_names_no_answer_records_none():
                 "evidence_event_ids": ["x"] * 101,
             },
             "relied_on.evidence_event_ids",
+        ),
+        *(
+            (
+                {
+                    "consistency_token": "subscribers:0:1",
+                    "reason": api_pb2.REASON_CONSENT_ACTIVE,
+                    "evidence_event_ids": [EVIDENCE[0], spelled],
+                },
+                "relied_on.evidence_event_ids[1]",
+            )
+            for spelled in (
+                "",
+                "e1",
+                EVIDENCE[1] + "\x00",
+                "\u202e" + EVIDENCE[1],
+                f" {EVIDENCE[1]}",
+                EVIDENCE[1].replace("-", ""),
+                "{" + EVIDENCE[1] + "}",
+            )
         ),
     ],
 )
