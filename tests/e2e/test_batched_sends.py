@@ -423,6 +423,94 @@ async def test_a_reply_owed_once_and_sent_twice_in_one_call_counts_the_second(se
         assert answer.reason == api.REASON_FREQUENCY_CAP_REACHED
 
 
+async def test_checks_at_a_cap_s_edge_reserve_nothing_and_the_sweep_finds_the_send_over_it(
+    service,
+):
+    """README's sending policy, caps: a check reserves nothing. Two checks at once
+    and a batch naming the number twice, one send below a cap of two, are all
+    allowed; the two sends they allowed, recorded, pass the cap; CanSend then
+    denies, and the sweep finds the second as over the cap."""
+    runtime, _ = service
+    now = datetime.now(UTC)
+    number = phone(9301)
+    cap = lpb.FrequencyCap(limit=2, window=Duration(seconds=86400))
+    async with client(runtime.address) as admin:
+        await admin.DefineCampaign(
+            define(
+                "acme",
+                "edge",
+                now - timedelta(days=1),
+                purpose=lpb.CAMPAIGN_PURPOSE_INFORMATIONAL,  # no quiet hours at night
+                frequency_caps=[cap],
+            )
+        )
+    async with client(runtime.address, "acme-app") as c:
+        granted = await c.RecordOptIn(opt_in(number, "acme", "edge", now - timedelta(hours=2)))
+        first = await c.RecordMessageSent(
+            alone(
+                "edge-0",
+                message(9301, now - timedelta(hours=1), campaign="edge", message_id="SM-edge-0"),
+            )
+        )
+        token = (
+            ConsistencyToken.decode(granted.consistency_token)
+            .merge(ConsistencyToken.decode(first.consistency_token))
+            .encode()
+        )
+        asked = api.CanSendRequest(
+            phone=number, brand="acme", campaign="edge", at_least_as_fresh=token
+        )
+        answers = await asyncio.gather(c.CanSend(asked), c.CanSend(asked))
+        batch = await c.CanSendBatch(
+            api.CanSendBatchRequest(
+                phones=[number, number], brand="acme", campaign="edge", at_least_as_fresh=token
+            )
+        )
+        assert [a.allowed for a in answers] == [True, True], answers
+        assert [d.allowed for d in batch.decisions] == [True, True], batch
+
+        def relied_on(a: api.CanSendResponse) -> api.ReliedOnAnswer:
+            return api.ReliedOnAnswer(
+                consistency_token=a.consistency_token,
+                allowed=a.allowed,
+                reason=a.reason,
+                evidence_event_ids=a.evidence_event_ids,
+            )
+
+        sends = [
+            message(
+                9301,
+                now - timedelta(minutes=2 - k),
+                campaign="edge",
+                message_id=f"SM-edge-{k + 1}",
+                relied_on=relied_on(a),
+            )
+            for k, a in enumerate(answers)
+        ]
+        sent = await c.RecordMessagesSent(call("edge-sends", sends))
+        after = await c.CanSend(
+            api.CanSendRequest(
+                phone=number, brand="acme", campaign="edge",
+                at_least_as_fresh=sent.consistency_token,
+            )
+        )  # fmt: skip
+        assert not after.allowed and after.reason == api.REASON_FREQUENCY_CAP_REACHED, after
+        assert after.detail.startswith("3 of 2 messages"), after
+        request = api.SweepCampaignRequest(
+            brand="acme",
+            campaign="edge",
+            start_time=ts(now - timedelta(days=1)),
+            end_time=ts(now),
+            at_least_as_fresh=sent.consistency_token,
+        )
+        items = c.stub.SweepCampaign(
+            request, metadata=[("authorization", f"Bearer {c.token}")], timeout=120
+        )
+        findings = [item.finding async for item in items if item.HasField("finding")]
+    over = [f.event_id for f in findings if api.SWEEP_FINDING_KIND_OVER_CAP in f.kinds]
+    assert over == [sent.event_ids[1]], findings
+
+
 async def test_the_readme_batched_send_runs_as_written(tmp_path, postgres_dsn):
     """README's "Recording many messages sent" block, after the "Calling the API"
     walk-through it follows, with grpcurl, against a real service."""
