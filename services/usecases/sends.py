@@ -97,7 +97,8 @@ class Sends:
 
     async def _record(self, cmd: RecordMessagesSent, recorded_by: str) -> SendsResult:
         """Validate every message (any bad field refuses the call, nothing written),
-        then append the messages not recorded before, in one append.
+        then append the messages not recorded before, in one append, in the order
+        they went out (``occurred_at``; the call's order among equals).
 
         A message whose provider message id the view has recorded for its phone is
         that message (``RecordMessageSent``'s rule): answered with the first one's
@@ -159,6 +160,11 @@ class Sends:
         token = ConsistencyToken.after(list(earlier.values()))
         if not new:
             return SendsResult(answer, token, 0)
+        # In the order the messages went out (the call's among equals): the sweep, the
+        # packet and the fold's exemptions read a number's sends in ledger order, and
+        # a call naming them newest first put each before the older ones it follows,
+        # so none was ever judged over a cap they passed together.
+        new = sorted(new, key=lambda e: e.occurred_at)
         new = await self._with_exemptions(new)
         claimed = await self.ctx.view.claim_request(
             cmd.brand, cmd.request_id, events[0].request_fingerprint, answer
@@ -212,9 +218,9 @@ class Sends:
         """Replies that may escape the caps, each with whether it earned that when it
         was sent, read as fresh as CanSend reads (``Writes._with_exemption``, for all
         of them at once): one that did not, or whose facts cannot be read fresh,
-        counts like any other message. Each is judged after the call's messages before
-        it, as if each had been sent alone in turn: a HELP earns one reply, not one
-        per message of the call."""
+        counts like any other message. Each is judged after the messages ``new`` holds
+        before it (sent before it), as if each had been sent alone in turn: a HELP
+        earns one reply, not one per message of the call."""
         replying = sorted({e.phone for e in new if e.kind not in COUNTED_KINDS})
         if not replying:
             return new

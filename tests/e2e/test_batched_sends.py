@@ -16,6 +16,7 @@ import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.json_format import MessageToDict
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -509,6 +510,73 @@ async def test_checks_at_a_cap_s_edge_reserve_nothing_and_the_sweep_finds_the_se
         findings = [item.finding async for item in items if item.HasField("finding")]
     over = [f.event_id for f in findings if api.SWEEP_FINDING_KIND_OVER_CAP in f.kinds]
     assert over == [sent.event_ids[1]], findings
+
+
+async def test_a_call_s_messages_newest_first_still_show_the_one_over_the_cap(service):
+    """Three messages to one number within a day, under a cap of two, in one call
+    newest first: they went to the ledger in the call's order, so the sweep judged
+    each against only the messages ahead of it in the ledger, all of which went out
+    after it, and found none over the cap; the proof packet said each was allowed
+    when sent. Now the call's messages go to the ledger in the order they went out,
+    and the newest is the one over the cap, to the sweep and the packet alike."""
+    runtime, _ = service
+    now = datetime.now(UTC)
+    number = phone(9401)
+    cap = lpb.FrequencyCap(limit=2, window=Duration(seconds=86400))
+    async with client(runtime.address) as admin:
+        await admin.DefineCampaign(
+            define(
+                "acme",
+                "newest",
+                now - timedelta(days=1),
+                purpose=lpb.CAMPAIGN_PURPOSE_INFORMATIONAL,  # no quiet hours at night
+                frequency_caps=[cap],
+            )
+        )
+    async with client(runtime.address, "acme-app") as c:
+        granted = await c.RecordOptIn(opt_in(number, "acme", "newest", now - timedelta(hours=4)))
+        sends = [
+            message(9401, now - timedelta(hours=h), campaign="newest", message_id=f"SM-new-{h}")
+            for h in (1, 2, 3)
+        ]
+        sent = await c.RecordMessagesSent(call("newest-first", sends))
+        token = (
+            ConsistencyToken.decode(granted.consistency_token)
+            .merge(ConsistencyToken.decode(sent.consistency_token))
+            .encode()
+        )
+        request = api.SweepCampaignRequest(
+            brand="acme",
+            campaign="newest",
+            start_time=ts(now - timedelta(days=1)),
+            end_time=ts(now),
+            at_least_as_fresh=token,
+        )
+        items = c.stub.SweepCampaign(
+            request, metadata=[("authorization", f"Bearer {c.token}")], timeout=120
+        )
+        findings = [item.finding async for item in items if item.HasField("finding")]
+        packet = await c.GetProofPacket(
+            api.GetProofPacketRequest(phone=number, brand="acme", at_least_as_fresh=token)
+        )
+        listed = await c.ListEvents(
+            api.ListEventsRequest(phone=number, brand="acme", at_least_as_fresh=token)
+        )
+    over = [f.message_id for f in findings if api.SWEEP_FINDING_KIND_OVER_CAP in f.kinds]
+    assert over == ["SM-new-1"], findings
+    when_sent = {
+        m["message_id"]: m["decision"]["allowed"] for m in MessageToDict(packet.packet)["messages"]
+    }
+    assert when_sent == {"SM-new-1": False, "SM-new-2": True, "SM-new-3": True}
+    # The ledger holds them oldest first; the answer still follows the call's order.
+    sent_in_ledger = [
+        (e.event.message_sent.message_id, e.event.event_id)
+        for e in listed.events
+        if e.event.event_type == "MessageSent"
+    ]
+    assert [m for m, _ in sent_in_ledger] == ["SM-new-3", "SM-new-2", "SM-new-1"]
+    ids = dict(sent_in_ledger)
+    assert [ids[m.message_id] for m in sends] == list(sent.event_ids)
 
 
 async def test_the_readme_batched_send_runs_as_written(tmp_path, postgres_dsn):
