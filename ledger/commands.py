@@ -74,7 +74,7 @@ from ledger.events import (
 )
 from ledger.keywords import Intent, classify
 from ledger.phone import to_e164
-from ledger.policy import Reason
+from ledger.policy import ALLOWING_REASONS, Reason
 from ledger.ports import ConsistencyToken
 from ledger.regions import normalise_region
 from ledger.state import SubscriberState
@@ -405,6 +405,15 @@ def _relied_on(answer: ReliedAnswer | None) -> ReliedAnswer | None:
         str(_event_id(e, f"relied_on.evidence_event_ids[{i}]"))
         for i, e in enumerate(answer.evidence)
     )
+    # The sweep reads allowed alone (a send against a "no"): an allowed that its reason
+    # contradicts would pass a denied answer off as one that allowed the send.
+    if answer.allowed != (Reason(answer.reason) in ALLOWING_REASONS):
+        said = "allows" if answer.allowed else "denies"
+        raise InvalidRequest(
+            "relied_on.allowed",
+            f"{said} with reason {answer.reason!r}, which the service gives only to an"
+            f" answer that {'denies' if answer.allowed else 'allows'} a send",
+        )
     return answer if evidence == answer.evidence else dataclasses.replace(answer, evidence=evidence)
 
 

@@ -162,6 +162,18 @@ class Reason(enum.Enum):
     """An entry of a batch is no phone number; the rest of the batch is answered."""
 
 
+ALLOWING_REASONS = frozenset(
+    {
+        Reason.CONSENT_ACTIVE,
+        Reason.CONVERSATION_REPLY,
+        Reason.OPT_OUT_CONFIRMATION_ALLOWED,
+        Reason.HELP_REPLY_ALLOWED,
+        Reason.OPT_IN_CONFIRMATION_ALLOWED,
+    }
+)
+"""The reasons of an answer that allows a send; every other reason denies one."""
+
+
 class Obligation(enum.Enum):
     """What the next message must do to be compliant."""
 

@@ -327,6 +327,28 @@ async def test_evidence_that_names_no_event_is_refused_by_field_and_writes_nothi
         assert await ledger_size(runtime) == size
 
 
+async def test_an_allowed_its_reason_denies_is_refused_not_kept_as_a_yes(service):
+    """A send recorded as relying on an answer "allowed, revoked" was kept so, and the
+    sweep, which reads allowed alone, did not list it as sent against a "no". The
+    service never gives such an answer: refused by field, nothing written."""
+    runtime, when = service
+    async with client(runtime.address, "acme-app") as c:
+        size = await ledger_size(runtime)
+        messages = [message(i, when) for i in range(2)]
+        messages[1].relied_on.reason = api.REASON_REVOKED
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordMessagesSent(call("batch-allowed-revoked", messages))
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in status_details(err.value)] == ["messages[1].relied_on.allowed"]
+        single = alone("single-denied-active", message(2, when))
+        single.relied_on.allowed = False
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordMessageSent(single)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in status_details(err.value)] == ["relied_on.allowed"]
+        assert await ledger_size(runtime) == size
+
+
 async def test_more_than_a_thousand_messages_or_another_brand_is_refused(service):
     runtime, when = service
     over = call("batch-over", [message(i, when) for i in range(CALL + 1)])

@@ -8,6 +8,7 @@ from consent.v1 import consent_service_pb2 as api_pb2
 from ledger.commands import RecordMessageSent, to_events
 from ledger.errors import InvalidRequest
 from ledger.events import MessageKind, MessageSent, ReliedAnswer
+from ledger.policy import ALLOWING_REASONS
 from services.wire import api, codec
 from tests.builders import BRAND, PHONE, T0
 
@@ -46,6 +47,18 @@ def test_the_answer_relied_on_reaches_the_fact_and_survives_the_wire():
     assert codec.decode_event(codec.encode_event(event)) == event
 
 
+@pytest.mark.parametrize("reason", [r for r in api_pb2.Reason.values() if r])
+def test_every_reason_is_relied_on_with_the_allowed_the_service_gives_with_it(reason):
+    """Each reason is one the policy gives only to an allowed, or only to a denied,
+    answer (``ledger.policy.ALLOWING_REASONS``): recorded with the other is refused."""
+    allowing = api.REASONS.from_proto(reason, "reason") in ALLOWING_REASONS
+    event = _sent(_request(consistency_token="subscribers:0:1", allowed=allowing, reason=reason))
+    assert event.relied_on is not None and event.relied_on.allowed is allowing
+    with pytest.raises(InvalidRequest) as err:
+        _sent(_request(consistency_token="subscribers:0:1", allowed=not allowing, reason=reason))
+    assert err.value.field == "relied_on.allowed"
+
+
 def test_a_send_that_names_no_answer_records_none():
     event = _sent(_request())
     assert event.relied_on is None and event.kind is MessageKind.REGULAR
@@ -72,8 +85,22 @@ def test_a_send_that_names_no_answer_records_none():
         ),
         *(
             (
+                {"consistency_token": "subscribers:0:1", "allowed": allowed, "reason": reason},
+                "relied_on.allowed",
+            )
+            for allowed, reason in (
+                (True, api_pb2.REASON_REVOKED),
+                (True, api_pb2.REASON_FREQUENCY_CAP_REACHED),
+                (True, api_pb2.REASON_NOT_CONSISTENT),
+                (False, api_pb2.REASON_CONSENT_ACTIVE),
+                (False, api_pb2.REASON_OPT_OUT_CONFIRMATION_ALLOWED),
+            )
+        ),
+        *(
+            (
                 {
                     "consistency_token": "subscribers:0:1",
+                    "allowed": True,
                     "reason": api_pb2.REASON_CONSENT_ACTIVE,
                     "evidence_event_ids": [EVIDENCE[0], spelled],
                 },
