@@ -61,7 +61,7 @@ class PostgresSubjectKeys(SubjectKeys):
         self.pool = pool
         self._timeout = timeout
         # Single writes in flight at once read or make their keys in one statement.
-        self._currents = Coalesced(self._current_alone, self._currents_of)
+        self._currents = Coalesced(self._current_alone, self._currents_of, bound=timeout)
 
     @bounded
     async def current(self, phone: str, brand: str) -> SubjectKey:

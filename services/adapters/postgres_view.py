@@ -787,7 +787,7 @@ class PostgresConsentView(ConsentView):
         self._states: OrderedDict[tuple[str, str], tuple[int, SubscriberState]] = OrderedDict()
         self._state_cache_size = state_cache_size
         self._writes: set[asyncio.Future[None]] = set()
-        self._takes = Coalesced(self._take_one, self._take_many)
+        self._takes = Coalesced(self._take_one, self._take_many, bound=timeout)
 
     async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
         if not batch:

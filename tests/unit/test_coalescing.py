@@ -79,3 +79,26 @@ async def test_a_caller_that_stops_waiting_leaves_the_others_answered() -> None:
     with pytest.raises(asyncio.CancelledError):
         await impatient
     assert store.sent == [[1], [2, 3]]
+
+
+async def test_a_batch_past_its_bound_holds_up_no_later_call() -> None:
+    """A statement stuck on a connection that answers nothing held every later call
+    behind it; past the bound its callers are answered TimeoutError and the next
+    calls are sent without waiting for it."""
+    stuck = asyncio.Event()
+
+    async def one(call: int) -> int:
+        if call == 1:
+            await stuck.wait()
+        return 2 * call
+
+    async def many(calls: Sequence[int]) -> list[int]:
+        return [2 * c for c in calls]
+
+    take = Coalesced(one, many, bound=0.05)
+    first = asyncio.create_task(take(1))
+    await asyncio.sleep(0)
+    assert await asyncio.wait_for(take(2), 5) == 4
+    with pytest.raises(TimeoutError):
+        await first
+    stuck.set()
