@@ -683,6 +683,11 @@ class _Take(NamedTuple):
     content: str | None
 
 
+def _take_order(take: _Take) -> tuple[str, str, str, str]:
+    """The order of the rows a take locks: its message claim's, then its request id's."""
+    return (take.brand, take.phone or "", take.message_id or "", take.request_id)
+
+
 def _request_taken(row: asyncpg.Record) -> RequestTaken:
     sent_as, claimed_by = row["sent_as"], row["claimed_by"]
     return RequestTaken(
@@ -1227,8 +1232,11 @@ class PostgresConsentView(ConsentView):
         (asyncpg runs the statements of ``fetchmany`` in one): one commit, one WAL flush,
         where each alone paid its own. In key order, so that two batches (of two
         instances) holding the same request ids wait for each other's rows in turn
-        rather than deadlock; a batch that fails anyway is run again call by call."""
-        order = sorted(range(len(takes)), key=lambda i: (takes[i].brand, takes[i].request_id))
+        rather than deadlock; a batch that fails anyway is run again call by call.
+        A send's statement claims its message id before its request id, so sends go
+        in the order of their messages first: two batches of the same messages under
+        other request ids (a send sent to two instances) deadlocked in request order."""
+        order = sorted(range(len(takes)), key=lambda i: _take_order(takes[i]))
         rows = await self._reads.fetchmany(_TAKE_REQUEST, [(*takes[i], i) for i in order])
         found = {row["call"]: _request_taken(row) for row in rows}
         # A call without a row ran into a claim committed after its statement's

@@ -296,6 +296,54 @@ async def test_two_instances_taking_the_same_ids_at_once_do_not_deadlock(
             await pool.close()
 
 
+async def test_two_instances_claiming_the_same_messages_at_once_do_not_deadlock(
+    postgres_dsn: str,
+) -> None:
+    """Sends claim their message ids in the same statement as their request ids: two
+    instances' batches of the same messages under other request ids (a gateway that
+    sent each send to both) took the claims in the order of the request ids, which
+    need not be the messages' order, and deadlocked. PostgreSQL would notice only
+    after the long ``deadlock_timeout`` set here (a second by default, and then
+    a batch failed and ran again call by call, past the callers' bound)."""
+    pools = [
+        await asyncpg.create_pool(
+            postgres_dsn, min_size=1, max_size=2, server_settings={"deadlock_timeout": "30s"}
+        )
+        for _ in range(2)
+    ]
+    try:
+        await migrate(pools[0])
+        a, b = (PostgresConsentView(pool, timeout=20.0) for pool in pools)
+        messages = [f"SM{i:02}" for i in range(16)]
+
+        async def takes(view: PostgresConsentView, prefix: str, order: list[str]) -> None:
+            content = "the same send"
+            # The first call goes alone; the others, sent meanwhile, as one batch.
+            first = view.take_request("acme", f"{prefix}-first", "fp", [str(uuid.uuid4())])
+            await asyncio.gather(
+                first,
+                *(
+                    view.take_request(
+                        "acme",
+                        f"{prefix}{i:02}",
+                        "fp",
+                        [str(uuid.uuid4())],
+                        ("+14155550100", m),
+                        content=content,
+                    )
+                    for i, m in enumerate(order)
+                ),
+            )
+
+        await asyncio.wait_for(
+            asyncio.gather(takes(a, "a", messages), takes(b, "b", messages[::-1])), 10
+        )
+        assert await pools[0].fetchval("SELECT count(*) FROM message_claim") == len(messages)
+    finally:
+        for pool in pools:
+            await pool.close()
+
+
 async def test_a_cached_state_is_never_served_after_its_row_changed(postgres_dsn: str) -> None:
     pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
     try:
