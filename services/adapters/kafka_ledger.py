@@ -60,7 +60,16 @@ def topic_configs(settings: KafkaLedgerSettings) -> dict[str, str]:
     }
 
 
-def producer_options(settings: KafkaLedgerSettings) -> dict[str, Any]:
+PRODUCER_BATCH_BYTES = 16_384
+"""aiokafka's own batch size, kept where the topics allow it."""
+
+
+def producer_options(
+    settings: KafkaLedgerSettings, batch_limit: int | None = None
+) -> dict[str, Any]:
+    """``batch_limit``: the smallest ``max.message.bytes`` of the topics written. The
+    broker applies it to a whole batch of records, and refuses the batch, every
+    record in it, as too large: the producer's batches stay within it."""
     return {
         "bootstrap_servers": settings.bootstrap_servers,
         "client_id": settings.client_id,
@@ -68,6 +77,7 @@ def producer_options(settings: KafkaLedgerSettings) -> dict[str, Any]:
         "enable_idempotence": True,
         "request_timeout_ms": int(settings.request_timeout_s * 1000),
         "max_request_size": settings.max_record_bytes,
+        "max_batch_size": min(PRODUCER_BATCH_BYTES, batch_limit or PRODUCER_BATCH_BYTES),
     }
 
 
@@ -152,6 +162,8 @@ class KafkaLedger(EventLog):
         # One consumer serves every ``read``; reads reassign it, so they take turns.
         self._read_lock = asyncio.Lock()
         self._subscriber_partitions: list[int] = []
+        # The smallest max.message.bytes of the topics, as ``_verify_topics`` found it.
+        self._batch_limit: int | None = None
 
     async def start(self) -> None:
         """Connect; raises ``UnsafeTopicError`` unless every topic (both streams' and
@@ -162,7 +174,7 @@ class KafkaLedger(EventLog):
         append to a missing topic would create it with a seven-day retention.
         """
         await self.verify_topics()
-        producer = AIOKafkaProducer(**producer_options(self.settings))
+        producer = AIOKafkaProducer(**producer_options(self.settings, self._batch_limit))
         reader = AIOKafkaConsumer(**consumer_options(self.settings))
         await producer.start()
         try:
@@ -319,6 +331,9 @@ class KafkaLedger(EventLog):
                 continue
             found = {e["config_names"]: e["config_value"] for e in resource["config_entries"]}
             problems[name].extend(self._config_problems(found))
+            if (found.get("max.message.bytes") or "").isdigit():
+                limit = int(found["max.message.bytes"])
+                self._batch_limit = min(self._batch_limit or limit, limit)
         report = [f"{name}: {p}" for name, ps in problems.items() for p in ps]
         if report:
             raise UnsafeTopicError(
@@ -502,7 +517,7 @@ class KafkaLedger(EventLog):
             producer = self._started_producer()
             if self._spent is not producer:
                 return producer  # renewed while this append waited
-            fresh = AIOKafkaProducer(**producer_options(self.settings))
+            fresh = AIOKafkaProducer(**producer_options(self.settings, self._batch_limit))
             try:
                 await fresh.start()  # fails while the broker is away: the next append tries
             except BaseException:

@@ -368,3 +368,26 @@ async def test_an_append_the_broker_refuses_fails_alone_among_appends_made_at_on
         kept = [o for i, o in enumerate(outcomes) if i != 1]
         assert [[r.event for r in o] for o in kept] == others  # type: ignore[union-attr]
         assert sum((await ledger.end_offsets(Stream.CAMPAIGNS)).values()) == len(others)
+
+
+async def test_appends_made_at_once_fit_a_topic_s_own_record_limit(
+    kafka_bootstrap: str,
+) -> None:
+    """The broker's limit (``max.message.bytes``) is on a batch of records: appends of
+    a partition made at once, each far below it, went as one batch above it, and each
+    was refused as too large (INVALID_ARGUMENT, never retried: a STOP so refused was
+    lost). The producer's batches now stay within the topics' limit."""
+    settings = settings_for_test(kafka_bootstrap)
+    await KafkaLedger(settings).ensure_topics()
+    async with admin_client(kafka_bootstrap) as admin:
+        topic = settings.topic(Stream.SUBSCRIBERS)
+        limit = {**topic_configs(settings), "max.message.bytes": "4096"}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+    async with started_ledger(settings) as ledger:
+        phone = new_phone()  # one partition
+        answers = await asyncio.gather(
+            *(ledger.append([message_sent(phone, n)]) for n in range(64)),
+            return_exceptions=True,
+        )
+
+    assert [a for a in answers if isinstance(a, BaseException)] == []
