@@ -17,7 +17,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ledger.errors import DomainError
+from ledger.errors import DomainError, InvalidRequest
 from ledger.ports import EventTooLarge, LedgerUnavailable
 from services.errors import (
     AccessNotRecorded,
@@ -87,6 +87,20 @@ def _status(code: int, message: str, *details: Any) -> grpc.Status:
         packed.Pack(detail)
         status.details.append(packed)
     return rpc_status.to_status(status)
+
+
+TOO_LARGE = "is too large to record as one ledger fact"
+"""Why a request is refused whose fact the ledger refuses as too large
+(``EventTooLarge``, on field ``request``)."""
+
+
+def refusal_of(exc: DomainError | EventTooLarge) -> DomainError:
+    """``exc`` as the refusal of a request's details it is answered as: a fact the
+    ledger refuses as too large is refused as a detail of the request is, and no
+    retry gets past it either."""
+    if isinstance(exc, EventTooLarge):
+        return InvalidRequest("request", TOO_LARGE)
+    return exc
 
 
 def bad_request(
@@ -263,7 +277,7 @@ def to_status(exc: BaseException) -> grpc.Status:
     if isinstance(exc, ServiceError):
         return _status(code_pb2.INTERNAL, exc.reason)
     if isinstance(exc, EventTooLarge):  # the limits of TEXT_LIMITS should never let one by
-        return bad_request("request", "is too large to record as one ledger fact")
+        return bad_request("request", TOO_LARGE)
     if isinstance(exc, OutcomeUnknown | LedgerUnavailable):
         return _unavailable(
             "OUTCOME_UNKNOWN",

@@ -42,7 +42,7 @@ from ledger.errors import DomainError, InvalidRequest
 from ledger.events import ANY_BRAND, MessageKind
 from ledger.phone import to_e164
 from ledger.policy import Decision, Reason, deny
-from ledger.ports import ConsistencyToken, Stream
+from ledger.ports import ConsistencyToken, EventTooLarge, Stream
 from ledger.retention import PlaceLegalHold, ReleaseLegalHold, RequestErasure
 from ledger.state import exemptions_not_granted
 from ledger.validation import Violations
@@ -59,7 +59,12 @@ from services.errors import (
 from services.grpc_api import imports as imports_api
 from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
 from services.grpc_api.deadlines import within, write_budget
-from services.grpc_api.errors import to_status, translate_errors, translate_stream_errors
+from services.grpc_api.errors import (
+    refusal_of,
+    to_status,
+    translate_errors,
+    translate_stream_errors,
+)
 from services.log_context import REQUEST_ID
 from services.metrics import ServiceMetrics
 from services.usecases import UseCases, sweeps
@@ -937,8 +942,9 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         try:
             return await self._record(request, context, api_pb2.RecordOptOutResponse)
         # Refused for its details, or for a request id used before for another
-        # request (a client's bug no retry mends): held when it can be read.
-        except (DomainError, AlreadyExists) as exc:
+        # request (a client's bug no retry mends), or as too large by the ledger (a
+        # topic's own limit, which no retry gets past either): held when it can be read.
+        except (DomainError, AlreadyExists, EventTooLarge) as exc:
             principal = self.authenticate(context)
             campaign = request.campaign if request.HasField("campaign") else None
             hold = HoldRefusedOptOut(
@@ -953,7 +959,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                 write_budget(context, self.write_timeout),
                 self.usecases.writes.hold_refused_opt_out(
                     hold,
-                    exc,
+                    exc if isinstance(exc, AlreadyExists) else refusal_of(exc),
                     lambda brand: principal.require(Scope.WRITE, brand),
                     recorded_by=principal.name,
                 ),
@@ -1070,9 +1076,9 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                     command, authorize=authorize, recorded_by=principal.name, unowned_brands=unowned
                 ),
             )
-        # Refused for a detail or a request id used before for another request: a
-        # STOP is held when it can be read.
-        except (DomainError, AlreadyExists) as exc:
+        # Refused for a detail, a request id used before for another request or as
+        # too large by the ledger: a STOP is held when it can be read.
+        except (DomainError, AlreadyExists, EventTooLarge) as exc:
             await within(
                 write_budget(context, self.write_timeout),
                 self.usecases.writes.hold_refused_inbound(
@@ -1081,7 +1087,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                     request.to_phone,
                     request.body,
                     _digest(request),
-                    exc,
+                    exc if isinstance(exc, AlreadyExists) else refusal_of(exc),
                     authorize,
                     recorded_by=principal.name,
                     unowned_brands=unowned,

@@ -13,10 +13,13 @@ from typing import Any
 
 import grpc
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
-from ledger.ports import ConsistencyToken
+from ledger.ports import ConsistencyToken, Stream
+from services.adapters.kafka_ledger import KafkaLedger, topic_configs
 from services.bootstrap import Runtime
 from tests.e2e.harness import (
     Clock,
@@ -25,6 +28,7 @@ from tests.e2e.harness import (
     define,
     held_info,
     inbound,
+    kafka_settings,
     opt_in,
     opt_out,
     status_details,
@@ -677,3 +681,40 @@ async def test_an_operators_opt_out_under_a_misspelled_brand_is_held_under_the_b
             )
             assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, (brand, answer)
             assert list(answer.evidence_event_ids) == [info["candidate_event_id"]], answer
+
+
+async def test_an_opt_out_the_ledger_refuses_as_too_large_is_held_and_denies(
+    serve, kafka_bootstrap
+):
+    """A topic whose ``max.message.bytes`` is below a fact at its text limits: the
+    broker refuses the opt-out, INVALID_ARGUMENT on ``request`` (no retry gets past
+    it), and nothing was held, so CanSend went on allowing the number; so was a STOP
+    texted at the length of a text."""
+    clock = Clock()
+    settings = kafka_settings(kafka_bootstrap, f"large-{uuid.uuid4().hex[:8]}.")
+    await KafkaLedger(settings).ensure_topics()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        limit = {**topic_configs(settings), "max.message.bytes": "4096"}
+        topic = settings.topic(Stream.SUBSCRIBERS)
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+    finally:
+        await admin.close()
+    campaign = define("acme", "promo", clock.now - timedelta(days=60), [ACME_NUMBER])
+    runtime = await serve(name="large", clock=clock, campaigns=[campaign], kafka=settings)
+    numbers = [phone(40), phone(41)]
+    await opted_in(runtime, numbers, clock.now)
+    async with client(runtime.address, "acme-app") as c:
+        request = opt_out(numbers[0], "acme", "promo", clock.now, text="stop " * 2000)
+        by_api = await refused(c.RecordOptOut, request)
+        words = "STOP " + "stop texting me " * 250
+        text = inbound(numbers[1], ACME_NUMBER, words, clock.now)
+        by_text = await refused(c.HandleInboundMessage, text)
+    for number, err in zip(numbers, [by_api, by_text], strict=True):
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+        assert status_details(err)[0][0] == "request", status_details(err)
+        info = held_info(err)
+        assert info is not None, err.details()
+        answer = await can_send(runtime, number, info["consistency_token"])
+        assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
