@@ -140,7 +140,8 @@ def category_of(text: str) -> CampaignCategory | None:
 
 
 MAX_CAP_WINDOW = timedelta(days=31)
-"""The longest frequency-cap window; the fold keeps message history this long."""
+"""The longest frequency-cap window; the fold keeps message history this long (and
+the clock skew a send may be stamped ahead by)."""
 MAX_OPT_OUT_CONFIRMATION_WINDOW = timedelta(minutes=5)
 """The policy allows one confirmation of an opt-out, within 5 minutes of it."""
 MAX_FIRST_MESSAGE_WINDOW = timedelta(days=30)

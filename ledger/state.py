@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 
 from ledger.campaigns import MAX_CAP_WINDOW, Campaign, CampaignPolicy
 from ledger.events import (
+    MAX_CLOCK_SKEW,
     AgeVerified,
     BrandPolicySet,
     CampaignDefined,
@@ -202,7 +203,10 @@ def _with_campaign(
 
 def _prune(sent: Iterable[SentRecord], newest: datetime) -> tuple[SentRecord, ...]:
     """Keep only what a frequency cap can still count, in world order."""
-    horizon = newest - MAX_CAP_WINDOW
+    # The newest send may be stamped up to the clock skew ahead of the question's
+    # now, and a cap counts back from now: a send inside the longest window before
+    # now may lie outside it before the newest send, and must still count.
+    horizon = newest - MAX_CAP_WINDOW - MAX_CLOCK_SKEW
     return tuple(sorted((s for s in sent if s.at >= horizon), key=lambda s: (s.at, s.event_id)))
 
 
