@@ -582,11 +582,20 @@ class KafkaLedger(EventLog):
 
     async def _end_offsets(self, streams: list[Stream]) -> dict[Stream, dict[int, int]]:
         by_topic = {self.settings.topic(s): s for s in streams}
-        tps = [
-            TopicPartition(topic, p)
-            for topic, stream in by_topic.items()
-            for p in await self.partitions(stream)
-        ]
+        tps = []
+        for topic, stream in by_topic.items():
+            partitions = await self.partitions(stream)
+            if stream is Stream.SUBSCRIBERS and partitions != self._subscriber_partitions:
+                # The producer puts a phone by the partitions it sees now, and reads wait
+                # on the phone's partition as counted at start: a fact written to the
+                # other one would go unwaited for. Every observation fails, so reads fail
+                # closed, as a start on this topic would.
+                raise UnsafeTopicError(
+                    f"{topic} has {len(partitions)} partitions, not the "
+                    f"{len(self._subscriber_partitions)} it had at start (a different count "
+                    "moves phones between partitions and breaks their order)"
+                )
+            tps += [TopicPartition(topic, p) for p in partitions]
         ends = await self._started_reader().end_offsets(tps)
         found: dict[Stream, dict[int, int]] = {s: {} for s in streams}
         for tp, offset in ends.items():

@@ -5,14 +5,17 @@ the policy gives, never a quieter one."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.duration_pb2 import Duration
 
+from ledger.ports import Stream
 from tests.e2e.harness import Clock, client, define, opt_in, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -62,3 +65,51 @@ async def test_a_send_stamped_ahead_keeps_the_month_old_send_a_monthly_cap_count
     assert not answer.allowed, answer
     assert answer.reason == api.REASON_FREQUENCY_CAP_REACHED
     assert set(w.event_ids) <= set(answer.evidence_event_ids)
+
+
+async def test_subscriber_partitions_added_under_a_running_service_fail_checks_closed(
+    serve, kafka_bootstrap
+):
+    """The service refuses to start on a subscriber topic with another partition
+    count: phones would move between partitions. Partitions added while it runs were
+    taken up by its producer at its next metadata refresh, while the freshness guard
+    kept waiting on each phone's partition as counted at start, so a check could read
+    past a STOP written to the new one. Once the ledger shows the new count, checks
+    fail closed."""
+    clock = Clock()
+    runtime = await serve(
+        clock=clock, campaigns=[define("acme", "monthly", clock.now - timedelta(days=1))]
+    )
+    assert runtime.settings.kafka is not None
+    topic = runtime.settings.kafka.topic(Stream.SUBSCRIBERS)
+    async with client(runtime.address) as c:
+        w = await c.RecordOptIn(opt_in(PHONE, "acme", "monthly", clock.now - timedelta(hours=1)))
+        check = api.CanSendRequest(phone=PHONE, brand="acme", campaign="monthly")
+        fresh = api.CanSendRequest(at_least_as_fresh=w.consistency_token)
+        fresh.MergeFrom(check)
+        before = await c.CanSend(fresh)
+        assert before.allowed, before
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            count = runtime.settings.kafka.subscriber_partitions
+            await admin.create_partitions({topic: NewPartitions(total_count=count + 4)})
+        finally:
+            await admin.close()
+        # What the producer's periodic metadata refresh (5 minutes) would do, once
+        # the brokers know of the new partitions.
+        producer = runtime.ledger._producer
+        for _ in range(100):
+            await producer.client.force_metadata_update()
+            if len(await producer.partitions_for(topic)) > count:
+                break
+            await asyncio.sleep(0.1)
+        # A read may use the observation made just before the change (the freshness
+        # rule's one interval): the ones after it must fail closed.
+        for _ in range(100):
+            after = await c.CanSend(check)
+            if not after.allowed:
+                break
+            await asyncio.sleep(0.1)
+    assert not after.allowed, after
+    assert after.reason == api.REASON_NOT_CONSISTENT
