@@ -443,6 +443,8 @@ class CompactDigests:
             slot = _ODD
         else:
             slot = self._place(data) + 1
+            # Placed past 4 GiB, it widens every index into a new one: this one too.
+            index = self._indexes[brand]
         if index.put(key, slot) == -1:
             self.size += 1
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from ledger.commands import HELD_OPT_OUT, HoldRefusedOptOut, held_opt_out
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, digest_of
 from ledger.state import SubscriberState, fold
+from services.adapters import digest_replica
 from services.adapters.digest_replica import CompactDigests, phone_key
 from services.wire.compact_digest import Shapes, Unencodable, Unreadable
 from services.wire.digest import decode_payload, encode_digest, payload_of
@@ -365,3 +366,34 @@ def test_unreadable_bytes_fail_the_read_rather_than_answer():
     store._arena[0:2] = b"\xff\xff"  # a shape that does not exist
     with pytest.raises(Unreadable):
         store.get_many("acme", ["+14155550001"])
+
+
+def test_the_digest_whose_place_widens_the_index_is_the_one_answered(monkeypatch):
+    """Past 4 GiB of digests every index takes 8-byte slots. The digest whose place
+    crossed that line was pointed at from the index it had looked up before the
+    widening, which was then replaced: the widened one still pointed at the number's
+    previous digest (there, an opt-out left out) or at nothing. Crossed here at a
+    few bytes, as a replica of some 70 million numbers would at 4 GiB."""
+    store = CompactDigests()
+    granted_only = _digest([granted(at(0))])
+    opted_out = _digest([granted(at(0)), revoked(at(1))])
+    store.put("acme", "+14155550001", granted_only)
+    monkeypatch.setattr(digest_replica, "_WIDE", store.stats()["arena_bytes"] + 1)
+    store.put("acme", "+14155550001", opted_out)  # another size: placed past the line
+    store.put("acme", "+14155550002", granted_only)  # a new number, after the widening
+
+    assert store.get_many("acme", ["+14155550001", "+14155550002"]) == {
+        "+14155550001": opted_out,
+        "+14155550002": granted_only,
+    }
+
+
+def test_a_new_number_whose_place_widens_the_index_is_found(monkeypatch):
+    store = CompactDigests()
+    store.put("acme", "+14155550001", _digest([granted(at(0))]))
+    monkeypatch.setattr(digest_replica, "_WIDE", store.stats()["arena_bytes"] + 1)
+    opted_out = _digest([granted(at(0)), revoked(at(1))])
+    store.put("acme", "+14155550003", opted_out)
+
+    assert store.get_many("acme", ["+14155550003"]) == {"+14155550003": opted_out}
+    assert store.size == 2
