@@ -36,7 +36,7 @@ from services.adapters.migrations import migrate
 from services.adapters.postgres_access import PostgresAccessLog
 from services.adapters.postgres_keys import PostgresSubjectKeys
 from services.adapters.postgres_view import PostgresConsentView, read_pool
-from services.freshness import FreshnessGuard, WatchedAppends
+from services.freshness import FreshnessGuard, ViewAheadOfLedger, WatchedAppends
 from services.grpc_api.admission import CallerLimits
 from services.grpc_api.auth import TokenAuthenticator, write_dev_tokens
 from services.grpc_api.credentials import TlsFiles, file_stamp, follow_tokens
@@ -61,6 +61,10 @@ PROCESS_HEALTH = LIVENESS
 whether or not its projector does: the liveness probe's. The overall status ("")
 is NOT_SERVING while a failed projector waits to be started again."""
 """Seconds between a ``project`` process's looks at its lag (for metrics only)."""
+_OTHER_LEDGER = (
+    "the view in CONSENT_POSTGRES_DSN is not one of this ledger (CONSENT_LEDGER, "
+    "CONSENT_KAFKA_BOOTSTRAP, CONSENT_KAFKA_TOPIC_PREFIX)"
+)
 
 
 class StartError(RuntimeError):
@@ -275,7 +279,8 @@ class Runtime:
         )
         # The guard watches what CanSend reads; its first observation loads the replica.
         self.guard = FreshnessGuard(self.ledger, replica, s.freshness)
-        await self.guard.start()
+        with _failing_as(_OTHER_LEDGER, (ViewAheadOfLedger,)):
+            await self.guard.start()
         self.usecases = UseCases.build(
             # The guard hears of each write at once: this instance reads its own writes.
             TimedAppends(WatchedAppends(self.ledger, self.guard), self.metrics),
@@ -377,8 +382,11 @@ class Runtime:
         # For the lag metrics only (nothing here reads the view): once a second.
         watch = dataclasses.replace(s.freshness, refresh_interval=_PROJECTOR_LAG_INTERVAL)
         self.guard = FreshnessGuard(self.ledger, self.view, watch)
-        with _failing_as(
-            "cannot observe the projection's lag", _POSTGRES_FAILURES + _KAFKA_FAILURES
+        with (
+            _failing_as(_OTHER_LEDGER, (ViewAheadOfLedger,)),
+            _failing_as(
+                "cannot observe the projection's lag", _POSTGRES_FAILURES + _KAFKA_FAILURES
+            ),
         ):
             await self.guard.start()
         self.metrics.guard = self.guard

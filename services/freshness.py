@@ -87,6 +87,33 @@ class FreshnessStatus:
         object.__setattr__(self, "caught_up", not any(self.lag.values()))
 
 
+class ViewAheadOfLedger(RuntimeError):
+    """The view has applied positions past the ledger's end: it was built from
+    another ledger, and no read may be answered from it."""
+
+    def __init__(self, ahead: Mapping[tuple[Stream, int], tuple[int, int]]) -> None:
+        where = ", ".join(
+            f"{stream.value}:{p} applied to {position}, the ledger ends at {end}"
+            for (stream, p), (position, end) in ahead.items()
+        )
+        super().__init__(
+            f"the view is ahead of the ledger ({where}): it was built from other topics; "
+            "run consent-ledger rebuild"
+        )
+
+
+def _ahead(
+    applied: Mapping[Stream, Mapping[int, int]], ends: Mapping[Stream, Mapping[int, int]]
+) -> dict[tuple[Stream, int], tuple[int, int]]:
+    """Where ``applied`` is past ``ends``: (stream, partition) to (position, end)."""
+    return {
+        (stream, p): (position, ends.get(stream, {}).get(p, 0))
+        for stream, positions in applied.items()
+        for p, position in positions.items()
+        if position > ends.get(stream, {}).get(p, 0)
+    }
+
+
 class FreshnessGuard:
     def __init__(
         self,
@@ -160,6 +187,15 @@ class FreshnessGuard:
         streams = list(Stream)
         found = await asyncio.gather(*(self._view.positions(s) for s in streams))
         applied = dict(zip(streams, found, strict=True))
+        if _ahead(applied, ends):
+            # Applied after the ends were read, or a view of another ledger (topics
+            # deleted and made again, another prefix or cluster), whose positions
+            # would pass this ledger's facts below them as applied: the ends read
+            # again tell the two apart.
+            ends = await self._ledger.every_end_offset()
+            ahead = _ahead(applied, ends)
+            if ahead:
+                raise ViewAheadOfLedger(ahead)
         if started < self.status.observed_at:
             return ends  # a later one landed first; its ends are newer, keep them
         self._ends, self._applied = ends, applied

@@ -16,7 +16,8 @@ from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.duration_pb2 import Duration
 
 from ledger.ports import Stream
-from tests.e2e.harness import Clock, client, define, opt_in, ts
+from services.bootstrap import StartError
+from tests.e2e.harness import Clock, client, define, opt_in, serving, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -113,3 +114,28 @@ async def test_subscriber_partitions_added_under_a_running_service_fail_checks_c
             await asyncio.sleep(0.1)
     assert not after.allowed, after
     assert after.reason == api.REASON_NOT_CONSISTENT
+
+
+async def test_a_view_built_from_other_topics_is_refused(tmp_path, postgres_dsn, kafka_bootstrap):
+    """The view's positions are per stream and partition, not per topic: a view left
+    from topics since deleted (or another prefix, or another cluster) held positions
+    past the new topics' ends. The projector skipped the new facts below them as
+    applied, and the guard took the view for caught up: a STOP acknowledged on the
+    new topics was never read, and CanSend allowed the send, given the STOP's own
+    token. A view ahead of the ledger's end is no view of this ledger: the service
+    refuses to start on it (and a running one fails its observations, so checks fail
+    closed)."""
+    clock = Clock()
+    campaign = define("acme", "monthly", clock.now - timedelta(days=1))
+    async with (
+        serving(
+            tmp_path, postgres_dsn, kafka_bootstrap, name="old", clock=clock, campaigns=[campaign]
+        ) as old,
+        client(old.address) as c,
+    ):
+        for hours in (3, 2):  # the old topics' partition runs ahead
+            at = clock.now - timedelta(hours=hours)
+            await c.RecordOptIn(opt_in(PHONE, "acme", "monthly", at))
+    with pytest.raises(StartError, match="view in CONSENT_POSTGRES_DSN is not one of this"):
+        async with serving(tmp_path, postgres_dsn, kafka_bootstrap, name="new", clock=clock):
+            pass
