@@ -18,7 +18,6 @@ history; ``ensure_topics`` refuses topics configured that way.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -453,13 +452,18 @@ class KafkaLedger(EventLog):
         ``answer`` when the last of them is acknowledged; cancel ``timer`` when every
         append of its group (``pending`` counts them down) is answered."""
         deliveries: list[asyncio.Future[RecordMetadata]] = []
-        answered = False
+        # Counted down, not checked whole on each acknowledgement: an append of 1,000
+        # records acknowledged in order would ask half a million times.
+        waiting = 1  # the records' deliveries, and the loop that sends them
+        abandoned = False
 
-        def settled(_: asyncio.Future[Any] | None = None) -> None:
-            nonlocal answered
-            if answered or not all(d.done() for d in deliveries):
+        def settled(delivery: asyncio.Future[Any] | None = None) -> None:
+            nonlocal waiting
+            if delivery is not None and not delivery.cancelled() and delivery.exception():
+                self._spent = producer
+            waiting -= 1
+            if waiting or abandoned:
                 return
-            answered = True
             failed = next(
                 (d.exception() for d in deliveries if not d.cancelled() and d.exception()), None
             )
@@ -474,26 +478,19 @@ class KafkaLedger(EventLog):
         try:
             for topic, key, value, headers in records:
                 delivery = await producer.send(topic, value, key=key, headers=headers)
-                delivery.add_done_callback(functools.partial(self._delivered, producer))
+                waiting += 1
+                delivery.add_done_callback(settled)
                 deliveries.append(delivery)
         except Exception as exc:  # this append alone: the group's others go on
+            # Its records sent before still mark a failed producer spent (``settled``),
+            # but the append is answered here, once.
+            abandoned = True
             _fail(answer, exc)
             pending[0] -= 1
             if not pending[0]:
                 timer.cancel()
             return
-        last = deliveries[-1]
-        if last.done():
-            settled()
-        else:
-            # A partition's records are acknowledged in order, but an append's records
-            # may span partitions: each one's acknowledgement checks them all.
-            for d in deliveries:
-                d.add_done_callback(settled)
-
-    def _delivered(self, producer: AIOKafkaProducer, delivery: asyncio.Future[Any]) -> None:
-        if not delivery.cancelled() and delivery.exception() is not None:
-            self._spent = producer
+        settled()
 
     async def _renew_producer_if_spent(self) -> AIOKafkaProducer:
         """The producer to send with: a new one if a batch of the current one failed.
