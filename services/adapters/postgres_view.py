@@ -11,10 +11,13 @@ Everything is read in one query per table per batch, and the rows written go
 into each table by one statement whose parameter is the rows as an array of the
 table's own row type (``_rows_of``): PostgreSQL parses and runs a handful of statements per
 batch instead of one per row, and the batch's cost grows with its size, not
-with round trips. Each fact is encoded once, for its event copy and for the
-snapshots that keep it (``join_snapshot``), and a fact read from the ledger is
-not encoded at all: its copy is joined from the bytes it was stored as
-(``encode_recorded`` of a ``Recorded.envelope``). The tables are created by
+with round trips. Rows the batch knows to be new (its event copies, the states
+of subscribers not stored yet) go in by ``COPY`` instead, and every write is
+queued on the connection while the fold goes on (``_Writes``). Each fact is
+encoded once, for its event copy and for the snapshots that keep it
+(``join_snapshot``), and a fact read from the ledger is not encoded at all: its
+copy is joined from the bytes it was stored as (``encode_recorded`` of a
+``Recorded.envelope``). The tables are created by
 ``services/migrations/0002_projections.sql``.
 """
 
@@ -657,17 +660,99 @@ _WRITE = {
     "subscriber_state": _UPSERT_STATES,
     "consent_status": _UPSERT_STATUSES,
 }
+_COPY = {
+    "event_copy": ("ledger_event_copy", _EVENT_COLUMNS),
+    "subscriber_state": ("subscriber_state", tuple(_STATE_COLUMNS.split(", "))),
+    "consent_status": ("consent_status", tuple(c.strip() for c in _STATUS_COLUMNS.split(","))),
+}
+_COPY_AT = 100
+"""New rows (``_Writes.send``) go in by ``COPY`` from this many: it skips what the
+statements do per row for a key that may exist (the conflict's check, the array's
+parsing), but costs a round trip more, which a few rows do not pay back."""
+
+
+_ROWS_CHUNK = 512
+"""Subscribers whose state and status rows go to PostgreSQL in one statement while
+the fold digests the next ones: PostgreSQL writes the batch's rows while Python
+makes the rest, instead of after all of them."""
 
 
 class _Writes:
-    """How one batch's rows reach a table: one statement, the rows as one array."""
+    """How one batch's rows reach a table: one statement, the rows as one array.
+
+    ``send`` queues a statement and returns at once: the statements run one after
+    another on the batch's connection (which runs one at a time) while the caller
+    goes on with its Python; ``drain`` waits for all of them. A statement that fails
+    fails every one queued after it, unsent, and ``drain`` raises its error."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
+        self._last: asyncio.Future[None] | None = None
 
     async def write(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+        self.send(table, rows)
+        await self.drain()
+
+    def send(self, table: str, rows: list[tuple[Any, ...]], *, new: bool = False) -> None:
+        """Queue ``rows`` for ``table``; ``new``: rows no row of the table has the key
+        of, which go in by ``COPY`` when there are enough of them."""
         if rows:
+            copy = new and len(rows) >= _COPY_AT
+            self._last = asyncio.ensure_future(self._after(self._last, table, rows, copy))
+
+    async def _after(
+        self,
+        previous: asyncio.Future[None] | None,
+        table: str,
+        rows: list[tuple[Any, ...]],
+        copy: bool,
+    ) -> None:
+        if previous is not None:
+            await previous
+        if copy:
+            name, columns = _COPY[table]
+            await self.conn.copy_records_to_table(name, records=rows, columns=columns)
+        else:
             await self.conn.execute(_WRITE[table], rows)
+
+    async def drain(self) -> None:
+        """Wait until no statement sent is on the connection; raise the first error."""
+        last = await self.settle()
+        if last is not None:
+            last.result()
+
+    async def settle(self) -> asyncio.Future[None] | None:
+        """Wait until no statement sent is on the connection, and return the last
+        (its error, if any, is the first statement's that failed)."""
+        last, self._last = self._last, None
+        if last is not None:
+            # Every statement waits for the one before it: the last one's end is all
+            # of theirs. Waited on, not awaited: a cancelled caller must still not
+            # leave with a statement on the connection.
+            await asyncio.wait([last])
+            last.exception()  # taken: the caller's own error is the one it raises
+        return last
+
+
+class _SubscriberRows:
+    """Some subscribers' state and status rows, those of states already stored
+    apart from the new ones (``_Writes.send``'s ``new``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.states: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]] = ([], [])
+        self.statuses: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]] = ([], [])
+
+    def add(self, stored: bool, state: tuple[Any, ...], statuses: list[tuple[Any, ...]]) -> None:
+        self.count += 1
+        self.states[stored].append(state)
+        self.statuses[stored].extend(statuses)
+
+    def send(self, writes: _Writes) -> None:
+        writes.send("subscriber_state", self.states[False], new=True)
+        writes.send("subscriber_state", self.states[True])
+        writes.send("consent_status", self.statuses[False], new=True)
+        writes.send("consent_status", self.statuses[True])
 
 
 class _Take(NamedTuple):
@@ -938,8 +1023,10 @@ class PostgresConsentView(ConsentView):
         The event copies are the batch's costliest statement for PostgreSQL (every
         index of ``ledger_event_copy``), and the fold its costliest work in Python,
         and neither needs the other: so the copies go in while the fold runs,
-        which hands the event loop to them every ``_FOLD_CHUNK`` subscribers. The
-        states are read (and their rows locked) first, as the fold needs them."""
+        which hands the event loop to them every ``_FOLD_CHUNK`` subscribers, and
+        so do the state and status rows of every ``_ROWS_CHUNK`` subscribers
+        digested, while the next are digested. The states are read (and their rows
+        locked) first, as the fold needs them."""
         conn = writes.conn
         keys = sorted({(r.event.phone, r.event.brand) for r in new})  # type: ignore[attr-defined]
         states: dict[tuple[str, str], SubscriberState] = {}
@@ -952,7 +1039,14 @@ class PostgresConsentView(ConsentView):
             states[key] = encoded.load_state(*key, row["snapshot"])
             last_offset[key] = row["last_offset"]
             updated[key] = row["updated_at"]
-        copying = asyncio.ensure_future(writes.write("event_copy", event_rows))
+        stored = set(states)
+        # No row has the key of these event copies (_KNOWN_EVENTS found none under
+        # the partitions' locks, and an event's partition is its phone's), nor of
+        # the states _LOAD_STATES found none of, nor of their status rows (written
+        # only with their state): those go in as new rows. Were one there anyway (a
+        # topic repartitioned), COPY fails the batch, and the projector's next try
+        # finds the row and upserts it.
+        writes.send("event_copy", event_rows, new=True)
         try:
             for recorded in new:
                 event = recorded.event
@@ -966,15 +1060,18 @@ class PostgresConsentView(ConsentView):
                 seen = updated.get(key)
                 if seen is None or seen < at:
                     updated[key] = at
-            state_rows: list[tuple[Any, ...]] = []
-            status_rows: list[tuple[Any, ...]] = []
+            rows = _SubscriberRows()
             for n, key in enumerate(keys):
                 if n % _FOLD_CHUNK == 0:
+                    if rows.count >= _ROWS_CHUNK:
+                        rows.send(writes)
+                        rows = _SubscriberRows()
                     await self._let_writes_run(conn)
                 state = states[key]
                 digest = digest_of(state)
                 at = updated[key]
-                state_rows.append(
+                rows.add(
+                    key in stored,
                     (
                         key[0],
                         key[1],
@@ -982,18 +1079,16 @@ class PostgresConsentView(ConsentView):
                         last_offset[key],
                         at,
                         encode_digest(digest),
-                    )
+                    ),
+                    _status_rows(state, digest, at),
                 )
-                status_rows.extend(_status_rows(state, digest, at))
-        finally:
-            # Never past this with the copies' statement still on the connection;
-            # its error, if any, is taken here, whether or not the fold failed too.
-            await asyncio.wait([copying])
-            failed = copying.exception()
-        if failed is not None:
-            raise failed
-        await writes.write("subscriber_state", state_rows)
-        await writes.write("consent_status", status_rows)
+            rows.send(writes)
+        except BaseException:
+            # Never past this with a statement still on the connection; the fold's
+            # error is the one raised.
+            await writes.settle()
+            raise
+        await writes.drain()
 
     async def _let_writes_run(self, conn: asyncpg.Connection) -> None:
         """A turn of the event loop for the statement in flight on ``conn``."""

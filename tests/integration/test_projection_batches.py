@@ -14,9 +14,11 @@ from ledger.events import LedgerEvent, MessageSent, Recorded, SubscriberEvent
 from ledger.ports import Stream
 from services.adapters.memory_view import InMemoryConsentView
 from services.adapters.postgres_view import (
+    _COPY_AT,
     PROJECTION_TABLES,
     PostgresConsentView,
     _FactBytes,
+    _SubscriberRows,
     _Writes,
 )
 from services.projector import Projector
@@ -31,11 +33,11 @@ from tests.integration.test_projector_postgres import (
 pytestmark = pytest.mark.postgres
 
 
-def mixed_stream(count: int) -> list[LedgerEvent]:
+def mixed_stream(count: int, phones: int = 120) -> list[LedgerEvent]:
     """``generate_events`` with what only some batches meet: requests of two events,
     a request id reused by another request (no fact), provider message ids sent twice
     (the second no fact), and appends retried (the same event id twice)."""
-    events = generate_events(count, phones=120, brands=3, campaigns=2, seed=23)
+    events = generate_events(count, phones=phones, brands=3, campaigns=2, seed=23)
     out: list[LedgerEvent] = []
     for i, event in enumerate(events):
         if isinstance(event, SubscriberEvent) and i % 4 == 0:
@@ -91,6 +93,40 @@ async def test_a_batch_writes_what_one_event_at_a_time_writes(pool: asyncpg.Pool
         assert await view.subscriber_states(brand, phones) == await memory.subscriber_states(
             brand, phones
         )
+
+
+async def test_batches_that_copy_their_new_rows_write_what_statements_write(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches large enough to COPY their new rows (the event copies, and the state
+    and status rows of subscribers not stored yet), with stored subscribers upserted
+    beside them in the same batch, write every table as batches too small to copy."""
+    ledger, _ = await filled_ledger(mixed_stream(5000, phones=1500))
+    view = PostgresConsentView(pool)
+    small = 50
+    assert small < _COPY_AT
+    await Projector(ledger, view).catch_up(batch_size=small)
+    by_statements = await tables(view, pool)
+    await view.reset()
+    await pool.execute("TRUNCATE request_use")
+    sent: list[tuple[int, int, int, int]] = []
+    send = _SubscriberRows.send
+
+    def counted(rows: _SubscriberRows, writes: _Writes) -> None:
+        sent.append((*map(len, rows.states), *map(len, rows.statuses)))
+        send(rows, writes)
+
+    monkeypatch.setattr(_SubscriberRows, "send", counted)
+    await Projector(ledger, view).catch_up(batch_size=600)
+
+    # Some batches copied new subscribers' rows while they upserted stored ones'.
+    assert any(
+        new >= _COPY_AT and stored and new_statuses >= _COPY_AT and stored_statuses
+        for new, stored, new_statuses, stored_statuses in sent
+    )
+    copied = await tables(view, pool)
+    for table in (*PROJECTION_TABLES, "request_use"):
+        assert copied[table] == by_statements[table], table
 
 
 async def test_events_read_as_a_ledger_stores_them_are_projected_to_the_same_rows(
