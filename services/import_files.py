@@ -531,11 +531,14 @@ def _held(fields: dict[str, str]) -> api.ImportRecord | None:
     """What the service may hold of an opt-out that cannot be read: its number,
     brand and campaign, under its import id or one derived from all it said (the
     same on every run). Without a channel or a time it is refused, and held. None
-    when its number or brand is not text of a sane length: nothing to hold."""
+    when its number is not text of a sane length: nothing to hold. A brand left
+    out or past reading is sent blank: the service holds it under each of the
+    caller's brands, one of which it was."""
     plain = {k: v for k, v in fields.items() if len(v) <= VALUE_LIMIT and not _SURROGATE.search(v)}
-    if "phone" not in plain or "brand" not in plain:
+    if "phone" not in plain:
         return None
-    request = api.RecordOptOutRequest(phone=_e164_or_as_given(plain["phone"]), brand=plain["brand"])
+    brand = plain.get("brand", "")
+    request = api.RecordOptOutRequest(phone=_e164_or_as_given(plain["phone"]), brand=brand)
     if "campaign" in plain:
         request.campaign = plain["campaign"]
     try:  # where the hold goes, if it can be read (the service ignores a bad one)

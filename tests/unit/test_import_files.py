@@ -271,6 +271,17 @@ def test_an_opt_out_that_cannot_be_read_is_still_sent_as_its_number_and_brand():
     assert other.held.opt_out.request_id != held.request_id
 
 
+def test_an_opt_out_that_cannot_be_read_nor_names_a_brand_is_still_sent_to_be_held():
+    """Its brand left out or blank: sent blank, and the service holds it under
+    each of the caller's brands. Dropped here, CanSend allowed the number."""
+    row = {"type": "opt_out", "phone": "+14155552671", "occurred_at": "yesterday"}
+    for brand in ({}, {"brand": "  "}):
+        unread = parse_fields({**row, **brand}, 2)
+        assert isinstance(unread, Unreadable) and unread.held is not None, brand
+        held = unread.held.opt_out
+        assert (held.phone, held.brand) == ("+14155552671", brand.get("brand", ""))
+
+
 def test_an_opt_in_or_an_opt_out_without_a_readable_number_is_not_sent_to_be_held():
     opt_in = parse_fields({"type": "opt_in", "phone": "+14155552671", "brand": "acme",
                            "occurred_at": "yesterday"}, 2)  # fmt: skip
