@@ -1260,6 +1260,9 @@ class HoldRefusedOptOut:
     occurred_at: datetime | None = None
     """The opt-out's own time, when it can be read: the hold is placed there, not at
     the time it was refused (``held_opt_out``)."""
+    unread_brand: bool = False
+    """The brand it named could not be read (left out, blank, no name): ``brand`` is
+    one of the caller's instead, ``ANY_BRAND`` for a caller of every brand."""
 
     def __post_init__(self) -> None:
         # An export's "acme " or "ACME" is refused as a brand (a name is matched
@@ -1433,12 +1436,14 @@ def held_opt_out(cmd: HoldRefusedOptOut, refused: str, now: datetime) -> list[Le
     then (``CanSendAsOf``) read "allowed" once the opt-out was known. Its deadline
     is counted from its own time too, as a revocation's is from when it came.
 
-    An inbound STOP's hold may be for every brand (``ANY_BRAND``): a STOP to a
-    number no campaign sends from is kept so when refused, as when recorded."""
+    A hold may be for every brand (``ANY_BRAND``): a STOP to a number no campaign
+    sends from is kept so when refused, as when recorded, and an opt-out that names
+    no brand that can be read, from a caller of every brand, is held so. A brand
+    named "*" is no brand to hold it under."""
     live = bool(cmd.via)
-    inbound = cmd.via == HELD_INBOUND
+    every = cmd.via == HELD_INBOUND or cmd.unread_brand
     at = _held_at(cmd.occurred_at, now)
-    brand = cmd.brand if inbound and cmd.brand == ANY_BRAND else check_name(cmd.brand, "brand")
+    brand = cmd.brand if every and cmd.brand == ANY_BRAND else check_name(cmd.brand, "brand")
     phones = _held_numbers(cmd.phone)
     campaign = cmd.campaign if cmd.campaign is not None and is_name(cmd.campaign) else None
     if live:

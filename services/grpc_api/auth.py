@@ -32,6 +32,7 @@ from typing import Any
 
 from ledger.commands import check_name
 from ledger.errors import InvalidRequest
+from ledger.events import ANY_BRAND
 from ledger.validation import identifier_problem
 from services.errors import PermissionDenied, Unauthenticated
 from services.settings import UNLIMITED, RateLimit
@@ -63,6 +64,13 @@ class Principal:
             raise PermissionDenied("authorization", f"{self.name} lacks the {scope.value} scope")
         if brand is not None and self.brands is not None and brand not in self.brands:
             raise PermissionDenied("brand", f"{self.name} may not act for brand {brand!r}")
+
+    @property
+    def own_brands(self) -> tuple[str, ...]:
+        """The brands an opt-out of this caller's is kept under when it names none that
+        can be read: each of its brands, or, for a token of every brand (which cannot
+        tell which it meant), ``ANY_BRAND``, which denies every brand until reviewed."""
+        return (ANY_BRAND,) if self.brands is None else tuple(sorted(self.brands))
 
     def reader(self, request_id: str, via: str = "grpc") -> Reader:
         """This caller as an auditor (``services.usecases.access``): it needs the audit

@@ -955,6 +955,9 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                 campaign,
                 via=HELD_OPT_OUT,
             )
+            # A brand left out, blank or unreadable ("Acme!") names none to hold it
+            # under: it was one of the caller's, so it is held under each of them.
+            unread = () if is_name(hold.brand) else principal.own_brands
             await within(
                 write_budget(context, self.write_timeout),
                 self.usecases.writes.hold_refused_opt_out(
@@ -962,6 +965,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                     exc if isinstance(exc, AlreadyExists) else refusal_of(exc),
                     lambda brand: principal.require(Scope.WRITE, brand),
                     recorded_by=principal.name,
+                    brands=unread,
                 ),
             )
             raise
@@ -1065,8 +1069,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         # A STOP to a number no campaign sends from is kept under each of the caller's
         # brands: it can be none other's. A caller of every brand cannot tell which it
         # meant, and it concerns all.
-        brands = principal.brands
-        unowned = (ANY_BRAND,) if brands is None else tuple(sorted(brands))
+        unowned = principal.own_brands
         try:
             command = api.command_from_proto(request)
             assert isinstance(command, HandleInboundMessage)
@@ -1115,7 +1118,11 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             # only under a brand the caller may write for.
             self.authenticate(context).require(Scope.WRITE, brand)
 
-        imports = self.usecases.start_import(authorize=authorize, recorded_by=principal.name)
+        imports = self.usecases.start_import(
+            authorize=authorize,
+            own_brands=lambda: self.authenticate(context).own_brands,
+            recorded_by=principal.name,
+        )
         async for answer in imports_api.answer_chunks(imports, requests, context.time_remaining):
             yield answer
 

@@ -11,7 +11,7 @@ all of them on one ``Context``; ``services.bootstrap`` is the one place that doe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -93,12 +93,17 @@ class UseCases:
         )
 
     def start_import(
-        self, *, authorize: Callable[[str], None] = lambda brand: None, recorded_by: str = ""
+        self,
+        *,
+        authorize: Callable[[str], None] = lambda brand: None,
+        own_brands: Callable[[], Sequence[str]] = lambda: (),
+        recorded_by: str = "",
     ) -> Imports:
         """A bulk import's use case (``services.usecases.imports``), for one import."""
         return Imports(
             self.writes.ctx,
             authorize=authorize,
+            own_brands=own_brands,
             recorded_by=recorded_by,
             pruning=self.turn_pruning,
         )

@@ -34,7 +34,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ledger.campaigns import Campaign
 from ledger.commands import (
@@ -44,6 +44,7 @@ from ledger.commands import (
     RecordOptOut,
     check_required_proof,
     held_opt_out,
+    is_name,
     request_fingerprint,
     to_events,
     unattributed_opt_out,
@@ -189,20 +190,25 @@ class Imports:
         ctx: Context,
         *,
         authorize: Callable[[str], None] = lambda brand: None,
+        own_brands: Callable[[], Sequence[str]] = lambda: (),
         recorded_by: str = "",
         lease_s: float = APPEND_LEASE_S,
         pruning: TurnPruning | None = None,
     ) -> None:
         """``authorize`` raises ``PermissionDenied`` for a brand the caller may not
-        write for; ``recorded_by`` (the caller's name) is stamped on every event;
-        ``lease_s`` bounds each turn to append this import takes; ``pruning`` is the
-        process's (None: one of this import's own, which prunes)."""
+        write for; ``own_brands`` are the brands it writes for (``ANY_BRAND``: every
+        brand), under each of which a refused opt-out that names no brand that can be
+        read is held (none: it is not); ``recorded_by`` (the caller's name) is
+        stamped on every event; ``lease_s`` bounds each turn to append this import
+        takes; ``pruning`` is the process's (None: one of this import's own, which
+        prunes)."""
         self.ctx = ctx
         self._pruning = TurnPruning() if pruning is None else pruning
         self._holder = str(uuid.uuid4())
         """This import, as the holder of its turns to append (``_turns``)."""
         self._lease_s = lease_s
         self._authorize = authorize
+        self._own_brands = own_brands
         self._recorded_by = recorded_by
         self._campaigns: dict[tuple[str, str], Campaign | None] = {}
         self._caught_up = False
@@ -272,7 +278,7 @@ class Imports:
             raise
         if dry_run:
             result.imported = len(new)
-            result.held = len(held)
+            result.held = _records(held)
             result.refusals.sort(key=lambda r: r.index)
             return result
         # Still this chunk's turn (released below): another chunk's _new sees these.
@@ -307,7 +313,7 @@ class Imports:
         # Should the store not hear it, the turns run out and the next to ask finds
         # the facts applied by then (``_turns`` looks again after a wait).
         await _quietly(self.ctx.view.end_append_turns(claimed.keys, self._holder, appended=True))
-        result.imported, result.held = imported, len(held)
+        result.imported, result.held = imported, _records(held)
         result.token = claimed.token = ConsistencyToken.after(recorded)
         result.refusals.sort(key=lambda r: r.index)
         return result
@@ -333,14 +339,24 @@ class Imports:
             if hold is None:
                 continue
             field_name, reason = refusal.violations[0]
+            refused = f"{field_name}: {reason}"
+            each = [hold]
+            if not is_name(hold.brand):
+                # A brand left out, blank or unreadable: the opt-out was one of the
+                # caller's brands', which one cannot be told, so it denies each.
+                brands = list(self._own_brands())
+                each = [replace(hold, brand=b, unread_brand=True) for b in brands]
+                refused = f"{refused}; it names no brand that can be read: held as {brands}"
             try:
-                self._authorize(hold.brand)
-                events = held_opt_out(hold, f"{field_name}: {reason}", now)
+                for one in each:
+                    self._authorize(one.brand)
+                events_of = [held_opt_out(one, refused, now) for one in each]
             except (DomainError, PermissionDenied):
                 continue  # no number or brand to hold it under
-            if self._recorded_by:
-                events = [evolved(e, recorded_by=self._recorded_by) for e in events]
-            holds.append(_Planned(by_index[refusal.index], events))
+            for events in events_of:
+                if self._recorded_by:
+                    events = [evolved(e, recorded_by=self._recorded_by) for e in events]
+                holds.append(_Planned(by_index[refusal.index], events))
         if not holds:
             return []
         # Another hold under a hold's id is only the same hold (its id digests the
@@ -597,6 +613,11 @@ def _release(turn: asyncio.Future[None]) -> None:
 def _denies(p: _Planned) -> bool:
     """Whether the record is an opt-out, or an opt-out held for review."""
     return any(isinstance(e, ConsentRevoked | RevocationCandidateFlagged) for e in p.events)
+
+
+def _records(planned: Sequence[_Planned]) -> int:
+    """The records ``planned`` holds: one held under several brands counts once."""
+    return len({p.item.index for p in planned})
 
 
 def _key(p: _Planned) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from ledger.commands import (
     HELD_INBOUND,
     HELD_INTENTS,
+    HELD_OPT_OUT,
     ChangeCampaignPolicy,
     Command,
     DefineCampaign,
@@ -41,6 +42,7 @@ from ledger.commands import (
     handle_unowned_inbound,
     held_intent,
     held_opt_out,
+    is_name,
     name_read,
     to_events,
     unattributed_opt_out,
@@ -375,7 +377,8 @@ class Writes:
     ) -> None:
         """Hold for review a live opt-out ``refused`` for its details, whose number and
         brand can be read, for a brand ``authorize`` lets the caller act for (under
-        each of ``brands`` instead, when given), and raise
+        each of ``brands`` instead, when given: the caller's, for one that names no
+        brand that can be read, or an inbound STOP's to an unowned number), and raise
         ``HeldForReview``; return, holding nothing, when there is nothing to hold it
         under (the caller then raises ``refused``).
 
@@ -398,9 +401,12 @@ class Writes:
             (field_name, reason), *_ = refused.violations
         # Under a brand no campaign was defined for that reads as one in use, the hold
         # would deny nothing the person meant: it is held under each brand it may mean.
+        unread = bool(brands) and hold.via == HELD_OPT_OUT and not is_name(hold.brand)
         meant = [] if brands else await self._brands_meant(hold.brand, catch_up=False)
-        holds = [replace(hold, brand=brand) for brand in brands or meant] or [hold]
+        holds = [replace(hold, brand=b, unread_brand=unread) for b in brands or meant] or [hold]
         refusal = f"{field_name}: {reason}"
+        if unread:
+            refusal = f"{refusal}; it names no brand that can be read: held as {list(brands)}"
         if meant and field_name != "brand":
             refusal = f"{refusal}; its brand {hold.brand!r} is no brand in use: held as {meant}"
         try:

@@ -117,6 +117,14 @@ def test_only_an_inbound_stop_is_held_for_every_brand():
         held_opt_out(replace(_live(), brand=ANY_BRAND), "occurred_at: is required", at(1))
 
 
+def test_an_opt_out_naming_no_readable_brand_from_a_caller_of_every_brand_is_held_for_all():
+    """Its brand left out or unreadable, a caller of every brand cannot tell which it
+    meant: the use cases hold it under "*", which denies every brand until reviewed."""
+    unread = replace(_live(), brand=ANY_BRAND, unread_brand=True)
+    (held,) = held_opt_out(unread, "brand: is required", at(1))
+    assert held.brand == ANY_BRAND
+
+
 @pytest.mark.parametrize(
     "spelled",
     [

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -536,6 +537,45 @@ async def test_an_opt_out_of_a_brand_the_caller_may_not_write_for_is_not_held():
         )
         assert (result.held, len(result.refusals)) == (0, 1)
         assert await _written(app) == []
+
+
+@pytest.mark.parametrize(
+    ("own", "held_under"),
+    [(("acme",), ["acme"]), (("acme", "initech"), ["acme", "initech"]), (("*",), ["*"])],
+)
+@pytest.mark.parametrize("brand", ["", "   ", "Acme!", "*"])
+async def test_an_opt_out_naming_no_readable_brand_is_held_under_each_of_the_callers(
+    brand, own, held_under
+):
+    """It was refused on brand and held under none, so CanSend went on allowing the
+    number; it was one of the caller's brands, so each of them is denied."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        item = no_channel(0, "+14155550100")
+        assert item.held is not None
+        item = Item(0, None, InvalidRequest("brand", "is required"), "imp-0",
+                    replace(item.held, brand=brand))  # fmt: skip
+
+        result = await Imports(app.writes.ctx, own_brands=lambda: own).chunk([item])
+
+        assert result.held == 1 and result.refusals[0].held
+        assert result.refusals[0].violations[0][0] == "brand"
+        held = await _written(app)
+        assert sorted(e.brand for e in held) == held_under  # type: ignore[attr-defined]
+        assert all(isinstance(e, RevocationCandidateFlagged) for e in held)
+
+
+async def test_an_opt_out_naming_no_readable_brand_is_not_held_when_told_no_brands():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        item = no_channel(0, "+14155550100")
+        assert item.held is not None
+        item = Item(0, None, InvalidRequest("brand", "is required"), "imp-0",
+                    replace(item.held, brand=""))  # fmt: skip
+
+        result = await _imports(app).chunk([item])
+
+        assert result.held == 0 and await _written(app) == []
 
 
 async def test_a_hold_whose_append_failed_is_not_written_and_is_held_when_sent_again():

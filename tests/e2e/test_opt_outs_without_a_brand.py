@@ -1,0 +1,153 @@
+"""An opt-out that names no brand that can be read (left out, blank, only spaces,
+or not a name) is held, through the real gRPC server on the real Kafka and
+PostgreSQL: it was refused INVALID_ARGUMENT on ``brand`` and neither recorded nor
+held, so CanSend went on allowing a number that asked to stop. It was one of the
+caller's brands, which one cannot be told: it is held under each brand the caller's
+token writes for, and under every brand ("*") for a token of every brand."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+
+from ledger.ports import ConsistencyToken
+from services.bootstrap import Runtime
+from tests.e2e.harness import TOKENS, client, define, held_info, opt_in, opt_out, ts
+from tests.e2e.test_bulk_import import import_cli, token_of, write_csv
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+BRANDS = ("acme", "globex", "initech")
+HELD_UNDER = {
+    "acme-app": {"acme"},
+    "acme-initech": {"acme", "initech"},
+    "admin": set(BRANDS),
+}
+"""The brands each caller's brandless opt-out must deny: its own, or all of them."""
+UNREAD = {"blank": "", "spaces": "   ", "not a name": "Acme!"}
+
+
+def phone(i: int) -> str:
+    return f"+1415555{6000 + i:04d}"
+
+
+@pytest.fixture
+async def service(serve):
+    """Each brand's promo campaign, every test number opted in to each a day ago."""
+    now = datetime.now(UTC)
+    campaigns = [define(brand, "promo", now - timedelta(days=60)) for brand in BRANDS]
+    runtime = await serve(name="nobrand", campaigns=campaigns)
+    async with client(runtime.address) as admin:
+        for i in range(10):
+            for brand in BRANDS:
+                w = await admin.RecordOptIn(
+                    opt_in(phone(i), brand, "promo", now - timedelta(days=1))
+                )
+    assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
+    return runtime, now
+
+
+async def denied_brands(runtime: Runtime, number: str, fresh: str) -> set[str]:
+    """The brands whose promo CanSend denies ``number`` for, at a coming noon in Los
+    Angeles (no quiet hours), from a view that has applied ``fresh``."""
+    noon = datetime.now(UTC).replace(hour=20, minute=0, second=0, microsecond=0)
+    noon += timedelta(days=1)
+    denied = set()
+    async with client(runtime.address) as admin:
+        for brand in BRANDS:
+            answer = await admin.CanSend(
+                api.CanSendRequest(
+                    phone=number, brand=brand, campaign="promo", at=ts(noon),
+                    at_least_as_fresh=fresh,
+                )
+            )  # fmt: skip
+            if not answer.allowed:
+                assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, (brand, answer)
+                denied.add(brand)
+    return denied
+
+
+@pytest.mark.parametrize("who", list(HELD_UNDER))
+async def test_a_record_opt_out_without_a_readable_brand_is_held_under_the_callers(service, who):
+    """Before: INVALID_ARGUMENT on brand, nothing held, every brand allowed."""
+    runtime, now = service
+    async with client(runtime.address, who) as caller:
+        for i, (name, brand) in enumerate(UNREAD.items()):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await caller.RecordOptOut(opt_out(phone(i), brand, "promo", now))
+            err = caught.value
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, err)
+            assert err.details().startswith("brand: "), (name, err.details())
+            info = held_info(err)
+            assert info is not None, (name, err.details())
+            denied = await denied_brands(runtime, phone(i), info["consistency_token"])
+            assert denied == HELD_UNDER[who], name
+
+
+@pytest.mark.parametrize("who", list(HELD_UNDER))
+async def test_an_imported_opt_out_without_a_readable_brand_is_held_under_the_callers(
+    service, who, tmp_path
+):
+    """A CSV's blank brand, a JSON line's brand left out (readable otherwise, and with
+    its time unreadable too): each refused on brand, and held."""
+    runtime, now = service
+    stop = {
+        "type": "opt_out",
+        "campaign": "promo",
+        "occurred_at": (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "channel": "keyword",
+        "text": "STOP",
+    }
+    csv_file = write_csv(
+        tmp_path / "export.csv",
+        [
+            {**stop, "import_id": f"{who}-blank", "phone": phone(5), "brand": ""},
+            {**stop, "import_id": f"{who}-spaces", "phone": phone(6), "brand": "  "},
+        ],
+    )
+    lines = [
+        {**stop, "import_id": f"{who}-none", "phone": phone(7)},
+        {**stop, "import_id": f"{who}-none-bad-time", "phone": phone(8), "occurred_at": "soon"},
+    ]
+    jsonl_file = tmp_path / "export.jsonl"
+    jsonl_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    for export, numbers in ((csv_file, (5, 6)), (jsonl_file, (7, 8))):
+        _, out, err = await import_cli(
+            str(export), "--address", runtime.address, token=TOKENS[who][0]
+        )
+        assert "refused: 2" in out, out + err
+        assert "brand: " in out and "; held for review" in out, out + err
+        fresh = token_of(out)
+        for i in numbers:
+            assert await denied_brands(runtime, phone(i), fresh) == HELD_UNDER[who], (i, out)
+
+
+async def test_an_every_brand_hold_is_listed_under_star_and_a_dismissal_lifts_it(service):
+    """The way out for the "*" hold of a caller of every brand: an operator lists it
+    under "*" and dismisses it, and every brand may send again."""
+    runtime, now = service
+    async with client(runtime.address) as admin:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await admin.RecordOptOut(opt_out(phone(9), "", "promo", now))
+        info = held_info(caught.value)
+        assert info is not None
+        queue = await admin.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(
+                brand="*", at_least_as_fresh=info["consistency_token"]
+            )
+        )
+        assert info["candidate_event_id"] in [c.event.event_id for c in queue.candidates]
+        done = await admin.ResolveRevocationCandidate(
+            api.ResolveRevocationCandidateRequest(
+                request_id=uuid.uuid4().hex, phone=phone(9), brand="*",
+                candidate_event_id=info["candidate_event_id"],
+                resolution=lpb.CANDIDATE_RESOLUTION_DISMISSED, occurred_at=ts(datetime.now(UTC)),
+            )
+        )  # fmt: skip
+    assert await denied_brands(runtime, phone(9), done.consistency_token) == set()
