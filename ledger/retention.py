@@ -122,9 +122,14 @@ class ErasureVerdict:
 def standing_holds(history: Iterable[Recorded]) -> tuple[str, ...]:
     """The ids of the legal holds placed and not released, in ledger order: a hold is
     released by a later ``LegalHoldReleased`` of its id (ledger order: a release
-    acts on the hold it was written against)."""
+    acts on the hold it was written against). Facts from two partitions (a number's
+    two spellings, ``services.usecases.spellings``) are taken in the order the fold
+    takes them, by ``recorded_at``: partition numbers say nothing of time."""
     standing: dict[str, None] = {}
-    for r in sorted(history, key=lambda r: (r.position.partition, r.position.offset)):
+    ordered = sorted(history, key=lambda r: (r.position.partition, r.position.offset))
+    if len({r.position.partition for r in ordered}) > 1:
+        ordered.sort(key=lambda r: r.recorded_at)
+    for r in ordered:
         e = r.event
         if isinstance(e, LegalHoldPlaced):
             standing[e.hold_id] = None

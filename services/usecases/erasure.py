@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from ledger.events import Recorded, SubjectErased
+from ledger.events import Recorded, SubjectErased, SubscriberEvent, event_id_for, evolved
+from ledger.phone import forms_stored_before
 from ledger.ports import ConsistencyToken, SubjectKeys
 from ledger.retention import (
     ErasureVerdict,
@@ -36,6 +37,7 @@ from ledger.retention import (
 from services.errors import NotConsistent, Refused
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import WriteResult, recorded_once
+from services.usecases.spellings import earlier_history, in_ledger_order
 
 
 @dataclass(frozen=True)
@@ -62,18 +64,21 @@ class Erasure:
 
     async def _everything(self, number: str, brand: str) -> list[Recorded]:
         """Every fact of the subject the ledger has acknowledged so far (a hold placed
-        a moment ago included): an erasure cannot be taken back, so it is never
-        decided on a view that may lag; ``NotConsistent`` (UNAVAILABLE, retryable)
-        when the view cannot catch up within the bound."""
-        if not await self.ctx.guard.wait_until_applied_for([number]):
+        a moment ago included), under each spelling it was recorded under
+        (``services.usecases.spellings``): an erasure cannot be taken back, so it is
+        never decided on a view that may lag; ``NotConsistent`` (UNAVAILABLE,
+        retryable) when the view cannot catch up within the bound."""
+        if not await self.ctx.guard.wait_until_applied_for([number, *forms_stored_before(number)]):
             raise NotConsistent("phone", BEHIND)
-        return await self.ctx.view.history(number, brand)
+        own = await self.ctx.view.history(number, brand)
+        return in_ledger_order(own, await earlier_history(self.ctx.view, number, brand))
 
     async def erase(self, cmd: RequestErasure, requested_by: str = "") -> Erased:
         now = self.ctx.clock()
         fields = checked(cmd, now)  # bad input is refused before anything is read
         number, brand = fields["phone"], fields["brand"]
-        verdict = await self.verdict(number, brand)
+        history = await self._everything(number, brand)
+        verdict = erasure_verdict(history, self.retention, now)
         if verdict.last_fact is None:
             raise Refused(
                 "phone",
@@ -90,8 +95,26 @@ class Erasure:
                 metadata["possible_from"] = verdict.possible_from.isoformat()
             raise Refused("phone", verdict.explain(), verdict.refusal.value, metadata)
         event: SubjectErased = erasure_event(cmd, now, verdict, requested_by)
-        result = await recorded_once(self.ctx, [event])
-        destroyed = await self.keys.destroy(number, brand) if self.keys is not None else 0
+        # Facts an earlier version kept under another spelling are sealed with that
+        # spelling's key, and a read cuts a subject's facts at its erasure's offset,
+        # which orders them only within its partition; so each such spelling gets an
+        # erasure of its own, written to its partition (the request's 2nd, 3rd event).
+        spelt = sorted(
+            {r.event.phone for r in history if isinstance(r.event, SubscriberEvent)} - {number}
+        )
+        events = [event] + [
+            evolved(
+                event,
+                phone=phone,
+                event_id=event_id_for(cmd.request_id, i, brand, event.request_fingerprint),
+            )
+            for i, phone in enumerate(spelt, start=1)
+        ]
+        result = await recorded_once(self.ctx, events)
+        destroyed = 0
+        if self.keys is not None:
+            for phone in [number, *spelt]:
+                destroyed += await self.keys.destroy(phone, brand)
         return Erased(
             result.event_ids[0], result.token, verdict.retained_until, destroyed, result.replayed
         )

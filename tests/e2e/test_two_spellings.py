@@ -23,6 +23,7 @@ from google.protobuf import json_format
 
 import ledger.phone
 from ledger.ports import ConsistencyToken
+from ledger.retention import add_years
 from services.bootstrap import Runtime
 from services.settings import Settings
 from tests.e2e.harness import (
@@ -513,3 +514,62 @@ async def test_the_fold_survives_a_rebuild_and_a_restart(
             for pair in SPELLINGS
         }
     assert after == before
+
+
+async def test_an_erasure_covers_the_facts_and_holds_under_the_old_spelling(
+    service, spellings, before_one_form, monkeypatch
+):
+    """An opt-in and a legal hold recorded under the other spelling by a version that
+    kept them apart: after the upgrade, the hold refuses an erasure of the number
+    kept, a release through that number lifts it, and the erasure then erases the
+    opt-in's personal data too, whichever spelling the auditor asks about."""
+    runtime, clock = service
+    kept, other = spellings
+    async with client(runtime.address) as admin:
+        await admin.RecordOptIn(opt_in(other, "acme", "promo", clock.now - timedelta(days=1)))
+        w = await admin.PlaceLegalHold(
+            api.PlaceLegalHoldRequest(
+                request_id=uuid.uuid4().hex,
+                phone=other,
+                brand="acme",
+                hold_id="smith-v-acme",
+                reason="Smith v. Acme",
+            )
+        )
+        await applied(runtime, w.consistency_token)
+        await upgraded(monkeypatch)
+        clock.now = add_years(clock.now, 6)  # past the retention period
+
+        def erase() -> api.RequestErasureRequest:
+            return api.RequestErasureRequest(
+                request_id=uuid.uuid4().hex, phone=kept, brand="acme", reference="DSR-9"
+            )
+
+        with pytest.raises(grpc.aio.AioRpcError) as held:
+            await admin.RequestErasure(erase())
+        assert held.value.code() == grpc.StatusCode.FAILED_PRECONDITION, held.value
+        assert "smith-v-acme" in held.value.details()
+        await admin.ReleaseLegalHold(
+            api.ReleaseLegalHoldRequest(
+                request_id=uuid.uuid4().hex, phone=kept, brand="acme", hold_id="smith-v-acme"
+            )
+        )
+        done = await admin.RequestErasure(erase())
+        token = await applied(runtime, done.consistency_token)
+        assert done.keys_destroyed >= 1, done
+        for asked in spellings:
+            listed = await admin.ListEvents(
+                api.ListEventsRequest(phone=asked, brand="acme", at_least_as_fresh=token)
+            )
+            grants = [r.event for r in listed.events if r.event.event_type == "ConsentGranted"]
+            assert [g.phone for g in grants] == [other], (asked, listed)
+            proof = grants[0].consent_granted.proof
+            assert proof.name == proof.email == "[erased]", (asked, proof)
+            consent = await admin.GetConsent(
+                api.GetConsentRequest(
+                    phone=asked, brand="acme", campaign="promo", at_least_as_fresh=token
+                )
+            )
+            assert consent.state == api.CONSENT_STATE_ERASED, (asked, consent)
+    after = await answers(runtime, clock, token, spellings)
+    assert after["CanSendBatch"] == [False, False], after
