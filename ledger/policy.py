@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
@@ -901,7 +901,7 @@ class Check:
                 return deny(
                     Reason.FREQUENCY_CAP_REACHED,
                     f"{len(counted)} of {cap.limit} messages in {cap.window}",
-                    [s.event_id for s in counted],
+                    _deciding(counted),
                     self.version,
                 )
         if policy.daily_cap is not None:
@@ -920,7 +920,7 @@ class Check:
                     return deny(
                         Reason.DAILY_CAP_REACHED,
                         f"{len(counted)} of {policy.daily_cap} messages on {today} in {zone}",
-                        [s.event_id for s in counted],
+                        _deciding(counted),
                         self.version,
                     )
         if self._promotional:
@@ -940,7 +940,7 @@ class Check:
         for rule, cap, window in caps:
             counted = [s for s in c.sent if now - window < s.at]
             if len(counted) >= cap.limit:
-                evidence = [s.event_id for s in counted]
+                evidence = list(_deciding(counted))
                 located = digest.located
                 if located is not None and located.state == rule.state:
                     evidence.append(located.event_id)
@@ -1114,3 +1114,13 @@ def digest_of_history(history: Iterable[Recorded], phone: str, brand: str) -> Di
     digest = with_phone_wide(digest_of(state), digest_of(fold(phone_wide)))
     assert digest is not None
     return digest
+
+
+def _deciding(counted: Sequence[Mark]) -> tuple[str, ...]:
+    """The counted sends (oldest first) a cap answer names: the oldest, whose leaving
+    the window frees the cap, and the latest. The detail gives the count; naming every
+    send would outgrow what a sender can hand back as ``relied_on`` (and a batch's
+    answer), and the window between the two names the rest in the ledger."""
+    if len(counted) <= 2:
+        return tuple(s.event_id for s in counted)
+    return (counted[0].event_id, counted[-1].event_id)

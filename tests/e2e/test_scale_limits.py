@@ -139,3 +139,63 @@ async def test_a_view_built_from_other_topics_is_refused(tmp_path, postgres_dsn,
     with pytest.raises(StartError, match="view in CONSENT_POSTGRES_DSN is not one of this"):
         async with serving(tmp_path, postgres_dsn, kafka_bootstrap, name="new", clock=clock):
             pass
+
+
+async def test_a_cap_of_150_names_sends_a_sender_can_hand_back_and_a_batch_fits(serve):
+    """A cap of 150 a month, reached. Its denial named every counted send, 150 ids:
+    a sender copying it into ``relied_on`` was refused (at most 100 ids), and a
+    CanSendBatch of 1,000 such numbers passed gRPC's 4 MB receive limit. It names
+    the oldest and the latest counted send, and the count in its detail."""
+    clock = Clock()
+    cap = lpb.FrequencyCap(limit=150, window=Duration(seconds=31 * 86400))
+    campaign = define("acme", "monthly", clock.now - timedelta(days=60), frequency_caps=[cap])
+    runtime = await serve(clock=clock, campaigns=[campaign])
+    async with client(runtime.address) as c:
+        await c.RecordOptIn(opt_in(PHONE, "acme", "monthly", clock.now - timedelta(days=40)))
+        messages = [sent(PHONE, clock.now - timedelta(days=20, minutes=-i)) for i in range(150)]
+        w = await c.RecordMessagesSent(
+            api.RecordMessagesSentRequest(
+                request_id=uuid.uuid4().hex, brand="acme", messages=messages
+            )
+        )
+        ask = api.CanSendRequest(
+            phone=PHONE, brand="acme", campaign="monthly", at_least_as_fresh=w.consistency_token
+        )
+        answer = await c.CanSend(ask)
+        assert not answer.allowed, answer
+        assert answer.reason == api.REASON_FREQUENCY_CAP_REACHED
+        assert "150 of 150" in answer.detail
+        # The opt-in that stands, then the oldest and the latest counted send.
+        assert len(answer.evidence_event_ids) == 3
+        assert list(answer.evidence_event_ids[1:]) == [w.event_ids[0], w.event_ids[-1]]
+        relied = api.ReliedOnAnswer(
+            consistency_token=answer.consistency_token,
+            allowed=answer.allowed,
+            reason=answer.reason,
+            evidence_event_ids=answer.evidence_event_ids,
+        )
+        over = await c.RecordMessageSent(
+            api.RecordMessageSentRequest(
+                request_id=uuid.uuid4().hex,
+                phone=PHONE,
+                brand="acme",
+                campaign="monthly",
+                message_id=f"SM{uuid.uuid4().hex[:12]}",
+                occurred_at=ts(clock.now),
+                included_opt_out_language=True,
+                identified_sender=True,
+                relied_on=relied,
+            )
+        )
+        assert len(over.event_ids) == 1
+        batch = await c.CanSendBatch(
+            api.CanSendBatchRequest(
+                brand="acme",
+                campaign="monthly",
+                phones=[PHONE] * 1000,
+                at_least_as_fresh=over.consistency_token,
+            )
+        )
+    assert len(batch.decisions) == 1000
+    assert all(d.evidence_event_ids[-1] == over.event_ids[0] for d in batch.decisions)
+    assert all(len(d.evidence_event_ids) == 3 for d in batch.decisions)

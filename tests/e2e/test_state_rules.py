@@ -145,6 +145,7 @@ async def test_a_fourth_promotional_text_in_24_hours_to_florida_is_denied(servic
     t = clock.now
     async with client(runtime.address, "acme-app") as c:
         w = await c.RecordOptIn(opt_in(FLORIDA, "acme", "promo", t - timedelta(hours=5)))
+        grant, sends = w.event_ids[0], []
         for hours in (3, 2, 1):
             w = await c.RecordMessageSent(
                 api.RecordMessageSentRequest(
@@ -158,10 +159,14 @@ async def test_a_fourth_promotional_text_in_24_hours_to_florida_is_denied(servic
                     identified_sender=True,
                 )
             )
+            sends.append(w.event_ids[0])
         r = await can_send(c, FLORIDA, w.consistency_token)
         assert not r.allowed and r.reason == api.REASON_FREQUENCY_CAP_REACHED
         assert r.rule == "state:FL" and "501.616" in r.rule_citation
-        assert len(r.evidence_event_ids) >= 4  # the grant and the three sends
+        # The grant, then the oldest and the latest of the three sends (the count is in
+        # the detail).
+        assert [grant, sends[0], sends[-1]] == list(r.evidence_event_ids[:3])
+        assert "3 of 3" in r.detail
 
 
 async def test_a_state_given_after_the_opt_in_applies_from_then_on(service):

@@ -479,7 +479,9 @@ class CanSendResponse(_message.Message):
 
     @_builtins.property
     def evidence_event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ids of the ledger events that justify the decision."""
+        """Ids of the ledger events that justify the decision, a handful: a cap names the
+        oldest and the latest send it counted (the detail gives the count).
+        """
 
     @_builtins.property
     def proof_missing_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
