@@ -526,11 +526,56 @@ def request_fingerprint(cmd: Any) -> str:
     """A digest of everything ``cmd`` says, the same in every process and version of
     Python: a retry of a request has the same, another request another.
 
-    A field left at its default is left out, so a field added later with a default
-    changes no earlier request's ids (a retry across that upgrade stays a retry).
-    Renaming a field or a request type does change them; the golden ids in
+    A number is digested in its E.164 form (``+1 (415) 555-0801`` as ``+14155550801``):
+    the two spellings are one request, and a retry that spells it otherwise is that
+    request. A field left at its default is left out, so a field added later with a
+    default changes no earlier request's ids (a retry across that upgrade stays a
+    retry). Renaming a field or a request type does change them; the golden ids in
     ``tests/unit/test_commands.py`` fail when that happens."""
+    return _digest(_numbers_in_e164(cmd))
+
+
+def fingerprint_as_spelled(cmd: Any) -> str | None:
+    """The fingerprint ``cmd`` had before numbers were digested in E.164 (spelled as
+    sent), or None where that is ``request_fingerprint``'s (every number in E.164
+    already). A request recorded before then holds its request id under this one."""
+    canonical = _numbers_in_e164(cmd)
+    return None if canonical is cmd else _digest(cmd)
+
+
+def _digest(cmd: Any) -> str:
     return hashlib.sha256(repr(_canonical(cmd)).encode()).hexdigest()[:32]
+
+
+_NUMBER_FIELDS = frozenset({*_PHONES, "from_number"})
+
+
+def _numbers_in_e164(value: Any) -> Any:
+    """``value`` (a command) with each number it names in E.164, itself when they all
+    are; a number that does not read as one is left as sent (the request is refused
+    for it)."""
+    if isinstance(value, tuple | list):
+        items = [_numbers_in_e164(v) for v in value]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return type(value)(items)
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return value
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(value):
+        v = getattr(value, f.name)
+        if f.name in _NUMBER_FIELDS and isinstance(v, str) and v:
+            try:
+                e164 = to_e164(v)
+            except InvalidPhoneNumber:
+                continue
+            if e164 != v:
+                changes[f.name] = e164
+        elif isinstance(v, tuple | list) and v and dataclasses.is_dataclass(v[0]):
+            items = _numbers_in_e164(v)
+            if items is not v:
+                changes[f.name] = items
+    return dataclasses.replace(value, **changes) if changes else value
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:

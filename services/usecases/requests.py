@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
+from ledger.commands import fingerprint_as_spelled
 from ledger.events import (
     CampaignEvent,
     LedgerEvent,
@@ -117,6 +119,31 @@ async def replay(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult | N
     if isinstance(first, MessageSent):
         return await _same_message(ctx, first)
     return None
+
+
+async def recorded_as_spelled(
+    ctx: Context, cmd: Any, events: Sequence[LedgerEvent]
+) -> WriteResult | None:
+    """The earlier result of ``cmd`` when it was recorded before its numbers were
+    fingerprinted in E.164: its request id is held under the fingerprint of its
+    spelling as sent (``fingerprint_as_spelled``), and its events under ids made from
+    that. Such a retry is that request, answered with the ids first recorded; nothing
+    is written. ``NotConsistent`` while the view has not applied them all."""
+    as_spelled = fingerprint_as_spelled(cmd)
+    if as_spelled is None:
+        return None
+    use = await ctx.view.request_use(brand_of(events[0]), cmd.request_id)
+    if use is None or use.fingerprint != as_spelled:
+        return None
+    known = await ctx.view.find_events(use.event_ids)
+    if len(known) < len(set(use.event_ids)):
+        # Its first attempt may be in the ledger, not yet in the view.
+        phones = sorted({p for e in events if (p := getattr(e, "phone", None))})
+        if await ctx.guard.wait_until_applied_for(phones):
+            known = await ctx.view.find_events(use.event_ids)
+    if len(known) < len(set(use.event_ids)):
+        raise NotConsistent("request_id", BEHIND)
+    return WriteResult(list(use.event_ids), ConsistencyToken.after(list(known.values())), True)
 
 
 async def _same_message(ctx: Context, sent: MessageSent) -> WriteResult | None:

@@ -31,6 +31,7 @@ from ledger.state import COUNTED_KINDS, apply
 from services.errors import FailedPrecondition, NotConsistent
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import (
+    recorded_as_spelled,
     refuse_another_claim,
     refuse_another_message,
     refuse_another_request,
@@ -113,6 +114,9 @@ class Sends:
         # loop (CanSend, this call's own reads) gets its turns meanwhile.
         sent = await asyncio.to_thread(_stamped, cmd, self.ctx.clock(), recorded_by)
         events: list[MessageSent] = [e for e in sent if isinstance(e, MessageSent)]
+        spelled = await recorded_as_spelled(self.ctx, cmd, events)
+        if spelled is not None:
+            return SendsResult(spelled.event_ids, spelled.token, 0)
         use = await self.ctx.view.request_use(cmd.brand, cmd.request_id)
         if use is not None:
             refuse_another_request(events[0], use)

@@ -80,6 +80,7 @@ from services.usecases.context import BEHIND, Context
 from services.usecases.requests import (
     WriteResult,
     append,
+    recorded_as_spelled,
     recorded_once,
     replay,
     taken_then_appended,
@@ -200,6 +201,8 @@ class Writes:
 
         ``recorded_by`` (the caller's name) is stamped on every event written."""
         events = _stamped(to_events(cmd, self.ctx.clock()), recorded_by)
+        if (spelled := await recorded_as_spelled(self.ctx, cmd, events)) is not None:
+            return spelled
         if isinstance(cmd, DefineCampaign | ChangeCampaignPolicy):
             earlier = await replay(self.ctx, events)
             if earlier is not None:  # checked first: a retried definition is no redefinition

@@ -218,3 +218,55 @@ async def test_a_request_id_is_kept_years_on_past_the_imports_pruning(serve, pos
             )
         assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
         assert already_recorded(refused.value) == list(first.event_ids)
+
+
+SPELLED = "+1 (415) 555-2761"  # PHONE as a person writes it
+
+
+async def test_a_retry_that_spells_the_number_otherwise_is_the_same_request(service):
+    """The same request id with the number in E.164 and then as ``+1 (415) ...``:
+    one request. The fingerprint digested the spelling as sent, so the retry was
+    refused as another request (ALREADY_EXISTS)."""
+    runtime, when = service
+    async with client(runtime.address, "acme-app") as c:
+        first = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", when, "rid-spelled-1"))
+        again = await c.RecordOptIn(opt_in(SPELLED, "acme", "promo", when, "rid-spelled-1"))
+        assert list(again.event_ids) == list(first.event_ids)
+        one = sent("rid-spelled-2", "SMspelled2", when, phone=SPELLED)
+        sent_first = await c.RecordMessageSent(one)
+        sent_again = await c.RecordMessageSent(sent("rid-spelled-2", "SMspelled2", when))
+        assert list(sent_again.event_ids) == list(sent_first.event_ids)
+        batch = api.RecordMessagesSentRequest(
+            request_id="rid-spelled-3",
+            brand="acme",
+            messages=[
+                api.SentMessage(
+                    phone=PHONE, campaign="promo", message_id="SMspelled3", occurred_at=ts(when)
+                )
+            ],
+        )
+        batch_first = await c.RecordMessagesSent(batch)
+        batch.messages[0].phone = SPELLED
+        batch_again = await c.RecordMessagesSent(batch)
+        assert list(batch_again.event_ids) == list(batch_first.event_ids)
+
+
+async def test_a_request_recorded_as_spelled_before_e164_fingerprints_is_its_own_retry(
+    service, monkeypatch
+):
+    """A request recorded by a version that digested the number as spelled holds its
+    request id under that fingerprint, and its events under ids made from it. Its
+    retry, spelled the same or in E.164, is that request: answered with those ids,
+    nothing written."""
+    from ledger import commands
+
+    runtime, when = service
+    async with client(runtime.address, "acme-app") as c:
+        with monkeypatch.context() as old_version:
+            old_version.setattr(commands, "request_fingerprint", commands._digest)
+            first = await c.RecordOptIn(opt_in(SPELLED, "acme", "promo", when, "rid-old-1"))
+            sent_first = await c.RecordMessageSent(sent("rid-old-2", "SMold2", when, phone=SPELLED))
+        again = await c.RecordOptIn(opt_in(SPELLED, "acme", "promo", when, "rid-old-1"))
+        assert list(again.event_ids) == list(first.event_ids)
+        sent_again = await c.RecordMessageSent(sent("rid-old-2", "SMold2", when, phone=SPELLED))
+    assert list(sent_again.event_ids) == list(sent_first.event_ids)

@@ -28,6 +28,8 @@ from ledger.commands import (
     ResolveRevocationCandidate,
     SentMessage,
     check_required_proof,
+    event_id_for,
+    fingerprint_as_spelled,
     handle_inbound,
     request_fingerprint,
     to_events,
@@ -156,10 +158,21 @@ def test_event_ids_are_pinned_so_a_retry_across_an_upgrade_stays_a_retry():
         str(to_events(stop_at("req-2", at(1)), NOW)[0].event_id),
         str(to_events(DefineCampaign("def-1", BRAND, "promo", policy, at(0)), NOW)[0].event_id),
     } == {
-        "dfafb060-f43a-5f65-8816-cc0c57d3707e",
+        "55a2f7e1-f07d-5579-bac4-79c3dedcd8ce",
         "2d9baa5c-d2ac-5fda-84b5-5d408c768c10",
         "bb5c8a37-1721-5a32-a83f-ca2a9b209fc2",
     }
+    # The opt-in spells its number "+1 (415) ...": its id is now its E.164 form's, and
+    # the id it had before numbers were digested in E.164 is still found from it, so a
+    # retry of a request recorded then is answered as that request.
+    assert str(to_events(opt_in(phone="+14155552671"), NOW)[0].event_id) == (
+        "55a2f7e1-f07d-5579-bac4-79c3dedcd8ce"
+    )
+    as_spelled = fingerprint_as_spelled(opt_in())
+    assert as_spelled is not None and fingerprint_as_spelled(opt_in(phone="+14155552671")) is None
+    assert str(event_id_for("req-1", 0, BRAND, as_spelled)) == (
+        "dfafb060-f43a-5f65-8816-cc0c57d3707e"
+    )
 
 
 def test_a_batch_of_sends_has_pinned_ids_too():
