@@ -93,6 +93,10 @@ class Finding:
     """The answer ``CanSend`` gives for the moment of the send (``Sweep``)."""
     unmet: tuple[Obligation, ...] = ()
     """The obligations of an allowed answer that the send says it did not meet."""
+    hindsight: bool = False
+    """The answer is one in hindsight: from every fact of the number fed by then, the
+    send itself left out, as the proof packet's ``hindsight``. An earlier send
+    recorded after this one put it over a cap in world order (``Sweep.feed_all``)."""
 
     @property
     def message(self) -> MessageSent:
@@ -189,10 +193,39 @@ class Sweep:
         # fact, by the one before it. Sends the fold keeps (those a cap can count).
         self._facts: dict[str, list[Recorded]] = {}
         self._rules: dict[tuple[str, datetime | None], Campaign] = {}
+        # The sends already found over a cap, so that one is not found twice.
+        self._over_cap: set[str] = set()
 
     def feed(self, recorded: Recorded) -> Finding | None:
         """Take the next event; the finding it makes, if it is a send that lacked
-        something."""
+        something. Hindsight findings are left out: ``feed_all`` gives them too."""
+        return self._feed(recorded)
+
+    def feed_all(self, recorded: Recorded) -> list[Finding]:
+        """Take the next event; every finding it makes: the send's own (``feed``), and
+        those in hindsight of the sends it puts over a cap in world order.
+
+        A send is judged from the facts recorded before it; one recorded later but
+        sent earlier (out of order, by separate calls) counts against it in world
+        order (occurred_at, then offset) all the same, as ``CanSend`` counts it from
+        then on and the proof packet marks it "not allowed in hindsight". A cap only
+        grows with sends, so a send found over it stays over it."""
+        event = recorded.event
+        before = self._latest.get(event.phone) if isinstance(event, MessageSent) else None
+        found = self._feed(recorded)
+        findings = [] if found is None else [found]
+        # Only a send older than something its number already had can count against
+        # a send fed before it: in order, the sweep's own judgement saw everything.
+        if (
+            isinstance(event, MessageSent)
+            and event.brand == self.brand
+            and before is not None
+            and event.occurred_at < before[0]
+        ):
+            findings.extend(self._over_cap_in_hindsight(recorded))
+        return findings
+
+    def _feed(self, recorded: Recorded) -> Finding | None:
         self.events_read += 1
         event = recorded.event
         if not isinstance(event, SubscriberEvent):
@@ -219,6 +252,8 @@ class Sweep:
         ):
             self.sends_judged += 1
             finding = judge(recorded, self.decision(recorded))
+            if finding is not None and FindingKind.OVER_CAP in finding.kinds:
+                self._over_cap.add(str(event.event_id))
         states[phone] = apply(states.get(phone, _EMPTY), recorded)
         if not isinstance(event, MessageSent):
             self._facts.setdefault(phone, []).append(recorded)
@@ -231,6 +266,41 @@ class Sweep:
                 max(latest[1], recorded.recorded_at),
             )
         return finding
+
+    def _over_cap_in_hindsight(self, late: Recorded) -> list[Finding]:
+        """The sends of the campaign in range that ``late`` (a send just fed) puts over
+        a cap in world order: those of its number sent after it, judged in hindsight
+        from every fact fed, each itself left out. Only the sends the fold keeps are
+        looked at: those are the ones a cap can still count."""
+        sent = late.event
+        assert isinstance(sent, MessageSent)
+        phone = sent.phone
+        state = self._states.get(phone, _EMPTY)
+        sends = [r for r in retained_facts(state) if isinstance(r.event, MessageSent)]
+        after = [
+            r
+            for r in sends
+            if isinstance(r.event, MessageSent)
+            and r.event.campaign == self.campaign
+            and self.start <= r.event.occurred_at < self.end
+            and r.event.occurred_at > sent.occurred_at
+            and str(r.event.event_id) not in self._over_cap
+        ]
+        if not after:
+            return []
+        known = self._latest[phone][1]
+        kept = sorted([*self._facts.get(phone, ()), *sends], key=_ledger_order)
+        findings = []
+        for r in sorted(after, key=_ledger_order):
+            e = r.event
+            assert isinstance(e, MessageSent)
+            others = [f for f in kept if f is not r and f.event.event_id != e.event_id]
+            facts = [*others, *self.history.facts()]
+            decision = decide_as_of(facts, self.campaign, e.occurred_at, known, e.kind)
+            if not decision.allowed and _DENIALS.get(decision.reason) is FindingKind.OVER_CAP:
+                self._over_cap.add(str(e.event_id))
+                findings.append(Finding(r, (FindingKind.OVER_CAP,), decision, hindsight=True))
+        return findings
 
     def decision(self, recorded: Recorded) -> Decision:
         """What ``CanSendAsOf`` answers for the send ``recorded`` (at its occurred_at,
@@ -291,6 +361,4 @@ def sweep(
     """Every finding of a ``Sweep`` of ``events``, as the events stream by."""
     swept = Sweep(history, brand, campaign, start, end)
     for recorded in events:
-        finding = swept.feed(recorded)
-        if finding is not None:
-            yield finding
+        yield from swept.feed_all(recorded)

@@ -114,8 +114,7 @@ async def sweep_campaign(
                 page = await ctx.view.changes(key, after, PAGE)
                 for recorded in page.events:
                     if recorded.position.partition == partition and _within(recorded, target):
-                        finding = swept.feed(recorded)
-                        if finding is not None:
+                        for finding in swept.feed_all(recorded):
                             found += 1
                             yield finding
                 after.update(page.through)

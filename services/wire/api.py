@@ -449,6 +449,7 @@ def sweep_finding_to_proto(
         rule_citation=decision.citation,
         policy_version=decision.policy_version,
         unmet_obligations=[OBLIGATIONS.to_proto(o) for o in finding.unmet],
+        hindsight=finding.hindsight,
     )
     relied = message.relied_on
     if relied is not None:

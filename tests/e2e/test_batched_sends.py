@@ -601,6 +601,64 @@ async def test_a_call_s_messages_newest_first_still_show_the_one_over_the_cap(se
     assert [ids[m.message_id] for m in sends] == list(sent.event_ids)
 
 
+async def test_sends_recorded_newest_first_by_separate_calls_show_the_one_over_the_cap(
+    service,
+):
+    """Three messages to one number within a day, under a cap of two, each recorded by
+    its own call, newest first. Each was judged against only what was recorded before
+    it, so the sweep found none over the cap, while CanSend denied from then on and
+    the proof packet marked the newest "not allowed in hindsight". Now the sweep finds
+    the newest over the cap in world order, in hindsight, as the packet does."""
+    runtime, _ = service
+    now = datetime.now(UTC)
+    number = phone(9402)
+    cap = lpb.FrequencyCap(limit=2, window=Duration(seconds=86400))
+    async with client(runtime.address) as admin:
+        await admin.DefineCampaign(
+            define(
+                "acme",
+                "info",
+                now - timedelta(days=2),
+                purpose=lpb.CAMPAIGN_PURPOSE_INFORMATIONAL,  # no quiet hours at night
+                frequency_caps=[cap],
+            )
+        )
+    async with client(runtime.address, "acme-app") as c:
+        granted = await c.RecordOptIn(opt_in(number, "acme", "info", now - timedelta(days=1)))
+        token = ConsistencyToken.decode(granted.consistency_token)
+        for h, name in ((1, "L"), (2, "M"), (3, "E")):
+            m = message(9402, now - timedelta(hours=h), campaign="info", message_id=f"SM-{name}")
+            sent = await c.RecordMessageSent(alone(f"separate-{name}", m))
+            token = token.merge(ConsistencyToken.decode(sent.consistency_token))
+        fresh = token.encode()
+        asked = dict(phone=number, brand="acme", campaign="info", at_least_as_fresh=fresh)
+        live = await c.CanSend(api.CanSendRequest(**asked))
+        then = await c.CanSendAsOf(api.CanSendAsOfRequest(**asked, at=ts(now)))
+        request = api.SweepCampaignRequest(
+            brand="acme",
+            campaign="info",
+            start_time=ts(now - timedelta(days=1)),
+            end_time=ts(now),
+            at_least_as_fresh=fresh,
+        )
+        items = c.stub.SweepCampaign(
+            request, metadata=[("authorization", f"Bearer {c.token}")], timeout=120
+        )
+        findings = [item.finding async for item in items if item.HasField("finding")]
+        packet = await c.GetProofPacket(
+            api.GetProofPacketRequest(phone=number, brand="acme", at_least_as_fresh=fresh)
+        )
+    assert not live.allowed and live.reason == api.REASON_FREQUENCY_CAP_REACHED
+    assert not then.allowed and then.reason == api.REASON_FREQUENCY_CAP_REACHED
+    hindsight = {m["message_id"]: m["hindsight"] for m in MessageToDict(packet.packet)["messages"]}
+    assert [m for m, h in hindsight.items() if h is not None] == ["SM-L"]
+    assert hindsight["SM-L"]["reason"] == "frequency_cap_reached"
+    (found,) = findings
+    assert found.message_id == "SM-L" and list(found.kinds) == [api.SWEEP_FINDING_KIND_OVER_CAP]
+    assert found.hindsight and not found.allowed
+    assert found.reason == api.REASON_FREQUENCY_CAP_REACHED
+
+
 async def test_the_readme_batched_send_runs_as_written(tmp_path, postgres_dsn):
     """README's "Recording many messages sent" block, after the "Calling the API"
     walk-through it follows, with grpcurl, against a real service."""

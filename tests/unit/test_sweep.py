@@ -143,6 +143,21 @@ def test_a_send_before_the_range_counts_towards_a_cap_but_is_not_judged():
     assert [f.kinds for f in found] == [(FindingKind.OVER_CAP,)]
 
 
+def test_sends_recorded_newest_first_show_the_one_over_the_cap_in_hindsight():
+    """Each send judged against what was recorded before it passes a cap of two when
+    three are recorded newest first; in world order the newest is over it."""
+    newest, middle, oldest = send(at(30)), send(at(20)), send(at(10))
+    events = [granted(at(-60)), newest, middle, oldest]
+    late = [Recorded(e, LedgerPosition(0, i), at(40 + i)) for i, e in enumerate(events)]
+    history = _history(frequency_caps=(FrequencyCap(2, timedelta(days=1)),))
+    swept = Sweep(history, BRAND, "promo", START, END)
+    assert [swept.feed(r) for r in late] == [None] * 4  # judged as recorded: none over
+    (finding,) = list(sweep(late, history, BRAND, "promo", START, END))
+    assert finding.sent.event is newest and finding.hindsight
+    assert finding.kinds == (FindingKind.OVER_CAP,)
+    assert finding.decision.reason is Reason.FREQUENCY_CAP_REACHED
+
+
 def test_a_first_message_without_opt_out_language_is_found():
     (finding,) = findings([granted(at(-60)), send(at(0), disclosed=False)])
     assert finding.kinds == (FindingKind.OBLIGATIONS_UNMET,)

@@ -133,6 +133,7 @@ def finding_record(finding: Any) -> dict[str, Any]:
             name(api.Obligation, "OBLIGATION_", o) for o in finding.unmet_obligations
         ],
         "relied_on": None,
+        "hindsight": finding.hindsight,
     }
     if finding.HasField("relied_on"):
         relied = finding.relied_on
@@ -151,7 +152,7 @@ def _text(record: dict[str, Any]) -> str:
     return (
         f"{record['occurred_at']}  {record['phone']}  {record['message_id']}  "
         f"{','.join(record['kinds'])}\n"
-        f"    answer then: {why}\n"
+        f"    answer {'in hindsight' if record['hindsight'] else 'then'}: {why}\n"
         f"    sender: {asked}; evidence: {', '.join(record['evidence_event_ids']) or '-'}"
     )
 

@@ -2567,6 +2567,7 @@ class SweepFinding(_message.Message):
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     UNMET_OBLIGATIONS_FIELD_NUMBER: _builtins.int
     RELIED_ON_FIELD_NUMBER: _builtins.int
+    HINDSIGHT_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The MessageSent's event id, number, provider id, kind and times."""
     phone: _builtins.str
@@ -2581,6 +2582,12 @@ class SweepFinding(_message.Message):
     rule: _builtins.str
     rule_citation: _builtins.str
     policy_version: _builtins.int
+    hindsight: _builtins.bool
+    """True when the answer is one in hindsight: a send recorded later but sent
+    earlier put this one over a cap in world order (occurred_at, then offset), as
+    the proof packet's "not allowed in hindsight". The answer is CanSendAsOf's
+    from every fact of the number the sweep read, the send itself left out.
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -2618,10 +2625,11 @@ class SweepFinding(_message.Message):
         policy_version: _builtins.int = ...,
         unmet_obligations: _abc.Iterable[Global___Obligation.ValueType] | None = ...,
         relied_on: Global___ReliedOnAnswer | None = ...,
+        hindsight: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "recorded_at", b"recorded_at", "relied_on", b"relied_on"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "detail", b"detail", "event_id", b"event_id", "evidence_event_ids", b"evidence_event_ids", "kinds", b"kinds", "message_id", b"message_id", "message_kind", b"message_kind", "occurred_at", b"occurred_at", "offset", b"offset", "partition", b"partition", "phone", b"phone", "policy_version", b"policy_version", "reason", b"reason", "recorded_at", b"recorded_at", "relied_on", b"relied_on", "rule", b"rule", "rule_citation", b"rule_citation", "unmet_obligations", b"unmet_obligations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "detail", b"detail", "event_id", b"event_id", "evidence_event_ids", b"evidence_event_ids", "hindsight", b"hindsight", "kinds", b"kinds", "message_id", b"message_id", "message_kind", b"message_kind", "occurred_at", b"occurred_at", "offset", b"offset", "partition", b"partition", "phone", b"phone", "policy_version", b"policy_version", "reason", b"reason", "recorded_at", b"recorded_at", "relied_on", b"relied_on", "rule", b"rule", "rule_citation", b"rule_citation", "unmet_obligations", b"unmet_obligations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
