@@ -51,6 +51,7 @@ from ledger.digest import digest_of
 from ledger.errors import DomainError, InvalidRequest
 from ledger.events import (
     ANY_BRAND,
+    MAX_CLOCK_SKEW,
     CampaignDefined,
     CampaignPolicyChanged,
     CandidateResolution,
@@ -511,6 +512,14 @@ class Writes:
                 "message_id",
                 f"no message {reported.message_id!r} was recorded as sent to this number"
                 f" for {reported.brand!r} (RecordMessageSent first)",
+            )
+        # An outcome cannot come before its message went out; a few minutes are
+        # allowed for the provider's clock and the sender's to differ.
+        if reported.occurred_at < sent.event.occurred_at - MAX_CLOCK_SKEW:
+            raise InvalidRequest(
+                "occurred_at",
+                f"is before message {reported.message_id!r} was sent"
+                f" ({sent.event.occurred_at.isoformat()})",
             )
         return [replace(reported, campaign=sent.event.campaign), *events[1:]]
 

@@ -374,6 +374,14 @@ async def test_delivery_outcomes_and_health_refuse_bad_input_by_field(service):
         assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
         assert [s for s, _ in precondition_violations(err.value)] == ["message_id"]
 
+        # An outcome days before its message went out is refused, naming the send's time.
+        early = _outcome(sent, lpb.DELIVERY_OUTCOME_DELIVERED, at - timedelta(days=3))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordDeliveryOutcome(early)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        ((field, reason),) = status_details(err.value)
+        assert field == "occurred_at" and at.isoformat() in reason
+
         # A retry records once: the same event ids, one fact.
         reported = _outcome(sent, lpb.DELIVERY_OUTCOME_FAILED, at, "30003")
         first = await retried(c.RecordDeliveryOutcome, reported)
