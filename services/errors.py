@@ -20,7 +20,13 @@ class ServiceError(Exception):
 
 class FailedPrecondition(ServiceError):
     """The request is well-formed but the system is not in a state to accept it
-    (an unknown campaign, a number no campaign sends from)."""
+    (an unknown campaign, a number no campaign sends from). ``more``: every other
+    field of the request refused for the same kind of reason, named in the same
+    answer (the messages of a batch naming undefined campaigns)."""
+
+    def __init__(self, field: str, reason: str, *, more: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(field, reason)
+        self.violations: tuple[tuple[str, str], ...] = ((field, reason), *more)
 
 
 class NotFound(FailedPrecondition):

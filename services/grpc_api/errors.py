@@ -241,17 +241,20 @@ def to_status(exc: BaseException) -> grpc.Status:
         )
         return _status(code_pb2.NOT_FOUND, f"{exc.field}: {exc.reason}", info, resource)
     if isinstance(exc, FailedPrecondition):
+        violations = _within_budget(
+            tuple((f, _clip(r, MAX_DESCRIPTION)) for f, r in exc.violations)
+        )
         detail = error_details_pb2.PreconditionFailure(
             violations=[
                 error_details_pb2.PreconditionFailure.Violation(
-                    type="CONSENT_LEDGER",
-                    subject=exc.field,
-                    description=_clip(exc.reason, MAX_DESCRIPTION),
+                    type="CONSENT_LEDGER", subject=f, description=r
                 )
+                for f, r in violations
             ]
         )
         if not isinstance(exc, Refused):
-            return _status(code_pb2.FAILED_PRECONDITION, f"{exc.field}: {exc.reason}", detail)
+            message = "; ".join(f"{f}: {r}" for f, r in violations)
+            return _status(code_pb2.FAILED_PRECONDITION, message, detail)
         info = error_details_pb2.ErrorInfo(
             reason=exc.error_reason,
             domain=ERROR_DOMAIN,

@@ -204,19 +204,22 @@ class Sends:
         self, new: Sequence[MessageSent], every: Sequence[MessageSent]
     ) -> None:
         """Every campaign the new messages name is defined (counting a definition
-        acknowledged a moment ago), else ``FailedPrecondition`` on the first message
-        that names one that is not."""
+        acknowledged a moment ago), else ``FailedPrecondition`` naming every message
+        that names one that is not, in the call's order: a caller told of one at a
+        time would find the next only on its next try."""
         place = {id(e): i for i, e in enumerate(every)}
-        checked: set[str] = set()
+        known: dict[str, bool] = {}
+        undefined: list[tuple[int, str]] = []
         for event in new:
-            if event.campaign in checked:
-                continue
-            if not await self.ctx.campaign_known(event.brand, event.campaign):
-                raise FailedPrecondition(
-                    f"messages[{place[id(event)]}].campaign",
-                    f"{event.brand}/{event.campaign} is not defined",
+            if event.campaign not in known:
+                known[event.campaign] = await self.ctx.campaign_known(event.brand, event.campaign)
+            if not known[event.campaign]:
+                undefined.append(
+                    (place[id(event)], f"{event.brand}/{event.campaign} is not defined")
                 )
-            checked.add(event.campaign)
+        if undefined:
+            (field, reason), *more = [(f"messages[{i}].campaign", r) for i, r in sorted(undefined)]
+            raise FailedPrecondition(field, reason, more=more)
 
     async def _with_exemptions(self, new: list[MessageSent]) -> list[MessageSent]:
         """Replies that may escape the caps, each with whether it earned that when it

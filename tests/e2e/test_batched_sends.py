@@ -27,6 +27,7 @@ from tests.e2e.harness import (
     define,
     inbound,
     opt_in,
+    precondition_violations,
     serving,
     status_details,
     ts,
@@ -291,11 +292,19 @@ async def test_a_bad_message_refuses_the_whole_call_naming_it_and_writes_nothing
             "messages[7].occurred_at",
             "messages[3].phone",
         ]
-        messages = [message(i, when) for i in range(3)]
+        # Every message naming an undefined campaign is named, not the first alone.
+        messages = [message(i, when) for i in range(4)]
         messages[1].campaign = "nosuch"
+        messages[2].campaign = "other"
+        messages[3].campaign = "nosuch"
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.RecordMessagesSent(call("batch-unknown", messages))
         assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert precondition_violations(err.value) == [
+            ("messages[1].campaign", "acme/nosuch is not defined"),
+            ("messages[2].campaign", "acme/other is not defined"),
+            ("messages[3].campaign", "acme/nosuch is not defined"),
+        ]
         assert await ledger_size(runtime) == size
 
 
