@@ -106,6 +106,9 @@ class Unreadable:
     refuses it and holds its number for review (``ImportConsents``)."""
     opt_in: bool = dataclasses.field(default=False, compare=False)
     """Typed ``opt_in``: never held (``read_records`` reads these apart)."""
+    import_id: str = ""
+    """The record's own import id, when it could be read: the refusals file keeps it,
+    so that the record fixed and imported again is recorded once (``_refused``)."""
 
 
 @dataclass(frozen=True)
@@ -522,9 +525,12 @@ def _refused(fields: dict[str, str], line: int, field: str, reason: str) -> Unre
     opt_in_only = any(f in fields for f in OPT_IN_FIELDS) and not any(
         f in fields for f in OPT_OUT_FIELDS
     )
+    given = fields.get("import_id", "")
+    # An id past reading (too long, not text) is none: it could not be imported either.
+    import_id = given if len(given) <= VALUE_LIMIT and not _SURROGATE.search(given) else ""
     if kind == "opt_in" or (kind != "opt_out" and opt_in_only):
-        return Unreadable(line, field, reason, opt_in=kind == "opt_in")
-    return Unreadable(line, field, reason, _held(fields))
+        return Unreadable(line, field, reason, opt_in=kind == "opt_in", import_id=import_id)
+    return Unreadable(line, field, reason, _held(fields), import_id=import_id)
 
 
 def _held(fields: dict[str, str]) -> api.ImportRecord | None:

@@ -384,7 +384,9 @@ def _run(args: argparse.Namespace) -> int:
                 if isinstance(item, import_files.Unreadable):
                     if item.held is None:
                         summary.refuse(item.line, "INVALID_ARGUMENT", item.field, item.reason)
-                        refusals.write(item.line, "", "INVALID_ARGUMENT", item.field, item.reason)
+                        refusals.write(
+                            item.line, item.import_id, "INVALID_ARGUMENT", item.field, item.reason
+                        )
                         bar.update(1)
                         continue
                     # An opt-out: the service is sent what can be read of it, refuses
