@@ -94,6 +94,12 @@ class FormatError(ValueError):
     """The file as a whole cannot be read (an unknown format or column)."""
 
 
+class Stopped(FormatError):
+    """The file cannot be read past a line (a quote left open, a header further down
+    naming an unknown column), or changed while read: the records before it are
+    imported, and the import fails (exit 1), unlike a file of unknown columns."""
+
+
 @dataclass(frozen=True)
 class Unreadable:
     """A record that cannot be read: where, which field, why."""
@@ -190,7 +196,9 @@ def _csv(text: TextIO, opt_ins: bool | None = None) -> Iterator[Read | Unreadabl
                 # and its rows are written under it, so they are read under it. It is
                 # refused all the same, named, so that a file that is not the one
                 # export it seems does not pass for clean, and no row is dropped unsaid.
-                _check_columns(again, f"line {start}, a header row further down: ", STOPPED)
+                _check_columns(
+                    again, f"line {start}, a header row further down: ", STOPPED, Stopped
+                )
                 if opt_ins is not True:
                     yield Unreadable(start, "record", _header_reason(again, columns))
                 columns = again
@@ -213,7 +221,7 @@ def _csv(text: TextIO, opt_ins: bool | None = None) -> Iterator[Read | Unreadabl
             broken = _refused(said, seen + 1, "record", f"cannot be read: {exc}{hint}")
             if broken.held is not None:
                 yield broken
-        raise FormatError(f"line {seen + 1}: {exc}{hint}{STOPPED}") from None
+        raise Stopped(f"line {seen + 1}: {exc}{hint}{STOPPED}") from None
 
 
 class _RowStarts:
@@ -250,12 +258,13 @@ def _said_before_the_break(columns: list[str], line: str) -> dict[str, str]:
 STOPPED = "; nothing from this line on was read"
 
 
-def _check_columns(columns: list[str], where: str = "", then: str = "") -> None:
-    """Refuse a header (``FormatError``) that names a column no record has, or one
-    twice."""
+def _check_columns(
+    columns: list[str], where: str = "", then: str = "", error: type[FormatError] = FormatError
+) -> None:
+    """Refuse a header (``error``) that names a column no record has, or one twice."""
     unknown = [c for c in columns if c not in FIELDS]
     if unknown:
-        raise FormatError(
+        raise error(
             f"{where}unknown column(s) {', '.join(map(repr, unknown))}; the columns are: "
             + ", ".join(FIELDS)
             + then
@@ -264,7 +273,7 @@ def _check_columns(columns: list[str], where: str = "", then: str = "") -> None:
     if twice:
         # A row would keep only the last of the column's values, silently.
         named = ", ".join(map(repr, twice))
-        raise FormatError(f"{where}column(s) {named} named more than once{then}")
+        raise error(f"{where}column(s) {named} named more than once{then}")
 
 
 def _header_again(row: list[str]) -> list[str] | None:

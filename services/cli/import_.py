@@ -291,12 +291,18 @@ def _run(args: argparse.Namespace) -> int:
         reader = _opt_outs_first(path, spooled, fmt, shown)
         # The header is read now: a file of unknown columns is a usage error, not a
         # refusal of every record.
-        peeked = []
-        for item in reader:
-            peeked.append(item)
-            if item is not OPT_INS:
-                break
-        if peeked[-1:] in ([], [OPT_INS]):
+        peeked: list[Any] = []
+        stopped: list[import_files.Stopped] = []
+        try:
+            for item in reader:
+                peeked.append(item)
+                if item is not OPT_INS:
+                    break
+        except import_files.Stopped as exc:
+            # Broken at its first record (or changed): not a usage error but a file
+            # that cannot be read past a line, which exits 1 as it does further down.
+            stopped.append(exc)
+        if not stopped and peeked[-1:] in ([], [OPT_INS]):
             # Most often an export that failed (a header and no rows): an exit 0 here
             # would pass for "every opt-out recorded".
             _close(reader, spooled)
@@ -306,7 +312,7 @@ def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        records = itertools.chain(peeked, reader)
+        records = itertools.chain(peeked, _raising(stopped) if stopped else reader)
         token = client.token(args)
         channel = client.channel(args, client.address(args))
         refusals_out = args.refusals.open("w") if args.refusals is not None else None
@@ -593,11 +599,17 @@ def _opt_outs_first(
     yield OPT_INS
     with opened() as text:
         if _version(text) != read_at:
-            raise import_files.FormatError(
+            raise import_files.Stopped(
                 "changed while its opt-outs were read (an export still being written?); "
                 "run the import again once it is whole"
             )
         yield from import_files.read_records(text, fmt, opt_ins=True)
+
+
+def _raising(stopped: list[Any]) -> Iterator[Any]:
+    """The error the file stopped with, met where its records would be read on."""
+    raise stopped[0]
+    yield  # a generator: raises when read, not when made
 
 
 def _version(text: TextIO) -> tuple[int, ...]:

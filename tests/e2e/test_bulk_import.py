@@ -1936,3 +1936,38 @@ async def test_a_json_array_on_one_line_is_refused_as_a_file_in_bounded_memory(s
         str(small), "--address", runtime.address, token=TOKENS["acme-app"][0]
     )
     assert code == 2 and "line 1 opens a JSON array: the file must be JSON Lines" in err, err
+
+
+BROKEN = 'opt_in,q-1,+14155559999,acme,promo,2026-11-01T00:00:00Z,,"STOP'
+"""An opt-in whose last value opens a quote that never closes."""
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [("first", 1), ("middle", 1), ("last", 1), ("header only", 2), ("empty", 2)],
+)
+async def test_the_exit_status_of_a_broken_file_is_the_one_help_promises(
+    service, tmp_path, where, expected
+):
+    """--help: 1 for a file that cannot be read past a line, wherever that line is;
+    2 for one that holds no records."""
+    runtime, when = service
+    header = "type,import_id,phone,brand,campaign,occurred_at,tier,channel"
+    good = f"opt_out,stop-1,{phone(70)},acme,promo,{iso(when)},,keyword"
+    lines = {
+        "first": [header, BROKEN, good],
+        "middle": [header, good, BROKEN, good.replace("stop-1", "stop-2")],
+        "last": [header, good, BROKEN],
+        "header only": [header],
+        "empty": [],
+    }[where]
+    export = tmp_path / "export.csv"
+    export.write_text("".join(line + "\n" for line in lines))
+
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, "--quiet", token=TOKENS["acme-app"][0]
+    )
+
+    assert code == expected, (out, err)
+    if expected == 1:
+        assert "does not close" in err, err
