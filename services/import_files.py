@@ -732,9 +732,29 @@ def _count(raw: BinaryIO, fmt: str) -> int:
                 quoted = not quoted
             # The reader skips a CSV row of empty values; JSON Lines, one of whitespace.
             if starts and piece.strip(" \t\r\n," if csv_ else " \t\r\n\x0b\x0c"):
-                records += 1
+                whole = len(piece) < LINE_LIMIT or piece.endswith("\n")
+                glued = not csv_ and whole and _GLUED.search(piece)
+                # Objects glued on one line are records each, as the reader finds them.
+                records += _records_on(piece.removeprefix(_LATIN1_BOM)) if glued else 1
             line_starts = piece.endswith("\n")
     return max(records - csv_, 0)
+
+
+_GLUED = re.compile(r"\}[\s,]*\{")
+"""Where a JSON line may hold an object after another (or a brace in a text)."""
+_LATIN1_BOM = codecs.BOM_UTF8.decode("latin-1")
+
+
+def _records_on(raw: str) -> int:
+    """The records ``_jsonl_all`` finds on a whole JSON line: one, or each object of
+    a line holding several (``_said``)."""
+    try:
+        json.loads(raw, object_pairs_hook=_once, parse_int=_whole, parse_float=Decimal)
+    except json.JSONDecodeError as exc:
+        return len(_said(raw, exc))
+    except ValueError:  # a key twice and the like: one record refused
+        return 1
+    return 1
 
 
 def open_text(path: Path | None) -> TextIO:

@@ -167,6 +167,25 @@ def test_records_are_counted_as_the_reader_finds_them_not_by_lines(tmp_path):
         assert count_records(path, "jsonl") == len(list(read_records(text, "jsonl"))) == 2
 
 
+def test_objects_glued_on_one_json_line_are_counted_as_the_reader_finds_them(tmp_path):
+    """Two objects on one line (exports joined by cat, the first's last line not
+    ended) are two records to the reader: the progress bar's total says so too, and
+    a brace pair inside a text, or a line cut short, stays one."""
+    stop = '{"type": "opt_out", "phone": "+14155550100", "brand": "acme"}'
+    lines = [
+        stop + stop,  # glued: two
+        stop + " , " + stop + stop,  # three, a comma between two of them
+        '{"type": "opt_out", "text": "}{"}',  # one: the braces are in a text
+        '{"type": "opt_out", "phone": "+1415555}{',  # cut short: one
+        "\ufeff" + stop + stop,  # a byte-order mark (files joined): two
+    ]
+    path = tmp_path / "x.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with open_text(path) as text:
+        found = len(list(read_records(text, "jsonl")))
+    assert count_records(path, "jsonl") == found == 9
+
+
 @pytest.mark.parametrize("end", ["\r", "\n", "\r\n"])
 def test_records_are_counted_whatever_ends_their_lines(tmp_path, end):
     """An old Mac's lone CR ends a line for the reader, so it does for the count."""
