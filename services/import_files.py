@@ -330,9 +330,16 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None) -> Iterator[Read | Unreadable
         try:
             obj = json.loads(raw, object_pairs_hook=_once, parse_int=_whole, parse_float=Decimal)
         except _Twice as twice:
-            agreed = json.loads(
-                raw, object_pairs_hook=_agreed, parse_int=_whole, parse_float=Decimal
-            )
+            try:
+                agreed = json.loads(
+                    raw, object_pairs_hook=_agreed, parse_int=_whole, parse_float=Decimal
+                )
+            except json.JSONDecodeError as exc:
+                # Objects glued on the line, one naming a field twice: refused (and
+                # held) each, as glued objects are below, not the whole file stopped.
+                for said in _said(raw, exc):
+                    yield _refused(_loose(said), number, "record", f"is not JSON: {exc.msg}")
+                continue
             loose = _loose(agreed) if isinstance(agreed, dict) else {}
             yield _refused(loose, number, twice.field, "is given more than once")
             continue
@@ -752,8 +759,13 @@ def _records_on(raw: str) -> int:
         json.loads(raw, object_pairs_hook=_once, parse_int=_whole, parse_float=Decimal)
     except json.JSONDecodeError as exc:
         return len(_said(raw, exc))
-    except ValueError:  # a key twice and the like: one record refused
-        return 1
+    except _Twice:  # one record refused, unless objects are glued there too
+        try:
+            json.loads(raw, object_pairs_hook=_agreed, parse_int=_whole, parse_float=Decimal)
+        except json.JSONDecodeError as exc:
+            return len(_said(raw, exc))
+    except ValueError:
+        pass
     return 1
 
 

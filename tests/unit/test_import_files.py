@@ -186,6 +186,21 @@ def test_objects_glued_on_one_json_line_are_counted_as_the_reader_finds_them(tmp
     assert count_records(path, "jsonl") == found == 9
 
 
+def test_glued_objects_one_naming_a_field_twice_are_refused_each_not_the_file(tmp_path):
+    """The reader raised on such a line (``json`` told of the glue only once the key
+    given twice was dealt with), stopping the whole import; each object is refused,
+    and an opt-out among them held by what it says."""
+    twice = '{"type": "opt_out", "type": "opt_out", "phone": "+14155550100", "brand": "acme"}'
+    stop = '{"type": "opt_out", "phone": "+14155550101", "brand": "acme"}'
+    path = tmp_path / "x.jsonl"
+    path.write_text(twice + stop + "\n", encoding="utf-8")
+    with open_text(path) as text:
+        found = list(read_records(text, "jsonl"))
+    assert [(r.line, r.field) for r in found] == [(1, "record"), (1, "record")]
+    assert all(isinstance(r, Unreadable) and r.held is not None for r in found)
+    assert count_records(path, "jsonl") == 2
+
+
 @pytest.mark.parametrize("end", ["\r", "\n", "\r\n"])
 def test_records_are_counted_whatever_ends_their_lines(tmp_path, end):
     """An old Mac's lone CR ends a line for the reader, so it does for the count."""
