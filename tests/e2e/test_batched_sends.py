@@ -455,6 +455,22 @@ async def test_a_reply_owed_once_and_sent_twice_in_one_call_counts_the_second(se
         assert answer.reason == api.REASON_FREQUENCY_CAP_REACHED
 
 
+async def define_two_a_day(runtime: Runtime, name: str, since: datetime) -> None:
+    """acme's informational campaign ``name`` (no quiet hours at night) with a cap of
+    two messages a day, defined from ``since``."""
+    cap = lpb.FrequencyCap(limit=2, window=Duration(seconds=86400))
+    async with client(runtime.address) as admin:
+        await admin.DefineCampaign(
+            define(
+                "acme",
+                name,
+                since,
+                purpose=lpb.CAMPAIGN_PURPOSE_INFORMATIONAL,
+                frequency_caps=[cap],
+            )
+        )
+
+
 async def test_checks_at_a_cap_s_edge_reserve_nothing_and_the_sweep_finds_the_send_over_it(
     service,
 ):
@@ -465,17 +481,7 @@ async def test_checks_at_a_cap_s_edge_reserve_nothing_and_the_sweep_finds_the_se
     runtime, _ = service
     now = datetime.now(UTC)
     number = phone(9301)
-    cap = lpb.FrequencyCap(limit=2, window=Duration(seconds=86400))
-    async with client(runtime.address) as admin:
-        await admin.DefineCampaign(
-            define(
-                "acme",
-                "edge",
-                now - timedelta(days=1),
-                purpose=lpb.CAMPAIGN_PURPOSE_INFORMATIONAL,  # no quiet hours at night
-                frequency_caps=[cap],
-            )
-        )
+    await define_two_a_day(runtime, "edge", now - timedelta(days=1))
     async with client(runtime.address, "acme-app") as c:
         granted = await c.RecordOptIn(opt_in(number, "acme", "edge", now - timedelta(hours=2)))
         first = await c.RecordMessageSent(
@@ -553,17 +559,7 @@ async def test_a_call_s_messages_newest_first_still_show_the_one_over_the_cap(se
     runtime, _ = service
     now = datetime.now(UTC)
     number = phone(9401)
-    cap = lpb.FrequencyCap(limit=2, window=Duration(seconds=86400))
-    async with client(runtime.address) as admin:
-        await admin.DefineCampaign(
-            define(
-                "acme",
-                "newest",
-                now - timedelta(days=1),
-                purpose=lpb.CAMPAIGN_PURPOSE_INFORMATIONAL,  # no quiet hours at night
-                frequency_caps=[cap],
-            )
-        )
+    await define_two_a_day(runtime, "newest", now - timedelta(days=1))
     async with client(runtime.address, "acme-app") as c:
         granted = await c.RecordOptIn(opt_in(number, "acme", "newest", now - timedelta(hours=4)))
         sends = [
@@ -621,17 +617,7 @@ async def test_sends_recorded_newest_first_by_separate_calls_show_the_one_over_t
     runtime, _ = service
     now = datetime.now(UTC)
     number = phone(9402)
-    cap = lpb.FrequencyCap(limit=2, window=Duration(seconds=86400))
-    async with client(runtime.address) as admin:
-        await admin.DefineCampaign(
-            define(
-                "acme",
-                "info",
-                now - timedelta(days=2),
-                purpose=lpb.CAMPAIGN_PURPOSE_INFORMATIONAL,  # no quiet hours at night
-                frequency_caps=[cap],
-            )
-        )
+    await define_two_a_day(runtime, "info", now - timedelta(days=2))
     async with client(runtime.address, "acme-app") as c:
         granted = await c.RecordOptIn(opt_in(number, "acme", "info", now - timedelta(days=1)))
         token = ConsistencyToken.decode(granted.consistency_token)
