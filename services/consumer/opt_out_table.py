@@ -1,6 +1,6 @@
 """A worked example: keep a SQLite table of consent status in sync with the ledger.
 
-The ``consent_status`` view has one row per brand, phone and campaign the phone
+The ``consent_status`` table has one row per brand, phone and campaign the phone
 ever opted in to, saying whether it is opted in now: what a CRM or a mailing
 tool wants next to its contacts.
 Run it beside the service::
@@ -8,13 +8,14 @@ Run it beside the service::
     python -m services.consumer.opt_out_table --bootstrap kafka:9092 \\
         --group opt-out-table --db opt_outs.sqlite
 
-Stop it (Ctrl-C) and start it again: it resumes from its group's committed
-offsets. The consumer delivers at least once, and a retried append can store one
-fact twice, so each event is applied in one transaction with its event id, and an
-id already applied is skipped: the first copy of a fact wins.
+Stop it (Ctrl-C, or a crash) and start it again: it resumes from its group's
+committed offsets. The consumer delivers at least once, and a retried append can
+store one fact twice, so each event is applied in one transaction with its event
+id, and an id already applied is skipped: the first copy of a fact wins.
 
 The table is a copy for reading, never an authority: whether a message may be
-sent is ``CanSend``'s answer, which also knows quiet hours, caps and proofs.
+sent is ``CanSend``'s answer, which also knows quiet hours, caps, tiers and
+proofs.
 """
 
 from __future__ import annotations
@@ -27,33 +28,53 @@ import sqlite3
 from datetime import UTC
 from pathlib import Path
 
-from ledger.events import ConsentGranted, ConsentResumed, ConsentRevoked
+from ledger.events import (
+    ConsentGranted,
+    ConsentResumed,
+    ConsentRevoked,
+    LedgerEvent,
+)
 from ledger.ports import Stream
 from services.consumer.stream import StreamConsumer, StreamConsumerSettings, StreamEvent
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS latest_fact (
+-- The latest fact of each kind, by when it happened in the world (occurred_at):
+-- granted, revoked, resumed per campaign; revoked, resumed under campaign '' for
+-- facts about every campaign of the brand (STOPALL, a brand-wide START).
+CREATE TABLE IF NOT EXISTS facts (
     brand       TEXT NOT NULL,
     phone       TEXT NOT NULL,
-    campaign    TEXT NOT NULL,  -- '' for a fact about every campaign of the brand
-    opted_in    INTEGER NOT NULL,
+    campaign    TEXT NOT NULL,
+    kind        TEXT NOT NULL,
     occurred_at TEXT NOT NULL,  -- fixed-width UTC ISO 8601: text order is time order
-    event_id    TEXT NOT NULL,
-    granted     INTEGER NOT NULL,  -- the phone opted in to this campaign at some time
+    PRIMARY KEY (brand, phone, campaign, kind)
+);
+CREATE TABLE IF NOT EXISTS consent_status (
+    brand TEXT NOT NULL, phone TEXT NOT NULL, campaign TEXT NOT NULL,
+    opted_in INTEGER NOT NULL,
     PRIMARY KEY (brand, phone, campaign)
 );
 CREATE TABLE IF NOT EXISTS applied_events (event_id TEXT PRIMARY KEY);
--- A campaign's status is its latest fact or the brand's, whichever happened later;
--- at the same instant an opt-out wins.
-CREATE VIEW IF NOT EXISTS consent_status AS
-SELECT c.brand, c.phone, c.campaign,
-       CASE WHEN b.occurred_at IS NULL OR c.occurred_at > b.occurred_at THEN c.opted_in
-            WHEN b.occurred_at > c.occurred_at THEN b.opted_in
-            ELSE min(b.opted_in, c.opted_in) END AS opted_in
-FROM latest_fact AS c
-LEFT JOIN latest_fact AS b ON b.brand = c.brand AND b.phone = c.phone AND b.campaign = ''
-WHERE c.campaign != '' AND c.granted;
 """
+
+
+def opted_in(facts: dict[tuple[str, str], str], campaign: str) -> bool:
+    """Whether ``campaign``'s consent stands, from the latest facts of one phone at one
+    brand ((campaign, kind) -> when; campaign '' for the brand's), as CanSend reads
+    them. Times are compared as the ledger folds them, in world order; at the same
+    instant an opt-out wins."""
+    grant = facts.get((campaign, "granted"))
+    if grant is None:
+        return False
+    since = grant
+    resumed = facts.get((campaign, "resumed"), "")
+    if resumed > grant:  # a START to the campaign's number restores a grant before it
+        since = resumed
+    if facts.get((campaign, "revoked"), "") >= since:
+        return False
+    # A brand-wide START lifts a STOPALL, never this campaign's own STOP (above).
+    since = max(since, facts.get(("", "resumed"), ""))
+    return facts.get(("", "revoked"), "") < since
 
 
 class OptOutTable:
@@ -62,12 +83,17 @@ class OptOutTable:
     Facts are applied in the order they happened in the world (``occurred_at``),
     as the ledger folds them, not in the order they arrive: an opt-in imported
     late from a paper form must not undo an opt-out that came after it. So the
-    table keeps the latest fact per campaign (and per brand, for STOPALL and a
-    brand-wide START), and the ``consent_status`` view compares them.
+    table keeps the latest fact of each kind per campaign (and per brand, for
+    STOPALL and a brand-wide START), and works a phone's rows out again from
+    them whenever one changes.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.db = sqlite3.connect(path)
+        found = self.db.execute("SELECT type FROM sqlite_master WHERE name = 'consent_status'")
+        if found.fetchone() == ("view",):
+            # An earlier version of this example built it, and missed opt-outs.
+            raise ValueError(f"{path} is an older example's table: rebuild it under a new group")
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -75,46 +101,51 @@ class OptOutTable:
 
     def apply(self, item: StreamEvent) -> bool:
         """Apply ``item`` once; False when its event id was applied before."""
-        event = item.event
         with self.db:  # one transaction: the event id and what it changed, or neither
             applied = self.db.execute(
                 "INSERT OR IGNORE INTO applied_events (event_id) VALUES (?)", (str(item.event_id),)
             )
             if applied.rowcount == 0:
                 return False
-            if isinstance(event, ConsentGranted):
-                self._record(item, event.brand, event.phone, event.campaign, opted_in=True)
-            elif isinstance(event, ConsentRevoked | ConsentResumed):
-                # No campaign: the fact covers every campaign of the brand.
-                campaign = event.campaign or ""
-                opted_in = isinstance(event, ConsentResumed)
-                self._record(item, event.brand, event.phone, campaign, opted_in=opted_in)
+            phone = self._record(item.event)
+            if phone is not None:
+                self._refresh(phone)
             return True
 
-    def _record(
-        self, item: StreamEvent, brand: str, phone: str, campaign: str, *, opted_in: bool
-    ) -> None:
-        when = item.event.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        scope = (brand, phone, campaign)
-        granted = opted_in and bool(campaign)  # a brand-wide START grants nothing new
-        fact = (int(opted_in), when, str(item.event_id))
-        inserted = self.db.execute(
-            "INSERT OR IGNORE INTO latest_fact VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (*scope, *fact, int(granted)),
-        )
-        if inserted.rowcount:
-            return
+    def _record(self, event: LedgerEvent) -> str | None:
+        """Keep what ``event`` says about consent; the phone it concerns, or None when
+        it says nothing about consent (a send, a delivery report, a legal hold, a
+        reconfirmation of a consent that stands or falls by its grant)."""
+        if isinstance(event, ConsentGranted):
+            campaign, kind = event.campaign, "granted"
+        elif isinstance(event, ConsentRevoked):
+            campaign, kind = event.campaign or "", "revoked"  # no campaign: STOPALL
+        elif isinstance(event, ConsentResumed):
+            campaign, kind = event.campaign or "", "resumed"
+        else:
+            return None
+        phone = event.phone
+        when = event.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         self.db.execute(
-            "UPDATE latest_fact SET opted_in = ?, occurred_at = ?, event_id = ?"
-            " WHERE brand = ? AND phone = ? AND campaign = ?"
-            " AND (occurred_at < ? OR (occurred_at = ? AND ? = 0))",
-            (*fact, *scope, when, when, int(opted_in)),
+            "INSERT INTO facts VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT DO UPDATE SET occurred_at = max(occurred_at, excluded.occurred_at)",
+            (event.brand, phone, campaign, kind, when),
         )
-        if granted:
-            self.db.execute(
-                "UPDATE latest_fact SET granted = 1 WHERE brand = ? AND phone = ? AND campaign = ?",
-                scope,
-            )
+        return phone
+
+    def _refresh(self, phone: str) -> None:
+        """Work out every ``consent_status`` row of ``phone`` again."""
+        facts: dict[str, dict[tuple[str, str], str]] = {}
+        for brand, campaign, kind, when in self.db.execute(
+            "SELECT brand, campaign, kind, occurred_at FROM facts WHERE phone = ?", (phone,)
+        ):
+            facts.setdefault(brand, {})[campaign, kind] = when
+        rows = []
+        for brand, known in facts.items():
+            granted = [campaign for campaign, kind in known if kind == "granted"]
+            rows += [(brand, phone, c, int(opted_in(known, c))) for c in granted]
+        self.db.execute("DELETE FROM consent_status WHERE phone = ?", (phone,))
+        self.db.executemany("INSERT INTO consent_status VALUES (?, ?, ?, ?)", rows)
 
     def status(self, brand: str, phone: str) -> dict[str, bool]:
         """Campaign -> opted in now, for every campaign ``phone`` opted in to at ``brand``."""

@@ -10,12 +10,17 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ledger.events import ConsentResumed, LedgerEvent, Recorded
+from ledger.events import (
+    ConsentResumed,
+    LedgerEvent,
+    Recorded,
+)
 from ledger.ports import Stream
 from services.adapters.kafka_ledger import KafkaLedger
 from services.consumer import (
@@ -301,3 +306,48 @@ async def committed(ledger_settings: KafkaLedgerSettings, group: str) -> int:
     finally:
         await consumer.stop()
     return sum(offset or 0 for offset in offsets)
+
+
+async def table_after(
+    kafka_bootstrap: str, tmp_path: Path, events: list[LedgerEvent]
+) -> OptOutTable:
+    """The example's table once it applied ``events``, appended to a ledger of its own."""
+    ledger_settings = settings_for_test(kafka_bootstrap)
+    async with started_ledger(ledger_settings) as ledger:
+        await ledger.append(events)
+    db = tmp_path / f"status-{uuid.uuid4().hex[:8]}.sqlite"
+    table = OptOutTable(db)
+    stop = asyncio.Event()
+    syncing = asyncio.create_task(keep_in_sync(table, consumer_settings(ledger_settings), stop))
+    try:
+        await wait_for_rows(db, len({e.event_id for e in events}), 60)
+    finally:
+        stop.set()
+        await asyncio.wait_for(syncing, 30)
+    return table
+
+
+def resumed_at(when: datetime, phone: str, campaign: str | None) -> ConsentResumed:
+    return ConsentResumed(
+        event_id=uuid.uuid4(), occurred_at=when, phone=phone, brand="acme", campaign=campaign
+    )
+
+
+async def test_a_brand_wide_start_lifts_a_stopall_but_never_a_campaigns_own_stop(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    ada, bob = new_phone(), new_phone()
+    table = await table_after(kafka_bootstrap, tmp_path, [
+        granted(T0, "promo", phone=ada),
+        revoked(at(1), "promo", phone=ada),  # STOP to promo's number
+        resumed_at(at(2), ada, None),  # a brand-wide START (recorded by older versions)
+        granted(T0, "promo", phone=bob),
+        revoked(at(1), "promo", phone=bob),
+        revoked(at(2), None, phone=bob),  # STOPALL
+        resumed_at(at(3), bob, None),
+    ])  # fmt: skip
+
+    # CanSend: REVOKED for both; the START lifts only the STOPALL.
+    assert table.status("acme", ada) == {"promo": False}
+    assert table.status("acme", bob) == {"promo": False}
+    table.close()
