@@ -29,10 +29,13 @@ from datetime import UTC
 from pathlib import Path
 
 from ledger.events import (
+    ANY_BRAND,
     ConsentGranted,
     ConsentResumed,
     ConsentRevoked,
     LedgerEvent,
+    RevocationCandidateFlagged,
+    RevocationCandidateResolved,
 )
 from ledger.ports import Stream
 from services.consumer.stream import StreamConsumer, StreamConsumerSettings, StreamEvent
@@ -48,6 +51,14 @@ CREATE TABLE IF NOT EXISTS facts (
     kind        TEXT NOT NULL,
     occurred_at TEXT NOT NULL,  -- fixed-width UTC ISO 8601: text order is time order
     PRIMARY KEY (brand, phone, campaign, kind)
+);
+-- Opt-outs held for review: each stops every campaign of its brand ('*': of every
+-- brand) until resolved.
+CREATE TABLE IF NOT EXISTS holds (
+    event_id TEXT PRIMARY KEY, brand TEXT NOT NULL, phone TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hold_resolutions (
+    candidate_id TEXT NOT NULL, brand TEXT NOT NULL, PRIMARY KEY (candidate_id, brand)
 );
 CREATE TABLE IF NOT EXISTS consent_status (
     brand TEXT NOT NULL, phone TEXT NOT NULL, campaign TEXT NOT NULL,
@@ -84,8 +95,8 @@ class OptOutTable:
     as the ledger folds them, not in the order they arrive: an opt-in imported
     late from a paper form must not undo an opt-out that came after it. So the
     table keeps the latest fact of each kind per campaign (and per brand, for
-    STOPALL and a brand-wide START), and works a phone's rows out again from
-    them whenever one changes.
+    STOPALL and a brand-wide START) and the opt-outs held for review,
+    and works a phone's rows out again from them whenever one changes.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -122,6 +133,23 @@ class OptOutTable:
             campaign, kind = event.campaign or "", "revoked"  # no campaign: STOPALL
         elif isinstance(event, ConsentResumed):
             campaign, kind = event.campaign or "", "resumed"
+        elif isinstance(event, RevocationCandidateFlagged):
+            phone = event.phone
+            self.db.execute(
+                "INSERT OR IGNORE INTO holds VALUES (?, ?, ?)",
+                (str(event.event_id), event.brand, phone),
+            )
+            return phone
+        elif isinstance(event, RevocationCandidateResolved):
+            # Dismissed or revoked (the latter with its own ConsentRevoked), either
+            # ends the hold; but a "revoked" under brand '*' opted out of no brand,
+            # so that hold stands (recorded before the service refused them).
+            if event.lifts_hold:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO hold_resolutions VALUES (?, ?)",
+                    (str(event.candidate_event_id), event.brand),
+                )
+            return event.phone
         else:
             return None
         phone = event.phone
@@ -135,6 +163,15 @@ class OptOutTable:
 
     def _refresh(self, phone: str) -> None:
         """Work out every ``consent_status`` row of ``phone`` again."""
+        held = {
+            brand
+            for (brand,) in self.db.execute(
+                "SELECT brand FROM holds AS h WHERE phone = ? AND NOT EXISTS"
+                " (SELECT 1 FROM hold_resolutions AS r"
+                "  WHERE r.candidate_id = h.event_id AND r.brand = h.brand)",
+                (phone,),
+            )
+        }
         facts: dict[str, dict[tuple[str, str], str]] = {}
         for brand, campaign, kind, when in self.db.execute(
             "SELECT brand, campaign, kind, occurred_at FROM facts WHERE phone = ?", (phone,)
@@ -142,8 +179,10 @@ class OptOutTable:
             facts.setdefault(brand, {})[campaign, kind] = when
         rows = []
         for brand, known in facts.items():
+            # A held opt-out stops every campaign of its brand; one under '*', every brand's.
+            stopped = bool(held & {brand, ANY_BRAND})
             granted = [campaign for campaign, kind in known if kind == "granted"]
-            rows += [(brand, phone, c, int(opted_in(known, c))) for c in granted]
+            rows += [(brand, phone, c, int(not stopped and opted_in(known, c))) for c in granted]
         self.db.execute("DELETE FROM consent_status WHERE phone = ?", (phone,))
         self.db.executemany("INSERT INTO consent_status VALUES (?, ?, ?, ?)", rows)
 

@@ -17,9 +17,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from ledger.events import (
+    ANY_BRAND,
+    CandidateResolution,
     ConsentResumed,
     LedgerEvent,
     Recorded,
+    RevocationCandidateFlagged,
+    RevocationCandidateResolved,
+    evolved,
 )
 from ledger.ports import Stream
 from services.adapters.kafka_ledger import KafkaLedger
@@ -31,7 +36,7 @@ from services.consumer import (
 )
 from services.consumer.opt_out_table import OptOutTable, keep_in_sync
 from services.settings import KafkaLedgerSettings
-from tests.builders import T0, at, granted, revoked
+from tests.builders import T0, at, flagged, granted, resolved, revoked
 from tests.conformance.ledger_suite import message_sent, new_phone
 from tests.infra.kafka_broker import KafkaBroker
 from tests.integration.test_ledger_kafka import settings_for_test, started_ledger
@@ -350,4 +355,40 @@ async def test_a_brand_wide_start_lifts_a_stopall_but_never_a_campaigns_own_stop
     # CanSend: REVOKED for both; the START lifts only the STOPALL.
     assert table.status("acme", ada) == {"promo": False}
     assert table.status("acme", bob) == {"promo": False}
+    table.close()
+
+
+def held(when: datetime, phone: str, brand: str = "acme") -> RevocationCandidateFlagged:
+    """A reply held for review; under ``ANY_BRAND``, a STOP to a number no campaign owns."""
+    return evolved(flagged(when, phone=phone, brand=brand), unattributed=brand == ANY_BRAND)
+
+
+def decided(
+    when: datetime, hold: RevocationCandidateFlagged, resolution: CandidateResolution
+) -> RevocationCandidateResolved:
+    return evolved(resolved(when, hold, resolution), phone=hold.phone, brand=hold.brand)
+
+
+async def test_an_opt_out_held_for_review_stops_its_brand_and_one_under_any_brand_every_brand(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    ada, bob, cy, dee, eve = (new_phone() for _ in range(5))
+    holds = {phone: held(at(1), phone) for phone in (ada, bob)}
+    holds |= {phone: held(at(1), phone, ANY_BRAND) for phone in (cy, dee, eve)}
+    table = await table_after(kafka_bootstrap, tmp_path, [
+        *(granted(T0, "promo", phone=p) for p in (ada, bob, cy, dee, eve)),
+        granted(T0, "promo", phone=cy, brand="globex"),
+        *holds.values(),
+        decided(at(2), holds[bob], CandidateResolution.DISMISSED),
+        decided(at(2), holds[eve], CandidateResolution.DISMISSED),
+        # "Revoked" under '*' opts out of no brand, so the hold stands (refused since;
+        # such resolutions recorded before stay in the ledger).
+        decided(at(2), holds[dee], CandidateResolution.REVOKED),
+    ])  # fmt: skip
+
+    assert table.status("acme", ada) == {"promo": False}  # REVOCATION_PENDING_REVIEW
+    assert table.status("acme", bob) == {"promo": True}
+    assert table.status("acme", cy) == table.status("globex", cy) == {"promo": False}
+    assert table.status("acme", dee) == {"promo": False}
+    assert table.status("acme", eve) == {"promo": True}
     table.close()
