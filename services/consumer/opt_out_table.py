@@ -36,14 +36,15 @@ from ledger.events import (
     LedgerEvent,
     RevocationCandidateFlagged,
     RevocationCandidateResolved,
+    SubjectErased,
 )
 from ledger.ports import Stream
 from services.consumer.stream import StreamConsumer, StreamConsumerSettings, StreamEvent
 
 SCHEMA = """
 -- The latest fact of each kind, by when it happened in the world (occurred_at):
--- granted, revoked, resumed per campaign; revoked, resumed under campaign '' for
--- facts about every campaign of the brand (STOPALL, a brand-wide START).
+-- granted, revoked, resumed per campaign; revoked, resumed, erased under campaign ''
+-- for facts about every campaign of the brand (STOPALL, a brand-wide START, an erasure).
 CREATE TABLE IF NOT EXISTS facts (
     brand       TEXT NOT NULL,
     phone       TEXT NOT NULL,
@@ -75,8 +76,9 @@ def opted_in(facts: dict[tuple[str, str], str], campaign: str) -> bool:
     them. Times are compared as the ledger folds them, in world order; at the same
     instant an opt-out wins."""
     grant = facts.get((campaign, "granted"))
-    if grant is None:
-        return False
+    erased = facts.get(("", "erased"), "")
+    if grant is None or grant <= erased:
+        return False  # an erasure takes the proof of every consent before it
     since = grant
     resumed = facts.get((campaign, "resumed"), "")
     if resumed > grant:  # a START to the campaign's number restores a grant before it
@@ -95,7 +97,7 @@ class OptOutTable:
     as the ledger folds them, not in the order they arrive: an opt-in imported
     late from a paper form must not undo an opt-out that came after it. So the
     table keeps the latest fact of each kind per campaign (and per brand, for
-    STOPALL and a brand-wide START) and the opt-outs held for review,
+    STOPALL, a brand-wide START and an erasure) and the opt-outs held for review,
     and works a phone's rows out again from them whenever one changes.
     """
 
@@ -133,6 +135,8 @@ class OptOutTable:
             campaign, kind = event.campaign or "", "revoked"  # no campaign: STOPALL
         elif isinstance(event, ConsentResumed):
             campaign, kind = event.campaign or "", "resumed"
+        elif isinstance(event, SubjectErased):
+            campaign, kind = "", "erased"
         elif isinstance(event, RevocationCandidateFlagged):
             phone = event.phone
             self.db.execute(

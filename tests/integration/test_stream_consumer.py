@@ -24,6 +24,7 @@ from ledger.events import (
     Recorded,
     RevocationCandidateFlagged,
     RevocationCandidateResolved,
+    SubjectErased,
     evolved,
 )
 from ledger.ports import Stream
@@ -391,4 +392,25 @@ async def test_an_opt_out_held_for_review_stops_its_brand_and_one_under_any_bran
     assert table.status("acme", cy) == table.status("globex", cy) == {"promo": False}
     assert table.status("acme", dee) == {"promo": False}
     assert table.status("acme", eve) == {"promo": True}
+    table.close()
+
+
+async def test_an_erasure_takes_every_consent_before_it(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    ada, bob, cy = new_phone(), new_phone(), new_phone()
+
+    def erased(when: datetime, phone: str) -> SubjectErased:
+        return SubjectErased(event_id=uuid.uuid4(), occurred_at=when, phone=phone, brand="acme")
+
+    table = await table_after(kafka_bootstrap, tmp_path, [
+        *(granted(T0, "promo", phone=p) for p in (ada, bob, cy)),
+        *(erased(at(1), p) for p in (ada, bob, cy)),
+        resumed_at(at(2), bob, "promo"),  # a START resumes no grant: the erasure took it
+        granted(at(2), "promo", phone=cy),  # a fresh opt-in after the erasure counts
+    ])  # fmt: skip
+
+    assert table.status("acme", ada) == {"promo": False}  # SUBJECT_ERASED
+    assert table.status("acme", bob) == {"promo": False}
+    assert table.status("acme", cy) == {"promo": True}
     table.close()
