@@ -15,7 +15,9 @@ id, and an id already applied is skipped: the first copy of a fact wins.
 
 The table is a copy for reading, never an authority: whether a message may be
 sent is ``CanSend``'s answer, which also knows quiet hours, caps, tiers and
-proofs.
+proofs. The table may say "opted out" where CanSend allows (it applies the
+revoke-all rule to every brand already), never "opted in" where CanSend denies
+for want of consent.
 """
 
 from __future__ import annotations
@@ -87,7 +89,15 @@ def opted_in(facts: dict[tuple[str, str], str], campaign: str) -> bool:
         return False
     # A brand-wide START lifts a STOPALL, never this campaign's own STOP (above).
     since = max(since, facts.get(("", "resumed"), ""))
-    return facts.get(("", "revoked"), "") < since
+    if facts.get(("", "revoked"), "") >= since:
+        return False
+    # Revoke-all (47 CFR 64.1200(a)(10)): an opt-out of any campaign of the brand
+    # since this consent ends it too. CanSend applies the rule to every brand from
+    # 2027-01-31, and before that to brands and campaigns that chose it; the table
+    # applies it already, so it never says "opted in" where CanSend says no.
+    return not any(
+        kind == "revoked" and name and when >= since for (name, kind), when in facts.items()
+    )
 
 
 class OptOutTable:

@@ -252,7 +252,8 @@ async def test_the_example_table_follows_opt_ins_and_opt_outs_and_ignores_copies
         stop.set()
         await asyncio.wait_for(syncing, 30)
 
-    assert table.status("acme", ada) == {"promo": True, "news": True}
+    # Her STOP to promo came after her opt-in to news: revoke-all ends that one too.
+    assert table.status("acme", ada) == {"promo": True, "news": False}
     assert table.status("acme", bob) == {"promo": False, "news": False}
     assert table.status("acme", cy) == {"promo": True}
     assert table.status("acme", dee) == {"promo": False, "news": False, "alerts": True}
@@ -413,4 +414,24 @@ async def test_an_erasure_takes_every_consent_before_it(
     assert table.status("acme", ada) == {"promo": False}  # SUBJECT_ERASED
     assert table.status("acme", bob) == {"promo": False}
     assert table.status("acme", cy) == {"promo": True}
+    table.close()
+
+
+async def test_an_opt_out_of_one_campaign_ends_the_brands_consents_given_before_it(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    ada, bob = new_phone(), new_phone()
+    table = await table_after(kafka_bootstrap, tmp_path, [
+        granted(T0, "promo", phone=ada),
+        granted(at(1), "news", phone=ada),
+        granted(at(3), "alerts", phone=ada),
+        revoked(at(2), "promo", phone=ada),
+        granted(T0, "promo", phone=bob),
+        revoked(at(1), "news", phone=bob),  # a campaign bob never opted in to
+    ])  # fmt: skip
+
+    # CanSend from 2027-01-31 (before, for brands that chose it): REVOKED_BRAND_WIDE;
+    # the opt-in after the STOP is the person's newer word.
+    assert table.status("acme", ada) == {"promo": False, "news": False, "alerts": True}
+    assert table.status("acme", bob) == {"promo": False}
     table.close()
