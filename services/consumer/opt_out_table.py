@@ -30,6 +30,7 @@ import sqlite3
 from datetime import UTC
 from pathlib import Path
 
+from ledger.errors import InvalidPhoneNumber
 from ledger.events import (
     ANY_BRAND,
     ConsentGranted,
@@ -40,6 +41,7 @@ from ledger.events import (
     RevocationCandidateResolved,
     SubjectErased,
 )
+from ledger.phone import to_e164
 from ledger.ports import Stream
 from services.consumer.stream import StreamConsumer, StreamConsumerSettings, StreamEvent
 
@@ -100,6 +102,17 @@ def opted_in(facts: dict[tuple[str, str], str], campaign: str) -> bool:
     )
 
 
+def one_spelling(phone: str) -> str:
+    """The spelling the service keeps a number's facts under. Some lines are written
+    two ways (Argentina's mobile 9, Gabon's 2019 plan), and facts an older version
+    recorded under the other spelling stay there (another key, another partition):
+    CanSend reads both as one number, and so must a copy of it."""
+    try:
+        return to_e164(phone)
+    except InvalidPhoneNumber:  # the ledger wrote it, so it stays as written
+        return phone
+
+
 class OptOutTable:
     """The table, and the one function that applies an event to it.
 
@@ -148,7 +161,7 @@ class OptOutTable:
         elif isinstance(event, SubjectErased):
             campaign, kind = "", "erased"
         elif isinstance(event, RevocationCandidateFlagged):
-            phone = event.phone
+            phone = one_spelling(event.phone)
             self.db.execute(
                 "INSERT OR IGNORE INTO holds VALUES (?, ?, ?)",
                 (str(event.event_id), event.brand, phone),
@@ -163,10 +176,10 @@ class OptOutTable:
                     "INSERT OR IGNORE INTO hold_resolutions VALUES (?, ?)",
                     (str(event.candidate_event_id), event.brand),
                 )
-            return event.phone
+            return one_spelling(event.phone)
         else:
             return None
-        phone = event.phone
+        phone = one_spelling(event.phone)
         when = event.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         self.db.execute(
             "INSERT INTO facts VALUES (?, ?, ?, ?, ?)"
@@ -204,7 +217,7 @@ class OptOutTable:
         """Campaign -> opted in now, for every campaign ``phone`` opted in to at ``brand``."""
         rows = self.db.execute(
             "SELECT campaign, opted_in FROM consent_status WHERE brand = ? AND phone = ?",
-            (brand, phone),
+            (brand, one_spelling(phone)),
         )
         return {campaign: bool(opted_in) for campaign, opted_in in rows}
 

@@ -4,6 +4,8 @@ across a consumer restart and a broker restart; and the worked example's table."
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 import sqlite3
 import subprocess
 import sys
@@ -435,3 +437,25 @@ async def test_an_opt_out_of_one_campaign_ends_the_brands_consents_given_before_
     assert table.status("acme", ada) == {"promo": False, "news": False, "alerts": True}
     assert table.status("acme", bob) == {"promo": False}
     table.close()
+
+
+async def test_facts_under_a_numbers_other_spelling_are_the_numbers(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    n = next(_suffixes)
+    argentina = (f"+5491112344{n:03d}", f"+541112344{n:03d}")  # with the mobile 9; without
+    gabon = (f"+24166441{n:03d}", f"+24106441{n:03d}")  # since 2019; its old number
+    # An earlier version kept each spelling as written, so its facts are under both.
+    table = await table_after(kafka_bootstrap, tmp_path, [
+        granted(T0, "promo", phone=argentina[0]),
+        revoked(at(1), "promo", phone=argentina[1]),
+        granted(T0, "promo", phone=gabon[1]),
+        held(at(1), gabon[0]),
+    ])  # fmt: skip
+
+    for kept, other in (argentina, gabon):
+        assert table.status("acme", kept) == table.status("acme", other) == {"promo": False}
+    table.close()
+
+
+_suffixes = itertools.count(random.randrange(900))
