@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ledger.events import CAMPAIGN_EVENT_TYPES, SUBSCRIBER_EVENT_TYPES
 from ledger.ports import Stream
 from services.adapters.kafka_ledger import record_headers
 from services.consumer import StreamConsumerSettings
@@ -40,3 +41,11 @@ def test_the_topics_table_names_the_topics_the_ledger_and_the_consumer_use() -> 
     assert documented == [*events, ledger.checkpoint_topic_name()]
     assert documented == list(ledger.topic_partitions())
     assert consumer.topics() == events  # the checkpoints hold no events
+
+
+def test_every_event_kind_is_named_with_what_it_means_for_consent() -> None:
+    # A consumer that keeps who may be messaged and skips a kind that denies lets
+    # through a number CanSend stops: the page names every kind, in the ledger's order.
+    kinds = [cls.EVENT_TYPE for cls in (*SUBSCRIBER_EVENT_TYPES, *CAMPAIGN_EVENT_TYPES)]
+
+    assert table_names(section("What each event means for consent")) == kinds
