@@ -459,3 +459,89 @@ async def test_facts_under_a_numbers_other_spelling_are_the_numbers(
 
 
 _suffixes = itertools.count(random.randrange(900))
+
+
+KILLED_AFTER_A_WRITE = """
+import os, sys
+from services.consumer import opt_out_table as example
+
+kill_after, applied = int(sys.argv[1]), 0
+apply = example.OptOutTable.apply
+
+def apply_then_die(self, item):
+    global applied
+    new = apply(self, item)
+    applied += new
+    if applied == kill_after:
+        os._exit(9)  # the table's transaction is in; the offset commit never comes
+    return new
+
+example.OptOutTable.apply = apply_then_die
+example.main(sys.argv[2:])
+"""
+"""The example, killed (no clean-up, no commit) right after its ``kill_after``-th
+table write."""
+
+
+async def test_the_example_killed_between_its_write_and_its_commit_ends_with_the_same_table(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    ledger_settings = settings_for_test(kafka_bootstrap)
+    phones = [new_phone() for _ in range(4)]
+    events: list[LedgerEvent] = []
+    for n, phone in enumerate(phones):
+        hold = held(at(3), phone, ANY_BRAND if n % 2 else "acme")
+        events += [
+            granted(T0, "promo", phone=phone),
+            granted(at(1), "news", phone=phone),
+            revoked(at(2), "news", phone=phone),
+            granted(at(4), "news", phone=phone),
+            hold,
+            revoked(at(6), None, phone=phone) if n == 3 else granted(at(6), "alerts", phone=phone),
+        ]
+        if n < 2:
+            events.append(decided(at(5), hold, CandidateResolution.DISMISSED))
+    async with started_ledger(ledger_settings) as ledger:
+        await ledger.append(events)
+    facts = len(events)  # no copies: every record a committed offset covers was written
+
+    async def run_example(db: Path, group: str, kill_after: int | None = None) -> None:
+        code = ["-c", KILLED_AFTER_A_WRITE, str(kill_after)] if kill_after else []
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, *(code or ["-m", "services.consumer.opt_out_table"]),
+            "--bootstrap", kafka_bootstrap, "--group", group, "--db", str(db),
+            "--topic-prefix", ledger_settings.topic_prefix,
+            cwd=ROOT, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        if kill_after:
+            _, stderr = await asyncio.wait_for(process.communicate(), 60)
+            assert process.returncode == 9, stderr.decode()
+            return
+        try:
+            await wait_for_rows(db, facts, 60)
+        finally:
+            process.terminate()
+            _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0, stderr.decode()
+
+    def written(db: Path) -> int:
+        with sqlite3.connect(db) as conn:
+            return int(conn.execute("SELECT count(*) FROM applied_events").fetchone()[0])
+
+    def table(db: Path) -> list[tuple[str, str, str, int]]:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT * FROM consent_status ORDER BY 1, 2, 3").fetchall()
+
+    whole, group = tmp_path / "whole.sqlite", f"whole-{uuid.uuid4().hex[:8]}"
+    await run_example(whole, group)
+    # Killed after 5 facts written, then after 7 more, each time before it committed
+    # the offsets of what it wrote: each restart reads those records again.
+    killed, group = tmp_path / "killed.sqlite", f"killed-{uuid.uuid4().hex[:8]}"
+    await run_example(killed, group, kill_after=5)
+    assert written(killed) == 5 and await committed(ledger_settings, group) < 5
+    await run_example(killed, group, kill_after=7)
+    assert written(killed) == 12 and await committed(ledger_settings, group) < 12
+    await run_example(killed, group)
+
+    assert table(killed) == table(whole)
+    assert {row[3] for row in table(whole)} == {0, 1}  # the table says something
