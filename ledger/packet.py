@@ -401,7 +401,7 @@ def assemble(
     ]
 
     sends = [r for r in mine if isinstance(r.event, MessageSent)]
-    replayed = _replays(folded, rules, now, {str(r.event.event_id) for r in sends})
+    replayed = replays(folded, rules, now, {str(r.event.event_id) for r in sends})
     messages = {
         str(r.event.event_id): _message(r, *replayed[str(r.event.event_id)], now) for r in sends
     }
@@ -468,7 +468,7 @@ def _is_opt_out(e: LedgerEvent) -> bool:
     return isinstance(e, ConsentRevoked | RevocationCandidateFlagged)
 
 
-def _replays(
+def replays(
     subscriber: Sequence[Recorded], rules: Sequence[Recorded], now: datetime, wanted: set[str]
 ) -> dict[str, tuple[Decision, Decision]]:
     """For each send in ``wanted``, the decision replayed for it then and in hindsight.
@@ -525,13 +525,23 @@ def _replays(
     return found
 
 
+def in_hindsight(then: Decision, later: Decision) -> Decision | None:
+    """``later`` (a send's answer in hindsight, ``replays``) when it tells otherwise
+    than ``then``, as the packet shows it; None when it tells the same. The compliance
+    sweep (``ledger.sweep``) finds a send by the same rule, so the two agree."""
+    if (later.allowed, later.reason) != (then.allowed, then.reason):
+        return later
+    return None
+
+
 def _message(sent: Recorded, then: Decision, later: Decision, now: datetime) -> SentMessage:
-    """The send, with the decision that allowed it (``_replays``)."""
+    """The send, with the decision that allowed it (``replays``)."""
     e = sent.event
     assert isinstance(e, MessageSent)
     hindsight = None
-    if (later.allowed, later.reason) != (then.allowed, then.reason):
-        hindsight = Ruling.of(later, e.occurred_at, now)
+    changed = in_hindsight(then, later)
+    if changed is not None:
+        hindsight = Ruling.of(changed, e.occurred_at, now)
     unmet = []
     if then.allowed:
         if (

@@ -14,6 +14,14 @@ reading of the rules here; this module only says which answers make a finding.
 A send is also set beside the answer its sender said it relied on
 (``MessageSent.relied_on``): one sent without asking, or against a "not allowed",
 is a finding even when the policy would have allowed it.
+
+And a send is judged in hindsight, as the proof packet judges it
+(``ledger.packet.replays``): from every fact of its number in world order
+(occurred_at, then offset), the send itself left out. A fact recorded after the send
+but placed before it (an opt-out reported late, an older send, a location, an
+import of old facts, rules defined back in time) can make it "not allowed in
+hindsight". Only numbers that had such a fact are judged again, from their whole
+history (``Sweep.to_review``, ``Sweep.review``), so the sweep still holds no send.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from ledger.events import (
     Recorded,
     SubscriberEvent,
 )
+from ledger.packet import in_hindsight, replays
 from ledger.policy import Check, Decision, Obligation, Reason, decide_as_of, deny
 from ledger.state import CampaignHistory, SubscriberState, apply, retained_facts
 
@@ -94,9 +103,10 @@ class Finding:
     unmet: tuple[Obligation, ...] = ()
     """The obligations of an allowed answer that the send says it did not meet."""
     hindsight: bool = False
-    """The answer is one in hindsight: from every fact of the number fed by then, the
-    send itself left out, as the proof packet's ``hindsight``. An earlier send
-    recorded after this one put it over a cap in world order (``Sweep.feed_all``)."""
+    """The answer is one in hindsight: from every fact of the number the sweep read,
+    the send itself left out, as the proof packet's ``hindsight`` (``Sweep.review``):
+    a fact recorded after the send but placed before it in world order made it not
+    allowed."""
 
     @property
     def message(self) -> MessageSent:
@@ -172,6 +182,7 @@ class Sweep:
         campaign: str,
         start: datetime,
         end: datetime,
+        now: datetime | None = None,
     ) -> None:
         if start.tzinfo is None or end.tzinfo is None:
             raise ValueError("start and end must be timezone-aware")
@@ -180,6 +191,9 @@ class Sweep:
         self.campaign = campaign
         self.start = start
         self.end = end
+        self.now = now
+        """When the sweep reads: the answers in hindsight are known then, or as of
+        the latest fact read when that is later (None: as of that fact)."""
         self.events_read = 0
         self.sends_judged = 0
         self._states: dict[str, SubscriberState] = {}
@@ -193,41 +207,29 @@ class Sweep:
         # fact, by the one before it. Sends the fold keeps (those a cap can count).
         self._facts: dict[str, list[Recorded]] = {}
         self._rules: dict[tuple[str, datetime | None], Campaign] = {}
-        # The sends already found over a cap, so that one is not found twice.
-        self._over_cap: set[str] = set()
+        # Per number, the latest world time of its sends judged so far: a fact fed
+        # after them that is placed at or before it may change them in hindsight.
+        self._judged_until: dict[str, datetime] = {}
+        self._review: set[str] = set()
+        self._rule_times = _times(history)
+        self._known = max((known for _, known in self._rule_times), default=None)
+
+    @property
+    def to_review(self) -> frozenset[str]:
+        """The numbers with a send judged that a fact recorded after it may make not
+        allowed in hindsight: a fact of the number placed at or before the send in
+        world order (whichever of its occurred_at and recorded_at is earlier, as the
+        proof packet reads it), or the campaign's rules recorded after the send for
+        its moment. Each is judged again from its whole history (``review``)."""
+        return frozenset(self._review)
 
     def feed(self, recorded: Recorded) -> Finding | None:
-        """Take the next event; the finding it makes, if it is a send that lacked
-        something. Hindsight findings are left out: ``feed_all`` gives them too."""
-        return self._feed(recorded)
-
-    def feed_all(self, recorded: Recorded) -> list[Finding]:
-        """Take the next event; every finding it makes: the send's own (``feed``), and
-        those in hindsight of the sends it puts over a cap in world order.
-
-        A send is judged from the facts recorded before it; one recorded later but
-        sent earlier (out of order, by separate calls) counts against it in world
-        order (occurred_at, then offset) all the same, as ``CanSend`` counts it from
-        then on and the proof packet marks it "not allowed in hindsight". A cap only
-        grows with sends, so a send found over it stays over it."""
-        event = recorded.event
-        before = self._latest.get(event.phone) if isinstance(event, MessageSent) else None
-        found = self._feed(recorded)
-        findings = [] if found is None else [found]
-        # Only a send older than something its number already had can count against
-        # a send fed before it: in order, the sweep's own judgement saw everything.
-        if (
-            isinstance(event, MessageSent)
-            and event.brand == self.brand
-            and before is not None
-            and event.occurred_at < before[0]
-        ):
-            findings.extend(self._over_cap_in_hindsight(recorded))
-        return findings
-
-    def _feed(self, recorded: Recorded) -> Finding | None:
+        """Take the next event; the finding it makes as recorded, if it is a send that
+        lacked something. Findings in hindsight come from ``review``."""
         self.events_read += 1
         event = recorded.event
+        if self._known is None or recorded.recorded_at > self._known:
+            self._known = recorded.recorded_at
         if not isinstance(event, SubscriberEvent):
             if (
                 isinstance(event, CampaignEvent)
@@ -235,6 +237,7 @@ class Sweep:
                 and event.campaign in (self.campaign, BRAND_SETTINGS)
             ):
                 self.history = self.history.with_event(recorded)
+                self._rule_times = _times(self.history)
             return None
         phone = event.phone
         if event.brand == ANY_BRAND:
@@ -243,6 +246,9 @@ class Sweep:
             states = self._states
         else:
             return None
+        judged_until = self._judged_until.get(phone)
+        if judged_until is not None and _placed_at(recorded) <= judged_until:
+            self._review.add(phone)
         finding = None
         if (
             isinstance(event, MessageSent)
@@ -252,8 +258,10 @@ class Sweep:
         ):
             self.sends_judged += 1
             finding = judge(recorded, self.decision(recorded))
-            if finding is not None and FindingKind.OVER_CAP in finding.kinds:
-                self._over_cap.add(str(event.event_id))
+            if self._may_change(recorded):
+                self._review.add(phone)
+            if judged_until is None or event.occurred_at > judged_until:
+                self._judged_until[phone] = event.occurred_at
         states[phone] = apply(states.get(phone, _EMPTY), recorded)
         if not isinstance(event, MessageSent):
             self._facts.setdefault(phone, []).append(recorded)
@@ -267,40 +275,58 @@ class Sweep:
             )
         return finding
 
-    def _over_cap_in_hindsight(self, late: Recorded) -> list[Finding]:
-        """The sends of the campaign in range that ``late`` (a send just fed) puts over
-        a cap in world order: those of its number sent after it, judged in hindsight
-        from every fact fed, each itself left out. Only the sends the fold keeps are
-        looked at: those are the ones a cap can still count."""
-        sent = late.event
-        assert isinstance(sent, MessageSent)
-        phone = sent.phone
-        state = self._states.get(phone, _EMPTY)
-        sends = [r for r in retained_facts(state) if isinstance(r.event, MessageSent)]
-        after = [
-            r
-            for r in sends
+    def _may_change(self, send: Recorded) -> bool:
+        """Whether something fed before ``send`` comes after it in the ledger yet is
+        placed at or before it (the STOPs of an unknown brand are fed first), or the
+        rules for its moment were recorded after it."""
+        message = send.event
+        assert isinstance(message, MessageSent)
+        at, known, here = message.occurred_at, send.recorded_at, _ledger_order(send)
+        facts = self._facts.get(message.phone, ()) if message.phone in self._wide else ()
+        if any(_ledger_order(f) > here and _placed_at(f) <= at for f in facts):
+            return True
+        return any(recorded > known and occurred <= at for occurred, recorded in self._rule_times)
+
+    def review(self, phone: str, history: Iterable[Recorded]) -> list[Finding]:
+        """The findings in hindsight of the sends of ``phone`` (one of ``to_review``):
+        ``history`` holds its subscriber events, those of the unknown brand too, as
+        the sweep read them (any order). Each send of the campaign in the range is
+        judged as the proof packet judges it (``ledger.packet.replays``), from every
+        fact of the number, the send itself left out; one whose answer in hindsight
+        tells otherwise than the answer as recorded, and does not allow it, is found
+        with ``hindsight`` set."""
+        subscriber = sorted(
+            (
+                r
+                for r in history
+                if isinstance(r.event, SubscriberEvent)
+                and r.event.phone == phone
+                and r.event.brand in (self.brand, ANY_BRAND)
+            ),
+            key=_ledger_order,
+        )
+        wanted = {
+            str(r.event.event_id): r
+            for r in subscriber
             if isinstance(r.event, MessageSent)
+            and r.event.brand == self.brand
             and r.event.campaign == self.campaign
             and self.start <= r.event.occurred_at < self.end
-            and r.event.occurred_at > sent.occurred_at
-            and str(r.event.event_id) not in self._over_cap
-        ]
-        if not after:
+        }
+        if not wanted:
             return []
-        known = self._latest[phone][1]
-        kept = sorted([*self._facts.get(phone, ()), *sends], key=_ledger_order)
+        rules = self.history.facts()
+        # Everything the sweep read was known when it read it, even under a clock
+        # behind a writer's (``now`` is only ever later in a running service).
+        read = [r.recorded_at for r in [*subscriber, *rules]]
+        known = max(t for t in [*read, self.now, self._known] if t is not None)
         findings = []
-        for r in sorted(after, key=_ledger_order):
-            e = r.event
-            assert isinstance(e, MessageSent)
-            others = [f for f in kept if f is not r and f.event.event_id != e.event_id]
-            facts = [*others, *self.history.facts()]
-            decision = decide_as_of(facts, self.campaign, e.occurred_at, known, e.kind)
-            if not decision.allowed and _DENIALS.get(decision.reason) is FindingKind.OVER_CAP:
-                self._over_cap.add(str(e.event_id))
-                findings.append(Finding(r, (FindingKind.OVER_CAP,), decision, hindsight=True))
-        return findings
+        for event_id, (then, later) in replays(subscriber, rules, known, set(wanted)).items():
+            changed = in_hindsight(then, later)
+            if changed is not None and not changed.allowed:
+                kind = _DENIALS.get(changed.reason, FindingKind.NOT_ALLOWED)
+                findings.append(Finding(wanted[event_id], (kind,), changed, hindsight=True))
+        return sorted(findings, key=lambda f: _ledger_order(f.sent))
 
     def decision(self, recorded: Recorded) -> Decision:
         """What ``CanSendAsOf`` answers for the send ``recorded`` (at its occurred_at,
@@ -350,6 +376,18 @@ def _ledger_order(recorded: Recorded) -> tuple[int, int]:
     return (recorded.position.partition, recorded.position.offset)
 
 
+def _times(history: CampaignHistory) -> list[tuple[datetime, datetime]]:
+    """When each of the rules' facts occurred and was recorded."""
+    return [(r.event.occurred_at, r.recorded_at) for r in history.facts()]
+
+
+def _placed_at(recorded: Recorded) -> datetime:
+    """Where a fact stands in world time for the answers of the sends before it in
+    the ledger: when it occurred, or when it was recorded if that is earlier, as the
+    proof packet reads it (``ledger.packet.replays``)."""
+    return min(recorded.event.occurred_at, recorded.recorded_at)
+
+
 def sweep(
     events: Iterable[Recorded],
     history: CampaignHistory,
@@ -357,8 +395,20 @@ def sweep(
     campaign: str,
     start: datetime,
     end: datetime,
+    now: datetime | None = None,
 ) -> Iterator[Finding]:
-    """Every finding of a ``Sweep`` of ``events``, as the events stream by."""
-    swept = Sweep(history, brand, campaign, start, end)
+    """Every finding of a ``Sweep`` of ``events``: those as recorded as the events
+    stream by, then those in hindsight. The events are held as they pass, for the
+    numbers the sweep judges again (``Sweep.review``)."""
+    swept = Sweep(history, brand, campaign, start, end, now)
+    held = []
     for recorded in events:
-        yield from swept.feed_all(recorded)
+        held.append(recorded)
+        found = swept.feed(recorded)
+        if found is not None:
+            yield found
+    numbers = swept.to_review
+    for phone in sorted(numbers):
+        yield from swept.review(
+            phone, (r for r in held if getattr(r.event, "phone", None) == phone)
+        )

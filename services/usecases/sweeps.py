@@ -88,6 +88,8 @@ async def sweep_campaign(
         raise campaign_not_found(brand, campaign)
     history = await ctx.view.campaign_history(brand, campaign)
     target = await ctx.long_read(resume_at, "resume_read_at")
+    # The answers in hindsight are known as of now, as the proof packet's.
+    now = ctx.clock()
     read_at = ConsistencyToken({(Stream.SUBSCRIBERS, p): o for p, o in target.items()})
     total = sum(target.values())
     done = set(skip) & set(target)
@@ -102,7 +104,7 @@ async def sweep_campaign(
 
     yield progress(covered / total if total else 0.0)  # the view read, before any finding
     for partition in sorted(set(target) - done):
-        swept = Sweep(history, brand, campaign, start, end)
+        swept = Sweep(history, brand, campaign, start, end, now)
         # The other partitions are asked from where the view was when the sweep
         # began: only what was applied since comes back, and it is left out.
         others = {p: o for p, o in target.items() if p != partition}
@@ -114,7 +116,8 @@ async def sweep_campaign(
                 page = await ctx.view.changes(key, after, PAGE)
                 for recorded in page.events:
                     if recorded.position.partition == partition and _within(recorded, target):
-                        for finding in swept.feed_all(recorded):
+                        finding = swept.feed(recorded)
+                        if finding is not None:
                             found += 1
                             yield finding
                 after.update(page.through)
@@ -123,6 +126,20 @@ async def sweep_campaign(
                 if key == brand:
                     share = (covered + min(after.get(partition, 0), target[partition])) / total
                     yield progress(share)
+        # The numbers a fact recorded late may have changed a send of are judged
+        # again from their whole history as the view had it, as the packet judges.
+        for phone in sorted(swept.to_review):
+            facts = [
+                r
+                for r in [
+                    *await ctx.view.history(phone, brand),
+                    *await ctx.view.history(phone, ANY_BRAND),
+                ]
+                if _within(r, target)
+            ]
+            for finding in swept.review(phone, facts):
+                found += 1
+                yield finding
         events, judged = events + swept.events_read, judged + swept.sends_judged
         swept = None
         covered += target[partition]

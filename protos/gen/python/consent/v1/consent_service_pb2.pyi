@@ -2583,10 +2583,12 @@ class SweepFinding(_message.Message):
     rule_citation: _builtins.str
     policy_version: _builtins.int
     hindsight: _builtins.bool
-    """True when the answer is one in hindsight: a send recorded later but sent
-    earlier put this one over a cap in world order (occurred_at, then offset), as
-    the proof packet's "not allowed in hindsight". The answer is CanSendAsOf's
-    from every fact of the number the sweep read, the send itself left out.
+    """True when the answer is one in hindsight: a fact recorded after the send but
+    placed before it in world order (occurred_at, then offset) shows it sent
+    without consent (an opt-out reported or imported late, an older send over a
+    cap, a location), as the proof packet's "not allowed in hindsight". The answer
+    is CanSendAsOf's from every fact of the number the sweep read, the send itself
+    left out.
     """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...

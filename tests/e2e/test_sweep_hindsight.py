@@ -1,0 +1,132 @@
+"""The compliance sweep in hindsight through the real gRPC server, on the real Kafka
+ledger and PostgreSQL and on the embedded default's ledger: a send that an opt-out
+recorded after it (by RecordOptOut, or imported) shows sent after the opt-out is
+found, as the proof packet marks it "not allowed in hindsight"."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+from google.protobuf.json_format import MessageToDict
+
+from ledger.ports import ConsistencyToken
+from tests.e2e.harness import client, define, opt_in, opt_out, serving, ts
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@pytest.fixture(params=["kafka", "embedded"])
+async def service(request, tmp_path, postgres_dsn, kafka_bootstrap):
+    """A service on the Kafka ledger, or on the embedded default's PostgreSQL ledger,
+    with acme's informational campaign "info" (no quiet hours at night) defined."""
+    bootstrap = kafka_bootstrap if request.param == "kafka" else None
+    now = datetime.now(UTC)
+    campaign = define(
+        "acme", "info", now - timedelta(days=2), purpose=lpb.CAMPAIGN_PURPOSE_INFORMATIONAL
+    )
+    async with serving(
+        tmp_path, postgres_dsn, bootstrap, name="hindsight", campaigns=[campaign]
+    ) as runtime:
+        yield runtime, now
+
+
+def number(i: int) -> str:
+    return f"+1415557{i:04d}"
+
+
+def sent(phone: str, at: datetime, asked: str | None) -> api.RecordMessageSentRequest:
+    """A send of "info" to ``phone``; ``asked``: the token of the CanSend answer it
+    relied on (allowed), None for one that asked nothing."""
+    request = api.RecordMessageSentRequest(
+        request_id=uuid.uuid4().hex,
+        phone=phone,
+        brand="acme",
+        campaign="info",
+        message_id=f"SM{uuid.uuid4().hex[:16]}",
+        occurred_at=ts(at),
+        included_opt_out_language=True,
+        identified_sender=True,
+    )
+    if asked is not None:
+        request.relied_on.CopyFrom(
+            api.ReliedOnAnswer(
+                consistency_token=asked, allowed=True, reason=api.REASON_CONSENT_ACTIVE
+            )
+        )
+    return request
+
+
+async def sweep(c, start: datetime, end: datetime, fresh: str) -> list[api.SweepFinding]:
+    request = api.SweepCampaignRequest(
+        brand="acme",
+        campaign="info",
+        start_time=ts(start),
+        end_time=ts(end),
+        at_least_as_fresh=fresh,
+    )
+    call = c.stub.SweepCampaign(
+        request, metadata=[("authorization", f"Bearer {c.token}")], timeout=120
+    )
+    return [item.finding async for item in call if item.HasField("finding")]
+
+
+async def not_allowed_in_hindsight(c, phone: str, fresh: str) -> dict[str, str]:
+    """The proof packet's sends of ``phone`` marked not allowed in hindsight, by
+    message id, with the reason."""
+    packet = await c.GetProofPacket(
+        api.GetProofPacketRequest(phone=phone, brand="acme", at_least_as_fresh=fresh)
+    )
+    return {
+        m["message_id"]: m["hindsight"]["reason"]
+        for m in MessageToDict(packet.packet)["messages"]
+        if m["hindsight"] is not None and not m["hindsight"]["allowed"]
+    }
+
+
+async def test_sends_before_opt_outs_recorded_after_them_are_found_in_hindsight(service):
+    """Each number opted in, was sent a message that CanSend allowed, and then an
+    opt-out placed before that message was recorded: one by RecordOptOut, one by an
+    import of an older opt-out of every campaign. The sweep judged each send only as
+    recorded and found nothing, while the packet marks both not allowed in hindsight."""
+    runtime, now = service
+    one, other = number(1), number(2)
+    async with client(runtime.address, "acme-app") as c:
+        token = ConsistencyToken({})
+        for phone in (one, other):
+            granted = await c.RecordOptIn(opt_in(phone, "acme", "info", now - timedelta(days=1)))
+            token = token.merge(ConsistencyToken.decode(granted.consistency_token))
+        asked = token.encode()
+        messages = {}
+        for phone in (one, other):
+            request = sent(phone, now - timedelta(hours=2), asked)
+            w = await c.RecordMessageSent(request)
+            token = token.merge(ConsistencyToken.decode(w.consistency_token))
+            messages[phone] = request.message_id
+        stop = await c.RecordOptOut(opt_out(one, "acme", "info", now - timedelta(hours=3)))
+        token = token.merge(ConsistencyToken.decode(stop.consistency_token))
+        older = opt_out(other, "acme", None, now - timedelta(hours=3))
+        imports = c.stub.ImportConsents(
+            iter([api.ImportConsentsRequest(records=[api.ImportRecord(opt_out=older)])]),
+            metadata=[("authorization", f"Bearer {c.token}")],
+            timeout=60,
+        )
+        (imported,) = [a async for a in imports]
+        assert imported.imported == 1 and not imported.refusals
+        fresh = token.merge(ConsistencyToken.decode(imported.consistency_token)).encode()
+        findings = await sweep(c, now - timedelta(days=1), now, fresh)
+        marked = {p: await not_allowed_in_hindsight(c, p, fresh) for p in (one, other)}
+    assert marked == {
+        one: {messages[one]: "revoked"},
+        other: {messages[other]: "revoked_brand_wide"},
+    }
+    found = {f.phone: f for f in findings}
+    assert sorted(found) == [one, other] and len(findings) == 2
+    for phone, reason in ((one, api.REASON_REVOKED), (other, api.REASON_REVOKED_BRAND_WIDE)):
+        f = found[phone]
+        assert f.message_id == messages[phone] and f.hindsight
+        assert list(f.kinds) == [api.SWEEP_FINDING_KIND_AFTER_OPT_OUT]
+        assert not f.allowed and f.reason == reason

@@ -1,0 +1,250 @@
+"""The compliance sweep in hindsight: a send that a fact recorded after it, placed
+before it in world order, shows sent without consent is found, as the proof packet
+marks it "not allowed in hindsight", whatever the fact."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+
+import pytest
+
+from ledger.campaigns import CampaignPolicy, FrequencyCap
+from ledger.events import (
+    ANY_BRAND,
+    CampaignDefined,
+    CampaignEvent,
+    CampaignPolicyChanged,
+    LedgerEvent,
+    LedgerPosition,
+    MessageKind,
+    MessageSent,
+    Recorded,
+    RevocationCandidateFlagged,
+    SubscriberLocated,
+)
+from ledger.packet import assemble
+from ledger.policy import Reason
+from ledger.state import CampaignHistory, fold_campaign
+from ledger.sweep import Finding, FindingKind, Sweep, sweep
+from tests.builders import (
+    BRAND,
+    PHONE,
+    _base,
+    age,
+    at,
+    flagged,
+    granted,
+    inbound,
+    reconfirmed,
+    revoked,
+    sent,
+)
+from tests.unit.test_sweep import asked
+
+START, END = at(days=-400), at(days=400)
+NOW = at(days=30)
+
+
+def _defined(campaign: str = "promo", **policy: object) -> CampaignDefined:
+    return CampaignDefined(
+        **_base(at(days=-60)),
+        brand=BRAND,
+        campaign=campaign,
+        policy=CampaignPolicy(**policy),  # type: ignore[arg-type]
+    )
+
+
+def _in_ledger_order(events: list[LedgerEvent], recorded_at: list[datetime]) -> list[Recorded]:
+    return [
+        Recorded(e, LedgerPosition(0, i), t)
+        for i, (e, t) in enumerate(zip(events, recorded_at, strict=True))
+    ]
+
+
+def _rules(*events: CampaignEvent) -> list[Recorded]:
+    return [Recorded(e, LedgerPosition(1, i), e.occurred_at) for i, e in enumerate(events)]
+
+
+def _promo(rules: list[Recorded]) -> CampaignHistory:
+    """The campaign's history as the view gives it to the sweep: its own rules only."""
+    return fold_campaign([r for r in rules if getattr(r.event, "campaign", None) == "promo"])
+
+
+def _late(fact: LedgerEvent, *, revoke_all: bool = False, **policy: object) -> list[Finding]:
+    """The findings of a sweep of an opt-in, a send at T0 recorded then, and ``fact``
+    (placed before the send) recorded an hour after it."""
+    message = asked(sent(at(0)))
+    events = [granted(at(-600)), message, fact]
+    stream = _in_ledger_order(events, [at(-600), at(0), at(60)])
+    rules = _rules(_defined(revoke_all=revoke_all, **policy), _defined("other"))
+    found = list(sweep(stream, _promo(rules), BRAND, "promo", START, END, NOW))
+    assert all(f.sent.event is message for f in found)
+    return found
+
+
+def _stop_of_an_unknown_brand(when: datetime) -> RevocationCandidateFlagged:
+    return RevocationCandidateFlagged(
+        **_base(when),
+        phone=PHONE,
+        brand=ANY_BRAND,
+        inbound_message_id="in-1",
+        text="STOP",
+        unattributed=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fact", "revoke_all", "reason"),
+    [
+        (revoked(at(-10)), False, Reason.REVOKED),
+        (revoked(at(-10), None), False, Reason.REVOKED_BRAND_WIDE),
+        (revoked(at(-10), "other"), True, Reason.REVOKED_BRAND_WIDE),
+        (_stop_of_an_unknown_brand(at(-10)), False, Reason.REVOKED_BRAND_WIDE),
+        (flagged(at(-10)), False, Reason.REVOCATION_PENDING_REVIEW),
+    ],
+    ids=["campaign", "brand-wide", "revoke-all", "unknown-brand", "candidate"],
+)
+def test_a_send_before_an_opt_out_recorded_after_it_is_found_in_hindsight(
+    fact: LedgerEvent, revoke_all: bool, reason: Reason
+):
+    (finding,) = _late(fact, revoke_all=revoke_all)
+    assert finding.hindsight and finding.kinds == (FindingKind.AFTER_OPT_OUT,)
+    assert not finding.decision.allowed and finding.decision.reason is reason
+    assert str(fact.event_id) in finding.evidence
+
+
+def test_a_send_in_the_hours_a_state_learnt_late_closes_is_found_in_hindsight():
+    located = SubscriberLocated(**_base(at(days=-1)), phone=PHONE, brand=BRAND, region="FL")
+    message = asked(sent(at(hours=7)))  # 17:00 in Los Angeles, 20:00 in Florida
+    events = [granted(at(-600)), message, located]
+    stream = _in_ledger_order(events, [at(-600), at(hours=7), at(hours=8)])
+    (finding,) = sweep(stream, fold_campaign(_rules(_defined())), BRAND, "promo", START, END, NOW)
+    assert finding.hindsight and finding.kinds == (FindingKind.QUIET_HOURS,)
+    assert finding.decision.rule == "state:FL"
+
+
+def test_a_send_under_rules_defined_back_in_time_after_it_is_found_in_hindsight():
+    """A cap put in force, by a change recorded after the send, from before it."""
+    first, second = asked(sent(at(0))), asked(sent(at(30)))
+    capped = CampaignPolicyChanged(
+        **_base(at(-60)), brand=BRAND, campaign="promo", policy=CampaignPolicy(daily_cap=1)
+    )
+    history = fold_campaign(
+        [*_rules(_defined()), Recorded(capped, LedgerPosition(0, 9), at(hours=2))]
+    )
+    events = [granted(at(-600)), first, second]
+    stream = _in_ledger_order(events, [at(-600), at(0), at(30)])
+    (finding,) = sweep(stream, history, BRAND, "promo", START, END, NOW)
+    assert finding.sent.event is second and finding.hindsight
+    assert finding.kinds == (FindingKind.OVER_CAP,)
+
+
+def test_a_stop_of_an_unknown_brand_read_before_the_brands_facts_is_weighed():
+    """The use case feeds a partition's STOPs of an unknown brand first: one recorded
+    after a send but placed before it still counts against it in hindsight."""
+    grant, message = granted(at(-600)), asked(sent(at(0)))
+    stop = _stop_of_an_unknown_brand(at(-10))
+    stream = _in_ledger_order([grant, message, stop], [at(-600), at(0), at(60)])
+    swept = Sweep(fold_campaign(_rules(_defined())), BRAND, "promo", START, END, NOW)
+    assert [swept.feed(r) for r in (stream[2], stream[0], stream[1])] == [None] * 3
+    assert swept.to_review == {PHONE}
+    (finding,) = swept.review(PHONE, stream)
+    assert finding.hindsight and finding.kinds == (FindingKind.AFTER_OPT_OUT,)
+
+
+def test_a_send_recorded_in_world_order_is_not_judged_again():
+    grant, message, stop = granted(at(-600)), asked(sent(at(0))), revoked(at(10))
+    stream = _in_ledger_order([grant, message, stop], [at(-600), at(0), at(10)])
+    swept = Sweep(fold_campaign(_rules(_defined())), BRAND, "promo", START, END, NOW)
+    assert [swept.feed(r) for r in stream] == [None] * 3
+    assert swept.to_review == frozenset()
+
+
+def _history_of(rng: random.Random) -> tuple[list[Recorded], list[Recorded]]:
+    """A number's facts and its brand's rules, some reported late, in ledger order."""
+    texts = ["STOP", "START", "HELP", "what are your hours?", "stop texting me"]
+    rules: list[CampaignEvent] = [
+        _defined(
+            daily_cap=rng.choice([None, 2]),
+            frequency_caps=rng.choice([(), (FrequencyCap(3, timedelta(days=7)),)]),
+            reconfirm_interval=rng.choice([None, timedelta(days=2)]),
+            revoke_all=rng.random() < 0.3,
+            age_gated=rng.random() < 0.2,
+        ),
+        _defined("other"),
+    ]
+    recorded_rules = _rules(*rules)
+    if rng.random() < 0.3:  # rules changed back in time, recorded later
+        changed = CampaignPolicyChanged(
+            **_base(at(minutes=rng.randint(-300, 2000))),
+            brand=BRAND,
+            campaign="promo",
+            policy=CampaignPolicy(daily_cap=1),
+        )
+        recorded_rules.append(
+            Recorded(changed, LedgerPosition(1, 9), at(minutes=rng.randint(0, 5000)))
+        )
+    events: list[LedgerEvent] = []
+    recorded_at: list[datetime] = []
+    clock = at(days=-1)
+    for _ in range(rng.randint(5, 30)):
+        clock += timedelta(minutes=rng.randint(1, 240))
+        # Most facts are recorded as they happen; some are reported (or imported) late.
+        lateness = timedelta(minutes=rng.choice([0, 0, 0, 1, rng.randint(2, 3000)]))
+        when = clock - lateness
+        roll = rng.random()
+        event: LedgerEvent
+        if roll < 0.12:
+            event = granted(when, rng.choice(["promo", "other"]))
+        elif roll < 0.22:
+            event = revoked(when, rng.choice(["promo", "other", None]))
+        elif roll < 0.26:
+            event = _stop_of_an_unknown_brand(when)
+        elif roll < 0.3:
+            event = flagged(when)
+        elif roll < 0.36:
+            event = inbound(when, rng.choice(texts), rng.choice(["promo", None]))
+        elif roll < 0.39:
+            region = rng.choice(["FL", "AL", "CA"])
+            event = SubscriberLocated(**_base(when), phone=PHONE, brand=BRAND, region=region)
+        elif roll < 0.41:
+            event = reconfirmed(when)
+        elif roll < 0.43:
+            event = age(when, plus21=rng.random() < 0.5)
+        else:
+            kind = rng.choice(list(MessageKind))
+            ahead = timedelta(minutes=rng.choice([0, 0, 2]))  # a sender's clock ahead
+            message = sent(when + ahead, rng.choice(["promo", "promo", "other"]), kind)
+            event = asked(message) if rng.random() < 0.8 else message
+        events.append(event)
+        recorded_at.append(clock)
+    return _in_ledger_order(events, recorded_at), recorded_rules
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_sweep_finds_the_sends_the_packet_marks_not_allowed_in_hindsight(seed: int):
+    rng = random.Random(seed)
+    hindsight_seen = 0
+    for _round in range(60):
+        facts, rules = _history_of(rng)
+        packet = assemble([*facts, *rules], PHONE, BRAND, None, NOW)
+        messages = [m for m in packet.messages if m.campaign == "promo"]
+        marked = {
+            m.event.event_id: m.hindsight.reason
+            for m in messages
+            if m.hindsight is not None and not m.hindsight.allowed
+        }
+        then = {m.event.event_id: (m.decision.allowed, m.decision.reason) for m in messages}
+        history = _promo(rules)
+        found = list(sweep(facts, history, BRAND, "promo", START, END, NOW))
+        late = {str(f.sent.event.event_id): f.decision.reason.value for f in found if f.hindsight}
+        assert late == marked, (seed, _round)
+        for f in found:
+            if not f.hindsight:
+                as_packet = then[str(f.sent.event.event_id)]
+                assert (f.decision.allowed, f.decision.reason.value) == as_packet
+        sends = [r for r in facts if isinstance(r.event, MessageSent)]
+        assert len(then) == sum(1 for r in sends if r.event.campaign == "promo")
+        hindsight_seen += len(marked)
+    assert hindsight_seen > 0  # the histories do reach the case
