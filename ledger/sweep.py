@@ -26,8 +26,9 @@ history (``Sweep.to_review``, ``Sweep.review``), so the sweep still holds no sen
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -93,20 +94,31 @@ _DENIALS: dict[Reason, FindingKind] = {
 
 @dataclass(frozen=True)
 class Finding:
-    """One send that lacked what the policy required, and why."""
+    """One send that lacked what the policy required, and every reason why: a send
+    has one finding at most, which holds what it lacked as recorded and what it
+    lacked in hindsight."""
 
     sent: Recorded
     """The ``MessageSent`` as the ledger recorded it."""
     kinds: tuple[FindingKind, ...]
+    """Every kind: those of the answer as recorded and of the sender's answer, then
+    those of the answer in hindsight (``hindsight_kinds``) not among them."""
     decision: Decision
-    """The answer ``CanSend`` gives for the moment of the send (``Sweep``)."""
+    """The answer the finding stands on: the one in hindsight when ``hindsight``,
+    else the one ``CanSend`` gives for the moment of the send (``Sweep``)."""
     unmet: tuple[Obligation, ...] = ()
-    """The obligations of an allowed answer that the send says it did not meet."""
+    """The obligations of an allowed answer as recorded that the send says it did
+    not meet."""
     hindsight: bool = False
     """The answer is one in hindsight: from every fact of the number the sweep read,
     the send itself left out, as the proof packet's ``hindsight`` (``Sweep.review``):
     a fact recorded after the send but placed before it in world order made it not
     allowed."""
+    as_recorded: Decision | None = None
+    """With ``hindsight``: the answer as recorded, for the moment of the send from
+    what the ledger knew then (``decision`` is that answer otherwise)."""
+    hindsight_kinds: tuple[FindingKind, ...] = ()
+    """With ``hindsight``: the kinds of the answer in hindsight."""
 
     @property
     def message(self) -> MessageSent:
@@ -211,6 +223,9 @@ class Sweep:
         # after them that is placed at or before it may change them in hindsight.
         self._judged_until: dict[str, datetime] = {}
         self._review: set[str] = set()
+        # The findings as recorded, by the send's event id, until ``finish`` adds
+        # what a fact recorded after a send shows of it.
+        self._found: dict[str, Finding] = {}
         self._rule_times = _times(history)
         self._known = max((known for _, known in self._rule_times), default=None)
 
@@ -225,7 +240,7 @@ class Sweep:
 
     def feed(self, recorded: Recorded) -> Finding | None:
         """Take the next event; the finding it makes as recorded, if it is a send that
-        lacked something. Findings in hindsight come from ``review``."""
+        lacked something. ``finish`` gives it again, with what it lacked in hindsight."""
         self.events_read += 1
         event = recorded.event
         if self._known is None or recorded.recorded_at > self._known:
@@ -258,6 +273,8 @@ class Sweep:
         ):
             self.sends_judged += 1
             finding = judge(recorded, self.decision(recorded))
+            if finding is not None:
+                self._found[str(event.event_id)] = finding
             if self._may_change(recorded):
                 self._review.add(phone)
             if judged_until is None or event.occurred_at > judged_until:
@@ -324,9 +341,31 @@ class Sweep:
         for event_id, (then, later) in replays(subscriber, rules, known, set(wanted)).items():
             changed = in_hindsight(then, later)
             if changed is not None and not changed.allowed:
-                kind = _DENIALS.get(changed.reason, FindingKind.NOT_ALLOWED)
-                findings.append(Finding(wanted[event_id], (kind,), changed, hindsight=True))
+                kinds = (_DENIALS.get(changed.reason, FindingKind.NOT_ALLOWED),)
+                found = Finding(wanted[event_id], kinds, changed, (), True, then, kinds)
+                findings.append(found)
         return sorted(findings, key=lambda f: _ledger_order(f.sent))
+
+    def finish(self, histories: Mapping[str, Iterable[Recorded]]) -> list[Finding]:
+        """Every finding of the sweep, one per send, in ledger order: those as
+        recorded, each with the reasons in hindsight of its send added, and the
+        sends found in hindsight alone. ``histories``: the events of each number of
+        ``to_review``, as ``review`` takes them."""
+        found = dict(self._found)
+        for phone in sorted(self.to_review):
+            for late in self.review(phone, histories.get(phone, ())):
+                key = str(late.sent.event.event_id)
+                then = found.get(key)
+                if then is not None:
+                    added = tuple(k for k in late.kinds if k not in then.kinds)
+                    late = dataclasses.replace(
+                        late,
+                        kinds=then.kinds + added,
+                        unmet=then.unmet,
+                        as_recorded=then.decision,
+                    )
+                found[key] = late
+        return sorted(found.values(), key=lambda f: _ledger_order(f.sent))
 
     def decision(self, recorded: Recorded) -> Decision:
         """What ``CanSendAsOf`` answers for the send ``recorded`` (at its occurred_at,
@@ -397,18 +436,14 @@ def sweep(
     end: datetime,
     now: datetime | None = None,
 ) -> Iterator[Finding]:
-    """Every finding of a ``Sweep`` of ``events``: those as recorded as the events
-    stream by, then those in hindsight. The events are held as they pass, for the
-    numbers the sweep judges again (``Sweep.review``)."""
+    """Every finding of a ``Sweep`` of ``events``, one per send (``Sweep.finish``),
+    once the events are read: a fact recorded after a send may add to its finding.
+    The events are held as they pass, for the numbers the sweep judges again."""
     swept = Sweep(history, brand, campaign, start, end, now)
     held = []
     for recorded in events:
         held.append(recorded)
-        found = swept.feed(recorded)
-        if found is not None:
-            yield found
+        swept.feed(recorded)
     numbers = swept.to_review
-    for phone in sorted(numbers):
-        yield from swept.review(
-            phone, (r for r in held if getattr(r.event, "phone", None) == phone)
-        )
+    histories = {p: [r for r in held if getattr(r.event, "phone", None) == p] for p in numbers}
+    yield from swept.finish(histories)

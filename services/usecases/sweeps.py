@@ -66,9 +66,10 @@ async def sweep_campaign(
     resume_at: ConsistencyToken | None = None,
     skip: frozenset[int] = frozenset(),
 ) -> AsyncGenerator[Finding | SweepProgress, None]:
-    """Each finding of the sweep of ``campaign`` over ``[start, end)`` as it is found;
-    a ``SweepProgress`` first, after every page read and every partition finished,
-    and last with ``done`` 1.0.
+    """Each finding of the sweep of ``campaign`` over ``[start, end)``, one per send
+    with every reason (``ledger.sweep.Sweep.finish``), a partition's as it is
+    finished; a ``SweepProgress`` first, after every page read and every partition
+    finished, and last with ``done`` 1.0.
 
     The sweep goes a partition at a time: a number's events share a partition, so
     once one is finished no state of its numbers is needed again. That is what makes
@@ -116,10 +117,7 @@ async def sweep_campaign(
                 page = await ctx.view.changes(key, after, PAGE)
                 for recorded in page.events:
                     if recorded.position.partition == partition and _within(recorded, target):
-                        finding = swept.feed(recorded)
-                        if finding is not None:
-                            found += 1
-                            yield finding
+                        swept.feed(recorded)
                 after.update(page.through)
                 if after.get(partition, 0) >= target[partition] or len(page.events) < PAGE:
                     break
@@ -127,19 +125,18 @@ async def sweep_campaign(
                     share = (covered + min(after.get(partition, 0), target[partition])) / total
                     yield progress(share)
         # The numbers a fact recorded late may have changed a send of are judged
-        # again from their whole history as the view had it, as the packet judges.
+        # again from their whole history as the view had it, as the packet judges;
+        # then each send's one finding, with every reason, is final.
+        histories = {}
         for phone in sorted(swept.to_review):
             facts = [
-                r
-                for r in [
-                    *await ctx.view.history(phone, brand),
-                    *await ctx.view.history(phone, ANY_BRAND),
-                ]
-                if _within(r, target)
+                *await ctx.view.history(phone, brand),
+                *await ctx.view.history(phone, ANY_BRAND),
             ]
-            for finding in swept.review(phone, facts):
-                found += 1
-                yield finding
+            histories[phone] = [r for r in facts if _within(r, target)]
+        for finding in swept.finish(histories):
+            found += 1
+            yield finding
         events, judged = events + swept.events_read, judged + swept.sends_judged
         swept = None
         covered += target[partition]

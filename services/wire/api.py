@@ -450,7 +450,10 @@ def sweep_finding_to_proto(
         policy_version=decision.policy_version,
         unmet_obligations=[OBLIGATIONS.to_proto(o) for o in finding.unmet],
         hindsight=finding.hindsight,
+        hindsight_kinds=[SWEEP_FINDING_KINDS.to_proto(k) for k in finding.hindsight_kinds],
     )
+    if finding.as_recorded is not None:
+        found.as_recorded.CopyFrom(decision_to_as_of_proto(finding.as_recorded))
     relied = message.relied_on
     if relied is not None:
         found.relied_on.CopyFrom(

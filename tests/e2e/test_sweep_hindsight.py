@@ -130,3 +130,33 @@ async def test_sends_before_opt_outs_recorded_after_them_are_found_in_hindsight(
         assert f.message_id == messages[phone] and f.hindsight
         assert list(f.kinds) == [api.SWEEP_FINDING_KIND_AFTER_OPT_OUT]
         assert not f.allowed and f.reason == reason
+
+
+async def test_a_send_without_asking_before_a_late_opt_out_is_one_finding_with_both(service):
+    """A send recorded without asking CanSend, then an opt-out placed before it: the
+    sweep gives one finding for the send, naming what it lacked as recorded and in
+    hindsight, with both answers."""
+    runtime, now = service
+    phone = number(3)
+    async with client(runtime.address, "acme-app") as c:
+        granted = await c.RecordOptIn(opt_in(phone, "acme", "info", now - timedelta(days=1)))
+        token = ConsistencyToken.decode(granted.consistency_token)
+        request = sent(phone, now - timedelta(hours=2), None)
+        w = await c.RecordMessageSent(request)
+        token = token.merge(ConsistencyToken.decode(w.consistency_token))
+        stop = await c.RecordOptOut(opt_out(phone, "acme", "info", now - timedelta(hours=3)))
+        fresh = token.merge(ConsistencyToken.decode(stop.consistency_token)).encode()
+        findings = [
+            f for f in await sweep(c, now - timedelta(days=1), now, fresh) if f.phone == phone
+        ]
+        marked = await not_allowed_in_hindsight(c, phone, fresh)
+    assert marked == {request.message_id: "revoked"}
+    (found,) = findings
+    assert list(found.kinds) == [
+        api.SWEEP_FINDING_KIND_SENT_WITHOUT_ASKING,
+        api.SWEEP_FINDING_KIND_AFTER_OPT_OUT,
+    ]
+    assert found.hindsight and list(found.hindsight_kinds) == [api.SWEEP_FINDING_KIND_AFTER_OPT_OUT]
+    assert not found.allowed and found.reason == api.REASON_REVOKED
+    assert found.as_recorded.allowed and found.as_recorded.reason == api.REASON_CONSENT_ACTIVE
+    assert not found.HasField("relied_on")

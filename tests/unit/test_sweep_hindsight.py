@@ -238,13 +238,60 @@ def test_the_sweep_finds_the_sends_the_packet_marks_not_allowed_in_hindsight(see
         then = {m.event.event_id: (m.decision.allowed, m.decision.reason) for m in messages}
         history = _promo(rules)
         found = list(sweep(facts, history, BRAND, "promo", START, END, NOW))
+        ids = [f.sent.event.event_id for f in found]
+        assert len(ids) == len(set(ids))  # one finding per send
         late = {str(f.sent.event.event_id): f.decision.reason.value for f in found if f.hindsight}
         assert late == marked, (seed, _round)
         for f in found:
-            if not f.hindsight:
-                as_packet = then[str(f.sent.event.event_id)]
-                assert (f.decision.allowed, f.decision.reason.value) == as_packet
+            as_recorded = f.as_recorded if f.hindsight else f.decision
+            assert as_recorded is not None
+            as_packet = then[str(f.sent.event.event_id)]
+            assert (as_recorded.allowed, as_recorded.reason.value) == as_packet
+            assert set(f.hindsight_kinds) <= set(f.kinds)
         sends = [r for r in facts if isinstance(r.event, MessageSent)]
         assert len(then) == sum(1 for r in sends if r.event.campaign == "promo")
         hindsight_seen += len(marked)
     assert hindsight_seen > 0  # the histories do reach the case
+
+
+def test_a_send_without_asking_over_a_cap_in_hindsight_is_one_finding_with_both():
+    """Found as recorded for not asking, and over a cap once an older send recorded
+    after it is read: one finding names both, the answer in hindsight first."""
+    unasked, older = sent(at(30)), asked(sent(at(10)))
+    events = [granted(at(-60)), asked(sent(at(0))), unasked, older]
+    stream = _in_ledger_order(events, [at(-60), at(0), at(30), at(40)])
+    history = _promo(_rules(_defined(frequency_caps=(FrequencyCap(2, timedelta(days=1)),))))
+    (finding,) = sweep(stream, history, BRAND, "promo", START, END, NOW)
+    assert finding.sent.event is unasked and finding.hindsight
+    assert finding.kinds == (FindingKind.SENT_WITHOUT_ASKING, FindingKind.OVER_CAP)
+    assert finding.hindsight_kinds == (FindingKind.OVER_CAP,)
+    assert finding.decision.reason is Reason.FREQUENCY_CAP_REACHED
+    assert finding.as_recorded is not None and finding.as_recorded.allowed
+
+
+def test_a_send_in_quiet_hours_before_a_late_opt_out_is_one_finding_with_both():
+    message = asked(sent(at(hours=12)))  # 22:00 in Los Angeles
+    stop = revoked(at(hours=11))
+    events = [granted(at(-600)), message, stop]
+    stream = _in_ledger_order(events, [at(-600), at(hours=12), at(hours=13)])
+    (finding,) = sweep(stream, _promo(_rules(_defined())), BRAND, "promo", START, END, NOW)
+    assert finding.kinds == (FindingKind.QUIET_HOURS, FindingKind.AFTER_OPT_OUT)
+    assert finding.hindsight and finding.hindsight_kinds == (FindingKind.AFTER_OPT_OUT,)
+    assert finding.decision.reason is Reason.REVOKED
+    assert str(stop.event_id) in finding.evidence
+    assert finding.as_recorded is not None
+    assert finding.as_recorded.reason is Reason.QUIET_HOURS
+
+
+def test_a_send_found_only_as_recorded_carries_no_answer_in_hindsight():
+    (finding,) = sweep(
+        _in_ledger_order([granted(at(-600)), sent(at(0))], [at(-600), at(0)]),
+        _promo(_rules(_defined())),
+        BRAND,
+        "promo",
+        START,
+        END,
+        NOW,
+    )
+    assert finding.kinds == (FindingKind.SENT_WITHOUT_ASKING,) and not finding.hindsight
+    assert finding.as_recorded is None and finding.hindsight_kinds == ()

@@ -35,6 +35,13 @@ show it. Each send is judged as CanSend would have answered when it went out
   sent_against_not_allowed   the sender relied on an answer that said no
   sent_without_asking        the sender named no answer it relied on
 
+Each send is also judged in hindsight, as the proof packet judges it: a fact
+recorded after it but placed before it (an opt-out reported or imported late, an
+older send, a location) can show it sent without consent. A send has one line at
+most, with every kind: "answer in hindsight" then gives that answer and "answer
+then" the one as recorded; with --json, "hindsight", "hindsight_kinds" and
+"as_recorded" say the same.
+
 It streams: a campaign of millions of messages is swept without holding them,
 with a progress line on standard error (share done, events read, rate, time left)
 when it is a terminal or with --progress.
@@ -134,7 +141,19 @@ def finding_record(finding: Any) -> dict[str, Any]:
         ],
         "relied_on": None,
         "hindsight": finding.hindsight,
+        "hindsight_kinds": [
+            name(api.SweepFindingKind, "SWEEP_FINDING_KIND_", k) for k in finding.hindsight_kinds
+        ],
+        "as_recorded": None,
     }
+    if finding.HasField("as_recorded"):
+        then = finding.as_recorded
+        record["as_recorded"] = {
+            "allowed": then.allowed,
+            "reason": name(api.Reason, "REASON_", then.reason),
+            "detail": then.detail,
+            "evidence_event_ids": list(then.evidence_event_ids),
+        }
     if finding.HasField("relied_on"):
         relied = finding.relied_on
         record["relied_on"] = {
@@ -145,16 +164,24 @@ def finding_record(finding: Any) -> dict[str, Any]:
     return record
 
 
+def _why(answer: dict[str, Any]) -> str:
+    return f"{answer['reason']}: {answer['detail']}" if not answer["allowed"] else "allowed"
+
+
 def _text(record: dict[str, Any]) -> str:
-    why = f"{record['reason']}: {record['detail']}" if not record["allowed"] else "allowed"
     relied = record["relied_on"]
     asked = "not asked" if relied is None else f"relied on {relied['reason']}"
-    return (
+    # A state saved by an older version lacks the answer as recorded.
+    then = record.get("as_recorded")
+    lines = [
         f"{record['occurred_at']}  {record['phone']}  {record['message_id']}  "
-        f"{','.join(record['kinds'])}\n"
-        f"    answer {'in hindsight' if record['hindsight'] else 'then'}: {why}\n"
-        f"    sender: {asked}; evidence: {', '.join(record['evidence_event_ids']) or '-'}"
-    )
+        f"{','.join(record['kinds'])}",
+        f"    answer {'in hindsight' if record['hindsight'] else 'then'}: {_why(record)}",
+    ]
+    if then is not None:
+        lines.append(f"    answer then: {_why(then)}")
+    lines.append(f"    sender: {asked}; evidence: {', '.join(record['evidence_event_ids']) or '-'}")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2545,7 +2545,9 @@ Global___SweepCampaignRequest: _TypeAlias = SweepCampaignRequest  # noqa: Y015
 
 @_typing.final
 class SweepFinding(_message.Message):
-    """One send that lacked what the policy required."""
+    """One send that lacked what the policy required, with every reason: a send has
+    one finding at most, given once the sweep has read its partition to the end.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -2568,6 +2570,8 @@ class SweepFinding(_message.Message):
     UNMET_OBLIGATIONS_FIELD_NUMBER: _builtins.int
     RELIED_ON_FIELD_NUMBER: _builtins.int
     HINDSIGHT_FIELD_NUMBER: _builtins.int
+    AS_RECORDED_FIELD_NUMBER: _builtins.int
+    HINDSIGHT_KINDS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The MessageSent's event id, number, provider id, kind and times."""
     phone: _builtins.str
@@ -2576,7 +2580,10 @@ class SweepFinding(_message.Message):
     partition: _builtins.int
     offset: _builtins.int
     allowed: _builtins.bool
-    """The answer CanSend gives for the send's moment."""
+    """The answer the finding stands on: the one in hindsight when hindsight is true,
+    else the one CanSend gives for the send's moment (CanSendAsOf at occurred_at,
+    known at recorded_at).
+    """
     reason: Global___Reason.ValueType
     detail: _builtins.str
     rule: _builtins.str
@@ -2595,7 +2602,11 @@ class SweepFinding(_message.Message):
     @_builtins.property
     def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___SweepFindingKind.ValueType]: ...
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___SweepFindingKind.ValueType]:
+        """Every kind: those of the answer as recorded and of the sender's answer, then
+        those of the answer in hindsight (hindsight_kinds) not among them.
+        """
+
     @_builtins.property
     def evidence_event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The events that answer stands on."""
@@ -2605,6 +2616,17 @@ class SweepFinding(_message.Message):
     @_builtins.property
     def relied_on(self) -> Global___ReliedOnAnswer:
         """The answer the sender said it relied on; absent when it named none."""
+
+    @_builtins.property
+    def as_recorded(self) -> Global___CanSendAsOfResponse:
+        """When hindsight is true: the answer as recorded, for the send's moment from
+        what the ledger knew when it was told of the send (the answer above is that
+        one otherwise). Its consistency_token is empty.
+        """
+
+    @_builtins.property
+    def hindsight_kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___SweepFindingKind.ValueType]:
+        """When hindsight is true: the kinds of the answer in hindsight (in kinds too)."""
 
     def __init__(
         self,
@@ -2628,10 +2650,12 @@ class SweepFinding(_message.Message):
         unmet_obligations: _abc.Iterable[Global___Obligation.ValueType] | None = ...,
         relied_on: Global___ReliedOnAnswer | None = ...,
         hindsight: _builtins.bool = ...,
+        as_recorded: Global___CanSendAsOfResponse | None = ...,
+        hindsight_kinds: _abc.Iterable[Global___SweepFindingKind.ValueType] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "recorded_at", b"recorded_at", "relied_on", b"relied_on"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_recorded", b"as_recorded", "occurred_at", b"occurred_at", "recorded_at", b"recorded_at", "relied_on", b"relied_on"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "detail", b"detail", "event_id", b"event_id", "evidence_event_ids", b"evidence_event_ids", "hindsight", b"hindsight", "kinds", b"kinds", "message_id", b"message_id", "message_kind", b"message_kind", "occurred_at", b"occurred_at", "offset", b"offset", "partition", b"partition", "phone", b"phone", "policy_version", b"policy_version", "reason", b"reason", "recorded_at", b"recorded_at", "relied_on", b"relied_on", "rule", b"rule", "rule_citation", b"rule_citation", "unmet_obligations", b"unmet_obligations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "as_recorded", b"as_recorded", "detail", b"detail", "event_id", b"event_id", "evidence_event_ids", b"evidence_event_ids", "hindsight", b"hindsight", "hindsight_kinds", b"hindsight_kinds", "kinds", b"kinds", "message_id", b"message_id", "message_kind", b"message_kind", "occurred_at", b"occurred_at", "offset", b"offset", "partition", b"partition", "phone", b"phone", "policy_version", b"policy_version", "reason", b"reason", "recorded_at", b"recorded_at", "relied_on", b"relied_on", "rule", b"rule", "rule_citation", b"rule_citation", "unmet_obligations", b"unmet_obligations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
