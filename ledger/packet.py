@@ -438,8 +438,13 @@ def assemble(
         campaign=campaign,
         generated_at=now,
         opt_ins=opt_ins,
+        # A send of another campaign that a decision cites (the one confirmation an
+        # opt-out is owed, sent for a sibling campaign) is shown among the events as
+        # evidence, not among the campaign's messages.
         messages=tuple(
-            messages[str(r.event.event_id)] for r in shown if isinstance(r.event, MessageSent)
+            messages[key]
+            for r in shown
+            if isinstance(r.event, MessageSent) and (key := str(r.event.event_id)) in messages
         ),
         opt_outs=opt_outs,
         replies=replies,

@@ -14,7 +14,7 @@ from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.json_format import MessageToDict
 
 from ledger.ports import ConsistencyToken
-from tests.e2e.harness import client, define, opt_in, opt_out, serving, ts
+from tests.e2e.harness import client, define, defined, opt_in, opt_out, serving, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -160,3 +160,54 @@ async def test_a_send_without_asking_before_a_late_opt_out_is_one_finding_with_b
     assert not found.allowed and found.reason == api.REASON_REVOKED
     assert found.as_recorded.allowed and found.as_recorded.reason == api.REASON_CONSENT_ACTIVE
     assert not found.HasField("relied_on")
+
+
+async def test_the_campaigns_packet_answers_where_a_send_of_another_campaign_is_cited(service):
+    """The one confirmation a STOP is owed went out for another campaign, and the
+    campaign's own second one was refused citing it. The sweep found that send; the
+    campaign's proof packet, which an auditor reads beside it, failed (INTERNAL) on
+    the cited send of the other campaign."""
+    runtime, now = service
+    await defined(
+        runtime,
+        [
+            define(
+                "acme",
+                "alerts",
+                now - timedelta(days=2),
+                purpose=lpb.CAMPAIGN_PURPOSE_INFORMATIONAL,
+            )
+        ],
+    )
+    phone = number(4)
+    async with client(runtime.address, "acme-app") as c:
+        granted = await c.RecordOptIn(opt_in(phone, "acme", "info", now - timedelta(days=1)))
+        token = ConsistencyToken.decode(granted.consistency_token)
+        stop = await c.RecordOptOut(opt_out(phone, "acme", "info", now - timedelta(hours=3)))
+        token = token.merge(ConsistencyToken.decode(stop.consistency_token))
+        ids = {}
+        for campaign, minutes in (("alerts", 1), ("info", 2)):
+            request = sent(phone, now - timedelta(hours=3) + timedelta(minutes=minutes), None)
+            request.campaign = campaign
+            request.kind = lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION
+            w = await c.RecordMessageSent(request)
+            token = token.merge(ConsistencyToken.decode(w.consistency_token))
+            ids[campaign] = request.message_id
+        fresh = token.encode()
+        findings = [
+            f for f in await sweep(c, now - timedelta(days=1), now, fresh) if f.phone == phone
+        ]
+        packet = await c.GetProofPacket(
+            api.GetProofPacketRequest(
+                phone=phone, brand="acme", campaign="info", at_least_as_fresh=fresh
+            )
+        )
+    (found,) = findings
+    assert found.message_id == ids["info"] and not found.hindsight
+    assert api.SWEEP_FINDING_KIND_AFTER_OPT_OUT in found.kinds
+    (message,) = MessageToDict(packet.packet)["messages"]
+    assert message["message_id"] == ids["info"] and not message["decision"]["allowed"]
+    assert (
+        message["decision"]["reason"]
+        == MessageToDict(found)["reason"].removeprefix("REASON_").lower()
+    )

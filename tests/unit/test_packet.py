@@ -248,6 +248,27 @@ def test_a_campaign_packet_leaves_other_campaigns_out_but_keeps_brand_wide_opt_o
     assert sorted(o.campaign for o in whole.opt_ins) == ["alerts", "promo"]
 
 
+def test_a_campaign_packet_shows_a_cited_send_of_another_campaign_as_evidence():
+    """The one confirmation a STOP is owed went out for another campaign, and the
+    campaign's own second confirmation was refused citing it: the packet of the
+    campaign failed on that send, cited but not among its messages."""
+    elsewhere = sent(at(1), "alerts", MessageKind.OPT_OUT_CONFIRMATION)
+    second = sent(at(2), "promo", MessageKind.OPT_OUT_CONFIRMATION)
+    events = [
+        _defined(),
+        _defined(campaign="alerts"),
+        granted(at(-60)),
+        _stop(at(0)),
+        elsewhere,
+        second,
+    ]
+    packet = assemble(record(events), PHONE, BRAND, "promo", NOW)
+    (message,) = packet.messages
+    assert message.event.event_id == str(second.event_id) and not message.decision.allowed
+    assert str(elsewhere.event_id) in message.decision.evidence
+    assert str(elsewhere.event_id) in {e.event_id for e in packet.events}
+
+
 def test_a_stop_of_one_campaign_under_revoke_all_names_every_campaign_it_revoked():
     """Under the revoke-all rule a STOP of promo revokes alerts too (CanSend denies
     it), but the packet's opt-out named promo alone, and alerts' packet left it out:
