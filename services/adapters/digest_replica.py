@@ -37,11 +37,19 @@ keyed by the phone number as an integer), about 50 bytes per (phone, brand) wher
 a ``bytes`` object and a phone string in a dict took some 300 (docs/capacity.md).
 A load after a rebuild builds the new copy while the old one still answers, so
 until the swap the process holds both: about twice the usual size.
+
+Updates leave dead bytes behind: the place of a digest that moved (another size),
+shapes and reply texts no digest uses any more. Once they may be half of the
+arena and tables (``COMPACT_AT``), refreshes compact the copy: each does at most
+``compact_step`` (5 ms) of a ``Compaction`` that rebuilds it aside, taking the
+refreshes' writes as it goes, and the compacted copy replaces the old in one
+assignment. Meanwhile the process holds both, as during a reload.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from array import array
 from collections import Counter
@@ -58,6 +66,13 @@ from services.adapters.postgres_view import snapshot_unless_digest, stored_diges
 from services.wire.compact_digest import Shapes, Unencodable, Unreadable
 from services.wire.digest import FORMAT as DIGEST_FORMAT
 from services.wire.digest import untyped_payload
+
+log = logging.getLogger(__name__)
+
+COMPACT_AT = 0.5
+"""A copy is compacted once this fraction of its arena and tables may be dead."""
+COMPACT_FLOOR = 1 << 20
+"""... and at least this many bytes: a small copy is not worth the work."""
 
 _SUBSCRIBERS = Stream.SUBSCRIBERS.value
 
@@ -96,6 +111,8 @@ class DigestReplica(DigestReads):
         chunk: int = 20_000,
         timeout: float | None = None,
         on_reload: Callable[[], None] | None = None,
+        compact_step: float = 0.005,
+        compact_floor: int = COMPACT_FLOOR,
     ) -> None:
         """``on_reload`` is called after each load of the whole view but the first
         (after a rebuild): the new copy lives on memory allocated since the process
@@ -104,7 +121,11 @@ class DigestReplica(DigestReads):
         ``timeout`` is the bound ``pool``'s server puts on each statement
         (``read_pool``). Reading the whole view, or a change larger than a chunk,
         lifts it to ``BULK_BOUND`` times that: each fetch is a chunk of rows, and a
-        busy server would cancel it, failing the service's start."""
+        busy server would cancel it, failing the service's start.
+
+        ``compact_step`` bounds, in seconds, the compaction work each refresh does
+        when the copy is due one (``CompactDigests.wants_compaction``, past
+        ``compact_floor`` dead bytes)."""
         self._pool = pool
         self._timeout = timeout
         self._on_reload = on_reload
@@ -114,8 +135,13 @@ class DigestReplica(DigestReads):
         self._positions: dict[int, int] = {}
         self._epoch: int | None = None
         self._lock = asyncio.Lock()
+        self._compact_step = compact_step
+        self._compact_floor = compact_floor
+        self._compaction: Compaction | None = None
         self.loads = 0
         """How many times the whole view was read (for tests and metrics)."""
+        self.compactions = 0
+        """How many compacted copies took the place of the one before."""
         self.confirmed_at = float("-inf")
         """When (``time.monotonic``) a refresh last found the copy at the view's
         positions, or brought it there (for metrics: the replica's age)."""
@@ -140,10 +166,11 @@ class DigestReplica(DigestReads):
     async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
         """``ConsentView.digests`` as of ``positions``: unknown phones are left out.
         Raises ``Unreadable`` on bytes it cannot decode: CanSend then fails closed."""
-        found = self._digests.get_many(brand, phones)
+        digests = self._digests  # one copy for both lookups (no await in between anyway)
+        found = digests.get_many(brand, phones)
         # STOPs whose brand is unknown: usually none at all, one lookup to say so.
         if brand != ANY_BRAND:
-            for phone, phone_wide in self._digests.get_many(ANY_BRAND, phones).items():
+            for phone, phone_wide in digests.get_many(ANY_BRAND, phones).items():
                 merged = with_phone_wide(found.get(phone), phone_wide)
                 if merged is not None:
                     found[phone] = merged
@@ -155,13 +182,32 @@ class DigestReplica(DigestReads):
         async with self._lock:
             # Most refreshes find nothing new: one statement says so.
             epoch, partitions, offsets = await self._pool.fetchrow(_EPOCH_AND_POSITIONS)
-            if epoch == self._epoch and dict(zip(partitions, offsets, strict=True)) == dict(
+            if epoch != self._epoch or dict(zip(partitions, offsets, strict=True)) != dict(
                 self._positions
             ):
-                self.confirmed_at = time.monotonic()
-                return
-            await self._catch_up()
+                await self._catch_up()
             self.confirmed_at = time.monotonic()
+            self._compact()
+
+    def _compact(self) -> None:
+        """A step of compaction, if the copy is due one: at most ``compact_step``
+        seconds of the event loop, and the compacted copy swapped in, in one
+        assignment, once it holds everything. A compaction that fails leaves the
+        copy as it was, answering as before (``Unreadable`` bytes fail CanSend
+        closed there, compacted or not)."""
+        if self._compaction is None:
+            if not self._digests.wants_compaction(self._compact_floor):
+                return  # nearly always: a few additions
+            self._compaction = Compaction(self._digests)
+        try:
+            compacted = self._compaction.step(self._compact_step)
+        except (CompactionRefused, Unreadable):
+            log.exception("the digest replica's compaction failed; the copy is kept as it is")
+            self._compaction = None
+            return
+        if compacted is not None:
+            self._digests, self._compaction = compacted, None
+            self.compactions += 1
 
     async def _catch_up(self) -> None:
         async with (
@@ -174,6 +220,9 @@ class DigestReplica(DigestReads):
             if epoch != self._epoch or any(positions.get(p, 0) < o for p, o in old.items()):
                 await self._lift_bound(conn)
                 fresh = await self._read_all(conn)
+                if self._compaction is not None:  # of the copy this one replaces
+                    self._compaction.abandon()
+                    self._compaction = None
                 self._digests, self._positions, self._epoch = fresh, positions, epoch
                 self.loads += 1
                 if self.loads > 1 and self._on_reload is not None:
@@ -290,6 +339,8 @@ _GROW_AT = 0.8
 _ODD = 0
 """The slot that says: this entry's digest is in the dict of odd entries (a slot
 holds where the digest starts, plus one)."""
+_SLICE = 1 << 18
+"""Slots a compaction's step adds to an index it is making: 3 MB, about a millisecond."""
 _WIDE = 2**32 - 2
 """Slots up to here fit 4 bytes; an arena beyond makes every index use 8."""
 
@@ -317,10 +368,29 @@ class _Index:
     __slots__ = ("cap", "count", "keys", "slots")
 
     def __init__(self, expected: int, typecode: str) -> None:
-        self.cap = max(8, int(expected / _FILL) + 1)
+        self.cap = self.capacity(expected)
         self.count = 0
         self.keys = array("q", bytes(8 * self.cap))
         self.slots = array(typecode, bytes(array(typecode).itemsize * self.cap))
+
+    @staticmethod
+    def capacity(expected: int) -> int:
+        """The slots a table for ``expected`` entries is made with."""
+        return max(8, int(expected / _FILL) + 1)
+
+    @classmethod
+    def empty(cls, typecode: str) -> _Index:
+        """A table of no slots, for ``extend`` to make (nothing may be put before)."""
+        index = cls.__new__(cls)
+        index.cap = index.count = 0
+        index.keys, index.slots = array("q"), array(typecode)
+        return index
+
+    def extend(self, more: int) -> None:
+        """``more`` empty slots at the end (of an empty table: as the slots move)."""
+        self.keys.frombytes(bytes(8 * more))
+        self.slots.frombytes(bytes(self.slots.itemsize * more))
+        self.cap += more
 
     def find(self, key: int) -> int:
         """``key``'s slot, or -1 when it has none."""
@@ -377,7 +447,7 @@ class _Index:
 class CompactDigests:
     """A map of (brand, phone) to digest, compact in memory. ``get_many`` answers
     what ``put`` stored; nothing is ever removed (the replica replaces the whole
-    ``CompactDigests`` when it loads the view afresh).
+    ``CompactDigests`` when it loads the view afresh, or compacts it).
 
     The replica (``DigestReplica``) keeps a digest per (phone, brand) for as long as the
     process runs. As Python objects (a ``bytes`` and a phone string per entry, in a
@@ -387,7 +457,9 @@ class CompactDigests:
       and the values that differ: a lone grant is 32 bytes) and laid end to end in one
       ``bytearray``. A digest rewritten at the same size is rewritten in place; one of
       another size goes elsewhere, and its old place is reused by the next digest of
-      that size (a free list per size), so updates do not grow the array without end.
+      that size (a free list per size). Places of sizes no longer written, and shapes
+      and strings no digest uses any more, are reclaimed only by a ``Compaction``,
+      which ``wants_compaction`` says is due.
     * **The index** is one open-addressing table per brand (linear probing): the phone
       number as an integer (its E.164 digits) in one ``array('q')``, where its digest
       starts in another, slots left empty holding 0. That is 12 bytes a slot, filled
@@ -408,12 +480,23 @@ class CompactDigests:
         self._typecode = "I"
         self._loading: dict[str, tuple[array[int], array[int]]] = {}
         self._writes = 0
+        self._free_bytes = 0
+        self._tables_at = 0
+        """``Shapes.nbytes`` when this copy was built: what grew since may be dead."""
+        self._mirror: CompactDigests | None = None
+        """The compacted copy being built (``Compaction``), which every ``put`` reaches too."""
+        self.compactable = True
+        """False once a compaction of this copy was refused: it is not tried again."""
+        self.compacting = False
+        """Whether a ``Compaction`` of this copy is under way."""
         self.size = 0
         """How many (brand, phone) entries there are."""
 
     def put(self, brand: str, phone: str, digest: Digest) -> None:
         """Store ``digest`` for ``phone`` towards ``brand``, replacing any before."""
         self._writes += 1
+        if self._mirror is not None:
+            self._mirror.put(brand, phone, digest)
         key = phone_key(phone)
         if key == 0:
             phones = self._odd.setdefault(brand, {})
@@ -438,6 +521,7 @@ class CompactDigests:
                 self._arena[old - 1 : old - 1 + size] = data
                 return
             self._free.setdefault(size, []).append(old - 1)
+            self._free_bytes += size
         if data is None:
             self._odd.setdefault(brand, {})[phone] = digest
             slot = _ODD
@@ -452,6 +536,7 @@ class CompactDigests:
         free = self._free.get(len(data))
         if free:
             position = free.pop()
+            self._free_bytes -= len(data)
             self._arena[position : position + len(data)] = data
             return position
         position = len(self._arena)
@@ -535,6 +620,7 @@ class CompactDigests:
                 index.put(key, slot)
             self._indexes[brand] = index
         self._loading = {}
+        self._tables_at = self._shapes.nbytes
 
     def get_many(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
         """The digests of those ``phones`` that have one towards ``brand``.
@@ -588,13 +674,33 @@ class CompactDigests:
         """The bytes of the arena and the indexes (what grows with the entries)."""
         return len(self._arena) + sum(i.nbytes for i in self._indexes.values())
 
+    @property
+    def dead_bytes(self) -> int:
+        """What a compaction may reclaim, at most: the arena's free places, and the
+        shapes and strings made since this copy was built (some may still be used)."""
+        return self._free_bytes + max(0, self._shapes.nbytes - self._tables_at)
+
+    def wants_compaction(self, floor: int = COMPACT_FLOOR) -> bool:
+        """Whether ``dead_bytes`` passed ``COMPACT_AT`` of the arena and the tables
+        together (and ``floor``). Compacting then costs a copy of the live entries
+        for at least as many bytes freed, so its work is bounded by the updates'."""
+        dead = self.dead_bytes
+        return (
+            self.compactable
+            and not self.compacting
+            and dead >= floor
+            and dead > COMPACT_AT * (len(self._arena) + self._shapes.nbytes)
+        )
+
     def stats(self) -> dict[str, int]:
         """For the bench and the capacity plan: where the bytes are."""
         digest_shapes, campaign_shapes, strings = self._shapes.counts
         return {
             "entries": self.size,
             "arena_bytes": len(self._arena),
-            "free_bytes": sum(size * len(p) for size, p in self._free.items()),
+            "free_bytes": self._free_bytes,
+            "table_bytes": self._shapes.nbytes,
+            "dead_bytes": self.dead_bytes,
             "index_bytes": sum(i.nbytes for i in self._indexes.values()),
             "odd_entries": sum(map(len, self._odd.values())),
             "digest_shapes": digest_shapes,
@@ -603,4 +709,120 @@ class CompactDigests:
         }
 
 
-__all__ = ["CompactDigests", "Unreadable", "phone_key"]
+class CompactionRefused(RuntimeError):
+    """A compacted copy that may not equal its source: the source is kept."""
+
+
+class Compaction:
+    """A compacted copy of ``source``, built a bounded step at a time while the
+    source goes on answering and taking writes.
+
+    The copy has its own ``Shapes`` and an arena holding only live digests, packed
+    end to end: each entry of the source is read back and put into it, so free
+    places, and shapes and strings that no digest uses any more, are left behind.
+
+    The first steps make the copy's empty indexes, a slice at a time (at ten million
+    entries one is 200 MB: some 0.3 s made at once). Then every ``put`` to the
+    source reaches the copy too (the source's mirror), so an entry copied before a
+    write is rewritten with it, and one copied after it reads the written digest: at
+    the end the copy holds what the source holds. ``step`` answers it only then; the
+    caller puts it in the source's place in one assignment, so a reader sees the one
+    copy or the other, never half of a compaction.
+
+    Everything runs in the caller's thread (the event loop): no step shares its
+    data with another thread, and each is bounded by its ``budget``.
+    """
+
+    def __init__(self, source: CompactDigests) -> None:
+        if source.compacting:
+            raise RuntimeError("the digests are being compacted already")
+        source.compacting = True
+        self.source = source
+        self.target = CompactDigests()
+        # Each index sized for its brand's entries now, as a load sizes it, so that
+        # the copy does not rebuild one a third at a time in some step.
+        self._sizes = [(b, _Index.capacity(i.count)) for b, i in source._indexes.items()]
+        self._todo: list[tuple[str, _Index]] = []
+        self._at = 0
+        self._odd: list[tuple[str, str]] = []
+        self._over = False
+
+    def step(self, budget: float) -> CompactDigests | None:
+        """Work for about ``budget`` seconds; the compacted copy once every entry is
+        in it, else None. ``CompactionRefused`` (the source detached, and not
+        compacted again) when the copy would not equal the source; ``Unreadable``
+        from a source entry that cannot be read, likewise."""
+        if self._over:
+            raise RuntimeError("this compaction is over")
+        try:
+            return self._step(time.perf_counter() + budget)
+        except BaseException:
+            self.abandon()
+            raise
+
+    def _step(self, deadline: float) -> CompactDigests | None:
+        source, target = self.source, self.target
+        while self._sizes:
+            brand, cap = self._sizes[-1]
+            index = target._indexes.get(brand)
+            if index is None:
+                index = target._indexes[brand] = _Index.empty(target._typecode)
+            index.extend(min(_SLICE, cap - index.cap))
+            if index.cap == cap:
+                self._sizes.pop()
+            if time.perf_counter() > deadline:
+                return None
+        if source._mirror is None:
+            # Copying starts: from here on every write reaches the copy. The
+            # indexes as they are now: an entry added later is mirrored, and one
+            # that is here stays in these arrays if its brand's index is regrown.
+            source._mirror = target
+            self._todo = list(source._indexes.items())
+            self._odd = [(b, phone) for b, phones in source._odd.items() for phone in phones]
+        put = target.put
+        while self._todo:
+            brand, index = self._todo[-1]
+            keys, cap, at = index.keys, index.cap, self._at
+            while at < cap:
+                stop = min(cap, at + 16)
+                for key in keys[at:stop]:
+                    if key:
+                        phone = f"+{key}"
+                        # The digest the source answers now: the one written last.
+                        for digest in source.get_many(brand, (phone,)).values():
+                            put(brand, phone, digest)
+                at = stop
+                if time.perf_counter() > deadline:
+                    self._at = at
+                    return None
+            self._todo.pop()
+            self._at = 0
+        while self._odd:
+            brand, phone = self._odd.pop()
+            for digest in source.get_many(brand, (phone,)).values():
+                put(brand, phone, digest)
+            if self._odd and len(self._odd) % 16 == 0 and time.perf_counter() > deadline:
+                return None
+        return self._finished()
+
+    def _finished(self) -> CompactDigests:
+        source, target = self.source, self.target
+        if target.size != source.size:
+            raise CompactionRefused(
+                f"the compacted copy holds {target.size} entries where its source holds "
+                f"{source.size}"
+            )
+        source._mirror = None
+        source.compacting = False
+        self._over = True
+        target._tables_at = target._shapes.nbytes
+        return target
+
+    def abandon(self) -> None:
+        """Stop: the source takes no more mirrored writes, and is not compacted again."""
+        self._over = True
+        self.source._mirror = None
+        self.source.compactable = False
+
+
+__all__ = ["CompactDigests", "Compaction", "CompactionRefused", "Unreadable", "phone_key"]

@@ -18,13 +18,16 @@ cannot give back equal and of the same types (an int beyond 64 bits, a float whe
 an int was, too many shapes), and the caller keeps that digest another way.
 Strings that are neither a UUID nor part of a shape (a reply's text, a date of
 birth, an event id in another form) are kept once each in a table of strings that
-lives as long as the ``Shapes``; they are rare (a reply awaiting review, an age
-verification), so the table stays small.
+lives as long as the ``Shapes``. Neither shapes nor strings are ever dropped from
+a ``Shapes``: the replica rebuilds its copy with a fresh one when enough of them,
+and of its arena, may be dead (``CompactDigests.wants_compaction``); ``nbytes``
+estimates what they hold.
 """
 
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +37,11 @@ _INT64 = (-(2**63), 2**63 - 1)
 _SHAPE = struct.Struct("<H")
 MAX_SHAPES = 2**16 - 1
 """Shape numbers are two bytes: past that many of either kind, ``encode`` refuses."""
+SHAPE_BYTES = 3_200
+"""About what one shape holds (its struct, generated function, constants and
+signature): measured with ``tracemalloc`` over 2,000 campaign shapes."""
+_STRING_ENTRY = 48
+"""What a kept string costs beside its own object: its list slot and dict entry."""
 
 
 class Unencodable(ValueError):
@@ -348,6 +356,13 @@ class Shapes:
         self._digests: list[_Shape] = []
         self._campaigns: list[_Shape] = []
         self._campaign_decoders: list[Callable[..., Any]] = []
+        self._string_bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        """About how many bytes the shapes and the kept strings hold (an estimate:
+        ``SHAPE_BYTES`` a shape)."""
+        return self._string_bytes + (len(self._digests) + len(self._campaigns)) * SHAPE_BYTES
 
     @property
     def counts(self) -> tuple[int, int, int]:
@@ -395,6 +410,7 @@ class Shapes:
         if index is None:
             index = self._string_ids[text] = len(self._strings)
             self._strings.append(text)
+            self._string_bytes += sys.getsizeof(text) + _STRING_ENTRY
         return index
 
     def _compiled(self, sig: tuple[Any, ...], is_digest: bool) -> _Shape:

@@ -17,6 +17,7 @@ from ledger.events import ANY_BRAND, SubscriberEvent
 from ledger.ports import Stream
 from services.adapters.digest_replica import DigestReplica
 from services.adapters.postgres_view import PostgresConsentView, read_pool
+from tests.builders import flagged
 from tests.conformance.view_suite import (
     T0,
     DigestReadsSuite,
@@ -250,6 +251,79 @@ async def test_a_refresh_that_outgrows_the_index_grows_it_and_follows_the_view(
     assert replica.stats()["index_bytes"] > index_bytes
     assert replica.loads == 1 and replica.size == len(PHONES)
     assert await _all(replica, ["acme"]) == await _all(view, ["acme"])
+
+
+async def test_a_compacted_copy_is_swapped_in_and_answers_as_the_view(
+    pool: asyncpg.Pool,
+) -> None:
+    """Digests that grow and move, new campaign names (shapes) and reply texts
+    (strings) each day leave dead bytes in the copy; refreshes compact it a step at
+    a time, taking writes meanwhile, and swap the compacted copy in. After every
+    refresh the replica answers what the view answers, before, during and after."""
+    view = PostgresConsentView(pool)
+    # The smallest steps and no floor: a compaction spans several refreshes here.
+    replica = DigestReplica(pool, view, compact_step=0.0, compact_floor=0)
+    pos = Positions()
+    await view.apply(
+        Stream.SUBSCRIBERS, pos.record([grant(p, "acme", "welcome", T0) for p in PHONES])
+    )
+    await replica.refresh()
+    for day in range(1, 11):
+        at = T0 + timedelta(days=day)
+        events = [
+            *(grant(p, "acme", f"day-{day}", at) for p in PHONES[day % 2 :: 2]),
+            *(sent(p, "acme", f"day-{day}", at + timedelta(hours=1)) for p in PHONES[::3]),
+            *(
+                flagged(at, f"day {day}: who is this {p}?", phone=p, brand="acme")
+                for p in PHONES[day % 3 :: 4]
+            ),
+        ]
+        await view.apply(Stream.SUBSCRIBERS, pos.record(events))
+        for _ in range(4):
+            await replica.refresh()
+            assert await _all(replica, ["acme"]) == await _all(view, ["acme"])
+
+    assert replica.compactions >= 2
+    assert replica.loads == 1 and replica.size == len(PHONES)
+    assert replica.stats()["dead_bytes"] < replica.stats()["table_bytes"]
+
+
+async def test_a_rebuild_during_a_compaction_drops_it_for_the_fresh_load(
+    pool: asyncpg.Pool,
+) -> None:
+    """A compaction under way copies the copy a rebuild replaces: the fresh load
+    takes its place, and the compaction, were it swapped in later, would bring the
+    old digests back. It is dropped."""
+    view = PostgresConsentView(pool)
+    replica = DigestReplica(pool, view, compact_step=0.0, compact_floor=0)
+    pos = Positions()
+    await view.apply(
+        Stream.SUBSCRIBERS, pos.record([grant(p, "acme", "welcome", T0) for p in PHONES])
+    )
+    await replica.refresh()
+    day = 0
+    while replica._compaction is None:  # new campaign names until one is due
+        day += 1
+        at = T0 + timedelta(days=day)
+        await view.apply(
+            Stream.SUBSCRIBERS, pos.record([grant(p, "acme", f"day-{day}", at) for p in PHONES])
+        )
+        await replica.refresh()
+    await view.reset()
+    again = Positions()
+    await view.apply(
+        Stream.SUBSCRIBERS, again.record([revoke(p, "acme", "welcome", T0) for p in PHONES])
+    )
+
+    for _ in range(20):  # enough refreshes for any compaction to finish
+        await replica.refresh()
+
+    assert replica.loads == 2 and replica.compactions == 0
+    assert await _all(replica, ["acme"]) == await _all(view, ["acme"])
+    assert all(
+        d.campaign("welcome").grant is None
+        for d in (await replica.digests("acme", PHONES)).values()
+    )
 
 
 async def test_a_load_waits_past_a_single_statements_bound_on_a_busy_server(
