@@ -66,8 +66,17 @@ from bench.infra import CHECK_TOKEN, REPO_ROOT, Infra, ServerGroup
 from bench.ladder import run_ladder
 from bench.phones import phones as make_phones
 from bench.projection import projection_lines, run_projection
-from bench.seed import BRAND, CAMPAIGN, REVOKE_EVERY, Plan, recorded_for, reference_time, seed
-from bench.server import ECHO_BATCH, ECHO_UNARY
+from bench.seed import (
+    BRAND,
+    CAMPAIGN,
+    REVOKE_EVERY,
+    Plan,
+    fill_ledger,
+    recorded_for,
+    reference_time,
+    seed,
+)
+from bench.server import ECHO_BATCH, ECHO_UNARY, kafka_settings
 from bench.writes import HEADER as WRITE_HEADER
 from bench.writes import WriteRow, goal_lines, row_figures, run_writes
 
@@ -327,6 +336,9 @@ async def main_async(args: argparse.Namespace) -> int:
         )
         checked = await verify_view(infra.dsn, plan, rng)
         say(f"  view == fold of the events (state and digest) for {checked} sampled phones")
+        settings = kafka_settings(infra.bootstrap, infra.prefix, PARTITIONS)
+        filled = await fill_ledger(settings, infra.dsn, plan)
+        say(f"  the same events appended to Kafka in {filled:.1f} s; its ends are the view's")
         phones = make_phones(plan.count)
         unary, batches = build_requests(phones, at, rng)
         consent_args = [

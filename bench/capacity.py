@@ -38,7 +38,6 @@ import random
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,11 +53,13 @@ from bench.seed import (
     REVOKE_EVERY,
     Plan,
     campaign_event,
+    fill_ledger,
     partition_of,
     reference_time,
     seed,
     subscriber_events,
 )
+from bench.server import kafka_settings
 from ledger.events import LedgerPosition, Recorded
 from ledger.ports import Stream
 from services.adapters.postgres_view import PROJECTION_TABLES
@@ -103,8 +104,8 @@ def _copy_worker(dsn: str, plan: Plan, mine: list[int]) -> tuple[int, dict[int, 
     and each subscriber's digest is that one with its own grant's and opt-out's
     marks, worked out as ``bench.seed.subscriber_events`` makes the facts. One in
     1,000 is made from its facts, folded whole, and compared. A number's partition is
-    its CRC-32's (Kafka's murmur2 in Python would cost more than the rest): the
-    topics are empty, so only the view's own positions need to agree with it. The
+    Kafka's default partitioner's, as ``KafkaLedger`` gives it, so that the same facts
+    appended to the topics (``fill_ledger``) land at the view's positions. The
     snapshot column is left empty: CanSend reads the digest, and PostgreSQL's sizes
     are measured with ``--seed view``."""
     from ledger.digest import Digest, Mark, digest_of, micros
@@ -153,7 +154,7 @@ def _copy_worker(dsn: str, plan: Plan, mine: list[int]) -> tuple[int, dict[int, 
         count = 0
         try:
             for i, phone in enumerate(make_phones(plan.count)):
-                p = zlib.crc32(phone.encode()) % partitions
+                p = partition_of(phone, partitions)
                 first = offsets[p]
                 offsets[p] += 2 if i % REVOKE_EVERY == REVOKE_EVERY - 1 else 1
                 if p not in wanted:
@@ -479,6 +480,10 @@ async def main_async(args: argparse.Namespace, path: Path) -> dict[str, object]:
                 say(f"    {found['stats']}")
             save()
         if not args.skip_service:
+            # The service refuses a view ahead of its ledger: the topics get the facts too.
+            settings = kafka_settings(infra.bootstrap, infra.prefix, PARTITIONS)
+            figures["fill_seconds"] = await fill_ledger(settings, infra.dsn, plan)
+            say(f"  the same events appended to Kafka in {figures['fill_seconds']:.0f} s")
             phones = make_phones(plan.count)
             figures["service"] = await asyncio.to_thread(service, args, infra, plan, phones)
             save()

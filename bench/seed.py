@@ -5,9 +5,10 @@ method the projector calls: one ``CampaignDefined`` for ``acme/promo``, one
 ``ConsentGranted`` per phone, and a ``ConsentRevoked`` for every tenth phone.
 Positions are what ``KafkaLedger`` would give: the partition is Kafka's default
 partitioner over the phone (``KafkaLedger.partition_for``), offsets count up per
-partition in event order. The Kafka topics themselves stay empty, so the freshness
-guard sees ends of 0 that the view has long passed: every read is fresh, as it is
-in a steady state with no writes.
+partition in event order. ``fill_ledger`` then appends the same facts to the Kafka
+topics through ``KafkaLedger``, so that the view's positions are the ledger's ends:
+a service refuses to serve a view ahead of its ledger, and with no writes every read
+is fresh, as in a steady state.
 
 The fold and the encoding are Python and use one core, so several worker processes
 apply disjoint sets of partitions at once (their position locks never meet).
@@ -38,6 +39,7 @@ from ledger.events import (
     ConsentProof,
     ConsentRevoked,
     ConsentTier,
+    LedgerEvent,
     LedgerPosition,
     Recorded,
     RevocationChannel,
@@ -45,8 +47,10 @@ from ledger.events import (
     event_id_for,
 )
 from ledger.ports import Stream
+from services.adapters.kafka_ledger import KafkaLedger
 from services.adapters.migrations import migrate
 from services.adapters.postgres_view import PostgresConsentView
+from services.settings import KafkaLedgerSettings
 from tests.builders import proof
 
 BRAND = "acme"
@@ -54,6 +58,7 @@ CAMPAIGN = "promo"
 SENDER = "+12125550100"
 REVOKE_EVERY = 10
 APPLY_BATCH = 5000
+FILL_CHUNK = 10_000
 
 
 def reference_time() -> datetime:
@@ -187,6 +192,44 @@ def _applied(pool: Pool, func: Callable[..., T], args: tuple[Any, ...]) -> async
         error_callback=lambda exc: loop.call_soon_threadsafe(settle, exc, True),
     )
     return done
+
+
+async def fill_ledger(settings: KafkaLedgerSettings, dsn: str, plan: Plan) -> float:
+    """Append the plan's facts, in the order ``seed`` numbered them, to the topics
+    ``settings`` names (made when missing), and check that their ends are the view's
+    positions; answers the seconds it took. Streamed in chunks: a million facts as
+    objects would not fit beside the seed."""
+    started = time.perf_counter()
+    ledger = KafkaLedger(settings)
+    await ledger.ensure_topics()
+    await ledger.start()
+    try:
+        await ledger.append([campaign_event(plan.at).event])
+        chunk: list[LedgerEvent] = []
+        for i, phone in enumerate(make_phones(plan.count)):
+            chunk.extend(subscriber_events(i, phone, plan.at))
+            if len(chunk) >= FILL_CHUNK:
+                await ledger.append(chunk)
+                chunk = []
+        if chunk:
+            await ledger.append(chunk)
+        ends = await ledger.every_end_offset()
+    finally:
+        await ledger.close()
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        view = PostgresConsentView(pool)
+        for stream in (Stream.CAMPAIGNS, Stream.SUBSCRIBERS):
+            applied = await view.positions(stream)
+            ledger_ends = {p: end for p, end in ends[stream].items() if end}
+            if applied != ledger_ends:
+                raise RuntimeError(
+                    f"the {stream.value} topic's ends {ledger_ends} are not the view's "
+                    f"positions {applied}: were the topics not empty?"
+                )
+    finally:
+        await pool.close()
+    return time.perf_counter() - started
 
 
 @dataclass(frozen=True)

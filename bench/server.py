@@ -151,16 +151,23 @@ async def _stub(
     await server.stop(1)
 
 
-def _settings(port: int, args: argparse.Namespace) -> Any:
-    from services.settings import FreshnessSettings, KafkaLedgerSettings, Settings
+def kafka_settings(bootstrap: str, prefix: str, partitions: int) -> Any:
+    """The ledger's settings of a bench server: one broker, so one replica."""
+    from services.settings import KafkaLedgerSettings
 
-    kafka = KafkaLedgerSettings(
-        bootstrap_servers=args.kafka,
-        topic_prefix=args.prefix,
-        subscriber_partitions=args.partitions,
+    return KafkaLedgerSettings(
+        bootstrap_servers=bootstrap,
+        topic_prefix=prefix,
+        subscriber_partitions=partitions,
         replication_factor=1,
         min_insync_replicas=1,
     )
+
+
+def _settings(port: int, args: argparse.Namespace) -> Any:
+    from services.settings import FreshnessSettings, Settings
+
+    kafka = kafka_settings(args.kafka, args.prefix, args.partitions)
     return Settings(
         listen=f"127.0.0.1:{port}",
         ledger=args.ledger,
