@@ -656,6 +656,11 @@ def _scope(e: ConsentRevoked | RevocationCandidateFlagged) -> str:
         return "every brand (the brand was unknown)"
     if e.campaign is None:
         return f"every campaign of {e.brand}"
+    if isinstance(e, RevocationCandidateFlagged):
+        # A hold denies every campaign of its brand until resolved, whatever campaign
+        # the held opt-out named: naming only that one misled the other campaigns'
+        # packets, which list it as the reason their sends were denied.
+        return f"every campaign of {e.brand} until resolved (it named {e.campaign})"
     return e.campaign
 
 
