@@ -346,8 +346,10 @@ def _short(text: str, limit: int = 60) -> str:
 
 def _concerns(e: SubscriberEvent, campaign: str | None) -> bool:
     """Whether a fact bears on ``campaign`` (None: on the brand): it names the
-    campaign, or names none (an opt-out of every campaign, a flagged reply)."""
-    if campaign is None:
+    campaign, or names none (an opt-out of every campaign, a flagged reply), or is
+    a hold, which denies every campaign of its brand whatever campaign it names (an
+    imported opt-out held for review, one naming a campaign not defined)."""
+    if campaign is None or isinstance(e, RevocationCandidateFlagged):
         return True
     named = getattr(e, "campaign", None)
     return named is None or named == campaign

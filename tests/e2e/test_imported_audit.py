@@ -85,3 +85,33 @@ async def test_a_held_opt_out_of_one_campaign_is_in_the_packet_of_each_it_denies
     [hold] = packet["opt_outs"]
     assert hold["event"]["event_id"] in then.evidence_event_ids
     assert hold["scope"].startswith("every campaign of acme"), hold["scope"]
+
+
+async def test_a_held_opt_out_of_one_campaign_is_in_another_campaigns_packet_unsent(serve):
+    """Another campaign's packet held the hold only when a send's decision cited it:
+    with nothing sent, it showed the opt-in standing and no opt-out, while CanSend
+    denied that campaign on the hold."""
+    clock = Clock()
+    now = clock.now
+    service = await serve(
+        clock=clock,
+        campaigns=[
+            define("acme", name, now - timedelta(days=6 * 365), [number])
+            for name, number in (("promo", PROMO_SENDER), ("alerts", ALERTS_SENDER))
+        ],
+    )
+    phone = "+14155550194"
+    async with client(service.address) as admin:
+        held = opt_out(phone, "acme", "promo", now - timedelta(days=365), "old-out-2", channel=0)
+        await imported(admin, [api.ImportRecord(opt_out=held)])
+        grant = opt_in(phone, "acme", "alerts", now - timedelta(days=3 * 365), "old-in-2")
+        token = await imported(admin, [api.ImportRecord(opt_in=grant)])
+        asked = dict(phone=phone, brand="acme", at_least_as_fresh=token)
+        now_answer = await admin.CanSend(api.CanSendRequest(**asked, campaign="alerts"))
+        assert not now_answer.allowed
+        answer = await admin.GetProofPacket(api.GetProofPacketRequest(**asked, campaign="alerts"))
+    packet = json_format.MessageToDict(answer.packet)
+    assert set(now_answer.evidence_event_ids) <= {e["event_id"] for e in packet["events"]}
+    [hold] = packet["opt_outs"]
+    assert hold["event"]["event_id"] in now_answer.evidence_event_ids
+    assert hold["kind"] == "candidate"
