@@ -13,11 +13,13 @@ A chunk costs a few round trips whatever its size: the request ids are claimed i
 one statement (``ConsentView.claim_requests``), the facts already applied are found
 in one (``known_events``), the turns to append the rest are taken in one
 (``take_append_turns``), and the chunk's facts are appended in one call
-(``EventLog.append``), which seals their personal data under keys read or made
-for all their subjects in one more (``SubjectKeys.current_many``). The opt-outs and
-holds go first, then by when each record happened: an append cut short (it is not
-atomic on Kafka) must not leave an opt-in without the opt-out after it. The fold
-needs no order, as it reads facts in world order (``ledger.state``).
+(``EventLog.append``; two when another chunk's opt-outs must go first), which
+seals their personal data under keys read or made for all their subjects in one
+more (``SubjectKeys.current_many``). The opt-outs and holds go first, then by when
+each record happened: an append cut short (it is not atomic on Kafka) must not
+leave an opt-in without the opt-out after it. Of the chunks worked on at once, the
+opt-ins wait for every one's opt-outs. The fold needs no order, as it reads facts
+in world order (``ledger.state``).
 
 Imports at once, in one process or several sharing the view, append a record they
 share once: the one holding its append turn appends it and counts it as imported;
@@ -50,8 +52,21 @@ from ledger.commands import (
     unattributed_opt_out,
 )
 from ledger.errors import DomainError, InvalidRequest
-from ledger.events import ConsentRevoked, LedgerEvent, RevocationCandidateFlagged, evolved
-from ledger.ports import AppendTurn, ConsistencyToken, RequestClaim, RequestUse, Stream
+from ledger.events import (
+    ConsentRevoked,
+    LedgerEvent,
+    Recorded,
+    RevocationCandidateFlagged,
+    evolved,
+)
+from ledger.ports import (
+    AppendTurn,
+    ConsistencyToken,
+    LedgerUnavailable,
+    RequestClaim,
+    RequestUse,
+    Stream,
+)
 from services.errors import FailedPrecondition, NotConsistent, PermissionDenied, ServiceError
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import brand_of
@@ -217,6 +232,11 @@ class Imports:
         self._pruned = False
         """Whether this import has asked to prune the old append turns (``_turns``)."""
         self._claimed: list[_Claimed] = []
+        self._denials: list[asyncio.Future[bool]] = []
+        """One for each chunk begun and not ended: whether it appended its opt-outs
+        and holds (done when it did, or when it failed to; ``_after_denials_of_others``)."""
+        self._denials_failed = False
+        """Whether a chunk of this import failed to append its opt-outs and holds."""
         self._dry_run_taken: dict[int, int] = {}
         """In a dry run, the records its chunks would import, by hashes of (brand,
         import id) and of the record: nothing is claimed, so a later chunk that
@@ -238,12 +258,22 @@ class Imports:
         # Chunks are checked at once but take their import ids in the order they came
         # (the turn is taken before any await): of two records under one id in two
         # chunks, the earlier chunk's is kept, however long each took to check.
-        before, turn = self._turn, asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        before, turn = self._turn, loop.create_future()
         self._turn = turn
+        # Taken before any await too: a chunk started after this one finds it at once.
+        denials: asyncio.Future[bool] = loop.create_future()
+        self._denials.append(denials)
+        if not any(_may_deny(item) for item in items):
+            denials.set_result(True)  # nothing to wait for: opt-ins go at once
         try:
-            return await self._chunk(items, dry_run, before, turn)
+            return await self._chunk(items, dry_run, before, turn, denials)
         finally:
             _release(turn)
+            if not denials.done():
+                denials.set_result(False)
+                self._denials_failed = True
+            self._denials.remove(denials)
 
     async def _chunk(
         self,
@@ -251,6 +281,7 @@ class Imports:
         dry_run: bool,
         before: asyncio.Future[None] | None,
         turn: asyncio.Future[None],
+        denials: asyncio.Future[bool],
     ) -> ChunkResult:
         if not self._caught_up:
             await self._catch_up()
@@ -277,6 +308,8 @@ class Imports:
                 )
             raise
         if dry_run:
+            if not denials.done():
+                denials.set_result(True)  # none to wait for: a dry run appends nothing
             result.imported = len(new)
             result.held = _records(held)
             result.refusals.sort(key=lambda r: r.index)
@@ -295,28 +328,80 @@ class Imports:
         # chunk denies (an opt-in without its opt-out after it). The fold reads world
         # order, and at one instant a revocation wins, so the ledger's order is free.
         new.sort(key=lambda p: (not _denies(p), p.events[0].occurred_at))
-        events = [e for p in new for e in p.events]
+        # Across the chunks of this import worked on at once, too: an opt-in goes
+        # only once every other chunk begun has appended its opt-outs, lest it allow
+        # its number until the opt-out of the next message lands. A chunk that has to
+        # wait appends its opt-outs and holds first, then its opt-ins.
+        waits = [d for d in self._denials if d is not denials and not d.done()]
+        first = [p for p in new if _denies(p)] if waits else new
+        rest = new[len(first) :]
+        appended: list[Recorded] = []
+        first_appended = False
         try:
-            recorded = await self.ctx.ledger.append(events)
+            appended += await self._append(first)
+            first_appended = True
+            if not denials.done():
+                denials.set_result(True)
+            if rest:
+                # Waiting, it holds no turn to append: another import of the same
+                # records may be waiting for one while holding what this one waits
+                # for. The opt-outs' turns end appended; the opt-ins' are given back
+                # and taken again, and any another import appended meanwhile is present.
+                ending = [
+                    self.ctx.view.end_append_turns(_keys(first), self._holder, appended=True),
+                    self.ctx.view.end_append_turns(_keys(rest), self._holder, appended=False),
+                ]
+                for end in ending:
+                    await _quietly(end)
+                await self._after_denials_of_others(denials)
+                taken = await self._turns(rest, result)
+                imported -= len(rest) - len(taken)
+                rest = taken
+                appended += await self._append(rest)
         except BaseException:
             # Not appended after all: a repeat of these records in a chunk still to
             # come must be appended, not counted as present; and another import
             # waiting for their turns takes them now rather than when they run out.
-            self._claimed.remove(claimed)
-            for key in claimed.keys:
+            # Of a chunk appended in two calls, the first may have gone.
+            done = _keys(first) if first_appended else []
+            failed = _keys(rest) if first_appended else claimed.keys
+            claimed.keys = done
+            if done:
+                claimed.token = ConsistencyToken.after(appended)
+            else:
+                self._claimed.remove(claimed)
+            for key in failed:
                 self._unapplied.pop(key, None)
-            await _quietly(
-                self.ctx.view.end_append_turns(claimed.keys, self._holder, appended=False)
-            )
+            await _quietly(self.ctx.view.end_append_turns(failed, self._holder, appended=False))
+            if done:
+                await _quietly(self.ctx.view.end_append_turns(done, self._holder, appended=True))
             raise
         # Appended: the imports waiting for these turns count the records as present.
         # Should the store not hear it, the turns run out and the next to ask finds
         # the facts applied by then (``_turns`` looks again after a wait).
         await _quietly(self.ctx.view.end_append_turns(claimed.keys, self._holder, appended=True))
         result.imported, result.held = imported, _records(held)
-        result.token = claimed.token = ConsistencyToken.after(recorded)
+        result.token = claimed.token = ConsistencyToken.after(appended)
         result.refusals.sort(key=lambda r: r.index)
         return result
+
+    async def _append(self, planned: Sequence[_Planned]) -> list[Recorded]:
+        if not planned:
+            return []
+        return await self.ctx.ledger.append([e for p in planned for e in p.events])
+
+    async def _after_denials_of_others(self, mine: asyncio.Future[bool]) -> None:
+        """Wait until every other chunk of this import begun so far (or while waiting)
+        has appended its opt-outs and holds. One that failed to may have been an
+        opt-out of a number this chunk opts in: its opt-ins are not appended (fail
+        closed), and the chunk may be sent again."""
+        while waits := [d for d in self._denials if d is not mine and not d.done()]:
+            await asyncio.wait(waits)
+        if self._denials_failed:
+            raise LedgerUnavailable(
+                "another message of this import failed to append its opt-outs, which "
+                "this message's opt-ins wait for: they were not appended; send it again"
+            )
 
     async def _held(
         self, items: Sequence[Item], result: ChunkResult, dry_run: bool
@@ -613,6 +698,13 @@ def _release(turn: asyncio.Future[None]) -> None:
 def _denies(p: _Planned) -> bool:
     """Whether the record is an opt-out, or an opt-out held for review."""
     return any(isinstance(e, ConsentRevoked | RevocationCandidateFlagged) for e in p.events)
+
+
+def _may_deny(item: Item) -> bool:
+    """Whether the record is an opt-out, or may be held as one (``_hold_of``)."""
+    return isinstance(item.command, RecordOptOut) or (
+        item.command is None and item.held is not None
+    )
 
 
 def _records(planned: Sequence[_Planned]) -> int:

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -725,3 +726,119 @@ async def test_a_held_opt_out_denies_from_its_own_time_in_an_audit_of_the_moment
         between = await app.checks.can_send_as_of(phone, BRAND, "promo", at(30), **asked)
         assert before.decision.allowed
         assert between.decision.reason is Reason.REVOCATION_PENDING_REVIEW
+
+
+class _Logged(InMemoryLedger):
+    """Appends that take a moment, as over a network, kept in the order they land."""
+
+    def __init__(self) -> None:
+        super().__init__(partitions=4)
+        self.landed: list[LedgerEvent] = []
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        await asyncio.sleep(0.01)
+        self.landed += events
+        return await super().append(events)
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_chunks_at_once_append_no_opt_in_before_an_opt_out_of_its_number(seed):
+    """Each chunk put its opt-outs first, but the chunks of one import worked on at
+    once appended in any order: a number's opt-in in one message landed before its
+    later opt-out in the next, and CanSend allowed the number in between."""
+    import random
+
+    ledger = _Logged()
+    async with running(ledger=ledger) as (app, _):
+        await app.writes.record(define())
+        items: list[Item] = []
+        for n in range(12):
+            phone = f"+141555501{n:02d}"
+            # The opt-out after the opt-in, before it, or at the same instant.
+            offset = (5, -5, 0)[n % 3]
+            items += [opt_in(2 * n, phone, 10), opt_out(2 * n + 1, phone, 10 + offset, None)]
+        random.Random(seed).shuffle(items)
+        imports = _imports(app)
+
+        results = await asyncio.gather(*(imports.chunk(items[i : i + 3]) for i in range(0, 24, 3)))
+
+        assert sum(r.imported for r in results) == 24
+        seen_out: set[str] = set()
+        for event in ledger.landed:
+            if isinstance(event, ConsentRevoked):
+                seen_out.add(event.phone)
+            elif isinstance(event, ConsentGranted):
+                assert event.phone in seen_out, f"{event.phone}: opt-in before its opt-out"
+        assert seen_out == _opted_out(items)
+        for n in range(12):
+            check = await app.checks.can_send(f"+141555501{n:02d}", BRAND, "promo")
+            assert check.decision.allowed == (n % 3 == 1), (n, check.decision)
+
+
+def _opted_out(items: Sequence[Item]) -> set[str]:
+    return {i.command.phone for i in items if isinstance(i.command, RecordOptOut)}
+
+
+class _RefusingOptOuts(_Logged):
+    """Appends of opt-outs fail, as a broker gone away for them."""
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        if any(isinstance(e, ConsentRevoked) for e in events):
+            await asyncio.sleep(0.01)
+            raise LedgerUnavailable("the broker went away")
+        return await super().append(events)
+
+
+async def test_opt_ins_waiting_for_an_opt_out_whose_append_failed_are_not_appended():
+    ledger = _RefusingOptOuts()
+    phone = "+14155550100"
+    async with running(ledger=ledger) as (app, _):
+        await app.writes.record(define())
+        imports = _imports(app)
+
+        opted_in, opted_out = await asyncio.gather(
+            imports.chunk([opt_in(0, phone, 0), opt_in(1, "+14155550101", 1)]),
+            imports.chunk([opt_out(2, phone, 5, None)]),
+            return_exceptions=True,
+        )
+
+        assert isinstance(opted_out, LedgerUnavailable)
+        assert isinstance(opted_in, LedgerUnavailable)
+        assert not any(isinstance(e, ConsentGranted) for e in ledger.landed)
+        again = await _imports(app).chunk([opt_in(0, phone, 0)])
+        assert again.imported == 1  # its turn and claim given back: sent again, written
+
+
+async def test_two_imports_of_the_same_shuffled_records_append_each_once_in_order():
+    """A chunk waiting for the opt-outs of the others holds no turn to append, so two
+    imports of one export at once, each waiting for its own chunks, never wait for
+    each other's turns in a ring; each record is appended once, opt-out first."""
+    import random
+
+    ledger = _Logged()
+    async with running(ledger=ledger) as (app, _):
+        await app.writes.record(define())
+        items: list[Item] = []
+        for n in range(12):
+            phone = f"+141555502{n:02d}"
+            items += [opt_in(2 * n, phone, 10), opt_out(2 * n + 1, phone, 15, None)]
+        random.Random(7).shuffle(items)
+
+        async def one_import(imports: Imports) -> list[Any]:
+            chunks = [imports.chunk(items[i : i + 3]) for i in range(0, len(items), 3)]
+            return await asyncio.gather(*chunks)
+
+        both = await asyncio.wait_for(
+            asyncio.gather(one_import(_imports(app)), one_import(_imports(app))), 30
+        )
+
+        assert sum(r.imported for results in both for r in results) == len(items)
+        assert sum(r.present for results in both for r in results) == len(items)
+        seen_out: set[str] = set()
+        landed = [e for e in ledger.landed if isinstance(e, ConsentGranted | ConsentRevoked)]
+        assert len(landed) == len(items)
+        for event in landed:
+            if isinstance(event, ConsentRevoked):
+                seen_out.add(event.phone)
+            else:
+                assert event.phone in seen_out, f"{event.phone}: opt-in before its opt-out"
