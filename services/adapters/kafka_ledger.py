@@ -29,6 +29,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     KafkaError,
     MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
     RecordListTooLargeError,
     RecordTooLargeError,
     TopicAlreadyExistsError,
@@ -96,6 +97,26 @@ def consumer_options(settings: KafkaLedgerSettings) -> dict[str, Any]:
 log = logging.getLogger(__name__)
 
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+_RESIZES = 3
+"""Times one append is sent again in smaller batches after a refusal as too large."""
+
+
+class _Unacknowledged(Exception):
+    """An append some of whose records the broker did not acknowledge: ``first``, the
+    first failure, and each record's metadata or failure, in the append's order."""
+
+    def __init__(
+        self, first: BaseException, outcomes: list[RecordMetadata | BaseException]
+    ) -> None:
+        super().__init__(str(first))
+        self.first, self.outcomes = first, outcomes
+
+
+def _refused_unwritten(error: BaseException) -> bool:
+    """Whether the broker refused the record's batch, so that it was not written: as
+    too large, or as out of sequence, which follows a batch refused on its partition
+    (``_renew_producer_if_spent``). A timeout or a lost connection may have written it."""
+    return isinstance(error, (*_TOO_LARGE, OutOfOrderSequenceNumber))
 
 
 _CONTROLLER_LOOKS = 5
@@ -161,8 +182,12 @@ class KafkaLedger(EventLog):
         # One consumer serves every ``read``; reads reassign it, so they take turns.
         self._read_lock = asyncio.Lock()
         self._subscriber_partitions: list[int] = []
-        # The smallest max.message.bytes of the topics, as ``_verify_topics`` found it.
+        # The smallest max.message.bytes of the topics, as ``_verify_topics`` found it,
+        # or lower when read again after a refusal (``_smaller_batches``).
         self._batch_limit: int | None = None
+        self._batch_size = PRODUCER_BATCH_BYTES
+        """The largest batch of the producer sending now."""
+        self._resizing = asyncio.Lock()
 
     async def start(self) -> None:
         """Connect; raises ``UnsafeTopicError`` unless every topic (both streams' and
@@ -173,7 +198,7 @@ class KafkaLedger(EventLog):
         append to a missing topic would create it with a seven-day retention.
         """
         await self.verify_topics()
-        producer = AIOKafkaProducer(**producer_options(self.settings, self._batch_limit))
+        producer = self._new_producer()
         reader = AIOKafkaConsumer(**consumer_options(self.settings))
         await producer.start()
         try:
@@ -187,6 +212,11 @@ class KafkaLedger(EventLog):
             raise
         self._producer, self._reader = producer, reader
         self._subscriber_partitions = sorted(subscriber_partitions)
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        options = producer_options(self.settings, self._batch_limit)
+        self._batch_size = options["max_batch_size"]
+        return AIOKafkaProducer(**options)
 
     def partition_for(self, phone: str) -> int | None:
         """Where Kafka's default partitioner (the producer's) puts ``phone``; None before
@@ -387,7 +417,7 @@ class KafkaLedger(EventLog):
         if not records:
             return []
         try:
-            metadata = await self._sent(records)
+            metadata = await self._sent_within_limit(records)
         except _TOO_LARGE as exc:  # the broker's limit, below the producer's: no retry helps
             raise EventTooLarge(
                 f"Kafka ledger: {self.settings.bootstrap_servers} refused a record as too "
@@ -402,6 +432,77 @@ class KafkaLedger(EventLog):
             Recorded(event, LedgerPosition(md.partition, md.offset), _utc(md.timestamp))
             for event, md in zip(events, metadata, strict=True)
         ]
+
+    async def _sent_within_limit(self, records: list[Record]) -> list[RecordMetadata]:
+        """``_sent``'s metadata; the records a batch refused as too large are sent
+        again, alone, in smaller batches when the topics' ``max.message.bytes`` was
+        lowered since the producer was made (it is read at start only). The broker
+        wrote none of a refused batch, so each record is written once; one too large
+        on its own is refused still (``EventTooLarge``: an opt-out is held)."""
+        outcomes: list[RecordMetadata | None] = [None] * len(records)
+        unsent = list(range(len(records)))
+        for attempt in range(_RESIZES + 1):
+            size = self._batch_size
+            try:
+                sent = await self._sent([records[i] for i in unsent])
+            except _Unacknowledged as exc:
+                failed = []
+                for i, outcome in zip(unsent, exc.outcomes, strict=True):
+                    if isinstance(outcome, BaseException):
+                        failed.append(i)
+                    else:
+                        outcomes[i] = outcome
+                if not (
+                    attempt < _RESIZES
+                    and isinstance(exc.first, _TOO_LARGE)
+                    and all(
+                        _refused_unwritten(o) for o in exc.outcomes if isinstance(o, BaseException)
+                    )
+                    and _order_kept(records, failed, outcomes)
+                    and await self._smaller_batches(size)
+                ):
+                    raise exc.first from None
+                unsent = failed
+            else:
+                for i, md in zip(unsent, sent, strict=True):
+                    outcomes[i] = md
+                break
+        return [md for md in outcomes if md is not None]
+
+    async def _smaller_batches(self, tried: int) -> bool:
+        """After a batch of at most ``tried`` bytes was refused as too large: whether
+        the producer's batches are smaller now, read again from the topics'
+        ``max.message.bytes`` (once for the appends refused together)."""
+        async with self._resizing:
+            if self._batch_size >= tried:
+                admin = self._admin()
+                await admin.start()
+                try:
+                    topics = list(self.settings.topic_partitions())
+                    resources = await self._described_configs(admin, topics, False)
+                finally:
+                    await admin.close()
+                limits = [
+                    int(value)
+                    for r in resources
+                    for e in r["config_entries"]
+                    if e["config_names"] == "max.message.bytes"
+                    and (value := e["config_value"] or "").isdigit()
+                ]
+                if not limits or min(limits) >= tried:
+                    return False  # the record is too large on its own
+                log.warning(
+                    "Kafka ledger: max.message.bytes is now %d, below the producer's "
+                    "batches of %d bytes; sending with smaller batches",
+                    min(limits),
+                    tried,
+                )
+                # Not while a producer is being made (with the old limit).
+                async with self._renewing:
+                    self._batch_limit = min(limits)
+                    self._spent = self._started_producer()  # renewed at the next send
+                    self._batch_size = min(PRODUCER_BATCH_BYTES, self._batch_limit)
+            return self._batch_size < tried
 
     def _sent(self, records: list[Record]) -> asyncio.Future[list[RecordMetadata]]:
         """Each record's metadata once the broker acknowledged all of them; the first
@@ -468,7 +569,7 @@ class KafkaLedger(EventLog):
                 (d.exception() for d in deliveries if not d.cancelled() and d.exception()), None
             )
             if failed is not None:
-                _fail(answer, failed)
+                _fail(answer, _Unacknowledged(failed, [_outcome(d) for d in deliveries]))
             elif not answer.done():
                 answer.set_result([d.result() for d in deliveries])
             pending[0] -= 1
@@ -514,7 +615,7 @@ class KafkaLedger(EventLog):
             producer = self._started_producer()
             if self._spent is not producer:
                 return producer  # renewed while this append waited
-            fresh = AIOKafkaProducer(**producer_options(self.settings, self._batch_limit))
+            fresh = self._new_producer()
             try:
                 await fresh.start()  # fails while the broker is away: the next append tries
             except BaseException:
@@ -681,6 +782,26 @@ def recorded_from_record(record: ConsumerRecord[bytes, bytes]) -> Recorded:
 def _utc(epoch_ms: int) -> datetime:
     # Integer arithmetic: a float division can land a microsecond off the broker's stamp.
     return datetime.fromtimestamp(epoch_ms // 1000, UTC) + timedelta(milliseconds=epoch_ms % 1000)
+
+
+def _outcome(delivery: asyncio.Future[RecordMetadata]) -> RecordMetadata | BaseException:
+    if delivery.cancelled():
+        return asyncio.CancelledError()
+    return delivery.exception() or delivery.result()
+
+
+def _order_kept(
+    records: list[Record], failed: list[int], outcomes: list[RecordMetadata | None]
+) -> bool:
+    """Whether sending the ``failed`` records again keeps each key's order: no record
+    of the same key after one of them was written."""
+    first_failed: dict[tuple[str, bytes], int] = {}
+    for i in failed:
+        first_failed.setdefault((records[i][0], records[i][1]), i)
+    return not any(
+        outcomes[j] is not None and first_failed.get((topic, key), j) < j
+        for j, (topic, key, _, _) in enumerate(records)
+    )
 
 
 def _fail(answer: asyncio.Future[Any], error: BaseException) -> None:

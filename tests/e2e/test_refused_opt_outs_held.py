@@ -7,6 +7,8 @@ resolves the hold, and the refusal says so in its ErrorInfo."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -718,3 +720,44 @@ async def test_an_opt_out_the_ledger_refuses_as_too_large_is_held_and_denies(
         assert info is not None, err.details()
         answer = await can_send(runtime, number, info["consistency_token"])
         assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
+
+
+async def test_opt_outs_at_once_are_recorded_after_the_record_limit_is_lowered(
+    serve, kafka_bootstrap
+):
+    """The topics' ``max.message.bytes`` was read only at start. Lowered under the
+    running service, opt-outs made at once went as batches above it and each was
+    refused as too large: held for review rather than recorded, and any other write
+    so refused lost. Now each is recorded once, and one too large alone still held."""
+    clock = Clock()
+    settings = kafka_settings(kafka_bootstrap, f"lowered-{uuid.uuid4().hex[:8]}.")
+    campaign = define("acme", "promo", clock.now - timedelta(days=60), [ACME_NUMBER])
+    runtime = await serve(name="lowered", clock=clock, campaigns=[campaign], kafka=settings)
+    numbers = [phone(100 + i) for i in range(64)]
+    await opted_in(runtime, numbers, clock.now)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        limit = {**topic_configs(settings), "max.message.bytes": "4096"}
+        topic = settings.topic(Stream.SUBSCRIBERS)
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+    finally:
+        await admin.close()
+    async with client(runtime.address, "acme-app") as c:
+        requests = [opt_out(n, "acme", "promo", clock.now, text="STOP") for n in numbers]
+        answers = await asyncio.gather(
+            *(c.RecordOptOut(r) for r in requests), return_exceptions=True
+        )
+        large = opt_out(phone(99), "acme", "promo", clock.now, text="stop " * 2000)
+        too_large = await refused(c.RecordOptOut, large)
+    assert [a for a in answers if isinstance(a, BaseException)] == []
+    assert too_large.code() == grpc.StatusCode.INVALID_ARGUMENT, too_large
+    assert held_info(too_large) is not None, too_large.details()
+    tokens = [ConsistencyToken.decode(a.consistency_token) for a in answers]
+    fresh = functools.reduce(ConsistencyToken.merge, tokens).encode()
+    for number in numbers:
+        answer = await can_send(runtime, number, fresh)
+        assert answer.reason == api.REASON_REVOKED, (number, answer)
+    assert runtime.ledger is not None
+    written = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+    assert written == 64 + 64 + 1  # the opt-ins, each opt-out once, and the hold

@@ -391,3 +391,41 @@ async def test_appends_made_at_once_fit_a_topic_s_own_record_limit(
         )
 
     assert [a for a in answers if isinstance(a, BaseException)] == []
+
+
+async def test_appends_made_at_once_fit_a_record_limit_lowered_while_running(
+    kafka_bootstrap: str,
+) -> None:
+    """The topics' ``max.message.bytes`` was read only at start: lowered under a
+    running ledger, appends made at once to one partition went as one batch above
+    the new limit, and each was refused as too large (INVALID_ARGUMENT, never
+    retried; a STOP so refused was held for review, any other write lost). The
+    ledger now reads the limit again and sends them in smaller batches, each record
+    once and one append's records in order; a record too large on its own is still
+    refused as such."""
+    settings = settings_for_test(kafka_bootstrap)
+    async with started_ledger(settings) as ledger:
+        phone = new_phone()  # one partition
+        await ledger.append([message_sent(phone, -1)])  # the producer made
+        async with admin_client(kafka_bootstrap) as admin:
+            topic = settings.topic(Stream.SUBSCRIBERS)
+            limit = {**topic_configs(settings), "max.message.bytes": "4096"}
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+        single = [[message_sent(phone, n)] for n in range(32)]
+        many = [message_sent(phone, n) for n in range(32, 64)]
+        answers = await asyncio.gather(
+            *(ledger.append(events) for events in [*single, many]), return_exceptions=True
+        )
+        assert [a for a in answers if isinstance(a, BaseException)] == []
+        large = replace(message_sent(phone, 99), message_id="x" * 5_000)
+        with pytest.raises(EventTooLarge, match="refused a record as too large"):
+            await ledger.append([large])
+        (written,) = [
+            [r.event for r in part]
+            for part in (await read_all(ledger, Stream.SUBSCRIBERS)).values()
+            if part
+        ]
+
+    ids = [e.event_id for e in written[1:]]
+    assert sorted(ids) == sorted(e.event_id for e in [*(s for [s] in single), *many])
+    assert [i for i in ids if i in {e.event_id for e in many}] == [e.event_id for e in many]
