@@ -207,7 +207,10 @@ LIMIT 1
 # with other content blocks the request id even past claims (that send is refused). A
 # send whose request id another request holds is refused too, so it claims nothing.
 # $9 is the call's place in a batch of takes (``_take_many``), whose rows come back
-# as one list.
+# as one list. $10 is the part of the take the statement does: 0 all of it; 1 only
+# the message claim, answering nothing; 2 all but making the message claim (made by
+# the batch's part 1 before, and read here), and dropping a claim it made if the
+# request id turns out to be another request's, as part 0 would not have made it.
 _TAKE_REQUEST = """
 WITH sent AS (
     SELECT event_id FROM message_use
@@ -215,7 +218,7 @@ WITH sent AS (
 ), made AS (
     INSERT INTO message_claim (brand, phone, message_id, event_id, content)
     SELECT $1, $5, $6, ($4::uuid[])[1], $8::text
-    WHERE $5::text IS NOT NULL
+    WHERE $5::text IS NOT NULL AND $10::int <> 2
       AND NOT EXISTS (SELECT 1 FROM sent WHERE event_id <> ALL($4::uuid[]))
       AND NOT EXISTS (
           SELECT 1 FROM request_use WHERE brand = $1 AND request_id = $2 AND fingerprint <> $3
@@ -236,9 +239,17 @@ WITH sent AS (
         AS blocked
 ), taken AS (
     INSERT INTO request_use (brand, request_id, fingerprint, event_ids)
-    SELECT $1, $2, $3, $4::uuid[] FROM blocked WHERE NOT blocked
+    SELECT $1, $2, $3, $4::uuid[] FROM blocked WHERE NOT blocked AND $10 <> 1
     ON CONFLICT DO NOTHING
     RETURNING fingerprint, event_ids
+), dropped AS (
+    DELETE FROM message_claim
+    WHERE $10 = 2 AND $5::text IS NOT NULL AND brand = $1 AND phone = $5 AND message_id = $6
+      AND event_id = ANY($4::uuid[]) AND xmin = pg_current_xact_id()::xid
+      AND NOT EXISTS (SELECT 1 FROM taken)
+      AND NOT EXISTS (
+          SELECT 1 FROM request_use WHERE brand = $1 AND request_id = $2 AND fingerprint = $3
+      )
 )
 SELECT fingerprint, event_ids, true AS taken, (SELECT event_id FROM sent) AS sent_as,
        (SELECT event_id FROM claim) AS claimed_by, (SELECT content FROM claim) AS claimed_content,
@@ -247,11 +258,11 @@ FROM taken
 UNION ALL
 SELECT fingerprint, event_ids, false, (SELECT event_id FROM sent),
        (SELECT event_id FROM claim), (SELECT content FROM claim), $9
-FROM request_use WHERE brand = $1 AND request_id = $2
+FROM request_use WHERE brand = $1 AND request_id = $2 AND $10 <> 1
 UNION ALL
 SELECT NULL, NULL, false, (SELECT event_id FROM sent),
        (SELECT event_id FROM claim), (SELECT content FROM claim), $9
-FROM blocked WHERE blocked
+FROM blocked WHERE blocked AND $10 <> 1
 LIMIT 1
 """
 _CLAIM_MESSAGE = """
@@ -768,9 +779,12 @@ class _Take(NamedTuple):
     content: str | None
 
 
-def _take_order(take: _Take) -> tuple[str, str, str, str]:
-    """The order of the rows a take locks: its message claim's, then its request id's."""
-    return (take.brand, take.phone or "", take.message_id or "", take.request_id)
+def _message_order(take: _Take) -> tuple[str, str, str]:
+    return (take.brand, take.phone or "", take.message_id or "")
+
+
+def _request_order(take: _Take) -> tuple[str, str]:
+    return (take.brand, take.request_id)
 
 
 def _request_taken(row: asyncpg.Record) -> RequestTaken:
@@ -1318,7 +1332,7 @@ class PostgresConsentView(ConsentView):
 
     async def _take_one(self, take: _Take) -> RequestTaken:
         while True:
-            row = await self._reads.fetchrow(_TAKE_REQUEST, *take, 0)
+            row = await self._reads.fetchrow(_TAKE_REQUEST, *take, 0, 0)
             if row is not None:
                 return _request_taken(row)
 
@@ -1328,11 +1342,21 @@ class PostgresConsentView(ConsentView):
         where each alone paid its own. In key order, so that two batches (of two
         instances) holding the same request ids wait for each other's rows in turn
         rather than deadlock; a batch that fails anyway is run again call by call.
-        A send's statement claims its message id before its request id, so sends go
-        in the order of their messages first: two batches of the same messages under
-        other request ids (a send sent to two instances) deadlocked in request order."""
-        order = sorted(range(len(takes)), key=lambda i: _take_order(takes[i]))
-        rows = await self._reads.fetchmany(_TAKE_REQUEST, [(*takes[i], i) for i in order])
+
+        The rows go in one total order: every message claim (of the sends), by
+        message, then every request id, by id, as a take alone claims its message
+        before its request id. A send's take whole in the batch locked a request id
+        before the next send's message: two batches, each with a send under the
+        request id of another write in the other (a client reusing an id), took
+        them in opposite orders and deadlocked, as did sends of the same messages in
+        request id order (3135bc1)."""
+        sends = sorted(
+            (i for i, t in enumerate(takes) if t.phone is not None),
+            key=lambda i: _message_order(takes[i]),
+        )
+        order = sorted(range(len(takes)), key=lambda i: _request_order(takes[i]))
+        parts = [(*takes[i], i, 1) for i in sends] + [(*takes[i], i, 2) for i in order]
+        rows = await self._reads.fetchmany(_TAKE_REQUEST, parts)
         found = {row["call"]: _request_taken(row) for row in rows}
         # A call without a row ran into a claim committed after its statement's
         # snapshot, as a single statement can: it asks again, alone.

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -342,6 +343,90 @@ async def test_two_instances_claiming_the_same_messages_at_once_do_not_deadlock(
     finally:
         for pool in pools:
             await pool.close()
+
+
+async def test_sends_and_other_writes_sharing_request_ids_at_once_do_not_deadlock(
+    postgres_dsn: str,
+) -> None:
+    """A send's take locks its message claim, then its request id; a batch went in
+    the order of its calls, the other writes' (by request id) before the sends' (by
+    message). Two instances' batches where a send and another write shared a request
+    id (a client reusing an id for another request), one each side, took the request
+    id and the message in opposite orders and deadlocked; PostgreSQL broke it only
+    after ``deadlock_timeout`` (set long here), failing one of them. A batch now
+    takes every message claim first, then every request id, each in key order: one
+    total order, whatever the calls."""
+    import random
+
+    pools = [
+        await asyncpg.create_pool(
+            postgres_dsn, min_size=1, max_size=2, server_settings={"deadlock_timeout": "30s"}
+        )
+        for _ in range(2)
+    ]
+    try:
+        await migrate(pools[0])
+        a, b = (PostgresConsentView(pool, timeout=20.0) for pool in pools)
+        pairs, rounds = 16, 6
+
+        def take(view: PostgresConsentView, side: str, r: int, k: int, send: bool) -> Any:
+            # Side a: an opt-in under s{k}, a send of SM{k} under t{k}; side b the
+            # other way round: each request id is a send's on one side only.
+            request_id = f"{'st'[(side == 'a') == send]}{r}-{k:02}"
+            ids = [str(uuid.uuid4())]
+            if not send:
+                return view.take_request("acme", request_id, f"fp-{side}", ids)
+            message = ("+14155550100", f"SM{r}-{k:02}")
+            return view.take_request(
+                "acme", request_id, f"fp-{side}", ids, message, content="the same send"
+            )
+
+        async def takes(view: PostgresConsentView, side: str, r: int) -> list[Any]:
+            # The first call goes alone; the others, made meanwhile, as one batch.
+            first = view.take_request("acme", f"{side}{r}-first", "fp", [str(uuid.uuid4())])
+            order = random.Random(r).sample(range(2 * pairs), 2 * pairs)
+            calls = [take(view, side, r, i // 2, i % 2 == 0) for i in order]
+            return await asyncio.gather(first, *calls, return_exceptions=True)
+
+        for r in range(rounds):
+            both = await asyncio.wait_for(asyncio.gather(takes(a, "a", r), takes(b, "b", r)), 15)
+            failed = [o for side in both for o in side if isinstance(o, BaseException)]
+            assert failed == [], r
+        uses = await pools[0].fetchval("SELECT count(*) FROM request_use")
+        assert uses == rounds * (2 * pairs + 2)  # each request id taken once, by one side
+        # A send refused for its request id claims no message (none is left that no
+        # request holds).
+        stray = await pools[0].fetchval(
+            "SELECT count(*) FROM message_claim AS c WHERE NOT EXISTS "
+            "(SELECT 1 FROM request_use AS u WHERE c.event_id = ANY(u.event_ids))"
+        )
+        assert stray == 0
+    finally:
+        for pool in pools:
+            await pool.close()
+
+
+async def test_a_send_under_a_request_id_another_write_of_its_batch_takes_claims_nothing(
+    postgres_dsn: str,
+) -> None:
+    """A batch makes its message claims before its request ids: a send whose request
+    id another write of the same batch takes is refused, and its message claim is
+    dropped, as a take alone would not have made it."""
+    pool = await read_pool(postgres_dsn)
+    try:
+        await migrate(pool)
+        view = PostgresConsentView(pool, reads=pool, timeout=5.0)
+        first = view.take_request("acme", "first", "fp", [str(uuid.uuid4())])
+        other = view.take_request("acme", "r1", "fp-opt-in", [str(uuid.uuid4())])
+        send = view.take_request(
+            "acme", "r1", "fp-send", [str(uuid.uuid4())], ("+14155550100", "SM1"), content="hi"
+        )
+        _, opt_in, sent = await asyncio.gather(first, other, send)
+        assert opt_in.taken and not sent.taken
+        assert sent.use.fingerprint == "fp-opt-in"
+        assert await pool.fetchval("SELECT count(*) FROM message_claim") == 0
+    finally:
+        await pool.close()
 
 
 async def test_a_cached_state_is_never_served_after_its_row_changed(postgres_dsn: str) -> None:
