@@ -69,6 +69,7 @@ from ledger.events import (
     RevocationChannel,
     SubscriberLocated,
     event_id_for,
+    evolved,
     is_21_plus,
     send_differences,
 )
@@ -840,7 +841,11 @@ def _delivery(cmd: RecordDeliveryOutcome, now: datetime) -> list[LedgerEvent]:
 def _sent_batch(cmd: RecordMessagesSent, now: datetime) -> list[LedgerEvent]:
     """One ``MessageSent`` per message, each as ``_sent`` builds it. Every bad field of
     every message is named (``messages[3].phone``) and nothing is built: a call that
-    recorded some of its messages would have to be told apart from its own retry."""
+    recorded some of its messages would have to be told apart from its own retry.
+
+    Read in two passes (``_SentReader``): each message checked and built once, the
+    checks its messages share made once a call; then, the call's fingerprint digesting
+    every message, each event given its id."""
     brand = cmd.brand  # checked with the request's other fields (``to_events``)
     if not cmd.messages:
         raise InvalidRequest("messages", "is required (1 to 1,000 messages)")
@@ -849,34 +854,119 @@ def _sent_batch(cmd: RecordMessagesSent, now: datetime) -> list[LedgerEvent]:
             "messages",
             f"holds {len(cmd.messages):,} messages; at most {MAX_SENDS_PER_CALL:,} a call",
         )
-    fingerprint = request_fingerprint(cmd)  # once: it digests every message
+    read = _SentReader(cmd, now)
     found = Violations()
-    events: list[LedgerEvent] = []
+    events: list[MessageSent] = []
+    in_e164: list[SentMessage] = []
     first: dict[tuple[str, str], tuple[int, MessageSent]] = {}  # by number and message id
     for i, message in enumerate(cmd.messages):
-        item = Violations()
-        check_fields(vars(message), now, item)
-        sent = item.check(_one_sent, cmd, i, message, brand, fingerprint)
-        if item:
+        sent = read.sent(message)
+        if sent is None:
+            # Some check refused it: the checks again, one by one, name every field.
+            item = Violations()
+            check_fields(vars(message), now, item)
+            item.check(_one_sent, cmd, i, message, brand, "")
             found.add(_within(item, f"messages[{i}]."))
-        elif sent is not None:
-            events.append(sent)
-            # A message id again is that message (answered as the first), unless it
-            # says something else of it: which of the two is the message is not known.
-            key = (sent.phone, sent.message_id)
-            seen = first.get(key)
-            if seen is None:
-                first[key] = (i, sent)
-            elif other := send_differences(seen[1], sent):
-                found.add(
-                    InvalidRequest(
-                        f"messages[{i}].message_id",
-                        f"is messages[{seen[0]}]'s message id for this number, with another"
-                        f" {', '.join(other)}",
-                    )
+            continue
+        events.append(sent)
+        in_e164.append(
+            message
+            if sent.phone == message.phone and sent.from_number == message.from_number
+            else dataclasses.replace(message, phone=sent.phone, from_number=sent.from_number)
+        )
+        # A message id again is that message (answered as the first), unless it says
+        # something else of it: which of the two is the message is not known.
+        key = (sent.phone, sent.message_id)
+        seen = first.get(key)
+        if seen is None:
+            first[key] = (i, sent)
+        elif other := send_differences(seen[1], sent):
+            found.add(
+                InvalidRequest(
+                    f"messages[{i}].message_id",
+                    f"is messages[{seen[0]}]'s message id for this number, with another"
+                    f" {', '.join(other)}",
                 )
+            )
     found.raise_if_any()
-    return events
+    # ``request_fingerprint(cmd)``: every message read, each number is in ``in_e164``
+    # as ``_numbers_in_e164`` would write it, so no number is read again.
+    fingerprint = _digest(RecordMessagesSent(cmd.request_id, brand, tuple(in_e164)))
+    return [
+        evolved(
+            sent,
+            event_id=event_id_for(cmd.request_id, i, brand, fingerprint),
+            request_fingerprint=fingerprint,
+        )
+        for i, sent in enumerate(events)
+    ]
+
+
+class _SentReader:
+    """Reads a call's messages into ``MessageSent``: what its messages share (a
+    campaign, a time, the answer relied on) checked once a call, each message's own
+    fields once, every check of ``check_fields`` and ``_one_sent`` made."""
+
+    def __init__(self, cmd: RecordMessagesSent, now: datetime) -> None:
+        self._now = now
+        self._shared: dict[tuple[str, Any], Any] = {}
+        self._template = MessageSent(
+            event_id=_NO_ID,
+            occurred_at=now,
+            request_id=cmd.request_id,
+            request_fingerprint="",
+            phone="",
+            brand=cmd.brand,
+            campaign="",
+            message_id="",
+            kind=MessageKind.REGULAR,
+        )
+
+    def _once(self, check: str, value: Any, fn: Callable[[], Any]) -> Any:
+        key = (check, value)
+        try:
+            return self._shared[key]
+        except KeyError:
+            found = self._shared[key] = fn()
+            return found
+        except TypeError:  # a value that cannot be a key (a list for a tuple) is checked alone
+            return fn()
+
+    def sent(self, m: SentMessage) -> MessageSent | None:
+        """``m`` as its ``MessageSent`` (its event id to come), or None when any of its
+        fields is refused."""
+        try:
+            message_id = m.message_id
+            if not message_id:
+                return None
+            check_identifier(check_length(message_id, "message_id"), "message_id")
+            at = m.occurred_at
+            self._once("at", at, lambda: _check_time_at(at, self._now, "occurred_at"))
+            name = m.campaign
+            campaign = self._once("campaign", name, lambda: check_name(name, "campaign"))
+            relied = m.relied_on
+            if relied is not None:
+                relied = self._once("relied", relied, lambda: _relied_on(relied))
+            phone = to_e164(m.phone)
+            from_number = to_e164(m.from_number, field="from_number") if m.from_number else ""
+        except DomainError:
+            return None
+        return evolved(
+            self._template,
+            occurred_at=at,
+            phone=phone,
+            campaign=campaign,
+            message_id=message_id,
+            kind=m.kind,
+            included_opt_out_language=m.included_opt_out_language,
+            identified_sender=m.identified_sender,
+            relied_on=relied,
+            from_number=from_number,
+        )
+
+
+_NO_ID = uuid.UUID(int=0)
+"""A message's event id until the call's fingerprint gives it its own."""
 
 
 def check_sent_messages(cmd: RecordMessagesSent, now: datetime | None, found: Violations) -> None:

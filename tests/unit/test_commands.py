@@ -207,6 +207,59 @@ def test_a_batch_of_sends_has_pinned_ids_too():
     assert request_fingerprint(earlier) == "2c1ceeb2dfbd4acc0c8ac26017303de4"
 
 
+def test_a_batch_spelling_its_numbers_otherwise_has_the_fingerprint_of_its_e164_form():
+    # The batch reads each number once and digests the form it read: the same digest
+    # ``request_fingerprint`` makes of the whole request, numbers spelled as sent.
+    evidence = "0c6f7d1e-4b8a-5c2d-9e3f-1a2b3c4d5e6f"
+    relied = ReliedAnswer("subscribers:3:1042", True, "consent_active", (evidence,))
+    spelled = SentMessage(
+        "+1 (415) 555-2671", "promo", "SM1", MessageKind.REGULAR, at(1), True, True, relied
+    )
+    plain = SentMessage(PHONE, "promo", "SM2", MessageKind.REGULAR, at(2), relied_on=relied)
+    sender = SentMessage(
+        PHONE, "promo", "SM3", MessageKind.HELP_REPLY, at(3), from_number="+1 212-555-1234"
+    )
+    cmd = RecordMessagesSent("batch-2", BRAND, (spelled, plain, sender))
+    fingerprint = request_fingerprint(cmd)
+    events = to_events(cmd, NOW)
+    assert [e.request_fingerprint for e in events] == [fingerprint] * 3
+    assert [e.event_id for e in events] == [
+        event_id_for("batch-2", i, BRAND, fingerprint) for i in range(3)
+    ]
+    assert [(e.phone, e.from_number) for e in events] == [
+        (PHONE, ""),
+        (PHONE, ""),
+        (PHONE, "+12125551234"),
+    ]
+    assert events[0].relied_on == relied and events[1].relied_on == relied
+
+
+def test_a_bad_message_among_messages_sharing_its_campaign_and_answer_is_named_alone():
+    # What a call's messages share is checked once a call: a message refused for one of
+    # its own fields still names it, and the ones around it pass.
+    relied = ReliedAnswer("subscribers:3:1042", True, "consent_active", ())
+    good = SentMessage(PHONE, "promo", "SM1", MessageKind.REGULAR, at(1), relied_on=relied)
+    bad_relied = ReliedAnswer("subscribers:3:1042", False, "consent_active", ())
+    cmd = RecordMessagesSent(
+        "batch-3",
+        BRAND,
+        (
+            good,
+            replace(good, message_id="SM2", phone="+1415555"),
+            replace(good, message_id="SM3", campaign="Not A Name"),
+            replace(good, message_id="SM4", relied_on=bad_relied),
+            replace(good, message_id="SM5"),
+        ),
+    )
+    with pytest.raises(InvalidPhoneNumber) as refused:  # the first refusal's type
+        to_events(cmd, NOW)
+    assert [field for field, _ in refused.value.violations] == [
+        "messages[1].phone",
+        "messages[2].campaign",
+        "messages[3].relied_on.allowed",
+    ]
+
+
 def test_a_field_added_later_with_its_default_changes_no_fingerprint():
     cmd = stop_at("req-2", at(1))
     fields = [(f.name, f.type, f) for f in dataclasses.fields(RecordOptOut)]
