@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
@@ -396,6 +397,22 @@ def message_content(sent: MessageSent) -> str:
     with it before the first send can be read from the view."""
     said = {f: _said(getattr(sent, f)) for f in SENT_MESSAGE_FIELDS}
     return json.dumps(said, sort_keys=True, separators=(",", ":"))
+
+
+def message_contents(sends: Iterable[MessageSent]) -> list[str]:
+    """``message_content`` of each of ``sends``, written once for the sends that say the
+    same of their messages: a call's messages mostly share a campaign, a kind, a time
+    and the answer relied on, and the content holds no number or message id. Sends
+    that ``send_differences`` finds no difference between share one."""
+    written: dict[tuple[Any, ...], str] = {}
+    out = []
+    for sent in sends:
+        said = tuple([getattr(sent, f) for f in SENT_MESSAGE_FIELDS])
+        content = written.get(said)
+        if content is None:
+            content = written[said] = message_content(sent)
+        out.append(content)
+    return out
 
 
 def content_differences(content: str, again: MessageSent) -> list[str]:

@@ -22,7 +22,7 @@ from ledger.events import (
     MessageSent,
     Recorded,
     evolved,
-    message_content,
+    message_contents,
 )
 from ledger.phone import forms_stored_before
 from ledger.policy import earns_exemption
@@ -141,9 +141,13 @@ class Sends:
             # refuses the call (the view claims none of them then); one with the same
             # may have been recorded a moment ago: the view is let reach the ledger on
             # those phones, and asked.
+            contents = message_contents(new)
             held = await self.ctx.view.claim_messages(
                 cmd.brand,
-                [(e.phone, e.message_id, str(e.event_id), message_content(e)) for e in new],
+                [
+                    (e.phone, e.message_id, str(e.event_id), content)
+                    for e, content in zip(new, contents, strict=True)
+                ],
             )
             place = {id(e): i for i, e in enumerate(events)}
             contested = []

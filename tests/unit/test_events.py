@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from ledger.events import EVENT_TYPES, ConsentProof, ReliedAnswer, Sealed, evolved
+from ledger.events import (
+    EVENT_TYPES,
+    ConsentProof,
+    MessageKind,
+    ReliedAnswer,
+    Sealed,
+    evolved,
+    message_content,
+    message_contents,
+)
 from tests.builders import at, granted, sent
 
 
@@ -36,3 +46,27 @@ def test_an_event_evolved_is_the_event_replace_gives_down_to_its_provenance() ->
 def test_evolving_a_field_an_event_does_not_have_is_refused() -> None:
     with pytest.raises(TypeError, match="'text'"):
         evolved(sent(at(0)), text="STOP")
+
+
+def test_a_calls_message_contents_are_each_sends_own() -> None:
+    # Written once for sends that say the same of their messages; each send that says
+    # something else of its message (a field, an instant, an answer) has its own.
+    relied = ReliedAnswer("subscribers:3:1042", True, "consent_active", ())
+    first = sent(at(1))
+    same_moment = evolved(first, occurred_at=at(1).astimezone(ZoneInfo("America/New_York")))
+    sends = [
+        first,
+        evolved(first, phone="+12125551234", message_id="other"),
+        same_moment,
+        evolved(first, occurred_at=at(2)),
+        evolved(first, campaign="other"),
+        evolved(first, identified_sender=False),
+        evolved(first, relied_on=relied),
+        evolved(first, relied_on=dataclasses.replace(relied, evidence=("x",))),
+        evolved(first, from_number="+12125551234"),
+        evolved(first, kind=MessageKind.HELP_REPLY),
+    ]
+    contents = message_contents(sends)
+    assert contents == [message_content(s) for s in sends]
+    assert contents[0] == contents[1] == contents[2]
+    assert len(set(contents)) == len(sends) - 2
