@@ -114,13 +114,23 @@ def name_read(value: str) -> str:
 
 def brands_meant(brand: str, in_use: Sequence[str]) -> list[str]:
     """The brands of ``in_use`` that ``brand``, when no brand in use is so named, may
-    be a spelling of: the same once '.', '_' and '-' are dropped ("acme_co", "acmeco"
-    and "acme.co" for "acme-co"). An opt-out written under such a name stopped
-    nothing the brand meant sends, so it is held under each of them instead."""
+    be a spelling of: the same letters and digits once all else is dropped
+    ("acme_co", "acmeco" and "acme.co" for "acme-co"; "ac\x00me", "ac\n*me" and
+    "Acme!" for "acme"). An opt-out written under such a name stopped nothing the
+    brand meant sends, so it is held under each of them instead."""
     if brand in in_use:
         return []
-    bare = _SEPARATOR_RUN.sub("", brand)
-    return [other for other in in_use if _SEPARATOR_RUN.sub("", other) == bare]
+    bare = _letters_and_digits(brand)
+    return [other for other in in_use if bare and _letters_and_digits(other) == bare]
+
+
+def _letters_and_digits(value: str) -> str:
+    """The letters and digits a reader sees in ``value``, in lower case: compatibility
+    forms as plain ones, and controls (Cc: a NUL or a line break an export left),
+    format characters (Cf), noncharacters, invisible fillers, separators and symbols
+    all dropped. For a name, that is the name without its '.', '_' and '-'."""
+    plain = unicodedata.normalize("NFKC", value).lower()
+    return "".join(ch for ch in plain if ch.isalnum() and not _invisible(ch))
 
 
 def check_name(value: str, field_name: str) -> str:

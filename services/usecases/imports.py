@@ -44,6 +44,7 @@ from ledger.commands import (
     HoldRefusedOptOut,
     RecordOptIn,
     RecordOptOut,
+    brands_meant,
     check_required_proof,
     held_opt_out,
     is_name,
@@ -417,6 +418,7 @@ class Imports:
         by_index = {item.index: item for item in items}
         holds: list[_Planned] = []
         now = self.ctx.clock()
+        in_use: list[str] | None = None
         for refusal in result.refusals:
             if refusal.code == Code.PERMISSION_DENIED:
                 continue  # not the caller's brand: not theirs to deny either
@@ -426,7 +428,19 @@ class Imports:
             field_name, reason = refusal.violations[0]
             refused = f"{field_name}: {reason}"
             each = [hold]
-            if not is_name(hold.brand):
+            if in_use is None:
+                in_use = await self.ctx.view.brand_names()
+            # A brand no campaign was defined for that reads as one in use ("acme_co",
+            # "ac\x00me"): held under each such brand the caller writes for, as a
+            # RecordOptOut is (``Writes.hold_refused_opt_out``).
+            meant = brands_meant(hold.brand, in_use)
+            mine = [b for b in meant if self._allows(b)]
+            if meant and not mine:
+                continue  # it means another's brand: not the caller's to deny
+            if mine:
+                each = [replace(hold, brand=b) for b in mine]
+                refused = f"{refused}; its brand {hold.brand!r} is no brand in use: held as {mine}"
+            elif not is_name(hold.brand):
                 # A brand left out, blank or unreadable: the opt-out was one of the
                 # caller's brands', which one cannot be told, so it denies each.
                 brands = list(self._own_brands())
@@ -451,6 +465,13 @@ class Imports:
         kept = {p.item.index for p in holds}
         result.refusals = [_noted(r, note) if r.index in kept else r for r in result.refusals]
         return new
+
+    def _allows(self, brand: str) -> bool:
+        try:
+            self._authorize(brand)
+        except PermissionDenied:
+            return False
+        return True
 
     async def _catch_up(self) -> None:
         """Let the view reach the ledger's end once per import: an earlier run's

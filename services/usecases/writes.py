@@ -136,6 +136,14 @@ def _anyone(brand: str) -> None:
     caller's own brand, or every brand, whoever sent it (``Writes.handle_inbound``)."""
 
 
+def _allows(authorize: Callable[[str], None], brand: str) -> bool:
+    try:
+        authorize(brand)
+    except PermissionDenied:
+        return False
+    return True
+
+
 def _resolved_before(
     candidate: str, winner: str, won: RevocationCandidateResolved | None
 ) -> Refused:
@@ -381,8 +389,10 @@ class Writes:
     ) -> None:
         """Hold for review a live opt-out ``refused`` for its details, whose number and
         brand can be read, for a brand ``authorize`` lets the caller act for (under
+        each brand in use it reads as, for a brand no campaign was defined for; under
         each of ``brands`` instead, when given: the caller's, for one that names no
-        brand that can be read, or an inbound STOP's to an unowned number), and raise
+        brand that can be read nor reads as one in use, or an inbound STOP's to an
+        unowned number), and raise
         ``HeldForReview``; return, holding nothing, when there is nothing to hold it
         under (the caller then raises ``refused``).
 
@@ -403,16 +413,29 @@ class Writes:
             hold = replace(hold, reused_id=True)
         else:
             (field_name, reason), *_ = refused.violations
-        # Under a brand no campaign was defined for that reads as one in use, the hold
-        # would deny nothing the person meant: it is held under each brand it may mean.
+        # Under a brand no campaign was defined for that reads as one in use ("acme_co",
+        # "ac\x00me"), the hold would deny nothing the person meant: it is held under
+        # each brand it may mean that the caller writes for. Only a brand that reads as
+        # none in use falls back to ``brands``: held under "*" instead, "ac\x00me"
+        # denied every brand until an operator dismissed it.
         unread = bool(brands) and hold.via == HELD_OPT_OUT and not is_name(hold.brand)
-        meant = [] if brands else await self._brands_meant(hold.brand, catch_up=False)
-        holds = [replace(hold, brand=b, unread_brand=unread) for b in brands or meant] or [hold]
+        meant = []
+        if unread or not brands:
+            meant = await self._brands_meant(hold.brand, catch_up=False)
+        mine = [b for b in meant if _allows(authorize, b)]
+        if meant and not mine:
+            return  # it means another's brand: not the caller's to deny
         refusal = f"{field_name}: {reason}"
-        if unread:
-            refusal = f"{refusal}; it names no brand that can be read: held as {list(brands)}"
-        if meant and field_name != "brand":
-            refusal = f"{refusal}; its brand {hold.brand!r} is no brand in use: held as {meant}"
+        if mine:
+            holds = [replace(hold, brand=b) for b in mine]
+            if field_name != "brand" or unread:
+                refusal = f"{refusal}; its brand {hold.brand!r} is no brand in use: held as {mine}"
+        elif brands:
+            holds = [replace(hold, brand=b, unread_brand=unread) for b in brands]
+            if unread:
+                refusal = f"{refusal}; it names no brand that can be read: held as {list(brands)}"
+        else:
+            holds = [hold]
         try:
             for each in holds:
                 authorize(each.brand)

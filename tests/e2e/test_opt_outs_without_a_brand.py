@@ -30,7 +30,16 @@ HELD_UNDER = {
     "admin": set(BRANDS),
 }
 """The brands each caller's brandless opt-out must deny: its own, or all of them."""
-UNREAD = {"blank": "", "spaces": "   ", "not a name": "Acme!"}
+UNREAD = {"blank": "", "spaces": "   ", "not a name": "N/A"}
+MEANT = {
+    "a NUL": "ac\x00me",
+    "a line break": "acme\n",
+    "a noncharacter and a DEL": "acm\ufffe\x7fe",
+    "a line break and a star": "ac\n*me",
+    "a bang": "Acme!",
+}
+"""Brands that are no name, but plainly acme's: an export's control characters or
+a symbol typed inside it."""
 
 
 def phone(i: int) -> str:
@@ -151,3 +160,59 @@ async def test_an_every_brand_hold_is_listed_under_star_and_a_dismissal_lifts_it
             )
         )  # fmt: skip
     assert await denied_brands(runtime, phone(9), done.consistency_token) == set()
+
+
+@pytest.mark.parametrize("who", list(HELD_UNDER))
+async def test_a_record_opt_out_whose_brand_reads_as_one_in_use_is_held_under_it(service, who):
+    """Before: held, for a token of every brand, under "*", which denied every brand
+    until an operator dismissed it (and under both brands of a two-brand token)."""
+    runtime, now = service
+    async with client(runtime.address, who) as caller:
+        for i, (name, brand) in enumerate(MEANT.items()):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await caller.RecordOptOut(opt_out(phone(i), brand, "promo", now))
+            err = caught.value
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, err)
+            assert err.details().startswith("brand: "), (name, err.details())
+            info = held_info(err)
+            assert info is not None, (name, err.details())
+            denied = await denied_brands(runtime, phone(i), info["consistency_token"])
+            assert denied == {"acme"}, name
+
+
+async def test_a_brand_that_reads_as_another_callers_holds_nothing(service):
+    """A brand spelled loosely is no way round the token's brands, nor is it held
+    under the caller's own brands, which the person did not ask to stop."""
+    runtime, now = service
+    async with client(runtime.address, "globex-app") as caller:
+        for i, (name, brand) in enumerate(MEANT.items()):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await caller.RecordOptOut(opt_out(phone(i), brand, "promo", now))
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+            assert held_info(caught.value) is None, (name, caught.value.details())
+
+
+@pytest.mark.parametrize("who", list(HELD_UNDER))
+async def test_an_imported_opt_out_whose_brand_reads_as_one_in_use_is_held_under_it(
+    service, who, tmp_path
+):
+    runtime, now = service
+    stop = {
+        "type": "opt_out",
+        "campaign": "promo",
+        "occurred_at": (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "channel": "keyword",
+        "text": "STOP",
+    }
+    numbers = {name: phone(5 + i) for i, name in enumerate(MEANT)}
+    lines = [
+        {**stop, "import_id": f"{who}-{i}", "phone": numbers[name], "brand": brand}
+        for i, (name, brand) in enumerate(MEANT.items())
+    ]
+    export = tmp_path / "export.jsonl"
+    export.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    _, out, err = await import_cli(str(export), "--address", runtime.address, token=TOKENS[who][0])
+    assert f"refused: {len(MEANT)}" in out, out + err
+    fresh = token_of(out)
+    for name, number in numbers.items():
+        assert await denied_brands(runtime, number, fresh) == {"acme"}, (name, out)

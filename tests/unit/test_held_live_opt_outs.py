@@ -15,6 +15,7 @@ from ledger.commands import (
     HELD_OPT_OUT,
     HoldRefusedOptOut,
     RecordOptOut,
+    brands_meant,
     covered_hold_resolved,
     covers,
     held_intent,
@@ -138,6 +139,28 @@ def test_an_opt_out_naming_no_readable_brand_from_a_caller_of_every_brand_is_hel
 def test_a_refused_opt_out_is_held_under_the_brand_its_name_spells(spelled):
     (held,) = held_opt_out(replace(_live(), brand=spelled), "brand: is no name", at(1))
     assert held.brand == "acme"
+
+
+@pytest.mark.parametrize(
+    "spelled",
+    [
+        *("ac\x00me", "acme\n", "acm\ufffe\x7fe", "ac\n*me", "Acme!", "ac me", "\x85ACME\x9b"),
+        *("ac\u200dme", "ac\U000e0001me", "acme\u3164", "\uff41\uff43\uff4d\uff45", "ac.me"),
+    ],
+)
+def test_a_brand_with_controls_or_symbols_inside_means_the_brand_in_use(spelled):
+    """A refused opt-out is held under the brand it means (``brands_meant``), not
+    under every brand for a caller of every brand: "ac\x00me" is acme to a reader."""
+    assert brands_meant(spelled, ["acme", "globex"]) == ["acme"]
+
+
+@pytest.mark.parametrize("spelled", ["", "  ", "N/A", "*", "acmé", "ac\u0661me", "acme2", "acme"])
+def test_a_brand_that_reads_as_no_other_brand_in_use_means_none(spelled):
+    assert brands_meant(spelled, ["acme", "globex"]) == []
+
+
+def test_a_brand_that_reads_as_two_brands_in_use_means_both():
+    assert brands_meant("ac\x00me", ["ac-me", "acme", "globex"]) == ["ac-me", "acme"]
 
 
 @pytest.mark.parametrize("spelled", ["ACMÉ", "ac me", "acme!"])

@@ -544,7 +544,7 @@ async def test_an_opt_out_of_a_brand_the_caller_may_not_write_for_is_not_held():
     ("own", "held_under"),
     [(("acme",), ["acme"]), (("acme", "initech"), ["acme", "initech"]), (("*",), ["*"])],
 )
-@pytest.mark.parametrize("brand", ["", "   ", "Acme!", "*"])
+@pytest.mark.parametrize("brand", ["", "   ", "N/A", "*"])
 async def test_an_opt_out_naming_no_readable_brand_is_held_under_each_of_the_callers(
     brand, own, held_under
 ):
@@ -564,6 +564,28 @@ async def test_an_opt_out_naming_no_readable_brand_is_held_under_each_of_the_cal
         held = await _written(app)
         assert sorted(e.brand for e in held) == held_under  # type: ignore[attr-defined]
         assert all(isinstance(e, RevocationCandidateFlagged) for e in held)
+
+
+@pytest.mark.parametrize("own", [("acme",), ("acme", "initech"), ("*",)])
+@pytest.mark.parametrize("brand", ["ac\x00me", "acme\n", "acm\ufffe\x7fe", "ac\n*me", "Acme!"])
+async def test_an_opt_out_whose_brand_reads_as_one_in_use_is_held_under_it(brand, own):
+    """Held under the caller's brands, or "*", it denied brands the person never
+    asked to stop (every brand, for a token of every brand)."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        item = no_channel(0, "+14155550100")
+        assert item.held is not None
+        item = Item(0, None, InvalidRequest("brand", "is no name"), "imp-0",
+                    replace(item.held, brand=brand))  # fmt: skip
+
+        result = await Imports(app.writes.ctx, own_brands=lambda: own).chunk([item])
+
+        assert result.held == 1 and result.refusals[0].held
+        assert [e.brand for e in await _written(app)] == ["acme"]  # type: ignore[attr-defined]
+        # A caller that does not write for the brand it means holds nothing.
+        other = Imports(app.writes.ctx, authorize=only_globex, own_brands=lambda: ("globex",))
+        result = await other.chunk([replace(item, request_id="imp-1")])
+        assert result.held == 0 and not result.refusals[0].held
 
 
 async def test_an_opt_out_naming_no_readable_brand_is_not_held_when_told_no_brands():
