@@ -130,23 +130,33 @@ class HeldForReview(DomainError):
     with ``error_reason`` and the hold's candidate id and consistency token in the
     ``ErrorInfo``'s metadata, so a client need not read the text: ``candidate_event_id``
     the first hold, ``candidate_event_ids`` every one (comma-separated), as a number
-    written without its "+" may be held under more than one reading of it."""
+    written without its "+" may be held under more than one reading of it, and
+    ``held_brands`` the brands they are held under (comma-separated, "*" for every
+    brand), which one that named no brand that can be read was held under for each
+    of the caller's: the queues (``ListRevocationCandidates``) it must review."""
 
     error_reason = "OPT_OUT_HELD_FOR_REVIEW"
 
     def __init__(
-        self, refused: DomainError, candidate_event_ids: Sequence[str], token: str
+        self,
+        refused: DomainError,
+        candidate_event_ids: Sequence[str],
+        token: str,
+        brands: Sequence[str],
     ) -> None:
         (field, reason), *more = refused.violations
         super().__init__(field, f"{reason}; {HELD_FOR_REVIEW}", *more)
-        self.metadata = _held_metadata(candidate_event_ids, token)
+        self.metadata = _held_metadata(candidate_event_ids, token, brands)
 
 
-def _held_metadata(candidate_event_ids: Sequence[str], token: str) -> dict[str, str]:
+def _held_metadata(
+    candidate_event_ids: Sequence[str], token: str, brands: Sequence[str]
+) -> dict[str, str]:
     return {
         "candidate_event_id": candidate_event_ids[0],
         "candidate_event_ids": ",".join(candidate_event_ids),
         "consistency_token": token,
+        "held_brands": ",".join(dict.fromkeys(brands)),
     }
 
 
@@ -159,8 +169,12 @@ class ReusedIdHeldForReview(AlreadyExists):
     error_reason = HeldForReview.error_reason
 
     def __init__(
-        self, refused: AlreadyExists, candidate_event_ids: Sequence[str], token: str
+        self,
+        refused: AlreadyExists,
+        candidate_event_ids: Sequence[str],
+        token: str,
+        brands: Sequence[str],
     ) -> None:
         reason = f"{refused.reason}; {HELD_FOR_REVIEW}"
         super().__init__(refused.field, reason, refused.request_id, refused.event_ids)
-        self.metadata = _held_metadata(candidate_event_ids, token)
+        self.metadata = _held_metadata(candidate_event_ids, token, brands)

@@ -448,9 +448,10 @@ class Writes:
             event_ids=[i for r in results for i in r.event_ids],
             token=functools.reduce(ConsistencyToken.merge, (r.token for r in results)),
         )
+        under = [each.brand for each in holds]
         if isinstance(refused, AlreadyExists):
-            raise ReusedIdHeldForReview(refused, written.event_ids, written.token.encode())
-        raise HeldForReview(refused, written.event_ids, written.token.encode())
+            raise ReusedIdHeldForReview(refused, written.event_ids, written.token.encode(), under)
+        raise HeldForReview(refused, written.event_ids, written.token.encode(), under)
 
     async def hold_refused_inbound(
         self,

@@ -216,3 +216,30 @@ async def test_an_imported_opt_out_whose_brand_reads_as_one_in_use_is_held_under
     fresh = token_of(out)
     for name, number in numbers.items():
         assert await denied_brands(runtime, number, fresh) == {"acme"}, (name, out)
+
+
+@pytest.mark.parametrize(
+    ("who", "unread_under"),
+    [("acme-app", "acme"), ("acme-initech", "acme,initech"), ("admin", "*")],
+)
+async def test_a_held_refusal_names_the_brands_it_is_held_under(service, who, unread_under):
+    """The ErrorInfo named the holds but not their brands: a caller could not tell
+    which review queue to look in, "*" above all."""
+    runtime, now = service
+    async with client(runtime.address, who) as caller:
+        held = {}
+        for i, brand in enumerate(("", "ac\x00me")):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await caller.RecordOptOut(opt_out(phone(i), brand, "promo", now))
+            held[brand] = held_info(caught.value)
+        request_id = f"r-{uuid.uuid4().hex}"
+        await caller.RecordOptIn(opt_in(phone(2), "acme", "promo", now, request_id))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await caller.RecordOptOut(opt_out(phone(2), "acme", "promo", now, request_id))
+        assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        held["reused id"] = held_info(caught.value)
+    assert {k: v and v.get("held_brands") for k, v in held.items()} == {
+        "": unread_under,
+        "ac\x00me": "acme",
+        "reused id": "acme",
+    }

@@ -101,7 +101,7 @@ def test_a_reused_request_id_is_already_exists_naming_the_first_request_s_events
 def test_an_opt_out_held_under_a_reused_request_id_says_so_beside_the_first_events() -> None:
     ids = ["3156e1cb-0000-5000-8000-000000000001"]
     refused = AlreadyExists("request_id", "used before", "r1", ids)
-    status = to_status(ReusedIdHeldForReview(refused, ["3156e1cb-held"], "tok"))
+    status = to_status(ReusedIdHeldForReview(refused, ["3156e1cb-held"], "tok", ["acme"]))
     assert status.code is grpc.StatusCode.ALREADY_EXISTS
     assert status.details.startswith("request_id: used before; held for review")
     raw = dict(status.trailing_metadata)["grpc-status-details-bin"]
@@ -119,6 +119,7 @@ def test_an_opt_out_held_under_a_reused_request_id_says_so_beside_the_first_even
         "candidate_event_id": "3156e1cb-held",
         "candidate_event_ids": "3156e1cb-held",
         "consistency_token": "tok",
+        "held_brands": "acme",
     }
 
 

@@ -227,7 +227,8 @@ class ConsentServiceServicer:
         review all the same: CanSend denies the number until it is resolved, and the
         error carries an ErrorInfo with reason OPT_OUT_HELD_FOR_REVIEW (metadata
         candidate_event_id, and candidate_event_ids when digits read as two numbers are
-        held under both). A later opt-out of every campaign of the brand for the held
+        held under both; held_brands, the brands held under, comma-separated, "*" for
+        every brand). A later opt-out of every campaign of the brand for the held
         number resolves that number's hold as "revoked", naming the opt-out.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
