@@ -92,7 +92,11 @@ output:
       refused: 7
         3  INVALID_ARGUMENT  phone: ... (lines 4, 18, 230)
         ...
+      held for review: 2
     ledger written up to: subscribers:0:9993
+  held for review counts the refused opt-outs held all the same (in a dry run:
+  that would be), held now or by an earlier run: CanSend denies their numbers
+  for the brand until someone resolves them (ListRevocationCandidates).
   --refusals FILE writes every refused record as JSON Lines (line, import_id,
   code, field, reason, held_for_review) for fixing and importing again;
   held_for_review true is an opt-out held all the same (in a dry run: would be),
@@ -183,6 +187,8 @@ class Summary:
     imported: int = 0
     present: int = 0
     refused: int = 0
+    held: int = 0
+    """Of the refused, opt-outs held for review (in a dry run: that would be)."""
     groups: dict[tuple[str, str, str], _Group] = field(default_factory=dict)
     """Per (code, field, reason), the records refused for it (the lines shown only:
     a file refused whole is not held in memory)."""
@@ -215,6 +221,8 @@ class Summary:
             out.append(
                 f"    {group.count:>6,}  {code}  {field_name}: {reason} ({word} {shown}{more})"
             )
+        # Refused but not lost: these numbers are denied until someone reviews them.
+        out.append(f"  held for review: {self.held:,}")
         if dry_run:
             out.append("dry run: nothing was written")
         elif self.token:
@@ -477,6 +485,7 @@ def _run(args: argparse.Namespace) -> int:
                     first_index, chunk_lines = in_flight.popleft()
                     summary.imported += answer.imported
                     summary.present += answer.already_present
+                    summary.held += answer.held_for_review
                     if answer.consistency_token:
                         summary.token = _merged(summary.token, answer.consistency_token)
                     for refusal in answer.refusals:
@@ -555,6 +564,7 @@ def _run(args: argparse.Namespace) -> int:
             if earlier in refused_at:
                 code_, field_name, reason, import_id, held = refused_at[earlier]
                 summary.refuse(line, code_, field_name, reason)
+                summary.held += held
                 refusals.write(line, import_id, code_, field_name, reason, held)
             elif earlier < answered:
                 summary.present += 1

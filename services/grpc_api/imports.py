@@ -108,6 +108,7 @@ def chunk_to_proto(result: ChunkResult, first: int) -> api_pb2.ImportConsentsRes
         already_present=result.present,
         consistency_token=result.token.encode(),
         first_index=first,
+        held_for_review=sum(refusal.held for refusal in result.refusals),
     )
     for refusal in result.refusals:
         response.refusals.add(

@@ -1257,12 +1257,14 @@ async def test_an_opt_out_refused_for_its_details_denies_its_number_until_review
     assert code == 1, dry + err
     assert "would import 3 of 6 records" in dry and "refused: 3" in dry, dry
     assert dry.count("would be held for review") == 2, dry
+    assert re.search(r"^  held for review: 2$", dry, re.M), dry  # the summary counts them
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
 
     code, out, err = await import_cli(str(export), "--address", runtime.address, token=acme)
 
     assert code == 1, out + err
     assert "imported 3 of 6 records" in out and "refused: 3" in out, out
+    assert re.search(r"^  held for review: 2$", out, re.M), out
     held = "held for review: the number is denied for the brand until someone resolves it"
     for refused in (
         "channel: is required",
@@ -1301,6 +1303,7 @@ async def test_an_opt_out_refused_for_its_details_denies_its_number_until_review
     assert code == 1, again + err
     assert "imported 0 of 6 records" in again and "already present: 3" in again, again
     assert again.count(held) == 2, again
+    assert re.search(r"^  held for review: 2$", again, re.M), again  # held by the first run
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
 
 
@@ -1327,6 +1330,7 @@ async def test_the_refusals_file_tells_a_held_opt_out_from_a_refused_record(serv
         )  # fmt: skip
 
         assert code == 1 and "refused: 5" in out, out + err
+        assert re.search(r"^  held for review: 3$", out, re.M), out  # lines 3, 5 and 6
         told = [json.loads(line) for line in refusals.read_text().splitlines()]
         held = {(r["line"], r["field"]): r["held_for_review"] for r in told}
         assert held == {

@@ -254,7 +254,7 @@ def test_a_header_row_further_down_naming_an_unknown_column_stops_the_file_there
 
 
 def test_the_summary_groups_refusals_by_reason_with_their_lines():
-    summary = import_.Summary(imported=7, present=2, token="subscribers:0:7")
+    summary = import_.Summary(imported=7, present=2, held=1, token="subscribers:0:7")
     for line in (4, 9, 12, 15, 20, 31, 40):
         summary.refuse(line, "INVALID_ARGUMENT", "phone", "is not a phone number")
     summary.refuse(3, "FAILED_PRECONDITION", "campaign", "acme/nope is not defined")
@@ -268,6 +268,7 @@ def test_the_summary_groups_refusals_by_reason_with_their_lines():
         "         7  INVALID_ARGUMENT  phone: is not a phone number "
         "(lines 4, 9, 12, 15, 20 and 2 more)",
         "         1  FAILED_PRECONDITION  campaign: acme/nope is not defined (line 3)",
+        "  held for review: 1",
         "ledger written up to: subscribers:0:7",
     ]
     assert summary.lines("export.csv", 2.0, dry_run=True)[0].startswith("would import 7 of 17")

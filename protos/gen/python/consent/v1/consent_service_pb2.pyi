@@ -2950,6 +2950,7 @@ class ImportConsentsResponse(_message.Message):
     REFUSALS_FIELD_NUMBER: _builtins.int
     CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
     FIRST_INDEX_FIELD_NUMBER: _builtins.int
+    HELD_FOR_REVIEW_FIELD_NUMBER: _builtins.int
     imported: _builtins.int
     """Records of the message written now (with dry_run: that would be)."""
     already_present: _builtins.int
@@ -2960,6 +2961,11 @@ class ImportConsentsResponse(_message.Message):
     """
     first_index: _builtins.int
     """The index of the message's first record."""
+    held_for_review: _builtins.int
+    """Of refusals, the opt-outs held for review all the same (held_for_review), held
+    by this message or by an earlier run of the import (with dry_run: that would
+    be): CanSend denies their numbers until someone resolves them.
+    """
     @_builtins.property
     def refusals(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportRefusal]: ...
     def __init__(
@@ -2970,10 +2976,11 @@ class ImportConsentsResponse(_message.Message):
         refusals: _abc.Iterable[Global___ImportRefusal] | None = ...,
         consistency_token: _builtins.str = ...,
         first_index: _builtins.int = ...,
+        held_for_review: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_present", b"already_present", "consistency_token", b"consistency_token", "first_index", b"first_index", "imported", b"imported", "refusals", b"refusals"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_present", b"already_present", "consistency_token", b"consistency_token", "first_index", b"first_index", "held_for_review", b"held_for_review", "imported", b"imported", "refusals", b"refusals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
