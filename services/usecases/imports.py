@@ -46,6 +46,7 @@ from ledger.commands import (
     RecordOptOut,
     brands_meant,
     check_required_proof,
+    fingerprint_as_spelled,
     held_opt_out,
     is_name,
     request_fingerprint,
@@ -181,6 +182,13 @@ class ChunkResult:
 class _Planned:
     item: Item
     events: list[LedgerEvent]
+    as_spelled: str | None = None
+    """The fingerprint a version that digested numbers as spelled gave what the events
+    record (``fingerprint_as_spelled``; None: the same as now): one recorded then took
+    its id under it."""
+    held_before: tuple[str, str, str] | None = None
+    """For a hold of a record that version read: the (brand, id, fingerprint) it held
+    the record under, its id digesting the record's fingerprint of then."""
 
 
 def _refusal(item: Item, code: str, exc: DomainError | ServiceError) -> Refusal:
@@ -290,7 +298,8 @@ class Imports:
         planned: list[_Planned] = []
         for item in items:
             try:
-                planned.append(_Planned(item, await self._checked(item)))
+                events = await self._checked(item)
+                planned.append(_Planned(item, events, fingerprint_as_spelled(item.command)))
             except DomainError as exc:
                 result.refusals.append(_refusal(item, Code.INVALID_ARGUMENT, exc))
             except PermissionDenied as exc:
@@ -452,19 +461,38 @@ class Imports:
                 events_of = [held_opt_out(one, refused, now) for one in each]
             except (DomainError, PermissionDenied):
                 continue  # no number or brand to hold it under
-            for events in events_of:
+            item = by_index[refusal.index]
+            for one, events in zip(each, events_of, strict=True):
                 if self._recorded_by:
                     events = [evolved(e, recorded_by=self._recorded_by) for e in events]
-                holds.append(_Planned(by_index[refusal.index], events))
+                spelled = fingerprint_as_spelled(one)
+                holds.append(_Planned(item, events, spelled, _held_before(one, item)))
         if not holds:
             return []
+        kept = {p.item.index for p in holds}
         # Another hold under a hold's id is only the same hold (its id digests the
         # record): what _new would refuse cannot arise, and is not told.
-        new = await self._new(holds, ChunkResult(), dry_run)
+        new = await self._new(await self._not_held_before(holds), ChunkResult(), dry_run)
         note = f"would be {HELD_FOR_REVIEW}" if dry_run else HELD_FOR_REVIEW
-        kept = {p.item.index for p in holds}
         result.refusals = [_noted(r, note) if r.index in kept else r for r in result.refusals]
         return new
+
+    async def _not_held_before(self, holds: list[_Planned]) -> list[_Planned]:
+        """``holds`` less those a version that digested numbers as spelled made, under
+        an id of their own (``_Planned.held_before``), and the view has applied: a
+        re-run held each such record a second time, to be reviewed twice."""
+        before = [(p, p.held_before) for p in holds if p.held_before is not None]
+        if not before:
+            return holds
+        uses = await self.ctx.view.request_uses([(brand, id_) for _, (brand, id_, _) in before])
+        found = [
+            (p, use)
+            for p, (brand, id_, fingerprint) in before
+            if (use := uses.get((brand, id_))) is not None and use.fingerprint == fingerprint
+        ]
+        known = await self.ctx.view.known_events([i for _, use in found for i in use.event_ids])
+        done = {id(p) for p, use in found if all(i in known for i in use.event_ids)}
+        return [p for p in holds if id(p) not in done]
 
     def _allows(self, brand: str) -> bool:
         try:
@@ -560,12 +588,26 @@ class Imports:
             ]
             uses = list(await self.ctx.view.claim_requests(claims))
         ours: list[_Planned] = []
+        spelled: list[tuple[_Planned, RequestUse]] = []
         for p, use in zip(unique, uses, strict=True):
-            if use is not None and use.fingerprint != p.events[0].request_fingerprint:
-                result.refusals.append(_reused(p.item, None))
-            else:
+            if use is None or use.fingerprint == p.events[0].request_fingerprint:
                 ours.append(p)
-        known = await self.ctx.view.known_events([str(e.event_id) for p in ours for e in p.events])
+            elif use.fingerprint == p.as_spelled:
+                # Recorded by a version that digested its number as spelled (under
+                # ids made from that): the same record, as a live retry is
+                # (``recorded_as_spelled``), not another under its id.
+                spelled.append((p, use))
+            else:
+                result.refusals.append(_reused(p.item, None))
+        known = await self.ctx.view.known_events(
+            [str(e.event_id) for p in ours for e in p.events]
+            + [i for _, use in spelled for i in use.event_ids]
+        )
+        for p, use in spelled:
+            if all(i in known for i in use.event_ids):
+                result.present += 1
+            else:  # its facts never appended: nothing here can append them under its ids
+                result.refusals.append(_reused(p.item, None))
         self._forget_applied()
         new: list[_Planned] = []
         for p in ours:
@@ -754,6 +796,20 @@ def _hold_of(item: Item) -> HoldRefusedOptOut | None:
             occurred_at=cmd.occurred_at,
         )
     return item.held if cmd is None else None
+
+
+def _held_before(hold: HoldRefusedOptOut, item: Item) -> tuple[str, str, str] | None:
+    """The (brand, id, fingerprint) a version that digested numbers as spelled held
+    ``item``'s record under, when its id differs from ``hold``'s: a record read whole
+    names its hold by its fingerprint (``_hold_of``), which changed; one that could
+    not be read, by the message as sent, which did not."""
+    if item.command is None:
+        return None
+    spelled = fingerprint_as_spelled(item.command)
+    if spelled is None:
+        return None
+    then = replace(hold, record=spelled)
+    return (then.brand, then.request_id, fingerprint_as_spelled(then) or request_fingerprint(then))
 
 
 def _noted(refusal: Refusal, note: str) -> Refusal:

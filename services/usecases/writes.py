@@ -442,7 +442,13 @@ class Writes:
             held = [held_opt_out(each, refusal, self.ctx.clock()) for each in holds]
         except (DomainError, PermissionDenied):
             return  # no number or brand to hold it under, or not the caller's brand
-        results = [await recorded_once(self.ctx, _stamped(e, recorded_by)) for e in held]
+        results = []
+        for each, events in zip(holds, held, strict=True):
+            events = _stamped(events, recorded_by)
+            # Held by a version that digested the number as spelled, the hold's id is
+            # taken under that fingerprint: this is its retry, not another request.
+            earlier = await recorded_as_spelled(self.ctx, each, events)
+            results.append(earlier or await recorded_once(self.ctx, events))
         written = replace(
             results[0],
             event_ids=[i for r in results for i in r.event_ids],

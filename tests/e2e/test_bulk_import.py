@@ -1975,3 +1975,50 @@ async def test_the_exit_status_of_a_broken_file_is_the_one_help_promises(
     assert code == expected, (out, err)
     if expected == 1:
         assert "does not close" in err, err
+
+
+async def test_an_import_recorded_before_numbers_were_fingerprinted_in_e164_is_present(
+    service, tmp_path, monkeypatch
+):
+    """A version that digested a number as spelled ("+1 (415) ...") claimed each
+    import id, and made each hold's id, under that fingerprint. Run again, the
+    records were refused as other records under their ids (an opt-out so refused
+    was held for review, denying its number), and a record held was held again."""
+    from ledger import commands
+    from services.usecases import imports
+
+    runtime, when = service
+    assert runtime.ledger is not None
+    spelled = [f"+1 (415) 555-{5400 + i}" for i in range(4)]
+    stop = {
+        "type": "opt_out", "brand": "acme", "occurred_at": iso(when - timedelta(days=1)),
+        "channel": "keyword", "text": "STOP",
+    }  # fmt: skip
+    rows = [
+        {**export_rows(when)[1], "import_id": "spelled-in", "phone": spelled[0]},
+        {**stop, "import_id": "spelled-out", "phone": spelled[1]},
+        {**stop, "import_id": "spelled-held", "phone": spelled[2], "channel": ""},
+        # Read whole, then refused: its hold's id digests the record's fingerprint.
+        {**stop, "import_id": "spelled-ahead", "phone": spelled[3],
+         "occurred_at": iso(when + timedelta(hours=3))},
+    ]  # fmt: skip
+    export = write_csv(tmp_path / "spelled.csv", rows)
+    acme = TOKENS["acme-app"][0]
+    with monkeypatch.context() as old_version:
+        for module in (commands, imports):
+            old_version.setattr(module, "request_fingerprint", commands._digest)
+        code, out, err = await import_cli(str(export), "--address", runtime.address, token=acme)
+    assert code == 1 and "imported 2 of 4 records" in out, out + err
+    assert "held for review: 2" in out, out
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    for dry in (("--dry-run",), ()):
+        code, again, err = await import_cli(
+            str(export), *dry, "--address", runtime.address, token=acme
+        )
+
+        assert code == 1, again + err
+        assert "already present: 2" in again and "refused: 2" in again, again
+        assert "import_id" not in again, again
+        assert "held for review: 2" in again, again
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends

@@ -270,3 +270,28 @@ async def test_a_request_recorded_as_spelled_before_e164_fingerprints_is_its_own
         assert list(again.event_ids) == list(first.event_ids)
         sent_again = await c.RecordMessageSent(sent("rid-old-2", "SMold2", when, phone=SPELLED))
     assert list(sent_again.event_ids) == list(sent_first.event_ids)
+
+
+async def test_a_hold_recorded_as_spelled_before_e164_fingerprints_is_its_own_retry(
+    service, monkeypatch
+):
+    """A refused opt-out held by a version that digested the number as spelled holds
+    its hold's id under that fingerprint. Its retry was refused ALREADY_EXISTS,
+    naming a request id the client never sent (the hold's), instead of being told,
+    as the first time, that it is held."""
+    from ledger import commands
+
+    runtime, when = service
+    stop = opt_out(SPELLED, "acme", "promo", when + timedelta(hours=3), "rid-old-held")
+    async with client(runtime.address, "acme-app") as c:
+        with monkeypatch.context() as old_version:
+            old_version.setattr(commands, "request_fingerprint", commands._digest)
+            with pytest.raises(grpc.aio.AioRpcError) as first:
+                await c.RecordOptOut(stop)
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await c.RecordOptOut(stop)
+    assert first.value.code() == grpc.StatusCode.INVALID_ARGUMENT, first.value
+    assert again.value.code() == grpc.StatusCode.INVALID_ARGUMENT, again.value.details()
+    held, held_again = held_info(first.value), held_info(again.value)
+    assert held is not None and held_again is not None, again.value.details()
+    assert held_again["candidate_event_id"] == held["candidate_event_id"]
