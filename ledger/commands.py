@@ -124,6 +124,18 @@ def brands_meant(brand: str, in_use: Sequence[str]) -> list[str]:
     return [other for other in in_use if bare and _letters_and_digits(other) == bare]
 
 
+def brand_meant_refused(brand: str, meant: Sequence[str]) -> InvalidRequest:
+    """The refusal, on ``brand``, of an opt-out under a brand no campaign was defined
+    for that reads as the brands in use ``meant`` (``brands_meant``): recorded under
+    its own name it stopped nothing they send, so it is refused and held under them."""
+    return InvalidRequest(
+        "brand",
+        f"no brand {brand!r} is in use; it reads as brand"
+        f" {' and as '.join(repr(b) for b in meant)}, which is: write the brand's"
+        " name as defined",
+    )
+
+
 def _letters_and_digits(value: str) -> str:
     """The letters and digits a reader sees in ``value``, in lower case: compatibility
     forms as plain ones, and controls (Cc: a NUL or a line break an export left),

@@ -44,6 +44,7 @@ from ledger.commands import (
     HoldRefusedOptOut,
     RecordOptIn,
     RecordOptOut,
+    brand_meant_refused,
     brands_meant,
     check_required_proof,
     fingerprint_as_spelled,
@@ -235,6 +236,7 @@ class Imports:
         self._own_brands = own_brands
         self._recorded_by = recorded_by
         self._campaigns: dict[tuple[str, str], Campaign | None] = {}
+        self._in_use: list[str] | None = None
         self._caught_up = False
         self._turn: asyncio.Future[None] | None = None
         """Done when the last chunk begun has taken its import ids (``chunk``)."""
@@ -523,6 +525,11 @@ class Imports:
         events = to_events(cmd, now)  # every bad field at once
         self._authorize(cmd.brand)
         if isinstance(cmd, RecordOptOut):
+            # As RecordOptOut does (``Writes._check_brand_meant``): written under
+            # "ac-me" while acme is in use, it stopped nothing acme sends. Refused on
+            # brand, it is held under acme (``_held``).
+            if meant := brands_meant(cmd.brand, await self._brands_in_use()):
+                raise brand_meant_refused(cmd.brand, meant)
             if cmd.campaign is not None and not await self._campaign_known(cmd.brand, cmd.campaign):
                 # As RecordOptOut does: kept for review, denying meanwhile; refusing
                 # it would lose the opt-out.
@@ -535,6 +542,13 @@ class Imports:
         if self._recorded_by:
             events = [evolved(e, recorded_by=self._recorded_by) for e in events]
         return events
+
+    async def _brands_in_use(self) -> list[str]:
+        """The brands a campaign was defined for, read once per import as its
+        campaigns are (``_campaign_rules``)."""
+        if self._in_use is None:
+            self._in_use = await self.ctx.view.brand_names()
+        return self._in_use
 
     async def _campaign_known(self, brand: str, campaign: str) -> bool:
         return await self._campaign_rules(brand, campaign) is not None

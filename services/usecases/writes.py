@@ -33,6 +33,7 @@ from ledger.commands import (
     RecordOptOut,
     ReplyKind,
     ResolveRevocationCandidate,
+    brand_meant_refused,
     brands_meant,
     check_inbound,
     check_required_proof,
@@ -371,12 +372,7 @@ class Writes:
         (``hold_refused_opt_out``)."""
         meant = await self._brands_meant(brand)
         if meant:
-            raise InvalidRequest(
-                "brand",
-                f"no brand {brand!r} is in use; it reads as brand"
-                f" {' and as '.join(repr(b) for b in meant)}, which is: write the brand's"
-                " name as defined",
-            )
+            raise brand_meant_refused(brand, meant)
 
     async def hold_refused_opt_out(
         self,

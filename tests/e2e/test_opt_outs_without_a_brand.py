@@ -40,6 +40,9 @@ MEANT = {
 }
 """Brands that are no name, but plainly acme's: an export's control characters or
 a symbol typed inside it."""
+SEPARATED = {"a hyphen": "ac-me", "a dot": "a.cme", "an underscore": "acme_", "capitals": "ACME"}
+"""Brands that differ from acme only by separators or case: "ac-me" and "a.cme" are
+valid names, which nothing refused before the view was asked."""
 
 
 def phone(i: int) -> str:
@@ -243,3 +246,32 @@ async def test_a_held_refusal_names_the_brands_it_is_held_under(service, who, un
         "ac\x00me": "acme",
         "reused id": "acme",
     }
+
+
+@pytest.mark.parametrize("who", ["admin"])
+async def test_an_imported_opt_out_whose_brand_differs_by_separators_is_held_under_it(
+    service, who, tmp_path
+):
+    """Before: "ac-me" from a token of every brand was imported as a ConsentRevoked
+    under "ac-me", and acme went on sending; RecordOptOut refused and held it."""
+    runtime, now = service
+    stop = {
+        "type": "opt_out",
+        "campaign": "promo",
+        "occurred_at": (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "channel": "keyword",
+        "text": "STOP",
+    }
+    numbers = {name: phone(5 + i) for i, name in enumerate(SEPARATED)}
+    lines = [
+        {**stop, "import_id": f"{who}-sep-{i}", "phone": numbers[name], "brand": brand}
+        for i, (name, brand) in enumerate(SEPARATED.items())
+    ]
+    export = tmp_path / "export.jsonl"
+    export.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    _, out, err = await import_cli(str(export), "--address", runtime.address, token=TOKENS[who][0])
+    assert f"imported 0 of {len(SEPARATED)}" in out, out + err
+    assert f"held for review: {len(SEPARATED)}" in out, out + err
+    fresh = token_of(out)
+    for name, number in numbers.items():
+        assert await denied_brands(runtime, number, fresh) == {"acme"}, (name, out)

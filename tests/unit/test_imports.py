@@ -588,6 +588,30 @@ async def test_an_opt_out_whose_brand_reads_as_one_in_use_is_held_under_it(brand
         assert result.held == 0 and not result.refusals[0].held
 
 
+@pytest.mark.parametrize("brand", ["ac-me", "a.cme", "ACME", "acme_", "Acme"])
+async def test_an_opt_out_whose_brand_differs_from_one_in_use_by_separators_is_held_under_it(
+    brand,
+):
+    """Before: "ac-me" and "a.cme", valid names, were imported as a ConsentRevoked
+    under "ac-me", which stopped nothing acme sends; RecordOptOut refuses them."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        stop = RecordOptOut(
+            "imp-x", "+14155550100", brand, None, RevocationChannel.KEYWORD, at(1), "STOP"
+        )
+
+        result = await Imports(app.writes.ctx).chunk([Item(0, stop, None, "imp-x")])
+
+        assert (result.imported, result.held) == (0, 1)
+        (refusal,) = result.refusals
+        assert (refusal.code, refusal.violations[0][0], refusal.held) == (
+            Code.INVALID_ARGUMENT, "brand", True,
+        )  # fmt: skip
+        written = await _written(app)
+        assert [type(e) for e in written] == [RevocationCandidateFlagged]
+        assert [e.brand for e in written] == ["acme"]  # type: ignore[attr-defined]
+
+
 async def test_an_opt_out_naming_no_readable_brand_is_not_held_when_told_no_brands():
     async with running() as (app, _):
         await app.writes.record(define())
