@@ -940,6 +940,16 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, request: api_pb2.RecordOptOutRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.RecordOptOutResponse:
         try:
+            # Under "ac-me", a brand the caller may not write for, meaning acme, which
+            # it writes for: refused on brand, and held under acme, not refused
+            # PERMISSION_DENIED with nothing held.
+            writer = self.authenticate(context)
+            await within(
+                write_budget(context, self.write_timeout),
+                self.usecases.writes.check_brand_meant(
+                    request.brand, lambda brand: writer.require(Scope.WRITE, brand)
+                ),
+            )
             return await self._record(request, context, api_pb2.RecordOptOutResponse)
         # Refused for its details, or for a request id used before for another
         # request (a client's bug no retry mends), or as too large by the ledger (a

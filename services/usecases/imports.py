@@ -523,13 +523,10 @@ class Imports:
         assert cmd is not None
         now = self.ctx.clock()
         events = to_events(cmd, now)  # every bad field at once
+        if isinstance(cmd, RecordOptOut):
+            await self._check_brand_meant(cmd.brand)
         self._authorize(cmd.brand)
         if isinstance(cmd, RecordOptOut):
-            # As RecordOptOut does (``Writes._check_brand_meant``): written under
-            # "ac-me" while acme is in use, it stopped nothing acme sends. Refused on
-            # brand, it is held under acme (``_held``).
-            if meant := brands_meant(cmd.brand, await self._brands_in_use()):
-                raise brand_meant_refused(cmd.brand, meant)
             if cmd.campaign is not None and not await self._campaign_known(cmd.brand, cmd.campaign):
                 # As RecordOptOut does: kept for review, denying meanwhile; refusing
                 # it would lose the opt-out.
@@ -542,6 +539,16 @@ class Imports:
         if self._recorded_by:
             events = [evolved(e, recorded_by=self._recorded_by) for e in events]
         return events
+
+    async def _check_brand_meant(self, brand: str) -> None:
+        """As RecordOptOut does (``Writes.check_brand_meant``): an opt-out under
+        "ac-me" while acme is in use, written, stopped nothing acme sends. Refused on
+        brand, it is held under acme (``_held``), also for a token of acme alone,
+        which "ac-me" was refused PERMISSION_DENIED and nothing held. One that means
+        only another caller's brand is left to ``_authorize``, as before."""
+        meant = brands_meant(brand, await self._brands_in_use())
+        if meant and (self._allows(brand) or any(self._allows(b) for b in meant)):
+            raise brand_meant_refused(brand, meant)
 
     async def _brands_in_use(self) -> list[str]:
         """The brands a campaign was defined for, read once per import as its

@@ -364,6 +364,19 @@ class Writes:
             in_use = await self.ctx.view.brand_names()
         return brands_meant(brand, in_use)
 
+    async def check_brand_meant(self, brand: str, authorize: Callable[[str], None]) -> None:
+        """``_check_brand_meant`` for an opt-out under a brand ``authorize`` refuses
+        that reads as one in use it allows: a token of acme alone writing "ac-me" was
+        refused PERMISSION_DENIED and nothing held, though the person meant acme and
+        the caller writes for it. Refused on brand, as for a token of every brand, it
+        is held under acme. One that means only another caller's brand, or that the
+        caller writes for, is left to the write's own checks."""
+        if not is_name(brand) or _allows(authorize, brand):
+            return
+        meant = await self._brands_meant(brand)
+        if any(_allows(authorize, b) for b in meant):
+            raise brand_meant_refused(brand, meant)
+
     async def _check_brand_meant(self, brand: str) -> None:
         """Refuse an opt-out under a brand no campaign was defined for that reads as
         one in use ("acme_co" for "acme-co"). An operator's token acts for every brand,

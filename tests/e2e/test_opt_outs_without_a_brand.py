@@ -248,12 +248,63 @@ async def test_a_held_refusal_names_the_brands_it_is_held_under(service, who, un
     }
 
 
-@pytest.mark.parametrize("who", ["admin"])
+@pytest.mark.parametrize("who", list(HELD_UNDER))
+async def test_a_record_opt_out_whose_brand_differs_by_separators_is_held_under_it(service, who):
+    """Before: "ac-me" from a token of acme alone (or acme and initech) was refused
+    PERMISSION_DENIED and nothing held, though the person meant acme, which the
+    caller writes for."""
+    runtime, now = service
+    async with client(runtime.address, who) as caller:
+        for i, (name, brand) in enumerate(SEPARATED.items()):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await caller.RecordOptOut(opt_out(phone(i), brand, "promo", now))
+            err = caught.value
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, err)
+            assert err.details().startswith("brand: "), (name, err.details())
+            info = held_info(err)
+            assert info is not None, (name, err.details())
+            assert info["held_brands"] == "acme", (name, info)
+            denied = await denied_brands(runtime, phone(i), info["consistency_token"])
+            assert denied == {"acme"}, name
+
+
+async def test_a_brand_that_differs_by_separators_from_another_callers_holds_nothing(
+    service, tmp_path
+):
+    """globex's token writing "ac-me" is refused as not its brand, live and on import,
+    and nothing is held: acme is not globex's to deny."""
+    runtime, now = service
+    async with client(runtime.address, "globex-app") as caller:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await caller.RecordOptOut(opt_out(phone(0), "ac-me", "promo", now))
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert held_info(caught.value) is None
+    when = (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    line = {
+        "type": "opt_out", "import_id": "globex-sep", "phone": phone(1), "brand": "ac-me",
+        "campaign": "promo", "occurred_at": when, "channel": "keyword", "text": "STOP",
+    }  # fmt: skip
+    export = tmp_path / "export.jsonl"
+    export.write_text(json.dumps(line) + "\n")
+    _, out, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["globex-app"][0]
+    )
+    assert "PERMISSION_DENIED" in out and "held for review: 0" in out, out + err
+    async with client(runtime.address) as admin:
+        for i in (0, 1):
+            # A write to the number after both: a view that has applied it has
+            # applied any hold they made.
+            later = await admin.RecordOptIn(opt_in(phone(i), "globex", "promo", now))
+            assert await denied_brands(runtime, phone(i), later.consistency_token) == set()
+
+
+@pytest.mark.parametrize("who", list(HELD_UNDER))
 async def test_an_imported_opt_out_whose_brand_differs_by_separators_is_held_under_it(
     service, who, tmp_path
 ):
     """Before: "ac-me" from a token of every brand was imported as a ConsentRevoked
-    under "ac-me", and acme went on sending; RecordOptOut refused and held it."""
+    under "ac-me", and acme went on sending; from a token of acme alone it was
+    refused PERMISSION_DENIED and nothing held. RecordOptOut refuses and holds it."""
     runtime, now = service
     stop = {
         "type": "opt_out",

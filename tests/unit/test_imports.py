@@ -588,19 +588,29 @@ async def test_an_opt_out_whose_brand_reads_as_one_in_use_is_held_under_it(brand
         assert result.held == 0 and not result.refusals[0].held
 
 
+def only_acme(brand: str) -> None:
+    """An import's ``authorize`` for a token that writes for acme alone."""
+    if brand != "acme":
+        raise PermissionDenied("brand", f"this token may not act for {brand!r}")
+
+
+@pytest.mark.parametrize("authorize", [lambda brand: None, only_acme], ids=["every", "acme"])
 @pytest.mark.parametrize("brand", ["ac-me", "a.cme", "ACME", "acme_", "Acme"])
 async def test_an_opt_out_whose_brand_differs_from_one_in_use_by_separators_is_held_under_it(
-    brand,
+    brand, authorize
 ):
     """Before: "ac-me" and "a.cme", valid names, were imported as a ConsentRevoked
-    under "ac-me", which stopped nothing acme sends; RecordOptOut refuses them."""
+    under "ac-me" by a token of every brand, which stopped nothing acme sends, and
+    refused PERMISSION_DENIED with nothing held for a token of acme alone."""
     async with running() as (app, _):
         await app.writes.record(define())
         stop = RecordOptOut(
             "imp-x", "+14155550100", brand, None, RevocationChannel.KEYWORD, at(1), "STOP"
         )
 
-        result = await Imports(app.writes.ctx).chunk([Item(0, stop, None, "imp-x")])
+        result = await Imports(app.writes.ctx, authorize=authorize).chunk(
+            [Item(0, stop, None, "imp-x")]
+        )
 
         assert (result.imported, result.held) == (0, 1)
         (refusal,) = result.refusals
@@ -610,6 +620,23 @@ async def test_an_opt_out_whose_brand_differs_from_one_in_use_by_separators_is_h
         written = await _written(app)
         assert [type(e) for e in written] == [RevocationCandidateFlagged]
         assert [e.brand for e in written] == ["acme"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("brand", ["ac-me", "a.cme"])
+async def test_a_brand_that_means_only_another_callers_is_refused_as_not_the_callers(brand):
+    async with running() as (app, _):
+        await app.writes.record(define())
+        stop = RecordOptOut(
+            "imp-x", "+14155550100", brand, None, RevocationChannel.KEYWORD, at(1), "STOP"
+        )
+
+        result = await Imports(app.writes.ctx, authorize=only_globex).chunk(
+            [Item(0, stop, None, "imp-x")]
+        )
+
+        assert (result.imported, result.held) == (0, 0)
+        assert [r.code for r in result.refusals] == [Code.PERMISSION_DENIED]
+        assert await _written(app) == []
 
 
 async def test_an_opt_out_naming_no_readable_brand_is_not_held_when_told_no_brands():
