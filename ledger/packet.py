@@ -185,6 +185,9 @@ class OptOut:
     """For a candidate: ``revoked`` or ``dismissed``, and by whom, when resolved."""
     due: datetime | None = None
     """For a candidate: when the ten business days to honour it end."""
+    overdue: bool = False
+    """For a candidate still unresolved when the packet was made and past ``due``
+    then: it counts as a revocation, as CanSend answers (``revocation_overdue``)."""
 
 
 @dataclass(frozen=True)
@@ -416,7 +419,7 @@ def assemble(
     opt_ins = tuple(
         _opt_in(r, shown, messages) for r in shown if isinstance(r.event, ConsentGranted)
     )
-    opt_outs = tuple(_opt_out(r, shown, revoke_all) for r in shown if _is_opt_out(r.event))
+    opt_outs = tuple(_opt_out(r, shown, revoke_all, now) for r in shown if _is_opt_out(r.event))
     replies = tuple(_reply(r, shown) for r in shown if isinstance(r.event, InboundMessageReceived))
     other = tuple(
         EventRef.of(r)
@@ -686,9 +689,10 @@ def _reply_after(
     return None
 
 
-def _opt_out(r: Recorded, shown: Sequence[Recorded], revoke_all: set[str]) -> OptOut:
+def _opt_out(r: Recorded, shown: Sequence[Recorded], revoke_all: set[str], now: datetime) -> OptOut:
     """``revoke_all``: the campaigns an opt-out of another campaign of the brand
-    revokes (``_revoke_all_campaigns``); an opt-out of one campaign names them too."""
+    revokes (``_revoke_all_campaigns``); an opt-out of one campaign names them too.
+    ``now``: when the packet is made, which says whether a hold is overdue."""
     e = r.event
     ref = EventRef.of(r)
     if isinstance(e, ConsentRevoked):
@@ -730,7 +734,18 @@ def _opt_out(r: Recorded, shown: Sequence[Recorded], revoke_all: set[str]) -> Op
         ),
         None,
     )
-    if resolved is None:
+    overdue = resolved is None and due <= now
+    if overdue:
+        # Past its deadline CanSend counts it as a revocation (REVOCATION_OVERDUE):
+        # "due" alone read as if it were still only awaiting review.
+        came = "was held" if e.imported or e.refused else "came"
+        handling = (
+            f"overdue since {iso(due)}, not resolved within ten business days after it "
+            f"{came}: it counts as a revocation and blocks every send of its scope until "
+            "a person resolves it"
+        )
+        resolution = None
+    elif resolved is None:
         handling = f"blocks every send of its scope until a person resolves it (due {iso(due)})"
         resolution = None
     else:
@@ -748,6 +763,7 @@ def _opt_out(r: Recorded, shown: Sequence[Recorded], revoke_all: set[str]) -> Op
         None,
         resolution,
         due,
+        overdue,
     )
 
 

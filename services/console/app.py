@@ -352,8 +352,7 @@ class Console:
             empty = timeline.layout([])
             return CampaignView(campaign, None, now, then, empty, [], exc.reason)
         picture = await self._picture(reader, phone, brand, campaign)
-        read_at = self.usecases.audit.ctx.clock()
-        pending = [_candidate(c, read_at) for c in consent.pending]
+        pending = [_candidate(c, consent.now) for c in consent.pending]
         return CampaignView(campaign, consent, now, then, picture, pending)
 
     async def _picture(

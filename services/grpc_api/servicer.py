@@ -38,6 +38,7 @@ from ledger.commands import (
     check_name,
     is_name,
 )
+from ledger.deadlines import revocation_due
 from ledger.errors import DomainError, InvalidRequest
 from ledger.events import ANY_BRAND, MessageKind
 from ledger.phone import to_e164
@@ -557,6 +558,12 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             consistency_token=consent.token.encode(),
             pending_revocation_candidates=[
                 codec.recorded_to_proto(c.as_recorded()) for c in consent.pending
+            ],
+            # Past its deadline a pending candidate counts as a revocation for CanSend
+            # (REVOCATION_OVERDUE); the state alone reads as if it only awaited review.
+            pending_deadlines=[
+                api.candidate_deadline_to_proto(c.event_id, revocation_due(c.at), consent.now)
+                for c in consent.pending
             ],
             regions=consent.regions,
             proof_missing_fields=consent.proof_missing,

@@ -67,6 +67,9 @@ class Consent:
 
     state: ConsentState
     token: ConsistencyToken
+    now: datetime
+    """When it was read: a pending candidate due by then is overdue, and counts as a
+    revocation as CanSend answers at that moment."""
     grant: Fact[ConsentGranted] | None = None
     revocation: Fact[ConsentRevoked] | None = None
     """The opt-out that stands (the campaign's own, or the brand-wide one)."""
@@ -144,6 +147,7 @@ class Audit:
         return Consent(
             consent_state(digest, campaign, pending_review=bool(pending), revoke_all=revoke_all),
             self.ctx.guard.applied_token(),
+            now,
             grant=grant,
             revocation=await self._shown(mine.as_recorded(in_force)),
             reconfirmation=await self._shown(mine.as_recorded(cc.reconfirmation)),

@@ -19,7 +19,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
+from google.protobuf import json_format
 
+from ledger.packet import iso
 from ledger.ports import ConsistencyToken, Stream
 from services.adapters.kafka_ledger import KafkaLedger, topic_configs
 from services.bootstrap import Runtime
@@ -761,3 +763,49 @@ async def test_opt_outs_at_once_are_recorded_after_the_record_limit_is_lowered(
     assert runtime.ledger is not None
     written = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
     assert written == 64 + 64 + 1  # the opt-ins, each opt-out once, and the hold
+
+
+async def test_a_hold_past_its_deadline_is_overdue_in_every_audit_read(service):
+    """Past its ten business days a hold counts as a revocation: CanSend answers
+    REVOCATION_OVERDUE, but the proof packet still read "blocks every send ... (due
+    <date>)" and GetConsent gave no deadline, as if it only awaited review."""
+    runtime, clock = service
+    number = phone(90)
+    await opted_in(runtime, [number], clock.now)
+    async with client(runtime.address, "acme-app") as c:
+        err = await refused(c.RecordOptOut, opt_out(number, "acme", "promo", clock.now, channel=0))
+    info = held_info(err)
+    assert info is not None, err.details()
+    fresh, held = info["consistency_token"], info["candidate_event_id"]
+    asked = dict(phone=number, brand="acme", at_least_as_fresh=fresh)
+
+    async def audit_reads() -> tuple[Any, Any, Any, Any]:
+        async with client(runtime.address) as admin:
+            packet = await admin.GetProofPacket(api.GetProofPacketRequest(**asked))
+            consent = await admin.GetConsent(api.GetConsentRequest(**asked, campaign="promo"))
+            queue = await admin.ListRevocationCandidates(
+                api.ListRevocationCandidatesRequest(brand="acme", at_least_as_fresh=fresh)
+            )
+        [hold] = json_format.MessageToDict(packet.packet)["opt_outs"]
+        [listed] = [d for d in queue.deadlines if d.candidate_event_id == held]
+        return await can_send(runtime, number, fresh), hold, consent, listed
+
+    answer, hold, consent, listed = await audit_reads()
+    assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
+    assert not hold["overdue"] and "overdue" not in hold["handling"], hold
+    [deadline] = consent.pending_deadlines
+    assert deadline.candidate_event_id == held and not deadline.overdue, consent
+    assert not listed.overdue and listed.due_at == deadline.due_at, listed
+
+    clock.now += timedelta(days=20)
+    answer, hold, consent, listed = await audit_reads()
+    assert answer.reason == api.REASON_REVOCATION_OVERDUE, answer
+    assert list(answer.evidence_event_ids) == [held], answer
+    due = deadline.due_at.ToDatetime(UTC)
+    assert hold["overdue"] and hold["due"] == iso(due), hold
+    assert hold["handling"].startswith(f"overdue since {iso(due)}"), hold["handling"]
+    assert "counts as a revocation" in hold["handling"], hold["handling"]
+    assert consent.state == api.CONSENT_STATE_PENDING_REVIEW, consent
+    [deadline] = consent.pending_deadlines
+    assert deadline.candidate_event_id == held and deadline.overdue, consent
+    assert listed.overdue and listed.due_at == deadline.due_at, listed

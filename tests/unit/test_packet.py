@@ -31,7 +31,7 @@ from ledger.events import (
     RevocationChannel,
 )
 from ledger.packet import FIRST_MESSAGE_TEXT_NOT_RECORDED, assemble, iso
-from ledger.policy import decide_as_of
+from ledger.policy import Reason, decide_as_of
 from tests.builders import (
     BRAND,
     PHONE,
@@ -344,6 +344,28 @@ def test_an_imported_opt_out_held_is_described_as_one_not_as_a_reply():
     (line,) = [e.summary for e in packet.events if e.event_id == str(held.event_id)]
     assert line.startswith("imported opt-out held for review: ")
     assert "stop-7" in line and "channel: is required" in line
+
+
+def test_a_hold_past_its_deadline_is_overdue_in_the_packet_as_cansend_says():
+    """A held opt-out past its ten business days counts as a revocation for CanSend
+    (REVOCATION_OVERDUE); the packet made then described it as only "due"."""
+    hold = HoldRefusedOptOut("stop-8", PHONE, BRAND, "said")
+    (held,) = held_opt_out(hold, "channel: is required", at(10))
+    history = record([_defined(), granted(at(0)), held])
+    due = assemble(history, PHONE, BRAND, "promo", at(days=1)).opt_outs[0].due
+    assert due is not None
+    for moment, reason in (
+        (due - timedelta(seconds=1), Reason.REVOCATION_PENDING_REVIEW),
+        (due, Reason.REVOCATION_OVERDUE),
+    ):
+        assert decide_as_of(history, "promo", moment, moment).reason is reason
+        [line] = assemble(history, PHONE, BRAND, "promo", moment).opt_outs
+        assert line.overdue is (reason is Reason.REVOCATION_OVERDUE)
+        if line.overdue:
+            assert line.handling.startswith(f"overdue since {iso(due)}"), line.handling
+            assert "counts as a revocation" in line.handling
+        else:
+            assert "overdue" not in line.handling and f"due {iso(due)}" in line.handling
 
 
 def test_a_stop_whose_brand_was_unknown_is_in_every_brands_packet():

@@ -204,7 +204,9 @@ class _ConsentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConsentS
     CONSENT_STATE_REVOKED_BRAND_WIDE: _ConsentState.ValueType  # 4
     """Opted out of every campaign of the brand."""
     CONSENT_STATE_PENDING_REVIEW: _ConsentState.ValueType  # 5
-    """A reply that reads like an opt-out awaits review; nothing may be sent."""
+    """A reply that reads like an opt-out awaits review; nothing may be sent. Past
+    its deadline (GetConsentResponse.pending_deadlines) it counts as a revocation.
+    """
     CONSENT_STATE_ERASED: _ConsentState.ValueType  # 6
     """The subscriber's personal data was erased, with the proof of every consent
     before it (RequestErasure), and no opt-in or opt-out came after: nothing may be
@@ -224,7 +226,9 @@ CONSENT_STATE_REVOKED: ConsentState.ValueType  # 3
 CONSENT_STATE_REVOKED_BRAND_WIDE: ConsentState.ValueType  # 4
 """Opted out of every campaign of the brand."""
 CONSENT_STATE_PENDING_REVIEW: ConsentState.ValueType  # 5
-"""A reply that reads like an opt-out awaits review; nothing may be sent."""
+"""A reply that reads like an opt-out awaits review; nothing may be sent. Past
+its deadline (GetConsentResponse.pending_deadlines) it counts as a revocation.
+"""
 CONSENT_STATE_ERASED: ConsentState.ValueType  # 6
 """The subscriber's personal data was erased, with the proof of every consent
 before it (RequestErasure), and no opt-in or opt-out came after: nothing may be
@@ -765,6 +769,7 @@ class GetConsentResponse(_message.Message):
     RECONFIRMATION_FIELD_NUMBER: _builtins.int
     AGE_VERIFICATION_FIELD_NUMBER: _builtins.int
     PENDING_REVOCATION_CANDIDATES_FIELD_NUMBER: _builtins.int
+    PENDING_DEADLINES_FIELD_NUMBER: _builtins.int
     CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
     REGIONS_FIELD_NUMBER: _builtins.int
     LOCATION_FIELD_NUMBER: _builtins.int
@@ -794,6 +799,14 @@ class GetConsentResponse(_message.Message):
         """Replies flagged as possible opt-outs that nobody has resolved yet."""
 
     @_builtins.property
+    def pending_deadlines(self) -> _containers.RepeatedCompositeFieldContainer[Global___RevocationCandidateDeadline]:
+        """The deadline of each pending candidate, in the order of
+        pending_revocation_candidates: one overdue at the time of the answer counts as
+        a revocation (CanSend answers REASON_REVOCATION_OVERDUE), though the state
+        stays CONSENT_STATE_PENDING_REVIEW until someone resolves it.
+        """
+
+    @_builtins.property
     def regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The US states (USPS codes) whose telemarketing rules CanSend applies to this
         number: the state its area code names and the one the subscriber gave; "US"
@@ -821,6 +834,7 @@ class GetConsentResponse(_message.Message):
         reconfirmation: _ledger_pb2.RecordedEvent | None = ...,
         age_verification: _ledger_pb2.RecordedEvent | None = ...,
         pending_revocation_candidates: _abc.Iterable[_ledger_pb2.RecordedEvent] | None = ...,
+        pending_deadlines: _abc.Iterable[Global___RevocationCandidateDeadline] | None = ...,
         consistency_token: _builtins.str = ...,
         regions: _abc.Iterable[_builtins.str] | None = ...,
         location: _ledger_pb2.RecordedEvent | None = ...,
@@ -828,7 +842,7 @@ class GetConsentResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["age_verification", b"age_verification", "grant", b"grant", "location", b"location", "reconfirmation", b"reconfirmation", "revocation", b"revocation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_verification", b"age_verification", "consistency_token", b"consistency_token", "grant", b"grant", "location", b"location", "pending_revocation_candidates", b"pending_revocation_candidates", "proof_missing_fields", b"proof_missing_fields", "reconfirmation", b"reconfirmation", "regions", b"regions", "revocation", b"revocation", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_verification", b"age_verification", "consistency_token", b"consistency_token", "grant", b"grant", "location", b"location", "pending_deadlines", b"pending_deadlines", "pending_revocation_candidates", b"pending_revocation_candidates", "proof_missing_fields", b"proof_missing_fields", "reconfirmation", b"reconfirmation", "regions", b"regions", "revocation", b"revocation", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
