@@ -18,7 +18,7 @@ seals their personal data under keys read or made for all their subjects in one
 more (``SubjectKeys.current_many``). The opt-outs and holds go first, then by when
 each record happened: an append cut short (it is not atomic on Kafka) must not
 leave an opt-in without the opt-out after it. Of the chunks worked on at once, the
-opt-ins wait for every one's opt-outs. The fold needs no order, as it reads facts
+opt-ins wait for every one's opt-outs of their numbers. The fold needs no order, as it reads facts
 in world order (``ledger.state``).
 
 Imports at once, in one process or several sharing the view, append a record they
@@ -62,6 +62,7 @@ from ledger.events import (
     RevocationCandidateFlagged,
     evolved,
 )
+from ledger.phone import to_e164
 from ledger.ports import (
     AppendTurn,
     ConsistencyToken,
@@ -243,9 +244,10 @@ class Imports:
         self._pruned = False
         """Whether this import has asked to prune the old append turns (``_turns``)."""
         self._claimed: list[_Claimed] = []
-        self._denials: list[asyncio.Future[bool]] = []
+        self._denials: dict[asyncio.Future[bool], frozenset[str] | None] = {}
         """One for each chunk begun and not ended: whether it appended its opt-outs
-        and holds (done when it did, or when it failed to; ``_after_denials_of_others``)."""
+        and holds (done when it did, or when it failed to; ``_after_denials_of_others``),
+        with the numbers they are of (None: one could not be read, so any number)."""
         self._denials_failed = False
         """Whether a chunk of this import failed to append its opt-outs and holds."""
         self._dry_run_taken: dict[int, int] = {}
@@ -274,7 +276,7 @@ class Imports:
         self._turn = turn
         # Taken before any await too: a chunk started after this one finds it at once.
         denials: asyncio.Future[bool] = loop.create_future()
-        self._denials.append(denials)
+        self._denials[denials] = _denied_numbers(items)
         if not any(_may_deny(item) for item in items):
             denials.set_result(True)  # nothing to wait for: opt-ins go at once
         try:
@@ -284,7 +286,7 @@ class Imports:
             if not denials.done():
                 denials.set_result(False)
                 self._denials_failed = True
-            self._denials.remove(denials)
+            del self._denials[denials]
 
     async def _chunk(
         self,
@@ -343,8 +345,10 @@ class Imports:
         # Across the chunks of this import worked on at once, too: an opt-in goes
         # only once every other chunk begun has appended its opt-outs, lest it allow
         # its number until the opt-out of the next message lands. A chunk that has to
-        # wait appends its opt-outs and holds first, then its opt-ins.
-        waits = [d for d in self._denials if d is not denials and not d.done()]
+        # wait appends its opt-outs and holds first, then its opt-ins. Only the chunks
+        # with opt-outs of its opt-ins' numbers are waited for.
+        opted_in = _opted_in_numbers(new)
+        waits = self._denials_to_wait_for(denials, opted_in)
         first = [p for p in new if _denies(p)] if waits else new
         rest = new[len(first) :]
         appended: list[Recorded] = []
@@ -365,7 +369,7 @@ class Imports:
                 ]
                 for end in ending:
                     await _quietly(end)
-                await self._after_denials_of_others(denials)
+                await self._after_denials_of_others(denials, opted_in)
                 taken = await self._turns(rest, result)
                 imported -= len(rest) - len(taken)
                 rest = taken
@@ -402,12 +406,27 @@ class Imports:
             return []
         return await self.ctx.ledger.append([e for p in planned for e in p.events])
 
-    async def _after_denials_of_others(self, mine: asyncio.Future[bool]) -> None:
+    def _denials_to_wait_for(
+        self, mine: asyncio.Future[bool], opted_in: frozenset[str] | None
+    ) -> list[asyncio.Future[bool]]:
+        """The other chunks begun and not done appending opt-outs or holds of a number
+        in ``opted_in`` (None: any number)."""
+        return [
+            d
+            for d, numbers in self._denials.items()
+            if d is not mine
+            and not d.done()
+            and (numbers is None or opted_in is None or not numbers.isdisjoint(opted_in))
+        ]
+
+    async def _after_denials_of_others(
+        self, mine: asyncio.Future[bool], opted_in: frozenset[str] | None
+    ) -> None:
         """Wait until every other chunk of this import begun so far (or while waiting)
-        has appended its opt-outs and holds. One that failed to may have been an
-        opt-out of a number this chunk opts in: its opt-ins are not appended (fail
-        closed), and the chunk may be sent again."""
-        while waits := [d for d in self._denials if d is not mine and not d.done()]:
+        with opt-outs or holds of the numbers ``opted_in`` has appended them. One that
+        failed to may have been an opt-out of a number this chunk opts in: its opt-ins
+        are not appended (fail closed), and the chunk may be sent again."""
+        while waits := self._denials_to_wait_for(mine, opted_in):
             await asyncio.wait(waits)
         if self._denials_failed:
             raise LedgerUnavailable(
@@ -789,6 +808,38 @@ def _may_deny(item: Item) -> bool:
     return isinstance(item.command, RecordOptOut) or (
         item.command is None and item.held is not None
     )
+
+
+def _denied_numbers(items: Sequence[Item]) -> frozenset[str] | None:
+    """The numbers, in E.164, of the records that are or may be held as opt-outs; None
+    when one of them cannot be read (it may be any number)."""
+    numbers = set()
+    for item in items:
+        if not _may_deny(item):
+            continue
+        source = item.command if item.command is not None else item.held
+        phone = getattr(source, "phone", None)
+        if not isinstance(phone, str):
+            return None
+        try:
+            numbers.add(to_e164(phone))
+        except DomainError:
+            return None
+    return frozenset(numbers)
+
+
+def _opted_in_numbers(planned: Sequence[_Planned]) -> frozenset[str] | None:
+    """The numbers of the facts that deny nothing; None when one names no number."""
+    numbers = set()
+    for p in planned:
+        if _denies(p):
+            continue
+        for event in p.events:
+            phone = getattr(event, "phone", None)
+            if not phone:
+                return None
+            numbers.add(phone)
+    return frozenset(numbers)
 
 
 def _records(planned: Sequence[_Planned]) -> int:

@@ -915,3 +915,41 @@ async def test_two_imports_of_the_same_shuffled_records_append_each_once_in_orde
                 seen_out.add(event.phone)
             else:
                 assert event.phone in seen_out, f"{event.phone}: opt-in before its opt-out"
+
+
+async def test_opt_ins_of_other_numbers_wait_for_no_opt_out_of_another_chunk():
+    """A chunk's opt-ins wait only for the opt-outs of their own numbers in the other
+    chunks worked on at once: an export mixing both in every message keeps appending
+    its messages side by side, and a failed opt-out of one number holds up no other's."""
+    ledger = _RefusingOptOuts()
+    async with running(ledger=ledger) as (app, _):
+        await app.writes.record(define())
+        imports = _imports(app)
+
+        opted_in, opted_out = await asyncio.gather(
+            imports.chunk([opt_in(0, "+14155550101", 0), opt_in(1, "+1 415 555 0102", 1)]),
+            imports.chunk([opt_out(2, "+14155550100", 5, None)]),
+            return_exceptions=True,
+        )
+
+        assert isinstance(opted_out, LedgerUnavailable)
+        assert not isinstance(opted_in, BaseException) and opted_in.imported == 2
+        granted = {e.phone for e in ledger.landed if isinstance(e, ConsentGranted)}
+        assert granted == {"+14155550101", "+14155550102"}
+
+
+async def test_an_opt_out_spelled_otherwise_is_waited_for_by_its_numbers_opt_in():
+    ledger = _RefusingOptOuts()
+    async with running(ledger=ledger) as (app, _):
+        await app.writes.record(define())
+        imports = _imports(app)
+
+        opted_in, opted_out = await asyncio.gather(
+            imports.chunk([opt_in(0, "+14155550100", 0)]),
+            imports.chunk([opt_out(1, "+1 (415) 555-0100", 5, None)]),
+            return_exceptions=True,
+        )
+
+        assert isinstance(opted_out, LedgerUnavailable)
+        assert isinstance(opted_in, LedgerUnavailable)
+        assert not any(isinstance(e, ConsentGranted) for e in ledger.landed)
