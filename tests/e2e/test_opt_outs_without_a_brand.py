@@ -200,21 +200,7 @@ async def test_an_imported_opt_out_whose_brand_reads_as_one_in_use_is_held_under
     service, who, tmp_path
 ):
     runtime, now = service
-    stop = {
-        "type": "opt_out",
-        "campaign": "promo",
-        "occurred_at": (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "channel": "keyword",
-        "text": "STOP",
-    }
-    numbers = {name: phone(5 + i) for i, name in enumerate(MEANT)}
-    lines = [
-        {**stop, "import_id": f"{who}-{i}", "phone": numbers[name], "brand": brand}
-        for i, (name, brand) in enumerate(MEANT.items())
-    ]
-    export = tmp_path / "export.jsonl"
-    export.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    _, out, err = await import_cli(str(export), "--address", runtime.address, token=TOKENS[who][0])
+    numbers, out, err = await _import_stops(runtime, now, who, MEANT, tmp_path, who)
     assert f"refused: {len(MEANT)}" in out, out + err
     fresh = token_of(out)
     for name, number in numbers.items():
@@ -306,6 +292,19 @@ async def test_an_imported_opt_out_whose_brand_differs_by_separators_is_held_und
     under "ac-me", and acme went on sending; from a token of acme alone it was
     refused PERMISSION_DENIED and nothing held. RecordOptOut refuses and holds it."""
     runtime, now = service
+    numbers, out, err = await _import_stops(runtime, now, who, SEPARATED, tmp_path, f"{who}-sep")
+    assert f"imported 0 of {len(SEPARATED)}" in out, out + err
+    assert f"held for review: {len(SEPARATED)}" in out, out + err
+    fresh = token_of(out)
+    for name, number in numbers.items():
+        assert await denied_brands(runtime, number, fresh) == {"acme"}, (name, out)
+
+
+async def _import_stops(
+    runtime, now, who: str, brands: dict[str, str], tmp_path, id_prefix: str
+) -> tuple[dict[str, str], str, str]:
+    """Import, with ``who``'s token, a STOP for each of ``brands`` (a name to the brand
+    written) under a number of its own; answers the numbers and the CLI's output."""
     stop = {
         "type": "opt_out",
         "campaign": "promo",
@@ -313,16 +312,12 @@ async def test_an_imported_opt_out_whose_brand_differs_by_separators_is_held_und
         "channel": "keyword",
         "text": "STOP",
     }
-    numbers = {name: phone(5 + i) for i, name in enumerate(SEPARATED)}
+    numbers = {name: phone(5 + i) for i, name in enumerate(brands)}
     lines = [
-        {**stop, "import_id": f"{who}-sep-{i}", "phone": numbers[name], "brand": brand}
-        for i, (name, brand) in enumerate(SEPARATED.items())
+        {**stop, "import_id": f"{id_prefix}-{i}", "phone": numbers[name], "brand": brand}
+        for i, (name, brand) in enumerate(brands.items())
     ]
     export = tmp_path / "export.jsonl"
     export.write_text("".join(json.dumps(line) + "\n" for line in lines))
     _, out, err = await import_cli(str(export), "--address", runtime.address, token=TOKENS[who][0])
-    assert f"imported 0 of {len(SEPARATED)}" in out, out + err
-    assert f"held for review: {len(SEPARATED)}" in out, out + err
-    fresh = token_of(out)
-    for name, number in numbers.items():
-        assert await denied_brands(runtime, number, fresh) == {"acme"}, (name, out)
+    return numbers, out, err
