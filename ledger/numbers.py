@@ -26,23 +26,21 @@ from typing import NamedTuple
 
 import phonenumbers
 from phonenumbers import PhoneMetadata, PhoneNumberType
-from phonenumbers.geocoder import country_name_for_number
-from phonenumbers.geodata import GEOCODE_DATA, GEOCODE_LONGEST_PREFIX
 from phonenumbers.phonenumberutil import (
     COUNTRY_CODE_TO_REGION_CODE,
     _number_type_helper,
     is_number_type_geographical,
     national_significant_number,
 )
-from phonenumbers.prefix import _prefix_description_for_number
 from phonenumbers.re_util import re_compile
 from phonenumbers.timezone import (
     _country_level_time_zones_for_number,
     time_zones_for_geographical_number,
 )
 
+from ledger import nanp_states
 from ledger.phone import UNKNOWN_ZONE, area_zones
-from ledger.regions import ANY_US_STATE, TERRITORIES, state_of_description
+from ledger.regions import ANY_US_STATE, TERRITORIES
 
 _UNKNOWN = PhoneNumberType.UNKNOWN
 
@@ -111,19 +109,23 @@ def _regions(parsed: phonenumbers.PhoneNumber, region: str | None, kind: int) ->
         return ()
     # phonenumbers.geocoder.description_for_number(parsed, "en"), with the type known;
     # its description_for_valid_number for a number of its own region (the US has no
-    # mobile token: checked at import below).
-    if kind == _UNKNOWN:
-        description = ""
-    elif not is_number_type_geographical(kind, 1):  # only US numbers come here
-        description = country_name_for_number(parsed, "en")
-    else:
-        description = _prefix_description_for_number(
-            GEOCODE_DATA, GEOCODE_LONGEST_PREFIX, parsed, "en"
-        )
-        if description == "":
-            description = country_name_for_number(parsed, "en")
-    state = state_of_description(description)
-    return (state,) if state is not None else (ANY_US_STATE,)
+    # mobile token: checked at import below). A geographic number is described by its
+    # longest prefix in the geocoding data, any other by the country's name, which
+    # names no state (tests/unit/test_numbers.py checks both).
+    state = ""
+    if kind != _UNKNOWN and is_number_type_geographical(kind, 1):  # only US numbers come here
+        state = nanp_state("1" + national_significant_number(parsed))
+    return (state,) if state else (ANY_US_STATE,)
+
+
+def nanp_state(digits: str) -> str:
+    """The state the geocoder's description of a NANP number (its digits, country code
+    first) names, or "" for none: its longest prefix in ``ledger.nanp_states``."""
+    for length in range(min(len(digits), nanp_states.LONGEST), 0, -1):
+        state = nanp_states.STATES.get(digits[:length])
+        if state is not None:
+            return state
+    return ""
 
 
 def _region_and_type(parsed: phonenumbers.PhoneNumber, country: int) -> tuple[str | None, int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import phonenumbers
-from phonenumbers import geocoder
 
 ANY_US_STATE = "US"
 """A candidate meaning "somewhere in the US, state unknown" (a toll-free or
@@ -144,6 +143,11 @@ def regions_for_number(e164: str) -> tuple[str, ...]:
         return (TERRITORIES[region],)
     if region != "US":
         return ()
+    # Imported here: the geocoder's data costs a process some 100 MB. The service reads
+    # states through ledger.numbers (from ledger.nanp_states); this is the reference
+    # the tests hold that to.
+    from phonenumbers import geocoder
+
     state = state_of_description(geocoder.description_for_number(parsed, "en"))
     return (state,) if state is not None else (ANY_US_STATE,)
 

@@ -1,7 +1,7 @@
 """The command starts without the service's parts: ``--help``, the client commands
 and an import's dry run do not wait for gRPC's server, asyncpg, aiokafka or the
-policy's data (phonenumbers' geocoder, holidays), which only the commands that run
-the service load (bench/HISTORY.md, "The CLI's start")."""
+policy's data (holidays), which only the commands that run the service load
+(bench/HISTORY.md, "The CLI's start")."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from services.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("asyncpg", "aiokafka", "phonenumbers.geocoder", "holidays", "services.bootstrap")
+HEAVY = ("asyncpg", "aiokafka", "holidays", "services.bootstrap")
 
 
 def loaded_after(code: str) -> list[str]:

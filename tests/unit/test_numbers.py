@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import phonenumbers
@@ -16,10 +18,11 @@ from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from phonenumbers.geodata import GEOCODE_DATA
 from phonenumbers.tzdata import TIMEZONE_DATA
 
+from ledger import nanp_states
 from ledger.digest import digest_of
-from ledger.numbers import NANP_BLOCK, NANP_LONGER_BLOCKS, places
+from ledger.numbers import NANP_BLOCK, NANP_LONGER_BLOCKS, nanp_state, places
 from ledger.phone import time_zones
-from ledger.regions import candidate_regions, regions_for_number
+from ledger.regions import candidate_regions, regions_for_number, state_of_description
 from ledger.state import SubscriberState
 from tests.unit.pattern_depth import Automaton
 
@@ -190,3 +193,34 @@ def test_every_number_of_a_nanp_block_reads_the_same() -> None:
     ]
     assert len(numbers) > 7000
     _same(numbers)
+
+
+def test_the_nanp_state_table_gives_the_geocoders_state_for_every_prefix() -> None:
+    # Every prefix of the data: a number's answer is its longest prefix's in both, so
+    # agreeing on every prefix (and keeping no other) is agreeing on every number.
+    stale = "ledger/nanp_states.py is stale: run scripts/gen_nanp_states.py"
+    nanp = {key: names for key, names in GEOCODE_DATA.items() if key.startswith("1")}
+    assert set(nanp_states.STATES) <= set(nanp), stale
+    assert max(map(len, nanp)) == nanp_states.LONGEST, stale
+    for key, names in nanp.items():
+        assert nanp_state(key) == (state_of_description(names["en"]) or ""), (key, stale)
+
+
+def test_a_us_number_the_geocoder_describes_by_the_countrys_name_names_no_state() -> None:
+    # ledger.numbers gives a non-geographic US number no state without asking.
+    from phonenumbers.geocoder import country_name_for_number
+
+    toll_free = phonenumbers.parse("+18005550100")
+    assert state_of_description(country_name_for_number(toll_free, "en")) is None
+
+
+def test_reading_a_numbers_places_leaves_the_geocoders_data_unloaded() -> None:
+    # Its data (every language of every country) costs a process some 100 MB.
+    script = (
+        "import sys, services.bootstrap\n"
+        "from ledger.numbers import places\n"
+        "assert places('+14155550100').regions == ('CA',)\n"
+        "print('phonenumbers.geodata' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]
