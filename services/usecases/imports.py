@@ -74,6 +74,7 @@ from ledger.ports import (
 from services.errors import FailedPrecondition, NotConsistent, PermissionDenied, ServiceError
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import brand_of
+from services.usecases.writes import check_not_ahead_of_an_opt_out
 
 log = logging.getLogger(__name__)
 
@@ -555,6 +556,8 @@ class Imports:
             if rules is None:
                 raise FailedPrecondition("campaign", f"{cmd.brand}/{cmd.campaign} is not defined")
             check_required_proof(cmd, rules.policy)
+            if isinstance(cmd, RecordOptIn):
+                await check_not_ahead_of_an_opt_out(self.ctx, cmd)
         if self._recorded_by:
             events = [evolved(e, recorded_by=self._recorded_by) for e in events]
         return events

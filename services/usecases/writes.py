@@ -186,6 +186,37 @@ def _retrieve(write: asyncio.Future[WriteResult]) -> None:
         write.exception()
 
 
+async def check_not_ahead_of_an_opt_out(ctx: Context, cmd: RecordOptIn) -> None:
+    """Refuse an opt-in stamped ahead of the service's clock while an opt-out of
+    the number towards its brand was recorded within ``MAX_CLOCK_SKEW``.
+
+    Each took its place when recorded (``consent_time``), but the opt-out may have
+    been stamped ahead too, after the opt-in's time: then by their own times the
+    opt-out is the later fact, and the ledger no longer knows it; placed second,
+    the opt-in would outrank it. Sent again with the time the consent was given by
+    a correct clock, the opt-in ranks by that time. Read as fresh as a write's
+    checks are: an opt-out acknowledged a moment ago counts."""
+    now = ctx.clock()
+    if cmd.occurred_at <= now:
+        return
+    await ctx.require_caught_up(Stream.SUBSCRIBERS, "occurred_at")
+    state = (await state_as_one(ctx.view, to_e164(cmd.phone), cmd.brand)).state
+    revocations = [state.brand_revocation, *(c.revocation for c in state.campaigns.values())]
+    recent = [
+        r.event.occurred_at
+        for r in revocations
+        if r is not None and r.event.occurred_at >= now - MAX_CLOCK_SKEW
+    ]
+    if recent:
+        raise InvalidRequest(
+            "occurred_at",
+            f"is ahead of the service's clock ({now.isoformat()}), and an opt-out of "
+            f"this number was recorded at {max(recent).isoformat()}, within "
+            f"{MAX_CLOCK_SKEW}: which came first cannot be told; send the time the "
+            "consent was given by a correct clock",
+        )
+
+
 class Writes:
     def __init__(self, ctx: Context, reads: DigestReads | None = None) -> None:
         """``reads`` answers CanSend's digests (the view by default): a brand-wide
@@ -589,6 +620,8 @@ class Writes:
     async def _check(self, cmd: Command, events: list[LedgerEvent]) -> None:
         await self._check_campaign_exists(cmd)
         await self._check_required_proof(cmd)
+        if isinstance(cmd, RecordOptIn):
+            await check_not_ahead_of_an_opt_out(self.ctx, cmd)
         await self._check_sender_numbers(events)
         await self._check_candidate_pending(events)
 

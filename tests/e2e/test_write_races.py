@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
@@ -144,3 +145,73 @@ async def test_an_opt_out_texted_ahead_of_the_clock_is_confirmed_and_resumed_at_
             inbound(phone, NUMBER, "START", when + timedelta(minutes=2, seconds=1))
         )
         assert await allowed(c, phone, token(granted, stopped, started)) == [True, True]
+
+
+async def test_a_late_opt_in_stamped_ahead_does_not_undo_a_later_opt_out_stamped_ahead(service):
+    """A client whose clock runs four minutes fast records a web form at its 12:04:00,
+    delivered late, after the STOP it records at its 12:04:10 was acknowledged. By
+    their own times the STOP is the later fact: a web form delivered late cannot undo
+    an opt-out that happened after it. Both are stamped ahead of the service's clock,
+    so each takes its place when recorded, and the opt-in, recorded second, outranked
+    the STOP. It is refused on ``occurred_at`` instead; sent again with the time of a
+    correct clock it is the person's consent after the STOP, as its time says."""
+    runtime, clock = service
+    async with client(runtime.address, "acme-app") as c:
+        phone = "+14155550181"
+        form = clock.now + timedelta(minutes=4)
+        stopped = await c.RecordOptOut(
+            opt_out(phone, "acme", "promo", form + timedelta(seconds=10))
+        )
+        clock.now += timedelta(seconds=1)  # the form comes a second after the STOP
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await c.RecordOptIn(opt_in(phone, "acme", "promo", form, proof=proof(form)))
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "occurred_at" in (refused.value.details() or "")
+        assert await allowed(c, phone, token(stopped)) == [False, False]
+
+        granted = await c.RecordOptIn(
+            opt_in(phone, "acme", "promo", clock.now, proof=proof(clock.now))
+        )
+        assert await allowed(c, phone, token(stopped, granted)) == [True, True]
+
+
+async def test_an_opt_in_stamped_ahead_long_after_an_opt_out_is_recorded(service):
+    """Only an opt-out recorded within the clock skew can have said it came later."""
+    runtime, clock = service
+    async with client(runtime.address, "acme-app") as c:
+        phone = "+14155550182"
+        stopped = await c.RecordOptOut(opt_out(phone, "acme", "promo", clock.now))
+        clock.now += timedelta(minutes=6)
+        form = clock.now + timedelta(minutes=4)
+        granted = await c.RecordOptIn(opt_in(phone, "acme", "promo", form, proof=proof(form)))
+        assert await allowed(c, phone, token(stopped, granted)) == [True, True]
+
+
+async def test_an_imported_opt_in_stamped_ahead_is_refused_after_an_opt_out_stamped_ahead(service):
+    """The import checks its opt-ins as RecordOptIn does: the late web form of the first
+    test, imported, is refused on ``occurred_at`` and the rest of the import goes on."""
+    runtime, clock = service
+    async with client(runtime.address, "acme-app") as c:
+        phone, other = "+14155550183", "+14155550184"
+        form = clock.now + timedelta(minutes=4)
+        stopped = await c.RecordOptOut(
+            opt_out(phone, "acme", "promo", form + timedelta(seconds=10))
+        )
+        clock.now += timedelta(seconds=1)
+        earlier = clock.now - timedelta(minutes=1)
+        late = opt_in(phone, "acme", "promo", form, "late-form", proof=proof(form))
+        on_time = opt_in(other, "acme", "promo", earlier, "on-time", proof=proof(earlier))
+        records = [api.ImportRecord(opt_in=late), api.ImportRecord(opt_in=on_time)]
+
+        async def one():
+            yield api.ImportConsentsRequest(records=records)
+
+        stream = c.stub.ImportConsents(
+            one(), metadata=[("authorization", f"Bearer {c.token}")], timeout=60
+        )
+        (answer,) = [a async for a in stream]
+        assert answer.imported == 1
+        (refusal,) = answer.refusals
+        assert (refusal.request_id, refusal.code) == ("late-form", "INVALID_ARGUMENT")
+        assert [v.field for v in refusal.violations] == ["occurred_at"]
+        assert await allowed(c, phone, token(stopped)) == [False, False]
