@@ -112,16 +112,46 @@ def name_read(value: str) -> str:
     return _SEPARATOR_RUN.sub("-", value)
 
 
-def brands_meant(brand: str, in_use: Sequence[str]) -> list[str]:
+def brands_meant(brand: str, in_use: Sequence[str] | BrandsInUse) -> list[str]:
     """The brands of ``in_use`` that ``brand``, when no brand in use is so named, may
     be a spelling of: the same letters and digits once all else is dropped
     ("acme_co", "acmeco" and "acme.co" for "acme-co"; "ac\x00me", "ac\n*me" and
     "Acme!" for "acme"). An opt-out written under such a name stopped nothing the
     brand meant sends, so it is held under each of them instead."""
-    if brand in in_use:
-        return []
-    bare = _letters_and_digits(brand)
-    return [other for other in in_use if bare and _letters_and_digits(other) == bare]
+    if not isinstance(in_use, BrandsInUse):
+        in_use = brands_in_use(tuple(in_use))
+    return in_use.meant(brand)
+
+
+class BrandsInUse:
+    """The brands in use, each filed under the letters and digits a reader sees in it
+    (``_letters_and_digits``), worked out once per list of them: an opt-out then
+    costs the reading of its own brand and a lookup, not a reading of every brand."""
+
+    __slots__ = ("_by_letters", "_names")
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self._names = frozenset(names)
+        by_letters: dict[str, list[str]] = {}
+        for name in names:
+            # A name with no letter or digit is meant by no brand (the same as "").
+            if bare := _letters_and_digits(name):
+                by_letters.setdefault(bare, []).append(name)
+        self._by_letters = {bare: tuple(found) for bare, found in by_letters.items()}
+
+    def meant(self, brand: str) -> list[str]:
+        """``brands_meant(brand, <these brands>)``, in the order they were listed."""
+        if brand in self._names:
+            return []
+        bare = _letters_and_digits(brand)
+        return list(self._by_letters.get(bare, ())) if bare else []
+
+
+@lru_cache(maxsize=8)
+def brands_in_use(names: tuple[str, ...]) -> BrandsInUse:
+    """``BrandsInUse`` of ``names``, kept for the few lists read last: the view lists
+    the brands in use afresh for each opt-out, and the list seldom changes."""
+    return BrandsInUse(names)
 
 
 def brand_meant_refused(brand: str, meant: Sequence[str]) -> InvalidRequest:

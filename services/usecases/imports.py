@@ -41,11 +41,12 @@ from dataclasses import dataclass, field, replace
 from ledger.campaigns import Campaign
 from ledger.commands import (
     HELD_FOR_REVIEW,
+    BrandsInUse,
     HoldRefusedOptOut,
     RecordOptIn,
     RecordOptOut,
     brand_meant_refused,
-    brands_meant,
+    brands_in_use,
     check_required_proof,
     fingerprint_as_spelled,
     held_opt_out,
@@ -238,7 +239,7 @@ class Imports:
         self._own_brands = own_brands
         self._recorded_by = recorded_by
         self._campaigns: dict[tuple[str, str], Campaign | None] = {}
-        self._in_use: list[str] | None = None
+        self._in_use: BrandsInUse | None = None
         self._caught_up = False
         self._turn: asyncio.Future[None] | None = None
         """Done when the last chunk begun has taken its import ids (``chunk``)."""
@@ -449,7 +450,7 @@ class Imports:
         by_index = {item.index: item for item in items}
         holds: list[_Planned] = []
         now = self.ctx.clock()
-        in_use: list[str] | None = None
+        in_use: BrandsInUse | None = None
         for refusal in result.refusals:
             if refusal.code == Code.PERMISSION_DENIED:
                 continue  # not the caller's brand: not theirs to deny either
@@ -460,11 +461,11 @@ class Imports:
             refused = f"{field_name}: {reason}"
             each = [hold]
             if in_use is None:
-                in_use = await self.ctx.view.brand_names()
+                in_use = brands_in_use(tuple(await self.ctx.view.brand_names()))
             # A brand no campaign was defined for that reads as one in use ("acme_co",
             # "ac\x00me"): held under each such brand the caller writes for, as a
             # RecordOptOut is (``Writes.hold_refused_opt_out``).
-            meant = brands_meant(hold.brand, in_use)
+            meant = in_use.meant(hold.brand)
             mine = [b for b in meant if self._allows(b)]
             if meant and not mine:
                 continue  # it means another's brand: not the caller's to deny
@@ -568,15 +569,16 @@ class Imports:
         brand, it is held under acme (``_held``), also for a token of acme alone,
         which "ac-me" was refused PERMISSION_DENIED and nothing held. One that means
         only another caller's brand is left to ``_authorize``, as before."""
-        meant = brands_meant(brand, await self._brands_in_use())
+        meant = (await self._brands_in_use()).meant(brand)
         if meant and (self._allows(brand) or any(self._allows(b) for b in meant)):
             raise brand_meant_refused(brand, meant)
 
-    async def _brands_in_use(self) -> list[str]:
+    async def _brands_in_use(self) -> BrandsInUse:
         """The brands a campaign was defined for, read once per import as its
-        campaigns are (``_campaign_rules``)."""
+        campaigns are (``_campaign_rules``), each filed under how it reads
+        (``ledger.commands.brands_meant``)."""
         if self._in_use is None:
-            self._in_use = await self.ctx.view.brand_names()
+            self._in_use = brands_in_use(tuple(await self.ctx.view.brand_names()))
         return self._in_use
 
     async def _campaign_known(self, brand: str, campaign: str) -> bool:

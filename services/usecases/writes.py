@@ -34,7 +34,7 @@ from ledger.commands import (
     ReplyKind,
     ResolveRevocationCandidate,
     brand_meant_refused,
-    brands_meant,
+    brands_in_use,
     check_inbound,
     check_required_proof,
     covered_hold_resolved,
@@ -393,7 +393,9 @@ class Writes:
         if brand not in in_use and catch_up:
             await self.ctx.require_caught_up(Stream.CAMPAIGNS, "brand")
             in_use = await self.ctx.view.brand_names()
-        return brands_meant(brand, in_use)
+        # Read afresh each time, the list is filed by how each brand reads once for as
+        # long as it stays the same (``brands_in_use``).
+        return brands_in_use(tuple(in_use)).meant(brand)
 
     async def check_brand_meant(self, brand: str, authorize: Callable[[str], None]) -> None:
         """``_check_brand_meant`` for an opt-out under a brand ``authorize`` refuses

@@ -4,17 +4,22 @@ opt-out recorded since that resolves it."""
 
 from __future__ import annotations
 
+import random
+import uuid
 from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
+from ledger import commands
 from ledger.commands import (
     HELD_INBOUND,
     HELD_INTENTS,
     HELD_OPT_OUT,
+    BrandsInUse,
     HoldRefusedOptOut,
     RecordOptOut,
+    brands_in_use,
     brands_meant,
     covered_hold_resolved,
     covers,
@@ -161,6 +166,43 @@ def test_a_brand_that_reads_as_no_other_brand_in_use_means_none(spelled):
 
 def test_a_brand_that_reads_as_two_brands_in_use_means_both():
     assert brands_meant("ac\x00me", ["ac-me", "acme", "globex"]) == ["ac-me", "acme"]
+
+
+def test_the_brands_in_use_are_read_once_per_list_not_once_per_opt_out(monkeypatch):
+    """Each opt-out read every brand in use again (``_letters_and_digits`` per brand
+    per opt-out); filed once per list, an opt-out reads only its own brand."""
+    read: list[str] = []
+    letters = commands._letters_and_digits
+    monkeypatch.setattr(commands, "_letters_and_digits", lambda v: read.append(v) or letters(v))
+    in_use = ["acme", "ac-me", "globex", f"initech-{uuid.uuid4().hex[:8]}"]  # a list not seen
+    spelled = ["ac\x00me", "Acme!", "globex", "nobody", "ac.me", "*"]
+    answers = [brands_meant(s, in_use) for s in spelled]
+    assert answers == [["acme", "ac-me"], ["acme", "ac-me"], [], [], ["acme", "ac-me"], []]
+    assert sorted(read) == sorted([*in_use, *(s for s in spelled if s not in in_use)])
+    read.clear()
+    filed = brands_in_use(tuple(in_use))  # the same list again: filed already
+    assert [filed.meant(s) for s in spelled] == answers
+    assert sorted(read) == sorted(s for s in spelled if s not in in_use)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_brands_filed_once_mean_what_reading_each_again_meant(seed):
+    """The brands an opt-out means, filed once, are those reading each brand in use
+    again for it gave, in the order they are listed."""
+    rng = random.Random(seed)
+    parts = ["ac", "me", "-", "_", ".", "\x00", "A", "\u200d", "!", "glo", "bex", "", "1"]
+
+    def name() -> str:
+        return "".join(rng.choice(parts) for _ in range(rng.randint(0, 4)))
+
+    for _ in range(50):
+        in_use = [name() for _ in range(rng.randint(0, 6))]
+        filed = BrandsInUse(in_use)
+        for brand in [name() for _ in range(10)] + in_use:
+            bare = commands._letters_and_digits(brand)
+            again = [o for o in in_use if bare and commands._letters_and_digits(o) == bare]
+            expected = [] if brand in in_use else again
+            assert filed.meant(brand) == brands_meant(brand, in_use) == expected, (in_use, brand)
 
 
 @pytest.mark.parametrize("spelled", ["ACMÉ", "ac me", "acme!"])
