@@ -185,6 +185,21 @@ def forms_stored_before(e164: str) -> tuple[str, ...]:
     return tuple(f for f in found if f is not None and _valid(f) and _kept_form(f) == e164)
 
 
+def line_spellings(e164: str) -> tuple[str, ...]:
+    """Every spelling the facts of ``e164``'s line may be stored under, ``e164`` among
+    them: the one it is kept under first, then those an earlier version kept
+    (``forms_stored_before``). Just ``e164`` for a line spelt one way, or a number
+    that is none."""
+    if not e164.startswith(SPELT_TWO_WAYS) and not e164.startswith(KEPT_FORMS):
+        return (e164,)
+    try:
+        kept = _e164(e164, None)
+    except _Refused:
+        return (e164,)
+    spellings = (kept, *forms_stored_before(kept))
+    return spellings if e164 in spellings else (e164, *spellings)
+
+
 @lru_cache(maxsize=262_144)
 def time_zones(e164: str) -> tuple[str, ...]:
     """The IANA zones the number may ring in; empty when the library cannot tell.

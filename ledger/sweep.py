@@ -22,6 +22,12 @@ but placed before it (an opt-out reported late, an older send, a location, an
 import of old facts, rules defined back in time) can make it "not allowed in
 hindsight". Only numbers that had such a fact are judged again, from their whole
 history (``Sweep.to_review``, ``Sweep.review``), so the sweep still holds no send.
+
+A number spelt two ways (+54 11 ... and +54 9 11 ...) is one person, whose facts an
+earlier version may have stored under the other spelling, in that spelling's
+partition (``ledger.phone.line_spellings``). CanSend and the packet count them as
+the number's own; so does the sweep, judging such a number's sends again from every
+spelling's facts once it is told it has any (``Sweep.other_spellings``).
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ from ledger.events import (
     SubscriberEvent,
 )
 from ledger.packet import in_hindsight, replays
-from ledger.policy import Check, Decision, Obligation, Reason, decide_as_of, deny
+from ledger.phone import line_spellings
+from ledger.policy import Check, Decision, Obligation, Reason, as_one_number, decide_as_of, deny
 from ledger.state import CampaignHistory, SubscriberState, apply, retained_facts
 
 
@@ -223,6 +230,7 @@ class Sweep:
         # after them that is placed at or before it may change them in hindsight.
         self._judged_until: dict[str, datetime] = {}
         self._review: set[str] = set()
+        self._spellings: dict[str, tuple[str, ...]] = {}
         # The findings as recorded, by the send's event id, until ``finish`` adds
         # what a fact recorded after a send shows of it.
         self._found: dict[str, Finding] = {}
@@ -275,6 +283,10 @@ class Sweep:
             finding = judge(recorded, self.decision(recorded))
             if finding is not None:
                 self._found[str(event.event_id)] = finding
+            if phone not in self._spellings:
+                others = line_spellings(phone)
+                if len(others) > 1:
+                    self._spellings[phone] = tuple(f for f in others if f != phone)
             if self._may_change(recorded):
                 self._review.add(phone)
             if judged_until is None or event.occurred_at > judged_until:
@@ -304,6 +316,15 @@ class Sweep:
             return True
         return any(recorded > known and occurred <= at for occurred, recorded in self._rule_times)
 
+    @property
+    def other_spellings(self) -> Mapping[str, tuple[str, ...]]:
+        """Per number with a send judged whose line is spelt other ways too
+        (``ledger.phone.line_spellings``), those spellings. Facts an earlier version
+        stored under one of them are the person's, as CanSend and the proof packet
+        count them, but sit in that spelling's partition, which the sweep reads apart:
+        a number that has any is judged again from them all (``finish``)."""
+        return self._spellings
+
     def review(self, phone: str, history: Iterable[Recorded]) -> list[Finding]:
         """The findings in hindsight of the sends of ``phone`` (one of ``to_review``):
         ``history`` holds its subscriber events, those of the unknown brand too, as
@@ -311,27 +332,44 @@ class Sweep:
         judged as the proof packet judges it (``ledger.packet.replays``), from every
         fact of the number, the send itself left out; one whose answer in hindsight
         tells otherwise than the answer as recorded, and does not allow it, is found
-        with ``hindsight`` set."""
+        with ``hindsight`` set.
+
+        When ``history`` also holds facts of the number's other spellings
+        (``other_spellings``), the packet counts them as the number's, and so is
+        each send of ``phone`` judged: as recorded as well as in hindsight, each
+        finding whole, in place of what the sweep found of it from ``phone``'s
+        facts alone."""
+        return self._judged_again(phone, history)[1]
+
+    def _judged_again(self, phone: str, history: Iterable[Recorded]) -> tuple[bool, list[Finding]]:
+        """``review``, and whether it read other spellings' facts too."""
+        spellings = {phone, *self._spellings.get(phone, ())}
         subscriber = sorted(
             (
                 r
                 for r in history
                 if isinstance(r.event, SubscriberEvent)
-                and r.event.phone == phone
+                and r.event.phone in spellings
                 and r.event.brand in (self.brand, ANY_BRAND)
             ),
             key=_ledger_order,
         )
+        as_one = any(getattr(r.event, "phone", phone) != phone for r in subscriber)
         wanted = {
             str(r.event.event_id): r
             for r in subscriber
             if isinstance(r.event, MessageSent)
+            and r.event.phone == phone
             and r.event.brand == self.brand
             and r.event.campaign == self.campaign
             and self.start <= r.event.occurred_at < self.end
         }
         if not wanted:
-            return []
+            return as_one, []
+        if as_one:
+            # Put together as the packet does: ledger order, as the ledger took the
+            # two partitions' facts, each as if recorded under the spelling kept.
+            subscriber = as_one_number(subscriber, line_spellings(phone)[0])
         rules = self.history.facts()
         # Everything the sweep read was known when it read it, even under a clock
         # behind a writer's (``now`` is only ever later in a running service).
@@ -339,31 +377,48 @@ class Sweep:
         known = max(t for t in [*read, self.now, self._known] if t is not None)
         findings = []
         for event_id, (then, later) in replays(subscriber, rules, known, set(wanted)).items():
+            sent = wanted[event_id]
             changed = in_hindsight(then, later)
+            late = None
             if changed is not None and not changed.allowed:
                 kinds = (_DENIALS.get(changed.reason, FindingKind.NOT_ALLOWED),)
-                found = Finding(wanted[event_id], kinds, changed, (), True, then, kinds)
-                findings.append(found)
-        return sorted(findings, key=lambda f: _ledger_order(f.sent))
+                late = Finding(sent, kinds, changed, (), True, then, kinds)
+            if as_one:
+                # The answer as recorded from one spelling's facts missed the other's.
+                found = judge(sent, then)
+                if found is not None and late is not None:
+                    found = _with_hindsight(found, late)
+                late = found or late
+            if late is not None:
+                findings.append(late)
+        return as_one, sorted(findings, key=lambda f: _ledger_order(f.sent))
 
     def finish(self, histories: Mapping[str, Iterable[Recorded]]) -> list[Finding]:
         """Every finding of the sweep, one per send, in ledger order: those as
         recorded, each with the reasons in hindsight of its send added, and the
         sends found in hindsight alone. ``histories``: the events of each number of
-        ``to_review``, as ``review`` takes them."""
+        ``to_review``, as ``review`` takes them; and of each number of
+        ``other_spellings`` whose other spellings hold facts, with those facts."""
         found = dict(self._found)
-        for phone in sorted(self.to_review):
-            for late in self.review(phone, histories.get(phone, ())):
+        spelt = {
+            phone
+            for phone, others in self._spellings.items()
+            if any(getattr(r.event, "phone", None) in others for r in histories.get(phone, ()))
+        }
+        for phone in sorted(self.to_review | spelt):
+            as_one, findings = self._judged_again(phone, histories.get(phone, ()))
+            if as_one:
+                # Judged whole from every spelling's facts: what was found from this
+                # spelling's alone gives way, found or not.
+                for key in [k for k, f in found.items() if f.message.phone == phone]:
+                    del found[key]
+                found.update((str(f.sent.event.event_id), f) for f in findings)
+                continue
+            for late in findings:
                 key = str(late.sent.event.event_id)
                 then = found.get(key)
                 if then is not None:
-                    added = tuple(k for k in late.kinds if k not in then.kinds)
-                    late = dataclasses.replace(
-                        late,
-                        kinds=then.kinds + added,
-                        unmet=then.unmet,
-                        as_recorded=then.decision,
-                    )
+                    late = _with_hindsight(then, late)
                 found[key] = late
         return sorted(found.values(), key=lambda f: _ledger_order(f.sent))
 
@@ -411,6 +466,15 @@ class Sweep:
         return kept
 
 
+def _with_hindsight(then: Finding, late: Finding) -> Finding:
+    """One send's finding as recorded (``then``) with what a finding in hindsight of
+    it (``late``) adds: its answer, and its kinds after those already found."""
+    added = tuple(k for k in late.kinds if k not in then.kinds)
+    return dataclasses.replace(
+        late, kinds=then.kinds + added, unmet=then.unmet, as_recorded=then.decision
+    )
+
+
 def _ledger_order(recorded: Recorded) -> tuple[int, int]:
     return (recorded.position.partition, recorded.position.offset)
 
@@ -444,6 +508,10 @@ def sweep(
     for recorded in events:
         held.append(recorded)
         swept.feed(recorded)
-    numbers = swept.to_review
-    histories = {p: [r for r in held if getattr(r.event, "phone", None) == p] for p in numbers}
+    spellings = {p: {p, *swept.other_spellings.get(p, ())} for p in swept.to_review}
+    spellings.update((p, {p, *others}) for p, others in swept.other_spellings.items())
+    histories = {
+        p: [r for r in held if getattr(r.event, "phone", None) in forms]
+        for p, forms in spellings.items()
+    }
     yield from swept.finish(histories)

@@ -8,7 +8,7 @@ nothing after, and says how far it has come as it goes (``SweepProgress``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -125,14 +125,16 @@ async def sweep_campaign(
                     share = (covered + min(after.get(partition, 0), target[partition])) / total
                     yield progress(share)
         # The numbers a fact recorded late may have changed a send of are judged
-        # again from their whole history as the view had it, as the packet judges;
+        # again from their whole history as the view had it, as the packet judges,
+        # and so are those with facts under another spelling, in another partition:
         # then each send's one finding, with every reason, is final.
+        spelt = await _spelt_otherwise(ctx, brand, swept.other_spellings)
         histories = {}
-        for phone in sorted(swept.to_review):
-            facts = [
-                *await ctx.view.history(phone, brand),
-                *await ctx.view.history(phone, ANY_BRAND),
-            ]
+        for phone in sorted(swept.to_review | spelt.keys()):
+            facts = []
+            for form in (phone, *spelt.get(phone, ())):
+                facts += await ctx.view.history(form, brand)
+                facts += await ctx.view.history(form, ANY_BRAND)
             histories[phone] = [r for r in facts if _within(r, target)]
         for finding in swept.finish(histories):
             found += 1
@@ -143,6 +145,27 @@ async def sweep_campaign(
         done.add(partition)
         yield progress(covered / total if total else 1.0)
     yield progress(1.0)
+
+
+async def _spelt_otherwise(
+    ctx: Context, brand: str, others: Mapping[str, tuple[str, ...]]
+) -> dict[str, tuple[str, ...]]:
+    """Those of ``others`` (a number's other spellings, ``Sweep.other_spellings``)
+    under which the view holds facts towards ``brand``, or a STOP whose brand was
+    unknown: read a page of spellings at a time, as a batch of checks reads them,
+    so a campaign of numbers spelt two ways costs no read per number."""
+    forms = sorted({form for spellings in others.values() for form in spellings})
+    stored: set[str] = set()
+    for i in range(0, len(forms), PAGE):
+        page = forms[i : i + PAGE]
+        stored.update(await ctx.view.digests(brand, page))
+        wide = await ctx.view.subscriber_states(ANY_BRAND, page)
+        stored.update(form for form, state in wide.items() if state.candidates)
+    return {
+        phone: kept
+        for phone, spellings in others.items()
+        if (kept := tuple(form for form in spellings if form in stored))
+    }
 
 
 def _within(recorded: Recorded, target: dict[int, int]) -> bool:

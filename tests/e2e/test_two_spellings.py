@@ -573,3 +573,74 @@ async def test_an_erasure_covers_the_facts_and_holds_under_the_old_spelling(
             assert consent.state == api.CONSENT_STATE_ERASED, (asked, consent)
     after = await answers(runtime, clock, token, spellings)
     assert after["CanSendBatch"] == [False, False], after
+
+
+async def test_the_sweep_finds_a_send_after_a_stop_stored_under_the_old_spelling(
+    service, spellings, before_one_form, monkeypatch
+):
+    """A STOP a version that kept the spellings apart stored under the other spelling
+    stops the number for CanSend, and the proof packet shows the send after it not
+    allowed; the sweep judged the send from the spelling kept alone, which had the
+    opt-in and no STOP, and did not find it."""
+    runtime, clock = service
+    kept, other = spellings
+    async with client(runtime.address) as admin:
+        w = await admin.RecordOptIn(opt_in(kept, "acme", "promo", clock.now - timedelta(days=1)))
+        asked = await admin.CanSend(
+            api.CanSendRequest(
+                phone=kept, brand="acme", campaign="promo", at_least_as_fresh=w.consistency_token
+            )
+        )
+        assert asked.allowed, asked
+        w = await admin.HandleInboundMessage(
+            inbound(other, ACME_NUMBER, "STOP", clock.now - timedelta(minutes=30))
+        )
+        await applied(runtime, w.consistency_token)
+        await upgraded(monkeypatch)
+        # The sender sends on the answer it had before the STOP.
+        message_id = f"SM{uuid.uuid4().hex[:16]}"
+        sent = api.RecordMessageSentRequest(
+            request_id=uuid.uuid4().hex,
+            phone=kept,
+            brand="acme",
+            campaign="promo",
+            message_id=message_id,
+            occurred_at=ts(clock.now - timedelta(minutes=10)),
+            included_opt_out_language=True,
+            identified_sender=True,
+            relied_on=api.ReliedOnAnswer(
+                consistency_token=asked.consistency_token,
+                allowed=True,
+                reason=api.REASON_CONSENT_ACTIVE,
+            ),
+        )
+        w = await admin.RecordMessageSent(sent)
+        token = await applied(runtime, w.consistency_token)
+        packet = await admin.GetProofPacket(
+            api.GetProofPacketRequest(
+                phone=kept, brand="acme", campaign="promo", at_least_as_fresh=token
+            )
+        )
+        [shown] = [
+            m
+            for m in json_format.MessageToDict(packet.packet)["messages"]
+            if m["message_id"] == message_id
+        ]
+        call = admin.stub.SweepCampaign(
+            api.SweepCampaignRequest(
+                brand="acme",
+                campaign="promo",
+                start_time=ts(clock.now - timedelta(days=2)),
+                end_time=ts(clock.now + timedelta(hours=1)),
+                at_least_as_fresh=token,
+            ),
+            metadata=[("authorization", f"Bearer {admin.token}")],
+            timeout=120,
+        )
+        findings = [item.finding async for item in call if item.HasField("finding")]
+    assert not shown["decision"]["allowed"], shown
+    assert shown["decision"]["reason"] == "revoked", shown
+    [finding] = [f for f in findings if f.message_id == message_id]
+    assert list(finding.kinds) == [api.SWEEP_FINDING_KIND_AFTER_OPT_OUT], finding
+    assert not finding.hindsight and finding.reason == api.REASON_REVOKED, finding
+    assert finding.phone == kept, finding

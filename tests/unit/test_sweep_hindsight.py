@@ -4,6 +4,7 @@ marks it "not allowed in hindsight", whatever the fact."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import datetime, timedelta
 
@@ -161,8 +162,16 @@ def test_a_send_recorded_in_world_order_is_not_judged_again():
     assert swept.to_review == frozenset()
 
 
-def _history_of(rng: random.Random) -> tuple[list[Recorded], list[Recorded]]:
-    """A number's facts and its brand's rules, some reported late, in ledger order."""
+TWO_SPELLINGS = ("+5491112344101", "+541112344101")
+"""One Buenos Aires mobile: the spelling it is kept under, and the one an earlier
+version kept apart (``ledger.phone.forms_stored_before``), in another partition."""
+
+
+def _history_of(
+    rng: random.Random, spellings: tuple[str, ...] = (PHONE,)
+) -> tuple[list[Recorded], list[Recorded]]:
+    """A number's facts and its brand's rules, some reported late, in ledger order;
+    with two ``spellings``, each fact under one of them, in that spelling's partition."""
     texts = ["STOP", "START", "HELP", "what are your hours?", "stop texting me"]
     rules: list[CampaignEvent] = [
         _defined(
@@ -187,6 +196,7 @@ def _history_of(rng: random.Random) -> tuple[list[Recorded], list[Recorded]]:
         )
     events: list[LedgerEvent] = []
     recorded_at: list[datetime] = []
+    partitions: list[int] = []
     clock = at(days=-1)
     for _ in range(rng.randint(5, 30)):
         clock += timedelta(minutes=rng.randint(1, 240))
@@ -217,18 +227,35 @@ def _history_of(rng: random.Random) -> tuple[list[Recorded], list[Recorded]]:
             ahead = timedelta(minutes=rng.choice([0, 0, 2]))  # a sender's clock ahead
             message = sent(when + ahead, rng.choice(["promo", "promo", "other"]), kind)
             event = asked(message) if rng.random() < 0.8 else message
+        partition = rng.randrange(len(spellings)) if len(spellings) > 1 else 0
+        if spellings[partition] != PHONE:
+            event = dataclasses.replace(event, phone=spellings[partition])
         events.append(event)
         recorded_at.append(clock)
-    return _in_ledger_order(events, recorded_at), recorded_rules
+        partitions.append(partition)
+    offsets = [partitions[: i + 1].count(p) - 1 for i, p in enumerate(partitions)]
+    facts = [
+        Recorded(e, LedgerPosition(p, o), t)
+        for e, p, o, t in zip(events, partitions, offsets, recorded_at, strict=True)
+    ]
+    return facts, recorded_rules
 
 
+@pytest.mark.parametrize("spellings", [(PHONE,), TWO_SPELLINGS], ids=["one", "two-spellings"])
 @pytest.mark.parametrize("seed", range(6))
-def test_the_sweep_finds_the_sends_the_packet_marks_not_allowed_in_hindsight(seed: int):
+def test_the_sweep_finds_the_sends_the_packet_marks_not_allowed_in_hindsight(
+    seed: int, spellings: tuple[str, ...]
+):
+    """The sweep's findings are the packet's: the sends it marks not allowed in
+    hindsight, and those its answer as recorded does not allow. With facts under a
+    number's earlier spelling (which the packet counts as the number's), a send after
+    an opt-out recorded under the other spelling was not found."""
     rng = random.Random(seed)
     hindsight_seen = 0
+    number, earlier = spellings[0], spellings[1:]
     for _round in range(40):
-        facts, rules = _history_of(rng)
-        packet = assemble([*facts, *rules], PHONE, BRAND, None, NOW)
+        facts, rules = _history_of(rng, spellings)
+        packet = assemble([*facts, *rules], number, BRAND, None, NOW, earlier=earlier)
         messages = [m for m in packet.messages if m.campaign == "promo"]
         marked = {
             m.event.event_id: m.hindsight.reason
@@ -237,7 +264,7 @@ def test_the_sweep_finds_the_sends_the_packet_marks_not_allowed_in_hindsight(see
         }
         then = {m.event.event_id: (m.decision.allowed, m.decision.reason) for m in messages}
         # The campaign's own packet, which an auditor reads beside the sweep, says the same.
-        scoped = assemble([*facts, *rules], PHONE, BRAND, "promo", NOW).messages
+        scoped = assemble([*facts, *rules], number, BRAND, "promo", NOW, earlier=earlier).messages
         assert scoped == tuple(messages)
         history = _promo(rules)
         found = list(sweep(facts, history, BRAND, "promo", START, END, NOW))
@@ -245,6 +272,8 @@ def test_the_sweep_finds_the_sends_the_packet_marks_not_allowed_in_hindsight(see
         assert len(ids) == len(set(ids))  # one finding per send
         late = {str(f.sent.event.event_id): f.decision.reason.value for f in found if f.hindsight}
         assert late == marked, (seed, _round)
+        denied = {key for key, (allowed, _) in then.items() if not allowed}
+        assert denied <= set(map(str, ids)), (seed, _round)
         for f in found:
             as_recorded = f.as_recorded if f.hindsight else f.decision
             assert as_recorded is not None
