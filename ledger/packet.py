@@ -745,6 +745,14 @@ def _opt_out(r: Recorded, shown: Sequence[Recorded], revoke_all: set[str], now: 
             "a person resolves it"
         )
         resolution = None
+    elif resolved is None and e.unattributed:
+        # CanSend counts it as an opt-out of every campaign (REVOKED_BRAND_WIDE) from
+        # the start: "blocks every send" read as a hold that only awaited review.
+        handling = (
+            "names no defined campaign: it counts as an opt-out of every campaign of its "
+            f"scope until a person resolves it (due {iso(due)})"
+        )
+        resolution = None
     elif resolved is None:
         handling = f"blocks every send of its scope until a person resolves it (due {iso(due)})"
         resolution = None

@@ -25,9 +25,11 @@ class ConsentState(enum.Enum):
     REVOKED = "revoked"
     """Opted out of this campaign."""
     REVOKED_BRAND_WIDE = "revoked_brand_wide"
-    """Opted out of every campaign of the brand."""
+    """Opted out of every campaign of the brand; or an opt-out no defined campaign
+    could take awaits review, which counts for every campaign until resolved."""
     PENDING_REVIEW = "pending_review"
-    """A reply that reads like an opt-out awaits review; nothing may be sent."""
+    """A reply that reads like an opt-out awaits review; nothing may be sent. Past its
+    deadline it counts as a revocation."""
     ERASED = "erased"
     """The subscriber's personal data was erased, with the proof of every consent
     before it, and no opt-in or opt-out came after: nothing may be sent until a
@@ -35,15 +37,25 @@ class ConsentState(enum.Enum):
 
 
 def consent_state(
-    digest: Digest, campaign: str, *, pending_review: bool = False, revoke_all: bool = False
+    digest: Digest,
+    campaign: str,
+    *,
+    pending_review: bool = False,
+    unattributed: bool = False,
+    revoke_all: bool = False,
 ) -> ConsentState:
     """The campaign's consent as it stands now: a reply awaiting review
     (``pending_review``) outranks all else, then the latest of grant, resume and
     opt-out (``ledger.policy.standing``), and with the revoke-all rule in force for
     the campaign now (``revoke_all``: ``ledger.policy.revokes_all``) an opt-out of
-    another campaign of the brand that ends this one's consent, as CanSend reads it."""
+    another campaign of the brand that ends this one's consent, as CanSend reads it.
+
+    ``unattributed``: among those awaiting review is an opt-out no defined campaign
+    could take (``RevocationCandidateFlagged.unattributed``). CanSend counts it as an
+    opt-out of every campaign until it is resolved (``REVOKED_BRAND_WIDE``), and so
+    is it said here; the holds themselves still say it awaits review."""
     if pending_review:
-        return ConsentState.PENDING_REVIEW
+        return ConsentState.REVOKED_BRAND_WIDE if unattributed else ConsentState.PENDING_REVIEW
     now = standing(digest, digest.campaign(campaign))
     if now.active:
         since = now.since

@@ -78,7 +78,9 @@ class Consent:
     location: Fact[Any] | None = None
     pending: tuple[Fact[RevocationCandidateFlagged], ...] = ()
     """Replies awaiting review that block sends: the brand's, then the number's STOPs
-    whose brand was unknown (``ANY_BRAND``), which deny every brand's sends."""
+    whose brand was unknown (``ANY_BRAND``), which deny every brand's sends. One no
+    defined campaign could take (``unattributed``) makes ``state`` REVOKED_BRAND_WIDE,
+    as CanSend answers; it is listed here all the same, for it awaits review."""
     regions: tuple[str, ...] = ()
     proof_missing: tuple[str, ...] = ()
     """What the grant's proof lacks of the provider's template."""
@@ -145,7 +147,15 @@ class Audit:
             *map(anyone.as_recorded, wide.pending_candidates()),
         ]
         return Consent(
-            consent_state(digest, campaign, pending_review=bool(pending), revoke_all=revoke_all),
+            consent_state(
+                digest,
+                campaign,
+                pending_review=bool(pending),
+                # An opt-out no defined campaign could take counts for every campaign
+                # until resolved: CanSend answers REVOKED_BRAND_WIDE, and so must this.
+                unattributed=any(c.event.unattributed for c in pending),
+                revoke_all=revoke_all,
+            ),
             self.ctx.guard.applied_token(),
             now,
             grant=grant,

@@ -3,6 +3,7 @@ rate, refused rather than read stale."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,14 +16,19 @@ from ledger.commands import (
 )
 from ledger.errors import InvalidRequest
 from ledger.events import (
+    ANY_BRAND,
     DeliveryOutcome,
     MessageKind,
+    RevocationCandidateFlagged,
     RevocationChannel,
 )
 from ledger.health import HealthCounts, HealthReport, combine
+from ledger.policy import Reason
+from ledger.ports import ConsistencyToken
+from ledger.status import ConsentState
 from services.errors import FailedPrecondition, NotConsistent
 from services.usecases.health import HealthProgress
-from tests.builders import BRAND, PHONE, at
+from tests.builders import BRAND, PHONE, _base, at
 from tests.builders import opt_in as an_opt_in
 from tests.unit.usecase_harness import (
     AUDITOR,
@@ -77,6 +83,35 @@ async def test_consent_is_asked_of_a_defined_campaign_only(app):
         await app.audit.get_consent(PHONE, BRAND, "promoo", reader=AUDITOR)
     assert undefined.value.field == "campaign"
     assert (await app.audit.get_consent(PHONE, BRAND, "promo", reader=AUDITOR)).grant is None
+
+
+@pytest.mark.parametrize("held_under", [BRAND, ANY_BRAND])
+async def test_an_unattributed_hold_is_revoked_brand_wide_in_get_consent_as_in_cansend(
+    app, held_under
+):
+    """An opt-out no defined campaign could take (one naming an undefined campaign, a
+    STOP to a number no campaign sends from) counts for every campaign until it is
+    resolved: CanSend answered REVOKED_BRAND_WIDE while GetConsent said
+    PENDING_REVIEW. It is still listed as awaiting review."""
+    await app.writes.record(define())
+    await app.writes.record(opt_in("r1"))
+    if held_under == BRAND:
+        written = await app.writes.record(
+            RecordOptOut("r2", PHONE, BRAND, "winter-sale", RevocationChannel.API, at(5))
+        )
+        token = written.token
+    else:
+        stop = RevocationCandidateFlagged(
+            **_base(at(5)), phone=PHONE, brand=ANY_BRAND, inbound_message_id="in-1", text="STOP"
+        )
+        token = ConsistencyToken.after(await app.ledger.append([replace(stop, unattributed=True)]))
+    assert await app.guard.wait_for_token(token)
+    answer = (await app.checks.can_send(PHONE, BRAND, "promo")).decision
+    consent = await app.audit.get_consent(PHONE, BRAND, "promo", reader=AUDITOR)
+    assert answer.reason is Reason.REVOKED_BRAND_WIDE, answer
+    assert consent.state is ConsentState.REVOKED_BRAND_WIDE
+    assert [str(c.event.event_id) for c in consent.pending] == list(answer.evidence)
+    assert consent.revocation is None  # no opt-out was recorded: one awaits review
 
 
 async def test_the_opt_out_rate_counts_the_last_30_days_by_default(app):

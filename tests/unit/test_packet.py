@@ -37,6 +37,7 @@ from tests.builders import (
     PHONE,
     _base,
     at,
+    flagged,
     granted,
     inbound,
     record,
@@ -366,6 +367,30 @@ def test_a_hold_past_its_deadline_is_overdue_in_the_packet_as_cansend_says():
             assert "counts as a revocation" in line.handling
         else:
             assert "overdue" not in line.handling and f"due {iso(due)}" in line.handling
+
+
+def test_an_unattributed_hold_counts_as_an_opt_out_of_every_campaign_in_the_packet():
+    """CanSend counts an opt-out no defined campaign could take as one of every
+    campaign (REVOKED_BRAND_WIDE) from the start; the packet said only that it
+    "blocks every send", as of a hold that merely awaited review."""
+    hold = dataclasses.replace(
+        RevocationCandidateFlagged(
+            **_base(at(10)), phone=PHONE, brand=BRAND, inbound_message_id="", text="no more"
+        ),
+        unattributed=True,
+        campaign="winter-sale",
+    )
+    history = record([_defined(), granted(at(0)), hold])
+    moment = at(days=1)
+    assert decide_as_of(history, "promo", moment, moment).reason is Reason.REVOKED_BRAND_WIDE
+    [line] = assemble(history, PHONE, BRAND, "promo", moment).opt_outs
+    assert line.kind == "unattributed" and not line.overdue and line.resolution is None
+    assert "counts as an opt-out of every campaign" in line.handling, line.handling
+    assert line.due is not None and f"due {iso(line.due)}" in line.handling
+    # A reply flagged for review still only awaits it.
+    reply = record([_defined(), granted(at(0)), flagged(at(10))])
+    [line] = assemble(reply, PHONE, BRAND, "promo", moment).opt_outs
+    assert line.kind == "candidate" and "counts as" not in line.handling, line.handling
 
 
 def test_a_stop_whose_brand_was_unknown_is_in_every_brands_packet():

@@ -3,12 +3,15 @@ the projection's ``consent_status`` table stores it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from ledger.digest import digest_of
+from ledger.policy import Reason, decide
 from ledger.state import fold
 from ledger.status import ConsentState, consent_state, revocation_in_force
-from tests.builders import at, granted, record, resumed, revoked
+from tests.builders import at, campaign, flagged, granted, record, resumed, revoked
 
 
 def stands(*events):
@@ -53,6 +56,37 @@ def test_a_reply_awaiting_review_outranks_every_other_state():
     for events in ((), (granted(at(0)),), (granted(at(0)), revoked(at(1), None))):
         digest = digest_of(fold(record(list(events))))
         assert consent_state(digest, "promo", pending_review=True) is ConsentState.PENDING_REVIEW
+
+
+def test_an_unattributed_opt_out_awaiting_review_is_revoked_brand_wide_as_cansend_says():
+    """An opt-out no defined campaign could take counts for every campaign until it is
+    resolved: CanSend answers REVOKED_BRAND_WIDE, while GetConsent's state said
+    PENDING_REVIEW. A reply flagged beside it does not make it less."""
+    unattributed = replace(flagged(at(1), "STOP"), unattributed=True, campaign="winter-sale")
+    for events in (
+        (granted(at(0)), unattributed),
+        (granted(at(0)), flagged(at(2)), unattributed),
+        (unattributed,),
+    ):
+        state = fold(record(list(events)))
+        digest = digest_of(state)
+        pending = state.pending_candidates()
+        answer = decide(state, campaign("promo"), at(3))
+        assert answer.reason is Reason.REVOKED_BRAND_WIDE
+        stands = consent_state(
+            digest,
+            "promo",
+            pending_review=bool(pending),
+            unattributed=any(c.event.unattributed for c in pending),
+        )
+        assert stands is ConsentState.REVOKED_BRAND_WIDE
+    only_flagged = fold(record([granted(at(0)), flagged(at(2))]))
+    assert decide(only_flagged, campaign("promo"), at(3)).reason is (
+        Reason.REVOCATION_PENDING_REVIEW
+    )
+    assert consent_state(digest_of(only_flagged), "promo", pending_review=True) is (
+        ConsentState.PENDING_REVIEW
+    )
 
 
 def test_under_revoke_all_an_opt_out_of_another_campaign_ends_this_one():

@@ -202,7 +202,12 @@ class _ConsentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConsentS
     CONSENT_STATE_REVOKED: _ConsentState.ValueType  # 3
     """Opted out of this campaign."""
     CONSENT_STATE_REVOKED_BRAND_WIDE: _ConsentState.ValueType  # 4
-    """Opted out of every campaign of the brand."""
+    """Opted out of every campaign of the brand. Also while an opt-out that no
+    defined campaign could take awaits review (among
+    GetConsentResponse.pending_revocation_candidates, marked unattributed): until
+    it is resolved it counts for every campaign, as CanSend answers
+    REASON_REVOKED_BRAND_WIDE.
+    """
     CONSENT_STATE_PENDING_REVIEW: _ConsentState.ValueType  # 5
     """A reply that reads like an opt-out awaits review; nothing may be sent. Past
     its deadline (GetConsentResponse.pending_deadlines) it counts as a revocation.
@@ -224,7 +229,12 @@ CONSENT_STATE_NEVER_GRANTED: ConsentState.ValueType  # 2
 CONSENT_STATE_REVOKED: ConsentState.ValueType  # 3
 """Opted out of this campaign."""
 CONSENT_STATE_REVOKED_BRAND_WIDE: ConsentState.ValueType  # 4
-"""Opted out of every campaign of the brand."""
+"""Opted out of every campaign of the brand. Also while an opt-out that no
+defined campaign could take awaits review (among
+GetConsentResponse.pending_revocation_candidates, marked unattributed): until
+it is resolved it counts for every campaign, as CanSend answers
+REASON_REVOKED_BRAND_WIDE.
+"""
 CONSENT_STATE_PENDING_REVIEW: ConsentState.ValueType  # 5
 """A reply that reads like an opt-out awaits review; nothing may be sent. Past
 its deadline (GetConsentResponse.pending_deadlines) it counts as a revocation.
@@ -784,7 +794,9 @@ class GetConsentResponse(_message.Message):
 
     @_builtins.property
     def revocation(self) -> _ledger_pb2.RecordedEvent:
-        """The opt-out (campaign or brand-wide) that ended the grant, if any."""
+        """The opt-out (campaign or brand-wide) that ended the grant, if any. An opt-out
+        awaiting review is no such fact: it is among pending_revocation_candidates.
+        """
 
     @_builtins.property
     def reconfirmation(self) -> _ledger_pb2.RecordedEvent:
@@ -796,7 +808,10 @@ class GetConsentResponse(_message.Message):
 
     @_builtins.property
     def pending_revocation_candidates(self) -> _containers.RepeatedCompositeFieldContainer[_ledger_pb2.RecordedEvent]:
-        """Replies flagged as possible opt-outs that nobody has resolved yet."""
+        """Replies flagged as possible opt-outs, and opt-outs held, that nobody has
+        resolved yet. Any of them makes the state CONSENT_STATE_PENDING_REVIEW, or
+        CONSENT_STATE_REVOKED_BRAND_WIDE when one is unattributed.
+        """
 
     @_builtins.property
     def pending_deadlines(self) -> _containers.RepeatedCompositeFieldContainer[Global___RevocationCandidateDeadline]:
