@@ -12,6 +12,7 @@ from datetime import timedelta
 from ledger.campaigns import CampaignPolicy
 from ledger.commands import ChangeCampaignPolicy, DefineCampaign, RecordOptIn
 from ledger.events import LedgerEvent, Recorded
+from ledger.ports import Stream
 from services.adapters.digest_replica import CampaignHistoryCache
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
@@ -85,6 +86,7 @@ async def instances(
         await guard.start()
     try:
         yield [wired(ledger, view, guard) for guard in guards], projector
+        await assert_view_within_ledger(ledger, view)
     finally:
         for guard in guards:
             await guard.stop()
@@ -110,6 +112,25 @@ async def unprojected() -> AsyncIterator[App]:
     guard = FreshnessGuard(ledger, view, FreshnessSettings(wait_bound=0.1))
     await guard.observe()
     yield wired(ledger, view, guard)
+    await assert_view_within_ledger(ledger, view)
+
+
+async def assert_view_within_ledger(ledger: InMemoryLedger, view: InMemoryConsentView) -> None:
+    """Fail a test whose view applied positions its ledger never held, every time.
+    The freshness guard fails reads closed on such a view once it looks at the
+    ledger again, so the test passed only while no look fell between its write
+    and its read: on a quick machine, not on a loaded one."""
+    for stream in Stream:
+        ends = await ledger.end_offsets(stream)
+        ahead = {
+            p: (applied, ends.get(p, 0))
+            for p, applied in (await view.positions(stream)).items()
+            if applied > ends.get(p, 0)
+        }
+        assert not ahead, (
+            f"the view applied {stream.value} positions its ledger lacks "
+            f"(partition: (applied, end) {ahead}); append the facts to the ledger too"
+        )
 
 
 async def stop_task(task: asyncio.Task[None]) -> None:
