@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from tests.infra.kafka_broker import cache_root
@@ -26,6 +27,11 @@ from tests.infra.kafka_broker import cache_root
 KUSTOMIZE_MODULE = "sigs.k8s.io/kustomize/kustomize/v5"
 KUSTOMIZE_VERSION = "v5.7.1"
 FETCH_TIMEOUT_S = 900.0
+GO_INSTALL_ATTEMPTS = 3
+"""``go install`` fetches each module once, with no retry of its own (golang/go#28194):
+one reset connection to the module proxy would fail ``make test`` on a fresh machine.
+A later attempt resumes from the module cache."""
+RETRY_PAUSE_S = 5.0
 
 
 class ToolError(RuntimeError):
@@ -36,18 +42,28 @@ def tools_dir() -> Path:
     return cache_root() / "tools"
 
 
-def _run(argv: list[str], what: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=FETCH_TIMEOUT_S, check=False, **kwargs
-        )  # type: ignore[call-overload]
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ToolError(f"{what}: {' '.join(argv)} failed: {exc}") from exc
-    if done.returncode != 0:
-        raise ToolError(
-            f"{what}: {' '.join(argv)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
-        )
-    return done  # type: ignore[no-any-return]
+def _run(
+    argv: list[str], what: str, *, attempts: int = 1, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv``, again up to ``attempts`` times in all while it exits non-zero (a
+    timeout is not tried again: it has used up the time an attempt may take)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, text=True, timeout=FETCH_TIMEOUT_S, check=False, **kwargs
+            )  # type: ignore[call-overload]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ToolError(f"{what}: {' '.join(argv)} failed: {exc}") from exc
+        if done.returncode == 0:
+            return done  # type: ignore[no-any-return]
+        if attempt < attempts:
+            print(f"{what}: attempt {attempt} of {attempts} failed; trying again", file=sys.stderr)
+            time.sleep(RETRY_PAUSE_S * attempt)
+    raise ToolError(
+        f"{what}: {' '.join(argv)} exited {done.returncode}"
+        + (f" {attempts} times" if attempts > 1 else "")
+        + f":\n{done.stdout}{done.stderr}"
+    )
 
 
 def _install(built: Path, final: Path) -> Path:
@@ -68,7 +84,12 @@ def kustomize() -> Path:
         raise ToolError("kustomize: building it needs the go command, which is not on PATH")
     with tempfile.TemporaryDirectory(prefix="kustomize-") as tmp:
         env = {**os.environ, "GOBIN": tmp, "CGO_ENABLED": "0"}
-        _run([go, "install", f"{KUSTOMIZE_MODULE}@{KUSTOMIZE_VERSION}"], "kustomize", env=env)
+        _run(
+            [go, "install", f"{KUSTOMIZE_MODULE}@{KUSTOMIZE_VERSION}"],
+            "kustomize",
+            attempts=GO_INSTALL_ATTEMPTS,
+            env=env,
+        )
         return _install(Path(tmp) / "kustomize", final)
 
 
