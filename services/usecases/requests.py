@@ -25,6 +25,7 @@ from ledger.events import (
 from ledger.ports import ConsistencyToken, RequestTaken, RequestUse
 from services.errors import AlreadyExists, MessageIdReused, NotConsistent
 from services.usecases.context import BEHIND, Context
+from services.usecases.spellings import earlier_message_uses
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,24 @@ async def _same_message(ctx: Context, sent: MessageSent) -> WriteResult | None:
     return WriteResult([original], ConsistencyToken.after([recorded]), True)
 
 
+async def _sent_as_spelled_before(ctx: Context, sent: MessageSent) -> WriteResult | None:
+    """``_same_message`` for a send an earlier version recorded under the number's
+    other spelling (``earlier_message_uses``): that message, answered with its event
+    and nothing written, or refused if ``sent`` says something else of it."""
+    key = (sent.phone, sent.message_id)
+    original = (await earlier_message_uses(ctx.view, sent.brand, [key])).get(key)
+    if original is None:
+        return None
+    use = await ctx.view.request_use(sent.brand, sent.request_id)
+    if use is not None:
+        refuse_another_request(sent, use)
+    recorded = await ctx.view.find_event(original)
+    if recorded is None:  # the view reads them in one transaction: only mid-rebuild
+        raise NotConsistent("message_id", BEHIND)
+    refuse_another_message(sent, recorded.event, original)
+    return WriteResult([original], ConsistencyToken.after([recorded]), True)
+
+
 async def append(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult:
     """Append a request ``replay`` did not find (new, or a retry the view has not
     applied yet: the same ids again, which the projection stores once), once its
@@ -199,6 +218,10 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
         message,
         content=content,
     )
+    if isinstance(first, MessageSent):
+        earlier = await _sent_as_spelled_before(ctx, first)
+        if earlier is not None:
+            return earlier
     taken = await take()
     if taken.use is not None:
         refuse_another_request(first, taken.use)

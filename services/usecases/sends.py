@@ -36,7 +36,7 @@ from services.usecases.requests import (
     refuse_another_message,
     refuse_another_request,
 )
-from services.usecases.spellings import state_as_one
+from services.usecases.spellings import earlier_message_uses, state_as_one
 
 
 @dataclass(frozen=True)
@@ -121,14 +121,14 @@ class Sends:
         if use is not None:
             refuse_another_request(events[0], use)
         keys = [(e.phone, e.message_id) for e in events]
-        known = await self.ctx.view.message_uses(cmd.brand, keys)
+        known = await self._known(cmd.brand, keys)
         if use is not None and len(known) < len(set(keys)):
             # A retry: its first attempt may be in the ledger, not yet in the view. One
             # the view cannot reach in time appends those facts again, under the same
             # ids, which the projection stores once.
             phones = sorted({e.phone for e in events})
             if await self.ctx.guard.wait_until_applied_for(phones):
-                known = await self.ctx.view.message_uses(cmd.brand, keys)
+                known = await self._known(cmd.brand, keys)
         answer, new = _split(events, keys, known)
         # A message recorded before with other content refuses the call before any
         # of its messages' ids is claimed, so a refused call leaves no claims behind.
@@ -162,7 +162,7 @@ class Sends:
             if contested and await self.ctx.guard.wait_until_applied_for(
                 sorted({e.phone for e in contested})
             ):
-                known = await self.ctx.view.message_uses(cmd.brand, keys)
+                known = await self._known(cmd.brand, keys)
                 answer, new = _split(events, keys, known)
                 earlier = await self._recorded_as_said(events, answer, new)
         token = ConsistencyToken.after(list(earlier.values()))
@@ -180,6 +180,15 @@ class Sends:
         refuse_another_request(events[0], claimed)
         recorded = await self.ctx.ledger.append(new)
         return SendsResult(answer, token.merge(ConsistencyToken.after(recorded)), len(recorded))
+
+    async def _known(
+        self, brand: str, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """The first send of each of ``keys`` (phone, message id) the view holds, under
+        the phone's own spelling or one an earlier version kept it under."""
+        known = await self.ctx.view.message_uses(brand, keys)
+        missing = [k for k in keys if k not in known]
+        return {**await earlier_message_uses(self.ctx.view, brand, missing), **known}
 
     async def _recorded_as_said(
         self, events: Sequence[MessageSent], answer: Sequence[str], new: Sequence[MessageSent]

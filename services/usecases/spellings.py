@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ledger.events import LedgerEvent, LedgerPosition, Recorded, SubscriberEvent
-from ledger.phone import forms_stored_before
+from ledger.phone import KEPT_FORMS, forms_stored_before
 from ledger.policy import as_one_number
 from ledger.ports import ConsentView
 from ledger.state import Fact, SubscriberState, fold
@@ -78,3 +78,22 @@ async def state_as_one(view: ConsentView, number: str, brand: str) -> OneNumber:
     facts = as_one_number(in_ledger_order(own, earlier), number)
     state = fold(facts, SubscriberState(phone=number, brand=brand))
     return OneNumber(state, {r.position: r.event for r in earlier})
+
+
+async def earlier_message_uses(
+    view: ConsentView, brand: str, sends: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], str]:
+    """Of ``sends`` (phone, provider message id), those an earlier version recorded
+    under the phone's other spelling: each first send's event id, by the key asked.
+    Keyed by the spelling it was recorded under, such a send is not found under the
+    number's own, and recorded again it would count twice in the fold of both."""
+    asked = {
+        (form, m): (phone, m)
+        for phone, m in sends
+        if phone.startswith(KEPT_FORMS)  # the few numbers ever spelt two ways, cheaply
+        for form in forms_stored_before(phone)
+    }
+    if not asked:
+        return {}
+    found = await view.message_uses(brand, list(asked))
+    return {asked[key]: event_id for key, event_id in found.items()}

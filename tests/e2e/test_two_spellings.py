@@ -12,8 +12,9 @@ import os
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -22,7 +23,7 @@ from consent.v1 import ledger_pb2 as lpb
 from google.protobuf import json_format
 
 import ledger.phone
-from ledger.ports import ConsistencyToken
+from ledger.ports import ConsistencyToken, Stream
 from ledger.retention import add_years
 from services.bootstrap import Runtime
 from services.settings import Settings
@@ -344,6 +345,64 @@ async def test_a_reply_to_a_text_under_the_old_spelling_is_the_reply_it_owed(
     (sent,) = [r.event for r in listed.events if r.event.event_type == "MessageSent"]
     assert sent.message_sent.exempt, sent
     assert list(listed.exemption_not_granted) == [], listed
+
+
+def sent_again(
+    number: str, when: datetime, alone: bool, **changes: Any
+) -> api.RecordMessageSentRequest | api.RecordMessagesSentRequest:
+    """Message ``SM-again-1`` to ``number``, recorded alone or in a batch."""
+    said = dict(
+        phone=number,
+        campaign="promo",
+        message_id="SM-again-1",
+        occurred_at=ts(when),
+        included_opt_out_language=True,
+        identified_sender=True,
+    )
+    said.update(changes)
+    request_id = f"again-{uuid.uuid4().hex[:8]}"
+    if alone:
+        return api.RecordMessageSentRequest(request_id=request_id, brand="acme", **said)
+    return api.RecordMessagesSentRequest(
+        request_id=request_id, brand="acme", messages=[api.SentMessage(**said)]
+    )
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["RecordMessageSent", "RecordMessagesSent"])
+async def test_a_message_recorded_under_the_old_spelling_is_not_recorded_twice(
+    service, spellings, before_one_form, monkeypatch, alone
+):
+    """A message an earlier version recorded under the number's other spelling, sent
+    again (a gateway's redelivery) under the spelling kept: its message id was looked
+    up under that spelling alone, so it was recorded a second time and counted twice
+    by every check, which folds both spellings; and sent again saying something else
+    of it, it was answered OK. Now it is that message, as under one spelling: answered
+    with its first event and nothing written, or refused ``ALREADY_EXISTS``."""
+    runtime, clock = service
+    kept, other = spellings
+    at = clock.now - timedelta(minutes=1)
+    record = "RecordMessageSent" if alone else "RecordMessagesSent"
+    async with client(runtime.address) as admin:
+        await admin.RecordOptIn(opt_in(kept, "acme", "promo", clock.now - timedelta(days=1)))
+        first = await getattr(admin, record)(sent_again(other, at, alone))
+        token = await applied(runtime, first.consistency_token)
+        size = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+        await upgraded(monkeypatch)
+        again = await getattr(admin, record)(sent_again(kept, at, alone))
+        assert list(again.event_ids) == list(first.event_ids)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            later = at + timedelta(seconds=30)
+            await getattr(admin, record)(sent_again(kept, later, alone))
+        assert refused.value.code() is grpc.StatusCode.ALREADY_EXISTS, refused.value
+        assert "occurred_at" in (refused.value.details() or "")
+        assert sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values()) == size
+        listed = await admin.ListEvents(
+            api.ListEventsRequest(phone=kept, brand="acme", at_least_as_fresh=token)
+        )
+    sent = [
+        (r.event.event_id, r.event.phone) for r in listed.events if r.event.message_sent.message_id
+    ]
+    assert sent == [(first.event_ids[0], other)], sent
 
 
 async def test_a_reply_held_for_review_under_the_old_spelling_can_be_resolved(
