@@ -87,7 +87,7 @@ from services.usecases.requests import (
     replay,
     taken_then_appended,
 )
-from services.usecases.spellings import state_as_one
+from services.usecases.spellings import earlier_message_uses, state_as_one
 
 CAMPAIGN_TURN_WAIT = 10.0
 """Seconds a campaign write that lists sender numbers waits for its turn (another
@@ -578,6 +578,9 @@ class Writes:
             if not await self.ctx.guard.wait_until_applied_for([reported.phone]):
                 raise NotConsistent("message_id", BEHIND)
             original = await view.message_use(reported.brand, reported.phone, reported.message_id)
+        if original is None:  # recorded by an earlier version under the other spelling?
+            key = (reported.phone, reported.message_id)
+            original = (await earlier_message_uses(view, reported.brand, [key])).get(key)
         sent = None if original is None else await view.find_event(original)
         if sent is None or not isinstance(sent.event, MessageSent):
             raise FailedPrecondition(

@@ -405,6 +405,41 @@ async def test_a_message_recorded_under_the_old_spelling_is_not_recorded_twice(
     assert sent == [(first.event_ids[0], other)], sent
 
 
+async def test_an_outcome_of_a_message_recorded_under_the_old_spelling_is_recorded(
+    service, spellings, before_one_form, monkeypatch
+):
+    """The provider's report on a message an earlier version recorded under the
+    number's other spelling, given under the spelling kept: the message was looked up
+    under that spelling alone and the report refused (``FAILED_PRECONDITION``, "no
+    message was recorded as sent"), so it counted towards no campaign's error rate."""
+    runtime, clock = service
+    kept, other = spellings
+    at = clock.now - timedelta(minutes=1)
+    async with client(runtime.address) as admin:
+        first = await admin.RecordMessageSent(sent_again(other, at, True))
+        await applied(runtime, first.consistency_token)
+        await upgraded(monkeypatch)
+        reported = await admin.RecordDeliveryOutcome(
+            api.RecordDeliveryOutcomeRequest(
+                request_id=uuid.uuid4().hex,
+                phone=kept,
+                brand="acme",
+                message_id="SM-again-1",
+                outcome=lpb.DELIVERY_OUTCOME_UNDELIVERABLE,
+                error_code="30003",
+                occurred_at=ts(clock.now),
+            )
+        )
+        listed = await admin.ListEvents(
+            api.ListEventsRequest(
+                phone=kept, brand="acme", at_least_as_fresh=reported.consistency_token
+            )
+        )
+    outcomes = [r.event for r in listed.events if r.event.event_type == "DeliveryOutcomeReported"]
+    assert [e.event_id for e in outcomes] == list(reported.event_ids), listed
+    assert outcomes[0].delivery_outcome_reported.campaign == "promo", outcomes
+
+
 async def test_a_reply_held_for_review_under_the_old_spelling_can_be_resolved(
     service, spellings, before_one_form, monkeypatch
 ):
