@@ -354,8 +354,14 @@ class FreshnessGuard:
         """Note this instance's acknowledged write: a read after it (without a
         token) waits for the projection to apply it, as it would after the next
         observation, but from the moment of the acknowledgement."""
-        for (stream, partition), offset in ConsistencyToken.after(recorded).offsets.items():
-            key = (stream, partition)
+        self.acknowledged(ConsistencyToken.after(recorded))
+
+    def acknowledged(self, token: ConsistencyToken) -> None:
+        """``appended`` for a write this instance answered as recorded, whoever
+        appended it: a retry, or a message sent before, found in the view (perhaps
+        through another instance a moment ago). The view has it, but what CanSend
+        reads (the replica) may not yet, and the last observation may predate it."""
+        for key, offset in token.offsets.items():
             if offset > self._written.get(key, 0):
                 self._written[key] = offset
 

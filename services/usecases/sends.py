@@ -94,7 +94,11 @@ class Sends:
 
     async def record(self, cmd: RecordMessagesSent, *, recorded_by: str = "") -> SendsResult:
         async with self._turns:
-            return await self._record(cmd, recorded_by)
+            sent = await self._record(cmd, recorded_by)
+        # Messages answered as sent before (perhaps through another instance a moment
+        # ago) are read as this instance's own writes, as those it appended are.
+        self.ctx.guard.acknowledged(sent.token)
+        return sent
 
     async def _record(self, cmd: RecordMessagesSent, recorded_by: str) -> SendsResult:
         """Validate every message (any bad field refuses the call, nothing written),

@@ -230,6 +230,8 @@ class Writes:
         """``_record``, answering a resolution's event ids with the resolution's first,
         as before its ConsentRevoked was appended ahead of it."""
         written = await self._record(cmd, recorded_by=recorded_by)
+        # Answered as recorded, it is read as this instance's own write, appended or not.
+        self.ctx.guard.acknowledged(written.token)
         if isinstance(cmd, ResolveRevocationCandidate) and len(written.event_ids) > 1:
             ids = written.event_ids
             return replace(written, event_ids=[ids[-1], *ids[:-1]])
@@ -662,9 +664,11 @@ class Writes:
         to = to_e164(cmd.to_phone, field="to_phone")
         sender = to_e164(cmd.from_phone, field="from_phone")
         async with self._inbound_turn(sender):
-            return await self._handle_inbound(
+            handled = await self._handle_inbound(
                 cmd, to, sender, authorize, recorded_by, unowned_brands
             )
+        self.ctx.guard.acknowledged(handled.write.token)  # a redelivery's too, as ``record``
+        return handled
 
     @asynccontextmanager
     async def _inbound_turn(self, phone: str) -> AsyncIterator[None]:

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
+from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from ledger.ports import ConsistencyToken, Stream
 from services.adapters.digest_replica import DigestReplica
 from services.bootstrap import Runtime
+from services.settings import FreshnessSettings
 from tests.e2e.harness import (
     already_recorded,
     client,
@@ -371,3 +374,119 @@ async def test_two_reviewers_resolving_one_candidate_at_once_through_two_instanc
                 if e.event.event_type == "RevocationCandidateResolved"
             ]
             assert resolutions == [winner.resolved_by], resolutions
+
+
+@pytest.fixture
+async def slow_and_fast(tmp_path, postgres_dsn, kafka_bootstrap):
+    """Two instances on one ledger and view: ``slow`` observes the ledger's end every
+    1.5 s (``CONSENT_FRESHNESS_REFRESH_MS``), so its last observation may predate a
+    write ``fast`` acknowledged; acme's campaign "capped" allows two messages a day."""
+    when = noon_in_los_angeles()
+    prefix = f"ack-{uuid.uuid4().hex[:8]}."
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    runtimes = []
+    for name, interval in (("slow", 1.5), ("fast", REFRESH)):
+        (tmp_path / name).mkdir()
+        settings = replace(
+            service_settings(
+                tmp_path / name,
+                postgres_dsn,
+                kafka=kafka_settings(kafka_bootstrap, prefix),
+                group=group,
+            ),
+            freshness=FreshnessSettings(refresh_interval=interval, wait_bound=5.0),
+        )
+        runtime = Runtime(settings, clock=lambda: when)
+        await runtime.start()
+        runtimes.append(runtime)
+    cap = lpb.FrequencyCap(limit=2, window=Duration(seconds=86400))
+    capped = define("acme", "capped", when - timedelta(days=1), frequency_caps=[cap])
+    async with client(runtimes[1].address) as admin:
+        w = await admin.DefineCampaign(capped)
+    for runtime in runtimes:
+        assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
+    try:
+        yield runtimes, when
+    finally:
+        for runtime in runtimes:
+            await runtime.stop()
+
+
+@pytest.mark.parametrize("write", ["RecordOptOut", "RecordMessageSent", "RecordMessagesSent"])
+async def test_a_write_answered_as_recorded_before_is_read_as_the_instance_s_own(
+    slow_and_fast, write
+):
+    """A write one instance answers as recorded before (a retry of an opt-out, a
+    message sent before) was recorded through another instance a moment ago. Only
+    appends were noted as the instance's own writes: its next check without a token
+    read its copy of the view as of an observation older than the write, and allowed
+    a send after the opt-out it had just acknowledged, or past the cap its answer
+    had just confirmed. Now every write it answers is read as its own."""
+    (slow, fast), when = slow_and_fast
+    async with client(slow.address, "acme-app") as s, client(fast.address, "acme-app") as f:
+        for i in range(3):
+            phone = f"+1415555{3100 + i:04d}"
+            granted = await f.RecordOptIn(opt_in(phone, "acme", "capped", when))
+            for runtime in (slow, fast):
+                assert await runtime.guard.wait_for_token(
+                    ConsistencyToken.decode(granted.consistency_token)
+                )
+            asked = api.CanSendRequest(phone=phone, brand="acme", campaign="capped")
+            assert (await s.CanSend(asked)).allowed
+            sends = [
+                api.SentMessage(
+                    phone=phone,
+                    campaign="capped",
+                    message_id=f"SM-ack-{i}-{k}",
+                    occurred_at=ts(when - timedelta(minutes=2 - k)),
+                    included_opt_out_language=True,
+                    identified_sender=True,
+                )
+                for k in range(2)
+            ]
+            if write == "RecordOptOut":
+                request = opt_out(phone, "acme", "capped", when)
+                first = await f.RecordOptOut(request)
+                found = fast.guard.wait_for_token(ConsistencyToken.decode(first.consistency_token))
+                assert await found
+                again = [await s.RecordOptOut(request)]
+            else:
+                first = await f.RecordMessagesSent(
+                    api.RecordMessagesSentRequest(
+                        request_id=f"fast-{i}", brand="acme", messages=sends
+                    )
+                )
+                found = fast.guard.wait_for_token(ConsistencyToken.decode(first.consistency_token))
+                assert await found
+                if write == "RecordMessagesSent":
+                    again = [
+                        await s.RecordMessagesSent(
+                            api.RecordMessagesSentRequest(
+                                request_id=f"slow-{i}", brand="acme", messages=sends
+                            )
+                        )
+                    ]
+                else:
+                    again = [
+                        await s.RecordMessageSent(
+                            api.RecordMessageSentRequest(
+                                request_id=f"slow-{i}-{k}",
+                                brand="acme",
+                                phone=m.phone,
+                                campaign=m.campaign,
+                                message_id=m.message_id,
+                                occurred_at=m.occurred_at,
+                                included_opt_out_language=True,
+                                identified_sender=True,
+                            )
+                        )
+                        for k, m in enumerate(sends)
+                    ]
+            answered = [event_id for a in again for event_id in a.event_ids]
+            assert answered == list(first.event_ids)  # recorded once, through ``fast``
+            answer = await s.CanSend(asked)
+            batch = await s.CanSendBatch(
+                api.CanSendBatchRequest(brand="acme", campaign="capped", phones=[phone])
+            )
+            assert not answer.allowed, (i, answer)
+            assert not batch.decisions[0].allowed, (i, batch)
