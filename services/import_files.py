@@ -560,7 +560,7 @@ def _held(fields: dict[str, str]) -> api.ImportRecord | None:
     if "phone" not in plain:
         return None
     brand = plain.get("brand", "")
-    request = api.RecordOptOutRequest(phone=_e164_or_as_given(plain["phone"]), brand=brand)
+    request = api.RecordOptOutRequest(phone=e164_or_as_given(plain["phone"]), brand=brand)
     if "campaign" in plain:
         request.campaign = plain["campaign"]
     try:  # where the hold goes, if it can be read (the service ignores a bad one)
@@ -626,7 +626,7 @@ def _parse(kind: str, fields: dict[str, str], line: int) -> Read | Unreadable:
     if "import_id" in fields:
         request.request_id = fields["import_id"]
     else:
-        request.phone = _e164_or_as_given(request.phone)
+        request.phone = e164_or_as_given(request.phone)
         request.request_id = derived_import_id(record)
     return Read(line, record)
 
@@ -634,7 +634,7 @@ def _parse(kind: str, fields: dict[str, str], line: int) -> Read | Unreadable:
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 
 
-def _e164_or_as_given(phone: str) -> str:
+def e164_or_as_given(phone: str) -> str:
     """``phone`` in E.164 when it is a valid number written another way, else as
     written (the service refuses it, in its own words). One already in E.164's form
     is not parsed again: most exports write every number so."""

@@ -412,8 +412,9 @@ def _run(args: argparse.Namespace) -> int:
                 kind = item.record.WhichOneof("record")
                 request = getattr(item.record, kind)
                 key = f"{request.brand}\0{request.request_id}"
+                same = _content(item.record, kind, body)
                 earlier = None if unreadable is not None else first_use.get(key)
-                if earlier is not None and kind == "opt_out" and contents[earlier] != hash(body):
+                if earlier is not None and kind == "opt_out" and contents[earlier] != same:
                     # Another record's import id on an opt-out: the service refuses it
                     # (the first record keeps the id) and holds its number for review.
                     earlier, key = None, ""
@@ -421,7 +422,7 @@ def _run(args: argparse.Namespace) -> int:
                     # The order sent decides, in a dry run too: the service works on
                     # several messages at once, and would not see a repeat of a record
                     # it has not written.
-                    if contents[earlier] == hash(body):  # fares as the first does
+                    if contents[earlier] == same:  # fares as the first does
                         repeat_of.append(earlier)
                         repeat_line.append(item.line)
                         continue
@@ -447,7 +448,7 @@ def _run(args: argparse.Namespace) -> int:
                     if key and unreadable is None:
                         first_use[key] = index
                     lines.append(item.line)
-                    contents.append(hash(body))
+                    contents.append(same)
                 chunk.append(item.record)
                 chunk_lines.append(item.line)
                 size += grows
@@ -620,6 +621,23 @@ def _raising(stopped: list[Any]) -> Iterator[Any]:
     """The error the file stopped with, met where its records would be read on."""
     raise stopped[0]
     yield  # a generator: raises when read, not when made
+
+
+def _content(record: Any, kind: str, body: bytes) -> int:
+    """A hash of what ``record`` (serialized as ``body``) says, its number read as
+    E.164: the service takes "+1 (415) 555-2671" and "+14155552671" under one import
+    id for one record (``ledger.commands.request_fingerprint``), so two lines that
+    differ only so are one record here too, not another under its id."""
+    from services import import_files
+
+    request = getattr(record, kind)
+    e164 = import_files.e164_or_as_given(request.phone)
+    if e164 == request.phone:
+        return hash(body)
+    copy = type(record)()
+    copy.CopyFrom(record)
+    getattr(copy, kind).phone = e164
+    return hash(copy.SerializeToString(deterministic=True))
 
 
 def _version(text: TextIO) -> tuple[int, ...]:

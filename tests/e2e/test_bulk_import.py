@@ -1219,6 +1219,37 @@ async def test_a_consent_written_two_ways_without_an_import_id_is_recorded_once(
     assert [e.event.event_type for e in history.events] == ["ConsentGranted"]
 
 
+async def test_a_record_repeated_under_its_id_with_its_number_spelled_otherwise_is_present(
+    service, tmp_path
+):
+    """An opt-in under import id "spelled-twice", its number written "+14155554970"
+    on one line and "+1 (415) 555-4970" on another (two exports merged): the service
+    takes the two as one record (it reads numbers in E.164), but the command compared
+    the lines as written, refused the second as another record under the id
+    (ALREADY_EXISTS, exit 1) and asked for a new id, which would have recorded the
+    consent twice. It fares as the first does, in a dry run too."""
+    runtime, when = service
+    first = {**export_rows(when)[1], "import_id": "spelled-twice", "phone": "+14155554970"}
+    export = write_csv(tmp_path / "twice.csv", [first, {**first, "phone": "+1 (415) 555-4970"}])
+    acme = TOKENS["acme-app"][0]
+
+    for dry in (("--dry-run",), ()):
+        code, out, err = await import_cli(
+            str(export), *dry, "--address", runtime.address, token=acme
+        )
+
+        assert code == 0, out + err
+        assert "import 1 of 2 records" in out or "imported 1 of 2 records" in out, out
+        assert "already present: 1" in out and "refused: 0" in out, out
+    async with client(runtime.address, "acme-app") as c:
+        history = await c.ListEvents(
+            api.ListEventsRequest(
+                phone="+14155554970", brand="acme", at_least_as_fresh=token_of(out)
+            )
+        )
+    assert [e.event.event_type for e in history.events] == ["ConsentGranted"]
+
+
 async def test_an_opt_out_refused_for_its_details_denies_its_number_until_reviewed(
     service, tmp_path
 ):
