@@ -211,7 +211,7 @@ class _Claimed:
 
 class Imports:
     """One import's records, a chunk at a time (``chunk``). Keeps what it learnt of
-    each campaign for the import's length; one instance per import."""
+    each campaign until the campaigns in the view change; one instance per import."""
 
     def __init__(
         self,
@@ -239,6 +239,8 @@ class Imports:
         self._own_brands = own_brands
         self._recorded_by = recorded_by
         self._campaigns: dict[tuple[str, str], Campaign | None] = {}
+        self._campaigns_at: tuple[tuple[int, int], ...] | None = None
+        """The view's positions in the campaign stream ``_campaigns`` was read at."""
         self._in_use: BrandsInUse | None = None
         self._caught_up = False
         self._turn: asyncio.Future[None] | None = None
@@ -585,13 +587,30 @@ class Imports:
         return await self._campaign_rules(brand, campaign) is not None
 
     async def _campaign_rules(self, brand: str, campaign: str) -> Campaign | None:
+        """The campaign's rules as they stand, read once while the view's campaigns
+        stay as they are. Kept for the import's length instead, a rule changed while
+        a long import ran (a proof field required from a moment on) went unchecked
+        on the rest of its records, which RecordOptIn refused."""
+        at = tuple(
+            sorted(
+                (partition, offset)
+                for (stream, partition), offset in self.ctx.guard.applied_token().offsets.items()
+                if stream is Stream.CAMPAIGNS
+            )
+        )
+        if at != self._campaigns_at:
+            self._campaigns, self._campaigns_at = {}, at
         key = (brand, campaign)
         if key not in self._campaigns:
+            known = self._campaigns
             if await self.ctx.campaign_known(brand, campaign):
                 history = await self.ctx.view.campaign_history(brand, campaign)
-                self._campaigns[key] = history.current()
+                known[key] = history.current()
             else:
-                self._campaigns[key] = None
+                known[key] = None
+            # Read while the campaigns moved on (another chunk emptied the dict): it
+            # answers this record, and is not kept for the next.
+            return known[key]
         return self._campaigns[key]
 
     async def _new(

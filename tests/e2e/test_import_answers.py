@@ -13,8 +13,10 @@ import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import consent_service_pb2_grpc as api_grpc
+from consent.v1 import ledger_pb2 as lpb
 
-from tests.e2e.harness import Clock, client, define, opt_in
+from ledger.ports import ConsistencyToken
+from tests.e2e.harness import Clock, client, define, opt_in, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -94,3 +96,56 @@ async def test_an_import_cancelled_by_its_deadline_logs_no_error(serve, caplog):
         await asyncio.sleep(0.1)
     said = [r.getMessage() + str(r.exc_info and r.exc_info[1]) for r in caplog.records]
     assert not [s for s in said if "different Context" in s or "never retrieved" in s]
+
+
+async def test_a_rule_changed_while_an_import_runs_applies_to_its_later_records(serve):
+    """A campaign's rules read once for the import's length: a proof field required
+    from a moment on (ChangeCampaignPolicy) went unchecked on the records an open
+    import sent after it, while RecordOptIn refused the same record. A later message
+    is checked against the rules as they stand, as the single write is."""
+    clock = Clock()
+    runtime = await serve(
+        clock=clock, campaigns=[define("acme", "promo", clock.now - timedelta(days=1))]
+    )
+    assert runtime.guard is not None
+    chunks: asyncio.Queue[api.ImportConsentsRequest | None] = asyncio.Queue()
+
+    async def sent() -> AsyncIterator[api.ImportConsentsRequest]:
+        while (chunk := await chunks.get()) is not None:
+            yield chunk
+
+    def without_email(phone: str) -> api.ImportConsentsRequest:
+        record = opt_in(phone, "acme", "promo", clock.now - timedelta(hours=1), f"rule-{phone}")
+        record.proof.email = ""
+        return api.ImportConsentsRequest(records=[api.ImportRecord(opt_in=record)])
+
+    async with client(runtime.address, "acme-app") as app, client(runtime.address) as admin:
+        stream = app.stub.ImportConsents(
+            sent(), metadata=[("authorization", f"Bearer {app.token}")], timeout=30
+        )
+        await chunks.put(without_email("+14155550171"))
+        before = await stream.read()
+        changed = await admin.ChangeCampaignPolicy(
+            api.ChangeCampaignPolicyRequest(
+                request_id="rule-email",
+                brand="acme",
+                campaign="promo",
+                policy=lpb.CampaignPolicy(required_proof_fields=["email"]),
+                occurred_at=ts(clock.now - timedelta(seconds=1)),
+            )
+        )
+        token = ConsistencyToken.decode(changed.consistency_token)
+        assert await runtime.guard.wait_for_token(token, timeout=30)
+        with pytest.raises(grpc.aio.AioRpcError) as single:
+            await app.RecordOptIn(without_email("+14155550172").records[0].opt_in)
+        await chunks.put(without_email("+14155550173"))
+        after = await stream.read()
+        await chunks.put(None)
+        assert await stream.read() is grpc.aio.EOF
+
+    assert before.imported == 1 and not before.refusals
+    assert single.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert after.imported == 0, after
+    [refusal] = after.refusals
+    assert refusal.code == "INVALID_ARGUMENT"
+    assert [v.field for v in refusal.violations] == ["proof.email"], refusal
