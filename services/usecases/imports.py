@@ -240,7 +240,8 @@ class Imports:
         self._recorded_by = recorded_by
         self._campaigns: dict[tuple[str, str], Campaign | None] = {}
         self._campaigns_at: tuple[tuple[int, int], ...] | None = None
-        """The view's positions in the campaign stream ``_campaigns`` was read at."""
+        """The view's positions in the campaign stream ``_campaigns`` and ``_in_use``
+        were read at."""
         self._in_use: BrandsInUse | None = None
         self._caught_up = False
         self._turn: asyncio.Future[None] | None = None
@@ -576,11 +577,16 @@ class Imports:
             raise brand_meant_refused(brand, meant)
 
     async def _brands_in_use(self) -> BrandsInUse:
-        """The brands a campaign was defined for, read once per import as its
-        campaigns are (``_campaign_rules``), each filed under how it reads
-        (``ledger.commands.brands_meant``)."""
+        """The brands a campaign was defined for, each filed under how it reads
+        (``ledger.commands.brands_meant``), read as the campaigns' rules are
+        (``_campaigns_moved``)."""
+        self._campaigns_moved()
         if self._in_use is None:
-            self._in_use = brands_in_use(tuple(await self.ctx.view.brand_names()))
+            at = self._campaigns_at
+            in_use = brands_in_use(tuple(await self.ctx.view.brand_names()))
+            if at == self._campaigns_at:  # else read while they moved on: not kept
+                self._in_use = in_use
+            return in_use
         return self._in_use
 
     async def _campaign_known(self, brand: str, campaign: str) -> bool:
@@ -588,18 +594,8 @@ class Imports:
 
     async def _campaign_rules(self, brand: str, campaign: str) -> Campaign | None:
         """The campaign's rules as they stand, read once while the view's campaigns
-        stay as they are. Kept for the import's length instead, a rule changed while
-        a long import ran (a proof field required from a moment on) went unchecked
-        on the rest of its records, which RecordOptIn refused."""
-        at = tuple(
-            sorted(
-                (partition, offset)
-                for (stream, partition), offset in self.ctx.guard.applied_token().offsets.items()
-                if stream is Stream.CAMPAIGNS
-            )
-        )
-        if at != self._campaigns_at:
-            self._campaigns, self._campaigns_at = {}, at
+        stay as they are (``_campaigns_moved``)."""
+        self._campaigns_moved()
         key = (brand, campaign)
         if key not in self._campaigns:
             known = self._campaigns
@@ -612,6 +608,23 @@ class Imports:
             # answers this record, and is not kept for the next.
             return known[key]
         return self._campaigns[key]
+
+    def _campaigns_moved(self) -> None:
+        """Forget what was read of the campaigns (their rules, the brands in use) once
+        the view's positions in the campaign stream have moved. Kept for the import's
+        length, a rule changed while a long import ran (a proof field required from a
+        moment on) went unchecked on the rest of its records, and a brand defined
+        meanwhile was not in use for them ("ac-me" opt-outs written, not held under
+        it), where a single write would have refused them."""
+        at = tuple(
+            sorted(
+                (partition, offset)
+                for (stream, partition), offset in self.ctx.guard.applied_token().offsets.items()
+                if stream is Stream.CAMPAIGNS
+            )
+        )
+        if at != self._campaigns_at:
+            self._campaigns, self._in_use, self._campaigns_at = {}, None, at
 
     async def _new(
         self, planned: list[_Planned], result: ChunkResult, dry_run: bool

@@ -16,7 +16,7 @@ from consent.v1 import consent_service_pb2_grpc as api_grpc
 from consent.v1 import ledger_pb2 as lpb
 
 from ledger.ports import ConsistencyToken
-from tests.e2e.harness import Clock, client, define, opt_in, ts
+from tests.e2e.harness import Clock, client, define, opt_in, opt_out, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -149,3 +149,56 @@ async def test_a_rule_changed_while_an_import_runs_applies_to_its_later_records(
     [refusal] = after.refusals
     assert refusal.code == "INVALID_ARGUMENT"
     assert [v.field for v in refusal.violations] == ["proof.email"], refusal
+
+
+async def test_a_brand_defined_while_an_import_runs_holds_its_misspelled_opt_outs(serve):
+    """An import read the brands in use once: "ac-me" opt-outs sent after acme's
+    first campaign was defined were written under "ac-me" by a token of every brand,
+    and stopped nothing acme sends, while the same opt-in went in under acme. They
+    are refused on brand and held under acme, as RecordOptOut does."""
+    clock = Clock()
+    runtime = await serve(
+        clock=clock, campaigns=[define("globex", "news", clock.now - timedelta(days=1))]
+    )
+    assert runtime.guard is not None
+    chunks: asyncio.Queue[api.ImportConsentsRequest | None] = asyncio.Queue()
+
+    async def sent() -> AsyncIterator[api.ImportConsentsRequest]:
+        while (chunk := await chunks.get()) is not None:
+            yield chunk
+
+    number, at = "+14155550181", clock.now - timedelta(days=2)
+    async with client(runtime.address) as admin:
+        stream = admin.stub.ImportConsents(
+            sent(), metadata=[("authorization", f"Bearer {admin.token}")], timeout=30
+        )
+        stop = opt_out("+14155550180", "globex", None, at, "brands-0")
+        await chunks.put(api.ImportConsentsRequest(records=[api.ImportRecord(opt_out=stop)]))
+        before = await stream.read()
+        defined = await admin.DefineCampaign(define("acme", "promo", clock.now - timedelta(days=9)))
+        token = ConsistencyToken.decode(defined.consistency_token)
+        assert await runtime.guard.wait_for_token(token, timeout=30)
+        records = [
+            api.ImportRecord(opt_in=opt_in(number, "acme", "promo", at, "brands-1")),
+            api.ImportRecord(
+                opt_out=opt_out(number, "ac-me", None, at + timedelta(hours=1), "brands-2")
+            ),
+        ]
+        await chunks.put(api.ImportConsentsRequest(records=records))
+        after = await stream.read()
+        await chunks.put(None)
+        assert await stream.read() is grpc.aio.EOF
+        decision = await admin.CanSend(
+            api.CanSendRequest(
+                phone=number,
+                brand="acme",
+                campaign="promo",
+                at_least_as_fresh=after.consistency_token,
+            )
+        )
+
+    assert before.imported == 1, before
+    assert after.imported == 1, after
+    [refusal] = after.refusals
+    assert refusal.held_for_review and refusal.violations[0].field == "brand", refusal
+    assert not decision.allowed, decision
