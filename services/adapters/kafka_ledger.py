@@ -434,9 +434,10 @@ class KafkaLedger(EventLog):
         ]
 
     async def _sent_within_limit(self, records: list[Record]) -> list[RecordMetadata]:
-        """``_sent``'s metadata; the records a batch refused as too large are sent
-        again, alone, in smaller batches when the topics' ``max.message.bytes`` was
-        lowered since the producer was made (it is read at start only). The broker
+        """``_sent``'s metadata; the records a batch refused as too large (or out of
+        sequence behind one so refused) are sent again, alone, in smaller batches when
+        the topics' ``max.message.bytes`` was lowered since the producer was made (it
+        is read at start only). The broker
         wrote none of a refused batch, so each record is written once; one too large
         on its own is refused still (``EventTooLarge``: an opt-out is held)."""
         outcomes: list[RecordMetadata | None] = [None] * len(records)
@@ -454,7 +455,9 @@ class KafkaLedger(EventLog):
                         outcomes[i] = outcome
                 if not (
                     attempt < _RESIZES
-                    and isinstance(exc.first, _TOO_LARGE)
+                    # Out of sequence behind a batch refused as too large on its
+                    # partition, an append's own batch was not written either.
+                    and isinstance(exc.first, (*_TOO_LARGE, OutOfOrderSequenceNumber))
                     and all(
                         _refused_unwritten(o) for o in exc.outcomes if isinstance(o, BaseException)
                     )
