@@ -453,7 +453,6 @@ class Imports:
         by_index = {item.index: item for item in items}
         holds: list[_Planned] = []
         now = self.ctx.clock()
-        in_use: BrandsInUse | None = None
         for refusal in result.refusals:
             if refusal.code == Code.PERMISSION_DENIED:
                 continue  # not the caller's brand: not theirs to deny either
@@ -463,8 +462,7 @@ class Imports:
             field_name, reason = refusal.violations[0]
             refused = f"{field_name}: {reason}"
             each = [hold]
-            if in_use is None:
-                in_use = brands_in_use(tuple(await self.ctx.view.brand_names()))
+            in_use = await self._brands_in_use()
             # A brand no campaign was defined for that reads as one in use ("acme_co",
             # "ac\x00me"): held under each such brand the caller writes for, as a
             # RecordOptOut is (``Writes.hold_refused_opt_out``).
