@@ -16,7 +16,7 @@ import math
 import time
 import uuid
 from collections import ChainMap
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -107,8 +107,10 @@ def _first_use(
 
 
 class InMemoryConsentView(ConsentView):
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._tables = _Tables()
+        self._monotonic = monotonic
+        """The clock the append turns' leases run on; a test passes one it drives."""
         self._flagged_positions = 0
         """The last position given to a flagged reply; a reset keeps it (see ``Flagged``)."""
         self._campaign_turn = asyncio.Lock()
@@ -118,9 +120,9 @@ class InMemoryConsentView(ConsentView):
         """Sends' claims of (brand, phone, message id); a reset keeps them too."""
         self._append_turns: dict[tuple[str, str], tuple[str, float | None]] = {}
         """Imports' turns to append, by (brand, request id): the holder, and when
-        the turn runs out (``time.monotonic``; None: appended). A reset keeps them."""
+        the turn runs out (``self._monotonic``; None: appended). A reset keeps them."""
         self._appended_at: dict[tuple[str, str], float] = {}
-        """When each turn ended appended (``time.monotonic``), for pruning."""
+        """When each turn ended appended (``self._monotonic``), for pruning."""
 
     async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
         for recorded in batch:
@@ -281,7 +283,7 @@ class InMemoryConsentView(ConsentView):
         self, keys: Sequence[tuple[str, str]], holder: str, lease_s: float
     ) -> list[AppendTurn]:
         # Every import that shares this view is in this process, and this has no await.
-        now, turns = time.monotonic(), []
+        now, turns = self._monotonic(), []
         for key in keys:
             held = self._append_turns.get(key)
             if held is None or (held[1] is not None and (held[0] == holder or held[1] <= now)):
@@ -299,10 +301,10 @@ class InMemoryConsentView(ConsentView):
             if held is not None and held[0] == holder and held[1] is not None:
                 self._append_turns[key] = (holder, None if appended else -math.inf)
                 if appended:
-                    self._appended_at[key] = time.monotonic()
+                    self._appended_at[key] = self._monotonic()
 
     async def prune_append_turns(self, kept_s: float) -> int:
-        before = time.monotonic() - kept_s
+        before = self._monotonic() - kept_s
         pruned = [
             key
             for key, (_, until) in self._append_turns.items()

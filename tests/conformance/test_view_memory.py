@@ -9,13 +9,41 @@ from ledger.ports import ConsistencyToken, Stream
 from ledger.state import CampaignHistory
 from services.adapters.digest_replica import CampaignHistoryCache
 from services.adapters.memory_view import InMemoryConsentView
-from tests.conformance.view_suite import T0, CampaignReadsSuite, ConsentViewSuite, Positions, define
+from tests.conformance.view_suite import (
+    T0,
+    CampaignReadsSuite,
+    ConsentViewSuite,
+    PassTime,
+    Positions,
+    define,
+)
+
+
+class _Clock:
+    """A monotonic clock that moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def pass_time(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class TestInMemoryConsentView(ConsentViewSuite):
     @pytest.fixture
-    def view(self) -> InMemoryConsentView:
-        return InMemoryConsentView()
+    def clock(self) -> _Clock:
+        return _Clock()
+
+    @pytest.fixture
+    def view(self, clock: _Clock) -> InMemoryConsentView:
+        return InMemoryConsentView(monotonic=clock)
+
+    @pytest.fixture
+    def pass_time(self, clock: _Clock) -> PassTime:
+        return clock.pass_time
 
 
 class TestCampaignHistoryCache(CampaignReadsSuite):

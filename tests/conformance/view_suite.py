@@ -14,7 +14,7 @@ import asyncio
 import random
 import uuid
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -461,9 +461,19 @@ class CampaignReadsSuite:
         assert await campaign_reads.campaign_history("acme", "later") == fold_campaign(batch)
 
 
+PassTime = Callable[[float], Awaitable[None]]
+"""Lets seconds pass on the clock that a view's append turns run on."""
+
+
 class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
     """Every ``ConsentView`` adapter must pass these, and the reads above. Subclasses
-    provide ``view``."""
+    provide ``view``, and ``pass_time`` for the leases: the tests drive the clock
+    rather than sleep, so that a slow machine neither runs a lease out early nor
+    keeps a turn past its time."""
+
+    @pytest.fixture
+    def pass_time(self) -> PassTime:
+        raise NotImplementedError("the adapter's suite lets time pass on its view's clock")
 
     async def test_applying_a_batch_gives_the_fold_of_its_events(self, view: ConsentView) -> None:
         pos = Positions()
@@ -1109,35 +1119,40 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
         assert await view.take_append_turns([], first, 60) == []
 
     async def test_an_append_turn_not_ended_runs_out_and_is_taken_again(
-        self, view: ConsentView
+        self, view: ConsentView, pass_time: PassTime
     ) -> None:
         dead, next_one, keys = str(uuid.uuid4()), str(uuid.uuid4()), [("acme", "r1")]
-        assert await view.take_append_turns(keys, dead, 0.3) == [AppendTurn.TAKEN]
+        assert await view.take_append_turns(keys, dead, 60) == [AppendTurn.TAKEN]
         assert await view.take_append_turns(keys, next_one, 60) == [AppendTurn.HELD]
-        await asyncio.sleep(0.4)
+        # An adapter on the database's clock runs in real time too: 10 s to spare.
+        await pass_time(50)
+        assert await view.take_append_turns(keys, next_one, 60) == [AppendTurn.HELD]
+        await pass_time(10)
         assert await view.take_append_turns(keys, next_one, 60) == [AppendTurn.TAKEN]
         await view.end_append_turns(keys, dead, appended=True)  # too late: not its turn now
         assert await view.take_append_turns(keys, dead, 60) == [AppendTurn.HELD]
 
     async def test_append_turns_ended_or_run_out_are_pruned_once_kept_long_enough(
-        self, view: ConsentView
+        self, view: ConsentView, pass_time: PassTime
     ) -> None:
         """A turn ended appended tells the imports sharing its record it is there,
         until pruned; one given up is as good as none at once; a live one is kept."""
         holder, dead, other = (str(uuid.uuid4()) for _ in range(3))
         appended, given_up, live, ran_out = (("acme", f"r-{uuid.uuid4()}") for _ in range(4))
-        await view.take_append_turns([appended, given_up, live], holder, 60)
-        await view.take_append_turns([ran_out], dead, 0.2)
+        await view.take_append_turns([appended, given_up, live], holder, 600)
+        await view.take_append_turns([ran_out], dead, 20)
         await view.end_append_turns([appended], holder, appended=True)
         await view.end_append_turns([given_up], holder, appended=False)
 
-        assert await view.prune_append_turns(1.0) >= 1  # the one given up
-        assert await view.take_append_turns([appended, live], other, 60) == [
+        assert await view.prune_append_turns(60) == 1  # the one given up
+        assert await view.take_append_turns([appended, live], other, 600) == [
             AppendTurn.APPENDED,
             AppendTurn.HELD,
         ]
-        await asyncio.sleep(1.5)
-        assert await view.prune_append_turns(1.0) >= 2
+        await pass_time(50)  # "appended" ended 50 s ago, "ran_out" ran out 30 s ago
+        assert await view.prune_append_turns(60) == 0
+        await pass_time(40)  # 90 s and 70 s: both kept long enough; "live" has 510 s left
+        assert await view.prune_append_turns(60) == 2
         await view.end_append_turns([ran_out], dead, appended=True)  # too late: forgotten
 
         assert await view.take_append_turns([appended, live, ran_out], other, 60) == [

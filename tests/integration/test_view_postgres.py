@@ -33,6 +33,7 @@ from services.wire.codec import encode_recorded
 from tests.conformance.view_suite import (
     T0,
     ConsentViewSuite,
+    PassTime,
     Positions,
     flag,
     grant,
@@ -46,13 +47,30 @@ pytestmark = pytest.mark.postgres
 
 class TestPostgresConsentView(ConsentViewSuite):
     @pytest_asyncio.fixture(loop_scope="session")
-    async def view(self, postgres_dsn: str) -> AsyncIterator[PostgresConsentView]:
+    async def pool(self, postgres_dsn: str) -> AsyncIterator[asyncpg.Pool]:
         pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=4)
         try:
             await migrate(pool)
-            yield PostgresConsentView(pool)
+            yield pool
         finally:
             await pool.close()
+
+    @pytest.fixture
+    def view(self, pool: asyncpg.Pool) -> PostgresConsentView:
+        return PostgresConsentView(pool)
+
+    @pytest.fixture
+    def pass_time(self, pool: asyncpg.Pool) -> PassTime:
+        # The turns run on the database's clock, which a test cannot move: moving
+        # every stored time back by as much is the same to the view.
+        async def pass_time(seconds: float) -> None:
+            await pool.execute(
+                "UPDATE append_turn SET until = until - make_interval(secs => $1),"
+                " appended_at = appended_at - make_interval(secs => $1)",
+                seconds,
+            )
+
+        return pass_time
 
 
 async def test_migrate_applies_each_file_once_in_version_order(postgres_dsn: str) -> None:
