@@ -13,14 +13,25 @@ from services.adapters.memory_view import InMemoryConsentView
 from services.freshness import FreshnessGuard, WatchedAppends
 from services.settings import FreshnessSettings
 from tests.builders import PHONE, granted, revoked
+from tests.loop_time import in_loop_time
+
+# The tests bound waits in loop time on a loop of their own (``in_loop_time``): the
+# guard's bounds and intervals mean the same on a machine however loaded.
 
 
+def _guard(
+    ledger: InMemoryLedger, view: InMemoryConsentView, settings: FreshnessSettings
+) -> FreshnessGuard:
+    return FreshnessGuard(ledger, view, settings, monotonic=asyncio.get_running_loop().time)
+
+
+@in_loop_time
 async def test_wait_until_applied_learns_of_the_projection_in_moments_not_at_the_next_refresh() -> (
     None
 ):
     ledger, view = InMemoryLedger(partitions=2), InMemoryConsentView()
     # A refresh interval far longer than the bound: only wait_until_applied's own looks can tell.
-    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=1))
+    guard = _guard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=1))
     await guard.start()
     try:
         written = await ledger.append([granted()])
@@ -38,11 +49,12 @@ async def test_wait_until_applied_learns_of_the_projection_in_moments_not_at_the
         await guard.stop()
 
 
+@in_loop_time
 async def test_wait_until_applied_fails_closed_when_the_view_does_not_get_there_in_the_bound() -> (
     None
 ):
     ledger, view = InMemoryLedger(partitions=2), InMemoryConsentView()
-    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=0.1))
+    guard = _guard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=0.1))
     await guard.start()
     try:
         await ledger.append([granted()])  # never applied
@@ -63,21 +75,23 @@ class _DownLedger(InMemoryLedger):
         raise ConnectionError("broker down")
 
 
+@in_loop_time
 async def test_wait_until_applied_keeps_its_bound_when_the_broker_hangs_or_is_down() -> None:
     settings = FreshnessSettings(refresh_interval=60, wait_bound=0.1)
     for ledger_type in (_HungLedger, _DownLedger):
         ledger, view = ledger_type(partitions=2), InMemoryConsentView()
-        guard = FreshnessGuard(ledger, view, settings)  # never started: no loop to wait for
+        guard = _guard(ledger, view, settings)  # never started: no loop to wait for
         started = asyncio.get_running_loop().time()
         assert not await guard.wait_until_applied()
         assert asyncio.get_running_loop().time() - started < 0.5
 
 
+@in_loop_time
 async def test_wait_until_applied_for_waits_for_the_phones_partition_at_the_ledger_s_end_now() -> (
     None
 ):
     ledger, view = InMemoryLedger(partitions=4), InMemoryConsentView()
-    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=0.1))
+    guard = _guard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=0.1))
     await guard.start()  # observed before the write: wait_for_phones would not wait
     try:
         mine = granted()
@@ -113,13 +127,14 @@ class _SlowLedger(InMemoryLedger):
             self.under_way -= 1
 
 
+@in_loop_time
 async def test_a_read_does_not_trust_an_observation_older_than_the_refresh_interval() -> None:
     """The promise: a write acknowledged one refresh interval before a read counts.
     The last observation was made before the opt-out; a read arriving more than an
     interval after the opt-out must look again, find it unapplied, and fail closed,
     never answer from the old, caught-up looking observation."""
     ledger, view = InMemoryLedger(partitions=2), InMemoryConsentView()
-    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.05, wait_bound=0.2))
+    guard = _guard(ledger, view, FreshnessSettings(refresh_interval=0.05, wait_bound=0.2))
     await guard.observe()  # no loop: only what reads ask for is observed
     assert guard.status.caught_up
     await ledger.append([revoked(granted().occurred_at)])  # acknowledged, never applied
@@ -129,9 +144,10 @@ async def test_a_read_does_not_trust_an_observation_older_than_the_refresh_inter
     assert not await guard.wait_for_all()
 
 
+@in_loop_time
 async def test_a_read_within_the_interval_uses_the_last_observation_without_asking() -> None:
     ledger = _SlowLedger(0.0, partitions=2)
-    guard = FreshnessGuard(ledger, InMemoryConsentView(), FreshnessSettings(refresh_interval=5))
+    guard = _guard(ledger, InMemoryConsentView(), FreshnessSettings(refresh_interval=5))
     await guard.observe()
     asked = ledger.asked
 
@@ -139,11 +155,12 @@ async def test_a_read_within_the_interval_uses_the_last_observation_without_aski
     assert ledger.asked == asked
 
 
+@in_loop_time
 async def test_readers_waiting_for_a_fresh_observation_share_one() -> None:
     ledger = _SlowLedger(0.03, partitions=2)
     # An interval long enough that all the readers arrive within one of the first
     # reader's observation, however slow the machine.
-    guard = FreshnessGuard(ledger, InMemoryConsentView(), FreshnessSettings(refresh_interval=1))
+    guard = _guard(ledger, InMemoryConsentView(), FreshnessSettings(refresh_interval=1))
     await guard.observe()
     await asyncio.sleep(1.1)
     asked = ledger.asked
@@ -155,11 +172,12 @@ async def test_readers_waiting_for_a_fresh_observation_share_one() -> None:
     assert ledger.most_under_way == 1
 
 
+@in_loop_time
 async def test_a_read_never_uses_an_observation_that_started_before_its_interval() -> None:
     """An observation under way that started too long before a read cannot vouch for
     writes acknowledged after it started: the read asks for a newer one."""
     ledger = _SlowLedger(0.1, partitions=2)
-    guard = FreshnessGuard(
+    guard = _guard(
         ledger, InMemoryConsentView(), FreshnessSettings(refresh_interval=0.02, wait_bound=1)
     )
     old = asyncio.ensure_future(guard.observe())
@@ -171,9 +189,10 @@ async def test_a_read_never_uses_an_observation_that_started_before_its_interval
     await old
 
 
+@in_loop_time
 async def test_a_hung_ledger_fails_reads_closed_in_the_bound_with_few_asks_under_way() -> None:
     ledger = _SlowLedger(30, partitions=2)
-    guard = FreshnessGuard(
+    guard = _guard(
         ledger, InMemoryConsentView(), FreshnessSettings(refresh_interval=0.01, wait_bound=0.2)
     )
     started = asyncio.get_running_loop().time()
@@ -188,12 +207,13 @@ async def test_a_hung_ledger_fails_reads_closed_in_the_bound_with_few_asks_under
     await guard.stop()
 
 
+@in_loop_time
 async def test_concurrent_waits_share_their_looks_at_the_ledger() -> None:
     """Sixty-four writes catching up at once ask the ledger for its ends a few times,
     not sixty-four: each waits for an observation that started after it arrived,
     and those arriving together share one."""
     ledger = _SlowLedger(0.01, partitions=2)
-    guard = FreshnessGuard(
+    guard = _guard(
         ledger, InMemoryConsentView(), FreshnessSettings(refresh_interval=60, wait_bound=1)
     )
     await guard.observe()
@@ -206,12 +226,13 @@ async def test_concurrent_waits_share_their_looks_at_the_ledger() -> None:
     assert ledger.most_under_way <= 2
 
 
+@in_loop_time
 async def test_a_wait_never_uses_an_observation_that_started_before_it_arrived() -> None:
     """A write acknowledged just before a catch-up must count, even though an
     observation under way (started before the write) would have landed sooner."""
     ledger = _SlowLedger(0.1, partitions=2)
     view = InMemoryConsentView()
-    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=1))
+    guard = _guard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=1))
     old = asyncio.ensure_future(guard.observe())
     await asyncio.sleep(0.02)  # ``old`` asked for the ends already
     await ledger.append([revoked(granted().occurred_at)])  # acknowledged, never applied
@@ -220,9 +241,10 @@ async def test_a_wait_never_uses_an_observation_that_started_before_it_arrived()
     await old
 
 
+@in_loop_time
 async def test_a_phones_read_with_a_token_waits_for_the_token_as_well() -> None:
     ledger, view = InMemoryLedger(partitions=2), InMemoryConsentView()
-    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.01, wait_bound=0.1))
+    guard = _guard(ledger, view, FreshnessSettings(refresh_interval=0.01, wait_bound=0.1))
     await guard.start()
     try:
         # A write to a number in another partition than PHONE's, not applied yet.
@@ -238,11 +260,12 @@ async def test_a_phones_read_with_a_token_waits_for_the_token_as_well() -> None:
         await guard.stop()
 
 
+@in_loop_time
 async def test_a_read_after_this_instance_s_own_write_waits_for_it_with_no_observation() -> None:
     """No loop, no observation after the write: only the write's own note can tell a
     read that the opt-out it follows is not applied yet."""
     ledger, view = InMemoryLedger(partitions=4), InMemoryConsentView()
-    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=0.1))
+    guard = _guard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=0.1))
     writes = WatchedAppends(ledger, guard)
     opt_in = await writes.append([granted()])
     await view.apply(Stream.SUBSCRIBERS, opt_in)
@@ -272,9 +295,10 @@ async def test_a_read_after_this_instance_s_own_write_waits_for_it_with_no_obser
     assert await guard.wait_for_all()
 
 
+@in_loop_time
 async def test_an_observation_that_finds_a_write_applied_makes_its_note_needless() -> None:
     ledger, view = InMemoryLedger(partitions=2), InMemoryConsentView()
-    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=0.1))
+    guard = _guard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=0.1))
     writes = WatchedAppends(ledger, guard)
     written = await writes.append([granted()])
     assert guard._written  # noted
@@ -284,13 +308,14 @@ async def test_an_observation_that_finds_a_write_applied_makes_its_note_needless
     assert guard.status.caught_up and await guard.wait_for_phones([PHONE])
 
 
+@in_loop_time
 async def test_a_write_the_ledger_refuses_is_not_noted() -> None:
     class Refusing(InMemoryLedger):
         async def append(self, events):  # type: ignore[no-untyped-def]
             raise ConnectionError("broker down")
 
     ledger, view = Refusing(partitions=2), InMemoryConsentView()
-    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=0.1))
+    guard = _guard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=0.1))
     await guard.observe()
     with pytest.raises(ConnectionError):
         await WatchedAppends(ledger, guard).append([granted()])
