@@ -242,9 +242,17 @@ async def test_wait_for_gives_up_after_its_bound(pool: asyncpg.Pool) -> None:
     written = await ledger.append(generate_events(20, phones=5, brands=1, campaigns=1))
     token = ConsistencyToken.after(written)
 
-    started = time.perf_counter()
-    assert not await wait_for(view, token, timeout=0.2)
-    assert 0.2 <= time.perf_counter() - started < 1.0
+    # A clock that moves a second at each reading, not with the machine's speed: the
+    # wait must look until its bound, and stop at the first reading past it.
+    readings: list[float] = []
+
+    def clock() -> float:
+        assert len(readings) < 10, "still waiting far past its bound"
+        readings.append(float(len(readings)))
+        return readings[-1]
+
+    assert not await wait_for(view, token, timeout=4, clock=clock)
+    assert readings == [0, 1, 2, 3, 4]
     assert sum((await lag(view, ledger, Stream.SUBSCRIBERS)).values()) == sum(
         1 for r in written if Stream.of(r.event) is Stream.SUBSCRIBERS
     )

@@ -8,23 +8,30 @@ with ``wait_for``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from ledger.ports import ConsentView, ConsistencyToken, EventLog, Stream
 
 
 async def wait_for(
-    view: ConsentView, token: ConsistencyToken, timeout: float, *, interval: float = 0.02
+    view: ConsentView,
+    token: ConsistencyToken,
+    timeout: float,
+    *,
+    interval: float = 0.02,
+    clock: Callable[[], float] | None = None,
 ) -> bool:
-    """True once ``view`` has applied everything ``token`` names; False after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    """True once ``view`` has applied everything ``token`` names; False after ``timeout``
+    seconds of ``clock`` (the loop's unless given)."""
+    now = clock or asyncio.get_running_loop().time
+    deadline = now() + timeout
     wanted: dict[Stream, dict[int, int]] = {}
     for (stream, partition), offset in token.offsets.items():
         wanted.setdefault(stream, {})[partition] = offset
     while True:
         if await _has_applied(view, wanted):
             return True
-        remaining = deadline - loop.time()
+        remaining = deadline - now()
         if remaining <= 0:
             return False
         await asyncio.sleep(min(interval, remaining))
