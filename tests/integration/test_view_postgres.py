@@ -689,9 +689,12 @@ async def test_views_on_separate_pools_share_one_turn_for_campaign_writes(
         release.clear()
         holders.append(asyncio.create_task(hold()))
         await asyncio.wait_for(held.wait(), 5)
+        # Advisory locks are server-wide: only this test's database's holder counts
+        # (another test's view on the same server holds a turn of its own).
         killed = await pools[1].fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_locks"
-            " WHERE locktype = 'advisory' AND classid = $1 AND objid = 1 AND granted",
+            " WHERE locktype = 'advisory' AND classid = $1 AND objid = 1 AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             0x56494557,
         )
         assert killed == 1
