@@ -3,6 +3,11 @@ and a provider's message id to the first send recorded under it.
 
 ``replay`` finds a request recorded before (answered with its first result, nothing
 written); ``append`` takes the request id for a new one, then appends.
+
+A request answered as recorded before counts as this instance's own write, appended
+or not (``found``): perhaps recorded through another instance a moment ago, it is in
+the view but maybe not yet in what CanSend reads, and the instance's next read
+without a token must wait for it as it would for its own append.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from ledger.events import (
     CampaignEvent,
     LedgerEvent,
     MessageSent,
+    Recorded,
     SubscriberEvent,
     content_differences,
     message_content,
@@ -34,6 +40,15 @@ class WriteResult:
     token: ConsistencyToken
     replayed: bool = False
     """True when the request id had been written before: nothing new was recorded."""
+
+
+def found(ctx: Context, event_ids: list[str], recorded: Sequence[Recorded]) -> WriteResult:
+    """The answer to a request recorded before, whose events are ``recorded``: read as
+    this instance's own write (``FreshnessGuard.acknowledged``), so that its next
+    check without a token waits until what CanSend reads holds them."""
+    token = ConsistencyToken.after(recorded)
+    ctx.guard.acknowledged(token)
+    return WriteResult(event_ids, token, True)
 
 
 def brand_of(event: LedgerEvent) -> str:
@@ -116,7 +131,7 @@ async def replay(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult | N
         ids = [str(e.event_id) for e in events]
         known = [await ctx.view.find_event(i) for i in ids]
         if all(k is not None for k in known):
-            return WriteResult(ids, ConsistencyToken.after([k for k in known if k]), True)
+            return found(ctx, ids, [k for k in known if k])
     if isinstance(first, MessageSent):
         return await _same_message(ctx, first)
     return None
@@ -144,7 +159,7 @@ async def recorded_as_spelled(
             known = await ctx.view.find_events(use.event_ids)
     if len(known) < len(set(use.event_ids)):
         raise NotConsistent("request_id", BEHIND)
-    return WriteResult(list(use.event_ids), ConsistencyToken.after(list(known.values())), True)
+    return found(ctx, list(use.event_ids), list(known.values()))
 
 
 async def _same_message(ctx: Context, sent: MessageSent) -> WriteResult | None:
@@ -160,7 +175,7 @@ async def _same_message(ctx: Context, sent: MessageSent) -> WriteResult | None:
     if recorded is None:  # the view reads them in one transaction: only mid-rebuild
         raise NotConsistent("message_id", BEHIND)
     refuse_another_message(sent, recorded.event, original)
-    return WriteResult([original], ConsistencyToken.after([recorded]), True)
+    return found(ctx, [original], [recorded])
 
 
 async def _sent_as_spelled_before(ctx: Context, sent: MessageSent) -> WriteResult | None:
@@ -178,7 +193,7 @@ async def _sent_as_spelled_before(ctx: Context, sent: MessageSent) -> WriteResul
     if recorded is None:  # the view reads them in one transaction: only mid-rebuild
         raise NotConsistent("message_id", BEHIND)
     refuse_another_message(sent, recorded.event, original)
-    return WriteResult([original], ConsistencyToken.after([recorded]), True)
+    return found(ctx, [original], [recorded])
 
 
 async def append(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult:
@@ -242,14 +257,14 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
         if taken.use is not None:  # this very request before: recorded, if applied
             known = await ctx.view.find_events(ids)
             if len(known) == len(ids):
-                return WriteResult(ids, ConsistencyToken.after([known[i] for i in ids]), True)
+                return found(ctx, ids, [known[i] for i in ids])
         if taken.sent_as is not None and taken.sent_as not in ids:
             original = await ctx.view.find_event(taken.sent_as)
             if original is None:  # the view reads them in one transaction: only mid-rebuild
                 raise NotConsistent("message_id", BEHIND)
             if isinstance(first, MessageSent):
                 refuse_another_message(first, original.event, taken.sent_as)
-            return WriteResult([taken.sent_as], ConsistencyToken.after([original]), True)
+            return found(ctx, [taken.sent_as], [original])
     recorded = await ctx.ledger.append(events)
     return WriteResult(ids, ConsistencyToken.after(recorded))
 

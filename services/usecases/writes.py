@@ -82,6 +82,7 @@ from services.usecases.context import BEHIND, Context
 from services.usecases.requests import (
     WriteResult,
     append,
+    found,
     recorded_as_spelled,
     recorded_once,
     replay,
@@ -229,9 +230,9 @@ class Writes:
     async def record(self, cmd: Command, *, recorded_by: str = "") -> WriteResult:
         """``_record``, answering a resolution's event ids with the resolution's first,
         as before its ConsentRevoked was appended ahead of it."""
+        # Answered as recorded, it is read as this instance's own write, appended (the
+        # guard watches the ledger) or found (``requests.found``).
         written = await self._record(cmd, recorded_by=recorded_by)
-        # Answered as recorded, it is read as this instance's own write, appended or not.
-        self.ctx.guard.acknowledged(written.token)
         if isinstance(cmd, ResolveRevocationCandidate) and len(written.event_ids) > 1:
             ids = written.event_ids
             return replace(written, event_ids=[ids[-1], *ids[:-1]])
@@ -664,11 +665,10 @@ class Writes:
         to = to_e164(cmd.to_phone, field="to_phone")
         sender = to_e164(cmd.from_phone, field="from_phone")
         async with self._inbound_turn(sender):
-            handled = await self._handle_inbound(
+            # A redelivery found is read as this instance's own write too, as in ``record``.
+            return await self._handle_inbound(
                 cmd, to, sender, authorize, recorded_by, unowned_brands
             )
-        self.ctx.guard.acknowledged(handled.write.token)  # a redelivery's too, as ``record``
-        return handled
 
     @asynccontextmanager
     async def _inbound_turn(self, phone: str) -> AsyncIterator[None]:
@@ -814,13 +814,13 @@ class Writes:
         known = await self.ctx.view.find_events(use.event_ids)
         if len(known) != len(use.event_ids):
             return None
-        token = ConsistencyToken.after([known[i] for i in use.event_ids])
+        first = found(self.ctx, list(use.event_ids), [known[i] for i in use.event_ids])
         note = (
             f"message {received.message_id!r} was recorded before: a redelivery, nothing"
             " recorded again and no reply owed again"
         )
         again = replace(outcome, events=[], reply=ReplyKind.NONE, required_content=(), notes=[note])
-        return InboundResult(WriteResult(list(use.event_ids), token, True), again)
+        return InboundResult(first, again)
 
     async def _check_campaign_exists(self, cmd: Command) -> None:
         campaign = getattr(cmd, "campaign", None)
