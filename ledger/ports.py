@@ -130,6 +130,14 @@ Offsets = Mapping[int, int]
 """Per partition, the offset of the next event to read (Kafka's convention)."""
 
 
+class Applied(NamedTuple):
+    """Where the ledger holds an event the view has applied (``known_events``)."""
+
+    stream: Stream
+    partition: int
+    offset: int
+
+
 @dataclass(frozen=True)
 class ConsistencyToken:
     """ "At least as fresh as this write": per stream and partition, the next offset
@@ -142,6 +150,15 @@ class ConsistencyToken:
         for key, offset in other.offsets.items():
             merged[key] = max(merged.get(key, 0), offset)
         return ConsistencyToken(merged)
+
+    @staticmethod
+    def through(applied: Collection[Applied]) -> ConsistencyToken:
+        """``after`` for events known by where they are (``ConsentView.known_events``)."""
+        offsets: dict[tuple[Stream, int], int] = {}
+        for stream, partition, offset in applied:
+            key = (stream, partition)
+            offsets[key] = max(offsets.get(key, 0), offset + 1)
+        return ConsistencyToken(offsets)
 
     @staticmethod
     def after(recorded: Sequence[Recorded]) -> ConsistencyToken:
@@ -585,10 +602,17 @@ class ConsentView(DigestReads, CampaignReads):
         as good as none. This default keeps no turns."""
         return 0
 
-    async def known_events(self, event_ids: Sequence[str]) -> set[str]:
-        """Which of ``event_ids`` the view has applied (``find_event`` of each, in one
-        round trip where the adapter can)."""
-        return {i for i in event_ids if await self.find_event(i) is not None}
+    async def known_events(self, event_ids: Sequence[str]) -> dict[str, Applied]:
+        """Which of ``event_ids`` the view has applied, each with where the ledger
+        holds it (``find_event`` of each, in one round trip where the adapter can): a
+        record answered as present is answered as of its facts' places."""
+        found = {}
+        for i in event_ids:
+            recorded = await self.find_event(i)
+            if recorded is not None:
+                where = recorded.position
+                found[i] = Applied(Stream.of(recorded.event), where.partition, where.offset)
+        return found
 
     @abstractmethod
     async def message_use(self, brand: str, phone: str, message_id: str) -> str | None:

@@ -51,6 +51,7 @@ from ledger.opt_out_rate import SendingCounts
 from ledger.policy import latest_revocation
 from ledger.ports import (
     AppendTurn,
+    Applied,
     ChangesPage,
     ConsentView,
     Flagged,
@@ -123,7 +124,10 @@ UPDATE projection_offset AS p SET next_offset = k.next_offset
 FROM unnest($2::integer[], $3::bigint[]) AS k(partition, next_offset)
 WHERE p.stream = $1 AND p.partition = k.partition
 """
-_KNOWN_EVENTS = "SELECT event_id FROM ledger_event_copy WHERE event_id = ANY($1::uuid[])"
+_KNOWN_EVENTS = (
+    'SELECT event_id, stream, partition, "offset" FROM ledger_event_copy'
+    " WHERE event_id = ANY($1::uuid[])"
+)
 
 
 def _rows_of(table: str) -> str:
@@ -1483,7 +1487,7 @@ class PostgresConsentView(ConsentView):
         return pruned
 
     @bounded_bulk
-    async def known_events(self, event_ids: Sequence[str]) -> set[str]:
+    async def known_events(self, event_ids: Sequence[str]) -> dict[str, Applied]:
         keys = []
         for i in event_ids:
             try:
@@ -1491,9 +1495,12 @@ class PostgresConsentView(ConsentView):
             except ValueError:
                 continue
         if not keys:
-            return set()
+            return {}
         rows = await fetch_bulk(self._reads, self._timeout, _KNOWN_EVENTS, keys)
-        return {str(row["event_id"]) for row in rows}
+        return {
+            str(row["event_id"]): Applied(Stream(row["stream"]), row["partition"], row["offset"])
+            for row in rows
+        }
 
     @bounded
     async def message_use(self, brand: str, phone: str, message_id: str) -> str | None:

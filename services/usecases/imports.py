@@ -35,7 +35,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 
 from ledger.campaigns import Campaign
@@ -61,11 +61,13 @@ from ledger.events import (
     LedgerEvent,
     Recorded,
     RevocationCandidateFlagged,
+    SubscriberEvent,
     evolved,
 )
 from ledger.phone import to_e164
 from ledger.ports import (
     AppendTurn,
+    Applied,
     ConsistencyToken,
     LedgerUnavailable,
     RequestClaim,
@@ -402,7 +404,8 @@ class Imports:
         # the facts applied by then (``_turns`` looks again after a wait).
         await _quietly(self.ctx.view.end_append_turns(claimed.keys, self._holder, appended=True))
         result.imported, result.held = imported, _records(held)
-        result.token = claimed.token = ConsistencyToken.after(appended)
+        claimed.token = ConsistencyToken.after(appended)
+        result.token = result.token.merge(claimed.token)  # and the records found present
         result.refusals.sort(key=lambda r: r.index)
         return result
 
@@ -496,12 +499,14 @@ class Imports:
         kept = {p.item.index for p in holds}
         # Another hold under a hold's id is only the same hold (its id digests the
         # record): what _new would refuse cannot arise, and is not told.
-        new = await self._new(await self._not_held_before(holds), ChunkResult(), dry_run)
+        found = ChunkResult()  # its counts are not told; the places of holds found are
+        new = await self._new(await self._not_held_before(holds, result), found, dry_run)
+        result.token = result.token.merge(found.token)
         note = f"would be {HELD_FOR_REVIEW}" if dry_run else HELD_FOR_REVIEW
         result.refusals = [_noted(r, note) if r.index in kept else r for r in result.refusals]
         return new
 
-    async def _not_held_before(self, holds: list[_Planned]) -> list[_Planned]:
+    async def _not_held_before(self, holds: list[_Planned], result: ChunkResult) -> list[_Planned]:
         """``holds`` less those a version that digested numbers as spelled made, under
         an id of their own (``_Planned.held_before``), and the view has applied: a
         re-run held each such record a second time, to be reviewed twice."""
@@ -516,6 +521,9 @@ class Imports:
         ]
         known = await self.ctx.view.known_events([i for _, use in found for i in use.event_ids])
         done = {id(p) for p, use in found if all(i in known for i in use.event_ids)}
+        self._present(
+            result, [known[i] for p, use in found if id(p) in done for i in use.event_ids]
+        )
         return [p for p in holds if id(p) not in done]
 
     def _allows(self, brand: str) -> bool:
@@ -678,9 +686,11 @@ class Imports:
             [str(e.event_id) for p in ours for e in p.events]
             + [i for _, use in spelled for i in use.event_ids]
         )
+        present: list[Applied] = []  # where the records found present are
         for p, use in spelled:
             if all(i in known for i in use.event_ids):
                 result.present += 1
+                present += (known[i] for i in use.event_ids)
             else:  # its facts never appended: nothing here can append them under its ids
                 result.refusals.append(_reused(p.item, None))
         self._forget_applied()
@@ -688,10 +698,12 @@ class Imports:
         for p in ours:
             if all(str(e.event_id) in known for e in p.events):
                 result.present += 1
+                present += (known[str(e.event_id)] for e in p.events)
             elif self._unapplied.get(_key(p)) == p.events[0].request_fingerprint:
                 result.present += 1  # another chunk of this import appends it
             else:  # new, or claimed by a run whose append failed: (again) the same ids
                 new.append(p)
+        self._present(result, present)
         if not dry_run and new:
             new = await self._turns(new, result)
         if dry_run:
@@ -756,6 +768,7 @@ class Imports:
     ) -> list[_Planned]:
         waited = False
         pause, longest = TURN_POLL_S
+        elsewhere: list[_Planned] = []  # appended by another import
         while True:
             keys = [_key(p) for p in new]
             take = asyncio.ensure_future(
@@ -770,6 +783,7 @@ class Imports:
                     ours.append(p)
                 elif turn is AppendTurn.APPENDED:
                     result.present += 1
+                    elsewhere.append(p)
                 else:
                     held.append(p)
             if not held:
@@ -790,8 +804,42 @@ class Imports:
                 keys = [_key(p) for p, done in zip(ours, applied, strict=True) if done]
                 await self.ctx.view.end_append_turns(keys, self._holder, appended=True)
                 result.present += len(keys)
+                found = [p for p, done in zip(ours, applied, strict=True) if done]
+                self._present(result, [known[str(e.event_id)] for p in found for e in p.events])
                 ours = [p for p, done in zip(ours, applied, strict=True) if not done]
+        await self._appended_elsewhere(elsewhere, result)
         return ours
+
+    async def _appended_elsewhere(self, planned: list[_Planned], result: ChunkResult) -> None:
+        """Note where the records are that another import appended (it ended their
+        turns so), perhaps through another instance a moment ago, as for those found
+        applied (``_present``). The view may not have applied them yet: it is let
+        reach the ledger's end on their numbers first, and the chunk fails
+        (UNAVAILABLE, to be sent again) when it cannot, rather than count as present
+        records this instance's next check may not see."""
+        if not planned:
+            return
+        phones = sorted(
+            {e.phone for p in planned for e in p.events if isinstance(e, SubscriberEvent)}
+        )
+        if not await self.ctx.guard.wait_until_applied_for(phones):
+            raise NotConsistent("records", BEHIND)
+        known = await self.ctx.view.known_events(
+            [str(e.event_id) for p in planned for e in p.events]
+        )
+        self._present(result, list(known.values()))
+
+    def _present(self, result: ChunkResult, applied: Collection[Applied]) -> None:
+        """Records answered as present (their facts applied, perhaps appended through
+        another instance a moment ago) are read as this instance's own writes, as a
+        single write found recorded before is (``requests.found``): its next check
+        without a token waits until what CanSend reads holds them. The chunk's
+        token covers them too."""
+        if not applied:
+            return
+        token = ConsistencyToken.through(applied)
+        self.ctx.guard.acknowledged(token)
+        result.token = result.token.merge(token)
 
     def _not_taken_in_dry_run(self, unique: list[_Planned], result: ChunkResult) -> list[_Planned]:
         """A dry run's records less those an earlier chunk of it would import under

@@ -50,6 +50,7 @@ from ledger.events import (
 from ledger.opt_out_rate import SendingCounts, count_sending
 from ledger.ports import (
     AppendTurn,
+    Applied,
     CampaignReads,
     ConsentView,
     ConsistencyToken,
@@ -1316,12 +1317,18 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
         assert later == RequestTaken(RequestUse("fp-2", (c,)), True, None, c, "said-2")
 
     async def test_known_events_names_the_applied_ones_only(self, view: ConsentView) -> None:
-        applied = grant("+14155550100", "acme", "deals", T0)
-        await view.apply(Stream.SUBSCRIBERS, Positions().record([applied]))
+        """Each with where the ledger holds it: an import's record found present is
+        answered as of its facts' places."""
+        pos = Positions()
+        pos.record([grant("+14155550100", "acme", "deals", T0)])  # the next is at offset 1
+        applied = grant("+14155550100", "acme", "deals", T0 + timedelta(minutes=1))
+        [recorded] = pos.record([applied])
+        await view.apply(Stream.SUBSCRIBERS, [recorded])
         missing = str(uuid.uuid4())
         found = await view.known_events([str(applied.event_id), missing, "not-an-id"])
-        assert found == {str(applied.event_id)}
-        assert await view.known_events([]) == set()
+        where = Applied(Stream.SUBSCRIBERS, recorded.position.partition, 1)
+        assert found == {str(applied.event_id): where}
+        assert await view.known_events([]) == {}
 
     async def test_a_second_send_of_one_provider_message_id_is_no_fact(
         self, view: ConsentView

@@ -2985,8 +2985,8 @@ class ImportConsentsResponse(_message.Message):
     already_present: _builtins.int
     """Records recorded before under their import id: nothing written."""
     consistency_token: _builtins.str
-    """Read at least this fresh to see the message's records (empty when it wrote
-    nothing).
+    """Read at least this fresh to see the message's records: those it wrote and
+    those already present (empty when it found and wrote none).
     """
     first_index: _builtins.int
     """The index of the message's first record."""
