@@ -798,6 +798,13 @@ def consent_time(occurred_at: datetime, now: datetime) -> datetime:
     return min(occurred_at, now)
 
 
+def stated_if_ahead(occurred_at: datetime, now: datetime) -> datetime | None:
+    """A revocation's own time when ``consent_time`` places it earlier (it is stamped
+    ahead of ``now``), else None: kept on it (``ConsentRevoked.stated_at``), so a
+    consent stamped between its place and its time is told apart from one after it."""
+    return occurred_at if occurred_at > now else None
+
+
 def _with_region(proof: ConsentProof) -> ConsentProof:
     """``proof`` with its region as a USPS code ("fl" -> "FL"), or ``InvalidRequest``:
     a state that silently meant nothing would leave its rules unapplied."""
@@ -836,6 +843,7 @@ def _opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:
             channel=cmd.channel,
             text=cmd.text,
             in_reply_to=cmd.in_reply_to,
+            stated_at=stated_if_ahead(cmd.occurred_at, now),
         )
     ]
 
@@ -1132,6 +1140,7 @@ def _resolve(cmd: ResolveRevocationCandidate, now: datetime) -> list[LedgerEvent
         campaign=None,
         channel=RevocationChannel.FREE_TEXT,
         text=f"resolved candidate {candidate}",
+        stated_at=stated_if_ahead(cmd.occurred_at, now),
     )
     return [revoked, resolved]
 
@@ -1301,6 +1310,7 @@ def handle_inbound(
                 channel=RevocationChannel.KEYWORD,
                 text=cmd.body,
                 in_reply_to=cmd.message_id,
+                stated_at=stated_if_ahead(cmd.occurred_at, now),
             )
         )
         return InboundOutcome(

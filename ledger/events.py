@@ -300,6 +300,16 @@ class ConsentRevoked(SubscriberEvent):
     channel: RevocationChannel
     text: str = ""
     in_reply_to: str = ""
+    stated_at: datetime | None = None
+    """When the opt-out said it happened, kept when that was ahead of the service's
+    clock and it took its place when recorded instead (``ledger.commands.consent_time``);
+    None when it took its place at its own time, and on opt-outs recorded before this
+    was kept."""
+
+    @property
+    def stated(self) -> datetime:
+        """When the opt-out said it happened: ``stated_at``, else ``occurred_at``."""
+        return self.occurred_at if self.stated_at is None else self.stated_at
 
     @property
     def brand_wide(self) -> bool:

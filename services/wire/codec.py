@@ -369,6 +369,11 @@ def _enc_revoked(e: ConsentRevoked) -> tuple[str, Message]:
         channel=CHANNELS.to_proto(e.channel),
         text=e.text,
         in_reply_to=e.in_reply_to,
+        stated_at=(
+            None
+            if e.stated_at is None
+            else timestamp_to_proto(e.stated_at, "consent_revoked.stated_at")
+        ),
     )
 
 
@@ -378,6 +383,11 @@ def _dec_revoked(p: ledger_pb2.ConsentRevoked) -> dict[str, Any]:
         "channel": CHANNELS.from_proto(p.channel, "consent_revoked.channel"),
         "text": p.text,
         "in_reply_to": p.in_reply_to,
+        "stated_at": (
+            timestamp_from_proto(p.stated_at, "consent_revoked.stated_at")
+            if p.HasField("stated_at")
+            else None
+        ),
     }
 
 
@@ -837,6 +847,7 @@ def _encodes_back(env: ledger_pb2.EventEnvelope, event: LedgerEvent, data: bytes
 
 _DECODED_EXACTLY: dict[str, Callable[[Any, Any], bool]] = {
     "consent_granted": lambda p, e: p.proof.registered_at.nanos % 1000 == 0,
+    "consent_revoked": lambda p, e: p.stated_at.nanos % 1000 == 0,
     "subject_erased": lambda p, e: p.retained_until.nanos % 1000 == 0,
     "revocation_candidate_resolved": lambda p, e: p.candidate_event_id == str(e.candidate_event_id),
 }

@@ -283,6 +283,39 @@ def test_an_opt_in_stamped_ahead_of_the_clock_takes_its_place_now():
     assert granted_now.occurred_at == NOW and granted_now.proof.registered_at == ahead
 
 
+def test_an_opt_out_stamped_ahead_keeps_the_time_it_said_beside_its_place():
+    """Placed when recorded, an opt-out stamped ahead keeps the time it said, so a
+    consent stamped between the two can be told from one after it; one that is not
+    ahead keeps none. A retry once the clock has passed its time is the same request:
+    the same event id, placed at its own time now."""
+    ahead = NOW + timedelta(seconds=40)
+    (stop,) = to_events(stop_at("stop-ahead", ahead), NOW)
+    assert isinstance(stop, ConsentRevoked)
+    assert (stop.occurred_at, stop.stated_at, stop.stated) == (NOW, ahead, ahead)
+    (retried,) = to_events(stop_at("stop-ahead", ahead), NOW + timedelta(minutes=1))
+    assert retried.event_id == stop.event_id
+    assert retried.request_fingerprint == stop.request_fingerprint
+    assert (retried.occurred_at, retried.stated_at) == (ahead, None)
+    (on_time,) = to_events(stop_at("stop-on-time", NOW), NOW)
+    assert (on_time.stated_at, on_time.stated) == (None, NOW)
+    # A STOP texted ahead, and a reviewer's "revoked" stamped ahead, keep theirs too.
+    outcome = handle_inbound(
+        HandleInboundMessage("in-stop", PHONE, "+14155550100", "STOP", "SM9", ahead),
+        campaign(),
+        fold([]),
+        NOW,
+    )
+    (texted,) = [e for e in outcome.events if isinstance(e, ConsentRevoked)]
+    assert (texted.occurred_at, texted.stated_at) == (NOW, ahead)
+    candidate = str(uuid.uuid4())
+    resolve = ResolveRevocationCandidate(
+        "resolve-1", PHONE, BRAND, candidate, CandidateResolution.REVOKED, ahead
+    )
+    revoked_by_review = to_events(resolve, NOW)[0]
+    assert isinstance(revoked_by_review, ConsentRevoked)
+    assert (revoked_by_review.occurred_at, revoked_by_review.stated_at) == (NOW, ahead)
+
+
 def test_a_timestamp_in_the_future_beyond_the_skew_is_refused():
     def stop(occurred_at):
         return RecordOptOut("req-2", PHONE, BRAND, "promo", RevocationChannel.API, occurred_at)

@@ -271,6 +271,25 @@ def test_brand_wide_revocation_travels_as_absent_campaign_not_empty_string() -> 
     assert codec.decode_event(codec.encode_event(stop_all)).campaign is None  # type: ignore[attr-defined]
 
 
+def test_an_opt_out_stamped_ahead_keeps_its_stated_time_and_one_written_without_it_loads() -> None:
+    """The time an opt-out said, kept when it was placed earlier, travels as an optional
+    field: absent when it took its place at its own time, and absent on every opt-out
+    written before it was kept, which reads back as stated when placed."""
+    stated = AT + timedelta(seconds=40)
+    ahead = dataclasses.replace(EXAMPLES[3], stated_at=stated)
+    env = codec.event_to_proto(ahead)
+    assert env.consent_revoked.HasField("stated_at")
+    back = codec.decode_event(codec.encode_event(ahead))
+    assert back == ahead
+    assert isinstance(back, ConsentRevoked) and back.stated == stated
+    assert not codec.event_to_proto(EXAMPLES[3]).consent_revoked.HasField("stated_at")
+    env.consent_revoked.ClearField("stated_at")  # as written before it was kept
+    old = codec.decode_event(env.SerializeToString())
+    assert isinstance(old, ConsentRevoked)
+    assert (old.stated_at, old.stated) == (None, old.occurred_at)
+    assert old.event_id == ahead.event_id
+
+
 def test_times_in_other_zones_come_back_as_the_same_instant_in_utc() -> None:
     tokyo = timezone(timedelta(hours=9))
     event = ConsentResumed(**base(20, AT.astimezone(tokyo)), **who(), campaign=None)
@@ -550,6 +569,7 @@ any_event = st.one_of(
         channel=channels,
         text=texts,
         in_reply_to=texts,
+        stated_at=st.none() | moments,
     ),
     _event(ConsentReconfirmed, **subscriber, campaign=texts, channel=channels, detail=texts),
     _event(ConsentResumed, **subscriber, campaign=st.none() | texts, inbound_message_id=texts),

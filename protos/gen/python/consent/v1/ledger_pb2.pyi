@@ -717,11 +717,21 @@ class ConsentRevoked(_message.Message):
     CHANNEL_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     IN_REPLY_TO_FIELD_NUMBER: _builtins.int
+    STATED_AT_FIELD_NUMBER: _builtins.int
     campaign: _builtins.str
     """Absent: every campaign of the brand (STOPALL)."""
     channel: Global___RevocationChannel.ValueType
     text: _builtins.str
     in_reply_to: _builtins.str
+    @_builtins.property
+    def stated_at(self) -> _timestamp_pb2.Timestamp:
+        """The time the opt-out said it happened, when that was ahead of the service's
+        clock (within the skew allowed): the envelope's occurred_at is then when it was
+        recorded, where it takes its place. Absent when it took its place at its own
+        time. A consent (an opt-in, a START) stamped no later than this, placed after
+        the opt-out, is refused: by the records' own times the opt-out came after it.
+        """
+
     def __init__(
         self,
         *,
@@ -729,10 +739,11 @@ class ConsentRevoked(_message.Message):
         channel: Global___RevocationChannel.ValueType = ...,
         text: _builtins.str = ...,
         in_reply_to: _builtins.str = ...,
+        stated_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "stated_at", b"stated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "channel", b"channel", "in_reply_to", b"in_reply_to", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "channel", b"channel", "in_reply_to", b"in_reply_to", "stated_at", b"stated_at", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__campaign: _TypeAlias = _typing.Literal["campaign"]  # noqa: Y015
     _WhichOneofArgType__campaign: _TypeAlias = _typing.Literal["_campaign", b"_campaign"]  # noqa: Y015
