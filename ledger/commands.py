@@ -16,7 +16,7 @@ import hashlib
 import re
 import unicodedata
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -803,6 +803,63 @@ def stated_if_ahead(occurred_at: datetime, now: datetime) -> datetime | None:
     ahead of ``now``), else None: kept on it (``ConsentRevoked.stated_at``), so a
     consent stamped between its place and its time is told apart from one after it."""
     return occurred_at if occurred_at > now else None
+
+
+def check_consent_after_opt_outs(
+    revocations: Iterable[ConsentRevoked],
+    stated: datetime,
+    placed: datetime,
+    now: datetime,
+    *,
+    unstated_in_doubt: bool = False,
+) -> None:
+    """Refuse, on ``occurred_at``, a consent stated at ``stated`` (an opt-in, a START)
+    and placed at ``placed`` (``consent_time``) that would outrank one of
+    ``revocations``, opt-outs of its number towards its brand (brand-wide, or of any
+    campaign of it), that came after it by the records' own times.
+
+    An opt-out stamped ahead took its place when recorded, earlier than it said
+    (``ConsentRevoked.stated_at``). A consent stamped between the two, placed after
+    the opt-out, outranked it and CanSend allowed, though by their own times the
+    opt-out is the person's later word: the allow could not be defended, recorded a
+    moment later or backfilled a week later. At the same time the opt-out wins, so
+    one stated then is refused too. A consent placed no later than the opt-out
+    loses to it in the fold anyway, and is recorded.
+
+    ``unstated_in_doubt``: also refuse a consent stamped ahead while an opt-out
+    that keeps no stated time was recorded within ``MAX_CLOCK_SKEW``. Recorded
+    before stated times were kept, it may have been stamped ahead too, and which
+    came first cannot be told. An opt-out recorded since keeps its time when it is
+    ahead, so none recorded now is in doubt once every instance keeps it."""
+    revocations = list(revocations)
+    later = [
+        r.stated_at
+        for r in revocations
+        if r.stated_at is not None and r.stated_at >= stated and r.occurred_at < placed
+    ]
+    if later:
+        raise InvalidRequest(
+            "occurred_at",
+            f"an opt-out of this number is stamped {max(later).isoformat()}, no earlier"
+            f" than this consent ({stated.isoformat()}), and was recorded before it: by"
+            " their own times the opt-out came later, so the consent cannot outrank it;"
+            " a consent given after the opt-out is recorded with the time it was given",
+        )
+    if not unstated_in_doubt or stated <= now:
+        return
+    recent = [
+        r.occurred_at
+        for r in revocations
+        if r.stated_at is None and r.occurred_at >= now - MAX_CLOCK_SKEW
+    ]
+    if recent:
+        raise InvalidRequest(
+            "occurred_at",
+            f"is ahead of the service's clock ({now.isoformat()}), and an opt-out of "
+            f"this number was recorded at {max(recent).isoformat()}, within "
+            f"{MAX_CLOCK_SKEW}: which came first cannot be told; send the time the "
+            "consent was given by a correct clock",
+        )
 
 
 def _with_region(proof: ConsentProof) -> ConsentProof:

@@ -304,7 +304,8 @@ class ConsentRevoked(SubscriberEvent):
     """When the opt-out said it happened, kept when that was ahead of the service's
     clock and it took its place when recorded instead (``ledger.commands.consent_time``);
     None when it took its place at its own time, and on opt-outs recorded before this
-    was kept."""
+    was kept. A consent stated no later than this cannot outrank it
+    (``ledger.commands.check_consent_after_opt_outs``)."""
 
     @property
     def stated(self) -> datetime:

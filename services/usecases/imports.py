@@ -37,6 +37,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from ledger.campaigns import Campaign
 from ledger.commands import (
@@ -47,6 +48,7 @@ from ledger.commands import (
     RecordOptOut,
     brand_meant_refused,
     brands_in_use,
+    check_consent_after_opt_outs,
     check_required_proof,
     fingerprint_as_spelled,
     held_opt_out,
@@ -57,6 +59,8 @@ from ledger.commands import (
 )
 from ledger.errors import DomainError, InvalidRequest
 from ledger.events import (
+    MAX_CLOCK_SKEW,
+    ConsentGranted,
     ConsentRevoked,
     LedgerEvent,
     Recorded,
@@ -64,7 +68,7 @@ from ledger.events import (
     SubscriberEvent,
     evolved,
 )
-from ledger.phone import to_e164
+from ledger.phone import forms_stored_before, to_e164
 from ledger.ports import (
     AppendTurn,
     Applied,
@@ -77,7 +81,12 @@ from ledger.ports import (
 from services.errors import FailedPrecondition, NotConsistent, PermissionDenied, ServiceError
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import brand_of
-from services.usecases.writes import check_not_ahead_of_an_opt_out
+from services.usecases.writes import (
+    note_stated_ahead,
+    opt_outs_placed_since,
+    opt_outs_window,
+    stated_ahead_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +255,14 @@ class Imports:
         were read at."""
         self._in_use: BrandsInUse | None = None
         self._caught_up = False
+        self._caught_up_at: datetime | None = None
+        """The service's clock when this import began to catch the view up: every
+        opt-out acknowledged before then is in the view once it has."""
+        self._stated_ahead: dict[tuple[str, str], list[ConsentRevoked]] = {}
+        """The opt-outs this import's chunks built that were stamped ahead (placed when
+        checked, ``ConsentRevoked.stated_at``), by (brand, number): one of another
+        chunk, or earlier in the same one, may not be in the view yet when an opt-in
+        stated before it is checked (``_consents_after_opt_outs``)."""
         self._turn: asyncio.Future[None] | None = None
         """Done when the last chunk begun has taken its import ids (``chunk``)."""
         self._pruned = False
@@ -307,9 +324,13 @@ class Imports:
             await self._catch_up()
         result = ChunkResult()
         planned: list[_Planned] = []
+        # One time for the chunk: its records stamped ahead all take their place
+        # then, so an opt-in stated before an opt-out of its chunk ties with it, and
+        # at one instant the opt-out wins. Placed a moment later, it outranked it.
+        now = self.ctx.clock()
         for item in items:
             try:
-                events = await self._checked(item)
+                events = await self._checked(item, now)
                 planned.append(_Planned(item, events, fingerprint_as_spelled(item.command)))
             except DomainError as exc:
                 result.refusals.append(_refusal(item, Code.INVALID_ARGUMENT, exc))
@@ -317,6 +338,7 @@ class Imports:
                 result.refusals.append(_refusal(item, Code.PERMISSION_DENIED, exc))
             except FailedPrecondition as exc:
                 result.refusals.append(_refusal(item, Code.FAILED_PRECONDITION, exc))
+        planned = await self._consents_after_opt_outs(planned, result)
         if before is not None:
             await asyncio.shield(before)
         new = await self._new(planned, result, dry_run)
@@ -361,6 +383,7 @@ class Imports:
         appended: list[Recorded] = []
         first_appended = False
         try:
+            await note_stated_ahead(self.ctx, [e for p in first for e in p.events])
             appended += await self._append(first)
             first_appended = True
             if not denials.done():
@@ -538,20 +561,20 @@ class Imports:
         records may be in the ledger but not yet in the view, and a re-run must find
         them. A view still catching up (a projector that just joined its group) is
         given ``CATCH_UP_ROUNDS`` bounds before the import is refused as UNAVAILABLE."""
+        self._caught_up_at = self.ctx.clock()
         for _ in range(CATCH_UP_ROUNDS):
             if await self.ctx.guard.wait_until_applied((Stream.SUBSCRIBERS,)):
                 self._caught_up = True
                 return
         raise NotConsistent("records", BEHIND)
 
-    async def _checked(self, item: Item) -> list[LedgerEvent]:
-        """The record's facts, or the first refusal it meets (its fields, its brand
-        for the caller, its campaign, the proof its campaign requires)."""
+    async def _checked(self, item: Item, now: datetime) -> list[LedgerEvent]:
+        """The record's facts at ``now``, or the first refusal it meets (its fields,
+        its brand for the caller, its campaign, the proof its campaign requires)."""
         if item.error is not None:
             raise item.error
         cmd = item.command
         assert cmd is not None
-        now = self.ctx.clock()
         events = to_events(cmd, now)  # every bad field at once
         if isinstance(cmd, RecordOptOut):
             await self._check_brand_meant(cmd.brand)
@@ -566,11 +589,77 @@ class Imports:
             if rules is None:
                 raise FailedPrecondition("campaign", f"{cmd.brand}/{cmd.campaign} is not defined")
             check_required_proof(cmd, rules.policy)
-            if isinstance(cmd, RecordOptIn):
-                await check_not_ahead_of_an_opt_out(self.ctx, cmd)
+        for event in events:
+            if isinstance(event, ConsentRevoked) and event.stated_at is not None:
+                self._stated_ahead.setdefault((event.brand, event.phone), []).append(event)
         if self._recorded_by:
             events = [evolved(e, recorded_by=self._recorded_by) for e in events]
         return events
+
+    async def _consents_after_opt_outs(
+        self, planned: list[_Planned], result: ChunkResult
+    ) -> list[_Planned]:
+        """``planned`` less the opt-ins refused, each with its refusal in ``result``,
+        for an opt-out of the number that came after it by their own times but was
+        placed before it (``check_consent_after_opt_outs``, as RecordOptIn checks).
+
+        Only a number an opt-out stamped ahead was noted for (``note_stated_ahead``)
+        can have one, and an opt-in itself stamped ahead doubts every recent opt-out:
+        for those the opt-outs are read, for the chunk at once. The view is caught up
+        first for such opt-ins placed after ``MAX_CLOCK_SKEW`` before this import
+        caught it up, which may yield to an opt-out acknowledged since; a backfill's
+        older ones need no wait. The opt-outs stamped ahead that this import built
+        (``_stated_ahead``) count too: the view may not hold them yet."""
+        consents = [(p, p.events[0]) for p in planned if isinstance(p.events[0], ConsentGranted)]
+        if not consents:
+            return planned
+        now = self.ctx.clock()
+        keys = sorted({(g.brand, stated_ahead_key(g.phone)) for _, g in consents})
+        noted = await self.ctx.view.request_uses(keys)
+        # The opt-ins to read opt-outs for: of a number an opt-out stamped ahead was
+        # noted for, or themselves stamped ahead (they doubt every recent opt-out).
+        read = [
+            g
+            for p, g in consents
+            if (g.brand, stated_ahead_key(g.phone)) in noted
+            or (p.item.command is not None and p.item.command.occurred_at > now)
+        ]
+        # An opt-out it could yield to was placed before it: one placed over
+        # MAX_CLOCK_SKEW before the catch-up was acknowledged by then (appends time
+        # out long before that, 40 s by default), so the view has it.
+        caught_up = self._caught_up_at
+        horizon = None if caught_up is None else caught_up - MAX_CLOCK_SKEW
+        waits = {g.phone for g in read if horizon is None or g.occurred_at > horizon}
+        if waits and not await self.ctx.guard.wait_until_applied_for(
+            sorted({n for phone in waits for n in (phone, *forms_stored_before(phone))})
+        ):
+            raise NotConsistent("records", BEHIND)
+        by_brand: dict[str, dict[str, datetime]] = {}
+        for g in read:
+            since = by_brand.setdefault(g.brand, {})
+            at = opt_outs_window(g.occurred_at)
+            since[g.phone] = min(at, since.get(g.phone, at))
+        found = {
+            (brand, phone): revoked
+            for brand, since in by_brand.items()
+            for phone, revoked in (await opt_outs_placed_since(self.ctx.view, brand, since)).items()
+        }
+        kept: list[_Planned] = []
+        for p in planned:
+            granted = p.events[0]
+            cmd = p.item.command
+            if isinstance(granted, ConsentGranted) and cmd is not None:
+                key = (granted.brand, granted.phone)
+                revoked = [*found.get(key, ()), *self._stated_ahead.get(key, ())]
+                try:
+                    check_consent_after_opt_outs(
+                        revoked, cmd.occurred_at, granted.occurred_at, now, unstated_in_doubt=True
+                    )
+                except DomainError as exc:
+                    result.refusals.append(_refusal(p.item, Code.INVALID_ARGUMENT, exc))
+                    continue
+            kept.append(p)
+        return kept
 
     async def _check_brand_meant(self, brand: str) -> None:
         """As RecordOptOut does (``Writes.check_brand_meant``): an opt-out under

@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from ledger.commands import (
     HELD_INBOUND,
@@ -35,6 +36,7 @@ from ledger.commands import (
     ResolveRevocationCandidate,
     brand_meant_refused,
     brands_in_use,
+    check_consent_after_opt_outs,
     check_inbound,
     check_required_proof,
     covered_hold_resolved,
@@ -48,7 +50,7 @@ from ledger.commands import (
     to_events,
     unattributed_opt_out,
 )
-from ledger.digest import digest_of
+from ledger.digest import Digest, digest_of, micros
 from ledger.errors import DomainError, InvalidRequest
 from ledger.events import (
     ANY_BRAND,
@@ -56,16 +58,19 @@ from ledger.events import (
     CampaignDefined,
     CampaignPolicyChanged,
     CandidateResolution,
+    ConsentGranted,
+    ConsentResumed,
     ConsentRevoked,
     DeliveryOutcomeReported,
     InboundMessageReceived,
     LedgerEvent,
     MessageSent,
     RevocationCandidateResolved,
+    SubscriberEvent,
 )
 from ledger.phone import forms_stored_before, to_e164
 from ledger.policy import earns_exemption, revokes_all
-from ledger.ports import ConsistencyToken, DigestReads, Stream
+from ledger.ports import ConsentView, ConsistencyToken, DigestReads, RequestClaim, Stream
 from ledger.state import COUNTED_KINDS, SubscriberState
 from services.errors import (
     AlreadyExists,
@@ -88,7 +93,7 @@ from services.usecases.requests import (
     replay,
     taken_then_appended,
 )
-from services.usecases.spellings import earlier_message_uses, state_as_one
+from services.usecases.spellings import earlier_history, earlier_message_uses, state_as_one
 
 CAMPAIGN_TURN_WAIT = 10.0
 """Seconds a campaign write that lists sender numbers waits for its turn (another
@@ -187,35 +192,99 @@ def _retrieve(write: asyncio.Future[WriteResult]) -> None:
         write.exception()
 
 
-async def check_not_ahead_of_an_opt_out(ctx: Context, cmd: RecordOptIn) -> None:
-    """Refuse an opt-in stamped ahead of the service's clock while an opt-out of
-    the number towards its brand was recorded within ``MAX_CLOCK_SKEW``.
+async def opt_outs_placed_since(
+    view: ConsentView, brand: str, since: Mapping[str, datetime]
+) -> dict[str, list[ConsentRevoked]]:
+    """For each number of ``since``, its opt-outs towards ``brand`` (brand-wide and of
+    every campaign, under its earlier spellings too) placed at or after its time
+    there; a number with none is left out.
 
-    Each took its place when recorded (``consent_time``), but the opt-out may have
-    been stamped ahead too, after the opt-in's time: then by their own times the
-    opt-out is the later fact, and the ledger no longer knows it; placed second,
-    the opt-in would outrank it. Sent again with the time the consent was given by
-    a correct clock, the opt-in ranks by that time. Read as fresh as a write's
-    checks are: an opt-out acknowledged a moment ago counts."""
-    now = ctx.clock()
-    if cmd.occurred_at <= now:
-        return
-    await ctx.require_caught_up(Stream.SUBSCRIBERS, "occurred_at")
-    state = (await state_as_one(ctx.view, to_e164(cmd.phone), cmd.brand)).state
-    revocations = [state.brand_revocation, *(c.revocation for c in state.campaigns.values())]
-    recent = [
-        r.event.occurred_at
-        for r in revocations
-        if r is not None and r.event.occurred_at >= now - MAX_CLOCK_SKEW
+    The digests tell, in one read, which numbers have a latest opt-out that recent;
+    only those numbers' histories are read, for an opt-out placed before the latest
+    may have stated a later time than it."""
+    plain = [phone for phone in since if not forms_stored_before(phone)]
+    digests = await view.digests(brand, plain) if plain else {}
+    found: dict[str, list[ConsentRevoked]] = {}
+    for phone, at in since.items():
+        if phone in digests and not _opt_out_placed_since(digests[phone], at):
+            continue
+        if phone in plain and phone not in digests:
+            continue  # no fact of the number towards the brand
+        history = [*await view.history(phone, brand), *await earlier_history(view, phone, brand)]
+        revoked = [
+            r.event
+            for r in history
+            if isinstance(r.event, ConsentRevoked) and r.event.occurred_at >= at
+        ]
+        if revoked:
+            found[phone] = revoked
+    return found
+
+
+def _opt_out_placed_since(digest: Digest, at: datetime) -> bool:
+    since = micros(at)
+    marks = [digest.brand_revocation, *(c.revocation for c in digest.campaigns.values())]
+    return any(m is not None and m.at >= since for m in marks)
+
+
+def opt_outs_window(placed: datetime) -> datetime:
+    """How far back from a consent's place an opt-out may lie and still outrank it by
+    its own time: one stated later took its place when recorded, at most
+    ``MAX_CLOCK_SKEW`` before the time it said (``check_consent_after_opt_outs``)."""
+    return placed - MAX_CLOCK_SKEW
+
+
+STATED_AHEAD_PREFIX = "opt-out-stated-ahead-"
+"""Starts the key under which an opt-out stamped ahead notes its number among its
+brand's request ids (``note_stated_ahead``): no client's request id is one."""
+
+
+def stated_ahead_key(phone: str) -> str:
+    return f"{STATED_AHEAD_PREFIX}{hashlib.sha256(phone.encode()).hexdigest()[:32]}"
+
+
+async def note_stated_ahead(ctx: Context, events: Sequence[LedgerEvent]) -> None:
+    """Note, before ``events`` are appended, each number an opt-out among them stamped
+    ahead is of, in the view's shared request ids (written at once, not by the
+    projection): a consent of that number then waits for the view to apply it
+    (``check_not_before_an_opt_out``), and every other consent need not wait."""
+    claims = [
+        RequestClaim(e.brand, stated_ahead_key(e.phone), e.request_fingerprint, (str(e.event_id),))
+        for e in events
+        if isinstance(e, ConsentRevoked) and e.stated_at is not None
     ]
-    if recent:
-        raise InvalidRequest(
-            "occurred_at",
-            f"is ahead of the service's clock ({now.isoformat()}), and an opt-out of "
-            f"this number was recorded at {max(recent).isoformat()}, within "
-            f"{MAX_CLOCK_SKEW}: which came first cannot be told; send the time the "
-            "consent was given by a correct clock",
-        )
+    if claims:
+        await ctx.view.claim_requests(claims)
+
+
+async def check_not_before_an_opt_out(
+    ctx: Context, consent: SubscriberEvent, stated: datetime, *, unstated_in_doubt: bool = False
+) -> None:
+    """Refuse ``consent`` (an opt-in or a START, stated at ``stated`` and placed at its
+    ``occurred_at``) when an opt-out of its number towards its brand came after it by
+    their own times but was placed before it (``check_consent_after_opt_outs``).
+
+    Only a number an opt-out stamped ahead was noted for (``note_stated_ahead``,
+    before it was appended) can have one, and with ``unstated_in_doubt`` a consent
+    itself stamped ahead doubts every recent opt-out: for those the view is read as
+    fresh as a write's checks are, counting an opt-out acknowledged a moment ago.
+    Any other consent reads nothing more than the note: waiting for the projection
+    on every opt-in failed them UNAVAILABLE under load."""
+    phone = consent.phone
+    doubted = unstated_in_doubt and stated > ctx.clock()
+    if not doubted and await ctx.view.request_use(consent.brand, stated_ahead_key(phone)) is None:
+        return
+    if not await ctx.guard.wait_until_applied_for([phone, *forms_stored_before(phone)]):
+        raise NotConsistent("occurred_at", BEHIND)
+    since = {phone: opt_outs_window(consent.occurred_at)}
+    found = await opt_outs_placed_since(ctx.view, consent.brand, since)
+    check_consent_after_opt_outs(
+        found.get(phone, ()),
+        stated,
+        consent.occurred_at,
+        ctx.clock(),
+        unstated_in_doubt=unstated_in_doubt,
+    )
 
 
 class Writes:
@@ -280,6 +349,7 @@ class Writes:
                 raise
             return earlier
         try:
+            await note_stated_ahead(self.ctx, events)
             written = await taken_then_appended(self.ctx, events)
         except (ConnectionError, TimeoutError) as exc:
             if isinstance(cmd, ResolveRevocationCandidate):
@@ -629,7 +699,11 @@ class Writes:
         await self._check_campaign_exists(cmd)
         await self._check_required_proof(cmd)
         if isinstance(cmd, RecordOptIn):
-            await check_not_ahead_of_an_opt_out(self.ctx, cmd)
+            granted = events[0]
+            assert isinstance(granted, ConsentGranted)
+            await check_not_before_an_opt_out(
+                self.ctx, granted, cmd.occurred_at, unstated_in_doubt=True
+            )
         await self._check_sender_numbers(events)
         await self._check_candidate_pending(events)
 
@@ -727,6 +801,18 @@ class Writes:
         earlier = await self._redelivered(events, outcome)
         if earlier is not None:
             return earlier
+        resumed = next((e for e in events if isinstance(e, ConsentResumed)), None)
+        if resumed is not None:
+            # A START lifts an opt-out as an opt-in does; the sender's partition was
+            # caught up with above, so this reads what the state did.
+            try:
+                await check_not_before_an_opt_out(self.ctx, resumed, cmd.occurred_at)
+            except DomainError:
+                earlier_write = await replay(self.ctx, events)  # this request's retry
+                if earlier_write is None:
+                    raise
+                return InboundResult(earlier_write, outcome)
+        await note_stated_ahead(self.ctx, events)
         written = await recorded_once(self.ctx, events)
         revoked = next((e for e in events if isinstance(e, ConsentRevoked)), None)
         if revoked is not None:

@@ -153,8 +153,8 @@ async def test_a_late_opt_in_stamped_ahead_does_not_undo_a_later_opt_out_stamped
     their own times the STOP is the later fact: a web form delivered late cannot undo
     an opt-out that happened after it. Both are stamped ahead of the service's clock,
     so each takes its place when recorded, and the opt-in, recorded second, outranked
-    the STOP. It is refused on ``occurred_at`` instead; sent again with the time of a
-    correct clock it is the person's consent after the STOP, as its time says."""
+    the STOP. It is refused on ``occurred_at`` instead; a consent stated after the
+    STOP's own time is the person's consent after the STOP, as its time says."""
     runtime, clock = service
     async with client(runtime.address, "acme-app") as c:
         phone = "+14155550181"
@@ -169,6 +169,7 @@ async def test_a_late_opt_in_stamped_ahead_does_not_undo_a_later_opt_out_stamped
         assert "occurred_at" in (refused.value.details() or "")
         assert await allowed(c, phone, token(stopped)) == [False, False]
 
+        clock.now = form + timedelta(seconds=11)
         granted = await c.RecordOptIn(
             opt_in(phone, "acme", "promo", clock.now, proof=proof(clock.now))
         )
@@ -215,3 +216,97 @@ async def test_an_imported_opt_in_stamped_ahead_is_refused_after_an_opt_out_stam
         assert (refusal.request_id, refusal.code) == ("late-form", "INVALID_ARGUMENT")
         assert [v.field for v in refusal.violations] == ["occurred_at"]
         assert await allowed(c, phone, token(stopped)) == [False, False]
+
+
+async def test_an_opt_in_stated_before_an_opt_out_stamped_ahead_cannot_outrank_it(service):
+    """A client 40 s fast records an opt-out at its T+40 s; it takes its place at T.
+    At T+25 s an opt-in stated T+20 s comes: not ahead, it took its place at T+20 s,
+    after the opt-out, and every check allowed, though by the records' own times the
+    opt-out is the person's later word. It is refused on ``occurred_at``, recorded a
+    moment later or backfilled a week later, and the number stays denied; a consent
+    stated after the opt-out's own time is recorded and allows."""
+    runtime, clock = service
+    t = clock.now
+    async with client(runtime.address, "acme-app") as c:
+        phone = "+14155550191"
+        stopped = await c.RecordOptOut(opt_out(phone, "acme", "promo", t + timedelta(seconds=40)))
+        between = t + timedelta(seconds=20)
+        for now in (t + timedelta(seconds=25), t + timedelta(days=7)):
+            clock.now = now
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await c.RecordOptIn(opt_in(phone, "acme", "promo", between, proof=proof(between)))
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            details = refused.value.details() or ""
+            assert "occurred_at" in details
+            assert (t + timedelta(seconds=40)).isoformat() in details
+            assert await allowed(c, phone, token(stopped)) == [False, False]
+
+        after = t + timedelta(seconds=41)
+        granted = await c.RecordOptIn(opt_in(phone, "acme", "promo", after, proof=proof(after)))
+        assert await allowed(c, phone, token(stopped, granted)) == [True, True]
+
+
+async def test_a_start_texted_before_a_stop_stamped_ahead_cannot_outrank_it(service):
+    """The same through texts: a gateway 40 s fast passes on a STOP at its T+40 s,
+    placed at T; a START stated T+20 s, passed on at T+25 s by a gateway whose clock
+    is right, resumed the consent after the STOP. It is refused on ``occurred_at``;
+    a START stated after the STOP's own time resumes it."""
+    runtime, clock = service
+    t = clock.now
+    async with client(runtime.address, "acme-app") as c:
+        phone = "+14155550192"
+        granted = await c.RecordOptIn(opt_in(phone, "acme", "promo", t - timedelta(hours=1)))
+        stopped = await c.HandleInboundMessage(
+            inbound(phone, NUMBER, "STOP", t + timedelta(seconds=40))
+        )
+        clock.now = t + timedelta(seconds=25)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await c.HandleInboundMessage(inbound(phone, NUMBER, "START", t + timedelta(seconds=20)))
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "occurred_at" in (refused.value.details() or "")
+        assert await allowed(c, phone, token(granted, stopped)) == [False, False]
+
+        clock.now = t + timedelta(minutes=1)
+        started = await c.HandleInboundMessage(
+            inbound(phone, NUMBER, "START", t + timedelta(seconds=41))
+        )
+        assert await allowed(c, phone, token(granted, stopped, started)) == [True, True]
+
+
+async def test_an_imported_opt_in_stated_before_an_imported_opt_out_stamped_ahead_is_refused(
+    service,
+):
+    """An import checks its opt-ins against the opt-outs imported before, as RecordOptIn
+    does: an opt-out imported at T stamped T+40 s, then, in a later import, an opt-in
+    stated T+20 s is refused on ``occurred_at`` and the rest of that import lands."""
+    runtime, clock = service
+    t = clock.now
+    async with client(runtime.address, "acme-app") as c:
+        phone, other = "+14155550193", "+14155550194"
+
+        async def imported(*records):
+            async def one():
+                yield api.ImportConsentsRequest(records=list(records))
+
+            stream = c.stub.ImportConsents(
+                one(), metadata=[("authorization", f"Bearer {c.token}")], timeout=60
+            )
+            (answer,) = [a async for a in stream]
+            return answer
+
+        stop = opt_out(phone, "acme", "promo", t + timedelta(seconds=40), "stop-ahead")
+        first = await imported(api.ImportRecord(opt_out=stop))
+        assert (first.imported, list(first.refusals)) == (1, [])
+
+        clock.now = t + timedelta(seconds=25)
+        between = t + timedelta(seconds=20)
+        late = opt_in(phone, "acme", "promo", between, "between", proof=proof(between))
+        on_time = opt_in(other, "acme", "promo", between, "other", proof=proof(between))
+        second = await imported(api.ImportRecord(opt_in=late), api.ImportRecord(opt_in=on_time))
+        assert second.imported == 1
+        (refusal,) = second.refusals
+        assert (refusal.request_id, refusal.code) == ("between", "INVALID_ARGUMENT")
+        assert [v.field for v in refusal.violations] == ["occurred_at"]
+        fresh = token(first, second)
+        assert await allowed(c, phone, fresh) == [False, False]
+        assert await allowed(c, other, fresh) == [True, True]

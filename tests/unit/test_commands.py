@@ -27,6 +27,7 @@ from ledger.commands import (
     ReplyKind,
     ResolveRevocationCandidate,
     SentMessage,
+    check_consent_after_opt_outs,
     check_required_proof,
     event_id_for,
     fingerprint_as_spelled,
@@ -314,6 +315,50 @@ def test_an_opt_out_stamped_ahead_keeps_the_time_it_said_beside_its_place():
     revoked_by_review = to_events(resolve, NOW)[0]
     assert isinstance(revoked_by_review, ConsentRevoked)
     assert (revoked_by_review.occurred_at, revoked_by_review.stated_at) == (NOW, ahead)
+
+
+def _stop_placed(placed, stated=None):
+    return replace(revoked(placed), stated_at=stated)
+
+
+def test_a_consent_stated_before_an_opt_out_placed_before_it_is_refused():
+    """An opt-out stamped 40 s ahead took its place at T; a consent stated T+20 s would
+    be placed after it and outrank it, though by their own times the opt-out came
+    later: refused on occurred_at, recorded 25 s later or backfilled a week later.
+    A consent stated after the opt-out's time, or placed no later than the opt-out
+    (the fold ranks it first anyway), is not."""
+    t = NOW
+    stop = _stop_placed(t, t + timedelta(seconds=40))
+    between = t + timedelta(seconds=20)
+    for now in (t + timedelta(seconds=25), t + timedelta(days=7)):
+        with pytest.raises(InvalidRequest) as err:
+            check_consent_after_opt_outs([stop], between, between, now)
+        assert err.value.field == "occurred_at"
+        assert (t + timedelta(seconds=40)).isoformat() in err.value.reason
+    # At the very time the opt-out said: the opt-out wins a tie, so that is refused too.
+    at_its_time = t + timedelta(seconds=40)
+    with pytest.raises(InvalidRequest):
+        check_consent_after_opt_outs([stop], at_its_time, at_its_time, t + timedelta(minutes=1))
+    after = t + timedelta(seconds=41)
+    check_consent_after_opt_outs([stop], after, after, t + timedelta(minutes=1))
+    # Stated before the opt-out's place: placed before it, it allows nothing after it.
+    check_consent_after_opt_outs([stop], t - timedelta(seconds=1), t - timedelta(seconds=1), t)
+    # An opt-out that took its place at its own time keeps no stated time: nothing to tell.
+    check_consent_after_opt_outs([_stop_placed(t)], between, between, between)
+
+
+def test_a_consent_stamped_ahead_in_doubt_of_an_opt_out_that_keeps_no_stated_time():
+    """An opt-out recorded before stated times were kept may have been stamped ahead:
+    an opt-in stamped ahead within the skew of it is refused when asked to doubt it."""
+    t = NOW
+    ahead = t + timedelta(minutes=1)
+    unstated = _stop_placed(t - timedelta(minutes=1))
+    with pytest.raises(InvalidRequest):
+        check_consent_after_opt_outs([unstated], ahead, t, t, unstated_in_doubt=True)
+    check_consent_after_opt_outs([unstated], ahead, t, t)
+    check_consent_after_opt_outs(
+        [_stop_placed(t - timedelta(minutes=1), t)], ahead, t, t, unstated_in_doubt=True
+    )
 
 
 def test_a_timestamp_in_the_future_beyond_the_skew_is_refused():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -267,7 +267,7 @@ async def test_an_import_waiting_for_a_turn_holds_none_another_waits_for():
             while await view.take_append_turns([second], "another", 60) != [AppendTurn.TAKEN]:
                 await asyncio.sleep(0.01)
             await app.writes.ctx.ledger.append(
-                [e for i in items for e in await _imports(app)._checked(i)]
+                [e for i in items for e in await _imports(app)._checked(i, NOW)]
             )
             await view.end_append_turns([first, second], "another", appended=True)
 
@@ -953,3 +953,54 @@ async def test_an_opt_out_spelled_otherwise_is_waited_for_by_its_numbers_opt_in(
         assert isinstance(opted_out, LedgerUnavailable)
         assert isinstance(opted_in, LedgerUnavailable)
         assert not any(isinstance(e, ConsentGranted) for e in ledger.landed)
+
+
+def _ticking(ctx: Any, base: list[datetime]) -> Any:
+    """``ctx`` whose clock reads ``base[0]`` and moves on a microsecond each time."""
+    reads = iter(range(10**9))
+    return replace(ctx, clock=lambda: base[0] + timedelta(microseconds=next(reads)))
+
+
+async def test_an_opt_in_stated_before_an_opt_out_stamped_ahead_in_its_chunk_does_not_outrank_it():
+    """An opt-out stamped 40 s ahead and an opt-in stated 20 s ahead in one chunk both
+    take their place when checked. Each read the clock: the opt-in, checked a moment
+    after, was placed after the opt-out and allowed, though by their own times the
+    opt-out came later. The chunk's records now share one time, at which the opt-out
+    wins; both are recorded, and the number is denied."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        phone = "+14155550061"
+        stop = RecordOptOut(
+            "imp-1", phone, BRAND, "promo", RevocationChannel.KEYWORD, NOW + timedelta(seconds=40)
+        )
+        between = NOW + timedelta(seconds=20)
+        form = an_opt_in(between, request_id="imp-2", phone=phone, proof=proof(between))
+        items = [Item(1, stop, request_id="imp-1"), Item(2, form, request_id="imp-2")]
+        result = await Imports(_ticking(app.writes.ctx, [NOW])).chunk(items)
+        assert (result.imported, result.refusals) == (2, [])
+        answer = await app.checks.can_send(phone, BRAND, "promo", token=result.token)
+        assert answer.decision.reason is Reason.REVOKED
+
+
+async def test_an_opt_in_stated_before_an_opt_out_stamped_ahead_in_an_earlier_chunk_is_refused():
+    """The same opt-out in one message of an import and, 25 s later, the opt-in in the
+    next: no longer ahead, it took its place at its own time, after the opt-out, and
+    allowed. It is refused on occurred_at, not recorded."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        phone = "+14155550062"
+        stop = RecordOptOut(
+            "imp-1", phone, BRAND, "promo", RevocationChannel.KEYWORD, NOW + timedelta(seconds=40)
+        )
+        between = NOW + timedelta(seconds=20)
+        form = an_opt_in(between, request_id="imp-2", phone=phone, proof=proof(between))
+        clock = [NOW]
+        imports = Imports(_ticking(app.writes.ctx, clock))
+        first = await imports.chunk([Item(1, stop, request_id="imp-1")])
+        clock[0] = NOW + timedelta(seconds=25)
+        second = await imports.chunk([Item(2, form, request_id="imp-2")])
+        assert (first.imported, second.imported) == (1, 0)
+        (refusal,) = second.refusals
+        assert [f for f, _ in refusal.violations] == ["occurred_at"]
+        answer = await app.checks.can_send(phone, BRAND, "promo", token=first.token)
+        assert answer.decision.reason is Reason.REVOKED

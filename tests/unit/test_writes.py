@@ -623,3 +623,24 @@ async def test_a_stop_of_unknown_brand_is_not_resolved_as_revoked_under_every_br
     assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == written  # nothing recorded
     # Still pending: the way out the refusal names, a dismissal, is taken.
     await app.writes.record(resolve("d", candidate, brand=ANY_BRAND))
+
+
+async def test_an_opt_in_of_a_number_an_opt_out_stamped_ahead_was_noted_for_reads_fresh():
+    """An opt-out stamped ahead is noted for its number before it is appended: an
+    opt-in of that number then waits for the view to apply it, and with the
+    projection stopped is UNAVAILABLE (retryable), never written past an opt-out the
+    view lacks. Another number's opt-in reads the view as it is and is recorded:
+    waiting for the projection on every opt-in failed them under load."""
+    async with running() as (app, projector):
+        assert await app.guard.wait_for_token((await app.writes.record(define())).token)
+        await stop_task(projector)
+        ahead = NOW + timedelta(seconds=40)
+        await app.writes.record(
+            RecordOptOut("stop", PHONE, BRAND, "promo", RevocationChannel.API, ahead)
+        )
+        before = NOW - timedelta(seconds=1)
+        with pytest.raises(NotConsistent) as err:
+            await app.writes.record(an_opt_in(before, request_id="form"))
+        assert err.value.field == "occurred_at"
+        other = await app.writes.record(an_opt_in(before, request_id="form", phone="+14155550199"))
+        assert not other.replayed
