@@ -21,6 +21,7 @@ from tests.e2e.harness import (
     inbound,
     opt_in,
     opt_out,
+    ts,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -310,3 +311,37 @@ async def test_an_imported_opt_in_stated_before_an_imported_opt_out_stamped_ahea
         fresh = token(first, second)
         assert await allowed(c, phone, fresh) == [False, False]
         assert await allowed(c, other, fresh) == [True, True]
+
+
+@pytest.mark.parametrize("stop", ["texted", "recorded", "brand-wide"])
+async def test_a_start_stamped_ahead_does_not_undo_a_later_opt_out_stamped_ahead(service, stop):
+    """A gateway whose clock runs four minutes fast passes on a STOP at its 12:04:10
+    (or a client records an opt-out so), and then, a second later, a START the person
+    texted at its 12:03:00, delivered late. By their own times the STOP is the later
+    fact; each is stamped ahead, so each took its place when recorded, and the START,
+    recorded second, resumed the consent the STOP ended. It is refused on
+    ``occurred_at`` as an opt-in would be; a START stated after the STOP's own time is
+    the person's START after the STOP, as its time says."""
+    runtime, clock = service
+    async with client(runtime.address, "acme-app") as c:
+        phone = "+14155550195"
+        granted = await c.RecordOptIn(opt_in(phone, "acme", "promo", clock.now - timedelta(days=1)))
+        ahead = clock.now + timedelta(minutes=4)
+        if stop == "texted":
+            stopped = await c.HandleInboundMessage(inbound(phone, NUMBER, "STOP", ahead))
+        else:
+            campaign = "promo" if stop == "recorded" else None
+            stopped = await c.RecordOptOut(opt_out(phone, "acme", campaign, ahead))
+        clock.now += timedelta(seconds=1)  # the START comes a second after the STOP
+        late = inbound(phone, NUMBER, "START", ahead - timedelta(minutes=1))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await c.HandleInboundMessage(late)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "occurred_at" in (refused.value.details() or "")
+        assert await allowed(c, phone, token(granted, stopped)) == [False, False]
+
+        # The same text stated after the STOP's own time resumes.
+        clock.now = ahead + timedelta(seconds=1)
+        late.occurred_at.CopyFrom(ts(clock.now))
+        resumed = await c.HandleInboundMessage(late)
+        assert await allowed(c, phone, token(granted, stopped, resumed)) == [True, True]
