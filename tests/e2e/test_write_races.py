@@ -5,7 +5,7 @@ acknowledged no check allows a send that the ledger's record cannot defend."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import grpc
 import pytest
@@ -345,3 +345,61 @@ async def test_a_start_stamped_ahead_does_not_undo_a_later_opt_out_stamped_ahead
         late.occurred_at.CopyFrom(ts(clock.now))
         resumed = await c.HandleInboundMessage(late)
         assert await allowed(c, phone, token(granted, stopped, resumed)) == [True, True]
+
+
+class Ticking(Clock):
+    """A clock that moves on a millisecond each time it is read, as a real one moves
+    on between two records of an import: the one read later is placed later."""
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(milliseconds=1)
+        return self.now
+
+
+@pytest.mark.parametrize(
+    "layout", ["opt-out-first", "opt-in-first", "two-messages", "two-messages-opt-in-first"]
+)
+async def test_an_imported_opt_in_stamped_ahead_with_its_opt_out_stamped_ahead(serve, layout):
+    """An export from a platform whose clock runs four minutes fast holds a number's web
+    form at its 12:03:00 and its STOP at its 12:04:00: by their own times the STOP is
+    the later fact. Both are stamped ahead, so each took its place when checked, and
+    the opt-in, checked after the opt-out (the next record, or the next message worked
+    on at once), outranked it: the number was allowed. However the two are laid out,
+    with a clock that moves on between records, the number stays denied."""
+    clock = Ticking()
+    campaign = define("acme", "promo", clock.now - timedelta(days=1), [NUMBER])
+    runtime = await serve(name="races-import", clock=clock, campaigns=[campaign])
+    async with client(runtime.address, "acme-app") as c:
+        phone = "+14155550196"
+        granted = await c.RecordOptIn(opt_in(phone, "acme", "promo", clock.now - timedelta(days=1)))
+        form = clock.now + timedelta(minutes=3)
+        late = api.ImportRecord(opt_in=opt_in(phone, "acme", "promo", form, "form"))
+        stop = api.ImportRecord(
+            opt_out=opt_out(phone, "acme", "promo", form + timedelta(minutes=1))
+        )
+        messages = {
+            "opt-out-first": [[stop, late]],
+            "opt-in-first": [[late, stop]],
+            "two-messages": [[stop], [late]],
+            "two-messages-opt-in-first": [[late], [stop]],
+        }[layout]
+
+        async def sent():
+            for records in messages:
+                yield api.ImportConsentsRequest(records=records)
+
+        stream = c.stub.ImportConsents(
+            sent(), metadata=[("authorization", f"Bearer {c.token}")], timeout=60
+        )
+        answers = [a async for a in stream]
+        refusals = [
+            (r.request_id, [v.field for v in r.violations]) for a in answers for r in a.refusals
+        ]
+        written = [a for a in answers if a.consistency_token]
+        # In one message both take the message's one time and the opt-out wins the tie;
+        # in two, the opt-in checked after the opt-out's message is refused on
+        # ``occurred_at`` (``_consents_after_opt_outs``). Either way the opt-out is
+        # imported and the number is denied.
+        assert refusals in ([], [("form", ["occurred_at"])])
+        assert sum(a.imported for a in answers) == 2 - len(refusals)
+        assert await allowed(c, phone, token(granted, *written)) == [False, False]
