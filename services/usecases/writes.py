@@ -301,7 +301,8 @@ class Writes:
         as before its ConsentRevoked was appended ahead of it."""
         # Answered as recorded, it is read as this instance's own write, appended (the
         # guard watches the ledger) or found (``requests.found``).
-        written = await self._record(cmd, recorded_by=recorded_by)
+        async with self._turn_for(cmd):
+            written = await self._record(cmd, recorded_by=recorded_by)
         if isinstance(cmd, ResolveRevocationCandidate) and len(written.event_ids) > 1:
             ids = written.event_ids
             return replace(written, event_ids=[ids[-1], *ids[:-1]])
@@ -744,13 +745,32 @@ class Writes:
                 cmd, to, sender, authorize, recorded_by, unowned_brands
             )
 
+    def _turn_for(self, cmd: Command) -> contextlib.AbstractAsyncContextManager[None]:
+        """The phone's turn (``_inbound_turn``) for an opt-out, held from its checks
+        until its append is acknowledged, and for an opt-in while the turn is held or
+        awaited: an opt-in checked while an opt-out stamped ahead beside it was being
+        noted and appended (``note_stated_ahead``) missed it
+        (``check_not_before_an_opt_out``), then took its place after it and
+        outranked it.
+
+        An opt-in that finds no turn reads the clock (``_record`` does first, with no
+        wait between) before any opt-out that comes later does, so it is placed
+        before that opt-out and loses to it: opt-ins of a number need not wait for
+        each other."""
+        if isinstance(cmd, RecordOptOut | RecordOptIn):
+            with contextlib.suppress(DomainError):  # else refused by the write's checks
+                phone = to_e164(cmd.phone)
+                if isinstance(cmd, RecordOptOut) or phone in self._inbound_turns:
+                    return self._inbound_turn(phone)
+        return contextlib.nullcontext()
+
     @asynccontextmanager
     async def _inbound_turn(self, phone: str) -> AsyncIterator[None]:
-        """One inbound text of a phone at a time in this process: the next reads the
-        state after the one before it was appended. (Across instances the facts an
-        inbound text records do not depend on the state read, so two at once through
-        two instances record what they would one after the other; only the replies
-        owed are read from the state.)"""
+        """One inbound text of a phone at a time in this process (and one opt-out or
+        opt-in: ``_turn_for``): the next reads the state after the one before it was
+        appended. (Across instances the facts an inbound text records do not depend
+        on the state read, so two at once through two instances record what they
+        would one after the other; only the replies owed are read from the state.)"""
         turn = self._inbound_turns.get(phone)
         if turn is None:
             turn = self._inbound_turns[phone] = _Turn()

@@ -403,3 +403,39 @@ async def test_an_imported_opt_in_stamped_ahead_with_its_opt_out_stamped_ahead(s
         assert refusals in ([], [("form", ["occurred_at"])])
         assert sum(a.imported for a in answers) == 2 - len(refusals)
         assert await allowed(c, phone, token(granted, *written)) == [False, False]
+
+
+async def test_a_consent_stamped_ahead_sent_with_a_later_opt_out_never_allows(serve):
+    """A client whose clock runs three minutes fast sends a number's opt-in (or its
+    gateway a START) and, at once, its opt-out stamped a minute after it, through one
+    instance: by their own times the opt-out is the later fact. The opt-in's check
+    looked for the number's opt-outs before the opt-out being appended beside it was
+    in the ledger, and then took its place after it: the number was allowed. Writes
+    of one number that such a check reads or answers now take turns in the process,
+    so each is checked after the one before it is recorded."""
+    clock = Ticking()
+    campaign = define("acme", "promo", clock.now - timedelta(days=1), [NUMBER])
+    runtime = await serve(name="races-at-once", clock=clock, campaigns=[campaign])
+    async with client(runtime.address, "acme-app") as c:
+
+        async def race(i: int) -> tuple[str, list[bool]]:
+            phone = f"+1415557{i:04d}"
+            granted = await c.RecordOptIn(
+                opt_in(phone, "acme", "promo", clock.now - timedelta(days=1))
+            )
+            ahead = clock.now + timedelta(minutes=3)
+            if i % 2:
+                consent = c.HandleInboundMessage(inbound(phone, NUMBER, "START", ahead))
+            else:
+                consent = c.RecordOptIn(opt_in(phone, "acme", "promo", ahead, proof=proof(ahead)))
+            stop = c.RecordOptOut(opt_out(phone, "acme", "promo", ahead + timedelta(minutes=1)))
+            written = await asyncio.gather(stop, consent, return_exceptions=True)
+            for w in written:
+                if isinstance(w, grpc.aio.AioRpcError):  # the consent, refused so
+                    assert w.code() is grpc.StatusCode.INVALID_ARGUMENT, w
+                    assert "occurred_at" in (w.details() or "")
+            recorded = [granted, *(w for w in written if not isinstance(w, BaseException))]
+            return phone, await allowed(c, phone, token(*recorded))
+
+        answers = [await race(i) for i in range(24)]
+    assert [(phone, a) for phone, a in answers if any(a)] == []
