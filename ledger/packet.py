@@ -188,6 +188,10 @@ class OptOut:
     overdue: bool = False
     """For a candidate still unresolved when the packet was made and past ``due``
     then: it counts as a revocation, as CanSend answers (``revocation_overdue``)."""
+    stated_at: datetime | None = None
+    """For an opt-out stamped ahead of the service's clock, the time it said
+    (``ConsentRevoked.stated_at``); ``event.occurred_at`` is when it was recorded,
+    where it takes its place. A consent stated no later than this is refused."""
 
 
 @dataclass(frozen=True)
@@ -713,6 +717,13 @@ def _opt_out(r: Recorded, shown: Sequence[Recorded], revoke_all: set[str], now: 
                 "revoked from then on; one confirmation sent at "
                 f"{iso(confirmation.event.occurred_at)}"
             )
+        if e.stated_at is not None:
+            # Shown only as its place, an auditor could not see why a consent stated
+            # before this time, sent after it was recorded, was refused.
+            handling = (
+                f"stamped {iso(e.stated_at)}, ahead of the service's clock, so placed"
+                f" when recorded; {handling}"
+            )
         return OptOut(
             ref,
             "revocation",
@@ -722,6 +733,7 @@ def _opt_out(r: Recorded, shown: Sequence[Recorded], revoke_all: set[str], now: 
             e.in_reply_to,
             handling,
             None if confirmation is None else str(confirmation.event.event_id),
+            stated_at=e.stated_at,
         )
     assert isinstance(e, RevocationCandidateFlagged)
     due = revocation_due(e.occurred_at)

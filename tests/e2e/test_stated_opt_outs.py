@@ -15,6 +15,7 @@ import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
+from google.protobuf import json_format
 
 from tests.builders import proof_proto as proof
 from tests.e2e.harness import Clock, client, define, inbound, opt_in, opt_out, serving, ts
@@ -290,3 +291,44 @@ async def test_a_consent_stated_within_the_opt_outs_microsecond(service):
         late = opt_in(phone, "acme", "promo", at, proof=proof(at))
         late.occurred_at.nanos = 500
         await denied_whatever_recorded(c, phone, c.RecordOptIn(late), stopped)
+
+
+async def test_every_reader_shows_the_time_an_opt_out_stamped_ahead_said(service):
+    """GetConsent and ListEvents give ``stated_at``; the proof packet gave only the
+    time the opt-out took its place, so an auditor could not see that it said a
+    later one, which is what refuses a consent stated between the two."""
+    runtime, clock = service
+    t = clock.now
+    async with client(runtime.address, "acme-app") as c:
+        phone = "+14155550309"
+        granted = await c.RecordOptIn(opt_in(phone, "acme", "promo", t - timedelta(hours=1)))
+        stated = t + timedelta(seconds=40)
+        stopped = await c.RecordOptOut(opt_out(phone, "acme", "promo", stated))
+        fresh = token(granted, stopped)
+        consent = await c.GetConsent(
+            api.GetConsentRequest(
+                phone=phone, brand="acme", campaign="promo", at_least_as_fresh=fresh
+            )
+        )
+        assert consent.revocation.event.consent_revoked.stated_at == ts(stated)
+        events = await c.ListEvents(
+            api.ListEventsRequest(phone=phone, brand="acme", at_least_as_fresh=fresh)
+        )
+        (revoked,) = [e for e in events.events if e.event.event_type == "ConsentRevoked"]
+        assert revoked.event.consent_revoked.stated_at == ts(stated)
+
+        packet = await c.GetProofPacket(
+            api.GetProofPacketRequest(
+                phone=phone,
+                brand="acme",
+                campaign="promo",
+                format=api.PACKET_FORMAT_HTML,
+                at_least_as_fresh=fresh,
+            )
+        )
+        (opted_out,) = json_format.MessageToDict(packet.packet)["opt_outs"]
+        said = stated.isoformat().replace("+00:00", "Z")
+        assert opted_out["stated_at"] == said
+        assert opted_out["event"]["occurred_at"] == t.isoformat().replace("+00:00", "Z")
+        assert said in opted_out["handling"]
+        assert said in packet.document.decode()
