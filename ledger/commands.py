@@ -1390,6 +1390,7 @@ def handle_inbound(
                 brand=brand,
                 inbound_message_id=cmd.message_id,
                 text=cmd.body,
+                stated_at=stated_if_ahead(cmd.occurred_at, now),
             )
         )
     return InboundOutcome(events, **outcome)
@@ -1463,6 +1464,7 @@ def unattributed_opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:
             campaign=cmd.campaign,
             unattributed=True,
             recorded_by=revoked.recorded_by,
+            stated_at=revoked.stated_at,
         )
     ]
 
@@ -1718,6 +1720,7 @@ def held_opt_out(cmd: HoldRefusedOptOut, refused: str, now: datetime) -> list[Le
             inbound_message_id="",
             text=text[: TEXT_LIMITS["text"]],
             campaign=campaign,
+            stated_at=_held_stated(cmd.occurred_at, now),
         )
         for i, phone in enumerate(phones)
     ]
@@ -1732,6 +1735,39 @@ def _held_at(occurred_at: datetime | None, now: datetime) -> datetime:
         return min(check_time(occurred_at, now), now)
     except DomainError:
         return now
+
+
+def _held_stated(occurred_at: datetime | None, now: datetime) -> datetime | None:
+    """The opt-out's own time when it reads as one and is ahead of ``now`` (``_held_at``
+    placed the hold at ``now``), kept on the hold: a "revoked" takes effect no earlier."""
+    if occurred_at is None:
+        return None
+    try:
+        return stated_if_ahead(check_time(occurred_at, now), now)
+    except DomainError:
+        return None
+
+
+def revoked_after_held(
+    events: Sequence[LedgerEvent], held: RevocationCandidateFlagged, now: datetime
+) -> list[LedgerEvent]:
+    """``events``, a resolution of ``held``, with a "revoked" one's ConsentRevoked
+    taking effect no earlier than the words held said they happened (``held.stated``).
+
+    A hold stamped ahead was placed when recorded, earlier than it said; revoked at
+    the reviewer's time, with none kept, an opt-in stated between the hold's place
+    and its time, sent after the resolution, was recorded and outranked it, though
+    by the records' own times the opt-out is the later word. Only the revocation's
+    times change: its ids and fingerprint, built from the request, stay a retry's."""
+    out = list(events)
+    for i, e in enumerate(out):
+        if isinstance(e, ConsentRevoked) and held.stated > e.stated:
+            out[i] = dataclasses.replace(
+                e,
+                occurred_at=consent_time(held.stated, now),
+                stated_at=stated_if_ahead(held.stated, now),
+            )
+    return out
 
 
 COVERED_PREFIX = "covered-"
@@ -1778,7 +1814,7 @@ def covered_hold_resolved(
         occurred_at=now,
         resolved_by=f"opt-out {revoked.event_id}",
     )
-    return to_events(resolve, now)
+    return revoked_after_held(to_events(resolve, now), hold, now)
 
 
 def handle_unowned_inbound(
@@ -1816,6 +1852,7 @@ def handle_unowned_inbound(
             text=cmd.body,
             to_number=to,
             unattributed=intent is not Intent.REVOCATION_CANDIDATE,
+            stated_at=stated_if_ahead(cmd.occurred_at, now),
         ),
     ]
     whose = "every brand" if brand == ANY_BRAND else f"brand {brand}"

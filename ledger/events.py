@@ -486,6 +486,16 @@ class RevocationCandidateFlagged(SubscriberEvent):
     unattributed: bool = False
     """A definite opt-out whose campaign is unknown: it denies every campaign of its
     brand (of every brand, under ``ANY_BRAND``) until resolved."""
+    stated_at: datetime | None = None
+    """When the words held said they happened, kept when that was ahead of the
+    service's clock and the candidate took its place when recorded instead (as
+    ``ConsentRevoked.stated_at``); None otherwise, and on candidates recorded before
+    this was kept. A "revoked" resolution takes effect no earlier than ``stated``."""
+
+    @property
+    def stated(self) -> datetime:
+        """When the words held said they happened: ``stated_at``, else ``occurred_at``."""
+        return self.occurred_at if self.stated_at is None else self.stated_at
 
     @property
     def imported(self) -> bool:

@@ -47,6 +47,7 @@ from ledger.commands import (
     held_opt_out,
     is_name,
     name_read,
+    revoked_after_held,
     to_events,
     unattributed_opt_out,
 )
@@ -342,7 +343,7 @@ class Writes:
                     # Refused, the opt-out would be lost: kept for review, denying meanwhile.
                     kept = _stamped(unattributed_opt_out(cmd, self.ctx.clock()), recorded_by)
                     return await recorded_once(self.ctx, kept)
-            await self._check(cmd, events)
+            events = await self._check(cmd, events)
             await self._claim_resolution(events)
         except (DomainError, FailedPrecondition, NotConsistent):
             earlier = await replay(self.ctx, events)
@@ -696,7 +697,10 @@ class Writes:
                 ) from None
             yield
 
-    async def _check(self, cmd: Command, events: list[LedgerEvent]) -> None:
+    async def _check(self, cmd: Command, events: list[LedgerEvent]) -> list[LedgerEvent]:
+        """Refuse ``events`` (``cmd``'s) when a check fails; else ``events``, with a
+        "revoked" resolution's revocation placed no earlier than the candidate it
+        resolves (``_check_candidate_pending``)."""
         await self._check_campaign_exists(cmd)
         await self._check_required_proof(cmd)
         if isinstance(cmd, RecordOptIn):
@@ -706,11 +710,11 @@ class Writes:
                 self.ctx, granted, cmd.occurred_at, unstated_in_doubt=True
             )
         await self._check_sender_numbers(events)
-        await self._check_candidate_pending(events)
+        return await self._check_candidate_pending(events)
 
     async def _checked_append(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
         try:
-            await self._check(cmd, events)
+            events = await self._check(cmd, events)
         except FailedPrecondition:
             # The check caught the view up with the ledger, and with it perhaps the
             # first attempt of this very request: then this is a retry after all.
@@ -1015,7 +1019,7 @@ class Writes:
                 raise FailedPrecondition(field, f"{number} is in use by another brand's campaign")
             raise FailedPrecondition(field, f"{number} is in use by campaign {brand}/{campaign}")
 
-    async def _check_candidate_pending(self, events: Sequence[LedgerEvent]) -> None:
+    async def _check_candidate_pending(self, events: list[LedgerEvent]) -> list[LedgerEvent]:
         """A resolution must name a candidate still pending for its phone and brand.
         One that names a made-up id, another number's candidate or one already
         resolved would be recorded and answered OK while the real candidate kept
@@ -1025,10 +1029,13 @@ class Writes:
         the first attempt, else after this check, having caught the view up, finds
         the candidate resolved.)
 
-        Read as fresh as a write's checks are: a reply flagged a moment ago counts."""
+        Read as fresh as a write's checks are: a reply flagged a moment ago counts.
+
+        Returns ``events``, a "revoked" one's ConsentRevoked taking effect no earlier
+        than the words the candidate holds (``revoked_after_held``)."""
         event = events[-1]  # a "revoked" has its ConsentRevoked first
         if not isinstance(event, RevocationCandidateResolved):
-            return
+            return events
         # A "revoked" under ANY_BRAND records a ConsentRevoked for no real brand: the
         # hold it lifts was every brand's only denial, so each would allow again.
         if event.brand == ANY_BRAND and event.resolution is CandidateResolution.REVOKED:
@@ -1061,3 +1068,4 @@ class Writes:
                 f"is before the reply it resolves ({candidate.at.isoformat()}): a decision "
                 "comes after what it decides",
             )
+        return revoked_after_held(events, candidate.event, self.ctx.clock())

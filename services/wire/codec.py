@@ -486,6 +486,11 @@ def _enc_flagged(e: RevocationCandidateFlagged) -> tuple[str, Message]:
         unattributed=e.unattributed,
         to_number=e.to_number,
         campaign=e.campaign,
+        stated_at=(
+            None
+            if e.stated_at is None
+            else timestamp_to_proto(e.stated_at, "revocation_candidate_flagged.stated_at")
+        ),
     )
 
 
@@ -496,6 +501,11 @@ def _dec_flagged(p: ledger_pb2.RevocationCandidateFlagged) -> dict[str, Any]:
         "unattributed": p.unattributed,
         "to_number": p.to_number,
         "campaign": p.campaign if p.HasField("campaign") else None,
+        "stated_at": (
+            timestamp_from_proto(p.stated_at, "revocation_candidate_flagged.stated_at")
+            if p.HasField("stated_at")
+            else None
+        ),
     }
 
 
@@ -848,6 +858,7 @@ def _encodes_back(env: ledger_pb2.EventEnvelope, event: LedgerEvent, data: bytes
 _DECODED_EXACTLY: dict[str, Callable[[Any, Any], bool]] = {
     "consent_granted": lambda p, e: p.proof.registered_at.nanos % 1000 == 0,
     "consent_revoked": lambda p, e: p.stated_at.nanos % 1000 == 0,
+    "revocation_candidate_flagged": lambda p, e: p.stated_at.nanos % 1000 == 0,
     "subject_erased": lambda p, e: p.retained_until.nanos % 1000 == 0,
     "revocation_candidate_resolved": lambda p, e: p.candidate_event_id == str(e.candidate_event_id),
 }

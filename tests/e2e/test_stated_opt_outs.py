@@ -332,3 +332,87 @@ async def test_every_reader_shows_the_time_an_opt_out_stamped_ahead_said(service
         assert opted_out["event"]["occurred_at"] == t.isoformat().replace("+00:00", "Z")
         assert said in opted_out["handling"]
         assert said in packet.document.decode()
+
+
+async def held_ahead(c, phone, held, said):
+    """Hold an opt-out stamped ``said`` (ahead): a RecordOptOut naming an undefined
+    campaign, or a reply read as a possible revocation. Returns the write's answer and
+    the candidate's event id."""
+    if held == "reply":
+        flagged = await c.HandleInboundMessage(
+            inbound(phone, NUMBER, "can you not message me", said)
+        )
+    else:
+        flagged = await c.RecordOptOut(opt_out(phone, "acme", "nope", said))
+    events = await c.ListEvents(
+        api.ListEventsRequest(
+            phone=phone, brand="acme", at_least_as_fresh=flagged.consistency_token
+        )
+    )
+    (candidate,) = [
+        e.event.event_id
+        for e in events.events
+        if e.event.event_type == "RevocationCandidateFlagged"
+    ]
+    return flagged, candidate
+
+
+def revoke(phone, candidate, at):
+    return api.ResolveRevocationCandidateRequest(
+        request_id=uuid.uuid4().hex,
+        phone=phone,
+        brand="acme",
+        candidate_event_id=candidate,
+        resolution=lpb.CANDIDATE_RESOLUTION_REVOKED,
+        occurred_at=ts(at),
+        resolved_by="reviewer",
+    )
+
+
+@pytest.mark.parametrize("held", ["unknown campaign", "reply"])
+async def test_a_held_opt_out_stamped_ahead_revoked_then_an_opt_in_stated_before_it(service, held):
+    """A RecordOptOut naming no defined campaign (or a reply that reads like an opt-out)
+    stamped T+40 s at T is held, placed at T. A reviewer's "revoked" at T+10 s made a
+    ConsentRevoked at T+10 s with no stated time, and an opt-in stated T+20 s, sent at
+    T+25 s, was recorded and every check allowed, though by the records' own times the
+    opt-out is the later word. The candidate keeps the time it said, and the
+    revocation takes effect no earlier."""
+    runtime, clock = service
+    t = clock.now
+    async with client(runtime.address, "acme-app") as c:
+        phone = "+14155550421" if held == "reply" else "+14155550422"
+        granted = await c.RecordOptIn(opt_in(phone, "acme", "promo", t - timedelta(hours=1)))
+        flagged, candidate = await held_ahead(c, phone, held, t + timedelta(seconds=40))
+        clock.now = t + timedelta(seconds=10)
+        revoked = await c.ResolveRevocationCandidate(revoke(phone, candidate, clock.now))
+        clock.now = t + timedelta(seconds=25)
+        between = t + timedelta(seconds=20)
+        late = c.RecordOptIn(opt_in(phone, "acme", "promo", between, proof=proof(between)))
+        await denied_whatever_recorded(c, phone, late, granted, flagged, revoked)
+
+
+@pytest.mark.parametrize("held", ["unknown campaign", "reply"])
+async def test_a_held_opt_out_stamped_ahead_revoked_dated_before_an_opt_in_after_it(service, held):
+    """The same hold (stamped T+40 s, placed at T); an opt-in stated T+20 s is recorded
+    at T+25 s; then a "revoked" recorded at T+60 s but dated T+1 s was placed before
+    the opt-in, which stood: allowed. The revocation takes effect no earlier than the
+    opt-out's own time (T+40 s), after the opt-in: denied."""
+    runtime, clock = service
+    t = clock.now
+    async with client(runtime.address, "acme-app") as c:
+        phone = "+14155550423" if held == "reply" else "+14155550424"
+        granted = await c.RecordOptIn(opt_in(phone, "acme", "promo", t - timedelta(hours=1)))
+        flagged, candidate = await held_ahead(c, phone, held, t + timedelta(seconds=40))
+        clock.now = t + timedelta(seconds=25)
+        between = t + timedelta(seconds=20)
+        consented = await c.RecordOptIn(
+            opt_in(phone, "acme", "promo", between, proof=proof(between))
+        )
+        clock.now = t + timedelta(seconds=60)
+        revoked = await c.ResolveRevocationCandidate(
+            revoke(phone, candidate, t + timedelta(seconds=1))
+        )
+        assert await allowed(c, phone, token(granted, flagged, consented, revoked)) == [
+            False,
+            False,
+        ]

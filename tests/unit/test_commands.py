@@ -29,11 +29,14 @@ from ledger.commands import (
     SentMessage,
     check_consent_after_opt_outs,
     check_required_proof,
+    covered_hold_resolved,
     event_id_for,
     fingerprint_as_spelled,
     handle_inbound,
     request_fingerprint,
+    revoked_after_held,
     to_events,
+    unattributed_opt_out,
 )
 from ledger.errors import (
     InvalidCampaignPolicy,
@@ -315,6 +318,69 @@ def test_an_opt_out_stamped_ahead_keeps_the_time_it_said_beside_its_place():
     revoked_by_review = to_events(resolve, NOW)[0]
     assert isinstance(revoked_by_review, ConsentRevoked)
     assert (revoked_by_review.occurred_at, revoked_by_review.stated_at) == (NOW, ahead)
+
+
+def test_a_held_opt_out_stamped_ahead_keeps_the_time_it_said():
+    """An opt-out held for review (an undefined campaign, a reply that reads like one)
+    stamped ahead is placed now and keeps the time it said, as an opt-out does."""
+    ahead = NOW + timedelta(seconds=40)
+    cmd = RecordOptOut("held-1", PHONE, BRAND, "nope", RevocationChannel.API, ahead)
+    (held,) = unattributed_opt_out(cmd, NOW)
+    assert isinstance(held, RevocationCandidateFlagged)
+    assert (held.occurred_at, held.stated_at, held.stated) == (NOW, ahead, ahead)
+    (on_time,) = unattributed_opt_out(replace(cmd, occurred_at=NOW), NOW)
+    assert (on_time.stated_at, on_time.stated) == (None, NOW)
+    outcome = handle_inbound(
+        HandleInboundMessage("in-1", PHONE, "+14155550100", "can you not message me", "SM9", ahead),
+        campaign(),
+        fold([]),
+        NOW,
+    )
+    (flagged,) = [e for e in outcome.events if isinstance(e, RevocationCandidateFlagged)]
+    assert (flagged.occurred_at, flagged.stated_at) == (NOW, ahead)
+
+
+def test_a_revoked_resolution_takes_effect_no_earlier_than_the_words_it_reviewed():
+    """Its ConsentRevoked is at the later of the resolution's time and the time the
+    candidate said: revoked at T+10 s, a hold stamped T+40 s is placed at T+10 s with
+    T+40 s kept; revoked at T+60 s but dated T+1 s, it is placed at T+40 s. The ids
+    and the resolution itself stay as the request made them."""
+    t = NOW
+    said = t + timedelta(seconds=40)
+    (held,) = unattributed_opt_out(
+        RecordOptOut("held-1", PHONE, BRAND, "nope", RevocationChannel.API, said), t
+    )
+    assert isinstance(held, RevocationCandidateFlagged)
+
+    def resolved(dated, now):
+        cmd = ResolveRevocationCandidate(
+            "resolve-1", PHONE, BRAND, str(held.event_id), CandidateResolution.REVOKED, dated
+        )
+        made = to_events(cmd, now)
+        return made, revoked_after_held(made, held, now)
+
+    made, (soon, resolution) = resolved(t + timedelta(seconds=10), t + timedelta(seconds=10))
+    assert isinstance(soon, ConsentRevoked)
+    assert (soon.occurred_at, soon.stated_at) == (t + timedelta(seconds=10), said)
+    assert resolution == made[1]
+    assert (soon.event_id, soon.request_fingerprint) == (
+        made[0].event_id,
+        made[0].request_fingerprint,
+    )
+    _, (late, _) = resolved(t + timedelta(seconds=1), t + timedelta(seconds=60))
+    assert (late.occurred_at, late.stated_at) == (said, None)
+    # A resolution later than what it reviewed keeps its own time; a dismissal has none.
+    made, placed = resolved(t + timedelta(seconds=50), t + timedelta(seconds=60))
+    assert placed == made
+    dismissed = ResolveRevocationCandidate(
+        "resolve-2", PHONE, BRAND, str(held.event_id), CandidateResolution.DISMISSED, t
+    )
+    assert revoked_after_held(to_events(dismissed, t), held, t) == to_events(dismissed, t)
+    # An opt-out that covers a hold stamped ahead resolves it no earlier, too.
+    refused = replace(held, request_id="refused-x", unattributed=False)
+    (covered, _) = covered_hold_resolved(revoked(t), refused, t + timedelta(seconds=5))
+    assert isinstance(covered, ConsentRevoked)
+    assert (covered.occurred_at, covered.stated_at) == (t + timedelta(seconds=5), said)
 
 
 def _stop_placed(placed, stated=None):

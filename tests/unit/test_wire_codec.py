@@ -290,6 +290,25 @@ def test_an_opt_out_stamped_ahead_keeps_its_stated_time_and_one_written_without_
     assert old.event_id == ahead.event_id
 
 
+def test_a_candidate_stamped_ahead_keeps_its_stated_time_and_one_written_without_it_loads() -> None:
+    """A held opt-out's stated time travels as an optional field too: absent when it
+    was placed at its own time, and on candidates written before it was kept."""
+    stated = AT + timedelta(seconds=40)
+    held = next(e for e in EXAMPLES if isinstance(e, RevocationCandidateFlagged) and e.unattributed)
+    ahead = dataclasses.replace(held, stated_at=stated)
+    env = codec.event_to_proto(ahead)
+    assert env.revocation_candidate_flagged.HasField("stated_at")
+    back = codec.decode_event(codec.encode_event(ahead))
+    assert back == ahead
+    assert isinstance(back, RevocationCandidateFlagged) and back.stated == stated
+    assert not codec.event_to_proto(held).revocation_candidate_flagged.HasField("stated_at")
+    env.revocation_candidate_flagged.ClearField("stated_at")  # as written before it was kept
+    old = codec.decode_event(env.SerializeToString())
+    assert isinstance(old, RevocationCandidateFlagged)
+    assert (old.stated_at, old.stated) == (None, old.occurred_at)
+    assert old.event_id == ahead.event_id
+
+
 def test_times_in_other_zones_come_back_as_the_same_instant_in_utc() -> None:
     tokyo = timezone(timedelta(hours=9))
     event = ConsentResumed(**base(20, AT.astimezone(tokyo)), **who(), campaign=None)
@@ -590,7 +609,13 @@ any_event = st.one_of(
         body=texts,
         campaign=st.none() | texts,
     ),
-    _event(RevocationCandidateFlagged, **subscriber, inbound_message_id=texts, text=texts),
+    _event(
+        RevocationCandidateFlagged,
+        **subscriber,
+        inbound_message_id=texts,
+        text=texts,
+        stated_at=st.none() | moments,
+    ),
     _event(
         RevocationCandidateResolved,
         **subscriber,

@@ -974,6 +974,7 @@ class RevocationCandidateFlagged(_message.Message):
     UNATTRIBUTED_FIELD_NUMBER: _builtins.int
     TO_NUMBER_FIELD_NUMBER: _builtins.int
     CAMPAIGN_FIELD_NUMBER: _builtins.int
+    STATED_AT_FIELD_NUMBER: _builtins.int
     inbound_message_id: _builtins.str
     text: _builtins.str
     unattributed: _builtins.bool
@@ -985,6 +986,13 @@ class RevocationCandidateFlagged(_message.Message):
     """The number an unattributed STOP was sent to."""
     campaign: _builtins.str
     """The undefined campaign an unattributed opt-out named."""
+    @_builtins.property
+    def stated_at(self) -> _timestamp_pb2.Timestamp:
+        """The time the held opt-out said it happened, when that was ahead of the service's
+        clock: the envelope's occurred_at is then when it was recorded. A "revoked"
+        resolution takes effect no earlier than this (as ConsentRevoked.stated_at).
+        """
+
     def __init__(
         self,
         *,
@@ -993,10 +1001,11 @@ class RevocationCandidateFlagged(_message.Message):
         unattributed: _builtins.bool = ...,
         to_number: _builtins.str = ...,
         campaign: _builtins.str | None = ...,
+        stated_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "stated_at", b"stated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "inbound_message_id", b"inbound_message_id", "text", b"text", "to_number", b"to_number", "unattributed", b"unattributed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "inbound_message_id", b"inbound_message_id", "stated_at", b"stated_at", "text", b"text", "to_number", b"to_number", "unattributed", b"unattributed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__campaign: _TypeAlias = _typing.Literal["campaign"]  # noqa: Y015
     _WhichOneofArgType__campaign: _TypeAlias = _typing.Literal["_campaign", b"_campaign"]  # noqa: Y015
