@@ -121,6 +121,19 @@ async def client(address: str, who: str = "admin") -> AsyncIterator[Client]:
         yield Client(api_grpc.ConsentServiceStub(channel), TOKENS[who][0])
 
 
+async def imported(c: Client, *records: api.ImportRecord) -> api.ImportConsentsResponse:
+    """The answer to an import stream of one message holding ``records``."""
+
+    async def one() -> AsyncIterator[api.ImportConsentsRequest]:
+        yield api.ImportConsentsRequest(records=list(records))
+
+    stream = c.stub.ImportConsents(
+        one(), metadata=[("authorization", f"Bearer {c.token}")], timeout=60
+    )
+    (answer,) = [a async for a in stream]
+    return answer
+
+
 def kafka_settings(bootstrap: str, prefix: str, partitions: int = 4) -> KafkaLedgerSettings:
     return KafkaLedgerSettings(
         bootstrap_servers=bootstrap,

@@ -18,7 +18,17 @@ from consent.v1 import ledger_pb2 as lpb
 from google.protobuf import json_format
 
 from tests.builders import proof_proto as proof
-from tests.e2e.harness import Clock, client, define, inbound, opt_in, opt_out, serving, ts
+from tests.e2e.harness import (
+    Clock,
+    client,
+    define,
+    imported,
+    inbound,
+    opt_in,
+    opt_out,
+    serving,
+    ts,
+)
 from tests.e2e.test_write_races import NUMBER, allowed, token
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -40,17 +50,6 @@ async def service(request, tmp_path, postgres_dsn, kafka_bootstrap):
             )
         )
         yield runtime, clock
-
-
-async def imported(c, *records):
-    async def one():
-        yield api.ImportConsentsRequest(records=list(records))
-
-    stream = c.stub.ImportConsents(
-        one(), metadata=[("authorization", f"Bearer {c.token}")], timeout=60
-    )
-    (answer,) = [a async for a in stream]
-    return answer
 
 
 async def refused_on_occurred_at(call) -> None:

@@ -18,6 +18,7 @@ from tests.e2e.harness import (
     Clock,
     client,
     define,
+    imported,
     inbound,
     opt_in,
     opt_out,
@@ -285,25 +286,15 @@ async def test_an_imported_opt_in_stated_before_an_imported_opt_out_stamped_ahea
     async with client(runtime.address, "acme-app") as c:
         phone, other = "+14155550193", "+14155550194"
 
-        async def imported(*records):
-            async def one():
-                yield api.ImportConsentsRequest(records=list(records))
-
-            stream = c.stub.ImportConsents(
-                one(), metadata=[("authorization", f"Bearer {c.token}")], timeout=60
-            )
-            (answer,) = [a async for a in stream]
-            return answer
-
         stop = opt_out(phone, "acme", "promo", t + timedelta(seconds=40), "stop-ahead")
-        first = await imported(api.ImportRecord(opt_out=stop))
+        first = await imported(c, api.ImportRecord(opt_out=stop))
         assert (first.imported, list(first.refusals)) == (1, [])
 
         clock.now = t + timedelta(seconds=25)
         between = t + timedelta(seconds=20)
         late = opt_in(phone, "acme", "promo", between, "between", proof=proof(between))
         on_time = opt_in(other, "acme", "promo", between, "other", proof=proof(between))
-        second = await imported(api.ImportRecord(opt_in=late), api.ImportRecord(opt_in=on_time))
+        second = await imported(c, api.ImportRecord(opt_in=late), api.ImportRecord(opt_in=on_time))
         assert second.imported == 1
         (refusal,) = second.refusals
         assert (refusal.request_id, refusal.code) == ("between", "INVALID_ARGUMENT")
