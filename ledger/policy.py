@@ -915,7 +915,13 @@ class Check:
             for zone in digest.zones:
                 tz = _zone_info(zone)
                 today = self._date_in(zone)
-                counted = [s for s in c.sent if from_micros(s.at).astimezone(tz).date() == today]
+                # A send stamped after now is recorded, so it went out by now: today,
+                # even when its stamp bears tomorrow's date (just before midnight).
+                counted = [
+                    s
+                    for s in c.sent
+                    if now < s.at or from_micros(s.at).astimezone(tz).date() == today
+                ]
                 if len(counted) >= policy.daily_cap:
                     return deny(
                         Reason.DAILY_CAP_REACHED,

@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
@@ -23,6 +24,7 @@ from grpc_status import rpc_status
 from ledger.ports import ConsistencyToken, Stream
 from services.bootstrap import Runtime
 from tests.e2e.harness import (
+    Clock,
     client,
     define,
     inbound,
@@ -713,3 +715,57 @@ async def test_the_history_names_the_replies_recorded_exempt_that_count(service)
     assert not_granted <= marked, (not_granted, marked)
     assert len(marked - not_granted) == 1, (marked, not_granted)  # the one owed
     assert answer.detail.startswith("2 of 2 messages"), answer  # the other two count
+
+
+def three_minutes_to_midnight_in_los_angeles() -> datetime:
+    """The next 23:57 in Los Angeles at least ten minutes ahead of the real clock, in
+    UTC: ahead, so the broker's stamps are known by the service's now."""
+    zone = ZoneInfo("America/Los_Angeles")
+    local = datetime.now(zone).replace(hour=23, minute=57, second=0, microsecond=0)
+    if local <= datetime.now(zone) + timedelta(minutes=10):
+        local += timedelta(days=1)
+    return local.astimezone(UTC)
+
+
+@pytest.mark.parametrize("ledger", ["kafka", "embedded"])
+async def test_a_send_stamped_ahead_into_tomorrow_counts_towards_today_s_cap(
+    ledger, tmp_path, postgres_dsn, kafka_bootstrap
+):
+    """README's sending policy, caps: a send stamped a little after now (a sender's
+    clock ahead) counts. At 23:57 in Los Angeles a send stamped four minutes ahead
+    bears tomorrow's date, and the daily cap of one counted it on no day but
+    tomorrow: CanSend allowed a second message that night. It is recorded, so it
+    went out by now, today: every check denies."""
+    clock = Clock(three_minutes_to_midnight_in_los_angeles())
+    now = clock.now
+    campaign = define(
+        "acme", "nightly", now - timedelta(days=1), daily_cap=1,
+        purpose=lpb.CAMPAIGN_PURPOSE_INFORMATIONAL,  # no quiet hours at night
+    )  # fmt: skip
+    bootstrap = kafka_bootstrap if ledger == "kafka" else None
+    async with (
+        serving(
+            tmp_path, postgres_dsn, bootstrap, name="ahead", clock=clock, campaigns=[campaign]
+        ) as runtime,
+        client(runtime.address, "acme-app") as c,
+    ):
+        number = phone(9501)
+        granted = await c.RecordOptIn(opt_in(number, "acme", "nightly", now - timedelta(hours=2)))
+        ahead = message(9501, now + timedelta(minutes=4), campaign="nightly", message_id="SM-ahead")
+        sent = await c.RecordMessagesSent(call("ahead-of-midnight", [ahead]))
+        token = (
+            ConsistencyToken.decode(granted.consistency_token)
+            .merge(ConsistencyToken.decode(sent.consistency_token))
+            .encode()
+        )
+        asked = dict(phone=number, brand="acme", campaign="nightly", at_least_as_fresh=token)
+        live = await c.CanSend(api.CanSendRequest(**asked))
+        batch = await c.CanSendBatch(
+            api.CanSendBatchRequest(
+                phones=[number], brand="acme", campaign="nightly", at_least_as_fresh=token
+            )
+        )
+        then = await c.CanSendAsOf(api.CanSendAsOfRequest(**asked, at=ts(now)))
+    for answer in (live, batch.decisions[0], then):
+        assert not answer.allowed, answer
+        assert answer.reason == api.REASON_DAILY_CAP_REACHED, answer
