@@ -245,11 +245,22 @@ class LedgerUnavailable(ConnectionError):
     """The ledger's storage did not acknowledge an append (or a read) in time."""
 
 
+TOO_LARGE = "is too large to record as one ledger fact"
+"""Why a request is refused whose fact the ledger refuses as too large
+(``EventTooLarge``: on field ``request``, or on each message of a batched send)."""
+
+
 class EventTooLarge(ValueError):
     """The ledger's storage refuses an event as larger than one record may be.
 
     Unlike ``LedgerUnavailable`` this is no passing failure: the same event would be
-    refused again, so the request must not be retried as it is."""
+    refused again, so the request must not be retried as it is. ``places`` are those
+    of the events too large in the append, when it refused them before sending any
+    (empty when the storage refused one as it came)."""
+
+    def __init__(self, message: str, places: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.places = tuple(places)
 
 
 class EventLog(ABC):

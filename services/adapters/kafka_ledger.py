@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -398,8 +399,9 @@ class KafkaLedger(EventLog):
         """Raises ``ConnectionError`` when any event is not acknowledged in time; some
         of them may have been written anyway, which a retry with the same event ids
         makes harmless. Raises ``EventTooLarge``, which no retry gets past, for an
-        event over ``max_record_bytes`` (nothing is sent) and for one the broker
-        refuses as too large (a topic whose ``max.message.bytes`` is set lower; the
+        event over ``max_record_bytes`` or the topics' ``max.message.bytes`` (nothing
+        is sent; its ``places`` name each such event) and for one the broker refuses
+        as too large (a topic's ``max.message.bytes`` lowered since it was read; the
         other events may have been written)."""
         # Encode everything first: an event that cannot be encoded, or is too large to
         # send, sends nothing.
@@ -407,13 +409,33 @@ class KafkaLedger(EventLog):
             (self.settings.topic(Stream.of(e)), _key(e), encode_event(e), record_headers(e))
             for e in events
         ]
-        for event, (_, key, value, headers) in zip(events, records, strict=True):
+        # The topics' max.message.bytes as last read, when lower: the broker would
+        # refuse such a record alone after writing the others of the append (half of
+        # a batched send), so it is refused here, before any is sent.
+        limit = min(self.settings.max_record_bytes, self._batch_limit or sys.maxsize)
+        too_large = []
+        for place, (event, (_, key, value, headers)) in enumerate(
+            zip(events, records, strict=True)
+        ):
             size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
-            if size > self.settings.max_record_bytes:
-                raise EventTooLarge(
-                    f"Kafka ledger: a {type(event).__name__} of {size:,} bytes is larger than "
-                    f"a record may be ({self.settings.max_record_bytes:,} bytes)"
-                )
+            if size > limit:
+                too_large.append((place, event, size))
+        if too_large and limit < self.settings.max_record_bytes:
+            try:
+                limit = await self._record_limit()
+            except (KafkaError, TimeoutError) as exc:
+                raise LedgerUnavailable(
+                    f"Kafka ledger: the topics' max.message.bytes could not be read from "
+                    f"{self.settings.bootstrap_servers}: {type(exc).__name__}: {exc}"
+                ) from exc
+            too_large = [t for t in too_large if t[2] > limit]
+        if too_large:
+            _, event, size = too_large[0]
+            raise EventTooLarge(
+                f"Kafka ledger: a {type(event).__name__} of {size:,} bytes is larger than "
+                f"a record may be ({limit:,} bytes)",
+                [place for place, _, _ in too_large],
+            )
         if not records:
             return []
         try:
@@ -478,20 +500,7 @@ class KafkaLedger(EventLog):
         ``max.message.bytes`` (once for the appends refused together)."""
         async with self._resizing:
             if self._batch_size >= tried:
-                admin = self._admin()
-                await admin.start()
-                try:
-                    topics = list(self.settings.topic_partitions())
-                    resources = await self._described_configs(admin, topics, False)
-                finally:
-                    await admin.close()
-                limits = [
-                    int(value)
-                    for r in resources
-                    for e in r["config_entries"]
-                    if e["config_names"] == "max.message.bytes"
-                    and (value := e["config_value"] or "").isdigit()
-                ]
+                limits = await self._record_limits()
                 if not limits or min(limits) >= tried:
                     return False  # the record is too large on its own
                 log.warning(
@@ -506,6 +515,31 @@ class KafkaLedger(EventLog):
                     self._spent = self._started_producer()  # renewed at the next send
                     self._batch_size = min(PRODUCER_BATCH_BYTES, self._batch_limit)
             return self._batch_size < tried
+
+    async def _record_limits(self) -> list[int]:
+        """The topics' ``max.message.bytes``, read now."""
+        admin = self._admin()
+        await admin.start()
+        try:
+            topics = list(self.settings.topic_partitions())
+            resources = await self._described_configs(admin, topics, False)
+        finally:
+            await admin.close()
+        return [
+            int(value)
+            for r in resources
+            for e in r["config_entries"]
+            if e["config_names"] == "max.message.bytes"
+            and (value := e["config_value"] or "").isdigit()
+        ]
+
+    async def _record_limit(self) -> int:
+        """The largest record the topics take, their ``max.message.bytes`` read again:
+        one raised since it was last read lets larger records be sent from now on."""
+        limits = await self._record_limits()
+        if limits:
+            self._batch_limit = min(limits)
+        return min(self.settings.max_record_bytes, self._batch_limit or sys.maxsize)
 
     def _sent(self, records: list[Record]) -> asyncio.Future[list[RecordMetadata]]:
         """Each record's metadata once the broker acknowledged all of them; the first

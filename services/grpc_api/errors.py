@@ -18,7 +18,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ledger.errors import DomainError, InvalidRequest
-from ledger.ports import EventTooLarge, LedgerUnavailable
+from ledger.ports import TOO_LARGE, EventTooLarge, LedgerUnavailable
 from services.errors import (
     AccessNotRecorded,
     AlreadyExists,
@@ -87,11 +87,6 @@ def _status(code: int, message: str, *details: Any) -> grpc.Status:
         packed.Pack(detail)
         status.details.append(packed)
     return rpc_status.to_status(status)
-
-
-TOO_LARGE = "is too large to record as one ledger fact"
-"""Why a request is refused whose fact the ledger refuses as too large
-(``EventTooLarge``, on field ``request``)."""
 
 
 def refusal_of(exc: DomainError | EventTooLarge) -> DomainError:

@@ -16,6 +16,7 @@ from datetime import datetime
 
 from ledger.commands import RecordMessagesSent, to_events
 from ledger.digest import digest_of
+from ledger.errors import InvalidRequest
 from ledger.events import (
     LedgerEvent,
     LedgerPosition,
@@ -26,7 +27,7 @@ from ledger.events import (
 )
 from ledger.phone import forms_stored_before
 from ledger.policy import earns_exemption
-from ledger.ports import ConsistencyToken
+from ledger.ports import TOO_LARGE, ConsistencyToken, EventTooLarge
 from ledger.state import COUNTED_KINDS, apply
 from services.errors import FailedPrecondition, NotConsistent
 from services.usecases.context import BEHIND, Context
@@ -37,6 +38,24 @@ from services.usecases.requests import (
     refuse_another_request,
 )
 from services.usecases.spellings import earlier_message_uses, state_as_one
+
+
+def _refuse_too_large(
+    exc: EventTooLarge, events: Sequence[MessageSent], new: Sequence[MessageSent]
+) -> None:
+    """``InvalidRequest`` naming each message of the call whose fact the ledger refused
+    as too large before appending any (``exc.places``, in ``new``), so the caller
+    learns which; an ``exc`` that names none is left to be raised as it is."""
+    if not exc.places:
+        return
+    place: dict[tuple[str, str], int] = {}
+    for i, event in enumerate(events):
+        place.setdefault((event.phone, event.message_id), i)
+    (field, reason), *more = [
+        (f"messages[{i}]", f"{TOO_LARGE} ({exc})")
+        for i in sorted(place[new[j].phone, new[j].message_id] for j in exc.places)
+    ]
+    raise InvalidRequest(field, reason, *more) from exc
 
 
 @dataclass(frozen=True)
@@ -182,7 +201,11 @@ class Sends:
             cmd.brand, cmd.request_id, events[0].request_fingerprint, answer
         )
         refuse_another_request(events[0], claimed)
-        recorded = await self.ctx.ledger.append(new)
+        try:
+            recorded = await self.ctx.ledger.append(new)
+        except EventTooLarge as exc:
+            _refuse_too_large(exc, events, new)
+            raise
         return SendsResult(answer, token.merge(ConsistencyToken.after(recorded)), len(recorded))
 
     async def _known(

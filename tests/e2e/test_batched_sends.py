@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.duration_pb2 import Duration
@@ -22,12 +24,14 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from ledger.ports import ConsistencyToken, Stream
+from services.adapters.kafka_ledger import KafkaLedger, topic_configs
 from services.bootstrap import Runtime
 from tests.e2e.harness import (
     Clock,
     client,
     define,
     inbound,
+    kafka_settings,
     opt_in,
     precondition_violations,
     serving,
@@ -769,3 +773,50 @@ async def test_a_send_stamped_ahead_into_tomorrow_counts_towards_today_s_cap(
     for answer in (live, batch.decisions[0], then):
         assert not answer.allowed, answer
         assert answer.reason == api.REASON_DAILY_CAP_REACHED, answer
+
+
+async def test_a_message_too_large_for_the_topics_writes_none_of_the_call(serve, kafka_bootstrap):
+    """A topic whose ``max.message.bytes`` is below one message's fact (its answer's
+    hundred evidence ids): the broker refused that record alone, after the others of
+    the call were written, and the call was answered INVALID_ARGUMENT on
+    ``request``, as if nothing were. Now the call names the message and writes
+    nothing; with the limit raised, the same call records every message."""
+    clock = Clock()
+    settings = kafka_settings(kafka_bootstrap, f"large-sends-{uuid.uuid4().hex[:8]}.")
+    await KafkaLedger(settings).ensure_topics()
+    topic = settings.topic(Stream.SUBSCRIBERS)
+
+    async def limit_records(to: str) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            limit = {**topic_configs(settings), "max.message.bytes": to}
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+        finally:
+            await admin.close()
+
+    await limit_records("2048")
+    campaign = define("acme", "promo", clock.now - timedelta(days=1))
+    runtime = await serve(name="large-sends", clock=clock, campaigns=[campaign], kafka=settings)
+    evidence = [str(uuid.uuid4()) for _ in range(100)]
+    large = api.ReliedOnAnswer(
+        consistency_token="subscribers:0:1",
+        allowed=True,
+        reason=api.REASON_CONSENT_ACTIVE,
+        evidence_event_ids=evidence,
+    )
+    sends = [
+        message(9601, clock.now),
+        message(9602, clock.now, relied_on=large),
+        message(9603, clock.now),
+    ]
+    async with client(runtime.address, "acme-app") as c:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await c.RecordMessagesSent(call("too-large", sends))
+        assert await ledger_size(runtime) == 0
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in status_details(refused.value)] == ["messages[1]"]
+        await limit_records("1048588")
+        written = await c.RecordMessagesSent(call("too-large", sends))
+    assert len(set(written.event_ids)) == 3
+    assert await ledger_size(runtime) == 3

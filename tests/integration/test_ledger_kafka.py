@@ -65,6 +65,14 @@ async def started_ledger(
         await asyncio.wait_for(ledger.close(), 30)
 
 
+def lowered_since_read(ledger: KafkaLedger) -> None:
+    """Make ``ledger`` one that read the topics' ``max.message.bytes`` before it was
+    lowered: it then sends a record above the limit, and the broker refuses it (a
+    limit it knows refuses such a record before anything is sent). Lowering the limit
+    under a running ledger instead would race the broker applying it."""
+    ledger._batch_limit = None
+
+
 @contextlib.asynccontextmanager
 async def admin_client(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -289,12 +297,34 @@ async def test_an_event_the_broker_refuses_as_too_large_is_not_an_outage(
         limit = {**topic_configs(settings), "max.message.bytes": "4096"}  # a whole new set
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
     async with started_ledger(settings) as ledger:
+        lowered_since_read(ledger)
         large = replace(message_sent(new_phone()), message_id="x" * 10_000)
 
         with pytest.raises(EventTooLarge, match="refused a record as too large") as refused:
             await ledger.append([large])
 
         assert not isinstance(refused.value, ConnectionError)  # not "retry"
+
+
+async def test_an_event_over_the_topics_limit_sends_none_of_its_append(
+    kafka_bootstrap: str,
+) -> None:
+    """The broker refused such a record alone, after writing the others of its append
+    (a batched send answered "nothing written" with two of three recorded)."""
+    settings = settings_for_test(kafka_bootstrap)
+    await KafkaLedger(settings).ensure_topics()
+    async with admin_client(kafka_bootstrap) as admin:
+        topic = settings.topic(Stream.SUBSCRIBERS)
+        limit = {**topic_configs(settings), "max.message.bytes": "4096"}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+    async with started_ledger(settings) as ledger:
+        large = replace(message_sent(new_phone()), message_id="x" * 5_000)
+
+        with pytest.raises(EventTooLarge, match="larger than a record may be") as refused:
+            await ledger.append([message_sent(new_phone()), large, message_sent(new_phone())])
+
+        assert refused.value.places == (1,)
+        assert sum((await ledger.end_offsets(Stream.SUBSCRIBERS)).values()) == 0
 
 
 async def test_a_partition_takes_appends_again_after_the_broker_refused_one_of_them(
@@ -313,6 +343,7 @@ async def test_a_partition_takes_appends_again_after_the_broker_refused_one_of_t
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
     renewals: list[None] = []
     async with started_ledger(settings, renewed=lambda: renewals.append(None)) as ledger:
+        lowered_since_read(ledger)
         phone = new_phone()
         before = await ledger.append([message_sent(phone, 0)])
         with pytest.raises(EventTooLarge):
@@ -418,7 +449,8 @@ async def test_appends_made_at_once_fit_a_record_limit_lowered_while_running(
         )
         assert [a for a in answers if isinstance(a, BaseException)] == []
         large = replace(message_sent(phone, 99), message_id="x" * 5_000)
-        with pytest.raises(EventTooLarge, match="refused a record as too large"):
+        # The limit read again: refused before it is sent.
+        with pytest.raises(EventTooLarge, match="larger than a record may be"):
             await ledger.append([large])
         (written,) = [
             [r.event for r in part]
