@@ -783,6 +783,7 @@ def _opt_in(cmd: RecordOptIn, now: datetime) -> list[LedgerEvent]:
             method=cmd.method,
             proof=_with_region(cmd.proof),
             source=cmd.source,
+            stated_at=stated_if_ahead(cmd.occurred_at, now),
         )
     ]
 
@@ -799,9 +800,10 @@ def consent_time(occurred_at: datetime, now: datetime) -> datetime:
 
 
 def stated_if_ahead(occurred_at: datetime, now: datetime) -> datetime | None:
-    """A revocation's own time when ``consent_time`` places it earlier (it is stamped
-    ahead of ``now``), else None: kept on it (``ConsentRevoked.stated_at``), so a
-    consent stamped between its place and its time is told apart from one after it."""
+    """A fact's own time when ``consent_time`` places it earlier (it is stamped ahead
+    of ``now``), else None: kept on it (``ConsentRevoked.stated_at``, and a consent's),
+    so a consent stamped between an opt-out's place and its time is told apart from
+    one after it."""
     return occurred_at if occurred_at > now else None
 
 
@@ -824,7 +826,10 @@ def check_consent_after_opt_outs(
     opt-out is the person's later word: the allow could not be defended, recorded a
     moment later or backfilled a week later. At the same time the opt-out wins, so
     one stated then is refused too. A consent placed no later than the opt-out
-    loses to it in the fold anyway, and is recorded.
+    loses to it in the fold anyway, and is recorded. The fold orders the opt-out
+    at its stated time as well (``ledger.state.stated_key``), so one such consent
+    that reaches the ledger past this check (two instances racing) denies still:
+    refusing it tells the client at the write.
 
     ``unstated_in_doubt``: also refuse a consent stamped ahead while an opt-out
     that keeps no stated time was recorded within ``MAX_CLOCK_SKEW``. Recorded
@@ -1423,6 +1428,8 @@ def _resume(
             brand=brand,
             campaign=name,
             inbound_message_id=cmd.message_id,
+            # ``at`` is ``consent_time``: earlier than the text's time only when ahead.
+            stated_at=stated_if_ahead(cmd.occurred_at, at),
         )
     )
     if state.campaign(name).grant is None:

@@ -23,10 +23,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from ledger.deadlines import revocation_due
-from ledger.events import MessageKind
+from ledger.events import ConsentRevoked, MessageKind
 from ledger.numbers import places
 from ledger.regions import with_supplied, zones_with_region
-from ledger.state import CampaignConsent, Fact, SentRecord, SubscriberState, located_region
+from ledger.state import (
+    CampaignConsent,
+    Fact,
+    SentRecord,
+    SubscriberState,
+    located_region,
+    stated_key,
+)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -100,6 +107,15 @@ class CampaignDigest(NamedTuple):
     last_inbound: Mark | None = None
     """The latest text the person sent this campaign's number: a conversation is the
     campaign's whose number the person texted, and no other's."""
+    revocation_said: Mark | None = None
+    """The opt-out latest by the time it said (``ledger.state.stated_key``), at that
+    time, where that is later than ``revocation``'s place (it was stamped ahead);
+    None otherwise. A consent outranks the campaign's opt-outs only when it is later
+    than ``revocation`` by place and than this by the time it said."""
+    grant_stated: int | None = None
+    """When ``grant`` said it happened, where that is later than its place."""
+    resume_stated: int | None = None
+    """When ``resume`` said it happened, where that is later than its place."""
 
 
 EMPTY_CAMPAIGN = CampaignDigest()
@@ -166,6 +182,10 @@ class Digest(NamedTuple):
     erased: Mark | None = None
     """The latest erasure of the subject's personal data (``SubscriberState.erased``):
     a send it leaves without consent is denied as ``SUBJECT_ERASED``."""
+    brand_revocation_said: Mark | None = None
+    """``CampaignDigest.revocation_said`` of the brand-wide opt-outs."""
+    brand_resume_stated: int | None = None
+    """When ``brand_resume`` said it happened, where that is later than its place."""
 
     def campaign(self, name: str) -> CampaignDigest:
         return self.campaigns.get(name, EMPTY_CAMPAIGN)
@@ -177,6 +197,26 @@ def _mark(fact: Fact[Any] | None) -> Mark | None:
     event = fact.event
     at = (event.occurred_at - EPOCH) // _MICROSECOND
     return built(Mark, (at, fact.position.offset, str(event.event_id)))
+
+
+def _stated(fact: Fact[Any] | None) -> int | None:
+    """A consent's stated time (``grant_stated``), where later than its place."""
+    if fact is None or fact.event.stated_at is None:
+        return None
+    at = stated_key(fact)[0]
+    return None if at == fact.event.occurred_at else (at - EPOCH) // _MICROSECOND
+
+
+def _said(said: Fact[ConsentRevoked] | None, placed: Fact[ConsentRevoked] | None) -> Mark | None:
+    """``revocation_said``: the opt-out ``said`` at the time it said, where that is
+    later than the place of ``placed`` (the latest by place); None where it adds
+    nothing to ``placed``'s mark."""
+    if said is None or placed is None or said.event.stated_at is None:
+        return None
+    at, offset = stated_key(said)
+    if at <= placed.event.occurred_at:
+        return None
+    return built(Mark, ((at - EPOCH) // _MICROSECOND, offset, str(said.event.event_id)))
 
 
 def _sent(record: SentRecord) -> Mark:
@@ -215,6 +255,9 @@ def _campaign_digest(c: CampaignConsent) -> CampaignDigest:
                 else ()
             ),
             _mark(c.last_inbound),
+            _said(c.revocation_said, c.revocation),
+            _stated(grant),
+            _stated(c.resume),
         ),
     )
 
@@ -272,6 +315,8 @@ def digest_of(state: SubscriberState) -> Digest:
             with_supplied(number.regions if number else (), supplied),
             None if location is None else Located(supplied, location.event_id),
             _mark(state.erased),
+            _said(state.brand_revocation_said, state.brand_revocation),
+            _stated(state.brand_resume),
         ),
     )
 

@@ -287,6 +287,17 @@ class ConsentGranted(SubscriberEvent):
     method: CollectionMethod
     proof: ConsentProof
     source: ListSource = ListSource.FIRST_PARTY
+    stated_at: datetime | None = None
+    """When the opt-in said it happened, kept when that was ahead of the service's
+    clock and it took its place when recorded instead (as ``ConsentRevoked.stated_at``);
+    None otherwise, and on opt-ins recorded before this was kept. It outranks an
+    opt-out only if it is the later by this time as well as by place
+    (``ledger.policy.standing``)."""
+
+    @property
+    def stated(self) -> datetime:
+        """When the opt-in said it happened: ``stated_at``, else ``occurred_at``."""
+        return self.occurred_at if self.stated_at is None else self.stated_at
 
 
 @dataclass(frozen=True)
@@ -304,8 +315,9 @@ class ConsentRevoked(SubscriberEvent):
     """When the opt-out said it happened, kept when that was ahead of the service's
     clock and it took its place when recorded instead (``ledger.commands.consent_time``);
     None when it took its place at its own time, and on opt-outs recorded before this
-    was kept. A consent stated no later than this cannot outrank it
-    (``ledger.commands.check_consent_after_opt_outs``)."""
+    was kept. A consent stated no later than this cannot outrank it: it is refused
+    (``ledger.commands.check_consent_after_opt_outs``), and one recorded all the same
+    loses to it in the fold (``ledger.state.stated_key``)."""
 
     @property
     def stated(self) -> datetime:
@@ -334,6 +346,14 @@ class ConsentResumed(SubscriberEvent):
     EVENT_TYPE = "ConsentResumed"
     campaign: str | None
     inbound_message_id: str = ""
+    stated_at: datetime | None = None
+    """When the START said it happened, kept when that was ahead of the service's
+    clock (as ``ConsentGranted.stated_at``); None otherwise."""
+
+    @property
+    def stated(self) -> datetime:
+        """When the START said it happened: ``stated_at``, else ``occurred_at``."""
+        return self.occurred_at if self.stated_at is None else self.stated_at
 
 
 @dataclass(frozen=True)

@@ -238,6 +238,28 @@ class Standing(NamedTuple):
     """The opt-out that stands, if one does."""
     brand_wide: bool = False
     """True when that opt-out covers every campaign of the brand."""
+    since_stated: int | None = None
+    """When the consent that stands said it was given, where later than ``since``."""
+
+
+def _not_after(
+    consent: Mark | None, stated: int | None, placed: Mark, said: Mark | None
+) -> Mark | None:
+    """The opt-out that ``consent`` (said to be given at ``stated``, where later than
+    its place) does not come after: ``placed``, the latest opt-out by place, unless
+    the consent is later by place; else ``said``, the latest by the time it said
+    (``CampaignDigest.revocation_said``), unless the consent said a later time. None
+    when it comes after both: only then does it outrank them. At the same instant
+    the opt-out wins, so doubt denies.
+
+    Both, because each order alone let a consent outrank an opt-out it may not have
+    come after (``ledger.state.stated_key``): one stated between an opt-out's place
+    and its time, or one stamped ahead and recorded before an opt-out."""
+    if consent is None or consent.at <= placed.at:
+        return placed
+    if said is not None and (consent.at if stated is None else stated) <= said.at:
+        return said
+    return None
 
 
 def standing(digest: Digest, c: CampaignDigest) -> Standing:
@@ -250,78 +272,97 @@ def standing(digest: Digest, c: CampaignDigest) -> Standing:
         and c.resume is None
         and digest.brand_resume is None
     ):
-        return built(Standing, (True, grant.at, (grant.event_id,), None, False))
-    # Ordered by (time, rank, offset): at the same instant a revocation (rank 1)
-    # outranks a grant (rank 0), so doubt denies. This campaign's own opt-out is
-    # lifted only by this campaign's resume or a newer grant; a brand-wide resume
-    # (START after STOPALL) lifts the brand-wide opt-out, never a STOP the person
-    # sent this campaign on its own.
-    best: tuple[int, int, int] | None = None
-    kind = ""
-    fact: Mark | None = None
-    if grant is not None:
-        best, kind, fact = (grant.at, 0, grant.offset), "grant", grant
-        best, kind, fact = _later_resume(grant, c.resume, best, kind, fact)
-    own = c.revocation
-    if own is not None:
-        key = (own.at, 1, own.offset)
-        if best is None or key > best:
-            best, kind, fact = key, "campaign", own
-    if grant is not None and best is not None and fact is not None and kind != "campaign":
-        best, kind, fact = _later_resume(grant, digest.brand_resume, best, kind, fact)
-    brand = digest.brand_revocation
+        return built(Standing, (True, grant.at, (grant.event_id,), None, False, c.grant_stated))
+    # This campaign's own opt-out is lifted only by this campaign's resume or a newer
+    # grant; a brand-wide resume (START after STOPALL) lifts the brand-wide opt-out,
+    # never a STOP the person sent this campaign on its own. A consent outranks an
+    # opt-out only when it comes after it (``_not_after``).
+    consent, stated, resumed = grant, c.grant_stated, False
+    if grant is not None and c.resume is not None and grant.before(c.resume):
+        consent, stated, resumed = c.resume, c.resume_stated, True
+    own, brand = c.revocation, digest.brand_revocation
+    stands = None if own is None else _not_after(consent, stated, own, c.revocation_said)
+    if stands is not None:
+        # The brand-wide opt-out is named instead when it stands too and is the
+        # later, unless a brand-wide START lifted it.
+        brand_said = digest.brand_revocation_said
+        wide = None if brand is None else _not_after(consent, stated, brand, brand_said)
+        if wide is not None and stands.before(wide):
+            assert brand is not None
+            resume = digest.brand_resume
+            lifted = resume is not None and (
+                _not_after(resume, digest.brand_resume_stated, brand, brand_said) is None
+            )
+            if not lifted:
+                return Standing(False, None, (wide.event_id,), wide, True)
+        return Standing(False, None, (stands.event_id,), stands, False)
+    brand_resume = digest.brand_resume
+    if (
+        consent is not None
+        and brand_resume is not None
+        and grant is not None
+        and grant.before(brand_resume)
+        and consent.before(brand_resume)
+    ):
+        consent, stated, resumed = brand_resume, digest.brand_resume_stated, True
     if brand is not None:
-        key = (brand.at, 1, brand.offset)
-        resume = digest.brand_resume
-        lifted = resume is not None and (resume.at, 0, resume.offset) > key
-        if (best is None or key > best) and not (kind == "campaign" and lifted):
-            best, kind, fact = key, "brand", brand
-    if fact is None:
+        stands = _not_after(consent, stated, brand, digest.brand_revocation_said)
+        if stands is not None:
+            return Standing(False, None, (stands.event_id,), stands, True)
+    if consent is None:
         return Standing(False, None, (), None)
-    if kind in ("campaign", "brand"):
-        return Standing(False, None, (fact.event_id,), fact, kind == "brand")
-    assert grant is not None  # "resume" only stands when a grant precedes it
-    evidence = (grant.event_id,) if kind == "grant" else (grant.event_id, fact.event_id)
-    return Standing(True, fact.at, evidence, None)
+    assert grant is not None  # a resume only stands when a grant precedes it
+    evidence = (grant.event_id, consent.event_id) if resumed else (grant.event_id,)
+    return Standing(True, consent.at, evidence, None, False, stated)
 
 
-def revoked_elsewhere(digest: Digest, campaign: str, since: int) -> tuple[str, Mark] | None:
-    """Under the revoke-all rule, an opt-out of another campaign of the brand no older
-    than ``campaign``'s consent (``since``), with that campaign's name; None when
-    there is none. It is read as an opt-out of every campaign, so only this
-    campaign's own newer consent (a grant, or a START to its number) outranks it: a
-    START to the other campaign's number, or a new grant of it, resumes that
-    campaign alone, as it does after a STOPALL. ``GetConsent`` reads it as the
-    policy does."""
+def revoked_elsewhere(
+    digest: Digest, campaign: str, since: int, stated: int | None = None
+) -> tuple[str, Mark] | None:
+    """Under the revoke-all rule, an opt-out of another campaign of the brand that
+    ``campaign``'s consent (given at ``since``, said at ``stated`` where later) does
+    not come after (``_not_after``), with that campaign's name; None when there is
+    none. It is read as an opt-out of every campaign, so only this campaign's own
+    newer consent (a grant, or a START to its number) outranks it: a START to the
+    other campaign's number, or a new grant of it, resumes that campaign alone, as
+    it does after a STOPALL. ``GetConsent`` reads it as the policy does."""
+    consent = built(Mark, (since, -1, ""))  # after an opt-out only by a later time
     for other in sorted(digest.campaigns):
         if other == campaign:
             continue
-        revocation = digest.campaign(other).revocation
-        if revocation is not None and revocation.at >= since:
-            return other, revocation
+        c = digest.campaign(other)
+        if c.revocation is not None:
+            found = _not_after(consent, stated, c.revocation, c.revocation_said)
+            if found is not None:
+                return other, found
     return None
-
-
-def _later_resume(
-    grant: Mark, resume: Mark | None, best: tuple[int, int, int], kind: str, fact: Mark
-) -> tuple[tuple[int, int, int], str, Mark]:
-    """``resume`` in place of (best, kind, fact) when it came after the grant and best."""
-    if resume is not None and grant.before(resume):
-        key = (resume.at, 0, resume.offset)
-        if key > best:
-            return key, "resume", resume
-    return best, kind, fact
 
 
 def latest_revocation(digest: Digest, c: CampaignDigest) -> Mark | None:
     """The latest opt-out on record for the campaign (its own or a brand-wide one), even
-    when a later grant or resume outranks it."""
+    when a later grant or resume outranks it: by place, where its one confirmation
+    counts from."""
     own, brand = c.revocation, digest.brand_revocation
     if own is None:
         return brand
     if brand is None or brand.before(own):
         return own
     return brand
+
+
+def latest_revocation_key(digest: Digest, c: CampaignDigest) -> tuple[int, int] | None:
+    """The latest (time, offset) of the campaign's opt-outs and the brand's, by place
+    and by the time each said (``revocation_said``): a text no later than this opens
+    no conversation. A text keeps no stated time, so it must come after both."""
+    keys = [
+        (m.at, m.offset)
+        for m in (c.revocation, c.revocation_said, digest.brand_revocation)
+        if m is not None
+    ]
+    said = digest.brand_revocation_said
+    if said is not None:
+        keys.append((said.at, said.offset))
+    return max(keys) if keys else None
 
 
 def _obligations(non_marketing: bool, first: bool, reconfirm: bool) -> tuple[Obligation, ...]:
@@ -434,7 +475,7 @@ class Check:
             reason = Reason.REVOKED_BRAND_WIDE if current.brand_wide else Reason.REVOKED
             return deny(reason, "opted out; new consent is needed", current.evidence, version)
         if self._revoke_all and current.since is not None:
-            elsewhere = self._revoked_elsewhere(digest, current.since)
+            elsewhere = self._revoked_elsewhere(digest, current.since, current.since_stated)
             if elsewhere is not None:
                 return elsewhere
 
@@ -511,13 +552,13 @@ class Check:
         )
         return deny(Reason.CONTENT_NOT_ALLOWED, detail, evidence, self.version)
 
-    def _revoked_elsewhere(self, digest: Digest, since: int) -> Decision | None:
+    def _revoked_elsewhere(self, digest: Digest, since: int, stated: int | None) -> Decision | None:
         """Under the revoke-all rule (``REVOKE_ALL_EFFECTIVE``, the campaign's own
         ``revoke_all``, or its brand's setting): an opt-out of another campaign of the
         brand that stands and is no older than this campaign's consent (a consent
         given or resumed after it is the person's newer word, for this campaign). The
         one opt-out confirmation is the revoked campaign's, decided before this."""
-        found = revoked_elsewhere(digest, self.campaign.campaign, since)
+        found = revoked_elsewhere(digest, self.campaign.campaign, since, stated)
         if found is None:
             return None
         other, revocation = found
@@ -562,7 +603,7 @@ class Check:
     def _without_consent(self, digest: Digest, c: CampaignDigest) -> Decision:
         version = self.version
         purpose = self.policy.purpose
-        revocation = latest_revocation(digest, c)
+        revocation = latest_revocation_key(digest, c)
         if purpose is CampaignPurpose.CONVERSATIONAL:
             inbound = self._open_conversation(c, revocation)
             if inbound is None:
@@ -716,18 +757,21 @@ class Check:
     def _window(self) -> timedelta:
         return min(self.policy.opt_out_confirmation_window, MAX_OPT_OUT_CONFIRMATION_WINDOW)
 
-    def _open_conversation(self, c: CampaignDigest, revocation: Mark | None) -> str | None:
+    def _open_conversation(
+        self, c: CampaignDigest, revocation: tuple[int, int] | None
+    ) -> str | None:
         """The id of the inbound message that keeps this campaign's conversation open,
         if any: the person's text to this campaign's number. A text to another
         campaign's number is that campaign's conversation only (the provider's policy:
         "the consent is limited only to that particular conversation")."""
         return self._opened(c.last_inbound, revocation)
 
-    def _opened(self, inbound: Mark | None, revocation: Mark | None) -> str | None:
-        """``inbound``'s id when it keeps a conversation open now, else None."""
+    def _opened(self, inbound: Mark | None, revocation: tuple[int, int] | None) -> str | None:
+        """``inbound``'s id when it keeps a conversation open now, else None;
+        ``revocation`` is where the latest opt-out stands (``latest_revocation_key``)."""
         if inbound is None or not inbound.at <= self._now <= inbound.at + self._conversation:
             return None
-        if revocation is not None and not revocation.before(inbound):
+        if revocation is not None and (inbound.at, inbound.offset) <= revocation:
             return None  # the opt-out itself, or anything before it, opens nothing
         return inbound.event_id
 
@@ -1031,7 +1075,7 @@ def earns_exemption(digest: Digest, campaign: Campaign, at: datetime, kind: Mess
     check = Check(campaign, at, kind)
     if kind is MessageKind.CONVERSATION_REPLY:
         c = digest.campaign(campaign.campaign)
-        return check._open_conversation(c, latest_revocation(digest, c)) is not None
+        return check._open_conversation(c, latest_revocation_key(digest, c)) is not None
     return check(digest).allowed
 
 

@@ -7,7 +7,9 @@ Ties (the same instant) go to the revocation, so doubt always denies.
 
 Because every field keeps "the latest fact by (occurred_at, offset)" or a set of
 facts, folding is insensitive to how events are batched, and a replay of the same
-events gives an equal state.
+events gives an equal state. Of the opt-outs, the latest by the time each said
+(``stated_key``) is kept as well: a consent outranks an opt-out only when it is the
+later by place and by the times each said.
 """
 
 from __future__ import annotations
@@ -96,6 +98,31 @@ def _later(current: Fact[E] | None, new: Fact[E]) -> Fact[E]:
     return new if current is None or new.key > current.key else current
 
 
+def stated_key(fact: Fact[Any]) -> OrderKey:
+    """A fact of consent (an opt-out, an opt-in, a START) by the time it said it
+    happened (``stated_at``), later than its place (``Fact.key``) when it was stamped
+    ahead of the clock that recorded it (``ledger.commands.consent_time``).
+
+    By place alone, a consent stated before an opt-out said it happened but recorded
+    after it, by an instance that did not check it (a race, an older version),
+    outranked the opt-out. By the stated times alone, a consent stamped ahead
+    outranked an opt-out recorded after it. So a consent outranks an opt-out only
+    when it is the later by both (``ledger.policy.standing``), and the one
+    confirmation owed after an opt-out counts from its place. A stated time earlier
+    than the place moves nothing: doubt denies."""
+    event = fact.event
+    stated = event.stated_at
+    at = event.occurred_at if stated is None or stated < event.occurred_at else stated
+    return (at, fact.position.offset)
+
+
+def _later_stated(
+    current: Fact[ConsentRevoked] | None, new: Fact[ConsentRevoked]
+) -> Fact[ConsentRevoked]:
+    """The later opt-out by ``stated_key``."""
+    return new if current is None or stated_key(new) > stated_key(current) else current
+
+
 @dataclass(frozen=True)
 class SentRecord:
     at: datetime
@@ -115,6 +142,10 @@ class CampaignConsent:
 
     grant: Fact[ConsentGranted] | None = None
     revocation: Fact[ConsentRevoked] | None = None
+    revocation_said: Fact[ConsentRevoked] | None = None
+    """The latest opt-out of this campaign by the time it said (``stated_key``): a
+    consent outranks the campaign's opt-outs only when it is later than
+    ``revocation`` by place and than this by the times each said."""
     resume: Fact[ConsentResumed] | None = None
     reconfirmation: Fact[ConsentReconfirmed] | None = None
     sent: tuple[SentRecord, ...] = ()
@@ -151,6 +182,8 @@ class SubscriberState:
     brand: str = ""
     campaigns: Mapping[str, CampaignConsent] = field(default_factory=lambda: MappingProxyType({}))
     brand_revocation: Fact[ConsentRevoked] | None = None
+    brand_revocation_said: Fact[ConsentRevoked] | None = None
+    """``CampaignConsent.revocation_said`` of the brand-wide opt-outs."""
     brand_resume: Fact[ConsentResumed] | None = None
     candidates: Mapping[str, Fact[RevocationCandidateFlagged]] = field(
         default_factory=lambda: MappingProxyType({})
@@ -226,10 +259,23 @@ def _apply_granted(s: SubscriberState, f: Fact[ConsentGranted]) -> SubscriberSta
 
 
 def _apply_revoked(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberState:
+    # The latest by place and the latest by the time each said (``stated_key``): of
+    # an opt-out placed at T that said T+40s and one placed at T+10s, a consent at
+    # T+20s loses to the first, one placed at T+5s that said T+45s to the second.
     if f.event.campaign is None:
-        return _evolve(s, brand_revocation=_later(s.brand_revocation, f))
+        return _evolve(
+            s,
+            brand_revocation=_later(s.brand_revocation, f),
+            brand_revocation_said=_later_stated(s.brand_revocation_said, f),
+        )
     return _with_campaign(
-        s, f.event.campaign, lambda c: _evolve(c, revocation=_later(c.revocation, f))
+        s,
+        f.event.campaign,
+        lambda c: _evolve(
+            c,
+            revocation=_later(c.revocation, f),
+            revocation_said=_later_stated(c.revocation_said, f),
+        ),
     )
 
 
@@ -733,7 +779,7 @@ def retained(state: SubscriberState) -> list[Fact[Any]]:
     facts: dict[int, Fact[Any]] = {}
     for c in state.campaigns.values():
         kept_facts = (c.grant, c.revocation, c.resume, c.reconfirmation, c.help_request)
-        for kept in (*kept_facts, c.last_inbound):
+        for kept in (*kept_facts, c.last_inbound, c.revocation_said):
             if kept is not None:
                 facts[kept.event.event_id.int] = kept
         records = (
@@ -752,6 +798,7 @@ def retained(state: SubscriberState) -> list[Fact[Any]]:
                     facts[kept.event.event_id.int] = kept
     brand_facts: tuple[Fact[Any] | None, ...] = (
         state.brand_revocation,
+        state.brand_revocation_said,
         state.brand_resume,
         state.age,
         state.last_inbound,

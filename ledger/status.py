@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 
-from ledger.digest import Digest
+from ledger.digest import Digest, Mark
 from ledger.events import ConsentRevoked
 from ledger.policy import revoked_elsewhere, standing
 from ledger.state import Fact, SubscriberState
@@ -59,7 +59,11 @@ def consent_state(
     now = standing(digest, digest.campaign(campaign))
     if now.active:
         since = now.since
-        if revoke_all and since is not None and revoked_elsewhere(digest, campaign, since):
+        if (
+            revoke_all
+            and since is not None
+            and revoked_elsewhere(digest, campaign, since, now.since_stated)
+        ):
             return ConsentState.REVOKED_BRAND_WIDE
         return ConsentState.ACTIVE
     if now.revocation is None:
@@ -74,13 +78,26 @@ def revocation_in_force(
     campaign's own, or under ``revoke_all`` another campaign's), as ``consent_state``
     reads it; None while none does."""
     stands = consent_state(digest, campaign, revoke_all=revoke_all)
+    current = standing(digest, digest.campaign(campaign))
     if stands is ConsentState.REVOKED_BRAND_WIDE:
-        current = standing(digest, digest.campaign(campaign))
         if current.active and current.since is not None:
-            elsewhere = revoked_elsewhere(digest, campaign, current.since)
+            elsewhere = revoked_elsewhere(digest, campaign, current.since, current.since_stated)
             if elsewhere is not None:
-                return state.campaign(elsewhere[0]).revocation
-        return state.brand_revocation
+                c = state.campaign(elsewhere[0])
+                return _named(elsewhere[1], c.revocation, c.revocation_said)
+        mark = current.revocation
+        return _named(mark, state.brand_revocation, state.brand_revocation_said)
     if stands is ConsentState.REVOKED:
-        return state.campaign(campaign).revocation
+        c = state.campaign(campaign)
+        return _named(current.revocation, c.revocation, c.revocation_said)
     return None
+
+
+def _named(
+    mark: Mark | None, placed: Fact[ConsentRevoked] | None, said: Fact[ConsentRevoked] | None
+) -> Fact[ConsentRevoked] | None:
+    """Of a scope's opt-outs (the latest by place, and by the time it said), the one
+    ``mark`` names: the one that stops the sends (``ledger.policy.standing``)."""
+    if mark is not None and said is not None and mark.event_id == said.event_id:
+        return said
+    return placed

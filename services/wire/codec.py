@@ -348,6 +348,11 @@ def _enc_granted(e: ConsentGranted) -> tuple[str, Message]:
         method=METHODS.to_proto(e.method),
         proof=proof_to_proto(e.proof),
         source=SOURCES.to_proto(e.source),
+        stated_at=(
+            None
+            if e.stated_at is None
+            else timestamp_to_proto(e.stated_at, "consent_granted.stated_at")
+        ),
     )
 
 
@@ -360,6 +365,11 @@ def _dec_granted(p: ledger_pb2.ConsentGranted) -> dict[str, Any]:
         "method": METHODS.from_proto(p.method, "consent_granted.method"),
         "proof": proof_from_proto(p.proof, "consent_granted.proof"),
         "source": SOURCES.from_proto(p.source, "consent_granted.source"),
+        "stated_at": (
+            timestamp_from_proto(p.stated_at, "consent_granted.stated_at")
+            if p.HasField("stated_at")
+            else None
+        ),
     }
 
 
@@ -407,12 +417,26 @@ def _dec_reconfirmed(p: ledger_pb2.ConsentReconfirmed) -> dict[str, Any]:
 
 def _enc_resumed(e: ConsentResumed) -> tuple[str, Message]:
     return "consent_resumed", ledger_pb2.ConsentResumed(
-        campaign=e.campaign, inbound_message_id=e.inbound_message_id
+        campaign=e.campaign,
+        inbound_message_id=e.inbound_message_id,
+        stated_at=(
+            None
+            if e.stated_at is None
+            else timestamp_to_proto(e.stated_at, "consent_resumed.stated_at")
+        ),
     )
 
 
 def _dec_resumed(p: ledger_pb2.ConsentResumed) -> dict[str, Any]:
-    return {"campaign": _optional_str(p, "campaign"), "inbound_message_id": p.inbound_message_id}
+    return {
+        "campaign": _optional_str(p, "campaign"),
+        "inbound_message_id": p.inbound_message_id,
+        "stated_at": (
+            timestamp_from_proto(p.stated_at, "consent_resumed.stated_at")
+            if p.HasField("stated_at")
+            else None
+        ),
+    }
 
 
 def _enc_sent(e: MessageSent) -> tuple[str, Message]:
@@ -856,7 +880,10 @@ def _encodes_back(env: ledger_pb2.EventEnvelope, event: LedgerEvent, data: bytes
 
 
 _DECODED_EXACTLY: dict[str, Callable[[Any, Any], bool]] = {
-    "consent_granted": lambda p, e: p.proof.registered_at.nanos % 1000 == 0,
+    "consent_granted": lambda p, e: (
+        p.proof.registered_at.nanos % 1000 == 0 and p.stated_at.nanos % 1000 == 0
+    ),
+    "consent_resumed": lambda p, e: p.stated_at.nanos % 1000 == 0,
     "consent_revoked": lambda p, e: p.stated_at.nanos % 1000 == 0,
     "revocation_candidate_flagged": lambda p, e: p.stated_at.nanos % 1000 == 0,
     "subject_erased": lambda p, e: p.retained_until.nanos % 1000 == 0,

@@ -146,7 +146,9 @@ def _digest_signature(d: Any, vals: list[Any]) -> tuple[Any, ...]:
         regions,
         located,
         erased,
-    ) = _fields(d, Digest, 12, "Digest")
+        brand_revocation_said,
+        brand_resume_stated,
+    ) = _fields(d, Digest, 14, "Digest")
     if type(pending) is not tuple:
         raise Unencodable("pending is not a tuple")
     pending_sig = []
@@ -165,7 +167,10 @@ def _digest_signature(d: Any, vals: list[Any]) -> tuple[Any, ...]:
         )
         pending_sig.append((code, *flags))
     revocation = _mark(brand_revocation, vals)
+    # Present only for facts stamped ahead: a digest without one packs no more.
+    revocation_said = _mark(brand_revocation_said, vals)
     resume = _mark(brand_resume, vals)
+    resume_stated = _optional_int(brand_resume_stated, vals)
     age_sig: tuple[str, bool] | None = None
     if age is not None:
         event_id, verified, born = _fields(age, Age, 3, "Age")
@@ -186,7 +191,9 @@ def _digest_signature(d: Any, vals: list[Any]) -> tuple[Any, ...]:
         _strs(zones),
         tuple(pending_sig),
         revocation,
+        revocation_said,
         resume,
+        resume_stated,
         age_sig,
         inbound,
         confirmations_sig,
@@ -211,13 +218,19 @@ def _campaign_signature(name: Any, c: Any, vals: list[Any]) -> tuple[Any, ...]:
         opt_in_confirmation,
         proof_missing,
         last_inbound,
-    ) = _fields(c, CampaignDigest, 13, "CampaignDigest")
+        revocation_said,
+        grant_stated,
+        resume_stated,
+    ) = _fields(c, CampaignDigest, 16, "CampaignDigest")
     return (
         _exact(name, str),
         _mark(grant, vals),
+        _optional_int(grant_stated, vals),
         _int(_exact(tier, int)),
         _mark(revocation, vals),
+        _mark(revocation_said, vals),
         _mark(resume, vals),
+        _optional_int(resume_stated, vals),
         _mark(reconfirmation, vals),
         _marks(sent, vals),
         _optional_int(last_sent_at, vals),
@@ -277,7 +290,9 @@ class _Source:
             zones,
             pending,
             revocation,
+            revocation_said,
             resume,
+            resume_stated,
             age,
             inbound,
             confs,
@@ -293,7 +308,9 @@ class _Source:
             flags = f"{unattributed!r}, {imported!r}, {refused!r}, {reused_id!r}"
             items.append(f"built(Pending, ({event_id}, {text}, {due}, {flags})), ")
         revocation_expr = self.mark(revocation)
+        said_expr = self.mark(revocation_said)
         resume_expr = self.mark(resume)
+        resume_stated_expr = self.optional_int(resume_stated)
         age_expr = "None"
         if age is not None:
             event_id = self.event_id(age[0])
@@ -308,24 +325,36 @@ class _Source:
         return (
             f"built(Digest, ({self.const(brand)}, {self.const(zones)}, ({''.join(items)}), "
             f"{revocation_expr}, {resume_expr}, {age_expr}, {inbound_expr}, {confs_expr}, "
-            f"campaigns, {self.const(regions)}, {located_expr}, {erased_expr}))"
+            f"campaigns, {self.const(regions)}, {located_expr}, {erased_expr}, "
+            f"{said_expr}, {resume_stated_expr}))"
         )
 
     def campaign(self, sig: tuple[Any, ...]) -> str:
+        # In the order ``_campaign_signature`` appended the values: each stated time
+        # follows its mark there (sig[2], sig[5], sig[7]), and ends the tuple here.
+        grant = self.mark(sig[1])
+        grant_stated = self.optional_int(sig[2])
+        revocation = self.mark(sig[4])
+        said = self.mark(sig[5])
+        resume = self.mark(sig[6])
+        resume_stated = self.optional_int(sig[7])
         fields = (
-            self.mark(sig[1]),
-            repr(sig[2]),
-            self.mark(sig[3]),
-            self.mark(sig[4]),
-            self.mark(sig[5]),
-            self.marks(sig[6]),
-            self.optional_int(sig[7]),
-            self.optional_int(sig[8]),
-            self.mark(sig[9]),
-            self.mark(sig[10]),
-            self.mark(sig[11]),
-            self.const(sig[12]),
+            grant,
+            repr(sig[3]),
+            revocation,
+            resume,
+            self.mark(sig[8]),
+            self.marks(sig[9]),
+            self.optional_int(sig[10]),
+            self.optional_int(sig[11]),
+            self.mark(sig[12]),
             self.mark(sig[13]),
+            self.mark(sig[14]),
+            self.const(sig[15]),
+            self.mark(sig[16]),
+            said,
+            grant_stated,
+            resume_stated,
         )
         return f"built(CampaignDigest, ({', '.join(fields)}))"
 

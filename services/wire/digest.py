@@ -16,7 +16,7 @@ import msgpack
 
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, built
 
-FORMAT = 13
+FORMAT = 14
 """1 had no ``CampaignDigest.last_disclosed_at``, 2 no ``Digest.regions`` and
 ``Digest.located`` (the recipient's candidate states), 3 no ``CampaignDigest``
 ``help_request``, ``help_reply`` or ``opt_in_confirmation``, 4 no
@@ -26,8 +26,12 @@ FORMAT = 13
 of ``CampaignDigest.sent`` a second reply to one HELP or START recorded as exempt
 (``ledger.state._owed_reply``), 11 no ``CampaignDigest.last_inbound`` (each
 campaign's own conversation), 12 a second opt-out confirmation of one opt-out
-(``ledger.state._owed_confirmation``): rows in any of them are read from their snapshots,
-which are folded and digested again.
+(``ledger.state._owed_confirmation``), 13 no ``revocation_said``, ``grant_stated``
+or ``resume_stated`` on ``CampaignDigest``, nor ``brand_revocation_said`` or
+``brand_resume_stated`` on ``Digest`` (facts stamped ahead ordered by place alone):
+rows in any of them are read from their snapshots, which are folded and digested
+again (a snapshot written before 14 may lack an opt-out latest by the time it said:
+``consent-ledger rebuild`` folds it from the ledger).
 """
 _HEADER = bytes([FORMAT])
 
@@ -93,6 +97,8 @@ def _digest(raw: tuple[Any, ...]) -> Digest:
         regions,
         located,
         erased,
+        brand_revocation_said,
+        brand_resume_stated,
     ) = _fields(Digest, raw)
     return built(
         Digest,
@@ -109,6 +115,8 @@ def _digest(raw: tuple[Any, ...]) -> Digest:
             regions,
             located and built(Located, located),
             erased and built(Mark, erased),
+            brand_revocation_said and built(Mark, brand_revocation_said),
+            brand_resume_stated,
         ),
     )
 
@@ -128,6 +136,9 @@ def _campaign(raw: tuple[Any, ...]) -> CampaignDigest:
         opt_in_confirmation,
         proof_missing,
         last_inbound,
+        revocation_said,
+        grant_stated,
+        resume_stated,
     ) = _fields(CampaignDigest, raw)
     return built(
         CampaignDigest,
@@ -145,6 +156,9 @@ def _campaign(raw: tuple[Any, ...]) -> CampaignDigest:
             opt_in_confirmation and built(Mark, opt_in_confirmation),
             proof_missing,
             last_inbound and built(Mark, last_inbound),
+            revocation_said and built(Mark, revocation_said),
+            grant_stated,
+            resume_stated,
         ),
     )
 

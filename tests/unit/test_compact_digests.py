@@ -40,11 +40,12 @@ def test_digest_fields_are_the_ones_the_encoding_knows():
     assert Digest._fields == (
         "brand", "zones", "pending", "brand_revocation", "brand_resume", "age",
         "last_inbound", "confirmations", "campaigns", "regions", "located", "erased",
+        "brand_revocation_said", "brand_resume_stated",
     )  # fmt: skip
     assert CampaignDigest._fields == (
         "grant", "tier", "revocation", "resume", "reconfirmation", "sent", "last_sent_at",
         "last_disclosed_at", "help_request", "help_reply", "opt_in_confirmation",
-        "proof_missing", "last_inbound",
+        "proof_missing", "last_inbound", "revocation_said", "grant_stated", "resume_stated",
     )  # fmt: skip
     assert Mark._fields == ("at", "offset", "event_id")
     assert Pending._fields == (
@@ -119,6 +120,9 @@ campaign_digests = st.builds(
     st.none() | marks,
     st.lists(texts, max_size=2).map(tuple),
     st.none() | marks,
+    st.none() | marks,
+    st.none() | st.integers(-(2**63), 2**63 - 1),
+    st.none() | st.integers(-(2**63), 2**63 - 1),
 )
 digests = st.builds(
     Digest,
@@ -146,6 +150,8 @@ digests = st.builds(
     st.lists(texts, max_size=2).map(tuple),
     st.none() | st.builds(Located, texts, st.uuids().map(str) | texts),
     st.none() | marks,
+    st.none() | marks,
+    st.none() | st.integers(-(2**63), 2**63 - 1),
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 from hypothesis import given, settings
@@ -42,6 +43,17 @@ WINDOW = timedelta(minutes=5)
 MINUTES = st.integers(min_value=0, max_value=60 * 24 * 40)
 
 
+AHEAD = st.sampled_from(
+    [
+        lambda when: None,
+        lambda when: when + timedelta(seconds=40),
+        lambda when: when + timedelta(minutes=2),
+    ]
+)
+"""How far ahead of the clock that recorded it a fact of consent was stamped (None:
+not at all), kept as its ``stated_at``."""
+
+
 @st.composite
 def any_event(draw, *, after: int = 0, grants: bool = True):
     when = at(after + draw(MINUTES))
@@ -61,12 +73,17 @@ def any_event(draw, *, after: int = 0, grants: bool = True):
         ),
         lambda: reconfirmed(when, name),
         lambda: age(when, plus21=True),
-        lambda: revoked(when, draw(st.one_of(st.none(), CAMPAIGNS))),
+        lambda: replace(
+            revoked(when, draw(st.one_of(st.none(), CAMPAIGNS))),
+            stated_at=draw(AHEAD)(when),
+        ),
     ]
     if grants:
         builders += [
-            lambda: granted(when, name),
-            lambda: resumed(when, draw(st.one_of(st.none(), CAMPAIGNS))),
+            lambda: replace(granted(when, name), stated_at=draw(AHEAD)(when)),
+            lambda: replace(
+                resumed(when, draw(st.one_of(st.none(), CAMPAIGNS))), stated_at=draw(AHEAD)(when)
+            ),
         ]
     return draw(st.sampled_from(builders))()
 

@@ -686,12 +686,21 @@ class ConsentGranted(_message.Message):
     METHOD_FIELD_NUMBER: _builtins.int
     PROOF_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    STATED_AT_FIELD_NUMBER: _builtins.int
     campaign: _builtins.str
     tier: Global___ConsentTier.ValueType
     method: Global___CollectionMethod.ValueType
     source: Global___ListSource.ValueType
     @_builtins.property
     def proof(self) -> Global___ConsentProof: ...
+    @_builtins.property
+    def stated_at(self) -> _timestamp_pb2.Timestamp:
+        """The time the opt-in said it happened, when that was ahead of the service's
+        clock (within the skew allowed): the envelope's occurred_at is then when it was
+        recorded. It outranks an opt-out only when it is the later both by place and
+        by the times each said (ConsentRevoked.stated_at).
+        """
+
     def __init__(
         self,
         *,
@@ -700,10 +709,11 @@ class ConsentGranted(_message.Message):
         method: Global___CollectionMethod.ValueType = ...,
         proof: Global___ConsentProof | None = ...,
         source: Global___ListSource.ValueType = ...,
+        stated_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["proof", b"proof"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["proof", b"proof", "stated_at", b"stated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "method", b"method", "proof", b"proof", "source", b"source", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "method", b"method", "proof", b"proof", "source", b"source", "stated_at", b"stated_at", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -730,6 +740,9 @@ class ConsentRevoked(_message.Message):
         recorded, where it takes its place. Absent when it took its place at its own
         time. A consent (an opt-in, a START) stamped no later than this, placed after
         the opt-out, is refused: by the records' own times the opt-out came after it.
+        One recorded all the same (two instances racing, an older version) loses to
+        it: a consent outranks an opt-out only when it is the later both by place and
+        by the times each said (a consent's own stated_at).
         """
 
     def __init__(
@@ -784,18 +797,24 @@ class ConsentResumed(_message.Message):
 
     CAMPAIGN_FIELD_NUMBER: _builtins.int
     INBOUND_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    STATED_AT_FIELD_NUMBER: _builtins.int
     campaign: _builtins.str
     """Absent: every campaign of the brand."""
     inbound_message_id: _builtins.str
+    @_builtins.property
+    def stated_at(self) -> _timestamp_pb2.Timestamp:
+        """As ConsentGranted.stated_at, for the START."""
+
     def __init__(
         self,
         *,
         campaign: _builtins.str | None = ...,
         inbound_message_id: _builtins.str = ...,
+        stated_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "stated_at", b"stated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "inbound_message_id", b"inbound_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "inbound_message_id", b"inbound_message_id", "stated_at", b"stated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__campaign: _TypeAlias = _typing.Literal["campaign"]  # noqa: Y015
     _WhichOneofArgType__campaign: _TypeAlias = _typing.Literal["_campaign", b"_campaign"]  # noqa: Y015
