@@ -74,7 +74,7 @@ from ledger.events import (
     send_differences,
 )
 from ledger.keywords import Intent, classify
-from ledger.phone import to_e164
+from ledger.phone import NUMBERS_READ_IN, numbers_in, to_e164
 from ledger.policy import ALLOWING_REASONS, Reason
 from ledger.ports import ConsistencyToken
 from ledger.regions import normalise_region
@@ -1582,7 +1582,7 @@ def _held_numbers(raw: str) -> list[str]:
         if old_form is not None:
             with contextlib.suppress(InvalidPhoneNumber):
                 return [to_e164(old_form)]
-        numbers = _digit_readings(plain)
+        numbers = _digit_readings(plain) or _numbers_among_words(plain)
         if not numbers:
             raise refused from None
         return numbers
@@ -1668,6 +1668,25 @@ def _digit_readings(raw: str) -> list[str]:
             number = to_e164(candidate)
             if number not in numbers:
                 numbers.append(number)
+    return numbers
+
+
+# A run of digits and the marks numbers are written with, in a cell that holds more.
+_NUMBER_RUN = re.compile(r"[\d\s()./+-]+")
+
+
+def _numbers_among_words(raw: str) -> list[str]:
+    """The numbers ``raw`` names among other words or marks ("+1 415 555 2671 x", an
+    extension left empty; "(mobile)"; "cell: 415 555 2671"; a second number in the
+    cell): each found with its country code, else each run of its digits read as
+    ``_digit_readings`` reads digits alone. Refused as no number, such an opt-out was
+    held under none, and the number's opt-in stood; a hold only denies, so it is held
+    under every number the cell may mean."""
+    numbers = numbers_in(raw)
+    if numbers:
+        return numbers
+    for run in _NUMBER_RUN.findall(raw[:NUMBERS_READ_IN]):
+        numbers += [n for n in _digit_readings(run.strip()) if n not in numbers]
     return numbers
 
 

@@ -94,6 +94,34 @@ def _e164(raw: str, default_region: str | None) -> str:
     return _kept_form(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
 
 
+NUMBERS_READ_IN = 4_096
+"""Characters of a text that ``numbers_in`` looks through: far past any cell a number
+is written in, and a bound on the library's search of a hostile one."""
+
+
+def numbers_in(text: str) -> list[str]:
+    """The valid numbers written with their country code among other words or marks
+    in ``text`` ("+1 415 555 2671 (mobile)", "cell: +1 ...", two numbers in one
+    cell), as E.164 in the order written, each once; none for text that names none.
+
+    ``to_e164`` refuses such text: a number is recorded only as written alone. This
+    reads it as a person would, for what only denies (a refused opt-out held for
+    review), through the library's search for numbers in text."""
+    found: list[str] = []
+    matches = phonenumbers.PhoneNumberMatcher(
+        text[:NUMBERS_READ_IN].translate(_SEPARATORS), None, leniency=phonenumbers.Leniency.POSSIBLE
+    )
+    for match in matches:
+        written = phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
+        try:
+            number = _e164(written, None)
+        except _Refused:
+            continue
+        if number not in found:
+            found.append(number)
+    return found
+
+
 @dataclass(frozen=True)
 class _Respelling:
     """Numbers that start with ``earlier`` and are ``length`` characters long (the +

@@ -1579,6 +1579,34 @@ async def test_an_opt_out_whose_number_is_a_tel_uri_or_has_an_extension_is_held(
     assert reasons == dict.fromkeys(spellings, "REASON_REVOCATION_PENDING_REVIEW"), reasons
 
 
+async def test_an_opt_out_whose_number_is_written_among_other_words_is_held(service, tmp_path):
+    """An opt-out whose number came with words or marks around it (an extension left
+    empty, a label, brackets, a second number in the same cell), beside the number's
+    opt-in written in E.164: refused for its characters, and not held, so CanSend
+    allowed the number. The refusal stands, and the opt-out is held under each number
+    the cell names."""
+    runtime, when = service
+    spellings = {
+        phone(180): f"{phone(180)} x",
+        phone(181): f"{phone(181)} (mobile)",
+        phone(182): f"mobile: {phone(182)}",
+        phone(183): f"<{phone(183)}>",
+        phone(184): f"{phone(184)} / +1 212 555 0100",
+        phone(185): f"{phone(185)}p123",
+        phone(186): f"cell {phone(186)[2:5]} {phone(186)[5:8]} {phone(186)[8:]}",
+    }
+    rows = opted_in_then_out(when, {n: {"phone": spelt} for n, spelt in spellings.items()})
+    export = write_csv(tmp_path / "words.csv", rows)
+
+    reasons = await imported_answers(
+        runtime, export, spellings, code=1,
+        said=["imported 7 of 14 records", "refused: 7", "held for review: 7"],
+        refusals=[r"INVALID_ARGUMENT +phone: .*; held for review"],
+    )  # fmt: skip
+
+    assert reasons == dict.fromkeys(spellings, "REASON_REVOCATION_PENDING_REVIEW"), reasons
+
+
 async def test_an_opt_out_whose_number_holds_control_characters_is_held(service, tmp_path):
     """An opt-out whose number an export left a control character in (a NUL a
     fixed-width field was padded with, a line break inside a cell, a DEL), beside the

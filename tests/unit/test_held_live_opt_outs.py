@@ -72,6 +72,22 @@ def test_a_live_hold_is_marked_refused_not_imported_nor_a_reply():
     assert not reply.refused and not reply.imported
 
 
+@pytest.mark.parametrize(
+    "spelled",
+    [f"{PHONE} x", f"{PHONE} (mobile)", f"mobile: {PHONE}", f"<{PHONE}>", "cell 415 555 2671"],
+)
+def test_a_live_opt_out_whose_number_is_written_among_words_is_held_under_it(spelled):
+    """Refused for the words around its number, the opt-out was held under no number
+    and the number's opt-in stood: it is held under the number it names."""
+    held = held_opt_out(replace(_live(), phone=spelled), "phone: must hold only digits", at(1))
+    assert PHONE in [h.phone for h in held]
+
+
+def test_a_cell_naming_two_numbers_holds_its_opt_out_under_each():
+    held = held_opt_out(replace(_live(), phone=f"{PHONE} / +1 212 555 0100"), "phone: ...", at(1))
+    assert [h.phone for h in held] == [PHONE, "+12125550100"]
+
+
 def test_canSend_says_an_opt_out_refused_for_its_details_awaits_review():
     (held,) = held_opt_out(_live(), "occurred_at: is in the future", at(1))
     state = fold(record([granted(at(0)), held]))
@@ -267,7 +283,7 @@ def test_ten_digits_that_read_as_two_numbers_are_held_under_each_once():
 
 @pytest.mark.parametrize(
     "written",
-    ["555-2671", "(415) 555-267", "+415 555 2671", "415 555 267a", "1.4155552671E+10", "415.5"],
+    ["555-2671", "(415) 555-267", "+415 555 2671", "415 555 267a", "1.41556E+10", "415.5"],
 )
 def test_a_refused_opt_out_whose_number_cannot_be_read_holds_nothing(written):
     with pytest.raises(InvalidPhoneNumber):
