@@ -509,7 +509,27 @@ def _loose(obj: dict[str, Any]) -> dict[str, str]:
             # 14155552671.0, as a float column writes a number: its digits are all
             # there (unlike 1.4155E+10's), and the hold reads them through the ".0".
             fields[key] = str(value)
+        elif key != "proof" and isinstance(value, list | dict) and (inside := _texts_in(value)):
+            # ["+14155552671"] or {"e164": "+14155552671"}: dropped, the opt-out was
+            # held under no number while the number's opt-in stood. The hold reads
+            # each number the value holds.
+            fields[key] = " / ".join(inside)
     return fields
+
+
+def _texts_in(value: list[Any] | dict[str, Any]) -> list[str]:
+    """The texts and whole numbers a JSON array or object holds, at any depth (walked
+    without recursion: a line may nest as deep as the JSON reader allows)."""
+    texts: list[str] = []
+    pending: list[Any] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict | list):
+            inner = item.values() if isinstance(item, dict) else item
+            pending.extend(reversed(list(inner)))
+        elif plain := _loose({"value": item}).get("value"):
+            texts.append(plain)
+    return texts
 
 
 def _whole_as_written(value: Decimal) -> bool:

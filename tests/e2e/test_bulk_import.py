@@ -1841,6 +1841,36 @@ async def test_an_opt_out_whose_number_is_a_json_float_is_held_under_it(service,
     assert reasons == {number: "REASON_REVOCATION_PENDING_REVIEW"}, reasons
 
 
+async def test_an_opt_out_whose_number_is_a_json_array_or_object_is_held_under_it(
+    service, tmp_path
+):
+    """JSON lines whose phone is an array (["+14155553220"], as an export of a list
+    of numbers writes one) or an object ({"e164": ...}), beside the numbers' opt-ins:
+    refused as no text, and not held, so CanSend allowed the numbers. Each is held
+    now under the numbers it holds."""
+    runtime, when = service
+    numbers = {
+        phone(220): [phone(220)],
+        phone(221): {"e164": phone(221), "type": "mobile"},
+        phone(222): [phone(222), phone(223)],
+    }
+    lines = []
+    for number, written in numbers.items():
+        opt_in, opt_out = opted_in_then_out(when, {number: {}})
+        lines += [json.dumps(opt_in), json.dumps({**opt_out, "phone": written})]
+    lines.append(json.dumps(opted_in_then_out(when, {phone(223): {}})[0]))
+    jsonl = tmp_path / "arrays.jsonl"
+    jsonl.write_text("".join(line + "\n" for line in lines))
+
+    reasons = await imported_answers(
+        runtime, jsonl, [*numbers, phone(223)], code=1,
+        said=["imported 4 of 7 records", "held for review: 3"],
+        refusals=[r"3 +INVALID_ARGUMENT +phone: must be a string; held for review"],
+    )  # fmt: skip
+
+    assert set(reasons.values()) == {"REASON_REVOCATION_PENDING_REVIEW"}, reasons
+
+
 async def test_json_lines_files_joined_with_their_byte_order_marks_are_read_whole(
     service, tmp_path
 ):
