@@ -577,10 +577,17 @@ def _held(fields: dict[str, str]) -> api.ImportRecord | None:
     out or past reading is sent blank: the service holds it under each of the
     caller's brands, one of which it was."""
     plain = {k: v for k, v in fields.items() if len(v) <= VALUE_LIMIT and not _SURROGATE.search(v)}
-    if "phone" not in plain:
+    phone = fields.get("phone", "")
+    if not phone or len(phone) > VALUE_LIMIT:
+        return None
+    # A byte of a number that is not UTF-8 is no digit: a Windows export's no-break
+    # space or en dash between its groups (0xA0, 0x96). Read as a space, the number's
+    # digits are all there; dropped, the STOP was lost while its opt-in stood.
+    phone = _SURROGATE.sub(" ", phone)
+    if not phone.strip():
         return None
     brand = plain.get("brand", "")
-    request = api.RecordOptOutRequest(phone=e164_or_as_given(plain["phone"]), brand=brand)
+    request = api.RecordOptOutRequest(phone=e164_or_as_given(phone), brand=brand)
     if "campaign" in plain:
         request.campaign = plain["campaign"]
     try:  # where the hold goes, if it can be read (the service ignores a bad one)

@@ -1635,6 +1635,34 @@ async def test_an_opt_out_whose_number_holds_control_characters_is_held(service,
         assert reasons == dict.fromkeys(spellings, "REASON_REVOCATION_PENDING_REVIEW"), reasons
 
 
+async def test_an_opt_out_whose_number_a_windows_export_spaced_is_held(service, tmp_path):
+    """An opt-out whose number came from a Windows-1252 export with its groups parted
+    by a no-break space or an en dash (the bytes 0xA0 and 0x96, no UTF-8), beside the
+    number's opt-in written in E.164: refused for the byte, and not held, so CanSend
+    allowed the number. The refusal stands, and the opt-out is held under its
+    digits, those bytes read as the spaces they are."""
+    runtime, when = service
+    spellings = {
+        phone(190): f"+1\udca0415\udca0555\udca0{phone(190)[-4:]}",
+        phone(191): f"+1 415\udc96555\udc96{phone(191)[-4:]}",
+    }
+    rows = opted_in_then_out(when, {n: {"phone": spelt} for n, spelt in spellings.items()})
+    export = tmp_path / "cp1252.csv"
+    with export.open("w", newline="", encoding="utf-8", errors="surrogateescape") as out:
+        writer = csv.DictWriter(out, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    assert b"+1\xa0415\xa0555" in export.read_bytes()
+
+    reasons = await imported_answers(
+        runtime, export, spellings, code=1,
+        said=["imported 2 of 4 records", "refused: 2", "held for review: 2"],
+        refusals=[r"INVALID_ARGUMENT +phone: holds the byte 0x(A0|96), .*; held for review"],
+    )  # fmt: skip
+
+    assert reasons == dict.fromkeys(spellings, "REASON_REVOCATION_PENDING_REVIEW"), reasons
+
+
 async def test_an_opt_out_whose_number_a_spreadsheet_kept_as_text_or_a_float_is_held(
     service, tmp_path
 ):

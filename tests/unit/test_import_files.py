@@ -320,9 +320,16 @@ def test_an_opt_out_that_cannot_be_read_nor_names_a_brand_is_still_sent_to_be_he
 def test_an_opt_in_or_an_opt_out_without_a_readable_number_is_not_sent_to_be_held():
     opt_in = parse_fields({"type": "opt_in", "phone": "+14155552671", "brand": "acme",
                            "occurred_at": "yesterday"}, 2)  # fmt: skip
-    no_number = parse_fields({"type": "opt_out", "phone": "+1415\udcff", "brand": "acme"}, 3)
+    no_number = parse_fields({"type": "opt_out", "phone": "\udcff\udcfe", "brand": "acme"}, 3)
     assert isinstance(opt_in, Unreadable) and opt_in.held is None
     assert isinstance(no_number, Unreadable) and no_number.held is None
+
+
+def test_an_opt_out_whose_number_holds_bytes_not_utf8_is_sent_to_be_held_by_its_digits():
+    spaced = parse_fields({"type": "opt_out", "phone": "+1\udca0415\udca0555\udca02671",
+                           "brand": "acme"}, 2)  # fmt: skip
+    assert isinstance(spaced, Unreadable) and spaced.held is not None
+    assert spaced.held.opt_out.phone == "+14155552671"
 
 
 def test_a_line_refused_for_how_it_is_written_is_held_if_it_may_be_an_opt_out():
