@@ -498,7 +498,10 @@ def _loose(obj: dict[str, Any]) -> dict[str, str]:
     """A JSON record that will be refused, as fields: its text, its whole numbers as
     written (a phone number given as a number) and a nested proof's, for ``_held``."""
     fields: dict[str, str] = {}
-    for key, value in obj.items():
+    for given, value in obj.items():
+        key = _field_spelt(given)
+        if key != given and key in obj:
+            continue  # the field is given as named too: that value is the one read
         if key == "proof" and isinstance(value, dict):
             fields.update(_loose({f"proof.{k}": v for k, v in value.items()}))
         elif isinstance(value, str) and value:
@@ -515,6 +518,14 @@ def _loose(obj: dict[str, Any]) -> dict[str, str]:
             # each number the value holds.
             fields[key] = " / ".join(inside)
     return fields
+
+
+def _field_spelt(key: str) -> str:
+    """The field a refused JSON line's ``key`` spells, read loosely ("Phone", "TYPE",
+    " brand"); else ``key``. Another tool's capitals left its opt-out held under no
+    number, though the line names it; the line stays refused for the key."""
+    loose = key.strip().lower()
+    return loose if loose in FIELDS or loose == "proof" else key
 
 
 def _texts_in(value: list[Any] | dict[str, Any]) -> list[str]:

@@ -1899,6 +1899,32 @@ async def test_an_opt_out_whose_number_is_a_json_array_or_object_is_held_under_i
     assert set(reasons.values()) == {"REASON_REVOCATION_PENDING_REVIEW"}, reasons
 
 
+async def test_an_opt_out_on_a_json_line_whose_keys_are_capitalised_is_held(service, tmp_path):
+    """JSON lines of opt-outs whose keys another tool capitalised or padded ("Phone",
+    "TYPE", " brand"), beside the numbers' opt-ins: refused for the keys, rightly,
+    and not held, so CanSend allowed the numbers: the hold read no "phone". It reads
+    each key as the field it spells now."""
+    runtime, when = service
+    spelt = {
+        phone(230): lambda key: key.capitalize(),
+        phone(231): lambda key: key.upper(),
+        phone(232): lambda key: f" {key}" if key in ("phone", "type") else key,
+    }
+    lines = []
+    for number, key in spelt.items():
+        opt_in, opt_out = opted_in_then_out(when, {number: {}})
+        lines += [json.dumps(opt_in), json.dumps({key(k): v for k, v in opt_out.items()})]
+    jsonl = tmp_path / "keys.jsonl"
+    jsonl.write_text("".join(line + "\n" for line in lines))
+
+    reasons = await imported_answers(
+        runtime, jsonl, spelt, code=1, said=["imported 3 of 6 records", "held for review: 3"],
+        refusals=[r"INVALID_ARGUMENT +.*: is no field of an import record; held for review"],
+    )  # fmt: skip
+
+    assert reasons == dict.fromkeys(spelt, "REASON_REVOCATION_PENDING_REVIEW"), reasons
+
+
 async def test_json_lines_files_joined_with_their_byte_order_marks_are_read_whole(
     service, tmp_path
 ):
