@@ -94,6 +94,8 @@ output:
         ...
       held for review: 2
     ledger written up to: subscribers:0:9993
+  refusals alike but for a value (a time quoted, a line named) are counted on one
+  line, which shows the first of them and says "the others alike".
   held for review counts the refused opt-outs held all the same (in a dry run:
   that would be), held now or by an earlier run: CanSend denies their numbers
   for the brand until someone resolves them (ListRevocationCandidates).
@@ -174,10 +176,19 @@ def add_parser(sub: Any, command: Any) -> None:
 
 @dataclass
 class _Group:
-    """The records refused for one reason: how many, and the first lines of them."""
+    """The records refused for one reason: how many, and the first lines of them;
+    the first record's words, and whether another's differed in a value."""
 
+    reason: str
     count: int = 0
     lines: list[int] = field(default_factory=list)
+    alike: bool = False
+
+
+# What varies between refusals for one reason: a value quoted ('11/30/2026 08:00'),
+# or a number (a line, a length). An export of US dates, each record's its own, was
+# summed up one line a record, each kept till the end.
+_VALUE = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\d[\d,]*")
 
 
 @dataclass
@@ -190,13 +201,15 @@ class Summary:
     held: int = 0
     """Of the refused, opt-outs held for review (in a dry run: that would be)."""
     groups: dict[tuple[str, str, str], _Group] = field(default_factory=dict)
-    """Per (code, field, reason), the records refused for it (the lines shown only:
-    a file refused whole is not held in memory)."""
+    """Per (code, field, reason but for its values), the records refused for it (the
+    lines shown only: a file refused whole is not held in memory)."""
     token: str = ""
 
     def refuse(self, line: int, code: str, field_name: str, reason: str) -> None:
         self.refused += 1
-        group = self.groups.setdefault((code, field_name, reason), _Group())
+        key = (code, field_name, _VALUE.sub("_", reason))
+        group = self.groups.setdefault(key, _Group(reason))
+        group.alike |= reason != group.reason
         group.count += 1
         # The file's first lines: opt-outs are answered before the opt-ins above them.
         if len(group.lines) < SHOWN_LINES or line < group.lines[-1]:
@@ -213,7 +226,8 @@ class Summary:
             f"  refused: {self.refused:,}",
         ]
         ranked = sorted(self.groups.items(), key=lambda kv: (-kv[1].count, kv[0]))
-        for (code, field_name, reason), group in ranked:
+        for (code, field_name, _), group in ranked:
+            reason = group.reason + (" (the first; the others alike)" if group.alike else "")
             shown = ", ".join(str(n) for n in group.lines)
             extra = group.count - len(group.lines)
             more = f" and {extra:,} more" if extra else ""

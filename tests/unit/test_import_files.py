@@ -275,6 +275,34 @@ def test_the_summary_groups_refusals_by_reason_with_their_lines():
     assert summary.lines("export.csv", 2.0, dry_run=True)[-1] == "dry run: nothing was written"
 
 
+def test_the_summary_counts_refusals_alike_but_for_a_value_on_one_line():
+    """An export of US dates ('11/30/2026 08:00'), each record's its own, was summed
+    up one line a record: a summary of 2 million lines, and a group kept for each.
+    Reasons that differ only in a value quoted or a number count on one line, which
+    shows the first of them; reasons that differ in words stay apart."""
+    summary = import_.Summary()
+    for line in range(2, 1_002):
+        time = f"11/{1 + line % 28:02d}/2026 {line % 24:02d}:00"
+        reason = f"is not an ISO 8601 time: {time!r}"
+        summary.refuse(line, "INVALID_ARGUMENT", "occurred_at", reason)
+    for line, earlier in ((1_002, 5), (1_003, 9)):
+        reason = f"was used before by the record on line {earlier}; a new record needs a new id"
+        summary.refuse(line, "ALREADY_EXISTS", "import_id", reason)
+    summary.refuse(1_004, "INVALID_ARGUMENT", "occurred_at", "has no time zone (Z or +hh:mm): 'x'")
+
+    text = summary.lines("export.csv", 2.0, dry_run=False)
+
+    assert text[3:6] == [
+        "     1,000  INVALID_ARGUMENT  occurred_at: is not an ISO 8601 time: '11/03/2026 02:00' "
+        "(the first; the others alike) (lines 2, 3, 4, 5, 6 and 995 more)",
+        "         2  ALREADY_EXISTS  import_id: was used before by the record on line 5; a new "
+        "record needs a new id (the first; the others alike) (lines 1002, 1003)",
+        "         1  INVALID_ARGUMENT  occurred_at: has no time zone (Z or +hh:mm): 'x' "
+        "(line 1004)",
+    ]
+    assert len(summary.groups) == 3
+
+
 def test_a_value_is_held_to_its_own_fields_limit():
     fields = {"type": "opt_in", "phone": "+14155550100", "brand": "acme", "campaign": "promo"}
     within = parse_fields({**fields, "proof.collection_detail": "x" * 4096}, 2)
