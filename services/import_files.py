@@ -516,7 +516,7 @@ def _loose(obj: dict[str, Any]) -> dict[str, str]:
             # ["+14155552671"] or {"e164": "+14155552671"}: dropped, the opt-out was
             # held under no number while the number's opt-in stood. The hold reads
             # each number the value holds.
-            fields[key] = " / ".join(inside)
+            fields[key] = ", ".join(inside)
     return fields
 
 
@@ -588,7 +588,7 @@ def _held(fields: dict[str, str]) -> api.ImportRecord | None:
     out or past reading is sent blank: the service holds it under each of the
     caller's brands, one of which it was."""
     plain = {k: v for k, v in fields.items() if len(v) <= VALUE_LIMIT and not _SURROGATE.search(v)}
-    phone = fields.get("phone", "")
+    phone = fields.get("phone", "") or _named_elsewhere(fields)
     if not phone or len(phone) > VALUE_LIMIT:
         return None
     # A byte of a number that is not UTF-8 is no digit: a Windows export's no-break
@@ -610,6 +610,19 @@ def _held(fields: dict[str, str]) -> api.ImportRecord | None:
         f"import-{hashlib.sha256(said).hexdigest()[:32]}"
     )
     return api.ImportRecord(opt_out=request)
+
+
+def _named_elsewhere(fields: dict[str, str]) -> str:
+    """A JSON line's values under keys no record has ("phone_number", "msisdn", a
+    record nested under "data"), for the service to read the numbers they name, when
+    the line gives no "phone": held under none, its opt-out was dropped while the
+    number's opt-in, on a line of its own, stood. At most ``VALUE_LIMIT`` characters."""
+    said = ""
+    for key, value in fields.items():
+        if key in FIELDS or len(said) + len(value) + 2 > VALUE_LIMIT:
+            continue
+        said = f"{said}, {value}" if said else value
+    return said
 
 
 def _parse(kind: str, fields: dict[str, str], line: int) -> Read | Unreadable:

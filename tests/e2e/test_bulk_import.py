@@ -1925,6 +1925,41 @@ async def test_an_opt_out_on_a_json_line_whose_keys_are_capitalised_is_held(serv
     assert reasons == dict.fromkeys(spelt, "REASON_REVOCATION_PENDING_REVIEW"), reasons
 
 
+async def test_an_opt_out_on_a_json_line_naming_its_number_under_another_key_is_held(
+    service, tmp_path
+):
+    """JSON lines of opt-outs that name their number under a key of their own
+    ("phone_number", "msisdn" without its "+", a contact object, the whole record
+    nested under "record"), beside the numbers' opt-ins written as the command asks:
+    refused for the key, rightly, and held under no number, so CanSend allowed the
+    numbers. Each is held under the number its line names."""
+    runtime, when = service
+
+    def elsewhere(number: str, key: str, value: object) -> dict[str, object]:
+        opt_out = {k: v for k, v in opted_in_then_out(when, {number: {}})[1].items()}
+        del opt_out["phone"]
+        return {**opt_out, key: value}
+
+    lines = {
+        phone(240): elsewhere(phone(240), "phone_number", phone(240)),
+        phone(241): elsewhere(phone(241), "msisdn", phone(241).removeprefix("+")),
+        phone(242): elsewhere(phone(242), "contact", {"mobile": phone(242)}),
+        phone(243): {"record": opted_in_then_out(when, {phone(243): {}})[1]},
+    }
+    written = []
+    for number, opt_out in lines.items():
+        written += [json.dumps(opted_in_then_out(when, {number: {}})[0]), json.dumps(opt_out)]
+    jsonl = tmp_path / "keys.jsonl"
+    jsonl.write_text("".join(line + "\n" for line in written))
+
+    reasons = await imported_answers(
+        runtime, jsonl, lines, code=1, said=["imported 4 of 8 records", "held for review: 4"],
+        refusals=[r"INVALID_ARGUMENT +\w+: is no field of an import record; held for review"],
+    )  # fmt: skip
+
+    assert reasons == dict.fromkeys(lines, "REASON_REVOCATION_PENDING_REVIEW"), reasons
+
+
 async def test_json_lines_files_joined_with_their_byte_order_marks_are_read_whole(
     service, tmp_path
 ):
