@@ -13,10 +13,11 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any, TypeVar
 
 from ledger.commands import (
     HELD_INBOUND,
@@ -95,6 +96,8 @@ from services.usecases.requests import (
     taken_then_appended,
 )
 from services.usecases.spellings import earlier_history, earlier_message_uses, state_as_one
+
+R = TypeVar("R")
 
 CAMPAIGN_TURN_WAIT = 10.0
 """Seconds a campaign write that lists sender numbers waits for its turn (another
@@ -187,7 +190,7 @@ def _resolution_kept(cmd: ResolveRevocationCandidate) -> str:
     )
 
 
-def _retrieve(write: asyncio.Future[WriteResult]) -> None:
+def _retrieve(write: asyncio.Future[Any]) -> None:
     """Take the outcome of a write whose caller went away, so it is not logged as lost."""
     if not write.cancelled():
         write.exception()
@@ -302,8 +305,11 @@ class Writes:
         as before its ConsentRevoked was appended ahead of it."""
         # Answered as recorded, it is read as this instance's own write, appended (the
         # guard watches the ledger) or found (``requests.found``).
-        async with self._turn_for(cmd):
+        phone = self._turn_for(cmd)
+        if phone is None:
             written = await self._record(cmd, recorded_by=recorded_by)
+        else:
+            written = await self._in_turn(phone, self._record(cmd, recorded_by=recorded_by))
         if isinstance(cmd, ResolveRevocationCandidate) and len(written.event_ids) > 1:
             ids = written.event_ids
             return replace(written, event_ids=[ids[-1], *ids[:-1]])
@@ -743,17 +749,32 @@ class Writes:
         check_inbound(cmd, self.ctx.clock())  # every bad field at once, before any lookup
         to = to_e164(cmd.to_phone, field="to_phone")
         sender = to_e164(cmd.from_phone, field="from_phone")
-        async with self._inbound_turn(sender):
-            # A redelivery found is read as this instance's own write too, as in ``record``.
-            return await self._handle_inbound(
-                cmd, to, sender, authorize, recorded_by, unowned_brands
-            )
+        # A redelivery found is read as this instance's own write too, as in ``record``.
+        return await self._in_turn(
+            sender, self._handle_inbound(cmd, to, sender, authorize, recorded_by, unowned_brands)
+        )
 
-    def _turn_for(self, cmd: Command) -> contextlib.AbstractAsyncContextManager[None]:
-        """The phone's turn (``_inbound_turn``) for an opt-out, held from its checks
-        until its append is acknowledged, and for an opt-in while the turn is held or
-        awaited: an opt-in checked while an opt-out stamped ahead beside it was being
-        noted and appended (``note_stated_ahead``) missed it
+    async def _in_turn(self, phone: str, write: Coroutine[Any, Any, R]) -> R:
+        """``write`` in ``phone``'s turn (``_inbound_turn``), run to its end even when
+        its caller goes away (a deadline answered "outcome unknown"): its records may
+        still reach the ledger, so the turn is held until the append is acknowledged
+        or fails. Given up with the caller, the turn let the next write of the number
+        be checked without them: an opt-in stated before an opt-out stamped ahead took
+        its place after it and outranked it."""
+
+        async def in_turn() -> R:
+            async with self._inbound_turn(phone):
+                return await write
+
+        running = asyncio.ensure_future(in_turn())
+        running.add_done_callback(_retrieve)
+        return await asyncio.shield(running)
+
+    def _turn_for(self, cmd: Command) -> str | None:
+        """The phone whose turn (``_in_turn``) a write takes: an opt-out's, held from
+        its checks until its append is acknowledged, and an opt-in's while the turn is
+        held or awaited: an opt-in checked while an opt-out stamped ahead beside it was
+        being noted and appended (``note_stated_ahead``) missed it
         (``check_not_before_an_opt_out``), then took its place after it and
         outranked it.
 
@@ -765,8 +786,8 @@ class Writes:
             with contextlib.suppress(DomainError):  # else refused by the write's checks
                 phone = to_e164(cmd.phone)
                 if isinstance(cmd, RecordOptOut) or phone in self._inbound_turns:
-                    return self._inbound_turn(phone)
-        return contextlib.nullcontext()
+                    return phone
+        return None
 
     @asynccontextmanager
     async def _inbound_turn(self, phone: str) -> AsyncIterator[None]:

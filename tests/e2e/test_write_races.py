@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from functools import partial
 
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
+from ledger.events import ConsentRevoked
 from ledger.ports import ConsistencyToken
 from tests.builders import proof_proto as proof
 from tests.e2e.harness import (
@@ -22,6 +24,7 @@ from tests.e2e.harness import (
     inbound,
     opt_in,
     opt_out,
+    serving,
     ts,
 )
 
@@ -430,3 +433,73 @@ async def test_a_consent_stamped_ahead_sent_with_a_later_opt_out_never_allows(se
 
         answers = [await race(i) for i in range(24)]
     assert [(phone, a) for phone, a in answers if any(a)] == []
+
+
+@pytest.mark.parametrize("via", ["api", "texts"])
+@pytest.mark.parametrize("ledger", ["kafka", "embedded"])
+async def test_an_opt_out_whose_caller_gave_up_still_outranks_a_consent_sent_after(
+    tmp_path, postgres_dsn, kafka_bootstrap, ledger, via
+):
+    """A client 4 min fast sends an opt-out (or its gateway a STOP) at its T+4 min;
+    the broker is slow to acknowledge it, so the service answers "outcome unknown"
+    before the caller's deadline, the record still on its way. An opt-in (a START)
+    stated T+3 min, before it, then came: it was checked while the opt-out was not
+    yet in the ledger, since the opt-out's turn ended with its caller's wait, and
+    was recorded, answered OK, though by their times the opt-out is the later word
+    (the fold lets it outrank nothing, but the client was told it stood). An opt-out
+    now keeps the number's turn until its append ends: the consent is checked after
+    it and refused, as one sent beside it in one process is."""
+    clock = Clock()
+    t = clock.now
+    campaign = define("acme", "promo", t - timedelta(days=1), [NUMBER])
+    bootstrap = kafka_bootstrap if ledger == "kafka" else None
+    async with serving(
+        tmp_path, postgres_dsn, bootstrap, name="races-gave-up", clock=clock, campaigns=[campaign]
+    ) as runtime:
+        assert runtime.usecases is not None
+        appends = runtime.usecases.writes.ctx.ledger
+        append = appends.append
+        acknowledged = asyncio.Event()
+
+        async def slow_to_acknowledge(events):
+            if not any(isinstance(e, ConsentRevoked) for e in events) or acknowledged.is_set():
+                return await append(events)
+
+            async def later():
+                await acknowledged.wait()
+                return await append(events)
+
+            # Handed to the producer, the records go on whether or not anyone waits.
+            return await asyncio.shield(asyncio.ensure_future(later()))
+
+        async with client(runtime.address, "acme-app") as c:
+            phone = "+14155550193"
+            hour_ago = t - timedelta(hours=1)
+            written = [await c.RecordOptIn(opt_in(phone, "acme", "promo", hour_ago))]
+            before, ahead = t + timedelta(minutes=3), t + timedelta(minutes=4)
+            if via == "api":
+                stop = partial(c.RecordOptOut, opt_out(phone, "acme", "promo", ahead))
+                consent = partial(
+                    c.RecordOptIn, opt_in(phone, "acme", "promo", before, proof=proof(before))
+                )
+            else:  # a START resumes only what an opt-out ended
+                earlier = opt_out(phone, "acme", "promo", hour_ago + timedelta(minutes=1))
+                written.append(await c.RecordOptOut(earlier))
+                stop = partial(c.HandleInboundMessage, inbound(phone, NUMBER, "STOP", ahead))
+                consent = partial(c.HandleInboundMessage, inbound(phone, NUMBER, "START", before))
+
+            appends.append = slow_to_acknowledge
+            with pytest.raises(grpc.aio.AioRpcError) as gave_up:
+                await stop(timeout=1)
+            assert gave_up.value.code() is grpc.StatusCode.UNAVAILABLE
+
+            clock.now = t + timedelta(seconds=1)
+            sent_after = asyncio.ensure_future(consent())
+            await asyncio.wait({sent_after}, timeout=3)  # time to be checked, if it may
+            acknowledged.set()
+            written.append(await stop())  # the retry
+            with pytest.raises(grpc.aio.AioRpcError) as refused:  # the opt-out is later
+                await sent_after
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, refused.value
+            assert "occurred_at" in (refused.value.details() or "")
+            assert await allowed(c, phone, token(*written)) == [False, False]
