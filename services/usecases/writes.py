@@ -776,16 +776,18 @@ class Writes:
         held or awaited: an opt-in checked while an opt-out stamped ahead beside it was
         being noted and appended (``note_stated_ahead``) missed it
         (``check_not_before_an_opt_out``), then took its place after it and
-        outranked it.
+        outranked it. A resolution of a revocation candidate takes it as an opt-out
+        does: a "revoked" one appends an opt-out that may be stamped ahead (the time
+        the held words said, ``revoked_after_held``).
 
         An opt-in that finds no turn reads the clock (``_record`` does first, with no
         wait between) before any opt-out that comes later does, so it is placed
         before that opt-out and loses to it: opt-ins of a number need not wait for
         each other."""
-        if isinstance(cmd, RecordOptOut | RecordOptIn):
+        if isinstance(cmd, RecordOptOut | RecordOptIn | ResolveRevocationCandidate):
             with contextlib.suppress(DomainError):  # else refused by the write's checks
                 phone = to_e164(cmd.phone)
-                if isinstance(cmd, RecordOptOut) or phone in self._inbound_turns:
+                if not isinstance(cmd, RecordOptIn) or phone in self._inbound_turns:
                     return phone
         return None
 

@@ -17,6 +17,7 @@ from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 from google.protobuf import json_format
 
+from ledger.events import ConsentRevoked
 from tests.builders import proof_proto as proof
 from tests.e2e.harness import (
     Clock,
@@ -415,3 +416,46 @@ async def test_a_held_opt_out_stamped_ahead_revoked_dated_before_an_opt_in_after
             False,
             False,
         ]
+
+
+@pytest.mark.parametrize("held", ["unknown campaign", "reply"])
+async def test_an_opt_in_sent_while_a_held_opt_out_s_revocation_is_appended(service, held):
+    """The hold stamped T+40 s, placed at T; a reviewer's "revoked" at T+10 s is slow
+    to be acknowledged, and an opt-in stated T+20 s comes meanwhile. It was checked
+    while the revocation was on its way to the ledger (a resolution took no turn of
+    the number) and recorded, answered OK, though by the records' own times the
+    opt-out is the later word (the fold lets it outrank nothing, but the client was
+    told it stood). A "revoked" resolution now takes the number's turn, as an
+    opt-out does, until its append ends: the opt-in is checked after it, refused."""
+    runtime, clock = service
+    t = clock.now
+    appends = runtime.usecases.writes.ctx.ledger
+    append = appends.append
+    appending, acknowledged = asyncio.Event(), asyncio.Event()
+
+    async def slow_to_acknowledge(events):
+        if any(isinstance(e, ConsentRevoked) for e in events) and not acknowledged.is_set():
+            appending.set()
+            await acknowledged.wait()
+        return await append(events)
+
+    async with client(runtime.address, "acme-app") as c:
+        phone = "+14155550425" if held == "reply" else "+14155550426"
+        granted = await c.RecordOptIn(opt_in(phone, "acme", "promo", t - timedelta(hours=1)))
+        flagged, candidate = await held_ahead(c, phone, held, t + timedelta(seconds=40))
+        clock.now = t + timedelta(seconds=10)
+        appends.append = slow_to_acknowledge
+        revoking = asyncio.ensure_future(
+            c.ResolveRevocationCandidate(revoke(phone, candidate, clock.now))
+        )
+        await asyncio.wait_for(appending.wait(), 60)  # the revocation on its way
+        clock.now = t + timedelta(seconds=25)
+        between = t + timedelta(seconds=20)
+        late = asyncio.ensure_future(
+            c.RecordOptIn(opt_in(phone, "acme", "promo", between, proof=proof(between)))
+        )
+        await asyncio.wait({late}, timeout=3)  # time to be checked, if it may
+        acknowledged.set()
+        revoked = await revoking
+        await refused_on_occurred_at(late)
+        assert await allowed(c, phone, token(granted, flagged, revoked)) == [False, False]
