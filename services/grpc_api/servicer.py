@@ -97,10 +97,33 @@ MAX_PAGE_SIZE = 1000
 R = TypeVar("R")
 
 
+_NUMBER_FIELDS = ("phone", "from_phone", "to_phone")
+
+
 def _digest(request: Message) -> str:
     """A digest of everything a refused request said, for its hold's id: a retry of it
-    holds it once, another request holds another."""
+    holds it once, another request holds another. Its numbers are digested in E.164
+    where they read as numbers, as a request's fingerprint digests them: a retry
+    spelling one otherwise (``+1 (415) 555-2671``) is the same request, held once."""
+    said = type(request)()
+    said.CopyFrom(request)
+    for name in _NUMBER_FIELDS:
+        if name in said.DESCRIPTOR.fields_by_name:
+            with contextlib.suppress(DomainError):  # unreadable: held as sent, if at all
+                setattr(said, name, to_e164(getattr(said, name), field=name))
+    return _digest_as_sent(said)
+
+
+def _digest_as_sent(request: Message) -> str:
+    """``_digest`` with the numbers as spelled: what a hold's id digested before."""
     return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()[:32]
+
+
+def _earlier_digest(request: Message) -> str | None:
+    """The digest a hold of ``request`` had before its numbers were digested in E.164
+    (``_digest_as_sent``), when that differs from ``_digest``; else None."""
+    as_sent = _digest_as_sent(request)
+    return None if as_sent == _digest(request) else as_sent
 
 
 def _token(text: str) -> ConsistencyToken | None:
@@ -983,6 +1006,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                     lambda brand: principal.require(Scope.WRITE, brand),
                     recorded_by=principal.name,
                     brands=unread,
+                    held_before_as=_earlier_digest(request),
                 ),
             )
             raise
@@ -1111,6 +1135,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                     authorize,
                     recorded_by=principal.name,
                     unowned_brands=unowned,
+                    held_before_as=_earlier_digest(request),
                 ),
             )
             raise

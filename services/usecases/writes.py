@@ -89,6 +89,7 @@ from services.usecases.context import BEHIND, Context
 from services.usecases.requests import (
     WriteResult,
     append,
+    brand_of,
     found,
     recorded_as_spelled,
     recorded_once,
@@ -509,6 +510,7 @@ class Writes:
         *,
         recorded_by: str = "",
         brands: Sequence[str] = (),
+        held_before_as: str | None = None,
     ) -> None:
         """Hold for review a live opt-out ``refused`` for its details, whose number and
         brand can be read, for a brand ``authorize`` lets the caller act for (under
@@ -524,7 +526,10 @@ class Writes:
         number is denied for the brand (``REASON_REVOCATION_PENDING_REVIEW``) until
         someone resolves it, as an import's refused opt-out is. The hold's id digests
         the request (``HoldRefusedOptOut.request_id``): a retry holds it once, and the
-        client's request id stays free for its corrected retry.
+        client's request id stays free for its corrected retry. ``held_before_as`` is
+        the digest a hold of the request had before its numbers were digested in
+        E.164 (``hold.record`` now), when that differs: a hold kept under it is this
+        one, not held again.
 
         An opt-out refused for its request id, used before for another request (a
         client's bug, which no retry mends), is held too and raises
@@ -571,6 +576,15 @@ class Writes:
             # Held by a version that digested the number as spelled, the hold's id is
             # taken under that fingerprint: this is its retry, not another request.
             earlier = await recorded_as_spelled(self.ctx, each, events)
+            if earlier is None and held_before_as is not None:
+                before = replace(each, record=held_before_as)
+                kept = _stamped(held_opt_out(before, refusal, self.ctx.clock()), recorded_by)
+                earlier = await recorded_as_spelled(self.ctx, before, kept)
+                taken = await self.ctx.view.request_use(brand_of(kept[0]), kept[0].request_id)
+                if earlier is None and taken is not None:
+                    # Held so before: answered as that hold (appended again under its
+                    # ids when the view has not applied it yet, which stores it once).
+                    earlier = await recorded_once(self.ctx, kept)
             results.append(earlier or await recorded_once(self.ctx, events))
         written = replace(
             results[0],
@@ -594,6 +608,7 @@ class Writes:
         *,
         recorded_by: str = "",
         unowned_brands: Sequence[str] = (ANY_BRAND,),
+        held_before_as: str | None = None,
     ) -> None:
         """``hold_refused_opt_out`` for an inbound text refused for a detail (a time far
         ahead or missing, a NUL, a text or message id too long, none; or its request
@@ -624,7 +639,12 @@ class Writes:
             authorize, brands = _anyone, unowned_brands
         hold = HoldRefusedOptOut(request_id, from_phone, brand, record, campaign, via=HELD_INBOUND)
         await self.hold_refused_opt_out(
-            hold, refused, authorize, recorded_by=recorded_by, brands=brands
+            hold,
+            refused,
+            authorize,
+            recorded_by=recorded_by,
+            brands=brands,
+            held_before_as=held_before_as,
         )
 
     async def _with_exemption(self, events: list[LedgerEvent]) -> list[LedgerEvent]:
