@@ -240,7 +240,8 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
     taken = await take()
     if taken.use is not None:
         refuse_another_request(first, taken.use)
-    if message is not None and taken.sent_as is None and taken.claimed_by not in ids:
+    copy = taken.sent_as is None and taken.claimed_by not in ids
+    if message is not None and copy:
         _refuse_another_claim(first, taken)
         # Another send claimed the message id first, saying the same of it, perhaps a
         # moment ago: count every send acknowledged for the phone, then the view's
@@ -266,7 +267,27 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
                 refuse_another_message(first, original.event, taken.sent_as)
             return found(ctx, [taken.sent_as], [original])
     recorded = await ctx.ledger.append(events)
-    return WriteResult(ids, ConsistencyToken.after(recorded))
+    written = WriteResult(ids, ConsistencyToken.after(recorded))
+    if copy and isinstance(first, MessageSent):
+        return await _as_the_send_applied(ctx, first, written)
+    return written
+
+
+async def _as_the_send_applied(
+    ctx: Context, sent: MessageSent, written: WriteResult
+) -> WriteResult:
+    """``written``, a copy of a message another send claimed first and both appended
+    at once, answered as the one send of the message the view applies (the first in
+    the ledger; the other is not applied): answered with its own id, never read
+    anywhere, and its retry with the applied one's, one request was answered two
+    ways. ``written`` itself when the view cannot get there in time."""
+    if not await ctx.guard.wait_until_applied_for([sent.phone]):
+        return written
+    applied = await ctx.view.message_use(sent.brand, sent.phone, sent.message_id)
+    if applied is None or applied in written.event_ids:
+        return written
+    recorded = await ctx.view.find_event(applied)
+    return written if recorded is None else found(ctx, [applied], [recorded])
 
 
 async def recorded_once(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult:

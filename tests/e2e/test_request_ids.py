@@ -3,6 +3,7 @@ message, through the real gRPC server on the real Kafka ledger and PostgreSQL.""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -21,6 +22,7 @@ from tests.e2e.harness import (
     inbound,
     opt_in,
     opt_out,
+    serving,
     ts,
 )
 
@@ -359,3 +361,38 @@ async def test_a_hold_recorded_before_numbers_were_digested_in_e164_is_its_own_r
             await c.RecordOptOut(stop)
         candidates.append(held_info(again.value)["candidate_event_id"])
     assert candidates[1] == candidates[0]
+
+
+@pytest.mark.parametrize("ledger", ["kafka", "embedded"])
+async def test_one_message_recorded_at_once_under_two_request_ids_is_answered_as_one(
+    tmp_path, postgres_dsn, kafka_bootstrap, ledger
+):
+    """A sender records one message twice at once (two workers, two request ids).
+    Both copies reached the ledger and the view applied the first; the other was
+    answered with its own event id, which no reader ever shows, and its retry with
+    the first's: one request answered two ways. Each copy, and each retry, is now
+    answered with the send the view applied."""
+    clock = Clock()
+    campaign = define("acme", "promo", clock.now - timedelta(days=1), [NUMBER])
+    bootstrap = kafka_bootstrap if ledger == "kafka" else None
+    async with (
+        serving(
+            tmp_path, postgres_dsn, bootstrap, name="rid-twice", clock=clock, campaigns=[campaign]
+        ) as runtime,
+        client(runtime.address, "acme-app") as c,
+    ):
+        at = clock.now - timedelta(minutes=30)
+        await c.RecordOptIn(opt_in(PHONE, "acme", "promo", at - timedelta(hours=1)))
+        answers = []
+        for n in range(5):
+            copies = [sent(f"twice-{n}-{k}", f"SM-twice-{n}", at) for k in range(4)]
+            first = await asyncio.gather(*(c.RecordMessageSent(r) for r in copies))
+            again = await asyncio.gather(*(c.RecordMessageSent(r) for r in copies))
+            answers.append([tuple(w.event_ids) for w in (*first, *again)])
+        events = await c.ListEvents(
+            api.ListEventsRequest(
+                phone=PHONE, brand="acme", at_least_as_fresh=again[-1].consistency_token
+            )
+        )
+    listed = [(e.event.event_id,) for e in events.events if e.event.event_type == "MessageSent"]
+    assert [set(a) for a in answers] == [{one} for one in listed]
