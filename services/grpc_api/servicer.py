@@ -1164,6 +1164,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             authorize=authorize,
             own_brands=lambda: self.authenticate(context).own_brands,
             recorded_by=principal.name,
+            time_left=context.time_remaining,
         )
         async for answer in imports_api.answer_chunks(imports, requests, context.time_remaining):
             yield answer

@@ -98,12 +98,15 @@ class UseCases:
         authorize: Callable[[str], None] = lambda brand: None,
         own_brands: Callable[[], Sequence[str]] = lambda: (),
         recorded_by: str = "",
+        time_left: Callable[[], float | None] = lambda: None,
     ) -> Imports:
-        """A bulk import's use case (``services.usecases.imports``), for one import."""
+        """A bulk import's use case (``services.usecases.imports``), for one import;
+        ``time_left``: the seconds to the caller's deadline (None: none)."""
         return Imports(
             self.writes.ctx,
             authorize=authorize,
             own_brands=own_brands,
             recorded_by=recorded_by,
             pruning=self.turn_pruning,
+            time_left=time_left,
         )

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 import time
@@ -38,6 +39,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any, TypeVar, cast
 
 from ledger.campaigns import Campaign
 from ledger.commands import (
@@ -72,13 +74,21 @@ from ledger.phone import forms_stored_before, to_e164
 from ledger.ports import (
     AppendTurn,
     Applied,
+    CampaignReads,
+    ConsentView,
     ConsistencyToken,
     LedgerUnavailable,
     RequestClaim,
     RequestUse,
     Stream,
 )
-from services.errors import FailedPrecondition, NotConsistent, PermissionDenied, ServiceError
+from services.errors import (
+    FailedPrecondition,
+    NotConsistent,
+    PermissionDenied,
+    ServiceError,
+    StoreUnavailable,
+)
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import brand_of
 from services.usecases.writes import (
@@ -115,6 +125,17 @@ PRUNE_INTERVAL_S = 3600.0
 TURN_POLL_S = (0.02, 0.5)
 """The first and the longest pause before asking again after a turn another import
 holds."""
+RETRY_S = 30.0
+"""How long after a chunk's statement or append first failed for a passing reason
+(``StoreUnavailable``: PostgreSQL over its bound, as on a loaded machine;
+``LedgerUnavailable``) it is tried again, unless the caller's deadline comes first.
+An append tried at 30 s ends by 70 s (40 s on Kafka), within the turn's lease."""
+RETRY_PAUSE_S = (0.1, 2.0)
+"""The first and the longest pause before trying a failed statement or append again."""
+PASSING = (StoreUnavailable, LedgerUnavailable)
+"""Failures that another try may get past."""
+
+T = TypeVar("T")
 
 ImportCommand = RecordOptIn | RecordOptOut
 
@@ -233,6 +254,8 @@ class Imports:
         recorded_by: str = "",
         lease_s: float = APPEND_LEASE_S,
         pruning: TurnPruning | None = None,
+        retry_s: float = RETRY_S,
+        time_left: Callable[[], float | None] = lambda: None,
     ) -> None:
         """``authorize`` raises ``PermissionDenied`` for a brand the caller may not
         write for; ``own_brands`` are the brands it writes for (``ANY_BRAND``: every
@@ -240,8 +263,20 @@ class Imports:
         read is held (none: it is not); ``recorded_by`` (the caller's name) is
         stamped on every event; ``lease_s`` bounds each turn to append this import
         takes; ``pruning`` is the process's (None: one of this import's own, which
-        prunes)."""
-        self.ctx = ctx
+        prunes); ``retry_s`` bounds how long a statement or append that failed for a
+        passing reason is tried again (``_retried``), and ``time_left`` gives the
+        seconds to the caller's deadline (None: none), before which it stops."""
+        self._retry_s = retry_s
+        self._time_left = time_left
+        # Every call of the view an import makes reads, or claims ids and takes turns
+        # as this import, which a second try finds done: each is tried again.
+        self.ctx = replace(
+            ctx,
+            view=cast(ConsentView, _Retrying(ctx.view, self._retried)),
+            campaigns=None
+            if ctx.campaigns is None
+            else cast(CampaignReads, _Retrying(ctx.campaigns, self._retried)),
+        )
         self._pruning = TurnPruning() if pruning is None else pruning
         self._holder = str(uuid.uuid4())
         """This import, as the holder of its turns to append (``_turns``)."""
@@ -433,9 +468,35 @@ class Imports:
         return result
 
     async def _append(self, planned: Sequence[_Planned]) -> list[Recorded]:
+        """Append ``planned``'s facts, tried again after a passing failure: a try cut
+        short may have written some, which the same event ids make harmless, and
+        nothing after them is appended until all are."""
         if not planned:
             return []
-        return await self.ctx.ledger.append([e for p in planned for e in p.events])
+        events = [e for p in planned for e in p.events]
+        return await self._retried(lambda: self.ctx.ledger.append(events), "append")
+
+    async def _retried(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """``call``'s result, tried again after a passing failure (``PASSING``), with
+        pauses growing from ``RETRY_PAUSE_S``, until ``retry_s`` after the first try
+        began, or half the time to the caller's deadline. On a loaded machine one
+        PostgreSQL statement over its bound (1.5 s) failed a whole chunk, and with it
+        every other chunk whose opt-ins waited for its opt-outs."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        pause, longest = RETRY_PAUSE_S
+        while True:
+            try:
+                return await call()
+            except PASSING as exc:
+                left = self._time_left()
+                if loop.time() + pause - began > self._retry_s or (
+                    left is not None and pause > left / 2
+                ):
+                    raise
+                log.info("import: %s failed, tried again in %.2g s: %s", what, pause, exc)
+            await asyncio.sleep(pause * random.uniform(0.5, 1.0))
+            pause = min(pause * 2, longest)
 
     def _denials_to_wait_for(
         self, mine: asyncio.Future[bool], opted_in: frozenset[str] | None
@@ -954,6 +1015,27 @@ class Imports:
                 break
             for key in self._claimed.pop(0).keys:
                 self._unapplied.pop(key, None)
+
+
+class _Retrying:
+    """An adapter (the view, the campaigns' reads) each of whose coroutine methods is
+    tried again after a passing failure by ``retried`` (``Imports._retried``)."""
+
+    def __init__(
+        self, inner: object, retried: Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]]
+    ) -> None:
+        self._inner = inner
+        self._retried = retried
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._inner, name)
+        if not inspect.iscoroutinefunction(found):
+            return found
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await self._retried(lambda: found(*args, **kwargs), name)
+
+        return call
 
 
 async def _quietly(ending: Awaitable[None]) -> None:

@@ -31,7 +31,7 @@ from ledger.events import (
 from ledger.policy import Reason
 from ledger.ports import AppendTurn, LedgerUnavailable, Stream
 from services.adapters.memory_ledger import InMemoryLedger
-from services.errors import PermissionDenied
+from services.errors import PermissionDenied, StoreUnavailable
 from services.usecases import UseCases
 from services.usecases import imports as imports_module
 from services.usecases.imports import MAX_CHUNK, Code, Imports, Item, TurnPruning
@@ -670,8 +670,10 @@ async def test_a_hold_whose_append_failed_is_not_written_and_is_held_when_sent_a
         ]
 
 
-def _imports(app: App) -> Imports:
-    return Imports(app.writes.ctx)
+def _imports(app: App, retry_s: float = 0.0) -> Imports:
+    """An import on ``app``: the failures the tests inject outlast its retries unless
+    a test gives it time to retry (``retry_s``)."""
+    return Imports(app.writes.ctx, retry_s=retry_s)
 
 
 async def test_an_import_prunes_the_turns_that_ended_long_ago_as_it_begins(monkeypatch):
@@ -880,6 +882,53 @@ async def test_opt_ins_waiting_for_an_opt_out_whose_append_failed_are_not_append
         assert not any(isinstance(e, ConsentGranted) for e in ledger.landed)
         again = await _imports(app).chunk([opt_in(0, phone, 0)])
         assert again.imported == 1  # its turn and claim given back: sent again, written
+
+
+class _OptOutsFailingOnce(_Logged):
+    """The first append of opt-outs fails, as a broker slow to acknowledge under load."""
+
+    failed = False
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        if not self.failed and any(isinstance(e, ConsentRevoked) for e in events):
+            self.failed = True
+            await asyncio.sleep(0.01)
+            raise LedgerUnavailable("Kafka ledger: 1 event(s) not acknowledged")
+        return await super().append(events)
+
+
+async def test_a_statement_or_an_append_failing_for_a_moment_is_tried_again():
+    """On a loaded machine one PostgreSQL statement over its bound (1.5 s), or an
+    append not acknowledged in time, failed its whole message, and with it the other
+    messages whose opt-ins waited for its opt-outs: the import ended, to be run again.
+    Each is tried again; the opt-ins still go only after the opt-outs."""
+    ledger = _OptOutsFailingOnce()
+    phone, other = "+14155550100", "+14155550101"
+    async with running(ledger=ledger) as (app, _):
+        await app.writes.record(define())
+        imports = _imports(app, retry_s=imports_module.RETRY_S)
+        claim, failed = app.view.claim_requests, []
+
+        async def over_its_bound(claims):  # type: ignore[no-untyped-def]
+            if not failed:
+                failed.append(claims)
+                raise StoreUnavailable("PostgreSQL did not answer within 1.5 s")
+            return await claim(claims)
+
+        app.view.claim_requests = over_its_bound  # type: ignore[method-assign]
+
+        opted_in, opted_out = await asyncio.gather(
+            imports.chunk([opt_in(0, phone, 0), opt_in(1, other, 1)]),
+            imports.chunk([opt_out(2, phone, 5, None)]),
+        )
+
+        assert failed and ledger.failed
+        assert (opted_in.imported, opted_out.imported) == (2, 1)
+        assert opted_in.refusals == opted_out.refusals == []
+        landed = [type(e).__name__ for e in ledger.landed if getattr(e, "phone", "") == phone]
+        assert landed == ["ConsentRevoked", "ConsentGranted"]
+        assert not (await app.checks.can_send(phone, BRAND, "promo")).decision.allowed
+        assert (await app.checks.can_send(other, BRAND, "promo")).decision.allowed
 
 
 async def test_two_imports_of_the_same_shuffled_records_append_each_once_in_order():
