@@ -365,6 +365,7 @@ def _run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     opt_ins_begun = threading.Event()  # every opt-out acknowledged, the opt-ins go
     failure: list[BaseException] = []
+    opt_outs_not_now = 0  # opt-outs the service answered UNAVAILABLE: not imported for now
     bar = tqdm(
         total=total,
         unit=" records",
@@ -513,6 +514,8 @@ def _run(args: argparse.Namespace) -> int:
                             for v in refusal.violations
                         ]
                         refused_for = refusal.code
+                        if refused_for == "UNAVAILABLE" and not opt_ins:
+                            opt_outs_not_now += 1
                         here = told_here.pop(index, None)
                         if here is not None:  # what the file said wrong, and the hold
                             told = [_with_hold(here, refusal.held_for_review, args.dry_run)]
@@ -534,6 +537,20 @@ def _run(args: argparse.Namespace) -> int:
                     bar.update(told_now)
                 if failure or stop.is_set():
                     break
+                if opt_outs_not_now:
+                    # An opt-in of one of their numbers would allow it until they are
+                    # sent again: the service answers the rest of a call, but cannot
+                    # know a call of its own to come.
+                    break
+        if opt_outs_not_now:
+            bar.close()
+            print(
+                f"{name}: {opt_outs_not_now:,} opt-outs were not imported for now (UNAVAILABLE, "
+                f"listed below); run the import again, and what was recorded is skipped",
+                file=sys.stderr,
+            )
+            print(f"{name}: {NO_OPT_IN}", file=sys.stderr)
+            code = 1
         if failure:  # the file stopped the import, the service answered all it was sent
             bar.close()
             print(f"{name}: {shown}: {failure[0]}", file=sys.stderr)

@@ -134,6 +134,10 @@ RETRY_PAUSE_S = (0.1, 2.0)
 """The first and the longest pause before trying a failed statement or append again."""
 PASSING = (StoreUnavailable, LedgerUnavailable)
 """Failures that another try may get past."""
+NOT_NOW = (ConnectionError, NotConsistent)
+"""Failures of a chunk that say nothing of its records (the ledger or the view not
+answering, or behind): the chunk is answered with each record not imported, to be
+sent again, and the import goes on (``Imports.chunk``)."""
 
 T = TypeVar("T")
 
@@ -172,6 +176,10 @@ class Code:
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     ALREADY_EXISTS = "ALREADY_EXISTS"
     PERMISSION_DENIED = "PERMISSION_DENIED"
+    UNAVAILABLE = "UNAVAILABLE"
+    """Not imported for now (the ledger or the view failed, or an opt-out it waited
+    for did): the record is to be sent again, and one recorded meanwhile is found
+    present."""
 
 
 @dataclass(frozen=True)
@@ -307,8 +315,12 @@ class Imports:
         """One for each chunk begun and not ended: whether it appended its opt-outs
         and holds (done when it did, or when it failed to; ``_after_denials_of_others``),
         with the numbers they are of (None: one could not be read, so any number)."""
-        self._denials_failed = False
-        """Whether a chunk of this import failed to append its opt-outs and holds."""
+        self._denials_failed: dict[str, str] = {}
+        """The numbers of the opt-outs and holds that chunks of this import failed to
+        append, each with why: an opt-in of one is not appended after (fail closed)."""
+        self._denials_failed_any: str | None = None
+        """Why, when a chunk failed to append an opt-out whose number could not be
+        read: then no opt-in is appended after."""
         self._dry_run_taken: dict[int, int] = {}
         """In a dry run, the records its chunks would import, by hashes of (brand,
         import id) and of the record: nothing is claimed, so a later chunk that
@@ -323,8 +335,10 @@ class Imports:
 
     async def chunk(self, items: Sequence[Item], *, dry_run: bool = False) -> ChunkResult:
         """Check every record, then append the new ones in one call; with ``dry_run``,
-        check only. Raises (nothing of the chunk refused for it) only when the
-        ledger or the view fails: the chunk may then be sent again unchanged."""
+        check only. A chunk the ledger or the view failed for (``NOT_NOW``) is
+        answered with each record it did not append refused ``UNAVAILABLE``, saying
+        why, to be sent again; the next chunks go on, less the opt-ins of the numbers
+        of any opt-out it did not append. Other failures raise."""
         if len(items) > MAX_CHUNK:
             raise InvalidRequest("records", f"at most {MAX_CHUNK} records per message")
         # Chunks are checked at once but take their import ids in the order they came
@@ -338,14 +352,38 @@ class Imports:
         self._denials[denials] = _denied_numbers(items)
         if not any(_may_deny(item) for item in items):
             denials.set_result(True)  # nothing to wait for: opt-ins go at once
+        failure: BaseException | None = None
         try:
             return await self._chunk(items, dry_run, before, turn, denials)
+        except NOT_NOW as exc:
+            failure = exc
+            first = items[0].index if items else 0
+            log.warning("import: the message with record %d was not imported: %s", first, exc)
+            return ChunkResult(refusals=[_not_now(item, str(exc)) for item in items])
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             _release(turn)
+            numbers = self._denials.pop(denials)
             if not denials.done():
+                # Noted before the chunks waiting for these opt-outs wake.
+                self._note_denials_failed(items, numbers, failure)
                 denials.set_result(False)
-                self._denials_failed = True
-            del self._denials[denials]
+
+    def _note_denials_failed(
+        self, items: Sequence[Item], numbers: frozenset[str] | None, failure: BaseException | None
+    ) -> None:
+        first = items[0].index if items else 0
+        why = (
+            f"the opt-outs of the message with record {first} of this import were not "
+            f"recorded ({failure if failure is not None else 'it was cancelled'})"
+        )
+        if numbers is None:
+            self._denials_failed_any = self._denials_failed_any or why
+        else:
+            for number in numbers:
+                self._denials_failed.setdefault(number, why)
 
     async def _chunk(
         self,
@@ -393,6 +431,13 @@ class Imports:
             result.refusals.sort(key=lambda r: r.index)
             return result
         # Still this chunk's turn (released below): another chunk's _new sees these.
+        # This chunk's own opt-outs go first: its opt-ins of their numbers may follow.
+        barred = self._barred(new, result, _denied_phones([*new, *held]))
+        if barred:
+            new = [p for p in new if not any(p is b for b in barred)]
+            await _quietly(
+                self.ctx.view.end_append_turns(_keys(barred), self._holder, appended=False)
+            )
         imported = len(new)
         # Appended with the chunk's records, in the one call.
         new += held
@@ -421,6 +466,9 @@ class Imports:
             await note_stated_ahead(self.ctx, [e for p in first for e in p.events])
             appended += await self._append(first)
             first_appended = True
+            # Sent again and appended now: its number's opt-ins may follow.
+            for number in _denied_phones(first):
+                self._denials_failed.pop(number, None)
             if not denials.done():
                 denials.set_result(True)
             if rest:
@@ -435,11 +483,19 @@ class Imports:
                 for end in ending:
                     await _quietly(end)
                 await self._after_denials_of_others(denials, opted_in)
+                barred = self._barred(rest, result)
+                if barred:  # their turns were given back above
+                    rest = [p for p in rest if not any(p is b for b in barred)]
+                    imported -= len(barred)
+                    dropped = set(_keys(barred))
+                    claimed.keys = [k for k in claimed.keys if k not in dropped]
+                    for key in dropped:
+                        self._unapplied.pop(key, None)
                 taken = await self._turns(rest, result)
                 imported -= len(rest) - len(taken)
                 rest = taken
                 appended += await self._append(rest)
-        except BaseException:
+        except BaseException as exc:
             # Not appended after all: a repeat of these records in a chunk still to
             # come must be appended, not counted as present; and another import
             # waiting for their turns takes them now rather than when they run out.
@@ -456,7 +512,15 @@ class Imports:
             await _quietly(self.ctx.view.end_append_turns(failed, self._holder, appended=False))
             if done:
                 await _quietly(self.ctx.view.end_append_turns(done, self._holder, appended=True))
-            raise
+            if not (first_appended and isinstance(exc, NOT_NOW)):
+                raise
+            # The opt-outs and holds went: only the opt-ins are to be sent again.
+            log.warning("import: %d opt-ins not imported: %s", len(rest), exc)
+            result.refusals += (_not_now(p.item, str(exc)) for p in rest)
+            result.imported, result.held = imported - len(rest), _records(held)
+            result.token = result.token.merge(ConsistencyToken.after(appended))
+            result.refusals.sort(key=lambda r: r.index)
+            return result
         # Appended: the imports waiting for these turns count the records as present.
         # Should the store not hear it, the turns run out and the next to ask finds
         # the facts applied by then (``_turns`` looks again after a wait).
@@ -515,16 +579,39 @@ class Imports:
         self, mine: asyncio.Future[bool], opted_in: frozenset[str] | None
     ) -> None:
         """Wait until every other chunk of this import begun so far (or while waiting)
-        with opt-outs or holds of the numbers ``opted_in`` has appended them. One that
-        failed to may have been an opt-out of a number this chunk opts in: its opt-ins
-        are not appended (fail closed), and the chunk may be sent again."""
+        with opt-outs or holds of the numbers ``opted_in`` has appended them, or
+        failed to (``_barred`` then tells which opt-ins may not follow)."""
         while waits := self._denials_to_wait_for(mine, opted_in):
             await asyncio.wait(waits)
-        if self._denials_failed:
-            raise LedgerUnavailable(
-                "another message of this import failed to append its opt-outs, which "
-                "this message's opt-ins wait for: they were not appended; send it again"
+
+    def _barred(
+        self, planned: Sequence[_Planned], result: ChunkResult, own: Collection[str] = ()
+    ) -> list[_Planned]:
+        """The opt-ins of ``planned`` of a number an opt-out of which this import
+        failed to append and has not appended since (of any number, when one could
+        not be read), each refused ``UNAVAILABLE`` in ``result``: appended, it would
+        allow its number, which the opt-out denies, until that is sent again (fail
+        closed). Opt-ins of the numbers ``own`` (opted out ahead of them in their
+        chunk) and every other record go on. Before, one such failure ended the
+        whole import."""
+        if not self._denials_failed and self._denials_failed_any is None:
+            return []
+        barred = []
+        for p in planned:
+            phones = {getattr(e, "phone", None) for e in p.events}
+            if _denies(p) or phones <= set(own):
+                continue
+            why = self._denials_failed_any or next(
+                (self._denials_failed[n] for n in phones if n in self._denials_failed), None
             )
+            if why is None and None in phones:
+                why = next(iter(self._denials_failed.values()))  # no number to tell by
+            if why is not None:
+                barred.append(p)
+                result.refusals.append(
+                    _not_now(p.item, f"{why}; this opt-in is not imported before them")
+                )
+        return barred
 
     async def _held(
         self, items: Sequence[Item], result: ChunkResult, dry_run: bool
@@ -1082,6 +1169,16 @@ def _denied_numbers(items: Sequence[Item]) -> frozenset[str] | None:
     return frozenset(numbers)
 
 
+def _denied_phones(planned: Sequence[_Planned]) -> set[str]:
+    """The numbers of the opt-outs and holds among ``planned``."""
+    return {
+        e.phone
+        for p in planned
+        for e in p.events
+        if isinstance(e, ConsentRevoked | RevocationCandidateFlagged)
+    }
+
+
 def _opted_in_numbers(planned: Sequence[_Planned]) -> frozenset[str] | None:
     """The numbers of the facts that deny nothing; None when one names no number."""
     numbers = set()
@@ -1148,6 +1245,17 @@ def _noted(refusal: Refusal, note: str) -> Refusal:
         refusal.code,
         ((field_name, f"{reason}; {note}"), *rest),
         held=True,
+    )
+
+
+def _not_now(item: Item, why: str) -> Refusal:
+    """``item`` not imported for a passing failure, ``why``: it may have been recorded
+    all the same (an append cut short), and a record sent again is found present."""
+    return Refusal(
+        item.index,
+        item.request_id,
+        Code.UNAVAILABLE,
+        (("record", f"not imported: {why}; send it again (a record recorded is found present)"),),
     )
 
 

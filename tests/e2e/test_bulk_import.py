@@ -594,8 +594,9 @@ async def test_an_import_stopped_after_its_first_message_allows_no_number_it_opt
     monkeypatch.setattr(ledger, "append", append)
 
     assert code == 1, out + err
-    assert f"imported {len(numbers):,} of {len(numbers):,} records" in out, out
-    assert f"stopped after {len(numbers):,} records imported" in err, err
+    # The opt-ins' message is answered, each record not imported for now.
+    assert f"imported {len(numbers):,} of {2 * len(numbers):,} records" in out, out
+    assert f"{len(numbers):,}  UNAVAILABLE  record: not imported" in out, out
     async with client(runtime.address, "acme-app") as c:
         reasons = await answers(c, numbers, token_of(out))
     assert "REASON_CONSENT_ACTIVE" not in reasons.values(), reasons
@@ -607,6 +608,45 @@ async def test_an_import_stopped_after_its_first_message_allows_no_number_it_opt
     assert f"already present: {len(numbers):,}" in again, again
     after = sum((await ledger.end_offsets(Stream.SUBSCRIBERS)).values())
     assert after == before + 2 * len(numbers)  # each record once
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, numbers, token_of(again))
+    assert set(reasons.values()) == {"REASON_REVOKED"}, reasons
+
+
+async def test_an_import_whose_opt_outs_were_not_imported_for_now_sends_no_opt_in(
+    service, tmp_path, monkeypatch
+):
+    """The service answers a message whose append failed with each of its records
+    not imported (UNAVAILABLE) and goes on, where it ended the call before. The
+    command then went on to the opt-ins, in a call of their own that cannot know of
+    the opt-outs missing, and allowed their numbers. It stops before them now."""
+    runtime, when = service
+    ledger = runtime.ledger
+    assert ledger is not None
+    numbers = [f"+1646{5_900_000 + i:07d}" for i in range(10)]
+    export = write_csv(tmp_path / "tables.csv", opt_ins_then_their_opt_outs(when, numbers))
+    append = ledger.append
+
+    async def failing(events):  # type: ignore[no-untyped-def]
+        raise ConnectionError("the broker went away")
+
+    monkeypatch.setattr(ledger, "append", failing)
+    acme = TOKENS["acme-app"][0]
+    code, out, err = await import_cli(str(export), "--address", runtime.address, token=acme)
+    monkeypatch.setattr(ledger, "append", append)
+
+    assert code == 1, out + err
+    assert f"{len(numbers)} opt-outs were not imported for now" in err, err
+    assert import_.NO_OPT_IN in err, err
+    assert f"{len(numbers)}  UNAVAILABLE  record: not imported" in out, out
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, numbers, "")
+    assert "REASON_CONSENT_ACTIVE" not in reasons.values(), reasons
+
+    code, again, err = await import_cli(str(export), "--address", runtime.address, token=acme)
+
+    assert code == 0, again + err
+    assert f"imported {2 * len(numbers)} of {2 * len(numbers)} records" in again, again
     async with client(runtime.address, "acme-app") as c:
         reasons = await answers(c, numbers, token_of(again))
     assert set(reasons.values()) == {"REASON_REVOKED"}, reasons

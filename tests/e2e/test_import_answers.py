@@ -202,3 +202,82 @@ async def test_a_brand_defined_while_an_import_runs_holds_its_misspelled_opt_out
     [refusal] = after.refusals
     assert refusal.held_for_review and refusal.violations[0].field == "brand", refusal
     assert not decision.allowed, decision
+
+
+async def test_a_message_whose_opt_outs_failed_fails_only_them_and_their_numbers_opt_ins(
+    serve, monkeypatch
+):
+    """A message whose append failed (past its retries) ended the whole stream,
+    and with it every message worked on beside it: an import of a hundred thousand
+    records under load stopped within seconds, to be run again whole. The failed
+    message is answered now, each record not imported, saying why; an opt-in of
+    one of its opt-outs' numbers in a later message is not imported either (it
+    would allow the number), and every other record of the stream is."""
+    clock = Clock()
+    runtime = await serve(
+        clock=clock, campaigns=[define("acme", "promo", clock.now - timedelta(days=1))]
+    )
+    ledger = runtime.ledger
+    assert ledger is not None
+    append = ledger.append
+    stopped, other, third = "+14155550171", "+14155550172", "+14155550173"
+    opted_in_at = clock.now - timedelta(days=2)
+
+    async def opt_outs_failing(events):  # type: ignore[no-untyped-def]
+        if any(getattr(e, "phone", "") == stopped for e in events):
+            raise ConnectionError("the broker went away")
+        return await append(events)
+
+    def message(*records: api.ImportRecord) -> api.ImportConsentsRequest:
+        return api.ImportConsentsRequest(records=records)
+
+    messages = [
+        message(api.ImportRecord(opt_in=opt_in(other, "acme", "promo", opted_in_at, "f-1"))),
+        message(api.ImportRecord(opt_out=opt_out(stopped, "acme", None, clock.now, "f-2"))),
+        message(
+            api.ImportRecord(opt_in=opt_in(stopped, "acme", "promo", opted_in_at, "f-3")),
+            api.ImportRecord(opt_in=opt_in(third, "acme", "promo", opted_in_at, "f-4")),
+        ),
+    ]
+
+    async def sent() -> AsyncIterator[api.ImportConsentsRequest]:
+        for m in messages:
+            yield m
+
+    monkeypatch.setattr(ledger, "append", opt_outs_failing)
+    async with client(runtime.address, "acme-app") as app:
+        stream = app.stub.ImportConsents(
+            sent(), metadata=[("authorization", f"Bearer {app.token}")], timeout=60
+        )
+        answers = [answer async for answer in stream]
+        monkeypatch.setattr(ledger, "append", append)
+
+        assert [(a.first_index, a.imported) for a in answers] == [(0, 1), (1, 0), (2, 1)]
+        refused = {(r.index, r.code, r.violations[0].field) for a in answers for r in a.refusals}
+        assert refused == {(1, "UNAVAILABLE", "record"), (2, "UNAVAILABLE", "record")}
+        said = answers[2].refusals[0].violations[0].description
+        assert "opt-outs of the message with record 1" in said, said
+        assert "the broker went away" in said and "send it again" in said, said
+        token = ConsistencyToken({})
+        for a in answers:
+            token = token.merge(ConsistencyToken.decode(a.consistency_token))
+        batch = await app.stub.CanSendBatch(
+            api.CanSendBatchRequest(
+                brand="acme", campaign="promo", phones=[stopped, other, third],
+                at=ts(clock.now), at_least_as_fresh=token.encode(),
+            ),
+            metadata=[("authorization", f"Bearer {app.token}")],
+        )  # fmt: skip
+        allowed = {d.phone: d.allowed for d in batch.decisions}
+        assert allowed == {stopped: False, other: True, third: True}
+
+        # Sent again, the records not imported are, once, and the others are present.
+        again = app.stub.ImportConsents(
+            sent(), metadata=[("authorization", f"Bearer {app.token}")], timeout=60
+        )
+        answers = [answer async for answer in again]
+    assert [(a.imported, a.already_present, len(a.refusals)) for a in answers] == [
+        (0, 1, 0),
+        (1, 0, 0),
+        (1, 1, 0),
+    ]

@@ -34,7 +34,7 @@ from services.adapters.memory_ledger import InMemoryLedger
 from services.errors import PermissionDenied, StoreUnavailable
 from services.usecases import UseCases
 from services.usecases import imports as imports_module
-from services.usecases.imports import MAX_CHUNK, Code, Imports, Item, TurnPruning
+from services.usecases.imports import MAX_CHUNK, ChunkResult, Code, Imports, Item, TurnPruning
 from tests.builders import BRAND, at, proof
 from tests.builders import opt_in as an_opt_in
 from tests.unit.usecase_harness import AUDITOR, NOW, App, define, ledger_at_now, running
@@ -164,8 +164,8 @@ async def test_a_record_whose_append_failed_is_appended_when_sent_again():
     async with running(ledger=_FailingOnce(partitions=4)) as (app, _):
         await app.writes.record(define())
         imports = _imports(app)
-        with pytest.raises(LedgerUnavailable):
-            await imports.chunk([opt_in(7, "+14155550100")])
+        failed = await imports.chunk([opt_in(7, "+14155550100")])
+        assert (failed.imported, _not_now(failed)) == (0, [7])
 
         again = await imports.chunk([opt_in(7, "+14155550100")])
 
@@ -218,16 +218,15 @@ async def test_an_import_waiting_for_anothers_failed_append_appends_the_records_
         items = [opt_in(i, f"+1415555{i:04d}") for i in range(5)]
 
         # Told of the failure, it takes the turns at once, not when they run out.
-        failed, waited = await asyncio.wait_for(
-            asyncio.gather(
-                _imports(app).chunk(items), _imports(app).chunk(items), return_exceptions=True
+        failed, waited = sorted(
+            await asyncio.wait_for(
+                asyncio.gather(_imports(app).chunk(items), _imports(app).chunk(items)), 5
             ),
-            5,
+            key=lambda result: result.imported,
         )
 
-        assert isinstance(failed, LedgerUnavailable)
-        assert not isinstance(waited, BaseException)
-        assert (waited.imported, waited.present) == (5, 0)
+        assert (failed.imported, _not_now(failed)) == (0, [0, 1, 2, 3, 4])
+        assert (waited.imported, waited.present, waited.refusals) == (5, 0, [])
         written = [r for p in range(4) for r in await app.ledger.read(Stream.SUBSCRIBERS, p, 0)]
         assert _granted(written) == sorted(f"imp-{i}" for i in range(5))
 
@@ -657,8 +656,8 @@ async def test_a_hold_whose_append_failed_is_not_written_and_is_held_when_sent_a
         await app.writes.record(define())
         imports = _imports(app)
         items = [opt_in(0, "+14155550100"), no_channel(1, "+14155550100")]
-        with pytest.raises(LedgerUnavailable):
-            await imports.chunk(items)
+        failed = await imports.chunk(items)
+        assert (failed.imported, failed.held, _not_now(failed)) == (0, 0, [0, 1])
         assert await _written(app) == []
 
         again = await imports.chunk(items)
@@ -668,6 +667,11 @@ async def test_a_hold_whose_append_failed_is_not_written_and_is_held_when_sent_a
             "ConsentGranted",
             "RevocationCandidateFlagged",
         ]
+
+
+def _not_now(result: ChunkResult) -> list[int]:
+    """The records ``result`` says were not imported for now, to be sent again."""
+    return [r.index for r in result.refusals if r.code == Code.UNAVAILABLE]
 
 
 def _imports(app: App, retry_s: float = 0.0) -> Imports:
@@ -762,8 +766,8 @@ async def test_a_chunk_cut_short_in_the_ledger_never_allows_a_number_it_opts_out
         await app.writes.record(define())
         imports = _imports(app)
         items = [opt_in(0, phone, 0), opt_in(1, other, 1), opt_out(2, phone, 2)]
-        with pytest.raises(LedgerUnavailable):
-            await imports.chunk(items)
+        failed = await imports.chunk(items)
+        assert _not_now(failed) == [0, 1, 2]
         written = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
         check = await app.checks.can_send(phone, BRAND, "promo")
         assert sum(written.values()) == kept
@@ -864,22 +868,34 @@ class _RefusingOptOuts(_Logged):
         return await super().append(events)
 
 
-async def test_opt_ins_waiting_for_an_opt_out_whose_append_failed_are_not_appended():
+async def test_an_opt_out_whose_append_failed_holds_back_only_its_numbers_opt_ins():
+    """A message whose opt-outs failed to append (past the retries) failed every
+    message whose opt-ins waited for them, and ended the import. Now each says which
+    records were not imported and why: the opt-outs, and the opt-ins of their numbers
+    in this import, then or later (fail closed); the rest are imported."""
     ledger = _RefusingOptOuts()
-    phone = "+14155550100"
+    phone, other, third = "+14155550100", "+14155550101", "+14155550102"
     async with running(ledger=ledger) as (app, _):
         await app.writes.record(define())
         imports = _imports(app)
 
         opted_in, opted_out = await asyncio.gather(
-            imports.chunk([opt_in(0, phone, 0), opt_in(1, "+14155550101", 1)]),
+            imports.chunk([opt_in(0, phone, 0), opt_in(1, other, 1)]),
             imports.chunk([opt_out(2, phone, 5, None)]),
-            return_exceptions=True,
         )
+        later = await imports.chunk([opt_in(3, "+1 415 555 0100", 6), opt_in(4, third, 6)])
 
-        assert isinstance(opted_out, LedgerUnavailable)
-        assert isinstance(opted_in, LedgerUnavailable)
-        assert not any(isinstance(e, ConsentGranted) for e in ledger.landed)
+        assert (opted_out.imported, _not_now(opted_out)) == (0, [2])
+        assert (opted_in.imported, _not_now(opted_in)) == (1, [0])
+        assert (later.imported, _not_now(later)) == (1, [3])
+        for result in (opted_in, later):
+            (field_name, reason), *_ = result.refusals[0].violations
+            assert field_name == "record"
+            assert "opt-outs of the message with record 2" in reason, reason
+            assert "the broker went away" in reason and "send it again" in reason
+        granted = {e.phone for e in ledger.landed if isinstance(e, ConsentGranted)}
+        assert granted == {other, third}
+        assert not (await app.checks.can_send(phone, BRAND, "promo")).decision.allowed
         again = await _imports(app).chunk([opt_in(0, phone, 0)])
         assert again.imported == 1  # its turn and claim given back: sent again, written
 
@@ -978,11 +994,10 @@ async def test_opt_ins_of_other_numbers_wait_for_no_opt_out_of_another_chunk():
         opted_in, opted_out = await asyncio.gather(
             imports.chunk([opt_in(0, "+14155550101", 0), opt_in(1, "+1 415 555 0102", 1)]),
             imports.chunk([opt_out(2, "+14155550100", 5, None)]),
-            return_exceptions=True,
         )
 
-        assert isinstance(opted_out, LedgerUnavailable)
-        assert not isinstance(opted_in, BaseException) and opted_in.imported == 2
+        assert _not_now(opted_out) == [2]
+        assert (opted_in.imported, opted_in.refusals) == (2, [])
         granted = {e.phone for e in ledger.landed if isinstance(e, ConsentGranted)}
         assert granted == {"+14155550101", "+14155550102"}
 
@@ -996,11 +1011,10 @@ async def test_an_opt_out_spelled_otherwise_is_waited_for_by_its_numbers_opt_in(
         opted_in, opted_out = await asyncio.gather(
             imports.chunk([opt_in(0, "+14155550100", 0)]),
             imports.chunk([opt_out(1, "+1 (415) 555-0100", 5, None)]),
-            return_exceptions=True,
         )
 
-        assert isinstance(opted_out, LedgerUnavailable)
-        assert isinstance(opted_in, LedgerUnavailable)
+        assert _not_now(opted_out) == [1]
+        assert _not_now(opted_in) == [0]
         assert not any(isinstance(e, ConsentGranted) for e in ledger.landed)
 
 

@@ -2935,7 +2935,12 @@ class ImportRefusal(_message.Message):
     code: _builtins.str
     """The gRPC status code the single write would have got: INVALID_ARGUMENT,
     FAILED_PRECONDITION (campaign not defined), ALREADY_EXISTS (the import id was
-    used by another record or request) or PERMISSION_DENIED (the brand).
+    used by another record or request) or PERMISSION_DENIED (the brand). Or
+    UNAVAILABLE: not imported for now, as the violation "record" says why (the
+    ledger or the view failed for its message, after tries again; or an opt-out
+    of its number in this import was not imported, which an opt-in does not
+    overtake). It may have been recorded all the same: send it again, and a
+    record recorded is found present. The other messages of the stream go on.
     """
     held_for_review: _builtins.bool
     """True when the refused record is held for review as above (with dry_run: would
