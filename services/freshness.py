@@ -145,6 +145,11 @@ class FreshnessGuard:
         """Observations whose ends the view had not applied when last looked: when each
         started, and its ends, oldest first (for ``ready``)."""
 
+    @property
+    def wait_bound(self) -> float:
+        """Seconds a wait for the view gives up after (``CONSENT_FRESHNESS_WAIT_MS``)."""
+        return self._settings.wait_bound
+
     async def start(self) -> None:
         await self.observe()
         self._task = asyncio.create_task(self._loop(), name="freshness-guard")

@@ -865,7 +865,8 @@ class Writes:
         state = (await state_as_one(self.ctx.view, sender, brand)).state
         outcome = handle_inbound(cmd, campaign, state, self.ctx.clock())
         events = _stamped(outcome.events, recorded_by)
-        earlier = await self._redelivered(events, outcome)
+        claimed = await self._message_claimed(events)
+        earlier = None if claimed is None else await self._redelivered(claimed, outcome)
         if earlier is not None:
             return earlier
         resumed = next((e for e in events if isinstance(e, ConsentResumed)), None)
@@ -889,6 +890,15 @@ class Writes:
             written = await self._resolve_covered_holds(
                 revoked, state, written, recorded_by, every_campaign=every
             )
+        if claimed is not None:
+            # A copy of a text another delivery took the message id for, recorded too
+            # as that one was not in the view yet (perhaps still on its way through
+            # another instance): that one owes the reply. Once the view has it, this
+            # copy answers as the redelivery it is, as its retry does, so a gateway
+            # trusting the answers sends one confirmation. Its facts stand either way.
+            earlier = await self._once_applied(sender, claimed, outcome, written.token)
+            if earlier is not None:
+                return earlier
         return InboundResult(written, outcome)
 
     async def _unowned_inbound(
@@ -910,7 +920,8 @@ class Writes:
             if kept is None:
                 raise FailedPrecondition("to_phone", f"no campaign sends from {to}")
             events = _stamped(kept.events, recorded_by)
-            earlier = await self._redelivered(events, kept)
+            claimed = await self._message_claimed(events)
+            earlier = None if claimed is None else await self._redelivered(claimed, kept)
             results.append(earlier or InboundResult(await recorded_once(self.ctx, events), kept))
         if len(results) == 1:
             return results[0]
@@ -927,23 +938,19 @@ class Writes:
         ]
         return InboundResult(write, replace(first.outcome, brand="", notes=notes))
 
-    async def _redelivered(
-        self, events: list[LedgerEvent], outcome: InboundOutcome
-    ) -> InboundResult | None:
-        """The text recorded before under the provider message id of ``events`` (an
-        inbound text's facts), for the phone and brand, when this is that text again:
-        None when it is new, or a retry of the request that recorded it.
+    async def _message_claimed(self, events: list[LedgerEvent]) -> list[str] | None:
+        """The event ids of the text that took the provider message id of ``events``
+        (an inbound text's facts) for the phone and brand before, with the same words
+        to the same number: this text again. None when the id is taken now for this
+        text, or was by this request (a retry), or by other words while these read as
+        a STOP or like one: a STOP is never lost, so it is recorded as the text it is.
+        Other words under a taken message id are refused (``MessageIdReused``).
 
         Gateways redeliver a text under a new request id: each was recorded again,
         and each answer said a confirmation or help reply was owed again. The
         message id is taken in the view's shared request ids (``claim_request``,
         under a key of its own) with a digest of the words and the number they
-        reached. The same text again is answered with the first one's facts and no
-        reply owed. Other words under a taken message id are refused
-        (``MessageIdReused``) unless they read as a STOP or like one: a STOP is
-        never lost, so it is recorded as the text it is. A first recording not in
-        the view (its append failed, or another instance's is still in flight) does
-        not stand for this one, which is recorded: a text twice is the lesser harm."""
+        reached."""
         received = events[0]
         assert isinstance(received, InboundMessageReceived)
         said = f"{received.phone}\0{received.message_id}"
@@ -964,16 +971,54 @@ class Writes:
                 received.message_id,
                 use.event_ids,
             )
-        known = await self.ctx.view.find_events(use.event_ids)
-        if len(known) != len(use.event_ids):
+        return list(use.event_ids)
+
+    async def _redelivered(
+        self,
+        claimed: list[str],
+        outcome: InboundOutcome,
+        written: ConsistencyToken | None = None,
+    ) -> InboundResult | None:
+        """The answer to a text again whose first recording is ``claimed``
+        (``_message_claimed``): the first one's facts and no reply owed, nothing
+        recorded (or, with ``written``, the token of this copy's own append, which the
+        answer's token covers too). None while the first is not in the view (its
+        append failed, or another instance's is still in flight): it does not stand
+        for this one, which is recorded, a text twice being the lesser harm."""
+        known = await self.ctx.view.find_events(claimed)
+        if len(known) != len(claimed):
             return None
-        first = found(self.ctx, list(use.event_ids), [known[i] for i in use.event_ids])
+        first = found(self.ctx, claimed, [known[i] for i in claimed])
+        if written is not None:
+            first = replace(first, token=first.token.merge(written))
+        received = outcome.events[0]
+        assert isinstance(received, InboundMessageReceived)
         note = (
             f"message {received.message_id!r} was recorded before: a redelivery, nothing"
             " recorded again and no reply owed again"
         )
+        if written is not None:
+            note = (
+                f"message {received.message_id!r} was being recorded at once by another"
+                " delivery, which owes the reply: recorded again, and no reply owed again"
+            )
         again = replace(outcome, events=[], reply=ReplyKind.NONE, required_content=(), notes=[note])
         return InboundResult(first, again)
+
+    async def _once_applied(
+        self, phone: str, claimed: list[str], outcome: InboundOutcome, written: ConsistencyToken
+    ) -> InboundResult | None:
+        """``_redelivered`` once the view has the text that took the message id,
+        looked at again as the ledger grows: that text's append may be acknowledged
+        after this copy's. None when the view cannot get there within the freshness
+        bound (that append failed, or the view is behind): the copy then owes its own
+        reply, the lesser harm."""
+        deadline = asyncio.get_running_loop().time() + self.ctx.guard.wait_bound
+        while await self.ctx.guard.wait_until_applied_for([phone]):
+            earlier = await self._redelivered(claimed, outcome, written)
+            if earlier is not None or asyncio.get_running_loop().time() >= deadline:
+                return earlier
+        return None
 
     async def _check_campaign_exists(self, cmd: Command) -> None:
         campaign = getattr(cmd, "campaign", None)

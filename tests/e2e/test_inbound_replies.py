@@ -6,6 +6,7 @@ only the campaign whose number it was sent to."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from datetime import datetime, timedelta
 
@@ -257,3 +258,55 @@ async def test_a_text_redelivered_to_either_instance_is_recorded_once(instances)
         )
     received = [e for e in events.events if e.event.event_type == "InboundMessageReceived"]
     assert len(received) == 2  # the HELP once, and the STOP
+
+
+OWED_ONCE = [
+    ("STOP", api.REPLY_KIND_OPT_OUT_CONFIRMATION),
+    ("HELP", api.REPLY_KIND_HELP),
+    ("START", api.REPLY_KIND_OPT_IN_CONFIRMATION),
+]
+
+
+@pytest.mark.parametrize("through", [2, 1])
+async def test_a_text_delivered_many_times_at_once_owes_its_reply_once(instances, through):
+    """A gateway delivers one text (one provider message id, the same words) six
+    times at once, under six request ids, alternating between two instances (or all
+    to one). Copies that found the message id taken by a text not yet in the view
+    were recorded again, the lesser harm, and each said its reply was owed again: a
+    gateway trusting the answers sent two confirmations of one STOP. One answer
+    owes the reply; every other copy, and every retry of one, answers the text
+    recorded first with no reply owed, as it did."""
+    (a, b), when = instances
+    async with client(a.address, "acme-app") as ca, client(b.address, "acme-app") as cb:
+        writers = [ca, cb][:through]
+        for n, (body, owed) in enumerate(OWED_ONCE):
+            phone = f"+141555573{through}{n}"
+            w = await ca.RecordOptIn(opt_in(phone, "acme", "promo", when - timedelta(minutes=30)))
+            token = w.consistency_token
+            if body == "START":  # a START owes its confirmation when it resumes a consent
+                stop = inbound(phone, PROMO_NUMBER, "STOP", when - timedelta(minutes=9))
+                token = (await ca.HandleInboundMessage(stop)).consistency_token
+            await standing(ca, phone, token)  # every instance reads the setup
+            await standing(cb, phone, token)
+            text = inbound(phone, PROMO_NUMBER, body, when - timedelta(minutes=5))
+            copies = []
+            for k in range(6):
+                copy = api.HandleInboundMessageRequest()
+                copy.CopyFrom(text)
+                copy.request_id = f"{text.request_id}-{k}"
+                copies.append(copy)
+            deliveries = [(writers[k % len(writers)], copy) for k, copy in enumerate(copies)]
+            first = await asyncio.gather(*(w.HandleInboundMessage(r) for w, r in deliveries))
+            again = await asyncio.gather(*(w.HandleInboundMessage(r) for w, r in deliveries))
+            replies = [r.reply for r in first]
+            assert replies.count(owed) == 1, (body, replies)
+            assert set(replies) == {owed, api.REPLY_KIND_NONE}, (body, replies)
+            assert [r.reply for r in again] == replies, body
+            [owing] = [list(r.event_ids) for r in first if r.reply == owed]
+            assert all(list(r.event_ids) == owing for r in (*first, *again)), body
+            if body == "STOP":  # the opt-out stands, however its copies were answered
+                token = functools.reduce(
+                    ConsistencyToken.merge,
+                    (ConsistencyToken.decode(r.consistency_token) for r in first),
+                )
+                assert not (await standing(cb, phone, token.encode()))["promo"][0]
