@@ -94,6 +94,9 @@ class _Append:
     encoded: list[tuple[Stream, LedgerEvent, bytes]]
     done: asyncio.Future[list[Recorded]]
     offsets: list[int] = field(default_factory=list)
+    # The parts of the same append after this one: should this one fail, they are
+    # not inserted, so that what an append leaves stored is a prefix of it.
+    later: list[_Append] = field(default_factory=list)
 
     @property
     def size_bytes(self) -> int:
@@ -166,8 +169,11 @@ class PostgresLedger(EventLog):
             return []
         loop = asyncio.get_running_loop()
         # In order, one after the other in the queue: the writer inserts them in turn.
-        # Should one fail, those before it may be stored (as a Kafka append's may).
+        # Should one fail, those before it may be stored (as a Kafka append's may),
+        # and none after it is.
         parts = [_Append(part, loop.create_future()) for part in _parts(encoded)]
+        for place, part in enumerate(parts):
+            part.later = parts[place + 1 :]
         self._waiting.extend(parts)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name="postgres-ledger-writer")
@@ -212,9 +218,15 @@ class PostgresLedger(EventLog):
                         f"PostgreSQL ledger: {size} event(s) not appended: "
                         f"{type(exc).__name__}: {exc}"
                     )
+                # Nor are the rest of these appends inserted: a caller orders its
+                # events so that a prefix of them is safe (an import's opt-outs go
+                # before its opt-ins), which a later part stored without this one
+                # is not: it would allow a number the lost opt-out denies.
                 for waiting in batch:
-                    if not waiting.done.done():
-                        waiting.done.set_exception(failure)
+                    for part in (waiting, *waiting.later):
+                        if not part.done.done():
+                            part.done.set_exception(failure)
+                self._waiting = deque(w for w in self._waiting if not w.done.done())
                 continue
             for waiting, result in zip(batch, recorded, strict=True):
                 if not waiting.done.done():
