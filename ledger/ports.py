@@ -559,6 +559,20 @@ class ConsentView(DigestReads, CampaignReads):
                 held[(phone, message_id)] = holder
         return held
 
+    async def release_claims(
+        self,
+        brand: str,
+        request: tuple[str, str, Sequence[str]] | None,
+        messages: Sequence[tuple[str, str, str]],
+    ) -> None:
+        """Give up the claims a request made whose events the ledger refused, none of
+        them written (``EventTooLarge``): ``request`` (its request id, fingerprint
+        and event ids) and each (phone, message id, event id) of ``messages``, each
+        only while it is still this request's, so that the request's corrected
+        retry is not refused as a reuse. Nothing but a claim made by the refused
+        request itself is ever given up: no fact was applied under it. This default
+        keeps no claims."""
+
     async def request_uses(
         self, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], RequestUse]:

@@ -279,6 +279,22 @@ class InMemoryConsentView(ConsentView):
             if (claim := self._message_claims.get((brand, p, m))) is not None
         }
 
+    async def release_claims(
+        self,
+        brand: str,
+        request: tuple[str, str, Sequence[str]] | None,
+        messages: Sequence[tuple[str, str, str]],
+    ) -> None:
+        if request is not None:
+            request_id, fingerprint, event_ids = request
+            ours = RequestUse(fingerprint, tuple(str(i) for i in event_ids))
+            if self._requests.get((brand, request_id)) == ours:
+                del self._requests[(brand, request_id)]
+        for phone, message_id, event_id in messages:
+            held = self._message_claims.get((brand, phone, message_id))
+            if held is not None and held.event_id == str(event_id):
+                del self._message_claims[(brand, phone, message_id)]
+
     async def take_append_turns(
         self, keys: Sequence[tuple[str, str]], holder: str, lease_s: float
     ) -> list[AppendTurn]:

@@ -308,6 +308,22 @@ SELECT c.phone, c.message_id, c.event_id, c.content FROM message_claim AS c
 JOIN k USING (phone, message_id)
 WHERE c.brand = $1
 """
+# A refused request's claims given up (``release_claims``): its request id's and its
+# messages', each only while it still holds the refused request's event ids.
+_RELEASE_CLAIMS = """
+WITH request AS (
+    DELETE FROM request_use
+    WHERE brand = $1 AND request_id = $2 AND fingerprint = $3 AND event_ids = $4::uuid[]
+    RETURNING 1
+), messages AS (
+    DELETE FROM message_claim AS c
+    USING unnest($5::text[], $6::text[], $7::uuid[]) AS k(phone, message_id, event_id)
+    WHERE c.brand = $1 AND c.phone = k.phone AND c.message_id = k.message_id
+        AND c.event_id = k.event_id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM request) AS requests, (SELECT count(*) FROM messages) AS messages
+"""
 # A bulk import's claims (``claim_requests``), one statement for a chunk: the rows it
 # inserted, or those that were there. Inserted in key order, so two imports that
 # share ids cannot deadlock. Like _CLAIM_REQUEST, a row another writer committed
@@ -1401,6 +1417,25 @@ class PostgresConsentView(ConsentView):
                 return held  # none was made: the caller refuses the batch
             pending = [c for c in pending if (c[0], c[1]) not in held]
         return held
+
+    @bounded
+    async def release_claims(
+        self,
+        brand: str,
+        request: tuple[str, str, Sequence[str]] | None,
+        messages: Sequence[tuple[str, str, str]],
+    ) -> None:
+        request_id, fingerprint, event_ids = request or (None, None, ())
+        await self._reads.fetchrow(
+            _RELEASE_CLAIMS,
+            brand,
+            request_id,
+            fingerprint,
+            [uuid.UUID(str(i)) for i in event_ids],
+            [m[0] for m in messages],
+            [m[1] for m in messages],
+            [uuid.UUID(str(m[2])) for m in messages],
+        )
 
     @bounded_bulk
     async def request_uses(

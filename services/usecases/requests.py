@@ -28,7 +28,7 @@ from ledger.events import (
     message_content,
     send_differences,
 )
-from ledger.ports import ConsistencyToken, RequestTaken, RequestUse
+from ledger.ports import ConsistencyToken, EventTooLarge, RequestTaken, RequestUse
 from services.errors import AlreadyExists, MessageIdReused, NotConsistent
 from services.usecases.context import BEHIND, Context
 from services.usecases.spellings import earlier_message_uses
@@ -111,6 +111,13 @@ def _refuse_another_claim(sent: LedgerEvent, taken: RequestTaken) -> None:
     """``refuse_another_claim`` for a send whose message id another send claimed."""
     if isinstance(sent, MessageSent) and taken.claimed_by is not None:
         refuse_another_claim(sent, taken.claimed_by, taken.claimed_content)
+
+
+def unwritten(exc: EventTooLarge, events: Sequence[LedgerEvent]) -> bool:
+    """Whether the ledger wrote none of ``events`` when it refused them as too large:
+    it names the events it refused before sending any, and a refusal of the one
+    event of an append is of all of it."""
+    return bool(exc.places) or len(events) == 1
 
 
 async def replay(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult | None:
@@ -266,7 +273,17 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
             if isinstance(first, MessageSent):
                 refuse_another_message(first, original.event, taken.sent_as)
             return found(ctx, [taken.sent_as], [original])
-    recorded = await ctx.ledger.append(events)
+    try:
+        recorded = await ctx.ledger.append(events)
+    except EventTooLarge as exc:
+        if taken.taken and unwritten(exc, events):
+            # Refused whole, the request leaves no claim behind: kept, its request id
+            # and message id would refuse its corrected retry as a reuse for good.
+            sent = [(message[0], message[1], ids[0])] if message is not None else []
+            await ctx.view.release_claims(
+                brand_of(first), (first.request_id, first.request_fingerprint, ids), sent
+            )
+        raise
     written = WriteResult(ids, ConsistencyToken.after(recorded))
     if copy and isinstance(first, MessageSent):
         return await _as_the_send_applied(ctx, first, written)

@@ -36,6 +36,7 @@ from services.usecases.requests import (
     refuse_another_claim,
     refuse_another_message,
     refuse_another_request,
+    unwritten,
 )
 from services.usecases.spellings import earlier_message_uses, state_as_one
 
@@ -204,6 +205,15 @@ class Sends:
         try:
             recorded = await self.ctx.ledger.append(new)
         except EventTooLarge as exc:
+            if use is None and unwritten(exc, new):
+                # The request id and the message ids were this call's to take (no
+                # earlier attempt had them): refused whole, it leaves them free, or its
+                # corrected retry would be refused as a reuse of them for good.
+                await self.ctx.view.release_claims(
+                    cmd.brand,
+                    (cmd.request_id, events[0].request_fingerprint, answer),
+                    [(e.phone, e.message_id, str(e.event_id)) for e in new],
+                )
             _refuse_too_large(exc, events, new)
             raise
         return SendsResult(answer, token.merge(ConsistencyToken.after(recorded)), len(recorded))

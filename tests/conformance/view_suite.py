@@ -1272,6 +1272,32 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
             (phone, "SM-5"): MessageClaim(b, "said-5"),
         }
 
+    async def test_a_refused_request_gives_up_its_own_claims_only(self, view: ConsentView) -> None:
+        phone, a, b, c = "+14155550100", *(str(uuid.uuid4()) for _ in range(3))
+        await view.claim_request("acme", "r1", "fp-1", [a, b])
+        await view.claim_messages("acme", [(phone, "SM-1", a, "said-1"), (phone, "SM-2", b, "x")])
+        await view.claim_request("acme", "r2", "fp-2", [c])
+        await view.claim_message("acme", phone, "SM-3", c, "said-3")
+        # Claims another request holds, or another brand's, stay even when named.
+        await view.release_claims("acme", ("r2", "fp-1", [a, b]), [(phone, "SM-3", a)])
+        await view.release_claims("globex", ("r1", "fp-1", [a, b]), [(phone, "SM-1", a)])
+        assert await view.request_use("acme", "r2") == RequestUse("fp-2", (c,))
+        assert await view.request_use("acme", "r1") == RequestUse("fp-1", (a, b))
+        assert await view.claim_message("acme", phone, "SM-1", c, "y") == MessageClaim(a, "said-1")
+        assert await view.claim_message("acme", phone, "SM-3", a, "y") == MessageClaim(c, "said-3")
+        # Given up, its ids are free for the corrected request.
+        await view.release_claims(
+            "acme", ("r1", "fp-1", [a, b]), [(phone, "SM-1", a), (phone, "SM-2", b)]
+        )
+        assert await view.request_use("acme", "r1") is None
+        held = await view.claim_messages("acme", [(phone, "SM-1", c, "y"), (phone, "SM-2", c, "z")])
+        assert held == {
+            (phone, "SM-1"): MessageClaim(c, "y"),
+            (phone, "SM-2"): MessageClaim(c, "z"),
+        }
+        await view.release_claims("acme", None, [(phone, "SM-3", c)])
+        assert await view.claim_message("acme", phone, "SM-3", a, "w") == MessageClaim(a, "w")
+
     async def test_a_message_claimed_with_other_content_blocks_the_request_id(
         self, view: ConsentView
     ) -> None:

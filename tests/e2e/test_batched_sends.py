@@ -775,6 +775,65 @@ async def test_a_send_stamped_ahead_into_tomorrow_counts_towards_today_s_cap(
         assert answer.reason == api.REASON_DAILY_CAP_REACHED, answer
 
 
+async def topics_limited(kafka_bootstrap: str, prefix: str, to: str):
+    """Kafka settings under ``prefix`` whose subscriber topic takes records of at most
+    ``to`` bytes."""
+    settings = kafka_settings(kafka_bootstrap, f"{prefix}-{uuid.uuid4().hex[:8]}.")
+    await KafkaLedger(settings).ensure_topics()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        limit = {**topic_configs(settings), "max.message.bytes": to}
+        topic = settings.topic(Stream.SUBSCRIBERS)
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+    finally:
+        await admin.close()
+    return settings
+
+
+async def test_a_send_refused_as_too_large_leaves_its_ids_free_for_its_correction(
+    serve, kafka_bootstrap
+):
+    """A send whose fact the topics refused as too large (a hundred evidence ids) was
+    answered INVALID_ARGUMENT, but kept its message id's claim and its request id:
+    the same message sent again with a smaller ``relied_on``, under another request
+    id or the same, was ALREADY_EXISTS for good. Now a call refused so, alone or
+    batched, leaves nothing behind, and its correction is recorded."""
+    clock = Clock()
+    settings = await topics_limited(kafka_bootstrap, "refused-sends", "2048")
+    campaign = define("acme", "promo", clock.now - timedelta(days=1))
+    runtime = await serve(name="refused-sends", clock=clock, campaigns=[campaign], kafka=settings)
+    large = api.ReliedOnAnswer(
+        consistency_token="subscribers:0:1",
+        allowed=True,
+        reason=api.REASON_CONSENT_ACTIVE,
+        evidence_event_ids=[str(uuid.uuid4()) for _ in range(100)],
+    )
+    async with client(runtime.address, "acme-app") as c:
+        for request_id, again, i in [
+            ("alone-large", "alone-small", 9701),
+            ("alone-2", "alone-2", 9702),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await c.RecordMessageSent(alone(request_id, message(i, clock.now, relied_on=large)))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            written = await c.RecordMessageSent(alone(again, message(i, clock.now)))
+            assert len(written.event_ids) == 1
+        for request_id, again, i in [
+            ("batch-large", "batch-small", 9703),
+            ("batch-2", "batch-2", 9705),
+        ]:
+            sends = [message(i, clock.now), message(i + 1, clock.now, relied_on=large)]
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await c.RecordMessagesSent(call(request_id, sends))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert [f for f, _ in status_details(refused.value)] == ["messages[1]"]
+            smaller = [sends[0], message(i + 1, clock.now)]
+            written = await c.RecordMessagesSent(call(again, smaller))
+            assert len(set(written.event_ids)) == 2
+    assert await ledger_size(runtime) == 6
+
+
 async def test_a_message_too_large_for_the_topics_writes_none_of_the_call(serve, kafka_bootstrap):
     """A topic whose ``max.message.bytes`` is below one message's fact (its answer's
     hundred evidence ids): the broker refused that record alone, after the others of
