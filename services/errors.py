@@ -73,11 +73,32 @@ class MessageIdReused(AlreadyExists):
     """A provider message id recorded before for the number and brand, sent again
     saying something else of the message: refused, and nothing recorded. A message
     recorded is not changed by recording it again; ``event_ids`` is its
-    ``MessageSent``."""
+    ``MessageSent``. ``more``: every other message of the same call refused so, in
+    the call's order (a caller told of one at a time would find the next only on its
+    next try)."""
 
-    def __init__(self, field: str, reason: str, message_id: str, event_ids: Sequence[str]) -> None:
+    def __init__(
+        self,
+        field: str,
+        reason: str,
+        message_id: str,
+        event_ids: Sequence[str],
+        *,
+        more: Sequence[MessageIdReused] = (),
+    ) -> None:
         super().__init__(field, reason, "", event_ids)
         self.message_id = message_id
+        self.more = tuple(more)
+
+
+def refuse_every(refused: Sequence[MessageIdReused]) -> None:
+    """Raise the first of ``refused`` (a call's messages, in its order) naming the
+    others too; nothing when there are none."""
+    if refused:
+        first, *more = refused
+        raise MessageIdReused(
+            first.field, first.reason, first.message_id, first.event_ids, more=more
+        )
 
 
 class ShuttingDown(ServiceError):

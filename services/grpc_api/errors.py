@@ -64,12 +64,14 @@ def _clip(text: str, limit: int) -> str:
     return raw[: limit - 3].decode(errors="ignore") + "\u2026"
 
 
-def _within_budget(violations: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+def _within_budget(
+    violations: tuple[tuple[str, str], ...], budget: int = MAX_DETAIL_BYTES
+) -> tuple[tuple[str, str], ...]:
     kept: list[tuple[str, str]] = []
     used = 0
     for i, (field, reason) in enumerate(violations):
         size = len(field.encode()) + len(reason.encode()) + 8
-        if used + size > MAX_DETAIL_BYTES - 128 and i < len(violations) - 1:
+        if used + size > budget - 128 and i < len(violations) - 1:
             left_out = len(violations) - i
             kept.append(
                 ("request", f"has {left_out} more bad fields, not listed; correct these and resend")
@@ -177,25 +179,57 @@ def already_exists(exc: AlreadyExists) -> grpc.Status:
 
 
 MESSAGE_ID_REUSED = "MESSAGE_ID_REUSED"
+MESSAGE_IDS_BYTES = 2_048
+"""The most bytes of ``ResourceInfo``s a ``MESSAGE_ID_REUSED`` refusal of a batch names
+its message ids in (the first one always): a message id may be 256 bytes, and the
+details travel in the trailers with the message."""
 
 
 def message_id_reused(exc: MessageIdReused) -> grpc.Status:
     """A provider message id recorded before, sent again saying something else of the
     message: the first send's event id in an ``ErrorInfo`` (reason
     ``MESSAGE_ID_REUSED``; metadata ``message_id`` and ``event_ids``) and in a
-    ``ResourceInfo`` naming the message id."""
+    ``ResourceInfo`` naming the message id.
+
+    A batch that reuses several is refused naming every one, in the call's order: the
+    message lists each field and its reason (as a ``FailedPrecondition`` lists every
+    undefined campaign; past ``MAX_MESSAGE``, the rest counted), and a
+    ``ResourceInfo`` follows for each message id, as many as ``MESSAGE_IDS_BYTES``
+    hold. The ``ErrorInfo`` and the first ``ResourceInfo`` stay the first message's, where
+    clients read them."""
     ids = ",".join(exc.event_ids)
     info = error_details_pb2.ErrorInfo(
         reason=MESSAGE_ID_REUSED,
         domain=ERROR_DOMAIN,
         metadata={"message_id": exc.message_id, "event_ids": ids},
     )
-    resource = error_details_pb2.ResourceInfo(
+    if not exc.more:
+        return _status(code_pb2.ALREADY_EXISTS, f"{exc.field}: {exc.reason}", info, _sent_as(exc))
+    # Within the message's budget, so that what is left out is counted: a batch may
+    # reuse a thousand message ids.
+    listed = _within_budget(
+        tuple((m.field, _clip(m.reason, MAX_DESCRIPTION)) for m in (exc, *exc.more)),
+        MAX_MESSAGE,
+    )
+    resources = [_sent_as(exc)]
+    used = resources[0].ByteSize()
+    for reused in exc.more:
+        resource = _sent_as(reused)
+        used += resource.ByteSize()
+        if used > MESSAGE_IDS_BYTES:
+            break
+        resources.append(resource)
+    message = "; ".join(f"{f}: {r}" for f, r in listed)
+    return _status(code_pb2.ALREADY_EXISTS, message, info, *resources)
+
+
+def _sent_as(exc: MessageIdReused) -> error_details_pb2.ResourceInfo:
+    """The ``ResourceInfo`` naming ``exc``'s message id and the send that holds it."""
+    return error_details_pb2.ResourceInfo(
         resource_type="consent.v1.MessageId",
         resource_name=exc.message_id,
-        description=f"recorded as sent by event {ids}",
+        description=f"recorded as sent by event {','.join(exc.event_ids)}",
     )
-    return _status(code_pb2.ALREADY_EXISTS, f"{exc.field}: {exc.reason}", info, resource)
 
 
 def undecodable(message: str) -> grpc.Status:

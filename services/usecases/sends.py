@@ -29,7 +29,7 @@ from ledger.phone import forms_stored_before
 from ledger.policy import earns_exemption
 from ledger.ports import TOO_LARGE, ConsistencyToken, EventTooLarge
 from ledger.state import COUNTED_KINDS, apply
-from services.errors import FailedPrecondition, NotConsistent
+from services.errors import FailedPrecondition, MessageIdReused, NotConsistent, refuse_every
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import (
     recorded_as_spelled,
@@ -174,15 +174,19 @@ class Sends:
                 ],
             )
             place = {id(e): i for i, e in enumerate(events)}
-            contested = []
+            contested, refused = [], []
             for event in new:
                 claim = held.get((event.phone, event.message_id))
                 if claim is not None and claim.event_id == str(event.event_id):
                     continue  # this call's own claim
                 if claim is not None:
                     field = f"messages[{place[id(event)]}].message_id"
-                    refuse_another_claim(event, claim.event_id, claim.content, field)
+                    try:
+                        refuse_another_claim(event, claim.event_id, claim.content, field)
+                    except MessageIdReused as exc:
+                        refused.append(exc)
                 contested.append(event)
+            refuse_every(refused)
             if contested and await self.ctx.guard.wait_until_applied_for(
                 sorted({e.phone for e in contested})
             ):
@@ -231,14 +235,19 @@ class Sends:
         self, events: Sequence[MessageSent], answer: Sequence[str], new: Sequence[MessageSent]
     ) -> dict[str, Recorded]:
         """The events recorded before that ``answer`` names, by id; ``MessageIdReused``
-        when one of ``events`` says something else of its message than its."""
+        naming each of ``events`` that says something else of its message than its."""
         ours = {str(e.event_id) for e in new}
         earlier = await self._recorded({i for i in answer if i not in ours})
+        refused = []
         for i, (event, event_id) in enumerate(zip(events, answer, strict=True)):
             if event_id in earlier:  # recorded before: the same message, or refused
-                refuse_another_message(
-                    event, earlier[event_id].event, event_id, f"messages[{i}].message_id"
-                )
+                try:
+                    refuse_another_message(
+                        event, earlier[event_id].event, event_id, f"messages[{i}].message_id"
+                    )
+                except MessageIdReused as exc:
+                    refused.append(exc)
+        refuse_every(refused)
         return earlier
 
     async def _recorded(self, event_ids: set[str]) -> dict[str, Recorded]:

@@ -7,6 +7,7 @@ writing nothing twice."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -244,6 +245,60 @@ async def test_a_message_id_again_saying_something_else_is_refused_not_answered_
             ("messages[1].message_id", "is messages[0]'s message id for this number, with"
              " another campaign"),
         ]  # fmt: skip
+        assert await ledger_size(runtime) == size
+
+
+def message_ids_named(err: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
+    """The (message id, description) of each ``ResourceInfo`` of an error."""
+    status = rpc_status.from_call(err)
+    named = []
+    for detail in status.details if status else []:
+        resource = error_details_pb2.ResourceInfo()
+        if detail.Unpack(resource):
+            assert resource.resource_type == "consent.v1.MessageId"
+            named.append((resource.resource_name, resource.description))
+    return named
+
+
+async def test_a_batch_reusing_several_message_ids_is_refused_naming_every_one(service):
+    """A batch whose messages reuse two message ids, each saying something else of
+    its message, was refused naming only the first: the caller found the second on
+    its next try. Now every one is named, in the call's order, recorded before or
+    only claimed by another send; the first stays where clients read it."""
+    runtime, when = service
+    later = ts(when + timedelta(minutes=1))
+    async with client(runtime.address, "acme-app") as c:
+        first = [await c.RecordMessageSent(alone(f"one-{i}", message(i, when))) for i in (1, 2)]
+        for answer in first:
+            assert await applied(runtime, answer.consistency_token)
+        # Claimed by a send on its way to the ledger, saying something else.
+        claimed = [str(uuid.uuid4()) for _ in range(2)]
+        for i, event_id in zip((4, 5), claimed, strict=True):
+            await runtime.view.claim_message("acme", phone(i), f"SM-{i}", event_id, "{}")
+        size = await ledger_size(runtime)
+        for request_id, (a, b), ids in [
+            ("reused", (1, 2), [first[0].event_ids[0], first[1].event_ids[0]]),
+            ("claimed", (4, 5), claimed),
+        ]:
+            sends = [
+                message(0, when),
+                message(a, when, occurred_at=later),
+                message(b, when, occurred_at=later),
+            ]
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await c.RecordMessagesSent(call(request_id, sends))
+            text, info = message_id_reused(err.value)
+            assert info == {"message_id": f"SM-{a}", "event_ids": ids[0]}
+            named = message_ids_named(err.value)
+            assert [n for n, _ in named] == [f"SM-{a}", f"SM-{b}"]
+            assert [d.rsplit(" ", 1)[1] for _, d in named] == ids
+            said = re.findall(r"(messages\[\d+\]\.message_id): '(SM-\d+)' was (\w+) before", text)
+            how = "recorded" if request_id == "reused" else "claimed"
+            assert said == [
+                ("messages[1].message_id", f"SM-{a}", how),
+                ("messages[2].message_id", f"SM-{b}", how),
+            ], text
+            assert text.count("occurred_at") == 2, text
         assert await ledger_size(runtime) == size
 
 

@@ -11,6 +11,7 @@ from ledger.errors import InvalidRequest
 from ledger.ports import EventTooLarge, LedgerUnavailable
 from services.errors import (
     AlreadyExists,
+    MessageIdReused,
     OutcomeUnknown,
     RateLimited,
     ReusedIdHeldForReview,
@@ -134,6 +135,44 @@ def test_a_reused_request_id_of_a_thousand_events_lists_the_first_and_counts_the
     assert info.metadata["event_ids"].split(",") == ids[:20]
     assert info.metadata["event_count"] == "1000"
     assert resource.description.endswith("and 980 more")
+
+
+def test_a_batch_reusing_a_thousand_message_ids_names_them_within_the_trailers() -> None:
+    """Every reused message id of a batch is named, in its order, the first where
+    clients read it (the ``ErrorInfo``, the first ``ResourceInfo``), as many as fit."""
+    reused = [
+        MessageIdReused(
+            f"messages[{i}].message_id",
+            f"{'M' * 250}{i:04d} was recorded before with another occurred_at",
+            f"{'M' * 250}{i:04d}",
+            [f"3156e1cb-0000-5000-8000-{i:012d}"],
+        )
+        for i in range(1_000)
+    ]
+    status = to_status(MessageIdReused(*vars_of(reused[0]), more=reused[1:]))
+    assert status.code is grpc.StatusCode.ALREADY_EXISTS
+    raw = dict(status.trailing_metadata)["grpc-status-details-bin"]
+    assert len(raw) < 4_096  # within a client's default 8 KiB of trailers, with room
+    found = status_pb2.Status.FromString(raw).details
+    info = error_details_pb2.ErrorInfo()
+    assert found[0].Unpack(info)
+    assert dict(info.metadata) == {
+        "message_id": reused[0].message_id,
+        "event_ids": reused[0].event_ids[0],
+    }
+    names = []
+    for detail in found[1:]:
+        resource = error_details_pb2.ResourceInfo()
+        assert detail.Unpack(resource)
+        names.append(resource.resource_name)
+    assert len(names) > 1 and names == [r.message_id for r in reused[: len(names)]]
+    assert status.details.startswith("messages[0].message_id: ")
+    assert "; messages[1].message_id: " in status.details
+    assert status.details.endswith("more bad fields, not listed; correct these and resend")
+
+
+def vars_of(exc: MessageIdReused) -> tuple[str, str, str, tuple[str, ...]]:
+    return exc.field, exc.reason, exc.message_id, exc.event_ids
 
 
 def details(status: grpc.Status) -> tuple[list[str], list[float]]:

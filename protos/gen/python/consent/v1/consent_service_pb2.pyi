@@ -1234,7 +1234,10 @@ class RecordMessagesSentResponse(_message.Message):
         message_id was recorded before for the phone (then nothing new is written).
         A message_id with other content refuses the whole call: ALREADY_EXISTS
         (MESSAGE_ID_REUSED) if recorded or being recorded by another call,
-        INVALID_ARGUMENT if earlier in it.
+        INVALID_ARGUMENT if earlier in it. ALREADY_EXISTS names every such message,
+        in order: its status message lists each messages[i].message_id; the
+        ErrorInfo and the first ResourceInfo are the first one's, and a ResourceInfo
+        follows for each other.
         """
 
     def __init__(
