@@ -273,13 +273,29 @@ def standing(digest: Digest, c: CampaignDigest) -> Standing:
         and digest.brand_resume is None
     ):
         return built(Standing, (True, grant.at, (grant.event_id,), None, False, c.grant_stated))
+    resume = c.resume
+    if grant is not None and resume is not None and grant.before(resume):
+        by_start = _standing_by(digest, c, resume, c.resume_stated, True)
+        if by_start.active:
+            return by_start
+        # A START stated before an opt-out said its time lifts nothing, but it takes
+        # nothing from the grant it came after either: one stamped ahead, later than
+        # the opt-outs by both times, stands on its own (a consent never denies).
+        by_grant = _standing_by(digest, c, grant, c.grant_stated, False)
+        return by_grant if by_grant.active else by_start
+    return _standing_by(digest, c, grant, c.grant_stated, False)
+
+
+def _standing_by(
+    digest: Digest, c: CampaignDigest, consent: Mark | None, stated: int | None, resumed: bool
+) -> Standing:
+    """``standing`` with ``consent`` (the grant, or this campaign's resume after it,
+    said at ``stated`` where later than its place) as the campaign's consent."""
     # This campaign's own opt-out is lifted only by this campaign's resume or a newer
     # grant; a brand-wide resume (START after STOPALL) lifts the brand-wide opt-out,
     # never a STOP the person sent this campaign on its own. A consent outranks an
     # opt-out only when it comes after it (``_not_after``).
-    consent, stated, resumed = grant, c.grant_stated, False
-    if grant is not None and c.resume is not None and grant.before(c.resume):
-        consent, stated, resumed = c.resume, c.resume_stated, True
+    grant = c.grant
     own, brand = c.revocation, digest.brand_revocation
     stands = None if own is None else _not_after(consent, stated, own, c.revocation_said)
     if stands is not None:
@@ -297,6 +313,7 @@ def standing(digest: Digest, c: CampaignDigest) -> Standing:
                 return Standing(False, None, (wide.event_id,), wide, True)
         return Standing(False, None, (stands.event_id,), stands, False)
     brand_resume = digest.brand_resume
+    before_resume: tuple[Mark, int | None, bool] | None = None
     if (
         consent is not None
         and brand_resume is not None
@@ -304,9 +321,19 @@ def standing(digest: Digest, c: CampaignDigest) -> Standing:
         and grant.before(brand_resume)
         and consent.before(brand_resume)
     ):
+        before_resume = (consent, stated, resumed)
         consent, stated, resumed = brand_resume, digest.brand_resume_stated, True
     if brand is not None:
-        stands = _not_after(consent, stated, brand, digest.brand_revocation_said)
+        brand_said = digest.brand_revocation_said
+        stands = _not_after(consent, stated, brand, brand_said)
+        # A brand-wide START stated before a STOPALL said its time lifts nothing,
+        # nor takes anything from the consent before it.
+        if (
+            stands is not None
+            and before_resume is not None
+            and _not_after(before_resume[0], before_resume[1], brand, brand_said) is None
+        ):
+            (consent, stated, resumed), stands = before_resume, None
         if stands is not None:
             return Standing(False, None, (stands.event_id,), stands, True)
     if consent is None:

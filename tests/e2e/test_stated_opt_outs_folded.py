@@ -225,3 +225,51 @@ async def test_a_text_stated_before_an_opt_outs_time_opens_no_conversation(servi
             answers[text_at] = (reply.allowed, reply.reason)
     assert answers[20] == (False, api.REASON_CONVERSATION_WINDOW_CLOSED)
     assert answers[42] == (True, api.REASON_CONVERSATION_REPLY)
+
+
+async def test_a_start_stated_before_an_opt_outs_time_takes_nothing_from_the_grant(service):
+    """An opt-in stamped ahead, later by both times than an opt-out stamped ahead too,
+    outranks it; a START recorded after it (by an instance racing past the check)
+    but stated before the opt-out's time lifts nothing. It took the place of the
+    opt-in in the fold, so the person's own START denied what their opt-in allowed.
+    The same for a brand-wide START, as a version before START resumed one campaign
+    recorded it, after a STOPALL stamped ahead."""
+    runtime, clock = service
+    t = clock.now
+    before = t - timedelta(hours=1)
+
+    def stated_grant(phone, placed, said):
+        return replace(granted(placed, "promo", phone=phone, brand="acme"), stated_at=said)
+
+    cases = [
+        # The opt-out placed at T+5s said T+45s; the opt-in placed at T+10s said T+70s;
+        # the START at T+20s.
+        (
+            "+14155550441",
+            [
+                replace(
+                    revoked(t + timedelta(seconds=5), "promo", phone="+14155550441", brand="acme"),
+                    stated_at=t + timedelta(seconds=45),
+                ),
+                stated_grant("+14155550441", t + timedelta(seconds=10), t + timedelta(seconds=70)),
+                resumed(t + timedelta(seconds=20), "+14155550441", "promo"),
+            ],
+        ),
+        (
+            "+14155550442",
+            [
+                ahead(t, "+14155550442", None),
+                stated_grant("+14155550442", t + timedelta(seconds=10), t + timedelta(minutes=5)),
+                resumed(t + timedelta(seconds=20), "+14155550442", None),
+            ],
+        ),
+    ]
+    async with client(runtime.address, "acme-app") as c:
+        for phone, facts in cases:
+            fresh = await appended(
+                runtime, granted(before, "promo", phone=phone, brand="acme"), *facts
+            )
+            clock.now = t + timedelta(minutes=6)
+            assert await allowed(c, phone, fresh) == [True, True], phone
+            assert await consent_state(c, phone, fresh) == api.CONSENT_STATE_ACTIVE, phone
+            assert await allowed_as_of(c, phone, clock.now, fresh), phone
