@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import signal
 import sqlite3
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ledger.errors import InvalidPhoneNumber
@@ -49,12 +49,16 @@ SCHEMA = """
 -- The latest fact of each kind, by when it happened in the world (occurred_at):
 -- granted, revoked, resumed per campaign; revoked, resumed, erased under campaign ''
 -- for facts about every campaign of the brand (STOPALL, a brand-wide START, an erasure).
+-- A fact stamped ahead of the service's clock is placed when it was recorded and
+-- keeps the time it said (stated_at): stated is the latest time an opt-out of the
+-- kind said, and the time the latest consent of the kind said.
 CREATE TABLE IF NOT EXISTS facts (
     brand       TEXT NOT NULL,
     phone       TEXT NOT NULL,
     campaign    TEXT NOT NULL,
     kind        TEXT NOT NULL,
     occurred_at TEXT NOT NULL,  -- fixed-width UTC ISO 8601: text order is time order
+    stated      TEXT NOT NULL,  -- the same, never earlier than occurred_at
     PRIMARY KEY (brand, phone, campaign, kind)
 );
 -- Opt-outs held for review: each stops every campaign of its brand ('*': of every
@@ -74,32 +78,65 @@ CREATE TABLE IF NOT EXISTS applied_events (event_id TEXT PRIMARY KEY);
 """
 
 
-def opted_in(facts: dict[tuple[str, str], str], campaign: str) -> bool:
+Times = tuple[str, str]
+"""A fact's (place, stated time): ``occurred_at`` and ``stated`` of ``facts``."""
+
+
+def _after(consent: Times, opt_out: Times | None) -> bool:
+    """Whether ``consent`` comes after ``opt_out`` both by place and by the times each
+    said, as CanSend orders them; at the same instant the opt-out wins."""
+    return opt_out is None or (consent[0] > opt_out[0] and consent[1] > opt_out[1])
+
+
+def opted_in(facts: dict[tuple[str, str], Times], campaign: str) -> bool:
     """Whether ``campaign``'s consent stands, from the latest facts of one phone at one
-    brand ((campaign, kind) -> when; campaign '' for the brand's), as CanSend reads
-    them. Times are compared as the ledger folds them, in world order; at the same
-    instant an opt-out wins."""
+    brand ((campaign, kind) -> (place, stated time); campaign '' for the brand's), as
+    CanSend reads them (``ledger.policy.standing``). Times are compared as the ledger
+    folds them, in world order, and a consent outranks an opt-out only when it is the
+    later by both its place and the time it said: an opt-out stamped ahead outranks a
+    consent stated before its time, recorded after it or not."""
     grant = facts.get((campaign, "granted"))
-    erased = facts.get(("", "erased"), "")
-    if grant is None or grant <= erased:
+    erased = facts.get(("", "erased"))
+    if grant is None or (erased is not None and grant[0] <= erased[0]):
         return False  # an erasure takes the proof of every consent before it
-    since = grant
-    resumed = facts.get((campaign, "resumed"), "")
-    if resumed > grant:  # a START to the campaign's number restores a grant before it
-        since = resumed
-    if facts.get((campaign, "revoked"), "") >= since:
-        return False
-    # A brand-wide START lifts a STOPALL, never this campaign's own STOP (above).
-    since = max(since, facts.get(("", "resumed"), ""))
-    if facts.get(("", "revoked"), "") >= since:
+    own, brand = facts.get((campaign, "revoked")), facts.get(("", "revoked"))
+    brand_resumed = facts.get(("", "resumed"))
+
+    def standing(consent: Times) -> Times | None:
+        # A brand-wide START lifts a STOPALL, never this campaign's own STOP.
+        if not _after(consent, own):
+            return None
+        if (
+            brand_resumed is not None
+            and brand_resumed[0] > consent[0]
+            and _after(brand_resumed, brand)
+        ):
+            return brand_resumed
+        return consent if _after(consent, brand) else None
+
+    since = None
+    resumed = facts.get((campaign, "resumed"))
+    if resumed is not None and resumed[0] > grant[0]:
+        # A START to the campaign's number restores a grant before it; one stated
+        # too early lifts nothing, and takes nothing from the grant either.
+        since = standing(resumed)
+    since = since or standing(grant)
+    if since is None:
         return False
     # Revoke-all (47 CFR 64.1200(a)(10)): an opt-out of any campaign of the brand
-    # since this consent ends it too. CanSend applies the rule to every brand from
-    # 2027-01-31, and before that to brands and campaigns that chose it; the table
-    # applies it already, so it never says "opted in" where CanSend says no.
-    return not any(
-        kind == "revoked" and name and when >= since for (name, kind), when in facts.items()
+    # that this consent does not come after ends it too. CanSend applies the rule to
+    # every brand from 2027-01-31, and before that to brands and campaigns that chose
+    # it; the table applies it already, so it never says "opted in" where CanSend
+    # says no.
+    return all(
+        kind != "revoked" or not name or _after(since, times)
+        for (name, kind), times in facts.items()
     )
+
+
+def _text(moment: datetime) -> str:
+    """``moment`` as fixed-width UTC ISO 8601, whose text order is time order."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def one_spelling(phone: str) -> str:
@@ -129,6 +166,11 @@ class OptOutTable:
         found = self.db.execute("SELECT type FROM sqlite_master WHERE name = 'consent_status'")
         if found.fetchone() == ("view",):
             # An earlier version of this example built it, and missed opt-outs.
+            raise ValueError(f"{path} is an older example's table: rebuild it under a new group")
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(facts)")}
+        if columns and "stated" not in columns:
+            # An earlier version kept no stated times: the opt-outs stamped ahead it
+            # applied would outrank nothing they should.
             raise ValueError(f"{path} is an older example's table: rebuild it under a new group")
         self.db.executescript(SCHEMA)
 
@@ -180,11 +222,18 @@ class OptOutTable:
         else:
             return None
         phone = one_spelling(event.phone)
-        when = event.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        stated_at = getattr(event, "stated_at", None)
+        said = event.occurred_at if stated_at is None else max(stated_at, event.occurred_at)
+        # Of the opt-outs, the latest time any said; of the consents, the time the
+        # latest by place said (the earlier of two placed at one instant: doubt denies).
         self.db.execute(
-            "INSERT INTO facts VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT DO UPDATE SET occurred_at = max(occurred_at, excluded.occurred_at)",
-            (event.brand, phone, campaign, kind, when),
+            "INSERT INTO facts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+            " stated = CASE WHEN kind = 'revoked' THEN max(stated, excluded.stated)"
+            " WHEN excluded.occurred_at > occurred_at THEN excluded.stated"
+            " WHEN excluded.occurred_at = occurred_at THEN min(stated, excluded.stated)"
+            " ELSE stated END,"
+            " occurred_at = max(occurred_at, excluded.occurred_at)",
+            (event.brand, phone, campaign, kind, _text(event.occurred_at), _text(said)),
         )
         return phone
 
@@ -199,11 +248,12 @@ class OptOutTable:
                 (phone,),
             )
         }
-        facts: dict[str, dict[tuple[str, str], str]] = {}
-        for brand, campaign, kind, when in self.db.execute(
-            "SELECT brand, campaign, kind, occurred_at FROM facts WHERE phone = ?", (phone,)
+        facts: dict[str, dict[tuple[str, str], Times]] = {}
+        for brand, campaign, kind, when, said in self.db.execute(
+            "SELECT brand, campaign, kind, occurred_at, stated FROM facts WHERE phone = ?",
+            (phone,),
         ):
-            facts.setdefault(brand, {})[campaign, kind] = when
+            facts.setdefault(brand, {})[campaign, kind] = (when, said)
         rows = []
         for brand, known in facts.items():
             # A held opt-out stops every campaign of its brand; one under '*', every brand's.

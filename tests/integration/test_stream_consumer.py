@@ -12,7 +12,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -436,6 +436,51 @@ async def test_an_opt_out_of_one_campaign_ends_the_brands_consents_given_before_
     # the opt-in after the STOP is the person's newer word.
     assert table.status("acme", ada) == {"promo": False, "news": False, "alerts": True}
     assert table.status("acme", bob) == {"promo": False}
+    table.close()
+
+
+def stated(event, seconds: float):
+    """``event`` stamped ahead: placed where it is, saying ``seconds`` later."""
+    return replace(event, stated_at=event.occurred_at + timedelta(seconds=seconds))
+
+
+async def test_a_consent_outranks_an_opt_out_stamped_ahead_only_if_later_by_both_times(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """An opt-out stamped ahead is placed when recorded and keeps the time it said
+    (``stated_at``); a consent stated before that time, recorded after it by an
+    instance racing past the write's check, does not outrank it for CanSend. The
+    table ordered by place alone and said "opted in" where CanSend denies."""
+    ada, bob, cy, dee, eve = (new_phone() for _ in range(5))
+    later = at(1) + timedelta(seconds=10)
+    table = await table_after(kafka_bootstrap, tmp_path, [
+        granted(T0, "promo", phone=ada),
+        stated(revoked(at(1), "promo", phone=ada), 40),
+        granted(later, "promo", phone=ada),  # stated before the opt-out's time
+        granted(T0, "promo", phone=bob),
+        stated(revoked(at(1), None, phone=bob), 40),  # STOPALL
+        resumed_at(later, bob, "promo"),
+        granted(T0, "promo", phone=cy),
+        granted(T0, "news", phone=cy),
+        stated(revoked(at(1), "news", phone=cy), 40),  # revoke-all ends promo too
+        granted(later, "promo", phone=cy),
+        # A START from a gateway whose clock runs ahead, as its STOP's: it lifts it.
+        granted(T0, "promo", phone=dee),
+        stated(revoked(at(1), "promo", phone=dee), 40),
+        stated(resumed_at(later, dee, "promo"), 40),
+        # An opt-in stamped ahead, later by both times; a START stated too early
+        # takes nothing from it.
+        granted(T0, "promo", phone=eve),
+        stated(revoked(at(1), None, phone=eve), 40),
+        stated(granted(later, "promo", phone=eve), 60),
+        resumed_at(later + timedelta(seconds=10), eve, "promo"),
+    ])  # fmt: skip
+
+    assert table.status("acme", ada) == {"promo": False}
+    assert table.status("acme", bob) == {"promo": False}
+    assert table.status("acme", cy) == {"promo": False, "news": False}
+    assert table.status("acme", dee) == {"promo": True}
+    assert table.status("acme", eve) == {"promo": True}
     table.close()
 
 
