@@ -74,7 +74,7 @@ from ledger.state import (
     retained,
     sender_number_holder,
 )
-from ledger.status import ConsentState, consent_state
+from ledger.status import ConsentState, consent_state, revocation_in_force
 from services.adapters.coalescing import Coalesced
 from services.adapters.postgres_bounds import bounded, bounded_bulk, fetch_bulk
 from services.wire.codec import (
@@ -613,9 +613,15 @@ def _status_rows(
         grant = consent.grant
         # The times as the state's facts hold them (the instants the digest's marks
         # stand for), rather than made again from the marks' microseconds.
-        revoked_at = None
-        if revocation is not None:
+        revoked_id, revoked_at = None, None
+        # While revoked, the opt-out that stands, as GetConsent names it: of one placed
+        # later and one that said a later time, not always the latest by place.
+        in_force = revocation_in_force(state, digest, name) if status == "revoked" else None
+        if in_force is not None:
+            revoked_id, revoked_at = str(in_force.event.event_id), in_force.at
+        elif revocation is not None:
             fact = held[name].revocation if revocation is consent.revocation else None
+            revoked_id = revocation.event_id
             revoked_at = (fact or state.brand_revocation).at  # type: ignore[union-attr]
         rows.append(
             (
@@ -626,7 +632,7 @@ def _status_rows(
                 consent.tier if grant else None,
                 grant.event_id if grant else None,
                 held[name].grant.at if grant else None,  # type: ignore[union-attr]
-                revocation.event_id if revocation else None,
+                revoked_id,
                 revoked_at,
                 updated_at,
             )

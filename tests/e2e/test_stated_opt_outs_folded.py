@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack
 from dataclasses import replace
 from datetime import timedelta
 
+import asyncpg
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
@@ -273,3 +274,39 @@ async def test_a_start_stated_before_an_opt_outs_time_takes_nothing_from_the_gra
             assert await allowed(c, phone, fresh) == [True, True], phone
             assert await consent_state(c, phone, fresh) == api.CONSENT_STATE_ACTIVE, phone
             assert await allowed_as_of(c, phone, clock.now, fresh), phone
+
+
+async def test_the_status_row_names_the_opt_out_that_stands(service, postgres_dsn):
+    """Of two opt-outs, the one placed at T that said T+40s and one placed at T+10s,
+    the first stands against an opt-in at T+20s: GetConsent names it, and the
+    ``consent_status`` row named the later by place."""
+    runtime, clock = service
+    t = clock.now
+    phone = "+14155550451"
+    first = ahead(t, phone, "promo")
+    facts = [
+        granted(t - timedelta(hours=1), "promo", phone=phone, brand="acme"),
+        first,
+        revoked(t + timedelta(seconds=10), "promo", phone=phone, brand="acme"),
+        granted(t + timedelta(seconds=20), "promo", phone=phone, brand="acme"),
+    ]
+    async with client(runtime.address, "acme-app") as c:
+        fresh = await appended(runtime, *facts)
+        clock.now = t + timedelta(seconds=30)
+        answer = await c.GetConsent(
+            api.GetConsentRequest(
+                phone=phone, brand="acme", campaign="promo", at_least_as_fresh=fresh
+            )
+        )
+    assert answer.revocation.event.event_id == str(first.event_id)
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT status, revoked_event_id, revoked_at FROM consent_status"
+            " WHERE phone = $1 AND brand = 'acme' AND campaign = 'promo'",
+            phone,
+        )
+    finally:
+        await conn.close()
+    assert (row["status"], str(row["revoked_event_id"])) == ("revoked", str(first.event_id))
+    assert row["revoked_at"] == first.occurred_at
