@@ -687,7 +687,14 @@ class Check:
                 Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED, "no opt-out to confirm", (), version
             )
         evidence = (revocation.event_id,)
-        already = [s for s in digest.confirmations if s.at >= revocation.at]
+        # One sent after the opt-out, or recorded after it though stamped before its
+        # place (a sender whose clock runs behind): the ledger held the opt-out
+        # before it, so it answers it. Offsets of one number's facts share a
+        # partition; one recorded late for an earlier opt-out, or under another
+        # spelling, may deny a confirmation, never allow one.
+        already = [
+            s for s in digest.confirmations if s.at >= revocation.at or s.offset > revocation.offset
+        ]
         if already:
             return deny(
                 Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED,

@@ -5,6 +5,7 @@ acknowledged no check allows a send that the ledger's record cannot defend."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -503,3 +504,43 @@ async def test_an_opt_out_whose_caller_gave_up_still_outranks_a_consent_sent_aft
             assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, refused.value
             assert "occurred_at" in (refused.value.details() or "")
             assert await allowed(c, phone, token(*written)) == [False, False]
+
+
+async def test_an_opt_out_is_confirmed_once_by_a_sender_whose_clock_runs_behind(service):
+    """A STOP from a gateway whose clock runs ahead takes its place when recorded; the
+    sender of its confirmation, whose clock runs 20 seconds behind, records the send
+    stamped before that place. The confirmation was counted as one sent before the
+    STOP, and CanSend allowed a second: one recorded after the opt-out answers it."""
+    runtime, clock = service
+    when = clock.now
+    async with client(runtime.address, "acme-app") as c:
+        phone = "+14155550174"
+        granted = await c.RecordOptIn(opt_in(phone, "acme", "promo", when - timedelta(hours=1)))
+        stopped = await c.HandleInboundMessage(
+            inbound(phone, NUMBER, "STOP", when + timedelta(minutes=2))
+        )
+        clock.now = when + timedelta(seconds=2)
+        sent = await c.RecordMessageSent(
+            api.RecordMessageSentRequest(
+                request_id=uuid.uuid4().hex,
+                phone=phone,
+                brand="acme",
+                campaign="promo",
+                message_id=uuid.uuid4().hex,
+                kind=lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION,
+                occurred_at=ts(clock.now - timedelta(seconds=20)),
+                identified_sender=True,
+                from_number=NUMBER,
+            )
+        )
+        again = await c.CanSend(
+            api.CanSendRequest(
+                phone=phone,
+                brand="acme",
+                campaign="promo",
+                message_kind=lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION,
+                at_least_as_fresh=token(granted, stopped, sent),
+            )
+        )
+    assert not again.allowed
+    assert again.reason == api.REASON_OPT_OUT_CONFIRMATION_NOT_ALLOWED
