@@ -392,6 +392,16 @@ def latest_revocation_key(digest: Digest, c: CampaignDigest) -> tuple[int, int] 
     return max(keys) if keys else None
 
 
+def _answers(reply: Mark, asked: Mark) -> bool:
+    """Whether the reply ``reply`` (an opt-out's confirmation, a HELP's reply, a
+    START's confirmation) answers the text or opt-out ``asked``: sent at or after it,
+    or recorded after it though stamped before its place (a sender whose clock runs
+    behind, the text from a gateway whose runs ahead): the ledger held it before the
+    reply. Offsets of one number's facts share a partition; a reply recorded late for
+    an earlier text, or under another spelling, may deny a reply, never allow one."""
+    return reply.at >= asked.at or reply.offset > asked.offset
+
+
 def _obligations(non_marketing: bool, first: bool, reconfirm: bool) -> tuple[Obligation, ...]:
     found = {Obligation.IDENTIFY_SENDER}
     # A message that reconfirms consent also reminds how to unsubscribe, in standard
@@ -687,14 +697,7 @@ class Check:
                 Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED, "no opt-out to confirm", (), version
             )
         evidence = (revocation.event_id,)
-        # One sent after the opt-out, or recorded after it though stamped before its
-        # place (a sender whose clock runs behind): the ledger held the opt-out
-        # before it, so it answers it. Offsets of one number's facts share a
-        # partition; one recorded late for an earlier opt-out, or under another
-        # spelling, may deny a confirmation, never allow one.
-        already = [
-            s for s in digest.confirmations if s.at >= revocation.at or s.offset > revocation.offset
-        ]
+        already = [s for s in digest.confirmations if _answers(s, revocation)]
         if already:
             return deny(
                 Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED,
@@ -725,7 +728,7 @@ class Check:
         if request is None or not self._in_reply_window(request):
             return self._not_asked("HELP")
         reply = c.help_reply
-        if reply is not None and reply.at >= request.at:
+        if reply is not None and _answers(reply, request):
             return deny(
                 Reason.REPLY_NOT_OWED,
                 "this HELP was already answered",
@@ -756,7 +759,7 @@ class Check:
                 version,
             )
         sent = c.opt_in_confirmation
-        if sent is not None and sent.at >= resume.at:
+        if sent is not None and _answers(sent, resume):
             return deny(
                 Reason.REPLY_NOT_OWED,
                 "this START was already confirmed",

@@ -544,3 +544,51 @@ async def test_an_opt_out_is_confirmed_once_by_a_sender_whose_clock_runs_behind(
         )
     assert not again.allowed
     assert again.reason == api.REASON_OPT_OUT_CONFIRMATION_NOT_ALLOWED
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [("HELP", lpb.MESSAGE_KIND_HELP_REPLY), ("START", lpb.MESSAGE_KIND_OPT_IN_CONFIRMATION)],
+)
+async def test_a_reply_recorded_stamped_before_its_text_answers_it(service, text, kind):
+    """The same for the one reply a HELP or a START earns: texted from a gateway whose
+    clock runs ahead, answered by a sender whose clock runs behind."""
+    runtime, clock = service
+    when = clock.now
+    async with client(runtime.address, "acme-app") as c:
+        phone = "+14155550175" if text == "HELP" else "+14155550176"
+        writes = [await c.RecordOptIn(opt_in(phone, "acme", "promo", when - timedelta(hours=1)))]
+        if text == "START":
+            writes.append(await c.HandleInboundMessage(inbound(phone, NUMBER, "STOP", when)))
+            clock.now = when = when + timedelta(seconds=1)
+        writes.append(
+            await c.HandleInboundMessage(inbound(phone, NUMBER, text, when + timedelta(minutes=2)))
+        )
+        clock.now = when + timedelta(seconds=2)
+        writes.append(
+            await c.RecordMessageSent(
+                api.RecordMessageSentRequest(
+                    request_id=uuid.uuid4().hex,
+                    phone=phone,
+                    brand="acme",
+                    campaign="promo",
+                    message_id=uuid.uuid4().hex,
+                    kind=kind,
+                    occurred_at=ts(clock.now - timedelta(seconds=20)),
+                    identified_sender=True,
+                    included_opt_out_language=True,
+                    from_number=NUMBER,
+                )
+            )
+        )
+        again = await c.CanSend(
+            api.CanSendRequest(
+                phone=phone,
+                brand="acme",
+                campaign="promo",
+                message_kind=kind,
+                at_least_as_fresh=token(*writes),
+            )
+        )
+    assert not again.allowed
+    assert again.reason == api.REASON_REPLY_NOT_OWED
