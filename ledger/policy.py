@@ -262,8 +262,12 @@ def _not_after(
     return None
 
 
-def standing(digest: Digest, c: CampaignDigest) -> Standing:
-    """Where one campaign's consent stands: the latest of grant, resume and revocation."""
+def standing(digest: Digest, c: CampaignDigest, revoke_all_of: str | None = None) -> Standing:
+    """Where one campaign's consent stands: the latest of grant, resume and revocation.
+
+    ``revoke_all_of``: the campaign's name, when the revoke-all rule is in force for
+    it: a START that an opt-out of another campaign ends (``revoked_elsewhere``)
+    takes nothing from the grant before it either."""
     grant = c.grant
     if (
         grant is not None
@@ -276,14 +280,26 @@ def standing(digest: Digest, c: CampaignDigest) -> Standing:
     resume = c.resume
     if grant is not None and resume is not None and grant.before(resume):
         by_start = _standing_by(digest, c, resume, c.resume_stated, True)
-        if by_start.active:
+        if by_start.active and not _ended_elsewhere(digest, revoke_all_of, by_start):
             return by_start
         # A START stated before an opt-out said its time lifts nothing, but it takes
         # nothing from the grant it came after either: one stamped ahead, later than
         # the opt-outs by both times, stands on its own (a consent never denies).
         by_grant = _standing_by(digest, c, grant, c.grant_stated, False)
-        return by_grant if by_grant.active else by_start
+        if by_grant.active and (
+            not by_start.active or not _ended_elsewhere(digest, revoke_all_of, by_grant)
+        ):
+            return by_grant
+        return by_start
     return _standing_by(digest, c, grant, c.grant_stated, False)
+
+
+def _ended_elsewhere(digest: Digest, campaign: str | None, current: Standing) -> bool:
+    """Whether, under the revoke-all rule for ``campaign`` (None: not in force), an
+    opt-out of another campaign ends the consent ``current`` stands on."""
+    if campaign is None or current.since is None:
+        return False
+    return revoked_elsewhere(digest, campaign, current.since, current.since_stated) is not None
 
 
 def _standing_by(
@@ -507,7 +523,7 @@ class Check:
         if not self._content_allowed:
             return self._content_not_allowed()
 
-        current = standing(digest, c)
+        current = standing(digest, c, self.campaign.campaign if self._revoke_all else None)
         if current.revocation is not None:
             reason = Reason.REVOKED_BRAND_WIDE if current.brand_wide else Reason.REVOKED
             return deny(reason, "opted out; new consent is needed", current.evidence, version)

@@ -56,7 +56,7 @@ def consent_state(
     is it said here; the holds themselves still say it awaits review."""
     if pending_review:
         return ConsentState.REVOKED_BRAND_WIDE if unattributed else ConsentState.PENDING_REVIEW
-    now = standing(digest, digest.campaign(campaign))
+    now = standing(digest, digest.campaign(campaign), campaign if revoke_all else None)
     if now.active:
         since = now.since
         if (
@@ -78,7 +78,7 @@ def revocation_in_force(
     campaign's own, or under ``revoke_all`` another campaign's), as ``consent_state``
     reads it; None while none does."""
     stands = consent_state(digest, campaign, revoke_all=revoke_all)
-    current = standing(digest, digest.campaign(campaign))
+    current = standing(digest, digest.campaign(campaign), campaign if revoke_all else None)
     if stands is ConsentState.REVOKED_BRAND_WIDE:
         if current.active and current.since is not None:
             elsewhere = revoked_elsewhere(digest, campaign, current.since, current.since_stated)

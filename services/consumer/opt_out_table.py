@@ -102,36 +102,31 @@ def opted_in(facts: dict[tuple[str, str], Times], campaign: str) -> bool:
     own, brand = facts.get((campaign, "revoked")), facts.get(("", "revoked"))
     brand_resumed = facts.get(("", "resumed"))
 
-    def standing(consent: Times) -> Times | None:
+    def stands(consent: Times) -> bool:
         # A brand-wide START lifts a STOPALL, never this campaign's own STOP.
         if not _after(consent, own):
-            return None
+            return False
+        since = consent if _after(consent, brand) else None
         if (
             brand_resumed is not None
             and brand_resumed[0] > consent[0]
             and _after(brand_resumed, brand)
         ):
-            return brand_resumed
-        return consent if _after(consent, brand) else None
+            since = brand_resumed
+        # Revoke-all (47 CFR 64.1200(a)(10)): an opt-out of any campaign of the
+        # brand that this consent does not come after ends it too. CanSend applies
+        # the rule to every brand from 2027-01-31, and before that to brands and
+        # campaigns that chose it; the table applies it already, so it never says
+        # "opted in" where CanSend says no.
+        return since is not None and all(
+            kind != "revoked" or not name or _after(since, times)
+            for (name, kind), times in facts.items()
+        )
 
-    since = None
+    # A START to the campaign's number restores a grant before it; one stated too
+    # early lifts nothing, and takes nothing from the grant either.
     resumed = facts.get((campaign, "resumed"))
-    if resumed is not None and resumed[0] > grant[0]:
-        # A START to the campaign's number restores a grant before it; one stated
-        # too early lifts nothing, and takes nothing from the grant either.
-        since = standing(resumed)
-    since = since or standing(grant)
-    if since is None:
-        return False
-    # Revoke-all (47 CFR 64.1200(a)(10)): an opt-out of any campaign of the brand
-    # that this consent does not come after ends it too. CanSend applies the rule to
-    # every brand from 2027-01-31, and before that to brands and campaigns that chose
-    # it; the table applies it already, so it never says "opted in" where CanSend
-    # says no.
-    return all(
-        kind != "revoked" or not name or _after(since, times)
-        for (name, kind), times in facts.items()
-    )
+    return (resumed is not None and resumed[0] > grant[0] and stands(resumed)) or stands(grant)
 
 
 def _text(moment: datetime) -> str:

@@ -282,3 +282,22 @@ def test_consents_stamped_ahead_keep_the_time_they_said():
     assert on_time.stated_at is None
     for event in (grant, replace(resumed(now), stated_at=now + ahead_by)):
         assert decode_event(encode_event(event)) == event
+
+
+def test_under_revoke_all_a_start_stated_too_early_takes_nothing_from_the_grant():
+    """An opt-in stamped ahead (placed at T+10s, saying T+70s) is later by both times
+    than an opt-out of another campaign (placed at T+5s, saying T+45s), so the
+    revoke-all rule leaves it standing; a START to this campaign recorded after it
+    but stated before T+45s took its place and was ended by that opt-out."""
+    alerts = campaign("alerts", revoke_all=True)
+    facts = [
+        granted(T - timedelta(hours=1), "alerts"),
+        ahead(s(5)),
+        replace(granted(s(10), "alerts"), stated_at=s(70)),
+        resumed(s(20), "alerts"),
+    ]
+    state = fold(recorded_in_order(*facts))
+    assert decide(state, alerts, s(80)).allowed
+    digest = digest_of(state)
+    assert consent_state(digest, "alerts", revoke_all=True) is ConsentState.ACTIVE
+    assert revocation_in_force(state, digest, "alerts", revoke_all=True) is None
