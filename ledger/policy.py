@@ -766,7 +766,7 @@ class Check:
         resume, version = c.resume, self.version
         if resume is None or not self._in_reply_window(resume):
             return self._not_asked("START")
-        current = standing(digest, c)
+        current = standing(digest, c, self.campaign.campaign if self._revoke_all else None)
         if not current.active or resume.event_id not in current.evidence:
             return deny(
                 Reason.REPLY_NOT_OWED,
@@ -774,6 +774,21 @@ class Check:
                 (resume.event_id, *current.evidence),
                 version,
             )
+        if self._revoke_all and current.since is not None:
+            # Under the revoke-all rule another campaign's opt-out after the START
+            # revokes what it resumed, as it would for a regular send.
+            found = revoked_elsewhere(
+                digest, self.campaign.campaign, current.since, current.since_stated
+            )
+            if found is not None:
+                other, revocation = found
+                return deny(
+                    Reason.REPLY_NOT_OWED,
+                    f"the START was followed by an opt-out of campaign {other}, which"
+                    " revokes every campaign of the brand",
+                    (resume.event_id, revocation.event_id),
+                    version,
+                )
         sent = c.opt_in_confirmation
         if sent is not None and _answers(sent, resume):
             return deny(

@@ -146,6 +146,22 @@ def test_a_start_confirmation_needs_a_consent_the_start_resumed_still_standing()
     assert not decide(resumed, other, at(1), MessageKind.OPT_IN_CONFIRMATION).allowed
 
 
+def test_a_start_confirmation_is_not_owed_once_another_campaign_is_opted_out_after_it():
+    """Under the revoke-all rule an opt-out of any campaign of the brand, after the
+    START, revokes the consent the START resumed: its confirmation is owed no more."""
+    alerts = campaign("alerts", sender_numbers=(NUMBER,), revoke_all=True)
+    start = text("START", 0)
+    prior = [granted(at(-60), "alerts"), revoked(at(-30), "alerts")]
+    outcome = handle_inbound(start, alerts, state_of(*prior), at(0))
+    resumed = state_of(*prior, *outcome.events)
+    assert decide(resumed, alerts, at(1), MessageKind.OPT_IN_CONFIRMATION).allowed
+    stopped_elsewhere = state_of(*prior, *outcome.events, revoked(at(0.5), "promo"))
+    assert not decide(stopped_elsewhere, alerts, at(1)).allowed
+    d = decide(stopped_elsewhere, alerts, at(1), MessageKind.OPT_IN_CONFIRMATION)
+    assert not d.allowed and d.reason is Reason.REPLY_NOT_OWED
+    assert "promo" in d.detail
+
+
 def test_a_conversation_reply_escapes_caps_only_inside_the_window():
     capped = campaign(frequency_caps=(FrequencyCap(1, timedelta(days=2)),))
     base = [granted(at(0)), sent(at(1))]
