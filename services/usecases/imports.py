@@ -315,9 +315,11 @@ class Imports:
         """One for each chunk begun and not ended: whether it appended its opt-outs
         and holds (done when it did, or when it failed to; ``_after_denials_of_others``),
         with the numbers they are of (None: one could not be read, so any number)."""
-        self._denials_failed: dict[str, str] = {}
-        """The numbers of the opt-outs and holds that chunks of this import failed to
-        append, each with why: an opt-in of one is not appended after (fail closed)."""
+        self._denials_failed: dict[tuple[str, str], str] = {}
+        """The opt-outs and holds that chunks of this import failed to append, by number
+        and import id, each with why: an opt-in of the number is not appended after
+        (fail closed) until that very record is. Another opt-out of the number may be
+        older or narrower (a campaign's), and would not deny what the failed one does."""
         self._denials_failed_any: str | None = None
         """Why, when a chunk failed to append an opt-out whose number could not be
         read: then no opt-in is appended after."""
@@ -368,22 +370,22 @@ class Imports:
             numbers = self._denials.pop(denials)
             if not denials.done():
                 # Noted before the chunks waiting for these opt-outs wake.
-                self._note_denials_failed(items, numbers, failure)
+                self._note_denials_failed(items, numbers is None, failure)
                 denials.set_result(False)
 
     def _note_denials_failed(
-        self, items: Sequence[Item], numbers: frozenset[str] | None, failure: BaseException | None
+        self, items: Sequence[Item], unreadable: bool, failure: BaseException | None
     ) -> None:
         first = items[0].index if items else 0
         why = (
             f"the opt-outs of the message with record {first} of this import were not "
             f"recorded ({failure if failure is not None else 'it was cancelled'})"
         )
-        if numbers is None:
+        if unreadable:
             self._denials_failed_any = self._denials_failed_any or why
         else:
-            for number in numbers:
-                self._denials_failed.setdefault(number, why)
+            for key in _denied_records(items):
+                self._denials_failed.setdefault(key, why)
 
     async def _chunk(
         self,
@@ -467,8 +469,8 @@ class Imports:
             appended += await self._append(first)
             first_appended = True
             # Sent again and appended now: its number's opt-ins may follow.
-            for number in _denied_phones(first):
-                self._denials_failed.pop(number, None)
+            for key in _denied_phones(first):
+                self._denials_failed.pop(key, None)
             if not denials.done():
                 denials.set_result(True)
             if rest:
@@ -585,24 +587,32 @@ class Imports:
             await asyncio.wait(waits)
 
     def _barred(
-        self, planned: Sequence[_Planned], result: ChunkResult, own: Collection[str] = ()
+        self,
+        planned: Sequence[_Planned],
+        result: ChunkResult,
+        own: Collection[tuple[str, str]] = (),
     ) -> list[_Planned]:
         """The opt-ins of ``planned`` of a number an opt-out of which this import
         failed to append and has not appended since (of any number, when one could
         not be read), each refused ``UNAVAILABLE`` in ``result``: appended, it would
         allow its number, which the opt-out denies, until that is sent again (fail
-        closed). Opt-ins of the numbers ``own`` (opted out ahead of them in their
-        chunk) and every other record go on. Before, one such failure ended the
-        whole import."""
+        closed). Opt-ins whose failed opt-outs are all among ``own`` (sent again
+        ahead of them in their chunk, by number and import id) and every other
+        record go on. Before, one such failure ended the whole import."""
         if not self._denials_failed and self._denials_failed_any is None:
             return []
         barred = []
         for p in planned:
             phones = {getattr(e, "phone", None) for e in p.events}
-            if _denies(p) or phones <= set(own):
+            if _denies(p):
                 continue
             why = self._denials_failed_any or next(
-                (self._denials_failed[n] for n in phones if n in self._denials_failed), None
+                (
+                    reason
+                    for (number, request_id), reason in self._denials_failed.items()
+                    if number in phones and (number, request_id) not in own
+                ),
+                None,
             )
             if why is None and None in phones:
                 why = next(iter(self._denials_failed.values()))  # no number to tell by
@@ -1169,14 +1179,29 @@ def _denied_numbers(items: Sequence[Item]) -> frozenset[str] | None:
     return frozenset(numbers)
 
 
-def _denied_phones(planned: Sequence[_Planned]) -> set[str]:
-    """The numbers of the opt-outs and holds among ``planned``."""
+def _denied_phones(planned: Sequence[_Planned]) -> set[tuple[str, str]]:
+    """The numbers of the opt-outs and holds among ``planned``, each with the import id
+    of its record (as ``_denied_records`` gives them)."""
     return {
-        e.phone
+        (e.phone, p.item.request_id)
         for p in planned
         for e in p.events
         if isinstance(e, ConsentRevoked | RevocationCandidateFlagged)
     }
+
+
+def _denied_records(items: Sequence[Item]) -> set[tuple[str, str]]:
+    """The numbers, in E.164, of the records of ``items`` that are or may be held as
+    opt-outs, each with its import id; ``_denied_numbers`` tells whether one cannot
+    be read."""
+    records = set()
+    for item in items:
+        source = item.command if item.command is not None else item.held
+        phone = getattr(source, "phone", None) if _may_deny(item) else None
+        if isinstance(phone, str):
+            with contextlib.suppress(DomainError):
+                records.add((to_e164(phone), item.request_id))
+    return records
 
 
 def _opted_in_numbers(planned: Sequence[_Planned]) -> frozenset[str] | None:

@@ -281,3 +281,78 @@ async def test_a_message_whose_opt_outs_failed_fails_only_them_and_their_numbers
         (1, 0, 0),
         (1, 1, 0),
     ]
+
+
+async def test_an_older_opt_out_of_its_number_lets_no_opt_in_overtake_a_failed_one(
+    serve, monkeypatch
+):
+    """An opt-out that failed to append held back its number's opt-ins only until
+    some opt-out of that number was appended: one older than the opt-in, in the
+    opt-in's own message, let the opt-in through, and CanSend allowed the number the
+    failed opt-out denies. Only that opt-out itself, sent again, lets them go."""
+    clock = Clock()
+    runtime = await serve(
+        clock=clock, campaigns=[define("acme", "promo", clock.now - timedelta(days=1))]
+    )
+    ledger = runtime.ledger
+    assert ledger is not None
+    append = ledger.append
+    stopped = "+14155550181"
+    opted_in_at = clock.now - timedelta(days=2)
+
+    async def failing_once(events):  # type: ignore[no-untyped-def]
+        if any(getattr(e, "request_id", "") == "g-1" for e in events):
+            raise ConnectionError("the broker went away")
+        return await append(events)
+
+    messages = [
+        api.ImportConsentsRequest(
+            records=[api.ImportRecord(opt_out=opt_out(stopped, "acme", None, clock.now, "g-1"))]
+        ),
+        api.ImportConsentsRequest(
+            records=[
+                api.ImportRecord(
+                    opt_out=opt_out(
+                        "+1 (415) 555-0181", "acme", None, opted_in_at - timedelta(days=1), "g-2"
+                    )
+                ),
+                api.ImportRecord(opt_in=opt_in(stopped, "acme", "promo", opted_in_at, "g-3")),
+            ]
+        ),
+    ]
+
+    async def sent() -> AsyncIterator[api.ImportConsentsRequest]:
+        for m in messages:
+            yield m
+
+    monkeypatch.setattr(ledger, "append", failing_once)
+    async with client(runtime.address, "acme-app") as app:
+        stream = app.stub.ImportConsents(
+            sent(), metadata=[("authorization", f"Bearer {app.token}")], timeout=60
+        )
+        answers = [answer async for answer in stream]
+        monkeypatch.setattr(ledger, "append", append)
+
+        refused = {(r.index, r.code, r.violations[0].field) for a in answers for r in a.refusals}
+        assert refused == {(0, "UNAVAILABLE", "record"), (2, "UNAVAILABLE", "record")}
+        token = ConsistencyToken({})
+        for a in answers:
+            token = token.merge(ConsistencyToken.decode(a.consistency_token))
+        batch = await app.stub.CanSendBatch(
+            api.CanSendBatchRequest(
+                brand="acme", campaign="promo", phones=[stopped],
+                at=ts(clock.now), at_least_as_fresh=token.encode(),
+            ),
+            metadata=[("authorization", f"Bearer {app.token}")],
+        )  # fmt: skip
+        assert not batch.decisions[0].allowed, batch
+
+        # Sent again, the failed opt-out goes, and the opt-in after it.
+        again = app.stub.ImportConsents(
+            sent(), metadata=[("authorization", f"Bearer {app.token}")], timeout=60
+        )
+        answers = [answer async for answer in again]
+    assert [(a.imported, a.already_present, len(a.refusals)) for a in answers] == [
+        (1, 0, 0),
+        (1, 1, 0),
+    ]

@@ -1067,3 +1067,69 @@ async def test_an_opt_in_stated_before_an_opt_out_stamped_ahead_in_an_earlier_ch
         assert [f for f, _ in refusal.violations] == ["occurred_at"]
         answer = await app.checks.can_send(phone, BRAND, "promo", token=first.token)
         assert answer.decision.reason is Reason.REVOKED
+
+
+class _RefusingOneOptOut(_Logged):
+    """Appends of the opt-out ``imp-1`` fail, as a broker gone away for them."""
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        if any(isinstance(e, ConsentRevoked) and e.request_id == "imp-1" for e in events):
+            raise LedgerUnavailable("the broker went away")
+        return await super().append(events)
+
+
+@pytest.mark.parametrize("same_message", [False, True])
+async def test_another_opt_out_of_its_number_does_not_let_an_opt_in_overtake_a_failed_one(
+    same_message,
+):
+    """An opt-out that failed to append held back its number's opt-ins until any
+    opt-out of that number was appended (in their own message or an earlier one),
+    however old: an opt-in then overtook the opt-out that failed, which denies it,
+    and CanSend allowed the number. Only the failed opt-out itself, sent again and
+    appended, lets them go."""
+    phone = "+14155550100"
+    async with running(ledger=_RefusingOneOptOut()) as (app, _):
+        await app.writes.record(define())
+        imports = _imports(app)
+        failed = await imports.chunk([opt_out(1, phone, 5, None)])
+        assert _not_now(failed) == [1]
+
+        older, opted_in = opt_out(2, "+1 415 555 0100", -10, None), opt_in(3, phone, 1)
+        if same_message:
+            later = await imports.chunk([older, opted_in])
+        else:
+            await imports.chunk([older])
+            later = await imports.chunk([opted_in])
+
+        assert _not_now(later) == [3]
+        assert not (await app.checks.can_send(phone, BRAND, "promo")).decision.allowed
+
+
+class _RefusingFirstHold(_Logged):
+    """The first append of a hold fails, as a broker gone away for it."""
+
+    failed = False
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        if not self.failed and any(isinstance(e, RevocationCandidateFlagged) for e in events):
+            self.failed = True
+            raise LedgerUnavailable("the broker went away")
+        return await super().append(events)
+
+
+async def test_another_hold_of_its_number_does_not_let_an_opt_in_overtake_a_failed_one():
+    """As for an opt-out: a hold that failed to append (an opt-out refused for its
+    details, misspelt) held back its number's opt-ins until another record's hold of
+    the number was appended, which then let them through."""
+    phone = "+14155550100"
+    async with running(ledger=_RefusingFirstHold()) as (app, _):
+        await app.writes.record(define())
+        imports = _imports(app)
+        failed = await imports.chunk([no_channel(1, "+1 415-555-0100")])
+        assert _not_now(failed) == [1]
+        other = await imports.chunk([no_channel(2, phone)])
+        assert other.held == 1
+
+        later = await imports.chunk([opt_in(3, phone, 1)])
+
+        assert _not_now(later) == [3]
