@@ -294,11 +294,6 @@ class ConsentGranted(SubscriberEvent):
     opt-out only if it is the later by this time as well as by place
     (``ledger.policy.standing``)."""
 
-    @property
-    def stated(self) -> datetime:
-        """When the opt-in said it happened: ``stated_at``, else ``occurred_at``."""
-        return self.occurred_at if self.stated_at is None else self.stated_at
-
 
 @dataclass(frozen=True)
 class ConsentRevoked(SubscriberEvent):
@@ -349,11 +344,6 @@ class ConsentResumed(SubscriberEvent):
     stated_at: datetime | None = None
     """When the START said it happened, kept when that was ahead of the service's
     clock (as ``ConsentGranted.stated_at``); None otherwise."""
-
-    @property
-    def stated(self) -> datetime:
-        """When the START said it happened: ``stated_at``, else ``occurred_at``."""
-        return self.occurred_at if self.stated_at is None else self.stated_at
 
 
 @dataclass(frozen=True)
