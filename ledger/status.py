@@ -12,7 +12,7 @@ import enum
 
 from ledger.digest import Digest, Mark
 from ledger.events import ConsentRevoked
-from ledger.policy import revoked_elsewhere, standing
+from ledger.policy import Standing, revoked_elsewhere, standing
 from ledger.state import Fact, SubscriberState
 
 
@@ -56,7 +56,15 @@ def consent_state(
     is it said here; the holds themselves still say it awaits review."""
     if pending_review:
         return ConsentState.REVOKED_BRAND_WIDE if unattributed else ConsentState.PENDING_REVIEW
-    now = standing(digest, digest.campaign(campaign), campaign if revoke_all else None)
+    return _state(digest, campaign, _standing(digest, campaign, revoke_all), revoke_all)
+
+
+def _standing(digest: Digest, campaign: str, revoke_all: bool) -> Standing:
+    return standing(digest, digest.campaign(campaign), campaign if revoke_all else None)
+
+
+def _state(digest: Digest, campaign: str, now: Standing, revoke_all: bool) -> ConsentState:
+    """``consent_state`` with nothing awaiting review, from the campaign's ``now``."""
     if now.active:
         since = now.since
         if (
@@ -77,8 +85,8 @@ def revocation_in_force(
     """The opt-out that stops the campaign's sends now (the brand-wide one, the
     campaign's own, or under ``revoke_all`` another campaign's), as ``consent_state``
     reads it; None while none does."""
-    stands = consent_state(digest, campaign, revoke_all=revoke_all)
-    current = standing(digest, digest.campaign(campaign), campaign if revoke_all else None)
+    current = _standing(digest, campaign, revoke_all)
+    stands = _state(digest, campaign, current, revoke_all)
     if stands is ConsentState.REVOKED_BRAND_WIDE:
         if current.active and current.since is not None:
             elsewhere = revoked_elsewhere(digest, campaign, current.since, current.since_stated)
