@@ -121,16 +121,24 @@ async def client(address: str, who: str = "admin") -> AsyncIterator[Client]:
         yield Client(api_grpc.ConsentServiceStub(channel), TOKENS[who][0])
 
 
-async def imported(c: Client, *records: api.ImportRecord) -> api.ImportConsentsResponse:
-    """The answer to an import stream of one message holding ``records``."""
+async def streamed(
+    c: Client, messages: Sequence[api.ImportConsentsRequest]
+) -> list[api.ImportConsentsResponse]:
+    """The answers to an import stream of ``messages``."""
 
-    async def one() -> AsyncIterator[api.ImportConsentsRequest]:
-        yield api.ImportConsentsRequest(records=list(records))
+    async def sent() -> AsyncIterator[api.ImportConsentsRequest]:
+        for message in messages:
+            yield message
 
     stream = c.stub.ImportConsents(
-        one(), metadata=[("authorization", f"Bearer {c.token}")], timeout=60
+        sent(), metadata=[("authorization", f"Bearer {c.token}")], timeout=60
     )
-    (answer,) = [a async for a in stream]
+    return [a async for a in stream]
+
+
+async def imported(c: Client, *records: api.ImportRecord) -> api.ImportConsentsResponse:
+    """The answer to an import stream of one message holding ``records``."""
+    (answer,) = await streamed(c, [api.ImportConsentsRequest(records=list(records))])
     return answer
 
 

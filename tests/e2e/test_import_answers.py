@@ -16,7 +16,7 @@ from consent.v1 import consent_service_pb2_grpc as api_grpc
 from consent.v1 import ledger_pb2 as lpb
 
 from ledger.ports import ConsistencyToken
-from tests.e2e.harness import Clock, client, define, opt_in, opt_out, ts
+from tests.e2e.harness import Clock, client, define, opt_in, opt_out, streamed, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -240,16 +240,9 @@ async def test_a_message_whose_opt_outs_failed_fails_only_them_and_their_numbers
         ),
     ]
 
-    async def sent() -> AsyncIterator[api.ImportConsentsRequest]:
-        for m in messages:
-            yield m
-
     monkeypatch.setattr(ledger, "append", opt_outs_failing)
     async with client(runtime.address, "acme-app") as app:
-        stream = app.stub.ImportConsents(
-            sent(), metadata=[("authorization", f"Bearer {app.token}")], timeout=60
-        )
-        answers = [answer async for answer in stream]
+        answers = await streamed(app, messages)
         monkeypatch.setattr(ledger, "append", append)
 
         assert [(a.first_index, a.imported) for a in answers] == [(0, 1), (1, 0), (2, 1)]
@@ -272,10 +265,7 @@ async def test_a_message_whose_opt_outs_failed_fails_only_them_and_their_numbers
         assert allowed == {stopped: False, other: True, third: True}
 
         # Sent again, the records not imported are, once, and the others are present.
-        again = app.stub.ImportConsents(
-            sent(), metadata=[("authorization", f"Bearer {app.token}")], timeout=60
-        )
-        answers = [answer async for answer in again]
+        answers = await streamed(app, messages)
     assert [(a.imported, a.already_present, len(a.refusals)) for a in answers] == [
         (0, 1, 0),
         (1, 0, 0),
@@ -321,16 +311,9 @@ async def test_an_older_opt_out_of_its_number_lets_no_opt_in_overtake_a_failed_o
         ),
     ]
 
-    async def sent() -> AsyncIterator[api.ImportConsentsRequest]:
-        for m in messages:
-            yield m
-
     monkeypatch.setattr(ledger, "append", failing_once)
     async with client(runtime.address, "acme-app") as app:
-        stream = app.stub.ImportConsents(
-            sent(), metadata=[("authorization", f"Bearer {app.token}")], timeout=60
-        )
-        answers = [answer async for answer in stream]
+        answers = await streamed(app, messages)
         monkeypatch.setattr(ledger, "append", append)
 
         refused = {(r.index, r.code, r.violations[0].field) for a in answers for r in a.refusals}
@@ -348,10 +331,7 @@ async def test_an_older_opt_out_of_its_number_lets_no_opt_in_overtake_a_failed_o
         assert not batch.decisions[0].allowed, batch
 
         # Sent again, the failed opt-out goes, and the opt-in after it.
-        again = app.stub.ImportConsents(
-            sent(), metadata=[("authorization", f"Bearer {app.token}")], timeout=60
-        )
-        answers = [answer async for answer in again]
+        answers = await streamed(app, messages)
     assert [(a.imported, a.already_present, len(a.refusals)) for a in answers] == [
         (1, 0, 0),
         (1, 1, 0),
