@@ -204,6 +204,8 @@ class Summary:
     """Per (code, field, reason but for its values), the records refused for it (the
     lines shown only: a file refused whole is not held in memory)."""
     token: str = ""
+    in_file: int | None = None
+    """The file's records as counted before the import (None for standard input)."""
 
     def refuse(self, line: int, code: str, field_name: str, reason: str) -> None:
         self.refused += 1
@@ -217,14 +219,19 @@ class Summary:
             del group.lines[SHOWN_LINES:]
 
     def lines(self, source: str, seconds: float, dry_run: bool) -> list[str]:
-        total = self.imported + self.present + self.refused
-        rate = f" ({total / seconds:,.0f} records/s)" if seconds > 0 and total else ""
+        answered = self.imported + self.present + self.refused
+        rate = f" ({answered / seconds:,.0f} records/s)" if seconds > 0 and answered else ""
+        # An import that stopped early is measured against the whole file, so that
+        # "imported 10 of 10" never stands for a file of a million.
+        total = max(answered, self.in_file or 0)
         verb = "would import" if dry_run else "imported"
         out = [
             f"{verb} {self.imported:,} of {total:,} records from {source} in {seconds:.1f} s{rate}",
             f"  already present: {self.present:,}",
             f"  refused: {self.refused:,}",
         ]
+        if total > answered:
+            out.append(f"  not sent, the import stopped first: {total - answered:,}")
         ranked = sorted(self.groups.items(), key=lambda kv: (-kv[1].count, kv[0]))
         for (code, field_name, _), group in ranked:
             reason = group.reason + (" (the first; the others alike)" if group.alike else "")
@@ -346,7 +353,7 @@ def _run(args: argparse.Namespace) -> int:
         _close(reader, spooled)
         print(f"{name}: no token: give --token-file or set CONSENT_TOKEN", file=sys.stderr)
         return 2
-    summary = Summary()
+    summary = Summary(in_file=total)
     refusals = _Refusals(refusals_out)
     # Of the first REMEMBERED records sent, by their index in the import:
     lines = array("q")  # the line each starts on

@@ -275,6 +275,21 @@ def test_the_summary_groups_refusals_by_reason_with_their_lines():
     assert summary.lines("export.csv", 2.0, dry_run=True)[-1] == "dry run: nothing was written"
 
 
+def test_the_summary_of_an_import_stopped_early_counts_the_whole_file():
+    """An import that stopped after its opt-outs said "imported 10 of 10 records" of a
+    file of a thousand: read as the whole file done."""
+    summary = import_.Summary(imported=10, in_file=1000)
+
+    text = summary.lines("export.csv", 1.0, dry_run=False)
+
+    assert text[0] == "imported 10 of 1,000 records from export.csv in 1.0 s (10 records/s)"
+    assert "  not sent, the import stopped first: 990" in text
+    whole = import_.Summary(imported=10, in_file=10).lines("export.csv", 1.0, dry_run=False)
+    assert not any("not sent" in line for line in whole)
+    piped = import_.Summary(imported=10).lines("-", 1.0, dry_run=False)
+    assert piped[0].startswith("imported 10 of 10 records") and "not sent" not in str(piped)
+
+
 def test_the_summary_counts_refusals_alike_but_for_a_value_on_one_line():
     """An export of US dates ('11/30/2026 08:00'), each record's its own, was summed
     up one line a record: a summary of 2 million lines, and a group kept for each.
