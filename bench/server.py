@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import cProfile
 import logging
+import os
 import signal
 import sys
 import uuid
@@ -168,6 +169,13 @@ def _settings(port: int, args: argparse.Namespace) -> Any:
     from services.settings import FreshnessSettings, Settings
 
     kafka = kafka_settings(args.kafka, args.prefix, args.partitions)
+    # CONSENT_POSTGRES_TIMEOUT_MS as ``serve`` reads it: a profiled run, slower, may
+    # need PostgreSQL's answers waited for longer than the default.
+    postgres_timeout = Settings.from_env(
+        {k: v for k, v in os.environ.items() if k == "CONSENT_POSTGRES_TIMEOUT_MS"},
+        embedded=True,
+        api=False,
+    ).postgres_timeout
     return Settings(
         listen=f"127.0.0.1:{port}",
         ledger=args.ledger,
@@ -180,6 +188,7 @@ def _settings(port: int, args: argparse.Namespace) -> Any:
         projector_group=f"{args.prefix}projector",
         projector=args.projector,
         reuse_port=True,  # CONSENT_GRPC_REUSE_PORT=true: a group of these shares the port
+        postgres_timeout=postgres_timeout,
     )
 
 
