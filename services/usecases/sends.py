@@ -154,6 +154,7 @@ class Sends:
             if await self.ctx.guard.wait_until_applied_for(phones):
                 known = await self._known(cmd.brand, keys)
         answer, new = _split(events, keys, known)
+        contested: list[MessageSent] = []
         # A message recorded before with other content refuses the call before any
         # of its messages' ids is claimed, so a refused call leaves no claims behind.
         earlier = await self._recorded_as_said(events, answer, new)
@@ -174,7 +175,7 @@ class Sends:
                 ],
             )
             place = {id(e): i for i, e in enumerate(events)}
-            contested, refused = [], []
+            refused = []
             for event in new:
                 claim = held.get((event.phone, event.message_id))
                 if claim is not None and claim.event_id == str(event.event_id):
@@ -220,7 +221,41 @@ class Sends:
                 )
             _refuse_too_large(exc, events, new)
             raise
-        return SendsResult(answer, token.merge(ConsistencyToken.after(recorded)), len(recorded))
+        token = token.merge(ConsistencyToken.after(recorded))
+        contested_keys = {(e.phone, e.message_id) for e in contested}
+        copies = [e for e in new if (e.phone, e.message_id) in contested_keys]
+        if copies:
+            answer, token = await self._as_the_sends_applied(cmd.brand, answer, copies, token)
+        return SendsResult(answer, token, len(recorded))
+
+    async def _as_the_sends_applied(
+        self,
+        brand: str,
+        answer: list[str],
+        copies: Sequence[MessageSent],
+        token: ConsistencyToken,
+    ) -> tuple[list[str], ConsistencyToken]:
+        """``answer`` with each of ``copies`` (messages another send claimed first,
+        appended all the same) answered as the send the view applied, as a single
+        send's copy is (``requests._as_the_send_applied``): should the first reach the
+        ledger ahead of the copy, the copy's own id is one no reader shows, and its
+        retry would answer the first's. ``answer`` as it is when the view cannot get
+        there in time."""
+        if not await self.ctx.guard.wait_until_applied_for(sorted({e.phone for e in copies})):
+            return answer, token
+        applied = await self._known(brand, [(e.phone, e.message_id) for e in copies])
+        instead: dict[str, str] = {}
+        for copy in copies:
+            first = applied.get((copy.phone, copy.message_id))
+            if first is not None and first != str(copy.event_id):
+                instead[str(copy.event_id)] = first
+        if not instead:
+            return answer, token
+        recorded = await self.ctx.view.find_events(sorted(set(instead.values())))
+        if len(recorded) < len(set(instead.values())):  # mid-rebuild: its own ids stand
+            return answer, token
+        answered = [instead.get(event_id, event_id) for event_id in answer]
+        return answered, token.merge(ConsistencyToken.after(list(recorded.values())))
 
     async def _known(
         self, brand: str, keys: Sequence[tuple[str, str]]

@@ -934,3 +934,49 @@ async def test_a_message_too_large_for_the_topics_writes_none_of_the_call(serve,
         written = await c.RecordMessagesSent(call("too-large", sends))
     assert len(set(written.event_ids)) == 3
     assert await ledger_size(runtime) == 3
+
+
+async def test_a_copy_appended_behind_the_send_that_claimed_it_is_answered_as_that_send(
+    service,
+):
+    """Two calls record one message at once under two request ids: the first claims
+    its message id, and the second, finding the claim before the first is in the
+    ledger, appends a copy, which reaches the ledger behind the first. The view
+    applies the first; the copy's call was answered with its own event id, which
+    no reader shows, and its retry with the first's: one call answered two ways.
+    It is now answered with the send the view applied, as a single send is."""
+    runtime, when = service
+    ledger = runtime.usecases.sends.ctx.ledger
+    append = ledger.append
+    holding, first_may_go, first_gone = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def first_ahead_of_the_copy(events):
+        if events[0].request_id == "claims-first":
+            holding.set()
+            await first_may_go.wait()
+            try:
+                return await append(events)
+            finally:
+                first_gone.set()
+        first_may_go.set()  # the copy, checked against a view without the first
+        await first_gone.wait()
+        return await append(events)
+
+    sends = [message(9701, when), message(9702, when)]
+    ledger.append = first_ahead_of_the_copy
+    async with client(runtime.address, "acme-app") as c:
+        first = asyncio.ensure_future(c.RecordMessagesSent(call("claims-first", sends[:1])))
+        await holding.wait()
+        copy = await c.RecordMessagesSent(call("copies-it", sends))
+        ledger.append = append
+        claimed = await first
+        again = await c.RecordMessagesSent(call("copies-it", sends))
+        listed = await c.ListEvents(
+            api.ListEventsRequest(
+                phone=phone(9701), brand="acme", at_least_as_fresh=again.consistency_token
+            )
+        )
+    (applied,) = [e.event.event_id for e in listed.events if e.event.event_type == "MessageSent"]
+    assert list(claimed.event_ids) == [applied]
+    assert copy.event_ids[0] == applied, (list(copy.event_ids), applied)
+    assert list(again.event_ids) == list(copy.event_ids)
