@@ -69,7 +69,7 @@ def items_from_proto(records: Sequence[api_pb2.ImportRecord], first: int) -> lis
             command = command_from_proto(message)
         except DomainError as exc:
             held = _hold(message) if kind == "opt_out" else None
-            items.append(Item(index, None, exc, message.request_id, held))
+            items.append(Item(index, None, exc, message.request_id, held, message.brand))
             continue
         assert isinstance(command, RecordOptIn | RecordOptOut)
         items.append(Item(index, command, None, message.request_id))

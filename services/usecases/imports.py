@@ -207,6 +207,9 @@ class Item:
     held: HoldRefusedOptOut | None = None
     """For an opt-out whose translation was refused: what of it can be held for
     review (a record translated is held from its command)."""
+    brand: str = ""
+    """For a record whose translation was refused: the brand it names, as written, so
+    that a brand the caller may not write for is refused as such."""
 
 
 @dataclass
@@ -729,10 +732,12 @@ class Imports:
     async def _checked(self, item: Item, now: datetime) -> list[LedgerEvent]:
         """The record's facts at ``now``, or the first refusal it meets (its fields,
         its brand for the caller, its campaign, the proof its campaign requires)."""
-        if item.error is not None:
-            raise item.error
         cmd = item.command
-        assert cmd is not None
+        if cmd is None:
+            await self._refuse_another_brand(item.brand, opt_out=item.held is not None)
+            assert item.error is not None
+            raise item.error
+        await self._refuse_another_brand(cmd.brand, opt_out=isinstance(cmd, RecordOptOut))
         events = to_events(cmd, now)  # every bad field at once
         if isinstance(cmd, RecordOptOut):
             await self._check_brand_meant(cmd.brand)
@@ -818,6 +823,18 @@ class Imports:
                     continue
             kept.append(p)
         return kept
+
+    async def _refuse_another_brand(self, brand: str, *, opt_out: bool) -> None:
+        """Refuse a record of a brand the caller may not write for before its fields
+        are looked at, as the single write is (``GrpcServicer._writer``): a token of
+        acme was told what to mend in globex's records, INVALID_ARGUMENT. A malformed
+        brand is left to the field checks, and so is an opt-out under a spelling of
+        one the caller writes for ("acme_"), which is held under it."""
+        if not is_name(brand) or self._allows(brand):
+            return
+        if opt_out and any(self._allows(b) for b in (await self._brands_in_use()).meant(brand)):
+            return
+        self._authorize(brand)
 
     async def _check_brand_meant(self, brand: str) -> None:
         """As RecordOptOut does (``Writes.check_brand_meant``): an opt-out under
