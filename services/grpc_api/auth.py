@@ -85,6 +85,8 @@ def token_digest(token: str) -> str:
 
 _NAME_LENGTH = 128
 """The longest name of a caller (it is written on every event the caller records)."""
+_ENTRY_KEYS = frozenset({"name", "sha256", "client_cert_name", "scopes", "brands", "rate", "burst"})
+"""The keys an entry of the tokens file may have."""
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
@@ -208,6 +210,14 @@ class TokenAuthenticator:
             if problem is not None:
                 raise ValueError(f"not a tokens file: tokens[{i}].name {problem}")
             where = f"tokens[{i}] ({name})"
+            # A key read by nothing would be a restriction silently dropped: an entry
+            # meant for some campaigns of acme, or to expire, granted all of acme.
+            unknown = sorted(set(entry) - _ENTRY_KEYS)
+            if unknown:
+                raise ValueError(
+                    f"{where}: {unknown[0]!r} is not a key of an entry (the keys are "
+                    f"{', '.join(sorted(_ENTRY_KEYS))}); ignored, a restriction would be lost"
+                )
             # A caller's rate limit and the audit trail (recorded_by, who read what)
             # go by its name: two entries under one, say of two brands, would share a
             # bucket and be told apart by no record.

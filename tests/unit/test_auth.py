@@ -262,6 +262,22 @@ def test_an_entry_of_the_wrong_type_is_refused_not_coerced(bad, refused) -> None
         TokenAuthenticator.from_data({"tokens": [bad]})
 
 
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("campaigns", ["promo"]),  # a restriction the service has no notion of
+        ("brand", ["acme"]),  # beside "brands": which one was meant?
+        ("expires_at", "2026-01-01T00:00:00Z"),
+        ("Scopes", ["check"]),
+    ],
+)
+def test_an_entry_key_it_does_not_know_is_refused_not_ignored(key, value) -> None:
+    """An unknown key was dropped unread: an entry meant for acme's "promo" alone
+    (or to expire) loaded as a token of every campaign of acme, for ever."""
+    with pytest.raises(ValueError, match=rf"tokens\[0\] \(checkout\): {key!r} is not a key"):
+        TokenAuthenticator.from_data({"tokens": [entry(**{key: value})]})
+
+
 def test_a_digest_or_a_certificate_name_taken_twice_is_refused() -> None:
     with pytest.raises(
         ValueError, match=r"tokens\[1\] \(ops\): sha256 is an earlier entry's: one token"
