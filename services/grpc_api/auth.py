@@ -212,11 +212,13 @@ class TokenAuthenticator:
             where = f"tokens[{i}] ({name})"
             # A key read by nothing would be a restriction silently dropped: an entry
             # meant for some campaigns of acme, or to expire, granted all of acme.
-            unknown = sorted(set(entry) - _ENTRY_KEYS)
+            # JSON has no comments, so a key that starts with "_" is the writer's note.
+            unknown = sorted(k for k in set(entry) - _ENTRY_KEYS if not k.startswith("_"))
             if unknown:
                 raise ValueError(
                     f"{where}: {unknown[0]!r} is not a key of an entry (the keys are "
-                    f"{', '.join(sorted(_ENTRY_KEYS))}); ignored, a restriction would be lost"
+                    f"{', '.join(sorted(_ENTRY_KEYS))}, and notes under a key that starts "
+                    "with '_'); it would be ignored, and a restriction lost"
                 )
             # A caller's rate limit and the audit trail (recorded_by, who read what)
             # go by its name: two entries under one, say of two brands, would share a

@@ -278,6 +278,12 @@ def test_an_entry_key_it_does_not_know_is_refused_not_ignored(key, value) -> Non
         TokenAuthenticator.from_data({"tokens": [entry(**{key: value})]})
 
 
+def test_an_entry_may_carry_notes_under_keys_that_start_with_an_underscore() -> None:
+    """JSON has no comments: "_note" is how a tokens file's writer says who a token is for."""
+    auth = TokenAuthenticator.from_data({"tokens": [entry(_note="the checkout service")]})
+    assert auth is not None
+
+
 def test_a_digest_or_a_certificate_name_taken_twice_is_refused() -> None:
     with pytest.raises(
         ValueError, match=r"tokens\[1\] \(ops\): sha256 is an earlier entry's: one token"
