@@ -33,7 +33,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO
@@ -729,6 +729,11 @@ class _Bad(Exception):
         self.field, self.reason = field, reason
 
 
+_MINUTE = timedelta(minutes=1)
+_WEST, _EAST = timedelta(hours=-12), timedelta(hours=14)
+"""The offsets of the world's zones: Baker Island's -12:00, Kiribati's +14:00."""
+
+
 def _time(text: str, field: str) -> Timestamp:
     try:
         # RFC 3339 lets the "T" and "Z" be written in lower case, as some exports do.
@@ -737,6 +742,14 @@ def _time(text: str, field: str) -> Timestamp:
         raise _Bad(field, f"is not an ISO 8601 time: {text!r}") from None
     if value.tzinfo is None:
         raise _Bad(field, f"has no time zone (Z or +hh:mm): {text!r}")
+    # A corrupt offset moves a fact by up to a day (an opt-out to before the opt-in
+    # it revoked): read only those some zone has used since 2000.
+    offset = value.utcoffset()
+    if offset is not None and (offset % _MINUTE or not _WEST <= offset <= _EAST):
+        raise _Bad(
+            field,
+            f"has an offset no time zone uses (-12:00 to +14:00, whole minutes): {text!r}",
+        )
     stamp = Timestamp()
     try:
         stamp.FromDatetime(value)

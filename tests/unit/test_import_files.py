@@ -78,6 +78,41 @@ def test_a_time_with_a_lower_case_t_or_z_reads_as_rfc_3339_allows(written):
     assert found.record.opt_in.occurred_at.ToJsonString() == "2026-11-02T09:30:00Z"
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        "2026-11-02T09:30:00+23:00",  # no zone is a day ahead of UTC
+        "2026-11-02T09:30:00-13:00",
+        "2026-11-02T09:30:00+14:01",
+        "2026-11-02T09:30:00+05:30:15",  # no zone has had seconds since 1972
+        "2026-11-02T09:30:00+05:30:15.5",
+    ],
+)
+def test_a_time_with_an_offset_no_zone_uses_is_refused_not_moved(written):
+    """A corrupt offset moves a fact by up to a day: an opt-out read so could be
+    placed before the opt-in it revoked. Refused, an opt-out is held for review."""
+    row = f"opt_out,src-2,+14155550100,acme,,{written},,,,,keyword,STOP"
+    (found,) = read(CSV.splitlines()[0] + "\n" + row, "csv")
+    assert isinstance(found, Unreadable) and found.field == "occurred_at", found
+    assert "offset" in found.reason and written in found.reason
+
+
+@pytest.mark.parametrize(
+    ("written", "utc"),
+    [
+        ("2026-11-02T23:30:00+14:00", "2026-11-02T09:30:00Z"),  # Kiribati
+        ("2026-11-01T21:30:00-12:00", "2026-11-02T09:30:00Z"),  # Baker Island
+        ("2026-11-02T15:15:00+05:45", "2026-11-02T09:30:00Z"),  # Nepal
+        ("2026-11-02T09:30:00-00:00", "2026-11-02T09:30:00Z"),  # UTC, zone unknown
+    ],
+)
+def test_a_time_with_an_offset_a_zone_uses_reads(written, utc):
+    row = f"opt_out,src-2,+14155550100,acme,,{written},,,,,keyword,STOP"
+    (found,) = read(CSV.splitlines()[0] + "\n" + row, "csv")
+    assert isinstance(found, Read), found
+    assert found.record.opt_out.occurred_at.ToJsonString() == utc
+
+
 def test_json_lines_read_as_csv_does_with_the_proof_nested_or_flat():
     lines = (
         '{"type": "opt_in", "import_id": "src-1", "phone": "+14155550100", "brand": "acme",'
