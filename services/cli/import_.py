@@ -385,12 +385,24 @@ def _run(args: argparse.Namespace) -> int:
 
     sent = 0  # records sent, over both calls
     asked = False  # whether any message was sent
+    opt_ins_from: int | None = None  # in a dry run's one call: the first opt-in's index
+    messages = [0, 0]  # sent, and answered: the answered ones told to ``answered_all``
+    answered_all = threading.Condition()
 
-    def requests(opt_ins: bool) -> Iterator[Any]:
+    def opt_outs_answered() -> bool:
+        """Wait until the service has answered every message sent (or the import
+        stopped), as the second call waits to; whether it imported all the opt-outs."""
+        with answered_all:
+            answered_all.wait_for(lambda: messages[1] >= messages[0] or stop.is_set())
+        return not stop.is_set() and not opt_outs_not_now
+
+    def requests(opt_ins: bool | None) -> Iterator[Any]:
         """The file's records in messages of ``CHUNK``, at most ``WINDOW`` ahead of
         the answers, up to its opt-ins (``OPT_INS``) or, with ``opt_ins``, the rest;
-        what cannot be read is refused here and never sent."""
-        nonlocal sent, asked
+        None: all of them in one call, the opt-ins in messages of their own sent once
+        every opt-out is answered (a dry run: see below). What cannot be read is
+        refused here and never sent."""
+        nonlocal sent, asked, opt_ins_from
         chunk: list[Any] = []
         chunk_lines = array("q")
         size = 0  # the chunk's bytes
@@ -404,8 +416,9 @@ def _run(args: argparse.Namespace) -> int:
             # Each call's first message says whether it writes.
             request = api.ImportConsentsRequest(records=chunk, dry_run=args.dry_run and first)
             sent += len(chunk)
+            messages[0] += 1
             chunk, chunk_lines, size, first, asked = [], array("q"), 0, False, True
-            if opt_ins:
+            if opt_ins or opt_ins_from is not None:
                 opt_ins_begun.set()
             return request
 
@@ -414,9 +427,18 @@ def _run(args: argparse.Namespace) -> int:
                 if stop.is_set():
                     return
                 if item is OPT_INS:
-                    # This call ends with every opt-out sent; the opt-ins go in a call
-                    # of their own once the service has answered all of this one.
-                    break
+                    if opt_ins is not None:
+                        # This call ends with every opt-out sent; the opt-ins go in a
+                        # call of their own once the service has answered all of this one.
+                        break
+                    # A dry run's opt-ins follow in the same call, as the second call
+                    # would: in messages of their own, once every opt-out is answered.
+                    if chunk:
+                        yield message()
+                    if not opt_outs_answered():
+                        return
+                    opt_ins_from = sent
+                    continue
                 unreadable = None
                 if isinstance(item, import_files.Unreadable):
                     if item.held is None:
@@ -477,7 +499,7 @@ def _run(args: argparse.Namespace) -> int:
                 size += grows
                 if len(chunk) == CHUNK:
                     yield message()
-            if chunk or (opt_ins and not asked):  # every record unreadable: still asks
+            if chunk or (opt_ins is not False and not asked):  # every record unreadable: still asks
                 yield message()  # once, the token too
         except import_files.FormatError as exc:  # the file unreadable from a line on
             failure.append(exc)
@@ -496,8 +518,12 @@ def _run(args: argparse.Namespace) -> int:
             # of them (its records in the ledger), the opt-ins. The service works on
             # several messages of a call at once: an opt-in appended while an opt-out
             # before it failed would allow. An import that ends before the second
-            # call leaves only opt-outs recorded.
-            for opt_ins in (False, True):
+            # call leaves only opt-outs recorded. A dry run writes nothing, and a
+            # second call would not know the opt-outs of the first (an opt-in stated
+            # before an opt-out stamped ahead of the clock is refused, once that
+            # opt-out is in): it makes one call, which does, in the same order.
+            parts: tuple[bool | None, ...] = (None,) if args.dry_run else (False, True)
+            for opt_ins in parts:
                 offset = sent  # the service counts a call's records from 0
                 answers = api_grpc.ConsentServiceStub(channel).ImportConsents(
                     requests(opt_ins),
@@ -522,7 +548,9 @@ def _run(args: argparse.Namespace) -> int:
                             for v in refusal.violations
                         ]
                         refused_for = refusal.code
-                        if refused_for == "UNAVAILABLE" and not opt_ins:
+                        if refused_for == "UNAVAILABLE" and not (
+                            opt_ins or (opt_ins_from is not None and index >= opt_ins_from)
+                        ):
                             opt_outs_not_now += 1
                         here = told_here.pop(index, None)
                         if here is not None:  # what the file said wrong, and the hold
@@ -542,6 +570,9 @@ def _run(args: argparse.Namespace) -> int:
                             )  # fmt: skip
                     told_now = answer.imported + answer.already_present + len(answer.refusals)
                     answered += told_now
+                    with answered_all:
+                        messages[1] += 1
+                        answered_all.notify_all()
                     bar.update(told_now)
                 if failure or stop.is_set():
                     break
@@ -568,6 +599,8 @@ def _run(args: argparse.Namespace) -> int:
     except grpc.RpcError as exc:
         stop.set()
         window.release(WINDOW)  # a sender waiting for room sees the stop
+        with answered_all:  # and one waiting for the opt-outs' answers
+            answered_all.notify_all()
         bar.close()
         if failure and isinstance(failure[0], Exception):
             # The file, not the service, stopped the import midway (the call ends
@@ -588,6 +621,8 @@ def _run(args: argparse.Namespace) -> int:
         # and tell what was done, as for a call that failed.
         stop.set()
         window.release(WINDOW)
+        with answered_all:
+            answered_all.notify_all()
         if answers is not None:
             answers.cancel()
         bar.close()

@@ -741,6 +741,58 @@ async def test_a_dry_run_finds_what_the_import_refuses_across_the_whole_file(ser
     assert after == before + 600
 
 
+async def test_a_dry_run_refuses_an_opt_in_stated_before_an_opt_out_stamped_ahead(
+    service, tmp_path
+):
+    """An opt-out stamped a few minutes ahead of the clock takes its place when it is
+    recorded, and an opt-in of its number stated before it, recorded after it, is
+    refused on occurred_at (README, "No conditional appends"). The import sends its
+    opt-ins in a call after its opt-outs', which knows them; the dry run sent them
+    in a second call too, which did not (nothing was written), and said the opt-in
+    would be imported. Compared record by record, the two now agree."""
+    runtime, _ = service
+    now = datetime.now(UTC)
+    template = export_rows(now)[1]
+    stamped, after_it = "+17206680001", "+17206680002"
+
+    def opt_in_at(number: str, when: datetime) -> dict[str, str]:
+        return {**template, "import_id": f"in-{number}", "phone": number,
+                "occurred_at": iso(when), "proof.registered_at": iso(when)}  # fmt: skip
+
+    def opt_out_at(number: str, when: datetime) -> dict[str, str]:
+        return {"type": "opt_out", "import_id": f"out-{number}", "phone": number,
+                "brand": "acme", "occurred_at": iso(when), "channel": "keyword",
+                "text": "STOP"}  # fmt: skip
+
+    export = write_csv(
+        tmp_path / "ahead.csv",
+        [
+            opt_in_at(stamped, now + timedelta(minutes=2)),
+            opt_out_at(stamped, now + timedelta(minutes=4)),
+            opt_out_at(after_it, now + timedelta(minutes=1)),  # the opt-in is the later
+            opt_in_at(after_it, now + timedelta(minutes=3)),
+        ],
+    )
+    acme = TOKENS["acme-app"][0]
+    told = {}
+    for run in ("dry", "real"):
+        refusals = tmp_path / f"{run}.jsonl"
+        dry = ("--dry-run",) if run == "dry" else ()
+        code, out, err = await import_cli(str(export), *dry, "--address", runtime.address,
+                                          "--refusals", str(refusals), token=acme)  # fmt: skip
+        assert code == 1, out + err
+        assert "3 of 4 records" in out, out
+        told[run] = [json.loads(line) for line in refusals.read_text().splitlines()]
+    [refused] = told["real"]
+    assert (refused["line"], refused["import_id"], refused["field"]) == (
+        2, f"in-{stamped}", "occurred_at"
+    ), refused  # fmt: skip
+    assert told["dry"] == told["real"]
+    async with client(runtime.address, "acme-app") as c:
+        final = await answers(c, [stamped, after_it], token_of(out))
+    assert final == {stamped: "REASON_REVOKED_BRAND_WIDE", after_it: "REASON_CONSENT_ACTIVE"}
+
+
 async def test_a_json_array_is_refused_as_a_file_not_line_by_line(service, tmp_path):
     """A .json export holding one JSON array (over many lines) was read as JSON
     Lines: every line refused on its own, for reasons that differed only in the
