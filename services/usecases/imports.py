@@ -435,6 +435,7 @@ class Imports:
             result.held = _records(held)
             result.refusals.sort(key=lambda r: r.index)
             return result
+        self._found_recorded(planned, new, result)
         # Still this chunk's turn (released below): another chunk's _new sees these.
         # This chunk's own opt-outs go first: its opt-ins of their numbers may follow.
         barred = self._barred(new, result, _denied_phones([*new, *held]))
@@ -588,6 +589,26 @@ class Imports:
         failed to (``_barred`` then tells which opt-ins may not follow)."""
         while waits := self._denials_to_wait_for(mine, opted_in):
             await asyncio.wait(waits)
+
+    def _found_recorded(
+        self, planned: Sequence[_Planned], new: Sequence[_Planned], result: ChunkResult
+    ) -> None:
+        """Let the opt-ins of a number go whose failed opt-out was sent again and
+        found present: the append that failed had recorded it after all (the broker
+        took it and went away before acknowledging), as the refusal said it may. Only
+        one appended again let them go, so they stayed refused for the rest of the
+        import. Should the opt-out be present only as another chunk's, still being
+        appended, the opt-ins wait for that chunk, and are barred if it fails."""
+        if not self._denials_failed:
+            return
+        refused = {r.index for r in result.refusals}
+        present = [
+            p
+            for p in planned
+            if _denies(p) and p.item.index not in refused and not any(p is n for n in new)
+        ]
+        for key in _denied_phones(present) - _denied_phones(new):
+            self._denials_failed.pop(key, None)
 
     def _barred(
         self,

@@ -29,7 +29,7 @@ from ledger.events import (
     RevocationChannel,
 )
 from ledger.policy import Reason
-from ledger.ports import AppendTurn, LedgerUnavailable, Stream
+from ledger.ports import AppendTurn, ConsistencyToken, LedgerUnavailable, Stream
 from services.adapters.memory_ledger import InMemoryLedger
 from services.errors import PermissionDenied, StoreUnavailable
 from services.usecases import UseCases
@@ -1133,3 +1133,44 @@ async def test_another_hold_of_its_number_does_not_let_an_opt_in_overtake_a_fail
         later = await imports.chunk([opt_in(3, phone, 1)])
 
         assert _not_now(later) == [3]
+
+
+class _OptOutRecordedUnacknowledged(_Logged):
+    """The first append of opt-outs records them, then fails: the broker took them
+    and went away before it acknowledged them (``OUTCOME_UNKNOWN``)."""
+
+    failed = False
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        recorded = await super().append(events)
+        if not self.failed and any(isinstance(e, ConsentRevoked) for e in events):
+            self.failed = True
+            raise LedgerUnavailable("Kafka ledger: 1 event(s) not acknowledged")
+        return recorded
+
+
+async def test_an_opt_out_recorded_before_its_append_failed_found_present_lets_opt_ins_go():
+    """An opt-out whose append failed holds back its number's opt-ins until it is sent
+    again. When the failed append had recorded it after all, sending it again found
+    it present, as the refusal says it may, but only an opt-out appended then let the
+    opt-ins go: the opt-ins of its number stayed refused UNAVAILABLE for the rest of
+    the import, however often the opt-out was sent again."""
+    phone = "+14155550100"
+    async with running(ledger=_OptOutRecordedUnacknowledged()) as (app, _):
+        await app.writes.record(define())
+        imports = _imports(app)
+        failed = await imports.chunk([opt_out(1, phone, 5, None)])
+        assert _not_now(failed) == [1]
+        assert await app.guard.wait_for_token(ConsistencyToken.after(await _recorded(app)))
+
+        again = await imports.chunk([opt_out(1, phone, 5, None)])
+        later = await imports.chunk([opt_in(2, phone, 10)])
+
+        assert (again.imported, again.present, again.refusals) == (0, 1, [])
+        assert (later.imported, later.refusals) == (1, [])
+        check = await app.checks.can_send(phone, BRAND, "promo", token=later.token)
+        assert check.decision.allowed  # the opt-in came after the opt-out
+
+
+async def _recorded(app: App) -> list[Recorded]:
+    return [r for p in range(4) for r in await app.ledger.read(Stream.SUBSCRIBERS, p, 0)]
