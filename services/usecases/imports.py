@@ -279,6 +279,8 @@ class Imports:
         seconds to the caller's deadline (None: none), before which it stops."""
         self._retry_s = retry_s
         self._time_left = time_left
+        self._began = ctx.clock()
+        """When this import began: no chunk of it places an opt-out earlier."""
         # Every call of the view an import makes reads, or claims ids and takes turns
         # as this import, which a second try finds done: each is tried again.
         self.ctx = replace(
@@ -352,6 +354,9 @@ class Imports:
         loop = asyncio.get_running_loop()
         before, turn = self._turn, loop.create_future()
         self._turn = turn
+        # The chunk's time, read before any await too, so that the chunks' times
+        # follow the order they came in (see ``_chunk``).
+        now = self.ctx.clock()
         # Taken before any await too: a chunk started after this one finds it at once.
         denials: asyncio.Future[bool] = loop.create_future()
         self._denials[denials] = _denied_numbers(items)
@@ -359,7 +364,7 @@ class Imports:
             denials.set_result(True)  # nothing to wait for: opt-ins go at once
         failure: BaseException | None = None
         try:
-            return await self._chunk(items, dry_run, before, turn, denials)
+            return await self._chunk(items, dry_run, before, turn, denials, now)
         except NOT_NOW as exc:
             failure = exc
             first = items[0].index if items else 0
@@ -397,15 +402,19 @@ class Imports:
         before: asyncio.Future[None] | None,
         turn: asyncio.Future[None],
         denials: asyncio.Future[bool],
+        now: datetime,
     ) -> ChunkResult:
         if not self._caught_up:
             await self._catch_up()
         result = ChunkResult()
         planned: list[_Planned] = []
-        # One time for the chunk: its records stamped ahead all take their place
-        # then, so an opt-in stated before an opt-out of its chunk ties with it, and
-        # at one instant the opt-out wins. Placed a moment later, it outranked it.
-        now = self.ctx.clock()
+        # One time for the chunk, ``now``: its records stamped ahead all take their
+        # place then, so an opt-in stated before an opt-out of its chunk ties with it,
+        # and at one instant the opt-out wins. Placed a moment later, it outranked it.
+        # Read as the chunk came, not once it had waited for the view: an opt-in of a
+        # later message read it before an opt-out of an earlier one (the first chunks
+        # of an import wait together), was placed first, and was not refused, or was,
+        # as the race fell.
         for item in items:
             try:
                 events = await self._checked(item, now)
@@ -416,6 +425,13 @@ class Imports:
                 result.refusals.append(_refusal(item, Code.PERMISSION_DENIED, exc))
             except FailedPrecondition as exc:
                 result.refusals.append(_refusal(item, Code.FAILED_PRECONDITION, exc))
+        if before is not None and self._after_its_opt_outs(planned):
+            # The earlier messages' opt-outs stamped ahead are noted as they are
+            # checked (``_stated_ahead``): an opt-in that could be placed after one is
+            # checked once they all are, as an opt-in of a later call is. Checked while
+            # an earlier message still was, it was refused or not as the race fell,
+            # and a dry run did not foretell which.
+            await asyncio.shield(before)
         planned = await self._consents_after_opt_outs(planned, result)
         if before is not None:
             await asyncio.shield(before)
@@ -779,6 +795,17 @@ class Imports:
         if self._recorded_by:
             events = [evolved(e, recorded_by=self._recorded_by) for e in events]
         return events
+
+    def _after_its_opt_outs(self, planned: Sequence[_Planned]) -> bool:
+        """Whether an opt-in of ``planned`` could be placed after an opt-out this import
+        placed when it was checked (one stamped ahead): only one stated after the
+        import began, as such an opt-out is placed then or later."""
+        return any(
+            isinstance(p.events[0], ConsentGranted)
+            and p.item.command is not None
+            and p.item.command.occurred_at > self._began
+            for p in planned
+        )
 
     async def _consents_after_opt_outs(
         self, planned: list[_Planned], result: ChunkResult

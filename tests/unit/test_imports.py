@@ -1174,3 +1174,63 @@ async def test_an_opt_out_recorded_before_its_append_failed_found_present_lets_o
 
 async def _recorded(app: App) -> list[Recorded]:
     return [r for p in range(4) for r in await app.ledger.read(Stream.SUBSCRIBERS, p, 0)]
+
+
+def _stamped_ahead_then_stated_before(phone: str) -> tuple[Item, Item]:
+    """An opt-out stamped 40 s ahead, and an opt-in of its number stated 20 s ahead."""
+    stop = RecordOptOut(
+        "imp-1", phone, BRAND, "promo", RevocationChannel.KEYWORD, NOW + timedelta(seconds=40)
+    )
+    between = NOW + timedelta(seconds=20)
+    form = an_opt_in(between, request_id="imp-2", phone=phone, proof=proof(between))
+    return Item(1, stop, request_id="imp-1"), Item(2, form, request_id="imp-2")
+
+
+async def test_an_opt_in_of_a_later_message_is_placed_after_an_earlier_messages_opt_out():
+    """Each chunk read its time once it had waited for the view (the first chunks of
+    an import wait together): the opt-in of the second message could read it before
+    the opt-out stamped ahead of the first, take its place first, and be imported,
+    or be refused on occurred_at, as the race fell; a dry run of the same stream
+    fell either way too. A chunk's time now follows the order the messages came."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        phone = "+14155550063"
+        stop, form = _stamped_ahead_then_stated_before(phone)
+        imports = Imports(_ticking(app.writes.ctx, [NOW]))
+        catch_up, waits = imports._catch_up, iter([0.05, 0.0])
+
+        async def first_slowest() -> None:
+            await asyncio.sleep(next(waits))
+            await catch_up()
+
+        imports._catch_up = first_slowest  # type: ignore[method-assign]
+        first, second = await asyncio.gather(imports.chunk([stop]), imports.chunk([form]))
+
+        assert (first.imported, second.imported) == (1, 0)
+        assert [f for r in second.refusals for f, _ in r.violations] == ["occurred_at"]
+        answer = await app.checks.can_send(phone, BRAND, "promo", token=first.token)
+        assert answer.decision.reason is Reason.REVOKED
+
+
+async def test_an_opt_in_is_checked_once_an_earlier_messages_opt_outs_are():
+    """An opt-out stamped ahead is noted for the opt-ins after it as its chunk checks
+    it: a chunk checking its opt-ins while an earlier message's were still being
+    checked missed it, and imported an opt-in stated before it, which a dry run, or
+    the same import at another pace, refused."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        phone = "+14155550064"
+        stop, form = _stamped_ahead_then_stated_before(phone)
+        imports = Imports(_ticking(app.writes.ctx, [NOW]))
+        checked = imports._checked
+
+        async def opt_outs_slowly(item: Item, now: datetime) -> list[LedgerEvent]:
+            if isinstance(item.command, RecordOptOut):
+                await asyncio.sleep(0.05)
+            return await checked(item, now)
+
+        imports._checked = opt_outs_slowly  # type: ignore[method-assign]
+        first, second = await asyncio.gather(imports.chunk([stop]), imports.chunk([form]))
+
+        assert (first.imported, second.imported) == (1, 0)
+        assert [f for r in second.refusals for f, _ in r.violations] == ["occurred_at"]
