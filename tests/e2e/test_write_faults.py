@@ -1,0 +1,423 @@
+"""Every kind of write under infrastructure faults, on a broker and a database of the
+test's own (the suite's shared ones are never paused or stopped).
+
+While the broker is paused (SIGSTOP) and then killed and started again, or while
+PostgreSQL's connections are killed (``pg_terminate_backend``), it is paused and then
+restarted, callers keep sending ``RecordMessagesSent`` batches, ``ImportConsents``
+streams, opt-outs, inbound STOPs and review-queue resolutions, each retried unchanged
+while it is answered UNAVAILABLE, and keep asking ``CanSend`` and ``CanSendBatch``
+about the numbers opted out. No check allows a number once its opt-out was
+acknowledged; once the store is back, every acknowledged write is in the history
+exactly once, a retry of any write (refused or acknowledged) is answered with the
+same event ids, never refused as a reused id, and an import run again finds every
+record present. ``test_fault_suite.py`` kills the broker, a leader of three and the
+service under single writes; ``test_bounded_waits.py`` times the answers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+
+from ledger.ports import ConsistencyToken
+from services.bootstrap import Runtime
+from services.settings import FreshnessSettings
+from tests.e2e.harness import (
+    Client,
+    client,
+    define,
+    inbound,
+    kafka_settings,
+    noon_in_los_angeles,
+    opt_in,
+    opt_out,
+    service_settings,
+    streamed,
+    ts,
+)
+from tests.infra.kafka_broker import KafkaBroker
+from tests.infra.postgres_server import PostgresServer
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+WHEN = noon_in_los_angeles()
+SENDER = "+14155550100"
+PASSING = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+"""What a caller retries unchanged: the store was out, or the answer never came."""
+REVOKED, DISMISSED = lpb.CANDIDATE_RESOLUTION_REVOKED, lpb.CANDIDATE_RESOLUTION_DISMISSED
+Fault = Callable[[Callable[[int], Awaitable[None]]], Awaitable[None]]
+"""A fault, given a wait for that many writes to have been answered."""
+
+
+@dataclasses.dataclass
+class Answers:
+    """What the callers were told, and what went wrong."""
+
+    acked: dict[str, Any] = dataclasses.field(default_factory=dict)
+    denied_since: dict[str, str] = dataclasses.field(default_factory=dict)
+    """A number that must be denied from now on: why."""
+    refused: int = 0
+    wrong: list[Any] = dataclasses.field(default_factory=list)
+    not_consistent: int = 0
+
+    @property
+    def answered(self) -> int:
+        return len(self.acked)
+
+
+async def _until_answered(call: Any, request: Any, answers: Answers, key: str) -> Any:
+    """``call(request)``, sent again unchanged while it is refused for a passing
+    reason; any other refusal is a defect, noted in ``answers.wrong``."""
+    deadline = time.monotonic() + 100
+    while True:
+        try:
+            answer = await call(request, timeout=8)
+        except grpc.aio.AioRpcError as err:
+            if err.code() not in PASSING:
+                answers.wrong.append((key, err.code().name, err.details()))
+                return None
+            assert time.monotonic() < deadline, f"{key} never answered: {err.details()}"
+            answers.refused += 1
+            await asyncio.sleep(0.3)
+            continue
+        answers.acked[key] = answer
+        return answer
+
+
+def _import_messages(phones: list[str]) -> list[api.ImportConsentsRequest]:
+    """Opt-ins, and after them in each message opt-outs of some of the same numbers
+    (an hour later)."""
+    return [
+        api.ImportConsentsRequest(
+            records=[
+                api.ImportRecord(
+                    opt_in=opt_in(p, "acme", "promo", WHEN - timedelta(hours=2), f"imp-in-{p}")
+                )
+                for p in phones[m * 10 : (m + 1) * 10]
+            ]
+            + [
+                api.ImportRecord(
+                    opt_out=opt_out(p, "acme", None, WHEN - timedelta(hours=1), f"imp-out-{p}")
+                )
+                for p in phones[m * 10 : m * 10 + 3]
+            ]
+        )
+        for m in range(len(phones) // 10)
+    ]
+
+
+def _batches(phones: list[str]) -> list[api.RecordMessagesSentRequest]:
+    return [
+        api.RecordMessagesSentRequest(
+            request_id=f"batch-{b}",
+            brand="acme",
+            messages=[
+                api.SentMessage(
+                    phone=phones[(b * 7 + k) % len(phones)],
+                    campaign="promo",
+                    message_id=f"SM-{b}-{k}",
+                    occurred_at=ts(WHEN - timedelta(minutes=100 - b)),
+                )
+                for k in range(12)
+            ],
+        )
+        for b in range(16)
+    ]
+
+
+async def _applied(runtime: Runtime, token: str) -> None:
+    assert await runtime.guard.wait_for_token(ConsistencyToken.decode(token), 60)
+
+
+async def _history(c: Client, phone: str) -> list[Any]:
+    events = await c.ListEvents(api.ListEventsRequest(phone=phone, brand="acme", page_size=1000))
+    assert not events.next_page_token
+    return [e.event for e in events.events]
+
+
+async def _write_through(runtime: Runtime, fault: Fault) -> Answers:
+    """The writes and checks of this module's docstring, with ``fault`` under them;
+    every check of the outcome once the writes are answered."""
+    opted_in = [f"+1415556{1000 + i:04d}" for i in range(40)]
+    stops, texts, reviewed, sending = (
+        opted_in[:8],
+        opted_in[8:14],
+        opted_in[14:22],
+        opted_in[22:],
+    )
+    imported = [f"+1415557{2000 + i:04d}" for i in range(60)]
+    answers = Answers()
+    async with client(runtime.address, "acme-app") as c, client(runtime.address) as admin:
+        w = await admin.DefineCampaign(define("acme", "promo", WHEN - timedelta(days=1), [SENDER]))
+        await _applied(runtime, w.consistency_token)
+        for phone in opted_in:
+            w = await c.RecordOptIn(opt_in(phone, "acme", "promo", WHEN - timedelta(hours=3)))
+        await _applied(runtime, w.consistency_token)
+        candidates = {}
+        for phone in reviewed:
+            w = await c.HandleInboundMessage(
+                inbound(phone, SENDER, "please stop texting me", WHEN - timedelta(hours=2))
+            )
+            assert w.intent == api.INBOUND_INTENT_REVOCATION_CANDIDATE, w
+            await _applied(runtime, w.consistency_token)
+            consent = await c.GetConsent(
+                api.GetConsentRequest(phone=phone, brand="acme", campaign="promo")
+            )
+            candidates[phone] = consent.pending_revocation_candidates[0].event.event_id
+        # Each of the imported numbers with an opt-out is denied from the start: an
+        # opt-in recorded without the opt-out after it in its message would allow it.
+        answers.denied_since |= {p: "imported opt-out" for p in imported if int(p[-2:]) % 10 < 3}
+
+        writes: dict[str, tuple[Any, Any]] = {}
+        for request in _batches(sending):
+            writes[request.request_id] = (c.RecordMessagesSent, request)
+        for i, phone in enumerate(stops):
+            request = opt_out(phone, "acme", None, WHEN - timedelta(minutes=30), f"stop-{i}")
+            writes[f"stop-{i}"] = (c.RecordOptOut, request)
+        for i, phone in enumerate(texts):
+            text = inbound(phone, SENDER, "STOP", WHEN - timedelta(minutes=20), f"text-{i}")
+            writes[f"text-{i}"] = (c.HandleInboundMessage, text)
+        for i, phone in enumerate(reviewed):
+            decision = api.ResolveRevocationCandidateRequest(
+                request_id=f"resolve-{i}",
+                phone=phone,
+                brand="acme",
+                candidate_event_id=candidates[phone],
+                resolution=(
+                    lpb.CANDIDATE_RESOLUTION_REVOKED
+                    if i % 2
+                    else lpb.CANDIDATE_RESOLUTION_DISMISSED
+                ),
+                occurred_at=ts(WHEN - timedelta(hours=1)),
+                resolved_by="alice",
+            )
+            writes[f"resolve-{i}"] = (admin.ResolveRevocationCandidate, decision)
+        must_deny = {
+            **{f"stop-{i}": p for i, p in enumerate(stops)},
+            **{f"text-{i}": p for i, p in enumerate(texts)},
+            **{f"resolve-{i}": p for i, p in enumerate(reviewed) if i % 2},
+        }
+        messages = _import_messages(imported)
+
+        async def writer(keys: list[str]) -> None:
+            for key in keys:
+                call, request = writes[key]
+                answer = await _until_answered(call, request, answers, key)
+                if answer is not None and key in must_deny:
+                    answers.denied_since[must_deny[key]] = key
+                await asyncio.sleep(0.2)
+
+        async def importer() -> None:
+            for m in range(0, len(messages), 2):
+                try:
+                    await streamed(c, messages[m : m + 2])
+                except grpc.aio.AioRpcError as err:  # run again below, as a caller would
+                    if err.code() not in PASSING:
+                        answers.wrong.append(("import", err.code().name, err.details()))
+                await asyncio.sleep(0.5)
+
+        checking = True
+
+        async def checker() -> None:
+            while checking:
+                denied = dict(answers.denied_since)
+                phones = list(denied)
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    batch = await c.CanSendBatch(
+                        api.CanSendBatchRequest(brand="acme", campaign="promo", phones=phones),
+                        timeout=8,
+                    )
+                    for phone, d in zip(phones, batch.decisions, strict=True):
+                        if d.allowed:
+                            answers.wrong.append(("CanSendBatch allowed", phone, denied[phone]))
+                        answers.not_consistent += d.reason == api.REASON_NOT_CONSISTENT
+                for phone in phones[-4:]:
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        one = await c.CanSend(
+                            api.CanSendRequest(phone=phone, brand="acme", campaign="promo"),
+                            timeout=8,
+                        )
+                        if one.allowed:
+                            answers.wrong.append(("CanSend allowed", phone, denied[phone]))
+                        answers.not_consistent += one.reason == api.REASON_NOT_CONSISTENT
+                await asyncio.sleep(0.05)
+
+        async def answered(count: int) -> None:
+            while answers.answered < count:
+                await asyncio.sleep(0.01)
+
+        keys = list(writes)
+        checks = asyncio.create_task(checker())
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(
+                    writer([k for k in keys if k.startswith("batch")]),
+                    writer([k for k in keys if not k.startswith("batch")]),
+                    importer(),
+                    fault(answered),
+                ),
+                150,
+            )
+            # Every write sent again once the store is back: the same answer, nothing new.
+            assert not answers.wrong, answers.wrong[:10]
+            for key, (call, request) in writes.items():
+                first = answers.acked[key]
+                again = await call(request, timeout=30)
+                assert list(again.event_ids) == list(first.event_ids), key
+                await _applied(runtime, again.consistency_token)
+        finally:
+            checking = False
+            await checks
+        # Run again: each record imported now or found present (a record refused
+        # UNAVAILABLE may have been recorded all the same), none refused.
+        for answer in await streamed(c, messages):
+            assert not answer.refusals, [(r.index, r.code, r.violations) for r in answer.refusals]
+            await _applied(runtime, answer.consistency_token)
+
+        sent = Counter()
+        for phone in sending:
+            for event in await _history(c, phone):
+                if event.event_type == "MessageSent":
+                    sent[event.message_sent.message_id] += 1
+        batched = [m for k, (_, r) in writes.items() if k.startswith("batch") for m in r.messages]
+        assert sent == Counter(m.message_id for m in batched)
+        for key, phone in must_deny.items():
+            history = await _history(c, phone)
+            kinds = Counter(e.event_type for e in history)
+            if key.startswith("text"):
+                assert kinds["InboundMessageReceived"] == 1, (key, kinds)
+            if key.startswith("stop"):
+                assert [e.event_id for e in history if e.event_type == "ConsentRevoked"] == list(
+                    answers.acked[key].event_ids
+                ), key
+        for phone in reviewed:
+            kinds = Counter(e.event_type for e in await _history(c, phone))
+            assert kinds["RevocationCandidateResolved"] == 1, (phone, kinds)
+        for phone in imported:
+            kinds = Counter(e.event_type for e in await _history(c, phone))
+            revoked = 1 if phone in answers.denied_since else 0
+            assert (kinds["ConsentGranted"], kinds["ConsentRevoked"]) == (1, revoked), phone
+        final = await c.CanSendBatch(
+            api.CanSendBatchRequest(brand="acme", campaign="promo", phones=opted_in + imported)
+        )
+        allowed = {d.phone for d in final.decisions if d.allowed}
+        dismissed = {p for i, p in enumerate(reviewed) if not i % 2}
+        assert allowed == (set(opted_in + imported) - set(answers.denied_since)), allowed
+        assert dismissed <= allowed
+    assert not answers.wrong, answers.wrong[:10]
+    return answers
+
+
+def _settings(tmp: Path, dsn: str, bootstrap: str | None) -> Any:
+    kafka = kafka_settings(bootstrap, f"wf-{uuid.uuid4().hex[:8]}.") if bootstrap else None
+    return dataclasses.replace(
+        service_settings(tmp, dsn, kafka=kafka),
+        freshness=FreshnessSettings(refresh_interval=0.05, wait_bound=5),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _running(tmp: Path, dsn: str, bootstrap: str | None) -> AsyncIterator[Runtime]:
+    runtime = Runtime(_settings(tmp, dsn, bootstrap), clock=lambda: WHEN)
+    await runtime.start()
+    try:
+        yield runtime
+    finally:
+        await runtime.stop()
+
+
+def _signal(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+async def test_writes_through_a_paused_then_killed_broker_are_recorded_once(
+    tmp_path, postgres_dsn, private_kafka_broker: KafkaBroker
+):
+    broker = private_kafka_broker
+
+    async def fault(answered: Callable[[int], Awaitable[None]]) -> None:
+        await answered(4)
+        pid = broker.pid
+        assert pid is not None
+        _signal([pid], signal.SIGSTOP)
+        try:
+            await asyncio.sleep(8)
+        finally:
+            _signal([pid], signal.SIGCONT)
+        await answered(16)
+        await asyncio.to_thread(broker.kill)
+        await asyncio.sleep(2)
+        await asyncio.to_thread(broker.start)
+
+    async with _running(tmp_path, postgres_dsn, broker.bootstrap_servers) as runtime:
+        answers = await _write_through(runtime, fault)
+    assert answers.refused and answers.not_consistent, "the faults refused nothing"
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of this test's own, to pause, restart and cut off."""
+    folder = Path(tempfile.mkdtemp(prefix="consent-test-write-faults-"))
+    server = PostgresServer(folder)
+    server.start()
+    yield server
+    _signal(server.family(), signal.SIGCONT)
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("ledger", ["kafka", "embedded"])
+async def test_writes_through_postgres_cut_off_paused_and_restarted_are_recorded_once(
+    tmp_path, private_postgres: PostgresServer, kafka_bootstrap, ledger
+):
+    """On the Kafka ledger the view's database fails; on the embedded default the
+    ledger's too."""
+    server = private_postgres
+    dsn = await server.create_database("faults")
+
+    async def fault(answered: Callable[[int], Awaitable[None]]) -> None:
+        await answered(4)
+        conn = await asyncpg.connect(server.dsn)
+        try:
+            began = time.monotonic()
+            while time.monotonic() - began < 4:
+                await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = 'faults' AND pid <> pg_backend_pid()"
+                )
+                await asyncio.sleep(0.05)
+        finally:
+            await conn.close()
+        await answered(12)
+        family = server.family()
+        _signal(family, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(6)
+        finally:
+            _signal(family, signal.SIGCONT)
+        await answered(20)
+        await asyncio.to_thread(server.restart)
+
+    bootstrap = kafka_bootstrap if ledger == "kafka" else None
+    async with _running(tmp_path, dsn, bootstrap) as runtime:
+        answers = await _write_through(runtime, fault)
+    assert answers.refused and answers.not_consistent, "the faults refused nothing"
