@@ -46,12 +46,15 @@ from tests.e2e.harness import (
     inbound,
     kafka_settings,
     noon_in_los_angeles,
+    now,
     opt_in,
     opt_out,
     service_settings,
     streamed,
     ts,
+    write_tokens,
 )
+from tests.e2e.test_fault_suite import _serve
 from tests.infra.kafka_broker import KafkaBroker
 from tests.infra.postgres_server import PostgresServer
 
@@ -421,3 +424,140 @@ async def test_writes_through_postgres_cut_off_paused_and_restarted_are_recorded
     async with _running(tmp_path, dsn, bootstrap) as runtime:
         answers = await _write_through(runtime, fault)
     assert answers.refused and answers.not_consistent, "the faults refused nothing"
+
+
+async def test_writes_cut_off_by_a_killed_service_are_recorded_once_when_sent_again(
+    tmp_path, postgres_dsn, kafka_bootstrap
+):
+    """The service SIGKILLed while batches and an import stream are under way: started
+    again, every batch sent again is answered with the event ids of its first answer
+    (or recorded now, if it had none), and the import run again finds each record it
+    acknowledged present and imports the rest, once the dead import's turns to append
+    run out (``APPEND_LEASE_S``)."""
+    env = {
+        "CONSENT_LEDGER": "kafka",
+        "CONSENT_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "CONSENT_KAFKA_TOPIC_PREFIX": f"wf-kill-{uuid.uuid4().hex[:8]}.",
+        "CONSENT_KAFKA_PARTITIONS": "4",
+        "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
+        "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
+        "CONSENT_POSTGRES_DSN": postgres_dsn,
+        "CONSENT_AUTH_TOKENS_FILE": str(write_tokens(tmp_path / "tokens.json")),
+        "CONSENT_DATA_DIR": str(tmp_path),
+        "CONSENT_GRPC_LISTEN": "127.0.0.1:0",
+        "CONSENT_PROJECTOR_GROUP": f"wf-kill-{uuid.uuid4().hex[:8]}",
+        "CONSENT_FRESHNESS_WAIT_MS": "10000",
+    }
+    when = now()  # the service's own clock
+    phones = [f"+1415558{3000 + i:04d}" for i in range(40)]
+    batches = [
+        api.RecordMessagesSentRequest(
+            request_id=f"kill-batch-{b}",
+            brand="acme",
+            messages=[
+                api.SentMessage(
+                    phone=phones[(b * 3 + k) % len(phones)],
+                    campaign="promo",
+                    message_id=f"KSM-{b}-{k}",
+                    occurred_at=ts(when - timedelta(minutes=5)),
+                )
+                for k in range(20)
+            ],
+        )
+        for b in range(30)
+    ]
+    imported = [f"+1415559{4000 + i:04d}" for i in range(200)]
+    messages = [
+        api.ImportConsentsRequest(
+            records=[
+                api.ImportRecord(
+                    opt_in=opt_in(p, "acme", "promo", when - timedelta(hours=2), f"kill-in-{p}")
+                )
+                for p in imported[m * 20 : (m + 1) * 20]
+            ]
+        )
+        for m in range(10)
+    ]
+    acked: dict[str, Any] = {}
+    import_answers: list[api.ImportConsentsResponse] = []
+    proc, address = await asyncio.to_thread(_serve, env, tmp_path / "serve.log")
+    try:
+        async with client(address) as admin:
+            await admin.DefineCampaign(define("acme", "promo", when - timedelta(days=1)))
+        killed = asyncio.Event()
+
+        async def sender(mine: list[api.RecordMessagesSentRequest]) -> None:
+            async with client(address) as c:
+                for request in mine:
+                    try:
+                        acked[request.request_id] = await c.RecordMessagesSent(request, timeout=15)
+                    except grpc.aio.AioRpcError:
+                        if killed.is_set():
+                            return
+                        raise
+
+        async def importer() -> None:
+            async with client(address) as c:
+                stream = c.stub.ImportConsents(
+                    _paced(messages), metadata=[("authorization", f"Bearer {c.token}")], timeout=60
+                )
+                try:
+                    async for answer in stream:
+                        import_answers.append(answer)
+                except grpc.aio.AioRpcError:
+                    if not killed.is_set():
+                        raise
+
+        async def kill_midway() -> None:
+            while len(acked) < 6 or len(import_answers) < 3:
+                await asyncio.sleep(0.01)
+            proc.kill()
+            killed.set()
+
+        await asyncio.wait_for(
+            asyncio.gather(*(sender(batches[i::3]) for i in range(3)), importer(), kill_midway()),
+            90,
+        )
+        await asyncio.to_thread(proc.wait)
+        assert len(acked) < len(batches) and len(import_answers) < len(messages), "killed late"
+
+        proc, address = await asyncio.to_thread(_serve, env, tmp_path / "serve-again.log")
+        async with client(address) as c:
+            for request in batches:
+                again = await c.RecordMessagesSent(request, timeout=30)
+                if request.request_id in acked:
+                    assert again.event_ids == acked[request.request_id].event_ids
+            # Run again until the dead import's turns ran out: each record acknowledged
+            # before is present, the others imported now, none refused for good.
+            deadline = time.monotonic() + 150
+            while True:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    rerun = await streamed(c, messages)
+                    if not any(a.refusals for a in rerun):
+                        break
+                assert time.monotonic() < deadline, "the import never completed"
+                await asyncio.sleep(2)
+            present = sum(a.already_present for a in rerun)
+            assert present >= sum(a.imported for a in import_answers)
+            for answer in rerun:
+                assert answer.imported + answer.already_present == 20
+            sent = Counter()
+            for phone in phones:
+                for event in await _history(c, phone):
+                    if event.event_type == "MessageSent":
+                        sent[event.message_sent.message_id] += 1
+            assert sent == Counter(m.message_id for b in batches for m in b.messages)
+            for phone in imported:
+                kinds = Counter(e.event_type for e in await _history(c, phone))
+                assert kinds == Counter({"ConsentGranted": 1}), phone
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 60)
+
+
+async def _paced(
+    messages: list[api.ImportConsentsRequest],
+) -> AsyncIterator[api.ImportConsentsRequest]:
+    for message in messages:
+        yield message
+        await asyncio.sleep(0.05)
