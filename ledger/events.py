@@ -600,6 +600,9 @@ class SubjectErased(SubscriberEvent):
     """The request's own reference (a ticket number), free text, no personal data."""
     retained_until: datetime | None = None
     """When the retention period had ended: the erasure came after it."""
+    key_ids: tuple[str, ...] = ()
+    """The subject's keys it destroys. A fact sealed with one is erased by it wherever
+    it was placed: a write sealed before the erasure may be appended after it."""
 
 
 @dataclass(frozen=True)

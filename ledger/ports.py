@@ -898,9 +898,15 @@ class SubjectKeys(ABC):
         """The secrets of those of ``key_ids`` that are the subject's and not destroyed."""
 
     @abstractmethod
-    async def destroy(self, phone: str, brand: str) -> int:
-        """Destroy every live key of the subject; how many there were. Destroyed keys
-        are never returned again, and their ids are never reused."""
+    async def live(self, phone: str, brand: str) -> list[str]:
+        """The ids of the subject's live keys (none made)."""
+
+    @abstractmethod
+    async def destroy(self, phone: str, brand: str, key_ids: Collection[str] | None = None) -> int:
+        """Destroy those of ``key_ids`` (None: all) that are the subject's live keys;
+        how many there were. A key made since they were listed (for a fresh opt-in
+        after an erasure) stays. Destroyed keys are never returned again, and their
+        ids are never reused."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the adapter holds."""

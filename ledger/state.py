@@ -244,9 +244,16 @@ def _prune(sent: Iterable[SentRecord], newest: datetime) -> tuple[SentRecord, ..
 
 
 def _erased_after(s: SubscriberState, f: Fact[Any]) -> bool:
-    """Whether an erasure of the subject came after ``f`` in world order: ``f`` then
-    allows nothing."""
-    return s.erased is not None and f.key < s.erased.key
+    """Whether an erasure of the subject came after ``f`` in world order, or destroyed
+    the key ``f`` was sealed with: ``f`` then allows nothing. The key counts wherever
+    ``f`` was placed: a write sealed before an erasure and appended after it (it was
+    under way) has lost its proof all the same."""
+    return s.erased is not None and (f.key < s.erased.key or _sealed_by(f, s.erased))
+
+
+def _sealed_by(f: Fact[Any], erasure: Fact[SubjectErased]) -> bool:
+    sealed = f.event.sealed
+    return sealed is not None and sealed.key_id in erasure.event.key_ids
 
 
 def _apply_granted(s: SubscriberState, f: Fact[ConsentGranted]) -> SubscriberState:
@@ -521,7 +528,7 @@ def _apply_erased(s: SubscriberState, f: Fact[SubjectErased]) -> SubscriberState
     at = erased.key
 
     def before(fact: Fact[Any] | None) -> Fact[Any] | None:
-        return None if fact is None or fact.key < at else fact
+        return None if fact is None or fact.key < at or _sealed_by(fact, erased) else fact
 
     campaigns = {
         name: _evolve(

@@ -25,9 +25,14 @@ class InMemorySubjectKeys(SubjectKeys):
         key = self._live.get((phone, brand))
         return {key.key_id: key.secret} if key is not None and key.key_id in key_ids else {}
 
-    async def destroy(self, phone: str, brand: str) -> int:
-        key = self._live.pop((phone, brand), None)
-        if key is None:
+    async def live(self, phone: str, brand: str) -> list[str]:
+        key = self._live.get((phone, brand))
+        return [] if key is None else [key.key_id]
+
+    async def destroy(self, phone: str, brand: str, key_ids: Collection[str] | None = None) -> int:
+        key = self._live.get((phone, brand))
+        if key is None or (key_ids is not None and key.key_id not in key_ids):
             return 0
+        del self._live[(phone, brand)]
         self._destroyed.add(key.key_id)
         return 1

@@ -46,11 +46,16 @@ WHERE k.secret IS NOT NULL
 into (the snapshot sees none of the rows it made, so no subject answers twice)."""
 _FIND = """
 SELECT key_id, secret FROM subject_keys
-WHERE phone = $1 AND brand = $2 AND key_id = ANY($3::uuid[]) AND secret IS NOT NULL
+WHERE phone = $1 AND brand = $2 AND secret IS NOT NULL
+    AND ($3::uuid[] IS NULL OR key_id = ANY($3::uuid[]))
+"""
+_LIVE = """
+SELECT key_id FROM subject_keys WHERE phone = $1 AND brand = $2 AND secret IS NOT NULL
 """
 _DESTROY = """
 UPDATE subject_keys SET secret = NULL, destroyed_at = now()
 WHERE phone = $1 AND brand = $2 AND secret IS NOT NULL
+    AND ($3::uuid[] IS NULL OR key_id = ANY($3::uuid[]))
 """
 
 
@@ -130,6 +135,13 @@ class PostgresSubjectKeys(SubjectKeys):
         return {str(r["key_id"]): bytes(r["secret"]) for r in rows}
 
     @bounded
-    async def destroy(self, phone: str, brand: str) -> int:
-        status: str = await self.pool.execute(_DESTROY, phone, brand)
+    async def live(self, phone: str, brand: str) -> list[str]:
+        return [str(r["key_id"]) for r in await self.pool.fetch(_LIVE, phone, brand)]
+
+    @bounded
+    async def destroy(self, phone: str, brand: str, key_ids: Collection[str] | None = None) -> int:
+        ids = None if key_ids is None else [uuid.UUID(k) for k in key_ids]
+        if ids == []:
+            return 0
+        status: str = await self.pool.execute(_DESTROY, phone, brand, ids)
         return int(status.split()[-1])

@@ -102,19 +102,29 @@ class Erasure:
         spelt = sorted(
             {r.event.phone for r in history if isinstance(r.event, SubscriberEvent)} - {number}
         )
-        events = [event] + [
+        # Each erasure names the keys it destroys, listed before it is appended: a
+        # write that sealed its facts with one of them but is appended after the
+        # erasure (it was under way) is erased too, not read as a fresh opt-in whose
+        # proof is gone (``ledger.state``); a key made after the listing, for such a
+        # fresh opt-in, is not destroyed.
+        keys = {
+            phone: tuple(sorted(await self.keys.live(phone, brand))) if self.keys else ()
+            for phone in [number, *spelt]
+        }
+        events = [evolved(event, key_ids=keys[number])] + [
             evolved(
                 event,
                 phone=phone,
                 event_id=event_id_for(cmd.request_id, i, brand, event.request_fingerprint),
+                key_ids=keys[phone],
             )
             for i, phone in enumerate(spelt, start=1)
         ]
         result = await recorded_once(self.ctx, events)
         destroyed = 0
         if self.keys is not None:
-            for phone in [number, *spelt]:
-                destroyed += await self.keys.destroy(phone, brand)
+            for phone, named in keys.items():
+                destroyed += await self.keys.destroy(phone, brand, named)
         return Erased(
             result.event_ids[0], result.token, verdict.retained_until, destroyed, result.replayed
         )

@@ -594,7 +594,9 @@ def _dec_delivery(p: ledger_pb2.DeliveryOutcomeReported) -> dict[str, Any]:
 
 
 def _enc_erased(e: SubjectErased) -> tuple[str, Message]:
-    msg = ledger_pb2.SubjectErased(requested_by=e.requested_by, reference=e.reference)
+    msg = ledger_pb2.SubjectErased(
+        requested_by=e.requested_by, reference=e.reference, key_ids=e.key_ids
+    )
     if e.retained_until is not None:
         msg.retained_until.CopyFrom(timestamp_to_proto(e.retained_until, "retained_until"))
     return "subject_erased", msg
@@ -609,6 +611,7 @@ def _dec_erased(p: ledger_pb2.SubjectErased) -> dict[str, Any]:
             if p.HasField("retained_until")
             else None
         ),
+        "key_ids": tuple(p.key_ids),
     }
 
 

@@ -50,6 +50,21 @@ class SubjectKeysSuite:
         assert await keys.find(PHONE, "globex", [kept.key_id]) == {kept.key_id: kept.secret}
         assert await keys.destroy(PHONE, BRAND) == 0
 
+    async def test_an_erasure_destroys_only_the_keys_it_listed(self, keys: SubjectKeys) -> None:
+        # An erasure lists the keys, records itself, then destroys them: a key made
+        # in between, for a fresh opt-in after it, must survive.
+        assert await keys.live(PHONE, BRAND) == []
+        old = await keys.current(PHONE, BRAND)
+        listed = await keys.live(PHONE, BRAND)
+        assert listed == [old.key_id]
+        assert await keys.destroy(PHONE, BRAND, listed) == 1
+        new = await keys.current(PHONE, BRAND)
+
+        assert await keys.destroy(PHONE, BRAND, listed) == 0
+        assert await keys.destroy(PHONE, BRAND, []) == 0
+        assert await keys.live(PHONE, BRAND) == [new.key_id]
+        assert await keys.find(PHONE, BRAND, [old.key_id, new.key_id]) == {new.key_id: new.secret}
+
     async def test_after_destruction_a_new_key_opens_only_what_follows(
         self, keys: SubjectKeys
     ) -> None:

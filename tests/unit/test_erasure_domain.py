@@ -6,11 +6,19 @@ from __future__ import annotations
 import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from ledger.errors import InvalidRequest
-from ledger.events import LegalHoldPlaced, LegalHoldReleased, Recorded, SubjectErased
+from ledger.events import (
+    LegalHoldPlaced,
+    LegalHoldReleased,
+    Recorded,
+    Sealed,
+    SubjectErased,
+    evolved,
+)
 from ledger.policy import Reason, decide
 from ledger.retention import (
     PlaceLegalHold,
@@ -163,6 +171,28 @@ def test_a_grant_from_before_the_erasure_recorded_after_it_allows_nothing() -> N
     state = fold(record(events))
 
     assert decide(state, campaign(), at(11)).reason is Reason.SUBJECT_ERASED
+
+
+def sealed_with(key_id: str, when: datetime) -> Any:
+    """A grant at ``when`` whose proof is sealed with the key ``key_id``."""
+    return evolved(granted(when), sealed=Sealed(key_id, b"n" * 12, b"c", ("proof.name",)))
+
+
+def test_a_grant_sealed_with_a_key_the_erasure_destroyed_allows_nothing_wherever_placed() -> None:
+    # An opt-in under way while the number was erased: sealed with the key the
+    # erasure destroys, appended after it (or placed before it but said later).
+    gone = evolved(erasure(at(10)), key_ids=("k1",))
+    after = [sealed_with("k1", at(0)), gone, sealed_with("k1", at(20))]
+    before = [sealed_with("k1", at(0)), sealed_with("k1", at(20)), gone]
+
+    for events in (after, before):
+        state = fold(record(events))
+        assert decide(state, campaign(), at(21)).reason is Reason.SUBJECT_ERASED
+        refolded = fold(retained_facts(state))
+        assert decide(refolded, campaign(), at(21)).reason is Reason.SUBJECT_ERASED
+    # A fresh opt-in sealed with a key made after the erasure allows.
+    fresh = fold(record([sealed_with("k1", at(0)), gone, sealed_with("k2", at(20))]))
+    assert decide(fresh, campaign(), at(21)).reason is Reason.CONSENT_ACTIVE
 
 
 def test_a_conversation_the_person_began_before_the_erasure_is_over() -> None:

@@ -461,6 +461,7 @@ class SubjectErased(_message.Message):
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
     RETAINED_UNTIL_FIELD_NUMBER: _builtins.int
+    KEY_IDS_FIELD_NUMBER: _builtins.int
     requested_by: _builtins.str
     reference: _builtins.str
     """The request's own reference (a ticket number); no personal data."""
@@ -468,16 +469,24 @@ class SubjectErased(_message.Message):
     def retained_until(self) -> _timestamp_pb2.Timestamp:
         """When the retention period had ended."""
 
+    @_builtins.property
+    def key_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The subject's keys this erasure destroys. A fact sealed with one of them is
+        erased with it wherever the ledger placed it: one written while the erasure
+        was under way may land after it, and its proof is gone all the same.
+        """
+
     def __init__(
         self,
         *,
         requested_by: _builtins.str = ...,
         reference: _builtins.str = ...,
         retained_until: _timestamp_pb2.Timestamp | None = ...,
+        key_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retained_until", b"retained_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reference", b"reference", "requested_by", b"requested_by", "retained_until", b"retained_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_ids", b"key_ids", "reference", b"reference", "requested_by", b"requested_by", "retained_until", b"retained_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

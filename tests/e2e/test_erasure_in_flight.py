@@ -1,0 +1,110 @@
+"""An opt-in recorded while its number is being erased (real Kafka, and the
+embedded default's PostgreSQL ledger): after the erasure, but sealed with the key
+the erasure then destroys. Its proof is gone, so it must allow nothing; a fresh
+opt-in after the erasure, sealed with a new key, still does."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from consent.v1 import consent_service_pb2 as api
+
+from ledger.retention import add_years
+from tests.e2e.harness import Clock, client, define, noon_in_los_angeles, opt_in, serving
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+SENDER = "+12125550188"
+PHONE = "+14155553561"
+
+
+@pytest.mark.parametrize("on_kafka", [True, False], ids=["kafka", "embedded"])
+async def test_an_opt_in_sealed_with_the_key_an_erasure_destroys_allows_nothing(
+    tmp_path, postgres_dsn, kafka_bootstrap, on_kafka
+):
+    clock = Clock(noon_in_los_angeles(ahead=timedelta(hours=2)))
+    first = clock.now - timedelta(minutes=30)
+    async with (
+        serving(
+            tmp_path,
+            postgres_dsn,
+            kafka_bootstrap if on_kafka else None,
+            name="in-flight",
+            clock=clock,
+            campaigns=[define("acme", "promo", first - timedelta(days=1), [SENDER])],
+        ) as runtime,
+        client(runtime.address) as c,
+    ):
+        await c.RecordOptIn(opt_in(PHONE, "acme", "promo", first))
+        clock.now = add_years(clock.now, 6)
+
+        # The erasure is recorded, and stops before it destroys the number's key.
+        keys = runtime.usecases.erasure.keys
+        assert keys is not None
+        destroy, destroying, go = keys.destroy, asyncio.Event(), asyncio.Event()
+
+        async def held_back(*args: Any) -> int:
+            destroying.set()
+            await go.wait()
+            return await destroy(*args)
+
+        keys.destroy = held_back  # type: ignore[method-assign]
+        erasing = asyncio.ensure_future(
+            c.RequestErasure(
+                api.RequestErasureRequest(
+                    request_id=uuid.uuid4().hex, phone=PHONE, brand="acme", reference="DSR-7"
+                )
+            )
+        )
+        await asyncio.wait_for(destroying.wait(), 30)
+        # A second later the person opts in again: sealed with the key not yet
+        # destroyed, recorded after the erasure, and said after it too.
+        clock.now += timedelta(seconds=1)
+        written = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", clock.now))
+        go.set()
+        assert (await erasing).keys_destroyed == 1
+        keys.destroy = destroy  # type: ignore[method-assign]
+
+        token = written.consistency_token
+        listed = await c.ListEvents(
+            api.ListEventsRequest(phone=PHONE, brand="acme", at_least_as_fresh=token)
+        )
+        kinds = [e.event.event_type for e in listed.events]
+        assert kinds == ["ConsentGranted", "SubjectErased", "ConsentGranted"]
+        # Its proof went with the key: the late opt-in reads erased.
+        assert listed.events[2].event.consent_granted.proof.name == "[erased]"
+        answer = await c.CanSend(
+            api.CanSendRequest(phone=PHONE, brand="acme", campaign="promo", at_least_as_fresh=token)
+        )
+        assert (answer.allowed, answer.reason) == (False, api.REASON_SUBJECT_ERASED), answer
+        batch = await c.CanSendBatch(
+            api.CanSendBatchRequest(
+                phones=[PHONE], brand="acme", campaign="promo", at_least_as_fresh=token
+            )
+        )
+        assert [(d.allowed, d.reason) for d in batch.decisions] == [
+            (False, api.REASON_SUBJECT_ERASED)
+        ]
+        consent = await c.GetConsent(
+            api.GetConsentRequest(
+                phone=PHONE, brand="acme", campaign="promo", at_least_as_fresh=token
+            )
+        )
+        assert consent.state == api.CONSENT_STATE_ERASED
+
+        # A fresh opt-in now is sealed with a new key: readable, and it allows.
+        clock.now += timedelta(minutes=5)
+        fresh = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", clock.now))
+        token = fresh.consistency_token
+        answer = await c.CanSend(
+            api.CanSendRequest(phone=PHONE, brand="acme", campaign="promo", at_least_as_fresh=token)
+        )
+        assert answer.allowed, answer.detail
+        listed = await c.ListEvents(
+            api.ListEventsRequest(phone=PHONE, brand="acme", at_least_as_fresh=token)
+        )
+        assert listed.events[-1].event.consent_granted.proof.name == "Ada Lovelace"
