@@ -75,6 +75,17 @@ CREATE TABLE IF NOT EXISTS consent_status (
     PRIMARY KEY (brand, phone, campaign)
 );
 CREATE TABLE IF NOT EXISTS applied_events (event_id TEXT PRIMARY KEY);
+-- The keys erasures destroyed, and the key that sealed each campaign's latest
+-- opt-in: an opt-in sealed with a destroyed key lost its proof with it, wherever
+-- the ledger placed it (it was under way while the number was erased).
+CREATE TABLE IF NOT EXISTS erased_keys (
+    brand TEXT NOT NULL, phone TEXT NOT NULL, key_id TEXT NOT NULL,
+    PRIMARY KEY (brand, phone, key_id)
+);
+CREATE TABLE IF NOT EXISTS grant_keys (
+    brand TEXT NOT NULL, phone TEXT NOT NULL, campaign TEXT NOT NULL, key_id TEXT NOT NULL,
+    PRIMARY KEY (brand, phone, campaign)
+);
 """
 
 
@@ -230,7 +241,31 @@ class OptOutTable:
             " occurred_at = max(occurred_at, excluded.occurred_at)",
             (event.brand, phone, campaign, kind, _text(event.occurred_at), _text(said)),
         )
+        if isinstance(event, SubjectErased):
+            self.db.executemany(
+                "INSERT OR IGNORE INTO erased_keys VALUES (?, ?, ?)",
+                [(event.brand, phone, key_id) for key_id in event.key_ids],
+            )
+        elif isinstance(event, ConsentGranted):
+            self._keep_grant_key(event, phone)
         return phone
+
+    def _keep_grant_key(self, event: ConsentGranted, phone: str) -> None:
+        """Note the key that sealed ``event`` if it is now its campaign's latest opt-in
+        (none: one written before sealing, which only an erasure's time ends)."""
+        (latest,) = self.db.execute(
+            "SELECT occurred_at FROM facts WHERE brand = ? AND phone = ? AND campaign = ?"
+            " AND kind = 'granted'",
+            (event.brand, phone, event.campaign),
+        ).fetchone()
+        if latest != _text(event.occurred_at):
+            return
+        key = event.sealed.key_id if event.sealed is not None else ""
+        self.db.execute(
+            "INSERT INTO grant_keys VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO UPDATE SET key_id = excluded.key_id",
+            (event.brand, phone, event.campaign, key),
+        )
 
     def _refresh(self, phone: str) -> None:
         """Work out every ``consent_status`` row of ``phone`` again."""
@@ -249,12 +284,29 @@ class OptOutTable:
             (phone,),
         ):
             facts.setdefault(brand, {})[campaign, kind] = (when, said)
+        # Opt-ins whose latest was sealed with a key an erasure destroyed.
+        proof_gone = set(
+            self.db.execute(
+                "SELECT g.brand, g.campaign FROM grant_keys AS g JOIN erased_keys AS e"
+                " ON e.brand = g.brand AND e.phone = g.phone AND e.key_id = g.key_id"
+                " WHERE g.phone = ?",
+                (phone,),
+            )
+        )
         rows = []
         for brand, known in facts.items():
             # A held opt-out stops every campaign of its brand; one under '*', every brand's.
             stopped = bool(held & {brand, ANY_BRAND})
             granted = [campaign for campaign, kind in known if kind == "granted"]
-            rows += [(brand, phone, c, int(not stopped and opted_in(known, c))) for c in granted]
+            rows += [
+                (
+                    brand,
+                    phone,
+                    c,
+                    int(not stopped and (brand, c) not in proof_gone and opted_in(known, c)),
+                )
+                for c in granted
+            ]
         self.db.execute("DELETE FROM consent_status WHERE phone = ?", (phone,))
         self.db.executemany("INSERT INTO consent_status VALUES (?, ?, ?, ?)", rows)
 

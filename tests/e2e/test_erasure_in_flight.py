@@ -1,25 +1,57 @@
 """An opt-in recorded while its number is being erased (real Kafka, and the
 embedded default's PostgreSQL ledger): after the erasure, but sealed with the key
-the erasure then destroys. Its proof is gone, so it must allow nothing; a fresh
-opt-in after the erasure, sealed with a new key, still does."""
+the erasure then destroys. Its proof is gone, so it must allow nothing, in CanSend
+and in the worked consumer's table; a fresh opt-in after the erasure, sealed with
+a new key, still does."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from consent.v1 import consent_service_pb2 as api
 
+from ledger.ports import Stream
 from ledger.retention import add_years
+from services.bootstrap import Runtime
+from services.consumer import StreamConsumerSettings
+from services.consumer.opt_out_table import OptOutTable, keep_in_sync
 from tests.e2e.harness import Clock, client, define, noon_in_los_angeles, opt_in, serving
+from tests.e2e.test_consumer_agrees import caught_up
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 SENDER = "+12125550188"
 PHONE = "+14155553561"
+
+
+async def example_table_says(runtime: Runtime, tmp_path: Path) -> dict[str, bool] | None:
+    """What the worked consumer's table says of PHONE at acme once it has read the
+    whole topic (None on the embedded default, which has no topic to follow)."""
+    kafka = runtime.settings.kafka
+    if kafka is None:
+        return None
+    group = f"opt-out-table-{uuid.uuid4().hex[:8]}"
+    settings = StreamConsumerSettings(
+        kafka.bootstrap_servers,
+        group_id=group,
+        topic_prefix=kafka.topic_prefix,
+        streams=(Stream.SUBSCRIBERS,),
+        poll_timeout_s=0.2,
+    )
+    table, stop = OptOutTable(tmp_path / f"{group}.sqlite"), asyncio.Event()
+    syncing = asyncio.create_task(keep_in_sync(table, settings, stop))
+    try:
+        await caught_up(runtime, group)
+        return table.status("acme", PHONE)
+    finally:
+        stop.set()
+        await asyncio.wait_for(syncing, 60)
+        table.close()
 
 
 @pytest.mark.parametrize("on_kafka", [True, False], ids=["kafka", "embedded"])
@@ -95,6 +127,7 @@ async def test_an_opt_in_sealed_with_the_key_an_erasure_destroys_allows_nothing(
             )
         )
         assert consent.state == api.CONSENT_STATE_ERASED
+        assert await example_table_says(runtime, tmp_path) in (None, {"promo": False})
 
         # A fresh opt-in now is sealed with a new key: readable, and it allows.
         clock.now += timedelta(minutes=5)
@@ -108,3 +141,4 @@ async def test_an_opt_in_sealed_with_the_key_an_erasure_destroys_allows_nothing(
             api.ListEventsRequest(phone=PHONE, brand="acme", at_least_as_fresh=token)
         )
         assert listed.events[-1].event.consent_granted.proof.name == "Ada Lovelace"
+        assert await example_table_says(runtime, tmp_path) in (None, {"promo": True})
