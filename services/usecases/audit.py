@@ -433,13 +433,12 @@ class Audit:
             stopping=stopping,
         ):
             recorded, token = change
-            # Shown opened, as ListEvents shows it; a hold of brand "*" (a STOP to a
-            # number no campaign sends from) stays sealed: what the person wrote, perhaps
-            # to another brand, is not every brand's to read, only that it holds them.
-            if (
-                recorded.event.sealed is not None
-                and getattr(recorded.event, "brand", None) != ANY_BRAND
-            ):
+            # Shown opened, as ListEvents shows it (and erased where its subject was,
+            # written in the clear before sealing too); a hold of brand "*" (a STOP to
+            # a number no campaign sends from) stays sealed: what the person wrote,
+            # perhaps to another brand, is not every brand's to read, only that it
+            # holds them.
+            if getattr(recorded.event, "brand", None) != ANY_BRAND:
                 (recorded,) = await self.ctx.opened([recorded])
             yield recorded, token
 

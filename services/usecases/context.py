@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
+from typing import TypeGuard
 
 from ledger.errors import InvalidRequest
-from ledger.events import Recorded
+from ledger.events import Recorded, SubscriberEvent
+from ledger.personal_data import erased, erased_before, personal_data
 from ledger.ports import CampaignReads, ConsentView, ConsistencyToken, EventLog, Stream
 from services.errors import NotConsistent
 from services.freshness import FreshnessGuard
@@ -56,7 +58,30 @@ class Context:
         ``ERASED`` where it is gone (``PersonalData.open``)."""
         if self.personal is None:
             return list(history)
-        return await self.personal.open(history)
+        shown = await self.personal.open(history)
+        # Facts written in the clear before sealing existed have no key to destroy:
+        # only a read hides them, by the subject's erasure. A reader of single facts
+        # (GetConsent's, the review queue's, a watch's) has no erasure among them, so
+        # it is looked up in the subject's state.
+        cut = erased_before(history)
+        clear: dict[str, set[str]] = {}
+        for r in history:
+            if _in_clear(e := r.event) and (e.phone, e.brand) not in cut:
+                clear.setdefault(e.brand, set()).add(e.phone)
+        erasures: dict[tuple[str, str], int] = {}
+        for brand, phones in clear.items():
+            for phone, state in (await self.view.subscriber_states(brand, sorted(phones))).items():
+                if state.erased is not None:
+                    erasures[(phone, brand)] = state.erased.position.offset
+        if not erasures:
+            return shown
+        return [
+            replace(r, event=erased(e))
+            if _in_clear(e := stored.event)
+            and r.position.offset < erasures.get((e.phone, e.brand), -1)
+            else r
+            for stored, r in zip(history, shown, strict=True)
+        ]
 
     async def require_fresh(
         self, phones: Sequence[str] | None, field: str, token: ConsistencyToken | None = None
@@ -162,3 +187,10 @@ class Context:
         # projection reach it, and ask again before refusing.
         await self.require_caught_up(Stream.CAMPAIGNS, "campaign")
         return bool((await self.view.campaign_history(brand, campaign)).versions)
+
+
+def _in_clear(event: object) -> TypeGuard[SubscriberEvent]:
+    """Whether ``event`` holds personal data in the clear: written before sealing."""
+    return (
+        isinstance(event, SubscriberEvent) and event.sealed is None and bool(personal_data(event))
+    )
