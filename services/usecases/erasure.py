@@ -10,11 +10,15 @@ a key not yet destroyed (the store failed) already reads as erased
 
 A hold placed on another instance between this one's look at the history and its
 append is not seen (appends are unconditional); holds are placed before a matter
-needs them, not raced against an erasure.
+needs them, not raced against an erasure. On one instance an erasure and the holds
+of its subject take turns (``Erasure._turn``).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -54,6 +58,22 @@ class Erasure:
         """``keys``: where the subjects' keys are (None: nothing is sealed, and an
         erasure only records itself and hides what it can on read)."""
         self.ctx, self.keys, self.retention = ctx, keys, retention
+        self._turns: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
+
+    @asynccontextmanager
+    async def _turn(self, phone: str, brand: str) -> AsyncIterator[None]:
+        """The subject's turn on this instance: an erasure and a hold (or a release) of
+        one subject go one at a time, so a hold placed here while an erasure is
+        decided is recorded after it, never acknowledged and then ignored."""
+        lock, users = self._turns.setdefault((phone, brand), (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._turns[(phone, brand)]
 
     async def verdict(self, phone: str, brand: str) -> ErasureVerdict:
         """Whether the subject may be erased now, from its whole history."""
@@ -74,8 +94,13 @@ class Erasure:
         return in_ledger_order(own, await earlier_history(self.ctx.view, number, brand))
 
     async def erase(self, cmd: RequestErasure, requested_by: str = "") -> Erased:
+        fields = checked(cmd, self.ctx.clock())  # bad input is refused before anything is read
+        async with self._turn(fields["phone"], fields["brand"]):
+            return await self._erase(cmd, requested_by)
+
+    async def _erase(self, cmd: RequestErasure, requested_by: str) -> Erased:
         now = self.ctx.clock()
-        fields = checked(cmd, now)  # bad input is refused before anything is read
+        fields = checked(cmd, now)
         number, brand = fields["phone"], fields["brand"]
         history = await self._everything(number, brand)
         verdict = erasure_verdict(history, self.retention, now)
@@ -134,6 +159,12 @@ class Erasure:
         is refused (``FAILED_PRECONDITION``), so a misspelt id cannot pass for a
         release."""
         event = hold_event(cmd, self.ctx.clock(), by)
+        async with self._turn(event.phone, event.brand):
+            return await self._hold(cmd, event)
+
+    async def _hold(
+        self, cmd: PlaceLegalHold | ReleaseLegalHold, event: SubscriberEvent
+    ) -> WriteResult:
         if isinstance(cmd, ReleaseLegalHold):
             history = await self._everything(event.phone, event.brand)
             holds = standing_holds(history)

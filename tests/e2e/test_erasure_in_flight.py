@@ -142,3 +142,62 @@ async def test_an_opt_in_sealed_with_the_key_an_erasure_destroys_allows_nothing(
         )
         assert listed.events[-1].event.consent_granted.proof.name == "Ada Lovelace"
         assert await example_table_says(runtime, tmp_path) in (None, {"promo": True})
+
+
+@pytest.mark.parametrize("on_kafka", [True, False], ids=["kafka", "embedded"])
+async def test_a_hold_placed_while_an_erasure_is_decided_is_never_passed_over(
+    tmp_path, postgres_dsn, kafka_bootstrap, on_kafka
+):
+    clock = Clock(noon_in_los_angeles(ahead=timedelta(hours=2)))
+    first = clock.now - timedelta(minutes=30)
+    async with (
+        serving(
+            tmp_path,
+            postgres_dsn,
+            kafka_bootstrap if on_kafka else None,
+            name="hold-race",
+            clock=clock,
+            campaigns=[define("acme", "promo", first - timedelta(days=1), [SENDER])],
+        ) as runtime,
+        client(runtime.address) as c,
+    ):
+        await c.RecordOptIn(opt_in(PHONE, "acme", "promo", first))
+        clock.now = add_years(clock.now, 6)
+
+        # The erasure stops once it has read the history it decides on.
+        erasure = runtime.usecases.erasure
+        everything, deciding, go = erasure._everything, asyncio.Event(), asyncio.Event()
+
+        async def held_back(*args: Any) -> Any:
+            history = await everything(*args)
+            if not deciding.is_set():
+                deciding.set()
+                await go.wait()
+            return history
+
+        erasure._everything = held_back  # type: ignore[method-assign]
+        erasing = asyncio.ensure_future(
+            c.RequestErasure(
+                api.RequestErasureRequest(
+                    request_id=uuid.uuid4().hex, phone=PHONE, brand="acme", reference="DSR-9"
+                )
+            )
+        )
+        await asyncio.wait_for(deciding.wait(), 30)
+        placing = asyncio.ensure_future(
+            c.PlaceLegalHold(
+                api.PlaceLegalHoldRequest(
+                    request_id=uuid.uuid4().hex, phone=PHONE, brand="acme", hold_id="smith"
+                )
+            )
+        )
+        # Time for the hold to be recorded, were it not made to wait for the erasure.
+        await asyncio.wait({placing}, timeout=5)
+        go.set()
+        await asyncio.gather(erasing, placing, return_exceptions=True)
+        erasure._everything = everything  # type: ignore[method-assign]
+
+        listed = await c.ListEvents(api.ListEventsRequest(phone=PHONE, brand="acme"))
+        kinds = [e.event.event_type for e in listed.events]
+        # Never a hold acknowledged and then erased over: the erasure went first.
+        assert kinds == ["ConsentGranted", "SubjectErased", "LegalHoldPlaced"], kinds
