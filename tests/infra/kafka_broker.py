@@ -262,7 +262,7 @@ class KafkaBroker:
         data_dir: Path,
         jars_dir: Path | None = None,
         *,
-        heap: str = "512m",
+        heap: str = "1g",
         die_with_parent: bool = True,
         cluster: dict[str, Any] | None = None,
     ) -> None:
