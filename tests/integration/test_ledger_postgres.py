@@ -266,3 +266,83 @@ async def test_an_append_larger_than_one_insert_is_stored_whole_while_followed(
         following.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await following
+
+
+async def test_events_appended_again_are_answered_where_they_are_stored(
+    ledger: PostgresLedger,
+) -> None:
+    """An append tried again after an unknown outcome (acknowledged late) carries the
+    same event ids: the ledger stores each once, and answers the events it held with
+    their rows."""
+    phone = new_phone()
+    first, second, third = (message_sent(phone, n) for n in range(3))
+    recorded = await ledger.append([first, second])
+
+    again = await ledger.append([first, second])
+    partly = await ledger.append([first, third, third])
+    after = await ledger.append([message_sent(phone, 3)])
+
+    assert again == recorded
+    assert partly[0] == recorded[0]
+    assert partly[1] == partly[2]  # an event twice in one append is stored once too
+    assert (partly[1].event, partly[1].position.offset) == (third, 2)
+    assert [x.position.offset for x in after] == [3]  # no gap where the repeats were
+    stored = await ledger.read(Stream.SUBSCRIBERS, 0, 0)
+    assert [x.event for x in stored] == [first, second, third, after[0].event]
+
+
+async def test_a_repeat_held_by_another_process_is_not_stored_again(
+    pool: asyncpg.Pool, postgres_dsn: str, ledger: PostgresLedger
+) -> None:
+    """Two processes on one database: one appends what the other stored."""
+    other = await PostgresLedger.open(pool, postgres_dsn)
+    try:
+        sent = message_sent(new_phone())
+        stored = await other.append([sent])
+        await ledger.append([message_sent(new_phone())])  # this one's ends move on
+        again = await ledger.append([sent, message_sent(new_phone())])
+    finally:
+        await other.close()
+
+    assert again[0] == stored[0]
+    assert again[1].position.offset == 2
+    assert len(await ledger.read(Stream.SUBSCRIBERS, 0, 0)) == 3
+
+
+async def test_a_database_holding_repeated_events_still_starts(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    """A ledger an older version stored some event twice in (an import tried again)
+    takes the event-id index: the rows written before keep no id, and read as they
+    did."""
+    old = tmp_path / "migrations"
+    old.mkdir()
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        if int(path.name[:4]) < 23:
+            shutil.copy(path, old / path.name)
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=4)
+    try:
+        await migrate(pool, old)
+        phone = new_phone()
+        twice = message_sent(phone, 0)
+        for offset in range(2):
+            await pool.execute(
+                "INSERT INTO ledger_stored_events (originator_id, originator_version, topic, state)"
+                " VALUES ('subscribers:0', $1, 'ledger.events:MessageSent', $2)",
+                offset,
+                encode_event(twice),
+            )
+        applied = await migrate(pool)
+        ledger = await PostgresLedger.open(pool, postgres_dsn)
+        try:
+            appended = await ledger.append([message_sent(phone, 1)])
+            again = await ledger.append([appended[0].event])
+            stored = await ledger.read(Stream.SUBSCRIBERS, 0, 0)
+        finally:
+            await ledger.close()
+    finally:
+        await pool.close()
+
+    assert applied == ["0023_ledger_event_ids"]
+    assert [r.event for r in stored] == [twice, twice, appended[0].event]
+    assert again == appended
