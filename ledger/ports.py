@@ -319,6 +319,20 @@ class EventLog(ABC):
         """
         return None
 
+    @property
+    def stores_events_once(self) -> bool:
+        """Whether ``append`` stores no event whose id the ledger holds already (and
+        answers it where it is stored): then an append tried again after an unknown
+        outcome may simply be appended again. Elsewhere the caller must first find
+        which of its events are stored (``settled``, then the view)."""
+        return False
+
+    async def settled(self) -> None:  # noqa: B027 - optional hook
+        """Return once no event of an append this process began before the call is
+        still on its way to storage (each stored or given up on): only then does a
+        look at what is stored tell whether an append that failed wrote its events.
+        Raises ``LedgerUnavailable`` when that is not so within the storage's bound."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook, most adapters need it
         """Release connections; flush anything buffered."""
 
@@ -354,6 +368,13 @@ class WrappedEventLog(EventLog):
 
     def partition_for(self, phone: str) -> int | None:
         return self._ledger.partition_for(phone)
+
+    @property
+    def stores_events_once(self) -> bool:
+        return self._ledger.stores_events_once
+
+    async def settled(self) -> None:
+        await self._ledger.settled()
 
     async def close(self) -> None:
         await self._ledger.close()

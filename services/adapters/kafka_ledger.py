@@ -177,7 +177,11 @@ class KafkaLedger(EventLog):
         self._renewing = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         # Appends waiting for ``_send_queued`` to hand their records to the producer.
-        self._queued: list[tuple[list[Record], asyncio.Future[list[RecordMetadata]]]] = []
+        self._queued: list[_Queued] = []
+        self._on_their_way: set[asyncio.Future[None]] = set()
+        """Per append (try) sent, until each of its records is acknowledged or given
+        up on by the producer: for ``settled``, as its answer may come first (a
+        timeout)."""
         self._sender: asyncio.Task[None] | None = None
         self._reader: AIOKafkaConsumer | None = None
         # One consumer serves every ``read``; reads reassign it, so they take turns.
@@ -397,12 +401,14 @@ class KafkaLedger(EventLog):
 
     async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
         """Raises ``ConnectionError`` when any event is not acknowledged in time; some
-        of them may have been written anyway, which a retry with the same event ids
-        makes harmless. Raises ``EventTooLarge``, which no retry gets past, for an
-        event over ``max_record_bytes`` or the topics' ``max.message.bytes`` (nothing
-        is sent; its ``places`` name each such event) and for one the broker refuses
-        as too large (a topic's ``max.message.bytes`` lowered since it was read; the
-        other events may have been written)."""
+        of them may have been written anyway, or be written still: a retry must wait
+        until they settle (``settled``) and append only those not stored (Kafka's
+        idempotent producer covers only its own retries). Raises ``EventTooLarge``,
+        which no retry gets past, for an event over ``max_record_bytes`` or the
+        topics' ``max.message.bytes`` (nothing is sent; its ``places`` name each such
+        event) and for one the broker refuses as too large (a topic's
+        ``max.message.bytes`` lowered since it was read; the other events may have
+        been written)."""
         # Encode everything first: an event that cannot be encoded, or is too large to
         # send, sends nothing.
         records = [
@@ -551,7 +557,10 @@ class KafkaLedger(EventLog):
         Each append is still answered on its own records' acknowledgements alone."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[list[RecordMetadata]] = loop.create_future()
-        self._queued.append((records, answer))
+        settled: asyncio.Future[None] = loop.create_future()
+        self._on_their_way.add(settled)
+        settled.add_done_callback(self._on_their_way.discard)
+        self._queued.append((records, answer, settled))
         if self._sender is None:
             self._sender = loop.create_task(self._send_queued())
         return answer
@@ -565,30 +574,50 @@ class KafkaLedger(EventLog):
                 try:
                     producer = await self._renew_producer_if_spent()
                 except Exception as exc:
-                    for _, answer in group:
+                    for _, answer, settled in group:
                         _fail(answer, exc)
+                        _settle(settled)
                     timer.cancel()
                     continue
                 pending = [len(group)]
-                for records, answer in group:
-                    await self._send_one(producer, records, answer, timer, pending)
+                for records, answer, settled in group:
+                    await self._send_one(producer, records, answer, settled, timer, pending)
         finally:
             self._sender = None
-            for _, answer in self._queued:  # only when this task was cancelled
+            for _, answer, settled in self._queued:  # only when this task was cancelled
                 _fail(answer, LedgerUnavailable("Kafka ledger: the append was not sent"))
+                _settle(settled)
             self._queued = []
+
+    async def settled(self) -> None:
+        """Wait until every append sent before the call has each record acknowledged
+        or given up on by its producer (``_on_their_way``): an append answered with
+        a timeout may still be written until then. ``LedgerUnavailable`` after the
+        producer's own bound (``request_timeout_s``) and the append's."""
+        sent = list(self._on_their_way)
+        if not sent:
+            return
+        bound = self.settings.append_timeout_s + self.settings.request_timeout_s
+        _, on_their_way = await asyncio.wait(sent, timeout=bound)
+        if on_their_way:
+            raise LedgerUnavailable(
+                f"Kafka ledger: {len(on_their_way)} append(s) neither acknowledged nor given "
+                f"up on in {bound:g} s"
+            )
 
     async def _send_one(
         self,
         producer: AIOKafkaProducer,
         records: list[Record],
         answer: asyncio.Future[list[RecordMetadata]],
+        on_their_way: asyncio.Future[None],
         timer: asyncio.TimerHandle,
         pending: list[int],
     ) -> None:
         """Queue ``records`` (in order: one key's events keep it), and answer
         ``answer`` when the last of them is acknowledged; cancel ``timer`` when every
-        append of its group (``pending`` counts them down) is answered."""
+        append of its group (``pending`` counts them down) is answered. Settle
+        ``on_their_way`` once no record is (each acknowledged or given up on)."""
         deliveries: list[asyncio.Future[RecordMetadata]] = []
         # Counted down, not checked whole on each acknowledgement: an append of 1,000
         # records acknowledged in order would ask half a million times.
@@ -600,6 +629,8 @@ class KafkaLedger(EventLog):
             if delivery is not None and not delivery.cancelled() and delivery.exception():
                 self._spent = producer
             waiting -= 1
+            if not waiting:
+                _settle(on_their_way)
             if waiting or abandoned:
                 return
             failed = next(
@@ -627,6 +658,7 @@ class KafkaLedger(EventLog):
             pending[0] -= 1
             if not pending[0]:
                 timer.cancel()
+            settled()  # the loop's own count: settled once the records sent are
             return
         settled()
 
@@ -772,6 +804,8 @@ class KafkaLedger(EventLog):
 
 Header = tuple[str, bytes]
 Record = tuple[str, bytes, bytes, list[Header]]
+_Queued = tuple[list[Record], asyncio.Future[list[RecordMetadata]], asyncio.Future[None]]
+"""An append waiting to be sent: its records, its answer, and its settling."""
 """A record as handed to the producer: topic, key, value, headers."""
 
 CONTENT_TYPE = "application/x-protobuf; messageType=consent.v1.EventEnvelope"
@@ -846,9 +880,14 @@ def _fail(answer: asyncio.Future[Any], error: BaseException) -> None:
         answer.set_exception(error)
 
 
-def _expire(group: list[tuple[list[Record], asyncio.Future[Any]]]) -> None:
+def _settle(on_their_way: asyncio.Future[None]) -> None:
+    if not on_their_way.done():
+        on_their_way.set_result(None)
+
+
+def _expire(group: list[_Queued]) -> None:
     """The appends of ``group`` not acknowledged within ``append_timeout_s`` fail;
-    their records may still be written, which a retry under the same ids makes
-    harmless."""
-    for _, answer in group:
+    their records may still be written until they settle (``KafkaLedger.settled``),
+    which a retry must find out before it appends them again."""
+    for _, answer, _ in group:
         _fail(answer, TimeoutError())

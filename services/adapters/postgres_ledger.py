@@ -335,6 +335,14 @@ class PostgresLedger(EventLog):
     async def partitions(self, stream: Stream) -> list[int]:
         return [PARTITION]
 
+    @property
+    def stores_events_once(self) -> bool:
+        """True: its unique index on the event id (``_insert``)."""
+        return True
+
+    async def settled(self) -> None:
+        """Nothing to wait for: an insert still on its way stores an event at most once."""
+
     def partition_for(self, phone: str) -> int:
         return PARTITION
 
