@@ -90,7 +90,7 @@ from services.errors import (
     StoreUnavailable,
 )
 from services.usecases.context import BEHIND, Context
-from services.usecases.requests import brand_of
+from services.usecases.requests import appended_again, brand_of, stored_before
 from services.usecases.writes import (
     note_stated_ahead,
     opt_outs_placed_since,
@@ -554,13 +554,30 @@ class Imports:
         return result
 
     async def _append(self, planned: Sequence[_Planned]) -> list[Recorded]:
-        """Append ``planned``'s facts, tried again after a passing failure: a try cut
-        short may have written some, which the same event ids make harmless, and
-        nothing after them is appended until all are."""
+        """Append ``planned``'s facts, tried again after a passing failure, and nothing
+        after them until all are. A try cut short (acknowledged late) may have written
+        some, or write them still: each try after the first appends only those not
+        stored (``stored_before``), and fails again, to be tried again or answered
+        ``UNAVAILABLE``, while that cannot be told."""
         if not planned:
             return []
         events = [e for p in planned for e in p.events]
-        return await self._retried(lambda: self.ctx.ledger.append(events), "append")
+        tries = 0
+
+        async def append() -> list[Recorded]:
+            nonlocal tries
+            tries += 1
+            if tries == 1:
+                return await self.ctx.ledger.append(events)
+            try:
+                stored = await stored_before(self.ctx, events, "records")
+            except NotConsistent as exc:
+                raise LedgerUnavailable(
+                    "which events an earlier try appended is not known yet"
+                ) from exc
+            return await appended_again(self.ctx, events, stored)
+
+        return await self._retried(append, "append")
 
     async def _retried(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         """``call``'s result, tried again after a passing failure (``PASSING``), with

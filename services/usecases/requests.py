@@ -28,7 +28,7 @@ from ledger.events import (
     message_content,
     send_differences,
 )
-from ledger.ports import ConsistencyToken, EventTooLarge, RequestTaken, RequestUse
+from ledger.ports import ConsistencyToken, EventTooLarge, RequestTaken, RequestUse, Stream
 from services.errors import AlreadyExists, MessageIdReused, NotConsistent
 from services.usecases.context import BEHIND, Context
 from services.usecases.spellings import earlier_message_uses
@@ -126,22 +126,32 @@ async def replay(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult | N
     Request ids are the brand's: the first request that used one holds it
     (``ConsentView.request_use``), and another request under the same id is
     refused with ``AlreadyExists``, naming the first one's events. A miss while
-    the projection lags behind an earlier attempt appends the same facts again,
-    under the same ids, and the projection stores them once. A ``MessageSent``
+    the view has not applied an earlier attempt (its outcome unknown) first finds
+    out whether it was stored (``stored_before``): what was is answered, not
+    appended again. A ``MessageSent``
     whose provider message id is recorded already is that message: the answer is
     the first one's event, and nothing is written; unless it says something else of
     the message, which is refused (``refuse_another_message``)."""
+    return (await _replayed(ctx, events))[0]
+
+
+async def _replayed(
+    ctx: Context, events: Sequence[LedgerEvent]
+) -> tuple[WriteResult | None, dict[str, Recorded]]:
+    """``replay``'s answer, and those of ``events`` an earlier attempt stored when it
+    stored only some (for ``append`` to leave out)."""
     first = events[0]
     use = await ctx.view.request_use(brand_of(first), first.request_id)
+    known: dict[str, Recorded] = {}
     if use is not None:
         refuse_another_request(first, use)
         ids = [str(e.event_id) for e in events]
-        known = [await ctx.view.find_event(i) for i in ids]
-        if all(k is not None for k in known):
-            return found(ctx, ids, [k for k in known if k])
+        known = await stored_before(ctx, events)
+        if all(i in known for i in ids):
+            return found(ctx, ids, [known[i] for i in ids]), known
     if isinstance(first, MessageSent):
-        return await _same_message(ctx, first)
-    return None
+        return await _same_message(ctx, first), known
+    return None, known
 
 
 async def recorded_as_spelled(
@@ -203,17 +213,61 @@ async def _sent_as_spelled_before(ctx: Context, sent: MessageSent) -> WriteResul
     return found(ctx, [original], [recorded])
 
 
-async def append(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult:
-    """Append a request ``replay`` did not find (new, or a retry the view has not
-    applied yet: the same ids again, which the projection stores once), once its
-    request id is taken for it: of two requests under one id at once, through
-    any instances sharing the view, the second is refused and appends nothing."""
+async def stored_before(
+    ctx: Context, events: Sequence[LedgerEvent], field: str = "request_id"
+) -> dict[str, Recorded]:
+    """Those of ``events`` that an earlier attempt (its outcome unknown: acknowledged
+    late, or its caller gone) stored, by event id, so that only the others are
+    appended again (``appended_again``).
+
+    The view's are found at once. For the rest, a ledger that stores an event id
+    once (``EventLog.stores_events_once``, the embedded default's) is asked nothing:
+    appending them again stores none twice. On Kafka, whose idempotent producer
+    covers only its own retries, the view is asked again once no append of this
+    process is on its way (``EventLog.settled``: a try answered with a timeout may
+    still be written until then) and it has applied the ledger to its end on their
+    partitions. ``NotConsistent`` on ``field`` when it cannot get there in time:
+    appended blind, they could be stored twice."""
+    if not events:
+        return {}
+    ids = sorted({str(e.event_id) for e in events})
+    known = await ctx.view.find_events(ids)
+    if len(known) == len(ids) or ctx.ledger.stores_events_once:
+        return known
+    await ctx.ledger.settled()
+    phones = sorted({e.phone for e in events if isinstance(e, SubscriberEvent)})
+    caught_up = not phones or await ctx.guard.wait_until_applied_for(phones)
+    if caught_up and any(isinstance(e, CampaignEvent) for e in events):
+        caught_up = await ctx.guard.wait_until_applied((Stream.CAMPAIGNS,))
+    if not caught_up:
+        raise NotConsistent(field, BEHIND)
+    return await ctx.view.find_events(ids)
+
+
+async def appended_again(
+    ctx: Context, events: Sequence[LedgerEvent], stored: dict[str, Recorded]
+) -> list[Recorded]:
+    """``events`` as recorded: those in ``stored`` (``stored_before``) where they are,
+    the others appended, in order."""
+    missing = [e for e in events if str(e.event_id) not in stored]
+    recorded = await ctx.ledger.append(missing) if missing else []
+    found = {**stored, **{str(r.event.event_id): r for r in recorded}}
+    return [found[str(e.event_id)] for e in events]
+
+
+async def append(
+    ctx: Context, events: Sequence[LedgerEvent], stored: dict[str, Recorded] | None = None
+) -> WriteResult:
+    """Append a request ``replay`` did not find (new, or a retry whose earlier attempt
+    stored none of it, or only ``stored``: ``stored_before``), once its request id
+    is taken for it: of two requests under one id at once, through any instances
+    sharing the view, the second is refused and appends nothing."""
     first, ids = events[0], [str(e.event_id) for e in events]
     use = await ctx.view.claim_request(
         brand_of(first), first.request_id, first.request_fingerprint, ids
     )
     refuse_another_request(first, use)
-    recorded = await ctx.ledger.append(events)
+    recorded = await appended_again(ctx, events, stored or {})
     return WriteResult(ids, ConsistencyToken.after(recorded))
 
 
@@ -261,11 +315,12 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
             refuse_another_request(first, taken.use)
         if taken.sent_as is None and taken.claimed_by not in ids:
             _refuse_another_claim(first, taken)
+    stored: dict[str, Recorded] = {}  # what an earlier attempt of it stored
     if not taken.taken:
-        if taken.use is not None:  # this very request before: recorded, if applied
-            known = await ctx.view.find_events(ids)
-            if len(known) == len(ids):
-                return found(ctx, ids, [known[i] for i in ids])
+        if taken.use is not None:  # this very request before: recorded, if stored
+            stored = await stored_before(ctx, events)
+            if all(i in stored for i in ids):
+                return found(ctx, ids, [stored[i] for i in ids])
         if taken.sent_as is not None and taken.sent_as not in ids:
             original = await ctx.view.find_event(taken.sent_as)
             if original is None:  # the view reads them in one transaction: only mid-rebuild
@@ -274,7 +329,7 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
                 refuse_another_message(first, original.event, taken.sent_as)
             return found(ctx, [taken.sent_as], [original])
     try:
-        recorded = await ctx.ledger.append(events)
+        recorded = await appended_again(ctx, events, stored)
     except EventTooLarge as exc:
         if taken.taken and unwritten(exc, events):
             # Refused whole, the request leaves no claim behind: kept, its request id
@@ -308,5 +363,7 @@ async def _as_the_send_applied(
 
 
 async def recorded_once(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult:
-    """The earlier result of a retried request, or else the events appended."""
-    return await replay(ctx, events) or await append(ctx, events)
+    """The earlier result of a retried request, or else the events appended (those
+    its earlier attempt did not store)."""
+    earlier, stored = await _replayed(ctx, events)
+    return earlier or await append(ctx, events, stored)

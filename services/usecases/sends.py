@@ -129,7 +129,10 @@ class Sends:
         that message (``RecordMessageSent``'s rule): answered with the first one's
         event id, not written. A retry of the call (its request id taken by this very
         request) lets the view reach the ledger's end on the phones' partitions
-        first, so what its first attempt appended is found, not appended again. The
+        first, once no append of this process is on its way (``EventLog.settled``), so
+        what its first attempt appended is found, not appended again; when the view
+        cannot get there in time it is refused ``NotConsistent``, unless the ledger
+        stores an event once by itself (``EventLog.stores_events_once``). The
         new messages' ids are claimed as a single send claims its one; only messages
         another send claimed first make the call wait for the view on their phones.
         A copy the view cannot reach in time is appended, and the projection applies
@@ -147,12 +150,16 @@ class Sends:
         keys = [(e.phone, e.message_id) for e in events]
         known = await self._known(cmd.brand, keys)
         if use is not None and len(known) < len(set(keys)):
-            # A retry: its first attempt may be in the ledger, not yet in the view. One
-            # the view cannot reach in time appends those facts again, under the same
-            # ids, which the projection stores once.
+            # A retry: its first attempt may be in the ledger, not yet in the view, or
+            # on its way still. Appended again blind, Kafka would hold it twice.
+            once = self.ctx.ledger.stores_events_once
+            if not once:
+                await self.ctx.ledger.settled()
             phones = sorted({e.phone for e in events})
             if await self.ctx.guard.wait_until_applied_for(phones):
                 known = await self._known(cmd.brand, keys)
+            elif not once:
+                raise NotConsistent("request_id", BEHIND)
         answer, new = _split(events, keys, known)
         contested: list[MessageSent] = []
         # A message recorded before with other content refuses the call before any

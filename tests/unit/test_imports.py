@@ -37,7 +37,7 @@ from services.usecases import imports as imports_module
 from services.usecases.imports import MAX_CHUNK, ChunkResult, Code, Imports, Item, TurnPruning
 from tests.builders import BRAND, at, proof
 from tests.builders import opt_in as an_opt_in
-from tests.unit.usecase_harness import AUDITOR, NOW, App, define, ledger_at_now, running
+from tests.unit.usecase_harness import AUDITOR, NOW, App, define, ledger_at_now, running, stop_task
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -945,6 +945,56 @@ async def test_a_statement_or_an_append_failing_for_a_moment_is_tried_again():
         assert landed == ["ConsentRevoked", "ConsentGranted"]
         assert not (await app.checks.can_send(phone, BRAND, "promo")).decision.allowed
         assert (await app.checks.can_send(other, BRAND, "promo")).decision.allowed
+
+
+class _OptOutsLandingLate(_Logged):
+    """The first append of opt-outs is stored, but answered as not acknowledged in
+    time: a broker that acknowledged after the append stopped waiting."""
+
+    late = False
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        recorded = await super().append(events)
+        if not self.late and any(isinstance(e, ConsentRevoked) for e in events):
+            self.late = True
+            raise LedgerUnavailable("Kafka ledger: 1 event(s) not acknowledged")
+        return recorded
+
+
+async def test_an_append_acknowledged_late_is_not_appended_again():
+    """Its retry appended the same events again (Kafka held them twice): it now finds
+    them in the view first, once it has applied the ledger's end."""
+    ledger = _OptOutsLandingLate()
+    phone = "+14155550100"
+    async with running(ledger=ledger) as (app, _):
+        await app.writes.record(define())
+        imports = _imports(app, retry_s=imports_module.RETRY_S)
+
+        result = await imports.chunk([opt_out(0, phone, 5, None), opt_out(1, phone, 6, "promo")])
+
+        assert ledger.late
+        assert (result.imported, result.refusals) == (2, [])
+        landed = [type(e).__name__ for e in ledger.landed if getattr(e, "phone", "") == phone]
+        assert landed == ["ConsentRevoked"] * 2
+
+
+async def test_an_append_acknowledged_late_is_answered_unavailable_while_the_view_lags():
+    """What the first try stored cannot be told: appended again blind, it could be
+    stored twice, so its records are refused ``UNAVAILABLE`` (send them again)."""
+    ledger = _OptOutsLandingLate()
+    phone = "+14155550100"
+    async with running(ledger=ledger, wait_bound=0.05) as (app, projector):
+        await app.writes.record(define())
+        await stop_task(projector)
+        imports = _imports(app, retry_s=0.5)
+
+        result = await imports.chunk([opt_out(0, phone, 5, None)])
+
+        assert ledger.late
+        assert result.imported == 0
+        assert [r.code for r in result.refusals] == [Code.UNAVAILABLE]
+        landed = [type(e).__name__ for e in ledger.landed if getattr(e, "phone", "") == phone]
+        assert landed == ["ConsentRevoked"]
 
 
 async def test_two_imports_of_the_same_shuffled_records_append_each_once_in_order():
