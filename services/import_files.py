@@ -45,6 +45,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from ledger.errors import DomainError, InvalidRequest
 from ledger.phone import to_e164
 from ledger.validation import TEXT_LIMITS, check_length
+from services.import_mapping import Mapping
 
 FORMATS = ("csv", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
@@ -70,6 +71,11 @@ OPT_OUT_FIELDS = ("channel", "text", "in_reply_to")
 FIELDS = (*COMMON_FIELDS, *OPT_IN_FIELDS, *OPT_OUT_FIELDS)
 """Every field a record may have; any other is a mistake (a misspelt column would
 otherwise drop its values silently)."""
+BELONGS = {
+    **{name: "opt_in" for name in OPT_IN_FIELDS},
+    **{name: "opt_out" for name in OPT_OUT_FIELDS},
+}
+"""The record type each field of one type only belongs to."""
 
 _ENUMS: dict[str, tuple[Any, str]] = {
     "tier": (lpb.ConsentTier, "CONSENT_TIER_"),
@@ -143,17 +149,20 @@ def format_of(path: Path | None, given: str | None) -> str:
 
 
 def read_records(
-    text: TextIO, fmt: str, opt_ins: bool | None = None
+    text: TextIO, fmt: str, opt_ins: bool | None = None, mapping: Mapping | None = None
 ) -> Iterator[Read | Unreadable]:
     """Every record of ``text`` in order, read or not; with ``opt_ins`` True only
     those typed ``opt_in``, with False only the others (opt-outs, records whose type
     cannot be read, header rows further down). A record typed ``opt_in`` is never
     held (``_refused``), so the second part holds every record that may deny: read
-    and imported first, it denies before any opt-in is allowed."""
+    and imported first, it denies before any opt-in is allowed. ``mapping``: how the
+    export names our fields (``services.import_mapping``); the fields of what cannot
+    be read are named as ours still (``Mapping.shown`` names them as the export does)."""
+    mapping = mapping or Mapping()
     if fmt == "csv":
-        yield from _csv(text, opt_ins)
+        yield from _csv(text, opt_ins, mapping)
     else:
-        yield from _jsonl(text, opt_ins)
+        yield from _jsonl(text, opt_ins, mapping)
 
 
 def _wanted(fields: dict[str, Any], opt_ins: bool | None) -> bool:
@@ -166,7 +175,10 @@ def _wanted(fields: dict[str, Any], opt_ins: bool | None) -> bool:
     return (isinstance(kind, str) and _kind({"type": kind}) == "opt_in") == opt_ins
 
 
-def _csv(text: TextIO, opt_ins: bool | None = None) -> Iterator[Read | Unreadable]:
+def _csv(
+    text: TextIO, opt_ins: bool | None = None, mapping: Mapping | None = None
+) -> Iterator[Read | Unreadable]:
+    mapping = mapping or Mapping()
     csv.field_size_limit(max(csv.field_size_limit(), CSV_VALUE_LIMIT))
     # Strict: a quote opened and never closed would otherwise take every line after
     # it, up to the next quote or the end of the file, into one value, and the
@@ -179,7 +191,9 @@ def _csv(text: TextIO, opt_ins: bool | None = None) -> Iterator[Read | Unreadabl
         columns: list[str] = next((row for row in rows if any(v.strip() for v in row)), [])
     except csv.Error as exc:
         raise FormatError(f"line {rows.line_num}: {exc}; the header cannot be read") from None
-    _check_columns(columns)
+    if mapping:
+        mapping.check_header(columns, "the header")
+    _check_columns(mapping.renamed(columns) if mapping else columns, mapped=bool(mapping))
     source.row_read()
     seen = rows.line_num  # the lines up to the header's end
     try:
@@ -190,7 +204,8 @@ def _csv(text: TextIO, opt_ins: bool | None = None) -> Iterator[Read | Unreadabl
             # its data): no record, and the next starts after it.
             if not any(value.strip() for value in row):
                 continue
-            again = _header_again(row)
+            # Under a mapping, the export's own header again (no other is known).
+            again = (row if row == columns else None) if mapping else _header_again(row)
             if again is not None:
                 # Exports joined (cat a.csv b.csv): the second's header is no record,
                 # and its rows are written under it, so they are read under it. It is
@@ -204,7 +219,11 @@ def _csv(text: TextIO, opt_ins: bool | None = None) -> Iterator[Read | Unreadabl
                 columns = again
                 continue
             fields = {k: v for k, v in zip(columns, row, strict=False) if v}
+            fields, unmapped = mapping.apply(mapping.fields_of(fields))
             if not _wanted(fields, opt_ins):
+                continue
+            if unmapped is not None:  # its type unread, an opt-out-looking one is held
+                yield _refused(fields, start, *unmapped)
                 continue
             if len(row) > len(columns):  # an unquoted comma, most often in a text
                 reason = "has more values than the header has columns"
@@ -216,7 +235,7 @@ def _csv(text: TextIO, opt_ins: bool | None = None) -> Iterator[Read | Unreadabl
         hint = " (a quoted value that opens on this line and does not close?)" if quoting else ""
         # An opt-out on the broken line is held by what it said before its mistake,
         # as a JSON line cut short is: its number and brand most often come first.
-        said = _said_before_the_break(columns, source.first)
+        said, _ = mapping.apply(mapping.fields_of(_said_before_the_break(columns, source.first)))
         if _wanted(said, opt_ins):
             broken = _refused(said, seen + 1, "record", f"cannot be read: {exc}{hint}")
             if broken.held is not None:
@@ -259,14 +278,20 @@ STOPPED = "; nothing from this line on was read"
 
 
 def _check_columns(
-    columns: list[str], where: str = "", then: str = "", error: type[FormatError] = FormatError
+    columns: list[str],
+    where: str = "",
+    then: str = "",
+    error: type[FormatError] = FormatError,
+    mapped: bool = False,
 ) -> None:
     """Refuse a header (``error``) that names a column no record has, or one twice."""
     unknown = [c for c in columns if c not in FIELDS]
     if unknown:
+        hint = "" if mapped else "; another platform's columns are mapped with --column"
         raise error(
             f"{where}unknown column(s) {', '.join(map(repr, unknown))}; the columns are: "
             + ", ".join(FIELDS)
+            + hint
             + then
         )
     twice = sorted({c for c in columns if columns.count(c) > 1})
@@ -298,8 +323,10 @@ def _header_reason(again: list[str], columns: list[str]) -> str:
     )
 
 
-def _jsonl(text: TextIO, opt_ins: bool | None = None) -> Iterator[Read | Unreadable]:
-    for item in _jsonl_all(text, opt_ins):
+def _jsonl(
+    text: TextIO, opt_ins: bool | None = None, mapping: Mapping | None = None
+) -> Iterator[Read | Unreadable]:
+    for item in _jsonl_all(text, opt_ins, mapping or Mapping()):
         if opt_ins is None or _typed_opt_in(item) == opt_ins:
             yield item
 
@@ -310,7 +337,11 @@ def _typed_opt_in(item: Read | Unreadable) -> bool:
     return bool(item.record.WhichOneof("record") == "opt_in")
 
 
-def _jsonl_all(text: TextIO, opt_ins: bool | None) -> Iterator[Read | Unreadable]:
+def _jsonl_all(text: TextIO, opt_ins: bool | None, mapping: Mapping) -> Iterator[Read | Unreadable]:
+    def ours(said: dict[str, Any]) -> dict[str, Any]:
+        """What a line that cannot be read said, under our names, for its hold."""
+        return mapping.apply(_renamed(said, mapping))[0] if mapping else said
+
     first = True
     for number, raw, whole in _lines(text):
         # Files joined (cat a.jsonl b.jsonl) keep each one's byte-order mark: no content.
@@ -325,7 +356,7 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None) -> Iterator[Read | Unreadable
         first = False
         if not whole:
             reason = f"is longer than {LINE_LIMIT:,} characters, longer than any record"
-            yield _refused(_loose(_cut_short(raw) or {}), number, "record", reason)
+            yield _refused(_loose(ours(_cut_short(raw) or {})), number, "record", reason)
             continue
         try:
             obj = json.loads(raw, object_pairs_hook=_once, parse_int=_whole, parse_float=Decimal)
@@ -338,15 +369,15 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None) -> Iterator[Read | Unreadable
                 # Objects glued on the line, one naming a field twice: refused (and
                 # held) each, as glued objects are below, not the whole file stopped.
                 for said in _said(raw, exc):
-                    yield _refused(_loose(said), number, "record", f"is not JSON: {exc.msg}")
+                    yield _refused(_loose(ours(said)), number, "record", f"is not JSON: {exc.msg}")
                 continue
-            loose = _loose(agreed) if isinstance(agreed, dict) else {}
+            loose = _loose(ours(agreed)) if isinstance(agreed, dict) else {}
             yield _refused(loose, number, twice.field, "is given more than once")
             continue
         except json.JSONDecodeError as exc:
             # Without the position in the line, so that one mistake groups as one.
             for said in _said(raw, exc):
-                yield _refused(_loose(said), number, "record", f"is not JSON: {exc.msg}")
+                yield _refused(_loose(ours(said)), number, "record", f"is not JSON: {exc.msg}")
             continue
         except ValueError as exc:
             yield Unreadable(number, "record", f"is not JSON: {exc}")
@@ -354,7 +385,13 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None) -> Iterator[Read | Unreadable
         if not isinstance(obj, dict):
             yield Unreadable(number, "record", "is not a JSON object")
             continue
+        unmapped = None
+        if mapping:
+            obj, unmapped = mapping.apply(_renamed(obj, mapping))
         if not _wanted(obj, opt_ins):
+            continue
+        if unmapped is not None:  # its type unread, an opt-out-looking one is held
+            yield _refused(_loose(obj), number, *unmapped)
             continue
         loose = _loose(obj)  # what an opt-out refused below is held by
         nested = obj.pop("proof", None)
@@ -378,6 +415,71 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None) -> Iterator[Read | Unreadable
             yield _refused(loose, number, bad, "must be a string")
             continue
         yield parse_fields({k: v for k, v in obj.items() if v}, number)
+
+
+def _renamed(obj: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
+    """A JSON record with each mapped key (a nested one as ``outer.inner``, unless a
+    key spelt so is there) moved to our field's name; a nested object left empty by
+    that is dropped, so that its keys are not read as fields no record has."""
+    out = dict(obj)
+    found = {}
+    for name, key in mapping.columns.items():  # one key may give two fields
+        found[name] = obj[key] if key in obj else _at_path(obj, key.split("."))
+    for key in set(mapping.columns.values()) | mapping.ignored:
+        if key in out:
+            del out[key]
+        else:
+            _pop_path(out, key.split("."))
+    out.update((name, value) for name, value in found.items() if value is not None)
+    return out
+
+
+def _at_path(obj: dict[str, Any], path: list[str]) -> Any:
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)  # type: ignore[assignment]
+    return obj
+
+
+def _pop_path(obj: dict[str, Any], path: list[str]) -> Any:
+    """The value at ``path`` inside ``obj``, taken out of a copy of each object on
+    the way (the record's own objects are not changed), or None."""
+    head, *rest = path
+    inner = obj.get(head)
+    if not rest:
+        return obj.pop(head, None)
+    if not isinstance(inner, dict):
+        return None
+    inner = dict(inner)
+    value = _pop_path(inner, rest)
+    if inner:
+        obj[head] = inner
+    else:
+        del obj[head]
+    return value
+
+
+def json_keys(text: TextIO) -> set[str]:
+    """Every key of ``text``'s JSON lines, a nested one also as ``outer.inner``: what
+    a mapping's columns are checked against (``Mapping.check_header``) before any
+    record is read. A line that is no JSON object is passed over here."""
+    keys: set[str] = set()
+    for _, raw, whole in _lines(text):
+        if not whole:
+            continue
+        try:
+            obj = json.loads(raw.removeprefix("\ufeff"), parse_float=Decimal)
+        except ValueError:
+            continue
+        pending = [("", obj)] if isinstance(obj, dict) else []
+        while pending:
+            prefix, inner = pending.pop()
+            for key, value in inner.items():
+                keys.add(prefix + key)
+                if isinstance(value, dict):
+                    pending.append((f"{prefix}{key}.", value))
+    return keys
 
 
 LINE_LIMIT = 1 << 20

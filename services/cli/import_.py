@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -20,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO
+
+from services import import_mapping
 
 DESCRIPTION = """\
 Import the opt-ins (each with its proof) and the opt-outs of another platform's
@@ -105,6 +108,47 @@ output:
   held_for_review true is an opt-out held all the same (in a dry run: would be),
   whose number CanSend denies for the brand until someone resolves it.
 
+mapping an export (another platform's names):
+  --column FIELD=HEADER reads a field from the export's column HEADER (in JSON Lines,
+  a key; a nested one as outer.inner); --value FIELD:THEIRS=OURS reads the value
+  THEIRS of that field (spaces around it and capitals aside) as OURS; --set
+  FIELD=VALUE gives every record a field the export has no column for; --ignore
+  HEADER leaves a column of the export unread (one neither read nor ignored is
+  refused, as a misspelt column is). Each may be repeated; --mapping FILE says the
+  same in a file, kept beside the export so that the migration can be run again
+  alike (JSON, or TOML for a .toml name):
+    {"columns": {"phone": "Phone Number"},
+     "values": {"type": {"subscribed": "opt_in"}},
+     "set": {"brand": "acme"}, "ignore": ["Tags"]}
+  A mapped column the file does not have (in no JSON line), a column under our own
+  name that is mapped or set as well, or a field given twice is a usage error
+  (exit 2), before anything is sent. A value the mapping does not name, of a column
+  whose values it maps, refuses its record; one whose type is so unread is held for
+  review as a record of no type is (see above), the mapped columns of one type's
+  fields, which every row carries, not counting as an opt-in's. The summary, --dry-run and
+  --refusals name fields as the export does (its column, or "--set brand"). A
+  record's import id derived from its content is the one it has under our own
+  names: switching to a mapping imports nothing again. For example, an export of
+
+    Phone Number,Status,Changed At,Opted In At,Full Name,IP Address,Signup Form,...
+    +14155552671,subscribed,2026-10-02T17:04:00Z,2026-10-02T17:04:00Z,Ada L...,...
+    +14155552671,unsubscribed,2026-11-30T08:00:00Z,2026-10-02T17:04:00Z,Ada L...,...
+
+  is imported with
+    consent-ledger import subscribers.csv \\
+      --column phone="Phone Number" --column type=Status \\
+      --column occurred_at="Changed At" --column proof.registered_at="Opted In At" \\
+      --column proof.name="Full Name" --column proof.ip_address="IP Address" \\
+      --column proof.form_url="Signup Form" --column proof.consent_text="Consent Text" \\
+      --column proof.screenshot_ref=Screenshot \\
+      --column proof.screenshot_sha256="Screenshot SHA-256" \\
+      --value type:subscribed=opt_in --value type:unsubscribed=opt_out \\
+      --set brand=acme --set campaign=promo --set tier=promotional \\
+      --set method=web_form --set channel=keyword
+  A field of one type only, as tier or proof.consent_text (opt-ins) or channel
+  (opt-outs), set or read from a column, is given to records of that type only: an
+  export's opt-out rows carry the proof columns of the opt-in they ended.
+
 examples:
   consent-ledger import export.csv --dry-run
   consent-ledger import export.csv
@@ -172,6 +216,42 @@ def add_parser(sub: Any, command: Any) -> None:
         "--refusals", type=Path, metavar="FILE", help="write each refused record here (JSONL)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    mapping = parser.add_argument_group("another platform's names (see 'mapping an export' below)")
+    mapping.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="FIELD=HEADER",
+        help='read FIELD from the export\'s column (or JSON key) HEADER: phone="Phone Number"',
+    )
+    mapping.add_argument(
+        "--value",
+        action="append",
+        default=[],
+        metavar="FIELD:THEIRS=OURS",
+        help="read the export's value THEIRS of FIELD as OURS: type:subscribed=opt_in",
+    )
+    mapping.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="give every record FIELD=VALUE, for a field the export has no column for",
+    )
+    mapping.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="HEADER",
+        help="leave the export's column HEADER unread (any other column no field is "
+        "read from is refused)",
+    )
+    mapping.add_argument(
+        "--mapping",
+        type=Path,
+        metavar="FILE",
+        help="the same as a file (.json or .toml) of columns, values and set",
+    )
     client.add_connection_options(parser, 3600)
 
 
@@ -299,7 +379,7 @@ def _run(args: argparse.Namespace) -> int:
     from consent.v1 import consent_service_pb2_grpc as api_grpc
     from tqdm import tqdm
 
-    from services import import_files
+    from services import import_files, import_mapping
     from services.cli import client
 
     name = "consent-ledger import"
@@ -314,11 +394,20 @@ def _run(args: argparse.Namespace) -> int:
             # and only what was read before counted as the whole file.
             raise ValueError(f"--refusals {args.refusals} is the file to import; name another")
         fmt = import_files.format_of(path, args.format)
+        mapping = import_mapping.from_parts(
+            args.column, args.value, args.set, args.mapping, import_files.FIELDS,
+            import_files.BELONGS, args.ignore,
+        )  # fmt: skip
         if path is None or not path.is_file():  # read twice, so kept
             spooled = import_files.spool(path, SPOOL_LIMIT)
+        if mapping and fmt == "jsonl":
+            # JSON Lines has no header: its keys, over the whole file, stand for one,
+            # so that a mapping naming a key no line has stops before anything is sent.
+            with _opened(path, spooled, shown) as text:
+                mapping.check_header(import_files.json_keys(text), f"{shown}'s JSON lines")
         # Counted before it is read: a copy's readers share its offset, so one at a time.
         total = import_files.count_records(path, fmt, spooled)
-        reader = _opt_outs_first(path, spooled, fmt, shown)
+        reader = _opt_outs_first(path, spooled, fmt, shown, mapping)
         # The header is read now: a file of unknown columns is a usage error, not a
         # refusal of every record.
         peeked: list[Any] = []
@@ -478,9 +567,10 @@ def _run(args: argparse.Namespace) -> int:
                         else f"was used by the opt-out on line {lines[earlier]}, imported "
                         "first (opt-outs go in before opt-ins); a new record needs a new id"
                     )
-                    summary.refuse(item.line, "ALREADY_EXISTS", "import_id", reason)
+                    id_column = mapping.shown("import_id")
+                    summary.refuse(item.line, "ALREADY_EXISTS", id_column, reason)
                     refusals.write(
-                        item.line, request.request_id, "ALREADY_EXISTS", "import_id", reason
+                        item.line, request.request_id, "ALREADY_EXISTS", id_column, reason
                     )
                     bar.update(1)
                     continue
@@ -543,7 +633,13 @@ def _run(args: argparse.Namespace) -> int:
                         line = chunk_lines[index - first_index]
                         told = [
                             _in_file_terms(
-                                v.field, v.description, lines, first_index, chunk_lines, offset
+                                v.field,
+                                v.description,
+                                lines,
+                                first_index,
+                                chunk_lines,
+                                offset,
+                                mapping,
                             )
                             for v in refusal.violations
                         ]
@@ -664,31 +760,48 @@ NO_OPT_IN = (
 
 
 def _opt_outs_first(
-    path: Path | None, spooled: IO[bytes] | None, fmt: str, shown: str
+    path: Path | None,
+    spooled: IO[bytes] | None,
+    fmt: str,
+    shown: str,
+    mapping: import_mapping.Mapping | None = None,
 ) -> Iterator[Any]:
     """The file's records that may deny (``read_records``' opt-outs), ``OPT_INS``,
     then its opt-ins: the file (or its copy, ``spooled``) is read twice. A file
     that changed between the two readings (an export still being written) ends it
-    before the opt-ins: its opt-outs read may not be all of them."""
+    before the opt-ins: its opt-outs read may not be all of them. What cannot be
+    read names its field as the export does (``mapping``)."""
     from services import import_files
 
-    def opened() -> TextIO:
-        if spooled is not None:
-            return import_files.open_spooled(spooled, shown)
-        assert path is not None
-        return import_files.open_text(path)
+    mapping = mapping or import_mapping.Mapping()
 
-    with opened() as text:
+    def in_its_terms(items: Iterator[Any]) -> Iterator[Any]:
+        for item in items:
+            if isinstance(item, import_files.Unreadable) and mapping:
+                item = dataclasses.replace(item, field=mapping.shown(item.field))
+            yield item
+
+    with _opened(path, spooled, shown) as text:
         read_at = _version(text)
-        yield from import_files.read_records(text, fmt, opt_ins=False)
+        yield from in_its_terms(import_files.read_records(text, fmt, False, mapping))
     yield OPT_INS
-    with opened() as text:
+    with _opened(path, spooled, shown) as text:
         if _version(text) != read_at:
             raise import_files.Stopped(
                 "changed while its opt-outs were read (an export still being written?); "
                 "run the import again once it is whole"
             )
-        yield from import_files.read_records(text, fmt, opt_ins=True)
+        yield from in_its_terms(import_files.read_records(text, fmt, True, mapping))
+
+
+def _opened(path: Path | None, spooled: IO[bytes] | None, shown: str) -> TextIO:
+    """The file (or its copy, ``spooled``) as text, from its start."""
+    from services import import_files
+
+    if spooled is not None:
+        return import_files.open_spooled(spooled, shown)
+    assert path is not None
+    return import_files.open_text(path)
 
 
 def _raising(stopped: list[Any]) -> Iterator[Any]:
@@ -766,6 +879,7 @@ def _in_file_terms(
     first: int,
     chunk_lines: array[int],
     offset: int = 0,
+    mapping: import_mapping.Mapping | None = None,
 ) -> tuple[str, str]:
     """A refusal as the file says it: the service's ``request_id`` is the file's
     ``import_id``, and a record of the import it names (an import id the file
@@ -782,9 +896,9 @@ def _in_file_terms(
             return f"the record on line {chunk_lines[index - first]}"
         return found.group()
 
-    return ("import_id" if field_name == "request_id" else field_name), _EARLIER_RECORD.sub(
-        line_of, reason
-    )
+    ours = "import_id" if field_name == "request_id" else field_name
+    shown = mapping.shown(ours) if mapping is not None else ours
+    return shown, _EARLIER_RECORD.sub(line_of, reason)
 
 
 def _merged(a: str, b: str) -> str:

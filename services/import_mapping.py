@@ -1,0 +1,265 @@
+"""How another platform's export names our fields, for ``consent-ledger import``:
+the column (or JSON key) each field is read from, the values of a column that stand
+for ours, and the fields the export does not carry, given once for every record.
+
+The command line (``--column``, ``--value``, ``--set``) and a mapping file
+(``--mapping``, JSON or TOML) say the same things in the same shape, so both are
+turned into one ``Mapping`` by one function (``from_parts``); a mistake in either is
+a ``MappingError``, a usage error, before the file is read.
+
+A record read through a mapping is the record the export would be under our own
+names: its import id, derived from what it says, is the same either way, so
+switching to a mapping imports nothing again.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Iterable
+from collections.abc import Mapping as Dict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class MappingError(ValueError):
+    """A mapping that cannot be used as given (a usage error)."""
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """``columns``: our field -> the export's column; ``values``: our field -> the
+    export's value (stripped, case folded) -> ours; ``constants``: our field -> the
+    value every record has; ``belongs``: of the fields of both, those given only to
+    records of one type (``opt_in`` or ``opt_out``)."""
+
+    columns: dict[str, str] = field(default_factory=dict)
+    values: dict[str, dict[str, str]] = field(default_factory=dict)
+    constants: dict[str, str] = field(default_factory=dict)
+    belongs: dict[str, str] = field(default_factory=dict)
+    ignored: frozenset[str] = frozenset()
+    """The export's columns no field is read from, named so that they are not
+    refused as columns no record has (any other still is: a misspelt one)."""
+
+    def __bool__(self) -> bool:
+        return bool(self.columns or self.values or self.constants or self.ignored)
+
+    def shown(self, name: str) -> str:
+        """Our field ``name`` as the export names it, for what the command tells."""
+        if name in self.columns:
+            return self.columns[name]
+        if name in self.constants:
+            return f"--set {name}"
+        return name
+
+    def check_header(self, header: Iterable[str], where: str) -> None:
+        """Refuse a header (or a JSON Lines file's keys) that lacks a mapped column,
+        or that holds a field under our own name that is mapped or set as well:
+        which of the two was meant cannot be told."""
+        have = set(header)
+        for what, named_here in (("--column", self.columns.values()), ("--ignore", self.ignored)):
+            missing = sorted(h for h in named_here if h not in have)
+            if missing:
+                named = ", ".join(map(repr, missing))
+                raise MappingError(
+                    f"{where} has no column {named} (named by {what}); its columns are: "
+                    + ", ".join(map(repr, sorted(have)))
+                )
+        listed = list(header)
+        twice = sorted({h for h in self.columns.values() if listed.count(h) > 1})
+        if twice:
+            raise MappingError(f"{where} names the column {twice[0]!r} more than once")
+        read_from = set(self.columns.values())
+        for name in [*self.columns, *self.constants]:
+            # A column of our own name that is itself mapped to another field is fine.
+            if name in have and name not in read_from:
+                how = "mapped from " + repr(self.columns[name]) if name in self.columns else "set"
+                raise MappingError(
+                    f"{where} has a column {name!r} and {name} is {how} as well; "
+                    "drop one of the two"
+                )
+        unread = [n for n in self.values if n not in self.columns and n not in have]
+        if unread:
+            raise MappingError(
+                f"--value {unread[0]}:... maps values of {unread[0]}, which {where} has no "
+                "column for"
+            )
+
+    def renamed(self, header: list[str]) -> list[str]:
+        """A CSV header as the fields it gives: each mapped column as the fields read
+        from it (one column may give two, as a time both of the opt-in and of its
+        proof), the others as they are."""
+        read_from = set(self.columns.values()) | self.ignored
+        return [*(h for h in header if h not in read_from), *self.columns]
+
+    def fields_of(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A record's values under our field names (a mapped column's value under
+        each field read from it), before ``apply``."""
+        if not self.columns and not self.ignored:
+            return row
+        read_from = set(self.columns.values()) | self.ignored
+        out = {k: v for k, v in row.items() if k not in read_from}
+        for name, header in self.columns.items():
+            if header in row:
+                out[name] = row[header]
+        return out
+
+    def apply(self, fields: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, str] | None]:
+        """A record's fields (under our names) with their values mapped and the
+        constants set, and, for a value the mapping has no entry for, the field and
+        why: that record is refused (its field left out, so that it is not read as
+        what the export's value happens to spell)."""
+        out = dict(fields)
+        problem: tuple[str, str] | None = None
+        for name, table in self.values.items():
+            if name not in out or out[name] in (None, ""):
+                continue
+            given = out[name]
+            key = given if isinstance(given, str) else json.dumps(given)
+            mapped = table.get(key.strip().casefold())
+            if mapped is None:
+                del out[name]
+                if problem is None:
+                    known = ", ".join(repr(v) for v in table)
+                    problem = (
+                        name,
+                        f"has the value {key!r}, which no --value {name}:... maps "
+                        f"(mapped: {known})",
+                    )
+            else:
+                out[name] = mapped
+        # A mixed export's opt-ins want a tier, its opt-outs a channel: each is set on
+        # the records it belongs to. A record whose type cannot be read gets neither:
+        # an opt-in's field set on it would pass it for an opt-in, never held.
+        kind = str(out.get("type", "")).strip().lower().replace("-", "_")
+        for name, value in self.constants.items():
+            if self.belongs.get(name, kind) == kind:
+                out[name] = value
+        # An export has one row shape: an opt-out's row carries the proof columns of
+        # the opt-in it ended. A mapped column of the other type's field is not read.
+        # Of a record whose type is unread, none is: every row has them, so they tell
+        # nothing of what it is, and an opt-in's fields would pass an opt-out for an
+        # opt-in, refused and not held.
+        for name in self.columns:
+            if self.belongs.get(name, kind) != kind:
+                out.pop(name, None)
+        return out, problem
+
+
+def from_parts(
+    columns: Iterable[str] = (),
+    values: Iterable[str] = (),
+    constants: Iterable[str] = (),
+    file: Path | None = None,
+    fields: Iterable[str] = (),
+    belongs: Dict[str, str] | None = None,
+    ignored: Iterable[str] = (),
+) -> Mapping:
+    """One ``Mapping`` from the mapping file (if any) and the options given
+    (``FIELD=HEADER``, ``FIELD:VALUE=OURS``, ``FIELD=VALUE``); ``fields`` are the
+    fields a record may have, ``belongs`` the record type each field of one type
+    only belongs to. A field given twice, in the file or the options, is refused:
+    which one was meant cannot be told."""
+    known = tuple(fields)
+    given: dict[str, Any] = {"columns": {}, "values": {}, "set": {}, "ignore": []}
+    if file is not None:
+        given = _read_file(file)
+    for header in ignored:
+        if header in given["ignore"]:
+            raise MappingError(f"--ignore {header!r} is given twice")
+        given["ignore"].append(header)
+    sources = [("--column", columns, given["columns"]), ("--set", constants, given["set"])]
+    for option, items, into in sources:
+        for item in items:
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise MappingError(f"{option} {item!r}: give FIELD=VALUE")
+            _put(into, name.strip(), value, f"{option} {name.strip()}")
+    for item in values:
+        name, colon, rest = item.partition(":")
+        theirs, sep, ours = rest.rpartition("=")
+        if not colon or not sep or not name.strip():
+            raise MappingError(f"--value {item!r}: give FIELD:EXPORT_VALUE=OUR_VALUE")
+        table = given["values"].setdefault(name.strip(), {})
+        _put(table, theirs, ours, f"--value {name.strip()}:{theirs}")
+    return _built(given, known, dict(belongs or {}))
+
+
+def _put(into: dict[str, str], key: str, value: str, what: str) -> None:
+    if key in into:
+        raise MappingError(f"{what} is given twice (the mapping file and an option?)")
+    into[key] = value
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    """A mapping file: a JSON object or a TOML document of ``columns`` (field to
+    column), ``values`` (field to a table of the export's values to ours) and
+    ``set`` (field to value), each optional."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MappingError(f"--mapping {path}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            read: Any = tomllib.loads(text)
+        else:
+            read = json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise MappingError(f"--mapping {path}: cannot be read: {exc}") from None
+    if not isinstance(read, dict):
+        raise MappingError(f"--mapping {path}: must be an object of columns, values and set")
+    stray = sorted(set(read) - {"columns", "values", "set", "ignore"})
+    if stray:
+        raise MappingError(
+            f"--mapping {path}: unknown key {stray[0]!r} (columns, values, set, ignore)"
+        )
+    ignore = read.get("ignore", [])
+    if not isinstance(ignore, list) or not all(isinstance(h, str) for h in ignore):
+        raise MappingError(f"--mapping {path}: ignore must be a list of column names")
+    out: dict[str, Any] = {"columns": {}, "values": {}, "set": {}, "ignore": list(ignore)}
+    for part in ("columns", "set"):
+        table = read.get(part, {})
+        if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+            raise MappingError(f"--mapping {path}: {part} must map fields to strings")
+        out[part] = dict(table)
+    tables = read.get("values", {})
+    if not isinstance(tables, dict) or not all(
+        isinstance(t, dict) and all(isinstance(v, str) for v in t.values()) for t in tables.values()
+    ):
+        raise MappingError(f"--mapping {path}: values must map fields to tables of strings")
+    out["values"] = {k: dict(v) for k, v in tables.items()}
+    return out
+
+
+def _built(given: Dict[str, Any], fields: tuple[str, ...], belongs: dict[str, str]) -> Mapping:
+    columns: dict[str, str] = given["columns"]
+    constants: dict[str, str] = given["set"]
+    values: dict[str, dict[str, str]] = given["values"]
+    for what, names in (("--column", columns), ("--value", values), ("--set", constants)):
+        unknown = [n for n in names if n not in fields]
+        if unknown:
+            raise MappingError(
+                f"{what} {unknown[0]}: no such field; the fields are: " + ", ".join(fields)
+            )
+    both = sorted(set(columns) & set(constants))
+    if both:
+        raise MappingError(f"{both[0]} is both read from a column (--column) and set (--set)")
+    set_and_mapped = sorted(set(values) & set(constants))
+    if set_and_mapped:
+        name = set_and_mapped[0]
+        raise MappingError(f"{name} is set (--set): it has no column whose values to map")
+    ignored = frozenset(given["ignore"])
+    both_ways = sorted(ignored & set(columns.values()))
+    if both_ways:
+        raise MappingError(f"column {both_ways[0]!r} is both read (--column) and ignored")
+    folded: dict[str, dict[str, str]] = {}
+    for name, table in values.items():
+        folded[name] = {}
+        for theirs, ours in table.items():
+            key = theirs.strip().casefold()
+            if key in folded[name] and folded[name][key] != ours:
+                raise MappingError(f"--value {name}:{theirs} maps one value two ways")
+            folded[name][key] = ours
+    only = {name: kind for name, kind in belongs.items() if name in constants or name in columns}
+    return Mapping(dict(columns), folded, dict(constants), only, ignored)

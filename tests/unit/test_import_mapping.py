@@ -1,0 +1,227 @@
+"""Another platform's export read through a mapping (``services.import_mapping``,
+``consent-ledger import --column/--value/--set/--mapping``): the same records, under
+the same import ids, as the export rewritten under our own names; a mapping that
+does not fit the file refused before anything is read; an unmapped value refusing
+its record, an opt-out-looking one held; refusals named as the export names them."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from services.cli import import_
+from services.import_files import (
+    BELONGS,
+    FIELDS,
+    FormatError,
+    Read,
+    Unreadable,
+    json_keys,
+    read_records,
+)
+from services.import_mapping import Mapping, MappingError, from_parts
+
+THEIRS = """\
+Phone Number,Status,Opted In At,Consent Text,IP Address,Email
++14155550100,subscribed,2026-11-02T09:30:00Z,Yes text me. STOP to end.,203.0.113.7,a@x.example
++14155550101,Unsubscribed ,2026-11-03T10:00:00Z,,,
++14155550102,pending,2026-11-03T10:00:00Z,,,
++14155550103,pending,2026-11-03T10:00:00Z,Yes text me. STOP to end.,,
+"""
+OURS = (
+    "type,phone,brand,campaign,occurred_at,proof.registered_at,proof.consent_text,"
+    "proof.ip_address,proof.email,tier,method,channel\n"
+    "opt_in,+14155550100,acme,promo,2026-11-02T09:30:00Z,2026-11-02T09:30:00Z,"
+    "Yes text me. STOP to end.,203.0.113.7,a@x.example,promotional,web_form,\n"
+    "opt_out,+14155550101,acme,promo,2026-11-03T10:00:00Z,,,,,,,keyword\n"
+)
+OPTIONS = {
+    "columns": [
+        "phone=Phone Number",
+        "type=Status",
+        "occurred_at=Opted In At",
+        "proof.registered_at=Opted In At",
+        "proof.consent_text=Consent Text",
+        "proof.ip_address=IP Address",
+        "proof.email=Email",
+    ],
+    "values": ["type:subscribed=opt_in", "type:unsubscribed=opt_out"],
+    "constants": [
+        "brand=acme",
+        "campaign=promo",
+        "tier=promotional",
+        "method=web_form",
+        "channel=keyword",
+    ],
+}
+
+
+def mapping(**changes: list[str]) -> Mapping:
+    given = {**OPTIONS, **changes}
+    return from_parts(**given, fields=FIELDS, belongs=BELONGS)
+
+
+def read(text: str, fmt: str, with_mapping: Mapping | None = None) -> list[Read | Unreadable]:
+    return list(read_records(io.StringIO(text), fmt, mapping=with_mapping))
+
+
+def test_a_mapped_export_reads_as_the_same_records_under_the_same_import_ids():
+    mapped = read(THEIRS, "csv", mapping())
+    direct = read(OURS, "csv")
+
+    assert [type(r) for r in mapped[:2]] == [Read, Read]
+    assert [r.record for r in mapped[:2]] == [r.record for r in direct]  # type: ignore[union-attr]
+    opt_in = mapped[0].record.opt_in  # type: ignore[union-attr]
+    assert opt_in.request_id.startswith("import-") and opt_in.proof.email == "a@x.example"
+    assert mapped[1].record.opt_out.phone == "+14155550101"  # type: ignore[union-attr]
+
+
+def test_json_lines_read_through_nested_keys_as_the_csv_does():
+    lines = [
+        {
+            "msisdn": "+14155550100",
+            "state": "subscribed",
+            "at": "2026-11-02T09:30:00Z",
+            "consent": {"text": "Yes text me. STOP to end.", "ip": "203.0.113.7"},
+            "contact": {"email": "a@x.example"},
+        },
+        {"msisdn": "+14155550101", "state": "unsubscribed", "at": "2026-11-03T10:00:00Z"},
+    ]
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    nested = mapping(
+        columns=[
+            "phone=msisdn",
+            "type=state",
+            "occurred_at=at",
+            "proof.registered_at=at",
+            "proof.consent_text=consent.text",
+            "proof.ip_address=consent.ip",
+            "proof.email=contact.email",
+        ]
+    )
+    nested.check_header(json_keys(io.StringIO(text)), "the file")
+
+    assert [r.record for r in read(text, "jsonl", nested)] == [  # type: ignore[union-attr]
+        r.record  # type: ignore[union-attr]
+        for r in read(OURS, "csv")
+    ]
+
+
+def test_an_unmapped_value_refuses_its_record_and_holds_it_as_it_may_be_an_opt_out():
+    _, _, plain, with_proof = read(THEIRS, "csv", mapping())
+
+    assert isinstance(plain, Unreadable) and plain.field == "type"
+    assert "'pending'" in plain.reason and "--value type" in plain.reason
+    # No type it can be read as: it may be an opt-out, so its number is held.
+    assert plain.held is not None and plain.held.opt_out.phone == "+14155550102"
+    assert plain.held.opt_out.brand == "acme"
+    # Every row has the proof columns: they do not make it an opt-in, held all the same.
+    assert isinstance(with_proof, Unreadable) and with_proof.held is not None
+
+
+def test_a_record_of_no_type_with_an_opt_in_s_own_column_is_refused_not_held():
+    own = "Phone Number,Status,tier\n+14155550102,pending,promotional\n"
+    (refused,) = read(own, "csv", mapping(columns=OPTIONS["columns"][:2], constants=[]))
+    assert isinstance(refused, Unreadable) and refused.held is None
+
+
+def test_a_record_whose_type_is_unmapped_gets_no_field_of_one_type_only():
+    fields, problem = mapping().apply({"type": "maybe", "phone": "+14155550102"})
+
+    assert problem is not None and problem[0] == "type"
+    assert "tier" not in fields and "channel" not in fields and fields["brand"] == "acme"
+
+
+@pytest.mark.parametrize(
+    ("header", "words"),
+    [
+        ("Phone,Status,Opted In At", "no column 'Phone Number'"),
+        ("Phone Number,Status,Opted In At,phone", "has a column 'phone'"),
+        ("Phone Number,Status,Opted In At,brand", "has a column 'brand'"),
+        ("Phone Number,Status,Status,Opted In At", "'Status' more than once"),
+    ],
+)
+def test_a_mapping_that_does_not_fit_the_header_refuses_the_file(header, words):
+    given = mapping(columns=OPTIONS["columns"][:3])
+    with pytest.raises(MappingError, match=words):
+        read(header + "\n+14155550100,subscribed,2026-11-02T09:30:00Z\n", "csv", given)
+
+
+def test_a_json_key_no_line_has_refuses_the_file():
+    keys = json_keys(io.StringIO('{"msisdn": "+1", "a": {"b": "c"}}\n'))
+    assert keys == {"msisdn", "a", "a.b"}
+    with pytest.raises(MappingError, match=r"no column 'a\.x'"):
+        from_parts(["phone=msisdn", "proof.name=a.x"], fields=FIELDS).check_header(keys, "f")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"columns": ["fone=Phone"]}, "fone: no such field"),
+        ({"columns": ["Phone"]}, "give FIELD=VALUE"),
+        ({"columns": ["phone=A", "phone=B"]}, "given twice"),
+        ({"columns": ["brand=Brand"], "constants": ["brand=acme"]}, "both read from a column"),
+        ({"values": ["type=opt_in"]}, "FIELD:EXPORT_VALUE=OUR_VALUE"),
+        ({"values": ["type:a=opt_in", "type:A=opt_out"]}, "one value two ways"),
+    ],
+)
+def test_a_mapping_that_says_a_thing_twice_or_wrong_is_refused(kwargs, words):
+    with pytest.raises(MappingError, match=words):
+        from_parts(**kwargs, fields=FIELDS)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_a_mapping_file_is_the_options_said_once(tmp_path: Path, suffix):
+    said = {"columns": {"phone": "Phone Number"}, "values": {"type": {"Y": "opt_in"}},
+            "set": {"brand": "acme"}}  # fmt: skip
+    toml = '[columns]\nphone = "Phone Number"\n[values.type]\nY = "opt_in"\n[set]\nbrand = "acme"\n'
+    body = json.dumps(said) if suffix == ".json" else toml
+    (tmp_path / f"m{suffix}").write_text(body)
+
+    from_file = from_parts(file=tmp_path / f"m{suffix}", fields=FIELDS)
+
+    assert from_file == from_parts(
+        ["phone=Phone Number"], ["type:Y=opt_in"], ["brand=acme"], fields=FIELDS
+    )
+    with pytest.raises(MappingError, match="given twice"):
+        from_parts(["phone=P"], file=tmp_path / f"m{suffix}", fields=FIELDS)
+
+
+def test_refusals_name_the_export_s_columns(tmp_path: Path):
+    mapped = mapping()
+    assert mapped.shown("type") == "Status" and mapped.shown("brand") == "--set brand"
+    export = tmp_path / "theirs.csv"
+    export.write_text(THEIRS)
+    reader = import_._opt_outs_first(export, None, "csv", str(export), mapped)
+    refused = [r for r in reader if isinstance(r, Unreadable)]
+    assert [r.field for r in refused] == ["Status", "Status"]
+
+
+def test_a_column_neither_mapped_nor_ignored_refuses_the_file_and_an_ignored_one_is_unread():
+    tagged = THEIRS.replace("Email\n", "Email,Tags\n", 1).replace(
+        "a@x.example\n", "a@x.example,vip\n"
+    )
+    with pytest.raises(FormatError, match=r"unknown column.*'Tags'"):
+        read(tagged, "csv", mapping())
+
+    ignoring = from_parts(**OPTIONS, fields=FIELDS, belongs=BELONGS, ignored=["Tags"])
+    assert [r.record for r in read(tagged, "csv", ignoring)[:2]] == [  # type: ignore[union-attr]
+        r.record  # type: ignore[union-attr]
+        for r in read(OURS, "csv")
+    ]
+    with pytest.raises(MappingError, match="no column 'Tags'"):
+        read(THEIRS, "csv", ignoring)
+
+
+def test_an_ignored_json_key_is_unread_nested_or_not():
+    line = {"msisdn": "+14155550101", "state": "unsubscribed", "at": "2026-11-03T10:00:00Z",
+            "meta": {"list": "x"}, "tags": ["a"]}  # fmt: skip
+    given = from_parts(
+        ["phone=msisdn", "type=state", "occurred_at=at"], OPTIONS["values"], OPTIONS["constants"],
+        fields=FIELDS, belongs=BELONGS, ignored=["meta.list", "tags"],
+    )  # fmt: skip
+    (record,) = read(json.dumps(line) + "\n", "jsonl", given)
+    assert record.record == read(OURS, "csv")[1].record  # type: ignore[union-attr]
