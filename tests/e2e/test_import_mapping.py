@@ -1,0 +1,325 @@
+"""``consent-ledger import`` of another platform's export under its own column names
+(``--column``, ``--value``, ``--set``, ``--mapping``), end to end on the real Kafka
+ledger and PostgreSQL: its records answered by ``CanSend``; its refusals named by
+the export's columns; a re-run, and a switch to or from a mapping, writing nothing
+(the ledger's end offsets unchanged); a mapping that does not fit the file exiting
+2 with nothing sent."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.ports import Stream
+from tests.e2e.harness import TOKENS, client
+from tests.e2e.test_bulk_import import answers, import_cli, iso, token_of
+from tests.e2e.test_bulk_import import service as service  # the fixture, shared
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+CONSENT = "Yes, text me offers from Acme. Msg & data rates may apply. Reply STOP to cancel."
+THEIR_COLUMNS = [
+    "Phone Number", "Status", "Changed At", "Opted In At", "Full Name", "Email",
+    "IP Address", "Signup Form", "Consent Text", "Screenshot", "Screenshot SHA-256", "Tags",
+]  # fmt: skip
+MAPPING: dict[str, Any] = {
+    "columns": {
+        "phone": "Phone Number",
+        "type": "Status",
+        "occurred_at": "Changed At",
+        "proof.registered_at": "Opted In At",
+        "proof.name": "Full Name",
+        "proof.email": "Email",
+        "proof.ip_address": "IP Address",
+        "proof.form_url": "Signup Form",
+        "proof.consent_text": "Consent Text",
+        "proof.screenshot_ref": "Screenshot",
+        "proof.screenshot_sha256": "Screenshot SHA-256",
+    },
+    "values": {"type": {"subscribed": "opt_in", "unsubscribed": "opt_out"}},
+    "set": {
+        "brand": "acme",
+        "campaign": "promo",
+        "tier": "promotional",
+        "method": "web_form",
+        "channel": "keyword",
+    },
+    "ignore": ["Tags"],
+}
+SUBSCRIBED = 12
+"""Numbers the export has subscribed; every fourth unsubscribed later."""
+
+
+def number(i: int) -> str:
+    return f"+1628555{4000 + i:04d}"
+
+
+def their_rows(when: datetime, first: int = 0) -> list[dict[str, str]]:
+    """An export as another platform writes it: one row per subscription change,
+    each carrying the subscriber's opt-in proof; one row of a status the mapping
+    does not name, and one of a number that is none."""
+    rows = []
+    for i in range(first, first + SUBSCRIBED):
+        opted_in = iso(when - timedelta(days=20, minutes=i))
+        subscriber = {
+            "Phone Number": number(i),
+            "Opted In At": opted_in,
+            "Full Name": f"Subscriber {i}",
+            "Email": f"s{i}@example.com",
+            "IP Address": "198.51.100.23",
+            "Signup Form": "https://acme.example/sms",
+            "Consent Text": CONSENT,
+            "Screenshot": f"s3://acme-proofs/{i}.png",
+            "Screenshot SHA-256": "ab" * 32,
+            "Tags": "spring-promo;vip",
+        }
+        rows.append({**subscriber, "Status": "subscribed", "Changed At": opted_in})
+        if i % 4 == 0:
+            stopped = iso(when - timedelta(days=3, minutes=i))
+            rows.append({**subscriber, "Status": "Unsubscribed", "Changed At": stopped})
+    rows.append({**rows[1], "Phone Number": number(first + 90), "Status": "cleaned"})
+    rows.append({**rows[1], "Phone Number": "+1 628 CALL NOW"})
+    return rows
+
+
+def our_rows(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The same export rewritten by hand under our own names, as before ``--column``."""
+    out = []
+    for row in rows:
+        kind = MAPPING["values"]["type"].get(row["Status"].strip().lower())
+        if kind is None:
+            continue
+        ours = {f: row[h] for f, h in MAPPING["columns"].items() if row.get(h)}
+        ours.update(type=kind, brand="acme", campaign="promo")
+        if kind == "opt_in":
+            ours.update(tier="promotional", method="web_form")
+        else:
+            ours = {k: v for k, v in ours.items() if not k.startswith("proof.")}
+            ours["channel"] = "keyword"
+        out.append(ours)
+    return out
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", newline="") as out:
+        writer = csv.DictWriter(out, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
+    """The export as JSON Lines, its proof nested as that platform nests it."""
+    with path.open("w") as out:
+        for row in rows:
+            nested = {
+                "msisdn": row["Phone Number"],
+                "status": row["Status"],
+                "changed_at": row["Changed At"],
+                "consent": {
+                    "opted_in_at": row["Opted In At"],
+                    "ip": row["IP Address"],
+                    "form": row["Signup Form"],
+                    "text": row["Consent Text"],
+                    "screenshot": {"ref": row["Screenshot"], "sha256": row["Screenshot SHA-256"]},
+                },
+                "contact": {"name": row["Full Name"], "email": row["Email"]},
+                "tags": row["Tags"].split(";"),
+            }
+            out.write(json.dumps(nested) + "\n")
+    return path
+
+
+JSON_KEYS = {
+    "phone": "msisdn",
+    "type": "status",
+    "occurred_at": "changed_at",
+    "proof.registered_at": "consent.opted_in_at",
+    "proof.name": "contact.name",
+    "proof.email": "contact.email",
+    "proof.ip_address": "consent.ip",
+    "proof.form_url": "consent.form",
+    "proof.consent_text": "consent.text",
+    "proof.screenshot_ref": "consent.screenshot.ref",
+    "proof.screenshot_sha256": "consent.screenshot.sha256",
+}
+
+
+def options(columns: dict[str, str], ignore: str = "Tags") -> list[str]:
+    """The mapping as command-line options."""
+    argv = [f"--column={field}={header}" for field, header in columns.items()]
+    argv.append(f"--ignore={ignore}")
+    argv += [f"--value=type:{theirs}={ours}" for theirs, ours in MAPPING["values"]["type"].items()]
+    argv += [f"--set={field}={value}" for field, value in MAPPING["set"].items()]
+    return argv
+
+
+def expected(first: int = 0) -> dict[str, str]:
+    reasons = {}
+    for i in range(first, first + SUBSCRIBED):
+        reasons[number(i)] = "REASON_REVOKED" if i % 4 == 0 else "REASON_CONSENT_ACTIVE"
+    reasons[number(first + 90)] = "REASON_REVOCATION_PENDING_REVIEW"
+    return reasons
+
+
+async def imported(runtime: Any, *argv: str) -> tuple[int, str, str]:
+    return await import_cli(*argv, "--address", runtime.address, token=TOKENS["acme-app"][0])
+
+
+async def test_a_mapped_csv_export_is_imported_named_in_its_columns_and_again_as_nothing(
+    service, tmp_path
+):
+    runtime, when = service
+    export = write_csv(tmp_path / "subscribers.csv", their_rows(when))
+    records = SUBSCRIBED + SUBSCRIBED // 4
+    assert runtime.ledger is not None
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    code, dry, err = await imported(
+        runtime,
+        str(export),
+        *options(MAPPING["columns"]),
+        "--dry-run",
+    )
+
+    assert code == 1, dry + err
+    assert f"would import {records:,} of {records + 2:,} records" in dry, dry
+    assert re.search(r"INVALID_ARGUMENT +Phone Number: ", dry), dry
+    assert re.search(r"INVALID_ARGUMENT +Status: .*would be held for review", dry), dry
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
+
+    code, out, err = await imported(
+        runtime, str(export), *options(MAPPING["columns"]),
+        "--refusals", str(tmp_path / "refused.jsonl"),
+    )  # fmt: skip
+
+    assert code == 1, out + err  # two refused
+    assert f"imported {records:,} of {records + 2:,} records" in out, out + err
+    assert re.search(r"1 +INVALID_ARGUMENT +Phone Number: ", out), out
+    assert re.search(r"1 +INVALID_ARGUMENT +Status: has the value 'cleaned'.*held for review", out)
+    assert "held for review: 1" in out, out
+    refused = [json.loads(line) for line in (tmp_path / "refused.jsonl").read_text().splitlines()]
+    assert sorted(r["field"] for r in refused) == ["Phone Number", "Status"], refused
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, list(expected()), token_of(out))
+    assert reasons == expected(), reasons
+
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    mapping_file = tmp_path / "mapping.json"
+    mapping_file.write_text(json.dumps(MAPPING))
+
+    code, again, err = await imported(runtime, str(export), "--mapping", str(mapping_file))
+
+    assert code == 1, again + err
+    assert f"imported 0 of {records + 2:,} records" in again, again
+    assert f"already present: {records:,}" in again, again
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+    # The same export as JSON Lines, its proof nested: the same records, nothing new.
+    jsonl = write_jsonl(tmp_path / "subscribers.jsonl", their_rows(when))
+    code, as_json, err = await imported(runtime, str(jsonl), *options(JSON_KEYS, "tags"))
+
+    assert code == 1, as_json + err
+    assert f"imported 0 of {records + 2:,} records" in as_json, as_json
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+async def test_an_export_rewritten_by_hand_then_mapped_is_imported_once(service, tmp_path):
+    runtime, when = service
+    rows = their_rows(when, first=20)
+    ours = write_csv(tmp_path / "ours.csv", our_rows(rows))
+    records = SUBSCRIBED + SUBSCRIBED // 4
+
+    code, out, err = await imported(runtime, str(ours))
+
+    assert code == 1, out + err  # the bad number
+    assert f"imported {records:,} of {records + 1:,} records" in out, out
+    assert runtime.ledger is not None
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    export = write_csv(tmp_path / "subscribers.csv", rows)
+    code, mapped, err = await imported(runtime, str(export), *options(MAPPING["columns"]))
+
+    assert code == 1, mapped + err  # the unmapped status and the bad number
+    assert "imported 0 of" in mapped and f"already present: {records:,}" in mapped, mapped
+    # The opt-out held for its unmapped status is the only record written.
+    assert (
+        sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+        == sum(ends.values()) + 1
+    )
+
+
+async def test_a_mapped_json_lines_export_is_imported(service, tmp_path):
+    runtime, when = service
+    export = write_jsonl(tmp_path / "subscribers.jsonl", their_rows(when, first=40))
+    mapping_file = tmp_path / "mapping.toml"
+    keys = "\n".join(f'"{field}" = "{key}"' for field, key in JSON_KEYS.items())
+    mapping_file.write_text(
+        f'ignore = ["tags"]\n[columns]\n{keys}\n[values.type]\nsubscribed = "opt_in"\n'
+        'unsubscribed = "opt_out"\n[set]\nbrand = "acme"\ncampaign = "promo"\n'
+        'tier = "promotional"\nmethod = "web_form"\nchannel = "keyword"\n'
+    )
+
+    code, out, err = await imported(runtime, str(export), "--mapping", str(mapping_file))
+
+    assert code == 1, out + err
+    records = SUBSCRIBED + SUBSCRIBED // 4
+    assert f"imported {records:,} of {records + 2:,} records" in out, out
+    assert re.search(r"INVALID_ARGUMENT +msisdn: ", out), out
+    assert re.search(r"INVALID_ARGUMENT +status: has the value 'cleaned'", out), out
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, list(expected(40)), token_of(out))
+    assert reasons == expected(40), reasons
+
+
+@pytest.mark.parametrize(
+    ("fmt", "change", "extra", "words"),
+    [
+        ("csv", {"phone": "Mobile"}, [], "has no column 'Mobile'"),
+        ("csv", {"brand": "Full Name"}, [], "both read from a column (--column) and set"),
+        ("jsonl", {"phone": "contact.mobile"}, [], "has no column 'contact.mobile'"),
+        ("csv", {}, ["--value=text:sms=STOP"], "has no column for"),
+    ],
+)
+async def test_a_mapping_that_does_not_fit_the_export_exits_2_with_nothing_sent(
+    service, tmp_path, fmt, change, extra, words
+):
+    runtime, when = service
+    rows = their_rows(when, first=60)
+    export = (
+        write_csv(tmp_path / "subscribers.csv", rows)
+        if fmt == "csv"
+        else write_jsonl(tmp_path / "subscribers.jsonl", rows)
+    )
+    columns = {**(MAPPING["columns"] if fmt == "csv" else JSON_KEYS), **change}
+    ignore = "Tags" if fmt == "csv" else "tags"
+    assert runtime.ledger is not None
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    code, out, err = await imported(runtime, str(export), *options(columns, ignore), *extra)
+
+    assert code == 2, out + err
+    assert words in err, err
+    assert out == "", out
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, [number(61)], "")
+    assert reasons == {number(61): "REASON_NO_CONSENT"}
+
+
+async def test_a_column_mapped_and_present_under_our_own_name_exits_2(service, tmp_path):
+    runtime, when = service
+    rows = [{**row, "phone": row["Phone Number"]} for row in their_rows(when, first=70)]
+    export = write_csv(tmp_path / "subscribers.csv", rows)
+
+    code, out, err = await imported(runtime, str(export), *options(MAPPING["columns"]))
+
+    assert code == 2, out + err
+    assert "has a column 'phone' and phone is mapped from 'Phone Number'" in err, err
