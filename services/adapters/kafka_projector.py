@@ -124,7 +124,11 @@ class KafkaProjector:
         return {(self._streams[tp.topic], tp.partition) for tp in consumer.assignment()}
 
     async def seek_to_stored_positions(self, assigned: Iterable[TopicPartition]) -> None:
-        consumer = self._started()
+        consumer = self._consumer
+        if consumer is None:
+            # Stopping: leaving the group can finish a rebalance that assigns these
+            # partitions here one last time; the instance that gets them next seeks.
+            return
         positions: dict[Stream, dict[int, int]] = {}
         for tp in sorted(assigned):
             stream = self._streams[tp.topic]
