@@ -618,9 +618,13 @@ class Writes:
         with none or that number unreadable, under each of ``unowned_brands``, as a
         STOP to a number no campaign sends from is kept.
 
-        The fields are the request's as sent; ``record`` digests the whole of it."""
-        if held_intent(body) not in HELD_INTENTS:
-            return
+        The fields are the request's as sent; ``record`` digests the whole of it.
+
+        Any refused text to a number of a brand ``authorize`` refuses, a STOP or not,
+        is refused for that brand first (``PermissionDenied``), as the same text
+        without its faults is: a token of acme was told what to mend in a text to
+        globex's number (INVALID_ARGUMENT on ``body``), and so that it was some
+        brand's, where a clean one says only that it may not act for it."""
         brand, campaign = unowned_brands[0], None
         owner = None
         try:
@@ -632,6 +636,10 @@ class Writes:
             if owner is None:  # perhaps claimed a moment ago: count every claim acknowledged
                 await self.ctx.require_caught_up(Stream.CAMPAIGNS, "to_phone")
                 owner = await self.ctx.view.campaign_for_number(to)
+        if owner is not None:
+            authorize(owner[0])
+        if held_intent(body) not in HELD_INTENTS:
+            return
         brands: Sequence[str] = ()
         if owner is not None:
             brand, campaign = owner
