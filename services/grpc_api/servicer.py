@@ -407,14 +407,26 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         principal.require(scope, brand if is_name(brand) else None)
         return principal
 
-    def _writer(self, context: grpc.aio.ServicerContext, scope: Scope, brand: str) -> Principal:
+    def _writer(
+        self,
+        context: grpc.aio.ServicerContext,
+        scope: Scope,
+        brand: str,
+        *,
+        any_brand: bool = False,
+    ) -> Principal:
         """The caller of a write for ``brand``, with ``scope``, held to ``brand`` when it
-        is a name (or "*"). An empty or malformed one is bad input, whoever asks: the
-        write's field checks refuse it (INVALID_ARGUMENT, with every other bad field)
-        before anything is written, where PERMISSION_DENIED would send the caller of
-        a token for some brands to look at its token rather than at the request."""
+        is a name (or "*", with ``any_brand``: a write that may name it, resolving a
+        STOP whose brand was unknown). An empty or malformed one is bad input, whoever
+        asks: the write's field checks refuse it (INVALID_ARGUMENT, with every other
+        bad field) before anything is written, where PERMISSION_DENIED would send the
+        caller of a token for some brands to look at its token rather than at the
+        request. So is "*" where no write may name it: an opt-out under it from a token
+        of acme alone was PERMISSION_DENIED and held nothing, where its import is
+        refused on ``brand`` and held under acme, whose it may be."""
         principal = self.authenticate(context)
-        principal.require(scope, brand if brand == ANY_BRAND or is_name(brand) else None)
+        named = is_name(brand) or (any_brand and brand == ANY_BRAND)
+        principal.require(scope, brand if named else None)
         return principal
 
     async def _refused(
@@ -947,10 +959,12 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         context: grpc.aio.ServicerContext,
         response: Callable[..., R],
         scope: Scope = Scope.WRITE,
+        *,
+        any_brand: bool = False,
     ) -> R:
-        """Every plain write: authorize for the request's brand, translate, record,
-        and answer with the ``response`` type's event ids and token."""
-        principal = self._writer(context, scope, request.brand)
+        """Every plain write: authorize for the request's brand (``_writer``), translate,
+        record, and answer with the ``response`` type's event ids and token."""
+        principal = self._writer(context, scope, request.brand, any_brand=any_brand)
         command = api.command_from_proto(request)
         assert not isinstance(command, HandleInboundMessage)
         budget = write_budget(context, self.write_timeout)
@@ -1091,6 +1105,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             context,
             api_pb2.ResolveRevocationCandidateResponse,
             Scope.WRITE if revoked else Scope.ADMIN,
+            any_brand=True,  # "*": the STOPs whose brand was unknown, an operator's
         )
 
     @translate_errors

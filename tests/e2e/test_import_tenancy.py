@@ -1,17 +1,29 @@
 """Who may import what, through the real gRPC server, on the real Kafka ledger and
 PostgreSQL and on the embedded default's ledger (PostgreSQL): a record of a brand
 the token may not write for is refused PERMISSION_DENIED, as its single write is,
-whatever else is wrong with it, and nothing of it is written."""
+whatever else is wrong with it, and nothing of it is written; a record under "*"
+is refused, and held, as its single write is."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 
-from ledger.ports import Stream
-from tests.e2e.harness import Clock, client, define, imported, opt_in, opt_out, serving
+from ledger.ports import ConsistencyToken, Stream
+from tests.e2e.harness import (
+    Clock,
+    client,
+    define,
+    held_info,
+    imported,
+    opt_in,
+    opt_out,
+    serving,
+    status_details,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -70,3 +82,76 @@ async def test_an_opt_out_under_a_spelling_of_the_caller_s_brand_is_still_held(s
     (refusal,) = answer.refusals
     assert refusal.code == "INVALID_ARGUMENT" and refusal.held_for_review
     assert answer.held_for_review == 1
+
+
+async def _refused(call, request) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(request)
+    return caught.value
+
+
+async def _held_under(runtime, admin, phone: str, token: str) -> set[str]:
+    """The brands of acme's and globex's whose CanSend denies ``phone``, pending review."""
+    denied = set()
+    for brand, campaign in (("acme", "promo"), ("globex", "deals")):
+        answer = await admin.CanSend(
+            api.CanSendRequest(phone=phone, brand=brand, campaign=campaign, at_least_as_fresh=token)
+        )
+        if answer.reason == api.REASON_REVOCATION_PENDING_REVIEW:
+            denied.add(brand)
+    return denied
+
+
+@pytest.mark.parametrize("who, held", [("acme-app", {"acme"}), ("admin", {"acme", "globex"})])
+async def test_an_opt_out_under_every_brand_is_refused_and_held_alike_by_both_paths(
+    service, who, held
+):
+    """Brand "*" is the key of the STOPs whose brand is unknown, no brand a write
+    names: an opt-out under it is bad input, whoever asks, and may be the caller's.
+    For a token of acme alone, the import refused it on ``brand`` and held it under
+    acme, where RecordOptOut refused it PERMISSION_DENIED and held nothing, so the
+    number went on being sent to. Both now refuse it on ``brand`` and hold it under
+    the caller's brands (under "*", every brand, for a token of every brand)."""
+    runtime, clock = service
+    single, imported_one = "+14155550342", "+14155550343"
+    async with client(runtime.address, who) as app, client(runtime.address) as admin:
+        err = await _refused(app.RecordOptOut, opt_out(single, "*", None, clock.now))
+        answer = await imported(
+            app, api.ImportRecord(opt_out=opt_out(imported_one, "*", None, clock.now))
+        )
+        info = held_info(err)
+        (refusal,) = answer.refusals
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in status_details(err)] == ["brand"]
+        assert (refusal.code, [v.field for v in refusal.violations]) == (
+            "INVALID_ARGUMENT",
+            ["brand"],
+        )
+        assert refusal.held_for_review and answer.held_for_review == 1
+        assert info is not None
+        assert info["held_brands"] == ("acme" if who == "acme-app" else "*")
+        token = ConsistencyToken.decode(info["consistency_token"])
+        token = token.merge(ConsistencyToken.decode(answer.consistency_token)).encode()
+        assert await _held_under(runtime, admin, single, token) == held
+        assert await _held_under(runtime, admin, imported_one, token) == held
+
+
+@pytest.mark.parametrize("who", ["acme-app", "admin"])
+async def test_an_opt_in_under_every_brand_is_bad_input_by_both_paths(service, who):
+    """An opt-in under "*" was INVALID_ARGUMENT in an import and PERMISSION_DENIED
+    as a single write for a token of acme alone: it names no brand, which is bad
+    input whoever asks. Both refuse it on ``brand``, and nothing is written."""
+    runtime, clock = service
+    phone = "+14155550344"
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    async with client(runtime.address, who) as app:
+        err = await _refused(app.RecordOptIn, opt_in(phone, "*", "promo", clock.now))
+        answer = await imported(
+            app, api.ImportRecord(opt_in=opt_in(phone, "*", "promo", clock.now))
+        )
+    (refusal,) = answer.refusals
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in status_details(err)] == ["brand"]
+    assert (refusal.code, [v.field for v in refusal.violations]) == ("INVALID_ARGUMENT", ["brand"])
+    assert (answer.imported, answer.held_for_review) == (0, 0)
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
