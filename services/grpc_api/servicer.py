@@ -35,6 +35,7 @@ from ledger.commands import (
     HandleInboundMessage,
     HoldRefusedOptOut,
     RecordMessagesSent,
+    RecordOptOut,
     check_name,
     is_name,
 )
@@ -983,47 +984,93 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def RecordOptOut(
         self, request: api_pb2.RecordOptOutRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.RecordOptOutResponse:
+        writer = self.authenticate(context)
+
+        def authorize(brand: str) -> None:
+            writer.require(Scope.WRITE, brand)
+
         try:
             # Under "ac-me", a brand the caller may not write for, meaning acme, which
             # it writes for: refused on brand, and held under acme, not refused
             # PERMISSION_DENIED with nothing held.
-            writer = self.authenticate(context)
             await within(
                 write_budget(context, self.write_timeout),
-                self.usecases.writes.check_brand_meant(
-                    request.brand, lambda brand: writer.require(Scope.WRITE, brand)
-                ),
+                self.usecases.writes.check_brand_meant(request.brand, authorize),
             )
             return await self._record(request, context, api_pb2.RecordOptOutResponse)
         # Refused for its details, or for a request id used before for another
         # request (a client's bug no retry mends), or as too large by the ledger (a
         # topic's own limit, which no retry gets past either): held when it can be read.
         except (DomainError, AlreadyExists, EventTooLarge) as exc:
-            principal = self.authenticate(context)
-            campaign = request.campaign if request.HasField("campaign") else None
-            hold = HoldRefusedOptOut(
-                request.request_id,
-                request.phone,
-                request.brand,
-                _digest(request),
-                campaign,
-                via=HELD_OPT_OUT,
-            )
-            # A brand left out, blank or unreadable ("Acme!") names none to hold it
-            # under: it was one of the caller's, so it is held under each of them.
-            unread = () if is_name(hold.brand) else principal.own_brands
-            await within(
-                write_budget(context, self.write_timeout),
-                self.usecases.writes.hold_refused_opt_out(
-                    hold,
-                    exc if isinstance(exc, AlreadyExists) else refusal_of(exc),
-                    lambda brand: principal.require(Scope.WRITE, brand),
-                    recorded_by=principal.name,
-                    brands=unread,
-                    held_before_as=_earlier_digest(request),
-                ),
-            )
-            raise
+            refused = exc
+            if isinstance(exc, DomainError):
+                refused = await within(
+                    write_budget(context, self.write_timeout),
+                    self._every_bad_field(request, exc, authorize),
+                )
+            await self._hold_opt_out(request, context, refused)
+            if refused is exc:
+                raise
+            raise refused from exc
+
+    async def _every_bad_field(
+        self,
+        request: api_pb2.RecordOptOutRequest,
+        refused: DomainError,
+        authorize: Callable[[str], None],
+    ) -> DomainError:
+        """``refused`` with every other bad field of the opt-out: its brand, under one
+        that reads as a brand in use ("ac-me"), is refused before its other fields for
+        a caller that may not write for it, and after them for one that may, so "ac-me"
+        with a time ahead was refused on brand alone or on occurred_at alone, by who
+        asked, where an import names both."""
+        found = Violations()
+        if all(name != "brand" for name, _ in refused.violations):
+            meant = await self.usecases.writes.brand_meant_refusal(request.brand, authorize)
+            if meant is not None:
+                found.add(meant)
+        found.add(refused)
+        command = found.check(api.command_from_proto, request)
+        if isinstance(command, RecordOptOut):
+            found.check(self.usecases.writes.check_fields, command)
+        try:
+            found.raise_if_any()
+        except DomainError as every:
+            return every
+        return refused
+
+    async def _hold_opt_out(
+        self,
+        request: api_pb2.RecordOptOutRequest,
+        context: grpc.aio.ServicerContext,
+        exc: DomainError | AlreadyExists | EventTooLarge,
+    ) -> None:
+        """Hold an opt-out refused ``exc`` for review when its number and brand can be
+        read (``Writes.hold_refused_opt_out``, which raises ``HeldForReview``)."""
+        principal = self.authenticate(context)
+        campaign = request.campaign if request.HasField("campaign") else None
+        hold = HoldRefusedOptOut(
+            request.request_id,
+            request.phone,
+            request.brand,
+            _digest(request),
+            campaign,
+            via=HELD_OPT_OUT,
+        )
+        # A brand left out, blank or unreadable ("Acme!") names none to hold it
+        # under: it was one of the caller's, so it is held under each of them.
+        unread = () if is_name(hold.brand) else principal.own_brands
+        await within(
+            write_budget(context, self.write_timeout),
+            self.usecases.writes.hold_refused_opt_out(
+                hold,
+                exc if isinstance(exc, AlreadyExists) else refusal_of(exc),
+                lambda brand: principal.require(Scope.WRITE, brand),
+                recorded_by=principal.name,
+                brands=unread,
+                held_before_as=_earlier_digest(request),
+            ),
+        )
 
     @translate_errors
     async def RecordReconfirmation(

@@ -82,6 +82,7 @@ from ledger.ports import (
     RequestUse,
     Stream,
 )
+from ledger.validation import Violations
 from services.errors import (
     FailedPrecondition,
     NotConsistent,
@@ -790,9 +791,16 @@ class Imports:
         if cmd is None:
             await self._refuse_another_brand(item.brand, opt_out=item.held is not None)
             assert item.error is not None
+            if item.held is not None and is_name(item.brand):
+                await self._refuse_with_brand_meant(item.brand, item.error)
             raise item.error
         await self._refuse_another_brand(cmd.brand, opt_out=isinstance(cmd, RecordOptOut))
-        events = to_events(cmd, now)  # every bad field at once
+        try:
+            events = to_events(cmd, now)  # every bad field at once
+        except DomainError as exc:
+            if isinstance(cmd, RecordOptOut):
+                await self._refuse_with_brand_meant(cmd.brand, exc)
+            raise
         if isinstance(cmd, RecordOptOut):
             await self._check_brand_meant(cmd.brand)
         self._authorize(cmd.brand)
@@ -900,6 +908,18 @@ class Imports:
         if opt_out and any(self._allows(b) for b in (await self._brands_in_use()).meant(brand)):
             return
         self._authorize(brand)
+
+    async def _refuse_with_brand_meant(self, brand: str, refused: DomainError) -> None:
+        """Refuse an opt-out ``refused`` for its other fields on its brand as well, when
+        ``_check_brand_meant`` refuses that: "ac-me" with a time ahead was refused on
+        ``occurred_at`` alone, where RecordOptOut refuses it on both."""
+        try:
+            await self._check_brand_meant(brand)
+        except DomainError as exc:
+            found = Violations()
+            found.add(exc)
+            found.add(refused)
+            found.raise_if_any()
 
     async def _check_brand_meant(self, brand: str) -> None:
         """As RecordOptOut does (``Writes.check_brand_meant``): an opt-out under

@@ -492,6 +492,25 @@ class Writes:
         if any(_allows(authorize, b) for b in meant):
             raise brand_meant_refused(brand, meant)
 
+    async def brand_meant_refusal(
+        self, brand: str, authorize: Callable[[str], None]
+    ) -> DomainError | None:
+        """The refusal on ``brand`` that an opt-out under it meets once its other fields
+        pass (``check_brand_meant`` for a caller ``authorize`` refuses, or
+        ``_check_brand_meant`` for one it allows), or None: so that an opt-out refused
+        for those fields names its brand too, as an import's does."""
+        if not is_name(brand):
+            return None
+        meant = await self._brands_meant(brand, catch_up=False)
+        if meant and (_allows(authorize, brand) or any(_allows(authorize, b) for b in meant)):
+            return brand_meant_refused(brand, meant)
+        return None
+
+    def check_fields(self, cmd: Command) -> None:
+        """Refuse every bad field of ``cmd`` at this moment (a time too far ahead
+        included, which its translation does not check), as ``record`` would."""
+        to_events(cmd, self.ctx.clock())
+
     async def _check_brand_meant(self, brand: str) -> None:
         """Refuse an opt-out under a brand no campaign was defined for that reads as
         one in use ("acme_co" for "acme-co"). An operator's token acts for every brand,

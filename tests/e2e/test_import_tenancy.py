@@ -155,3 +155,33 @@ async def test_an_opt_in_under_every_brand_is_bad_input_by_both_paths(service, w
     assert (refusal.code, [v.field for v in refusal.violations]) == ("INVALID_ARGUMENT", ["brand"])
     assert (answer.imported, answer.held_for_review) == (0, 0)
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+@pytest.mark.parametrize("who", ["acme-app", "admin"])
+async def test_an_opt_out_under_a_spelling_of_a_brand_names_every_bad_field_both_ways(service, who):
+    """An opt-out under "ac-me" (acme's) stamped hours ahead was refused on ``brand``
+    alone by RecordOptOut for a token of acme and on ``occurred_at`` alone for one of
+    every brand, and on ``occurred_at`` alone imported: each named a field of two,
+    by who asked and by which path. Both name both, and hold it under acme."""
+    runtime, clock = service
+    single, imported_one = "+14155550345", "+14155550346"
+    ahead = clock.now + timedelta(hours=3)
+    async with client(runtime.address, who) as app, client(runtime.address) as admin:
+        err = await _refused(app.RecordOptOut, opt_out(single, "ac-me", None, ahead))
+        answer = await imported(
+            app, api.ImportRecord(opt_out=opt_out(imported_one, "ac-me", None, ahead))
+        )
+        info = held_info(err)
+        assert info is not None and info["held_brands"] == "acme"
+        token = ConsistencyToken.decode(info["consistency_token"])
+        token = token.merge(ConsistencyToken.decode(answer.consistency_token)).encode()
+        assert await _held_under(runtime, admin, single, token) == {"acme"}
+        assert await _held_under(runtime, admin, imported_one, token) == {"acme"}
+    (refusal,) = answer.refusals
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in status_details(err)] == ["brand", "occurred_at"]
+    assert (refusal.code, [v.field for v in refusal.violations]) == (
+        "INVALID_ARGUMENT",
+        ["brand", "occurred_at"],
+    )
+    assert refusal.held_for_review
