@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from ledger.events import Recorded, SubjectErased, SubscriberEvent, event_id_for, evolved
 from ledger.phone import forms_stored_before
@@ -103,6 +104,9 @@ class Erasure:
         fields = checked(cmd, now)
         number, brand = fields["phone"], fields["brand"]
         history = await self._everything(number, brand)
+        earlier = self._recorded_before(history, fields)
+        if earlier:
+            return await self._finished(earlier, brand)
         verdict = erasure_verdict(history, self.retention, now)
         if verdict.last_fact is None:
             raise Refused(
@@ -153,6 +157,34 @@ class Erasure:
         return Erased(
             result.event_ids[0], result.token, verdict.retained_until, destroyed, result.replayed
         )
+
+    @staticmethod
+    def _recorded_before(history: list[Recorded], fields: dict[str, Any]) -> list[SubjectErased]:
+        """This very request's erasures, when an earlier attempt recorded them (the one
+        of the number first, then those of its other spellings)."""
+        mine = [
+            r.event
+            for r in history
+            if isinstance(r.event, SubjectErased)
+            and r.event.request_id == fields["request_id"]
+            and r.event.request_fingerprint == fields["request_fingerprint"]
+        ]
+        if not any(str(e.event_id) == str(fields["event_id"]) for e in mine):
+            return []
+        return sorted(mine, key=lambda e: str(e.event_id) != str(fields["event_id"]))
+
+    async def _finished(self, earlier: list[SubjectErased], brand: str) -> Erased:
+        """A retry of an erasure recorded before, whose keys may not all be destroyed
+        (its attempt failed after the append): answered as that erasure, and the keys
+        it named destroyed now. It is not decided again, so facts recorded since (a
+        fresh opt-in, whose key it leaves alone) neither refuse it nor widen it."""
+        result = await recorded_once(self.ctx, earlier)
+        destroyed = 0
+        if self.keys is not None:
+            for e in earlier:
+                destroyed += await self.keys.destroy(e.phone, brand, e.key_ids)
+        retained_until = earlier[0].retained_until
+        return Erased(result.event_ids[0], result.token, retained_until, destroyed, True)
 
     async def hold(self, cmd: PlaceLegalHold | ReleaseLegalHold, by: str = "") -> WriteResult:
         """Record a hold placed, or one released. Releasing a hold that does not stand
