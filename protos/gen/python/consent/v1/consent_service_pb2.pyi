@@ -3233,7 +3233,9 @@ class RequestErasureResponse(_message.Message):
     """The SubjectErased event."""
     consistency_token: _builtins.str
     keys_destroyed: _builtins.int
-    """Keys destroyed by this call (0 on a retry, or when nothing was ever sealed)."""
+    """Keys destroyed by this call: 0 when nothing was ever sealed, or on a retry
+    whose first try destroyed them (a retry finishes what a first try left).
+    """
     @_builtins.property
     def retained_until(self) -> _timestamp_pb2.Timestamp:
         """When the retention period had ended."""
