@@ -7,6 +7,10 @@ The command line (``--column``, ``--value``, ``--set``) and a mapping file
 turned into one ``Mapping`` by one function (``from_parts``); a mistake in either is
 a ``MappingError``, a usage error, before the file is read.
 
+A field may be read from one column for opt-ins and another for opt-outs
+(``occurred_at@opt_out``): an export that keeps an "opted in at" and an "opted out
+at" column would otherwise have its opt-outs imported at their opt-in's time.
+
 A record read through a mapping is the record the export would be under our own
 names: its import id, derived from what it says, is the same either way, so
 switching to a mapping imports nothing again.
@@ -29,10 +33,11 @@ class MappingError(ValueError):
 
 @dataclass(frozen=True)
 class Mapping:
-    """``columns``: our field -> the export's column; ``values``: our field -> the
-    export's value (stripped, case folded) -> ours; ``constants``: our field -> the
-    value every record has; ``belongs``: of the fields of both, those given only to
-    records of one type (``opt_in`` or ``opt_out``)."""
+    """``columns``: our field (or ``FIELD@TYPE``: FIELD of records of that type
+    only, in place of FIELD's own column) -> the export's column; ``values``: our
+    field -> the export's value (stripped, case folded) -> ours; ``constants``: our
+    field -> the value every record has; ``belongs``: of the fields of both, those
+    given only to records of one type (``opt_in`` or ``opt_out``)."""
 
     columns: dict[str, str] = field(default_factory=dict)
     values: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -45,8 +50,16 @@ class Mapping:
     def __bool__(self) -> bool:
         return bool(self.columns or self.values or self.constants or self.ignored)
 
-    def shown(self, name: str) -> str:
-        """Our field ``name`` as the export names it, for what the command tells."""
+    def shown(self, name: str, kind: str | None = None) -> str:
+        """Our field ``name`` (of a record of ``kind``, if known) as the export names
+        it, for what the command tells."""
+        if kind is not None and f"{name}{TYPED}{kind}" in self.columns:
+            return self.columns[f"{name}{TYPED}{kind}"]
+        typed = [
+            self.columns[f"{name}{TYPED}{k}"] for k in KINDS if f"{name}{TYPED}{k}" in self.columns
+        ]
+        if typed and kind is None:
+            return " or ".join(dict.fromkeys([*typed, self.columns.get(name, name)]))
         if name in self.columns:
             return self.columns[name]
         if name in self.constants:
@@ -71,15 +84,16 @@ class Mapping:
         if twice:
             raise MappingError(f"{where} names the column {twice[0]!r} more than once")
         read_from = set(self.columns.values())
-        for name in [*self.columns, *self.constants]:
+        for name in dict.fromkeys(n.partition(TYPED)[0] for n in [*self.columns, *self.constants]):
             # A column of our own name that is itself mapped to another field is fine.
             if name in have and name not in read_from:
-                how = "mapped from " + repr(self.columns[name]) if name in self.columns else "set"
+                how = "set" if name in self.constants else "mapped from " + repr(self.shown(name))
                 raise MappingError(
                     f"{where} has a column {name!r} and {name} is {how} as well; "
                     "drop one of the two"
                 )
-        unread = [n for n in self.values if n not in self.columns and n not in have]
+        mapped = {n.partition(TYPED)[0] for n in self.columns}
+        unread = [n for n in self.values if n not in mapped and n not in have]
         if unread:
             raise MappingError(
                 f"--value {unread[0]}:... maps values of {unread[0]}, which {where} has no "
@@ -91,7 +105,8 @@ class Mapping:
         from it (one column may give two, as a time both of the opt-in and of its
         proof), the others as they are."""
         read_from = set(self.columns.values()) | self.ignored
-        return [*(h for h in header if h not in read_from), *self.columns]
+        fields = dict.fromkeys(n.partition(TYPED)[0] for n in self.columns)
+        return [*(h for h in header if h not in read_from), *fields]
 
     def fields_of(self, row: dict[str, Any]) -> dict[str, Any]:
         """A record's values under our field names (a mapped column's value under
@@ -112,6 +127,7 @@ class Mapping:
         what the export's value happens to spell)."""
         out = dict(fields)
         problem: tuple[str, str] | None = None
+        self._typed_read(out)
         for name, table in self.values.items():
             if name not in out or out[name] in (None, ""):
                 continue
@@ -145,6 +161,34 @@ class Mapping:
             if self.belongs.get(name, kind) != kind:
                 out.pop(name, None)
         return out, problem
+
+    def _typed_read(self, out: dict[str, Any]) -> None:
+        """Each ``FIELD@TYPE`` column's value moved to ``FIELD`` in a record of that
+        type, and dropped from the others. An empty one leaves the field empty, not
+        read from ``FIELD``'s own column: an opt-out with no "opted out at" is
+        refused (and held), not imported at its opt-in's time. A record whose type
+        is unread gets none of them."""
+        typed = [n for n in self.columns if TYPED in n]
+        if not typed:
+            return
+        given = out.get("type")
+        if given not in (None, "") and "type" in self.values:
+            # Read as ``apply`` reads it: a JSON export's true / false as "true" / "false".
+            key = given if isinstance(given, str) else json.dumps(given)
+            given = self.values["type"].get(key.strip().casefold())
+        kind = given.strip().lower().replace("-", "_") if isinstance(given, str) else ""
+        for key in typed:
+            name, _, of = key.partition(TYPED)
+            value = out.pop(key, None)
+            if of == kind:
+                out.pop(name, None)
+                if value not in (None, ""):
+                    out[name] = value
+
+
+TYPED = "@"
+"""Between a field and a record type in ``--column``: ``occurred_at@opt_out``."""
+KINDS = ("opt_in", "opt_out")
 
 
 def from_parts(
@@ -236,13 +280,26 @@ def _built(given: Dict[str, Any], fields: tuple[str, ...], belongs: dict[str, st
     columns: dict[str, str] = given["columns"]
     constants: dict[str, str] = given["set"]
     values: dict[str, dict[str, str]] = given["values"]
+    for name in columns:
+        base, typed, kind = name.partition(TYPED)
+        if not typed:
+            continue
+        if kind not in KINDS or base not in fields or base == "type":
+            raise MappingError(
+                f"--column {name}: give FIELD@opt_in or FIELD@opt_out, FIELD a field other "
+                "than type, to read FIELD from this column for records of that type only"
+            )
+        if belongs.get(base, kind) != kind:
+            raise MappingError(
+                f"--column {name}: {base} is a field of {belongs[base]} records only"
+            )
     for what, names in (("--column", columns), ("--value", values), ("--set", constants)):
-        unknown = [n for n in names if n not in fields]
+        unknown = [n for n in names if n.partition(TYPED)[0] not in fields]
         if unknown:
             raise MappingError(
                 f"{what} {unknown[0]}: no such field; the fields are: " + ", ".join(fields)
             )
-    both = sorted(set(columns) & set(constants))
+    both = sorted({n.partition(TYPED)[0] for n in columns} & set(constants))
     if both:
         raise MappingError(f"{both[0]} is both read from a column (--column) and set (--set)")
     set_and_mapped = sorted(set(values) & set(constants))

@@ -114,7 +114,12 @@ mapping an export (another platform's names):
   THEIRS of that field (spaces around it and capitals aside) as OURS; --set
   FIELD=VALUE gives every record a field the export has no column for; --ignore
   HEADER leaves a column of the export unread (one neither read nor ignored is
-  refused, as a misspelt column is). Each may be repeated; --mapping FILE says the
+  refused, as a misspelt column is). --column FIELD@opt_out=HEADER (or @opt_in)
+  reads FIELD of that type's records from HEADER instead, for an export that keeps
+  its opt-outs' times apart: --column occurred_at="Opted In At" --column
+  occurred_at@opt_out="Opted Out At" (an opt-out whose "Opted Out At" is empty is
+  refused and held, never imported at its opt-in's time; in --mapping,
+  "occurred_at@opt_out" under columns). Each may be repeated; --mapping FILE says the
   same in a file, kept beside the export so that the migration can be run again
   alike (JSON, or TOML for a .toml name):
     {"columns": {"phone": "Phone Number"},
@@ -640,6 +645,7 @@ def _run(args: argparse.Namespace) -> int:
                                 chunk_lines,
                                 offset,
                                 mapping,
+                                None if opt_ins is None else ("opt_in" if opt_ins else "opt_out"),
                             )
                             for v in refusal.violations
                         ]
@@ -880,6 +886,7 @@ def _in_file_terms(
     chunk_lines: array[int],
     offset: int = 0,
     mapping: import_mapping.Mapping | None = None,
+    kind: str | None = None,
 ) -> tuple[str, str]:
     """A refusal as the file says it: the service's ``request_id`` is the file's
     ``import_id``, and a record of the import it names (an import id the file
@@ -897,7 +904,7 @@ def _in_file_terms(
         return found.group()
 
     ours = "import_id" if field_name == "request_id" else field_name
-    shown = mapping.shown(ours) if mapping is not None else ours
+    shown = mapping.shown(ours, kind) if mapping is not None else ours
     return shown, _EARLIER_RECORD.sub(line_of, reason)
 
 

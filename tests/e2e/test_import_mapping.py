@@ -323,3 +323,81 @@ async def test_a_column_mapped_and_present_under_our_own_name_exits_2(service, t
 
     assert code == 2, out + err
     assert "has a column 'phone' and phone is mapped from 'Phone Number'" in err, err
+
+
+async def test_opt_outs_kept_in_their_own_time_column_are_imported_at_that_time(service, tmp_path):
+    """An export keeping "Opted In At" and "Opted Out At" apart: each record at its
+    own type's time (``occurred_at@opt_out``), so a number that came back after its
+    opt-out is allowed and one that left after coming back is not; an opt-out with
+    no time of its own is refused and held, never imported at its opt-in's time;
+    a re-run writes nothing."""
+    runtime, when = service
+    day = lambda n: iso(when - timedelta(days=n))  # noqa: E731
+    came_back, left, left_untimed = number(80), number(81), number(82)
+    changes = [  # the number, its status, when it opted in, when it opted out
+        (came_back, "subscribed", day(30), ""),
+        (came_back, "unsubscribed", day(30), day(10)),
+        (came_back, "subscribed", day(2), day(10)),
+        (left, "subscribed", day(30), ""),
+        (left, "unsubscribed", day(30), day(2)),
+        (left_untimed, "subscribed", day(30), ""),
+        (left_untimed, "unsubscribed", day(30), ""),
+    ]
+    columns = ["Phone Number", "Status", "Opted In At", "Opted Out At"]
+    rows = [dict(zip(columns, change, strict=True)) for change in changes]
+    export = write_csv(tmp_path / "subscribers.csv", rows)
+    argv = [
+        "--column=phone=Phone Number", "--column=type=Status",
+        "--column=occurred_at=Opted In At", "--column=occurred_at@opt_out=Opted Out At",
+        "--column=proof.registered_at=Opted In At",
+        "--value=type:subscribed=opt_in", "--value=type:unsubscribed=opt_out",
+        "--set=brand=acme", "--set=campaign=promo", "--set=tier=promotional",
+        "--set=method=verbal", "--set=channel=keyword", f"--set=proof.consent_text={CONSENT}",
+        "--set=proof.name=Acme subscriber", "--set=proof.collection_detail=call 2211",
+    ]  # fmt: skip
+
+    code, out, err = await imported(runtime, str(export), *argv)
+
+    assert code == 1, out + err  # the opt-out with no time, held
+    assert "imported 6 of 7 records" in out, out
+    assert re.search(r"1 +INVALID_ARGUMENT +Opted Out At: is required; held for review", out)
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, [came_back, left, left_untimed], token_of(out))
+    assert reasons == {
+        came_back: "REASON_CONSENT_ACTIVE",
+        left: "REASON_REVOKED",
+        left_untimed: "REASON_REVOCATION_PENDING_REVIEW",
+    }, reasons
+    assert runtime.ledger is not None
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    code, again, err = await imported(runtime, str(export), *argv)
+
+    assert code == 1, again + err
+    assert "imported 0 of 7 records" in again and "already present: 6" in again, again
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+@pytest.mark.parametrize(
+    ("column", "words"),
+    [
+        ("occurred_at@optout=Opted Out At", "give FIELD@opt_in or FIELD@opt_out"),
+        ("type@opt_out=Opted Out At", "give FIELD@opt_in or FIELD@opt_out"),
+        ("tier@opt_out=Opted Out At", "tier is a field of opt_in records only"),
+    ],
+)
+async def test_a_column_of_one_record_type_that_cannot_be_used_exits_2(
+    service, tmp_path, column, words
+):
+    runtime, when = service
+    rows = [{"Phone Number": number(85), "Status": "subscribed", "Opted Out At": iso(when)}]
+    export = write_csv(tmp_path / "subscribers.csv", rows)
+
+    code, out, err = await imported(
+        runtime, str(export), "--column=phone=Phone Number", "--column=type=Status",
+        f"--column={column}", "--value=type:subscribed=opt_in", "--set=brand=acme",
+    )  # fmt: skip
+
+    assert code == 2, out + err
+    assert words in err, err
+    assert out == "", out

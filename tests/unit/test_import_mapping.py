@@ -225,3 +225,64 @@ def test_an_ignored_json_key_is_unread_nested_or_not():
     )  # fmt: skip
     (record,) = read(json.dumps(line) + "\n", "jsonl", given)
     assert record.record == read(OURS, "csv")[1].record  # type: ignore[union-attr]
+
+
+LATER = "2026-11-30T08:00:00Z"
+
+
+def test_a_field_read_from_a_column_of_its_record_type_gives_each_its_own_time(tmp_path: Path):
+    """An export keeping "opted in at" and "opted out at" apart, its status a JSON
+    boolean: each record read at its own type's time (``occurred_at@opt_out``), the
+    same record as under our own names; an opt-out with no time of its own has none
+    (the service refuses and holds it), never its opt-in's."""
+    lines = [
+        {"p": "+14155550100", "e": {"on": True, "in": "2026-10-01T08:00:00Z", "out": None}},
+        {"p": "+14155550100", "e": {"on": False, "in": "2026-10-01T08:00:00Z", "out": LATER}},
+        {"p": "+14155550101", "e": {"on": False, "in": "2026-10-01T08:00:00Z", "out": ""}},
+    ]  # fmt: skip
+    (tmp_path / "m.toml").write_text(
+        '[columns]\nphone = "p"\ntype = "e.on"\noccurred_at = "e.in"\n'
+        '"occurred_at@opt_out" = "e.out"\n"proof.registered_at" = "e.in"\n'
+        '[values.type]\n"true" = "opt_in"\n"false" = "opt_out"\n'
+        '[set]\nbrand = "acme"\ncampaign = "promo"\nchannel = "keyword"\n'
+    )
+    mapping = from_parts(file=tmp_path / "m.toml", fields=FIELDS, belongs=BELONGS)
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    mapping.check_header(json_keys(io.StringIO(text)), "the export")
+
+    got = list(read_records(io.StringIO(text), "jsonl", None, mapping))
+
+    ours = (
+        "type,phone,brand,campaign,occurred_at,proof.registered_at,channel\n"
+        "opt_in,+14155550100,acme,promo,2026-10-01T08:00:00Z,2026-10-01T08:00:00Z,\n"
+        "opt_out,+14155550100,acme,promo,2026-11-30T08:00:00Z,,keyword\n"
+    )
+    assert [r.record for r in got[:2]] == [r.record for r in read(ours, "csv")]  # type: ignore[union-attr]
+    untimed = got[2]  # the service refuses it, "is required", and holds it
+    assert isinstance(untimed, Read) and untimed.record.HasField("opt_out"), untimed
+    assert not untimed.record.opt_out.HasField("occurred_at"), untimed
+    assert mapping.shown("occurred_at", "opt_out") == "e.out"
+    assert mapping.shown("occurred_at", "opt_in") == "e.in"
+
+
+@pytest.mark.parametrize(
+    ("columns", "constants", "words"),
+    [
+        (["occurred_at@optout=X"], [], "give FIELD@opt_in or FIELD@opt_out"),
+        (["type@opt_in=X"], [], "give FIELD@opt_in or FIELD@opt_out"),
+        (["nope@opt_in=X"], [], "give FIELD@opt_in or FIELD@opt_out"),
+        (["channel@opt_in=X"], [], "channel is a field of opt_out records only"),
+        (["occurred_at@opt_out=X"], ["occurred_at=2026-11-30T08:00:00Z"], "both read from"),
+        (["occurred_at@opt_out=X", "occurred_at@opt_out=Y"], [], "given twice"),
+    ],
+)
+def test_a_column_of_one_record_type_that_cannot_be_used_is_refused(columns, constants, words):
+    with pytest.raises(MappingError, match=words):
+        from_parts(columns, (), constants, fields=FIELDS, belongs=BELONGS)
+
+
+def test_a_column_of_our_own_name_beside_a_typed_mapping_of_it_refuses_the_file():
+    mapping = from_parts(["occurred_at@opt_out=Out"], fields=FIELDS, belongs=BELONGS)
+
+    with pytest.raises(MappingError, match="has a column 'occurred_at'"):
+        mapping.check_header(["phone", "occurred_at", "Out"], "the header")
