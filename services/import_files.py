@@ -860,6 +860,24 @@ def _time(text: str, field: str) -> Timestamp:
     return stamp
 
 
+def unreadable_value(field: str, value: str) -> str | None:
+    """Why ``value`` cannot be read as ``field`` (a type, a time, a tier, a method,
+    a source or a channel), or None: a mapping's value given for every record
+    (``--set``, ``--value``) is checked so before anything is sent, rather than
+    refusing, and holding, every record it reaches."""
+    try:
+        if field == "type":
+            if _kind({"type": value}) not in ("opt_in", "opt_out"):
+                return f"must be opt_in or opt_out: {value!r}"
+        elif field in ("occurred_at", "proof.registered_at"):
+            _time(value, field)
+        elif field in _ENUMS:
+            _enum(field, value)
+    except _Bad as bad:
+        return bad.reason
+    return None
+
+
 def _enum(field: str, text: str) -> int:
     enum, prefix = _ENUMS[field]
     name = text.strip().upper().replace("-", "_").replace(" ", "_")

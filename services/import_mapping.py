@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from collections.abc import Mapping as Dict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,12 +199,15 @@ def from_parts(
     fields: Iterable[str] = (),
     belongs: Dict[str, str] | None = None,
     ignored: Iterable[str] = (),
+    unreadable: Callable[[str, str], str | None] | None = None,
 ) -> Mapping:
     """One ``Mapping`` from the mapping file (if any) and the options given
     (``FIELD=HEADER``, ``FIELD:VALUE=OURS``, ``FIELD=VALUE``); ``fields`` are the
     fields a record may have, ``belongs`` the record type each field of one type
     only belongs to. A field given twice, in the file or the options, is refused:
-    which one was meant cannot be told."""
+    which one was meant cannot be told. ``unreadable`` says why a value cannot be
+    read as a field, if it cannot: a value set or mapped to that cannot would refuse
+    (and for an opt-out hold) every record it reaches, so it is refused here."""
     known = tuple(fields)
     given: dict[str, Any] = {"columns": {}, "values": {}, "set": {}, "ignore": []}
     if file is not None:
@@ -227,7 +230,23 @@ def from_parts(
             raise MappingError(f"--value {item!r}: give FIELD:EXPORT_VALUE=OUR_VALUE")
         table = given["values"].setdefault(name.strip(), {})
         _put(table, theirs, ours, f"--value {name.strip()}:{theirs}")
-    return _built(given, known, dict(belongs or {}))
+    mapping = _built(given, known, dict(belongs or {}))
+    if unreadable is not None:
+        _check_values(given, unreadable)
+    return mapping
+
+
+def _check_values(given: Dict[str, Any], unreadable: Callable[[str, str], str | None]) -> None:
+    """Refuse a value set (``--set``) or mapped to (``--value``) that its field
+    cannot hold. Mapped to nothing (``--value type:cleaned=``) is no value: its
+    records are read as the export would be without it."""
+    for name, value in given["set"].items():
+        if (why := unreadable(name, value)) is not None:
+            raise MappingError(f"--set {name}: {why}")
+    for name, table in given["values"].items():
+        for theirs, ours in table.items():
+            if ours.strip() and (why := unreadable(name, ours)) is not None:
+                raise MappingError(f"--value {name}:{theirs}={ours}: {why}")
 
 
 def _put(into: dict[str, str], key: str, value: str, what: str) -> None:

@@ -126,8 +126,9 @@ mapping an export (another platform's names):
      "values": {"type": {"subscribed": "opt_in"}},
      "set": {"brand": "acme"}, "ignore": ["Tags"]}
   A mapped column the file does not have (in no JSON line), a column under our own
-  name that is mapped or set as well, or a field given twice is a usage error
-  (exit 2), before anything is sent. A value the mapping does not name, of a column
+  name that is mapped or set as well, a field given twice, or a value set or mapped
+  to that its field cannot hold (--set tier=promo) is a usage error (exit 2), before
+  anything is sent. A value the mapping does not name, of a column
   whose values it maps, refuses its record; one whose type is so unread is held for
   review as a record of no type is (see above), the mapped columns of one type's
   fields, which every row carries, not counting as an opt-in's. The summary, --dry-run and
@@ -401,7 +402,7 @@ def _run(args: argparse.Namespace) -> int:
         fmt = import_files.format_of(path, args.format)
         mapping = import_mapping.from_parts(
             args.column, args.value, args.set, args.mapping, import_files.FIELDS,
-            import_files.BELONGS, args.ignore,
+            import_files.BELONGS, args.ignore, import_files.unreadable_value,
         )  # fmt: skip
         if path is None or not path.is_file():  # read twice, so kept
             spooled = import_files.spool(path, SPOOL_LIMIT)

@@ -401,3 +401,36 @@ async def test_a_column_of_one_record_type_that_cannot_be_used_exits_2(
     assert code == 2, out + err
     assert words in err, err
     assert out == "", out
+
+
+@pytest.mark.parametrize(
+    ("replace", "words"),
+    [
+        ("--set=channel=sms", "--set channel: is not one of keyword, "),
+        ("--set=tier=promo", "--set tier: is not one of conversational, "),
+        ("--value=type:cleaned=optout", "--value type:cleaned=optout: must be opt_in or opt_out"),
+        ("--set=occurred_at=yesterday", "--set occurred_at: is not an ISO 8601 time"),
+    ],
+)
+async def test_a_value_set_or_mapped_to_that_its_field_cannot_hold_exits_2_with_nothing_sent(
+    service, tmp_path, replace, words
+):
+    """A set or mapped-to value reaches every record of its type: one its field cannot
+    hold would refuse them all, and hold every opt-out for review."""
+    runtime, when = service
+    export = write_csv(tmp_path / "subscribers.csv", their_rows(when, first=100))
+    field = replace.removeprefix("--set=").partition("=")[0]
+    argv = [
+        a
+        for a in options(MAPPING["columns"])
+        if not a.startswith((f"--set={field}=", f"--column={field}="))
+    ]
+    assert runtime.ledger is not None
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    code, out, err = await imported(runtime, str(export), *argv, replace)
+
+    assert code == 2, out + err
+    assert words in err, err
+    assert out == "", out
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before

@@ -21,6 +21,7 @@ from services.import_files import (
     Unreadable,
     json_keys,
     read_records,
+    unreadable_value,
 )
 from services.import_mapping import Mapping, MappingError, from_parts
 
@@ -286,3 +287,30 @@ def test_a_column_of_our_own_name_beside_a_typed_mapping_of_it_refuses_the_file(
 
     with pytest.raises(MappingError, match="has a column 'occurred_at'"):
         mapping.check_header(["phone", "occurred_at", "Out"], "the header")
+
+
+@pytest.mark.parametrize(
+    ("values", "constants", "words"),
+    [
+        ([], ["channel=sms"], "--set channel: is not one of keyword"),
+        ([], ["method=form"], "--set method: is not one of "),
+        ([], ["proof.registered_at=2026-11-30"], "--set proof.registered_at: has no time zone"),
+        (["type:gone=opt-outs"], [], "--value type:gone=opt-outs: must be opt_in or opt_out"),
+        (["tier:vip=gold"], [], "--value tier:vip=gold: is not one of conversational"),
+    ],
+)
+def test_a_value_its_field_cannot_hold_is_refused_before_the_file_is_read(values, constants, words):
+    with pytest.raises(MappingError, match=words):
+        from_parts(
+            (), values, constants, fields=FIELDS, belongs=BELONGS, unreadable=unreadable_value
+        )
+
+
+def test_a_value_mapped_to_nothing_or_spelt_as_the_reader_reads_it_is_kept():
+    given = from_parts(
+        ["type=Status"],
+        ["type:gone=", "type:Unsubscribed=Opt-Out", "channel:sms= Keyword"],
+        ["tier=Promotional"],
+        fields=FIELDS, belongs=BELONGS, unreadable=unreadable_value,
+    )  # fmt: skip
+    assert given.values["type"] == {"gone": "", "unsubscribed": "Opt-Out"}
