@@ -23,6 +23,7 @@ import tomllib
 from collections.abc import Callable, Iterable
 from collections.abc import Mapping as Dict
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,7 @@ class Mapping:
             if name not in out or out[name] in (None, ""):
                 continue
             given = out[name]
-            key = given if isinstance(given, str) else json.dumps(given)
+            key = _as_text(given)
             mapped = table.get(key.strip().casefold())
             if mapped is None:
                 del out[name]
@@ -173,8 +174,7 @@ class Mapping:
             return
         given = out.get("type")
         if given not in (None, "") and "type" in self.values:
-            # Read as ``apply`` reads it: a JSON export's true / false as "true" / "false".
-            key = given if isinstance(given, str) else json.dumps(given)
+            key = _as_text(given)  # as ``apply`` reads it
             given = self.values["type"].get(key.strip().casefold())
         kind = given.strip().lower().replace("-", "_") if isinstance(given, str) else ""
         for key in typed:
@@ -184,6 +184,17 @@ class Mapping:
                 out.pop(name, None)
                 if value not in (None, ""):
                     out[name] = value
+
+
+def _as_text(value: Any) -> str:
+    """A JSON value as the text a ``--value`` names it by: true / false, a number as
+    written (the reader keeps 0.0 as a Decimal, which ``json`` cannot write), an
+    array or object as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Decimal):
+        return str(value)
+    return json.dumps(value, default=float)
 
 
 TYPED = "@"

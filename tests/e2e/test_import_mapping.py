@@ -434,3 +434,40 @@ async def test_a_value_set_or_mapped_to_that_its_field_cannot_hold_exits_2_with_
     assert words in err, err
     assert out == "", out
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
+
+
+async def test_a_mapped_json_value_written_as_a_decimal_is_read_or_refused_on_its_line(
+    service, tmp_path
+):
+    """A JSON export's subscribed flag written 1.0 / 0.0 (the reader keeps such a
+    number exact): one the mapping names is read, one it does not is refused on its
+    own line and, its type unread, held; the import goes on."""
+    runtime, when = service
+    lines = [
+        {"msisdn": number(110), "subscribed": 1, "at": iso(when - timedelta(days=9))},
+        {"msisdn": number(110), "subscribed": 0.0, "at": iso(when - timedelta(days=2))},
+        {"msisdn": number(111), "subscribed": 1, "at": iso(when - timedelta(days=9))},
+        {"msisdn": number(111), "subscribed": [0.5], "at": iso(when - timedelta(days=2))},
+    ]
+    export = tmp_path / "subscribers.jsonl"
+    export.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    code, out, err = await imported(
+        runtime, str(export), "--column=phone=msisdn", "--column=type=subscribed",
+        "--column=occurred_at=at", "--column=proof.registered_at=at",
+        "--value=type:1=opt_in", "--value=type:0.0=opt_out",
+        "--set=brand=acme", "--set=campaign=promo", "--set=tier=promotional",
+        "--set=method=verbal", "--set=channel=keyword", f"--set=proof.consent_text={CONSENT}",
+        "--set=proof.name=Acme subscriber", "--set=proof.collection_detail=call 2211",
+    )  # fmt: skip
+
+    assert code == 1, out + err
+    assert "imported 3 of 4 records" in out, out + err
+    assert re.search(r"1 +INVALID_ARGUMENT +subscribed: has the value '\[0\.5\]'.*line 4", out)
+    assert "held for review: 1" in out, out
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, [number(110), number(111)], token_of(out))
+    assert reasons == {
+        number(110): "REASON_REVOKED",
+        number(111): "REASON_REVOCATION_PENDING_REVIEW",
+    }, reasons
