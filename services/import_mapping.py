@@ -86,12 +86,13 @@ class Mapping:
             raise MappingError(f"{where} names the column {twice[0]!r} more than once")
         read_from = set(self.columns.values())
         for name in dict.fromkeys(n.partition(TYPED)[0] for n in [*self.columns, *self.constants]):
-            # A column of our own name that is itself mapped to another field is fine.
-            if name in have and name not in read_from:
+            # A column of our own name that is itself mapped to another field is fine,
+            # and so is one ignored: a JSON export's event "type" beside its "status".
+            if name in have and name not in read_from and name not in self.ignored:
                 how = "set" if name in self.constants else "mapped from " + repr(self.shown(name))
                 raise MappingError(
                     f"{where} has a column {name!r} and {name} is {how} as well; "
-                    "drop one of the two"
+                    f"drop one of the two, or --ignore {name} to leave the column unread"
                 )
         mapped = {n.partition(TYPED)[0] for n in self.columns}
         unread = [n for n in self.values if n not in mapped and n not in have]

@@ -126,7 +126,7 @@ mapping an export (another platform's names):
      "values": {"type": {"subscribed": "opt_in"}},
      "set": {"brand": "acme"}, "ignore": ["Tags"]}
   A mapped column the file does not have (in no JSON line), a column under our own
-  name that is mapped or set as well, a field given twice, or a value set or mapped
+  name that is mapped or set as well (unless --ignore'd), a field given twice, or a value set or mapped
   to that its field cannot hold (--set tier=promo) is a usage error (exit 2), before
   anything is sent. A value the mapping does not name, of a column
   whose values it maps, refuses its record; one whose type is so unread is held for

@@ -471,3 +471,47 @@ async def test_a_mapped_json_value_written_as_a_decimal_is_read_or_refused_on_it
         number(110): "REASON_REVOKED",
         number(111): "REASON_REVOCATION_PENDING_REVIEW",
     }, reasons
+
+
+async def test_a_column_of_our_own_name_ignored_beside_the_one_mapped_to_it_is_unread(
+    service, tmp_path
+):
+    """A JSON export of events, each with its own "type" (the event's) beside the
+    subscription's "status": --ignore type leaves the event's type unread, and the
+    status is read as the record's type."""
+    runtime, when = service
+    events = [
+        ("contact.subscribed", "subscribed", number(120), 9),
+        ("contact.unsubscribed", "unsubscribed", number(120), 2),
+        ("contact.subscribed", "subscribed", number(121), 9),
+    ]
+    export = tmp_path / "events.jsonl"
+    export.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "type": kind,
+                    "status": status,
+                    "msisdn": phone,
+                    "at": iso(when - timedelta(days=ago)),
+                }
+            )
+            + "\n"
+            for kind, status, phone, ago in events
+        )
+    )
+
+    code, out, err = await imported(
+        runtime, str(export), "--ignore=type", "--column=type=status", "--column=phone=msisdn",
+        "--column=occurred_at=at", "--column=proof.registered_at=at",
+        "--value=type:subscribed=opt_in", "--value=type:unsubscribed=opt_out",
+        "--set=brand=acme", "--set=campaign=promo", "--set=tier=promotional",
+        "--set=method=verbal", "--set=channel=keyword", f"--set=proof.consent_text={CONSENT}",
+        "--set=proof.name=Acme subscriber", "--set=proof.collection_detail=call 2211",
+    )  # fmt: skip
+
+    assert code == 0, out + err
+    assert "imported 3 of 3 records" in out, out
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, [number(120), number(121)], token_of(out))
+    assert reasons == {number(120): "REASON_REVOKED", number(121): "REASON_CONSENT_ACTIVE"}
