@@ -330,6 +330,13 @@ def _built(given: Dict[str, Any], fields: tuple[str, ...], belongs: dict[str, st
             raise MappingError(
                 f"{what} {unknown[0]}: no such field; the fields are: " + ", ".join(fields)
             )
+    if "import_id" in constants:
+        # One id for every record: the first imported, each other refused as another
+        # record under its id (each opt-out held), and nothing tells which is which.
+        raise MappingError(
+            "--set import_id: every record would have the one id; read it from a column "
+            "(--column import_id=HEADER), or leave it out for an id derived from each record"
+        )
     both = sorted({n.partition(TYPED)[0] for n in columns} & set(constants))
     if both:
         raise MappingError(f"{both[0]} is both read from a column (--column) and set (--set)")

@@ -126,15 +126,16 @@ mapping an export (another platform's names):
      "values": {"type": {"subscribed": "opt_in"}},
      "set": {"brand": "acme"}, "ignore": ["Tags"]}
   A mapped column the file does not have (in no JSON line), a column under our own
-  name that is mapped or set as well (unless --ignore'd), a field given twice, or a value set or mapped
-  to that its field cannot hold (--set tier=promo) is a usage error (exit 2), before
-  anything is sent. A value the mapping does not name, of a column
-  whose values it maps, refuses its record; one whose type is so unread is held for
-  review as a record of no type is (see above), the mapped columns of one type's
-  fields, which every row carries, not counting as an opt-in's. The summary, --dry-run and
-  --refusals name fields as the export does (its column, or "--set brand"). A
-  record's import id derived from its content is the one it has under our own
-  names: switching to a mapping imports nothing again. For example, an export of
+  name that is mapped or set as well (unless --ignore'd), a field given twice, or a
+  value set or mapped to that its field cannot hold (--set tier=promo), or --set
+  import_id is a usage error (exit 2), before anything is sent. A value the mapping
+  does not name, of a column whose values it maps, refuses its record; one whose
+  type is so unread is held for review as a record of no type is (see above), the
+  mapped columns of one type's fields, which every row carries, not counting as an
+  opt-in's. The summary, --dry-run and --refusals name fields as the export does
+  (its column, or "--set brand"). A record's import id derived from its content is
+  the one it has under our own names: switching to a mapping imports nothing again.
+  For example, an export of
 
     Phone Number,Status,Changed At,Opted In At,Full Name,IP Address,Signup Form,...
     +14155552671,subscribed,2026-10-02T17:04:00Z,2026-10-02T17:04:00Z,Ada L...,...

@@ -410,6 +410,7 @@ async def test_a_column_of_one_record_type_that_cannot_be_used_exits_2(
         ("--set=tier=promo", "--set tier: is not one of conversational, "),
         ("--value=type:cleaned=optout", "--value type:cleaned=optout: must be opt_in or opt_out"),
         ("--set=occurred_at=yesterday", "--set occurred_at: is not an ISO 8601 time"),
+        ("--set=import_id=batch-7", "--set import_id: every record would have the one id"),
     ],
 )
 async def test_a_value_set_or_mapped_to_that_its_field_cannot_hold_exits_2_with_nothing_sent(
