@@ -372,7 +372,8 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None, mapping: Mapping) -> Iterator
                     yield _refused(_loose(ours(said)), number, "record", f"is not JSON: {exc.msg}")
                 continue
             loose = _loose(ours(agreed)) if isinstance(agreed, dict) else {}
-            yield _refused(loose, number, twice.field, "is given more than once")
+            where = _twice_at(raw) or twice.field
+            yield _refused(loose, number, where, "is given more than once")
             continue
         except json.JSONDecodeError as exc:
             # Without the position in the line, so that one mistake groups as one.
@@ -516,6 +517,35 @@ def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise _Twice(key if key in FIELDS or key not in PROOF_FIELDS else f"proof.{key}")
         obj[key] = value
     return obj
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object's keys and values as written, repeats kept."""
+
+
+def _twice_at(raw: str) -> str | None:
+    """The key given twice on a JSON line, a nested one as ``outer.inner``, as a
+    mapping names it: ``_once`` sees a key without the objects around it, and a
+    nested "at" repeated is not the line's own "at"."""
+    try:
+        line = json.loads(raw, object_pairs_hook=_Pairs, parse_int=_whole, parse_float=Decimal)
+    except ValueError:
+        return None
+
+    def found(value: Any, prefix: str) -> str | None:
+        if isinstance(value, _Pairs):
+            keys = [key for key, _ in value]
+            twice = next((key for i, key in enumerate(keys) if key in keys[:i]), None)
+            if twice is not None:
+                return prefix + twice
+            inner = (found(v, f"{prefix}{k}.") for k, v in value)
+        elif isinstance(value, list):
+            inner = (found(v, prefix) for v in value)
+        else:
+            return None
+        return next((path for path in inner if path is not None), None)
+
+    return found(line, "")
 
 
 def _agreed(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

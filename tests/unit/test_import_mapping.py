@@ -315,3 +315,23 @@ def test_a_value_mapped_to_nothing_or_spelt_as_the_reader_reads_it_is_kept():
         fields=FIELDS, belongs=BELONGS, unreadable=unreadable_value,
     )  # fmt: skip
     assert given.values["type"] == {"gone": "", "unsubscribed": "Opt-Out"}
+
+
+def test_a_nested_key_given_twice_is_named_by_its_path_not_by_a_key_of_the_same_name():
+    """A JSON line repeating "at" inside "consent": the refusal names consent.at,
+    the key the mapping reads the proof's time from, not the line's own "at"."""
+    line = {"p": "+14155550100", "s": "unsubscribed", "at": "2026-11-30T08:00:00Z"}
+    raw = json.dumps(line)[:-1] + ', "consent": {"at": "2026-10-01T08:00:00Z", "at": "x"}}\n'
+    given = from_parts(
+        ["phone=p", "type=s", "occurred_at=at", "proof.registered_at=consent.at"],
+        ["type:unsubscribed=opt_out"], ["brand=acme", "channel=keyword"],
+        fields=FIELDS, belongs=BELONGS,
+    )  # fmt: skip
+
+    (refused,) = read(raw, "jsonl", given)
+
+    assert isinstance(refused, Unreadable), refused
+    assert (refused.field, refused.reason) == ("consent.at", "is given more than once")
+    assert refused.held is not None  # an opt-out all the same
+    (ours,) = read('{"type": "opt_in", "proof": {"name": "a", "name": "b"}}\n', "jsonl")
+    assert isinstance(ours, Unreadable) and ours.field == "proof.name", ours
