@@ -353,6 +353,13 @@ def _built(given: Dict[str, Any], fields: tuple[str, ...], belongs: dict[str, st
         folded[name] = {}
         for theirs, ours in table.items():
             key = theirs.strip().casefold()
+            if not key:
+                # An empty value is no value: never looked up, so such a mapping would
+                # be dropped unsaid (an "unsubscribed" left empty held, not imported).
+                raise MappingError(
+                    f"--value {name}:{theirs}={ours}: an empty value cannot be mapped; a "
+                    f"record whose {name} is empty is read as giving none"
+                )
             if key in folded[name] and folded[name][key] != ours:
                 raise MappingError(f"--value {name}:{theirs} maps one value two ways")
             folded[name][key] = ours

@@ -127,8 +127,9 @@ mapping an export (another platform's names):
      "set": {"brand": "acme"}, "ignore": ["Tags"]}
   A mapped column the file does not have (in no JSON line), a column under our own
   name that is mapped or set as well (unless --ignore'd), a field given twice, or a
-  value set or mapped to that its field cannot hold (--set tier=promo), or --set
-  import_id is a usage error (exit 2), before anything is sent. A value the mapping
+  value set or mapped to that its field cannot hold (--set tier=promo), --set
+  import_id, or a --value of an empty value (type:=opt_out) is a usage error (exit
+  2), before anything is sent. A value the mapping
   does not name, of a column whose values it maps, refuses its record; one whose
   type is so unread is held for review as a record of no type is (see above), the
   mapped columns of one type's fields, which every row carries, not counting as an

@@ -411,13 +411,15 @@ async def test_a_column_of_one_record_type_that_cannot_be_used_exits_2(
         ("--value=type:cleaned=optout", "--value type:cleaned=optout: must be opt_in or opt_out"),
         ("--set=occurred_at=yesterday", "--set occurred_at: is not an ISO 8601 time"),
         ("--set=import_id=batch-7", "--set import_id: every record would have the one id"),
+        ("--value=type:=opt_out", "--value type:=opt_out: an empty value cannot be mapped"),
     ],
 )
-async def test_a_value_set_or_mapped_to_that_its_field_cannot_hold_exits_2_with_nothing_sent(
+async def test_a_set_or_mapped_value_that_cannot_work_exits_2_with_nothing_sent(
     service, tmp_path, replace, words
 ):
-    """A set or mapped-to value reaches every record of its type: one its field cannot
-    hold would refuse them all, and hold every opt-out for review."""
+    """A set or mapped value reaches every record of its type: one its field cannot
+    hold (or one id for all, or an empty value never looked up) would refuse them
+    all, or leave them unmapped, and hold every opt-out for review."""
     runtime, when = service
     export = write_csv(tmp_path / "subscribers.csv", their_rows(when, first=100))
     field = replace.removeprefix("--set=").partition("=")[0]

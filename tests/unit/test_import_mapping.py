@@ -298,6 +298,7 @@ def test_a_column_of_our_own_name_beside_a_typed_mapping_of_it_refuses_the_file(
         (["type:gone=opt-outs"], [], "--value type:gone=opt-outs: must be opt_in or opt_out"),
         (["tier:vip=gold"], [], "--value tier:vip=gold: is not one of conversational"),
         ([], ["import_id=batch-7"], "--set import_id: every record would have the one id"),
+        (["type: =opt_out"], [], "--value type: =opt_out: an empty value cannot be mapped"),
     ],
 )
 def test_a_value_its_field_cannot_hold_is_refused_before_the_file_is_read(values, constants, words):
