@@ -319,17 +319,24 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     def _caller(
         self, context: grpc.aio.ServicerContext, scope: Scope, brand: str | None = None
     ) -> Principal:
-        """The caller, with ``scope``, held to ``brand`` when it is a name (or "*"). An
-        empty or malformed brand is bad input, whoever asks, as for the writes
-        (``_writer``): the request's field checks refuse it (INVALID_ARGUMENT naming
-        it), which they do before anything is read."""
+        """The caller, with ``scope``, held to ``brand`` when it is a name. An empty or
+        malformed brand is bad input, whoever asks, as for the writes (``_writer``):
+        the request's field checks refuse it (INVALID_ARGUMENT naming it), which they
+        do before anything is read. So is "*", which no check names: a token of acme
+        alone was told PERMISSION_DENIED for it, an admin's INVALID_ARGUMENT."""
         principal = self.authenticate(context)
-        if brand is not None and brand != ANY_BRAND and not is_name(brand):
+        if brand is not None and not is_name(brand):
             brand = None
         principal.require(scope, brand)
         return principal
 
-    def _reader(self, context: grpc.aio.ServicerContext, brand: str | None = None) -> Reader:
+    def _reader(
+        self,
+        context: grpc.aio.ServicerContext,
+        brand: str | None = None,
+        *,
+        any_brand: bool = False,
+    ) -> Reader:
         """The caller as an auditor of ``brand``: the audit use cases record each of
         its reads (``services.usecases.access``) and hold it to its brands.
 
@@ -337,7 +344,10 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         nothing of any brand's records): it is left to the request's field checks,
         which refuse it (INVALID_ARGUMENT) with every other bad field; the use cases
         would refuse it too, and ``Access.admit`` would not let it read. Only a
-        well-formed brand is held to the caller's here (PERMISSION_DENIED).
+        well-formed brand is held to the caller's here (PERMISSION_DENIED), or "*"
+        with ``any_brand``, the one read that may name it (the STOPs whose brand was
+        unknown, ``ListRevocationCandidates``); to every other read it is bad input
+        too, as to the writes (``_writer``).
 
         An audit stream asks again before each message it sends: the tokens file is
         followed, and a token revoked (or its audit scope or the brand taken from
@@ -347,7 +357,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         nothing to send."""
         principal = self.authenticate(context)
         principal.require(Scope.AUDIT)
-        if brand is None or brand == ANY_BRAND or is_name(brand):
+        if brand is None or is_name(brand) or (any_brand and brand == ANY_BRAND):
             principal.require(Scope.AUDIT, brand)
         return principal.reader(REQUEST_ID.get() or "-")
 
@@ -655,7 +665,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def ListRevocationCandidates(
         self, request: api_pb2.ListRevocationCandidatesRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListRevocationCandidatesResponse:
-        reader = self._reader(context, request.brand)
+        reader = self._reader(context, request.brand, any_brand=True)
         listing = _queue(request.brand, request.overdue_only)
         _refuse_bad_fields(
             lambda: _page_size(request.page_size),

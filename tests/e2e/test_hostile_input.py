@@ -442,8 +442,14 @@ async def test_a_check_s_malformed_brand_is_bad_input_for_a_token_of_some_brands
     """CanSend and CanSendBatch with the brand empty, "ACME" or "acme\\n" told a token
     for acme PERMISSION_DENIED ("acme-checker may not act for brand 'ACME'") with no
     field named, where an admin's token was told INVALID_ARGUMENT naming the brand,
-    as the writes already were. Another brand's name, or "*", is still
-    PERMISSION_DENIED."""
+    as the writes already were. So did "*", to the checks and to every read that
+    takes a brand but the review queue's: it names no brand a check or read is for
+    (only ListRevocationCandidates names it, for the STOPs whose brand was unknown),
+    so it is bad input whoever asks, as it is to the writes. Another brand's name,
+    and "*" in the review queue, are still PERMISSION_DENIED."""
+    now = ts(datetime.now(UTC))
+    at = ts(datetime.now(UTC) - timedelta(minutes=5))
+    streams = {"WatchConsentChanges", "SweepCampaign", "StreamCampaignHealth"}
 
     def checks(brand: str) -> list[tuple[str, object]]:
         return [
@@ -454,15 +460,60 @@ async def test_a_check_s_malformed_brand_is_bad_input_for_a_token_of_some_brands
             ),
         ]
 
+    def reads(brand: str) -> list[tuple[str, object]]:
+        return [
+            (
+                "CanSendAsOf",
+                api.CanSendAsOfRequest(phone=PHONE, brand=brand, campaign="promo", at=at),
+            ),
+            ("GetConsent", api.GetConsentRequest(phone=PHONE, brand=brand, campaign="promo")),
+            ("ListEvents", api.ListEventsRequest(phone=PHONE, brand=brand)),
+            ("GetProofPacket", api.GetProofPacketRequest(phone=PHONE, brand=brand)),
+            ("GetOptOutRate", api.GetOptOutRateRequest(brand=brand)),
+            ("GetCampaignHealth", api.GetCampaignHealthRequest(brand=brand)),
+            ("ListAuditAccess", api.ListAuditAccessRequest(brand=brand)),
+            ("WatchConsentChanges", api.WatchConsentChangesRequest(brand=brand)),
+            (
+                "SweepCampaign",
+                api.SweepCampaignRequest(
+                    brand=brand, campaign="promo", start_time=at, end_time=now
+                ),
+            ),
+            ("StreamCampaignHealth", api.StreamCampaignHealthRequest(brand=brand)),
+        ]
+
+    async def refused(c: Any, rpc: str, request: object) -> grpc.aio.AioRpcError:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            if rpc in streams:  # its refusal comes with its first read
+                metadata = [("authorization", f"Bearer {c.token}")]
+                await getattr(c.stub, rpc)(request, metadata=metadata, timeout=20).read()
+            else:
+                await getattr(c, rpc)(request)
+        return err.value
+
     async with client(runtime.address, "acme-checker") as c:
-        for brand in ("", "ACME", "acme\n", " acme"):
+        for brand in ("", "ACME", "acme\n", " acme", "*"):
             for rpc, request in checks(brand):
-                with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await getattr(c, rpc)(request)
-                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (rpc, brand)
-                assert [f for f, _ in status_details(err.value)] == ["brand"], (rpc, brand)
-        for brand in ("globex", "*"):
-            for rpc, request in checks(brand):
-                with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await getattr(c, rpc)(request)
-                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, (rpc, brand)
+                err = await refused(c, rpc, request)
+                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (rpc, brand)
+                assert [f for f, _ in status_details(err)] == ["brand"], (rpc, brand)
+        for rpc, request in checks("globex"):
+            err = await refused(c, rpc, request)
+            assert err.code() == grpc.StatusCode.PERMISSION_DENIED, rpc
+    queue = api.ListRevocationCandidatesRequest(brand="*")
+    async with client(runtime.address, "acme-app") as c:
+        for rpc, request in reads("*"):
+            err = await refused(c, rpc, request)
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (rpc, err.details())
+            assert [f for f, _ in status_details(err)] == ["brand"], (rpc, err.details())
+        for rpc, request in reads("globex"):
+            err = await refused(c, rpc, request)
+            assert err.code() == grpc.StatusCode.PERMISSION_DENIED, (rpc, err.details())
+        err = await refused(c, "ListRevocationCandidates", queue)
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    async with client(runtime.address) as admin:
+        for rpc, request in reads("*"):
+            err = await refused(admin, rpc, request)
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (rpc, err.details())
+            assert [f for f, _ in status_details(err)] == ["brand"], (rpc, err.details())
+        await admin.ListRevocationCandidates(queue)  # the one read that names it
