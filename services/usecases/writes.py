@@ -110,6 +110,10 @@ timeout at most, are what it waits for)."""
 class InboundResult:
     write: WriteResult
     outcome: InboundOutcome
+    owed: InboundOutcome | None = None
+    """The answer that says a reply is owed, given instead of ``outcome`` only when
+    this delivery takes the text's reply (``Writes._reply_once``); None: ``outcome``
+    stands as it is."""
 
 
 @dataclass
@@ -141,6 +145,10 @@ CANDIDATE_RESOLVED = "CANDIDATE_ALREADY_RESOLVED"
 INBOUND_PREFIX = "inbound-message-"
 """Starts the key under which an inbound text's provider message id is taken among a
 brand's request ids (``Writes._redelivered``): no client's request id is one."""
+
+REPLY_PREFIX = "inbound-reply-"
+"""Starts the key under which the reply an inbound text owes is taken among a brand's
+request ids (``Writes._reply_once``): told to one delivery of the text."""
 
 
 def _anyone(brand: str) -> None:
@@ -797,9 +805,45 @@ class Writes:
         to = to_e164(cmd.to_phone, field="to_phone")
         sender = to_e164(cmd.from_phone, field="from_phone")
         # A redelivery found is read as this instance's own write too, as in ``record``.
-        return await self._in_turn(
+        result = await self._in_turn(
             sender, self._handle_inbound(cmd, to, sender, authorize, recorded_by, unowned_brands)
         )
+        # Taken here, with the caller still waiting, not in the turn, which runs on
+        # after a deadline answered "outcome unknown": that answer told no reply.
+        return await self._reply_once(result)
+
+    async def _reply_once(self, result: InboundResult) -> InboundResult:
+        """``result``, saying its reply is owed only when this delivery is the first
+        answered to take the text's reply, by its event ids: a retry of the request
+        that took it says so again, any other delivery does not.
+
+        The text's first recording takes it as it answers. A redelivery under a new
+        request id was answered "no reply owed" whenever that recording was in the
+        view, though its own answer may have been "outcome unknown" (a deadline passed
+        while the broker was slow), which tells a gateway nothing: the confirmation
+        of that STOP was then never sent. Such a redelivery now takes the reply, and
+        is told it is owed, when no delivery's answer took it before."""
+        owed = result.owed
+        if owed is None or owed.reply is ReplyKind.NONE:
+            return result
+        received = owed.events[0] if owed.events else None
+        if not isinstance(received, InboundMessageReceived):
+            return replace(result, owed=None)
+        # The words too: a STOP under a message id a HELP took is a text of its own.
+        said = f"{received.phone}\0{received.message_id}\0{received.to_number}\0{received.body}"
+        key = f"{REPLY_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
+        ids = [str(e.event_id) for e in owed.events]
+        use = await self.ctx.view.claim_request(received.brand, key, "reply", ids)
+        if set(use.event_ids) & set(ids):
+            return InboundResult(result.write, owed)
+        if result.outcome.reply is ReplyKind.NONE:
+            return replace(result, owed=None)
+        note = (
+            f"message {received.message_id!r} was answered before with the reply owed:"
+            " no reply owed again"
+        )
+        told = replace(owed, reply=ReplyKind.NONE, required_content=(), notes=[note])
+        return InboundResult(result.write, told)
 
     async def _in_turn(self, phone: str, write: Coroutine[Any, Any, R]) -> R:
         """``write`` in ``phone``'s turn (``_inbound_turn``), run to its end even when
@@ -906,7 +950,7 @@ class Writes:
                 earlier_write = await replay(self.ctx, events)  # this request's retry
                 if earlier_write is None:
                     raise
-                return InboundResult(earlier_write, outcome)
+                return InboundResult(earlier_write, outcome, owed=outcome)
         await note_stated_ahead(self.ctx, events)
         written = await recorded_once(self.ctx, events)
         revoked = next((e for e in events if isinstance(e, ConsentRevoked)), None)
@@ -926,7 +970,7 @@ class Writes:
             earlier = await self._once_applied(sender, claimed, outcome, written.token)
             if earlier is not None:
                 return earlier
-        return InboundResult(written, outcome)
+        return InboundResult(written, outcome, owed=outcome)
 
     async def _unowned_inbound(
         self,
@@ -1030,7 +1074,14 @@ class Writes:
                 " delivery, which owes the reply: recorded again, and no reply owed again"
             )
         again = replace(outcome, events=[], reply=ReplyKind.NONE, required_content=(), notes=[note])
-        return InboundResult(first, again)
+        if written is not None:  # a copy: the recording it copies owes the reply
+            return InboundResult(first, again)
+        # A redelivery: owed here if no answer took the reply (``_reply_once``).
+        told = (
+            f"message {received.message_id!r} was recorded before: a redelivery, nothing"
+            " recorded again; no answer said the reply was owed, so it is owed here"
+        )
+        return InboundResult(first, again, owed=replace(outcome, notes=[told]))
 
     async def _once_applied(
         self, phone: str, claimed: list[str], outcome: InboundOutcome, written: ConsistencyToken
