@@ -65,6 +65,8 @@ class Mapping:
             return self.columns[name]
         if name in self.constants:
             return f"--set {name}"
+        if kind is not None and f"{name}{TYPED}{kind}" in self.constants:
+            return f"--set {name}{TYPED}{kind}"
         return name
 
     def check_header(self, header: Iterable[str], where: str) -> None:
@@ -89,7 +91,8 @@ class Mapping:
             # A column of our own name that is itself mapped to another field is fine,
             # and so is one ignored: a JSON export's event "type" beside its "status".
             if name in have and name not in read_from and name not in self.ignored:
-                how = "set" if name in self.constants else "mapped from " + repr(self.shown(name))
+                set_ = any(n.partition(TYPED)[0] == name for n in self.constants)
+                how = "set" if set_ else "mapped from " + repr(self.shown(name))
                 raise MappingError(
                     f"{where} has a column {name!r} and {name} is {how} as well; "
                     f"drop one of the two, or --ignore {name} to leave the column unread"
@@ -152,7 +155,11 @@ class Mapping:
         # an opt-in's field set on it would pass it for an opt-in, never held.
         kind = str(out.get("type", "")).strip().lower().replace("-", "_")
         for name, value in self.constants.items():
-            if self.belongs.get(name, kind) == kind:
+            base, typed, of = name.partition(TYPED)
+            if typed:
+                if of == kind:  # ``campaign@opt_in``: the opt-outs keep every campaign
+                    out[base] = value
+            elif self.belongs.get(name, kind) == kind:
                 out[name] = value
         # An export has one row shape: an opt-out's row carries the proof columns of
         # the opt-in it ended. A mapped column of the other type's field is not read.
@@ -199,7 +206,8 @@ def _as_text(value: Any) -> str:
 
 
 TYPED = "@"
-"""Between a field and a record type in ``--column``: ``occurred_at@opt_out``."""
+"""Between a field and a record type in ``--column`` and ``--set``:
+``occurred_at@opt_out``, ``campaign@opt_in``."""
 KINDS = ("opt_in", "opt_out")
 
 
@@ -253,7 +261,7 @@ def _check_values(given: Dict[str, Any], unreadable: Callable[[str, str], str | 
     cannot hold. Mapped to nothing (``--value type:cleaned=``) is no value: its
     records are read as the export would be without it."""
     for name, value in given["set"].items():
-        if (why := unreadable(name, value)) is not None:
+        if (why := unreadable(name.partition(TYPED)[0], value)) is not None:
             raise MappingError(f"--set {name}: {why}")
     for name, table in given["values"].items():
         for theirs, ours in table.items():
@@ -311,36 +319,49 @@ def _built(given: Dict[str, Any], fields: tuple[str, ...], belongs: dict[str, st
     columns: dict[str, str] = given["columns"]
     constants: dict[str, str] = given["set"]
     values: dict[str, dict[str, str]] = given["values"]
-    for name in columns:
-        base, typed, kind = name.partition(TYPED)
-        if not typed:
-            continue
-        if kind not in KINDS or base not in fields or base == "type":
-            raise MappingError(
-                f"--column {name}: give FIELD@opt_in or FIELD@opt_out, FIELD a field other "
-                "than type, to read FIELD from this column for records of that type only"
-            )
-        if belongs.get(base, kind) != kind:
-            raise MappingError(
-                f"--column {name}: {base} is a field of {belongs[base]} records only"
-            )
+    for option, named, how in (
+        ("--column", columns, "read FIELD from this column"),
+        ("--set", constants, "set FIELD"),
+    ):
+        for name in named:
+            base, typed, kind = name.partition(TYPED)
+            if not typed:
+                continue
+            if kind not in KINDS or base not in fields or base == "type":
+                raise MappingError(
+                    f"{option} {name}: give FIELD@opt_in or FIELD@opt_out, FIELD a field "
+                    f"other than type, to {how} for records of that type only"
+                )
+            if belongs.get(base, kind) != kind:
+                raise MappingError(
+                    f"{option} {name}: {base} is a field of {belongs[base]} records only"
+                )
     for what, names in (("--column", columns), ("--value", values), ("--set", constants)):
         unknown = [n for n in names if n.partition(TYPED)[0] not in fields]
         if unknown:
             raise MappingError(
                 f"{what} {unknown[0]}: no such field; the fields are: " + ", ".join(fields)
             )
-    if "import_id" in constants:
+    set_fields = {n.partition(TYPED)[0] for n in constants}
+    if "import_id" in set_fields:
         # One id for every record: the first imported, each other refused as another
         # record under its id (each opt-out held), and nothing tells which is which.
         raise MappingError(
             "--set import_id: every record would have the one id; read it from a column "
             "(--column import_id=HEADER), or leave it out for an id derived from each record"
         )
-    both = sorted({n.partition(TYPED)[0] for n in columns} & set(constants))
+    plain_and_typed = sorted(n.partition(TYPED)[0] for n in constants if TYPED in n)
+    plain_and_typed = [n for n in plain_and_typed if n in constants]
+    if plain_and_typed:
+        name = plain_and_typed[0]
+        raise MappingError(
+            f"--set {name} is given for every record and for one record type as well; "
+            "give it once for each type instead"
+        )
+    both = sorted({n.partition(TYPED)[0] for n in columns} & set_fields)
     if both:
         raise MappingError(f"{both[0]} is both read from a column (--column) and set (--set)")
-    set_and_mapped = sorted(set(values) & set(constants))
+    set_and_mapped = sorted(set(values) & set_fields)
     if set_and_mapped:
         name = set_and_mapped[0]
         raise MappingError(f"{name} is set (--set): it has no column whose values to map")

@@ -119,7 +119,10 @@ mapping an export (another platform's names):
   its opt-outs' times apart: --column occurred_at="Opted In At" --column
   occurred_at@opt_out="Opted Out At" (an opt-out whose "Opted Out At" is empty is
   refused and held, never imported at its opt-in's time; in --mapping,
-  "occurred_at@opt_out" under columns). Each may be repeated; --mapping FILE says the
+  "occurred_at@opt_out" under columns). --set FIELD@opt_in=VALUE (or @opt_out) gives
+  only that type's records the field: --set campaign@opt_in=promo leaves the
+  opt-outs of every campaign, as a platform's "unsubscribed" most often is (with
+  --set campaign=promo they end promo alone). Each may be repeated; --mapping FILE says the
   same in a file, kept beside the export so that the migration can be run again
   alike (JSON, or TOML for a .toml name):
     {"columns": {"phone": "Phone Number"},
@@ -151,7 +154,7 @@ mapping an export (another platform's names):
       --column proof.screenshot_ref=Screenshot \\
       --column proof.screenshot_sha256="Screenshot SHA-256" \\
       --value type:subscribed=opt_in --value type:unsubscribed=opt_out \\
-      --set brand=acme --set campaign=promo --set tier=promotional \\
+      --set brand=acme --set campaign@opt_in=promo --set tier=promotional \\
       --set method=web_form --set channel=keyword
   A field of one type only, as tier or proof.consent_text (opt-ins) or channel
   (opt-outs), set or read from a column, is given to records of that type only: an
@@ -244,7 +247,8 @@ def add_parser(sub: Any, command: Any) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="give every record FIELD=VALUE, for a field the export has no column for",
+        help="give every record FIELD=VALUE, for a field the export has no column for "
+        "(FIELD@opt_in=VALUE or @opt_out: that type's records only)",
     )
     mapping.add_argument(
         "--ignore",

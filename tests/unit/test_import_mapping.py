@@ -282,6 +282,37 @@ def test_a_column_of_one_record_type_that_cannot_be_used_is_refused(columns, con
         from_parts(columns, (), constants, fields=FIELDS, belongs=BELONGS)
 
 
+def test_a_field_set_for_one_record_type_leaves_the_other_type_without_it():
+    """A platform's "unsubscribed" most often ends every text of the brand: with
+    ``--set campaign=promo`` its opt-outs were of promo alone, and the brand's
+    other campaigns kept allowing the number. ``campaign@opt_in`` sets the opt-ins'
+    campaign only, so the opt-outs are of every campaign."""
+    constants = [c for c in OPTIONS["constants"] if not c.startswith("campaign=")]
+    typed = mapping(constants=[*constants, "campaign@opt_in=promo"])
+
+    got = read(THEIRS, "csv", typed)
+
+    opt_in, opt_out = (r.record for r in got[:2])  # type: ignore[union-attr]
+    assert opt_in.opt_in.campaign == "promo"
+    assert opt_out.HasField("opt_out") and opt_out.opt_out.campaign == ""
+    assert typed.shown("campaign", "opt_in") == "--set campaign@opt_in"
+
+
+@pytest.mark.parametrize(
+    ("constants", "words"),
+    [
+        (["campaign@optin=promo"], "give FIELD@opt_in or FIELD@opt_out"),
+        (["type@opt_in=opt_in"], "give FIELD@opt_in or FIELD@opt_out"),
+        (["channel@opt_in=keyword"], "channel is a field of opt_out records only"),
+        (["campaign@opt_in=promo", "campaign=promo"], "for every record and for one record type"),
+        (["import_id@opt_out=x"], "every record would have the one id"),
+    ],
+)
+def test_a_field_set_for_one_record_type_that_cannot_be_used_is_refused(constants, words):
+    with pytest.raises(MappingError, match=words):
+        from_parts((), (), constants, fields=FIELDS, belongs=BELONGS)
+
+
 def test_a_column_of_our_own_name_beside_a_typed_mapping_of_it_refuses_the_file():
     mapping = from_parts(["occurred_at@opt_out=Out"], fields=FIELDS, belongs=BELONGS)
 
