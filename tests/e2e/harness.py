@@ -209,6 +209,24 @@ async def serving(
         yield runtime
 
 
+@asynccontextmanager
+async def opted_in(
+    tmp: Path, dsn: str, bootstrap: str | None, *, name: str, phone: str, sender: str
+) -> AsyncIterator[tuple[Runtime, Client, Clock]]:
+    """A service as ``serving`` gives, on a clock of its own two hours past noon in
+    Los Angeles, where ``phone`` opted in to acme/promo (sent from ``sender``) half
+    an hour before: where an erasure's story starts."""
+    clock = Clock(noon_in_los_angeles(ahead=timedelta(hours=2)))
+    first = clock.now - timedelta(minutes=30)
+    campaign = define("acme", "promo", first - timedelta(days=1), [sender])
+    async with (
+        serving(tmp, dsn, bootstrap, name=name, clock=clock, campaigns=[campaign]) as runtime,
+        client(runtime.address) as c,
+    ):
+        await c.RecordOptIn(opt_in(phone, "acme", "promo", first))
+        yield runtime, c, clock
+
+
 async def defined(runtime: Runtime, campaigns: Sequence[api.DefineCampaignRequest]) -> None:
     """Define each campaign as the operator and wait until the view has applied it.
     A new service's projector may take a while to join its group on a busy machine:

@@ -20,7 +20,7 @@ from ledger.retention import add_years
 from services.bootstrap import Runtime
 from services.consumer import StreamConsumerSettings
 from services.consumer.opt_out_table import OptOutTable, keep_in_sync
-from tests.e2e.harness import Clock, client, define, noon_in_los_angeles, opt_in, serving
+from tests.e2e.harness import opt_in, opted_in
 from tests.e2e.test_consumer_agrees import caught_up
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -58,20 +58,10 @@ async def example_table_says(runtime: Runtime, tmp_path: Path) -> dict[str, bool
 async def test_an_opt_in_sealed_with_the_key_an_erasure_destroys_allows_nothing(
     tmp_path, postgres_dsn, kafka_bootstrap, on_kafka
 ):
-    clock = Clock(noon_in_los_angeles(ahead=timedelta(hours=2)))
-    first = clock.now - timedelta(minutes=30)
-    async with (
-        serving(
-            tmp_path,
-            postgres_dsn,
-            kafka_bootstrap if on_kafka else None,
-            name="in-flight",
-            clock=clock,
-            campaigns=[define("acme", "promo", first - timedelta(days=1), [SENDER])],
-        ) as runtime,
-        client(runtime.address) as c,
-    ):
-        await c.RecordOptIn(opt_in(PHONE, "acme", "promo", first))
+    bootstrap = kafka_bootstrap if on_kafka else None
+    async with opted_in(
+        tmp_path, postgres_dsn, bootstrap, name="in-flight", phone=PHONE, sender=SENDER
+    ) as (runtime, c, clock):
         clock.now = add_years(clock.now, 6)
 
         # The erasure is recorded, and stops before it destroys the number's key.
@@ -148,20 +138,10 @@ async def test_an_opt_in_sealed_with_the_key_an_erasure_destroys_allows_nothing(
 async def test_a_hold_placed_while_an_erasure_is_decided_is_never_passed_over(
     tmp_path, postgres_dsn, kafka_bootstrap, on_kafka
 ):
-    clock = Clock(noon_in_los_angeles(ahead=timedelta(hours=2)))
-    first = clock.now - timedelta(minutes=30)
-    async with (
-        serving(
-            tmp_path,
-            postgres_dsn,
-            kafka_bootstrap if on_kafka else None,
-            name="hold-race",
-            clock=clock,
-            campaigns=[define("acme", "promo", first - timedelta(days=1), [SENDER])],
-        ) as runtime,
-        client(runtime.address) as c,
-    ):
-        await c.RecordOptIn(opt_in(PHONE, "acme", "promo", first))
+    bootstrap = kafka_bootstrap if on_kafka else None
+    async with opted_in(
+        tmp_path, postgres_dsn, bootstrap, name="hold-race", phone=PHONE, sender=SENDER
+    ) as (runtime, c, clock):
         clock.now = add_years(clock.now, 6)
 
         # The erasure stops once it has read the history it decides on.

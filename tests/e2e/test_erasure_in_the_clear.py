@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from ledger.ports import ConsistencyToken
 from ledger.retention import add_years
 from tests.builders import flagged, revoked
-from tests.e2e.harness import Client, Clock, client, define, noon_in_los_angeles, opt_in, serving
+from tests.e2e.harness import Client, opted_in
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -65,20 +65,11 @@ async def every_reader(c: Client, token: str, up_to: int) -> dict[str, str]:
 async def test_facts_written_in_the_clear_read_erased_through_every_reader(
     tmp_path, postgres_dsn, kafka_bootstrap, on_kafka
 ):
-    clock = Clock(noon_in_los_angeles(ahead=timedelta(hours=2)))
-    first = clock.now - timedelta(minutes=30)
-    async with (
-        serving(
-            tmp_path,
-            postgres_dsn,
-            kafka_bootstrap if on_kafka else None,
-            name="in-clear",
-            clock=clock,
-            campaigns=[define("acme", "promo", first - timedelta(days=1), [SENDER])],
-        ) as runtime,
-        client(runtime.address) as c,
-    ):
-        await c.RecordOptIn(opt_in(PHONE, "acme", "promo", first))
+    bootstrap = kafka_bootstrap if on_kafka else None
+    async with opted_in(
+        tmp_path, postgres_dsn, bootstrap, name="in-clear", phone=PHONE, sender=SENDER
+    ) as (runtime, c, clock):
+        first = clock.now - timedelta(minutes=30)  # the opt-in's time
         # An opt-out's words and a reply held for review, as a version before sealing
         # wrote them: straight to the ledger, in the clear.
         assert runtime.ledger is not None

@@ -21,7 +21,7 @@ from consent.v1 import consent_service_pb2 as api
 
 from ledger.retention import add_years
 from services.errors import StoreUnavailable
-from tests.e2e.harness import Clock, client, define, noon_in_los_angeles, opt_in, serving
+from tests.e2e.harness import opt_in, opted_in
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -33,20 +33,10 @@ PHONE = "+14155553562"
 async def test_an_erasure_tried_again_destroys_the_keys_it_named(
     tmp_path, postgres_dsn, kafka_bootstrap, on_kafka
 ):
-    clock = Clock(noon_in_los_angeles(ahead=timedelta(hours=2)))
-    first = clock.now - timedelta(minutes=30)
-    async with (
-        serving(
-            tmp_path,
-            postgres_dsn,
-            kafka_bootstrap if on_kafka else None,
-            name="erase-again",
-            clock=clock,
-            campaigns=[define("acme", "promo", first - timedelta(days=1), [SENDER])],
-        ) as runtime,
-        client(runtime.address) as c,
-    ):
-        await c.RecordOptIn(opt_in(PHONE, "acme", "promo", first))
+    bootstrap = kafka_bootstrap if on_kafka else None
+    async with opted_in(
+        tmp_path, postgres_dsn, bootstrap, name="erase-again", phone=PHONE, sender=SENDER
+    ) as (runtime, c, clock):
         clock.now = add_years(clock.now, 6)
         keys = runtime.usecases.erasure.keys
         assert keys is not None
