@@ -121,6 +121,9 @@ class Unreadable:
     import_id: str = ""
     """The record's own import id, when it could be read: the refusals file keeps it,
     so that the record fixed and imported again is recorded once (``_refused``)."""
+    kind: str = dataclasses.field(default="", compare=False)
+    """``opt_in`` or ``opt_out`` when its type was read, else empty: a field a
+    mapping reads from one column per type is named by this type's."""
 
 
 @dataclass(frozen=True)
@@ -707,9 +710,12 @@ def _refused(fields: dict[str, str], line: int, field: str, reason: str) -> Unre
     given = fields.get("import_id", "")
     # An id past reading (too long, not text) is none: it could not be imported either.
     import_id = given if len(given) <= VALUE_LIMIT and not _SURROGATE.search(given) else ""
+    read = kind if kind in ("opt_in", "opt_out") else ""
     if kind == "opt_in" or (kind != "opt_out" and opt_in_only):
-        return Unreadable(line, field, reason, opt_in=kind == "opt_in", import_id=import_id)
-    return Unreadable(line, field, reason, _held(fields), import_id=import_id)
+        return Unreadable(
+            line, field, reason, opt_in=kind == "opt_in", import_id=import_id, kind=read
+        )
+    return Unreadable(line, field, reason, _held(fields), import_id=import_id, kind=read)
 
 
 def _held(fields: dict[str, str]) -> api.ImportRecord | None:

@@ -652,7 +652,10 @@ def _run(args: argparse.Namespace) -> int:
                                 chunk_lines,
                                 offset,
                                 mapping,
-                                None if opt_ins is None else ("opt_in" if opt_ins else "opt_out"),
+                                # A dry run's one call: its opt-ins follow its opt-outs.
+                                "opt_in"
+                                if opt_ins or (opt_ins_from is not None and index >= opt_ins_from)
+                                else "opt_out",
                             )
                             for v in refusal.violations
                         ]
@@ -791,7 +794,8 @@ def _opt_outs_first(
     def in_its_terms(items: Iterator[Any]) -> Iterator[Any]:
         for item in items:
             if isinstance(item, import_files.Unreadable) and mapping:
-                item = dataclasses.replace(item, field=mapping.shown(item.field))
+                shown = mapping.shown(item.field, item.kind or None)
+                item = dataclasses.replace(item, field=shown)
             yield item
 
     with _opened(path, spooled, shown) as text:

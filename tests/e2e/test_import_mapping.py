@@ -356,6 +356,11 @@ async def test_opt_outs_kept_in_their_own_time_column_are_imported_at_that_time(
         "--set=proof.name=Acme subscriber", "--set=proof.collection_detail=call 2211",
     ]  # fmt: skip
 
+    code, dry, err = await imported(runtime, str(export), *argv, "--dry-run")
+
+    assert code == 1, dry + err  # named by the opt-outs' column, not "Opted Out At or ..."
+    assert re.search(r"1 +INVALID_ARGUMENT +Opted Out At: is required; would be held", dry), dry
+
     code, out, err = await imported(runtime, str(export), *argv)
 
     assert code == 1, out + err  # the opt-out with no time, held

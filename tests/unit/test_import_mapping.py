@@ -367,3 +367,23 @@ def test_a_nested_key_given_twice_is_named_by_its_path_not_by_a_key_of_the_same_
     assert refused.held is not None  # an opt-out all the same
     (ours,) = read('{"type": "opt_in", "proof": {"name": "a", "name": "b"}}\n', "jsonl")
     assert isinstance(ours, Unreadable) and ours.field == "proof.name", ours
+
+
+def test_a_refused_typed_time_names_the_column_of_its_record_type(tmp_path: Path):
+    """An opt-out whose own time cannot be read is named by its own column, not
+    "Opted Out At or Opted In At"."""
+    export = tmp_path / "theirs.csv"
+    export.write_text(
+        "Phone,Status,Opted In At,Opted Out At\n"
+        "+14155550101,unsubscribed,2026-10-01T08:00:00Z,yesterday\n"
+        "+14155550101,subscribed,tomorrow,\n"
+    )
+    given = from_parts(
+        ["phone=Phone", "type=Status", "occurred_at=Opted In At",
+         "occurred_at@opt_out=Opted Out At"],
+        OPTIONS["values"], ["brand=acme", "campaign=promo", "channel=keyword"],
+        fields=FIELDS, belongs=BELONGS,
+    )  # fmt: skip
+    reader = import_._opt_outs_first(export, None, "csv", str(export), given)
+    refused = [r for r in reader if isinstance(r, Unreadable)]
+    assert [r.field for r in refused] == ["Opted Out At", "Opted In At"], refused
