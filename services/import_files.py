@@ -45,7 +45,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from ledger.errors import DomainError, InvalidRequest
 from ledger.phone import to_e164
 from ledger.validation import TEXT_LIMITS, check_length
-from services.import_mapping import Mapping
+from services.import_mapping import TYPED, Mapping
 
 FORMATS = ("csv", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
@@ -221,18 +221,18 @@ def _csv(
                     yield Unreadable(start, "record", _header_reason(again, columns))
                 columns = again
                 continue
-            fields = {k: v for k, v in zip(columns, row, strict=False) if v}
-            fields, unmapped = mapping.apply(mapping.fields_of(fields))
-            if not _wanted(fields, opt_ins):
-                continue
-            if unmapped is not None:  # its type unread, an opt-out-looking one is held
-                yield _refused(fields, start, *unmapped)
-                continue
-            if len(row) > len(columns):  # an unquoted comma, most often in a text
-                reason = "has more values than the header has columns"
-                yield _refused(fields, start, "record", reason)
-                continue
-            yield parse_fields(fields, start)
+            given = {k: v for k, v in zip(columns, row, strict=False) if v}
+            for fields, unmapped in _records_of(mapping, mapping.fields_of(given)):
+                if not _wanted(fields, opt_ins):
+                    continue
+                if unmapped is not None:  # its type unread, an opt-out-looking one is held
+                    yield _refused(fields, start, *unmapped)
+                    continue
+                if len(row) > len(columns):  # an unquoted comma, most often in a text
+                    reason = "has more values than the header has columns"
+                    yield _refused(fields, start, "record", reason)
+                    continue
+                yield parse_fields(fields, start)
     except csv.Error as exc:  # the rest cannot be read: stop, naming where
         quoting = "expected after" in str(exc) or "end of data" in str(exc)
         hint = " (a quoted value that opens on this line and does not close?)" if quoting else ""
@@ -389,36 +389,94 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None, mapping: Mapping) -> Iterator
         if not isinstance(obj, dict):
             yield Unreadable(number, "record", "is not a JSON object")
             continue
-        unmapped = None
-        if mapping:
-            obj, unmapped = mapping.apply(_renamed(obj, mapping))
-        if not _wanted(obj, opt_ins):
-            continue
-        if unmapped is not None:  # its type unread, an opt-out-looking one is held
-            yield _refused(_loose(obj), number, *unmapped)
-            continue
-        loose = _loose(obj)  # what an opt-out refused below is held by
-        nested = obj.pop("proof", None)
-        if nested is not None:
-            if not isinstance(nested, dict):
-                yield _refused(loose, number, "proof", "is not a JSON object")
+        pieces = _records_of(mapping, _renamed(obj, mapping)) if mapping else [(obj, None)]
+        for obj, unmapped in pieces:
+            if not _wanted(obj, opt_ins):
                 continue
-            flat = {f"proof.{k}": v for k, v in nested.items()}
-            both = sorted(k for k in flat if k in obj)
-            if both:
-                yield _refused(loose, number, both[0], "is given both nested and flat")
+            if unmapped is not None:  # its type unread, an opt-out-looking one is held
+                yield _refused(_loose(obj), number, *unmapped)
                 continue
-            obj.update(flat)
-        unknown = sorted(k for k in obj if k not in FIELDS)
-        if unknown:
-            reason = "is no field of an import record"
-            yield _refused(loose, number, _shown(unknown[0]), reason)
-            continue
-        bad = next((k for k, v in obj.items() if v is not None and not isinstance(v, str)), None)
-        if bad is not None:
-            yield _refused(loose, number, bad, "must be a string")
-            continue
-        yield parse_fields({k: v for k, v in obj.items() if v}, number)
+            loose = _loose(obj)  # what an opt-out refused below is held by
+            nested = obj.pop("proof", None)
+            if nested is not None:
+                if not isinstance(nested, dict):
+                    yield _refused(loose, number, "proof", "is not a JSON object")
+                    continue
+                flat = {f"proof.{k}": v for k, v in nested.items()}
+                both = sorted(k for k in flat if k in obj)
+                if both:
+                    yield _refused(loose, number, both[0], "is given both nested and flat")
+                    continue
+                obj.update(flat)
+            unknown = sorted(k for k in obj if k not in FIELDS)
+            if unknown:
+                reason = "is no field of an import record"
+                yield _refused(loose, number, _shown(unknown[0]), reason)
+                continue
+            bad = next(
+                (k for k, v in obj.items() if v is not None and not isinstance(v, str)), None
+            )
+            if bad is not None:
+                yield _refused(loose, number, bad, "must be a string")
+                continue
+            yield parse_fields({k: v for k, v in obj.items() if v}, number)
+
+
+def _records_of(
+    mapping: Mapping, fields: dict[str, Any]
+) -> list[tuple[dict[str, Any], tuple[str, str] | None]]:
+    """A row's records (under our names, the mapping applied; ``Mapping.apply``): one,
+    or with ``subscriber_rows`` its opt-in and, when its opt-out time is given, its
+    opt-out, each without the other type's fields. A row with no opt-in time is its
+    opt-out alone. An opt-in not before its row's opt-out is refused: the row says
+    the subscriber opted out, and a time wrong in the export (or a return the export
+    does not date) must not leave the number allowed."""
+    if not mapping.subscriber_rows:
+        return [mapping.apply(fields)]
+    opt_in_at = fields.get(f"occurred_at{TYPED}opt_in")
+    opt_out_at = fields.get(f"occurred_at{TYPED}opt_out")
+    kinds = ["opt_in"] if _given(opt_in_at) or not _given(opt_out_at) else []
+    if _given(opt_out_at):
+        kinds.append("opt_out")
+    out = []
+    for kind in kinds:
+        # A nested proof under our own name (JSON) is an opt-in's as its fields are.
+        own = {
+            k: v
+            for k, v in fields.items()
+            if BELONGS.get(k, "opt_in" if k == "proof" else kind) == kind
+        }
+        record, problem = mapping.apply({**own, "type": kind})
+        if kind == "opt_in" and problem is None and "opt_out" in kinds:
+            problem = _opt_out_first(opt_in_at, opt_out_at, mapping)
+        out.append((record, problem))
+    return out
+
+
+def _given(value: Any) -> bool:
+    """Whether a subscriber row's time is given: a cell of spaces is empty, as a
+    blank row is; anything else, even what is no time, is read (and refused)."""
+    return value is not None and (not isinstance(value, str) or bool(value.strip()))
+
+
+def _opt_out_first(opt_in_at: Any, opt_out_at: Any, mapping: Mapping) -> tuple[str, str] | None:
+    """Why a subscriber row's opt-in is refused, its opt-out being no later, or None
+    (a time that cannot be read is refused on its own record)."""
+    try:
+        opted_in = _time(opt_in_at, "occurred_at").ToDatetime()
+        opted_out = _time(opt_out_at, "occurred_at").ToDatetime()
+    except (_Bad, AttributeError, TypeError):
+        return None
+    if opted_in < opted_out:
+        return None
+    column = mapping.shown("occurred_at", "opt_out")
+    return (
+        "occurred_at",
+        f"is not before the opt-out's time in its row ({column}, {opt_out_at.strip()!r}): "
+        "the row is read as opted out, its opt-out imported and this opt-in refused, so "
+        "that no time wrong in the export allows the number; import a later opt-in as a "
+        "record of its own",
+    )
 
 
 def _renamed(obj: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
@@ -923,6 +981,16 @@ def _enum(field: str, text: str) -> int:
             return int(enum.Value(candidate))
     choices = ", ".join(k.removeprefix(prefix).lower() for k in names)
     raise _Bad(field, f"is not one of {choices}: {text!r}")
+
+
+def count_read(text: TextIO, fmt: str, mapping: Mapping) -> int | None:
+    """How many records ``text`` holds as ``read_records`` finds them (read or not):
+    under ``subscriber_rows`` a row may be two, which ``count_records``' scan of its
+    lines cannot tell. None for a file that cannot be read to its end."""
+    try:
+        return sum(1 for _ in read_records(text, fmt, None, mapping))
+    except FormatError:
+        return None
 
 
 def count_records(path: Path | None, fmt: str, spooled: IO[bytes] | None = None) -> int | None:

@@ -14,6 +14,12 @@ at" column would otherwise have its opt-outs imported at their opt-in's time.
 A record read through a mapping is the record the export would be under our own
 names: its import id, derived from what it says, is the same either way, so
 switching to a mapping imports nothing again.
+
+An export of one row per subscriber, with no status column, an opt-in time and an
+opt-out time left empty while the subscriber still is one, is read with
+``subscriber_rows`` (``--subscriber-rows``): each row is an opt-in at its
+``occurred_at@opt_in`` column and, when its ``occurred_at@opt_out`` column is not
+empty, an opt-out at that time (``import_files`` splits the row).
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ class Mapping:
     ignored: frozenset[str] = frozenset()
     """The export's columns no field is read from, named so that they are not
     refused as columns no record has (any other still is: a misspelt one)."""
+    subscriber_rows: bool = False
+    """Each row one subscriber: an opt-in, and an opt-out when its opt-out time is
+    given (``--subscriber-rows``)."""
 
     def __bool__(self) -> bool:
         return bool(self.columns or self.values or self.constants or self.ignored)
@@ -103,6 +112,36 @@ class Mapping:
             raise MappingError(
                 f"--value {unread[0]}:... maps values of {unread[0]}, which {where} has no "
                 "column for"
+            )
+        self._check_type_column(have, where)
+
+    def _check_type_column(self, have: set[str], where: str) -> None:
+        """Refuse a type column beside ``subscriber_rows`` (which of the two says what
+        a row is cannot be told), and an opt-in or opt-out time column of its own with
+        no type at all: every record would be refused, and each held for review,
+        where the export is most likely one of a row per subscriber."""
+        typed_time = [f"occurred_at{TYPED}{k}" for k in KINDS]
+        type_given = "type" in self.columns or "type" in self.constants
+        own_type = "type" in have and "type" not in self.ignored
+        if self.subscriber_rows and own_type:
+            raise MappingError(
+                f"{where} has a column 'type', and --subscriber-rows reads each row as an "
+                "opt-in and, when its opt-out time is given, an opt-out; drop one of the "
+                "two, or --ignore type to leave the column unread"
+            )
+        if self.subscriber_rows and "import_id" in have and "import_id" not in self.ignored:
+            raise MappingError(
+                f"{where} has a column 'import_id', which under --subscriber-rows would give "
+                "a row's opt-in and opt-out one id; --ignore import_id for an id derived "
+                "from each record"
+            )
+        if self.subscriber_rows or type_given or own_type:
+            return
+        if any(name in self.columns for name in typed_time):
+            raise MappingError(
+                f"{where} has no type column to tell an opt-in from an opt-out "
+                "(--column type=HEADER); for an export of one row per subscriber, its "
+                "opt-out time empty while subscribed, give --subscriber-rows"
             )
 
     def renamed(self, header: list[str]) -> list[str]:
@@ -220,6 +259,7 @@ def from_parts(
     belongs: Dict[str, str] | None = None,
     ignored: Iterable[str] = (),
     unreadable: Callable[[str, str], str | None] | None = None,
+    subscriber_rows: bool = False,
 ) -> Mapping:
     """One ``Mapping`` from the mapping file (if any) and the options given
     (``FIELD=HEADER``, ``FIELD:VALUE=OURS``, ``FIELD=VALUE``); ``fields`` are the
@@ -227,11 +267,16 @@ def from_parts(
     only belongs to. A field given twice, in the file or the options, is refused:
     which one was meant cannot be told. ``unreadable`` says why a value cannot be
     read as a field, if it cannot: a value set or mapped to that cannot would refuse
-    (and for an opt-out hold) every record it reaches, so it is refused here."""
+    (and for an opt-out hold) every record it reaches, so it is refused here.
+    ``subscriber_rows``: ``--subscriber-rows`` (see ``Mapping``)."""
     known = tuple(fields)
     given: dict[str, Any] = {"columns": {}, "values": {}, "set": {}, "ignore": []}
     if file is not None:
         given = _read_file(file)
+    if subscriber_rows:
+        if "subscriber_rows" in given:
+            raise MappingError("--subscriber-rows is given twice (the mapping file and an option?)")
+        given["subscriber_rows"] = True
     for header in ignored:
         if header in given["ignore"]:
             raise MappingError(f"--ignore {header!r} is given twice")
@@ -292,15 +337,20 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise MappingError(f"--mapping {path}: cannot be read: {exc}") from None
     if not isinstance(read, dict):
         raise MappingError(f"--mapping {path}: must be an object of columns, values and set")
-    stray = sorted(set(read) - {"columns", "values", "set", "ignore"})
+    stray = sorted(set(read) - {"columns", "values", "set", "ignore", "subscriber_rows"})
     if stray:
         raise MappingError(
-            f"--mapping {path}: unknown key {stray[0]!r} (columns, values, set, ignore)"
+            f"--mapping {path}: unknown key {stray[0]!r} (columns, values, set, ignore, "
+            "subscriber_rows)"
         )
     ignore = read.get("ignore", [])
     if not isinstance(ignore, list) or not all(isinstance(h, str) for h in ignore):
         raise MappingError(f"--mapping {path}: ignore must be a list of column names")
     out: dict[str, Any] = {"columns": {}, "values": {}, "set": {}, "ignore": list(ignore)}
+    if "subscriber_rows" in read:
+        if not isinstance(read["subscriber_rows"], bool):
+            raise MappingError(f"--mapping {path}: subscriber_rows must be true or false")
+        out["subscriber_rows"] = read["subscriber_rows"]
     for part in ("columns", "set"):
         table = read.get(part, {})
         if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
@@ -384,5 +434,48 @@ def _built(given: Dict[str, Any], fields: tuple[str, ...], belongs: dict[str, st
             if key in folded[name] and folded[name][key] != ours:
                 raise MappingError(f"--value {name}:{theirs} maps one value two ways")
             folded[name][key] = ours
+    subscriber_rows = bool(given.get("subscriber_rows"))
+    if subscriber_rows:
+        _check_subscriber_rows(columns, values, constants)
     only = {name: kind for name, kind in belongs.items() if name in constants or name in columns}
-    return Mapping(dict(columns), folded, dict(constants), only, ignored)
+    return Mapping(dict(columns), folded, dict(constants), only, ignored, subscriber_rows)
+
+
+def _check_subscriber_rows(
+    columns: Dict[str, str], values: Dict[str, Any], constants: Dict[str, str]
+) -> None:
+    """Refuse what ``--subscriber-rows`` cannot be read with: a row is an opt-in at
+    one time column and an opt-out at another, so both are needed, apart, and
+    neither a type nor a time for every record can be given besides."""
+    what = "--subscriber-rows"
+    for kind in KINDS:
+        if f"occurred_at{TYPED}{kind}" not in columns:
+            raise MappingError(
+                f"{what}: give --column occurred_at{TYPED}{kind}=HEADER, the column of "
+                f"each row's {kind.replace('_', '-')} time"
+            )
+    if "type" in columns or "type" in values or "type" in constants:
+        raise MappingError(
+            f"{what} reads each row as an opt-in and, when its opt-out time is given, an "
+            "opt-out: a type (--column type, --value type or --set type) says otherwise; "
+            "drop one of the two"
+        )
+    if "occurred_at" in columns or any(n.partition(TYPED)[0] == "occurred_at" for n in constants):
+        raise MappingError(
+            f"{what}: occurred_at is read from its @opt_in and @opt_out columns only; "
+            "drop --column occurred_at (or --set occurred_at)"
+        )
+    if "import_id" in columns:
+        # Both records of a row would have the one id: the opt-in refused as another
+        # record under the opt-out's. Derived from each record, ids are apart and the
+        # same as a hand-rewritten two-record file's.
+        raise MappingError(
+            f"{what}: the export's id names the subscriber, not each opt-in or opt-out; "
+            "leave import_id unmapped (--ignore its column) for an id derived from each "
+            "record"
+        )
+    if columns[f"occurred_at{TYPED}opt_in"] == columns[f"occurred_at{TYPED}opt_out"]:
+        raise MappingError(
+            f"{what}: occurred_at@opt_in and occurred_at@opt_out are read from one column; "
+            "each row would opt out as it opts in"
+        )

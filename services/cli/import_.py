@@ -159,6 +159,23 @@ mapping an export (another platform's names):
   A field of one type only, as tier or proof.consent_text (opt-ins) or channel
   (opt-outs), set or read from a column, is given to records of that type only: an
   export's opt-out rows carry the proof columns of the opt-in they ended.
+  An export of one row per subscriber, with no status column and an opt-out time
+  left empty while the subscriber still is one, is read with --subscriber-rows (in
+  --mapping, "subscriber_rows": true) and the two time columns:
+    --subscriber-rows --column occurred_at@opt_in="Opted In At" \\
+      --column occurred_at@opt_out="Opted Out At"
+  Each row is an opt-in at its opt-in time, with its proof, and, when its opt-out
+  time is not empty (a cell of spaces is), an opt-out at that time; a row with no
+  opt-in time is its opt-out alone. An opt-out time that cannot be read is refused
+  and held, as any opt-out's. A row whose opt-out is not after its opt-in is read as
+  opted out: its opt-out is imported and its opt-in refused (so that no time wrong
+  in the export allows the number). Each record's import id is derived from it, the
+  one a hand-rewritten file of two records a row would give, so an id column is
+  refused (--ignore it), as are a type (--column type, --set type, a column named
+  type), --column occurred_at and the two times read from one column: exit 2. Time
+  columns of one type given with no type at all are refused too, naming
+  --subscriber-rows. The summary counts records, and the rows they came from:
+    imported 7 of 8 records from 5 rows of subscribers.csv in 0.2 s (...)
 
 examples:
   consent-ledger import export.csv --dry-run
@@ -259,10 +276,18 @@ def add_parser(sub: Any, command: Any) -> None:
         "read from is refused)",
     )
     mapping.add_argument(
+        "--subscriber-rows",
+        action="store_true",
+        help="each row is one subscriber: an opt-in at its occurred_at@opt_in column and, "
+        "when its occurred_at@opt_out column is not empty, an opt-out at that time (see "
+        "'mapping an export' below)",
+    )
+    mapping.add_argument(
         "--mapping",
         type=Path,
         metavar="FILE",
-        help="the same as a file (.json or .toml) of columns, values and set",
+        help="the same as a file (.json or .toml) of columns, values, set, ignore and "
+        "subscriber_rows",
     )
     client.add_connection_options(parser, 3600)
 
@@ -299,6 +324,8 @@ class Summary:
     token: str = ""
     in_file: int | None = None
     """The file's records as counted before the import (None for standard input)."""
+    rows: int | None = None
+    """Under ``--subscriber-rows``, the rows the records were read from."""
 
     def refuse(self, line: int, code: str, field_name: str, reason: str) -> None:
         self.refused += 1
@@ -318,6 +345,8 @@ class Summary:
         # "imported 10 of 10" never stands for a file of a million.
         total = max(answered, self.in_file or 0)
         verb = "would import" if dry_run else "imported"
+        if self.rows is not None:  # an opt-in and an opt-out may share a row
+            source = f"{self.rows:,} rows of {source}"
         out = [
             f"{verb} {self.imported:,} of {total:,} records from {source} in {seconds:.1f} s{rate}",
             f"  already present: {self.present:,}",
@@ -409,6 +438,7 @@ def _run(args: argparse.Namespace) -> int:
         mapping = import_mapping.from_parts(
             args.column, args.value, args.set, args.mapping, import_files.FIELDS,
             import_files.BELONGS, args.ignore, import_files.unreadable_value,
+            args.subscriber_rows,
         )  # fmt: skip
         if path is None or not path.is_file():  # read twice, so kept
             spooled = import_files.spool(path, SPOOL_LIMIT)
@@ -419,6 +449,13 @@ def _run(args: argparse.Namespace) -> int:
                 mapping.check_header(import_files.json_keys(text), f"{shown}'s JSON lines")
         # Counted before it is read: a copy's readers share its offset, so one at a time.
         total = import_files.count_records(path, fmt, spooled)
+        rows = None
+        if mapping.subscriber_rows and total is not None:
+            # A row is one record or two: the records are counted as the reader finds
+            # them, so that the summary measures what was imported against them.
+            rows = total
+            with _opened(path, spooled, shown) as text:
+                total = import_files.count_read(text, fmt, mapping)
         reader = _opt_outs_first(path, spooled, fmt, shown, mapping)
         # The header is read now: a file of unknown columns is a usage error, not a
         # refusal of every record.
@@ -455,7 +492,7 @@ def _run(args: argparse.Namespace) -> int:
         _close(reader, spooled)
         print(f"{name}: no token: give --token-file or set CONSENT_TOKEN", file=sys.stderr)
         return 2
-    summary = Summary(in_file=total)
+    summary = Summary(in_file=total, rows=rows)
     refusals = _Refusals(refusals_out)
     # Of the first REMEMBERED records sent, by their index in the import:
     lines = array("q")  # the line each starts on

@@ -7,19 +7,22 @@ the export's columns; a re-run, and a switch to or from a mapping, writing nothi
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ledger.ports import Stream
-from tests.e2e.harness import TOKENS, client
+from tests.e2e.harness import TOKENS, client, define
 from tests.e2e.test_bulk_import import answers, import_cli, iso, token_of
 from tests.e2e.test_bulk_import import service as service  # the fixture, shared
+from tests.e2e.test_embedded_run import data_dir as data_dir  # the fixture, shared
+from tests.e2e.test_embedded_run import start, stop
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -523,3 +526,122 @@ async def test_a_column_of_our_own_name_ignored_beside_the_one_mapped_to_it_is_u
     async with client(runtime.address, "acme-app") as c:
         reasons = await answers(c, [number(120), number(121)], token_of(out))
     assert reasons == {number(120): "REASON_REVOKED", number(121): "REASON_CONSENT_ACTIVE"}
+
+
+def subscriber_export(tmp_path: Path, when: datetime, first: int) -> tuple[Path, dict[str, str]]:
+    """One row per subscriber, no status column: "Opted Out At" empty while subscribed.
+    The numbers and what CanSend is to answer each once the export is imported."""
+    day = lambda n: iso(when - timedelta(days=n))  # noqa: E731
+    rows = [  # the number, when it opted in, when it opted out, the answer then
+        (number(first), day(30), "", "REASON_CONSENT_ACTIVE"),
+        (number(first + 1), day(30), day(10), "REASON_REVOKED_BRAND_WIDE"),
+        (number(first + 2), "", day(10), "REASON_REVOKED_BRAND_WIDE"),  # an opt-out alone
+        # Opted out before it opted in: read as opted out, its opt-in refused.
+        (number(first + 3), day(2), day(10), "REASON_REVOKED_BRAND_WIDE"),
+        # An opt-out time that cannot be read: held, whatever its opt-in says.
+        (number(first + 4), day(30), "yesterday", "REASON_REVOCATION_PENDING_REVIEW"),
+        (number(first + 5), day(30), "  ", "REASON_CONSENT_ACTIVE"),  # spaces: none
+    ]
+    export = write_csv(
+        tmp_path / "subscribers.csv",
+        [
+            {"Phone": phone, "Opted In At": opted_in, "Opted Out At": opted_out,
+             "Full Name": f"Subscriber {phone[-2:]}", "Source": "spring-form"}
+            for phone, opted_in, opted_out, _ in rows
+        ],
+    )  # fmt: skip
+    return export, {phone: reason for phone, _, _, reason in rows}
+
+
+SUBSCRIBER_ARGV = [
+    "--subscriber-rows", "--column=phone=Phone",
+    "--column=occurred_at@opt_in=Opted In At", "--column=occurred_at@opt_out=Opted Out At",
+    "--column=proof.registered_at=Opted In At", "--column=proof.name=Full Name",
+    "--ignore=Source", "--set=brand=acme", "--set=campaign@opt_in=promo",
+    "--set=tier=promotional", "--set=method=verbal", "--set=channel=keyword",
+    f"--set=proof.consent_text={CONSENT}", "--set=proof.collection_detail=call 2211",
+]  # fmt: skip
+"""The subscriber export's mapping: 9 records of 6 rows, 7 imported."""
+
+
+async def subscriber_rows_imported(
+    address: str, token: str, export: Path, expect: dict[str, str], argv: list[str]
+) -> None:
+    """The subscriber export dry run, then imported: counted by rows and records, its
+    refusals named by the export's columns, CanSend answering ``expect``."""
+    code, dry, err = await import_cli(str(export), *argv, "--dry-run", "--address", address,
+                                      token=token)  # fmt: skip
+    assert code == 1, dry + err
+    assert "would import 7 of 9 records from 6 rows of subscribers.csv" in dry, dry + err
+    assert re.search(r"INVALID_ARGUMENT +Opted Out At: is not an ISO 8601 .*would be held", dry)
+
+    code, out, err = await import_cli(str(export), *argv, "--address", address, token=token)
+
+    assert code == 1, out + err
+    assert "imported 7 of 9 records from 6 rows of subscribers.csv" in out, out + err
+    assert re.search(r"1 +INVALID_ARGUMENT +Opted In At: is not before the opt-out's time", out)
+    assert re.search(r"1 +INVALID_ARGUMENT +Opted Out At: is not an ISO 8601 .*held for rev", out)
+    assert "held for review: 1" in out, out
+    async with client(address) as c:
+        c.token = token
+        reasons = await answers(c, list(expect), token_of(out))
+    assert reasons == expect, reasons
+
+
+async def test_an_export_of_one_row_per_subscriber_imports_each_row_s_opt_in_and_opt_out(
+    service, tmp_path
+):
+    """``--subscriber-rows``: each row an opt-in at "Opted In At" and, when "Opted Out
+    At" is given, an opt-out at that time; a row opting out no later than it opted in
+    never allows; a re-run, its mapping from a file, writes nothing."""
+    runtime, when = service
+    export, expect = subscriber_export(tmp_path, when, first=130)
+    token = TOKENS["acme-app"][0]
+
+    await subscriber_rows_imported(runtime.address, token, export, expect, SUBSCRIBER_ARGV)
+
+    assert runtime.ledger is not None
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    mapping_file = tmp_path / "mapping.toml"
+    mapping_file.write_text(
+        'subscriber_rows = true\nignore = ["Source"]\n[columns]\nphone = "Phone"\n'
+        '"occurred_at@opt_in" = "Opted In At"\n"occurred_at@opt_out" = "Opted Out At"\n'
+        '"proof.registered_at" = "Opted In At"\n"proof.name" = "Full Name"\n'
+        '[set]\nbrand = "acme"\n"campaign@opt_in" = "promo"\ntier = "promotional"\n'
+        f'method = "verbal"\nchannel = "keyword"\n"proof.consent_text" = "{CONSENT}"\n'
+        '"proof.collection_detail" = "call 2211"\n'
+    )
+
+    code, again, err = await imported(runtime, str(export), "--mapping", str(mapping_file))
+
+    assert code == 1, again + err
+    assert "imported 0 of 9 records from 6 rows" in again, again
+    assert "already present: 7" in again and "held for review: 1" in again, again
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+    # Without --subscriber-rows, nothing says what a row is: exit 2, nothing sent.
+    code, out, err = await imported(runtime, str(export), *SUBSCRIBER_ARGV[1:])
+    assert code == 2 and out == "", out + err
+    assert "give --subscriber-rows" in err, err
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+async def test_the_embedded_default_imports_one_row_per_subscriber(tmp_path, data_dir):
+    proc, address, token, _ = await asyncio.to_thread(start, data_dir)
+    try:
+        when = datetime.now(UTC)
+        async with client(address) as admin:
+            admin.token = token
+            await admin.DefineCampaign(define("acme", "promo", when - timedelta(days=60)))
+        export, expect = subscriber_export(tmp_path, when, first=140)
+
+        await subscriber_rows_imported(address, token, export, expect, SUBSCRIBER_ARGV)
+
+        code, again, err = await import_cli(
+            str(export), *SUBSCRIBER_ARGV, "--address", address, token=token
+        )
+        assert code == 1, again + err
+        assert "imported 0 of 9 records from 6 rows" in again, again
+        assert "already present: 7" in again, again
+    finally:
+        await asyncio.to_thread(stop, proc)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -367,6 +369,173 @@ def test_a_nested_key_given_twice_is_named_by_its_path_not_by_a_key_of_the_same_
     assert refused.held is not None  # an opt-out all the same
     (ours,) = read('{"type": "opt_in", "proof": {"name": "a", "name": "b"}}\n', "jsonl")
     assert isinstance(ours, Unreadable) and ours.field == "proof.name", ours
+
+
+# One row per subscriber (``--subscriber-rows``): no status column, an opt-in time and
+# an opt-out time empty while the subscriber still is one.
+SUBSCRIBERS = """\
+Phone,Opted In At,Opted Out At,Consent Text,Channel
++14155550200,2026-10-01T08:00:00Z,,Yes text me. STOP to end.,
++14155550201,2026-10-01T08:00:00Z,2026-11-30T08:00:00Z,Yes text me. STOP to end.,keyword
++14155550202,,2026-11-30T08:00:00Z,,web
++14155550203,2026-11-30T08:00:00Z,2026-10-01T08:00:00Z,Yes text me. STOP to end.,keyword
++14155550204,2026-10-01T08:00:00Z,yesterday,Yes text me. STOP to end.,keyword
++14155550205,2026-10-01T08:00:00Z,   ,Yes text me. STOP to end.,
+"""
+SUBSCRIBER_COLUMNS = [
+    "phone=Phone",
+    "occurred_at@opt_in=Opted In At",
+    "occurred_at@opt_out=Opted Out At",
+    "proof.registered_at=Opted In At",
+    "proof.consent_text=Consent Text",
+    "channel=Channel",
+]
+SUBSCRIBER_SET = ["brand=acme", "campaign@opt_in=promo", "tier=promotional", "method=web_form"]
+IN, OUT = "2026-10-01T08:00:00Z", "2026-11-30T08:00:00Z"
+TWO_RECORDS_BY_HAND = (
+    "type,phone,brand,campaign,occurred_at,proof.registered_at,proof.consent_text,tier,"
+    "method,channel\n"
+    f"opt_in,+14155550200,acme,promo,{IN},{IN},Yes text me. STOP to end.,promotional,web_form,\n"
+    f"opt_in,+14155550201,acme,promo,{IN},{IN},Yes text me. STOP to end.,promotional,web_form,\n"
+    f"opt_out,+14155550201,acme,,{OUT},,,,,keyword\n"
+    f"opt_out,+14155550202,acme,,{OUT},,,,,web\n"
+    f"opt_out,+14155550203,acme,,{IN},,,,,keyword\n"
+    f"opt_in,+14155550204,acme,promo,{IN},{IN},Yes text me. STOP to end.,promotional,web_form,\n"
+    f"opt_in,+14155550205,acme,promo,{IN},{IN},Yes text me. STOP to end.,promotional,web_form,\n"
+)
+
+
+def subscriber_rows(**changes: Any) -> Mapping:
+    given: dict[str, Any] = {
+        "columns": SUBSCRIBER_COLUMNS,
+        "constants": SUBSCRIBER_SET,
+        "subscriber_rows": True,
+        **changes,
+    }
+    return from_parts(**given, fields=FIELDS, belongs=BELONGS, unreadable=unreadable_value)
+
+
+def test_a_subscriber_row_is_an_opt_in_and_an_opt_out_as_two_records_written_by_hand():
+    """Each row is an opt-in at its opt-in time with its proof and, when its opt-out
+    time is given, an opt-out at that time: the records, and so the import ids, of
+    the export rewritten by hand as two records a row. A row with no opt-in time is
+    its opt-out alone."""
+    got = read(SUBSCRIBERS, "csv", subscriber_rows())
+    by_hand = [r.record for r in read(TWO_RECORDS_BY_HAND, "csv")]  # type: ignore[union-attr]
+
+    read_ = [r.record for r in got if isinstance(r, Read)]
+    assert read_ == by_hand, got
+    ids = [getattr(r, r.WhichOneof("record")).request_id for r in read_]
+    assert len(set(ids)) == len(ids) and all(i.startswith("import-") for i in ids)
+    # The first row's opt-out time is empty, the last's only spaces: no opt-out.
+    assert [r.line for r in got if isinstance(r, Read)] == [2, 3, 3, 4, 5, 6, 7]
+
+
+def test_a_subscriber_row_whose_opt_out_is_not_after_its_opt_in_keeps_the_opt_out_alone():
+    """Read as opted out (an opt-out time is given), the row never allows: a time
+    wrong in the export, or a subscriber who came back later, is for a person to
+    sort out. Its opt-out is imported at its time, its opt-in refused, not held."""
+    got = [r for r in read(SUBSCRIBERS, "csv", subscriber_rows()) if r.line == 5]
+    opt_in, opt_out = got
+    assert isinstance(opt_out, Read) and opt_out.record.opt_out.phone == "+14155550203"
+    assert isinstance(opt_in, Unreadable) and opt_in.opt_in and opt_in.held is None
+    assert opt_in.field == "occurred_at"
+    assert "not before the opt-out's time in its row (Opted Out At" in opt_in.reason
+    same_time = SUBSCRIBERS.replace(f"0203,{OUT},{IN}", f"0203,{IN},{IN}")
+    got = [r for r in read(same_time, "csv", subscriber_rows()) if r.line == 5]
+    assert [type(r) for r in got] == [Unreadable, Read], got
+
+
+def test_a_subscriber_row_s_unreadable_opt_out_time_is_held_and_its_opt_in_read():
+    got = [r for r in read(SUBSCRIBERS, "csv", subscriber_rows()) if r.line == 6]
+    opt_in, opt_out = got
+    assert isinstance(opt_in, Read) and opt_in.record.HasField("opt_in")
+    assert isinstance(opt_out, Unreadable) and opt_out.field == "occurred_at"
+    assert opt_out.held is not None and opt_out.held.opt_out.phone == "+14155550204"
+
+
+def test_subscriber_rows_split_between_the_opt_outs_part_and_the_opt_ins_part():
+    mapping = subscriber_rows()
+    outs = list(read_records(io.StringIO(SUBSCRIBERS), "csv", False, mapping))
+    ins = list(read_records(io.StringIO(SUBSCRIBERS), "csv", True, mapping))
+
+    assert [r.line for r in outs] == [3, 4, 5, 6]
+    assert all(isinstance(r, Unreadable) or r.record.HasField("opt_out") for r in outs)
+    assert [r.line for r in ins] == [2, 3, 5, 6, 7]
+    assert all(isinstance(r, Unreadable) or r.record.HasField("opt_in") for r in ins)
+
+
+def test_subscriber_rows_of_json_lines_read_as_the_csv_does():
+    lines = [
+        {"p": "+14155550201", "in": IN, "out": OUT, "text": "Yes text me. STOP to end.",
+         "ch": "keyword"},
+        {"p": "+14155550200", "in": IN, "out": None, "text": "Yes text me. STOP to end."},
+    ]  # fmt: skip
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    columns = [
+        "phone=p", "occurred_at@opt_in=in", "occurred_at@opt_out=out",
+        "proof.registered_at=in", "proof.consent_text=text", "channel=ch",
+    ]  # fmt: skip
+    mapping = subscriber_rows(columns=columns)
+    mapping.check_header(json_keys(io.StringIO(text)), "the export")
+    by_hand = [r.record for r in read(TWO_RECORDS_BY_HAND, "csv")]  # type: ignore[union-attr]
+
+    got = [r.record for r in read(text, "jsonl", mapping)]  # type: ignore[union-attr]
+
+    assert got == [by_hand[1], by_hand[2], by_hand[0]]
+
+
+def test_the_subscriber_rows_key_of_a_mapping_file_is_the_option(tmp_path: Path):
+    (tmp_path / "m.toml").write_text(
+        'subscriber_rows = true\n[columns]\nphone = "Phone"\n'
+        '"occurred_at@opt_in" = "Opted In At"\n"occurred_at@opt_out" = "Opted Out At"\n'
+    )
+    (tmp_path / "m.json").write_text(json.dumps({"subscriber_rows": "yes"}))
+    given = from_parts(file=tmp_path / "m.toml", fields=FIELDS, belongs=BELONGS)
+
+    assert given.subscriber_rows
+    with pytest.raises(MappingError, match="given twice"):
+        from_parts(file=tmp_path / "m.toml", fields=FIELDS, subscriber_rows=True)
+    with pytest.raises(MappingError, match="subscriber_rows must be true or false"):
+        from_parts(file=tmp_path / "m.json", fields=FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"columns": SUBSCRIBER_COLUMNS[:2]}, "give --column occurred_at@opt_out=HEADER"),
+        ({"columns": [SUBSCRIBER_COLUMNS[0], *SUBSCRIBER_COLUMNS[2:]]}, "occurred_at@opt_in"),
+        ({"columns": [*SUBSCRIBER_COLUMNS, "type=Status"]}, "a type (--column type"),
+        ({"constants": [*SUBSCRIBER_SET, "type=opt_in"]}, "a type (--column type"),
+        ({"values": ["type:a=opt_in"]}, "a type (--column type"),
+        ({"columns": [*SUBSCRIBER_COLUMNS, "occurred_at=Opted In At"]}, "occurred_at is read"),
+        ({"columns": [*SUBSCRIBER_COLUMNS, "import_id=Id"]}, "names the subscriber"),
+        (
+            {"columns": [*SUBSCRIBER_COLUMNS[:2], "occurred_at@opt_out=Opted In At"]},
+            "one column",
+        ),
+    ],
+)
+def test_subscriber_rows_with_a_mapping_that_says_otherwise_is_refused(changes, words):
+    with pytest.raises(MappingError, match=re.escape(words)):
+        subscriber_rows(**changes)
+
+
+def test_subscriber_rows_refuse_a_type_column_of_our_own_name():
+    with pytest.raises(MappingError, match="has a column 'type'"):
+        read("type," + SUBSCRIBERS, "csv", subscriber_rows())
+
+
+def test_an_opt_out_time_column_without_a_type_asks_for_subscriber_rows():
+    """Without a type, every record would be refused (and each held): the shape of
+    a subscriber export, said so before anything is sent."""
+    given = from_parts(SUBSCRIBER_COLUMNS, (), SUBSCRIBER_SET, fields=FIELDS, belongs=BELONGS)
+    with pytest.raises(MappingError, match="--subscriber-rows"):
+        read(SUBSCRIBERS, "csv", given)
+    typed = from_parts(
+        [*SUBSCRIBER_COLUMNS, "type=Status"], (), SUBSCRIBER_SET, fields=FIELDS, belongs=BELONGS
+    )
+    typed.check_header([*SUBSCRIBERS.splitlines()[0].split(","), "Status"], "the header")
 
 
 def test_a_refused_typed_time_names_the_column_of_its_record_type(tmp_path: Path):
