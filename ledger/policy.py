@@ -408,6 +408,16 @@ def latest_revocation_key(digest: Digest, c: CampaignDigest) -> tuple[int, int] 
     return max(keys) if keys else None
 
 
+def _erased_without_opt_in(digest: Digest, c: CampaignDigest) -> bool:
+    """Whether the subject was erased and the campaign has no opt-in since: the
+    erasure took every grant before it (``ledger.state``), and nothing after it but a
+    fresh opt-in to this campaign allows a send. A text after it (a START, a HELP, a
+    conversation) and an opt-in to another campaign are no opt-in to this one, so
+    CanSend says ``SUBJECT_ERASED`` whatever else it would have said for want of
+    consent; an opt-out that stands is named before this, as GetConsent names it."""
+    return digest.erased is not None and c.grant is None
+
+
 def _answers(reply: Mark, asked: Mark) -> bool:
     """Whether the reply ``reply`` (an opt-out's confirmation, a HELP's reply, a
     START's confirmation) answers the text or opt-out ``asked``: sent at or after it,
@@ -655,6 +665,8 @@ class Check:
 
     def _without_consent(self, digest: Digest, c: CampaignDigest) -> Decision:
         version = self.version
+        if _erased_without_opt_in(digest, c):
+            return self._erased(digest)
         purpose = self.policy.purpose
         revocation = latest_revocation_key(digest, c)
         if purpose is CampaignPurpose.CONVERSATIONAL:
@@ -691,19 +703,21 @@ class Check:
                 (digest.last_inbound.event_id,),
                 version,
             )
-        if digest.erased is not None:
-            return deny(
-                Reason.SUBJECT_ERASED,
-                "the subscriber's personal data was erased, with the proof of every consent"
-                " before it: only a fresh opt-in after the erasure allows a send",
-                (digest.erased.event_id,),
-                version,
-            )
         other = sorted(name for name in digest.campaigns if digest.campaign(name).grant is not None)
         detail = "no consent for this campaign" + (
             f" (consent for {', '.join(other)} does not count)" if other else ""
         )
         return deny(Reason.NO_CONSENT, detail, (), version)
+
+    def _erased(self, digest: Digest) -> Decision:
+        assert digest.erased is not None
+        return deny(
+            Reason.SUBJECT_ERASED,
+            "the subscriber's personal data was erased, with the proof of every consent"
+            " before it: only a fresh opt-in after the erasure allows a send",
+            (digest.erased.event_id,),
+            self.version,
+        )
 
     def _opt_out_confirmation(self, digest: Digest, c: CampaignDigest) -> Decision:
         version = self.version
@@ -767,6 +781,8 @@ class Check:
         if resume is None or not self._in_reply_window(resume):
             return self._not_asked("START")
         current = standing(digest, c, self.campaign.campaign if self._revoke_all else None)
+        if current.revocation is None and _erased_without_opt_in(digest, c):
+            return self._erased(digest)  # the consent a START would resume was erased
         if not current.active or resume.event_id not in current.evidence:
             return deny(
                 Reason.REPLY_NOT_OWED,
@@ -1143,6 +1159,8 @@ def earns_exemption(digest: Digest, campaign: Campaign, at: datetime, kind: Mess
     check = Check(campaign, at, kind)
     if kind is MessageKind.CONVERSATION_REPLY:
         c = digest.campaign(campaign.campaign)
+        if _erased_without_opt_in(digest, c):
+            return False  # an erasure leaves no conversation open without an opt-in
         return check._open_conversation(c, latest_revocation_key(digest, c)) is not None
     return check(digest).allowed
 

@@ -32,8 +32,9 @@ class ConsentState(enum.Enum):
     deadline it counts as a revocation."""
     ERASED = "erased"
     """The subscriber's personal data was erased, with the proof of every consent
-    before it, and no opt-in or opt-out came after: nothing may be sent until a
-    fresh opt-in."""
+    before it, no opt-in to this campaign came after it and no opt-out stands (one
+    that does is named instead, as CanSend names it): nothing may be sent until a
+    fresh opt-in, whatever else came after (a START, a HELP, a conversation)."""
 
 
 def consent_state(

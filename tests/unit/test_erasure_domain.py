@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from ledger.campaigns import CampaignPurpose
 from ledger.errors import InvalidRequest
 from ledger.events import (
     LegalHoldPlaced,
@@ -196,10 +197,13 @@ def test_a_grant_sealed_with_a_key_the_erasure_destroyed_allows_nothing_wherever
 
 
 def test_a_conversation_the_person_began_before_the_erasure_is_over() -> None:
-    conversational = campaign(purpose="conversational")
-    state = fold(record([inbound(at(0)), erasure(at(1))]))
+    conversational = campaign(purpose=CampaignPurpose.CONVERSATIONAL)
+    state = fold(record([inbound(at(0), campaign="promo"), erasure(at(1))]))
 
     assert decide(state, conversational, at(2)).reason is Reason.SUBJECT_ERASED
+    # Nor does a text after it open one: only a fresh opt-in allows after an erasure.
+    again = fold(record([inbound(at(0)), erasure(at(1)), inbound(at(2), campaign="promo")]))
+    assert decide(again, conversational, at(3)).reason is Reason.SUBJECT_ERASED
 
 
 def test_the_erased_state_is_the_same_in_any_order_and_refolds_from_its_facts() -> None:
