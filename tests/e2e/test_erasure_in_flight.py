@@ -29,8 +29,10 @@ SENDER = "+12125550188"
 PHONE = "+14155553561"
 
 
-async def example_table_says(runtime: Runtime, tmp_path: Path) -> dict[str, bool] | None:
-    """What the worked consumer's table says of PHONE at acme once it has read the
+async def example_table_says(
+    runtime: Runtime, tmp_path: Path, phone: str = PHONE
+) -> dict[str, bool] | None:
+    """What the worked consumer's table says of ``phone`` at acme once it has read the
     whole topic (None on the embedded default, which has no topic to follow)."""
     kafka = runtime.settings.kafka
     if kafka is None:
@@ -47,7 +49,7 @@ async def example_table_says(runtime: Runtime, tmp_path: Path) -> dict[str, bool
     syncing = asyncio.create_task(keep_in_sync(table, settings, stop))
     try:
         await caught_up(runtime, group)
-        return table.status("acme", PHONE)
+        return table.status("acme", phone)
     finally:
         stop.set()
         await asyncio.wait_for(syncing, 60)
