@@ -59,7 +59,8 @@ class FindingKind(enum.Enum):
     """What a send lacked."""
 
     NO_CONSENT = "no_consent"
-    """No consent of a sufficient tier for the campaign (texting first is not one)."""
+    """No consent of a sufficient tier for the campaign (texting first is not one, nor
+    anything after an erasure but a fresh opt-in)."""
     AFTER_OPT_OUT = "after_opt_out"
     """Sent after an opt-out (or a pending or overdue one), other than the one
     confirmation it was owed."""
@@ -85,6 +86,8 @@ _DENIALS: dict[Reason, FindingKind] = {
     Reason.NO_CONSENT: FindingKind.NO_CONSENT,
     Reason.CONSENT_TIER_INSUFFICIENT: FindingKind.NO_CONSENT,
     Reason.CONVERSATION_WINDOW_CLOSED: FindingKind.NO_CONSENT,
+    # An erasure leaves no consent until a fresh opt-in: a send after it had none.
+    Reason.SUBJECT_ERASED: FindingKind.NO_CONSENT,
     Reason.REVOKED: FindingKind.AFTER_OPT_OUT,
     Reason.REVOKED_BRAND_WIDE: FindingKind.AFTER_OPT_OUT,
     Reason.REVOCATION_PENDING_REVIEW: FindingKind.AFTER_OPT_OUT,

@@ -19,6 +19,7 @@ from ledger.events import (
     Recorded,
     ReliedAnswer,
     RevocationCandidateFlagged,
+    SubjectErased,
 )
 from ledger.policy import Obligation, Reason, decide_as_of
 from ledger.state import CampaignHistory, fold_campaign
@@ -32,6 +33,7 @@ from tests.builders import (
     granted,
     inbound,
     reconfirmed,
+    resumed,
     revoked,
     sent,
 )
@@ -86,6 +88,16 @@ def test_a_send_without_consent_is_found_with_its_id():
 def test_a_consent_of_another_campaign_is_none():
     (finding,) = findings([granted(at(-5), "other"), send(at(0))])
     assert finding.kinds == (FindingKind.NO_CONSENT,)
+
+
+def test_a_send_after_an_erasure_is_one_without_consent_whatever_came_between():
+    # With a START between, the policy once answered CONSENT_TIER_INSUFFICIENT (no
+    # consent); without, SUBJECT_ERASED was filed as "another reason".
+    erased = SubjectErased(**_base(at(-30)), phone=PHONE, brand=BRAND)
+    for between in ([], [inbound(at(-20), "START", "promo"), resumed(at(-20), "promo")]):
+        (finding,) = findings([granted(at(-60)), erased, *between, send(at(0))])
+        assert finding.kinds == (FindingKind.NO_CONSENT,)
+        assert finding.decision.reason is Reason.SUBJECT_ERASED
 
 
 def test_a_send_after_an_opt_out_is_found_with_the_opt_out_as_evidence():
