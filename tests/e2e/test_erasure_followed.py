@@ -65,6 +65,27 @@ def facts_after(c: Client, erased_at: datetime) -> dict[str, Callable[[datetime]
     sent_id = f"msg-{rid()[:12]}"
     acme = dict(phone=PHONE, brand="acme")
 
+    async def start(t: datetime) -> Any:
+        answer = await c.HandleInboundMessage(inbound(PHONE, SENDER, "START", t))
+        # Nothing to resume, so no confirmation is owed, and CanSend says why.
+        assert answer.reply == api.REPLY_KIND_NONE, answer
+        confirmation = await c.CanSend(
+            api.CanSendRequest(
+                **acme,
+                campaign="promo",
+                message_kind=lpb.MESSAGE_KIND_OPT_IN_CONFIRMATION,
+                at_least_as_fresh=answer.consistency_token,
+            )
+        )
+        assert confirmation.reason == api.REASON_SUBJECT_ERASED, confirmation
+        return answer
+
+    async def imported_before(t: datetime) -> Any:
+        record = opt_in(PHONE, "acme", "promo", erased_at - timedelta(days=1))
+        answer = await imported(c, api.ImportRecord(opt_in=record))
+        assert (answer.imported, list(answer.refusals)) == (1, []), answer
+        return answer
+
     async def hold(t: datetime) -> Any:
         await c.PlaceLegalHold(api.PlaceLegalHoldRequest(request_id=rid(), **acme, hold_id="h1"))
         return await c.ReleaseLegalHold(
@@ -72,7 +93,7 @@ def facts_after(c: Client, erased_at: datetime) -> dict[str, Callable[[datetime]
         )
 
     return {
-        "START": lambda t: c.HandleInboundMessage(inbound(PHONE, SENDER, "START", t)),
+        "START": start,
         "HELP": lambda t: c.HandleInboundMessage(inbound(PHONE, SENDER, "HELP", t)),
         "a text": lambda t: c.HandleInboundMessage(inbound(PHONE, SENDER, "are you open?", t)),
         "a reconfirmation": lambda t: c.RecordReconfirmation(
@@ -112,10 +133,7 @@ def facts_after(c: Client, erased_at: datetime) -> dict[str, Callable[[datetime]
             )
         ),
         "a legal hold placed and released": hold,
-        "an imported opt-in dated before the erasure": lambda t: imported(
-            c,
-            api.ImportRecord(opt_in=opt_in(PHONE, "acme", "promo", erased_at - timedelta(days=1))),
-        ),
+        "an imported opt-in dated before the erasure": imported_before,
         "an opt-in to another campaign": lambda t: c.RecordOptIn(opt_in(PHONE, "acme", "news", t)),
     }
 
