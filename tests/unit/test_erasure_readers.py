@@ -336,3 +336,17 @@ def test_replies_owed_to_a_text_after_the_erasure_are_the_text_s_own() -> None:
         False,
         Reason.SUBJECT_ERASED,
     )
+
+
+@pytest.mark.parametrize("purpose", PURPOSES.values(), ids=PURPOSES.keys())
+def test_a_reply_held_for_review_after_the_erasure_is_named_by_every_reader(
+    purpose: CampaignPurpose,
+) -> None:
+    # Like an opt-out that stands, a reply that may be one is named while it is held;
+    # dismissed, the erasure is ("review resolved" above).
+    history = _recorded([granted(at(0)), _erasure(), flagged(AFTER, "leave me alone")])
+
+    decisions, state = _answers(history, "promo", purpose, NOW)
+
+    assert _every(decisions) == {(False, Reason.REVOCATION_PENDING_REVIEW)}, decisions
+    assert state is ConsentState.PENDING_REVIEW
