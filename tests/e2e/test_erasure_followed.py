@@ -187,3 +187,5 @@ async def test_nothing_after_an_erasure_but_a_fresh_opt_in_allows_and_every_read
             "CanSendAsOf": (True, api.REASON_CONSENT_ACTIVE),
             "GetConsent": api.CONSENT_STATE_ACTIVE,
         }
+        table = await example_table_says(runtime, tmp_path, PHONE)
+        assert table in (None, {"promo": True, "news": True})
