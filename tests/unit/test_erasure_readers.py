@@ -33,7 +33,7 @@ from ledger.events import (
     SubscriberLocated,
     evolved,
 )
-from ledger.policy import Check, Decision, Reason, decide_as_of
+from ledger.policy import Check, Decision, Reason, decide_as_of, earns_exemption
 from ledger.state import fold, retained_facts
 from ledger.status import ConsentState, consent_state
 from services.wire.compact_digest import Shapes
@@ -350,3 +350,14 @@ def test_a_reply_held_for_review_after_the_erasure_is_named_by_every_reader(
 
     assert _every(decisions) == {(False, Reason.REVOCATION_PENDING_REVIEW)}, decisions
     assert state is ConsentState.PENDING_REVIEW
+
+
+def test_a_reply_to_a_text_after_the_erasure_earns_no_exemption_from_the_caps() -> None:
+    # Judged at the write as CanSend judges it: no conversation is open to reply in.
+    rules = campaign(purpose=CampaignPurpose.CONVERSATIONAL)
+    text = inbound(AFTER, "are you open?", "promo")
+    erased = digest_of(fold(_recorded([granted(at(0)), _erasure(), text])))
+    kept = digest_of(fold(_recorded([granted(at(0)), text])))
+
+    assert not earns_exemption(erased, rules, NOW, MessageKind.CONVERSATION_REPLY)
+    assert earns_exemption(kept, rules, NOW, MessageKind.CONVERSATION_REPLY)
