@@ -9,6 +9,8 @@ from datetime import timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledger.campaigns import CampaignPurpose
+from ledger.digest import digest_of
 from ledger.events import (
     ConsentGranted,
     ConsentResumed,
@@ -18,8 +20,9 @@ from ledger.events import (
     MessageSent,
     SubjectErased,
 )
-from ledger.policy import decide
+from ledger.policy import Reason, decide
 from ledger.state import fold, retained_facts
+from ledger.status import ConsentState, consent_state
 from tests.builders import (
     BRAND,
     PHONE,
@@ -113,27 +116,30 @@ def test_an_acknowledged_revocation_without_a_new_grant_never_allows(
 
 
 @st.composite
-def no_consent(draw, *, after: int):
-    """A fact after an erasure that gives no consent: a send, a reconfirmation, an
-    age verification (a grant, a START or a text of the person's would)."""
+def no_opt_in(draw, *, after: int):
+    """A fact after an erasure that is no opt-in: anything ``any_event`` makes but a
+    grant (a send, a text, a STOP, a reconfirmation, an age verification), or a START."""
     when = at(after + draw(MINUTES))
-    name = draw(CAMPAIGNS)
-    return draw(
-        st.sampled_from(
-            [
-                lambda: sent(when, name, draw(st.sampled_from(list(MessageKind)))),
-                lambda: reconfirmed(when, name),
-                lambda: age(when, plus21=True),
-            ]
-        )
-    )()
+    if draw(st.booleans()):
+        return draw(any_event(after=after, grants=False))
+    return replace(
+        resumed(when, draw(st.one_of(st.none(), CAMPAIGNS))), stated_at=draw(AHEAD)(when)
+    )
+
+
+_SAID_AS = {
+    ConsentState.ERASED: Reason.SUBJECT_ERASED,
+    ConsentState.REVOKED: Reason.REVOKED,
+    ConsentState.REVOKED_BRAND_WIDE: Reason.REVOKED_BRAND_WIDE,
+}
+"""The reason CanSend gives for each state GetConsent may give after an erasure."""
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     before=histories,
     late=st.lists(any_event(), max_size=6),
-    after=st.lists(no_consent(after=60 * 24 * 41), max_size=8),
+    after=st.lists(no_opt_in(after=60 * 24 * 41), max_size=8),
     asked=CAMPAIGNS,
     delay_minutes=st.integers(min_value=0, max_value=60 * 24 * 60),
     kind=st.sampled_from([k for k in MessageKind if k not in OWED]),
@@ -142,14 +148,17 @@ def test_an_erased_subscriber_is_never_allowed_without_a_fresh_grant(
     before, late, after, asked, delay_minutes, kind
 ):
     """Whatever was recorded before the erasure, or is recorded after it but happened
-    before it (a grant imported late, a START, a text), allows nothing."""
+    before it (a grant imported late, a START, a text), allows nothing; nor does
+    anything after it but an opt-in. CanSend says why as GetConsent says it: erased,
+    or the opt-out that stands."""
     erased_at = at(days=41)
     erasure = SubjectErased(event_id=uuid.uuid4(), occurred_at=erased_at, phone=PHONE, brand=BRAND)
     state = fold(record([*before, erasure, *late, *after]))
     now = erased_at + timedelta(minutes=delay_minutes)
-    for purpose_kw in ({}, {"purpose": 1}, {"purpose": 2}):
-        d = decide(state, campaign(asked, **purpose_kw), now, kind)
-        assert not d.allowed, d
+    stands = consent_state(digest_of(state), asked)
+    for purpose in CampaignPurpose:
+        d = decide(state, campaign(asked, purpose=purpose), now, kind)
+        assert (d.allowed, d.reason) == (False, _SAID_AS[stands]), d
 
 
 @settings(max_examples=200, deadline=None)
