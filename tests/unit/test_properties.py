@@ -110,8 +110,8 @@ def test_an_acknowledged_revocation_without_a_new_grant_never_allows(
     stop = revoked(stop_at, None if brand_wide else asked)
     state = fold(record([*before, stop, *after]))
     now = stop_at + timedelta(minutes=delay_minutes)
-    for purpose_kw in ({}, {"purpose": 1}, {"purpose": 2}):
-        d = decide(state, campaign(asked, **purpose_kw), now, kind)
+    for purpose in CampaignPurpose:
+        d = decide(state, campaign(asked, purpose=purpose), now, kind)
         assert not d.allowed, d
 
 
