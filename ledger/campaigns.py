@@ -217,6 +217,11 @@ class CampaignPolicy:
     before 47 CFR 64.1200(a)(10)'s "revoke-all" rule is in force (from then on it
     applies whatever this says: ``ledger.policy.REVOKE_ALL_EFFECTIVE``)."""
 
+    def __post_init__(self) -> None:
+        # The policy compares purposes by identity: a plain 1 or "conversational" would
+        # silently never match CONVERSATIONAL, so it is made the enum here or refused.
+        object.__setattr__(self, "purpose", CampaignPurpose(self.purpose))
+
     @property
     def content_category(self) -> CampaignCategory | None:
         """The category the policy names; None for a name the service does not know

@@ -18,6 +18,7 @@ from ledger.campaigns import (
     Campaign,
     CampaignCategory,
     CampaignPolicy,
+    CampaignPurpose,
     category_of,
 )
 from ledger.commands import ChangeCampaignPolicy, DefineCampaign, to_events
@@ -178,3 +179,11 @@ def test_a_prohibited_category_leaves_as_invalid_argument_with_a_reason_to_branc
     assert bad.field_violations[0].field == "policy.category"
     assert info.reason == "CONTENT_PROHIBITED" and info.domain == "consent-ledger"
     assert dict(info.metadata) == {"field": "policy.category", "category": "cbd"}
+
+
+def test_a_policy_holds_its_purpose_as_the_enum_the_checks_compare():
+    # The checks compare purposes by identity: a plain int kept as it came would
+    # never be CONVERSATIONAL, and a conversational campaign would be read as none.
+    assert CampaignPolicy(purpose=1).purpose is CampaignPurpose.CONVERSATIONAL
+    with pytest.raises(ValueError):
+        CampaignPolicy(purpose="conversational")  # type: ignore[arg-type]
