@@ -620,7 +620,13 @@ def _read_whole(token: str, table: _GluedTable, start: int) -> tuple[str, ...] |
     # token keeps a letter of each run at least: one of more runs than the longest
     # word is none (and is not squeezed, which takes as long as the token).
     if _runs(token, _LONGEST_KNOWN + 1) <= _LONGEST_KNOWN:
-        singles = [token[: m.start()] + token[m.start() + 1 :] for m in _DOUBLE.finditer(token)]
+        # A letter dropped from a token longer than any word but one is still no word:
+        # only a short token is copied once per doubled letter, not one of thousands.
+        singles = (
+            [token[: m.start()] + token[m.start() + 1 :] for m in _DOUBLE.finditer(token)]
+            if len(token) <= _LONGEST_KNOWN + 1
+            else []
+        )
         for squeezed in (
             re.sub(r"(.)\1{2,}", r"\1\1", token),
             re.sub(r"(.)\1+", r"\1", token),
@@ -757,6 +763,10 @@ _STRETCHED_PARTS = [(part, re.sub(r"(.)\1+", r"\1", part)) for part in _GLUED_PA
 """Each part with its letter runs read as one letter: its letters as typed
 stretched ("pleaseee", "yaaall") are matched against these."""
 
+_STRETCHED_BY_LETTER: dict[str, list[tuple[str, str]]] = {}
+for _part, _squeezed in _STRETCHED_PARTS:  # longest first, as _GLUED_PARTS is
+    _STRETCHED_BY_LETTER.setdefault(_squeezed[0], []).append((_part, _squeezed))
+
 
 @functools.lru_cache(maxsize=8192)
 def _glued_stretched(token: str) -> tuple[str, ...]:
@@ -774,8 +784,11 @@ def _glued_stretched(token: str) -> tuple[str, ...]:
         run_end[n - 1] = n
     first: list[tuple[str, int]] = [("", 0)] * (n + 1)
     cuttable = [False] * n + [True]
+    # next_cut[j]: the first cuttable position from j on, so a part's last letter finds
+    # where the rest of its run may go at once, not by a look along a run of thousands.
+    next_cut = [n + 1] * n + [n]
     for i in range(n - 1, -1, -1):
-        for part, letters in _STRETCHED_PARTS:
+        for part, letters in _STRETCHED_BY_LETTER.get(token[i], ()):
             p = i
             for c in letters[:-1]:
                 if p >= n or token[p] != c:
@@ -783,10 +796,11 @@ def _glued_stretched(token: str) -> tuple[str, ...]:
                 p = run_end[p]
             else:
                 if p < n and token[p] == letters[-1]:
-                    end = next((e for e in range(p + 1, run_end[p] + 1) if cuttable[e]), None)
-                    if end is not None:
+                    end = next_cut[p + 1]
+                    if end <= run_end[p]:
                         first[i], cuttable[i] = (part, end), True
                         break
+        next_cut[i] = i if cuttable[i] else next_cut[i + 1]
     if not cuttable[0]:
         return ()
     parts = []

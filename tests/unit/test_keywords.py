@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledger.commands import HELD_BODY_READ
 from ledger.keywords import (
     BRAND_WIDE_OPT_OUT_KEYWORDS,
     HELP_KEYWORDS,
@@ -345,6 +347,26 @@ def test_a_body_of_a_hundred_thousand_glued_stop_words_is_held_quickly(tail):
     assert classify(body) is CANDIDATE
     assert reads_like_an_opt_out(body)
     assert time.process_time() - started < 10  # some 2 s on the shared 2-core machine
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["y" * HELD_BODY_READ, "x" + "t" * (HELD_BODY_READ // 2) + "y" * (HELD_BODY_READ // 2)],
+)
+def test_a_refused_body_of_long_letter_runs_is_read_in_little_memory(body):
+    # A text refused for its length is still read for a STOP, up to HELD_BODY_READ
+    # characters. Each doubled letter of a long run was dropped in turn into a copy
+    # of the whole token (4 GB for one run of 65,536), and each letter of a run was
+    # looked past for a cut to the run's end: a refusal then took minutes.
+    tracemalloc.start()
+    started = time.process_time()
+    try:
+        assert classify(body) is CONVERSATION
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, f"{peak:,} bytes"
+    assert time.process_time() - started < 10  # well under 1 s without tracemalloc
 
 
 def test_stop_words_glued_up_to_the_peeled_limit_read_as_before():
