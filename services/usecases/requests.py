@@ -12,10 +12,11 @@ without a token must wait for it as it would for its own append.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from ledger.commands import fingerprint_as_spelled
 from ledger.events import (
@@ -32,6 +33,43 @@ from ledger.ports import ConsistencyToken, EventTooLarge, RequestTaken, RequestU
 from services.errors import AlreadyExists, MessageIdReused, NotConsistent
 from services.usecases.context import BEHIND, Context
 from services.usecases.spellings import earlier_message_uses
+
+R = TypeVar("R")
+
+
+@dataclass
+class _Turn:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    holders: int = 0
+
+
+class RequestTurns:
+    """One attempt at a time of each request in this process. Copies of a request sent
+    at once each found its id taken by their own request before the first copy's
+    append was on its way (``EventLog.settled`` had nothing to wait for), so each
+    appended its events again: in turn, each copy after the first is a retry that
+    finds what the one before it stored."""
+
+    def __init__(self) -> None:
+        self._turns: dict[tuple[str, str], _Turn] = {}
+
+    async def one_at_a_time(
+        self, brand: str, request_id: str, write: Callable[[], Awaitable[R]]
+    ) -> R:
+        """``write()`` once no other attempt of ``brand``'s ``request_id`` is running
+        (made only then: one whose caller went away while it waited is never made)."""
+        key = (brand, request_id)
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = _Turn()
+        turn.holders += 1
+        try:
+            async with turn.lock:
+                return await write()
+        finally:
+            turn.holders -= 1
+            if not turn.holders:
+                del self._turns[key]
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from ledger.state import COUNTED_KINDS, apply
 from services.errors import FailedPrecondition, MessageIdReused, NotConsistent, refuse_every
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import (
+    RequestTurns,
     recorded_as_spelled,
     refuse_another_claim,
     refuse_another_message,
@@ -111,10 +112,13 @@ class Sends:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._turns = asyncio.Semaphore(CALLS_AT_ONCE)
+        self._requests = RequestTurns()
 
     async def record(self, cmd: RecordMessagesSent, *, recorded_by: str = "") -> SendsResult:
         async with self._turns:
-            sent = await self._record(cmd, recorded_by)
+            sent = await self._requests.one_at_a_time(
+                cmd.brand, cmd.request_id, lambda: self._record(cmd, recorded_by)
+            )
         # Messages answered as sent before (perhaps through another instance a moment
         # ago) are read as this instance's own writes, as those it appended are.
         self.ctx.guard.acknowledged(sent.token)

@@ -87,6 +87,7 @@ from services.errors import (
 )
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import (
+    RequestTurns,
     WriteResult,
     append,
     brand_of,
@@ -308,6 +309,7 @@ class Writes:
         self.reads: DigestReads = ctx.view if reads is None else reads
         self._campaign_writes = asyncio.Lock()
         self._inbound_turns: dict[str, _Turn] = {}
+        self._requests = RequestTurns()
 
     async def record(self, cmd: Command, *, recorded_by: str = "") -> WriteResult:
         """``_record``, answering a resolution's event ids with the resolution's first,
@@ -315,10 +317,12 @@ class Writes:
         # Answered as recorded, it is read as this instance's own write, appended (the
         # guard watches the ledger) or found (``requests.found``).
         phone = self._turn_for(cmd)
-        if phone is None:
-            written = await self._record(cmd, recorded_by=recorded_by)
-        else:
-            written = await self._in_turn(phone, self._record(cmd, recorded_by=recorded_by))
+        write = self._requests.one_at_a_time(
+            getattr(cmd, "brand", ""),
+            cmd.request_id,
+            lambda: self._record(cmd, recorded_by=recorded_by),
+        )
+        written = await (write if phone is None else self._in_turn(phone, write))
         if isinstance(cmd, ResolveRevocationCandidate) and len(written.event_ids) > 1:
             ids = written.event_ids
             return replace(written, event_ids=[ids[-1], *ids[:-1]])

@@ -82,12 +82,17 @@ async def stored(runtime: Runtime, late: Late) -> Counter[str]:
     append is written (the tries after it were acknowledged before their answer)."""
     assert late.written, "no append was acknowledged late"
     await late.written[0]
+    return await stored_in(runtime, Stream.SUBSCRIBERS)
+
+
+async def stored_in(runtime: Runtime, stream: Stream) -> Counter[str]:
+    """How many times each event id is in ``stream``'s topic."""
     ledger = runtime.ledger
     assert ledger is not None
     counts: Counter[str] = Counter()
-    for partition, end in (await ledger.end_offsets(Stream.SUBSCRIBERS)).items():
+    for partition, end in (await ledger.end_offsets(stream)).items():
         for start in range(0, end, 1000):
-            for r in await ledger.read(Stream.SUBSCRIBERS, partition, start):
+            for r in await ledger.read(stream, partition, start):
                 counts[str(r.event.event_id)] += 1
     return counts
 
@@ -208,3 +213,35 @@ async def test_a_resolution_sent_again_is_recorded_once(service):
     assert counts[again.event_ids[0]] == 1, counts
     assert counts[info["candidate_event_id"]] == 1, counts
     assert sum(counts.values()) == 2, counts
+
+
+async def test_copies_of_one_request_sent_at_once_store_its_events_once(service):
+    """A client that sends one request several times at once (a retry fired before
+    the first answer, a queue delivering twice): each copy found the request id taken
+    by its own request before the first copy's append was on its way, so each
+    appended the events again, and the topic held a policy change twenty times."""
+    runtime, clock = service
+    [number] = numbers(1, 400)
+    when = clock.now - timedelta(minutes=5)
+    before = await stored_in(runtime, Stream.CAMPAIGNS)
+    async with client(runtime.address, "acme-app") as app, client(runtime.address) as admin:
+        policy = lpb.CampaignPolicy(daily_cap=50)
+        sent_at_once = [
+            (
+                admin.ChangeCampaignPolicy,
+                api.ChangeCampaignPolicyRequest(
+                    request_id="policy-at-once", brand="acme", campaign="promo",
+                    policy=policy, occurred_at=ts(when - timedelta(minutes=1)),
+                ),
+            ),
+            (app.RecordOptIn, opt_in(number, "acme", "promo", when, "opt-in-at-once")),
+            (app.RecordMessagesSent, call("sends-at-once", [message(i, when) for i in range(5)])),
+        ]  # fmt: skip
+        for rpc, request in sent_at_once:
+            answers = await asyncio.gather(*(rpc(request) for _ in range(20)))
+            assert len({tuple(a.event_ids) for a in answers}) == 1, answers
+
+    campaigns = await stored_in(runtime, Stream.CAMPAIGNS) - before
+    assert sum(campaigns.values()) == 1, campaigns
+    subscribers = await stored_in(runtime, Stream.SUBSCRIBERS)
+    assert len(subscribers) == 6 and set(subscribers.values()) == {1}, subscribers
