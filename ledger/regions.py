@@ -104,8 +104,10 @@ TERRITORIES = {"PR": "PR", "VI": "VI", "GU": "GU", "AS": "AS", "MP": "MP"}
 
 
 def normalise_region(raw: str) -> str | None:
-    """``raw`` as a USPS code ("fl", " FL " -> "FL"); None when it names no US state."""
-    code = raw.strip().upper()
+    """``raw`` as a USPS code ("fl", " FL " -> "FL"); None when it names no US state.
+    Only spaces are read through: a line break or other control character is a
+    client's mistake, refused as it is in a brand, not stripped into a valid code."""
+    code = raw.strip(" ").upper()
     return code if code in STATE_NAMES else None
 
 

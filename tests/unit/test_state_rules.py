@@ -463,6 +463,23 @@ def test_an_opt_in_region_that_is_no_state_is_refused_by_field(region):
     assert err.value.field == "proof.region"
 
 
+# Spaces around a code are read through (" tx "); a control character or a line
+# break is bad input, as it is in a brand or an identifier, not stripped away.
+CONTROLLED = ["TX\n", "TX\r\n", "\tTX", "TX\x00", "TX\x85", "TX\u2028", "\x0bTX"]
+
+
+@pytest.mark.parametrize("region", CONTROLLED)
+def test_an_opt_in_region_with_a_control_character_is_refused_by_field(region):
+    with pytest.raises(InvalidRequest) as err:
+        to_events(_opt_in(region), datetime(2026, 12, 1, 16, tzinfo=UTC))
+    assert err.value.field == "proof.region"
+
+
+def test_an_opt_in_region_with_spaces_around_is_read():
+    (event,) = to_events(_opt_in(" tx "), datetime(2026, 12, 1, 16, tzinfo=UTC))
+    assert isinstance(event, ConsentGranted) and event.proof.region == "TX"
+
+
 def test_the_readme_lists_exactly_the_rules_the_table_holds():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     start = readme.index("<!-- state-rules:start")
@@ -523,7 +540,7 @@ def test_a_location_request_becomes_a_fact_with_a_usps_code():
     assert (event.region, event.detail) == ("TX", "billing address updated")
 
 
-@pytest.mark.parametrize("region", ["", "ZZ", "Texas"])
+@pytest.mark.parametrize("region", ["", "ZZ", "Texas", *CONTROLLED])
 def test_a_location_request_without_a_state_is_refused_by_field(region):
     with pytest.raises(InvalidRequest) as err:
         to_events(_location_request(region), datetime(2026, 12, 1, 16, tzinfo=UTC))
