@@ -356,7 +356,11 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None, mapping: Mapping) -> Iterator
             # Lines: it would be refused as one record, or each line for another reason.
             where = f"line {number} opens a JSON array"
             raise FormatError(f"{where}: the file must be JSON Lines, one object a line")
-        first = False
+        # A pretty-printed export (jq without -c) read line by line lost each opt-out
+        # in its fragments, held by nothing, while one-line opt-ins went in.
+        if raw.strip() == "{":  # no JSON line can only open an object
+            raise _over_lines(number, "opens", first)
+        at_first, first = first, False
         if not whole:
             reason = f"is longer than {LINE_LIMIT:,} characters, longer than any record"
             yield _refused(_loose(ours(_cut_short(raw) or {})), number, "record", reason)
@@ -379,6 +383,8 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None, mapping: Mapping) -> Iterator
             yield _refused(loose, number, where, "is given more than once")
             continue
         except json.JSONDecodeError as exc:
+            if raw.lstrip()[:1] in ('"', "}", "]"):  # a key or an end: an object's inside
+                raise _over_lines(number, "is inside", at_first) from None
             # Without the position in the line, so that one mistake groups as one.
             for said in _said(raw, exc):
                 yield _refused(_loose(ours(said)), number, "record", f"is not JSON: {exc.msg}")
@@ -477,6 +483,15 @@ def _opt_out_first(opt_in_at: Any, opt_out_at: Any, mapping: Mapping) -> tuple[s
         "that no time wrong in the export allows the number; import a later opt-in as a "
         "record of its own",
     )
+
+
+def _over_lines(number: int, how: str, first: bool) -> FormatError:
+    """The file refused at line ``number`` (``how``: "opens" or "is inside" a JSON
+    object written over several lines): whole before any record was read, else
+    from that line on, the opt-outs before it imported and no opt-in."""
+    where = f"line {number} {how} a JSON object written over several lines (pretty-printed?)"
+    said = f"{where}: the file must be JSON Lines, one object a line (jq -c writes so)"
+    return FormatError(said) if first else Stopped(said + STOPPED)
 
 
 def _renamed(obj: dict[str, Any], mapping: Mapping) -> dict[str, Any]:

@@ -55,7 +55,8 @@ file formats (UTF-8 text; from the extension, .csv or .jsonl/.ndjson, or --forma
          down (exports joined with cat) is refused as a line of its own, and the
          rows after it are read under its columns
   jsonl  one JSON object a line, with the same fields; the proof may be nested
-         as "proof": {"name": ..., ...}
+         as "proof": {"name": ..., ...}. An object written over several lines
+         (pretty-printed: jq without -c) stops the import at its first line
 
 fields:
   type                opt_in or opt_out (required)

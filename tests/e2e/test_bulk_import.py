@@ -812,6 +812,41 @@ async def test_a_json_array_is_refused_as_a_file_not_line_by_line(service, tmp_p
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
 
 
+async def test_an_opt_out_written_over_several_json_lines_leaves_no_opt_in_of_its_number(
+    service, tmp_path
+):
+    """Opt-outs pretty-printed (jq without -c) among one-line opt-ins: each fragment
+    of them was refused on its own and held by nothing, while the opt-ins went in,
+    and CanSend allowed numbers that had opted out. The import now stops at the
+    object's first line, its opt-outs before it imported and no opt-in."""
+    runtime, when = service
+    numbers = [phone(70), phone(71)]
+    rows = opted_in_then_out(when, {number: {} for number in numbers})
+    records = [
+        {**{k: v for k, v in row.items() if v and not k.startswith("proof.")},
+         "proof": {k.removeprefix("proof."): v for k, v in row.items()
+                   if k.startswith("proof.") and v}}
+        if row["type"] == "opt_in" else row
+        for row in rows
+    ]  # fmt: skip
+    opt_in, opt_out, second_in, second_out = records
+    export = tmp_path / "export.jsonl"
+    lines = [json.dumps(second_out), json.dumps(opt_in), json.dumps(opt_out, indent=2)]
+    export.write_text("\n".join([*lines, json.dumps(second_in)]) + "\n")
+
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 1, out + err
+    assert "line 3 opens a JSON object written over several lines" in err, err
+    assert "no opt-in was imported" in err, err
+    assert "imported 1 of" in out, out  # the one-line opt-out before it
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, numbers, token_of(out))
+    assert reasons == {phone(70): "REASON_NO_CONSENT", phone(71): "REASON_REVOKED"}, reasons
+
+
 async def test_a_quote_left_open_stops_the_import_at_its_line(service, tmp_path):
     """A quote opened and never closed took every line after it into one value (up
     to the next quote or the end of the file): the opt-outs on those lines vanished,

@@ -18,6 +18,7 @@ from services.import_files import (
     LINE_LIMIT,
     FormatError,
     Read,
+    Stopped,
     Unreadable,
     count_records,
     format_of,
@@ -499,6 +500,26 @@ def test_a_json_array_is_refused_as_a_file_on_one_line_or_many():
     for array in ('[{"type": "opt_out"}]\n', '  [\n{"type": "opt_out"}\n]\n'):
         with pytest.raises(FormatError, match="line 1 opens a JSON array"):
             read(array, "jsonl")
+
+
+def test_json_objects_written_over_several_lines_stop_the_file_at_their_first():
+    """A pretty-printed export (``jq .``, ``json.dumps(indent=2)``) was read line by
+    line: each fragment refused for its own reason, the opt-outs in them held by
+    nothing, and the one-line opt-ins of their numbers imported, which allowed them."""
+    stop = {"type": "opt_out", "phone": "+14155552671", "brand": "acme", "channel": "keyword"}
+    pretty = json.dumps(stop, indent=2)
+    with pytest.raises(FormatError, match="line 1 opens a JSON object written over several"):
+        read(pretty + "\n", "jsonl")
+    one_line = json.dumps({**stop, "phone": "+14155552672"})
+    with pytest.raises(Stopped, match="line 2 opens a JSON object written over several"):
+        read(f"{one_line}\n{pretty}\n", "jsonl")
+    # The key on its own line tells an object begun on the line before it, too.
+    begun = '{"type": "opt_out",\n  "phone": "+14155552671", "brand": "acme"}\n'
+    with pytest.raises(Stopped, match="line 2 is inside a JSON object written over several"):
+        read(begun, "jsonl")
+    with pytest.raises(FormatError, match="line 1 is inside a JSON object") as whole:
+        read('  "type": "opt_out",\n', "jsonl")
+    assert not isinstance(whole.value, Stopped)
 
 
 def test_the_records_that_may_deny_are_read_apart_from_the_opt_ins():
