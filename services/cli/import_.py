@@ -327,6 +327,9 @@ class Summary:
     """The file's records as counted before the import (None for standard input)."""
     rows: int | None = None
     """Under ``--subscriber-rows``, the rows the records were read from."""
+    unanswered: int = 0
+    """Records sent in messages the service did not answer before the import ended:
+    they may be recorded all the same."""
 
     def refuse(self, line: int, code: str, field_name: str, reason: str) -> None:
         self.refused += 1
@@ -353,8 +356,14 @@ class Summary:
             f"  already present: {self.present:,}",
             f"  refused: {self.refused:,}",
         ]
-        if total > answered:
-            out.append(f"  not sent, the import stopped first: {total - answered:,}")
+        if self.unanswered:
+            out.append(
+                "  sent, no answer came (perhaps recorded: run the import again): "
+                f"{self.unanswered:,}"
+            )
+        if total > answered + self.unanswered:
+            unsent = total - answered - self.unanswered
+            out.append(f"  not sent, the import stopped first: {unsent:,}")
         ranked = sorted(self.groups.items(), key=lambda kv: (-kv[1].count, kv[0]))
         for (code, field_name, _), group in ranked:
             reason = group.reason + (" (the first; the others alike)" if group.alike else "")
@@ -798,6 +807,7 @@ def _run(args: argparse.Namespace) -> int:
             refusals_out.close()
         _close(reader, spooled)
     bar.close()
+    summary.unanswered = sent - answered
     seconds = time.monotonic() - started
     source = import_files.STDIN_NAME if path is None else path.name
     for out_line in summary.lines(source, seconds, args.dry_run):

@@ -527,6 +527,12 @@ async def test_an_import_interrupted_by_ctrl_c_says_so_and_a_rerun_writes_each_r
     assert "interrupted after" in err and "Traceback" not in err, err
     done = re.search(r"imported ([\d,]+) of", out)
     assert done and int(done.group(1).replace(",", "")) <= 500, out
+    # The messages held were sent: not answered, but recorded once released.
+    unanswered = re.search(r"sent, no answer came \(perhaps recorded: [^)]*\): ([\d,]+)", out)
+    unsent = re.search(r"not sent, the import stopped first: ([\d,]+)", out)
+    assert unanswered and int(unanswered.group(1).replace(",", "")) >= 500, out
+    told = [done, unanswered] + ([unsent] if unsent else [])
+    assert sum(int(m.group(1).replace(",", "")) for m in told) == total, out
 
     code, again, err2 = await import_cli(str(export), "--address", runtime.address,
                                          token=TOKENS["acme-app"][0])  # fmt: skip

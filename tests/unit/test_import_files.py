@@ -326,6 +326,20 @@ def test_the_summary_of_an_import_stopped_early_counts_the_whole_file():
     assert piped[0].startswith("imported 10 of 10 records") and "not sent" not in str(piped)
 
 
+def test_the_summary_tells_records_sent_but_never_answered_from_those_not_sent():
+    """Records sent in messages the service never answered (a deadline, Ctrl-C, the
+    connection lost) were counted as "not sent", though the service may have
+    recorded them."""
+    summary = import_.Summary(imported=500, in_file=3000, unanswered=1500)
+
+    text = summary.lines("export.csv", 1.0, dry_run=False)
+
+    assert "  sent, no answer came (perhaps recorded: run the import again): 1,500" in text
+    assert "  not sent, the import stopped first: 1,000" in text
+    sent_all = import_.Summary(imported=500, in_file=1000, unanswered=500)
+    assert not any("not sent" in line for line in sent_all.lines("e.csv", 1.0, False))
+
+
 def test_the_summary_counts_refusals_alike_but_for_a_value_on_one_line():
     """An export of US dates ('11/30/2026 08:00'), each record's its own, was summed
     up one line a record: a summary of 2 million lines, and a group kept for each.
