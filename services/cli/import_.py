@@ -80,7 +80,9 @@ refused for its details (no channel, a bad time, an import id another record
 holds) whose phone and brand can be read is refused and held for review: its
 number is denied for the brand until someone resolves it, and the summary says
 so. So is a record whose type cannot be read ("optout", none), unless it holds
-only an opt-in's fields; opt-ins refused are only refused."""
+only an opt-in's fields; opt-ins refused are only refused. An opt-out whose
+number cannot be read even so (a local number, "020 7183 8751") is held under no
+number: each opt-in of the file whose number ends with its digits is refused."""
 
 EPILOG = """\
 connection:
@@ -522,6 +524,11 @@ def _run(args: argparse.Namespace) -> int:
     opt_ins_begun = threading.Event()  # every opt-out acknowledged, the opt-ins go
     failure: list[BaseException] = []
     opt_outs_not_now = 0  # opt-outs the service answered UNAVAILABLE: not imported for now
+    # Of the opt-outs sent and not yet answered, by index: the number as written.
+    opt_out_numbers: dict[int, str] = {}
+    # Of the opt-outs refused whose number could not be read, so held under none: its
+    # digits (``_digits_of``), and the line of the first.
+    unread_numbers: dict[str, int] = {}
     bar = tqdm(
         total=total,
         unit=" records",
@@ -604,6 +611,23 @@ def _run(args: argparse.Namespace) -> int:
                 grows = len(body)
                 kind = item.record.WhichOneof("record")
                 request = getattr(item.record, kind)
+                maybe = None
+                if kind == "opt_in" and unreadable is None:
+                    maybe = _opted_out_unread(request.phone, unread_numbers)
+                if maybe is not None:
+                    # Its opt-out cannot be held under any number: imported, this
+                    # opt-in might allow a number that opted out.
+                    reason = (
+                        f"may be the number of the opt-out on line {maybe}, whose number "
+                        "cannot be read; not imported until that opt-out is fixed"
+                    )
+                    field_name = mapping.shown("phone", "opt_in")
+                    summary.refuse(item.line, "FAILED_PRECONDITION", field_name, reason)
+                    refusals.write(
+                        item.line, request.request_id, "FAILED_PRECONDITION", field_name, reason
+                    )
+                    bar.update(1)
+                    continue
                 key = f"{request.brand}\0{request.request_id}"
                 same = _content(item.record, kind, body)
                 earlier = None if unreadable is not None else first_use.get(key)
@@ -638,6 +662,8 @@ def _run(args: argparse.Namespace) -> int:
                 index = sent + len(chunk)
                 if unreadable is not None:
                     told_here[index] = (unreadable.field, unreadable.reason)
+                if kind == "opt_out":
+                    opt_out_numbers[index] = request.phone
                 if index < REMEMBERED:
                     if key and unreadable is None:
                         first_use[key] = index
@@ -707,6 +733,11 @@ def _run(args: argparse.Namespace) -> int:
                             for v in refusal.violations
                         ]
                         refused_for = refusal.code
+                        number = opt_out_numbers.pop(index, None)
+                        if number is not None and not refusal.held_for_review:
+                            digits = _digits_of(number)
+                            if digits and any(v.field == "phone" for v in refusal.violations):
+                                unread_numbers.setdefault(digits, line)
                         if refused_for == "UNAVAILABLE" and not (
                             opt_ins or (opt_ins_from is not None and index >= opt_ins_from)
                         ):
@@ -728,6 +759,8 @@ def _run(args: argparse.Namespace) -> int:
                                 refusal.held_for_review,
                             )  # fmt: skip
                     told_now = answer.imported + answer.already_present + len(answer.refusals)
+                    for answered_index in range(first_index, first_index + told_now):
+                        opt_out_numbers.pop(answered_index, None)
                     answered += told_now
                     with answered_all:
                         messages[1] += 1
@@ -890,6 +923,34 @@ def _content(record: Any, kind: str, body: bytes) -> int:
     copy.CopyFrom(record)
     getattr(copy, kind).phone = e164
     return hash(copy.SerializeToString(deterministic=True))
+
+
+UNREAD_DIGITS = 7
+"""Digits, at least, of an opt-out's number that cannot be read for it to stand in
+for the numbers they end: a local number's seven, or more."""
+
+
+def _digits_of(number: str) -> str | None:
+    """The digits of an opt-out's number that cannot be read as one (a local number,
+    another country's national form, "020 7183 8751"), less the leading zeros of a
+    trunk or international prefix; None when fewer than ``UNREAD_DIGITS``."""
+    digits = re.sub(r"\D", "", number).lstrip("0")
+    return digits if len(digits) >= UNREAD_DIGITS else None
+
+
+def _opted_out_unread(number: str, unread: dict[str, int]) -> int | None:
+    """The line of an opt-out in ``unread`` (by ``_digits_of``) whose digits
+    ``number``'s end with, or None: a look-up per ending, however many there are."""
+    if not unread:
+        return None
+    from services import import_files
+
+    digits = re.sub(r"\D", "", import_files.e164_or_as_given(number))
+    for length in range(UNREAD_DIGITS, len(digits) + 1):
+        line = unread.get(digits[-length:])
+        if line is not None:
+            return line
+    return None
 
 
 def _version(text: TextIO) -> tuple[int, ...]:

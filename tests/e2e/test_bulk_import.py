@@ -882,6 +882,33 @@ async def test_a_quote_left_open_stops_the_import_at_its_line(service, tmp_path)
     assert after == before + 5  # and the hold of line 7's opt-out
 
 
+async def test_an_opt_in_whose_number_an_unreadable_opt_out_may_name_is_not_imported(
+    service, tmp_path
+):
+    """An opt-out whose number cannot be read as one (a 7-digit local number, another
+    country's national form) cannot be held under any number, and was refused while
+    the opt-in of the number it ends was imported and allowed. Such an opt-in is now
+    refused, naming the opt-out's line; the others go in."""
+    runtime, when = service
+    uk, local, other = "+442071838751", phone(72), phone(73)
+    rows = opted_in_then_out(
+        when, {uk: {"phone": "020 7183 8751"}, local: {"phone": "555-3072"}, other: {}}
+    )
+    export = write_csv(tmp_path / "export.csv", rows)
+
+    reasons = await imported_answers(
+        runtime, export, [uk, local, other], code=1,
+        refusals=[r"2  FAILED_PRECONDITION  phone: may be the number of the opt-out on "
+                  r"line 3, .*\(lines 2, 4\)"],
+    )  # fmt: skip
+
+    assert reasons == {
+        uk: "REASON_NO_CONSENT",
+        local: "REASON_NO_CONSENT",
+        other: "REASON_REVOKED",
+    }, reasons
+
+
 async def test_an_opt_out_on_the_line_a_quote_breaks_is_held_by_what_it_said(service, tmp_path):
     """A CSV row whose quote opens and never closes (an export cut short inside a
     text), or that has more after a closing quote, stops the import at its line; the

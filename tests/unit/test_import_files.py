@@ -340,6 +340,15 @@ def test_the_summary_tells_records_sent_but_never_answered_from_those_not_sent()
     assert not any("not sent" in line for line in sent_all.lines("e.csv", 1.0, False))
 
 
+def test_an_unreadable_opt_outs_digits_stand_for_the_numbers_they_end():
+    unread = {import_._digits_of("020 7183 8751"): 3, import_._digits_of("555-3072"): 5}
+
+    assert import_._opted_out_unread("+442071838751", unread) == 3
+    assert import_._opted_out_unread("+1 (415) 555-3072", unread) == 5
+    assert import_._opted_out_unread("+14155553073", unread) is None
+    assert import_._digits_of("x 0012345") is None  # too few digits to stand for any
+
+
 def test_the_summary_counts_refusals_alike_but_for_a_value_on_one_line():
     """An export of US dates ('11/30/2026 08:00'), each record's its own, was summed
     up one line a record: a summary of 2 million lines, and a group kept for each.
