@@ -2,6 +2,10 @@
 
 import sys
 
-from services.cli.main import main
+try:
+    from services.cli.main import main
+except KeyboardInterrupt:  # Ctrl-C while the command itself loads: main() says the same
+    print("consent-ledger: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

@@ -15,8 +15,6 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from services.cli import audit, import_, tokens
-
 if TYPE_CHECKING:
     from services.settings import Settings
 
@@ -101,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     # asyncpg, aiokafka, the policy's data: a second or more) it imports when it
     # runs, so that `--help`, a client command and a dry run do not wait for the
     # service's parts.
-    from services.cli import migrate, project, rebuild, serve
+    from services.cli import audit, import_, migrate, project, rebuild, serve, tokens
     from services.cli.audit import evidence
 
     def verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -168,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from services.cli import audit, import_, tokens
     from services.cli.audit import evidence
 
     if args.command == "token":

@@ -46,9 +46,29 @@ def test_ctrl_c_while_a_command_loads_what_it_runs_on_exits_130(monkeypatch, cap
     def interrupted(args):
         raise KeyboardInterrupt  # as a Ctrl-C in the middle of the command's imports
 
-    monkeypatch.setattr(cli.tokens, "run", interrupted)
+    from services.cli import tokens
+
+    monkeypatch.setattr(tokens, "run", interrupted)
     assert cli.main(["token", "remove", "x", "--file", "t.json"]) == cli.INTERRUPTED
     assert "consent-ledger: interrupted" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_python_m_loads_the_command_exits_130():
+    # `python -m services.cli` imports the command's module before main() runs; a
+    # Ctrl-C there printed a traceback of whichever import it hit.
+    code = (
+        "import builtins, runpy\n"
+        "real = builtins.__import__\n"
+        "def importing(name, *args, **kwargs):\n"
+        "    if name == 'services.cli.main':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = importing\n"
+        "runpy.run_module('services.cli', run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == cli.INTERRUPTED, done.stderr
+    assert "consent-ledger: interrupted" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("command", ["serve", "migrate"])
