@@ -10,8 +10,8 @@ library steps from them, so it gives the same answers (tests/unit/test_numbers.p
 holds it to the two functions over every region's example numbers and every NANP
 area code) in less than half the time: 26 µs a new number, not 61 (``bench/HISTORY.md``).
 
-A NANP number's answers depend only on its first ``NANP_BLOCK`` national digits
-(one more in the area codes of ``NANP_LONGER_BLOCKS``): every pattern of the NANP
+A NANP number's answers depend only on its block (``ledger.phone.nanp_block``, its
+first six national digits, seven in two area codes): every pattern of the NANP
 regions' metadata decides a ten-digit number by them, and the time zone and
 geocoding tables key NANP numbers by six at most. So NANP numbers are read once per
 block (ten thousand numbers; a thousand in those area codes), through the block's
@@ -39,7 +39,7 @@ from phonenumbers.timezone import (
 )
 
 from ledger import nanp_states
-from ledger.phone import UNKNOWN_ZONE, area_zones
+from ledger.phone import UNKNOWN_ZONE, area_zones, nanp_block
 from ledger.regions import ANY_US_STATE, TERRITORIES
 
 _UNKNOWN = PhoneNumberType.UNKNOWN
@@ -54,10 +54,6 @@ class Places(NamedTuple):
 
 _NOWHERE = Places((), ())
 
-NANP_BLOCK = 6
-"""How many national digits of a NANP number decide its places: area code, exchange."""
-NANP_LONGER_BLOCKS = frozenset({"246", "876"})
-"""The area codes (Barbados, Jamaica) whose numbers' types need one digit more."""
 _NANP_NUMBER = re.compile(r"\+1[0-9]{10}")
 
 
@@ -67,8 +63,7 @@ def places(e164: str) -> Places:
     # Cached by the whole number too: a number asked about again (every CanSend on
     # an in-memory view digests its state) is answered without running any of this.
     if _NANP_NUMBER.fullmatch(e164):
-        digits = NANP_BLOCK + 1 if e164[2:5] in NANP_LONGER_BLOCKS else NANP_BLOCK
-        return _block_places(e164[: 2 + digits])
+        return _block_places(nanp_block(e164))
     return read_places(e164)
 
 

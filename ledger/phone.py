@@ -6,6 +6,7 @@ numbers that cannot ring and miss the per-country rules.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -68,9 +69,45 @@ def to_e164(raw: str, *, field: str = "phone", default_region: str | None = None
         raise InvalidPhoneNumber(field, str(exc)) from None
 
 
+NANP_BLOCK = 6
+"""How many national digits of a NANP number decide what it reads as: area code, exchange."""
+NANP_LONGER_BLOCKS = frozenset({"246", "876"})
+"""The area codes (Barbados, Jamaica) whose numbers' types need one digit more."""
+_NANP_WRITTEN = re.compile(r"\+1[0-9]{10}")
+
+
+def nanp_block(e164: str) -> str:
+    """The head of a NANP number (+1 and ten digits) that decides its reading: every
+    pattern of the NANP regions' metadata decides a ten-digit number by its first
+    ``NANP_BLOCK`` national digits (one more in ``NANP_LONGER_BLOCKS``' area codes), as
+    tests/unit/test_numbers.py proves from the installed metadata."""
+    digits = NANP_BLOCK + 1 if e164[2:5] in NANP_LONGER_BLOCKS else NANP_BLOCK
+    return e164[: 2 + digits]
+
+
 @lru_cache(maxsize=65_536)
 def _e164(raw: str, default_region: str | None) -> str:
     """``to_e164``'s reading, raising ``_Refused`` with the reason (a refusal is not kept)."""
+    # An import brings a new number a record, most of them written +1 and ten digits:
+    # such a number reads as its block's first number does, so a block that reads as
+    # written is read once, not once for each of its ten thousand numbers.
+    if _NANP_WRITTEN.fullmatch(raw) and _block_reads_as_written(nanp_block(raw), default_region):
+        return raw
+    return _read(raw, default_region)
+
+
+@lru_cache(maxsize=65_536)
+def _block_reads_as_written(head: str, default_region: str | None) -> bool:
+    """Whether the NANP block ``head`` is valid numbers, each read as it is written."""
+    first = head.ljust(12, "0")
+    try:
+        return _read(first, default_region) == first
+    except _Refused:
+        return False
+
+
+def _read(raw: str, default_region: str | None) -> str:
+    """``_e164``'s full reading, through the library."""
     raw = raw.translate(_SEPARATORS)
     if not raw or not raw.strip():
         raise _Refused(f"is required: a phone number in {E164_EXAMPLE}")

@@ -10,7 +10,7 @@ import random
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import phonenumbers
 import pytest
@@ -18,10 +18,10 @@ from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from phonenumbers.geodata import GEOCODE_DATA
 from phonenumbers.tzdata import TIMEZONE_DATA
 
-from ledger import nanp_states
+from ledger import nanp_states, phone
 from ledger.digest import digest_of
-from ledger.numbers import NANP_BLOCK, NANP_LONGER_BLOCKS, nanp_state, places
-from ledger.phone import time_zones
+from ledger.numbers import nanp_state, places
+from ledger.phone import NANP_BLOCK, NANP_LONGER_BLOCKS, time_zones, to_e164
 from ledger.regions import candidate_regions, regions_for_number, state_of_description
 from ledger.state import SubscriberState
 from tests.unit.pattern_depth import Automaton
@@ -180,9 +180,9 @@ def _blocks() -> Iterator[str]:
             yield example[: 2 + digits]
 
 
-def test_every_number_of_a_nanp_block_reads_the_same() -> None:
+def _block_numbers() -> list[str]:
     rng = random.Random(5)
-    numbers = [
+    return [
         block + last
         for block in _blocks()
         for last in (
@@ -191,8 +191,47 @@ def test_every_number_of_a_nanp_block_reads_the_same() -> None:
             f"{rng.randrange(10 ** (12 - len(block))):0{12 - len(block)}d}",
         )
     ]
+
+
+def test_every_number_of_a_nanp_block_reads_the_same() -> None:
+    numbers = _block_numbers()
     assert len(numbers) > 7000
     _same(numbers)
+
+
+def _reading(read: Callable[[str, str | None], str], number: str, region: str | None) -> str:
+    try:
+        return read(number, region)
+    except phone._Refused as exc:
+        return f"refused: {exc}"
+
+
+def test_every_number_of_a_nanp_block_is_read_as_the_library_reads_it() -> None:
+    # ledger.phone reads a number written +1 and ten digits through its block's first
+    # number; every number, valid or refused, must read as a full reading gives it.
+    numbers = [*_block_numbers(), *_nanp(), "+12120000000", "+11234567890", "+10234567890"]
+    assert len(numbers) > 20_000
+    phone._block_reads_as_written.cache_clear()
+    for number, region in [*((n, None) for n in numbers), *((n, "US") for n in numbers[::20])]:
+        assert _reading(phone._e164.__wrapped__, number, region) == _reading(
+            phone._read, number, region
+        ), (number, region)
+
+
+def test_a_nanp_blocks_numbers_are_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[str] = []
+    parse = phonenumbers.parse
+
+    def counted(number: str, region: str | None = None) -> phonenumbers.PhoneNumber:
+        parsed.append(number)
+        return parse(number, region)
+
+    monkeypatch.setattr(phonenumbers, "parse", counted)
+    phone._e164.cache_clear()
+    phone._block_reads_as_written.cache_clear()
+    numbers = [f"+1415202{n:04d}" for n in range(0, 10_000, 7)]
+    assert {to_e164(n) for n in numbers} == set(numbers)
+    assert parsed == ["+14152020000"]
 
 
 def test_the_nanp_state_table_gives_the_geocoders_state_for_every_prefix() -> None:
