@@ -898,10 +898,15 @@ def check_required_proof(cmd: RecordOptIn, policy: CampaignPolicy) -> None:
 def _opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:
     check_length(cmd.text, "text")
     check_length(cmd.in_reply_to, "in_reply_to")
+    campaign = None if cmd.campaign is None else check_name(cmd.campaign, "campaign")
+    if campaign is not None and cmd.text and classify(cmd.text) is Intent.OPT_OUT_BRAND_WIDE:
+        # The person's words say what they revoked: a STOPALL recorded against one
+        # campaign ends every campaign of the brand, as the same text sent in does.
+        campaign = None
     return [
         ConsentRevoked(
             **{**_subscriber(cmd), "occurred_at": consent_time(cmd.occurred_at, now)},
-            campaign=None if cmd.campaign is None else check_name(cmd.campaign, "campaign"),
+            campaign=campaign,
             channel=cmd.channel,
             text=cmd.text,
             in_reply_to=cmd.in_reply_to,

@@ -219,6 +219,24 @@ async def test_a_second_brand_is_isolated_from_the_first(service):
         assert r.allowed  # nothing globex tried reached acme's consent
 
 
+async def test_an_opt_out_filed_under_one_campaign_that_says_stopall_ends_every_campaign(
+    service,
+):
+    """A caller files the person's STOPALL under the campaign it came through: the
+    words say every campaign of the brand, so the brand's other campaign denies too."""
+    runtime, clock = service
+    async with client(runtime.address, "acme-app") as c:
+        for campaign in ("promo", "alerts"):
+            await c.RecordOptIn(opt_in(PHONE, "acme", campaign, clock.now - timedelta(minutes=5)))
+        w = await c.RecordOptOut(
+            opt_out(PHONE, "acme", "promo", clock.now, text="StopAll",
+                    channel=lpb.REVOCATION_CHANNEL_KEYWORD)
+        )  # fmt: skip
+        for campaign in ("promo", "alerts"):
+            r = await check(c, w.consistency_token, campaign=campaign)
+            assert not r.allowed and r.reason == api.REASON_REVOKED_BRAND_WIDE, (campaign, r)
+
+
 async def test_another_brands_sender_number_is_refused_and_its_stop_stays_with_it(service):
     runtime, clock = service
     t = clock.now

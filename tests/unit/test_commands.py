@@ -853,3 +853,19 @@ def test_an_opt_in_lacking_a_required_proof_field_is_refused_naming_it():
             check_required_proof(cmd, policy)
         assert err.value.field == f"proof.{missing}"
     check_required_proof(opt_in(proof=proof(email="")), policy)  # not required
+
+
+@pytest.mark.parametrize("text", ["STOPALL", "stop all", "Stop All!", "STOP STOPALL"])
+def test_an_opt_out_of_one_campaign_that_says_stopall_ends_every_campaign(text):
+    """The person's words say what they revoked: a STOPALL a caller filed under one
+    campaign ends the brand's others too, as the same text sent in does."""
+    cmd = RecordOptOut("r", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(0), text=text)
+    (event,) = to_events(cmd, NOW)
+    assert isinstance(event, ConsentRevoked) and event.campaign is None and event.text == text
+
+
+@pytest.mark.parametrize("text", ["", "STOP", "please stop texting me about promo"])
+def test_an_opt_out_of_one_campaign_in_other_words_stays_that_campaigns(text):
+    cmd = RecordOptOut("r", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(0), text=text)
+    (event,) = to_events(cmd, NOW)
+    assert isinstance(event, ConsentRevoked) and event.campaign == "promo"
