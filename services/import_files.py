@@ -195,7 +195,7 @@ def _csv(
     except csv.Error as exc:
         raise FormatError(f"line {rows.line_num}: {exc}; the header cannot be read") from None
     if mapping:
-        mapping.check_header(columns, "the header")
+        mapping = mapping.fitted(columns, "the header")
     _check_columns(mapping.renamed(columns) if mapping else columns, mapped=bool(mapping))
     source.row_read()
     seen = rows.line_num  # the lines up to the header's end

@@ -28,7 +28,7 @@ import json
 import tomllib
 from collections.abc import Callable, Iterable
 from collections.abc import Mapping as Dict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,34 @@ class Mapping:
         if kind is not None and f"{name}{TYPED}{kind}" in self.constants:
             return f"--set {name}{TYPED}{kind}"
         return name
+
+    def fitted(self, header: Iterable[str], where: str) -> Mapping:
+        """This mapping with each column it reads or ignores spelt as ``header``
+        spells it, checked against it (``check_header``). A column is the header's
+        of its very spelling, else the one header equal to it but for spaces around
+        either, capitals and a byte-order mark: a spreadsheet keeps spaces no one
+        sees, and a platform's exports differ in capitals from the one the mapping
+        was written for. Two such columns are a usage error: which was meant cannot
+        be told."""
+        listed = list(header)
+        have = list(dict.fromkeys(listed))
+
+        def spelt(name: str) -> str:
+            if name in have:
+                return name
+            near = [h for h in have if _loosely(h) == _loosely(name)]
+            if len(near) > 1:
+                raise MappingError(
+                    f"{where}: the column {name!r} could be any of "
+                    + ", ".join(map(repr, near))
+                    + "; name it as the file spells it"
+                )
+            return near[0] if near else name  # missing: ``check_header`` says so
+
+        columns = {name: spelt(header) for name, header in self.columns.items()}
+        fitted = replace(self, columns=columns, ignored=frozenset(map(spelt, self.ignored)))
+        fitted.check_header(listed, where)
+        return fitted
 
     def check_header(self, header: Iterable[str], where: str) -> None:
         """Refuse a header (or a JSON Lines file's keys) that lacks a mapped column,
@@ -231,6 +259,12 @@ class Mapping:
                 out.pop(name, None)
                 if value not in (None, ""):
                     out[name] = value
+
+
+def _loosely(name: str) -> str:
+    """A column's name as ``Mapping.fitted`` compares it (a nested JSON key's, as
+    ``outer.inner``, by each of its keys)."""
+    return ".".join(key.strip() for key in name.replace("\ufeff", "").split(".")).casefold()
 
 
 def _as_text(value: Any) -> str:

@@ -113,7 +113,8 @@ output:
 
 mapping an export (another platform's names):
   --column FIELD=HEADER reads a field from the export's column HEADER (in JSON Lines,
-  a key; a nested one as outer.inner); --value FIELD:THEIRS=OURS reads the value
+  a key; a nested one as outer.inner; spaces around it and capitals aside, unless
+  two columns differ only so); --value FIELD:THEIRS=OURS reads the value
   THEIRS of that field (spaces around it and capitals aside) as OURS; --set
   FIELD=VALUE gives every record a field the export has no column for; --ignore
   HEADER leaves a column of the export unread (one neither read nor ignored is
@@ -458,7 +459,8 @@ def _run(args: argparse.Namespace) -> int:
             # JSON Lines has no header: its keys, over the whole file, stand for one,
             # so that a mapping naming a key no line has stops before anything is sent.
             with _opened(path, spooled, shown) as text:
-                mapping.check_header(import_files.json_keys(text), f"{shown}'s JSON lines")
+                keys = import_files.json_keys(text)
+                mapping = mapping.fitted(keys, f"{shown}'s JSON lines")
         # Counted before it is read: a copy's readers share its offset, so one at a time.
         total = import_files.count_records(path, fmt, spooled)
         rows = None

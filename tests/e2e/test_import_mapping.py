@@ -645,3 +645,43 @@ async def test_the_embedded_default_imports_one_row_per_subscriber(tmp_path, dat
         assert "already present: 7" in again, again
     finally:
         await asyncio.to_thread(stop, proc)
+
+
+async def test_an_export_whose_headers_differ_in_spaces_and_capitals_is_imported(service, tmp_path):
+    """A spreadsheet's export, saved with a byte-order mark, its headers with spaces
+    around them and other capitals than the mapping's, its statuses in capitals: the
+    dry run and the import read it as the clean export, CanSend answers alike, and
+    a re-run writes nothing."""
+    runtime, when = service
+    rows = [
+        {f" {k.upper()} " if i % 2 else k.lower(): v.upper() if k == "Status" else v
+         for i, (k, v) in enumerate(row.items())}
+        for row in their_rows(when, first=152)
+    ]  # fmt: skip
+    export = write_csv(tmp_path / "subscribers.csv", rows)
+    export.write_text("\ufeff" + export.read_text())
+    records = SUBSCRIBED + SUBSCRIBED // 4
+    assert runtime.ledger is not None
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    code, dry, err = await imported(runtime, str(export), *options(MAPPING["columns"]), "--dry-run")
+
+    assert code == 1, dry + err
+    assert f"would import {records:,} of {records + 2:,} records" in dry, dry + err
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
+
+    code, out, err = await imported(runtime, str(export), *options(MAPPING["columns"]))
+
+    assert code == 1, out + err
+    assert f"imported {records:,} of {records + 2:,} records" in out, out + err
+    assert "held for review: 1" in out, out
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, list(expected(152)), token_of(out))
+    assert reasons == expected(152), reasons
+
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    code, again, err = await imported(runtime, str(export), *options(MAPPING["columns"]))
+
+    assert code == 1, again + err
+    assert f"already present: {records:,}" in again, again
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends

@@ -556,3 +556,40 @@ def test_a_refused_typed_time_names_the_column_of_its_record_type(tmp_path: Path
     reader = import_._opt_outs_first(export, None, "csv", str(export), given)
     refused = [r for r in reader if isinstance(r, Unreadable)]
     assert [r.field for r in refused] == ["Opted Out At", "Opted In At"], refused
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        " Phone Number , Status,Opted In At ,Consent Text,IP Address,Email",
+        "phone number,STATUS,opted in at,consent text,ip address,EMAIL",
+        '"Phone Number ","Status","Opted In At","Consent Text","IP Address","Email"',
+    ],
+)
+def test_a_mapped_column_is_found_whatever_the_spaces_around_it_and_its_capitals(header):
+    """A spreadsheet's header keeps spaces no one sees, and another export's
+    capitals differ from the one the mapping was written for: read the same."""
+    export = header + "\n" + THEIRS.split("\n", 1)[1]
+    spaced = mapping(columns=[c.replace("=", "= ") + " " for c in OPTIONS["columns"]])
+    assert read(export, "csv", mapping()) == read(THEIRS, "csv", mapping())
+    assert read(THEIRS, "csv", spaced) == read(THEIRS, "csv", mapping())
+
+
+def test_a_mapped_column_two_columns_spell_but_for_capitals_refuses_the_file():
+    header = "Phone Number,Status,status,Opted In At,Consent Text,IP Address,Email"
+    given = mapping(columns=["phone=Phone Number", "type=STATUS", "occurred_at=Opted In At"])
+    with pytest.raises(MappingError, match="'STATUS' could be any of 'Status', 'status'"):
+        read(header + "\n+14155550100,subscribed,x,2026-11-02T09:30:00Z,,,\n", "csv", given)
+
+
+def test_a_mapped_json_key_is_found_whatever_the_spaces_around_it_and_its_capitals():
+    line = {" phone number": "+14155550101", "STATUS": "unsubscribed",
+            "Opted In at": "2026-11-03T10:00:00Z", "Meta": {" list": "x"}}  # fmt: skip
+    given = from_parts(
+        ["phone=Phone Number", "type=Status", "occurred_at=Opted In At"], OPTIONS["values"],
+        OPTIONS["constants"], fields=FIELDS, belongs=BELONGS, ignored=["meta.list"],
+    )  # fmt: skip
+    text = json.dumps(line) + "\n"
+    fitted = given.fitted(json_keys(io.StringIO(text)), "the JSON lines")
+    (record,) = read(text, "jsonl", fitted)
+    assert record.record == read(OURS, "csv")[1].record  # type: ignore[union-attr]
