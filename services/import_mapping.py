@@ -359,14 +359,19 @@ def _read_file(path: Path) -> dict[str, Any]:
     column), ``values`` (field to a table of the export's values to ours) and
     ``set`` (field to value), each optional."""
     try:
-        text = path.read_text(encoding="utf-8")
+        # A byte-order mark, as Windows editors save one, is no part of the mapping.
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise MappingError(f"--mapping {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise MappingError(
+            f"--mapping {path}: is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
     try:
         if path.suffix.lower() == ".toml":
-            read: Any = tomllib.loads(text)
+            read: Any = tomllib.loads(text)  # which refuses a key given twice itself
         else:
-            read = json.loads(text)
+            read = json.loads(text, object_pairs_hook=_once)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         raise MappingError(f"--mapping {path}: cannot be read: {exc}") from None
     if not isinstance(read, dict):
@@ -396,6 +401,17 @@ def _read_file(path: Path) -> dict[str, Any]:
     ):
         raise MappingError(f"--mapping {path}: values must map fields to tables of strings")
     out["values"] = {k: dict(v) for k, v in tables.items()}
+    return out
+
+
+def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object of a mapping file, refused when it gives a key twice: ``json``
+    would keep the last unsaid, where an option given twice is refused."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"{key!r} is given twice")
+        out[key] = value
     return out
 
 

@@ -593,3 +593,29 @@ def test_a_mapped_json_key_is_found_whatever_the_spaces_around_it_and_its_capita
     fitted = given.fitted(json_keys(io.StringIO(text)), "the JSON lines")
     (record,) = read(text, "jsonl", fitted)
     assert record.record == read(OURS, "csv")[1].record  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("body", "suffix", "words"),
+    [
+        ('{"columns": {"phone": "A", "phone": "B"}}', ".json", "'phone' is given twice"),
+        ('{"values": {"type": {"y": "opt_in", "y": "opt_out"}}}', ".json", "'y' is given twice"),
+        (b"\xff\xfe[columns]", ".toml", "not UTF-8"),
+    ],
+)
+def test_a_mapping_file_that_says_a_thing_twice_or_is_not_utf_8_is_refused(
+    tmp_path: Path, body, suffix, words
+):
+    path = tmp_path / f"m{suffix}"
+    path.write_bytes(body if isinstance(body, bytes) else body.encode())
+    with pytest.raises(MappingError, match=words):
+        from_parts(file=path, fields=FIELDS)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_a_mapping_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path, suffix):
+    body = '{"columns": {"phone": "P"}}' if suffix == ".json" else '[columns]\nphone = "P"\n'
+    (tmp_path / f"m{suffix}").write_text("\ufeff" + body, encoding="utf-8")
+    assert from_parts(file=tmp_path / f"m{suffix}", fields=FIELDS) == from_parts(
+        ["phone=P"], fields=FIELDS
+    )
