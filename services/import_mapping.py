@@ -119,6 +119,17 @@ class Mapping:
                     f"{where} has no column {named} (named by {what}); its columns are: "
                     + ", ".join(map(repr, sorted(have)))
                 )
+        # Checked by ``from_parts`` as spelt, and again as the header reads them
+        # (``fitted``): " opted at" and "Opted At" may be one column.
+        both_ways = sorted(self.ignored & set(self.columns.values()))
+        if both_ways:
+            raise MappingError(f"column {both_ways[0]!r} is both read (--column) and ignored")
+        times = [self.columns.get(f"occurred_at{TYPED}{k}") for k in KINDS]
+        if self.subscriber_rows and times[0] is not None and times[0] == times[1]:
+            raise MappingError(
+                "--subscriber-rows: occurred_at@opt_in and occurred_at@opt_out are read "
+                f"from one column, {times[0]!r}; each row would opt out as it opts in"
+            )
         listed = list(header)
         twice = sorted({h for h in self.columns.values() if listed.count(h) > 1})
         if twice:

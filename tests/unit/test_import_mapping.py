@@ -619,3 +619,22 @@ def test_a_mapping_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path, suf
     assert from_parts(file=tmp_path / f"m{suffix}", fields=FIELDS) == from_parts(
         ["phone=P"], fields=FIELDS
     )
+
+
+@pytest.mark.parametrize(
+    ("columns", "ignored", "words"),
+    [
+        (["occurred_at@opt_out=opted in at "], [], "read from one column"),
+        ([], ["phone "], "'Phone' is both read"),
+    ],
+)
+def test_a_column_named_two_ways_that_the_header_reads_as_one_is_refused(columns, ignored, words):
+    """What is refused of one spelling is refused of two the header reads alike."""
+    given = from_parts(
+        [*SUBSCRIBER_COLUMNS[:1], "occurred_at@opt_in=Opted In At",
+         *(columns or SUBSCRIBER_COLUMNS[2:3])],
+        (), SUBSCRIBER_SET, fields=FIELDS, belongs=BELONGS, ignored=ignored,
+        subscriber_rows=True,
+    )  # fmt: skip
+    with pytest.raises(MappingError, match=words):
+        given.fitted(["Phone", "Opted In At", "Opted Out At"], "the header")
