@@ -207,16 +207,21 @@ def _csv(
             # its data): no record, and the next starts after it.
             if not any(value.strip() for value in row):
                 continue
-            # Under a mapping, the export's own header again (no other is known).
-            again = (row if row == columns else None) if mapping else _header_again(row)
+            # Under a mapping, the export's own header again (no other is known),
+            # its byte-order mark dropped: a second export joined by cat keeps its own.
+            unmarked = [row[0].removeprefix("\ufeff"), *row[1:]]
+            again = (unmarked if unmarked == columns else None) if mapping else _header_again(row)
             if again is not None:
                 # Exports joined (cat a.csv b.csv): the second's header is no record,
                 # and its rows are written under it, so they are read under it. It is
                 # refused all the same, named, so that a file that is not the one
                 # export it seems does not pass for clean, and no row is dropped unsaid.
+                # Under a mapping it is the first header, checked as that was.
                 _check_columns(
-                    again, f"line {start}, a header row further down: ", STOPPED, Stopped
-                )
+                    mapping.renamed(again) if mapping else again,
+                    f"line {start}, a header row further down: ", STOPPED, Stopped,
+                    mapped=bool(mapping),
+                )  # fmt: skip
                 if opt_ins is not True:
                     yield Unreadable(start, "record", _header_reason(again, columns))
                 columns = again

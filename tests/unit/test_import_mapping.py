@@ -638,3 +638,16 @@ def test_a_column_named_two_ways_that_the_header_reads_as_one_is_refused(columns
     )  # fmt: skip
     with pytest.raises(MappingError, match=words):
         given.fitted(["Phone", "Opted In At", "Opted Out At"], "the header")
+
+
+def test_a_mapped_export_joined_to_another_with_its_byte_order_mark_is_read_under_its_header():
+    """``cat a.csv b.csv`` of two exports saved with a byte-order mark: the second's
+    header is its header again, not a record of phone "Phone Number"."""
+    body = THEIRS.split("\n", 1)[1]
+    joined = read(THEIRS + "\ufeff" + THEIRS, "csv", mapping())
+    assert [getattr(r, "reason", "")[:24] for r in joined][len(read(THEIRS, "csv", mapping()))] == (
+        "repeats the header row ("
+    )
+    assert (
+        joined[-4:] == read(THEIRS + THEIRS.split("\n", 1)[0] + "\n" + body, "csv", mapping())[-4:]
+    )
