@@ -449,6 +449,13 @@ def _built(given: Dict[str, Any], fields: tuple[str, ...], belongs: dict[str, st
                 )
     for what, names in (("--column", columns), ("--value", values), ("--set", constants)):
         unknown = [n for n in names if n.partition(TYPED)[0] not in fields]
+        read_as = [f for f, h in columns.items() if unknown and _loosely(h) == _loosely(unknown[0])]
+        if what == "--value" and read_as:
+            # The export's name for the field, as a user reading the export writes it.
+            raise MappingError(
+                f"--value {unknown[0]}:...: {unknown[0]!r} is the column {read_as[0]} is read "
+                f"from: give --value {read_as[0]}:THEIRS=OURS"
+            )
         if unknown:
             raise MappingError(
                 f"{what} {unknown[0]}: no such field; the fields are: " + ", ".join(fields)

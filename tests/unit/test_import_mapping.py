@@ -651,3 +651,8 @@ def test_a_mapped_export_joined_to_another_with_its_byte_order_mark_is_read_unde
     assert (
         joined[-4:] == read(THEIRS + THEIRS.split("\n", 1)[0] + "\n" + body, "csv", mapping())[-4:]
     )
+
+
+def test_a_value_mapped_under_the_export_s_column_name_says_which_field_to_name():
+    with pytest.raises(MappingError, match=r"'Status' is the column type is read from: give --val"):
+        mapping(values=["Status:subscribed=opt_in"])
