@@ -45,7 +45,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from ledger.errors import DomainError, InvalidRequest
 from ledger.phone import to_e164
 from ledger.validation import TEXT_LIMITS, check_length
-from services.import_mapping import TYPED, Mapping
+from services.import_mapping import TYPED, Mapping, loosely
 
 FORMATS = ("csv", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
@@ -502,32 +502,48 @@ def _over_lines(number: int, how: str, first: bool) -> FormatError:
 def _renamed(obj: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
     """A JSON record with each mapped key (a nested one as ``outer.inner``, unless a
     key spelt so is there) moved to our field's name; a nested object left empty by
-    that is dropped, so that its keys are not read as fields no record has."""
+    that is dropped, so that its keys are not read as fields no record has. A key is
+    found as the header's columns are (``Mapping.fitted``), in each line: JSON Lines
+    have no one header, and a line may spell a key as no other does."""
     out = dict(obj)
     found = {}
     for name, key in mapping.columns.items():  # one key may give two fields
-        found[name] = obj[key] if key in obj else _at_path(obj, key.split("."))
+        here = _spelt(obj, key)
+        found[name] = obj[here] if here is not None else _at_path(obj, key.split("."))
     for key in set(mapping.columns.values()) | mapping.ignored:
-        if key in out:
-            del out[key]
+        if (here := _spelt(out, key)) is not None:
+            del out[here]
         else:
             _pop_path(out, key.split("."))
     out.update((name, value) for name, value in found.items() if value is not None)
     return out
 
 
+def _spelt(obj: dict[str, Any], key: str) -> str | None:
+    """``key`` as ``obj`` spells it: itself, else the one key equal to it but for
+    spaces around it and capitals, else None."""
+    if key in obj:
+        return key
+    near = [k for k in obj if loosely(k) == loosely(key)]
+    return near[0] if len(near) == 1 else None
+
+
 def _at_path(obj: dict[str, Any], path: list[str]) -> Any:
     for key in path:
         if not isinstance(obj, dict):
             return None
-        obj = obj.get(key)  # type: ignore[assignment]
+        here = _spelt(obj, key)
+        obj = None if here is None else obj[here]  # type: ignore[assignment]
     return obj
 
 
 def _pop_path(obj: dict[str, Any], path: list[str]) -> Any:
     """The value at ``path`` inside ``obj``, taken out of a copy of each object on
     the way (the record's own objects are not changed), or None."""
-    head, *rest = path
+    key, *rest = path
+    head = _spelt(obj, key)
+    if head is None:
+        return None
     inner = obj.get(head)
     if not rest:
         return obj.pop(head, None)

@@ -92,7 +92,7 @@ class Mapping:
         def spelt(name: str) -> str:
             if name in have:
                 return name
-            near = [h for h in have if _loosely(h) == _loosely(name)]
+            near = [h for h in have if loosely(h) == loosely(name)]
             if len(near) > 1:
                 raise MappingError(
                     f"{where}: the column {name!r} could be any of "
@@ -272,8 +272,9 @@ class Mapping:
                     out[name] = value
 
 
-def _loosely(name: str) -> str:
-    """A column's name as ``Mapping.fitted`` compares it (a nested JSON key's, as
+def loosely(name: str) -> str:
+    """A column's name as ``Mapping.fitted`` (and a JSON line's key as
+    ``import_files``) compares it (a nested JSON key's, as
     ``outer.inner``, by each of its keys)."""
     return ".".join(key.strip() for key in name.replace("\ufeff", "").split(".")).casefold()
 
@@ -449,7 +450,7 @@ def _built(given: Dict[str, Any], fields: tuple[str, ...], belongs: dict[str, st
                 )
     for what, names in (("--column", columns), ("--value", values), ("--set", constants)):
         unknown = [n for n in names if n.partition(TYPED)[0] not in fields]
-        read_as = [f for f, h in columns.items() if unknown and _loosely(h) == _loosely(unknown[0])]
+        read_as = [f for f, h in columns.items() if unknown and loosely(h) == loosely(unknown[0])]
         if what == "--value" and read_as:
             # The export's name for the field, as a user reading the export writes it.
             raise MappingError(

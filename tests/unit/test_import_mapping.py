@@ -656,3 +656,21 @@ def test_a_mapped_export_joined_to_another_with_its_byte_order_mark_is_read_unde
 def test_a_value_mapped_under_the_export_s_column_name_says_which_field_to_name():
     with pytest.raises(MappingError, match=r"'Status' is the column type is read from: give --val"):
         mapping(values=["Status:subscribed=opt_in"])
+
+
+def test_each_json_line_s_keys_are_matched_whatever_their_spaces_and_capitals():
+    """JSON Lines have no one header: a line may spell a key as no other does, and
+    is read as the others are, not refused (and held) for a key no record has."""
+    lines = [
+        {"msisdn": "+14155550101", "state": "unsubscribed", "at": "2026-11-03T10:00:00Z"},
+        {"MSISDN ": "+14155550101", "State": "unsubscribed", "AT": "2026-11-03T10:00:00Z",
+         "Meta": {"List ": "x"}},
+    ]  # fmt: skip
+    given = from_parts(
+        ["phone=msisdn", "type=state", "occurred_at=at"], OPTIONS["values"], OPTIONS["constants"],
+        fields=FIELDS, belongs=BELONGS, ignored=["meta.list"],
+    )  # fmt: skip
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    fitted = given.fitted(json_keys(io.StringIO(text)), "the JSON lines")
+    first, second = read(text, "jsonl", fitted)
+    assert first.record == second.record == read(OURS, "csv")[1].record  # type: ignore[union-attr]
