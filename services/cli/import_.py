@@ -128,7 +128,8 @@ mapping an export (another platform's names):
   opt-outs of every campaign, as a platform's "unsubscribed" most often is (with
   --set campaign=promo they end promo alone). Each may be repeated; --mapping FILE says the
   same in a file, kept beside the export so that the migration can be run again
-  alike (JSON, or TOML for a .toml name):
+  alike (JSON, or TOML for a .toml name; options beside it add to it, and one saying
+  what the file says too is a usage error, neither winning):
     {"columns": {"phone": "Phone Number"},
      "values": {"type": {"subscribed": "opt_in"}},
      "set": {"brand": "acme"}, "ignore": ["Tags"]}
