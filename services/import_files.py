@@ -44,7 +44,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.errors import DomainError, InvalidRequest
 from ledger.phone import to_e164
-from ledger.validation import TEXT_LIMITS, check_length
+from ledger.validation import TEXT_LIMITS, check_length, text_problem
 from services.import_mapping import TYPED, Mapping, loosely
 
 FORMATS = ("csv", "jsonl")
@@ -1005,7 +1005,12 @@ def unreadable_value(field: str, value: str) -> str | None:
             _enum(field, value)
     except _Bad as bad:
         return bad.reason
-    return None
+    # Past its field's length, or holding a control character, it would refuse
+    # every record too, and hold every opt-out under a brand that is none.
+    limit = TEXT_LIMITS.get(field, VALUE_LIMIT)
+    if len(value) > limit:
+        return f"must be at most {limit:,} characters, got {len(value):,}"
+    return text_problem(value, field)
 
 
 def _enum(field: str, text: str) -> int:

@@ -352,6 +352,10 @@ def _check_values(given: Dict[str, Any], unreadable: Callable[[str, str], str | 
     cannot hold. Mapped to nothing (``--value type:cleaned=``) is no value: its
     records are read as the export would be without it."""
     for name, value in given["set"].items():
+        if not value.strip():
+            # A blank brand or campaign would refuse every opt-in, and hold every
+            # opt-out under each brand the token writes for.
+            raise MappingError(f"--set {name}: is empty; leave it out to set nothing")
         if (why := unreadable(name.partition(TYPED)[0], value)) is not None:
             raise MappingError(f"--set {name}: {why}")
     for name, table in given["values"].items():

@@ -332,6 +332,11 @@ def test_a_column_of_our_own_name_beside_a_typed_mapping_of_it_refuses_the_file(
         (["tier:vip=gold"], [], "--value tier:vip=gold: is not one of conversational"),
         ([], ["import_id=batch-7"], "--set import_id: every record would have the one id"),
         (["type: =opt_out"], [], "--value type: =opt_out: an empty value cannot be mapped"),
+        ([], ["brand="], "--set brand: is empty"),
+        ([], ["campaign@opt_in= "], "--set campaign@opt_in: is empty"),
+        ([], ["brand=ac\x00me"], "--set brand: must not hold"),
+        ([], ["proof.consent_text=" + "x" * 8_193], "--set proof.consent_text: must be at most"),
+        (["proof.name:a=b\tc"], [], "--value proof.name:a=b\tc: must not hold"),
     ],
 )
 def test_a_value_its_field_cannot_hold_is_refused_before_the_file_is_read(values, constants, words):
