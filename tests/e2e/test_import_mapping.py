@@ -685,3 +685,35 @@ async def test_an_export_whose_headers_differ_in_spaces_and_capitals_is_imported
     assert code == 1, again + err
     assert f"already present: {records:,}" in again, again
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+async def test_json_lines_of_one_row_per_subscriber_spelling_keys_apart_are_imported(
+    service, tmp_path
+):
+    """The subscriber export as JSON Lines from a platform whose lines spell their
+    keys apart (capitals, spaces around them): each line read as the CSV's row, the
+    dry run predicting the import, and CanSend answering as for the CSV."""
+    runtime, when = service
+    export, expect = subscriber_export(tmp_path, when, first=160)
+    with export.open(newline="") as rows:
+        spellings = [str, str.upper, lambda key: f" {key.lower()} "]
+        lines = [
+            json.dumps({spellings[i % 3](k): v for k, v in row.items()})
+            for i, row in enumerate(csv.DictReader(rows))
+        ]
+    jsonl = tmp_path / "subscribers.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+
+    code, dry, err = await imported(runtime, str(jsonl), *SUBSCRIBER_ARGV, "--dry-run")
+
+    assert code == 1, dry + err
+    assert "would import 7 of 9 records from 6 rows of subscribers.jsonl" in dry, dry + err
+
+    code, out, err = await imported(runtime, str(jsonl), *SUBSCRIBER_ARGV)
+
+    assert code == 1, out + err
+    assert "imported 7 of 9 records from 6 rows of subscribers.jsonl" in out, out + err
+    assert "held for review: 1" in out, out
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, list(expect), token_of(out))
+    assert reasons == expect, reasons
