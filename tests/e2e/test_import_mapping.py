@@ -664,17 +664,23 @@ async def test_an_export_whose_headers_differ_in_spaces_and_capitals_is_imported
     assert runtime.ledger is not None
     before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
 
-    code, dry, err = await imported(runtime, str(export), *options(MAPPING["columns"]), "--dry-run")
+    argv = [str(export), *options(MAPPING["columns"])]
+    code, dry, err = await imported(runtime, *argv, "--dry-run", "--refusals", f"{export}.dry")
 
     assert code == 1, dry + err
     assert f"would import {records:,} of {records + 2:,} records" in dry, dry + err
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
 
-    code, out, err = await imported(runtime, str(export), *options(MAPPING["columns"]))
+    code, out, err = await imported(runtime, *argv, "--refusals", f"{export}.real")
 
     assert code == 1, out + err
     assert f"imported {records:,} of {records + 2:,} records" in out, out + err
     assert "held for review: 1" in out, out
+    refused = [
+        [{k: v for k, v in json.loads(line).items() if k != "reason"} for line in lines]
+        for lines in (Path(f"{export}.{run}").read_text().splitlines() for run in ("dry", "real"))
+    ]  # the reasons alike but for "would be held"
+    assert len(refused[0]) == 2 and refused[0] == refused[1], refused
     async with client(runtime.address, "acme-app") as c:
         reasons = await answers(c, list(expected(152)), token_of(out))
     assert reasons == expected(152), reasons
