@@ -407,7 +407,7 @@ def _read_file(path: Path) -> dict[str, Any]:
             raise MappingError(f"--mapping {path}: subscriber_rows must be true or false")
         out["subscriber_rows"] = read["subscriber_rows"]
     for part in ("columns", "set"):
-        table = read.get(part, {})
+        table = _dotted(read.get(part, {}))
         if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
             raise MappingError(f"--mapping {path}: {part} must map fields to strings")
         out[part] = dict(table)
@@ -417,6 +417,22 @@ def _read_file(path: Path) -> dict[str, Any]:
     ):
         raise MappingError(f"--mapping {path}: values must map fields to tables of strings")
     out["values"] = {k: dict(v) for k, v in tables.items()}
+    return out
+
+
+def _dotted(table: Any, prefix: str = "") -> Any:
+    """A table of fields with each table within it spelt out as ``outer.inner``: in
+    TOML, ``proof.name = "Full Name"`` unquoted is ``name`` within a table ``proof``.
+    Anything else as it is."""
+    if not isinstance(table, dict):
+        return table
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        inner = _dotted(value, f"{prefix}{key}.") if isinstance(value, dict) and value else None
+        for name, given in (inner or {f"{prefix}{key}": value}).items():
+            if name in out:  # "proof.name" quoted and unquoted
+                raise MappingError(f"{name} is given twice in the mapping file")
+            out[name] = given
     return out
 
 

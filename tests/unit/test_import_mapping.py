@@ -679,3 +679,19 @@ def test_each_json_line_s_keys_are_matched_whatever_their_spaces_and_capitals():
     fitted = given.fitted(json_keys(io.StringIO(text)), "the JSON lines")
     first, second = read(text, "jsonl", fitted)
     assert first.record == second.record == read(OURS, "csv")[1].record  # type: ignore[union-attr]
+
+
+def test_a_toml_mapping_file_s_dotted_keys_need_no_quotes(tmp_path: Path):
+    """In TOML, ``proof.name = "Full Name"`` is a key within a table ``proof``: read
+    as the field it spells, as quoted."""
+    (tmp_path / "m.toml").write_text(
+        '[columns]\nproof.name = "Full Name"\nproof.ip_address = "IP"\n'
+        '[set]\nproof.consent_text = "Yes"\nbrand = "acme"\n'
+    )
+    assert from_parts(file=tmp_path / "m.toml", fields=FIELDS) == from_parts(
+        ["proof.name=Full Name", "proof.ip_address=IP"], (),
+        ["proof.consent_text=Yes", "brand=acme"], fields=FIELDS,
+    )  # fmt: skip
+    (tmp_path / "m.toml").write_text('[columns]\nproof.name = "A"\n"proof.name" = "B"\n')
+    with pytest.raises(MappingError, match=r"proof\.name is given twice"):
+        from_parts(file=tmp_path / "m.toml", fields=FIELDS)
