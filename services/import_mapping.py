@@ -212,8 +212,8 @@ class Mapping:
         problem: tuple[str, str] | None = None
         self._typed_read(out)
         for name, table in self.values.items():
-            if name not in out or out[name] in (None, ""):
-                continue
+            if name not in out or out[name] is None or _as_text(out[name]).strip() == "":
+                continue  # a cell of spaces is no value, as an empty one: never looked up
             given = out[name]
             key = _as_text(given)
             mapped = table.get(key.strip().casefold())

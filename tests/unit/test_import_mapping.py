@@ -695,3 +695,11 @@ def test_a_toml_mapping_file_s_dotted_keys_need_no_quotes(tmp_path: Path):
     (tmp_path / "m.toml").write_text('[columns]\nproof.name = "A"\n"proof.name" = "B"\n')
     with pytest.raises(MappingError, match=r"proof\.name is given twice"):
         from_parts(file=tmp_path / "m.toml", fields=FIELDS)
+
+
+def test_a_mapped_column_s_cell_of_spaces_is_read_as_empty_not_as_a_value():
+    """A cell of spaces is no value, as an empty one is: never looked up."""
+    blank, spaces = (
+        read(THEIRS.replace("pending", cell, 1), "csv", mapping())[2] for cell in ("", "   ")
+    )
+    assert isinstance(spaces, Unreadable) and spaces.reason == blank.reason, (blank, spaces)  # type: ignore[union-attr]
