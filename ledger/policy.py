@@ -86,9 +86,9 @@ def _said(text: str) -> str:
 
 
 def _candidate(pending: Pending) -> str:
-    """What a candidate awaiting review is, for an answer: a person's reply, or an
+    """What a candidate awaiting review is, for an answer: a person's reply, an
     import's or a live request's opt-out held for its details (whose words say why
-    it was refused)."""
+    it was refused), or an opt-out that named no defined campaign."""
     if pending.imported or pending.refused:
         text = pending.text
         if pending.imported:
@@ -98,6 +98,8 @@ def _candidate(pending: Pending) -> str:
         else:
             what = "an opt-out refused for its details"
         return what + ("" if text in (SEALED, ERASED) else f" ({text})")
+    if pending.unattributed:  # a STOP or an opt-out of a campaign not defined: no reply
+        return f"opt-out{_said(pending.text)} naming no defined campaign"
     return f"reply{_said(pending.text)} reads like an opt-out and"
 
 

@@ -869,3 +869,13 @@ def test_an_opt_out_of_one_campaign_in_other_words_stays_that_campaigns(text):
     cmd = RecordOptOut("r", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(0), text=text)
     (event,) = to_events(cmd, NOW)
     assert isinstance(event, ConsentRevoked) and event.campaign == "promo"
+
+
+def test_an_overdue_opt_out_of_an_undefined_campaign_is_not_called_a_reply():
+    """A RecordOptOut of a campaign not defined is held as an opt-out no campaign could
+    take; past its ten business days the answer called it a reply that read like one."""
+    cmd = RecordOptOut("r", PHONE, BRAND, "nope", RevocationChannel.API, at(0), text="STOP")
+    after = fold(record([granted(at(-10)), *unattributed_opt_out(cmd, NOW)]))
+    overdue = decide(after, campaign(), NOW + timedelta(days=30))
+    assert overdue.reason is Reason.REVOCATION_OVERDUE, overdue
+    assert overdue.detail.startswith("opt-out 'STOP' naming no defined campaign was not"), overdue
