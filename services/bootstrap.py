@@ -299,6 +299,7 @@ class Runtime:
             keys=PostgresSubjectKeys(self.reads, timeout=s.postgres_timeout),
             retention=Retention(s.retention_years),
             import_prune_interval=s.import_prune_interval,
+            import_append_lease=s.import_append_lease,
         )
         self.metrics.guard, self.metrics.replica = self.guard, replica
         self.usecases.access.observe = self.metrics.audit_read

@@ -195,6 +195,10 @@ class Settings:
     import_prune_interval: float = 3600.0
     """Seconds between prunings of old append turns by this process's imports at
     most; 0: every import prunes as it begins."""
+    import_append_lease: float = 120.0
+    """Seconds an import's turn to append a record lasts unless it ends it
+    (``services.usecases.imports.APPEND_LEASE_S``): how long the records of an
+    import that died wait for the next import."""
     health_limits: HealthLimits = field(default_factory=HealthLimits)
     """The opt-out and error rates above which campaign health flags a campaign or a
     sending number. The provider's notice gives them for a sender, not per brand."""
@@ -385,6 +389,7 @@ class Settings:
             ),
             checkpoint_interval=number("CONSENT_CHECKPOINT_INTERVAL_S", 60),
             import_prune_interval=number("CONSENT_IMPORT_PRUNE_INTERVAL_S", 3600, above=False),
+            import_append_lease=number("CONSENT_IMPORT_APPEND_LEASE_S", 120),
             health_limits=HealthLimits(
                 opt_out=share("CONSENT_OPT_OUT_RATE_LIMIT", HealthLimits.opt_out),
                 error=share("CONSENT_ERROR_RATE_LIMIT", HealthLimits.error),

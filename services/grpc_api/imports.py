@@ -22,19 +22,22 @@ from ledger.commands import HoldRefusedOptOut, RecordOptIn, RecordOptOut
 from ledger.errors import DomainError, InvalidRequest
 from services.errors import OutcomeUnknown
 from services.grpc_api.deadlines import MARGIN, MARGIN_AT_MOST
-from services.usecases.imports import APPEND_LEASE_S, ChunkResult, Imports, Item
+from services.usecases.imports import ChunkResult, Imports, Item
 from services.wire.api import command_from_proto
 
 
 async def _answered(
-    work: asyncio.Future[ChunkResult], first: int, time_left: Callable[[], float | None]
+    work: asyncio.Future[ChunkResult],
+    first: int,
+    time_left: Callable[[], float | None],
+    lease_s: float,
 ) -> ChunkResult:
     """``work``'s result, or ``OutcomeUnknown`` a margin before the caller's deadline
     (``services.grpc_api.deadlines``). A chunk may wait far longer than a caller
     does: for the turns to append its records that an import which died holds (up to
-    ``APPEND_LEASE_S``), or for the ledger. Without this the caller saw only
-    DEADLINE_EXCEEDED, with no word of why or of what to do; the chunks left are
-    cancelled as when the caller hangs up (their turns given back)."""
+    ``lease_s``, ``CONSENT_IMPORT_APPEND_LEASE_S``), or for the ledger. Without this
+    the caller saw only DEADLINE_EXCEEDED, with no word of why or of what to do; the
+    chunks left are cancelled as when the caller hangs up (their turns given back)."""
     remaining = time_left()
     if remaining is None:
         return await work
@@ -45,7 +48,7 @@ async def _answered(
             f"the message with record {first} was not answered within {budget:.3g} s, "
             "before the caller's deadline: its records may be waiting for their turn to "
             "append, held by another import of them or, up to "
-            f"{APPEND_LEASE_S:g} s, by one that died, or for the ledger; run the import "
+            f"{lease_s:g} s, by one that died, or for the ledger; run the import "
             "again (with a longer deadline), and what was recorded is skipped"
         )
     return work.result()
@@ -168,7 +171,7 @@ async def answer_chunks(
     try:
         while (entry := await started.get()) is not None:
             first, work = entry
-            result = await _answered(work, first, time_left)
+            result = await _answered(work, first, time_left, imports.lease_s)
             working.remove(work)
             room.release()
             yield chunk_to_proto(result, first)

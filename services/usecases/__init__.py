@@ -26,7 +26,7 @@ from services.usecases.audit import Audit, Evidence
 from services.usecases.checks import DEFAULT_FUTURE_HORIZON, Checks
 from services.usecases.context import Clock, Context, utc_now
 from services.usecases.erasure import Erasure
-from services.usecases.imports import PRUNE_INTERVAL_S, Imports, TurnPruning
+from services.usecases.imports import APPEND_LEASE_S, PRUNE_INTERVAL_S, Imports, TurnPruning
 from services.usecases.review import Review
 from services.usecases.sends import Sends
 from services.usecases.writes import Writes
@@ -45,6 +45,8 @@ class UseCases:
     erasure: Erasure
     turn_pruning: TurnPruning = field(default_factory=TurnPruning)
     """When the process's imports last pruned the old append turns."""
+    append_lease: float = APPEND_LEASE_S
+    """How long each import's turn to append a record lasts (``Imports``' ``lease_s``)."""
 
     @classmethod
     def build(
@@ -63,6 +65,7 @@ class UseCases:
         keys: SubjectKeys | None = None,
         retention: Retention = DEFAULT_RETENTION,
         import_prune_interval: float = PRUNE_INTERVAL_S,
+        import_append_lease: float = APPEND_LEASE_S,
     ) -> UseCases:
         """``reads`` answers CanSend's digests and ``campaigns`` the campaigns' rules
         (each by default the view);
@@ -72,7 +75,8 @@ class UseCases:
         (``services.bootstrap`` gives the durable one; by default they are kept in
         memory, for tests); ``keys`` seal each subject's personal data (None: it is
         written in the clear) and ``retention`` says when it may be erased;
-        ``import_prune_interval`` is how often imports prune old append turns at most."""
+        ``import_prune_interval`` is how often imports prune old append turns at most,
+        and ``import_append_lease`` how long each of their turns to append lasts."""
         access = Access(InMemoryAccessLog() if access_log is None else access_log, clock)
         personal = PersonalData(keys) if keys is not None else None
         if personal is not None:
@@ -90,6 +94,7 @@ class UseCases:
             Sends(ctx),
             Erasure(ctx, keys, retention),
             TurnPruning(import_prune_interval),
+            import_append_lease,
         )
 
     def start_import(
@@ -107,6 +112,7 @@ class UseCases:
             authorize=authorize,
             own_brands=own_brands,
             recorded_by=recorded_by,
+            lease_s=self.append_lease,
             pruning=self.turn_pruning,
             time_left=time_left,
         )

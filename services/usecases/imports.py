@@ -113,7 +113,8 @@ for the view to reach the ledger's end."""
 APPEND_LEASE_S = 120.0
 """How long an import's turn to append a record lasts unless it ends it: past twice
 the longest append a ledger waits for (40 s on Kafka), so a live holder keeps it; a
-dead one's records wait that long for the next import."""
+dead one's records wait that long for the next import. The default of
+``CONSENT_IMPORT_APPEND_LEASE_S``."""
 TURNS_KEPT_S = 86_400.0
 """How long append turns are kept after they end or run out: a turn ended appended
 is needed only until the view applies its facts (seconds; minutes in an outage),
@@ -294,7 +295,7 @@ class Imports:
         self._pruning = TurnPruning() if pruning is None else pruning
         self._holder = str(uuid.uuid4())
         """This import, as the holder of its turns to append (``_turns``)."""
-        self._lease_s = lease_s
+        self.lease_s = lease_s
         self._authorize = authorize
         self._own_brands = own_brands
         self._recorded_by = recorded_by
@@ -1121,7 +1122,7 @@ class Imports:
         while True:
             keys = [_key(p) for p in new]
             take = asyncio.ensure_future(
-                self.ctx.view.take_append_turns(keys, self._holder, self._lease_s)
+                self.ctx.view.take_append_turns(keys, self._holder, self.lease_s)
             )
             taking.append(take)
             turns = await asyncio.shield(take)  # cancelled, it ends first (``_give_back``)

@@ -20,6 +20,8 @@ from tests.e2e.harness import opt_in
 class SlowFirst:
     """Chunks that finish in reverse order: the first takes longest."""
 
+    lease_s = 120.0
+
     def __init__(self) -> None:
         self.seen: list[tuple[int, bool]] = []
         self.at_once = 0

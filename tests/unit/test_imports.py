@@ -1284,3 +1284,23 @@ async def test_an_opt_in_is_checked_once_an_earlier_messages_opt_outs_are():
 
         assert (first.imported, second.imported) == (1, 0)
         assert [f for r in second.refusals for f, _ in r.violations] == ["occurred_at"]
+
+
+async def test_an_import_takes_its_turns_for_the_lease_it_was_built_with(monkeypatch):
+    """``CONSENT_IMPORT_APPEND_LEASE_S`` reaches every turn an import takes: how long
+    a dead import's records wait for the next import of them."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        leases: list[float] = []
+        take = app.view.take_append_turns
+
+        async def noted(keys, holder, lease_s):  # type: ignore[no-untyped-def]
+            leases.append(lease_s)
+            return await take(keys, holder, lease_s)
+
+        monkeypatch.setattr(app.view, "take_append_turns", noted)
+        usecases = UseCases.build(app.ledger, app.view, app.guard, import_append_lease=7)
+        assert (await usecases.start_import().chunk([opt_in(40, "+14155550130")])).imported == 1
+        by_default = UseCases.build(app.ledger, app.view, app.guard)
+        assert (await by_default.start_import().chunk([opt_in(41, "+14155550131")])).imported == 1
+        assert leases == [7, imports_module.APPEND_LEASE_S]

@@ -334,3 +334,12 @@ def test_imports_prune_old_append_turns_once_an_hour_unless_told() -> None:
     for bad in ("-1", "nan", "soon"):
         with pytest.raises(SettingsError, match="CONSENT_IMPORT_PRUNE_INTERVAL_S"):
             Settings.from_env({"CONSENT_IMPORT_PRUNE_INTERVAL_S": bad}, embedded=True)
+
+
+def test_an_import_s_turn_to_append_lasts_two_minutes_unless_told() -> None:
+    assert Settings.from_env({}, embedded=True).import_append_lease == 120
+    env = {"CONSENT_IMPORT_APPEND_LEASE_S": "7.5"}
+    assert Settings.from_env(env, embedded=True).import_append_lease == 7.5
+    for bad in ("0", "-1", "nan", "inf", "soon"):
+        with pytest.raises(SettingsError, match=r"^CONSENT_IMPORT_APPEND_LEASE_S must be a"):
+            Settings.from_env({"CONSENT_IMPORT_APPEND_LEASE_S": bad}, embedded=True)
