@@ -67,6 +67,9 @@ PASSING = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 REVOKED, DISMISSED = lpb.CANDIDATE_RESOLUTION_REVOKED, lpb.CANDIDATE_RESOLUTION_DISMISSED
 Fault = Callable[[Callable[[int], Awaitable[None]]], Awaitable[None]]
 """A fault, given a wait for that many writes to have been answered."""
+LEASE_S = 10
+"""The killed service's turns to append: they must still hold when it is started
+again, so the import run again first waits for them to run out."""
 
 
 @dataclasses.dataclass
@@ -433,7 +436,8 @@ async def test_writes_cut_off_by_a_killed_service_are_recorded_once_when_sent_ag
     again, every batch sent again is answered with the event ids of its first answer
     (or recorded now, if it had none), and the import run again finds each record it
     acknowledged present and imports the rest, once the dead import's turns to append
-    run out (``APPEND_LEASE_S``)."""
+    run out (``CONSENT_IMPORT_APPEND_LEASE_S``, shortened here: two minutes would be
+    waited out whole; this test's appends are to a local broker, far within it)."""
     env = {
         "CONSENT_LEDGER": "kafka",
         "CONSENT_KAFKA_BOOTSTRAP": kafka_bootstrap,
@@ -447,6 +451,7 @@ async def test_writes_cut_off_by_a_killed_service_are_recorded_once_when_sent_ag
         "CONSENT_GRPC_LISTEN": "127.0.0.1:0",
         "CONSENT_PROJECTOR_GROUP": f"wf-kill-{uuid.uuid4().hex[:8]}",
         "CONSENT_FRESHNESS_WAIT_MS": "10000",
+        "CONSENT_IMPORT_APPEND_LEASE_S": str(LEASE_S),
     }
     when = now()  # the service's own clock
     phones = [f"+1415558{3000 + i:04d}" for i in range(40)]
