@@ -6,8 +6,10 @@ Fixtures
   kafka_broker          session   started KafkaBroker (tmp dir); tests may restart() it,
                                    and a test that kill()s it must restart() it again
   kafka_bootstrap       session   "127.0.0.1:PORT" of kafka_broker, or the override
-  private_kafka_broker  function  a broker of the test's own, for crash tests that must
-                                   not disturb other tests (~4 s to start)
+  private_kafka_broker  function  a broker no other test uses at the time, for crash
+                                   tests that must not disturb the others: one the crash
+                                   tests take turns with, handed over serving and with
+                                   the earlier tests' topics deleted
   postgres_server       session   started PostgresServer (tmp dir), or the override
   postgres_dsn          function  DSN of a fresh, empty database, dropped afterwards
 
@@ -23,9 +25,12 @@ for the wrong reason.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -33,9 +38,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.infra import InfraError
-from tests.infra.kafka_broker import KafkaBroker
+from tests.infra.kafka_broker import KafkaBroker, probe_metadata
 from tests.infra.postgres_server import PostgresServer
 
 ENV_KAFKA = "CONSENT_TEST_KAFKA_BOOTSTRAP"
@@ -73,11 +79,46 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
     return broker.bootstrap_servers
 
 
-@pytest.fixture
-def private_kafka_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
-    broker = _start_broker(tmp_path / "kafka")
+@pytest.fixture(scope="session")
+def _crash_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """The broker the crash tests take turns with (``private_kafka_broker``)."""
+    broker = _start_broker(tmp_path_factory.mktemp("private-kafka"))
     yield broker
     broker.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def private_kafka_broker(_crash_kafka_broker: KafkaBroker) -> AsyncIterator[KafkaBroker]:
+    """A broker no other test is using, running and holding no topic of an earlier
+    test: the crash tests take turns with one, since a fresh one per test (storage
+    formatted, a JVM started and stopped) cost several seconds each."""
+    broker = _crash_kafka_broker
+    try:
+        await asyncio.to_thread(_serving_again, broker)
+    except InfraError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    await admin.start()
+    try:
+        earlier = [t for t in await admin.list_topics() if not t.startswith("__")]
+        if earlier:
+            await admin.delete_topics(earlier)
+    finally:
+        await admin.close()
+    yield broker
+
+
+def _serving_again(broker: KafkaBroker) -> None:
+    """``broker`` as a test left it (paused, stopped, killed or fine), serving."""
+    pid = broker.pid
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        host, port = broker.bootstrap_servers.rsplit(":", 1)
+        if probe_metadata(host, int(port), timeout=5):
+            return
+        broker.kill()
+    broker.start()
 
 
 @pytest.fixture(scope="session")
