@@ -379,9 +379,11 @@ async def test_writes_through_a_paused_then_killed_broker_are_recorded_once(
     assert answers.refused and answers.not_consistent, "the faults refused nothing"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def private_postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL of this test's own, to pause, restart and cut off."""
+    """A PostgreSQL of this module's own, to pause, restart and cut off: its tests
+    take turns with it (each on a database made afresh), as another initdb and
+    start would add seconds to each for nothing."""
     folder = Path(tempfile.mkdtemp(prefix="consent-test-write-faults-"))
     server = PostgresServer(folder)
     server.start()
