@@ -13,10 +13,11 @@ without a token must wait for it as it would for its own append.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ledger.commands import fingerprint_as_spelled
 from ledger.events import (
@@ -37,10 +38,44 @@ from services.usecases.spellings import earlier_message_uses
 R = TypeVar("R")
 
 
+K = TypeVar("K", bound=Hashable)
+
+
 @dataclass
 class _Turn:
+    """A key's lock, and how many calls hold it or wait for it."""
+
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     holders: int = 0
+
+
+class Turns(Generic[K]):
+    """One call at a time for each key in this process. A key's lock is kept only
+    while a call holds it or waits for it, so the keys of calls long done cost nothing."""
+
+    def __init__(self) -> None:
+        self._turns: dict[K, _Turn] = {}
+
+    def __contains__(self, key: object) -> bool:
+        """Whether a call holds ``key``'s turn or waits for it."""
+        return key in self._turns
+
+    def __bool__(self) -> bool:
+        return bool(self._turns)
+
+    @asynccontextmanager
+    async def turn(self, key: K) -> AsyncIterator[None]:
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = _Turn()
+        turn.holders += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.holders -= 1
+            if not turn.holders:
+                del self._turns[key]
 
 
 class RequestTurns:
@@ -51,25 +86,15 @@ class RequestTurns:
     finds what the one before it stored."""
 
     def __init__(self) -> None:
-        self._turns: dict[tuple[str, str], _Turn] = {}
+        self._turns: Turns[tuple[str, str]] = Turns()
 
     async def one_at_a_time(
         self, brand: str, request_id: str, write: Callable[[], Awaitable[R]]
     ) -> R:
         """``write()`` once no other attempt of ``brand``'s ``request_id`` is running
         (made only then: one whose caller went away while it waited is never made)."""
-        key = (brand, request_id)
-        turn = self._turns.get(key)
-        if turn is None:
-            turn = self._turns[key] = _Turn()
-        turn.holders += 1
-        try:
-            async with turn.lock:
-                return await write()
-        finally:
-            turn.holders -= 1
-            if not turn.holders:
-                del self._turns[key]
+        async with self._turns.turn((brand, request_id)):
+            return await write()
 
 
 @dataclass(frozen=True)

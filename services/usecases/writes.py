@@ -14,8 +14,8 @@ import contextlib
 import functools
 import hashlib
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field, replace
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -88,6 +88,7 @@ from services.errors import (
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import (
     RequestTurns,
+    Turns,
     WriteResult,
     append,
     brand_of,
@@ -115,14 +116,6 @@ class InboundResult:
     """The answer that says a reply is owed, given instead of ``outcome`` only when
     this delivery takes the text's reply (``Writes._reply_once``); None: ``outcome``
     stands as it is."""
-
-
-@dataclass
-class _Turn:
-    """A phone's inbound texts' lock, and how many calls hold it or wait for it."""
-
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    holders: int = 0
 
 
 def _stamped(events: Sequence[LedgerEvent], recorded_by: str) -> list[LedgerEvent]:
@@ -308,7 +301,7 @@ class Writes:
         self.ctx = ctx
         self.reads: DigestReads = ctx.view if reads is None else reads
         self._campaign_writes = asyncio.Lock()
-        self._inbound_turns: dict[str, _Turn] = {}
+        self._inbound_turns: Turns[str] = Turns()
         self._requests = RequestTurns()
 
     async def record(self, cmd: Command, *, recorded_by: str = "") -> WriteResult:
@@ -886,24 +879,13 @@ class Writes:
                     return phone
         return None
 
-    @asynccontextmanager
-    async def _inbound_turn(self, phone: str) -> AsyncIterator[None]:
+    def _inbound_turn(self, phone: str) -> AbstractAsyncContextManager[None]:
         """One inbound text of a phone at a time in this process (and one opt-out or
         opt-in: ``_turn_for``): the next reads the state after the one before it was
         appended. (Across instances the facts an inbound text records do not depend
         on the state read, so two at once through two instances record what they
         would one after the other; only the replies owed are read from the state.)"""
-        turn = self._inbound_turns.get(phone)
-        if turn is None:
-            turn = self._inbound_turns[phone] = _Turn()
-        turn.holders += 1
-        try:
-            async with turn.lock:
-                yield
-        finally:
-            turn.holders -= 1
-            if not turn.holders:
-                del self._inbound_turns[phone]
+        return self._inbound_turns.turn(phone)
 
     async def _handle_inbound(
         self,
