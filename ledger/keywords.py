@@ -1341,7 +1341,11 @@ def _no_longer(words: list[str]) -> bool:
         text,
     ) or any(_is_contact(w) for w in re.findall(r"\bya no (\w+)", text)):
         return True
-    if "anymore" in words or re.search(r"\b(not|no|never)\b.*\bany more\b", text):
+    # A negation, then "any more" after it: searched from the first negation on, as
+    # ``not.*any more`` looked past every negation to the end, in time in the square
+    # of a clause's length.
+    negation = re.search(r"\b(not|no|never)\b", text)
+    if "anymore" in words or (negation and re.search(r"\bany more\b", text[negation.end() :])):
         return any(
             _is_contact(w)
             or w in _DESIRE
@@ -1808,7 +1812,7 @@ def reads_like_an_opt_out(text: str) -> bool:
     clauses = _clauses(plain)
     if _short_ender(clauses, question=plain.rstrip().endswith("?")):
         return True
-    if _MESSAGE_RULES.search(plain):
+    if _MESSAGE_RULES.search(plain) or _gap_rule(plain):
         return True
     return any(rule(clause) for clause in clauses for rule in _CLAUSE_RULES)
 
@@ -1884,17 +1888,11 @@ _NOT_THAT_PERSON = re.compile(
 # canonical words): "why is this number texting me", "¿por qué me siguen
 # escribiendo?", "I told you to stop".
 _MESSAGE_RULES = re.compile(
-    r"\bwhy\b[^.?!]*\b(texting|txting|texing|messaging|msging|msgin|contacting|calling|"
-    r"emailing|sending|spamming|writing|hitting) (me|us|my|this)\b"
-    r"|\bpor ?que\b[^.?!]*\b(me|nos) (siguen |sigue |continuan |estan |vuelven a )?"
-    r"(escrib\w+|mand\w+|envi\w+|llam\w+|contact\w+|textea\w+|molest\w+)"
-    r"|\b(siguen|sigue|continuan) (\w+ )?(escrib|mand|envi|llam|contact|textea|molest)\w*"
+    r"\b(siguen|sigue|continuan) (\w+ )?(escrib|mand|envi|llam|contact|textea|molest)\w*"
     r"|\b(dije|pedi|he dicho|hemos dicho|dijimos) que (no\b|ya no|paren|dejen|pararan|dejaran|"
     r"me borr|me quit|me sac)"
     r"|\b(told|asked) (you|u|ya|yall|y all) (to stop|no\b|not to|already|(\w+ )?times)"
     r"|\bi (said|say) no\b"
-    r"|\b(too|so|way too) (many|much|often|frequent)\b[^.?!]*\b(texts?|txts?|messages|msgs|"
-    r"texting|messaging|sms|notifications|alerts|emails|calls)\b"
     r"|\b(texts?|txts?|messages|msgs|notifications|alerts|emails|calls) (are |is )?"
     r"(too|so|way too) (many|much|often|frequent)\b"
     r"|\bya no\s*([.,!]|$)|\bya estuvo\b"
@@ -1912,24 +1910,17 @@ _MESSAGE_RULES = re.compile(
     r"tell|repeat|reply|respond|text|write)\b"
     r"|\bgive it a rest\b"
     r"|\b(so|totally|completely|am|m) over (these|this|your|the|ur|it|you)\b"
-    r"|\bnot (include|add|put|sign|enroll|subscribe|register|count) (me|us|my number)\b"
-    r"[^.?!]*\b(texts?|messages?|list|future|calls?|emails?|alerts?|program|campaign)\b"
-    r"|\b(no|not|never|exclude|remove|without|stop|opt out of)\b[^.?!]*\bfuture "
-    r"(texts?|txts?|messages|msgs|contact|emails?|calls?|notifications|communications?)\b"
     r"|\bnot the (\w+ )?(person|one|guy|girl|lady|man|woman|individual|customer|contact) "
     r"(you|u)\b"
     r"|\b(nobody|no one|noone|no body) (asked|wants|cares|needs)\b"
     r"|\b(get|stay|keep|go|step) (off|out of|outta|away from) (my|this) (phone|cell|number|line|"
     r"inbox|texts|messages|dms)\b"
     r"|\bblow\w* up (my|this) (phone|cell|number|line)\b"
-    r"|\b(not|never|stop|quit|no more|dont)\b[^.?!]*\b(hit(ting)? (me|us) up)\b"
     r"|\b(be|been|being|get|got|gotten) (taken|removed|deleted|erased|unsubscribed|dropped)"
     r" ?(off|out|from|$)"
     r"|\b(number|numero) (\w+ ){0,2}(ya )?no es (de|mi|su|el|mio|mia|nuestro|correcto)\b"
     r"|\b(turn|shut|switch) (these|this|them|those|the (texts?|messages|alerts|notifications))"
     r" off\b"
-    r"|\b(less|fewer|reduce|cut down|cut back|limit|lower)\b[^.?!]*\b(texts?|txts?|messages|"
-    r"msgs|texting|messaging|notifications|alerts|emails|calls|frequency)\b"
     r"|\b(text|txt|message|msg|contact|call|email)(ing)? (me|us) less\b"
     r"|\bonly (text|txt|message|msg|contact|call|email) (me |us )?(if|when|for|in)\b"
     r"|^\W*ya,? (por favor|porfa|please)\W*$"
@@ -2085,6 +2076,64 @@ _MESSAGE_RULES = re.compile(
     r"|\b(nunca|no) (\w+ )?(di|dimos|proporcione|comparti) (mi|este|nuestro) (numero|telefono|"
     r"celular|informacion|datos)\b"
 )
+
+
+# Rules of the form "A, then B later in the same sentence" ("why do you keep
+# texting me", "too many of your texts"), kept out of _MESSAGE_RULES: written there
+# as ``A[^.?!]*B``, each A was scanned to its sentence's end, so a long text with
+# no full stop took time in the square of its length. Here only a sentence's first
+# A is looked past (a B after a later A is after the first too), and the search
+# for B stops at the sentence's end, so each character is read a bounded number of
+# times. Each A can end only one way where it starts, so the first is the earliest.
+_GAP_RULES = tuple(
+    (re.compile(first), re.compile(then))
+    for first, then in (
+        (
+            r"\bwhy\b",
+            r"\b(texting|txting|texing|messaging|msging|msgin|contacting|calling|"
+            r"emailing|sending|spamming|writing|hitting) (me|us|my|this)\b",
+        ),
+        (
+            r"\bpor ?que\b",
+            r"\b(me|nos) (siguen |sigue |continuan |estan |vuelven a )?"
+            r"(escrib\w+|mand\w+|envi\w+|llam\w+|contact\w+|textea\w+|molest\w+)",
+        ),
+        (
+            r"\b(too|so|way too) (many|much|often|frequent)\b",
+            r"\b(texts?|txts?|messages|msgs|"
+            r"texting|messaging|sms|notifications|alerts|emails|calls)\b",
+        ),
+        (
+            r"\bnot (include|add|put|sign|enroll|subscribe|register|count) (me|us|my number)\b",
+            r"\b(texts?|messages?|list|future|calls?|emails?|alerts?|program|campaign)\b",
+        ),
+        (
+            r"\b(no|not|never|exclude|remove|without|stop|opt out of)\b",
+            r"\bfuture "
+            r"(texts?|txts?|messages|msgs|contact|emails?|calls?|notifications|communications?)\b",
+        ),
+        (r"\b(not|never|stop|quit|no more|dont)\b", r"\b(hit(ting)? (me|us) up)\b"),
+        (
+            r"\b(less|fewer|reduce|cut down|cut back|limit|lower)\b",
+            r"\b(texts?|txts?|messages|"
+            r"msgs|texting|messaging|notifications|alerts|emails|calls|frequency)\b",
+        ),
+    )
+)
+_SENTENCE_END = re.compile(r"[.?!]")
+
+
+def _gap_rule(plain: str) -> bool:
+    """Whether a sentence of ``plain`` has some rule's A and, after it, its B."""
+    start = 0
+    ends = [m.start() for m in _SENTENCE_END.finditer(plain)]
+    for end in [*ends, len(plain)]:
+        for first, then in _GAP_RULES:
+            found = first.search(plain, start, end)
+            if found and then.search(plain, found.end(), end):
+                return True
+        start = end + 1
+    return False
 
 
 # Every word the rules look for, as spelt: a token that is one of them is taken
