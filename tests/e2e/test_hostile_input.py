@@ -517,3 +517,41 @@ async def test_a_check_s_malformed_brand_is_bad_input_for_a_token_of_some_brands
             assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (rpc, err.details())
             assert [f for f, _ in status_details(err)] == ["brand"], (rpc, err.details())
         await admin.ListRevocationCandidates(queue)  # the one read that names it
+
+
+def _no_full_stop(length: int, tail: str) -> str:
+    """``length`` characters of "no no no ..." with no sentence punctuation, ending
+    in ``tail``: the text a classifier that looked past each "no" to the sentence's
+    end read in time in the square of its length."""
+    return ("no " * length)[: length - len(tail) - 1] + " " + tail
+
+
+async def test_a_long_text_without_punctuation_is_answered_within_its_deadline(runtime):
+    """A body at the length limit and one refused as too long, but still read for a
+    STOP, are both answered within the call's deadline and as the README says: the
+    first recorded as a reply to review, the second refused naming ``body`` and its
+    STOP held, or refused alone when it holds none."""
+    base = datetime.now(UTC) - timedelta(minutes=30)
+    async with client(runtime.address, "admin") as c:
+        await c.DefineCampaign(define("acme", "promo", base - timedelta(days=1), numbers=[NUMBER]))
+        await c.RecordOptIn(opt_in(PHONE, "acme", "promo", base))
+        written = await c.HandleInboundMessage(
+            inbound(
+                PHONE, NUMBER, _no_full_stop(4_096, "dont text me"), base + timedelta(seconds=1)
+            )
+        )
+        assert written.intent == api.INBOUND_INTENT_REVOCATION_CANDIDATE
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.HandleInboundMessage(
+                inbound(PHONE, NUMBER, _no_full_stop(65_536, "ok"), base + timedelta(seconds=2))
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+        assert "body" in [f for f, _ in status_details(err.value)]
+        assert held_info(err.value) is None  # no STOP in it, nothing held
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.HandleInboundMessage(
+                inbound(PHONE, NUMBER, _no_full_stop(65_536, "STOP"), base + timedelta(seconds=3))
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+        assert "body" in [f for f, _ in status_details(err.value)]
+        assert held_info(err.value) is not None  # its STOP, at the very end, is held
