@@ -1,0 +1,317 @@
+"""Every kind of event the ledger has, projected into a real PostgreSQL: batches
+just under and over the size at which new rows go in by ``COPY``, one event at a
+time, and a rebuild write the same rows; a batch delivered again changes nothing;
+and what an erasure erased stays erased after a rebuild."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from consent.v1 import ledger_pb2
+
+from ledger.campaigns import CampaignPolicy
+from ledger.events import (
+    BRAND_SETTINGS,
+    AgeVerified,
+    BrandPolicySet,
+    CampaignDefined,
+    CampaignPolicyChanged,
+    CandidateResolution,
+    CollectionMethod,
+    ConsentGranted,
+    ConsentRevoked,
+    ConsentTier,
+    DeliveryOutcome,
+    DeliveryOutcomeReported,
+    LedgerEvent,
+    LegalHoldPlaced,
+    LegalHoldReleased,
+    ListSource,
+    MessageKind,
+    MessageSent,
+    Recorded,
+    RevocationCandidateFlagged,
+    RevocationCandidateResolved,
+    RevocationChannel,
+    SubjectErased,
+    SubscriberLocated,
+)
+from ledger.personal_data import ERASED
+from ledger.ports import Stream
+from services.adapters.memory_keys import InMemorySubjectKeys
+from services.adapters.memory_ledger import InMemoryLedger
+from services.adapters.memory_view import InMemoryConsentView
+from services.adapters.postgres_view import (
+    _COPY_AT,
+    PROJECTION_TABLES,
+    PostgresConsentView,
+    _Writes,
+)
+from services.personal_data import PersonalData
+from services.projector import Projector, rebuild
+from services.wire.codec import encode_event, recorded_from_stored
+from tests.builders import T0, proof
+from tests.integration.test_projector_postgres import dump
+
+pytestmark = pytest.mark.postgres
+
+BRANDS = ("acme", "globex")
+CAMPAIGNS = ("promo", "alerts")
+PHONES = [f"+1415555{n:04d}" for n in range(120)]
+
+
+def _number(brand: str, campaign: str) -> str:
+    return f"+1202555{BRANDS.index(brand):02d}{CAMPAIGNS.index(campaign):02d}"
+
+
+def _id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+def _written_as_v1(event: LedgerEvent) -> bytes:
+    """``event`` as a writer of its class's version 1 stored it (in the clear)."""
+    env = ledger_pb2.EventEnvelope()
+    env.ParseFromString(encode_event(event))
+    env.schema_version = 1
+    return env.SerializeToString()
+
+
+async def every_kind() -> tuple[list[LedgerEvent], dict[uuid.UUID, bytes], PersonalData]:
+    """A stream of every event kind: campaign facts first, then for each phone and
+    brand an opt-in (sealed, or in the clear, some as version 1 wrote them, some
+    imported), a location, an age, sends with their numbers and outcomes, a
+    flagged reply held or resolved, opt-outs of a campaign or of the brand, legal
+    holds, and erasures with the keys they destroy (some followed by a new opt-in).
+    Returns the events, the stored bytes of those written as v1, and the sealer."""
+    personal = PersonalData(InMemorySubjectKeys())
+    events: list[LedgerEvent] = []
+    v1: dict[uuid.UUID, bytes] = {}
+    for brand in BRANDS:
+        for campaign in CAMPAIGNS:
+            events.append(
+                CampaignDefined(
+                    event_id=_id(),
+                    occurred_at=T0 - timedelta(days=30),
+                    brand=brand,
+                    campaign=campaign,
+                    policy=CampaignPolicy(sender_numbers=(_number(brand, campaign),)),
+                )
+            )
+    events.append(
+        BrandPolicySet(
+            event_id=_id(),
+            occurred_at=T0 - timedelta(days=29),
+            brand="globex",
+            campaign=BRAND_SETTINGS,
+            revoke_all=True,
+        )
+    )
+    clock = T0
+    for n, phone in enumerate(PHONES):
+        for brand in BRANDS:
+            campaign = CAMPAIGNS[n % 2]
+
+            def at(minutes: int, start: datetime = clock) -> datetime:
+                return start + timedelta(minutes=minutes)
+
+            common: dict[str, Any] = {"phone": phone, "brand": brand}
+            grant = ConsentGranted(
+                event_id=_id(),
+                occurred_at=at(0),
+                **common,
+                campaign=campaign,
+                tier=ConsentTier.PROMOTIONAL,
+                method=CollectionMethod.WEB_FORM,
+                proof=proof(at(0), region="CA"),
+                source=ListSource.PURCHASED if n % 7 == 3 else ListSource.FIRST_PARTY,
+            )
+            located = SubscriberLocated(
+                event_id=_id(), occurred_at=at(1), **common, region="NY", detail="said so"
+            )
+            if n % 3 == 0:  # in the clear, as written before sealing
+                v1[grant.event_id] = _written_as_v1(grant)
+                v1[located.event_id] = _written_as_v1(located)
+                mine = [grant, located]
+            else:
+                mine = await personal.seal([grant, located])
+            send = MessageSent(
+                event_id=_id(),
+                occurred_at=at(2),
+                **common,
+                message_id=f"m-{n}-{brand}",
+                campaign=campaign,
+                kind=MessageKind.REGULAR,
+                included_opt_out_language=True,
+                identified_sender=True,
+                from_number=_number(brand, campaign),
+            )
+            flag = RevocationCandidateFlagged(
+                event_id=_id(),
+                occurred_at=at(4),
+                **common,
+                inbound_message_id=f"in-{n}-{brand}",
+                text="please no more",
+                to_number=_number(brand, campaign),
+                campaign=campaign,
+            )
+            mine += [
+                AgeVerified(event_id=_id(), occurred_at=at(1), **common, method="id_scan"),
+                send,
+                DeliveryOutcomeReported(
+                    event_id=_id(),
+                    occurred_at=at(3),
+                    **common,
+                    message_id=send.message_id,
+                    campaign=campaign,
+                    outcome=list(DeliveryOutcome)[n % 3],
+                    error_code="30003" if n % 3 else "",
+                ),
+                flag,
+            ]
+            if n % 4 != 0:  # else the hold stays pending
+                mine.append(
+                    RevocationCandidateResolved(
+                        event_id=_id(),
+                        occurred_at=at(5),
+                        **common,
+                        candidate_event_id=flag.event_id,
+                        resolution=list(CandidateResolution)[n % len(CandidateResolution)],
+                        resolved_by="reviewer",
+                    )
+                )
+            if n % 5 == 1:
+                mine.append(
+                    ConsentRevoked(
+                        event_id=_id(),
+                        occurred_at=at(6),
+                        **common,
+                        campaign=None if n % 2 else campaign,
+                        channel=RevocationChannel.KEYWORD,
+                        text="STOP",
+                    )
+                )
+            if n % 6 == 2:
+                mine.append(
+                    LegalHoldPlaced(event_id=_id(), occurred_at=at(7), **common, hold_id="h1")
+                )
+                if n % 12 == 2:
+                    mine.append(
+                        LegalHoldReleased(event_id=_id(), occurred_at=at(8), **common, hold_id="h1")
+                    )
+            if n % 5 in (0, 3):
+                keys = await personal.keys.live(phone, brand)
+                mine.append(
+                    SubjectErased(
+                        event_id=_id(),
+                        occurred_at=at(9),
+                        **common,
+                        requested_by="dpo",
+                        key_ids=tuple(keys),
+                    )
+                )
+                await personal.keys.destroy(phone, brand, keys)
+                if n % 10 == 3:  # a fresh opt-in after the erasure
+                    mine += await personal.seal(
+                        [dataclasses.replace(grant, event_id=_id(), occurred_at=at(10))]
+                    )
+            events += mine
+        clock += timedelta(minutes=11)
+        if n % 13 == 0:
+            events.append(
+                CampaignPolicyChanged(
+                    event_id=_id(),
+                    occurred_at=clock,
+                    brand="acme",
+                    campaign="promo",
+                    policy=CampaignPolicy(daily_cap=2, sender_numbers=(_number("acme", "promo"),)),
+                )
+            )
+    return events, v1, personal
+
+
+class StoredLedger(InMemoryLedger):
+    """Reads its events back from the bytes a ledger stores, some as v1 wrote them."""
+
+    def __init__(self, partitions: int, v1: dict[uuid.UUID, bytes]) -> None:
+        super().__init__(partitions)
+        self.v1 = v1
+
+    async def read(self, *args: Any, **kwargs: Any) -> list[Recorded]:
+        return [
+            recorded_from_stored(
+                self.v1.get(r.event.event_id) or encode_event(r.event), r.position, r.recorded_at
+            )
+            for r in await super().read(*args, **kwargs)
+        ]
+
+
+async def test_every_kind_projects_alike_in_any_batch_and_in_a_rebuild(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events, v1, personal = await every_kind()
+    ledger = StoredLedger(2, v1)
+    copied: set[str] = set()
+    send = _Writes.send
+
+    def noted(writes: _Writes, table: str, rows: list[Any], *, new: bool = False) -> None:
+        if new and len(rows) >= _COPY_AT:
+            copied.add(table)
+        send(writes, table, rows, new=new)
+
+    monkeypatch.setattr(_Writes, "send", noted)
+    recorded = await ledger.append(events)
+    kinds = {type(r.event).__name__ for r in recorded}
+    assert len(kinds) == 17 - 3, sorted(kinds)  # all but a resume, a reconfirm, an inbound
+    view = PostgresConsentView(pool)
+
+    await Projector(ledger, view).catch_up(batch_size=1)
+    one_by_one = await dump(view)
+    assert one_by_one["flagged_reply"] and one_by_one["message_use"]
+    results = {}
+    for batch in (_COPY_AT - 1, _COPY_AT + 50, 5000):
+        await view.reset()
+        await Projector(ledger, view).catch_up(batch_size=batch)
+        results[batch] = await dump(view)
+        if batch < _COPY_AT:
+            assert not copied
+    assert copied == {"event_copy", "subscriber_state", "consent_status"}
+    assert await rebuild(ledger, view, batch_size=_COPY_AT + 50) == len(recorded)
+    results[0] = await dump(view)
+    for batch, found in results.items():
+        for table in PROJECTION_TABLES:
+            assert found[table] == one_by_one[table], (batch, table)
+
+    # The states are the in-memory view's, which shares no code with this one.
+    memory = InMemoryConsentView()
+    await Projector(ledger, memory).catch_up(batch_size=5000)
+    for brand in BRANDS:
+        assert await view.subscriber_states(brand, PHONES) == await memory.subscriber_states(
+            brand, PHONES
+        )
+        assert await view.digests(brand, PHONES) == await memory.digests(brand, PHONES)
+
+    # After the rebuild, what an erasure erased reads erased and allows nothing.
+    erased_keys = {
+        (r.event.phone, r.event.brand): r.position.offset
+        for r in recorded
+        if isinstance(r.event, SubjectErased)
+    }
+    assert erased_keys
+    for (phone, brand), cut in erased_keys.items():
+        history = await personal.open(await view.history(phone, brand))
+        for r in history:
+            if isinstance(r.event, ConsentGranted) and r.position.offset < cut:
+                assert r.event.proof.name in (ERASED, ""), r.event
+        state = (await view.subscriber_states(brand, [phone]))[phone]
+        assert state.erased is not None and state.erased.position.offset == cut
+
+    # A batch delivered again changes nothing.
+    before = await dump(view)
+    for stream in Stream:
+        await view.apply(stream, await InMemoryLedger.read(ledger, stream, 0, 0, 5000))
+    assert await dump(view) == before
