@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import multiprocessing
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -136,7 +139,7 @@ async def _rebuild_in_processes(
     procs = [
         ctx.Process(
             target=_worker,
-            args=(settings, dsn, batch_size, share, workers, results),
+            args=(settings, dsn, batch_size, share, workers, results, os.getpid()),
             name=f"rebuild-{share}",
             daemon=True,
         )
@@ -168,9 +171,34 @@ async def _rebuild_in_processes(
     return count
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this process when ``parent`` ends, however it ends.
+
+    A rebuild stopped by SIGTERM or SIGKILL runs no ``finally``: its workers would
+    otherwise write on unseen, under a rebuild run again and past the operator who
+    stopped it. A batch cut off is rolled back with its positions, as for a killed
+    rebuild."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # it ended before the line above took effect
+        os._exit(1)
+
+
 def _worker(
-    settings: Settings, dsn: str, batch_size: int, share: int, shares: int, results: Any
+    settings: Settings,
+    dsn: str,
+    batch_size: int,
+    share: int,
+    shares: int,
+    results: Any,
+    parent: int,
 ) -> None:
+    _die_with(parent)
     results.put(asyncio.run(_catch_up_share(settings, dsn, batch_size, share, shares)))
 
 
