@@ -56,7 +56,8 @@ from services.personal_data import PersonalData
 from services.projector import Projector, rebuild
 from services.wire.codec import encode_event, recorded_from_stored
 from tests.builders import T0, proof
-from tests.integration.test_projector_postgres import dump
+from tests.integration.test_projection_batches import mixed_stream
+from tests.integration.test_projector_postgres import dump, filled_ledger
 
 pytestmark = pytest.mark.postgres
 
@@ -321,3 +322,25 @@ async def test_every_kind_projects_alike_in_any_batch_and_in_a_rebuild(
             again = await InMemoryLedger.read(ledger, stream, partition, 0, 5000)
             await view.apply(stream, again)
     assert await dump(view) == before
+
+
+@pytest.mark.parametrize("batch", [_COPY_AT - 1, _COPY_AT + 50])
+async def test_a_rebuild_keeping_request_ids_writes_what_the_projector_wrote(
+    pool: asyncpg.Pool, batch: int
+) -> None:
+    """A rebuild keeps ``request_use`` (writers took ids there): the facts of a request
+    whose id another request holds stay out, and reused message ids count once, as
+    they did when the projector first met them."""
+    ledger, _ = await filled_ledger(mixed_stream(1500))
+    view = PostgresConsentView(pool)
+    await Projector(ledger, view).catch_up(batch_size=300)
+    incremental = await dump(view)
+    taken = await pool.fetch("SELECT * FROM request_use ORDER BY brand, request_id")
+    assert taken
+
+    await rebuild(ledger, view, batch_size=batch)
+
+    rebuilt = await dump(view)
+    for table in PROJECTION_TABLES:
+        assert rebuilt[table] == incremental[table], table
+    assert await pool.fetch("SELECT * FROM request_use ORDER BY brand, request_id") == taken
