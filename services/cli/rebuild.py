@@ -165,7 +165,9 @@ async def _rebuild_in_processes(
     finally:
         for proc in procs:
             if proc.is_alive():
-                proc.terminate()
+                # SIGKILL, not SIGTERM: a stopped or stuck worker must not hold the
+                # rebuild's end; its batch under way rolls back with its positions.
+                proc.kill()
             proc.join()
     await view.finish_rebuild()
     return count

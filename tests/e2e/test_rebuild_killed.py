@@ -19,6 +19,8 @@ import pytest
 
 from services.adapters.kafka_ledger import KafkaLedger
 from services.adapters.postgres_view import PROJECTION_TABLES, PostgresConsentView
+from services.cli.main import INTERRUPTED as INTERRUPTED_CODE
+from services.cli.rebuild import INTERRUPTED
 from services.projector import Projector
 from services.settings import KafkaLedgerSettings
 from tests.e2e.harness import write_tokens
@@ -73,6 +75,7 @@ async def test_a_killed_rebuild_takes_its_workers_with_it_and_resumes_equal(
 
     await migrate(pool)
     left: list[int] = []
+    first: subprocess.Popen[bytes] | None = None
     try:
         events, _, _ = await every_kind()
         await ledger.append(events)
@@ -113,6 +116,9 @@ async def test_a_killed_rebuild_takes_its_workers_with_it_and_resumes_equal(
             os.kill(pid, signal.SIGSTOP)
         first.send_signal(sig)
         first.wait(timeout=60)
+        if sig == signal.SIGTERM:  # a stopped pod: said as for Ctrl-C
+            assert first.returncode == INTERRUPTED_CODE
+            assert INTERRUPTED in (tmp_path / "first.err").read_text()
         deadline = time.monotonic() + 30
         while any(map(running, workers)) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -127,6 +133,9 @@ async def test_a_killed_rebuild_takes_its_workers_with_it_and_resumes_equal(
         for table in PROJECTION_TABLES:
             assert await view.table_dump(table) == incremental[table], table
     finally:
+        if first is not None and first.poll() is None:
+            first.kill()
+            first.wait()
         for pid in left:  # the workers this test started, should they still run
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
