@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import asyncpg
@@ -22,9 +21,7 @@ from services.adapters.postgres_view import PROJECTION_TABLES, PostgresConsentVi
 from services.cli.main import INTERRUPTED as INTERRUPTED_CODE
 from services.cli.rebuild import INTERRUPTED
 from services.projector import Projector
-from services.settings import KafkaLedgerSettings
-from tests.e2e.harness import write_tokens
-from tests.e2e.test_rebuild_resume import applied
+from tests.e2e.test_rebuild_resume import applied, ledger_settings, rebuild_env
 from tests.integration.test_projection_every_kind import every_kind
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -58,15 +55,7 @@ def running(pid: int) -> bool:
 async def test_a_killed_rebuild_takes_its_workers_with_it_and_resumes_equal(
     tmp_path: Path, kafka_bootstrap: str, postgres_dsn: str, sig: signal.Signals
 ) -> None:
-    settings = KafkaLedgerSettings(
-        bootstrap_servers=kafka_bootstrap,
-        topic_prefix=f"test-{uuid.uuid4().hex[:10]}.",
-        subscriber_partitions=4,
-        replication_factor=1,
-        min_insync_replicas=1,
-        request_timeout_s=10,
-        append_timeout_s=15,
-    )
+    settings = ledger_settings(kafka_bootstrap)
     ledger = KafkaLedger(settings)
     await ledger.ensure_topics()
     await ledger.start()
@@ -82,18 +71,7 @@ async def test_a_killed_rebuild_takes_its_workers_with_it_and_resumes_equal(
         view = PostgresConsentView(pool)
         await Projector(ledger, view).catch_up(batch_size=150)
         incremental = {table: await view.table_dump(table) for table in PROJECTION_TABLES}
-        env = {
-            **os.environ,
-            "CONSENT_LEDGER": "kafka",
-            "CONSENT_KAFKA_BOOTSTRAP": kafka_bootstrap,
-            "CONSENT_KAFKA_TOPIC_PREFIX": settings.topic_prefix,
-            "CONSENT_KAFKA_PARTITIONS": "4",
-            "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
-            "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
-            "CONSENT_POSTGRES_DSN": postgres_dsn,
-            "CONSENT_AUTH_TOKENS_FILE": str(write_tokens(tmp_path / "tokens.json")),
-            "CONSENT_DATA_DIR": str(tmp_path / "data"),
-        }
+        env = rebuild_env(settings, postgres_dsn, tmp_path)
         command = [sys.executable, "-m", "services.cli", "rebuild", "--quiet", "--workers", "2"]
         first = subprocess.Popen(
             [*command, "--batch-size", "5"],

@@ -49,6 +49,35 @@ async def applied_on(conn: asyncpg.Connection) -> int:
         return 0
 
 
+def ledger_settings(bootstrap: str) -> KafkaLedgerSettings:
+    """A ledger of topics of its own, four partitions, for a rebuild to read."""
+    return KafkaLedgerSettings(
+        bootstrap_servers=bootstrap,
+        topic_prefix=f"test-{uuid.uuid4().hex[:10]}.",
+        subscriber_partitions=4,
+        replication_factor=1,
+        min_insync_replicas=1,
+        request_timeout_s=10,
+        append_timeout_s=15,
+    )
+
+
+def rebuild_env(settings: KafkaLedgerSettings, dsn: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of a ``consent-ledger rebuild`` of ``settings``' ledger into ``dsn``."""
+    return {
+        **os.environ,
+        "CONSENT_LEDGER": "kafka",
+        "CONSENT_KAFKA_BOOTSTRAP": settings.bootstrap_servers,
+        "CONSENT_KAFKA_TOPIC_PREFIX": settings.topic_prefix,
+        "CONSENT_KAFKA_PARTITIONS": str(settings.subscriber_partitions),
+        "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
+        "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
+        "CONSENT_POSTGRES_DSN": dsn,
+        "CONSENT_AUTH_TOKENS_FILE": str(write_tokens(tmp_path / "tokens.json")),
+        "CONSENT_DATA_DIR": str(tmp_path / "data"),
+    }
+
+
 def rebuild_command(env: dict[str, str], *options: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "services.cli", "rebuild", "--batch-size", str(BATCH), *options],
@@ -64,15 +93,7 @@ def rebuild_command(env: dict[str, str], *options: str) -> subprocess.Popen[str]
 async def test_an_interrupted_rebuild_resumes_where_it_stopped(
     tmp_path: Path, kafka_bootstrap: str, postgres_dsn: str
 ) -> None:
-    settings = KafkaLedgerSettings(
-        bootstrap_servers=kafka_bootstrap,
-        topic_prefix=f"test-{uuid.uuid4().hex[:10]}.",
-        subscriber_partitions=4,
-        replication_factor=1,
-        min_insync_replicas=1,
-        request_timeout_s=10,
-        append_timeout_s=15,
-    )
+    settings = ledger_settings(kafka_bootstrap)
     ledger = KafkaLedger(settings)
     await ledger.ensure_topics()
     await ledger.start()
@@ -85,18 +106,7 @@ async def test_an_interrupted_rebuild_resumes_where_it_stopped(
         for stream in Stream:
             total += sum((await ledger.end_offsets(stream)).values())
         assert total == EVENTS
-        env = {
-            **os.environ,
-            "CONSENT_LEDGER": "kafka",
-            "CONSENT_KAFKA_BOOTSTRAP": kafka_bootstrap,
-            "CONSENT_KAFKA_TOPIC_PREFIX": settings.topic_prefix,
-            "CONSENT_KAFKA_PARTITIONS": "4",
-            "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
-            "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
-            "CONSENT_POSTGRES_DSN": postgres_dsn,
-            "CONSENT_AUTH_TOKENS_FILE": str(write_tokens(tmp_path / "tokens.json")),
-            "CONSENT_DATA_DIR": str(tmp_path / "data"),
-        }
+        env = rebuild_env(settings, postgres_dsn, tmp_path)
 
         first = rebuild_command(env)
         deadline = time.monotonic() + 120
