@@ -218,6 +218,18 @@ def _every(decisions: dict[str, tuple[bool, Reason]]) -> set[tuple[bool, Reason]
     return set(decisions.values())
 
 
+def _assert_erased(
+    following: str, decisions: dict[str, tuple[bool, Reason]], state: ConsentState
+) -> None:
+    """Every reader denies as erased, or names the brand-wide opt-out ``following`` made."""
+    if FOLLOWING[following][1]:
+        assert _every(decisions) == {(False, Reason.REVOKED_BRAND_WIDE)}, decisions
+        assert state is ConsentState.REVOKED_BRAND_WIDE
+    else:
+        assert _every(decisions) == {(False, Reason.SUBJECT_ERASED)}, decisions
+        assert state is ConsentState.ERASED
+
+
 @pytest.mark.parametrize("purpose", PURPOSES.values(), ids=PURPOSES.keys())
 @pytest.mark.parametrize("following", FOLLOWING)
 def test_no_fact_after_an_erasure_but_a_fresh_opt_in_allows_and_each_reader_says_erased(
@@ -226,12 +238,7 @@ def test_no_fact_after_an_erasure_but_a_fresh_opt_in_allows_and_each_reader_says
     history = _history(stop_before=False, following=following)
     decisions, state = _answers(history, "promo", purpose, NOW)
 
-    if FOLLOWING[following][1]:
-        assert _every(decisions) == {(False, Reason.REVOKED_BRAND_WIDE)}, decisions
-        assert state is ConsentState.REVOKED_BRAND_WIDE
-    else:
-        assert _every(decisions) == {(False, Reason.SUBJECT_ERASED)}, decisions
-        assert state is ConsentState.ERASED
+    _assert_erased(following, decisions, state)
 
 
 @pytest.mark.parametrize("following", FOLLOWING)
@@ -260,12 +267,7 @@ def test_a_fresh_opt_in_after_the_erasure_allows_its_campaign_and_no_other(
     assert state is ConsentState.ACTIVE
 
     others, other_state = _answers(history, "deals", purpose, FRESH + timedelta(minutes=1))
-    if FOLLOWING[following][1]:
-        assert _every(others) == {(False, Reason.REVOKED_BRAND_WIDE)}, others
-        assert other_state is ConsentState.REVOKED_BRAND_WIDE
-    else:
-        assert _every(others) == {(False, Reason.SUBJECT_ERASED)}, others
-        assert other_state is ConsentState.ERASED
+    _assert_erased(following, others, other_state)
 
 
 @pytest.mark.parametrize("following", FOLLOWING)
