@@ -418,58 +418,38 @@ async def readings(c: Client, phones: list[str], clock: Clock, token: str) -> di
             for name, delta in MOMENTS.items():
                 at = now + delta
                 extra = {} if name == "now" else {"at": ts(at)}
-                batch = await c.CanSendBatch(
-                    api.CanSendBatchRequest(
-                        brand=brand,
-                        campaign=campaign,
-                        phones=phones,
-                        at_least_as_fresh=token,
-                        **extra,
-                    )
-                )
-                for phone, d in zip(phones, batch.decisions, strict=True):
-                    seen = (*brief(d)[:2], batch.provisional)
-                    out[("batch", name, phone, brand, campaign)] = seen
+                # Each moment as a regular message, and two of them as every other kind.
+                kinds: list[tuple[str, dict[str, Any]]] = [(name, {})]
                 if name in ("now", "10m_ago"):
-                    for kind in KINDS:
-                        kn = f"{name}/{lpb.MessageKind.Name(kind)}"
-                        batch = await c.CanSendBatch(
-                            api.CanSendBatchRequest(
-                                brand=brand,
-                                campaign=campaign,
-                                phones=phones,
-                                at_least_as_fresh=token,
-                                message_kind=kind,
-                                **extra,
-                            )
+                    kinds += [
+                        (f"{name}/{lpb.MessageKind.Name(k)}", {"message_kind": k}) for k in KINDS
+                    ]
+                for key, kind in kinds:
+                    batch = await c.CanSendBatch(
+                        api.CanSendBatchRequest(
+                            brand=brand,
+                            campaign=campaign,
+                            phones=phones,
+                            at_least_as_fresh=token,
+                            **extra,
+                            **kind,
                         )
-                        for phone, d in zip(phones, batch.decisions, strict=True):
-                            seen = (*brief(d)[:2], batch.provisional)
-                            out[("batch", kn, phone, brand, campaign)] = seen
+                    )
+                    for phone, d in zip(phones, batch.decisions, strict=True):
+                        seen = (*brief(d)[:2], batch.provisional)
+                        out[("batch", key, phone, brand, campaign)] = seen
                 for phone in phones:
                     asked = dict(
                         phone=phone, brand=brand, campaign=campaign, at_least_as_fresh=token
                     )
-                    r = await c.CanSend(api.CanSendRequest(**asked, **extra))
-                    out[("cansend", name, phone, brand, campaign)] = brief(r)
-                    if delta <= timedelta(0):
-                        r = await c.CanSendAsOf(
-                            api.CanSendAsOfRequest(**asked, at=ts(at), known_at=ts(now))
-                        )
-                        out[("asof", name, phone, brand, campaign)] = brief(r)
-                    if name in ("now", "10m_ago"):
-                        for kind in KINDS:
-                            kn = f"{name}/{lpb.MessageKind.Name(kind)}"
-                            r1 = await c.CanSend(
-                                api.CanSendRequest(**asked, **extra, message_kind=kind)
+                    for key, kind in kinds:
+                        r = await c.CanSend(api.CanSendRequest(**asked, **extra, **kind))
+                        out[("cansend", key, phone, brand, campaign)] = brief(r)
+                        if delta <= timedelta(0):
+                            r = await c.CanSendAsOf(
+                                api.CanSendAsOfRequest(**asked, at=ts(at), known_at=ts(now), **kind)
                             )
-                            out[("cansend", kn, phone, brand, campaign)] = brief(r1)
-                            r3 = await c.CanSendAsOf(
-                                api.CanSendAsOfRequest(
-                                    **asked, at=ts(at), known_at=ts(now), message_kind=kind
-                                )
-                            )
-                            out[("asof", kn, phone, brand, campaign)] = brief(r3)
+                            out[("asof", key, phone, brand, campaign)] = brief(r)
                     if name == "now":
                         d = phone[2:]
                         for form in (f"1{d}", f"({d[:3]}) {d[3:6]}-{d[6:]}", f" {phone}"):
