@@ -804,9 +804,9 @@ class KafkaLedger(EventLog):
 
 Header = tuple[str, bytes]
 Record = tuple[str, bytes, bytes, list[Header]]
+"""A record as handed to the producer: topic, key, value, headers."""
 _Queued = tuple[list[Record], asyncio.Future[list[RecordMetadata]], asyncio.Future[None]]
 """An append waiting to be sent: its records, its answer, and its settling."""
-"""A record as handed to the producer: topic, key, value, headers."""
 
 CONTENT_TYPE = "application/x-protobuf; messageType=consent.v1.EventEnvelope"
 """The ``content-type`` header of every record: what the value is."""

@@ -36,8 +36,6 @@ from services.usecases.context import BEHIND, Context
 from services.usecases.spellings import earlier_message_uses
 
 R = TypeVar("R")
-
-
 K = TypeVar("K", bound=Hashable)
 
 
