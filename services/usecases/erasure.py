@@ -16,9 +16,7 @@ of its subject take turns (``Erasure._turn``).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -41,7 +39,7 @@ from ledger.retention import (
 )
 from services.errors import NotConsistent, Refused
 from services.usecases.context import BEHIND, Context
-from services.usecases.requests import WriteResult, recorded_once
+from services.usecases.requests import Turns, WriteResult, recorded_once
 from services.usecases.spellings import earlier_history, in_ledger_order
 
 
@@ -59,22 +57,13 @@ class Erasure:
         """``keys``: where the subjects' keys are (None: nothing is sealed, and an
         erasure only records itself and hides what it can on read)."""
         self.ctx, self.keys, self.retention = ctx, keys, retention
-        self._turns: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
+        self._turns: Turns[tuple[str, str]] = Turns()
 
-    @asynccontextmanager
-    async def _turn(self, phone: str, brand: str) -> AsyncIterator[None]:
+    def _turn(self, phone: str, brand: str) -> AbstractAsyncContextManager[None]:
         """The subject's turn on this instance: an erasure and a hold (or a release) of
         one subject go one at a time, so a hold placed here while an erasure is
         decided is recorded after it, never acknowledged and then ignored."""
-        lock, users = self._turns.setdefault((phone, brand), (asyncio.Lock(), [0]))
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._turns[(phone, brand)]
+        return self._turns.turn((phone, brand))
 
     async def verdict(self, phone: str, brand: str) -> ErasureVerdict:
         """Whether the subject may be erased now, from its whole history."""
