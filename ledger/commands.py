@@ -1718,7 +1718,8 @@ def held_opt_out(cmd: HoldRefusedOptOut, refused: str, now: datetime) -> list[Le
     wrong with it); ``refused`` says why the record was refused. Raises
     ``InvalidRequest`` when its number or brand cannot be read: nothing to hold.
 
-    An import learns of an opt-out after it happened: flagged at the import, the
+    An import learns of an opt-out after it happened, and so may a live write (a
+    backfill, a gateway delivering a STOP late): flagged when refused, the
     history said the number could be texted between the two, and an audit of a send
     then (``CanSendAsOf``) read "allowed" once the opt-out was known. Its deadline
     is counted from its own time too, as a revocation's is from when it came.
@@ -1742,10 +1743,13 @@ def held_opt_out(cmd: HoldRefusedOptOut, refused: str, now: datetime) -> list[Le
         # Each hold is reviewed alone: say it has siblings, for the reviewer to find.
         text = f"{text}; its number reads as {' and as '.join(phones)}: held under each"
     # One candidate per reading, each its own event id (its index): a retry of the
-    # request holds each once.
+    # request holds each once. A live hold's ids leave its time out, as they did
+    # before it was placed there: its ``record`` digests the whole request, time
+    # included, and a retry of a request held by an earlier version holds it once.
+    keyed = dataclasses.replace(cmd, occurred_at=None) if live else cmd
     return [
         RevocationCandidateFlagged(
-            **_base(cmd, i, at, brand),
+            **_base(keyed, i, at, brand),
             phone=phone,
             brand=brand,
             inbound_message_id="",

@@ -91,11 +91,15 @@ def _hold(message: api_pb2.RecordOptOutRequest) -> HoldRefusedOptOut:
     campaign = message.campaign if message.HasField("campaign") else None
     return HoldRefusedOptOut(
         message.request_id, message.phone, message.brand, said, campaign,
-        occurred_at=_time(message),
+        occurred_at=own_time(message),
     )  # fmt: skip
 
 
-def _time(message: api_pb2.RecordOptOutRequest) -> datetime | None:
+def own_time(
+    message: api_pb2.RecordOptOutRequest | api_pb2.HandleInboundMessageRequest,
+) -> datetime | None:
+    """A refused opt-out's (or STOP's) own time, where it is a time at all: its hold
+    is placed there (``ledger.commands.held_opt_out``)."""
     if not message.HasField("occurred_at"):
         return None
     try:

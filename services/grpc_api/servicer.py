@@ -1066,6 +1066,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             _digest(request),
             campaign,
             via=HELD_OPT_OUT,
+            occurred_at=imports_api.own_time(request),
         )
         # A brand left out, blank or unreadable ("Acme!") names none to hold it
         # under: it was one of the caller's, so it is held under each of them.
@@ -1208,6 +1209,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
                     recorded_by=principal.name,
                     unowned_brands=unowned,
                     held_before_as=_earlier_digest(request),
+                    occurred_at=imports_api.own_time(request),
                 ),
             )
             raise

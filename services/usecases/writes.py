@@ -633,6 +633,7 @@ class Writes:
         recorded_by: str = "",
         unowned_brands: Sequence[str] = (ANY_BRAND,),
         held_before_as: str | None = None,
+        occurred_at: datetime | None = None,
     ) -> None:
         """``hold_refused_opt_out`` for an inbound text refused for a detail (a time far
         ahead or missing, a NUL, a text or message id too long, none; or its request
@@ -642,7 +643,8 @@ class Writes:
         with none or that number unreadable, under each of ``unowned_brands``, as a
         STOP to a number no campaign sends from is kept.
 
-        The fields are the request's as sent; ``record`` digests the whole of it.
+        The fields are the request's as sent; ``record`` digests the whole of it, and
+        ``occurred_at`` is its time where that is one (the hold is placed there).
 
         Any refused text to a number of a brand ``authorize`` refuses, a STOP or not,
         is refused for that brand first (``PermissionDenied``), as the same text
@@ -669,7 +671,10 @@ class Writes:
             brand, campaign = owner
         else:
             authorize, brands = _anyone, unowned_brands
-        hold = HoldRefusedOptOut(request_id, from_phone, brand, record, campaign, via=HELD_INBOUND)
+        hold = HoldRefusedOptOut(
+            request_id, from_phone, brand, record, campaign,
+            via=HELD_INBOUND, occurred_at=occurred_at,
+        )  # fmt: skip
         await self.hold_refused_opt_out(
             hold,
             refused,

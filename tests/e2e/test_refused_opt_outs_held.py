@@ -809,3 +809,39 @@ async def test_a_hold_past_its_deadline_is_overdue_in_every_audit_read(service):
     [deadline] = consent.pending_deadlines
     assert deadline.candidate_event_id == held and deadline.overdue, consent
     assert listed.overdue and listed.due_at == deadline.due_at, listed
+
+
+async def test_a_live_opt_out_held_takes_its_place_at_its_own_time(service):
+    """A live opt-out or STOP refused for a detail but whose own time reads (in the
+    past, as a backfill or a late gateway sends it) was held at the moment it was
+    refused. CanSendAsOf of a send between the two, asked with all the ledger knows,
+    answered allowed for a number whose opt-out was on record by then, and so did the
+    proof packet and the sweep: the hold now goes at the opt-out's own time, as an
+    import's does."""
+    runtime, clock = service
+    said, before, between = (clock.now - timedelta(hours=h) for h in (2, 3, 1))
+    record, text = phone(100), phone(101)
+    await opted_in(runtime, [record, text], clock.now)
+    async with client(runtime.address, "acme-app") as c:
+        wrote = opt_out(record, "acme", "promo", said, channel=0)
+        texted = inbound(text, ACME_NUMBER, "STOP", said, message_id="")
+        held = [
+            held_info(await refused(c.RecordOptOut, wrote)),
+            held_info(await refused(c.HandleInboundMessage, texted)),
+        ]
+    async with client(runtime.address) as admin:
+        for number, info in zip((record, text), held, strict=True):
+            assert info is not None, number
+            for at, allowed in ((before, True), (between, False)):
+                answer = await admin.CanSendAsOf(
+                    api.CanSendAsOfRequest(
+                        phone=number,
+                        brand="acme",
+                        campaign="promo",
+                        at=ts(at),
+                        at_least_as_fresh=info["consistency_token"],
+                    )
+                )
+                assert answer.allowed is allowed, (number, at, answer)
+            assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
+            assert list(answer.evidence_event_ids) == [info["candidate_event_id"]], answer

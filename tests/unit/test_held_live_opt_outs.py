@@ -61,6 +61,19 @@ def test_a_live_hold_has_an_id_of_its_own_derived_from_the_request():
     assert replace(hold, via="").request_id.startswith("held-")
 
 
+def test_a_live_hold_goes_at_its_own_time_under_the_ids_it_had_before():
+    """A live opt-out whose time reads is held there, not when it was refused; its
+    events keep the ids a hold of the same request had when it went at the refusal,
+    so a retry across the upgrade holds it once."""
+    for via in (HELD_OPT_OUT, HELD_INBOUND):
+        hold = _live(via=via)
+        [before] = held_opt_out(hold, "channel: is required", at(10))
+        [placed] = held_opt_out(replace(hold, occurred_at=at(2)), "channel: is required", at(10))
+        assert (before.occurred_at, placed.occurred_at) == (at(10), at(2))
+        assert placed.event_id == before.event_id
+        assert placed.request_fingerprint == before.request_fingerprint
+
+
 def test_a_live_hold_is_marked_refused_not_imported_nor_a_reply():
     (held,) = held_opt_out(_live(), "occurred_at: is in the future", at(1))
     assert held.refused and not held.imported and not held.unattributed
