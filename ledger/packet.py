@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ledger.deadlines import revocation_due
+from ledger.digest import digest_of, with_phone_wide
 from ledger.events import (
     ANY_BRAND,
     BRAND_SETTINGS,
@@ -46,6 +47,7 @@ from ledger.events import (
 from ledger.keywords import Intent
 from ledger.policy import Decision, Obligation, as_one_number, decide_as_of, revokes_all
 from ledger.state import CampaignHistory, SubscriberState, fold, fold_campaign, retained_facts
+from ledger.status import ConsentState, consent_state
 from ledger.validation import is_blank
 
 PACKET_VERSION = 1
@@ -222,6 +224,11 @@ class TimelinePoint:
     label: str
     event_id: str
     campaign: str | None
+    state: str | None = None
+    """Where consent stands once this fact and every one before it in world order
+    are folded (``ledger.status.consent_state``, as GetConsent reads it): ``active``,
+    ``revoked``, ``review`` or ``none``; None for a point that changes no consent (a
+    message, a text), which leaves it as the point before it did."""
 
 
 @dataclass(frozen=True)
@@ -459,7 +466,7 @@ def assemble(
         replies=replies,
         other=other,
         events=tuple(EventRef.of(r) for r in shown),
-        timeline=tuple(_timeline(shown)),
+        timeline=tuple(_timeline(shown, folded, campaign, revoke_all)),
         missing=missing,
     )
 
@@ -826,11 +833,80 @@ _KIND_POINT = {
 }
 
 
-def _timeline(shown: Sequence[Recorded]) -> list[TimelinePoint]:
+_CONSENT_POINTS = frozenset({"grant", "stop", "flag", "resolution", "resume", "reconfirmation"})
+"""The timeline's points that may change where consent stands."""
+_CONSENT_FACTS = (
+    ConsentGranted
+    | ConsentRevoked
+    | RevocationCandidateFlagged
+    | RevocationCandidateResolved
+    | ConsentResumed
+    | ConsentReconfirmed
+)
+
+_PICTURED = {
+    ConsentState.ACTIVE: "active",
+    ConsentState.PENDING_REVIEW: "review",
+    ConsentState.REVOKED: "revoked",
+    ConsentState.REVOKED_BRAND_WIDE: "revoked",
+    ConsentState.NEVER_GRANTED: "none",
+    ConsentState.ERASED: "none",
+}
+
+
+def _states_after(
+    folded: Sequence[Recorded], wanted: set[str], campaign: str | None, revoke_all: set[str]
+) -> dict[str, str]:
+    """For each fact of ``wanted`` (event ids), where consent stands once it and every
+    fact before it in world order are folded, as GetConsent reads the fold: for
+    ``campaign``, or for the brand's campaigns (active if any one is).
+
+    The picture once took each point's kind for the state it left: an opt-in drew
+    "active" after it where the fold denies (an opt-out at the same instant, which
+    wins the tie; an opt-out held for review before it; a START with no opt-in)."""
+    states = {False: SubscriberState(), True: SubscriberState()}  # brand's, ANY_BRAND's
+    found: dict[str, str] = {}
+    for r in sorted(folded, key=lambda r: r.order_key):
+        wide = isinstance(r.event, SubscriberEvent) and r.event.brand == ANY_BRAND
+        states[wide] = fold([r], states[wide])
+        if str(r.event.event_id) not in wanted:
+            continue
+        digest = digest_of(states[False])
+        if states[True].pending_candidates():
+            digest = with_phone_wide(digest, digest_of(states[True])) or digest
+        pending = digest.pending
+        names = [campaign] if campaign is not None else sorted(digest.campaigns) or [""]
+        pictured = {
+            _PICTURED[
+                consent_state(
+                    digest,
+                    name,
+                    pending_review=bool(pending),
+                    unattributed=any(p.unattributed for p in pending),
+                    revoke_all=name in revoke_all,
+                )
+            ]
+            for name in names
+        }
+        found[str(r.event.event_id)] = next(
+            s for s in ("active", "review", "revoked", "none") if s in pictured
+        )
+    return found
+
+
+def _timeline(
+    shown: Sequence[Recorded],
+    folded: Sequence[Recorded],
+    campaign: str | None,
+    revoke_all: set[str],
+) -> list[TimelinePoint]:
+    """The picture's points, each consent fact with the state it leaves (``_states_after``)."""
     points = []
+    wanted = {str(r.event.event_id) for r in shown if isinstance(r.event, _CONSENT_FACTS)}
+    after = _states_after(folded, wanted, campaign, revoke_all)
     for r in sorted(shown, key=lambda r: r.order_key):
         e = r.event
-        campaign = getattr(e, "campaign", None)
+        named = getattr(e, "campaign", None)
         if isinstance(e, ConsentGranted):
             kind, label = "grant", f"opt-in {e.campaign}"
         elif isinstance(e, MessageSent):
@@ -856,7 +932,8 @@ def _timeline(shown: Sequence[Recorded]) -> list[TimelinePoint]:
             kind, label = "reply", _short(e.body, 16)
         else:
             continue
-        points.append(TimelinePoint(e.occurred_at, kind, label, str(e.event_id), campaign))
+        state = after.get(str(e.event_id)) if kind in _CONSENT_POINTS else None
+        points.append(TimelinePoint(e.occurred_at, kind, label, str(e.event_id), named, state))
     return points
 
 

@@ -3,8 +3,9 @@ with the PDF's own lines and circles, so both show the same thing.
 
 Points are placed in order, evenly, in rows (a confirmation a minute after a STOP
 and a message a month later are both legible that way); the time is written under
-each. The line between two points is coloured by the consent the latest consent
-fact left standing: none yet, active, opted out, or a reply under review. Long runs
+each. The line between two points is coloured by where the fold of the facts up to
+the latest consent fact leaves consent (``ledger.packet``, as GetConsent reads it):
+none yet, active, opted out, or an opt-out under review. Long runs
 of ordinary messages are drawn as one point that counts them.
 """
 
@@ -140,20 +141,13 @@ def _merged(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def layout(timeline: list[dict[str, Any]]) -> Layout:
     state = "none"
-    flagged_from: list[str] = []
     marks = []
     for i, p in enumerate(_merged(timeline)):
         kind = p["kind"]
-        if kind in ("grant", "resume", "reconfirmation"):
-            state = "active"
-        elif kind == "stop":
-            state = "revoked"
-        elif kind == "flag":
-            flagged_from.append(state)
-            state = "review"
-        elif kind == "resolution":
-            before = flagged_from.pop() if flagged_from else state
-            state = "revoked" if p["label"] == "revoked" else before
+        # Where the fold of the facts leaves consent (``ledger.packet``), not the
+        # point's kind: an opt-in at the instant of an opt-out, or after a hold,
+        # leaves it denied. A message or a text leaves it as it was.
+        state = p.get("state") or state
         letter, colour, _ = STYLE.get(kind, ("·", "#000000", kind))
         when = _when(p["at"]) + (f" to {_when(p['until'])}" if "until" in p else "")
         marks.append(Mark(i // PER_ROW, i % PER_ROW, kind, letter, colour, p["label"], when, state))

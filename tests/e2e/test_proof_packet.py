@@ -9,6 +9,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import sys
 import uuid
 from dataclasses import replace
@@ -23,6 +24,7 @@ from google.protobuf import json_format
 
 from ledger.ports import ConsistencyToken
 from services.checkpoints import Keyring, PublicKey, SigningKey
+from services.packets import timeline
 from services.proofs import check_bundle
 from tests.e2e.harness import (
     TOKENS,
@@ -32,12 +34,14 @@ from tests.e2e.harness import (
     inbound,
     kafka_settings,
     opt_in,
+    opt_out,
     proof,
     running,
     service_settings,
     status_details,
     ts,
 )
+from tests.e2e.harness import imported as import_records
 from tests.e2e.test_readme import answers, run_after_walk_through
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -379,3 +383,38 @@ async def test_the_packet_carries_the_proof_of_its_events_against_signed_checkpo
     for record in proven:  # the signed bytes are the events the packet names
         envelope = lpb.EventEnvelope.FromString(record.value)
         assert envelope.event_id == events[(record.partition, record.offset)]
+
+
+async def test_the_timeline_picture_shows_consent_as_the_fold_of_the_facts_leaves_it(service):
+    """The picture coloured the line after each point by that point's kind alone: an
+    opt-in drew "consent active" after it even where CanSend denied by the facts'
+    own times (an opt-out at the same instant, which wins the tie, sent first as the
+    import command sends them; an opt-out held for review before it, or naming no
+    defined campaign; a START with no opt-in before it)."""
+    runtime, now = service
+    t1, t2, t3 = (now - timedelta(hours=h) for h in (3, 2, 1))
+    numbers = [f"+1415555{2793 + i}" for i in range(4)]
+    tied, held, unattributed, started = numbers
+    imported = [
+        api.ImportRecord(opt_out=opt_out(tied, "acme", None, t2)),
+        api.ImportRecord(opt_in=opt_in(tied, "acme", "promo", t2)),
+    ]
+    for number, named, channel in ((held, "promo", 0), (unattributed, "nope", 1)):
+        imported += [
+            api.ImportRecord(opt_in=opt_in(number, "acme", "promo", t1)),
+            api.ImportRecord(opt_out=opt_out(number, "acme", named, t2, channel=channel)),
+            api.ImportRecord(opt_in=opt_in(number, "acme", "promo", t3)),
+        ]
+    async with client(runtime.address, "acme-app") as c:
+        token = ConsistencyToken.decode((await import_records(c, *imported)).consistency_token)
+        w = await c.HandleInboundMessage(inbound(started, SENDER, "START", t2))
+        fresh = token.merge(ConsistencyToken.decode(w.consistency_token)).encode()
+        for number, state in zip(numbers, ("revoked", "review", "revoked", "none"), strict=True):
+            asked = dict(phone=number, brand="acme", campaign="promo", at_least_as_fresh=fresh)
+            answer = await c.CanSend(api.CanSendRequest(**asked))
+            assert not answer.allowed, (number, answer)
+            packet = await c.GetProofPacket(
+                api.GetProofPacketRequest(**asked, format=api.PACKET_FORMAT_HTML)
+            )
+            drawn = re.findall(r'<line [^>]*stroke="(#[0-9a-f]{6})"', packet.document.decode())
+            assert drawn[-1] == timeline.STATE_COLOURS[state][0], (number, state, drawn)
