@@ -199,12 +199,20 @@ def _lexicon(table: dict[str, str]) -> dict[str, tuple[str, ...]]:
 
 
 # Mapped before NFKC, which would make the acute accent (U+00B4) a space and a combining mark.
-_APOSTROPHES = str.maketrans(dict.fromkeys("\u2019\u2018\u02bc\u2032\u00b4`", "'"))
+# The Hangul fillers are letters to Unicode (category Lo) that show nothing, so "STOP"
+# with one pasted beside it read as no keyword: they are read as the blank they show.
+_BEFORE_NFKC = str.maketrans(
+    {
+        **dict.fromkeys("\u2019\u2018\u02bc\u2032\u00b4`", "'"),
+        **dict.fromkeys("\u115f\u1160\u3164\uffa0", " "),
+    }
+)
 
 
 def _fold(text: str) -> str:
-    """``text`` with compatibility forms unified, apostrophes made ', and case folded."""
-    return unicodedata.normalize("NFKC", text.translate(_APOSTROPHES)).casefold()
+    """``text`` with compatibility forms unified, apostrophes made ', invisible Hangul
+    fillers made spaces, and case folded."""
+    return unicodedata.normalize("NFKC", text.translate(_BEFORE_NFKC)).casefold()
 
 
 def normalise(text: str) -> str:
@@ -1803,7 +1811,7 @@ def reads_like_an_opt_out(text: str) -> bool:
     """Whether ``text`` could be read as a wish to receive no more messages (see
     the module docstring)."""
     plain = _plain(text)
-    if _NOT_THAT_PERSON.search(unicodedata.normalize("NFKC", text.translate(_APOSTROPHES))):
+    if _NOT_THAT_PERSON.search(unicodedata.normalize("NFKC", text.translate(_BEFORE_NFKC))):
         return True
     if _OTHER_LANGUAGES.search(_fold(text)) or _OTHER_LANGUAGES.search(plain):
         return True

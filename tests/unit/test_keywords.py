@@ -752,6 +752,25 @@ def test_letters_of_other_scripts_drawn_like_latin_read_as_latin_for_a_stop(text
     assert classify(text) is intent
 
 
+@pytest.mark.parametrize("filler", ["\u115f", "\u1160", "\u3164", "\uffa0"])
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        ("STOP{}", Intent.OPT_OUT),
+        ("{}STOP", Intent.OPT_OUT),
+        ("S{0}T{0}O{0}P", Intent.OPT_OUT),
+        ("STOPALL{}", Intent.OPT_OUT_BRAND_WIDE),
+        ("unsubscribe{}", Intent.OPT_OUT),
+        ("please{}stop texting me", CANDIDATE),
+        ("START{}", Intent.OPT_IN),
+    ],
+)
+def test_a_hangul_filler_is_read_as_the_blank_it_shows(filler, text, intent):
+    # The fillers are letters to Unicode (category Lo) but show nothing: a STOP with
+    # one pasted beside it was read as conversation, and opened a conversation.
+    assert classify(text.format(filler)) is intent
+
+
 # Keyword spellings: the sets, plus the spaced and hyphenated forms people type.
 KEYWORDS = OPT_OUT_KEYWORDS | BRAND_WIDE_OPT_OUT_KEYWORDS | OPT_IN_KEYWORDS | HELP_KEYWORDS
 ANY_KEYWORD = st.sampled_from([*sorted(KEYWORDS), "OPT OUT", "opt-out", "stop all"])
