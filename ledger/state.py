@@ -691,6 +691,11 @@ class CampaignHistory:
         index, fact = known[-1]
         event = fact.event
         policy: CampaignPolicy = event.policy  # type: ignore[attr-defined]
+        # One-way, as the brand's setting: an opt-out of another campaign that ended
+        # this one's consent while it honoured revoke-all is not undone by a later
+        # version that leaves it out (only the person's newer consent is).
+        if not policy.revoke_all and any(f.event.policy.revoke_all for _, f in known):  # type: ignore[attr-defined]
+            policy = replace(policy, revoke_all=True)
         # One-way: the first setting that turned revoke-all on, as then known, keeps
         # it on; a later one that says otherwise lifts nothing.
         revoke_all_since = next(

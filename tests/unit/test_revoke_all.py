@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ledger.events import CampaignDefined, MessageKind, event_id_for
+from ledger.campaigns import CampaignPolicy
+from ledger.events import CampaignDefined, CampaignPolicyChanged, MessageKind, event_id_for
 from ledger.policy import REVOKE_ALL_EFFECTIVE, Reason, decide, decide_as_of
 from ledger.state import fold
 from tests.builders import campaign, granted, record, resumed, revoked
@@ -85,8 +86,35 @@ def test_past_moments_are_answered_by_the_rule_of_that_moment():
     assert now.reason is Reason.REVOKED_BRAND_WIDE
 
 
-def _defined(name: str):
-    rules = campaign(name)
+def test_a_campaign_that_honoured_it_keeps_it_when_a_later_change_leaves_it_out():
+    """alerts honoured the rule when the STOP to promo came, so the STOP ended alerts'
+    consent; a later change of alerts' rules that left ``revoke_all`` out let alerts
+    text the person again with no new consent. Taking the rule up is one-way, as the
+    brand's setting is; a moment before alerts took it up keeps the rules then."""
+    subscriber = record([granted(BEFORE - timedelta(days=5), "alerts"), revoked(BEFORE)])
+    took_up = _changed("took-up", BEFORE - timedelta(hours=1), revoke_all=True)
+    left_out = _changed("left-out", BEFORE + timedelta(hours=1))
+    history = [*record([_defined("alerts"), took_up, left_out]), *subscriber]
+    later = BEFORE + timedelta(hours=2)
+    assert decide_as_of(history, "alerts", later, later).reason is Reason.REVOKED_BRAND_WIDE
+    never = [*record([_defined("alerts"), left_out]), *subscriber]
+    assert decide_as_of(never, "alerts", later, later).allowed
+    before = BEFORE - timedelta(hours=2)
+    assert decide_as_of(history, "alerts", before, later).allowed
+
+
+def _changed(name: str, when: datetime, **policy: bool) -> CampaignPolicyChanged:
+    return CampaignPolicyChanged(
+        event_id=event_id_for(f"change-alerts-{name}"),
+        occurred_at=when,
+        brand="acme",
+        campaign="alerts",
+        policy=CampaignPolicy(**policy),
+    )
+
+
+def _defined(name: str, **policy: bool):
+    rules = campaign(name, **policy)
     return CampaignDefined(
         event_id=event_id_for(f"define-{name}"),
         occurred_at=BEFORE - timedelta(days=30),
