@@ -329,9 +329,9 @@ def _classify(text: str) -> Intent:
         if reads_like_an_opt_out(text):
             return Intent.REVOCATION_CANDIDATE
         return Intent.OPT_IN if word in OPT_IN_KEYWORDS else Intent.HELP
-    # A keyword with a digit or symbol for a letter ("QU1T", "3ND", "$TOP"): the
+    # A keyword with a digit or symbol for a letter ("QU1T", "3ND", "$TOP", "STØP"): the
     # person's STOP, written so a filter may miss it; held for a person to read.
-    if _OPT_OUT_RUN.fullmatch(normalise(_fold(text).translate(_LEET))):
+    if _drawn_opt_out(text):
         return Intent.REVOCATION_CANDIDATE
     if reads_like_an_opt_out(text):
         return Intent.REVOCATION_CANDIDATE
@@ -365,6 +365,32 @@ _CLAUSE_BREAK = re.compile(r"[.!?;,:\n\r\u2026()\[\]{}\"\u00a1\u00bf|/]+|\s[-\u2
 # of letters alone would lose.
 _TOKEN = re.compile(r"(?:[^\W_]|[$@](?=[^\W_]))+")
 _LEET = str.maketrans("013457@$", "oieastas")
+# Symbols and letters drawn like a keyword's letters that are no look-alike of another
+# script's alphabet (an O with a stroke, the empty set, a circle, the ideographic zero,
+# Malayalam TTHA; a down tack for T, a reversed S, a bar for I, Cyrillic TSE for U),
+# read only for a whole-message keyword, as the digits above are.
+_DRAWN = str.maketrans(
+    {
+        **dict.fromkeys("\u00f8\u2205\u25cb\u25ef\u3007\u2298\u0d20", "o"),
+        "\u22a4": "t",
+        "\u01a8": "s",
+        "|": "i",
+        "\u0446": "u",
+    }
+)
+
+
+def _drawn_opt_out(text: str) -> bool:
+    """Whether ``text`` is a run of opt-out keywords with digits (of any script: a
+    Kannada zero for the O), symbols or "()" drawn for letters ("ST()P"), or with an
+    l for the I ("QUlT")."""
+    folded = _fold(text).replace("()", "o")
+    digits = "".join(
+        str(unicodedata.decimal(ch)) if not ch.isascii() and ch.isdecimal() else ch for ch in folded
+    )
+    drawn = normalise(digits.translate(_LEET).translate(_DRAWN))
+    return bool(_OPT_OUT_RUN.fullmatch(drawn) or _OPT_OUT_RUN.fullmatch(drawn.replace("L", "I")))
+
 
 # Surface form -> canonical word(s). Abbreviations, slang, contractions written
 # without an apostrophe, and misspellings of words too short for edit distance.
