@@ -145,9 +145,10 @@ words for stop and unsubscribe (停止, 退订, 配信停止, 登録解除, 수�
 стоп, отписаться, прекратите, ngừng gửi, đừng nhắn, tigil, sispann, pa vle mesaj,
 abmelden, nicht mehr schreiben, hör auf, cancellami, rimuovimi, توقف, لا ترسل),
 and by their one-word replies for stop or cancel when that word is the whole
-reply (取消, TD, ストップ, 중지, 탈퇴, отмена, hủy, hinto, anile, kündigen, annulla,
-إيقاف and a few more; Spanish "para ya", "pará", "fin" and "se acabó" too, which
-"para" alone is not): other
+reply, a signature below it read through (取消, TD, ストップ, キャンセル, 중지, 탈퇴,
+отмена, hủy, hinto, anile, kündigen, annulla, إيقاف and a few more; Spanish "para
+ya", "pará", "fin" and "se acabó" too, which "para" alone is not, and Portuguese
+"sair"): other
 phrasings in them, and every other language, are not read beyond the keywords (STOP and the like,
 as the whole message), an English or Spanish word among their words, and the
 emoji.
@@ -1835,7 +1836,12 @@ _CLAUSE_RULES: tuple[Callable[[list[str]], bool], ...] = (
 
 def reads_like_an_opt_out(text: str) -> bool:
     """Whether ``text`` could be read as a wish to receive no more messages (see
-    the module docstring)."""
+    the module docstring), with or without a signature below it."""
+    unsigned = _SIGNATURE.sub("", text)
+    return _reads_like(text) or (unsigned != text and _reads_like(unsigned))
+
+
+def _reads_like(text: str) -> bool:
     plain = _plain(text)
     if _NOT_THAT_PERSON.search(unicodedata.normalize("NFKC", text.translate(_BEFORE_NFKC))):
         return True
@@ -1862,7 +1868,7 @@ _OTHER_LANGUAGES = re.compile(
     r"수신거부|수신 거부|그만 보내|보내지 ?마|그만해|구독 ?취소|구독 ?해지|"
     r"\bстоп\b|отпис|хватит|не пишите|не присылайте|удалите (мой )?номер|прекратите|"  # noqa: RUF001
     r"\b(ngung|dung|ngung lai) gui\b|\bhuy (dang|đang) ky\b|\bkhong muon nhan\b|"
-    r"\b(dung|đung) nhan (tin|nua)\b|\bkhong nhan tin\b|"
+    r"\b(dung|đung) nhan (tin|nua)\b|\bkhong nhan tin\b|\bđừng (nhắn|gửi)\b|"
     r"\btigil\b|\btumigil\b|\btama na\b|\b(huwag|wag) (nyo |mo |po )?na\b|\bayoko na\b|"
     r"\bsispann\b|\bpa voye\b|\bpa vle (okenn |ankò |anko )?mesaj\b|"
     r"\bstopp\b|\babmelden\b|\babbestellen\b|\bkeine (sms|nachrichten) mehr\b|"
@@ -1873,6 +1879,12 @@ _OTHER_LANGUAGES = re.compile(
     r"توقف|الغاء الاشتراك|إلغاء الاشتراك|أوقف|اوقف|لا ترسل|لا تراسل|"
     r"\bcero (mensajes|sms|textos)\b"
 )
+
+
+# A signature a phone or the person adds below the reply: after a line of "--", or a
+# last line "Sent from my ...". "取消" or "basta" with one below it is still the whole
+# reply, read as if alone.
+_SIGNATURE = re.compile(r"\n[ \t]*--[ \t]*\n.*\Z|\n[ \t]*sent from my [^\n]*\Z", re.I | re.S)
 
 
 def _letters(text: str) -> str:
@@ -1888,11 +1900,11 @@ _OTHER_LANGUAGE_REPLIES = frozenset(
     _letters(word)
     for words in (
         "取消 停 停止发送 td",  # Chinese (TD: 退订's letters, "reply TD to unsubscribe")
-        "配信解除 解除 ストップ やめて 止めて",  # Japanese
-        "중지 해지 수신해지 스톱 거부 그만 탈퇴",  # Korean
+        "配信解除 解除 ストップ キャンセル アンサブスクライブ 解約 不要 やめて 止めて",  # Japanese
+        "중지 해지 수신해지 스톱 거부 그만 탈퇴 불필요",  # Korean
         "отмена отписка отписаться",  # Russian
-        "dừng hủy từ_chối tu_choi ngừng",  # Vietnamese
-        "hinto itigil huwag",  # Tagalog
+        "dừng dừng_lại hủy huỷ từ_chối tu_choi ngừng",  # Vietnamese (huỷ: the older accent)
+        "hinto pahinto itigil huwag",  # Tagalog
         "anile kanpe",  # Haitian Creole
         "kündigen austragen aufhören",  # German
         "annulla disdici cancella fermati smettila smettetela",  # Italian
@@ -1900,6 +1912,7 @@ _OTHER_LANGUAGE_REPLIES = frozenset(
         # Spanish: "stop it" ("para" alone is "for", so only "para ya" and the
         # accented "pará"), "end" (the FIN a Spanish opt-out list offers), "it's over"
         "para_ya pará fin se_acabó",
+        "sair",  # Portuguese: the keyword Brazilian senders offer for STOP
     )
     for word in words.split()
 )

@@ -533,6 +533,36 @@ def test_a_reply_of_one_common_stop_word_of_the_ten_languages_is_a_candidate(tex
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        "Đừng nhắn",  # Vietnamese: don't text (the docstring's own words, read as conversation)
+        "đừng gửi",  # Vietnamese: don't send
+        "Huỷ",  # Vietnamese: cancel, with the older place of the accent
+        "Dừng lại",  # Vietnamese: stop
+        "キャンセル",  # Japanese: cancel, in katakana as ストップ is stop
+        "解約",  # Japanese: cancel the contract
+        "不要",  # Chinese and Japanese: don't want
+        "불필요",  # Korean: not needed
+        "Pahinto",  # Tagalog: stop
+        "SAIR",  # Portuguese: the keyword Brazilian senders offer for STOP
+        "取消\n--\nWang Wei",  # a one-word reply with the person's signature
+        "Fin\n\nSent from my iPhone",  # or the phone's
+        "basta\n-- \nMarta",
+    ],
+)
+def test_more_common_stop_words_and_one_word_replies_with_a_signature_are_candidates(text):
+    # Each read as conversation, so the person went on being texted.
+    assert classify(text) is CANDIDATE
+
+
+@pytest.mark.parametrize(
+    "text", ["Sair às 6?", "Dũng nhắn gì vậy?", "Hi\n--\nSent from my iPhone", "ok\n--\nFin"]
+)
+def test_those_words_in_a_sentence_or_a_signature_alone_stay_conversation(text):
+    assert classify(text) is CONVERSATION
+
+
+@pytest.mark.parametrize(
     ("text", "intent"),
     [
         ("START \U0001f6d1", CANDIDATE),  # a stop sign beside it: it said both
