@@ -1949,8 +1949,10 @@ _MESSAGE_RULES = re.compile(
     r"(are|r|re) "
     r"(so |really |very |super |getting |fucking |kinda |pretty |just )?(annoying|irritating|"
     r"a nuisance|spam|too much|useless|pointless|excessive|harassment)\b"
-    r"|^\W*(ugh|omg|seriously|wow|so|this is|that is|thats|its|it s|how)?\W*(so |really |very )?"
-    r"(annoying|irritating|not again|this again|again\?+)\W*$"
+    # Each \W* run here is read once: two side by side, or after "?+", would try every
+    # split of a long run of spaces or marks, in time the square of its length.
+    r"|^\W*((ugh|omg|seriously|wow|so|this is|that is|thats|its|it s|how)\W*)?(so |really |very )?"
+    r"(annoying|irritating|not again|this again|again\?)\W*$"
     r"|\b(no|not any|zero) (use|need) for (these|those|them|this|your|ur|any|the) ?(texts?|"
     r"messages|msgs|txts|promos|alerts|offers|stuff)?\b"
     r"|\bhow many (more )?times (do|does|must|will|should|have|did|am) (i|we) (\w+ ){0,3}(ask|say|"

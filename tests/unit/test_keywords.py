@@ -905,6 +905,10 @@ def _cpu(text: str) -> tuple[Intent, float]:
         ("dont text me ", CANDIDATE),
         ("stop ", CANDIDATE),  # past PEELED_AT_MOST stop words: held
         ("no\u00a0stop\u2009", CANDIDATE),
+        # "^ marks (ugh)? marks annoying" tried every split of a text of marks alone.
+        ("\n", CONVERSATION),
+        ("?", CONVERSATION),
+        ("\u3000", CONVERSATION),
     ],
 )
 def test_a_long_text_without_punctuation_is_read_in_time_linear_in_its_length(
