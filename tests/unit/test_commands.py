@@ -827,12 +827,29 @@ def test_a_proof_reports_what_it_lacks_of_the_provider_s_template():
         ("\u200b x", False),  # invisible first, then something to see
         ("   .", False),
         ("\u0301", False),  # a combining accent alone is a mark (Mn), not blank
+        # Invisible, though no format character: each was taken as proof.
+        ("\u3164", True),  # a Hangul filler (a letter, Lo)
+        ("\u115f\u1160\uffa0", True),  # the other Hangul fillers
+        ("\u034f", True),  # a combining grapheme joiner
+        ("\ufe0f", True),  # a variation selector
+        ("\u17b4", True),  # a Khmer inherent vowel
+        ("\u2800", True),  # a blank Braille pattern
+        ("\u3164x", False),
     ],
 )
 def test_a_proof_field_of_only_space_and_invisible_characters_is_missing(value, blank):
     assert is_blank(value) is blank
     missing = proof(email=value).template_missing(CollectionMethod.WEB_FORM)
     assert ("proof.email" in missing) is blank
+
+
+def test_a_web_form_opt_in_whose_proof_is_invisible_characters_is_refused():
+    # Every required field a Hangul filler: nothing a reader could see was proof, and
+    # the opt-in was recorded and allowed.
+    filled = {f: "\u3164" for f in ("name", "ip_address", "form_url", "screenshot_ref")}
+    with pytest.raises(MissingProofError) as err:
+        to_events(opt_in(proof=proof(**filled)), NOW)
+    assert err.value.field == "proof.name"
 
 
 def test_a_campaign_may_require_only_the_template_s_proof_fields():
