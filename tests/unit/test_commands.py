@@ -507,6 +507,16 @@ def test_age_verification_needs_a_date_or_the_21_plus_flag():
     assert err.value.field == "date_of_birth"
 
 
+@pytest.mark.parametrize("method", ["", " ", "\u200b", "\u3164", "\u2800"])
+def test_an_age_verification_naming_no_method_a_reader_can_see_is_refused(method):
+    # A Hangul filler or a blank Braille pattern named no way of verifying, yet opened
+    # the age gate of an alcohol or gambling campaign.
+    cmd = RecordAgeVerification("r", PHONE, BRAND, method, at(0), verified_21_plus=True)
+    with pytest.raises(InvalidRequest) as err:
+        to_events(cmd, NOW)
+    assert err.value.field == "method"
+
+
 def test_inconsistent_campaign_policy_is_refused():
     bad = CampaignPolicy(
         quiet_hours=QuietHours(
