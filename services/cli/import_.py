@@ -196,8 +196,8 @@ exit status:
      picks up where it stopped
   2  a usage error (no such file, an unknown format or column), or a file that
      holds no records (empty, a header only, blank lines): nothing was imported
-  130  interrupted (Ctrl-C); the summary says what was imported until then, if
-       the import had begun"""
+  130  interrupted (Ctrl-C, or SIGTERM); the summary says what was imported until
+       then, if the import had begun"""
 
 CHUNK = 500
 """Records in one message at most (about 100 KB of opt-ins with short proof)."""

@@ -184,7 +184,15 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
         return audit.run(args)
     if args.command == "import":  # so is import
-        return import_.run(args)
+        if threading.current_thread() is not threading.main_thread():
+            return import_.run(args)
+        # A stopped pod or a job's timeout sends SIGTERM: end as Ctrl-C does, with the
+        # summary of what was imported, rather than die without a word.
+        previous = signal.signal(signal.SIGTERM, _interrupted)
+        try:
+            return import_.run(args)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     from services.cli import migrate, rebuild
 

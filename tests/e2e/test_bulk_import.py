@@ -485,13 +485,16 @@ async def test_bytes_that_are_not_utf8_refuse_their_record_naming_line_and_field
     assert "proof.name: holds U+D800, half of a surrogate pair" in out, out
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 async def test_an_import_interrupted_by_ctrl_c_says_so_and_a_rerun_writes_each_record_once(
-    service, tmp_path, monkeypatch
+    service, tmp_path, monkeypatch, stop_signal
 ):
     """Ctrl-C ended the import with a traceback and no summary; now it cancels the
     call, tells what was imported (exit 130), and a run again completes the import
-    with every record in the ledger once. The service holds every append after the
-    first, so the interrupt lands midway whatever the machine's speed."""
+    with every record in the ledger once. SIGTERM (a stopped pod, a job's timeout)
+    killed it silently (exit -15, no summary); it ends as Ctrl-C does. The service
+    holds every append after the first, so the interrupt lands midway whatever the
+    machine's speed."""
     runtime, when = service
     ledger = runtime.ledger
     assert ledger is not None
@@ -517,7 +520,7 @@ async def test_an_import_interrupted_by_ctrl_c_says_so_and_a_rerun_writes_each_r
         str(export), "--address", runtime.address, token=TOKENS["acme-app"][0]
     )
     await asyncio.wait_for(held.wait(), 60)  # one message written, the next held
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop_signal)
     out_bytes, err_bytes = await asyncio.wait_for(process.communicate(), 60)
     out, err = out_bytes.decode(), err_bytes.decode()
     release.set()
