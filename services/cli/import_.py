@@ -93,7 +93,9 @@ connection:
 
 output:
   a progress bar on standard error (records acknowledged by the service, their
-  rate, the time left), then the summary on standard output:
+  rate, the time left), drawn in place on a terminal, else (a log) a plain line
+  every 5 s and one at the end, none with --quiet; then the summary on standard
+  output:
     imported 9,993 of 10,000 records from export.csv in 1.4 s (7,138 records/s)
       already present: 0
       refused: 7
@@ -532,13 +534,17 @@ def _run(args: argparse.Namespace) -> int:
     # Of the opt-outs refused whose number could not be read, so held under none: its
     # digits (``_digits_of``), and the line of the first.
     unread_numbers: dict[str, int] = {}
-    bar = tqdm(
-        total=total,
-        unit=" records",
-        disable=args.quiet,
-        file=sys.stderr,
-        mininterval=0.5,
-        dynamic_ncols=True,
+    bar: Any = (
+        tqdm(
+            total=total,
+            unit=" records",
+            disable=args.quiet,
+            file=sys.stderr,
+            mininterval=0.5,
+            dynamic_ncols=True,
+        )
+        if args.quiet or _terminal(sys.stderr)
+        else _LogLines(sys.stderr, total)
     )
 
     sent = 0  # records sent, over both calls
@@ -849,6 +855,69 @@ def _run(args: argparse.Namespace) -> int:
     for out_line in summary.lines(source, seconds, args.dry_run):
         print(out_line)
     return code or (1 if summary.refused else 0)
+
+
+def _terminal(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):  # replaced, or closed
+        return False
+
+
+class _LogLines:
+    """The progress bar's counts for a log (standard error a pipe or a file): a line
+    every ``every`` seconds, and the last count at the end, each a whole line of
+    plain text. The bar, drawn in place with carriage returns and block glyphs, left
+    a log a single line of them."""
+
+    def __init__(
+        self,
+        out: TextIO,
+        total: int | None,
+        *,
+        every: float = 5.0,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.out, self.total, self.every, self.clock = out, total, every, clock
+        self.done = 0
+        self.started = clock()
+        self.shown_at: float | None = None
+        self.shown = -1  # the count last written
+        self.closed = False  # as a bar: nothing more once closed
+        self.lock = threading.Lock()  # counted by the call's thread and the main one
+
+    def update(self, n: int = 1) -> None:
+        with self.lock:
+            self.done += n
+            now = self.clock()
+            if self.closed:
+                return
+            if self.shown_at is None or now - self.shown_at >= self.every:
+                self._show(now)
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.closed and self.done != self.shown:
+                self._show(self.clock())
+            self.closed = True
+
+    def _show(self, now: float) -> None:
+        from services.progress import clock_text
+
+        seconds = now - self.started
+        rate = self.done / seconds if seconds > 0 else 0.0
+        line = f"consent-ledger import: {self.done:,}"
+        if self.total:
+            line += f" of {self.total:,} records ({self.done / self.total:.0%})"
+        else:
+            line += " records"
+        line += f", {rate:,.0f} records/s"
+        if self.total and rate > 0 and self.done < self.total:
+            line += f", {clock_text((self.total - self.done) / rate)} left"
+        with contextlib.suppress(OSError, ValueError):  # a log gone is no reason to stop
+            self.out.write(line + "\n")
+            self.out.flush()
+        self.shown_at, self.shown = now, self.done
 
 
 OPT_INS = object()

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import fcntl
 import io
 import json
 import os
+import pty
 import re
 import signal
+import struct
 import sys
+import termios
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pypdf
@@ -1007,7 +1012,7 @@ async def test_the_progress_total_counts_records_not_lines(service, tmp_path):
 
         assert code == 0, out + err
         assert f"imported {records} of {records} records" in out, out
-        assert f"| {records}/{records} [" in err, err
+        assert f"import: {records} of {records} records" in err, err
 
 
 async def test_the_progress_total_counts_records_ended_by_an_old_macs_lone_carriage_returns(
@@ -1035,7 +1040,65 @@ async def test_the_progress_total_counts_records_ended_by_an_old_macs_lone_carri
 
         assert code == 0, out + err
         assert f"imported {records} of {records} records" in out, out
-        assert f"| {records}/{records} [" in err, err
+        assert f"import: {records} of {records} records" in err, err
+
+
+def read_terminal(leader: int) -> str:
+    """All a pseudo-terminal's program wrote, once the program has ended."""
+    drawn = b""
+    while True:
+        try:
+            piece = os.read(leader, 65536)
+        except OSError:  # EIO: every holder of the other end has closed it
+            break
+        if not piece:
+            break
+        drawn += piece
+    os.close(leader)
+    return drawn.decode()
+
+
+async def test_the_progress_is_drawn_in_place_on_a_terminal_and_in_plain_lines_in_a_log(
+    service, tmp_path
+):
+    """The bar was drawn with carriage returns and block glyphs wherever standard
+    error went, so that a log of the import (a pipe, a file) held "\r  0%|  | 0/12
+    [...]\r100%|█████| 12/12 [...]". On a terminal it is still drawn in place; in a
+    log it is plain lines, each whole; --quiet leaves it out."""
+    runtime, when = service
+    export = write_csv(tmp_path / "log.csv", export_rows(when)[:12])
+    argv = (sys.executable, "-m", "services.cli", "import", str(export), "--dry-run",
+            "--address", runtime.address)  # fmt: skip
+    env = {**os.environ, "CONSENT_TOKEN": TOKENS["acme-app"][0]}
+
+    async def run(*extra: str, stderr: Any) -> str:
+        process = await asyncio.create_subprocess_exec(
+            *argv, *extra, env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=stderr
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, out.decode() + (err or b"").decode()
+        assert "would import 12 of 12 records" in out.decode(), out.decode()
+        return (err or b"").decode()
+
+    piped = await run(stderr=asyncio.subprocess.PIPE)
+    log = tmp_path / "import.log"
+    with log.open("w") as file:
+        await run(stderr=file)
+    for written in (piped, log.read_text()):
+        assert "12 of 12 records" in written, repr(written)
+        # Nothing but printable ASCII and whole lines: no \r, no escape, no glyph.
+        assert re.fullmatch(r"([ -~]*\n)+", written), repr(written)
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        await run(stderr=follower)
+    finally:
+        os.close(follower)
+    drawn = await asyncio.to_thread(read_terminal, leader)
+    assert "\r" in drawn and "| 12/12 [" in drawn, repr(drawn)
+
+    assert await run("--quiet", stderr=asyncio.subprocess.PIPE) == ""
 
 
 async def test_a_dry_run_stream_answers_a_repeat_in_a_later_message_as_the_import_does(service):
@@ -2252,7 +2315,7 @@ async def test_rows_of_empty_values_below_a_spreadsheets_data_are_no_records(ser
     )
 
     assert code == 0 and "imported 2 of 2 records" in out and "refused: 0" in out, out + err
-    assert "| 2/2 [" in err, err
+    assert "import: 2 of 2 records" in err, err
 
 
 async def test_a_json_array_on_one_line_is_refused_as_a_file_in_bounded_memory(service, tmp_path):
