@@ -106,6 +106,11 @@ class Stopped(FormatError):
     imported, and the import fails (exit 1), unlike a file of unknown columns."""
 
 
+class Changed(Stopped):
+    """The file changed while it was read (an export still being written): it holds
+    records the import did not read."""
+
+
 @dataclass(frozen=True)
 class Unreadable:
     """A record that cannot be read: where, which field, why."""
@@ -1098,11 +1103,12 @@ def _records_on(raw: str) -> int:
     return 1
 
 
-def open_text(path: Path | None) -> TextIO:
+def open_text(path: Path | None, upto: int | None = None) -> TextIO:
     """The file as text, or standard input when ``path`` is None (UTF-8, a
     byte-order mark skipped; CSV's newlines kept as the csv module wants them). A
     byte that is not UTF-8 is read as a lone surrogate, which refuses the value
-    holding it (``parse_fields``), not the whole file.
+    holding it (``parse_fields``), not the whole file. With ``upto``, no further
+    than that many bytes: what is added to the file meanwhile is not read.
 
     A UTF-16 file is refused whole: read as UTF-8, its every line would be refused
     for its NUL bytes, none saying why. It is known by its byte-order mark, or
@@ -1113,7 +1119,35 @@ def open_text(path: Path | None) -> TextIO:
         if path is None
         else open(path, "rb")  # noqa: SIM115
     )
+    if upto is not None:
+        raw = io.BufferedReader(_Upto(raw.detach(), upto))
     return _text(raw, STDIN_NAME if path is None else path.name)
+
+
+class _Upto(io.RawIOBase):
+    """A file read no further than ``left`` bytes."""
+
+    def __init__(self, raw: Any, left: int) -> None:
+        super().__init__()
+        self.raw, self.left = raw, left
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.left <= 0:
+            return 0
+        read = self.raw.readinto(memoryview(buffer)[: self.left]) or 0
+        self.left -= read
+        return read
+
+    def fileno(self) -> int:
+        return int(self.raw.fileno())
+
+    def close(self) -> None:
+        if not self.closed:
+            self.raw.close()
+        super().close()
 
 
 def open_spooled(spooled: IO[bytes], name: str) -> TextIO:

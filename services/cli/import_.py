@@ -45,8 +45,9 @@ midway (killed, cut off, refused) never leaves a number allowed by an opt-in who
 opt-out further down the file is not in yet. So an opt-out and an opt-in under one
 import id: the opt-out is imported, the opt-in refused. Standard input or a pipe is
 copied to a temporary file first (at most 16 GiB; it is gone when the command ends).
-A file that cannot be read past a line, or that changes while it is imported, has
-its opt-outs before that line imported and no opt-in.
+A file that cannot be read past a line, or that changes while its opt-outs are
+read, has its opt-outs before that line imported and no opt-in. What is added to a
+file while it is imported is not read, and the import exits 1 saying it changed.
 
 file formats (UTF-8 text; from the extension, .csv or .jsonl/.ndjson, or --format):
   csv    a header row naming the fields below, one record a row; a quoted value
@@ -794,6 +795,11 @@ def _run(args: argparse.Namespace) -> int:
         if failure:  # the file stopped the import, the service answered all it was sent
             bar.close()
             print(f"{name}: {shown}: {failure[0]}", file=sys.stderr)
+            if isinstance(failure[0], import_files.Changed) and rows is None:
+                # Counted as it is now, the records added to it count as not sent.
+                with contextlib.suppress(OSError):
+                    now = import_files.count_records(path, fmt)
+                    summary.in_file = max(summary.in_file or 0, now or 0)
             if not opt_ins_begun.is_set():
                 print(f"{name}: {NO_OPT_IN}", file=sys.stderr)
             code = 1
@@ -951,27 +957,40 @@ def _opt_outs_first(
                 item = dataclasses.replace(item, field=shown)
             yield item
 
-    with _opened(path, spooled, shown) as text:
-        read_at = _version(text)
+    # A file, not a copy, may grow while it is read (an export still being written):
+    # both readings end where it ended as the first began, so that the second reads
+    # no opt-in whose opt-out the first did not read.
+    read_at = None if spooled is not None else _version_of(path)
+    upto = None if read_at is None else read_at[2]
+    with _opened(path, spooled, shown, upto) as text:
         yield from in_its_terms(import_files.read_records(text, fmt, False, mapping))
     yield OPT_INS
-    with _opened(path, spooled, shown) as text:
-        if _version(text) != read_at:
-            raise import_files.Stopped(
+    with _opened(path, spooled, shown, upto) as text:
+        if read_at is not None and _version(text) != read_at:
+            raise import_files.Changed(
                 "changed while its opt-outs were read (an export still being written?); "
                 "run the import again once it is whole"
             )
         yield from in_its_terms(import_files.read_records(text, fmt, True, mapping))
+        if read_at is not None and _version(text) != read_at:
+            raise import_files.Changed(
+                "changed while it was read (an export still being written?): what it "
+                "holds past what was read is not imported; run the import again once "
+                "it is whole"
+            )
 
 
-def _opened(path: Path | None, spooled: IO[bytes] | None, shown: str) -> TextIO:
-    """The file (or its copy, ``spooled``) as text, from its start."""
+def _opened(
+    path: Path | None, spooled: IO[bytes] | None, shown: str, upto: int | None = None
+) -> TextIO:
+    """The file (or its copy, ``spooled``) as text, from its start (up to ``upto``
+    bytes of the file)."""
     from services import import_files
 
     if spooled is not None:
         return import_files.open_spooled(spooled, shown)
     assert path is not None
-    return import_files.open_text(path)
+    return import_files.open_text(path, upto)
 
 
 def _raising(stopped: list[Any]) -> Iterator[Any]:
@@ -1027,7 +1046,16 @@ def _opted_out_unread(number: str, unread: dict[str, int]) -> int | None:
 
 def _version(text: TextIO) -> tuple[int, ...]:
     """What tells a file changed: its identity, size and time of change."""
-    found = os.fstat(text.fileno())
+    return _version_stat(os.fstat(text.fileno()))
+
+
+def _version_of(path: Path | None) -> tuple[int, ...]:
+    """``_version`` of the file at ``path`` before it is opened."""
+    assert path is not None
+    return _version_stat(os.stat(path))
+
+
+def _version_stat(found: os.stat_result) -> tuple[int, ...]:
     return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
 
 

@@ -627,6 +627,44 @@ async def test_an_import_stopped_after_its_first_message_allows_no_number_it_opt
     assert set(reasons.values()) == {"REASON_REVOKED"}, reasons
 
 
+async def test_an_export_still_being_written_is_stopped_counting_what_it_holds_now(
+    service, tmp_path, monkeypatch
+):
+    """An export that grew while its opt-outs were read is stopped before its
+    opt-ins (it may hold opt-outs the first reading missed), but the summary
+    measured it against the records counted before: "imported 2 of 4", the two added
+    counted nowhere. It counts them now among those not sent."""
+    runtime, when = service
+    ledger = runtime.ledger
+    assert ledger is not None
+    numbers = [f"+1646{5_900_000 + i:07d}" for i in range(3)]
+    rows = opted_in_then_out(when, {n: {} for n in numbers[:2]})
+    export = write_csv(tmp_path / "growing.csv", rows)
+    append, held, release = ledger.append, asyncio.Event(), asyncio.Event()
+
+    async def held_once(events):
+        if not held.is_set():
+            held.set()
+            await release.wait()
+        return await append(events)
+
+    monkeypatch.setattr(ledger, "append", held_once)
+    process = await started_import(
+        str(export), "--address", runtime.address, "--quiet", token=TOKENS["acme-app"][0]
+    )
+    await asyncio.wait_for(held.wait(), 60)  # the opt-outs sent, not yet answered
+    with export.open("a", newline="") as grown:
+        csv.DictWriter(grown, COLUMNS).writerows(opted_in_then_out(when, {numbers[2]: {}}))
+    release.set()
+    out_bytes, err_bytes = await asyncio.wait_for(process.communicate(), 60)
+    out, err = out_bytes.decode(), err_bytes.decode()
+
+    assert process.returncode == 1, out + err
+    assert "changed while its opt-outs were read" in err, err
+    assert "imported 2 of 6 records" in out, out
+    assert "not sent, the import stopped first: 4" in out, out
+
+
 async def test_an_import_whose_opt_outs_were_not_imported_for_now_sends_no_opt_in(
     service, tmp_path, monkeypatch
 ):

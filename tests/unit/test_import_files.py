@@ -596,3 +596,26 @@ def test_an_opt_out_held_for_another_field_is_sent_with_its_time_for_the_hold():
 
     assert isinstance(read, Unreadable) and read.field == "channel" and read.held is not None
     assert read.held.opt_out.occurred_at.ToJsonString() == "2026-11-02T09:30:00Z"
+
+
+def test_a_file_growing_while_its_opt_ins_are_read_is_read_no_further_than_it_was(tmp_path):
+    """An export still being written, grown while its opt-ins were read (past the
+    check between the two readings): the opt-ins added were read and imported, and
+    the opt-outs added, which that reading skips, were dropped without a word (exit
+    0, a number opted out left allowed). Both readings end where the file ended as
+    the first began, and a file changed by the end stops the import there."""
+    header, opt_in, opt_out, *_ = CSV.splitlines()
+    export = tmp_path / "growing.csv"
+    export.write_text(f"{header}\n{opt_in}\n")
+    items = import_._opt_outs_first(export, None, "csv", str(export))
+    assert next(items) is import_.OPT_INS
+    first = next(items)
+    assert isinstance(first, Read) and first.record.opt_in.request_id == "src-1"
+
+    later_in = opt_in.replace("src-1", "src-3").replace("+14155550100", "+14155550103")
+    with export.open("a") as grown:
+        grown.write(f"{opt_out}\n{later_in}\n")
+
+    with pytest.raises(Stopped, match="changed while it was read"):
+        for item in items:
+            assert not isinstance(item, Read), item  # nothing added is read
