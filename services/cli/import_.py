@@ -364,10 +364,11 @@ class Summary:
             f"  refused: {self.refused:,}",
         ]
         if self.unanswered:
-            out.append(
-                "  sent, no answer came (perhaps recorded: run the import again): "
-                f"{self.unanswered:,}"
+            # A dry run records nothing, answered or not.
+            perhaps = (
+                "run the dry run again" if dry_run else "perhaps recorded: run the import again"
             )
+            out.append(f"  sent, no answer came ({perhaps}): {self.unanswered:,}")
         if total > answered + self.unanswered:
             unsent = total - answered - self.unanswered
             out.append(f"  not sent, the import stopped first: {unsent:,}")
@@ -800,7 +801,7 @@ def _run(args: argparse.Namespace) -> int:
                 with contextlib.suppress(OSError):
                     now = import_files.count_records(path, fmt)
                     summary.in_file = max(summary.in_file or 0, now or 0)
-            if not opt_ins_begun.is_set():
+            if not opt_ins_begun.is_set() and not args.dry_run:
                 print(f"{name}: {NO_OPT_IN}", file=sys.stderr)
             code = 1
     except grpc.RpcError as exc:
@@ -815,13 +816,20 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{name}: {shown}: {failure[0]}", file=sys.stderr)
         else:
             print(f"{name}: {client.refusal(exc)}", file=sys.stderr)
-        print(
-            f"{name}: stopped after {summary.imported:,} records imported; running the "
-            "import again goes on from there (records already recorded are skipped)",
-            file=sys.stderr,
-        )
-        if not opt_ins_begun.is_set():
-            print(f"{name}: {NO_OPT_IN}", file=sys.stderr)
+        if args.dry_run:
+            print(
+                f"{name}: the dry run stopped after {answered:,} records checked; nothing "
+                "was written",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"{name}: stopped after {summary.imported:,} records imported; running the "
+                "import again goes on from there (records already recorded are skipped)",
+                file=sys.stderr,
+            )
+            if not opt_ins_begun.is_set():
+                print(f"{name}: {NO_OPT_IN}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         # Ctrl-C: end the call (the service stops on the chunks it has not answered)
@@ -833,11 +841,18 @@ def _run(args: argparse.Namespace) -> int:
         if answers is not None:
             answers.cancel()
         bar.close()
-        print(
-            f"{name}: interrupted after {summary.imported:,} records imported; running "
-            "the import again goes on from there (records already recorded are skipped)",
-            file=sys.stderr,
-        )
+        if args.dry_run:
+            print(
+                f"{name}: the dry run was interrupted after {answered:,} records checked; "
+                "nothing was written",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"{name}: interrupted after {summary.imported:,} records imported; running "
+                "the import again goes on from there (records already recorded are skipped)",
+                file=sys.stderr,
+            )
         code = INTERRUPTED
     finally:
         # A record repeated in the file was not sent: it fares as its first did (if

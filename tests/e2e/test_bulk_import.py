@@ -306,6 +306,9 @@ async def test_a_dry_run_checks_every_record_and_writes_nothing(service, tmp_pat
 
 
 async def test_a_token_without_the_write_scope_imports_nothing(service, tmp_path):
+    """A dry run refused so said what an import refused does: that it stopped "after
+    0 records imported", that "running the import again goes on from there" and
+    that "no opt-in was imported". A dry run imports nothing, whatever ends it."""
     runtime, when = service
     export = write_csv(tmp_path / "export.csv", export_rows(when)[:3])
     code, _, err = await import_cli(
@@ -313,6 +316,15 @@ async def test_a_token_without_the_write_scope_imports_nothing(service, tmp_path
     )
     assert code == 1
     assert "PERMISSION_DENIED" in err and "lacks the write scope" in err, err
+
+    code, out, err = await import_cli(
+        str(export), "--dry-run", "--address", runtime.address, token=TOKENS["acme-checker"][0]
+    )
+    assert code == 1
+    assert "PERMISSION_DENIED" in err and "lacks the write scope" in err, err
+    assert "the dry run stopped after 0 records checked; nothing was written" in err, err
+    assert "imported" not in err and "goes on from there" not in err, err
+    assert "dry run: nothing was written" in out, out
 
 
 async def test_the_embedded_default_imports_json_lines(tmp_path, data_dir):

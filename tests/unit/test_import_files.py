@@ -338,6 +338,9 @@ def test_the_summary_tells_records_sent_but_never_answered_from_those_not_sent()
     assert "  not sent, the import stopped first: 1,000" in text
     sent_all = import_.Summary(imported=500, in_file=1000, unanswered=500)
     assert not any("not sent" in line for line in sent_all.lines("e.csv", 1.0, False))
+    # A dry run records nothing, answered or not.
+    dry = summary.lines("export.csv", 1.0, dry_run=True)
+    assert "  sent, no answer came (run the dry run again): 1,500" in dry, dry
 
 
 def test_an_unreadable_opt_outs_digits_stand_for_the_numbers_they_end():
