@@ -698,6 +698,7 @@ def _run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     code = 0
     answers: Any = None
+    offset = 0  # records sent before the call under way
     try:
         with channel:
             # Two calls: the opt-outs, then, once the service has answered every one
@@ -805,6 +806,9 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"{name}: {NO_OPT_IN}", file=sys.stderr)
             code = 1
     except grpc.RpcError as exc:
+        if answered == offset and _read_none(exc):
+            # Of this call no record was answered, nor read: none may be recorded.
+            sent = offset
         stop.set()
         window.release(WINDOW)  # a sender waiting for room sees the stop
         with answered_all:  # and one waiting for the opt-outs' answers
@@ -939,6 +943,19 @@ class _LogLines:
             self.out.write(line + "\n")
             self.out.flush()
         self.shown_at, self.shown = now, self.done
+
+
+def _read_none(exc: Any) -> bool:
+    """Whether a call that failed so had none of its records read by the service: it
+    refused the call as a whole (no such token, no write scope), or was never
+    reached."""
+    import grpc
+
+    code = exc.code()
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return True
+    # gRPC's own words for a channel that never connected.
+    return code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (exc.details() or "")
 
 
 OPT_INS = object()

@@ -15,6 +15,7 @@ import os
 import pty
 import re
 import signal
+import socket
 import struct
 import sys
 import termios
@@ -325,6 +326,29 @@ async def test_a_token_without_the_write_scope_imports_nothing(service, tmp_path
     assert "the dry run stopped after 0 records checked; nothing was written" in err, err
     assert "imported" not in err and "goes on from there" not in err, err
     assert "dry run: nothing was written" in out, out
+
+
+async def test_an_import_the_service_never_read_counts_no_record_as_sent(service, tmp_path):
+    """A service down, or a token it does not know: the summary said records were
+    "sent, no answer came (perhaps recorded: run the import again)", though the
+    service read none of them (and, a token refused, a rerun records nothing
+    either). They count among those not sent, as when a token lacks the scope."""
+    runtime, when = service
+    export = write_csv(tmp_path / "export.csv", export_rows(when)[:12])
+    down = socket.socket()
+    down.bind(("127.0.0.1", 0))  # a port no one listens on, held so none takes it
+    try:
+        for address, token in (
+            (f"127.0.0.1:{down.getsockname()[1]}", TOKENS["acme-app"][0]),
+            (runtime.address, "no-such-token"),
+        ):
+            code, out, err = await import_cli(str(export), "--address", address, token=token)
+
+            assert code == 1, out + err
+            assert "no answer came" not in out, out
+            assert "not sent, the import stopped first: 12" in out, out
+    finally:
+        down.close()
 
 
 async def test_the_embedded_default_imports_json_lines(tmp_path, data_dir):
