@@ -877,8 +877,17 @@ def _run(args: argparse.Namespace) -> int:
     summary.unanswered = sent - answered
     seconds = time.monotonic() - started
     source = import_files.STDIN_NAME if path is None else path.name
-    for out_line in summary.lines(source, seconds, args.dry_run):
-        print(out_line)
+    try:
+        for out_line in summary.lines(source, seconds, args.dry_run):
+            print(out_line)
+        if sys.stdout is not None:  # None: started with it closed
+            sys.stdout.flush()
+    except OSError as exc:  # a reader gone (| head), a disk full: the import stands
+        print(f"{name}: could not write the summary: {exc}", file=sys.stderr)
+        # What is left in the buffer would fail again at exit, which Python reports
+        # with a status of its own (120).
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return code or (1 if summary.refused else 0)
 
 

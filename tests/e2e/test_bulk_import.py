@@ -351,6 +351,31 @@ async def test_an_import_the_service_never_read_counts_no_record_as_sent(service
         down.close()
 
 
+async def test_an_import_whose_output_is_closed_exits_as_its_records_fared(service, tmp_path):
+    """Its output piped to a reader gone (``| head -0``, ``| true``), the summary's
+    write failed with a traceback and exit 1 (or 120, Python's own for a flush at
+    exit that fails) after every record was imported. The import's own status
+    stands, and standard error says the summary could not be written."""
+    runtime, when = service
+    export = write_csv(tmp_path / "export.csv", export_rows(when)[:3])
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # no reader: a write fails with EPIPE
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "import", str(export),
+            "--address", runtime.address, "--quiet",
+            env={**os.environ, "CONSENT_TOKEN": TOKENS["acme-app"][0]}, cwd=ROOT,
+            stdout=write_end, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    _, err_bytes = await asyncio.wait_for(process.communicate(), 60)
+    err = err_bytes.decode()
+
+    assert process.returncode == 0, err
+    assert "Traceback" not in err and "could not write the summary" in err, err
+
+
 async def test_the_embedded_default_imports_json_lines(tmp_path, data_dir):
     proc, address, token, _ = await asyncio.to_thread(start, data_dir)
     try:
