@@ -195,8 +195,8 @@ exit status:
   0  every record imported or already present
   1  some records refused (the summary says which and why), or the service refused
      the import or could not be reached, or the file could not be read past a
-     line; records acknowledged so far are recorded, and running the import again
-     picks up where it stopped
+     line or changed while it was read; records acknowledged so far are
+     recorded, and running the import again picks up where it stopped
   2  a usage error (no such file, an unknown format or column), or a file that
      holds no records (empty, a header only, blank lines): nothing was imported
   130  interrupted (Ctrl-C, or SIGTERM); the summary says what was imported until
