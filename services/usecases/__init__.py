@@ -115,4 +115,5 @@ class UseCases:
             lease_s=self.append_lease,
             pruning=self.turn_pruning,
             time_left=time_left,
+            covered=self.writes.resolve_holds_covered_by,
         )

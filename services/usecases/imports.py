@@ -142,6 +142,8 @@ answering, or behind): the chunk is answered with each record not imported, to b
 sent again, and the import goes on (``Imports.chunk``)."""
 
 T = TypeVar("T")
+Covered = Callable[[Sequence[Recorded], str], Awaitable[ConsistencyToken]]
+"""Resolves the live holds that opt-outs appended cover, recorded by a caller named."""
 
 ImportCommand = RecordOptIn | RecordOptOut
 
@@ -269,6 +271,7 @@ class Imports:
         pruning: TurnPruning | None = None,
         retry_s: float = RETRY_S,
         time_left: Callable[[], float | None] = lambda: None,
+        covered: Covered | None = None,
     ) -> None:
         """``authorize`` raises ``PermissionDenied`` for a brand the caller may not
         write for; ``own_brands`` are the brands it writes for (``ANY_BRAND``: every
@@ -278,7 +281,10 @@ class Imports:
         takes; ``pruning`` is the process's (None: one of this import's own, which
         prunes); ``retry_s`` bounds how long a statement or append that failed for a
         passing reason is tried again (``_retried``), and ``time_left`` gives the
-        seconds to the caller's deadline (None: none), before which it stops."""
+        seconds to the caller's deadline (None: none), before which it stops;
+        ``covered`` resolves the live holds the opt-outs appended cover
+        (``Writes.resolve_holds_covered_by``; None: they are left to a reviewer)."""
+        self._covered = covered
         self._retry_s = retry_s
         self._time_left = time_left
         self._began = ctx.clock()
@@ -543,6 +549,7 @@ class Imports:
             result.refusals += (_not_now(p.item, str(exc)) for p in rest)
             result.imported, result.held = imported - len(rest), _records(held)
             result.token = result.token.merge(ConsistencyToken.after(appended))
+            result.token = result.token.merge(await self._resolve_covered(appended))
             result.refusals.sort(key=lambda r: r.index)
             return result
         # Appended: the imports waiting for these turns count the records as present.
@@ -552,8 +559,23 @@ class Imports:
         result.imported, result.held = imported, _records(held)
         claimed.token = ConsistencyToken.after(appended)
         result.token = result.token.merge(claimed.token)  # and the records found present
+        result.token = result.token.merge(await self._resolve_covered(appended))
         result.refusals.sort(key=lambda r: r.index)
         return result
+
+    async def _resolve_covered(self, appended: Sequence[Recorded]) -> ConsistencyToken:
+        """The live holds the opt-outs of ``appended`` cover resolved, as a
+        ``RecordOptOut`` of the same resolves them (``covered``); a token that covers
+        what was written. One that cannot be written now is left to a reviewer: the
+        hold denies meanwhile, and the import's records stand."""
+        revocations = [r for r in appended if isinstance(r.event, ConsentRevoked)]
+        if self._covered is None or not revocations:
+            return ConsistencyToken({})
+        try:
+            return await self._covered(revocations, self._recorded_by)
+        except NOT_NOW as exc:
+            log.warning("import: a live hold its opt-outs cover was left for review: %s", exc)
+            return ConsistencyToken({})
 
     async def _append(self, planned: Sequence[_Planned]) -> list[Recorded]:
         """Append ``planned``'s facts, tried again after a passing failure, and nothing

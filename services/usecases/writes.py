@@ -67,6 +67,7 @@ from ledger.events import (
     InboundMessageReceived,
     LedgerEvent,
     MessageSent,
+    Recorded,
     RevocationCandidateResolved,
     SubscriberEvent,
 )
@@ -376,16 +377,54 @@ class Writes:
             # A retry of the opt-out too: it resolves what an earlier attempt may not have.
             phone, brand = revoked.phone, revoked.brand
             digest = (await self.reads.digests(brand, [phone])).get(phone)
-            spelt_before = forms_stored_before(phone)
-            if spelt_before or (digest is not None and any(p.refused for p in digest.pending)):
-                # A hold an earlier version kept under the number's other spelling
-                # denies the number too (CanSend folds it in): this opt-out covers it.
-                state = (await state_as_one(self.ctx.view, phone, brand)).state
-                every = revoked.campaign is not None and await self._revokes_all(revoked)
-                written = await self._resolve_covered_holds(
-                    revoked, state, written, recorded_by, every_campaign=every
-                )
+            written = await self._resolve_holds_covered(revoked, written, recorded_by, digest)
         return written
+
+    async def resolve_holds_covered_by(
+        self, recorded: Sequence[Recorded], recorded_by: str = ""
+    ) -> ConsistencyToken:
+        """Resolve the live holds that the opt-outs among ``recorded`` (an import's,
+        just appended) cover, as the same opt-out by ``RecordOptOut`` does: imported,
+        it left the hold denying for a reviewer, and the number was read
+        ``REVOCATION_PENDING_REVIEW`` (and an opt-in after it refused) where the
+        write's read ``REVOKED_BRAND_WIDE``. One read of the digests per brand finds
+        the few numbers with a hold. Returns a token that covers the resolutions."""
+        token = ConsistencyToken({})
+        by_brand: dict[str, list[tuple[ConsentRevoked, Recorded]]] = {}
+        for r in recorded:
+            if isinstance(r.event, ConsentRevoked):
+                by_brand.setdefault(r.event.brand, []).append((r.event, r))
+        for brand, revocations in by_brand.items():
+            digests = await self.reads.digests(brand, sorted({e.phone for e, _ in revocations}))
+            for revoked, r in revocations:
+                written = WriteResult([str(revoked.event_id)], ConsistencyToken.after([r]))
+                done = await self._resolve_holds_covered(
+                    revoked, written, recorded_by, digests.get(revoked.phone)
+                )
+                token = token.merge(done.token)
+        return token
+
+    async def _resolve_holds_covered(
+        self,
+        revoked: ConsentRevoked,
+        written: WriteResult,
+        recorded_by: str,
+        digest: Digest | None,
+    ) -> WriteResult:
+        """``_resolve_covered_holds`` for the opt-out ``revoked`` just recorded
+        (``written``), when ``digest`` (its number's, towards its brand) holds a live
+        hold, or the number has another spelling one may be kept under."""
+        phone, brand = revoked.phone, revoked.brand
+        spelt_before = forms_stored_before(phone)
+        if not spelt_before and not (digest is not None and any(p.refused for p in digest.pending)):
+            return written
+        # A hold an earlier version kept under the number's other spelling denies the
+        # number too (CanSend folds it in): this opt-out covers it.
+        state = (await state_as_one(self.ctx.view, phone, brand)).state
+        every = revoked.campaign is not None and await self._revokes_all(revoked)
+        return await self._resolve_covered_holds(
+            revoked, state, written, recorded_by, every_campaign=every
+        )
 
     async def _revokes_all(self, revoked: ConsentRevoked) -> bool:
         """Whether ``revoked``, an opt-out of one campaign, revokes every campaign of

@@ -39,8 +39,10 @@ from ledger.policy import Reason, decide
 from ledger.ports import ConsistencyToken
 from ledger.state import fold
 from services.errors import HeldForReview
+from services.usecases import UseCases
+from services.usecases.imports import Item
 from tests.builders import BRAND, PHONE, at, campaign, flagged, granted, record, revoked
-from tests.unit.usecase_harness import define, opt_in, running
+from tests.unit.usecase_harness import NOW, define, opt_in, running
 
 PROMO = campaign("promo")
 
@@ -410,3 +412,40 @@ async def test_a_retried_opt_out_leaves_a_hold_recorded_after_it():
         assert await app.guard.wait_for_token(again.token)
         state = (await app.view.subscriber_states(BRAND, [PHONE]))[PHONE]
         assert [str(c.event_id) for c in state.pending_candidates()] == [hold_id]
+
+
+@pytest.mark.parametrize("campaign", [None, "promo"], ids=["every campaign", "STOPALL under one"])
+async def test_an_imported_opt_out_of_every_campaign_resolves_the_live_hold_it_covers(campaign):
+    """An opt-out of every campaign imported answers a live hold as the same opt-out
+    by ``RecordOptOut`` does: it left the hold denying for a reviewer, so CanSend said
+    ``REVOCATION_PENDING_REVIEW`` where the write said ``REVOKED_BRAND_WIDE``, and an
+    opt-in after it allowed the number by one path and not by the other."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        await app.writes.record(opt_in("r-in"))
+        refusal = InvalidRequest("occurred_at", "is in the future")
+        with pytest.raises(HeldForReview) as held:
+            await app.writes.hold_refused_opt_out(_live(), refusal, lambda brand: None)
+        hold_id = held.value.metadata["candidate_event_id"]
+        token = ConsistencyToken.decode(held.value.metadata["consistency_token"])
+        assert await app.guard.wait_for_token(token)
+        every = RecordOptOut(
+            "imp-every", PHONE, BRAND, campaign, RevocationChannel.KEYWORD, at(2), "STOPALL"
+        )
+        usecases = UseCases.build(app.ledger, app.view, app.guard, clock=lambda: NOW)
+        imports = usecases.start_import(recorded_by="acme-app")
+
+        result = await imports.chunk([Item(0, every, request_id=every.request_id)])
+        again = await imports.chunk([Item(0, every, request_id=every.request_id)])
+
+        assert (result.imported, result.refusals, again.present) == (1, [], 1)
+        checked = await app.checks.can_send(PHONE, BRAND, "promo", token=result.token)
+        assert checked.decision.reason is Reason.REVOKED_BRAND_WIDE, checked.decision
+        history = await app.view.history(PHONE, BRAND)
+        resolutions = [r.event for r in history if isinstance(r.event, RevocationCandidateResolved)]
+        assert [str(r.candidate_event_id) for r in resolutions] == [hold_id]
+        (revoked_id,) = [
+            str(r.event.event_id) for r in history if r.event.request_id == "imp-every"
+        ]
+        assert resolutions[0].resolved_by == f"opt-out {revoked_id}"
+        assert resolutions[0].recorded_by == "acme-app"
