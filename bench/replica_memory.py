@@ -73,7 +73,9 @@ def digest_for(rng: random.Random, day: int, sends: int, reply: str | None, offs
         )
     pending: tuple[Pending, ...] = ()
     if reply is not None:
-        pending = (Pending(_event_id(rng), reply, start + day * _DAY, False, False, False, False),)
+        pending = (
+            Pending(_event_id(rng), reply, start + day * _DAY, False, False, False, False, False),
+        )
     return Digest(brand=_BRAND, zones=("America/New_York",), pending=pending, campaigns=campaigns)
 
 

@@ -42,6 +42,7 @@ from ledger.events import (
     ANY_BRAND,
     BRAND_SETTINGS,
     MAX_CLOCK_SKEW,
+    PROVIDER_OPT_OUT_PREFIX,
     REFUSED_PREFIX,
     REUSED_ID_PREFIX,
     AgeVerified,
@@ -963,6 +964,47 @@ def _delivery(cmd: RecordDeliveryOutcome, now: datetime) -> list[LedgerEvent]:
             error_code=cmd.error_code,
         )
     ]
+
+
+OPT_OUT_ERROR_CODES = frozenset({"21610"})
+"""The provider error codes that say the recipient opted out at the provider, by
+default (``CONSENT_OPT_OUT_ERROR_CODES``): Twilio's 21610, "Attempt to send to
+unsubscribed recipient", answered once the person replied STOP to the sender."""
+
+
+def provider_opt_out_hold(
+    reported: DeliveryOutcomeReported, codes: frozenset[str], now: datetime
+) -> RevocationCandidateFlagged | None:
+    """The hold a delivery outcome places when its error code is one of ``codes``,
+    else None. The provider only answers so after the person opted out there, so the
+    outcome is evidence of a STOP this ledger never recorded (the gateway lost it):
+    the number is denied for every campaign of the brand until someone reviews it.
+
+    Placed at the outcome's own time (never ahead of ``now``). Its id is derived
+    from the message, not the request: a retry, or another outcome of the same
+    message, holds nothing twice."""
+    code = reported.error_code.strip()
+    if not code or code not in codes:
+        return None
+    said = f"{reported.brand}\0{reported.phone}\0{reported.message_id}"
+    digest = hashlib.sha256(said.encode()).hexdigest()[:32]
+    request_id = f"{PROVIDER_OPT_OUT_PREFIX}{digest}"
+    text = (
+        f"the provider reported error {code} for message {reported.message_id!r}:"
+        " the recipient opted out at the provider"
+    )
+    return RevocationCandidateFlagged(
+        event_id=event_id_for(request_id, 0, reported.brand, digest),
+        occurred_at=_held_at(reported.occurred_at, now),
+        request_id=request_id,
+        request_fingerprint=digest,
+        recorded_by=reported.recorded_by,
+        phone=reported.phone,
+        brand=reported.brand,
+        inbound_message_id="",
+        text=text[: TEXT_LIMITS["text"]],
+        stated_at=_held_stated(reported.occurred_at, now),
+    )
 
 
 def _sent_batch(cmd: RecordMessagesSent, now: datetime) -> list[LedgerEvent]:

@@ -147,6 +147,9 @@ class Pending(NamedTuple):
     reused_id: bool
     """Of those, one refused for a request id used before, not for a detail
     (``RevocationCandidateFlagged.reused_id``)."""
+    provider: bool
+    """Held because the SMS provider reported the recipient opted out there
+    (``RevocationCandidateFlagged.provider_reported``), not a reply."""
 
 
 class Located(NamedTuple):
@@ -287,6 +290,7 @@ def digest_of(state: SubscriberState) -> Digest:
                             c.event.imported,
                             c.event.refused,
                             c.event.reused_id,
+                            c.event.provider_reported,
                         )
                         for c in state.pending_candidates()
                     ]

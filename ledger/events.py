@@ -38,6 +38,10 @@ REFUSED_PREFIX = "refused-"
 REUSED_ID_PREFIX = f"{REFUSED_PREFIX}id-"
 """How it begins when the opt-out was refused for a request id used before
 (``HoldRefusedOptOut.reused_id``; the rest is hex, so no other hold's begins so)."""
+PROVIDER_OPT_OUT_PREFIX = "provider-opt-out-"
+"""How the request id of a hold placed for a delivery outcome whose error code says
+the recipient opted out at the provider begins (``ledger.commands.provider_opt_out_hold``):
+``RevocationCandidateFlagged.provider_reported`` tells it by that."""
 
 
 _Frozen = TypeVar("_Frozen")
@@ -512,8 +516,13 @@ class RevocationCandidateFlagged(SubscriberEvent):
         """An import's opt-out refused for its details and held for review
         (``ledger.commands.held_opt_out``), not a reply: a candidate neither
         unattributed nor flagged from a text, which always has a message id, nor
-        ``refused``."""
-        return not self.inbound_message_id and not self.unattributed and not self.refused
+        ``refused``, nor ``provider_reported``."""
+        return (
+            not self.inbound_message_id
+            and not self.unattributed
+            and not self.refused
+            and not self.provider_reported
+        )
 
     @property
     def refused(self) -> bool:
@@ -533,6 +542,17 @@ class RevocationCandidateFlagged(SubscriberEvent):
         request (a client's bug), not for a detail: ``refused``, and told by its
         request id too (``REUSED_ID_PREFIX``)."""
         return self.refused and self.request_id.startswith(REUSED_ID_PREFIX)
+
+    @property
+    def provider_reported(self) -> bool:
+        """Held because the SMS provider reported the recipient opted out there (a
+        delivery outcome's error code, Twilio's 21610): told by its request id, which
+        the service derives (``PROVIDER_OPT_OUT_PREFIX``)."""
+        return (
+            not self.inbound_message_id
+            and not self.unattributed
+            and self.request_id.startswith(PROVIDER_OPT_OUT_PREFIX)
+        )
 
 
 @dataclass(frozen=True)

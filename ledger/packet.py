@@ -320,6 +320,8 @@ def describe(e: LedgerEvent) -> str:
     if isinstance(e, RevocationCandidateFlagged):
         if e.unattributed:
             what = "opt-out no campaign could take"
+        elif e.provider_reported:
+            what = "opt-out the SMS provider reported, held for review"
         elif e.imported:
             what = "imported opt-out held for review"
         elif e.reused_id:
@@ -757,7 +759,7 @@ def _opt_out(r: Recorded, shown: Sequence[Recorded], revoke_all: set[str], now: 
     if overdue:
         # Past its deadline CanSend counts it as a revocation (REVOCATION_OVERDUE):
         # "due" alone read as if it were still only awaiting review.
-        came = "was held" if e.imported or e.refused else "came"
+        came = "was held" if e.imported or e.refused or e.provider_reported else "came"
         handling = (
             f"overdue since {iso(due)}, not resolved within ten business days after it "
             f"{came}: it counts as a revocation and blocks every send of its scope until "

@@ -89,6 +89,10 @@ def _candidate(pending: Pending) -> str:
     """What a candidate awaiting review is, for an answer: a person's reply, an
     import's or a live request's opt-out held for its details (whose words say why
     it was refused), or an opt-out that named no defined campaign."""
+    if pending.provider:  # its text is the service's, not the person's, but sealed as theirs
+        return "an opt-out the SMS provider reported" + (
+            "" if pending.text in (SEALED, ERASED) else f" ({pending.text})"
+        )
     if pending.imported or pending.refused:
         text = pending.text
         if pending.imported:
@@ -646,7 +650,8 @@ class Check:
         overdue = [p for p in digest.pending if p.due <= now]
         if overdue:
             due = from_micros(overdue[0].due)
-            came = "was held" if overdue[0].imported or overdue[0].refused else "came"
+            held = overdue[0].imported or overdue[0].refused or overdue[0].provider
+            came = "was held" if held else "came"
             return deny(
                 Reason.REVOCATION_OVERDUE,
                 f"{_candidate(overdue[0])} was not resolved by {due:%Y-%m-%d %H:%M} UTC, ten "

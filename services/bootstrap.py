@@ -300,6 +300,7 @@ class Runtime:
             retention=Retention(s.retention_years),
             import_prune_interval=s.import_prune_interval,
             import_append_lease=s.import_append_lease,
+            opt_out_error_codes=s.opt_out_error_codes,
         )
         self.metrics.guard, self.metrics.replica = self.guard, replica
         self.usecases.access.observe = self.metrics.audit_read

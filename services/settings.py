@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from ledger.commands import OPT_OUT_ERROR_CODES
 from ledger.health import HealthLimits
 from ledger.ports import Stream
 
@@ -202,6 +203,10 @@ class Settings:
     health_limits: HealthLimits = field(default_factory=HealthLimits)
     """The opt-out and error rates above which campaign health flags a campaign or a
     sending number. The provider's notice gives them for a sender, not per brand."""
+    opt_out_error_codes: frozenset[str] = OPT_OUT_ERROR_CODES
+    """The provider error codes a delivery outcome reads as "the recipient opted out
+    at the provider": such an outcome holds the number for review
+    (``ledger.commands.provider_opt_out_hold``)."""
     retention_years: int = 5
     """Years proof is kept after the last fact about a phone and brand, before its
     personal data may be erased (``ledger.retention``)."""
@@ -395,7 +400,33 @@ class Settings:
                 error=share("CONSENT_ERROR_RATE_LIMIT", HealthLimits.error),
             ),
             retention_years=retention_years(),
+            opt_out_error_codes=_error_codes(e),
         )
+
+
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+"""An error code as providers write them (Twilio's are digits): a code with spaces or
+other marks inside is a typo that would match no outcome, and hold nothing."""
+
+
+def _error_codes(e: Mapping[str, str]) -> frozenset[str]:
+    name = "CONSENT_OPT_OUT_ERROR_CODES"
+    raw = e.get(name)
+    if raw is None:
+        return OPT_OUT_ERROR_CODES
+    codes = [code.strip() for code in raw.split(",")]
+    if not raw.strip() or not all(codes):
+        # A blank code, or none at all, would quietly stop holding the opt-outs the
+        # provider reports: the default is the safer reading of a template's slip.
+        raise SettingsError(
+            f"{name} must list error codes separated by commas (default 21610), got {raw!r}"
+        )
+    for code in codes:
+        if not _ERROR_CODE.fullmatch(code):
+            raise SettingsError(
+                f"{name}: {code!r} is no error code (letters, digits, '.', '_' or '-', at most 64)"
+            )
+    return frozenset(codes)
 
 
 def _tls(e: Mapping[str, str]) -> TlsSettings | None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from ledger.commands import OPT_OUT_ERROR_CODES
 from ledger.health import HealthLimits
 from ledger.ports import AccessLog, CampaignReads, ConsentView, DigestReads, EventLog, SubjectKeys
 from ledger.retention import Retention
@@ -66,6 +67,7 @@ class UseCases:
         retention: Retention = DEFAULT_RETENTION,
         import_prune_interval: float = PRUNE_INTERVAL_S,
         import_append_lease: float = APPEND_LEASE_S,
+        opt_out_error_codes: frozenset[str] = OPT_OUT_ERROR_CODES,
     ) -> UseCases:
         """``reads`` answers CanSend's digests and ``campaigns`` the campaigns' rules
         (each by default the view);
@@ -76,7 +78,9 @@ class UseCases:
         memory, for tests); ``keys`` seal each subject's personal data (None: it is
         written in the clear) and ``retention`` says when it may be erased;
         ``import_prune_interval`` is how often imports prune old append turns at most,
-        and ``import_append_lease`` how long each of their turns to append lasts."""
+        and ``import_append_lease`` how long each of their turns to append lasts;
+        ``opt_out_error_codes`` the delivery outcomes' error codes that hold the number
+        for review (the recipient opted out at the provider)."""
         access = Access(InMemoryAccessLog() if access_log is None else access_log, clock)
         personal = PersonalData(keys) if keys is not None else None
         if personal is not None:
@@ -86,7 +90,7 @@ class UseCases:
         )
         checks = Checks(ctx, reads, future_horizon, campaigns)
         return cls(
-            Writes(ctx, reads),
+            Writes(ctx, reads, opt_out_error_codes),
             checks,
             Audit(ctx, evidence, health_limits),
             Review(ctx),

@@ -23,6 +23,7 @@ from ledger.commands import (
     HELD_INBOUND,
     HELD_INTENTS,
     HELD_OPT_OUT,
+    OPT_OUT_ERROR_CODES,
     ChangeCampaignPolicy,
     Command,
     DefineCampaign,
@@ -48,6 +49,7 @@ from ledger.commands import (
     held_opt_out,
     is_name,
     name_read,
+    provider_opt_out_hold,
     revoked_after_held,
     to_events,
     unattributed_opt_out,
@@ -296,10 +298,18 @@ async def check_not_before_an_opt_out(
 
 
 class Writes:
-    def __init__(self, ctx: Context, reads: DigestReads | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        reads: DigestReads | None = None,
+        opt_out_error_codes: frozenset[str] = OPT_OUT_ERROR_CODES,
+    ) -> None:
         """``reads`` answers CanSend's digests (the view by default): a brand-wide
-        opt-out looks there for a held opt-out it covers."""
+        opt-out looks there for a held opt-out it covers. ``opt_out_error_codes``: the
+        delivery outcomes' error codes that say the recipient opted out at the
+        provider (``CONSENT_OPT_OUT_ERROR_CODES``)."""
         self.ctx = ctx
+        self.opt_out_error_codes = opt_out_error_codes
         self.reads: DigestReads = ctx.view if reads is None else reads
         self._campaign_writes = asyncio.Lock()
         self._inbound_turns: Turns[str] = Turns()
@@ -347,7 +357,7 @@ class Writes:
             if isinstance(cmd, RecordMessageSent):
                 events = await self._with_exemption(events)
             if isinstance(cmd, RecordDeliveryOutcome):
-                events = await self._with_send(events)
+                events = await self._with_provider_hold(await self._with_send(events))
             if isinstance(cmd, RecordOptOut) and not (
                 cmd.campaign is not None and await self.ctx.campaign_known(cmd.brand, cmd.campaign)
             ):
@@ -774,6 +784,25 @@ class Writes:
                 f" ({sent.event.occurred_at.isoformat()})",
             )
         return [replace(reported, campaign=sent.event.campaign), *events[1:]]
+
+    async def _with_provider_hold(self, events: list[LedgerEvent]) -> list[LedgerEvent]:
+        """A delivery outcome with the hold its error code places when it says the
+        recipient opted out at the provider (``provider_opt_out_hold``), appended with
+        it in one write: the outcome is never recorded without its hold.
+
+        None while another such hold of the number is pending: one review covers the
+        person's one opt-out, however many messages the provider refused since. This
+        very hold, pending, is kept, so a retry writes the same events."""
+        reported = events[0]
+        assert isinstance(reported, DeliveryOutcomeReported)
+        hold = provider_opt_out_hold(reported, self.opt_out_error_codes, self.ctx.clock())
+        if hold is None:
+            return events
+        state = (await state_as_one(self.ctx.view, reported.phone, reported.brand)).state
+        held = [c.event for c in state.pending_candidates() if c.event.provider_reported]
+        if any(h.event_id != hold.event_id for h in held):
+            return events
+        return [*events, hold]
 
     async def _campaign_write(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
         # One campaign write at a time in this process. One that lists sender numbers

@@ -153,8 +153,8 @@ def _digest_signature(d: Any, vals: list[Any]) -> tuple[Any, ...]:
         raise Unencodable("pending is not a tuple")
     pending_sig = []
     for p in pending:
-        event_id, text, due, unattributed, imported, refused, reused_id = _fields(
-            p, Pending, 7, "Pending"
+        event_id, text, due, unattributed, imported, refused, reused_id, provider = _fields(
+            p, Pending, 8, "Pending"
         )
         code = _id_code(event_id, vals)
         vals.append(_exact(text, str))
@@ -164,6 +164,7 @@ def _digest_signature(d: Any, vals: list[Any]) -> tuple[Any, ...]:
             _exact(imported, bool),
             _exact(refused, bool),
             _exact(reused_id, bool),
+            _exact(provider, bool),
         )
         pending_sig.append((code, *flags))
     revocation = _mark(brand_revocation, vals)
@@ -301,11 +302,11 @@ class _Source:
             erased,
         ) = sig
         items = []
-        for id_code, unattributed, imported, refused, reused_id in pending:
+        for id_code, unattributed, imported, refused, reused_id, provider in pending:
             event_id = self.event_id(id_code)
             text = self.string()
             due = self.value("q")
-            flags = f"{unattributed!r}, {imported!r}, {refused!r}, {reused_id!r}"
+            flags = f"{unattributed!r}, {imported!r}, {refused!r}, {reused_id!r}, {provider!r}"
             items.append(f"built(Pending, ({event_id}, {text}, {due}, {flags})), ")
         revocation_expr = self.mark(revocation)
         said_expr = self.mark(revocation_said)

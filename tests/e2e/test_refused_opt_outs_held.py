@@ -845,3 +845,64 @@ async def test_a_live_opt_out_held_takes_its_place_at_its_own_time(service):
                 assert answer.allowed is allowed, (number, at, answer)
             assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
             assert list(answer.evidence_event_ids) == [info["candidate_event_id"]], answer
+
+
+async def test_an_outcome_saying_the_person_opted_out_at_the_provider_holds_the_number(service):
+    """Twilio's 21610 means the person replied STOP to the sender: a STOP the gateway
+    lost. The outcome and its hold are written in one call and CanSend denies until a
+    reviewer resolves it; another error code, or a retry, changes nothing."""
+    runtime, clock = service
+    number = phone(60)
+    await opted_in(runtime, [number], clock.now)
+    sent = api.RecordMessageSentRequest(
+        request_id=f"s-{uuid.uuid4().hex}",
+        phone=number,
+        brand="acme",
+        campaign="promo",
+        message_id=f"SM{uuid.uuid4().hex[:16]}",
+        occurred_at=ts(clock.now - timedelta(minutes=10)),
+        included_opt_out_language=True,
+        identified_sender=True,
+    )
+
+    def outcome(code: str) -> api.RecordDeliveryOutcomeRequest:
+        return api.RecordDeliveryOutcomeRequest(
+            request_id=f"d-{uuid.uuid4().hex}",
+            phone=number,
+            brand="acme",
+            message_id=sent.message_id,
+            outcome=lpb.DELIVERY_OUTCOME_FAILED,
+            error_code=code,
+            occurred_at=ts(clock.now - timedelta(minutes=9)),
+        )
+
+    async with client(runtime.address, "acme-app") as c:
+        await c.RecordMessageSent(sent)
+        other = await c.RecordDeliveryOutcome(outcome("30003"))
+        assert len(other.event_ids) == 1
+        assert (await can_send(runtime, number, other.consistency_token)).allowed
+        stop = outcome("21610")
+        written = await c.RecordDeliveryOutcome(stop)
+        assert len(written.event_ids) == 2, written  # the outcome and its hold
+        hold = written.event_ids[1]
+        answer = await can_send(runtime, number, written.consistency_token)
+        assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
+        assert answer.detail.startswith("an opt-out the SMS provider reported"), answer.detail
+        assert list(answer.evidence_event_ids) == [hold], answer
+        again = await c.RecordDeliveryOutcome(stop)
+        assert list(again.event_ids) == list(written.event_ids)
+        assert await candidates_of(runtime, number, again.consistency_token) == [hold]
+    async with client(runtime.address) as admin:
+        resolved = await admin.ResolveRevocationCandidate(
+            api.ResolveRevocationCandidateRequest(
+                request_id=f"r-{uuid.uuid4().hex}",
+                phone=number,
+                brand="acme",
+                candidate_event_id=hold,
+                resolution=lpb.CANDIDATE_RESOLUTION_DISMISSED,
+                occurred_at=ts(clock.now),
+                resolved_by="reviewer: the provider's opt-out was a test number",
+            )
+        )
+    answer = await can_send(runtime, number, resolved.consistency_token)
+    assert answer.allowed, answer

@@ -11,8 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.commands import HELD_OPT_OUT, HoldRefusedOptOut, held_opt_out
+from ledger.commands import (
+    HELD_OPT_OUT,
+    OPT_OUT_ERROR_CODES,
+    HoldRefusedOptOut,
+    RecordDeliveryOutcome,
+    held_opt_out,
+    provider_opt_out_hold,
+    to_events,
+)
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, digest_of
+from ledger.events import DeliveryOutcome, DeliveryOutcomeReported
 from ledger.state import SubscriberState, fold
 from services.adapters import digest_replica
 from services.adapters.digest_replica import CompactDigests, phone_key
@@ -49,7 +58,8 @@ def test_digest_fields_are_the_ones_the_encoding_knows():
     )  # fmt: skip
     assert Mark._fields == ("at", "offset", "event_id")
     assert Pending._fields == (
-        "event_id", "text", "due", "unattributed", "imported", "refused", "reused_id"
+        "event_id", "text", "due", "unattributed", "imported", "refused", "reused_id",
+        "provider",
     )  # fmt: skip
     assert Age._fields == ("event_id", "verified_21_plus", "date_of_birth")
     assert Located._fields == ("state", "event_id")
@@ -253,6 +263,26 @@ def test_a_live_opt_out_held_is_marked_apart_from_an_import_at_no_cost_in_bytes(
     for digest in (live, other, reused_live):
         assert _same(shapes.decode(shapes.encode(digest)), digest)
     assert len(shapes.encode(live)) == len(shapes.encode(other)) == len(shapes.encode(reused_live))
+
+
+def test_an_opt_out_the_provider_reported_is_marked_in_both_encodings():
+    """A hold placed for a delivery outcome saying the recipient opted out at the
+    provider (``Pending.provider``) reads back so from the projection's MessagePack
+    and from the replica's shapes, or its answer would read as a flagged reply."""
+    [reported] = to_events(
+        RecordDeliveryOutcome(
+            "d1", PHONE, BRAND, "SM1", DeliveryOutcome.FAILED, at(1), error_code="21610"
+        ),
+        at(2),
+    )
+    assert isinstance(reported, DeliveryOutcomeReported)
+    hold = provider_opt_out_hold(reported, OPT_OUT_ERROR_CODES, at(2))
+    assert hold is not None
+    digest = _digest([granted(at(0)), hold])
+    assert [(p.provider, p.imported, p.refused) for p in digest.pending] == [(True, False, False)]
+    assert _same(decode_payload(payload_of(encode_digest(digest))), digest)
+    shapes = Shapes()
+    assert _same(shapes.decode(shapes.encode(digest)), digest)
 
 
 def test_the_store_answers_what_was_put_and_leaves_out_the_rest():

@@ -3,15 +3,35 @@ to the send they report on, and recorded once per request."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import timedelta
+
 import pytest
 
-from ledger.commands import RecordDeliveryOutcome, RecordMessageSent, to_events
+from ledger.commands import (
+    OPT_OUT_ERROR_CODES,
+    RecordDeliveryOutcome,
+    RecordMessageSent,
+    ResolveRevocationCandidate,
+    provider_opt_out_hold,
+    to_events,
+)
 from ledger.errors import InvalidPhoneNumber, InvalidRequest
-from ledger.events import DeliveryOutcome, DeliveryOutcomeReported, MessageKind, MessageSent
+from ledger.events import (
+    CandidateResolution,
+    DeliveryOutcome,
+    DeliveryOutcomeReported,
+    MessageKind,
+    MessageSent,
+    RevocationCandidateFlagged,
+)
+from ledger.packet import assemble
+from ledger.policy import Reason, decide
 from ledger.ports import Stream
+from ledger.state import fold
 from services.errors import FailedPrecondition
-from tests.builders import BRAND, PHONE, at
-from tests.unit.usecase_harness import define, opt_in, running
+from tests.builders import BRAND, PHONE, at, campaign, granted, record
+from tests.unit.usecase_harness import NOW, define, opt_in, running
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
 
@@ -123,3 +143,88 @@ async def test_a_retried_outcome_is_recorded_once():
         ledger = app.ledger
         events = await ledger.read(Stream.SUBSCRIBERS, ledger.partition_for(PHONE), 0)
         assert sum(isinstance(r.event, DeliveryOutcomeReported) for r in events) == 1
+
+
+def _reported(message_id: str = "SM1", error_code: str = "21610", request_id: str = "d1"):
+    [event] = to_events(outcome(request_id, message_id, error_code=error_code), at(20))
+    assert isinstance(event, DeliveryOutcomeReported)
+    return replace(event, campaign="promo")
+
+
+def test_an_outcome_saying_the_recipient_opted_out_at_the_provider_holds_the_number():
+    """Twilio's 21610 is answered only after the person replied STOP to the sender: a
+    STOP this ledger never recorded. Until reviewed, every campaign of the brand is
+    denied, from the outcome's own time, saying the provider reported it."""
+    hold = provider_opt_out_hold(_reported(), OPT_OUT_ERROR_CODES, at(20))
+    assert hold is not None and hold.provider_reported
+    assert not (hold.imported or hold.refused or hold.unattributed or hold.reused_id)
+    assert (hold.phone, hold.brand, hold.campaign, hold.occurred_at) == (PHONE, BRAND, None, at(11))
+    state = fold(record([granted(at(0)), hold]))
+    for name in ("promo", "other"):
+        d = decide(state, campaign(name), at(12))
+        assert d.reason is Reason.REVOCATION_PENDING_REVIEW, d
+        assert d.detail.startswith(
+            "an opt-out the SMS provider reported (the provider reported error 21610"
+        ), d.detail
+    late = decide(state, campaign("promo"), at(12) + timedelta(days=30))
+    assert late.reason is Reason.REVOCATION_OVERDUE
+    assert "after it was held" in late.detail
+    packet = assemble(record([granted(at(0)), hold]), PHONE, BRAND, None, at(12))
+    (line,) = [e.summary for e in packet.events if e.event_id == str(hold.event_id)]
+    assert line.startswith("opt-out the SMS provider reported, held for review: ")
+
+
+def test_only_the_codes_that_say_opted_out_hold_and_one_message_holds_once():
+    assert provider_opt_out_hold(_reported(error_code="30003"), OPT_OUT_ERROR_CODES, at(20)) is None
+    held = provider_opt_out_hold(_reported(), OPT_OUT_ERROR_CODES, at(20))
+    assert provider_opt_out_hold(_reported(), frozenset({"X1"}), at(20)) is None
+    # Another outcome of the same message (another request) holds under the same id;
+    # another message's under its own.
+    again = provider_opt_out_hold(_reported(request_id="d2"), OPT_OUT_ERROR_CODES, at(30))
+    other = provider_opt_out_hold(_reported("SM2"), OPT_OUT_ERROR_CODES, at(20))
+    assert held is not None and again is not None and other is not None
+    assert again.event_id == held.event_id and other.event_id != held.event_id
+    # Stamped ahead of the clock, it is placed now, not when it would deny nothing.
+    ahead = replace(_reported(), occurred_at=at(23))
+    placed = provider_opt_out_hold(ahead, OPT_OUT_ERROR_CODES, at(20))
+    assert placed is not None and placed.occurred_at == at(20)
+
+
+def _holds(events) -> list[RevocationCandidateFlagged]:
+    return [
+        r.event
+        for r in events
+        if isinstance(r.event, RevocationCandidateFlagged) and r.event.provider_reported
+    ]
+
+
+@ASYNC
+async def test_a_21610_outcome_holds_the_number_with_it_once_until_dismissed():
+    async with running() as (app, _):
+        await app.writes.record(define())
+        await app.writes.record(opt_in("o1"))
+        await app.writes.record(sent())
+        await app.writes.record(sent("s2", "SM2"))
+        await app.writes.record(sent("s3", "SM3"))
+        other = await app.writes.record(outcome("d0", "SM3", error_code="30003"))
+        assert len(other.event_ids) == 1
+        checked = await app.checks.can_send(PHONE, BRAND, "promo", token=other.token)
+        assert checked.decision.allowed, checked.decision
+        written = await app.writes.record(outcome(error_code="21610"))
+        assert len(written.event_ids) == 2  # the outcome and its hold, in one append
+        checked = await app.checks.can_send(PHONE, BRAND, "promo", token=written.token)
+        assert checked.decision.reason is Reason.REVOCATION_PENDING_REVIEW, checked.decision
+        assert "SMS provider reported" in checked.decision.detail
+        again = await app.writes.record(outcome(error_code="21610"))
+        assert again.event_ids == written.event_ids
+        second = await app.writes.record(outcome("d2", "SM2", error_code="21610"))
+        assert len(second.event_ids) == 1  # one hold pending already: one review
+        ledger = app.ledger
+        events = await ledger.read(Stream.SUBSCRIBERS, ledger.partition_for(PHONE), 0)
+        [hold] = {h.event_id: h for h in _holds(events)}.values()
+        resolve = ResolveRevocationCandidate(
+            "r1", PHONE, BRAND, str(hold.event_id), CandidateResolution.DISMISSED, NOW
+        )
+        resolved = await app.writes.record(resolve)
+        checked = await app.checks.can_send(PHONE, BRAND, "promo", token=resolved.token)
+        assert checked.decision.allowed, checked.decision

@@ -90,7 +90,7 @@ def _sent_digest(day: int, sends: int, reply: str | None) -> Digest:
         "welcome": CampaignDigest(grant=grant, tier=1),
         f"daily-{day}": CampaignDigest(grant=grant, sent=marks, last_sent_at=day * 1000),
     }
-    pending = () if reply is None else (Pending(ID, reply, day, False, False, False, False),)
+    pending = () if reply is None else (Pending(ID, reply, day, False, False, False, False, False),)
     return Digest(brand="acme", pending=pending, campaigns=campaigns)
 
 

@@ -293,6 +293,18 @@ def test_a_health_limit_that_is_no_share_is_refused_by_name(value: str) -> None:
         Settings.from_env({**PRODUCTION, "CONSENT_ERROR_RATE_LIMIT": value})
 
 
+def test_the_opt_out_error_codes_are_twilio_s_21610_unless_set() -> None:
+    assert Settings.from_env(PRODUCTION).opt_out_error_codes == frozenset({"21610"})
+    env = {**PRODUCTION, "CONSENT_OPT_OUT_ERROR_CODES": " 21610, 21611,X-7 "}
+    assert Settings.from_env(env).opt_out_error_codes == frozenset({"21610", "21611", "X-7"})
+
+
+@pytest.mark.parametrize("value", ["", " ", "21610,", "21610,,21611", "216 10", "21610;21611"])
+def test_opt_out_error_codes_that_would_match_nothing_are_refused_by_name(value: str) -> None:
+    with pytest.raises(SettingsError, match=r"^CONSENT_OPT_OUT_ERROR_CODES"):
+        Settings.from_env({**PRODUCTION, "CONSENT_OPT_OUT_ERROR_CODES": value})
+
+
 def test_retention_is_five_years_unless_set_to_whole_years() -> None:
     assert Settings.from_env(EMBEDDED, embedded=True).retention_years == 5
     assert (
