@@ -10,6 +10,7 @@ import pytest
 
 from ledger.commands import (
     OPT_OUT_ERROR_CODES,
+    HandleInboundMessage,
     RecordDeliveryOutcome,
     RecordMessageSent,
     ResolveRevocationCandidate,
@@ -31,7 +32,7 @@ from ledger.ports import Stream
 from ledger.state import fold
 from services.errors import FailedPrecondition
 from tests.builders import BRAND, PHONE, at, campaign, granted, record
-from tests.unit.usecase_harness import NOW, define, opt_in, running
+from tests.unit.usecase_harness import NOW, NUMBER, claim, define, opt_in, running
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
 
@@ -228,3 +229,18 @@ async def test_a_21610_outcome_holds_the_number_with_it_once_until_dismissed():
         resolved = await app.writes.record(resolve)
         checked = await app.checks.can_send(PHONE, BRAND, "promo", token=resolved.token)
         assert checked.decision.allowed, checked.decision
+
+
+@ASYNC
+async def test_a_start_after_an_opt_out_the_provider_reported_leaves_it_for_review():
+    """A START resumes a campaign's own STOP, never a hold (as for every other hold):
+    the reviewer, who sees the START in the history, dismisses it."""
+    async with running() as (app, _):
+        await app.writes.record(claim("define-promo", BRAND, "promo", NUMBER))
+        await app.writes.record(opt_in("o1"))
+        await app.writes.record(sent())
+        await app.writes.record(outcome(error_code="21610"))
+        start = HandleInboundMessage("in-1", PHONE, NUMBER, "START", "MM1", at(12))
+        answered = await app.writes.handle_inbound(start)
+        checked = await app.checks.can_send(PHONE, BRAND, "promo", token=answered.write.token)
+        assert checked.decision.reason is Reason.REVOCATION_PENDING_REVIEW, checked.decision
