@@ -87,6 +87,7 @@ from ledger.validation import (
     check_identifier,
     check_length,
     check_not_too_early,
+    check_proof_value,
     check_text,
     is_blank,
 )
@@ -252,7 +253,8 @@ def check_fields(fields: Mapping[str, Any], now: datetime | None, found: Violati
             found.check(_check_time_at, value, now, name)
         elif isinstance(value, ConsentProof):
             for text in _PROOF_TEXT:
-                found.check(check_free_text, getattr(value, text), f"proof.{text}")
+                if found.check(check_free_text, getattr(value, text), f"proof.{text}") is not None:
+                    found.check(check_proof_value, text, getattr(value, text))
             found.check(_check_time_at, value.registered_at, now, "proof.registered_at")
         elif isinstance(value, CampaignPolicy):
             found.check(check_free_text, value.category, "policy.category")

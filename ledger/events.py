@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
 from ledger.campaigns import LEGAL_AGE, PROOF_TEMPLATE_FIELDS, CampaignPolicy
-from ledger.validation import is_blank
+from ledger.validation import proof_field_lacking, says_nothing
 
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c1f2e-8f3b-4d6a-9a53-6b7f4c0e2d11")
 """Namespace for deriving an event id from a client request id (uuid5)."""
@@ -178,29 +178,34 @@ class ConsentProof:
         For a method other than a web form, ``collection_detail`` stands for the IP
         address and the URL, as the template allows ("or other method of
         collection", "or details around other collection methods")."""
-        detail = method is not CollectionMethod.WEB_FORM and not is_blank(self.collection_detail)
+        detail = method is not CollectionMethod.WEB_FORM and not proof_field_lacking(
+            "collection_detail", self.collection_detail
+        )
         return [
             shown
             for name, shown in _TEMPLATE_NAMES
-            if is_blank(getattr(self, name)) and not (detail and name in ("ip_address", "form_url"))
+            if proof_field_lacking(name, getattr(self, name))
+            and not (detail and name in ("ip_address", "form_url"))
         ]
 
     def missing_fields(self, method: CollectionMethod) -> list[str]:
-        """Names of the proof fields ``method`` requires that are empty."""
+        """Names of the proof fields ``method`` requires that are empty, or say
+        nothing (``ledger.validation.says_nothing``: a placeholder such as "N/A"). A
+        typed field that does not parse is refused for itself (``check_proof_value``)."""
         missing: list[str] = []
-        if is_blank(self.consent_text) and (
-            is_blank(self.consent_text_sha256) or is_blank(self.consent_text_version)
+        if says_nothing(self.consent_text) and (
+            says_nothing(self.consent_text_sha256) or says_nothing(self.consent_text_version)
         ):
             missing.append("proof.consent_text")
         if method is CollectionMethod.WEB_FORM:
             for name in ("name", "ip_address", "form_url", "screenshot_ref", "screenshot_sha256"):
-                if is_blank(getattr(self, name)):
+                if says_nothing(getattr(self, name)):
                     missing.append(f"proof.{name}")
         elif method in (CollectionMethod.PAPER, CollectionMethod.VERBAL):
             for name in ("name", "collection_detail"):
-                if is_blank(getattr(self, name)):
+                if says_nothing(getattr(self, name)):
                     missing.append(f"proof.{name}")
-        elif is_blank(self.collection_detail):
+        elif says_nothing(self.collection_detail):
             # Keyword replies name the inbound message; imports name the original source.
             missing.append("proof.collection_detail")
         return missing

@@ -13,10 +13,13 @@ over several lines keeps tab, line feed and carriage return.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import unicodedata
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from ledger.errors import DomainError, InvalidRequest
 
@@ -159,6 +162,128 @@ def is_blank(value: str) -> bool:
         if not (ch.isspace() or ch in _SHOWS_NOTHING or unicodedata.category(ch) == "Cf"):
             return False
     return True
+
+
+PLACEHOLDER_WORDS = frozenset(
+    {"na", "none", "null", "nil", "nan", "undefined", "unknown", "tbd", "tba", "test"}
+    | {"notapplicable", "notavailable", "notgiven", "notprovided"}
+)
+"""Words that stand in for a value not given, as ``is_placeholder`` reads a field:
+lower case, with every character that is no letter or digit taken out ("N/A" and
+"n.a." read "na", "Not provided" "notprovided")."""
+
+_STAND_INS = frozenset({"[sealed]", "[erased]"})
+"""``ledger.personal_data.SEALED`` and ``ERASED``: what a recorded proof's personal
+fields show while sealed or once erased. The proof was given; only what it said is
+hidden, so these are read as given (spelt here, where that module cannot be imported)."""
+
+
+def is_placeholder(value: str) -> bool:
+    """A proof field's whole value a stand-in for one not given: no letter or digit at
+    all ("-", "?", "..."), only x's or only zeros ("x", "XX", "0", "0.0.0.0"), or one
+    of ``PLACEHOLDER_WORDS`` ("N/A", "None", "TBD"). It proves nothing, as a field
+    left empty does. A value with anything more ("Na Li", "x@example.com") is read
+    as given."""
+    # A digest of a grant asks this of six fields: one that opens with a letter or
+    # digit no placeholder opens with, as nearly every real value does, is answered
+    # by that character alone.
+    if value and value[0] in _OPENS_NO_PLACEHOLDER:
+        return False
+    if _FILLER.fullmatch(value):
+        return True
+    return len(value) <= _LONGEST_WORD and _NOT_ALNUM.sub("", value).casefold() in (
+        PLACEHOLDER_WORDS
+    )
+
+
+_OPENS_NO_PLACEHOLDER = frozenset("abcdefghijklmopqrsvwyzABCDEFGHIJKLMOPQRSVWYZ123456789")
+"""The ASCII letters and digits but those a placeholder may open with: n, t, u (the
+words), x and 0."""
+
+# ``re``'s \W is what str.isalnum() is not, but for "_", which counts as neither here.
+_FILLER = re.compile(r"[\W_]*|[\W_]*(?:[xX][\W_]*)+|[\W_]*(?:0[\W_]*)+")
+"""A value with no letter or digit, or none but x's, or none but zeros."""
+_NOT_ALNUM = re.compile(r"[\W_]+")
+_LONGEST_WORD = 32
+"""The longest value read as one of ``PLACEHOLDER_WORDS`` ("not applicable" with its
+spaces and marks); a longer one says more."""
+
+_IPV4 = re.compile(
+    r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+)
+"""A dotted IPv4 address as ``ipaddress`` reads one (no leading zeros), matched in a
+fraction of its time: nearly every address a form records is one."""
+
+
+_PLAIN_URL = re.compile(
+    r"https?://[A-Za-z0-9.-]+(?::[0-9]+)?(?:[/?#].*)?", re.IGNORECASE | re.DOTALL
+)
+"""An http(s) URL with a plain host name, which ``urlsplit`` reads as one with a host:
+matched faster than it splits one, and nearly every form's URL is one."""
+
+_SHA256 = re.compile(r"[0-9A-Fa-f]{64}")
+
+_TYPED_PROOF = ("ip_address", "form_url", "consent_text_sha256", "screenshot_sha256")
+"""The proof fields whose value must parse as what they name (``proof_value_problem``)."""
+
+
+def proof_value_problem(name: str, value: str) -> str | None:
+    """Why ``value`` cannot be the proof field ``name`` (``ip_address``, ``form_url``,
+    a ``*_sha256``), or None: an IP address must parse, a URL be an absolute http(s)
+    URL with a host, a SHA-256 be 64 hex digits. A field of another name is free text."""
+    text = value.strip()
+    if name == "ip_address":
+        if _IPV4.fullmatch(text):
+            return None
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            return f"is not an IP address (IPv4 or IPv6): {value[:64]!r}"
+    elif name == "form_url":
+        if _PLAIN_URL.fullmatch(text):
+            return None
+        try:
+            parts = urlsplit(text)
+            host = parts.hostname
+        except ValueError:
+            host = None
+        if host is None or parts.scheme.lower() not in ("http", "https"):
+            return f"is not an absolute http(s) URL with a host: {value[:64]!r}"
+    elif name.endswith("_sha256") and not _SHA256.fullmatch(text):
+        return f"is not a SHA-256 (64 hex digits): {value[:72]!r}"
+    return None
+
+
+def says_nothing(value: str) -> bool:
+    """A proof field left empty: blank, or a placeholder (a sealed or erased field
+    was given, and is neither)."""
+    return is_blank(value) or (value not in _STAND_INS and is_placeholder(value))
+
+
+def proof_field_lacking(name: str, value: str) -> bool:
+    """Whether the recorded proof field ``name`` proves nothing: it says nothing, or
+    (a typed field) holds a value that does not parse, which a request is refused for
+    now (``check_proof_value``) and an opt-in recorded before was not."""
+    if value and value[0] in _OPENS_NO_PLACEHOLDER:  # neither blank nor a placeholder
+        return name in _TYPED_PROOF and proof_value_problem(name, value) is not None
+    if says_nothing(value):
+        return True
+    return (
+        name in _TYPED_PROOF
+        and value not in _STAND_INS
+        and proof_value_problem(name, value) is not None
+    )
+
+
+def check_proof_value(name: str, value: str) -> str:
+    """``value`` for the proof field ``name``, or ``InvalidRequest`` naming it when it
+    was given (neither blank nor a placeholder, which count as missing) and does not
+    parse as what the field names (``proof_value_problem``)."""
+    if name in _TYPED_PROOF and not says_nothing(value):
+        problem = proof_value_problem(name, value)
+        if problem is not None:
+            raise InvalidRequest(f"proof.{name}", problem)
+    return value
 
 
 def _describe(ch: str) -> str:

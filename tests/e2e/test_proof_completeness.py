@@ -111,12 +111,12 @@ async def test_an_unknown_required_proof_field_is_refused_at_definition(service)
             assert fields[0].startswith("policy.required_proof_fields[")
 
 
-@pytest.mark.parametrize("blank", ["   ", "\u200b", "\u3000", " \u2060\t"])
+@pytest.mark.parametrize("blank", ["   ", "\u200b", "\u3000", " \u2060\t", "N/A", "-"])
 async def test_proof_fields_of_only_blanks_are_proof_left_out(service, blank):
     """A web-form opt-in whose name, IP address, URL, wording and screenshot are only
-    spaces or invisible characters proves nothing: refused like one that leaves them
-    empty, each field named, nothing written; and a strict campaign's required
-    fields are not met by blanks either."""
+    spaces or invisible characters, or a placeholder, proves nothing: refused like one
+    that leaves them empty, each field named, nothing written; and a strict
+    campaign's required fields are not met by blanks either."""
     runtime, when = service
     empty = lpb.ConsentProof(
         registered_at=proof(when).registered_at,
@@ -138,6 +138,24 @@ async def test_proof_fields_of_only_blanks_are_proof_left_out(service, blank):
             await c.RecordOptIn(opt_in(PHONE, "acme", "strict", when, proof=strict))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "proof.email" in [f for f, _ in status_details(err.value)]
+        state = await c.GetConsent(
+            api.GetConsentRequest(phone=PHONE, brand="acme", campaign="promo")
+        )
+        assert not state.HasField("grant"), "a refused opt-in was written"
+
+
+async def test_typed_proof_fields_that_do_not_parse_are_refused_with_the_reason(service):
+    runtime, when = service
+    bad = proof(when, ip_address="banana", form_url="acme.example/join")
+    bad.screenshot_sha256 = "9f86d0..."
+    async with client(runtime.address) as c:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordOptIn(opt_in(PHONE, "acme", "promo", when, proof=bad))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        named = dict(status_details(err.value))
+        assert "is not an IP address" in named["proof.ip_address"]
+        assert "is not an absolute http(s) URL" in named["proof.form_url"]
+        assert "is not a SHA-256" in named["proof.screenshot_sha256"]
         state = await c.GetConsent(
             api.GetConsentRequest(phone=PHONE, brand="acme", campaign="promo")
         )

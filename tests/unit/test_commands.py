@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from ledger.campaigns import CampaignPolicy, FrequencyCap, QuietHours
+from ledger.campaigns import PROOF_TEMPLATE_FIELDS, CampaignPolicy, FrequencyCap, QuietHours
 from ledger.commands import (
     TEXT_LIMITS,
     ChangeCampaignPolicy,
@@ -63,6 +63,7 @@ from ledger.events import (
     is_21_plus,
 )
 from ledger.keywords import Intent
+from ledger.personal_data import ERASED, SEALED
 from ledger.policy import Reason, decide
 from ledger.retention import (
     PlaceLegalHold,
@@ -74,7 +75,12 @@ from ledger.retention import (
     hold_event,
 )
 from ledger.state import fold
-from ledger.validation import is_blank
+from ledger.validation import (
+    _OPENS_NO_PLACEHOLDER,
+    _TYPED_PROOF,
+    PLACEHOLDER_WORDS,
+    is_blank,
+)
 from tests.builders import BRAND, PHONE, at, campaign, granted, proof, record, revoked
 from tests.builders import opt_in as an_opt_in
 
@@ -755,6 +761,8 @@ def test_free_text_longer_than_its_limit_is_refused_by_field(field):
         assert f"at most {limit:,} characters, got {limit + 1:,}" in err.value.reason
     if field == "policy.category":  # a name from a vocabulary: at its limit it names none
         return
+    if field.removeprefix("proof.") in _TYPED_PROOF:  # read by its type: no "é" parses
+        return
     for request in _requests_with(field, "é" * limit):
         assert _build(request)  # at the limit is fine
 
@@ -833,10 +841,9 @@ def test_a_proof_reports_what_it_lacks_of_the_provider_s_template():
         ("   \t\n", True),
         ("\u200b", True),  # a zero-width space (format, Cf)
         ("\u200f \u2060\u00a0", True),  # a bidi mark, a word joiner, a no-break space
-        ("x", False),
-        ("\u200b x", False),  # invisible first, then something to see
-        ("   .", False),
-        ("\u0301", False),  # a combining accent alone is a mark (Mn), not blank
+        ("a", False),
+        ("\u200b a", False),  # invisible first, then something to see
+        ("   a.", False),
         # Invisible, though no format character: each was taken as proof.
         ("\u3164", True),  # a Hangul filler (a letter, Lo)
         ("\u115f\u1160\uffa0", True),  # the other Hangul fillers
@@ -844,7 +851,7 @@ def test_a_proof_reports_what_it_lacks_of_the_provider_s_template():
         ("\ufe0f", True),  # a variation selector
         ("\u17b4", True),  # a Khmer inherent vowel
         ("\u2800", True),  # a blank Braille pattern
-        ("\u3164x", False),
+        ("\u3164a", False),
     ],
 )
 def test_a_proof_field_of_only_space_and_invisible_characters_is_missing(value, blank):
@@ -860,6 +867,102 @@ def test_a_web_form_opt_in_whose_proof_is_invisible_characters_is_refused():
     with pytest.raises(MissingProofError) as err:
         to_events(opt_in(proof=proof(**filled)), NOW)
     assert err.value.field == "proof.name"
+
+
+PLACEHOLDERS = (
+    *("N/A", "na", "n.a.", " None ", "NULL", "nil", "NaN", "undefined", "Unknown"),
+    *("TBD", "tba", "test", "not applicable", "Not provided"),
+    *("-", "--", ".", "?", "...", "—", "***", "\u0301"),  # no letter or digit at all
+    *("x", "XX", "xxx", "0", "000", "0.0.0.0", "::", "0" * 64),  # only x or only 0
+)
+
+
+@pytest.mark.parametrize("value", PLACEHOLDERS)
+@pytest.mark.parametrize(
+    "field", ["name", "ip_address", "form_url", "screenshot_ref", "screenshot_sha256"]
+)
+def test_a_web_form_proof_field_holding_a_placeholder_is_missing(field, value):
+    # "N/A" as the person's name, "-" as the IP address: each was taken as proof, and
+    # CanSend allowed. A placeholder says the value was not given.
+    with pytest.raises(MissingProofError) as err:
+        to_events(opt_in(proof=proof(**{field: value})), NOW)
+    assert err.value.field == f"proof.{field}"
+    lacking = proof(**{field: value}).template_missing(CollectionMethod.WEB_FORM)
+    assert (f"proof.{field}" in lacking) is (field in PROOF_TEMPLATE_FIELDS)
+
+
+def test_a_value_answered_by_its_first_character_can_be_no_placeholder():
+    # is_placeholder answers a value opening with one of these at once: no placeholder
+    # word may open with one, nor may a run of x's or zeros.
+    assert not {word[0] for word in PLACEHOLDER_WORDS} & {c.lower() for c in _OPENS_NO_PLACEHOLDER}
+    assert not set("xX0") & _OPENS_NO_PLACEHOLDER
+
+
+@pytest.mark.parametrize(
+    "value", ["Na Li", "Nil Hasan", "Xavier", "0x", "Test Person", "Ada 0", "x@example.com"]
+)
+def test_a_value_that_only_holds_a_placeholder_s_letters_is_proof(value):
+    assert proof(name=value, email=value).template_missing(CollectionMethod.WEB_FORM) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("ip_address", "banana", "is not an IP address"),
+        ("ip_address", "203.0.113", "is not an IP address"),
+        ("ip_address", "203.0.113.7:443", "is not an IP address"),
+        ("form_url", "acme.example/join", "is not an absolute http(s) URL"),
+        ("form_url", "ftp://acme.example/join", "is not an absolute http(s) URL"),
+        ("form_url", "https:///join", "is not an absolute http(s) URL"),
+        ("form_url", "http://[::1/join", "is not an absolute http(s) URL"),
+        ("screenshot_sha256", "9f86d0...", "is not a SHA-256"),
+        ("screenshot_sha256", "9f" * 31, "is not a SHA-256"),
+        ("screenshot_sha256", "zz" * 32, "is not a SHA-256"),
+        ("consent_text_sha256", "abc123", "is not a SHA-256"),
+    ],
+)
+def test_a_typed_proof_field_that_does_not_parse_is_refused(field, value, reason):
+    with pytest.raises(InvalidRequest) as err:
+        to_events(opt_in(proof=proof(**{field: value})), NOW)
+    assert not isinstance(err.value, MissingProofError)
+    assert err.value.field == f"proof.{field}"
+    assert reason in err.value.reason
+    # Not required by the method, it is refused all the same: it is no IP address.
+    paper = opt_in(
+        method=CollectionMethod.PAPER,
+        proof=proof(**{field: value, "collection_detail": "signed at the desk"}),
+    )
+    with pytest.raises(InvalidRequest) as err:
+        to_events(paper, NOW)
+    assert err.value.field == f"proof.{field}"
+    # Recorded before this was checked, it is reported as missing, not as proof.
+    lacking = proof(**{field: value}).template_missing(CollectionMethod.WEB_FORM)
+    assert (f"proof.{field}" in lacking) is (field in PROOF_TEMPLATE_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("ip_address", "2001:db8::7"),
+        ("ip_address", " 203.0.113.7 "),
+        ("ip_address", "fe80::1%eth0"),
+        ("form_url", "http://203.0.113.7:8080/join"),
+        ("form_url", "HTTPS://Acme.example"),
+        ("screenshot_sha256", "9F" * 32),
+        ("consent_text_sha256", "ab" * 32),
+    ],
+)
+def test_a_typed_proof_field_that_parses_is_proof(field, value):
+    assert to_events(opt_in(proof=proof(**{field: value})), NOW)
+    assert proof(**{field: value}).template_missing(CollectionMethod.WEB_FORM) == []
+
+
+def test_a_sealed_or_erased_proof_field_stays_given():
+    # An event whose personal data is sealed or erased shows these in its fields:
+    # the proof was given, and what it said is only hidden.
+    for shown in (SEALED, ERASED):
+        sealed = proof(name=shown, ip_address=shown, email=shown)
+        assert sealed.template_missing(CollectionMethod.WEB_FORM) == []
 
 
 def test_a_campaign_may_require_only_the_template_s_proof_fields():

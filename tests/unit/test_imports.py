@@ -87,6 +87,27 @@ async def test_a_chunk_records_the_good_records_and_refuses_each_bad_one_by_fiel
         ]
 
 
+async def test_an_imported_opt_in_whose_proof_is_a_placeholder_or_does_not_parse_is_refused():
+    # An export's "N/A" and "-" for what it never had were imported as proof.
+    async with running() as (app, _):
+        await app.writes.record(define())
+        items = [
+            opt_in(0, "+14155550100", proof=proof(at(0), name="N/A", screenshot_ref="-")),
+            opt_in(1, "+14155550101", proof=proof(at(0), ip_address="203.0.113.7:443")),
+            opt_in(2, "+14155550102", proof=proof(at(0), form_url="acme.example/join")),
+        ]
+
+        result = await _imports(app).chunk(items)
+
+        assert result.imported == 0
+        refused = {r.index: (r.code, [f for f, _ in r.violations]) for r in result.refusals}
+        assert refused == {
+            0: (Code.INVALID_ARGUMENT, ["proof.name", "proof.screenshot_ref"]),
+            1: (Code.INVALID_ARGUMENT, ["proof.ip_address"]),
+            2: (Code.INVALID_ARGUMENT, ["proof.form_url"]),
+        }
+
+
 async def test_re_running_an_import_writes_nothing_new():
     async with running() as (app, _):
         await app.writes.record(define())

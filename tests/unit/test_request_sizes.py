@@ -19,6 +19,7 @@ from services.wire import api, codec
 from tests.builders import BRAND, PHONE, at
 
 WIDE = "\U0001f600"  # four bytes in UTF-8, the most a character takes
+LETTER = "\U0001d400"  # a letter (mathematical bold A), four bytes as well
 NOW = at(10)
 NUMBER = "+12125550100"
 RECORD_BYTES = KafkaLedgerSettings(bootstrap_servers="kafka:9092").max_record_bytes
@@ -32,10 +33,23 @@ def when() -> Timestamp:
     return codec.timestamp_to_proto(at(0))
 
 
+def largest_proof_text(name: str) -> str:
+    """The largest value ``proof.<name>`` takes: four-byte letters (a field without a
+    letter or digit is a placeholder, and missing), or the longest one of its type."""
+    limit = TEXT_LIMITS[f"proof.{name}"]
+    if name == "ip_address":  # an IPv6 address's zone may be any text
+        return "fe80::1%" + LETTER * (limit - 8)
+    if name == "form_url":
+        return "https://acme.example/" + LETTER * (limit - 21)
+    if name.endswith("_sha256"):
+        return "f" * 64
+    return LETTER * limit
+
+
 def largest_writes() -> list[Message]:
     proof = ledger_pb2.ConsentProof(
         registered_at=when(),
-        **{name: full(f"proof.{name}") for name in codec._PROOF_TEXT_FIELDS if name != "region"},
+        **{name: largest_proof_text(name) for name in codec._PROOF_TEXT_FIELDS if name != "region"},
         region="FL",  # a USPS code, never free text
     )
     policy = ledger_pb2.CampaignPolicy(
