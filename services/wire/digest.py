@@ -16,7 +16,7 @@ import msgpack
 
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, built
 
-FORMAT = 15
+FORMAT = 16
 """1 had no ``CampaignDigest.last_disclosed_at``, 2 no ``Digest.regions`` and
 ``Digest.located`` (the recipient's candidate states), 3 no ``CampaignDigest``
 ``help_request``, ``help_reply`` or ``opt_in_confirmation``, 4 no
@@ -29,7 +29,9 @@ campaign's own conversation), 12 a second opt-out confirmation of one opt-out
 (``ledger.state._owed_confirmation``), 13 no ``revocation_said``, ``grant_stated``
 or ``resume_stated`` on ``CampaignDigest``, nor ``brand_revocation_said`` or
 ``brand_resume_stated`` on ``Digest`` (facts stamped ahead ordered by place alone),
-14 no provider mark on ``Digest.pending``: rows in any of them are read from their
+14 no provider mark on ``Digest.pending``, 15 read a proof field holding a
+placeholder ("N/A", "-") or, typed, a value that does not parse as given in
+``CampaignDigest.proof_missing``: rows in any of them are read from their
 snapshots, which are folded and digested again (a snapshot written before 14 may lack
 an opt-out latest by the time it said: ``consent-ledger rebuild`` folds it from the
 ledger).
