@@ -8,6 +8,8 @@ import pytest
 
 from services.bootstrap import Runtime
 from tests.e2e.harness import serving
+from tests.infra.fixtures import database_name
+from tests.infra.postgres_server import PostgresServer
 
 
 @pytest.fixture
@@ -25,3 +27,34 @@ async def serve(
             )
 
         yield serve
+
+
+@pytest.fixture(scope="module")
+async def module_serve(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_server: PostgresServer,
+    kafka_bootstrap: str,
+) -> AsyncIterator[Callable[..., Awaitable[Runtime]]]:
+    """``serve`` for the module: each service it starts, on a database and in a
+    folder of its own, runs until the module's last test. For tests that write only
+    facts of their own numbers, or compare what they find with what they found
+    before, so one service (its database, topics and start) serves them all; a test
+    that needs a ledger of its own asks for ``serve``. ``on_kafka=False`` starts one
+    on the embedded default's PostgreSQL ledger."""
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    databases: list[str] = []
+    try:
+        async with AsyncExitStack() as started:
+
+            async def serve(*, on_kafka: bool = True, **parameters: Any) -> Runtime:
+                databases.append(database_name(module))
+                dsn = await postgres_server.create_database(databases[-1])
+                tmp = tmp_path_factory.mktemp(module)
+                bootstrap = kafka_bootstrap if on_kafka else None
+                return await started.enter_async_context(serving(tmp, dsn, bootstrap, **parameters))
+
+            yield serve
+    finally:
+        for name in databases:
+            await postgres_server.drop_database(name)

@@ -152,7 +152,7 @@ def _without_flushes(server: PostgresServer) -> None:
     server.configure({"fsync": "off", "full_page_writes": "off"})
 
 
-def _database_name(test_name: str) -> str:
+def database_name(test_name: str) -> str:
     # Readable in pg_stat_activity when debugging, unique across parametrizations/reruns.
     slug = re.sub(r"[^a-z0-9]+", "_", test_name.lower()).strip("_")[:40]
     return f"t_{slug}_{uuid.uuid4().hex[:8]}"
@@ -162,7 +162,7 @@ def _database_name(test_name: str) -> str:
 async def postgres_dsn(
     postgres_server: PostgresServer, request: pytest.FixtureRequest
 ) -> AsyncIterator[str]:
-    name = _database_name(request.node.name)
+    name = database_name(request.node.name)
     dsn = await postgres_server.create_database(name)
     yield dsn
     await postgres_server.drop_database(name)
