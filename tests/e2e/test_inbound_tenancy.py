@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from ledger.ports import Stream
-from tests.e2e.harness import Clock, client, define, held_info, inbound, serving, status_details
+from tests.e2e.harness import Clock, client, define, held_info, inbound, status_details
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -19,20 +19,20 @@ ACME_NUMBER = "+12125550201"
 GLOBEX_NUMBER = "+12125550202"
 
 
-@pytest.fixture(params=["kafka", "embedded"])
-async def service(request, tmp_path, postgres_dsn, kafka_bootstrap):
+@pytest.fixture(scope="module", params=["kafka", "embedded"])
+async def service(request, module_serve):
     """A service with acme's campaign "promo" and globex's "deals" defined, each
-    sending from a number of its own."""
+    sending from a number of its own; one for the module's tests, which write
+    nothing or hold a number of their own."""
     clock = Clock()
     campaigns = [
         define("acme", "promo", clock.now - timedelta(days=1), [ACME_NUMBER]),
         define("globex", "deals", clock.now - timedelta(days=1), [GLOBEX_NUMBER]),
     ]
-    bootstrap = kafka_bootstrap if request.param == "kafka" else None
-    async with serving(
-        tmp_path, postgres_dsn, bootstrap, name="intenancy", clock=clock, campaigns=campaigns
-    ) as runtime:
-        yield runtime, clock
+    runtime = await module_serve(
+        on_kafka=request.param == "kafka", name="intenancy", clock=clock, campaigns=campaigns
+    )
+    return runtime, clock
 
 
 @pytest.mark.parametrize(
