@@ -21,26 +21,31 @@ from tests.e2e.harness import (
     imported,
     opt_in,
     opt_out,
-    serving,
     status_details,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-@pytest.fixture(params=["kafka", "embedded"])
-async def service(request, tmp_path, postgres_dsn, kafka_bootstrap):
-    """A service with acme's campaign "promo" and globex's "deals" defined."""
+@pytest.fixture(scope="module", params=["kafka", "embedded"])
+async def service(request, module_serve):
+    """A service with acme's campaign "promo" and globex's "deals" defined; one for
+    the module's tests, each of which writes nothing or holds numbers of its own."""
     clock = Clock()
     campaigns = [
         define("acme", "promo", clock.now - timedelta(days=1)),
         define("globex", "deals", clock.now - timedelta(days=1)),
     ]
-    bootstrap = kafka_bootstrap if request.param == "kafka" else None
-    async with serving(
-        tmp_path, postgres_dsn, bootstrap, name="tenancy", clock=clock, campaigns=campaigns
-    ) as runtime:
-        yield runtime, clock
+    runtime = await module_serve(
+        on_kafka=request.param == "kafka", name="tenancy", clock=clock, campaigns=campaigns
+    )
+    return runtime, clock
+
+
+def numbers(*ends: int, who: str) -> list[str]:
+    """Numbers of a test's own for each caller, so that one's holds are no other's."""
+    shift = {"acme-app": 0, "admin": 100}[who]
+    return [f"+1415555{end + shift:04d}" for end in ends]
 
 
 async def test_another_brand_s_bad_records_are_refused_for_the_brand_first(service):
@@ -113,7 +118,7 @@ async def test_an_opt_out_under_every_brand_is_refused_and_held_alike_by_both_pa
     number went on being sent to. Both now refuse it on ``brand`` and hold it under
     the caller's brands (under "*", every brand, for a token of every brand)."""
     runtime, clock = service
-    single, imported_one = "+14155550342", "+14155550343"
+    single, imported_one = numbers(342, 343, who=who)
     async with client(runtime.address, who) as app, client(runtime.address) as admin:
         err = await _refused(app.RecordOptOut, opt_out(single, "*", None, clock.now))
         answer = await imported(
@@ -164,7 +169,7 @@ async def test_an_opt_out_under_a_spelling_of_a_brand_names_every_bad_field_both
     every brand, and on ``occurred_at`` alone imported: each named a field of two,
     by who asked and by which path. Both name both, and hold it under acme."""
     runtime, clock = service
-    single, imported_one = "+14155550345", "+14155550346"
+    single, imported_one = numbers(345, 346, who=who)
     ahead = clock.now + timedelta(hours=3)
     async with client(runtime.address, who) as app, client(runtime.address) as admin:
         err = await _refused(app.RecordOptOut, opt_out(single, "ac-me", None, ahead))
