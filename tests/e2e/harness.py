@@ -96,6 +96,13 @@ class Clock:
         return self.now
 
 
+def module_clock() -> Clock:
+    """A ``Clock`` for a service the tests of a module share (``module_serve``): one
+    at least an hour ahead of the real clock, which the module's minutes of tests
+    then cannot pass."""
+    return Clock(noon_in_los_angeles(ahead=timedelta(hours=1)))
+
+
 @dataclass
 class Client:
     stub: api_grpc.ConsentServiceStub

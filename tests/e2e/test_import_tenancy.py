@@ -14,11 +14,11 @@ from consent.v1 import consent_service_pb2 as api
 
 from ledger.ports import ConsistencyToken, Stream
 from tests.e2e.harness import (
-    Clock,
     client,
     define,
     held_info,
     imported,
+    module_clock,
     opt_in,
     opt_out,
     status_details,
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 async def service(request, module_serve):
     """A service with acme's campaign "promo" and globex's "deals" defined; one for
     the module's tests, each of which writes nothing or holds numbers of its own."""
-    clock = Clock()
+    clock = module_clock()
     campaigns = [
         define("acme", "promo", clock.now - timedelta(days=1)),
         define("globex", "deals", clock.now - timedelta(days=1)),

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from ledger.ports import Stream
-from tests.e2e.harness import Clock, client, define, held_info, inbound, status_details
+from tests.e2e.harness import client, define, held_info, inbound, module_clock, status_details
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -24,7 +24,7 @@ async def service(request, module_serve):
     """A service with acme's campaign "promo" and globex's "deals" defined, each
     sending from a number of its own; one for the module's tests, which write
     nothing or hold a number of their own."""
-    clock = Clock()
+    clock = module_clock()
     campaigns = [
         define("acme", "promo", clock.now - timedelta(days=1), [ACME_NUMBER]),
         define("globex", "deals", clock.now - timedelta(days=1), [GLOBEX_NUMBER]),

@@ -23,6 +23,7 @@ from tests.e2e.harness import (
     define,
     held_info,
     inbound,
+    module_clock,
     opt_in,
     opt_out,
     precondition_violations,
@@ -60,7 +61,7 @@ async def service(serve):
 async def refusing(module_serve):
     """One service for every bad input: each is refused writing nothing, or its one
     hold, which the test counts from what it found before."""
-    clock = Clock()
+    clock = module_clock()
     return await module_serve(name="refusing", clock=clock, campaigns=campaigns(clock)), clock
 
 
