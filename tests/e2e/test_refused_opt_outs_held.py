@@ -33,6 +33,7 @@ from tests.e2e.harness import (
     held_info,
     inbound,
     kafka_settings,
+    module_clock,
     opt_in,
     opt_out,
     status_details,
@@ -50,12 +51,23 @@ def phone(i: int) -> str:
     return f"+1415555{4000 + i:04d}"
 
 
-@pytest.fixture
-async def service(serve):
-    """acme's promo campaign sending from ACME_NUMBER; each test opts its numbers in."""
-    clock = Clock()
+async def _promo(serve: Any, clock: Clock) -> tuple[Runtime, Clock]:
     campaign = define("acme", "promo", clock.now - timedelta(days=60), [ACME_NUMBER])
     return await serve(name="held", clock=clock, campaigns=[campaign]), clock
+
+
+@pytest.fixture(scope="module")
+async def service(module_serve):
+    """acme's promo campaign sending from ACME_NUMBER; each test opts its numbers in,
+    numbers no other test of the service uses, so one service serves them all."""
+    return await _promo(module_serve, module_clock())
+
+
+@pytest.fixture
+async def own_service(serve):
+    """``service`` for a test of its own: one that defines campaigns or moves the
+    clock, which would change what the others find."""
+    return await _promo(serve, Clock())
 
 
 async def opted_in(runtime: Runtime, numbers: list[str], at: datetime) -> None:
@@ -198,11 +210,11 @@ async def test_a_brand_or_campaign_with_a_separator_after_it_is_no_name_of_its_o
             assert [f for f, _ in status_details(err)] == ["campaign"], err.details()
 
 
-async def test_a_campaign_named_as_another_but_for_separators_is_not_defined(service):
+async def test_a_campaign_named_as_another_but_for_separators_is_not_defined(own_service):
     """A campaign "promo_" is no name now, but "spring_sale" is one, and was defined
     beside "spring-sale" as a campaign of its own (in PostgreSQL's view, as here);
     and a brand "acme_co" beside "acme-co"."""
-    runtime, clock = service
+    runtime, clock = own_service
     async with client(runtime.address) as admin:
         await admin.DefineCampaign(define("acme", "spring-sale", clock.now))
         err = await refused(admin.DefineCampaign, define("acme", "spring_sale", clock.now))
@@ -629,10 +641,10 @@ async def test_a_gateways_corrected_stop_of_the_brand_resolves_its_hold(service)
     assert held == [holds[scoped]["candidate_event_id"]]
 
 
-async def test_a_stop_of_one_campaign_under_revoke_all_resolves_its_hold(service):
+async def test_a_stop_of_one_campaign_under_revoke_all_resolves_its_hold(own_service):
     """Under the revoke-all rule a STOP to one campaign revokes every campaign of the
     brand: it covers the hold as a STOP of the brand does."""
-    runtime, clock = service
+    runtime, clock = own_service
     number, club_number = phone(93), "+14155550987"
     async with client(runtime.address) as admin:
         await admin.DefineCampaign(
@@ -765,11 +777,11 @@ async def test_opt_outs_at_once_are_recorded_after_the_record_limit_is_lowered(
     assert written == 64 + 64 + 1  # the opt-ins, each opt-out once, and the hold
 
 
-async def test_a_hold_past_its_deadline_is_overdue_in_every_audit_read(service):
+async def test_a_hold_past_its_deadline_is_overdue_in_every_audit_read(own_service):
     """Past its ten business days a hold counts as a revocation: CanSend answers
     REVOCATION_OVERDUE, but the proof packet still read "blocks every send ... (due
     <date>)" and GetConsent gave no deadline, as if it only awaited review."""
-    runtime, clock = service
+    runtime, clock = own_service
     number = phone(90)
     await opted_in(runtime, [number], clock.now)
     async with client(runtime.address, "acme-app") as c:
