@@ -163,10 +163,16 @@ async def import_cli(*argv: str, token: str, cwd: Path = ROOT) -> tuple[int, str
     return process.returncode or 0, out.decode(), err.decode()
 
 
-@pytest.fixture
-async def service(serve):
+async def importing(serve):
+    """A service (of ``serve`` or ``module_serve``) with acme's promo campaign, and
+    the time it started."""
     campaign = define("acme", "promo", datetime.now(UTC) - timedelta(days=60))
     return await serve(name="import", campaigns=[campaign]), datetime.now(UTC)
+
+
+@pytest.fixture
+async def service(serve):
+    return await importing(serve)
 
 
 def token_of(summary: str) -> str:

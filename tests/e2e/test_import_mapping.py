@@ -19,7 +19,7 @@ import pytest
 
 from ledger.ports import Stream
 from tests.e2e.harness import TOKENS, client, define
-from tests.e2e.test_bulk_import import answers, import_cli, iso, token_of
+from tests.e2e.test_bulk_import import answers, import_cli, importing, iso, token_of
 from tests.e2e.test_bulk_import import service as service  # the fixture, shared
 from tests.e2e.test_embedded_run import data_dir as data_dir  # the fixture, shared
 from tests.e2e.test_embedded_run import start, stop
@@ -57,6 +57,13 @@ MAPPING: dict[str, Any] = {
 }
 SUBSCRIBED = 12
 """Numbers the export has subscribed; every fourth unsubscribed later."""
+
+
+@pytest.fixture(scope="module")
+async def unsent(module_serve):
+    """One service for the imports refused before they send anything: each finds
+    the ledger's end, and its numbers, as they were."""
+    return await importing(module_serve)
 
 
 def number(i: int) -> str:
@@ -292,9 +299,9 @@ async def test_a_mapped_json_lines_export_is_imported(service, tmp_path):
     ],
 )
 async def test_a_mapping_that_does_not_fit_the_export_exits_2_with_nothing_sent(
-    service, tmp_path, fmt, change, extra, words
+    unsent, tmp_path, fmt, change, extra, words
 ):
-    runtime, when = service
+    runtime, when = unsent
     rows = their_rows(when, first=60)
     export = (
         write_csv(tmp_path / "subscribers.csv", rows)
@@ -317,8 +324,8 @@ async def test_a_mapping_that_does_not_fit_the_export_exits_2_with_nothing_sent(
     assert reasons == {number(61): "REASON_NO_CONSENT"}
 
 
-async def test_a_column_mapped_and_present_under_our_own_name_exits_2(service, tmp_path):
-    runtime, when = service
+async def test_a_column_mapped_and_present_under_our_own_name_exits_2(unsent, tmp_path):
+    runtime, when = unsent
     rows = [{**row, "phone": row["Phone Number"]} for row in their_rows(when, first=70)]
     export = write_csv(tmp_path / "subscribers.csv", rows)
 
@@ -395,9 +402,9 @@ async def test_opt_outs_kept_in_their_own_time_column_are_imported_at_that_time(
     ],
 )
 async def test_a_column_of_one_record_type_that_cannot_be_used_exits_2(
-    service, tmp_path, column, words
+    unsent, tmp_path, column, words
 ):
-    runtime, when = service
+    runtime, when = unsent
     rows = [{"Phone Number": number(85), "Status": "subscribed", "Opted Out At": iso(when)}]
     export = write_csv(tmp_path / "subscribers.csv", rows)
 
@@ -423,12 +430,12 @@ async def test_a_column_of_one_record_type_that_cannot_be_used_exits_2(
     ],
 )
 async def test_a_set_or_mapped_value_that_cannot_work_exits_2_with_nothing_sent(
-    service, tmp_path, replace, words
+    unsent, tmp_path, replace, words
 ):
     """A set or mapped value reaches every record of its type: one its field cannot
     hold (or one id for all, or an empty value never looked up) would refuse them
     all, or leave them unmapped, and hold every opt-out for review."""
-    runtime, when = service
+    runtime, when = unsent
     export = write_csv(tmp_path / "subscribers.csv", their_rows(when, first=100))
     field = replace.removeprefix("--set=").partition("=")[0]
     argv = [
