@@ -97,13 +97,24 @@ async def test_check_with_wait_holds_until_migrate_has_run(tmp_path, postgres_ds
         stderr=subprocess.PIPE,
         text=True,
     )
+    said: list[str] = []
+
+    def until_waiting() -> None:
+        assert waiting.stderr is not None
+        for line in waiting.stderr:
+            said.append(line)
+            if "waiting for migrate" in line:
+                return
+
     try:
-        await asyncio.sleep(4)
-        assert waiting.poll() is None, waiting.communicate()
+        # Once it has said it waits, it must still be running: it did not give up.
+        await asyncio.wait_for(asyncio.to_thread(until_waiting), 60)
+        assert waiting.poll() is None, (said, waiting.communicate())
         started = time.monotonic()
         migrated = await asyncio.to_thread(_cli, env)
         assert migrated.returncode == 0, migrated.stderr
         out, err = await asyncio.to_thread(waiting.communicate, timeout=60)
+        err = "".join(said) + err
     finally:
         if waiting.poll() is None:
             waiting.kill()
