@@ -7,8 +7,10 @@ token writes for, and under every brand ("*") for a token of every brand."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -45,16 +47,28 @@ SEPARATED = {"a hyphen": "ac-me", "a dot": "a.cme", "an underscore": "acme_", "c
 valid names, which nothing refused before the view was asked."""
 
 
-def phone(i: int) -> str:
-    return f"+1415555{6000 + i:04d}"
+def numbers_of(block: int) -> Callable[[int], str]:
+    """The ten numbers of a test's own block: ``phone(i)`` for i in 0..9."""
+    return lambda i: f"+1415555{6000 + 10 * block + i:04d}"
+
+
+@pytest.fixture(scope="module")
+async def shared(module_serve) -> Runtime:
+    """Each brand's promo campaign, on one service for the module's tests."""
+    now = datetime.now(UTC)
+    campaigns = [define(brand, "promo", now - timedelta(days=60)) for brand in BRANDS]
+    return await module_serve(name="nobrand", campaigns=campaigns)
+
+
+BLOCKS = itertools.count()
 
 
 @pytest.fixture
-async def service(serve):
-    """Each brand's promo campaign, every test number opted in to each a day ago."""
-    now = datetime.now(UTC)
-    campaigns = [define(brand, "promo", now - timedelta(days=60)) for brand in BRANDS]
-    runtime = await serve(name="nobrand", campaigns=campaigns)
+async def service(shared: Runtime):
+    """Ten numbers of the test's own (``phone``), each opted in to each brand's promo
+    campaign a day ago: the holds and answers of one test are of numbers no other
+    test writes."""
+    runtime, now, phone = shared, datetime.now(UTC), numbers_of(next(BLOCKS))
     async with client(runtime.address) as admin:
         for i in range(10):
             for brand in BRANDS:
@@ -62,7 +76,7 @@ async def service(serve):
                     opt_in(phone(i), brand, "promo", now - timedelta(days=1))
                 )
     assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
-    return runtime, now
+    return runtime, now, phone
 
 
 async def denied_brands(runtime: Runtime, number: str, fresh: str) -> set[str]:
@@ -88,7 +102,7 @@ async def denied_brands(runtime: Runtime, number: str, fresh: str) -> set[str]:
 @pytest.mark.parametrize("who", list(HELD_UNDER))
 async def test_a_record_opt_out_without_a_readable_brand_is_held_under_the_callers(service, who):
     """Before: INVALID_ARGUMENT on brand, nothing held, every brand allowed."""
-    runtime, now = service
+    runtime, now, phone = service
     async with client(runtime.address, who) as caller:
         for i, (name, brand) in enumerate(UNREAD.items()):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -108,7 +122,7 @@ async def test_an_imported_opt_out_without_a_readable_brand_is_held_under_the_ca
 ):
     """A CSV's blank brand, a JSON line's brand left out (readable otherwise, and with
     its time unreadable too): each refused on brand, and held."""
-    runtime, now = service
+    runtime, now, phone = service
     stop = {
         "type": "opt_out",
         "campaign": "promo",
@@ -143,7 +157,7 @@ async def test_an_imported_opt_out_without_a_readable_brand_is_held_under_the_ca
 async def test_an_every_brand_hold_is_listed_under_star_and_a_dismissal_lifts_it(service):
     """The way out for the "*" hold of a caller of every brand: an operator lists it
     under "*" and dismisses it, and every brand may send again."""
-    runtime, now = service
+    runtime, now, phone = service
     async with client(runtime.address) as admin:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await admin.RecordOptOut(opt_out(phone(9), "", "promo", now))
@@ -169,7 +183,7 @@ async def test_an_every_brand_hold_is_listed_under_star_and_a_dismissal_lifts_it
 async def test_a_record_opt_out_whose_brand_reads_as_one_in_use_is_held_under_it(service, who):
     """Before: held, for a token of every brand, under "*", which denied every brand
     until an operator dismissed it (and under both brands of a two-brand token)."""
-    runtime, now = service
+    runtime, now, phone = service
     async with client(runtime.address, who) as caller:
         for i, (name, brand) in enumerate(MEANT.items()):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -186,7 +200,7 @@ async def test_a_record_opt_out_whose_brand_reads_as_one_in_use_is_held_under_it
 async def test_a_brand_that_reads_as_another_callers_holds_nothing(service):
     """A brand spelled loosely is no way round the token's brands, nor is it held
     under the caller's own brands, which the person did not ask to stop."""
-    runtime, now = service
+    runtime, now, phone = service
     async with client(runtime.address, "globex-app") as caller:
         for i, (name, brand) in enumerate(MEANT.items()):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -199,8 +213,8 @@ async def test_a_brand_that_reads_as_another_callers_holds_nothing(service):
 async def test_an_imported_opt_out_whose_brand_reads_as_one_in_use_is_held_under_it(
     service, who, tmp_path
 ):
-    runtime, now = service
-    numbers, out, err = await _import_stops(runtime, now, who, MEANT, tmp_path, who)
+    runtime, now, phone = service
+    numbers, out, err = await _import_stops(runtime, now, phone, who, MEANT, tmp_path, who)
     assert f"refused: {len(MEANT)}" in out, out + err
     fresh = token_of(out)
     for name, number in numbers.items():
@@ -214,7 +228,7 @@ async def test_an_imported_opt_out_whose_brand_reads_as_one_in_use_is_held_under
 async def test_a_held_refusal_names_the_brands_it_is_held_under(service, who, unread_under):
     """The ErrorInfo named the holds but not their brands: a caller could not tell
     which review queue to look in, "*" above all."""
-    runtime, now = service
+    runtime, now, phone = service
     async with client(runtime.address, who) as caller:
         held = {}
         for i, brand in enumerate(("", "ac\x00me")):
@@ -239,7 +253,7 @@ async def test_a_record_opt_out_whose_brand_differs_by_separators_is_held_under_
     """Before: "ac-me" from a token of acme alone (or acme and initech) was refused
     PERMISSION_DENIED and nothing held, though the person meant acme, which the
     caller writes for."""
-    runtime, now = service
+    runtime, now, phone = service
     async with client(runtime.address, who) as caller:
         for i, (name, brand) in enumerate(SEPARATED.items()):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -259,7 +273,7 @@ async def test_a_brand_that_differs_by_separators_from_another_callers_holds_not
 ):
     """globex's token writing "ac-me" is refused as not its brand, live and on import,
     and nothing is held: acme is not globex's to deny."""
-    runtime, now = service
+    runtime, now, phone = service
     async with client(runtime.address, "globex-app") as caller:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await caller.RecordOptOut(opt_out(phone(0), "ac-me", "promo", now))
@@ -291,8 +305,10 @@ async def test_an_imported_opt_out_whose_brand_differs_by_separators_is_held_und
     """Before: "ac-me" from a token of every brand was imported as a ConsentRevoked
     under "ac-me", and acme went on sending; from a token of acme alone it was
     refused PERMISSION_DENIED and nothing held. RecordOptOut refuses and holds it."""
-    runtime, now = service
-    numbers, out, err = await _import_stops(runtime, now, who, SEPARATED, tmp_path, f"{who}-sep")
+    runtime, now, phone = service
+    numbers, out, err = await _import_stops(
+        runtime, now, phone, who, SEPARATED, tmp_path, f"{who}-sep"
+    )
     assert f"imported 0 of {len(SEPARATED)}" in out, out + err
     assert f"held for review: {len(SEPARATED)}" in out, out + err
     fresh = token_of(out)
@@ -301,7 +317,7 @@ async def test_an_imported_opt_out_whose_brand_differs_by_separators_is_held_und
 
 
 async def _import_stops(
-    runtime, now, who: str, brands: dict[str, str], tmp_path, id_prefix: str
+    runtime, now, phone, who: str, brands: dict[str, str], tmp_path, id_prefix: str
 ) -> tuple[dict[str, str], str, str]:
     """Import, with ``who``'s token, a STOP for each of ``brands`` (a name to the brand
     written) under a number of its own; answers the numbers and the CLI's output."""
