@@ -360,16 +360,21 @@ def test_a_covered_hold_is_resolved_revoked_at_now_naming_the_opt_out():
     assert decide(dismissed, PROMO, at(5) + timedelta(minutes=1)).allowed
 
 
+async def _hold_live(app) -> str:
+    """Hold ``_live()``, refused as stamped ahead, and wait until the view has it."""
+    refusal = InvalidRequest("occurred_at", "is in the future")
+    with pytest.raises(HeldForReview) as held:
+        await app.writes.hold_refused_opt_out(_live(), refusal, lambda brand: None)
+    token = ConsistencyToken.decode(held.value.metadata["consistency_token"])
+    assert await app.guard.wait_for_token(token)
+    return held.value.metadata["candidate_event_id"]
+
+
 async def test_a_brand_wide_opt_out_resolves_the_live_hold_it_covers():
     async with running() as (app, _):
         await app.writes.record(define())
         await app.writes.record(opt_in("r-in"))
-        refusal = InvalidRequest("occurred_at", "is in the future")
-        with pytest.raises(HeldForReview) as held:
-            await app.writes.hold_refused_opt_out(_live(), refusal, lambda brand: None)
-        hold_id = held.value.metadata["candidate_event_id"]
-        token = ConsistencyToken.decode(held.value.metadata["consistency_token"])
-        assert await app.guard.wait_for_token(token)
+        hold_id = await _hold_live(app)
         one = RecordOptOut("r-one", PHONE, BRAND, "promo", RevocationChannel.API, at(2))
         scoped = await app.writes.record(one, recorded_by="acme-app")
         assert await app.guard.wait_for_token(scoped.token)
@@ -399,12 +404,7 @@ async def test_a_retried_opt_out_leaves_a_hold_recorded_after_it():
         every = RecordOptOut("r-every", PHONE, BRAND, None, RevocationChannel.API, at(2))
         first = await app.writes.record(every, recorded_by="acme-app")
         assert await app.guard.wait_for_token(first.token)
-        refusal = InvalidRequest("occurred_at", "is in the future")
-        with pytest.raises(HeldForReview) as held:
-            await app.writes.hold_refused_opt_out(_live(), refusal, lambda brand: None)
-        hold_id = held.value.metadata["candidate_event_id"]
-        token = ConsistencyToken.decode(held.value.metadata["consistency_token"])
-        assert await app.guard.wait_for_token(token)
+        hold_id = await _hold_live(app)
 
         again = await app.writes.record(every, recorded_by="acme-app")
 
@@ -423,12 +423,7 @@ async def test_an_imported_opt_out_of_every_campaign_resolves_the_live_hold_it_c
     async with running() as (app, _):
         await app.writes.record(define())
         await app.writes.record(opt_in("r-in"))
-        refusal = InvalidRequest("occurred_at", "is in the future")
-        with pytest.raises(HeldForReview) as held:
-            await app.writes.hold_refused_opt_out(_live(), refusal, lambda brand: None)
-        hold_id = held.value.metadata["candidate_event_id"]
-        token = ConsistencyToken.decode(held.value.metadata["consistency_token"])
-        assert await app.guard.wait_for_token(token)
+        hold_id = await _hold_live(app)
         every = RecordOptOut(
             "imp-every", PHONE, BRAND, campaign, RevocationChannel.KEYWORD, at(2), "STOPALL"
         )
