@@ -985,27 +985,93 @@ def provider_opt_out_hold(
     Placed at the outcome's own time (never ahead of ``now``). Its id is derived
     from the message, not the request: a retry, or another outcome of the same
     message, holds nothing twice."""
-    code = reported.error_code.strip()
+    return _provider_hold(
+        reported.phone,
+        reported.brand,
+        reported.message_id,
+        reported.error_code,
+        reported.occurred_at,
+        reported.recorded_by,
+        codes,
+        now,
+    )
+
+
+@dataclass(frozen=True)
+class RefusedOutcome:
+    """What a ``RecordDeliveryOutcome`` refused for a detail said, as sent: its fields
+    may be what was wrong with it. ``occurred_at`` is None where it is no time."""
+
+    phone: str
+    brand: str
+    message_id: str
+    error_code: str
+    occurred_at: datetime | None
+    recorded_by: str = ""
+
+
+def refused_outcome_hold(
+    said: RefusedOutcome, codes: frozenset[str], refused: str, now: datetime
+) -> RevocationCandidateFlagged | None:
+    """``provider_opt_out_hold`` for an outcome refused ``refused`` (no send recorded
+    for its message, a time before the send, a bad field), when its error code is
+    one of ``codes`` and its number and brand can be read; else None. The provider
+    answers 21610 when asked to send, so the message never went out and a sender
+    often recorded no send: refused and dropped, the opt-out was lost. The hold's
+    id is the one the outcome recorded would place, so a corrected outcome of the
+    same message holds nothing twice."""
+    try:
+        phone, brand = to_e164(said.phone), check_name(said.brand, "brand")
+    except DomainError:
+        return None
+    return _provider_hold(
+        phone,
+        brand,
+        said.message_id,
+        said.error_code,
+        said.occurred_at,
+        said.recorded_by,
+        codes,
+        now,
+        refused=refused,
+    )
+
+
+def _provider_hold(
+    phone: str,
+    brand: str,
+    message_id: str,
+    error_code: str,
+    occurred_at: datetime | None,
+    recorded_by: str,
+    codes: frozenset[str],
+    now: datetime,
+    *,
+    refused: str = "",
+) -> RevocationCandidateFlagged | None:
+    code = error_code.strip()
     if not code or code not in codes:
         return None
-    said = f"{reported.brand}\0{reported.phone}\0{reported.message_id}"
+    said = f"{brand}\0{phone}\0{message_id}"
     digest = hashlib.sha256(said.encode()).hexdigest()[:32]
     request_id = f"{PROVIDER_OPT_OUT_PREFIX}{digest}"
     text = (
-        f"the provider reported error {code} for message {reported.message_id!r}:"
+        f"the provider reported error {code} for message {message_id!r}:"
         " the recipient opted out at the provider"
     )
+    if refused:
+        text = f"{text}; the outcome was refused ({refused})"
     return RevocationCandidateFlagged(
-        event_id=event_id_for(request_id, 0, reported.brand, digest),
-        occurred_at=_held_at(reported.occurred_at, now),
+        event_id=event_id_for(request_id, 0, brand, digest),
+        occurred_at=_held_at(occurred_at, now),
         request_id=request_id,
         request_fingerprint=digest,
-        recorded_by=reported.recorded_by,
-        phone=reported.phone,
-        brand=reported.brand,
+        recorded_by=recorded_by,
+        phone=phone,
+        brand=brand,
         inbound_message_id="",
         text=text[: TEXT_LIMITS["text"]],
-        stated_at=_held_stated(reported.occurred_at, now),
+        stated_at=_held_stated(occurred_at, now),
     )
 
 

@@ -181,6 +181,28 @@ def _held_metadata(
     }
 
 
+class PreconditionHeldForReview(Refused):
+    """A delivery outcome refused on a precondition (its message not recorded as sent
+    to the number) whose error code says the recipient opted out at the provider,
+    held for review all the same, as ``HeldForReview`` is: answered
+    FAILED_PRECONDITION as the refusal was, with ``HeldForReview``'s
+    ``error_reason`` and metadata in an ``ErrorInfo``."""
+
+    def __init__(
+        self,
+        refused: FailedPrecondition,
+        candidate_event_ids: Sequence[str],
+        token: str,
+        brands: Sequence[str],
+    ) -> None:
+        super().__init__(
+            refused.field,
+            f"{refused.reason}; {HELD_FOR_REVIEW}",
+            HeldForReview.error_reason,
+            _held_metadata(candidate_event_ids, token, brands),
+        )
+
+
 class ReusedIdHeldForReview(AlreadyExists):
     """A live opt-out refused because its request id was used before for another
     request (a client's bug), held for review all the same, as ``HeldForReview`` is:

@@ -96,10 +96,12 @@ def _hold(message: api_pb2.RecordOptOutRequest) -> HoldRefusedOptOut:
 
 
 def own_time(
-    message: api_pb2.RecordOptOutRequest | api_pb2.HandleInboundMessageRequest,
+    message: api_pb2.RecordOptOutRequest
+    | api_pb2.HandleInboundMessageRequest
+    | api_pb2.RecordDeliveryOutcomeRequest,
 ) -> datetime | None:
-    """A refused opt-out's (or STOP's) own time, where it is a time at all: its hold
-    is placed there (``ledger.commands.held_opt_out``)."""
+    """A refused opt-out's (or STOP's, or delivery outcome's) own time, where it is a
+    time at all: its hold is placed there (``ledger.commands.held_opt_out``)."""
     if not message.HasField("occurred_at"):
         return None
     try:

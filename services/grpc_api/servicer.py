@@ -36,6 +36,7 @@ from ledger.commands import (
     HoldRefusedOptOut,
     RecordMessagesSent,
     RecordOptOut,
+    RefusedOutcome,
     check_name,
     is_name,
 )
@@ -1099,7 +1100,27 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def RecordDeliveryOutcome(
         self, request: api_pb2.RecordDeliveryOutcomeRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.RecordDeliveryOutcomeResponse:
-        return await self._record(request, context, api_pb2.RecordDeliveryOutcomeResponse)
+        try:
+            return await self._record(request, context, api_pb2.RecordDeliveryOutcomeResponse)
+        # Refused (no send recorded, a bad field), an outcome saying the person opted
+        # out at the provider still holds the number: the STOP is otherwise lost.
+        except (DomainError, FailedPrecondition, AlreadyExists) as exc:
+            principal = self.authenticate(context)
+            said = RefusedOutcome(
+                request.phone,
+                request.brand,
+                request.message_id,
+                request.error_code,
+                imports_api.own_time(request),
+                principal.name,
+            )
+            await within(
+                write_budget(context, self.write_timeout),
+                self.usecases.writes.hold_refused_outcome(
+                    said, exc, lambda brand: principal.require(Scope.WRITE, brand)
+                ),
+            )
+            raise
 
     @translate_errors
     async def RecordMessagesSent(

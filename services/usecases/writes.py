@@ -34,6 +34,7 @@ from ledger.commands import (
     RecordMessageSent,
     RecordOptIn,
     RecordOptOut,
+    RefusedOutcome,
     ReplyKind,
     ResolveRevocationCandidate,
     brand_meant_refused,
@@ -50,6 +51,7 @@ from ledger.commands import (
     is_name,
     name_read,
     provider_opt_out_hold,
+    refused_outcome_hold,
     revoked_after_held,
     to_events,
     unattributed_opt_out,
@@ -85,6 +87,7 @@ from services.errors import (
     NotConsistent,
     OutcomeUnknown,
     PermissionDenied,
+    PreconditionHeldForReview,
     Refused,
     ReusedIdHeldForReview,
 )
@@ -802,7 +805,55 @@ class Writes:
         held = [c.event for c in state.pending_candidates() if c.event.provider_reported]
         if any(h.event_id != hold.event_id for h in held):
             return events
-        return [*events, hold]
+        # Placed already when an outcome of the message was refused (no send recorded
+        # yet): written again as it was, under its id, which the view stores once.
+        return [*events, *(held or [hold])]
+
+    async def hold_refused_outcome(
+        self,
+        said: RefusedOutcome,
+        refused: DomainError | FailedPrecondition | AlreadyExists,
+        authorize: Callable[[str], None],
+    ) -> None:
+        """Hold for review the number of a delivery outcome ``refused`` for a detail
+        whose error code says the recipient opted out at the provider
+        (``refused_outcome_hold``), for a brand ``authorize`` lets the caller write
+        for, and raise the refusal saying so (``HeldForReview``,
+        ``PreconditionHeldForReview`` or ``ReusedIdHeldForReview``); return, holding
+        nothing, for any other outcome (the caller then raises ``refused``).
+
+        Twilio answers 21610 when asked to send, so the message never went out and
+        the sender often recorded no send: refused, the person's opt-out was lost and
+        CanSend kept allowing. While a hold the provider reported is pending for the
+        number (this one, on a retry) none is added: the answer names that one."""
+        if isinstance(refused, MessageIdReused):
+            return
+        if isinstance(refused, AlreadyExists | FailedPrecondition):
+            why = f"{refused.field}: {refused.reason}"
+        else:
+            why = "; ".join(f"{f}: {r}" for f, r in refused.violations)
+        hold = refused_outcome_hold(said, self.opt_out_error_codes, why, self.ctx.clock())
+        if hold is None:
+            return
+        try:
+            authorize(hold.brand)
+        except PermissionDenied:
+            return
+        await self.ctx.guard.wait_until_applied_for([hold.phone])
+        state = (await state_as_one(self.ctx.view, hold.phone, hold.brand)).state
+        pending = [c for c in state.pending_candidates() if c.event.provider_reported]
+        if pending:
+            kept = pending[0]
+            recorded = Recorded(kept.event, kept.position, kept.recorded_at)
+            written = found(self.ctx, [str(kept.event.event_id)], [recorded])
+        else:
+            written = await recorded_once(self.ctx, [hold])
+        ids, token, under = written.event_ids, written.token.encode(), [hold.brand]
+        if isinstance(refused, AlreadyExists):
+            raise ReusedIdHeldForReview(refused, ids, token, under)
+        if isinstance(refused, FailedPrecondition):
+            raise PreconditionHeldForReview(refused, ids, token, under)
+        raise HeldForReview(refused, ids, token, under)
 
     async def _campaign_write(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
         # One campaign write at a time in this process. One that lists sender numbers

@@ -862,10 +862,12 @@ async def test_a_live_opt_out_held_takes_its_place_at_its_own_time(service):
 async def test_an_outcome_saying_the_person_opted_out_at_the_provider_holds_the_number(service):
     """Twilio's 21610 means the person replied STOP to the sender: a STOP the gateway
     lost. The outcome and its hold are written in one call and CanSend denies until a
-    reviewer resolves it; another error code, or a retry, changes nothing."""
+    reviewer resolves it; another error code, or a retry, changes nothing. Twilio
+    answers it when asked to send, so the sender often recorded no send: that outcome
+    is refused, and the number held all the same."""
     runtime, clock = service
-    number = phone(60)
-    await opted_in(runtime, [number], clock.now)
+    number, unsent = phone(60), phone(61)
+    await opted_in(runtime, [number, unsent], clock.now)
     sent = api.RecordMessageSentRequest(
         request_id=f"s-{uuid.uuid4().hex}",
         phone=number,
@@ -877,10 +879,10 @@ async def test_an_outcome_saying_the_person_opted_out_at_the_provider_holds_the_
         identified_sender=True,
     )
 
-    def outcome(code: str) -> api.RecordDeliveryOutcomeRequest:
+    def outcome(code: str, to: str = number) -> api.RecordDeliveryOutcomeRequest:
         return api.RecordDeliveryOutcomeRequest(
             request_id=f"d-{uuid.uuid4().hex}",
-            phone=number,
+            phone=to,
             brand="acme",
             message_id=sent.message_id,
             outcome=lpb.DELIVERY_OUTCOME_FAILED,
@@ -904,6 +906,22 @@ async def test_an_outcome_saying_the_person_opted_out_at_the_provider_holds_the_
         again = await c.RecordDeliveryOutcome(stop)
         assert list(again.event_ids) == list(written.event_ids)
         assert await candidates_of(runtime, number, again.consistency_token) == [hold]
+        # No send recorded to this number: refused, and held for a 21610 alone.
+        err = await refused(c.RecordDeliveryOutcome, outcome("30003", unsent))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and held_info(err) is None
+        assert (await can_send(runtime, unsent)).allowed
+        not_sent = outcome("21610", unsent)
+        err = await refused(c.RecordDeliveryOutcome, not_sent)
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err
+        info = held_info(err)
+        assert info is not None and "held for review" in err.details(), err.details()
+        answer = await can_send(runtime, unsent, info["consistency_token"])
+        assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, answer
+        assert list(answer.evidence_event_ids) == [info["candidate_event_id"]], answer
+        retried = held_info(await refused(c.RecordDeliveryOutcome, not_sent))
+        assert retried is not None
+        held = await candidates_of(runtime, unsent, retried["consistency_token"])
+        assert held == [info["candidate_event_id"]]
     async with client(runtime.address) as admin:
         resolved = await admin.ResolveRevocationCandidate(
             api.ResolveRevocationCandidateRequest(

@@ -13,6 +13,7 @@ from ledger.commands import (
     HandleInboundMessage,
     RecordDeliveryOutcome,
     RecordMessageSent,
+    RefusedOutcome,
     ResolveRevocationCandidate,
     provider_opt_out_hold,
     to_events,
@@ -28,9 +29,14 @@ from ledger.events import (
 )
 from ledger.packet import assemble
 from ledger.policy import Reason, decide
-from ledger.ports import Stream
+from ledger.ports import ConsistencyToken, Stream
 from ledger.state import fold
-from services.errors import FailedPrecondition
+from services.errors import (
+    FailedPrecondition,
+    HeldForReview,
+    PermissionDenied,
+    PreconditionHeldForReview,
+)
 from tests.builders import BRAND, PHONE, at, campaign, granted, record
 from tests.unit.usecase_harness import NOW, NUMBER, claim, define, opt_in, running
 
@@ -244,3 +250,54 @@ async def test_a_start_after_an_opt_out_the_provider_reported_leaves_it_for_revi
         answered = await app.writes.handle_inbound(start)
         checked = await app.checks.can_send(PHONE, BRAND, "promo", token=answered.write.token)
         assert checked.decision.reason is Reason.REVOCATION_PENDING_REVIEW, checked.decision
+
+
+def _refuse(brand: str) -> None:
+    raise PermissionDenied("brand", f"may not write for {brand!r}")
+
+
+@ASYNC
+async def test_a_21610_outcome_refused_for_a_detail_holds_the_number_all_the_same():
+    """Twilio answers 21610 when asked to send: the message never went out, so the
+    sender often recorded no send. The outcome is refused, and the number held all
+    the same (the refusal says so); once per number, and never for a caller that may
+    not write for the brand or for another code."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        await app.writes.record(opt_in("o1"))
+        unsent = outcome(error_code="21610")
+        with pytest.raises(FailedPrecondition) as err:
+            await app.writes.record(unsent)
+        said = RefusedOutcome(PHONE, BRAND, "SM1", "21610", None)  # no time: placed now
+        await app.writes.hold_refused_outcome(said, err.value, _refuse)
+        other = replace(said, error_code="30003")
+        await app.writes.hold_refused_outcome(other, err.value, lambda brand: None)
+        ledger = app.ledger
+        assert not _holds(await ledger.read(Stream.SUBSCRIBERS, ledger.partition_for(PHONE), 0))
+        with pytest.raises(PreconditionHeldForReview) as held:
+            await app.writes.hold_refused_outcome(said, err.value, lambda brand: None)
+        assert held.value.field == "message_id" and "held for review" in held.value.reason
+        hold_id = held.value.metadata["candidate_event_id"]
+        token = ConsistencyToken.decode(held.value.metadata["consistency_token"])
+        checked = await app.checks.can_send(PHONE, BRAND, "promo", token=token)
+        assert checked.decision.reason is Reason.REVOCATION_PENDING_REVIEW, checked.decision
+        assert "the outcome was refused (message_id: no message" in checked.decision.detail
+        # A retry, or another message's outcome refused for its time, names that hold.
+        with pytest.raises(PreconditionHeldForReview) as again:
+            await app.writes.hold_refused_outcome(said, err.value, lambda brand: None)
+        ahead = replace(said, message_id="SM2", occurred_at=at(10_000))
+        with pytest.raises(HeldForReview) as late:
+            await app.writes.hold_refused_outcome(
+                ahead, InvalidRequest("occurred_at", "is ahead"), lambda brand: None
+            )
+        for answer in (again.value, late.value):
+            assert answer.metadata["candidate_event_ids"] == hold_id
+        # The send recorded after all, the corrected outcome keeps the same one hold.
+        await app.writes.record(sent())
+        written = await app.writes.record(unsent)
+        assert written.event_ids[1:] == [hold_id]
+        await app.guard.wait_for_token(written.token)
+        events = await ledger.read(Stream.SUBSCRIBERS, ledger.partition_for(PHONE), 0)
+        assert {str(h.event_id) for h in _holds(events)} == {hold_id}
+        # Written again as first placed, not at the corrected outcome's time.
+        assert {h.occurred_at for h in _holds(events)} == {NOW}
