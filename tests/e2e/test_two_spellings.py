@@ -8,6 +8,7 @@ before this one stored under the other spelling count too."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 import uuid
@@ -57,10 +58,36 @@ SPELLINGS = {
 }
 """Each pair: the spelling a number is kept under, and the other."""
 
+_LINES = {
+    "argentina": ("+549111234", "+54111234", 4100),
+    "gabon": ("+24166", "+24106", 441000),
+    "gabon-7-digits": ("+24177", "+2417", 441000),
+}
+"""Each pair of ``SPELLINGS`` as lines of its kind: the heads of its two spellings,
+and the number the rest of the digits count from."""
+
+_lines_taken = itertools.count(100)
+
+
+def line_of(pair: str, i: int) -> tuple[str, str]:
+    """Line ``i`` of ``pair``'s kind: its spelling kept and its other spelling, read
+    as one line as ``SPELLINGS[pair]`` is, so a test of its own numbers proves what
+    one of those numbers would."""
+    kept_head, other_head, first = _LINES[pair]
+    tail = str(first + i)
+    kept, other = kept_head + tail, other_head + tail
+    stored_before = ledger.phone.forms_stored_before(kept)
+    assert ledger.phone.to_e164(other) == kept and other in stored_before, (kept, other)
+    like = ledger.phone.forms_stored_before(SPELLINGS[pair][0])
+    assert len(stored_before) == len(like), (stored_before, like)
+    return kept, other
+
 
 @pytest.fixture(params=sorted(SPELLINGS))
 def spellings(request) -> tuple[str, str]:
-    return SPELLINGS[request.param]
+    """A pair of ``SPELLINGS``' kind, as a line no other test uses, so that tests
+    sharing a service each find only their own line's facts."""
+    return line_of(request.param, next(_lines_taken))
 
 
 def inside_hours() -> Clock:
@@ -325,18 +352,20 @@ async def test_a_reply_to_a_text_under_the_old_spelling_is_the_reply_it_owed(
         reply = dict(
             phone=kept,
             campaign="promo",
-            message_id="SM-reply-1",
+            message_id=f"SM-reply-{uuid.uuid4().hex[:8]}",
             kind=kind,
             occurred_at=ts(clock.now - timedelta(minutes=1)),
             included_opt_out_language=True,
             identified_sender=True,
         )
         if alone:
-            request = api.RecordMessageSentRequest(request_id="reply-1", brand="acme", **reply)
+            request = api.RecordMessageSentRequest(
+                request_id=uuid.uuid4().hex, brand="acme", **reply
+            )
             w = await admin.RecordMessageSent(request)
         else:
             batch = api.RecordMessagesSentRequest(
-                request_id="replies", brand="acme", messages=[api.SentMessage(**reply)]
+                request_id=uuid.uuid4().hex, brand="acme", messages=[api.SentMessage(**reply)]
             )
             w = await admin.RecordMessagesSent(batch)
         listed = await admin.ListEvents(
@@ -348,13 +377,13 @@ async def test_a_reply_to_a_text_under_the_old_spelling_is_the_reply_it_owed(
 
 
 def sent_again(
-    number: str, when: datetime, alone: bool, **changes: Any
+    message_id: str, number: str, when: datetime, alone: bool, **changes: Any
 ) -> api.RecordMessageSentRequest | api.RecordMessagesSentRequest:
-    """Message ``SM-again-1`` to ``number``, recorded alone or in a batch."""
+    """Message ``message_id`` to ``number``, recorded alone or in a batch."""
     said = dict(
         phone=number,
         campaign="promo",
-        message_id="SM-again-1",
+        message_id=message_id,
         occurred_at=ts(when),
         included_opt_out_language=True,
         identified_sender=True,
@@ -381,18 +410,19 @@ async def test_a_message_recorded_under_the_old_spelling_is_not_recorded_twice(
     runtime, clock = service
     kept, other = spellings
     at = clock.now - timedelta(minutes=1)
+    message_id = f"SM-again-{uuid.uuid4().hex[:8]}"
     record = "RecordMessageSent" if alone else "RecordMessagesSent"
     async with client(runtime.address) as admin:
         await admin.RecordOptIn(opt_in(kept, "acme", "promo", clock.now - timedelta(days=1)))
-        first = await getattr(admin, record)(sent_again(other, at, alone))
+        first = await getattr(admin, record)(sent_again(message_id, other, at, alone))
         token = await applied(runtime, first.consistency_token)
         size = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
         await upgraded(monkeypatch)
-        again = await getattr(admin, record)(sent_again(kept, at, alone))
+        again = await getattr(admin, record)(sent_again(message_id, kept, at, alone))
         assert list(again.event_ids) == list(first.event_ids)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             later = at + timedelta(seconds=30)
-            await getattr(admin, record)(sent_again(kept, later, alone))
+            await getattr(admin, record)(sent_again(message_id, kept, later, alone))
         assert refused.value.code() is grpc.StatusCode.ALREADY_EXISTS, refused.value
         assert "occurred_at" in (refused.value.details() or "")
         assert sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values()) == size
@@ -415,8 +445,9 @@ async def test_an_outcome_of_a_message_recorded_under_the_old_spelling_is_record
     runtime, clock = service
     kept, other = spellings
     at = clock.now - timedelta(minutes=1)
+    message_id = f"SM-again-{uuid.uuid4().hex[:8]}"
     async with client(runtime.address) as admin:
-        first = await admin.RecordMessageSent(sent_again(other, at, True))
+        first = await admin.RecordMessageSent(sent_again(message_id, other, at, True))
         await applied(runtime, first.consistency_token)
         await upgraded(monkeypatch)
         reported = await admin.RecordDeliveryOutcome(
@@ -424,7 +455,7 @@ async def test_an_outcome_of_a_message_recorded_under_the_old_spelling_is_record
                 request_id=uuid.uuid4().hex,
                 phone=kept,
                 brand="acme",
-                message_id="SM-again-1",
+                message_id=message_id,
                 outcome=lpb.DELIVERY_OUTCOME_UNDELIVERABLE,
                 error_code="30003",
                 occurred_at=ts(clock.now),
@@ -464,7 +495,7 @@ async def test_a_reply_held_for_review_under_the_old_spelling_can_be_resolved(
         queued = [(c.event.event_id, c.event.phone) for c in queue.candidates]
         w = await admin.ResolveRevocationCandidate(
             api.ResolveRevocationCandidateRequest(
-                request_id="resolve-1",
+                request_id=uuid.uuid4().hex,
                 phone=other,
                 brand="acme",
                 candidate_event_id=flagged,
