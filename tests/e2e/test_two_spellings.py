@@ -91,19 +91,33 @@ def spellings(request) -> tuple[str, str]:
     return line_of(request.param, next(_lines_taken))
 
 
-def inside_hours() -> Clock:
-    # 14:00 UTC: 11:00 in Buenos Aires, 15:00 in Libreville, inside anyone's hours.
-    return Clock(noon_in_los_angeles(timedelta(hours=6)) - timedelta(hours=6))
+def inside_hours(ahead: timedelta = timedelta(0)) -> Clock:
+    """The next 14:00 UTC at least ``ahead`` of the real clock: 11:00 in Buenos
+    Aires, 15:00 in Libreville, inside anyone's hours."""
+    return Clock(noon_in_los_angeles(timedelta(hours=6) + ahead) - timedelta(hours=6))
 
 
 def promo(clock: Clock) -> api.DefineCampaignRequest:
     return define("acme", "promo", clock.now - timedelta(days=60), [ACME_NUMBER])
 
 
-@pytest.fixture
-async def service(serve):
-    clock = inside_hours()
+async def _promo(serve: Any, clock: Clock) -> tuple[Runtime, Clock]:
     return await serve(name="spellings", clock=clock, campaigns=[promo(clock)]), clock
+
+
+@pytest.fixture(scope="module")
+async def service(module_serve):
+    """acme's promo campaign sending from ACME_NUMBER, for every test of its own line
+    (``spellings``) that keeps the clock where it is; an hour ahead of the real
+    clock, as ``module_clock`` is, which the module's minutes cannot pass."""
+    return await _promo(module_serve, inside_hours(ahead=timedelta(hours=1)))
+
+
+@pytest.fixture
+async def own_service(serve):
+    """``service`` for a test of its own: one that moves the clock, which would
+    change what the others find."""
+    return await _promo(serve, inside_hours())
 
 
 def forget_spellings() -> None:
@@ -656,13 +670,13 @@ async def test_the_fold_survives_a_rebuild_and_a_restart(
 
 
 async def test_an_erasure_covers_the_facts_and_holds_under_the_old_spelling(
-    service, spellings, before_one_form, monkeypatch
+    own_service, spellings, before_one_form, monkeypatch
 ):
     """An opt-in and a legal hold recorded under the other spelling by a version that
     kept them apart: after the upgrade, the hold refuses an erasure of the number
     kept, a release through that number lifts it, and the erasure then erases the
     opt-in's personal data too, whichever spelling the auditor asks about."""
-    runtime, clock = service
+    runtime, clock = own_service
     kept, other = spellings
     async with client(runtime.address) as admin:
         await admin.RecordOptIn(opt_in(other, "acme", "promo", clock.now - timedelta(days=1)))
