@@ -570,8 +570,11 @@ class Check:
         evidence = current.evidence
         # A conversation reply is one only inside the window after the person's text:
         # then it does not count towards caps and needs no sender identification (a
-        # follow-up in a conversation); otherwise it is a message like any other.
-        replying = self._open_conversation(c, None) if self._replying else None
+        # follow-up in a conversation); otherwise it is a message like any other. An
+        # opt-out closes the conversation a text before it opened, a newer consent too.
+        replying = (
+            self._open_conversation(c, latest_revocation_key(digest, c)) if self._replying else None
+        )
         # Age, caps, then quiet hours; the first that denies answers.
         check = self._age_gate(digest) if self._age_gated else None
         if check is None and self._limits and replying is None:

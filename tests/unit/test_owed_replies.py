@@ -459,3 +459,20 @@ async def test_other_words_under_a_recorded_message_id_are_refused_unless_a_stop
         assert set(stop.write.event_ids).isdisjoint(first.write.event_ids)
         checked = await app.checks.can_send(PHONE, "acme", "promo", token=stop.write.token)
         assert checked.decision.reason is Reason.REVOKED, checked.decision
+
+
+def test_a_text_before_an_opt_out_lets_no_reply_of_a_later_consent_past_the_caps():
+    # "hi", then STOP, then a new opt-in on the web: the STOP closed the conversation
+    # the "hi" opened, so a reply labelled a conversation reply is a message like any
+    # other, as its recorded send counts (``earns_exemption``).
+    capped = campaign(frequency_caps=(FrequencyCap(1, timedelta(days=2)),))
+    s = state_of(
+        granted(at(0)),
+        sent(at(1)),
+        inbound(at(10), "hi", "promo"),
+        revoked(at(11)),
+        granted(at(12)),
+    )
+    d = decide(s, capped, at(20), MessageKind.CONVERSATION_REPLY)
+    assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED
+    assert not earns_exemption(digest_of(s), capped, at(20), MessageKind.CONVERSATION_REPLY)
