@@ -1767,10 +1767,17 @@ def _digit_readings(raw: str) -> list[str]:
     an international prefix (none if ``raw`` has another "+", or holds more than
     digits and the punctuation numbers are written with)."""
     digits = "".join(ch for ch in raw if ch.isdecimal())
-    if raw.lstrip().startswith("+") and raw.count("+") == 1 and _INTERNATIONAL_PREFIX.match(digits):
+    plus = raw.lstrip().startswith("+") and raw.count("+") == 1
+    if plus and _INTERNATIONAL_PREFIX.match(digits):
         # "+00 1 ...", "+011 44 ...": a "+" put before a dialled international prefix
         # is refused (E.164 has no 00), but the number after the prefix is plain.
         raw = raw.replace("+", "", 1)
+    elif plus and digits.startswith("0"):
+        # "+01 415 ...", "+044 20 ...": no country code starts with 0, so the zeros
+        # are a slip; refused and held under no number, the opt-out left the line
+        # its digits name allowed.
+        raw = raw.replace("+", "", 1)
+        digits = digits.lstrip("0")
     written = all(ch.isdecimal() or ch in " -()./" for ch in raw)
     if "+" in raw or not digits or not written:
         return []
