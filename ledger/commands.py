@@ -1671,7 +1671,9 @@ HELD_FOR_REVIEW = (
 """What a refusal of a held opt-out adds to its reason."""
 
 
-_INTERNATIONAL_PREFIX = re.compile(r"^(?:011|00)")
+# 0011 is Australia's: read as 00, its 1 was read as the country code and no
+# number was found. No number follows 00 1 1 (no area code starts with 1).
+_INTERNATIONAL_PREFIX = re.compile(r"^(?:0011|011|00)")
 _NANP_NATIONAL_DIGITS = 10
 """A North American number without its country code: area code, exchange, line."""
 

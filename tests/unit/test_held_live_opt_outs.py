@@ -249,6 +249,8 @@ def test_a_brand_that_spells_another_name_holds_nothing(spelled):
         ("415.555.2671", "+14155552671"),
         ("1 415 555 2671", "+14155552671"),  # its country code without the "+"
         ("011 44 20 7946 0018", "+442079460018"),  # dialled from North America
+        ("0011 44 20 7946 0018", "+442079460018"),  # dialled from Australia
+        ("+0011 1 415 555 2671", "+14155552671"),
         ("tel:+14155552671", "+14155552671"),  # a link's number
         ("Tel:+1-415-555-2671;phone-context=example.com", "+14155552671"),
         ("+14155552671;ext=12", "+14155552671"),  # the line an extension is on
