@@ -109,9 +109,12 @@ _SEPARATOR_RUN = re.compile(r"[._-]+")
 
 
 def name_read(value: str) -> str:
-    """What a person reads in a name: "spring-sale", "spring_sale", "spring.sale" and
-    "spring--sale" are one name to a reader, though four keys to the ledger."""
-    return _SEPARATOR_RUN.sub("-", value)
+    """What a person reads in a name: "spring-sale", "spring_sale", "spring.sale",
+    "spring--sale" and "springsale" are one name to a reader, though five keys to the
+    ledger. The last was a campaign of its own beside "spring-sale" (and "acmeco" a
+    brand beside "acme-co"), though an opt-out under an unused "acmeco" is read as
+    one for acme-co (``brands_meant``)."""
+    return _SEPARATOR_RUN.sub("", value)
 
 
 def brands_meant(brand: str, in_use: Sequence[str] | BrandsInUse) -> list[str]:

@@ -1222,9 +1222,9 @@ class Writes:
 
     async def _check_name_free(self, brand: str, campaign: str) -> None:
         """A new campaign may not be named as one of the brand's own is, but for its
-        separators: "spring_sale" beside "spring-sale" was a campaign of its own, and
-        an opt-out a client wrote under the one stopped nothing sent under the other;
-        nor may a new brand be named so. ``campaign_known`` has caught the view up
+        separators: "spring_sale" (or "springsale") beside "spring-sale" was a campaign
+        of its own, and an opt-out a client wrote under the one stopped nothing sent
+        under the other; nor may a new brand be named so. ``campaign_known`` has caught the view up
         with the ledger's campaigns."""
         read = name_read(campaign)
         campaigns = await self.ctx.view.campaign_names(brand)

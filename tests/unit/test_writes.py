@@ -301,10 +301,12 @@ def definition(request_id: str, brand: str, campaign: str) -> DefineCampaign:
     return DefineCampaign(request_id, brand, campaign, CampaignPolicy(), at(-1))
 
 
-@pytest.mark.parametrize("spelled", ["spring_sale", "spring.sale", "spring--sale", "spring-_sale"])
+@pytest.mark.parametrize(
+    "spelled", ["spring_sale", "spring.sale", "spring--sale", "spring-_sale", "springsale"]
+)
 async def test_a_campaign_named_as_one_of_the_brand_s_but_for_separators_is_refused(app, spelled):
-    """A campaign "spring_sale" beside "spring-sale" was one of its own: an opt-out
-    a client wrote under the one stopped nothing sent under the other."""
+    """A campaign "spring_sale" (or "springsale") beside "spring-sale" was one of its
+    own: an opt-out a client wrote under the one stopped nothing sent under the other."""
     await app.writes.record(definition("d-1", "acme", "spring-sale"))
     with pytest.raises(FailedPrecondition) as refused:
         await app.writes.record(definition("d-2", "acme", spelled))
@@ -312,11 +314,10 @@ async def test_a_campaign_named_as_one_of_the_brand_s_but_for_separators_is_refu
     assert "acme/spring-sale" in refused.value.reason
     # Another brand's campaign, or a name that differs by more, is no clash.
     await app.writes.record(definition("d-3", "globex", spelled))
-    await app.writes.record(definition("d-4", "acme", "springsale"))
     await app.writes.record(definition("d-5", "acme", "spring-sale-2"))
 
 
-@pytest.mark.parametrize("spelled", ["acme_co", "acme.co", "acme--co"])
+@pytest.mark.parametrize("spelled", ["acme_co", "acme.co", "acme--co", "acmeco"])
 async def test_a_brand_named_as_another_but_for_separators_is_refused(app, spelled):
     """A brand "acme_co" beside "acme-co" was one of its own, and so was every
     opt-out a client wrote under it: it stopped nothing sent under acme-co."""
@@ -326,7 +327,7 @@ async def test_a_brand_named_as_another_but_for_separators_is_refused(app, spell
     assert refused.value.field == "brand"
     assert "'acme-co'" in refused.value.reason
     await app.writes.record(definition("d-3", "acme-co", "news"))  # its own brand's
-    await app.writes.record(definition("d-4", "acmeco", "promo"))  # more than a separator
+    await app.writes.record(definition("d-4", "acme-cos", "promo"))  # more than a separator
 
 
 @pytest.mark.parametrize("spelled", ["acme_co", "acmeco", "acme.co"])
