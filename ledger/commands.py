@@ -1865,10 +1865,8 @@ def held_opt_out(cmd: HoldRefusedOptOut, refused: str, now: datetime) -> list[Le
         # Each hold is reviewed alone: say it has siblings, for the reviewer to find.
         text = f"{text}; its number reads as {' and as '.join(phones)}: held under each"
     # One candidate per reading, each its own event id (its index): a retry of the
-    # request holds each once. A live hold's ids leave its time out, as they did
-    # before it was placed there: its ``record`` digests the whole request, time
-    # included, and a retry of a request held by an earlier version holds it once.
-    keyed = dataclasses.replace(cmd, occurred_at=None) if live else cmd
+    # request holds each once.
+    keyed = hold_keyed(cmd)
     return [
         RevocationCandidateFlagged(
             **_base(keyed, i, at, brand),
@@ -1881,6 +1879,14 @@ def held_opt_out(cmd: HoldRefusedOptOut, refused: str, now: datetime) -> list[Le
         )
         for i, phone in enumerate(phones)
     ]
+
+
+def hold_keyed(cmd: HoldRefusedOptOut) -> HoldRefusedOptOut:
+    """What a hold's ids and fingerprint are made from. A live hold's leave its time
+    out, as they did before it was placed there (its ``record`` digests the whole
+    request, time included), so a retry of a request held by an earlier version,
+    under either fingerprint, is that hold."""
+    return dataclasses.replace(cmd, occurred_at=None) if cmd.via else cmd
 
 
 def _held_at(occurred_at: datetime | None, now: datetime) -> datetime:

@@ -48,6 +48,7 @@ from ledger.commands import (
     handle_unowned_inbound,
     held_intent,
     held_opt_out,
+    hold_keyed,
     is_name,
     name_read,
     provider_opt_out_hold,
@@ -651,11 +652,11 @@ class Writes:
             events = _stamped(events, recorded_by)
             # Held by a version that digested the number as spelled, the hold's id is
             # taken under that fingerprint: this is its retry, not another request.
-            earlier = await recorded_as_spelled(self.ctx, each, events)
+            earlier = await recorded_as_spelled(self.ctx, hold_keyed(each), events)
             if earlier is None and held_before_as is not None:
                 before = replace(each, record=held_before_as)
                 kept = _stamped(held_opt_out(before, refusal, self.ctx.clock()), recorded_by)
-                earlier = await recorded_as_spelled(self.ctx, before, kept)
+                earlier = await recorded_as_spelled(self.ctx, hold_keyed(before), kept)
                 taken = await self.ctx.view.request_use(brand_of(kept[0]), kept[0].request_id)
                 if earlier is None and taken is not None:
                     # Held so before: answered as that hold (appended again under its
