@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import asyncpg
@@ -25,6 +24,7 @@ from services.projector import rebuild
 from services.settings import KafkaLedgerSettings
 from tests.conformance.view_suite import generate_events
 from tests.e2e.harness import ctrl_c_as_at_a_terminal, write_tokens
+from tests.integration.test_ledger_kafka import settings_for_test
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -51,15 +51,7 @@ async def applied_on(conn: asyncpg.Connection) -> int:
 
 def ledger_settings(bootstrap: str) -> KafkaLedgerSettings:
     """A ledger of topics of its own, four partitions, for a rebuild to read."""
-    return KafkaLedgerSettings(
-        bootstrap_servers=bootstrap,
-        topic_prefix=f"test-{uuid.uuid4().hex[:10]}.",
-        subscriber_partitions=4,
-        replication_factor=1,
-        min_insync_replicas=1,
-        request_timeout_s=10,
-        append_timeout_s=15,
-    )
+    return settings_for_test(bootstrap, subscriber_partitions=4)
 
 
 def rebuild_env(settings: KafkaLedgerSettings, dsn: str, tmp_path: Path) -> dict[str, str]:
