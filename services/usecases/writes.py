@@ -73,13 +73,14 @@ from ledger.events import (
     LedgerEvent,
     MessageSent,
     Recorded,
+    RevocationCandidateFlagged,
     RevocationCandidateResolved,
     SubscriberEvent,
 )
 from ledger.phone import forms_stored_before, to_e164
 from ledger.policy import earns_exemption, revokes_all
 from ledger.ports import ConsentView, ConsistencyToken, DigestReads, RequestClaim, Stream
-from ledger.state import COUNTED_KINDS, SubscriberState
+from ledger.state import COUNTED_KINDS, Fact, SubscriberState
 from services.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -802,13 +803,20 @@ class Writes:
         hold = provider_opt_out_hold(reported, self.opt_out_error_codes, self.ctx.clock())
         if hold is None:
             return events
-        state = (await state_as_one(self.ctx.view, reported.phone, reported.brand)).state
-        held = [c.event for c in state.pending_candidates() if c.event.provider_reported]
+        held = [c.event for c in await self._provider_holds(reported.phone, reported.brand)]
         if any(h.event_id != hold.event_id for h in held):
             return events
         # Placed already when an outcome of the message was refused (no send recorded
         # yet): written again as it was, under its id, which the view stores once.
         return [*events, *(held or [hold])]
+
+    async def _provider_holds(
+        self, phone: str, brand: str
+    ) -> list[Fact[RevocationCandidateFlagged]]:
+        """The holds a provider's report placed on ``phone`` for ``brand`` that are
+        still pending, as the view has them (one review covers them all)."""
+        state = (await state_as_one(self.ctx.view, phone, brand)).state
+        return [c for c in state.pending_candidates() if c.event.provider_reported]
 
     async def hold_refused_outcome(
         self,
@@ -841,8 +849,7 @@ class Writes:
         except PermissionDenied:
             return
         await self.ctx.guard.wait_until_applied_for([hold.phone])
-        state = (await state_as_one(self.ctx.view, hold.phone, hold.brand)).state
-        pending = [c for c in state.pending_candidates() if c.event.provider_reported]
+        pending = await self._provider_holds(hold.phone, hold.brand)
         if pending:
             kept = pending[0]
             recorded = Recorded(kept.event, kept.position, kept.recorded_at)
