@@ -2,8 +2,9 @@
 
 ``GetConsent`` answers it and the projection stores it (``consent_status``), so it
 is worked out here once, from the digest the policy reads. The stored rows are
-written without ``pending_review`` and ``revoke_all`` (the rule's date comes with
-no fact to rewrite them), so they are no decision: their table says so.
+written without ``revoke_all`` (the rule's date comes with no fact to rewrite
+them), so they are no decision: their table says so. A hold awaiting review they
+do say, as ``pending_review`` whatever the hold.
 """
 
 from __future__ import annotations

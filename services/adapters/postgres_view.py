@@ -433,6 +433,14 @@ FROM subscriber_state AS s
 JOIN unnest($1::text[], $2::text[]) AS k(phone, brand) USING (phone, brand)
 FOR UPDATE OF s
 """
+_LOAD_PHONES_STATES = """
+SELECT phone, brand, snapshot, last_offset, updated_at
+FROM subscriber_state WHERE phone = ANY($1::text[]) AND brand <> $2
+FOR UPDATE
+"""
+"""Every brand's state of the phones whose held STOPs of brand "*" a batch changes:
+such a hold denies every brand's campaigns, so each brand's status rows are written
+again."""
 _STATE_CONFLICT = """
 ON CONFLICT (phone, brand) DO UPDATE
 SET snapshot = EXCLUDED.snapshot, last_offset = EXCLUDED.last_offset,
@@ -464,13 +472,13 @@ SELECT e.occurred_at FROM flagged_reply AS f JOIN ledger_event_copy AS e USING (
 WHERE f.resolved IS NOT TRUE
 """
 _STATUS_COLUMNS = """phone, brand, campaign, status, tier, granted_event_id, granted_at,
-    revoked_event_id, revoked_at, updated_at"""
+    revoked_event_id, revoked_at, updated_at, held_event_id"""
 _STATUS_CONFLICT = """
 ON CONFLICT (phone, brand, campaign) DO UPDATE
 SET status = EXCLUDED.status, tier = EXCLUDED.tier,
     granted_event_id = EXCLUDED.granted_event_id, granted_at = EXCLUDED.granted_at,
     revoked_event_id = EXCLUDED.revoked_event_id, revoked_at = EXCLUDED.revoked_at,
-    updated_at = EXCLUDED.updated_at
+    updated_at = EXCLUDED.updated_at, held_event_id = EXCLUDED.held_event_id
 """
 _UPSERT_STATUSES = f"""
 INSERT INTO consent_status ({_STATUS_COLUMNS})
@@ -593,6 +601,7 @@ _CAMPAIGN_COUNTS = _sending_counts_sql(
 
 
 _STATUS_COLUMN = {
+    ConsentState.PENDING_REVIEW: "pending_review",
     ConsentState.ACTIVE: "active",
     ConsentState.REVOKED: "revoked",
     ConsentState.REVOKED_BRAND_WIDE: "revoked",
@@ -603,12 +612,26 @@ _STATUS_COLUMN = {
 
 
 def _status_rows(
-    state: SubscriberState, digest: Digest, updated_at: datetime
+    state: SubscriberState,
+    digest: Digest,
+    updated_at: datetime,
+    phone_wide: SubscriberState | None = None,
 ) -> list[tuple[Any, ...]]:
+    """``state``'s rows of ``consent_status``; ``phone_wide``: the number's state under
+    brand "*", whose held STOPs deny this brand's campaigns too. While an opt-out
+    awaits review every row says ``pending_review`` and names the first hold as
+    GetConsent lists them: it said ``active`` where CanSend denied."""
     rows = []
     held = state.campaigns
+    holds = [
+        *state.pending_candidates(),
+        *(phone_wide.pending_candidates() if phone_wide is not None else ()),
+    ]
+    hold_id = holds[0].event_id if holds else None
     for name, consent in sorted(digest.campaigns.items()):
-        status = _STATUS_COLUMN[consent_state(digest, name)]
+        status = _STATUS_COLUMN[
+            ConsentState.PENDING_REVIEW if holds else consent_state(digest, name)
+        ]
         revocation = latest_revocation(digest, consent)
         grant = consent.grant
         # The times as the state's facts hold them (the instants the digest's marks
@@ -635,6 +658,7 @@ def _status_rows(
                 revoked_id,
                 revoked_at,
                 updated_at,
+                hold_id,
             )
         )
     return rows
@@ -1068,17 +1092,27 @@ class PostgresConsentView(ConsentView):
         digested, while the next are digested. The states are read (and their rows
         locked) first, as the fold needs them."""
         conn = writes.conn
-        keys = sorted({(r.event.phone, r.event.brand) for r in new})  # type: ignore[attr-defined]
+        written = {(r.event.phone, r.event.brand) for r in new}  # type: ignore[attr-defined]
+        # Each phone's state under brand "*" is read too: its held STOPs deny every
+        # brand, and each brand's status rows say so.
+        loaded = written | {(phone, ANY_BRAND) for phone, _ in written}
         states: dict[tuple[str, str], SubscriberState] = {}
         # The retained facts need not include the newest event (a late fact that
         # changed nothing), so what the row has seen is kept beside the snapshot.
         last_offset: dict[tuple[str, str], int] = {}
         updated: dict[tuple[str, str], datetime] = {}
-        for row in await conn.fetch(_LOAD_STATES, [k[0] for k in keys], [k[1] for k in keys]):
+        rows_read = await conn.fetch(_LOAD_STATES, [k[0] for k in loaded], [k[1] for k in loaded])
+        wide = sorted({phone for phone, brand in written if brand == ANY_BRAND})
+        if wide:
+            rows_read += await conn.fetch(_LOAD_PHONES_STATES, wide, ANY_BRAND)
+        for row in rows_read:
             key = (row["phone"], row["brand"])
             states[key] = encoded.load_state(*key, row["snapshot"])
             last_offset[key] = row["last_offset"]
             updated[key] = row["updated_at"]
+            if row["phone"] in wide:
+                written.add(key)
+        keys = sorted(written)
         stored = set(states)
         # No row has the key of these event copies (_KNOWN_EVENTS found none under
         # the partitions' locks, and an event's partition is its phone's), nor of
@@ -1120,7 +1154,12 @@ class PostgresConsentView(ConsentView):
                         at,
                         encode_digest(digest),
                     ),
-                    _status_rows(state, digest, at),
+                    _status_rows(
+                        state,
+                        digest,
+                        at,
+                        None if key[1] == ANY_BRAND else states.get((key[0], ANY_BRAND)),
+                    ),
                 )
             rows.send(writes)
         except BaseException:

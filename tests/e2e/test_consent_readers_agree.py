@@ -218,10 +218,13 @@ async def _readers_agree(
                 if held_id in unattributed and held_id not in overdue:
                     assert "counts as an opt-out of every campaign" in line["handling"], line
 
-            # The stored rows claim no state while a hold awaits review (their table
-            # says so); without one they say what GetConsent says.
+            # The stored rows say a hold awaits review while one does (every phone
+            # opted in to each campaign, so each has its row); without one they say
+            # what GetConsent says.
             row = stored.get(where)
-            if not pending:
+            if pending:
+                assert row == "pending_review", (where, row, consent)
+            else:
                 assert (
                     row
                     == {

@@ -100,5 +100,5 @@ async def test_each_consent_state_is_reported_with_the_opt_out_that_stands(tmp_p
             "stopped": "revoked",
             "stopped_all": "revoked",
             "granted_again": "active",
-            "review": "active",
+            "review": "pending_review",
         }

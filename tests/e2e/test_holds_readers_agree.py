@@ -11,11 +11,13 @@ case); each case writes numbers of its own."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
@@ -60,6 +62,12 @@ KINDS = (
     "imported opt-out",
 )
 _numbers = iter(range(100))
+_STORED = {
+    api.CONSENT_STATE_ACTIVE: "active",
+    api.CONSENT_STATE_REVOKED: "revoked",
+    api.CONSENT_STATE_REVOKED_BRAND_WIDE: "revoked",
+}
+"""``consent_status.status`` for GetConsent's state, with no hold pending."""
 
 
 def as_dict(message: Any) -> dict[str, Any]:
@@ -71,6 +79,7 @@ class Case:
     c: Client
     clock: Clock
     phone: str
+    dsn: str
     token: ConsistencyToken = field(default_factory=lambda: ConsistencyToken({}))
     start: str = ""
     """A token from before the hold: where the watch starts."""
@@ -252,6 +261,16 @@ async def readings(case: Case) -> dict[str, Any]:
         metadata=[("authorization", f"Bearer {c.token}")],
         timeout=60,
     )
+    conn = await asyncpg.connect(case.dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT campaign, to_jsonb(s) AS row FROM consent_status AS s"
+            " WHERE phone = $1 AND brand = 'acme'",
+            phone,
+        )
+    finally:
+        await conn.close()
+    said["consent_status"] = {r["campaign"]: json.loads(r["row"]) for r in rows}
     said["sweep"] = {
         i.finding.message_id: i.finding
         async for i in call
@@ -302,6 +321,13 @@ def disagreements(said: dict[str, Any], case: Case) -> list[str]:
                 found.append(f"ListEvents lacks {e}, CanSend's evidence for {campaign}")
             if e not in packet_events:
                 found.append(f"packet lacks {e}, CanSend's evidence for {campaign}")
+        # The stored row says the hold as GetConsent does, or what GetConsent says.
+        row = said["consent_status"].get(campaign, {})
+        if pending:
+            if row.get("status") == "active" or row.get("held_event_id") not in pending:
+                found.append(f"consent_status {campaign}: {row} where GetConsent holds {pending}")
+        elif (row.get("status"), row.get("held_event_id")) != (_STORED[consent.state], None):
+            found.append(f"consent_status {campaign}: {row} where GetConsent {state}")
     promo = said["CanSend promo"]
     held = {
         line["event"]["event_id"]
@@ -344,8 +370,20 @@ async def a_case(runtime: Runtime, clock: Clock, kind: str, resolution: str) -> 
     after a fresh opt-in, held past its deadline, and once resolved."""
     phone = f"+1415557{4400 + next(_numbers):04d}"
     found: list[str] = []
+    base = clock.now
+    try:
+        return await _held_and_resolved(runtime, clock, kind, resolution, phone, found)
+    finally:
+        # Back to where the case began (and a little on), so that no case runs past
+        # the day the revoke-all rule applies to every brand.
+        clock.now = base + timedelta(minutes=5)
+
+
+async def _held_and_resolved(
+    runtime: Runtime, clock: Clock, kind: str, resolution: str, phone: str, found: list[str]
+) -> list[str]:
     async with client(runtime.address) as c:
-        case = Case(c, clock, phone)
+        case = Case(c, clock, phone, runtime.settings.postgres_dsn or "")
         for campaign in CAMPAIGNS:
             w = await c.RecordOptIn(opt_in(phone, "acme", campaign, clock.now - timedelta(days=2)))
             case.wrote(w.consistency_token)

@@ -343,6 +343,6 @@ async def test_a_database_holding_repeated_events_still_starts(
     finally:
         await pool.close()
 
-    assert applied == ["0023_ledger_event_ids"]
+    assert applied[0] == "0023_ledger_event_ids", applied
     assert [r.event for r in stored] == [twice, twice, appended[0].event]
     assert again == appended

@@ -4,8 +4,10 @@ PostgreSQL (a fresh database per test, migrated by the project's own runner)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,13 +17,14 @@ import pytest
 import pytest_asyncio
 
 from ledger.events import (
+    ANY_BRAND,
     CandidateResolution,
     ConsentTier,
     Recorded,
     RevocationCandidateResolved,
 )
 from ledger.ports import RequestClaim, RequestTaken, RequestUse, Stream
-from services.adapters.migrations import discover, migrate
+from services.adapters.migrations import MIGRATIONS_DIR, discover, migrate
 from services.adapters.postgres_view import (
     _CHANGES,
     PostgresConsentView,
@@ -184,10 +187,88 @@ async def test_consent_status_rows_answer_audit_queries(postgres_dsn: str) -> No
     }
 
 
+async def test_consent_status_rows_say_a_number_is_held_for_review(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    """A held opt-out of the brand, or one of brand "*" (a STOP to a number no campaign
+    sends from, held under every brand), makes every row of the number say
+    ``pending_review`` and name the hold, in the batch that holds it and in later ones
+    (an opt-in after it), until it is dismissed. Rows stored before the migration
+    are set so from the review queue's table. They said ``active`` while CanSend
+    denied."""
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
+    try:
+        older = tmp_path / "older"
+        older.mkdir()
+        for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+            if int(path.name[:4]) < 24:
+                shutil.copy(path, older / path.name)
+        await migrate(pool, older)
+        # This version's projector writes the rows of the version before: the same
+        # but for held_event_id and the status pending_review, set back below.
+        old_check = "CHECK (status IN ('active', 'revoked', 'none'))"
+        await pool.execute(
+            "ALTER TABLE consent_status ADD COLUMN held_event_id uuid,"
+            " DROP CONSTRAINT consent_status_status_check"
+        )
+        view = PostgresConsentView(pool)
+        pos = Positions()
+        phone, other = "+14155550110", "+14155550111"
+        wide = replace(flag(phone, ANY_BRAND, T0), text="STOP", unattributed=True, to_number="+1")
+        own = flag(other, "acme", T0)
+        await view.apply(
+            Stream.SUBSCRIBERS,
+            pos.record([grant(phone, "acme", "deals", T0), grant(other, "acme", "deals", T0)]),
+        )
+        await view.apply(Stream.SUBSCRIBERS, pos.record([wide, own]))
+        # Stored as the version before wrote them: held, and said active.
+        await pool.execute("UPDATE consent_status SET status = 'active', held_event_id = NULL")
+        await pool.execute(
+            "ALTER TABLE consent_status DROP COLUMN held_event_id,"
+            f" ADD CONSTRAINT consent_status_status_check {old_check}"
+        )
+        assert await migrate(pool) == ["0024_consent_status_holds"]
+        migrated = {p: await _held(pool, p) for p in (phone, other)}
+        later = grant(phone, "acme", "news", T0 + timedelta(minutes=1))
+        await view.apply(Stream.SUBSCRIBERS, pos.record([later]))
+        held = await _held(pool, phone)
+        dismissed = RevocationCandidateResolved(
+            event_id=uuid.uuid4(),
+            occurred_at=T0 + timedelta(minutes=2),
+            phone=phone,
+            brand=ANY_BRAND,
+            candidate_event_id=wide.event_id,
+            resolution=CandidateResolution.DISMISSED,
+        )
+        await view.apply(Stream.SUBSCRIBERS, pos.record([dismissed]))
+        after = await _held(pool, phone)
+    finally:
+        await pool.close()
+
+    assert migrated == {
+        phone: {"deals": ("pending_review", wide.event_id)},
+        other: {"deals": ("pending_review", own.event_id)},
+    }
+    assert held == {
+        "deals": ("pending_review", wide.event_id),
+        "news": ("pending_review", wide.event_id),
+    }
+    assert after == {"deals": ("active", None), "news": ("active", None)}
+
+
+async def _held(pool: asyncpg.Pool, phone: str) -> dict[str, tuple[object, ...]]:
+    rows = await pool.fetch(
+        "SELECT campaign, status, held_event_id FROM consent_status"
+        " WHERE phone = $1 AND brand = 'acme'",
+        phone,
+    )
+    return {r["campaign"]: (r["status"], r["held_event_id"]) for r in rows}
+
+
 async def test_consent_status_says_to_its_readers_it_is_no_decision(postgres_dsn: str) -> None:
-    """consent_status ignores the revoke-all rule and replies held for review (a STOP
-    to deals leaves news "active" there while CanSend denies it under the rule); a
-    reader of the database saw nothing that said so."""
+    """consent_status ignores the revoke-all rule (a STOP to deals leaves news
+    "active" there while CanSend denies it under the rule); a reader of the database
+    saw nothing that said so."""
     pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
     try:
         await migrate(pool)
