@@ -2,19 +2,22 @@
 gRPC server: each kind of hold (an opt-out refused for its details, a reply flagged
 as one, a STOP to a number no campaign sends from, an opt-out of a campaign never
 defined, a provider's opt-out code with and without a recorded send, an imported
-opt-out held), then the same after the hold is resolved revoked and dismissed. The
-readers: CanSend, CanSendBatch, CanSendAsOf, GetConsent, ListEvents, the proof
-packet, SweepCampaign, GetCampaignHealth, GetOptOutRate and WatchConsentChanges.
-One service per ledger serves the module (the embedded default, and Kafka for one
-case); each case writes numbers of its own."""
+opt-out held), while held, after a fresh opt-in, past its deadline, and resolved
+revoked or dismissed. The readers: CanSendBatch, CanSendAsOf, GetConsent, ListEvents,
+the review queue, the proof packet (its holds, timeline and sends), SweepCampaign,
+WatchConsentChanges, the stored ``consent_status`` rows and, on Kafka, the streaming
+consumers' opt-out table. One service per ledger serves the module (the embedded
+default for every case, Kafka for one); each case writes a number of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -24,8 +27,10 @@ from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.json_format import MessageToDict
 
-from ledger.ports import ConsistencyToken
+from ledger.ports import ConsistencyToken, Stream
 from services.bootstrap import Runtime
+from services.consumer.opt_out_table import OptOutTable
+from services.consumer.stream import StreamConsumer, StreamConsumerSettings, StreamEvent
 from tests.e2e.harness import (
     Client,
     Clock,
@@ -80,6 +85,7 @@ class Case:
     clock: Clock
     phone: str
     dsn: str
+    export: Export | None = None
     token: ConsistencyToken = field(default_factory=lambda: ConsistencyToken({}))
     start: str = ""
     """A token from before the hold: where the watch starts."""
@@ -106,10 +112,55 @@ async def services(module_serve: Any, clock: Clock) -> dict[str, Runtime]:
     }
 
 
+class Export:
+    """The streaming consumers' worked example (``services.consumer.opt_out_table``)
+    kept in sync with a Kafka ledger: a CRM's copy of who is opted in."""
+
+    def __init__(self, runtime: Runtime, path: Path) -> None:
+        kafka = runtime.settings.kafka
+        assert kafka is not None
+        self.table = OptOutTable(path)
+        self.applied: set[str] = set()
+        self.changed = asyncio.Condition()
+        self.stop = asyncio.Event()
+        settings = StreamConsumerSettings(
+            kafka.bootstrap_servers,
+            group_id=f"holds-{uuid.uuid4().hex[:8]}",
+            topic_prefix=kafka.topic_prefix,
+            streams=(Stream.SUBSCRIBERS,),
+            poll_timeout_s=0.1,
+        )
+        self.task = asyncio.create_task(StreamConsumer(settings).run(self._apply, stop=self.stop))
+
+    async def _apply(self, item: StreamEvent) -> None:
+        self.table.apply(item)
+        async with self.changed:
+            self.applied.add(str(item.event_id))
+            self.changed.notify_all()
+
+    async def status(self, phone: str, ids: set[str]) -> dict[str, bool]:
+        """The table's rows of ``phone`` at acme once the events ``ids`` are applied."""
+        async with asyncio.timeout(30), self.changed:
+            await self.changed.wait_for(lambda: ids <= self.applied)
+        return self.table.status("acme", phone)
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 30)
+        self.table.close()
+
+
 @pytest.fixture(scope="module")
-async def ledgers(module_serve) -> tuple[dict[str, Runtime], Clock]:
+async def ledgers(
+    module_serve, tmp_path_factory
+) -> AsyncIterator[tuple[dict[str, Runtime], Clock, Export]]:
     clock = module_clock()
-    return await services(module_serve, clock), clock
+    runtimes = await services(module_serve, clock)
+    export = Export(runtimes["kafka"], tmp_path_factory.mktemp("holds") / "opt_outs.sqlite")
+    try:
+        yield runtimes, clock, export
+    finally:
+        await export.close()
 
 
 async def send(case: Case, name: str, at: datetime, relied: bool) -> None:
@@ -261,6 +312,20 @@ async def readings(case: Case) -> dict[str, Any]:
         metadata=[("authorization", f"Bearer {c.token}")],
         timeout=60,
     )
+    queued: set[str] = set()
+    for brand in ("acme", "*"):
+        page = ""
+        while True:
+            listed = await c.ListRevocationCandidates(
+                api.ListRevocationCandidatesRequest(
+                    brand=brand, page_size=500, page_token=page, at_least_as_fresh=case.fresh()
+                )
+            )
+            queued |= {e.event.event_id for e in listed.candidates if e.event.phone == phone}
+            page = listed.next_page_token
+            if not page:
+                break
+    said["review queue"] = queued
     conn = await asyncpg.connect(case.dsn)
     try:
         rows = await conn.fetch(
@@ -271,6 +336,9 @@ async def readings(case: Case) -> dict[str, Any]:
     finally:
         await conn.close()
     said["consent_status"] = {r["campaign"]: json.loads(r["row"]) for r in rows}
+    if case.export is not None:
+        ids = {e.event.event_id for e in said["ListEvents"].events}
+        said["export"] = await case.export.status(phone, ids)
     said["sweep"] = {
         i.finding.message_id: i.finding
         async for i in call
@@ -321,6 +389,8 @@ def disagreements(said: dict[str, Any], case: Case) -> list[str]:
                 found.append(f"ListEvents lacks {e}, CanSend's evidence for {campaign}")
             if e not in packet_events:
                 found.append(f"packet lacks {e}, CanSend's evidence for {campaign}")
+        if set(pending) != said["review queue"]:
+            found.append(f"review queue {said['review queue']} where GetConsent {pending}")
         # The stored row says the hold as GetConsent does, or what GetConsent says.
         row = said["consent_status"].get(campaign, {})
         if pending:
@@ -328,6 +398,9 @@ def disagreements(said: dict[str, Any], case: Case) -> list[str]:
                 found.append(f"consent_status {campaign}: {row} where GetConsent holds {pending}")
         elif (row.get("status"), row.get("held_event_id")) != (_STORED[consent.state], None):
             found.append(f"consent_status {campaign}: {row} where GetConsent {state}")
+        # The streaming example's table: never opted in where CanSend denies.
+        if "export" in said and said["export"].get(campaign, False) != one.allowed:
+            found.append(f"export {campaign}: {said['export']} where CanSend {answer}")
     promo = said["CanSend promo"]
     held = {
         line["event"]["event_id"]
@@ -365,14 +438,16 @@ def disagreements(said: dict[str, Any], case: Case) -> list[str]:
     return found
 
 
-async def a_case(runtime: Runtime, clock: Clock, kind: str, resolution: str) -> list[str]:
+async def a_case(
+    runtime: Runtime, clock: Clock, kind: str, resolution: str, export: Export | None
+) -> list[str]:
     """Hold a number of its own the way ``kind`` says and ask every reader: held, held
     after a fresh opt-in, held past its deadline, and once resolved."""
     phone = f"+1415557{4400 + next(_numbers):04d}"
     found: list[str] = []
     base = clock.now
     try:
-        return await _held_and_resolved(runtime, clock, kind, resolution, phone, found)
+        return await _held_and_resolved(runtime, clock, kind, resolution, phone, found, export)
     finally:
         # Back to where the case began (and a little on), so that no case runs past
         # the day the revoke-all rule applies to every brand.
@@ -380,10 +455,16 @@ async def a_case(runtime: Runtime, clock: Clock, kind: str, resolution: str) -> 
 
 
 async def _held_and_resolved(
-    runtime: Runtime, clock: Clock, kind: str, resolution: str, phone: str, found: list[str]
+    runtime: Runtime,
+    clock: Clock,
+    kind: str,
+    resolution: str,
+    phone: str,
+    found: list[str],
+    export: Export | None,
 ) -> list[str]:
     async with client(runtime.address) as c:
-        case = Case(c, clock, phone, runtime.settings.postgres_dsn or "")
+        case = Case(c, clock, phone, runtime.settings.postgres_dsn or "", export)
         for campaign in CAMPAIGNS:
             w = await c.RecordOptIn(opt_in(phone, "acme", campaign, clock.now - timedelta(days=2)))
             case.wrote(w.consistency_token)
@@ -445,13 +526,15 @@ CASES = [
     for resolution in ("revoked", "dismissed")
     # A STOP of no brand can only be dismissed: "revoked" would opt out of no brand.
     if not (kind == "unowned STOP" and resolution == "revoked")
-] + [("kafka", "provider code", "revoked")]
+] + [("kafka", "unowned STOP", "dismissed")]
 
 
 @pytest.mark.parametrize("ledger, kind, resolution", CASES)
 async def test_every_reader_says_what_cansend_says_of_a_hold(ledgers, ledger, kind, resolution):
     """Each kind of hold, held, then resolved: no reader says allowed, active or
     nothing held where CanSend denies for the hold, nor holds where CanSend allows."""
-    runtimes, clock = ledgers
-    found = await a_case(runtimes[ledger], clock, kind, resolution)
+    runtimes, clock, export = ledgers
+    found = await a_case(
+        runtimes[ledger], clock, kind, resolution, export if ledger == "kafka" else None
+    )
     assert not found, "\n".join(found)
