@@ -195,8 +195,10 @@ exit status:
   0  every record imported or already present
   1  some records refused (the summary says which and why), or the service refused
      the import or could not be reached, or the file could not be read past a
-     line or changed while it was read; records acknowledged so far are
-     recorded, and running the import again picks up where it stopped
+     line or changed while it was read, or the --refusals file could not be
+     written whole (a disk full: the import goes on without it); records
+     acknowledged so far are recorded, and running the import again picks up
+     where it stopped
   2  a usage error (no such file, an unknown format or column), or a file that
      holds no records (empty, a header only, blank lines): nothing was imported
   130  interrupted (Ctrl-C, or SIGTERM); the summary says what was imported until
@@ -392,10 +394,13 @@ class Summary:
 
 
 class _Refusals:
-    """The ``--refusals`` file, or nothing."""
+    """The ``--refusals`` file, or nothing. A write that fails (a disk full) ends
+    the writing, not the import: the records' fate does not hang on the report of
+    them, and ``error`` says it is incomplete (the command exits 1)."""
 
     def __init__(self, out: TextIO | None) -> None:
         self.out = out
+        self.error: OSError | None = None
 
     def write(
         self,
@@ -417,7 +422,32 @@ class _Refusals:
                 "reason": reason,
                 "held_for_review": held,
             }
-            self.out.write(json.dumps(record) + "\n")
+            try:
+                self.out.write(json.dumps(record) + "\n")
+            except OSError as exc:
+                self._failed(exc)
+
+    def flush(self) -> None:
+        """Written through, so that a failure is met near the records it lost."""
+        if self.out is not None:
+            try:
+                self.out.flush()
+            except OSError as exc:
+                self._failed(exc)
+
+    def close(self) -> None:
+        if self.out is not None:
+            try:
+                self.out.close()
+            except OSError as exc:
+                self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        out, self.out = self.out, None
+        self.error = self.error or exc
+        if out is not None:
+            with contextlib.suppress(OSError):  # what its buffer holds fails again
+                out.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -778,6 +808,7 @@ def _run(args: argparse.Namespace) -> int:
                         messages[1] += 1
                         answered_all.notify_all()
                     bar.update(told_now)
+                    refusals.flush()
                 if failure or stop.is_set():
                     break
                 if opt_outs_not_now:
@@ -870,10 +901,18 @@ def _run(args: argparse.Namespace) -> int:
             elif earlier < answered:
                 summary.present += 1
             bar.update(1)
-        if refusals_out is not None:
-            refusals_out.close()
+        refusals.close()
         _close(reader, spooled)
     bar.close()
+    if refusals.error is not None:
+        print(
+            f"{name}: --refusals {args.refusals} could not be written "
+            f"({refusals.error.strerror or refusals.error}): it lacks some of the refused "
+            "records (the summary counts them all); run the import again with --refusals "
+            "a file that can be written: what was imported is found present",
+            file=sys.stderr,
+        )
+        code = code or 1
     summary.unanswered = sent - answered
     seconds = time.monotonic() - started
     source = import_files.STDIN_NAME if path is None else path.name

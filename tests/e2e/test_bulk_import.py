@@ -1380,6 +1380,38 @@ async def test_refusals_written_to_the_file_being_imported_are_refused_first(ser
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
 
 
+async def test_a_refusals_file_that_cannot_be_written_ends_the_import_cleanly(service, tmp_path):
+    """``--refusals`` on a disk that fills up (``/dev/full``) ended the import in a
+    traceback, with no summary. The import goes on, the summary is printed, the exit
+    status is 1 and standard error names the file; a rerun writing the refusals to
+    another file finds every record it imported present."""
+    runtime, when = service
+    assert runtime.ledger is not None
+    export = write_csv(tmp_path / "export.csv", export_rows(when))
+    acme = TOKENS["acme-app"][0]
+    opt_outs = GOOD // 5
+
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, "--refusals", "/dev/full", token=acme
+    )
+
+    assert code == 1, out + err
+    assert "Traceback" not in err, err
+    assert "--refusals /dev/full could not be written" in err, err
+    assert f"imported {GOOD + opt_outs:,} of {GOOD + opt_outs + 5:,} records" in out, out
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    refused = tmp_path / "refused.jsonl"
+    code, again, err = await import_cli(
+        str(export), "--address", runtime.address, "--refusals", str(refused), token=acme
+    )
+
+    assert code == 1, again + err
+    assert f"already present: {GOOD + opt_outs:,}" in again, again
+    assert len(refused.read_text().splitlines()) == 5
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
 async def remembering_import(remembered: int, *argv: str, token: str) -> tuple[int, str, int]:
     """``consent-ledger import`` with ``import_.REMEMBERED`` set to ``remembered``
     (a file past it, without a file of millions): its exit status, output and the
