@@ -816,7 +816,16 @@ def _run(args: argparse.Namespace) -> int:
                     # sent again: the service answers the rest of a call, but cannot
                     # know a call of its own to come.
                     break
-        if opt_outs_not_now:
+        if opt_outs_not_now and args.dry_run:
+            bar.close()
+            print(
+                f"{name}: {opt_outs_not_now:,} opt-outs could not be checked for now "
+                "(UNAVAILABLE, listed below), nor the opt-ins after them; run the dry run "
+                "again",
+                file=sys.stderr,
+            )
+            code = 1
+        elif opt_outs_not_now:
             bar.close()
             print(
                 f"{name}: {opt_outs_not_now:,} opt-outs were not imported for now (UNAVAILABLE, "

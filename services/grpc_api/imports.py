@@ -20,7 +20,7 @@ from consent.v1 import consent_service_pb2 as api_pb2
 
 from ledger.commands import HoldRefusedOptOut, RecordOptIn, RecordOptOut
 from ledger.errors import DomainError, InvalidRequest
-from services.errors import OutcomeUnknown
+from services.errors import NotConsistent, OutcomeUnknown
 from services.grpc_api.deadlines import MARGIN, MARGIN_AT_MOST
 from services.usecases.imports import ChunkResult, Imports, Item
 from services.wire.api import command_from_proto
@@ -31,18 +31,28 @@ async def _answered(
     first: int,
     time_left: Callable[[], float | None],
     lease_s: float,
+    dry_run: bool = False,
 ) -> ChunkResult:
     """``work``'s result, or ``OutcomeUnknown`` a margin before the caller's deadline
     (``services.grpc_api.deadlines``). A chunk may wait far longer than a caller
     does: for the turns to append its records that an import which died holds (up to
     ``lease_s``, ``CONSENT_IMPORT_APPEND_LEASE_S``), or for the ledger. Without this
     the caller saw only DEADLINE_EXCEEDED, with no word of why or of what to do; the
-    chunks left are cancelled as when the caller hangs up (their turns given back)."""
+    chunks left are cancelled as when the caller hangs up (their turns given back).
+    A dry run's chunk waits for the view alone and writes nothing, so its outcome is
+    known: ``NotConsistent``, which says so."""
     remaining = time_left()
     if remaining is None:
         return await work
     budget = max(0.0, remaining - min(MARGIN_AT_MOST, MARGIN * remaining))
     done, _ = await asyncio.wait({work}, timeout=budget)
+    if not done and dry_run:
+        raise NotConsistent(
+            "records",
+            f"the message with record {first} was not checked within {budget:.3g} s, "
+            "before the caller's deadline (the view slow or behind); a dry run writes "
+            "nothing: run it again (with a longer deadline)",
+        )
     if not done:
         raise OutcomeUnknown(
             f"the message with record {first} was not answered within {budget:.3g} s, "
@@ -150,6 +160,7 @@ async def answer_chunks(
     started: asyncio.Queue[tuple[int, asyncio.Future[ChunkResult]] | None] = asyncio.Queue()
     room = asyncio.Semaphore(IN_FLIGHT)
     working: list[asyncio.Future[ChunkResult]] = []
+    dry_runs: list[bool] = []  # the first request's dry_run, once read
 
     async def read() -> None:
         index = 0
@@ -157,6 +168,7 @@ async def answer_chunks(
         async for request in requests:
             if dry_run is None:
                 dry_run = request.dry_run
+                dry_runs.append(dry_run)
             elif request.dry_run and not dry_run:
                 raise InvalidRequest(
                     "dry_run",
@@ -177,7 +189,7 @@ async def answer_chunks(
     try:
         while (entry := await started.get()) is not None:
             first, work = entry
-            result = await _answered(work, first, time_left, imports.lease_s)
+            result = await _answered(work, first, time_left, imports.lease_s, dry_run=dry_runs[0])
             working.remove(work)
             room.release()
             yield chunk_to_proto(result, first)

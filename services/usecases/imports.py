@@ -377,7 +377,7 @@ class Imports:
             failure = exc
             first = items[0].index if items else 0
             log.warning("import: the message with record %d was not imported: %s", first, exc)
-            return ChunkResult(refusals=[_not_now(item, str(exc)) for item in items])
+            return ChunkResult(refusals=[_not_now(item, str(exc), dry_run) for item in items])
         except BaseException as exc:
             failure = exc
             raise
@@ -1398,15 +1398,16 @@ def _noted(refusal: Refusal, note: str) -> Refusal:
     )
 
 
-def _not_now(item: Item, why: str) -> Refusal:
+def _not_now(item: Item, why: str, dry_run: bool = False) -> Refusal:
     """``item`` not imported for a passing failure, ``why``: it may have been recorded
-    all the same (an append cut short), and a record sent again is found present."""
-    return Refusal(
-        item.index,
-        item.request_id,
-        Code.UNAVAILABLE,
-        (("record", f"not imported: {why}; send it again (a record recorded is found present)"),),
+    all the same (an append cut short), and a record sent again is found present. A
+    dry run's was not checked, and nothing of it written: no word of a record."""
+    said = (
+        f"not checked: {why}; a dry run writes nothing: run it again"
+        if dry_run
+        else f"not imported: {why}; send it again (a record recorded is found present)"
     )
+    return Refusal(item.index, item.request_id, Code.UNAVAILABLE, (("record", said),))
 
 
 def _reused(item: Item, earlier: int | None) -> Refusal:

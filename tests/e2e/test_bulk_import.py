@@ -860,6 +860,34 @@ async def test_a_dry_run_finds_what_the_import_refuses_across_the_whole_file(ser
     assert after == before + 600
 
 
+@pytest.mark.parametrize("view_fails", ["hangs", "refuses"])
+async def test_a_dry_run_the_service_cannot_answer_says_nothing_was_recorded(
+    service, tmp_path, monkeypatch, view_fails
+):
+    """A dry run whose records the service could not check, its view hanging past the
+    caller's deadline or failing, said they "may or may not be recorded" and "what was
+    recorded is skipped", and that no opt-in was imported. A dry run records nothing,
+    and its words say that alone."""
+    runtime, when = service
+    assert runtime.view is not None
+    export = write_csv(tmp_path / "export.csv", export_rows(when)[:12])
+
+    async def failing(keys):  # type: ignore[no-untyped-def]
+        if view_fails == "hangs":
+            await asyncio.Event().wait()
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(runtime.view, "request_uses", failing)
+    code, out, err = await import_cli(
+        str(export), "--dry-run", "--timeout", "3", "--address", runtime.address,
+        token=TOKENS["acme-app"][0],
+    )  # fmt: skip
+
+    assert code == 1, out + err
+    assert "nothing was written" in out + err, out + err
+    assert not re.search(r"recorded|(was|not) imported|skipped|found present", out + err), out + err
+
+
 async def test_a_dry_run_refuses_an_opt_in_stated_before_an_opt_out_stamped_ahead(
     service, tmp_path
 ):
