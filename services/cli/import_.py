@@ -837,10 +837,14 @@ def _run(args: argparse.Namespace) -> int:
         if failure:  # the file stopped the import, the service answered all it was sent
             bar.close()
             print(f"{name}: {shown}: {failure[0]}", file=sys.stderr)
-            if isinstance(failure[0], import_files.Changed) and rows is None:
+            if isinstance(failure[0], import_files.Changed):
                 # Counted as it is now, the records added to it count as not sent.
                 with contextlib.suppress(OSError):
                     now = import_files.count_records(path, fmt)
+                    if rows is not None:  # its rows, then the records the reader finds
+                        summary.rows = max(rows, now or 0)
+                        with _opened(path, None, shown) as text:
+                            now = import_files.count_read(text, fmt, mapping)
                     summary.in_file = max(summary.in_file or 0, now or 0)
             if not opt_ins_begun.is_set() and not args.dry_run:
                 print(f"{name}: {NO_OPT_IN}", file=sys.stderr)

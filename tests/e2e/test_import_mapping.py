@@ -19,7 +19,14 @@ import pytest
 
 from ledger.ports import Stream
 from tests.e2e.harness import TOKENS, client, define
-from tests.e2e.test_bulk_import import answers, import_cli, importing, iso, token_of
+from tests.e2e.test_bulk_import import (
+    answers,
+    import_cli,
+    importing,
+    iso,
+    started_import,
+    token_of,
+)
 from tests.e2e.test_bulk_import import service as service  # the fixture, shared
 from tests.e2e.test_embedded_run import data_dir as data_dir  # the fixture, shared
 from tests.e2e.test_embedded_run import start, stop
@@ -631,6 +638,48 @@ async def test_an_export_of_one_row_per_subscriber_imports_each_row_s_opt_in_and
     assert code == 2 and out == "", out + err
     assert "give --subscriber-rows" in err, err
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+async def test_a_subscriber_export_still_being_written_counts_its_rows_and_records_now(
+    service, tmp_path, monkeypatch
+):
+    """A subscriber export that grew while its opt-outs were read is stopped before
+    its opt-ins, as any export is, but the summary counted the rows and records it
+    held before ("3 of 9 records from 6 rows"): what it holds now goes uncounted. It
+    counts both as the file holds them now, the records added among those not sent."""
+    runtime, when = service
+    ledger = runtime.ledger
+    assert ledger is not None
+    export, _ = subscriber_export(tmp_path, when, first=150)
+    append, held, release = ledger.append, asyncio.Event(), asyncio.Event()
+
+    async def held_once(events):  # type: ignore[no-untyped-def]
+        if not held.is_set():
+            held.set()
+            await release.wait()
+        return await append(events)
+
+    monkeypatch.setattr(ledger, "append", held_once)
+    process = await started_import(
+        str(export), *SUBSCRIBER_ARGV, "--address", runtime.address, "--quiet",
+        token=TOKENS["acme-app"][0],
+    )  # fmt: skip
+    await asyncio.wait_for(held.wait(), 60)  # the opt-outs sent, not yet answered
+    day = lambda n: iso(when - timedelta(days=n))  # noqa: E731
+    with export.open("a", newline="") as grown:  # a row of two records, one of one
+        csv.writer(grown).writerows(
+            [[number(156), day(30), day(5), "Subscriber 56", "spring-form"],
+             [number(157), day(30), "", "Subscriber 57", "spring-form"]]
+        )  # fmt: skip
+    release.set()
+    out_bytes, err_bytes = await asyncio.wait_for(process.communicate(), 60)
+    out, err = out_bytes.decode(), err_bytes.decode()
+
+    assert process.returncode == 1, out + err
+    assert "changed while its opt-outs were read" in err, err
+    # Its four opt-outs read: three imported, one held; the rest never sent.
+    assert "imported 3 of 12 records from 8 rows of subscribers.csv" in out, out
+    assert "not sent, the import stopped first: 8" in out, out
 
 
 async def test_the_embedded_default_imports_one_row_per_subscriber(tmp_path, data_dir):
