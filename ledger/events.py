@@ -194,16 +194,17 @@ class ConsentProof:
         typed field that does not parse is refused for itself (``check_proof_value``)."""
         missing: list[str] = []
         if says_nothing(self.consent_text) and (
-            says_nothing(self.consent_text_sha256) or says_nothing(self.consent_text_version)
+            says_nothing(self.consent_text_sha256)
+            or says_nothing(self.consent_text_version, "consent_text_version")
         ):
             missing.append("proof.consent_text")
         if method is CollectionMethod.WEB_FORM:
             for name in ("name", "ip_address", "form_url", "screenshot_ref", "screenshot_sha256"):
-                if says_nothing(getattr(self, name)):
+                if says_nothing(getattr(self, name), name):
                     missing.append(f"proof.{name}")
         elif method in (CollectionMethod.PAPER, CollectionMethod.VERBAL):
             for name in ("name", "collection_detail"):
-                if says_nothing(getattr(self, name)):
+                if says_nothing(getattr(self, name), name):
                     missing.append(f"proof.{name}")
         elif says_nothing(self.collection_detail):
             # Keyword replies name the inbound message; imports name the original source.

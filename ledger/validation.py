@@ -178,22 +178,37 @@ fields show while sealed or once erased. The proof was given; only what it said 
 hidden, so these are read as given (spelt here, where that module cannot be imported)."""
 
 
-def is_placeholder(value: str) -> bool:
+NAME_WORDS = frozenset({"na", "nil"})
+"""Of ``PLACEHOLDER_WORDS``, those that are people's names too: Na (나) is a surname,
+Nil a given name. In ``proof.name`` they are placeholders only written with a mark
+("N/A", "n.a.", "nil.")."""
+
+VERSION_FIELD = "consent_text_version"
+"""A version is the label the document store gives the wording, and a first one is
+often "0": only zeros ("0", "0.0") is a version there, not a placeholder."""
+
+
+def is_placeholder(value: str, field: str = "") -> bool:
     """A proof field's whole value a stand-in for one not given: no letter or digit at
-    all ("-", "?", "..."), only x's or only zeros ("x", "XX", "0", "0.0.0.0"), or one
-    of ``PLACEHOLDER_WORDS`` ("N/A", "None", "TBD"). It proves nothing, as a field
+    all ("-", "?", "..."), only x's or only zeros ("x", "XX", "0", "0.0.0.0"; not in
+    ``VERSION_FIELD``), or one of ``PLACEHOLDER_WORDS`` ("N/A", "None", "TBD"; in
+    ``name``, ``NAME_WORDS`` written alone are names). It proves nothing, as a field
     left empty does. A value with anything more ("Na Li", "x@example.com") is read
-    as given."""
+    as given. ``field``: the proof field's name, without ``proof.``."""
     # A digest of a grant asks this of six fields: one that opens with a letter or
     # digit no placeholder opens with, as nearly every real value does, is answered
     # by that character alone.
     if value and value[0] in _OPENS_NO_PLACEHOLDER:
         return False
-    if _FILLER.fullmatch(value):
+    if (_NO_ZEROS_FILLER if field == VERSION_FIELD else _FILLER).fullmatch(value):
         return True
-    return len(value) <= _LONGEST_WORD and _NOT_ALNUM.sub("", value).casefold() in (
-        PLACEHOLDER_WORDS
-    )
+    if len(value) > _LONGEST_WORD:
+        return False
+    word = _NOT_ALNUM.sub("", value).casefold()
+    if word not in PLACEHOLDER_WORDS:
+        return False
+    # "Na" alone is a name; "N/A" is no one's.
+    return not (field == "name" and word in NAME_WORDS and value.strip().isalnum())
 
 
 _OPENS_NO_PLACEHOLDER = frozenset("abcdefghijklmopqrsvwyzABCDEFGHIJKLMOPQRSVWYZ123456789")
@@ -203,6 +218,8 @@ words), x and 0."""
 # ``re``'s \W is what str.isalnum() is not, but for "_", which counts as neither here.
 _FILLER = re.compile(r"[\W_]*|[\W_]*(?:[xX][\W_]*)+|[\W_]*(?:0[\W_]*)+")
 """A value with no letter or digit, or none but x's, or none but zeros."""
+_NO_ZEROS_FILLER = re.compile(r"[\W_]*|[\W_]*(?:[xX][\W_]*)+")
+"""``_FILLER`` but for zeros."""
 _NOT_ALNUM = re.compile(r"[\W_]+")
 _LONGEST_WORD = 32
 """The longest value read as one of ``PLACEHOLDER_WORDS`` ("not applicable" with its
@@ -254,10 +271,10 @@ def proof_value_problem(name: str, value: str) -> str | None:
     return None
 
 
-def says_nothing(value: str) -> bool:
-    """A proof field left empty: blank, or a placeholder (a sealed or erased field
-    was given, and is neither)."""
-    return is_blank(value) or (value not in _STAND_INS and is_placeholder(value))
+def says_nothing(value: str, field: str = "") -> bool:
+    """A proof field (named ``field``, without ``proof.``) left empty: blank, or a
+    placeholder (a sealed or erased field was given, and is neither)."""
+    return is_blank(value) or (value not in _STAND_INS and is_placeholder(value, field))
 
 
 def proof_field_lacking(name: str, value: str) -> bool:
@@ -266,7 +283,7 @@ def proof_field_lacking(name: str, value: str) -> bool:
     now (``check_proof_value``) and an opt-in recorded before was not."""
     if value and value[0] in _OPENS_NO_PLACEHOLDER:  # neither blank nor a placeholder
         return name in _TYPED_PROOF and proof_value_problem(name, value) is not None
-    if says_nothing(value):
+    if says_nothing(value, name):
         return True
     return (
         name in _TYPED_PROOF
@@ -279,7 +296,7 @@ def check_proof_value(name: str, value: str) -> str:
     """``value`` for the proof field ``name``, or ``InvalidRequest`` naming it when it
     was given (neither blank nor a placeholder, which count as missing) and does not
     parse as what the field names (``proof_value_problem``)."""
-    if name in _TYPED_PROOF and not says_nothing(value):
+    if name in _TYPED_PROOF and not says_nothing(value, name):
         problem = proof_value_problem(name, value)
         if problem is not None:
             raise InvalidRequest(f"proof.{name}", problem)

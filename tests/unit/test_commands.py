@@ -870,7 +870,7 @@ def test_a_web_form_opt_in_whose_proof_is_invisible_characters_is_refused():
 
 
 PLACEHOLDERS = (
-    *("N/A", "na", "n.a.", " None ", "NULL", "nil", "NaN", "undefined", "Unknown"),
+    *("N/A", "n/a", "n.a.", "N.A.", " None ", "NULL", "NaN", "undefined", "Unknown"),
     *("TBD", "tba", "test", "not applicable", "Not provided"),
     *("-", "--", ".", "?", "...", "—", "***", "\u0301"),  # no letter or digit at all
     *("x", "XX", "xxx", "0", "000", "0.0.0.0", "::", "0" * 64),  # only x or only 0
@@ -889,6 +889,36 @@ def test_a_web_form_proof_field_holding_a_placeholder_is_missing(field, value):
     assert err.value.field == f"proof.{field}"
     lacking = proof(**{field: value}).template_missing(CollectionMethod.WEB_FORM)
     assert (f"proof.{field}" in lacking) is (field in PROOF_TEMPLATE_FIELDS)
+
+
+NAMES_OF_PLACEHOLDER_LETTERS = ("Na", "NA", " na ", "Nil", "NIL")
+"""A surname (Na, 나) or a given name (Nil) written alone, as a placeholder's letters."""
+
+
+@pytest.mark.parametrize("value", NAMES_OF_PLACEHOLDER_LETTERS)
+@pytest.mark.parametrize("field", ["ip_address", "form_url", "screenshot_ref"])
+def test_placeholder_letters_that_are_names_are_missing_from_any_other_field(field, value):
+    with pytest.raises(MissingProofError) as err:
+        to_events(opt_in(proof=proof(**{field: value})), NOW)
+    assert err.value.field == f"proof.{field}"
+
+
+@pytest.mark.parametrize("value", NAMES_OF_PLACEHOLDER_LETTERS)
+def test_a_name_of_a_placeholder_s_letters_alone_is_a_name(value):
+    # "Na" read as "n/a": a person named Na could not be recorded at all.
+    (event,) = to_events(opt_in(proof=proof(name=value)), NOW)
+    assert isinstance(event, ConsentGranted) and event.proof.name == value
+    assert "proof.name" not in event.proof.template_missing(CollectionMethod.WEB_FORM)
+
+
+@pytest.mark.parametrize("version", ["0", "0.0", "00"])
+def test_a_consent_text_version_of_zeros_is_a_version(version):
+    # A document store's first version is often "0": read as a placeholder, an opt-in
+    # proven by its wording's hash and version was refused for lacking the wording.
+    given = proof(consent_text="", consent_text_sha256="ab" * 32, consent_text_version=version)
+    (event,) = to_events(opt_in(proof=given), NOW)
+    assert isinstance(event, ConsentGranted)
+    assert event.proof.consent_text_version == version
 
 
 def test_a_value_answered_by_its_first_character_can_be_no_placeholder():
