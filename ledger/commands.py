@@ -90,6 +90,7 @@ from ledger.validation import (
     check_proof_value,
     check_text,
     is_blank,
+    says_nothing,
 )
 
 # Matched whole (``fullmatch``): with ``match`` and ``$``, "acme\n" passed, and an
@@ -787,7 +788,7 @@ def _opt_in(cmd: RecordOptIn, now: datetime) -> list[LedgerEvent]:
             campaign=check_name(cmd.campaign, "campaign"),
             tier=cmd.tier,
             method=cmd.method,
-            proof=_with_region(cmd.proof),
+            proof=_said(_with_region(cmd.proof)),
             source=cmd.source,
             stated_at=stated_if_ahead(cmd.occurred_at, now),
         )
@@ -871,6 +872,19 @@ def check_consent_after_opt_outs(
             f"{MAX_CLOCK_SKEW}: which came first cannot be told; send the time the "
             "consent was given by a correct clock",
         )
+
+
+def _said(proof: ConsentProof) -> ConsentProof:
+    """``proof`` with each text field that says nothing (``says_nothing``: blank, or a
+    placeholder such as "N/A") left empty, as it is read: a field the method needs
+    that says nothing is refused before, and one it does not is not given. The
+    request, and so its fingerprint and event ids, stays as it was sent."""
+    empty: dict[str, Any] = {
+        name: ""
+        for name in _PROOF_TEXT
+        if getattr(proof, name) and says_nothing(getattr(proof, name), name)
+    }
+    return dataclasses.replace(proof, **empty) if empty else proof
 
 
 def _with_region(proof: ConsentProof) -> ConsentProof:

@@ -921,6 +921,22 @@ def test_a_consent_text_version_of_zeros_is_a_version(version):
     assert event.proof.consent_text_version == version
 
 
+def test_a_placeholder_in_a_proof_field_the_method_does_not_need_is_dropped():
+    # Stored as sent, an "N/A" email read as missing everywhere, yet it was kept as a
+    # value: the ledger holds "not given" as the field left empty, on every path.
+    given = proof(email="N/A", postal_address="-", collection_detail=" unknown ")
+    (event,) = to_events(opt_in(proof=given), NOW)
+    assert isinstance(event, ConsentGranted)
+    assert (event.proof.email, event.proof.postal_address, event.proof.collection_detail) == (
+        "",
+        "",
+        "",
+    )
+    assert event.proof.name == given.name
+    # The request is the one sent: its fingerprint, and so its event's id, unchanged.
+    assert event.request_fingerprint == request_fingerprint(opt_in(proof=given))
+
+
 def test_a_value_answered_by_its_first_character_can_be_no_placeholder():
     # is_placeholder answers a value opening with one of these at once: no placeholder
     # word may open with one, nor may a run of x's or zeros.

@@ -108,6 +108,25 @@ async def test_an_imported_opt_in_whose_proof_is_a_placeholder_or_does_not_parse
         }
 
 
+async def test_an_imported_placeholder_in_a_proof_field_its_method_does_not_need_is_dropped():
+    # The wording given, its hash and version are not needed: an export's "N/A" for
+    # them was recorded as sent, where RecordOptIn and the CLI's import alike now
+    # record the field left empty, as it is read.
+    async with running() as (app, _):
+        await app.writes.record(define())
+        given = proof(at(0), consent_text_sha256="N/A", consent_text_version="-")
+
+        result = await _imports(app).chunk([opt_in(0, "+14155550100", proof=given)])
+
+        assert (result.imported, result.refusals) == (1, [])
+        written = [
+            r.event for p in range(4) for r in await app.ledger.read(Stream.SUBSCRIBERS, p, 0)
+        ]
+        (granted,) = [e for e in written if isinstance(e, ConsentGranted)]
+        assert (granted.proof.consent_text_sha256, granted.proof.consent_text_version) == ("", "")
+        assert granted.proof.consent_text == given.consent_text
+
+
 async def test_re_running_an_import_writes_nothing_new():
     async with running() as (app, _):
         await app.writes.record(define())
