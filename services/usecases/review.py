@@ -12,14 +12,20 @@ from datetime import datetime
 
 from ledger.commands import check_name
 from ledger.deadlines import revocation_due
-from ledger.events import ANY_BRAND, LedgerEvent, RevocationCandidateFlagged
-from ledger.ports import ConsistencyToken
+from ledger.events import ANY_BRAND, LedgerEvent, Recorded, RevocationCandidateFlagged
+from ledger.ports import ConsistencyToken, Stream
+from ledger.reread import relevant, reread_holds
 from ledger.state import Fact
 from services.usecases.access import Reader
 from services.usecases.context import Context
+from services.usecases.requests import recorded_once
 
 QUEUE_CHUNK = 500
 """Flagged replies read at a time, with their numbers' states, for the review queue."""
+REREAD_CHUNK = 1000
+"""Ledger records read at a time when stored texts are read again."""
+REREAD_BY = "service:reread"
+"""Who the holds placed on texts read again are recorded by (``recorded_by``)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,16 @@ class ReviewPage:
     token: ConsistencyToken
     now: datetime
     """When the queue was read: a candidate due by then is overdue."""
+
+
+@dataclass(frozen=True)
+class Reread:
+    """What reading the stored texts again placed."""
+
+    held: list[str]
+    """The ids of the holds placed by this run (none for those placed before)."""
+    token: ConsistencyToken
+    """A read as fresh as this waits for every hold it placed or found placed."""
 
 
 def _flagged(event: LedgerEvent) -> RevocationCandidateFlagged:
@@ -116,6 +132,35 @@ class Review:
             for q, o in zip(shown, opened, strict=True)
         ]
         return ReviewPage(shown, self.ctx.guard.applied_token(), now)
+
+    async def reread_texts(self) -> Reread:
+        """Read every text the ledger holds again under the current keyword rules, and
+        hold for review, from its own time, each that reads as an opt-out or a
+        possible one now where its stored reading stopped nothing
+        (``ledger.reread``). Placing one again stores it once, so several instances
+        may run this at once.
+
+        Reads the subscriber stream from its start, keeping only texts and what says
+        they were read as stopping, and opens the texts' words as an auditor's read
+        does: words erased stay unread."""
+        ledger, held, token = self.ctx.ledger, [], ConsistencyToken({})
+        for partition in await ledger.partitions(Stream.SUBSCRIBERS):
+            end = (await ledger.end_offsets(Stream.SUBSCRIBERS)).get(partition, 0)
+            kept: list[Recorded] = []
+            offset = 0
+            while offset < end:
+                batch = await ledger.read(Stream.SUBSCRIBERS, partition, offset, REREAD_CHUNK)
+                if not batch:
+                    break
+                offset = batch[-1].position.offset + 1
+                kept += [r for r in batch if relevant(r.event)]
+            opened = await self.ctx.opened(kept)
+            for hold in reread_holds([r.event for r in opened], recorded_by=REREAD_BY):
+                result = await recorded_once(self.ctx, [hold])
+                token = token.merge(result.token)
+                if not result.replayed:
+                    held += result.event_ids
+        return Reread(held, token)
 
     async def overdue_candidates(self) -> int:
         """How many flagged replies of every brand are past their ten business days

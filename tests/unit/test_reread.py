@@ -1,0 +1,140 @@
+"""Stored texts read again under the current keyword rules (``ledger.reread``,
+``Review.reread_texts``): a disguised STOP an older version recorded as a
+conversation is held for review from its own time; a reading never relaxes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ledger.commands import ResolveRevocationCandidate
+from ledger.events import CandidateResolution, InboundMessageReceived, LedgerEvent
+from ledger.keywords import Intent
+from ledger.personal_data import ERASED, SEALED
+from ledger.policy import Reason
+from ledger.ports import ConsistencyToken
+from ledger.reread import REREAD_PREFIX, reread_holds
+from tests.builders import BRAND, PHONE, at, flagged, inbound, revoked
+from tests.unit.usecase_harness import (
+    AUDITOR,
+    NOW,
+    NUMBER,
+    App,
+    claim,
+    ledger_at_now,
+    opt_in,
+    running,
+)
+
+ASYNC = pytest.mark.asyncio(loop_scope="session")
+
+STOP_WITH_A_STROKE = "ST\u00d8P"
+"""Read as conversation before 0368632; a possible opt-out now."""
+STOP_BESIDE_A_FILLER = "\u1160STOP"
+"""Read as conversation before bfd8dff; an opt-out now."""
+
+
+def as_older_read(body: str, *, intent: str = Intent.CONVERSATION.value) -> InboundMessageReceived:
+    """A text to the campaign's number recorded with the reading an older version gave."""
+    return dataclasses.replace(inbound(at(30), body, campaign="promo"), intent=intent)
+
+
+@pytest.mark.parametrize("body", [STOP_WITH_A_STROKE, STOP_BESIDE_A_FILLER])
+def test_a_text_read_as_conversation_then_and_as_stopping_now_is_held_at_its_time(body):
+    text = as_older_read(body)
+    (hold,) = reread_holds([text])
+    assert (hold.phone, hold.brand, hold.inbound_message_id) == (PHONE, BRAND, text.message_id)
+    assert hold.occurred_at == text.occurred_at
+    assert hold.text == body and hold.to_number == text.to_number
+    assert hold.request_id.startswith(REREAD_PREFIX)
+    assert not (hold.unattributed or hold.imported or hold.refused or hold.provider_reported)
+    assert reread_holds([text]) == [hold]  # the same ids: placed again, stored once
+
+
+@pytest.mark.parametrize("intent", [Intent.HELP.value, Intent.OPT_IN.value, ""])
+def test_a_text_read_as_help_a_start_or_before_readings_were_kept_is_read_again(intent):
+    assert len(reread_holds([as_older_read(STOP_BESIDE_A_FILLER, intent=intent)])) == 1
+
+
+def test_a_text_whose_stop_was_recorded_or_held_is_not_held_again():
+    legacy = as_older_read(STOP_BESIDE_A_FILLER, intent="")
+    its_stop = dataclasses.replace(revoked(at(30)), in_reply_to=legacy.message_id)
+    its_hold = dataclasses.replace(flagged(at(30)), inbound_message_id=legacy.message_id)
+    assert reread_holds([legacy, its_stop]) == []
+    assert reread_holds([legacy, its_hold]) == []
+    # Only the text's own: another text's stop leaves it to be held.
+    other = dataclasses.replace(its_stop, in_reply_to="in-another")
+    assert len(reread_holds([legacy, other])) == 1
+
+
+def test_words_that_cannot_be_read_and_plain_conversation_are_left_as_read():
+    assert reread_holds([as_older_read(SEALED), as_older_read(ERASED)]) == []
+    assert reread_holds([as_older_read("what are your hours?")]) == []
+
+
+def test_a_text_stored_as_an_opt_out_or_flagged_is_never_read_as_less():
+    # Current rules read these as conversation: the stored reading stands, nothing is
+    # placed, and the opt-out recorded with it goes on counting.
+    for intent in (Intent.OPT_OUT, Intent.OPT_OUT_BRAND_WIDE, Intent.REVOCATION_CANDIDATE):
+        assert reread_holds([as_older_read("hello", intent=intent.value)]) == []
+
+
+async def recorded_as_older(app: App, *events: LedgerEvent) -> None:
+    """A campaign with a grant, then ``events`` appended as an older version wrote them."""
+    await app.writes.record(claim("define-promo", BRAND, "promo", NUMBER))
+    await app.writes.record(opt_in("grant"))
+    written = await app.ledger.append(list(events))
+    assert await app.guard.wait_for_token(ConsistencyToken.after(written))
+
+
+async def answers(app: App) -> list[Reason]:
+    single = await app.checks.can_send(PHONE, BRAND, "promo")
+    batch = await app.checks.can_send_batch([PHONE], BRAND, "promo")
+    as_of = await app.checks.can_send_as_of(PHONE, BRAND, "promo", NOW, reader=AUDITOR)
+    return [d.reason for d in (single.decision, *batch.decisions, as_of.decision)]
+
+
+@ASYNC
+@pytest.mark.parametrize(
+    ("resolution", "then"),
+    [
+        (CandidateResolution.DISMISSED, Reason.CONSENT_ACTIVE),
+        (CandidateResolution.REVOKED, Reason.REVOKED_BRAND_WIDE),
+    ],
+)
+async def test_a_disguised_stop_recorded_as_conversation_denies_until_reviewed(resolution, then):
+    async with running(ledger=ledger_at_now()) as (app, _):
+        text = as_older_read(STOP_WITH_A_STROKE)
+        await recorded_as_older(app, text)
+        assert await answers(app) == [Reason.CONSENT_ACTIVE] * 3  # the wrong allow
+
+        reread = await app.review.reread_texts()
+        (hold_id,) = reread.held
+        assert await app.guard.wait_for_token(reread.token)
+        assert (await app.review.reread_texts()).held == []  # held once, however often
+
+        assert await answers(app) == [Reason.REVOCATION_PENDING_REVIEW] * 3
+        (queued,) = (await app.review.revocation_candidates(BRAND, reader=AUDITOR)).candidates
+        assert queued.candidate.event_id == hold_id
+        assert queued.candidate.event.text == STOP_WITH_A_STROKE
+        assert queued.candidate.event.inbound_message_id == text.message_id
+        assert queued.candidate.at == text.occurred_at
+
+        written = await app.writes.record(
+            ResolveRevocationCandidate("review", PHONE, BRAND, hold_id, resolution, NOW)
+        )
+        assert await app.guard.wait_for_token(written.token)
+        assert await answers(app) == [then] * 3
+        assert (await app.review.revocation_candidates(BRAND, reader=AUDITOR)).candidates == []
+        assert (await app.review.reread_texts()).held == []  # nor again once resolved
+
+
+@ASYNC
+async def test_a_text_stored_as_an_opt_out_stays_one_whatever_it_reads_as_now():
+    async with running(ledger=ledger_at_now()) as (app, _):
+        text = as_older_read("hello", intent=Intent.OPT_OUT.value)
+        stop = dataclasses.replace(revoked(at(30), "promo"), in_reply_to=text.message_id)
+        await recorded_as_older(app, text, stop)
+        assert (await app.review.reread_texts()).held == []
+        assert await answers(app) == [Reason.REVOKED] * 3
