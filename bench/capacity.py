@@ -180,12 +180,16 @@ async def copy_seed(dsn: str, plan: Plan, workers: int) -> float:
     """``--seed copy``: the campaign through the view, the subscribers' rows with COPY,
     the positions; then VACUUM (ANALYZE). Answers the seconds it took."""
     from services.adapters.migrations import migrate
+    from services.adapters.postgres_reread import mark_texts_read_under
     from services.adapters.postgres_view import PostgresConsentView
+    from services.usecases.review import reading_rules
 
     started = time.perf_counter()
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
         await migrate(pool)
+        # The seed records no texts: nothing for a started service to read again.
+        await mark_texts_read_under(pool, reading_rules())
         await PostgresConsentView(pool).apply(Stream.CAMPAIGNS, [campaign_event(plan.at)])
     finally:
         await pool.close()

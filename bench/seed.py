@@ -49,8 +49,10 @@ from ledger.events import (
 from ledger.ports import Stream
 from services.adapters.kafka_ledger import KafkaLedger
 from services.adapters.migrations import migrate
+from services.adapters.postgres_reread import mark_texts_read_under
 from services.adapters.postgres_view import PostgresConsentView
 from services.settings import KafkaLedgerSettings
+from services.usecases.review import reading_rules
 from tests.builders import proof
 
 BRAND = "acme"
@@ -248,6 +250,8 @@ async def seed(dsn: str, plan: Plan, workers: int = 2) -> SeedResult:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
         await migrate(pool)
+        # The seed records no texts: nothing for a started service to read again.
+        await mark_texts_read_under(pool, reading_rules())
         await PostgresConsentView(pool).apply(Stream.CAMPAIGNS, [campaign_event(plan.at)])
     finally:
         await pool.close()

@@ -337,6 +337,45 @@ class Runtime:
             ) from exc
         self.server = server  # only a started server is stopped
         self._tasks.append(asyncio.create_task(self._follow_readiness(), name="readiness"))
+        self._tasks.append(asyncio.create_task(self.reread_texts(), name="reread-texts"))
+
+    async def reread_texts(self, first_pause: float = 1.0, longest_pause: float = 60.0) -> None:
+        """Read every stored text again when the keyword rules differ from those it was
+        last read under (migration 0025), holding for review each that reads as
+        stopping now (``Review.reread_texts``), then name the rules: a disguised STOP
+        an older version recorded as a conversation no longer lets its number be
+        sent to. In the background, after the server starts: until it is done, a
+        check answers as before. One instance reads at a time; the others, and a
+        failure, look again after a pause that doubles."""
+        from services.adapters.postgres_reread import (
+            mark_texts_read_under,
+            reading_turn,
+            texts_read_under,
+        )
+        from services.usecases.review import reading_rules
+
+        assert self.pool is not None and self.usecases is not None
+        rules, pause = reading_rules(), first_pause
+        while True:
+            try:
+                if await texts_read_under(self.pool) == rules:
+                    return
+                async with reading_turn(self.pool) as mine:
+                    # Looked at again with the turn: another may have read them meanwhile.
+                    if mine and await texts_read_under(self.pool) != rules:
+                        log.info("reading the stored texts again under changed keyword rules")
+                        reread = await self.usecases.review.reread_texts()
+                        await mark_texts_read_under(self.pool, rules)
+                        log.info(
+                            "read the stored texts again: %d newly held for review",
+                            len(reread.held),
+                        )
+                    if mine:
+                        return
+            except Exception:
+                log.exception("could not read the stored texts again; trying in %.0f s", pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, longest_pause)
 
     async def _follow_readiness(self) -> None:
         """Keep the readiness probe's status to whether CanSend can answer safely

@@ -7,9 +7,15 @@ flagged (``ledger.deadlines``).
 
 from __future__ import annotations
 
+import hashlib
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
+import rapidfuzz
+
+from ledger import keywords
 from ledger.commands import check_name
 from ledger.deadlines import revocation_due
 from ledger.events import ANY_BRAND, LedgerEvent, Recorded, RevocationCandidateFlagged
@@ -47,6 +53,22 @@ class ReviewPage:
     token: ConsistencyToken
     now: datetime
     """When the queue was read: a candidate due by then is overdue."""
+
+
+def reading_rules() -> str:
+    """A name for the rules this code reads texts by (``ledger.keywords``): a digest of
+    their source, of the Unicode data that folds and classes letters, and of the
+    fuzzy matcher's version. Any change to them names other rules, which has the
+    stored texts read again (``Review.reread_texts``): reading one again under
+    unchanged rules only costs the read."""
+    said = b"\0".join(
+        [
+            Path(keywords.__file__).read_bytes(),
+            unicodedata.unidata_version.encode(),
+            rapidfuzz.__version__.encode(),
+        ]
+    )
+    return hashlib.sha256(said).hexdigest()
 
 
 @dataclass(frozen=True)

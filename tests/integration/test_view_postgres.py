@@ -227,7 +227,7 @@ async def test_consent_status_rows_say_a_number_is_held_for_review(
             "ALTER TABLE consent_status DROP COLUMN held_event_id,"
             f" ADD CONSTRAINT consent_status_status_check {old_check}"
         )
-        assert await migrate(pool) == ["0024_consent_status_holds"]
+        assert (await migrate(pool))[0] == "0024_consent_status_holds"
         migrated = {p: await _held(pool, p) for p in (phone, other)}
         later = grant(phone, "acme", "news", T0 + timedelta(minutes=1))
         await view.apply(Stream.SUBSCRIBERS, pos.record([later]))

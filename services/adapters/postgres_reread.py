@@ -1,0 +1,43 @@
+"""Which keyword rules the stored texts were last read again under (migration 0025),
+and one instance at a time to read them: ``serve`` reads them again when its rules
+differ (``services.bootstrap``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+# Any fixed 64-bit number works; this one is "consent-ledger texts read again".
+_LOCK_KEY = 0x436F6E73656E7402
+_READ = "SELECT rules FROM texts_read_under"
+_MARK = """
+INSERT INTO texts_read_under (rules) VALUES ($1)
+ON CONFLICT (only_row) DO UPDATE SET rules = EXCLUDED.rules, read_at = now()
+"""
+
+
+async def texts_read_under(pool: asyncpg.Pool) -> str | None:
+    """The rules named by the last reading of every stored text that finished; None
+    before the first."""
+    rules: str | None = await pool.fetchval(_READ)
+    return rules
+
+
+async def mark_texts_read_under(pool: asyncpg.Pool, rules: str) -> None:
+    await pool.execute(_MARK, rules)
+
+
+@contextlib.asynccontextmanager
+async def reading_turn(pool: asyncpg.Pool) -> AsyncIterator[bool]:
+    """Whether this instance has the turn to read the stored texts (a session advisory
+    lock, held on one of ``pool``'s connections until the block ends): instances
+    upgraded at once read the ledger once, not once each. False while another has it."""
+    async with pool.acquire() as conn:
+        held = await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY)
+        try:
+            yield bool(held)
+        finally:
+            if held:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)

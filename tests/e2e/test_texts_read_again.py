@@ -1,0 +1,105 @@
+"""A disguised STOP an older version recorded as a conversation, read again by
+``serve`` under the current keyword rules (``Runtime.reread_texts``), on the real
+Kafka ledger with its words sealed: held for review from its own time, and every
+check and the review queue say so until someone resolves it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+
+from ledger.events import InboundMessageReceived
+from ledger.keywords import Intent
+from ledger.ports import ConsistencyToken, Stream
+from services.usecases.review import reading_rules
+from tests.e2e.harness import Client, opted_in, ts
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+SENDER = "+12125550177"
+PHONE = "+14155553977"
+DISGUISED = "ST\u00d8P"
+
+
+async def reasons(c: Client, token: str, at) -> list[int]:
+    """CanSend's, CanSendBatch's and CanSendAsOf's answers for PHONE at acme/promo."""
+    single = await c.CanSend(
+        api.CanSendRequest(phone=PHONE, brand="acme", campaign="promo", at_least_as_fresh=token)
+    )
+    batch = await c.CanSendBatch(
+        api.CanSendBatchRequest(
+            phones=[PHONE], brand="acme", campaign="promo", at_least_as_fresh=token
+        )
+    )
+    as_of = await c.CanSendAsOf(
+        api.CanSendAsOfRequest(
+            phone=PHONE, brand="acme", campaign="promo", at=ts(at), at_least_as_fresh=token
+        )
+    )
+    return [single.reason, *(d.reason for d in batch.decisions), as_of.reason]
+
+
+async def test_a_disguised_stop_recorded_as_conversation_is_held_when_read_again(
+    tmp_path, postgres_dsn, kafka_bootstrap
+):
+    async with opted_in(
+        tmp_path, postgres_dsn, kafka_bootstrap, name="reread", phone=PHONE, sender=SENDER
+    ) as (runtime, c, clock):
+        assert runtime.usecases is not None and runtime.pool is not None
+        ctx = runtime.usecases.review.ctx
+        said = clock.now - timedelta(minutes=10)
+        # As a version before 0368632 recorded it: a conversation, its words sealed.
+        text = InboundMessageReceived(
+            event_id=uuid.uuid4(),
+            occurred_at=said,
+            request_id="older-version",
+            phone=PHONE,
+            brand="acme",
+            message_id="SM-disguised",
+            to_number=SENDER,
+            body=DISGUISED,
+            campaign="promo",
+            intent=Intent.CONVERSATION.value,
+        )
+        (stored,) = await ctx.ledger.append([text])
+        assert stored.event.sealed is not None
+        token = ConsistencyToken.after([stored]).encode()
+        assert await reasons(c, token, clock.now) == [api.REASON_CONSENT_ACTIVE] * 3
+
+        # The start read the stored texts under these rules already (before this one
+        # was stored); as after an upgrade that changed them, it reads them again.
+        (start,) = [t for t in runtime._tasks if t.get_name() == "reread-texts"]
+        await start
+        assert await runtime.pool.fetchval("SELECT rules FROM texts_read_under") == reading_rules()
+        await runtime.pool.execute("UPDATE texts_read_under SET rules = 'older rules'")
+        await runtime.reread_texts()
+        assert await runtime.pool.fetchval("SELECT rules FROM texts_read_under") == reading_rules()
+
+        assert runtime.ledger is not None
+        ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+        token = ConsistencyToken({(Stream.SUBSCRIBERS, p): o for p, o in ends.items()}).encode()
+        assert await reasons(c, token, clock.now) == [api.REASON_REVOCATION_PENDING_REVIEW] * 3
+        queue = await c.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="acme", at_least_as_fresh=token)
+        )
+        [held] = queue.candidates
+        flagged = held.event.revocation_candidate_flagged
+        assert (flagged.text, flagged.inbound_message_id) == (DISGUISED, "SM-disguised")
+        assert held.event.occurred_at.ToDatetime().replace(tzinfo=said.tzinfo) == said
+
+        done = await c.ResolveRevocationCandidate(
+            api.ResolveRevocationCandidateRequest(
+                request_id=uuid.uuid4().hex,
+                phone=PHONE,
+                brand="acme",
+                candidate_event_id=held.event.event_id,
+                resolution=lpb.CANDIDATE_RESOLUTION_REVOKED,
+                occurred_at=ts(clock.now),
+            )
+        )
+        after = await reasons(c, done.consistency_token, clock.now)
+        assert after == [api.REASON_REVOKED_BRAND_WIDE] * 3
