@@ -64,27 +64,40 @@ def reread_holds(
     """The holds owed to the texts among ``events`` (opened: their words readable, or
     ``ERASED``) that the current rules read as stopping where their stored reading
     did not. A text's stored reading stops when its ``intent`` says so or when an
-    opt-out or a hold names it (``in_reply_to``, ``inbound_message_id``): texts
-    recorded before the intent was kept, a STOP to a number no campaign sends from,
-    and a text a hold of this module has already been placed on."""
+    opt-out or a hold names it (``stopped_text``): texts recorded before the intent
+    was kept, a STOP to a number no campaign sends from, and a text a hold of this
+    module has already been placed on."""
     texts: dict[Key, InboundMessageReceived] = {}
     stopped: set[Key] = set()
     for event in events:
         if isinstance(event, InboundMessageReceived):
-            key = (event.phone, event.brand, event.message_id)
-            if event.intent in _STOPPED:
-                stopped.add(key)
-            else:
-                texts.setdefault(key, event)
-        elif isinstance(event, ConsentRevoked) and event.in_reply_to:
-            stopped.add((event.phone, event.brand, event.in_reply_to))
-        elif isinstance(event, RevocationCandidateFlagged) and event.inbound_message_id:
-            stopped.add((event.phone, event.brand, event.inbound_message_id))
+            texts.setdefault((event.phone, event.brand, event.message_id), event)
+        key = stopped_text(event)
+        if key is not None:
+            stopped.add(key)
     return [
         reread_hold(text, recorded_by=recorded_by)
         for key, text in texts.items()
         if key not in stopped and reads_stricter(text)
     ]
+
+
+def stopped_text(event: LedgerEvent) -> Key | None:
+    """The text ``event`` says was read as stopping, if any: a text whose intent says
+    so, or the text an opt-out answers (``in_reply_to``) or a hold holds
+    (``inbound_message_id``). Either is recorded after its text."""
+    if isinstance(event, InboundMessageReceived):
+        return (event.phone, event.brand, event.message_id) if event.intent in _STOPPED else None
+    if isinstance(event, ConsentRevoked) and event.in_reply_to:
+        return (event.phone, event.brand, event.in_reply_to)
+    if isinstance(event, RevocationCandidateFlagged) and event.inbound_message_id:
+        return (event.phone, event.brand, event.inbound_message_id)
+    return None
+
+
+def held_text(hold: RevocationCandidateFlagged) -> Key:
+    """The text a hold of ``reread_holds`` holds."""
+    return (hold.phone, hold.brand, hold.inbound_message_id)
 
 
 def reads_stricter(text: InboundMessageReceived) -> bool:

@@ -18,9 +18,9 @@ import rapidfuzz
 from ledger import keywords
 from ledger.commands import check_name
 from ledger.deadlines import revocation_due
-from ledger.events import ANY_BRAND, LedgerEvent, Recorded, RevocationCandidateFlagged
+from ledger.events import ANY_BRAND, LedgerEvent, RevocationCandidateFlagged
 from ledger.ports import ConsistencyToken, Stream
-from ledger.reread import relevant, reread_holds
+from ledger.reread import Key, held_text, relevant, reread_holds, stopped_text
 from ledger.state import Fact
 from services.usecases.access import Reader
 from services.usecases.context import Context
@@ -162,22 +162,33 @@ class Review:
         (``ledger.reread``). Placing one again stores it once, so several instances
         may run this at once.
 
-        Reads the subscriber stream from its start, keeping only texts and what says
-        they were read as stopping, and opens the texts' words as an auditor's read
-        does: words erased stay unread."""
+        Reads the subscriber stream from its start, a chunk at a time, opening the
+        texts' words as an auditor's read does (words erased stay unread) and keeping
+        only the holds owed."""
         ledger, held, token = self.ctx.ledger, [], ConsistencyToken({})
         for partition in await ledger.partitions(Stream.SUBSCRIBERS):
             end = (await ledger.end_offsets(Stream.SUBSCRIBERS)).get(partition, 0)
-            kept: list[Recorded] = []
+            # Only the holds owed so far are kept between chunks: an opt-out or hold
+            # recorded after its text, in a later chunk, takes the text's away.
+            owed: dict[Key, RevocationCandidateFlagged] = {}
             offset = 0
             while offset < end:
                 batch = await ledger.read(Stream.SUBSCRIBERS, partition, offset, REREAD_CHUNK)
                 if not batch:
                     break
                 offset = batch[-1].position.offset + 1
-                kept += [r for r in batch if relevant(r.event)]
-            opened = await self.ctx.opened(kept)
-            for hold in reread_holds([r.event for r in opened], recorded_by=REREAD_BY):
+                kept = [r for r in batch if relevant(r.event)]
+                if not kept:
+                    continue
+                # Opened chunk by chunk: a text whose subject is erased in a later
+                # chunk reads erased all the same (``Context.opened`` asks the view).
+                events = [r.event for r in await self.ctx.opened(kept)]
+                for event in events:
+                    if (stopped := stopped_text(event)) is not None:
+                        owed.pop(stopped, None)
+                for hold in reread_holds(events, recorded_by=REREAD_BY):
+                    owed[held_text(hold)] = hold
+            for hold in owed.values():
                 result = await recorded_once(self.ctx, [hold])
                 token = token.merge(result.token)
                 if not result.replayed:

@@ -138,3 +138,20 @@ async def test_a_text_stored_as_an_opt_out_stays_one_whatever_it_reads_as_now():
         await recorded_as_older(app, text, stop)
         assert (await app.review.reread_texts()).held == []
         assert await answers(app) == [Reason.REVOKED] * 3
+
+
+@ASYNC
+async def test_a_stop_recorded_after_its_text_in_a_later_chunk_is_read_with_it(monkeypatch):
+    # Read a record at a time: a text from before the reading was kept, and the STOP
+    # recorded after it, come in two chunks; the second takes the first's hold away.
+    monkeypatch.setattr("services.usecases.review.REREAD_CHUNK", 1)
+    async with running(ledger=ledger_at_now()) as (app, _):
+        legacy = as_older_read(STOP_BESIDE_A_FILLER, intent="")
+        stop = dataclasses.replace(revoked(at(30), "promo"), in_reply_to=legacy.message_id)
+        still = as_older_read(STOP_WITH_A_STROKE)
+        await recorded_as_older(app, legacy, stop, still)
+        reread = await app.review.reread_texts()
+        assert await app.guard.wait_for_token(reread.token)
+        (queued,) = (await app.review.revocation_candidates(BRAND, reader=AUDITOR)).candidates
+        assert reread.held == [queued.candidate.event_id]
+        assert queued.candidate.event.inbound_message_id == still.message_id
