@@ -5,11 +5,11 @@ A text is recorded with what it was read as when it came (``InboundMessageReceiv
 it), and the ledger never rewrites that: the keyword rules were fixed many times
 since (a STOP in look-alike letters, a Hangul filler beside it), and a disguised
 STOP recorded before such a fix stays a conversation. So every stored text that
-read as no opt-out then and reads as one, or as a possible one, now is held for
-review from its own time, as a flagged reply is: a ``RevocationCandidateFlagged``
-appended now, which every reader of the ledger already honours and a reviewer
-resolves. A text read then as an opt-out or flagged is left as it was, whatever
-the current rules read: a reading never relaxes.
+the current rules read as stopping more than it was read then (``HOW_FAR``) is
+held for review from its own time, as a flagged reply is: a
+``RevocationCandidateFlagged`` appended now, which every reader of the ledger
+already honours and a reviewer resolves. A text read then as stopping as much or
+more is left as it was, whatever the current rules read: a reading never relaxes.
 
 The fold cannot do it by itself: a text's words are sealed in the ledger
 (``ledger.personal_data``), and only a reader holding the subject's key reads them.
@@ -37,20 +37,32 @@ REREAD_PREFIX = "reread-"
 """The request id of a hold placed on a text read again: the service's, derived from
 the text (``reread_hold``), so placing it again stores it once."""
 
-STOPPING = frozenset({Intent.OPT_OUT, Intent.OPT_OUT_BRAND_WIDE, Intent.REVOCATION_CANDIDATE})
-"""Readings that stop sends: an opt-out, or a reply held for review."""
-_STOPPED = frozenset(i.value for i in STOPPING)
+HOW_FAR = {Intent.REVOCATION_CANDIDATE: 1, Intent.OPT_OUT: 2, Intent.OPT_OUT_BRAND_WIDE: 3}
+"""How far a reading stops sends: a reply held for review (its campaign's conversation,
+and the brand's sends once overdue), one campaign, every campaign of the brand.
+Any other reading stops nothing (0)."""
+_HELD = 3
+"""How far a text held for review stops, as stored: its hold is a person's to read,
+and a reading that stops more adds nothing to it."""
+_STORED = {
+    Intent.OPT_OUT.value: HOW_FAR[Intent.OPT_OUT],
+    Intent.OPT_OUT_BRAND_WIDE.value: HOW_FAR[Intent.OPT_OUT_BRAND_WIDE],
+    Intent.REVOCATION_CANDIDATE.value: _HELD,
+}
+"""How far a text's stored ``intent`` stops; texts recorded before the intent was
+kept have none, and the opt-out or hold recorded with them says it."""
 
 Key = tuple[str, str, str]
 """A text by its subject and provider message id: (phone, brand, message id)."""
 
 
 def relevant(event: LedgerEvent) -> bool:
-    """Whether ``reread_holds`` reads ``event``: a text whose stored reading stops
-    nothing, what says a text was read as stopping, and an erasure (which the caller
-    needs to show erased texts as such when it opens them)."""
+    """Whether ``reread_holds`` reads ``event``: a text whose stored reading may stop
+    less than the current rules read it, what says how far a text was read as
+    stopping, and an erasure (which the caller needs to show erased texts as such
+    when it opens them)."""
     if isinstance(event, InboundMessageReceived):
-        return event.intent not in _STOPPED
+        return _STORED.get(event.intent, 0) < _HELD
     if isinstance(event, ConsentRevoked):
         return bool(event.in_reply_to)
     if isinstance(event, RevocationCandidateFlagged):
@@ -62,36 +74,41 @@ def reread_holds(
     events: Iterable[LedgerEvent], *, recorded_by: str = ""
 ) -> list[RevocationCandidateFlagged]:
     """The holds owed to the texts among ``events`` (opened: their words readable, or
-    ``ERASED``) that the current rules read as stopping where their stored reading
-    did not. A text's stored reading stops when its ``intent`` says so or when an
-    opt-out or a hold names it (``stopped_text``): texts recorded before the intent
-    was kept, a STOP to a number no campaign sends from, and a text a hold of this
-    module has already been placed on."""
+    ``ERASED``) that the current rules read as stopping more than they were read
+    when stored: a conversation, a HELP or a START now read as an opt-out or held
+    for review, an opt-out of one campaign now read as one of every campaign. How
+    far a stored reading stops is the most any of the text's facts says
+    (``stored_reading``): its ``intent``, and the opt-out or hold that names it, for
+    texts recorded before the intent was kept, a STOP to a number no campaign sends
+    from, and a text a hold of this module has already been placed on."""
     texts: dict[Key, InboundMessageReceived] = {}
-    stopped: set[Key] = set()
+    stored: dict[Key, int] = {}
     for event in events:
         if isinstance(event, InboundMessageReceived):
             texts.setdefault((event.phone, event.brand, event.message_id), event)
-        key = stopped_text(event)
-        if key is not None:
-            stopped.add(key)
+        found = stored_reading(event)
+        if found is not None:
+            key, far = found
+            stored[key] = max(stored.get(key, 0), far)
     return [
         reread_hold(text, recorded_by=recorded_by)
         for key, text in texts.items()
-        if key not in stopped and reads_stricter(text)
+        if reads_as(text.body) > stored.get(key, 0)
     ]
 
 
-def stopped_text(event: LedgerEvent) -> Key | None:
-    """The text ``event`` says was read as stopping, if any: a text whose intent says
-    so, or the text an opt-out answers (``in_reply_to``) or a hold holds
-    (``inbound_message_id``). Either is recorded after its text."""
+def stored_reading(event: LedgerEvent) -> tuple[Key, int] | None:
+    """The text ``event`` says how far its stored reading stops, and how far: a text
+    by its ``intent``, an opt-out that answers it (``in_reply_to``) by its scope, a
+    hold that holds it (``inbound_message_id``) as held. The opt-out or hold is
+    recorded after its text."""
     if isinstance(event, InboundMessageReceived):
-        return (event.phone, event.brand, event.message_id) if event.intent in _STOPPED else None
+        return (event.phone, event.brand, event.message_id), _STORED.get(event.intent, 0)
     if isinstance(event, ConsentRevoked) and event.in_reply_to:
-        return (event.phone, event.brand, event.in_reply_to)
+        far = HOW_FAR[Intent.OPT_OUT_BRAND_WIDE if event.campaign is None else Intent.OPT_OUT]
+        return (event.phone, event.brand, event.in_reply_to), far
     if isinstance(event, RevocationCandidateFlagged) and event.inbound_message_id:
-        return (event.phone, event.brand, event.inbound_message_id)
+        return (event.phone, event.brand, event.inbound_message_id), _HELD
     return None
 
 
@@ -100,12 +117,13 @@ def held_text(hold: RevocationCandidateFlagged) -> Key:
     return (hold.phone, hold.brand, hold.inbound_message_id)
 
 
-def reads_stricter(text: InboundMessageReceived) -> bool:
-    """Whether the current rules read ``text`` as stopping and its stored intent did
-    not. Words that cannot be read (sealed without its key, erased) stay as read."""
-    if text.intent in _STOPPED or text.body in (SEALED, ERASED):
-        return False
-    return classify(text.body) in STOPPING
+def reads_as(words: str) -> int:
+    """How far the current rules read ``words`` as stopping (``HOW_FAR``). Words that
+    cannot be read (sealed without their key, erased) stop nothing: they stay as
+    they were read."""
+    if words in (SEALED, ERASED):
+        return 0
+    return HOW_FAR.get(classify(words), 0)
 
 
 def reread_hold(

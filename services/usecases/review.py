@@ -20,7 +20,7 @@ from ledger.commands import check_name
 from ledger.deadlines import revocation_due
 from ledger.events import ANY_BRAND, LedgerEvent, RevocationCandidateFlagged
 from ledger.ports import ConsistencyToken, Stream
-from ledger.reread import Key, held_text, relevant, reread_holds, stopped_text
+from ledger.reread import Key, held_text, reads_as, relevant, reread_holds, stored_reading
 from ledger.state import Fact
 from services.usecases.access import Reader
 from services.usecases.context import Context
@@ -169,7 +169,8 @@ class Review:
         for partition in await ledger.partitions(Stream.SUBSCRIBERS):
             end = (await ledger.end_offsets(Stream.SUBSCRIBERS)).get(partition, 0)
             # Only the holds owed so far are kept between chunks: an opt-out or hold
-            # recorded after its text, in a later chunk, takes the text's away.
+            # recorded after its text, in a later chunk, that stops as much takes the
+            # text's away.
             owed: dict[Key, RevocationCandidateFlagged] = {}
             offset = 0
             while offset < end:
@@ -184,8 +185,12 @@ class Review:
                 # chunk reads erased all the same (``Context.opened`` asks the view).
                 events = [r.event for r in await self.ctx.opened(kept)]
                 for event in events:
-                    if (stopped := stopped_text(event)) is not None:
-                        owed.pop(stopped, None)
+                    found = stored_reading(event)
+                    if found is not None:
+                        key, far = found
+                        owing = owed.get(key)
+                        if owing is not None and far >= reads_as(owing.text):
+                            del owed[key]
                 for hold in reread_holds(events, recorded_by=REREAD_BY):
                     owed[held_text(hold)] = hold
             for hold in owed.values():

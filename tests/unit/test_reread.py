@@ -73,6 +73,23 @@ def test_words_that_cannot_be_read_and_plain_conversation_are_left_as_read():
     assert reread_holds([as_older_read("what are your hours?")]) == []
 
 
+def test_an_opt_out_of_one_campaign_now_read_as_one_of_every_campaign_is_held():
+    # A STOPALL an older version read as a STOP of the campaign alone: the brand's
+    # other campaigns went on sending.
+    stored = as_older_read("STOPALL", intent=Intent.OPT_OUT.value)
+    (hold,) = reread_holds([stored])
+    assert hold.inbound_message_id == stored.message_id
+    legacy = as_older_read("STOPALL", intent="")
+    of_one = dataclasses.replace(revoked(at(30), "promo"), in_reply_to=legacy.message_id)
+    of_all = dataclasses.replace(revoked(at(30), None), in_reply_to=legacy.message_id)
+    assert len(reread_holds([legacy, of_one])) == 1
+    assert reread_holds([legacy, of_all]) == []
+    # Read as a STOP of the campaign still, or held for a person then: nothing to add.
+    assert reread_holds([as_older_read("STOP", intent=Intent.OPT_OUT.value)]) == []
+    held = Intent.REVOCATION_CANDIDATE.value
+    assert reread_holds([as_older_read("STOPALL", intent=held)]) == []
+
+
 def test_a_text_stored_as_an_opt_out_or_flagged_is_never_read_as_less():
     # Current rules read these as conversation: the stored reading stands, nothing is
     # placed, and the opt-out recorded with it goes on counting.
@@ -143,15 +160,21 @@ async def test_a_text_stored_as_an_opt_out_stays_one_whatever_it_reads_as_now():
 @ASYNC
 async def test_a_stop_recorded_after_its_text_in_a_later_chunk_is_read_with_it(monkeypatch):
     # Read a record at a time: a text from before the reading was kept, and the STOP
-    # recorded after it, come in two chunks; the second takes the first's hold away.
+    # recorded after it, come in two chunks; the second takes the first's hold away,
+    # unless it stops less than the text reads now (a STOPALL read as a STOP).
     monkeypatch.setattr("services.usecases.review.REREAD_CHUNK", 1)
     async with running(ledger=ledger_at_now()) as (app, _):
         legacy = as_older_read(STOP_BESIDE_A_FILLER, intent="")
         stop = dataclasses.replace(revoked(at(30), "promo"), in_reply_to=legacy.message_id)
+        wider = as_older_read("STOPALL", intent="")
+        narrower = dataclasses.replace(revoked(at(30), "promo"), in_reply_to=wider.message_id)
         still = as_older_read(STOP_WITH_A_STROKE)
-        await recorded_as_older(app, legacy, stop, still)
+        await recorded_as_older(app, legacy, stop, wider, narrower, still)
         reread = await app.review.reread_texts()
         assert await app.guard.wait_for_token(reread.token)
-        (queued,) = (await app.review.revocation_candidates(BRAND, reader=AUDITOR)).candidates
-        assert reread.held == [queued.candidate.event_id]
-        assert queued.candidate.event.inbound_message_id == still.message_id
+        queued = (await app.review.revocation_candidates(BRAND, reader=AUDITOR)).candidates
+        assert sorted(reread.held) == sorted(q.candidate.event_id for q in queued)
+        assert {q.candidate.event.inbound_message_id for q in queued} == {
+            wider.message_id,
+            still.message_id,
+        }
