@@ -7,6 +7,7 @@ flagged (``ledger.deadlines``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import unicodedata
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ QUEUE_CHUNK = 500
 """Flagged replies read at a time, with their numbers' states, for the review queue."""
 REREAD_CHUNK = 1000
 """Ledger records read at a time when stored texts are read again."""
+REREAD_TURN = 8
+"""Texts read again between two turns of the event loop."""
 REREAD_BY = "service:reread"
 """Who the holds placed on texts read again are recorded by (``recorded_by``)."""
 
@@ -71,7 +74,7 @@ def reading_rules() -> str:
     return hashlib.sha256(said).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass
 class Reread:
     """What reading the stored texts again placed."""
 
@@ -79,6 +82,25 @@ class Reread:
     """The ids of the holds placed by this run (none for those placed before)."""
     token: ConsistencyToken
     """A read as fresh as this waits for every hold it placed or found placed."""
+
+
+def _owed_after(
+    owed: dict[Key, tuple[RevocationCandidateFlagged, int]], events: list[LedgerEvent], chunk: int
+) -> None:
+    """``owed`` (the holds owed to the texts read so far, each with its text's chunk)
+    once ``events``, the next in ledger order, of the ``chunk``-th chunk, are read:
+    an opt-out or hold that stops as much as its text now reads takes the text's
+    hold away (it is recorded after its text), and the texts among them that read as
+    stopping further add theirs."""
+    for event in events:
+        found = stored_reading(event)
+        if found is not None:
+            key, far = found
+            owing = owed.get(key)
+            if owing is not None and far >= reads_as(owing[0].text):
+                del owed[key]
+    for hold in reread_holds(events, recorded_by=REREAD_BY):
+        owed[held_text(hold)] = (hold, chunk)
 
 
 def _flagged(event: LedgerEvent) -> RevocationCandidateFlagged:
@@ -163,42 +185,44 @@ class Review:
         may run this at once.
 
         Reads the subscriber stream from its start, a chunk at a time, opening the
-        texts' words as an auditor's read does (words erased stay unread) and keeping
-        only the holds owed."""
-        ledger, held, token = self.ctx.ledger, [], ConsistencyToken({})
+        texts' words as an auditor's read does (words erased stay unread), in turns
+        with the calls the process serves, and placing each hold once the reading is
+        past its text."""
+        ledger, placed = self.ctx.ledger, Reread([], ConsistencyToken({}))
         for partition in await ledger.partitions(Stream.SUBSCRIBERS):
             end = (await ledger.end_offsets(Stream.SUBSCRIBERS)).get(partition, 0)
-            # Only the holds owed so far are kept between chunks: an opt-out or hold
-            # recorded after its text, in a later chunk, that stops as much takes the
-            # text's away.
-            owed: dict[Key, RevocationCandidateFlagged] = {}
-            offset = 0
+            # The holds owed so far, each with the chunk its text came in: an opt-out
+            # or hold recorded after its text (in the same append, a few records on)
+            # that stops as much takes the text's away, so a hold is placed once the
+            # reading is a chunk past its text.
+            owed: dict[Key, tuple[RevocationCandidateFlagged, int]] = {}
+            offset, chunk = 0, 0
             while offset < end:
                 batch = await ledger.read(Stream.SUBSCRIBERS, partition, offset, REREAD_CHUNK)
                 if not batch:
                     break
-                offset = batch[-1].position.offset + 1
+                offset, chunk = batch[-1].position.offset + 1, chunk + 1
                 kept = [r for r in batch if relevant(r.event)]
-                if not kept:
-                    continue
                 # Opened chunk by chunk: a text whose subject is erased in a later
                 # chunk reads erased all the same (``Context.opened`` asks the view).
-                events = [r.event for r in await self.ctx.opened(kept)]
-                for event in events:
-                    found = stored_reading(event)
-                    if found is not None:
-                        key, far = found
-                        owing = owed.get(key)
-                        if owing is not None and far >= reads_as(owing.text):
-                            del owed[key]
-                for hold in reread_holds(events, recorded_by=REREAD_BY):
-                    owed[held_text(hold)] = hold
-            for hold in owed.values():
-                result = await recorded_once(self.ctx, [hold])
-                token = token.merge(result.token)
-                if not result.replayed:
-                    held += result.event_ids
-        return Reread(held, token)
+                events = [r.event for r in await self.ctx.opened(kept)] if kept else []
+                for start in range(0, len(events), REREAD_TURN):
+                    _owed_after(owed, events[start : start + REREAD_TURN], chunk)
+                    # Reading a text takes what reading it when it came took: in
+                    # turns with the calls the process serves, not a chunk at once.
+                    await asyncio.sleep(0)
+                due = [key for key, (_, came) in owed.items() if came < chunk]
+                await self._place([owed.pop(key)[0] for key in due], placed)
+            await self._place([hold for hold, _ in owed.values()], placed)
+        return placed
+
+    async def _place(self, holds: list[RevocationCandidateFlagged], placed: Reread) -> None:
+        """Append each of ``holds`` once, noting it in ``placed``."""
+        for hold in holds:
+            result = await recorded_once(self.ctx, [hold])
+            placed.token = placed.token.merge(result.token)
+            if not result.replayed:
+                placed.held += result.event_ids
 
     async def overdue_candidates(self) -> int:
         """How many flagged replies of every brand are past their ten business days

@@ -4,6 +4,7 @@ conversation is held for review from its own time; a reading never relaxes."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -178,3 +179,26 @@ async def test_a_stop_recorded_after_its_text_in_a_later_chunk_is_read_with_it(m
             wider.message_id,
             still.message_id,
         }
+
+
+@ASYNC
+async def test_the_texts_are_read_in_turns_with_the_calls_served(monkeypatch):
+    # Reading a text costs what reading it when it came did: a chunk read at once
+    # held every call the process serves back for as long.
+    monkeypatch.setattr("services.usecases.review.REREAD_TURN", 2)
+    async with running(ledger=ledger_at_now()) as (app, _):
+        texts = [as_older_read("what are your hours?") for _ in range(40)]
+        await recorded_as_older(app, *texts)
+        turns = 0
+
+        async def served() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        serving = asyncio.create_task(served())
+        before = turns
+        await app.review.reread_texts()
+        serving.cancel()
+        assert turns - before >= len(texts) // 2
