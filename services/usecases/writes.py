@@ -44,6 +44,7 @@ from ledger.commands import (
     check_required_proof,
     covered_hold_resolved,
     covers,
+    covers_provider_report,
     handle_inbound,
     handle_unowned_inbound,
     held_intent,
@@ -795,15 +796,16 @@ class Writes:
         recipient opted out at the provider (``provider_opt_out_hold``), appended with
         it in one write: the outcome is never recorded without its hold.
 
-        None while another such hold of the number is pending: one review covers the
-        person's one opt-out, however many messages the provider refused since. This
-        very hold, pending, is kept, so a retry writes the same events."""
+        None while another such hold of the number is pending that answers it
+        (``covers_provider_report``: no consent of the brand since): one review covers
+        the person's one opt-out, however many messages the provider refused since.
+        This very hold, pending, is kept, so a retry writes the same events."""
         reported = events[0]
         assert isinstance(reported, DeliveryOutcomeReported)
         hold = provider_opt_out_hold(reported, self.opt_out_error_codes, self.ctx.clock())
         if hold is None:
             return events
-        held = [c.event for c in await self._provider_holds(reported.phone, reported.brand)]
+        held = [c.event for c in await self._provider_holds(reported.phone, reported.brand, hold)]
         if any(h.event_id != hold.event_id for h in held):
             return events
         # Placed already when an outcome of the message was refused (no send recorded
@@ -811,12 +813,16 @@ class Writes:
         return [*events, *(held or [hold])]
 
     async def _provider_holds(
-        self, phone: str, brand: str
+        self, phone: str, brand: str, hold: RevocationCandidateFlagged
     ) -> list[Fact[RevocationCandidateFlagged]]:
         """The holds a provider's report placed on ``phone`` for ``brand`` that are
-        still pending, as the view has them (one review covers them all)."""
+        still pending, as the view has them, and answer ``hold``'s report: ``hold``
+        itself (a retry), else those with no consent of the brand since them
+        (``covers_provider_report``; one review covers them all)."""
         state = (await state_as_one(self.ctx.view, phone, brand)).state
-        return [c for c in state.pending_candidates() if c.event.provider_reported]
+        pending = [c for c in state.pending_candidates() if c.event.provider_reported]
+        mine = [c for c in pending if c.event.event_id == hold.event_id]
+        return mine or [c for c in pending if covers_provider_report(state, c)]
 
     async def hold_refused_outcome(
         self,
@@ -849,7 +855,7 @@ class Writes:
         except PermissionDenied:
             return
         await self.ctx.guard.wait_until_applied_for([hold.phone])
-        pending = await self._provider_holds(hold.phone, hold.brand)
+        pending = await self._provider_holds(hold.phone, hold.brand, hold)
         if pending:
             kept = pending[0]
             recorded = Recorded(kept.event, kept.position, kept.recorded_at)

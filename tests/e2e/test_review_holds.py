@@ -1,0 +1,163 @@
+"""The life of a hold for review, through the real gRPC server: what a reviewer's
+resolution lifts, and what it must leave denying."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+
+from ledger.ports import ConsistencyToken
+from services.bootstrap import Runtime
+from tests.e2e.harness import Clock, client, define, held_info, inbound, module_clock, opt_in, ts
+from tests.e2e.test_lifecycle import ACME_NUMBER
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def phone(i: int) -> str:
+    return f"+1415555{7000 + i:04d}"
+
+
+async def _promo(serve: Any, clock: Clock, **where: Any) -> tuple[Runtime, Clock]:
+    campaign = define("acme", "promo", clock.now - timedelta(days=60), [ACME_NUMBER])
+    return await serve(name="holds", clock=clock, campaigns=[campaign], **where), clock
+
+
+@pytest.fixture(scope="module")
+async def embedded(module_serve):
+    """acme's promo campaign on the embedded default's ledger; each test has numbers
+    of its own."""
+    return await _promo(module_serve, module_clock(), on_kafka=False)
+
+
+@pytest.fixture(scope="module")
+async def on_kafka(module_serve):
+    return await _promo(module_serve, module_clock())
+
+
+async def readers(runtime: Runtime, number: str, fresh: str, at: datetime) -> dict[str, Any]:
+    """What CanSend, CanSendBatch and CanSendAsOf (at ``at``) say of ``number``."""
+    ask = dict(phone=number, brand="acme", campaign="promo", at_least_as_fresh=fresh)
+    async with client(runtime.address) as c:
+        one = await c.CanSend(api.CanSendRequest(**ask))
+        batch = await c.CanSendBatch(
+            api.CanSendBatchRequest(
+                phones=[number], brand="acme", campaign="promo", at_least_as_fresh=fresh
+            )
+        )
+        as_of = await c.CanSendAsOf(api.CanSendAsOfRequest(**ask, at=ts(at)))
+    return {
+        "CanSend": (one.allowed, one.reason),
+        "CanSendBatch": [(d.allowed, d.reason) for d in batch.decisions],
+        "CanSendAsOf": (as_of.allowed, as_of.reason),
+    }
+
+
+def denied(reason: int) -> dict[str, Any]:
+    return {
+        "CanSend": (False, reason),
+        "CanSendBatch": [(False, reason)],
+        "CanSendAsOf": (False, reason),
+    }
+
+
+def sent(number: str, at: datetime, kind: int = lpb.MESSAGE_KIND_REGULAR) -> Any:
+    return api.RecordMessageSentRequest(
+        request_id=f"s-{uuid.uuid4().hex}",
+        phone=number,
+        brand="acme",
+        campaign="promo",
+        message_id=f"SM{uuid.uuid4().hex[:16]}",
+        kind=kind,
+        occurred_at=ts(at),
+        included_opt_out_language=True,
+        identified_sender=True,
+    )
+
+
+def refused_at_provider(message: Any, at: datetime) -> api.RecordDeliveryOutcomeRequest:
+    """Twilio's 21610 for ``message``: the person opted out at the provider."""
+    return api.RecordDeliveryOutcomeRequest(
+        request_id=f"d-{uuid.uuid4().hex}",
+        phone=message.phone,
+        brand="acme",
+        message_id=message.message_id,
+        outcome=lpb.DELIVERY_OUTCOME_FAILED,
+        error_code="21610",
+        occurred_at=ts(at),
+    )
+
+
+def dismissal(number: str, candidate: str, at: datetime) -> api.ResolveRevocationCandidateRequest:
+    return api.ResolveRevocationCandidateRequest(
+        request_id=f"r-{uuid.uuid4().hex}",
+        phone=number,
+        brand="acme",
+        candidate_event_id=candidate,
+        resolution=lpb.CANDIDATE_RESOLUTION_DISMISSED,
+        occurred_at=ts(at),
+        resolved_by="reviewer: the person texted START",
+    )
+
+
+async def _provider_opt_out_after_a_start(
+    service: tuple[Runtime, Clock], number: str, *, recorded: bool = True
+) -> None:
+    runtime, clock = service
+    t = clock.now
+    async with client(runtime.address, "acme-app") as c:
+        await c.RecordOptIn(opt_in(number, "acme", "promo", t - timedelta(days=1)))
+        first = sent(number, t - timedelta(minutes=30))
+        await c.RecordMessageSent(first)
+        held = await c.RecordDeliveryOutcome(refused_at_provider(first, t - timedelta(minutes=29)))
+        assert len(held.event_ids) == 2, held  # the outcome and its hold
+        hold = held.event_ids[1]
+        start = await c.HandleInboundMessage(
+            inbound(number, ACME_NUMBER, "START", t - timedelta(minutes=20))
+        )
+        assert start.reply == api.REPLY_KIND_OPT_IN_CONFIRMATION, start
+        # The START's confirmation, which the hold does not stop, is refused by the
+        # provider: the person opted out there again since the START.
+        confirmation = sent(number, t - timedelta(minutes=19), lpb.MESSAGE_KIND_OPT_IN_CONFIRMATION)
+        report = refused_at_provider(confirmation, t - timedelta(minutes=19))
+        if recorded:
+            await c.RecordMessageSent(confirmation)
+            again = (await c.RecordDeliveryOutcome(report)).consistency_token
+        else:  # Twilio refuses at the send: the sender recorded none, the outcome is refused
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await c.RecordDeliveryOutcome(report)
+            info = held_info(caught.value)
+            assert info is not None, caught.value
+            assert info["candidate_event_id"] != hold, info
+            again = info["consistency_token"]
+    async with client(runtime.address) as reviewer:
+        # The reviewer dismisses the first hold: the START came after it.
+        resolved = await reviewer.ResolveRevocationCandidate(
+            dismissal(number, hold, t - timedelta(minutes=10))
+        )
+    token = ConsistencyToken.decode(resolved.consistency_token).merge(
+        ConsistencyToken.decode(again)
+    )
+    said = await readers(runtime, number, token.encode(), t - timedelta(minutes=5))
+    assert said == denied(api.REASON_REVOCATION_PENDING_REVIEW), said
+
+
+async def test_a_provider_opt_out_after_a_start_outlives_the_dismissal_of_the_one_before(
+    embedded,
+):
+    """A 21610 reported while another such hold was pending added no hold of its own
+    ("one review answers the person's one opt-out"). After a START it is another
+    opt-out: the reviewer who dismissed the first hold, as the START said, let the
+    number be sent to though the provider said it had opted out since."""
+    await _provider_opt_out_after_a_start(embedded, phone(1))
+    await _provider_opt_out_after_a_start(embedded, phone(3), recorded=False)
+
+
+async def test_a_provider_opt_out_after_a_start_outlives_it_on_kafka(on_kafka):
+    await _provider_opt_out_after_a_start(on_kafka, phone(2))
