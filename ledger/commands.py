@@ -1580,6 +1580,9 @@ def _resume(
     if state.campaign(name).grant is None:
         note = f"no prior consent for campaign {name}: nothing to resume"
         return InboundOutcome(events, notes=[note], **outcome)
+    if state.pending_candidates():  # CanSend denies its confirmation (``ledger.policy``)
+        note = "an opt-out held for review stands, which a START does not lift: no reply owed"
+        return InboundOutcome(events, notes=[note], **outcome)
     return InboundOutcome(
         events,
         reply=ReplyKind.OPT_IN_CONFIRMATION,

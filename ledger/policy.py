@@ -525,16 +525,8 @@ class Check:
             # alone (within minutes of it, once) and carries none of the campaign's
             # content: review, content, consent, age, caps and quiet hours do not apply.
             return self._owed(digest, c)
-        # An overdue or unattributed opt-out is a revocation: it stops what one stops.
-        if digest.pending and (revoked := self._unresolved_revocation(digest)) is not None:
-            return revoked
         if digest.pending:
-            return deny(
-                Reason.REVOCATION_PENDING_REVIEW,
-                f"{_candidate(digest.pending[0])} awaits review",
-                [p.event_id for p in digest.pending],
-                version,
-            )
+            return self._held(digest)
 
         if not self._content_allowed:
             return self._content_not_allowed()
@@ -639,6 +631,19 @@ class Check:
             f"opted out of campaign {other}: a revocation of one campaign revokes "
             "every campaign of the brand (47 CFR 64.1200(a)(10), revoke-all)",
             (revocation.event_id,),
+            self.version,
+        )
+
+    def _held(self, digest: Digest, why: str = "") -> Decision:
+        """The answer while opt-outs held for review are pending (``digest.pending``):
+        an overdue or unattributed one is a revocation, and stops what one stops."""
+        revoked = self._unresolved_revocation(digest)
+        if revoked is not None:
+            return revoked._replace(detail=revoked.detail + why) if why else revoked
+        return deny(
+            Reason.REVOCATION_PENDING_REVIEW,
+            f"{_candidate(digest.pending[0])} awaits review{why}",
+            [p.event_id for p in digest.pending],
             self.version,
         )
 
@@ -790,6 +795,11 @@ class Check:
         resume, version = c.resume, self.version
         if resume is None or not self._in_reply_window(resume):
             return self._not_asked("START")
+        if digest.pending:
+            # A START lifts no hold, and one placed after it may be the person's
+            # opt-out since ("please stop" right after START): a recorded STOP there
+            # denies the confirmation, so a STOP held for review does too.
+            return self._held(digest, ": a START lifts no hold, so it is not confirmed")
         current = standing(digest, c, self.campaign.campaign if self._revoke_all else None)
         if current.revocation is None and _erased_without_opt_in(digest, c):
             return self._erased(digest)  # the consent a START would resume was erased

@@ -41,14 +41,23 @@ async def on_kafka(module_serve):
     return await _promo(module_serve, module_clock())
 
 
-async def readers(runtime: Runtime, number: str, fresh: str, at: datetime) -> dict[str, Any]:
-    """What CanSend, CanSendBatch and CanSendAsOf (at ``at``) say of ``number``."""
-    ask = dict(phone=number, brand="acme", campaign="promo", at_least_as_fresh=fresh)
+async def readers(
+    runtime: Runtime, number: str, fresh: str, at: datetime, kind: int = 0
+) -> dict[str, Any]:
+    """What CanSend, CanSendBatch and CanSendAsOf (at ``at``) say of ``number`` for a
+    message of ``kind`` (a regular one by default)."""
+    ask = dict(
+        phone=number, brand="acme", campaign="promo", at_least_as_fresh=fresh, message_kind=kind
+    )
     async with client(runtime.address) as c:
         one = await c.CanSend(api.CanSendRequest(**ask))
         batch = await c.CanSendBatch(
             api.CanSendBatchRequest(
-                phones=[number], brand="acme", campaign="promo", at_least_as_fresh=fresh
+                phones=[number],
+                brand="acme",
+                campaign="promo",
+                at_least_as_fresh=fresh,
+                message_kind=kind,
             )
         )
         as_of = await c.CanSendAsOf(api.CanSendAsOfRequest(**ask, at=ts(at)))
@@ -121,13 +130,17 @@ async def _provider_opt_out_after_a_start(
         start = await c.HandleInboundMessage(
             inbound(number, ACME_NUMBER, "START", t - timedelta(minutes=20))
         )
-        assert start.reply == api.REPLY_KIND_OPT_IN_CONFIRMATION, start
-        # The START's confirmation, which the hold does not stop, is refused by the
-        # provider: the person opted out there again since the START.
-        confirmation = sent(number, t - timedelta(minutes=19), lpb.MESSAGE_KIND_OPT_IN_CONFIRMATION)
-        report = refused_at_provider(confirmation, t - timedelta(minutes=19))
+        assert start.reply == api.REPLY_KIND_NONE, start  # the hold stands
+        helped = await c.HandleInboundMessage(
+            inbound(number, ACME_NUMBER, "HELP", t - timedelta(minutes=19))
+        )
+        assert helped.reply == api.REPLY_KIND_HELP, helped
+        # The HELP's reply, which the hold does not stop, is refused by the provider:
+        # the person opted out there again since the START.
+        reply = sent(number, t - timedelta(minutes=19), lpb.MESSAGE_KIND_HELP_REPLY)
+        report = refused_at_provider(reply, t - timedelta(minutes=19))
         if recorded:
-            await c.RecordMessageSent(confirmation)
+            await c.RecordMessageSent(reply)
             again = (await c.RecordDeliveryOutcome(report)).consistency_token
         else:  # Twilio refuses at the send: the sender recorded none, the outcome is refused
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -161,3 +174,35 @@ async def test_a_provider_opt_out_after_a_start_outlives_the_dismissal_of_the_on
 
 async def test_a_provider_opt_out_after_a_start_outlives_it_on_kafka(on_kafka):
     await _provider_opt_out_after_a_start(on_kafka, phone(2))
+
+
+async def _a_start_then_please_stop(service: tuple[Runtime, Clock], number: str) -> None:
+    runtime, clock = service
+    t = clock.now
+    async with client(runtime.address, "acme-app") as c:
+        await c.RecordOptIn(opt_in(number, "acme", "promo", t - timedelta(days=1)))
+        await c.HandleInboundMessage(inbound(number, ACME_NUMBER, "STOP", t - timedelta(minutes=3)))
+        start = await c.HandleInboundMessage(
+            inbound(number, ACME_NUMBER, "START", t - timedelta(minutes=2))
+        )
+        assert start.reply == api.REPLY_KIND_OPT_IN_CONFIRMATION, start
+        confirmation = lpb.MESSAGE_KIND_OPT_IN_CONFIRMATION
+        said = await readers(runtime, number, start.consistency_token, t, confirmation)
+        assert said["CanSend"] == (True, api.REASON_OPT_IN_CONFIRMATION_ALLOWED), said
+        flagged = await c.HandleInboundMessage(
+            inbound(number, ACME_NUMBER, "please stop texting me", t - timedelta(minutes=1))
+        )
+        assert flagged.intent == api.INBOUND_INTENT_REVOCATION_CANDIDATE, flagged
+    said = await readers(runtime, number, flagged.consistency_token, t, confirmation)
+    assert said == denied(api.REASON_REVOCATION_PENDING_REVIEW), said
+
+
+async def test_a_start_is_not_confirmed_once_a_reply_after_it_awaits_review(embedded):
+    """ "START", then "please stop texting me": a STOP there denies the START's
+    confirmation, but the reply, held for review, left it allowed, and the person
+    who asked to be left alone was told they were subscribed again."""
+    await _a_start_then_please_stop(embedded, phone(4))
+
+
+async def test_a_start_is_not_confirmed_once_a_reply_after_it_awaits_review_on_kafka(on_kafka):
+    await _a_start_then_please_stop(on_kafka, phone(5))
