@@ -189,6 +189,11 @@ class Digest(NamedTuple):
     """``CampaignDigest.revocation_said`` of the brand-wide opt-outs."""
     brand_resume_stated: int | None = None
     """When ``brand_resume`` said it happened, where that is later than its place."""
+    brand_revocation_asked: int | None = None
+    """Where a review recorded ``brand_revocation`` (a resolution's "revoked", a
+    reviewer's or a covering opt-out's: ``held_asked``), when the person asked: the
+    time of the reply or opt-out held that it resolved. Its one confirmation counts
+    from then, not from the review; None for any other opt-out."""
 
     def campaign(self, name: str) -> CampaignDigest:
         return self.campaigns.get(name, EMPTY_CAMPAIGN)
@@ -265,6 +270,23 @@ def _campaign_digest(c: CampaignConsent) -> CampaignDigest:
     )
 
 
+def held_asked(state: SubscriberState) -> int | None:
+    """``Digest.brand_revocation_asked`` of ``state``: the time of the hold that the
+    resolution which wrote the latest brand-wide opt-out resolved (a "revoked" writes
+    its opt-out and itself under one request), or None."""
+    revoked = state.brand_revocation
+    if revoked is None or not state.resolutions:
+        return None
+    said = (revoked.event.request_id, revoked.event.request_fingerprint)
+    for resolution in state.resolutions.values():
+        event = resolution.event
+        if (event.request_id, event.request_fingerprint) == said:
+            held = state.candidates.get(str(event.candidate_event_id))
+            # The hold's own time; the revocation's, if the hold is not at hand.
+            return micros(held.at if held is not None else revoked.at)
+    return None
+
+
 def digest_of(state: SubscriberState) -> Digest:
     """The digest of a folded state."""
     held = state.campaigns
@@ -321,6 +343,7 @@ def digest_of(state: SubscriberState) -> Digest:
             _mark(state.erased),
             _said(state.brand_revocation_said, state.brand_revocation),
             _stated(state.brand_resume),
+            held_asked(state),
         ),
     )
 

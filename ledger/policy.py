@@ -757,6 +757,19 @@ class Check:
                 evidence,
                 version,
             )
+        asked = digest.brand_revocation_asked if revocation == digest.brand_revocation else None
+        if asked is not None and self._now > asked + self._confirmation:
+            # Recorded by a review of a reply or opt-out held: 47 CFR 64.1200(a)(12)
+            # allows the one confirmation within five minutes of the person's
+            # request, which a review hours later does not open again.
+            return deny(
+                Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED,
+                f"the confirmation window of {self._window()} after the text or opt-out"
+                f" held for review ({from_micros(asked):%Y-%m-%d %H:%M:%S} UTC) that a review"
+                " recorded as this opt-out has passed",
+                evidence,
+                version,
+            )
         return Decision(
             True,
             Reason.OPT_OUT_CONFIRMATION_ALLOWED,

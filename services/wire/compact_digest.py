@@ -148,7 +148,8 @@ def _digest_signature(d: Any, vals: list[Any]) -> tuple[Any, ...]:
         erased,
         brand_revocation_said,
         brand_resume_stated,
-    ) = _fields(d, Digest, 14, "Digest")
+        brand_revocation_asked,
+    ) = _fields(d, Digest, 15, "Digest")
     if type(pending) is not tuple:
         raise Unencodable("pending is not a tuple")
     pending_sig = []
@@ -184,6 +185,7 @@ def _digest_signature(d: Any, vals: list[Any]) -> tuple[Any, ...]:
         state, event_id = _fields(located, Located, 2, "Located")
         located_sig = (_exact(state, str), _id_code(event_id, vals))
     erased_sig = _mark(erased, vals)
+    asked = _optional_int(brand_revocation_asked, vals)
     if type(campaigns) is not dict:
         raise Unencodable("campaigns is not a dict")
     return (
@@ -201,6 +203,7 @@ def _digest_signature(d: Any, vals: list[Any]) -> tuple[Any, ...]:
         _strs(regions),
         located_sig,
         erased_sig,
+        asked,
     )
 
 
@@ -300,6 +303,7 @@ class _Source:
             regions,
             located,
             erased,
+            asked,
         ) = sig
         items = []
         for id_code, unattributed, imported, refused, reused_id, provider in pending:
@@ -323,11 +327,12 @@ class _Source:
             state = self.const(located[0])
             located_expr = f"built(Located, ({state}, {self.event_id(located[1])}))"
         erased_expr = self.mark(erased)
+        asked_expr = self.optional_int(asked)
         return (
             f"built(Digest, ({self.const(brand)}, {self.const(zones)}, ({''.join(items)}), "
             f"{revocation_expr}, {resume_expr}, {age_expr}, {inbound_expr}, {confs_expr}, "
             f"campaigns, {self.const(regions)}, {located_expr}, {erased_expr}, "
-            f"{said_expr}, {resume_stated_expr}))"
+            f"{said_expr}, {resume_stated_expr}, {asked_expr}))"
         )
 
     def campaign(self, sig: tuple[Any, ...]) -> str:

@@ -16,7 +16,7 @@ import msgpack
 
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, built
 
-FORMAT = 16
+FORMAT = 17
 """1 had no ``CampaignDigest.last_disclosed_at``, 2 no ``Digest.regions`` and
 ``Digest.located`` (the recipient's candidate states), 3 no ``CampaignDigest``
 ``help_request``, ``help_reply`` or ``opt_in_confirmation``, 4 no
@@ -31,7 +31,9 @@ or ``resume_stated`` on ``CampaignDigest``, nor ``brand_revocation_said`` or
 ``brand_resume_stated`` on ``Digest`` (facts stamped ahead ordered by place alone),
 14 no provider mark on ``Digest.pending``, 15 read a proof field holding a
 placeholder ("N/A", "-") or, typed, a value that does not parse as given in
-``CampaignDigest.proof_missing``: rows in any of them are read from their
+``CampaignDigest.proof_missing``, 16 no ``Digest.brand_revocation_asked`` (an
+opt-out a review recorded confirmed from the review, not from the person's text):
+rows in any of them are read from their
 snapshots, which are folded and digested again (a snapshot written before 14 may lack
 an opt-out latest by the time it said: ``consent-ledger rebuild`` folds it from the
 ledger).
@@ -102,6 +104,7 @@ def _digest(raw: tuple[Any, ...]) -> Digest:
         erased,
         brand_revocation_said,
         brand_resume_stated,
+        brand_revocation_asked,
     ) = _fields(Digest, raw)
     return built(
         Digest,
@@ -120,6 +123,7 @@ def _digest(raw: tuple[Any, ...]) -> Digest:
             erased and built(Mark, erased),
             brand_revocation_said and built(Mark, brand_revocation_said),
             brand_resume_stated,
+            brand_revocation_asked,
         ),
     )
 

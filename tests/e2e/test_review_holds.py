@@ -206,3 +206,47 @@ async def test_a_start_is_not_confirmed_once_a_reply_after_it_awaits_review(embe
 
 async def test_a_start_is_not_confirmed_once_a_reply_after_it_awaits_review_on_kafka(on_kafka):
     await _a_start_then_please_stop(on_kafka, phone(5))
+
+
+async def _confirmed_from_the_reply(service: tuple[Runtime, Clock], late: str, soon: str) -> None:
+    runtime, clock = service
+    t = clock.now
+    confirmation = lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION
+    said = {}
+    async with client(runtime.address, "acme-app") as c, client(runtime.address) as reviewer:
+        for number, ago in ((late, timedelta(hours=3)), (soon, timedelta(minutes=2))):
+            await c.RecordOptIn(opt_in(number, "acme", "promo", t - timedelta(days=1)))
+            flagged = await c.HandleInboundMessage(
+                inbound(number, ACME_NUMBER, "please stop texting me", t - ago)
+            )
+            revoked = await reviewer.ResolveRevocationCandidate(
+                api.ResolveRevocationCandidateRequest(
+                    request_id=f"r-{uuid.uuid4().hex}",
+                    phone=number,
+                    brand="acme",
+                    candidate_event_id=flagged.event_ids[-1],
+                    resolution=lpb.CANDIDATE_RESOLUTION_REVOKED,
+                    occurred_at=ts(t),
+                    resolved_by="reviewer: it reads as a STOP",
+                )
+            )
+            said[number] = await readers(
+                runtime, number, revoked.consistency_token, t, confirmation
+            )
+    assert said[late] == denied(api.REASON_OPT_OUT_CONFIRMATION_NOT_ALLOWED), said
+    allowed = (True, api.REASON_OPT_OUT_CONFIRMATION_ALLOWED)
+    assert said[soon] == {"CanSend": allowed, "CanSendBatch": [allowed], "CanSendAsOf": allowed}
+
+
+async def test_an_opt_out_a_review_records_is_confirmed_only_within_minutes_of_the_reply(
+    embedded,
+):
+    """A reviewer's "revoked" records the opt-out at the review: its one confirmation
+    was allowed for five minutes from then, hours after the person's reply, where
+    47 CFR 64.1200(a)(12) allows it within five minutes of the request (a STOP
+    recorded that late owes none). A review within those minutes still owes it."""
+    await _confirmed_from_the_reply(embedded, phone(6), phone(7))
+
+
+async def test_an_opt_out_a_review_records_is_confirmed_from_the_reply_on_kafka(on_kafka):
+    await _confirmed_from_the_reply(on_kafka, phone(8), phone(9))

@@ -49,7 +49,7 @@ def test_digest_fields_are_the_ones_the_encoding_knows():
     assert Digest._fields == (
         "brand", "zones", "pending", "brand_revocation", "brand_resume", "age",
         "last_inbound", "confirmations", "campaigns", "regions", "located", "erased",
-        "brand_revocation_said", "brand_resume_stated",
+        "brand_revocation_said", "brand_resume_stated", "brand_revocation_asked",
     )  # fmt: skip
     assert CampaignDigest._fields == (
         "grant", "tier", "revocation", "resume", "reconfirmation", "sent", "last_sent_at",
@@ -161,6 +161,7 @@ digests = st.builds(
     st.none() | st.builds(Located, texts, st.uuids().map(str) | texts),
     st.none() | marks,
     st.none() | marks,
+    st.none() | st.integers(-(2**63), 2**63 - 1),
     st.none() | st.integers(-(2**63), 2**63 - 1),
 )
 
