@@ -1058,7 +1058,9 @@ class Writes:
         # sender's (CanSend folds them in): a START resumes an opt-in kept there, and
         # this STOP covers a hold kept there.
         state = (await state_as_one(self.ctx.view, sender, brand)).state
-        outcome = handle_inbound(cmd, campaign, state, self.ctx.clock())
+        outcome = await self._unless_held_everywhere(
+            sender, handle_inbound(cmd, campaign, state, self.ctx.clock())
+        )
         events = _stamped(outcome.events, recorded_by)
         claimed = await self._message_claimed(events)
         earlier = None if claimed is None else await self._redelivered(claimed, outcome)
@@ -1095,6 +1097,21 @@ class Writes:
             if earlier is not None:
                 return earlier
         return InboundResult(written, outcome, owed=outcome)
+
+    async def _unless_held_everywhere(self, sender: str, outcome: InboundOutcome) -> InboundOutcome:
+        """``outcome`` saying no START confirmation is owed while a STOP whose brand
+        was unknown (``ANY_BRAND``) is pending for ``sender``: CanSend denies the
+        confirmation then (``ledger.policy``), as for a hold of the brand, which
+        ``ledger.commands`` reads from the brand's state. The facts are the same."""
+        if outcome.reply is not ReplyKind.OPT_IN_CONFIRMATION:
+            return outcome
+        phone_wide = (await state_as_one(self.ctx.view, sender, ANY_BRAND)).state
+        if not phone_wide.pending_candidates():
+            return outcome
+        note = "an opt-out held for review stands, which a START does not lift: no reply owed"
+        return replace(
+            outcome, reply=ReplyKind.NONE, required_content=(), notes=[*outcome.notes, note]
+        )
 
     async def _unowned_inbound(
         self,

@@ -250,3 +250,26 @@ async def test_an_opt_out_a_review_records_is_confirmed_only_within_minutes_of_t
 
 async def test_an_opt_out_a_review_records_is_confirmed_from_the_reply_on_kafka(on_kafka):
     await _confirmed_from_the_reply(on_kafka, phone(8), phone(9))
+
+
+async def test_a_start_is_not_said_to_be_owed_a_confirmation_under_a_stop_of_every_brand(
+    embedded,
+):
+    """A STOP to a number no campaign sends from, from a caller of every brand, is
+    held under ``*`` and denies every brand: the START after it is not confirmed,
+    and HandleInboundMessage said a confirmation was owed all the same, where the
+    README has CanSend allow the reply it names."""
+    runtime, clock = embedded
+    t, number = clock.now, phone(10)
+    async with client(runtime.address) as operator:
+        await operator.RecordOptIn(opt_in(number, "acme", "promo", t - timedelta(days=1)))
+        await operator.HandleInboundMessage(
+            inbound(number, "+12125550961", "STOP", t - timedelta(minutes=3))
+        )
+        start = await operator.HandleInboundMessage(
+            inbound(number, ACME_NUMBER, "START", t - timedelta(minutes=2))
+        )
+    confirmation = lpb.MESSAGE_KIND_OPT_IN_CONFIRMATION
+    said = await readers(runtime, number, start.consistency_token, t, confirmation)
+    assert said == denied(api.REASON_REVOKED_BRAND_WIDE), said
+    assert start.reply == api.REPLY_KIND_NONE, start
