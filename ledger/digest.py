@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from ledger.deadlines import revocation_due
-from ledger.events import ConsentRevoked, MessageKind
+from ledger.events import CollectionMethod, ConsentRevoked, ConsentTier, MessageKind
 from ledger.numbers import places
 from ledger.regions import with_supplied, zones_with_region
 from ledger.state import (
@@ -84,7 +84,7 @@ class CampaignDigest(NamedTuple):
 
     grant: Mark | None = None
     tier: int = 0
-    """The ``ConsentTier`` of the grant (0 without one)."""
+    """The ``ConsentTier`` the grant reaches (``reached_tier``; 0 without one)."""
     revocation: Mark | None = None
     """This campaign's own latest opt-out (a brand-wide one is on the ``Digest``)."""
     resume: Mark | None = None
@@ -238,6 +238,22 @@ def _sent_mark(record: SentRecord | None) -> Mark | None:
     return None if record is None else _sent(record)
 
 
+UNWRITTEN = frozenset({CollectionMethod.VERBAL, CollectionMethod.API_IMPORT})
+"""Methods that leave no agreement in writing signed by the person: said on the
+phone, or imported without saying how it was given."""
+
+
+def reached_tier(tier: ConsentTier, method: CollectionMethod) -> int:
+    """How far a grant reaches: a promotional one needs the person's written agreement
+    (47 CFR 64.1200(a)(2), (f)(9): prior express written consent, signed on paper,
+    by a web form's checkbox or by the person's own text, E-SIGN), so one given by
+    an ``UNWRITTEN`` method is express consent only, which reaches informational
+    messages and no promotional campaign."""
+    if tier is ConsentTier.PROMOTIONAL and method in UNWRITTEN:
+        return int(ConsentTier.INFORMATIONAL)
+    return int(tier)
+
+
 def _campaign_digest(c: CampaignConsent) -> CampaignDigest:
     grant = c.grant
     last_sent, last_disclosed = c.last_sent, c.last_disclosed
@@ -247,7 +263,7 @@ def _campaign_digest(c: CampaignConsent) -> CampaignDigest:
         CampaignDigest,
         (
             _mark(grant),
-            int(grant.event.tier) if grant is not None else 0,
+            reached_tier(grant.event.tier, grant.event.method) if grant is not None else 0,
             _mark(c.revocation),
             _mark(c.resume),
             _mark(c.reconfirmation),

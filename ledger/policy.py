@@ -219,6 +219,15 @@ def deny(
 _DEFAULT_HOURS = QuietHours()
 """The quiet hours of the policy texts; a campaign's own window lies within them."""
 _CONVERSATIONAL = int(ConsentTier.CONVERSATIONAL)
+_WRITTEN_NEEDED = {
+    CampaignPurpose.PROMOTIONAL: (
+        " (it needs the person's written agreement, 47 CFR 64.1200(f)(9): a promotional"
+        " opt-in given verbally or imported (api_import) reaches informational messages only)"
+    )
+}
+"""What a denial adds when consent of a lower tier meets a promotional campaign: a
+promotional opt-in not given in writing digests as informational
+(``ledger.digest.reached_tier``), so the denial says why."""
 _CONSENT_ACTIVE = Reason.CONSENT_ACTIVE
 _UNKNOWN: Any = object()
 """A dictionary lookup's "not there" where None is an answer."""
@@ -549,7 +558,7 @@ class Check:
             return deny(
                 Reason.CONSENT_TIER_INSUFFICIENT,
                 f"{ConsentTier(c.tier).name.lower()} consent does not allow a "
-                f"{purpose.name.lower()} campaign",
+                f"{purpose.name.lower()} campaign" + _WRITTEN_NEEDED.get(purpose, ""),
                 current.evidence,
                 version,
             )

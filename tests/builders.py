@@ -97,6 +97,7 @@ def granted(
     phone: str = PHONE,
     brand: str = BRAND,
     tier: ConsentTier = ConsentTier.PROMOTIONAL,
+    method: CollectionMethod = CollectionMethod.WEB_FORM,
 ) -> ConsentGranted:
     return ConsentGranted(
         **_base(when),
@@ -104,7 +105,7 @@ def granted(
         brand=brand,
         campaign=campaign,
         tier=tier,
-        method=CollectionMethod.WEB_FORM,
+        method=method,
         proof=proof(when),
     )
 

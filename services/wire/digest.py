@@ -16,7 +16,7 @@ import msgpack
 
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, built
 
-FORMAT = 17
+FORMAT = 18
 """1 had no ``CampaignDigest.last_disclosed_at``, 2 no ``Digest.regions`` and
 ``Digest.located`` (the recipient's candidate states), 3 no ``CampaignDigest``
 ``help_request``, ``help_reply`` or ``opt_in_confirmation``, 4 no
@@ -32,7 +32,9 @@ or ``resume_stated`` on ``CampaignDigest``, nor ``brand_revocation_said`` or
 14 no provider mark on ``Digest.pending``, 15 read a proof field holding a
 placeholder ("N/A", "-") or, typed, a value that does not parse as given in
 ``CampaignDigest.proof_missing``, 16 no ``Digest.brand_revocation_asked`` (an
-opt-out a review recorded confirmed from the review, not from the person's text):
+opt-out a review recorded confirmed from the review, not from the person's text),
+17 read a promotional grant given verbally or imported as promotional in
+``CampaignDigest.tier`` (``ledger.digest.reached_tier``):
 rows in any of them are read from their
 snapshots, which are folded and digested again (a snapshot written before 14 may lack
 an opt-out latest by the time it said: ``consent-ledger rebuild`` folds it from the

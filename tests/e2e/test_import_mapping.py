@@ -369,8 +369,8 @@ async def test_opt_outs_kept_in_their_own_time_column_are_imported_at_that_time(
         "--column=proof.registered_at=Opted In At",
         "--value=type:subscribed=opt_in", "--value=type:unsubscribed=opt_out",
         "--set=brand=acme", "--set=campaign=promo", "--set=tier=promotional",
-        "--set=method=verbal", "--set=channel=keyword", f"--set=proof.consent_text={CONSENT}",
-        "--set=proof.name=Acme subscriber", "--set=proof.collection_detail=call 2211",
+        "--set=method=paper", "--set=channel=keyword", f"--set=proof.consent_text={CONSENT}",
+        "--set=proof.name=Acme subscriber", "--set=proof.collection_detail=signed form 2211",
     ]  # fmt: skip
 
     code, dry, err = await imported(runtime, str(export), *argv, "--dry-run")
@@ -482,8 +482,8 @@ async def test_a_mapped_json_value_written_as_a_decimal_is_read_or_refused_on_it
         "--column=occurred_at=at", "--column=proof.registered_at=at",
         "--value=type:1=opt_in", "--value=type:0.0=opt_out",
         "--set=brand=acme", "--set=campaign=promo", "--set=tier=promotional",
-        "--set=method=verbal", "--set=channel=keyword", f"--set=proof.consent_text={CONSENT}",
-        "--set=proof.name=Acme subscriber", "--set=proof.collection_detail=call 2211",
+        "--set=method=paper", "--set=channel=keyword", f"--set=proof.consent_text={CONSENT}",
+        "--set=proof.name=Acme subscriber", "--set=proof.collection_detail=signed form 2211",
     )  # fmt: skip
 
     assert code == 1, out + err
@@ -531,8 +531,8 @@ async def test_a_column_of_our_own_name_ignored_beside_the_one_mapped_to_it_is_u
         "--column=occurred_at=at", "--column=proof.registered_at=at",
         "--value=type:subscribed=opt_in", "--value=type:unsubscribed=opt_out",
         "--set=brand=acme", "--set=campaign=promo", "--set=tier=promotional",
-        "--set=method=verbal", "--set=channel=keyword", f"--set=proof.consent_text={CONSENT}",
-        "--set=proof.name=Acme subscriber", "--set=proof.collection_detail=call 2211",
+        "--set=method=paper", "--set=channel=keyword", f"--set=proof.consent_text={CONSENT}",
+        "--set=proof.name=Acme subscriber", "--set=proof.collection_detail=signed form 2211",
     )  # fmt: skip
 
     assert code == 0, out + err
@@ -572,8 +572,8 @@ SUBSCRIBER_ARGV = [
     "--column=occurred_at@opt_in=Opted In At", "--column=occurred_at@opt_out=Opted Out At",
     "--column=proof.registered_at=Opted In At", "--column=proof.name=Full Name",
     "--ignore=Source", "--set=brand=acme", "--set=campaign@opt_in=promo",
-    "--set=tier=promotional", "--set=method=verbal", "--set=channel=keyword",
-    f"--set=proof.consent_text={CONSENT}", "--set=proof.collection_detail=call 2211",
+    "--set=tier=promotional", "--set=method=paper", "--set=channel=keyword",
+    f"--set=proof.consent_text={CONSENT}", "--set=proof.collection_detail=signed form 2211",
 ]  # fmt: skip
 """The subscriber export's mapping: 9 records of 6 rows, 7 imported."""
 
@@ -622,8 +622,8 @@ async def test_an_export_of_one_row_per_subscriber_imports_each_row_s_opt_in_and
         '"occurred_at@opt_in" = "Opted In At"\n"occurred_at@opt_out" = "Opted Out At"\n'
         '"proof.registered_at" = "Opted In At"\n"proof.name" = "Full Name"\n'
         '[set]\nbrand = "acme"\n"campaign@opt_in" = "promo"\ntier = "promotional"\n'
-        f'method = "verbal"\nchannel = "keyword"\n"proof.consent_text" = "{CONSENT}"\n'
-        '"proof.collection_detail" = "call 2211"\n'
+        f'method = "paper"\nchannel = "keyword"\n"proof.consent_text" = "{CONSENT}"\n'
+        '"proof.collection_detail" = "signed form 2211"\n'
     )
 
     code, again, err = await imported(runtime, str(export), "--mapping", str(mapping_file))

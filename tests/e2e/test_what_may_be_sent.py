@@ -15,6 +15,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from tests.builders import proof_proto as proof
 from tests.e2e.harness import (
     Clock,
     client,
@@ -411,6 +412,50 @@ async def test_a_text_to_one_campaigns_number_is_no_other_campaigns_conversation
             assert b.decisions[0].reason == api.REASON_CONVERSATION_WINDOW_CLOSED, b
             a = await c.CanSendAsOf(api.CanSendAsOfRequest(phone=PHONE, at=ts(clock.now), **ask))
             assert not a.allowed and a.reason == api.REASON_CONVERSATION_WINDOW_CLOSED, a
+
+
+async def test_a_promotional_opt_in_said_or_imported_allows_no_promotional_campaign(serve):
+    # Marketing texts need the person's written agreement (47 CFR 64.1200(a)(2),
+    # (f)(9)); an opt-in said on the phone, or imported without saying how it was
+    # given, was once read as one. Both still allow the brand's receipts.
+    clock = Clock()
+    day_ago = clock.now - timedelta(days=1)
+    campaigns = [
+        define("acme", "promo", day_ago, [PROMO_NUMBER]),
+        define("acme", "receipts", day_ago, purpose=lpb.CAMPAIGN_PURPOSE_INFORMATIONAL),
+    ]
+    runtime = await serve(clock=clock, campaigns=campaigns)
+    methods = {
+        "+14155552681": lpb.COLLECTION_METHOD_VERBAL,
+        "+14155552682": lpb.COLLECTION_METHOD_API_IMPORT,
+        "+14155552683": lpb.COLLECTION_METHOD_PAPER,
+    }
+    async with client(runtime.address) as c:
+        for phone, method in methods.items():
+            detail = proof(clock.now - timedelta(hours=1), collection_detail="call 2211")
+            for name in ("promo", "receipts"):
+                grant = opt_in(
+                    phone, "acme", name, clock.now - timedelta(hours=1), method=method, proof=detail
+                )
+                fresh = (await c.RecordOptIn(grant)).consistency_token
+        for phone, method in methods.items():
+            written = method == lpb.COLLECTION_METHOD_PAPER
+            for name, allowed in (("promo", written), ("receipts", True)):
+                ask = dict(phone=phone, brand="acme", campaign=name)
+                r = await c.CanSend(api.CanSendRequest(**ask, at_least_as_fresh=fresh))
+                b = await c.CanSendBatch(
+                    api.CanSendBatchRequest(
+                        phones=[phone], brand="acme", campaign=name, at_least_as_fresh=fresh
+                    )
+                )
+                a = await c.CanSendAsOf(api.CanSendAsOfRequest(**ask, at=ts(clock.now)))
+                answers = [(x.allowed, x.reason) for x in (r, b.decisions[0], a)]
+                reason = (
+                    api.REASON_CONSENT_ACTIVE if allowed else api.REASON_CONSENT_TIER_INSUFFICIENT
+                )
+                assert answers == [(allowed, reason)] * 3, (phone, name, r)
+                if not allowed:
+                    assert "written" in r.detail, r.detail
 
 
 async def test_a_verified_21_flag_recorded_after_an_under_21_date_of_birth_allows_nothing(

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, time, timedelta
 import pytest
 
 from ledger.campaigns import Campaign, CampaignPolicy, CampaignPurpose, FrequencyCap, QuietHours
-from ledger.events import CandidateResolution, ConsentTier, MessageKind
+from ledger.events import CandidateResolution, CollectionMethod, ConsentTier, MessageKind
 from ledger.policy import Obligation, Reason, decide
 from ledger.state import fold, retained_facts
 from tests.builders import (
@@ -446,6 +446,26 @@ def test_informational_consent_never_allows_a_promotional_campaign():
     s = state_of(granted(at(0), tier=ConsentTier.INFORMATIONAL))
     d = decide(s, PROMO, at(5))
     assert not d.allowed and d.reason is Reason.CONSENT_TIER_INSUFFICIENT
+
+
+@pytest.mark.parametrize("method", [CollectionMethod.VERBAL, CollectionMethod.API_IMPORT])
+def test_a_promotional_opt_in_not_given_in_writing_allows_informational_campaigns_only(method):
+    # Marketing texts need prior express written consent (47 CFR 64.1200(a)(2),
+    # (f)(9)): a consent said on the phone, or imported without saying how it was
+    # given, is express consent at most, which reaches informational messages.
+    s = state_of(granted(at(0), method=method), granted(at(0), "receipts", method=method))
+    d = decide(s, PROMO, at(5))
+    assert not d.allowed and d.reason is Reason.CONSENT_TIER_INSUFFICIENT
+    assert "written" in d.detail
+    receipts = campaign("receipts", purpose=CampaignPurpose.INFORMATIONAL)
+    assert decide(s, receipts, at(5)).allowed
+
+
+@pytest.mark.parametrize(
+    "method", [CollectionMethod.WEB_FORM, CollectionMethod.KEYWORD_REPLY, CollectionMethod.PAPER]
+)
+def test_a_promotional_opt_in_given_in_writing_allows_a_promotional_campaign(method):
+    assert decide(state_of(granted(at(0), method=method)), PROMO, at(5)).allowed
 
 
 def test_informational_campaign_must_not_promote():
