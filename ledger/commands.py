@@ -1478,13 +1478,21 @@ HELP_CONTENT = ("identify_sender", "customer_care_contact", "opt_out_instruction
 
 
 def handle_inbound(
-    cmd: HandleInboundMessage, campaign: Campaign, state: SubscriberState, now: datetime
+    cmd: HandleInboundMessage,
+    campaign: Campaign,
+    state: SubscriberState,
+    now: datetime,
+    held_then: Sequence[str] = (),
 ) -> InboundOutcome:
     """Turn an inbound text into facts: always the message itself, plus what it means.
 
     ``campaign`` is the campaign that owns the receiving number and ``state`` the
     sender's state towards that brand. The interpretation is recorded as facts of
     its own, so a later change of keyword rules never rewrites history.
+
+    ``held_then`` names the brand's other campaigns whose rules listed the number at
+    the text's own time (``held_at``): a STOP delivered after the number moved
+    answered them, so it is an opt-out of each of them as well as of ``campaign``.
     """
     check_inbound(cmd, now)
     if not cmd.message_id:
@@ -1508,17 +1516,23 @@ def handle_inbound(
     ]
     outcome: dict[str, Any] = {"intent": intent, "brand": brand, "campaign": name}
     if intent in (Intent.OPT_OUT, Intent.OPT_OUT_BRAND_WIDE):
-        events.append(
+        # A STOPALL covers every campaign already; a STOP also those that sent from
+        # the number when it was texted.
+        names: list[str | None] = [None]
+        if intent is Intent.OPT_OUT:
+            names = [name, *sorted(set(held_then) - {name})]
+        events.extend(
             ConsentRevoked(
-                **_base(cmd, 1, at, brand),
+                **_base(cmd, 1 + i, at, brand),
                 phone=phone,
                 brand=brand,
-                campaign=None if intent is Intent.OPT_OUT_BRAND_WIDE else name,
+                campaign=revoked,
                 channel=RevocationChannel.KEYWORD,
                 text=cmd.body,
                 in_reply_to=cmd.message_id,
                 stated_at=stated_if_ahead(cmd.occurred_at, now),
             )
+            for i, revoked in enumerate(names)
         )
         return InboundOutcome(
             events,

@@ -42,6 +42,7 @@ from ledger.commands import (
     check_consent_after_opt_outs,
     check_inbound,
     check_required_proof,
+    consent_time,
     covered_hold_resolved,
     covers,
     covers_provider_report,
@@ -81,7 +82,7 @@ from ledger.events import (
 from ledger.phone import forms_stored_before, to_e164
 from ledger.policy import earns_exemption, revokes_all
 from ledger.ports import ConsentView, ConsistencyToken, DigestReads, RequestClaim, Stream
-from ledger.state import COUNTED_KINDS, Fact, SubscriberState
+from ledger.state import COUNTED_KINDS, CampaignHistory, Fact, SubscriberState
 from services.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -1025,6 +1026,29 @@ class Writes:
         would one after the other; only the replies owed are read from the state.)"""
         return self._inbound_turns.turn(phone)
 
+    async def _held_then(
+        self, holder: CampaignHistory, to: str, occurred_at: datetime | None, now: datetime
+    ) -> list[str]:
+        """The brand's other campaigns whose rules listed ``to`` at a text's own time,
+        when ``holder``, the campaign holding it now, did not: the number moved after
+        the text was sent (a gateway delivering late), and a STOP in it answered them."""
+        if occurred_at is None or occurred_at.tzinfo is None:
+            return []  # refused for its time by handle_inbound
+        at, view = consent_time(occurred_at, now), self.ctx.view
+        rules = holder.as_of(at)
+        if rules is not None and to in rules.policy.sender_numbers:
+            return []
+        current = holder.current()
+        if current is None:
+            return []
+        brand, name = current.brand, current.campaign
+        held = []
+        for other in await view.campaign_names(brand):
+            rules = None if other == name else (await view.campaign_history(brand, other)).as_of(at)
+            if rules is not None and to in rules.policy.sender_numbers:
+                held.append(other)
+        return held
+
     async def _handle_inbound(
         self,
         cmd: HandleInboundMessage,
@@ -1051,15 +1075,18 @@ class Writes:
             return await self._unowned_inbound(cmd, to, sender, unowned_brands, recorded_by)
         brand, name = owner
         authorize(brand)
-        campaign = (await self.ctx.view.campaign_history(brand, name)).current()
+        history = await self.ctx.view.campaign_history(brand, name)
+        campaign = history.current()
         if campaign is None:  # the lookup and the history come from one projection
             raise FailedPrecondition("to_phone", f"campaign {brand}/{name} has no rules")
         # The facts an earlier version kept under the sender's other spelling are the
         # sender's (CanSend folds them in): a START resumes an opt-in kept there, and
         # this STOP covers a hold kept there.
         state = (await state_as_one(self.ctx.view, sender, brand)).state
+        now = self.ctx.clock()
+        held_then = await self._held_then(history, to, cmd.occurred_at, now)
         outcome = await self._unless_held_everywhere(
-            sender, handle_inbound(cmd, campaign, state, self.ctx.clock())
+            sender, handle_inbound(cmd, campaign, state, now, held_then)
         )
         events = _stamped(outcome.events, recorded_by)
         claimed = await self._message_claimed(events)

@@ -458,6 +458,43 @@ async def test_a_promotional_opt_in_said_or_imported_allows_no_promotional_campa
                     assert "written" in r.detail, r.detail
 
 
+async def test_a_stop_sent_before_its_number_moved_stops_the_campaign_that_sent_from_it(serve):
+    # A gateway delivers a STOP late, after the brand moved the number from one
+    # campaign to another: the person answered the campaign that texted them from
+    # it then, whose messages went on as if no STOP had come.
+    clock = Clock()
+    moved = clock.now - timedelta(minutes=10)
+    campaigns = [define("acme", name, clock.now - timedelta(days=1)) for name in ("old", "new")]
+    campaigns[0].policy.sender_numbers.append(PROMO_NUMBER)
+    runtime = await serve(clock=clock, campaigns=campaigns)
+    async with client(runtime.address) as c:
+        for name in ("old", "new"):
+            await c.RecordOptIn(opt_in(PHONE, "acme", name, clock.now - timedelta(hours=1)))
+        for name, numbers, at in (("old", [], moved), ("new", [PROMO_NUMBER], moved)):
+            await c.ChangeCampaignPolicy(
+                api.ChangeCampaignPolicyRequest(
+                    request_id=uuid.uuid4().hex, brand="acme", campaign=name,
+                    policy=lpb.CampaignPolicy(sender_numbers=numbers), occurred_at=ts(at),
+                )
+            )  # fmt: skip
+        w = await c.HandleInboundMessage(
+            inbound(PHONE, PROMO_NUMBER, "STOP", clock.now - timedelta(minutes=20))
+        )
+        assert w.intent == api.INBOUND_INTENT_OPT_OUT
+        for name in ("old", "new"):
+            ask = dict(phone=PHONE, brand="acme", campaign=name)
+            r = await c.CanSend(api.CanSendRequest(**ask, at_least_as_fresh=w.consistency_token))
+            b = await c.CanSendBatch(
+                api.CanSendBatchRequest(
+                    phones=[PHONE], brand="acme", campaign=name,
+                    at_least_as_fresh=w.consistency_token,
+                )
+            )  # fmt: skip
+            a = await c.CanSendAsOf(api.CanSendAsOfRequest(**ask, at=ts(clock.now)))
+            answers = [(x.allowed, x.reason) for x in (r, b.decisions[0], a)]
+            assert answers == [(False, api.REASON_REVOKED)] * 3, (name, r)
+
+
 async def test_a_verified_21_flag_recorded_after_an_under_21_date_of_birth_allows_nothing(
     serve,
 ):

@@ -633,6 +633,21 @@ def test_a_resolution_stamped_ahead_of_the_clock_takes_its_place_now():
 def test_inbound_stopall_revokes_brand_wide():
     out = handle_inbound(_inbound("STOPALL"), campaign(), fold([]), NOW)
     assert out.events[1].campaign is None and out.intent is Intent.OPT_OUT_BRAND_WIDE
+    # A STOPALL covers every campaign: the campaigns that held the number add nothing.
+    out = handle_inbound(_inbound("STOPALL"), campaign(), fold([]), NOW, ["old"])
+    assert [getattr(e, "campaign", "") for e in out.events[1:]] == [None]
+
+
+def test_a_stop_sent_before_the_number_moved_revokes_the_campaigns_that_held_it_then():
+    out = handle_inbound(_inbound("STOP"), campaign(), fold([]), NOW, ["old", "promo", "b"])
+    revoked = out.events[1:]
+    assert [(type(e), e.campaign) for e in revoked] == [
+        (ConsentRevoked, "promo"), (ConsentRevoked, "b"), (ConsentRevoked, "old")
+    ]  # fmt: skip
+    assert len({e.event_id for e in out.events}) == 4
+    # A text that is no STOP records what it did before.
+    out = handle_inbound(_inbound("HELP"), campaign(), fold([]), NOW, ["old"])
+    assert [type(e) for e in out.events] == [InboundMessageReceived]
 
 
 def test_inbound_start_without_prior_consent_owes_no_reply_and_allows_nothing():
