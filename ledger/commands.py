@@ -1491,8 +1491,10 @@ def handle_inbound(
     its own, so a later change of keyword rules never rewrites history.
 
     ``held_then`` names the brand's other campaigns whose rules listed the number at
-    the text's own time (``held_at``): a STOP delivered after the number moved
-    answered them, so it is an opt-out of each of them as well as of ``campaign``.
+    the text's own time, when ``campaign``'s did not: the text, delivered after the
+    number moved, answered them. A STOP is an opt-out of each of them as well as of
+    ``campaign``; any other text, sent to one of them alone, is that campaign's (its
+    conversation, its HELP, its START), never the new holder's.
     """
     check_inbound(cmd, now)
     if not cmd.message_id:
@@ -1500,7 +1502,9 @@ def handle_inbound(
     check_length(cmd.message_id, "message_id")
     check_length(cmd.body, "body")
     phone = to_e164(cmd.from_phone, field="from_phone")
-    brand, name, at = campaign.brand, campaign.campaign, consent_time(cmd.occurred_at, now)
+    others = sorted(set(held_then) - {campaign.campaign})
+    name = others[0] if len(others) == 1 else campaign.campaign
+    brand, at = campaign.brand, consent_time(cmd.occurred_at, now)
     intent = classify(cmd.body)
     events: list[LedgerEvent] = [
         InboundMessageReceived(
@@ -1520,7 +1524,7 @@ def handle_inbound(
         # the number when it was texted.
         names: list[str | None] = [None]
         if intent is Intent.OPT_OUT:
-            names = [name, *sorted(set(held_then) - {name})]
+            names = [name, *sorted({*others, campaign.campaign} - {name})]
         events.extend(
             ConsentRevoked(
                 **_base(cmd, 1 + i, at, brand),

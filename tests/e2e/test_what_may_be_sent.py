@@ -466,15 +466,18 @@ async def test_a_stop_sent_before_its_number_moved_stops_the_campaign_that_sent_
     moved = clock.now - timedelta(minutes=10)
     campaigns = [define("acme", name, clock.now - timedelta(days=1)) for name in ("old", "new")]
     campaigns[0].policy.sender_numbers.append(PROMO_NUMBER)
+    campaigns[1].policy.purpose = lpb.CAMPAIGN_PURPOSE_CONVERSATIONAL
     runtime = await serve(clock=clock, campaigns=campaigns)
     async with client(runtime.address) as c:
         for name in ("old", "new"):
             await c.RecordOptIn(opt_in(PHONE, "acme", name, clock.now - timedelta(hours=1)))
-        for name, numbers, at in (("old", [], moved), ("new", [PROMO_NUMBER], moved)):
+        for name, numbers in (("old", []), ("new", [PROMO_NUMBER])):
+            policy = campaigns[name == "new"].policy
+            policy.sender_numbers[:] = numbers
             await c.ChangeCampaignPolicy(
                 api.ChangeCampaignPolicyRequest(
-                    request_id=uuid.uuid4().hex, brand="acme", campaign=name,
-                    policy=lpb.CampaignPolicy(sender_numbers=numbers), occurred_at=ts(at),
+                    request_id=uuid.uuid4().hex, brand="acme", campaign=name, policy=policy,
+                    occurred_at=ts(moved),
                 )
             )  # fmt: skip
         w = await c.HandleInboundMessage(
@@ -493,6 +496,19 @@ async def test_a_stop_sent_before_its_number_moved_stops_the_campaign_that_sent_
             a = await c.CanSendAsOf(api.CanSendAsOfRequest(**ask, at=ts(clock.now)))
             answers = [(x.allowed, x.reason) for x in (r, b.decisions[0], a)]
             assert answers == [(False, api.REASON_REVOKED)] * 3, (name, r)
+        # Nor does a text sent to the old campaign open the new one's conversation.
+        w = await c.HandleInboundMessage(
+            inbound(OTHER, PROMO_NUMBER, "when do you open?", clock.now - timedelta(minutes=20))
+        )
+        reply = lpb.MESSAGE_KIND_CONVERSATION_REPLY
+        ask = dict(phone=OTHER, brand="acme", campaign="new", message_kind=reply)
+        r = await c.CanSend(api.CanSendRequest(**ask, at_least_as_fresh=w.consistency_token))
+        a = await c.CanSendAsOf(api.CanSendAsOfRequest(**ask, at=ts(clock.now)))
+        for answer in (r, a):
+            assert (answer.allowed, answer.reason) == (
+                False,
+                api.REASON_CONVERSATION_WINDOW_CLOSED,
+            ), answer
 
 
 async def test_a_verified_21_flag_recorded_after_an_under_21_date_of_birth_allows_nothing(

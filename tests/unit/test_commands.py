@@ -645,9 +645,14 @@ def test_a_stop_sent_before_the_number_moved_revokes_the_campaigns_that_held_it_
         (ConsentRevoked, "promo"), (ConsentRevoked, "b"), (ConsentRevoked, "old")
     ]  # fmt: skip
     assert len({e.event_id for e in out.events}) == 4
-    # A text that is no STOP records what it did before.
-    out = handle_inbound(_inbound("HELP"), campaign(), fold([]), NOW, ["old"])
-    assert [type(e) for e in out.events] == [InboundMessageReceived]
+    # Sent to one other campaign's number, the STOP is that campaign's text; a text
+    # that is no STOP is its text alone (its conversation, its HELP).
+    out = handle_inbound(_inbound("STOP"), campaign(), fold([]), NOW, ["old"])
+    assert [e.campaign for e in out.events] == ["old", "old", "promo"]
+    for body in ("HELP", "what time do you open?"):
+        out = handle_inbound(_inbound(body), campaign(), fold([]), NOW, ["old"])
+        assert [(type(e), e.campaign) for e in out.events] == [(InboundMessageReceived, "old")]
+        assert out.campaign == "old"
 
 
 def test_inbound_start_without_prior_consent_owes_no_reply_and_allows_nothing():
