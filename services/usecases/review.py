@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import unicodedata
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +20,12 @@ import rapidfuzz
 from ledger import keywords
 from ledger.commands import check_name
 from ledger.deadlines import revocation_due
-from ledger.events import ANY_BRAND, LedgerEvent, RevocationCandidateFlagged
+from ledger.events import (
+    ANY_BRAND,
+    InboundMessageReceived,
+    LedgerEvent,
+    RevocationCandidateFlagged,
+)
 from ledger.ports import ConsistencyToken, Stream
 from ledger.reread import Key, held_text, reads_as, relevant, reread_holds, stored_reading
 from ledger.state import Fact
@@ -34,7 +40,9 @@ REREAD_CHUNK = 1000
 REREAD_TURN = 8
 """Texts read again between two turns of the event loop."""
 REREAD_BY = "service:reread"
-"""Who the holds placed on texts read again are recorded by (``recorded_by``)."""
+"""Who the holds placed on texts read again are recorded by (``recorded_by``), and who
+reads the texts in the access log."""
+REREAD_WHY = "the keyword rules changed: stored texts read again under the current rules"
 
 
 @dataclass(frozen=True)
@@ -177,7 +185,7 @@ class Review:
         ]
         return ReviewPage(shown, self.ctx.guard.applied_token(), now)
 
-    async def reread_texts(self) -> Reread:
+    async def reread_texts(self, why: str = REREAD_WHY) -> Reread:
         """Read every text the ledger holds again under the current keyword rules, and
         hold for review, from its own time, each that reads as an opt-out or a
         possible one now where its stored reading stopped nothing
@@ -187,8 +195,14 @@ class Review:
         Reads the subscriber stream from its start, a chunk at a time, opening the
         texts' words as an auditor's read does (words erased stay unread), in turns
         with the calls the process serves, and placing each hold once the reading is
-        past its text."""
+        past its text.
+
+        The texts are personal data: each chunk's opening is recorded in the access log
+        first, as an audit read is (``ReadTextsAgain``, by ``REREAD_BY`` via
+        ``service``, saying which records and ``why``); a chunk whose record cannot be
+        written is not opened (``AccessNotRecorded``), and the reading stops there."""
         ledger, placed = self.ctx.ledger, Reread([], ConsistencyToken({}))
+        reader = Reader(REREAD_BY, None, f"reread-{uuid.uuid4().hex}", via="service")
         for partition in await ledger.partitions(Stream.SUBSCRIBERS):
             end = (await ledger.end_offsets(Stream.SUBSCRIBERS)).get(partition, 0)
             # The holds owed so far, each with the chunk its text came in: an opt-out
@@ -203,6 +217,21 @@ class Review:
                     break
                 offset, chunk = batch[-1].position.offset + 1, chunk + 1
                 kept = [r for r in batch if relevant(r.event)]
+                texts = sum(isinstance(r.event, InboundMessageReceived) for r in kept)
+                if texts:
+                    await self.ctx.access.admit(
+                        reader,
+                        "ReadTextsAgain",
+                        None,
+                        detail={
+                            "stream": Stream.SUBSCRIBERS.value,
+                            "partition": str(partition),
+                            "from_offset": str(batch[0].position.offset),
+                            "to_offset": str(batch[-1].position.offset),
+                            "texts": str(texts),
+                            "why": why,
+                        },
+                    )
                 # Opened chunk by chunk: a text whose subject is erased in a later
                 # chunk reads erased all the same (``Context.opened`` asks the view).
                 events = [r.event for r in await self.ctx.opened(kept)] if kept else []

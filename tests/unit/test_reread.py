@@ -14,8 +14,12 @@ from ledger.events import CandidateResolution, InboundMessageReceived, LedgerEve
 from ledger.keywords import Intent
 from ledger.personal_data import ERASED, SEALED
 from ledger.policy import Reason
-from ledger.ports import ConsistencyToken
+from ledger.ports import AccessRecord, ConsistencyToken
 from ledger.reread import REREAD_PREFIX, reread_holds
+from services.adapters.memory_access import InMemoryAccessLog
+from services.errors import AccessNotRecorded
+from services.usecases.context import Context
+from services.usecases.review import REREAD_BY
 from tests.builders import BRAND, PHONE, at, flagged, inbound, revoked
 from tests.unit.usecase_harness import (
     AUDITOR,
@@ -202,3 +206,48 @@ async def test_the_texts_are_read_in_turns_with_the_calls_served(monkeypatch):
         await app.review.reread_texts()
         serving.cancel()
         assert turns - before >= len(texts) // 2
+
+
+class _Unwritable(InMemoryAccessLog):
+    async def append(self, record: AccessRecord) -> int:
+        raise ConnectionError("the database is gone")
+
+
+@ASYNC
+async def test_reading_the_texts_again_is_recorded_in_the_access_log_before_it_reads():
+    async with running(ledger=ledger_at_now()) as (app, _):
+        await recorded_as_older(app, as_older_read(STOP_WITH_A_STROKE), as_older_read("hi"))
+        log = app.access.log
+        assert isinstance(log, InMemoryAccessLog)
+        before = len(log.records)
+        reread = await app.review.reread_texts()
+        (record,) = log.records[before:]
+        assert (record.action, record.subject, record.via) == (
+            "ReadTextsAgain",
+            REREAD_BY,
+            "service",
+        )
+        assert record.brand is None and record.outcome == "admitted"
+        assert record.detail["texts"] == "2" and record.detail["why"]
+        assert record.detail["partition"] == "0" and record.detail["from_offset"] == "0"
+        assert len(reread.held) == 1
+
+
+@ASYNC
+async def test_a_reading_whose_access_record_cannot_be_written_reads_nothing(monkeypatch):
+    opened: list[object] = []
+
+    async def spy(self: Context, history: object) -> list[object]:
+        opened.append(history)
+        return []
+
+    async with running(ledger=ledger_at_now()) as (app, _):
+        await recorded_as_older(app, as_older_read(STOP_WITH_A_STROKE))
+        log, app.access.log = app.access.log, _Unwritable()
+        monkeypatch.setattr(Context, "opened", spy)
+        with pytest.raises(AccessNotRecorded):
+            await app.review.reread_texts()
+        assert opened == []
+        monkeypatch.undo()
+        app.access.log = log
+        assert await answers(app) == [Reason.CONSENT_ACTIVE] * 3  # nothing held unread
