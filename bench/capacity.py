@@ -54,6 +54,7 @@ from bench.seed import (
     Plan,
     campaign_event,
     fill_ledger,
+    mark_seed_read,
     partition_of,
     reference_time,
     seed,
@@ -180,16 +181,12 @@ async def copy_seed(dsn: str, plan: Plan, workers: int) -> float:
     """``--seed copy``: the campaign through the view, the subscribers' rows with COPY,
     the positions; then VACUUM (ANALYZE). Answers the seconds it took."""
     from services.adapters.migrations import migrate
-    from services.adapters.postgres_reread import mark_texts_read_under
     from services.adapters.postgres_view import PostgresConsentView
-    from services.usecases.review import reading_rules
 
     started = time.perf_counter()
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
         await migrate(pool)
-        # The seed records no texts: nothing for a started service to read again.
-        await mark_texts_read_under(pool, reading_rules())
         await PostgresConsentView(pool).apply(Stream.CAMPAIGNS, [campaign_event(plan.at)])
     finally:
         await pool.close()
@@ -207,6 +204,11 @@ async def copy_seed(dsn: str, plan: Plan, workers: int) -> float:
             "ON CONFLICT (stream, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
             [(Stream.SUBSCRIBERS.value, p, end) for p, end in sorted(ends.items())],
         )
+    finally:
+        await conn.close()
+    await mark_seed_read(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
         await conn.execute("VACUUM (ANALYZE)")
     finally:
         await conn.close()

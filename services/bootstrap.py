@@ -56,6 +56,11 @@ log = logging.getLogger(__name__)
 _POSTGRES_FAILURES = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _KAFKA_FAILURES = (OSError, asyncio.TimeoutError, KafkaError, UnsafeTopicError)
 _PROJECTOR_LAG_INTERVAL = 1.0
+READ_TEXTS_EVERY = 60.0
+"""Seconds between two readings of the texts recorded since the last (``reread_texts``):
+how long a disguised STOP an older instance records during a rolling upgrade may
+go unread under the current rules."""
+READ_ON_WHY = "texts recorded since the last reading, read under the current rules"
 PROCESS_HEALTH = LIVENESS
 """The health service name a ``project`` process answers SERVING for while it runs,
 whether or not its projector does: the liveness probe's. The overall status ("")
@@ -206,6 +211,8 @@ class Runtime:
     _stoppers: list[Any] = field(default_factory=list)
     _pg: Any = None
     _data_lock: int | None = None
+    texts_read: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set after each reading of the stored texts this instance did (``reread_texts``)."""
 
     async def start(self) -> None:
         """Start everything, in order, and serve gRPC. On a failure, stop what had
@@ -339,43 +346,61 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self._follow_readiness(), name="readiness"))
         self._tasks.append(asyncio.create_task(self.reread_texts(), name="reread-texts"))
 
-    async def reread_texts(self, first_pause: float = 1.0, longest_pause: float = 60.0) -> None:
-        """Read every stored text again when the keyword rules differ from those it was
-        last read under (migration 0025), holding for review each that reads as
-        stopping now (``Review.reread_texts``), then name the rules: a disguised STOP
-        an older version recorded as a conversation no longer lets its number be
-        sent to. In the background, after the server starts: until it is done, a
-        check answers as before. One instance reads at a time; the others, and a
-        failure, look again after a pause that doubles."""
-        from services.adapters.postgres_reread import (
-            mark_texts_read_under,
-            reading_turn,
-            texts_read_under,
-        )
-        from services.usecases.review import reading_rules
-
-        assert self.pool is not None and self.usecases is not None
-        rules, pause = reading_rules(), first_pause
+    async def reread_texts(
+        self, every: float = READ_TEXTS_EVERY, first_pause: float = 1.0, longest_pause: float = 60.0
+    ) -> None:
+        """Read the stored texts again under the current keyword rules, on from where
+        the last reading under them got (``read_texts_on``), now and every ``every``
+        seconds: a disguised STOP an older version recorded as a conversation, even
+        one an instance still on older rules records during a rolling upgrade after
+        the reading went past its place, no longer lets its number be sent to. In the
+        background, after the server starts: until a text is read, a check answers as
+        before. One instance reads at a time; the others, and a failure, look again
+        after a pause that doubles."""
+        pause = first_pause
         while True:
             try:
-                if await texts_read_under(self.pool) == rules:
-                    return
-                async with reading_turn(self.pool) as mine:
-                    # Looked at again with the turn: another may have read them meanwhile.
-                    if mine and await texts_read_under(self.pool) != rules:
-                        log.info("reading the stored texts again under changed keyword rules")
-                        reread = await self.usecases.review.reread_texts()
-                        await mark_texts_read_under(self.pool, rules)
-                        log.info(
-                            "read the stored texts again: %d newly held for review",
-                            len(reread.held),
-                        )
-                    if mine:
-                        return
+                if await self.read_texts_on():
+                    self.texts_read.set()
+                    pause = first_pause
+                    await asyncio.sleep(every)
+                    continue
             except Exception:
                 log.exception("could not read the stored texts again; trying in %.0f s", pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, longest_pause)
+
+    async def read_texts_on(self) -> bool:
+        """One reading of the stored texts under the current rules, on from how far the
+        last got (migration 0026; from the start when the rules changed), holding for
+        review each that reads as stopping now (``Review.reread_texts``). False when
+        another instance has the turn."""
+        from services.adapters.postgres_reread import (
+            mark_texts_read_to,
+            mark_texts_read_under,
+            reading_turn,
+            texts_read_to,
+            texts_read_under,
+        )
+        from services.usecases.review import REREAD_WHY, reading_rules
+
+        assert self.pool is not None and self.usecases is not None
+        rules = reading_rules()
+        async with reading_turn(self.pool) as mine:
+            if not mine:
+                return False
+            since = await texts_read_to(self.pool, rules)
+            changed = await texts_read_under(self.pool) != rules
+            if changed:
+                log.info("reading the stored texts again under changed keyword rules")
+            why = REREAD_WHY if changed else READ_ON_WHY
+            reread = await self.usecases.review.reread_texts(since, why=why)
+            await mark_texts_read_to(self.pool, rules, reread.reached)
+            if changed:
+                await mark_texts_read_under(self.pool, rules)
+            if changed or reread.held:
+                log.info("read the stored texts again: %d newly held for review", len(reread.held))
+            return True
 
     async def _follow_readiness(self) -> None:
         """Keep the readiness probe's status to whether CanSend can answer safely

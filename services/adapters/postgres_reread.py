@@ -1,6 +1,7 @@
 """Which keyword rules the stored texts were last read again under (migration 0025),
-and one instance at a time to read them: ``serve`` reads them again when its rules
-differ (``services.bootstrap``)."""
+how far they were read under them (0026), and one instance at a time to read them:
+``serve`` reads them again when its rules differ, and reads on from there
+(``services.bootstrap``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ import asyncpg
 # Any fixed 64-bit number works; this one is "consent-ledger texts read again".
 _LOCK_KEY = 0x436F6E73656E7402
 _READ = "SELECT rules FROM texts_read_under"
+_READ_TO = "SELECT partition, next_offset FROM texts_read_to WHERE rules = $1"
+_MARK_TO = """
+INSERT INTO texts_read_to (rules, partition, next_offset) VALUES ($1, $2, $3)
+ON CONFLICT (rules, partition)
+DO UPDATE SET next_offset = greatest(texts_read_to.next_offset, EXCLUDED.next_offset)
+"""
 _MARK = """
 INSERT INTO texts_read_under (rules) VALUES ($1)
 ON CONFLICT (only_row) DO UPDATE SET rules = EXCLUDED.rules, read_at = now()
@@ -27,6 +34,21 @@ async def texts_read_under(pool: asyncpg.Pool) -> str | None:
 
 async def mark_texts_read_under(pool: asyncpg.Pool, rules: str) -> None:
     await pool.execute(_MARK, rules)
+
+
+async def texts_read_to(pool: asyncpg.Pool, rules: str) -> dict[int, int]:
+    """How far the stored texts were read again under ``rules`` (migration 0026): per
+    partition of the subscriber stream, the next record to read; none before."""
+    rows = await pool.fetch(_READ_TO, rules)
+    return {row["partition"]: row["next_offset"] for row in rows}
+
+
+async def mark_texts_read_to(pool: asyncpg.Pool, rules: str, reached: dict[int, int]) -> None:
+    """Note that the texts were read under ``rules`` up to ``reached`` (never back),
+    forgetting how far other rules got: a change of rules reads from the start."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM texts_read_to WHERE rules <> $1", rules)
+        await conn.executemany(_MARK_TO, [(rules, p, o) for p, o in sorted(reached.items())])
 
 
 @contextlib.asynccontextmanager

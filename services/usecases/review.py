@@ -11,7 +11,8 @@ import asyncio
 import hashlib
 import unicodedata
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -90,6 +91,9 @@ class Reread:
     """The ids of the holds placed by this run (none for those placed before)."""
     token: ConsistencyToken
     """A read as fresh as this waits for every hold it placed or found placed."""
+    reached: dict[int, int] = field(default_factory=dict)
+    """How far it read: per partition of the subscriber stream, the next record to
+    read, from where the next reading goes on (``since``)."""
 
 
 def _owed_after(
@@ -185,7 +189,9 @@ class Review:
         ]
         return ReviewPage(shown, self.ctx.guard.applied_token(), now)
 
-    async def reread_texts(self, why: str = REREAD_WHY) -> Reread:
+    async def reread_texts(
+        self, since: Mapping[int, int] | None = None, why: str = REREAD_WHY
+    ) -> Reread:
         """Read every text the ledger holds again under the current keyword rules, and
         hold for review, from its own time, each that reads as an opt-out or a
         possible one now where its stored reading stopped nothing
@@ -195,7 +201,9 @@ class Review:
         Reads the subscriber stream from its start, a chunk at a time, opening the
         texts' words as an auditor's read does (words erased stay unread), in turns
         with the calls the process serves, and placing each hold once the reading is
-        past its text.
+        past its text. ``since`` (a former reading's ``reached``) reads on from where
+        that one got, per partition: the texts recorded since, as by an instance of an
+        older version during a rolling upgrade.
 
         The texts are personal data: each chunk's opening is recorded in the access log
         first, as an audit read is (``ReadTextsAgain``, by ``REREAD_BY`` via
@@ -210,7 +218,7 @@ class Review:
             # that stops as much takes the text's away, so a hold is placed once the
             # reading is a chunk past its text.
             owed: dict[Key, tuple[RevocationCandidateFlagged, int]] = {}
-            offset, chunk = 0, 0
+            offset, chunk = (since or {}).get(partition, 0), 0
             while offset < end:
                 batch = await ledger.read(Stream.SUBSCRIBERS, partition, offset, REREAD_CHUNK)
                 if not batch:
@@ -243,6 +251,7 @@ class Review:
                 due = [key for key, (_, came) in owed.items() if came < chunk]
                 await self._place([owed.pop(key)[0] for key in due], placed)
             await self._place([hold for hold, _ in owed.values()], placed)
+            placed.reached[partition] = offset
         return placed
 
     async def _place(self, holds: list[RevocationCandidateFlagged], placed: Reread) -> None:

@@ -5,6 +5,7 @@ check and the review queue say so until someone resolves it."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 
@@ -72,11 +73,11 @@ async def test_a_disguised_stop_recorded_as_conversation_is_held_when_read_again
 
         # The start read the stored texts under these rules already (before this one
         # was stored); as after an upgrade that changed them, it reads them again.
-        (start,) = [t for t in runtime._tasks if t.get_name() == "reread-texts"]
-        await start
+        await runtime.texts_read.wait()
         assert await runtime.pool.fetchval("SELECT rules FROM texts_read_under") == reading_rules()
         await runtime.pool.execute("UPDATE texts_read_under SET rules = 'older rules'")
-        await runtime.reread_texts()
+        await runtime.pool.execute("DELETE FROM texts_read_to")
+        assert await runtime.read_texts_on()
         assert await runtime.pool.fetchval("SELECT rules FROM texts_read_under") == reading_rules()
 
         assert runtime.ledger is not None
@@ -103,3 +104,47 @@ async def test_a_disguised_stop_recorded_as_conversation_is_held_when_read_again
         )
         after = await reasons(c, done.consistency_token, clock.now)
         assert after == [api.REASON_REVOKED_BRAND_WIDE] * 3
+
+
+async def test_a_disguised_stop_an_older_instance_records_after_the_reading_is_read_on(
+    tmp_path, postgres_dsn, kafka_bootstrap
+):
+    # A rolling upgrade: the new rules' reading is done, then an instance still on the
+    # older rules records a disguised STOP as a conversation. The next reading (every
+    # minute, and at every start) goes on from where the last got and holds it.
+    async with opted_in(
+        tmp_path, postgres_dsn, kafka_bootstrap, name="readon", phone=PHONE, sender=SENDER
+    ) as (runtime, c, clock):
+        assert runtime.usecases is not None and runtime.pool is not None
+        await runtime.texts_read.wait()
+        (start,) = [t for t in runtime._tasks if t.get_name() == "reread-texts"]
+        start.cancel()
+        text = InboundMessageReceived(
+            event_id=uuid.uuid4(),
+            occurred_at=clock.now - timedelta(minutes=5),
+            request_id="older-instance",
+            phone=PHONE,
+            brand="acme",
+            message_id="SM-during-upgrade",
+            to_number=SENDER,
+            body=DISGUISED,
+            campaign="promo",
+            intent=Intent.CONVERSATION.value,
+        )
+        (stored,) = await runtime.usecases.review.ctx.ledger.append([text])
+        token = ConsistencyToken.after([stored]).encode()
+        assert await reasons(c, token, clock.now) == [api.REASON_CONSENT_ACTIVE] * 3
+
+        runtime._tasks.append(asyncio.create_task(runtime.reread_texts(every=0.01)))
+        for _ in range(2):  # the second reading surely began after the text was stored
+            runtime.texts_read.clear()
+            await asyncio.wait_for(runtime.texts_read.wait(), 60)
+        assert runtime.ledger is not None
+        ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+        token = ConsistencyToken({(Stream.SUBSCRIBERS, p): o for p, o in ends.items()}).encode()
+        assert await reasons(c, token, clock.now) == [api.REASON_REVOCATION_PENDING_REVIEW] * 3
+        # Each chunk of texts read was on the access log before it was opened.
+        read = await runtime.pool.fetch(
+            "SELECT subject, via FROM audit_access WHERE action = 'ReadTextsAgain'"
+        )
+        assert read and {(r["subject"], r["via"]) for r in read} == {("service:reread", "service")}

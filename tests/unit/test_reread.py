@@ -14,7 +14,7 @@ from ledger.events import CandidateResolution, InboundMessageReceived, LedgerEve
 from ledger.keywords import Intent
 from ledger.personal_data import ERASED, SEALED
 from ledger.policy import Reason
-from ledger.ports import AccessRecord, ConsistencyToken
+from ledger.ports import AccessRecord, ConsistencyToken, Stream
 from ledger.reread import REREAD_PREFIX, reread_holds
 from services.adapters.memory_access import InMemoryAccessLog
 from services.errors import AccessNotRecorded
@@ -251,3 +251,30 @@ async def test_a_reading_whose_access_record_cannot_be_written_reads_nothing(mon
         monkeypatch.undo()
         app.access.log = log
         assert await answers(app) == [Reason.CONSENT_ACTIVE] * 3  # nothing held unread
+
+
+@ASYNC
+async def test_a_reading_goes_on_from_where_the_last_one_got_to_the_texts_since():
+    # During a rolling upgrade an instance on older rules records a disguised STOP as a
+    # conversation after the current rules' reading went past its place.
+    async with running(ledger=ledger_at_now()) as (app, _):
+        await recorded_as_older(app, as_older_read("hi"))
+        first = await app.review.reread_texts()
+        ends = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+        assert first.held == [] and {p: first.reached.get(p, 0) for p in ends} == ends
+        late = as_older_read(STOP_BESIDE_A_FILLER)
+        (stored,) = await app.ledger.append([late])
+        log = app.access.log
+        assert isinstance(log, InMemoryAccessLog)
+        before = len(log.records)
+
+        on = await app.review.reread_texts(since=first.reached, why="read on")
+        assert len(on.held) == 1
+        part = stored.position.partition
+        assert on.reached[part] == stored.position.offset + 1
+        (record,) = log.records[before:]  # only the texts since were opened
+        assert record.detail["from_offset"] == str(first.reached[part])
+        assert record.detail["texts"] == "1" and record.detail["why"] == "read on"
+        assert await app.guard.wait_for_token(on.token)
+        assert await answers(app) == [Reason.REVOCATION_PENDING_REVIEW] * 3
+        assert (await app.review.reread_texts(since=on.reached)).held == []
