@@ -16,11 +16,12 @@ from ledger.personal_data import ERASED, SEALED
 from ledger.policy import Reason
 from ledger.ports import AccessRecord, ConsistencyToken, Stream
 from ledger.reread import REREAD_PREFIX, reread_holds
+from ledger.sweep import Finding
 from services.adapters.memory_access import InMemoryAccessLog
 from services.errors import AccessNotRecorded
 from services.usecases.context import Context
 from services.usecases.review import REREAD_BY
-from tests.builders import BRAND, PHONE, at, flagged, inbound, revoked
+from tests.builders import BRAND, PHONE, at, flagged, inbound, revoked, sent
 from tests.unit.usecase_harness import (
     AUDITOR,
     NOW,
@@ -278,3 +279,33 @@ async def test_a_reading_goes_on_from_where_the_last_one_got_to_the_texts_since(
         assert await app.guard.wait_for_token(on.token)
         assert await answers(app) == [Reason.REVOCATION_PENDING_REVIEW] * 3
         assert (await app.review.reread_texts(since=on.reached)).held == []
+
+
+@ASYNC
+async def test_sends_after_a_text_read_again_as_stopping_are_not_allowed_in_hindsight():
+    # A send after the disguised STOP and before its hold was placed was allowed as
+    # recorded; CanSendAsOf known now denies it, and so must the sweep and the packet.
+    async with running(ledger=ledger_at_now()) as (app, _):
+        text = as_older_read(STOP_WITH_A_STROKE)
+        before, between = sent(at(20)), sent(at(45))
+        await recorded_as_older(app, before, text, between)
+        reread = await app.review.reread_texts()
+        assert await app.guard.wait_for_token(reread.token)
+        as_of = await app.checks.can_send_as_of(PHONE, BRAND, "promo", at(45), reader=AUDITOR)
+        assert as_of.decision.reason == Reason.REVOCATION_PENDING_REVIEW
+
+        found = [
+            f
+            async for f in app.audit.sweep(BRAND, "promo", at(0), NOW, reader=AUDITOR)
+            if isinstance(f, Finding)
+        ]
+        late = {f.message.message_id: f for f in found if f.hindsight}
+        assert set(late) == {between.message_id}
+        assert late[between.message_id].decision.reason == Reason.REVOCATION_PENDING_REVIEW
+
+        packet = (await app.audit.proof_packet(PHONE, BRAND, "promo", reader=AUDITOR)).value
+        rulings = {m.message_id: m.hindsight for m in packet.messages}
+        assert rulings[before.message_id] is None
+        hindsight = rulings[between.message_id]
+        assert hindsight is not None and not hindsight.allowed
+        assert hindsight.reason == Reason.REVOCATION_PENDING_REVIEW.value
