@@ -219,6 +219,8 @@ class Review:
             # reading is a chunk past its text.
             owed: dict[Key, tuple[RevocationCandidateFlagged, int]] = {}
             offset, chunk = (since or {}).get(partition, 0), 0
+            if offset > end:  # another ledger's position: reading on from it reads nothing
+                offset = 0
             while offset < end:
                 batch = await ledger.read(Stream.SUBSCRIBERS, partition, offset, REREAD_CHUNK)
                 if not batch:

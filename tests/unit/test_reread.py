@@ -309,3 +309,14 @@ async def test_sends_after_a_text_read_again_as_stopping_are_not_allowed_in_hind
         hindsight = rulings[between.message_id]
         assert hindsight is not None and not hindsight.allowed
         assert hindsight.reason == Reason.REVOCATION_PENDING_REVIEW.value
+
+
+@ASYNC
+async def test_a_reading_said_to_have_got_past_the_ledger_s_end_reads_it_from_the_start():
+    # Past the end is another ledger's position (a ledger replaced under the same
+    # database): reading on from it would read nothing, ever.
+    async with running(ledger=ledger_at_now()) as (app, _):
+        await recorded_as_older(app, as_older_read(STOP_WITH_A_STROKE))
+        ends = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+        reread = await app.review.reread_texts(since={p: 10**9 for p in ends})
+        assert len(reread.held) == 1 and reread.reached == ends
