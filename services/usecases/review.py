@@ -227,8 +227,9 @@ class Review:
                     break
                 offset, chunk = batch[-1].position.offset + 1, chunk + 1
                 kept = [r for r in batch if relevant(r.event)]
-                texts = sum(isinstance(r.event, InboundMessageReceived) for r in kept)
-                if texts:
+                # Recorded whenever anything is opened: a hold or an opt-out carries the
+                # person's words too.
+                if kept:
                     await self.ctx.access.admit(
                         reader,
                         "ReadTextsAgain",
@@ -238,7 +239,9 @@ class Review:
                             "partition": str(partition),
                             "from_offset": str(batch[0].position.offset),
                             "to_offset": str(batch[-1].position.offset),
-                            "texts": str(texts),
+                            "texts": str(
+                                sum(isinstance(r.event, InboundMessageReceived) for r in kept)
+                            ),
                             "why": why,
                         },
                     )

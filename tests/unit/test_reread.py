@@ -320,3 +320,17 @@ async def test_a_reading_said_to_have_got_past_the_ledger_s_end_reads_it_from_th
         ends = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
         reread = await app.review.reread_texts(since={p: 10**9 for p in ends})
         assert len(reread.held) == 1 and reread.reached == ends
+
+
+@ASYNC
+async def test_a_chunk_of_holds_without_texts_is_recorded_before_it_is_opened(monkeypatch):
+    # A hold carries the person's words as the text does: opening it is a read too.
+    monkeypatch.setattr("services.usecases.review.REREAD_CHUNK", 1)
+    async with running(ledger=ledger_at_now()) as (app, _):
+        await recorded_as_older(app, flagged(at(30)))
+        log = app.access.log
+        assert isinstance(log, InMemoryAccessLog)
+        before = len(log.records)
+        await app.review.reread_texts()
+        (record,) = log.records[before:]
+        assert record.action == "ReadTextsAgain" and record.detail["texts"] == "0"
