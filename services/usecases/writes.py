@@ -1049,6 +1049,56 @@ class Writes:
                 held.append(other)
         return held
 
+    async def _brands_held_then(
+        self,
+        holder: CampaignHistory,
+        to: str,
+        occurred_at: datetime | None,
+        now: datetime,
+        authorize: Callable[[str], None],
+    ) -> list[str]:
+        """Where to hold a STOP for the other brands whose campaigns listed ``to`` at
+        the text's own time, when ``holder`` did not: the number passed from one brand
+        to another after the text was sent, and it answered that brand's messages.
+        Under that brand for a caller that may write for it, else under ``ANY_BRAND``,
+        which an operator reviews: the caller must not write, nor learn, its facts."""
+        if occurred_at is None or occurred_at.tzinfo is None:
+            return []  # refused for its time by handle_inbound
+        at, view = consent_time(occurred_at, now), self.ctx.view
+        rules, current = holder.as_of(at), holder.current()
+        if current is None or (rules is not None and to in rules.policy.sender_numbers):
+            return []
+        keys: list[str] = []
+        for brand in await view.brand_names():
+            if brand in (current.brand, ANY_BRAND):
+                continue
+            for name in await view.campaign_names(brand):
+                rules = (await view.campaign_history(brand, name)).as_of(at)
+                if rules is None or to not in rules.policy.sender_numbers:
+                    continue
+                try:
+                    authorize(brand)
+                    key = brand
+                except PermissionDenied:
+                    key = ANY_BRAND
+                if key not in keys:
+                    keys.append(key)
+                break
+        return keys
+
+    async def _kept_for_review(
+        self, cmd: HandleInboundMessage, brand: str, recorded_by: str, now: datetime
+    ) -> InboundResult | None:
+        """A STOP (or a reply like one) kept as a hold under ``brand``, once however
+        often it is delivered; None for any other text."""
+        kept = handle_unowned_inbound(cmd, brand, now)
+        if kept is None:
+            return None
+        events = _stamped(kept.events, recorded_by)
+        claimed = await self._message_claimed(events)
+        earlier = None if claimed is None else await self._redelivered(claimed, kept)
+        return earlier or InboundResult(await recorded_once(self.ctx, events), kept)
+
     async def _handle_inbound(
         self,
         cmd: HandleInboundMessage,
@@ -1088,6 +1138,15 @@ class Writes:
         outcome = await self._unless_held_everywhere(
             sender, handle_inbound(cmd, campaign, state, now, held_then)
         )
+        # A STOP sent while another brand's campaign texted from the number is held
+        # for that brand too (its campaign cannot be told from here without naming
+        # it to the caller), first: a failure after it leaves the caller to retry.
+        holds: list[InboundResult] = []
+        if outcome.intent in HELD_INTENTS:
+            for key in await self._brands_held_then(history, to, cmd.occurred_at, now, authorize):
+                hold = await self._kept_for_review(cmd, key, recorded_by, now)
+                if hold is not None:
+                    holds.append(hold)
         events = _stamped(outcome.events, recorded_by)
         claimed = await self._message_claimed(events)
         earlier = None if claimed is None else await self._redelivered(claimed, outcome)
@@ -1106,6 +1165,9 @@ class Writes:
                 return InboundResult(earlier_write, outcome, owed=outcome)
         await note_stated_ahead(self.ctx, events)
         written = await recorded_once(self.ctx, events)
+        if holds:  # a read after the answer's token finds the holds too
+            tokens = (written.token, *(h.write.token for h in holds))
+            written = replace(written, token=functools.reduce(ConsistencyToken.merge, tokens))
         revoked = next((e for e in events if isinstance(e, ConsentRevoked)), None)
         if revoked is not None:
             # A STOP that covers a refused STOP's hold resolves it, as a RecordOptOut
@@ -1155,13 +1217,10 @@ class Writes:
         now = self.ctx.clock()
         results = []
         for brand in brands:
-            kept = handle_unowned_inbound(cmd, brand, now)
+            kept = await self._kept_for_review(cmd, brand, recorded_by, now)
             if kept is None:
                 raise FailedPrecondition("to_phone", f"no campaign sends from {to}")
-            events = _stamped(kept.events, recorded_by)
-            claimed = await self._message_claimed(events)
-            earlier = None if claimed is None else await self._redelivered(claimed, kept)
-            results.append(earlier or InboundResult(await recorded_once(self.ctx, events), kept))
+            results.append(kept)
         if len(results) == 1:
             return results[0]
         first = results[0]

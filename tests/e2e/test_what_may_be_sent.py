@@ -511,6 +511,58 @@ async def test_a_stop_sent_before_its_number_moved_stops_the_campaign_that_sent_
             ), answer
 
 
+async def test_a_stop_sent_before_another_brand_let_its_number_go_holds_that_brand(serve):
+    # globex sent from the number, let it go, and acme claimed it; acme's gateway
+    # delivers late a STOP the person sent while globex's campaign texted them from
+    # it: globex's messages went on as if no STOP had come.
+    clock = Clock()
+    released = clock.now - timedelta(minutes=10)
+    campaigns = [
+        define("globex", "deals", clock.now - timedelta(days=1), [PROMO_NUMBER]),
+        define("acme", "promo", clock.now - timedelta(days=1)),
+    ]
+    runtime = await serve(clock=clock, campaigns=campaigns)
+    async with client(runtime.address) as admin, client(runtime.address, "acme-app") as acme:
+        for c in campaigns:
+            await admin.RecordOptIn(
+                opt_in(PHONE, c.brand, c.campaign, clock.now - timedelta(hours=1))
+            )
+        for c, numbers, at in (
+            (campaigns[0], [], released),
+            (campaigns[1], [PROMO_NUMBER], released),
+        ):
+            c.policy.sender_numbers[:] = numbers
+            await admin.ChangeCampaignPolicy(
+                api.ChangeCampaignPolicyRequest(
+                    request_id=uuid.uuid4().hex, brand=c.brand, campaign=c.campaign,
+                    policy=c.policy, occurred_at=ts(at),
+                )
+            )  # fmt: skip
+        w = await acme.HandleInboundMessage(
+            inbound(PHONE, PROMO_NUMBER, "STOP", clock.now - timedelta(minutes=20))
+        )
+        assert (w.intent, w.campaign) == (api.INBOUND_INTENT_OPT_OUT, "promo")
+        assert "globex" not in str(w) and "deals" not in str(w), w
+        for c in campaigns:
+            ask = dict(phone=PHONE, brand=c.brand, campaign=c.campaign)
+            r = await admin.CanSend(
+                api.CanSendRequest(**ask, at_least_as_fresh=w.consistency_token)
+            )
+            b = await admin.CanSendBatch(
+                api.CanSendBatchRequest(
+                    phones=[PHONE], brand=c.brand, campaign=c.campaign,
+                    at_least_as_fresh=w.consistency_token,
+                )
+            )  # fmt: skip
+            a = await admin.CanSendAsOf(api.CanSendAsOfRequest(**ask, at=ts(clock.now)))
+            assert [x.allowed for x in (r, b.decisions[0], a)] == [False] * 3, (c.brand, r)
+        # acme's token may not write for globex: the hold is an operator's to review.
+        held = await admin.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="*", at_least_as_fresh=w.consistency_token)
+        )
+        assert [e.event.phone for e in held.candidates] == [PHONE]
+
+
 async def test_a_verified_21_flag_recorded_after_an_under_21_date_of_birth_allows_nothing(
     serve,
 ):

@@ -40,6 +40,7 @@ from services.errors import (
     MessageIdReused,
     NotConsistent,
     OutcomeUnknown,
+    PermissionDenied,
 )
 from tests.builders import BRAND, PHONE, at, proof
 from tests.builders import opt_in as an_opt_in
@@ -647,3 +648,42 @@ async def test_an_opt_in_of_a_number_an_opt_out_stamped_ahead_was_noted_for_read
         assert err.value.field == "occurred_at"
         other = await app.writes.record(an_opt_in(before, request_id="form", phone="+14155550199"))
         assert not other.replayed
+
+
+@pytest.mark.parametrize("caller", [("acme",), None], ids=["acme", "every-brand"])
+async def test_a_stop_sent_to_another_brand_s_number_before_it_moved_holds_that_brand(caller):
+    # globex sent from NUMBER, let it go, and acme claimed it; a gateway delivers late
+    # a STOP the person sent while globex's campaign texted them from it: globex's
+    # campaign went on as if no STOP had come.
+    async with running() as (app, _):
+        await app.writes.record(claim("globex-deals", "globex", "deals", NUMBER))
+        await app.writes.record(claim("acme-promo", "acme", "promo"))
+        for brand, name in (("globex", "deals"), ("acme", "promo")):
+            await app.writes.record(an_opt_in(at(0), name, request_id=f"in-{brand}", brand=brand))
+        let_go = claim("globex-drop", "globex", "deals", change=True)
+        await app.writes.record(dataclasses.replace(let_go, occurred_at=at(30)))
+        took = claim("acme-take", "acme", "promo", NUMBER, change=True)
+        await app.writes.record(dataclasses.replace(took, occurred_at=at(31)))
+
+        def authorize(brand: str) -> None:
+            if caller is not None and brand not in caller:
+                raise PermissionDenied("to_phone", "may not act for the brand of this number")
+
+        stop = await app.writes.handle_inbound(
+            HandleInboundMessage("in", PHONE, NUMBER, "STOP", "m", at(10)),
+            authorize,
+            unowned_brands=caller or (ANY_BRAND,),
+        )
+        # The caller's answer is acme's, and never names the brand it cannot see.
+        assert (stop.outcome.brand, stop.outcome.campaign) == ("acme", "promo")
+        assert "globex" not in repr(stop.outcome) and "deals" not in repr(stop.outcome)
+        for brand, name in (("globex", "deals"), ("acme", "promo")):
+            now = await app.checks.can_send(PHONE, brand, name, token=stop.write.token)
+            batch = await app.checks.can_send_batch([PHONE], brand, name, token=stop.write.token)
+            then = await app.checks.can_send_as_of(PHONE, brand, name, at(50), NOW, reader=AUDITOR)
+            answers = [now.decision.allowed, batch.decisions[0].allowed, then.decision.allowed]
+            assert answers == [False] * 3, (brand, now.decision)
+        # Held for the review queue of whoever may see it: globex's for a caller of
+        # globex, an operator's (every brand) for a caller of acme alone.
+        held = "globex" if caller is None else ANY_BRAND
+        assert [f.phone for f in await app.view.flagged(held)] == [PHONE]
