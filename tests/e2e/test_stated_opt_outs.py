@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from contextlib import AsyncExitStack
 from datetime import timedelta
 
 import grpc
@@ -25,6 +24,7 @@ from tests.e2e.harness import (
     define,
     imported,
     inbound,
+    module_clock,
     opt_in,
     opt_out,
     serving,
@@ -35,21 +35,36 @@ from tests.e2e.test_write_races import NUMBER, allowed, token
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-@pytest.fixture(params=["kafka", "embedded"])
-async def service(request, tmp_path, postgres_dsn, kafka_bootstrap):
-    """acme's "promo" (sending from ``NUMBER``) and "other", on a clock the test moves."""
-    clock = Clock()
-    campaigns = [
+def campaigns(clock: Clock) -> list[api.DefineCampaignRequest]:
+    """acme's "promo" (sending from ``NUMBER``) and "other"."""
+    return [
         define("acme", "promo", clock.now - timedelta(days=1), [NUMBER]),
         define("acme", "other", clock.now - timedelta(days=1), ["+12125550178"]),
     ]
+
+
+@pytest.fixture(scope="module", params=["kafka", "embedded"])
+async def service(request, module_serve):
+    """``campaigns`` on a clock the tests move, one service per ledger for the
+    module: each test writes numbers of its own and moves the clock only forward,
+    from where it finds it (``t = clock.now``)."""
+    clock = module_clock()
+    on_kafka = request.param == "kafka"
+    runtime = await module_serve(
+        on_kafka=on_kafka, name="stated", clock=clock, campaigns=campaigns(clock)
+    )
+    return runtime, clock
+
+
+@pytest.fixture(params=["kafka", "embedded"])
+async def own_service(request, tmp_path, postgres_dsn, kafka_bootstrap):
+    """``service`` for a test of its own: one that changes the brand's policy, which
+    would change what the others find."""
+    clock = Clock()
     bootstrap = kafka_bootstrap if request.param == "kafka" else None
-    async with AsyncExitStack() as stack:
-        runtime = await stack.enter_async_context(
-            serving(
-                tmp_path, postgres_dsn, bootstrap, name="stated", clock=clock, campaigns=campaigns
-            )
-        )
+    async with serving(
+        tmp_path, postgres_dsn, bootstrap, name="stated", clock=clock, campaigns=campaigns(clock)
+    ) as runtime:
         yield runtime, clock
 
 
@@ -84,10 +99,10 @@ async def test_a_stopall_stamped_ahead_refuses_an_opt_in_stated_before_it(servic
         assert await allowed(c, phone, token(stopped)) == [False, False]
 
 
-async def test_an_opt_out_of_another_campaign_under_revoke_all(service):
+async def test_an_opt_out_of_another_campaign_under_revoke_all(own_service):
     """Under the brand's revoke-all setting an opt-out of "other" stamped ahead ends
     "promo" too: an opt-in of "promo" stated before it never allows."""
-    runtime, clock = service
+    runtime, clock = own_service
     t = clock.now
     async with client(runtime.address, "admin") as admin:
         await admin.SetBrandPolicy(
@@ -445,17 +460,21 @@ async def test_an_opt_in_sent_while_a_held_opt_out_s_revocation_is_appended(serv
         flagged, candidate = await held_ahead(c, phone, held, t + timedelta(seconds=40))
         clock.now = t + timedelta(seconds=10)
         appends.append = slow_to_acknowledge
-        revoking = asyncio.ensure_future(
-            c.ResolveRevocationCandidate(revoke(phone, candidate, clock.now))
-        )
-        await asyncio.wait_for(appending.wait(), 60)  # the revocation on its way
-        clock.now = t + timedelta(seconds=25)
-        between = t + timedelta(seconds=20)
-        late = asyncio.ensure_future(
-            c.RecordOptIn(opt_in(phone, "acme", "promo", between, proof=proof(between)))
-        )
-        await asyncio.wait({late}, timeout=3)  # time to be checked, if it may
-        acknowledged.set()
-        revoked = await revoking
+        try:
+            revoking = asyncio.ensure_future(
+                c.ResolveRevocationCandidate(revoke(phone, candidate, clock.now))
+            )
+            await asyncio.wait_for(appending.wait(), 60)  # the revocation on its way
+            clock.now = t + timedelta(seconds=25)
+            between = t + timedelta(seconds=20)
+            late = asyncio.ensure_future(
+                c.RecordOptIn(opt_in(phone, "acme", "promo", between, proof=proof(between)))
+            )
+            await asyncio.wait({late}, timeout=3)  # time to be checked, if it may
+            acknowledged.set()
+            revoked = await revoking
+        finally:
+            appends.append = append  # the service goes on serving the module's tests
+            acknowledged.set()
         await refused_on_occurred_at(late)
         assert await allowed(c, phone, token(granted, flagged, revoked)) == [False, False]
