@@ -209,6 +209,13 @@ async def service(serve):
     return await importing(serve)
 
 
+@pytest.fixture(scope="module")
+async def unsent(module_serve):
+    """One service for the imports that write nothing (refused before they send a
+    record, or dry runs): each finds the ledger's end, and its numbers, as they were."""
+    return await importing(module_serve)
+
+
 def token_of(summary: str) -> str:
     found = re.search(r"ledger written up to: (\S+)", summary)
     assert found, summary
@@ -327,8 +334,8 @@ async def test_an_export_is_imported_refused_by_line_and_imported_again_as_nothi
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
 
 
-async def test_a_dry_run_checks_every_record_and_writes_nothing(service, tmp_path):
-    runtime, when = service
+async def test_a_dry_run_checks_every_record_and_writes_nothing(unsent, tmp_path):
+    runtime, when = unsent
     export = write_csv(tmp_path / "export.csv", export_rows(when))
     assert runtime.ledger is not None
     before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
@@ -346,11 +353,11 @@ async def test_a_dry_run_checks_every_record_and_writes_nothing(service, tmp_pat
     assert reasons[phone(1)] == "REASON_NO_CONSENT"
 
 
-async def test_a_token_without_the_write_scope_imports_nothing(service, tmp_path):
+async def test_a_token_without_the_write_scope_imports_nothing(unsent, tmp_path):
     """A dry run refused so said what an import refused does: that it stopped "after
     0 records imported", that "running the import again goes on from there" and
     that "no opt-in was imported". A dry run imports nothing, whatever ends it."""
-    runtime, when = service
+    runtime, when = unsent
     export = write_csv(tmp_path / "export.csv", export_rows(when)[:3])
     code, _, err = await import_cli(
         str(export), "--address", runtime.address, token=TOKENS["acme-checker"][0]
@@ -368,12 +375,12 @@ async def test_a_token_without_the_write_scope_imports_nothing(service, tmp_path
     assert "dry run: nothing was written" in out, out
 
 
-async def test_an_import_the_service_never_read_counts_no_record_as_sent(service, tmp_path):
+async def test_an_import_the_service_never_read_counts_no_record_as_sent(unsent, tmp_path):
     """A service down, or a token it does not know: the summary said records were
     "sent, no answer came (perhaps recorded: run the import again)", though the
     service read none of them (and, a token refused, a rerun records nothing
     either). They count among those not sent, as when a token lacks the scope."""
-    runtime, when = service
+    runtime, when = unsent
     export = write_csv(tmp_path / "export.csv", export_rows(when)[:12])
     down = socket.socket()
     down.bind(("127.0.0.1", 0))  # a port no one listens on, held so none takes it
@@ -974,11 +981,11 @@ async def test_a_dry_run_refuses_an_opt_in_stated_before_an_opt_out_stamped_ahea
     assert final == {stamped: "REASON_REVOKED_BRAND_WIDE", after_it: "REASON_CONSENT_ACTIVE"}
 
 
-async def test_a_json_array_is_refused_as_a_file_not_line_by_line(service, tmp_path):
+async def test_a_json_array_is_refused_as_a_file_not_line_by_line(unsent, tmp_path):
     """A .json export holding one JSON array (over many lines) was read as JSON
     Lines: every line refused on its own, for reasons that differed only in the
     column, and nothing said the file was of the wrong kind."""
-    runtime, when = service
+    runtime, when = unsent
     assert runtime.ledger is not None
     before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
     export = tmp_path / "export.json"
@@ -1126,12 +1133,12 @@ async def test_an_opt_out_on_the_line_a_quote_breaks_is_held_by_what_it_said(ser
     }, reasons
 
 
-async def test_a_file_without_records_says_nothing_was_imported(service, tmp_path):
+async def test_a_file_without_records_says_nothing_was_imported(unsent, tmp_path):
     """An empty export, one of a header only and one of blank lines each exited 0
     with "imported 0 of 0 records", as an import of every record does: an export
     that failed (a header and no rows) passed for one whose opt-outs were all
     recorded. Now each says it holds no records and exits 2, a dry run too."""
-    runtime, _ = service
+    runtime, _ = unsent
     assert runtime.ledger is not None
     before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
     files = {
@@ -1416,12 +1423,12 @@ async def test_a_later_message_asking_for_a_dry_run_of_an_import_that_writes_is_
     assert after == before + 2
 
 
-async def test_refusals_written_to_the_file_being_imported_are_refused_first(service, tmp_path):
+async def test_refusals_written_to_the_file_being_imported_are_refused_first(unsent, tmp_path):
     """``--refusals`` naming the export itself opened it for writing after its first
     lines were read: the export was emptied, and the import went on with what was
     read before, as if that were the whole file. Now it is a usage error, and the
     file and the ledger are as they were."""
-    runtime, when = service
+    runtime, when = unsent
     assert runtime.ledger is not None
     template = export_rows(when)[1]
     rows = [
@@ -1502,7 +1509,7 @@ async def remembering_import(remembered: int, *argv: str, token: str) -> tuple[i
     return process.returncode or 0, out.decode(), int(found.group(1))
 
 
-async def test_a_large_file_is_read_in_memory_that_does_not_grow_with_it(service, tmp_path):
+async def test_a_large_file_is_read_in_memory_that_does_not_grow_with_it(unsent, tmp_path):
     """The command kept every record's import id, a hash of it and its line, and
     every refused record's line: 558 MB at its peak for 2 million opt-outs, some
     1.4 GB for the 5 million subscribers of a brand moving platforms, where a
@@ -1510,7 +1517,7 @@ async def test_a_large_file_is_read_in_memory_that_does_not_grow_with_it(service
     it keeps only the lines of the messages not yet answered, and the service
     settles a repeat: the same record again is present, another under its id is
     refused, named by its line."""
-    runtime, when = service
+    runtime, when = unsent
     at = iso(when - timedelta(days=2))
 
     def stop(i: int, **changes: str) -> str:
@@ -2404,13 +2411,13 @@ async def test_json_lines_files_joined_with_their_byte_order_marks_are_read_whol
     assert reasons == {phone(67): "REASON_REVOKED"}, reasons
 
 
-async def test_a_utf16_export_is_refused_as_a_file_saying_so(service, tmp_path):
+async def test_a_utf16_export_is_refused_as_a_file_saying_so(unsent, tmp_path):
     """A UTF-16 file (PowerShell's ``>``, Windows' "Unicode" text) was read as
     UTF-8: a CSV's header was refused as unknown columns of NUL-spaced letters, and
     JSON Lines had each of its half-lines refused as "is not JSON", more records
     than the file held. Neither says what to do: the file is refused whole now,
     naming its encoding, and nothing is written."""
-    runtime, when = service
+    runtime, when = unsent
     assert runtime.ledger is not None
     before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
     rows = opted_in_then_out(when, {phone(68): {}})
@@ -2428,13 +2435,13 @@ async def test_a_utf16_export_is_refused_as_a_file_saying_so(service, tmp_path):
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
 
 
-async def test_a_utf16_export_without_a_byte_order_mark_is_refused_as_a_file(service, tmp_path):
+async def test_a_utf16_export_without_a_byte_order_mark_is_refused_as_a_file(unsent, tmp_path):
     """UTF-16 saved without a byte-order mark (Python's ``utf-16-le``, some ETL
     tools) passed the check for its mark: a CSV was refused for unknown columns of
     NUL-spaced letters, JSON Lines line by line, neither naming the encoding. Its
     NUL in every other byte names it now, either byte order, piped in too; nothing
     is written."""
-    runtime, when = service
+    runtime, when = unsent
     assert runtime.ledger is not None
     before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
     rows = opted_in_then_out(when, {phone(2340): {}})
@@ -2517,14 +2524,14 @@ async def test_rows_of_empty_values_below_a_spreadsheets_data_are_no_records(ser
     assert "import: 2 of 2 records" in err, err
 
 
-async def test_a_json_array_on_one_line_is_refused_as_a_file_in_bounded_memory(service, tmp_path):
+async def test_a_json_array_on_one_line_is_refused_as_a_file_in_bounded_memory(unsent, tmp_path):
     """A JSON export written as one array on one line (``json.dump(records, f)``)
     was read as one line, whole, and parsed: 375 MB at its peak for a 42 MB file,
     so many GB for a brand's export, to refuse it as one record, "is not a JSON
     object", exit 1 (an array over many lines was a usage error, exit 2). It is
     refused as a file now from its first characters, and a line is read only up to
     ``LINE_LIMIT`` characters, far more than any record holds."""
-    runtime, when = service
+    runtime, when = unsent
     record = json.dumps(opted_in_then_out(when, {phone(70): {}})[1])
     small, large = tmp_path / "small.json", tmp_path / "large.json"
     small.write_text(f"[{record}]")
