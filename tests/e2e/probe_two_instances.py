@@ -175,6 +175,19 @@ def report(name: str, tally: Counter[str]) -> None:
     print(f"\n{name}: {dict(sorted(tally.items()))}")
 
 
+def counted(result: Any, label: str, tally: Counter[str], tokens: list[str]) -> None:
+    """Count ``result`` of a write gathered with ``return_exceptions`` under ``label``
+    (its status code's name, or OK), keeping an OK write's token; anything but a
+    gRPC error is the probe's own failure, raised."""
+    if isinstance(result, grpc.aio.AioRpcError):
+        tally[f"{label}{result.code().name}"] += 1
+    elif isinstance(result, BaseException):
+        raise result
+    else:
+        tally[f"{label}OK"] += 1
+        tokens.append(result.consistency_token)
+
+
 async def test_an_opt_out_through_one_is_denied_by_the_other(pair):
     """A STOP text or a RecordOptOut through one; CanSend and CanSendBatch through the
     other, with the write's token at once, and without one two refresh intervals
@@ -460,15 +473,9 @@ async def test_an_import_id_reused_by_a_write_through_the_other(pair):
             (answer,) = answers
             tokens.append(answer.consistency_token)
             tally[f"import: {answer.imported} imported, {answer.held_for_review} held"] += 1
-            if isinstance(write, grpc.aio.AioRpcError):
-                tally[f"opt-in: {write.code().name}"] += 1
-                if held_info(write):
-                    tokens.append(held_token(write))
-            elif isinstance(write, BaseException):
-                raise write
-            else:
-                tally["opt-in: OK"] += 1
-                tokens.append(write.consistency_token)
+            counted(write, "opt-in: ", tally, tokens)
+            if isinstance(write, grpc.aio.AioRpcError) and held_info(write):
+                tokens.append(held_token(write))
             for c in (ca, cb):
                 if allowed(await asked(c, phone, "promo", merged(*tokens))):
                     wrong.append((i, results))
@@ -541,13 +548,7 @@ async def test_an_opt_in_stated_before_an_opt_out_sent_at_once(pair):
             )  # fmt: skip
             tokens = []
             for r in results:
-                if isinstance(r, grpc.aio.AioRpcError):
-                    tally[r.code().name] += 1
-                elif isinstance(r, BaseException):
-                    raise r
-                else:
-                    tally["OK"] += 1
-                    tokens.append(r.consistency_token)
+                counted(r, "", tally, tokens)
             for c in (ca, cb):
                 if allowed(await asked(c, phone, "promo", merged(*tokens))):
                     wrong.append((i, results))
@@ -842,13 +843,7 @@ async def test_a_random_mix_agrees(pair):
                 writes = [write() for _ in range(rng.randint(1, 3))]
                 results = await asyncio.gather(*(w for _, w in writes), return_exceptions=True)
                 for (kind, _), r in zip(writes, results, strict=True):
-                    if isinstance(r, grpc.aio.AioRpcError):
-                        tally[f"{kind}: {r.code().name}"] += 1
-                    elif isinstance(r, BaseException):
-                        raise r
-                    else:
-                        tally[f"{kind}: OK"] += 1
-                        tokens.append(r.consistency_token)
+                    counted(r, f"{kind}: ", tally, tokens)
             token = merged(*tokens)
             for campaign in NUMBERS:
                 answers = [*await asked(ca, phone, campaign, token)]
