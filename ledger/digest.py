@@ -254,6 +254,13 @@ def reached_tier(tier: ConsentTier, method: CollectionMethod) -> int:
     return int(tier)
 
 
+def informational_only(tier: ConsentTier, method: CollectionMethod) -> bool:
+    """Whether an opt-in reaches less than the tier it asks for (``reached_tier``):
+    a write of one says so, so that an import of promotional opt-ins learns when it
+    imports them that they allow no promotional campaign."""
+    return reached_tier(tier, method) < int(tier)
+
+
 def _campaign_digest(c: CampaignConsent) -> CampaignDigest:
     grant = c.grant
     last_sent, last_disclosed = c.last_sent, c.last_disclosed

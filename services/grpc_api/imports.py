@@ -19,6 +19,7 @@ from typing import Any
 from consent.v1 import consent_service_pb2 as api_pb2
 
 from ledger.commands import HoldRefusedOptOut, RecordOptIn, RecordOptOut
+from ledger.digest import informational_only
 from ledger.errors import DomainError, InvalidRequest
 from services.errors import NotConsistent, OutcomeUnknown
 from services.grpc_api.deadlines import MARGIN, MARGIN_AT_MOST
@@ -121,13 +122,29 @@ def own_time(
         return None
 
 
-def chunk_to_proto(result: ChunkResult, first: int) -> api_pb2.ImportConsentsResponse:
+def _informational_only(items: Sequence[Item], result: ChunkResult) -> int:
+    """The chunk's promotional opt-ins not given in writing that it did not refuse
+    (imported or present): each allows informational campaigns only, and an import
+    of them is told so when it imports them, not when their sends are denied."""
+    refused = {refusal.index for refusal in result.refusals}
+    return sum(
+        isinstance(item.command, RecordOptIn)
+        and item.index not in refused
+        and informational_only(item.command.tier, item.command.method)
+        for item in items
+    )
+
+
+def chunk_to_proto(
+    result: ChunkResult, first: int, items: Sequence[Item] = ()
+) -> api_pb2.ImportConsentsResponse:
     response = api_pb2.ImportConsentsResponse(
         imported=result.imported,
         already_present=result.present,
         consistency_token=result.token.encode(),
         first_index=first,
         held_for_review=sum(refusal.held for refusal in result.refusals),
+        informational_only=_informational_only(items, result),
     )
     for refusal in result.refusals:
         response.refusals.add(
@@ -157,7 +174,9 @@ async def answer_chunks(
     # The requests are read in a task of their own: read here, between answers, a
     # chunk was answered only when the next came or the stream ended, and a client
     # that waited for each answer before sending more stalled to its deadline.
-    started: asyncio.Queue[tuple[int, asyncio.Future[ChunkResult]] | None] = asyncio.Queue()
+    started: asyncio.Queue[tuple[int, list[Item], asyncio.Future[ChunkResult]] | None] = (
+        asyncio.Queue()
+    )
     room = asyncio.Semaphore(IN_FLIGHT)
     working: list[asyncio.Future[ChunkResult]] = []
     dry_runs: list[bool] = []  # the first request's dry_run, once read
@@ -180,7 +199,7 @@ async def answer_chunks(
             items = items_from_proto(request.records, index)
             work = asyncio.ensure_future(imports.chunk(items, dry_run=dry_run))
             working.append(work)
-            started.put_nowait((index, work))
+            started.put_nowait((index, items, work))
             index += len(items)
 
     reader = asyncio.ensure_future(read())
@@ -188,11 +207,11 @@ async def answer_chunks(
     reader.add_done_callback(lambda _: started.put_nowait(None))
     try:
         while (entry := await started.get()) is not None:
-            first, work = entry
+            first, items, work = entry
             result = await _answered(work, first, time_left, imports.lease_s, dry_run=dry_runs[0])
             working.remove(work)
             room.release()
-            yield chunk_to_proto(result, first)
+            yield chunk_to_proto(result, first, items)
         await reader
     finally:
         reader.cancel()

@@ -35,12 +35,14 @@ from ledger.commands import (
     HandleInboundMessage,
     HoldRefusedOptOut,
     RecordMessagesSent,
+    RecordOptIn,
     RecordOptOut,
     RefusedOutcome,
     check_name,
     is_name,
 )
 from ledger.deadlines import revocation_due
+from ledger.digest import informational_only
 from ledger.errors import DomainError, InvalidRequest
 from ledger.events import ANY_BRAND, MessageKind
 from ledger.phone import to_e164
@@ -989,7 +991,13 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
     async def RecordOptIn(
         self, request: api_pb2.RecordOptInRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.RecordOptInResponse:
-        return await self._record(request, context, api_pb2.RecordOptInResponse)
+        answer = await self._record(request, context, api_pb2.RecordOptInResponse)
+        # A promotional opt-in not given in writing allows no promotional campaign: its
+        # writer hears it now, not from the first send denied.
+        command = api.command_from_proto(request)
+        assert isinstance(command, RecordOptIn)
+        answer.informational_only = informational_only(command.tier, command.method)
+        return answer
 
     @translate_errors
     async def RecordOptOut(

@@ -437,7 +437,10 @@ async def test_a_promotional_opt_in_said_or_imported_allows_no_promotional_campa
                 grant = opt_in(
                     phone, "acme", name, clock.now - timedelta(hours=1), method=method, proof=detail
                 )
-                fresh = (await c.RecordOptIn(grant)).consistency_token
+                answer = await c.RecordOptIn(grant)
+                fresh = answer.consistency_token
+                # Its writer learns it at once, not when a send is denied.
+                assert answer.informational_only is (method != lpb.COLLECTION_METHOD_PAPER)
         for phone, method in methods.items():
             written = method == lpb.COLLECTION_METHOD_PAPER
             for name, allowed in (("promo", written), ("receipts", True)):

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
 
 from ledger.ports import ConsistencyToken, Stream
 from services.grpc_api import imports as stream
@@ -94,6 +95,30 @@ def test_an_answer_names_every_bad_field_of_each_refused_record():
         ("brand", "bad"),
     ]
     assert answer.consistency_token == ""  # nothing written, nothing to wait for
+
+
+def test_an_answer_counts_the_promotional_opt_ins_it_accepted_not_given_in_writing():
+    """Each allows informational campaigns only (47 CFR 64.1200(a)(2)): the import is
+    told when it imports them, not when their promotional sends are denied."""
+    methods = {
+        "said": lpb.COLLECTION_METHOD_VERBAL,
+        "imported": lpb.COLLECTION_METHOD_API_IMPORT,
+        "refused": lpb.COLLECTION_METHOD_API_IMPORT,
+        "signed": lpb.COLLECTION_METHOD_PAPER,
+    }
+    records = [
+        api.ImportRecord(opt_in=opt_in("+14155550100", "acme", "promo", T0, rid, method=m))
+        for rid, m in methods.items()
+    ]
+    receipt = opt_in("+14155550100", "acme", "promo", T0, "receipt")
+    receipt.tier, receipt.method = lpb.CONSENT_TIER_INFORMATIONAL, lpb.COLLECTION_METHOD_VERBAL
+    records.append(api.ImportRecord(opt_in=receipt))
+    items = stream.items_from_proto(records, 0)
+    result = ChunkResult(imported=3, present=1, refusals=[Refusal(2, "refused", "X", ())])
+
+    answer = stream.chunk_to_proto(result, 0, items)
+
+    assert answer.informational_only == 2  # said and imported; not the refused one
 
 
 def test_an_opt_out_that_cannot_be_translated_is_held_at_its_own_time_under_the_same_id():

@@ -922,8 +922,16 @@ class RecordOptInResponse(_message.Message):
 
     EVENT_IDS_FIELD_NUMBER: _builtins.int
     CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    INFORMATIONAL_ONLY_FIELD_NUMBER: _builtins.int
     consistency_token: _builtins.str
     """Read at least this fresh to see the write."""
+    informational_only: _builtins.bool
+    """True for a promotional opt-in not given in writing (method verbal or
+    api_import): it counts as informational consent, which allows informational
+    campaigns and no promotional one (prior express written consent, 47 CFR
+    64.1200(a)(2)). Record it with the method it was given by (web_form, paper,
+    keyword_reply) where that was in writing.
+    """
     @_builtins.property
     def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The ids of the ledger events the request wrote (the same on a retry)."""
@@ -933,10 +941,11 @@ class RecordOptInResponse(_message.Message):
         *,
         event_ids: _abc.Iterable[_builtins.str] | None = ...,
         consistency_token: _builtins.str = ...,
+        informational_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "event_ids", b"event_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "event_ids", b"event_ids", "informational_only", b"informational_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2988,6 +2997,7 @@ class ImportConsentsResponse(_message.Message):
     CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
     FIRST_INDEX_FIELD_NUMBER: _builtins.int
     HELD_FOR_REVIEW_FIELD_NUMBER: _builtins.int
+    INFORMATIONAL_ONLY_FIELD_NUMBER: _builtins.int
     imported: _builtins.int
     """Records of the message written now (with dry_run: that would be)."""
     already_present: _builtins.int
@@ -3003,6 +3013,12 @@ class ImportConsentsResponse(_message.Message):
     by this message or by an earlier run of the import (with dry_run: that would
     be): CanSend denies their numbers until someone resolves them.
     """
+    informational_only: _builtins.int
+    """Of the records imported or already present, the promotional opt-ins not given
+    in writing (method verbal or api_import; with dry_run: that would be): each
+    counts as informational consent, allowing informational campaigns and no
+    promotional one (RecordOptInResponse.informational_only).
+    """
     @_builtins.property
     def refusals(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportRefusal]: ...
     def __init__(
@@ -3014,10 +3030,11 @@ class ImportConsentsResponse(_message.Message):
         consistency_token: _builtins.str = ...,
         first_index: _builtins.int = ...,
         held_for_review: _builtins.int = ...,
+        informational_only: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_present", b"already_present", "consistency_token", b"consistency_token", "first_index", b"first_index", "held_for_review", b"held_for_review", "imported", b"imported", "refusals", b"refusals"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_present", b"already_present", "consistency_token", b"consistency_token", "first_index", b"first_index", "held_for_review", b"held_for_review", "imported", b"imported", "informational_only", b"informational_only", "refusals", b"refusals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
