@@ -103,12 +103,20 @@ output:
         3  INVALID_ARGUMENT  phone: ... (lines 4, 18, 230)
         ...
       held for review: 2
+      1,204 promotional opt-ins not given in writing (method verbal/api_import): they
+      allow informational campaigns only
     ledger written up to: subscribers:0:9993
   refusals alike but for a value (a time quoted, a line named) are counted on one
   line, which shows the first of them and says "the others alike".
   held for review counts the refused opt-outs held all the same (in a dry run:
   that would be), held now or by an earlier run: CanSend denies their numbers
   for the brand until someone resolves them (ListRevocationCandidates).
+  promotional opt-ins not given in writing counts the opt-ins of the promotional
+  tier imported or present (in a dry run: that would be) with method verbal or
+  api_import, shown when there are any: marketing texts need the person's written
+  agreement (47 CFR 64.1200(a)(2)), so each allows informational campaigns only
+  and CanSend denies a promotional one. No method is assumed: map or --set the one
+  the opt-ins were given by (web_form, paper, keyword_reply where in writing).
   --refusals FILE writes every refused record as JSON Lines (line, import_id,
   code, field, reason, held_for_review) for fixing and importing again;
   held_for_review true is an opt-out held all the same (in a dry run: would be),
@@ -328,6 +336,9 @@ class Summary:
     refused: int = 0
     held: int = 0
     """Of the refused, opt-outs held for review (in a dry run: that would be)."""
+    informational: int = 0
+    """Of the imported and present, promotional opt-ins not given in writing: each
+    allows informational campaigns only (``ImportConsentsResponse.informational_only``)."""
     groups: dict[tuple[str, str, str], _Group] = field(default_factory=dict)
     """Per (code, field, reason but for its values), the records refused for it (the
     lines shown only: a file refused whole is not held in memory)."""
@@ -386,6 +397,13 @@ class Summary:
             )
         # Refused but not lost: these numbers are denied until someone reviews them.
         out.append(f"  held for review: {self.held:,}")
+        if self.informational:
+            # Imported all the same, and no promotional send they were meant for allowed:
+            # said here, not found out from the first campaign denied.
+            out.append(
+                f"  {self.informational:,} promotional opt-ins not given in writing (method "
+                "verbal/api_import): they allow informational campaigns only"
+            )
         if dry_run:
             out.append("dry run: nothing was written")
         elif self.token:
@@ -753,6 +771,7 @@ def _run(args: argparse.Namespace) -> int:
                     summary.imported += answer.imported
                     summary.present += answer.already_present
                     summary.held += answer.held_for_review
+                    summary.informational += answer.informational_only
                     if answer.consistency_token:
                         summary.token = _merged(summary.token, answer.consistency_token)
                     for refusal in answer.refusals:

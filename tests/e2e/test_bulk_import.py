@@ -353,6 +353,48 @@ async def test_a_dry_run_checks_every_record_and_writes_nothing(unsent, tmp_path
     assert reasons[phone(1)] == "REASON_NO_CONSENT"
 
 
+async def test_promotional_opt_ins_not_given_in_writing_are_counted_as_informational(
+    service, tmp_path
+):
+    """Imported with method api_import or verbal, a promotional opt-in allows no
+    promotional campaign (47 CFR 64.1200(a)(2)); a migration of them once found out
+    only from its first campaign denied. The summary says so, in a dry run and on
+    a re-run (present) too, and counts no refused record."""
+    runtime, when = service
+    base = {**export_rows(when)[1], "proof.collection_detail": "imported from OldSMS"}
+    methods = {phone(0): "api_import", phone(1): "verbal", phone(2): "web_form"}
+    rows = [
+        {**base, "import_id": f"m-{number}", "phone": number, "method": method}
+        for number, method in methods.items()
+    ]
+    rows.append({**rows[0], "import_id": "refused", "phone": phone(3), "campaign": "nope"})
+    export = tmp_path / "export.csv"
+    with export.open("w", newline="") as out:
+        writer = csv.DictWriter(out, [*COLUMNS, "proof.collection_detail"])
+        writer.writeheader()
+        writer.writerows(rows)
+    said = (
+        "  2 promotional opt-ins not given in writing (method verbal/api_import): they "
+        "allow informational campaigns only"
+    )
+    acme = TOKENS["acme-app"][0]
+
+    for argv in (["--dry-run"], [], []):  # then the import, then a re-run: present
+        code, out, err = await import_cli(
+            str(export), *argv, "--address", runtime.address, token=acme
+        )
+        assert code == 1, out + err  # the one refused
+        assert said in out.splitlines(), out
+
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, list(methods), token_of(out))
+    assert reasons == {
+        phone(0): "REASON_CONSENT_TIER_INSUFFICIENT",
+        phone(1): "REASON_CONSENT_TIER_INSUFFICIENT",
+        phone(2): "REASON_CONSENT_ACTIVE",
+    }
+
+
 async def test_a_token_without_the_write_scope_imports_nothing(unsent, tmp_path):
     """A dry run refused so said what an import refused does: that it stopped "after
     0 records imported", that "running the import again goes on from there" and
