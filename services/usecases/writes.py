@@ -133,6 +133,15 @@ def _stamped(events: Sequence[LedgerEvent], recorded_by: str) -> list[LedgerEven
     return [replace(e, recorded_by=recorded_by) for e in events] if recorded_by else list(events)
 
 
+def _message_key(received: InboundMessageReceived) -> tuple[str, str]:
+    """The key an inbound text's provider message id is taken under among its brand's
+    request ids, and the digest of its words and the number they reached."""
+    said = f"{received.phone}\0{received.message_id}"
+    key = f"{INBOUND_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
+    content = f"{received.to_number}\0{received.body}"
+    return key, hashlib.sha256(content.encode()).hexdigest()[:32]
+
+
 def _lists_numbers(event: LedgerEvent) -> bool:
     return isinstance(event, CampaignDefined | CampaignPolicyChanged) and bool(
         event.policy.sender_numbers
@@ -1161,6 +1170,7 @@ class Writes:
             except DomainError:
                 earlier_write = await replay(self.ctx, events)  # this request's retry
                 if earlier_write is None:
+                    await self._release_message_id(events)
                     raise
                 return InboundResult(earlier_write, outcome, owed=outcome)
         await note_stated_ahead(self.ctx, events)
@@ -1251,10 +1261,7 @@ class Writes:
         reached."""
         received = events[0]
         assert isinstance(received, InboundMessageReceived)
-        said = f"{received.phone}\0{received.message_id}"
-        key = f"{INBOUND_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
-        content = f"{received.to_number}\0{received.body}"
-        digest = hashlib.sha256(content.encode()).hexdigest()[:32]
+        key, digest = _message_key(received)
         ids = [str(e.event_id) for e in events]
         use = await self.ctx.view.claim_request(received.brand, key, digest, ids)
         if set(use.event_ids) & set(ids):  # taken for this text, or this request's retry
@@ -1270,6 +1277,20 @@ class Writes:
                 use.event_ids,
             )
         return list(use.event_ids)
+
+    async def _release_message_id(self, events: list[LedgerEvent]) -> None:
+        """Give up the message id ``_message_claimed`` took for ``events``, refused
+        before any was written, while it is still theirs and no attempt of their
+        request took its request id (one may be appending them). Kept, it would name
+        facts never written: the corrected text waited out the freshness bound for
+        them, and each redelivery of that text was recorded and confirmed again."""
+        received = events[0]
+        assert isinstance(received, InboundMessageReceived)
+        if await self.ctx.view.request_use(received.brand, received.request_id) is not None:
+            return
+        key, digest = _message_key(received)
+        ids = [str(e.event_id) for e in events]
+        await self.ctx.view.release_claims(received.brand, (key, digest, ids), [])
 
     async def _redelivered(
         self,

@@ -320,7 +320,8 @@ async def test_a_start_stamped_ahead_does_not_undo_a_later_opt_out_stamped_ahead
     fact; each is stamped ahead, so each took its place when recorded, and the START,
     recorded second, resumed the consent the STOP ended. It is refused on
     ``occurred_at`` as an opt-in would be; a START stated after the STOP's own time is
-    the person's START after the STOP, as its time says."""
+    the person's START after the STOP, as its time says, and its redelivery is that
+    text again."""
     runtime, clock = service
     async with client(runtime.address, "acme-app") as c:
         phone = {"texted": "+14155550195", "recorded": "+14155550185"}.get(stop, "+14155550186")
@@ -344,6 +345,12 @@ async def test_a_start_stamped_ahead_does_not_undo_a_later_opt_out_stamped_ahead
         late.occurred_at.CopyFrom(ts(clock.now))
         resumed = await c.HandleInboundMessage(late)
         assert await allowed(c, phone, token(granted, stopped, resumed)) == [True, True]
+        # The refused text left its message id free: the gateway's redelivery of the
+        # one recorded is answered as that text, not recorded and confirmed again.
+        late.request_id = uuid.uuid4().hex
+        again = await c.HandleInboundMessage(late)
+        assert list(again.event_ids) == list(resumed.event_ids)
+        assert again.reply == api.REPLY_KIND_NONE
 
 
 class Ticking(Clock):
