@@ -1106,7 +1106,7 @@ class Writes:
         events = _stamped(kept.events, recorded_by)
         claimed = await self._message_claimed(events)
         earlier = None if claimed is None else await self._redelivered(claimed, kept)
-        return earlier or InboundResult(await recorded_once(self.ctx, events), kept)
+        return earlier or InboundResult(await self._text_recorded(events), kept)
 
     async def _handle_inbound(
         self,
@@ -1174,7 +1174,7 @@ class Writes:
                     raise
                 return InboundResult(earlier_write, outcome, owed=outcome)
         await note_stated_ahead(self.ctx, events)
-        written = await recorded_once(self.ctx, events)
+        written = await self._text_recorded(events)
         if holds:  # a read after the answer's token finds the holds too
             tokens = (written.token, *(h.write.token for h in holds))
             written = replace(written, token=functools.reduce(ConsistencyToken.merge, tokens))
@@ -1278,15 +1278,27 @@ class Writes:
             )
         return list(use.event_ids)
 
+    async def _text_recorded(self, events: list[LedgerEvent]) -> WriteResult:
+        """``recorded_once`` of an inbound text's facts, giving up the message id
+        ``_message_claimed`` took for them when their request id is another request's
+        (``AlreadyExists``): none of them is ever written under it."""
+        try:
+            return await recorded_once(self.ctx, events)
+        except AlreadyExists:
+            await self._release_message_id(events)
+            raise
+
     async def _release_message_id(self, events: list[LedgerEvent]) -> None:
         """Give up the message id ``_message_claimed`` took for ``events``, refused
         before any was written, while it is still theirs and no attempt of their
-        request took its request id (one may be appending them). Kept, it would name
-        facts never written: the corrected text waited out the freshness bound for
-        them, and each redelivery of that text was recorded and confirmed again."""
+        request took its request id (one may be appending them; under another
+        request's, none can). Kept, it would name facts never written: the corrected
+        text waited out the freshness bound for them, and each redelivery of that
+        text was recorded and confirmed again."""
         received = events[0]
         assert isinstance(received, InboundMessageReceived)
-        if await self.ctx.view.request_use(received.brand, received.request_id) is not None:
+        use = await self.ctx.view.request_use(received.brand, received.request_id)
+        if use is not None and use.fingerprint == received.request_fingerprint:
             return
         key, digest = _message_key(received)
         ids = [str(e.event_id) for e in events]

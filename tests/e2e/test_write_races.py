@@ -353,6 +353,33 @@ async def test_a_start_stamped_ahead_does_not_undo_a_later_opt_out_stamped_ahead
         assert again.reply == api.REPLY_KIND_NONE
 
 
+async def test_a_text_refused_for_a_used_request_id_leaves_its_message_id_free(service):
+    """A gateway passes on a START under a request id another request used: refused
+    ``ALREADY_EXISTS``, after the text took its message id for facts never written.
+    Its delivery under a new request id was then read as a copy of a recording still
+    on its way, held for the freshness bound and owing its own reply, and so was
+    every redelivery after it. Now the refused text gives the message id up: the
+    delivery recorded is that text, and its redelivery is answered as it."""
+    runtime, clock = service
+    async with client(runtime.address, "acme-app") as c:
+        phone, used = "+14155550187", uuid.uuid4().hex
+        await c.RecordOptIn(opt_in(phone, "acme", "promo", clock.now - timedelta(days=1), used))
+        await c.RecordOptOut(opt_out(phone, "acme", "promo", clock.now - timedelta(hours=1)))
+        text = inbound(phone, NUMBER, "START", clock.now, request_id=used)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await c.HandleInboundMessage(text)
+        assert refused.value.code() is grpc.StatusCode.ALREADY_EXISTS
+        assert "request_id" in (refused.value.details() or "")
+
+        text.request_id = uuid.uuid4().hex
+        first = await c.HandleInboundMessage(text)
+        assert first.reply == api.REPLY_KIND_OPT_IN_CONFIRMATION
+        text.request_id = uuid.uuid4().hex
+        again = await c.HandleInboundMessage(text)
+        assert list(again.event_ids) == list(first.event_ids)
+        assert again.reply == api.REPLY_KIND_NONE
+
+
 class Ticking(Clock):
     """A clock that moves on a millisecond each time it is read, as a real one moves
     on between two records of an import: the one read later is placed later."""
