@@ -81,7 +81,14 @@ from ledger.events import (
 )
 from ledger.phone import forms_stored_before, to_e164
 from ledger.policy import earns_exemption, revokes_all
-from ledger.ports import ConsentView, ConsistencyToken, DigestReads, RequestClaim, Stream
+from ledger.ports import (
+    ConsentView,
+    ConsistencyToken,
+    DigestReads,
+    EventTooLarge,
+    RequestClaim,
+    Stream,
+)
 from ledger.state import COUNTED_KINDS, CampaignHistory, Fact, SubscriberState
 from services.errors import (
     AlreadyExists,
@@ -107,6 +114,7 @@ from services.usecases.requests import (
     recorded_once,
     replay,
     taken_then_appended,
+    unwritten,
 )
 from services.usecases.spellings import earlier_history, earlier_message_uses, state_as_one
 
@@ -1280,26 +1288,38 @@ class Writes:
 
     async def _text_recorded(self, events: list[LedgerEvent]) -> WriteResult:
         """``recorded_once`` of an inbound text's facts, giving up the message id
-        ``_message_claimed`` took for them when their request id is another request's
-        (``AlreadyExists``): none of them is ever written under it."""
+        ``_message_claimed`` took for them when none of them can be written: their
+        request id is another request's (``AlreadyExists``), or the ledger refused
+        them whole as too large, as it would any attempt of theirs."""
         try:
             return await recorded_once(self.ctx, events)
         except AlreadyExists:
             await self._release_message_id(events)
             raise
+        except EventTooLarge as exc:
+            ids = [str(e.event_id) for e in events]
+            # None stored by an earlier attempt either (it found them, or they would
+            # have been too large then too): appended whole, all were refused.
+            if unwritten(exc, events) and not await self.ctx.view.find_events(ids):
+                await self._release_message_id(events, refused_whole=True)
+            raise
 
-    async def _release_message_id(self, events: list[LedgerEvent]) -> None:
+    async def _release_message_id(
+        self, events: list[LedgerEvent], *, refused_whole: bool = False
+    ) -> None:
         """Give up the message id ``_message_claimed`` took for ``events``, refused
         before any was written, while it is still theirs and no attempt of their
         request took its request id (one may be appending them; under another
-        request's, none can). Kept, it would name facts never written: the corrected
-        text waited out the freshness bound for them, and each redelivery of that
-        text was recorded and confirmed again."""
+        request's, none can), unless the ledger refused them whole (``refused_whole``:
+        so it does every attempt). Kept, it would name facts never written: the
+        corrected text waited out the freshness bound for them, and each redelivery
+        of that text was recorded and confirmed again."""
         received = events[0]
         assert isinstance(received, InboundMessageReceived)
-        use = await self.ctx.view.request_use(received.brand, received.request_id)
-        if use is not None and use.fingerprint == received.request_fingerprint:
-            return
+        if not refused_whole:
+            use = await self.ctx.view.request_use(received.brand, received.request_id)
+            if use is not None and use.fingerprint == received.request_fingerprint:
+                return
         key, digest = _message_key(received)
         ids = [str(e.event_id) for e in events]
         await self.ctx.view.release_claims(received.brand, (key, digest, ids), [])

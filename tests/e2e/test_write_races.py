@@ -11,11 +11,14 @@ from functools import partial
 
 import grpc
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
 from ledger.events import ConsentRevoked
-from ledger.ports import ConsistencyToken
+from ledger.ports import ConsistencyToken, Stream
+from services.adapters.kafka_ledger import KafkaLedger, topic_configs
 from tests.builders import proof_proto as proof
 from tests.e2e.harness import (
     Clock,
@@ -23,6 +26,7 @@ from tests.e2e.harness import (
     define,
     imported,
     inbound,
+    kafka_settings,
     module_clock,
     opt_in,
     opt_out,
@@ -378,6 +382,43 @@ async def test_a_text_refused_for_a_used_request_id_leaves_its_message_id_free(s
         again = await c.HandleInboundMessage(text)
         assert list(again.event_ids) == list(first.event_ids)
         assert again.reply == api.REPLY_KIND_NONE
+
+
+async def test_a_text_refused_as_too_large_leaves_its_message_id_free(serve, kafka_bootstrap):
+    """A text whose fact the topics refused as too large took its message id first,
+    for facts never written. Once the topics took records that large, the gateway's
+    redelivery was read as a copy of a recording still on its way (held for the
+    freshness bound, owing its own reply), and so was every redelivery after it,
+    each recorded again. Now the refused text gives the message id up."""
+    clock = Clock()
+    settings = kafka_settings(kafka_bootstrap, f"large-texts-{uuid.uuid4().hex[:8]}.")
+    await KafkaLedger(settings).ensure_topics()
+
+    async def limit_records(to: str) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            limit = {**topic_configs(settings), "max.message.bytes": to}
+            topic = settings.topic(Stream.SUBSCRIBERS)
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+        finally:
+            await admin.close()
+
+    await limit_records("2048")
+    campaign = define("acme", "promo", clock.now - timedelta(days=1), [NUMBER])
+    runtime = await serve(name="large-texts", clock=clock, campaigns=[campaign], kafka=settings)
+    async with client(runtime.address, "acme-app") as c:
+        text = inbound("+14155550188", NUMBER, "what are your hours? " + "x" * 3000, clock.now)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await c.HandleInboundMessage(text)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+        await limit_records("1048588")
+        text.request_id = uuid.uuid4().hex
+        first = await c.HandleInboundMessage(text)
+        text.request_id = uuid.uuid4().hex
+        again = await c.HandleInboundMessage(text)
+        assert list(again.event_ids) == list(first.event_ids)
 
 
 class Ticking(Clock):
