@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import consent_service_pb2_grpc as api_grpc
 from consent.v1 import ledger_pb2 as lpb
@@ -21,7 +23,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from ledger.ports import ConsistencyToken
+from ledger.ports import ConsistencyToken, Stream
+from services.adapters.kafka_ledger import topic_configs
 from services.bootstrap import Runtime
 from services.grpc_api.auth import token_digest
 from services.settings import FreshnessSettings, KafkaLedgerSettings, Settings
@@ -159,6 +162,19 @@ def kafka_settings(bootstrap: str, prefix: str, partitions: int = 4) -> KafkaLed
         request_timeout_s=10,
         append_timeout_s=15,
     )
+
+
+async def limit_subscriber_records(settings: KafkaLedgerSettings, to: str) -> None:
+    """Have the broker take records of at most ``to`` bytes on ``settings``'
+    subscriber topic (its ``max.message.bytes``), the rest of its settings kept."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        limit = {**topic_configs(settings), "max.message.bytes": to}
+        topic = settings.topic(Stream.SUBSCRIBERS)
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+    finally:
+        await admin.close()
 
 
 @asynccontextmanager

@@ -33,6 +33,7 @@ from tests.e2e.harness import (
     define,
     inbound,
     kafka_settings,
+    limit_subscriber_records,
     opt_in,
     precondition_violations,
     serving,
@@ -835,14 +836,7 @@ async def topics_limited(kafka_bootstrap: str, prefix: str, to: str):
     ``to`` bytes."""
     settings = kafka_settings(kafka_bootstrap, f"{prefix}-{uuid.uuid4().hex[:8]}.")
     await KafkaLedger(settings).ensure_topics()
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        limit = {**topic_configs(settings), "max.message.bytes": to}
-        topic = settings.topic(Stream.SUBSCRIBERS)
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
-    finally:
-        await admin.close()
+    await limit_subscriber_records(settings, to)
     return settings
 
 

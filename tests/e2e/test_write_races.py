@@ -11,14 +11,12 @@ from functools import partial
 
 import grpc
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
 from ledger.events import ConsentRevoked
-from ledger.ports import ConsistencyToken, Stream
-from services.adapters.kafka_ledger import KafkaLedger, topic_configs
+from ledger.ports import ConsistencyToken
+from services.adapters.kafka_ledger import KafkaLedger
 from tests.builders import proof_proto as proof
 from tests.e2e.harness import (
     Clock,
@@ -27,6 +25,7 @@ from tests.e2e.harness import (
     imported,
     inbound,
     kafka_settings,
+    limit_subscriber_records,
     module_clock,
     opt_in,
     opt_out,
@@ -393,18 +392,7 @@ async def test_a_text_refused_as_too_large_leaves_its_message_id_free(serve, kaf
     clock = Clock()
     settings = kafka_settings(kafka_bootstrap, f"large-texts-{uuid.uuid4().hex[:8]}.")
     await KafkaLedger(settings).ensure_topics()
-
-    async def limit_records(to: str) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-        await admin.start()
-        try:
-            limit = {**topic_configs(settings), "max.message.bytes": to}
-            topic = settings.topic(Stream.SUBSCRIBERS)
-            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
-        finally:
-            await admin.close()
-
-    await limit_records("2048")
+    await limit_subscriber_records(settings, "2048")
     campaign = define("acme", "promo", clock.now - timedelta(days=1), [NUMBER])
     runtime = await serve(name="large-texts", clock=clock, campaigns=[campaign], kafka=settings)
     async with client(runtime.address, "acme-app") as c:
@@ -413,7 +401,7 @@ async def test_a_text_refused_as_too_large_leaves_its_message_id_free(serve, kaf
             await c.HandleInboundMessage(text)
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
-        await limit_records("1048588")
+        await limit_subscriber_records(settings, "1048588")
         text.request_id = uuid.uuid4().hex
         first = await c.HandleInboundMessage(text)
         text.request_id = uuid.uuid4().hex
