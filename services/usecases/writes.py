@@ -150,6 +150,24 @@ def _message_key(received: InboundMessageReceived) -> tuple[str, str]:
     return key, hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
+def _listed(history: CampaignHistory, to: str, at: datetime) -> bool:
+    """Whether the campaign of ``history`` sent from ``to`` at ``at``, by its rules then."""
+    rules = history.as_of(at)
+    return rules is not None and to in rules.policy.sender_numbers
+
+
+def _unlisted_then(
+    holder: CampaignHistory, to: str, occurred_at: datetime | None, now: datetime
+) -> datetime | None:
+    """A text's own time (as consent reads it) when ``holder``, the campaign holding
+    ``to`` now, did not send from it then: the number moved after the text was sent.
+    None when it did, or when the text has no time (``handle_inbound`` refuses it)."""
+    if occurred_at is None or occurred_at.tzinfo is None:
+        return None
+    at = consent_time(occurred_at, now)
+    return None if _listed(holder, to, at) else at
+
+
 def _lists_numbers(event: LedgerEvent) -> bool:
     return isinstance(event, CampaignDefined | CampaignPolicyChanged) and bool(
         event.policy.sender_numbers
@@ -1049,22 +1067,17 @@ class Writes:
         """The brand's other campaigns whose rules listed ``to`` at a text's own time,
         when ``holder``, the campaign holding it now, did not: the number moved after
         the text was sent (a gateway delivering late), and a STOP in it answered them."""
-        if occurred_at is None or occurred_at.tzinfo is None:
-            return []  # refused for its time by handle_inbound
-        at, view = consent_time(occurred_at, now), self.ctx.view
-        rules = holder.as_of(at)
-        if rules is not None and to in rules.policy.sender_numbers:
-            return []
+        at = _unlisted_then(holder, to, occurred_at, now)
         current = holder.current()
-        if current is None:
+        if at is None or current is None:
             return []
         brand, name = current.brand, current.campaign
-        held = []
-        for other in await view.campaign_names(brand):
-            rules = None if other == name else (await view.campaign_history(brand, other)).as_of(at)
-            if rules is not None and to in rules.policy.sender_numbers:
-                held.append(other)
-        return held
+        view = self.ctx.view
+        return [
+            other
+            for other in await view.campaign_names(brand)
+            if other != name and _listed(await view.campaign_history(brand, other), to, at)
+        ]
 
     async def _brands_held_then(
         self,
@@ -1079,19 +1092,17 @@ class Writes:
         to another after the text was sent, and it answered that brand's messages.
         Under that brand for a caller that may write for it, else under ``ANY_BRAND``,
         which an operator reviews: the caller must not write, nor learn, its facts."""
-        if occurred_at is None or occurred_at.tzinfo is None:
-            return []  # refused for its time by handle_inbound
-        at, view = consent_time(occurred_at, now), self.ctx.view
-        rules, current = holder.as_of(at), holder.current()
-        if current is None or (rules is not None and to in rules.policy.sender_numbers):
+        at = _unlisted_then(holder, to, occurred_at, now)
+        current = holder.current()
+        if at is None or current is None:
             return []
+        view = self.ctx.view
         keys: list[str] = []
         for brand in await view.brand_names():
             if brand in (current.brand, ANY_BRAND):
                 continue
             for name in await view.campaign_names(brand):
-                rules = (await view.campaign_history(brand, name)).as_of(at)
-                if rules is None or to not in rules.policy.sender_numbers:
+                if not _listed(await view.campaign_history(brand, name), to, at):
                     continue
                 try:
                     authorize(brand)
