@@ -8,6 +8,7 @@ flagged (``ledger.deadlines``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import unicodedata
 import uuid
@@ -67,12 +68,14 @@ class ReviewPage:
     """When the queue was read: a candidate due by then is overdue."""
 
 
+@functools.cache
 def reading_rules() -> str:
     """A name for the rules this code reads texts by (``ledger.keywords``): a digest of
     their source, of the Unicode data that folds and classes letters, and of the
     fuzzy matcher's version. Any change to them names other rules, which has the
     stored texts read again (``Review.reread_texts``): reading one again under
-    unchanged rules only costs the read."""
+    unchanged rules only costs the read. Named once a process: the code it reads by
+    is the code loaded, not the file as it may be rewritten under a running process."""
     said = b"\0".join(
         [
             Path(keywords.__file__).read_bytes(),
