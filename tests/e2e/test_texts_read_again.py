@@ -26,6 +26,22 @@ PHONE = "+14155553977"
 DISGUISED = "ST\u00d8P"
 
 
+def stored_as_conversation(at, request_id: str, message_id: str) -> InboundMessageReceived:
+    """The disguised STOP as a version before 0368632 recorded it: a conversation."""
+    return InboundMessageReceived(
+        event_id=uuid.uuid4(),
+        occurred_at=at,
+        request_id=request_id,
+        phone=PHONE,
+        brand="acme",
+        message_id=message_id,
+        to_number=SENDER,
+        body=DISGUISED,
+        campaign="promo",
+        intent=Intent.CONVERSATION.value,
+    )
+
+
 async def reasons(c: Client, token: str, at) -> list[int]:
     """CanSend's, CanSendBatch's and CanSendAsOf's answers for PHONE at acme/promo."""
     single = await c.CanSend(
@@ -54,18 +70,7 @@ async def test_a_disguised_stop_recorded_as_conversation_is_held_when_read_again
         ctx = runtime.usecases.review.ctx
         said = clock.now - timedelta(minutes=10)
         # As a version before 0368632 recorded it: a conversation, its words sealed.
-        text = InboundMessageReceived(
-            event_id=uuid.uuid4(),
-            occurred_at=said,
-            request_id="older-version",
-            phone=PHONE,
-            brand="acme",
-            message_id="SM-disguised",
-            to_number=SENDER,
-            body=DISGUISED,
-            campaign="promo",
-            intent=Intent.CONVERSATION.value,
-        )
+        text = stored_as_conversation(said, "older-version", "SM-disguised")
         (stored,) = await ctx.ledger.append([text])
         assert stored.event.sealed is not None
         token = ConsistencyToken.after([stored]).encode()
@@ -119,18 +124,8 @@ async def test_a_disguised_stop_an_older_instance_records_after_the_reading_is_r
         await runtime.texts_read.wait()
         (start,) = [t for t in runtime._tasks if t.get_name() == "reread-texts"]
         start.cancel()
-        text = InboundMessageReceived(
-            event_id=uuid.uuid4(),
-            occurred_at=clock.now - timedelta(minutes=5),
-            request_id="older-instance",
-            phone=PHONE,
-            brand="acme",
-            message_id="SM-during-upgrade",
-            to_number=SENDER,
-            body=DISGUISED,
-            campaign="promo",
-            intent=Intent.CONVERSATION.value,
-        )
+        at = clock.now - timedelta(minutes=5)
+        text = stored_as_conversation(at, "older-instance", "SM-during-upgrade")
         (stored,) = await runtime.usecases.review.ctx.ledger.append([text])
         token = ConsistencyToken.after([stored]).encode()
         assert await reasons(c, token, clock.now) == [api.REASON_CONSENT_ACTIVE] * 3
