@@ -626,6 +626,7 @@ class Writes:
         recorded_by: str = "",
         brands: Sequence[str] = (),
         held_before_as: str | None = None,
+        also: Sequence[str] = (),
     ) -> None:
         """Hold for review a live opt-out ``refused`` for its details, whose number and
         brand can be read, for a brand ``authorize`` lets the caller act for (under
@@ -644,7 +645,9 @@ class Writes:
         client's request id stays free for its corrected retry. ``held_before_as`` is
         the digest a hold of the request had before its numbers were digested in
         E.164 (``hold.record`` now), when that differs: a hold kept under it is this
-        one, not held again.
+        one, not held again. ``also`` names more brands (or ``ANY_BRAND``) to hold it
+        under, chosen for the caller and named to it by nothing in the refusal: those
+        whose campaigns sent from the number a late STOP reached when it was sent.
 
         An opt-out refused for its request id, used before for another request (a
         client's bug, which no retry mends), is held too and raises
@@ -683,8 +686,15 @@ class Writes:
             for each in holds:
                 authorize(each.brand)
             held = [held_opt_out(each, refusal, self.ctx.clock()) for each in holds]
+            hidden = [replace(hold, brand=b, campaign=None) for b in also]
+            hidden_held = [held_opt_out(each, refusal, self.ctx.clock()) for each in hidden]
         except (DomainError, PermissionDenied):
             return  # no number or brand to hold it under, or not the caller's brand
+        # Those the answer does not name first, as an accepted STOP's: a failure after
+        # them leaves the caller to retry, which holds each once.
+        tokens = [
+            (await recorded_once(self.ctx, _stamped(e, recorded_by))).token for e in hidden_held
+        ]
         results = []
         for each, events in zip(holds, held, strict=True):
             events = _stamped(events, recorded_by)
@@ -704,7 +714,7 @@ class Writes:
         written = replace(
             results[0],
             event_ids=[i for r in results for i in r.event_ids],
-            token=functools.reduce(ConsistencyToken.merge, (r.token for r in results)),
+            token=functools.reduce(ConsistencyToken.merge, [*tokens, *(r.token for r in results)]),
         )
         under = [each.brand for each in holds]
         if isinstance(refused, AlreadyExists):
@@ -758,8 +768,14 @@ class Writes:
         if held_intent(body) not in HELD_INTENTS:
             return
         brands: Sequence[str] = ()
-        if owner is not None:
+        also: list[str] = []
+        if owner is not None and to is not None:
             brand, campaign = owner
+            # Sent while another brand's campaign texted from the number, and delivered
+            # after it moved, the STOP is held for that brand too, as when accepted.
+            history = await self.ctx.view.campaign_history(brand, campaign)
+            now = self.ctx.clock()
+            also = await self._brands_held_then(history, to, occurred_at, now, authorize)
         else:
             authorize, brands = _anyone, unowned_brands
         hold = HoldRefusedOptOut(
@@ -773,6 +789,7 @@ class Writes:
             recorded_by=recorded_by,
             brands=brands,
             held_before_as=held_before_as,
+            also=also,
         )
 
     async def _with_exemption(self, events: list[LedgerEvent]) -> list[LedgerEvent]:
