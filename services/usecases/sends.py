@@ -217,6 +217,8 @@ class Sends:
         claimed = await self.ctx.view.claim_request(
             cmd.brand, cmd.request_id, events[0].request_fingerprint, answer
         )
+        if claimed.fingerprint != events[0].request_fingerprint:
+            await self._release_message_ids(cmd, events[0], new)
         refuse_another_request(events[0], claimed)
         try:
             recorded = await self.ctx.ledger.append(new)
@@ -238,6 +240,23 @@ class Sends:
         if copies:
             answer, token = await self._as_the_sends_applied(cmd.brand, answer, copies, token)
         return SendsResult(answer, token, len(recorded))
+
+    async def _release_message_ids(
+        self, cmd: RecordMessagesSent, first: MessageSent, new: Sequence[MessageSent]
+    ) -> None:
+        """Give up the message ids this call claimed for ``new`` once another request
+        took its request id between its two claims: kept, they named sends never
+        written, and a corrected send of one of those messages under a new request id
+        was refused as saying something else of it. Only a claim that still names this
+        call's own event id is given up, and none while an attempt of this request
+        holds the request id (another request's first use of it given up since, as
+        one refused as too large is): that attempt may be appending them."""
+        use = await self.ctx.view.request_use(cmd.brand, cmd.request_id)
+        if use is not None and use.fingerprint == first.request_fingerprint:
+            return
+        await self.ctx.view.release_claims(
+            cmd.brand, None, [(e.phone, e.message_id, str(e.event_id)) for e in new]
+        )
 
     async def _as_the_sends_applied(
         self,

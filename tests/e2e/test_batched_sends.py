@@ -974,3 +974,40 @@ async def test_a_copy_appended_behind_the_send_that_claimed_it_is_answered_as_th
     assert list(claimed.event_ids) == [applied]
     assert copy.event_ids[0] == applied, (list(copy.event_ids), applied)
     assert list(again.event_ids) == list(copy.event_ids)
+
+
+async def test_a_call_that_lost_its_request_id_leaves_its_message_ids_free(serve, monkeypatch):
+    """A call claims its messages' ids, then finds its request id taken a moment before
+    by another request (ALREADY_EXISTS): it kept the claims for sends never written.
+    The corrected send of one of those messages under a new request id was then
+    refused as saying something else of a message claimed before, and the same
+    messages again met claims of sends never coming. Now the call gives up the
+    claims it still holds, and both are recorded."""
+    clock = Clock()
+    campaign = define("acme", "promo", clock.now - timedelta(days=1))
+    runtime = await serve(name="lost-id", clock=clock, campaigns=[campaign])
+    view = runtime.usecases.sends.ctx.view
+    claim_messages = view.claim_messages
+    async with client(runtime.address, "acme-app") as c:
+
+        async def then_another_takes_its_id(brand, claims):
+            held = await claim_messages(brand, claims)
+            # Between the call's two claims, an opt-in under its request id.
+            taken = opt_in(phone(9801), "acme", "promo", clock.now, request_id="lost")
+            await c.RecordOptIn(taken)
+            return held
+
+        monkeypatch.setattr(view, "claim_messages", then_another_takes_its_id)
+        sends = [message(9801, clock.now), message(9802, clock.now)]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await c.RecordMessagesSent(call("lost", sends))
+        assert refused.value.code() is grpc.StatusCode.ALREADY_EXISTS
+        assert "request_id" in (refused.value.details() or "")
+        monkeypatch.setattr(view, "claim_messages", claim_messages)
+        size = await ledger_size(runtime)
+
+        corrected = message(9801, clock.now, identified_sender=False)
+        one = await c.RecordMessageSent(alone("corrected", corrected))
+        both = await c.RecordMessagesSent(call("again", [corrected, sends[1]]))
+        assert both.event_ids[0] == one.event_ids[0]
+    assert await ledger_size(runtime) == size + 2
