@@ -198,9 +198,9 @@ async def replay(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult | N
 
 async def _replayed(
     ctx: Context, events: Sequence[LedgerEvent]
-) -> tuple[WriteResult | None, dict[str, Recorded]]:
-    """``replay``'s answer, and those of ``events`` an earlier attempt stored when it
-    stored only some (for ``append`` to leave out)."""
+) -> tuple[WriteResult | None, dict[str, Recorded], RequestUse | None]:
+    """``replay``'s answer, those of ``events`` an earlier attempt stored when it
+    stored only some (for ``append`` to leave out), and the request id's use as found."""
     first = events[0]
     use = await ctx.view.request_use(brand_of(first), first.request_id)
     known: dict[str, Recorded] = {}
@@ -209,10 +209,10 @@ async def _replayed(
         ids = [str(e.event_id) for e in events]
         known = await stored_before(ctx, events)
         if all(i in known for i in ids):
-            return found(ctx, ids, [known[i] for i in ids]), known
+            return found(ctx, ids, [known[i] for i in ids]), known, use
     if isinstance(first, MessageSent):
-        return await _same_message(ctx, first), known
-    return None, known
+        return await _same_message(ctx, first), known, use
+    return None, known, use
 
 
 async def recorded_as_spelled(
@@ -423,8 +423,22 @@ async def _as_the_send_applied(
     return written if recorded is None else found(ctx, [applied], [recorded])
 
 
-async def recorded_once(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult:
+async def recorded_once(
+    ctx: Context, events: Sequence[LedgerEvent], *, free_if_too_large: bool = False
+) -> WriteResult:
     """The earlier result of a retried request, or else the events appended (those
-    its earlier attempt did not store)."""
-    earlier, stored = await _replayed(ctx, events)
-    return earlier or await append(ctx, events, stored)
+    its earlier attempt did not store). With ``free_if_too_large``, a request whose
+    id no attempt held before this one gives it up again when the ledger refuses all
+    of its events as too large, as ``taken_then_appended`` does: kept, the request
+    corrected under it was refused as a reuse for good."""
+    earlier, stored, use = await _replayed(ctx, events)
+    if earlier is not None:
+        return earlier
+    try:
+        return await append(ctx, events, stored)
+    except EventTooLarge as exc:
+        if free_if_too_large and use is None and unwritten(exc, events):
+            first, ids = events[0], [str(e.event_id) for e in events]
+            request = (first.request_id, first.request_fingerprint, ids)
+            await ctx.view.release_claims(brand_of(first), request, [])
+        raise

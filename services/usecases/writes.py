@@ -1318,9 +1318,10 @@ class Writes:
         """``recorded_once`` of an inbound text's facts, giving up the message id
         ``_message_claimed`` took for them when none of them can be written: their
         request id is another request's (``AlreadyExists``), or the ledger refused
-        them whole as too large, as it would any attempt of theirs."""
+        them whole as too large, as it would any attempt of theirs (and then their
+        request id too, when this attempt took it, as any write refused so does)."""
         try:
-            return await recorded_once(self.ctx, events)
+            return await recorded_once(self.ctx, events, free_if_too_large=True)
         except AlreadyExists:
             await self._release_message_id(events)
             raise

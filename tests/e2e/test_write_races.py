@@ -388,7 +388,8 @@ async def test_a_text_refused_as_too_large_leaves_its_message_id_free(serve, kaf
     for facts never written. Once the topics took records that large, the gateway's
     redelivery was read as a copy of a recording still on its way (held for the
     freshness bound, owing its own reply), and so was every redelivery after it,
-    each recorded again. Now the refused text gives the message id up."""
+    each recorded again. Now the refused text gives the message id up, and its
+    request id."""
     clock = Clock()
     settings = kafka_settings(kafka_bootstrap, f"large-texts-{uuid.uuid4().hex[:8]}.")
     await KafkaLedger(settings).ensure_topics()
@@ -400,6 +401,10 @@ async def test_a_text_refused_as_too_large_leaves_its_message_id_free(serve, kaf
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await c.HandleInboundMessage(text)
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        # Nor does it keep its request id (it did, so the text changed under it was
+        # ALREADY_EXISTS for good), as no write refused so does.
+        changed = inbound(text.from_phone, NUMBER, "hours?", clock.now, text.request_id)
+        assert len((await c.HandleInboundMessage(changed)).event_ids) == 1
 
         await limit_subscriber_records(settings, "1048588")
         text.request_id = uuid.uuid4().hex
