@@ -777,6 +777,11 @@ class Writes:
             now = self.ctx.clock()
             also = await self._brands_held_then(history, to, occurred_at, now, authorize)
         else:
+            if to is not None:
+                now = self.ctx.clock()
+                also = await self._brands_held_then(
+                    None, to, occurred_at, now, authorize, unowned_brands
+                )
             authorize, brands = _anyone, unowned_brands
         hold = HoldRefusedOptOut(
             request_id, from_phone, brand, record, campaign,
@@ -1098,25 +1103,35 @@ class Writes:
 
     async def _brands_held_then(
         self,
-        holder: CampaignHistory,
+        holder: CampaignHistory | None,
         to: str,
         occurred_at: datetime | None,
         now: datetime,
         authorize: Callable[[str], None],
+        held: Sequence[str] = (),
     ) -> list[str]:
         """Where to hold a STOP for the other brands whose campaigns listed ``to`` at
         the text's own time, when ``holder`` did not: the number passed from one brand
         to another after the text was sent, and it answered that brand's messages.
         Under that brand for a caller that may write for it, else under ``ANY_BRAND``,
-        which an operator reviews: the caller must not write, nor learn, its facts."""
-        at = _unlisted_then(holder, to, occurred_at, now)
-        current = holder.current()
-        if at is None or current is None:
-            return []
+        which an operator reviews: the caller must not write, nor learn, its facts.
+        With no ``holder`` (no campaign sends from ``to`` now), the STOP is kept under
+        each of ``held`` already, and any other brand that listed it then is held."""
+        if holder is None:
+            at = None
+            if occurred_at is not None and occurred_at.tzinfo is not None:
+                at = consent_time(occurred_at, now)
+            mine = set(held)
+        else:
+            at = _unlisted_then(holder, to, occurred_at, now)
+            current = holder.current()
+            mine = set() if current is None else {current.brand}
+        if at is None or not mine or ANY_BRAND in mine:
+            return []  # no time, or kept for every brand already
         view = self.ctx.view
         keys: list[str] = []
         for brand in await view.brand_names():
-            if brand in (current.brand, ANY_BRAND):
+            if brand in mine or brand == ANY_BRAND:
                 continue
             for name in await view.campaign_names(brand):
                 if not _listed(await view.campaign_history(brand, name), to, at):
@@ -1167,7 +1182,9 @@ class Writes:
             await self.ctx.require_caught_up(Stream.CAMPAIGNS, "to_phone")
             owner = await self.ctx.view.campaign_for_number(to)
         if owner is None:
-            return await self._unowned_inbound(cmd, to, sender, unowned_brands, recorded_by)
+            return await self._unowned_inbound(
+                cmd, to, sender, unowned_brands, recorded_by, authorize
+            )
         brand, name = owner
         authorize(brand)
         history = await self.ctx.view.campaign_history(brand, name)
@@ -1255,25 +1272,37 @@ class Writes:
         sender: str,
         brands: Sequence[str],
         recorded_by: str,
+        authorize: Callable[[str], None] = lambda brand: None,
     ) -> InboundResult:
         """A STOP (or a reply like one) to a number no campaign sends from, kept under
         each of ``brands``: a caller of some brands can tell only that it was one of
         theirs, and must neither deny nor show it to any other brand. Each brand's is
-        recorded as a request of its own, so a retry records what a failure left out."""
+        recorded as a request of its own, so a retry records what a failure left out.
+        Sent while a campaign of another brand listed the number, it is held for that
+        brand too (``_brands_held_then``), first, and named to the caller by nothing
+        but the answer's token."""
         now = self.ctx.clock()
+        hidden = []
+        for key in await self._brands_held_then(None, to, cmd.occurred_at, now, authorize, brands):
+            hold = await self._kept_for_review(cmd, key, recorded_by, now)
+            if hold is not None:
+                hidden.append(hold.write.token)
         results = []
         for brand in brands:
             kept = await self._kept_for_review(cmd, brand, recorded_by, now)
             if kept is None:
                 raise FailedPrecondition("to_phone", f"no campaign sends from {to}")
             results.append(kept)
+        tokens = [*hidden, *(r.write.token for r in results)]
         if len(results) == 1:
-            return results[0]
+            only = results[0]
+            token = functools.reduce(ConsistencyToken.merge, tokens)
+            return replace(only, write=replace(only.write, token=token))
         first = results[0]
         write = replace(
             first.write,
             event_ids=[i for r in results for i in r.write.event_ids],
-            token=functools.reduce(ConsistencyToken.merge, (r.write.token for r in results)),
+            token=functools.reduce(ConsistencyToken.merge, tokens),
             replayed=all(r.write.replayed for r in results),
         )
         notes = [

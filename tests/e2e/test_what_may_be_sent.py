@@ -15,6 +15,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from ledger.ports import ConsistencyToken
 from tests.builders import proof_proto as proof
 from tests.e2e.harness import (
     Clock,
@@ -614,6 +615,51 @@ async def test_a_refused_stop_sent_before_another_brand_let_its_number_go_holds_
             api.ListRevocationCandidatesRequest(brand="*", at_least_as_fresh=token)
         )
         assert [e.event.phone for e in under.candidates] == [PHONE]
+
+
+async def test_a_stop_sent_before_another_brand_let_its_number_go_unclaimed_holds_that_brand(
+    serve,
+):
+    # globex sent from the number and let it go, and no campaign claimed it since;
+    # acme's gateway (the number moved to acme at the carrier first) delivers late a
+    # STOP, and one refused for a detail, the person sent while globex texted them.
+    clock = Clock()
+    campaign = define("globex", "deals", clock.now - timedelta(days=1), [PROMO_NUMBER])
+    runtime = await serve(clock=clock, campaigns=[campaign])
+    async with client(runtime.address) as admin, client(runtime.address, "acme-app") as acme:
+        for phone in (PHONE, OTHER):
+            await admin.RecordOptIn(
+                opt_in(phone, "globex", "deals", clock.now - timedelta(hours=1))
+            )
+        campaign.policy.sender_numbers[:] = []
+        await admin.ChangeCampaignPolicy(
+            api.ChangeCampaignPolicyRequest(
+                request_id=uuid.uuid4().hex, brand="globex", campaign="deals",
+                policy=campaign.policy, occurred_at=ts(clock.now - timedelta(minutes=10)),
+            )
+        )  # fmt: skip
+        sent = clock.now - timedelta(minutes=20)
+        w = await acme.HandleInboundMessage(inbound(PHONE, PROMO_NUMBER, "STOP", sent))
+        assert "globex" not in str(w) and "deals" not in str(w), w
+        stop = inbound(OTHER, PROMO_NUMBER, "STOP", sent, message_id="")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await acme.HandleInboundMessage(stop)
+        held = held_info(refused.value)
+        assert held is not None and held["held_brands"] == "acme", held
+        said = f"{refused.value.details()} {rpc_status.from_call(refused.value)}"
+        assert "globex" not in said and "deals" not in said, said
+        for phone, token in ((PHONE, w.consistency_token), (OTHER, held["consistency_token"])):
+            ask = dict(phone=phone, brand="globex", campaign="deals")
+            r = await admin.CanSend(api.CanSendRequest(**ask, at_least_as_fresh=token))
+            a = await admin.CanSendAsOf(api.CanSendAsOfRequest(**ask, at=ts(clock.now)))
+            assert [x.allowed for x in (r, a)] == [False] * 2, (phone, r)
+        both = ConsistencyToken.decode(w.consistency_token).merge(
+            ConsistencyToken.decode(held["consistency_token"])
+        )
+        under = await admin.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="*", at_least_as_fresh=both.encode())
+        )
+        assert sorted(e.event.phone for e in under.candidates) == sorted([PHONE, OTHER])
 
 
 async def test_a_verified_21_flag_recorded_after_an_under_21_date_of_birth_allows_nothing(
