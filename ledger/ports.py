@@ -591,8 +591,10 @@ class ConsentView(DigestReads, CampaignReads):
         and event ids) and each (phone, message id, event id) of ``messages``, each
         only while it is still this request's, so that the request's corrected
         retry is not refused as a reuse. Nothing but a claim made by the refused
-        request itself is ever given up: no fact was applied under it. This default
-        keeps no claims."""
+        request itself is ever given up: no fact was applied under it; or a text's
+        message id whose facts did not reach the view within the freshness bound,
+        which the copy recorded instead takes over (``Writes``). This default keeps
+        no claims."""
 
     async def request_uses(
         self, keys: Sequence[tuple[str, str]]

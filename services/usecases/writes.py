@@ -1248,6 +1248,7 @@ class Writes:
             earlier = await self._once_applied(sender, claimed, outcome, written.token)
             if earlier is not None:
                 return earlier
+            await self._take_message_id_over(events, claimed)
         return InboundResult(written, outcome, owed=outcome)
 
     async def _unless_held_everywhere(self, sender: str, outcome: InboundOutcome) -> InboundOutcome:
@@ -1381,6 +1382,21 @@ class Writes:
         key, digest = _message_key(received)
         ids = [str(e.event_id) for e in events]
         await self.ctx.view.release_claims(received.brand, (key, digest, ids), [])
+
+    async def _take_message_id_over(self, events: list[LedgerEvent], claimed: list[str]) -> None:
+        """Give the message id of ``events``, a copy recorded and owing its own reply
+        because the text that took the id (``claimed``) did not reach the view within
+        the freshness bound, to this copy. An instance killed between taking the id
+        and its append leaves it naming facts never written, through every restart:
+        each later redelivery was recorded again and owed the reply again, a second
+        confirmation after a STOP. Should that first recording still land, both
+        stand, as they did."""
+        received = events[0]
+        assert isinstance(received, InboundMessageReceived)
+        key, digest = _message_key(received)
+        ids = [str(e.event_id) for e in events]
+        await self.ctx.view.release_claims(received.brand, (key, digest, claimed), [])
+        await self.ctx.view.claim_request(received.brand, key, digest, ids)
 
     async def _redelivered(
         self,

@@ -14,9 +14,10 @@ import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
-from ledger.events import ConsentRevoked
+from ledger.events import ConsentRevoked, InboundMessageReceived
 from ledger.ports import ConsistencyToken
 from services.adapters.kafka_ledger import KafkaLedger
+from services.usecases.writes import _message_key
 from tests.builders import proof_proto as proof
 from tests.e2e.harness import (
     Clock,
@@ -412,6 +413,43 @@ async def test_a_text_refused_as_too_large_leaves_its_message_id_free(serve, kaf
         text.request_id = uuid.uuid4().hex
         again = await c.HandleInboundMessage(text)
         assert list(again.event_ids) == list(first.event_ids)
+
+
+async def test_a_text_whose_message_id_a_dead_instance_took_is_confirmed_once(service):
+    """An instance takes a STOP's provider message id and is killed before its append:
+    the id stays taken for facts never written, through every restart. The gateway's
+    delivery under a new request id is recorded once the freshness bound has passed,
+    owing the one confirmation; each later redelivery was recorded and told to
+    confirm again, a text after the STOP for each. Now the delivery recorded takes the
+    message id over, and a redelivery is answered as it: no reply owed again."""
+    runtime, clock = service
+    async with client(runtime.address, "acme-app") as c:
+        phone = "+14155550188"
+        await c.RecordOptIn(opt_in(phone, "acme", "promo", clock.now - timedelta(days=1)))
+        text = inbound(phone, NUMBER, "STOP", clock.now)
+        # What the killed instance left: the message id taken for facts never written.
+        key, digest = _message_key(
+            InboundMessageReceived(
+                event_id=uuid.uuid4(),
+                occurred_at=clock.now,
+                phone=phone,
+                brand="acme",
+                message_id=text.message_id,
+                to_number=NUMBER,
+                body=text.body,
+            )
+        )
+        assert runtime.usecases is not None
+        view = runtime.usecases.writes.ctx.view
+        await view.claim_request("acme", key, digest, [str(uuid.uuid4())])
+
+        text.request_id = uuid.uuid4().hex
+        first = await c.HandleInboundMessage(text)
+        assert first.reply == api.REPLY_KIND_OPT_OUT_CONFIRMATION
+        text.request_id = uuid.uuid4().hex
+        again = await c.HandleInboundMessage(text)
+        assert list(again.event_ids) == list(first.event_ids)
+        assert again.reply == api.REPLY_KIND_NONE
 
 
 class Ticking(Clock):
