@@ -194,8 +194,9 @@ async def test_consent_status_rows_say_a_number_is_held_for_review(
     sends from, held under every brand), makes every row of the number say
     ``pending_review`` and name the hold, in the batch that holds it and in later ones
     (an opt-in after it), until it is dismissed. Rows stored before the migration
-    are set so from the review queue's table. They said ``active`` while CanSend
-    denied."""
+    are set so from the review queue's table, naming the hold the projector (and a
+    rebuild) names, the first GetConsent lists, of a number held twice too. They
+    said ``active`` while CanSend denied."""
     pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
     try:
         older = tmp_path / "older"
@@ -213,14 +214,20 @@ async def test_consent_status_rows_say_a_number_is_held_for_review(
         )
         view = PostgresConsentView(pool)
         pos = Positions()
-        phone, other = "+14155550110", "+14155550111"
+        phone, other, twice = "+14155550110", "+14155550111", "+14155550112"
         wide = replace(flag(phone, ANY_BRAND, T0), text="STOP", unattributed=True, to_number="+1")
         own = flag(other, "acme", T0)
+        # Placed in the review queue in the order opposite to their event ids'.
+        later, sooner = (
+            replace(flag(twice, "acme", T0), event_id=uuid.UUID(int=n)) for n in (2**127, 1)
+        )
         await view.apply(
             Stream.SUBSCRIBERS,
-            pos.record([grant(phone, "acme", "deals", T0), grant(other, "acme", "deals", T0)]),
+            pos.record([grant(p, "acme", "deals", T0) for p in (phone, other, twice)]),
         )
-        await view.apply(Stream.SUBSCRIBERS, pos.record([wide, own]))
+        await view.apply(Stream.SUBSCRIBERS, pos.record([wide, own, later]))
+        await view.apply(Stream.SUBSCRIBERS, pos.record([sooner]))
+        projected = await _held(pool, twice)
         # Stored as the version before wrote them: held, and said active.
         await pool.execute("UPDATE consent_status SET status = 'active', held_event_id = NULL")
         await pool.execute(
@@ -228,7 +235,7 @@ async def test_consent_status_rows_say_a_number_is_held_for_review(
             f" ADD CONSTRAINT consent_status_status_check {old_check}"
         )
         assert (await migrate(pool))[0] == "0024_consent_status_holds"
-        migrated = {p: await _held(pool, p) for p in (phone, other)}
+        migrated = {p: await _held(pool, p) for p in (phone, other, twice)}
         later = grant(phone, "acme", "news", T0 + timedelta(minutes=1))
         await view.apply(Stream.SUBSCRIBERS, pos.record([later]))
         held = await _held(pool, phone)
@@ -245,9 +252,11 @@ async def test_consent_status_rows_say_a_number_is_held_for_review(
     finally:
         await pool.close()
 
+    assert projected == {"deals": ("pending_review", sooner.event_id)}
     assert migrated == {
         phone: {"deals": ("pending_review", wide.event_id)},
         other: {"deals": ("pending_review", own.event_id)},
+        twice: projected,
     }
     assert held == {
         "deals": ("pending_review", wide.event_id),
