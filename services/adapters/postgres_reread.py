@@ -44,10 +44,12 @@ async def texts_read_to(pool: asyncpg.Pool, rules: str) -> dict[int, int]:
 
 
 async def mark_texts_read_to(pool: asyncpg.Pool, rules: str, reached: dict[int, int]) -> None:
-    """Note that the texts were read under ``rules`` up to ``reached`` (never back),
-    forgetting how far other rules got: a change of rules reads from the start."""
+    """Note that the texts were read under ``rules`` up to ``reached`` (never back).
+    How far other rules got is kept: during a rolling upgrade that changed the rules,
+    an instance of each version reads every minute, each on from its own rules'
+    place (forgotten, each turn read the whole ledger again); new rules have no
+    place yet, so a change of rules reads from the start."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("DELETE FROM texts_read_to WHERE rules <> $1", rules)
         await conn.executemany(_MARK_TO, [(rules, p, o) for p, o in sorted(reached.items())])
 
 
