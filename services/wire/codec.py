@@ -848,9 +848,28 @@ def recorded_from_stored(data: bytes, position: LedgerPosition, recorded_at: dat
     env = ledger_pb2.EventEnvelope()
     _parse(env, data)
     event = event_from_proto(env)
-    if _encodes_back(env, event, data):
+    if _encodes_back(env, event, data):  # then it holds no field this code does not know
         return Recorded.as_read(event, position, recorded_at, data)
+    _refuse_unknown_fields(data)
     return Recorded(event, position, recorded_at)
+
+
+def _refuse_unknown_fields(data: bytes) -> None:
+    """Raise ``WireFormatError`` when the stored event ``data`` holds a field this code
+    does not know. A newer version wrote it (one that added the field without raising
+    its class's version): read without it, the fact would be folded as less than it
+    says (an opt-out's stated time, say) and stored in the view's copies so, as a
+    version it does not know is refused instead."""
+    env = ledger_pb2.EventEnvelope()
+    _parse(env, data)
+    size = env.ByteSize()
+    env.DiscardUnknownFields()
+    if env.ByteSize() != size:
+        raise WireFormatError(
+            "event",
+            f"{env.event_type} {env.event_id} holds fields this version does not know:"
+            " a newer version of this code wrote it; upgrade the reader",
+        )
 
 
 def _encodes_back(env: ledger_pb2.EventEnvelope, event: LedgerEvent, data: bytes) -> bool:
