@@ -1157,7 +1157,12 @@ class Writes:
         events = _stamped(kept.events, recorded_by)
         claimed = await self._message_claimed(events)
         earlier = None if claimed is None else await self._redelivered(claimed, kept)
-        return earlier or InboundResult(await self._text_recorded(events), kept)
+        if earlier is not None:
+            return earlier
+        written = await self._text_recorded(events)
+        if claimed is not None:  # held again: its redeliveries are answered as this one
+            await self._take_message_id_over(events, claimed)
+        return InboundResult(written, kept)
 
     async def _handle_inbound(
         self,
@@ -1384,13 +1389,13 @@ class Writes:
         await self.ctx.view.release_claims(received.brand, (key, digest, ids), [])
 
     async def _take_message_id_over(self, events: list[LedgerEvent], claimed: list[str]) -> None:
-        """Give the message id of ``events``, a copy recorded and owing its own reply
-        because the text that took the id (``claimed``) did not reach the view within
-        the freshness bound, to this copy. An instance killed between taking the id
-        and its append leaves it naming facts never written, through every restart:
-        each later redelivery was recorded again and owed the reply again, a second
-        confirmation after a STOP. Should that first recording still land, both
-        stand, as they did."""
+        """Give the message id of ``events``, a copy recorded because the text that
+        took the id (``claimed``) was not in the view (past the freshness bound, for
+        a copy owing its own reply), to this copy. An instance killed between taking
+        the id and its append leaves it naming facts never written, through every
+        restart: each later redelivery was recorded again and owed the reply again
+        (a second confirmation after a STOP) or held again. Should that first
+        recording still land, both stand, as they did."""
         received = events[0]
         assert isinstance(received, InboundMessageReceived)
         key, digest = _message_key(received)

@@ -37,6 +37,8 @@ from tests.e2e.harness import (
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 NUMBER = "+12125550177"
+UNOWNED = "+12125550178"
+"""A number no campaign sends from."""
 
 
 @pytest.fixture(scope="module")
@@ -415,18 +417,21 @@ async def test_a_text_refused_as_too_large_leaves_its_message_id_free(serve, kaf
         assert list(again.event_ids) == list(first.event_ids)
 
 
-async def test_a_text_whose_message_id_a_dead_instance_took_is_confirmed_once(service):
+@pytest.mark.parametrize("to", [NUMBER, UNOWNED], ids=["owned", "unowned"])
+async def test_a_text_whose_message_id_a_dead_instance_took_is_recorded_once(service, to):
     """An instance takes a STOP's provider message id and is killed before its append:
     the id stays taken for facts never written, through every restart. The gateway's
-    delivery under a new request id is recorded once the freshness bound has passed,
-    owing the one confirmation; each later redelivery was recorded and told to
-    confirm again, a text after the STOP for each. Now the delivery recorded takes the
-    message id over, and a redelivery is answered as it: no reply owed again."""
+    delivery under a new request id is recorded (to a campaign's number once the
+    freshness bound has passed, owing the one confirmation; to a number no campaign
+    sends from, held for review); each later redelivery was recorded again, told to
+    confirm again (a text after the STOP) or held again (one more hold to dismiss).
+    Now the delivery recorded takes the message id over, and a redelivery is
+    answered as it: no reply owed, nothing held again."""
     runtime, clock = service
     async with client(runtime.address, "acme-app") as c:
-        phone = "+14155550188"
+        phone = "+14155550188" if to == NUMBER else "+14155550189"
         await c.RecordOptIn(opt_in(phone, "acme", "promo", clock.now - timedelta(days=1)))
-        text = inbound(phone, NUMBER, "STOP", clock.now)
+        text = inbound(phone, to, "STOP", clock.now)
         # What the killed instance left: the message id taken for facts never written.
         key, digest = _message_key(
             InboundMessageReceived(
@@ -435,7 +440,7 @@ async def test_a_text_whose_message_id_a_dead_instance_took_is_confirmed_once(se
                 phone=phone,
                 brand="acme",
                 message_id=text.message_id,
-                to_number=NUMBER,
+                to_number=to,
                 body=text.body,
             )
         )
@@ -445,7 +450,8 @@ async def test_a_text_whose_message_id_a_dead_instance_took_is_confirmed_once(se
 
         text.request_id = uuid.uuid4().hex
         first = await c.HandleInboundMessage(text)
-        assert first.reply == api.REPLY_KIND_OPT_OUT_CONFIRMATION
+        if to == NUMBER:
+            assert first.reply == api.REPLY_KIND_OPT_OUT_CONFIRMATION
         text.request_id = uuid.uuid4().hex
         again = await c.HandleInboundMessage(text)
         assert list(again.event_ids) == list(first.event_ids)
