@@ -530,12 +530,14 @@ def replays(
             else:
                 facts = list(subscriber[:i])
             then = decide_as_of([*rules, *facts], e.campaign, at, known, e.kind)
+            # In hindsight what was recorded after the send counts against it, never
+            # for it (an opt-in dated back once the send was made allows nothing).
             late = earliest_after[i + 1]
             if late is not None and late <= at:
                 facts = [*subscriber[:i], *subscriber[i + 1 :]]
-                later = decide_as_of([*rules, *facts], e.campaign, at, now, e.kind)
+                later = decide_as_of([*rules, *facts], e.campaign, at, now, e.kind, known)
             elif any(r.recorded_at > known and r.event.occurred_at <= at for r in rules):
-                later = decide_as_of([*rules, *facts], e.campaign, at, now, e.kind)
+                later = decide_as_of([*rules, *facts], e.campaign, at, now, e.kind, known)
             else:  # nothing recorded since the send speaks of its moment
                 later = then
             found[str(e.event_id)] = (then, later)

@@ -1223,6 +1223,44 @@ def decide_as_of(
     t_world: datetime,
     t_known: datetime,
     kind: MessageKind = MessageKind.REGULAR,
+    allowing_by: datetime | None = None,
+) -> Decision:
+    """The decision as it stood at world time ``t_world``, from what the ledger knew at
+    ``t_known`` (``_decided_as_of``), with what was recorded after ``allowing_by``
+    counted against the moment, never for it: an allow needs the answer from what was
+    recorded by ``allowing_by`` to allow too. An opt-in, a START, an age verification,
+    a dismissal or a rule dated back before a send, but recorded after it, was not
+    there to be asked about, and the ledger cannot tell it from one made up after the
+    send. None: ``t_known``, every fact known then counting either way."""
+    facts = list(history)
+    answer = _decided_as_of(facts, campaign, t_world, t_known, kind)
+    if allowing_by is None or allowing_by >= t_known or not answer.allowed:
+        return answer
+    late = [
+        r
+        for r in facts
+        if allowing_by < r.recorded_at <= t_known and r.event.occurred_at <= t_world
+    ]
+    if not late:
+        return answer
+    recorded_then = _decided_as_of(facts, campaign, t_world, allowing_by, kind)
+    if recorded_then.allowed:
+        return answer
+    # The latest recorded first: the one a sender would have added after its send.
+    late.sort(key=lambda r: r.recorded_at, reverse=True)
+    ids = ", ".join(str(r.event.event_id) for r in late[:3]) + (", ..." if len(late) > 3 else "")
+    return recorded_then._replace(
+        detail=f"{recorded_then.detail}; recorded by {allowing_by.isoformat()} it was not"
+        f" allowed, and what was recorded after ({ids}) does not allow it"
+    )
+
+
+def _decided_as_of(
+    history: Iterable[Recorded],
+    campaign: str,
+    t_world: datetime,
+    t_known: datetime,
+    kind: MessageKind = MessageKind.REGULAR,
 ) -> Decision:
     """The decision as it stood at world time ``t_world``, from what the ledger knew at ``t_known``.
 

@@ -312,7 +312,9 @@ class Checks:
             campaign=campaign,
             detail={"at": t_world.isoformat(), "known_at": t_known.isoformat()},
         )
-        return await self._as_of(number, brand, campaign, t_world, t_known, kind=kind, token=token)
+        # Without known_at, left unset: the answer in hindsight (``_as_of``).
+        known = None if known_at is None else t_known
+        return await self._as_of(number, brand, campaign, t_world, known, kind=kind, token=token)
 
     async def _as_of(
         self,
@@ -344,7 +346,11 @@ class Checks:
         subscriber = await self._history_as_one(number, earlier, brand)
         history: CampaignHistory = await self.ctx.view.campaign_history(brand, campaign)
         campaign_events = history.facts()
-        decision = decide_as_of([*campaign_events, *subscriber], campaign, t_world, t_known, kind)
+        # Asked without ``known_at``, it is the answer in hindsight: what was recorded
+        # past the clock skew after the moment counts against it, never for it.
+        allowing_by = None if known_at is not None else t_world + MAX_CLOCK_SKEW
+        facts = [*campaign_events, *subscriber]
+        decision = decide_as_of(facts, campaign, t_world, t_known, kind, allowing_by)
         return CheckResult(decision, read_at)
 
     async def _subscriber_history(self, number: str, brand: str) -> list[Recorded]:

@@ -75,12 +75,15 @@ async def test_metrics_count_answers_and_errors_and_show_a_stalled_projection(
         metrics_listen="127.0.0.1:0",
         freshness=dataclasses.replace(base.freshness, wait_bound=0.3),
     )
-    at = noon_in_los_angeles()
+    # A moment not past, answered from the facts known now: a past one counts no fact
+    # recorded after it for it, and these are recorded now.
+    at = noon_in_los_angeles() + timedelta(days=1)
+    recorded = datetime.now(UTC) - timedelta(minutes=1)
     async with running(settings) as runtime:
         assert runtime.metrics_address is not None
         async with client(runtime.address) as c:
-            await c.DefineCampaign(define("acme", "promo", at - timedelta(days=1)))
-            w = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", at - timedelta(minutes=5)))
+            await c.DefineCampaign(define("acme", "promo", recorded - timedelta(days=1)))
+            w = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", recorded))
             one = await c.CanSend(
                 api.CanSendRequest(
                     phone=PHONE,
@@ -98,7 +101,7 @@ async def test_metrics_count_answers_and_errors_and_show_a_stalled_projection(
             )
             assert [d.allowed for d in many.decisions] == [True, False, False]
             with pytest.raises(grpc.aio.AioRpcError) as bad:
-                await c.RecordOptIn(opt_in("not a number", "acme", "promo", at))
+                await c.RecordOptIn(opt_in("not a number", "acme", "promo", recorded))
             assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         async with client(runtime.address, "globex-app") as globex:
             with pytest.raises(grpc.aio.AioRpcError) as denied:

@@ -3,7 +3,7 @@ future provisionally, and nothing beyond the horizon (on the in-memory adapters)
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -13,6 +13,7 @@ from ledger.errors import InvalidRequest
 from ledger.events import MAX_CLOCK_SKEW, MessageKind, RevocationChannel
 from ledger.policy import Reason
 from ledger.ports import AccessQuery
+from services.adapters.memory_ledger import InMemoryLedger
 from services.errors import PermissionDenied
 from services.usecases.checks import Checks
 from services.usecases.context import Context
@@ -21,6 +22,16 @@ from tests.unit.usecase_harness import AUDITOR, NOW, define, ledger_at_now, opt_
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 OTHER = "+14155550199"
+
+
+class Recording:
+    """The ledger's clock, which the test moves to each fact's time as it records it."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
 
 
 async def test_a_check_for_a_past_moment_counts_no_grant_given_after_it():
@@ -38,11 +49,17 @@ async def test_a_check_for_a_past_moment_counts_no_grant_given_after_it():
 
 
 async def test_a_check_for_a_past_moment_answers_as_the_check_as_of_does():
-    async with running(ledger=ledger_at_now()) as (app, _):
+    # Each fact recorded when it happened: what was recorded after a past moment
+    # counts against it, never for it.
+    recording = Recording(at(-30))
+    async with running(ledger=InMemoryLedger(partitions=4, clock=recording)) as (app, _):
         await app.writes.record(define())
+        recording.now = at(0)
         await app.writes.record(opt_in("r1"))
+        recording.now = at(30)
         stop = RecordOptOut("r2", PHONE, BRAND, "promo", RevocationChannel.KEYWORD, at(30))
         written = await app.writes.record(stop)
+        recording.now = NOW
         for moment in (at(-10), at(10), at(30), at(45)):
             single = await app.checks.can_send(
                 PHONE, BRAND, "promo", at=moment, token=written.token, reader=AUDITOR

@@ -1,0 +1,161 @@
+"""Facts dated back before a send but recorded after it: an opt-in, an age
+verification, a rule lifting an age gate. Each counts against the sends before it in
+hindsight, never for them: a sender that sent without consent and records the
+consent afterwards, dated back, gets no "allowed" for the send from the proof
+packet's answer in hindsight nor from ``CanSendAsOf`` without ``known_at``, and the
+sweep still finds the send. Through the gRPC API, on the embedded default's ledger
+and (the opt-in) on Kafka's."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+from google.protobuf.json_format import MessageToDict
+
+from ledger.ports import ConsistencyToken
+from tests.e2e.harness import client, define, opt_in, ts
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def campaign(name: str, start: datetime, **policy) -> api.DefineCampaignRequest:
+    # Informational: no quiet hours, so the real clock's time of day does not matter.
+    return define("acme", name, start, purpose=lpb.CAMPAIGN_PURPOSE_INFORMATIONAL, **policy)
+
+
+def sent(phone: str, name: str, at: datetime) -> api.RecordMessageSentRequest:
+    return api.RecordMessageSentRequest(
+        request_id=uuid.uuid4().hex,
+        phone=phone,
+        brand="acme",
+        campaign=name,
+        message_id=f"SM{uuid.uuid4().hex[:16]}",
+        occurred_at=ts(at),
+        included_opt_out_language=True,
+        identified_sender=True,
+    )
+
+
+async def judged(c, phone: str, name: str, at: datetime, token: ConsistencyToken):
+    """For the send of ``phone`` at ``at``: the packet's answers (then, in hindsight),
+    CanSendAsOf's without ``known_at``, and the sweep's finding."""
+    fresh = token.encode()
+    packet = await c.GetProofPacket(
+        api.GetProofPacketRequest(phone=phone, brand="acme", campaign=name, at_least_as_fresh=fresh)
+    )
+    (message,) = MessageToDict(packet.packet)["messages"]
+    asked = api.CanSendAsOfRequest(
+        phone=phone, brand="acme", campaign=name, at=ts(at), at_least_as_fresh=fresh
+    )
+    hindsight = await c.CanSendAsOf(asked)
+    request = api.SweepCampaignRequest(
+        brand="acme",
+        campaign=name,
+        start_time=ts(at - timedelta(hours=1)),
+        end_time=ts(at + timedelta(hours=1)),
+        at_least_as_fresh=fresh,
+    )
+    call = c.stub.SweepCampaign(
+        request, metadata=[("authorization", f"Bearer {c.token}")], timeout=60
+    )
+    found = [i.finding for i in [i async for i in call] if i.HasField("finding")]
+    return message, hindsight, [f for f in found if f.phone == phone]
+
+
+async def sent_then_dated_back(service, phone: str, name: str, record) -> None:
+    """A send of ``name`` to ``phone`` ten minutes ago that was not allowed, then the fact
+    ``record`` writes (dated an hour back): the send stays not allowed on every reading."""
+    now = datetime.now(UTC)
+    at = now - timedelta(minutes=10)  # past the clock skew a check of now allows
+    async with client(service.address, "acme-app") as c, client(service.address) as auditor:
+        token = ConsistencyToken.decode(
+            (await c.RecordMessageSent(sent(phone, name, at))).consistency_token
+        )
+        written = await record(c, auditor, now - timedelta(hours=1))
+        token = token.merge(ConsistencyToken.decode(written.consistency_token))
+        message, hindsight, found = await judged(auditor, phone, name, at, token)
+    assert not message["decision"]["allowed"], message
+    late = message["hindsight"]
+    assert late is None or not late["allowed"], late
+    assert not hindsight.allowed, hindsight
+    assert written.event_ids[0] in hindsight.detail, hindsight.detail
+    # The send itself is stamped before the campaign's rules were recorded (at the
+    # service's start, dated back a day): those do not allow it in hindsight either.
+    assert "does not allow it" in hindsight.detail, hindsight.detail
+    (finding,) = found  # found for what it lacked, not only for asking nothing first
+    assert set(finding.kinds) - {api.SWEEP_FINDING_KIND_SENT_WITHOUT_ASKING}, finding
+
+
+@pytest.fixture(scope="module")
+async def embedded(module_serve):
+    start = datetime.now(UTC) - timedelta(days=1)
+    return await module_serve(
+        on_kafka=False,
+        name="backdated",
+        campaigns=[
+            campaign("info", start),
+            campaign("beer", start, age_gated=True, category="alcohol"),
+            campaign("wine", start, age_gated=True, category="alcohol"),
+        ],
+    )
+
+
+def opted_in(phone: str, name: str):
+    async def record(c, _auditor, at: datetime):
+        return await c.RecordOptIn(opt_in(phone, "acme", name, at))
+
+    return record
+
+
+async def test_an_opt_in_dated_back_after_a_send_allows_it_on_no_reading(embedded):
+    await sent_then_dated_back(embedded, "+14155550611", "info", opted_in("+14155550611", "info"))
+
+
+async def test_an_age_verified_dated_back_after_a_send_allows_it_on_no_reading(embedded):
+    phone = "+14155550612"
+    async with client(embedded.address, "acme-app") as c:
+        await c.RecordOptIn(opt_in(phone, "acme", "beer", datetime.now(UTC) - timedelta(hours=2)))
+
+    async def verified(c, _auditor, at: datetime):
+        return await c.RecordAgeVerification(
+            api.RecordAgeVerificationRequest(
+                request_id=uuid.uuid4().hex,
+                phone=phone,
+                brand="acme",
+                method="id_scan",
+                occurred_at=ts(at),
+                verified_21_plus=True,
+            )
+        )
+
+    await sent_then_dated_back(embedded, phone, "beer", verified)
+
+
+async def test_an_age_gate_lifted_back_in_time_after_a_send_allows_it_on_no_reading(embedded):
+    phone = "+14155550613"
+    async with client(embedded.address, "acme-app") as c:
+        await c.RecordOptIn(opt_in(phone, "acme", "wine", datetime.now(UTC) - timedelta(hours=2)))
+
+    async def lifted(_c, auditor, at: datetime):
+        return await auditor.ChangeCampaignPolicy(
+            api.ChangeCampaignPolicyRequest(
+                request_id=uuid.uuid4().hex,
+                brand="acme",
+                campaign="wine",
+                policy=lpb.CampaignPolicy(purpose=lpb.CAMPAIGN_PURPOSE_INFORMATIONAL),
+                occurred_at=ts(at),
+            )
+        )
+
+    await sent_then_dated_back(embedded, phone, "wine", lifted)
+
+
+async def test_an_opt_in_dated_back_after_a_send_on_kafka(module_serve):
+    service = await module_serve(
+        name="backdated", campaigns=[campaign("info", datetime.now(UTC) - timedelta(days=1))]
+    )
+    await sent_then_dated_back(service, "+14155550614", "info", opted_in("+14155550614", "info"))
