@@ -11,13 +11,14 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.json_format import MessageToDict
 
 from ledger.ports import ConsistencyToken
-from tests.e2e.harness import client, define, opt_in, ts
+from tests.e2e.harness import client, define, opt_in, opt_out, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -159,3 +160,39 @@ async def test_an_opt_in_dated_back_after_a_send_on_kafka(module_serve):
         name="backdated", campaigns=[campaign("info", datetime.now(UTC) - timedelta(days=1))]
     )
     await sent_then_dated_back(service, "+14155550614", "info", opted_in("+14155550614", "info"))
+
+
+async def test_a_dismissal_dated_back_to_its_hold_allows_no_send_made_during_it(embedded):
+    """A send while an opt-out refused for its details awaited review, then the
+    reviewer's dismissal dated back to the hold: the send was made under the hold, and
+    the dismissal recorded since does not make it allowed in hindsight."""
+    phone, now = "+14155550616", datetime.now(UTC)
+    held_at, at = now - timedelta(minutes=20), now - timedelta(minutes=10)
+    async with client(embedded.address, "acme-app") as c, client(embedded.address) as auditor:
+        await c.RecordOptIn(opt_in(phone, "acme", "info", now - timedelta(hours=2)))
+        with pytest.raises(grpc.aio.AioRpcError):  # no channel: refused, and held
+            await c.RecordOptOut(opt_out(phone, "acme", "info", held_at, channel=0))
+        sending = await c.RecordMessageSent(sent(phone, "info", at))
+        token = ConsistencyToken.decode(sending.consistency_token)
+        queue = await auditor.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="acme", at_least_as_fresh=token.encode())
+        )
+        (hold,) = [h for h in queue.candidates if h.event.phone == phone]
+        dismissed = await auditor.ResolveRevocationCandidate(
+            api.ResolveRevocationCandidateRequest(
+                request_id=uuid.uuid4().hex,
+                phone=phone,
+                brand="acme",
+                candidate_event_id=hold.event.event_id,
+                resolution=lpb.CANDIDATE_RESOLUTION_DISMISSED,
+                occurred_at=ts(held_at),
+                resolved_by="reviewer",
+            )
+        )
+        token = token.merge(ConsistencyToken.decode(dismissed.consistency_token))
+        message, hindsight, found = await judged(auditor, phone, "info", at, token)
+    assert message["decision"]["reason"] == "revocation_pending_review", message
+    assert message["hindsight"] is None or not message["hindsight"]["allowed"], message
+    assert not hindsight.allowed and dismissed.event_ids[0] in hindsight.detail, hindsight
+    (finding,) = found
+    assert api.SWEEP_FINDING_KIND_AFTER_OPT_OUT in finding.kinds, finding
