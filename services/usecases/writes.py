@@ -55,6 +55,7 @@ from ledger.commands import (
     name_read,
     provider_opt_out_hold,
     refused_outcome_hold,
+    request_fingerprint,
     revoked_after_held,
     to_events,
     unattributed_opt_out,
@@ -166,6 +167,20 @@ def _unlisted_then(
         return None
     at = consent_time(occurred_at, now)
     return None if _listed(holder, to, at) else at
+
+
+LATE_HOLD_PREFIX = "late-stop-"
+"""Starts the request id of a late STOP's hold under another brand or ``*``."""
+
+
+def late_hold_request_id(cmd: HandleInboundMessage, sent_for: str) -> str:
+    """The request id of the hold a late STOP places under another brand, or under
+    ``*``: the caller's own id there would be taken among that brand's (or every
+    caller's) ids, so a write of theirs under it was refused, naming the hold to them,
+    and their use of it refused this STOP, naming theirs to the caller. It digests the
+    brands the caller sent it for with the request, so a retry holds it once."""
+    said = f"{sent_for}\0{cmd.request_id}\0{request_fingerprint(cmd)}"
+    return f"{LATE_HOLD_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
 
 
 def _lists_numbers(event: LedgerEvent) -> bool:
@@ -1147,11 +1162,22 @@ class Writes:
         return keys
 
     async def _kept_for_review(
-        self, cmd: HandleInboundMessage, brand: str, recorded_by: str, now: datetime
+        self,
+        cmd: HandleInboundMessage,
+        brand: str,
+        recorded_by: str,
+        now: datetime,
+        *,
+        sent_for: str | None = None,
     ) -> InboundResult | None:
         """A STOP (or a reply like one) kept as a hold under ``brand``, once however
-        often it is delivered; None for any other text."""
+        often it is delivered; None for any other text. ``sent_for`` names the brands
+        the caller sent it for when ``brand`` is another's (a late STOP's hold): the
+        hold then takes a request id of its own (``late_hold_request_id``)."""
         kept = handle_unowned_inbound(cmd, brand, now)
+        if kept is not None and sent_for is not None:
+            cmd = replace(cmd, request_id=late_hold_request_id(cmd, sent_for))
+            kept = handle_unowned_inbound(cmd, brand, now)
         if kept is None:
             return None
         events = _stamped(kept.events, recorded_by)
@@ -1211,7 +1237,7 @@ class Writes:
         holds: list[InboundResult] = []
         if outcome.intent in HELD_INTENTS:
             for key in await self._brands_held_then(history, to, cmd.occurred_at, now, authorize):
-                hold = await self._kept_for_review(cmd, key, recorded_by, now)
+                hold = await self._kept_for_review(cmd, key, recorded_by, now, sent_for=brand)
                 if hold is not None:
                     holds.append(hold)
         events = _stamped(outcome.events, recorded_by)
@@ -1290,7 +1316,8 @@ class Writes:
         now = self.ctx.clock()
         hidden = []
         for key in await self._brands_held_then(None, to, cmd.occurred_at, now, authorize, brands):
-            hold = await self._kept_for_review(cmd, key, recorded_by, now)
+            sent_for = ",".join(brands)
+            hold = await self._kept_for_review(cmd, key, recorded_by, now, sent_for=sent_for)
             if hold is not None:
                 hidden.append(hold.write.token)
         results = []

@@ -1,0 +1,73 @@
+"""A brand's token against another brand's facts through the late STOP's holds,
+through a real gRPC client on the embedded default's PostgreSQL ledger (one case on
+Kafka): a STOP sent while another brand's campaign texted from a number, delivered
+after the number moved, is held for that brand (or under ``*``) and names it to no
+one, and takes nothing of that brand's or of ``*``'s."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import grpc
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from grpc_status import rpc_status
+
+from tests.e2e.harness import Clock, client, define, inbound, ts
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+GLOBEX_NUMBER = "+12125550141"
+INITECH_NUMBER = "+12125550142"
+
+
+async def released(admin, campaign: api.DefineCampaignRequest, at) -> None:
+    campaign.policy.sender_numbers[:] = []
+    await admin.ChangeCampaignPolicy(
+        api.ChangeCampaignPolicyRequest(
+            request_id=uuid.uuid4().hex, brand=campaign.brand, campaign=campaign.campaign,
+            policy=campaign.policy, occurred_at=ts(at),
+        )
+    )  # fmt: skip
+
+
+def said(err: grpc.aio.AioRpcError) -> str:
+    return f"{err.code()} {err.details()} {rpc_status.from_call(err)}"
+
+
+@pytest.mark.parametrize("on_kafka", [False, True], ids=["embedded", "kafka"])
+async def test_two_brands_late_stops_under_one_request_id_take_nothing_of_each_other(
+    module_serve, on_kafka
+):
+    # acme's and globex's gateways each number their requests from 1: both deliver
+    # late a STOP to a number a third brand let go, as request "1".
+    clock = Clock()
+    campaigns = [
+        define("initech", "sale", clock.now - timedelta(days=1), [GLOBEX_NUMBER]),
+        define("initech", "news", clock.now - timedelta(days=1), [INITECH_NUMBER]),
+    ]
+    runtime = await module_serve(on_kafka=on_kafka, clock=clock, campaigns=campaigns)
+    sent = clock.now - timedelta(minutes=20)
+    async with (
+        client(runtime.address) as admin,
+        client(runtime.address, "acme-app") as acme,
+        client(runtime.address, "globex-app") as globex,
+    ):
+        for c in campaigns:
+            await released(admin, c, clock.now - timedelta(minutes=10))
+        first = await globex.HandleInboundMessage(
+            inbound("+14155550101", GLOBEX_NUMBER, "STOP", sent, request_id="1")
+        )
+        try:
+            w = await acme.HandleInboundMessage(
+                inbound("+14155550102", INITECH_NUMBER, "STOP", sent, request_id="1")
+            )
+        except grpc.aio.AioRpcError as err:
+            pytest.fail(f"acme's STOP refused for globex's request id: {said(err)}")
+        assert w.intent == api.INBOUND_INTENT_OPT_OUT
+        assert set(w.event_ids).isdisjoint(first.event_ids)
+        held = await admin.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="*", at_least_as_fresh=w.consistency_token)
+        )
+        assert sorted(e.event.phone for e in held.candidates) == ["+14155550101", "+14155550102"]
