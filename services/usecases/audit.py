@@ -51,6 +51,7 @@ from services.usecases.sweeps import SweepProgress
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 E = TypeVar("E", bound=LedgerEvent)
+S = TypeVar("S", Recorded, Fact[Any])
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,20 @@ class Consent:
     regions: tuple[str, ...] = ()
     proof_missing: tuple[str, ...] = ()
     """What the grant's proof lacks of the provider's template."""
+
+
+def shown_to(reader: Reader, recorded: S) -> S:
+    """``recorded`` as ``reader`` is shown it. A fact kept under every brand
+    (``ANY_BRAND``) reaches each brand's reads, and was perhaps recorded by another
+    brand's caller (a late STOP to a number that brand let go): its ``recorded_by``
+    names that caller, so only a reader of every brand, the operator who reviews it,
+    is shown who recorded it."""
+    event = recorded.event
+    if reader.brands is None or getattr(event, "brand", None) != ANY_BRAND:
+        return recorded
+    if not event.recorded_by:
+        return recorded
+    return replace(recorded, event=replace(event, recorded_by=""))
 
 
 class Evidence(Protocol):
@@ -144,7 +159,11 @@ class Audit:
         in_force = revocation_in_force(state, digest, campaign, revoke_all=revoke_all)
         held = [
             *map(mine.as_recorded, state.pending_candidates()),
-            *map(anyone.as_recorded, wide.pending_candidates()),
+            *(
+                shown_to(reader, f)
+                for c in wide.pending_candidates()
+                if (f := anyone.as_recorded(c)) is not None
+            ),
         ]
         return Consent(
             consent_state(
@@ -207,7 +226,8 @@ class Audit:
             # too, and CanSend names it: the brand's auditor must find it here.
             facts += await view.history(number, ANY_BRAND)
             earlier += await earlier_history(view, number, ANY_BRAND)
-        return Read(await self.ctx.opened(in_ledger_order(facts, earlier)), token_read)
+        opened = await self.ctx.opened(in_ledger_order(facts, earlier))
+        return Read([shown_to(reader, r) for r in opened], token_read)
 
     async def proof_packet(
         self,
@@ -253,6 +273,7 @@ class Audit:
                 *await earlier_history(view, number, ANY_BRAND),
             ]
         )
+        facts = [shown_to(reader, r) for r in facts]
         named = {campaign} if campaign is not None else set()
         named |= {c for r in facts if isinstance(c := getattr(r.event, "campaign", None), str)}
         rules: dict[str, Recorded] = {}
@@ -440,7 +461,7 @@ class Audit:
             # holds them.
             if getattr(recorded.event, "brand", None) != ANY_BRAND:
                 (recorded,) = await self.ctx.opened([recorded])
-            yield recorded, token
+            yield shown_to(reader, recorded), token
 
     async def sweep(
         self,

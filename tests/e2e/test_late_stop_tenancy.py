@@ -71,3 +71,55 @@ async def test_two_brands_late_stops_under_one_request_id_take_nothing_of_each_o
             api.ListRevocationCandidatesRequest(brand="*", at_least_as_fresh=w.consistency_token)
         )
         assert sorted(e.event.phone for e in held.candidates) == ["+14155550101", "+14155550102"]
+
+
+async def test_a_late_stop_held_under_every_brand_names_its_caller_to_no_other_brand(module_serve):
+    # globex's gateway delivers late a STOP to a number initech let go: held under
+    # "*", it denies acme's sends too, and acme's reads show the hold, but not
+    # whose gateway delivered it (the caller's token name, globex-app).
+    clock = Clock()
+    campaigns = [
+        define("initech", "sale", clock.now - timedelta(days=1), [GLOBEX_NUMBER]),
+        define("acme", "promo", clock.now - timedelta(days=1)),
+    ]
+    runtime = await module_serve(on_kafka=False, clock=clock, campaigns=campaigns)
+    phone = "+14155550103"
+    async with (
+        client(runtime.address) as admin,
+        client(runtime.address, "acme-app") as acme,
+        client(runtime.address, "globex-app") as globex,
+    ):
+        await released(admin, campaigns[0], clock.now - timedelta(minutes=10))
+        w = await globex.HandleInboundMessage(
+            inbound(phone, GLOBEX_NUMBER, "STOP", clock.now - timedelta(minutes=20))
+        )
+        fresh = w.consistency_token
+        ask = dict(phone=phone, brand="acme", at_least_as_fresh=fresh)
+        shown = {
+            "CanSend": await acme.CanSend(api.CanSendRequest(**ask, campaign="promo")),
+            "GetConsent": await acme.GetConsent(api.GetConsentRequest(**ask, campaign="promo")),
+            "ListEvents": await acme.ListEvents(api.ListEventsRequest(**ask)),
+            "packet": await acme.GetProofPacket(
+                api.GetProofPacketRequest(**ask, campaign="promo"), timeout=60
+            ),
+        }
+        assert not shown["CanSend"].allowed  # the hold is every brand's
+        assert any(e.event.brand == "*" for e in shown["ListEvents"].events)
+        call = acme.stub.WatchConsentChanges(
+            api.WatchConsentChangesRequest(brand="acme"),
+            metadata=[("authorization", f"Bearer {acme.token}")],
+            timeout=30,
+        )
+        try:
+            change = await call.read()
+            assert change.event.event.phone == phone, change
+            shown["WatchConsentChanges"] = change
+        finally:
+            call.cancel()
+        for name, answer in shown.items():
+            assert "globex" not in str(answer), (name, answer)
+        # The operator who reviews it is shown whose gateway it came through.
+        held = await admin.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="*", at_least_as_fresh=fresh)
+        )
+        assert [e.event.recorded_by for e in held.candidates] == ["globex-app"]
