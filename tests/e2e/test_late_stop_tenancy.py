@@ -12,6 +12,7 @@ from datetime import timedelta
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
 from grpc_status import rpc_status
 
 from tests.e2e.harness import Clock, client, define, inbound, ts
@@ -123,3 +124,63 @@ async def test_a_late_stop_held_under_every_brand_names_its_caller_to_no_other_b
             api.ListRevocationCandidatesRequest(brand="*", at_least_as_fresh=fresh)
         )
         assert [e.event.recorded_by for e in held.candidates] == ["globex-app"]
+
+
+async def test_a_brand_lists_and_resolves_no_hold_of_another_brand_nor_of_every_brand(
+    module_serve,
+):
+    clock = Clock()
+    runtime = await module_serve(on_kafka=False, clock=clock)
+    theirs, everyones = "+14155550104", "+14155550105"
+    async with (
+        client(runtime.address) as admin,
+        client(runtime.address, "acme-app") as acme,
+        client(runtime.address, "globex-app") as globex,
+    ):
+        # STOPs to a number no campaign sends from: globex's under globex, the
+        # operator's under "*".
+        at = clock.now - timedelta(minutes=5)
+        g = await globex.HandleInboundMessage(inbound(theirs, INITECH_NUMBER, "STOP", at))
+        o = await admin.HandleInboundMessage(inbound(everyones, INITECH_NUMBER, "STOP", at))
+        fresh = o.consistency_token
+        holds = {}
+        for brand, token in (("globex", g.consistency_token), ("*", fresh)):
+            listed = await admin.ListRevocationCandidates(
+                api.ListRevocationCandidatesRequest(brand=brand, at_least_as_fresh=token)
+            )
+            (holds[brand],) = listed.candidates
+        for brand in ("globex", "*"):
+            with pytest.raises(grpc.aio.AioRpcError) as denied:
+                await acme.ListRevocationCandidates(
+                    api.ListRevocationCandidatesRequest(brand=brand)
+                )
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        made_up = str(uuid.uuid4())
+        answers = {}
+        for brand, hold in (("globex", holds["globex"]), ("*", holds["*"])):
+            for under in (brand, "acme"):
+                for candidate in (hold.event.event_id, made_up):
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await acme.ResolveRevocationCandidate(
+                            api.ResolveRevocationCandidateRequest(
+                                request_id=uuid.uuid4().hex, brand=under,
+                                phone=hold.event.phone, candidate_event_id=candidate,
+                                resolution=lpb.CANDIDATE_RESOLUTION_REVOKED,
+                                resolved_by="acme's reviewer", occurred_at=ts(clock.now),
+                            )
+                        )  # fmt: skip
+                    err = refused.value
+                    answers[brand, under, candidate == made_up] = (
+                        err.code(),
+                        said(err).replace(candidate, "ID"),
+                    )
+        for brand in ("globex", "*"):
+            assert answers[brand, brand, False][0] == grpc.StatusCode.PERMISSION_DENIED
+            # Under acme's own brand, their hold's id is answered as a made-up one is.
+            assert answers[brand, "acme", False] == answers[brand, "acme", True]
+            assert "globex" not in answers[brand, "acme", False][1]
+        for brand, token in (("globex", g.consistency_token), ("*", fresh)):
+            listed = await admin.ListRevocationCandidates(
+                api.ListRevocationCandidatesRequest(brand=brand, at_least_as_fresh=token)
+            )
+            assert [c.event.event_id for c in listed.candidates] == [holds[brand].event.event_id]
