@@ -33,6 +33,7 @@ from ledger.events import (
 from ledger.health import HealthLimits, HealthReport
 from ledger.opt_out_rate import DEFAULT_WINDOW, OptOutRate
 from ledger.packet import Packet, assemble
+from ledger.personal_data import PERSONAL_FIELDS, SEALED
 from ledger.phone import forms_stored_before, to_e164
 from ledger.policy import revokes_all
 from ledger.ports import ConsistencyToken, Stream
@@ -88,17 +89,25 @@ class Consent:
 
 
 def shown_to(reader: Reader, recorded: S) -> S:
-    """``recorded`` as ``reader`` is shown it. A fact kept under every brand
+    """``recorded`` (opened) as ``reader`` is shown it. A fact kept under every brand
     (``ANY_BRAND``) reaches each brand's reads, and was perhaps recorded by another
-    brand's caller (a late STOP to a number that brand let go): its ``recorded_by``
-    names that caller, so only a reader of every brand, the operator who reviews it,
-    is shown who recorded it."""
+    brand's caller, of words that answered another brand (a late STOP to a number
+    that brand let go): its ``recorded_by`` names that caller and the words may name
+    that brand, so only a reader of every brand, the operator who reviews it, is
+    shown them; any other reads the words as sealed, as its change stream does, and
+    no ``request_fingerprint``, which would confirm a guess at them."""
     event = recorded.event
     if reader.brands is None or getattr(event, "brand", None) != ANY_BRAND:
         return recorded
-    if not event.recorded_by:
+    hidden: dict[str, Any] = {
+        name: "" for name in ("recorded_by", "request_fingerprint") if getattr(event, name)
+    }
+    for name in PERSONAL_FIELDS.get(type(event), ()):
+        if getattr(event, name):
+            hidden[name] = SEALED
+    if not hidden:
         return recorded
-    return replace(recorded, event=replace(event, recorded_by=""))
+    return replace(recorded, event=replace(event, **hidden))
 
 
 class Evidence(Protocol):
@@ -159,11 +168,7 @@ class Audit:
         in_force = revocation_in_force(state, digest, campaign, revoke_all=revoke_all)
         held = [
             *map(mine.as_recorded, state.pending_candidates()),
-            *(
-                shown_to(reader, f)
-                for c in wide.pending_candidates()
-                if (f := anyone.as_recorded(c)) is not None
-            ),
+            *map(anyone.as_recorded, wide.pending_candidates()),
         ]
         return Consent(
             consent_state(
@@ -182,7 +187,9 @@ class Audit:
             reconfirmation=await self._shown(mine.as_recorded(cc.reconfirmation)),
             age_verification=mine.as_recorded(state.age),
             location=await self._shown(mine.as_recorded(state.location)),
-            pending=tuple([f for p in held if (f := await self._shown(p)) is not None]),
+            pending=tuple(
+                [shown_to(reader, f) for p in held if (f := await self._shown(p)) is not None]
+            ),
             regions=digest.regions,
             proof_missing=(
                 ()

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 GLOBEX_NUMBER = "+12125550141"
 INITECH_NUMBER = "+12125550142"
+WORDS = "Stop texting me Initech"
 
 
 async def released(admin, campaign: api.DefineCampaignRequest, at) -> None:
@@ -76,8 +77,9 @@ async def test_two_brands_late_stops_under_one_request_id_take_nothing_of_each_o
 
 async def test_a_late_stop_held_under_every_brand_names_its_caller_to_no_other_brand(module_serve):
     # globex's gateway delivers late a STOP to a number initech let go: held under
-    # "*", it denies acme's sends too, and acme's reads show the hold, but not
-    # whose gateway delivered it (the caller's token name, globex-app).
+    # "*", it denies acme's sends too, and acme's reads show the hold, but neither
+    # whose gateway delivered it (the caller's token name, globex-app) nor the
+    # person's words, which name the brand they answered.
     clock = Clock()
     campaigns = [
         define("initech", "sale", clock.now - timedelta(days=1), [GLOBEX_NUMBER]),
@@ -92,7 +94,7 @@ async def test_a_late_stop_held_under_every_brand_names_its_caller_to_no_other_b
     ):
         await released(admin, campaigns[0], clock.now - timedelta(minutes=10))
         w = await globex.HandleInboundMessage(
-            inbound(phone, GLOBEX_NUMBER, "STOP", clock.now - timedelta(minutes=20))
+            inbound(phone, GLOBEX_NUMBER, WORDS, clock.now - timedelta(minutes=20))
         )
         fresh = w.consistency_token
         ask = dict(phone=phone, brand="acme", at_least_as_fresh=fresh)
@@ -105,7 +107,8 @@ async def test_a_late_stop_held_under_every_brand_names_its_caller_to_no_other_b
             ),
         }
         assert not shown["CanSend"].allowed  # the hold is every brand's
-        assert any(e.event.brand == "*" for e in shown["ListEvents"].events)
+        wide = [e.event for e in shown["ListEvents"].events if e.event.brand == "*"]
+        assert wide and all(e.request_fingerprint == "" for e in wide), wide
         call = acme.stub.WatchConsentChanges(
             api.WatchConsentChangesRequest(brand="acme"),
             metadata=[("authorization", f"Bearer {acme.token}")],
@@ -119,11 +122,16 @@ async def test_a_late_stop_held_under_every_brand_names_its_caller_to_no_other_b
             call.cancel()
         for name, answer in shown.items():
             assert "globex" not in str(answer), (name, answer)
-        # The operator who reviews it is shown whose gateway it came through.
+            assert "initech" not in str(answer).lower(), (name, answer)
+        # The operator who reviews it is shown whose gateway it came through, and what
+        # the person wrote.
         held = await admin.ListRevocationCandidates(
             api.ListRevocationCandidatesRequest(brand="*", at_least_as_fresh=fresh)
         )
-        assert [e.event.recorded_by for e in held.candidates] == ["globex-app"]
+        assert [
+            (e.event.recorded_by, e.event.revocation_candidate_flagged.text)
+            for e in held.candidates
+        ] == [("globex-app", WORDS)]
 
 
 async def test_a_brand_lists_and_resolves_no_hold_of_another_brand_nor_of_every_brand(
