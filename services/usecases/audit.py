@@ -93,14 +93,17 @@ def shown_to(reader: Reader, recorded: S) -> S:
     (``ANY_BRAND``) reaches each brand's reads, and was perhaps recorded by another
     brand's caller, of words that answered another brand (a late STOP to a number
     that brand let go): its ``recorded_by`` names that caller and the words may name
-    that brand, so only a reader of every brand, the operator who reviews it, is
-    shown them; any other reads the words as sealed, as its change stream does, and
-    no ``request_fingerprint``, which would confirm a guess at them."""
+    that brand, and its ``to_number`` is that brand's number then (or the caller's
+    now), so only a reader of every brand, the operator who reviews it, is shown
+    them; any other reads the words as sealed, as its change stream does, and no
+    ``request_fingerprint``, which would confirm a guess at them."""
     event = recorded.event
     if reader.brands is None or getattr(event, "brand", None) != ANY_BRAND:
         return recorded
     hidden: dict[str, Any] = {
-        name: "" for name in ("recorded_by", "request_fingerprint") if getattr(event, name)
+        name: ""
+        for name in ("recorded_by", "request_fingerprint", "to_number")
+        if getattr(event, name, "")
     }
     for name in PERSONAL_FIELDS.get(type(event), ()):
         if getattr(event, name):

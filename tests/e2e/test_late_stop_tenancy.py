@@ -19,8 +19,8 @@ from tests.e2e.harness import Clock, client, define, inbound, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-GLOBEX_NUMBER = "+12125550141"
-INITECH_NUMBER = "+12125550142"
+FIRST_NUMBER = "+12125550141"
+SECOND_NUMBER = "+12125550142"
 WORDS = "Stop texting me Initech"
 
 
@@ -46,8 +46,8 @@ async def test_two_brands_late_stops_under_one_request_id_take_nothing_of_each_o
     # late a STOP to a number a third brand let go, as request "1".
     clock = Clock()
     campaigns = [
-        define("initech", "sale", clock.now - timedelta(days=1), [GLOBEX_NUMBER]),
-        define("initech", "news", clock.now - timedelta(days=1), [INITECH_NUMBER]),
+        define("initech", "sale", clock.now - timedelta(days=1), [FIRST_NUMBER]),
+        define("initech", "news", clock.now - timedelta(days=1), [SECOND_NUMBER]),
     ]
     runtime = await module_serve(on_kafka=on_kafka, clock=clock, campaigns=campaigns)
     sent = clock.now - timedelta(minutes=20)
@@ -59,11 +59,11 @@ async def test_two_brands_late_stops_under_one_request_id_take_nothing_of_each_o
         for c in campaigns:
             await released(admin, c, clock.now - timedelta(minutes=10))
         first = await globex.HandleInboundMessage(
-            inbound("+14155550101", GLOBEX_NUMBER, "STOP", sent, request_id="1")
+            inbound("+14155550101", FIRST_NUMBER, "STOP", sent, request_id="1")
         )
         try:
             w = await acme.HandleInboundMessage(
-                inbound("+14155550102", INITECH_NUMBER, "STOP", sent, request_id="1")
+                inbound("+14155550102", SECOND_NUMBER, "STOP", sent, request_id="1")
             )
         except grpc.aio.AioRpcError as err:
             pytest.fail(f"acme's STOP refused for globex's request id: {said(err)}")
@@ -82,7 +82,7 @@ async def test_a_late_stop_held_under_every_brand_names_its_caller_to_no_other_b
     # person's words, which name the brand they answered.
     clock = Clock()
     campaigns = [
-        define("initech", "sale", clock.now - timedelta(days=1), [GLOBEX_NUMBER]),
+        define("initech", "sale", clock.now - timedelta(days=1), [FIRST_NUMBER]),
         define("acme", "promo", clock.now - timedelta(days=1)),
     ]
     runtime = await module_serve(on_kafka=False, clock=clock, campaigns=campaigns)
@@ -94,7 +94,7 @@ async def test_a_late_stop_held_under_every_brand_names_its_caller_to_no_other_b
     ):
         await released(admin, campaigns[0], clock.now - timedelta(minutes=10))
         w = await globex.HandleInboundMessage(
-            inbound(phone, GLOBEX_NUMBER, WORDS, clock.now - timedelta(minutes=20))
+            inbound(phone, FIRST_NUMBER, WORDS, clock.now - timedelta(minutes=20))
         )
         fresh = w.consistency_token
         ask = dict(phone=phone, brand="acme", at_least_as_fresh=fresh)
@@ -109,6 +109,8 @@ async def test_a_late_stop_held_under_every_brand_names_its_caller_to_no_other_b
         assert not shown["CanSend"].allowed  # the hold is every brand's
         wide = [e.event for e in shown["ListEvents"].events if e.event.brand == "*"]
         assert wide and all(e.request_fingerprint == "" for e in wide), wide
+        for name, answer in shown.items():  # nor which number the person texted
+            assert FIRST_NUMBER not in str(answer), (name, answer)
         call = acme.stub.WatchConsentChanges(
             api.WatchConsentChangesRequest(brand="acme"),
             metadata=[("authorization", f"Bearer {acme.token}")],
@@ -148,8 +150,8 @@ async def test_a_brand_lists_and_resolves_no_hold_of_another_brand_nor_of_every_
         # STOPs to a number no campaign sends from: globex's under globex, the
         # operator's under "*".
         at = clock.now - timedelta(minutes=5)
-        g = await globex.HandleInboundMessage(inbound(theirs, INITECH_NUMBER, "STOP", at))
-        o = await admin.HandleInboundMessage(inbound(everyones, INITECH_NUMBER, "STOP", at))
+        g = await globex.HandleInboundMessage(inbound(theirs, SECOND_NUMBER, "STOP", at))
+        o = await admin.HandleInboundMessage(inbound(everyones, SECOND_NUMBER, "STOP", at))
         fresh = o.consistency_token
         holds = {}
         for brand, token in (("globex", g.consistency_token), ("*", fresh)):
