@@ -559,6 +559,24 @@ def in_hindsight(then: Decision, later: Decision) -> Decision | None:
     return None
 
 
+def unmet_obligations(decision: Decision, message: MessageSent) -> tuple[Obligation, ...]:
+    """The obligations of ``decision`` that ``message`` says it did not meet. Content
+    (``NON_MARKETING_CONTENT_ONLY``) is not recorded, so it is never counted unmet."""
+    unmet = []
+    for obligation in decision.obligations:
+        if obligation is Obligation.INCLUDE_OPT_OUT_LANGUAGE:
+            met = message.included_opt_out_language
+        elif obligation is Obligation.IDENTIFY_SENDER:
+            met = message.identified_sender
+        elif obligation is Obligation.RECONFIRM_IN_THIS_MESSAGE:
+            met = message.kind is MessageKind.RECONFIRMATION_REQUEST
+        else:
+            met = True
+        if not met:
+            unmet.append(obligation)
+    return tuple(unmet)
+
+
 def _message(sent: Recorded, then: Decision, later: Decision, now: datetime) -> SentMessage:
     """The send, with the decision that allowed it (``replays``)."""
     e = sent.event
@@ -567,15 +585,8 @@ def _message(sent: Recorded, then: Decision, later: Decision, now: datetime) -> 
     changed = in_hindsight(then, later)
     if changed is not None:
         hindsight = Ruling.of(changed, e.occurred_at, now)
-    unmet = []
-    if then.allowed:
-        if (
-            Obligation.INCLUDE_OPT_OUT_LANGUAGE in then.obligations
-            and not e.included_opt_out_language
-        ):
-            unmet.append(Obligation.INCLUDE_OPT_OUT_LANGUAGE.value)
-        if Obligation.IDENTIFY_SENDER in then.obligations and not e.identified_sender:
-            unmet.append(Obligation.IDENTIFY_SENDER.value)
+    # The sweep's rule (``unmet_obligations``), so the two never tell a send apart.
+    unmet = [o.value for o in unmet_obligations(then, e)] if then.allowed else []
     return SentMessage(
         EventRef.of(sent),
         e.message_id,

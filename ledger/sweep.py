@@ -44,12 +44,11 @@ from ledger.events import (
     ANY_BRAND,
     BRAND_SETTINGS,
     CampaignEvent,
-    MessageKind,
     MessageSent,
     Recorded,
     SubscriberEvent,
 )
-from ledger.packet import in_hindsight, replays
+from ledger.packet import in_hindsight, replays, unmet_obligations
 from ledger.phone import line_spellings
 from ledger.policy import Check, Decision, Obligation, Reason, as_one_number, decide_as_of, deny
 from ledger.state import CampaignHistory, SubscriberState, apply, retained_facts
@@ -140,24 +139,6 @@ class Finding:
     def evidence(self) -> tuple[str, ...]:
         """The send's own id, then the ids of the events the answer stands on."""
         return (str(self.sent.event.event_id), *self.decision.evidence)
-
-
-def unmet_obligations(decision: Decision, message: MessageSent) -> tuple[Obligation, ...]:
-    """The obligations of ``decision`` that ``message`` says it did not meet. Content
-    (``NON_MARKETING_CONTENT_ONLY``) is not recorded, so it is never counted unmet."""
-    unmet = []
-    for obligation in decision.obligations:
-        if obligation is Obligation.INCLUDE_OPT_OUT_LANGUAGE:
-            met = message.included_opt_out_language
-        elif obligation is Obligation.IDENTIFY_SENDER:
-            met = message.identified_sender
-        elif obligation is Obligation.RECONFIRM_IN_THIS_MESSAGE:
-            met = message.kind is MessageKind.RECONFIRMATION_REQUEST
-        else:
-            met = True
-        if not met:
-            unmet.append(obligation)
-    return tuple(unmet)
 
 
 def judge(recorded: Recorded, decision: Decision) -> Finding | None:

@@ -470,3 +470,12 @@ def test_a_reported_delivery_failure_is_listed_with_its_error_code():
     )
     [listed] = [e for e in packet.events if e.type == "DeliveryOutcomeReported"]
     assert listed.summary == f"{message.message_id} reported undeliverable (error 30003)"
+
+
+def test_a_send_that_did_not_reconfirm_when_it_had_to_shows_the_obligation_unmet():
+    """The packet left the reconfirmation out of a send's unmet obligations, while the
+    sweep finds the same send for it: the packet showed compliant a send that was not."""
+    events = [_defined(reconfirm_interval=timedelta(days=60)), granted(at(days=-90)), sent(at(0))]
+    [message] = assemble(record(events), PHONE, BRAND, "promo", NOW).messages
+    assert "reconfirm_in_this_message" in message.decision.obligations
+    assert message.unmet_obligations == ("reconfirm_in_this_message",)
