@@ -264,6 +264,13 @@ def informational_only(tier: ConsentTier, method: CollectionMethod) -> bool:
 def _campaign_digest(c: CampaignConsent) -> CampaignDigest:
     grant = c.grant
     last_sent, last_disclosed = c.last_sent, c.last_disclosed
+    undisclosed = c.undisclosed
+    if (
+        undisclosed is not None
+        and last_disclosed is not None
+        and undisclosed.event.message_id == last_disclosed.message_id
+    ):
+        last_disclosed = None  # never delivered: its opt-out language is owed again
     # Positional, through ``built``, in CampaignDigest's field order: a projection
     # digests every state it writes, and the keyword constructors run in Python.
     return built(

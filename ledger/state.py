@@ -155,6 +155,10 @@ class CampaignConsent:
     last_disclosed: SentRecord | None = None
     """The latest counted send that carried opt-out language: the first message's
     obligation to carry it holds until a send says it did."""
+    undisclosed: Fact[DeliveryOutcomeReported] | None = None
+    """The latest delivery error reported on the send that was ``last_disclosed`` when
+    it came: while that send is still ``last_disclosed`` its language counts for
+    nothing (the person may never have read it), so it is owed again."""
     help_request: Fact[InboundMessageReceived] | None = None
     """The latest HELP (or INFO) the person sent this campaign's number: it earns one
     help reply (``ledger.policy``)."""
@@ -516,9 +520,17 @@ def _apply_age(s: SubscriberState, f: Fact[AgeVerified]) -> SubscriberState:
 
 
 def _apply_delivery(s: SubscriberState, f: Fact[DeliveryOutcomeReported]) -> SubscriberState:
-    # What became of a message decides nothing about what may be sent next: campaign
-    # health reads these facts from the ledger (``ledger.health``), the state keeps none.
-    return s
+    # Campaign health reads these facts from the ledger (``ledger.health``). The state
+    # keeps only an error on the send whose opt-out language ends the first message's
+    # obligation: undelivered, it ended nothing. A later "delivered" report does not
+    # restore it: doubt leaves the language owed.
+    reported = f.event
+    if not reported.outcome.is_error or not reported.campaign:
+        return s
+    disclosed = s.campaign(reported.campaign).last_disclosed
+    if disclosed is None or disclosed.message_id != reported.message_id:
+        return s
+    return _with_campaign(s, reported.campaign, lambda c: _evolve(c, undisclosed=f))
 
 
 def _apply_erased(s: SubscriberState, f: Fact[SubjectErased]) -> SubscriberState:
@@ -791,7 +803,7 @@ def retained(state: SubscriberState) -> list[Fact[Any]]:
     facts: dict[int, Fact[Any]] = {}
     for c in state.campaigns.values():
         kept_facts = (c.grant, c.revocation, c.resume, c.reconfirmation, c.help_request)
-        for kept in (*kept_facts, c.last_inbound, c.revocation_said):
+        for kept in (*kept_facts, c.last_inbound, c.revocation_said, c.undisclosed):
             if kept is not None:
                 facts[kept.event.event_id.int] = kept
         records = (

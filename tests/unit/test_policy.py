@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
 
 from ledger.campaigns import Campaign, CampaignPolicy, CampaignPurpose, FrequencyCap, QuietHours
-from ledger.events import CandidateResolution, CollectionMethod, ConsentTier, MessageKind
+from ledger.events import (
+    CandidateResolution,
+    CollectionMethod,
+    ConsentTier,
+    DeliveryOutcome,
+    DeliveryOutcomeReported,
+    MessageKind,
+)
 from ledger.policy import Obligation, Reason, decide
 from ledger.state import fold, retained_facts
 from tests.builders import (
     BRAND,
+    _base,
     age,
     at,
     campaign,
@@ -276,6 +285,46 @@ def test_a_disclosure_pruned_from_the_cap_window_is_still_remembered():
     assert Obligation.INCLUDE_OPT_OUT_LANGUAGE not in decide(s, c, at(days=3)).obligations
     refolded = fold(retained_facts(s))
     assert refolded == s
+
+
+def _undelivered(message, when, code="30003"):
+    return DeliveryOutcomeReported(
+        **_base(when),
+        phone=message.phone,
+        brand=message.brand,
+        message_id=message.message_id,
+        campaign=message.campaign,
+        outcome=DeliveryOutcome.UNDELIVERABLE,
+        error_code=code,
+    )
+
+
+def test_opt_out_language_in_a_message_never_delivered_is_owed_again():
+    # The person never read the language: a delivery error on the send that carried
+    # it leaves it owed, until a send recorded after the report carries it.
+    first = sent(at(5))
+    for code in ("30003", "21610", ""):
+        s = state_of(granted(at(0)), first, _undelivered(first, at(6), code))
+        assert Obligation.INCLUDE_OPT_OUT_LANGUAGE in decide(s, PROMO, at(10)).obligations, code
+        assert fold(retained_facts(s)) == s
+    delivered = dataclasses.replace(_undelivered(first, at(6)), outcome=DeliveryOutcome.DELIVERED)
+    s = state_of(granted(at(0)), first, dataclasses.replace(delivered, error_code=""))
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE not in decide(s, PROMO, at(10)).obligations
+    # A later send, undelivered or not, without the language changes nothing; one
+    # with it, recorded after the report, discharges it.
+    failed = _undelivered(first, at(6))
+    s = state_of(granted(at(0)), first, failed, sent(at(7), disclosed=False))
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE in decide(s, PROMO, at(10)).obligations
+    s = state_of(granted(at(0)), first, failed, sent(at(8)))
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE not in decide(s, PROMO, at(10)).obligations
+    assert fold(retained_facts(s)) == s
+    # An error on another message, or another campaign's, leaves the disclosure be.
+    other = sent(at(7), disclosed=False)
+    s = state_of(granted(at(0)), first, other, _undelivered(other, at(8)))
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE not in decide(s, PROMO, at(10)).obligations
+    elsewhere = sent(at(5), "alerts")
+    s = state_of(granted(at(0)), first, elsewhere, _undelivered(elsewhere, at(8)))
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE not in decide(s, PROMO, at(10)).obligations
 
 
 # Rule 6: quiet hours in the recipient's time zone.

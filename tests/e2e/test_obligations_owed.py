@@ -1,0 +1,97 @@
+"""An obligation CanSend names stays owed until a message that discharged it: every
+reader (CanSend, CanSendBatch, CanSendAsOf) keeps it owed after a send that only
+seemed to, on the embedded default and on real Kafka."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+
+from services.bootstrap import Runtime
+from tests.e2e.harness import Client, client, define, module_clock, opt_in, ts
+
+SENDER = "+12125550187"
+CLOCK = module_clock()
+
+
+@pytest.fixture(scope="module", params=["embedded", "kafka"])
+async def service(request, module_serve) -> Runtime:
+    """acme/promo from SENDER, one service per ledger for the module's own numbers."""
+    promo = define("acme", "promo", CLOCK.now - timedelta(days=60), [SENDER])
+    on_kafka = request.param == "kafka"
+    return await module_serve(
+        name=f"obligations-{request.param}", clock=CLOCK, campaigns=[promo], on_kafka=on_kafka
+    )
+
+
+def _phone() -> str:
+    return f"+1415555{uuid.uuid4().int % 10_000:04d}"
+
+
+def sent(phone: str, at: datetime, **changes: Any) -> api.RecordMessageSentRequest:
+    fields: dict[str, Any] = dict(
+        request_id=uuid.uuid4().hex,
+        phone=phone,
+        brand="acme",
+        campaign="promo",
+        message_id=f"SM{uuid.uuid4().hex[:16]}",
+        occurred_at=ts(at),
+        included_opt_out_language=True,
+        identified_sender=True,
+        from_number=SENDER,
+    )
+    fields.update(changes)
+    return api.RecordMessageSentRequest(**fields)
+
+
+async def owed(c: Client, phone: str, fresh: str) -> dict[str, list[str]]:
+    """The obligations each reader names for a regular message to ``phone`` now."""
+    asked = dict(phone=phone, brand="acme", campaign="promo", at_least_as_fresh=fresh)
+    one = await c.CanSend(api.CanSendRequest(**asked))
+    batch = await c.CanSendBatch(
+        api.CanSendBatchRequest(
+            phones=[phone], brand="acme", campaign="promo", at_least_as_fresh=fresh
+        )
+    )
+    then = await c.CanSendAsOf(api.CanSendAsOfRequest(**asked, at=ts(CLOCK.now)))
+    answers = {"CanSend": one, "CanSendBatch": batch.decisions[0], "CanSendAsOf": then}
+    assert all(a.allowed for a in answers.values()), answers
+    return {
+        name: sorted(api.Obligation.Name(o) for o in a.obligations) for name, a in answers.items()
+    }
+
+
+async def test_opt_out_language_in_a_first_message_never_delivered_is_owed_again(
+    service,
+) -> None:
+    """The first message carried "Reply STOP to unsubscribe" but the provider said it
+    never reached the handset (30003): the person never read it, yet every reader
+    stopped naming the opt-out language for the next message."""
+    phone = _phone()
+    now = CLOCK.now
+    async with client(service.address) as c:
+        await c.RecordOptIn(opt_in(phone, "acme", "promo", now - timedelta(hours=2)))
+        first = sent(phone, now - timedelta(hours=1))
+        await c.RecordMessageSent(first)
+        w = await c.RecordDeliveryOutcome(
+            api.RecordDeliveryOutcomeRequest(
+                request_id=uuid.uuid4().hex,
+                phone=phone,
+                brand="acme",
+                message_id=first.message_id,
+                outcome=lpb.DELIVERY_OUTCOME_UNDELIVERABLE,
+                error_code="30003",
+                occurred_at=ts(now - timedelta(minutes=59)),
+            )
+        )
+        for said in (await owed(c, phone, w.consistency_token)).values():
+            assert "OBLIGATION_INCLUDE_OPT_OUT_LANGUAGE" in said
+        # Carried again by a send recorded after the report, it is met.
+        w = await c.RecordMessageSent(sent(phone, now - timedelta(minutes=30)))
+        for said in (await owed(c, phone, w.consistency_token)).values():
+            assert "OBLIGATION_INCLUDE_OPT_OUT_LANGUAGE" not in said
