@@ -69,7 +69,7 @@ def digest_for(rng: random.Random, day: int, sends: int, reply: str | None, offs
             for n in range(min(sends, 4))
         )
         campaigns[f"daily-{day}"] = CampaignDigest(
-            grant=grant, sent=marks, last_sent_at=marks[-1].at
+            grant=grant, sent=marks, first_sent_at=marks[-1].at
         )
     pending: tuple[Pending, ...] = ()
     if reply is not None:

@@ -31,6 +31,7 @@ from ledger.state import (
     Fact,
     SentRecord,
     SubscriberState,
+    consent_anchor,
     located_region,
     stated_key,
 )
@@ -91,8 +92,11 @@ class CampaignDigest(NamedTuple):
     reconfirmation: Mark | None = None
     sent: tuple[Mark, ...] = ()
     """Counted sends within the longest cap window, oldest first."""
-    last_sent_at: int | None = None
-    """When the latest counted send ever went out."""
+    first_sent_at: int | None = None
+    """When the first counted send since the campaign's latest consent went out
+    (``ledger.state.CampaignConsent.opener``), or that consent's time once a
+    reconfirmation request with the opt-out language went out since it; None when
+    nothing was sent since it."""
     last_disclosed_at: int | None = None
     """When the latest counted send that carried opt-out language went out."""
     help_request: Mark | None = None
@@ -261,9 +265,23 @@ def informational_only(tier: ConsentTier, method: CollectionMethod) -> bool:
     return reached_tier(tier, method) < int(tier)
 
 
-def _campaign_digest(c: CampaignConsent) -> CampaignDigest:
+def _first_sent_at(c: CampaignConsent, brand_resume: Fact[Any] | None) -> int | None:
+    """``CampaignDigest.first_sent_at``: the first message since the campaign's latest
+    consent, or that consent's own time once a reconfirmation request carrying the
+    opt-out language went out since it (a late first message was met by it)."""
+    anchor = consent_anchor(c, brand_resume)
+    if anchor is None:
+        return None
+    reconfirming = c.reconfirming
+    if reconfirming is not None and reconfirming.at >= anchor.at:
+        return micros(anchor.at)
+    opener = c.opener
+    return None if opener is None else micros(opener.at)
+
+
+def _campaign_digest(c: CampaignConsent, brand_resume: Fact[Any] | None) -> CampaignDigest:
     grant = c.grant
-    last_sent, last_disclosed = c.last_sent, c.last_disclosed
+    last_disclosed = c.last_disclosed
     undisclosed = c.undisclosed
     if (
         undisclosed is not None
@@ -282,7 +300,7 @@ def _campaign_digest(c: CampaignConsent) -> CampaignDigest:
             _mark(c.resume),
             _mark(c.reconfirmation),
             tuple([_sent(s) for s in c.sent]) if c.sent else (),
-            None if last_sent is None else (last_sent.at - EPOCH) // _MICROSECOND,
+            _first_sent_at(c, brand_resume),
             None if last_disclosed is None else (last_disclosed.at - EPOCH) // _MICROSECOND,
             _mark(c.help_request),
             _sent_mark(c.help_reply),
@@ -320,7 +338,8 @@ def held_asked(state: SubscriberState) -> int | None:
 def digest_of(state: SubscriberState) -> Digest:
     """The digest of a folded state."""
     held = state.campaigns
-    campaigns = {name: _campaign_digest(held[name]) for name in sorted(held)}
+    resumed = state.brand_resume
+    campaigns = {name: _campaign_digest(held[name], resumed) for name in sorted(held)}
     age = state.age
     location = state.location
     supplied = located_region(location)

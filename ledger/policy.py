@@ -588,7 +588,7 @@ class Check:
             return check._replace(evidence=(*evidence, *check.evidence), policy_version=version)
 
         since = current.since
-        last_sent = c.last_sent_at
+        first_sent = c.first_sent_at
         # Opt-out language is owed until a send since the consent says it carried it.
         disclosed = c.last_disclosed_at
         first = disclosed is None or disclosed < since
@@ -597,8 +597,12 @@ class Check:
         if reconfirmation is not None and reconfirmation.at >= since:
             basis = reconfirmation.at
             evidence = (*evidence, reconfirmation.event_id)
-        silent_since_basis = last_sent is None or last_sent < basis
         elapsed = self._now - basis
+        # The first message since the consent had to reconfirm it when it came after
+        # the window; one that did not leaves the reconfirmation owed.
+        silent_since_basis = (
+            first_sent is None or first_sent < basis or first_sent - basis > self._first_message
+        )
         reconfirm = (silent_since_basis and elapsed > self._first_message) or (
             self._reconfirm is not None and elapsed > self._reconfirm
         )

@@ -155,6 +155,13 @@ class CampaignConsent:
     last_disclosed: SentRecord | None = None
     """The latest counted send that carried opt-out language: the first message's
     obligation to carry it holds until a send says it did."""
+    opener: SentRecord | None = None
+    """The earliest counted send since the campaign's latest consent (``consent_anchor``)
+    recorded after it: the first message, which had to reconfirm when it came later
+    than the first-message window after that consent (``ledger.policy``)."""
+    reconfirming: SentRecord | None = None
+    """The latest counted reconfirmation request that carried opt-out language: the
+    only send that meets a reconfirmation owed after a silence."""
     undisclosed: Fact[DeliveryOutcomeReported] | None = None
     """The latest delivery error reported on the send that was ``last_disclosed`` when
     it came: while that send is still ``last_disclosed`` its language counts for
@@ -260,9 +267,44 @@ def _sealed_by(f: Fact[Any], erasure: Fact[SubjectErased]) -> bool:
     return sealed is not None and sealed.key_id in erasure.event.key_ids
 
 
+def consent_anchor(
+    c: CampaignConsent, brand_resume: Fact[ConsentResumed] | None
+) -> Fact[Any] | None:
+    """The campaign's latest fact of consent in world order: its grant, its START, the
+    brand's START (``brand_resume``) or a reconfirmation. The first message is counted
+    from it."""
+    latest: Fact[Any] | None = None
+    for fact in (c.grant, c.resume, c.reconfirmation, brand_resume):
+        if fact is not None:
+            latest = _later(latest, fact)
+    return latest
+
+
+def _reopened(before: SubscriberState, after: SubscriberState) -> SubscriberState:
+    """``after`` with the first message forgotten in each campaign whose consent anchor
+    a fact of consent moved: only a send recorded after the new consent opens it, so
+    a state refolded from its retained facts finds the same one (a send recorded
+    before a consent it follows in world order opens nothing: doubt owes)."""
+    changed = {}
+    for name, c in after.campaigns.items():
+        if c.opener is None:
+            continue
+        old = consent_anchor(before.campaign(name), before.brand_resume)
+        new = consent_anchor(c, after.brand_resume)
+        if new is not old:
+            changed[name] = _evolve(c, opener=None)
+    if not changed:
+        return after
+    return _evolve(after, campaigns=MappingProxyType({**after.campaigns, **changed}))
+
+
 def _apply_granted(s: SubscriberState, f: Fact[ConsentGranted]) -> SubscriberState:
     if _erased_after(s, f):
         return s
+    return _reopened(s, _granted(s, f))
+
+
+def _granted(s: SubscriberState, f: Fact[ConsentGranted]) -> SubscriberState:
     s = _with_campaign(s, f.event.campaign, lambda c: _evolve(c, grant=_later(c.grant, f)))
     if f.event.proof.region:
         s = _evolve(s, location=_later(s.location, f))
@@ -294,15 +336,21 @@ def _apply_resumed(s: SubscriberState, f: Fact[ConsentResumed]) -> SubscriberSta
     if _erased_after(s, f):
         return s
     if f.event.campaign is None:
-        return _evolve(s, brand_resume=_later(s.brand_resume, f))
-    return _with_campaign(s, f.event.campaign, lambda c: _evolve(c, resume=_later(c.resume, f)))
+        return _reopened(s, _evolve(s, brand_resume=_later(s.brand_resume, f)))
+    return _reopened(
+        s,
+        _with_campaign(s, f.event.campaign, lambda c: _evolve(c, resume=_later(c.resume, f))),
+    )
 
 
 def _apply_reconfirmed(s: SubscriberState, f: Fact[ConsentReconfirmed]) -> SubscriberState:
     if _erased_after(s, f):
         return s
-    return _with_campaign(
-        s, f.event.campaign, lambda c: _evolve(c, reconfirmation=_later(c.reconfirmation, f))
+    return _reopened(
+        s,
+        _with_campaign(
+            s, f.event.campaign, lambda c: _evolve(c, reconfirmation=_later(c.reconfirmation, f))
+        ),
     )
 
 
@@ -420,6 +468,10 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
         )
     if exempt:
         return s
+    brand_resume = s.brand_resume
+    reconfirms = (
+        record.kind is MessageKind.RECONFIRMATION_REQUEST and f.event.included_opt_out_language
+    )
 
     def add(c: CampaignConsent) -> CampaignConsent:
         latest = c.last_sent
@@ -435,11 +487,21 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
             disclosed is None or (record.at, record.event_id) > (disclosed.at, disclosed.event_id)
         ):
             disclosed = record
+        opener = c.opener
+        anchor = consent_anchor(c, brand_resume)
+        if (
+            anchor is not None
+            and record.at >= anchor.at
+            and (opener is None or (record.at, record.event_id) < (opener.at, opener.event_id))
+        ):
+            opener = record
         return _evolve(
             c,
             sent=_prune((*c.sent, record), latest.at),
             last_sent=latest,
             last_disclosed=disclosed,
+            opener=opener,
+            reconfirming=_latest_record(c.reconfirming, record) if reconfirms else c.reconfirming,
         )
 
     return _with_campaign(s, f.event.campaign, add)
@@ -810,6 +872,8 @@ def retained(state: SubscriberState) -> list[Fact[Any]]:
             *c.sent,
             c.last_sent,
             c.last_disclosed,
+            c.opener,
+            c.reconfirming,
             c.help_reply,
             c.opt_in_confirmation,
             c.help_answer,

@@ -16,7 +16,7 @@ import msgpack
 
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, built
 
-FORMAT = 18
+FORMAT = 19
 """1 had no ``CampaignDigest.last_disclosed_at``, 2 no ``Digest.regions`` and
 ``Digest.located`` (the recipient's candidate states), 3 no ``CampaignDigest``
 ``help_request``, ``help_reply`` or ``opt_in_confirmation``, 4 no
@@ -34,7 +34,9 @@ placeholder ("N/A", "-") or, typed, a value that does not parse as given in
 ``CampaignDigest.proof_missing``, 16 no ``Digest.brand_revocation_asked`` (an
 opt-out a review recorded confirmed from the review, not from the person's text),
 17 read a promotional grant given verbally or imported as promotional in
-``CampaignDigest.tier`` (``ledger.digest.reached_tier``):
+``CampaignDigest.tier`` (``ledger.digest.reached_tier``), 18 held the latest send
+where ``CampaignDigest.first_sent_at`` is (a late first message that did not
+reconfirm read as meeting the reconfirmation):
 rows in any of them are read from their
 snapshots, which are folded and digested again (a snapshot written before 14 may lack
 an opt-out latest by the time it said: ``consent-ledger rebuild`` folds it from the
@@ -138,7 +140,7 @@ def _campaign(raw: tuple[Any, ...]) -> CampaignDigest:
         resume,
         reconfirmation,
         sent,
-        last_sent_at,
+        first_sent_at,
         last_disclosed_at,
         help_request,
         help_reply,
@@ -158,7 +160,7 @@ def _campaign(raw: tuple[Any, ...]) -> CampaignDigest:
             resume and built(Mark, resume),
             reconfirmation and built(Mark, reconfirmation),
             sent and tuple([built(Mark, m) for m in sent]),
-            last_sent_at,
+            first_sent_at,
             last_disclosed_at,
             help_request and built(Mark, help_request),
             help_reply and built(Mark, help_reply),

@@ -95,3 +95,24 @@ async def test_opt_out_language_in_a_first_message_never_delivered_is_owed_again
         w = await c.RecordMessageSent(sent(phone, now - timedelta(minutes=30)))
         for said in (await owed(c, phone, w.consistency_token)).values():
             assert "OBLIGATION_INCLUDE_OPT_OUT_LANGUAGE" not in said
+
+
+async def test_a_late_first_message_that_did_not_reconfirm_leaves_the_reconfirmation_owed(
+    service,
+) -> None:
+    """Nothing went out in the 30 days after the opt-in, so the first message had to
+    reconfirm; a regular message went instead, and every reader then stopped naming
+    the reconfirmation, as though that message had made it."""
+    phone = _phone()
+    now = CLOCK.now
+    async with client(service.address) as c:
+        await c.RecordOptIn(opt_in(phone, "acme", "promo", now - timedelta(days=40)))
+        w = await c.RecordMessageSent(sent(phone, now - timedelta(hours=2)))
+        for said in (await owed(c, phone, w.consistency_token)).values():
+            assert "OBLIGATION_RECONFIRM_IN_THIS_MESSAGE" in said
+        request = sent(
+            phone, now - timedelta(hours=1), kind=lpb.MESSAGE_KIND_RECONFIRMATION_REQUEST
+        )
+        w = await c.RecordMessageSent(request)
+        for said in (await owed(c, phone, w.consistency_token)).values():
+            assert "OBLIGATION_RECONFIRM_IN_THIS_MESSAGE" not in said

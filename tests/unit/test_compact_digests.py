@@ -52,7 +52,7 @@ def test_digest_fields_are_the_ones_the_encoding_knows():
         "brand_revocation_said", "brand_resume_stated", "brand_revocation_asked",
     )  # fmt: skip
     assert CampaignDigest._fields == (
-        "grant", "tier", "revocation", "resume", "reconfirmation", "sent", "last_sent_at",
+        "grant", "tier", "revocation", "resume", "reconfirmation", "sent", "first_sent_at",
         "last_disclosed_at", "help_request", "help_reply", "opt_in_confirmation",
         "proof_missing", "last_inbound", "revocation_said", "grant_stated", "resume_stated",
     )  # fmt: skip
@@ -193,7 +193,7 @@ def test_a_lone_grant_takes_32_bytes():
     "digest",
     [
         Digest(brand="acme", campaigns={"p": CampaignDigest(tier=True)}),  # a bool, not an int
-        Digest(brand="acme", campaigns={"p": CampaignDigest(last_sent_at=2**64)}),
+        Digest(brand="acme", campaigns={"p": CampaignDigest(first_sent_at=2**64)}),
         Digest(brand="acme", zones=["America/New_York"]),  # type: ignore[arg-type]
         Digest(brand="acme", campaigns={"p": CampaignDigest(grant=Mark(1.5, 0, ID))}),  # type: ignore[arg-type]
     ],

@@ -240,6 +240,38 @@ def test_a_message_sent_inside_the_window_ends_the_first_message_rule():
     assert Obligation.RECONFIRM_IN_THIS_MESSAGE not in d.obligations
 
 
+def test_a_late_first_message_that_did_not_reconfirm_leaves_the_reconfirmation_owed():
+    # Nothing went out for 35 days: the first message had to reconfirm. A regular
+    # message then ended nothing; a reconfirmation request with the opt-out
+    # language ends it, and a send inside the window never owed it.
+    late = [granted(at(0)), sent(at(days=35))]
+    for kind, disclosed, owed in (
+        (MessageKind.REGULAR, True, True),
+        (MessageKind.RECONFIRMATION_REQUEST, False, True),
+        (MessageKind.RECONFIRMATION_REQUEST, True, False),
+    ):
+        s = state_of(*late, sent(at(days=36), kind=kind, disclosed=disclosed))
+        d = decide(s, PROMO, at(days=37))
+        assert (Obligation.RECONFIRM_IN_THIS_MESSAGE in d.obligations) is owed, (kind, disclosed)
+        assert fold(retained_facts(s)) == s
+    # A campaign's shorter window is read the same way.
+    c = campaign(first_message_window=timedelta(days=10))
+    d = decide(state_of(granted(at(0)), sent(at(days=20))), c, at(days=21))
+    assert Obligation.RECONFIRM_IN_THIS_MESSAGE in d.obligations
+    d = decide(state_of(granted(at(0)), sent(at(days=9))), c, at(days=21))
+    assert Obligation.RECONFIRM_IN_THIS_MESSAGE not in d.obligations
+    # A new consent (START after STOP) starts the window again: the send before it
+    # opened nothing for it.
+    s = state_of(
+        granted(at(0)), sent(at(days=1)), revoked(at(days=2)), resumed(at(days=3), "promo")
+    )
+    d = decide(s, PROMO, at(days=40))
+    assert Obligation.RECONFIRM_IN_THIS_MESSAGE in d.obligations
+    s = state_of(*late, sent(at(days=36), kind=MessageKind.RECONFIRMATION_REQUEST))
+    s = fold(record([resumed(at(days=38), "promo")]), s)
+    assert Obligation.RECONFIRM_IN_THIS_MESSAGE not in decide(s, PROMO, at(days=39)).obligations
+
+
 def test_periodic_reconfirmation_interval_passed_requires_reconfirmation():
     c = campaign(reconfirm_interval=timedelta(days=90))
     s = state_of(granted(at(0)), sent(at(days=1)))

@@ -88,7 +88,7 @@ def _sent_digest(day: int, sends: int, reply: str | None) -> Digest:
     marks = tuple(Mark(day * 1000 + n, n, ID) for n in range(sends))
     campaigns = {
         "welcome": CampaignDigest(grant=grant, tier=1),
-        f"daily-{day}": CampaignDigest(grant=grant, sent=marks, last_sent_at=day * 1000),
+        f"daily-{day}": CampaignDigest(grant=grant, sent=marks, first_sent_at=day * 1000),
     }
     pending = () if reply is None else (Pending(ID, reply, day, False, False, False, False, False),)
     return Digest(brand="acme", pending=pending, campaigns=campaigns)
