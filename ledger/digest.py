@@ -272,8 +272,12 @@ def _first_sent_at(c: CampaignConsent, brand_resume: Fact[Any] | None) -> int | 
     anchor = consent_anchor(c, brand_resume)
     if anchor is None:
         return None
-    reconfirming = c.reconfirming
-    if reconfirming is not None and reconfirming.at >= anchor.at:
+    reconfirming, undelivered = c.reconfirming, c.unreconfirmed
+    if (
+        reconfirming is not None
+        and reconfirming.at >= anchor.at
+        and (undelivered is None or undelivered.event.message_id != reconfirming.message_id)
+    ):
         return micros(anchor.at)
     opener = c.opener
     return None if opener is None else micros(opener.at)

@@ -162,6 +162,9 @@ class CampaignConsent:
     reconfirming: SentRecord | None = None
     """The latest counted reconfirmation request that carried opt-out language: the
     only send that meets a reconfirmation owed after a silence."""
+    unreconfirmed: Fact[DeliveryOutcomeReported] | None = None
+    """``undisclosed`` for ``reconfirming``: while that send is still the latest
+    reconfirmation request, it met nothing."""
     undisclosed: Fact[DeliveryOutcomeReported] | None = None
     """The latest delivery error reported on the send that was ``last_disclosed`` when
     it came: while that send is still ``last_disclosed`` its language counts for
@@ -584,15 +587,21 @@ def _apply_age(s: SubscriberState, f: Fact[AgeVerified]) -> SubscriberState:
 def _apply_delivery(s: SubscriberState, f: Fact[DeliveryOutcomeReported]) -> SubscriberState:
     # Campaign health reads these facts from the ledger (``ledger.health``). The state
     # keeps only an error on the send whose opt-out language ends the first message's
-    # obligation: undelivered, it ended nothing. A later "delivered" report does not
+    # obligation, or on the reconfirmation request that met a reconfirmation owed:
+    # undelivered, it met nothing. A later "delivered" report does not
     # restore it: doubt leaves the language owed.
     reported = f.event
     if not reported.outcome.is_error or not reported.campaign:
         return s
-    disclosed = s.campaign(reported.campaign).last_disclosed
-    if disclosed is None or disclosed.message_id != reported.message_id:
+    c = s.campaign(reported.campaign)
+    changes = {
+        name: f
+        for name, send in (("undisclosed", c.last_disclosed), ("unreconfirmed", c.reconfirming))
+        if send is not None and send.message_id == reported.message_id
+    }
+    if not changes:
         return s
-    return _with_campaign(s, reported.campaign, lambda c: _evolve(c, undisclosed=f))
+    return _with_campaign(s, reported.campaign, lambda c: _evolve(c, **changes))
 
 
 def _apply_erased(s: SubscriberState, f: Fact[SubjectErased]) -> SubscriberState:
@@ -865,7 +874,8 @@ def retained(state: SubscriberState) -> list[Fact[Any]]:
     facts: dict[int, Fact[Any]] = {}
     for c in state.campaigns.values():
         kept_facts = (c.grant, c.revocation, c.resume, c.reconfirmation, c.help_request)
-        for kept in (*kept_facts, c.last_inbound, c.revocation_said, c.undisclosed):
+        undelivered = (c.undisclosed, c.unreconfirmed)
+        for kept in (*kept_facts, c.last_inbound, c.revocation_said, *undelivered):
             if kept is not None:
                 facts[kept.event.event_id.int] = kept
         records = (

@@ -49,6 +49,20 @@ def sent(phone: str, at: datetime, **changes: Any) -> api.RecordMessageSentReque
     return api.RecordMessageSentRequest(**fields)
 
 
+def undelivered(
+    message: api.RecordMessageSentRequest, at: datetime
+) -> api.RecordDeliveryOutcomeRequest:
+    return api.RecordDeliveryOutcomeRequest(
+        request_id=uuid.uuid4().hex,
+        phone=message.phone,
+        brand="acme",
+        message_id=message.message_id,
+        outcome=lpb.DELIVERY_OUTCOME_UNDELIVERABLE,
+        error_code="30003",
+        occurred_at=ts(at),
+    )
+
+
 async def owed(c: Client, phone: str, fresh: str) -> dict[str, list[str]]:
     """The obligations each reader names for a regular message to ``phone`` now."""
     asked = dict(phone=phone, brand="acme", campaign="promo", at_least_as_fresh=fresh)
@@ -78,17 +92,7 @@ async def test_opt_out_language_in_a_first_message_never_delivered_is_owed_again
         await c.RecordOptIn(opt_in(phone, "acme", "promo", now - timedelta(hours=2)))
         first = sent(phone, now - timedelta(hours=1))
         await c.RecordMessageSent(first)
-        w = await c.RecordDeliveryOutcome(
-            api.RecordDeliveryOutcomeRequest(
-                request_id=uuid.uuid4().hex,
-                phone=phone,
-                brand="acme",
-                message_id=first.message_id,
-                outcome=lpb.DELIVERY_OUTCOME_UNDELIVERABLE,
-                error_code="30003",
-                occurred_at=ts(now - timedelta(minutes=59)),
-            )
-        )
+        w = await c.RecordDeliveryOutcome(undelivered(first, now - timedelta(minutes=59)))
         for said in (await owed(c, phone, w.consistency_token)).values():
             assert "OBLIGATION_INCLUDE_OPT_OUT_LANGUAGE" in said
         # Carried again by a send recorded after the report, it is met.
@@ -116,3 +120,22 @@ async def test_a_late_first_message_that_did_not_reconfirm_leaves_the_reconfirma
         w = await c.RecordMessageSent(request)
         for said in (await owed(c, phone, w.consistency_token)).values():
             assert "OBLIGATION_RECONFIRM_IN_THIS_MESSAGE" not in said
+
+
+async def test_a_reconfirmation_request_never_delivered_leaves_the_reconfirmation_owed(
+    service,
+) -> None:
+    """The late first message was a reconfirmation request, but the provider said it
+    never reached the handset: the consent was not reconfirmed, yet every reader
+    stopped naming the reconfirmation."""
+    phone = _phone()
+    now = CLOCK.now
+    async with client(service.address) as c:
+        await c.RecordOptIn(opt_in(phone, "acme", "promo", now - timedelta(days=40)))
+        request = sent(
+            phone, now - timedelta(hours=1), kind=lpb.MESSAGE_KIND_RECONFIRMATION_REQUEST
+        )
+        await c.RecordMessageSent(request)
+        w = await c.RecordDeliveryOutcome(undelivered(request, now - timedelta(minutes=59)))
+        for said in (await owed(c, phone, w.consistency_token)).values():
+            assert "OBLIGATION_RECONFIRM_IN_THIS_MESSAGE" in said

@@ -272,6 +272,18 @@ def test_a_late_first_message_that_did_not_reconfirm_leaves_the_reconfirmation_o
     assert Obligation.RECONFIRM_IN_THIS_MESSAGE not in decide(s, PROMO, at(days=39)).obligations
 
 
+def test_a_reconfirmation_request_never_delivered_leaves_the_reconfirmation_owed():
+    request = sent(at(days=36), kind=MessageKind.RECONFIRMATION_REQUEST)
+    s = state_of(granted(at(0)), sent(at(days=35)), request, _undelivered(request, at(days=36)))
+    d = decide(s, PROMO, at(days=37))
+    assert Obligation.RECONFIRM_IN_THIS_MESSAGE in d.obligations
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE in d.obligations
+    assert fold(retained_facts(s)) == s
+    # Another request, recorded after the report, meets it.
+    s = fold(record([sent(at(days=36, minutes=5), kind=MessageKind.RECONFIRMATION_REQUEST)]), s)
+    assert Obligation.RECONFIRM_IN_THIS_MESSAGE not in decide(s, PROMO, at(days=37)).obligations
+
+
 def test_periodic_reconfirmation_interval_passed_requires_reconfirmation():
     c = campaign(reconfirm_interval=timedelta(days=90))
     s = state_of(granted(at(0)), sent(at(days=1)))
