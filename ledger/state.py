@@ -153,8 +153,9 @@ class CampaignConsent:
     last_sent: SentRecord | None = None
     """The latest counted send ever, kept apart from ``sent`` because pruning drops it."""
     last_disclosed: SentRecord | None = None
-    """The latest counted send that carried opt-out language: the first message's
-    obligation to carry it holds until a send says it did."""
+    """The latest counted send that carried opt-out language, recorded since the
+    campaign's latest grant or START (``_reopened``): the first message's obligation
+    to carry it holds until a send says it did."""
     opener: SentRecord | None = None
     """The earliest counted send since the campaign's latest consent (``consent_anchor``)
     recorded after it: the first message, which had to reconfirm when it came later
@@ -271,31 +272,46 @@ def _sealed_by(f: Fact[Any], erasure: Fact[SubjectErased]) -> bool:
 
 
 def consent_anchor(
-    c: CampaignConsent, brand_resume: Fact[ConsentResumed] | None
+    c: CampaignConsent, brand_resume: Fact[ConsentResumed] | None, reconfirmed: bool = True
 ) -> Fact[Any] | None:
     """The campaign's latest fact of consent in world order: its grant, its START, the
-    brand's START (``brand_resume``) or a reconfirmation. The first message is counted
-    from it."""
+    brand's START (``brand_resume``) or, unless ``reconfirmed`` is false, a
+    reconfirmation. The first message is counted from it; the opt-out language is
+    owed again after each but a reconfirmation."""
     latest: Fact[Any] | None = None
-    for fact in (c.grant, c.resume, c.reconfirmation, brand_resume):
+    for fact in (c.grant, c.resume, c.reconfirmation if reconfirmed else None, brand_resume):
         if fact is not None:
             latest = _later(latest, fact)
     return latest
 
 
+_FORGOTTEN_AT_CONSENT = {
+    "opener": None,
+    "reconfirming": None,
+    "unreconfirmed": None,
+}
+_FORGOTTEN_AT_NEW_CONSENT = {"last_disclosed": None, "undisclosed": None}
+
+
 def _reopened(before: SubscriberState, after: SubscriberState) -> SubscriberState:
-    """``after`` with the first message forgotten in each campaign whose consent anchor
-    a fact of consent moved: only a send recorded after the new consent opens it, so
-    a state refolded from its retained facts finds the same one (a send recorded
-    before a consent it follows in world order opens nothing: doubt owes)."""
+    """``after`` with the first message and the reconfirmation request forgotten in
+    each campaign whose consent anchor a fact of consent moved, and the send that
+    carried the opt-out language where a grant or a START moved it: only a send
+    recorded after the new consent meets its obligations, so a state refolded from
+    its retained facts finds the same ones. A send recorded before a consent that it
+    follows by its stamp (stamped ahead of the clock) went out before it: doubt owes."""
     changed = {}
     for name, c in after.campaigns.items():
-        if c.opener is None:
+        if c.opener is None and c.reconfirming is None and c.last_disclosed is None:
             continue
-        old = consent_anchor(before.campaign(name), before.brand_resume)
-        new = consent_anchor(c, after.brand_resume)
-        if new is not old:
-            changed[name] = _evolve(c, opener=None)
+        b, was, now = before.campaign(name), before.brand_resume, after.brand_resume
+        forget: dict[str, None] = {}
+        if consent_anchor(c, now) is not consent_anchor(b, was):
+            forget.update(_FORGOTTEN_AT_CONSENT)
+        if consent_anchor(c, now, False) is not consent_anchor(b, was, False):
+            forget.update(_FORGOTTEN_AT_NEW_CONSENT)
+        if forget:
+            changed[name] = _evolve(c, **forget)
     if not changed:
         return after
     return _evolve(after, campaigns=MappingProxyType({**after.campaigns, **changed}))
@@ -498,13 +514,17 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
             and (opener is None or (record.at, record.event_id) < (opener.at, opener.event_id))
         ):
             opener = record
+        reconfirming = _latest_record(c.reconfirming, record) if reconfirms else c.reconfirming
+        # An error reported on the send these replace says nothing of the new one.
         return _evolve(
             c,
             sent=_prune((*c.sent, record), latest.at),
             last_sent=latest,
             last_disclosed=disclosed,
+            undisclosed=c.undisclosed if disclosed is c.last_disclosed else None,
             opener=opener,
-            reconfirming=_latest_record(c.reconfirming, record) if reconfirms else c.reconfirming,
+            reconfirming=reconfirming,
+            unreconfirmed=c.unreconfirmed if reconfirming is c.reconfirming else None,
         )
 
     return _with_campaign(s, f.event.campaign, add)

@@ -36,7 +36,8 @@ opt-out a review recorded confirmed from the review, not from the person's text)
 17 read a promotional grant given verbally or imported as promotional in
 ``CampaignDigest.tier`` (``ledger.digest.reached_tier``), 18 held the latest send
 where ``CampaignDigest.first_sent_at`` is (a late first message that did not
-reconfirm read as meeting the reconfirmation):
+reconfirm read as meeting the reconfirmation), and in ``last_disclosed_at`` a send
+recorded before the latest consent but stamped after it:
 rows in any of them are read from their
 snapshots, which are folded and digested again (a snapshot written before 14 may lack
 an opt-out latest by the time it said: ``consent-ledger rebuild`` folds it from the

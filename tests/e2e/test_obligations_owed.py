@@ -13,7 +13,7 @@ from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
 from services.bootstrap import Runtime
-from tests.e2e.harness import Client, client, define, module_clock, opt_in, ts
+from tests.e2e.harness import Client, client, define, inbound, module_clock, opt_in, ts
 
 SENDER = "+12125550187"
 CLOCK = module_clock()
@@ -139,3 +139,23 @@ async def test_a_reconfirmation_request_never_delivered_leaves_the_reconfirmatio
         w = await c.RecordDeliveryOutcome(undelivered(request, now - timedelta(minutes=59)))
         for said in (await owed(c, phone, w.consistency_token)).values():
             assert "OBLIGATION_RECONFIRM_IN_THIS_MESSAGE" in said
+
+
+async def test_a_send_stamped_ahead_and_recorded_before_a_stop_and_start_meets_nothing(
+    service,
+) -> None:
+    """A sender whose clock runs four minutes ahead recorded a message with the
+    opt-out language; the person then sent STOP and START. By its stamp the message
+    followed the START, so CanSend and CanSendBatch took it for the new consent's
+    first message, while CanSendAsOf, for the same moment, did not."""
+    phone = _phone()
+    now = CLOCK.now
+    async with client(service.address) as c:
+        await c.RecordOptIn(opt_in(phone, "acme", "promo", now - timedelta(hours=1)))
+        await c.RecordMessageSent(sent(phone, now + timedelta(minutes=4)))
+        await c.HandleInboundMessage(inbound(phone, SENDER, "STOP", now - timedelta(minutes=2)))
+        w = await c.HandleInboundMessage(
+            inbound(phone, SENDER, "START", now - timedelta(minutes=1))
+        )
+        for said in (await owed(c, phone, w.consistency_token)).values():
+            assert "OBLIGATION_INCLUDE_OPT_OUT_LANGUAGE" in said

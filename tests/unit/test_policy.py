@@ -320,6 +320,24 @@ def test_opt_out_language_is_owed_until_a_send_says_it_carried_it():
     assert Obligation.INCLUDE_OPT_OUT_LANGUAGE in decide(s, PROMO, at(10)).obligations
 
 
+def test_a_send_recorded_before_a_new_consent_meets_nothing_of_it():
+    # A send stamped four minutes ahead of the clock that recorded it, then a STOP
+    # and a START within those minutes: by its stamp the send follows the START, but
+    # it went out before the STOP. Its opt-out language and its reconfirmation are
+    # not the new consent's.
+    ahead = sent(at(14), kind=MessageKind.RECONFIRMATION_REQUEST)
+    events = [granted(at(days=-40)), ahead, revoked(at(11)), resumed(at(12), "promo")]
+    s = fold(record(events, known_at=[at(days=-40), at(10), at(11), at(12)]))
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE in decide(s, PROMO, at(13)).obligations
+    assert fold(retained_facts(s)) == s
+    # A new grant the same; a reconfirmation leaves the language met.
+    events = [granted(at(days=-1)), sent(at(14)), granted(at(12))]
+    s = fold(record(events, known_at=[at(days=-1), at(10), at(12)]))
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE in decide(s, PROMO, at(13)).obligations
+    s = state_of(granted(at(0)), sent(at(5)), reconfirmed(at(7)))
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE not in decide(s, PROMO, at(10)).obligations
+
+
 def test_a_disclosure_pruned_from_the_cap_window_is_still_remembered():
     # Caps keep 24 hours of sends; the disclosure was 3 days ago, and every send
     # since went without the language.

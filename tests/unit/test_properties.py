@@ -15,6 +15,8 @@ from ledger.events import (
     ConsentGranted,
     ConsentResumed,
     ConsentRevoked,
+    DeliveryOutcome,
+    DeliveryOutcomeReported,
     InboundMessageReceived,
     MessageKind,
     MessageSent,
@@ -26,6 +28,7 @@ from ledger.status import ConsentState, consent_state
 from tests.builders import (
     BRAND,
     PHONE,
+    _base,
     age,
     at,
     campaign,
@@ -188,6 +191,40 @@ def test_folding_in_batches_gives_the_same_state(events, cut):
 @settings(max_examples=200, deadline=None)
 @given(events=histories)
 def test_a_state_refolded_from_its_retained_facts_is_equal(events):
+    state = fold(record(events))
+    assert fold(retained_facts(state)) == state
+
+
+MESSAGE_IDS = st.sampled_from(["SM1", "SM2", "SM3"])
+
+
+@st.composite
+def with_delivery_errors(draw):
+    """A history whose sends share a few message ids, with errors reported on them:
+    the fold keeps an error on the send that met an obligation (``undisclosed``)."""
+    events = []
+    for event in draw(st.lists(any_event(), max_size=20)):
+        if isinstance(event, MessageSent):
+            event = replace(event, message_id=draw(MESSAGE_IDS))
+        events.append(event)
+        if draw(st.booleans()) and isinstance(event, MessageSent):
+            events.append(
+                DeliveryOutcomeReported(
+                    **_base(event.occurred_at + timedelta(minutes=1)),
+                    phone=PHONE,
+                    brand=BRAND,
+                    message_id=draw(MESSAGE_IDS),
+                    campaign=draw(CAMPAIGNS),
+                    outcome=draw(st.sampled_from(list(DeliveryOutcome))),
+                    error_code="",
+                )
+            )
+    return events
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=with_delivery_errors())
+def test_a_state_with_delivery_errors_refolded_from_its_retained_facts_is_equal(events):
     state = fold(record(events))
     assert fold(retained_facts(state)) == state
 
