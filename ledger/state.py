@@ -641,6 +641,9 @@ def _apply_erased(s: SubscriberState, f: Fact[SubjectErased]) -> SubscriberState
             reconfirmation=before(c.reconfirmation),
             help_request=before(c.help_request),
             last_inbound=before(c.last_inbound),
+            # No consent before it stands, so nothing sent under one meets a new one's
+            # obligations: forgotten here, as the consent it followed is.
+            **_FORGOTTEN_AT_CONSENT,
         )
         for name, c in s.campaigns.items()
     }

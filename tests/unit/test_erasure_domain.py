@@ -32,7 +32,18 @@ from ledger.retention import (
     hold_event,
 )
 from ledger.state import fold, retained_facts
-from tests.builders import BRAND, PHONE, at, campaign, granted, inbound, record, resumed, revoked
+from tests.builders import (
+    BRAND,
+    PHONE,
+    at,
+    campaign,
+    granted,
+    inbound,
+    record,
+    resumed,
+    revoked,
+    sent,
+)
 
 FIVE = Retention()
 
@@ -164,6 +175,15 @@ def test_a_fresh_opt_in_after_erasure_allows_again() -> None:
     state = fold(record([granted(at(0)), revoked(at(1)), erasure(at(10)), granted(at(20))]))
 
     assert decide(state, campaign(), at(21)).reason is Reason.CONSENT_ACTIVE
+
+
+def test_the_first_message_of_an_erased_consent_is_forgotten_with_it() -> None:
+    # The grant it followed is gone, so a state refolded from the retained facts
+    # has no consent for the send to open: the fold forgets it as well.
+    state = fold(record([granted(at(0)), sent(at(5)), erasure(at(10))]))
+
+    assert state.campaign("promo").opener is None
+    assert fold(retained_facts(state)) == state
 
 
 def test_a_grant_from_before_the_erasure_recorded_after_it_allows_nothing() -> None:

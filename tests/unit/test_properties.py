@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 from datetime import timedelta
+from types import MappingProxyType
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,7 +25,7 @@ from ledger.events import (
     SubjectErased,
 )
 from ledger.policy import Reason, decide
-from ledger.state import fold, retained_facts
+from ledger.state import EMPTY_CAMPAIGN, SubscriberState, fold, retained_facts
 from ledger.status import ConsentState, consent_state
 from tests.builders import (
     BRAND,
@@ -200,10 +202,21 @@ MESSAGE_IDS = st.sampled_from(["SM1", "SM2", "SM3"])
 
 @st.composite
 def with_delivery_errors(draw):
-    """A history whose sends share a few message ids, with errors reported on them:
-    the fold keeps an error on the send that met an obligation (``undisclosed``)."""
-    events = []
-    for event in draw(st.lists(any_event(), max_size=20)):
+    """A history whose sends share a few message ids, with errors reported on them
+    (the fold keeps an error on the send that met an obligation, ``undisclosed``),
+    perhaps erased part way (which forgets the consent the sends met)."""
+    events: list[Any] = []
+    history = draw(st.lists(any_event(), max_size=20))
+    if history and draw(st.booleans()):
+        cut = draw(st.integers(min_value=0, max_value=len(history)))
+        erasure = SubjectErased(
+            event_id=uuid.uuid4(),
+            occurred_at=at(draw(MINUTES)),
+            phone=PHONE,
+            brand=BRAND,
+        )
+        history.insert(cut, erasure)
+    for event in history:
         if isinstance(event, MessageSent):
             event = replace(event, message_id=draw(MESSAGE_IDS))
         events.append(event)
@@ -226,7 +239,13 @@ def with_delivery_errors(draw):
 @given(events=with_delivery_errors())
 def test_a_state_with_delivery_errors_refolded_from_its_retained_facts_is_equal(events):
     state = fold(record(events))
-    assert fold(retained_facts(state)) == state
+    # An erasure leaves a campaign it emptied in place, which a refold has no fact of.
+    assert _emptied_left_out(fold(retained_facts(state))) == _emptied_left_out(state)
+
+
+def _emptied_left_out(state: SubscriberState) -> SubscriberState:
+    kept = {name: c for name, c in state.campaigns.items() if c != EMPTY_CAMPAIGN}
+    return replace(state, campaigns=MappingProxyType(kept))
 
 
 @settings(max_examples=200, deadline=None)
