@@ -507,13 +507,12 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
         ):
             disclosed = record
         opener = c.opener
-        anchor = consent_anchor(c, brand_resume)
-        if (
-            anchor is not None
-            and record.at >= anchor.at
-            and (opener is None or (record.at, record.event_id) < (opener.at, opener.event_id))
-        ):
-            opener = record
+        # Sends mostly come in order: one after the first message changes nothing, and
+        # the consent it would be measured against need not be looked up.
+        if opener is None or (record.at, record.event_id) < (opener.at, opener.event_id):
+            anchor = consent_anchor(c, brand_resume)
+            if anchor is not None and record.at >= anchor.at:
+                opener = record
         reconfirming = _latest_record(c.reconfirming, record) if reconfirms else c.reconfirming
         # An error reported on the send these replace says nothing of the new one.
         return _evolve(
