@@ -643,6 +643,7 @@ def _apply_erased(s: SubscriberState, f: Fact[SubjectErased]) -> SubscriberState
             # No consent before it stands, so nothing sent under one meets a new one's
             # obligations: forgotten here, as the consent it followed is.
             **_FORGOTTEN_AT_CONSENT,
+            **_FORGOTTEN_AT_NEW_CONSENT,
         )
         for name, c in s.campaigns.items()
     }

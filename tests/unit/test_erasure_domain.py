@@ -184,6 +184,11 @@ def test_the_first_message_of_an_erased_consent_is_forgotten_with_it() -> None:
 
     assert state.campaign("promo").opener is None
     assert fold(retained_facts(state)) == state
+    # Nor does its opt-out language, though a grant that moved it is gone as well.
+    events = [sent(at(0)), granted(at(0)), erasure(at(0))]
+    state = fold(record(events))
+    assert state.campaign("promo").last_disclosed is None
+    assert fold(retained_facts(state)) == state
 
 
 def test_a_grant_from_before_the_erasure_recorded_after_it_allows_nothing() -> None:
