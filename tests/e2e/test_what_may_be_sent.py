@@ -5,7 +5,7 @@ the replies the service says are owed, and the kinds of message that escape a ru
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import grpc
 import pytest
@@ -463,6 +463,19 @@ async def test_a_promotional_opt_in_said_or_imported_allows_no_promotional_campa
                     assert "written" in r.detail, r.detail
 
 
+async def sends_from(
+    c, campaign: api.DefineCampaignRequest, numbers: list[str], at: datetime
+) -> None:
+    """``campaign`` sends from ``numbers`` from ``at`` on (a ChangeCampaignPolicy)."""
+    campaign.policy.sender_numbers[:] = numbers
+    await c.ChangeCampaignPolicy(
+        api.ChangeCampaignPolicyRequest(
+            request_id=uuid.uuid4().hex, brand=campaign.brand, campaign=campaign.campaign,
+            policy=campaign.policy, occurred_at=ts(at),
+        )
+    )  # fmt: skip
+
+
 async def test_a_stop_sent_before_its_number_moved_stops_the_campaign_that_sent_from_it(serve):
     # A gateway delivers a STOP late, after the brand moved the number from one
     # campaign to another: the person answered the campaign that texted them from
@@ -476,15 +489,8 @@ async def test_a_stop_sent_before_its_number_moved_stops_the_campaign_that_sent_
     async with client(runtime.address) as c:
         for name in ("old", "new"):
             await c.RecordOptIn(opt_in(PHONE, "acme", name, clock.now - timedelta(hours=1)))
-        for name, numbers in (("old", []), ("new", [PROMO_NUMBER])):
-            policy = campaigns[name == "new"].policy
-            policy.sender_numbers[:] = numbers
-            await c.ChangeCampaignPolicy(
-                api.ChangeCampaignPolicyRequest(
-                    request_id=uuid.uuid4().hex, brand="acme", campaign=name, policy=policy,
-                    occurred_at=ts(moved),
-                )
-            )  # fmt: skip
+        await sends_from(c, campaigns[0], [], moved)
+        await sends_from(c, campaigns[1], [PROMO_NUMBER], moved)
         w = await c.HandleInboundMessage(
             inbound(PHONE, PROMO_NUMBER, "STOP", clock.now - timedelta(minutes=20))
         )
@@ -532,17 +538,8 @@ async def test_a_stop_sent_before_another_brand_let_its_number_go_holds_that_bra
             await admin.RecordOptIn(
                 opt_in(PHONE, c.brand, c.campaign, clock.now - timedelta(hours=1))
             )
-        for c, numbers, at in (
-            (campaigns[0], [], released),
-            (campaigns[1], [PROMO_NUMBER], released),
-        ):
-            c.policy.sender_numbers[:] = numbers
-            await admin.ChangeCampaignPolicy(
-                api.ChangeCampaignPolicyRequest(
-                    request_id=uuid.uuid4().hex, brand=c.brand, campaign=c.campaign,
-                    policy=c.policy, occurred_at=ts(at),
-                )
-            )  # fmt: skip
+        await sends_from(admin, campaigns[0], [], released)
+        await sends_from(admin, campaigns[1], [PROMO_NUMBER], released)
         w = await acme.HandleInboundMessage(
             inbound(PHONE, PROMO_NUMBER, "STOP", clock.now - timedelta(minutes=20))
         )
@@ -585,14 +582,8 @@ async def test_a_refused_stop_sent_before_another_brand_let_its_number_go_holds_
             await admin.RecordOptIn(
                 opt_in(PHONE, c.brand, c.campaign, clock.now - timedelta(hours=1))
             )
-        for c, numbers in ((campaigns[0], []), (campaigns[1], [PROMO_NUMBER])):
-            c.policy.sender_numbers[:] = numbers
-            await admin.ChangeCampaignPolicy(
-                api.ChangeCampaignPolicyRequest(
-                    request_id=uuid.uuid4().hex, brand=c.brand, campaign=c.campaign,
-                    policy=c.policy, occurred_at=ts(released),
-                )
-            )  # fmt: skip
+        await sends_from(admin, campaigns[0], [], released)
+        await sends_from(admin, campaigns[1], [PROMO_NUMBER], released)
         stop = inbound(PHONE, PROMO_NUMBER, "STOP", clock.now - timedelta(minutes=20))
         stop.message_id = ""
         for _ in range(2):  # a gateway's retry holds nothing twice
@@ -631,13 +622,7 @@ async def test_a_stop_sent_before_another_brand_let_its_number_go_unclaimed_hold
             await admin.RecordOptIn(
                 opt_in(phone, "globex", "deals", clock.now - timedelta(hours=1))
             )
-        campaign.policy.sender_numbers[:] = []
-        await admin.ChangeCampaignPolicy(
-            api.ChangeCampaignPolicyRequest(
-                request_id=uuid.uuid4().hex, brand="globex", campaign="deals",
-                policy=campaign.policy, occurred_at=ts(clock.now - timedelta(minutes=10)),
-            )
-        )  # fmt: skip
+        await sends_from(admin, campaign, [], clock.now - timedelta(minutes=10))
         sent = clock.now - timedelta(minutes=20)
         w = await acme.HandleInboundMessage(inbound(PHONE, PROMO_NUMBER, "STOP", sent))
         assert "globex" not in str(w) and "deals" not in str(w), w
