@@ -169,6 +169,51 @@ def _unlisted_then(
     return None if _listed(holder, to, at) else at
 
 
+async def brands_held_then(
+    view: ConsentView,
+    holder: CampaignHistory | None,
+    to: str,
+    occurred_at: datetime | None,
+    now: datetime,
+    authorize: Callable[[str], None],
+    held: Sequence[str] = (),
+) -> list[str]:
+    """Where to hold a STOP for the other brands whose campaigns listed ``to`` at
+    the text's own time, when ``holder`` did not: the number passed from one brand
+    to another after the text was sent, and it answered that brand's messages.
+    Under that brand for a caller that may write for it, else under ``ANY_BRAND``,
+    which an operator reviews: the caller must not write, nor learn, its facts.
+    With no ``holder`` (no campaign sends from ``to`` now), the STOP is kept under
+    each of ``held`` already, and any other brand that listed it then is held."""
+    if holder is None:
+        at = None
+        if occurred_at is not None and occurred_at.tzinfo is not None:
+            at = consent_time(occurred_at, now)
+        mine = set(held)
+    else:
+        at = _unlisted_then(holder, to, occurred_at, now)
+        current = holder.current()
+        mine = set() if current is None else {current.brand}
+    if at is None or not mine or ANY_BRAND in mine:
+        return []  # no time, or kept for every brand already
+    keys: list[str] = []
+    for brand in await view.brand_names():
+        if brand in mine or brand == ANY_BRAND:
+            continue
+        for name in await view.campaign_names(brand):
+            if not _listed(await view.campaign_history(brand, name), to, at):
+                continue
+            try:
+                authorize(brand)
+                key = brand
+            except PermissionDenied:
+                key = ANY_BRAND
+            if key not in keys:
+                keys.append(key)
+            break
+    return keys
+
+
 LATE_HOLD_PREFIX = "late-stop-"
 """Starts the request id of a late STOP's hold under another brand or ``*``."""
 
@@ -790,12 +835,12 @@ class Writes:
             # after it moved, the STOP is held for that brand too, as when accepted.
             history = await self.ctx.view.campaign_history(brand, campaign)
             now = self.ctx.clock()
-            also = await self._brands_held_then(history, to, occurred_at, now, authorize)
+            also = await brands_held_then(self.ctx.view, history, to, occurred_at, now, authorize)
         else:
             if to is not None:
                 now = self.ctx.clock()
-                also = await self._brands_held_then(
-                    None, to, occurred_at, now, authorize, unowned_brands
+                also = await brands_held_then(
+                    self.ctx.view, None, to, occurred_at, now, authorize, unowned_brands
                 )
             authorize, brands = _anyone, unowned_brands
         hold = HoldRefusedOptOut(
@@ -1116,51 +1161,6 @@ class Writes:
             if other != name and _listed(await view.campaign_history(brand, other), to, at)
         ]
 
-    async def _brands_held_then(
-        self,
-        holder: CampaignHistory | None,
-        to: str,
-        occurred_at: datetime | None,
-        now: datetime,
-        authorize: Callable[[str], None],
-        held: Sequence[str] = (),
-    ) -> list[str]:
-        """Where to hold a STOP for the other brands whose campaigns listed ``to`` at
-        the text's own time, when ``holder`` did not: the number passed from one brand
-        to another after the text was sent, and it answered that brand's messages.
-        Under that brand for a caller that may write for it, else under ``ANY_BRAND``,
-        which an operator reviews: the caller must not write, nor learn, its facts.
-        With no ``holder`` (no campaign sends from ``to`` now), the STOP is kept under
-        each of ``held`` already, and any other brand that listed it then is held."""
-        if holder is None:
-            at = None
-            if occurred_at is not None and occurred_at.tzinfo is not None:
-                at = consent_time(occurred_at, now)
-            mine = set(held)
-        else:
-            at = _unlisted_then(holder, to, occurred_at, now)
-            current = holder.current()
-            mine = set() if current is None else {current.brand}
-        if at is None or not mine or ANY_BRAND in mine:
-            return []  # no time, or kept for every brand already
-        view = self.ctx.view
-        keys: list[str] = []
-        for brand in await view.brand_names():
-            if brand in mine or brand == ANY_BRAND:
-                continue
-            for name in await view.campaign_names(brand):
-                if not _listed(await view.campaign_history(brand, name), to, at):
-                    continue
-                try:
-                    authorize(brand)
-                    key = brand
-                except PermissionDenied:
-                    key = ANY_BRAND
-                if key not in keys:
-                    keys.append(key)
-                break
-        return keys
-
     async def _kept_for_review(
         self,
         cmd: HandleInboundMessage,
@@ -1236,7 +1236,9 @@ class Writes:
         # it to the caller), first: a failure after it leaves the caller to retry.
         holds: list[InboundResult] = []
         if outcome.intent in HELD_INTENTS:
-            for key in await self._brands_held_then(history, to, cmd.occurred_at, now, authorize):
+            for key in await brands_held_then(
+                self.ctx.view, history, to, cmd.occurred_at, now, authorize
+            ):
                 hold = await self._kept_for_review(cmd, key, recorded_by, now, sent_for=brand)
                 if hold is not None:
                     holds.append(hold)
@@ -1311,11 +1313,13 @@ class Writes:
         theirs, and must neither deny nor show it to any other brand. Each brand's is
         recorded as a request of its own, so a retry records what a failure left out.
         Sent while a campaign of another brand listed the number, it is held for that
-        brand too (``_brands_held_then``), first, and named to the caller by nothing
+        brand too (``brands_held_then``), first, and named to the caller by nothing
         but the answer's token."""
         now = self.ctx.clock()
         hidden = []
-        for key in await self._brands_held_then(None, to, cmd.occurred_at, now, authorize, brands):
+        for key in await brands_held_then(
+            self.ctx.view, None, to, cmd.occurred_at, now, authorize, brands
+        ):
             sent_for = ",".join(brands)
             hold = await self._kept_for_review(cmd, key, recorded_by, now, sent_for=sent_for)
             if hold is not None:
