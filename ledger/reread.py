@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
 
 from ledger.events import (
     ConsentRevoked,
@@ -132,14 +134,9 @@ def reread_hold(
     """The hold of ``text``, read again as stopping: at the text's own time, with its
     words and message id, as the reply would have been flagged when it came. Its ids
     digest the text, so a second placing is the first's retry."""
-    said = f"{text.brand}\0{text.phone}\0{text.message_id}"
-    digest = hashlib.sha256(said.encode()).hexdigest()[:32]
-    request_id = f"{REREAD_PREFIX}{digest}"
     return RevocationCandidateFlagged(
-        event_id=event_id_for(request_id, 0, text.brand, digest),
+        **_ids(text.brand, f"{text.brand}\0{text.phone}\0{text.message_id}"),
         occurred_at=text.occurred_at,
-        request_id=request_id,
-        request_fingerprint=digest,
         recorded_by=recorded_by,
         phone=text.phone,
         brand=text.brand,
@@ -147,3 +144,23 @@ def reread_hold(
         text=text.body,
         to_number=text.to_number,
     )
+
+
+def held_for(hold: RevocationCandidateFlagged, brand: str) -> RevocationCandidateFlagged:
+    """``hold`` (``reread_hold``'s) placed under ``brand`` too: another brand's campaign
+    sent from the number the text reached when it was sent, and it answered that
+    brand's messages. Its ids digest the text and ``brand``, so each brand is held
+    once however often the text is read again, and they name no other brand."""
+    said = f"{brand}\0{hold.brand}\0{hold.phone}\0{hold.inbound_message_id}"
+    return replace(hold, brand=brand, **_ids(brand, said))
+
+
+def _ids(brand: str, said: str) -> dict[str, Any]:
+    """The ids of a hold under ``brand`` placed on the text ``said`` names."""
+    digest = hashlib.sha256(said.encode()).hexdigest()[:32]
+    request_id = f"{REREAD_PREFIX}{digest}"
+    return {
+        "event_id": event_id_for(request_id, 0, brand, digest),
+        "request_id": request_id,
+        "request_fingerprint": digest,
+    }

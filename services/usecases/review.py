@@ -29,11 +29,21 @@ from ledger.events import (
     RevocationCandidateFlagged,
 )
 from ledger.ports import ConsistencyToken, Stream
-from ledger.reread import Key, held_text, reads_as, relevant, reread_holds, stored_reading
+from ledger.reread import (
+    Key,
+    held_for,
+    held_text,
+    reads_as,
+    relevant,
+    reread_holds,
+    stored_reading,
+)
 from ledger.state import Fact
 from services.usecases.access import Reader
 from services.usecases.context import Context
 from services.usecases.requests import recorded_once
+from services.usecases.spellings import state_as_one
+from services.usecases.writes import brands_held_then
 
 QUEUE_CHUNK = 500
 """Flagged replies read at a time, with their numbers' states, for the review queue."""
@@ -99,14 +109,16 @@ class Reread:
     read, from where the next reading goes on (``since``)."""
 
 
-def _owed_after(
-    owed: dict[Key, tuple[RevocationCandidateFlagged, int]], events: list[LedgerEvent], chunk: int
-) -> None:
-    """``owed`` (the holds owed to the texts read so far, each with its text's chunk)
-    once ``events``, the next in ledger order, of the ``chunk``-th chunk, are read:
-    an opt-out or hold that stops as much as its text now reads takes the text's
-    hold away (it is recorded after its text), and the texts among them that read as
-    stopping further add theirs."""
+Owed = dict[Key, tuple[RevocationCandidateFlagged, int, str | None]]
+"""The holds owed to the texts read so far, each with its text's chunk and campaign."""
+
+
+def _owed_after(owed: Owed, events: list[LedgerEvent], chunk: int) -> None:
+    """``owed`` (the holds owed to the texts read so far, each with its text's chunk
+    and campaign) once ``events``, the next in ledger order, of the ``chunk``-th
+    chunk, are read: an opt-out or hold that stops as much as its text now reads
+    takes the text's hold away (it is recorded after its text), and the texts among
+    them that read as stopping further add theirs."""
     for event in events:
         found = stored_reading(event)
         if found is not None:
@@ -114,8 +126,13 @@ def _owed_after(
             owing = owed.get(key)
             if owing is not None and far >= reads_as(owing[0].text):
                 del owed[key]
+    campaigns = {
+        (e.phone, e.brand, e.message_id): e.campaign
+        for e in events
+        if isinstance(e, InboundMessageReceived)
+    }
     for hold in reread_holds(events, recorded_by=REREAD_BY):
-        owed[held_text(hold)] = (hold, chunk)
+        owed[held_text(hold)] = (hold, chunk, campaigns.get(held_text(hold)))
 
 
 def _flagged(event: LedgerEvent) -> RevocationCandidateFlagged:
@@ -198,8 +215,9 @@ class Review:
         """Read every text the ledger holds again under the current keyword rules, and
         hold for review, from its own time, each that reads as an opt-out or a
         possible one now where its stored reading stopped nothing
-        (``ledger.reread``). Placing one again stores it once, so several instances
-        may run this at once.
+        (``ledger.reread``), and under each other brand whose campaign sent from the
+        number the text reached when it was sent (``_held_then_too``). Placing one
+        again stores it once, so several instances may run this at once.
 
         Reads the subscriber stream from its start, a chunk at a time, opening the
         texts' words as an auditor's read does (words erased stay unread), in turns
@@ -220,7 +238,7 @@ class Review:
             # or hold recorded after its text (in the same append, a few records on)
             # that stops as much takes the text's away, so a hold is placed once the
             # reading is a chunk past its text.
-            owed: dict[Key, tuple[RevocationCandidateFlagged, int]] = {}
+            owed: Owed = {}
             offset, chunk = (since or {}).get(partition, 0), 0
             if offset > end:  # another ledger's position: reading on from it reads nothing
                 offset = 0
@@ -256,19 +274,51 @@ class Review:
                     # Reading a text takes what reading it when it came took: in
                     # turns with the calls the process serves, not a chunk at once.
                     await asyncio.sleep(0)
-                due = [key for key, (_, came) in owed.items() if came < chunk]
-                await self._place([owed.pop(key)[0] for key in due], placed)
-            await self._place([hold for hold, _ in owed.values()], placed)
+                due = [key for key, (_, came, _) in owed.items() if came < chunk]
+                await self._place([owed.pop(key) for key in due], placed)
+            await self._place(list(owed.values()), placed)
             placed.reached[partition] = offset
         return placed
 
-    async def _place(self, holds: list[RevocationCandidateFlagged], placed: Reread) -> None:
-        """Append each of ``holds`` once, noting it in ``placed``."""
-        for hold in holds:
-            result = await recorded_once(self.ctx, [hold])
-            placed.token = placed.token.merge(result.token)
-            if not result.replayed:
-                placed.held += result.event_ids
+    async def _place(
+        self, owed: list[tuple[RevocationCandidateFlagged, int, str | None]], placed: Reread
+    ) -> None:
+        """Append each hold of ``owed`` once, noting it in ``placed``: first under each
+        other brand whose campaign sent from the number the text reached when it was
+        sent (``_held_then_too``), as a late STOP is held, so a failure between leaves
+        the next reading to place them all."""
+        for hold, _, campaign in owed:
+            also = [held_for(hold, key) for key in await self._held_then_too(hold, campaign)]
+            for one in (*also, hold):
+                result = await recorded_once(self.ctx, [one])
+                placed.token = placed.token.merge(result.token)
+                if not result.replayed:
+                    placed.held += result.event_ids
+
+    async def _held_then_too(
+        self, hold: RevocationCandidateFlagged, campaign: str | None
+    ) -> list[str]:
+        """The other brands a text held under its own brand (``hold``, recorded under
+        ``campaign``) is held for too, as a late STOP is (``brands_held_then``): the
+        service writes for every brand, so each under its own. Those the view shows
+        holding the text already are left out: a STOP the late-STOP path held for
+        them when it came, and now read as stopping more."""
+        if not hold.to_number:
+            return []
+        view = self.ctx.view
+        holder = None if campaign is None else await view.campaign_history(hold.brand, campaign)
+        keys = await brands_held_then(
+            view, holder, hold.to_number, hold.occurred_at, self.ctx.clock(),
+            lambda brand: None, (hold.brand,),
+        )  # fmt: skip
+        return [
+            key
+            for key in keys
+            if not any(
+                c.event.inbound_message_id == hold.inbound_message_id
+                for c in (await state_as_one(view, hold.phone, key)).state.candidates.values()
+            )
+        ]
 
     async def overdue_candidates(self) -> int:
         """How many flagged replies of every brand are past their ten business days

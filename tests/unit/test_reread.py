@@ -15,7 +15,7 @@ from ledger.keywords import Intent
 from ledger.personal_data import ERASED, SEALED
 from ledger.policy import Reason
 from ledger.ports import AccessRecord, ConsistencyToken, Stream
-from ledger.reread import REREAD_PREFIX, reread_holds
+from ledger.reread import REREAD_PREFIX, held_for, reread_holds
 from ledger.sweep import Finding
 from services.adapters.memory_access import InMemoryAccessLog
 from services.errors import AccessNotRecorded
@@ -56,6 +56,22 @@ def test_a_text_read_as_conversation_then_and_as_stopping_now_is_held_at_its_tim
     assert hold.request_id.startswith(REREAD_PREFIX)
     assert not (hold.unattributed or hold.imported or hold.refused or hold.provider_reported)
     assert reread_holds([text]) == [hold]  # the same ids: placed again, stored once
+
+
+def test_a_text_held_for_another_brand_too_takes_ids_of_its_own_from_the_text():
+    text = as_older_read(STOP_WITH_A_STROKE)
+    (hold,) = reread_holds([text])
+    theirs = held_for(hold, "globex")
+    assert theirs.brand == "globex" and theirs.occurred_at == hold.occurred_at
+    assert (theirs.phone, theirs.inbound_message_id, theirs.text) == (
+        hold.phone, hold.inbound_message_id, hold.text,
+    )  # fmt: skip
+    assert theirs.request_id.startswith(REREAD_PREFIX)
+    assert BRAND not in theirs.request_id + theirs.request_fingerprint
+    ids = {(h.event_id, h.request_id) for h in (hold, theirs, held_for(hold, "initech"))}
+    assert len(ids) == 3  # one hold per brand, each its own request
+    (again,) = reread_holds([text])
+    assert held_for(again, "globex") == theirs  # read again: the same, stored once
 
 
 @pytest.mark.parametrize("intent", [Intent.HELP.value, Intent.OPT_IN.value, ""])
