@@ -300,11 +300,13 @@ def prove(
     records: Iterable[ChainRecord],
     wanted: Callable[[ChainRecord], bool],
     checkpoints: Sequence[Checkpoint],
+    bare: Callable[[ChainRecord], bool] = lambda r: False,
 ) -> tuple[list[ProofSegment], list[ChainRecord]]:
     """The proof of the ``wanted`` records among ``records`` (one partition's, in
     ledger order, covering every checkpoint that holds a wanted one): per checkpoint
     that covers a wanted record, a ``ProofSegment``. Also returns the wanted records
-    no checkpoint covers yet (they need a later one)."""
+    no checkpoint covers yet (they need a later one). A wanted record ``bare`` picks
+    is proven by its entry digest alone: its bytes are not the reader's to see."""
     covering = sorted(checkpoints, key=lambda c: (c.start, -c.end))
     segments: list[ProofSegment] = []
     uncovered: list[ChainRecord] = []
@@ -320,7 +322,7 @@ def prove(
         links: list[ChainRecord | bytes] = []
         for offset in range(holder.start, holder.end):
             r = by_offset[offset]
-            links.append(r if wanted(r) else r.entry())
+            links.append(r if wanted(r) and not bare(r) else r.entry())
         segments.append(ProofSegment(holder, tuple(links)))
         done_until = holder.end
     return segments, uncovered

@@ -17,7 +17,9 @@ class Proving(Protocol):
     """``services.proofs.Proofs``: the bundle of some events with their checkpoints."""
 
     async def tamper_evidence(
-        self, positions: Iterable[tuple[str, int, int]]
+        self,
+        positions: Iterable[tuple[str, int, int]],
+        withheld: Iterable[tuple[str, int, int]] = (),
     ) -> dict[str, Any]: ...
 
 
@@ -29,12 +31,17 @@ class PacketEvidence:
         self.proofs = proofs
         self.key = key
 
-    async def of(self, positions: Iterable[tuple[int, int]]) -> dict[str, Any]:
+    async def of(
+        self, positions: Iterable[tuple[int, int]], withheld: Iterable[tuple[int, int]] = ()
+    ) -> dict[str, Any]:
         """The proof of the subscriber events at ``positions`` ((partition, offset)).
         Events newer than the last checkpoint are listed as ``uncovered``, for a
-        packet made later to prove."""
+        packet made later to prove. Those also in ``withheld`` (facts under every
+        brand, to a reader of some brands) are proven by their entry digest, not their
+        stored bytes, which name what the reader's other reads leave out."""
         wanted = sorted(set(positions))
-        proof = await self.proofs.tamper_evidence([(STREAM, p, o) for p, o in wanted])
+        bare = [(STREAM, p, o) for p, o in sorted(set(withheld))]
+        proof = await self.proofs.tamper_evidence([(STREAM, p, o) for p, o in wanted], bare)
         left = len(proof["uncovered"])
         if not wanted:
             status, detail = "nothing_to_prove", "the packet lists no event"
@@ -49,6 +56,11 @@ class PacketEvidence:
             detail = (
                 f"{len(wanted) - left} of {len(wanted)} events are covered by a signed "
                 f"checkpoint; {left} are newer than the last one"
+            )
+        if hidden := len(proof.get("withheld", [])):
+            detail += (
+                f"; {hidden} of them, under every brand, by its digest alone "
+                "(bundle.withheld): its stored bytes may name another brand"
             )
         return {
             "status": status,

@@ -117,8 +117,11 @@ class Evidence(Protocol):
     """What proves a packet's events against the ledger's signed checkpoints
     (``services.packets.evidence.PacketEvidence``)."""
 
-    async def of(self, positions: Iterable[tuple[int, int]]) -> dict[str, Any]:
-        """The proof of the subscriber events at (partition, offset) ``positions``."""
+    async def of(
+        self, positions: Iterable[tuple[int, int]], withheld: Iterable[tuple[int, int]] = ()
+    ) -> dict[str, Any]:
+        """The proof of the subscriber events at (partition, offset) ``positions``;
+        those also in ``withheld`` by their digest, without their stored bytes."""
         ...
 
 
@@ -283,6 +286,13 @@ class Audit:
                 *await earlier_history(view, number, ANY_BRAND),
             ]
         )
+        # The stored bytes of a fact under every brand hold what ``shown_to`` leaves
+        # out: a reader of some brands has it proven by its digest instead.
+        withheld = [
+            (r.position.partition, r.position.offset)
+            for r in facts
+            if reader.brands is not None and getattr(r.event, "brand", None) == ANY_BRAND
+        ]
         facts = [shown_to(reader, r) for r in facts]
         named = {campaign} if campaign is not None else set()
         named |= {c for r in facts if isinstance(c := getattr(r.event, "campaign", None), str)}
@@ -294,15 +304,17 @@ class Audit:
             [*facts, *rules.values()], number, brand, campaign, self.ctx.clock(), earlier=earlier
         )
         if self.evidence is not None:
-            packet = replace(packet, tamper_evidence=await self._evidence(packet))
+            packet = replace(packet, tamper_evidence=await self._evidence(packet, withheld))
         return Read(packet, read_at)
 
-    async def _evidence(self, packet: Packet) -> dict[str, Any]:
-        """The proof of the packet's events; a packet is still given when the
-        checkpoints cannot be read, saying so."""
+    async def _evidence(self, packet: Packet, withheld: list[tuple[int, int]]) -> dict[str, Any]:
+        """The proof of the packet's events (those at ``withheld`` by digest alone); a
+        packet is still given when the checkpoints cannot be read, saying so."""
         assert self.evidence is not None
         try:
-            return await self.evidence.of((e.partition, e.offset) for e in packet.events)
+            return await self.evidence.of(
+                ((e.partition, e.offset) for e in packet.events), withheld
+            )
         except Exception as exc:  # the proof is an addition: its failure must not hide the rest
             log.warning("the packet's tamper evidence could not be read: %r", exc)
             return {"status": "unavailable", "detail": f"the checkpoints could not be read: {exc}"}

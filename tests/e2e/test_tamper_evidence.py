@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from consent.v1 import consent_service_pb2 as api
 
 from ledger.ports import Stream
 from services.adapters.kafka_audit import KafkaCheckpoints
@@ -25,19 +26,23 @@ from services.bootstrap import Runtime
 from services.checkpoints import Keyring, PublicKey, SigningKey
 from services.proofs import check_bundle
 from tests.e2e.harness import (
+    Clock,
     client,
     define,
+    inbound,
     kafka_settings,
     now,
     opt_in,
     opt_out,
     running,
     service_settings,
+    ts,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 PHONES = [f"+1415555{n:04d}" for n in range(12)]
+FORMER_NUMBER = "+12125550143"
 
 
 async def consent_ledger(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
@@ -277,3 +282,88 @@ async def test_a_rotated_key_takes_over_and_the_old_checkpoints_stay_verifiable(
     assert code == 1
     assert {f["kind"] for f in found} == {"checkpoint"}
     assert all("which is revoked" in f["detail"] for f in found)
+
+
+async def test_a_packet_proves_a_fact_under_every_brand_to_a_brand_without_its_bytes(
+    module_serve, tmp_path
+):
+    # globex's gateway delivers late a STOP to a number initech let go: held under
+    # "*", it is in acme's packet. Its stored bytes name globex's token and hold the
+    # person's words and the number they texted, which acme's reads leave out: its
+    # packet's proof must not hand them over, yet still place the event in the
+    # signed ledger. The operator's packet carries the bytes as before.
+    SigningKey.generate(tmp_path / "checkpoint-key.pem")
+    clock = Clock()
+    initech = define("initech", "sale", clock.now - timedelta(days=1), [FORMER_NUMBER])
+    acme = define("acme", "promo", clock.now - timedelta(days=1))
+    runtime = await module_serve(
+        on_kafka=False,
+        clock=clock,
+        campaigns=[initech, acme],
+        checkpoint_key_file=tmp_path / "checkpoint-key.pem",
+        checkpoint_interval=0.2,
+    )
+    phone = "+14155550177"
+    words = "Stop texting me Initech"
+    async with (
+        client(runtime.address) as admin,
+        client(runtime.address, "acme-app") as acme_app,
+        client(runtime.address, "globex-app") as globex_app,
+    ):
+        initech.policy.sender_numbers[:] = []
+        await admin.ChangeCampaignPolicy(
+            api.ChangeCampaignPolicyRequest(
+                request_id=uuid.uuid4().hex, brand="initech", campaign="sale",
+                policy=initech.policy, occurred_at=ts(clock.now - timedelta(minutes=10)),
+            )
+        )  # fmt: skip
+        await acme_app.RecordOptIn(opt_in(phone, "acme", "promo", clock.now - timedelta(hours=1)))
+        w = await globex_app.HandleInboundMessage(
+            inbound(phone, FORMER_NUMBER, words, clock.now - timedelta(minutes=20))
+        )
+        listed = await acme_app.ListEvents(
+            api.ListEventsRequest(phone=phone, brand="acme", at_least_as_fresh=w.consistency_token)
+        )
+        wide = {(e.partition, e.offset) for e in listed.events if e.event.brand == "*"}
+        own = {(e.partition, e.offset) for e in listed.events if e.event.brand == "acme"}
+        assert wide and own, listed
+
+        async def packet(reader) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+            for _ in range(120):  # until a checkpoint covers every event
+                answer = await reader.GetProofPacket(
+                    api.GetProofPacketRequest(
+                        phone=phone, brand="acme", at_least_as_fresh=w.consistency_token,
+                        format=api.PACKET_FORMAT_JSON,
+                    )
+                )  # fmt: skip
+                found: dict[str, Any] = json.loads(answer.document)
+                if found["tamper_evidence"]["status"] == "proven":
+                    return found
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"never proven: {found['tamper_evidence']}")
+
+        shown, operator = await packet(acme_app), await packet(admin)
+
+    def carried(p: dict[str, Any]) -> dict[tuple[int, int], bytes]:
+        proven, problems = check_bundle(
+            p["tamper_evidence"]["bundle"],
+            Keyring([PublicKey.from_json(p["tamper_evidence"]["public_key"])]),
+        )
+        assert problems == [], problems
+        return {(r.partition, r.offset): r.value for r in proven}
+
+    mine = carried(shown)
+    assert set(mine) == own  # acme's own events, proven by their bytes
+    for value in mine.values():
+        assert b"globex" not in value and FORMER_NUMBER.encode() not in value
+    text = json.dumps(shown)
+    assert "globex" not in text and words not in text and FORMER_NUMBER not in text
+    # The fact under "*" is still placed in the signed ledger: by its entry digest.
+    withheld = shown["tamper_evidence"]["bundle"]["withheld"]
+    assert {(w["partition"], w["offset"]) for w in withheld} == wide, withheld
+    assert "every brand" in shown["tamper_evidence"]["detail"]
+    # The operator's packet proves every event by its bytes, as before.
+    theirs = carried(operator)
+    assert set(theirs) == own | wide
+    assert any(b"globex-app" in theirs[p] for p in wide)
+    assert operator["tamper_evidence"]["bundle"].get("withheld", []) == []

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 class Broken:
-    async def of(self, positions):  # type: ignore[no-untyped-def]
+    async def of(self, positions, withheld=()):  # type: ignore[no-untyped-def]
         list(positions)
         raise TimeoutError("the checkpoint topic did not answer")
 
@@ -24,7 +24,7 @@ class Recording:
     def __init__(self) -> None:
         self.asked: list[tuple[int, int]] = []
 
-    async def of(self, positions):  # type: ignore[no-untyped-def]
+    async def of(self, positions, withheld=()):  # type: ignore[no-untyped-def]
         self.asked = list(positions)
         return {"status": "proven", "detail": "test"}
 

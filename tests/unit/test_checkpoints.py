@@ -3,6 +3,7 @@ verify through their own code (``services.checkpoints``, ``services.ledger_audit
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -11,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ledger.chain import ChainRecord, Checkpoint, micros
+from ledger.chain import ChainRecord, Checkpoint, entry_digest, micros
 from services.checkpoints import (
     Checkpointer,
     Keyring,
@@ -390,6 +391,32 @@ async def test_a_proof_bundle_is_checked_with_the_public_key_alone(key, tmp_path
     stranger = ring(SigningKey.generate(tmp_path / "other.pem"))
     _, problems = check_bundle(proof, stranger)
     assert problems and "does not have" in problems[0]
+
+
+async def test_a_withheld_event_is_proven_by_its_digest_without_its_bytes(key, tmp_path):
+    from services.proofs import bundle, check_bundle
+
+    ledger, clock = Ledger(), Clock()
+    ledger.append("subscribers", 0, 4)
+    await writer(ledger, key, clock).round()
+    asked = [("subscribers", 0, 1), ("subscribers", 0, 2)]
+    proof = json.loads(
+        json.dumps(await bundle(ledger, ledger.stored, asked, [("subscribers", 0, 2)]))
+    )
+    stored = ledger.logs[("subscribers", 0)][2]
+    assert base64.b64encode(stored.value).decode() not in json.dumps(proof)
+    entry = entry_digest(stored.recorded_at_us, stored.value).hex()
+    assert proof["withheld"] == [
+        {"stream": "subscribers", "partition": 0, "offset": 2, "entry": entry}
+    ]
+    assert proof["uncovered"] == []
+    public_only = Keyring.load(_saved(tmp_path, ring(key)))
+    proven, problems = check_bundle(proof, public_only)
+    assert problems == [] and [(r.partition, r.offset) for r in proven] == [(0, 1)]
+    # a digest the signed chain does not place there is a problem
+    forged = json.loads(json.dumps(proof))
+    forged["withheld"][0]["entry"] = "00" * 32
+    assert "withheld 0" in check_bundle(forged, public_only)[1][0]
 
 
 def _saved(tmp_path, keyring: Keyring):  # type: ignore[no-untyped-def]
