@@ -83,11 +83,13 @@ from ledger.events import (
 from ledger.phone import forms_stored_before, to_e164
 from ledger.policy import earns_exemption, revokes_all
 from ledger.ports import (
+    AppendTurn,
     ConsentView,
     ConsistencyToken,
     DigestReads,
     EventTooLarge,
     RequestClaim,
+    RequestUse,
     Stream,
 )
 from ledger.state import COUNTED_KINDS, CampaignHistory, Fact, SubscriberState
@@ -238,6 +240,12 @@ RESOLUTION_PREFIX = "candidate-resolution-"
 """Starts the key under which a revocation candidate's resolution is taken among its
 brand's request ids (``Writes._claim_resolution``): one resolution per candidate."""
 
+RESOLUTION_LEASE_S = 120.0
+"""How long a resolution's turn to append lasts (``Writes._claim_resolution``) unless
+it ends it: past twice the longest append a ledger waits for (40 s on Kafka), so a
+live attempt keeps the candidate; an attempt killed before its append leaves it to
+be taken over by another resolution once this has passed."""
+
 CANDIDATE_RESOLVED = "CANDIDATE_ALREADY_RESOLVED"
 """The ``ErrorInfo`` reason of a resolution refused because another won the candidate."""
 
@@ -282,7 +290,9 @@ def _resolved_before(
             f"was taken by another resolution (event {winner}) that is not in the ledger:"
             " its append failed or is under way. The candidate stays pending and the"
             " number denied until that request, retried unchanged (its request_id and"
-            " fields), is recorded; this resolution is refused"
+            " fields), is recorded, or, if it never is, until its attempt's lease runs"
+            f" out ({RESOLUTION_LEASE_S:g} s at most) and another resolution may take the"
+            " candidate over; this resolution is refused"
         )
     return Refused("candidate_event_id", reason, CANDIDATE_RESOLVED, metadata)
 
@@ -294,8 +304,15 @@ def _resolution_kept(cmd: ResolveRevocationCandidate) -> str:
         f"candidate {cmd.candidate_event_id} is kept for this resolution (request_id"
         f" {cmd.request_id!r}) until it is recorded: retry it unchanged, same request_id"
         " and fields; meanwhile the candidate stays pending, the number stays denied,"
-        " and any other resolution of it is refused"
+        f" and any other resolution of it is refused for {RESOLUTION_LEASE_S:g} s at"
+        " most, after which another resolution may take it over"
     )
+
+
+def _resolution_key(resolution: RevocationCandidateResolved) -> str:
+    """The key under which ``resolution`` takes its candidate (``RESOLUTION_PREFIX``)."""
+    said = f"{resolution.phone}\0{resolution.candidate_event_id}"
+    return f"{RESOLUTION_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
 
 
 def _retrieve(write: asyncio.Future[Any]) -> None:
@@ -416,6 +433,7 @@ class Writes:
         self._campaign_writes = asyncio.Lock()
         self._inbound_turns: Turns[str] = Turns()
         self._requests = RequestTurns()
+        self.resolution_lease_s = RESOLUTION_LEASE_S
 
     async def record(self, cmd: Command, *, recorded_by: str = "") -> WriteResult:
         """``_record``, answering a resolution's event ids with the resolution's first,
@@ -482,6 +500,7 @@ class Writes:
             if isinstance(cmd, ResolveRevocationCandidate):
                 raise OutcomeUnknown(_resolution_kept(cmd)) from exc
             raise
+        await self._resolution_appended(events)
         revoked = events[0]
         # A "revoked" resolution's events begin with a ConsentRevoked too: only an
         # opt-out's resolves covered holds.
@@ -585,6 +604,7 @@ class Writes:
             with contextlib.suppress(AlreadyExists, Refused):
                 await self._claim_resolution(resolved)
                 done = await recorded_once(self.ctx, resolved)
+                await self._resolution_appended(resolved)
                 token = token.merge(done.token)  # a read at the answer's token sees it
         return replace(written, token=token)
 
@@ -599,28 +619,76 @@ class Writes:
         (``claim_request``, under a key of its own) before the append: the first
         resolution keeps it and its retries pass; any other is refused. A resolution
         whose append failed keeps the candidate for its own retry, the hold denying
-        meanwhile."""
+        meanwhile.
+
+        Each attempt first takes the turn to append under the same key
+        (``take_append_turns``, the resolution's event id holding it) for
+        ``resolution_lease_s``, ended once appended. An attempt killed before its
+        append kept the candidate for good: no other reviewer could resolve the
+        hold. Once its turn has run out and its resolution is not in the ledger,
+        another resolution takes the candidate over (``_take_resolution_over``);
+        while the turn lasts the attempt may still append, and is never overtaken."""
         resolution = events[-1]  # a "revoked" has its ConsentRevoked first
         if not isinstance(resolution, RevocationCandidateResolved):
             return
-        said = f"{resolution.phone}\0{resolution.candidate_event_id}"
-        key = f"{RESOLUTION_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
+        key = _resolution_key(resolution)
         # The resolution's id first: a refusal names the winner by the first.
         ids = [str(resolution.event_id), *(str(e.event_id) for e in events[:-1])]
+        (turn,) = await self.ctx.view.take_append_turns(
+            [(resolution.brand, key)], str(resolution.event_id), self.resolution_lease_s
+        )
         use = await self.ctx.view.claim_request(
             resolution.brand, key, resolution.request_fingerprint, ids
         )
         if set(use.event_ids) & set(ids):  # taken for this resolution, or its retry
-            return
-        winner = use.event_ids[0]
+            if turn is not AppendTurn.HELD:
+                return
+            # Another resolution holds the turn: it is taking the candidate over from
+            # this one, whose turn ran out; appended now, both would stand.
+            raise Refused(
+                "candidate_event_id",
+                "is being taken over by another resolution, as this one's attempt ran"
+                " out of time without being recorded; this resolution is refused",
+                CANDIDATE_RESOLVED,
+                {"candidate_event_id": str(resolution.candidate_event_id)},
+            )
         await self.ctx.guard.wait_until_applied_for([resolution.phone])
-        found = await self.ctx.view.find_event(winner)
-        won = found.event if found is not None else None
+        winner = use.event_ids[0]
+        found = await self.ctx.view.find_events(list(use.event_ids))
+        if turn is AppendTurn.TAKEN and not found:
+            # The attempt that took the candidate is gone and its facts never came.
+            await self._take_resolution_over(resolution, key, ids, use)
+            return
+        won = found[winner].event if winner in found else None
         raise _resolved_before(
             str(resolution.candidate_event_id),
             winner,
             won if isinstance(won, RevocationCandidateResolved) else None,
         )
+
+    async def _take_resolution_over(
+        self, resolution: RevocationCandidateResolved, key: str, ids: list[str], dead: RequestUse
+    ) -> None:
+        """Give the candidate that ``dead`` took, by an attempt whose turn ran out and
+        whose facts are not in the ledger, to this resolution (``ids``), which holds
+        the turn now: no attempt of ``dead`` may append, and no other resolution
+        claims while this one holds it. Refused if another took it meanwhile."""
+        brand = resolution.brand
+        await self.ctx.view.release_claims(brand, (key, dead.fingerprint, dead.event_ids), [])
+        use = await self.ctx.view.claim_request(brand, key, resolution.request_fingerprint, ids)
+        if not set(use.event_ids) & set(ids):
+            raise _resolved_before(str(resolution.candidate_event_id), use.event_ids[0], None)
+
+    async def _resolution_appended(self, events: Sequence[LedgerEvent]) -> None:
+        """End the turn ``_claim_resolution`` took for a resolution, now appended: no
+        other resolution takes its candidate over, however long it waits."""
+        resolution = events[-1]
+        if isinstance(resolution, RevocationCandidateResolved):
+            await self.ctx.view.end_append_turns(
+                [(resolution.brand, _resolution_key(resolution))],
+                str(resolution.event_id),
+                appended=True,
+            )
 
     async def _brands_meant(self, brand: str, *, catch_up: bool = True) -> list[str]:
         """The brands in use that ``brand``, no brand in use, may be a spelling of

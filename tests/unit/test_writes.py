@@ -609,6 +609,42 @@ async def test_a_resolution_whose_append_failed_says_how_it_is_recorded():
         assert "recorded" not in after.value.metadata, after.value.metadata
 
 
+async def test_a_resolution_claimed_by_a_dead_attempt_is_taken_over_once_its_lease_ends():
+    """An instance took the candidate for a resolution and was killed before its
+    append (here: the append fails, and no retry ever comes): every other reviewer's
+    resolution was refused until that very request came back unchanged, a hold no
+    one else could resolve. Once the attempt's lease has run out and its resolution
+    is not in the ledger, another resolution takes the candidate over: one
+    resolution written, and the dead attempt's retry refused as resolved by it. A
+    live attempt's candidate is never taken: refused while its lease lasts."""
+    now = [0.0]
+    view = InMemoryConsentView(monotonic=lambda: now[0])
+    async with running(ledger=ResolutionsFailOnce(partitions=4), view=view) as (app, _):
+        await app.writes.record(claim("acme-promo", "acme", "promo", NUMBER))
+        reply = HandleInboundMessage("in", PHONE, NUMBER, "please stop texting me", "m", at(1))
+        candidate = (await app.writes.handle_inbound(reply)).write.event_ids[1]
+        dead = resolve("alice", candidate)
+        with pytest.raises(OutcomeUnknown):
+            await app.writes.record(dead)
+        with pytest.raises(FailedPrecondition) as live:  # its lease lasts: it may append
+            await app.writes.record(resolve("bob", candidate))
+        assert live.value.metadata["recorded"] == "false"
+
+        now[0] += 3600  # the killed attempt's lease runs out
+        done = await app.writes.record(resolve("carol", candidate))
+        check = await app.checks.can_send(PHONE, "acme", "promo", token=done.token)
+        assert check.decision.reason is not Reason.REVOCATION_PENDING_REVIEW
+        with pytest.raises(FailedPrecondition) as late:  # the dead attempt's retry
+            await app.writes.record(dead)
+        assert late.value.metadata["event_id"] == done.event_ids[0]
+        resolved = [
+            r
+            for r in await app.view.history(PHONE, "acme")
+            if isinstance(r.event, RevocationCandidateResolved)
+        ]
+        assert [str(r.event.event_id) for r in resolved] == [done.event_ids[0]]
+
+
 async def test_a_stop_of_unknown_brand_is_not_resolved_as_revoked_under_every_brand(app):
     # Its ConsentRevoked would be under "*", which revokes no brand: lifting the hold,
     # the only denial every brand had, let each send again to a number that said STOP.
