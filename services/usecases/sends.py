@@ -166,6 +166,7 @@ class Sends:
                 raise NotConsistent("request_id", BEHIND)
         answer, new = _split(events, keys, known)
         contested: list[MessageSent] = []
+        made: list[MessageSent] = []  # the messages whose ids this call claims
         # A message recorded before with other content refuses the call before any
         # of its messages' ids is claimed, so a refused call leaves no claims behind.
         earlier = await self._recorded_as_said(events, answer, new)
@@ -178,6 +179,7 @@ class Sends:
             # may have been recorded a moment ago: the view is let reach the ledger on
             # those phones, and asked.
             contents = message_contents(new)
+            made = list(new)
             held = await self.ctx.view.claim_messages(
                 cmd.brand,
                 [
@@ -185,38 +187,48 @@ class Sends:
                     for e, content in zip(new, contents, strict=True)
                 ],
             )
-            place = {id(e): i for i, e in enumerate(events)}
-            refused = []
-            for event in new:
-                claim = held.get((event.phone, event.message_id))
-                if claim is not None and claim.event_id == str(event.event_id):
-                    continue  # this call's own claim
-                if claim is not None:
-                    field = f"messages[{place[id(event)]}].message_id"
-                    try:
-                        refuse_another_claim(event, claim.event_id, claim.content, field)
-                    except MessageIdReused as exc:
-                        refused.append(exc)
-                contested.append(event)
-            refuse_every(refused)
-            if contested and await self.ctx.guard.wait_until_applied_for(
-                sorted({e.phone for e in contested})
-            ):
-                known = await self._known(cmd.brand, keys)
-                answer, new = _split(events, keys, known)
-                earlier = await self._recorded_as_said(events, answer, new)
-        token = ConsistencyToken.after(list(earlier.values()))
-        if not new:
-            return SendsResult(answer, token, 0)
-        # In the order the messages went out (the call's among equals): the sweep, the
-        # packet and the fold's exemptions read a number's sends in ledger order, and
-        # a call naming them newest first put each before the older ones it follows,
-        # so none was ever judged over a cap they passed together.
-        new = sorted(new, key=lambda e: e.occurred_at)
-        new = await self._with_exemptions(new)
-        claimed = await self.ctx.view.claim_request(
-            cmd.brand, cmd.request_id, events[0].request_fingerprint, answer
-        )
+        try:
+            if made:
+                place = {id(e): i for i, e in enumerate(events)}
+                refused = []
+                for event in new:
+                    claim = held.get((event.phone, event.message_id))
+                    if claim is not None and claim.event_id == str(event.event_id):
+                        continue  # this call's own claim
+                    if claim is not None:
+                        field = f"messages[{place[id(event)]}].message_id"
+                        try:
+                            refuse_another_claim(event, claim.event_id, claim.content, field)
+                        except MessageIdReused as exc:
+                            refused.append(exc)
+                    contested.append(event)
+                refuse_every(refused)
+                if contested and await self.ctx.guard.wait_until_applied_for(
+                    sorted({e.phone for e in contested})
+                ):
+                    known = await self._known(cmd.brand, keys)
+                    answer, new = _split(events, keys, known)
+                    earlier = await self._recorded_as_said(events, answer, new)
+            token = ConsistencyToken.after(list(earlier.values()))
+            if not new:
+                return SendsResult(answer, token, 0)
+            # In the order the messages went out (the call's among equals): the sweep, the
+            # packet and the fold's exemptions read a number's sends in ledger order, and
+            # a call naming them newest first put each before the older ones it follows,
+            # so none was ever judged over a cap they passed together.
+            new = sorted(new, key=lambda e: e.occurred_at)
+            new = await self._with_exemptions(new)
+            claimed = await self.ctx.view.claim_request(
+                cmd.brand, cmd.request_id, events[0].request_fingerprint, answer
+            )
+        except (Exception, asyncio.CancelledError):
+            # Failed between its claims (a passing failure, or the caller gone): the
+            # message ids it took, kept, named sends never written, and a changed send
+            # of those messages under another request id was refused as a reuse until
+            # this request came back.
+            if made:
+                await self._release_message_ids(cmd, events[0], made)
+            raise
         if claimed.fingerprint != events[0].request_fingerprint:
             await self._release_message_ids(cmd, events[0], new)
         refuse_another_request(events[0], claimed)

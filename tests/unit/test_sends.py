@@ -30,7 +30,13 @@ from ledger.events import (
 from ledger.ports import Stream
 from ledger.sweep import Finding
 from services.adapters.memory_ledger import InMemoryLedger
-from services.errors import AlreadyExists, FailedPrecondition, MessageIdReused, NotConsistent
+from services.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    MessageIdReused,
+    NotConsistent,
+    StoreUnavailable,
+)
 from services.usecases.sweeps import sweep_campaign
 from tests.builders import BRAND, PHONE, at
 from tests.unit.usecase_harness import (
@@ -330,6 +336,38 @@ async def test_a_batch_meeting_a_message_on_its_way_with_other_content_is_refuse
             (e.message_id, e.occurred_at, e.identified_sender) for e in await sends_in_ledger(app)
         }
         assert sends == {("SM-1", at(10), False), ("SM-2", at(12), False)}
+
+
+async def test_a_call_failing_between_its_claims_leaves_its_message_ids_free():
+    """A call claims its messages' ids, then fails for a passing reason before it
+    claims its request id (here: the read of a reply's exemption). Its claims
+    named sends never written: a changed send of those messages under another
+    request id was refused MESSAGE_ID_REUSED until the first call was retried,
+    which it may never be. Now the failed call gives them up, and the changed send
+    is recorded."""
+    async with running(WAIT) as (app, _):
+        await app.writes.record(define())
+        reply = message(1, kind=MessageKind.HELP_REPLY)
+        read = app.view.subscriber_states
+
+        async def unavailable(*args: Any, **kwargs: Any) -> Any:
+            app.view.subscriber_states = read  # type: ignore[method-assign]
+            raise StoreUnavailable("PostgreSQL did not answer in time")
+
+        app.view.subscriber_states = unavailable  # type: ignore[method-assign]
+        with pytest.raises(StoreUnavailable):
+            await app.sends.record(batch("b1", [message(0), reply]))
+        assert not await sends_in_ledger(app)
+        changed = [
+            message(0, identified_sender=True),
+            dataclasses.replace(reply, occurred_at=at(11)),
+        ]
+        later = await app.sends.record(batch("b2", changed))
+        assert await app.guard.wait_for_token(later.token)
+        sends = {
+            (e.message_id, e.occurred_at, e.identified_sender) for e in await sends_in_ledger(app)
+        }
+        assert sends == {("SM-0", at(10), True), ("SM-1", at(11), False)}
 
 
 async def test_a_message_sent_right_after_in_the_other_call_is_answered_as_the_first():
