@@ -5,6 +5,7 @@ acknowledged no check allows a send that the ledger's record cannot defend."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from datetime import datetime, timedelta
 from functools import partial
@@ -17,7 +18,7 @@ from consent.v1 import ledger_pb2 as lpb
 from ledger.events import ConsentRevoked, InboundMessageReceived
 from ledger.ports import ConsistencyToken
 from services.adapters.kafka_ledger import KafkaLedger
-from services.usecases.writes import _message_key
+from services.usecases.writes import RESOLUTION_PREFIX, _message_key
 from tests.builders import proof_proto as proof
 from tests.e2e.harness import (
     Clock,
@@ -456,6 +457,63 @@ async def test_a_text_whose_message_id_a_dead_instance_took_is_recorded_once(ser
         again = await c.HandleInboundMessage(text)
         assert list(again.event_ids) == list(first.event_ids)
         assert again.reply == api.REPLY_KIND_NONE
+
+
+async def test_a_candidate_a_dead_resolution_kept_is_resolved_by_another_once_its_turn_ends(
+    service,
+):
+    """An instance took a candidate for a resolution (its turn and its claim, in
+    PostgreSQL) and was killed before appending: another reviewer's resolution is
+    refused while that attempt's turn lasts (it may still append), and recorded,
+    alone, once the turn has run out with nothing in the ledger."""
+    runtime, clock = service
+    assert runtime.usecases is not None
+    view = runtime.usecases.writes.ctx.view
+    phone = "+14155550190"
+    async with client(runtime.address, "acme-app") as c:
+        await c.RecordOptIn(opt_in(phone, "acme", "promo", clock.now - timedelta(days=1)))
+        reply = inbound(phone, NUMBER, "please stop texting me", clock.now)
+        candidate = (await c.HandleInboundMessage(reply)).event_ids[1]
+
+        def resolution(reviewer: str) -> api.ResolveRevocationCandidateRequest:
+            return api.ResolveRevocationCandidateRequest(
+                request_id=f"r-{uuid.uuid4().hex}",
+                phone=phone,
+                brand="acme",
+                candidate_event_id=candidate,
+                resolution=lpb.CANDIDATE_RESOLUTION_DISMISSED,
+                occurred_at=ts(clock.now),
+                resolved_by=reviewer,
+            )
+
+        # What the killed instance left: its turn, lasting, and the candidate taken.
+        said = f"{phone}\0{candidate}"
+        key = f"{RESOLUTION_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
+        dead = str(uuid.uuid4())
+        await view.take_append_turns([("acme", key)], dead, 60.0)
+        await view.claim_request("acme", key, "dead-fingerprint", [dead])
+    async with client(runtime.address) as reviewer:
+        with pytest.raises(grpc.aio.AioRpcError) as live:
+            await reviewer.ResolveRevocationCandidate(resolution("bob"))
+        assert live.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert dead in (live.value.details() or "")
+
+        await view.take_append_turns([("acme", key)], dead, 0.0)  # its turn runs out
+        done = await reviewer.ResolveRevocationCandidate(resolution("carol"))
+        with pytest.raises(grpc.aio.AioRpcError) as after:
+            await reviewer.ResolveRevocationCandidate(resolution("dave"))
+        assert done.event_ids[0] in (after.value.details() or "")
+        history = await reviewer.ListEvents(
+            api.ListEventsRequest(
+                phone=phone, brand="acme", at_least_as_fresh=done.consistency_token
+            )
+        )
+    resolved = [
+        e.event.revocation_candidate_resolved.resolved_by
+        for e in history.events
+        if e.event.event_type == "RevocationCandidateResolved"
+    ]
+    assert resolved == ["carol"]
 
 
 class Ticking(Clock):
