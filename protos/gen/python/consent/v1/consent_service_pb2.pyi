@@ -1983,6 +1983,7 @@ class GetOptOutRateResponse(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    OPT_OUTS_PENDING_REVIEW_FIELD_NUMBER: _builtins.int
     messages_sent: _builtins.int
     """Every recorded send in the window, of any kind."""
     opt_outs: _builtins.int
@@ -1996,6 +1997,15 @@ class GetOptOutRateResponse(_message.Message):
     above_limit: _builtins.bool
     """The rate is above the limit, or numbers opted out with no message sent."""
     consistency_token: _builtins.str
+    opt_outs_pending_review: _builtins.int
+    """Distinct numbers held for review in the window (by the hold's own time) whose
+    hold is still pending, beside opt_outs and not among them: a provider's 21610,
+    a STOP refused for a detail, a reply that reads like one. A carrier counts them
+    already. For a campaign, a brand-wide hold counts when the campaign texted that
+    number in the window. A hold resolved "revoked" is an opt-out from then on (in
+    opt_outs, once), one dismissed counts nowhere. above_limit counts them as
+    opt-outs, so the warning comes before the review.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """The window counted."""
@@ -2013,10 +2023,11 @@ class GetOptOutRateResponse(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         consistency_token: _builtins.str = ...,
+        opt_outs_pending_review: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_opt_out_rate", b"_opt_out_rate", "end_time", b"end_time", "opt_out_rate", b"opt_out_rate", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_opt_out_rate", b"_opt_out_rate", "above_limit", b"above_limit", "consistency_token", b"consistency_token", "end_time", b"end_time", "limit", b"limit", "messages_sent", b"messages_sent", "opt_out_rate", b"opt_out_rate", "opt_outs", b"opt_outs", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_opt_out_rate", b"_opt_out_rate", "above_limit", b"above_limit", "consistency_token", b"consistency_token", "end_time", b"end_time", "limit", b"limit", "messages_sent", b"messages_sent", "opt_out_rate", b"opt_out_rate", "opt_outs", b"opt_outs", "opt_outs_pending_review", b"opt_outs_pending_review", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__opt_out_rate: _TypeAlias = _typing.Literal["opt_out_rate"]  # noqa: Y015
     _WhichOneofArgType__opt_out_rate: _TypeAlias = _typing.Literal["_opt_out_rate", b"_opt_out_rate"]  # noqa: Y015
@@ -2128,6 +2139,7 @@ class HealthCounts(_message.Message):
     ERROR_RATE_FIELD_NUMBER: _builtins.int
     OPT_OUT_FLAGGED_FIELD_NUMBER: _builtins.int
     ERROR_FLAGGED_FIELD_NUMBER: _builtins.int
+    OPT_OUTS_PENDING_REVIEW_FIELD_NUMBER: _builtins.int
     messages_sent: _builtins.int
     """Every recorded send, of any kind, once per provider message id."""
     opt_outs: _builtins.int
@@ -2144,6 +2156,12 @@ class HealthCounts(_message.Message):
     opt_out_flagged: _builtins.bool
     """The rate is above its limit."""
     error_flagged: _builtins.bool
+    opt_outs_pending_review: _builtins.int
+    """The messages a hold for review still pending was attributed to, as an opt-out
+    is, and no opt-out: a provider's 21610, a refused STOP, a reply that reads like
+    one. opt_out_flagged counts them as opt-outs (opt_out_rate does not), so the
+    flag comes before the review.
+    """
     def __init__(
         self,
         *,
@@ -2154,10 +2172,11 @@ class HealthCounts(_message.Message):
         error_rate: _builtins.float | None = ...,
         opt_out_flagged: _builtins.bool = ...,
         error_flagged: _builtins.bool = ...,
+        opt_outs_pending_review: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_error_rate", b"_error_rate", "_opt_out_rate", b"_opt_out_rate", "error_rate", b"error_rate", "opt_out_rate", b"opt_out_rate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error_rate", b"_error_rate", "_opt_out_rate", b"_opt_out_rate", "delivery_errors", b"delivery_errors", "error_flagged", b"error_flagged", "error_rate", b"error_rate", "messages_sent", b"messages_sent", "opt_out_flagged", b"opt_out_flagged", "opt_out_rate", b"opt_out_rate", "opt_outs", b"opt_outs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error_rate", b"_error_rate", "_opt_out_rate", b"_opt_out_rate", "delivery_errors", b"delivery_errors", "error_flagged", b"error_flagged", "error_rate", b"error_rate", "messages_sent", b"messages_sent", "opt_out_flagged", b"opt_out_flagged", "opt_out_rate", b"opt_out_rate", "opt_outs", b"opt_outs", "opt_outs_pending_review", b"opt_outs_pending_review"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__error_rate: _TypeAlias = _typing.Literal["error_rate"]  # noqa: Y015
     _WhichOneofArgType__error_rate: _TypeAlias = _typing.Literal["_error_rate", b"_error_rate"]  # noqa: Y015
@@ -2239,6 +2258,7 @@ class GetCampaignHealthResponse(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    UNATTRIBUTED_OPT_OUTS_PENDING_REVIEW_FIELD_NUMBER: _builtins.int
     unattributed_opt_outs: _builtins.int
     """Opt-outs in the window with no message to their number before them."""
     opt_out_limit: _builtins.float
@@ -2249,6 +2269,10 @@ class GetCampaignHealthResponse(_message.Message):
     flagged: _builtins.bool
     """Some campaign or sending number is flagged."""
     consistency_token: _builtins.str
+    unattributed_opt_outs_pending_review: _builtins.int
+    """Holds for review still pending in the window with no message to their number
+    before them, as unattributed_opt_outs.
+    """
     @_builtins.property
     def campaigns(self) -> _containers.RepeatedCompositeFieldContainer[Global___CampaignHealth]:
         """The campaigns that sent in the window, by name."""
@@ -2270,10 +2294,11 @@ class GetCampaignHealthResponse(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         consistency_token: _builtins.str = ...,
+        unattributed_opt_outs_pending_review: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaigns", b"campaigns", "consistency_token", b"consistency_token", "end_time", b"end_time", "error_limit", b"error_limit", "flagged", b"flagged", "opt_out_limit", b"opt_out_limit", "start_time", b"start_time", "unattributed_opt_outs", b"unattributed_opt_outs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaigns", b"campaigns", "consistency_token", b"consistency_token", "end_time", b"end_time", "error_limit", b"error_limit", "flagged", b"flagged", "opt_out_limit", b"opt_out_limit", "start_time", b"start_time", "unattributed_opt_outs", b"unattributed_opt_outs", "unattributed_opt_outs_pending_review", b"unattributed_opt_outs_pending_review"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
