@@ -15,7 +15,16 @@ What is counted, over a window ``[start, end)`` of world time (``occurred_at``):
   (STOPALL, or a free-text reply resolved as an opt-out) of numbers the campaign
   texted in the window. A brand-wide opt-out withdraws every campaign's consent,
   but it is a verdict on the campaigns that were texting the person, not on one
-  that never did. A number that opts out twice counts once.
+  that never did. A number that opts out twice counts once;
+* **opt-outs pending review**: the distinct numbers with a
+  ``RevocationCandidateFlagged`` of the brand in the window (by the hold's own
+  time) that no ``RevocationCandidateResolved`` answers yet, and not among the
+  opt-outs; for one campaign, by the same rule as a brand-wide opt-out. Most holds
+  are opt-outs a carrier counts already (a provider's 21610, a STOP refused for a
+  detail, a reply that reads like one), so ``above_limit`` counts them too: a
+  sender hears of the risk before the review, not after it. A hold resolved
+  "revoked" is an opt-out of its own (at the review's time), one dismissed counts
+  nowhere. Holds under ``ANY_BRAND`` are no brand's.
 
 The messages include opt-out confirmations and HELP replies, as a carrier's count
 does; with one confirmation per keyword opt-out this lowers a rate near 0.3 % by a
@@ -28,11 +37,18 @@ from their own storage, and the conformance suite holds them to this function.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ledger.events import ConsentRevoked, LedgerEvent, MessageSent
+from ledger.events import (
+    ConsentRevoked,
+    LedgerEvent,
+    MessageSent,
+    RevocationCandidateFlagged,
+    RevocationCandidateResolved,
+)
 
 OPT_OUT_RATE_LIMIT = 0.003
 """The top of the range the provider calls a good opt-out rate ("typically in the
@@ -45,6 +61,8 @@ DEFAULT_WINDOW = timedelta(days=30)
 class SendingCounts:
     messages_sent: int
     opt_outs: int
+    opt_outs_pending_review: int = 0
+    """Numbers held for review in the window and not resolved, not among ``opt_outs``."""
 
 
 def count_sending(
@@ -59,8 +77,14 @@ def count_sending(
     opted_out: set[str] = set()
     texted: set[str] = set()  # the numbers the campaign texted in the window
     brand_wide: set[str] = set()
+    held: dict[uuid.UUID, tuple[str, str | None]] = {}  # the window's holds: phone, campaign
+    resolved: set[uuid.UUID] = set()  # at any time: a hold resolved after the window is too
     for event in events:
-        if getattr(event, "brand", None) != brand or not start <= event.occurred_at < end:
+        if getattr(event, "brand", None) != brand:
+            continue
+        if isinstance(event, RevocationCandidateResolved):
+            resolved.add(event.candidate_event_id)
+        if not start <= event.occurred_at < end:
             continue
         if isinstance(event, MessageSent) and campaign in (None, event.campaign):
             sent += 1
@@ -70,7 +94,19 @@ def count_sending(
                 opted_out.add(event.phone)
             elif event.campaign is None:
                 brand_wide.add(event.phone)
-    return SendingCounts(sent, len(opted_out | (brand_wide & texted)))
+        elif isinstance(event, RevocationCandidateFlagged):
+            held[event.event_id] = (event.phone, event.campaign)
+    pending: set[str] = set()
+    pending_brand_wide: set[str] = set()
+    for event_id, (phone, named) in held.items():
+        if event_id in resolved:
+            continue
+        if campaign in (None, named):
+            pending.add(phone)
+        elif named is None:
+            pending_brand_wide.add(phone)
+    opted = opted_out | (brand_wide & texted)
+    return SendingCounts(sent, len(opted), len((pending | (pending_brand_wide & texted)) - opted))
 
 
 @dataclass(frozen=True)
@@ -94,8 +130,11 @@ class OptOutRate:
     def above_limit(self) -> bool:
         """True when the rate is above the limit. Opt-outs with no message sent in
         the window count as above it: people are opting out of texts the ledger
-        has no record of in this window, which is worth a look either way."""
-        rate = self.rate
-        if rate is None:
-            return self.counts.opt_outs > 0
-        return rate > self.limit
+        has no record of in this window, which is worth a look either way. Holds
+        awaiting review count as opt-outs here (not in ``rate``): a carrier counts
+        them already, and the warning should come before the review."""
+        counted = self.counts.opt_outs + self.counts.opt_outs_pending_review
+        sent = self.counts.messages_sent
+        if not sent:
+            return counted > 0
+        return counted / sent > self.limit

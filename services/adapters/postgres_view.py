@@ -573,31 +573,54 @@ def stored_digest(phone: str, brand: str, data: bytes | None, snapshot: bytes | 
     return digest
 
 
-def _sending_counts_sql(campaign_filter: str, opt_out_filter: str) -> str:
-    """``ledger.opt_out_rate.count_sending`` over ``ledger_event_copy``: $1 brand,
-    $2 and $3 the window, $4 the campaign where the filters name it. Each count is
-    an index scan over the window (``ledger_event_copy``'s brand, campaign and
-    occurred_at indexes), not a scan of the table."""
-    window = "brand = $1 AND occurred_at >= $2 AND occurred_at < $3"
+def _of_campaign(alias: str) -> str:
+    """The events ``alias`` of the campaign $4: those that name it, and the
+    brand-wide ones (campaign NULL) of numbers the campaign texted in the window
+    (looked up per event by the phone index)."""
     return (
-        f"SELECT (SELECT count(*) FROM ledger_event_copy WHERE {window}{campaign_filter}"
-        f"         AND event_type = '{MessageSent.EVENT_TYPE}') AS sent,"
-        f" (SELECT count(DISTINCT phone) FROM ledger_event_copy WHERE {window}{opt_out_filter}"
-        f"         AND event_type = '{ConsentRevoked.EVENT_TYPE}') AS opt_outs"
+        f" AND ({alias}.campaign = $4 OR ({alias}.campaign IS NULL AND EXISTS ("
+        f"SELECT 1 FROM ledger_event_copy s WHERE s.phone = {alias}.phone"
+        " AND s.brand = $1 AND s.campaign = $4"
+        f" AND s.event_type = '{MessageSent.EVENT_TYPE}'"
+        " AND s.occurred_at >= $2 AND s.occurred_at < $3)))"
     )
 
 
-_BRAND_COUNTS = _sending_counts_sql("", "")
-# A brand-wide revocation (campaign NULL) counts for the campaigns that texted the
-# number in the window (looked up per revocation by the phone index).
-_CAMPAIGN_COUNTS = _sending_counts_sql(
-    " AND campaign = $4",
-    " AND (campaign = $4 OR (campaign IS NULL AND EXISTS ("
-    "SELECT 1 FROM ledger_event_copy s WHERE s.phone = ledger_event_copy.phone"
-    " AND s.brand = $1 AND s.campaign = $4"
-    f" AND s.event_type = '{MessageSent.EVENT_TYPE}'"
-    " AND s.occurred_at >= $2 AND s.occurred_at < $3)))",
-)
+def _sending_counts_sql(campaign: bool) -> str:
+    """``ledger.opt_out_rate.count_sending`` over ``ledger_event_copy``: $1 brand,
+    $2 and $3 the window, $4 the campaign when ``campaign``. Each count is an index
+    scan over the window (``ledger_event_copy``'s brand, campaign and occurred_at
+    indexes), not a scan of the table. A hold is pending while ``flagged_reply``
+    does not know it resolved: one flagged before migration 0008 and never rebuilt
+    since counts as pending, the side that warns."""
+
+    def window(alias: str) -> str:
+        return f"{alias}.brand = $1 AND {alias}.occurred_at >= $2 AND {alias}.occurred_at < $3"
+
+    def opt_outs(alias: str) -> str:
+        return (
+            f"{window(alias)}{_of_campaign(alias) if campaign else ''}"
+            f" AND {alias}.event_type = '{ConsentRevoked.EVENT_TYPE}'"
+        )
+
+    return (
+        f"SELECT (SELECT count(*) FROM ledger_event_copy AS m WHERE {window('m')}"
+        f"{' AND m.campaign = $4' if campaign else ''}"
+        f"         AND m.event_type = '{MessageSent.EVENT_TYPE}') AS sent,"
+        f" (SELECT count(DISTINCT o.phone) FROM ledger_event_copy AS o"
+        f"  WHERE {opt_outs('o')}) AS opt_outs,"
+        f" (SELECT count(DISTINCT h.phone) FROM ledger_event_copy AS h"
+        "  JOIN flagged_reply AS f USING (event_id)"
+        f"  WHERE {window('h')}{_of_campaign('h') if campaign else ''}"
+        f"  AND h.event_type = '{RevocationCandidateFlagged.EVENT_TYPE}'"
+        "  AND f.resolved IS NOT TRUE"
+        "  AND NOT EXISTS (SELECT 1 FROM ledger_event_copy AS o"
+        f"   WHERE o.phone = h.phone AND {opt_outs('o')})) AS pending"
+    )
+
+
+_BRAND_COUNTS = _sending_counts_sql(campaign=False)
+_CAMPAIGN_COUNTS = _sending_counts_sql(campaign=True)
 
 
 _STATUS_COLUMN = {
@@ -1664,7 +1687,7 @@ class PostgresConsentView(ConsentView):
             row = await self._pool.fetchrow(_BRAND_COUNTS, brand, start, end)
         else:
             row = await self._pool.fetchrow(_CAMPAIGN_COUNTS, brand, start, end, campaign)
-        return SendingCounts(row["sent"], row["opt_outs"])
+        return SendingCounts(row["sent"], row["opt_outs"], row["pending"])
 
     @asynccontextmanager
     async def campaign_writes(self, wait: float) -> AsyncIterator[None]:

@@ -505,6 +505,7 @@ def opt_out_rate_to_proto(
     response = api_pb2.GetOptOutRateResponse(
         messages_sent=rate.counts.messages_sent,
         opt_outs=rate.counts.opt_outs,
+        opt_outs_pending_review=rate.counts.opt_outs_pending_review,
         limit=rate.limit,
         above_limit=rate.above_limit,
         start_time=codec.timestamp_to_proto(rate.start),

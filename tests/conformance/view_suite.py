@@ -805,6 +805,42 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
         before = start - timedelta(days=1)
         assert await view.sending_counts("acme", "deals", before, start) == SendingCounts(1, 1)
 
+    async def test_sending_counts_count_holds_still_pending_beside_the_opt_outs(
+        self, view: ConsentView
+    ) -> None:
+        pos = Positions()
+        a, b, c, d, e, f, g = (f"+1415555020{i}" for i in range(7))
+        start, end = T0, T0 + timedelta(days=10)
+        inside = start + timedelta(days=1)
+        later = end + timedelta(days=1)  # a review after the window still decides
+        holds = {p: flag(p, "acme", inside) for p in (a, b, c, d, e)}
+        held_twice = flag(a, "acme", inside + timedelta(hours=1))
+        events: list[LedgerEvent] = [
+            *(sent(p, "acme", "deals", inside) for p in (a, b, c, d, f)),
+            sent(e, "acme", "news", inside),
+            *holds.values(),
+            held_twice,  # a number counts once
+            # dismissed: nowhere
+            replace(builders.resolved(later, holds[b], CandidateResolution.DISMISSED), phone=b),
+            # revoked: once, as the opt-out the resolution records
+            replace(builders.resolved(inside, holds[c], CandidateResolution.REVOKED), phone=c),
+            revoke(c, "acme", None, inside + timedelta(hours=2)),
+            revoke(d, "acme", "deals", inside),  # an opt-out already, not pending besides
+            flag(f, "acme", start - timedelta(seconds=1)),  # before the window
+            replace(flag(g, ANY_BRAND, inside), unattributed=True),  # no brand's
+            flag(g, "globex", inside),
+        ]
+        await view.apply(Stream.SUBSCRIBERS, pos.record(events))
+
+        # a and e pending; for deals, e's brand-wide hold does not count: deals
+        # never texted e
+        assert await view.sending_counts("acme", None, start, end) == SendingCounts(6, 2, 2)
+        assert await view.sending_counts("acme", "deals", start, end) == SendingCounts(5, 2, 1)
+        assert await view.sending_counts("acme", "news", start, end) == SendingCounts(1, 0, 1)
+        assert await view.sending_counts("globex", None, start, end) == SendingCounts(0, 0, 1)
+        expected = count_sending(events, "acme", "deals", start, end)
+        assert expected == SendingCounts(5, 2, 1)
+
     async def test_sending_counts_match_the_rule_over_a_generated_ledger(
         self, view: ConsentView
     ) -> None:
@@ -824,6 +860,7 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
                     assert await view.sending_counts(brand, campaign, start, end) == expected
         whole = count_sending(events, "brand-0", None, *windows[0])
         assert whole.messages_sent > 0 and whole.opt_outs > 0  # the ledger has both
+        assert whole.opt_outs_pending_review > 0  # and holds no review resolved
 
     async def test_a_brand_setting_comes_with_every_campaign_of_the_brand(
         self, view: ConsentView
