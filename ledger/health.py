@@ -22,6 +22,14 @@ send's ``occurred_at``), per campaign and per sending number (``MessageSent.from
   opt-out counts in the window of the message it is attributed to, so the rate is a
   share of the window's messages; one with no message before it is counted apart
   (``HealthReport.unattributed_opt_outs``, by the opt-out's own time);
+* **opt-outs pending review**: the messages a ``RevocationCandidateFlagged`` from the
+  window's start on, that no ``RevocationCandidateResolved`` answers (at any time),
+  is attributed to as an opt-out is, and that drew no opt-out; those with no message
+  before them counted apart. Most holds are opt-outs a carrier counts already (a
+  provider's 21610, a STOP refused for a detail, a reply that reads like one), so
+  the opt-out flag counts them as opt-outs (the rate does not): the flag comes
+  before the review. Resolved "revoked", a hold is the opt-out the review records;
+  dismissed, nothing;
 * **delivery errors**: the messages whose latest reported outcome
   (``DeliveryOutcomeReported``, by ``occurred_at``) is failed or undeliverable. A
   message with no report counts as no error: the error rate is of what providers
@@ -41,6 +49,7 @@ It never keeps the events themselves.
 from __future__ import annotations
 
 import sys
+import uuid
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -52,6 +61,8 @@ from ledger.events import (
     MessageKind,
     MessageSent,
     Recorded,
+    RevocationCandidateFlagged,
+    RevocationCandidateResolved,
 )
 from ledger.opt_out_rate import OPT_OUT_RATE_LIMIT
 
@@ -87,12 +98,15 @@ class HealthCounts:
     messages_sent: int = 0
     opt_outs: int = 0
     delivery_errors: int = 0
+    opt_outs_pending_review: int = 0
+    """The messages a hold still awaiting review was attributed to, and no opt-out."""
 
     def __add__(self, other: HealthCounts) -> HealthCounts:
         return HealthCounts(
             self.messages_sent + other.messages_sent,
             self.opt_outs + other.opt_outs,
             self.delivery_errors + other.delivery_errors,
+            self.opt_outs_pending_review + other.opt_outs_pending_review,
         )
 
     @property
@@ -106,8 +120,11 @@ class HealthCounts:
         return self.delivery_errors / self.messages_sent if self.messages_sent else None
 
     def opt_out_flagged(self, limits: HealthLimits) -> bool:
-        rate = self.opt_out_rate
-        return rate is not None and rate > limits.opt_out
+        """Whether the opt-outs, with the holds awaiting review counted as opt-outs
+        (a carrier counts them already), are above the limit: the flag comes
+        before the review."""
+        counted = self.opt_outs + self.opt_outs_pending_review
+        return bool(self.messages_sent) and counted / self.messages_sent > limits.opt_out
 
     def error_flagged(self, limits: HealthLimits) -> bool:
         rate = self.error_rate
@@ -144,6 +161,8 @@ class HealthReport:
     unattributed_opt_outs: int
     """Opt-outs in the window with no message of theirs before them in the ledger."""
     events_read: int = 0
+    unattributed_opt_outs_pending_review: int = 0
+    """Holds awaiting review in the window with no message of theirs before them."""
 
     @property
     def flagged(self) -> bool:
@@ -155,7 +174,7 @@ class HealthReport:
         )
 
 
-_OPTED_OUT, _ERROR = 1, 2
+_OPTED_OUT, _ERROR, _HELD = 1, 2, 4
 """A window message's flags (``HealthTally._flags``)."""
 _NOT_COUNTED = 0xFFFFFFFF
 """The bucket of a window message outside the report (another campaign's)."""
@@ -201,6 +220,10 @@ class HealthTally:
         self._before: dict[str, set[int]] = {}
         self._after: dict[str, dict[int, Moment]] = {}
         self._stops: dict[str, list[tuple[Moment, int, datetime]]] = {}
+        # The holds for review from the window's start on, as the opt-outs, by
+        # event id; and every hold of the brand a review resolved, at any time.
+        self._holds: dict[uuid.UUID, tuple[str, Moment, int, datetime]] = {}
+        self._resolved: set[uuid.UUID] = set()
 
     def feed(self, recorded: Recorded) -> None:
         event = recorded.event
@@ -218,6 +241,18 @@ class HealthTally:
                 stops.append((moment, scope, event.occurred_at))
         elif isinstance(event, DeliveryOutcomeReported):
             self._reported(event)
+        elif isinstance(event, RevocationCandidateFlagged):
+            if event.occurred_at >= self.start:
+                scope = _BRAND if event.campaign is None else self._scope(event.campaign)
+                moment = (_micros(event.occurred_at), self._fed)
+                self._holds[event.event_id] = (
+                    sys.intern(event.phone),
+                    moment,
+                    scope,
+                    event.occurred_at,
+                )
+        elif isinstance(event, RevocationCandidateResolved):
+            self._resolved.add(event.candidate_event_id)
 
     def feed_all(self, events: Iterable[Recorded]) -> HealthTally:
         for recorded in events:
@@ -273,35 +308,47 @@ class HealthTally:
             else:
                 self._flags[index] &= ~_ERROR & 0xFF
 
-    def _attribute(self) -> int:
-        """Mark each window message an opt-out answers; the opt-outs of the window
-        with no message before them, counted."""
+    def _attribute(self) -> tuple[int, int]:
+        """Mark each window message an opt-out answers, and each a hold still awaiting
+        review answers; the opt-outs and such holds of the window with no message
+        before them, counted."""
         unattributed = 0
-        wanted = None if self.campaign is None else self._campaigns.get(self.campaign, -2)
         for phone, stops in self._stops.items():
-            messages = self._messages.get(phone, [])
             for moment, scope, at in stops:
-                first_after = self._after.get(phone, {}).get(scope)
-                if first_after is not None and first_after < moment:
-                    continue  # it answers a message after the window
-                latest, latest_at = None, (-1, -1)
-                for i in messages:
-                    sent_at = (self._time[i], self._order[i])
-                    if (
-                        (scope == _BRAND or self._campaign_of[i] == scope)
-                        and sent_at < moment
-                        and sent_at > latest_at
-                    ):
-                        latest, latest_at = i, sent_at
-                if latest is not None:
-                    self._flags[latest] |= _OPTED_OUT  # once: a message draws one at most
-                elif scope not in self._before.get(phone, ()) and at < self.end:
-                    unattributed += wanted is None or scope in (wanted, _BRAND)
-        return unattributed
+                unattributed += self._answered(phone, moment, scope, at, _OPTED_OUT)
+        unattributed_held = 0
+        for event_id, (phone, moment, scope, at) in self._holds.items():
+            if event_id not in self._resolved:
+                unattributed_held += self._answered(phone, moment, scope, at, _HELD)
+        return unattributed, unattributed_held
+
+    def _answered(self, phone: str, moment: Moment, scope: int, at: datetime, flag: int) -> bool:
+        """Mark with ``flag`` the window message that an opt-out (or a hold) of
+        ``phone`` in ``scope`` at ``moment`` answers; True when it is of the window
+        and of the report and no message came before it."""
+        first_after = self._after.get(phone, {}).get(scope)
+        if first_after is not None and first_after < moment:
+            return False  # it answers a message after the window
+        latest, latest_at = None, (-1, -1)
+        for i in self._messages.get(phone, []):
+            sent_at = (self._time[i], self._order[i])
+            if (
+                (scope == _BRAND or self._campaign_of[i] == scope)
+                and sent_at < moment
+                and sent_at > latest_at
+            ):
+                latest, latest_at = i, sent_at
+        if latest is not None:
+            self._flags[latest] |= flag  # once: a message draws one at most
+            return False
+        if scope in self._before.get(phone, ()) or at >= self.end:
+            return False
+        wanted = None if self.campaign is None else self._campaigns.get(self.campaign, -2)
+        return wanted is None or scope in (wanted, _BRAND)
 
     def report(self, limits: HealthLimits | None = None) -> HealthReport:
-        unattributed = self._attribute()
-        tallies = [[0, 0, 0] for _ in self._buckets]
+        unattributed, unattributed_held = self._attribute()
+        tallies = [[0, 0, 0, 0] for _ in self._buckets]
         for bucket, flags in zip(self._bucket_of, self._flags, strict=True):
             if bucket == _NOT_COUNTED:
                 continue
@@ -309,11 +356,12 @@ class HealthTally:
             tally[0] += 1
             tally[1] += flags & _OPTED_OUT
             tally[2] += (flags & _ERROR) >> 1
+            tally[3] += flags & (_HELD | _OPTED_OUT) == _HELD  # counted once, as an opt-out
         buckets = {key: tallies[i] for key, i in self._buckets.items()}
         campaigns: dict[str, list[SenderHealth]] = {}
-        for (campaign, number), (sent_, opted, errors) in sorted(buckets.items()):
+        for (campaign, number), (sent_, opted, errors, held) in sorted(buckets.items()):
             campaigns.setdefault(campaign, []).append(
-                SenderHealth(number, HealthCounts(sent_, opted, errors))
+                SenderHealth(number, HealthCounts(sent_, opted, errors, held))
             )
         return HealthReport(
             self.brand,
@@ -329,6 +377,7 @@ class HealthTally:
             ),
             unattributed,
             self.events_read,
+            unattributed_held,
         )
 
 
@@ -344,9 +393,10 @@ def combine(
     ledger's): their counts added per campaign and sending number. Exact, because
     every count is of one number's facts, and each number is in one set alone."""
     buckets: dict[tuple[str, str], HealthCounts] = {}
-    unattributed = events = 0
+    unattributed = events = held = 0
     for report in reports:
         unattributed += report.unattributed_opt_outs
+        held += report.unattributed_opt_outs_pending_review
         events += report.events_read
         for c in report.campaigns:
             for s in c.senders:
@@ -367,4 +417,5 @@ def combine(
         ),
         unattributed,
         events,
+        held,
     )

@@ -522,6 +522,7 @@ def _health_counts(counts: HealthCounts, limits: HealthLimits) -> api_pb2.Health
         messages_sent=counts.messages_sent,
         opt_outs=counts.opt_outs,
         delivery_errors=counts.delivery_errors,
+        opt_outs_pending_review=counts.opt_outs_pending_review,
         opt_out_flagged=counts.opt_out_flagged(limits),
         error_flagged=counts.error_flagged(limits),
     )
@@ -557,6 +558,7 @@ def campaign_health_to_proto(
         start_time=codec.timestamp_to_proto(report.start),
         end_time=codec.timestamp_to_proto(report.end),
         consistency_token=consistency_token,
+        unattributed_opt_outs_pending_review=report.unattributed_opt_outs_pending_review,
     )
 
 

@@ -108,3 +108,13 @@ async def test_holds_awaiting_review_count_beside_the_opt_outs(serve):
         assert await rate("promo") == (3, 1, 1, True)
         # No opt-out of alerts yet, but its texts drew a STOP awaiting review.
         assert await rate("alerts") == (1, 0, 1, True)
+
+        health = await c.GetCampaignHealth(
+            api.GetCampaignHealthRequest(brand="acme", at_least_as_fresh=fresh)
+        )
+        counts = {h.campaign: h.counts for h in health.campaigns}
+        assert {
+            name: (k.messages_sent, k.opt_outs, k.opt_outs_pending_review, k.opt_out_flagged)
+            for name, k in counts.items()
+        } == {"alerts": (1, 0, 1, True), "promo": (3, 1, 1, True)}
+        assert health.flagged

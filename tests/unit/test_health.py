@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.events import (
+    CandidateResolution,
     DeliveryOutcome,
     DeliveryOutcomeReported,
     LedgerEvent,
@@ -25,7 +26,7 @@ from ledger.health import (
     HealthTally,
     combine,
 )
-from tests.builders import BRAND, PHONE, at, record, revoked
+from tests.builders import BRAND, PHONE, at, flagged, record, resolved, revoked
 from tests.builders import sent as a_send
 
 START, END = at(0), at(days=1)
@@ -334,3 +335,45 @@ def test_tallies_of_disjoint_numbers_combined_count_what_one_tally_counts(events
     assert combined.campaigns == whole.campaigns
     assert combined.unattributed_opt_outs == whole.unattributed_opt_outs
     assert combined.events_read == whole.events_read
+
+
+def test_a_hold_awaiting_review_counts_beside_the_opt_outs_and_raises_the_flag() -> None:
+    """A provider's 21610 or a reply that reads like a STOP is an opt-out a carrier
+    counts already: the flag counts it before the review; the rate does not."""
+    sends = [sent(at(i / 100), phone=phone(i)) for i in range(1000)]
+    stops = [revoked(at(20), phone=phone(i)) for i in range(2)]
+    holds = [flagged(at(20), phone=phone(i)) for i in range(3, 6)]
+    answered = [flagged(at(20), phone=phone(i)) for i in range(6, 8)]
+    reviews = [
+        replace(
+            resolved(at(21), answered[0], CandidateResolution.DISMISSED), phone=answered[0].phone
+        ),
+        replace(
+            resolved(END + timedelta(days=1), answered[1], CandidateResolution.REVOKED),
+            phone=answered[1].phone,
+        ),
+        revoked(END + timedelta(days=1), None, phone=answered[1].phone),
+    ]
+    report = health([*sends, *stops, *holds, *answered, *reviews])
+    # the hold resolved "revoked" after the window counts once, as an opt-out of the
+    # message it answers; the dismissed one not at all
+    assert counts_of(report) == HealthCounts(1000, 3, 0, 3)
+    assert counts_of(report).opt_out_rate == 0.003 and report.flagged
+    assert not health([*sends, *stops, *answered, *reviews]).flagged
+
+
+def test_a_message_that_drew_an_opt_out_and_a_hold_counts_once() -> None:
+    report = health([sent(at(1)), flagged(at(2)), revoked(at(3), None)])
+    assert counts_of(report) == HealthCounts(1, 1, 0, 0)
+    report = health([sent(at(1)), flagged(at(2))])
+    assert counts_of(report) == HealthCounts(1, 0, 0, 1)
+
+
+def test_a_hold_with_no_message_before_it_is_counted_apart() -> None:
+    other_brand = replace(flagged(at(1), phone=phone(2)), brand="globex")
+    report = health([flagged(at(1)), sent(at(2)), other_brand])
+    assert counts_of(report) == HealthCounts(1, 0, 0, 0)
+    assert (report.unattributed_opt_outs, report.unattributed_opt_outs_pending_review) == (0, 1)
+    both = combine(BRAND, None, START, END, report.limits, [report, report])
+    assert both.unattributed_opt_outs_pending_review == 2
+    assert counts_of(both) == HealthCounts(2, 0, 0, 0)
