@@ -310,9 +310,9 @@ async def test_campaign_health_flags_errors_over_six_percent_and_opt_outs_over_t
     assert last_line.startswith("health [##############################] 100.0%  "), done.stderr
     assert " events  " in last_line and "/s  00:00 left" in last_line
     rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines() if line.strip()}
-    assert rows["promo"] == ["100", "1", "1.00%", "7", "7.00%", "OPT-OUTS", "ERRORS"]
-    assert rows[A] == ["50", "0", "0.00%", "7", "14.00%", "ERRORS"]
-    assert rows[B] == ["50", "1", "2.00%", "0", "0.00%", "OPT-OUTS"]
+    assert rows["promo"] == ["100", "1", "0", "1.00%", "7", "7.00%", "OPT-OUTS", "ERRORS"]
+    assert rows[A] == ["50", "0", "0", "0.00%", "7", "14.00%", "ERRORS"]
+    assert rows[B] == ["50", "1", "0", "2.00%", "0", "0.00%", "OPT-OUTS"]
 
     # Interrupted after its first partition (the test hook acts as Ctrl-C), then run
     # again: it resumes, reads the rest, and prints what the whole run printed.
@@ -434,5 +434,5 @@ async def test_the_readme_health_calls_run_as_written(tmp_path, postgres_dsn):
     assert [s["fromNumber"] for s in promo["senders"]] == ["+12125550100"]
     assert health["unattributedOptOuts"] == "1" and health["flagged"] is True
     rows = {line.split()[0]: line.split()[1:] for line in done.stdout[table:].splitlines() if line}
-    assert rows["promo"] == ["1", "0", "0.00%", "1", "100.00%", "ERRORS"]
-    assert rows["+12125550100"] == ["1", "0", "0.00%", "1", "100.00%", "ERRORS"]
+    assert rows["promo"] == ["1", "0", "0", "0.00%", "1", "100.00%", "ERRORS"]
+    assert rows["+12125550100"] == ["1", "0", "0", "0.00%", "1", "100.00%", "ERRORS"]

@@ -26,6 +26,12 @@ sender:
              latest message to that number before it (of its campaign; of the
              brand for a STOPALL), never to a reply owed to the person's own
              STOP, HELP or START, and counts in that message's window
+  held       the messages an opt-out held for review and not yet resolved was
+             attributed to, as an opt-out is (a provider's 21610, a STOP refused
+             for a detail, a reply that reads like one), and no opt-out: a
+             carrier counts them already, so the flag counts them as opt-outs
+             (the rate does not); resolved "revoked", one is an opt-out,
+             dismissed, it counts nowhere
   errors     the messages whose latest delivery outcome (RecordDeliveryOutcome)
              is failed or undeliverable
 
@@ -33,8 +39,8 @@ with each as a rate of the messages sent, and a flag where a rate is above its
 limit: by default the top of what the provider calls good, 0.3 % of opt-outs and
 6 % of errors (the service's CONSENT_OPT_OUT_RATE_LIMIT and
 CONSENT_ERROR_RATE_LIMIT). The sending number is RecordMessageSent's from_number;
-"(none)" holds the sends that named none. Opt-outs with no message before them
-are counted apart.
+"(none)" holds the sends that named none. Opt-outs and holds with no message
+before them are counted apart.
 
 While the service reads the brand's events, a progress line on standard error
 (share done, events read, rate, time left) when it is a terminal or with
@@ -114,6 +120,7 @@ def _counts(counts: Any) -> dict[str, Any]:
     return {
         "messages_sent": counts.messages_sent,
         "opt_outs": counts.opt_outs,
+        "opt_outs_pending_review": counts.opt_outs_pending_review,
         "delivery_errors": counts.delivery_errors,
         "opt_out_rate": counts.opt_out_rate if counts.HasField("opt_out_rate") else None,
         "error_rate": counts.error_rate if counts.HasField("error_rate") else None,
@@ -131,6 +138,7 @@ def health_record(response: Any) -> dict[str, Any]:
         "error_limit": response.error_limit,
         "flagged": response.flagged,
         "unattributed_opt_outs": response.unattributed_opt_outs,
+        "unattributed_opt_outs_pending_review": response.unattributed_opt_outs_pending_review,
         "consistency_token": response.consistency_token,
         "campaigns": [
             {
@@ -159,8 +167,8 @@ def _row(name: str, counts: dict[str, Any]) -> str:
     ]
     return (
         f"{name:<28} {counts['messages_sent']:>9,} {counts['opt_outs']:>9,} "
-        f"{_rate(counts['opt_out_rate']):>8} {counts['delivery_errors']:>9,} "
-        f"{_rate(counts['error_rate']):>8}  {' '.join(flags)}"
+        f"{counts['opt_outs_pending_review']:>9,} {_rate(counts['opt_out_rate']):>8} "
+        f"{counts['delivery_errors']:>9,} {_rate(counts['error_rate']):>8}  {' '.join(flags)}"
     ).rstrip()
 
 
@@ -172,7 +180,7 @@ def table(record: dict[str, Any], brand: str) -> str:
         f"flagged above: opt-out rate {record['opt_out_limit']:.2%}, "
         f"error rate {record['error_limit']:.2%}",
         "",
-        f"{'campaign / sending number':<28} {'sent':>9} {'opt-outs':>9} {'rate':>8} "
+        f"{'campaign / sending number':<28} {'sent':>9} {'opt-outs':>9} {'held':>9} {'rate':>8} "
         f"{'errors':>9} {'rate':>8}  flags",
     ]
     for campaign in record["campaigns"]:
@@ -183,6 +191,8 @@ def table(record: dict[str, Any], brand: str) -> str:
         lines.append("(no message was sent in the window)")
     lines.append("")
     lines.append(f"opt-outs with no message before them: {record['unattributed_opt_outs']:,}")
+    held = record["unattributed_opt_outs_pending_review"]
+    lines.append(f"held for review with no message before them: {held:,}")
     return "\n".join(lines)
 
 
@@ -196,34 +206,38 @@ def combine_records(parts: list[dict[str, Any]]) -> dict[str, Any]:
     for part in parts:
         for c in part["campaigns"]:
             for sender in c["senders"]:
-                tally = buckets.setdefault((c["campaign"], sender["from_number"]), [0, 0, 0])
+                key = (c["campaign"], sender["from_number"])
+                tally = buckets.setdefault(key, [0, 0, 0, 0])
                 tally[0] += sender["messages_sent"]
                 tally[1] += sender["opt_outs"]
                 tally[2] += sender["delivery_errors"]
+                # a resume state saved before holds were counted has none
+                tally[3] += sender.get("opt_outs_pending_review", 0)
 
-    def counts(sent: int, opted: int, errors: int) -> dict[str, Any]:
+    def counts(sent: int, opted: int, errors: int, held: int) -> dict[str, Any]:
         opt_rate = opted / sent if sent else None
         error_rate = errors / sent if sent else None
         return {
             "messages_sent": sent,
             "opt_outs": opted,
+            "opt_outs_pending_review": held,
             "delivery_errors": errors,
             "opt_out_rate": opt_rate,
             "error_rate": error_rate,
-            "opt_out_flagged": opt_rate is not None and opt_rate > limits[0],
+            # as the service flags: the holds awaiting review count as opt-outs
+            "opt_out_flagged": bool(sent) and (opted + held) / sent > limits[0],
             "error_flagged": error_rate is not None and error_rate > limits[1],
         }
 
     campaigns: dict[str, list[dict[str, Any]]] = {}
-    for (name, number), (sent, opted, errors) in sorted(buckets.items()):
+    for (name, number), (sent, opted, errors, held) in sorted(buckets.items()):
         campaigns.setdefault(name, []).append(
-            {"from_number": number, **counts(sent, opted, errors)}
+            {"from_number": number, **counts(sent, opted, errors, held)}
         )
     shown = []
     for name, senders in campaigns.items():
-        total = counts(
-            *(sum(s[k] for s in senders) for k in ("messages_sent", "opt_outs", "delivery_errors"))
-        )
+        keys = ("messages_sent", "opt_outs", "delivery_errors", "opt_outs_pending_review")
+        total = counts(*(sum(s[k] for s in senders) for k in keys))
         flagged = total["opt_out_flagged"] or total["error_flagged"]
         shown.append({"campaign": name, **total, "flagged": flagged, "senders": senders})
     flagged = any(
@@ -236,6 +250,9 @@ def combine_records(parts: list[dict[str, Any]]) -> dict[str, Any]:
         **last,
         "flagged": flagged,
         "unattributed_opt_outs": sum(p["unattributed_opt_outs"] for p in parts),
+        "unattributed_opt_outs_pending_review": sum(
+            p.get("unattributed_opt_outs_pending_review", 0) for p in parts
+        ),
         "campaigns": shown,
     }
 
