@@ -311,6 +311,11 @@ class Review:
             view, holder, hold.to_number, hold.occurred_at, self.ctx.clock(),
             lambda brand: None, (hold.brand,),
         )  # fmt: skip
+        if keys:
+            # A hold the late-STOP path placed may be in the ledger and not yet in the
+            # view, and its brand held twice: the view catches up on the number first.
+            # If it cannot in time, a second hold denies as the first does.
+            await self.ctx.guard.wait_until_applied_for([hold.phone])
         return [
             key
             for key in keys
