@@ -13,7 +13,7 @@ import hashlib
 import unicodedata
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -26,8 +26,10 @@ from ledger.events import (
     ANY_BRAND,
     InboundMessageReceived,
     LedgerEvent,
+    Recorded,
     RevocationCandidateFlagged,
 )
+from ledger.personal_data import ERASED, SEALED
 from ledger.ports import ConsistencyToken, Stream
 from ledger.reread import (
     Key,
@@ -109,16 +111,19 @@ class Reread:
     read, from where the next reading goes on (``since``)."""
 
 
-Owed = dict[Key, tuple[RevocationCandidateFlagged, int, str | None]]
-"""The holds owed to the texts read so far, each with its text's chunk and campaign."""
+Owed = dict[Key, tuple[RevocationCandidateFlagged, int, str | None, Recorded | None]]
+"""The holds owed to the texts read so far, each with its text's chunk and campaign,
+and the text as stored."""
 
 
-def _owed_after(owed: Owed, events: list[LedgerEvent], chunk: int) -> None:
+def _owed_after(
+    owed: Owed, events: list[LedgerEvent], chunk: int, stored: Mapping[Key, Recorded]
+) -> None:
     """``owed`` (the holds owed to the texts read so far, each with its text's chunk
-    and campaign) once ``events``, the next in ledger order, of the ``chunk``-th
-    chunk, are read: an opt-out or hold that stops as much as its text now reads
-    takes the text's hold away (it is recorded after its text), and the texts among
-    them that read as stopping further add theirs."""
+    and campaign, and the text as ``stored``) once ``events``, the next in ledger
+    order, of the ``chunk``-th chunk, are read: an opt-out or hold that stops as much
+    as its text now reads takes the text's hold away (it is recorded after its text),
+    and the texts among them that read as stopping further add theirs."""
     for event in events:
         found = stored_reading(event)
         if found is not None:
@@ -132,7 +137,8 @@ def _owed_after(owed: Owed, events: list[LedgerEvent], chunk: int) -> None:
         if isinstance(e, InboundMessageReceived)
     }
     for hold in reread_holds(events, recorded_by=REREAD_BY):
-        owed[held_text(hold)] = (hold, chunk, campaigns.get(held_text(hold)))
+        key = held_text(hold)
+        owed[key] = (hold, chunk, campaigns.get(key), stored.get(key))
 
 
 def _flagged(event: LedgerEvent) -> RevocationCandidateFlagged:
@@ -269,25 +275,44 @@ class Review:
                 # Opened chunk by chunk: a text whose subject is erased in a later
                 # chunk reads erased all the same (``Context.opened`` asks the view).
                 events = [r.event for r in await self.ctx.opened(kept)] if kept else []
+                texts = {
+                    (e.phone, e.brand, e.message_id): r
+                    for r in kept
+                    if isinstance(e := r.event, InboundMessageReceived)
+                }
                 for start in range(0, len(events), REREAD_TURN):
-                    _owed_after(owed, events[start : start + REREAD_TURN], chunk)
+                    _owed_after(owed, events[start : start + REREAD_TURN], chunk, texts)
                     # Reading a text takes what reading it when it came took: in
                     # turns with the calls the process serves, not a chunk at once.
                     await asyncio.sleep(0)
-                due = [key for key, (_, came, _) in owed.items() if came < chunk]
+                due = [key for key, (_, came, _, _) in owed.items() if came < chunk]
                 await self._place([owed.pop(key) for key in due], placed)
             await self._place(list(owed.values()), placed)
             placed.reached[partition] = offset
         return placed
 
     async def _place(
-        self, owed: list[tuple[RevocationCandidateFlagged, int, str | None]], placed: Reread
+        self,
+        owed: list[tuple[RevocationCandidateFlagged, int, str | None, Recorded | None]],
+        placed: Reread,
     ) -> None:
         """Append each hold of ``owed`` once, noting it in ``placed``: first under each
         other brand whose campaign sent from the number the text reached when it was
         sent (``_held_then_too``), as a late STOP is held, so a failure between leaves
-        the next reading to place them all."""
-        for hold, _, campaign in owed:
+        the next reading to place them all.
+
+        A text whose subject was erased since it was read is held without its words
+        (``ERASED``): appended after the erasure, the hold would be sealed with a key
+        made since, and the erased words readable again. It still holds: the reading
+        found it stopping, and doubt denies."""
+        for hold, _, campaign, text in owed:
+            if text is not None and hold.text not in (SEALED, ERASED):
+                (now,) = await self.ctx.opened([text])
+                if isinstance(now.event, InboundMessageReceived) and now.event.body in (
+                    SEALED,
+                    ERASED,
+                ):
+                    hold = replace(hold, text=ERASED)
             also = [held_for(hold, key) for key in await self._held_then_too(hold, campaign)]
             for one in (*also, hold):
                 result = await recorded_once(self.ctx, [one])

@@ -1,0 +1,83 @@
+"""An erasure against the holds placed since: a text read again under new keyword
+rules, its hold placed while the text's subject is being erased, on the embedded
+default's PostgreSQL ledger. The erased words stay unread wherever the hold is
+placed, and the hold still denies, a fresh opt-in after the erasure included."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from consent.v1 import consent_service_pb2 as api
+
+from ledger.personal_data import ERASED
+from ledger.ports import ConsistencyToken, Stream
+from ledger.retention import add_years
+from tests.e2e.harness import opt_in, opted_in
+from tests.e2e.test_texts_read_again import DISGUISED, stored_as_conversation
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+SENDER = "+12125550187"
+PHONE = "+14155553977"  # test_texts_read_again's: stored_as_conversation writes to it
+
+
+async def test_a_text_read_again_while_its_subject_is_erased_is_held_without_its_words(
+    tmp_path, postgres_dsn
+):
+    async with opted_in(
+        tmp_path, postgres_dsn, None, name="rereaderased", phone=PHONE, sender=SENDER
+    ) as (runtime, c, clock):
+        assert runtime.usecases is not None and runtime.pool is not None
+        assert runtime.ledger is not None
+        review = runtime.usecases.review
+        await runtime.texts_read.wait()  # the start's reading, before the text is stored
+        text = stored_as_conversation(clock.now - timedelta(minutes=10), "older", "SM-erased")
+        await review.ctx.ledger.append([text])
+        clock.now = add_years(clock.now, 6)
+
+        # The reading opens the text, then the erasure comes before its hold is placed.
+        place, erased = review._place, []
+
+        async def erased_first(owed, placed):  # type: ignore[no-untyped-def]
+            if owed and not erased:
+                erased.append(
+                    await c.RequestErasure(
+                        api.RequestErasureRequest(
+                            request_id=uuid.uuid4().hex, phone=PHONE, brand="acme"
+                        )
+                    )
+                )
+            await place(owed, placed)
+
+        review._place = erased_first  # type: ignore[method-assign]
+        await runtime.pool.execute("UPDATE texts_read_under SET rules = 'older rules'")
+        await runtime.pool.execute("DELETE FROM texts_read_to")
+        assert await runtime.read_texts_on()
+        assert erased, "the reading placed no hold"
+
+        ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+        token = ConsistencyToken({(Stream.SUBSCRIBERS, p): o for p, o in ends.items()}).encode()
+        queue = await c.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="acme", at_least_as_fresh=token)
+        )
+        [held] = queue.candidates
+        assert held.event.revocation_candidate_flagged.text == ERASED, held
+        assert DISGUISED not in str(queue)
+        events = await c.ListEvents(
+            api.ListEventsRequest(phone=PHONE, brand="acme", at_least_as_fresh=token)
+        )
+        assert DISGUISED not in str(events)
+
+        # Held all the same: a fresh opt-in after the erasure allows nothing under it.
+        fresh = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", clock.now))
+        check = await c.CanSend(
+            api.CanSendRequest(
+                phone=PHONE,
+                brand="acme",
+                campaign="promo",
+                at_least_as_fresh=fresh.consistency_token,
+            )
+        )
+        assert (check.allowed, check.reason) == (False, api.REASON_REVOCATION_OVERDUE), check
