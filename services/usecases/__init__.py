@@ -28,6 +28,7 @@ from services.usecases.checks import DEFAULT_FUTURE_HORIZON, Checks
 from services.usecases.context import Clock, Context, utc_now
 from services.usecases.erasure import Erasure
 from services.usecases.imports import APPEND_LEASE_S, PRUNE_INTERVAL_S, Imports, TurnPruning
+from services.usecases.requests import Turns
 from services.usecases.review import Review
 from services.usecases.sends import Sends
 from services.usecases.writes import Writes
@@ -89,14 +90,16 @@ class UseCases:
             ledger, view, guard, clock, access=access, personal=personal, campaigns=campaigns
         )
         checks = Checks(ctx, reads, future_horizon, campaigns)
+        # An erasure and a hold placed on a text read again take turns per subject.
+        subjects: Turns[tuple[str, str]] = Turns()
         return cls(
             Writes(ctx, reads, opt_out_error_codes),
             checks,
             Audit(ctx, evidence, health_limits),
-            Review(ctx),
+            Review(ctx, subjects),
             access,
             Sends(ctx),
-            Erasure(ctx, keys, retention),
+            Erasure(ctx, keys, retention, subjects),
             TurnPruning(import_prune_interval),
             import_append_lease,
         )

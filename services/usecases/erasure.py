@@ -11,7 +11,8 @@ a key not yet destroyed (the store failed) already reads as erased
 A hold placed on another instance between this one's look at the history and its
 append is not seen (appends are unconditional); holds are placed before a matter
 needs them, not raced against an erasure. On one instance an erasure and the holds
-of its subject take turns (``Erasure._turn``).
+of its subject take turns (``Erasure._turn``), and so do the holds placed on its texts
+read again (``Review._place``).
 """
 
 from __future__ import annotations
@@ -53,11 +54,19 @@ class Erased:
 
 
 class Erasure:
-    def __init__(self, ctx: Context, keys: SubjectKeys | None, retention: Retention) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        keys: SubjectKeys | None,
+        retention: Retention,
+        turns: Turns[tuple[str, str]] | None = None,
+    ) -> None:
         """``keys``: where the subjects' keys are (None: nothing is sealed, and an
-        erasure only records itself and hides what it can on read)."""
+        erasure only records itself and hides what it can on read); ``turns``: the
+        subjects' turns, shared with what else must not be written under an erasure
+        (the holds of texts read again, ``Review``)."""
         self.ctx, self.keys, self.retention = ctx, keys, retention
-        self._turns: Turns[tuple[str, str]] = Turns()
+        self._turns: Turns[tuple[str, str]] = Turns() if turns is None else turns
 
     def _turn(self, phone: str, brand: str) -> AbstractAsyncContextManager[None]:
         """The subject's turn on this instance: an erasure and a hold (or a release) of

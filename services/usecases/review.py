@@ -43,7 +43,7 @@ from ledger.reread import (
 from ledger.state import Fact
 from services.usecases.access import Reader
 from services.usecases.context import Context
-from services.usecases.requests import recorded_once
+from services.usecases.requests import Turns, recorded_once
 from services.usecases.spellings import state_as_one
 from services.usecases.writes import brands_held_then
 
@@ -147,8 +147,11 @@ def _flagged(event: LedgerEvent) -> RevocationCandidateFlagged:
 
 
 class Review:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, subjects: Turns[tuple[str, str]] | None = None) -> None:
+        """``subjects``: the subjects' turns an erasure takes (``Erasure``), so a hold
+        placed on a text read again and an erasure of its number go one at a time."""
         self.ctx = ctx
+        self._subjects: Turns[tuple[str, str]] = Turns() if subjects is None else subjects
 
     async def revocation_candidates(
         self,
@@ -304,21 +307,23 @@ class Review:
         A text whose subject was erased since it was read is held without its words
         (``ERASED``): appended after the erasure, the hold would be sealed with a key
         made since, and the erased words readable again. It still holds: the reading
-        found it stopping, and doubt denies."""
+        found it stopping, and doubt denies. The look and the appends take the
+        subject's turn, so an erasure on this instance does not come between them."""
         for hold, _, campaign, text in owed:
-            if text is not None and hold.text not in (SEALED, ERASED):
-                (now,) = await self.ctx.opened([text])
-                if isinstance(now.event, InboundMessageReceived) and now.event.body in (
-                    SEALED,
-                    ERASED,
-                ):
-                    hold = replace(hold, text=ERASED)
-            also = [held_for(hold, key) for key in await self._held_then_too(hold, campaign)]
-            for one in (*also, hold):
-                result = await recorded_once(self.ctx, [one])
-                placed.token = placed.token.merge(result.token)
-                if not result.replayed:
-                    placed.held += result.event_ids
+            async with self._subjects.turn((hold.phone, hold.brand)):
+                if text is not None and hold.text not in (SEALED, ERASED):
+                    (now,) = await self.ctx.opened([text])
+                    if isinstance(now.event, InboundMessageReceived) and now.event.body in (
+                        SEALED,
+                        ERASED,
+                    ):
+                        hold = replace(hold, text=ERASED)
+                held = await self._held_then_too(hold, campaign)
+                for one in (*(held_for(hold, key) for key in held), hold):
+                    result = await recorded_once(self.ctx, [one])
+                    placed.token = placed.token.merge(result.token)
+                    if not result.replayed:
+                        placed.held += result.event_ids
 
     async def _held_then_too(
         self, hold: RevocationCandidateFlagged, campaign: str | None
