@@ -1,22 +1,29 @@
-"""An erasure against the holds placed since: a text read again under new keyword
-rules, its hold placed while the text's subject is being erased, on the embedded
-default's PostgreSQL ledger. The erased words stay unread wherever the hold is
-placed, and the hold still denies, a fresh opt-in after the erasure included."""
+"""An erasure against the holds placed since, on the embedded default's PostgreSQL
+ledger: a text read again under new keyword rules, its hold placed while the text's
+subject is being erased, and after; holds of the number's brand, of another brand
+and of every brand pending when it is erased; a late STOP at the same moment as the
+erasure; sends before and after it. The erased words stay unread wherever a hold is
+placed, each hold still denies, a fresh opt-in after the erasure included, and the
+sends are judged by the consent that stood then."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+from google.protobuf import json_format
 
 from ledger.personal_data import ERASED
 from ledger.ports import ConsistencyToken, Stream
 from ledger.retention import add_years
 from services.usecases.context import Context
-from tests.e2e.harness import opt_in, opted_in
+from tests.e2e.harness import define, defined, inbound, opt_in, opted_in, ts
+from tests.e2e.test_late_stop_tenancy import released
 from tests.e2e.test_texts_read_again import DISGUISED, stored_as_conversation
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -142,3 +149,274 @@ def waiting(erasure) -> int:  # type: ignore[no-untyped-def]
     """How many calls hold or wait for PHONE's turn at acme (``Erasure._turns``)."""
     turn = erasure._turns._turns.get((PHONE, "acme"))
     return 0 if turn is None else turn.holders
+
+
+INITECH = "+12125550188"
+"""A number initech's campaign sent from, then let go, and acme took."""
+UNOWNED = "+12125550189"
+"""A number no campaign sends from."""
+
+
+async def test_an_erasure_lifts_no_hold_of_its_brand_of_another_or_of_every_brand(
+    tmp_path, postgres_dsn
+):
+    # PHONE has three holds pending when acme erases it: a reply of its own that may
+    # be an opt-out; a STOP sent to initech's number, delivered after initech let it
+    # go and acme took it, held for initech; and a STOP to a number no campaign sends
+    # from, kept under "*" (the caller's token is every brand's).
+    async with opted_in(
+        tmp_path, postgres_dsn, None, name="erasedheld", phone=PHONE, sender=SENDER
+    ) as (runtime, c, clock):
+        sale = define("initech", "sale", clock.now - timedelta(days=2), [INITECH])
+        await defined(runtime, [sale])
+        await released(c, sale, clock.now - timedelta(minutes=10))
+        await c.ChangeCampaignPolicy(
+            api.ChangeCampaignPolicyRequest(
+                request_id=uuid.uuid4().hex, brand="acme", campaign="promo",
+                policy=lpb.CampaignPolicy(sender_numbers=[SENDER, INITECH]),
+                occurred_at=ts(clock.now - timedelta(minutes=5)),
+            )
+        )  # fmt: skip
+        own = await c.HandleInboundMessage(
+            inbound(PHONE, SENDER, "No thanks", clock.now - timedelta(minutes=25))
+        )
+        assert own.intent == api.INBOUND_INTENT_REVOCATION_CANDIDATE, own
+        await c.HandleInboundMessage(
+            inbound(PHONE, INITECH, "STOP", clock.now - timedelta(minutes=20))
+        )
+        late = await c.HandleInboundMessage(
+            inbound(PHONE, UNOWNED, "STOP", clock.now - timedelta(minutes=15))
+        )
+        holds = {}
+        for brand in ("acme", "initech", "*"):
+            listed = await c.ListRevocationCandidates(
+                api.ListRevocationCandidatesRequest(
+                    brand=brand, at_least_as_fresh=late.consistency_token
+                )
+            )
+            (holds[brand],) = listed.candidates
+        texted = clock.now
+        clock.now = add_years(clock.now, 6)
+        erasure = await c.RequestErasure(
+            api.RequestErasureRequest(request_id=uuid.uuid4().hex, phone=PHONE, brand="acme")
+        )
+        fresh = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", clock.now))
+        token = fresh.consistency_token
+        denied = await readers(c, token, clock.now)
+        assert not any(allowed for allowed, _ in denied.values()), denied
+        # A send after the late STOP, before the erasure, is denied in hindsight.
+        before = await readers(c, token, texted)
+        assert not before["CanSendAsOf"][0], before
+
+        # The review queue still lists each hold, acme's without its erased words,
+        # and the proof packet and the events show none of them.
+        for brand, hold in holds.items():
+            listed = await c.ListRevocationCandidates(
+                api.ListRevocationCandidatesRequest(brand=brand, at_least_as_fresh=token)
+            )
+            ids = [h.event.event_id for h in listed.candidates]
+            assert ids == [hold.event.event_id], (brand, listed)
+            words = listed.candidates[0].event.revocation_candidate_flagged.text
+            # initech's and "*"'s records are not acme's to erase (README, "What it
+            # does not do").
+            assert words == {"acme": ERASED}.get(brand, "STOP"), (brand, words)
+        ask = dict(phone=PHONE, brand="acme", at_least_as_fresh=token)
+        packet = await c.GetProofPacket(
+            api.GetProofPacketRequest(**ask, campaign="promo"), timeout=60
+        )
+        events = await c.ListEvents(api.ListEventsRequest(**ask))
+        consent = await c.GetConsent(api.GetConsentRequest(**ask, campaign="promo"))
+        assert len(consent.pending_revocation_candidates) == 2, consent
+        assert "No thanks" not in str(packet) + str(events) + str(consent)
+
+        # Each hold is resolved as before; acme's sends wait for its own and for "*"'s.
+        for brand in ("acme", "initech", "*"):
+            done = await c.ResolveRevocationCandidate(
+                api.ResolveRevocationCandidateRequest(
+                    request_id=uuid.uuid4().hex, brand=brand, phone=PHONE,
+                    candidate_event_id=holds[brand].event.event_id,
+                    resolution=lpb.CANDIDATE_RESOLUTION_DISMISSED,
+                    resolved_by="reviewer", occurred_at=ts(clock.now),
+                )
+            )  # fmt: skip
+            said = await readers(c, done.consistency_token, clock.now)
+            allowed = brand == "*"
+            assert all(a == allowed for a, _ in said.values()), (brand, said)
+        assert erasure.event_id
+
+
+async def readers(c, token: str, at) -> dict[str, tuple[bool, int]]:  # type: ignore[no-untyped-def]
+    """CanSend's, CanSendBatch's and CanSendAsOf's (of ``at``) answers for acme/promo."""
+    ask = dict(phone=PHONE, brand="acme", campaign="promo", at_least_as_fresh=token)
+    one = await c.CanSend(api.CanSendRequest(**ask))
+    (batch,) = (
+        await c.CanSendBatch(
+            api.CanSendBatchRequest(
+                phones=[PHONE], brand="acme", campaign="promo", at_least_as_fresh=token
+            )
+        )
+    ).decisions
+    as_of = await c.CanSendAsOf(api.CanSendAsOfRequest(**ask, at=ts(at)))
+    return {
+        "CanSend": (one.allowed, one.reason),
+        "CanSendBatch": (batch.allowed, batch.reason),
+        "CanSendAsOf": (as_of.allowed, as_of.reason),
+    }
+
+
+async def test_texts_read_again_after_their_number_is_erased_stay_unread_and_hold_nothing(
+    tmp_path, postgres_dsn
+):
+    # A disguised STOP sealed and one written in the clear before sealing existed, of
+    # a number acme then erases, and one of a number not erased: reading them all
+    # again holds the last alone, and the reading goes through to the end.
+    other = "+14155553979"
+    async with opted_in(
+        tmp_path, postgres_dsn, None, name="erasedread", phone=PHONE, sender=SENDER
+    ) as (runtime, c, clock):
+        assert runtime.usecases is not None and runtime.pool is not None
+        assert runtime.ledger is not None
+        said = clock.now - timedelta(minutes=10)
+        sealed = stored_as_conversation(said, "older-sealed", "SM-sealed")
+        clear = stored_as_conversation(said, "older-clear", "SM-clear")
+        kept = replace(
+            stored_as_conversation(said, "older-kept", "SM-kept"), event_id=uuid.uuid4(),
+            phone=other,
+        )  # fmt: skip
+        await runtime.texts_read.wait()  # the start's reading, before the texts are stored
+        await runtime.usecases.review.ctx.ledger.append([sealed])
+        (written,) = await runtime.ledger.append([clear])
+        assert written.event.sealed is None
+        clock.now = add_years(clock.now, 6)
+        await c.RequestErasure(
+            api.RequestErasureRequest(request_id=uuid.uuid4().hex, phone=PHONE, brand="acme")
+        )
+        await runtime.usecases.review.ctx.ledger.append([kept])
+        await runtime.pool.execute("UPDATE texts_read_under SET rules = 'older rules'")
+        await runtime.pool.execute("DELETE FROM texts_read_to")
+        assert await runtime.read_texts_on()
+
+        ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+        token = ConsistencyToken({(Stream.SUBSCRIBERS, p): o for p, o in ends.items()}).encode()
+        queue = await c.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(brand="acme", at_least_as_fresh=token)
+        )
+        held = [
+            (h.event.phone, h.event.revocation_candidate_flagged.inbound_message_id)
+            for h in queue.candidates
+        ]
+        assert held == [(other, "SM-kept")]
+        events = await c.ListEvents(
+            api.ListEventsRequest(phone=PHONE, brand="acme", at_least_as_fresh=token)
+        )
+        assert DISGUISED not in str(events)
+
+
+async def test_an_erasure_racing_a_late_stop_leaves_it_denying_and_its_words_erased_before(
+    tmp_path, postgres_dsn
+):
+    # A late STOP to the number initech let go and acme took, and acme's erasure of
+    # the person's number, at once: whichever is recorded first, acme's sends stay
+    # denied, initech's hold stands, and words recorded before the erasure read erased.
+    phones = [f"+1415555390{i}" for i in range(4)]
+    async with opted_in(
+        tmp_path, postgres_dsn, None, name="erasedrace", phone=PHONE, sender=SENDER
+    ) as (runtime, c, clock):
+        sale = define("initech", "sale", clock.now - timedelta(days=2), [INITECH])
+        await defined(runtime, [sale])
+        await released(c, sale, clock.now - timedelta(minutes=10))
+        await c.ChangeCampaignPolicy(
+            api.ChangeCampaignPolicyRequest(
+                request_id=uuid.uuid4().hex, brand="acme", campaign="promo",
+                policy=lpb.CampaignPolicy(sender_numbers=[SENDER, INITECH]),
+                occurred_at=ts(clock.now - timedelta(minutes=5)),
+            )
+        )  # fmt: skip
+        sent = clock.now - timedelta(minutes=20)
+        for phone in phones:
+            await c.RecordOptIn(opt_in(phone, "acme", "promo", clock.now - timedelta(minutes=30)))
+        clock.now = add_years(clock.now, 6)
+        words = "Stop texting me, Initech"
+        for phone in phones:
+            erasure, late = await asyncio.gather(
+                c.RequestErasure(
+                    api.RequestErasureRequest(
+                        request_id=uuid.uuid4().hex, phone=phone, brand="acme"
+                    )
+                ),
+                c.HandleInboundMessage(inbound(phone, INITECH, words, sent)),
+            )
+            token = (
+                ConsistencyToken.decode(erasure.consistency_token)
+                .merge(ConsistencyToken.decode(late.consistency_token))
+                .encode()
+            )
+            check = await c.CanSend(
+                api.CanSendRequest(
+                    phone=phone, brand="acme", campaign="promo", at_least_as_fresh=token
+                )
+            )
+            assert not check.allowed, (phone, check)
+            held = await c.ListRevocationCandidates(
+                api.ListRevocationCandidatesRequest(brand="initech", at_least_as_fresh=token)
+            )
+            assert phone in [h.event.phone for h in held.candidates], phone
+            events = await c.ListEvents(
+                api.ListEventsRequest(phone=phone, brand="acme", at_least_as_fresh=token)
+            )
+            (erased_at,) = [
+                e.offset for e in events.events if e.event.event_type == "SubjectErased"
+            ]
+            for e in events.events:
+                if words in str(e):
+                    assert e.offset > erased_at, (phone, e)
+
+
+async def test_sends_around_an_erasure_are_judged_by_the_consent_that_stood_then(
+    tmp_path, postgres_dsn
+):
+    # A send under the first opt-in, the erasure, a fresh opt-in and a send under it:
+    # neither send is "not allowed in hindsight", CanSendAsOf of the first's moment
+    # allows, and the fresh opt-in owes its first message's obligations again.
+    async with opted_in(
+        tmp_path, postgres_dsn, None, name="erasedsends", phone=PHONE, sender=SENDER
+    ) as (_, c, clock):
+        ask = dict(phone=PHONE, brand="acme", campaign="promo")
+        owed = await c.CanSend(api.CanSendRequest(**ask))
+        assert owed.allowed and owed.obligations, owed
+
+        async def send(at, message_id: str):  # type: ignore[no-untyped-def]
+            return await c.RecordMessageSent(
+                api.RecordMessageSentRequest(
+                    request_id=uuid.uuid4().hex, **ask, message_id=message_id,
+                    kind=lpb.MESSAGE_KIND_REGULAR, occurred_at=ts(at),
+                    included_opt_out_language=True, identified_sender=True,
+                )
+            )  # fmt: skip
+
+        first = clock.now - timedelta(minutes=20)
+        w = await send(first, "SM-before")
+        met = await c.CanSend(api.CanSendRequest(**ask, at_least_as_fresh=w.consistency_token))
+        assert list(met.obligations) != list(owed.obligations), met
+        clock.now = add_years(clock.now, 6)
+        await c.RequestErasure(
+            api.RequestErasureRequest(request_id=uuid.uuid4().hex, phone=PHONE, brand="acme")
+        )
+        fresh = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", clock.now))
+        again = await c.CanSend(
+            api.CanSendRequest(**ask, at_least_as_fresh=fresh.consistency_token)
+        )
+        assert (again.allowed, list(again.obligations)) == (True, list(owed.obligations))
+        clock.now += timedelta(minutes=1)
+        w = await send(clock.now, "SM-after")
+        token = w.consistency_token
+        then = await c.CanSendAsOf(
+            api.CanSendAsOfRequest(**ask, at=ts(first), at_least_as_fresh=token)
+        )
+        assert (then.allowed, then.reason) == (True, api.REASON_CONSENT_ACTIVE), then
+        packet = await c.GetProofPacket(
+            api.GetProofPacketRequest(**ask, at_least_as_fresh=token), timeout=60
+        )
+        messages = json_format.MessageToDict(packet.packet)["messages"]
+        rulings = {m["message_id"]: (m["decision"]["allowed"], m["hindsight"]) for m in messages}
+        assert rulings == {"SM-before": (True, None), "SM-after": (True, None)}, messages
