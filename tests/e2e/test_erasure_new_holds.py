@@ -32,11 +32,13 @@ SENDER = "+12125550187"
 PHONE = "+14155553977"  # test_texts_read_again's: stored_as_conversation writes to it
 
 
+@pytest.mark.parametrize("on_kafka", [False, True], ids=["embedded", "kafka"])
 async def test_a_text_read_again_while_its_subject_is_erased_is_held_without_its_words(
-    tmp_path, postgres_dsn
+    tmp_path, postgres_dsn, kafka_bootstrap, on_kafka
 ):
+    bootstrap = kafka_bootstrap if on_kafka else None
     async with opted_in(
-        tmp_path, postgres_dsn, None, name="rereaderased", phone=PHONE, sender=SENDER
+        tmp_path, postgres_dsn, bootstrap, name="rereaderased", phone=PHONE, sender=SENDER
     ) as (runtime, c, clock):
         assert runtime.usecases is not None and runtime.pool is not None
         assert runtime.ledger is not None
