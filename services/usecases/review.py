@@ -308,14 +308,20 @@ class Review:
         (``ERASED``): appended after the erasure, the hold would be sealed with a key
         made since, and the erased words readable again. It still holds: the reading
         found it stopping, and doubt denies. The look and the appends take the
-        subject's turn, so an erasure on this instance does not come between them."""
+        subject's turn, so an erasure on this instance does not come between them.
+        A text stored in the clear (before sealing) has no key to destroy, and only the
+        view's erasure hides it: when the view cannot show every fact of its number
+        recorded so far, it is held without its words too."""
         for hold, _, campaign, text in owed:
             async with self._subjects.turn((hold.phone, hold.brand)):
                 if text is not None and hold.text not in (SEALED, ERASED):
+                    seen = text.event.sealed is not None
+                    if not seen:
+                        seen = await self.ctx.guard.wait_until_applied_for([hold.phone])
                     (now,) = await self.ctx.opened([text])
-                    if isinstance(now.event, InboundMessageReceived) and now.event.body in (
-                        SEALED,
-                        ERASED,
+                    if not seen or (
+                        isinstance(now.event, InboundMessageReceived)
+                        and now.event.body in (SEALED, ERASED)
                     ):
                         hold = replace(hold, text=ERASED)
                 held = await self._held_then_too(hold, campaign)

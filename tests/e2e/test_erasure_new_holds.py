@@ -18,9 +18,11 @@ from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 from google.protobuf import json_format
 
+from ledger.events import RevocationCandidateFlagged, SubjectErased
 from ledger.personal_data import ERASED
 from ledger.ports import ConsistencyToken, Stream
 from ledger.retention import add_years
+from services.usecases import review as review_module
 from services.usecases.context import Context
 from tests.e2e.harness import define, defined, inbound, opt_in, opted_in, ts
 from tests.e2e.test_late_stop_tenancy import released
@@ -422,3 +424,39 @@ async def test_sends_around_an_erasure_are_judged_by_the_consent_that_stood_then
         messages = json_format.MessageToDict(packet.packet)["messages"]
         rulings = {m["message_id"]: (m["decision"]["allowed"], m["hindsight"]) for m in messages}
         assert rulings == {"SM-before": (True, None), "SM-after": (True, None)}, messages
+
+
+async def test_a_text_in_the_clear_read_again_while_the_view_lags_its_erasure_shows_nothing(
+    tmp_path, postgres_dsn, monkeypatch
+):
+    # A text written before sealing existed has no key to destroy: only the view's
+    # erasure hides it. Its number erased (on another instance) while this view lags,
+    # the text read again is held without its words, not with them under a new key.
+    async with opted_in(
+        tmp_path, postgres_dsn, None, name="rereadlag", phone=PHONE, sender=SENDER
+    ) as (runtime, _, clock):
+        assert runtime.usecases is not None and runtime.pool is not None
+        assert runtime.ledger is not None
+        await runtime.texts_read.wait()  # the start's reading, before the text is stored
+        (projector,) = [t for t in runtime._tasks if t.get_name() == "projector"]
+        projector.cancel()
+        text = stored_as_conversation(clock.now - timedelta(minutes=10), "older", "SM-lag")
+        erasure = SubjectErased(
+            event_id=uuid.uuid4(), occurred_at=clock.now, request_id="erased-elsewhere",
+            phone=PHONE, brand="acme",
+        )  # fmt: skip
+        await runtime.ledger.append([text])
+        await runtime.ledger.append([erasure])
+        # One record a chunk: the erasure is not among the records the text is read with.
+        monkeypatch.setattr(review_module, "REREAD_CHUNK", 1)
+        await runtime.pool.execute("UPDATE texts_read_under SET rules = 'older rules'")
+        await runtime.pool.execute("DELETE FROM texts_read_to")
+        assert await runtime.read_texts_on()
+        ctx = runtime.usecases.review.ctx
+        (partition,) = await ctx.ledger.partitions(Stream.SUBSCRIBERS)
+        stored = await ctx.ledger.read(Stream.SUBSCRIBERS, partition, 0, 100)
+        holds = [r for r in stored if isinstance(r.event, RevocationCandidateFlagged)]
+        assert holds, "the reading placed no hold"
+        for hold in await ctx.opened(holds):
+            assert isinstance(hold.event, RevocationCandidateFlagged)
+            assert hold.event.text == ERASED, hold
