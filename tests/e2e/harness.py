@@ -349,6 +349,20 @@ def define(
     )
 
 
+async def sends_from(
+    c: Client, campaign: api.DefineCampaignRequest, numbers: Sequence[str], at: datetime
+) -> None:
+    """``campaign`` (``define``'s) sends from ``numbers`` from ``at`` on, through ``c``:
+    a ChangeCampaignPolicy, so a number can move between campaigns or brands."""
+    campaign.policy.sender_numbers[:] = numbers
+    await c.ChangeCampaignPolicy(
+        api.ChangeCampaignPolicyRequest(
+            request_id=uuid.uuid4().hex, brand=campaign.brand, campaign=campaign.campaign,
+            policy=campaign.policy, occurred_at=ts(at),
+        )
+    )  # fmt: skip
+
+
 def status_details(err: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
     """The (field, reason) pairs of an error's ``google.rpc.BadRequest`` details."""
     status = rpc_status.from_call(err)

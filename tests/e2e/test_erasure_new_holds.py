@@ -24,8 +24,7 @@ from ledger.ports import ConsistencyToken, Stream
 from ledger.retention import add_years
 from services.usecases import review as review_module
 from services.usecases.context import Context
-from tests.e2e.harness import define, defined, inbound, opt_in, opted_in, ts
-from tests.e2e.test_late_stop_tenancy import released
+from tests.e2e.harness import define, defined, inbound, opt_in, opted_in, sends_from, ts
 from tests.e2e.test_texts_read_again import DISGUISED, stored_as_conversation
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -161,6 +160,16 @@ UNOWNED = "+12125550189"
 """A number no campaign sends from."""
 
 
+async def acme_took_initechs_number(runtime, c, clock) -> None:  # type: ignore[no-untyped-def]
+    """initech's campaign sent from INITECH until ten minutes ago; acme's has sent
+    from it too for five minutes."""
+    sale = define("initech", "sale", clock.now - timedelta(days=2), [INITECH])
+    await defined(runtime, [sale])
+    await sends_from(c, sale, [], clock.now - timedelta(minutes=10))
+    promo = define("acme", "promo", clock.now, [SENDER, INITECH])
+    await sends_from(c, promo, [SENDER, INITECH], clock.now - timedelta(minutes=5))
+
+
 async def test_an_erasure_lifts_no_hold_of_its_brand_of_another_or_of_every_brand(
     tmp_path, postgres_dsn
 ):
@@ -171,16 +180,7 @@ async def test_an_erasure_lifts_no_hold_of_its_brand_of_another_or_of_every_bran
     async with opted_in(
         tmp_path, postgres_dsn, None, name="erasedheld", phone=PHONE, sender=SENDER
     ) as (runtime, c, clock):
-        sale = define("initech", "sale", clock.now - timedelta(days=2), [INITECH])
-        await defined(runtime, [sale])
-        await released(c, sale, clock.now - timedelta(minutes=10))
-        await c.ChangeCampaignPolicy(
-            api.ChangeCampaignPolicyRequest(
-                request_id=uuid.uuid4().hex, brand="acme", campaign="promo",
-                policy=lpb.CampaignPolicy(sender_numbers=[SENDER, INITECH]),
-                occurred_at=ts(clock.now - timedelta(minutes=5)),
-            )
-        )  # fmt: skip
+        await acme_took_initechs_number(runtime, c, clock)
         own = await c.HandleInboundMessage(
             inbound(PHONE, SENDER, "No thanks", clock.now - timedelta(minutes=25))
         )
@@ -326,16 +326,7 @@ async def test_an_erasure_racing_a_late_stop_leaves_it_denying_and_its_words_era
     async with opted_in(
         tmp_path, postgres_dsn, None, name="erasedrace", phone=PHONE, sender=SENDER
     ) as (runtime, c, clock):
-        sale = define("initech", "sale", clock.now - timedelta(days=2), [INITECH])
-        await defined(runtime, [sale])
-        await released(c, sale, clock.now - timedelta(minutes=10))
-        await c.ChangeCampaignPolicy(
-            api.ChangeCampaignPolicyRequest(
-                request_id=uuid.uuid4().hex, brand="acme", campaign="promo",
-                policy=lpb.CampaignPolicy(sender_numbers=[SENDER, INITECH]),
-                occurred_at=ts(clock.now - timedelta(minutes=5)),
-            )
-        )  # fmt: skip
+        await acme_took_initechs_number(runtime, c, clock)
         sent = clock.now - timedelta(minutes=20)
         for phone in phones:
             await c.RecordOptIn(opt_in(phone, "acme", "promo", clock.now - timedelta(minutes=30)))

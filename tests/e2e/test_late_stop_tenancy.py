@@ -15,23 +15,13 @@ from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 from grpc_status import rpc_status
 
-from tests.e2e.harness import Clock, client, define, inbound, ts
+from tests.e2e.harness import Clock, client, define, inbound, sends_from, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 FIRST_NUMBER = "+12125550141"
 SECOND_NUMBER = "+12125550142"
 WORDS = "Stop texting me Initech"
-
-
-async def released(admin, campaign: api.DefineCampaignRequest, at) -> None:
-    campaign.policy.sender_numbers[:] = []
-    await admin.ChangeCampaignPolicy(
-        api.ChangeCampaignPolicyRequest(
-            request_id=uuid.uuid4().hex, brand=campaign.brand, campaign=campaign.campaign,
-            policy=campaign.policy, occurred_at=ts(at),
-        )
-    )  # fmt: skip
 
 
 def said(err: grpc.aio.AioRpcError) -> str:
@@ -57,7 +47,7 @@ async def test_two_brands_late_stops_under_one_request_id_take_nothing_of_each_o
         client(runtime.address, "globex-app") as globex,
     ):
         for c in campaigns:
-            await released(admin, c, clock.now - timedelta(minutes=10))
+            await sends_from(admin, c, [], clock.now - timedelta(minutes=10))
         first = await globex.HandleInboundMessage(
             inbound("+14155550101", FIRST_NUMBER, "STOP", sent, request_id="1")
         )
@@ -92,7 +82,7 @@ async def test_a_late_stop_held_under_every_brand_names_its_caller_to_no_other_b
         client(runtime.address, "acme-app") as acme,
         client(runtime.address, "globex-app") as globex,
     ):
-        await released(admin, campaigns[0], clock.now - timedelta(minutes=10))
+        await sends_from(admin, campaigns[0], [], clock.now - timedelta(minutes=10))
         w = await globex.HandleInboundMessage(
             inbound(phone, FIRST_NUMBER, WORDS, clock.now - timedelta(minutes=20))
         )

@@ -5,7 +5,7 @@ the replies the service says are owed, and the kinds of message that escape a ru
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -24,6 +24,7 @@ from tests.e2e.harness import (
     held_info,
     inbound,
     opt_in,
+    sends_from,
     status_details,
     ts,
 )
@@ -463,19 +464,6 @@ async def test_a_promotional_opt_in_said_or_imported_allows_no_promotional_campa
                     assert "written" in r.detail, r.detail
 
 
-async def sends_from(
-    c, campaign: api.DefineCampaignRequest, numbers: list[str], at: datetime
-) -> None:
-    """``campaign`` sends from ``numbers`` from ``at`` on (a ChangeCampaignPolicy)."""
-    campaign.policy.sender_numbers[:] = numbers
-    await c.ChangeCampaignPolicy(
-        api.ChangeCampaignPolicyRequest(
-            request_id=uuid.uuid4().hex, brand=campaign.brand, campaign=campaign.campaign,
-            policy=campaign.policy, occurred_at=ts(at),
-        )
-    )  # fmt: skip
-
-
 async def test_a_stop_sent_before_its_number_moved_stops_the_campaign_that_sent_from_it(serve):
     # A gateway delivers a STOP late, after the brand moved the number from one
     # campaign to another: the person answered the campaign that texted them from
@@ -522,10 +510,9 @@ async def test_a_stop_sent_before_its_number_moved_stops_the_campaign_that_sent_
             ), answer
 
 
-async def test_a_stop_sent_before_another_brand_let_its_number_go_holds_that_brand(serve):
-    # globex sent from the number, let it go, and acme claimed it; acme's gateway
-    # delivers late a STOP the person sent while globex's campaign texted them from
-    # it: globex's messages went on as if no STOP had come.
+async def globex_let_its_number_go(serve):
+    """A service where globex's campaign sent from PROMO_NUMBER until ten minutes ago,
+    when acme's took it; PHONE opted in to both an hour ago."""
     clock = Clock()
     released = clock.now - timedelta(minutes=10)
     campaigns = [
@@ -533,13 +520,22 @@ async def test_a_stop_sent_before_another_brand_let_its_number_go_holds_that_bra
         define("acme", "promo", clock.now - timedelta(days=1)),
     ]
     runtime = await serve(clock=clock, campaigns=campaigns)
-    async with client(runtime.address) as admin, client(runtime.address, "acme-app") as acme:
+    async with client(runtime.address) as admin:
         for c in campaigns:
             await admin.RecordOptIn(
                 opt_in(PHONE, c.brand, c.campaign, clock.now - timedelta(hours=1))
             )
         await sends_from(admin, campaigns[0], [], released)
         await sends_from(admin, campaigns[1], [PROMO_NUMBER], released)
+    return clock, campaigns, runtime
+
+
+async def test_a_stop_sent_before_another_brand_let_its_number_go_holds_that_brand(serve):
+    # globex sent from the number, let it go, and acme claimed it; acme's gateway
+    # delivers late a STOP the person sent while globex's campaign texted them from
+    # it: globex's messages went on as if no STOP had come.
+    clock, campaigns, runtime = await globex_let_its_number_go(serve)
+    async with client(runtime.address) as admin, client(runtime.address, "acme-app") as acme:
         w = await acme.HandleInboundMessage(
             inbound(PHONE, PROMO_NUMBER, "STOP", clock.now - timedelta(minutes=20))
         )
@@ -570,20 +566,8 @@ async def test_a_refused_stop_sent_before_another_brand_let_its_number_go_holds_
 ):
     # As above, but the late STOP is refused for a detail (no message id): held for
     # review only under acme, it left globex's campaign allowed.
-    clock = Clock()
-    released = clock.now - timedelta(minutes=10)
-    campaigns = [
-        define("globex", "deals", clock.now - timedelta(days=1), [PROMO_NUMBER]),
-        define("acme", "promo", clock.now - timedelta(days=1)),
-    ]
-    runtime = await serve(clock=clock, campaigns=campaigns)
+    clock, campaigns, runtime = await globex_let_its_number_go(serve)
     async with client(runtime.address) as admin, client(runtime.address, "acme-app") as acme:
-        for c in campaigns:
-            await admin.RecordOptIn(
-                opt_in(PHONE, c.brand, c.campaign, clock.now - timedelta(hours=1))
-            )
-        await sends_from(admin, campaigns[0], [], released)
-        await sends_from(admin, campaigns[1], [PROMO_NUMBER], released)
         stop = inbound(PHONE, PROMO_NUMBER, "STOP", clock.now - timedelta(minutes=20))
         stop.message_id = ""
         for _ in range(2):  # a gateway's retry holds nothing twice
