@@ -401,12 +401,19 @@ def digest_of(state: SubscriberState) -> Digest:
     )
 
 
+EVERY_BRANDS_HOLD = "[held for every brand]"
+"""What a pending candidate of ``ANY_BRAND`` shows as its text once added to a brand's
+digest (``with_phone_wide``): every brand is denied by it, but its words may name the
+brand the person answered, and one an older version stored in the clear is not sealed."""
+
+
 def with_phone_wide(digest: Digest | None, phone_wide: Digest) -> Digest | None:
     """``digest`` (a phone's towards one brand, None if it has none) with the pending
     candidates of the phone's ``ANY_BRAND`` digest added: a STOP whose brand is unknown
     concerns every brand. Only those: nothing else recorded under that key speaks for
-    a brand. None when there is nothing to add to a missing digest."""
-    extra = phone_wide.pending
+    a brand, and not their words (``EVERY_BRANDS_HOLD``), which answers quote. None
+    when there is nothing to add to a missing digest."""
+    extra = tuple([p._replace(text=EVERY_BRANDS_HOLD) for p in phone_wide.pending])
     if not extra:
         return digest
     if digest is None:

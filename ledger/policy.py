@@ -31,6 +31,7 @@ from ledger.campaigns import (
     QuietHours,
 )
 from ledger.digest import (
+    EVERY_BRANDS_HOLD,
     CampaignDigest,
     Digest,
     Located,
@@ -81,14 +82,20 @@ Midnight in Washington, D.C., as the business days of ``ledger.deadlines`` are c
 
 def _said(text: str) -> str:
     """What a person's words add to an answer: " 'their words'", or nothing where they
-    are sealed or erased (``ledger.personal_data``): a sender reads the answer too."""
+    are sealed or erased (``ledger.personal_data``): a sender reads the answer too;
+    for a hold of every brand, that it is one (``EVERY_BRANDS_HOLD``)."""
+    if text == EVERY_BRANDS_HOLD:
+        return " held for every brand"
     return "" if text in (SEALED, ERASED) else f" {text!r}"
 
 
 def _candidate(pending: Pending) -> str:
     """What a candidate awaiting review is, for an answer: a person's reply, an
     import's or a live request's opt-out held for its details (whose words say why
-    it was refused), or an opt-out that named no defined campaign."""
+    it was refused), or an opt-out that named no defined campaign. One held for
+    every brand is told by that alone: any brand's sender reads the answer."""
+    if pending.text == EVERY_BRANDS_HOLD:
+        return "a STOP held for every brand"
     if pending.provider:  # its text is the service's, not the person's, but sealed as theirs
         return "an opt-out the SMS provider reported" + (
             "" if pending.text in (SEALED, ERASED) else f" ({pending.text})"
