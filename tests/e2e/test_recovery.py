@@ -26,10 +26,12 @@ PHONE = "+14155552671"  # Los Angeles
 
 
 def afternoon_in_los_angeles() -> datetime:
-    """The latest 20:00 UTC at least a minute ago: quiet hours never decide."""
-    now = datetime.now(UTC) - timedelta(minutes=1)
+    """The next 20:00 UTC at least ten minutes ahead, so quiet hours never decide. Ahead,
+    not behind: a past moment is answered in hindsight, where the campaign and opt-in
+    recorded now, after it, count against it."""
+    now = datetime.now(UTC) + timedelta(minutes=10)
     moment = now.replace(hour=20, minute=0, second=0, microsecond=0)
-    return moment if moment <= now else moment - timedelta(days=1)
+    return moment if moment >= now else moment + timedelta(days=1)
 
 
 async def test_a_failed_projector_is_started_again_and_the_failure_counted(
@@ -54,12 +56,13 @@ async def test_a_failed_projector_is_started_again_and_the_failure_counted(
         await real_apply(self, stream, batch)
 
     async with running(settings) as runtime, client(runtime.address) as c:
-        defined = await c.DefineCampaign(define("acme", "promo", at - timedelta(days=1)))
+        now = datetime.now(UTC)
+        defined = await c.DefineCampaign(define("acme", "promo", now - timedelta(days=1)))
         # The opt-in's write checks the campaign against the view within the short bound
         # set above, so let the view apply the campaign first, however busy the machine.
         await applied(c, defined.consistency_token)
         monkeypatch.setattr(PostgresConsentView, "apply", apply_failing_once)
-        w = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", at - timedelta(minutes=5)))
+        w = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", now - timedelta(minutes=5)))
         check = api.CanSendRequest(
             phone=PHONE,
             brand="acme",
