@@ -427,8 +427,9 @@ class CanSendRequest(_message.Message):
     def at(self) -> _timestamp_pb2.Timestamp:
         """The moment of the intended send; absent means now, and so does one at most five
         minutes before now (a client clock behind the service's). A moment further back
-        is answered as CanSendAsOf answers it (known_at now): facts that happened after
-        it never count. That is an audit read: it needs the audit scope for the brand
+        is answered as CanSendAsOf answers it without known_at, in hindsight: facts that
+        happened after it never count, and those recorded after it count only against
+        it. That is an audit read: it needs the audit scope for the brand
         (PERMISSION_DENIED otherwise) and is recorded (ListAuditAccess). One ahead of
         now, up to a horizon (30 days by default), is answered provisionally
         (`provisional`); beyond the horizon it is INVALID_ARGUMENT.
