@@ -159,16 +159,22 @@ def _listed(history: CampaignHistory, to: str, at: datetime) -> bool:
     return rules is not None and to in rules.policy.sender_numbers
 
 
+def _text_time(occurred_at: datetime | None, now: datetime) -> datetime | None:
+    """A text's own time as consent reads it; None when it has none (``handle_inbound``
+    refuses it)."""
+    if occurred_at is None or occurred_at.tzinfo is None:
+        return None
+    return consent_time(occurred_at, now)
+
+
 def _unlisted_then(
     holder: CampaignHistory, to: str, occurred_at: datetime | None, now: datetime
 ) -> datetime | None:
-    """A text's own time (as consent reads it) when ``holder``, the campaign holding
-    ``to`` now, did not send from it then: the number moved after the text was sent.
-    None when it did, or when the text has no time (``handle_inbound`` refuses it)."""
-    if occurred_at is None or occurred_at.tzinfo is None:
-        return None
-    at = consent_time(occurred_at, now)
-    return None if _listed(holder, to, at) else at
+    """A text's own time (``_text_time``) when ``holder``, the campaign holding ``to``
+    now, did not send from it then: the number moved after the text was sent. None
+    when it did, or when the text has no time."""
+    at = _text_time(occurred_at, now)
+    return None if at is None or _listed(holder, to, at) else at
 
 
 async def brands_held_then(
@@ -188,9 +194,7 @@ async def brands_held_then(
     With no ``holder`` (no campaign sends from ``to`` now), the STOP is kept under
     each of ``held`` already, and any other brand that listed it then is held."""
     if holder is None:
-        at = None
-        if occurred_at is not None and occurred_at.tzinfo is not None:
-            at = consent_time(occurred_at, now)
+        at = _text_time(occurred_at, now)
         mine = set(held)
     else:
         at = _unlisted_then(holder, to, occurred_at, now)
@@ -897,16 +901,15 @@ class Writes:
             return
         brands: Sequence[str] = ()
         also: list[str] = []
+        now = self.ctx.clock()
         if owner is not None and to is not None:
             brand, campaign = owner
             # Sent while another brand's campaign texted from the number, and delivered
             # after it moved, the STOP is held for that brand too, as when accepted.
             history = await self.ctx.view.campaign_history(brand, campaign)
-            now = self.ctx.clock()
             also = await brands_held_then(self.ctx.view, history, to, occurred_at, now, authorize)
         else:
             if to is not None:
-                now = self.ctx.clock()
                 also = await brands_held_then(
                     self.ctx.view, None, to, occurred_at, now, authorize, unowned_brands
                 )
