@@ -88,6 +88,12 @@ class Consent:
     """What the grant's proof lacks of the provider's template."""
 
 
+def _kept_from(reader: Reader, event: Any) -> bool:
+    """Whether some of ``event`` is kept from ``reader`` (``shown_to``): it is under
+    every brand, and ``reader`` reads only some."""
+    return reader.brands is not None and getattr(event, "brand", None) == ANY_BRAND
+
+
 def shown_to(reader: Reader, recorded: S) -> S:
     """``recorded`` (opened) as ``reader`` is shown it. A fact kept under every brand
     (``ANY_BRAND``) reaches each brand's reads, and was perhaps recorded by another
@@ -98,7 +104,7 @@ def shown_to(reader: Reader, recorded: S) -> S:
     them; any other reads the words as sealed, as its change stream does, and no
     ``request_fingerprint``, which would confirm a guess at them."""
     event = recorded.event
-    if reader.brands is None or getattr(event, "brand", None) != ANY_BRAND:
+    if not _kept_from(reader, event):
         return recorded
     hidden: dict[str, Any] = {
         name: ""
@@ -289,9 +295,7 @@ class Audit:
         # The stored bytes of a fact under every brand hold what ``shown_to`` leaves
         # out: a reader of some brands has it proven by its digest instead.
         withheld = [
-            (r.position.partition, r.position.offset)
-            for r in facts
-            if reader.brands is not None and getattr(r.event, "brand", None) == ANY_BRAND
+            (r.position.partition, r.position.offset) for r in facts if _kept_from(reader, r.event)
         ]
         facts = [shown_to(reader, r) for r in facts]
         named = {campaign} if campaign is not None else set()
