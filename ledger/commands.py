@@ -79,7 +79,7 @@ from ledger.phone import NUMBERS_READ_IN, numbers_in, to_e164
 from ledger.policy import ALLOWING_REASONS, Reason
 from ledger.ports import ConsistencyToken
 from ledger.regions import normalise_region
-from ledger.state import Fact, SubscriberState
+from ledger.state import SubscriberState
 from ledger.validation import (
     EARLIEST_BIRTH,
     TEXT_LIMITS,
@@ -1052,19 +1052,6 @@ def refused_outcome_hold(
         now,
         refused=refused,
     )
-
-
-def covers_provider_report(state: SubscriberState, hold: Fact[RevocationCandidateFlagged]) -> bool:
-    """Whether ``hold``, a pending hold a provider's report placed, answers another
-    such report of the number for the brand, so that none is added: only while the
-    person gave no consent of the brand since it (an opt-in, a START, a
-    reconfirmation, by world order). After one, a new report is a new opt-out at the
-    provider, and a reviewer who dismissed the first hold, as that consent said, let
-    the number be sent to while the provider said it had opted out again."""
-    consents: list[Fact[Any] | None] = [state.brand_resume]
-    for c in state.campaigns.values():
-        consents += [c.grant, c.resume, c.reconfirmation]
-    return not any(f is not None and f.key > hold.key for f in consents)
 
 
 def _provider_hold(

@@ -45,7 +45,6 @@ from ledger.commands import (
     consent_time,
     covered_hold_resolved,
     covers,
-    covers_provider_report,
     handle_inbound,
     handle_unowned_inbound,
     held_intent,
@@ -985,9 +984,9 @@ class Writes:
         recipient opted out at the provider (``provider_opt_out_hold``), appended with
         it in one write: the outcome is never recorded without its hold.
 
-        None while another such hold of the number is pending that answers it
-        (``covers_provider_report``: no consent of the brand since): one review covers
-        the person's one opt-out, however many messages the provider refused since.
+        Held whatever other such hold of the number is pending: each report is
+        evidence of its own, and a reviewer who dismissed an earlier one (a provider's
+        glitch) lifted the denial while this one still said the person opted out.
         This very hold, pending, is kept, so a retry writes the same events."""
         reported = events[0]
         assert isinstance(reported, DeliveryOutcomeReported)
@@ -995,8 +994,6 @@ class Writes:
         if hold is None:
             return events
         held = [c.event for c in await self._provider_holds(reported.phone, reported.brand, hold)]
-        if any(h.event_id != hold.event_id for h in held):
-            return events
         # Placed already when an outcome of the message was refused (no send recorded
         # yet): written again as it was, under its id, which the view stores once.
         return [*events, *(held or [hold])]
@@ -1004,14 +1001,11 @@ class Writes:
     async def _provider_holds(
         self, phone: str, brand: str, hold: RevocationCandidateFlagged
     ) -> list[Fact[RevocationCandidateFlagged]]:
-        """The holds a provider's report placed on ``phone`` for ``brand`` that are
-        still pending, as the view has them, and answer ``hold``'s report: ``hold``
-        itself (a retry), else those with no consent of the brand since them
-        (``covers_provider_report``; one review covers them all)."""
+        """``hold``, a hold a provider's report places on ``phone`` for ``brand``, as
+        the view has it when it is pending there already (placed by an earlier attempt
+        of the same message's report), else none."""
         state = (await state_as_one(self.ctx.view, phone, brand)).state
-        pending = [c for c in state.pending_candidates() if c.event.provider_reported]
-        mine = [c for c in pending if c.event.event_id == hold.event_id]
-        return mine or [c for c in pending if covers_provider_report(state, c)]
+        return [c for c in state.pending_candidates() if c.event.event_id == hold.event_id]
 
     async def hold_refused_outcome(
         self,
@@ -1028,8 +1022,8 @@ class Writes:
 
         Twilio answers 21610 when asked to send, so the message never went out and
         the sender often recorded no send: refused, the person's opt-out was lost and
-        CanSend kept allowing. While a hold the provider reported is pending for the
-        number (this one, on a retry) none is added: the answer names that one."""
+        CanSend kept allowing. While this very hold is pending (a retry) none is
+        added: the answer names that one."""
         if isinstance(refused, MessageIdReused):
             return
         if isinstance(refused, AlreadyExists | FailedPrecondition):

@@ -273,3 +273,62 @@ async def test_a_start_is_not_said_to_be_owed_a_confirmation_under_a_stop_of_eve
     said = await readers(runtime, number, start.consistency_token, t, confirmation)
     assert said == denied(api.REASON_REVOKED_BRAND_WIDE), said
     assert start.reply == api.REPLY_KIND_NONE, start
+
+
+async def _a_second_provider_opt_out(
+    service: tuple[Runtime, Clock], number: str, *, recorded: bool = True
+) -> None:
+    runtime, clock = service
+    t = clock.now
+    async with client(runtime.address, "acme-app") as c:
+        await c.RecordOptIn(opt_in(number, "acme", "promo", t - timedelta(days=1)))
+        first, second = (
+            sent(number, t - timedelta(minutes=30)),
+            sent(number, t - timedelta(minutes=29)),
+        )
+        await c.RecordMessageSent(first)
+        held = await c.RecordDeliveryOutcome(refused_at_provider(first, t - timedelta(minutes=28)))
+        hold = held.event_ids[1]
+        # The provider refuses the second message too, no consent recorded between.
+        report = refused_at_provider(second, t - timedelta(minutes=27))
+        if recorded:
+            await c.RecordMessageSent(second)
+            again = await c.RecordDeliveryOutcome(report)
+            assert len(again.event_ids) == 2, again  # the outcome and a hold of its own
+            later, token = again.event_ids[1], again.consistency_token
+        else:  # Twilio refuses at the send: the sender recorded none, the outcome is refused
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await c.RecordDeliveryOutcome(report)
+            info = held_info(caught.value)
+            assert info is not None, caught.value
+            later, token = info["candidate_event_id"], info["consistency_token"]
+        assert later != hold
+    async with client(runtime.address) as reviewer:
+        # The reviewer reads the first report as the provider's glitch, and dismisses
+        # it: the second report still stands.
+        resolved = await reviewer.ResolveRevocationCandidate(
+            dismissal(number, hold, t - timedelta(minutes=10))
+        )
+        fresh = ConsistencyToken.decode(resolved.consistency_token).merge(
+            ConsistencyToken.decode(token)
+        )
+        said = await readers(runtime, number, fresh.encode(), t - timedelta(minutes=5))
+        assert said == denied(api.REASON_REVOCATION_PENDING_REVIEW), said
+        resolved = await reviewer.ResolveRevocationCandidate(
+            dismissal(number, later, t - timedelta(minutes=9))
+        )
+    said = await readers(runtime, number, resolved.consistency_token, t - timedelta(minutes=5))
+    assert said["CanSend"][0] and said["CanSendAsOf"][0], said  # both reviewed: sends go on
+
+
+async def test_a_second_provider_opt_out_outlives_the_dismissal_of_the_first(embedded):
+    """A 21610 reported while another such hold was pending, with no consent between,
+    added no hold ("one review answers the person's one opt-out"): the reviewer who
+    dismissed the first report as the provider's glitch lifted the denial, though the
+    second report still said the person had opted out there. Each report is held."""
+    await _a_second_provider_opt_out(embedded, phone(11))
+    await _a_second_provider_opt_out(embedded, phone(12), recorded=False)
+
+
+async def test_a_second_provider_opt_out_outlives_the_first_on_kafka(on_kafka):
+    await _a_second_provider_opt_out(on_kafka, phone(13))
