@@ -31,11 +31,13 @@ from ledger.events import (
     LegalHoldPlaced,
     LegalHoldReleased,
     Recorded,
+    RevocationCandidateFlagged,
     SubjectErased,
     SubscriberEvent,
     event_id_for,
 )
 from ledger.phone import to_e164
+from ledger.reread import REREAD_PREFIX
 from ledger.validation import Violations
 
 DEFAULT_RETENTION_YEARS = 5
@@ -138,6 +140,20 @@ def standing_holds(history: Iterable[Recorded]) -> tuple[str, ...]:
     return tuple(standing)
 
 
+def counted_from(r: Recorded) -> datetime:
+    """When ``r``, a fact about the person, starts the period: the later of when it
+    happened and when it was recorded (a fact recorded late is evidence from then on).
+    A hold placed on a text read again (``ledger.reread``) is the service's reading of
+    a text it had recorded, placed at the text's time: no new fact about the person, it
+    counts from that time, as the do-not-call request it may be counts from when it was
+    made (47 CFR 64.1200(d)(6)); from its record, the data of a text read again years
+    on was kept that much longer than the policy says."""
+    e = r.event
+    if isinstance(e, RevocationCandidateFlagged) and e.request_id.startswith(REREAD_PREFIX):
+        return e.occurred_at
+    return max(e.occurred_at, r.recorded_at)
+
+
 def erasure_verdict(
     history: Iterable[Recorded], retention: Retention, now: datetime
 ) -> ErasureVerdict:
@@ -150,7 +166,7 @@ def erasure_verdict(
         for r in facts
         if isinstance(r.event, SubscriberEvent) and type(r.event) not in NOT_RECORDED
     ]
-    last = max((max(r.event.occurred_at, r.recorded_at) for r in about_person), default=None)
+    last = max((counted_from(r) for r in about_person), default=None)
     retained_until = retention.ends(last) if last is not None else None
     holds = standing_holds(facts)
     if holds:

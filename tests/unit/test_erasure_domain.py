@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ from ledger.events import (
     evolved,
 )
 from ledger.policy import Reason, decide
+from ledger.reread import held_for, reread_hold
 from ledger.retention import (
     PlaceLegalHold,
     Refusal,
@@ -102,6 +104,26 @@ def test_a_fact_recorded_late_restarts_the_period_from_when_it_was_recorded() ->
     verdict = erasure_verdict(history, FIVE, add_years(at(0), 5))
 
     assert verdict.possible_from == add_years(at(days=365), 5)
+
+
+def test_a_hold_placed_on_an_old_text_read_again_does_not_restart_the_period() -> None:
+    # The hold is the service's reading of a text it had, placed at the text's time:
+    # counted from its record, years after the text, the number's data was kept years
+    # past the period (47 CFR 64.1200(d)(6) counts a do-not-call request from when it
+    # was made). Another brand's copy of it (``held_for``) counts so too.
+    text = inbound(at(days=30), "ST\u00d8P")
+    held = reread_hold(text)
+    placed = add_years(at(days=30), 3)
+    history = record([granted(at(0)), text, held, held_for(held, "globex")])
+    history[2:] = [replace(r, recorded_at=placed) for r in history[2:]]
+
+    verdict = erasure_verdict(history, FIVE, add_years(at(days=30), 5))
+
+    assert verdict.allowed, verdict
+    assert verdict.last_fact == at(days=30)
+    # Any other fact recorded late, a hold of another kind included, counts from then.
+    other = replace(history[2], event=replace(held, request_id="refused-1"))
+    assert not erasure_verdict([*history[:2], other], FIVE, add_years(at(days=30), 5)).allowed
 
 
 def test_holds_and_erasures_do_not_restart_the_period() -> None:
