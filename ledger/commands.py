@@ -1869,6 +1869,14 @@ def held_intent(body: str) -> Intent:
     return classify(body[:HELD_BODY_READ].replace("\0", " "))
 
 
+def held_words(refused: str, why: str, brand: str) -> str:
+    """The words of a refused opt-out's hold under ``brand``, one of several brands it
+    is held under for ``why`` (none: ``refused`` alone). Each names its own brand only:
+    a brand's readers see their hold's words, and one that listed every brand held
+    told them which other brands, of the same caller, hold the number too."""
+    return f"{refused}; {why}: held as {[brand]}" if why else refused
+
+
 def held_opt_out(cmd: HoldRefusedOptOut, refused: str, now: datetime) -> list[LedgerEvent]:
     """The candidate that keeps ``cmd``, flagged at the opt-out's own time when it
     can be read and is no later than ``now``, else ``now`` (the time may be what was

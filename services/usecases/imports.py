@@ -54,6 +54,7 @@ from ledger.commands import (
     check_required_proof,
     fingerprint_as_spelled,
     held_opt_out,
+    held_words,
     is_name,
     request_fingerprint,
     to_events,
@@ -726,6 +727,7 @@ class Imports:
                 continue
             field_name, reason = refusal.violations[0]
             refused = f"{field_name}: {reason}"
+            why = ""
             each = [hold]
             in_use = await self._brands_in_use()
             # A brand no campaign was defined for that reads as one in use ("acme_co",
@@ -737,17 +739,19 @@ class Imports:
                 continue  # it means another's brand: not the caller's to deny
             if mine:
                 each = [replace(hold, brand=b) for b in mine]
-                refused = f"{refused}; its brand {hold.brand!r} is no brand in use: held as {mine}"
+                why = f"its brand {hold.brand!r} is no brand in use"
             elif not is_name(hold.brand):
                 # A brand left out, blank or unreadable: the opt-out was one of the
                 # caller's brands', which one cannot be told, so it denies each.
                 brands = list(self._own_brands())
                 each = [replace(hold, brand=b, unread_brand=True) for b in brands]
-                refused = f"{refused}; it names no brand that can be read: held as {brands}"
+                why = "it names no brand that can be read"
             try:
                 for one in each:
                     self._authorize(one.brand)
-                events_of = [held_opt_out(one, refused, now) for one in each]
+                events_of = [
+                    held_opt_out(one, held_words(refused, why, one.brand), now) for one in each
+                ]
             except (DomainError, PermissionDenied):
                 continue  # no number or brand to hold it under
             item = by_index[refusal.index]

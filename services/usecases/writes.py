@@ -49,6 +49,7 @@ from ledger.commands import (
     handle_unowned_inbound,
     held_intent,
     held_opt_out,
+    held_words,
     hold_keyed,
     is_name,
     name_read,
@@ -803,20 +804,24 @@ class Writes:
         if meant and not mine:
             return  # it means another's brand: not the caller's to deny
         refusal = f"{field_name}: {reason}"
+        why = ""
         if mine:
             holds = [replace(hold, brand=b) for b in mine]
             if field_name != "brand" or unread:
-                refusal = f"{refusal}; its brand {hold.brand!r} is no brand in use: held as {mine}"
+                why = f"its brand {hold.brand!r} is no brand in use"
         elif brands:
             holds = [replace(hold, brand=b, unread_brand=unread) for b in brands]
             if unread:
-                refusal = f"{refusal}; it names no brand that can be read: held as {list(brands)}"
+                why = "it names no brand that can be read"
         else:
             holds = [hold]
         try:
             for each in holds:
                 authorize(each.brand)
-            held = [held_opt_out(each, refusal, self.ctx.clock()) for each in holds]
+            held = [
+                held_opt_out(each, held_words(refusal, why, each.brand), self.ctx.clock())
+                for each in holds
+            ]
             hidden = [replace(hold, brand=b, campaign=None) for b in also]
             hidden_held = [held_opt_out(each, refusal, self.ctx.clock()) for each in hidden]
         except (DomainError, PermissionDenied):
@@ -834,7 +839,8 @@ class Writes:
             earlier = await recorded_as_spelled(self.ctx, hold_keyed(each), events)
             if earlier is None and held_before_as is not None:
                 before = replace(each, record=held_before_as)
-                kept = _stamped(held_opt_out(before, refusal, self.ctx.clock()), recorded_by)
+                words = held_words(refusal, why, each.brand)
+                kept = _stamped(held_opt_out(before, words, self.ctx.clock()), recorded_by)
                 earlier = await recorded_as_spelled(self.ctx, hold_keyed(before), kept)
                 taken = await self.ctx.view.request_use(brand_of(kept[0]), kept[0].request_id)
                 if earlier is None and taken is not None:

@@ -190,3 +190,55 @@ async def test_an_opt_out_under_a_spelling_of_a_brand_names_every_bad_field_both
         ["brand", "occurred_at"],
     )
     assert refusal.held_for_review
+
+
+async def test_a_hold_under_each_of_the_caller_s_brands_names_to_each_no_other(service):
+    """An opt-out naming no brand, from a token of acme and initech, is held under
+    each, imported or written alike. Each hold's words said "held as ['acme',
+    'initech']", so acme's own readers (its review queue, its events, the consent
+    and the proof packet) learnt that initech holds the number too."""
+    runtime, clock = service
+    single, imported_one = "+14155550347", "+14155550348"
+    async with (
+        client(runtime.address, "acme-initech") as agency,
+        client(runtime.address, "acme-app") as acme,
+        client(runtime.address) as admin,
+    ):
+        err = await _refused(agency.RecordOptOut, opt_out(single, "", None, clock.now))
+        answer = await imported(
+            agency, api.ImportRecord(opt_out=opt_out(imported_one, "", None, clock.now))
+        )
+        info = held_info(err)
+        assert info is not None and answer.held_for_review == 1
+        token = ConsistencyToken.decode(info["consistency_token"])
+        fresh = token.merge(ConsistencyToken.decode(answer.consistency_token)).encode()
+        for phone in (single, imported_one):
+            shown = [
+                await acme.ListRevocationCandidates(
+                    api.ListRevocationCandidatesRequest(brand="acme", at_least_as_fresh=fresh)
+                ),
+                await acme.ListEvents(
+                    api.ListEventsRequest(phone=phone, brand="acme", at_least_as_fresh=fresh)
+                ),
+                await acme.GetConsent(
+                    api.GetConsentRequest(
+                        phone=phone, brand="acme", campaign="promo", at_least_as_fresh=fresh
+                    )
+                ),
+                await acme.GetProofPacket(
+                    api.GetProofPacketRequest(
+                        phone=phone, brand="acme", campaign="promo", at_least_as_fresh=fresh
+                    ),
+                    timeout=60,
+                ),
+            ]
+            assert phone in str(shown[0])
+            for answer_shown in shown:
+                # The caller's token name (recorded_by) is its own to show.
+                words = str(answer_shown).replace("acme-initech", "")
+                assert "initech" not in words, answer_shown
+            # Held under initech all the same, as its operator sees.
+            theirs = await admin.ListRevocationCandidates(
+                api.ListRevocationCandidatesRequest(brand="initech", at_least_as_fresh=fresh)
+            )
+            assert phone in {c.event.phone for c in theirs.candidates}, theirs
