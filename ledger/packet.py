@@ -669,7 +669,11 @@ def _opt_in(
 def _first_message(
     granted: Recorded, shown: Sequence[Recorded], messages: dict[str, SentMessage]
 ) -> SentMessage | None:
-    """The campaign's first send after the opt-in, before the campaign's next opt-in."""
+    """The campaign's first send after the opt-in, before the campaign's next opt-in,
+    of those recorded after it. A send recorded before the opt-in went out before it
+    was known, whatever time the opt-in gives (imported, or dated back): it is no
+    first message of it, as the fold lets only such sends meet a consent's
+    obligations (``ledger.state._reopened``)."""
     e = granted.event
     assert isinstance(e, ConsentGranted)
     for r in sorted(shown, key=lambda r: r.order_key):
@@ -677,9 +681,22 @@ def _first_message(
             continue
         if isinstance(r.event, ConsentGranted) and r.event.campaign == e.campaign:
             return None
-        if isinstance(r.event, MessageSent) and r.event.campaign == e.campaign:
+        if (
+            isinstance(r.event, MessageSent)
+            and r.event.campaign == e.campaign
+            and _recorded_after(r, granted)
+        ):
             return messages.get(str(r.event.event_id))
     return None
+
+
+def _recorded_after(r: Recorded, before: Recorded) -> bool:
+    """Whether ``r`` was recorded after ``before``: by ledger order in one partition (a
+    number's facts share one), else (a fact of the number's earlier spelling) by the
+    time each was recorded."""
+    if r.position.partition == before.position.partition:
+        return r.position.offset > before.position.offset
+    return r.recorded_at > before.recorded_at
 
 
 def _scope(e: ConsentRevoked | RevocationCandidateFlagged) -> str:

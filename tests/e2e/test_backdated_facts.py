@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -18,7 +19,7 @@ from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.json_format import MessageToDict
 
 from ledger.ports import ConsistencyToken
-from tests.e2e.harness import client, define, opt_in, opt_out, ts
+from tests.e2e.harness import client, define, imported, opt_in, opt_out, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -43,12 +44,13 @@ def sent(phone: str, name: str, at: datetime) -> api.RecordMessageSentRequest:
 
 async def judged(c, phone: str, name: str, at: datetime, token: ConsistencyToken):
     """For the send of ``phone`` at ``at``: the packet's answers (then, in hindsight),
-    CanSendAsOf's without ``known_at``, and the sweep's finding."""
+    CanSendAsOf's without ``known_at``, the sweep's finding, and the packet's opt-ins."""
     fresh = token.encode()
     packet = await c.GetProofPacket(
         api.GetProofPacketRequest(phone=phone, brand="acme", campaign=name, at_least_as_fresh=fresh)
     )
-    (message,) = MessageToDict(packet.packet)["messages"]
+    shown = MessageToDict(packet.packet)
+    (message,) = shown["messages"]
     asked = api.CanSendAsOfRequest(
         phone=phone, brand="acme", campaign=name, at=ts(at), at_least_as_fresh=fresh
     )
@@ -64,12 +66,13 @@ async def judged(c, phone: str, name: str, at: datetime, token: ConsistencyToken
         request, metadata=[("authorization", f"Bearer {c.token}")], timeout=60
     )
     found = [i.finding for i in [i async for i in call] if i.HasField("finding")]
-    return message, hindsight, [f for f in found if f.phone == phone]
+    return message, hindsight, [f for f in found if f.phone == phone], shown.get("opt_ins", [])
 
 
-async def sent_then_dated_back(service, phone: str, name: str, record) -> None:
+async def sent_then_dated_back(service, phone: str, name: str, record) -> list[dict]:
     """A send of ``name`` to ``phone`` ten minutes ago that was not allowed, then the fact
-    ``record`` writes (dated an hour back): the send stays not allowed on every reading."""
+    ``record`` writes (dated an hour back): the send stays not allowed on every reading.
+    Returns the packet's opt-ins."""
     now = datetime.now(UTC)
     at = now - timedelta(minutes=10)  # past the clock skew a check of now allows
     async with client(service.address, "acme-app") as c, client(service.address) as auditor:
@@ -78,7 +81,7 @@ async def sent_then_dated_back(service, phone: str, name: str, record) -> None:
         )
         written = await record(c, auditor, now - timedelta(hours=1))
         token = token.merge(ConsistencyToken.decode(written.consistency_token))
-        message, hindsight, found = await judged(auditor, phone, name, at, token)
+        message, hindsight, found, opt_ins = await judged(auditor, phone, name, at, token)
     assert not message["decision"]["allowed"], message
     late = message["hindsight"]
     assert late is None or not late["allowed"], late
@@ -89,6 +92,7 @@ async def sent_then_dated_back(service, phone: str, name: str, record) -> None:
     assert "does not allow it" in hindsight.detail, hindsight.detail
     (finding,) = found  # found for what it lacked, not only for asking nothing first
     assert set(finding.kinds) - {api.SWEEP_FINDING_KIND_SENT_WITHOUT_ASKING}, finding
+    return opt_ins
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +116,43 @@ def opted_in(phone: str, name: str):
     return record
 
 
+def imported_in(phone: str, name: str):
+    """``opted_in``'s opt-in, imported (``ImportConsents``), as a migration would."""
+
+    async def record(c, auditor, at: datetime):
+        answer = await imported(c, api.ImportRecord(opt_in=opt_in(phone, "acme", name, at)))
+        assert answer.imported == 1, answer
+        listed = await auditor.ListEvents(
+            api.ListEventsRequest(
+                phone=phone, brand="acme", at_least_as_fresh=answer.consistency_token
+            )
+        )
+        granted = [
+            e.event.event_id for e in listed.events if e.event.event_type == "ConsentGranted"
+        ]
+        return SimpleNamespace(event_ids=granted, consistency_token=answer.consistency_token)
+
+    return record
+
+
+def first_message(opt_ins: list[dict]) -> list[dict]:
+    """Each opt-in's "first message" of the packet's template."""
+    return [t for o in opt_ins for t in o["template"] if t["key"] == "first_message"]
+
+
 async def test_an_opt_in_dated_back_after_a_send_allows_it_on_no_reading(embedded):
-    await sent_then_dated_back(embedded, "+14155550611", "info", opted_in("+14155550611", "info"))
+    phone = "+14155550611"
+    opt_ins = await sent_then_dated_back(embedded, phone, "info", opted_in(phone, "info"))
+    # Nor is the send its first message: the packet named it so, the proof's template
+    # filled by a send made before the opt-in was known, while CanSend owed the
+    # opt-out language still (only a send recorded after a consent meets it).
+    assert [t["missing"] for t in first_message(opt_ins)] == [True], opt_ins
+
+
+async def test_an_opt_in_imported_dated_back_after_a_send_allows_it_on_no_reading(embedded):
+    phone = "+14155550617"
+    opt_ins = await sent_then_dated_back(embedded, phone, "info", imported_in(phone, "info"))
+    assert [t["missing"] for t in first_message(opt_ins)] == [True], opt_ins
 
 
 async def test_an_age_verified_dated_back_after_a_send_allows_it_on_no_reading(embedded):
@@ -159,7 +198,9 @@ async def test_an_opt_in_dated_back_after_a_send_on_kafka(module_serve):
     service = await module_serve(
         name="backdated", campaigns=[campaign("info", datetime.now(UTC) - timedelta(days=1))]
     )
-    await sent_then_dated_back(service, "+14155550614", "info", opted_in("+14155550614", "info"))
+    for phone, record in (("+14155550614", opted_in), ("+14155550618", imported_in)):
+        opt_ins = await sent_then_dated_back(service, phone, "info", record(phone, "info"))
+        assert [t["missing"] for t in first_message(opt_ins)] == [True], opt_ins
 
 
 async def test_a_dismissal_dated_back_to_its_hold_allows_no_send_made_during_it(embedded):
@@ -190,7 +231,7 @@ async def test_a_dismissal_dated_back_to_its_hold_allows_no_send_made_during_it(
             )
         )
         token = token.merge(ConsistencyToken.decode(dismissed.consistency_token))
-        message, hindsight, found = await judged(auditor, phone, "info", at, token)
+        message, hindsight, found, _ = await judged(auditor, phone, "info", at, token)
     assert message["decision"]["reason"] == "revocation_pending_review", message
     assert message["hindsight"] is None or not message["hindsight"]["allowed"], message
     assert not hindsight.allowed and dismissed.event_ids[0] in hindsight.detail, hindsight
