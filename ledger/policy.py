@@ -1245,25 +1245,71 @@ def decide_as_of(
     send. None: ``t_known``, every fact known then counting either way."""
     facts = list(history)
     answer = _decided_as_of(facts, campaign, t_world, t_known, kind)
-    if allowing_by is None or allowing_by >= t_known or not answer.allowed:
+    if allowing_by is None or not answer.allowed:
         return answer
+    late = _allowing_after(facts, campaign, t_world, t_known, kind, allowing_by)
+    if late is None:
+        return answer
+    recorded_then, ids = late
+    return recorded_then._replace(
+        detail=f"{recorded_then.detail}; recorded by {allowing_by.isoformat()} it was not"
+        f" allowed, and what was recorded after ({ids}) does not allow it"
+    )
+
+
+def note_allowed_late(
+    decision: Decision,
+    history: Iterable[Recorded],
+    campaign: str,
+    t_world: datetime,
+    t_known: datetime,
+    kind: MessageKind,
+    recorded_by: datetime,
+) -> Decision:
+    """``decision`` (``decide_as_of`` from what was known at ``t_known``, each fact
+    counting either way), its detail naming the facts it allows on that were recorded
+    after ``recorded_by`` when what was recorded by then did not allow: an import of
+    an old history read as imported says, in the answer itself, that its allow rests
+    on facts recorded later."""
+    if not decision.allowed:
+        return decision
+    late = _allowing_after(list(history), campaign, t_world, t_known, kind, recorded_by)
+    if late is None:
+        return decision
+    _, ids = late
+    return decision._replace(
+        detail=f"{decision.detail}; allowed on what was recorded after"
+        f" {recorded_by.isoformat()} ({ids}): recorded by then it was not allowed"
+    )
+
+
+def _allowing_after(
+    facts: list[Recorded],
+    campaign: str,
+    t_world: datetime,
+    t_known: datetime,
+    kind: MessageKind,
+    allowing_by: datetime,
+) -> tuple[Decision, str] | None:
+    """When what was recorded by ``allowing_by`` did not allow a send at ``t_world``
+    that what was known at ``t_known`` allows: that earlier decision, and the ids of
+    the facts recorded between, dated by ``t_world`` (the latest recorded first, the
+    one a sender would have added after its send; at most three)."""
+    if allowing_by >= t_known:
+        return None
     late = [
         r
         for r in facts
         if allowing_by < r.recorded_at <= t_known and r.event.occurred_at <= t_world
     ]
     if not late:
-        return answer
+        return None
     recorded_then = _decided_as_of(facts, campaign, t_world, allowing_by, kind)
     if recorded_then.allowed:
-        return answer
-    # The latest recorded first: the one a sender would have added after its send.
+        return None
     late.sort(key=lambda r: r.recorded_at, reverse=True)
     ids = ", ".join(str(r.event.event_id) for r in late[:3]) + (", ..." if len(late) > 3 else "")
-    return recorded_then._replace(
-        detail=f"{recorded_then.detail}; recorded by {allowing_by.isoformat()} it was not"
-        f" allowed, and what was recorded after ({ids}) does not allow it"
-    )
+    return recorded_then, ids
 
 
 def _decided_as_of(

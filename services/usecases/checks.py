@@ -29,6 +29,7 @@ from ledger.policy import (
     decide_as_of,
     deny,
     digest_of_history,
+    note_allowed_late,
 )
 from ledger.ports import CampaignReads, ConsistencyToken, DigestReads
 from ledger.state import CampaignHistory, SubscriberState
@@ -351,6 +352,11 @@ class Checks:
         allowing_by = None if known_at is not None else t_world + MAX_CLOCK_SKEW
         facts = [*campaign_events, *subscriber]
         decision = decide_as_of(facts, campaign, t_world, t_known, kind, allowing_by)
+        if known_at is not None:
+            # Read as known then, an allow may rest on facts recorded after the moment
+            # (an imported history): the answer says which.
+            skew = t_world + MAX_CLOCK_SKEW
+            decision = note_allowed_late(decision, facts, campaign, t_world, t_known, kind, skew)
         return CheckResult(decision, read_at)
 
     async def _subscriber_history(self, number: str, brand: str) -> list[Recorded]:

@@ -44,7 +44,8 @@ def sent(phone: str, name: str, at: datetime) -> api.RecordMessageSentRequest:
 
 async def judged(c, phone: str, name: str, at: datetime, token: ConsistencyToken):
     """For the send of ``phone`` at ``at``: the packet's answers (then, in hindsight),
-    CanSendAsOf's without ``known_at``, the sweep's finding, and the packet's opt-ins."""
+    CanSendAsOf's without ``known_at`` and with it now, the sweep's finding, and the
+    packet's opt-ins."""
     fresh = token.encode()
     packet = await c.GetProofPacket(
         api.GetProofPacketRequest(phone=phone, brand="acme", campaign=name, at_least_as_fresh=fresh)
@@ -55,6 +56,8 @@ async def judged(c, phone: str, name: str, at: datetime, token: ConsistencyToken
         phone=phone, brand="acme", campaign=name, at=ts(at), at_least_as_fresh=fresh
     )
     hindsight = await c.CanSendAsOf(asked)
+    asked.known_at.CopyFrom(ts(datetime.now(UTC)))
+    known = await c.CanSendAsOf(asked)
     request = api.SweepCampaignRequest(
         brand="acme",
         campaign=name,
@@ -66,7 +69,8 @@ async def judged(c, phone: str, name: str, at: datetime, token: ConsistencyToken
         request, metadata=[("authorization", f"Bearer {c.token}")], timeout=60
     )
     found = [i.finding for i in [i async for i in call] if i.HasField("finding")]
-    return message, hindsight, [f for f in found if f.phone == phone], shown.get("opt_ins", [])
+    found = [f for f in found if f.phone == phone]
+    return message, hindsight, known, found, shown.get("opt_ins", [])
 
 
 async def sent_then_dated_back(service, phone: str, name: str, record) -> list[dict]:
@@ -81,7 +85,7 @@ async def sent_then_dated_back(service, phone: str, name: str, record) -> list[d
         )
         written = await record(c, auditor, now - timedelta(hours=1))
         token = token.merge(ConsistencyToken.decode(written.consistency_token))
-        message, hindsight, found, opt_ins = await judged(auditor, phone, name, at, token)
+        message, hindsight, known, found, opt_ins = await judged(auditor, phone, name, at, token)
     assert not message["decision"]["allowed"], message
     late = message["hindsight"]
     assert late is None or not late["allowed"], late
@@ -90,6 +94,11 @@ async def sent_then_dated_back(service, phone: str, name: str, record) -> list[d
     # The send itself is stamped before the campaign's rules were recorded (at the
     # service's start, dated back a day): those do not allow it in hindsight either.
     assert "does not allow it" in hindsight.detail, hindsight.detail
+    # Read as known now (an imported history), the fact counts for the send; the allow
+    # names it as recorded after the moment, when what was recorded then did not allow.
+    assert known.allowed, known
+    assert written.event_ids[0] in known.detail, known.detail
+    assert "recorded by then it was not allowed" in known.detail, known.detail
     (finding,) = found  # found for what it lacked, not only for asking nothing first
     assert set(finding.kinds) - {api.SWEEP_FINDING_KIND_SENT_WITHOUT_ASKING}, finding
     return opt_ins
@@ -231,7 +240,7 @@ async def test_a_dismissal_dated_back_to_its_hold_allows_no_send_made_during_it(
             )
         )
         token = token.merge(ConsistencyToken.decode(dismissed.consistency_token))
-        message, hindsight, found, _ = await judged(auditor, phone, "info", at, token)
+        message, hindsight, _, found, _ = await judged(auditor, phone, "info", at, token)
     assert message["decision"]["reason"] == "revocation_pending_review", message
     assert message["hindsight"] is None or not message["hindsight"]["allowed"], message
     assert not hindsight.allowed and dismissed.event_ids[0] in hindsight.detail, hindsight
