@@ -1357,9 +1357,12 @@ def _campaign(cmd: DefineCampaign | ChangeCampaignPolicy, now: datetime) -> list
         }
     )
     brand = check_name(cmd.brand, "brand")
+    # Rules stamped ahead of the service's clock (the caller's clock ahead) take force
+    # when recorded: at their stamp they would come back into force over a change
+    # recorded after them, and the ledger's latest word would be overruled.
     return [
         cls(
-            **_base(cmd, 0, cmd.occurred_at, brand),
+            **_base(cmd, 0, consent_time(cmd.occurred_at, now), brand),
             brand=brand,
             campaign=check_name(cmd.campaign, "campaign"),
             policy=policy,

@@ -1087,6 +1087,8 @@ class Writes:
         "revoked" resolution's revocation placed no earlier than the candidate it
         resolves (``_check_candidate_pending``)."""
         await self._check_campaign_exists(cmd)
+        if isinstance(cmd, ChangeCampaignPolicy):
+            await self._check_not_before_rules_in_force(cmd, events[0].occurred_at)
         await self._check_required_proof(cmd)
         if isinstance(cmd, RecordOptIn):
             granted = events[0]
@@ -1570,6 +1572,24 @@ class Writes:
             return
         if not await self.ctx.campaign_known(cmd.brand, campaign):
             raise FailedPrecondition("campaign", f"{cmd.brand}/{campaign} is not defined")
+
+    async def _check_not_before_rules_in_force(
+        self, cmd: ChangeCampaignPolicy, at: datetime
+    ) -> None:
+        """Refuse a change dated before the campaign's latest rules: it would be in
+        force only until them, so the rules now would not be the ones the ledger's
+        latest word gave (a gate put back, dated back, would not be back). The view is
+        caught up with the ledger's campaigns first, so the latest rules are known."""
+        await self.ctx.require_caught_up(Stream.CAMPAIGNS, "occurred_at")
+        history = await self.ctx.view.campaign_history(cmd.brand, cmd.campaign)
+        latest = max((f.at for f in history.versions), default=None)
+        if latest is not None and at < latest:
+            raise FailedPrecondition(
+                "occurred_at",
+                f"the campaign's rules from {latest.isoformat()} are in force after it:"
+                " a change dated before them would not be in force now; date it at or"
+                " after them",
+            )
 
     async def _check_name_free(self, brand: str, campaign: str) -> None:
         """A new campaign may not be named as one of the brand's own is, but for its
