@@ -1059,27 +1059,24 @@ class Writes:
         raise HeldForReview(refused, ids, token, under)
 
     async def _campaign_write(self, cmd: Command, events: list[LedgerEvent]) -> WriteResult:
-        # One campaign write at a time in this process. One that lists sender numbers
-        # also waits for its turn among every instance sharing the view: the second
-        # of two claims of one number then checks after the first was appended, and
-        # is refused.
-        async with self._campaign_writes:
-            if not _lists_numbers(events[0]):
-                return await self._checked_append(cmd, events)
-            async with self._campaign_turn():
-                return await self._checked_append(cmd, events)
+        # One campaign write at a time in this process, and each waits for its turn
+        # among every instance sharing the view: the second of two claims of one
+        # number then checks after the first was appended, and is refused, as is the
+        # second of two definitions of one campaign, or a change dated before one
+        # recorded a moment ago.
+        async with self._campaign_writes, self._campaign_turn(events[0]):
+            return await self._checked_append(cmd, events)
 
     @asynccontextmanager
-    async def _campaign_turn(self) -> AsyncIterator[None]:
+    async def _campaign_turn(self, event: LedgerEvent) -> AsyncIterator[None]:
         """The view's turn for campaign writes; UNAVAILABLE (retryable) if it does not
         come within ``CAMPAIGN_TURN_WAIT``."""
         async with AsyncExitStack() as stack:
             try:
                 await stack.enter_async_context(self.ctx.view.campaign_writes(CAMPAIGN_TURN_WAIT))
             except TimeoutError:
-                raise NotConsistent(
-                    "policy.sender_numbers", "another campaign write is in progress; retry"
-                ) from None
+                field = "policy.sender_numbers" if _lists_numbers(event) else "campaign"
+                raise NotConsistent(field, "another campaign write is in progress; retry") from None
             yield
 
     async def _check(self, cmd: Command, events: list[LedgerEvent]) -> list[LedgerEvent]:

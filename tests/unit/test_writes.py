@@ -13,6 +13,7 @@ import pytest
 
 from ledger.campaigns import CampaignPolicy
 from ledger.commands import (
+    ChangeCampaignPolicy,
     DefineCampaign,
     HandleInboundMessage,
     RecordMessageSent,
@@ -384,6 +385,44 @@ async def test_two_claims_of_one_number_at_once_let_one_through(count):
         assert len(await apps[0].ledger.read(Stream.CAMPAIGNS, 0, 0)) == 1
 
 
+@pytest.mark.parametrize("count", [1, 2], ids=["one instance", "two instances"])
+async def test_two_definitions_of_one_campaign_at_once_let_one_through(count):
+    """Of two definitions of one campaign at once (no sender numbers), one is
+    recorded: the other, also recorded, would redefine the campaign unchecked, dated
+    as it pleased, as no ``ChangeCampaignPolicy`` may."""
+    async with instances(count, ledger=SlowLedger(partitions=4)) as (apps, _):
+        results = await asyncio.gather(
+            apps[0].writes.record(definition("d-1", "acme", "promo")),
+            apps[-1].writes.record(
+                DefineCampaign("d-2", "acme", "promo", CampaignPolicy(age_gated=True), at(-60))
+            ),
+            return_exceptions=True,
+        )
+
+        refused = [r for r in results if isinstance(r, FailedPrecondition)]
+        assert len(refused) == 1 and refused[0].field == "campaign", results
+        assert len(await apps[0].ledger.read(Stream.CAMPAIGNS, 0, 0)) == 1
+
+
+@pytest.mark.parametrize("count", [1, 2], ids=["one instance", "two instances"])
+async def test_two_changes_at_once_are_recorded_in_the_order_they_take_force(count):
+    """A change dated an hour before another, sent at once: recorded after it, it
+    would be in force only until it, whatever the ledger's latest word said."""
+    async with instances(count, ledger=SlowLedger(partitions=4)) as (apps, _):
+        await apps[0].writes.record(definition("d-1", "acme", "promo"))
+        later = ChangeCampaignPolicy("c-1", "acme", "promo", CampaignPolicy(), at(60))
+        earlier = ChangeCampaignPolicy(
+            "c-2", "acme", "promo", CampaignPolicy(age_gated=True), at(0)
+        )
+        await asyncio.gather(
+            apps[0].writes.record(later), apps[-1].writes.record(earlier), return_exceptions=True
+        )
+
+        recorded = await apps[0].ledger.read(Stream.CAMPAIGNS, 0, 0)
+        times = [r.event.occurred_at for r in recorded]
+        assert times == sorted(times), recorded
+
+
 async def test_a_claim_whose_caller_goes_away_keeps_its_turn_until_it_is_appended():
     ledger = GatedLedger(partitions=4)
     async with running(ledger=ledger) as (app, _):
@@ -439,12 +478,14 @@ async def test_a_claim_that_cannot_get_its_turn_is_unavailable_and_writes_nothin
     async with app.view.campaign_writes(1):  # another instance's write, taking long
         with pytest.raises(NotConsistent) as err:
             await app.writes.record(claim("acme-promo", "acme", "promo", NUMBER))
-        # A campaign write that claims no number needs no turn.
-        await app.writes.record(claim("acme-alerts", "acme", "alerts"))
+        # One that claims no number waits for its turn too: it may be a second
+        # definition of a campaign, or a change dated before one on its way.
+        with pytest.raises(NotConsistent) as unnumbered:
+            await app.writes.record(claim("acme-alerts", "acme", "alerts"))
 
     assert err.value.field == "policy.sender_numbers"
-    [written] = await app.ledger.read(Stream.CAMPAIGNS, 0, 0)
-    assert written.event.campaign == "alerts"
+    assert unnumbered.value.field == "campaign"
+    assert await app.ledger.read(Stream.CAMPAIGNS, 0, 0) == []
 
 
 async def test_a_claim_is_refused_as_not_consistent_while_the_view_lags():
