@@ -794,7 +794,7 @@ class CampaignHistory:
         ]
         if not known:
             return None
-        index, fact = known[-1]
+        _, fact = known[-1]
         event = fact.event
         policy: CampaignPolicy = event.policy  # type: ignore[attr-defined]
         # One-way, as the brand's setting: an opt-out of another campaign that ended
@@ -818,7 +818,9 @@ class CampaignHistory:
             brand=event.brand,
             campaign=event.campaign,
             policy=policy,
-            policy_version=index + 1,
+            # Numbered in the order recorded, so a version dated back but recorded
+            # later does not renumber the one an earlier answer named.
+            policy_version=1 + sum(1 for f in self.versions if _placed(f) < _placed(fact)),
             policy_event_id=fact.event_id,
             revoke_all_since=revoke_all_since,
         )
@@ -845,6 +847,10 @@ class CampaignHistory:
             elif since is None:
                 since = fact.position
         return since
+
+
+def _placed(fact: Fact[Any]) -> tuple[int, int]:
+    return (fact.position.partition, fact.position.offset)
 
 
 def sender_number_holder(

@@ -131,6 +131,25 @@ def test_campaign_history_answers_with_the_rules_in_force_then():
     assert history.as_of(at(-1)) is None
 
 
+def test_a_version_keeps_its_number_when_rules_dated_before_it_are_recorded_after_it():
+    """A version's number is the order the ledger recorded it in: rules dated back
+    but recorded later (two changes that raced, or written before such a change
+    was refused) do not renumber the version an answer and its packet named."""
+    capped = CampaignPolicy(daily_cap=5)
+    events = [
+        _campaign_event(CampaignDefined, at(0), CampaignPolicy()),
+        _campaign_event(CampaignPolicyChanged, at(days=10), capped),
+    ]
+    history = CampaignHistory()
+    for r in record(events):
+        history = history.with_event(r)
+    named = history.as_of(at(days=11))
+    late = _campaign_event(CampaignPolicyChanged, at(days=5), CampaignPolicy(daily_cap=7))
+    history = history.with_event(Recorded(late, LedgerPosition(0, 2), at(days=11)))
+    assert history.as_of(at(days=11)) == named
+    assert history.as_of(at(days=6)).policy_version == 3
+
+
 def test_decide_as_of_sees_only_what_the_ledger_knew_then():
     g, r = granted(at(0)), revoked(at(30))
     defined = _campaign_event(CampaignDefined, at(-10), CampaignPolicy())
