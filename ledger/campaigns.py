@@ -306,3 +306,8 @@ class Campaign:
     """When the brand's own setting (``ledger.events.BrandPolicySet``) put the
     revoke-all rule in force for all its campaigns, if it did by the moment these
     rules were read for; None if not."""
+    content_since: datetime | None = None
+    """When a change of the rules last gave the campaign the content category it has
+    in these rules (a change from general to gambling, say); None when its category
+    is the one it was defined with. A consent given before then was given to other
+    content, and allows nothing under these rules."""

@@ -513,6 +513,8 @@ class Check:
         self._age_gated = policy.requires_age_verification
         self._obligations = _OBLIGATIONS[not self._promotional]
         self._content_allowed = policy.content_allowed
+        since = campaign.content_since
+        self._content_since = None if since is None else micros(since)
         self._quiet: dict[tuple[tuple[str, ...], tuple[str, ...]], Decision | None] = {}
         self._state_caps: dict[
             tuple[tuple[str, ...], tuple[str, ...]], tuple[tuple[StateRule, StateCap, int], ...]
@@ -570,6 +572,9 @@ class Check:
                 version,
             )
 
+        if self._content_since is not None and c.grant.at < self._content_since:
+            return self._other_content(digest, c)
+
         if c.tier <= _CONVERSATIONAL:
             # Texting first consents to that conversation only, a recorded grant of
             # that tier included: replies inside the window, nothing after it.
@@ -622,6 +627,26 @@ class Check:
             evidence, detail = (*evidence, replying), "consent stands; a reply in a conversation"
         return built(
             Decision, (True, _CONSENT_ACTIVE, obligations, evidence, detail, version, "", "")
+        )
+
+    def _other_content(self, digest: Digest, c: CampaignDigest) -> Decision:
+        """The consent was given before a change of the rules gave the campaign the
+        content it sends now: the person agreed to messages of another type, and
+        consent is to the type of messages sent, for that use only (the provider's
+        policy, ``../shared/policy/003_*``). Only an opt-in since allows it; a
+        conversational campaign may still reply inside a conversation."""
+        if self.policy.purpose is CampaignPurpose.CONVERSATIONAL:
+            return self._without_consent(digest, c)
+        assert c.grant is not None and self.campaign.content_since is not None
+        category = self.policy.content_category
+        named = category.value if category is not None else repr(self.policy.category)
+        return deny(
+            Reason.NO_CONSENT,
+            f"the consent was given before the campaign's rules of "
+            f"{self.campaign.content_since.isoformat()} made it a {named} campaign: "
+            "the person agreed to other content, and a new opt-in is needed",
+            (c.grant.event_id, self.campaign.policy_event_id),
+            self.version,
         )
 
     def _content_not_allowed(self) -> Decision:

@@ -814,6 +814,13 @@ class CampaignHistory:
             ),
             None,
         )
+        # The content the rules in force send, since the change that gave it: the
+        # versions before the one in force, back to the last of another category.
+        content_since = None
+        for (_, earlier), (_, later) in zip(reversed(known[:-1]), reversed(known), strict=False):
+            if earlier.event.policy.content_category != policy.content_category:  # type: ignore[attr-defined]
+                content_since = later.at
+                break
         return Campaign(
             brand=event.brand,
             campaign=event.campaign,
@@ -823,6 +830,7 @@ class CampaignHistory:
             policy_version=1 + sum(1 for f in self.versions if _placed(f) < _placed(fact)),
             policy_event_id=fact.event_id,
             revoke_all_since=revoke_all_since,
+            content_since=content_since,
         )
 
     def current(self) -> Campaign | None:

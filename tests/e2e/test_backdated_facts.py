@@ -113,7 +113,9 @@ async def embedded(module_serve):
         campaigns=[
             campaign("info", start),
             campaign("beer", start, age_gated=True, category="alcohol"),
-            campaign("wine", start, age_gated=True, category="alcohol"),
+            # Gated by its flag alone: rules lifting a category's gate would change
+            # what it sends, which ends the consent given before them on its own.
+            campaign("wine", start, age_gated=True),
         ],
     )
 

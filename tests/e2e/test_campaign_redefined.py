@@ -1,6 +1,8 @@
 """A campaign whose rules change after a person consented, through the gRPC API: the
 rules a send is judged by are those the ledger's latest word put in force, never
-an older version that outlasts it. On the embedded default's ledger and Kafka's."""
+an older version that outlasts it, and a consent given to what the campaign sent
+then does not carry over to another kind of content. On the embedded default's
+ledger, and one case of each on Kafka's."""
 
 from __future__ import annotations
 
@@ -111,3 +113,54 @@ async def test_a_change_dated_before_the_rules_in_force_is_refused(service):
         w = await admin.ChangeCampaignPolicy(change("back", hour_ago, purpose=PROMO))
         answer = await admin.CanSend(asked(phone, "back", w.consistency_token))
         assert answer.reason == api.REASON_CONSENT_TIER_INSUFFICIENT, answer
+
+
+async def test_a_consent_does_not_carry_over_to_another_kind_of_content(service):
+    """The person, verified 21 or older, agreed to the campaign's general messages;
+    the campaign then became a gambling one. What they agreed to is not what it now
+    sends (the provider's policy: consent is to messages of the type sent, for that
+    use only), so every reading of a send now denies it until a new opt-in, while a
+    send before the change is judged by the rules then, and allowed."""
+    runtime, clock = service
+    phone = "+14155550923"
+    async with client(runtime.address) as admin:
+        await admin.RecordAgeVerification(
+            api.RecordAgeVerificationRequest(
+                request_id=uuid.uuid4().hex, phone=phone, brand="acme", method="id_scan",
+                occurred_at=ts(clock.now - timedelta(hours=4)), verified_21_plus=True,
+            )
+        )  # fmt: skip
+        w = await admin.RecordOptIn(
+            opt_in(phone, "acme", "gambling", clock.now - timedelta(hours=3))
+        )
+        assert (await admin.CanSend(asked(phone, "gambling", w.consistency_token))).allowed
+        changed_at = clock.now - timedelta(hours=1)
+        w = await admin.ChangeCampaignPolicy(
+            change(
+                "gambling", changed_at, purpose=INFO,
+                content_category=lpb.CAMPAIGN_CATEGORY_GAMBLING,
+            )
+        )  # fmt: skip
+        fresh = w.consistency_token
+        single = await admin.CanSend(asked(phone, "gambling", fresh))
+        (batch,) = (
+            await admin.CanSendBatch(
+                api.CanSendBatchRequest(
+                    brand="acme", campaign="gambling", phones=[phone], at_least_as_fresh=fresh
+                )
+            )
+        ).decisions
+        for answer in (single, batch):
+            assert not answer.allowed and answer.reason == api.REASON_NO_CONSENT, answer
+            assert "gambling" in answer.detail, answer.detail
+        then = await admin.CanSendAsOf(
+            api.CanSendAsOfRequest(
+                phone=phone, brand="acme", campaign="gambling",
+                at=ts(changed_at - timedelta(minutes=10)), at_least_as_fresh=fresh,
+            )
+        )  # fmt: skip
+        assert then.allowed and then.policy_version < single.policy_version, then
+        w = await admin.RecordOptIn(
+            opt_in(phone, "acme", "gambling", clock.now - timedelta(minutes=30))
+        )
+        assert (await admin.CanSend(asked(phone, "gambling", w.consistency_token))).allowed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 from ledger.campaigns import CampaignPolicy, FrequencyCap, QuietHours
@@ -12,7 +13,7 @@ from ledger.events import (
     MessageKind,
     Recorded,
 )
-from ledger.policy import Reason, decide, decide_as_of
+from ledger.policy import Decision, Reason, decide, decide_as_of
 from ledger.state import (
     CampaignHistory,
     SubscriberState,
@@ -148,6 +149,34 @@ def test_a_version_keeps_its_number_when_rules_dated_before_it_are_recorded_afte
     history = history.with_event(Recorded(late, LedgerPosition(0, 2), at(days=11)))
     assert history.as_of(at(days=11)) == named
     assert history.as_of(at(days=6)).policy_version == 3
+
+
+def test_a_consent_allows_only_the_content_the_campaign_sent_when_it_was_given():
+    """Consent is to the type of messages sent: rules that change the campaign's
+    category leave an opt-in given before them allowing nothing, changed back too,
+    while a change of anything else keeps an opt-in given since the category's."""
+    general, gambling = CampaignPolicy(), CampaignPolicy(category="gambling")
+    capped = CampaignPolicy(daily_cap=5)
+    history = record(
+        [
+            _campaign_event(CampaignDefined, at(-10), general),
+            granted(at(0)),
+            _campaign_event(CampaignPolicyChanged, at(10), gambling),
+            _campaign_event(CampaignPolicyChanged, at(20), general),
+            _campaign_event(CampaignPolicyChanged, at(40), capped),
+        ]
+    )
+
+    def asked(minutes: int, facts=history) -> Decision:
+        return decide_as_of(facts, "promo", t_world=at(minutes), t_known=at(days=1))
+
+    assert asked(5).allowed
+    for later in (15, 25, 45):
+        d = asked(later)
+        assert not d.allowed and d.reason is Reason.NO_CONSENT, (later, d)
+        assert history[1].event.event_id in [uuid.UUID(e) for e in d.evidence], d
+    regranted = [*history, Recorded(granted(at(30)), LedgerPosition(0, 5), at(30))]
+    assert asked(35, regranted).allowed and asked(45, regranted).allowed
 
 
 def test_decide_as_of_sees_only_what_the_ledger_knew_then():
