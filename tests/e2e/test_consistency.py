@@ -250,6 +250,32 @@ async def test_one_sender_number_claimed_through_two_instances_at_once_goes_to_o
                 assert await runtime.view.campaign_for_number(number) == ("acme", winner)
 
 
+async def test_one_campaign_defined_through_two_instances_at_once_is_defined_once(
+    two_instances,
+):
+    """Two definitions of one campaign, listing no number, through two instances at
+    once: taken in turns as claims of a number are, the second finds the campaign
+    defined and is refused; without turns both were recorded, the second a change
+    of the rules, dated as it pleased, that no check of ChangeCampaignPolicy saw."""
+    (a, b), when = two_instances
+    before = await a.ledger.end_offsets(Stream.CAMPAIGNS)
+    async with client(a.address) as ca, client(b.address) as cb:
+        for i in range(4):
+            first, second = (ca, cb) if i % 2 == 0 else (cb, ca)
+            gated = define("acme", f"twice{i}", when - timedelta(days=2), age_gated=True)
+            results = await asyncio.gather(
+                first.DefineCampaign(define("acme", f"twice{i}", when)),
+                second.DefineCampaign(gated),
+                return_exceptions=True,
+            )
+            lost = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+            assert len(lost) == 1, results
+            assert lost[0].code() == grpc.StatusCode.FAILED_PRECONDITION, lost[0]
+            assert "already defined" in lost[0].details(), lost[0].details()
+    after = await a.ledger.end_offsets(Stream.CAMPAIGNS)
+    assert sum(after.values()) - sum(before.values()) == 4
+
+
 @pytest.mark.parametrize("ledger", ["kafka", "postgres"])
 async def test_an_instance_honours_its_own_opt_out_at_once_without_a_token(
     ledger, tmp_path, postgres_dsn, kafka_bootstrap
