@@ -308,6 +308,7 @@ class Campaign:
     rules were read for; None if not."""
     content_since: datetime | None = None
     """When a change of the rules last gave the campaign the content category it has
-    in these rules (a change from general to gambling, say); None when its category
-    is the one it was defined with. A consent given before then was given to other
-    content, and allows nothing under these rules."""
+    in these rules (a change from general to gambling, say), or when it was recorded
+    if that is later; None when its category is the one it was defined with. A
+    consent given before then was given to other content, and allows nothing under
+    these rules."""

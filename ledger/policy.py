@@ -642,9 +642,9 @@ class Check:
         named = category.value if category is not None else repr(self.policy.category)
         return deny(
             Reason.NO_CONSENT,
-            f"the consent was given before the campaign's rules of "
-            f"{self.campaign.content_since.isoformat()} made it a {named} campaign: "
-            "the person agreed to other content, and a new opt-in is needed",
+            f"the consent was given before {self.campaign.content_since.isoformat()}, "
+            f"from when the campaign's rules made it a {named} campaign: the person "
+            "agreed to other content, and a new opt-in is needed",
             (c.grant.event_id, self.campaign.policy_event_id),
             self.version,
         )

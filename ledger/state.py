@@ -816,10 +816,12 @@ class CampaignHistory:
         )
         # The content the rules in force send, since the change that gave it: the
         # versions before the one in force, back to the last of another category.
+        # A change dated back counts from when it was recorded: a consent given
+        # before that was given to what the ledger said the campaign sent then.
         content_since = None
         for (_, earlier), (_, later) in zip(reversed(known[:-1]), reversed(known), strict=False):
             if earlier.event.policy.content_category != policy.content_category:  # type: ignore[attr-defined]
-                content_since = later.at
+                content_since = max(later.at, later.recorded_at)
                 break
         return Campaign(
             brand=event.brand,

@@ -26,6 +26,7 @@ from tests.builders import (
     BRAND,
     PHONE,
     _base,
+    age,
     at,
     campaign,
     flagged,
@@ -177,6 +178,23 @@ def test_a_consent_allows_only_the_content_the_campaign_sent_when_it_was_given()
         assert history[1].event.event_id in [uuid.UUID(e) for e in d.evidence], d
     regranted = [*history, Recorded(granted(at(30)), LedgerPosition(0, 5), at(30))]
     assert asked(35, regranted).allowed and asked(45, regranted).allowed
+
+
+def test_a_consent_given_before_its_content_was_changed_back_in_time_allows_nothing():
+    """Rules recorded at 10:30 that say the campaign has sent gambling since 9:00: the
+    opt-in of 10:00 was given while the ledger said it sent general messages, and
+    whether the person saw gambling offered cannot be told, so it allows nothing."""
+    history = record(
+        [
+            _campaign_event(CampaignDefined, at(days=-2), CampaignPolicy()),
+            age(at(-120), plus21=True),
+            granted(at(0)),
+            _campaign_event(CampaignPolicyChanged, at(-60), CampaignPolicy(category="gambling")),
+        ],
+        known_at=[at(days=-2), at(-120), at(0), at(30)],
+    )
+    d = decide_as_of(history, "promo", t_world=at(35), t_known=at(days=1))
+    assert not d.allowed and d.reason is Reason.NO_CONSENT, d
 
 
 def test_decide_as_of_sees_only_what_the_ledger_knew_then():
