@@ -33,6 +33,7 @@ from ledger.events import (
     Recorded,
     RevocationCandidateFlagged,
     RevocationCandidateResolved,
+    SubjectErased,
     SubscriberLocated,
 )
 from ledger.ports import ConsentView, ConsistencyToken, Stream
@@ -49,10 +50,12 @@ CONSENT_CHANGES = frozenset(
         RevocationCandidateResolved,
         AgeVerified,
         SubscriberLocated,
+        SubjectErased,
     )
 )
 """What a watcher is sent by default: the facts that change whether a number may
-be texted. Messages sent and received are asked for apart (``MESSAGES``)."""
+be texted (an erasure ends every consent before it, as CanSend reads it). Messages
+sent and received are asked for apart (``MESSAGES``)."""
 MESSAGES = frozenset(cls.EVENT_TYPE for cls in (MessageSent, InboundMessageReceived))
 
 PAGE = 100

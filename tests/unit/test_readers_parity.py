@@ -628,10 +628,9 @@ async def stream_agrees(run: Run, brand: str, campaign: str, seen: Counter[str])
         }
         assert streamed == pending, (where, streamed, pending)
         one = (await run.uses.checks.can_send(phone, brand, campaign)).decision
-        if (
-            one.reason in _STATE_OF and one.reason is not Reason.SUBJECT_ERASED
-        ) or one.reason is Reason.REVOCATION_OVERDUE:
-            # A denial for consent stands on facts the stream gave.
+        if one.reason in _STATE_OF or one.reason is Reason.REVOCATION_OVERDUE:
+            # A denial for consent stands on facts the stream gave: a watcher that
+            # follows it knows the number may not be texted.
             assert set(one.evidence) <= set(listed), (where, one)
             seen[f"stream {one.reason.value}"] += bool(one.evidence)
 
