@@ -1276,6 +1276,11 @@ def decide_as_of(
     if late is None:
         return answer
     recorded_then, ids = late
+    if recorded_then.allowed:
+        # Both allow: what was recorded after may add to what the send owed, never
+        # put the allow on other grounds (an opt-in dated back under a reply inside
+        # a conversation would stand as the consent it was sent on).
+        return answer if answer.reason is recorded_then.reason else recorded_then
     return recorded_then._replace(
         detail=f"{recorded_then.detail}; recorded by {allowing_by.isoformat()} it was not"
         f" allowed, and what was recorded after ({ids}) does not allow it"
@@ -1299,7 +1304,7 @@ def note_allowed_late(
     if not decision.allowed:
         return decision
     late = _allowing_after(list(history), campaign, t_world, t_known, kind, recorded_by)
-    if late is None:
+    if late is None or late[0].allowed:
         return decision
     _, ids = late
     return decision._replace(
@@ -1316,10 +1321,10 @@ def _allowing_after(
     kind: MessageKind,
     allowing_by: datetime,
 ) -> tuple[Decision, str] | None:
-    """When what was recorded by ``allowing_by`` did not allow a send at ``t_world``
-    that what was known at ``t_known`` allows: that earlier decision, and the ids of
-    the facts recorded between, dated by ``t_world`` (the latest recorded first, the
-    one a sender would have added after its send; at most three)."""
+    """When facts dated by ``t_world`` were recorded after ``allowing_by`` (and by
+    ``t_known``): the decision from what was recorded by ``allowing_by``, and those
+    facts' ids (the latest recorded first, the one a sender would have added after its
+    send; at most three)."""
     if allowing_by >= t_known:
         return None
     late = [
@@ -1330,8 +1335,6 @@ def _allowing_after(
     if not late:
         return None
     recorded_then = _decided_as_of(facts, campaign, t_world, allowing_by, kind)
-    if recorded_then.allowed:
-        return None
     late.sort(key=lambda r: r.recorded_at, reverse=True)
     ids = ", ".join(str(r.event.event_id) for r in late[:3]) + (", ..." if len(late) > 3 else "")
     return recorded_then, ids

@@ -19,9 +19,12 @@ from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.json_format import MessageToDict
 
 from ledger.ports import ConsistencyToken
-from tests.e2e.harness import client, define, imported, opt_in, opt_out, ts
+from tests.e2e.harness import client, define, imported, inbound, opt_in, opt_out, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+CHAT = "+12125550617"
+"""The number acme's conversational campaign "chat" sends from."""
 
 
 def campaign(name: str, start: datetime, **policy) -> api.DefineCampaignRequest:
@@ -116,6 +119,7 @@ async def embedded(module_serve):
             # Gated by its flag alone: rules lifting a category's gate would change
             # what it sends, which ends the consent given before them on its own.
             campaign("wine", start, age_gated=True),
+            define("acme", "chat", start, [CHAT], purpose=lpb.CAMPAIGN_PURPOSE_CONVERSATIONAL),
         ],
     )
 
@@ -248,3 +252,30 @@ async def test_a_dismissal_dated_back_to_its_hold_allows_no_send_made_during_it(
     assert not hindsight.allowed and dismissed.event_ids[0] in hindsight.detail, hindsight
     (finding,) = found
     assert api.SWEEP_FINDING_KIND_AFTER_OPT_OUT in finding.kinds, finding
+
+
+async def test_an_opt_in_dated_back_after_a_reply_puts_it_on_no_other_grounds(embedded):
+    """A reply inside a conversation the person began needs no opt-in; an opt-in dated
+    back before it, recorded after, gave it in the packet a "hindsight" ruling that
+    allowed it on that consent (with a first message's obligations), which the CLI
+    counted "not allowed in hindsight", while the sweep found nothing in hindsight.
+    Every reading now stands on the conversation."""
+    phone, now = "+14155550617", datetime.now(UTC)
+    at = now - timedelta(minutes=10)
+    async with client(embedded.address, "acme-app") as c, client(embedded.address) as auditor:
+        await c.HandleInboundMessage(inbound(phone, CHAT, "hi, are you open today?", at))
+        reply = sent(phone, "chat", at + timedelta(seconds=30))
+        reply.kind = lpb.MESSAGE_KIND_CONVERSATION_REPLY
+        token = ConsistencyToken.decode((await c.RecordMessageSent(reply)).consistency_token)
+        written = await c.RecordOptIn(opt_in(phone, "acme", "chat", now - timedelta(hours=1)))
+        token = token.merge(ConsistencyToken.decode(written.consistency_token))
+        # (CanSendAsOf for the moment is the unit tests' to ask: this service's
+        # rules were recorded at its start, a few minutes after the reply.)
+        message, _, found = await judged(auditor, phone, "chat", at + timedelta(seconds=30), token)
+    assert (message["decision"]["allowed"], message["decision"]["reason"]) == (
+        True,
+        "conversation_reply",
+    ), message
+    assert message.get("hindsight") is None, message
+    (finding,) = found  # asked nothing first, and nothing else
+    assert list(finding.kinds) == [api.SWEEP_FINDING_KIND_SENT_WITHOUT_ASKING], finding

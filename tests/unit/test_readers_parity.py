@@ -63,8 +63,10 @@ from services.adapters.digest_replica import CampaignHistoryCache
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
 from services.changes import CONSENT_CHANGES
+from services.cli.audit.packet import summary
 from services.errors import FailedPrecondition, PermissionDenied
 from services.freshness import FreshnessGuard, WatchedAppends
+from services.packets.document import to_document
 from services.projector import Projector
 from services.settings import FreshnessSettings
 from services.usecases import UseCases
@@ -727,3 +729,42 @@ async def test_imported_opt_ins_and_opt_outs_answer_as_recorded_ones():
         differ = {k: (single.get(k), imported.get(k)) for k in single.keys() | imported.keys()}
         differ = {k: v for k, v in differ.items() if v[0] != v[1]}
         assert not differ, (seed, differ)
+
+
+async def test_an_opt_in_recorded_after_an_allowed_reply_changes_no_reading_of_it():
+    """A reply inside a conversation the person began (globex's deals is
+    conversational), then an opt-in dated back before it, recorded after: in hindsight
+    the reply stands on that consent (CONSENT_ACTIVE, with its obligations), yet a fact
+    recorded after a send never counts for it. The packet gave it a "hindsight" ruling
+    that allowed it, which the CLI counted "not allowed in hindsight" and the PDF
+    marked, and CanSendAsOf for its moment answer CONSENT_ACTIVE, the late opt-in its
+    evidence, while the sweep found nothing in hindsight: all now read it as sent."""
+    phone, seen = PHONES[0], Counter[str]()
+    async with running(at(0) - timedelta(days=1), False) as run:
+        for (brand, campaign), policy in POLICIES.items():
+            await run.uses.writes.record(
+                DefineCampaign(f"define-{campaign}", brand, campaign, policy, run.clock.now)
+            )
+        run.clock.now = at(0)
+        reply = (phone, "deals", MessageKind.CONVERSATION_REPLY, False, False, 0)
+        for step in [
+            ("inbound_stop", phone, "hi there", MOVED),
+            ("wait", 1),
+            ("sends", "globex", [reply]),
+            ("wait", 30),
+            ("opt_in", phone, "globex", "deals", 90),
+            ("wait", 10),
+        ]:
+            await write(run, step)
+        answers_of = await answers(run, at(0) - timedelta(days=1), seen)
+        packet = (await run.uses.audit.proof_packet(phone, "globex", reader=AUDITOR)).value
+        (message,) = packet.messages
+        asked = await run.uses.checks.can_send_as_of(
+            phone, "globex", "deals", message.decision.at, kind=reply[2], reader=AUDITOR
+        )
+    assert said(asked.decision) == (True, "conversation_reply", ()), asked
+    assert (message.decision.allowed, message.decision.reason) == (True, "conversation_reply")
+    assert message.hindsight is None, message.hindsight
+    said_of = summary(to_document(packet))
+    assert "(0 not allowed when sent, 0 not allowed in hindsight)" in said_of, said_of
+    assert answers_of[repr((phone, "deals", message.message_id))][3] is None
