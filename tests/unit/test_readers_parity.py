@@ -489,7 +489,11 @@ async def consent_agrees(run: Run, phone: str, brand: str, campaign: str) -> tup
         )
     elif reason in _STATE_OF:
         assert consent.state is _STATE_OF[reason], where
-    elif reason in (Reason.CONSENT_TIER_INSUFFICIENT, Reason.CONVERSATION_WINDOW_CLOSED):
+    elif reason in (
+        Reason.CONSENT_TIER_INSUFFICIENT,
+        Reason.CONVERSATION_WINDOW_CLOSED,
+        Reason.CONVERSATION_REPLY,
+    ):
         # A text of the person's consents to that conversation alone: no grant.
         assert consent.state in (ConsentState.ACTIVE, ConsentState.NEVER_GRANTED), where
     else:
