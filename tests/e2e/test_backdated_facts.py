@@ -260,7 +260,7 @@ async def test_an_opt_in_dated_back_after_a_reply_puts_it_on_no_other_grounds(em
     allowed it on that consent (with a first message's obligations), which the CLI
     counted "not allowed in hindsight", while the sweep found nothing in hindsight.
     Every reading now stands on the conversation."""
-    phone, now = "+14155550617", datetime.now(UTC)
+    phone, now = "+14155550619", datetime.now(UTC)
     at = now - timedelta(minutes=10)
     async with client(embedded.address, "acme-app") as c, client(embedded.address) as auditor:
         await c.HandleInboundMessage(inbound(phone, CHAT, "hi, are you open today?", at))
@@ -271,7 +271,8 @@ async def test_an_opt_in_dated_back_after_a_reply_puts_it_on_no_other_grounds(em
         token = token.merge(ConsistencyToken.decode(written.consistency_token))
         # (CanSendAsOf for the moment is the unit tests' to ask: this service's
         # rules were recorded at its start, a few minutes after the reply.)
-        message, _, found = await judged(auditor, phone, "chat", at + timedelta(seconds=30), token)
+        moment = at + timedelta(seconds=30)
+        message, _, _, found, _ = await judged(auditor, phone, "chat", moment, token)
     assert (message["decision"]["allowed"], message["decision"]["reason"]) == (
         True,
         "conversation_reply",
