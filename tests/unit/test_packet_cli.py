@@ -61,6 +61,9 @@ def test_the_summary_counts_what_was_not_allowed_and_lists_what_is_missing():
             {"decision": {"allowed": True}, "hindsight": None},
             {"decision": {"allowed": False}, "hindsight": None},
             {"decision": {"allowed": True}, "hindsight": {"allowed": False}},
+            # A ruling in hindsight that still allows (other obligations, say) is not
+            # counted as one that does not.
+            {"decision": {"allowed": True}, "hindsight": {"allowed": True}},
         ],
         "opt_outs": [{}],
         "replies": [],
@@ -68,7 +71,7 @@ def test_the_summary_counts_what_was_not_allowed_and_lists_what_is_missing():
     }
     assert packets_cli.summary(packet).splitlines() == [
         "proof of opt-in for +14155552671 / acme (ledger read up to subscribers:0:6)",
-        "  opt-ins: 1; messages: 3 (1 not allowed when sent, 1 not allowed in hindsight); "
+        "  opt-ins: 1; messages: 4 (1 not allowed when sent, 1 not allowed in hindsight); "
         "opt-outs: 1; texts received: 0",
         "  missing: opt_ins[0].email",
     ]

@@ -88,7 +88,7 @@ def summary(packet: dict[str, Any]) -> str:
     """What a person wants to know before opening the file."""
     messages = packet["messages"]
     denied = sum(1 for m in messages if not m["decision"]["allowed"])
-    late = sum(1 for m in messages if m["hindsight"])
+    late = sum(1 for m in messages if m["hindsight"] and not m["hindsight"]["allowed"])
     lines = [
         f"proof of opt-in for {packet['phone']} / {packet['brand']}"
         + (f" / {packet['campaign']}" if packet["campaign"] else "")
