@@ -2463,7 +2463,8 @@ Global___WatchConsentChangesRequest: _TypeAlias = WatchConsentChangesRequest  # 
 class WatchConsentChangesResponse(_message.Message):
     """One change of consent: by default a ConsentGranted, ConsentRevoked,
     ConsentReconfirmed, ConsentResumed, RevocationCandidateFlagged,
-    RevocationCandidateResolved, AgeVerified or SubscriberLocated event.
+    RevocationCandidateResolved, AgeVerified, SubscriberLocated or SubjectErased
+    event.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
