@@ -115,6 +115,24 @@ def dismissal(number: str, candidate: str, at: datetime) -> api.ResolveRevocatio
     )
 
 
+async def _reported(
+    c, message: api.RecordMessageSentRequest, report, *, recorded: bool
+) -> tuple[str, str]:
+    """The provider's 21610 ``report`` of ``message``: with the send recorded, or, as
+    Twilio refuses at the send, with none recorded and the outcome refused. The id of
+    the report's own hold, and the consistency token that sees it."""
+    if recorded:
+        await c.RecordMessageSent(message)
+        again = await c.RecordDeliveryOutcome(report)
+        assert len(again.event_ids) == 2, again  # the outcome and a hold of its own
+        return again.event_ids[1], again.consistency_token
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await c.RecordDeliveryOutcome(report)
+    info = held_info(caught.value)
+    assert info is not None, caught.value
+    return info["candidate_event_id"], info["consistency_token"]
+
+
 async def _provider_opt_out_after_a_start(
     service: tuple[Runtime, Clock], number: str, *, recorded: bool = True
 ) -> None:
@@ -139,16 +157,8 @@ async def _provider_opt_out_after_a_start(
         # the person opted out there again since the START.
         reply = sent(number, t - timedelta(minutes=19), lpb.MESSAGE_KIND_HELP_REPLY)
         report = refused_at_provider(reply, t - timedelta(minutes=19))
-        if recorded:
-            await c.RecordMessageSent(reply)
-            again = (await c.RecordDeliveryOutcome(report)).consistency_token
-        else:  # Twilio refuses at the send: the sender recorded none, the outcome is refused
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await c.RecordDeliveryOutcome(report)
-            info = held_info(caught.value)
-            assert info is not None, caught.value
-            assert info["candidate_event_id"] != hold, info
-            again = info["consistency_token"]
+        later, again = await _reported(c, reply, report, recorded=recorded)
+        assert later != hold
     async with client(runtime.address) as reviewer:
         # The reviewer dismisses the first hold: the START came after it.
         resolved = await reviewer.ResolveRevocationCandidate(
@@ -291,17 +301,7 @@ async def _a_second_provider_opt_out(
         hold = held.event_ids[1]
         # The provider refuses the second message too, no consent recorded between.
         report = refused_at_provider(second, t - timedelta(minutes=27))
-        if recorded:
-            await c.RecordMessageSent(second)
-            again = await c.RecordDeliveryOutcome(report)
-            assert len(again.event_ids) == 2, again  # the outcome and a hold of its own
-            later, token = again.event_ids[1], again.consistency_token
-        else:  # Twilio refuses at the send: the sender recorded none, the outcome is refused
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await c.RecordDeliveryOutcome(report)
-            info = held_info(caught.value)
-            assert info is not None, caught.value
-            later, token = info["candidate_event_id"], info["consistency_token"]
+        later, token = await _reported(c, second, report, recorded=recorded)
         assert later != hold
     async with client(runtime.address) as reviewer:
         # The reviewer reads the first report as the provider's glitch, and dismisses
