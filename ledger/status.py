@@ -10,8 +10,9 @@ do say, as ``pending_review`` whatever the hold.
 from __future__ import annotations
 
 import enum
+from datetime import datetime
 
-from ledger.digest import Digest, Mark
+from ledger.digest import Digest, Mark, micros
 from ledger.events import ConsentRevoked
 from ledger.policy import Standing, revoked_elsewhere, standing
 from ledger.state import Fact, SubscriberState
@@ -45,6 +46,7 @@ def consent_state(
     pending_review: bool = False,
     unattributed: bool = False,
     revoke_all: bool = False,
+    content_since: datetime | None = None,
 ) -> ConsentState:
     """The campaign's consent as it stands now: a reply awaiting review
     (``pending_review``) outranks all else, then the latest of grant, resume and
@@ -55,10 +57,23 @@ def consent_state(
     ``unattributed``: among those awaiting review is an opt-out no defined campaign
     could take (``RevocationCandidateFlagged.unattributed``). CanSend counts it as an
     opt-out of every campaign until it is resolved (``REVOKED_BRAND_WIDE``), and so
-    is it said here; the holds themselves still say it awaits review."""
+    is it said here; the holds themselves still say it awaits review.
+
+    ``content_since``: the rules in force gave the campaign its content then
+    (``ledger.campaigns.Campaign.content_since``). A grant placed before it was given
+    to other content and allows nothing (CanSend's ``NO_CONSENT``): none granted."""
     if pending_review:
         return ConsentState.REVOKED_BRAND_WIDE if unattributed else ConsentState.PENDING_REVIEW
-    return _state(digest, campaign, _standing(digest, campaign, revoke_all), revoke_all)
+    state = _state(digest, campaign, _standing(digest, campaign, revoke_all), revoke_all)
+    grant = digest.campaign(campaign).grant
+    if (
+        state is ConsentState.ACTIVE
+        and content_since is not None
+        and grant is not None
+        and grant.at < micros(content_since)
+    ):
+        return ConsentState.NEVER_GRANTED
+    return state
 
 
 def _standing(digest: Digest, campaign: str, revoke_all: bool) -> Standing:

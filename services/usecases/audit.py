@@ -191,6 +191,8 @@ class Audit:
                 # until resolved: CanSend answers REVOKED_BRAND_WIDE, and so must this.
                 unattributed=any(c.event.unattributed for c in pending),
                 revoke_all=revoke_all,
+                # A consent to content the campaign no longer sends allows nothing.
+                content_since=None if rules is None else rules.content_since,
             ),
             self.ctx.guard.applied_token(),
             now,

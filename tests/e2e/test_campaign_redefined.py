@@ -153,6 +153,15 @@ async def test_a_consent_does_not_carry_over_to_another_kind_of_content(service)
         for answer in (single, batch):
             assert not answer.allowed and answer.reason == api.REASON_NO_CONSENT, answer
             assert "gambling" in answer.detail, answer.detail
+        # GetConsent shows no consent to what the campaign sends now, the grant still
+        # shown: it said ACTIVE while every check denied.
+        consent = await admin.GetConsent(
+            api.GetConsentRequest(
+                phone=phone, brand="acme", campaign="gambling", at_least_as_fresh=fresh
+            )
+        )
+        assert consent.state == api.CONSENT_STATE_NEVER_GRANTED, consent
+        assert consent.grant.event.event_id, consent
         then = await admin.CanSendAsOf(
             api.CanSendAsOfRequest(
                 phone=phone, brand="acme", campaign="gambling",
@@ -164,3 +173,10 @@ async def test_a_consent_does_not_carry_over_to_another_kind_of_content(service)
             opt_in(phone, "acme", "gambling", clock.now - timedelta(minutes=30))
         )
         assert (await admin.CanSend(asked(phone, "gambling", w.consistency_token))).allowed
+        consent = await admin.GetConsent(
+            api.GetConsentRequest(
+                phone=phone, brand="acme", campaign="gambling",
+                at_least_as_fresh=w.consistency_token,
+            )
+        )  # fmt: skip
+        assert consent.state == api.CONSENT_STATE_ACTIVE, consent

@@ -34,6 +34,7 @@ from ledger.commands import (
     ChangeCampaignPolicy,
     DefineCampaign,
     HandleInboundMessage,
+    RecordAgeVerification,
     RecordDeliveryOutcome,
     RecordMessageSent,
     RecordMessagesSent,
@@ -772,3 +773,37 @@ async def test_an_opt_in_recorded_after_an_allowed_reply_changes_no_reading_of_i
     said_of = summary(to_document(packet))
     assert "(0 not allowed when sent, 0 not allowed in hindsight)" in said_of, said_of
     assert answers_of[repr((phone, "deals", message.message_id))][3] is None
+
+
+async def test_a_consent_to_content_the_campaign_no_longer_sends_is_shown_as_none():
+    """An opt-in to promo's general messages, then rules recorded after it that say
+    promo has sent gambling since before it: CanSend denies NO_CONSENT, naming those
+    rules, and GetConsent showed the consent ACTIVE, as if it allowed what the
+    person never agreed to. It shows none granted (the grant still shown) until a
+    new opt-in, which both read as active."""
+    phone = PHONES[0]
+    async with running(at(0), False) as run:
+        promo = POLICIES[("acme", "promo")]
+        await run.uses.writes.record(DefineCampaign("define", "acme", "promo", promo, at(0)))
+        await run.uses.writes.record(
+            RecordAgeVerification("age", phone, "acme", "id-scan", at(0), "", True)
+        )
+        run.clock.now = at(60)
+        await run.uses.writes.record(an_opt_in(at(60), phone=phone, brand="acme"))
+        run.clock.now = at(120)
+        gambling = replace(promo, category="gambling")
+        await run.uses.writes.record(
+            ChangeCampaignPolicy("rules", "acme", "promo", gambling, at(30))
+        )
+        one = (await run.uses.checks.can_send(phone, "acme", "promo")).decision
+        consent = await run.uses.audit.get_consent(phone, "acme", "promo", reader=AUDITOR)
+        assert (one.allowed, one.reason, one.policy_version) == (False, Reason.NO_CONSENT, 2)
+        assert consent.state is ConsentState.NEVER_GRANTED, consent
+        assert consent.grant is not None and consent.revocation is None, consent
+        run.clock.now = at(130)
+        await run.uses.writes.record(
+            an_opt_in(at(130), phone=phone, brand="acme", request_id="req-2")
+        )
+        one = (await run.uses.checks.can_send(phone, "acme", "promo")).decision
+        consent = await run.uses.audit.get_consent(phone, "acme", "promo", reader=AUDITOR)
+        assert one.allowed and consent.state is ConsentState.ACTIVE, (one, consent)
