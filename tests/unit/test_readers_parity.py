@@ -578,6 +578,10 @@ async def consent_agrees(run: Run, phone: str, brand: str, campaign: str) -> tup
     ):
         # A text of the person's consents to that conversation alone: no grant.
         assert consent.state in (ConsentState.ACTIVE, ConsentState.NEVER_GRANTED), where
+    elif consent.grant is None and campaign == "deals":
+        # Past the consent by a conversation the person began (deals is
+        # conversational), then denied by a later rule (an age gate, a cap): no grant.
+        assert consent.state is ConsentState.NEVER_GRANTED, where
     else:
         assert consent.state is ConsentState.ACTIVE, where
     return consent.state.value, len(consent.pending)
@@ -836,6 +840,25 @@ async def test_every_reader_answers_alike_and_batched_sends_as_single_ones():
     assert not [what for what in reached if not seen[what]], seen
 
 
+def replies_dated_back(what: str, pick: float) -> list[Step]:
+    """Both numbers text deals (conversational), one opted in, replies and a regular
+    send, then a change of deals' rules dated back before them, then replies under it."""
+    reply = [(p, "deals", MessageKind.CONVERSATION_REPLY, False, False, 0) for p in PHONES]
+    regular = [(p, "deals", MessageKind.REGULAR, True, True, 0) for p in PHONES]
+    return [
+        ("opt_in", PHONES[0], "globex", "deals", 0),
+        *[("inbound_stop", p, "hi there", MOVED) for p in PHONES],
+        ("wait", 1),
+        ("sends", "globex", reply),
+        ("wait", 40),
+        ("sends", "globex", regular),
+        ("wait", 5),
+        ("rules", "globex", "deals", what, pick, 120),
+        ("wait", 7),
+        ("sends", "globex", reply),
+    ]
+
+
 def dated_back(what: str, pick: float) -> list[Step]:
     """Sends to both numbers (one verified 21 or older), then a change of promo's
     rules dated back before them, recorded after, then sends under it."""
@@ -852,14 +875,20 @@ def dated_back(what: str, pick: float) -> list[Step]:
 
 
 async def test_rules_dated_back_past_sends_are_read_alike():
-    """Each kind of change, dated back past sends: the packet and the sweep judge the
-    sends by the rules then as recorded, by the later ones in hindsight, and every
-    reader names the version it judged by, sends single or batched."""
+    """Each kind of change, dated back past sends (promo's, then deals' replies): the
+    packet and the sweep judge the sends by the rules then as recorded, by the later
+    ones in hindsight, and every reader names the version it judged by, sends single
+    or batched."""
     seen: Counter[str] = Counter()
     for i, (what, pick) in enumerate(
-        [("age", 0), ("quiet", 0.5), ("category", 0.6), ("caps", 0.9), ("purpose", 0)]
+        [
+            *[("age", 0), ("quiet", 0.5), ("category", 0.6), ("caps", 0.9), ("purpose", 0)],
+            *[("window", 0.1), ("age", 0.5), ("caps", 0.5)],  # deals' (from the 6th)
+        ]
     ):
         steps = dated_back(what, pick)
+        if i >= 5:
+            steps = replies_dated_back(what, pick)
         single = await history(i, False, seen, steps=steps)
         batched = await history(i, True, seen, steps=steps)
         differ = {k: (single.get(k), batched.get(k)) for k in single.keys() | batched.keys()}
