@@ -532,7 +532,15 @@ class Check:
         self._local_times: dict[str, datetime] = {}
 
     def __call__(self, digest: Digest) -> Decision:
-        """May a message of this kind go to the digest's number now?"""
+        """May a message of this kind go to the digest's number now? An allow names
+        the rules it was judged by: a reply's too, allowed by the campaign's windows."""
+        decision = self._decide(digest)
+        rules = self.campaign.policy_event_id
+        if decision.allowed and rules and rules not in decision.evidence:
+            return decision._replace(evidence=(*decision.evidence, rules))
+        return decision
+
+    def _decide(self, digest: Digest) -> Decision:
         campaign, version = self.campaign, self.version
         if digest.brand and digest.brand != campaign.brand:
             # Consent is per sender: another brand's state proves nothing here.

@@ -16,7 +16,15 @@ from consent.v1 import ledger_pb2 as lpb
 
 from ledger.ports import Stream
 from services.bootstrap import Runtime
-from tests.e2e.harness import Clock, client, define, opt_in, precondition_violations, ts
+from tests.e2e.harness import (
+    Clock,
+    client,
+    define,
+    inbound,
+    opt_in,
+    precondition_violations,
+    ts,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -41,7 +49,7 @@ def asked(phone: str, name: str, fresh: str, at: datetime | None = None) -> api.
     return request
 
 
-CAMPAIGNS = ("ahead", "back", "gambling")
+CAMPAIGNS = ("ahead", "back", "gambling", "replies")
 
 
 @pytest.fixture(scope="module", params=["embedded", "kafka"])
@@ -180,3 +188,26 @@ async def test_a_consent_does_not_carry_over_to_another_kind_of_content(service)
             )
         )  # fmt: skip
         assert consent.state == api.CONSENT_STATE_ACTIVE, consent
+
+
+async def test_a_reply_names_the_rules_it_was_allowed_by(service):
+    """A reply to the person's HELP is allowed by the campaign's rules (the number
+    texted is theirs, the reply window is theirs): the allow names those rules, as a
+    consent's does, and their version."""
+    runtime, clock = service
+    phone, number = "+14155550925", "+12125550142"
+    async with client(runtime.address) as admin:
+        w = await admin.ChangeCampaignPolicy(
+            change("replies", clock.now - timedelta(minutes=1), purpose=INFO,
+                   sender_numbers=[number])
+        )  # fmt: skip
+        (rules,) = w.event_ids
+        w = await admin.HandleInboundMessage(inbound(phone, number, "HELP", clock.now))
+        answer = await admin.CanSend(
+            api.CanSendRequest(
+                phone=phone, brand="acme", campaign="replies",
+                message_kind=lpb.MESSAGE_KIND_HELP_REPLY, at_least_as_fresh=w.consistency_token,
+            )
+        )  # fmt: skip
+        assert answer.allowed and answer.reason == api.REASON_HELP_REPLY_ALLOWED, answer
+        assert rules in answer.evidence_event_ids and answer.policy_version == 2, answer

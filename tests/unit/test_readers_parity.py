@@ -979,3 +979,35 @@ async def test_a_consent_to_content_the_campaign_no_longer_sends_is_shown_as_non
         one = (await run.uses.checks.can_send(phone, "acme", "promo")).decision
         consent = await run.uses.audit.get_consent(phone, "acme", "promo", reader=AUDITOR)
         assert one.allowed and consent.state is ConsentState.ACTIVE, (one, consent)
+
+
+async def test_every_allow_names_the_rules_it_was_judged_by():
+    """A reply inside a conversation, a HELP's reply and an opt-out's confirmation
+    are judged by the campaign's rules (its conversation and confirmation windows),
+    yet their allows named no rules event where a consent's allow does (README, "A
+    campaign's rules over time"): each names the rules in force, changed or not."""
+    phone, seen = PHONES[0], Counter[str]()
+    async with running(at(0) - timedelta(days=1), False) as run:
+        for (brand, campaign), policy in POLICIES.items():
+            await run.uses.writes.record(
+                DefineCampaign(f"define-{campaign}", brand, campaign, policy, run.clock.now)
+            )
+        run.clock.now = at(0)
+        await write(run, ("rules", "globex", "deals", "window", 0.5, 0))
+        asked: list[Said] = []
+        for body, kind in [
+            ("hi there", MessageKind.CONVERSATION_REPLY),
+            ("HELP", MessageKind.HELP_REPLY),
+            ("STOP", MessageKind.OPT_OUT_CONFIRMATION),
+        ]:
+            await write(run, ("wait", 1))
+            await write(run, ("inbound_stop", phone, body, MOVED))
+            d = (await run.uses.checks.can_send(phone, "globex", "deals", kind=kind)).decision
+            asked.append(said(d))
+        await now_agree(run, seen)
+    assert [a[:2] for a in asked] == [
+        (True, "conversation_reply"),
+        (True, "help_reply_allowed"),
+        (True, "opt_out_confirmation_allowed"),
+    ], asked
+    assert {a[3:] for a in asked} == {(2, ("globex/deals#2",))}, asked
