@@ -634,6 +634,12 @@ class ConsentView(DigestReads, CampaignReads):
         the same, under the same ids, and the view applies them once)."""
         return [AppendTurn.TAKEN for _ in keys]
 
+    async def append_turn_holder(self, brand: str, request_id: str) -> str | None:
+        """Who holds the turn of (``brand``, ``request_id``) now (``take_append_turns``'s
+        ``holder``), while it runs; None when no turn of it is running. This default
+        keeps no turns."""
+        return None
+
     async def end_append_turns(
         self, keys: Sequence[tuple[str, str]], holder: str, *, appended: bool
     ) -> None:

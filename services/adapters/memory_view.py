@@ -309,6 +309,12 @@ class InMemoryConsentView(ConsentView):
                 turns.append(AppendTurn.APPENDED if held[1] is None else AppendTurn.HELD)
         return turns
 
+    async def append_turn_holder(self, brand: str, request_id: str) -> str | None:
+        held = self._append_turns.get((brand, request_id))
+        if held is None or held[1] is None or held[1] <= self._monotonic():
+            return None
+        return held[0]
+
     async def end_append_turns(
         self, keys: Sequence[tuple[str, str]], holder: str, *, appended: bool
     ) -> None:

@@ -1558,6 +1558,15 @@ class PostgresConsentView(ConsentView):
             pending = [k for k in pending if k not in turns]
         return [turns[k] for k in keys]
 
+    @bounded
+    async def append_turn_holder(self, brand: str, request_id: str) -> str | None:
+        holder = await self._reads.fetchval(
+            "SELECT holder FROM append_turn WHERE brand = $1 AND request_id = $2 AND until > now()",
+            brand,
+            request_id,
+        )
+        return None if holder is None else str(holder)
+
     @bounded_bulk
     async def end_append_turns(
         self, keys: Sequence[tuple[str, str]], holder: str, *, appended: bool

@@ -647,14 +647,20 @@ class Writes:
         if set(use.event_ids) & set(ids):  # taken for this resolution, or its retry
             if turn is not AppendTurn.HELD:
                 return
-            # Another resolution holds the turn: it is taking the candidate over from
-            # this one, whose turn ran out; appended now, both would stand.
+            # Another resolution holds the turn, so it is the one recorded: it takes
+            # the candidate over from this one, whose turn ran out, or whose claim
+            # came first while that one held the turn. Appended now, both would stand.
+            # The holder is named as the resolution that won, as below.
+            holder = await self.ctx.view.append_turn_holder(resolution.brand, key)
+            metadata = {"candidate_event_id": str(resolution.candidate_event_id)}
+            if holder is not None:
+                metadata["event_id"] = holder
             raise Refused(
                 "candidate_event_id",
-                "is being taken over by another resolution, as this one's attempt ran"
-                " out of time without being recorded; this resolution is refused",
+                "another resolution of this candidate is being recorded, and takes it"
+                " over from this one; this resolution is refused",
                 CANDIDATE_RESOLVED,
-                {"candidate_event_id": str(resolution.candidate_event_id)},
+                metadata,
             )
         await self.ctx.guard.wait_until_applied_for([resolution.phone])
         winner = use.event_ids[0]

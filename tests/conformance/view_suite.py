@@ -1132,6 +1132,8 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
             [AppendTurn.TAKEN, AppendTurn.TAKEN],
         ]
         first, second = (a, b) if takes[0][0] is AppendTurn.TAKEN else (b, a)
+        assert await view.append_turn_holder("acme", "r1") == first
+        assert await view.append_turn_holder("acme", "r9") is None
         # Its holder may ask again (a chunk sent again); another brand's id is its own.
         assert await view.take_append_turns([keys[0], ("globex", "r1")], first, 60) == [
             AppendTurn.TAKEN,
@@ -1141,6 +1143,7 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
         assert await view.take_append_turns(keys, second, 60) == [AppendTurn.HELD] * 2
         await view.end_append_turns(keys[:1], first, appended=True)
         await view.end_append_turns(keys[1:], first, appended=False)  # its append failed
+        assert [await view.append_turn_holder(*k) for k in keys] == [None, None]  # ended
         assert await view.take_append_turns(keys, second, 60) == [
             AppendTurn.APPENDED,
             AppendTurn.TAKEN,
@@ -1165,7 +1168,9 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
         # An adapter on the database's clock runs in real time too: 10 s to spare.
         await pass_time(50)
         assert await view.take_append_turns(keys, next_one, 60) == [AppendTurn.HELD]
+        assert await view.append_turn_holder(*keys[0]) == dead
         await pass_time(10)
+        assert await view.append_turn_holder(*keys[0]) is None  # run out
         assert await view.take_append_turns(keys, next_one, 60) == [AppendTurn.TAKEN]
         await view.end_append_turns(keys, dead, appended=True)  # too late: not its turn now
         assert await view.take_append_turns(keys, dead, 60) == [AppendTurn.HELD]

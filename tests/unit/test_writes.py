@@ -43,6 +43,7 @@ from services.errors import (
     OutcomeUnknown,
     PermissionDenied,
 )
+from services.usecases.writes import RESOLUTION_PREFIX
 from tests.builders import BRAND, PHONE, at, proof
 from tests.builders import opt_in as an_opt_in
 from tests.unit.usecase_harness import (
@@ -678,6 +679,56 @@ async def test_a_resolution_claimed_by_a_dead_attempt_is_taken_over_once_its_lea
         with pytest.raises(FailedPrecondition) as late:  # the dead attempt's retry
             await app.writes.record(dead)
         assert late.value.metadata["event_id"] == done.event_ids[0]
+        resolved = [
+            r
+            for r in await app.view.history(PHONE, "acme")
+            if isinstance(r.event, RevocationCandidateResolved)
+        ]
+        assert [str(r.event.event_id) for r in resolved] == [done.event_ids[0]]
+
+
+class SecondClaimsFirst(InMemoryConsentView):
+    """A view whose first claim of a candidate's resolution waits until a second
+    resolution has claimed it: the first took the turn, the second's claim came first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.second_claimed = asyncio.Event()
+        self.first: str | None = None
+
+    async def claim_request(
+        self, brand: str, request_id: str, fingerprint: str, event_ids: Sequence[str]
+    ) -> Any:
+        if request_id.startswith(RESOLUTION_PREFIX):
+            if self.first is None:
+                self.first = event_ids[0]
+                await self.second_claimed.wait()
+            elif event_ids[0] != self.first:
+                use = await super().claim_request(brand, request_id, fingerprint, event_ids)
+                self.second_claimed.set()
+                return use
+        return await super().claim_request(brand, request_id, fingerprint, event_ids)
+
+
+async def test_a_resolution_that_claims_first_while_another_holds_the_turn_names_it():
+    """Two reviewers at once: the first took the candidate's turn, the second's claim
+    came first. The one holding the turn takes the candidate over and is recorded;
+    the other was refused as "taken over" for an attempt that never ran out, naming
+    no resolution that won. It is now refused naming the one recorded."""
+    view = SecondClaimsFirst()
+    async with instances(2, view=view) as ((app, other), _):
+        await app.writes.record(claim("acme-promo", "acme", "promo", NUMBER))
+        reply = HandleInboundMessage("in", PHONE, NUMBER, "please stop texting me", "m", at(1))
+        written = await app.writes.handle_inbound(reply)
+        candidate = written.write.event_ids[1]
+        assert await other.guard.wait_for_token(written.write.token)
+        first = asyncio.ensure_future(app.writes.record(resolve("alice", candidate)))
+        while view.first is None:
+            await asyncio.sleep(0)
+        with pytest.raises(FailedPrecondition) as second:
+            await other.writes.record(resolve("bob", candidate))
+        done = await first
+        assert second.value.metadata["event_id"] == done.event_ids[0], second.value.metadata
         resolved = [
             r
             for r in await app.view.history(PHONE, "acme")
