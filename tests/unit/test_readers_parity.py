@@ -291,6 +291,14 @@ def plan(rng: random.Random) -> list[Step]:
     return steps
 
 
+async def define_every_campaign(run: Run) -> None:
+    """Each campaign of ``POLICIES``, defined now."""
+    for (brand, campaign), policy in POLICIES.items():
+        await run.uses.writes.record(
+            DefineCampaign(f"define-{campaign}", brand, campaign, policy, run.clock.now)
+        )
+
+
 async def write(run: Run, step: Step) -> None:
     """``step`` of a history, through the writers a caller would use."""
     uses, now = run.uses, run.clock.now
@@ -790,10 +798,7 @@ async def history(
     start = at(0)
     async with running(start - timedelta(days=1), batched, backend) as run:
         run.imported = imported
-        for (brand, campaign), policy in POLICIES.items():
-            await run.uses.writes.record(
-                DefineCampaign(f"define-{campaign}", brand, campaign, policy, run.clock.now)
-            )
+        await define_every_campaign(run)
         for brand in ("acme", "globex"):
             # One number verified 21 or older: an age gate lets it be texted alone.
             await run.uses.writes.record(
@@ -918,10 +923,7 @@ async def test_an_opt_in_recorded_after_an_allowed_reply_changes_no_reading_of_i
     evidence, while the sweep found nothing in hindsight: all now read it as sent."""
     phone, seen = PHONES[0], Counter[str]()
     async with running(at(0) - timedelta(days=1), False) as run:
-        for (brand, campaign), policy in POLICIES.items():
-            await run.uses.writes.record(
-                DefineCampaign(f"define-{campaign}", brand, campaign, policy, run.clock.now)
-            )
+        await define_every_campaign(run)
         run.clock.now = at(0)
         reply = (phone, "deals", MessageKind.CONVERSATION_REPLY, False, False, 0)
         for step in [
@@ -988,10 +990,7 @@ async def test_every_allow_names_the_rules_it_was_judged_by():
     campaign's rules over time"): each names the rules in force, changed or not."""
     phone, seen = PHONES[0], Counter[str]()
     async with running(at(0) - timedelta(days=1), False) as run:
-        for (brand, campaign), policy in POLICIES.items():
-            await run.uses.writes.record(
-                DefineCampaign(f"define-{campaign}", brand, campaign, policy, run.clock.now)
-            )
+        await define_every_campaign(run)
         run.clock.now = at(0)
         await write(run, ("rules", "globex", "deals", "window", 0.5, 0))
         asked: list[Said] = []
