@@ -323,6 +323,11 @@ class ConsentRevoked(SubscriberEvent):
     was kept. A consent stated no later than this cannot outrank it: it is refused
     (``ledger.commands.check_consent_after_opt_outs``), and one recorded all the same
     loses to it in the fold (``ledger.state.stated_key``)."""
+    imported: bool = False
+    """Recorded by an import (``services.usecases.imports``): an opt-out another
+    platform received, whose one confirmation was that platform's to send, so this
+    service allows none for it (``ledger.policy``). False on live opt-outs, and on
+    opt-outs imported before this was kept."""
 
     @property
     def stated(self) -> datetime:

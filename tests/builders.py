@@ -117,6 +117,7 @@ def revoked(
     phone: str = PHONE,
     brand: str = BRAND,
     text: str = "STOP",
+    imported: bool = False,
 ) -> ConsentRevoked:
     return ConsentRevoked(
         **_base(when),
@@ -125,6 +126,7 @@ def revoked(
         campaign=campaign,
         channel=RevocationChannel.KEYWORD,
         text=text,
+        imported=imported,
     )
 
 

@@ -841,6 +841,9 @@ class Imports:
             if rules is None:
                 raise FailedPrecondition("campaign", f"{cmd.brand}/{cmd.campaign} is not defined")
             check_required_proof(cmd, rules.policy)
+        # Marked as imported: another platform received it and owed its one
+        # confirmation, which this service must not allow a second time.
+        events = [evolved(e, imported=True) if isinstance(e, ConsentRevoked) else e for e in events]
         for event in events:
             if isinstance(event, ConsentRevoked) and event.stated_at is not None:
                 self._stated_ahead.setdefault((event.brand, event.phone), []).append(event)

@@ -384,6 +384,7 @@ def _enc_revoked(e: ConsentRevoked) -> tuple[str, Message]:
             if e.stated_at is None
             else timestamp_to_proto(e.stated_at, "consent_revoked.stated_at")
         ),
+        imported=e.imported,
     )
 
 
@@ -398,6 +399,7 @@ def _dec_revoked(p: ledger_pb2.ConsentRevoked) -> dict[str, Any]:
             if p.HasField("stated_at")
             else None
         ),
+        "imported": p.imported,
     }
 
 

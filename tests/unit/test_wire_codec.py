@@ -290,6 +290,21 @@ def test_an_opt_out_stamped_ahead_keeps_its_stated_time_and_one_written_without_
     assert old.event_id == ahead.event_id
 
 
+def test_an_imported_opt_out_keeps_its_mark_and_one_written_without_it_loads_as_live() -> None:
+    """Whether an import recorded the opt-out decides whether this service owes its
+    confirmation: the mark must survive the ledger, and an opt-out written before it
+    was kept (no field) reads back as it was then, unmarked."""
+    imported = dataclasses.replace(EXAMPLES[3], imported=True)
+    back = codec.decode_event(codec.encode_event(imported))
+    assert isinstance(back, ConsentRevoked) and back.imported
+    assert back == imported
+    env = codec.event_to_proto(EXAMPLES[3])
+    # A live opt-out is written as before the mark was kept, which reads back unmarked.
+    assert "imported" not in {f.name for f, _ in env.consent_revoked.ListFields()}
+    old = codec.decode_event(env.SerializeToString())
+    assert isinstance(old, ConsentRevoked) and not old.imported
+
+
 def test_a_candidate_stamped_ahead_keeps_its_stated_time_and_one_written_without_it_loads() -> None:
     """A held opt-out's stated time travels as an optional field too: absent when it
     was placed at its own time, and on candidates written before it was kept."""

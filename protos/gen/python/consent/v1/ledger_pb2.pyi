@@ -737,11 +737,17 @@ class ConsentRevoked(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     IN_REPLY_TO_FIELD_NUMBER: _builtins.int
     STATED_AT_FIELD_NUMBER: _builtins.int
+    IMPORTED_FIELD_NUMBER: _builtins.int
     campaign: _builtins.str
     """Absent: every campaign of the brand (STOPALL)."""
     channel: Global___RevocationChannel.ValueType
     text: _builtins.str
     in_reply_to: _builtins.str
+    imported: _builtins.bool
+    """Recorded by an import (ImportConsents, `consent-ledger import`): an opt-out
+    another platform received, whose one confirmation was that platform's to send.
+    False on live opt-outs, and on opt-outs imported before this was kept.
+    """
     @_builtins.property
     def stated_at(self) -> _timestamp_pb2.Timestamp:
         """The time the opt-out said it happened, when that was ahead of the service's
@@ -762,10 +768,11 @@ class ConsentRevoked(_message.Message):
         text: _builtins.str = ...,
         in_reply_to: _builtins.str = ...,
         stated_at: _timestamp_pb2.Timestamp | None = ...,
+        imported: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "stated_at", b"stated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "channel", b"channel", "in_reply_to", b"in_reply_to", "stated_at", b"stated_at", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "channel", b"channel", "imported", b"imported", "in_reply_to", b"in_reply_to", "stated_at", b"stated_at", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__campaign: _TypeAlias = _typing.Literal["campaign"]  # noqa: Y015
     _WhichOneofArgType__campaign: _TypeAlias = _typing.Literal["_campaign", b"_campaign"]  # noqa: Y015
