@@ -23,7 +23,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from ledger.deadlines import revocation_due
-from ledger.events import CollectionMethod, ConsentRevoked, ConsentTier, MessageKind
+from ledger.events import (
+    CollectionMethod,
+    ConsentRevoked,
+    ConsentTier,
+    MessageKind,
+    RevocationCandidateFlagged,
+)
 from ledger.numbers import places
 from ledger.regions import with_supplied, zones_with_region
 from ledger.state import (
@@ -120,6 +126,9 @@ class CampaignDigest(NamedTuple):
     """When ``grant`` said it happened, where that is later than its place."""
     resume_stated: int | None = None
     """When ``resume`` said it happened, where that is later than its place."""
+    revocation_imported: bool = False
+    """Whether ``revocation`` was imported (``ConsentRevoked.imported``): another
+    platform received it and owed its one confirmation, so this service owes none."""
 
 
 EMPTY_CAMPAIGN = CampaignDigest()
@@ -198,6 +207,10 @@ class Digest(NamedTuple):
     reviewer's or a covering opt-out's: ``held_asked``), when the person asked: the
     time of the reply or opt-out held that it resolved. Its one confirmation counts
     from then, not from the review; None for any other opt-out."""
+    brand_revocation_imported: bool = False
+    """``CampaignDigest.revocation_imported`` of ``brand_revocation``, which is also
+    true of the opt-out a review recorded for an import's opt-out held
+    (``held_imported``)."""
 
     def campaign(self, name: str) -> CampaignDigest:
         return self.campaigns.get(name, EMPTY_CAMPAIGN)
@@ -318,14 +331,17 @@ def _campaign_digest(c: CampaignConsent, brand_resume: Fact[Any] | None) -> Camp
             _said(c.revocation_said, c.revocation),
             _stated(grant),
             _stated(c.resume),
+            c.revocation is not None and c.revocation.event.imported,
         ),
     )
 
 
-def held_asked(state: SubscriberState) -> int | None:
-    """``Digest.brand_revocation_asked`` of ``state``: the time of the hold that the
-    resolution which wrote the latest brand-wide opt-out resolved (a "revoked" writes
-    its opt-out and itself under one request), or None."""
+def _resolved_hold(
+    state: SubscriberState,
+) -> tuple[Fact[ConsentRevoked], Fact[RevocationCandidateFlagged] | None] | None:
+    """The latest brand-wide opt-out when a resolution wrote it (a "revoked" writes
+    its opt-out and itself under one request), with the hold it resolved (None if
+    that is not at hand); None for any other opt-out."""
     revoked = state.brand_revocation
     if revoked is None or not state.resolutions:
         return None
@@ -333,10 +349,33 @@ def held_asked(state: SubscriberState) -> int | None:
     for resolution in state.resolutions.values():
         event = resolution.event
         if (event.request_id, event.request_fingerprint) == said:
-            held = state.candidates.get(str(event.candidate_event_id))
-            # The hold's own time; the revocation's, if the hold is not at hand.
-            return micros(held.at if held is not None else revoked.at)
+            return revoked, state.candidates.get(str(event.candidate_event_id))
     return None
+
+
+def held_asked(state: SubscriberState) -> int | None:
+    """``Digest.brand_revocation_asked`` of ``state``: the time of the hold that the
+    resolution which wrote the latest brand-wide opt-out resolved, or None."""
+    found = _resolved_hold(state)
+    if found is None:
+        return None
+    revoked, held = found
+    # The hold's own time; the revocation's, if the hold is not at hand.
+    return micros(held.at if held is not None else revoked.at)
+
+
+def held_imported(state: SubscriberState) -> bool:
+    """``Digest.brand_revocation_imported`` of ``state``: the latest brand-wide opt-out
+    was imported, or a review recorded it for an import's opt-out held for its
+    details (``RevocationCandidateFlagged.imported``): either way another platform
+    received it and owed its confirmation."""
+    revoked = state.brand_revocation
+    if revoked is None:
+        return False
+    if revoked.event.imported:
+        return True
+    found = _resolved_hold(state)
+    return found is not None and found[1] is not None and found[1].event.imported
 
 
 def digest_of(state: SubscriberState) -> Digest:
@@ -397,6 +436,7 @@ def digest_of(state: SubscriberState) -> Digest:
             _said(state.brand_revocation_said, state.brand_revocation),
             _stated(state.brand_resume),
             held_asked(state),
+            held_imported(state),
         ),
     )
 

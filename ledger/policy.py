@@ -415,6 +415,14 @@ def latest_revocation(digest: Digest, c: CampaignDigest) -> Mark | None:
     return brand
 
 
+def _imported(digest: Digest, c: CampaignDigest, revocation: Mark) -> bool:
+    """Whether ``revocation`` (``latest_revocation``) was imported: the campaign's own
+    opt-out or the brand's, whichever it is."""
+    if revocation == c.revocation and c.revocation_imported:
+        return True
+    return revocation == digest.brand_revocation and digest.brand_revocation_imported
+
+
 def latest_revocation_key(digest: Digest, c: CampaignDigest) -> tuple[int, int] | None:
     """The latest (time, offset) of the campaign's opt-outs and the brand's, by place
     and by the time each said (``revocation_said``): a text no later than this opens
@@ -820,6 +828,17 @@ class Check:
                 f"the confirmation window of {self._window()} after the text or opt-out"
                 f" held for review ({from_micros(asked):%Y-%m-%d %H:%M:%S} UTC) that a review"
                 " recorded as this opt-out has passed",
+                evidence,
+                version,
+            )
+        if _imported(digest, c, revocation):
+            # Another platform received this opt-out and owed its one confirmation
+            # (47 CFR 64.1200(a)(12)); it may have sent it, and a second text after
+            # the person's STOP is not ours to allow.
+            return deny(
+                Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED,
+                "the opt-out was imported: the platform that received it owed its"
+                " confirmation, not this service",
                 evidence,
                 version,
             )

@@ -149,7 +149,8 @@ def _digest_signature(d: Any, vals: list[Any]) -> tuple[Any, ...]:
         brand_revocation_said,
         brand_resume_stated,
         brand_revocation_asked,
-    ) = _fields(d, Digest, 15, "Digest")
+        brand_revocation_imported,
+    ) = _fields(d, Digest, 16, "Digest")
     if type(pending) is not tuple:
         raise Unencodable("pending is not a tuple")
     pending_sig = []
@@ -204,6 +205,7 @@ def _digest_signature(d: Any, vals: list[Any]) -> tuple[Any, ...]:
         located_sig,
         erased_sig,
         asked,
+        _exact(brand_revocation_imported, bool),
     )
 
 
@@ -225,7 +227,8 @@ def _campaign_signature(name: Any, c: Any, vals: list[Any]) -> tuple[Any, ...]:
         revocation_said,
         grant_stated,
         resume_stated,
-    ) = _fields(c, CampaignDigest, 16, "CampaignDigest")
+        revocation_imported,
+    ) = _fields(c, CampaignDigest, 17, "CampaignDigest")
     return (
         _exact(name, str),
         _mark(grant, vals),
@@ -244,6 +247,7 @@ def _campaign_signature(name: Any, c: Any, vals: list[Any]) -> tuple[Any, ...]:
         _mark(opt_in_confirmation, vals),
         _strs(proof_missing),
         _mark(last_inbound, vals),
+        _exact(revocation_imported, bool),
     )
 
 
@@ -304,6 +308,7 @@ class _Source:
             located,
             erased,
             asked,
+            revocation_imported,
         ) = sig
         items = []
         for id_code, unattributed, imported, refused, reused_id, provider in pending:
@@ -332,7 +337,7 @@ class _Source:
             f"built(Digest, ({self.const(brand)}, {self.const(zones)}, ({''.join(items)}), "
             f"{revocation_expr}, {resume_expr}, {age_expr}, {inbound_expr}, {confs_expr}, "
             f"campaigns, {self.const(regions)}, {located_expr}, {erased_expr}, "
-            f"{said_expr}, {resume_stated_expr}, {asked_expr}))"
+            f"{said_expr}, {resume_stated_expr}, {asked_expr}, {revocation_imported!r}))"
         )
 
     def campaign(self, sig: tuple[Any, ...]) -> str:
@@ -361,6 +366,7 @@ class _Source:
             said,
             grant_stated,
             resume_stated,
+            repr(sig[17]),
         )
         return f"built(CampaignDigest, ({', '.join(fields)}))"
 

@@ -16,7 +16,7 @@ import msgpack
 
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, built
 
-FORMAT = 19
+FORMAT = 20
 """1 had no ``CampaignDigest.last_disclosed_at``, 2 no ``Digest.regions`` and
 ``Digest.located`` (the recipient's candidate states), 3 no ``CampaignDigest``
 ``help_request``, ``help_reply`` or ``opt_in_confirmation``, 4 no
@@ -37,8 +37,9 @@ opt-out a review recorded confirmed from the review, not from the person's text)
 ``CampaignDigest.tier`` (``ledger.digest.reached_tier``), 18 held the latest send
 where ``CampaignDigest.first_sent_at`` is (a late first message that did not
 reconfirm read as meeting the reconfirmation), and in ``last_disclosed_at`` a send
-recorded before the latest consent but stamped after it:
-rows in any of them are read from their
+recorded before the latest consent but stamped after it, 19 no imported mark on
+``CampaignDigest.revocation`` or ``Digest.brand_revocation`` (an imported opt-out
+read as owing its confirmation here): rows in any of them are read from their
 snapshots, which are folded and digested again (a snapshot written before 14 may lack
 an opt-out latest by the time it said: ``consent-ledger rebuild`` folds it from the
 ledger).
@@ -110,6 +111,7 @@ def _digest(raw: tuple[Any, ...]) -> Digest:
         brand_revocation_said,
         brand_resume_stated,
         brand_revocation_asked,
+        brand_revocation_imported,
     ) = _fields(Digest, raw)
     return built(
         Digest,
@@ -129,6 +131,7 @@ def _digest(raw: tuple[Any, ...]) -> Digest:
             brand_revocation_said and built(Mark, brand_revocation_said),
             brand_resume_stated,
             brand_revocation_asked,
+            brand_revocation_imported,
         ),
     )
 
@@ -151,6 +154,7 @@ def _campaign(raw: tuple[Any, ...]) -> CampaignDigest:
         revocation_said,
         grant_stated,
         resume_stated,
+        revocation_imported,
     ) = _fields(CampaignDigest, raw)
     return built(
         CampaignDigest,
@@ -171,6 +175,7 @@ def _campaign(raw: tuple[Any, ...]) -> CampaignDigest:
             revocation_said and built(Mark, revocation_said),
             grant_stated,
             resume_stated,
+            revocation_imported,
         ),
     )
 

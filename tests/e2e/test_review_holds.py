@@ -14,7 +14,18 @@ from consent.v1 import ledger_pb2 as lpb
 
 from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
-from tests.e2e.harness import Clock, client, define, held_info, inbound, module_clock, opt_in, ts
+from tests.e2e.harness import (
+    Clock,
+    client,
+    define,
+    held_info,
+    imported,
+    inbound,
+    module_clock,
+    opt_in,
+    opt_out,
+    ts,
+)
 from tests.e2e.test_lifecycle import ACME_NUMBER
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -332,3 +343,32 @@ async def test_a_second_provider_opt_out_outlives_the_dismissal_of_the_first(emb
 
 async def test_a_second_provider_opt_out_outlives_the_first_on_kafka(on_kafka):
     await _a_second_provider_opt_out(on_kafka, phone(13))
+
+
+async def test_an_imported_opt_out_owes_no_confirmation_and_a_live_one_after_it_does(on_kafka):
+    """An import's opt-out was received by another platform, which owed its one
+    confirmation and may have sent it: dated a minute ago, CanSend allowed ours, and
+    the sender could text the person a second time after their STOP. A live STOP
+    recorded after it owes its own, as before."""
+    runtime, clock = on_kafka
+    t, number = clock.now, phone(20)
+    confirmation = lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION
+    async with client(runtime.address) as admin:
+        await admin.RecordOptIn(opt_in(number, "acme", "promo", t - timedelta(days=1)))
+        stop = opt_out(number, "acme", "promo", t - timedelta(minutes=1))
+        answer = await imported(admin, api.ImportRecord(opt_out=stop))
+        assert answer.imported == 1, answer
+        said = await readers(runtime, number, answer.consistency_token, t, confirmation)
+        assert said == denied(api.REASON_OPT_OUT_CONFIRMATION_NOT_ALLOWED), said
+        ask = dict(phone=number, brand="acme", campaign="promo")
+        asked = dict(**ask, at_least_as_fresh=answer.consistency_token)
+        one = await admin.CanSend(api.CanSendRequest(**asked, message_kind=confirmation))
+        regular = await admin.CanSend(api.CanSendRequest(**asked))
+        assert "imported" in one.detail, one
+        assert regular.reason == api.REASON_REVOKED, regular
+        assert list(one.evidence_event_ids) == list(regular.evidence_event_ids), (one, regular)
+
+        live = await admin.RecordOptOut(opt_out(number, "acme", "promo", t))
+        said = await readers(runtime, number, live.consistency_token, t, confirmation)
+    allowed = (True, api.REASON_OPT_OUT_CONFIRMATION_ALLOWED)
+    assert said == {"CanSend": allowed, "CanSendBatch": [allowed], "CanSendAsOf": allowed}

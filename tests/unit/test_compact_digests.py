@@ -50,11 +50,13 @@ def test_digest_fields_are_the_ones_the_encoding_knows():
         "brand", "zones", "pending", "brand_revocation", "brand_resume", "age",
         "last_inbound", "confirmations", "campaigns", "regions", "located", "erased",
         "brand_revocation_said", "brand_resume_stated", "brand_revocation_asked",
+        "brand_revocation_imported",
     )  # fmt: skip
     assert CampaignDigest._fields == (
         "grant", "tier", "revocation", "resume", "reconfirmation", "sent", "first_sent_at",
         "last_disclosed_at", "help_request", "help_reply", "opt_in_confirmation",
         "proof_missing", "last_inbound", "revocation_said", "grant_stated", "resume_stated",
+        "revocation_imported",
     )  # fmt: skip
     assert Mark._fields == ("at", "offset", "event_id")
     assert Pending._fields == (
@@ -133,6 +135,7 @@ campaign_digests = st.builds(
     st.none() | marks,
     st.none() | st.integers(-(2**63), 2**63 - 1),
     st.none() | st.integers(-(2**63), 2**63 - 1),
+    st.booleans(),
 )
 digests = st.builds(
     Digest,
@@ -163,6 +166,7 @@ digests = st.builds(
     st.none() | marks,
     st.none() | st.integers(-(2**63), 2**63 - 1),
     st.none() | st.integers(-(2**63), 2**63 - 1),
+    st.booleans(),
 )
 
 

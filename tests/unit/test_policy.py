@@ -8,6 +8,13 @@ from datetime import UTC, datetime, time, timedelta
 import pytest
 
 from ledger.campaigns import Campaign, CampaignPolicy, CampaignPurpose, FrequencyCap, QuietHours
+from ledger.commands import (
+    HELD_OPT_OUT,
+    HoldRefusedOptOut,
+    ResolveRevocationCandidate,
+    held_opt_out,
+    to_events,
+)
 from ledger.events import (
     CandidateResolution,
     CollectionMethod,
@@ -20,6 +27,7 @@ from ledger.policy import Obligation, Reason, decide
 from ledger.state import fold, retained_facts
 from tests.builders import (
     BRAND,
+    PHONE,
     _base,
     age,
     at,
@@ -126,6 +134,49 @@ def test_a_confirmation_window_that_is_not_positive_allows_no_confirmation():
 def test_opt_out_confirmation_without_an_opt_out_is_denied():
     d = decide(state_of(granted(at(0))), PROMO, at(7), MessageKind.OPT_OUT_CONFIRMATION)
     assert not d.allowed
+
+
+@pytest.mark.parametrize("scope", ["promo", None])
+def test_an_imported_opt_out_allows_no_confirmation_from_this_service(scope):
+    """An import's opt-out was received by another platform, which owed its one
+    confirmation and may have sent it: allowed here too, the sender texted the
+    person a second time after their STOP. It denies a regular send as any does."""
+    stop = revoked(at(5), scope, imported=True)
+    s = state_of(granted(at(0)), stop)
+    d = decide(s, PROMO, at(6), MessageKind.OPT_OUT_CONFIRMATION)
+    assert not d.allowed and d.reason is Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED
+    assert "imported" in d.detail and d.evidence == (str(stop.event_id),)
+    regular = decide(s, PROMO, at(6))
+    assert not regular.allowed and regular.reason in (Reason.REVOKED, Reason.REVOKED_BRAND_WIDE)
+
+
+@pytest.mark.parametrize(
+    ("imported", "live"), [("promo", "promo"), ("promo", None), (None, "promo")]
+)
+def test_a_live_opt_out_after_an_imported_one_owes_its_confirmation(imported, live):
+    stop = revoked(at(6), live)
+    s = state_of(granted(at(0)), revoked(at(5), imported, imported=True), stop)
+    d = decide(s, PROMO, at(7), MessageKind.OPT_OUT_CONFIRMATION)
+    assert d.allowed and d.reason is Reason.OPT_OUT_CONFIRMATION_ALLOWED
+    assert d.evidence == (str(stop.event_id),)
+    # An imported opt-out after the live one is the latest: it owes none.
+    s = state_of(granted(at(0)), stop, revoked(at(6.5), imported, imported=True))
+    assert not decide(s, PROMO, at(7), MessageKind.OPT_OUT_CONFIRMATION).allowed
+
+
+@pytest.mark.parametrize(("via", "owed"), [("", False), (HELD_OPT_OUT, True)])
+def test_an_imports_opt_out_held_then_revoked_by_a_review_owes_no_confirmation(via, owed):
+    """A review's "revoked" writes the opt-out for the hold: an import's hold was
+    another platform's opt-out, a live one held for its details is the person's own."""
+    hold = HoldRefusedOptOut("out-1", PHONE, BRAND, "said", via=via, occurred_at=at(5))
+    (held,) = held_opt_out(hold, "channel: is required", at(5.5))
+    review = ResolveRevocationCandidate(
+        "r-1", PHONE, BRAND, str(held.event_id), CandidateResolution.REVOKED, at(6)
+    )
+    s = state_of(granted(at(0)), held, *to_events(review, at(6)))
+    d = decide(s, PROMO, at(7), MessageKind.OPT_OUT_CONFIRMATION)
+    assert d.allowed is owed
+    assert ("imported" in d.detail) is not owed
 
 
 def test_regular_message_after_opt_out_is_denied_even_inside_the_window():

@@ -901,16 +901,60 @@ async def test_rules_dated_back_past_sends_are_read_alike():
     assert seen["hindsight by other rules"] and seen["send under changed rules"], seen
 
 
+def imports_differ(single: dict[str, Any], imported: dict[str, Any]) -> dict[str, Any]:
+    """Where the answers of a history written one by one and imported differ, but for
+    the digests' marks of imported opt-outs (``revocation_imported``)."""
+    differ = {}
+    for k in single.keys() | imported.keys():
+        mine = imported.get(k)
+        if k.startswith("digest ") and isinstance(mine, str):
+            mine = mine.replace("imported=True", "imported=False")
+        if single.get(k) != mine:
+            differ[k] = (single.get(k), imported.get(k))
+    return differ
+
+
 async def test_imported_opt_ins_and_opt_outs_answer_as_recorded_ones():
     """``ImportConsents`` writes what single opt-ins and opt-outs write: every reader
-    answers alike after either."""
+    answers alike after either, but that an imported opt-out is marked so."""
     seen: Counter[str] = Counter()
+    marked = 0
     for seed in SEEDS[:8]:
         single = await history(seed, False, seen)
         imported = await history(seed, False, seen, imported=True)
-        differ = {k: (single.get(k), imported.get(k)) for k in single.keys() | imported.keys()}
-        differ = {k: v for k, v in differ.items() if v[0] != v[1]}
-        assert not differ, (seed, differ)
+        assert not imports_differ(single, imported), seed
+        marked += sum("revocation_imported=True" in str(v) for v in imported.values())
+    assert marked
+
+
+async def test_an_imported_opt_out_owes_no_confirmation_and_a_live_one_after_it_does():
+    """An imported opt-out was another platform's to confirm: every reader (CanSend
+    before the send, the packet, the sweep, CanSendAsOf) judges the confirmation sent
+    right after it not allowed, and the one sent right after a live STOP that follows
+    it allowed; recorded one by one, both are allowed."""
+    phone = PHONES[0]
+    confirmation = [(phone, "promo", MessageKind.OPT_OUT_CONFIRMATION, False, True, 0)]
+    steps: list[Step] = [
+        ("opt_in", phone, "acme", "promo", 60),
+        ("wait", 1),
+        ("stop", phone, "acme", "promo", 1),
+        ("wait", 1),  # each send recorded a moment after the opt-out it confirms
+        ("sends", "acme", confirmation),
+        ("wait", 10),
+        ("inbound_stop", phone, "STOP", SENDER),
+        ("wait", 1),
+        ("sends", "acme", confirmation),
+    ]
+    seen: Counter[str] = Counter()
+    single = await history(0, False, seen, steps=steps)
+    imported = await history(0, False, seen, imported=True, steps=steps)
+    first, second = (repr((phone, "promo", f"SM-{n}-0")) for n in (5, 9))
+    assert single[first][:2] == (True, Reason.OPT_OUT_CONFIRMATION_ALLOWED.value)
+    assert imported[first][:2] == (False, Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED.value)
+    assert single[second][:2] == imported[second][:2] == single[first][:2]
+    # Not owed, the imported run's first confirmation counts towards the caps as a
+    # send (``MessageSent.exempt``): its digest holds it.
+    assert set(imports_differ(single, imported)) == {first, f"digest acme {phone}"}
 
 
 async def test_an_opt_in_recorded_after_an_allowed_reply_changes_no_reading_of_it():
