@@ -756,6 +756,12 @@ def _opt_out(r: Recorded, shown: Sequence[Recorded], revoke_all: set[str], now: 
                 "revoked from then on; one confirmation sent at "
                 f"{iso(confirmation.event.occurred_at)}"
             )
+        if e.imported:
+            # CanSend allows it no confirmation: "none recorded" alone read as one owed.
+            handling = (
+                "imported: received by another platform, which owed its one confirmation"
+                f" (none is allowed from this service); {handling}"
+            )
         if e.stated_at is not None:
             # Shown only as its place, an auditor could not see why a consent stated
             # before this time, sent after it was recorded, was refused.

@@ -322,6 +322,20 @@ def test_replies_say_how_they_were_read_and_answered():
     assert "no confirmation was recorded" in packet.opt_outs[0].handling
 
 
+def test_an_imported_opt_out_says_its_confirmation_was_the_other_platforms():
+    """``CanSend`` allows no confirmation of an imported opt-out: "no confirmation was
+    recorded" alone read to an auditor as one owed and not sent."""
+    stop = dataclasses.replace(_stop(at(days=1)), imported=True)
+    packet = assemble(record([_defined(), granted(at(0)), stop]), PHONE, BRAND, None, NOW)
+    [opt_out] = packet.opt_outs
+    assert opt_out.handling.startswith("imported: received by another platform, which owed")
+    assert opt_out.handling.endswith("revoked from then on; no confirmation was recorded")
+    live = assemble(
+        record([_defined(), granted(at(0)), _stop(at(days=1))]), PHONE, BRAND, None, NOW
+    )
+    assert "imported" not in live.opt_outs[0].handling
+
+
 def test_a_flagged_reply_shows_its_deadline_and_resolution():
     candidate = RevocationCandidateFlagged(
         **_base(at(10)), phone=PHONE, brand=BRAND, inbound_message_id="in-5", text="leave me be"
