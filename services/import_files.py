@@ -11,7 +11,8 @@ A record without ``import_id`` gets one from its content (``derived_import_id``)
 the same record in the same export has the same id on every run, so running the
 import again writes nothing new, and a record whose content changed is a new fact.
 Its number is read as E.164 first (``+1 (415) 555-2671`` is ``+14155552671``), as
-its enumerations and times are read into their values: the same consent written
+its enumerations and times are read into their values, and its free text without
+the spaces around it and with LF line ends (``as_read``): the same consent written
 another way, in one export or the next, is the same record.
 
 What cannot be read is a ``Unreadable`` naming its line, field and why, and the
@@ -784,7 +785,9 @@ def _whole_as_written(value: Decimal) -> bool:
 
 
 def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:
-    """One record's fields (empty ones left out) as an ``ImportRecord``."""
+    """One record's fields (empty ones left out) as an ``ImportRecord``, its free
+    text as read (``as_read``)."""
+    fields = {name: text for name, value in fields.items() if (text := as_read(name, value))}
     kind = _kind(fields)
     if kind not in ("opt_in", "opt_out"):
         return _refused(fields, line, "type", "must be opt_in or opt_out")
@@ -792,6 +795,23 @@ def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:
     if isinstance(read, Unreadable):
         return _refused(fields, read.line, read.field, read.reason)
     return read
+
+
+_FREE_TEXT = frozenset({"text", *(f"proof.{name}" for name in PROOF_FIELDS)})
+"""Fields of free text: the spaces around their value and how its lines end are the
+writing of the export (a padded cell, a file converted to CR LF line ends), not
+what the person said or was shown."""
+
+
+def as_read(name: str, value: str) -> str:
+    """``value`` of field ``name`` as it is imported: free text without the spaces
+    around it, its lines ended by LF. The same text written so another time is then
+    the same record, under the same derived import id, and present on a re-run;
+    identifiers (``import_id``, ``brand``, ``campaign``, ``in_reply_to``) are matched
+    whole and refused when padded, as the service refuses them."""
+    if name not in _FREE_TEXT:
+        return value
+    return value.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
 def _kind(fields: dict[str, str]) -> str:

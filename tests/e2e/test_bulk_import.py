@@ -24,7 +24,7 @@ import termios
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -1691,6 +1691,73 @@ async def test_a_consent_written_two_ways_without_an_import_id_is_recorded_once(
             )
         )
     assert [e.event.event_type for e in history.events] == ["ConsentGranted"]
+
+
+async def test_an_export_written_again_another_way_writes_nothing_new(service, tmp_path):
+    """The same records exported again, written another way but meaning the same:
+    times in other zones, numbers spaced, types and enumerations in capitals, the
+    file's line breaks CR LF, a multi-line consent text's too (as a converter to
+    Windows line ends writes it), proof and text cells padded with spaces, and as
+    JSON Lines with the proof nested. The padded or CR LF values got ids of their
+    own, and the records were imported again (the one under an import id refused as
+    another record under it). Each is present now, and nothing is written."""
+    runtime, when = service
+    at, stopped = when - timedelta(days=9), when - timedelta(days=2)
+    text = "Yes, text me offers.\nReply STOP to cancel."
+    opt_in = {"type": "opt_in", "brand": "acme", "campaign": "promo", "occurred_at": iso(at),
+              "tier": "promotional", "method": "web_form", "proof.registered_at": iso(at),
+              **PROOF, "proof.consent_text": text}  # fmt: skip
+    opt_out = {"type": "opt_out", "brand": "acme", "campaign": "promo",
+               "occurred_at": iso(stopped), "channel": "keyword", "text": "STOP"}  # fmt: skip
+    rows = [
+        {**opt_in, "phone": phone(60)},
+        {**opt_in, "phone": phone(61), "import_id": "written-again"},
+        {**opt_out, "phone": phone(60)},
+    ]
+
+    def other_zone(value: str) -> str:
+        return datetime.fromisoformat(value).astimezone(timezone(timedelta(hours=-8))).isoformat()
+
+    def another_way(row: dict[str, str]) -> dict[str, str]:
+        padded = {
+            k: f"  {v} " if k.startswith("proof.") or k == "text" else v for k, v in row.items()
+        }
+        return {
+            **padded,
+            "type": row["type"].upper(),
+            "phone": f"+1 ({row['phone'][2:5]}) {row['phone'][5:8]}-{row['phone'][8:]}",
+            "occurred_at": other_zone(row["occurred_at"]),
+            **({"tier": "CONSENT_TIER_PROMOTIONAL", "method": "Web-Form"} if "tier" in row else {}),
+            **({"proof.registered_at": other_zone(row["proof.registered_at"]),
+                "proof.consent_text": padded["proof.consent_text"].replace("\n", "\r\n")}
+               if "proof.consent_text" in row else {}),
+        }  # fmt: skip
+
+    first = tmp_path / "first.csv"
+    write_csv(first, rows)  # CR LF between rows, LF in the consent text
+    again = tmp_path / "again.csv"
+    write_csv(again, [another_way(row) for row in reversed(rows)])
+    nested = tmp_path / "again.jsonl"
+    lines = []
+    for row in map(another_way, rows):
+        proof = {k.removeprefix("proof."): row.pop(k) for k in list(row) if k.startswith("proof.")}
+        lines.append(json.dumps({**row, **({"proof": proof} if proof else {})}))
+    nested.write_text("\n".join(lines) + "\n")
+    acme = TOKENS["acme-app"][0]
+    code, out, err = await import_cli(str(first), "--address", runtime.address, token=acme)
+    assert code == 0 and "imported 3 of 3 records" in out, out
+    assert runtime.ledger is not None
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    for export, dry in ((again, ()), (nested, ()), (nested, ("--dry-run",))):
+        code, out, err = await import_cli(
+            str(export), *dry, "--address", runtime.address, token=acme
+        )
+
+        assert code == 0, out + err
+        assert "import 0 of 3 records" in out or "imported 0 of 3 records" in out, out
+        assert "already present: 3" in out and "refused: 0" in out, out
+        assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends, (export, out)
 
 
 async def test_a_record_repeated_under_its_id_with_its_number_spelled_otherwise_is_present(
