@@ -24,6 +24,7 @@ an opt-out refused must not leave its number open to texts.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -34,7 +35,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO
@@ -862,11 +863,44 @@ def _held(fields: dict[str, str]) -> api.ImportRecord | None:
         request.occurred_at.CopyFrom(_time(plain.get("occurred_at", ""), "occurred_at"))
     except _Bad:
         request.ClearField("occurred_at")
-    said = json.dumps(sorted(fields.items())).encode()  # lone surrogates escaped
+    said = json.dumps(sorted(_as_said(fields).items())).encode()  # lone surrogates escaped
     request.request_id = plain.get("import_id") or (
         f"import-{hashlib.sha256(said).hexdigest()[:32]}"
     )
     return api.ImportRecord(opt_out=request)
+
+
+def _as_said(fields: dict[str, str]) -> dict[str, str]:
+    """A held record's fields, each that reads written as read (its number in E.164,
+    a time in UTC as ``...Z``, a type or enumeration by its short name, free text as
+    ``as_read``), the rest as given: the id derived from them is the same for the same
+    opt-out written another way, so a re-run holds nothing new. A field written so
+    already is left as it was, and so is the id of a record whose fields all are."""
+    out = {}
+    for name, value in fields.items():
+        if name == "phone":
+            value = e164_or_as_given(value)
+        elif name == "type":
+            kind = _kind({"type": value})
+            value = kind if kind in ("opt_in", "opt_out") else value
+        elif name in ("occurred_at", "proof.registered_at") or name in _ENUMS:
+            with contextlib.suppress(_Bad):
+                value = _written(name, value)
+        else:
+            value = as_read(name, value)
+        if value:  # a cell of spaces is none, as it is in a record read
+            out[name] = value
+    return out
+
+
+def _written(name: str, value: str) -> str:
+    """A time or enumeration as the README writes it: ``2026-11-02T09:30:00Z``,
+    ``keyword``. Raises ``_Bad`` for one that does not read."""
+    if name in _ENUMS:
+        enum, prefix = _ENUMS[name]
+        return str(enum.Name(_enum(name, value))).removeprefix(prefix).lower()
+    when = _time(value, name).ToDatetime(tzinfo=UTC)
+    return when.isoformat().replace("+00:00", "Z")
 
 
 def _named_elsewhere(fields: dict[str, str]) -> str:
