@@ -46,7 +46,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.errors import DomainError, InvalidRequest
 from ledger.phone import to_e164
-from ledger.validation import TEXT_LIMITS, check_length, text_problem
+from ledger.regions import normalise_region
+from ledger.validation import TEXT_LIMITS, check_length, says_nothing, text_problem
 from services.import_mapping import TYPED, Mapping, loosely
 
 FORMATS = ("csv", "jsonl")
@@ -806,13 +807,35 @@ what the person said or was shown."""
 
 def as_read(name: str, value: str) -> str:
     """``value`` of field ``name`` as it is imported: free text without the spaces
-    around it, its lines ended by LF. The same text written so another time is then
+    around it, its lines ended by LF, and a proof's value as the ledger reads it
+    (empty when it says nothing). The same text written so another time is then
     the same record, under the same derived import id, and present on a re-run;
     identifiers (``import_id``, ``brand``, ``campaign``, ``in_reply_to``) are matched
     whole and refused when padded, as the service refuses them."""
     if name not in _FREE_TEXT:
         return value
-    return value.replace("\r\n", "\n").replace("\r", "\n").strip()
+    text = value.replace("\r\n", "\n").replace("\r", "\n").strip()
+    proof = name.removeprefix("proof.")
+    if name == "text" or proof == "registered_at" or not _fits(name, text):
+        return text
+    # As the ledger reads a proof: a placeholder ("N/A") is no value, a region its
+    # USPS code, a digest's hex digits in either case one digest.
+    if says_nothing(text, proof):
+        return ""
+    if proof == "region":
+        return normalise_region(text) or text
+    if proof.endswith("_sha256") and _HEX_DIGEST.fullmatch(text):
+        return text.lower()
+    return text
+
+
+_HEX_DIGEST = re.compile(r"[0-9A-Fa-f]{64}")
+
+
+def _fits(name: str, text: str) -> bool:
+    """Whether ``text`` is within ``name``'s length and holds no control character:
+    one that is not is refused as written, never read as a placeholder and dropped."""
+    return len(text) <= TEXT_LIMITS.get(name, VALUE_LIMIT) and text_problem(text, name) is None
 
 
 def _kind(fields: dict[str, str]) -> str:
@@ -945,6 +968,8 @@ def _parse(kind: str, fields: dict[str, str], line: int) -> Read | Unreadable:
         for name in own:
             if name in fields and not name.startswith("proof."):
                 values[name] = _enum(name, fields[name]) if name in _ENUMS else fields[name]
+        if values.get("source") == lpb.LIST_SOURCE_FIRST_PARTY:
+            del values["source"]  # the default, as the service reads a source not given
         if kind == "opt_in":
             values["campaign"] = fields.get("campaign", "")
             proof: dict[str, Any] = {}

@@ -1698,17 +1698,18 @@ async def test_an_export_written_again_another_way_writes_nothing_new(service, t
     times in other zones, numbers spaced, types and enumerations in capitals, the
     file's line breaks CR LF, a multi-line consent text's too (as a converter to
     Windows line ends writes it), proof and text cells padded with spaces, and as
-    JSON Lines with the proof nested. The padded or CR LF values got ids of their
-    own, and the records were imported again (the one under an import id refused as
-    another record under it); an opt-out the file could not read (a channel that is
-    no channel) was held once more under each spelling of its fields. Each is
-    present now, and nothing is written."""
+    JSON Lines with the proof nested, its region in lower case, its digest in
+    capitals, an email "N/A" and the default source given. Each such value got an id
+    of its own, and the records were imported again (the one under an import id
+    refused as another record under it); an opt-out the file could not read (a
+    channel that is no channel) was held once more under each spelling of its
+    fields. Each is present now, and nothing is written."""
     runtime, when = service
     at, stopped = when - timedelta(days=9), when - timedelta(days=2)
     text = "Yes, text me offers.\nReply STOP to cancel."
     opt_in = {"type": "opt_in", "brand": "acme", "campaign": "promo", "occurred_at": iso(at),
               "tier": "promotional", "method": "web_form", "proof.registered_at": iso(at),
-              **PROOF, "proof.consent_text": text}  # fmt: skip
+              **PROOF, "proof.consent_text": text, "proof.region": "CA"}  # fmt: skip
     opt_out = {"type": "opt_out", "brand": "acme", "campaign": "promo",
                "occurred_at": iso(stopped), "channel": "keyword", "text": "STOP"}  # fmt: skip
     rows = [
@@ -1736,15 +1737,25 @@ async def test_an_export_written_again_another_way_writes_nothing_new(service, t
                if "proof.consent_text" in row else {}),
         }  # fmt: skip
 
-    first = tmp_path / "first.csv"
-    write_csv(first, rows)  # CR LF between rows, LF in the consent text
-    again = tmp_path / "again.csv"
-    write_csv(again, [another_way(row) for row in reversed(rows)])
+    def write(path: Path, rows: list[dict[str, str]]) -> Path:
+        with path.open("w", newline="") as out:  # CR LF between rows, as Excel writes
+            writer = csv.DictWriter(out, list(dict.fromkeys(k for row in rows for k in row)))
+            writer.writeheader()
+            writer.writerows(rows)
+        return path
+
+    first = write(tmp_path / "first.csv", rows)  # LF in the consent text
+    again = write(tmp_path / "again.csv", [another_way(row) for row in reversed(rows)])
     nested = tmp_path / "again.jsonl"
     lines = []
     for row in map(another_way, rows):
         proof = {k.removeprefix("proof."): row.pop(k) for k in list(row) if k.startswith("proof.")}
-        lines.append(json.dumps({**row, **({"proof": proof} if proof else {})}))
+        line: dict[str, Any] = dict(row)
+        if proof:  # as the ledger reads a proof, these are the first file's values
+            digest = proof["screenshot_sha256"].strip().upper()
+            proof.update(region=" ca", screenshot_sha256=digest, email="N/A")
+            line.update(proof=proof, source="First_Party")
+        lines.append(json.dumps(line))
     nested.write_text("\n".join(lines) + "\n")
     acme = TOKENS["acme-app"][0]
     code, out, err = await import_cli(str(first), "--address", runtime.address, token=acme)
