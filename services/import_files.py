@@ -789,6 +789,7 @@ def _whole_as_written(value: Decimal) -> bool:
 def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:
     """One record's fields (empty ones left out) as an ``ImportRecord``, its free
     text as read (``as_read``)."""
+    written = fields
     fields = {name: text for name, value in fields.items() if (text := as_read(name, value))}
     kind = _kind(fields)
     if kind not in ("opt_in", "opt_out"):
@@ -796,6 +797,21 @@ def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:
     read = _parse(kind, fields, line)
     if isinstance(read, Unreadable):
         return _refused(fields, read.line, read.field, read.reason)
+    return _hashed_as_written(read, written.get("proof.consent_text"))
+
+
+def _hashed_as_written(read: Read, written: str | None) -> Read:
+    """``read`` with its consent text as the export wrote it, padding and CR line ends
+    kept, when the record's ``consent_text_sha256`` is that text's digest: the text
+    stored must still match its digest for an auditor to check it. Its id stays the
+    one derived from the text as read, so another writing of the export finds it."""
+    if not read.record.HasField("opt_in") or written is None:
+        return read
+    proof = read.record.opt_in.proof
+    if written == proof.consent_text or not _fits("proof.consent_text", written):
+        return read
+    if hashlib.sha256(written.encode()).hexdigest() == proof.consent_text_sha256:
+        proof.consent_text = written
     return read
 
 

@@ -5,6 +5,7 @@ unreadable record named by line and field, import ids stable, reasons grouped.""
 from __future__ import annotations
 
 import codecs
+import hashlib
 import io
 import json
 import os
@@ -391,6 +392,42 @@ def test_a_value_is_held_to_its_own_fields_limit():
         3, "proof.collection_detail", "must be at most 4,096 characters, got 4,097"
     )
     assert long_phone == Unreadable(4, "phone", "is 1,025 characters long, longer than any phone")
+
+
+def test_a_consent_text_keeps_its_writing_where_its_digest_is_of_that_writing():
+    """Padding and CR line ends are read away, so another writing of the export is
+    the same record; but a text whose given SHA-256 is of it as written is stored as
+    written, or the proof's text would no longer match its own digest."""
+    written = " Yes, text me offers.\r\nReply STOP to cancel. "
+    read = written.replace("\r\n", "\n").strip()
+    fields = {"type": "opt_in", "phone": "+14155550100", "brand": "acme", "campaign": "promo",
+              "occurred_at": "2026-11-02T09:30:00Z", "method": "web_form",
+              "proof.consent_text": written}  # fmt: skip
+
+    def proof(digest_of: str | None) -> tuple[str, str]:
+        given = {}
+        if digest_of is not None:
+            given = {"proof.consent_text_sha256": hashlib.sha256(digest_of.encode()).hexdigest()}
+        record = parse_fields({**fields, **given}, 2)
+        assert isinstance(record, Read), record
+        return record.record.opt_in.proof.consent_text, record.record.opt_in.request_id
+
+    hashed_as_written, hashed_id = proof(written)
+    hashed_as_read, _ = proof(read)
+    no_digest, plain_id = proof(None)
+    assert hashed_as_written == written
+    assert hashed_as_read == no_digest == read
+    clean = parse_fields(
+        {
+            **fields,
+            "proof.consent_text": read,
+            "proof.consent_text_sha256": hashlib.sha256(written.encode()).hexdigest().upper(),
+        },
+        3,
+    )
+    assert isinstance(clean, Read)
+    assert clean.record.opt_in.request_id == hashed_id  # one record, however written
+    assert plain_id != hashed_id  # the digest is part of the record
 
 
 def test_an_opt_out_that_cannot_be_read_is_still_sent_as_its_number_and_brand():
