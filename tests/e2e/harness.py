@@ -324,6 +324,30 @@ def opt_out(
     return api.RecordOptOutRequest(**fields)
 
 
+def sent(
+    phone: str,
+    brand: str,
+    campaign: str,
+    at: datetime,
+    request_id: str | None = None,
+    **changes: Any,
+) -> api.RecordMessageSentRequest:
+    """A message sent to ``phone`` through the API, with a provider message id of its
+    own, the opt-out language included and the sender identified."""
+    fields: dict[str, Any] = dict(
+        request_id=uuid.uuid4().hex if request_id is None else request_id,
+        phone=phone,
+        brand=brand,
+        campaign=campaign,
+        message_id=f"SM{uuid.uuid4().hex[:16]}",
+        occurred_at=ts(at),
+        included_opt_out_language=True,
+        identified_sender=True,
+    )
+    fields.update(changes)
+    return api.RecordMessageSentRequest(**fields)
+
+
 def inbound(
     phone: str,
     to: str,

@@ -19,7 +19,7 @@ from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.json_format import MessageToDict
 
 from ledger.ports import ConsistencyToken
-from tests.e2e.harness import client, define, imported, inbound, opt_in, opt_out, ts
+from tests.e2e.harness import client, define, imported, inbound, opt_in, opt_out, sent, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -30,19 +30,6 @@ CHAT = "+12125550617"
 def campaign(name: str, start: datetime, **policy) -> api.DefineCampaignRequest:
     # Informational: no quiet hours, so the real clock's time of day does not matter.
     return define("acme", name, start, purpose=lpb.CAMPAIGN_PURPOSE_INFORMATIONAL, **policy)
-
-
-def sent(phone: str, name: str, at: datetime) -> api.RecordMessageSentRequest:
-    return api.RecordMessageSentRequest(
-        request_id=uuid.uuid4().hex,
-        phone=phone,
-        brand="acme",
-        campaign=name,
-        message_id=f"SM{uuid.uuid4().hex[:16]}",
-        occurred_at=ts(at),
-        included_opt_out_language=True,
-        identified_sender=True,
-    )
 
 
 async def judged(c, phone: str, name: str, at: datetime, token: ConsistencyToken):
@@ -84,7 +71,7 @@ async def sent_then_dated_back(service, phone: str, name: str, record) -> list[d
     at = now - timedelta(minutes=10)  # past the clock skew a check of now allows
     async with client(service.address, "acme-app") as c, client(service.address) as auditor:
         token = ConsistencyToken.decode(
-            (await c.RecordMessageSent(sent(phone, name, at))).consistency_token
+            (await c.RecordMessageSent(sent(phone, "acme", name, at))).consistency_token
         )
         written = await record(c, auditor, now - timedelta(hours=1))
         token = token.merge(ConsistencyToken.decode(written.consistency_token))
@@ -228,7 +215,7 @@ async def test_a_dismissal_dated_back_to_its_hold_allows_no_send_made_during_it(
         await c.RecordOptIn(opt_in(phone, "acme", "info", now - timedelta(hours=2)))
         with pytest.raises(grpc.aio.AioRpcError):  # no channel: refused, and held
             await c.RecordOptOut(opt_out(phone, "acme", "info", held_at, channel=0))
-        sending = await c.RecordMessageSent(sent(phone, "info", at))
+        sending = await c.RecordMessageSent(sent(phone, "acme", "info", at))
         token = ConsistencyToken.decode(sending.consistency_token)
         queue = await auditor.ListRevocationCandidates(
             api.ListRevocationCandidatesRequest(brand="acme", at_least_as_fresh=token.encode())
@@ -264,7 +251,7 @@ async def test_an_opt_in_dated_back_after_a_reply_puts_it_on_no_other_grounds(em
     at = now - timedelta(minutes=10)
     async with client(embedded.address, "acme-app") as c, client(embedded.address) as auditor:
         await c.HandleInboundMessage(inbound(phone, CHAT, "hi, are you open today?", at))
-        reply = sent(phone, "chat", at + timedelta(seconds=30))
+        reply = sent(phone, "acme", "chat", at + timedelta(seconds=30))
         reply.kind = lpb.MESSAGE_KIND_CONVERSATION_REPLY
         token = ConsistencyToken.decode((await c.RecordMessageSent(reply)).consistency_token)
         written = await c.RecordOptIn(opt_in(phone, "acme", "chat", now - timedelta(hours=1)))

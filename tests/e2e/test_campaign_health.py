@@ -27,6 +27,7 @@ from tests.e2e.harness import (
     define,
     opt_out,
     precondition_violations,
+    sent,
     status_details,
     ts,
 )
@@ -50,20 +51,6 @@ def news_phone(i: int) -> str:
 @pytest.fixture
 async def service(serve) -> Runtime:
     return await serve(name="health")
-
-
-def _sent(phone: str, campaign: str, at: datetime, number: str) -> api.RecordMessageSentRequest:
-    return api.RecordMessageSentRequest(
-        request_id=uuid.uuid4().hex,
-        phone=phone,
-        brand="acme",
-        campaign=campaign,
-        message_id=f"SM{uuid.uuid4().hex[:16]}",
-        occurred_at=ts(at),
-        included_opt_out_language=True,
-        identified_sender=True,
-        from_number=number,
-    )
 
 
 def _outcome(
@@ -138,12 +125,24 @@ async def test_campaign_health_flags_errors_over_six_percent_and_opt_outs_over_t
         # The number promo texts last (from B) had a news text before: its STOPALL
         # goes to promo's message, not to news's.
         shared = promo_phone(99)
-        await call("RecordMessageSent", _sent(shared, "news", day + timedelta(minutes=30), C))
+        await call(
+            "RecordMessageSent",
+            sent(shared, "acme", "news", day + timedelta(minutes=30), from_number=C),
+        )
         promo = [
-            _sent(promo_phone(i), "promo", hour + timedelta(seconds=i), A if i < 50 else B)
+            sent(
+                promo_phone(i),
+                "acme",
+                "promo",
+                hour + timedelta(seconds=i),
+                from_number=A if i < 50 else B,
+            )
             for i in range(100)
         ]
-        news = [_sent(news_phone(i), "news", hour + timedelta(seconds=i), C) for i in range(NEWS)]
+        news = [
+            sent(news_phone(i), "acme", "news", hour + timedelta(seconds=i), from_number=C)
+            for i in range(NEWS)
+        ]
         await every("RecordMessageSent", [*promo, *news])
         later = day + timedelta(hours=2)
         # 7 of promo's 100 failed, all of them from A (7 of its 50); one from B
@@ -176,9 +175,9 @@ async def test_campaign_health_flags_errors_over_six_percent_and_opt_outs_over_t
         await every(
             "RecordMessageSent",
             [
-                _sent("+13125550001", "edge", day, D),
-                _sent("+13125550002", "edge", end, D),
-                _sent("+13125550003", "edge", day - timedelta(minutes=1), D),
+                sent("+13125550001", "acme", "edge", day, from_number=D),
+                sent("+13125550002", "acme", "edge", end, from_number=D),
+                sent("+13125550003", "acme", "edge", day - timedelta(minutes=1), from_number=D),
             ],
         )
         await every(
@@ -346,10 +345,10 @@ async def test_delivery_outcomes_and_health_refuse_bad_input_by_field(service):
             ConsistencyToken.decode(w.consistency_token), timeout=60
         )
     async with client(runtime.address, "acme-app") as c:
-        sent = _sent(promo_phone(1), "promo", at, A)
-        await retried(c.RecordMessageSent, sent)
+        message = sent(promo_phone(1), "acme", "promo", at, from_number=A)
+        await retried(c.RecordMessageSent, message)
 
-        unset = _outcome(sent, lpb.DELIVERY_OUTCOME_UNSPECIFIED, at)
+        unset = _outcome(message, lpb.DELIVERY_OUTCOME_UNSPECIFIED, at)
         unset.message_id = ""
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.RecordDeliveryOutcome(unset)
@@ -358,16 +357,16 @@ async def test_delivery_outcomes_and_health_refuse_bad_input_by_field(service):
 
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.RecordDeliveryOutcome(
-                _outcome(sent, lpb.DELIVERY_OUTCOME_DELIVERED, at, "30003")
+                _outcome(message, lpb.DELIVERY_OUTCOME_DELIVERED, at, "30003")
             )
         assert [f for f, _ in status_details(err.value)] == ["error_code"]
 
-        bad_number = _sent(promo_phone(2), "promo", at, "12345")
+        bad_number = sent(promo_phone(2), "acme", "promo", at, from_number="12345")
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.RecordMessageSent(bad_number)
         assert [f for f, _ in status_details(err.value)] == ["from_number"]
 
-        never_sent = _outcome(sent, lpb.DELIVERY_OUTCOME_FAILED, at, "30003")
+        never_sent = _outcome(message, lpb.DELIVERY_OUTCOME_FAILED, at, "30003")
         never_sent.message_id = "SM-never-sent"
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.RecordDeliveryOutcome(never_sent)
@@ -375,7 +374,7 @@ async def test_delivery_outcomes_and_health_refuse_bad_input_by_field(service):
         assert [s for s, _ in precondition_violations(err.value)] == ["message_id"]
 
         # An outcome days before its message went out is refused, naming the send's time.
-        early = _outcome(sent, lpb.DELIVERY_OUTCOME_DELIVERED, at - timedelta(days=3))
+        early = _outcome(message, lpb.DELIVERY_OUTCOME_DELIVERED, at - timedelta(days=3))
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.RecordDeliveryOutcome(early)
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -383,7 +382,7 @@ async def test_delivery_outcomes_and_health_refuse_bad_input_by_field(service):
         assert field == "occurred_at" and at.isoformat() in reason
 
         # A retry records once: the same event ids, one fact.
-        reported = _outcome(sent, lpb.DELIVERY_OUTCOME_FAILED, at, "30003")
+        reported = _outcome(message, lpb.DELIVERY_OUTCOME_FAILED, at, "30003")
         first = await retried(c.RecordDeliveryOutcome, reported)
         again = await retried(c.RecordDeliveryOutcome, reported)
         assert list(again.event_ids) == list(first.event_ids)
@@ -399,7 +398,9 @@ async def test_delivery_outcomes_and_health_refuse_bad_input_by_field(service):
         assert err.value.code() is grpc.StatusCode.NOT_FOUND
         # A write's token names one partition: resumed from it, the read counted that
         # partition alone and answered as if whole.
-        partial = await retried(c.RecordMessageSent, _sent(promo_phone(3), "promo", at, A))
+        partial = await retried(
+            c.RecordMessageSent, sent(promo_phone(3), "acme", "promo", at, from_number=A)
+        )
         stream = c.stub.StreamCampaignHealth(
             api.StreamCampaignHealthRequest(brand="acme", resume_read_at=partial.consistency_token),
             metadata=[("authorization", f"Bearer {c.token}")],
@@ -416,7 +417,7 @@ async def test_delivery_outcomes_and_health_refuse_bad_input_by_field(service):
         assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
     async with client(runtime.address, "acme-checker") as c:  # the check scope only
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await c.RecordDeliveryOutcome(_outcome(sent, lpb.DELIVERY_OUTCOME_DELIVERED, at))
+            await c.RecordDeliveryOutcome(_outcome(message, lpb.DELIVERY_OUTCOME_DELIVERED, at))
         assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
 
 

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -25,6 +24,7 @@ from tests.e2e.harness import (
     client,
     define,
     opt_in,
+    sent,
     status_details,
     ts,
 )
@@ -44,22 +44,6 @@ def florida(i: int) -> str:
 @pytest.fixture
 async def service(serve) -> Runtime:
     return await serve(name="sweep")
-
-
-def _sent(phone: str, at: datetime, relied: api.ReliedOnAnswer | None):
-    request = api.RecordMessageSentRequest(
-        request_id=uuid.uuid4().hex,
-        phone=phone,
-        brand="acme",
-        campaign="promo",
-        message_id=f"SM{uuid.uuid4().hex[:16]}",
-        occurred_at=ts(at),
-        included_opt_out_language=True,
-        identified_sender=True,
-    )
-    if relied is not None:
-        request.relied_on.CopyFrom(relied)
-    return request
 
 
 async def _sweep(c, start: datetime, end: datetime, brand: str = "acme"):
@@ -105,11 +89,11 @@ async def test_the_sweep_finds_the_one_send_in_a_states_quiet_hours_among_thousa
             reason=api.REASON_CONSENT_ACTIVE,
         )
         sends = [
-            _sent(florida(i), noon + timedelta(minutes=j), answer)
+            sent(florida(i), "acme", "promo", noon + timedelta(minutes=j), relied_on=answer)
             for i in range(NUMBERS)
             for j in range(SENDS_EACH)
         ]
-        late = _sent(florida(NUMBERS + 2), evening, answer)
+        late = sent(florida(NUMBERS + 2), "acme", "promo", evening, relied_on=answer)
         written = await asyncio.gather(*(call("RecordMessageSent", s) for s in [*sends, late]))
         # A day later, out of the first range: a send against a "not allowed", and
         # one whose sender asked nothing.
@@ -118,8 +102,10 @@ async def test_the_sweep_finds_the_one_send_in_a_states_quiet_hours_among_thousa
             allowed=False,
             reason=api.REASON_QUIET_HOURS,
         )
-        against = _sent(florida(NUMBERS), noon + timedelta(days=1), refused)
-        unasked = _sent(florida(NUMBERS + 1), noon + timedelta(days=1), None)
+        against = sent(
+            florida(NUMBERS), "acme", "promo", noon + timedelta(days=1), relied_on=refused
+        )
+        unasked = sent(florida(NUMBERS + 1), "acme", "promo", noon + timedelta(days=1))
         written += [await c.RecordMessageSent(against), await c.RecordMessageSent(unasked)]
         every = ConsistencyToken({})
         for w in written:
@@ -299,12 +285,14 @@ async def test_a_sweep_resumed_from_a_token_that_lacks_partitions_is_refused(ser
         assert await runtime.guard.wait_for_token(
             ConsistencyToken.decode(w.consistency_token), timeout=60
         )
-        sent = [await c.RecordMessageSent(_sent(florida(i), start, None)) for i in range(6)]
+        written = [
+            await c.RecordMessageSent(sent(florida(i), "acme", "promo", start)) for i in range(6)
+        ]
         whole = await _sweep(c, start - timedelta(hours=1), start + timedelta(hours=1))
         read_at = whole[-1].consistency_token
-        assert sum(item.HasField("finding") for item in whole) == len(sent)
+        assert sum(item.HasField("finding") for item in whole) == len(written)
         assert {p for (_, p) in ConsistencyToken.decode(read_at).offsets} == {0, 1, 2, 3}
-        for token in [sent[0].consistency_token, w.consistency_token]:
+        for token in [written[0].consistency_token, w.consistency_token]:
             request = api.SweepCampaignRequest(
                 brand="acme",
                 campaign="promo",
@@ -323,7 +311,7 @@ async def test_a_sweep_resumed_from_a_token_that_lacks_partitions_is_refused(ser
         resumed = [item async for item in c.stub.SweepCampaign(
             request, metadata=[("authorization", f"Bearer {c.token}")], timeout=30
         )]  # fmt: skip
-        assert sum(item.HasField("finding") for item in resumed) == len(sent)
+        assert sum(item.HasField("finding") for item in resumed) == len(written)
 
 
 async def test_the_readme_sweep_calls_run_as_written(tmp_path, postgres_dsn):

@@ -24,7 +24,7 @@ from ledger.ports import ConsistencyToken, Stream
 from ledger.retention import add_years
 from services.usecases import review as review_module
 from services.usecases.context import Context
-from tests.e2e.harness import define, defined, inbound, opt_in, opted_in, sends_from, ts
+from tests.e2e.harness import define, defined, inbound, opt_in, opted_in, sends_from, sent, ts
 from tests.e2e.test_texts_read_again import DISGUISED, stored_as_conversation
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -380,17 +380,8 @@ async def test_sends_around_an_erasure_are_judged_by_the_consent_that_stood_then
         owed = await c.CanSend(api.CanSendRequest(**ask))
         assert owed.allowed and owed.obligations, owed
 
-        async def send(at, message_id: str):  # type: ignore[no-untyped-def]
-            return await c.RecordMessageSent(
-                api.RecordMessageSentRequest(
-                    request_id=uuid.uuid4().hex, **ask, message_id=message_id,
-                    kind=lpb.MESSAGE_KIND_REGULAR, occurred_at=ts(at),
-                    included_opt_out_language=True, identified_sender=True,
-                )
-            )  # fmt: skip
-
         first = clock.now - timedelta(minutes=20)
-        w = await send(first, "SM-before")
+        w = await c.RecordMessageSent(sent(PHONE, "acme", "promo", first, message_id="SM-before"))
         met = await c.CanSend(api.CanSendRequest(**ask, at_least_as_fresh=w.consistency_token))
         assert list(met.obligations) != list(owed.obligations), met
         clock.now = add_years(clock.now, 6)
@@ -403,7 +394,9 @@ async def test_sends_around_an_erasure_are_judged_by_the_consent_that_stood_then
         )
         assert (again.allowed, list(again.obligations)) == (True, list(owed.obligations))
         clock.now += timedelta(minutes=1)
-        w = await send(clock.now, "SM-after")
+        w = await c.RecordMessageSent(
+            sent(PHONE, "acme", "promo", clock.now, message_id="SM-after")
+        )
         token = w.consistency_token
         then = await c.CanSendAsOf(
             api.CanSendAsOfRequest(**ask, at=ts(first), at_least_as_fresh=token)

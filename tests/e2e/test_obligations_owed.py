@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
 
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
 from services.bootstrap import Runtime
-from tests.e2e.harness import Client, client, define, inbound, module_clock, opt_in, ts
+from tests.e2e.harness import Client, client, define, inbound, module_clock, opt_in, sent, ts
 
 SENDER = "+12125550187"
 CLOCK = module_clock()
@@ -31,22 +30,6 @@ async def service(request, module_serve) -> Runtime:
 
 def _phone() -> str:
     return f"+1415555{uuid.uuid4().int % 10_000:04d}"
-
-
-def sent(phone: str, at: datetime, **changes: Any) -> api.RecordMessageSentRequest:
-    fields: dict[str, Any] = dict(
-        request_id=uuid.uuid4().hex,
-        phone=phone,
-        brand="acme",
-        campaign="promo",
-        message_id=f"SM{uuid.uuid4().hex[:16]}",
-        occurred_at=ts(at),
-        included_opt_out_language=True,
-        identified_sender=True,
-        from_number=SENDER,
-    )
-    fields.update(changes)
-    return api.RecordMessageSentRequest(**fields)
 
 
 def undelivered(
@@ -90,13 +73,15 @@ async def test_opt_out_language_in_a_first_message_never_delivered_is_owed_again
     now = CLOCK.now
     async with client(service.address) as c:
         await c.RecordOptIn(opt_in(phone, "acme", "promo", now - timedelta(hours=2)))
-        first = sent(phone, now - timedelta(hours=1))
+        first = sent(phone, "acme", "promo", now - timedelta(hours=1), from_number=SENDER)
         await c.RecordMessageSent(first)
         w = await c.RecordDeliveryOutcome(undelivered(first, now - timedelta(minutes=59)))
         for said in (await owed(c, phone, w.consistency_token)).values():
             assert "OBLIGATION_INCLUDE_OPT_OUT_LANGUAGE" in said
         # Carried again by a send recorded after the report, it is met.
-        w = await c.RecordMessageSent(sent(phone, now - timedelta(minutes=30)))
+        w = await c.RecordMessageSent(
+            sent(phone, "acme", "promo", now - timedelta(minutes=30), from_number=SENDER)
+        )
         for said in (await owed(c, phone, w.consistency_token)).values():
             assert "OBLIGATION_INCLUDE_OPT_OUT_LANGUAGE" not in said
 
@@ -111,12 +96,13 @@ async def test_a_late_first_message_that_did_not_reconfirm_leaves_the_reconfirma
     now = CLOCK.now
     async with client(service.address) as c:
         await c.RecordOptIn(opt_in(phone, "acme", "promo", now - timedelta(days=40)))
-        w = await c.RecordMessageSent(sent(phone, now - timedelta(hours=2)))
+        w = await c.RecordMessageSent(
+            sent(phone, "acme", "promo", now - timedelta(hours=2), from_number=SENDER)
+        )
         for said in (await owed(c, phone, w.consistency_token)).values():
             assert "OBLIGATION_RECONFIRM_IN_THIS_MESSAGE" in said
-        request = sent(
-            phone, now - timedelta(hours=1), kind=lpb.MESSAGE_KIND_RECONFIRMATION_REQUEST
-        )
+        request = sent(phone, "acme", "promo", now - timedelta(hours=1), from_number=SENDER)
+        request.kind = lpb.MESSAGE_KIND_RECONFIRMATION_REQUEST
         w = await c.RecordMessageSent(request)
         for said in (await owed(c, phone, w.consistency_token)).values():
             assert "OBLIGATION_RECONFIRM_IN_THIS_MESSAGE" not in said
@@ -132,9 +118,8 @@ async def test_a_reconfirmation_request_never_delivered_leaves_the_reconfirmatio
     now = CLOCK.now
     async with client(service.address) as c:
         await c.RecordOptIn(opt_in(phone, "acme", "promo", now - timedelta(days=40)))
-        request = sent(
-            phone, now - timedelta(hours=1), kind=lpb.MESSAGE_KIND_RECONFIRMATION_REQUEST
-        )
+        request = sent(phone, "acme", "promo", now - timedelta(hours=1), from_number=SENDER)
+        request.kind = lpb.MESSAGE_KIND_RECONFIRMATION_REQUEST
         await c.RecordMessageSent(request)
         w = await c.RecordDeliveryOutcome(undelivered(request, now - timedelta(minutes=59)))
         for said in (await owed(c, phone, w.consistency_token)).values():
@@ -152,7 +137,9 @@ async def test_a_send_stamped_ahead_and_recorded_before_a_stop_and_start_meets_n
     now = CLOCK.now
     async with client(service.address) as c:
         await c.RecordOptIn(opt_in(phone, "acme", "promo", now - timedelta(hours=1)))
-        await c.RecordMessageSent(sent(phone, now + timedelta(minutes=4)))
+        await c.RecordMessageSent(
+            sent(phone, "acme", "promo", now + timedelta(minutes=4), from_number=SENDER)
+        )
         await c.HandleInboundMessage(inbound(phone, SENDER, "STOP", now - timedelta(minutes=2)))
         w = await c.HandleInboundMessage(
             inbound(phone, SENDER, "START", now - timedelta(minutes=1))

@@ -12,7 +12,7 @@ from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
 from ledger.ports import ConsistencyToken
-from tests.e2e.harness import Clock, client, define, inbound, opt_in, ts
+from tests.e2e.harness import Clock, client, define, inbound, opt_in, sent, ts
 from tests.e2e.test_lifecycle import ACME_NUMBER, ALERTS_NUMBER
 from tests.e2e.test_review_holds import refused_at_provider
 
@@ -21,19 +21,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 def phone(i: int) -> str:
     return f"+1415555{7100 + i:04d}"
-
-
-def sent(number: str, campaign: str, at) -> api.RecordMessageSentRequest:
-    return api.RecordMessageSentRequest(
-        request_id=f"s-{uuid.uuid4().hex}",
-        phone=number,
-        brand="acme",
-        campaign=campaign,
-        message_id=f"SM{uuid.uuid4().hex[:16]}",
-        occurred_at=ts(at),
-        included_opt_out_language=True,
-        identified_sender=True,
-    )
 
 
 def resolution(number: str, candidate: str, kind: int, at) -> api.ResolveRevocationCandidateRequest:
@@ -64,7 +51,7 @@ async def test_holds_awaiting_review_count_beside_the_opt_outs(serve):
             campaign = "alerts" if i == 3 else "promo"
             await c.RecordOptIn(opt_in(phone(i), "acme", campaign, t - timedelta(days=1)))
         messages = [
-            sent(phone(i), "alerts" if i == 3 else "promo", t - timedelta(hours=1))
+            sent(phone(i), "acme", "alerts" if i == 3 else "promo", t - timedelta(hours=1))
             for i in range(4)
         ]
         for m in messages:

@@ -37,6 +37,7 @@ from tests.e2e.harness import (
     opt_out,
     proof,
     running,
+    sent,
     service_settings,
     status_details,
     ts,
@@ -61,20 +62,6 @@ async def service(serve):
     return await serve(name="packet", clock=clock, campaigns=campaigns), clock.now
 
 
-def _sent(phone, brand, at, message_id, kind=lpb.MESSAGE_KIND_REGULAR, disclosed=False):
-    return api.RecordMessageSentRequest(
-        request_id=uuid.uuid4().hex,
-        phone=phone,
-        brand=brand,
-        campaign="promo",
-        message_id=message_id,
-        kind=kind,
-        occurred_at=ts(at),
-        included_opt_out_language=disclosed,
-        identified_sender=True,
-    )
-
-
 async def _life(c, when):
     """Opt-in (without an email), two messages, STOP, the confirmation; the last token."""
     start = when - timedelta(minutes=30)
@@ -82,21 +69,30 @@ async def _life(c, when):
     thin.ClearField("email")
     await c.RecordOptIn(opt_in(PHONE, "acme", "promo", start, proof=thin))
     await c.RecordMessageSent(
-        _sent(PHONE, "acme", start + timedelta(minutes=5), "SM-first", disclosed=True)
+        sent(PHONE, "acme", "promo", start + timedelta(minutes=5), message_id="SM-first")
     )
-    await c.RecordMessageSent(_sent(PHONE, "acme", start + timedelta(minutes=10), "SM-second"))
+    await c.RecordMessageSent(
+        sent(
+            PHONE,
+            "acme",
+            "promo",
+            start + timedelta(minutes=10),
+            message_id="SM-second",
+            included_opt_out_language=False,
+        )
+    )
     stop = await c.HandleInboundMessage(
         inbound(PHONE, SENDER, "STOP", start + timedelta(minutes=20), message_id="SM-in-stop")
     )
     assert stop.reply == api.REPLY_KIND_OPT_OUT_CONFIRMATION
     w = await c.RecordMessageSent(
-        _sent(
+        sent(
             PHONE,
             "acme",
+            "promo",
             start + timedelta(minutes=21),
-            "SM-confirm",
-            lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION,
-            disclosed=True,
+            message_id="SM-confirm",
+            kind=lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION,
         )
     )
     return w.consistency_token

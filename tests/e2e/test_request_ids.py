@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 import grpc
@@ -22,6 +23,7 @@ from tests.e2e.harness import (
     inbound,
     opt_in,
     opt_out,
+    sent,
     serving,
     ts,
 )
@@ -42,17 +44,13 @@ async def service(serve):
     return await serve(name="rid", clock=clock, campaigns=campaigns), clock.now
 
 
-def sent(request_id: str, message_id: str, at: datetime, **changes) -> api.RecordMessageSentRequest:
-    fields = dict(
-        request_id=request_id,
-        phone=PHONE,
-        brand="acme",
-        campaign="promo",
-        message_id=message_id,
-        occurred_at=ts(at),
-    )
-    fields.update(changes)
-    return api.RecordMessageSentRequest(**fields)
+def bare(
+    request_id: str, message_id: str, at: datetime, phone: str = PHONE, **changes: Any
+) -> api.RecordMessageSentRequest:
+    """Message ``message_id`` to promo with neither flag of what it carried set, so
+    that a resend can differ in one."""
+    changes = {"included_opt_out_language": False, "identified_sender": False, **changes}
+    return sent(phone, "acme", "promo", at, request_id, message_id=message_id, **changes)
 
 
 async def test_a_request_id_reused_for_any_other_request_is_refused_with_its_events(service):
@@ -71,7 +69,7 @@ async def test_a_request_id_reused_for_any_other_request_is_refused_with_its_eve
                 c.RecordOptIn(opt_in(PHONE, "acme", "promo", when - timedelta(seconds=1), "r1")),
                 False,
             ),
-            (c.RecordMessageSent(sent("r1", "SM-r1", when)), False),
+            (c.RecordMessageSent(bare("r1", "SM-r1", when)), False),
             (
                 admin.DefineCampaign(
                     api.DefineCampaignRequest(
@@ -130,10 +128,10 @@ async def test_a_provider_message_id_recorded_already_is_the_same_message(servic
     async with client(runtime.address, "acme-app") as c:
         await c.RecordOptIn(opt_in(PHONE, "acme", "promo", when - timedelta(hours=1)))
         at = when - timedelta(minutes=30)
-        first = await c.RecordMessageSent(sent("s1", "SM-1", at))
+        first = await c.RecordMessageSent(bare("s1", "SM-1", at))
         same = [
-            sent("s1", "SM-1", at),  # a retry
-            sent("s2", "SM-1", at),  # the same message under another request id
+            bare("s1", "SM-1", at),  # a retry
+            bare("s2", "SM-1", at),  # the same message under another request id
         ]
         for request in same:
             again = await c.RecordMessageSent(request)
@@ -142,12 +140,12 @@ async def test_a_provider_message_id_recorded_already_is_the_same_message(servic
         # tell the sender that what it sent now is what is recorded).
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.RecordMessageSent(
-                sent("s3", "SM-1", at + timedelta(minutes=1), kind=lpb.MESSAGE_KIND_HELP_REPLY,
+                bare("s3", "SM-1", at + timedelta(minutes=1), kind=lpb.MESSAGE_KIND_HELP_REPLY,
                      included_opt_out_language=True)
             )  # fmt: skip
         assert err.value.code() is grpc.StatusCode.ALREADY_EXISTS
         assert "another kind, occurred_at, included_opt_out_language" in err.value.details()
-        other = await c.RecordMessageSent(sent("s4", "SM-2", at))
+        other = await c.RecordMessageSent(bare("s4", "SM-2", at))
         rate = await c.GetOptOutRate(
             api.GetOptOutRateRequest(
                 brand="acme", campaign="promo", at_least_as_fresh=other.consistency_token
@@ -234,9 +232,9 @@ async def test_a_retry_that_spells_the_number_otherwise_is_the_same_request(serv
         first = await c.RecordOptIn(opt_in(PHONE, "acme", "promo", when, "rid-spelled-1"))
         again = await c.RecordOptIn(opt_in(SPELLED, "acme", "promo", when, "rid-spelled-1"))
         assert list(again.event_ids) == list(first.event_ids)
-        one = sent("rid-spelled-2", "SMspelled2", when, phone=SPELLED)
+        one = bare("rid-spelled-2", "SMspelled2", when, phone=SPELLED)
         sent_first = await c.RecordMessageSent(one)
-        sent_again = await c.RecordMessageSent(sent("rid-spelled-2", "SMspelled2", when))
+        sent_again = await c.RecordMessageSent(bare("rid-spelled-2", "SMspelled2", when))
         assert list(sent_again.event_ids) == list(sent_first.event_ids)
         batch = api.RecordMessagesSentRequest(
             request_id="rid-spelled-3",
@@ -267,10 +265,10 @@ async def test_a_request_recorded_as_spelled_before_e164_fingerprints_is_its_own
         with monkeypatch.context() as old_version:
             old_version.setattr(commands, "request_fingerprint", commands._digest)
             first = await c.RecordOptIn(opt_in(SPELLED, "acme", "promo", when, "rid-old-1"))
-            sent_first = await c.RecordMessageSent(sent("rid-old-2", "SMold2", when, phone=SPELLED))
+            sent_first = await c.RecordMessageSent(bare("rid-old-2", "SMold2", when, phone=SPELLED))
         again = await c.RecordOptIn(opt_in(SPELLED, "acme", "promo", when, "rid-old-1"))
         assert list(again.event_ids) == list(first.event_ids)
-        sent_again = await c.RecordMessageSent(sent("rid-old-2", "SMold2", when, phone=SPELLED))
+        sent_again = await c.RecordMessageSent(bare("rid-old-2", "SMold2", when, phone=SPELLED))
     assert list(sent_again.event_ids) == list(sent_first.event_ids)
 
 
@@ -385,7 +383,7 @@ async def test_one_message_recorded_at_once_under_two_request_ids_is_answered_as
         await c.RecordOptIn(opt_in(PHONE, "acme", "promo", at - timedelta(hours=1)))
         answers = []
         for n in range(5):
-            copies = [sent(f"twice-{n}-{k}", f"SM-twice-{n}", at) for k in range(4)]
+            copies = [bare(f"twice-{n}-{k}", f"SM-twice-{n}", at) for k in range(4)]
             first = await asyncio.gather(*(c.RecordMessageSent(r) for r in copies))
             again = await asyncio.gather(*(c.RecordMessageSent(r) for r in copies))
             answers.append([tuple(w.event_ids) for w in (*first, *again)])

@@ -24,6 +24,7 @@ from tests.e2e.harness import (
     module_clock,
     opt_in,
     opt_out,
+    sent,
     ts,
 )
 from tests.e2e.test_lifecycle import ACME_NUMBER
@@ -87,20 +88,6 @@ def denied(reason: int) -> dict[str, Any]:
     }
 
 
-def sent(number: str, at: datetime, kind: int = lpb.MESSAGE_KIND_REGULAR) -> Any:
-    return api.RecordMessageSentRequest(
-        request_id=f"s-{uuid.uuid4().hex}",
-        phone=number,
-        brand="acme",
-        campaign="promo",
-        message_id=f"SM{uuid.uuid4().hex[:16]}",
-        kind=kind,
-        occurred_at=ts(at),
-        included_opt_out_language=True,
-        identified_sender=True,
-    )
-
-
 def refused_at_provider(message: Any, at: datetime) -> api.RecordDeliveryOutcomeRequest:
     """Twilio's 21610 for ``message``: the person opted out at the provider."""
     return api.RecordDeliveryOutcomeRequest(
@@ -151,7 +138,7 @@ async def _provider_opt_out_after_a_start(
     t = clock.now
     async with client(runtime.address, "acme-app") as c:
         await c.RecordOptIn(opt_in(number, "acme", "promo", t - timedelta(days=1)))
-        first = sent(number, t - timedelta(minutes=30))
+        first = sent(number, "acme", "promo", t - timedelta(minutes=30))
         await c.RecordMessageSent(first)
         held = await c.RecordDeliveryOutcome(refused_at_provider(first, t - timedelta(minutes=29)))
         assert len(held.event_ids) == 2, held  # the outcome and its hold
@@ -166,7 +153,9 @@ async def _provider_opt_out_after_a_start(
         assert helped.reply == api.REPLY_KIND_HELP, helped
         # The HELP's reply, which the hold does not stop, is refused by the provider:
         # the person opted out there again since the START.
-        reply = sent(number, t - timedelta(minutes=19), lpb.MESSAGE_KIND_HELP_REPLY)
+        reply = sent(
+            number, "acme", "promo", t - timedelta(minutes=19), kind=lpb.MESSAGE_KIND_HELP_REPLY
+        )
         report = refused_at_provider(reply, t - timedelta(minutes=19))
         later, again = await _reported(c, reply, report, recorded=recorded)
         assert later != hold
@@ -304,8 +293,8 @@ async def _a_second_provider_opt_out(
     async with client(runtime.address, "acme-app") as c:
         await c.RecordOptIn(opt_in(number, "acme", "promo", t - timedelta(days=1)))
         first, second = (
-            sent(number, t - timedelta(minutes=30)),
-            sent(number, t - timedelta(minutes=29)),
+            sent(number, "acme", "promo", t - timedelta(minutes=30)),
+            sent(number, "acme", "promo", t - timedelta(minutes=29)),
         )
         await c.RecordMessageSent(first)
         held = await c.RecordDeliveryOutcome(refused_at_provider(first, t - timedelta(minutes=28)))

@@ -5,7 +5,6 @@ found, as the proof packet marks it "not allowed in hindsight"."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,7 +13,7 @@ from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.json_format import MessageToDict
 
 from ledger.ports import ConsistencyToken
-from tests.e2e.harness import client, define, defined, opt_in, opt_out, serving, ts
+from tests.e2e.harness import client, define, defined, opt_in, opt_out, sent, serving, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -36,28 +35,6 @@ async def service(request, tmp_path, postgres_dsn, kafka_bootstrap):
 
 def number(i: int) -> str:
     return f"+1415557{i:04d}"
-
-
-def sent(phone: str, at: datetime, asked: str | None) -> api.RecordMessageSentRequest:
-    """A send of "info" to ``phone``; ``asked``: the token of the CanSend answer it
-    relied on (allowed), None for one that asked nothing."""
-    request = api.RecordMessageSentRequest(
-        request_id=uuid.uuid4().hex,
-        phone=phone,
-        brand="acme",
-        campaign="info",
-        message_id=f"SM{uuid.uuid4().hex[:16]}",
-        occurred_at=ts(at),
-        included_opt_out_language=True,
-        identified_sender=True,
-    )
-    if asked is not None:
-        request.relied_on.CopyFrom(
-            api.ReliedOnAnswer(
-                consistency_token=asked, allowed=True, reason=api.REASON_CONSENT_ACTIVE
-            )
-        )
-    return request
 
 
 async def sweep(c, start: datetime, end: datetime, fresh: str) -> list[api.SweepFinding]:
@@ -99,10 +76,12 @@ async def test_sends_before_opt_outs_recorded_after_them_are_found_in_hindsight(
         for phone in (one, other):
             granted = await c.RecordOptIn(opt_in(phone, "acme", "info", now - timedelta(days=1)))
             token = token.merge(ConsistencyToken.decode(granted.consistency_token))
-        asked = token.encode()
+        asked = api.ReliedOnAnswer(
+            consistency_token=token.encode(), allowed=True, reason=api.REASON_CONSENT_ACTIVE
+        )
         messages = {}
         for phone in (one, other):
-            request = sent(phone, now - timedelta(hours=2), asked)
+            request = sent(phone, "acme", "info", now - timedelta(hours=2), relied_on=asked)
             w = await c.RecordMessageSent(request)
             token = token.merge(ConsistencyToken.decode(w.consistency_token))
             messages[phone] = request.message_id
@@ -141,7 +120,7 @@ async def test_a_send_without_asking_before_a_late_opt_out_is_one_finding_with_b
     async with client(runtime.address, "acme-app") as c:
         granted = await c.RecordOptIn(opt_in(phone, "acme", "info", now - timedelta(days=1)))
         token = ConsistencyToken.decode(granted.consistency_token)
-        request = sent(phone, now - timedelta(hours=2), None)
+        request = sent(phone, "acme", "info", now - timedelta(hours=2))
         w = await c.RecordMessageSent(request)
         token = token.merge(ConsistencyToken.decode(w.consistency_token))
         stop = await c.RecordOptOut(opt_out(phone, "acme", "info", now - timedelta(hours=3)))
@@ -187,9 +166,8 @@ async def test_the_campaigns_packet_answers_where_a_send_of_another_campaign_is_
         token = token.merge(ConsistencyToken.decode(stop.consistency_token))
         ids = {}
         for campaign, minutes in (("alerts", 1), ("info", 2)):
-            request = sent(phone, now - timedelta(hours=3) + timedelta(minutes=minutes), None)
-            request.campaign = campaign
-            request.kind = lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION
+            at = now - timedelta(hours=3) + timedelta(minutes=minutes)
+            request = sent(phone, "acme", campaign, at, kind=lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION)
             w = await c.RecordMessageSent(request)
             token = token.merge(ConsistencyToken.decode(w.consistency_token))
             ids[campaign] = request.message_id

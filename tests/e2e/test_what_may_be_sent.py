@@ -25,6 +25,7 @@ from tests.e2e.harness import (
     inbound,
     opt_in,
     sends_from,
+    sent,
     status_details,
     ts,
 )
@@ -309,15 +310,10 @@ async def test_every_reply_handle_inbound_says_is_owed_is_allowed_and_no_other(s
                 )
                 assert r.allowed == (kind == owed), (phone, before, body, kind, r)
             if owed:  # once sent, it is owed no more; and it never was a regular message
-                sent = await c.RecordMessageSent(
-                    api.RecordMessageSentRequest(
-                        request_id=uuid.uuid4().hex, phone=phone, brand="acme",
-                        campaign="promo", message_id=f"SM{uuid.uuid4().hex[:10]}",
-                        kind=owed, occurred_at=ts(t), identified_sender=True,
-                    )
-                )  # fmt: skip
+                reply = sent(phone, "acme", "promo", t, kind=owed, included_opt_out_language=False)
+                w = await c.RecordMessageSent(reply)
                 r = await c.CanSend(
-                    can_send(phone, message_kind=owed, at_least_as_fresh=sent.consistency_token)
+                    can_send(phone, message_kind=owed, at_least_as_fresh=w.consistency_token)
                 )
                 assert not r.allowed, (phone, body)
         # After a STOP, the HELP got its reply above; a regular message still may not go.
@@ -341,20 +337,14 @@ async def test_a_reply_that_did_not_earn_its_exemption_counts_towards_the_cap(se
         )  # fmt: skip
         for phone in ("+14155550111", "+14155550112", "+14155550113"):
             await c.RecordOptIn(opt_in(phone, "acme", "promo", t - timedelta(minutes=30)))
-
-        def sent(phone: str, kind: int) -> api.RecordMessageSentRequest:
-            return api.RecordMessageSentRequest(
-                request_id=uuid.uuid4().hex, phone=phone, brand="acme", campaign="promo",
-                message_id=f"SM{uuid.uuid4().hex[:10]}", kind=kind,
-                occurred_at=ts(t - timedelta(minutes=1)), identified_sender=True,
-            )  # fmt: skip
-
+        at = t - timedelta(minutes=1)
         # A "help reply" and a "conversation reply" nobody asked for: counted.
         for phone, kind in (
             ("+14155550111", lpb.MESSAGE_KIND_HELP_REPLY),
             ("+14155550112", lpb.MESSAGE_KIND_CONVERSATION_REPLY),
         ):
-            w = await c.RecordMessageSent(sent(phone, kind))
+            reply = sent(phone, "acme", "promo", at, kind=kind, included_opt_out_language=False)
+            w = await c.RecordMessageSent(reply)
             r = await c.CanSend(can_send(phone, at_least_as_fresh=w.consistency_token))
             assert not r.allowed and r.reason == api.REASON_FREQUENCY_CAP_REACHED, phone
             r = await c.CanSend(
@@ -378,7 +368,9 @@ async def test_a_reply_that_did_not_earn_its_exemption_counts_towards_the_cap(se
             )
         )
         assert r.allowed and api.OBLIGATION_IDENTIFY_SENDER not in r.obligations
-        w = await c.RecordMessageSent(sent(phone, lpb.MESSAGE_KIND_CONVERSATION_REPLY))
+        reply = sent(phone, "acme", "promo", at, included_opt_out_language=False)
+        reply.kind = lpb.MESSAGE_KIND_CONVERSATION_REPLY
+        w = await c.RecordMessageSent(reply)
         r = await c.CanSend(can_send(phone, at_least_as_fresh=w.consistency_token))
         assert r.allowed, r
 
