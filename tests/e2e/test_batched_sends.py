@@ -36,6 +36,7 @@ from tests.e2e.harness import (
     limit_subscriber_records,
     opt_in,
     precondition_violations,
+    sent,
     serving,
     status_details,
     ts,
@@ -133,15 +134,13 @@ async def test_a_thousand_messages_are_recorded_listed_and_swept_like_single_sen
         assert await ledger_size(runtime) == before + CALL
         # One more message to a number no batch names, sent alone, to set beside them.
         single = await c.RecordMessageSent(
-            api.RecordMessageSentRequest(
-                request_id="single-1",
-                phone=phone(CALL),
-                brand="acme",
-                campaign="promo",
+            sent(
+                phone(CALL),
+                "acme",
+                "promo",
+                when,
+                "single-1",
                 message_id=f"SM-{CALL}",
-                occurred_at=ts(when),
-                included_opt_out_language=True,
-                identified_sender=True,
                 relied_on=message(0, when).relied_on,
             )
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import grpc
 import pytest
@@ -36,6 +36,7 @@ from tests.e2e.harness import (
     opt_out,
     precondition_violations,
     running,
+    sent,
     service_settings,
     ts,
 )
@@ -495,15 +496,13 @@ async def test_a_write_answered_as_recorded_before_is_read_as_the_instance_s_own
                 else:
                     again = [
                         await s.RecordMessageSent(
-                            api.RecordMessageSentRequest(
-                                request_id=f"slow-{i}-{k}",
-                                brand="acme",
-                                phone=m.phone,
-                                campaign=m.campaign,
+                            sent(
+                                m.phone,
+                                "acme",
+                                m.campaign,
+                                m.occurred_at.ToDatetime(UTC),
+                                f"slow-{i}-{k}",
                                 message_id=m.message_id,
-                                occurred_at=m.occurred_at,
-                                included_opt_out_language=True,
-                                identified_sender=True,
                             )
                         )
                         for k, m in enumerate(sends)

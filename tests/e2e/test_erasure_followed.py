@@ -18,7 +18,7 @@ from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
 from ledger.retention import add_years
-from tests.e2e.harness import Client, defined, imported, inbound, opt_in, opted_in, ts
+from tests.e2e.harness import Client, defined, imported, inbound, opt_in, opted_in, sent, ts
 from tests.e2e.harness import define as definition
 from tests.e2e.test_erasure_in_flight import example_table_says
 
@@ -112,16 +112,7 @@ def facts_after(c: Client, erased_at: datetime) -> dict[str, Callable[[datetime]
             )
         ),
         "a send": lambda t: c.RecordMessageSent(
-            api.RecordMessageSentRequest(
-                request_id=rid(),
-                **acme,
-                campaign="promo",
-                message_id=sent_id,
-                kind=lpb.MESSAGE_KIND_REGULAR,
-                occurred_at=ts(t),
-                included_opt_out_language=True,
-                identified_sender=True,
-            )
+            sent(PHONE, "acme", "promo", t, message_id=sent_id)
         ),
         "its delivery": lambda t: c.RecordDeliveryOutcome(
             api.RecordDeliveryOutcomeRequest(

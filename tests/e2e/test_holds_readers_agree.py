@@ -42,6 +42,7 @@ from tests.e2e.harness import (
     module_clock,
     opt_in,
     opt_out,
+    sent,
     ts,
 )
 
@@ -164,17 +165,7 @@ async def ledgers(
 
 
 async def send(case: Case, name: str, at: datetime, relied: bool) -> None:
-    message = api.RecordMessageSentRequest(
-        request_id=uuid.uuid4().hex,
-        phone=case.phone,
-        brand="acme",
-        campaign="promo",
-        message_id=f"SM{uuid.uuid4().hex[:12]}",
-        occurred_at=ts(at),
-        included_opt_out_language=True,
-        identified_sender=True,
-        from_number=SENDER,
-    )
+    message = sent(case.phone, "acme", "promo", at, from_number=SENDER)
     if relied:
         asked = await case.c.CanSend(
             api.CanSendRequest(

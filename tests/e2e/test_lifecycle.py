@@ -28,6 +28,7 @@ from tests.e2e.harness import (
     opt_out,
     precondition_violations,
     proof,
+    sent,
     status_details,
     ts,
 )
@@ -99,16 +100,7 @@ async def test_the_full_life_of_a_number(service):
         assert r.policy_version == 1
 
         w = await c.RecordMessageSent(
-            api.RecordMessageSentRequest(
-                request_id=uuid.uuid4().hex,
-                phone=PHONE,
-                brand="acme",
-                campaign="promo",
-                message_id="SM-first",
-                occurred_at=ts(t - timedelta(minutes=5)),
-                included_opt_out_language=True,
-                identified_sender=True,
-            )
+            sent(PHONE, "acme", "promo", t - timedelta(minutes=5), message_id="SM-first")
         )
         r = await check(c, w.consistency_token)
         assert r.allowed and api.OBLIGATION_INCLUDE_OPT_OUT_LANGUAGE not in r.obligations
@@ -126,14 +118,15 @@ async def test_the_full_life_of_a_number(service):
         r = await check(c, stop.consistency_token, kind=confirm)
         assert r.allowed and api.OBLIGATION_NON_MARKETING_CONTENT_ONLY in r.obligations
         w = await c.RecordMessageSent(
-            api.RecordMessageSentRequest(
-                request_id=uuid.uuid4().hex,
-                phone=PHONE,
-                brand="acme",
-                campaign="promo",
+            sent(
+                PHONE,
+                "acme",
+                "promo",
+                t - timedelta(minutes=1),
                 message_id="SM-confirm",
                 kind=confirm,
-                occurred_at=ts(t - timedelta(minutes=1)),
+                included_opt_out_language=False,
+                identified_sender=False,
             )
         )
         r = await check(c, w.consistency_token, kind=confirm)
@@ -663,13 +656,15 @@ async def test_the_opt_out_rate_counts_sends_and_opt_outs_per_campaign_and_brand
             [(PHONE, "promo"), (other, "promo"), (PHONE, "promo"), (other, "alerts")]
         ):
             await c.RecordMessageSent(
-                api.RecordMessageSentRequest(
-                    request_id=f"sent-{i}",
-                    phone=phone,
-                    brand="acme",
-                    campaign=campaign,
+                sent(
+                    phone,
+                    "acme",
+                    campaign,
+                    t - timedelta(hours=1, minutes=i),
+                    f"sent-{i}",
                     message_id=f"SM-{i}",
-                    occurred_at=ts(t - timedelta(hours=1, minutes=i)),
+                    included_opt_out_language=False,
+                    identified_sender=False,
                 )
             )
         await c.HandleInboundMessage(inbound(PHONE, ACME_NUMBER, "STOP", t - timedelta(minutes=30)))

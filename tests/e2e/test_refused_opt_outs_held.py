@@ -36,6 +36,7 @@ from tests.e2e.harness import (
     module_clock,
     opt_in,
     opt_out,
+    sent,
     status_details,
     ts,
 )
@@ -868,30 +869,21 @@ async def test_an_outcome_saying_the_person_opted_out_at_the_provider_holds_the_
     runtime, clock = service
     number, unsent = phone(60), phone(61)
     await opted_in(runtime, [number, unsent], clock.now)
-    sent = api.RecordMessageSentRequest(
-        request_id=f"s-{uuid.uuid4().hex}",
-        phone=number,
-        brand="acme",
-        campaign="promo",
-        message_id=f"SM{uuid.uuid4().hex[:16]}",
-        occurred_at=ts(clock.now - timedelta(minutes=10)),
-        included_opt_out_language=True,
-        identified_sender=True,
-    )
+    message = sent(number, "acme", "promo", clock.now - timedelta(minutes=10))
 
     def outcome(code: str, to: str = number) -> api.RecordDeliveryOutcomeRequest:
         return api.RecordDeliveryOutcomeRequest(
             request_id=f"d-{uuid.uuid4().hex}",
             phone=to,
             brand="acme",
-            message_id=sent.message_id,
+            message_id=message.message_id,
             outcome=lpb.DELIVERY_OUTCOME_FAILED,
             error_code=code,
             occurred_at=ts(clock.now - timedelta(minutes=9)),
         )
 
     async with client(runtime.address, "acme-app") as c:
-        await c.RecordMessageSent(sent)
+        await c.RecordMessageSent(message)
         other = await c.RecordDeliveryOutcome(outcome("30003"))
         assert len(other.event_ids) == 1
         assert (await can_send(runtime, number, other.consistency_token)).allowed

@@ -17,14 +17,14 @@ from google.protobuf.duration_pb2 import Duration
 
 from ledger.ports import Stream
 from services.bootstrap import StartError
-from tests.e2e.harness import Clock, client, define, opt_in, serving, ts
+from tests.e2e.harness import Clock, client, define, opt_in, sent, serving, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 PHONE = "+14155552671"  # Los Angeles
 
 
-def sent(phone: str, at, campaign: str = "monthly") -> api.SentMessage:
+def message(phone: str, at, campaign: str = "monthly") -> api.SentMessage:
     return api.SentMessage(
         phone=phone,
         campaign=campaign,
@@ -48,8 +48,8 @@ async def test_a_send_stamped_ahead_keeps_the_month_old_send_a_monthly_cap_count
     month = timedelta(days=31)
     async with client(runtime.address) as c:
         await c.RecordOptIn(opt_in(PHONE, "acme", "monthly", clock.now - timedelta(days=40)))
-        first = sent(PHONE, clock.now - month + timedelta(minutes=1))
-        ahead = sent(PHONE, clock.now + timedelta(minutes=4))
+        first = message(PHONE, clock.now - month + timedelta(minutes=1))
+        ahead = message(PHONE, clock.now + timedelta(minutes=4))
         w = await c.RecordMessagesSent(
             api.RecordMessagesSentRequest(
                 request_id=uuid.uuid4().hex, brand="acme", messages=[first, ahead]
@@ -152,7 +152,7 @@ async def test_a_cap_of_150_names_sends_a_sender_can_hand_back_and_a_batch_fits(
     runtime = await serve(clock=clock, campaigns=[campaign])
     async with client(runtime.address) as c:
         await c.RecordOptIn(opt_in(PHONE, "acme", "monthly", clock.now - timedelta(days=40)))
-        messages = [sent(PHONE, clock.now - timedelta(days=20, minutes=-i)) for i in range(150)]
+        messages = [message(PHONE, clock.now - timedelta(days=20, minutes=-i)) for i in range(150)]
         w = await c.RecordMessagesSent(
             api.RecordMessagesSentRequest(
                 request_id=uuid.uuid4().hex, brand="acme", messages=messages
@@ -175,17 +175,7 @@ async def test_a_cap_of_150_names_sends_a_sender_can_hand_back_and_a_batch_fits(
             evidence_event_ids=answer.evidence_event_ids,
         )
         over = await c.RecordMessageSent(
-            api.RecordMessageSentRequest(
-                request_id=uuid.uuid4().hex,
-                phone=PHONE,
-                brand="acme",
-                campaign="monthly",
-                message_id=f"SM{uuid.uuid4().hex[:12]}",
-                occurred_at=ts(clock.now),
-                included_opt_out_language=True,
-                identified_sender=True,
-                relied_on=relied,
-            )
+            sent(PHONE, "acme", "monthly", clock.now, relied_on=relied)
         )
         assert len(over.event_ids) == 1
         batch = await c.CanSendBatch(

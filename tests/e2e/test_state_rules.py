@@ -16,6 +16,7 @@ from tests.e2e.harness import (
     define,
     opt_in,
     proof,
+    sent,
     status_details,
     ts,
 )
@@ -148,16 +149,7 @@ async def test_a_fourth_promotional_text_in_24_hours_to_florida_is_denied(servic
         grant, sends = w.event_ids[0], []
         for hours in (3, 2, 1):
             w = await c.RecordMessageSent(
-                api.RecordMessageSentRequest(
-                    request_id=uuid.uuid4().hex,
-                    phone=FLORIDA,
-                    brand="acme",
-                    campaign="promo",
-                    message_id=f"SM-{hours}",
-                    occurred_at=ts(t - timedelta(hours=hours)),
-                    included_opt_out_language=True,
-                    identified_sender=True,
-                )
+                sent(FLORIDA, "acme", "promo", t - timedelta(hours=hours), message_id=f"SM-{hours}")
             )
             sends.append(w.event_ids[0])
         r = await can_send(c, FLORIDA, w.consistency_token)

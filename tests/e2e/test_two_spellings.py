@@ -40,6 +40,7 @@ from tests.e2e.harness import (
     opt_in,
     opt_out,
     running,
+    sent,
     service_settings,
     ts,
 )
@@ -751,23 +752,14 @@ async def test_the_sweep_finds_a_send_after_a_stop_stored_under_the_old_spelling
         await applied(runtime, w.consistency_token)
         await upgraded(monkeypatch)
         # The sender sends on the answer it had before the STOP.
-        message_id = f"SM{uuid.uuid4().hex[:16]}"
-        sent = api.RecordMessageSentRequest(
-            request_id=uuid.uuid4().hex,
-            phone=kept,
-            brand="acme",
-            campaign="promo",
-            message_id=message_id,
-            occurred_at=ts(clock.now - timedelta(minutes=10)),
-            included_opt_out_language=True,
-            identified_sender=True,
-            relied_on=api.ReliedOnAnswer(
-                consistency_token=asked.consistency_token,
-                allowed=True,
-                reason=api.REASON_CONSENT_ACTIVE,
-            ),
+        relied = api.ReliedOnAnswer(
+            consistency_token=asked.consistency_token,
+            allowed=True,
+            reason=api.REASON_CONSENT_ACTIVE,
         )
-        w = await admin.RecordMessageSent(sent)
+        message = sent(kept, "acme", "promo", clock.now - timedelta(minutes=10), relied_on=relied)
+        message_id = message.message_id
+        w = await admin.RecordMessageSent(message)
         token = await applied(runtime, w.consistency_token)
         packet = await admin.GetProofPacket(
             api.GetProofPacketRequest(

@@ -33,6 +33,7 @@ from tests.e2e.harness import (
     now,
     opt_in,
     opt_out,
+    sent,
     service_settings,
     status_details,
     ts,
@@ -123,18 +124,7 @@ async def writes(admin: Any, brand: str, phones: Sequence[str], rounds: int) -> 
 
         async def one(p: str, r: int, when: datetime) -> list[str]:
             done = list((await admin.RecordOptIn(opt_in(p, brand, "promo", when))).event_ids)
-            await admin.RecordMessageSent(
-                api.RecordMessageSentRequest(
-                    request_id=uuid.uuid4().hex,
-                    phone=p,
-                    brand=brand,
-                    campaign="promo",
-                    message_id=f"SM{uuid.uuid4().hex[:12]}",
-                    occurred_at=ts(when + timedelta(seconds=10)),
-                    included_opt_out_language=True,
-                    identified_sender=True,
-                )
-            )
+            await admin.RecordMessageSent(sent(p, brand, "promo", when + timedelta(seconds=10)))
             if r % 2:
                 out = await admin.RecordOptOut(
                     opt_out(p, brand, "promo", when + timedelta(seconds=20))
@@ -323,17 +313,8 @@ async def test_the_filters_choose_what_comes(runtime):
                 occurred_at=ts(at),
             )
         )
-        sent = await admin.RecordMessageSent(
-            api.RecordMessageSentRequest(
-                request_id=uuid.uuid4().hex,
-                phone=p,
-                brand="acme",
-                campaign="promo",
-                message_id="SM-filters",
-                occurred_at=ts(at + timedelta(seconds=5)),
-                included_opt_out_language=True,
-                identified_sender=True,
-            )
+        message = await admin.RecordMessageSent(
+            sent(p, "acme", "promo", at + timedelta(seconds=5), message_id="SM-filters")
         )
     after_start = start.consistency_token  # a write's token: start after that write
     async with grpc.aio.insecure_channel(runtime.address) as channel:
@@ -352,7 +333,7 @@ async def test_the_filters_choose_what_comes(runtime):
         *news.event_ids,
         *everything.event_ids,
         *age.event_ids,
-        *sent.event_ids,
+        *message.event_ids,
     }
 
 

@@ -31,6 +31,7 @@ from tests.e2e.harness import (
     module_clock,
     opt_in,
     opt_out,
+    sent,
     serving,
     ts,
 )
@@ -694,16 +695,14 @@ async def test_an_opt_out_is_confirmed_once_by_a_sender_whose_clock_runs_behind(
             inbound(phone, NUMBER, "STOP", when + timedelta(minutes=2))
         )
         clock.now = when + timedelta(seconds=2)
-        sent = await c.RecordMessageSent(
-            api.RecordMessageSentRequest(
-                request_id=uuid.uuid4().hex,
-                phone=phone,
-                brand="acme",
-                campaign="promo",
-                message_id=uuid.uuid4().hex,
+        confirmed = await c.RecordMessageSent(
+            sent(
+                phone,
+                "acme",
+                "promo",
+                clock.now - timedelta(seconds=20),
                 kind=lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION,
-                occurred_at=ts(clock.now - timedelta(seconds=20)),
-                identified_sender=True,
+                included_opt_out_language=False,
                 from_number=NUMBER,
             )
         )
@@ -713,7 +712,7 @@ async def test_an_opt_out_is_confirmed_once_by_a_sender_whose_clock_runs_behind(
                 brand="acme",
                 campaign="promo",
                 message_kind=lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION,
-                at_least_as_fresh=token(granted, stopped, sent),
+                at_least_as_fresh=token(granted, stopped, confirmed),
             )
         )
     assert not again.allowed
@@ -741,16 +740,12 @@ async def test_a_reply_recorded_stamped_before_its_text_answers_it(service, text
         clock.now = when + timedelta(seconds=2)
         writes.append(
             await c.RecordMessageSent(
-                api.RecordMessageSentRequest(
-                    request_id=uuid.uuid4().hex,
-                    phone=phone,
-                    brand="acme",
-                    campaign="promo",
-                    message_id=uuid.uuid4().hex,
+                sent(
+                    phone,
+                    "acme",
+                    "promo",
+                    clock.now - timedelta(seconds=20),
                     kind=kind,
-                    occurred_at=ts(clock.now - timedelta(seconds=20)),
-                    identified_sender=True,
-                    included_opt_out_language=True,
                     from_number=NUMBER,
                 )
             )
