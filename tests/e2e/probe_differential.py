@@ -48,6 +48,7 @@ from tests.e2e.harness import (
     opt_in,
     opt_out,
     running,
+    sent,
     service_settings,
     streamed,
     ts,
@@ -265,18 +266,8 @@ def make_ops(rng: random.Random, phones: list[str], clock: Clock, steps: int) ->
             mid = f"M{rng.getrandbits(40):x}"
             op.update(
                 kind="RecordMessageSent",
-                build=lambda at, s=spelled, b=brand, c=campaign, i=rid, m=mid: (
-                    api.RecordMessageSentRequest(
-                        request_id=i,
-                        phone=s,
-                        brand=b,
-                        campaign=c,
-                        message_id=m,
-                        kind=lpb.MESSAGE_KIND_REGULAR,
-                        occurred_at=ts(at),
-                        included_opt_out_language=True,
-                        identified_sender=True,
-                    )
+                build=lambda at, s=spelled, b=brand, c=campaign, i=rid, m=mid: sent(
+                    s, b, c, at, i, message_id=m
                 ),
             )
         elif r < 0.72:

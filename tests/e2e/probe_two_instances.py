@@ -39,6 +39,7 @@ from tests.e2e.harness import (
     kafka_settings,
     opt_in,
     opt_out,
+    sent,
     service_settings,
     ts,
 )
@@ -262,15 +263,8 @@ async def test_holds_placed_through_one_and_resolved_through_the_other(pair):
                 message = f"SM-{uuid.uuid4().hex[:10]}"
                 if i % 3 == 1:
                     await reader.RecordMessageSent(
-                        api.RecordMessageSentRequest(
-                            request_id=uuid.uuid4().hex,
-                            brand="acme",
-                            phone=phone,
-                            campaign="promo",
-                            message_id=message,
-                            occurred_at=ts(when - timedelta(minutes=3)),
-                            included_opt_out_language=True,
-                            identified_sender=True,
+                        sent(
+                            phone, "acme", "promo", when - timedelta(minutes=3), message_id=message
                         )
                     )
                 outcome = api.RecordDeliveryOutcomeRequest(
@@ -371,16 +365,7 @@ async def test_rules_changed_through_one_are_read_by_the_other(pair):
             d = await admin.DefineCampaign(define("acme", campaign, when - timedelta(days=1)))
             g = await ca.RecordOptIn(opt_in(phone, "acme", campaign, when - timedelta(hours=1)))
             s = await ca.RecordMessageSent(
-                api.RecordMessageSentRequest(
-                    request_id=uuid.uuid4().hex,
-                    brand="acme",
-                    phone=phone,
-                    campaign=campaign,
-                    message_id=f"SM-{uuid.uuid4().hex[:10]}",
-                    occurred_at=ts(when - timedelta(minutes=30)),
-                    included_opt_out_language=True,
-                    identified_sender=True,
-                )
+                sent(phone, "acme", campaign, when - timedelta(minutes=30))
             )
             before = merged(d.consistency_token, g.consistency_token, s.consistency_token)
             assert all(x.allowed for x in await asked(reader, phone, campaign, before))
@@ -578,17 +563,7 @@ async def test_owed_replies_across_instances(pair):
             owed = await asked(second, phone, "promo", w.consistency_token, kind)
             tally[f"{body[:4]} reply: {owed[0].allowed}"] += 1
             s = await first.RecordMessageSent(
-                api.RecordMessageSentRequest(
-                    request_id=uuid.uuid4().hex,
-                    brand="acme",
-                    phone=phone,
-                    campaign="promo",
-                    message_id=f"SM-{uuid.uuid4().hex[:10]}",
-                    kind=kind,
-                    occurred_at=ts(when - timedelta(seconds=10)),
-                    included_opt_out_language=True,
-                    identified_sender=True,
-                )
+                sent(phone, "acme", "promo", when - timedelta(seconds=10), kind=kind)
             )
             token = merged(w.consistency_token, s.consistency_token)
             again = await asked(second, phone, "promo", token, kind)
@@ -813,19 +788,10 @@ async def test_a_random_mix_agrees(pair):
                 async def refused_by_the_provider() -> Any:
                     message = f"SM-{uuid.uuid4().hex[:10]}"
                     if rng.random() < 0.5:
-                        sent = await c.RecordMessageSent(
-                            api.RecordMessageSentRequest(
-                                request_id=uuid.uuid4().hex,
-                                brand="acme",
-                                phone=phone,
-                                campaign=campaign,
-                                message_id=message,
-                                occurred_at=ts(at),
-                                included_opt_out_language=True,
-                                identified_sender=True,
-                            )
+                        recorded = await c.RecordMessageSent(
+                            sent(phone, "acme", campaign, at, message_id=message)
                         )
-                        tokens.append(sent.consistency_token)
+                        tokens.append(recorded.consistency_token)
                     outcome = api.RecordDeliveryOutcomeRequest(
                         request_id=uuid.uuid4().hex,
                         phone=phone,
