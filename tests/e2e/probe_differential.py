@@ -45,6 +45,7 @@ from tests.e2e.harness import (
     held_info,
     inbound,
     kafka_settings,
+    noon_in_los_angeles,
     opt_in,
     opt_out,
     running,
@@ -506,7 +507,9 @@ async def test_probe(tmp_path, postgres_dsn, postgres_server, kafka_bootstrap) -
     steps = int(os.environ.get("PROBE_STEPS", "120"))
     nphones = int(os.environ.get("PROBE_PHONES", "20"))
     rng = random.Random(seed)
-    clock: Any = LiveClock() if os.environ.get("PROBE_LIVE") else Clock()
+    # Far enough ahead that "26h_ago" is after all the probe records (LOOK_BACK is a day).
+    ahead = Clock(noon_in_los_angeles(ahead=timedelta(days=2)))
+    clock: Any = LiveClock() if os.environ.get("PROBE_LIVE") else ahead
     start = clock.now
     phones = [
         f"+1{rng.choice(['415', '212', '305', '512', '617'])}555{1000 + i:04d}"
