@@ -516,6 +516,11 @@ class RevocationCandidateFlagged(SubscriberEvent):
     service's clock and the candidate took its place when recorded instead (as
     ``ConsentRevoked.stated_at``); None otherwise, and on candidates recorded before
     this was kept. A "revoked" resolution takes effect no earlier than ``stated``."""
+    from_import: bool = False
+    """An import's opt-out naming a campaign not defined, kept ``unattributed``
+    (``services.usecases.imports``): another platform received it and owed its one
+    confirmation. False on every other candidate, and on those recorded before this
+    was kept; ``imported`` tells an import's held opt-out by its other fields."""
 
     @property
     def stated(self) -> datetime:
@@ -524,11 +529,12 @@ class RevocationCandidateFlagged(SubscriberEvent):
 
     @property
     def imported(self) -> bool:
-        """An import's opt-out refused for its details and held for review
-        (``ledger.commands.held_opt_out``), not a reply: a candidate neither
-        unattributed nor flagged from a text, which always has a message id, nor
-        ``refused``, nor ``provider_reported``."""
-        return (
+        """An import's opt-out kept for review, not a reply: one naming a campaign
+        not defined (``from_import``), or one refused for its details
+        (``ledger.commands.held_opt_out``): a candidate neither unattributed nor
+        flagged from a text, which always has a message id, nor ``refused``, nor
+        ``provider_reported``."""
+        return self.from_import or (
             not self.inbound_message_id
             and not self.unattributed
             and not self.refused

@@ -319,7 +319,7 @@ def describe(e: LedgerEvent) -> str:
         return f'text received: "{_short(e.body)}"'
     if isinstance(e, RevocationCandidateFlagged):
         if e.unattributed:
-            what = "opt-out no campaign could take"
+            what = ("imported " if e.imported else "") + "opt-out no campaign could take"
         elif e.provider_reported:
             what = "opt-out the SMS provider reported, held for review"
         elif e.imported:

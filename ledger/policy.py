@@ -100,6 +100,8 @@ def _candidate(pending: Pending) -> str:
         return "an opt-out the SMS provider reported" + (
             "" if pending.text in (SEALED, ERASED) else f" ({pending.text})"
         )
+    if pending.unattributed and pending.imported:  # an import's opt-out naming no defined campaign
+        return f"an imported opt-out{_said(pending.text)} naming no defined campaign"
     if pending.imported or pending.refused:
         text = pending.text
         if pending.imported:
@@ -730,9 +732,10 @@ class Check:
             )
         unattributed = [p for p in digest.pending if p.unattributed]
         if unattributed:
+            what = "imported opt-out" if unattributed[0].imported else "opt-out"
             return deny(
                 Reason.REVOKED_BRAND_WIDE,
-                f"opt-out{_said(unattributed[0].text)} names no defined campaign: it counts for "
+                f"{what}{_said(unattributed[0].text)} names no defined campaign: it counts for "
                 "every campaign until resolved",
                 [p.event_id for p in unattributed],
                 version,

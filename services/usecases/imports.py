@@ -842,8 +842,9 @@ class Imports:
                 raise FailedPrecondition("campaign", f"{cmd.brand}/{cmd.campaign} is not defined")
             check_required_proof(cmd, rules.policy)
         # Marked as imported: another platform received it and owed its one
-        # confirmation, which this service must not allow a second time.
-        events = [evolved(e, imported=True) if isinstance(e, ConsentRevoked) else e for e in events]
+        # confirmation, which this service must not allow a second time; so is the
+        # candidate that keeps one naming a campaign not defined.
+        events = [_marked_imported(e) for e in events]
         for event in events:
             if isinstance(event, ConsentRevoked) and event.stated_at is not None:
                 self._stated_ahead.setdefault((event.brand, event.phone), []).append(event)
@@ -1279,6 +1280,16 @@ async def _quietly(ending: Awaitable[None]) -> None:
 def _release(turn: asyncio.Future[None]) -> None:
     if not turn.done():
         turn.set_result(None)
+
+
+def _marked_imported(event: LedgerEvent) -> LedgerEvent:
+    """``event`` as an import records it: an opt-out, and the candidate that keeps one
+    naming a campaign not defined (``unattributed_opt_out``), marked as imported."""
+    if isinstance(event, ConsentRevoked):
+        return evolved(event, imported=True)
+    if isinstance(event, RevocationCandidateFlagged) and event.unattributed:
+        return evolved(event, from_import=True)
+    return event
 
 
 def _denies(p: _Planned) -> bool:

@@ -517,6 +517,7 @@ def _enc_flagged(e: RevocationCandidateFlagged) -> tuple[str, Message]:
             if e.stated_at is None
             else timestamp_to_proto(e.stated_at, "revocation_candidate_flagged.stated_at")
         ),
+        imported=e.from_import,
     )
 
 
@@ -532,6 +533,7 @@ def _dec_flagged(p: ledger_pb2.RevocationCandidateFlagged) -> dict[str, Any]:
             if p.HasField("stated_at")
             else None
         ),
+        "from_import": p.imported,
     }
 
 

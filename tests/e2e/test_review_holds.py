@@ -361,3 +361,44 @@ async def test_an_imported_opt_out_owes_no_confirmation_and_a_live_one_after_it_
         said = await readers(runtime, number, live.consistency_token, t, confirmation)
     allowed = (True, api.REASON_OPT_OUT_CONFIRMATION_ALLOWED)
     assert said == {"CanSend": allowed, "CanSendBatch": [allowed], "CanSendAsOf": allowed}
+
+
+async def test_an_imported_opt_out_of_an_undefined_campaign_owes_no_confirmation(on_kafka):
+    """An import's opt-out naming a campaign not defined is kept for review; a
+    review's "revoked" of it, within minutes of its time, allowed our confirmation,
+    though another platform received that STOP and owed it. The queue shows it
+    imported, and a live one of the same kind still owes its confirmation."""
+    runtime, clock = on_kafka
+    t, confirmation = clock.now, lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION
+    said, shown = {}, {}
+    async with client(runtime.address) as admin:
+        for number, how in ((phone(21), "import"), (phone(22), "live")):
+            await admin.RecordOptIn(opt_in(number, "acme", "promo", t - timedelta(days=1)))
+            stop = opt_out(number, "acme", "launch", t - timedelta(minutes=1))
+            if how == "import":
+                answer = await imported(admin, api.ImportRecord(opt_out=stop))
+                assert answer.imported == 1, answer
+                token = answer.consistency_token
+            else:
+                token = (await admin.RecordOptOut(stop)).consistency_token
+            queue = await admin.ListRevocationCandidates(
+                api.ListRevocationCandidatesRequest(brand="acme", at_least_as_fresh=token)
+            )
+            (hold,) = [h for h in queue.candidates if h.event.phone == number]
+            shown[how] = hold.event.revocation_candidate_flagged.imported
+            revoked = await admin.ResolveRevocationCandidate(
+                api.ResolveRevocationCandidateRequest(
+                    request_id=f"r-{uuid.uuid4().hex}",
+                    phone=number,
+                    brand="acme",
+                    candidate_event_id=hold.event.event_id,
+                    resolution=lpb.CANDIDATE_RESOLUTION_REVOKED,
+                    occurred_at=ts(t),
+                    resolved_by="reviewer: a STOP for a campaign we never ran",
+                )
+            )
+            said[how] = await readers(runtime, number, revoked.consistency_token, t, confirmation)
+    assert shown == {"import": True, "live": False}, shown
+    assert said["import"] == denied(api.REASON_OPT_OUT_CONFIRMATION_NOT_ALLOWED), said
+    allowed = (True, api.REASON_OPT_OUT_CONFIRMATION_ALLOWED)
+    assert said["live"] == {"CanSend": allowed, "CanSendBatch": [allowed], "CanSendAsOf": allowed}

@@ -401,6 +401,8 @@ async def test_an_opt_out_of_an_unknown_campaign_is_kept_for_review():
         partition = app.ledger.partition_for("+14155550100")
         (kept,) = await app.ledger.read(Stream.SUBSCRIBERS, partition, 0)
         assert isinstance(kept.event, RevocationCandidateFlagged)
+        # Another platform received it: its confirmation was that platform's to send.
+        assert kept.event.unattributed and kept.event.from_import
 
 
 def only_globex(brand: str) -> None:

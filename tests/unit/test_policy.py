@@ -11,9 +11,11 @@ from ledger.campaigns import Campaign, CampaignPolicy, CampaignPurpose, Frequenc
 from ledger.commands import (
     HELD_OPT_OUT,
     HoldRefusedOptOut,
+    RecordOptOut,
     ResolveRevocationCandidate,
     held_opt_out,
     to_events,
+    unattributed_opt_out,
 )
 from ledger.events import (
     CandidateResolution,
@@ -22,6 +24,7 @@ from ledger.events import (
     DeliveryOutcome,
     DeliveryOutcomeReported,
     MessageKind,
+    RevocationChannel,
 )
 from ledger.policy import Obligation, Reason, decide
 from ledger.state import fold, retained_facts
@@ -177,6 +180,29 @@ def test_an_imports_opt_out_held_then_revoked_by_a_review_owes_no_confirmation(v
     d = decide(s, PROMO, at(7), MessageKind.OPT_OUT_CONFIRMATION)
     assert d.allowed is owed
     assert ("imported" in d.detail) is not owed
+
+
+@pytest.mark.parametrize("from_import", [False, True])
+def test_an_opt_out_of_an_undefined_campaign_revoked_by_a_review_owes_per_its_source(
+    from_import,
+):
+    """An opt-out naming a campaign not defined is kept for review: a live one is the
+    person's own and owes its confirmation once a review records it; an import's was
+    another platform's, which owed it (as an import's recorded opt-out)."""
+    cmd = RecordOptOut("out-1", PHONE, BRAND, "launch", RevocationChannel.KEYWORD, at(5))
+    (held,) = unattributed_opt_out(cmd, at(5))
+    held = dataclasses.replace(held, from_import=from_import)
+    assert held.unattributed and held.imported is from_import
+    review = ResolveRevocationCandidate(
+        "r-1", PHONE, BRAND, str(held.event_id), CandidateResolution.REVOKED, at(6)
+    )
+    pending = decide(state_of(granted(at(0)), held), PROMO, at(5.5))
+    assert not pending.allowed
+    assert ("imported opt-out" in pending.detail) is from_import, pending.detail
+    s = state_of(granted(at(0)), held, *to_events(review, at(6)))
+    d = decide(s, PROMO, at(7), MessageKind.OPT_OUT_CONFIRMATION)
+    assert d.allowed is not from_import, d
+    assert ("imported" in d.detail) is from_import, d.detail
 
 
 def test_regular_message_after_opt_out_is_denied_even_inside_the_window():

@@ -324,6 +324,21 @@ def test_a_candidate_stamped_ahead_keeps_its_stated_time_and_one_written_without
     assert old.event_id == ahead.event_id
 
 
+def test_an_imported_candidate_keeps_its_mark_and_one_written_without_it_loads_unmarked() -> None:
+    """An import's opt-out naming a campaign not defined is kept as a candidate; the
+    mark that it was imported decides who owed its confirmation, so it must survive
+    the ledger, and a candidate written without it reads back unmarked."""
+    held = next(e for e in EXAMPLES if isinstance(e, RevocationCandidateFlagged) and e.unattributed)
+    marked = dataclasses.replace(held, from_import=True)
+    back = codec.decode_event(codec.encode_event(marked))
+    assert isinstance(back, RevocationCandidateFlagged) and back.from_import and back.imported
+    assert back == marked
+    env = codec.event_to_proto(held)
+    assert "imported" not in {f.name for f, _ in env.revocation_candidate_flagged.ListFields()}
+    old = codec.decode_event(env.SerializeToString())
+    assert isinstance(old, RevocationCandidateFlagged) and not old.imported
+
+
 def test_times_in_other_zones_come_back_as_the_same_instant_in_utc() -> None:
     tokyo = timezone(timedelta(hours=9))
     event = ConsentResumed(**base(20, AT.astimezone(tokyo)), **who(), campaign=None)

@@ -1010,6 +1010,7 @@ class RevocationCandidateFlagged(_message.Message):
     TO_NUMBER_FIELD_NUMBER: _builtins.int
     CAMPAIGN_FIELD_NUMBER: _builtins.int
     STATED_AT_FIELD_NUMBER: _builtins.int
+    IMPORTED_FIELD_NUMBER: _builtins.int
     inbound_message_id: _builtins.str
     text: _builtins.str
     unattributed: _builtins.bool
@@ -1021,6 +1022,12 @@ class RevocationCandidateFlagged(_message.Message):
     """The number an unattributed STOP was sent to."""
     campaign: _builtins.str
     """The undefined campaign an unattributed opt-out named."""
+    imported: _builtins.bool
+    """An import's opt-out naming a campaign not defined (unattributed): another platform
+    received it and owed its one confirmation, as ConsentRevoked.imported says of an
+    import's opt-out recorded. Unset on every other candidate, whose kind is told by
+    its other fields and request id, and on candidates written before it was kept.
+    """
     @_builtins.property
     def stated_at(self) -> _timestamp_pb2.Timestamp:
         """The time the held opt-out said it happened, when that was ahead of the service's
@@ -1037,10 +1044,11 @@ class RevocationCandidateFlagged(_message.Message):
         to_number: _builtins.str = ...,
         campaign: _builtins.str | None = ...,
         stated_at: _timestamp_pb2.Timestamp | None = ...,
+        imported: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "stated_at", b"stated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "inbound_message_id", b"inbound_message_id", "stated_at", b"stated_at", "text", b"text", "to_number", b"to_number", "unattributed", b"unattributed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign", "imported", b"imported", "inbound_message_id", b"inbound_message_id", "stated_at", b"stated_at", "text", b"text", "to_number", b"to_number", "unattributed", b"unattributed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__campaign: _TypeAlias = _typing.Literal["campaign"]  # noqa: Y015
     _WhichOneofArgType__campaign: _TypeAlias = _typing.Literal["_campaign", b"_campaign"]  # noqa: Y015
