@@ -11,7 +11,7 @@ from functools import partial
 from typing import TypeGuard
 
 from ledger.errors import InvalidRequest
-from ledger.events import Recorded, SubscriberEvent
+from ledger.events import Recorded, ReliedAnswer, SubscriberEvent
 from ledger.personal_data import erased, erased_before, personal_data
 from ledger.ports import CampaignReads, ConsentView, ConsistencyToken, EventLog, Stream
 from services.errors import NotConsistent
@@ -125,26 +125,68 @@ class Context:
         would skip every event of that partition until the ledger got there. Parts the
         view has applied need no look at the ledger; when the ledger's end cannot be
         read to check the others, ``NotConsistent`` (retryable)."""
-        applied = self.guard.applied_token().offsets
-        ahead = {k: o for k, o in token.offsets.items() if k not in applied or o > applied[k]}
-        if not ahead:
+        why = (await self.past_the_end([token], field))[0]
+        if why is not None:
+            raise InvalidRequest(field, why)
+
+    async def refuse_relied_past_the_end(
+        self, answers: Sequence[tuple[str, ReliedAnswer | None]]
+    ) -> None:
+        """Refuse the sends whose relied-on answer names a token past the ledger's end
+        (``past_the_end``): the service never gave it, and the sweep would read the
+        send as asked before it went out. ``answers`` are (field, answer) pairs; every
+        such field is named, each token looked at once."""
+        tokens: dict[str, ConsistencyToken] = {}
+        for _, answer in answers:
+            if answer is not None and answer.consistency_token not in tokens:
+                tokens[answer.consistency_token] = ConsistencyToken.decode(answer.consistency_token)
+        if not tokens:
             return
+        field = answers[0][0]
+        whys = dict(zip(tokens, await self.past_the_end(list(tokens.values()), field), strict=True))
+        bad = [
+            (f, why)
+            for f, answer in answers
+            if answer is not None and (why := whys[answer.consistency_token]) is not None
+        ]
+        if bad:
+            raise InvalidRequest(*bad[0], *bad[1:])
+
+    async def past_the_end(
+        self, tokens: Sequence[ConsistencyToken], field: str
+    ) -> list[str | None]:
+        """For each of ``tokens``, why it is no token of this ledger (it names an
+        offset past the ledger's end, or a partition it lacks), or None. The ledger's
+        end is read once, and only when some token is ahead of what the view applied;
+        when it cannot be read, ``NotConsistent`` on ``field`` (retryable)."""
+        applied = self.guard.applied_token().offsets
+        aheads = [
+            {k: o for k, o in token.offsets.items() if k not in applied or o > applied[k]}
+            for token in tokens
+        ]
+        if not any(aheads):
+            return [None] * len(tokens)
         try:
             async with asyncio.timeout(_LOOK_AT_THE_END):
                 ends = await self.guard.observe()
         except Exception as exc:
             raise NotConsistent(field, "the ledger's end could not be read to check it") from exc
-        for (stream, partition), offset in sorted(
-            ahead.items(), key=lambda kv: (kv[0][0].value, kv[0][1])
-        ):
-            end = ends.get(stream, {}).get(partition)
-            if end is None or offset > end:
-                raise InvalidRequest(
-                    field,
-                    f"names {stream.value}:{partition}:{offset}, past the ledger's end "
-                    f"({'no such partition' if end is None else f'it ends at {end}'}): "
-                    "not a token of this service",
-                )
+        whys: list[str | None] = []
+        for ahead in aheads:
+            why = None
+            for (stream, partition), offset in sorted(
+                ahead.items(), key=lambda kv: (kv[0][0].value, kv[0][1])
+            ):
+                end = ends.get(stream, {}).get(partition)
+                if end is None or offset > end:
+                    why = (
+                        f"names {stream.value}:{partition}:{offset}, past the ledger's end "
+                        f"({'no such partition' if end is None else f'it ends at {end}'}): "
+                        "not a token of this service"
+                    )
+                    break
+            whys.append(why)
+        return whys
 
     async def long_read(self, resume_at: ConsistencyToken | None, field: str) -> dict[int, int]:
         """Per subscriber partition of the ledger, the offset a long read (a sweep, a

@@ -145,6 +145,12 @@ class Sends:
         # loop (CanSend, this call's own reads) gets its turns meanwhile.
         sent = await asyncio.to_thread(_stamped, cmd, self.ctx.clock(), recorded_by)
         events: list[MessageSent] = [e for e in sent if isinstance(e, MessageSent)]
+        await self.ctx.refuse_relied_past_the_end(
+            [
+                (f"messages[{i}].relied_on.consistency_token", e.relied_on)
+                for i, e in enumerate(events)
+            ]
+        )
         spelled = await recorded_as_spelled(self.ctx, cmd, events)
         if spelled is not None:
             return SendsResult(spelled.event_ids, spelled.token, 0)

@@ -479,6 +479,11 @@ class Writes:
         # is answered as recorded when it is a retry of one that passed them.
         try:
             if isinstance(cmd, RecordMessageSent):
+                sent = events[0]
+                assert isinstance(sent, MessageSent)
+                await self.ctx.refuse_relied_past_the_end(
+                    [("relied_on.consistency_token", sent.relied_on)]
+                )
                 events = await self._with_exemption(events)
             if isinstance(cmd, RecordDeliveryOutcome):
                 events = await self._with_provider_hold(await self._with_send(events))

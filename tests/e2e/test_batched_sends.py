@@ -82,8 +82,9 @@ def message(i: int, when: datetime, **changes) -> api.SentMessage:
         occurred_at=ts(when),
         included_opt_out_language=True,
         identified_sender=True,
+        # The token DefineCampaign answered: one the service gave.
         relied_on=api.ReliedOnAnswer(
-            consistency_token="subscribers:0:1", allowed=True, reason=api.REASON_CONSENT_ACTIVE
+            consistency_token="campaigns:0:1", allowed=True, reason=api.REASON_CONSENT_ACTIVE
         ),
     )
     fields.update(changes)
@@ -395,6 +396,39 @@ async def test_evidence_that_names_no_event_is_refused_by_field_and_writes_nothi
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert [f for f, _ in status_details(err.value)] == ["relied_on.evidence_event_ids[0]"]
         assert await ledger_size(runtime) == size
+
+
+async def test_a_relied_on_token_past_the_ledger_s_end_is_refused_by_field(service):
+    """A relied-on answer's token naming a partition the ledger lacks, or an offset
+    past its end, was kept as sent: no answer of the service had it, and the sweep
+    then read the send as one asked before it went out. Refused by field and place,
+    alone and in a batch, with nothing written; a token the service gave is taken."""
+    runtime, when = service
+    async with client(runtime.address, "acme-app") as c:
+        given = await c.RecordOptIn(opt_in(phone(0), "acme", "promo", when))
+        size = await ledger_size(runtime)
+        messages = [message(i, when) for i in range(4)]
+        messages[1].relied_on.consistency_token = "subscribers:0:999999999"
+        messages[3].relied_on.consistency_token = "campaigns:0:1,subscribers:99:1"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordMessagesSent(call("batch-past-the-end", messages))
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        named = status_details(err.value)
+        assert [f for f, _ in named] == [
+            "messages[1].relied_on.consistency_token",
+            "messages[3].relied_on.consistency_token",
+        ]
+        assert "past the ledger's end" in named[0][1] and "no such partition" in named[1][1]
+        single = alone("single-past-the-end", messages[1])
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordMessageSent(single)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in status_details(err.value)] == ["relied_on.consistency_token"]
+        assert await ledger_size(runtime) == size
+        messages[1].relied_on.consistency_token = given.consistency_token
+        messages[3].relied_on.consistency_token = given.consistency_token
+        written = await c.RecordMessagesSent(call("batch-past-the-end-fixed", messages))
+        assert len(written.event_ids) == 4
 
 
 async def test_an_allowed_its_reason_denies_is_refused_not_kept_as_a_yes(service):
@@ -852,7 +886,7 @@ async def test_a_send_refused_as_too_large_leaves_its_ids_free_for_its_correctio
     campaign = define("acme", "promo", clock.now - timedelta(days=1))
     runtime = await serve(name="refused-sends", clock=clock, campaigns=[campaign], kafka=settings)
     large = api.ReliedOnAnswer(
-        consistency_token="subscribers:0:1",
+        consistency_token="campaigns:0:1",
         allowed=True,
         reason=api.REASON_CONSENT_ACTIVE,
         evidence_event_ids=[str(uuid.uuid4()) for _ in range(100)],
@@ -907,7 +941,7 @@ async def test_a_message_too_large_for_the_topics_writes_none_of_the_call(serve,
     runtime = await serve(name="large-sends", clock=clock, campaigns=[campaign], kafka=settings)
     evidence = [str(uuid.uuid4()) for _ in range(100)]
     large = api.ReliedOnAnswer(
-        consistency_token="subscribers:0:1",
+        consistency_token="campaigns:0:1",
         allowed=True,
         reason=api.REASON_CONSENT_ACTIVE,
         evidence_event_ids=evidence,

@@ -114,9 +114,12 @@ async def test_a_thousand_messages_are_one_append_of_one_message_sent_each():
 
 async def test_a_batched_send_is_the_message_sent_a_single_write_records():
     async with running(WAIT) as (app, _):
-        await app.writes.record(define())
+        defined = await app.writes.record(define())
         relied = ReliedAnswer(
-            "subscribers:0:1", True, "consent_active", ("0c3fdc0c-2103-50b0-812e-efe0be7b247c",)
+            defined.token.encode(),
+            True,
+            "consent_active",
+            ("0c3fdc0c-2103-50b0-812e-efe0be7b247c",),
         )
         fields = dict(
             included_opt_out_language=True,
