@@ -26,6 +26,7 @@ ENTRIES = {
     # name: (token, what the tokens file says of its rate)
     "slow": ("slow-secret", {"rate": 2, "burst": 3}),
     "batcher": ("batcher-secret", {"rate": 1, "burst": 5}),
+    "sender": ("sender-secret", {"rate": 1, "burst": 5}),
     "defaulted": ("defaulted-secret", {}),
     "ops": ("ops-secret", {"rate": "unlimited"}),
 }
@@ -37,7 +38,7 @@ def tokens_file(tmp_path):
         {
             "name": name,
             "sha256": token_digest(token),
-            "scopes": ["check"],
+            "scopes": ["check", "write"] if name == "sender" else ["check"],
             "brands": ["acme"],
             **rate,
         }
@@ -109,3 +110,33 @@ async def test_a_batch_counts_as_many_calls_as_it_has_numbers(tmp_path, postgres
         assert refused is not None
         delay, _ = retry_and_quota(refused)
         assert 14 < delay <= 16  # 5 - 20 = -15 calls in the bucket, at one a second
+
+
+async def test_a_batch_of_sends_counts_as_many_calls_as_it_has_messages(
+    tmp_path, postgres_dsn
+) -> None:
+    """The README's promise for ``RecordMessagesSent``, as for ``CanSendBatch``: a
+    call of 20 messages takes 20 calls from the bucket, whatever it is answered (the
+    campaign is not defined here), so the next call waits some 16 s."""
+    settings = dataclasses.replace(
+        service_settings(tmp_path, postgres_dsn, kafka=None), tokens_file=tokens_file(tmp_path)
+    )
+    sends = api.RecordMessagesSentRequest(
+        request_id="sends-1",
+        brand="acme",
+        messages=[
+            api.SentMessage(phone=f"+1415555{i:04d}", campaign="promo", message_id=f"SM-{i}")
+            for i in range(20)
+        ],
+    )
+    async with running(settings) as runtime, grpc.aio.insecure_channel(runtime.address) as ch:
+        stub = api_grpc.ConsentServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as answered:
+            await stub.RecordMessagesSent(
+                sends, metadata=[("authorization", f"Bearer {ENTRIES['sender'][0]}")], timeout=5
+            )
+        assert answered.value.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED  # admitted
+        refused = await check(ch, "sender")
+        assert refused is not None
+        delay, subjects = retry_and_quota(refused)
+        assert 14 < delay <= 16 and subjects == ["caller:sender"]
