@@ -22,11 +22,13 @@ bucket holds at least one whole call; it then takes its cost, which may be more
 than one (a ``CanSendBatch`` costs its numbers) and may take the bucket below
 zero: the calls after it wait until the bucket has filled back to one. So a limit
 bounds the work a caller asks for, not only its calls, and a batch is never
-refused for being larger than ``burst``.
+refused for being larger than ``burst``. An import stream's later messages wait
+their turn in the bucket before they are read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -49,9 +51,11 @@ Authenticate: TypeAlias = Callable[[Context], Principal]
 _COSTS: dict[str, Callable[[Any], int]] = {
     "CanSendBatch": lambda request: len(request.phones),
     "RecordMessagesSent": lambda request: len(request.messages),
+    "ImportConsents": lambda request: len(request.records),
 }
 """Methods that count as more than one call against a rate limit: a batch is as
-many calls as it has numbers (or messages)."""
+many calls as it has numbers (or messages); each message of an import stream, as
+many as it has records."""
 
 
 class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -202,24 +206,42 @@ class _Call:
         return answered
 
     def streaming(self, behavior: Any) -> Callable[[AsyncIterator[bytes], Context], Any]:
-        async def requests(raws: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
+        async def requests(
+            raws: AsyncIterator[bytes], context: Context, principal: Principal | None
+        ) -> AsyncIterator[Any]:
+            cost = self._cost
+            later = False
             async for raw in raws:
-                yield await self.decoded(raw, context)
+                if later and cost is not None and principal is not None:
+                    await self._turn_of(principal)
+                request = await self.decoded(raw, context)
+                if cost is not None and principal is not None:
+                    self._admission._limits.charge(principal.name, cost(request) - 1)
+                later = True
+                yield request
 
         if inspect.isasyncgenfunction(behavior):
 
             async def streamed(raws: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
-                await self.admit(context)
-                async for reply in behavior(requests(raws, context), context):
+                principal = await self.admit(context)
+                async for reply in behavior(requests(raws, context, principal), context):
                     yield reply
 
             return streamed
 
         async def answered(raws: AsyncIterator[bytes], context: Context) -> Any:
-            await self.admit(context)
-            return await behavior(requests(raws, context), context)
+            principal = await self.admit(context)
+            return await behavior(requests(raws, context, principal), context)
 
         return answered
+
+    async def _turn_of(self, principal: Principal) -> None:
+        """Wait until ``principal``'s bucket admits one more message of a stream, and
+        take it. A stream over the limit is slowed to it, not refused: refused, an
+        import would stop part way, with the work it asked for already done."""
+        limits = self._admission._limits
+        while wait := limits.admit(principal.name, principal.rate_limit):
+            await asyncio.sleep(wait)
 
 
 class TokenBucket:

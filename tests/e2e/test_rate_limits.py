@@ -140,3 +140,33 @@ async def test_a_batch_of_sends_counts_as_many_calls_as_it_has_messages(
         assert refused is not None
         delay, subjects = retry_and_quota(refused)
         assert 14 < delay <= 16 and subjects == ["caller:sender"]
+
+
+async def test_an_import_counts_as_many_calls_as_it_streams_records(tmp_path, postgres_dsn) -> None:
+    """An ``ImportConsents`` stream, one call, is charged its records as a batch is:
+    uncounted, a caller limited to a call a second imported thousands. Its 20
+    records take 20 calls from the bucket, so the next call waits some 16 s."""
+    settings = dataclasses.replace(
+        service_settings(tmp_path, postgres_dsn, kafka=None), tokens_file=tokens_file(tmp_path)
+    )
+    records = [
+        api.ImportRecord(
+            opt_out=api.RecordOptOutRequest(
+                request_id=f"out-{i}", phone=f"+1415555{i:04d}", brand="acme", campaign="promo"
+            )
+        )
+        for i in range(20)
+    ]
+    async with running(settings) as runtime, grpc.aio.insecure_channel(runtime.address) as ch:
+        stub = api_grpc.ConsentServiceStub(ch)
+        stream = stub.ImportConsents(
+            metadata=[("authorization", f"Bearer {ENTRIES['sender'][0]}")], timeout=10
+        )
+        await stream.write(api.ImportConsentsRequest(records=records, dry_run=True))
+        await stream.done_writing()
+        answers = [answer async for answer in stream]
+        assert sum(len(a.refusals) + a.imported for a in answers) == 20  # admitted
+        refused = await check(ch, "sender")
+        assert refused is not None
+        delay, subjects = retry_and_quota(refused)
+        assert 14 < delay <= 16 and subjects == ["caller:sender"]

@@ -85,3 +85,55 @@ def test_the_burst_defaults_to_a_seconds_worth() -> None:
     assert RateLimit.of(0.1) == RateLimit(0.1, 1)
     with pytest.raises(ValueError, match="burst"):
         RateLimit.of(5, 0)
+
+
+async def test_an_import_stream_is_slowed_to_its_callers_rate_not_refused(monkeypatch) -> None:
+    """Each message of an ``ImportConsents`` stream costs its records: the stream's
+    first is admitted with the call, and each later one waits, before it is read,
+    until the caller's bucket holds a call again. Refused part way, an import would
+    stop with the work it asked for done; uncounted, a limit bounded nothing."""
+    from consent.v1 import consent_service_pb2 as api
+
+    from services.grpc_api import admission as admission_module
+    from services.grpc_api.auth import Principal
+
+    clock, waits = Clock(), []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock.now += seconds
+
+    monkeypatch.setattr(admission_module.asyncio, "sleep", sleep)
+    limit = RateLimit(rate=10, burst=5)
+    caller = Principal("importer", frozenset(), None, limit)
+    gate = admission_module.Admission(
+        lambda context: caller,
+        ["consent.v1.ConsentService"],
+        CallerLimits(clock=clock),
+    )
+    call = admission_module._Call(
+        gate,
+        "ImportConsents",
+        api.ImportConsentsRequest.FromString,
+        "consent.v1.ImportConsentsRequest",
+        gate._authenticate,
+        admission_module._COSTS["ImportConsents"],
+    )
+    message = api.ImportConsentsRequest(records=[api.ImportRecord()] * 20)
+    read = []
+
+    async def behavior(requests, context):
+        async for request in requests:
+            read.append((len(request.records), clock.now))
+        return "answered"
+
+    async def raws():
+        for _ in range(3):
+            yield message.SerializeToString()
+
+    assert await call.streaming(behavior)(raws(), object()) == "answered"
+    # 5 - 20 = -15: the second message waits 1.6 s for one call, then takes its 20.
+    assert [n for n, _ in read] == [20, 20, 20]
+    assert [round(at - 1000.0, 6) for _, at in read] == [0.0, 1.6, 3.6]
+    assert sum(waits) == pytest.approx(3.6)
+    assert gate._limits.admit("importer", limit) == pytest.approx(2.0)  # -19 after the last
