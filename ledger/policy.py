@@ -188,6 +188,19 @@ ALLOWING_REASONS = frozenset(
 )
 """The reasons of an answer that allows a send; every other reason denies one."""
 
+_BY_CAMPAIGN_RULES = frozenset(
+    {
+        Reason.CONSENT_TIER_INSUFFICIENT,
+        Reason.CONVERSATION_WINDOW_CLOSED,
+        Reason.AGE_VERIFICATION_REQUIRED,
+        Reason.FREQUENCY_CAP_REACHED,
+        Reason.DAILY_CAP_REACHED,
+    }
+)
+"""Denials that the campaign's rules decide (its purpose, window, age gate, caps):
+each names the rules event, as an allow does. A quiet-hours denial names it when
+the campaign's own window decided (``rule`` ``campaign``)."""
+
 
 class Obligation(enum.Enum):
     """What the next message must do to be compliant."""
@@ -543,10 +556,19 @@ class Check:
 
     def __call__(self, digest: Digest) -> Decision:
         """May a message of this kind go to the digest's number now? An allow names
-        the rules it was judged by: a reply's too, allowed by the campaign's windows."""
+        the rules it was judged by (a reply's too, allowed by the campaign's windows),
+        and so does a denial by those rules (``_BY_CAMPAIGN_RULES``)."""
         decision = self._decide(digest)
         rules = self.campaign.policy_event_id
-        if decision.allowed and rules and rules not in decision.evidence:
+        if (
+            rules
+            and (
+                decision.allowed
+                or decision.reason in _BY_CAMPAIGN_RULES
+                or decision.rule == state_rules.CAMPAIGN
+            )
+            and rules not in decision.evidence
+        ):
             return decision._replace(evidence=(*decision.evidence, rules))
         return decision
 

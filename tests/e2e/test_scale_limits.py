@@ -165,9 +165,9 @@ async def test_a_cap_of_150_names_sends_a_sender_can_hand_back_and_a_batch_fits(
         assert not answer.allowed, answer
         assert answer.reason == api.REASON_FREQUENCY_CAP_REACHED
         assert "150 of 150" in answer.detail
-        # The opt-in that stands, then the oldest and the latest counted send.
-        assert len(answer.evidence_event_ids) == 3
-        assert list(answer.evidence_event_ids[1:]) == [w.event_ids[0], w.event_ids[-1]]
+        # The opt-in that stands, the oldest and the latest counted send, the rules.
+        assert len(answer.evidence_event_ids) == 4
+        assert list(answer.evidence_event_ids[1:3]) == [w.event_ids[0], w.event_ids[-1]]
         relied = api.ReliedOnAnswer(
             consistency_token=answer.consistency_token,
             allowed=answer.allowed,
@@ -187,5 +187,5 @@ async def test_a_cap_of_150_names_sends_a_sender_can_hand_back_and_a_batch_fits(
             )
         )
     assert len(batch.decisions) == 1000
-    assert all(d.evidence_event_ids[-1] == over.event_ids[0] for d in batch.decisions)
-    assert all(len(d.evidence_event_ids) == 3 for d in batch.decisions)
+    assert all(d.evidence_event_ids[-2] == over.event_ids[0] for d in batch.decisions)
+    assert all(len(d.evidence_event_ids) == 4 for d in batch.decisions)

@@ -542,6 +542,37 @@ def test_frequency_cap_reached_denies():
     assert len(d.evidence) >= 3
 
 
+def test_a_denial_by_the_campaigns_rules_names_them_and_one_by_the_law_does_not():
+    """An auditor asked why a send was denied must find the rules that denied it, as
+    an allow names the rules it was judged by; a denial by federal quiet hours or an
+    opt-out rests on no rules of the campaign's."""
+    rules = "rules-event-7"
+
+    def ruled(**kw):
+        return dataclasses.replace(campaign(**kw), policy_event_id=rules)
+
+    capped = ruled(frequency_caps=(FrequencyCap(1, timedelta(hours=24)),))
+    evening = ruled(quiet_hours=QuietHours(time(8), time(20)))
+    bar = ruled(name="bar", purpose=CampaignPurpose.PROMOTIONAL, category="alcohol")
+    consent = granted(at(0))
+    by_rules = {
+        "cap": decide(state_of(consent, sent(at(1))), capped, at(2)),
+        "campaign hours": decide(state_of(consent), evening, at(hours=10, minutes=30)),
+        "tier": decide(state_of(granted(at(0), tier=ConsentTier.INFORMATIONAL)), ruled(), at(5)),
+        "age": decide(state_of(granted(at(0), "bar")), bar, at(5)),
+    }
+    for name, d in by_rules.items():
+        assert not d.allowed and rules in d.evidence, (name, d)
+    assert by_rules["campaign hours"].reason is Reason.QUIET_HOURS
+    by_law = {
+        "federal hours": decide(state_of(consent), ruled(), at(hours=12, minutes=30)),
+        "opt-out": decide(state_of(consent, revoked(at(1))), ruled(), at(2)),
+    }
+    for name, d in by_law.items():
+        assert not d.allowed and rules not in d.evidence, (name, d)
+    assert decide(state_of(consent), ruled(), at(5)).evidence[-1] == rules  # an allow's
+
+
 def test_frequency_cap_window_rolls():
     c = campaign(frequency_caps=(FrequencyCap(3, timedelta(hours=24)),))
     s = state_of(granted(at(0)), sent(at(1)), sent(at(2)), sent(at(3)))
