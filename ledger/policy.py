@@ -625,9 +625,7 @@ class Check:
         # then it does not count towards caps and needs no sender identification (a
         # follow-up in a conversation); otherwise it is a message like any other. An
         # opt-out closes the conversation a text before it opened, a newer consent too.
-        replying = (
-            self._open_conversation(c, latest_revocation_key(digest, c)) if self._replying else None
-        )
+        replying = self._conversation_open(digest, c) if self._replying else None
         # Age, caps, then quiet hours; the first that denies answers.
         check = self._age_gate(digest) if self._age_gated else None
         if check is None and self._limits and replying is None:
@@ -772,6 +770,13 @@ class Check:
         revocation = latest_revocation_key(digest, c)
         if purpose is CampaignPurpose.CONVERSATIONAL:
             inbound = self._open_conversation(c, revocation)
+            if inbound is not None and self._revoke_all:
+                # Read as an opt-out of every campaign, another campaign's closes the
+                # conversation a text before it opened, as a STOPALL does.
+                assert c.last_inbound is not None
+                elsewhere = self._revoked_elsewhere(digest, c.last_inbound.at, None)
+                if elsewhere is not None:
+                    return elsewhere
             if inbound is None:
                 return deny(
                     Reason.CONVERSATION_WINDOW_CLOSED,
@@ -979,6 +984,17 @@ class Check:
         campaign's number is that campaign's conversation only (the provider's policy:
         "the consent is limited only to that particular conversation")."""
         return self._opened(c.last_inbound, revocation)
+
+    def _conversation_open(self, digest: Digest, c: CampaignDigest) -> str | None:
+        """``_open_conversation`` under the revoke-all rule too: an opt-out of another
+        campaign, read as one of every campaign, closes the conversation a text before
+        it opened, as a STOPALL does (a reply to that text would escape the caps)."""
+        inbound = self._open_conversation(c, latest_revocation_key(digest, c))
+        if inbound is not None and self._revoke_all:
+            assert c.last_inbound is not None
+            if revoked_elsewhere(digest, self.campaign.campaign, c.last_inbound.at) is not None:
+                return None
+        return inbound
 
     def _opened(self, inbound: Mark | None, revocation: tuple[int, int] | None) -> str | None:
         """``inbound``'s id when it keeps a conversation open now, else None;
@@ -1291,7 +1307,7 @@ def earns_exemption(digest: Digest, campaign: Campaign, at: datetime, kind: Mess
         c = digest.campaign(campaign.campaign)
         if _erased_without_opt_in(digest, c):
             return False  # an erasure leaves no conversation open without an opt-in
-        return check._open_conversation(c, latest_revocation_key(digest, c)) is not None
+        return check._conversation_open(digest, c) is not None
     return check(digest).allowed
 
 

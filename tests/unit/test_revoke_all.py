@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ledger.campaigns import CampaignPolicy
+from ledger.campaigns import CampaignPolicy, CampaignPurpose, FrequencyCap
+from ledger.digest import digest_of
 from ledger.events import CampaignDefined, CampaignPolicyChanged, MessageKind, event_id_for
-from ledger.policy import REVOKE_ALL_EFFECTIVE, Reason, decide, decide_as_of
+from ledger.policy import REVOKE_ALL_EFFECTIVE, Reason, decide, decide_as_of, earns_exemption
 from ledger.state import fold
-from tests.builders import campaign, granted, record, resumed, revoked
+from tests.builders import campaign, granted, inbound, record, resumed, revoked, sent
 
 BEFORE = datetime(2027, 1, 20, 19, 0, tzinfo=UTC)  # 11:00 in Los Angeles
 AFTER = datetime(2027, 2, 1, 19, 0, tzinfo=UTC)
@@ -122,3 +123,38 @@ def _defined(name: str, **policy: bool):
         campaign=name,
         policy=rules.policy,
     )
+
+
+def test_a_stop_to_another_campaign_closes_a_conversation_opened_before_it():
+    """Read as an opt-out of every campaign, it closes a conversation the person's
+    text opened before it, as a STOPALL does: the conversational campaign's reply
+    was allowed."""
+    chat = campaign("chat", purpose=CampaignPurpose.CONVERSATIONAL)
+    stop = revoked(AFTER + timedelta(minutes=5), "promo")
+    events = [inbound(AFTER + timedelta(minutes=1), campaign="chat"), stop]
+    s = state_of(*events)
+    for kind in (MessageKind.CONVERSATION_REPLY, MessageKind.REGULAR):
+        d = decide(s, chat, AFTER + timedelta(minutes=10), kind)
+        assert not d.allowed and d.reason is Reason.REVOKED_BRAND_WIDE
+        assert str(stop.event_id) in d.evidence and "revoke-all" in d.detail
+    # A text after the STOP is the person's newer word: it opens the conversation.
+    later = state_of(*events, inbound(AFTER + timedelta(minutes=6), campaign="chat"))
+    d = decide(later, chat, AFTER + timedelta(minutes=10), MessageKind.CONVERSATION_REPLY)
+    assert d.allowed and d.reason is Reason.CONVERSATION_REPLY
+
+
+def test_a_reply_to_a_text_before_another_campaigns_stop_escapes_no_cap():
+    """With a consent given after that STOP, a reply to the text before it is no
+    conversation reply: it counts towards the caps, and earns no exemption."""
+    alerts = campaign("alerts", frequency_caps=(FrequencyCap(1, timedelta(days=1)),))
+    events = [
+        inbound(AFTER + timedelta(minutes=1), campaign="alerts"),
+        revoked(AFTER + timedelta(minutes=2), "promo"),
+        granted(AFTER + timedelta(minutes=3), "alerts"),
+        sent(AFTER + timedelta(minutes=4), "alerts"),
+    ]
+    s = state_of(*events)
+    moment = AFTER + timedelta(minutes=10)
+    d = decide(s, alerts, moment, MessageKind.CONVERSATION_REPLY)
+    assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED
+    assert not earns_exemption(digest_of(s), alerts, moment, MessageKind.CONVERSATION_REPLY)
