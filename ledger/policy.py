@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 from ledger import state_rules
 from ledger.campaigns import (
+    MAX_CAP_WINDOW,
     MAX_CONVERSATION_WINDOW,
     MAX_FIRST_MESSAGE_WINDOW,
     MAX_OPT_OUT_CONFIRMATION_WINDOW,
@@ -529,6 +530,12 @@ class Check:
             None if policy.reconfirm_interval is None else micros_of(policy.reconfirm_interval)
         )
         self._caps = tuple((cap, micros_of(cap.window)) for cap in policy.frequency_caps)
+        # The fold keeps a campaign's sends for MAX_CAP_WINDOW: a cap recorded before
+        # its window was checked, longer than that or none, cannot be counted.
+        self._uncountable = next(
+            (c for c in policy.frequency_caps if not timedelta(0) < c.window <= MAX_CAP_WINDOW),
+            None,
+        )
         self._campaign_limits = bool(policy.frequency_caps) or policy.daily_cap is not None
         # Promotional sends also count towards the caps of the recipient's states.
         self._promotional = policy.purpose is CampaignPurpose.PROMOTIONAL
@@ -1167,6 +1174,15 @@ class Check:
         if not self._campaign_limits:  # a promotional campaign's state caps alone
             return self._state_caps_reached(digest, c)
         policy, now = self.policy, self._now
+        if self._uncountable is not None:
+            return deny(
+                Reason.FREQUENCY_CAP_REACHED,
+                f"the campaign's cap of {self._uncountable.limit} messages in "
+                f"{self._uncountable.window} cannot be counted: the ledger counts sends of"
+                f" the last {MAX_CAP_WINDOW.days} days; change the policy",
+                (),
+                self.version,
+            )
         for cap, window in self._caps:
             # A send stamped after now (a sender's clock a little ahead, within the
             # accepted skew) has happened all the same: it counts.

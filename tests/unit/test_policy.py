@@ -579,6 +579,24 @@ def test_frequency_cap_window_rolls():
     assert decide(s, c, at(days=1, minutes=1.5)).allowed
 
 
+@pytest.mark.parametrize("window", [timedelta(days=90), timedelta(0), timedelta(days=-1)])
+def test_a_cap_whose_window_cannot_be_counted_denies(window):
+    # Such a cap can no longer be defined (test_commands). The fold keeps sends for
+    # 31 days, so one recorded before that check counted only those: two sends in
+    # 90 days passed a cap of two in 90 days; a window of none counted nothing.
+    c = campaign(frequency_caps=(FrequencyCap(2, window),))
+    s = state_of(granted(at(days=-100)), sent(at(days=-80)), sent(at(days=-1)))
+    d = decide(s, c, at(0))
+    assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED
+    assert "cannot be counted" in d.detail
+    # A reply inside the conversation the person opened escapes the caps, as ever.
+    chat = campaign(
+        "chat", purpose=CampaignPurpose.CONVERSATIONAL, frequency_caps=(FrequencyCap(2, window),)
+    )
+    talk = state_of(inbound(at(-5), campaign="chat"))
+    assert decide(talk, chat, at(0), MessageKind.CONVERSATION_REPLY).allowed
+
+
 def test_a_send_stamped_a_little_ahead_of_now_counts_towards_the_caps():
     # The sender's clock runs 2 minutes ahead (within the accepted skew).
     c = campaign(frequency_caps=(FrequencyCap(1, timedelta(hours=24)),))
