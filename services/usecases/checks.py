@@ -9,6 +9,7 @@ with its reason, never an error a caller could mistake for "allowed".
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -176,6 +177,7 @@ class Checks:
         fresh = await self.ctx.guard.wait_for_phones([number, *earlier], token)
         read_at = self.ctx.guard.applied_token()
         if not fresh:
+            await self._refuse_foreign(token)
             return CheckResult(_behind(), read_at)
         digest = (await self.reads.digests(brand, [number])).get(number)
         if digest is None and canonical:
@@ -229,6 +231,7 @@ class Checks:
         fresh = await self.ctx.guard.wait_for_phones(phones, token)
         read_at = self.ctx.guard.applied_token()
         if not fresh:
+            await self._refuse_foreign(token)
             return BatchResult(_placed([_behind()] * len(phones), invalid_entries(phones)), read_at)
         # PostgreSQL text holds no NUL: an entry with one is no number (answered in its
         # place below), and looked up it would fail the query it shares with others.
@@ -343,6 +346,7 @@ class Checks:
         fresh = await self.ctx.guard.wait_for_phones([number, *earlier], token)
         read_at = self.ctx.guard.applied_token()
         if not fresh:
+            await self._refuse_foreign(token)
             return CheckResult(_behind(), read_at)
         subscriber = await self._history_as_one(number, earlier, brand)
         history: CampaignHistory = await self.ctx.view.campaign_history(brand, campaign)
@@ -473,6 +477,15 @@ class Checks:
             result = await self._as_of(number, brand, campaign, at, kind=kind, token=token)
             answers[number], read_at = result.decision, result.token
         return BatchResult([answers[n] for n in numbers], read_at)
+
+    async def _refuse_foreign(self, token: ConsistencyToken | None) -> None:
+        """When the view did not apply ``token`` within the bound: refuse it on
+        ``at_least_as_fresh`` if it is past the ledger's end (no write of this ledger
+        gave it, so no retry would be answered), as the audit reads do. A token the
+        ledger holds, or an end that cannot be read now, leaves NOT_CONSISTENT."""
+        if token is not None:
+            with contextlib.suppress(NotConsistent):
+                await self.ctx.refuse_past_the_end(token, "at_least_as_fresh")
 
     async def _rules(
         self, brand: str, campaign: str, when: datetime, read_at: ConsistencyToken

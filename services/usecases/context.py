@@ -4,6 +4,7 @@ the clock, with the waits that decide whether the view may answer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -95,22 +96,9 @@ class Context:
         if token is not None and not await self.guard.wait_for_token(token):
             # A token past the ledger's end (or of a partition it lacks) will never be
             # applied: no write of this ledger gave it, and "retry" would be forever.
-            try:
-                async with asyncio.timeout(_LOOK_AT_THE_END):
-                    ends = await self.guard.observe()
-            except Exception:  # an outage: say what was asked, retryable
-                ends = {}
-                ends_known = False
-            else:
-                ends_known = True
-            for (stream, partition), offset in token.offsets.items():
-                end = ends.get(stream, {}).get(partition)
-                if ends_known and (end is None or offset > end):
-                    raise InvalidRequest(
-                        "at_least_as_fresh",
-                        f"names {stream.value}:{partition}:{offset}, past the ledger's end: "
-                        "not a token of this service",
-                    )
+            # An end that cannot be read now is an outage: retryable, as asked.
+            with contextlib.suppress(NotConsistent):
+                await self.refuse_past_the_end(token, "at_least_as_fresh")
             raise NotConsistent("at_least_as_fresh", "the view has not applied the token yet")
         if phones is None:
             fresh = await self.guard.wait_for_all()

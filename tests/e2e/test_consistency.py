@@ -38,6 +38,7 @@ from tests.e2e.harness import (
     running,
     sent,
     service_settings,
+    status_details,
     ts,
 )
 
@@ -515,3 +516,37 @@ async def test_a_write_answered_as_recorded_before_is_read_as_the_instance_s_own
             )
             assert not answer.allowed, (i, answer)
             assert not batch.decisions[0].allowed, (i, batch)
+
+
+async def test_a_token_past_the_ledgers_end_is_refused_by_every_check(two_instances):
+    """A token no write of this ledger gave (past a partition's end, or of a partition
+    it lacks) will never be applied: the checks waited out their bound and answered
+    NOT_CONSISTENT, which a caller retries forever, where the audit reads refuse it.
+    A token of this ledger is answered as before."""
+    (a, _), when = two_instances
+    phone = "+14155552702"
+    async with client(a.address, "acme-app") as c:
+        granted = await c.RecordOptIn(opt_in(phone, "acme", "promo", when))
+        target = dict(brand="acme", campaign="promo")
+        for token in ("subscribers:0:999999", "campaigns:0:1,subscribers:99:1"):
+            calls = (
+                c.CanSend(api.CanSendRequest(phone=phone, at_least_as_fresh=token, **target)),
+                c.CanSendBatch(
+                    api.CanSendBatchRequest(phones=[phone], at_least_as_fresh=token, **target)
+                ),
+                c.CanSendAsOf(
+                    api.CanSendAsOfRequest(
+                        phone=phone, at=ts(when), at_least_as_fresh=token, **target
+                    )
+                ),
+            )
+            for call in calls:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+                ((field, why),) = status_details(refused.value)
+                assert field == "at_least_as_fresh" and "past the ledger's end" in why, why
+        answer = await c.CanSend(
+            api.CanSendRequest(phone=phone, at_least_as_fresh=granted.consistency_token, **target)
+        )
+        assert answer.allowed, answer
