@@ -189,7 +189,12 @@ class ConsistencyToken:
             if _TOKEN_PART.fullmatch(part) is None:
                 raise ValueError(f"not a consistency token part: {part!r}")
             stream, partition, offset = part.split(":")
-            offsets[(Stream(stream), int(partition))] = int(offset)
+            key = (Stream(stream), int(partition))
+            if key in offsets:
+                # ``encode`` names each partition once; read as either offset, a
+                # token naming one twice could pass a check as the other.
+                raise ValueError(f"names {stream}:{int(partition)} twice")
+            offsets[key] = int(offset)
         return ConsistencyToken(offsets)
 
 

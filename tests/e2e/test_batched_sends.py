@@ -425,6 +425,15 @@ async def test_a_relied_on_token_past_the_ledger_s_end_is_refused_by_field(servi
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert [f for f, _ in status_details(err.value)] == ["relied_on.consistency_token"]
         assert await ledger_size(runtime) == size
+        # The same partition named twice, past its end first: read as the last part
+        # alone, it passed.
+        twice = alone("single-named-twice", messages[1])
+        twice.relied_on.consistency_token = "subscribers:0:999999999,subscribers:0:0"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordMessageSent(twice)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in status_details(err.value)] == ["relied_on.consistency_token"]
+        assert await ledger_size(runtime) == size
         messages[1].relied_on.consistency_token = given.consistency_token
         messages[3].relied_on.consistency_token = given.consistency_token
         written = await c.RecordMessagesSent(call("batch-past-the-end-fixed", messages))

@@ -374,6 +374,10 @@ async def test_a_batch_answers_a_non_number_in_its_place_and_the_others_as_usual
         "subscribers:0:5\n",
         "subscribers:-1:5",
         "campaigns:0:5 ",
+        # A partition named twice: read as either offset, it could pass a check
+        # (``past_the_end``) as the other.
+        "subscribers:0:999999,subscribers:0:1",
+        "subscribers:0:1,campaigns:0:1,subscribers:00:1",
     ],
 )
 def test_a_consistency_token_is_read_only_as_the_service_writes_it(text: str) -> None:
