@@ -413,6 +413,23 @@ class ReplicaStats(Protocol):
         """When (``time.monotonic``) its positions were last confirmed current."""
         ...
 
+    @property
+    def unreadable(self) -> int:
+        """How many of the view's entries it could not read (each answered "no")."""
+        ...
+
+
+class UnreadableDigests(Exception):
+    """``DigestReads.digests`` found a stored digest it cannot read for some of the
+    phones asked about. ``found`` is what it answers for the others; ``phones`` are
+    those it cannot answer for, which a check answers "not allowed" (fail closed for
+    them alone: one corrupt row must not stop every other number's answer)."""
+
+    def __init__(self, found: dict[str, Digest], phones: Sequence[str]) -> None:
+        super().__init__(f"the stored digests of {len(phones)} numbers cannot be read")
+        self.found = found
+        self.phones = tuple(phones)
+
 
 class DigestReads(ABC):
     """What CanSend reads of the view: digests, and the positions they reflect.
@@ -436,7 +453,10 @@ class DigestReads(ABC):
 
         Each carries the pending candidates recorded for its phone under
         ``ledger.events.ANY_BRAND`` too (``ledger.digest.with_phone_wide``): a STOP
-        whose brand is unknown concerns every brand, so every brand's check reads it."""
+        whose brand is unknown concerns every brand, so every brand's check reads it.
+
+        Raises ``UnreadableDigests`` when a phone's stored digest, or its phone-wide
+        one, cannot be read: the others are answered in it."""
 
 
 class CampaignReads(ABC):

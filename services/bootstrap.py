@@ -282,7 +282,11 @@ class Runtime:
         await self._start_checkpoints(self.pool, dsn)
         # On the read pool: no reset round trip per refresh.
         replica = DigestReplica(
-            self.reads, self.view, timeout=s.postgres_timeout, on_reload=self.on_replica_reload
+            self.reads,
+            self.view,
+            timeout=s.postgres_timeout,
+            on_reload=self.on_replica_reload,
+            partition_for=self.ledger.partition_for,
         )
         # The guard watches what CanSend reads; its first observation loads the replica.
         self.guard = FreshnessGuard(self.ledger, replica, s.freshness)

@@ -59,7 +59,14 @@ import asyncpg
 
 from ledger.digest import Digest, with_phone_wide
 from ledger.events import ANY_BRAND
-from ledger.ports import CampaignReads, ConsentView, ConsistencyToken, DigestReads, Stream
+from ledger.ports import (
+    CampaignReads,
+    ConsentView,
+    ConsistencyToken,
+    DigestReads,
+    Stream,
+    UnreadableDigests,
+)
 from ledger.state import CampaignHistory
 from services.adapters.postgres_bounds import BULK_BOUND
 from services.adapters.postgres_view import snapshot_unless_digest, stored_digest
@@ -113,6 +120,7 @@ class DigestReplica(DigestReads):
         on_reload: Callable[[], None] | None = None,
         compact_step: float = 0.005,
         compact_floor: int = COMPACT_FLOOR,
+        partition_for: Callable[[str], int | None] | None = None,
     ) -> None:
         """``on_reload`` is called after each load of the whole view but the first
         (after a rebuild): the new copy lives on memory allocated since the process
@@ -125,8 +133,12 @@ class DigestReplica(DigestReads):
 
         ``compact_step`` bounds, in seconds, the compaction work each refresh does
         when the copy is due one (``CompactDigests.wants_compaction``, past
-        ``compact_floor`` dead bytes)."""
+        ``compact_floor`` dead bytes).
+
+        ``partition_for`` (the ledger's) names the partition of a number whose stored
+        digest cannot be read, in the log line that says so."""
         self._pool = pool
+        self._partition_for = partition_for
         self._timeout = timeout
         self._on_reload = on_reload
         self._view = view
@@ -138,6 +150,10 @@ class DigestReplica(DigestReads):
         self._compact_step = compact_step
         self._compact_floor = compact_floor
         self._compaction: Compaction | None = None
+        self._unreadable: set[tuple[str, str]] = set()
+        """The (brand, phone) entries whose stored digest could not be read: left out
+        of a load, masking what the copy held before in a refresh, until the view's
+        row is written again. ``digests`` fails closed for them alone."""
         self.loads = 0
         """How many times the whole view was read (for tests and metrics)."""
         self.compactions = 0
@@ -152,6 +168,11 @@ class DigestReplica(DigestReads):
         # One attribute read: a metrics scrape on another thread reads it safely.
         return self._digests.size
 
+    @property
+    def unreadable(self) -> int:
+        """How many (phone, brand) entries of the view the copy could not read."""
+        return len(self._unreadable)
+
     def stats(self) -> dict[str, int]:
         """Where the copy's bytes are (``CompactDigests.stats``)."""
         return self._digests.stats()
@@ -165,7 +186,8 @@ class DigestReplica(DigestReads):
 
     async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
         """``ConsentView.digests`` as of ``positions``: unknown phones are left out.
-        Raises ``Unreadable`` on bytes it cannot decode: CanSend then fails closed."""
+        Raises ``UnreadableDigests`` for phones whose row the copy could not read, and
+        ``Unreadable`` on bytes of its own it cannot decode: CanSend then fails closed."""
         digests = self._digests  # one copy for both lookups (no await in between anyway)
         found = digests.get_many(brand, phones)
         # STOPs whose brand is unknown: usually none at all, one lookup to say so.
@@ -174,7 +196,17 @@ class DigestReplica(DigestReads):
                 merged = with_phone_wide(found.get(phone), phone_wide)
                 if merged is not None:
                     found[phone] = merged
+        if self._unreadable:  # nearly always empty: a read costs this one test
+            self._fail_unreadable(brand, phones, found)
         return found
+
+    def _fail_unreadable(self, brand: str, phones: Sequence[str], found: dict[str, Digest]) -> None:
+        unreadable = self._unreadable
+        bad = [p for p in phones if (brand, p) in unreadable or (ANY_BRAND, p) in unreadable]
+        if bad:
+            for phone in bad:
+                found.pop(phone, None)  # a digest held from before the row went bad
+            raise UnreadableDigests(found, list(dict.fromkeys(bad)))
 
     async def refresh(self) -> None:
         """Bring the copy up to the view's positions now (or load it, the first time
@@ -219,11 +251,12 @@ class DigestReplica(DigestReads):
             old = self._positions
             if epoch != self._epoch or any(positions.get(p, 0) < o for p, o in old.items()):
                 await self._lift_bound(conn)
-                fresh = await self._read_all(conn)
+                fresh, unreadable = await self._read_all(conn)
                 if self._compaction is not None:  # of the copy this one replaces
                     self._compaction.abandon()
                     self._compaction = None
                 self._digests, self._positions, self._epoch = fresh, positions, epoch
+                self._unreadable = unreadable
                 self.loads += 1
                 if self.loads > 1 and self._on_reload is not None:
                     self._on_reload()
@@ -242,7 +275,7 @@ class DigestReplica(DigestReads):
                     [stop for _, _, stop in moved],
                 )
                 await self._make_room(rows)
-                _store(self._digests.put, rows)
+                self._store(rows)
             self._positions = positions
 
     async def _lift_bound(self, conn: asyncpg.Connection) -> None:
@@ -262,8 +295,12 @@ class DigestReplica(DigestReads):
             if grown is not None:
                 self._digests.install(brand, grown)
 
-    async def _read_all(self, conn: asyncpg.Connection) -> CompactDigests:
+    async def _read_all(
+        self, conn: asyncpg.Connection
+    ) -> tuple[CompactDigests, set[tuple[str, str]]]:
+        """A copy of every digest, and the (brand, phone) entries it could not read."""
         digests = CompactDigests()
+        unreadable: set[tuple[str, str]] = set()
         cursor = await conn.cursor(_ALL_DIGESTS, DIGEST_FORMAT)
         add, add_stored = digests.add, digests.add_stored
         while rows := await cursor.fetch(self._chunk):
@@ -272,16 +309,48 @@ class DigestReplica(DigestReads):
                 # this format: then the snapshot is digested.
                 if snapshot is None and add_stored(brand, phone, data[1:]):
                     continue
-                add(brand, phone, stored_digest(phone, brand, data, snapshot))
+                try:
+                    digest = stored_digest(phone, brand, data, snapshot)
+                except Exception:
+                    self._note_unreadable(unreadable, brand, phone)
+                    continue
+                add(brand, phone, digest)
         digests.seal()
-        return digests
+        return digests, unreadable
 
+    def _store(self, rows: Sequence[asyncpg.Record]) -> None:
+        put, unreadable = self._digests.put, self._unreadable
+        for brand, phone, data, snapshot in rows:
+            # Without a digest in the row, or with one this code cannot read, the
+            # snapshot comes too, and is digested.
+            try:
+                digest = stored_digest(phone, brand, data, snapshot)
+            except Exception:
+                # What the copy held is no longer the view's: masked, not answered.
+                self._note_unreadable(unreadable, brand, phone)
+                continue
+            put(brand, phone, digest)
+            if unreadable:
+                unreadable.discard((brand, phone))  # written again, and readable
 
-def _store(put: Callable[[str, str, Digest], None], rows: Sequence[asyncpg.Record]) -> None:
-    for brand, phone, data, snapshot in rows:
-        # Without a digest in the row, or with one this code cannot read, the
-        # snapshot comes too, and is digested.
-        put(brand, phone, stored_digest(phone, brand, data, snapshot))
+    def _note_unreadable(self, into: set[tuple[str, str]], brand: str, phone: str) -> None:
+        """Add the entry to ``into``, logging it the first time this copy finds it so
+        (a reload, or a rewrite still corrupt, says nothing more). Called in an
+        ``except`` block: the log carries the cause. Above DEBUG the log masks the
+        phone, as it masks every number."""
+        entry = (brand, phone)
+        if entry not in self._unreadable and entry not in into:
+            partition = None if self._partition_for is None else self._partition_for(phone)
+            log.error(
+                "the stored digest of %s towards brand %s (partition %s) cannot be read: "
+                "CanSend answers that number not allowed (REASON_INTERNAL_ERROR) until "
+                "its row is written again (a new fact, or consent-ledger rebuild)",
+                phone,
+                brand,
+                partition,
+                exc_info=True,
+            )
+        into.add(entry)
 
 
 class CampaignHistoryCache(CampaignReads):

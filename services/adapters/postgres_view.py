@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -61,6 +62,7 @@ from ledger.ports import (
     RequestTaken,
     RequestUse,
     Stream,
+    UnreadableDigests,
     page_of_changes,
 )
 from ledger.state import (
@@ -86,6 +88,8 @@ from services.wire.codec import (
 )
 from services.wire.digest import FORMAT as DIGEST_FORMAT
 from services.wire.digest import decode_digest, encode_digest
+
+log = logging.getLogger(__name__)
 
 PROJECTION_TABLES = (
     "subscriber_state",
@@ -565,10 +569,13 @@ def _load_state(phone: str, brand: str, snapshot: bytes) -> SubscriberState:
 def stored_digest(phone: str, brand: str, data: bytes | None, snapshot: bytes | None) -> Digest:
     """The digest of a ``subscriber_state`` row, read as ``_READ_DIGESTS`` reads it:
     the stored one, or, for a row written before digests or in another format
-    (then ``snapshot`` is given), the digest of its snapshot."""
+    (then ``snapshot`` is given), the digest of its snapshot. Raises (``ValueError``,
+    or whatever decoding the bytes raises) when the row cannot be read."""
     digest = decode_digest(data)
     if digest is None:
-        assert snapshot is not None, "the query returns the snapshot when the digest is unusable"
+        if snapshot is None:
+            # In this format, yet not a digest of this shape: the query sent no snapshot.
+            raise ValueError("the stored digest is in this format but cannot be read")
         digest = digest_of(_load_state(phone, brand, snapshot))
     return digest
 
@@ -1306,8 +1313,14 @@ class PostgresConsentView(ConsentView):
         rows = await self._reads.fetch(_READ_DIGESTS, brand, ANY_BRAND, list(phones), DIGEST_FORMAT)
         found: dict[str, Digest] = {}
         wide: list[tuple[str, Digest]] = []
+        unreadable: list[str] = []
         for phone, row_brand, data, snapshot in rows:
-            digest = stored_digest(phone, row_brand, data, snapshot)
+            try:
+                digest = stored_digest(phone, row_brand, data, snapshot)
+            except Exception:
+                log.exception("the stored digest of %s towards %s cannot be read", phone, row_brand)
+                unreadable.append(phone)
+                continue
             if row_brand == brand:
                 found[phone] = digest
             else:
@@ -1316,6 +1329,11 @@ class PostgresConsentView(ConsentView):
             merged = with_phone_wide(found.get(phone), phone_wide)
             if merged is not None:
                 found[phone] = merged
+        if unreadable:
+            bad = set(unreadable)
+            for phone in bad:
+                found.pop(phone, None)
+            raise UnreadableDigests(found, [p for p in dict.fromkeys(phones) if p in bad])
         return found
 
     @bounded

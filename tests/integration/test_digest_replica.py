@@ -14,9 +14,10 @@ import pytest
 
 from ledger.digest import Digest
 from ledger.events import ANY_BRAND, SubscriberEvent
-from ledger.ports import Stream
+from ledger.ports import Stream, UnreadableDigests
 from services.adapters.digest_replica import DigestReplica
 from services.adapters.postgres_view import PostgresConsentView, read_pool
+from services.wire.digest import FORMAT as DIGEST_FORMAT
 from tests.builders import flagged
 from tests.conformance.view_suite import (
     T0,
@@ -356,3 +357,94 @@ async def test_a_load_waits_past_a_single_statements_bound_on_a_busy_server(
         await reads.close()
     assert replica.loads == 1 and replica.size == 30
     assert await _all(replica, ["acme"]) == await _all(view, ["acme"])
+
+
+# A digest in the current format that does not decode: bytes MessagePack refuses, and
+# a well-formed array of the wrong shape (the view's stored_digest refused both).
+_GARBLED = bytes([DIGEST_FORMAT, 0xC1])
+_MISSHAPEN = bytes([DIGEST_FORMAT, 0x92, 0x01, 0x02])
+
+
+async def _garble(pool: asyncpg.Pool, brand: str, phone: str, data: bytes) -> None:
+    await pool.execute(
+        "UPDATE subscriber_state SET digest = $1 WHERE brand = $2 AND phone = $3",
+        data,
+        brand,
+        phone,
+    )
+
+
+async def test_an_unreadable_digest_fails_only_its_own_number_until_it_is_rewritten(
+    pool: asyncpg.Pool,
+) -> None:
+    """One corrupt row used to make the load raise, and every read (every brand's,
+    every number's) then failed closed: the service did not even start."""
+    view = PostgresConsentView(pool)
+    replica = DigestReplica(pool, view, partition_for=lambda phone: 7)
+    pos = Positions()
+    await view.apply(
+        Stream.SUBSCRIBERS,
+        pos.record([grant(p, b, "deals", T0) for p in PHONES[:4] for b in ("acme", "globex")]),
+    )
+    await _garble(pool, "acme", PHONES[1], _GARBLED)
+    await _garble(pool, "acme", PHONES[2], _MISSHAPEN)
+    good = await view.digests("acme", [PHONES[0], PHONES[3]])
+
+    await replica.refresh()  # the load goes on past them
+    assert replica.unreadable == 2
+    assert await replica.digests("acme", [PHONES[0], PHONES[3]]) == good
+    assert set(await replica.digests("globex", PHONES[:4])) == set(PHONES[:4])
+    with pytest.raises(UnreadableDigests) as caught:
+        await replica.digests("acme", PHONES[:4])
+    assert caught.value.phones == (PHONES[1], PHONES[2])
+    assert caught.value.found == good  # the others, as read
+    # The view itself says the same of its rows.
+    with pytest.raises(UnreadableDigests) as caught:
+        await view.digests("acme", PHONES[:4])
+    assert caught.value.phones == (PHONES[1], PHONES[2]) and caught.value.found == good
+
+    # The projector rewrites one: it is answered again, from the new row.
+    later = T0 + timedelta(hours=1)
+    await view.apply(Stream.SUBSCRIBERS, pos.record([revoke(PHONES[1], "acme", "deals", later)]))
+    await replica.refresh()
+    assert replica.unreadable == 1
+    rewritten = (await replica.digests("acme", [PHONES[1]]))[PHONES[1]]
+    assert rewritten.campaign("deals").revocation is not None
+
+    # A refresh that reads a corrupt row masks the digest the copy held before it,
+    # which no longer says what the view holds.
+    await view.apply(Stream.SUBSCRIBERS, pos.record([revoke(PHONES[3], "acme", "deals", later)]))
+    await _garble(pool, "acme", PHONES[3], _GARBLED)
+    await replica.refresh()
+    assert replica.unreadable == 2
+    with pytest.raises(UnreadableDigests) as caught:
+        await replica.digests("acme", [PHONES[3]])
+    assert caught.value.phones == (PHONES[3],) and caught.value.found == {}
+
+    # A rebuild's load reads every row again: the rows still corrupt stay unreadable.
+    await pool.execute("UPDATE projection_epoch SET epoch = epoch + 1")
+    await replica.refresh()
+    assert replica.loads == 2 and replica.unreadable == 2
+
+
+async def test_an_unreadable_phone_wide_row_fails_the_number_for_every_brand(
+    pool: asyncpg.Pool,
+) -> None:
+    """A STOP whose brand is unknown (kept under ANY_BRAND) concerns every brand: a
+    number whose such row cannot be read is not answered for any."""
+    view = PostgresConsentView(pool)
+    replica = DigestReplica(pool, view)
+    await view.apply(
+        Stream.SUBSCRIBERS,
+        Positions().record(
+            [grant(p, "acme", "deals", T0) for p in PHONES[:2]]
+            + [replace(flag(PHONES[0], ANY_BRAND, T0), text="STOP", unattributed=True)]
+        ),
+    )
+    await _garble(pool, ANY_BRAND, PHONES[0], _MISSHAPEN)
+    await replica.refresh()
+    with pytest.raises(UnreadableDigests) as caught:
+        await replica.digests("acme", PHONES[:2])
+    assert caught.value.phones == (PHONES[0],) and set(caught.value.found) == {PHONES[1]}
+    with pytest.raises(UnreadableDigests):
+        await replica.digests("globex", [PHONES[0]])
