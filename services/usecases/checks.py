@@ -32,7 +32,7 @@ from ledger.policy import (
     digest_of_history,
     note_allowed_late,
 )
-from ledger.ports import CampaignReads, ConsistencyToken, DigestReads
+from ledger.ports import CampaignReads, ConsistencyToken, DigestReads, UnreadableDigests
 from ledger.state import CampaignHistory, SubscriberState
 from ledger.validation import Violations, check_not_too_early
 from services.errors import NotConsistent, PermissionDenied
@@ -79,6 +79,16 @@ class BatchResult:
 
 def _behind() -> Decision:
     return deny(Reason.NOT_CONSISTENT, BEHIND)
+
+
+UNREADABLE = (
+    "the number's stored state could not be read; it is answered not allowed until "
+    "its record is written again"
+)
+
+
+def _unreadable() -> Decision:
+    return deny(Reason.INTERNAL_ERROR, UNREADABLE)
 
 
 def _invalid_phone(exc: InvalidPhoneNumber) -> Decision:
@@ -179,19 +189,23 @@ class Checks:
         if not fresh:
             await self._refuse_foreign(token)
             return CheckResult(_behind(), read_at)
-        digest = (await self.reads.digests(brand, [number])).get(number)
-        if digest is None and canonical:
-            # Raises INVALID_ARGUMENT for a number that is not one. One that only looks
-            # canonical ("+4402071234567", a trunk 0 kept) is stored under its normal
-            # form: look that up, as the batch does, after waiting for its partition.
-            normal = to_e164(phone, field="phone")
-            if normal != number:
-                number = normal
-                if not await self.ctx.guard.wait_for_phones([number], None):
-                    return CheckResult(_behind(), read_at)
-                digest = (await self.reads.digests(brand, [number])).get(number)
-        if earlier and await self.reads.digests(brand, earlier):
-            digest = await self._as_one(number, earlier, brand)
+        try:
+            digest = (await self.reads.digests(brand, [number])).get(number)
+            if digest is None and canonical:
+                # Raises INVALID_ARGUMENT for a number that is not one. One that only
+                # looks canonical ("+4402071234567", a trunk 0 kept) is stored under its
+                # normal form: look that up, as the batch does, after waiting for its
+                # partition.
+                normal = to_e164(phone, field="phone")
+                if normal != number:
+                    number = normal
+                    if not await self.ctx.guard.wait_for_phones([number], None):
+                        return CheckResult(_behind(), read_at)
+                    digest = (await self.reads.digests(brand, [number])).get(number)
+            if earlier and await self.reads.digests(brand, earlier):
+                digest = await self._as_one(number, earlier, brand)
+        except UnreadableDigests:  # this number's own record: others are answered
+            return CheckResult(_unreadable(), read_at)
         if digest is None:
             digest = digest_of(SubscriberState(phone=number, brand=brand))
         try:
@@ -237,7 +251,11 @@ class Checks:
         # place below), and looked up it would fail the query it shares with others.
         joined = "".join(phones)
         lookup = [p for p in phones if "\x00" not in p] if "\x00" in joined else phones
-        digests = await self.reads.digests(brand, lookup)
+        unreadable: set[str] = set()
+        try:
+            digests = await self.reads.digests(brand, lookup)
+        except UnreadableDigests as exc:  # those numbers alone are answered "no", below
+            digests, unreadable = exc.found, set(exc.phones)
         numbers = list(phones)
         if any(country in joined for country in SPELT_TWO_WAYS):
             # Kept under the form with the mobile token: read, whether found or not.
@@ -257,7 +275,7 @@ class Checks:
             if missing:
                 if not await self.ctx.guard.wait_for_phones(missing, None):
                     return BatchResult(_placed([_behind()] * len(numbers), invalid), read_at)
-                digests.update(await self.reads.digests(brand, missing))
+                digests.update(await self._readable(brand, missing, unreadable))
             two_forms = {
                 n: f for n in {numbers[i] for i in unknown} if (f := forms_stored_before(n))
             }
@@ -265,9 +283,11 @@ class Checks:
                 earlier = sorted({f for forms in two_forms.values() for f in forms})
                 if not await self.ctx.guard.wait_for_phones(earlier, None):
                     return BatchResult(_placed([_behind()] * len(numbers), invalid), read_at)
-                stored = await self.reads.digests(brand, earlier)
+                stored = await self._readable(brand, earlier, unreadable)
                 for n, forms in two_forms.items():
-                    if any(f in stored for f in forms):
+                    if any(f in unreadable for f in forms):
+                        unreadable.add(n)  # facts under a spelling it cannot read
+                    elif any(f in stored for f in forms):
                         digests[n] = await self._as_one(n, forms, brand)
             for i in unknown:  # no fact about the number towards this brand
                 n = numbers[i]
@@ -285,7 +305,22 @@ class Checks:
             decisions = [check(digests[n]) for n in numbers]
         except Exception:  # find the numbers it failed for, and answer those alone "no"
             decisions = [self._decide(check, digests[n]) for n in numbers]
+        if unreadable:
+            denied = _unreadable()
+            decisions = [
+                denied if n in unreadable else d for n, d in zip(numbers, decisions, strict=True)
+            ]
         return BatchResult(_placed(decisions, invalid), read_at, provisional)
+
+    async def _readable(
+        self, brand: str, phones: Sequence[str], unreadable: set[str]
+    ) -> dict[str, Digest]:
+        """``reads.digests``, adding to ``unreadable`` the phones it cannot read."""
+        try:
+            return await self.reads.digests(brand, phones)
+        except UnreadableDigests as exc:
+            unreadable.update(exc.phones)
+            return exc.found
 
     async def can_send_as_of(
         self,

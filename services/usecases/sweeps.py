@@ -15,7 +15,7 @@ from datetime import datetime
 from ledger.commands import check_name
 from ledger.errors import InvalidRequest
 from ledger.events import ANY_BRAND, Recorded
-from ledger.ports import ConsistencyToken, Stream
+from ledger.ports import ConsistencyToken, Stream, UnreadableDigests
 from ledger.sweep import Finding, Sweep
 from services.errors import campaign_not_found
 from services.usecases.context import Context
@@ -158,7 +158,10 @@ async def _spelt_otherwise(
     stored: set[str] = set()
     for i in range(0, len(forms), PAGE):
         page = forms[i : i + PAGE]
-        stored.update(await ctx.view.digests(brand, page))
+        try:
+            stored.update(await ctx.view.digests(brand, page))
+        except UnreadableDigests as exc:  # a row that cannot be read is a row all the same
+            stored.update(exc.found, exc.phones)
         wide = await ctx.view.subscriber_states(ANY_BRAND, page)
         stored.update(form for form, state in wide.items() if state.candidates)
     return {

@@ -91,6 +91,7 @@ from ledger.ports import (
     RequestClaim,
     RequestUse,
     Stream,
+    UnreadableDigests,
 )
 from ledger.state import COUNTED_KINDS, CampaignHistory, Fact, SubscriberState
 from services.errors import (
@@ -336,12 +337,16 @@ async def opt_outs_placed_since(
     only those numbers' histories are read, for an opt-out placed before the latest
     may have stated a later time than it."""
     plain = [phone for phone in since if not forms_stored_before(phone)]
-    digests = await view.digests(brand, plain) if plain else {}
+    unread: set[str] = set()
+    try:
+        digests = await view.digests(brand, plain) if plain else {}
+    except UnreadableDigests as exc:  # those numbers' histories are read
+        digests, unread = exc.found, set(exc.phones)
     found: dict[str, list[ConsentRevoked]] = {}
     for phone, at in since.items():
         if phone in digests and not _opt_out_placed_since(digests[phone], at):
             continue
-        if phone in plain and phone not in digests:
+        if phone in plain and phone not in digests and phone not in unread:
             continue  # no fact of the number towards the brand
         history = [*await view.history(phone, brand), *await earlier_history(view, phone, brand)]
         revoked = [
@@ -516,7 +521,10 @@ class Writes:
         if isinstance(cmd, RecordOptOut) and isinstance(revoked, ConsentRevoked):
             # A retry of the opt-out too: it resolves what an earlier attempt may not have.
             phone, brand = revoked.phone, revoked.brand
-            digest = (await self.reads.digests(brand, [phone])).get(phone)
+            try:
+                digest = (await self.reads.digests(brand, [phone])).get(phone)
+            except UnreadableDigests:  # its whole state is read instead
+                return await self._resolve_holds_covered(revoked, written, recorded_by, None, True)
             written = await self._resolve_holds_covered(revoked, written, recorded_by, digest)
         return written
 
@@ -535,11 +543,19 @@ class Writes:
             if isinstance(r.event, ConsentRevoked):
                 by_brand.setdefault(r.event.brand, []).append((r.event, r))
         for brand, revocations in by_brand.items():
-            digests = await self.reads.digests(brand, sorted({e.phone for e, _ in revocations}))
+            unread: set[str] = set()
+            try:
+                digests = await self.reads.digests(brand, sorted({e.phone for e, _ in revocations}))
+            except UnreadableDigests as exc:  # those numbers' whole states are read instead
+                digests, unread = exc.found, set(exc.phones)
             for revoked, r in revocations:
                 written = WriteResult([str(revoked.event_id)], ConsistencyToken.after([r]))
                 done = await self._resolve_holds_covered(
-                    revoked, written, recorded_by, digests.get(revoked.phone)
+                    revoked,
+                    written,
+                    recorded_by,
+                    digests.get(revoked.phone),
+                    revoked.phone in unread,
                 )
                 token = token.merge(done.token)
         return token
@@ -550,13 +566,17 @@ class Writes:
         written: WriteResult,
         recorded_by: str,
         digest: Digest | None,
+        unread: bool = False,
     ) -> WriteResult:
         """``_resolve_covered_holds`` for the opt-out ``revoked`` just recorded
         (``written``), when ``digest`` (its number's, towards its brand) holds a live
-        hold, or the number has another spelling one may be kept under."""
+        hold, or the number has another spelling one may be kept under, or its stored
+        digest could not be read (``unread``: it may hold one)."""
         phone, brand = revoked.phone, revoked.brand
         spelt_before = forms_stored_before(phone)
-        if not spelt_before and not (digest is not None and any(p.refused for p in digest.pending)):
+        if not (spelt_before or unread) and not (
+            digest is not None and any(p.refused for p in digest.pending)
+        ):
             return written
         # A hold an earlier version kept under the number's other spelling denies the
         # number too (CanSend folds it in): this opt-out covers it.

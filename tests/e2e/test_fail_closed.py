@@ -11,15 +11,20 @@ import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
+from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
 from services.settings import FreshnessSettings
+from services.wire.digest import FORMAT as DIGEST_FORMAT
 from services.wire.enums import WireFormatError
 from tests.e2e.harness import (
+    Clock,
     client,
     define,
+    defined,
     noon_in_los_angeles,
     opt_in,
     opt_out,
+    running,
     service_settings,
     status_details,
     ts,
@@ -183,3 +188,61 @@ async def _started_with_quick_freshness(tmp_path, postgres_dsn, when: datetime) 
     runtime = Runtime(dataclasses.replace(settings, freshness=fast), clock=lambda: when)
     await runtime.start()
     return runtime
+
+
+async def test_one_unreadable_stored_digest_denies_that_number_alone(tmp_path, postgres_dsn):
+    """A corrupt digest row used to stop the service's start (the replica's load
+    raised), and a refresh that read one failed every read NOT_CONSISTENT. Now the
+    service starts, the number is answered "no" with the reason, every other number
+    as before, and the number again once a new fact rewrites its row."""
+    clock = Clock(noon_in_los_angeles())
+    settings = service_settings(tmp_path, postgres_dsn, kafka=None)
+    bad, good = "+14155552671", "+12125551234"
+    first = clock.now - timedelta(minutes=30)
+    async with running(settings, clock) as runtime:
+        await defined(runtime, [define("acme", "promo", first - timedelta(days=1))])
+        async with client(runtime.address) as c:
+            for phone in (bad, good):
+                w = await c.RecordOptIn(opt_in(phone, "acme", "promo", first))
+        assert runtime.guard is not None and runtime.pool is not None
+        # Applied, so that no write of the projector's comes after the corruption.
+        assert await runtime.guard.wait_for_token(ConsistencyToken.decode(w.consistency_token))
+        await runtime.pool.execute(
+            "UPDATE subscriber_state SET digest = $1 WHERE phone = $2",
+            bytes([DIGEST_FORMAT, 0xC1]),
+            bad,
+        )
+    async with running(settings, clock) as runtime, client(runtime.address) as c:
+        denied = await c.CanSend(api.CanSendRequest(phone=bad, brand="acme", campaign="promo"))
+        assert not denied.allowed and denied.reason == api.REASON_INTERNAL_ERROR
+        assert "stored state could not be read" in denied.detail
+        allowed = await c.CanSend(api.CanSendRequest(phone=good, brand="acme", campaign="promo"))
+        assert allowed.allowed, allowed
+        many = await c.CanSendBatch(
+            api.CanSendBatchRequest(brand="acme", campaign="promo", phones=[bad, good])
+        )
+        assert [(d.phone, d.allowed) for d in many.decisions] == [(bad, False), (good, True)]
+        assert many.decisions[0].reason == api.REASON_INTERNAL_ERROR
+        # The audit reads read the number's history, not its digest: answered as before.
+        for phone in (bad, good):
+            as_of = await c.CanSendAsOf(
+                api.CanSendAsOfRequest(
+                    phone=phone, brand="acme", campaign="promo", at=ts(clock.now)
+                )
+            )
+            assert as_of.allowed, as_of
+            consent = await c.GetConsent(
+                api.GetConsentRequest(phone=phone, brand="acme", campaign="promo")
+            )
+            assert consent.state == api.CONSENT_STATE_ACTIVE
+        assert runtime.metrics.replica is not None and runtime.metrics.replica.unreadable == 1
+
+        # A new fact rewrites the row: the number is answered again.
+        w = await c.RecordOptOut(opt_out(bad, "acme", "promo", clock.now - timedelta(minutes=1)))
+        again = await c.CanSend(
+            api.CanSendRequest(
+                phone=bad, brand="acme", campaign="promo", at_least_as_fresh=w.consistency_token
+            )
+        )
+        assert not again.allowed and again.reason == api.REASON_REVOKED, again
+        assert runtime.metrics.replica.unreadable == 0
