@@ -17,6 +17,8 @@ metrics make that visible:
   replica's size and how often it loaded the whole view;
 * ``consent_watch_streams`` and ``consent_watch_changes_total``: open change
   streams (``WatchConsentChanges``) and the changes sent to them;
+* ``consent_replica_unreadable_digests``: (brand, phone) entries whose stored
+  digest the replica could not read, each answered "no" until rewritten;
 * ``consent_replica_age_seconds``: seconds since the replica last confirmed its
   positions against the view (it does at every freshness observation);
 * ``grpc_server_started_total``, ``grpc_server_handled_total{grpc_code}`` and
@@ -427,6 +429,12 @@ class ServiceMetrics(Collector):
                 "consent_replica_loads",
                 "Times the replica loaded the whole read model (at start and after a rebuild).",
                 value=self.replica.loads,
+            )
+            yield GaugeMetricFamily(
+                "consent_replica_unreadable_digests",
+                "Entries of the read model whose stored digest the replica could not read; "
+                "CanSend answers each of those numbers not allowed (internal_error).",
+                value=self.replica.unreadable,
             )
             yield GaugeMetricFamily(
                 "consent_replica_age_seconds",

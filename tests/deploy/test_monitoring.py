@@ -109,6 +109,7 @@ class _Replica:
     size: int
     loads: int
     confirmed_at: float = 0.0
+    unreadable: int = 0
 
 
 def exported_metrics() -> set[str]:

@@ -67,17 +67,21 @@ class Replica:
     size: int
     loads: int
     confirmed_at: float = float("-inf")
+    unreadable: int = 0
 
 
 def test_freshness_and_the_replica_are_read_when_scraped() -> None:
     now = [100.0]
     watched = Watched(FreshnessStatus(observed_at=99.75, lag={Stream.SUBSCRIBERS: 3}))
-    metrics = ServiceMetrics(watched, Replica(size=5, loads=1), monotonic=lambda: now[0])
+    metrics = ServiceMetrics(
+        watched, Replica(size=5, loads=1, unreadable=2), monotonic=lambda: now[0]
+    )
 
     assert value(metrics, "consent_projection_lag_events", stream="subscribers") == 3
     assert value(metrics, "consent_projection_lag_events", stream="campaigns") == 0
     assert value(metrics, "consent_freshness_observation_age_seconds") == 0.25
     assert value(metrics, "consent_replica_digests") == 5
+    assert value(metrics, "consent_replica_unreadable_digests") == 2
     assert value(metrics, "consent_replica_loads_total") == 1
 
     now[0] = 104.0
