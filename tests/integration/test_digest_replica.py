@@ -5,6 +5,7 @@ writes."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
@@ -375,7 +376,7 @@ async def _garble(pool: asyncpg.Pool, brand: str, phone: str, data: bytes) -> No
 
 
 async def test_an_unreadable_digest_fails_only_its_own_number_until_it_is_rewritten(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """One corrupt row used to make the load raise, and every read (every brand's,
     every number's) then failed closed: the service did not even start."""
@@ -390,8 +391,11 @@ async def test_an_unreadable_digest_fails_only_its_own_number_until_it_is_rewrit
     await _garble(pool, "acme", PHONES[2], _MISSHAPEN)
     good = await view.digests("acme", [PHONES[0], PHONES[3]])
 
+    caplog.set_level(logging.ERROR, "services.adapters.digest_replica")
     await replica.refresh()  # the load goes on past them
     assert replica.unreadable == 2
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 2 and all("brand acme (partition 7)" in m for m in logged)
     assert await replica.digests("acme", [PHONES[0], PHONES[3]]) == good
     assert set(await replica.digests("globex", PHONES[:4])) == set(PHONES[:4])
     with pytest.raises(UnreadableDigests) as caught:
@@ -425,6 +429,8 @@ async def test_an_unreadable_digest_fails_only_its_own_number_until_it_is_rewrit
     await pool.execute("UPDATE projection_epoch SET epoch = epoch + 1")
     await replica.refresh()
     assert replica.loads == 2 and replica.unreadable == 2
+    logged = [r for r in caplog.records if r.name == "services.adapters.digest_replica"]
+    assert len(logged) == 3  # each logged once: the reload says nothing again
 
 
 async def test_an_unreadable_phone_wide_row_fails_the_number_for_every_brand(
