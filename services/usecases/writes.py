@@ -1368,8 +1368,10 @@ class Writes:
         revoked = next((e for e in events if isinstance(e, ConsentRevoked)), None)
         if revoked is not None:
             # A STOP that covers a refused STOP's hold resolves it, as a RecordOptOut
-            # does: read from the state before the STOP, so in ledger order.
-            every = revoked.campaign is not None and revokes_all(campaign, revoked.occurred_at)
+            # does: read from the state before the STOP, so in ledger order. The rules
+            # at the STOP's time decide, the brand's revoke-all setting among them (the
+            # current version's rules, as of when they were defined, may predate it).
+            every = revoked.campaign is not None and await self._revokes_all(revoked)
             written = await self._resolve_covered_holds(
                 revoked, state, written, recorded_by, every_campaign=every
             )

@@ -47,8 +47,13 @@ from tests.e2e.harness import (
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-BRAND = "acme"
-CAMPAIGNS = {"alerts": "+12125550141", "notices": "+12125550142", "updates": "+12125550143"}
+CAMPAIGNS = ("alerts", "notices", "updates")
+# Each brand's campaigns and the number each sends from; globex takes the revoke-all
+# rule up early (SetBrandPolicy) halfway through its histories.
+SENDERS = {
+    "acme": dict(zip(CAMPAIGNS, ("+12125550141", "+12125550142", "+12125550143"), strict=True)),
+    "globex": dict(zip(CAMPAIGNS, ("+12125550151", "+12125550152", "+12125550153"), strict=True)),
+}
 # The FCC's revoke-all rule: midnight in Washington, D.C. on 2027-01-31 (README, "Revoke-all").
 REVOKE_ALL = datetime(2027, 1, 31, 5, 0, tzinfo=UTC)
 # After the rule: noon in Los Angeles a fortnight past it.
@@ -98,8 +103,12 @@ class Number:
 class Model:
     """Consent of one brand's numbers for a regular message, from the README alone."""
 
-    def __init__(self, defined_at: datetime) -> None:
+    def __init__(
+        self, brand: str, defined_at: datetime, revoke_all_since: datetime | None = None
+    ) -> None:
+        self.brand, self.senders = brand, SENDERS[brand]
         self.defined_at = defined_at
+        self.revoke_all_since = revoke_all_since  # the brand's SetBrandPolicy
         self.numbers: dict[str, Number] = {}
         self.seq = 0
 
@@ -113,6 +122,12 @@ class Model:
     def hold(self, phone: str, at: datetime, *, resolvable: bool) -> None:
         self.seq += 1
         self._n(phone).holds.append(Hold(at, resolvable, self.seq))
+
+    def revokes_all(self, at: datetime) -> bool:
+        """Whether the revoke-all rule is in force at ``at``: from the FCC's date, or
+        from when the brand took it up."""
+        since = self.revoke_all_since
+        return at >= REVOKE_ALL or (since is not None and at >= since)
 
     def opt_out_of_reach(self, phone: str, now: datetime) -> None:
         """An opt-out of every campaign (or of one under the revoke-all rule) resolves
@@ -135,7 +150,7 @@ class Model:
         for h in n.holds:
             if h.at <= at and (h.resolved_at is None or h.resolved_at > at):
                 return HOLD, api.REASON_REVOCATION_PENDING_REVIEW
-        revoke_all = at >= REVOKE_ALL
+        revoke_all = self.revokes_all(at)
         mine = [
             f
             for f in n.facts
@@ -211,7 +226,7 @@ def history(rng: random.Random, phones: list[str], base: datetime, facts: int) -
         else:
             times.append(at)
         brand_wide = what in ("opt_out_brand", "stopall", "import_opt_out_brand")
-        campaign = None if brand_wide else rng.choice(sorted(CAMPAIGNS))
+        campaign = None if brand_wide else rng.choice(CAMPAIGNS)
         steps.append(Step(what, rng.choice(phones), campaign, at))
     return steps
 
@@ -221,11 +236,12 @@ async def apply(c: Client, model: Model, step: Step, now: datetime) -> str:
     what, phone, campaign, at = step.what, step.phone, step.campaign, step.at
     # An opt-out of one campaign dated under the revoke-all rule is one of every
     # campaign, and resolves holds as an opt-out of the brand does.
-    reach_all = at >= REVOKE_ALL
+    reach_all = model.revokes_all(at)
+    brand = model.brand
     if what in ("opt_in", "opt_in_ahead", "opt_in_before_2000"):
         assert campaign
         try:
-            w = await c.RecordOptIn(opt_in(phone, BRAND, campaign, at))
+            w = await c.RecordOptIn(opt_in(phone, brand, campaign, at))
         except grpc.aio.AioRpcError as err:
             # Ahead of the skew, or before 2000: refused, nothing written.
             assert what != "opt_in" and err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
@@ -235,7 +251,7 @@ async def apply(c: Client, model: Model, step: Step, now: datetime) -> str:
         return w.consistency_token
     if what in ("opt_out", "opt_out_brand", "opt_out_ahead", "opt_out_before_2000"):
         try:
-            w = await c.RecordOptOut(opt_out(phone, BRAND, campaign, at))
+            w = await c.RecordOptOut(opt_out(phone, brand, campaign, at))
         except grpc.aio.AioRpcError as err:
             info = held_info(err)
             assert what != "opt_out" and what != "opt_out_brand" and info, err
@@ -249,7 +265,7 @@ async def apply(c: Client, model: Model, step: Step, now: datetime) -> str:
             model.opt_out_of_reach(phone, now)
         return w.consistency_token
     if what in ("stop", "stopall", "start", "stop_ahead"):
-        to = CAMPAIGNS[campaign] if campaign else CAMPAIGNS[sorted(CAMPAIGNS)[0]]
+        to = model.senders[campaign or CAMPAIGNS[0]]
         body = {"stop": "STOP", "stop_ahead": "STOP", "stopall": "STOPALL", "start": "START"}
         try:
             w = await c.HandleInboundMessage(inbound(phone, to, body[what], at))
@@ -271,7 +287,7 @@ async def apply(c: Client, model: Model, step: Step, now: datetime) -> str:
         # opt-out ("The policy", 3 and 7), so the model records nothing of it.
         assert campaign
         request = api.RecordReconfirmationRequest(
-            request_id=uuid.uuid4().hex, phone=phone, brand=BRAND, campaign=campaign,
+            request_id=uuid.uuid4().hex, phone=phone, brand=brand, campaign=campaign,
             channel=lpb.REVOCATION_CHANNEL_API, occurred_at=ts(at),
         )  # fmt: skip
         try:
@@ -282,12 +298,12 @@ async def apply(c: Client, model: Model, step: Step, now: datetime) -> str:
         return w.consistency_token
     if what == "import_opt_in":
         assert campaign
-        done = await imported(c, api.ImportRecord(opt_in=opt_in(phone, BRAND, campaign, at)))
+        done = await imported(c, api.ImportRecord(opt_in=opt_in(phone, brand, campaign, at)))
         assert done.imported == 1, done
         model.fact(phone, "grant", at, campaign)
         return done.consistency_token
     assert what.startswith("import_opt_out"), what
-    done = await imported(c, api.ImportRecord(opt_out=opt_out(phone, BRAND, campaign, at)))
+    done = await imported(c, api.ImportRecord(opt_out=opt_out(phone, brand, campaign, at)))
     if what == "import_opt_out_ahead":
         assert (done.imported, done.held_for_review) == (0, 1), done
         model.hold(phone, now, resolvable=False)
@@ -338,9 +354,10 @@ async def check(
     where: str,
 ) -> None:
     calls = []
-    for campaign in sorted(CAMPAIGNS):
+    for campaign in CAMPAIGNS:
         for phone in phones:
-            asked = dict(phone=phone, brand=BRAND, campaign=campaign, at_least_as_fresh=fresh)
+            asked = dict(phone=phone, brand=model.brand, campaign=campaign)
+            asked["at_least_as_fresh"] = fresh
             calls.append((
                 f"{where} CanSend {phone} {campaign} now", phone, campaign, now,
                 c.CanSend(api.CanSendRequest(**asked)),
@@ -359,11 +376,11 @@ async def check(
         compare(tally, label, expected, a.allowed, a.reason, a.detail)
     batches = await asyncio.gather(*(
         c.CanSendBatch(api.CanSendBatchRequest(
-            brand=BRAND, campaign=campaign, phones=phones, at_least_as_fresh=fresh
+            brand=model.brand, campaign=campaign, phones=phones, at_least_as_fresh=fresh
         ))
-        for campaign in sorted(CAMPAIGNS)
+        for campaign in CAMPAIGNS
     ))  # fmt: skip
-    for campaign, batch in zip(sorted(CAMPAIGNS), batches, strict=True):
+    for campaign, batch in zip(CAMPAIGNS, batches, strict=True):
         for phone, d in zip(phones, batch.decisions, strict=True):
             expected = model.decide(phone, campaign, now)
             label = f"{where} CanSendBatch {phone} {campaign} now"
@@ -377,11 +394,10 @@ async def run_seed(
     facts: int,
     tally: Tally,
     fresh: Callable[[str], str],
-    defined_at: datetime,
+    model: Model,
 ) -> None:
     rng = random.Random(seed)
     phones = [f"+1415555{1000 + (seed % 900) * 10 + i:04d}" for i in range(2)]
-    model = Model(defined_at)
     base = clock.now
     steps = history(rng, phones, base, facts)
     written: list[datetime] = []
@@ -427,33 +443,46 @@ FACTS = int(os.environ.get("CONSENT_ORACLE_FACTS", "25"))
 async def test_the_service_answers_as_the_readme_says(
     ledger, tmp_path, postgres_dsn, kafka_bootstrap
 ):
-    seeds = range(FIRST_SEED, FIRST_SEED + SEEDS) if ledger == "embedded" else [7, 23]
+    seeds = list(range(FIRST_SEED, FIRST_SEED + SEEDS)) if ledger == "embedded" else [7, 11, 23]
     clock = Clock(noon_in_los_angeles())
     defined_at = clock.now - timedelta(days=60)
     campaigns = [
-        define(BRAND, name, defined_at, [number], purpose=lpb.CAMPAIGN_PURPOSE_INFORMATIONAL)
-        for name, number in CAMPAIGNS.items()
+        define(brand, name, defined_at, [number], purpose=lpb.CAMPAIGN_PURPOSE_INFORMATIONAL)
+        for brand, senders in SENDERS.items()
+        for name, number in senders.items()
     ]
+    defined_at -= timedelta(seconds=1)  # define's time for the rules
     bootstrap = kafka_bootstrap if ledger == "kafka" else None
     tally = Tally()
     async with (
         serving(
             tmp_path, postgres_dsn, bootstrap, name="oracle", clock=clock, campaigns=campaigns
         ) as rt,
-        client(rt.address, "acme-app") as c,
+        client(rt.address, "acme-app") as acme,
+        client(rt.address, "globex-app") as globex,
     ):
-        w = await c.RecordOptIn(
-            opt_in("+14155559999", BRAND, "alerts", clock.now - timedelta(days=1))
+        w = await acme.RecordOptIn(
+            opt_in("+14155559999", "acme", "alerts", clock.now - timedelta(days=1))
         )
         fresh = merged([w.consistency_token])
-        seeds = list(seeds)
-        # Half the seeds before the revoke-all rule, then half after it (the clock
-        # only moves forward).
-        for seed in seeds[: (len(seeds) + 1) // 2]:
-            await run_seed(c, clock, seed, FACTS, tally, fresh, defined_at - timedelta(seconds=1))
+        # A third of the seeds before the revoke-all rule; a third under globex, which
+        # takes the rule up early, its histories on both sides of that; the rest
+        # after the FCC's date (the clock only moves forward).
+        third = (len(seeds) + 2) // 3
+        for seed in seeds[:third]:
+            await run_seed(acme, clock, seed, FACTS, tally, fresh, Model("acme", defined_at))
+        w = await globex.SetBrandPolicy(
+            api.SetBrandPolicyRequest(request_id=uuid.uuid4().hex, brand="globex", revoke_all=True)
+        )
+        fresh(w.consistency_token)
+        since = clock.now
+        clock.now += timedelta(days=15)
+        for seed in seeds[third : 2 * third]:
+            model = Model("globex", defined_at, revoke_all_since=since)
+            await run_seed(globex, clock, seed, FACTS, tally, fresh, model)
         clock.now = max(clock.now, AFTER_RULE)
-        for seed in seeds[(len(seeds) + 1) // 2 :]:
-            await run_seed(c, clock, seed, FACTS, tally, fresh, defined_at - timedelta(seconds=1))
+        for seed in seeds[2 * third :]:
+            await run_seed(acme, clock, seed, FACTS, tally, fresh, Model("acme", defined_at))
     print(f"\noracle: {len(seeds)} seeds x {FACTS} facts, {tally.checks} answers compared")
     print("writes:", ", ".join(f"{k} {v}" for k, v in sorted(tally.writes.items())))
     for line in tally.reasons_differ[:20]:
@@ -461,3 +490,43 @@ async def test_the_service_answers_as_the_readme_says(
     assert not tally.disagreements, "\n".join(tally.disagreements[:30]) + (
         f"\n... {len(tally.disagreements)} in all"
     )
+
+
+async def test_a_stop_under_the_brands_revoke_all_resolves_a_hold(tmp_path, postgres_dsn):
+    """The oracle's first find: with the brand's SetBrandPolicy in force, a STOP to
+    one campaign is an opt-out of every campaign, so it resolves a refused opt-out's
+    hold as a RecordOptOut of that campaign does ("A STOP is never lost"), not only
+    under a campaign's own ``revoke_all``. It read the campaign's rules as of their
+    last version, from before the brand's setting, and left the hold."""
+    clock = Clock(noon_in_los_angeles())
+    campaigns = [
+        define("globex", name, clock.now - timedelta(days=60), [number])
+        for name, number in SENDERS["globex"].items()
+    ]
+    phone = "+14155550987"
+    async with (
+        serving(tmp_path, postgres_dsn, None, clock=clock, campaigns=campaigns) as rt,
+        client(rt.address, "globex-app") as c,
+    ):
+        await c.SetBrandPolicy(
+            api.SetBrandPolicyRequest(request_id=uuid.uuid4().hex, brand="globex", revoke_all=True)
+        )
+        clock.now += timedelta(days=1)
+        await c.RecordOptIn(opt_in(phone, "globex", "alerts", clock.now - timedelta(hours=2)))
+        ahead = opt_out(phone, "globex", "notices", clock.now + timedelta(days=2))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await c.RecordOptOut(ahead)
+        assert held_info(refused.value), refused.value
+        stop = inbound(phone, SENDERS["globex"]["alerts"], "STOP", clock.now - timedelta(hours=1))
+        w = await c.HandleInboundMessage(stop)
+        asked = api.CanSendRequest(
+            phone=phone, brand="globex", campaign="notices", at_least_as_fresh=w.consistency_token
+        )
+        answer = await c.CanSend(asked)
+        assert (answer.allowed, answer.reason) == (False, api.REASON_REVOKED_BRAND_WIDE), answer
+        pending = await c.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(
+                brand="globex", at_least_as_fresh=w.consistency_token
+            )
+        )
+        assert not pending.candidates, pending
