@@ -249,9 +249,11 @@ def history(rng: random.Random, phones: list[str], base: datetime, facts: int) -
 async def apply(c: Client, model: Model, step: Step, now: datetime) -> str:
     """Write ``step`` through the API and into the model; the consistency token."""
     what, phone, campaign, at = step.what, step.phone, step.campaign, step.at
-    # An opt-out of one campaign dated under the revoke-all rule is one of every
-    # campaign, and resolves holds as an opt-out of the brand does.
-    reach_all = model.revokes_all(at) or campaign in model.revoke_all_campaigns
+    # An opt-out of one campaign dated when the revoke-all rule is in force for it
+    # (the FCC's date, the brand's setting, or the campaign's own rules, which exist
+    # only from their definition on) resolves holds as an opt-out of the brand does.
+    early = campaign in model.revoke_all_campaigns and at >= model.defined_at
+    reach_all = model.revokes_all(at) or early
     brand = model.brand
     if what in ("opt_in", "opt_in_ahead", "opt_in_before_2000"):
         assert campaign
