@@ -811,8 +811,9 @@ class Check:
         if digest.last_inbound is not None and self._opened(digest.last_inbound, revocation):
             return deny(
                 Reason.CONSENT_TIER_INSUFFICIENT,
-                "texting first consents to that conversation only, "
-                f"never to a {purpose.name.lower()} campaign",
+                "texting first consents to that conversation only, never to "
+                f"{'an' if purpose is CampaignPurpose.INFORMATIONAL else 'a'}"
+                f" {purpose.name.lower()} campaign",
                 (digest.last_inbound.event_id,),
                 version,
             )
