@@ -309,12 +309,9 @@ class DigestReplica(DigestReads):
                 # this format: then the snapshot is digested.
                 if snapshot is None and add_stored(brand, phone, data[1:]):
                     continue
-                try:
-                    digest = stored_digest(phone, brand, data, snapshot)
-                except Exception:
-                    self._note_unreadable(unreadable, brand, phone)
-                    continue
-                add(brand, phone, digest)
+                digest = self._read(unreadable, brand, phone, data, snapshot)
+                if digest is not None:
+                    add(brand, phone, digest)
         digests.seal()
         return digests, unreadable
 
@@ -322,16 +319,30 @@ class DigestReplica(DigestReads):
         put, unreadable = self._digests.put, self._unreadable
         for brand, phone, data, snapshot in rows:
             # Without a digest in the row, or with one this code cannot read, the
-            # snapshot comes too, and is digested.
-            try:
-                digest = stored_digest(phone, brand, data, snapshot)
-            except Exception:
-                # What the copy held is no longer the view's: masked, not answered.
-                self._note_unreadable(unreadable, brand, phone)
+            # snapshot comes too, and is digested. One unreadable masks what the copy
+            # held, which is no longer the view's: not answered.
+            digest = self._read(unreadable, brand, phone, data, snapshot)
+            if digest is None:
                 continue
             put(brand, phone, digest)
             if unreadable:
                 unreadable.discard((brand, phone))  # written again, and readable
+
+    def _read(
+        self,
+        unreadable: set[tuple[str, str]],
+        brand: str,
+        phone: str,
+        data: bytes | None,
+        snapshot: bytes | None,
+    ) -> Digest | None:
+        """The row's digest (``stored_digest``), or None, the entry added to
+        ``unreadable``, when it cannot be read."""
+        try:
+            return stored_digest(phone, brand, data, snapshot)
+        except Exception:
+            self._note_unreadable(unreadable, brand, phone)
+            return None
 
     def _note_unreadable(self, into: set[tuple[str, str]], brand: str, phone: str) -> None:
         """Add the entry to ``into``, logging it the first time this copy finds it so
