@@ -123,7 +123,8 @@ class Context:
         """Refuse the sends whose relied-on answer names a token past the ledger's end
         (``past_the_end``): the service never gave it, and the sweep would read the
         send as asked before it went out. ``answers`` are (field, answer) pairs; every
-        such field is named, each token looked at once."""
+        such field is named, each token looked at once. When the ledger's end cannot
+        be read, nothing is refused."""
         tokens: dict[str, ConsistencyToken] = {}
         for _, answer in answers:
             if answer is not None and answer.consistency_token not in tokens:
@@ -131,7 +132,15 @@ class Context:
         if not tokens:
             return
         field = answers[0][0]
-        whys = dict(zip(tokens, await self.past_the_end(list(tokens.values()), field), strict=True))
+        try:
+            checked = await self.past_the_end(list(tokens.values()), field)
+        except NotConsistent:
+            # The ledger's end cannot be read now. These messages went out: refused,
+            # they would go uncounted against caps and obligations, which is worse
+            # than keeping a token not yet checked; only one known to be past the end
+            # is refused.
+            return
+        whys = dict(zip(tokens, checked, strict=True))
         bad = [
             (f, why)
             for f, answer in answers

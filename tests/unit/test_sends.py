@@ -399,3 +399,26 @@ async def test_a_message_for_an_undefined_campaign_refuses_the_call_and_writes_n
             await app.sends.record(batch("b1", [message(0), message(1, campaign="nope")]))
         assert refused.value.field == "messages[1].campaign"
         assert await sends_in_ledger(app) == []
+
+
+async def test_a_send_is_recorded_when_its_relied_on_token_cannot_be_checked_now():
+    """A relied-on token ahead of the view is checked against the ledger's end. When
+    that end cannot be read (an outage), the send went out all the same: refused, it
+    would go uncounted against its caps, so it is recorded, the token unchecked."""
+    async with running(WAIT) as (app, _):
+        await app.writes.record(define())
+
+        async def unreadable_end() -> Any:
+            raise OSError("the broker is gone")
+
+        app.guard.observe = unreadable_end  # type: ignore[method-assign]
+        relied = ReliedAnswer("subscribers:0:999999", True, "consent_active", ())
+        fields = dict(relied_on=relied)
+        single = await app.writes.record(
+            RecordMessageSent(
+                "s1", PHONE, BRAND, "promo", "SM-1", MessageKind.REGULAR, at(10), **fields
+            )
+        )
+        one = SentMessage(PHONE, "promo", "SM-2", MessageKind.REGULAR, at(10), **fields)
+        batched = await app.sends.record(batch("b1", [one]))
+        assert len(single.event_ids) == len(batched.event_ids) == 1
