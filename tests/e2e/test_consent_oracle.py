@@ -839,3 +839,48 @@ async def test_what_was_known_then_answers_as_the_readme_says(tmp_path, postgres
     assert not tally.disagreements, "\n".join(tally.disagreements[:30]) + (
         f"\n... {len(tally.disagreements)} in all"
     )
+
+
+async def test_the_latest_opt_in_sets_the_tier_a_start_resumes(tmp_path, postgres_dsn):
+    """A promotional campaign needs a written opt-in ("The policy", 3); of several,
+    the latest stands, and a START resumes that one: a verbal opt-in after a written
+    one leaves the campaign denied, after a STOP and START too, and the other way
+    round allowed. The oracle's histories seldom hold such a START."""
+    clock = Clock(noon_in_los_angeles())
+    senders = SENDERS["acme"]
+    campaign = define(
+        "acme", "updates", clock.now - timedelta(days=60), [senders["updates"]],
+        purpose=lpb.CAMPAIGN_PURPOSE_PROMOTIONAL,
+    )  # fmt: skip
+    written_last, verbal_last = "+14155550981", "+14155550982"
+    async with (
+        serving(tmp_path, postgres_dsn, None, clock=clock, campaigns=[campaign]) as rt,
+        client(rt.address, "acme-app") as c,
+    ):
+        tokens = []
+        for phone in (written_last, verbal_last):
+            for hours, verbal in ((3, phone == written_last), (2, phone == verbal_last)):
+                request = opt_in(phone, "acme", "updates", clock.now - timedelta(hours=hours))
+                if verbal:
+                    request.method = lpb.COLLECTION_METHOD_VERBAL
+                    request.proof.collection_detail = "agreed on a call with the front desk"
+                tokens.append((await c.RecordOptIn(request)).consistency_token)
+        fresh = merged(tokens)
+
+        async def answer(phone: str) -> tuple[bool, int]:
+            asked = api.CanSendRequest(
+                phone=phone, brand="acme", campaign="updates", at_least_as_fresh=fresh("")
+            )
+            a = await c.CanSend(asked)
+            return a.allowed, a.reason
+
+        insufficient = (False, api.REASON_CONSENT_TIER_INSUFFICIENT)
+        assert await answer(verbal_last) == insufficient
+        assert await answer(written_last) == (True, api.REASON_CONSENT_ACTIVE)
+        for phone in (written_last, verbal_last):
+            for text, hours in (("STOP", 1.0), ("START", 0.5)):
+                at = clock.now - timedelta(hours=hours)
+                w = await c.HandleInboundMessage(inbound(phone, senders["updates"], text, at))
+                fresh(w.consistency_token)
+        assert await answer(verbal_last) == insufficient
+        assert await answer(written_last) == (True, api.REASON_CONSENT_ACTIVE)
