@@ -550,8 +550,9 @@ async def run_seed(
         clock.now += timedelta(seconds=1)
         if step.erase:
             assert erase is not None
-            fresh(await erase_number(erase, model, step, clock, steps[i:]))
-            tally.writes["erasure"] += 1
+            erased = await erase_number(erase, model, step, clock, steps[i:])
+            tally.writes["erasure" if erased else "erasure of nothing refused"] += 1
+            fresh(erased)
         before = model.seq
         token = await apply(c, model, step, clock.now)
         outcome = "refused" if not token else "no fact" if model.seq == before else "in model"
@@ -581,18 +582,25 @@ async def erase_number(
     2000s before it."""
     before = clock.now
     clock.now += timedelta(days=6 * 366)
-    erasure = await admin.RequestErasure(
-        api.RequestErasureRequest(
-            request_id=uuid.uuid4().hex, phone=step.phone, brand=model.brand, reference="DSR-1"
-        )
+    request = api.RequestErasureRequest(
+        request_id=uuid.uuid4().hex, phone=step.phone, brand=model.brand, reference="DSR-1"
     )
-    assert erasure.consistency_token, erasure
-    model._n(step.phone).erased = clock.now
+    n = model._n(step.phone)
+    token = ""
+    if n.facts or n.holds:
+        erasure = await admin.RequestErasure(request)
+        assert erasure.consistency_token, erasure
+        n.erased, token = clock.now, erasure.consistency_token
+    else:
+        # Nothing recorded of the number: nothing to erase, and nothing written.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await admin.RequestErasure(request)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value
     clock.now += timedelta(days=31)
     for later in rest:
         if later.at.year >= 2020 or later.at > before:
             later.at += clock.now - before
-    return erasure.consistency_token
+    return token
 
 
 def merged(tokens: list[str]) -> Callable[[str], str]:
