@@ -941,7 +941,22 @@ async def test_a_message_too_large_for_the_topics_writes_none_of_the_call(serve,
         await admin.start()
         try:
             limit = {**topic_configs(settings), "max.message.bytes": to}
-            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
+            resource = ConfigResource(ConfigResourceType.TOPIC, topic, limit)
+            await admin.alter_configs([resource])
+            # The broker serves the new limit a moment after the change is answered
+            # (seen under load in CI): a service that read the old one in between
+            # would write the others of the call before the broker refused one.
+            for _ in range(200):
+                (described,) = await admin.describe_configs([resource])
+                (found,) = described.to_object()["resources"]
+                if any(
+                    e["config_names"] == "max.message.bytes" and e["config_value"] == to
+                    for e in found["config_entries"]
+                ):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(f"the broker did not serve max.message.bytes={to}")
         finally:
             await admin.close()
 
