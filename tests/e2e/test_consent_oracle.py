@@ -30,7 +30,7 @@ import os
 import random
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -475,6 +475,19 @@ def compare(
         )
 
 
+async def few_at_a_time(calls: Iterable[Awaitable[Any]], at_once: int = 16) -> list[Any]:
+    """Each call's answer, at most ``at_once`` in flight: a hundred history reads at
+    once on a busy machine pass PostgreSQL's bound and are answered "not allowed"
+    (INTERNAL_ERROR), fail-closed."""
+    gate = asyncio.Semaphore(at_once)
+
+    async def one(call: Awaitable[Any]) -> Any:
+        async with gate:
+            return await call
+
+    return await asyncio.gather(*(one(call) for call in calls))
+
+
 async def check(
     c: Client,
     model: Model,
@@ -502,15 +515,7 @@ async def check(
                     m,
                     c.CanSendAsOf(api.CanSendAsOfRequest(**asked, at=ts(m), known_at=ts(now))),
                 ))  # fmt: skip
-    # A few at a time: a hundred history reads at once on a busy machine pass
-    # PostgreSQL's bound and are answered "not allowed" (INTERNAL_ERROR), fail-closed.
-    gate = asyncio.Semaphore(16)
-
-    async def one(call: Awaitable[Any]) -> Any:
-        async with gate:
-            return await call
-
-    answers = await asyncio.gather(*(one(call) for *_, call in calls))
+    answers = await few_at_a_time(call for *_, call in calls)
     for (label, phone, campaign, moment, _), a in zip(calls, answers, strict=True):
         expected = model.decide(phone, campaign, moment)
         compare(tally, label, expected, a.allowed, a.reason, a.detail)
@@ -762,13 +767,7 @@ async def check_known(
                     model.in_hindsight(phone, campaign, m),
                     c.CanSendAsOf(api.CanSendAsOfRequest(**asked, at_least_as_fresh=fresh)),
                 ))  # fmt: skip
-    gate = asyncio.Semaphore(16)
-
-    async def one(call: Awaitable[Any]) -> Any:
-        async with gate:
-            return await call
-
-    answers = await asyncio.gather(*(one(call) for *_, call in calls))
+    answers = await few_at_a_time(call for *_, call in calls)
     for (label, expected, _), a in zip(calls, answers, strict=True):
         compare(tally, label, expected, a.allowed, a.reason, a.detail)
 
