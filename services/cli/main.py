@@ -171,15 +171,6 @@ def _interrupted(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _interrupted_as_ctrl_c(signum: int, frame: Any) -> None:
-    """SIGTERM as SIGINT: while asyncio's runner runs, its handler cancels the main
-    task at its next await, where the cleanup (workers killed, batches rolled back,
-    the pool closed) can run. Raised wherever the signal lands (inside a database
-    driver's callback, say), a KeyboardInterrupt can leave a connection that the
-    cleanup then waits on; an interrupted rebuild once did not end so."""
-    signal.raise_signal(signal.SIGINT)
-
-
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from services.cli import audit, import_, tokens
     from services.cli.audit import evidence
@@ -212,7 +203,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "rebuild" and threading.current_thread() is threading.main_thread():
         # A stopped pod gets SIGTERM: end as Ctrl-C does, saying how to resume, its
         # workers stopped, rather than die silently.
-        previous = signal.signal(signal.SIGTERM, _interrupted_as_ctrl_c)
+        previous = signal.signal(signal.SIGTERM, _interrupted)
         try:
             return _run_command(parser, args)
         finally:
