@@ -455,6 +455,17 @@ class Tally:
     reasons_differ: list[str] = field(default_factory=list)
     writes: Counter[str] = field(default_factory=Counter)
 
+    def assert_agreed(self, what: str) -> None:
+        """Print what was compared (``what``) and every reason that differed; fail
+        with the disagreements."""
+        print(f"\n{what}, {self.checks} answers compared")
+        print("writes:", ", ".join(f"{k} {v}" for k, v in sorted(self.writes.items())))
+        for line in self.reasons_differ[:20]:
+            print("reason differs:", line)
+        assert not self.disagreements, "\n".join(self.disagreements[:30]) + (
+            f"\n... {len(self.disagreements)} in all"
+        )
+
 
 def compare(
     tally: Tally, where: str, expected: tuple[str, int], allowed: bool, reason: int, detail: str
@@ -683,13 +694,7 @@ async def test_the_service_answers_as_the_readme_says(
         for seed in seeds[3 * quarter :]:
             model = Model("acme", defined_at)
             await run_seed(acme, clock, seed, FACTS, tally, fresh, model, erase=admin)
-    print(f"\noracle: {len(seeds)} seeds x {FACTS} facts, {tally.checks} answers compared")
-    print("writes:", ", ".join(f"{k} {v}" for k, v in sorted(tally.writes.items())))
-    for line in tally.reasons_differ[:20]:
-        print("reason differs:", line)
-    assert not tally.disagreements, "\n".join(tally.disagreements[:30]) + (
-        f"\n... {len(tally.disagreements)} in all"
-    )
+    tally.assert_agreed(f"oracle: {len(seeds)} seeds x {FACTS} facts")
 
 
 async def test_a_stop_under_the_brands_revoke_all_resolves_a_hold(tmp_path, postgres_dsn):
@@ -839,13 +844,7 @@ async def test_what_was_known_then_answers_as_the_readme_says(tmp_path, postgres
             model = Model("acme", defined_at - timedelta(seconds=1))
             model.defined_rec = defined_rec
             await run_seed_known(acme, seed, FACTS, tally, fresh, model)
-    print(f"\noracle known: {len(seeds)} seeds x {FACTS} facts, {tally.checks} answers compared")
-    print("writes:", ", ".join(f"{k} {v}" for k, v in sorted(tally.writes.items())))
-    for line in tally.reasons_differ[:20]:
-        print("reason differs:", line)
-    assert not tally.disagreements, "\n".join(tally.disagreements[:30]) + (
-        f"\n... {len(tally.disagreements)} in all"
-    )
+    tally.assert_agreed(f"oracle known: {len(seeds)} seeds x {FACTS} facts")
 
 
 async def test_the_latest_opt_in_sets_the_tier_a_start_resumes(tmp_path, postgres_dsn):
