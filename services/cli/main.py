@@ -202,7 +202,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         rebuild.check(parser, args)
     if args.command == "rebuild" and threading.current_thread() is threading.main_thread():
         # A stopped pod gets SIGTERM: end as Ctrl-C does, saying how to resume, its
-        # workers stopped, rather than die silently.
+        # workers stopped, rather than die silently. Once the rebuild runs, its loop
+        # takes SIGTERM over (`rebuild._stopped_by_sigterm`).
         previous = signal.signal(signal.SIGTERM, _interrupted)
         try:
             return _run_command(parser, args)
@@ -248,7 +249,7 @@ def _run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
         else:
             print(f"consent-ledger: cannot start: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, rebuild.Stopped):
         if args.command != "rebuild":
             raise
         print(f"\n{rebuild.INTERRUPTED}", file=sys.stderr)

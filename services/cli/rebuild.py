@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ledger.ports import Stream
@@ -59,14 +61,53 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--workers must be 1 or more")
 
 
+class Stopped(Exception):
+    """The rebuild was stopped by SIGTERM; what it applied is kept."""
+
+
 async def run(settings: Settings, args: argparse.Namespace) -> None:
     """What ``consent-ledger rebuild`` runs, with its parsed arguments."""
-    await refold(
-        settings,
-        batch_size=args.batch_size,
-        out=None if args.quiet else sys.stderr,
-        workers=args.workers,
-    )
+    async with _stopped_by_sigterm():
+        await refold(
+            settings,
+            batch_size=args.batch_size,
+            out=None if args.quiet else sys.stderr,
+            workers=args.workers,
+        )
+
+
+@contextlib.asynccontextmanager
+async def _stopped_by_sigterm() -> AsyncIterator[None]:
+    """Turn SIGTERM into a cancellation of the running rebuild, raised as ``Stopped``.
+
+    A ``KeyboardInterrupt`` raised by a Python signal handler lands wherever the
+    interpreter is, possibly inside the database driver's callback, which can leave a
+    connection that the cleanup then waits on forever. The loop's own handler runs
+    between callbacks, so the rebuild unwinds as a cancelled task does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    before = signal.getsignal(signal.SIGTERM)
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+        raise Stopped from None
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, before)  # the loop's removal leaves SIG_DFL
 
 
 async def refold(
