@@ -182,7 +182,7 @@ def batched_phase(phones: list[str], stamp: Timestamp) -> Phase:
     rounds = [phones[start : start + size] for start in range(0, len(phones) - size + 1, size)]
     chosen = rounds[0]
     relied = api_pb2.ReliedOnAnswer(
-        consistency_token="campaigns:0:1,subscribers:3:0",
+        consistency_token="campaigns:0:1,subscribers:0:0",
         allowed=True,
         reason=api_pb2.REASON_CONSENT_ACTIVE,
         evidence_event_ids=["0c6f7d1e-4b8a-5c2d-9e3f-1a2b3c4d5e6f"],
