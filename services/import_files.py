@@ -1113,6 +1113,29 @@ def unreadable_value(field: str, value: str) -> str | None:
     return text_problem(value, field)
 
 
+_UNSET = re.compile(r"is required \(\w+_UNSPECIFIED given\)")
+
+
+def in_file_terms(field: str, reason: str) -> str:
+    """The service's ``reason`` for refusing ``field`` as the file's reader knows it:
+    an enumeration the record left blank (or without its column) reaches the service
+    unset, which it names by the proto's zero value (``REVOCATION_CHANNEL_UNSPECIFIED
+    given``), a name the export never wrote; said instead as blank, with what is
+    accepted."""
+    unset = _UNSET.match(reason) if field in _ENUMS else None
+    if unset is None:
+        return reason
+    # What follows it (a hold's note) is the service's word on the record, kept.
+    blank = f"is required, and was left blank: one of {_choices(field)}"
+    return blank + reason[unset.end() :]
+
+
+def _choices(field: str) -> str:
+    enum, prefix = _ENUMS[field]
+    names = [k for k in list(enum.keys()) if not k.endswith("_UNSPECIFIED")]
+    return ", ".join(k.removeprefix(prefix).lower() for k in names)
+
+
 def _enum(field: str, text: str) -> int:
     enum, prefix = _ENUMS[field]
     name = text.strip().upper().replace("-", "_").replace(" ", "_")
@@ -1120,8 +1143,7 @@ def _enum(field: str, text: str) -> int:
     for candidate in (name, prefix + name):
         if candidate in names:
             return int(enum.Value(candidate))
-    choices = ", ".join(k.removeprefix(prefix).lower() for k in names)
-    raise _Bad(field, f"is not one of {choices}: {text!r}")
+    raise _Bad(field, f"is not one of {_choices(field)}: {text!r}")
 
 
 def count_read(text: TextIO, fmt: str, mapping: Mapping) -> int | None:

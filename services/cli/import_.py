@@ -1235,9 +1235,11 @@ def _in_file_terms(
             return f"the record on line {chunk_lines[index - first]}"
         return found.group()
 
+    from services import import_files
+
     ours = "import_id" if field_name == "request_id" else field_name
     shown = mapping.shown(ours, kind) if mapping is not None else ours
-    return shown, _EARLIER_RECORD.sub(line_of, reason)
+    return shown, _EARLIER_RECORD.sub(line_of, import_files.in_file_terms(ours, reason))
 
 
 def _merged(a: str, b: str) -> str:

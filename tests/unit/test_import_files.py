@@ -5,15 +5,18 @@ unreadable record named by line and field, import ids stable, reasons grouped.""
 from __future__ import annotations
 
 import codecs
+import csv
 import hashlib
 import io
 import json
 import os
+from array import array as numbers
 from pathlib import Path
 
 import pytest
 from consent.v1 import ledger_pb2 as lpb
 
+from ledger.errors import InvalidRequest
 from services.cli import import_
 from services.import_files import (
     LINE_LIMIT,
@@ -659,3 +662,46 @@ def test_a_file_growing_while_its_opt_ins_are_read_is_read_no_further_than_it_wa
     with pytest.raises(Stopped, match="changed while it was read"):
         for item in items:
             assert not isinstance(item, Read), item  # nothing added is read
+
+
+BLANK_ENUMS = """\
+type,import_id,phone,brand,campaign,occurred_at,tier,method,proof.registered_at,proof.name,channel,text
+opt_out,out-1,+14155550100,acme,,2026-11-03T10:00:00Z,,,,,,STOP
+opt_in,in-1,+14155550101,acme,promo,2026-11-02T09:30:00Z,,web_form,2026-11-02T09:29:00Z,Ada,,
+opt_in,in-2,+14155550102,acme,promo,2026-11-02T09:30:00Z,promotional,,2026-11-02T09:29:00Z,Ada,,
+"""
+
+
+NO_LINES = (numbers("q"), 0, numbers("q"))
+"""``import_._in_file_terms``' lines: a refusal that names no other record."""
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_an_enumeration_left_blank_is_refused_as_blank_naming_what_is_accepted(fmt):
+    """An opt-out whose channel column was empty was refused "channel: is required
+    (REVOCATION_CHANNEL_UNSPECIFIED given)": the proto's zero value, a name the
+    export never wrote. The refusal says it was left blank and what it may be."""
+    from services.grpc_api.imports import items_from_proto
+
+    rows = list(csv.DictReader(io.StringIO(BLANK_ENUMS)))
+    text = (
+        BLANK_ENUMS
+        if fmt == "csv"
+        else "".join(json.dumps({k: v for k, v in row.items() if v}) + "\n" for row in rows)
+    )
+    records = [r for r in read_records(io.StringIO(text), fmt) if isinstance(r, Read)]
+    items = items_from_proto([r.record for r in records], 0)
+    told = [
+        import_._in_file_terms(item.error.violations[0][0], item.error.violations[0][1], *NO_LINES)
+        for item in items
+        if isinstance(item.error, InvalidRequest)
+    ]
+
+    assert told == [
+        ("channel", "is required, and was left blank: one of keyword, free_text, web, call, api"),
+        ("tier", "is required, and was left blank: one of conversational, informational, "
+                 "promotional"),
+        ("method", "is required, and was left blank: one of web_form, keyword_reply, paper, "
+                   "verbal, api_import"),
+    ]  # fmt: skip
+    assert not any("UNSPECIFIED" in reason for _, reason in told)
