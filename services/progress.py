@@ -201,7 +201,8 @@ class ResumeState:
 
 STOP_AFTER = "CONSENT_TEST_STOP_AFTER_EVENTS"
 """A test hook: the long audit commands act as if interrupted (Ctrl-C) once they
-have read this many events, so a test can interrupt one at a known point."""
+have read this many events (``import``: once the service has answered this many
+records), so a test can interrupt one at a known point."""
 CRASH = "CONSENT_TEST_CRASH"
 """With the hook above, ``1``: die at once instead (exit status 137, no cleanup,
 nothing flushed), as a killed process does; the resume state is what was last

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from services import import_mapping
+from services.progress import StopAfter
 
 DESCRIPTION = """\
 Import the opt-ins (each with its proof) and the opt-outs of another platform's
@@ -744,6 +745,7 @@ def _run(args: argparse.Namespace) -> int:
             raise
 
     started = time.monotonic()
+    interrupt = StopAfter()
     code = 0
     answers: Any = None
     offset = 0  # records sent before the call under way
@@ -827,6 +829,7 @@ def _run(args: argparse.Namespace) -> int:
                         messages[1] += 1
                         answered_all.notify_all()
                     bar.update(told_now)
+                    interrupt.tick(told_now)  # the test hook: as Ctrl-C, once so many
                     refusals.flush()
                 if failure or stop.is_set():
                     break
