@@ -347,6 +347,18 @@ def _jsonl(
             yield item
 
 
+def _json_kind(value: Any) -> str:
+    """What a JSON value that is no string is, as its writer would call it (its
+    digits are not shown: a number of thousands of them has no short text)."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "a number"
+
+
 def _typed_opt_in(item: Read | Unreadable) -> bool:
     if isinstance(item, Unreadable):
         return item.opt_in
@@ -436,7 +448,7 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None, mapping: Mapping) -> Iterator
                 (k for k, v in obj.items() if v is not None and not isinstance(v, str)), None
             )
             if bad is not None:
-                yield _refused(loose, number, bad, "must be a string")
+                yield _refused(loose, number, bad, f"must be a string, not {_json_kind(obj[bad])}")
                 continue
             yield parse_fields({k: v for k, v in obj.items() if v}, number)
 
@@ -793,7 +805,15 @@ def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:
     fields = {name: text for name, value in fields.items() if (text := as_read(name, value))}
     kind = _kind(fields)
     if kind not in ("opt_in", "opt_out"):
-        return _refused(fields, line, "type", "must be opt_in or opt_out")
+        given = fields.get("type", "")
+        odd = _SURROGATE.search(given)
+        if not given.strip():  # a cell of spaces is none, as a mapped one is
+            reason = "is required, and was left blank: opt_in or opt_out"
+        elif odd is not None:
+            reason = _not_text(odd.group())
+        else:
+            reason = f"must be opt_in or opt_out, not {quoted(given)}"
+        return _refused(fields, line, "type", reason)
     read = _parse(kind, fields, line)
     if isinstance(read, Unreadable):
         return _refused(fields, read.line, read.field, read.reason)
@@ -966,6 +986,10 @@ def _parse(kind: str, fields: dict[str, str], line: int) -> Read | Unreadable:
         odd = _SURROGATE.search(given)
         if odd is not None:
             return Unreadable(line, name, _not_text(odd.group()))
+        if name == "proof.region" and (problem := text_problem(given, name)) is not None:
+            # Said before the service reads it as a code, whose reason quotes it as
+            # Python writes it ('a\\x00b').
+            return Unreadable(line, name, problem)
         if name in TEXT_LIMITS:
             try:
                 check_length(given, name)  # the service's own check, in its words
@@ -1032,6 +1056,26 @@ def e164_or_as_given(phone: str) -> str:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+_SHOWN_LIMIT = 60
+"""Characters of a value a reason quotes: one longer is shown by its start and its
+length, so that a refusal stays one line of a summary."""
+
+
+def quoted(text: str) -> str:
+    """``text`` quoted as the file has it, for a reason: a character that prints as
+    nothing or moves the line (a control character, a byte that is not UTF-8) shown
+    by its code point, as ``<U+0000>``, and no more than ``_SHOWN_LIMIT`` characters of
+    it. Python's repr showed ``'a\\x00b'``, and a value of 20,000 characters whole."""
+    if not text.strip():
+        return f"{len(text):,} spaces" if text else "nothing"
+    shown = "".join(
+        c if c.isprintable() or c == " " else f"<U+{ord(c):04X}>" for c in text[:_SHOWN_LIMIT]
+    )
+    if len(text) > _SHOWN_LIMIT:
+        return f"'{shown}...' ({len(text):,} characters)"
+    return f"'{shown}'"
+
+
 def _not_text(char: str) -> str:
     """Why a value holding ``char`` (a lone surrogate) is no text: a byte of the
     file that is not UTF-8 (``open_text`` reads each as U+DC80-U+DCFF), or a
@@ -1067,26 +1111,28 @@ _WEST, _EAST = timedelta(hours=-12), timedelta(hours=14)
 
 
 def _time(text: str, field: str) -> Timestamp:
+    if text and not text.strip():
+        raise _Bad(field, f"{_BLANK}, not an ISO 8601 time")
     try:
         # RFC 3339 lets the "T" and "Z" be written in lower case, as some exports do.
         value = datetime.fromisoformat(text.strip().upper())
     except ValueError:
-        raise _Bad(field, f"is not an ISO 8601 time: {text!r}") from None
+        raise _Bad(field, f"is not an ISO 8601 time: {quoted(text)}") from None
     if value.tzinfo is None:
-        raise _Bad(field, f"has no time zone (Z or +hh:mm): {text!r}")
+        raise _Bad(field, f"has no time zone (Z or +hh:mm): {quoted(text)}")
     # A corrupt offset moves a fact by up to a day (an opt-out to before the opt-in
     # it revoked): read only those some zone has used since 2000.
     offset = value.utcoffset()
     if offset is not None and (offset % _MINUTE or not _WEST <= offset <= _EAST):
         raise _Bad(
             field,
-            f"has an offset no time zone uses (-12:00 to +14:00, whole minutes): {text!r}",
+            f"has an offset no time zone uses (-12:00 to +14:00, whole minutes): {quoted(text)}",
         )
     stamp = Timestamp()
     try:
         stamp.FromDatetime(value)
     except (ValueError, OverflowError):
-        raise _Bad(field, f"is out of range: {text!r}") from None
+        raise _Bad(field, f"is out of range: {quoted(text)}") from None
     return stamp
 
 
@@ -1121,13 +1167,26 @@ def in_file_terms(field: str, reason: str) -> str:
     an enumeration the record left blank (or without its column) reaches the service
     unset, which it names by the proto's zero value (``REVOCATION_CHANNEL_UNSPECIFIED
     given``), a name the export never wrote; said instead as blank, with what is
-    accepted."""
-    unset = _UNSET.match(reason) if field in _ENUMS else None
-    if unset is None:
+    accepted. So is an import id of spaces, which the service calls missing."""
+    if field in _ENUMS:
+        said, ours = (
+            _UNSET.match(reason),
+            f"is required, and was left blank: one of {_choices(field)}",
+        )
+    elif field == "import_id":
+        # An empty id is derived from the record: only one of spaces reaches the service.
+        said = _NO_ID.match(reason)
+        ours = f"{_BLANK}: give the record's id, or leave it empty for one derived from it"
+    else:
+        said = None
+    if said is None:
         return reason
     # What follows it (a hold's note) is the service's word on the record, kept.
-    blank = f"is required, and was left blank: one of {_choices(field)}"
-    return blank + reason[unset.end() :]
+    return ours + reason[said.end() :]
+
+
+_NO_ID = re.compile(r"is required \(1-128 chars\) so retries are idempotent")
+_BLANK = "holds only spaces"
 
 
 def _choices(field: str) -> str:
@@ -1138,12 +1197,14 @@ def _choices(field: str) -> str:
 
 def _enum(field: str, text: str) -> int:
     enum, prefix = _ENUMS[field]
+    if not text.strip():
+        raise _Bad(field, f"{_BLANK}, not one of {_choices(field)}")
     name = text.strip().upper().replace("-", "_").replace(" ", "_")
     names = [k for k in list(enum.keys()) if not k.endswith("_UNSPECIFIED")]
     for candidate in (name, prefix + name):
         if candidate in names:
             return int(enum.Value(candidate))
-    raise _Bad(field, f"is not one of {_choices(field)}: {text!r}")
+    raise _Bad(field, f"is not one of {_choices(field)}: {quoted(text)}")
 
 
 def count_read(text: TextIO, fmt: str, mapping: Mapping) -> int | None:

@@ -1970,8 +1970,9 @@ async def test_a_record_whose_type_cannot_be_read_is_held_unless_it_is_an_opt_in
         runtime, export, [*types, phone(86)], code=1,
         said=["imported 3 of 7 records", "refused: 4"],
         refusals=[
-            r"3 +INVALID_ARGUMENT +type: must be opt_in or opt_out; held for review",
-            r"1 +INVALID_ARGUMENT +type: must be opt_in or opt_out \(line 8\)",
+            r"2 +INVALID_ARGUMENT +type: must be opt_in or opt_out, not 'optout'; held for review",
+            r"1 +INVALID_ARGUMENT +type: is required, and was left blank: opt_in or opt_out; held",
+            r"1 +INVALID_ARGUMENT +type: must be opt_in or opt_out, not 'optin' \(line 8\)",
         ],
     )  # fmt: skip
 
@@ -2419,7 +2420,7 @@ async def test_an_opt_out_whose_number_is_a_json_float_is_held_under_it(service,
 
     reasons = await imported_answers(
         runtime, jsonl, [number], code=1, said=["imported 1 of 2 records"],
-        refusals=[r"1 +INVALID_ARGUMENT +phone: must be a string; held for review"],
+        refusals=[r"1 +INVALID_ARGUMENT +phone: must be a string, not a number; held for review"],
     )  # fmt: skip
 
     assert reasons == {number: "REASON_REVOCATION_PENDING_REVIEW"}, reasons
@@ -2449,7 +2450,10 @@ async def test_an_opt_out_whose_number_is_a_json_array_or_object_is_held_under_i
     reasons = await imported_answers(
         runtime, jsonl, [*numbers, phone(223)], code=1,
         said=["imported 4 of 7 records", "held for review: 3"],
-        refusals=[r"3 +INVALID_ARGUMENT +phone: must be a string; held for review"],
+        refusals=[
+            r"2 +INVALID_ARGUMENT +phone: must be a string, not an array; held for review",
+            r"1 +INVALID_ARGUMENT +phone: must be a string, not an object; held for review",
+        ],
     )  # fmt: skip
 
     assert set(reasons.values()) == {"REASON_REVOCATION_PENDING_REVIEW"}, reasons

@@ -12,6 +12,7 @@ import json
 import os
 from array import array as numbers
 from pathlib import Path
+from typing import Any
 
 import pytest
 from consent.v1 import ledger_pb2 as lpb
@@ -705,3 +706,90 @@ def test_an_enumeration_left_blank_is_refused_as_blank_naming_what_is_accepted(f
                    "verbal, api_import"),
     ]  # fmt: skip
     assert not any("UNSPECIFIED" in reason for _, reason in told)
+
+
+OPT_IN_ROW = {
+    "type": "opt_in", "import_id": "in-1", "phone": "+14155550101", "brand": "acme",
+    "campaign": "promo", "occurred_at": "2026-11-02T09:30:00Z", "tier": "promotional",
+    "method": "web_form", "proof.registered_at": "2026-11-02T09:29:00Z", "proof.name": "Ada",
+}  # fmt: skip
+
+
+def refused_as(fmt: str, **changes: Any) -> tuple[str, str]:
+    """The field and reason of the opt-in ``OPT_IN_ROW`` with ``changes``, as read
+    from a file of ``fmt``."""
+    row = {**OPT_IN_ROW, **changes}
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, list(row))
+        writer.writeheader()
+        writer.writerow(row)
+        text = out.getvalue()
+    else:
+        text = json.dumps(row) + "\n"
+    (item,) = read_records(io.StringIO(text), fmt)
+    assert isinstance(item, Unreadable), item
+    return item.field, item.reason
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize(
+    ("changes", "told"),
+    [
+        ({"type": ""}, ("type", "is required, and was left blank: opt_in or opt_out")),
+        ({"type": "optin"}, ("type", "must be opt_in or opt_out, not 'optin'")),
+        ({"type": "op\x00t_in"}, ("type", "must be opt_in or opt_out, not 'op<U+0000>t_in'")),
+        ({"type": "   "}, ("type", "is required, and was left blank: opt_in or opt_out")),
+        ({"tier": "  "}, ("tier", "holds only spaces, not one of conversational, "
+                                  "informational, promotional")),
+        ({"occurred_at": " "}, ("occurred_at", "holds only spaces, not an ISO 8601 time")),
+        ({"occurred_at": "y" * 300},
+         ("occurred_at", f"is not an ISO 8601 time: '{'y' * 60}...' (300 characters)")),
+        ({"method": "form\x1b"},
+         ("method", "is not one of web_form, keyword_reply, paper, verbal, api_import: "
+                    "'form<U+001B>'")),
+        ({"proof.region": "C\x00A"},
+         ("proof.region", "must not hold U+0000 (a control or unassigned character)")),
+    ],
+)  # fmt: skip
+def test_a_refused_value_is_told_as_the_export_wrote_it(fmt, changes, told):
+    """A reason names what the record gave in its writer's terms: a type left blank
+    or written otherwise was "must be opt_in or opt_out" with no word of what it was;
+    a cell of spaces was quoted as "'   '"; a value was quoted as Python writes it
+    ('a\\x00b', a proof's region quoted so by the service) and whole, 20,000
+    characters of it on one line of the summary."""
+    assert refused_as(fmt, **changes) == told
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [(14155550101, "a number"), (1.5, "a number"), (True, "true or false"),
+     (["+14155550101"], "an array"), ({"e164": "+14155550101"}, "an object")],
+)  # fmt: skip
+def test_a_json_value_that_is_no_string_is_told_by_what_it_is(value, kind):
+    """It was "must be a string" whatever it was, a number or an array alike."""
+    assert refused_as("jsonl", phone=value) == ("phone", f"must be a string, not {kind}")
+
+
+async def test_an_import_id_of_spaces_is_told_as_spaces_not_as_missing():
+    """The service refuses a request id of spaces as "is required (1-128 chars) so
+    retries are idempotent", while the file gave one: an empty id is derived."""
+    from services.grpc_api.imports import items_from_proto
+    from services.usecases.imports import Imports
+    from tests.unit.usecase_harness import define, running
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, list(OPT_IN_ROW))
+    writer.writeheader()
+    writer.writerow({**OPT_IN_ROW, "import_id": "   "})
+    (read,) = read_records(io.StringIO(out.getvalue()), "csv")
+    assert isinstance(read, Read)
+    async with running() as (app, _):
+        await app.writes.record(define())
+        result = await Imports(app.writes.ctx).chunk(items_from_proto([read.record], 0))
+    (field, reason), *_ = result.refusals[0].violations  # the first, as a summary shows
+
+    assert import_._in_file_terms(field, reason, *NO_LINES) == (
+        "import_id",
+        "holds only spaces: give the record's id, or leave it empty for one derived from it",
+    )
