@@ -1987,14 +1987,22 @@ COVERED_PREFIX = "covered-"
 def covers(
     revoked: ConsentRevoked, hold: RevocationCandidateFlagged, *, every_campaign: bool = False
 ) -> bool:
-    """Whether the recorded opt-out ``revoked`` says at least what the live opt-out
-    held for its details (``hold``, ``RevocationCandidateFlagged.refused``) does: the
-    same number, the same brand, and every campaign of it. A hold denies every
-    campaign of its brand, so an opt-out of one campaign leaves it to a reviewer, who
-    can tell whether the person meant only that one; unless ``every_campaign`` (the
-    revoke-all rule is in force for the campaign it names: it revokes them all)."""
+    """Whether the recorded opt-out ``revoked`` says at least what the opt-out held
+    for its details (``hold``) does: the same number, the same brand, and every
+    campaign of it. A hold denies every campaign of its brand, so an opt-out of one
+    campaign leaves it to a reviewer, who can tell whether the person meant only that
+    one; unless ``every_campaign`` (the revoke-all rule is in force for the campaign
+    it names: it revokes them all).
+
+    The hold is a live one (``RevocationCandidateFlagged.refused``), or an import's
+    record refused (``imported``, not ``unattributed``) when ``revoked`` was imported
+    too: its corrected record re-imported otherwise left it denying every campaign,
+    and an opt-in after it, where the same opt-out written resolved its own hold. A
+    live opt-out leaves an import's hold to a reviewer: resolved so, the hold's
+    "revoked" would be the number's latest opt-out and, an import's, owe no
+    confirmation, taking the live opt-out's own away."""
     return (
-        hold.refused
+        (hold.refused or (hold.imported and not hold.unattributed and revoked.imported))
         and (revoked.campaign is None or every_campaign)
         and revoked.phone == hold.phone
         and revoked.brand == hold.brand

@@ -575,7 +575,8 @@ class Writes:
         phone, brand = revoked.phone, revoked.brand
         spelt_before = forms_stored_before(phone)
         if not (spelt_before or unread) and not (
-            digest is not None and any(p.refused for p in digest.pending)
+            digest is not None
+            and any(p.refused or (p.imported and not p.unattributed) for p in digest.pending)
         ):
             return written
         # A hold an earlier version kept under the number's other spelling denies the

@@ -114,7 +114,9 @@ class Fact:
 @dataclass
 class Hold:
     at: datetime
-    resolvable: bool  # by a later opt-out of the brand's reach; an import's never is
+    # By a later opt-out of the brand's reach: a live hold by any, an import's by an
+    # imported one alone ("A STOP is never lost").
+    imported: bool
     seq: int
     resolved_at: datetime | None = None
     rec: datetime | None = None
@@ -152,9 +154,9 @@ class Model:
         self.seq += 1
         self._n(phone).facts.append(Fact(kind, at, campaign, self.seq, written=written))
 
-    def hold(self, phone: str, at: datetime, *, resolvable: bool) -> None:
+    def hold(self, phone: str, at: datetime, *, imported: bool = False) -> None:
         self.seq += 1
-        self._n(phone).holds.append(Hold(at, resolvable, self.seq))
+        self._n(phone).holds.append(Hold(at, imported, self.seq))
 
     def stamp(self, rec: datetime) -> None:
         """Give what was written since the last stamp the time the ledger recorded it:
@@ -181,14 +183,15 @@ class Model:
         the campaign's own ended its consent"), while one of it alone ends no other."""
         return asked in self.revoke_all_campaigns
 
-    def opt_out_of_reach(self, phone: str, now: datetime) -> None:
+    def opt_out_of_reach(self, phone: str, now: datetime, *, imported: bool = False) -> None:
         """An opt-out of every campaign (or of one under the revoke-all rule) resolves
-        the holds recorded before it that it can: "revoked", with a brand-wide
-        revocation at that moment ("A STOP is never lost")."""
+        the holds recorded before it that it can (an import's only when ``imported``):
+        "revoked", with a brand-wide revocation at that moment ("A STOP is never
+        lost")."""
         pending = [
             h
             for h in self._n(phone).holds
-            if h.resolvable and h.resolved_at is None and h.seq < self.seq
+            if (imported or not h.imported) and h.resolved_at is None and h.seq < self.seq
         ]
         for h in pending:
             h.resolved_at = now
@@ -387,7 +390,7 @@ async def apply(c: Client, model: Model, step: Step, now: datetime) -> str:
             assert what != "opt_out" and what != "opt_out_brand" and info, err
             # Held at the opt-out's own time when that reads as one (from 2000 on)
             # and is not ahead of the service's clock, else when it was refused.
-            model.hold(phone, at if EARLIEST <= at <= now else now, resolvable=True)
+            model.hold(phone, at if EARLIEST <= at <= now else now)
             return info["consistency_token"]
         assert what in ("opt_out", "opt_out_brand"), f"{what} accepted"
         model.fact(phone, "revoke", at, campaign)
@@ -402,7 +405,7 @@ async def apply(c: Client, model: Model, step: Step, now: datetime) -> str:
         except grpc.aio.AioRpcError as err:
             info = held_info(err)
             assert what == "stop_ahead" and info, err
-            model.hold(phone, now, resolvable=True)
+            model.hold(phone, now)
             return info["consistency_token"]
         assert what != "stop_ahead", "a STOP two days ahead accepted"
         if what == "start":
@@ -436,12 +439,12 @@ async def apply(c: Client, model: Model, step: Step, now: datetime) -> str:
     done = await imported(c, api.ImportRecord(opt_out=opt_out(phone, brand, campaign, at)))
     if what == "import_opt_out_ahead":
         assert (done.imported, done.held_for_review) == (0, 1), done
-        model.hold(phone, now, resolvable=False)
+        model.hold(phone, now, imported=True)
     else:
         assert done.imported == 1, done
         model.fact(phone, "revoke", at, campaign)
         if campaign is None or reach_all:
-            model.opt_out_of_reach(phone, now)
+            model.opt_out_of_reach(phone, now, imported=True)
     return done.consistency_token
 
 

@@ -330,8 +330,8 @@ def test_a_refused_text_that_reads_as_no_stop_is_not_held(body):
 
 def test_only_a_brand_wide_opt_out_of_the_same_number_and_brand_covers_a_live_hold():
     """A hold denies every campaign of its brand: an opt-out of one campaign, of
-    another number or brand, or a hold that is an import's or a reply, is left to a
-    reviewer."""
+    another number or brand, a hold that is a reply, or an import's hold and a live
+    opt-out, is left to a reviewer."""
     (held,) = held_opt_out(_live(), "occurred_at: is in the future", at(1))
     assert covers(revoked(at(2), None), held)
     assert not covers(revoked(at(2), "promo"), held)
@@ -340,6 +340,9 @@ def test_only_a_brand_wide_opt_out_of_the_same_number_and_brand_covers_a_live_ho
     assert not covers(revoked(at(2), None, brand="globex"), held)
     (imported,) = held_opt_out(replace(_live(), via=""), "channel: is required", at(1))
     assert not covers(revoked(at(2), None), imported)
+    # An import's hold, by an imported opt-out of its reach: its corrected record.
+    assert covers(revoked(at(2), None, imported=True), imported)
+    assert not covers(revoked(at(2), "promo", imported=True), imported)
     assert not covers(revoked(at(2), None), flagged(at(1)))
 
 
