@@ -808,7 +808,11 @@ class Check:
                 "a reply inside the conversation the person started",
                 version,
             )
-        if digest.last_inbound is not None and self._opened(digest.last_inbound, revocation):
+        # A STOP to another campaign's number is the brand's last text too, and opened
+        # nothing: that campaign's opt-out bounds it, as this one's would.
+        stops = [latest_revocation_key(digest, other) for other in digest.campaigns.values()]
+        texted = max((k for k in (revocation, *stops) if k is not None), default=None)
+        if digest.last_inbound is not None and self._opened(digest.last_inbound, texted):
             return deny(
                 Reason.CONSENT_TIER_INSUFFICIENT,
                 "texting first consents to that conversation only, never to "

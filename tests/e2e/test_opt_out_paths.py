@@ -434,10 +434,6 @@ def disagreements(results: dict[Row, dict[str, Seen]]) -> list[str]:
             expected = live
             if path in IMPORTED and not (row.order == "hold_before" and live.holds == 0):
                 expected = replace(live, confirmation=(False,) * len(live.confirmation))
-            if path == "inbound" and s.as_of == (False, "REASON_CONSENT_TIER_INSUFFICIENT"):
-                # Known, both deny: a STOP text to promo before the opt-in is read by
-                # alerts as a conversation it could not open ("texting first ...").
-                s = replace(s, as_of=(False, "REASON_NO_CONSENT"))
             if s != expected:
                 found.append(f"{row}: {path} {s}, where RecordOptOut's is {live}")
     return found
