@@ -412,6 +412,19 @@ def off_anchor(results: dict[Row, dict[str, Seen]]) -> list[str]:
         for row, want in ANCHORS.items()
         if row in results and results[row]["record"].regular != want
     ]
+    # The confirmation (promo, alerts): a live opt-out's owed, an imported one's not,
+    # even after a live STOP of the same moment, but a live hold it resolves owes its own.
+    confirmations = {
+        (Row("acme", "campaign", "normal", "after_live_stop"), "record"): (True, False),
+        (Row("acme", "campaign", "normal", "after_live_stop"), "cli"): (False, False),
+        (Row("acme", "brand", "normal", "hold_before"), "import"): (True, True),
+        (Row("acme", "brand", "past"), "inbound"): (False, False),
+    }
+    found += [
+        f"{row} {path}: confirmation {results[row][path].confirmation}, the README's {want}"
+        for (row, path), want in confirmations.items()
+        if row in results and results[row][path].confirmation != want
+    ]
     found += [
         f"{row}: the opt-in stated before it was not refused"
         for row, by_path in results.items()
