@@ -58,7 +58,10 @@ STATE_ZONES: dict[str, tuple[str, ...]] = {
     "ME": ("America/New_York",),
     "MD": ("America/New_York",),
     "MA": ("America/New_York",),
-    "MI": ("America/Detroit", "America/Chicago"),
+    # libphonenumber names Detroit's time America/New_York for every Michigan number:
+    # without it, no number's own zone was one Michigan keeps, so each was held to
+    # Central time as well (9:30 in Detroit denied as 8:30).
+    "MI": ("America/Detroit", "America/New_York", "America/Chicago"),
     "MN": ("America/Chicago",),
     "MS": ("America/Chicago",),
     "MO": ("America/Chicago",),

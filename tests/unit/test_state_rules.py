@@ -255,6 +255,19 @@ def test_el_paso_is_read_in_mountain_time_not_every_texas_zone():
     assert not ask(EL_PASO, datetime(2026, 12, 20, 18, 30, tzinfo=UTC)).allowed  # 11:30 MST
 
 
+def test_a_michigan_number_is_read_in_its_own_eastern_time_not_also_central():
+    # libphonenumber gives Michigan's numbers America/New_York, the zone Detroit keeps
+    # by another name: Michigan keeps it, so its 9 a.m. is the number's own, and 9:30
+    # in Detroit (8:30 in Chicago) is allowed; the Upper Peninsula's 906 spans Central
+    # as well and is held to both.
+    detroit = "+13135550123"
+    assert ask(detroit, eastern(MONDAY, 9, 30)).allowed
+    d = ask(detroit, eastern(MONDAY, 8, 30))
+    assert not d.allowed and d.rule == "state:MI"
+    d = ask("+19062221234", eastern(MONDAY, 9, 30))
+    assert not d.allowed and d.rule == "state:MI"
+
+
 def test_an_area_code_that_spans_two_zones_is_held_to_both():
     # libphonenumber gives 850-555 (an exchange it lacks) Eastern time only and
     # 423-555 Central only, though Pensacola keeps Central and Chattanooga Eastern.
