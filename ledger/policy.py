@@ -1115,10 +1115,17 @@ class Check:
                     f"(the campaign's quiet hours)",
                     (),
                     self.version,
-                    state_rules.CAMPAIGN,
-                    f"campaign {self.campaign.campaign!r} policy version {self.version}",
+                    *self._campaign_rule(),
                 )
         return None
+
+    def _campaign_rule(self) -> tuple[str, str]:
+        """``rule`` and ``citation`` of a denial by the campaign's own caps or hours: an
+        answer names the rule that decided a denial by either ("The policy")."""
+        return (
+            state_rules.CAMPAIGN,
+            f"campaign {self.campaign.campaign!r} policy version {self.version}",
+        )
 
     def _state_quiet_hours(self, rule: StateRule, zones: tuple[str, ...]) -> Decision | None:
         """``rule``'s answer: its hours for the local day in each zone it is read in."""
@@ -1187,6 +1194,7 @@ class Check:
                 f" the last {MAX_CAP_WINDOW.days} days; change the policy",
                 (),
                 self.version,
+                *self._campaign_rule(),
             )
         for cap, window in self._caps:
             # A send stamped after now (a sender's clock a little ahead, within the
@@ -1198,6 +1206,7 @@ class Check:
                     f"{len(counted)} of {cap.limit} messages in {cap.window}",
                     _deciding(counted),
                     self.version,
+                    *self._campaign_rule(),
                 )
         if policy.daily_cap is not None:
             if not digest.zones:  # no local day to count in: fail closed
@@ -1223,6 +1232,7 @@ class Check:
                         f"{len(counted)} of {policy.daily_cap} messages on {today} in {zone}",
                         _deciding(counted),
                         self.version,
+                        *self._campaign_rule(),
                     )
         if self._promotional:
             return self._state_caps_reached(digest, c)

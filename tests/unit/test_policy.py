@@ -573,6 +573,24 @@ def test_a_denial_by_the_campaigns_rules_names_them_and_one_by_the_law_does_not(
     assert decide(state_of(consent), ruled(), at(5)).evidence[-1] == rules  # an allow's
 
 
+def test_a_denial_by_the_campaigns_caps_names_the_campaign_as_the_rule():
+    """ "For a denial by quiet hours or a cap the rule that decided and its citation"
+    (README, "The policy"): a campaign's own cap is its rule, as its own quiet hours
+    are; a state's cap names the state."""
+    consent = granted(at(0))
+    for kw, reason in (
+        (
+            dict(frequency_caps=(FrequencyCap(1, timedelta(hours=24)),)),
+            Reason.FREQUENCY_CAP_REACHED,
+        ),
+        (dict(frequency_caps=(FrequencyCap(1, timedelta(days=90)),)), Reason.FREQUENCY_CAP_REACHED),
+        (dict(daily_cap=1), Reason.DAILY_CAP_REACHED),
+    ):
+        d = decide(state_of(consent, sent(at(1))), campaign(**kw), at(2))
+        assert not d.allowed and d.reason is reason, (kw, d)
+        assert d.rule == "campaign" and "'promo'" in d.citation, (kw, d)
+
+
 def test_frequency_cap_window_rolls():
     c = campaign(frequency_caps=(FrequencyCap(3, timedelta(hours=24)),))
     s = state_of(granted(at(0)), sent(at(1)), sent(at(2)), sent(at(3)))
