@@ -35,10 +35,12 @@ from zoneinfo import ZoneInfo
 
 import grpc
 import holidays
+import phonenumbers
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 from google.protobuf.duration_pb2 import Duration
+from phonenumbers import timezone
 
 from tests.e2e.harness import Client, Clock, client, define, opt_in, sent, serving, ts
 from tests.e2e.test_consent_oracle import Tally, few_at_a_time, merged
@@ -92,6 +94,11 @@ KEPT: dict[str, tuple[ZoneInfo, ...]] = {
     "PA": (NY,), "RI": (NY,), "TX": (CHI, DEN), "UT": (DEN,), "WA": (LA,), "WY": (DEN,),
     "NY": (NY,), "CA": (LA,),
 }  # fmt: skip
+# A toll-free number may ring anywhere in the plan: libphonenumber gives it every
+# zone of it, Guam to Adak, and no state, so it is held to every state's rules.
+TOLL_FREE = tuple(
+    ZoneInfo(z) for z in timezone.time_zones_for_number(phonenumbers.parse("+18002221234"))
+)
 REGIONS = sorted(KEPT)  # the states an opt-in may name as the subscriber's (proof.region)
 
 # Moments with something to trip on, each the service's "now" of its seeds: sends
@@ -209,7 +216,10 @@ class Recipient:
         zones (the number's, and those a given state adds) where the state keeps them,
         else every zone the state keeps."""
         out = []
-        for state in (self.state, self.region):
+        states: list[str | None] = [self.state, self.region]
+        if self.state == "US":  # no state: every state's rules, unless one was given
+            states = [self.region] if self.region else sorted({r["state"] for r in RULES["states"]})
+        for state in states:
             if state is None or state not in KEPT:
                 continue
             own = tuple(z for z in self.all_zones() if z in KEPT[state])
@@ -406,6 +416,11 @@ def make_seed(seed: int) -> Seed:
             changes[c] = (when, new)
             moments += [when - half, when + half]
     model.changes = changes
+    if rng.random() < 0.3:
+        # A toll-free number: no moment suits every zone it may ring in.
+        region = rng.choice(REGIONS) if rng.random() < 0.5 else None
+        phone = f"+1800{200 + seed % 800:03d}{1000 + len(recipients):04d}"
+        recipients[phone] = Recipient(phone, "US", TOLL_FREE, region)
     lo, hi = start, anchor + AFTER
     moments = sorted(
         {m for m in moments if lo <= m <= hi and abs(m - anchor) > timedelta(minutes=6)}
