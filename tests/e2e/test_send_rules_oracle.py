@@ -9,7 +9,8 @@ rules can deny. Each seed defines campaigns with random valid rules (promotional
 informational, quiet hours of their own or none, ``quiet_hours_apply_to_all``, a
 daily cap, frequency caps), some changed from a moment on, numbers of several area
 codes (states with rules of their own, closed days and caps, and states without;
-area codes of several zones; some opt-ins giving a ``proof.region``), and records
+area codes of several zones; toll-free numbers; some opt-ins giving a
+``proof.region``, some subscribers saying later where they are), and records
 sends at random times around a moment with something to trip on (a DST change, a
 holiday the states close, a Sunday), through ``RecordMessageSent`` and
 ``RecordMessagesSent``, one last send perhaps stamped a little ahead of the clock.
@@ -209,27 +210,33 @@ class Recipient:
     phone: str
     state: str
     zones: tuple[ZoneInfo, ...]
-    region: str | None
+    region: str | None  # given with the opt-ins
+    moved: tuple[datetime, str] | None = None  # RecordSubscriberLocation: when, where
 
-    def candidates(self) -> list[tuple[str, tuple[ZoneInfo, ...]]]:
+    def region_at(self, at: datetime) -> str | None:
+        """The latest word of where the subscriber is, in world order, by ``at``."""
+        return self.moved[1] if self.moved is not None and self.moved[0] <= at else self.region
+
+    def candidates(self, at: datetime) -> list[tuple[str, tuple[ZoneInfo, ...]]]:
         """Each candidate state with the zones its rules are read in: the recipient's
         zones (the number's, and those a given state adds) where the state keeps them,
         else every zone the state keeps."""
         out = []
-        states: list[str | None] = [self.state, self.region]
+        region = self.region_at(at)
+        states: list[str | None] = [self.state, region]
         if self.state == "US":  # no state: every state's rules, unless one was given
-            states = [self.region] if self.region else sorted({r["state"] for r in RULES["states"]})
+            states = [region] if region else sorted({r["state"] for r in RULES["states"]})
         for state in states:
             if state is None or state not in KEPT:
                 continue
-            own = tuple(z for z in self.all_zones() if z in KEPT[state])
+            own = tuple(z for z in self.all_zones(at) if z in KEPT[state])
             out.append((state, own or KEPT[state]))
         return out
 
-    def all_zones(self) -> list[ZoneInfo]:
+    def all_zones(self, at: datetime) -> list[ZoneInfo]:
         """The number's zones; a state the subscriber gave adds its every zone."""
-        zones = list(self.zones)
-        for zone in KEPT[self.region] if self.region is not None else ():
+        zones, region = list(self.zones), self.region_at(at)
+        for zone in KEPT[region] if region is not None else ():
             if zone not in zones:
                 zones.append(zone)
         return zones
@@ -274,13 +281,13 @@ class Model:
             if sum(1 for s in mine if s > at - timedelta(minutes=window)) >= limit:
                 return "denied", api.REASON_FREQUENCY_CAP_REACHED, CAMPAIGN
         if r.daily_cap is not None:
-            for zone in who.all_zones():
+            for zone in who.all_zones(at):
                 day = at.astimezone(zone).date()
                 if sum(1 for s in mine if s.astimezone(zone).date() == day) >= r.daily_cap:
                     return "denied", api.REASON_DAILY_CAP_REACHED, CAMPAIGN
         states: set[str] = set()
         if r.promotional:
-            for state, zones in who.candidates():
+            for state, zones in who.candidates(at):
                 for row in RULES["states"]:
                     cap = row.get("cap")
                     if row["state"] != state or cap is None:
@@ -297,13 +304,13 @@ class Model:
         if not (r.promotional or r.apply_to_all):
             return ALLOW
         federal = RULES["federal"]
-        for zone in who.all_zones():
+        for zone in who.all_zones(at):
             day, minute = local_minute(at, zone)
             window = row_window(federal, day)
             assert window is not None
             if not window[0] <= minute < window[1]:
                 return "denied", api.REASON_QUIET_HOURS, frozenset({"federal"})
-        for state, zones in who.candidates():
+        for state, zones in who.candidates(at):
             for row in RULES["states"]:
                 if row["state"] != state:
                     continue
@@ -317,7 +324,7 @@ class Model:
         if states:
             return "denied", api.REASON_QUIET_HOURS, frozenset(states)
         if r.quiet is not None:
-            for zone in who.all_zones():
+            for zone in who.all_zones(at):
                 _, minute = local_minute(at, zone)
                 if not r.quiet[0] <= minute < r.quiet[1]:
                     return "denied", api.REASON_QUIET_HOURS, CAMPAIGN
@@ -392,7 +399,7 @@ def make_seed(seed: int) -> Seed:
         if rules[c].quiet is not None:
             edges += list(rules[c].quiet)
     for _ in range(10):
-        zone = rng.choice(recipients[rng.choice(phones)].all_zones())
+        zone = rng.choice(recipients[rng.choice(phones)].all_zones(anchor))
         day = (anchor + timedelta(days=rng.randint(-12, 8))).astimezone(zone).date()
         edge = rng.choice(edges)
         local = datetime.combine(day, time(edge // 60 % 24, edge % 60), tzinfo=zone)
@@ -421,6 +428,12 @@ def make_seed(seed: int) -> Seed:
         region = rng.choice(REGIONS) if rng.random() < 0.5 else None
         phone = f"+1800{200 + seed % 800:03d}{1000 + len(recipients):04d}"
         recipients[phone] = Recipient(phone, "US", TOLL_FREE, region)
+    for who in recipients.values():
+        if rng.random() < 0.25:
+            # The subscriber says where they are now (a move), from a moment on.
+            when = anchor - timedelta(minutes=rng.randrange(60, 10 * 1440))
+            who.moved = (when, rng.choice(REGIONS))
+            moments += [when - half, when + half]
     lo, hi = start, anchor + AFTER
     moments = sorted(
         {m for m in moments if lo <= m <= hi and abs(m - anchor) > timedelta(minutes=6)}
@@ -447,6 +460,12 @@ async def set_up(admin: Client, c: Client, brand: str, s: Seed) -> list[str]:
             if who.region is not None:
                 request.proof.region = who.region
             tokens.append((await c.RecordOptIn(request)).consistency_token)
+        if who.moved is not None:
+            located = api.RecordSubscriberLocationRequest(
+                request_id=uuid.uuid4().hex, phone=who.phone, brand=brand,
+                region=who.moved[1], occurred_at=ts(who.moved[0]),
+            )  # fmt: skip
+            tokens.append((await c.RecordSubscriberLocation(located)).consistency_token)
     return tokens
 
 
