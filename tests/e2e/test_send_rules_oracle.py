@@ -403,7 +403,8 @@ def make_seed(seed: int) -> Seed:
         day = (anchor + timedelta(days=rng.randint(-12, 8))).astimezone(zone).date()
         edge = rng.choice(edges)
         local = datetime.combine(day, time(edge // 60 % 24, edge % 60), tzinfo=zone)
-        for m in (local - half, local + half):
+        # Both sides of the edge, and the edge itself: a window is [start, end).
+        for m in (local - half, local - timedelta(seconds=1), local, local + half):
             moments.append(m.astimezone(UTC))
     # The edges of the caps' windows: a send leaving one, and a send's own day.
     for _ in range(6):
