@@ -458,6 +458,16 @@ class DigestReads(ABC):
         Raises ``UnreadableDigests`` when a phone's stored digest, or its phone-wide
         one, cannot be read: the others are answered in it."""
 
+    async def readable_digests(
+        self, brand: str, phones: Sequence[str]
+    ) -> tuple[dict[str, Digest], frozenset[str]]:
+        """``digests``, and beside them the phones whose stored digest cannot be read
+        (``UnreadableDigests``), for callers that go on for the others."""
+        try:
+            return await self.digests(brand, phones), frozenset()
+        except UnreadableDigests as exc:
+            return exc.found, frozenset(exc.phones)
+
 
 class CampaignReads(ABC):
     """What a check reads of a campaign: its rules, every version of them.

@@ -251,11 +251,9 @@ class Checks:
         # place below), and looked up it would fail the query it shares with others.
         joined = "".join(phones)
         lookup = [p for p in phones if "\x00" not in p] if "\x00" in joined else phones
-        unreadable: set[str] = set()
-        try:
-            digests = await self.reads.digests(brand, lookup)
-        except UnreadableDigests as exc:  # those numbers alone are answered "no", below
-            digests, unreadable = exc.found, set(exc.phones)
+        # The numbers whose stored digests cannot be read are answered "no", below.
+        digests, unread = await self.reads.readable_digests(brand, lookup)
+        unreadable = set(unread)
         numbers = list(phones)
         if any(country in joined for country in SPELT_TWO_WAYS):
             # Kept under the form with the mobile token: read, whether found or not.
@@ -275,7 +273,9 @@ class Checks:
             if missing:
                 if not await self.ctx.guard.wait_for_phones(missing, None):
                     return BatchResult(_placed([_behind()] * len(numbers), invalid), read_at)
-                digests.update(await self._readable(brand, missing, unreadable))
+                found, unread = await self.reads.readable_digests(brand, missing)
+                digests.update(found)
+                unreadable |= unread
             two_forms = {
                 n: f for n in {numbers[i] for i in unknown} if (f := forms_stored_before(n))
             }
@@ -283,7 +283,8 @@ class Checks:
                 earlier = sorted({f for forms in two_forms.values() for f in forms})
                 if not await self.ctx.guard.wait_for_phones(earlier, None):
                     return BatchResult(_placed([_behind()] * len(numbers), invalid), read_at)
-                stored = await self._readable(brand, earlier, unreadable)
+                stored, unread = await self.reads.readable_digests(brand, earlier)
+                unreadable |= unread
                 for n, forms in two_forms.items():
                     if any(f in unreadable for f in forms):
                         unreadable.add(n)  # facts under a spelling it cannot read
@@ -311,16 +312,6 @@ class Checks:
                 denied if n in unreadable else d for n, d in zip(numbers, decisions, strict=True)
             ]
         return BatchResult(_placed(decisions, invalid), read_at, provisional)
-
-    async def _readable(
-        self, brand: str, phones: Sequence[str], unreadable: set[str]
-    ) -> dict[str, Digest]:
-        """``reads.digests``, adding to ``unreadable`` the phones it cannot read."""
-        try:
-            return await self.reads.digests(brand, phones)
-        except UnreadableDigests as exc:
-            unreadable.update(exc.phones)
-            return exc.found
 
     async def can_send_as_of(
         self,

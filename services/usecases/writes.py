@@ -91,7 +91,6 @@ from ledger.ports import (
     RequestClaim,
     RequestUse,
     Stream,
-    UnreadableDigests,
 )
 from ledger.state import COUNTED_KINDS, CampaignHistory, Fact, SubscriberState
 from services.errors import (
@@ -337,11 +336,8 @@ async def opt_outs_placed_since(
     only those numbers' histories are read, for an opt-out placed before the latest
     may have stated a later time than it."""
     plain = [phone for phone in since if not forms_stored_before(phone)]
-    unread: set[str] = set()
-    try:
-        digests = await view.digests(brand, plain) if plain else {}
-    except UnreadableDigests as exc:  # those numbers' histories are read
-        digests, unread = exc.found, set(exc.phones)
+    # The numbers whose stored digests cannot be read have their histories read.
+    digests, unread = await view.readable_digests(brand, plain) if plain else ({}, frozenset())
     found: dict[str, list[ConsentRevoked]] = {}
     for phone, at in since.items():
         if phone in digests and not _opt_out_placed_since(digests[phone], at):
@@ -521,11 +517,10 @@ class Writes:
         if isinstance(cmd, RecordOptOut) and isinstance(revoked, ConsentRevoked):
             # A retry of the opt-out too: it resolves what an earlier attempt may not have.
             phone, brand = revoked.phone, revoked.brand
-            try:
-                digest = (await self.reads.digests(brand, [phone])).get(phone)
-            except UnreadableDigests:  # its whole state is read instead
-                return await self._resolve_holds_covered(revoked, written, recorded_by, None, True)
-            written = await self._resolve_holds_covered(revoked, written, recorded_by, digest)
+            digests, unread = await self.reads.readable_digests(brand, [phone])
+            written = await self._resolve_holds_covered(
+                revoked, written, recorded_by, digests.get(phone), phone in unread
+            )
         return written
 
     async def resolve_holds_covered_by(
@@ -543,11 +538,9 @@ class Writes:
             if isinstance(r.event, ConsentRevoked):
                 by_brand.setdefault(r.event.brand, []).append((r.event, r))
         for brand, revocations in by_brand.items():
-            unread: set[str] = set()
-            try:
-                digests = await self.reads.digests(brand, sorted({e.phone for e, _ in revocations}))
-            except UnreadableDigests as exc:  # those numbers' whole states are read instead
-                digests, unread = exc.found, set(exc.phones)
+            # An unreadable number's whole state is read instead (``unread``).
+            phones = sorted({e.phone for e, _ in revocations})
+            digests, unread = await self.reads.readable_digests(brand, phones)
             for revoked, r in revocations:
                 written = WriteResult([str(revoked.event_id)], ConsistencyToken.after([r]))
                 done = await self._resolve_holds_covered(
