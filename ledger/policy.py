@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
@@ -256,6 +256,11 @@ _UNKNOWN: Any = object()
 """A dictionary lookup's "not there" where None is an answer."""
 _EARLIEST_OFFSET = timedelta(hours=12)
 """UTC-12, the zone whose date is the earliest on Earth."""
+PENDING_SEND = ""
+"""The id of a send allowed and not yet recorded (``with_sends_pending``): no fact
+stands for it, so an answer counts it and never names it as evidence."""
+_PENDING_OFFSET = 2**63 - 1
+"""Its place: after every fact the ledger holds."""
 
 
 @cache
@@ -472,6 +477,12 @@ def _answers(reply: Mark, asked: Mark) -> bool:
     reply. Offsets of one number's facts share a partition; a reply recorded late for
     an earlier text, or under another spelling, may deny a reply, never allow one."""
     return reply.at >= asked.at or reply.offset > asked.offset
+
+
+def _recorded(sends: Iterable[Mark]) -> tuple[str, ...]:
+    """The ids of ``sends`` the ledger holds: one not yet recorded
+    (``with_sends_pending``) has none to name."""
+    return tuple(s.event_id for s in sends if s.event_id != PENDING_SEND)
 
 
 def _obligations(non_marketing: bool, first: bool, reconfirm: bool) -> tuple[Obligation, ...]:
@@ -850,7 +861,7 @@ class Check:
             return deny(
                 Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED,
                 "the one confirmation for this opt-out was already sent",
-                (*evidence, already[0].event_id),
+                (*evidence, *_recorded(already)[:1]),
                 version,
             )
         if not self._in_reply_window(revocation):
@@ -904,7 +915,7 @@ class Check:
             return deny(
                 Reason.REPLY_NOT_OWED,
                 "this HELP was already answered",
-                (request.event_id, reply.event_id),
+                (request.event_id, *_recorded((reply,))),
                 version,
             )
         return Decision(
@@ -957,7 +968,7 @@ class Check:
             return deny(
                 Reason.REPLY_NOT_OWED,
                 "this START was already confirmed",
-                (resume.event_id, sent.event_id),
+                (resume.event_id, *_recorded((sent,))),
                 version,
             )
         return Decision(
@@ -1352,6 +1363,61 @@ def decide(
     return Check(campaign, now, kind)(digest_of(state))
 
 
+def with_sends_pending(
+    digest: Digest, campaign: str, kind: MessageKind, at: datetime, count: int
+) -> Digest:
+    """``digest`` as if ``count`` messages of ``kind`` for ``campaign``, allowed and not
+    yet recorded, had gone out at ``at``: each counts towards the caps, and where the
+    kind is a reply owed once (a STOP's confirmation, a HELP's reply, a START's
+    confirmation) it is that reply, given. They meet no obligation: the opt-out
+    language and the reconfirmation a first message owes stay owed by every one of
+    them, for nothing says which goes out first, nor that it reaches the person; only
+    a send recorded as carrying them meets them."""
+    if count <= 0:
+        return digest
+    mark = built(Mark, (micros(at), _PENDING_OFFSET, PENDING_SEND))
+    if kind is MessageKind.OPT_OUT_CONFIRMATION:  # one for the brand's opt-out
+        return digest._replace(confirmations=(*digest.confirmations, mark))
+    c = digest.campaign(campaign)
+    if kind is MessageKind.HELP_REPLY:
+        c = c._replace(help_reply=mark)
+    elif kind is MessageKind.OPT_IN_CONFIRMATION:
+        c = c._replace(opt_in_confirmation=mark)
+    else:
+        # A reply inside a conversation escapes the caps, which it is not judged by;
+        # one outside it is a message like any other, and counts.
+        c = c._replace(sent=(*c.sent, *[mark] * count))
+    return digest._replace(campaigns={**digest.campaigns, campaign: c})
+
+
+def in_turn(decide: Callable[[int], Decision], entries: Sequence[str]) -> list[Decision]:
+    """The answers for one message each to one number, asked together for one moment
+    (a request's ``entries``, as its answer names them), in order: each is
+    ``decide(n)``, the answer with the ``n`` entries before it that were allowed
+    counted as sent then (``with_sends_pending``), and a denied one counts nothing.
+    So with room for one more send under a cap the first is allowed and the rest are
+    denied, their detail naming the entries counted. ``decide(0)`` is the number's
+    answer alone, the one a single entry gets."""
+    answers: list[Decision] = []
+    allowed: list[str] = []
+    known: dict[int, Decision] = {}
+    for entry in entries:
+        n = len(allowed)
+        decision = known.get(n)
+        if decision is None:
+            decision = decide(n)
+            if n and not decision.allowed:
+                decision = decision._replace(
+                    detail=f"{decision.detail}; counted as sent then: {', '.join(allowed)},"
+                    " allowed before it in this request"
+                )
+            known[n] = decision
+        answers.append(decision)
+        if decision.allowed:
+            allowed.append(entry)
+    return answers
+
+
 def decide_as_of(
     history: Iterable[Recorded],
     campaign: str,
@@ -1359,6 +1425,8 @@ def decide_as_of(
     t_known: datetime,
     kind: MessageKind = MessageKind.REGULAR,
     allowing_by: datetime | None = None,
+    *,
+    pending: int = 0,
 ) -> Decision:
     """The decision as it stood at world time ``t_world``, from what the ledger knew at
     ``t_known`` (``_decided_as_of``), with what was recorded after ``allowing_by``
@@ -1366,12 +1434,14 @@ def decide_as_of(
     recorded by ``allowing_by`` to allow too. An opt-in, a START, an age verification,
     a dismissal or a rule dated back before a send, but recorded after it, was not
     there to be asked about, and the ledger cannot tell it from one made up after the
-    send. None: ``t_known``, every fact known then counting either way."""
+    send. None: ``t_known``, every fact known then counting either way. ``pending``
+    sends of ``kind`` allowed and not yet recorded count as gone out at ``t_world``
+    (``with_sends_pending``)."""
     facts = list(history)
-    answer = _decided_as_of(facts, campaign, t_world, t_known, kind)
+    answer = _decided_as_of(facts, campaign, t_world, t_known, kind, pending)
     if allowing_by is None or not answer.allowed:
         return answer
-    late = _allowing_after(facts, campaign, t_world, t_known, kind, allowing_by)
+    late = _allowing_after(facts, campaign, t_world, t_known, kind, allowing_by, pending)
     if late is None:
         return answer
     recorded_then, ids = late
@@ -1394,15 +1464,18 @@ def note_allowed_late(
     t_known: datetime,
     kind: MessageKind,
     recorded_by: datetime,
+    *,
+    pending: int = 0,
 ) -> Decision:
     """``decision`` (``decide_as_of`` from what was known at ``t_known``, each fact
-    counting either way), its detail naming the facts it allows on that were recorded
-    after ``recorded_by`` when what was recorded by then did not allow: an import of
-    an old history read as imported says, in the answer itself, that its allow rests
-    on facts recorded later."""
+    counting either way, with ``pending`` sends), its detail naming the facts it
+    allows on that were recorded after ``recorded_by`` when what was recorded by then
+    did not allow: an import of an old history read as imported says, in the answer
+    itself, that its allow rests on facts recorded later."""
     if not decision.allowed:
         return decision
-    late = _allowing_after(list(history), campaign, t_world, t_known, kind, recorded_by)
+    facts = list(history)
+    late = _allowing_after(facts, campaign, t_world, t_known, kind, recorded_by, pending)
     if late is None or late[0].allowed:
         return decision
     _, ids = late
@@ -1419,6 +1492,7 @@ def _allowing_after(
     t_known: datetime,
     kind: MessageKind,
     allowing_by: datetime,
+    pending: int = 0,
 ) -> tuple[Decision, str] | None:
     """When facts dated by ``t_world`` were recorded after ``allowing_by`` (and by
     ``t_known``): the decision from what was recorded by ``allowing_by``, and those
@@ -1433,7 +1507,7 @@ def _allowing_after(
     ]
     if not late:
         return None
-    recorded_then = _decided_as_of(facts, campaign, t_world, allowing_by, kind)
+    recorded_then = _decided_as_of(facts, campaign, t_world, allowing_by, kind, pending)
     late.sort(key=lambda r: r.recorded_at, reverse=True)
     ids = ", ".join(str(r.event.event_id) for r in late[:3]) + (", ..." if len(late) > 3 else "")
     return recorded_then, ids
@@ -1445,8 +1519,10 @@ def _decided_as_of(
     t_world: datetime,
     t_known: datetime,
     kind: MessageKind = MessageKind.REGULAR,
+    pending: int = 0,
 ) -> Decision:
-    """The decision as it stood at world time ``t_world``, from what the ledger knew at ``t_known``.
+    """The decision as it stood at world time ``t_world``, from what the ledger knew at ``t_known``
+    (with ``pending`` sends not yet recorded gone out at ``t_world``).
 
     ``history`` holds one phone's subscriber events for one brand and that brand's
     campaign events, in ledger order. Facts that happened after ``t_world``, or that
@@ -1474,11 +1550,14 @@ def _decided_as_of(
     rules = fold_campaign(campaign_events, CampaignHistory()).as_of(t_world, t_known)
     if rules is None:
         return deny(Reason.CAMPAIGN_UNKNOWN, f"campaign {campaign!r} was not defined at that time")
-    if not phone_wide:
+    if not phone_wide and not pending:
         return decide(fold(subscriber), rules, t_world, kind)
-    # STOPs whose brand was unknown (``ANY_BRAND``) concern every brand, as in CanSend.
-    digest = with_phone_wide(digest_of(fold(subscriber)), digest_of(fold(phone_wide)))
+    digest: Digest | None = digest_of(fold(subscriber))
+    if phone_wide:
+        # STOPs whose brand was unknown (``ANY_BRAND``) concern every brand, as in CanSend.
+        digest = with_phone_wide(digest, digest_of(fold(phone_wide)))
     assert digest is not None
+    digest = with_sends_pending(digest, campaign, kind, t_world, pending)
     return Check(rules, t_world, kind)(digest)
 
 
@@ -1520,7 +1599,9 @@ def _deciding(counted: Sequence[Mark]) -> tuple[str, ...]:
     """The counted sends (oldest first) a cap answer names: the oldest, whose leaving
     the window frees the cap, and the latest. The detail gives the count; naming every
     send would outgrow what a sender can hand back as ``relied_on`` (and a batch's
-    answer), and the window between the two names the rest in the ledger."""
-    if len(counted) <= 2:
-        return tuple(s.event_id for s in counted)
-    return (counted[0].event_id, counted[-1].event_id)
+    answer), and the window between the two names the rest in the ledger. A send not
+    yet recorded (``with_sends_pending``) is counted, never named: it has no id."""
+    recorded = [s for s in counted if s.event_id != PENDING_SEND]
+    if len(recorded) <= 2:
+        return tuple(s.event_id for s in recorded)
+    return (recorded[0].event_id, recorded[-1].event_id)
