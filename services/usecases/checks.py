@@ -30,7 +30,9 @@ from ledger.policy import (
     decide_as_of,
     deny,
     digest_of_history,
+    in_turn,
     note_allowed_late,
+    with_sends_pending,
 )
 from ledger.ports import CampaignReads, ConsistencyToken, DigestReads, UnreadableDigests
 from ledger.state import CampaignHistory, SubscriberState
@@ -115,6 +117,19 @@ def _placed(decisions: list[Decision], invalid: dict[int, Decision]) -> list[Dec
     for i, decision in invalid.items():
         decisions[i] = decision
     return decisions
+
+
+def _repeated(numbers: Sequence[str]) -> dict[str, list[int]]:
+    """The places of each number a batch names more than once."""
+    places: dict[str, list[int]] = {}
+    for i, number in enumerate(numbers):
+        places.setdefault(number, []).append(i)
+    return {number: found for number, found in places.items() if len(found) > 1}
+
+
+def _entries(places: Sequence[int]) -> list[str]:
+    """How an answer names a batch's entries at ``places``: as its errors name them."""
+    return [f"phones[{i}]" for i in places]
 
 
 def check_target(
@@ -311,7 +326,29 @@ class Checks:
             decisions = [
                 denied if n in unreadable else d for n, d in zip(numbers, decisions, strict=True)
             ]
-        return BatchResult(_placed(decisions, invalid), read_at, provisional)
+        decisions = _placed(decisions, invalid)
+        if len(set(numbers)) < len(numbers):
+            for n, places in _repeated(numbers).items():
+                if decisions[places[0]].allowed:  # else every entry is denied alike
+                    self._in_turn(check, digests[n], decisions, places)
+        return BatchResult(decisions, read_at, provisional)
+
+    def _in_turn(
+        self, check: Check, digest: Digest, decisions: list[Decision], places: Sequence[int]
+    ) -> None:
+        """Answer in ``decisions`` the entries at ``places``, which name the number of
+        ``digest`` (its first answered), in turn (``ledger.policy.in_turn``): each
+        as if those allowed before it had been sent at the check's moment."""
+        first, campaign = decisions[places[0]], check.campaign.campaign
+
+        def decide(pending: int) -> Decision:
+            if not pending:
+                return first
+            sent = with_sends_pending(digest, campaign, check.kind, check.now, pending)
+            return self._decide(check, sent)
+
+        for i, decision in zip(places, in_turn(decide, _entries(places)), strict=True):
+            decisions[i] = decision
 
     async def can_send_as_of(
         self,
@@ -358,10 +395,32 @@ class Checks:
         token: ConsistencyToken | None = None,
     ) -> CheckResult:
         """What CanSend would have answered at ``at``, from what the ledger knew at
-        ``known_at`` (by default now). Neither may be ahead of now by more than the
-        clock skew allowed: the ledger cannot know the future, so such an answer would
-        only be a guess. The view is read as fresh as ``can_send`` reads it, and fails
-        closed the same way (``REASON_NOT_CONSISTENT`` while it is behind)."""
+        ``known_at`` (by default now): ``_as_of_each`` of one entry."""
+        (decision,), read_at = await self._as_of_each(
+            phone, brand, campaign, at, known_at, kind=kind, token=token, entries=("phone",)
+        )
+        return CheckResult(decision, read_at)
+
+    async def _as_of_each(
+        self,
+        phone: str,
+        brand: str,
+        campaign: str,
+        at: datetime,
+        known_at: datetime | None = None,
+        *,
+        kind: MessageKind,
+        token: ConsistencyToken | None,
+        entries: Sequence[str],
+    ) -> tuple[list[Decision], ConsistencyToken]:
+        """What CanSend would have answered at ``at``, from what the ledger knew at
+        ``known_at`` (by default now), for each of a request's ``entries`` naming the
+        number, in turn (``ledger.policy.in_turn``: each as if those allowed before it
+        had been sent at ``at``), and the token read at. Neither moment may be ahead of
+        now by more than the clock skew allowed: the ledger cannot know the future, so
+        such an answer would only be a guess. The view is read as fresh as
+        ``can_send`` reads it, and fails closed the same way (``REASON_NOT_CONSISTENT``
+        while it is behind)."""
         number = to_e164(phone)
         check_name(brand, "brand")
         check_name(campaign, "campaign")
@@ -373,7 +432,7 @@ class Checks:
         read_at = self.ctx.guard.applied_token()
         if not fresh:
             await self._refuse_foreign(token)
-            return CheckResult(_behind(), read_at)
+            return [_behind()] * len(entries), read_at
         subscriber = await self._history_as_one(number, earlier, brand)
         history: CampaignHistory = await self.ctx.view.campaign_history(brand, campaign)
         campaign_events = history.facts()
@@ -381,13 +440,21 @@ class Checks:
         # past the clock skew after the moment counts against it, never for it.
         allowing_by = None if known_at is not None else t_world + MAX_CLOCK_SKEW
         facts = [*campaign_events, *subscriber]
-        decision = decide_as_of(facts, campaign, t_world, t_known, kind, allowing_by)
-        if known_at is not None:
-            # Read as known then, an allow may rest on facts recorded after the moment
-            # (an imported history): the answer says which.
-            skew = t_world + MAX_CLOCK_SKEW
-            decision = note_allowed_late(decision, facts, campaign, t_world, t_known, kind, skew)
-        return CheckResult(decision, read_at)
+        skew = t_world + MAX_CLOCK_SKEW
+
+        def decide(pending: int) -> Decision:
+            decision = decide_as_of(
+                facts, campaign, t_world, t_known, kind, allowing_by, pending=pending
+            )
+            if known_at is not None:
+                # Read as known then, an allow may rest on facts recorded after the
+                # moment (an imported history): the answer says which.
+                decision = note_allowed_late(
+                    decision, facts, campaign, t_world, t_known, kind, skew, pending=pending
+                )
+            return decision
+
+        return in_turn(decide, entries), read_at
 
     async def _subscriber_history(self, number: str, brand: str) -> list[Recorded]:
         """The number's subscriber facts towards ``brand``, and its STOPs whose brand was
@@ -486,23 +553,30 @@ class Checks:
     ) -> BatchResult:
         """A batch for a moment before now: each number as ``can_send_as_of`` answers
         it, from its history (a query per distinct number, unlike a batch for now),
-        each read admitted and recorded for ``reader`` first (``_admit_past``)."""
-        answers: dict[str, Decision] = {}
-        numbers: list[str] = []
+        each read admitted and recorded for ``reader`` first (``_admit_past``); a
+        number named more than once is answered in turn, as a batch for now is."""
+        invalid: dict[str, Decision] = {}
+        places: dict[str, list[int]] = {}
         for i, phone in enumerate(phones):
             try:
-                numbers.append(to_e164(phone, field=f"phones[{i}]"))
+                number = to_e164(phone, field=f"phones[{i}]")
             except InvalidPhoneNumber as exc:  # answered in its place
-                numbers.append(phone)
-                answers[phone] = _invalid_phone(exc)
+                number = phone
+                invalid[phone] = _invalid_phone(exc)
+            places.setdefault(number, []).append(i)
+        decisions: list[Decision] = [_behind()] * len(phones)
         read_at = self.ctx.guard.applied_token()
-        for number in dict.fromkeys(numbers):
-            if number in answers:
-                continue
-            await self._admit_past(reader, "CanSendBatch", brand, number, campaign, at)
-            result = await self._as_of(number, brand, campaign, at, kind=kind, token=token)
-            answers[number], read_at = result.decision, result.token
-        return BatchResult([answers[n] for n in numbers], read_at)
+        for number, found in places.items():
+            if number in invalid:
+                answers = [invalid[number]] * len(found)
+            else:
+                await self._admit_past(reader, "CanSendBatch", brand, number, campaign, at)
+                answers, read_at = await self._as_of_each(
+                    number, brand, campaign, at, kind=kind, token=token, entries=_entries(found)
+                )
+            for i, decision in zip(found, answers, strict=True):
+                decisions[i] = decision
+        return BatchResult(decisions, read_at)
 
     async def _refuse_foreign(self, token: ConsistencyToken | None) -> None:
         """When the view did not apply ``token`` within the bound: refuse it on

@@ -578,10 +578,11 @@ async def define_two_a_day(runtime: Runtime, name: str, since: datetime) -> None
 async def test_checks_at_a_cap_s_edge_reserve_nothing_and_the_sweep_finds_the_send_over_it(
     service,
 ):
-    """README's sending policy, caps: a check reserves nothing. Two checks at once
-    and a batch naming the number twice, one send below a cap of two, are all
-    allowed; the two sends they allowed, recorded, pass the cap; CanSend then
-    denies, and the sweep finds the second as over the cap."""
+    """README's sending policy, caps: a check reserves nothing. Two checks at once,
+    one send below a cap of two, are both allowed; the two sends they allowed,
+    recorded, pass the cap; CanSend then denies, and the sweep finds the second as
+    over the cap. A batch naming the number twice asks about both sends at once:
+    its second entry counts the first, and is denied."""
     runtime, _ = service
     now = datetime.now(UTC)
     number = phone(9301)
@@ -609,7 +610,10 @@ async def test_checks_at_a_cap_s_edge_reserve_nothing_and_the_sweep_finds_the_se
             )
         )
         assert [a.allowed for a in answers] == [True, True], answers
-        assert [d.allowed for d in batch.decisions] == [True, True], batch
+        assert [d.allowed for d in batch.decisions] == [True, False], batch
+        denied = batch.decisions[1]
+        assert denied.reason == api.REASON_FREQUENCY_CAP_REACHED, denied
+        assert denied.detail.startswith("2 of 2 messages") and "phones[0]," in denied.detail
 
         def relied_on(a: api.CanSendResponse) -> api.ReliedOnAnswer:
             return api.ReliedOnAnswer(

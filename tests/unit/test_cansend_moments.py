@@ -80,6 +80,37 @@ async def test_a_check_for_a_past_moment_answers_as_the_check_as_of_does():
         assert then.decision.allowed
 
 
+async def test_a_past_batch_naming_a_number_twice_counts_the_entry_allowed_before():
+    recording = Recording(at(-30))
+    async with running(ledger=InMemoryLedger(partitions=4, clock=recording)) as (app, _):
+        capped = CampaignPolicy(frequency_caps=(FrequencyCap(2, timedelta(hours=6)),))
+        await app.writes.record(
+            DefineCampaign("d", BRAND, "promo", capped, at(0) - timedelta(days=1))
+        )
+        recording.now = at(0)
+        await app.writes.record(opt_in("r1"))
+        recording.now = at(1)
+        sent = RecordMessageSent("s1", PHONE, BRAND, "promo", "m1", MessageKind.REGULAR, at(1))
+        written = await app.writes.record(sent)
+        recording.now = NOW
+
+        batch = await app.checks.can_send_batch(
+            [PHONE, OTHER, "+1 415 555 2671", PHONE],
+            BRAND,
+            "promo",
+            at=at(10),
+            token=written.token,
+            reader=AUDITOR,
+        )
+        audit = await app.checks.can_send_as_of(PHONE, BRAND, "promo", at(10), reader=AUDITOR)
+
+        assert audit.decision.allowed and batch.decisions[0] == audit.decision
+        assert batch.decisions[1].reason is Reason.NO_CONSENT
+        for denied in batch.decisions[2:]:
+            assert denied.reason is Reason.FREQUENCY_CAP_REACHED
+            assert "phones[0]," in denied.detail
+
+
 async def test_a_past_batch_answers_a_phone_that_is_not_a_number_in_its_place():
     async with running(ledger=ledger_at_now()) as (app, _):
         await app.writes.record(define())

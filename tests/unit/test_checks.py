@@ -9,15 +9,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ledger.campaigns import CampaignPolicy
+from ledger.campaigns import CampaignPolicy, FrequencyCap
 from ledger.commands import (
     ChangeCampaignPolicy,
     DefineCampaign,
+    RecordMessageSent,
     RecordOptOut,
     to_events,
 )
 from ledger.errors import InvalidPhoneNumber, InvalidRequest
 from ledger.events import (
+    MessageKind,
     RevocationChannel,
 )
 from ledger.policy import Reason
@@ -202,3 +204,29 @@ async def test_a_check_as_of_refuses_a_time_ahead_of_now(field):
             PHONE, BRAND, "promo", NOW, NOW + timedelta(minutes=1), reader=AUDITOR
         )
         assert skewed.decision.reason is Reason.NO_CONSENT  # within the skew allowed
+
+
+async def test_a_batch_naming_a_number_twice_at_a_caps_edge_allows_it_once(app):
+    capped = CampaignPolicy(frequency_caps=(FrequencyCap(2, timedelta(days=1)),))
+    await app.writes.record(DefineCampaign("d", BRAND, "promo", capped, at(0) - timedelta(days=1)))
+    await app.writes.record(opt_in("r1"))
+    one = RecordMessageSent("s1", PHONE, BRAND, "promo", "m1", MessageKind.REGULAR, at(1))
+    written = await app.writes.record(one)
+    # The number, another never opted in, the number spelt another way, an entry that
+    # is no number, and the number again: one more send fits under the cap.
+    phones = [PHONE, "+13105550123", "+1 (415) 555-2671", "not a number", PHONE]
+
+    batch = await app.checks.can_send_batch(phones, BRAND, "promo", token=written.token)
+    alone = await app.checks.can_send(PHONE, BRAND, "promo", token=written.token)
+
+    assert [d.reason for d in batch.decisions] == [
+        Reason.CONSENT_ACTIVE,
+        Reason.NO_CONSENT,
+        Reason.FREQUENCY_CAP_REACHED,
+        Reason.INVALID_PHONE,
+        Reason.FREQUENCY_CAP_REACHED,
+    ]
+    assert batch.decisions[0] == alone.decision  # a single check reserves nothing
+    for denied in (batch.decisions[2], batch.decisions[4]):
+        assert denied.detail.startswith("2 of 2 messages") and "phones[0]," in denied.detail
+        assert "" not in denied.evidence

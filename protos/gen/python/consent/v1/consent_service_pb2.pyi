@@ -543,7 +543,10 @@ class CanSendBatchRequest(_message.Message):
     at_least_as_fresh: _builtins.str
     @_builtins.property
     def phones(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Up to 1000 numbers; duplicates are answered once per occurrence."""
+        """Up to 1000 numbers; duplicates are answered once per occurrence, in order: an
+        entry naming a number an earlier entry named (in any spelling) is answered as
+        if each earlier one that was allowed had been sent at the batch's moment.
+        """
 
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
