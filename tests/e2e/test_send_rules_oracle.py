@@ -15,7 +15,8 @@ sends at random times around a moment with something to trip on (a DST change, a
 holiday the states close, a Sunday), through ``RecordMessageSent`` and
 ``RecordMessagesSent``, one last send perhaps stamped a little ahead of the clock.
 ``CanSendAsOf`` (``known_at`` now), ``CanSend`` (now, a past ``at``, a future
-``at``) and ``CanSendBatch`` (now, a future ``at``) are asked of many moments, some
+``at``) and ``CanSendBatch`` (now, a future ``at``; and, naming numbers twice or
+three times in two spellings, a past ``at`` too) are asked of many moments, some
 on the local edges of the windows and of the caps, and must answer as the model
 does: allowed or not, for the same reason, and naming a rule that decided.
 """
@@ -268,10 +269,13 @@ class Model:
         change = self.changes.get(campaign)
         return change[1] if change is not None and change[0] <= at else self.rules[campaign]
 
-    def decide(self, phone: str, campaign: str, at: datetime) -> Answer:
-        """("allowed" or "denied", the reason, the rules that may have decided)."""
+    def decide(self, phone: str, campaign: str, at: datetime, pending: int = 0) -> Answer:
+        """("allowed" or "denied", the reason, the rules that may have decided), with
+        ``pending`` sends allowed before in the same batch counted as sent at ``at``
+        ("frequency caps": a batch naming a number more than once)."""
         r, who = self.rules_at(campaign, at), self.recipients[phone]
         mine = [s for p, c, s in self.sends if p == phone and c == campaign and s <= at]
+        mine += [at] * pending
         # "A send stamped a little after now (a sender's clock ahead) counts."
         mine += [at for p, c, s, rec in self.ahead if (p, c) == (phone, campaign) and rec <= at < s]
         mine += [s for p, c, s, rec in self.ahead if (p, c) == (phone, campaign) and s <= at]
@@ -533,8 +537,9 @@ async def check(
     tally: Tally, *, last: bool,
 ) -> None:  # fmt: skip
     """Ask of each of ``moments``: ``CanSendAsOf`` with ``known_at`` now and, for some,
-    ``CanSend`` with that ``at`` (in hindsight, or provisional ahead of now); with
-    ``last``, ``CanSend`` and ``CanSendBatch`` now and ahead as well."""
+    ``CanSend`` with that ``at`` (in hindsight, or provisional ahead of now), and of
+    two past ones ``CanSendBatch`` naming numbers more than once; with ``last``,
+    ``CanSend`` and ``CanSendBatch`` now and ahead as well."""
     model, calls = s.model, []
     phones = sorted(model.recipients)
     for name in s.campaigns:
@@ -577,24 +582,51 @@ async def check(
     answers = await few_at_a_time((retried(*call) for *_, call in calls), at_once=8)
     for (label, phone, name, m, _), a in zip(calls, answers, strict=True):
         compare(tally, label, model.decide(phone, name, m), a.allowed, a.reason, a.rule, a.detail)
-    if not last:
-        return
+    # Each number named once, twice (the second time spelt another way) or three
+    # times: each entry is answered as if those allowed before it had been sent then.
+    repeated = [
+        spelt_another_way(p) if k == 1 else p
+        for i, p in enumerate(phones)
+        for k in range(1 + i % 3)
+    ]
+    ahead = [m for m in moments if m > now]
+    planned: list[tuple[list[str], datetime | None]] = [
+        (repeated, m) for m in [m for m in moments if m <= now and m.minute % 3 == 0][:2]
+    ]
+    if last:
+        planned += [(phones, m) for m in [None, *ahead[:3]]]
+        planned += [(repeated, m) for m in [None, *ahead[:2]]]
     batches = []
     for name in s.campaigns:
-        for m in [None, *[m for m in moments if m > now][:3]]:
+        for entries, m in planned:
             request = api.CanSendBatchRequest(
-                brand=brand, campaign=name, phones=phones, at_least_as_fresh=fresh
+                brand=brand, campaign=name, phones=entries, at_least_as_fresh=fresh
             )
             if m is not None:
                 request.at.CopyFrom(ts(m))
             batches.append((name, m or now, retried(c.CanSendBatch, request)))
     answered = await asyncio.gather(*(b for *_, b in batches))
     for (name, m, _), batch in zip(batches, answered, strict=True):
-        for phone, d in zip(phones, batch.decisions, strict=True):
-            label = f"seed {s.seed} {phone} {name} CanSendBatch {m.isoformat()}"
-            compare(
-                tally, label, model.decide(phone, name, m), d.allowed, d.reason, d.rule, d.detail
-            )
+        allowed: dict[str, int] = {}
+        for d in batch.decisions:
+            phone, before = canonical(d.phone), allowed.get(canonical(d.phone), 0)
+            label = f"seed {s.seed} {d.phone} {name} CanSendBatch {m.isoformat()}"
+            if before:
+                label += f" after {before} allowed in the batch"
+            expected = model.decide(phone, name, m, before)
+            if expected[0] == "allowed":
+                allowed[phone] = before + 1
+            compare(tally, label, expected, d.allowed, d.reason, d.rule, d.detail)
+
+
+def spelt_another_way(phone: str) -> str:
+    """A NANP number in E.164 as a person writes it: +1 (415) 555-0100."""
+    return f"+1 ({phone[2:5]}) {phone[5:8]}-{phone[8:]}"
+
+
+def canonical(phone: str) -> str:
+    """``spelt_another_way``'s number in E.164."""
+    return "+" + "".join(ch for ch in phone if ch.isdigit())
 
 
 async def run_seed(
