@@ -49,6 +49,7 @@ from ledger.phone import to_e164
 from ledger.regions import normalise_region
 from ledger.validation import TEXT_LIMITS, check_length, says_nothing, text_problem
 from services.import_mapping import TYPED, Mapping, loosely
+from services.wire.enums import NOT_SET
 
 FORMATS = ("csv", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
@@ -1159,14 +1160,13 @@ def unreadable_value(field: str, value: str) -> str | None:
     return text_problem(value, field)
 
 
-_UNSET = re.compile(r"is required \(\w+_UNSPECIFIED given\)")
+_UNSET = re.compile(re.escape(NOT_SET) + r": one of [^;]*")
 
 
 def in_file_terms(field: str, reason: str) -> str:
     """The service's ``reason`` for refusing ``field`` as the file's reader knows it:
     an enumeration the record left blank (or without its column) reaches the service
-    unset, which it names by the proto's zero value (``REVOCATION_CHANNEL_UNSPECIFIED
-    given``), a name the export never wrote; said instead as blank, with what is
+    unset, which it says was not set; said instead as left blank, with what is
     accepted. So is an import id of spaces, which the service calls missing."""
     if field in _ENUMS:
         said, ours = (

@@ -14,6 +14,11 @@ from typing import Generic, Protocol, TypeVar
 
 D = TypeVar("D", bound=enum.Enum)
 
+NOT_SET = "is required and was not set"
+"""How an enum field left at its zero value is refused, before the values it may
+take: in the API's terms, not by the zero value's name (``..._UNSPECIFIED``), which
+no client writes, and which a hold's reason, kept in the ledger, would keep for good."""
+
 
 class WireFormatError(ValueError):
     """A message that cannot be read as a domain value; names the offending field."""
@@ -46,7 +51,6 @@ class EnumMap(Generic[D]):
     def __init__(self, domain: type[D], proto: _ProtoEnum) -> None:
         name: str = proto.DESCRIPTOR.name  # type: ignore[attr-defined]
         self.prefix = _upper_snake(name) + "_"
-        self.unspecified = self.prefix + "UNSPECIFIED"
         by_name = dict(proto.items())
         missing = [m.name for m in domain if self.prefix + m.name not in by_name]
         if missing:
@@ -57,6 +61,10 @@ class EnumMap(Generic[D]):
         # CanSend answer looks up a reason and its obligations. Members are singletons.
         self._by_id: dict[int, int] = {id(m): v for m, v in self._to_proto.items()}
         self.domain = domain
+        # In the order the proto lists them, each as its short name ("keyword").
+        self.choices = ", ".join(
+            m.name.lower() for m in sorted(domain, key=lambda m: self._to_proto[m])
+        )
 
     def to_proto(self, member: D) -> int:
         try:
@@ -70,7 +78,7 @@ class EnumMap(Generic[D]):
             return self._from_proto[value]
         except KeyError:
             if value == 0:
-                raise WireFormatError(field, f"is required ({self.unspecified} given)") from None
+                raise WireFormatError(field, f"{NOT_SET}: one of {self.choices}") from None
             raise WireFormatError(
                 field, f"unknown {self.domain.__name__} value {value} (from a newer writer?)"
             ) from None

@@ -149,6 +149,20 @@ async def test_a_record_opt_out_refused_for_a_detail_is_held_and_denies(service)
             assert answer.reason == api.REASON_REVOCATION_PENDING_REVIEW, (name, answer)
             assert answer.detail.startswith(DETAIL), (name, answer.detail)
             assert list(answer.evidence_event_ids) == [info["candidate_event_id"]], (name, answer)
+            if name == "no channel":  # said in the API's terms, the hold's words too
+                unset = "is required and was not set: one of keyword, free_text, web, call, api"
+                assert status_details(err)[0][1].startswith(unset), status_details(err)
+                async with client(runtime.address) as admin:  # the review queue
+                    queue = await admin.ListRevocationCandidates(
+                        api.ListRevocationCandidatesRequest(
+                            brand="acme", at_least_as_fresh=info["consistency_token"]
+                        )
+                    )
+                (held,) = [
+                    c for c in queue.candidates if c.event.event_id == info["candidate_event_id"]
+                ]
+                said = held.event.revocation_candidate_flagged.text
+                assert f"channel: {unset}" in said, said
 
 
 async def test_a_number_without_its_plus_or_a_padded_brand_is_held_all_the_same(service):

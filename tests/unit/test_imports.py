@@ -491,6 +491,42 @@ async def test_an_opt_out_refused_for_its_details_is_held_and_denies_until_revie
         assert answer.decision.allowed
 
 
+async def test_a_hold_of_an_opt_out_sent_without_a_channel_says_so_in_the_apis_terms():
+    """A refused opt-out's reason is kept with its hold in the ledger, for good, and
+    shown wherever the hold is (the review queue, the packet, CanSend's detail): it
+    said "channel: is required (REVOCATION_CHANNEL_UNSPECIFIED given)", the proto's
+    zero value, a name no client wrote."""
+    from consent.v1 import consent_service_pb2 as api_pb2
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from services.grpc_api.imports import items_from_proto
+
+    async with running() as (app, _):
+        await app.writes.record(define())
+        phone = "+14155550100"
+        when = Timestamp()
+        when.FromDatetime(at(-5))
+        stop = api_pb2.RecordOptOutRequest(
+            request_id="imp-1", phone=phone, brand=BRAND, campaign="promo", occurred_at=when
+        )
+
+        result = await _imports(app).chunk(
+            items_from_proto([api_pb2.ImportRecord(opt_out=stop)], 0)
+        )
+
+        reason = "is required and was not set: one of keyword, free_text, web, call, api"
+        (refusal,) = result.refusals
+        assert refusal.held and refusal.violations == (
+            ("channel", f"{reason}; {HELD_FOR_REVIEW}"),
+        )  # fmt: skip
+        (held,) = [e for e in await _written(app) if isinstance(e, RevocationCandidateFlagged)]
+        assert held.text == f"opt-out 'imp-1' refused at import (channel: {reason})"
+        answer = await app.checks.can_send(phone, BRAND, "promo", token=result.token)
+        assert answer.decision.reason is Reason.REVOCATION_PENDING_REVIEW
+        assert f"(channel: {reason})" in answer.decision.detail
+        assert "UNSPECIFIED" not in answer.decision.detail
+
+
 async def test_an_opt_out_refused_for_a_reused_import_id_is_held():
     async with running() as (app, _):
         await app.writes.record(define())

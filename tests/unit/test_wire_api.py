@@ -386,6 +386,34 @@ def test_opt_out_with_unset_channel_is_refused() -> None:
     assert err.value.field == "channel"
 
 
+@pytest.mark.parametrize(
+    ("request_type", "field", "accepted"),
+    [
+        (api_pb2.RecordOptInRequest, "tier", "conversational, informational, promotional"),
+        (api_pb2.RecordOptInRequest, "method",
+         "web_form, keyword_reply, paper, verbal, api_import"),
+        (api_pb2.RecordOptOutRequest, "channel", "keyword, free_text, web, call, api"),
+        (api_pb2.RecordReconfirmationRequest, "channel", "keyword, free_text, web, call, api"),
+        (api_pb2.RecordDeliveryOutcomeRequest, "outcome",
+         "delivered, failed, undeliverable"),
+        (api_pb2.ResolveRevocationCandidateRequest, "resolution", "revoked, dismissed"),
+    ],
+)  # fmt: skip
+def test_an_enum_left_unset_is_refused_as_not_set_naming_what_it_may_be(
+    request_type: type[Message], field: str, accepted: str
+) -> None:
+    """Refused "is required (REVOCATION_CHANNEL_UNSPECIFIED given)": the proto's zero
+    value, a name no client wrote, which a refused opt-out's hold then kept in the
+    ledger as the reason it was held."""
+    msg = request_type()
+    msg.CopyFrom(next(m for m, _ in WRITES if isinstance(m, request_type)))
+    msg.ClearField(field)
+
+    with pytest.raises(InvalidRequest) as err:
+        api.command_from_proto(msg)
+    assert err.value.violations == ((field, f"is required and was not set: one of {accepted}"),)
+
+
 def test_unset_message_kind_means_regular() -> None:
     msg = api_pb2.RecordMessageSentRequest()
     msg.CopyFrom(WRITES[3][0])
