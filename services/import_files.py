@@ -133,6 +133,16 @@ class Unreadable:
     kind: str = dataclasses.field(default="", compare=False)
     """``opt_in`` or ``opt_out`` when its type was read, else empty: a field a
     mapping reads from one column per type is named by this type's."""
+    derived_id: str = dataclasses.field(default="", compare=False)
+    """Without an import id of its own: the one derived from what it said, as an
+    opt-out that cannot be read is held under (``_said_id``), the same on every run,
+    so that the refusals of two runs of the file can be matched. Empty for a line
+    that gave no fields at all."""
+
+    @property
+    def shown_id(self) -> str:
+        """The id a refusal names it by: its own, else the one derived."""
+        return self.import_id or self.derived_id
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,9 @@ class Read:
 
     line: int
     record: api.ImportRecord
+    id_derived: bool = dataclasses.field(default=False, compare=False)
+    """Its import id was derived from its content (``derived_import_id``), the
+    record giving none."""
 
 
 STDIN_NAME = "standard input"
@@ -891,11 +904,19 @@ def _refused(fields: dict[str, str], line: int, field: str, reason: str) -> Unre
     # An id past reading (too long, not text) is none: it could not be imported either.
     import_id = given if len(given) <= VALUE_LIMIT and not _SURROGATE.search(given) else ""
     read = kind if kind in ("opt_in", "opt_out") else ""
+    derived = "" if import_id else _said_id(fields)
     if kind == "opt_in" or (kind != "opt_out" and opt_in_only):
         return Unreadable(
-            line, field, reason, opt_in=kind == "opt_in", import_id=import_id, kind=read
+            line,
+            field,
+            reason,
+            opt_in=kind == "opt_in",
+            import_id=import_id,
+            kind=read,
+            derived_id=derived,
         )
-    return Unreadable(line, field, reason, _held(fields), import_id=import_id, kind=read)
+    held = _held(fields)
+    return Unreadable(line, field, reason, held, import_id=import_id, kind=read, derived_id=derived)
 
 
 def _held(fields: dict[str, str]) -> api.ImportRecord | None:
@@ -923,11 +944,16 @@ def _held(fields: dict[str, str]) -> api.ImportRecord | None:
         request.occurred_at.CopyFrom(_time(plain.get("occurred_at", ""), "occurred_at"))
     except _Bad:
         request.ClearField("occurred_at")
-    said = json.dumps(sorted(_as_said(fields).items())).encode()  # lone surrogates escaped
-    request.request_id = plain.get("import_id") or (
-        f"import-{hashlib.sha256(said).hexdigest()[:32]}"
-    )
+    request.request_id = plain.get("import_id") or _said_id(fields)
     return api.ImportRecord(opt_out=request)
+
+
+def _said_id(fields: dict[str, str]) -> str:
+    """The import id of a record that cannot be read and gives none of its own: a
+    digest of all it said, written as read (``_as_said``). An opt-out is held under
+    it; any such record is named by it in the refusals, the same on every run."""
+    said = json.dumps(sorted(_as_said(fields).items())).encode()  # lone surrogates escaped
+    return f"import-{hashlib.sha256(said).hexdigest()[:32]}"
 
 
 def _as_said(fields: dict[str, str]) -> dict[str, str]:
@@ -1036,6 +1062,7 @@ def _parse(kind: str, fields: dict[str, str], line: int) -> Read | Unreadable:
     else:
         request.phone = e164_or_as_given(request.phone)
         request.request_id = derived_import_id(record)
+        return Read(line, record, id_derived=True)
     return Read(line, record)
 
 

@@ -119,9 +119,11 @@ output:
   and CanSend denies a promotional one. No method is assumed: map or --set the one
   the opt-ins were given by (web_form, paper, keyword_reply where in writing).
   --refusals FILE writes every refused record as JSON Lines (line, import_id,
-  code, field, reason, held_for_review) for fixing and importing again;
-  held_for_review true is an opt-out held all the same (in a dry run: would be),
-  whose number CanSend denies for the brand until someone resolves it.
+  import_id_derived, code, field, reason, held_for_review) for fixing and
+  importing again; import_id_derived true is an id derived from the record, which
+  gave none (a run again derives the same); held_for_review true is an opt-out
+  held all the same (in a dry run: would be), whose number CanSend denies for the
+  brand until someone resolves it.
 
 mapping an export (another platform's names):
   --column FIELD=HEADER reads a field from the export's column HEADER (in JSON Lines,
@@ -429,13 +431,17 @@ class _Refusals:
         field_name: str,
         reason: str,
         held: bool = False,
+        derived: bool = False,
     ) -> None:
         """One refused record; ``held``: an opt-out held for review all the same (in a
-        dry run: that would be), which denies its number, unlike a record refused."""
+        dry run: that would be), which denies its number, unlike a record refused;
+        ``derived``: the record gave no import id, and ``import_id`` is the one derived
+        from it, as a run again derives it."""
         if self.out is not None:
             record = {
                 "line": line,
                 "import_id": import_id,
+                "import_id_derived": derived,
                 "code": code,
                 "field": field_name,
                 "reason": reason,
@@ -566,8 +572,8 @@ def _run(args: argparse.Namespace) -> int:
     lines = array("q")  # the line each starts on
     contents = array("q")  # a hash of its bytes
     first_use: dict[str, int] = {}  # brand and import id: the index of the first record
-    # code, field, reason, import id, held for review
-    refused_at: dict[int, tuple[str, str, str, str, bool]] = {}
+    # code, field, reason, import id, held for review, the id derived
+    refused_at: dict[int, tuple[str, str, str, str, bool, bool]] = {}
     repeat_of, repeat_line = array("q"), array("q")  # a record again: the first's index, line
     # Of opt-outs that could not be read, sent to be held: by index, the field and why.
     told_here: dict[int, tuple[str, str]] = {}
@@ -582,6 +588,9 @@ def _run(args: argparse.Namespace) -> int:
     opt_outs_not_now = 0  # opt-outs the service answered UNAVAILABLE: not imported for now
     # Of the opt-outs sent and not yet answered, by index: the number as written.
     opt_out_numbers: dict[int, str] = {}
+    # Of the records sent and not yet answered, by index: those whose import id was
+    # derived from them (the file gave none).
+    derived_ids: set[int] = set()
     # Of the opt-outs refused whose number could not be read, so held under none: its
     # digits (``_digits_of``), and the line of the first.
     unread_numbers: dict[str, int] = {}
@@ -659,14 +668,15 @@ def _run(args: argparse.Namespace) -> int:
                     if item.held is None:
                         summary.refuse(item.line, "INVALID_ARGUMENT", item.field, item.reason)
                         refusals.write(
-                            item.line, item.import_id, "INVALID_ARGUMENT", item.field, item.reason
-                        )
+                            item.line, item.shown_id, "INVALID_ARGUMENT", item.field, item.reason,
+                            derived=not item.import_id and bool(item.derived_id),
+                        )  # fmt: skip
                         bar.update(1)
                         continue
                     # An opt-out: the service is sent what can be read of it, refuses
                     # it and holds its number for review; told here in the file's terms.
                     unreadable = item
-                    item = import_files.Read(item.line, item.held)
+                    item = import_files.Read(item.line, item.held, not unreadable.import_id)
                 body = item.record.SerializeToString(deterministic=True)
                 grows = len(body)
                 kind = item.record.WhichOneof("record")
@@ -684,8 +694,9 @@ def _run(args: argparse.Namespace) -> int:
                     field_name = mapping.shown("phone", "opt_in")
                     summary.refuse(item.line, "FAILED_PRECONDITION", field_name, reason)
                     refusals.write(
-                        item.line, request.request_id, "FAILED_PRECONDITION", field_name, reason
-                    )
+                        item.line, request.request_id, "FAILED_PRECONDITION", field_name, reason,
+                        derived=item.id_derived,
+                    )  # fmt: skip
                     bar.update(1)
                     continue
                 key = f"{request.brand}\0{request.request_id}"
@@ -713,8 +724,9 @@ def _run(args: argparse.Namespace) -> int:
                     id_column = mapping.shown("import_id")
                     summary.refuse(item.line, "ALREADY_EXISTS", id_column, reason)
                     refusals.write(
-                        item.line, request.request_id, "ALREADY_EXISTS", id_column, reason
-                    )
+                        item.line, request.request_id, "ALREADY_EXISTS", id_column, reason,
+                        derived=item.id_derived,
+                    )  # fmt: skip
                     bar.update(1)
                     continue
                 if chunk and size + grows > CHUNK_BYTES:
@@ -724,6 +736,8 @@ def _run(args: argparse.Namespace) -> int:
                     told_here[index] = (unreadable.field, unreadable.reason)
                 if kind == "opt_out":
                     opt_out_numbers[index] = request.phone
+                if item.id_derived:
+                    derived_ids.add(index)
                 if index < REMEMBERED:
                     if key and unreadable is None:
                         first_use[key] = index
@@ -805,6 +819,7 @@ def _run(args: argparse.Namespace) -> int:
                             opt_ins or (opt_ins_from is not None and index >= opt_ins_from)
                         ):
                             opt_outs_not_now += 1
+                        derived = index in derived_ids
                         here = told_here.pop(index, None)
                         if here is not None:  # what the file said wrong, and the hold
                             told = [_with_hold(here, refusal.held_for_review, args.dry_run)]
@@ -814,16 +829,17 @@ def _run(args: argparse.Namespace) -> int:
                             if index < REMEMBERED:
                                 refused_at[index] = (
                                     refused_for, field_name, reason, refusal.request_id,
-                                    refusal.held_for_review,
+                                    refusal.held_for_review, derived,
                                 )  # fmt: skip
                         for field_name, reason in told:
                             refusals.write(
                                 line, refusal.request_id, refused_for, field_name, reason,
-                                refusal.held_for_review,
+                                refusal.held_for_review, derived,
                             )  # fmt: skip
                     told_now = answer.imported + answer.already_present + len(answer.refusals)
                     for answered_index in range(first_index, first_index + told_now):
                         opt_out_numbers.pop(answered_index, None)
+                        derived_ids.discard(answered_index)
                     answered += told_now
                     with answered_all:
                         messages[1] += 1
@@ -929,10 +945,10 @@ def _run(args: argparse.Namespace) -> int:
         # that was answered before the import ended).
         for earlier, line in zip(repeat_of, repeat_line, strict=True):
             if earlier in refused_at:
-                code_, field_name, reason, import_id, held = refused_at[earlier]
+                code_, field_name, reason, import_id, held, derived = refused_at[earlier]
                 summary.refuse(line, code_, field_name, reason)
                 summary.held += held
-                refusals.write(line, import_id, code_, field_name, reason, held)
+                refusals.write(line, import_id, code_, field_name, reason, held, derived)
             elif earlier < answered:
                 summary.present += 1
             bar.update(1)

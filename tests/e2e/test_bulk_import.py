@@ -35,6 +35,7 @@ import pytest
 from consent.v1 import consent_service_pb2 as api
 
 from ledger.ports import Stream
+from services import import_files
 from services.bootstrap import Runtime
 from services.cli import import_
 from services.cli import main as cli
@@ -351,6 +352,58 @@ async def test_a_dry_run_checks_every_record_and_writes_nothing(unsent, tmp_path
     async with client(runtime.address, "acme-app") as c:
         reasons = await answers(c, [phone(1)], "")
     assert reasons[phone(1)] == "REASON_NO_CONSENT"
+
+
+async def test_a_refused_record_without_an_import_id_is_named_by_the_id_derived_for_it(
+    service, tmp_path
+):
+    """``--refusals`` named a refused opt-in that gave no ``import_id`` by an empty id,
+    not by the one the import derived for it, so the refusals of two runs could not
+    be matched. Each refused record is named by its id, one derived marked so, the
+    same on every run: the id the service was sent, or for a record the file could
+    not read, the one derived from what it said (as such an opt-out is held under)."""
+    runtime, when = service
+    base = {**export_rows(when)[1], "import_id": ""}
+    rows = [
+        {**base, "phone": phone(94)},  # imported
+        {**base, "phone": phone(95), "occurred_at": "yesterday"},  # the CLI refuses it
+        {**base, "phone": phone(96), "campaign": "nope"},  # the service refuses it
+        {**base, "phone": phone(97), "campaign": "nope", "import_id": "own-id"},
+        {"type": "opt_out", "phone": phone(98), "brand": "acme", "campaign": "promo",
+         "occurred_at": iso(when - timedelta(days=1)), "text": "STOP"},  # no channel: held
+    ]  # fmt: skip
+    export = write_csv(tmp_path / "export.csv", rows)
+    with export.open(newline="") as text:  # the ids the CLI sends, as it reads them
+        sent = {
+            read.line: getattr(read.record, str(read.record.WhichOneof("record"))).request_id
+            for read in import_files.read_records(text, "csv")
+            if isinstance(read, import_files.Read)
+        }
+    told: list[dict[int, dict[str, Any]]] = []
+    for run in ("first", "again"):
+        refusals = tmp_path / f"{run}.jsonl"
+        code, out, err = await import_cli(
+            str(export), "--address", runtime.address, "--refusals", str(refusals),
+            token=TOKENS["acme-app"][0],
+        )  # fmt: skip
+        assert code == 1, out + err
+        assert "refused: 4" in out, out
+        told.append({r["line"]: r for r in map(json.loads, refusals.read_text().splitlines())})
+
+    first, again = told
+    assert sorted(first) == [3, 4, 5, 6], first
+    for line in (4, 6):  # refused by the service: the id it was sent, derived
+        assert (first[line]["import_id"], first[line]["import_id_derived"]) == (sent[line], True)
+        assert sent[line].startswith("import-"), sent
+    assert (first[5]["import_id"], first[5]["import_id_derived"]) == ("own-id", False)
+    unread = first[3]  # never sent: derived from what it said
+    assert unread["field"] == "occurred_at" and unread["import_id_derived"], unread
+    assert unread["import_id"].startswith("import-"), unread
+    assert len({r["import_id"] for r in first.values()}) == 4, first
+    # A run again names each the same: its refusals match the first's, id by id.
+    assert {line: (r["import_id"], r["import_id_derived"]) for line, r in again.items()} == {
+        line: (r["import_id"], r["import_id_derived"]) for line, r in first.items()
+    }
 
 
 async def test_promotional_opt_ins_not_given_in_writing_are_counted_as_informational(

@@ -160,6 +160,34 @@ def test_a_record_without_an_import_id_gets_the_same_one_from_its_content_every_
     assert changed[2] != first[2]  # another record is another fact
 
 
+def test_a_record_that_cannot_be_read_and_gives_no_import_id_is_named_by_one_derived():
+    """An opt-in the file cannot read, with no import id, was refused under none: the
+    refusals of two runs could not be matched. It is named by the id derived from
+    what it said, as an opt-out so refused is held under, the same on every run."""
+    said = {"type": "opt_in", "phone": "+14155550101", "brand": "acme", "campaign": "promo",
+            "occurred_at": "yesterday", "tier": "promotional", "method": "web_form"}  # fmt: skip
+    opt_out = {"type": "opt_out", "phone": "+14155550101", "brand": "acme",
+               "occurred_at": "yesterday", "channel": "keyword"}  # fmt: skip
+
+    first, again = parse_fields(dict(said), 2), parse_fields(dict(said), 7)
+    other = parse_fields({**said, "phone": "+14155550109"}, 3)
+    held = parse_fields(opt_out, 4)
+    own = parse_fields({**said, "import_id": "src-9"}, 5)
+
+    assert isinstance(first, Unreadable) and isinstance(again, Unreadable)
+    assert first.field == "occurred_at" and first.import_id == ""
+    assert first.shown_id == first.derived_id == again.derived_id
+    assert first.derived_id.startswith("import-") and len(first.derived_id) == 7 + 32
+    assert isinstance(other, Unreadable) and other.derived_id != first.derived_id
+    assert isinstance(held, Unreadable) and held.held is not None
+    assert held.derived_id == held.held.opt_out.request_id  # the id it is held under
+    assert isinstance(own, Unreadable) and (own.shown_id, own.derived_id) == ("src-9", "")
+    readable = parse_fields({**said, "occurred_at": "2026-11-02T09:30:00Z"}, 6)
+    assert isinstance(readable, Read) and readable.id_derived  # its id from its content
+    given = parse_fields({**said, "occurred_at": "2026-11-02T09:30:00Z", "import_id": "x"}, 8)
+    assert isinstance(given, Read) and not given.id_derived
+
+
 def test_fields_of_the_other_kind_and_unknown_types_are_unreadable():
     text = "type,phone,brand,channel,tier\nopt_in,+14155550100,acme,keyword,\nstop,+1,acme,,\n"
     assert [(r.line, r.field) for r in read(text, "csv") if isinstance(r, Unreadable)] == [
