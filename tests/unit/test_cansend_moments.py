@@ -18,6 +18,7 @@ from services.errors import PermissionDenied
 from services.usecases.checks import Checks
 from services.usecases.context import Context
 from tests.builders import BRAND, PHONE, at
+from tests.builders import opt_in as an_opt_in
 from tests.unit.usecase_harness import AUDITOR, NOW, define, ledger_at_now, opt_in, running
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -234,3 +235,44 @@ async def test_the_horizon_is_the_apps_setting():
             await short.can_send(PHONE, BRAND, "promo", at=NOW + timedelta(days=2))
         answer = await short.can_send(PHONE, BRAND, "promo", at=NOW + timedelta(hours=20))
         assert answer.provisional
+
+
+@pytest.mark.parametrize("revoke_all", [False, True], ids=["own rules", "own revoke-all"])
+async def test_a_moment_before_the_campaign_was_recorded_is_denied_on_the_later_facts(
+    revoke_all,
+):
+    """Asked in hindsight of a moment before its campaign's rules were recorded (dated
+    back), the answer is CAMPAIGN_UNKNOWN where the facts known now would allow, and
+    their own denial where they deny: REVOKED_BRAND_WIDE under the campaign's own
+    revoke-all (an opt-out of another campaign, dated back too), NO_CONSENT for a
+    number with no facts. A later fact counts against the moment, never for it; the
+    single, batch and as-of answers agree."""
+    recording = Recording(at(-30))
+    async with running(ledger=InMemoryLedger(partitions=4, clock=recording)) as (app, _):
+        dated = at(0) - timedelta(days=1)
+        await app.writes.record(DefineCampaign("d-other", BRAND, "other", CampaignPolicy(), dated))
+        await app.writes.record(an_opt_in(at(-40), "other", request_id="in-other"))
+        recording.now = at(30)
+        promo = CampaignPolicy(revoke_all=revoke_all)
+        await app.writes.record(DefineCampaign("d-promo", BRAND, "promo", promo, dated))
+        recording.now = at(35)
+        await app.writes.record(an_opt_in(at(-20), request_id="in-promo"))
+        recording.now = at(40)
+        stop = RecordOptOut("out", PHONE, BRAND, "other", RevocationChannel.WEB, at(-10))
+        written = await app.writes.record(stop)
+        recording.now = NOW
+
+        before = at(0)  # promo's rules were recorded half an hour later
+        asked = await app.checks.can_send_as_of(PHONE, BRAND, "promo", before, reader=AUDITOR)
+        single = await app.checks.can_send(
+            PHONE, BRAND, "promo", at=before, token=written.token, reader=AUDITOR
+        )
+        batch = await app.checks.can_send_batch(
+            [PHONE, OTHER], BRAND, "promo", at=before, token=written.token, reader=AUDITOR
+        )
+        expected = Reason.REVOKED_BRAND_WIDE if revoke_all else Reason.CAMPAIGN_UNKNOWN
+        assert asked.decision.reason is expected, asked.decision
+        assert not asked.decision.allowed
+        assert single.decision == asked.decision
+        assert batch.decisions[0] == asked.decision
+        assert batch.decisions[1].reason is Reason.NO_CONSENT, batch.decisions[1]
