@@ -168,9 +168,46 @@ def format_of(path: Path | None, given: str | None) -> str:
         return given
     found = None if path is None else _EXTENSIONS.get(path.suffix.lower())
     if found is None:
+        if path is not None and path.suffix.lower() in _PACKED_SUFFIXES:
+            raise _packed(path.name, *_PACKED_SUFFIXES[path.suffix.lower()], by_name=True)
         where = STDIN_NAME if path is None else f"{path.name} from its extension"
         raise FormatError(f"cannot tell the format of {where}; give --format csv or --format jsonl")
     return found
+
+
+_SHEET = "save the sheet as CSV (UTF-8) and import that"
+_UNZIP = "unzip it and import the CSV or JSON Lines file inside, or from a workbook " + _SHEET
+# A compressed file or a workbook read as text would refuse every line for bytes that
+# are not UTF-8, none saying why: each is known by its first bytes and refused whole.
+# (pattern of its start, what it is, the tool that decompresses it or what to do)
+_PACKED: tuple[tuple[re.Pattern[bytes], str, str], ...] = (
+    (re.compile(rb"\x1f\x8b"), "gzip-compressed", "gzip"),
+    (re.compile(rb"BZh[1-9]1AY&SY"), "bzip2-compressed", "bzip2"),
+    (re.compile(rb"\xfd7zXZ\x00"), "xz-compressed", "xz"),
+    (re.compile(rb"\x28\xb5\x2f\xfd"), "zstd-compressed", "zstd"),
+    (re.compile(rb"PK\x03\x04"), "a ZIP archive (an .xlsx or .ods workbook is one)", _UNZIP),
+    (re.compile(rb"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"), "an Excel 97-2003 workbook", _SHEET),
+)
+_PACKED_SUFFIXES: dict[str, tuple[str, str]] = {
+    ".gz": ("gzip-compressed", "gzip"),
+    ".bz2": ("bzip2-compressed", "bzip2"),
+    ".xz": ("xz-compressed", "xz"),
+    ".zst": ("zstd-compressed", "zstd"),
+    ".zip": ("a ZIP archive", _UNZIP),
+    ".xlsx": ("an Excel workbook", _SHEET),
+    ".xls": ("an Excel workbook", _SHEET),
+    ".ods": ("a spreadsheet", _SHEET),
+}
+
+
+def _packed(name: str, what: str, then: str, *, by_name: bool = False) -> FormatError:
+    """The refusal of a file that is ``what`` (by its start, or ``by_name``), saying
+    what to do ``then``: a tool's name, to decompress it with, or the advice itself."""
+    if " " not in then:  # a tool: the same import, decompressed on its way
+        source = "FILE" if name == STDIN_NAME else name
+        then = f"decompress it first: {then} -dc {source} | consent-ledger import --format csv -"
+    seems = ("looks" if what.endswith("compressed") else "looks like") if by_name else "is"
+    return FormatError(f"{name} {seems} {what}; {then}")
 
 
 def read_records(
@@ -1399,6 +1436,11 @@ def spool(path: Path | None, limit: int) -> IO[bytes]:
 
 
 def _text(raw: io.BufferedReader, name: str) -> TextIO:
+    head = raw.peek(UTF16_SAMPLE)[:UTF16_SAMPLE]
+    for magic, what, tool in _PACKED:
+        if magic.match(head):
+            raw.close()
+            raise _packed(name, what, tool)
     if raw.peek(2)[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
         raw.close()
         raise FormatError(

@@ -50,7 +50,9 @@ A file that cannot be read past a line, or that changes while its opt-outs are
 read, has its opt-outs before that line imported and no opt-in. What is added to a
 file while it is imported is not read, and the import exits 1 saying it changed.
 
-file formats (UTF-8 text; from the extension, .csv or .jsonl/.ndjson, or --format):
+file formats (UTF-8 text; from the extension, .csv or .jsonl/.ndjson, or --format;
+a compressed file or a workbook is refused, saying how to import it:
+gzip -dc export.csv.gz | consent-ledger import --format csv -):
   csv    a header row naming the fields below, one record a row; a quoted value
          may run over lines, and one whose quote does not close stops the import
          at its line (the records before it are imported). A header row further

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from array import array as numbers
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,77 @@ def test_the_format_comes_from_the_extension_unless_given():
     assert format_of(Path("x.txt"), "csv") == "csv"
     with pytest.raises(FormatError, match="--format"):
         format_of(Path("x.txt"), None)
+
+
+def _packed_exports() -> list[Any]:
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    def zipped(data: bytes) -> bytes:
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as archive:
+            archive.writestr("export.csv", data)
+        return out.getvalue()
+
+    xls = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504)  # an OLE2 file's header
+    zstd = b"\x28\xb5\x2f\xfd\x24\x05\x29\x00"  # a zstd frame's start
+    return [
+        pytest.param(gzip.compress, "gzip-compressed", "gzip -dc", id="gzip"),
+        pytest.param(bz2.compress, "bzip2-compressed", "bzip2 -dc", id="bzip2"),
+        pytest.param(lzma.compress, "xz-compressed", "xz -dc", id="xz"),
+        pytest.param(lambda data: zstd + data, "zstd-compressed", "zstd -dc", id="zstd"),
+        pytest.param(zipped, "a ZIP archive", "unzip it", id="zip"),
+        pytest.param(lambda data: xls, "an Excel 97-2003 workbook", "as CSV (UTF-8)", id="xls"),
+    ]
+
+
+@pytest.mark.parametrize(("pack", "what", "advice"), _packed_exports())
+def test_a_compressed_export_or_a_workbook_is_refused_whole_saying_what_to_do(
+    tmp_path, pack, what, advice
+):
+    """Read as text, such a file refused every line for bytes that are not UTF-8, none
+    saying why: it is refused as a file, named, with how to import it, read from a
+    file, from standard input's copy, and whatever its extension says."""
+    data = pack(b"type,phone\nopt_out,+14155552671\n")
+    path = tmp_path / "export.csv"
+    path.write_bytes(data)
+    with pytest.raises(
+        FormatError, match=rf"^export\.csv is {re.escape(what)}.*; .*{re.escape(advice)}"
+    ):
+        open_text(path)
+    copied = spool(path, 1 << 20)
+    with pytest.raises(FormatError, match=rf"is {re.escape(what)}.*; .*{re.escape(advice)}"):
+        open_spooled(copied, "standard input")
+    copied.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("export.csv.gz", "looks gzip-compressed; decompress it first: gzip -dc export.csv.gz |"),
+        ("export.jsonl.bz2", "looks bzip2-compressed; decompress it first: bzip2 -dc"),
+        ("export.xz", "looks xz-compressed"),
+        ("export.zst", "looks zstd-compressed"),
+        ("export.zip", "looks like a ZIP archive; unzip it"),
+        ("Contacts.XLSX", "looks like an Excel workbook; save the sheet as CSV"),
+        ("contacts.xls", "looks like an Excel workbook"),
+        ("contacts.ods", "looks like a spreadsheet"),
+    ],
+)
+def test_a_compressed_or_workbook_extension_says_so_where_the_format_is_asked(name, said):
+    with pytest.raises(FormatError, match=f"^{re.escape(name)} {re.escape(said)}"):
+        format_of(Path(name), None)
+
+
+def test_text_that_merely_begins_like_a_packed_file_is_read(tmp_path):
+    """Only the whole signature refuses: a header beginning "BZh" or "PK" is text."""
+    for header in ("BZh1,phone\n", "PK,phone\n"):
+        path = tmp_path / "x.csv"
+        path.write_text(header)
+        with open_text(path) as text:
+            assert text.read() == header
 
 
 def test_records_are_counted_for_the_progress_bar_without_a_trailing_newline(tmp_path):
