@@ -1436,17 +1436,17 @@ def spool(path: Path | None, limit: int) -> IO[bytes]:
 
 
 def _text(raw: io.BufferedReader, name: str) -> TextIO:
-    head = raw.peek(UTF16_SAMPLE)[:UTF16_SAMPLE]
+    head = raw.peek(UTF16_SAMPLE)[:UTF16_SAMPLE]  # a file's start, looked at once
     for magic, what, tool in _PACKED:
         if magic.match(head):
             raw.close()
             raise _packed(name, what, tool)
-    if raw.peek(2)[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+    if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
         raw.close()
         raise FormatError(
             f"{name} is UTF-16 text (it begins with UTF-16's byte-order mark); save it as UTF-8"
         )
-    order = _utf16_without_bom(raw.peek(UTF16_SAMPLE)[:UTF16_SAMPLE])
+    order = _utf16_without_bom(head)
     if order is not None:
         raw.close()
         raise FormatError(
