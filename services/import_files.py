@@ -178,25 +178,22 @@ def format_of(path: Path | None, given: str | None) -> str:
 _SHEET = "save the sheet as CSV (UTF-8) and import that"
 _UNZIP = "unzip it and import the CSV or JSON Lines file inside, or from a workbook " + _SHEET
 # A compressed file or a workbook read as text would refuse every line for bytes that
-# are not UTF-8, none saying why: each is known by its first bytes and refused whole.
-# (pattern of its start, what it is, the tool that decompresses it or what to do)
-_PACKED: tuple[tuple[re.Pattern[bytes], str, str], ...] = (
-    (re.compile(rb"\x1f\x8b"), "gzip-compressed", "gzip"),
-    (re.compile(rb"BZh[1-9]1AY&SY"), "bzip2-compressed", "bzip2"),
-    (re.compile(rb"\xfd7zXZ\x00"), "xz-compressed", "xz"),
-    (re.compile(rb"\x28\xb5\x2f\xfd"), "zstd-compressed", "zstd"),
-    (re.compile(rb"PK\x03\x04"), "a ZIP archive (an .xlsx or .ods workbook is one)", _UNZIP),
-    (re.compile(rb"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"), "an Excel 97-2003 workbook", _SHEET),
+# are not UTF-8, none saying why: each is known by its first bytes or its extension and
+# refused whole. (pattern of its start or None, its extensions, what it is, the tool
+# that decompresses it or what to do)
+_PACKED: tuple[tuple[re.Pattern[bytes] | None, tuple[str, ...], str, str], ...] = (
+    (re.compile(rb"\x1f\x8b"), (".gz",), "gzip-compressed", "gzip"),
+    (re.compile(rb"BZh[1-9]1AY&SY"), (".bz2",), "bzip2-compressed", "bzip2"),
+    (re.compile(rb"\xfd7zXZ\x00"), (".xz",), "xz-compressed", "xz"),
+    (re.compile(rb"\x28\xb5\x2f\xfd"), (".zst",), "zstd-compressed", "zstd"),
+    (re.compile(rb"PK\x03\x04"), (), "a ZIP archive (an .xlsx or .ods workbook is one)", _UNZIP),
+    (re.compile(rb"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"), (), "an Excel 97-2003 workbook", _SHEET),
+    (None, (".zip",), "a ZIP archive", _UNZIP),
+    (None, (".xlsx", ".xls"), "an Excel workbook", _SHEET),
+    (None, (".ods",), "a spreadsheet", _SHEET),
 )
-_PACKED_SUFFIXES: dict[str, tuple[str, str]] = {
-    ".gz": ("gzip-compressed", "gzip"),
-    ".bz2": ("bzip2-compressed", "bzip2"),
-    ".xz": ("xz-compressed", "xz"),
-    ".zst": ("zstd-compressed", "zstd"),
-    ".zip": ("a ZIP archive", _UNZIP),
-    ".xlsx": ("an Excel workbook", _SHEET),
-    ".xls": ("an Excel workbook", _SHEET),
-    ".ods": ("a spreadsheet", _SHEET),
+_PACKED_SUFFIXES = {
+    suffix: (what, then) for _, suffixes, what, then in _PACKED for suffix in suffixes
 }
 
 
@@ -1437,8 +1434,8 @@ def spool(path: Path | None, limit: int) -> IO[bytes]:
 
 def _text(raw: io.BufferedReader, name: str) -> TextIO:
     head = raw.peek(UTF16_SAMPLE)[:UTF16_SAMPLE]  # a file's start, looked at once
-    for magic, what, tool in _PACKED:
-        if magic.match(head):
+    for magic, _, what, tool in _PACKED:
+        if magic is not None and magic.match(head):
             raw.close()
             raise _packed(name, what, tool)
     if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
