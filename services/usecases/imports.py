@@ -73,11 +73,13 @@ from ledger.events import (
 )
 from ledger.phone import forms_stored_before, to_e164
 from ledger.ports import (
+    TOO_LARGE,
     AppendTurn,
     Applied,
     CampaignReads,
     ConsentView,
     ConsistencyToken,
+    EventTooLarge,
     LedgerUnavailable,
     RequestClaim,
     RequestUse,
@@ -92,7 +94,7 @@ from services.errors import (
     StoreUnavailable,
 )
 from services.usecases.context import BEHIND, Context
-from services.usecases.requests import appended_again, brand_of, stored_before
+from services.usecases.requests import appended_again, brand_of, stored_before, unwritten
 from services.usecases.writes import (
     note_stated_ahead,
     opt_outs_placed_since,
@@ -493,9 +495,12 @@ class Imports:
         rest = new[len(first) :]
         appended: list[Recorded] = []
         first_appended = False
+        unfit = 0  # records the ledger refused as too large
         try:
             await note_stated_ahead(self.ctx, [e for p in first for e in p.events])
-            appended += await self._append(first)
+            recorded, refused = await self._append_fitting(first, result, claimed)
+            appended += recorded
+            unfit += refused
             first_appended = True
             # Sent again and appended now: its number's opt-ins may follow.
             for key in _denied_phones(first):
@@ -525,7 +530,9 @@ class Imports:
                 taken = await self._turns(rest, result)
                 imported -= len(rest) - len(taken)
                 rest = taken
-                appended += await self._append(rest)
+                recorded, refused = await self._append_fitting(rest, result, claimed)
+                appended += recorded
+                unfit += refused
         except BaseException as exc:
             # Not appended after all: a repeat of these records in a chunk still to
             # come must be appended, not counted as present; and another import
@@ -548,7 +555,8 @@ class Imports:
             # The opt-outs and holds went: only the opt-ins are to be sent again.
             log.warning("import: %d opt-ins not imported: %s", len(rest), exc)
             result.refusals += (_not_now(p.item, str(exc)) for p in rest)
-            result.imported, result.held = imported - len(rest), _records(held)
+            result.imported = imported - len(rest) - unfit
+            result.held += _records(held)
             result.token = result.token.merge(ConsistencyToken.after(appended))
             result.token = result.token.merge(await self._resolve_covered(appended))
             result.refusals.sort(key=lambda r: r.index)
@@ -557,7 +565,8 @@ class Imports:
         # Should the store not hear it, the turns run out and the next to ask finds
         # the facts applied by then (``_turns`` looks again after a wait).
         await _quietly(self.ctx.view.end_append_turns(claimed.keys, self._holder, appended=True))
-        result.imported, result.held = imported, _records(held)
+        result.imported = imported - unfit
+        result.held += _records(held)
         claimed.token = ConsistencyToken.after(appended)
         result.token = result.token.merge(claimed.token)  # and the records found present
         result.token = result.token.merge(await self._resolve_covered(appended))
@@ -578,16 +587,107 @@ class Imports:
             log.warning("import: a live hold its opt-outs cover was left for review: %s", exc)
             return ConsistencyToken({})
 
-    async def _append(self, planned: Sequence[_Planned]) -> list[Recorded]:
+    async def _append_fitting(
+        self,
+        planned: Sequence[_Planned],
+        result: ChunkResult,
+        claimed: _Claimed,
+        *,
+        after_a_try: bool = False,
+    ) -> tuple[list[Recorded], int]:
+        """``_append`` of ``planned``, and how many records the ledger refused as too
+        large (a topic's ``max.message.bytes`` below their facts): each is refused on
+        its own in ``result``, as its single write is (``request``: ``TOO_LARGE``), an
+        opt-out held for review, and the others are appended. Before, the refusal
+        ended the whole stream, naming no record, and every run of the import ended
+        there again. The opt-outs and holds still go before the opt-ins, the holds of
+        the opt-outs refused among them; once a try may have written some, each
+        append after it appends only what is not stored (``after_a_try``)."""
+        try:
+            return await self._append(planned, after_a_try=after_a_try), 0
+        except EventTooLarge as exc:
+            events = [e for p in planned for e in p.events]
+            named = {events[i].event_id for i in exc.places}
+            if len(planned) == 1 and unwritten(exc, events):
+                named = {e.event_id for e in events}
+            failure = exc
+        held_before = {r.index for r in result.refusals}
+        recorded: list[Recorded] = []
+        refused = 0
+        for group in ([p for p in planned if _denies(p)], [p for p in planned if not _denies(p)]):
+            too_large: list[_Planned] = []
+            if named:  # the ledger named them, and sent none of that try
+                too_large = [p for p in group if any(e.event_id in named for e in p.events)]
+                # A hold (its record refused already) is far below any limit.
+                if any(p.item.index in held_before for p in too_large):
+                    raise failure
+                fits = [p for p in group if not any(p is t for t in too_large)]
+                got, n = await self._append_fitting(fits, result, claimed, after_a_try=True)
+                recorded, refused = recorded + got, refused + n
+            else:  # refused as it came, perhaps after writing others: one at a time
+                for p in group:
+                    try:
+                        recorded += await self._append([p], after_a_try=True)
+                    except EventTooLarge as exc:
+                        if p.item.index in held_before or not unwritten(exc, p.events):
+                            raise
+                        too_large.append(p)
+            recorded += await self._refuse_too_large(too_large, result, claimed)
+            refused += len(too_large)
+        return recorded, refused
+
+    async def _refuse_too_large(
+        self, too_large: Sequence[_Planned], result: ChunkResult, claimed: _Claimed
+    ) -> list[Recorded]:
+        """Refuse ``too_large``, none of whose facts were written, in ``result``: their
+        import ids and turns given up (kept, the record corrected under its id was
+        refused as a reuse for good), the opt-outs held for review and the holds
+        appended. Returns the holds as recorded."""
+        if not too_large:
+            return []
+        keys = _keys(too_large)
+        claimed.keys = [k for k in claimed.keys if k not in set(keys)]
+        for key in keys:
+            self._unapplied.pop(key, None)
+        for p in too_large:
+            first = p.events[0]
+            ids = [str(e.event_id) for e in p.events]
+            request = (first.request_id, first.request_fingerprint, ids)
+            await self.ctx.view.release_claims(brand_of(first), request, [])
+        await _quietly(self.ctx.view.end_append_turns(keys, self._holder, appended=False))
+        found = ChunkResult(
+            refusals=[
+                _refusal(p.item, Code.INVALID_ARGUMENT, InvalidRequest("request", TOO_LARGE))
+                for p in too_large
+            ]
+        )
+        holds = await self._held([p.item for p in too_large], found, dry_run=False)
+        try:
+            recorded = await self._append(holds)
+        except BaseException:
+            await _quietly(
+                self.ctx.view.end_append_turns(_keys(holds), self._holder, appended=False)
+            )
+            raise
+        await _quietly(self.ctx.view.end_append_turns(_keys(holds), self._holder, appended=True))
+        result.refusals += found.refusals
+        result.held += _records(holds)
+        result.token = result.token.merge(found.token)
+        return recorded
+
+    async def _append(
+        self, planned: Sequence[_Planned], *, after_a_try: bool = False
+    ) -> list[Recorded]:
         """Append ``planned``'s facts, tried again after a passing failure, and nothing
         after them until all are. A try cut short (acknowledged late) may have written
         some, or write them still: each try after the first appends only those not
         stored (``stored_before``), and fails again, to be tried again or answered
-        ``UNAVAILABLE``, while that cannot be told."""
+        ``UNAVAILABLE``, while that cannot be told. ``after_a_try``: an append of them
+        before this one may have written some, so the first try is such a try too."""
         if not planned:
             return []
         events = [e for p in planned for e in p.events]
-        tries = 0
+        tries = 1 if after_a_try else 0
 
         async def append() -> list[Recorded]:
             nonlocal tries
@@ -600,7 +700,12 @@ class Imports:
                 raise LedgerUnavailable(
                     "which events an earlier try appended is not known yet"
                 ) from exc
-            return await appended_again(self.ctx, events, stored)
+            try:
+                return await appended_again(self.ctx, events, stored)
+            except EventTooLarge as exc:
+                # Named among those appended again: named among ``events`` instead.
+                again = [i for i, e in enumerate(events) if str(e.event_id) not in stored]
+                raise EventTooLarge(str(exc), [again[i] for i in exc.places]) from exc
 
         return await self._retried(append, "append")
 
