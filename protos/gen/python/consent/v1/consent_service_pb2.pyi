@@ -2917,7 +2917,12 @@ class ImportConsentsRequest(_message.Message):
     """
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportRecord]:
-        """At most 1,000 records."""
+        """At most 1,000 records, in a message of at most 512 KiB (the server's request
+        limit): opt-ins with long proof reach it well before 1,000. A larger message
+        ends the stream RESOURCE_EXHAUSTED, its records unread, and the answers of the
+        messages before it that were not yet sent are lost (their records may be
+        recorded: run the import again, and those are found present).
+        """
 
     def __init__(
         self,
