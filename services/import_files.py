@@ -250,6 +250,7 @@ def _csv(
         columns: list[str] = next((row for row in rows if any(v.strip() for v in row)), [])
     except csv.Error as exc:
         raise FormatError(f"line {rows.line_num}: {exc}; the header cannot be read") from None
+    _check_separator(columns)
     if mapping:
         mapping = mapping.fitted(columns, "the header")
     _check_columns(mapping.renamed(columns) if mapping else columns, mapped=bool(mapping))
@@ -339,6 +340,28 @@ def _said_before_the_break(columns: list[str], line: str) -> dict[str, str]:
 
 
 STOPPED = "; nothing from this line on was read"
+
+
+SEPARATORS = {";": ("semicolons", ";"), "\t": ("tabs", "\\t"), "|": ("bars", "|")}
+"""Other separators a spreadsheet or a platform writes a CSV export with."""
+
+
+def _check_separator(columns: list[str]) -> None:
+    """Refuse a header that reads as one column of fields joined by another
+    separator: each of its names was told as one unknown column (or one a mapping
+    could not find), which did not say that only commas separate values here."""
+    if len(columns) != 1:
+        return
+    header = columns[0] if len(columns[0]) <= 80 else columns[0][:77] + "..."
+    for mark, (name, written) in SEPARATORS.items():
+        if mark in columns[0]:
+            raise FormatError(
+                f"the header is one column, {header!r}: its values are separated by "
+                f"{name}, and a CSV export's by commas; convert it, for example with "
+                f"python3 -c 'import csv, sys; csv.writer(sys.stdout).writerows("
+                f'csv.reader(sys.stdin, delimiter="{written}"))\' < export.csv | '
+                "consent-ledger import --format csv -"
+            )
 
 
 def _check_columns(

@@ -53,11 +53,13 @@ file while it is imported is not read, and the import exits 1 saying it changed.
 file formats (UTF-8 text; from the extension, .csv or .jsonl/.ndjson, or --format;
 a compressed file or a workbook is refused, saying how to import it:
 gzip -dc export.csv.gz | consent-ledger import --format csv -):
-  csv    a header row naming the fields below, one record a row; a quoted value
-         may run over lines, and one whose quote does not close stops the import
-         at its line (the records before it are imported). A header row further
-         down (exports joined with cat) is refused as a line of its own, and the
-         rows after it are read under its columns
+  csv    a header row naming the fields below, one record a row, its values
+         separated by commas (a file separated by semicolons or tabs is refused,
+         saying how to convert it); a quoted value may run over lines, and one
+         whose quote does not close stops the import at its line (the records
+         before it are imported). A header row further down (exports joined
+         with cat) is refused as a line of its own, and the rows after it are
+         read under its columns
   jsonl  one JSON object a line, with the same fields; the proof may be nested
          as "proof": {"name": ..., ...}. An object written over several lines
          (pretty-printed: jq without -c) stops the import at its first line

@@ -202,6 +202,22 @@ def test_an_unknown_column_refuses_the_file():
         read("type,phone,colour\nopt_in,+1,red\n", "csv")
 
 
+@pytest.mark.parametrize(
+    ("mark", "named", "written"), [(";", "semicolons", ";"), ("\t", "tabs", "\\t")]
+)
+def test_a_header_separated_otherwise_than_by_commas_is_refused_saying_so(mark, named, written):
+    """A semicolon- or tab-separated export (as a spreadsheet in many locales
+    writes) was refused as one unknown column, 'type;import_id;phone', which did not
+    say why; now the refusal names the separator and how to convert the file."""
+    header = mark.join(["type", "import_id", "phone", "brand"])
+    with pytest.raises(FormatError) as refused:
+        read(f"{header}\nopt_out{mark}s-1{mark}+14155550100{mark}acme\n", "csv")
+
+    said = str(refused.value)
+    assert f"separated by {named}" in said and "unknown column" not in said, said
+    assert f'delimiter="{written}"' in said, said
+
+
 def test_the_format_comes_from_the_extension_unless_given():
     assert format_of(Path("x.CSV"), None) == "csv"
     assert format_of(Path("x.ndjson"), None) == "jsonl"

@@ -703,3 +703,13 @@ def test_a_mapped_column_s_cell_of_spaces_is_read_as_empty_not_as_a_value():
         read(THEIRS.replace("pending", cell, 1), "csv", mapping())[2] for cell in ("", "   ")
     )
     assert isinstance(spaces, Unreadable) and spaces.reason == blank.reason, (blank, spaces)  # type: ignore[union-attr]
+
+
+def test_a_mapped_header_separated_by_semicolons_is_refused_saying_so():
+    """Under a mapping, a semicolon-separated export was refused as a header with
+    no column 'Phone Number', its one column 'Phone Number;Status;...': the
+    separator, not the mapping, is what is wrong, and now the refusal says so."""
+    header = THEIRS.splitlines()[0].replace(",", ";")
+
+    with pytest.raises(FormatError, match="separated by semicolons"):
+        read(header + "\n", "csv", mapping())
