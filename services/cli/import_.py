@@ -95,7 +95,9 @@ connection:
   --address, or CONSENT_ADDRESS, else 127.0.0.1:50051. The token (the write scope,
   for every brand in the file): --token-file, else CONSENT_TOKEN, else
   var/data/dev-token (what `make run` writes). Plaintext unless --cacert is given
-  (TLS), with --cert and --key for mutual TLS.
+  (TLS), with --cert and --key for mutual TLS. --timeout bounds each of the
+  import's two calls (its opt-outs', its opt-ins'): one that runs longer stops
+  there, saying so (exit 1); run it again with a longer --timeout.
 
 output:
   a progress bar on standard error (records acknowledged by the service, their
@@ -763,6 +765,7 @@ def _run(args: argparse.Namespace) -> int:
             raise
 
     started = time.monotonic()
+    call_started = started  # of the call under way
     interrupt = StopAfter()
     code = 0
     answers: Any = None
@@ -780,6 +783,7 @@ def _run(args: argparse.Namespace) -> int:
             parts: tuple[bool | None, ...] = (None,) if args.dry_run else (False, True)
             for opt_ins in parts:
                 offset = sent  # the service counts a call's records from 0
+                call_started = time.monotonic()
                 answers = api_grpc.ConsentServiceStub(channel).ImportConsents(
                     requests(opt_ins),
                     metadata=[("authorization", f"Bearer {token}")],
@@ -906,6 +910,15 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{name}: {shown}: {failure[0]}", file=sys.stderr)
         else:
             print(f"{name}: {client.refusal(exc)}", file=sys.stderr)
+            if _ran_out(time.monotonic() - call_started, args.timeout):
+                # Its end reads DEADLINE_EXCEEDED, or the service's answer just before
+                # ("a longer deadline"): neither names the option that set it.
+                print(
+                    f"{name}: the call ran for --timeout ({args.timeout:g} s, each of its "
+                    "calls, the opt-outs' and the opt-ins'): give a longer --timeout for "
+                    "a file this large",
+                    file=sys.stderr,
+                )
         if args.dry_run:
             print(
                 f"{name}: the dry run stopped after {answered:,} records checked; nothing "
@@ -983,6 +996,14 @@ def _run(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return code or (1 if summary.refused else 0)
+
+
+def _ran_out(elapsed: float, timeout: float) -> bool:
+    """Whether a call that failed after ``elapsed`` seconds ran into its deadline of
+    ``timeout``: the service answers a chunk it cannot finish in time a little before
+    it (at most half a second, ``services.grpc_api.deadlines``), and the answer
+    takes a moment to come."""
+    return elapsed >= timeout - min(1.0, 0.2 * timeout)
 
 
 def _terminal(out: TextIO) -> bool:

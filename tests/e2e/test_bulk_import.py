@@ -2813,3 +2813,35 @@ async def test_an_import_recorded_before_numbers_were_fingerprinted_in_e164_is_p
         assert "import_id" not in again, again
         assert "held for review: 2" in again, again
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+async def test_an_import_that_runs_past_its_timeout_says_so(service, tmp_path, monkeypatch):
+    """An import longer than --timeout (an hour by default: a large export on a
+    loaded machine) ended with "DEADLINE_EXCEEDED: Stream removed", or the service's
+    answer just before it ("run the import again (with a longer deadline)"), and no
+    word of --timeout, the option that sets the deadline. Now it names it."""
+    runtime, when = service
+    ledger = runtime.ledger
+    assert ledger is not None
+    template = export_rows(when)[1]
+    rows = [
+        {**template, "import_id": f"slow-{i}", "phone": f"+1646{5_600_000 + i:07d}"}
+        for i in range(4_000)
+    ]
+    export = write_csv(tmp_path / "slow.csv", rows)
+    append, one_at_a_time = ledger.append, asyncio.Lock()
+
+    async def slowly(events):  # a message a second, one at a time: four take past 2.5 s
+        async with one_at_a_time:
+            await asyncio.sleep(1)
+            return await append(events)
+
+    monkeypatch.setattr(ledger, "append", slowly)
+    code, out, err = await import_cli(
+        str(export), "--address", runtime.address, "--timeout", "2.5",
+        token=TOKENS["acme-app"][0],
+    )  # fmt: skip
+
+    assert code == 1, out + err
+    assert "the call ran for --timeout (2.5 s" in err, err
+    assert "give a longer --timeout" in err and "Traceback" not in err, err
