@@ -48,14 +48,23 @@ def add_connection_options(parser: argparse.ArgumentParser, timeout: int) -> Non
 
 
 def token(args: argparse.Namespace) -> str | None:
-    """The bearer token: ``--token-file``, else $CONSENT_TOKEN, else the dev token."""
+    """The bearer token: ``--token-file``, else $CONSENT_TOKEN, else the dev token.
+    A file holding none is refused (``ValueError``): sent as it is, the service's
+    answer, "expected 'Bearer <token>'", did not say that the file was empty."""
     if args.token_file is not None:
-        return str(args.token_file.read_text()).strip()
+        return _held(args.token_file, f"--token-file {args.token_file}")
     if os.environ.get("CONSENT_TOKEN"):
         return os.environ["CONSENT_TOKEN"].strip()
     if DEV_TOKEN.exists():
-        return DEV_TOKEN.read_text().strip()
+        return _held(DEV_TOKEN, str(DEV_TOKEN))
     return None
+
+
+def _held(path: Path, named: str) -> str:
+    found = path.read_text().strip()
+    if not found:
+        raise ValueError(f"{named} is empty: it holds no token")
+    return found
 
 
 def address(args: argparse.Namespace) -> str:

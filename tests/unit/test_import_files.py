@@ -909,3 +909,21 @@ async def test_an_import_id_of_spaces_is_told_as_spaces_not_as_missing():
         "import_id",
         "holds only spaces: give the record's id, or leave it empty for one derived from it",
     )
+
+
+def test_an_import_whose_token_file_is_empty_stops_saying_so(tmp_path, capsys):
+    """An empty token file (a secret mounted before it was written) was sent as
+    "Bearer ", and the service's "UNAUTHENTICATED: expected 'Bearer <token>'" did not
+    say the file held none; now the command stops before sending (exit 2), saying so."""
+    from services.cli import main as cli
+
+    export = tmp_path / "export.csv"
+    export.write_text(CSV)
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+
+    code = cli.main(["import", str(export), "--token-file", str(empty), "--address", "127.0.0.1:9"])
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"--token-file {empty} is empty: it holds no token" in err, err
