@@ -468,6 +468,14 @@ def _built(given: Dict[str, Any], fields: tuple[str, ...], belongs: dict[str, st
                 raise MappingError(
                     f"{option} {name}: {base} is a field of {belongs[base]} records only"
                 )
+    typed_values = [n for n in values if TYPED in n]
+    if typed_values:
+        # Its table would never be looked up: refused as mapping a column the header
+        # lacks, which named the column the export has.
+        raise MappingError(
+            f"--value {typed_values[0]}:...: --value maps the values of a field in every "
+            "record (FIELD:THEIRS=OURS), not those of one record type's column"
+        )
     for what, names in (("--column", columns), ("--value", values), ("--set", constants)):
         unknown = [n for n in names if n.partition(TYPED)[0] not in fields]
         read_as = [f for f, h in columns.items() if unknown and loosely(h) == loosely(unknown[0])]

@@ -713,3 +713,19 @@ def test_a_mapped_header_separated_by_semicolons_is_refused_saying_so():
 
     with pytest.raises(FormatError, match="separated by semicolons"):
         read(header + "\n", "csv", mapping())
+
+
+def test_a_value_mapping_of_one_record_types_column_is_refused_as_such():
+    """``--value occurred_at@opt_out:N/A=`` was refused as mapping a column "the
+    header has no column for", beside ``--column occurred_at@opt_out="Opted Out
+    At"`` and a header holding that column: the form, not the header, is what
+    cannot be used, and the refusal now says so."""
+    header = ["Phone Number", "Opted In At", "Opted Out At"]
+
+    with pytest.raises(MappingError, match="not those of one record type's column"):
+        from_parts(
+            columns=["phone=Phone Number", "occurred_at@opt_in=Opted In At",
+                     "occurred_at@opt_out=Opted Out At"],
+            values=["occurred_at@opt_out:N/A="],
+            fields=FIELDS, belongs=BELONGS, subscriber_rows=True,
+        ).fitted(header, "the header")  # fmt: skip
