@@ -101,9 +101,9 @@ connection:
 
 output:
   a progress bar on standard error (records acknowledged by the service, their
-  rate, the time left), drawn in place on a terminal, else (a log) a plain line
-  every 5 s and one at the end, none with --quiet; then the summary on standard
-  output:
+  rate, the time left), drawn in place on a terminal of a known width, else (a
+  log) a plain line every 5 s and one at the end, none with --quiet; then the
+  summary on standard output:
     imported 9,993 of 10,000 records from export.csv in 1.4 s (7,138 records/s)
       already present: 0
       refused: 7
@@ -1007,9 +1007,12 @@ def _ran_out(elapsed: float, timeout: float) -> bool:
 
 
 def _terminal(out: TextIO) -> bool:
+    """Whether ``out`` is a terminal the bar can be drawn on. One that gives no width
+    (0 columns: ``ssh -tt`` from a script, some container runtimes' ``-t``) is not:
+    the bar, fitted to no width, drew nothing at all there."""
     try:
-        return out.isatty()
-    except (AttributeError, ValueError):  # replaced, or closed
+        return out.isatty() and os.get_terminal_size(out.fileno()).columns > 0
+    except (AttributeError, ValueError, OSError):  # replaced, or closed
         return False
 
 

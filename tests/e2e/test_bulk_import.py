@@ -1333,7 +1333,8 @@ async def test_the_progress_is_drawn_in_place_on_a_terminal_and_in_plain_lines_i
     """The bar was drawn with carriage returns and block glyphs wherever standard
     error went, so that a log of the import (a pipe, a file) held "\r  0%|  | 0/12
     [...]\r100%|█████| 12/12 [...]". On a terminal it is still drawn in place; in a
-    log it is plain lines, each whole; --quiet leaves it out."""
+    log it is plain lines, each whole, as on a terminal of no width, where the bar
+    drew nothing; --quiet leaves it out."""
     runtime, when = service
     export = write_csv(tmp_path / "log.csv", export_rows(when)[:12])
     argv = (sys.executable, "-m", "services.cli", "import", str(export), "--dry-run",
@@ -1366,6 +1367,15 @@ async def test_the_progress_is_drawn_in_place_on_a_terminal_and_in_plain_lines_i
         os.close(follower)
     drawn = await asyncio.to_thread(read_terminal, leader)
     assert "\r" in drawn and "| 12/12 [" in drawn, repr(drawn)
+    # A terminal of no width (ssh -tt from a script): the bar drew nothing there.
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+    try:
+        await run(stderr=follower)
+    finally:
+        os.close(follower)
+    narrow = await asyncio.to_thread(read_terminal, leader)
+    assert "12 of 12 records" in narrow, repr(narrow)
 
     assert await run("--quiet", stderr=asyncio.subprocess.PIPE) == ""
 
