@@ -129,7 +129,8 @@ output:
   importing again; import_id_derived true is an id derived from the record, which
   gave none (a run again derives the same); held_for_review true is an opt-out
   held all the same (in a dry run: would be), whose number CanSend denies for the
-  brand until someone resolves it.
+  brand until someone resolves it. --refusals - writes them to standard output
+  (to pipe to jq, say) and the summary to standard error.
 
 mapping an export (another platform's names):
   --column FIELD=HEADER reads a field from the export's column HEADER (in JSON Lines,
@@ -268,7 +269,10 @@ def add_parser(sub: Any, command: Any) -> None:
         "write nothing",
     )
     parser.add_argument(
-        "--refusals", type=Path, metavar="FILE", help="write each refused record here (JSONL)"
+        "--refusals",
+        metavar="FILE",
+        help="write each refused record here (JSONL); - for standard output, the summary "
+        "then going to standard error (./- names a file '-')",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     mapping = parser.add_argument_group("another platform's names (see 'mapping an export' below)")
@@ -425,8 +429,9 @@ class _Refusals:
     the writing, not the import: the records' fate does not hang on the report of
     them, and ``error`` says it is incomplete (the command exits 1)."""
 
-    def __init__(self, out: TextIO | None) -> None:
+    def __init__(self, out: TextIO | None, owned: bool = True) -> None:
         self.out = out
+        self.owned = owned  # not standard output, which is flushed only
         self.error: OSError | None = None
 
     def write(
@@ -469,7 +474,10 @@ class _Refusals:
     def close(self) -> None:
         if self.out is not None:
             try:
-                self.out.close()
+                if self.owned:
+                    self.out.close()
+                else:
+                    self.out.flush()
             except OSError as exc:
                 self._failed(exc)
 
@@ -508,8 +516,11 @@ def _run(args: argparse.Namespace) -> int:
     shown = import_files.STDIN_NAME if path is None else args.file
     spooled: IO[bytes] | None = None
     reader: Iterator[Any] = iter(())
+    # "-" is standard output, to be piped; the summary goes to standard error then.
+    refusals_piped = args.refusals == "-"
+    refusals_path = None if args.refusals is None or refusals_piped else Path(args.refusals)
     try:
-        if args.refusals is not None and _same_file(args.refusals, path):
+        if refusals_path is not None and _same_file(refusals_path, path):
             # Opened for writing, it would be emptied under the reader: the export lost,
             # and only what was read before counted as the whole file.
             raise ValueError(f"--refusals {args.refusals} is the file to import; name another")
@@ -563,7 +574,9 @@ def _run(args: argparse.Namespace) -> int:
         records = itertools.chain(peeked, _raising(stopped) if stopped else reader)
         token = client.token(args)
         channel = client.channel(args, client.address(args))
-        refusals_out = args.refusals.open("w") if args.refusals is not None else None
+        refusals_out: TextIO | None = sys.stdout if refusals_piped else None
+        if refusals_path is not None:
+            refusals_out = refusals_path.open("w")
     except (OSError, ValueError) as exc:
         _close(reader, spooled)
         print(f"{name}: {exc}", file=sys.stderr)
@@ -573,7 +586,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{name}: no token: give --token-file or set CONSENT_TOKEN", file=sys.stderr)
         return 2
     summary = Summary(in_file=total, rows=rows)
-    refusals = _Refusals(refusals_out)
+    refusals = _Refusals(refusals_out, owned=not refusals_piped)
     # Of the first REMEMBERED records sent, by their index in the import:
     lines = array("q")  # the line each starts on
     contents = array("q")  # a hash of its bytes
@@ -984,18 +997,26 @@ def _run(args: argparse.Namespace) -> int:
     summary.unanswered = sent - answered
     seconds = time.monotonic() - started
     source = import_files.STDIN_NAME if path is None else path.name
+    summary_out = sys.stderr if refusals_piped else sys.stdout
     try:
         for out_line in summary.lines(source, seconds, args.dry_run):
-            print(out_line)
-        if sys.stdout is not None:  # None: started with it closed
-            sys.stdout.flush()
+            print(out_line, file=summary_out)
+        if summary_out is not None:  # None: started with it closed
+            summary_out.flush()
     except OSError as exc:  # a reader gone (| head), a disk full: the import stands
         print(f"{name}: could not write the summary: {exc}", file=sys.stderr)
-        # What is left in the buffer would fail again at exit, which Python reports
-        # with a status of its own (120).
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
+    if refusals_piped and refusals.error is not None:
+        _drop_stdout()
     return code or (1 if summary.refused else 0)
+
+
+def _drop_stdout() -> None:
+    """Standard output sent nowhere from now on, once a write to it failed: what is
+    left in its buffer would fail again at exit, which Python reports with a status
+    of its own (120)."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _ran_out(elapsed: float, timeout: float) -> bool:

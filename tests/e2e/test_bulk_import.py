@@ -354,6 +354,35 @@ async def test_a_dry_run_checks_every_record_and_writes_nothing(unsent, tmp_path
     assert reasons[phone(1)] == "REASON_NO_CONSENT"
 
 
+async def test_refusals_to_standard_output_leave_the_summary_on_standard_error(
+    unsent, tmp_path, monkeypatch
+):
+    """``--refusals -`` pipes the refused records (to jq, say) and says the summary on
+    standard error; it used to write them to a file named ``-``, which ``./-`` names."""
+    runtime, when = unsent
+    export = write_csv(tmp_path / "export.csv", export_rows(when))
+    monkeypatch.chdir(tmp_path)
+    acme = TOKENS["acme-app"][0]
+
+    code, out, err = await import_cli(
+        str(export), "--dry-run", "--address", runtime.address, "--refusals", "-", token=acme
+    )
+
+    assert code == 1, err
+    refused = [json.loads(line) for line in out.splitlines()]
+    assert {r["import_id"] for r in refused} == {
+        "bad-phone", "no-ip", "no-campaign", "globex", "bad-time",
+    }  # fmt: skip
+    assert "refused: 5" in err and "dry run: nothing was written" in err, err
+    assert not (tmp_path / "-").exists()
+
+    code, out, err = await import_cli(
+        str(export), "--dry-run", "--address", runtime.address, "--refusals", "./-", token=acme
+    )
+    assert code == 1, err
+    assert "refused: 5" in out and len((tmp_path / "-").read_text().splitlines()) == 5, out
+
+
 async def test_a_refused_record_without_an_import_id_is_named_by_the_id_derived_for_it(
     service, tmp_path
 ):
