@@ -979,7 +979,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         """Every plain write: authorize for the request's brand (``_writer``), translate,
         record, and answer with the ``response`` type's event ids and token."""
         principal = self._writer(context, scope, request.brand, any_brand=any_brand)
-        command = api.command_from_proto(request)
+        command = api.command_from_proto(request, self.usecases.writes.ctx.clock())
         assert not isinstance(command, HandleInboundMessage)
         budget = write_budget(context, self.write_timeout)
         written = await within(
@@ -1135,7 +1135,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self, request: api_pb2.RecordMessagesSentRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.RecordMessagesSentResponse:
         principal = self._writer(context, Scope.WRITE, request.brand)
-        command = api.command_from_proto(request)
+        command = api.command_from_proto(request, self.usecases.sends.ctx.clock())
         assert isinstance(command, RecordMessagesSent)
         budget = write_budget(context, self.write_timeout)
         written = await within(

@@ -367,13 +367,18 @@ _COMMANDS: dict[type[Message], Callable[[Any, Violations], Command | HandleInbou
 }
 
 
-def command_from_proto(request: Message) -> Command | HandleInboundMessage:
+def command_from_proto(
+    request: Message, now: datetime | None = None
+) -> Command | HandleInboundMessage:
     """The domain request for a write request message.
 
     Raises ``InvalidRequest`` naming the proto field when a required message or
     timestamp is missing or out of range or an enum is unset or unknown, and then
     names every other field the domain would refuse as well (one answer lists
     every bad field); ``TypeError`` for a message that is not a write request.
+    ``now``, the service's time, lets those include a time too far ahead: without
+    it a message stamped days ahead beside one with its time unset was named only
+    on the next try.
     """
     build = _COMMANDS.get(type(request))
     if build is None:
@@ -381,9 +386,9 @@ def command_from_proto(request: Message) -> Command | HandleInboundMessage:
     found = Violations()
     command = build(request, found)
     if found:  # what could not be read is None, and left out of these checks
-        check_fields(vars(command), None, found)
+        check_fields(vars(command), now, found)
         if isinstance(command, RecordMessagesSent):
-            check_sent_messages(command, None, found)
+            check_sent_messages(command, now, found)
         found.raise_if_any()
     return command
 

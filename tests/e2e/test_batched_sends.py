@@ -370,6 +370,33 @@ async def test_a_bad_message_refuses_the_whole_call_naming_it_and_writes_nothing
         assert await ledger_size(runtime) == size
 
 
+async def test_a_time_days_ahead_is_named_beside_a_field_that_cannot_be_read(service):
+    """A message stamped days ahead was named only when every other message could be
+    read: beside one with its time unset (or an unknown kind) the refusal named that
+    one alone, and the caller learned of the other on its next try. Every bad field
+    is named at once, in a batch and alone, and nothing is written."""
+    runtime, when = service
+    ahead = ts(when + timedelta(days=3))
+    async with client(runtime.address, "acme-app") as c:
+        size = await ledger_size(runtime)
+        messages = [message(i, when) for i in range(3)]
+        messages[1].ClearField("occurred_at")
+        messages[2].occurred_at.CopyFrom(ahead)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordMessagesSent(call("batch-unread-and-ahead", messages))
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        named = dict(status_details(err.value))
+        assert set(named) == {"messages[1].occurred_at", "messages[2].occurred_at"}, named
+        assert "in the future" in named["messages[2].occurred_at"]
+        single = alone("single-unread-and-ahead", message(3, when, occurred_at=ahead))
+        single.kind = 77
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.RecordMessageSent(single)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert {f for f, _ in status_details(err.value)} == {"kind", "occurred_at"}
+        assert await ledger_size(runtime) == size
+
+
 async def test_evidence_that_names_no_event_is_refused_by_field_and_writes_nothing(service):
     """A relied-on answer's evidence ids were kept as sent: a NUL, a right-to-left
     override or a word was written into the ledger for good, as the answer the sender
