@@ -397,6 +397,57 @@ async def test_a_time_days_ahead_is_named_beside_a_field_that_cannot_be_read(ser
         assert await ledger_size(runtime) == size
 
 
+async def test_a_number_s_packet_of_many_sends_leaves_other_calls_answered(service):
+    """A proof packet judges each send of the number against those before it, which
+    for a few hundred sends in a day takes seconds of CPU: it was assembled on the
+    event loop, and every other call of the instance (another brand's CanSend
+    among them) waited until it was done. It is assembled off the loop now, as a
+    PDF is drawn."""
+    runtime, when = service
+    cap = lpb.FrequencyCap(limit=5, window=Duration(seconds=86400))
+    async with client(runtime.address) as admin:
+        defined = await admin.DefineCampaign(
+            define("acme", "dense", when - timedelta(days=1), frequency_caps=[cap])
+        )
+    assert await applied(runtime, defined.consistency_token)
+    number = phone(9000)
+    start = when - timedelta(minutes=30)
+    sends = [
+        message(9000, start + timedelta(seconds=i), campaign="dense", message_id=f"SM-dense-{i}")
+        for i in range(300)
+    ]
+    async with client(runtime.address, "acme-app") as c:
+        await c.RecordOptIn(opt_in(number, "acme", "dense", start - timedelta(hours=1)))
+        written = await c.RecordMessagesSent(call("dense-sends", sends), timeout=60)
+        assert await applied(runtime, written.consistency_token)
+        packet = asyncio.ensure_future(
+            c.GetProofPacket(
+                api.GetProofPacketRequest(
+                    phone=number,
+                    brand="acme",
+                    campaign="dense",
+                    format=api.PACKET_FORMAT_JSON,
+                    at_least_as_fresh=written.consistency_token,
+                ),
+                timeout=600,
+            )
+        )
+        # The service runs in this process, on this event loop: a moment the loop is
+        # held shows as a sleep that ends late, and another call answered late.
+        loop = asyncio.get_running_loop()
+        late = []
+        while not packet.done():
+            started = loop.time()
+            await asyncio.sleep(0.05)
+            late.append(loop.time() - started - 0.05)
+            if len(late) % 10 == 0:
+                await c.CanSend(api.CanSendRequest(phone=phone(1), brand="acme", campaign="promo"))
+        assembled = await packet
+        assert len(assembled.packet["messages"]) == len(sends)
+        held = max(late, default=0.0)
+        assert held < 1, f"the event loop was held {held:.1f} s"
+
+
 async def test_evidence_that_names_no_event_is_refused_by_field_and_writes_nothing(service):
     """A relied-on answer's evidence ids were kept as sent: a NUL, a right-to-left
     override or a word was written into the ledger for good, as the answer the sender
