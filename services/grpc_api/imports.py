@@ -69,8 +69,12 @@ IN_FLIGHT = 4
 """Chunks worked on at once in one stream."""
 
 
-def items_from_proto(records: Sequence[api_pb2.ImportRecord], first: int) -> list[Item]:
-    """Each record as the use case takes it: its command, or what refused its fields."""
+def items_from_proto(
+    records: Sequence[api_pb2.ImportRecord], first: int, now: datetime | None = None
+) -> list[Item]:
+    """Each record as the use case takes it: its command, or what refused its fields.
+    ``now``, the service's time: a record refused for a field that cannot be read is
+    refused for a time too far ahead as well, not only when sent again fixed."""
     items = []
     for index, record in enumerate(records, first):
         kind = record.WhichOneof("record")
@@ -80,7 +84,7 @@ def items_from_proto(records: Sequence[api_pb2.ImportRecord], first: int) -> lis
             continue
         message = getattr(record, kind)
         try:
-            command = command_from_proto(message)
+            command = command_from_proto(message, now)
         except DomainError as exc:
             held = _hold(message) if kind == "opt_out" else None
             items.append(Item(index, None, exc, message.request_id, held, message.brand))
@@ -196,7 +200,7 @@ async def answer_chunks(
                     "this message was written",
                 )
             await room.acquire()
-            items = items_from_proto(request.records, index)
+            items = items_from_proto(request.records, index, imports.ctx.clock())
             work = asyncio.ensure_future(imports.chunk(items, dry_run=dry_run))
             working.append(work)
             started.put_nowait((index, items, work))

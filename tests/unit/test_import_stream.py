@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from consent.v1 import consent_service_pb2 as api
@@ -22,6 +24,7 @@ class SlowFirst:
     """Chunks that finish in reverse order: the first takes longest."""
 
     lease_s = 120.0
+    ctx = SimpleNamespace(clock=lambda: T0)  # the service's time, read per message
 
     def __init__(self) -> None:
         self.seen: list[tuple[int, bool]] = []
@@ -78,6 +81,17 @@ def test_a_record_that_cannot_be_translated_is_refused_on_its_own():
     assert items[2].command is None and items[2].error is not None
     assert items[2].request_id == "no-time"
     assert "occurred_at" in {f for f, _ in items[2].error.violations}
+
+
+def test_a_record_refused_for_an_unset_field_names_its_time_ahead_too():
+    """A record with its tier unset and its time days ahead was refused naming only
+    the tier: its time was refused once it came back fixed, an import run again."""
+    ahead = opt_in("+14155550100", "acme", "promo", T0 + timedelta(days=3), "both", tier=0)
+
+    (item,) = stream.items_from_proto([api.ImportRecord(opt_in=ahead)], 0, T0)
+
+    assert item.command is None and item.error is not None
+    assert {"tier", "occurred_at"} <= {f for f, _ in item.error.violations}
 
 
 def test_an_answer_names_every_bad_field_of_each_refused_record():
