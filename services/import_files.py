@@ -138,6 +138,10 @@ class Unreadable:
     opt-out that cannot be read is held under (``_said_id``), the same on every run,
     so that the refusals of two runs of the file can be matched. Empty for a line
     that gave no fields at all."""
+    opted_out_id: str = dataclasses.field(default="", compare=False)
+    """Of a subscriber row's opt-in refused as not before its row's opt-out: the
+    import id it would be imported under, so that the same opt-in on another row of
+    the file (the same id) is refused too (``opted_out_opt_ins``)."""
 
     @property
     def shown_id(self) -> str:
@@ -526,7 +530,7 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None, mapping: Mapping) -> Iterator
 
 def _records_of(
     mapping: Mapping, fields: dict[str, Any]
-) -> list[tuple[dict[str, Any], tuple[str, str] | None]]:
+) -> list[tuple[dict[str, Any], tuple[str, ...] | None]]:
     """A row's records (under our names, the mapping applied; ``Mapping.apply``): one,
     or with ``subscriber_rows`` its opt-in and, when its opt-out time is given, its
     opt-out, each without the other type's fields. A row with no opt-in time is its
@@ -548,9 +552,10 @@ def _records_of(
             for k, v in fields.items()
             if BELONGS.get(k, "opt_in" if k == "proof" else kind) == kind
         }
-        record, problem = mapping.apply({**own, "type": kind})
+        record, read_as = mapping.apply({**own, "type": kind})
+        problem: tuple[str, ...] | None = read_as
         if kind == "opt_in" and problem is None and "opt_out" in kinds:
-            problem = _opt_out_first(opt_in_at, opt_out_at, mapping)
+            problem = _opt_out_first(opt_in_at, opt_out_at, mapping, record)
         out.append((record, problem))
     return out
 
@@ -561,8 +566,11 @@ def _given(value: Any) -> bool:
     return value is not None and (not isinstance(value, str) or bool(value.strip()))
 
 
-def _opt_out_first(opt_in_at: Any, opt_out_at: Any, mapping: Mapping) -> tuple[str, str] | None:
-    """Why a subscriber row's opt-in is refused, its opt-out being no later, or None
+def _opt_out_first(
+    opt_in_at: Any, opt_out_at: Any, mapping: Mapping, record: dict[str, Any]
+) -> tuple[str, str, str] | None:
+    """Why a subscriber row's opt-in (``record``) is refused, its opt-out being no
+    later, and the import id it would have (empty if it could not be read), or None
     (a time that cannot be read is refused on its own record)."""
     try:
         opted_in = _time(opt_in_at, "occurred_at").ToDatetime()
@@ -578,7 +586,23 @@ def _opt_out_first(opt_in_at: Any, opt_out_at: Any, mapping: Mapping) -> tuple[s
         "the row is read as opted out, its opt-out imported and this opt-in refused, so "
         "that no time wrong in the export allows the number; import a later opt-in as a "
         "record of its own",
+        _import_id_of(record),
     )
+
+
+def _import_id_of(record: dict[str, Any]) -> str:
+    """The import id an opt-in of ``record``'s fields (a JSON line's proof perhaps
+    nested) is imported under, or empty for one that would be refused anyway."""
+    flat = dict(record)
+    nested = flat.pop("proof", None)
+    if isinstance(nested, dict):
+        flat.update((f"proof.{k}", v) for k, v in nested.items())
+    elif nested is not None:
+        return ""
+    if any(k not in FIELDS or not isinstance(v, str | None) for k, v in flat.items()):
+        return ""
+    read = parse_fields({k: v for k, v in flat.items() if v}, 0)
+    return read.record.opt_in.request_id if isinstance(read, Read) else ""
 
 
 def _over_lines(number: int, how: str, first: bool) -> FormatError:
@@ -949,10 +973,13 @@ def _kind(fields: dict[str, str]) -> str:
     return fields.get("type", "").strip().lower().replace("-", "_")
 
 
-def _refused(fields: dict[str, str], line: int, field: str, reason: str) -> Unreadable:
+def _refused(
+    fields: dict[str, str], line: int, field: str, reason: str, opted_out_id: str = ""
+) -> Unreadable:
     """A record that cannot be read, held (``_held``) if it may be an opt-out: one
     typed so, or one whose type cannot be read ("optout", "unsubscribe", none),
-    unless it says only what an opt-in says (a misspelt opt-in stays refused)."""
+    unless it says only what an opt-in says (a misspelt opt-in stays refused).
+    ``opted_out_id``: see ``Unreadable.opted_out_id``."""
     kind = _kind(fields)
     opt_in_only = any(f in fields for f in OPT_IN_FIELDS) and not any(
         f in fields for f in OPT_OUT_FIELDS
@@ -971,6 +998,7 @@ def _refused(fields: dict[str, str], line: int, field: str, reason: str) -> Unre
             import_id=import_id,
             kind=read,
             derived_id=derived,
+            opted_out_id=opted_out_id,
         )
     held = _held(fields)
     return Unreadable(line, field, reason, held, import_id=import_id, kind=read, derived_id=derived)
@@ -1291,14 +1319,25 @@ def _enum(field: str, text: str) -> int:
     raise _Bad(field, f"is not one of {_choices(field)}: {quoted(text)}")
 
 
-def count_read(text: TextIO, fmt: str, mapping: Mapping) -> int | None:
+def count_read(
+    text: TextIO, fmt: str, mapping: Mapping, opted_out: dict[str, int] | None = None
+) -> int | None:
     """How many records ``text`` holds as ``read_records`` finds them (read or not):
     under ``subscriber_rows`` a row may be two, which ``count_records``' scan of its
-    lines cannot tell. None for a file that cannot be read to its end."""
+    lines cannot tell. None for a file that cannot be read to its end. ``opted_out``
+    is given the import id of each subscriber row's opt-in refused as not before its
+    row's opt-out, with that row's line (``Unreadable.opted_out_id``): read before
+    any opt-in is sent, so that the same opt-in on any other row is refused as well,
+    wherever it comes in the file."""
+    count = 0
     try:
-        return sum(1 for _ in read_records(text, fmt, None, mapping))
+        for item in read_records(text, fmt, None, mapping):
+            count += 1
+            if opted_out is not None and isinstance(item, Unreadable) and item.opted_out_id:
+                opted_out.setdefault(item.opted_out_id, item.line)
     except FormatError:
         return None
+    return count
 
 
 def count_records(path: Path | None, fmt: str, spooled: IO[bytes] | None = None) -> int | None:

@@ -195,7 +195,8 @@ mapping an export (another platform's names):
   opt-in time is its opt-out alone. An opt-out time that cannot be read is refused
   and held, as any opt-out's. A row whose opt-out is not after its opt-in is read as
   opted out: its opt-out is imported and its opt-in refused (so that no time wrong
-  in the export allows the number). Each record's import id is derived from it, the
+  in the export allows the number), and so is the same opt-in on any other row of
+  the subscriber, before that row or after it. Each record's import id is derived from it, the
   one a hand-rewritten file of two records a row would give, so an id column is
   refused (--ignore it), as are a type (--column type, --set type, a column named
   type), --column occurred_at and the two times read from one column: exit 2. Time
@@ -516,6 +517,9 @@ def _run(args: argparse.Namespace) -> int:
     shown = import_files.STDIN_NAME if path is None else args.file
     spooled: IO[bytes] | None = None
     reader: Iterator[Any] = iter(())
+    # With --subscriber-rows: the import id of each opt-in refused as not before its
+    # row's opt-out, and that row's line (``import_files.count_read``).
+    opted_out: dict[str, int] = {}
     # "-" is standard output, to be piped; the summary goes to standard error then.
     refusals_piped = args.refusals == "-"
     refusals_path = None if args.refusals is None or refusals_piped else Path(args.refusals)
@@ -546,7 +550,7 @@ def _run(args: argparse.Namespace) -> int:
             # them, so that the summary measures what was imported against them.
             rows = total
             with _opened(path, spooled, shown) as text:
-                total = import_files.count_read(text, fmt, mapping)
+                total = import_files.count_read(text, fmt, mapping, opted_out)
         reader = _opt_outs_first(path, spooled, fmt, shown, mapping)
         # The header is read now: a file of unknown columns is a usage error, not a
         # refusal of every record.
@@ -703,6 +707,26 @@ def _run(args: argparse.Namespace) -> int:
                 maybe = None
                 if kind == "opt_in" and unreadable is None:
                     maybe = _opted_out_unread(request.phone, unread_numbers)
+                if kind == "opt_in" and unreadable is None:
+                    refused_row = opted_out.get(request.request_id)
+                    if refused_row is not None:
+                        # The same opt-in as a row read as opted out, whose opt-out was
+                        # imported at a time before it: imported here, it would allow
+                        # the number the row refused it for.
+                        field_name = mapping.shown("occurred_at", "opt_in")
+                        reason = (
+                            f"is the opt-in of line {refused_row}, refused there as not "
+                            "before its row's opt-out, and so refused here, so that no "
+                            "time wrong in the export allows the number; import a later "
+                            "opt-in as a record of its own"
+                        )
+                        summary.refuse(item.line, "INVALID_ARGUMENT", field_name, reason)
+                        refusals.write(
+                            item.line, request.request_id, "INVALID_ARGUMENT", field_name,
+                            reason, derived=item.id_derived,
+                        )  # fmt: skip
+                        bar.update(1)
+                        continue
                 if maybe is not None:
                     # Its opt-out cannot be held under any number: imported, this
                     # opt-in might allow a number that opted out.

@@ -640,6 +640,62 @@ async def test_an_export_of_one_row_per_subscriber_imports_each_row_s_opt_in_and
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+async def test_an_opt_in_refused_for_its_row_s_opt_out_is_refused_on_every_row_it_is_on(
+    service, tmp_path, fmt
+):
+    """A subscriber on two rows with the same opt-in, one row opting out before it
+    (a time wrong in the export): that row's opt-in is refused, and so is the same
+    opt-in on the other row, before it or after it, in a dry run too. It was imported
+    from the other row, its time after the opt-out's: the number was allowed."""
+    runtime, when = service
+    first = 170 if fmt == "csv" else 175
+    day = lambda n: iso(when - timedelta(days=n))  # noqa: E731
+    opted_out_first = (day(10), day(30))  # its opt-out 20 days before its opt-in
+    rows = [  # the number, when it opted in, when it opted out
+        (number(first), *opted_out_first), (number(first), day(10), ""),
+        (number(first + 1), day(10), ""), (number(first + 1), *opted_out_first),
+        # One who came back on a row of its own, dated after the opt-out: allowed.
+        (number(first + 2), day(30), day(10)), (number(first + 2), day(5), ""),
+    ]  # fmt: skip
+    records = [
+        {"Phone": phone, "Opted In At": opted_in, "Opted Out At": opted_out,
+         "Full Name": f"Subscriber {phone[-2:]}", "Source": "spring-form"}
+        for phone, opted_in, opted_out in rows
+    ]  # fmt: skip
+    export = tmp_path / f"subscribers.{fmt}"
+    if fmt == "csv":
+        write_csv(export, records)
+    else:
+        export.write_text(
+            "".join(json.dumps({k: v for k, v in r.items() if v}) + "\n" for r in records)
+        )
+    token = TOKENS["acme-app"][0]
+    refused = re.compile(r"INVALID_ARGUMENT +Opted In At: is the opt-in of line (\d+), refused")
+
+    code, dry, err = await import_cli(str(export), *SUBSCRIBER_ARGV, "--dry-run", "--address",
+                                      runtime.address, token=token)  # fmt: skip
+    code_, out, err_ = await import_cli(str(export), *SUBSCRIBER_ARGV, "--address",
+                                        runtime.address, token=token)  # fmt: skip
+
+    assert (code, code_) == (1, 1), dry + err + out + err_
+    assert f"would import 5 of 9 records from 6 rows of subscribers.{fmt}" in dry, dry + err
+    assert f"imported 5 of 9 records from 6 rows of subscribers.{fmt}" in out, out + err_
+    for said in (dry, out):
+        assert re.search(r"2 +INVALID_ARGUMENT +Opted In At: is not before the opt", said), said
+        # The second row of each number, named by the first's line (no header in JSON).
+        lines = "(lines 3, 4)" if fmt == "csv" else "(lines 2, 3)"
+        assert len(refused.findall(said)) == 1 and lines in said, said
+    async with client(runtime.address) as c:
+        c.token = token
+        reasons = await answers(c, [number(first + i) for i in range(3)], token_of(out))
+    assert reasons == {
+        number(first): "REASON_REVOKED_BRAND_WIDE",
+        number(first + 1): "REASON_REVOKED_BRAND_WIDE",
+        number(first + 2): "REASON_CONSENT_ACTIVE",
+    }, reasons
+
+
 async def test_a_subscriber_export_still_being_written_counts_its_rows_and_records_now(
     service, tmp_path, monkeypatch
 ):
