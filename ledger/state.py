@@ -14,6 +14,7 @@ later by place and by the times each said.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -249,13 +250,34 @@ def _with_campaign(
     return _evolve(state, campaigns=MappingProxyType(campaigns))
 
 
-def _prune(sent: Iterable[SentRecord], newest: datetime) -> tuple[SentRecord, ...]:
-    """Keep only what a frequency cap can still count, in world order."""
+def _world_order(record: SentRecord) -> tuple[datetime, str]:
+    return (record.at, record.event_id)
+
+
+def _holds(sent: tuple[SentRecord, ...], record: SentRecord) -> bool:
+    """``record in sent``, for ``sent`` in world order (``_with_send``'s): only the
+    records of its moment and id are compared, not every send the window keeps, as
+    one number's many sends made a linear scan per send cost the square of them."""
+    key = _world_order(record)
+    start = bisect_left(sent, key, key=_world_order)
+    return record in sent[start : bisect_right(sent, key, lo=start, key=_world_order)]
+
+
+def _with_send(
+    sent: tuple[SentRecord, ...], record: SentRecord, newest: datetime
+) -> tuple[SentRecord, ...]:
+    """``sent`` (in world order) with ``record``, keeping only what a frequency cap
+    can still count, in world order; a record of the same moment and id as one kept
+    comes after it. ``sent`` is kept in this order, so ``record`` is put in its place
+    and the sends before the horizon cut off the front, rather than sorting the
+    whole window again for each send."""
     # The newest send may be stamped up to the clock skew ahead of the question's
     # now, and a cap counts back from now: a send inside the longest window before
     # now may lie outside it before the newest send, and must still count.
     horizon = newest - MAX_CAP_WINDOW - MAX_CLOCK_SKEW
-    return tuple(sorted((s for s in sent if s.at >= horizon), key=lambda s: (s.at, s.event_id)))
+    place = bisect_right(sent, _world_order(record), key=_world_order)
+    kept = (*sent[:place], record, *sent[place:])
+    return kept[bisect_left(kept, horizon, key=lambda s: s.at) :]
 
 
 def _erased_after(s: SubscriberState, f: Fact[Any]) -> bool:
@@ -463,7 +485,7 @@ def _judged(
 
 def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
     record = SentRecord(f.at, f.event.kind, f.event_id, f.event.message_id, f)
-    if record in s.brand_sent:
+    if _holds(s.brand_sent, record):
         return s
     exempt, record = _judged(s, f, record)
     once = _ONCE_REPLIES.get(record.kind)
@@ -476,8 +498,8 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
         )
     elif exempt and record.kind is MessageKind.OPT_OUT_CONFIRMATION:
         s = _evolve(s, opt_out_answer=_latest_record(s.opt_out_answer, record))
-    newest = max([record.at, *(r.at for r in s.brand_sent)])
-    s = _evolve(s, brand_sent=_prune((*s.brand_sent, record), newest))
+    newest = max(record.at, s.brand_sent[-1].at) if s.brand_sent else record.at
+    s = _evolve(s, brand_sent=_with_send(s.brand_sent, record, newest))
     reply = _REPLY_RECORDS.get(record.kind)
     if reply is not None:
         s = _with_campaign(
@@ -517,7 +539,7 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
         # An error reported on the send these replace says nothing of the new one.
         return _evolve(
             c,
-            sent=_prune((*c.sent, record), latest.at),
+            sent=_with_send(c.sent, record, latest.at),
             last_sent=latest,
             last_disclosed=disclosed,
             undisclosed=c.undisclosed if disclosed is c.last_disclosed else None,
@@ -715,7 +737,7 @@ def exemptions_not_granted(history: Iterable[Recorded]) -> set[str]:
         if isinstance(event, MessageSent) and not counts(event):
             f: Fact[MessageSent] = Fact(event, recorded.position, recorded.recorded_at)
             record = SentRecord(f.at, event.kind, f.event_id, event.message_id, f)
-            if record not in state.brand_sent and not _judged(state, f, record)[0]:
+            if not _holds(state.brand_sent, record) and not _judged(state, f, record)[0]:
                 found.add(f.event_id)
         states[event.brand] = apply(state, recorded)
     return found
