@@ -45,8 +45,22 @@ from ledger.events import (
     SubscriberLocated,
 )
 from ledger.keywords import Intent
-from ledger.policy import Decision, Obligation, as_one_number, decide_as_of, revokes_all
-from ledger.state import CampaignHistory, SubscriberState, fold, fold_campaign, retained_facts
+from ledger.policy import (
+    Decision,
+    Obligation,
+    as_one_number,
+    decide_as_of,
+    decide_folded,
+    revokes_all,
+)
+from ledger.state import (
+    CampaignHistory,
+    SubscriberState,
+    fold,
+    fold_campaign,
+    retained,
+    retained_facts,
+)
 from ledger.status import ConsentState, consent_state
 from ledger.validation import is_blank
 
@@ -501,11 +515,12 @@ def replays(
     the send itself, and any send recorded after it, are not counted against it.
     In hindsight: from every fact recorded by ``now``, the send itself left out.
 
-    Both go through ``decide_as_of``. To keep a long history linear, the facts before
-    a send are handed over as those their fold still depends on
-    (``ledger.state.retained_facts``: folding them again gives the same state) when
-    none of them lies after the moment asked about; otherwise, and in hindsight when
-    a fact recorded after the send happened before it, every fact is handed over.
+    Both are ``decide_as_of``'s answers. To keep a long history linear, when none of
+    the facts before a send lies after the moment asked about, then is asked of the
+    states folded so far (``decide_folded``: they are what the facts they retain,
+    ``ledger.state.retained_facts``, fold to again), and those facts are handed over
+    in hindsight; otherwise, and in hindsight when a fact recorded after the send
+    happened before it, every fact is handed over.
     Hindsight is the answer of then when nothing recorded since the send (a
     subscriber fact, a campaign's rules) speaks of the send's moment."""
     states = {False: SubscriberState(), True: SubscriberState()}  # brand's, ANY_BRAND's
@@ -517,6 +532,14 @@ def replays(
         moment = min(r.event.occurred_at, r.recorded_at)
         following = earliest_after[i + 1]
         earliest_after[i] = moment if following is None or moment < following else following
+    one_partition = len({r.position.partition for r in subscriber}) <= 1
+
+    def before(i: int, compact: bool) -> list[Recorded]:
+        """The facts handed over for the send at ``i``."""
+        if compact:
+            return [*retained_facts(states[False]), *retained_facts(states[True])]
+        return list(subscriber[:i])
+
     found: dict[str, tuple[Decision, Decision]] = {}
     for i, sent in enumerate(subscriber):
         e = sent.event
@@ -525,11 +548,16 @@ def replays(
             compact = (latest_occurred is None or latest_occurred <= at) and (
                 latest_recorded is None or latest_recorded <= known
             )
-            if compact:
-                facts = [*retained_facts(states[False]), *retained_facts(states[True])]
+            if compact and one_partition:
+                # What the facts they retain fold to: the states, unless they retain
+                # nothing (the fold of none is an empty state, and none for the
+                # unknown brand's). Facts of two spellings are folded in the order
+                # they were recorded, retained in ledger order: they are refolded.
+                brands = states[False] if _retains(states[False]) else SubscriberState()
+                phone_wide = states[True] if _retains(states[True]) else None
+                then = decide_folded(rules, brands, phone_wide, e.campaign, at, known, e.kind)
             else:
-                facts = list(subscriber[:i])
-            then = decide_as_of([*rules, *facts], e.campaign, at, known, e.kind)
+                then = decide_as_of([*rules, *before(i, compact)], e.campaign, at, known, e.kind)
             # In hindsight what was recorded after the send counts against it, never
             # for it (an opt-in dated back once the send was made allows nothing).
             late = earliest_after[i + 1]
@@ -537,6 +565,7 @@ def replays(
                 facts = [*subscriber[:i], *subscriber[i + 1 :]]
                 later = decide_as_of([*rules, *facts], e.campaign, at, now, e.kind, known)
             elif any(r.recorded_at > known and r.event.occurred_at <= at for r in rules):
+                facts = before(i, compact)
                 later = decide_as_of([*rules, *facts], e.campaign, at, now, e.kind, known)
             else:  # nothing recorded since the send speaks of its moment
                 later = then
@@ -548,6 +577,12 @@ def replays(
         if latest_recorded is None or sent.recorded_at > latest_recorded:
             latest_recorded = sent.recorded_at
     return found
+
+
+def _retains(state: SubscriberState) -> bool:
+    """Whether ``state`` retains a fact (``ledger.state.retained``); one keeping sends
+    for the caps does, and is not looked through for it."""
+    return bool(state.brand_sent) or bool(retained(state))
 
 
 def in_hindsight(then: Decision, later: Decision) -> Decision | None:

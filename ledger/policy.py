@@ -1549,13 +1549,60 @@ def _decided_as_of(
             campaign_events.append(r)
     rules = fold_campaign(campaign_events, CampaignHistory()).as_of(t_world, t_known)
     if rules is None:
-        return deny(Reason.CAMPAIGN_UNKNOWN, f"campaign {campaign!r} was not defined at that time")
-    if not phone_wide and not pending:
-        return decide(fold(subscriber), rules, t_world, kind)
-    digest: Digest | None = digest_of(fold(subscriber))
-    if phone_wide:
+        return _undefined_then(campaign)
+    wide = fold(phone_wide) if phone_wide else None
+    return _decided_on(rules, fold(subscriber), wide, campaign, t_world, kind, pending)
+
+
+def decide_folded(
+    history: Iterable[Recorded],
+    state: SubscriberState,
+    wide: SubscriberState | None,
+    campaign: str,
+    t_world: datetime,
+    t_known: datetime,
+    kind: MessageKind = MessageKind.REGULAR,
+) -> Decision:
+    """``decide_as_of`` of ``history`` (campaign facts) and the subscriber facts folded
+    into ``state`` (the brand's) and ``wide`` (those whose brand was unknown; None:
+    none), when none of those happened after ``t_world`` or was recorded after
+    ``t_known``: the states are then what it would fold, and are not folded again (a
+    proof packet asking this of each send of a number with many sends in the window
+    refolded them all for each)."""
+    campaign_events = [
+        r
+        for r in history
+        if r.recorded_at <= t_known
+        and r.event.occurred_at <= t_world
+        and isinstance(r.event, CampaignEvent)
+        and r.event.campaign in (campaign, BRAND_SETTINGS)
+    ]
+    rules = fold_campaign(campaign_events, CampaignHistory()).as_of(t_world, t_known)
+    if rules is None:
+        return _undefined_then(campaign)
+    return _decided_on(rules, state, wide, campaign, t_world, kind)
+
+
+def _undefined_then(campaign: str) -> Decision:
+    return deny(Reason.CAMPAIGN_UNKNOWN, f"campaign {campaign!r} was not defined at that time")
+
+
+def _decided_on(
+    rules: Campaign,
+    state: SubscriberState,
+    wide: SubscriberState | None,
+    campaign: str,
+    t_world: datetime,
+    kind: MessageKind,
+    pending: int = 0,
+) -> Decision:
+    """``_decided_as_of`` from the rules then and the subscriber's facts it kept, folded."""
+    if wide is None and not pending:
+        return decide(state, rules, t_world, kind)
+    digest: Digest | None = digest_of(state)
+    if wide is not None:
         # STOPs whose brand was unknown (``ANY_BRAND``) concern every brand, as in CanSend.
-        digest = with_phone_wide(digest, digest_of(fold(phone_wide)))
+        digest = with_phone_wide(digest, digest_of(wide))
     assert digest is not None
     digest = with_sends_pending(digest, campaign, kind, t_world, pending)
     return Check(rules, t_world, kind)(digest)

@@ -1,6 +1,7 @@
 """Many sends to one number: the fold keeps exactly the sends a cap can count, and
 CanSend counts them, whatever order they come in, with sends of one moment, sends
-recorded twice and sends older than the window among them."""
+recorded twice and sends older than the window among them; a proof packet replays
+each from every fact before it."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from datetime import datetime, timedelta
 
 from ledger.campaigns import MAX_CAP_WINDOW, FrequencyCap
 from ledger.digest import digest_of
-from ledger.events import MAX_CLOCK_SKEW, LedgerPosition, MessageKind, Recorded
-from ledger.policy import Check, Reason
+from ledger.events import MAX_CLOCK_SKEW, CampaignDefined, LedgerPosition, MessageKind, Recorded
+from ledger.packet import replays
+from ledger.policy import Check, Reason, decide_as_of
 from ledger.state import SubscriberState, fold, retained_facts
-from tests.builders import BRAND, PHONE, at, campaign, granted, sent
+from tests.builders import BRAND, PHONE, _base, at, campaign, granted, sent
 
 LIMIT, WINDOW = 400, timedelta(hours=1)
 
@@ -98,3 +100,26 @@ def test_cansend_counts_every_send_of_a_dense_hour_against_the_cap():
         assert decision.detail == f"{len(counted)} of {LIMIT} messages in {WINDOW}"
         # The opt-in it rests on, then the oldest and the latest send counted.
         assert decision.evidence[-2:] == (counted[0][1], counted[-1][1])
+
+
+def test_a_packet_replays_each_send_of_a_dense_hour_from_every_fact_before_it():
+    rng = random.Random(7)
+    rules = campaign(frequency_caps=(FrequencyCap(100, WINDOW),))
+    defined = CampaignDefined(**_base(at(-60)), brand=BRAND, campaign="promo", policy=rules.policy)
+    moments = sorted(at(rng.uniform(0, 60)) for _ in range(150))
+    moments[40:45] = [moments[40]] * 5  # one moment's sends
+    moments[90], moments[91] = moments[91], moments[90]  # one out of order
+    events = [granted(at(-30)), *(sent(moment) for moment in moments)]
+    subscriber = [Recorded(e, LedgerPosition(0, i), e.occurred_at) for i, e in enumerate(events)]
+    campaign_facts = [Recorded(defined, LedgerPosition(1, 0), at(-60))]
+    wanted = {str(r.event.event_id) for r in subscriber[1:]}
+    replayed = replays(subscriber, campaign_facts, at(120), wanted)
+    denied = 0
+    for i, r in enumerate(subscriber[1:], start=1):
+        e = r.event
+        every = decide_as_of(
+            [*campaign_facts, *subscriber[:i]], "promo", e.occurred_at, r.recorded_at
+        )
+        assert replayed[str(e.event_id)][0] == every
+        denied += not every.allowed
+    assert denied > 40
