@@ -8,6 +8,7 @@ nothing after, and says how far it has come as it goes (``SweepProgress``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -115,9 +116,15 @@ async def sweep_campaign(
             after: dict[int, int] = {**others, partition: 0}
             while True:
                 page = await ctx.view.changes(key, after, PAGE)
-                for recorded in page.events:
-                    if recorded.position.partition == partition and _within(recorded, target):
-                        swept.feed(recorded)
+                mine = [
+                    r
+                    for r in page.events
+                    if r.position.partition == partition and _within(r, target)
+                ]
+                # Off the event loop, as a proof packet is assembled: one number's
+                # thousands of sends in a cap window take seconds to judge, and every
+                # other call of the instance waited behind them.
+                await asyncio.to_thread(_feed, swept, mine)
                 after.update(page.through)
                 if after.get(partition, 0) >= target[partition] or len(page.events) < PAGE:
                     break
@@ -136,7 +143,7 @@ async def sweep_campaign(
                 facts += await ctx.view.history(form, brand)
                 facts += await ctx.view.history(form, ANY_BRAND)
             histories[phone] = [r for r in facts if _within(r, target)]
-        for finding in swept.finish(histories):
+        for finding in await asyncio.to_thread(swept.finish, histories):
             found += 1
             yield finding
         events, judged = events + swept.events_read, judged + swept.sends_judged
@@ -145,6 +152,11 @@ async def sweep_campaign(
         done.add(partition)
         yield progress(covered / total if total else 1.0)
     yield progress(1.0)
+
+
+def _feed(swept: Sweep, events: list[Recorded]) -> None:
+    for recorded in events:
+        swept.feed(recorded)
 
 
 async def _spelt_otherwise(

@@ -10,7 +10,9 @@ import asyncio
 import re
 import uuid
 from collections import Counter
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import grpc
@@ -46,6 +48,7 @@ from tests.e2e.test_readme import answers, run_after_walk_through
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 CALL = 1_000
+T = TypeVar("T")
 
 
 @pytest.fixture(params=["kafka", "embedded"])
@@ -397,6 +400,47 @@ async def test_a_time_days_ahead_is_named_beside_a_field_that_cannot_be_read(ser
         assert await ledger_size(runtime) == size
 
 
+async def loop_held_while(work: Awaitable[T], c: Any) -> tuple[T, float]:
+    """``work``'s result and the longest the event loop was held while it ran. The
+    service runs in this process, on this event loop: a moment the loop is held
+    shows as a sleep that ends late, and another call answered late."""
+    running = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    late = []
+    while not running.done():
+        started = loop.time()
+        await asyncio.sleep(0.05)
+        late.append(loop.time() - started - 0.05)
+        if len(late) % 10 == 0:
+            await c.CanSend(api.CanSendRequest(phone=phone(1), brand="acme", campaign="promo"))
+    return await running, max(late, default=0.0)
+
+
+async def dense_sends(runtime: Runtime, when: datetime, campaign: str, number: str, n: int) -> str:
+    """``n`` sends to ``number`` a second apart from 40 minutes before ``when``, under
+    ``campaign`` (defined here, capped at 5 a day), recorded in calls of a thousand;
+    the token of the last call."""
+    cap = lpb.FrequencyCap(limit=5, window=Duration(seconds=86400))
+    async with client(runtime.address) as admin:
+        defined = await admin.DefineCampaign(
+            define("acme", campaign, when - timedelta(days=1), frequency_caps=[cap])
+        )
+    assert await applied(runtime, defined.consistency_token)
+    start = when - timedelta(minutes=40)
+    sends = [
+        message(0, start + timedelta(seconds=i), phone=number, campaign=campaign,
+                message_id=f"SM-{campaign}-{i}")
+        for i in range(n)
+    ]  # fmt: skip
+    async with client(runtime.address, "acme-app") as c:
+        await c.RecordOptIn(opt_in(number, "acme", campaign, start - timedelta(hours=1)))
+        for first in range(0, n, CALL):
+            part = sends[first : first + CALL]
+            written = await c.RecordMessagesSent(call(f"{campaign}-{first}", part), timeout=60)
+    assert await applied(runtime, written.consistency_token)
+    return written.consistency_token
+
+
 async def test_a_number_s_packet_of_many_sends_leaves_other_calls_answered(service):
     """A proof packet judges each send of the number against those before it, which
     for a few hundred sends in a day takes seconds of CPU: it was assembled on the
@@ -404,48 +448,50 @@ async def test_a_number_s_packet_of_many_sends_leaves_other_calls_answered(servi
     among them) waited until it was done. It is assembled off the loop now, as a
     PDF is drawn."""
     runtime, when = service
-    cap = lpb.FrequencyCap(limit=5, window=Duration(seconds=86400))
-    async with client(runtime.address) as admin:
-        defined = await admin.DefineCampaign(
-            define("acme", "dense", when - timedelta(days=1), frequency_caps=[cap])
-        )
-    assert await applied(runtime, defined.consistency_token)
     number = phone(9000)
-    start = when - timedelta(minutes=30)
-    sends = [
-        message(9000, start + timedelta(seconds=i), campaign="dense", message_id=f"SM-dense-{i}")
-        for i in range(300)
-    ]
+    token = await dense_sends(runtime, when, "dense", number, 300)
     async with client(runtime.address, "acme-app") as c:
-        await c.RecordOptIn(opt_in(number, "acme", "dense", start - timedelta(hours=1)))
-        written = await c.RecordMessagesSent(call("dense-sends", sends), timeout=60)
-        assert await applied(runtime, written.consistency_token)
-        packet = asyncio.ensure_future(
-            c.GetProofPacket(
-                api.GetProofPacketRequest(
-                    phone=number,
-                    brand="acme",
-                    campaign="dense",
-                    format=api.PACKET_FORMAT_JSON,
-                    at_least_as_fresh=written.consistency_token,
-                ),
-                timeout=600,
-            )
+        packet = c.GetProofPacket(
+            api.GetProofPacketRequest(
+                phone=number,
+                brand="acme",
+                campaign="dense",
+                format=api.PACKET_FORMAT_JSON,
+                at_least_as_fresh=token,
+            ),
+            timeout=600,
         )
-        # The service runs in this process, on this event loop: a moment the loop is
-        # held shows as a sleep that ends late, and another call answered late.
-        loop = asyncio.get_running_loop()
-        late = []
-        while not packet.done():
-            started = loop.time()
-            await asyncio.sleep(0.05)
-            late.append(loop.time() - started - 0.05)
-            if len(late) % 10 == 0:
-                await c.CanSend(api.CanSendRequest(phone=phone(1), brand="acme", campaign="promo"))
-        assembled = await packet
-        assert len(assembled.packet["messages"]) == len(sends)
-        held = max(late, default=0.0)
-        assert held < 1, f"the event loop was held {held:.1f} s"
+        assembled, held = await loop_held_while(packet, c)
+    assert len(assembled.packet["messages"]) == 300
+    assert held < 1, f"the event loop was held {held:.1f} s"
+
+
+async def test_a_sweep_of_a_number_s_many_sends_leaves_other_calls_answered(service):
+    """A sweep judges each send with the sends its cap window keeps: 2,000 sends to
+    one number in an hour took seconds, on the event loop, and every other call of
+    the instance waited behind them. They are judged off the loop now."""
+    runtime, when = service
+    token = await dense_sends(runtime, when, "dense-sweep", phone(9001), 2000)
+    async with client(runtime.address, "acme-app") as c:
+        request = api.SweepCampaignRequest(
+            brand="acme",
+            campaign="dense-sweep",
+            start_time=ts(when - timedelta(hours=2)),
+            end_time=ts(when + timedelta(minutes=1)),
+            at_least_as_fresh=token,
+        )
+        items = c.stub.SweepCampaign(
+            request, metadata=[("authorization", f"Bearer {c.token}")], timeout=600
+        )
+
+        async def read() -> list[api.SweepCampaignResponse]:
+            return [item async for item in items]
+
+        answers, held = await loop_held_while(read(), c)
+    last = answers[-1].progress
+    assert (last.done, last.sends_judged) == (1.0, 2000), last
+    assert last.findings == sum(a.HasField("finding") for a in answers) > 0
+    assert held < 1, f"the event loop was held {held:.1f} s"
 
 
 async def test_evidence_that_names_no_event_is_refused_by_field_and_writes_nothing(service):
