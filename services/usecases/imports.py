@@ -60,6 +60,7 @@ from ledger.commands import (
     to_events,
     unattributed_opt_out,
 )
+from ledger.digest import from_micros
 from ledger.errors import DomainError, InvalidRequest
 from ledger.events import (
     MAX_CLOCK_SKEW,
@@ -68,6 +69,7 @@ from ledger.events import (
     LedgerEvent,
     Recorded,
     RevocationCandidateFlagged,
+    SubjectErased,
     SubscriberEvent,
     evolved,
 )
@@ -344,6 +346,10 @@ class Imports:
         import id) and of the record: nothing is claimed, so a later chunk that
         repeats one would not see it (an import would count it as present, or refuse
         another record under the id). At most ``DRY_RUN_REMEMBERED`` of them."""
+        self._erased: set[int] = set()
+        """The places of the records refused for an erasure of their number
+        (``_after_erasures``): an opt-out of them is not held for review, as the hold
+        would store its words again."""
         self._unapplied: dict[tuple[str, str], str] = {}
         """The fingerprints of the records this import's chunks claimed to append
         that the view may not have applied yet. Another chunk (they are worked on
@@ -436,6 +442,7 @@ class Imports:
                 result.refusals.append(_refusal(item, Code.PERMISSION_DENIED, exc))
             except FailedPrecondition as exc:
                 result.refusals.append(_refusal(item, Code.FAILED_PRECONDITION, exc))
+        planned = await self._after_erasures(planned, result)
         if before is not None and self._after_its_opt_outs(planned):
             # The earlier messages' opt-outs stamped ahead are noted as they are
             # checked (``_stated_ahead``): an opt-in that could be placed after one is
@@ -827,6 +834,8 @@ class Imports:
         for refusal in result.refusals:
             if refusal.code == Code.PERMISSION_DENIED:
                 continue  # not the caller's brand: not theirs to deny either
+            if refusal.index in self._erased:
+                continue  # erased: its words are not stored again, and it is denied anyway
             hold = _hold_of(by_index[refusal.index])
             if hold is None:
                 continue
@@ -956,6 +965,58 @@ class Imports:
         if self._recorded_by:
             events = [evolved(e, recorded_by=self._recorded_by) for e in events]
         return events
+
+    async def _after_erasures(self, planned: list[_Planned], result: ChunkResult) -> list[_Planned]:
+        """``planned`` less the records dated at or before the latest erasure of their
+        number's personal data towards their brand (``SubjectErased``), each refused
+        FAILED_PRECONDITION on ``occurred_at`` in ``result``. A stale export imported
+        again under new ids stored the name, the email and the texts erased all over
+        again; its opt-ins allowed nothing, so refusing them loses no consent. Its
+        opt-outs are not held for review either (``_held``): the number is denied
+        until an opt-in dated after the erasure. The erasures are read from the
+        numbers' digests, one read a brand for the chunk (a number whose digest
+        cannot be read, from its history)."""
+        by_brand: dict[str, set[str]] = {}
+        for p in planned:
+            phone = getattr(p.events[0], "phone", None)
+            if p.item.command is not None and phone:
+                by_brand.setdefault(brand_of(p.events[0]), set()).add(phone)
+        erased: dict[tuple[str, str], datetime] = {}
+        for brand, phones in by_brand.items():
+            digests, unread = await self.ctx.view.readable_digests(brand, sorted(phones))
+            for phone, digest in digests.items():
+                if digest.erased is not None:
+                    erased[(brand, phone)] = from_micros(digest.erased.at)
+            for phone in unread:
+                times = [
+                    r.event.occurred_at
+                    for r in await self.ctx.view.history(phone, brand)
+                    if isinstance(r.event, SubjectErased)
+                ]
+                if times:
+                    erased[(brand, phone)] = max(times)
+        if not erased:
+            return planned
+        kept: list[_Planned] = []
+        for p in planned:
+            cmd = p.item.command
+            key = (brand_of(p.events[0]), getattr(p.events[0], "phone", ""))
+            at = erased.get(key)
+            if cmd is None or at is None or cmd.occurred_at > at:
+                kept.append(p)
+                continue
+            self._erased.add(p.item.index)
+            reason = (
+                f"the personal data of this number for {key[0]!r} was erased at "
+                f"{at.isoformat()}, and this record is dated no later: what was erased "
+                "is not imported again; a consent given since needs a time after it"
+            )
+            result.refusals.append(
+                _refusal(
+                    p.item, Code.FAILED_PRECONDITION, FailedPrecondition("occurred_at", reason)
+                )
+            )
+        return kept
 
     def _after_its_opt_outs(self, planned: Sequence[_Planned]) -> bool:
         """Whether an opt-in of ``planned`` could be placed after an opt-out this import

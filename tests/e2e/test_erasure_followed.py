@@ -1,10 +1,11 @@
 """What follows an erasure, through the API, on real Kafka and on the embedded
 default: a START, a HELP, a text, a reconfirmation, an age verification, a send and
-its outcome, a legal hold, an import of an opt-in dated before the erasure and an
-opt-in to another campaign each leave CanSend, CanSendBatch, CanSendAsOf and
-GetConsent saying the subject was erased (the worked consumer's table: not opted
-in); a fresh opt-in to the campaign allows it again. A START after an erasure was
-answered CONSENT_TIER_INSUFFICIENT, as if it were the person's text alone."""
+its outcome, a legal hold, an import of an opt-in dated before the erasure (refused,
+FAILED_PRECONDITION on ``occurred_at``) and an opt-in to another campaign each leave
+CanSend, CanSendBatch, CanSendAsOf and GetConsent saying the subject was erased
+(the worked consumer's table: not opted in); a fresh opt-in to the campaign allows
+it again. A START after an erasure was answered CONSENT_TIER_INSUFFICIENT, as if it
+were the person's text alone."""
 
 from __future__ import annotations
 
@@ -83,7 +84,12 @@ def facts_after(c: Client, erased_at: datetime) -> dict[str, Callable[[datetime]
     async def imported_before(t: datetime) -> Any:
         record = opt_in(PHONE, "acme", "promo", erased_at - timedelta(days=1))
         answer = await imported(c, api.ImportRecord(opt_in=record))
-        assert (answer.imported, list(answer.refusals)) == (1, []), answer
+        # Refused, not stored again: what was erased is not imported again.
+        refusals = [(r.code, [v.field for v in r.violations]) for r in answer.refusals]
+        assert (answer.imported, refusals) == (0, [("FAILED_PRECONDITION", ["occurred_at"])])
+        assert (
+            f"was erased at {erased_at.isoformat()}" in answer.refusals[0].violations[0].description
+        )
         return answer
 
     async def hold(t: datetime) -> Any:
