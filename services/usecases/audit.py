@@ -306,9 +306,9 @@ class Audit:
         for name in sorted(named):
             for r in (await view.campaign_history(brand, name)).facts():
                 rules.setdefault(str(r.event.event_id), r)
-        # Off the event loop, as a PDF is drawn: each send is judged against those
-        # before it, seconds of CPU for a few hundred sends in a day, and every other
-        # call of the instance waited behind it.
+        # Off the event loop, as a PDF is drawn: each send is judged with the sends its
+        # cap window keeps, seconds of CPU for a number sent thousands in a day, and
+        # every other call of the instance waited behind it.
         packet = await asyncio.to_thread(
             assemble,
             [*facts, *rules.values()],
