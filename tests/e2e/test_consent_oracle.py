@@ -340,6 +340,23 @@ def history(
     return steps
 
 
+def erased_since(model: Model, phone: str, at: datetime) -> bool:
+    """Whether ``phone``'s data was erased at or after ``at``: a record dated then is
+    not imported again ("Retention, erasure and legal holds")."""
+    erased = model._n(phone).erased
+    return erased is not None and at <= erased
+
+
+def refused_as_erased(done: api.ImportConsentsResponse) -> str:
+    """An import's answer refusing its one record as dated before its number's
+    erasure, nothing written and nothing held: no token to wait for."""
+    assert (done.imported, done.held_for_review) == (0, 0), done
+    assert [(r.code, r.violations[0].field) for r in done.refusals] == [
+        ("FAILED_PRECONDITION", "occurred_at")
+    ], done
+    return ""
+
+
 async def apply(c: Client, model: Model, step: Step, now: datetime) -> str:
     """Write ``step`` through the API and into the model; the consistency token."""
     what, phone, campaign, at = step.what, step.phone, step.campaign, step.at
@@ -379,6 +396,8 @@ async def apply(c: Client, model: Model, step: Step, now: datetime) -> str:
         record = opt_in(phone, brand, campaign, at, method=lpb.COLLECTION_METHOD_API_IMPORT)
         record.proof.collection_detail = "exported by the platform it came from"
         done = await imported(c, api.ImportRecord(opt_in=record))
+        if erased_since(model, phone, at):
+            return refused_as_erased(done)
         assert (done.imported, done.informational_only) == (1, 1), done
         model.fact(phone, "grant", at, campaign, written=False)
         return done.consistency_token
@@ -432,11 +451,15 @@ async def apply(c: Client, model: Model, step: Step, now: datetime) -> str:
     if what == "import_opt_in":
         assert campaign
         done = await imported(c, api.ImportRecord(opt_in=opt_in(phone, brand, campaign, at)))
+        if erased_since(model, phone, at):
+            return refused_as_erased(done)
         assert done.imported == 1, done
         model.fact(phone, "grant", at, campaign)
         return done.consistency_token
     assert what.startswith("import_opt_out"), what
     done = await imported(c, api.ImportRecord(opt_out=opt_out(phone, brand, campaign, at)))
+    if erased_since(model, phone, at):
+        return refused_as_erased(done)
     if what == "import_opt_out_ahead":
         assert (done.imported, done.held_for_review) == (0, 1), done
         model.hold(phone, now, imported=True)
