@@ -113,10 +113,12 @@ async def ledger_size(runtime: Runtime) -> int:
     return sum(ends.values())
 
 
-async def sweep(c, start: datetime, end: datetime, token: str) -> list[api.SweepCampaignResponse]:
+async def sweep(
+    c, start: datetime, end: datetime, token: str, campaign: str = "promo"
+) -> list[api.SweepCampaignResponse]:
     request = api.SweepCampaignRequest(
         brand="acme",
-        campaign="promo",
+        campaign=campaign,
         start_time=ts(start),
         end_time=ts(end),
         at_least_as_fresh=token,
@@ -473,21 +475,8 @@ async def test_a_sweep_of_a_number_s_many_sends_leaves_other_calls_answered(serv
     runtime, when = service
     token = await dense_sends(runtime, when, "dense-sweep", phone(9001), 2000)
     async with client(runtime.address, "acme-app") as c:
-        request = api.SweepCampaignRequest(
-            brand="acme",
-            campaign="dense-sweep",
-            start_time=ts(when - timedelta(hours=2)),
-            end_time=ts(when + timedelta(minutes=1)),
-            at_least_as_fresh=token,
-        )
-        items = c.stub.SweepCampaign(
-            request, metadata=[("authorization", f"Bearer {c.token}")], timeout=600
-        )
-
-        async def read() -> list[api.SweepCampaignResponse]:
-            return [item async for item in items]
-
-        answers, held = await loop_held_while(read(), c)
+        span = (when - timedelta(hours=2), when + timedelta(minutes=1))
+        answers, held = await loop_held_while(sweep(c, *span, token, "dense-sweep"), c)
     last = answers[-1].progress
     assert (last.done, last.sends_judged) == (1.0, 2000), last
     assert last.findings == sum(a.HasField("finding") for a in answers) > 0
