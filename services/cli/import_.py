@@ -502,6 +502,24 @@ INTERRUPTED = 130
 """The exit status after Ctrl-C (128 + SIGINT), as a shell reports it."""
 
 
+def _informational_only(kind: str, request: Any) -> bool:
+    """Whether a record is a promotional opt-in not given in writing, as the service
+    counts it (``ImportConsentsResponse.informational_only``): a repeat the command
+    answers itself is counted as its first was, not left out of the summary's line."""
+    if kind != "opt_in":
+        return False
+    from ledger.digest import informational_only
+    from services.wire.codec import METHODS, TIERS
+    from services.wire.enums import WireFormatError
+
+    try:
+        tier = TIERS.from_proto(request.tier, "tier")
+        method = METHODS.from_proto(request.method, "method")
+    except WireFormatError:  # refused, as its first was: not counted
+        return False
+    return informational_only(tier, method)
+
+
 def _run(args: argparse.Namespace) -> int:
     import grpc
     from consent.v1 import consent_service_pb2 as api
@@ -598,6 +616,7 @@ def _run(args: argparse.Namespace) -> int:
     # code, field, reason, import id, held for review, the id derived
     refused_at: dict[int, tuple[str, str, str, str, bool, bool]] = {}
     repeat_of, repeat_line = array("q"), array("q")  # a record again: the first's index, line
+    repeat_informational = array("b")  # and whether the service counts it informational_only
     # Of opt-outs that could not be read, sent to be held: by index, the field and why.
     told_here: dict[int, tuple[str, str]] = {}
     # Of each message sent and not yet answered: its first record's index, and the
@@ -756,6 +775,7 @@ def _run(args: argparse.Namespace) -> int:
                     if contents[earlier] == same:  # fares as the first does
                         repeat_of.append(earlier)
                         repeat_line.append(item.line)
+                        repeat_informational.append(_informational_only(kind, request))
                         continue
                     reason = (
                         f"was used before by the record on line {lines[earlier]}; a new "
@@ -997,7 +1017,9 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         # A record repeated in the file was not sent: it fares as its first did (if
         # that was answered before the import ended).
-        for earlier, line in zip(repeat_of, repeat_line, strict=True):
+        for earlier, line, informational in zip(
+            repeat_of, repeat_line, repeat_informational, strict=True
+        ):
             if earlier in refused_at:
                 code_, field_name, reason, import_id, held, derived = refused_at[earlier]
                 summary.refuse(line, code_, field_name, reason)
@@ -1005,6 +1027,7 @@ def _run(args: argparse.Namespace) -> int:
                 refusals.write(line, import_id, code_, field_name, reason, held, derived)
             elif earlier < answered:
                 summary.present += 1
+                summary.informational += informational
             bar.update(1)
         refusals.close()
         _close(reader, spooled)

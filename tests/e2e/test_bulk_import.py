@@ -477,6 +477,35 @@ async def test_promotional_opt_ins_not_given_in_writing_are_counted_as_informati
     }
 
 
+async def test_a_repeated_opt_in_not_given_in_writing_is_counted_as_informational_too(
+    service, tmp_path
+):
+    """A record repeated in the file is not sent again: the command counts it present
+    itself, as its first fared. Such a repeat of a promotional opt-in not given in
+    writing is one of the present the informational line counts (as the service counts
+    each copy of one within a message), not left out of it."""
+    runtime, when = service
+    base = {**export_rows(when)[1], "proof.collection_detail": "imported from OldSMS"}
+    row = {**base, "import_id": "api-0", "phone": phone(0), "method": "api_import"}
+    export = tmp_path / "export.csv"
+    with export.open("w", newline="") as out:
+        writer = csv.DictWriter(out, [*COLUMNS, "proof.collection_detail"])
+        writer.writeheader()
+        writer.writerows([row, row])
+    acme = TOKENS["acme-app"][0]
+
+    for argv in (["--dry-run"], [], []):  # then the import, then a re-run: present
+        code, out, err = await import_cli(
+            str(export), *argv, "--address", runtime.address, token=acme
+        )
+        assert code == 0, out + err
+        assert "  already present: " in out, out
+        assert (
+            "  2 promotional opt-ins not given in writing (method verbal/api_import): they "
+            "allow informational campaigns only"
+        ) in out.splitlines(), out
+
+
 async def test_a_token_without_the_write_scope_imports_nothing(unsent, tmp_path):
     """A dry run refused so said what an import refused does: that it stopped "after
     0 records imported", that "running the import again goes on from there" and
