@@ -332,15 +332,19 @@ class Violations:
     def __bool__(self) -> bool:
         return bool(self._errors)
 
-    def raise_if_any(self) -> None:
+    def raise_if_any(self, order: Callable[[str], int] | None = None) -> None:
+        """``order``, given, ranks the fields (stably): a batch lists its messages'
+        fields by message, not by the pass that found them."""
         if not self._errors:
             return
         found: dict[str, str] = {}
         for error in self._errors:
             for field, reason in error.violations:
                 found.setdefault(field, reason)
+        if order is not None:
+            found = dict(sorted(found.items(), key=lambda item: order(item[0])))
         first = self._errors[0]
-        if len(found) == len(first.violations):
+        if tuple(found.items()) == tuple(first.violations):
             raise first
         # The first error, its type and what it carries (a reason, metadata) kept,
         # with every violation: built without __init__, whose arguments vary by type.

@@ -389,8 +389,18 @@ def command_from_proto(
         check_fields(vars(command), now, found)
         if isinstance(command, RecordMessagesSent):
             check_sent_messages(command, now, found)
+            found.raise_if_any(order=_message_place)
         found.raise_if_any()
     return command
+
+
+def _message_place(field: str) -> int:
+    """The index of the message a batch's field is of (``messages[3].kind``: 3), -1
+    for the request's own fields: a client reading the first violation reads the
+    first bad message's."""
+    if not field.startswith("messages["):
+        return -1
+    return int(field[len("messages[") : field.index("]")])
 
 
 # --- answers -> responses ---------------------------------------------------------

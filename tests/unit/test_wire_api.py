@@ -725,11 +725,28 @@ def test_what_a_message_of_a_call_lacks_is_named_by_its_place_with_every_other_b
     with pytest.raises(InvalidRequest) as refused:
         api.command_from_proto(request)
     assert [f for f, _ in refused.value.violations] == [
+        "brand",
         "messages[1].occurred_at",
         "messages[2].relied_on.reason",
-        "brand",
         "messages[3].phone",
     ]
+
+
+def test_a_call_s_bad_fields_are_listed_by_message_whichever_pass_found_them() -> None:
+    # An unset time is found while the request is read, a bad phone only when the
+    # messages read are checked: the earlier message still comes first.
+    messages = [sent_message_proto(i) for i in range(12)]
+    messages[0].phone = "not a phone"
+    messages[3].ClearField("occurred_at")
+    messages[5].kind = 99
+    messages[10].message_id = ""
+    request = api_pb2.RecordMessagesSentRequest(request_id="req-1", brand="acme", messages=messages)
+    with pytest.raises(InvalidRequest) as refused:
+        api.command_from_proto(request)
+    fields = [f for f, _ in refused.value.violations]
+    assert fields[:3] == ["messages[0].phone", "messages[3].occurred_at", "messages[5].kind"]
+    assert fields == sorted(fields, key=lambda f: int(f[9 : f.index("]")]))
+    assert str(refused.value).startswith("messages[0].phone: ")
 
 
 def test_a_call_of_too_many_messages_is_not_read_message_by_message() -> None:
