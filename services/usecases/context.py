@@ -19,6 +19,7 @@ from services.errors import NotConsistent
 from services.freshness import FreshnessGuard
 from services.personal_data import PersonalData
 from services.usecases.access import Access
+from services.usecases.erased import ErasedHere
 
 _LOOK_AT_THE_END = 5.0
 """Seconds to read the ledger's end offsets, to tell a token no write gave from one
@@ -49,6 +50,9 @@ class Context:
     campaigns: CampaignReads | None = field(default=None, kw_only=True)
     """Where a write reads the campaigns' rules it checks against: CanSend's (the
     view's rules kept in memory until the campaign stream moves); None: the view."""
+    erased_here: ErasedHere = field(default_factory=ErasedHere, kw_only=True)
+    """The erasures this instance acknowledged that CanSend's digests may not show yet
+    (``services.usecases.erased``)."""
 
     @property
     def rules(self) -> CampaignReads:

@@ -148,6 +148,9 @@ class Erasure:
             for i, phone in enumerate(spelt, start=1)
         ]
         result = await recorded_once(self.ctx, events)
+        # Before it is answered: a write begun after the answer is refused on this
+        # instance, whether or not CanSend's digests have it yet.
+        self.ctx.erased_here.note(brand, keys, event.occurred_at, result.token)
         destroyed = 0
         if self.keys is not None:
             for phone, named in keys.items():
@@ -177,6 +180,9 @@ class Erasure:
         it named destroyed now. It is not decided again, so facts recorded since (a
         fresh opt-in, whose key it leaves alone) neither refuse it nor widen it."""
         result = await recorded_once(self.ctx, earlier)
+        self.ctx.erased_here.note(
+            brand, [e.phone for e in earlier], earlier[0].occurred_at, result.token
+        )
         destroyed = 0
         if self.keys is not None:
             for e in earlier:

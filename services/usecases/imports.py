@@ -96,6 +96,7 @@ from services.errors import (
     StoreUnavailable,
 )
 from services.usecases.context import BEHIND, Context
+from services.usecases.erased import erased_refusal
 from services.usecases.requests import appended_again, brand_of, stored_before, unwritten
 from services.usecases.writes import (
     note_stated_ahead,
@@ -1006,16 +1007,8 @@ class Imports:
                 kept.append(p)
                 continue
             self._erased.add(p.item.index)
-            reason = (
-                f"the personal data of this number for {key[0]!r} was erased at "
-                f"{at.isoformat()}, and this record is dated no later: what was erased "
-                "is not imported again; a consent given since needs a time after it"
-            )
-            result.refusals.append(
-                _refusal(
-                    p.item, Code.FAILED_PRECONDITION, FailedPrecondition("occurred_at", reason)
-                )
-            )
+            refused = erased_refusal(key[0], at, "imported")
+            result.refusals.append(_refusal(p.item, Code.FAILED_PRECONDITION, refused))
         return kept
 
     def _after_its_opt_outs(self, planned: Sequence[_Planned]) -> bool:

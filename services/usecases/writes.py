@@ -34,6 +34,8 @@ from ledger.commands import (
     RecordMessageSent,
     RecordOptIn,
     RecordOptOut,
+    RecordReconfirmation,
+    RecordSubscriberLocation,
     RefusedOutcome,
     ReplyKind,
     ResolveRevocationCandidate,
@@ -106,6 +108,7 @@ from services.errors import (
     ReusedIdHeldForReview,
 )
 from services.usecases.context import BEHIND, Context
+from services.usecases.erased import erased_refusal, erased_since
 from services.usecases.requests import (
     RequestTurns,
     Turns,
@@ -319,6 +322,11 @@ def _resolution_key(resolution: RevocationCandidateResolved) -> str:
     return f"{RESOLUTION_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
 
 
+_PERSONAL = (RecordOptIn, RecordOptOut, RecordReconfirmation, RecordSubscriberLocation)
+"""The commands whose facts may hold a subject's personal data (a proof, a text, a
+detail): refused when dated at or before its erasure (``Writes._check_not_erased``)."""
+
+
 def _retrieve(write: asyncio.Future[Any]) -> None:
     """Take the outcome of a write whose caller went away, so it is not logged as lost."""
     if not write.cancelled():
@@ -479,6 +487,10 @@ class Writes:
         # look at the view (most checks read memory): a write that fails its checks
         # is answered as recorded when it is a retry of one that passed them.
         try:
+            if isinstance(cmd, _PERSONAL):
+                subject = events[0]
+                assert isinstance(subject, SubscriberEvent)
+                await self._check_not_erased(subject.brand, [subject.phone], cmd.occurred_at)
             if isinstance(cmd, RecordMessageSent):
                 sent = events[0]
                 assert isinstance(sent, MessageSent)
@@ -522,6 +534,23 @@ class Writes:
                 revoked, written, recorded_by, digests.get(phone), phone in unread
             )
         return written
+
+    async def _check_not_erased(self, brand: str, phones: Sequence[str], at: datetime) -> None:
+        """Refuse a write dated ``at`` of ``phones`` towards ``brand`` (FAILED_PRECONDITION
+        on ``occurred_at``, as an import's record is) when the personal data of one
+        was erased then or later: it would store what was erased again. Read from
+        CanSend's digests (memory, in the service) and the erasures acknowledged here."""
+        erased = await erased_since(
+            self.reads,
+            self.ctx.view,
+            self.ctx.erased_here,
+            self.ctx.guard.applied_token(),
+            brand,
+            phones,
+        )
+        for when in erased.values():
+            if at <= when:
+                raise erased_refusal(brand, when, "recorded")
 
     async def resolve_holds_covered_by(
         self, recorded: Sequence[Recorded], recorded_by: str = ""
@@ -1338,6 +1367,15 @@ class Writes:
                 if hold is not None:
                     holds.append(hold)
         events = _stamped(outcome.events, recorded_by)
+        if state.erased is not None and cmd.occurred_at <= state.erased.at:
+            # Dated no later than the erasure of the sender's personal data towards
+            # the brand, the text would store its words there again: refused, nothing
+            # of it written for the brand (the holds of others stand), unless it is a
+            # retry of one recorded before.
+            earlier_write = await replay(self.ctx, events)
+            if earlier_write is None:
+                raise erased_refusal(brand, state.erased.at, "recorded")
+            return InboundResult(earlier_write, outcome, owed=outcome)
         claimed = await self._message_claimed(events)
         earlier = None if claimed is None else await self._redelivered(claimed, outcome)
         if earlier is not None:
@@ -1421,6 +1459,19 @@ class Writes:
             hold = await self._kept_for_review(cmd, key, recorded_by, now, sent_for=sent_for)
             if hold is not None:
                 hidden.append(hold.write.token)
+        for brand in brands:
+            if brand == ANY_BRAND:
+                continue  # no erasure is of every brand
+            try:
+                await self._check_not_erased(brand, [sender], cmd.occurred_at)
+            except FailedPrecondition:
+                # Dated no later than the erasure: its words are not kept under the
+                # brand again (the holds of others stand), unless it is a retry of
+                # one kept before, answered so.
+                held = handle_unowned_inbound(cmd, brand, now)
+                events = [] if held is None else _stamped(held.events, recorded_by)
+                if not events or await replay(self.ctx, events) is None:
+                    raise
         results = []
         for brand in brands:
             kept = await self._kept_for_review(cmd, brand, recorded_by, now)

@@ -53,6 +53,7 @@ from tests.e2e.harness import (
     noon_in_los_angeles,
     opt_in,
     opt_out,
+    precondition_violations,
     serving,
     ts,
 )
@@ -342,7 +343,7 @@ def history(
 
 def erased_since(model: Model, phone: str, at: datetime) -> bool:
     """Whether ``phone``'s data was erased at or after ``at``: a record dated then is
-    not imported again ("Retention, erasure and legal holds")."""
+    neither imported nor recorded again ("Retention, erasure and legal holds")."""
     erased = model._n(phone).erased
     return erased is not None and at <= erased
 
@@ -354,6 +355,18 @@ def refused_as_erased(done: api.ImportConsentsResponse) -> str:
     assert [(r.code, r.violations[0].field) for r in done.refusals] == [
         ("FAILED_PRECONDITION", "occurred_at")
     ], done
+    return ""
+
+
+async def refused_write_as_erased(write: Awaitable[Any]) -> str:
+    """A single write refused as dated at or before its number's erasure, as an
+    imported record is: nothing written, nothing held, no token to wait for."""
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await write
+    err = refused.value
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err
+    assert [f for f, _ in precondition_violations(err)] == ["occurred_at"], err
+    assert held_info(err) is None, err
     return ""
 
 
@@ -374,6 +387,8 @@ async def apply(c: Client, model: Model, step: Step, now: datetime) -> str:
         else:
             request.method = lpb.COLLECTION_METHOD_VERBAL
             request.proof.collection_detail = "agreed on a call with the front desk"
+        if erased_since(model, phone, at):
+            return await refused_write_as_erased(c.RecordOptIn(request))
         w = await c.RecordOptIn(request)
         # Neither is a promotional opt-in given in writing.
         assert w.informational_only == (what == "opt_in_verbal"), w
@@ -381,6 +396,8 @@ async def apply(c: Client, model: Model, step: Step, now: datetime) -> str:
         return w.consistency_token
     if what in ("opt_in", "opt_in_ahead", "opt_in_before_2000"):
         assert campaign
+        if what == "opt_in" and erased_since(model, phone, at):
+            return await refused_write_as_erased(c.RecordOptIn(opt_in(phone, brand, campaign, at)))
         try:
             w = await c.RecordOptIn(opt_in(phone, brand, campaign, at))
         except grpc.aio.AioRpcError as err:
@@ -402,6 +419,10 @@ async def apply(c: Client, model: Model, step: Step, now: datetime) -> str:
         model.fact(phone, "grant", at, campaign, written=False)
         return done.consistency_token
     if what in ("opt_out", "opt_out_brand", "opt_out_ahead", "opt_out_before_2000"):
+        if what in ("opt_out", "opt_out_brand") and erased_since(model, phone, at):
+            return await refused_write_as_erased(
+                c.RecordOptOut(opt_out(phone, brand, campaign, at))
+            )
         try:
             w = await c.RecordOptOut(opt_out(phone, brand, campaign, at))
         except grpc.aio.AioRpcError as err:
@@ -419,6 +440,9 @@ async def apply(c: Client, model: Model, step: Step, now: datetime) -> str:
     if what in ("stop", "stopall", "start", "stop_ahead"):
         to = model.senders[campaign or CAMPAIGNS[0]]
         body = {"stop": "STOP", "stop_ahead": "STOP", "stopall": "STOPALL", "start": "START"}
+        if what != "stop_ahead" and erased_since(model, phone, at):
+            text = inbound(phone, to, body[what], at)
+            return await refused_write_as_erased(c.HandleInboundMessage(text))
         try:
             w = await c.HandleInboundMessage(inbound(phone, to, body[what], at))
         except grpc.aio.AioRpcError as err:

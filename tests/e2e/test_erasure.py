@@ -218,8 +218,10 @@ async def test_erasure_is_refused_early_and_under_a_hold_then_done_and_the_ledge
             )
         )
         assert (as_of.allowed, as_of.reason) == (False, api.REASON_SUBJECT_ERASED)
+        # A minute after the erasure: one at its very time would be refused, as
+        # every record dated no later is (tests/e2e/test_erased_writes.py).
         start = await c.HandleInboundMessage(
-            inbound(PHONE, SENDER, "START", clock.now, message_id="SM-in-2")
+            inbound(PHONE, SENDER, "START", clock.now + timedelta(minutes=1), message_id="SM-in-2")
         )
         after_start = await c.CanSend(
             api.CanSendRequest(

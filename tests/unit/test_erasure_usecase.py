@@ -6,22 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 
 import pytest
 
 from ledger.commands import RecordOptOut
+from ledger.digest import Digest
 from ledger.errors import InvalidRequest
 from ledger.events import ConsentGranted, RevocationChannel, SubjectErased
 from ledger.personal_data import ERASED
 from ledger.policy import Reason
+from ledger.ports import DigestReads, Stream
 from ledger.retention import PlaceLegalHold, ReleaseLegalHold, RequestErasure, add_years
 from ledger.status import ConsentState
 from services.adapters.memory_keys import InMemorySubjectKeys
 from services.adapters.memory_ledger import InMemoryLedger
 from services.adapters.memory_view import InMemoryConsentView
-from services.errors import Refused
+from services.errors import FailedPrecondition, Refused
 from services.freshness import FreshnessGuard
 from services.projector import Projector
 from services.settings import FreshnessSettings
@@ -209,3 +211,55 @@ async def test_bad_input_is_refused_by_field_before_the_retention_is_looked_at()
             await uc.erasure.erase(RequestErasure("", PHONE, BRAND, "x" * 300), "dpo")
 
         assert {f for f, _ in err.value.violations} == {"request_id", "reference"}
+
+
+class Lagging(DigestReads):
+    """CanSend's digests as a replica that has not applied anything since ``frozen``
+    (the view's digests then), though the view has."""
+
+    def __init__(self, view: InMemoryConsentView) -> None:
+        self.view = view
+        self.frozen: dict[str, Digest] | None = None
+
+    async def positions(self, stream: Stream) -> dict[int, int]:
+        return await self.view.positions(stream)
+
+    async def digests(self, brand: str, phones: Sequence[str]) -> dict[str, Digest]:
+        if self.frozen is not None:
+            return {p: d for p, d in self.frozen.items() if p in phones}
+        return await self.view.digests(brand, phones)
+
+
+async def test_a_write_dated_no_later_than_an_erasure_answered_here_is_refused_at_once() -> None:
+    # What CanSend reads lags the erasure this instance answered a moment ago: the
+    # write dated before it is refused all the same, nothing of it written; a retry
+    # of the opt-in recorded before the erasure is answered as recorded.
+    clock = Clock(at(10))
+    ledger, view = InMemoryLedger(partitions=4, clock=clock), InMemoryConsentView()
+    reads = Lagging(view)
+    projector = asyncio.create_task(Projector(ledger, view, poll_timeout=0.01).run())
+    guard = FreshnessGuard(ledger, view, FreshnessSettings(refresh_interval=0.01, wait_bound=1))
+    await guard.start()
+    try:
+        uc = UseCases.build(ledger, view, guard, clock, reads=reads, keys=InMemorySubjectKeys())
+        await uc.writes.record(define())
+        first = await uc.writes.record(an_opt_in(at(0), request_id="in"))
+        reads.frozen = await view.digests(BRAND, [PHONE])
+        clock.now = add_years(at(0), 5) + timedelta(days=1)
+        done = await uc.erasure.erase(RequestErasure("erase-1", PHONE, BRAND), "dpo")
+
+        with pytest.raises(FailedPrecondition) as refused:
+            await uc.writes.record(an_opt_in(at(1), request_id="stale"))
+        again = await uc.writes.record(an_opt_in(at(0), request_id="in"))
+        history = (await uc.audit.history(PHONE, BRAND, done.token, reader=AUDITOR)).value
+
+        assert refused.value.field == "occurred_at"
+        assert f"was erased at {clock.now.isoformat()}" in refused.value.reason
+        assert again.replayed and again.event_ids == first.event_ids
+        assert [r.event.request_id for r in history] == ["in", "erase-1"]
+        clock.now += timedelta(minutes=1)
+        fresh = await uc.writes.record(an_opt_in(clock.now, request_id="fresh"))
+        assert not fresh.replayed
+    finally:
+        await guard.stop()
+        await stop_task(projector)
