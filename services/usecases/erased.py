@@ -5,12 +5,14 @@ An erasure destroys the key that sealed the subject's personal data; a write dat
 no later than it (a stale export imported again, a gateway's late retry under a new
 request id) would store the name, the email or the words erased all over again,
 readable in ListEvents, the proof packet and the audit export. Such a write is
-refused (``refuse_erased``); one dated after the erasure is written as before.
+refused (``erased_refusal``); one dated after the erasure is written as before.
 
-The time is read from the digests CanSend reads (``DigestReads``: in the service the
-in-process replica, so a single write adds no PostgreSQL round trip), and from the
-erasures this instance acknowledged that the replica may not have applied yet
-(``ErasedHere``): an erasure answered here always refuses a write begun after it.
+For a single write the time is read from the digests CanSend reads (``erased_since``
+on ``DigestReads``: in the service the in-process replica, so the check adds no
+PostgreSQL round trip), and from the erasures this instance acknowledged that the
+replica may not have applied yet (``ErasedHere``): an erasure answered here always
+refuses a write begun after it, one answered by another instance once the replica
+has applied it.
 """
 
 from __future__ import annotations
