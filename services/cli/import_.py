@@ -238,7 +238,7 @@ SHOWN_LINES = 5
 REMEMBERED = 1_000_000
 """Records whose import id (with a hash of the record) and line the command keeps, to
 settle a repeat in the file's order itself: some 200 bytes each, as many as the
-service's dry run remembers (``services.usecases.imports.DRY_RUN_REMEMBERED``). Past
+service remembers (``services.usecases.imports.REMEMBERED``). Past
 them the service settles a repeat (the earlier message's record is kept), so that a
 file of any size is read in bounded memory: of a record past them only its message's
 lines are kept, until the message is answered."""

@@ -109,10 +109,12 @@ log = logging.getLogger(__name__)
 
 MAX_CHUNK = 1000
 """Records one chunk may hold."""
-DRY_RUN_REMEMBERED = 1_000_000
-"""Records a dry run remembers to answer later repeats (some 110 bytes each, 110 MB
-at most): a stream past that is not held in memory without end; its later chunks
-see repeats of the records beyond it only within themselves."""
+REMEMBERED = 1_000_000
+"""Records an import remembers the import ids of (some 110 bytes each, 110 MB at
+most), to name the record that used an id first when a later one reuses it, and in
+a dry run to answer later repeats: a stream past that is not held in memory
+without end; its later chunks see repeats of the records beyond it only within
+themselves, and a reuse of their ids is of "another request"."""
 CATCH_UP_ROUNDS = 20
 """Freshness bounds (``CONSENT_FRESHNESS_WAIT_MS`` each) an import's first chunk waits
 for the view to reach the ledger's end."""
@@ -342,11 +344,14 @@ class Imports:
         self._denials_failed_any: str | None = None
         """Why, when a chunk failed to append an opt-out whose number could not be
         read: then no opt-in is appended after."""
-        self._dry_run_taken: dict[int, int] = {}
-        """In a dry run, the records its chunks would import, by hashes of (brand,
-        import id) and of the record: nothing is claimed, so a later chunk that
-        repeats one would not see it (an import would count it as present, or refuse
-        another record under the id). At most ``DRY_RUN_REMEMBERED`` of them."""
+        self._taken: dict[int, int] = {}
+        """The records whose import ids this import took (in a dry run: would take),
+        by the hash of (brand, import id): the hash of the record and its index, as
+        ``_taken_as`` packs them. A later record reusing an id is refused naming the
+        record that took it, which the user can find in their file. A dry run claims
+        nothing, so a later chunk that repeats one would not see it otherwise (an
+        import would count it as present, or refuse another record under the id).
+        At most ``REMEMBERED`` of them."""
         self._erased: set[int] = set()
         """The places of the records refused for an erasure of their number
         (``_after_erasures``): an opt-out of them is not held for review, as the hold
@@ -1220,7 +1225,7 @@ class Imports:
                 # (``recorded_as_spelled``), not another under its id.
                 spelled.append((p, use))
             else:
-                result.refusals.append(_reused(p.item, None))
+                result.refusals.append(_reused(p.item, self._taken_by(p, use.fingerprint)))
         known = await self.ctx.view.known_events(
             [str(e.event_id) for p in ours for e in p.events]
             + [i for _, use in spelled for i in use.event_ids]
@@ -1245,12 +1250,25 @@ class Imports:
         self._present(result, present)
         if not dry_run and new:
             new = await self._turns(new, result)
-        if dry_run:
-            room = DRY_RUN_REMEMBERED - len(self._dry_run_taken)
-            self._dry_run_taken.update(
-                (hash(_key(p)), hash(p.events[0].request_fingerprint)) for p in new[:room]
-            )
+        self._remember(ours if not dry_run else new)
         return new
+
+    def _remember(self, taken: list[_Planned]) -> None:
+        """Note ``taken``, records whose import ids this import holds, in ``_taken``."""
+        room = REMEMBERED - len(self._taken)
+        self._taken.update(
+            (hash(_key(p)), _taken_as(p.events[0].request_fingerprint, p.item.index))
+            for p in taken[: max(room, 0)]
+            if hash(_key(p)) not in self._taken
+        )
+
+    def _taken_by(self, p: _Planned, fingerprint: str) -> int | None:
+        """The index of the record of this import that took ``p``'s import id, when the
+        record that holds it, of ``fingerprint``, is one this import remembers."""
+        earlier = self._taken.get(hash(_key(p)))
+        if earlier is None or earlier >> _INDEX_BITS != _fingerprint_hash(fingerprint):
+            return None
+        return earlier & _INDEX_MASK
 
     async def _turns(self, new: list[_Planned], result: ChunkResult) -> list[_Planned]:
         """Those of ``new`` (claimed, facts not applied) whose turn to append this
@@ -1386,13 +1404,13 @@ class Imports:
         as the import would answer them."""
         left: list[_Planned] = []
         for p in unique:
-            earlier = self._dry_run_taken.get(hash(_key(p)))
+            earlier = self._taken.get(hash(_key(p)))
             if earlier is None:
                 left.append(p)
-            elif earlier == hash(p.events[0].request_fingerprint):
+            elif earlier >> _INDEX_BITS == _fingerprint_hash(p.events[0].request_fingerprint):
                 result.present += 1
             else:
-                result.refusals.append(_reused(p.item, None))
+                result.refusals.append(_reused(p.item, earlier & _INDEX_MASK))
         return left
 
     def _forget_applied(self) -> None:
@@ -1523,6 +1541,20 @@ def _opted_in_numbers(planned: Sequence[_Planned]) -> frozenset[str] | None:
 def _records(planned: Sequence[_Planned]) -> int:
     """The records ``planned`` holds: one held under several brands counts once."""
     return len({p.item.index for p in planned})
+
+
+_INDEX_BITS = 40
+_INDEX_MASK = (1 << _INDEX_BITS) - 1
+
+
+def _fingerprint_hash(fingerprint: str) -> int:
+    return hash(fingerprint) & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _taken_as(fingerprint: str, index: int) -> int:
+    """A record's fingerprint and index as one integer (``Imports._taken``): one
+    object an entry rather than a tuple of two, for a million of them."""
+    return _fingerprint_hash(fingerprint) << _INDEX_BITS | (index & _INDEX_MASK)
 
 
 def _key(p: _Planned) -> tuple[str, str]:

@@ -47,6 +47,7 @@ from tests.e2e.harness import (
     define,
     opt_in,
     status_details,
+    streamed,
     ts,
 )
 from tests.e2e.test_embedded_run import data_dir as data_dir  # the fixture, shared
@@ -1020,6 +1021,41 @@ async def test_a_record_repeated_in_another_chunk_is_written_once(service):
     assert sum(a.already_present for a in answers) == 1
     after = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
     assert after == before + 1001
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+async def test_an_import_id_reused_in_a_later_message_names_the_record_that_used_it(
+    service, dry_run
+):
+    """A record reusing the import id of another record of an earlier message of the
+    same stream was refused as "used before by another request", naming nothing the
+    user could find in their file; within one message the earlier record was named."""
+    runtime, when = service
+    at = when - timedelta(days=3)
+    tag = "dry" if dry_run else "real"
+    first = [
+        api.ImportRecord(opt_in=opt_in(f"+1720556{i:04d}", "acme", "promo", at, f"{tag}-{i}"))
+        for i in range(3)
+    ]
+    other = opt_in(f"+172055{7 if dry_run else 8}0000", "acme", "promo", at, f"{tag}-1")
+
+    async with client(runtime.address, "acme-app") as c:
+        answers = await streamed(
+            c,
+            [
+                api.ImportConsentsRequest(records=first, dry_run=dry_run),
+                api.ImportConsentsRequest(
+                    records=[api.ImportRecord(opt_in=other)], dry_run=dry_run
+                ),
+            ],
+        )
+
+    assert [a.imported for a in answers] == [3, 0]
+    (refusal,) = answers[1].refusals
+    assert (refusal.index, refusal.code) == (3, "ALREADY_EXISTS")
+    (violation,) = refusal.violations
+    assert violation.field == "request_id"
+    assert "record 1 of this import" in violation.description, violation.description
 
 
 async def test_a_dry_run_finds_what_the_import_refuses_across_the_whole_file(service, tmp_path):

@@ -363,9 +363,9 @@ async def test_a_dry_run_checks_everything_and_writes_nothing():
 
 async def test_a_dry_run_remembers_its_records_up_to_a_bound(monkeypatch):
     """A dry run answers a later chunk's repeat as the import would, from what its
-    earlier chunks would import; it holds that for at most ``DRY_RUN_REMEMBERED``
+    earlier chunks would import; it holds that for at most ``REMEMBERED``
     records, so a long stream does not grow the service without end."""
-    monkeypatch.setattr(imports_module, "DRY_RUN_REMEMBERED", 2)
+    monkeypatch.setattr(imports_module, "REMEMBERED", 2)
     async with running() as (app, _):
         await app.writes.record(define())
         imports = _imports(app)
@@ -376,7 +376,7 @@ async def test_a_dry_run_remembers_its_records_up_to_a_bound(monkeypatch):
         assert first.imported == 3
         assert (again.imported, again.present) == (0, 1)  # remembered
         assert (past.imported, past.present) == (1, 0)  # beyond the bound: not remembered
-        assert len(imports._dry_run_taken) == 2
+        assert len(imports._taken) == 2
 
 
 async def test_a_chunk_appends_its_opt_outs_first_and_they_take_effect_by_their_times():
