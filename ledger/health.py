@@ -21,7 +21,9 @@ send's ``occurred_at``), per campaign and per sending number (``MessageSent.from
   of the answer to their own keyword. A message draws at most one opt-out. An
   opt-out counts in the window of the message it is attributed to, so the rate is a
   share of the window's messages; one with no message before it is counted apart
-  (``HealthReport.unattributed_opt_outs``, by the opt-out's own time);
+  (``HealthReport.unattributed_opt_outs``, by the opt-out's own time). Opt-outs of a
+  number that say the same (scope, own time and words: one STOP imported twice under
+  two import ids) are one opt-out, as the fold reads them;
 * **opt-outs pending review**: the messages a ``RevocationCandidateFlagged`` from the
   window's start on, that no ``RevocationCandidateResolved`` answers (at any time),
   is attributed to as an opt-out is, and that drew no opt-out; those with no message
@@ -191,6 +193,15 @@ def _micros(t: datetime) -> int:
     return (t - _EPOCH) // _MICROSECOND
 
 
+def _said(scope: int, stated: datetime, *words: str) -> int:
+    """What an opt-out (or a hold) of a number said: its scope, its own time and its
+    words, hashed. Two that say the same are one person's one STOP recorded twice (an
+    export imported again under other import ids), as the fold reads them: one
+    revocation of the scope at that instant. Counted twice, it made a number that
+    opted out once two opt-outs with no message before them."""
+    return hash((scope, _micros(stated), *words))
+
+
 class HealthTally:
     """Campaign health of ``brand`` (``campaign``: of that one) over ``[start, end)``,
     fed the brand's subscriber events in the ledger's order of each number's facts.
@@ -219,10 +230,10 @@ class HealthTally:
         self._messages: dict[str, list[int]] = {}
         self._before: dict[str, set[int]] = {}
         self._after: dict[str, dict[int, Moment]] = {}
-        self._stops: dict[str, list[tuple[Moment, int, datetime]]] = {}
+        self._stops: dict[str, list[tuple[Moment, int, datetime, int]]] = {}
         # The holds for review from the window's start on, as the opt-outs, by
         # event id; and every hold of the brand a review resolved, at any time.
-        self._holds: dict[uuid.UUID, tuple[str, Moment, int, datetime]] = {}
+        self._holds: dict[uuid.UUID, tuple[str, Moment, int, datetime, int]] = {}
         self._resolved: set[uuid.UUID] = set()
 
     def feed(self, recorded: Recorded) -> None:
@@ -237,19 +248,23 @@ class HealthTally:
             if event.occurred_at >= self.start:
                 scope = _BRAND if event.campaign is None else self._scope(event.campaign)
                 moment = (_micros(event.occurred_at), self._fed)
+                said = _said(scope, event.stated, event.text)
                 stops = self._stops.setdefault(sys.intern(event.phone), [])
-                stops.append((moment, scope, event.occurred_at))
+                if not any(stop[3] == said for stop in stops):
+                    stops.append((moment, scope, event.occurred_at, said))
         elif isinstance(event, DeliveryOutcomeReported):
             self._reported(event)
         elif isinstance(event, RevocationCandidateFlagged):
             if event.occurred_at >= self.start:
                 scope = _BRAND if event.campaign is None else self._scope(event.campaign)
                 moment = (_micros(event.occurred_at), self._fed)
+                said = _said(scope, event.stated, event.text, event.inbound_message_id)
                 self._holds[event.event_id] = (
                     sys.intern(event.phone),
                     moment,
                     scope,
                     event.occurred_at,
+                    said,
                 )
         elif isinstance(event, RevocationCandidateResolved):
             self._resolved.add(event.candidate_event_id)
@@ -314,11 +329,13 @@ class HealthTally:
         before them, counted."""
         unattributed = 0
         for phone, stops in self._stops.items():
-            for moment, scope, at in stops:
+            for moment, scope, at, _ in stops:
                 unattributed += self._answered(phone, moment, scope, at, _OPTED_OUT)
         unattributed_held = 0
-        for event_id, (phone, moment, scope, at) in self._holds.items():
-            if event_id not in self._resolved:
+        pending: set[tuple[str, int]] = set()  # the holds counted, as (phone, _said)
+        for event_id, (phone, moment, scope, at, said) in self._holds.items():
+            if event_id not in self._resolved and (phone, said) not in pending:
+                pending.add((phone, said))
                 unattributed_held += self._answered(phone, moment, scope, at, _HELD)
         return unattributed, unattributed_held
 

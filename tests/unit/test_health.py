@@ -201,6 +201,27 @@ def test_an_opt_out_with_no_message_before_it_is_counted_apart() -> None:
     assert report.unattributed_opt_outs == 1
 
 
+def test_one_stop_recorded_twice_counts_once_and_two_stops_count_twice() -> None:
+    """An export imported again under other import ids recorded each opt-out twice,
+    and a number that opted out once counted as two opt-outs with no message before
+    them; two STOPs at two times, or saying other words, are two."""
+    again = [revoked(at(1), None), revoked(at(1), None)]
+    assert health([*again, sent(at(2))]).unattributed_opt_outs == 1
+    apart = [revoked(at(1), None), revoked(at(2), None), revoked(at(2), None, text="QUIT")]
+    assert health([*apart, revoked(at(1), "promo")]).unattributed_opt_outs == 4
+    other_number = revoked(at(1), None, phone=phone(2))
+    assert health([*again, other_number]).unattributed_opt_outs == 2
+
+
+def test_one_hold_recorded_twice_counts_once_until_each_is_resolved() -> None:
+    first, second = flagged(at(1)), flagged(at(1))
+    report = health([first, second])
+    assert report.unattributed_opt_outs_pending_review == 1
+    report = health([first, second, resolved(at(2), first, CandidateResolution.DISMISSED)])
+    assert report.unattributed_opt_outs_pending_review == 1
+    assert health([first, flagged(at(2))]).unattributed_opt_outs_pending_review == 2
+
+
 def test_one_opt_out_in_a_thousand_messages_is_within_the_limit_and_four_are_not() -> None:
     sends = [sent(at(i / 100), phone=phone(i)) for i in range(1000)]
     three = health([*sends, *(revoked(at(20), phone=phone(i)) for i in range(3))])
