@@ -33,7 +33,7 @@ import json
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -75,6 +75,34 @@ OPT_OUT_FIELDS = ("channel", "text", "in_reply_to")
 FIELDS = (*COMMON_FIELDS, *OPT_IN_FIELDS, *OPT_OUT_FIELDS)
 """Every field a record may have; any other is a mistake (a misspelt column would
 otherwise drop its values silently)."""
+_FOLDED = {name.casefold(): name for name in (*FIELDS, "proof")}
+"""Our field names (and a JSON line's nested ``proof``) by their capitals folded."""
+_OURS = frozenset(_FOLDED.values())
+
+
+def as_ours(
+    names: Iterable[str], keep: Collection[str] = ()
+) -> tuple[list[str], tuple[str, str] | None]:
+    """``names`` (a header's columns, a JSON line's keys) with each that is one of our
+    fields in other capitals ("Type", "Phone", "Occurred_At") spelt as ours, but for
+    those in ``keep`` (read by a mapping as they are); and, when two of them are one
+    field but for capitals, that field and why: which was meant cannot be told.
+    Refused as unknown, such a column was named in the error beside the very field
+    it spells."""
+    spelt: list[str] = []
+    seen: dict[str, str] = {}
+    for name in names:
+        ours = name if name in keep else _FOLDED.get(name.casefold(), name)
+        if ours in _OURS:
+            other = seen.setdefault(ours, name)
+            if other != name:
+                said = f"{_shown(other)!r} and {_shown(name)!r}"
+                why = f"{said} are the one field but for capitals; which to read cannot be told"
+                return spelt, (ours, why)
+        spelt.append(ours)
+    return spelt, None
+
+
 BELONGS = {
     **{name: "opt_in" for name in OPT_IN_FIELDS},
     **{name: "opt_out" for name in OPT_OUT_FIELDS},
@@ -257,6 +285,10 @@ def _csv(
     _check_separator(columns)
     if mapping:
         mapping = mapping.fitted(columns, "the header")
+    header = columns  # as the file spells it: a header row further down repeats it so
+    columns = _spelt_as_ours(columns, mapping)
+    if mapping:  # a column of ours in other capitals, mapped as well: which is meant?
+        mapping.check_header(columns, "the header")
     _check_columns(mapping.renamed(columns) if mapping else columns, mapped=bool(mapping))
     source.row_read()
     seen = rows.line_num  # the lines up to the header's end
@@ -271,16 +303,17 @@ def _csv(
             # Under a mapping, the export's own header again (no other is known),
             # its byte-order mark dropped: a second export joined by cat keeps its own.
             unmarked = [row[0].removeprefix("\ufeff"), *row[1:]]
-            again = (unmarked if unmarked == columns else None) if mapping else _header_again(row)
+            again = (unmarked if unmarked == header else None) if mapping else _header_again(row)
             if again is not None:
+                where = f"line {start}, a header row further down: "
+                header, again = again, _spelt_as_ours(again, mapping, where, STOPPED, Stopped)
                 # Exports joined (cat a.csv b.csv): the second's header is no record,
                 # and its rows are written under it, so they are read under it. It is
                 # refused all the same, named, so that a file that is not the one
                 # export it seems does not pass for clean, and no row is dropped unsaid.
                 # Under a mapping it is the first header, checked as that was.
                 _check_columns(
-                    mapping.renamed(again) if mapping else again,
-                    f"line {start}, a header row further down: ", STOPPED, Stopped,
+                    mapping.renamed(again) if mapping else again, where, STOPPED, Stopped,
                     mapped=bool(mapping),
                 )  # fmt: skip
                 if opt_ins is not True:
@@ -368,6 +401,23 @@ def _check_separator(columns: list[str]) -> None:
             )
 
 
+def _spelt_as_ours(
+    columns: list[str],
+    mapping: Mapping,
+    where: str = "",
+    then: str = "",
+    error: type[FormatError] = FormatError,
+) -> list[str]:
+    """A header's columns, each of our fields in other capitals spelt as ours
+    (``as_ours``), but for those a mapping reads or ignores; refused (``error``) when
+    two are one field but for capitals."""
+    spelt, clash = as_ours(columns, set(mapping.columns.values()) | mapping.ignored)
+    if clash is not None:
+        field_name, reason = clash
+        raise error(f"{where}the columns for {field_name}: {reason}{then}")
+    return spelt
+
+
 def _check_columns(
     columns: list[str],
     where: str = "",
@@ -399,7 +449,8 @@ def _header_again(row: list[str]) -> list[str] | None:
     One naming a column no record has is a header still, which ``_check_columns``
     refuses: read as a record, the rows after it would be read under other columns."""
     named = [row[0].removeprefix("\ufeff"), *row[1:]]
-    if "type" in named and 2 * sum(value in FIELDS for value in named) > len(named):
+    spelt, _ = as_ours(named)
+    if "type" in spelt and 2 * sum(value in FIELDS for value in spelt) > len(spelt):
         return named
     return None
 
@@ -497,18 +548,30 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None, mapping: Mapping) -> Iterator
             continue
         pieces = _records_of(mapping, _renamed(obj, mapping)) if mapping else [(obj, None)]
         for obj, unmapped in pieces:
+            # Our keys in other capitals ("Type") are ours, as a header's columns are:
+            # read before the type is, or the record went in neither pass.
+            spelt, clash = as_ours(obj)
+            if clash is None:
+                obj = dict(zip(spelt, obj.values(), strict=True))
             if not _wanted(obj, opt_ins):
                 continue
             if unmapped is not None:  # its type unread, an opt-out-looking one is held
                 yield _refused(_loose(obj), number, *unmapped)
                 continue
             loose = _loose(obj)  # what an opt-out refused below is held by
+            if clash is not None:
+                yield _refused(loose, number, *clash)
+                continue
             nested = obj.pop("proof", None)
             if nested is not None:
                 if not isinstance(nested, dict):
                     yield _refused(loose, number, "proof", "is not a JSON object")
                     continue
-                flat = {f"proof.{k}": v for k, v in nested.items()}
+                spelt, clash = as_ours(f"proof.{k}" for k in nested)
+                if clash is not None:
+                    yield _refused(loose, number, *clash)
+                    continue
+                flat = dict(zip(spelt, nested.values(), strict=True))
                 both = sorted(k for k in flat if k in obj)
                 if both:
                     yield _refused(loose, number, both[0], "is given both nested and flat")
@@ -865,9 +928,10 @@ def _loose(obj: dict[str, Any]) -> dict[str, str]:
 
 
 def _field_spelt(key: str) -> str:
-    """The field a refused JSON line's ``key`` spells, read loosely ("Phone", "TYPE",
-    " brand"); else ``key``. Another tool's capitals left its opt-out held under no
-    number, though the line names it; the line stays refused for the key."""
+    """The field a refused JSON line's ``key`` spells, read loosely (" phone",
+    "TYPE ", " Brand"); else ``key``. Another tool's padding left its opt-out held
+    under no number, though the line names it; the line stays refused for the key
+    (capitals alone are read as ours, ``as_ours``)."""
     loose = key.strip().lower()
     return loose if loose in FIELDS or loose == "proof" else key
 

@@ -341,10 +341,33 @@ def from_parts(
             raise MappingError(f"--value {item!r}: give FIELD:EXPORT_VALUE=OUR_VALUE")
         table = given["values"].setdefault(name.strip(), {})
         _put(table, theirs, ours, f"--value {name.strip()}:{theirs}")
+    for option, key in (("--column", "columns"), ("--set", "set"), ("--value", "values")):
+        given[key] = _fields_spelt(given[key], known, option)
     mapping = _built(given, known, dict(belongs or {}))
     if unreadable is not None:
         _check_values(given, unreadable)
     return mapping
+
+
+def _fields_spelt(named: dict[str, Any], fields: tuple[str, ...], option: str) -> dict[str, Any]:
+    """``named`` (a mapping's ``FIELD`` or ``FIELD@TYPE`` keys) with each of our fields
+    written in other capitals ("Phone") spelt as ours, as a header's columns are
+    (``import_files.as_ours``); two that are one field but for capitals are refused:
+    which was meant cannot be told."""
+    folded = {f.casefold(): f for f in fields}
+    spelt: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    for name, value in named.items():
+        base, typed, kind = name.partition(TYPED)
+        ours = (base if base in fields else folded.get(base.casefold(), base)) + typed + kind
+        other = given_as.setdefault(ours, name)
+        if other != name:
+            raise MappingError(
+                f"{option} {other} and {option} {name} are the one field but for capitals; "
+                "which was meant cannot be told"
+            )
+        spelt[ours] = value
+    return spelt
 
 
 def _check_values(given: Dict[str, Any], unreadable: Callable[[str, str], str | None]) -> None:

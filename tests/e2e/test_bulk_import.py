@@ -643,6 +643,72 @@ async def test_a_field_named_twice_is_refused_rather_than_one_value_dropped(serv
     assert "phone: is given more than once (line 1)" in out, out
 
 
+async def test_our_columns_and_keys_in_other_capitals_are_read_as_ours(service, tmp_path):
+    """A header naming our columns in other capitals ("Type", "Phone", "Occurred_At")
+    was refused as naming unknown columns, the error listing the very names it meant;
+    a JSON line's keys so, each record refused. Each is read as ours now; a CSV
+    header or JSON line naming one field twice but for capitals is refused, naming
+    both, as which was meant cannot be told."""
+    runtime, when = service
+    assert runtime.ledger is not None
+    capitals = {"type": "Type", "phone": "Phone", "occurred_at": "Occurred_At"}
+    rows = [{capitals.get(k, k): v for k, v in row.items()} for row in export_rows(when)[:3]]
+    export = tmp_path / "capitals.csv"
+    with export.open("w", newline="") as out:
+        writer = csv.DictWriter(out, [capitals.get(c, c) for c in COLUMNS])
+        writer.writeheader()
+        writer.writerows(rows)
+    records = tmp_path / "capitals.jsonl"
+    json_rows = [
+        {{"import_id": "Import_ID", "type": "TYPE"}.get(k, k): v for k, v in row.items()}
+        for row in export_rows(when)[3:5]
+    ]
+    records.write_text("".join(json.dumps(row) + "\n" for row in json_rows))
+    numbers = [phone(0), phone(1), phone(2), phone(3)]
+
+    for path, count in ((export, 3), (records, 2)):
+        code, out, err = await import_cli(
+            str(path), "--address", runtime.address, token=TOKENS["acme-app"][0]
+        )
+        assert code == 0, out + err
+        assert f"imported {count} of {count} records" in out, out + err
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, numbers, token_of(out))
+    assert reasons == {
+        phone(0): "REASON_REVOKED",
+        phone(1): "REASON_CONSENT_ACTIVE",
+        phone(2): "REASON_CONSENT_ACTIVE",
+        phone(3): "REASON_CONSENT_ACTIVE",
+    }, reasons
+
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    both = tmp_path / "both.csv"
+    with both.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow([*COLUMNS, "Phone"])
+        writer.writerow([*(export_rows(when)[1].get(c, "") for c in COLUMNS), phone(72)])
+
+    code, out, err = await import_cli(
+        str(both), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 2, out + err
+    assert "'phone' and 'Phone' are the one field but for capitals" in err, err
+    assert "Traceback" not in err, err
+
+    line = json.dumps({**export_rows(when)[7], "import_id": "caps-twice", "PHONE": phone(73)})
+    both_keys = tmp_path / "both.jsonl"
+    both_keys.write_text(line + "\n")
+
+    code, out, err = await import_cli(
+        str(both_keys), "--address", runtime.address, token=TOKENS["acme-app"][0]
+    )
+
+    assert code == 1, out + err
+    assert "phone: 'phone' and 'PHONE' are the one field but for capitals" in out, out
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
+
+
 async def test_an_overlong_import_id_is_refused_for_its_length(service, tmp_path):
     """An import id of 129 characters was refused as "is required (1-128 chars)", as
     if the record had none: the reason names what is wrong with it."""
@@ -2616,11 +2682,14 @@ async def test_an_opt_out_whose_number_is_a_json_array_or_object_is_held_under_i
     assert set(reasons.values()) == {"REASON_REVOCATION_PENDING_REVIEW"}, reasons
 
 
-async def test_an_opt_out_on_a_json_line_whose_keys_are_capitalised_is_held(service, tmp_path):
+async def test_an_opt_out_on_a_json_line_whose_keys_are_capitalised_or_padded_denies(
+    service, tmp_path
+):
     """JSON lines of opt-outs whose keys another tool capitalised or padded ("Phone",
-    "TYPE", " brand"), beside the numbers' opt-ins: refused for the keys, rightly,
-    and not held, so CanSend allowed the numbers: the hold read no "phone". It reads
-    each key as the field it spells now."""
+    "TYPE", " brand"), beside the numbers' opt-ins: refused for the keys and not held,
+    so CanSend allowed the numbers: the hold read no "phone". Keys that are ours but
+    for capitals are read as ours now, the opt-outs imported; a padded one is refused
+    still, and held, its hold reading each key as the field it spells."""
     runtime, when = service
     spelt = {
         phone(230): lambda key: key.capitalize(),
@@ -2635,11 +2704,17 @@ async def test_an_opt_out_on_a_json_line_whose_keys_are_capitalised_is_held(serv
     jsonl.write_text("".join(line + "\n" for line in lines))
 
     reasons = await imported_answers(
-        runtime, jsonl, spelt, code=1, said=["imported 3 of 6 records", "held for review: 3"],
+        runtime, jsonl, spelt, code=1, said=["imported 5 of 6 records", "held for review: 1"],
         refusals=[r"INVALID_ARGUMENT +.*: is no field of an import record; held for review"],
     )  # fmt: skip
 
-    assert reasons == dict.fromkeys(spelt, "REASON_REVOCATION_PENDING_REVIEW"), reasons
+    revoked = reasons[phone(230)]
+    assert revoked.startswith("REASON_REVOKED"), reasons
+    assert reasons == {
+        phone(230): revoked,
+        phone(231): revoked,
+        phone(232): "REASON_REVOCATION_PENDING_REVIEW",
+    }, reasons
 
 
 async def test_an_opt_out_on_a_json_line_naming_its_number_under_another_key_is_held(

@@ -805,6 +805,36 @@ async def test_an_export_whose_headers_differ_in_spaces_and_capitals_is_imported
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
 
 
+async def test_a_mapping_naming_our_fields_in_other_capitals_reads_them_as_ours(unsent, tmp_path):
+    """``--column Phone=...``, ``--value Type:...``, ``--set Brand=...`` were refused
+    as naming no such field, the error listing the very fields they meant; they are
+    read as ours now. One field given twice but for capitals exits 2, naming both."""
+    runtime, when = unsent
+    export = write_csv(tmp_path / "subscribers.csv", their_rows(when, first=170))
+    records = SUBSCRIBED + SUBSCRIBED // 4
+
+    def capitalised(argv: list[str]) -> list[str]:
+        out = []
+        for arg in argv:
+            option, _, rest = arg.partition("=")
+            out.append(f"{option}={rest[:1].upper()}{rest[1:]}" if option != "--ignore" else arg)
+        return out
+
+    argv = capitalised(options(MAPPING["columns"]))
+    assert "--column=Phone=Phone Number" in argv and "--set=Brand=acme" in argv, argv
+
+    code, dry, err = await imported(runtime, str(export), *argv, "--dry-run")
+
+    assert code == 1, dry + err
+    assert f"would import {records:,} of {records + 2:,} records" in dry, dry + err
+
+    twice = [*options(MAPPING["columns"]), "--column=PHONE=Phone Number"]
+    code, out, err = await imported(runtime, str(export), *twice, "--dry-run")
+
+    assert code == 2, out + err
+    assert "--column phone and --column PHONE are the one field but for capitals" in err, err
+
+
 async def test_json_lines_of_one_row_per_subscriber_spelling_keys_apart_are_imported(
     service, tmp_path
 ):
