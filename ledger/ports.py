@@ -286,6 +286,18 @@ class EventLog(ABC):
         ``EventTooLarge``, which a retry would meet again.
         """
 
+    async def too_large(self, events: Sequence[LedgerEvent]) -> list[int]:
+        """The places in ``events`` of those ``append`` would refuse as too large
+        (``EventTooLarge``), as far as the ledger can tell without writing or asking
+        its storage: what a dry run refuses beside what the write would. A ledger with
+        no limit of its own below any event's size knows of none."""
+        return []
+
+    def record_limit(self) -> int | None:
+        """The bytes a record may have, as far as the ledger knows now; None: it has
+        no limit of its own (``too_large`` knows of none)."""
+        return None
+
     @abstractmethod
     async def read(
         self, stream: Stream, partition: int, start: int, limit: int = 1000
@@ -351,6 +363,12 @@ class WrappedEventLog(EventLog):
 
     async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
         return await self._ledger.append(events)
+
+    async def too_large(self, events: Sequence[LedgerEvent]) -> list[int]:
+        return await self._ledger.too_large(events)
+
+    def record_limit(self) -> int | None:
+        return self._ledger.record_limit()
 
     async def read(
         self, stream: Stream, partition: int, start: int, limit: int = 1000

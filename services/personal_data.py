@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -29,7 +30,7 @@ from ledger.personal_data import (
     sealed_as,
     subject_of,
 )
-from ledger.ports import EventLog, SubjectKeys, WrappedEventLog
+from ledger.ports import EventLog, SubjectKey, SubjectKeys, WrappedEventLog
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,7 @@ class PersonalData:
     async def seal(self, events: Sequence[LedgerEvent]) -> list[LedgerEvent]:
         """``events`` as the ledger should hold them: personal data sealed."""
         out = list(events)
-        to_seal: list[tuple[int, SubscriberEvent, tuple[str, str], dict[str, str]]] = []
-        for i, event in enumerate(out):
-            subject = subject_of(event)
-            values = personal_data(event) if subject is not None else {}
-            if subject is not None and values and event.sealed is None:
-                assert isinstance(event, SubscriberEvent)
-                to_seal.append((i, event, subject, values))
+        to_seal = _to_seal(out)
         if not to_seal:
             return out
         # Every subject's key in one call: an import's chunk names a thousand. A single
@@ -66,14 +61,19 @@ class PersonalData:
             held = {only: await self.keys.current(*only)}
         else:
             held = await self.keys.current_many(subjects)
-        for i, event, subject, values in to_seal:
-            key = held[subject]
-            nonce = os.urandom(NONCE_BYTES)
-            plaintext = _PLAINTEXT(values).encode()
-            ciphertext = AESGCM(key.secret).encrypt(
-                nonce, plaintext, associated_data(event, key.key_id)
-            )
-            out[i] = sealed_as(event, Sealed(key.key_id, nonce, ciphertext, tuple(values)))
+        return _sealed(out, to_seal, held)
+
+    def sealed_alike(self, events: Sequence[LedgerEvent]) -> list[LedgerEvent]:
+        """``events`` as large as ``seal`` makes them, for a check of their size: sealed
+        under a key id of a real one's size, with ciphertext of the size it would have
+        (zeros), no subject's key read or made and nothing encrypted."""
+        out = list(events)
+        for i, event, _, values in _to_seal(out):
+            # AES-GCM's ciphertext is its plaintext and a 16-byte tag: its size is
+            # known without encrypting.
+            size = len(_PLAINTEXT(values).encode()) + _TAG_BYTES
+            stand_in = Sealed(_STAND_IN_ID, bytes(NONCE_BYTES), bytes(size), tuple(values))
+            out[i] = sealed_as(event, stand_in)
         return out
 
     async def open(self, history: Sequence[Recorded]) -> list[Recorded]:
@@ -120,6 +120,41 @@ class PersonalData:
         return opened(event, {f: str(values.get(f, "")) for f in sealed.fields})
 
 
+_STAND_IN_ID = str(uuid.UUID(int=0))
+"""The key id ``PersonalData.sealed_alike`` seals under: a UUID's text, as a real one."""
+_TAG_BYTES = 16
+
+_ToSeal = list[tuple[int, SubscriberEvent, tuple[str, str], dict[str, str]]]
+
+
+def _to_seal(events: list[LedgerEvent]) -> _ToSeal:
+    """The events of ``events`` with personal data not sealed yet: each with its
+    place, its subject and the values to seal."""
+    to_seal: _ToSeal = []
+    for i, event in enumerate(events):
+        subject = subject_of(event)
+        values = personal_data(event) if subject is not None else {}
+        if subject is not None and values and event.sealed is None:
+            assert isinstance(event, SubscriberEvent)
+            to_seal.append((i, event, subject, values))
+    return to_seal
+
+
+def _sealed(
+    out: list[LedgerEvent], to_seal: _ToSeal, held: dict[tuple[str, str], SubjectKey]
+) -> list[LedgerEvent]:
+    """``out`` with each event of ``to_seal`` sealed under its subject's key in ``held``."""
+    for i, event, subject, values in to_seal:
+        key = held[subject]
+        nonce = os.urandom(NONCE_BYTES)
+        plaintext = _PLAINTEXT(values).encode()
+        ciphertext = AESGCM(key.secret).encrypt(
+            nonce, plaintext, associated_data(event, key.key_id)
+        )
+        out[i] = sealed_as(event, Sealed(key.key_id, nonce, ciphertext, tuple(values)))
+    return out
+
+
 class SealingEventLog(WrappedEventLog):
     """A ledger whose appends seal their events' personal data first; every other
     method is the wrapped ledger's (what it reads back stays sealed)."""
@@ -130,3 +165,11 @@ class SealingEventLog(WrappedEventLog):
 
     async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
         return await self._ledger.append(await self._personal.seal(events))
+
+    async def too_large(self, events: Sequence[LedgerEvent]) -> list[int]:
+        """The wrapped ledger's answer for ``events`` sealed alike
+        (``PersonalData.sealed_alike``): as large as appended, no key read or made.
+        A ledger with no limit is not asked: sealing costs as much as the check."""
+        if self._ledger.record_limit() is None:
+            return []
+        return await self._ledger.too_large(self._personal.sealed_alike(events))

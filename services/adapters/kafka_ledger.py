@@ -418,14 +418,8 @@ class KafkaLedger(EventLog):
         # The topics' max.message.bytes as last read, when lower: the broker would
         # refuse such a record alone after writing the others of the append (half of
         # a batched send), so it is refused here, before any is sent.
-        limit = min(self.settings.max_record_bytes, self._batch_limit or sys.maxsize)
-        too_large = []
-        for place, (event, (_, key, value, headers)) in enumerate(
-            zip(events, records, strict=True)
-        ):
-            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
-            if size > limit:
-                too_large.append((place, event, size))
+        limit = self.record_limit()
+        too_large = _over(limit, events, records)
         if too_large and limit < self.settings.max_record_bytes:
             try:
                 limit = await self._record_limit()
@@ -539,13 +533,26 @@ class KafkaLedger(EventLog):
             and (value := e["config_value"] or "").isdigit()
         ]
 
+    async def too_large(self, events: Sequence[LedgerEvent]) -> list[int]:
+        """The places of the events larger than a record may be, by
+        ``max_record_bytes`` and the topics' ``max.message.bytes`` as last read (at
+        start, or when the broker last refused a record): what ``append`` refuses
+        before sending. A limit lowered on the broker since is not known here."""
+        records = [(_key(e), encode_event(e), record_headers(e)) for e in events]
+        return [place for place, _, _ in _over(self.record_limit(), events, records)]
+
+    def record_limit(self) -> int:
+        """``max_record_bytes``, or the topics' ``max.message.bytes`` as last read when
+        lower."""
+        return min(self.settings.max_record_bytes, self._batch_limit or sys.maxsize)
+
     async def _record_limit(self) -> int:
         """The largest record the topics take, their ``max.message.bytes`` read again:
         one raised since it was last read lets larger records be sent from now on."""
         limits = await self._record_limits()
         if limits:
             self._batch_limit = min(limits)
-        return min(self.settings.max_record_bytes, self._batch_limit or sys.maxsize)
+        return self.record_limit()
 
     def _sent(self, records: list[Record]) -> asyncio.Future[list[RecordMetadata]]:
         """Each record's metadata once the broker acknowledged all of them; the first
@@ -891,3 +898,17 @@ def _expire(group: list[_Queued]) -> None:
     which a retry must find out before it appends them again."""
     for _, answer, _ in group:
         _fail(answer, TimeoutError())
+
+
+def _over(
+    limit: int, events: Sequence[LedgerEvent], records: Sequence[tuple[Any, ...]]
+) -> list[tuple[int, LedgerEvent, int]]:
+    """Of ``events``, encoded as ``records`` (each ending with its key, value and
+    headers), those over ``limit`` bytes: each with its place and its size."""
+    over = []
+    for place, (event, record) in enumerate(zip(events, records, strict=True)):
+        key, value, headers = record[-3:]
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+        if size > limit:
+            over.append((place, event, size))
+    return over

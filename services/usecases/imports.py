@@ -1250,8 +1250,29 @@ class Imports:
         self._present(result, present)
         if not dry_run and new:
             new = await self._turns(new, result)
+        if dry_run and new:
+            new = await self._fitting_in_dry_run(new, result)
         self._remember(ours if not dry_run else new)
         return new
+
+    async def _fitting_in_dry_run(self, new: list[_Planned], result: ChunkResult) -> list[_Planned]:
+        """Of a dry run's new records, those the ledger would take: one it can tell
+        it would refuse as too large (``EventLog.too_large``: the Kafka ledger knows
+        its topics' limit) is refused as the import refuses it (``_refuse_too_large``),
+        an opt-out to be held. The dry run said it would be imported."""
+        places = set(await self.ctx.ledger.too_large([e for p in new for e in p.events]))
+        if not places:
+            return new
+        fits: list[_Planned] = []
+        at = 0
+        for p in new:
+            if places.isdisjoint(range(at, at + len(p.events))):
+                fits.append(p)
+            else:
+                too_large = InvalidRequest("request", TOO_LARGE)
+                result.refusals.append(_refusal(p.item, Code.INVALID_ARGUMENT, too_large))
+            at += len(p.events)
+        return fits
 
     def _remember(self, taken: list[_Planned]) -> None:
         """Note ``taken``, records whose import ids this import holds, in ``_taken``."""

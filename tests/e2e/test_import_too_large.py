@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 from consent.v1 import consent_service_pb2 as api
 
-from ledger.ports import TOO_LARGE
+from ledger.ports import TOO_LARGE, Stream
 from services.adapters.kafka_ledger import KafkaLedger
 from tests.builders import proof_proto
 from tests.e2e.harness import (
@@ -102,3 +102,49 @@ async def test_a_record_too_large_for_the_ledger_is_refused_alone(lowered, serve
         )
         assert (fixed.imported, list(fixed.refusals)) == (1, [])
         assert (await allowed(large_in))[0]
+
+
+async def test_a_dry_run_refuses_a_record_too_large_as_the_import_does(serve, kafka_bootstrap):
+    """A dry run answered "would be imported" for a record the ledger then refused as
+    too large: the Kafka ledger knows its topics' ``max.message.bytes`` from its start,
+    and the dry run now refuses such a record as the import does, an opt-out to be
+    held, writing nothing."""
+    clock = Clock()
+    at = clock.now - timedelta(days=2)
+    settings = kafka_settings(kafka_bootstrap, f"too-large-dry-{uuid.uuid4().hex[:8]}.")
+    await KafkaLedger(settings).ensure_topics()
+    await limit_subscriber_records(settings, LIMIT)
+    campaign = define("acme", "promo", clock.now - timedelta(days=30))
+    runtime = await serve(name="too-large-dry", clock=clock, campaigns=[campaign], kafka=settings)
+    assert runtime.ledger is not None
+    kept, large_in, large_out = (f"+1415555040{i}" for i in range(3))
+    records = [
+        api.ImportRecord(opt_in=opt_in(kept, "acme", "promo", at, "dry-in")),
+        api.ImportRecord(
+            opt_in=opt_in(
+                large_in, "acme", "promo", at, "dry-big-in",
+                proof=proof_proto(at, consent_text="y" * 3000),
+            )
+        ),
+        api.ImportRecord(opt_out=opt_out(large_out, "acme", None, at, "dry-big", text="z" * 3000)),
+    ]  # fmt: skip
+
+    def seen(answer: api.ImportConsentsResponse) -> tuple[object, ...]:
+        refused = [
+            (r.index, r.code, r.violations[0].field, r.held_for_review) for r in answer.refusals
+        ]
+        return answer.imported, answer.held_for_review, refused
+
+    async with client(runtime.address, "acme-app") as app:
+        before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+        (dry,) = await streamed(app, [api.ImportConsentsRequest(records=records, dry_run=True)])
+        assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
+        (real,) = await streamed(app, [api.ImportConsentsRequest(records=records)])
+
+    assert seen(real) == (
+        1,
+        1,
+        [(1, "INVALID_ARGUMENT", "request", False), (2, "INVALID_ARGUMENT", "request", True)],
+    )
+    assert seen(dry) == seen(real)
+    assert dry.refusals[0].violations[0].description.startswith(TOO_LARGE)

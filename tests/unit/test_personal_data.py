@@ -56,6 +56,22 @@ async def test_the_ledgers_bytes_hold_no_personal_data(personal: PersonalData) -
     assert b"https://acme.example/sms-signup" in data
 
 
+async def test_events_sealed_alike_are_as_large_as_sealed() -> None:
+    """A dry run's check of a record's size (``SealingEventLog.too_large``) seals it
+    alike: as large as sealed, with no subject's key made for what is not written."""
+    keys = InMemorySubjectKeys()
+    personal = PersonalData(keys)
+    events = [granted(at(0)), inbound(at(1), "stop it " * 300), flagged(at(2)), revoked(at(3))]
+
+    alike = personal.sealed_alike(events)
+
+    assert await keys.live(PHONE, BRAND) == []
+    sealed = await personal.seal(events)
+    assert [len(codec.encode_event(e)) for e in alike] == [
+        len(codec.encode_event(e)) for e in sealed
+    ]
+
+
 async def test_a_sealed_proof_reads_as_given_and_opens_to_what_was_written(
     personal: PersonalData,
 ) -> None:
