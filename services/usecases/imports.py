@@ -1252,7 +1252,8 @@ class Imports:
             new = await self._turns(new, result)
         if dry_run and new:
             new = await self._fitting_in_dry_run(new, result)
-        self._remember(ours if not dry_run else new)
+        refused = {refusal.index for refusal in result.refusals}
+        self._remember([p for p in ours if p.item.index not in refused])
         return new
 
     async def _fitting_in_dry_run(self, new: list[_Planned], result: ChunkResult) -> list[_Planned]:
@@ -1275,13 +1276,17 @@ class Imports:
         return fits
 
     def _remember(self, taken: list[_Planned]) -> None:
-        """Note ``taken``, records whose import ids this import holds, in ``_taken``."""
-        room = REMEMBERED - len(self._taken)
-        self._taken.update(
-            (hash(_key(p)), _taken_as(p.events[0].request_fingerprint, p.item.index))
-            for p in taken[: max(room, 0)]
-            if hash(_key(p)) not in self._taken
-        )
+        """Note ``taken``, records whose import ids they hold (recorded before, or by
+        this import; in a dry run: would be), in ``_taken``: a repeat keeps the first
+        record's index; another record holds an id given up since (too large)."""
+        for p in taken:
+            key = hash(_key(p))
+            earlier = self._taken.get(key)
+            fingerprint = p.events[0].request_fingerprint
+            if earlier is not None and earlier >> _INDEX_BITS == _fingerprint_hash(fingerprint):
+                continue
+            if earlier is not None or len(self._taken) < REMEMBERED:
+                self._taken[key] = _taken_as(fingerprint, p.item.index)
 
     def _taken_by(self, p: _Planned, fingerprint: str) -> int | None:
         """The index of the record of this import that took ``p``'s import id, when the

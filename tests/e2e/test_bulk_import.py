@@ -1124,6 +1124,34 @@ async def test_an_import_id_reused_in_a_later_message_names_the_record_that_used
     assert "record 1 of this import" in violation.description, violation.description
 
 
+async def test_a_reused_id_of_a_record_imported_before_is_named_alike_by_a_dry_run(service):
+    """Of a record recorded by an earlier import, and present in this one, the import
+    named the record when a later message reused its id; the dry run said "another
+    request", as it remembered only the records it would write."""
+    runtime, when = service
+    at = when - timedelta(days=3)
+    kept = api.ImportRecord(opt_in=opt_in("+17205590000", "acme", "promo", at, "kept-1"))
+    other = api.ImportRecord(opt_in=opt_in("+17205590001", "acme", "promo", at, "kept-1"))
+
+    async with client(runtime.address, "acme-app") as c:
+        await streamed(c, [api.ImportConsentsRequest(records=[kept])])
+        said = {}
+        for dry_run in (True, False):
+            answers = await streamed(
+                c,
+                [
+                    api.ImportConsentsRequest(records=[kept], dry_run=dry_run),
+                    api.ImportConsentsRequest(records=[other], dry_run=dry_run),
+                ],
+            )
+            assert [a.already_present for a in answers] == [1, 0]
+            (refusal,) = answers[1].refusals
+            said[dry_run] = refusal.violations[0].description
+
+    assert said[True] == said[False], said
+    assert "record 0 of this import" in said[True], said
+
+
 async def test_a_dry_run_finds_what_the_import_refuses_across_the_whole_file(service, tmp_path):
     """A record repeated, or an import id reused for another record, more than a
     message (500 records) after its first: the dry run checked each message alone
