@@ -98,16 +98,21 @@ async def test_topic_with_infinite_retention_reads_back(kafka_bootstrap: str) ->
     assert configs["retention.ms"] == "-1"
 
 
-async def test_graceful_restart_keeps_records_and_address(kafka_broker: KafkaBroker) -> None:
+async def test_graceful_restart_keeps_records_and_address(
+    private_kafka_broker: KafkaBroker,
+) -> None:
+    # Not the suite's shared broker: by now it holds every earlier test's partitions,
+    # and a controlled shutdown and start of those took half a minute.
+    broker = private_kafka_broker
     topic = _topic()
-    before = kafka_broker.bootstrap_servers
+    before = broker.bootstrap_servers
     await _create_topic(before, topic)
     await _produce(before, topic, b"before-restart")
 
     # From a worker thread on purpose: the JVM must not die when that thread does.
-    await asyncio.to_thread(kafka_broker.restart)
+    await asyncio.to_thread(broker.restart)
 
-    assert kafka_broker.bootstrap_servers == before
+    assert broker.bootstrap_servers == before
     await _produce(before, topic, b"after-restart")
     assert await _read_all(before, topic, 2) == [b"before-restart", b"after-restart"]
 
