@@ -1305,6 +1305,16 @@ class Writes:
         if kept is None:
             return None
         events = _stamped(kept.events, recorded_by)
+        if sent_for is not None and brand != ANY_BRAND:
+            # A late STOP dated no later than the sender's erasure towards the other
+            # brand would keep its words there again: not held (that brand denies the
+            # number anyway until a fresh opt-in, which is dated after the erasure).
+            subject = events[0]
+            assert isinstance(subject, SubscriberEvent)
+            try:
+                await self._check_not_erased(brand, [subject.phone], cmd.occurred_at)
+            except FailedPrecondition:
+                return None
         claimed = await self._message_claimed(events)
         earlier = None if claimed is None else await self._redelivered(claimed, kept)
         if earlier is not None:

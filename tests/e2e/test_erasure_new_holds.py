@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import grpc
 import pytest
@@ -375,6 +375,58 @@ async def test_an_erasure_racing_a_late_stop_leaves_it_denying_and_its_words_era
             for e in events.events:
                 if words in str(e):
                     assert e.offset > erased_at, (phone, e)
+
+
+async def initech_erased(runtime, c, clock) -> datetime:  # type: ignore[no-untyped-def]
+    """``acme_took_initechs_number``, PHONE opted in to initech's sale too, and six
+    years on, initech erased it; the time, before the erasure, of a late STOP."""
+    await acme_took_initechs_number(runtime, c, clock)
+    await c.RecordOptIn(opt_in(PHONE, "initech", "sale", clock.now - timedelta(days=1)))
+    texted: datetime = clock.now - timedelta(minutes=20)
+    clock.now = add_years(clock.now, 6)
+    await c.RequestErasure(
+        api.RequestErasureRequest(request_id=uuid.uuid4().hex, phone=PHONE, brand="initech")
+    )
+    return texted
+
+
+async def held_only_for_acme(c, token: str, words: str) -> None:  # type: ignore[no-untyped-def]
+    """Nothing of PHONE's ``words`` under initech, which still denies; held for acme."""
+    held = await c.ListRevocationCandidates(
+        api.ListRevocationCandidatesRequest(brand="initech", at_least_as_fresh=token)
+    )
+    assert list(held.candidates) == [], held
+    events = await c.ListEvents(
+        api.ListEventsRequest(phone=PHONE, brand="initech", at_least_as_fresh=token)
+    )
+    assert words not in str(events), events
+    check = await c.CanSend(
+        api.CanSendRequest(phone=PHONE, brand="initech", campaign="sale", at_least_as_fresh=token)
+    )
+    assert not check.allowed, check
+    mine = await c.ListRevocationCandidates(
+        api.ListRevocationCandidatesRequest(brand="acme", at_least_as_fresh=token)
+    )
+    assert [h.event.revocation_candidate_flagged.text for h in mine.candidates] == [words]
+
+
+@pytest.mark.parametrize("on_kafka", [False, True], ids=["embedded", "kafka"])
+async def test_a_late_stop_is_not_held_for_the_numbers_last_brand_that_erased_its_sender(
+    tmp_path, postgres_dsn, kafka_bootstrap, on_kafka
+):
+    # A STOP dated before initech's erasure of PHONE, to the number initech let go
+    # and acme took: its hold for initech kept the words erased there readable again
+    # in initech's review queue and events. It is not placed (initech denies PHONE
+    # until a fresh opt-in anyway); acme's, not erased, is kept as before.
+    bootstrap = kafka_bootstrap if on_kafka else None
+    async with opted_in(
+        tmp_path, postgres_dsn, bootstrap, name="latestoperased", phone=PHONE, sender=SENDER
+    ) as (runtime, c, clock):
+        texted = await initech_erased(runtime, c, clock)
+        words = "STOP texting me, Initech"
+        late = await c.HandleInboundMessage(inbound(PHONE, INITECH, words, texted))
+        assert late.brand == "acme", late
+        await held_only_for_acme(c, late.consistency_token, words)
 
 
 async def test_sends_around_an_erasure_are_judged_by_the_consent_that_stood_then(
