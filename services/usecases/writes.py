@@ -1469,19 +1469,28 @@ class Writes:
             hold = await self._kept_for_review(cmd, key, recorded_by, now, sent_for=sent_for)
             if hold is not None:
                 hidden.append(hold.write.token)
+        kept_for: list[str] = []
+        refusal: FailedPrecondition | None = None
         for brand in brands:
             if brand == ANY_BRAND:
-                continue  # no erasure is of every brand
+                kept_for.append(brand)  # no erasure is of every brand
+                continue
             try:
                 await self._check_not_erased(brand, [sender], cmd.occurred_at)
-            except FailedPrecondition:
+            except FailedPrecondition as refused:
                 # Dated no later than the erasure: its words are not kept under the
-                # brand again (the holds of others stand), unless it is a retry of
-                # one kept before, answered so.
+                # brand again, unless it is a retry of one kept before, answered so.
+                # The caller's other brands keep theirs (their opt-out is not lost);
+                # refused when no brand is left.
                 held = handle_unowned_inbound(cmd, brand, now)
                 events = [] if held is None else _stamped(held.events, recorded_by)
                 if not events or await replay(self.ctx, events) is None:
-                    raise
+                    refusal = refusal or refused
+                    continue
+            kept_for.append(brand)
+        if refusal is not None and not kept_for:
+            raise refusal
+        brands = kept_for
         results = []
         for brand in brands:
             kept = await self._kept_for_review(cmd, brand, recorded_by, now)

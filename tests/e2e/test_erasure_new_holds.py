@@ -25,7 +25,17 @@ from ledger.ports import ConsistencyToken, Stream
 from ledger.retention import add_years
 from services.usecases import review as review_module
 from services.usecases.context import Context
-from tests.e2e.harness import define, defined, inbound, opt_in, opted_in, sends_from, sent, ts
+from tests.e2e.harness import (
+    client,
+    define,
+    defined,
+    inbound,
+    opt_in,
+    opted_in,
+    sends_from,
+    sent,
+    ts,
+)
 from tests.e2e.test_texts_read_again import DISGUISED, stored_as_conversation
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -427,6 +437,39 @@ async def test_a_late_stop_is_not_held_for_the_numbers_last_brand_that_erased_it
         late = await c.HandleInboundMessage(inbound(PHONE, INITECH, words, texted))
         assert late.brand == "acme", late
         await held_only_for_acme(c, late.consistency_token, words)
+
+
+@pytest.mark.parametrize("on_kafka", [False, True], ids=["embedded", "kafka"])
+async def test_a_stop_to_a_number_of_no_campaign_erased_for_one_brand_is_held_for_the_other(
+    tmp_path, postgres_dsn, kafka_bootstrap, on_kafka
+):
+    # A gateway of acme and initech passes on a STOP to a number no campaign sends
+    # from, dated before initech's erasure of PHONE: it was refused whole, acme's
+    # hold with it, and the gateway does not retry FAILED_PRECONDITION (an opt-out
+    # lost). It is held for acme alone now, and its retry is answered the same.
+    bootstrap = kafka_bootstrap if on_kafka else None
+    async with (
+        opted_in(
+            tmp_path, postgres_dsn, bootstrap, name="unownederased", phone=PHONE, sender=SENDER
+        ) as (runtime, c, clock),
+        client(runtime.address, "acme-initech") as gateway,
+    ):
+        texted = await initech_erased(runtime, c, clock)
+        words = "STOP, both of you"
+        stop = inbound(PHONE, UNOWNED, words, texted)
+        held = await gateway.HandleInboundMessage(stop)
+        again = await gateway.HandleInboundMessage(stop)
+        assert list(again.event_ids) == list(held.event_ids) != [], (held, again)
+        await held_only_for_acme(c, held.consistency_token, words)
+        check = await c.CanSend(
+            api.CanSendRequest(
+                phone=PHONE,
+                brand="acme",
+                campaign="promo",
+                at_least_as_fresh=held.consistency_token,
+            )
+        )
+        assert not check.allowed, check
 
 
 async def test_sends_around_an_erasure_are_judged_by_the_consent_that_stood_then(
