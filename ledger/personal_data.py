@@ -22,7 +22,8 @@ Pure: field names and string rewriting only.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from ledger.events import (
     ConsentGranted,
@@ -133,15 +134,36 @@ def subject_of(event: LedgerEvent) -> tuple[str, str] | None:
     return None
 
 
-def erased_before(history: Iterable[Recorded]) -> dict[tuple[str, str], int]:
-    """Per subject (phone, brand), the ledger offset of its latest ``SubjectErased``:
-    every event of the subject before it, sealed or written in the clear before
-    sealing existed, is shown erased (one phone lives in one partition, so offsets
-    order a subject's events)."""
-    latest: dict[tuple[str, str], int] = {}
+class ErasedUpTo(NamedTuple):
+    """A subject's latest erasure as a reader applies it (``erased_before``)."""
+
+    offset: int
+    """The ledger offset of its latest ``SubjectErased``."""
+    at: datetime
+    """The latest erasure's time."""
+
+    def covers(self, r: Recorded) -> bool:
+        """Whether ``r`` (of the subject) is shown erased: recorded before the erasure,
+        or dated no later than it. Writes so dated are refused, but one another
+        instance took before its copy had the erasure would show what was erased."""
+        return r.position.offset < self.offset or r.event.occurred_at <= self.at
+
+
+def erased_before(history: Iterable[Recorded]) -> dict[tuple[str, str], ErasedUpTo]:
+    """Per subject (phone, brand) with a ``SubjectErased`` in ``history``, what of its
+    events is shown erased (``ErasedUpTo.covers``), sealed or written in the clear
+    before sealing existed (one phone lives in one partition, so offsets order a
+    subject's events)."""
+    latest: dict[tuple[str, str], ErasedUpTo] = {}
     for r in history:
         e = r.event
         if isinstance(e, SubjectErased):
             key = (e.phone, e.brand)
-            latest[key] = max(latest.get(key, -1), r.position.offset)
+            seen = latest.get(key)
+            if seen is None:
+                latest[key] = ErasedUpTo(r.position.offset, e.occurred_at)
+            else:
+                latest[key] = ErasedUpTo(
+                    max(seen.offset, r.position.offset), max(seen.at, e.occurred_at)
+                )
     return latest

@@ -92,7 +92,7 @@ class PersonalData:
             subject = subject_of(e)
             if subject is None:
                 out.append(r)
-            elif subject in cut and r.position.offset < cut[subject]:
+            elif subject in cut and cut[subject].covers(r):
                 out.append(replace(r, event=erased(e)))
             elif e.sealed is not None:
                 out.append(replace(r, event=self._opened(e, secrets[subject])))

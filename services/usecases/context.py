@@ -13,7 +13,7 @@ from typing import TypeGuard
 
 from ledger.errors import InvalidRequest
 from ledger.events import Recorded, ReliedAnswer, SubscriberEvent
-from ledger.personal_data import erased, erased_before, personal_data
+from ledger.personal_data import ErasedUpTo, erased, erased_before, personal_data
 from ledger.ports import CampaignReads, ConsentView, ConsistencyToken, EventLog, Stream
 from services.errors import NotConsistent
 from services.freshness import FreshnessGuard
@@ -73,17 +73,18 @@ class Context:
         for r in history:
             if _in_clear(e := r.event) and (e.phone, e.brand) not in cut:
                 clear.setdefault(e.brand, set()).add(e.phone)
-        erasures: dict[tuple[str, str], int] = {}
+        erasures: dict[tuple[str, str], ErasedUpTo] = {}
         for brand, phones in clear.items():
             for phone, state in (await self.view.subscriber_states(brand, sorted(phones))).items():
-                if state.erased is not None:
-                    erasures[(phone, brand)] = state.erased.position.offset
+                if (fact := state.erased) is not None:
+                    erasures[(phone, brand)] = ErasedUpTo(fact.position.offset, fact.at)
         if not erasures:
             return shown
         return [
             replace(r, event=erased(e))
             if _in_clear(e := stored.event)
-            and r.position.offset < erasures.get((e.phone, e.brand), -1)
+            and (up_to := erasures.get((e.phone, e.brand))) is not None
+            and up_to.covers(stored)
             else r
             for stored, r in zip(history, shown, strict=True)
         ]

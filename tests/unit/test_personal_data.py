@@ -209,6 +209,34 @@ async def test_a_fresh_opt_in_after_erasure_is_sealed_with_a_new_key_and_opens(
     assert shown_new.event.proof.name == "Ada Lovelace"  # type: ignore[attr-defined]
 
 
+async def test_a_fact_written_after_its_erasure_but_dated_no_later_is_shown_erased(
+    personal: PersonalData,
+) -> None:
+    """Writes so dated are refused; one another instance took before its copy of the
+    view had the erasure is written under the subject's new key, and still must not
+    show what was erased. One dated after the erasure opens."""
+    (old,) = await stored(personal, [granted(at(0))])
+    await personal.keys.destroy(PHONE, BRAND)
+    erasure = SubjectErased(event_id=uuid.uuid4(), occurred_at=at(5), phone=PHONE, brand=BRAND)
+    late, dated_at_it, fresh = await stored(
+        personal, [granted(at(1)), revoked(at(5), text="STOP it now"), granted(at(6))]
+    )
+    history = [
+        old,
+        Recorded(erasure, LedgerPosition(0, 1), at(5)),
+        replace(late, position=LedgerPosition(0, 2)),
+        replace(dated_at_it, position=LedgerPosition(0, 3)),
+        replace(fresh, position=LedgerPosition(0, 4)),
+    ]
+
+    shown = [r.event for r in await personal.open(history)]
+
+    assert shown[0].proof.name == ERASED  # type: ignore[attr-defined]
+    assert shown[2].proof.name == shown[2].proof.email == ERASED  # type: ignore[attr-defined]
+    assert shown[3].text == ERASED  # type: ignore[attr-defined]
+    assert shown[4].proof.name == "Ada Lovelace"  # type: ignore[attr-defined]
+
+
 def test_an_answer_about_a_sealed_reply_does_not_quote_it() -> None:
     sealed = record([granted(at(0)), replace(flagged(at(1)), text=SEALED)])
     plain = record([granted(at(0)), flagged(at(1), "please stop texting me")])
