@@ -341,9 +341,11 @@ class Violations:
         for error in self._errors:
             for field, reason in error.violations:
                 found.setdefault(field, reason)
+        first = self._errors[0]
         if order is not None:
             found = dict(sorted(found.items(), key=lambda item: order(item[0])))
-        first = self._errors[0]
+            head = next(iter(found))
+            first = next(e for e in self._errors if any(f == head for f, _ in e.violations))
         if tuple(found.items()) == tuple(first.violations):
             raise first
         # The first error, its type and what it carries (a reason, metadata) kept,
@@ -351,5 +353,6 @@ class Violations:
         combined = Exception.__new__(type(first))
         combined.__dict__.update(first.__dict__)
         combined.violations = tuple(found.items())
+        combined.field, combined.reason = combined.violations[0]
         combined.args = ("; ".join(f"{f}: {r}" for f, r in combined.violations),)
         raise combined from first

@@ -355,9 +355,10 @@ async def test_a_bad_message_refuses_the_whole_call_naming_it_and_writes_nothing
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await c.RecordMessagesSent(call("batch-bad", messages))
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        # By message, though the unset time is found first, as the request is read.
         assert [f for f, _ in status_details(err.value)] == [
-            "messages[7].occurred_at",
             "messages[3].phone",
+            "messages[7].occurred_at",
         ]
         # Every message naming an undefined campaign is named, not the first alone.
         messages = [message(i, when) for i in range(4)]

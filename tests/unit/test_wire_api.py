@@ -35,7 +35,7 @@ from ledger.commands import (
     handle_inbound,
     to_events,
 )
-from ledger.errors import InvalidRequest
+from ledger.errors import DomainError, InvalidRequest
 from ledger.events import (
     CandidateResolution,
     CollectionMethod,
@@ -741,12 +741,13 @@ def test_a_call_s_bad_fields_are_listed_by_message_whichever_pass_found_them() -
     messages[5].kind = 99
     messages[10].message_id = ""
     request = api_pb2.RecordMessagesSentRequest(request_id="req-1", brand="acme", messages=messages)
-    with pytest.raises(InvalidRequest) as refused:
+    with pytest.raises(DomainError) as refused:  # the first bad field's type
         api.command_from_proto(request)
     fields = [f for f, _ in refused.value.violations]
     assert fields[:3] == ["messages[0].phone", "messages[3].occurred_at", "messages[5].kind"]
     assert fields == sorted(fields, key=lambda f: int(f[9 : f.index("]")]))
     assert str(refused.value).startswith("messages[0].phone: ")
+    assert refused.value.field == "messages[0].phone"  # what the answer names first
 
 
 def test_a_call_of_too_many_messages_is_not_read_message_by_message() -> None:
