@@ -64,17 +64,18 @@ class Context:
         if self.personal is None:
             return list(history)
         shown = await self.personal.open(history)
-        # Facts written in the clear before sealing existed have no key to destroy:
-        # only a read hides them, by the subject's erasure. A reader of single facts
-        # (GetConsent's, the review queue's, a watch's) has no erasure among them, so
-        # it is looked up in the subject's state.
+        # A reader of single facts (GetConsent's, the review queue's, a watch's) has
+        # no erasure among them, so it is looked up in the subject's state: facts
+        # written in the clear before sealing existed have no key to destroy, and one
+        # another instance took before its copy had the erasure is sealed under the
+        # subject's new key (``ErasedUpTo.covers``).
         cut = erased_before(history)
-        clear: dict[str, set[str]] = {}
+        subjects: dict[str, set[str]] = {}
         for r in history:
-            if _in_clear(e := r.event) and (e.phone, e.brand) not in cut:
-                clear.setdefault(e.brand, set()).add(e.phone)
+            if _personal(e := r.event) and (e.phone, e.brand) not in cut:
+                subjects.setdefault(e.brand, set()).add(e.phone)
         erasures: dict[tuple[str, str], ErasedUpTo] = {}
-        for brand, phones in clear.items():
+        for brand, phones in subjects.items():
             for phone, state in (await self.view.subscriber_states(brand, sorted(phones))).items():
                 if (fact := state.erased) is not None:
                     erasures[(phone, brand)] = ErasedUpTo(fact.position.offset, fact.at)
@@ -82,7 +83,7 @@ class Context:
             return shown
         return [
             replace(r, event=erased(e))
-            if _in_clear(e := stored.event)
+            if _personal(e := stored.event)
             and (up_to := erasures.get((e.phone, e.brand))) is not None
             and up_to.covers(stored)
             else r
@@ -233,8 +234,9 @@ class Context:
         return bool((await self.view.campaign_history(brand, campaign)).versions)
 
 
-def _in_clear(event: object) -> TypeGuard[SubscriberEvent]:
-    """Whether ``event`` holds personal data in the clear: written before sealing."""
-    return (
-        isinstance(event, SubscriberEvent) and event.sealed is None and bool(personal_data(event))
+def _personal(event: object) -> TypeGuard[SubscriberEvent]:
+    """Whether ``event`` holds personal data: sealed, or in the clear (written before
+    sealing)."""
+    return isinstance(event, SubscriberEvent) and (
+        event.sealed is not None or bool(personal_data(event))
     )

@@ -13,10 +13,17 @@ from consent.v1 import ledger_pb2
 from ledger.events import CollectionMethod, ConsentGranted, LedgerPosition, Recorded, SubjectErased
 from ledger.personal_data import ERASED, SEALED
 from ledger.policy import Reason, decide
-from ledger.ports import SubjectKey
+from ledger.ports import Stream, SubjectKey
 from ledger.state import fold
+from services.adapters.memory_access import InMemoryAccessLog
 from services.adapters.memory_keys import InMemorySubjectKeys
+from services.adapters.memory_ledger import InMemoryLedger
+from services.adapters.memory_view import InMemoryConsentView
+from services.freshness import FreshnessGuard
 from services.personal_data import PersonalData
+from services.settings import FreshnessSettings
+from services.usecases.access import Access
+from services.usecases.context import Context
 from services.wire import codec
 from tests.builders import (
     BRAND,
@@ -235,6 +242,35 @@ async def test_a_fact_written_after_its_erasure_but_dated_no_later_is_shown_eras
     assert shown[2].proof.name == shown[2].proof.email == ERASED  # type: ignore[attr-defined]
     assert shown[3].text == ERASED  # type: ignore[attr-defined]
     assert shown[4].proof.name == "Ada Lovelace"  # type: ignore[attr-defined]
+
+
+async def test_a_single_late_fact_is_shown_erased_by_its_subjects_state(
+    personal: PersonalData,
+) -> None:
+    """A reader of single facts (GetConsent's, a watch's) has no erasure among them:
+    a fact another instance took after the erasure but dated no later, sealed under
+    the subject's new key, is shown erased by the erasure in the subject's state. One
+    dated after the erasure opens."""
+    (old,) = await stored(personal, [granted(at(0))])
+    await personal.keys.destroy(PHONE, BRAND)
+    erasure = SubjectErased(event_id=uuid.uuid4(), occurred_at=at(5), phone=PHONE, brand=BRAND)
+    view = InMemoryConsentView()
+    await view.apply(Stream.SUBSCRIBERS, [old, Recorded(erasure, LedgerPosition(0, 1), at(5))])
+    ledger = InMemoryLedger()
+    ctx = Context(
+        ledger,
+        view,
+        FreshnessGuard(ledger, view, FreshnessSettings()),
+        access=Access(InMemoryAccessLog()),
+        personal=personal,
+    )
+    late, fresh = await stored(personal, [granted(at(1)), granted(at(6))])
+
+    (shown_late,) = await ctx.opened([replace(late, position=LedgerPosition(0, 2))])
+    (shown_fresh,) = await ctx.opened([replace(fresh, position=LedgerPosition(0, 3))])
+
+    assert shown_late.event.proof.name == shown_late.event.proof.email == ERASED  # type: ignore[attr-defined]
+    assert shown_fresh.event.proof.name == "Ada Lovelace"  # type: ignore[attr-defined]
 
 
 def test_an_answer_about_a_sealed_reply_does_not_quote_it() -> None:
