@@ -175,13 +175,16 @@ class Audit:
         now = self.ctx.clock()
         rules = (await self.ctx.view.campaign_history(brand, campaign)).as_of(now)
         revoke_all = rules is not None and revokes_all(rules, now)
-        # What an auditor is shown: each fact's personal data opened (or ERASED).
-        grant = await self._shown(mine.as_recorded(cc.grant))
         in_force = revocation_in_force(state, digest, campaign, revoke_all=revoke_all)
-        held = [
+        # What an auditor is shown: each fact's personal data opened (or ERASED).
+        grant, revocation, reconfirmation, location, *held = await self._shown(
+            mine.as_recorded(cc.grant),
+            mine.as_recorded(in_force),
+            mine.as_recorded(cc.reconfirmation),
+            mine.as_recorded(state.location),
             *map(mine.as_recorded, state.pending_candidates()),
             *map(anyone.as_recorded, wide.pending_candidates()),
-        ]
+        )
         return Consent(
             consent_state(
                 digest,
@@ -197,13 +200,11 @@ class Audit:
             self.ctx.guard.applied_token(),
             now,
             grant=grant,
-            revocation=await self._shown(mine.as_recorded(in_force)),
-            reconfirmation=await self._shown(mine.as_recorded(cc.reconfirmation)),
+            revocation=revocation,
+            reconfirmation=reconfirmation,
             age_verification=mine.as_recorded(state.age),
-            location=await self._shown(mine.as_recorded(state.location)),
-            pending=tuple(
-                [shown_to(reader, f) for p in held if (f := await self._shown(p)) is not None]
-            ),
+            location=location,
+            pending=tuple(shown_to(reader, f) for f in held if f is not None),
             regions=digest.regions,
             proof_missing=(
                 ()
@@ -212,13 +213,15 @@ class Audit:
             ),
         )
 
-    async def _shown(self, fact: Fact[E] | None) -> Fact[E] | None:
-        """``fact`` with its personal data opened, or ``ERASED`` where it is gone."""
-        if fact is None:
-            return None
-        (shown,) = await self.ctx.opened([fact.as_recorded()])
-        event: E = shown.event  # type: ignore[assignment]  # the same event, opened
-        return Fact(event, fact.position, fact.recorded_at)
+    async def _shown(self, *facts: Fact[Any] | None) -> list[Fact[Any] | None]:
+        """``facts`` with their personal data opened, or ``ERASED`` where it is gone:
+        opened at once, so the subjects' erasures are looked up once (``Context.opened``)."""
+        given = [f for f in facts if f is not None]
+        opened = iter(await self.ctx.opened([f.as_recorded() for f in given]))
+        return [
+            None if f is None else Fact(next(opened).event, f.position, f.recorded_at)
+            for f in facts
+        ]
 
     async def history(
         self,
