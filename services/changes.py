@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 
 from ledger.events import (
     AgeVerified,
@@ -86,20 +86,24 @@ async def watch(
     types: Collection[str] | None = CONSENT_CHANGES,
     page: int = PAGE,
     stopping: asyncio.Event | None = None,
+    shown: Callable[[Sequence[Recorded]], Awaitable[list[Recorded]]] | None = None,
 ) -> AsyncIterator[tuple[Recorded, ConsistencyToken]]:
     """Each change of ``brand`` from ``after`` on, with the token to resume after it;
-    without end (the caller stops iterating), or until ``stopping`` is set."""
+    without end (the caller stops iterating), or until ``stopping`` is set.
+    ``shown``, given, makes each page read what is yielded of it, page by page (the
+    personal data opened once for a page, not once for each change)."""
     after = dict(after)
     stopping = stopping or asyncio.Event()
     while not stopping.is_set():
         # Seen before the read: a batch applied after it moves them, and wakes us.
         seen = resume_after(guard.applied_token())
         listed = await view.changes(brand, after, page, campaign=campaign, types=types)
-        for i, recorded in enumerate(listed.events, 1):
+        events = listed.events if shown is None or not listed.events else await shown(listed.events)
+        for i, recorded in enumerate(events, 1):
             if stopping.is_set():
                 return
             after[recorded.position.partition] = recorded.position.offset + 1
-            if i == len(listed.events):  # the page is taken: past what it looked through
+            if i == len(events):  # the page is taken: past what it looked through
                 after.update(listed.through)
             yield recorded, resume_token(after)
         after.update(listed.through)

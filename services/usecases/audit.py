@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -484,7 +484,7 @@ class Audit:
         else:
             start = changes.resume_after(after) if after is not None else {}
         types = changes.CONSENT_CHANGES | changes.MESSAGES if messages else changes.CONSENT_CHANGES
-        async for change in changes.watch(
+        async for recorded, token in changes.watch(
             self.ctx.view,
             self.ctx.guard,
             brand,
@@ -492,16 +492,19 @@ class Audit:
             campaign=campaign,
             types=types,
             stopping=stopping,
+            shown=self._watched,
         ):
-            recorded, token = change
-            # Shown opened, as ListEvents shows it (and erased where its subject was,
-            # written in the clear before sealing too); a hold of brand "*" (a STOP to
-            # a number no campaign sends from) stays sealed: what the person wrote,
-            # perhaps to another brand, is not every brand's to read, only that it
-            # holds them.
-            if getattr(recorded.event, "brand", None) != ANY_BRAND:
-                (recorded,) = await self.ctx.opened([recorded])
             yield shown_to(reader, recorded), token
+
+    async def _watched(self, page: Sequence[Recorded]) -> list[Recorded]:
+        """A page of a watch shown opened, as ListEvents shows it (and erased where its
+        subject was, written in the clear before sealing too), in one ``opened``: the
+        subjects' keys and erasures read once a page. A hold of brand "*" (a STOP to a
+        number no campaign sends from) stays sealed: what the person wrote, perhaps to
+        another brand, is not every brand's to read, only that it holds them."""
+        mine = [r for r in page if getattr(r.event, "brand", None) != ANY_BRAND]
+        opened = iter(await self.ctx.opened(mine) if mine else ())
+        return [r if getattr(r.event, "brand", None) == ANY_BRAND else next(opened) for r in page]
 
     async def sweep(
         self,
