@@ -63,18 +63,12 @@ class ErasedHere:
             del self._erased[key]
 
 
-async def erased_since(
-    reads: DigestReads,
-    view: ConsentView,
-    here: ErasedHere,
-    applied: ConsistencyToken,
-    brand: str,
-    phones: Sequence[str],
+async def erasure_times(
+    reads: DigestReads, view: ConsentView, brand: str, phones: Sequence[str]
 ) -> dict[str, datetime]:
     """For each of ``phones`` whose personal data towards ``brand`` was erased, the
-    latest erasure's time: from ``reads``' digests and ``here``'s notes, and from the
-    history in ``view`` for a number whose digest cannot be read. ``applied``: how far
-    ``reads`` has applied the ledger (``FreshnessGuard.applied_token``)."""
+    latest erasure's time: from ``reads``' digests, and from the history in ``view``
+    for a number whose digest cannot be read."""
     found: dict[str, datetime] = {}
     digests, unread = await reads.readable_digests(brand, phones)
     for phone, digest in digests.items():
@@ -88,6 +82,21 @@ async def erased_since(
         ]
         if times:
             found[phone] = max(times)
+    return found
+
+
+async def erased_since(
+    reads: DigestReads,
+    view: ConsentView,
+    here: ErasedHere,
+    applied: ConsistencyToken,
+    brand: str,
+    phones: Sequence[str],
+) -> dict[str, datetime]:
+    """``erasure_times``, with ``here``'s notes of erasures ``reads`` may not have
+    applied yet. ``applied``: how far ``reads`` has applied the ledger
+    (``FreshnessGuard.applied_token``)."""
+    found = await erasure_times(reads, view, brand, phones)
     for phone in phones:
         noted = here.at(brand, phone, applied)
         if noted is not None and (phone not in found or found[phone] < noted):

@@ -60,7 +60,6 @@ from ledger.commands import (
     to_events,
     unattributed_opt_out,
 )
-from ledger.digest import from_micros
 from ledger.errors import DomainError, InvalidRequest
 from ledger.events import (
     MAX_CLOCK_SKEW,
@@ -69,7 +68,6 @@ from ledger.events import (
     LedgerEvent,
     Recorded,
     RevocationCandidateFlagged,
-    SubjectErased,
     SubscriberEvent,
     evolved,
 )
@@ -96,7 +94,7 @@ from services.errors import (
     StoreUnavailable,
 )
 from services.usecases.context import BEHIND, Context
-from services.usecases.erased import erased_refusal
+from services.usecases.erased import erased_refusal, erasure_times
 from services.usecases.requests import appended_again, brand_of, stored_before, unwritten
 from services.usecases.writes import (
     note_stated_ahead,
@@ -988,19 +986,10 @@ class Imports:
             if p.item.command is not None and phone:
                 by_brand.setdefault(brand_of(p.events[0]), set()).add(phone)
         erased: dict[tuple[str, str], datetime] = {}
+        view = self.ctx.view
         for brand, phones in by_brand.items():
-            digests, unread = await self.ctx.view.readable_digests(brand, sorted(phones))
-            for phone, digest in digests.items():
-                if digest.erased is not None:
-                    erased[(brand, phone)] = from_micros(digest.erased.at)
-            for phone in unread:
-                times = [
-                    r.event.occurred_at
-                    for r in await self.ctx.view.history(phone, brand)
-                    if isinstance(r.event, SubjectErased)
-                ]
-                if times:
-                    erased[(brand, phone)] = max(times)
+            times = await erasure_times(view, view, brand, sorted(phones))
+            erased.update(((brand, phone), time) for phone, time in times.items())
         if not erased:
             return planned
         kept: list[_Planned] = []
