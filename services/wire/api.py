@@ -387,10 +387,11 @@ def command_from_proto(
     command = build(request, found)
     if found:  # what could not be read is None, and left out of these checks
         check_fields(vars(command), now, found)
+        order = None
         if isinstance(command, RecordMessagesSent):
             check_sent_messages(command, now, found)
-            found.raise_if_any(order=_message_place)
-        found.raise_if_any()
+            order = _message_place
+        found.raise_if_any(order=order)
     return command
 
 
