@@ -38,7 +38,7 @@ from ledger.events import (
 )
 from ledger.phone import to_e164
 from ledger.reread import REREAD_PREFIX
-from ledger.validation import Violations
+from ledger.validation import TEXT_LIMITS, Violations, check_identifier, text_problem
 
 DEFAULT_RETENTION_YEARS = 5
 
@@ -222,6 +222,11 @@ def checked(cmd: Any, now: datetime) -> dict[str, Any]:
     )
     if getattr(cmd, "hold_id", None) == "":
         found.add(InvalidRequest("hold_id", "is required"))
+    elif isinstance(cmd, PlaceLegalHold) and _fits_as_text(cmd.hold_id):
+        # Its release names it again, so it must be an exact id: no space at an end,
+        # nothing invisible. Only a new hold is held to that; a release still names
+        # a hold placed before ids were checked, however it was spelt.
+        found.check(check_identifier, cmd.hold_id, "hold_id")
     found.raise_if_any()
     fingerprint = request_fingerprint(cmd)
     return {
@@ -232,6 +237,12 @@ def checked(cmd: Any, now: datetime) -> dict[str, Any]:
         "phone": to_e164(cmd.phone),
         "brand": cmd.brand,
     }
+
+
+def _fits_as_text(hold_id: str) -> bool:
+    """Whether ``hold_id`` passed the free-text checks, so that a refusal names one
+    problem of it, not two."""
+    return len(hold_id) <= TEXT_LIMITS["hold_id"] and text_problem(hold_id, "hold_id") is None
 
 
 def erasure_event(

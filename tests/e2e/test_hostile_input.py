@@ -352,6 +352,29 @@ async def test_an_age_verification_by_no_visible_method_is_refused(runtime, meth
         assert [f for f, _ in status_details(err.value)] == ["method"]
 
 
+@pytest.mark.parametrize(
+    "hold_id", ["   ", "smith-v-acme ", " smith-v-acme", "smith\u202e-v-acme", "smith\u200b-v-acme"]
+)
+async def test_a_legal_hold_named_by_no_exact_id_is_refused_and_not_placed(runtime, hold_id):
+    """A hold's id names it again for its release, as a message id names a message:
+    one of only spaces, with a space at an end or with an invisible or bidi character
+    could not be spelt again, and is refused as any other id is, with nothing written."""
+    async with client(runtime.address, "admin") as c:
+        await c.DefineCampaign(define("acme", "promo", datetime.now(UTC) - timedelta(days=1)))
+        await c.RecordOptIn(opt_in(PHONE, "acme", "promo", datetime.now(UTC)))
+        ledger_end = sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values())
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await c.PlaceLegalHold(
+                api.PlaceLegalHoldRequest(
+                    request_id=uuid.uuid4().hex, phone=PHONE, brand="acme",
+                    hold_id=hold_id, reason="litigation",
+                )
+            )  # fmt: skip
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+        assert [f for f, _ in status_details(err.value)] == ["hold_id"]
+        assert sum((await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)).values()) == ledger_end
+
+
 async def test_a_time_before_2000_is_named_beside_a_field_that_cannot_be_read(runtime):
     """A write refused for a field that cannot be read (an unknown enum value) still
     names its time before 2000 in the same answer: only the time's future bound needs
