@@ -802,7 +802,7 @@ def _run(args: argparse.Namespace) -> int:
                 if item.id_derived:
                     derived_ids.add(index)
                 if index < REMEMBERED:
-                    if key and unreadable is None:
+                    if key and unreadable is None and _claims(request.request_id):
                         first_use[key] = index
                     lines.append(item.line)
                     contents.append(same)
@@ -1224,6 +1224,21 @@ def _raising(stopped: list[Any]) -> Iterator[Any]:
     """The error the file stopped with, met where its records would be read on."""
     raise stopped[0]
     yield  # a generator: raises when read, not when made
+
+
+def _claims(request_id: str) -> bool:
+    """Whether a record sent under ``request_id`` claims it for the rest of the file.
+    One the service refuses as no id (only spaces, too long, a control or invisible
+    character) claims nothing: each record under it is refused for the id itself, as
+    ImportConsents and RecordOptIn refuse it, not as a repeat of the first."""
+    from ledger.commands import REQUEST_ID_LIMIT
+    from ledger.validation import identifier_problem
+
+    return (
+        bool(request_id.strip())
+        and len(request_id) <= REQUEST_ID_LIMIT
+        and identifier_problem(request_id) is None
+    )
 
 
 def _content(record: Any, kind: str, body: bytes) -> int:

@@ -436,6 +436,38 @@ async def test_a_refused_record_without_an_import_id_is_named_by_the_id_derived_
     }
 
 
+async def test_records_under_an_import_id_that_is_no_id_are_each_refused_for_it(service, tmp_path):
+    """An import id the service refuses as no id (here one holding a zero-width space)
+    claimed itself for the file all the same: the opt-out under it was refused for the
+    id, and each record after it under the same id "was used by the opt-out", refused
+    ALREADY_EXISTS as a repeat, where ImportConsents and RecordOptIn refuse each
+    INVALID_ARGUMENT for the id itself. Each is now refused as they refuse it."""
+    runtime, when = service
+    bad = "old\u200bplatform-1"
+    opt_out = {
+        "type": "opt_out", "import_id": bad, "phone": phone(85), "brand": "acme",
+        "campaign": "promo", "occurred_at": iso(when - timedelta(days=1)), "channel": "keyword",
+        "text": "STOP",
+    }  # fmt: skip
+    opt_in = {**export_rows(when)[1], "import_id": bad}
+    rows = [opt_out, {**opt_in, "phone": phone(86)}, {**opt_in, "phone": phone(87)}]
+    export = write_csv(tmp_path / "export.csv", rows)
+    for dry in ([], ["--dry-run"]):
+        refusals = tmp_path / "refused.jsonl"
+        code, out, err = await import_cli(
+            str(export), "--address", runtime.address, "--refusals", str(refusals), *dry,
+            token=TOKENS["acme-app"][0],
+        )  # fmt: skip
+        assert code == 1, out + err
+        told = {r["line"]: r for r in map(json.loads, refusals.read_text().splitlines())}
+        assert sorted(told) == [2, 3, 4], told
+        for line, refusal in told.items():
+            assert (refusal["code"], refusal["field"]) == ("INVALID_ARGUMENT", "import_id"), (
+                line, refusal,
+            )  # fmt: skip
+            assert "U+200B" in refusal["reason"], refusal
+
+
 async def test_promotional_opt_ins_not_given_in_writing_are_counted_as_informational(
     service, tmp_path
 ):
