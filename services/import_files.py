@@ -1000,6 +1000,14 @@ writing of the export (a padded cell, a file converted to CR LF line ends), not
 what the person said or was shown."""
 
 
+_SPACES = "".join(
+    [" \t\n\xa0\u1680", *map(chr, range(0x2000, 0x200B)), "\u2028\u2029\u202f\u205f\u3000"]
+)
+"""The spaces and line ends trimmed from around free text: ``str.strip``'s whitespace
+but for the control characters it counts as such (NEL, the C0 separators, a form
+feed), which the service refuses in free text, as the import must then."""
+
+
 def as_read(name: str, value: str) -> str:
     """``value`` of field ``name`` as it is imported: free text without the spaces
     around it, its lines ended by LF, and a proof's value as the ledger reads it
@@ -1009,7 +1017,7 @@ def as_read(name: str, value: str) -> str:
     whole and refused when padded, as the service refuses them."""
     if name not in _FREE_TEXT:
         return value
-    text = value.replace("\r\n", "\n").replace("\r", "\n").strip()
+    text = value.replace("\r\n", "\n").replace("\r", "\n").strip(_SPACES)
     proof = name.removeprefix("proof.")
     if name == "text" or proof == "registered_at" or not _fits(name, text):
         return text

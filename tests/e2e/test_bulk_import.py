@@ -33,6 +33,7 @@ import grpc
 import pypdf
 import pytest
 from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
 
 from ledger.ports import Stream
 from services import import_files
@@ -466,6 +467,56 @@ async def test_records_under_an_import_id_that_is_no_id_are_each_refused_for_it(
                 line, refusal,
             )  # fmt: skip
             assert "U+200B" in refusal["reason"], refusal
+
+
+@pytest.mark.parametrize("control", ["\x85", "\x1f", "\x0c"])
+async def test_a_control_character_at_the_end_of_free_text_is_refused_as_the_service_does(
+    service, tmp_path, control
+):
+    """The import trimmed free text (an opt-out's words, the proof) with ``str.strip``,
+    which takes NEL, the C0 separators and a form feed for spaces: a record ending in
+    one was imported where ImportConsents and RecordOptIn refuse the control character,
+    naming the field. Only spaces and line ends are trimmed now; each such record is
+    refused naming its field, in a dry run as in the import."""
+    runtime, when = service
+    opt_out = {
+        "type": "opt_out", "import_id": "stop-80", "phone": phone(80), "brand": "acme",
+        "campaign": "promo", "occurred_at": iso(when - timedelta(days=1)), "channel": "keyword",
+        "text": "STOP" + control,
+    }  # fmt: skip
+    row = {**export_rows(when)[1], "import_id": "in-81", "phone": phone(81)}
+    row["proof.name"] += control
+    export = write_csv(tmp_path / "export.csv", [opt_out, row])
+    stop = api.RecordOptOutRequest(
+        request_id="stop-82", phone=phone(82), brand="acme", campaign="promo",
+        channel=lpb.REVOCATION_CHANNEL_KEYWORD, occurred_at=ts(when - timedelta(days=1)),
+        text="STOP" + control,
+    )  # fmt: skip
+    signed_up = opt_in(phone(83), "acme", "promo", when - timedelta(days=30))
+    signed_up.proof.name += control
+    async with client(runtime.address, "acme-app") as c:  # what the service says of each
+        (told,) = await streamed(
+            c,
+            [
+                api.ImportConsentsRequest(
+                    records=[api.ImportRecord(opt_out=stop), api.ImportRecord(opt_in=signed_up)]
+                )
+            ],
+        )
+    assert [[v.field for v in r.violations] for r in told.refusals] == [["text"], ["proof.name"]]
+    for dry in (["--dry-run"], []):
+        refusals = tmp_path / "refused.jsonl"
+        code, out, err = await import_cli(
+            str(export), "--address", runtime.address, "--refusals", str(refusals), *dry,
+            token=TOKENS["acme-app"][0],
+        )  # fmt: skip
+        assert code == 1, out + err
+        said = {r["line"]: r for r in map(json.loads, refusals.read_text().splitlines())}
+        assert {line: (r["code"], r["field"]) for line, r in said.items()} == {
+            2: ("INVALID_ARGUMENT", "text"),
+            3: ("INVALID_ARGUMENT", "proof.name"),
+        }, said
+        assert f"U+{ord(control):04X}" in said[2]["reason"], said
 
 
 async def test_promotional_opt_ins_not_given_in_writing_are_counted_as_informational(
