@@ -370,7 +370,7 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
         # first use decides. (A view that cannot get there in time is no reason to
         # refuse the write: the projection still applies one MessageSent per message
         # id.)
-        await ctx.guard.wait_until_applied_for([message[0]])
+        await claimed_sends_applied(ctx, brand_of(first), [message])
         taken = await take(past_claims=True)
         if taken.use is not None:
             refuse_another_request(first, taken.use)
@@ -404,6 +404,26 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
     if copy and isinstance(first, MessageSent):
         return await _as_the_send_applied(ctx, first, written)
     return written
+
+
+async def claimed_sends_applied(ctx: Context, brand: str, sends: Sequence[tuple[str, str]]) -> bool:
+    """Wait until the view holds a send of each of ``sends`` (phone, provider message
+    id), which other requests claimed first, looking again as the ledger grows, up
+    to the freshness bound; whether the view got as far as the ledger's end.
+
+    One look was not enough: a claim's own append still on its way, the copy was
+    appended, the ledger took it first and the view kept it alone (one MessageSent
+    per message id), so the claim's send was answered with an event no reader shows
+    and its retry with the copy's. Past the bound (the claim's append failed, or its
+    instance is gone) the copy is recorded all the same."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ctx.guard.wait_bound
+    phones = sorted({phone for phone, _ in sends})
+    while await ctx.guard.wait_until_applied_for(phones):
+        applied = await ctx.view.message_uses(brand, sends)
+        if len(applied) == len(set(sends)) or loop.time() >= deadline:
+            return True
+    return False
 
 
 async def _as_the_send_applied(

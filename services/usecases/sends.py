@@ -33,6 +33,7 @@ from services.errors import FailedPrecondition, MessageIdReused, NotConsistent, 
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import (
     RequestTurns,
+    claimed_sends_applied,
     recorded_as_spelled,
     refuse_another_claim,
     refuse_another_message,
@@ -209,8 +210,8 @@ class Sends:
                             refused.append(exc)
                     contested.append(event)
                 refuse_every(refused)
-                if contested and await self.ctx.guard.wait_until_applied_for(
-                    sorted({e.phone for e in contested})
+                if contested and await claimed_sends_applied(
+                    self.ctx, cmd.brand, [(e.phone, e.message_id) for e in contested]
                 ):
                     known = await self._known(cmd.brand, keys)
                     answer, new = _split(events, keys, known)

@@ -761,3 +761,66 @@ async def test_a_reply_recorded_stamped_before_its_text_answers_it(service, text
         )
     assert not again.allowed
     assert again.reason == api.REASON_REPLY_NOT_OWED
+
+
+@pytest.mark.parametrize("first", ["single", "batch"])
+async def test_a_send_slow_to_land_and_its_copy_answer_alike(service, first):
+    """A RecordMessageSent and a RecordMessagesSent naming the same message (the same
+    content, two request ids) at once: the one that claims the message id first is
+    slow to be acknowledged. The other found the claim with nothing in the view
+    after one look, appended its copy, and the ledger took the copy first; only the
+    copy is a fact (one MessageSent per message id), so the slow send was answered
+    with an event id no reader shows, and its retry with the copy's. The copy now
+    waits, up to the freshness bound, for the claimed send to land: every answer
+    and every retry names the one send recorded."""
+    runtime, clock = service
+    assert runtime.usecases is not None
+    appends = runtime.usecases.writes.ctx.ledger
+    append = appends.append
+    slow = f"slow-{uuid.uuid4().hex}"
+
+    async def slow_to_acknowledge(events):
+        if any(getattr(e, "request_id", "") == slow for e in events):
+            await asyncio.sleep(1)  # well within the freshness bound
+        return await append(events)
+
+    phone = "+14155550197" if first == "single" else "+14155550198"
+    when = clock.now - timedelta(minutes=5)
+    async with client(runtime.address, "acme-app") as c:
+        granted = await c.RecordOptIn(opt_in(phone, "acme", "promo", when - timedelta(days=1)))
+        single = sent(phone, "acme", "promo", when, from_number=NUMBER)
+        message = api.SentMessage(
+            phone=phone,
+            campaign="promo",
+            message_id=single.message_id,
+            occurred_at=single.occurred_at,
+            included_opt_out_language=True,
+            identified_sender=True,
+            from_number=NUMBER,
+        )
+        batch = api.RecordMessagesSentRequest(brand="acme", messages=[message])
+        batch.request_id = uuid.uuid4().hex
+        calls = [partial(c.RecordMessageSent, single), partial(c.RecordMessagesSent, batch)]
+        if first == "single":
+            single.request_id = slow
+        else:
+            batch.request_id = slow
+            calls.reverse()
+        appends.append = slow_to_acknowledge
+        try:
+            claimed = asyncio.ensure_future(calls[0]())
+            await asyncio.sleep(0.3)  # its claim is taken; its append is on its way
+            copy = await calls[1]()
+            answered = await claimed
+        finally:
+            appends.append = append
+        history = await c.ListEvents(
+            api.ListEventsRequest(
+                phone=phone, brand="acme", at_least_as_fresh=token(granted, answered, copy)
+            )
+        )
+        retries = [await call() for call in calls]
+    recorded = [e.event.event_id for e in history.events if e.event.event_type == "MessageSent"]
+    assert len(recorded) == 1
+    answers = [answered, copy, *retries]
+    assert [list(a.event_ids) for a in answers] == [recorded] * 4
