@@ -35,7 +35,7 @@ import sys
 import tempfile
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO
@@ -1302,7 +1302,7 @@ def _time(text: str, field: str) -> Timestamp:
         # RFC 3339 lets the "T" and "Z" be written in lower case, as some exports do.
         value = datetime.fromisoformat(text.strip().upper())
     except ValueError:
-        raise _Bad(field, f"is not an ISO 8601 time: {quoted(text)}") from None
+        value = _rfc_2822_time(text.strip(), field)
     if value.tzinfo is None:
         raise _Bad(field, f"has no time zone (Z or +hh:mm): {quoted(text)}")
     # A corrupt offset moves a fact by up to a day (an opt-out to before the opt-in
@@ -1319,6 +1319,48 @@ def _time(text: str, field: str) -> Timestamp:
     except (ValueError, OverflowError):
         raise _Bad(field, f"is out of range: {quoted(text)}") from None
     return stamp
+
+
+_RFC_2822 = re.compile(
+    r"(?:(Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?(\d{1,2})"
+    r" (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+    r" (\d{4}) (\d{2}):(\d{2})(?::(\d{2}))? ([+-]\d{4}|GMT|UT)",
+    re.IGNORECASE,
+)
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+
+
+def _rfc_2822_time(text: str, field: str) -> datetime:
+    """``text`` read as an RFC 2822 time with its zone, as Twilio's API and exports
+    write every time (``Tue, 05 Mar 2024 14:22:10 +0000``): a zone is always given,
+    so nothing is guessed (``-0000`` is UTC, the local zone unknown, as RFC 3339's
+    ``-00:00``). A weekday that is not the date's says the time is not what was
+    meant: refused."""
+    match = _RFC_2822.fullmatch(text)
+    if match is None:
+        raise _Bad(field, f"is not an ISO 8601 time: {quoted(text)}")
+    weekday, day, month, year, hour, minute, second, zone = match.groups()
+    offset = timedelta(0)
+    if not zone.isalpha():
+        if int(zone[3:5]) >= 60:
+            raise _Bad(field, f"has an offset no time zone uses (minutes past 59): {quoted(text)}")
+        offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[3:5]))
+        offset = -offset if zone.startswith("-") else offset
+    try:
+        value = datetime(
+            int(year),
+            _MONTHS.index(month.lower()) + 1,
+            int(day),
+            int(hour),
+            int(minute),
+            int(second or 0),
+            tzinfo=timezone(offset),
+        )
+    except ValueError:
+        raise _Bad(field, f"is not a time that exists: {quoted(text)}") from None
+    if weekday is not None and value.strftime("%a").lower() != weekday.lower():
+        raise _Bad(field, f"names a weekday that is not its date's: {quoted(text)}")
+    return value
 
 
 def unreadable_value(field: str, value: str) -> str | None:

@@ -927,3 +927,39 @@ def test_an_import_whose_token_file_is_empty_stops_saying_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2, err
     assert f"--token-file {empty} is empty: it holds no token" in err, err
+
+
+@pytest.mark.parametrize(
+    ("written", "utc"),
+    [
+        ("Tue, 05 Mar 2024 14:22:10 +0000", "2024-03-05T14:22:10Z"),  # Twilio's date_sent
+        ("Tue, 05 Mar 2024 06:22:10 -0800", "2024-03-05T14:22:10Z"),
+        ("5 Mar 2024 19:52 +0530", "2024-03-05T14:22:00Z"),
+        ("Tue, 05 Mar 2024 14:22:10 GMT", "2024-03-05T14:22:10Z"),
+        ("Tue, 05 Mar 2024 14:22:10 -0000", "2024-03-05T14:22:10Z"),  # UTC, zone unknown
+    ],
+)
+def test_an_rfc_2822_time_with_its_zone_reads(written, utc):
+    """Twilio writes every time so: with its zone, so nothing is guessed."""
+    row = f'opt_out,src-2,+14155550100,acme,,"{written}",,,,,keyword,STOP'
+    (found,) = read(CSV.splitlines()[0] + "\n" + row, "csv")
+    assert isinstance(found, Read), found
+    assert found.record.opt_out.occurred_at.ToJsonString() == utc
+
+
+@pytest.mark.parametrize(
+    ("written", "why"),
+    [
+        ("Wed, 05 Mar 2024 14:22:10 +0000", "weekday"),  # the 5th was a Tuesday
+        ("Tue, 05 Mar 2024 14:22:10 +2300", "offset"),
+        ("Tue, 05 Mar 2024 14:22:10 +0560", "offset"),
+        ("Fri, 30 Feb 2024 14:22:10 +0000", "exists"),
+        ("Tue, 05 Mar 2024 14:22:10", "ISO 8601"),  # no zone: not guessed
+        ("Tue, 05 Mar 2024 14:22:10 EST", "ISO 8601"),
+    ],
+)
+def test_an_rfc_2822_time_that_cannot_be_told_is_refused_and_its_opt_out_held(written, why):
+    row = f'opt_out,src-2,+14155550100,acme,,"{written}",,,,,keyword,STOP'
+    (found,) = read(CSV.splitlines()[0] + "\n" + row, "csv")
+    assert isinstance(found, Unreadable) and found.field == "occurred_at", found
+    assert why in found.reason and written in found.reason
