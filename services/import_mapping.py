@@ -210,6 +210,11 @@ class Mapping:
         what the export's value happens to spell)."""
         out = dict(fields)
         problem: tuple[str, str] | None = None
+        if "type" in self.constants:
+            # Set before anything is read by type: an export of opt-outs only
+            # (--set type=opt_out) wants its channel set and its text read, as a
+            # mixed export's opt-outs have them.
+            out["type"] = self.constants["type"]
         self._typed_read(out)
         for name, table in self.values.items():
             if name not in out or out[name] is None or _as_text(out[name]).strip() == "":

@@ -865,3 +865,46 @@ async def test_json_lines_of_one_row_per_subscriber_spelling_keys_apart_are_impo
     async with client(runtime.address, "acme-app") as c:
         reasons = await answers(c, list(expect), token_of(out))
     assert reasons == expect, reasons
+
+
+async def test_an_export_of_opt_outs_only_set_as_such_is_imported_with_its_channel(
+    service, tmp_path
+):
+    """An opt-out list (Twilio's inbound STOPs, a suppression list) has no type
+    column: ``--set type=opt_out`` says what every record is. Its channel set and
+    its text read all the same, each opt-out is imported, not refused and held."""
+    runtime, when = service
+    first = 300
+    rows = their_rows(when, first=first)
+    export = write_csv(tmp_path / "subscribers.csv", rows)
+    code, out, err = await imported(runtime, str(export), *options(MAPPING["columns"]))
+    assert code == 1 and "refused: 2" in out, out + err
+    stopped = [number(i) for i in range(first + 1, first + SUBSCRIBED, 4)]
+    messages = tmp_path / "messages.jsonl"
+    with messages.open("w") as lines:
+        for n, phone in enumerate(stopped):
+            sent = (when - timedelta(days=1, minutes=n)).strftime("%a, %d %b %Y %H:%M:%S +0000")
+            message = {"sid": f"SM{first + n:032x}", "from": phone, "body": "STOP"}
+            lines.write(json.dumps({**message, "to": "+12125550100", "date_sent": sent}) + "\n")
+    argv = [
+        str(messages), "--column=import_id=sid", "--column=phone=from", "--column=text=body",
+        "--column=occurred_at=date_sent", "--ignore=to", "--set=type=opt_out",
+        "--set=brand=acme", "--set=channel=keyword",
+    ]  # fmt: skip
+
+    code, out, err = await imported(runtime, *argv)
+
+    assert code == 0, out + err
+    assert f"imported {len(stopped)} of {len(stopped)} records" in out, out
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(
+            c, [number(i) for i in range(first, first + SUBSCRIBED)], token_of(out)
+        )
+    want = {
+        number(i): "REASON_REVOKED" if i % 4 == 0 else "REASON_CONSENT_ACTIVE"
+        for i in range(first, first + SUBSCRIBED)
+    }
+    want.update(dict.fromkeys(stopped, "REASON_REVOKED_BRAND_WIDE"))
+    assert reasons == want, reasons
+    code, out, err = await imported(runtime, *argv)
+    assert code == 0 and f"already present: {len(stopped)}" in out, out + err
