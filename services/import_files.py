@@ -1295,9 +1295,23 @@ _WEST, _EAST = timedelta(hours=-12), timedelta(hours=14)
 """The offsets of the world's zones: Baker Island's -12:00, Kiribati's +14:00."""
 
 
+_COUNT = re.compile(r"[0-9]{9,}(?:\.[0-9]+)?")
+"""A time written as a count (Unix seconds or milliseconds): no date of ISO 8601 is
+nine digits or more without a separator."""
+
+
 def _time(text: str, field: str) -> Timestamp:
     if text and not text.strip():
         raise _Bad(field, f"{_BLANK}, not an ISO 8601 time")
+    if _COUNT.fullmatch(text.strip()):
+        # Read as ISO 8601 some are a date of the 1700s with no zone, and the refusal
+        # asked for a zone: what is wrong is that it is a count, not a written time.
+        raise _Bad(
+            field,
+            f"is a number, not a time: {quoted(text)}; a Unix time (seconds or "
+            "milliseconds since 1970, which one cannot be told) is not read: write it "
+            "in ISO 8601 with a zone, as 2024-03-05T14:22:10Z",
+        )
     try:
         # RFC 3339 lets the "T" and "Z" be written in lower case, as some exports do.
         value = datetime.fromisoformat(text.strip().upper())

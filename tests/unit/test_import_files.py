@@ -963,3 +963,14 @@ def test_an_rfc_2822_time_that_cannot_be_told_is_refused_and_its_opt_out_held(wr
     (found,) = read(CSV.splitlines()[0] + "\n" + row, "csv")
     assert isinstance(found, Unreadable) and found.field == "occurred_at", found
     assert why in found.reason and written in found.reason
+
+
+@pytest.mark.parametrize("written", ["1704186000", "1706041141103", "1704186000.250"])
+def test_a_time_written_as_a_unix_count_is_refused_saying_so(written):
+    """Epoch milliseconds such as 1706041141103 read as ISO 8601 as a date of
+    1706 with no zone: the refusal asked for a zone, which would not help."""
+    row = f"opt_out,src-2,+14155550100,acme,,{written},,,,,keyword,STOP"
+    (found,) = read(CSV.splitlines()[0] + "\n" + row, "csv")
+    assert isinstance(found, Unreadable) and found.field == "occurred_at", found
+    assert found.reason.startswith(f"is a number, not a time: '{written}'"), found.reason
+    assert "Unix time" in found.reason and "2024-03-05T14:22:10Z" in found.reason
