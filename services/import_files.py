@@ -1300,6 +1300,10 @@ _COUNT = re.compile(r"[0-9]{9,}(?:\.[0-9]+)?")
 nine digits or more without a separator."""
 
 
+_UTC_NAMED = re.compile(r"(?<=[0-9]) (?:UTC|GMT)$")
+"""A time's zone written as its name, where the name is UTC's."""
+
+
 def _time(text: str, field: str) -> Timestamp:
     if text and not text.strip():
         raise _Bad(field, f"{_BLANK}, not an ISO 8601 time")
@@ -1313,8 +1317,10 @@ def _time(text: str, field: str) -> Timestamp:
             "in ISO 8601 with a zone, as 2024-03-05T14:22:10Z",
         )
     try:
-        # RFC 3339 lets the "T" and "Z" be written in lower case, as some exports do.
-        value = datetime.fromisoformat(text.strip().upper())
+        # RFC 3339 lets the "T" and "Z" be written in lower case, as some exports do;
+        # Ruby on Rails writes UTC so ("2024-03-05 14:22:10 UTC"), and its other zones
+        # as an offset, which is read.
+        value = datetime.fromisoformat(_UTC_NAMED.sub("+00:00", text.strip().upper()))
     except ValueError:
         value = _rfc_2822_time(text.strip(), field)
     if value.tzinfo is None:

@@ -72,7 +72,8 @@ fields:
   occurred_at         when it happened, ISO 8601 with a zone: 2026-11-02T09:30:00Z
                       (an offset, as +05:30, of -12:00 to +14:00 in whole minutes),
                       or RFC 2822 with its offset, as Twilio writes times:
-                      Tue, 05 Mar 2024 14:22:10 +0000. A time with no zone is
+                      Tue, 05 Mar 2024 14:22:10 +0000; UTC may be named, as Rails
+                      writes it: 2024-03-05 14:22:10 UTC. A time with no zone is
                       refused, never guessed
   opt_in:   tier (conversational, informational, promotional), method (web_form,
             keyword_reply, paper, verbal, api_import), source (first_party),

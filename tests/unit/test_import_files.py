@@ -974,3 +974,26 @@ def test_a_time_written_as_a_unix_count_is_refused_saying_so(written):
     assert isinstance(found, Unreadable) and found.field == "occurred_at", found
     assert found.reason.startswith(f"is a number, not a time: '{written}'"), found.reason
     assert "Unix time" in found.reason and "2024-03-05T14:22:10Z" in found.reason
+
+
+@pytest.mark.parametrize(
+    ("written", "utc"),
+    [
+        ("2024-03-05 14:22:10 UTC", "2024-03-05T14:22:10Z"),  # Ruby on Rails' Time#to_s
+        ("2024-03-05 14:22:10.250 utc", "2024-03-05T14:22:10.250Z"),
+        ("2024-03-05T14:22:10 GMT", "2024-03-05T14:22:10Z"),
+    ],
+)
+def test_a_time_whose_zone_is_named_utc_reads(written, utc):
+    row = f"opt_out,src-2,+14155550100,acme,,{written},,,,,keyword,STOP"
+    (found,) = read(CSV.splitlines()[0] + "\n" + row, "csv")
+    assert isinstance(found, Read), found
+    assert found.record.opt_out.occurred_at.ToJsonString() == utc
+
+
+@pytest.mark.parametrize("written", ["2024-03-05 14:22:10 EST", "2024-03-05T14:22:10Z UTC"])
+def test_a_time_whose_zone_is_named_otherwise_is_refused(written):
+    """EST is ambiguous (Eastern, or Australia's): only UTC's names are read."""
+    row = f"opt_out,src-2,+14155550100,acme,,{written},,,,,keyword,STOP"
+    (found,) = read(CSV.splitlines()[0] + "\n" + row, "csv")
+    assert isinstance(found, Unreadable) and found.field == "occurred_at", found
