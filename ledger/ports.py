@@ -437,6 +437,13 @@ class ReplicaStats(Protocol):
         ...
 
 
+class ViewRebuilt(Exception):
+    """A partition's stored position went back below what an applier knew it at: a
+    rebuild emptied the view beneath it. Folding on from the applier's own place
+    would leave a gap the rebuild then skips as applied; the applier reads the
+    stored positions again and follows on from there."""
+
+
 class UnreadableDigests(Exception):
     """``DigestReads.digests`` found a stored digest it cannot read for some of the
     phones asked about. ``found`` is what it answers for the others; ``phones`` are
@@ -514,8 +521,15 @@ class ConsentView(DigestReads, CampaignReads):
     """
 
     @abstractmethod
-    async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
-        """Fold ``batch`` (ledger order) into the view and advance the positions."""
+    async def apply(
+        self, stream: Stream, batch: Sequence[Recorded], *, known: Mapping[int, int] | None = None
+    ) -> None:
+        """Fold ``batch`` (ledger order) into the view and advance the positions.
+
+        ``known``: a follower's positions, per partition, as it last saw them stored
+        (read before following, raised by each batch it applied). A partition stored
+        below its known position was emptied beneath the follower by a rebuild: the
+        batch is refused with ``ViewRebuilt``, nothing applied."""
 
     @abstractmethod
     async def subscriber_states(

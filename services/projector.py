@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from ledger.events import Recorded
-from ledger.ports import ConsentView, EventLog, Stream
+from ledger.ports import ConsentView, EventLog, Stream, ViewRebuilt
 from services.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -93,10 +93,26 @@ class Projector:
                 tasks.create_task(self.follow(stream), name=f"projector-{stream.value}")
 
     async def follow(self, stream: Stream) -> None:
-        start = await self._view.positions(stream)
-        async for batch in self._ledger.subscribe(stream, start, poll_timeout=self._poll_timeout):
-            if batch:
-                await self._view.apply(stream, batch)
+        while True:
+            start = await self._view.positions(stream)
+            known = dict(start)
+            batches = self._ledger.subscribe(stream, start, poll_timeout=self._poll_timeout)
+            try:
+                async for batch in batches:
+                    if batch:
+                        await self._view.apply(stream, batch, known=known)
+                        for recorded in batch:
+                            p, offset = recorded.position.partition, recorded.position.offset
+                            known[p] = max(known.get(p, 0), offset + 1)
+                return
+            except ViewRebuilt:
+                # A rebuild began beneath this follower: what it would apply next
+                # lies past the rebuild's place, and the rebuild would skip the gap.
+                log.info("the view was rebuilt: following the %s stream again", stream.value)
+            finally:
+                close = getattr(batches, "aclose", None)
+                if close is not None:
+                    await close()
 
     async def catch_up(
         self,

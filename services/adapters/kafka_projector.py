@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from ledger.events import Recorded
-from ledger.ports import ConsentView, Stream
+from ledger.ports import ConsentView, Stream, ViewRebuilt
 from services.adapters.kafka_ledger import consumer_options, recorded_from_record
 
 if TYPE_CHECKING:
@@ -65,6 +65,9 @@ class KafkaProjector:
         self._extra_options = dict(consumer_options or {})
         self._streams = {settings.topic(stream): stream for stream in Stream}
         self._consumer: AIOKafkaConsumer | None = None
+        self._known: dict[Stream, dict[int, int]] = {stream: {} for stream in Stream}
+        """Each partition's position as this instance last saw it stored: sought to
+        at its assignment, raised by each batch it applied (``ConsentView.apply``)."""
 
     async def start(self) -> None:
         options = {
@@ -109,7 +112,18 @@ class KafkaProjector:
                 recorded_from_record(r) for r in records
             )
         for stream, batch in batches.items():
-            await self._view.apply(stream, batch)
+            known = self._known[stream]
+            try:
+                await self._view.apply(stream, batch, known=known)
+            except ViewRebuilt:
+                # A rebuild began beneath this instance: follow on from where the
+                # view stands now, not from past it (a gap the rebuild would skip).
+                log.info("the view was rebuilt: seeking to its stored positions again")
+                await self.seek_to_stored_positions(consumer.assignment())
+                return 0
+            for recorded in batch:
+                p, offset = recorded.position.partition, recorded.position.offset
+                known[p] = max(known.get(p, 0), offset + 1)
         if fetched:
             await self._commit_for_monitoring(
                 {tp: records[-1].offset + 1 for tp, records in fetched.items() if records}
@@ -134,7 +148,9 @@ class KafkaProjector:
             stream = self._streams[tp.topic]
             if stream not in positions:
                 positions[stream] = await self._view.positions(stream)
-            consumer.seek(tp, positions[stream].get(tp.partition, 0))
+            stored = positions[stream].get(tp.partition, 0)
+            self._known[stream][tp.partition] = stored
+            consumer.seek(tp, stored)
 
     async def _commit_for_monitoring(self, offsets: dict[TopicPartition, int]) -> None:
         try:

@@ -16,7 +16,7 @@ import math
 import time
 import uuid
 from collections import ChainMap
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,6 +45,7 @@ from ledger.ports import (
     Offsets,
     RequestUse,
     Stream,
+    ViewRebuilt,
     page_of_changes,
     recorded_key,
 )
@@ -124,13 +125,21 @@ class InMemoryConsentView(ConsentView):
         self._appended_at: dict[tuple[str, str], float] = {}
         """When each turn ended appended (``self._monotonic``), for pruning."""
 
-    async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
+    async def apply(
+        self, stream: Stream, batch: Sequence[Recorded], *, known: Mapping[int, int] | None = None
+    ) -> None:
         for recorded in batch:
             if Stream.of(recorded.event) is not stream:
                 raise ValueError(
                     f"{type(recorded.event).__name__} does not belong to {stream.value}"
                 )
         base = self._tables
+        if known is not None:
+            stored = base.positions[stream]
+            partitions = sorted({r.position.partition for r in batch})
+            behind = [p for p in partitions if stored.get(p, 0) < known.get(p, 0)]
+            if behind:
+                raise ViewRebuilt(f"{stream.value} partitions {behind} were emptied by a rebuild")
         # Stage every change in front of the tables and merge only at the end: an
         # exception half-way through a batch leaves the view as it was, like a
         # rolled-back transaction, without copying the whole view per batch.

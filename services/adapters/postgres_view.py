@@ -29,7 +29,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -63,6 +63,7 @@ from ledger.ports import (
     RequestUse,
     Stream,
     UnreadableDigests,
+    ViewRebuilt,
     page_of_changes,
 )
 from ledger.state import (
@@ -973,7 +974,9 @@ class PostgresConsentView(ConsentView):
         self._writes: set[asyncio.Future[None]] = set()
         self._takes = Coalesced(self._take_one, self._take_many, bound=timeout)
 
-    async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
+    async def apply(
+        self, stream: Stream, batch: Sequence[Recorded], *, known: Mapping[int, int] | None = None
+    ) -> None:
         if not batch:
             return
         for recorded in batch:
@@ -985,7 +988,7 @@ class PostgresConsentView(ConsentView):
         # transaction mid-protocol: asyncpg can then wait forever for the server to
         # confirm the cancel. The write runs to its commit or rollback on its own;
         # the caller is released at once and a restart finds one or the other.
-        write = asyncio.ensure_future(self._apply_in_transaction(stream, batch))
+        write = asyncio.ensure_future(self._apply_in_transaction(stream, batch, known))
         self._writes.add(write)
         write.add_done_callback(self._writes.discard)
         await asyncio.shield(write)
@@ -994,12 +997,18 @@ class PostgresConsentView(ConsentView):
         """Wait for writes whose callers were cancelled to commit or roll back."""
         await asyncio.gather(*self._writes, return_exceptions=True)
 
-    async def _apply_in_transaction(self, stream: Stream, batch: Sequence[Recorded]) -> None:
+    async def _apply_in_transaction(
+        self, stream: Stream, batch: Sequence[Recorded], known: Mapping[int, int] | None
+    ) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            await self._apply(conn, stream, batch)
+            await self._apply(conn, stream, batch, known)
 
     async def _apply(
-        self, conn: asyncpg.Connection, stream: Stream, batch: Sequence[Recorded]
+        self,
+        conn: asyncpg.Connection,
+        stream: Stream,
+        batch: Sequence[Recorded],
+        follower: Mapping[int, int] | None = None,
     ) -> None:
         partitions = sorted({r.position.partition for r in batch})
         rows = await conn.fetch(_LOCK_POSITIONS, stream.value, partitions)
@@ -1007,6 +1016,10 @@ class PostgresConsentView(ConsentView):
             await conn.execute(_CLAIM_POSITIONS, stream.value, partitions)
             rows = await conn.fetch(_LOCK_POSITIONS, stream.value, partitions)
         next_offsets: dict[int, int] = {row["partition"]: row["next_offset"] for row in rows}
+        if follower is not None:
+            behind = [p for p in partitions if next_offsets[p] < follower.get(p, 0)]
+            if behind:
+                raise ViewRebuilt(f"{stream.value} partitions {behind} were emptied by a rebuild")
         fresh: list[Recorded] = []
         for recorded in batch:
             partition, offset = recorded.position.partition, recorded.position.offset

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -35,8 +35,10 @@ class DiesAfterCommit(ConsentView):
         self.applied = 0
         self.die_after = die_after
 
-    async def apply(self, stream: Stream, batch: Sequence[Recorded]) -> None:
-        await self.inner.apply(stream, batch)
+    async def apply(
+        self, stream: Stream, batch: Sequence[Recorded], *, known: Mapping[int, int] | None = None
+    ) -> None:
+        await self.inner.apply(stream, batch, known=known)
         self.applied += 1
         if self.applied == self.die_after:
             raise ProcessDied
