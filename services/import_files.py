@@ -52,6 +52,8 @@ from services.import_mapping import TYPED, Mapping, loosely
 from services.wire.enums import NOT_SET
 
 FORMATS = ("csv", "jsonl")
+_PLAIN = Mapping()
+"""No mapping: the export under our own names, its numbers and times as they are."""
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
 PROOF_FIELDS = (
@@ -249,7 +251,7 @@ def read_records(
     and imported first, it denies before any opt-in is allowed. ``mapping``: how the
     export names our fields (``services.import_mapping``); the fields of what cannot
     be read are named as ours still (``Mapping.shown`` names them as the export does)."""
-    mapping = mapping or Mapping()
+    mapping = Mapping() if mapping is None else mapping
     if fmt == "csv":
         yield from _csv(text, opt_ins, mapping)
     else:
@@ -269,7 +271,7 @@ def _wanted(fields: dict[str, Any], opt_ins: bool | None) -> bool:
 def _csv(
     text: TextIO, opt_ins: bool | None = None, mapping: Mapping | None = None
 ) -> Iterator[Read | Unreadable]:
-    mapping = mapping or Mapping()
+    mapping = Mapping() if mapping is None else mapping
     csv.field_size_limit(max(csv.field_size_limit(), CSV_VALUE_LIMIT))
     # Strict: a quote opened and never closed would otherwise take every line after
     # it, up to the next quote or the end of the file, into one value, and the
@@ -325,13 +327,13 @@ def _csv(
                 if not _wanted(fields, opt_ins):
                     continue
                 if unmapped is not None:  # its type unread, an opt-out-looking one is held
-                    yield _refused(fields, start, *unmapped)
+                    yield _refused(fields, start, *unmapped, mapping=mapping)
                     continue
                 if len(row) > len(columns):  # an unquoted comma, most often in a text
                     reason = "has more values than the header has columns"
-                    yield _refused(fields, start, "record", reason)
+                    yield _refused(fields, start, "record", reason, mapping=mapping)
                     continue
-                yield parse_fields(fields, start)
+                yield parse_fields(fields, start, mapping)
     except csv.Error as exc:  # the rest cannot be read: stop, naming where
         quoting = "expected after" in str(exc) or "end of data" in str(exc)
         hint = " (a quoted value that opens on this line and does not close?)" if quoting else ""
@@ -339,7 +341,9 @@ def _csv(
         # as a JSON line cut short is: its number and brand most often come first.
         said, _ = mapping.apply(mapping.fields_of(_said_before_the_break(columns, source.first)))
         if _wanted(said, opt_ins):
-            broken = _refused(said, seen + 1, "record", f"cannot be read: {exc}{hint}")
+            broken = _refused(
+                said, seen + 1, "record", f"cannot be read: {exc}{hint}", mapping=mapping
+            )
             if broken.held is not None:
                 yield broken
         raise Stopped(f"line {seen + 1}: {exc}{hint}{STOPPED}") from None
@@ -468,7 +472,7 @@ def _header_reason(again: list[str], columns: list[str]) -> str:
 def _jsonl(
     text: TextIO, opt_ins: bool | None = None, mapping: Mapping | None = None
 ) -> Iterator[Read | Unreadable]:
-    for item in _jsonl_all(text, opt_ins, mapping or Mapping()):
+    for item in _jsonl_all(text, opt_ins, Mapping() if mapping is None else mapping):
         if opt_ins is None or _typed_opt_in(item) == opt_ins:
             yield item
 
@@ -514,7 +518,9 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None, mapping: Mapping) -> Iterator
         at_first, first = first, False
         if not whole:
             reason = f"is longer than {LINE_LIMIT:,} characters, longer than any record"
-            yield _refused(_loose(ours(_cut_short(raw) or {})), number, "record", reason)
+            yield _refused(
+                _loose(ours(_cut_short(raw) or {})), number, "record", reason, mapping=mapping
+            )
             continue
         try:
             obj = json.loads(raw, object_pairs_hook=_once, parse_int=_whole, parse_float=Decimal)
@@ -527,18 +533,26 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None, mapping: Mapping) -> Iterator
                 # Objects glued on the line, one naming a field twice: refused (and
                 # held) each, as glued objects are below, not the whole file stopped.
                 for said in _said(raw, exc):
-                    yield _refused(_loose(ours(said)), number, "record", f"is not JSON: {exc.msg}")
+                    yield _refused(
+                        _loose(ours(said)),
+                        number,
+                        "record",
+                        f"is not JSON: {exc.msg}",
+                        mapping=mapping,
+                    )
                 continue
             loose = _loose(ours(agreed)) if isinstance(agreed, dict) else {}
             where = _twice_at(raw) or twice.field
-            yield _refused(loose, number, where, "is given more than once")
+            yield _refused(loose, number, where, "is given more than once", mapping=mapping)
             continue
         except json.JSONDecodeError as exc:
             if raw.lstrip()[:1] in ('"', "}", "]"):  # a key or an end: an object's inside
                 raise _over_lines(number, "is inside", at_first) from None
             # Without the position in the line, so that one mistake groups as one.
             for said in _said(raw, exc):
-                yield _refused(_loose(ours(said)), number, "record", f"is not JSON: {exc.msg}")
+                yield _refused(
+                    _loose(ours(said)), number, "record", f"is not JSON: {exc.msg}", mapping=mapping
+                )
             continue
         except ValueError as exc:
             yield Unreadable(number, "record", f"is not JSON: {exc}")
@@ -556,39 +570,47 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None, mapping: Mapping) -> Iterator
             if not _wanted(obj, opt_ins):
                 continue
             if unmapped is not None:  # its type unread, an opt-out-looking one is held
-                yield _refused(_loose(obj), number, *unmapped)
+                yield _refused(_loose(obj), number, *unmapped, mapping=mapping)
                 continue
             loose = _loose(obj)  # what an opt-out refused below is held by
             if clash is not None:
-                yield _refused(loose, number, *clash)
+                yield _refused(loose, number, *clash, mapping=mapping)
                 continue
             nested = obj.pop("proof", None)
             if nested is not None:
                 if not isinstance(nested, dict):
-                    yield _refused(loose, number, "proof", "is not a JSON object")
+                    yield _refused(loose, number, "proof", "is not a JSON object", mapping=mapping)
                     continue
                 spelt, clash = as_ours(f"proof.{k}" for k in nested)
                 if clash is not None:
-                    yield _refused(loose, number, *clash)
+                    yield _refused(loose, number, *clash, mapping=mapping)
                     continue
                 flat = dict(zip(spelt, nested.values(), strict=True))
                 both = sorted(k for k in flat if k in obj)
                 if both:
-                    yield _refused(loose, number, both[0], "is given both nested and flat")
+                    yield _refused(
+                        loose, number, both[0], "is given both nested and flat", mapping=mapping
+                    )
                     continue
                 obj.update(flat)
             unknown = sorted(k for k in obj if k not in FIELDS)
             if unknown:
                 reason = "is no field of an import record"
-                yield _refused(loose, number, _shown(unknown[0]), reason)
+                yield _refused(loose, number, _shown(unknown[0]), reason, mapping=mapping)
                 continue
             bad = next(
                 (k for k, v in obj.items() if v is not None and not isinstance(v, str)), None
             )
             if bad is not None:
-                yield _refused(loose, number, bad, f"must be a string, not {_json_kind(obj[bad])}")
+                yield _refused(
+                    loose,
+                    number,
+                    bad,
+                    f"must be a string, not {_json_kind(obj[bad])}",
+                    mapping=mapping,
+                )
                 continue
-            yield parse_fields({k: v for k, v in obj.items() if v}, number)
+            yield parse_fields({k: v for k, v in obj.items() if v}, number, mapping)
 
 
 def _records_of(
@@ -636,8 +658,8 @@ def _opt_out_first(
     later, and the import id it would have (empty if it could not be read), or None
     (a time that cannot be read is refused on its own record)."""
     try:
-        opted_in = _time(opt_in_at, "occurred_at").ToDatetime()
-        opted_out = _time(opt_out_at, "occurred_at").ToDatetime()
+        opted_in = _time(opt_in_at, "occurred_at", mapping).ToDatetime()
+        opted_out = _time(opt_out_at, "occurred_at", mapping).ToDatetime()
     except (_Bad, AttributeError, TypeError):
         return None
     if opted_in < opted_out:
@@ -649,11 +671,11 @@ def _opt_out_first(
         "the row is read as opted out, its opt-out imported and this opt-in refused, so "
         "that no time wrong in the export allows the number; import a later opt-in as a "
         "record of its own",
-        _import_id_of(record),
+        _import_id_of(record, mapping),
     )
 
 
-def _import_id_of(record: dict[str, Any]) -> str:
+def _import_id_of(record: dict[str, Any], mapping: Mapping) -> str:
     """The import id an opt-in of ``record``'s fields (a JSON line's proof perhaps
     nested) is imported under, or empty for one that would be refused anyway."""
     flat = dict(record)
@@ -664,7 +686,7 @@ def _import_id_of(record: dict[str, Any]) -> str:
         return ""
     if any(k not in FIELDS or not isinstance(v, str | None) for k, v in flat.items()):
         return ""
-    read = parse_fields({k: v for k, v in flat.items() if v}, 0)
+    read = parse_fields({k: v for k, v in flat.items() if v}, 0, mapping)
     return read.record.opt_in.request_id if isinstance(read, Read) else ""
 
 
@@ -957,9 +979,10 @@ def _whole_as_written(value: Decimal) -> bool:
     return isinstance(exponent, int) and exponent <= 0 and value == value.to_integral_value()
 
 
-def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:
+def parse_fields(fields: dict[str, str], line: int, mapping: Mapping = _PLAIN) -> Read | Unreadable:
     """One record's fields (empty ones left out) as an ``ImportRecord``, its free
-    text as read (``as_read``)."""
+    text as read (``as_read``), its number and times as ``mapping`` says the export
+    writes them (``Mapping.phone_region``)."""
     written = fields
     fields = {name: text for name, value in fields.items() if (text := as_read(name, value))}
     kind = _kind(fields)
@@ -972,10 +995,10 @@ def parse_fields(fields: dict[str, str], line: int) -> Read | Unreadable:
             reason = _not_text(odd.group())
         else:
             reason = f"must be opt_in or opt_out, not {quoted(given)}"
-        return _refused(fields, line, "type", reason)
-    read = _parse(kind, fields, line)
+        return _refused(fields, line, "type", reason, mapping=mapping)
+    read = _parse(kind, fields, line, mapping)
     if isinstance(read, Unreadable):
-        return _refused(fields, read.line, read.field, read.reason)
+        return _refused(fields, read.line, read.field, read.reason, mapping=mapping)
     return _hashed_as_written(read, written.get("proof.consent_text"))
 
 
@@ -1046,7 +1069,13 @@ def _kind(fields: dict[str, str]) -> str:
 
 
 def _refused(
-    fields: dict[str, str], line: int, field: str, reason: str, opted_out_id: str = ""
+    fields: dict[str, str],
+    line: int,
+    field: str,
+    reason: str,
+    opted_out_id: str = "",
+    *,
+    mapping: Mapping = _PLAIN,
 ) -> Unreadable:
     """A record that cannot be read, held (``_held``) if it may be an opt-out: one
     typed so, or one whose type cannot be read ("optout", "unsubscribe", none),
@@ -1060,7 +1089,7 @@ def _refused(
     # An id past reading (too long, not text) is none: it could not be imported either.
     import_id = given if len(given) <= VALUE_LIMIT and not _SURROGATE.search(given) else ""
     read = kind if kind in ("opt_in", "opt_out") else ""
-    derived = "" if import_id else _said_id(fields)
+    derived = "" if import_id else _said_id(fields, mapping)
     if kind == "opt_in" or (kind != "opt_out" and opt_in_only):
         return Unreadable(
             line,
@@ -1072,11 +1101,11 @@ def _refused(
             derived_id=derived,
             opted_out_id=opted_out_id,
         )
-    held = _held(fields)
+    held = _held(fields, mapping)
     return Unreadable(line, field, reason, held, import_id=import_id, kind=read, derived_id=derived)
 
 
-def _held(fields: dict[str, str]) -> api.ImportRecord | None:
+def _held(fields: dict[str, str], mapping: Mapping) -> api.ImportRecord | None:
     """What the service may hold of an opt-out that cannot be read: its number,
     brand and campaign, under its import id or one derived from all it said (the
     same on every run). Without a channel or a time it is refused, and held. None
@@ -1094,26 +1123,28 @@ def _held(fields: dict[str, str]) -> api.ImportRecord | None:
     if not phone.strip():
         return None
     brand = plain.get("brand", "")
-    request = api.RecordOptOutRequest(phone=e164_or_as_given(phone), brand=brand)
+    request = api.RecordOptOutRequest(
+        phone=e164_or_as_given(phone, mapping.phone_region), brand=brand
+    )
     if "campaign" in plain:
         request.campaign = plain["campaign"]
     try:  # where the hold goes, if it can be read (the service ignores a bad one)
-        request.occurred_at.CopyFrom(_time(plain.get("occurred_at", ""), "occurred_at"))
+        request.occurred_at.CopyFrom(_time(plain.get("occurred_at", ""), "occurred_at", mapping))
     except _Bad:
         request.ClearField("occurred_at")
-    request.request_id = plain.get("import_id") or _said_id(fields)
+    request.request_id = plain.get("import_id") or _said_id(fields, mapping)
     return api.ImportRecord(opt_out=request)
 
 
-def _said_id(fields: dict[str, str]) -> str:
+def _said_id(fields: dict[str, str], mapping: Mapping) -> str:
     """The import id of a record that cannot be read and gives none of its own: a
     digest of all it said, written as read (``_as_said``). An opt-out is held under
     it; any such record is named by it in the refusals, the same on every run."""
-    said = json.dumps(sorted(_as_said(fields).items())).encode()  # lone surrogates escaped
+    said = json.dumps(sorted(_as_said(fields, mapping).items())).encode()  # lone surrogates escaped
     return f"import-{hashlib.sha256(said).hexdigest()[:32]}"
 
 
-def _as_said(fields: dict[str, str]) -> dict[str, str]:
+def _as_said(fields: dict[str, str], mapping: Mapping) -> dict[str, str]:
     """A held record's fields, each that reads written as read (its number in E.164,
     a time in UTC as ``...Z``, a type or enumeration by its short name, free text as
     ``as_read``), the rest as given: the id derived from them is the same for the same
@@ -1122,13 +1153,13 @@ def _as_said(fields: dict[str, str]) -> dict[str, str]:
     out = {}
     for name, value in fields.items():
         if name == "phone":
-            value = e164_or_as_given(value)
+            value = e164_or_as_given(value, mapping.phone_region)
         elif name == "type":
             kind = _kind({"type": value})
             value = kind if kind in ("opt_in", "opt_out") else value
         elif name in ("occurred_at", "proof.registered_at") or name in _ENUMS:
             with contextlib.suppress(_Bad):
-                value = _written(name, value)
+                value = _written(name, value, mapping)
         else:
             value = as_read(name, value)
         if value:  # a cell of spaces is none, as it is in a record read
@@ -1136,13 +1167,13 @@ def _as_said(fields: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def _written(name: str, value: str) -> str:
+def _written(name: str, value: str, mapping: Mapping) -> str:
     """A time or enumeration as the README writes it: ``2026-11-02T09:30:00Z``,
     ``keyword``. Raises ``_Bad`` for one that does not read."""
     if name in _ENUMS:
         enum, prefix = _ENUMS[name]
         return str(enum.Name(_enum(name, value))).removeprefix(prefix).lower()
-    when = _time(value, name).ToDatetime(tzinfo=UTC)
+    when = _time(value, name, mapping).ToDatetime(tzinfo=UTC)
     return when.isoformat().replace("+00:00", "Z")
 
 
@@ -1159,7 +1190,7 @@ def _named_elsewhere(fields: dict[str, str]) -> str:
     return said
 
 
-def _parse(kind: str, fields: dict[str, str], line: int) -> Read | Unreadable:
+def _parse(kind: str, fields: dict[str, str], line: int, mapping: Mapping) -> Read | Unreadable:
     own, other = (
         (OPT_IN_FIELDS, OPT_OUT_FIELDS) if kind == "opt_in" else (OPT_OUT_FIELDS, OPT_IN_FIELDS)
     )
@@ -1187,8 +1218,10 @@ def _parse(kind: str, fields: dict[str, str], line: int) -> Read | Unreadable:
         values: dict[str, Any] = {}
         for name in ("phone", "brand"):
             values[name] = fields.get(name, "")
+        if mapping.phone_region:
+            values["phone"] = _in_region(values["phone"], mapping.phone_region)
         if "occurred_at" in fields:
-            values["occurred_at"] = _time(fields["occurred_at"], "occurred_at")
+            values["occurred_at"] = _time(fields["occurred_at"], "occurred_at", mapping)
         for name in own:
             if name in fields and not name.startswith("proof."):
                 values[name] = _enum(name, fields[name]) if name in _ENUMS else fields[name]
@@ -1201,7 +1234,9 @@ def _parse(kind: str, fields: dict[str, str], line: int) -> Read | Unreadable:
                 value = fields.get(f"proof.{name}")
                 if value is not None:
                     proof[name] = (
-                        _time(value, "proof.registered_at") if name == "registered_at" else value
+                        _time(value, "proof.registered_at", mapping)
+                        if name == "registered_at"
+                        else value
                     )
             message: Any = api.RecordOptInRequest(**values, proof=lpb.ConsentProof(**proof))
             record = api.ImportRecord(opt_in=message)
@@ -1217,7 +1252,7 @@ def _parse(kind: str, fields: dict[str, str], line: int) -> Read | Unreadable:
     if "import_id" in fields:
         request.request_id = fields["import_id"]
     else:
-        request.phone = e164_or_as_given(request.phone)
+        request.phone = e164_or_as_given(request.phone, mapping.phone_region)
         request.request_id = derived_import_id(record)
         return Read(line, record, id_derived=True)
     return Read(line, record)
@@ -1226,16 +1261,39 @@ def _parse(kind: str, fields: dict[str, str], line: int) -> Read | Unreadable:
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 
 
-def e164_or_as_given(phone: str) -> str:
-    """``phone`` in E.164 when it is a valid number written another way, else as
+def e164_or_as_given(phone: str, region: str = "") -> str:
+    """``phone`` in E.164 when it is a valid number written another way (with
+    ``region``, one without its country code read as that region's), else as
     written (the service refuses it, in its own words). One already in E.164's form
     is not parsed again: most exports write every number so."""
     if _E164.fullmatch(phone):
         return phone
     try:
-        return to_e164(phone)
+        return to_e164(phone, default_region=_region_of(phone, region))
     except DomainError:
         return phone
+
+
+def _region_of(phone: str, region: str) -> str | None:
+    """The region ``phone`` is read in: ``region`` (``--phone-region``) for a number
+    written without a leading +, none for one with it, read as it always is."""
+    if not region or phone.lstrip(_SPACES).startswith(("+", "\uff0b")):
+        return None
+    return region
+
+
+def _in_region(phone: str, region: str) -> str:
+    """A record's number read in ``region`` (``--phone-region``) into E.164, when it is
+    written without its country code; one with it, or none, as written. Raises
+    ``_Bad`` for a number that is not a valid one of ``region``, saying so."""
+    if not phone.strip() or _region_of(phone, region) is None:
+        return phone
+    try:
+        return to_e164(phone, default_region=region)
+    except DomainError as exc:
+        raise _Bad(
+            "phone", f"{exc.reason}; read as a number of {region} (--phone-region)"
+        ) from None
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -1304,7 +1362,7 @@ _UTC_NAMED = re.compile(r"(?<=[0-9]) (?:UTC|GMT)$")
 """A time's zone written as its name, where the name is UTC's."""
 
 
-def _time(text: str, field: str) -> Timestamp:
+def _time(text: str, field: str, mapping: Mapping = _PLAIN) -> Timestamp:
     if text and not text.strip():
         raise _Bad(field, f"{_BLANK}, not an ISO 8601 time")
     if _COUNT.fullmatch(text.strip()):

@@ -56,6 +56,9 @@ class Mapping:
     subscriber_rows: bool = False
     """Each row one subscriber: an opt-in, and an opt-out when its opt-out time is
     given (``--subscriber-rows``)."""
+    phone_region: str = ""
+    """The region (ISO 3166 alpha-2, as ``US``) a number written without its country
+    code is read in (``--phone-region``); empty: such a number is refused."""
 
     def __bool__(self) -> bool:
         return bool(self.columns or self.values or self.constants or self.ignored)
@@ -311,6 +314,7 @@ def from_parts(
     ignored: Iterable[str] = (),
     unreadable: Callable[[str, str], str | None] | None = None,
     subscriber_rows: bool = False,
+    phone_region: str | None = None,
 ) -> Mapping:
     """One ``Mapping`` from the mapping file (if any) and the options given
     (``FIELD=HEADER``, ``FIELD:VALUE=OURS``, ``FIELD=VALUE``); ``fields`` are the
@@ -319,7 +323,8 @@ def from_parts(
     which one was meant cannot be told. ``unreadable`` says why a value cannot be
     read as a field, if it cannot: a value set or mapped to that cannot would refuse
     (and for an opt-out hold) every record it reaches, so it is refused here.
-    ``subscriber_rows``: ``--subscriber-rows`` (see ``Mapping``)."""
+    ``subscriber_rows``: ``--subscriber-rows``, ``phone_region``: ``--phone-region``
+    (see ``Mapping``)."""
     known = tuple(fields)
     given: dict[str, Any] = {"columns": {}, "values": {}, "set": {}, "ignore": []}
     if file is not None:
@@ -328,6 +333,10 @@ def from_parts(
         if "subscriber_rows" in given:
             raise MappingError("--subscriber-rows is given twice (the mapping file and an option?)")
         given["subscriber_rows"] = True
+    if phone_region is not None:
+        if "phone_region" in given:
+            raise MappingError("--phone-region is given twice (the mapping file and an option?)")
+        given["phone_region"] = phone_region
     for header in ignored:
         if header in given["ignore"]:
             raise MappingError(f"--ignore {header!r} is given twice")
@@ -420,11 +429,12 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise MappingError(f"--mapping {path}: cannot be read: {exc}") from None
     if not isinstance(read, dict):
         raise MappingError(f"--mapping {path}: must be an object of columns, values and set")
-    stray = sorted(set(read) - {"columns", "values", "set", "ignore", "subscriber_rows"})
+    stray = sorted(set(read) - {*_TABLES, *_SETTINGS})
     if stray:
         raise MappingError(
-            f"--mapping {path}: unknown key {stray[0]!r} (columns, values, set, ignore, "
-            "subscriber_rows)"
+            f"--mapping {path}: unknown key {stray[0]!r} ("
+            + ", ".join([*_TABLES, *_SETTINGS])
+            + ")"
         )
     ignore = read.get("ignore", [])
     if not isinstance(ignore, list) or not all(isinstance(h, str) for h in ignore):
@@ -434,6 +444,11 @@ def _read_file(path: Path) -> dict[str, Any]:
         if not isinstance(read["subscriber_rows"], bool):
             raise MappingError(f"--mapping {path}: subscriber_rows must be true or false")
         out["subscriber_rows"] = read["subscriber_rows"]
+    for key in ("phone_region",):
+        if key in read:
+            if not isinstance(read[key], str):
+                raise MappingError(f"--mapping {path}: {key} must be a string")
+            out[key] = read[key]
     for part in ("columns", "set"):
         table = _dotted(read.get(part, {}))
         if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
@@ -446,6 +461,11 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise MappingError(f"--mapping {path}: values must map fields to tables of strings")
     out["values"] = {k: dict(v) for k, v in tables.items()}
     return out
+
+
+_TABLES = ("columns", "values", "set", "ignore")
+_SETTINGS = ("subscriber_rows", "phone_region")
+"""A mapping file's keys: its tables, and the settings of the options of their names."""
 
 
 def _dotted(table: Any, prefix: str = "") -> Any:
@@ -563,7 +583,25 @@ def _built(given: Dict[str, Any], fields: tuple[str, ...], belongs: dict[str, st
     if subscriber_rows:
         _check_subscriber_rows(columns, values, constants)
     only = {name: kind for name, kind in belongs.items() if name in constants or name in columns}
-    return Mapping(dict(columns), folded, dict(constants), only, ignored, subscriber_rows)
+    region = _region(given.get("phone_region"))
+    return Mapping(dict(columns), folded, dict(constants), only, ignored, subscriber_rows, region)
+
+
+def _region(given: str | None) -> str:
+    """``--phone-region``'s region as ``phonenumbers`` names it, refused when it knows
+    no such region: every number without its country code would be refused, or read
+    in a region that was not meant."""
+    if given is None:
+        return ""
+    import phonenumbers
+
+    region = given.strip().upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise MappingError(
+            f"--phone-region {given!r}: is not a region phone numbers are known for; give "
+            "its ISO 3166 code, two letters, as US or GB"
+        )
+    return region
 
 
 def _check_subscriber_rows(

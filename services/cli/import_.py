@@ -67,7 +67,7 @@ gzip -dc export.csv.gz | consent-ledger import --format csv -):
 fields:
   type                opt_in or opt_out (required)
   import_id           the record's id on the other platform (optional, stable)
-  phone, brand        the number (E.164, +14155552671) and the brand
+  phone, brand        the number (E.164, +14155552671; see --phone-region) and the brand
   campaign            opt_in: required; opt_out: empty for every campaign (STOPALL)
   occurred_at         when it happened, ISO 8601 with a zone: 2026-11-02T09:30:00Z
                       (an offset, as +05:30, of -12:00 to +14:00 in whole minutes),
@@ -207,6 +207,12 @@ mapping an export (another platform's names):
   columns of one type given with no type at all are refused too, naming
   --subscriber-rows. The summary counts records, and the rows they came from:
     imported 7 of 8 records from 5 rows of subscribers.csv in 0.2 s (...)
+  An export that writes its numbers without their country code (SimpleTexting's
+  "(415) 200-5000", Attentive's "14152002000") is read with --phone-region US (in
+  --mapping, "phone_region": "US"): a number with no leading + is read as one of
+  that region, and must be a valid one of it, else its record is refused saying
+  the region it was read in; a number with a + is read as ever. Without it such a
+  number is refused. A region phone numbers are not known for is a usage error.
 
 examples:
   consent-ledger import export.csv --dry-run
@@ -319,11 +325,17 @@ def add_parser(sub: Any, command: Any) -> None:
         "'mapping an export' below)",
     )
     mapping.add_argument(
+        "--phone-region",
+        metavar="CC",
+        help="read a number written without its country code (no leading +) as one of "
+        "region CC (ISO 3166, as US or GB): (415) 200-5000 as +14152005000",
+    )
+    mapping.add_argument(
         "--mapping",
         type=Path,
         metavar="FILE",
-        help="the same as a file (.json or .toml) of columns, values, set, ignore and "
-        "subscriber_rows",
+        help="the same as a file (.json or .toml) of columns, values, set, ignore, "
+        "subscriber_rows and phone_region",
     )
     client.add_connection_options(parser, 3600)
 
@@ -554,7 +566,7 @@ def _run(args: argparse.Namespace) -> int:
         mapping = import_mapping.from_parts(
             args.column, args.value, args.set, args.mapping, import_files.FIELDS,
             import_files.BELONGS, args.ignore, import_files.unreadable_value,
-            args.subscriber_rows,
+            args.subscriber_rows, args.phone_region,
         )  # fmt: skip
         if path is None or not path.is_file():  # read twice, so kept
             spooled = import_files.spool(path, SPOOL_LIMIT)

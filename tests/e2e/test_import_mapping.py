@@ -908,3 +908,79 @@ async def test_an_export_of_opt_outs_only_set_as_such_is_imported_with_its_chann
     assert reasons == want, reasons
     code, out, err = await imported(runtime, *argv)
     assert code == 0 and f"already present: {len(stopped)}" in out, out + err
+
+
+def national_export(tmp_path: Path, when: datetime) -> tuple[Path, dict[str, str]]:
+    """One row per subscriber, its number written as a US platform writes it, without
+    its country code (SimpleTexting, Attentive), but for one with it; the last not a
+    valid US number. The numbers and what CanSend is to answer each once imported."""
+    day = lambda n: iso(when - timedelta(days=n))  # noqa: E731
+    rows = [  # as written, in E.164, opted in, opted out, the answer then
+        ("(628) 555-4200", number(200), day(30), "", "REASON_CONSENT_ACTIVE"),
+        ("6285554201", number(201), day(30), day(10), "REASON_REVOKED_BRAND_WIDE"),
+        ("16285554202", number(202), day(30), "", "REASON_CONSENT_ACTIVE"),
+        ("+1 628 555 4203", number(203), day(30), "", "REASON_CONSENT_ACTIVE"),
+        ("628 555", "", day(30), "", ""),
+    ]
+    export = write_csv(
+        tmp_path / "subscribers.csv",
+        [
+            {"Phone": written, "Opted In At": opted_in, "Opted Out At": opted_out,
+             "Full Name": f"Subscriber {i}", "Source": "spring-form"}
+            for i, (written, _, opted_in, opted_out, _) in enumerate(rows)
+        ],
+    )  # fmt: skip
+    return export, {e164: reason for _, e164, _, _, reason in rows if e164}
+
+
+async def test_numbers_without_their_country_code_are_read_in_the_phone_region_given(
+    service, tmp_path
+):
+    """``--phone-region US`` reads a number with no leading + as a US one (one with it
+    as ever), alike in a dry run and the import; one that is no valid US number is
+    refused saying the region it was read in; a re-run, the region from the mapping
+    file, writes nothing. Without it such numbers are refused, as before."""
+    runtime, when = service
+    export, expect = national_export(tmp_path, when)
+    argv = [*SUBSCRIBER_ARGV, "--phone-region", "US"]
+    assert runtime.ledger is not None
+
+    code, out, err = await imported(runtime, str(export), *SUBSCRIBER_ARGV, "--dry-run")
+    assert code == 1, out + err
+    assert "would import 1 of 6 records from 5 rows" in out, out + err
+
+    code, dry, err = await imported(runtime, str(export), *argv, "--dry-run")
+    assert code == 1, dry + err
+    assert "would import 5 of 6 records from 5 rows" in dry, dry + err
+    refused = r"1 +INVALID_ARGUMENT +Phone: is not a valid number.*; read as a number of US "
+    assert re.search(refused, dry), dry
+
+    code, out, err = await imported(runtime, str(export), *argv)
+    assert code == 1, out + err
+    assert "imported 5 of 6 records from 5 rows" in out, out + err
+    assert re.search(refused, out), out
+    async with client(runtime.address, "acme-app") as c:
+        assert await answers(c, list(expect), token_of(out)) == expect
+
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    mapping_file = tmp_path / "mapping.json"
+    mapping_file.write_text(json.dumps({"phone_region": "us"}))
+    code, again, err = await imported(
+        runtime, str(export), *SUBSCRIBER_ARGV, "--mapping", str(mapping_file)
+    )
+    assert code == 1, again + err
+    assert "imported 0 of 6 records from 5 rows" in again and "already present: 5" in again
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+async def test_a_phone_region_not_known_exits_2_with_nothing_sent(unsent, tmp_path):
+    runtime, when = unsent
+    export, _ = national_export(tmp_path, when)
+    assert runtime.ledger is not None
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    code, out, err = await imported(runtime, str(export), *SUBSCRIBER_ARGV, "--phone-region", "XX")
+
+    assert code == 2 and out == "", out + err
+    assert "--phone-region 'XX': is not a region phone numbers are known for" in err, err
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends

@@ -997,3 +997,32 @@ def test_a_time_whose_zone_is_named_otherwise_is_refused(written):
     row = f"opt_out,src-2,+14155550100,acme,,{written},,,,,keyword,STOP"
     (found,) = read(CSV.splitlines()[0] + "\n" + row, "csv")
     assert isinstance(found, Unreadable) and found.field == "occurred_at", found
+
+
+def test_a_number_without_its_country_code_is_read_in_the_phone_region_given():
+    from services.import_mapping import Mapping
+
+    rows = [
+        "type,import_id,phone,brand,campaign,occurred_at,channel",
+        "opt_out,a,(415) 200-5000,acme,,2024-01-02T09:00:00Z,keyword",
+        "opt_out,b,14152002000,acme,,2024-01-02T09:00:00Z,keyword",
+        "opt_out,c,+44 20 7183 8750,acme,,2024-01-02T09:00:00Z,keyword",
+        "opt_out,d,415 200,acme,,2024-01-02T09:00:00Z,keyword",
+        "opt_out,e,4155552671,acme,,yesterday,keyword",
+    ]
+    text = "\n".join(rows) + "\n"
+    in_us = list(read_records(io.StringIO(text), "csv", mapping=Mapping(phone_region="US")))
+
+    phones = [r.record.opt_out.phone for r in in_us[:3] if isinstance(r, Read)]
+    assert phones == ["+14152005000", "+14152002000", "+44 20 7183 8750"]  # + as ever
+    bad, held = in_us[3:]
+    assert isinstance(bad, Unreadable) and bad.field == "phone"
+    assert bad.reason.endswith("; read as a number of US (--phone-region)"), bad.reason
+    assert isinstance(held, Unreadable) and held.field == "occurred_at"
+    assert held.held is not None and held.held.opt_out.phone == "+14155552671"
+
+    # Without it, such a number is sent as written, for the service to refuse.
+    plain = read(text, "csv")
+    assert [r.record.opt_out.phone for r in plain[:2] if isinstance(r, Read)] == [
+        "(415) 200-5000", "14152002000"
+    ]  # fmt: skip
