@@ -37,8 +37,10 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO
+from zoneinfo import ZoneInfo
 
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
@@ -1381,6 +1383,8 @@ def _time(text: str, field: str, mapping: Mapping = _PLAIN) -> Timestamp:
         value = datetime.fromisoformat(_UTC_NAMED.sub("+00:00", text.strip().upper()))
     except ValueError:
         value = _rfc_2822_time(text.strip(), field)
+    if value.tzinfo is None and mapping.time_zone:
+        value = _in_zone(value, mapping.time_zone, field, text)
     if value.tzinfo is None:
         raise _Bad(field, f"has no time zone (Z or +hh:mm): {quoted(text)}")
     # A corrupt offset moves a fact by up to a day (an opt-out to before the opt-in
@@ -1397,6 +1401,38 @@ def _time(text: str, field: str, mapping: Mapping = _PLAIN) -> Timestamp:
     except (ValueError, OverflowError):
         raise _Bad(field, f"is out of range: {quoted(text)}") from None
     return stamp
+
+
+_CLOCK = re.compile(r"[0-9][T ][0-9]")
+"""A time of day after a date: a date alone is no moment in any zone."""
+
+
+def _in_zone(value: datetime, name: str, field: str, text: str) -> datetime:
+    """``value``, a time written with no zone or offset of its own, as a time of zone
+    ``name`` (``--time-zone``). Refused (``_Bad``), never guessed: a date with no time
+    of day, a time the zone's clocks skipped, and one of the hour they repeat."""
+    if not _CLOCK.search(text.strip()):
+        raise _Bad(field, f"is a date with no time of day: {quoted(text)}")
+    zone = _zoneinfo(name)
+    first, second = value.replace(tzinfo=zone), value.replace(tzinfo=zone, fold=1)
+    if first.utcoffset() == second.utcoffset():
+        return first
+    if first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != value:
+        raise _Bad(
+            field,
+            f"does not exist in {name}, whose clocks went forward past it: {quoted(text)}; "
+            "write it with its offset",
+        )
+    raise _Bad(
+        field,
+        f"is in the hour {name} repeats as its clocks go back, and which of the two it "
+        f"is cannot be told: {quoted(text)}; write it with its offset",
+    )
+
+
+@lru_cache(maxsize=16)
+def _zoneinfo(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
 
 
 _RFC_2822 = re.compile(
@@ -1441,7 +1477,7 @@ def _rfc_2822_time(text: str, field: str) -> datetime:
     return value
 
 
-def unreadable_value(field: str, value: str) -> str | None:
+def unreadable_value(field: str, value: str, mapping: Mapping = _PLAIN) -> str | None:
     """Why ``value`` cannot be read as ``field`` (a type, a time, a tier, a method,
     a source or a channel), or None: a mapping's value given for every record
     (``--set``, ``--value``) is checked so before anything is sent, rather than
@@ -1451,7 +1487,7 @@ def unreadable_value(field: str, value: str) -> str | None:
             if _kind({"type": value}) not in ("opt_in", "opt_out"):
                 return f"must be opt_in or opt_out: {value!r}"
         elif field in ("occurred_at", "proof.registered_at"):
-            _time(value, field)
+            _time(value, field, mapping)
         elif field in _ENUMS:
             _enum(field, value)
     except _Bad as bad:

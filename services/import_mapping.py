@@ -59,6 +59,9 @@ class Mapping:
     phone_region: str = ""
     """The region (ISO 3166 alpha-2, as ``US``) a number written without its country
     code is read in (``--phone-region``); empty: such a number is refused."""
+    time_zone: str = ""
+    """The IANA zone (``America/New_York``) a time written with no offset or zone of
+    its own is read in (``--time-zone``); empty: such a time is refused."""
 
     def __bool__(self) -> bool:
         return bool(self.columns or self.values or self.constants or self.ignored)
@@ -312,9 +315,10 @@ def from_parts(
     fields: Iterable[str] = (),
     belongs: Dict[str, str] | None = None,
     ignored: Iterable[str] = (),
-    unreadable: Callable[[str, str], str | None] | None = None,
+    unreadable: Callable[[str, str, Mapping], str | None] | None = None,
     subscriber_rows: bool = False,
     phone_region: str | None = None,
+    time_zone: str | None = None,
 ) -> Mapping:
     """One ``Mapping`` from the mapping file (if any) and the options given
     (``FIELD=HEADER``, ``FIELD:VALUE=OURS``, ``FIELD=VALUE``); ``fields`` are the
@@ -323,7 +327,7 @@ def from_parts(
     which one was meant cannot be told. ``unreadable`` says why a value cannot be
     read as a field, if it cannot: a value set or mapped to that cannot would refuse
     (and for an opt-out hold) every record it reaches, so it is refused here.
-    ``subscriber_rows``: ``--subscriber-rows``, ``phone_region``: ``--phone-region``
+    ``subscriber_rows``, ``phone_region``, ``time_zone``: the options of those names
     (see ``Mapping``)."""
     known = tuple(fields)
     given: dict[str, Any] = {"columns": {}, "values": {}, "set": {}, "ignore": []}
@@ -333,10 +337,12 @@ def from_parts(
         if "subscriber_rows" in given:
             raise MappingError("--subscriber-rows is given twice (the mapping file and an option?)")
         given["subscriber_rows"] = True
-    if phone_region is not None:
-        if "phone_region" in given:
-            raise MappingError("--phone-region is given twice (the mapping file and an option?)")
-        given["phone_region"] = phone_region
+    for key, setting in (("phone_region", phone_region), ("time_zone", time_zone)):
+        if setting is not None:
+            if key in given:
+                option = "--" + key.replace("_", "-")
+                raise MappingError(f"{option} is given twice (the mapping file and an option?)")
+            given[key] = setting
     for header in ignored:
         if header in given["ignore"]:
             raise MappingError(f"--ignore {header!r} is given twice")
@@ -359,7 +365,7 @@ def from_parts(
         given[key] = _fields_spelt(given[key], known, option)
     mapping = _built(given, known, dict(belongs or {}))
     if unreadable is not None:
-        _check_values(given, unreadable)
+        _check_values(given, lambda name, value: unreadable(name, value, mapping))
     return mapping
 
 
@@ -444,7 +450,7 @@ def _read_file(path: Path) -> dict[str, Any]:
         if not isinstance(read["subscriber_rows"], bool):
             raise MappingError(f"--mapping {path}: subscriber_rows must be true or false")
         out["subscriber_rows"] = read["subscriber_rows"]
-    for key in ("phone_region",):
+    for key in ("phone_region", "time_zone"):
         if key in read:
             if not isinstance(read[key], str):
                 raise MappingError(f"--mapping {path}: {key} must be a string")
@@ -464,7 +470,7 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 _TABLES = ("columns", "values", "set", "ignore")
-_SETTINGS = ("subscriber_rows", "phone_region")
+_SETTINGS = ("subscriber_rows", "phone_region", "time_zone")
 """A mapping file's keys: its tables, and the settings of the options of their names."""
 
 
@@ -583,8 +589,10 @@ def _built(given: Dict[str, Any], fields: tuple[str, ...], belongs: dict[str, st
     if subscriber_rows:
         _check_subscriber_rows(columns, values, constants)
     only = {name: kind for name, kind in belongs.items() if name in constants or name in columns}
-    region = _region(given.get("phone_region"))
-    return Mapping(dict(columns), folded, dict(constants), only, ignored, subscriber_rows, region)
+    region, zone = _region(given.get("phone_region")), _zone(given.get("time_zone"))
+    return Mapping(
+        dict(columns), folded, dict(constants), only, ignored, subscriber_rows, region, zone
+    )
 
 
 def _region(given: str | None) -> str:
@@ -602,6 +610,23 @@ def _region(given: str | None) -> str:
             "its ISO 3166 code, two letters, as US or GB"
         )
     return region
+
+
+def _zone(given: str | None) -> str:
+    """``--time-zone``'s zone, refused when the zone database has no such name: every
+    time without a zone of its own would be refused, or read in a zone not meant."""
+    if given is None:
+        return ""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(given)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise MappingError(
+            f"--time-zone {given!r}: is no time zone known; give its IANA name, as "
+            "America/New_York or Europe/London"
+        ) from None
+    return given
 
 
 def _check_subscriber_rows(

@@ -74,7 +74,7 @@ fields:
                       or RFC 2822 with its offset, as Twilio writes times:
                       Tue, 05 Mar 2024 14:22:10 +0000; UTC may be named, as Rails
                       writes it: 2024-03-05 14:22:10 UTC. A time with no zone is
-                      refused, never guessed
+                      refused, never guessed (see --time-zone)
   opt_in:   tier (conversational, informational, promotional), method (web_form,
             keyword_reply, paper, verbal, api_import), source (first_party),
             proof.registered_at, proof.name, proof.email, proof.postal_address,
@@ -213,6 +213,14 @@ mapping an export (another platform's names):
   that region, and must be a valid one of it, else its record is refused saying
   the region it was read in; a number with a + is read as ever. Without it such a
   number is refused. A region phone numbers are not known for is a usage error.
+  An export that writes its times with no zone or offset (Klaviyo's and Mailchimp's
+  "2024-01-02 09:00:00") is read with --time-zone America/New_York (in --mapping,
+  "time_zone": "America/New_York"; an IANA name, else a usage error): such a time
+  is read as one of that zone, wherever a record has one (occurred_at, either
+  time of --subscriber-rows, proof.registered_at); a time with an offset or a zone
+  is read as ever. One the zone's clocks skipped, or of the hour they repeat, is
+  refused naming its field, never guessed (an opt-out's held); so is a date with no
+  time of day. Without it such a time is refused.
 
 examples:
   consent-ledger import export.csv --dry-run
@@ -331,11 +339,17 @@ def add_parser(sub: Any, command: Any) -> None:
         "region CC (ISO 3166, as US or GB): (415) 200-5000 as +14152005000",
     )
     mapping.add_argument(
+        "--time-zone",
+        metavar="ZONE",
+        help="read a time written with no zone or offset of its own (2024-01-02 09:00:00) "
+        "as one of IANA zone ZONE, as America/New_York",
+    )
+    mapping.add_argument(
         "--mapping",
         type=Path,
         metavar="FILE",
         help="the same as a file (.json or .toml) of columns, values, set, ignore, "
-        "subscriber_rows and phone_region",
+        "subscriber_rows, phone_region and time_zone",
     )
     client.add_connection_options(parser, 3600)
 
@@ -566,7 +580,7 @@ def _run(args: argparse.Namespace) -> int:
         mapping = import_mapping.from_parts(
             args.column, args.value, args.set, args.mapping, import_files.FIELDS,
             import_files.BELONGS, args.ignore, import_files.unreadable_value,
-            args.subscriber_rows, args.phone_region,
+            args.subscriber_rows, args.phone_region, args.time_zone,
         )  # fmt: skip
         if path is None or not path.is_file():  # read twice, so kept
             spooled = import_files.spool(path, SPOOL_LIMIT)

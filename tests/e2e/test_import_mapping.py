@@ -984,3 +984,80 @@ async def test_a_phone_region_not_known_exits_2_with_nothing_sent(unsent, tmp_pa
     assert code == 2 and out == "", out + err
     assert "--phone-region 'XX': is not a region phone numbers are known for" in err, err
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+def local_export(tmp_path: Path, when: datetime) -> tuple[Path, dict[str, str]]:
+    """One row per subscriber, its times written as Klaviyo and Mailchimp write them,
+    with no zone (but for one row's), some in a gap or a repeated hour of New York's.
+    The numbers and what CanSend is to answer each once imported in that zone."""
+    day = lambda n: f"{(when - timedelta(days=n)).date()} 09:00:00"  # noqa: E731
+    rows = [  # the number, opted in, opted out, the answer then
+        (number(210), day(30), "", "REASON_CONSENT_ACTIVE"),
+        (number(211), day(30), day(10), "REASON_REVOKED_BRAND_WIDE"),
+        (number(212), iso(when - timedelta(days=30)), "", "REASON_CONSENT_ACTIVE"),
+        # Skipped as New York's clocks went forward: refused, and held.
+        (number(213), day(30), "2024-03-10 02:30:00", "REASON_REVOCATION_PENDING_REVIEW"),
+        (number(214), "2024-11-03 01:30:00", "", ""),  # twice as they went back
+    ]
+    export = write_csv(
+        tmp_path / "subscribers.csv",
+        [
+            {"Phone": phone, "Opted In At": opted_in, "Opted Out At": opted_out,
+             "Full Name": f"Subscriber {phone[-2:]}", "Source": "spring-form"}
+            for phone, opted_in, opted_out, _ in rows
+        ],
+    )  # fmt: skip
+    return export, {phone: reason for phone, _, _, reason in rows if reason}
+
+
+async def test_times_without_a_zone_are_read_in_the_time_zone_given(service, tmp_path):
+    """``--time-zone`` reads a time with no zone of its own as one of that zone (one
+    with an offset as ever), alike in a dry run and the import; one the zone's clocks
+    skipped or repeated is refused naming its column (an opt-out's held); a re-run,
+    the zone from the mapping file, writes nothing. Without it such times are refused."""
+    runtime, when = service
+    export, expect = local_export(tmp_path, when)
+    argv = [*SUBSCRIBER_ARGV, "--time-zone", "America/New_York"]
+    assert runtime.ledger is not None
+
+    code, out, err = await imported(runtime, str(export), *SUBSCRIBER_ARGV, "--dry-run")
+    assert code == 1, out + err
+    assert "would import 1 of 7 records from 5 rows" in out, out + err
+    assert "Opted In At: has no time zone" in out, out
+
+    gap = r"1 +INVALID_ARGUMENT +Opted Out At: does not exist in America/New_York.*held"
+    fold = r"1 +INVALID_ARGUMENT +Opted In At: is in the hour America/New_York repeats"
+    code, dry, err = await imported(runtime, str(export), *argv, "--dry-run")
+    assert code == 1, dry + err
+    assert "would import 5 of 7 records from 5 rows" in dry, dry + err
+    assert re.search(gap, dry) and re.search(fold, dry), dry
+
+    code, out, err = await imported(runtime, str(export), *argv)
+    assert code == 1, out + err
+    assert "imported 5 of 7 records from 5 rows" in out, out + err
+    assert re.search(gap, out) and re.search(fold, out) and "held for review: 1" in out, out
+    async with client(runtime.address, "acme-app") as c:
+        assert await answers(c, list(expect), token_of(out)) == expect
+
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    mapping_file = tmp_path / "mapping.toml"
+    mapping_file.write_text('time_zone = "America/New_York"\n')
+    code, again, err = await imported(
+        runtime, str(export), *SUBSCRIBER_ARGV, "--mapping", str(mapping_file)
+    )
+    assert code == 1, again + err
+    assert "imported 0 of 7 records from 5 rows" in again and "already present: 5" in again
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+async def test_a_time_zone_not_known_exits_2_with_nothing_sent(unsent, tmp_path):
+    runtime, when = unsent
+    export, _ = local_export(tmp_path, when)
+    assert runtime.ledger is not None
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    code, out, err = await imported(runtime, str(export), *SUBSCRIBER_ARGV, "--time-zone", "EST+5")
+
+    assert code == 2 and out == "", out + err
+    assert "--time-zone 'EST+5': is no time zone known" in err, err
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends

@@ -1026,3 +1026,40 @@ def test_a_number_without_its_country_code_is_read_in_the_phone_region_given():
     assert [r.record.opt_out.phone for r in plain[:2] if isinstance(r, Read)] == [
         "(415) 200-5000", "14152002000"
     ]  # fmt: skip
+
+
+def test_a_time_without_a_zone_is_read_in_the_time_zone_given_or_refused_never_guessed():
+    from services.import_files import unreadable_value
+    from services.import_mapping import Mapping
+
+    in_ny = Mapping(time_zone="America/New_York")
+    rows = [
+        "type,import_id,phone,brand,campaign,occurred_at,tier,method,proof.registered_at,channel",
+        "opt_in,a,+14152005000,acme,promo,2024-01-02 09:00:00,promotional,paper,2024-07-01 08:00,",
+        "opt_out,b,+14152005000,acme,,2024-01-02T09:00:00+01:00,,,,keyword",
+        "opt_out,c,+14152005000,acme,,2024-03-10 02:30:00,,,,keyword",
+        "opt_in,d,+14152005000,acme,promo,2024-11-03 01:30:00,promotional,paper,,",
+        "opt_out,e,+14152005000,acme,,2024-01-02,,,,keyword",
+        "opt_out,f,+14152005000,acme,,2024-01-02 09:00:00,,,,pigeon",  # held
+    ]
+    text = "\n".join(rows) + "\n"
+    opt_in, with_offset, gap, fold, date, held = read_records(io.StringIO(text), "csv", None, in_ny)
+
+    assert isinstance(opt_in, Read) and isinstance(with_offset, Read)
+    assert opt_in.record.opt_in.occurred_at.ToJsonString() == "2024-01-02T14:00:00Z"
+    assert opt_in.record.opt_in.proof.registered_at.ToJsonString() == "2024-07-01T12:00:00Z"
+    assert with_offset.record.opt_out.occurred_at.ToJsonString() == "2024-01-02T08:00:00Z"
+    assert isinstance(gap, Unreadable) and gap.field == "occurred_at" and gap.held is not None
+    assert gap.reason.startswith("does not exist in America/New_York"), gap.reason
+    assert isinstance(fold, Unreadable) and fold.field == "occurred_at"
+    assert fold.reason.startswith("is in the hour America/New_York repeats"), fold.reason
+    assert isinstance(date, Unreadable) and "a date with no time of day" in date.reason
+    assert isinstance(held, Unreadable) and held.held is not None
+    assert held.held.opt_out.occurred_at.ToJsonString() == "2024-01-02T14:00:00Z"
+
+    # Without it, as before; a time set for every record reads as a column's does.
+    assert all(
+        isinstance(r, Unreadable) and r.field == "occurred_at" for r in read(text, "csv")[2:5]
+    )
+    assert unreadable_value("occurred_at", "2024-01-02 09:00:00") is not None
+    assert unreadable_value("occurred_at", "2024-01-02 09:00:00", in_ny) is None
