@@ -5,7 +5,8 @@ Both formats have the same fields (``FIELDS``); a JSON line may also nest the pr
 as ``"proof": {...}``. Enumerations are written short (``promotional``,
 ``web_form``, ``keyword``) or as the API names them (``CONSENT_TIER_PROMOTIONAL``).
 Times are ISO 8601 with a zone (``2026-11-02T09:30:00Z``, ``...+01:00``): a time
-without one would be read in some zone the file does not say.
+without one would be read in some zone the file does not say, unless the user names
+it (``--time-zone``).
 
 A record without ``import_id`` gets one from its content (``derived_import_id``):
 the same record in the same export has the same id on every run, so running the
@@ -984,7 +985,7 @@ def _whole_as_written(value: Decimal) -> bool:
 def parse_fields(fields: dict[str, str], line: int, mapping: Mapping = _PLAIN) -> Read | Unreadable:
     """One record's fields (empty ones left out) as an ``ImportRecord``, its free
     text as read (``as_read``), its number and times as ``mapping`` says the export
-    writes them (``Mapping.phone_region``)."""
+    writes them (``Mapping.phone_region``, ``Mapping.time_zone``)."""
     written = fields
     fields = {name: text for name, value in fields.items() if (text := as_read(name, value))}
     kind = _kind(fields)
