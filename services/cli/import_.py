@@ -1205,7 +1205,8 @@ def _opt_outs_first(
     read names its field as the export does (``mapping``)."""
     from services import import_files
 
-    mapping = mapping or import_mapping.Mapping()
+    # One without columns may still say how numbers and times are written.
+    mapping = import_mapping.Mapping() if mapping is None else mapping
 
     def in_its_terms(items: Iterator[Any]) -> Iterator[Any]:
         for item in items:

@@ -1061,3 +1061,37 @@ async def test_a_time_zone_not_known_exits_2_with_nothing_sent(unsent, tmp_path)
     assert code == 2 and out == "", out + err
     assert "--time-zone 'EST+5': is no time zone known" in err, err
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+async def test_the_phone_region_and_time_zone_apply_to_an_export_under_our_own_names(
+    service, tmp_path, fmt
+):
+    """With no column mapped, ``--phone-region`` and ``--time-zone`` still read the
+    export's numbers and times: they are not dropped with a mapping of no columns."""
+    runtime, _ = service
+    first = 220 if fmt == "csv" else 230
+    records = [  # the second at a time New York's clocks skipped: held
+        {"type": "opt_out", "phone": f"(628) 555-4{first}", "brand": "acme",
+         "occurred_at": "2024-01-05 10:00:00", "channel": "keyword"},
+        {"type": "opt_out", "phone": f"628555 4{first + 1}", "brand": "acme",
+         "occurred_at": "2024-03-10 02:30:00", "channel": "keyword"},
+    ]  # fmt: skip
+    if fmt == "csv":
+        export = write_csv(tmp_path / "stops.csv", records)
+    else:
+        export = tmp_path / "stops.jsonl"
+        export.write_text("".join(json.dumps(r) + "\n" for r in records))
+    argv = ["--phone-region", "US", "--time-zone", "America/New_York"]
+
+    code, out, err = await imported(runtime, str(export), *argv)
+
+    assert code == 1, out + err
+    assert "imported 1 of 2 records" in out and "held for review: 1" in out, out + err
+    assert "occurred_at: does not exist in America/New_York" in out, out
+    expect = {
+        number(first): "REASON_REVOKED_BRAND_WIDE",
+        number(first + 1): "REASON_REVOCATION_PENDING_REVIEW",
+    }
+    async with client(runtime.address, "acme-app") as c:
+        assert await answers(c, list(expect), token_of(out)) == expect
