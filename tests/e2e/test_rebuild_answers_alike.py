@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import os
 import signal
 import subprocess
 import sys
@@ -569,8 +570,17 @@ def unstamped(value: Any) -> Any:
 def rebuild(settings: Settings, *options: str) -> subprocess.Popen[str]:
     """``consent-ledger rebuild`` of the service's ledger and view, as its operator
     runs it: a process of its own."""
-    assert settings.tokens_file is not None and settings.kafka is not None
-    env = rebuild_env(settings.kafka, settings.postgres_dsn, settings.tokens_file.parent)
+    assert settings.tokens_file is not None
+    if settings.kafka is not None:
+        env = rebuild_env(settings.kafka, settings.postgres_dsn, settings.tokens_file.parent)
+    else:  # the embedded default's ledger: a table in the view's PostgreSQL
+        env = {
+            **os.environ,
+            "CONSENT_LEDGER": "postgres",
+            "CONSENT_POSTGRES_DSN": settings.postgres_dsn,
+            "CONSENT_AUTH_TOKENS_FILE": str(settings.tokens_file),
+            "CONSENT_DATA_DIR": str(settings.tokens_file.parent / "rebuild"),
+        }
     return subprocess.Popen(
         [sys.executable, "-m", "services.cli", "rebuild", "--quiet", *options],
         cwd=ROOT,
