@@ -49,11 +49,11 @@ async def test_a_failed_projector_is_started_again_and_the_failure_counted(
     real_apply = PostgresConsentView.apply
     failures: list[int] = []
 
-    async def apply_failing_once(self, stream, batch):  # the view's database goes away once
+    async def apply_failing_once(self, stream, batch, **options):  # the database goes away once
         if stream is Stream.SUBSCRIBERS and not failures:
             failures.append(len(batch))
             raise ConnectionResetError("the view's database went away")
-        await real_apply(self, stream, batch)
+        await real_apply(self, stream, batch, **options)
 
     async with running(settings) as runtime, client(runtime.address) as c:
         now = datetime.now(UTC)
