@@ -420,8 +420,11 @@ def plain(message: Any) -> Any:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
-async def answers(c: Client, clock: Clock, h: History) -> dict[Any, Any]:
-    """Everything a reader can ask about the history, keyed by the question."""
+async def answers(
+    c: Client, clock: Clock, h: History, live: dict[Any, Any] | None = None
+) -> dict[Any, Any]:
+    """Everything a reader can ask about the history, keyed by the question; ``live``:
+    the answers before, whose watches say how many changes to wait for."""
     got: dict[Any, Any] = {}
     fresh = h.token.encode()
     now = clock.now
@@ -518,15 +521,18 @@ async def answers(c: Client, clock: Clock, h: History) -> dict[Any, Any]:
                 api.GetProofPacketRequest(phone=phone, brand=brand, at_least_as_fresh=fresh)
             )
             got["GetProofPacket", phone, brand] = plain(packet.packet)
-        got["WatchConsentChanges", brand] = await watched(c, brand)
+        key = ("WatchConsentChanges", brand)
+        got[key] = await watched(c, brand, None if live is None else len(live[key]))
     for phone in PHONES:
         listed = await c.ListEvents(api.ListEventsRequest(phone=phone, at_least_as_fresh=fresh))
         got["ListEvents", phone] = plain(listed)
     return got
 
 
-async def watched(c: Client, brand: str) -> list[Any]:
-    """WatchConsentChanges of ``brand`` from the start, until it goes quiet."""
+async def watched(c: Client, brand: str, expected: int | None = None) -> list[Any]:
+    """WatchConsentChanges of ``brand`` from the start, until it goes quiet: for 2 s,
+    or, once the ``expected`` count of changes came, for a moment (any more is a
+    difference)."""
     seen: list[Any] = []
     call = c.stub.WatchConsentChanges(
         api.WatchConsentChangesRequest(brand=brand, include_messages=True),
@@ -535,7 +541,8 @@ async def watched(c: Client, brand: str) -> list[Any]:
     try:
         while True:
             try:
-                change = await asyncio.wait_for(call.read(), 2)
+                quiet = 0.3 if expected is not None and len(seen) >= expected else 2
+                change = await asyncio.wait_for(call.read(), quiet)
             except TimeoutError:
                 break
             if change is grpc.aio.EOF:
@@ -636,6 +643,6 @@ async def test_every_answer_is_the_same_after_each_way_of_rebuilding(
         if way.startswith("killed"):
             await finished(rebuild(settings))
         async with running(settings, clock) as runtime, client(runtime.address) as c:
-            again = await answers(c, clock, h)
+            again = await answers(c, clock, h, live)
         changed = differences(live, again)
         assert not changed, f"{way}: {len(changed)} answers changed\n" + "\n".join(changed[:20])
