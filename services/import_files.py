@@ -6,7 +6,9 @@ as ``"proof": {...}``. Enumerations are written short (``promotional``,
 ``web_form``, ``keyword``) or as the API names them (``CONSENT_TIER_PROMOTIONAL``).
 Times are ISO 8601 with a zone (``2026-11-02T09:30:00Z``, ``...+01:00``): a time
 without one would be read in some zone the file does not say, unless the user names
-it (``--time-zone``).
+it (``--time-zone``). An export that writes them otherwise (a count since 1970, a
+date as ``01/02/2024 4:00 AM``) is read as the user says it writes every one of them
+(``--time-format``), never guessed.
 
 A record without ``import_id`` gets one from its content (``derived_import_id``):
 the same record in the same export has the same id on every run, so running the
@@ -51,7 +53,7 @@ from ledger.errors import DomainError, InvalidRequest
 from ledger.phone import to_e164
 from ledger.regions import normalise_region
 from ledger.validation import TEXT_LIMITS, check_length, says_nothing, text_problem
-from services.import_mapping import TYPED, Mapping, loosely
+from services.import_mapping import EPOCH_UNITS, TYPED, Mapping, loosely
 from services.wire.enums import NOT_SET
 
 FORMATS = ("csv", "jsonl")
@@ -985,7 +987,8 @@ def _whole_as_written(value: Decimal) -> bool:
 def parse_fields(fields: dict[str, str], line: int, mapping: Mapping = _PLAIN) -> Read | Unreadable:
     """One record's fields (empty ones left out) as an ``ImportRecord``, its free
     text as read (``as_read``), its number and times as ``mapping`` says the export
-    writes them (``Mapping.phone_region``, ``Mapping.time_zone``)."""
+    writes them (``Mapping.phone_region``, ``Mapping.time_zone``,
+    ``Mapping.time_format``)."""
     written = fields
     fields = {name: text for name, value in fields.items() if (text := as_read(name, value))}
     kind = _kind(fields)
@@ -1366,25 +1369,40 @@ _UTC_NAMED = re.compile(r"(?<=[0-9]) (?:UTC|GMT)$")
 
 
 def _time(text: str, field: str, mapping: Mapping = _PLAIN) -> Timestamp:
+    """``text`` read as a time, as every time of a record is (``occurred_at``, either
+    time of ``--subscriber-rows``, ``proof.registered_at``, a held opt-out's, a
+    ``--set`` time): as ``mapping.time_format`` writes it when given, else ISO 8601
+    or RFC 2822."""
+    given = mapping.time_format
     if text and not text.strip():
-        raise _Bad(field, f"{_BLANK}, not an ISO 8601 time")
-    if _COUNT.fullmatch(text.strip()):
+        raise _Bad(field, f"{_BLANK}, not {'a' if given else 'an ISO 8601'} time")
+    if given in EPOCH_UNITS:
+        return _counted(text.strip(), field, given)
+    if given:
+        value = _formatted(text.strip(), field, given)
+    elif _COUNT.fullmatch(text.strip()):
         # Read as ISO 8601 some are a date of the 1700s with no zone, and the refusal
         # asked for a zone: what is wrong is that it is a count, not a written time.
         raise _Bad(
             field,
             f"is a number, not a time: {quoted(text)}; a Unix time (seconds or "
-            "milliseconds since 1970, which one cannot be told) is not read: write it "
-            "in ISO 8601 with a zone, as 2024-03-05T14:22:10Z",
+            "milliseconds since 1970, which one cannot be told) is read only with "
+            "--time-format epoch-s or epoch-ms; else write it in ISO 8601 with a zone, "
+            "as 2024-03-05T14:22:10Z",
         )
-    try:
-        # RFC 3339 lets the "T" and "Z" be written in lower case, as some exports do;
-        # Ruby on Rails writes UTC so ("2024-03-05 14:22:10 UTC"), and its other zones
-        # as an offset, which is read.
-        value = datetime.fromisoformat(_UTC_NAMED.sub("+00:00", text.strip().upper()))
-    except ValueError:
-        value = _rfc_2822_time(text.strip(), field)
+    else:
+        try:
+            # RFC 3339 lets the "T" and "Z" be written in lower case, as some exports
+            # do; Ruby on Rails writes UTC so ("2024-03-05 14:22:10 UTC"), and its
+            # other zones as an offset, which is read.
+            value = datetime.fromisoformat(_UTC_NAMED.sub("+00:00", text.strip().upper()))
+        except ValueError:
+            value = _rfc_2822_time(text.strip(), field)
     if value.tzinfo is None and mapping.time_zone:
+        # A format given has a time of day in it (``import_mapping``), however the
+        # two are parted ("01/02/2024, 4:00 AM").
+        if not given and not _CLOCK.search(text.strip()):
+            raise _Bad(field, f"is a date with no time of day: {quoted(text)}")
         value = _in_zone(value, mapping.time_zone, field, text)
     if value.tzinfo is None:
         raise _Bad(field, f"has no time zone (Z or +hh:mm): {quoted(text)}")
@@ -1410,10 +1428,8 @@ _CLOCK = re.compile(r"[0-9][T ][0-9]")
 
 def _in_zone(value: datetime, name: str, field: str, text: str) -> datetime:
     """``value``, a time written with no zone or offset of its own, as a time of zone
-    ``name`` (``--time-zone``). Refused (``_Bad``), never guessed: a date with no time
-    of day, a time the zone's clocks skipped, and one of the hour they repeat."""
-    if not _CLOCK.search(text.strip()):
-        raise _Bad(field, f"is a date with no time of day: {quoted(text)}")
+    ``name`` (``--time-zone``). Refused (``_Bad``), never guessed: a time the zone's
+    clocks skipped, and one of the hour they repeat."""
     zone = _zoneinfo(name)
     first, second = value.replace(tzinfo=zone), value.replace(tzinfo=zone, fold=1)
     if first.utcoffset() == second.utcoffset():
@@ -1429,6 +1445,58 @@ def _in_zone(value: datetime, name: str, field: str, text: str) -> datetime:
         f"is in the hour {name} repeats as its clocks go back, and which of the two it "
         f"is cannot be told: {quoted(text)}; write it with its offset",
     )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DIGITS = re.compile(r"[0-9]+")
+_PLAUSIBLE = (datetime(1971, 1, 1, tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
+"""The first and last moments a count of ``--time-format`` may name. A count of
+milliseconds read as seconds lands past the year 9999; one of seconds read as
+milliseconds, in 1970 (ten digits, as today's seconds are, are 115 days of
+milliseconds): neither is a consent's time, so such a count is refused, never
+read in the other unit."""
+
+
+def _counted(text: str, field: str, unit: str) -> Timestamp:
+    """``text``, a whole count of ``--time-format``'s ``unit`` since 1970 (Attentive
+    writes ``1706041141103``, milliseconds), as the UTC time it names."""
+    units = EPOCH_UNITS[unit]
+    said = f"{units} since 1970 (--time-format {unit})"
+    if not _DIGITS.fullmatch(text):
+        raise _Bad(field, f"is not a count of {said}, a whole number in digits: {quoted(text)}")
+    count = int(text) if len(text) <= 20 else 10**20  # past any plausible count
+    seconds, millis = divmod(count, 1000) if unit == "epoch-ms" else (count, 0)
+    try:
+        value = _EPOCH + timedelta(seconds=seconds, milliseconds=millis)
+    except OverflowError:
+        value = None
+    first, last = _PLAUSIBLE
+    if value is None or not first <= value <= last:
+        late = value is None or value > last
+        when = "past the year 9999" if late else "in 1970"
+        # Seconds read as milliseconds are too early, milliseconds as seconds too late.
+        other = EPOCH_UNITS["epoch-s" if unit == "epoch-ms" else "epoch-ms"]
+        mistaken = late == (unit == "epoch-s")
+        why = f"as a count of {other} would be" if mistaken else "when no consent was given"
+        raise _Bad(
+            field,
+            f"is a time {when} read as {said}, {why}: {quoted(text)}; refused, never "
+            "read in another unit: give the unit the export writes",
+        )
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _formatted(text: str, field: str, given: str) -> datetime:
+    """``text`` read with ``--time-format``'s ``strptime`` format ``given``: it must
+    match the whole of it, as every time of the export must."""
+    try:
+        return datetime.strptime(text, given)
+    except ValueError as exc:
+        if str(exc).startswith(("time data", "unconverted data")):
+            raise _Bad(field, f"does not match --time-format {given!r}: {quoted(text)}") from None
+        raise _Bad(field, f"is not a time that exists: {quoted(text)}") from None
 
 
 @lru_cache(maxsize=16)

@@ -25,6 +25,7 @@ empty, an opt-out at that time (``import_files`` splits the row).
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections.abc import Callable, Iterable
 from collections.abc import Mapping as Dict
@@ -62,6 +63,10 @@ class Mapping:
     time_zone: str = ""
     """The IANA zone (``America/New_York``) a time written with no offset or zone of
     its own is read in (``--time-zone``); empty: such a time is refused."""
+    time_format: str = ""
+    """How the export writes every time (``--time-format``): ``epoch-s`` or
+    ``epoch-ms`` (a count since 1970, UTC), or a ``strptime`` format; empty: ISO 8601
+    or RFC 2822, with a zone (or read in ``time_zone``)."""
 
     def __bool__(self) -> bool:
         return bool(self.columns or self.values or self.constants or self.ignored)
@@ -319,6 +324,7 @@ def from_parts(
     subscriber_rows: bool = False,
     phone_region: str | None = None,
     time_zone: str | None = None,
+    time_format: str | None = None,
 ) -> Mapping:
     """One ``Mapping`` from the mapping file (if any) and the options given
     (``FIELD=HEADER``, ``FIELD:VALUE=OURS``, ``FIELD=VALUE``); ``fields`` are the
@@ -327,8 +333,8 @@ def from_parts(
     which one was meant cannot be told. ``unreadable`` says why a value cannot be
     read as a field, if it cannot: a value set or mapped to that cannot would refuse
     (and for an opt-out hold) every record it reaches, so it is refused here.
-    ``subscriber_rows``, ``phone_region``, ``time_zone``: the options of those names
-    (see ``Mapping``)."""
+    ``subscriber_rows``, ``phone_region``, ``time_zone``, ``time_format``: the options
+    of those names (see ``Mapping``)."""
     known = tuple(fields)
     given: dict[str, Any] = {"columns": {}, "values": {}, "set": {}, "ignore": []}
     if file is not None:
@@ -337,7 +343,10 @@ def from_parts(
         if "subscriber_rows" in given:
             raise MappingError("--subscriber-rows is given twice (the mapping file and an option?)")
         given["subscriber_rows"] = True
-    for key, setting in (("phone_region", phone_region), ("time_zone", time_zone)):
+    settings = (
+        ("phone_region", phone_region), ("time_zone", time_zone), ("time_format", time_format)
+    )  # fmt: skip
+    for key, setting in settings:
         if setting is not None:
             if key in given:
                 option = "--" + key.replace("_", "-")
@@ -450,7 +459,7 @@ def _read_file(path: Path) -> dict[str, Any]:
         if not isinstance(read["subscriber_rows"], bool):
             raise MappingError(f"--mapping {path}: subscriber_rows must be true or false")
         out["subscriber_rows"] = read["subscriber_rows"]
-    for key in ("phone_region", "time_zone"):
+    for key in ("phone_region", "time_zone", "time_format"):
         if key in read:
             if not isinstance(read[key], str):
                 raise MappingError(f"--mapping {path}: {key} must be a string")
@@ -470,7 +479,7 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 _TABLES = ("columns", "values", "set", "ignore")
-_SETTINGS = ("subscriber_rows", "phone_region", "time_zone")
+_SETTINGS = ("subscriber_rows", "phone_region", "time_zone", "time_format")
 """A mapping file's keys: its tables, and the settings of the options of their names."""
 
 
@@ -590,9 +599,11 @@ def _built(given: Dict[str, Any], fields: tuple[str, ...], belongs: dict[str, st
         _check_subscriber_rows(columns, values, constants)
     only = {name: kind for name, kind in belongs.items() if name in constants or name in columns}
     region, zone = _region(given.get("phone_region")), _zone(given.get("time_zone"))
+    time_format = _time_format(given.get("time_format"), zone)
     return Mapping(
-        dict(columns), folded, dict(constants), only, ignored, subscriber_rows, region, zone
-    )
+        dict(columns), folded, dict(constants), only, ignored, subscriber_rows, region, zone,
+        time_format,
+    )  # fmt: skip
 
 
 def _region(given: str | None) -> str:
@@ -626,6 +637,66 @@ def _zone(given: str | None) -> str:
             f"--time-zone {given!r}: is no time zone known; give its IANA name, as "
             "America/New_York or Europe/London"
         ) from None
+    return given
+
+
+EPOCH_UNITS = {"epoch-s": "seconds", "epoch-ms": "milliseconds"}
+"""``--time-format``'s counts since 1970, by the unit each counts in."""
+_DIRECTIVE = re.compile(r"%(.?)", re.DOTALL)
+_STRPTIME = frozenset("aAbBdfGHIjmMpSuUVwWyYzZ%")
+"""The directives ``strptime`` reads (but for the locale's own ``%c``, ``%x``, ``%X``)."""
+
+
+def _time_format(given: str | None, zone: str) -> str:
+    """``--time-format``'s format, refused unless it is a unit of ``EPOCH_UNITS`` or a
+    ``strptime`` format that gives a whole moment: a date, a time of day, and an
+    offset (``%z``) or else ``--time-zone`` (``zone``) to read it in. Anything less
+    would have each time read as some moment the export does not say."""
+    if given is None or given in EPOCH_UNITS:
+        return given or ""
+    said = f"--time-format {given!r}"
+    if "%" not in given:
+        raise MappingError(
+            f"{said}: give epoch-s, epoch-ms, or a strptime format, as '%m/%d/%Y %I:%M %p'"
+        )
+    used: list[str] = []
+    for found in _DIRECTIVE.finditer(given):
+        letter = found.group(1)
+        if letter and letter in "cxX":
+            raise MappingError(
+                f"{said}: %{letter} is the locale's way of writing a date or time, which "
+                "differs from one machine to another; write its parts out, as %m/%d/%Y %H:%M"
+            )
+        if not letter or letter not in _STRPTIME:
+            what = f"%{letter} is no directive strptime reads" if letter else "ends in a lone %"
+            raise MappingError(f"{said}: {what}")
+        if letter in used and letter != "%":
+            raise MappingError(f"{said}: gives %{letter} twice; which to read cannot be told")
+        used.append(letter)
+    have = set(used)
+    month_and_day = "d" in have and bool(have & {"m", "b", "B"})
+    if not have & {"Y", "y"} or not (month_and_day or "j" in have):
+        raise MappingError(
+            f"{said}: gives no whole date: a year (%Y or %y) with a month and day (%m or %b, "
+            "and %d) or a day of the year (%j)"
+        )
+    if not have & {"H", "I"}:
+        raise MappingError(f"{said}: gives no time of day (an hour, %H or %I with %p)")
+    if "I" in have and "p" not in have:
+        raise MappingError(
+            f"{said}: gives the hour on a 12-hour clock (%I) with no AM or PM (%p): which "
+            "half of the day cannot be told; give %p, or %H for a 24-hour clock"
+        )
+    if "Z" in have and "z" not in have:
+        raise MappingError(
+            f"{said}: strptime reads a zone's name (%Z) as no zone at all; give %z for an "
+            "offset, or name the export's zone with --time-zone and leave it out"
+        )
+    if "z" not in have and not zone:
+        raise MappingError(
+            f"{said}: gives no offset (%z), so its times are of a zone the export does not "
+            "say; name it with --time-zone, as America/New_York"
+        )
     return given
 
 

@@ -74,7 +74,7 @@ fields:
                       or RFC 2822 with its offset, as Twilio writes times:
                       Tue, 05 Mar 2024 14:22:10 +0000; UTC may be named, as Rails
                       writes it: 2024-03-05 14:22:10 UTC. A time with no zone is
-                      refused, never guessed (see --time-zone)
+                      refused, never guessed (see --time-zone and --time-format)
   opt_in:   tier (conversational, informational, promotional), method (web_form,
             keyword_reply, paper, verbal, api_import), source (first_party),
             proof.registered_at, proof.name, proof.email, proof.postal_address,
@@ -221,6 +221,18 @@ mapping an export (another platform's names):
   is read as ever. One the zone's clocks skipped, or of the hour they repeat, is
   refused naming its field, never guessed (an opt-out's held); so is a date with no
   time of day. Without it such a time is refused.
+  An export that writes its times otherwise is read with --time-format (in
+  --mapping, "time_format"): epoch-s or epoch-ms, a count of seconds or
+  milliseconds since 1970 in UTC (Attentive's 1706041141103), digits only; or a
+  strptime format, as '%m/%d/%Y %I:%M %p' for SimpleTexting's 01/02/2024 4:00 AM,
+  which must give a date and a time of day, and needs --time-zone unless it gives
+  an offset (%z): else a usage error. Every time of the export must then be so
+  written, an ISO 8601 one too, else its record is refused naming its field (an
+  opt-out's held); so is a count that, read in the unit given, is of 1970 or past
+  the year 9999 (as a count in the other unit would be): it is never read in the
+  other.
+    consent-ledger import klaviyo.csv --time-format '%m/%d/%Y %H:%M:%S' \\
+      --time-zone America/New_York
 
 examples:
   consent-ledger import export.csv --dry-run
@@ -345,11 +357,18 @@ def add_parser(sub: Any, command: Any) -> None:
         "as one of IANA zone ZONE, as America/New_York",
     )
     mapping.add_argument(
+        "--time-format",
+        metavar="FORMAT",
+        help="read every time as FORMAT writes it: epoch-s or epoch-ms (a count since "
+        "1970, UTC), or a strptime format, as '%%m/%%d/%%Y %%I:%%M %%p' (with --time-zone "
+        "unless it has %%z); a time not so written is refused",
+    )
+    mapping.add_argument(
         "--mapping",
         type=Path,
         metavar="FILE",
         help="the same as a file (.json or .toml) of columns, values, set, ignore, "
-        "subscriber_rows, phone_region and time_zone",
+        "subscriber_rows, phone_region, time_zone and time_format",
     )
     client.add_connection_options(parser, 3600)
 
@@ -580,7 +599,7 @@ def _run(args: argparse.Namespace) -> int:
         mapping = import_mapping.from_parts(
             args.column, args.value, args.set, args.mapping, import_files.FIELDS,
             import_files.BELONGS, args.ignore, import_files.unreadable_value,
-            args.subscriber_rows, args.phone_region, args.time_zone,
+            args.subscriber_rows, args.phone_region, args.time_zone, args.time_format,
         )  # fmt: skip
         if path is None or not path.is_file():  # read twice, so kept
             spooled = import_files.spool(path, SPOOL_LIMIT)

@@ -14,6 +14,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -1095,3 +1096,102 @@ async def test_the_phone_region_and_time_zone_apply_to_an_export_under_our_own_n
     }
     async with client(runtime.address, "acme-app") as c:
         assert await answers(c, list(expect), token_of(out)) == expect
+
+
+TIME_FORMATS = [  # the format, how it writes a time, its zone, a time it refuses and why
+    pytest.param(
+        "epoch-ms",
+        lambda at: str(int(at.timestamp() * 1000)),  # Attentive's
+        [],
+        lambda at: str(int(at.timestamp())),  # seconds, read as milliseconds: of 1970
+        r"is a time in 1970 read as milliseconds since 1970 \(--time-format epoch-ms\), "
+        r"as a count of seconds would be",
+        id="epoch-ms",
+    ),
+    pytest.param(
+        "%m/%d/%Y %I:%M %p",
+        lambda at: at.astimezone(ZoneInfo("America/New_York")).strftime("%m/%d/%Y %I:%M %p"),
+        ["--time-zone", "America/New_York"],
+        iso,  # ISO 8601, with its zone: not as the format writes it
+        r"does not match --time-format '%m/%d/%Y %I:%M %p'",
+        id="strptime",
+    ),
+]
+
+
+@pytest.mark.parametrize(("time_format", "written", "zone", "odd", "why"), TIME_FORMATS)
+async def test_times_are_read_as_the_time_format_given_and_again_as_nothing(
+    service, tmp_path, time_format, written, zone, odd, why
+):
+    """``--time-format`` reads every time of the export as it says (a count since
+    1970, a strptime format in ``--time-zone``), alike in a dry run and the import;
+    a time not so written is refused naming its column, an opt-out's held, never
+    read another way; a re-run, the format from the mapping file, writes nothing."""
+    runtime, when = service
+    first = 240 if time_format == "epoch-ms" else 250
+    # At noon UTC: never in an hour New York's clocks skip or repeat.
+    noon = when.replace(hour=12, minute=0, second=0, microsecond=0)
+    day = lambda n: noon - timedelta(days=n)  # noqa: E731
+    rows = [  # the number, opted in, opted out, the answer then
+        (number(first), written(day(30)), "", "REASON_CONSENT_ACTIVE"),
+        (number(first + 1), written(day(30)), written(day(10)), "REASON_REVOKED_BRAND_WIDE"),
+        (number(first + 2), written(day(30)), odd(day(10)), "REASON_REVOCATION_PENDING_REVIEW"),
+    ]
+    export = write_csv(
+        tmp_path / "subscribers.csv",
+        [
+            {"Phone": phone, "Opted In At": opted_in, "Opted Out At": opted_out,
+             "Full Name": f"Subscriber {phone[-2:]}", "Source": "spring-form"}
+            for phone, opted_in, opted_out, _ in rows
+        ],
+    )  # fmt: skip
+    expect = {phone: reason for phone, _, _, reason in rows}
+    argv = [*SUBSCRIBER_ARGV, "--time-format", time_format, *zone]
+    refused = rf"1 +INVALID_ARGUMENT +Opted Out At: {why}.*held"
+    assert runtime.ledger is not None
+
+    code, dry, err = await imported(runtime, str(export), *argv, "--dry-run")
+    assert code == 1, dry + err
+    assert "would import 4 of 5 records from 3 rows" in dry, dry + err
+    assert re.search(refused, dry), dry
+
+    code, out, err = await imported(runtime, str(export), *argv)
+    assert code == 1, out + err
+    assert "imported 4 of 5 records from 3 rows" in out and "held for review: 1" in out, out + err
+    assert re.search(refused, out), out
+    async with client(runtime.address, "acme-app") as c:
+        assert await answers(c, list(expect), token_of(out)) == expect
+
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    mapping_file = tmp_path / "mapping.json"
+    mapping_file.write_text(json.dumps({"time_format": time_format}))
+    code, again, err = await imported(
+        runtime, str(export), *SUBSCRIBER_ARGV, "--mapping", str(mapping_file), *zone
+    )
+    assert code == 1, again + err
+    assert "imported 0 of 5 records from 3 rows" in again and "already present: 4" in again
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+@pytest.mark.parametrize(
+    ("given", "words"),
+    [
+        (["--time-format", "%m/%d/%Y %I:%M %p"], "gives no offset (%z), so its times are of a"),
+        (["--time-format", "%m/%d/%Y", "--time-zone", "UTC"], "gives no time of day"),
+        (["--time-format", "%d/%m/%Y %H:%M %Q", "--time-zone", "UTC"], "%Q is no directive"),
+        (["--time-format", "unix"], "give epoch-s, epoch-ms, or a strptime format"),
+    ],
+)
+async def test_a_time_format_that_cannot_be_used_exits_2_with_nothing_sent(
+    unsent, tmp_path, given, words
+):
+    runtime, when = unsent
+    export, _ = local_export(tmp_path, when)
+    assert runtime.ledger is not None
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    code, out, err = await imported(runtime, str(export), *SUBSCRIBER_ARGV, *given)
+
+    assert code == 2 and out == "", out + err
+    assert f"--time-format {given[1]!r}: {words}" in err, err
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends

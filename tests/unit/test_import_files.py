@@ -34,6 +34,7 @@ from services.import_files import (
     read_records,
     spool,
 )
+from services.import_mapping import Mapping
 
 CSV = """\
 type,import_id,phone,brand,campaign,occurred_at,tier,method,proof.registered_at,proof.name,channel,text
@@ -974,6 +975,7 @@ def test_a_time_written_as_a_unix_count_is_refused_saying_so(written):
     assert isinstance(found, Unreadable) and found.field == "occurred_at", found
     assert found.reason.startswith(f"is a number, not a time: '{written}'"), found.reason
     assert "Unix time" in found.reason and "2024-03-05T14:22:10Z" in found.reason
+    assert "--time-format epoch-s or epoch-ms" in found.reason
 
 
 @pytest.mark.parametrize(
@@ -1063,3 +1065,99 @@ def test_a_time_without_a_zone_is_read_in_the_time_zone_given_or_refused_never_g
     )
     assert unreadable_value("occurred_at", "2024-01-02 09:00:00") is not None
     assert unreadable_value("occurred_at", "2024-01-02 09:00:00", in_ny) is None
+
+
+HEADER = "type,phone,brand,campaign,occurred_at,tier,method,proof.registered_at,channel"
+
+
+@pytest.mark.parametrize(
+    ("time_format", "written", "utc"),
+    [
+        ("epoch-ms", "1706041141103", "2024-01-23T20:19:01.103Z"),  # Attentive's
+        ("epoch-ms", " 1706041141000 ", "2024-01-23T20:19:01Z"),
+        ("epoch-s", "1706041141", "2024-01-23T20:19:01Z"),
+        ("epoch-s", "31536000", "1971-01-01T00:00:00Z"),
+        ("epoch-s", "253402300799", "9999-12-31T23:59:59Z"),
+    ],
+)
+def test_a_time_written_as_a_count_reads_in_the_unit_given_as_utc(time_format, written, utc):
+    """With ``--time-format``, the count the import refused without it reads, its
+    import id the one of the same record written in ISO 8601: a re-run of the
+    export rewritten so finds it present."""
+    rows = f"{HEADER}\nopt_out,+14155550100,acme,,{written},,,,keyword\n"
+    (found,) = read_records(io.StringIO(rows), "csv", None, Mapping(time_format=time_format))
+    (as_iso,) = read(rows.replace(written, utc), "csv")
+
+    assert isinstance(found, Read) and found.record.opt_out.occurred_at.ToJsonString() == utc
+    assert isinstance(as_iso, Read) and found.record == as_iso.record
+    assert isinstance(read(rows, "csv")[0], Unreadable)
+
+
+@pytest.mark.parametrize(
+    ("time_format", "written", "why"),
+    [
+        ("epoch-ms", "1706041141", "is a time in 1970 read as milliseconds since 1970 "
+         "(--time-format epoch-ms), as a count of seconds would be: '1706041141'"),
+        ("epoch-s", "1706041141103", "is a time past the year 9999 read as seconds since 1970 "
+         "(--time-format epoch-s), as a count of milliseconds would be: '1706041141103'"),
+        ("epoch-s", "1200", "is a time in 1970 read as seconds since 1970 "
+         "(--time-format epoch-s), when no consent was given"),
+        ("epoch-ms", "2530000000000000", "is a time past the year 9999 read as milliseconds"),
+        ("epoch-ms", "9" * 40, "is a time past the year 9999 read as milliseconds"),
+        ("epoch-s", "-1706041141", "is not a count of seconds since 1970 (--time-format "
+         "epoch-s), a whole number in digits: '-1706041141'"),
+        ("epoch-s", "1706041141.5", "is not a count of seconds"),
+        ("epoch-s", "١٧٠٦٠٤١١٤١", "is not a count of seconds"),  # digits, not ASCII ones
+        ("epoch-ms", "2024-01-23T20:19:01Z", "is not a count of milliseconds"),
+        ("epoch-ms", " ", "holds only spaces, not a time"),
+    ],
+)  # fmt: skip
+def test_a_count_implausible_in_the_unit_given_is_refused_never_read_in_another(
+    time_format, written, why
+):
+    rows = f'{HEADER}\nopt_out,+14155550100,acme,,"{written}",,,,keyword\n'
+    (found,) = read_records(io.StringIO(rows), "csv", None, Mapping(time_format=time_format))
+
+    assert isinstance(found, Unreadable) and found.field == "occurred_at", found
+    assert why in found.reason, found.reason
+    assert found.held is not None and found.held.opt_out.phone == "+14155550100"
+
+
+def test_a_time_format_reads_every_time_of_the_export_in_its_zone_or_refuses_it():
+    from services.import_files import unreadable_value
+
+    us = Mapping(time_format="%m/%d/%Y %I:%M %p", time_zone="America/New_York")
+    rows = [
+        HEADER,
+        "opt_in,+14155552000,acme,promo,01/02/2024 4:00 AM,promotional,paper,12/31/2023 11:59 PM,",
+        "opt_out,+14155552000,acme,,01/02/2024 4:00 PM,,,,keyword",
+        "opt_out,+14155552000,acme,,2024-01-02T09:00:00Z,,,,keyword",  # ISO: not the format
+        "opt_out,+14155552000,acme,,02/30/2024 4:00 AM,,,,keyword",
+        "opt_out,+14155552000,acme,,03/10/2024 2:30 AM,,,,keyword",  # skipped in New York
+        "opt_in,+14155552000,acme,promo,01/02/2024 4:00 AM,promotional,paper,2023-12-31,",
+    ]
+    text = "\n".join(rows) + "\n"
+    opt_in, opt_out, iso_time, no_such_day, gap, proof = read_records(
+        io.StringIO(text), "csv", None, us
+    )
+
+    assert isinstance(opt_in, Read) and isinstance(opt_out, Read)
+    assert opt_in.record.opt_in.occurred_at.ToJsonString() == "2024-01-02T09:00:00Z"
+    assert opt_in.record.opt_in.proof.registered_at.ToJsonString() == "2024-01-01T04:59:00Z"
+    assert opt_out.record.opt_out.occurred_at.ToJsonString() == "2024-01-02T21:00:00Z"
+    assert isinstance(iso_time, Unreadable) and iso_time.field == "occurred_at"
+    assert iso_time.reason == (
+        "does not match --time-format '%m/%d/%Y %I:%M %p': '2024-01-02T09:00:00Z'"
+    )
+    assert iso_time.held is not None and not iso_time.held.opt_out.HasField("occurred_at")
+    assert isinstance(no_such_day, Unreadable) and "is not a time that exists" in no_such_day.reason
+    assert isinstance(gap, Unreadable) and gap.reason.startswith("does not exist in America/New")
+    assert isinstance(proof, Unreadable) and proof.field == "proof.registered_at"
+    assert proof.held is None  # an opt-in's
+
+    # With an offset in the format, no zone is wanted; a time set for every record
+    # is read by the format as a column's is.
+    offset = Mapping(time_format="%d.%m.%Y %H:%M %z")
+    assert unreadable_value("occurred_at", "02.01.2024 10:00 +0100", offset) is None
+    assert unreadable_value("occurred_at", "2024-01-02T09:00:00Z", offset) is not None
+    assert unreadable_value("occurred_at", "01/02/2024 4:00 AM", us) is None

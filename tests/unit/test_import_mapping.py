@@ -729,3 +729,48 @@ def test_a_value_mapping_of_one_record_types_column_is_refused_as_such():
             values=["occurred_at@opt_out:N/A="],
             fields=FIELDS, belongs=BELONGS, subscriber_rows=True,
         ).fitted(header, "the header")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("given", "zone", "words"),
+    [
+        ("%m/%d/%Y %I:%M %p", None, "gives no offset (%z), so its times are of a zone the "
+         "export does not say; name it with --time-zone"),
+        ("%m/%d/%Y", "UTC", "gives no time of day"),
+        ("%m/%d %H:%M", "UTC", "gives no whole date: a year"),
+        ("%Y-%m %H:%M", "UTC", "gives no whole date"),
+        ("%m/%d/%Y %I:%M", "UTC", "gives the hour on a 12-hour clock (%I) with no AM or PM"),
+        ("%Y-%m-%d %H:%M %Z", None, "strptime reads a zone's name (%Z) as no zone at all"),
+        ("%Y-%m-%d %H:%M %Q", "UTC", "%Q is no directive strptime reads"),
+        ("%Y-%m-%d %H:%M %", "UTC", "ends in a lone %"),
+        ("%Y-%m-%d %H:%M %Y", "UTC", "gives %Y twice"),
+        ("%c", "UTC", "%c is the locale's way of writing a date or time"),
+        ("milliseconds", None, "give epoch-s, epoch-ms, or a strptime format"),
+        ("", None, "give epoch-s, epoch-ms, or a strptime format"),
+    ],
+)  # fmt: skip
+def test_a_time_format_that_does_not_give_a_whole_moment_is_a_usage_error(given, zone, words):
+    with pytest.raises(MappingError) as refused:
+        from_parts(fields=FIELDS, time_format=given, time_zone=zone)
+    assert str(refused.value).startswith(f"--time-format {given!r}: {words}"), refused.value
+
+
+def test_the_time_format_key_of_a_mapping_file_is_the_option(tmp_path: Path):
+    (tmp_path / "m.toml").write_text(
+        'time_format = "%m/%d/%Y %I:%M %p"\ntime_zone = "America/New_York"\n'
+    )
+    (tmp_path / "m.json").write_text(json.dumps({"time_format": 1706041141103}))
+    given = from_parts(file=tmp_path / "m.toml", fields=FIELDS)
+
+    assert (given.time_format, given.time_zone) == ("%m/%d/%Y %I:%M %p", "America/New_York")
+    assert from_parts(fields=FIELDS, time_format="epoch-ms").time_format == "epoch-ms"
+    assert from_parts(fields=FIELDS, time_format="%Y-%m-%dT%H:%M%z").time_format
+    with pytest.raises(MappingError, match="--time-format is given twice"):
+        from_parts(file=tmp_path / "m.toml", fields=FIELDS, time_format="epoch-s")
+    with pytest.raises(MappingError, match="time_format must be a string"):
+        from_parts(file=tmp_path / "m.json", fields=FIELDS)
+    with pytest.raises(MappingError, match="--set occurred_at: is not a count of seconds"):
+        from_parts(
+            constants=["occurred_at=2024-01-02T09:00:00Z"], fields=FIELDS,
+            unreadable=unreadable_value, time_format="epoch-s",
+        )  # fmt: skip
