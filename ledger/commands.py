@@ -213,7 +213,9 @@ _PROOF_TEXT = tuple(
 REQUEST_ID_LIMIT = 128
 
 
-def _check_request_id(request_id: str) -> str:
+def check_request_id(request_id: str) -> str:
+    """``request_id``, or ``InvalidRequest`` on it if no write may name it: empty, too
+    long, or no exact identifier."""
     if not request_id.strip():
         raise InvalidRequest("request_id", "is required (1-128 chars) so retries are idempotent")
     if len(request_id) > REQUEST_ID_LIMIT:
@@ -237,7 +239,7 @@ def check_fields(fields: Mapping[str, Any], now: datetime | None, found: Violati
         if value is None:
             continue
         if name == "request_id":
-            found.check(_check_request_id, value)
+            found.check(check_request_id, value)
         elif name == "brand" and value == ANY_BRAND and "candidate_event_id" in fields:
             continue  # resolving a STOP whose brand was unknown: kept there (``_resolve``)
         elif name in ("brand", "campaign"):
@@ -1613,7 +1615,7 @@ def unattributed_opt_out(cmd: RecordOptOut, now: datetime) -> list[LedgerEvent]:
     """The facts of ``cmd`` when its campaign is not defined: the candidate that keeps
     it. Its id is the one the opt-out itself would have had, so a retry of the request
     after the campaign is defined is still a retry of this one."""
-    _check_request_id(cmd.request_id)
+    check_request_id(cmd.request_id)
     check_time(cmd.occurred_at, now)
     (revoked,) = _opt_out(cmd, now)  # every check an opt-out gets
     assert isinstance(revoked, ConsentRevoked)
@@ -2040,7 +2042,7 @@ def handle_unowned_inbound(
     """An inbound text to a number no campaign sends from, for ``brand`` (the caller's
     one brand, or ``ANY_BRAND``): a STOP, or a reply that reads like one, is recorded
     with the number it reached; None for any other text, which nothing needs kept."""
-    _check_request_id(cmd.request_id)
+    check_request_id(cmd.request_id)
     check_time(cmd.occurred_at, now)
     if not cmd.message_id:
         raise InvalidRequest("message_id", "is required")

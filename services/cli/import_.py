@@ -1281,14 +1281,14 @@ def _claims(request_id: str) -> bool:
     One the service refuses as no id (only spaces, too long, a control or invisible
     character) claims nothing: each record under it is refused for the id itself, as
     ImportConsents and RecordOptIn refuse it, not as a repeat of the first."""
-    from ledger.commands import REQUEST_ID_LIMIT
-    from ledger.validation import identifier_problem
+    from ledger.commands import check_request_id
+    from ledger.errors import InvalidRequest
 
-    return (
-        bool(request_id.strip())
-        and len(request_id) <= REQUEST_ID_LIMIT
-        and identifier_problem(request_id) is None
-    )
+    try:
+        check_request_id(request_id)
+    except InvalidRequest:
+        return False
+    return True
 
 
 def _content(record: Any, kind: str, body: bytes) -> int:
