@@ -444,6 +444,29 @@ class ViewRebuilt(Exception):
     stored positions again and follows on from there."""
 
 
+def refuse_if_rebuilt(
+    stream: Stream,
+    batch: Sequence[Recorded],
+    stored: Mapping[int, int],
+    known: Mapping[int, int] | None,
+) -> None:
+    """``ViewRebuilt`` when a partition of ``batch`` is ``stored`` below the position
+    its applier ``known`` it at (``ConsentView.apply``'s check); None: no check."""
+    if known is None:
+        return
+    partitions = sorted({r.position.partition for r in batch})
+    behind = [p for p in partitions if stored.get(p, 0) < known.get(p, 0)]
+    if behind:
+        raise ViewRebuilt(f"{stream.value} partitions {behind} were emptied by a rebuild")
+
+
+def advance_known(known: dict[int, int], batch: Sequence[Recorded]) -> None:
+    """Raise a follower's ``known`` positions past ``batch``, once the view applied it."""
+    for recorded in batch:
+        p, offset = recorded.position.partition, recorded.position.offset
+        known[p] = max(known.get(p, 0), offset + 1)
+
+
 class UnreadableDigests(Exception):
     """``DigestReads.digests`` found a stored digest it cannot read for some of the
     phones asked about. ``found`` is what it answers for the others; ``phones`` are

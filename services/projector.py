@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from ledger.events import Recorded
-from ledger.ports import ConsentView, EventLog, Stream, ViewRebuilt
+from ledger.ports import ConsentView, EventLog, Stream, ViewRebuilt, advance_known
 from services.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,7 @@ class Projector:
                 async for batch in batches:
                     if batch:
                         await self._view.apply(stream, batch, known=known)
-                        for recorded in batch:
-                            p, offset = recorded.position.partition, recorded.position.offset
-                            known[p] = max(known.get(p, 0), offset + 1)
+                        advance_known(known, batch)
                 return
             except ViewRebuilt:
                 # A rebuild began beneath this follower: what it would apply next

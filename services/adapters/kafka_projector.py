@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from ledger.events import Recorded
-from ledger.ports import ConsentView, Stream, ViewRebuilt
+from ledger.ports import ConsentView, Stream, ViewRebuilt, advance_known
 from services.adapters.kafka_ledger import consumer_options, recorded_from_record
 
 if TYPE_CHECKING:
@@ -121,9 +121,7 @@ class KafkaProjector:
                 log.info("the view was rebuilt: seeking to its stored positions again")
                 await self.seek_to_stored_positions(consumer.assignment())
                 return 0
-            for recorded in batch:
-                p, offset = recorded.position.partition, recorded.position.offset
-                known[p] = max(known.get(p, 0), offset + 1)
+            advance_known(known, batch)
         if fetched:
             await self._commit_for_monitoring(
                 {tp: records[-1].offset + 1 for tp, records in fetched.items() if records}

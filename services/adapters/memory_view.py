@@ -45,9 +45,9 @@ from ledger.ports import (
     Offsets,
     RequestUse,
     Stream,
-    ViewRebuilt,
     page_of_changes,
     recorded_key,
+    refuse_if_rebuilt,
 )
 from ledger.state import CampaignHistory, SubscriberState, apply, sender_number_holder
 
@@ -134,12 +134,7 @@ class InMemoryConsentView(ConsentView):
                     f"{type(recorded.event).__name__} does not belong to {stream.value}"
                 )
         base = self._tables
-        if known is not None:
-            stored = base.positions[stream]
-            partitions = sorted({r.position.partition for r in batch})
-            behind = [p for p in partitions if stored.get(p, 0) < known.get(p, 0)]
-            if behind:
-                raise ViewRebuilt(f"{stream.value} partitions {behind} were emptied by a rebuild")
+        refuse_if_rebuilt(stream, batch, base.positions[stream], known)
         # Stage every change in front of the tables and merge only at the end: an
         # exception half-way through a batch leaves the view as it was, like a
         # rolled-back transaction, without copying the whole view per batch.

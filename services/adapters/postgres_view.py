@@ -63,8 +63,8 @@ from ledger.ports import (
     RequestUse,
     Stream,
     UnreadableDigests,
-    ViewRebuilt,
     page_of_changes,
+    refuse_if_rebuilt,
 )
 from ledger.state import (
     CampaignHistory,
@@ -1016,10 +1016,7 @@ class PostgresConsentView(ConsentView):
             await conn.execute(_CLAIM_POSITIONS, stream.value, partitions)
             rows = await conn.fetch(_LOCK_POSITIONS, stream.value, partitions)
         next_offsets: dict[int, int] = {row["partition"]: row["next_offset"] for row in rows}
-        if follower is not None:
-            behind = [p for p in partitions if next_offsets[p] < follower.get(p, 0)]
-            if behind:
-                raise ViewRebuilt(f"{stream.value} partitions {behind} were emptied by a rebuild")
+        refuse_if_rebuilt(stream, batch, next_offsets, follower)
         fresh: list[Recorded] = []
         for recorded in batch:
             partition, offset = recorded.position.partition, recorded.position.offset
