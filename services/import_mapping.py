@@ -651,7 +651,14 @@ def _time_format(given: str | None, zone: str) -> str:
     """``--time-format``'s format, refused unless it is a unit of ``EPOCH_UNITS`` or a
     ``strptime`` format that gives a whole moment: a date, a time of day, and an
     offset (``%z``) or else ``--time-zone`` (``zone``) to read it in. Anything less
-    would have each time read as some moment the export does not say."""
+    would have each time read as some moment the export does not say. A zone beside
+    a count is refused too: a count is UTC, and the zone would go unused."""
+    if given in EPOCH_UNITS and zone:
+        # Accepted and never used, it told its user that the counts were read in it.
+        raise MappingError(
+            f"--time-zone {zone!r} does not apply to --time-format {given}: a count since "
+            "1970 is UTC, so the zone would be ignored; leave --time-zone out"
+        )
     if given is None or given in EPOCH_UNITS:
         return given or ""
     said = f"--time-format {given!r}"

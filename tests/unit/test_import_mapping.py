@@ -774,3 +774,35 @@ def test_the_time_format_key_of_a_mapping_file_is_the_option(tmp_path: Path):
             constants=["occurred_at=2024-01-02T09:00:00Z"], fields=FIELDS,
             unreadable=unreadable_value, time_format="epoch-s",
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("unit", ["epoch-s", "epoch-ms"])
+def test_a_time_zone_beside_a_count_since_1970_is_a_usage_error(
+    tmp_path: Path, unit: str, capsys: pytest.CaptureFixture[str]
+):
+    """A count is UTC: a zone given with it was accepted and never used, and read as
+    the zone the counts are in. Refused, as an option and as a mapping file's key:
+    the command exits 2 before it reads the file or sends anything."""
+    from services.cli import main as cli
+
+    said = (
+        f"--time-zone 'America/New_York' does not apply to --time-format {unit}: a count "
+        "since 1970 is UTC"
+    )
+    with pytest.raises(MappingError, match=re.escape(said)):
+        from_parts(fields=FIELDS, time_format=unit, time_zone="America/New_York")
+    (tmp_path / "m.toml").write_text(f'time_format = "{unit}"\ntime_zone = "America/New_York"\n')
+    with pytest.raises(MappingError, match=re.escape(said)):
+        from_parts(file=tmp_path / "m.toml", fields=FIELDS)
+    (tmp_path / "m.json").write_text(json.dumps({"time_zone": "America/New_York"}))
+    with pytest.raises(MappingError, match=re.escape(said)):
+        from_parts(file=tmp_path / "m.json", fields=FIELDS, time_format=unit)
+    # A strptime format without an offset still reads its times in the zone.
+    assert from_parts(fields=FIELDS, time_format="%m/%d/%Y %H:%M", time_zone="UTC").time_zone
+    export = tmp_path / "export.csv"
+    export.write_text(
+        "type,phone,brand,occurred_at,channel\nopt_out,+14155550100,acme,1706041141,keyword\n"
+    )
+    argv = ["import", str(export), "--time-format", unit, "--time-zone", "America/New_York"]
+    assert cli.main([*argv, "--address", "127.0.0.1:9", "--token-file", str(export)]) == 2
+    assert said in capsys.readouterr().err
