@@ -26,6 +26,7 @@ an opt-out refused must not leave its number open to texts.
 
 from __future__ import annotations
 
+import calendar
 import codecs
 import contextlib
 import csv
@@ -36,6 +37,7 @@ import json
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -1490,13 +1492,31 @@ def _counted(text: str, field: str, unit: str) -> Timestamp:
 
 def _formatted(text: str, field: str, given: str) -> datetime:
     """``text`` read with ``--time-format``'s ``strptime`` format ``given``: it must
-    match the whole of it, as every time of the export must."""
+    match the whole of it, as every time of the export must. A weekday it names
+    (``%a``, ``%A``, ``%u``, ``%w``) must be its date's: ``strptime`` reads the date
+    and drops the weekday unchecked, so "Tue 01/03/2024" (a Wednesday) was read
+    silently, where one of the two is wrong and which cannot be told."""
     try:
-        return datetime.strptime(text, given)
+        value = datetime.strptime(text, given)
     except ValueError as exc:
         if str(exc).startswith(("time data", "unconverted data")):
             raise _Bad(field, f"does not match --time-format {given!r}: {quoted(text)}") from None
         raise _Bad(field, f"is not a time that exists: {quoted(text)}") from None
+    if _WEEKDAY.search(given.replace("%%", "")):
+        # ``time.strptime`` keeps the weekday the text names (its date's only when
+        # it names none).
+        named = time.strptime(text, given).tm_wday
+        if named != value.weekday():
+            raise _Bad(
+                field,
+                f"names the weekday {calendar.day_name[named]}, and its date is a "
+                f"{calendar.day_name[value.weekday()]}: {quoted(text)}",
+            )
+    return value
+
+
+_WEEKDAY = re.compile(r"%[aAuw]")
+"""The directives of ``strptime`` that name a weekday."""
 
 
 @lru_cache(maxsize=16)

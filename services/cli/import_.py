@@ -231,7 +231,7 @@ mapping an export (another platform's names):
   written, an ISO 8601 one too, else its record is refused naming its field (an
   opt-out's held); so is a count that, read in the unit given, is of 1970 or past
   the year 9999 (as a count in the other unit would be): it is never read in the
-  other.
+  other; and so is a time whose weekday (%a, %A, %u, %w) is not its date's.
     consent-ledger import klaviyo.csv --time-format '%m/%d/%Y %H:%M:%S' \\
       --time-zone America/New_York
 

@@ -1161,3 +1161,37 @@ def test_a_time_format_reads_every_time_of_the_export_in_its_zone_or_refuses_it(
     assert unreadable_value("occurred_at", "02.01.2024 10:00 +0100", offset) is None
     assert unreadable_value("occurred_at", "2024-01-02T09:00:00Z", offset) is not None
     assert unreadable_value("occurred_at", "01/02/2024 4:00 AM", us) is None
+
+
+@pytest.mark.parametrize(
+    ("time_format", "written", "fixed", "named"),
+    [
+        ("%a %m/%d/%Y %H:%M", "Tue 01/03/2024 10:00", "Wed 01/03/2024 10:00", "Tuesday"),
+        ("%A, %d %B %Y %H:%M", "Monday, 03 January 2024 10:00", "wednesday, 03 January 2024 10:00",
+         "Monday"),
+        ("%m/%d/%Y %H:%M (%u)", "01/03/2024 10:00 (1)", "01/03/2024 10:00 (3)", "Monday"),
+        ("%m/%d/%Y %H:%M (%w)", "01/03/2024 10:00 (0)", "01/03/2024 10:00 (3)", "Sunday"),
+        ("%Y-%j %H:%M %a", "2024-003 10:00 Thu", "2024-003 10:00 WED", "Thursday"),
+    ],
+)  # fmt: skip
+def test_a_weekday_the_time_format_reads_must_be_its_date_s(time_format, written, fixed, named):
+    """``strptime`` reads a weekday and drops it: "Tue 01/03/2024" (a Wednesday) was
+    read as the 3rd unsaid, where the export holds a mistake, the date's or the
+    weekday's. Refused naming the field and both days (an opt-out's held); the
+    weekday the date has reads as ever, and a literal ``%%a`` is no weekday."""
+    utc = Mapping(time_format=time_format, time_zone="UTC")
+    rows = f'{HEADER}\nopt_out,+14155550100,acme,,"{written}",,,,keyword\n'
+    (found,) = read_records(io.StringIO(rows), "csv", None, utc)
+
+    assert isinstance(found, Unreadable) and found.field == "occurred_at", found
+    assert found.reason == f"names the weekday {named}, and its date is a Wednesday: '{written}'"
+    assert found.held is not None and found.held.opt_out.phone == "+14155550100"
+
+    (right,) = read_records(io.StringIO(rows.replace(written, fixed)), "csv", None, utc)
+    assert isinstance(right, Read), right
+    assert right.record.opt_out.occurred_at.ToJsonString() == "2024-01-03T10:00:00Z"
+
+    literal = Mapping(time_format="%%a %m/%d/%Y %H:%M", time_zone="UTC")
+    text = f"{HEADER}\nopt_out,+14155550100,acme,,%a 01/03/2024 10:00,,,,keyword\n"
+    (plain,) = read_records(io.StringIO(text), "csv", None, literal)
+    assert isinstance(plain, Read), plain
