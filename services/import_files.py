@@ -605,6 +605,9 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None, mapping: Mapping) -> Iterator
                 reason = "is no field of an import record"
                 yield _refused(loose, number, _shown(unknown[0]), reason, mapping=mapping)
                 continue
+            for name in _TIMES:
+                if name in obj:
+                    obj[name] = _time_written(obj[name])
             bad = next(
                 (k for k, v in obj.items() if v is not None and not isinstance(v, str)), None
             )
@@ -618,6 +621,28 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None, mapping: Mapping) -> Iterator
                 )
                 continue
             yield parse_fields({k: v for k, v in obj.items() if v}, number, mapping)
+
+
+_TIMES = ("occurred_at", "proof.registered_at")
+"""The fields of a record that hold a time."""
+
+
+def _time_written(value: Any) -> Any:
+    """A JSON number given for a time as the text of its digits, so that it is read
+    as the same count written as a string is: with ``--time-format`` epoch-s or
+    epoch-ms read, else refused as such a string is. A number written as a float
+    (a fraction, ".0", an exponent) is text that is no count, as its string is:
+    ``Decimal`` reads 1.706041141103E+12 as a whole number, so it is written with
+    its exponent. Anything else (true or false, an array) as it is, refused as no
+    string."""
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        return value
+    text = str(value)
+    # A whole number past what ``_whole`` turns into an int is a ``Decimal`` too.
+    whole = _DIGITS.fullmatch(text.removeprefix("-")) is not None
+    if isinstance(value, Decimal) and whole and len(text) <= sys.get_int_max_str_digits():
+        return f"{value:e}"
+    return text
 
 
 def _records_of(
@@ -664,6 +689,7 @@ def _opt_out_first(
     """Why a subscriber row's opt-in (``record``) is refused, its opt-out being no
     later, and the import id it would have (empty if it could not be read), or None
     (a time that cannot be read is refused on its own record)."""
+    opt_in_at, opt_out_at = _time_written(opt_in_at), _time_written(opt_out_at)
     try:
         opted_in = _time(opt_in_at, "occurred_at", mapping).ToDatetime()
         opted_out = _time(opt_out_at, "occurred_at", mapping).ToDatetime()
@@ -691,6 +717,7 @@ def _import_id_of(record: dict[str, Any], mapping: Mapping) -> str:
         flat.update((f"proof.{k}", v) for k, v in nested.items())
     elif nested is not None:
         return ""
+    flat.update((name, _time_written(flat[name])) for name in _TIMES if name in flat)
     if any(k not in FIELDS or not isinstance(v, str | None) for k, v in flat.items()):
         return ""
     read = parse_fields({k: v for k, v in flat.items() if v}, 0, mapping)

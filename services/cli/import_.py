@@ -223,8 +223,9 @@ mapping an export (another platform's names):
   time of day. Without it such a time is refused.
   An export that writes its times otherwise is read with --time-format (in
   --mapping, "time_format"): epoch-s or epoch-ms, a count of seconds or
-  milliseconds since 1970 in UTC (Attentive's 1706041141103), digits only (with
-  --time-zone a usage error: the zone would not apply); or a
+  milliseconds since 1970 in UTC (Attentive's 1706041141103), digits only, in JSON
+  Lines a string or a whole number (with --time-zone a usage error: the zone would
+  not apply); or a
   strptime format, as '%m/%d/%Y %I:%M %p' for SimpleTexting's 01/02/2024 4:00 AM,
   which must give a date and a time of day, and needs --time-zone unless it gives
   an offset (%z): else a usage error. Every time of the export must then be so

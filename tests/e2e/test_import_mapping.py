@@ -1195,3 +1195,65 @@ async def test_a_time_format_that_cannot_be_used_exits_2_with_nothing_sent(
     assert code == 2 and out == "", out + err
     assert f"--time-format {given[1]!r}: {words}" in err, err
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+async def test_times_written_as_json_numbers_read_as_the_count_they_are(service, tmp_path):
+    """Attentive's JSON writes its times as numbers (``1706041141103``): each was
+    refused as no string, every opt-out held. With ``--time-format epoch-ms`` each
+    reads as the same digits in a string, a row opting out before it opted in
+    refusing its opt-in as ever; a fraction is refused naming its column (held);
+    without it, each is refused as a count is. A re-run writes nothing."""
+    runtime, when = service
+    first = 600
+    ms = lambda days: int((when - timedelta(days=days)).timestamp() * 1000)  # noqa: E731
+    rows = [  # the number, opted in, opted out, the answer then
+        (number(first), ms(30), None, "REASON_CONSENT_ACTIVE"),
+        (number(first + 1), ms(30), ms(10), "REASON_REVOKED_BRAND_WIDE"),
+        (number(first + 2), ms(30), ms(10) + 0.5, "REASON_REVOCATION_PENDING_REVIEW"),
+        (number(first + 3), ms(10), ms(30), "REASON_REVOKED_BRAND_WIDE"),  # opted out first
+    ]
+    export = tmp_path / "subscribers.jsonl"
+    lines = []
+    for phone, opted_in, opted_out, _ in rows:
+        line: dict[str, Any] = {
+            "Phone": phone,
+            "Opted In At": opted_in,
+            "Full Name": f"Subscriber {phone[-2:]}",
+            "Source": "api",
+        }
+        if opted_out is not None:
+            line["Opted Out At"] = opted_out
+        lines.append(json.dumps(line) + "\n")
+    export.write_text("".join(lines))
+    expect = {phone: reason for phone, _, _, reason in rows}
+    argv = [str(export), *SUBSCRIBER_ARGV, "--time-format", "epoch-ms"]
+    fraction = r"1 +INVALID_ARGUMENT +Opted Out At: is not a count of milliseconds .*held"
+    assert runtime.ledger is not None
+
+    code, out, err = await imported(runtime, str(export), *SUBSCRIBER_ARGV, "--dry-run")
+    assert code == 1, out + err
+    assert "would import 0 of 7 records from 4 rows" in out, out + err
+    assert re.search(r"Opted In At: is a number, not a time: '\d+'; a Unix time", out), out
+
+    code, dry, err = await imported(runtime, *argv, "--dry-run")
+    assert code == 1, dry + err
+    assert "would import 5 of 7 records from 4 rows" in dry, dry + err
+    assert re.search(fraction, dry), dry
+    assert re.search(r"1 +INVALID_ARGUMENT +Opted In At: is not before the opt-out's", dry), dry
+
+    code, out, err = await imported(runtime, *argv)
+    assert code == 1, out + err
+    assert "imported 5 of 7 records from 4 rows" in out and "held for review: 1" in out, out
+    assert re.search(fraction, out), out
+    async with client(runtime.address, "acme-app") as c:
+        assert await answers(c, list(expect), token_of(out)) == expect
+
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    mapping_file = tmp_path / "mapping.json"
+    mapping_file.write_text(json.dumps({"time_format": "epoch-ms"}))
+    code, again, err = await imported(
+        runtime, str(export), *SUBSCRIBER_ARGV, "--mapping", str(mapping_file)
+    )
+    assert code == 1, again + err
+    assert "imported 0 of 7 records from 4 rows" in again and "already present: 5" in again
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends

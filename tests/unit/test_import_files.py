@@ -1195,3 +1195,111 @@ def test_a_weekday_the_time_format_reads_must_be_its_date_s(time_format, written
     text = f"{HEADER}\nopt_out,+14155550100,acme,,%a 01/03/2024 10:00,,,,keyword\n"
     (plain,) = read_records(io.StringIO(text), "csv", None, literal)
     assert isinstance(plain, Read), plain
+
+
+STOP = {"type": "opt_out", "phone": "+14155550100", "brand": "acme", "channel": "keyword"}
+
+
+@pytest.mark.parametrize(
+    ("time_format", "count"),
+    [("epoch-ms", 1706041141103), ("epoch-s", 1706041141), ("epoch-ms", 1706041141000)],
+)
+def test_a_time_given_as_a_json_number_reads_as_its_digits_in_a_string(time_format, count):
+    """Attentive's JSON writes its times as numbers: with ``--time-format`` epoch-s or
+    epoch-ms each reads as the same digits in a string do, the same record under the
+    same import id, a nested proof's time and a subscriber row's too. They were
+    refused as no string, each opt-out held."""
+    counted = Mapping(time_format=time_format)
+    as_number = json.dumps({**STOP, "occurred_at": count})
+    as_text = json.dumps({**STOP, "occurred_at": str(count)})
+    (number,) = read_records(io.StringIO(as_number + "\n"), "jsonl", None, counted)
+    (text,) = read_records(io.StringIO(as_text + "\n"), "jsonl", None, counted)
+
+    assert isinstance(number, Read) and isinstance(text, Read), (number, text)
+    assert number.record == text.record and number.id_derived
+
+    opt_in = {
+        "type": "opt_in", "phone": "+14155550100", "brand": "acme", "campaign": "promo",
+        "tier": "promotional", "method": "paper", "occurred_at": count,
+        "proof": {"registered_at": count, "collection_detail": "signed form 2211"},
+    }  # fmt: skip
+    (nested,) = read_records(io.StringIO(json.dumps(opt_in) + "\n"), "jsonl", None, counted)
+    assert isinstance(nested, Read), nested
+    proof = nested.record.opt_in.proof
+    assert (
+        proof.registered_at == nested.record.opt_in.occurred_at == text.record.opt_out.occurred_at
+    )
+
+
+@pytest.mark.parametrize(
+    ("time_format", "given", "why"),
+    [
+        ("epoch-s", "1706041141.5", "is not a count of seconds since 1970 (--time-format epoch-s), "
+         "a whole number in digits: '1706041141.5'"),
+        ("epoch-ms", "1706041141103.0", "is not a count of milliseconds since 1970 (--time-format "
+         "epoch-ms), a whole number in digits: '1706041141103.0'"),
+        ("epoch-ms", "1.706041141103E+12", "is not a count of milliseconds"),
+        ("epoch-s", "-1706041141", "is not a count of seconds since 1970 (--time-format "
+         "epoch-s), a whole number in digits: '-1706041141'"),
+        ("epoch-s", "1706041141103", "is a time past the year 9999 read as seconds since 1970 "
+         "(--time-format epoch-s), as a count of milliseconds would be: '1706041141103'"),
+        ("epoch-ms", "1706041141", "is a time in 1970 read as milliseconds since 1970"),
+        ("epoch-ms", "9" * 40, "is a time past the year 9999 read as milliseconds"),
+        ("epoch-ms", "9" * 5000, "is 5,000 characters long, longer than any occurred_at"),
+        ("epoch-ms", "true", "must be a string, not true or false"),
+        (None, "1706041141103", "is a number, not a time: '1706041141103'; a Unix time (seconds "
+         "or milliseconds since 1970, which one cannot be told) is read only with "
+         "--time-format epoch-s or epoch-ms"),
+        (None, "1706041141.5", "is a number, not a time: '1706041141.5'"),
+    ],
+)  # fmt: skip
+def test_a_time_given_as_a_json_number_is_refused_as_its_digits_in_a_string_are(
+    time_format, given, why
+):
+    """A fraction, a float's digits, a negative number, true or false, or a count
+    implausible in the unit given is refused naming the field, as a string of it
+    is, an opt-out held; without ``--time-format`` a count is refused saying so, as
+    a string count is, not as "must be a string"."""
+    counted = Mapping(time_format=time_format or "")
+    line = json.dumps({**STOP, "occurred_at": None}).replace("null", given)  # as written
+    (found,) = read_records(io.StringIO(line + "\n"), "jsonl", None, counted)
+
+    assert isinstance(found, Unreadable) and found.field == "occurred_at", found
+    assert why in found.reason, found.reason
+    assert found.held is not None and found.held.opt_out.phone == "+14155550100"
+
+
+def test_subscriber_rows_whose_times_are_json_numbers_refuse_an_opt_in_after_its_opt_out():
+    """A row opting out before it opted in, its times JSON numbers: the opt-in was
+    not compared with the opt-out (a number has no ``strip``) and went in after it,
+    allowing the number. It is refused as with times in strings, on every row."""
+    from services.import_files import BELONGS, FIELDS
+    from services.import_mapping import from_parts
+
+    rows = from_parts(
+        columns=["phone=Phone", "occurred_at@opt_in=In", "occurred_at@opt_out=Out"],
+        constants=["brand=acme", "campaign@opt_in=promo", "tier=promotional",
+                   "method=paper", "channel=keyword", "proof.collection_detail=form 7"],
+        fields=FIELDS, belongs=BELONGS, subscriber_rows=True, time_format="epoch-s",
+    )  # fmt: skip
+    lines = [
+        {"Phone": "+14155550100", "In": 1706041141, "Out": 1706000000},
+        {"Phone": "+14155550100", "In": 1706041141},
+    ]
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    found = list(read_records(io.StringIO(text), "jsonl", None, rows))
+    strings = "".join(
+        json.dumps({k: str(v) if k != "Phone" else v for k, v in line.items()}) + "\n"
+        for line in lines
+    )
+
+    opted_in = [r for r in found if isinstance(r, Unreadable)]
+    assert len(opted_in) == 1 and opted_in[0].reason.startswith("is not before the opt-out's")
+    assert opted_in[0].opted_out_id, opted_in[0]
+    as_strings = list(read_records(io.StringIO(strings), "jsonl", None, rows))
+    assert [r.record for r in found if isinstance(r, Read)] == [
+        r.record for r in as_strings if isinstance(r, Read)
+    ]
+    assert opted_in[0].opted_out_id == next(
+        r.opted_out_id for r in as_strings if isinstance(r, Unreadable)
+    )
