@@ -42,7 +42,7 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO
 from zoneinfo import ZoneInfo
@@ -179,6 +179,8 @@ class Unreadable:
     """Of a subscriber row's opt-in refused as not before its row's opt-out: the
     import id it would be imported under, so that the same opt-in on another row of
     the file (the same id) is refused too (``opted_out_opt_ins``)."""
+    unskipped: str = dataclasses.field(default="", compare=False)
+    """The ``--skip`` (``COLUMN=VALUE``) it matched, not skipped being an opt-out."""
 
     @property
     def shown_id(self) -> str:
@@ -195,6 +197,19 @@ class Read:
     id_derived: bool = dataclasses.field(default=False, compare=False)
     """Its import id was derived from its content (``derived_import_id``), the
     record giving none."""
+    unskipped: str = dataclasses.field(default="", compare=False)
+    """The ``--skip`` (``COLUMN=VALUE``) it matched, not skipped being an opt-out."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A record a ``--skip`` matched, which is not sent: its line and the skip, as
+    ``COLUMN=VALUE``. Never an opt-out (``_skips``)."""
+
+    line: int
+    rule: str
+    opt_in: bool = False
+    """Typed ``opt_in``: in the part of the file the opt-ins are read in."""
 
 
 STDIN_NAME = "standard input"
@@ -250,14 +265,16 @@ def _packed(name: str, what: str, then: str, *, by_name: bool = False) -> Format
 
 def read_records(
     text: TextIO, fmt: str, opt_ins: bool | None = None, mapping: Mapping | None = None
-) -> Iterator[Read | Unreadable]:
+) -> Iterator[Read | Unreadable | Skipped]:
     """Every record of ``text`` in order, read or not; with ``opt_ins`` True only
     those typed ``opt_in``, with False only the others (opt-outs, records whose type
     cannot be read, header rows further down). A record typed ``opt_in`` is never
     held (``_refused``), so the second part holds every record that may deny: read
     and imported first, it denies before any opt-in is allowed. ``mapping``: how the
     export names our fields (``services.import_mapping``); the fields of what cannot
-    be read are named as ours still (``Mapping.shown`` names them as the export does)."""
+    be read are named as ours still (``Mapping.shown`` names them as the export does).
+    A record of a row that ``mapping``'s skips leave out is ``Skipped``, in the part
+    its type puts it in."""
     mapping = Mapping() if mapping is None else mapping
     if fmt == "csv":
         yield from _csv(text, opt_ins, mapping)
@@ -277,7 +294,7 @@ def _wanted(fields: dict[str, Any], opt_ins: bool | None) -> bool:
 
 def _csv(
     text: TextIO, opt_ins: bool | None = None, mapping: Mapping | None = None
-) -> Iterator[Read | Unreadable]:
+) -> Iterator[Read | Unreadable | Skipped]:
     mapping = Mapping() if mapping is None else mapping
     csv.field_size_limit(max(csv.field_size_limit(), CSV_VALUE_LIMIT))
     # Strict: a quote opened and never closed would otherwise take every line after
@@ -292,7 +309,7 @@ def _csv(
     except csv.Error as exc:
         raise FormatError(f"line {rows.line_num}: {exc}; the header cannot be read") from None
     _check_separator(columns)
-    if mapping:
+    if mapping.names_columns:
         mapping = mapping.fitted(columns, "the header")
     header = columns  # as the file spells it: a header row further down repeats it so
     columns = _spelt_as_ours(columns, mapping)
@@ -330,17 +347,27 @@ def _csv(
                 columns = again
                 continue
             given = {k: v for k, v in zip(columns, row, strict=False) if v}
-            for fields, unmapped in _records_of(mapping, mapping.fields_of(given)):
+            records = _records_of(mapping, mapping.fields_of(given))
+            # Looked up by the header as the file spells it: a skip names its column.
+            as_written = {k: v for k, v in zip(header, row, strict=False) if v}
+            rule = mapping.skipped_by(as_written.get) if mapping.skip else None
+            skips = _skips(rule, [fields for fields, _ in records])
+            for fields, unmapped in records:
                 if not _wanted(fields, opt_ins):
                     continue
+                if skips:
+                    assert rule is not None
+                    yield Skipped(start, rule, _wanted(fields, True))
+                    continue
+                item: Read | Unreadable
                 if unmapped is not None:  # its type unread, an opt-out-looking one is held
-                    yield _refused(fields, start, *unmapped, mapping=mapping)
-                    continue
-                if len(row) > len(columns):  # an unquoted comma, most often in a text
+                    item = _refused(fields, start, *unmapped, mapping=mapping)
+                elif len(row) > len(columns):  # an unquoted comma, most often in a text
                     reason = "has more values than the header has columns"
-                    yield _refused(fields, start, "record", reason, mapping=mapping)
-                    continue
-                yield parse_fields(fields, start, mapping)
+                    item = _refused(fields, start, "record", reason, mapping=mapping)
+                else:
+                    item = parse_fields(fields, start, mapping)
+                yield _unskipped(item, rule, fields)
     except csv.Error as exc:  # the rest cannot be read: stop, naming where
         quoting = "expected after" in str(exc) or "end of data" in str(exc)
         hint = " (a quoted value that opens on this line and does not close?)" if quoting else ""
@@ -478,7 +505,7 @@ def _header_reason(again: list[str], columns: list[str]) -> str:
 
 def _jsonl(
     text: TextIO, opt_ins: bool | None = None, mapping: Mapping | None = None
-) -> Iterator[Read | Unreadable]:
+) -> Iterator[Read | Unreadable | Skipped]:
     for item in _jsonl_all(text, opt_ins, Mapping() if mapping is None else mapping):
         if opt_ins is None or _typed_opt_in(item) == opt_ins:
             yield item
@@ -496,13 +523,15 @@ def _json_kind(value: Any) -> str:
     return "a number"
 
 
-def _typed_opt_in(item: Read | Unreadable) -> bool:
-    if isinstance(item, Unreadable):
+def _typed_opt_in(item: Read | Unreadable | Skipped) -> bool:
+    if isinstance(item, Unreadable | Skipped):
         return item.opt_in
     return bool(item.record.WhichOneof("record") == "opt_in")
 
 
-def _jsonl_all(text: TextIO, opt_ins: bool | None, mapping: Mapping) -> Iterator[Read | Unreadable]:
+def _jsonl_all(
+    text: TextIO, opt_ins: bool | None, mapping: Mapping
+) -> Iterator[Read | Unreadable | Skipped]:
     def ours(said: dict[str, Any]) -> dict[str, Any]:
         """What a line that cannot be read said, under our names, for its hold."""
         return mapping.apply(_renamed(said, mapping))[0] if mapping else said
@@ -567,60 +596,80 @@ def _jsonl_all(text: TextIO, opt_ins: bool | None, mapping: Mapping) -> Iterator
         if not isinstance(obj, dict):
             yield Unreadable(number, "record", "is not a JSON object")
             continue
-        pieces = _records_of(mapping, _renamed(obj, mapping)) if mapping else [(obj, None)]
-        for obj, unmapped in pieces:
+        pieces: list[tuple[dict[str, Any], tuple[str, ...] | None, tuple[str, str] | None]] = []
+        for piece, unmapped in (
+            _records_of(mapping, _renamed(obj, mapping)) if mapping else [(obj, None)]
+        ):
             # Our keys in other capitals ("Type") are ours, as a header's columns are:
             # read before the type is, or the record went in neither pass.
-            spelt, clash = as_ours(obj)
+            spelt, clash = as_ours(piece)
             if clash is None:
-                obj = dict(zip(spelt, obj.values(), strict=True))
-            if not _wanted(obj, opt_ins):
+                piece = dict(zip(spelt, piece.values(), strict=True))
+            pieces.append((piece, unmapped, clash))
+        rule = mapping.skipped_by(partial(_value_at, obj)) if mapping.skip else None
+        # A line whose fields clash may have its type twice: never skipped.
+        skips = _skips(rule, [piece for piece, _, clash in pieces if clash is None]) and all(
+            clash is None for _, _, clash in pieces
+        )
+        for piece, unmapped, clash in pieces:
+            if not _wanted(piece, opt_ins):
                 continue
-            if unmapped is not None:  # its type unread, an opt-out-looking one is held
-                yield _refused(_loose(obj), number, *unmapped, mapping=mapping)
+            if skips:
+                assert rule is not None
+                yield Skipped(number, rule, _wanted(piece, True))
                 continue
-            loose = _loose(obj)  # what an opt-out refused below is held by
-            if clash is not None:
-                yield _refused(loose, number, *clash, mapping=mapping)
-                continue
-            nested = obj.pop("proof", None)
-            if nested is not None:
-                if not isinstance(nested, dict):
-                    yield _refused(loose, number, "proof", "is not a JSON object", mapping=mapping)
-                    continue
-                spelt, clash = as_ours(f"proof.{k}" for k in nested)
-                if clash is not None:
-                    yield _refused(loose, number, *clash, mapping=mapping)
-                    continue
-                flat = dict(zip(spelt, nested.values(), strict=True))
-                both = sorted(k for k in flat if k in obj)
-                if both:
-                    yield _refused(
-                        loose, number, both[0], "is given both nested and flat", mapping=mapping
-                    )
-                    continue
-                obj.update(flat)
-            unknown = sorted(k for k in obj if k not in FIELDS)
-            if unknown:
-                reason = "is no field of an import record"
-                yield _refused(loose, number, _shown(unknown[0]), reason, mapping=mapping)
-                continue
-            for name in _TIMES:
-                if name in obj:
-                    obj[name] = _time_written(obj[name])
-            bad = next(
-                (k for k, v in obj.items() if v is not None and not isinstance(v, str)), None
+            item = _json_record(piece, unmapped, clash, number, mapping)
+            yield _unskipped(item, rule, piece)
+
+
+def _value_at(obj: dict[str, Any], key: str) -> Any:
+    """A JSON line's value of ``key`` (a nested one as ``outer.inner``), found as a
+    mapping's column is (``_renamed``)."""
+    here = _spelt(obj, key)
+    return obj[here] if here is not None else _at_path(obj, key.split("."))
+
+
+def _json_record(
+    obj: dict[str, Any],
+    unmapped: tuple[str, ...] | None,
+    clash: tuple[str, str] | None,
+    number: int,
+    mapping: Mapping,
+) -> Read | Unreadable:
+    """One record of a JSON line, its fields under our names (``_records_of``):
+    read, or refused (an opt-out held) for a type unmapped (``unmapped``), two keys
+    of one field but for capitals (``clash``), or a field of the wrong kind."""
+    if unmapped is not None:  # its type unread, an opt-out-looking one is held
+        return _refused(_loose(obj), number, *unmapped, mapping=mapping)
+    loose = _loose(obj)  # what an opt-out refused below is held by
+    if clash is not None:
+        return _refused(loose, number, *clash, mapping=mapping)
+    nested = obj.pop("proof", None)
+    if nested is not None:
+        if not isinstance(nested, dict):
+            return _refused(loose, number, "proof", "is not a JSON object", mapping=mapping)
+        spelt, clash = as_ours(f"proof.{k}" for k in nested)
+        if clash is not None:
+            return _refused(loose, number, *clash, mapping=mapping)
+        flat = dict(zip(spelt, nested.values(), strict=True))
+        both = sorted(k for k in flat if k in obj)
+        if both:
+            return _refused(
+                loose, number, both[0], "is given both nested and flat", mapping=mapping
             )
-            if bad is not None:
-                yield _refused(
-                    loose,
-                    number,
-                    bad,
-                    f"must be a string, not {_json_kind(obj[bad])}",
-                    mapping=mapping,
-                )
-                continue
-            yield parse_fields({k: v for k, v in obj.items() if v}, number, mapping)
+        obj.update(flat)
+    unknown = sorted(k for k in obj if k not in FIELDS)
+    if unknown:
+        reason = "is no field of an import record"
+        return _refused(loose, number, _shown(unknown[0]), reason, mapping=mapping)
+    for name in _TIMES:
+        if name in obj:
+            obj[name] = _time_written(obj[name])
+    bad = next((k for k, v in obj.items() if v is not None and not isinstance(v, str)), None)
+    if bad is not None:
+        reason = f"must be a string, not {_json_kind(obj[bad])}"
+        return _refused(loose, number, bad, reason, mapping=mapping)
+    return parse_fields({k: v for k, v in obj.items() if v}, number, mapping)
 
 
 _TIMES = ("occurred_at", "proof.registered_at")
@@ -643,6 +692,31 @@ def _time_written(value: Any) -> Any:
     if isinstance(value, Decimal) and whole and len(text) <= sys.get_int_max_str_digits():
         return f"{value:e}"
     return text
+
+
+def _skips(rule: str | None, records: list[dict[str, Any]]) -> bool:
+    """Whether a row that matched the skip ``rule`` (None: none) is skipped, its
+    records' fields as ``records``: not when any of them reads as an opt-out (typed
+    so, by its column, a value mapped or ``--set type=opt_out``; a subscriber row's
+    opt-out). A skip that meets one is a mistake in the skip, or in the export, and
+    an opt-out left out would leave its number open to texts."""
+    return rule is not None and not any(_opts_out(fields) for fields in records)
+
+
+def _opts_out(fields: dict[str, Any]) -> bool:
+    kind = fields.get("type")
+    return isinstance(kind, str) and _kind({"type": kind}) == "opt_out"
+
+
+def _unskipped(
+    item: Read | Unreadable, rule: str | None, fields: dict[str, Any]
+) -> Read | Unreadable:
+    """``item``, read from the fields ``fields`` of a row that matched ``rule`` and was
+    not skipped, marked as such when it is the opt-out that kept the row (the summary
+    counts those)."""
+    if rule is None or not _opts_out(fields):
+        return item
+    return dataclasses.replace(item, unskipped=rule)
 
 
 def _records_of(

@@ -67,9 +67,34 @@ class Mapping:
     """How the export writes every time (``--time-format``): ``epoch-s`` or
     ``epoch-ms`` (a count since 1970, UTC), or a ``strptime`` format; empty: ISO 8601
     or RFC 2822, with a zone (or read in ``time_zone``)."""
+    skip: dict[str, dict[str, str]] = field(default_factory=dict)
+    """The export's column -> its values (stripped, case folded) -> the value as
+    given: a row holding one is skipped (``--skip COLUMN=VALUE``), never sent,
+    unless it reads as an opt-out (``skipped_by``). A column no field is read from
+    is ignored as well, so that it is not refused as a column no record has."""
 
     def __bool__(self) -> bool:
         return bool(self.columns or self.values or self.constants or self.ignored)
+
+    @property
+    def names_columns(self) -> bool:
+        """Whether it names any of the export's columns, each to be found in its
+        header (``fitted``): a skip of a column of our own name names one too."""
+        return bool(self) or bool(self.skip)
+
+    def skipped_by(self, value_of: Callable[[str], Any]) -> str | None:
+        """The ``--skip`` a row matches, as ``COLUMN=VALUE``, or None; ``value_of``
+        gives the row's value of a column (None: the row has none). An empty value is
+        none, never matched. Whether the row is skipped is the reader's to say: one
+        that reads as an opt-out never is."""
+        for column, table in self.skip.items():
+            given = value_of(column)
+            if given is None:
+                continue
+            named = table.get(_as_text(given).strip().casefold())
+            if named is not None:
+                return f"{column}={named}"
+        return None
 
     def shown(self, name: str, kind: str | None = None) -> str:
         """Our field ``name`` (of a record of ``kind``, if known) as the export names
@@ -113,7 +138,20 @@ class Mapping:
             return near[0] if near else name  # missing: ``check_header`` says so
 
         columns = {name: spelt(header) for name, header in self.columns.items()}
-        fitted = replace(self, columns=columns, ignored=frozenset(map(spelt, self.ignored)))
+        skip: dict[str, dict[str, str]] = {}
+        for column, table in self.skip.items():  # two spellings of one column: both
+            skip.setdefault(spelt(column), {}).update(table)
+        # Checked here only, against the header as the file spells it: a column of
+        # our own name in other capitals is read under ours (``as_ours``) from here on.
+        missing = sorted(c for c in skip if c not in have)
+        if missing:
+            raise MappingError(
+                f"{where} has no column {', '.join(map(repr, missing))} (named by --skip); its "
+                "columns are: " + ", ".join(map(repr, sorted(have)))
+            )
+        fitted = replace(
+            self, columns=columns, ignored=frozenset(map(spelt, self.ignored)), skip=skip
+        )
         fitted.check_header(listed, where)
         return fitted
 
@@ -325,6 +363,7 @@ def from_parts(
     phone_region: str | None = None,
     time_zone: str | None = None,
     time_format: str | None = None,
+    skip: Iterable[str] = (),
 ) -> Mapping:
     """One ``Mapping`` from the mapping file (if any) and the options given
     (``FIELD=HEADER``, ``FIELD:VALUE=OURS``, ``FIELD=VALUE``); ``fields`` are the
@@ -334,9 +373,9 @@ def from_parts(
     read as a field, if it cannot: a value set or mapped to that cannot would refuse
     (and for an opt-out hold) every record it reaches, so it is refused here.
     ``subscriber_rows``, ``phone_region``, ``time_zone``, ``time_format``: the options
-    of those names (see ``Mapping``)."""
+    of those names (see ``Mapping``); ``skip``, ``--skip``'s ``COLUMN=VALUE``."""
     known = tuple(fields)
-    given: dict[str, Any] = {"columns": {}, "values": {}, "set": {}, "ignore": []}
+    given: dict[str, Any] = {"columns": {}, "values": {}, "set": {}, "ignore": [], "skip": {}}
     if file is not None:
         given = _read_file(file)
     if subscriber_rows:
@@ -356,6 +395,11 @@ def from_parts(
         if header in given["ignore"]:
             raise MappingError(f"--ignore {header!r} is given twice")
         given["ignore"].append(header)
+    for item in skip:
+        column, sep, value = item.partition("=")
+        if not sep or not column.strip():
+            raise MappingError(f"--skip {item!r}: give COLUMN=VALUE")
+        given["skip"].setdefault(column, []).append(value)
     sources = [("--column", columns, given["columns"]), ("--set", constants, given["set"])]
     for option, items, into in sources:
         for item in items:
@@ -424,8 +468,9 @@ def _put(into: dict[str, str], key: str, value: str, what: str) -> None:
 
 def _read_file(path: Path) -> dict[str, Any]:
     """A mapping file: a JSON object or a TOML document of ``columns`` (field to
-    column), ``values`` (field to a table of the export's values to ours) and
-    ``set`` (field to value), each optional."""
+    column), ``values`` (field to a table of the export's values to ours), ``set``
+    (field to value), ``ignore`` (columns) and ``skip`` (column to the values whose
+    rows are skipped), each optional."""
     try:
         # A byte-order mark, as Windows editors save one, is no part of the mapping.
         text = path.read_text(encoding="utf-8-sig")
@@ -454,7 +499,9 @@ def _read_file(path: Path) -> dict[str, Any]:
     ignore = read.get("ignore", [])
     if not isinstance(ignore, list) or not all(isinstance(h, str) for h in ignore):
         raise MappingError(f"--mapping {path}: ignore must be a list of column names")
-    out: dict[str, Any] = {"columns": {}, "values": {}, "set": {}, "ignore": list(ignore)}
+    out: dict[str, Any] = {
+        "columns": {}, "values": {}, "set": {}, "ignore": list(ignore), "skip": {}
+    }  # fmt: skip
     if "subscriber_rows" in read:
         if not isinstance(read["subscriber_rows"], bool):
             raise MappingError(f"--mapping {path}: subscriber_rows must be true or false")
@@ -475,10 +522,18 @@ def _read_file(path: Path) -> dict[str, Any]:
     ):
         raise MappingError(f"--mapping {path}: values must map fields to tables of strings")
     out["values"] = {k: dict(v) for k, v in tables.items()}
+    skip = _dotted(read.get("skip", {}))
+    if isinstance(skip, dict):  # a column's one value may be given as it is
+        skip = {k: [v] if isinstance(v, str) else v for k, v in skip.items()}
+    if not isinstance(skip, dict) or not all(
+        isinstance(t, list) and all(isinstance(v, str) for v in t) for t in skip.values()
+    ):
+        raise MappingError(f"--mapping {path}: skip must map columns to lists of values")
+    out["skip"] = {k: list(v) for k, v in skip.items()}
     return out
 
 
-_TABLES = ("columns", "values", "set", "ignore")
+_TABLES = ("columns", "values", "set", "ignore", "skip")
 _SETTINGS = ("subscriber_rows", "phone_region", "time_zone", "time_format")
 """A mapping file's keys: its tables, and the settings of the options of their names."""
 
@@ -594,6 +649,10 @@ def _built(given: Dict[str, Any], fields: tuple[str, ...], belongs: dict[str, st
             if key in folded[name] and folded[name][key] != ours:
                 raise MappingError(f"--value {name}:{theirs} maps one value two ways")
             folded[name][key] = ours
+    skip = _skipped(given.get("skip", {}))
+    # A column read for its skips alone is no field's: ignored, not refused unknown.
+    read = {loosely(h) for h in columns.values()} | {loosely(f) for f in fields}
+    ignored |= {c for c in skip if loosely(c) not in read}
     subscriber_rows = bool(given.get("subscriber_rows"))
     if subscriber_rows:
         _check_subscriber_rows(columns, values, constants)
@@ -602,8 +661,31 @@ def _built(given: Dict[str, Any], fields: tuple[str, ...], belongs: dict[str, st
     time_format = _time_format(given.get("time_format"), zone)
     return Mapping(
         dict(columns), folded, dict(constants), only, ignored, subscriber_rows, region, zone,
-        time_format,
+        time_format, skip,
     )  # fmt: skip
+
+
+def _skipped(given: Dict[str, list[str]]) -> dict[str, dict[str, str]]:
+    """``--skip``'s columns, each to its values stripped and case folded (as a cell
+    is compared) to the value as given. An empty value is refused, as ``--value``'s
+    is: an empty cell is no value, never matched; a value given twice is refused,
+    as anything given twice is."""
+    out: dict[str, dict[str, str]] = {}
+    for column, values in given.items():
+        table = out.setdefault(column, {})
+        for value in values:
+            key = value.strip().casefold()
+            if not key:
+                raise MappingError(
+                    f"--skip {column}={value}: an empty value cannot be skipped on; a row "
+                    f"whose {column} is empty is read as giving none"
+                )
+            if key in table:
+                raise MappingError(
+                    f"--skip {column}={value} is given twice (the mapping file and an option?)"
+                )
+            table[key] = value.strip()
+    return out
 
 
 def _region(given: str | None) -> str:

@@ -235,6 +235,16 @@ mapping an export (another platform's names):
   other; and so is a time whose weekday (%a, %A, %u, %w) is not its date's.
     consent-ledger import klaviyo.csv --time-format '%m/%d/%Y %H:%M:%S' \\
       --time-zone America/New_York
+  Rows that are neither an opt-in nor an opt-out (Klaviyo's consent
+  NEVER_SUBSCRIBED, Attentive's event CLICK), each refused and held otherwise, are
+  left out with --skip COLUMN=VALUE (repeatable; the export's column, its value
+  read as --value reads one; in --mapping, "skip": {"Consent": ["NEVER_SUBSCRIBED"]}):
+  never sent, counted in the summary (a dry run's alike) as skipped, by
+  COLUMN=VALUE, and no refusal for the exit status. A row that reads as an opt-out
+  (by its type, --set type=opt_out, a subscriber row's opt-out time) is never
+  skipped: it is imported as any opt-out, and the summary counts it as "matched
+  --skip but opt-outs". A column the file lacks (in no JSON line) is a usage error;
+  one no field is read from needs no --ignore.
 
 examples:
   consent-ledger import export.csv --dry-run
@@ -243,7 +253,7 @@ examples:
   gunzip -c export.csv.gz | consent-ledger import - --format csv
 
 exit status:
-  0  every record imported or already present
+  0  every record imported, already present or skipped (--skip)
   1  some records refused (the summary says which and why), or the service refused
      the import or could not be reached, or the file could not be read past a
      line or changed while it was read, or the --refusals file could not be
@@ -340,6 +350,15 @@ def add_parser(sub: Any, command: Any) -> None:
         "read from is refused)",
     )
     mapping.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="COLUMN=VALUE",
+        help="leave out every row whose column COLUMN holds VALUE (Klaviyo's "
+        "Consent=NEVER_SUBSCRIBED): never sent, counted as skipped; a row that reads as an "
+        "opt-out is imported all the same",
+    )
+    mapping.add_argument(
         "--subscriber-rows",
         action="store_true",
         help="each row is one subscriber: an opt-in at its occurred_at@opt_in column and, "
@@ -369,7 +388,7 @@ def add_parser(sub: Any, command: Any) -> None:
         "--mapping",
         type=Path,
         metavar="FILE",
-        help="the same as a file (.json or .toml) of columns, values, set, ignore, "
+        help="the same as a file (.json or .toml) of columns, values, set, ignore, skip, "
         "subscriber_rows, phone_region, time_zone and time_format",
     )
     client.add_connection_options(parser, 3600)
@@ -415,6 +434,11 @@ class Summary:
     unanswered: int = 0
     """Records sent in messages the service did not answer before the import ended:
     they may be recorded all the same."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Per ``--skip`` (``COLUMN=VALUE``), the records it left out, never sent."""
+    not_skipped: dict[str, int] = field(default_factory=dict)
+    """Per ``--skip``, the opt-outs it matched, imported as any opt-out: never
+    skipped, so that a skip too wide does not leave a number open to texts."""
 
     def refuse(self, line: int, code: str, field_name: str, reason: str) -> None:
         self.refused += 1
@@ -428,7 +452,8 @@ class Summary:
             del group.lines[SHOWN_LINES:]
 
     def lines(self, source: str, seconds: float, dry_run: bool) -> list[str]:
-        answered = self.imported + self.present + self.refused
+        # Skipped records are done with as surely as answered ones: never "not sent".
+        answered = self.imported + self.present + self.refused + sum(self.skipped.values())
         rate = f" ({answered / seconds:,.0f} records/s)" if seconds > 0 and answered else ""
         # An import that stopped early is measured against the whole file, so that
         # "imported 10 of 10" never stands for a file of a million.
@@ -460,6 +485,14 @@ class Summary:
             out.append(
                 f"    {group.count:>6,}  {code}  {field_name}: {reason} ({word} {shown}{more})"
             )
+        for title, counts in (
+            ("skipped (--skip)", self.skipped),
+            ("matched --skip but opt-outs, so not skipped", self.not_skipped),
+        ):
+            if counts:
+                out.append(f"  {title}: {sum(counts.values()):,}")
+                for rule, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+                    out.append(f"    {count:>6,}  {rule}")
         # Refused but not lost: these numbers are denied until someone reviews them.
         out.append(f"  held for review: {self.held:,}")
         if self.informational:
@@ -602,10 +635,11 @@ def _run(args: argparse.Namespace) -> int:
             args.column, args.value, args.set, args.mapping, import_files.FIELDS,
             import_files.BELONGS, args.ignore, import_files.unreadable_value,
             args.subscriber_rows, args.phone_region, args.time_zone, args.time_format,
+            args.skip,
         )  # fmt: skip
         if path is None or not path.is_file():  # read twice, so kept
             spooled = import_files.spool(path, SPOOL_LIMIT)
-        if mapping and fmt == "jsonl":
+        if mapping.names_columns and fmt == "jsonl":
             # JSON Lines has no header: its keys, over the whole file, stand for one,
             # so that a mapping naming a key no line has stops before anything is sent.
             with _opened(path, spooled, shown) as text:
@@ -756,6 +790,13 @@ def _run(args: argparse.Namespace) -> int:
                         return
                     opt_ins_from = sent
                     continue
+                if isinstance(item, import_files.Skipped):
+                    summary.skipped[item.rule] = summary.skipped.get(item.rule, 0) + 1
+                    bar.update(1)
+                    continue
+                if item.unskipped:
+                    kept = summary.not_skipped
+                    kept[item.unskipped] = kept.get(item.unskipped, 0) + 1
                 unreadable = None
                 if isinstance(item, import_files.Unreadable):
                     if item.held is None:

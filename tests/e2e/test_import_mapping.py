@@ -1257,3 +1257,71 @@ async def test_times_written_as_json_numbers_read_as_the_count_they_are(service,
     assert code == 1, again + err
     assert "imported 0 of 7 records from 4 rows" in again and "already present: 5" in again
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+async def test_rows_a_skip_names_are_left_out_but_never_an_opt_out(service, tmp_path):
+    """``--skip``: Klaviyo's NEVER_SUBSCRIBED rows, neither an opt-in nor an opt-out,
+    were each refused and held for review, filling the queue. Skipped, they are never
+    sent, counted by the skip, in a dry run alike, and the import exits 0. A skip
+    that matches an opt-out never skips it (it is imported, and counted as such); a
+    re-run, the skips from the mapping file, writes nothing."""
+    runtime, when = service
+    first = 500
+    rows = their_rows(when, first=first)[:-2]  # no refusals: the skips alone
+    never = {**rows[0], "Status": "NEVER_SUBSCRIBED", "Changed At": iso(when)}
+    rows += [
+        {**never, "Phone Number": number(first + 50)},
+        {**never, "Phone Number": number(first + 51), "Status": " never_subscribed "},
+        # Test rows of the platform's: its opt-in skipped, its opt-out never.
+        {**rows[0], "Phone Number": number(first + 52), "Tags": "test"},
+        {**rows[2], "Status": "unsubscribed", "Changed At": iso(when - timedelta(days=1)),
+         "Tags": "TEST"},
+    ]  # fmt: skip
+    export = write_csv(tmp_path / "subscribers.csv", rows)
+    skips = ["--skip=Status=never_subscribed", "--skip=Tags=test"]
+    argv = [str(export), *options(MAPPING["columns"]), *skips]
+    records = SUBSCRIBED + SUBSCRIBED // 4 + 1  # with the test opt-out
+    counted = [
+        r"  skipped \(--skip\): 3\n +2  Status=never_subscribed\n +1  Tags=test\n",
+        r"  matched --skip but opt-outs, so not skipped: 1\n +1  Tags=test\n",
+    ]
+    assert runtime.ledger is not None
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    code, dry, err = await imported(runtime, *argv, "--dry-run")
+
+    assert code == 0, dry + err
+    assert f"would import {records} of {records + 3} records" in dry, dry + err
+    assert "refused: 0" in dry and "held for review: 0" in dry and "not sent" not in dry, dry
+    assert all(re.search(said, dry) for said in counted), dry
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
+
+    code, out, err = await imported(runtime, *argv)
+
+    assert code == 0, out + err
+    assert f"imported {records} of {records + 3} records" in out, out + err
+    assert "refused: 0" in out and "held for review: 0" in out, out
+    assert all(re.search(said, out) for said in counted), out
+    expect = {**expected(first), number(first + 1): "REASON_REVOKED"}
+    del expect[number(first + 90)]  # the row of a status unmapped, left out above
+    skipped = {number(first + i): "REASON_NO_CONSENT" for i in (50, 51, 52)}
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, [*expect, *skipped], token_of(out))
+    assert reasons == {**expect, **skipped}, reasons
+
+    ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+    mapping_file = tmp_path / "mapping.toml"
+    mapping_file.write_text('[skip]\nStatus = ["NEVER_SUBSCRIBED"]\nTags = "test"\n')
+    code, again, err = await imported(
+        runtime, str(export), *options(MAPPING["columns"]), "--mapping", str(mapping_file)
+    )
+    assert code == 0, again + err
+    assert f"imported 0 of {records + 3} records" in again, again
+    assert f"already present: {records}" in again and "skipped (--skip): 3" in again, again
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+    # A skip of a column the export lacks: exit 2, nothing sent.
+    code, out, err = await imported(runtime, *argv, "--skip=Consent=NEVER_SUBSCRIBED")
+    assert code == 2 and out == "", out + err
+    assert "the header has no column 'Consent' (named by --skip)" in err, err
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends

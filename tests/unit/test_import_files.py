@@ -1303,3 +1303,30 @@ def test_subscriber_rows_whose_times_are_json_numbers_refuse_an_opt_in_after_its
     assert opted_in[0].opted_out_id == next(
         r.opted_out_id for r in as_strings if isinstance(r, Unreadable)
     )
+
+
+def test_the_summary_counts_skipped_records_by_their_skip_and_not_as_unsent():
+    """Records ``--skip`` left out are done with: counted by the skip that matched,
+    part of the file's records, never "not sent"; the opt-outs a skip matched and
+    did not skip are counted apart, so that a skip too wide is seen."""
+    summary = import_.Summary(
+        imported=4, in_file=8,
+        skipped={"Consent=NEVER_SUBSCRIBED": 2, "Channel=email": 1},
+        not_skipped={"Channel=email": 1},
+    )  # fmt: skip
+
+    text = summary.lines("klaviyo.csv", 1.0, dry_run=True)
+
+    assert text == [
+        "would import 4 of 8 records from klaviyo.csv in 1.0 s (7 records/s)",
+        "  already present: 0",
+        "  refused: 0",
+        "  not sent, the import stopped first: 1",
+        "  skipped (--skip): 3",
+        "         2  Consent=NEVER_SUBSCRIBED",
+        "         1  Channel=email",
+        "  matched --skip but opt-outs, so not skipped: 1",
+        "         1  Channel=email",
+        "  held for review: 0",
+        "dry run: nothing was written",
+    ]

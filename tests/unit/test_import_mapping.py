@@ -20,6 +20,7 @@ from services.import_files import (
     FIELDS,
     FormatError,
     Read,
+    Skipped,
     Unreadable,
     json_keys,
     read_records,
@@ -806,3 +807,135 @@ def test_a_time_zone_beside_a_count_since_1970_is_a_usage_error(
     argv = ["import", str(export), "--time-format", unit, "--time-zone", "America/New_York"]
     assert cli.main([*argv, "--address", "127.0.0.1:9", "--token-file", str(export)]) == 2
     assert said in capsys.readouterr().err
+
+
+KLAVIYO = """\
+Phone Number,Consent,Opted In At,Consent Text,IP Address,Email,Channel Kind
++14155550300,SUBSCRIBED,2026-11-02T09:30:00Z,Yes text me. STOP to end.,203.0.113.7,a@x.example,SMS
++14155550301,UNSUBSCRIBED,2026-11-03T10:00:00Z,,,,SMS
++14155550302,NEVER_SUBSCRIBED,2026-11-03T10:00:00Z,,,,SMS
++14155550303, never_subscribed ,2026-11-03T10:00:00Z,,,,SMS
++14155550304,UNSUBSCRIBED,2026-11-03T10:00:00Z,,,,Email
++14155550305,SUBSCRIBED,2026-11-02T09:30:00Z,Yes text me. STOP to end.,203.0.113.7,,Email
++14155550306,pending,2026-11-03T10:00:00Z,,,,Email
+"""
+KLAVIYO_OPTIONS: dict[str, list[str]] = {
+    "columns": [c.replace("Status", "Consent") for c in OPTIONS["columns"]],
+    "values": ["type:subscribed=opt_in", "type:unsubscribed=opt_out"],
+}
+
+
+def klaviyo(**changes: Any) -> Mapping:
+    given = {**OPTIONS, **KLAVIYO_OPTIONS, **changes}
+    return from_parts(**given, fields=FIELDS, belongs=BELONGS)
+
+
+def test_a_row_a_skip_matches_is_skipped_in_its_part_of_the_file_never_sent():
+    """Klaviyo's NEVER_SUBSCRIBED is neither an opt-in nor an opt-out: refused and held
+    for review, each filled the queue. Skipped by ``--skip``, it is read as such (its
+    value as ``--value`` reads one), in the part of the file its type puts it in; the
+    other records are the very ones read without the skip, under the same ids."""
+    skip = ["Consent=NEVER_SUBSCRIBED", "Channel Kind=email"]
+    with_skip = klaviyo(skip=skip)
+    without = read(KLAVIYO, "csv", klaviyo(ignored=["Channel Kind"]))
+    found = read(KLAVIYO, "csv", with_skip)
+
+    assert isinstance(without[2], Unreadable) and without[2].held is not None  # as before
+    assert found[2:4] == [
+        Skipped(4, "Consent=NEVER_SUBSCRIBED"), Skipped(5, "Consent=NEVER_SUBSCRIBED")
+    ]  # fmt: skip
+    # Of another channel: the opt-in and the row of no type skipped, the opt-out not.
+    assert found[5:] == [Skipped(7, "Channel Kind=email", True), Skipped(8, "Channel Kind=email")]
+    assert isinstance(found[4], Read) and found[4].unskipped == "Channel Kind=email"
+    assert [r.record for r in found[:2]] == [r.record for r in without[:2]]  # type: ignore[union-attr]
+    assert found[4].record == without[4].record  # type: ignore[union-attr]
+    assert not any(getattr(r, "unskipped", "") for r in found[:2])
+
+    outs = list(read_records(io.StringIO(KLAVIYO), "csv", False, with_skip))
+    ins = list(read_records(io.StringIO(KLAVIYO), "csv", True, with_skip))
+    assert sorted([*outs, *ins], key=lambda r: r.line) == found
+    assert Skipped(7, "Channel Kind=email", True) in ins and found[2] in outs
+
+
+def test_a_row_that_reads_as_an_opt_out_is_never_skipped_but_said_to_have_matched():
+    """Fail closed: a skip that matches an opt-out (typed so by a mapped value, by
+    ``--set type=opt_out``, or a subscriber row's opt-out) leaves it imported as
+    ever, marked as matched for the summary to count; its row's opt-in too."""
+    typed = read(KLAVIYO, "csv", klaviyo(skip=["Consent=unsubscribed"], ignored=["Channel Kind"]))
+    assert isinstance(typed[1], Read) and typed[1].record.HasField("opt_out")
+    assert typed[1].unskipped == "Consent=unsubscribed" and typed[4].unskipped
+
+    stops = (
+        "Phone,occurred_at,Kind\n+14155550310,2026-11-03T10:00:00Z,test\n"
+        "+14155550311,2026-11-03T10:00:00Z,real\n"
+    )
+    listed = from_parts(
+        columns=["phone=Phone"], constants=["type=opt_out", "brand=acme", "channel=keyword"],
+        fields=FIELDS, belongs=BELONGS, skip=["Kind=test"],
+    )  # fmt: skip
+    test_row, real = read(stops, "csv", listed)
+    assert isinstance(test_row, Read) and test_row.unskipped == "Kind=test"
+    assert isinstance(real, Read) and not real.unskipped
+
+    rows = subscriber_rows(skip=["Channel=keyword", "Phone=+14155550205"])
+    found = read(SUBSCRIBERS, "csv", rows)
+    plain = read(SUBSCRIBERS, "csv", subscriber_rows())
+    # Rows with an opt-out time are read as ever, both records; the last has none.
+    assert found[:-1] == plain[:-1]
+    assert [getattr(r, "unskipped", "") for r in found[:-1]] == [
+        "", "", "Channel=keyword", "", "", "Channel=keyword", "", "Channel=keyword"
+    ]  # fmt: skip
+    assert found[-1] == Skipped(7, "Phone=+14155550205", True)
+
+
+def test_a_skip_of_a_json_line_s_key_nested_or_of_our_own_name_is_found_as_a_column_is():
+    lines = [
+        {"msisdn": "+14155550320", "type": "JOIN", "event": {"kind": "sms", "at": "x"}},
+        {"msisdn": "+14155550321", "type": "CLICK", "event": {"kind": "sms", "at": "x"}},
+        {"msisdn": "+14155550322", "type": "OPT_OUT", "event": {"kind": "Email", "at": "x"}},
+        {"msisdn": "+14155550323", "TYPE": "click", "event": {"kind": "email", "at": "x"}},
+        {"msisdn": "+14155550324", "type": 7, "event": {"kind": "sms", "at": "x"}},
+    ]
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    given = from_parts(
+        columns=["phone=msisdn", "occurred_at=event.at"],
+        values=["type:join=opt_in", "type:opt_out=opt_out", "type:7=opt_in"],
+        constants=["brand=acme"],
+        fields=FIELDS,
+        belongs=BELONGS,
+        skip=["type=click", "event.kind=EMAIL", "type=7"],
+    ).fitted(json_keys(io.StringIO(text)), "the file")
+    found = read(text, "jsonl", given)
+
+    assert isinstance(found[0], Unreadable) and found[0].field == "occurred_at"  # not skipped
+    assert found[1] == Skipped(2, "type=click")
+    assert isinstance(found[2], Unreadable) and found[2].unskipped == "event.kind=EMAIL"
+    assert found[3] == Skipped(4, "type=click")
+    assert found[4] == Skipped(5, "type=7", True)
+
+
+def test_a_skip_that_cannot_be_used_is_a_usage_error_before_anything_is_read(tmp_path: Path):
+    header = THEIRS.splitlines()[0].split(",")
+    with pytest.raises(MappingError, match=r"has no column 'Consent' \(named by --skip\)"):
+        mapping(skip=["Consent=x"]).fitted(header, "the header")
+    with pytest.raises(MappingError, match="has no column 'Consent' \\(named by --skip\\)"):
+        read(THEIRS, "csv", mapping(skip=["Consent=x"]))
+    with pytest.raises(MappingError, match="has no column 'kind' \\(named by --skip\\)"):
+        mapping(skip=["kind=x"]).fitted(["msisdn", "state", "at"], "the file's JSON lines")
+    with pytest.raises(MappingError, match="--skip 'Consent': give COLUMN=VALUE"):
+        mapping(skip=["Consent"])
+    with pytest.raises(MappingError, match="--skip Consent= : an empty value cannot be skipped"):
+        mapping(skip=["Consent= "])
+    with pytest.raises(MappingError, match="--skip Status=Pending is given twice"):
+        mapping(skip=["Status=pending", "Status=Pending"])
+    (tmp_path / "m.toml").write_text('[skip]\nStatus = "pending"\n"Email" = ["a", "b"]\n')
+    from_file = from_parts(file=tmp_path / "m.toml", fields=FIELDS)
+    assert from_file.skip == {"Status": {"pending": "pending"}, "Email": {"a": "a", "b": "b"}}
+    with pytest.raises(MappingError, match="--skip Status=pending is given twice"):
+        from_parts(file=tmp_path / "m.toml", fields=FIELDS, skip=["Status=pending"])
+    (tmp_path / "m.json").write_text(json.dumps({"skip": {"Status": [1]}}))
+    with pytest.raises(MappingError, match="skip must map columns to lists of values"):
+        from_parts(file=tmp_path / "m.json", fields=FIELDS)
+    # Spaces and capitals aside, as a mapped column is found.
+    spelt = mapping(skip=["status=PENDING"]).fitted(header, "the header")
+    assert spelt.skip == {"Status": {"pending": "PENDING"}}
