@@ -786,6 +786,13 @@ def _time_format(given: str | None, zone: str) -> str:
             f"{said}: gives no offset (%z), so its times are of a zone the export does not "
             "say; name it with --time-zone, as America/New_York"
         )
+    if "z" in have and zone:
+        # Every time must match the format, so each carries its offset: the zone
+        # would be accepted and never used, as beside a count.
+        raise MappingError(
+            f"--time-zone {zone!r} does not apply to {said}: its %z gives every time's "
+            "offset, so the zone would be ignored; leave --time-zone out"
+        )
     return given
 
 

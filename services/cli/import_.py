@@ -228,7 +228,7 @@ mapping an export (another platform's names):
   not apply); or a
   strptime format, as '%m/%d/%Y %I:%M %p' for SimpleTexting's 01/02/2024 4:00 AM,
   which must give a date and a time of day, and needs --time-zone unless it gives
-  an offset (%z): else a usage error. Every time of the export must then be so
+  an offset (%z), and then refuses it: else a usage error. Every time of the export must then be so
   written, an ISO 8601 one too, else its record is refused naming its field (an
   opt-out's held); so is a count that, read in the unit given, is of 1970 or past
   the year 9999 (as a count in the other unit would be): it is never read in the

@@ -939,3 +939,18 @@ def test_a_skip_that_cannot_be_used_is_a_usage_error_before_anything_is_read(tmp
     # Spaces and capitals aside, as a mapped column is found.
     spelt = mapping(skip=["status=PENDING"]).fitted(header, "the header")
     assert spelt.skip == {"Status": {"pending": "PENDING"}}
+
+
+def test_a_time_zone_beside_a_format_that_gives_the_offset_is_a_usage_error(tmp_path: Path):
+    """Every time must match the format, so with ``%z`` each gives its own offset: a
+    zone given too was accepted and never used. Refused, as beside a count."""
+    said = (
+        "--time-zone 'America/New_York' does not apply to --time-format "
+        "'%m/%d/%Y %H:%M %z': its %z gives every time's offset"
+    )
+    with pytest.raises(MappingError, match=re.escape(said)):
+        from_parts(fields=FIELDS, time_format="%m/%d/%Y %H:%M %z", time_zone="America/New_York")
+    (tmp_path / "m.json").write_text(json.dumps({"time_zone": "America/New_York"}))
+    with pytest.raises(MappingError, match=re.escape(said)):
+        from_parts(file=tmp_path / "m.json", fields=FIELDS, time_format="%m/%d/%Y %H:%M %z")
+    assert not from_parts(fields=FIELDS, time_format="%m/%d/%Y %H:%M %z").time_zone
