@@ -13,6 +13,7 @@ without a token must wait for it as it would for its own append.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -359,7 +360,7 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
         earlier = await _sent_as_spelled_before(ctx, first)
         if earlier is not None:
             return earlier
-    taken = await take()
+    taken = await unless_gone(take(), partial(_give_up_if_taken, ctx, first, ids, message))
     if taken.use is not None:
         refuse_another_request(first, taken.use)
     copy = taken.sent_as is None and taken.claimed_by not in ids
@@ -371,7 +372,9 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
         # refuse the write: the projection still applies one MessageSent per message
         # id.)
         await claimed_sends_applied(ctx, brand_of(first), [message])
-        taken = await take(past_claims=True)
+        taken = await unless_gone(
+            take(past_claims=True), partial(_give_up_if_taken, ctx, first, ids, message)
+        )
         if taken.use is not None:
             refuse_another_request(first, taken.use)
         if taken.sent_as is None and taken.claimed_by not in ids:
@@ -395,15 +398,49 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
         if taken.taken and unwritten(exc, events):
             # Refused whole, the request leaves no claim behind: kept, its request id
             # and message id would refuse its corrected retry as a reuse for good.
-            sent = [(message[0], message[1], ids[0])] if message is not None else []
-            await ctx.view.release_claims(
-                brand_of(first), (first.request_id, first.request_fingerprint, ids), sent
-            )
+            await _give_up_claims(ctx, first, ids, message)
         raise
     written = WriteResult(ids, ConsistencyToken.after(recorded))
     if copy and isinstance(first, MessageSent):
         return await _as_the_send_applied(ctx, first, written)
     return written
+
+
+async def unless_gone(work: Awaitable[R], undo: Callable[[R], Awaitable[None]]) -> R:
+    """``work``'s result (a claim in the view). A caller that goes away meanwhile (a
+    deadline, a cancel) does not stop it: the view's statement runs on and takes what
+    it takes, so its result is awaited and handed to ``undo`` to give that up before
+    the cancellation goes on. Kept, a message id so taken named a send never written,
+    and a corrected send of the message under another request id was refused as a
+    reuse for good."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await undo(await task)
+        raise
+
+
+async def _give_up_if_taken(
+    ctx: Context,
+    first: LedgerEvent,
+    ids: list[str],
+    message: tuple[str, str] | None,
+    taken: RequestTaken,
+) -> None:
+    if taken.taken:
+        await _give_up_claims(ctx, first, ids, message)
+
+
+async def _give_up_claims(
+    ctx: Context, first: LedgerEvent, ids: list[str], message: tuple[str, str] | None
+) -> None:
+    """Free the request id and message id a request took, none of its events written."""
+    sent = [(message[0], message[1], ids[0])] if message is not None else []
+    await ctx.view.release_claims(
+        brand_of(first), (first.request_id, first.request_fingerprint, ids), sent
+    )
 
 
 async def claimed_sends_applied(ctx: Context, brand: str, sends: Sequence[tuple[str, str]]) -> bool:

@@ -474,6 +474,40 @@ async def test_a_copy_with_other_content_is_refused_while_the_first_is_on_its_wa
         assert [(e.occurred_at, e.included_opt_out_language) for e in sends] == [(at(10), False)]
 
 
+async def test_a_send_whose_caller_goes_away_while_it_claims_leaves_its_message_id_free():
+    """A send's caller goes away (a deadline, a cancel) while the view takes its request
+    id and message id: the view's statement runs on and takes them, but nothing is
+    appended. Kept, the claim named a send never written, and a corrected send of the
+    message under another request id was refused MESSAGE_ID_REUSED for good. Now the
+    send gives its claims up once the take has come back, and the corrected send is
+    recorded."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        await app.writes.record(opt_in("g1"))
+        take, taken, answered = app.view.take_request, asyncio.Event(), asyncio.Event()
+
+        async def slow_answer(*args: Any, **kwargs: Any) -> Any:
+            answer = await take(*args, **kwargs)
+            taken.set()
+            await answered.wait()  # the view's answer on its way back
+            return answer
+
+        app.view.take_request = slow_answer  # type: ignore[method-assign]
+        caller = asyncio.create_task(app.writes.record(sent("s1")))
+        await asyncio.wait_for(taken.wait(), 5)
+        caller.cancel()
+        answered.set()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        app.view.take_request = take  # type: ignore[method-assign]
+
+        corrected = await app.writes.record(sent("s2", included_opt_out_language=True))
+        assert await app.guard.wait_for_token(corrected.token)
+        history = (await app.audit.history(PHONE, BRAND, reader=AUDITOR)).value
+        sends = [r.event for r in history if type(r.event).__name__ == "MessageSent"]
+        assert [(e.request_id, e.included_opt_out_language) for e in sends] == [("s2", True)]
+
+
 async def test_a_claim_that_cannot_get_its_turn_is_unavailable_and_writes_nothing(app, monkeypatch):
     monkeypatch.setattr("services.usecases.writes.CAMPAIGN_TURN_WAIT", 0.1)
     async with app.view.campaign_writes(1):  # another instance's write, taking long
