@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 
 from ledger.commands import RecordMessagesSent, to_events
 from ledger.digest import digest_of
@@ -27,7 +28,7 @@ from ledger.events import (
 )
 from ledger.phone import forms_stored_before
 from ledger.policy import earns_exemption
-from ledger.ports import TOO_LARGE, ConsistencyToken, EventTooLarge
+from ledger.ports import TOO_LARGE, ConsistencyToken, EventTooLarge, RequestUse
 from ledger.state import COUNTED_KINDS, apply
 from services.errors import FailedPrecondition, MessageIdReused, NotConsistent, refuse_every
 from services.usecases.context import BEHIND, Context
@@ -38,6 +39,7 @@ from services.usecases.requests import (
     refuse_another_claim,
     refuse_another_message,
     refuse_another_request,
+    unless_gone,
     unwritten,
 )
 from services.usecases.spellings import earlier_message_uses, state_as_one
@@ -187,12 +189,15 @@ class Sends:
             # those phones, and asked.
             contents = message_contents(new)
             made = list(new)
-            held = await self.ctx.view.claim_messages(
+            claims = self.ctx.view.claim_messages(
                 cmd.brand,
                 [
                     (e.phone, e.message_id, str(e.event_id), content)
                     for e, content in zip(new, contents, strict=True)
                 ],
+            )
+            held = await unless_gone(
+                claims, lambda _: self._release_message_ids(cmd, events[0], made)
             )
         try:
             if made:
@@ -225,8 +230,10 @@ class Sends:
             # so none was ever judged over a cap they passed together.
             new = sorted(new, key=lambda e: e.occurred_at)
             new = await self._with_exemptions(new)
-            claimed = await self.ctx.view.claim_request(
-                cmd.brand, cmd.request_id, events[0].request_fingerprint, answer
+            fingerprint = events[0].request_fingerprint
+            claimed = await unless_gone(
+                self.ctx.view.claim_request(cmd.brand, cmd.request_id, fingerprint, answer),
+                partial(self._give_up_request_id, cmd, use, fingerprint, answer),
             )
         except (Exception, asyncio.CancelledError):
             # Failed between its claims (a passing failure, or the caller gone): the
@@ -259,6 +266,21 @@ class Sends:
         if copies:
             answer, token = await self._as_the_sends_applied(cmd.brand, answer, copies, token)
         return SendsResult(answer, token, len(recorded))
+
+    async def _give_up_request_id(
+        self,
+        cmd: RecordMessagesSent,
+        before: RequestUse | None,
+        fingerprint: str,
+        answer: list[str],
+        taken: RequestUse,
+    ) -> None:
+        """Give up the request id this call took (``taken`` its own) as its caller went
+        away: kept, it kept the call's message ids too (an attempt holding the request
+        id may be appending them), and they named sends never written. One an earlier
+        attempt took (``before``) is kept."""
+        if before is None and taken == RequestUse(fingerprint, tuple(answer)):
+            await self.ctx.view.release_claims(cmd.brand, (cmd.request_id, fingerprint, answer), [])
 
     async def _release_message_ids(
         self, cmd: RecordMessagesSent, first: MessageSent, new: Sequence[MessageSent]

@@ -373,6 +373,40 @@ async def test_a_call_failing_between_its_claims_leaves_its_message_ids_free():
         assert sends == {("SM-0", at(10), True), ("SM-1", at(11), False)}
 
 
+@pytest.mark.parametrize("claim", ["claim_messages", "claim_request"])
+async def test_a_call_whose_caller_goes_away_while_it_claims_leaves_its_message_ids_free(claim):
+    """A call's caller goes away (a deadline, a cancel) while the view claims its
+    messages' ids, or its request id after them: the view's statement runs on and
+    claims them, but the call goes no further. Kept, the claims named sends never
+    written, and a changed send of those messages under another request id was
+    refused MESSAGE_ID_REUSED for good. Now the call gives them up once the claim has
+    come back, and the changed send is recorded."""
+    async with running(WAIT) as (app, _):
+        await app.writes.record(define())
+        real, claimed, answered = getattr(app.view, claim), asyncio.Event(), asyncio.Event()
+
+        async def slow_answer(*args: Any, **kwargs: Any) -> Any:
+            held = await real(*args, **kwargs)
+            claimed.set()
+            await answered.wait()  # the view's answer on its way back
+            return held
+
+        setattr(app.view, claim, slow_answer)
+        caller = asyncio.create_task(app.sends.record(batch("b1", [message(0), message(1)])))
+        await asyncio.wait_for(claimed.wait(), 5)
+        caller.cancel()
+        answered.set()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        setattr(app.view, claim, real)
+
+        changed = [message(0, identified_sender=True), message(1, identified_sender=True)]
+        later = await app.sends.record(batch("b2", changed))
+        assert await app.guard.wait_for_token(later.token)
+        sends = {(e.message_id, e.identified_sender) for e in await sends_in_ledger(app)}
+        assert sends == {("SM-0", True), ("SM-1", True)}
+
+
 async def test_a_message_sent_right_after_in_the_other_call_is_answered_as_the_first():
     async with running(WAIT) as (app, _):
         await app.writes.record(define())
