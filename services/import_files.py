@@ -534,7 +534,7 @@ def _jsonl_all(
 ) -> Iterator[Read | Unreadable | Skipped]:
     def ours(said: dict[str, Any]) -> dict[str, Any]:
         """What a line that cannot be read said, under our names, for its hold."""
-        return mapping.apply(_renamed(said, mapping))[0] if mapping else said
+        return mapping.apply(_renamed_as_ours(said, mapping))[0] if mapping else said
 
     first = True
     for number, raw, whole in _lines(text):
@@ -598,10 +598,11 @@ def _jsonl_all(
             continue
         pieces: list[tuple[dict[str, Any], tuple[str, ...] | None, tuple[str, str] | None]] = []
         for piece, unmapped in (
-            _records_of(mapping, _renamed(obj, mapping)) if mapping else [(obj, None)]
+            _records_of(mapping, _renamed_as_ours(obj, mapping)) if mapping else [(obj, None)]
         ):
             # Our keys in other capitals ("Type") are ours, as a header's columns are:
-            # read before the type is, or the record went in neither pass.
+            # read before the type is, or the record went in neither pass. (Under a
+            # mapping they were spelt so before it applied; two that clash are not.)
             spelt, clash = as_ours(piece)
             if clash is None:
                 piece = dict(zip(spelt, piece.values(), strict=True))
@@ -825,6 +826,17 @@ def _renamed(obj: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
             _pop_path(out, key.split("."))
     out.update((name, value) for name, value in found.items() if value is not None)
     return out
+
+
+def _renamed_as_ours(obj: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
+    """A JSON record ``_renamed``, and each key left that is one of our fields in other
+    capitals spelt as ours (``as_ours``), as a CSV header's columns are before the
+    mapping applies: else ``--value type:...`` and ``--set`` read past a ``"TYPE"``,
+    and an opt-out mapped under ``"type"`` was refused under ``"TYPE"``. Keys that
+    clash are left as they are, refused when the record is read."""
+    renamed = _renamed(obj, mapping)
+    spelt, clash = as_ours(renamed)
+    return renamed if clash is not None else dict(zip(spelt, renamed.values(), strict=True))
 
 
 def _spelt(obj: dict[str, Any], key: str) -> str | None:

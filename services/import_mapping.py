@@ -72,6 +72,10 @@ class Mapping:
     given: a row holding one is skipped (``--skip COLUMN=VALUE``), never sent,
     unless it reads as an opt-out (``skipped_by``). A column no field is read from
     is ignored as well, so that it is not refused as a column no record has."""
+    fields: frozenset[str] = frozenset()
+    """Our field names (``from_parts``'s ``fields``): a column of one in other
+    capitals ("TYPE") is that field's own column, unless the mapping reads or ignores
+    it, as the reader spells it (``import_files.as_ours``)."""
 
     def __bool__(self) -> bool:
         return bool(self.columns or self.values or self.constants or self.ignored)
@@ -159,14 +163,15 @@ class Mapping:
         """Refuse a header (or a JSON Lines file's keys) that lacks a mapped column,
         or that holds a field under our own name that is mapped or set as well:
         which of the two was meant cannot be told."""
-        have = set(header)
+        listed = list(header)
+        have = set(self.as_ours(listed))
         for what, named_here in (("--column", self.columns.values()), ("--ignore", self.ignored)):
             missing = sorted(h for h in named_here if h not in have)
             if missing:
                 named = ", ".join(map(repr, missing))
                 raise MappingError(
                     f"{where} has no column {named} (named by {what}); its columns are: "
-                    + ", ".join(map(repr, sorted(have)))
+                    + ", ".join(map(repr, sorted(set(listed))))
                 )
         # Checked by ``from_parts`` as spelt, and again as the header reads them
         # (``fitted``): " opted at" and "Opted At" may be one column.
@@ -179,7 +184,6 @@ class Mapping:
                 "--subscriber-rows: occurred_at@opt_in and occurred_at@opt_out are read "
                 f"from one column, {times[0]!r}; each row would opt out as it opts in"
             )
-        listed = list(header)
         twice = sorted({h for h in self.columns.values() if listed.count(h) > 1})
         if twice:
             raise MappingError(f"{where} names the column {twice[0]!r} more than once")
@@ -231,6 +235,15 @@ class Mapping:
                 "(--column type=HEADER); for an export of one row per subscriber, its "
                 "opt-out time empty while subscribed, give --subscriber-rows"
             )
+
+    def as_ours(self, header: Iterable[str]) -> list[str]:
+        """``header`` with each column of one of our fields in other capitals spelt as
+        ours, but for those the mapping reads or ignores: what the reader reads them
+        as (``import_files.as_ours``), so that a field's own column is found (for
+        ``--value``, a type column) whichever way the export capitalises it."""
+        folded = {name.casefold(): name for name in self.fields}
+        keep = set(self.columns.values()) | self.ignored
+        return [h if h in keep else folded.get(h.casefold(), h) for h in header]
 
     def renamed(self, header: list[str]) -> list[str]:
         """A CSV header as the fields it gives: each mapped column as the fields read
@@ -661,7 +674,7 @@ def _built(given: Dict[str, Any], fields: tuple[str, ...], belongs: dict[str, st
     time_format = _time_format(given.get("time_format"), zone)
     return Mapping(
         dict(columns), folded, dict(constants), only, ignored, subscriber_rows, region, zone,
-        time_format, skip,
+        time_format, skip, frozenset(fields),
     )  # fmt: skip
 
 

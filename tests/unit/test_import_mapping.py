@@ -954,3 +954,86 @@ def test_a_time_zone_beside_a_format_that_gives_the_offset_is_a_usage_error(tmp_
     with pytest.raises(MappingError, match=re.escape(said)):
         from_parts(file=tmp_path / "m.json", fields=FIELDS, time_format="%m/%d/%Y %H:%M %z")
     assert not from_parts(fields=FIELDS, time_format="%m/%d/%Y %H:%M %z").time_zone
+
+
+def fitted_read(text: str, fmt: str, given: Mapping) -> list[Read | Unreadable]:
+    """``text`` read as the command reads it: a JSON Lines file's keys checked first."""
+    if fmt == "jsonl":
+        given = given.fitted(json_keys(io.StringIO(text)), "the JSON lines")
+    return read(text, fmt, given)
+
+
+OWN_TYPE = {"phone": "+14155550101", "occurred_at": "2026-11-03T10:00:00Z"}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize("key", ["type", "TYPE", "Type"])
+def test_a_value_mapped_for_our_own_column_in_other_capitals_is_mapped(tmp_path: Path, fmt, key):
+    """An export's own ``TYPE`` is read as our ``type``; ``--value type:...`` (and a
+    mapping file's values) now map its values too. The CSV stopped at start as having
+    no column for type; a JSON line's opt-out was refused as no opt_in or opt_out."""
+    line = {key: "Unsubscribed", **OWN_TYPE}
+    text = (
+        json.dumps(line) + "\n"
+        if fmt == "jsonl"
+        else ",".join(line) + "\n" + ",".join(line.values()) + "\n"
+    )
+    options = from_parts(
+        values=["type:unsubscribed=opt_out"],
+        constants=["brand=acme", "campaign=promo", "channel@opt_out=keyword"],
+        fields=FIELDS, belongs=BELONGS,
+    )  # fmt: skip
+    file = tmp_path / "mapping.json"
+    file.write_text(json.dumps({
+        "values": {"TYPE": {"unsubscribed": "opt_out"}},
+        "set": {"brand": "acme", "campaign": "promo", "channel": "keyword"},
+    }))  # fmt: skip
+    in_file = from_parts(file=file, fields=FIELDS, belongs=BELONGS)
+    ours = read(OURS, "csv")[1].record  # type: ignore[union-attr]
+
+    for given in (options, in_file):
+        (record,) = fitted_read(text, fmt, given)
+        assert isinstance(record, Read) and record.record == ours, record
+        if fmt == "jsonl":  # read without the keys checked first, as alike
+            assert read(text, fmt, given) == [record]
+
+
+@pytest.mark.parametrize(
+    ("line", "changes", "words"),
+    [
+        # Set, and given in the export too: which was meant cannot be told.
+        ({"type": "opt_out", "BRAND": "acme"}, {}, "has a column 'brand' and brand is set"),
+        (
+            {"type": "opt_in", "Proof": {"Registered_At": "2026-11-03T10:00:00Z"}},
+            {"constants": ["brand=acme", "proof.registered_at=2026-11-03T10:00:00Z"]},
+            "has a column 'proof.registered_at' and proof.registered_at is set",
+        ),
+        ({"Status": "x", "TYPE": "event"}, {"columns": ["type=Status"]}, "has a column 'type'"),
+    ],
+)
+def test_a_json_key_of_our_own_field_in_other_capitals_is_checked_as_ours(line, changes, words):
+    """Refused before anything is read, as under our own spelling: such a line's
+    fields were each refused (and held) for a field given twice but for capitals."""
+    given = from_parts(**{"constants": ["brand=acme"], **changes}, fields=FIELDS, belongs=BELONGS)
+    text = json.dumps({**line, **OWN_TYPE}) + "\n"
+    with pytest.raises(MappingError, match=re.escape(words)):
+        fitted_read(text, "jsonl", given)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_type_column_in_other_capitals_is_one_beside_subscriber_rows_or_typed_times(fmt):
+    """``TYPE`` is the type column: refused beside ``--subscriber-rows`` as ``type``
+    is (JSON lines were read, each refused as giving the type twice), and with an
+    opt-out time column of its own, not asked for (the CSV stopped at start)."""
+    row = {"TYPE": "opt_out", "Phone": "+14155550101", "Opted In At": "",
+           "Opted Out At": OUT, "Consent Text": "", "Channel": "keyword"}  # fmt: skip
+    text = (
+        json.dumps(row) + "\n"
+        if fmt == "jsonl"
+        else ",".join(row) + "\n" + ",".join(row.values()) + "\n"
+    )
+    with pytest.raises(MappingError, match="has a column 'type', and --subscriber-rows"):
+        fitted_read(text, fmt, subscriber_rows())
+    typed = from_parts(SUBSCRIBER_COLUMNS, (), SUBSCRIBER_SET, fields=FIELDS, belongs=BELONGS)
+    (record,) = fitted_read(text, fmt, typed)
+    assert isinstance(record, Read) and record.record.opt_out.phone == "+14155550101"
