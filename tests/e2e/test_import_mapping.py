@@ -1325,3 +1325,48 @@ async def test_rows_a_skip_names_are_left_out_but_never_an_opt_out(service, tmp_
     assert code == 2 and out == "", out + err
     assert "the header has no column 'Consent' (named by --skip)" in err, err
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+async def test_values_mapped_for_our_own_type_column_in_other_capitals_are_imported(
+    service, tmp_path, fmt
+):
+    """An export whose own type column is spelt ``TYPE`` (a JSON key ``"Type"``), read
+    as our ``type``, with ``--value type:unsubscribed=opt_out``: the CSV stopped at
+    start as having no column for type, and the JSON lines' opt-outs were refused
+    as no opt_in or opt_out, held, not imported. Both import as the export under
+    ``Status`` does, the dry run predicting it, and CanSend denies each opt-out."""
+    runtime, when = service
+    first = 620 if fmt == "csv" else 640
+    key = "TYPE" if fmt == "csv" else "Type"
+    rows = [
+        {(key if k == "Status" else k): v for k, v in row.items()}
+        for row in their_rows(when, first=first)
+    ]
+    if fmt == "csv":
+        export = write_csv(tmp_path / "subscribers.csv", rows)
+    else:
+        export = tmp_path / "subscribers.jsonl"
+        export.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    columns = {k: v for k, v in MAPPING["columns"].items() if k != "type"}
+    argv = [str(export), *options(columns)]
+    records = SUBSCRIBED + SUBSCRIBED // 4
+    assert runtime.ledger is not None
+    before = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+    code, dry, err = await imported(runtime, *argv, "--dry-run")
+
+    assert code == 1, dry + err
+    assert f"would import {records:,} of {records + 2:,} records" in dry, dry + err
+    assert "held for review: 1" in dry, dry
+    assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == before
+
+    code, out, err = await imported(runtime, *argv)
+
+    assert code == 1, out + err
+    assert f"imported {records:,} of {records + 2:,} records" in out, out + err
+    assert "held for review: 1" in out, out
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, list(expected(first)), token_of(out))
+    assert reasons == expected(first), reasons
+    assert sum(reason == "REASON_REVOKED" for reason in reasons.values()) == SUBSCRIBED // 4
