@@ -1037,3 +1037,22 @@ def test_a_type_column_in_other_capitals_is_one_beside_subscriber_rows_or_typed_
     typed = from_parts(SUBSCRIBER_COLUMNS, (), SUBSCRIBER_SET, fields=FIELDS, belongs=BELONGS)
     (record,) = fitted_read(text, fmt, typed)
     assert isinstance(record, Read) and record.record.opt_out.phone == "+14155550101"
+
+
+def test_subscriber_rows_of_json_lines_give_each_record_its_own_keys_in_other_capitals():
+    """A line's own ``CHANNEL`` (an opt-out's) and ``Tier`` (an opt-in's) go to their
+    own record, as the CSV's columns do: the line's opt-in was refused for a channel,
+    and its opt-out for a tier (held, not imported)."""
+    line = {"Phone": "+14155550201", "Opted In At": IN, "Opted Out At": OUT,
+            "Consent Text": "Yes text me. STOP to end.", "CHANNEL": "keyword"}  # fmt: skip
+    given = from_parts(
+        SUBSCRIBER_COLUMNS[:-1], (), ["brand=acme", "campaign@opt_in=promo", "method=web_form"],
+        fields=FIELDS, belongs=BELONGS, subscriber_rows=True,
+    )  # fmt: skip
+    text = json.dumps({**line, "Tier": "promotional"}) + "\n"
+    by_hand = TWO_RECORDS_BY_HAND.splitlines()
+    ours = read("\n".join([by_hand[0], by_hand[2], by_hand[3]]) + "\n", "csv")
+
+    found = fitted_read(text, "jsonl", given)
+    assert all(isinstance(r, Read) for r in found), found
+    assert [r.record for r in found] == [r.record for r in ours]  # type: ignore[union-attr]
