@@ -832,11 +832,22 @@ def _renamed_as_ours(obj: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
     """A JSON record ``_renamed``, and each key left that is one of our fields in other
     capitals spelt as ours (``as_ours``), as a CSV header's columns are before the
     mapping applies: else ``--value type:...`` and ``--set`` read past a ``"TYPE"``,
-    and an opt-out mapped under ``"type"`` was refused under ``"TYPE"``. Keys that
-    clash are left as they are, refused when the record is read."""
+    and an opt-out mapped under ``"type"`` was refused under ``"TYPE"``. A nested
+    proof's fields are spelt out as ``proof.name`` too, so that ``--value proof.*``
+    maps them as a CSV column's. Keys that clash (a proof given nested and flat as
+    well) are left as they are, refused when the record is read."""
     renamed = _renamed(obj, mapping)
     spelt, clash = as_ours(renamed)
-    return renamed if clash is not None else dict(zip(spelt, renamed.values(), strict=True))
+    if clash is not None:
+        return renamed
+    out = dict(zip(spelt, renamed.values(), strict=True))
+    nested = out.get("proof")
+    if isinstance(nested, dict):
+        flat, clash = as_ours(f"proof.{k}" for k in nested)
+        if clash is None and not any(name in out for name in flat):
+            del out["proof"]
+            out.update(zip(flat, nested.values(), strict=True))
+    return out
 
 
 def _spelt(obj: dict[str, Any], key: str) -> str | None:

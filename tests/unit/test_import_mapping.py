@@ -1056,3 +1056,18 @@ def test_subscriber_rows_of_json_lines_give_each_record_its_own_keys_in_other_ca
     found = fitted_read(text, "jsonl", given)
     assert all(isinstance(r, Read) for r in found), found
     assert [r.record for r in found] == [r.record for r in ours]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("proof", "region"), [("proof", "region"), ("Proof", "REGION")])
+def test_a_value_mapped_for_a_nested_proof_field_is_mapped(proof, region):
+    """``--value proof.region:...`` mapped a CSV column's values, never those of a JSON
+    line's nested proof: its region was imported as the export wrote it."""
+    line = {"type": "opt_in", "phone": "+14155550100", "occurred_at": IN, "brand": "acme",
+            "campaign": "promo", "tier": "promotional", "method": "web_form",
+            proof: {"registered_at": IN, region: "Calif."}}  # fmt: skip
+    given = from_parts(
+        values=["proof.region:calif.=US-CA"], fields=FIELDS, belongs=BELONGS,
+        unreadable=unreadable_value,
+    )  # fmt: skip
+    (record,) = fitted_read(json.dumps(line) + "\n", "jsonl", given)
+    assert isinstance(record, Read) and record.record.opt_in.proof.region == "US-CA", record
