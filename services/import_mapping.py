@@ -240,10 +240,12 @@ class Mapping:
         """``header`` with each column of one of our fields in other capitals spelt as
         ours, but for those the mapping reads or ignores: what the reader reads them
         as (``import_files.as_ours``), so that a field's own column is found (for
-        ``--value``, a type column) whichever way the export capitalises it."""
+        ``--value``, a type column) whichever way the export capitalises it. A JSON
+        line's key is the mapping's however the line spells it (``loosely``), and
+        the keys of every line are checked at once: each spelling of it is kept."""
         folded = {name.casefold(): name for name in self.fields}
-        keep = set(self.columns.values()) | self.ignored
-        return [h if h in keep else folded.get(h.casefold(), h) for h in header]
+        keep = {loosely(h) for h in (*self.columns.values(), *self.ignored)}
+        return [h if loosely(h) in keep else folded.get(h.casefold(), h) for h in header]
 
     def renamed(self, header: list[str]) -> list[str]:
         """A CSV header as the fields it gives: each mapped column as the fields read

@@ -1071,3 +1071,14 @@ def test_a_value_mapped_for_a_nested_proof_field_is_mapped(proof, region):
     )  # fmt: skip
     (record,) = fitted_read(json.dumps(line) + "\n", "jsonl", given)
     assert isinstance(record, Read) and record.record.opt_in.proof.region == "US-CA", record
+
+
+def test_a_mapped_json_key_of_our_own_name_spelt_apart_by_lines_is_the_mapped_one():
+    """``--column phone=Phone`` reads each line's ``PHONE`` as its ``Phone``, as the
+    line is read: not refused as our own phone beside the mapped one."""
+    lines = [{"Phone": "+14155550101", "type": "Unsubscribed"},
+             {"PHONE": "+14155550101", "Type": "unsubscribed"}]  # fmt: skip
+    text = "".join(json.dumps({**line, "at": "2026-11-03T10:00:00Z"}) + "\n" for line in lines)
+    given = mapping(columns=["phone=Phone", "occurred_at=at"])
+    first, second = fitted_read(text, "jsonl", given)
+    assert first.record == second.record == read(OURS, "csv")[1].record  # type: ignore[union-attr]
