@@ -298,6 +298,13 @@ class EventLog(ABC):
         no limit of its own (``too_large`` knows of none)."""
         return None
 
+    @property
+    def longest_append_s(self) -> float | None:
+        """The longest an append may stay on its way to storage, counted from when it
+        began: past it, its events are stored or never will be (a process killed
+        mid-append included). None: the ledger cannot bound it."""
+        return None
+
     @abstractmethod
     async def read(
         self, stream: Stream, partition: int, start: int, limit: int = 1000
@@ -395,6 +402,10 @@ class WrappedEventLog(EventLog):
     @property
     def stores_events_once(self) -> bool:
         return self._ledger.stores_events_once
+
+    @property
+    def longest_append_s(self) -> float | None:
+        return self._ledger.longest_append_s
 
     async def settled(self) -> None:
         await self._ledger.settled()
@@ -685,6 +696,28 @@ class ConsentView(DigestReads, CampaignReads):
         message id whose facts did not reach the view within the freshness bound,
         which the copy recorded instead takes over (``Writes``). This default keeps
         no claims."""
+
+    async def message_claim_ages(
+        self, brand: str, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[MessageClaim, float]]:
+        """The claim that stands for each (phone, message id) of ``keys`` and the
+        seconds since it was made, by the view's own clock (which every instance
+        sharing it reads alike). This default keeps no claims."""
+        return {}
+
+    async def take_over_message_claims(
+        self,
+        brand: str,
+        claims: Sequence[tuple[str, str, str, str, str | None]],
+        older_than_s: float,
+    ) -> set[tuple[str, str]]:
+        """Give each claim of ``claims`` (phone, message id, the event id holding it,
+        the event id taking it, what that send says of the message) to the send
+        taking it, only while the claim is still held by that event, was made more
+        than ``older_than_s`` seconds ago, and no send of the message is applied:
+        one statement, so of two sends taking one claim over at once exactly one
+        does. The (phone, message id) pairs taken over. This default keeps no claims."""
+        return set()
 
     async def request_uses(
         self, keys: Sequence[tuple[str, str]]

@@ -596,6 +596,12 @@ class KafkaLedger(EventLog):
                 _settle(settled)
             self._queued = []
 
+    @property
+    def longest_append_s(self) -> float | None:
+        # ``settled``'s bound: an append is acknowledged, or given up on by its
+        # producer, within it.
+        return self.settings.append_timeout_s + self.settings.request_timeout_s
+
     async def settled(self) -> None:
         """Wait until every append sent before the call has each record acknowledged
         or given up on by its producer (``_on_their_way``): an append answered with

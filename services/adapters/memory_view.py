@@ -119,6 +119,8 @@ class InMemoryConsentView(ConsentView):
         """Request ids by (brand, request id); a reset keeps them (``claim_request``)."""
         self._message_claims: dict[tuple[str, str, str], MessageClaim] = {}
         """Sends' claims of (brand, phone, message id); a reset keeps them too."""
+        self._claimed_at: dict[tuple[str, str, str], float] = {}
+        """When each of those claims was made (``self._monotonic``)."""
         self._append_turns: dict[tuple[str, str], tuple[str, float | None]] = {}
         """Imports' turns to append, by (brand, request id): the holder, and when
         the turn runs out (``self._monotonic``; None: appended). A reset keeps them."""
@@ -261,9 +263,44 @@ class InMemoryConsentView(ConsentView):
     async def claim_message(
         self, brand: str, phone: str, message_id: str, event_id: str, content: str | None = None
     ) -> MessageClaim | None:
-        return self._message_claims.setdefault(
-            (brand, phone, message_id), MessageClaim(str(event_id), content)
-        )
+        key = (brand, phone, message_id)
+        if key not in self._message_claims:
+            self._message_claims[key] = MessageClaim(str(event_id), content)
+            self._claimed_at[key] = self._monotonic()
+        return self._message_claims[key]
+
+    async def message_claim_ages(
+        self, brand: str, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[MessageClaim, float]]:
+        now = self._monotonic()
+        return {
+            (p, m): (claim, now - self._claimed_at[(brand, p, m)])
+            for p, m in keys
+            if (claim := self._message_claims.get((brand, p, m))) is not None
+        }
+
+    async def take_over_message_claims(
+        self,
+        brand: str,
+        claims: Sequence[tuple[str, str, str, str, str | None]],
+        older_than_s: float,
+    ) -> set[tuple[str, str]]:
+        # Every writer that shares this view is in this process, and this has no await.
+        now, taken = self._monotonic(), set()
+        for phone, message_id, dead, event_id, content in claims:
+            key = (brand, phone, message_id)
+            held = self._message_claims.get(key)
+            if (
+                held is None
+                or held.event_id != str(dead)
+                or self._claimed_at[key] > now - older_than_s
+                or key in self._tables.messages
+            ):
+                continue
+            self._message_claims[key] = MessageClaim(str(event_id), content)
+            self._claimed_at[key] = now
+            taken.add((phone, message_id))
+        return taken
 
     async def claim_messages(
         self, brand: str, claims: Sequence[tuple[str, str, str, str | None]]
@@ -298,6 +335,7 @@ class InMemoryConsentView(ConsentView):
             held = self._message_claims.get((brand, phone, message_id))
             if held is not None and held.event_id == str(event_id):
                 del self._message_claims[(brand, phone, message_id)]
+                del self._claimed_at[(brand, phone, message_id)]
 
     async def take_append_turns(
         self, keys: Sequence[tuple[str, str]], holder: str, lease_s: float

@@ -313,6 +313,31 @@ SELECT c.phone, c.message_id, c.event_id, c.content FROM message_claim AS c
 JOIN k USING (phone, message_id)
 WHERE c.brand = $1
 """
+# Each claim of a batch of messages (``message_claim_ages``), and the seconds since it
+# was made, by the database's clock.
+_MESSAGE_CLAIM_AGES = """
+SELECT c.phone, c.message_id, c.event_id, c.content,
+       extract(epoch FROM now() - c.claimed_at)::float8 AS age
+FROM message_claim AS c
+JOIN unnest($2::text[], $3::text[]) AS k(phone, message_id) USING (phone, message_id)
+WHERE c.brand = $1
+"""
+# Claims of sends never written taken over (``take_over_message_claims``). A claim
+# another taker changed first is locked until that one commits, then read again: no
+# longer held by the dead event, it is left alone, so exactly one taker wins.
+_TAKE_OVER_MESSAGE_CLAIMS = """
+UPDATE message_claim AS c
+SET event_id = k.event_id, content = k.content, claimed_at = now()
+FROM unnest($2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::text[])
+    AS k(phone, message_id, dead, event_id, content)
+WHERE c.brand = $1 AND c.phone = k.phone AND c.message_id = k.message_id
+  AND c.event_id = k.dead AND c.claimed_at <= now() - make_interval(secs => $7)
+  AND NOT EXISTS (
+      SELECT 1 FROM message_use AS u
+      WHERE u.brand = $1 AND u.phone = k.phone AND u.message_id = k.message_id
+  )
+RETURNING c.phone, c.message_id
+"""
 # A refused request's claims given up (``release_claims``): its request id's and its
 # messages', each only while it still holds the refused request's event ids.
 _RELEASE_CLAIMS = """
@@ -1513,6 +1538,44 @@ class PostgresConsentView(ConsentView):
                 return held  # none was made: the caller refuses the batch
             pending = [c for c in pending if (c[0], c[1]) not in held]
         return held
+
+    @bounded
+    async def message_claim_ages(
+        self, brand: str, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[MessageClaim, float]]:
+        if not keys:
+            return {}
+        rows = await self._reads.fetch(
+            _MESSAGE_CLAIM_AGES, brand, [k[0] for k in keys], [k[1] for k in keys]
+        )
+        return {
+            (row["phone"], row["message_id"]): (
+                MessageClaim(str(row["event_id"]), row["content"]),
+                row["age"],
+            )
+            for row in rows
+        }
+
+    @bounded
+    async def take_over_message_claims(
+        self,
+        brand: str,
+        claims: Sequence[tuple[str, str, str, str, str | None]],
+        older_than_s: float,
+    ) -> set[tuple[str, str]]:
+        if not claims:
+            return set()
+        rows = await self._reads.fetch(
+            _TAKE_OVER_MESSAGE_CLAIMS,
+            brand,
+            [c[0] for c in claims],
+            [c[1] for c in claims],
+            [uuid.UUID(str(c[2])) for c in claims],
+            [uuid.UUID(str(c[3])) for c in claims],
+            [c[4] for c in claims],
+            older_than_s,
+        )
+        return {(row["phone"], row["message_id"]) for row in rows}
 
     @bounded
     async def release_claims(

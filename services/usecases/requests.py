@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from ledger.events import (
     send_differences,
 )
 from ledger.ports import ConsistencyToken, EventTooLarge, RequestTaken, RequestUse, Stream
-from services.errors import AlreadyExists, MessageIdReused, NotConsistent
+from services.errors import AlreadyExists, MessageIdReused, NotConsistent, refuse_every
 from services.usecases.context import BEHIND, Context
 from services.usecases.spellings import earlier_message_uses
 
@@ -151,28 +152,156 @@ def refuse_another_message(
 
 
 def refuse_another_claim(
-    sent: MessageSent, claimed_by: str, content: str | None, field: str = "message_id"
+    sent: MessageSent,
+    claimed_by: str,
+    content: str | None,
+    field: str = "message_id",
+    lapses_in: float | None = None,
 ) -> None:
     """``MessageIdReused`` when ``sent`` says something else of its message than the
     send that claimed its provider message id first (``content``, that send's
     ``message_content``; None for a claim that did not keep it), recorded or not: of
-    two sends at once, the later is refused rather than answered OK and dropped."""
+    two sends at once, the later is refused rather than answered OK and dropped.
+    ``lapses_in``: the seconds until the claim lapses should its send never be
+    recorded (``take_over_lapsed_claims``), told to the sender."""
     other = [] if content is None else content_differences(content, sent)
     if other:
+        lapse = (
+            ""
+            if lapses_in is None
+            else f"; should that send never be recorded, its claim lapses in"
+            f" {max(1, math.ceil(lapses_in))} s and this send may be recorded then"
+        )
         raise MessageIdReused(
             field,
             f"{sent.message_id!r} was claimed before by another send to this number, with"
             f" another {', '.join(other)}; a message recorded is not changed by recording"
-            " it again (another message needs another message id)",
+            f" it again (another message needs another message id){lapse}",
             sent.message_id,
             [claimed_by],
         )
 
 
-def _refuse_another_claim(sent: LedgerEvent, taken: RequestTaken) -> None:
+def claim_lapse_s(ctx: Context) -> float | None:
+    """How long ago a send must have claimed its message id for the claim to lapse
+    when the view, caught up with the ledger, holds no send of the message: the
+    longest the ledger's append may take (an append begun with the claim is stored
+    by then, or never will be), and the freshness bound beside it. None when the
+    ledger cannot bound its appends: its claims never lapse."""
+    longest = ctx.ledger.longest_append_s
+    return None if longest is None else longest + ctx.guard.wait_bound
+
+
+@dataclass(frozen=True)
+class TakenOver:
+    """What ``take_over_lapsed_claims`` did: the (phone, message id) claims it took
+    over, or else, per claim still young, the seconds until it lapses."""
+
+    taken: set[tuple[str, str]] = field(default_factory=set)
+    lapses_in: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
+async def take_over_lapsed_claims(
+    ctx: Context, brand: str, refused: Sequence[tuple[MessageSent, str, str]]
+) -> TakenOver:
+    """Give ``refused``'s sends the claims that refused them when those claims named
+    sends never written, so that a message whose send died between its claim and its
+    append (its instance killed) can be sent again, corrected, under a new request
+    id. Each of ``refused`` is a send, the event id of the other send whose claim
+    (saying something else of the message) refused it, and the send's field.
+
+    A claim is taken over only when every one is: made longer ago than
+    ``claim_lapse_s``, and the view, caught up since then with the ledger's end on
+    the phones' partitions, holds no send of its message: what the dead send
+    appended would be there. The view takes them over in one statement, only from
+    those very sends (of two taking one over at once, one does). Nothing is taken
+    over while a claim is younger: the seconds until each lapses are answered.
+    ``NotConsistent`` on the first send's field when the claims are old enough but
+    the view cannot be shown caught up: whether their sends were recorded is in
+    doubt, and a retry may find out."""
+    lapse = claim_lapse_s(ctx)
+    if lapse is None or not refused:
+        return TakenOver()
+    keys = [(sent.phone, sent.message_id) for sent, _, _ in refused]
+    ages = await ctx.view.message_claim_ages(brand, keys)
+    young: dict[tuple[str, str], float] = {}
+    for key, (_, holder, _) in zip(keys, refused, strict=True):
+        found = ages.get(key)
+        if found is None or found[0].event_id != holder:
+            return TakenOver()  # given up, or taken over, meanwhile: asked again, it answers
+        if found[1] < lapse:
+            young[key] = lapse - found[1]
+    if young:
+        return TakenOver(lapses_in=young)
+    # The guard reads the ledger's end after this call began, so after every claim
+    # lapsed: an append begun with one of them is in it, and so in the view.
+    if not await ctx.guard.wait_until_applied_for(sorted({phone for phone, _ in keys})):
+        raise NotConsistent(refused[0][2], claim_in_doubt(lapse))
+    taken = await ctx.view.take_over_message_claims(
+        brand,
+        [
+            (sent.phone, sent.message_id, holder, str(sent.event_id), message_content(sent))
+            for sent, holder, _ in refused
+        ],
+        lapse,
+    )
+    return TakenOver(taken=taken)
+
+
+def claim_in_doubt(lapse: float) -> str:
+    return (
+        f"the message id was claimed over {lapse:g} s ago by another send, saying"
+        " something else of it, that the read model does not hold; but the read model"
+        " could not be shown caught up with the ledger, so whether that send was"
+        " recorded is in doubt; try again"
+    )
+
+
+async def as_recorded_after_take_over(
+    ctx: Context, sent: Sequence[MessageSent], fields: Sequence[str]
+) -> None:
+    """Once ``sent``, sends that took over lapsed claims, are appended: refuse them as
+    reuses (``refuse_another_message``) if a lapsed send reached the ledger first
+    after all, as their retries would be (the view applies the first send of a
+    message only). ``NotConsistent`` when the view cannot be shown to hold their
+    messages: their retries answer."""
+    if not sent:
+        return
+    if not await ctx.guard.wait_until_applied_for(sorted({s.phone for s in sent})):
+        raise NotConsistent(fields[0], BEHIND)
+    applied = await ctx.view.message_uses(sent[0].brand, [(s.phone, s.message_id) for s in sent])
+    if len(applied) < len({(s.phone, s.message_id) for s in sent}):  # mid-rebuild
+        raise NotConsistent(fields[0], BEHIND)
+    others = {i for i in applied.values() if i not in {str(s.event_id) for s in sent}}
+    first = await ctx.view.find_events(sorted(others)) if others else {}
+    if len(first) < len(others):
+        raise NotConsistent(fields[0], BEHIND)
+    refused = []
+    for one, where in zip(sent, fields, strict=True):
+        event_id = applied[(one.phone, one.message_id)]
+        if event_id in first:
+            try:
+                refuse_another_message(one, first[event_id].event, event_id, where)
+            except MessageIdReused as exc:
+                refused.append(exc)
+    refuse_every(refused)
+
+
+def _refuse_another_claim(
+    sent: LedgerEvent, taken: RequestTaken, lapses_in: float | None = None
+) -> None:
     """``refuse_another_claim`` for a send whose message id another send claimed."""
     if isinstance(sent, MessageSent) and taken.claimed_by is not None:
-        refuse_another_claim(sent, taken.claimed_by, taken.claimed_content)
+        refuse_another_claim(sent, taken.claimed_by, taken.claimed_content, lapses_in=lapses_in)
+
+
+def _claim_refuses(sent: MessageSent, taken: RequestTaken) -> bool:
+    """Whether the claim ``taken`` found refuses ``sent`` (``refuse_another_claim``)."""
+    return (
+        taken.claimed_by is not None
+        and taken.claimed_content is not None
+        and bool(content_differences(taken.claimed_content, sent))
+    )
 
 
 def unwritten(exc: EventTooLarge, events: Sequence[LedgerEvent]) -> bool:
@@ -364,6 +493,22 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
     if taken.use is not None:
         refuse_another_request(first, taken.use)
     copy = taken.sent_as is None and taken.claimed_by not in ids
+    took_over = False
+    if isinstance(first, MessageSent) and copy and _claim_refuses(first, taken):
+        # Another send's claim says something else of the message: refused, unless
+        # that send provably was never written (its instance died before appending).
+        assert taken.claimed_by is not None and message is not None
+        over = await take_over_lapsed_claims(
+            ctx, first.brand, [(first, taken.claimed_by, "message_id")]
+        )
+        if not over.taken:
+            _refuse_another_claim(first, taken, over.lapses_in.get(message))
+        took_over = True
+        taken = await unless_gone(take(), partial(_give_up_if_taken, ctx, first, ids, message))
+        if taken.use is not None and taken.use.fingerprint != first.request_fingerprint:
+            await ctx.view.release_claims(first.brand, None, [(*message, ids[0])])
+            refuse_another_request(first, taken.use)
+        copy = taken.sent_as is None and taken.claimed_by not in ids
     if message is not None and copy:
         _refuse_another_claim(first, taken)
         # Another send claimed the message id first, saying the same of it, perhaps a
@@ -401,6 +546,8 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
             await _give_up_claims(ctx, first, ids, message)
         raise
     written = WriteResult(ids, ConsistencyToken.after(recorded))
+    if took_over and isinstance(first, MessageSent):
+        await as_recorded_after_take_over(ctx, [first], ["message_id"])
     if copy and isinstance(first, MessageSent):
         return await _as_the_send_applied(ctx, first, written)
     return written

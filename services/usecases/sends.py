@@ -23,22 +23,25 @@ from ledger.events import (
     LedgerPosition,
     MessageSent,
     Recorded,
+    content_differences,
     evolved,
     message_contents,
 )
 from ledger.phone import forms_stored_before
 from ledger.policy import earns_exemption
-from ledger.ports import TOO_LARGE, ConsistencyToken, EventTooLarge, RequestUse
+from ledger.ports import TOO_LARGE, ConsistencyToken, EventTooLarge, MessageClaim, RequestUse
 from ledger.state import COUNTED_KINDS, apply
 from services.errors import FailedPrecondition, MessageIdReused, NotConsistent, refuse_every
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import (
     RequestTurns,
+    as_recorded_after_take_over,
     claimed_sends_applied,
     recorded_as_spelled,
     refuse_another_claim,
     refuse_another_message,
     refuse_another_request,
+    take_over_lapsed_claims,
     unless_gone,
     unwritten,
 )
@@ -109,6 +112,26 @@ def _split(
         answer.append(str(event.event_id))
         new.append(event)
     return answer, new
+
+
+def _refusing(
+    new: Sequence[MessageSent],
+    held: dict[tuple[str, str], MessageClaim],
+    place: dict[int, int],
+) -> list[tuple[MessageSent, str, str]]:
+    """Each of ``new`` whose message another send claimed saying something else of it
+    (``refuse_another_claim``), with that send's event id and the message's field."""
+    refusing = []
+    for event in new:
+        claim = held.get((event.phone, event.message_id))
+        if (
+            claim is not None
+            and claim.event_id != str(event.event_id)
+            and claim.content is not None
+            and content_differences(claim.content, event)
+        ):
+            refusing.append((event, claim.event_id, f"messages[{place[id(event)]}].message_id"))
+    return refusing
 
 
 class Sends:
@@ -189,32 +212,46 @@ class Sends:
             # those phones, and asked.
             contents = message_contents(new)
             made = list(new)
-            claims = self.ctx.view.claim_messages(
-                cmd.brand,
-                [
-                    (e.phone, e.message_id, str(e.event_id), content)
-                    for e, content in zip(new, contents, strict=True)
-                ],
-            )
+            mine = [
+                (e.phone, e.message_id, str(e.event_id), content)
+                for e, content in zip(new, contents, strict=True)
+            ]
             held = await unless_gone(
-                claims, lambda _: self._release_message_ids(cmd, events[0], made)
+                self.ctx.view.claim_messages(cmd.brand, mine),
+                lambda _: self._release_message_ids(cmd, events[0], made),
             )
+        taken_over: set[tuple[str, str]] = set()
         try:
             if made:
                 place = {id(e): i for i, e in enumerate(events)}
+                refusing = _refusing(new, held, place)
+                lapses_in: dict[tuple[str, str], float] = {}
+                if refusing:
+                    # Claims of other sends that say something else of these messages
+                    # refuse the call, unless those sends provably were never written
+                    # (their instance died before appending): then the call takes them
+                    # over, and claims its messages again.
+                    over = await take_over_lapsed_claims(self.ctx, cmd.brand, refusing)
+                    lapses_in, taken_over = over.lapses_in, over.taken
+                    if taken_over:
+                        held = await unless_gone(
+                            self.ctx.view.claim_messages(cmd.brand, mine),
+                            lambda _: self._release_message_ids(cmd, events[0], made),
+                        )
+                        refusing = _refusing(new, held, place)
                 refused = []
+                for event, holder, field in refusing:
+                    try:
+                        content = held[(event.phone, event.message_id)].content
+                        lapse = lapses_in.get((event.phone, event.message_id))
+                        refuse_another_claim(event, holder, content, field, lapse)
+                    except MessageIdReused as exc:
+                        refused.append(exc)
+                refuse_every(refused)
                 for event in new:
                     claim = held.get((event.phone, event.message_id))
-                    if claim is not None and claim.event_id == str(event.event_id):
-                        continue  # this call's own claim
-                    if claim is not None:
-                        field = f"messages[{place[id(event)]}].message_id"
-                        try:
-                            refuse_another_claim(event, claim.event_id, claim.content, field)
-                        except MessageIdReused as exc:
-                            refused.append(exc)
-                    contested.append(event)
-                refuse_every(refused)
+                    if claim is None or claim.event_id != str(event.event_id):
+                        contested.append(event)  # another send's, saying the same
                 if contested and await claimed_sends_applied(
                     self.ctx, cmd.brand, [(e.phone, e.message_id) for e in contested]
                 ):
@@ -260,6 +297,13 @@ class Sends:
                 )
             _refuse_too_large(exc, events, new)
             raise
+        if taken_over:
+            over_sent = [e for e in new if (e.phone, e.message_id) in taken_over]
+            await as_recorded_after_take_over(
+                self.ctx,
+                over_sent,
+                [f"messages[{events.index(e)}].message_id" for e in over_sent],
+            )
         token = token.merge(ConsistencyToken.after(recorded))
         contested_keys = {(e.phone, e.message_id) for e in contested}
         copies = [e for e in new if (e.phone, e.message_id) in contested_keys]

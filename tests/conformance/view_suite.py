@@ -1290,6 +1290,40 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
         }
         assert await view.claim_messages("acme", []) == {}
 
+    async def test_a_lapsed_message_claim_is_taken_over_once_from_its_holder(
+        self, view: ConsentView
+    ) -> None:
+        phone, dead, b, c = "+14155550100", *(str(uuid.uuid4()) for _ in range(3))
+        await view.claim_messages("acme", [(phone, "SM-1", dead, "said-dead")])
+        key = (phone, "SM-1")
+        ages = await view.message_claim_ages("acme", [key, (phone, "SM-9")])
+        assert list(ages) == [key] and ages[key][0] == MessageClaim(dead, "said-dead")
+        assert 0 <= ages[key][1] < 60
+        # Younger than asked: kept.
+        young = await view.take_over_message_claims(
+            "acme", [(phone, "SM-1", dead, b, "said-b")], 3600
+        )
+        assert young == set()
+        # Two senders taking it over at once: exactly one does.
+        won = await asyncio.gather(
+            view.take_over_message_claims("acme", [(phone, "SM-1", dead, b, "said-b")], 0),
+            view.take_over_message_claims("acme", [(phone, "SM-1", dead, c, "said-c")], 0),
+        )
+        assert sorted(len(w) for w in won) == [0, 1]
+        winner, content = (b, "said-b") if won[0] else (c, "said-c")
+        held, age = (await view.message_claim_ages("acme", [key]))[key]
+        assert held == MessageClaim(winner, content) and age < 60
+        # Only from the send that held it: the winner's claim is its own now.
+        assert (
+            await view.take_over_message_claims(
+                "acme", [(phone, "SM-1", dead, dead, "said-dead")], 0
+            )
+            == set()
+        )
+        assert await view.claim_messages("acme", [(phone, "SM-1", dead, "said-dead")]) == {
+            key: MessageClaim(winner, content)
+        }
+
     async def test_a_batch_meeting_a_claim_with_other_content_claims_none(
         self, view: ConsentView
     ) -> None:

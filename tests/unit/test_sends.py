@@ -5,6 +5,7 @@ bad input; a retry, a reused request id and message ids recorded before."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +31,7 @@ from ledger.events import (
 from ledger.ports import Stream
 from ledger.sweep import Finding
 from services.adapters.memory_ledger import InMemoryLedger
+from services.adapters.memory_view import InMemoryConsentView
 from services.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -456,3 +458,146 @@ async def test_a_send_is_recorded_when_its_relied_on_token_cannot_be_checked_now
         one = SentMessage(PHONE, "promo", "SM-2", MessageKind.REGULAR, at(10), **fields)
         batched = await app.sends.record(batch("b1", [one]))
         assert len(single.event_ids) == len(batched.event_ids) == 1
+
+
+# ---- claims of sends whose instance died before appending ----------------------------
+
+
+class DiesMidAppend(InMemoryLedger):
+    """The first append after ``die`` is set never ends (its instance killed), and
+    stores nothing; unless ``late`` is set before the next, which stores the dead
+    append's events first, as a request the broker held would reach it late."""
+
+    def __init__(self) -> None:
+        super().__init__(partitions=4)
+        self.die, self.begun, self.late = False, asyncio.Event(), False
+        self.dead: list[LedgerEvent] = []
+
+    async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
+        if self.die:
+            self.die, self.dead = False, list(events)
+            self.begun.set()
+            await asyncio.Event().wait()
+        if self.late and self.dead:
+            self.late = False
+            await super().append(self.dead)
+        return await super().append(events)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def single(request_id: str, **changes: Any) -> RecordMessageSent:
+    sent = RecordMessageSent(
+        request_id, phone(1), BRAND, "promo", "SM-1", MessageKind.REGULAR, at(10)
+    )
+    return dataclasses.replace(sent, **changes)
+
+
+@contextlib.asynccontextmanager
+async def a_send_killed_mid_append() -> Any:
+    """An app whose first send of SM-1 (request ``s1``) claimed its ids, then died in
+    its append: nothing stored, its claims kept. Its view's claims age by ``clock``."""
+    ledger, clock = DiesMidAppend(), Clock()
+    async with running(WAIT, ledger=ledger, view=InMemoryConsentView(clock)) as (app, _):
+        await app.writes.record(define())
+        ledger.die = True
+        dying = asyncio.create_task(app.writes.record(single("s1")))
+        await asyncio.wait_for(ledger.begun.wait(), 5)
+        await stop_task(dying)
+        yield app, ledger, clock
+
+
+LAPSE = WAIT + 1  # the in-memory ledger's appends end as they begin: the bound's alone
+
+
+@pytest.mark.parametrize("how", ["single", "batch"])
+async def test_a_claim_of_a_send_that_died_before_its_append_lapses(how):
+    """A send claimed SM-1, then its instance died before appending it. SM-1 sent
+    again, corrected, under a new request id was refused ALREADY_EXISTS for good,
+    though nothing was recorded. Now it is refused only while the claim is younger
+    than the longest an append may take (saying when it lapses); past that, the
+    view caught up and holding no send of SM-1, the new send takes the claim over
+    and is recorded, and the dead request's own retry is refused as a reuse."""
+    async with a_send_killed_mid_append() as (app, _, clock):
+
+        async def corrected(request_id: str) -> list[str]:
+            if how == "single":
+                return (
+                    await app.writes.record(single(request_id, identified_sender=True))
+                ).event_ids
+            changed = [message(2), message(1, identified_sender=True)]
+            return (await app.sends.record(batch(request_id, changed))).event_ids
+
+        with pytest.raises(MessageIdReused) as young:
+            await corrected("s2")
+        assert "lapses in" in young.value.reason
+        field = "message_id" if how == "single" else "messages[1].message_id"
+        assert young.value.field == field
+        assert not await sends_in_ledger(app)
+
+        clock.now += LAPSE
+        ids = await corrected("s3")
+        sends = [(e.message_id, e.identified_sender) for e in await sends_in_ledger(app)]
+        assert ("SM-1", True) in sends and ("SM-1", False) not in sends
+        with pytest.raises(MessageIdReused) as dead_retry:
+            await app.writes.record(single("s1"))
+        assert dead_retry.value.event_ids == (ids[-1],)
+
+
+async def test_two_sends_taking_one_lapsed_claim_over_record_one():
+    """Two corrected sends of SM-1 under new request ids, saying different things,
+    at once: one takes the lapsed claim over and is recorded, the other is refused."""
+    async with a_send_killed_mid_append() as (app, _, clock):
+        clock.now += LAPSE
+        answers = await asyncio.gather(
+            app.writes.record(single("s2", identified_sender=True)),
+            app.writes.record(single("s3", included_opt_out_language=True)),
+            return_exceptions=True,
+        )
+        assert sorted(type(a).__name__ for a in answers) == ["MessageIdReused", "WriteResult"]
+        assert [e.message_id for e in await sends_in_ledger(app)] == ["SM-1"]
+
+
+@pytest.mark.parametrize("how", ["single", "batch"])
+async def test_a_dead_send_that_reaches_the_ledger_after_all_leaves_one_answer(how):
+    """The dead send's append reaches the ledger late after all, after its claim was
+    taken over, just ahead of the new send: the view applies the dead one (the
+    first). The new send is refused as a reuse of it, as its retry is, rather than
+    answered OK with a send no reader shows."""
+    async with a_send_killed_mid_append() as (app, ledger, clock):
+        clock.now += LAPSE
+        ledger.late = True
+
+        async def corrected() -> Any:
+            if how == "single":
+                return await app.writes.record(single("s2", identified_sender=True))
+            return await app.sends.record(batch("s2", [message(1, identified_sender=True)]))
+
+        for _ in range(2):  # the call, then its retry
+            with pytest.raises(MessageIdReused) as reused:
+                await corrected()
+            (dead,) = ledger.dead
+            assert reused.value.event_ids == (str(dead.event_id),)
+        assert (await app.writes.record(single("s1"))).event_ids == [str(dead.event_id)]
+
+
+async def test_a_lapsed_claim_the_view_cannot_be_shown_past_is_in_doubt():
+    """Past the lapse, but the view cannot be shown caught up with the ledger: the
+    dead send may be there. Refused as retryable, saying so; the claim is kept."""
+    async with a_send_killed_mid_append() as (app, _, clock):
+        clock.now += LAPSE
+
+        async def behind(phones: Sequence[str]) -> bool:
+            return False
+
+        app.guard.wait_until_applied_for = behind  # type: ignore[method-assign]
+        with pytest.raises(NotConsistent) as doubt:
+            await app.writes.record(single("s2", identified_sender=True))
+        assert doubt.value.field == "message_id" and "in doubt" in doubt.value.reason
+        assert not await sends_in_ledger(app)
