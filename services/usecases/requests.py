@@ -169,14 +169,14 @@ def refuse_another_claim(
         lapse = (
             ""
             if lapses_in is None
-            else f"; should that send never be recorded, its claim lapses in"
-            f" {max(1, math.ceil(lapses_in))} s and this send may be recorded then"
+            else f" (its claim lapses in {max(1, math.ceil(lapses_in))} s, and this send may"
+            " be recorded then, should that send never be)"
         )
         raise MessageIdReused(
             field,
             f"{sent.message_id!r} was claimed before by another send to this number, with"
-            f" another {', '.join(other)}; a message recorded is not changed by recording"
-            f" it again (another message needs another message id){lapse}",
+            f" another {', '.join(other)}{lapse}; a message recorded is not changed by"
+            " recording it again (another message needs another message id)",
             sent.message_id,
             [claimed_by],
         )

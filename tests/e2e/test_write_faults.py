@@ -49,6 +49,7 @@ from tests.e2e.harness import (
     now,
     opt_in,
     opt_out,
+    sent,
     service_settings,
     streamed,
     ts,
@@ -568,3 +569,139 @@ async def _paced(
     for message in messages:
         yield message
         await asyncio.sleep(0.05)
+
+
+async def test_a_message_whose_send_died_before_its_append_is_recorded_once_its_claim_lapses(
+    tmp_path, postgres_dsn, private_kafka_broker: KafkaBroker
+):
+    """A send and a batch claim their message ids in PostgreSQL while the broker is
+    paused, so their appends hang; the service is SIGKILLed, the broker killed (what
+    it was sent never read) and both started again. Those claims named sends never
+    written, and the messages sent again corrected under new request ids were refused
+    ALREADY_EXISTS for ever. Now they are refused only until the claims lapse (the
+    ledger's longest append and the freshness bound: the reason says when), then
+    recorded, each message once, and the dead request's own retry is refused."""
+    broker = private_kafka_broker
+    env = {
+        "CONSENT_LEDGER": "kafka",
+        "CONSENT_KAFKA_BOOTSTRAP": broker.bootstrap_servers,
+        "CONSENT_KAFKA_TOPIC_PREFIX": f"wf-dead-{uuid.uuid4().hex[:8]}.",
+        "CONSENT_KAFKA_PARTITIONS": "4",
+        "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
+        "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
+        "CONSENT_POSTGRES_DSN": postgres_dsn,
+        "CONSENT_AUTH_TOKENS_FILE": str(write_tokens(tmp_path / "tokens.json")),
+        "CONSENT_DATA_DIR": str(tmp_path),
+        "CONSENT_GRPC_LISTEN": "127.0.0.1:0",
+        "CONSENT_PROJECTOR_GROUP": f"wf-dead-{uuid.uuid4().hex[:8]}",
+        "CONSENT_FRESHNESS_WAIT_MS": "2000",
+    }
+    # The Kafka ledger's append (40 s) and request (30 s) timeouts, and the bound.
+    lapse = 40 + 30 + 2
+    when = now()
+    phones = [f"+1415557{7000 + i:04d}" for i in range(3)]
+    tag = uuid.uuid4().hex[:8]
+    ids = [f"DEAD-{tag}-{i}" for i in range(3)]
+    single = sent(phones[0], "acme", "promo", when - timedelta(minutes=5), message_id=ids[0])
+
+    def batch(request_id: str, opt_out_language: bool) -> api.RecordMessagesSentRequest:
+        return api.RecordMessagesSentRequest(
+            request_id=request_id,
+            brand="acme",
+            messages=[
+                api.SentMessage(
+                    phone=phones[i],
+                    campaign="promo",
+                    message_id=ids[i],
+                    occurred_at=ts(when - timedelta(minutes=5)),
+                    included_opt_out_language=opt_out_language,
+                )
+                for i in (1, 2)
+            ],
+        )
+
+    def corrected(request: api.RecordMessageSentRequest) -> api.RecordMessageSentRequest:
+        again = api.RecordMessageSentRequest()
+        again.CopyFrom(request)
+        again.request_id = uuid.uuid4().hex
+        again.included_opt_out_language = not request.included_opt_out_language
+        return again
+
+    dead_batch = batch(f"dead-{tag}", True)
+    proc, address = await asyncio.to_thread(_serve, env, tmp_path / "serve.log")
+    try:
+        async with client(address) as admin:
+            defined = await admin.DefineCampaign(define("acme", "promo", when - timedelta(days=1)))
+            await admin.CanSend(
+                api.CanSendRequest(
+                    phone=phones[0],
+                    brand="acme",
+                    campaign="promo",
+                    at_least_as_fresh=defined.consistency_token,
+                )
+            )
+            pid = broker.pid
+            assert pid is not None
+            _signal([pid], signal.SIGSTOP)
+            try:
+                for call, request in (
+                    (admin.RecordMessageSent, single),
+                    (admin.RecordMessagesSent, dead_batch),
+                ):
+                    with pytest.raises(grpc.aio.AioRpcError) as hung:
+                        await call(request, timeout=3)
+                    assert hung.value.code() in PASSING
+                claimed_at = time.monotonic()
+                db = await asyncpg.connect(postgres_dsn)
+                try:
+                    claims = await db.fetchval(
+                        "SELECT count(*) FROM message_claim WHERE message_id = ANY($1)", ids
+                    )
+                finally:
+                    await db.close()
+                assert claims == 3, "the sends did not claim their message ids"
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+                await asyncio.to_thread(broker.kill)  # what it was sent is never read
+            finally:
+                _signal([pid], signal.SIGCONT)
+        await asyncio.to_thread(broker.start)
+        proc, address = await asyncio.to_thread(_serve, env, tmp_path / "serve-again.log")
+        async with client(address) as c:
+            for call, request in (
+                (c.RecordMessageSent, corrected(single)),
+                (c.RecordMessagesSent, batch(uuid.uuid4().hex, False)),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as young:
+                    await call(request, timeout=30)
+                assert young.value.code() == grpc.StatusCode.ALREADY_EXISTS
+                assert "lapses in" in (young.value.details() or "")
+
+            await asyncio.sleep(claimed_at + lapse + 1 - time.monotonic())
+            one = await c.RecordMessageSent(corrected(single), timeout=30)
+            many = await c.RecordMessagesSent(batch(uuid.uuid4().hex, False), timeout=30)
+            for call, request in (
+                (c.RecordMessageSent, single),
+                (c.RecordMessagesSent, dead_batch),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as dead_retry:
+                    await call(request, timeout=30)
+                assert dead_retry.value.code() == grpc.StatusCode.ALREADY_EXISTS
+                assert "recorded before" in (dead_retry.value.details() or "")
+            tokens = [one.consistency_token, many.consistency_token, many.consistency_token]
+            for phone, message_id, token in zip(phones, ids, tokens, strict=True):
+                listed = await c.ListEvents(
+                    api.ListEventsRequest(phone=phone, brand="acme", at_least_as_fresh=token)
+                )
+                sends = [
+                    (
+                        e.event.message_sent.message_id,
+                        e.event.message_sent.included_opt_out_language,
+                    )
+                    for e in listed.events
+                    if e.event.WhichOneof("payload") == "message_sent"
+                ]
+                assert sends == [(message_id, False)]
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 60)
