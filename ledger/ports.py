@@ -664,7 +664,9 @@ class ConsentView(DigestReads, CampaignReads):
         claim that stands either way. A claim spares the first send of a message a
         wait, and lets a copy that says something else of it be refused before the
         first can be read; ``message_use``, which the projection keeps, decides which
-        send is the message. None: this view keeps no claims, and every send waits."""
+        send is the message. A claim that is already ``event_id``'s is made anew (its
+        age, ``message_claim_ages``, starts again): an attempt of that send is about to
+        append. None: this view keeps no claims, and every send waits."""
         return None
 
     async def claim_messages(

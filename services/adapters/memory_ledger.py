@@ -39,10 +39,6 @@ class InMemoryLedger(EventLog):
         processes), so one subscriber's history is one sequence."""
         return zlib.crc32(phone.encode()) % len(self._logs[Stream.SUBSCRIBERS])
 
-    @property
-    def longest_append_s(self) -> float:
-        return 0.0  # stored as ``append`` is called, before it first awaits
-
     async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
         # Resolve every stream first so an event of no stream appends nothing at all.
         targets = [(Stream.of(event), self._partition_of(event), event) for event in events]

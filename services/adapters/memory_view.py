@@ -266,6 +266,7 @@ class InMemoryConsentView(ConsentView):
         key = (brand, phone, message_id)
         if key not in self._message_claims:
             self._message_claims[key] = MessageClaim(str(event_id), content)
+        if self._message_claims[key].event_id == str(event_id):  # made, or made anew
             self._claimed_at[key] = self._monotonic()
         return self._message_claims[key]
 

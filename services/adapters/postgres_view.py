@@ -220,6 +220,8 @@ LIMIT 1
 # the message claim, answering nothing; 2 all but making the message claim (made by
 # the batch's part 1 before, and read here), and dropping a claim it made if the
 # request id turns out to be another request's, as part 0 would not have made it.
+# A claim that is already this send's (its earlier attempt's) is made anew: its age
+# starts again, as the attempt may append now (``take_over_message_claims``).
 _TAKE_REQUEST = """
 WITH sent AS (
     SELECT event_id FROM message_use
@@ -234,6 +236,10 @@ WITH sent AS (
       )
     ON CONFLICT DO NOTHING
     RETURNING event_id, content
+), renewed AS (
+    UPDATE message_claim SET claimed_at = now()
+    WHERE $5::text IS NOT NULL AND $10::int <> 2 AND brand = $1 AND phone = $5
+      AND message_id = $6 AND event_id = ANY($4::uuid[])
 ), claim AS (
     SELECT event_id, content FROM made
     UNION ALL
@@ -292,6 +298,7 @@ LIMIT 1
 # another writer committed after this statement's snapshot is not read: those keys are
 # claimed again, and the next statement reads it.
 # None is made when another send holds one with other content: that refuses the call.
+# One that is already the batch's (its earlier attempt's) is made anew, as one send's is.
 _CLAIM_MESSAGES = """
 WITH k AS (
     SELECT * FROM unnest($2::text[], $3::text[], $4::uuid[], $5::text[])
@@ -299,6 +306,10 @@ WITH k AS (
 ), other AS (
     SELECT 1 FROM message_claim AS c JOIN k USING (phone, message_id)
     WHERE c.brand = $1 AND c.event_id <> k.event_id AND c.content <> k.content
+), renewed AS (
+    UPDATE message_claim AS c SET claimed_at = now()
+    FROM k WHERE c.brand = $1 AND c.phone = k.phone AND c.message_id = k.message_id
+      AND c.event_id = k.event_id
 ), made AS (
     INSERT INTO message_claim (brand, phone, message_id, event_id, content)
     SELECT $1, phone, message_id, event_id, content FROM k

@@ -182,14 +182,44 @@ def refuse_another_claim(
         )
 
 
-def claim_lapse_s(ctx: Context) -> float | None:
-    """How long ago a send must have claimed its message id for the claim to lapse
-    when the view, caught up with the ledger, holds no send of the message: the
-    longest the ledger's append may take (an append begun with the claim is stored
-    by then, or never will be), and the freshness bound beside it. None when the
-    ledger cannot bound its appends: its claims never lapse."""
+def append_within_s(ctx: Context) -> float | None:
+    """How soon after claiming its message ids (or making its earlier attempt's claims
+    anew) an attempt must begin its append, or give it up (``too_late_to_append``):
+    the longest the ledger's append may take, and the freshness bound (a batch waits
+    up to it for a reply's exemption between the two). None when the ledger cannot
+    bound its appends."""
     longest = ctx.ledger.longest_append_s
     return None if longest is None else longest + ctx.guard.wait_bound
+
+
+def claim_lapse_s(ctx: Context) -> float | None:
+    """How long ago a send must have claimed its message id for the claim to lapse
+    when the view, caught up with the ledger, holds no send of the message: its
+    append began within ``append_within_s`` of the claim, and took at most the
+    longest an append may take, so it is stored by then or never will be; the
+    freshness bound beside it. None when the ledger cannot bound its appends: its
+    claims never lapse."""
+    within = append_within_s(ctx)
+    longest = ctx.ledger.longest_append_s
+    if within is None or longest is None:
+        return None
+    return within + longest + ctx.guard.wait_bound
+
+
+def too_late_to_append(ctx: Context, claimed: float) -> bool:
+    """Whether an attempt that claimed its message ids at ``claimed`` (the event
+    loop's clock, read before it asked) is past ``append_within_s``: appended now,
+    its send might reach the ledger after its claims lapsed and another send of the
+    message took them over, and both be answered OK."""
+    within = append_within_s(ctx)
+    return within is not None and asyncio.get_running_loop().time() - claimed > within
+
+
+LATE_TO_APPEND = (
+    "the message ids were claimed too long before the append could begin, which a send"
+    " of the message under another request id may now take over; nothing was written:"
+    " try again"
+)
 
 
 @dataclass(frozen=True)
@@ -489,6 +519,8 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
         earlier = await _sent_as_spelled_before(ctx, first)
         if earlier is not None:
             return earlier
+    loop = asyncio.get_running_loop()
+    asked = loop.time()  # before the claim: its age in the view counts from later
     taken = await unless_gone(take(), partial(_give_up_if_taken, ctx, first, ids, message))
     if taken.use is not None:
         refuse_another_request(first, taken.use)
@@ -504,6 +536,7 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
         if not over.taken:
             _refuse_another_claim(first, taken, over.lapses_in.get(message))
         took_over = True
+        asked = loop.time()
         taken = await unless_gone(take(), partial(_give_up_if_taken, ctx, first, ids, message))
         if taken.use is not None and taken.use.fingerprint != first.request_fingerprint:
             await ctx.view.release_claims(first.brand, None, [(*message, ids[0])])
@@ -517,6 +550,7 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
         # refuse the write: the projection still applies one MessageSent per message
         # id.)
         await claimed_sends_applied(ctx, brand_of(first), [message])
+        asked = loop.time()
         taken = await unless_gone(
             take(past_claims=True), partial(_give_up_if_taken, ctx, first, ids, message)
         )
@@ -537,6 +571,10 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
             if isinstance(first, MessageSent):
                 refuse_another_message(first, original.event, taken.sent_as)
             return found(ctx, [taken.sent_as], [original])
+    if message is not None and taken.claimed_by in ids and too_late_to_append(ctx, asked):
+        if taken.taken:
+            await _give_up_claims(ctx, first, ids, message)
+        raise NotConsistent("message_id", LATE_TO_APPEND)
     try:
         recorded = await appended_again(ctx, events, stored)
     except EventTooLarge as exc:
@@ -624,7 +662,12 @@ async def _as_the_send_applied(
     if applied is None or applied in written.event_ids:
         return written
     recorded = await ctx.view.find_event(applied)
-    return written if recorded is None else found(ctx, [applied], [recorded])
+    if recorded is None:
+        return written
+    # A send that took the claim over from a dead one said something else: refused,
+    # as this copy's retry is.
+    refuse_another_message(sent, recorded.event, applied)
+    return found(ctx, [applied], [recorded])
 
 
 async def recorded_once(

@@ -34,6 +34,7 @@ from ledger.state import COUNTED_KINDS, apply
 from services.errors import FailedPrecondition, MessageIdReused, NotConsistent, refuse_every
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import (
+    LATE_TO_APPEND,
     RequestTurns,
     as_recorded_after_take_over,
     claimed_sends_applied,
@@ -42,6 +43,7 @@ from services.usecases.requests import (
     refuse_another_message,
     refuse_another_request,
     take_over_lapsed_claims,
+    too_late_to_append,
     unless_gone,
     unwritten,
 )
@@ -216,6 +218,7 @@ class Sends:
                 (e.phone, e.message_id, str(e.event_id), content)
                 for e, content in zip(new, contents, strict=True)
             ]
+            asked = asyncio.get_running_loop().time()  # before the claims
             held = await unless_gone(
                 self.ctx.view.claim_messages(cmd.brand, mine),
                 lambda _: self._release_message_ids(cmd, events[0], made),
@@ -234,6 +237,7 @@ class Sends:
                     over = await take_over_lapsed_claims(self.ctx, cmd.brand, refusing)
                     lapses_in, taken_over = over.lapses_in, over.taken
                     if taken_over:
+                        asked = asyncio.get_running_loop().time()
                         held = await unless_gone(
                             self.ctx.view.claim_messages(cmd.brand, mine),
                             lambda _: self._release_message_ids(cmd, events[0], made),
@@ -283,6 +287,14 @@ class Sends:
         if claimed.fingerprint != events[0].request_fingerprint:
             await self._release_message_ids(cmd, events[0], new)
         refuse_another_request(events[0], claimed)
+        if made and too_late_to_append(self.ctx, asked):
+            if use is None:  # else an earlier attempt holding them may be appending
+                await self.ctx.view.release_claims(
+                    cmd.brand,
+                    (cmd.request_id, events[0].request_fingerprint, answer),
+                    [(e.phone, e.message_id, str(e.event_id)) for e in made],
+                )
+            raise NotConsistent("messages", LATE_TO_APPEND)
         try:
             recorded = await self.ctx.ledger.append(new)
         except EventTooLarge as exc:

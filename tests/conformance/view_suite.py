@@ -1324,6 +1324,20 @@ class ConsentViewSuite(DigestReadsSuite, CampaignReadsSuite):
             key: MessageClaim(winner, content)
         }
 
+    @pytest.mark.parametrize("how", ["take_request", "claim_messages"])
+    async def test_a_claim_made_again_by_its_own_send_ages_anew(
+        self, view: ConsentView, how: str
+    ) -> None:
+        phone, a, b = "+14155550100", str(uuid.uuid4()), str(uuid.uuid4())
+        await view.take_request("acme", "s1", "fp-1", [a], (phone, "SM-1"), content="said-a")
+        await asyncio.sleep(0.3)
+        if how == "take_request":  # the request's retry
+            await view.take_request("acme", "s1", "fp-1", [a], (phone, "SM-1"), content="said-a")
+        else:
+            await view.claim_messages("acme", [(phone, "SM-1", a, "said-a")])
+        taken = await view.take_over_message_claims("acme", [(phone, "SM-1", a, b, "said-b")], 0.25)
+        assert taken == set()
+
     async def test_a_batch_meeting_a_claim_with_other_content_claims_none(
         self, view: ConsentView
     ) -> None:

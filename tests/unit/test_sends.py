@@ -473,6 +473,10 @@ class DiesMidAppend(InMemoryLedger):
         self.die, self.begun, self.late = False, asyncio.Event(), False
         self.dead: list[LedgerEvent] = []
 
+    @property
+    def longest_append_s(self) -> float:
+        return 0.0  # stored as ``append`` is called, before it first awaits
+
     async def append(self, events: Sequence[LedgerEvent]) -> list[Recorded]:
         if self.die:
             self.die, self.dead = False, list(events)
@@ -513,7 +517,9 @@ async def a_send_killed_mid_append() -> Any:
         yield app, ledger, clock
 
 
-LAPSE = WAIT + 1  # the in-memory ledger's appends end as they begin: the bound's alone
+LAPSE = 2 * WAIT + 1
+"""The ledger's appends end as they begin: an append begins within the freshness
+bound of its claims, and the claims lapse a bound after that."""
 
 
 @pytest.mark.parametrize("how", ["single", "batch"])
@@ -601,3 +607,86 @@ async def test_a_lapsed_claim_the_view_cannot_be_shown_past_is_in_doubt():
             await app.writes.record(single("s2", identified_sender=True))
         assert doubt.value.field == "message_id" and "in doubt" in doubt.value.reason
         assert not await sends_in_ledger(app)
+
+
+async def test_a_dead_requests_retry_makes_its_claim_anew_so_it_is_not_taken_over():
+    """Past the lapse, the dead request itself is sent again and is on its way to the
+    ledger: it made its claim anew as it took its request id, so a corrected send
+    under another request id is refused while it may still land, not recorded
+    beside it (both answered OK, one never read)."""
+    async with a_send_killed_mid_append() as (app, ledger, clock):
+        clock.now += LAPSE
+        ledger.die, ledger.begun = True, asyncio.Event()
+        retry = asyncio.create_task(app.writes.record(single("s1")))
+        await asyncio.wait_for(ledger.begun.wait(), 5)
+        with pytest.raises(MessageIdReused) as young:
+            await app.writes.record(single("s2", identified_sender=True))
+        assert "lapses in" in young.value.reason
+        await stop_task(retry)
+
+
+@pytest.mark.parametrize("how", ["single", "batch"])
+async def test_an_attempt_that_cannot_append_soon_after_its_claims_gives_them_up(how):
+    """An attempt whose append would begin later after its claims than the ledger's
+    bound allows (here the freshness bound alone: the ledger's appends end as they
+    begin) might land after its claims lapsed and were taken over: it gives them up
+    and is refused as retryable, and the message is then recorded as sent again."""
+    async with running(0.2, ledger=DiesMidAppend()) as (app, _):
+        await app.writes.record(define())
+        claim = "take_request" if how == "single" else "claim_messages"
+        real = getattr(app.view, claim)
+
+        async def slow(*args: Any, **kwargs: Any) -> Any:
+            held = await real(*args, **kwargs)
+            await asyncio.sleep(0.5)
+            return held
+
+        setattr(app.view, claim, slow)
+        with pytest.raises(NotConsistent) as late:
+            if how == "single":
+                await app.writes.record(single("s1"))
+            else:
+                await app.sends.record(batch("b1", [message(1)]))
+        assert "claimed too long before the append" in late.value.reason
+        setattr(app.view, claim, real)
+        assert not await sends_in_ledger(app)
+        again = await app.writes.record(single("s2", identified_sender=True))
+        assert await app.guard.wait_for_token(again.token)
+        sends = [(e.message_id, e.identified_sender) for e in await sends_in_ledger(app)]
+        assert sends == [("SM-1", True)]
+
+
+async def test_a_copy_of_a_dead_send_landing_after_the_send_that_took_over_is_refused():
+    """A copy of the dead send (saying the same, another request id) waits out the
+    bound and is appended slowly; meanwhile the claim lapses and a corrected send
+    takes it over and lands first, so the view applies it. The copy was answered OK
+    as that send, which says something else of the message; it is refused as a
+    reuse of it now, as its retry is."""
+    ledger, clock = DiesMidAppend(), Clock()
+    async with running(0.2, ledger=ledger, view=InMemoryConsentView(clock)) as (app, _):
+        await app.writes.record(define())
+        ledger.die = True
+        dying = asyncio.create_task(app.writes.record(single("s1")))
+        await asyncio.wait_for(ledger.begun.wait(), 5)
+        await stop_task(dying)
+
+        gate, held = asyncio.Event(), asyncio.Event()
+        real = ledger.append
+
+        async def slow_copy(events: Sequence[LedgerEvent]) -> list[Recorded]:
+            if any(e.request_id == "s2" for e in events):
+                held.set()
+                await gate.wait()
+            return await real(events)
+
+        ledger.append = slow_copy  # type: ignore[method-assign]
+        copy = asyncio.create_task(app.writes.record(single("s2")))
+        await asyncio.wait_for(held.wait(), 5)
+        clock.now += 1  # past the lapse: twice the bound
+        taker = await app.writes.record(single("s3", identified_sender=True))
+        gate.set()
+        with pytest.raises(MessageIdReused) as reused:
+            await copy
+        assert reused.value.event_ids == tuple(taker.event_ids)
+        with pytest.raises(MessageIdReused):
+            await app.writes.record(single("s2"))
