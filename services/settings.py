@@ -278,6 +278,8 @@ class Settings:
                 subscriber_partitions=whole("CONSENT_KAFKA_PARTITIONS", 12),
                 replication_factor=replication,
                 min_insync_replicas=min_insync,
+                request_timeout_s=number("CONSENT_KAFKA_REQUEST_TIMEOUT_MS", 30_000) / 1000,
+                append_timeout_s=number("CONSENT_KAFKA_APPEND_TIMEOUT_MS", 40_000) / 1000,
             )
         reads = e.get("CONSENT_CANSEND_READS", "replica")
         if reads != "replica":

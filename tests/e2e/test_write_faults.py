@@ -595,9 +595,12 @@ async def test_a_message_whose_send_died_before_its_append_is_recorded_once_its_
         "CONSENT_GRPC_LISTEN": "127.0.0.1:0",
         "CONSENT_PROJECTOR_GROUP": f"wf-dead-{uuid.uuid4().hex[:8]}",
         "CONSENT_FRESHNESS_WAIT_MS": "2000",
+        # Short, so that the claims lapse within the test: 70 s and 141 s by default.
+        "CONSENT_KAFKA_APPEND_TIMEOUT_MS": "4000",
+        "CONSENT_KAFKA_REQUEST_TIMEOUT_MS": "3000",
     }
-    # Twice the Kafka ledger's append (40 s) and request (30 s) timeouts and the bound.
-    lapse = 2 * (40 + 30 + 2)
+    # Twice the ledger's append and request timeouts and the freshness bound.
+    lapse = 2 * (4 + 3 + 2)
     when = now()
     phones = [f"+1415557{7000 + i:04d}" for i in range(3)]
     tag = uuid.uuid4().hex[:8]

@@ -9,6 +9,7 @@ import pytest
 
 from ledger.health import HealthLimits
 from services.settings import (
+    KafkaLedgerSettings,
     RateLimit,
     Settings,
     SettingsError,
@@ -139,6 +140,8 @@ def test_a_setting_that_means_nothing_empty_is_refused_when_empty(name) -> None:
         ("CONSENT_KAFKA_PARTITIONS", "inf"),
         ("CONSENT_KAFKA_REPLICATION_FACTOR", "-3"),
         ("CONSENT_KAFKA_MIN_INSYNC_REPLICAS", "0"),
+        ("CONSENT_KAFKA_REQUEST_TIMEOUT_MS", "0"),
+        ("CONSENT_KAFKA_APPEND_TIMEOUT_MS", "nan"),
         ("CONSENT_POSTGRES_POOL_SIZE", "1"),
         ("CONSENT_POSTGRES_POOL_SIZE", ""),
     ],
@@ -157,6 +160,21 @@ def test_a_count_must_be_a_whole_number() -> None:
         ).kafka.subscriber_partitions
         == 24
     )  # type: ignore[union-attr]
+
+
+def test_the_kafka_timeouts_are_taken_in_milliseconds() -> None:
+    kafka = Settings.from_env(
+        {
+            **PRODUCTION,
+            "CONSENT_KAFKA_REQUEST_TIMEOUT_MS": "3000",
+            "CONSENT_KAFKA_APPEND_TIMEOUT_MS": "4500",
+        }
+    ).kafka
+    assert kafka is not None
+    assert (kafka.request_timeout_s, kafka.append_timeout_s) == (3.0, 4.5)
+    assert Settings.from_env(PRODUCTION).kafka == KafkaLedgerSettings(
+        bootstrap_servers=kafka.bootstrap_servers
+    )
 
 
 def test_more_in_sync_replicas_than_replicas_is_refused_by_name() -> None:
