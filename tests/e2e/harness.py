@@ -162,6 +162,28 @@ async def imported(c: Client, *records: api.ImportRecord) -> api.ImportConsentsR
     return answer
 
 
+def kafka_service_env(
+    tmp: Path, dsn: str, bootstrap: str, name: str, **more: str
+) -> dict[str, str]:
+    """The environment of a service run as its own process (to be killed) on the test
+    broker, with topics and a projector group of its own named for ``name``; ``more``
+    adds or overrides settings."""
+    return {
+        "CONSENT_LEDGER": "kafka",
+        "CONSENT_KAFKA_BOOTSTRAP": bootstrap,
+        "CONSENT_KAFKA_TOPIC_PREFIX": f"{name}-{uuid.uuid4().hex[:8]}.",
+        "CONSENT_KAFKA_PARTITIONS": "4",
+        "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
+        "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
+        "CONSENT_POSTGRES_DSN": dsn,
+        "CONSENT_AUTH_TOKENS_FILE": str(write_tokens(tmp / "tokens.json")),
+        "CONSENT_DATA_DIR": str(tmp),
+        "CONSENT_GRPC_LISTEN": "127.0.0.1:0",
+        "CONSENT_PROJECTOR_GROUP": f"{name}-{uuid.uuid4().hex[:8]}",
+        **more,
+    }
+
+
 def kafka_settings(bootstrap: str, prefix: str, partitions: int = 4) -> KafkaLedgerSettings:
     return KafkaLedgerSettings(
         bootstrap_servers=bootstrap,

@@ -37,13 +37,13 @@ from services.settings import FreshnessSettings, Settings
 from tests.e2e.harness import (
     client,
     define,
+    kafka_service_env,
     kafka_settings,
     noon_in_los_angeles,
     now,
     opt_in,
     opt_out,
     service_settings,
-    write_tokens,
 )
 from tests.infra import InfraError
 from tests.infra.kafka_broker import KafkaBroker, KafkaCluster
@@ -352,21 +352,10 @@ async def test_a_service_killed_during_writes_leaves_a_projection_equal_to_the_l
     """SIGKILL mid-stream: after a restart the view holds exactly the ledger's facts
     (the writes cut off are retried with their request ids), and a ``rebuild`` from
     the ledger gives the very same rows."""
-    prefix = f"svc-kill-{uuid.uuid4().hex[:8]}."
-    env = {
-        "CONSENT_LEDGER": "kafka",
-        "CONSENT_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "CONSENT_KAFKA_TOPIC_PREFIX": prefix,
-        "CONSENT_KAFKA_PARTITIONS": "4",
-        "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
-        "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
-        "CONSENT_POSTGRES_DSN": postgres_dsn,
-        "CONSENT_AUTH_TOKENS_FILE": str(write_tokens(tmp_path / "tokens.json")),
-        "CONSENT_DATA_DIR": str(tmp_path),
-        "CONSENT_GRPC_LISTEN": "127.0.0.1:0",
-        "CONSENT_PROJECTOR_GROUP": f"svc-kill-{uuid.uuid4().hex[:8]}",
-        "CONSENT_FRESHNESS_WAIT_MS": "10000",
-    }
+    env = kafka_service_env(
+        tmp_path, postgres_dsn, kafka_bootstrap, "svc-kill", CONSENT_FRESHNESS_WAIT_MS="10000"
+    )
+    prefix = env["CONSENT_KAFKA_TOPIC_PREFIX"]
     log = tmp_path / "serve.log"
     phones = [f"+1415555{7000 + i:04d}" for i in range(200)]
     when = now()  # the service's own clock, this time

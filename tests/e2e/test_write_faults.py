@@ -44,6 +44,7 @@ from tests.e2e.harness import (
     client,
     define,
     inbound,
+    kafka_service_env,
     kafka_settings,
     noon_in_los_angeles,
     now,
@@ -53,7 +54,6 @@ from tests.e2e.harness import (
     service_settings,
     streamed,
     ts,
-    write_tokens,
 )
 from tests.e2e.test_fault_suite import _serve
 from tests.infra.kafka_broker import KafkaBroker
@@ -441,21 +441,10 @@ async def test_writes_cut_off_by_a_killed_service_are_recorded_once_when_sent_ag
     acknowledged present and imports the rest, once the dead import's turns to append
     run out (``CONSENT_IMPORT_APPEND_LEASE_S``, shortened here: two minutes would be
     waited out whole; this test's appends are to a local broker, far within it)."""
-    env = {
-        "CONSENT_LEDGER": "kafka",
-        "CONSENT_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "CONSENT_KAFKA_TOPIC_PREFIX": f"wf-kill-{uuid.uuid4().hex[:8]}.",
-        "CONSENT_KAFKA_PARTITIONS": "4",
-        "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
-        "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
-        "CONSENT_POSTGRES_DSN": postgres_dsn,
-        "CONSENT_AUTH_TOKENS_FILE": str(write_tokens(tmp_path / "tokens.json")),
-        "CONSENT_DATA_DIR": str(tmp_path),
-        "CONSENT_GRPC_LISTEN": "127.0.0.1:0",
-        "CONSENT_PROJECTOR_GROUP": f"wf-kill-{uuid.uuid4().hex[:8]}",
-        "CONSENT_FRESHNESS_WAIT_MS": "10000",
-        "CONSENT_IMPORT_APPEND_LEASE_S": str(LEASE_S),
-    }
+    env = kafka_service_env(
+        tmp_path, postgres_dsn, kafka_bootstrap, "wf-kill",
+        CONSENT_FRESHNESS_WAIT_MS="10000", CONSENT_IMPORT_APPEND_LEASE_S=str(LEASE_S),
+    )  # fmt: skip
     when = now()  # the service's own clock
     phones = [f"+1415558{3000 + i:04d}" for i in range(40)]
     batches = [
@@ -582,23 +571,12 @@ async def test_a_message_whose_send_died_before_its_append_is_recorded_once_its_
     ledger's longest append and the freshness bound: the reason says when), then
     recorded, each message once, and the dead request's own retry is refused."""
     broker = private_kafka_broker
-    env = {
-        "CONSENT_LEDGER": "kafka",
-        "CONSENT_KAFKA_BOOTSTRAP": broker.bootstrap_servers,
-        "CONSENT_KAFKA_TOPIC_PREFIX": f"wf-dead-{uuid.uuid4().hex[:8]}.",
-        "CONSENT_KAFKA_PARTITIONS": "4",
-        "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
-        "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
-        "CONSENT_POSTGRES_DSN": postgres_dsn,
-        "CONSENT_AUTH_TOKENS_FILE": str(write_tokens(tmp_path / "tokens.json")),
-        "CONSENT_DATA_DIR": str(tmp_path),
-        "CONSENT_GRPC_LISTEN": "127.0.0.1:0",
-        "CONSENT_PROJECTOR_GROUP": f"wf-dead-{uuid.uuid4().hex[:8]}",
-        "CONSENT_FRESHNESS_WAIT_MS": "2000",
+    env = kafka_service_env(
+        tmp_path, postgres_dsn, broker.bootstrap_servers, "wf-dead",
+        CONSENT_FRESHNESS_WAIT_MS="2000",
         # Short, so that the claims lapse within the test: 70 s and 141 s by default.
-        "CONSENT_KAFKA_APPEND_TIMEOUT_MS": "4000",
-        "CONSENT_KAFKA_REQUEST_TIMEOUT_MS": "3000",
-    }
+        CONSENT_KAFKA_APPEND_TIMEOUT_MS="4000", CONSENT_KAFKA_REQUEST_TIMEOUT_MS="3000",
+    )  # fmt: skip
     # Twice the ledger's append and request timeouts and the freshness bound.
     lapse = 2 * (4 + 3 + 2)
     when = now()
