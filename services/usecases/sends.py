@@ -223,7 +223,9 @@ class Sends:
                 self.ctx.view.claim_messages(cmd.brand, mine),
                 lambda _: self._release_message_ids(cmd, events[0], made),
             )
-        taken_over: set[tuple[str, str]] = set()
+        # Each (phone, message id) whose lapsed claim the call took over, to its field:
+        # named now, as the message may be made anew when judged for an exemption.
+        taken_over: dict[tuple[str, str], str] = {}
         try:
             if made:
                 place = {id(e): i for i, e in enumerate(events)}
@@ -235,7 +237,12 @@ class Sends:
                     # (their instance died before appending): then the call takes them
                     # over, and claims its messages again.
                     over = await take_over_lapsed_claims(self.ctx, cmd.brand, refusing)
-                    lapses_in, taken_over = over.lapses_in, over.taken
+                    lapses_in = over.lapses_in
+                    taken_over = {
+                        (e.phone, e.message_id): field
+                        for e, _, field in refusing
+                        if (e.phone, e.message_id) in over.taken
+                    }
                     if taken_over:
                         asked = asyncio.get_running_loop().time()
                         held = await unless_gone(
@@ -312,9 +319,7 @@ class Sends:
         if taken_over:
             over_sent = [e for e in new if (e.phone, e.message_id) in taken_over]
             await as_recorded_after_take_over(
-                self.ctx,
-                over_sent,
-                [f"messages[{events.index(e)}].message_id" for e in over_sent],
+                self.ctx, over_sent, [taken_over[(e.phone, e.message_id)] for e in over_sent]
             )
         token = token.merge(ConsistencyToken.after(recorded))
         contested_keys = {(e.phone, e.message_id) for e in contested}

@@ -690,3 +690,17 @@ async def test_a_copy_of_a_dead_send_landing_after_the_send_that_took_over_is_re
         assert reused.value.event_ids == tuple(taker.event_ids)
         with pytest.raises(MessageIdReused):
             await app.writes.record(single("s2"))
+
+
+async def test_a_reply_in_a_batch_takes_a_lapsed_claim_over_and_is_recorded():
+    """A batch's reply (a kind that may escape the caps) is judged for its exemption,
+    which makes a new event of it, after its claims were taken: the send that took a
+    lapsed claim over was looked up among the call's messages as it was made, found
+    no more, and the call failed after its append, its messages recorded."""
+    async with a_send_killed_mid_append() as (app, _, clock):
+        clock.now += LAPSE
+        reply = message(1, kind=MessageKind.HELP_REPLY)
+        answer = await app.sends.record(batch("s2", [message(2), reply]))
+        sends = [(e.message_id, e.kind) for e in await sends_in_ledger(app)]
+        assert ("SM-1", MessageKind.HELP_REPLY) in sends, sends
+        assert len(answer.event_ids) == 2
