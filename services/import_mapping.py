@@ -439,15 +439,17 @@ def from_parts(
 
 def _fields_spelt(named: dict[str, Any], fields: tuple[str, ...], option: str) -> dict[str, Any]:
     """``named`` (a mapping's ``FIELD`` or ``FIELD@TYPE`` keys) with each of our fields
-    written in other capitals ("Phone") spelt as ours, as a header's columns are
-    (``import_files.as_ours``); two that are one field but for capitals are refused:
-    which was meant cannot be told."""
+    and record types written in other capitals ("Phone", "@OPT_IN") spelt as ours, as
+    a header's columns are (``import_files.as_ours``); two that are one field but for
+    capitals are refused: which was meant cannot be told."""
     folded = {f.casefold(): f for f in fields}
+    kinds = {k.casefold(): k for k in KINDS}
     spelt: dict[str, Any] = {}
     given_as: dict[str, str] = {}
     for name, value in named.items():
         base, typed, kind = name.partition(TYPED)
-        ours = (base if base in fields else folded.get(base.casefold(), base)) + typed + kind
+        base = base if base in fields else folded.get(base.casefold(), base)
+        ours = base + typed + kinds.get(kind.casefold(), kind)
         other = given_as.setdefault(ours, name)
         if other != name:
             raise MappingError(

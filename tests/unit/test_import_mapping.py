@@ -316,6 +316,25 @@ def test_a_field_set_for_one_record_type_that_cannot_be_used_is_refused(constant
         from_parts((), (), constants, fields=FIELDS, belongs=BELONGS)
 
 
+@pytest.mark.parametrize("kind", ["OPT_IN", "Opt_In"])
+def test_a_record_type_in_other_capitals_is_read_as_ours(kind):
+    """Our field names are taken in other capitals; the record type after ``@`` is too,
+    not refused as a usage error."""
+    typed = mapping(
+        constants=[
+            *(c for c in OPTIONS["constants"] if not c.startswith("campaign=")),
+            f"Campaign@{kind}=promo",
+        ]
+    )
+
+    opt_in, opt_out = (r.record for r in read(THEIRS, "csv", typed)[:2])  # type: ignore[union-attr]
+
+    assert opt_in.opt_in.campaign == "promo"
+    assert opt_out.HasField("opt_out") and opt_out.opt_out.campaign == ""
+    with pytest.raises(MappingError, match="one field but for capitals"):
+        from_parts((), (), [f"campaign@{kind}=a", "campaign@opt_in=b"], fields=FIELDS)
+
+
 def test_a_column_of_our_own_name_beside_a_typed_mapping_of_it_refuses_the_file():
     mapping = from_parts(["occurred_at@opt_out=Out"], fields=FIELDS, belongs=BELONGS)
 
