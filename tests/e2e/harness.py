@@ -184,6 +184,19 @@ def kafka_service_env(
     }
 
 
+def kafka_ledger_env(kafka: KafkaLedgerSettings) -> dict[str, str]:
+    """The settings naming ``kafka``'s ledger to a command run as its own process
+    (``rebuild``, ``audit``, a projector): its broker, topics and replication."""
+    return {
+        "CONSENT_LEDGER": "kafka",
+        "CONSENT_KAFKA_BOOTSTRAP": kafka.bootstrap_servers,
+        "CONSENT_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+        "CONSENT_KAFKA_PARTITIONS": str(kafka.subscriber_partitions),
+        "CONSENT_KAFKA_REPLICATION_FACTOR": str(kafka.replication_factor),
+        "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": str(kafka.min_insync_replicas),
+    }
+
+
 def kafka_settings(bootstrap: str, prefix: str, partitions: int = 4) -> KafkaLedgerSettings:
     return KafkaLedgerSettings(
         bootstrap_servers=bootstrap,

@@ -15,7 +15,15 @@ import pytest
 
 from services.adapters.kafka_audit import KafkaCheckpoints
 from services.progress import CRASH, STOP_AFTER
-from tests.e2e.harness import client, kafka_settings, now, opt_in, running, service_settings
+from tests.e2e.harness import (
+    client,
+    kafka_ledger_env,
+    kafka_settings,
+    now,
+    opt_in,
+    running,
+    service_settings,
+)
 from tests.e2e.test_tamper_evidence import checkpointed, consent_ledger, keyring, write_history
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -45,15 +53,7 @@ async def test_an_interrupted_export_and_verify_carry_on_to_the_same_result(
         checkpoint_key_file=tmp_path / "checkpoint-key.pem",
         checkpoint_interval=0.5,
     )
-    env = {
-        "CONSENT_LEDGER": "kafka",
-        "CONSENT_POSTGRES_DSN": postgres_dsn,
-        "CONSENT_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "CONSENT_KAFKA_TOPIC_PREFIX": prefix,
-        "CONSENT_KAFKA_PARTITIONS": str(kafka.subscriber_partitions),
-        "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
-        "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
-    }
+    env = {"CONSENT_POSTGRES_DSN": postgres_dsn, **kafka_ledger_env(kafka)}
     async with running(settings) as runtime:
         await write_history(runtime.address)
         async with client(runtime.address) as c:

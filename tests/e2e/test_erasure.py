@@ -29,6 +29,7 @@ from tests.e2e.harness import (
     client,
     define,
     inbound,
+    kafka_ledger_env,
     noon_in_los_angeles,
     opt_in,
     ts,
@@ -75,15 +76,7 @@ async def service(serve, tmp_path, postgres_dsn, kafka_bootstrap):
     )
     kafka = runtime.settings.kafka
     assert kafka is not None
-    env = {
-        "CONSENT_LEDGER": "kafka",
-        "CONSENT_POSTGRES_DSN": postgres_dsn,
-        "CONSENT_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "CONSENT_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
-        "CONSENT_KAFKA_PARTITIONS": str(kafka.subscriber_partitions),
-        "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
-        "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
-    }
+    env = {"CONSENT_POSTGRES_DSN": postgres_dsn, **kafka_ledger_env(kafka)}
     return runtime, clock, keyring(tmp_path, key), env, kafka
 
 

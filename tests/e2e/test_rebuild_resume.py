@@ -23,7 +23,7 @@ from services.cli.rebuild import INTERRUPTED
 from services.projector import rebuild
 from services.settings import KafkaLedgerSettings
 from tests.conformance.view_suite import generate_events
-from tests.e2e.harness import ctrl_c_as_at_a_terminal, write_tokens
+from tests.e2e.harness import ctrl_c_as_at_a_terminal, kafka_ledger_env, write_tokens
 from tests.integration.test_ledger_kafka import settings_for_test
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -58,12 +58,7 @@ def rebuild_env(settings: KafkaLedgerSettings, dsn: str, tmp_path: Path) -> dict
     """The environment of a ``consent-ledger rebuild`` of ``settings``' ledger into ``dsn``."""
     return {
         **os.environ,
-        "CONSENT_LEDGER": "kafka",
-        "CONSENT_KAFKA_BOOTSTRAP": settings.bootstrap_servers,
-        "CONSENT_KAFKA_TOPIC_PREFIX": settings.topic_prefix,
-        "CONSENT_KAFKA_PARTITIONS": str(settings.subscriber_partitions),
-        "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
-        "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
+        **kafka_ledger_env(settings),
         "CONSENT_POSTGRES_DSN": dsn,
         "CONSENT_AUTH_TOKENS_FILE": str(write_tokens(tmp_path / "tokens.json")),
         "CONSENT_DATA_DIR": str(tmp_path / "data"),

@@ -35,6 +35,7 @@ from tests.e2e.harness import (
     Client,
     client,
     define,
+    kafka_ledger_env,
     kafka_settings,
     noon_in_los_angeles,
     opt_in,
@@ -69,14 +70,7 @@ def projector_env(settings: Settings) -> dict[str, str]:
     }
     env.pop("CONSENT_AUTH_TOKENS_FILE", None)  # it serves no API: it needs none
     if settings.kafka is not None:
-        k = settings.kafka
-        env |= {
-            "CONSENT_KAFKA_BOOTSTRAP": k.bootstrap_servers,
-            "CONSENT_KAFKA_TOPIC_PREFIX": k.topic_prefix,
-            "CONSENT_KAFKA_PARTITIONS": str(k.subscriber_partitions),
-            "CONSENT_KAFKA_REPLICATION_FACTOR": str(k.replication_factor),
-            "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": str(k.min_insync_replicas),
-        }
+        env |= kafka_ledger_env(settings.kafka)
     return env
 
 

@@ -30,6 +30,7 @@ from tests.e2e.harness import (
     client,
     define,
     inbound,
+    kafka_ledger_env,
     kafka_settings,
     now,
     opt_in,
@@ -155,13 +156,7 @@ async def test_checkpoints_are_signed_and_a_tampered_export_is_caught(
     )
     env = {"CONSENT_LEDGER": ledger, "CONSENT_POSTGRES_DSN": postgres_dsn}
     if kafka is not None:
-        env |= {
-            "CONSENT_KAFKA_BOOTSTRAP": kafka_bootstrap,
-            "CONSENT_KAFKA_TOPIC_PREFIX": prefix,
-            "CONSENT_KAFKA_PARTITIONS": str(kafka.subscriber_partitions),
-            "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
-            "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
-        }
+        env |= kafka_ledger_env(kafka)
     async with running(settings) as runtime:
         await write_history(runtime.address)
         if kafka is not None:

@@ -35,6 +35,7 @@ from tests.e2e.harness import (
     defined,
     held_info,
     inbound,
+    kafka_ledger_env,
     kafka_settings,
     noon_in_los_angeles,
     opt_in,
@@ -601,12 +602,7 @@ async def consent_ledger_rebuild(settings: Settings) -> None:
     assert kafka is not None
     env = {
         **os.environ,
-        "CONSENT_LEDGER": "kafka",
-        "CONSENT_KAFKA_BOOTSTRAP": kafka.bootstrap_servers,
-        "CONSENT_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
-        "CONSENT_KAFKA_PARTITIONS": str(kafka.subscriber_partitions),
-        "CONSENT_KAFKA_REPLICATION_FACTOR": "1",
-        "CONSENT_KAFKA_MIN_INSYNC_REPLICAS": "1",
+        **kafka_ledger_env(kafka),
         "CONSENT_POSTGRES_DSN": settings.postgres_dsn,
         "CONSENT_AUTH_TOKENS_FILE": str(settings.tokens_file),
         "CONSENT_DATA_DIR": str(settings.data_dir),
