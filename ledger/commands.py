@@ -82,6 +82,7 @@ from ledger.regions import normalise_region
 from ledger.state import SubscriberState
 from ledger.validation import (
     EARLIEST_BIRTH,
+    NAME_RULE,
     TEXT_LIMITS,
     Violations,
     check_identifier,
@@ -90,21 +91,9 @@ from ledger.validation import (
     check_proof_value,
     check_text,
     is_blank,
+    is_name,
     says_nothing,
 )
-
-# Matched whole (``fullmatch``): with ``match`` and ``$``, "acme\n" passed, and an
-# opt-out written under it stopped nothing sent under "acme". Ending alphanumeric:
-# "acme." or "promo-" was a name of its own, one a person reads as "acme", and an
-# opt-out accepted under it stopped nothing sent under the name meant.
-_NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
-
-
-@lru_cache(maxsize=4096)
-def is_name(value: str) -> bool:
-    """Whether ``value`` is a brand or campaign name (``check_name`` says why not)."""
-    return _NAME.fullmatch(value) is not None
-
 
 _SEPARATOR_RUN = re.compile(r"[._-]+")
 
@@ -184,10 +173,7 @@ def _letters_and_digits(value: str) -> str:
 def check_name(value: str, field_name: str) -> str:
     """Brand and campaign ids: short, lower-case, stable (they key the ledger)."""
     if not is_name(value or ""):
-        raise InvalidRequest(
-            field_name,
-            "must be 1-64 chars of a-z, 0-9, '.', '_' or '-', starting and ending alphanumeric",
-        )
+        raise InvalidRequest(field_name, NAME_RULE)
     return value
 
 

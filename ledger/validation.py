@@ -18,6 +18,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -76,6 +77,21 @@ request. Every fact must fit one ledger record (Kafka's producer refuses records
 1 MiB, and so would the broker), and a field no real request fills to this length is
 refused rather than stored: with every field at its limit, in four-byte characters, a
 fact stays far below a record's limit."""
+
+
+# Matched whole (``fullmatch``): with ``match`` and ``$``, "acme\n" passed, and an
+# opt-out written under it stopped nothing sent under "acme". Ending alphanumeric:
+# "acme." or "promo-" was a name of its own, one a person reads as "acme", and an
+# opt-out accepted under it stopped nothing sent under the name meant.
+_NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
+NAME_RULE = "must be 1-64 chars of a-z, 0-9, '.', '_' or '-', starting and ending alphanumeric"
+"""Why a brand or campaign name is refused (``ledger.commands.check_name``)."""
+
+
+@lru_cache(maxsize=4096)
+def is_name(value: str) -> bool:
+    """Whether ``value`` is a brand or campaign name (``check_name`` says why not)."""
+    return _NAME.fullmatch(value) is not None
 
 
 def check_length(value: str, field_name: str) -> str:

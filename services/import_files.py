@@ -54,7 +54,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from ledger.errors import DomainError, InvalidRequest
 from ledger.phone import to_e164
 from ledger.regions import normalise_region
-from ledger.validation import TEXT_LIMITS, check_length, says_nothing, text_problem
+from ledger.validation import (
+    NAME_RULE,
+    TEXT_LIMITS,
+    check_length,
+    is_name,
+    says_nothing,
+    text_problem,
+)
 from services.import_mapping import EPOCH_UNITS, TYPED, Mapping, loosely
 from services.wire.enums import NOT_SET
 
@@ -1710,7 +1717,12 @@ def unreadable_value(field: str, value: str, mapping: Mapping = _PLAIN) -> str |
     limit = TEXT_LIMITS.get(field, VALUE_LIMIT)
     if len(value) > limit:
         return f"must be at most {limit:,} characters, got {len(value):,}"
-    return text_problem(value, field)
+    problem = text_problem(value, field)
+    if problem is None and field in ("brand", "campaign") and not is_name(value):
+        # A name the service refuses (too long, in capitals, padded) would refuse
+        # every record too, as an empty one would.
+        problem = NAME_RULE
+    return problem
 
 
 _UNSET = re.compile(re.escape(NOT_SET) + r": one of [^;]*")

@@ -39,7 +39,6 @@ from ledger.commands import (
     RecordOptOut,
     RefusedOutcome,
     check_name,
-    is_name,
 )
 from ledger.deadlines import revocation_due
 from ledger.digest import informational_only
@@ -50,7 +49,7 @@ from ledger.policy import Decision, Reason, deny
 from ledger.ports import ConsistencyToken, EventTooLarge, Stream
 from ledger.retention import PlaceLegalHold, ReleaseLegalHold, RequestErasure
 from ledger.state import exemptions_not_granted
-from ledger.validation import Violations
+from ledger.validation import Violations, is_name
 from services import packets
 from services.errors import (
     AlreadyExists,

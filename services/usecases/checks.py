@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ledger.campaigns import Campaign
-from ledger.commands import check_name, check_time, is_name
+from ledger.commands import check_name, check_time
 from ledger.digest import Digest, digest_of
 from ledger.errors import InvalidPhoneNumber, InvalidRequest
 from ledger.events import ANY_BRAND, MAX_CLOCK_SKEW, MessageKind, Recorded, SubscriberEvent
@@ -36,7 +36,7 @@ from ledger.policy import (
 )
 from ledger.ports import CampaignReads, ConsistencyToken, DigestReads, UnreadableDigests
 from ledger.state import CampaignHistory, SubscriberState
-from ledger.validation import Violations, check_not_too_early
+from ledger.validation import Violations, check_not_too_early, is_name
 from services.errors import NotConsistent, PermissionDenied
 from services.usecases.access import Reader
 from services.usecases.context import BEHIND, Context

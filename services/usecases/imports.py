@@ -55,7 +55,6 @@ from ledger.commands import (
     fingerprint_as_spelled,
     held_opt_out,
     held_words,
-    is_name,
     request_fingerprint,
     to_events,
     unattributed_opt_out,
@@ -85,7 +84,7 @@ from ledger.ports import (
     RequestUse,
     Stream,
 )
-from ledger.validation import Violations
+from ledger.validation import Violations, is_name
 from services.errors import (
     FailedPrecondition,
     NotConsistent,

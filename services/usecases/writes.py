@@ -53,7 +53,6 @@ from ledger.commands import (
     held_opt_out,
     held_words,
     hold_keyed,
-    is_name,
     name_read,
     provider_opt_out_hold,
     refused_outcome_hold,
@@ -95,6 +94,7 @@ from ledger.ports import (
     Stream,
 )
 from ledger.state import COUNTED_KINDS, CampaignHistory, Fact, SubscriberState
+from ledger.validation import is_name
 from services.errors import (
     AlreadyExists,
     FailedPrecondition,
