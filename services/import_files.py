@@ -601,7 +601,15 @@ def _jsonl_all(
             yield Unreadable(number, "record", f"is not JSON: {exc}")
             continue
         if not isinstance(obj, dict):
-            yield Unreadable(number, "record", "is not a JSON object")
+            # An array of records on a line of its own (a JSON export joined to JSON
+            # Lines): each object in it refused, and an opt-out among them held by
+            # what it says, as objects glued on a line are, not dropped unheld.
+            for said in _objects_in(obj):
+                yield _refused(
+                    _loose(ours(said)), number, "record", "is not a JSON object", mapping=mapping
+                )
+            if not _objects_in(obj):
+                yield Unreadable(number, "record", "is not a JSON object")
             continue
         pieces: list[tuple[dict[str, Any], tuple[str, ...] | None, tuple[str, str] | None]] = []
         for piece, unmapped in (
@@ -1027,6 +1035,11 @@ def _said(raw: str, exc: json.JSONDecodeError) -> list[dict[str, Any]]:
         objects.append(value)
         at = _past_separators(raw, at)
     return objects or [_cut_short(raw) or _cut_short(raw[: exc.pos]) or {}]
+
+
+def _objects_in(value: Any) -> list[dict[str, Any]]:
+    """The objects of a JSON line that is an array rather than one object."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 def _past_separators(raw: str, at: int) -> int:
@@ -1844,7 +1857,7 @@ def _records_on(raw: str) -> int:
     """The records ``_jsonl_all`` finds on a whole JSON line: one, or each object of
     a line holding several (``_said``)."""
     try:
-        json.loads(raw, object_pairs_hook=_once, parse_int=_whole, parse_float=Decimal)
+        value = json.loads(raw, object_pairs_hook=_once, parse_int=_whole, parse_float=Decimal)
     except json.JSONDecodeError as exc:
         return len(_said(raw, exc))
     except _Twice:  # one record refused, unless objects are glued there too
@@ -1854,6 +1867,8 @@ def _records_on(raw: str) -> int:
             return len(_said(raw, exc))
     except ValueError:
         pass
+    else:
+        return len(_objects_in(value)) or 1  # an array's objects, refused each
     return 1
 
 

@@ -1330,3 +1330,23 @@ def test_the_summary_counts_skipped_records_by_their_skip_and_not_as_unsent():
         "  held for review: 0",
         "dry run: nothing was written",
     ]
+
+
+def test_an_array_of_records_on_a_later_json_line_holds_each_opt_out_in_it(tmp_path):
+    """A JSON export's array joined to JSON Lines: the line was refused as "not a JSON
+    object" and held by nothing, so an opt-out in it left its number allowed while
+    the file's opt-ins went in. Each object is refused, and an opt-out held by what
+    it says; the progress bar's count finds them as the reader does."""
+    stop = '{"type": "opt_out", "phone": "+14155550101", "brand": "acme"}'
+    start = '{"type": "opt_in", "phone": "+14155550102", "brand": "acme"}'
+    path = tmp_path / "x.jsonl"
+    path.write_text(f"{stop}\n[{stop}, {start}]\n42\n", encoding="utf-8")
+    with open_text(path) as text:
+        found = list(read_records(text, "jsonl"))
+    refused = [r for r in found if isinstance(r, Unreadable)]
+    assert [(r.line, r.reason) for r in refused] == [(2, "is not a JSON object")] * 2 + [
+        (3, "is not a JSON object")
+    ]
+    assert [r.held is not None for r in refused] == [True, False, False]
+    assert refused[0].held is not None and refused[0].held.opt_out.phone == "+14155550101"
+    assert count_records(path, "jsonl") == len(found) == 4
