@@ -38,7 +38,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -584,9 +584,13 @@ def _jsonl_all(
                         mapping=mapping,
                     )
                 continue
-            loose = _loose(ours(agreed)) if isinstance(agreed, dict) else {}
+            if not isinstance(agreed, dict):
+                yield from _not_an_object(agreed, number, ours, mapping)
+                continue
             where = _twice_at(raw) or twice.field
-            yield _refused(loose, number, where, "is given more than once", mapping=mapping)
+            yield _refused(
+                _loose(ours(agreed)), number, where, "is given more than once", mapping=mapping
+            )
             continue
         except json.JSONDecodeError as exc:
             if raw.lstrip()[:1] in ('"', "}", "]"):  # a key or an end: an object's inside
@@ -601,15 +605,7 @@ def _jsonl_all(
             yield Unreadable(number, "record", f"is not JSON: {exc}")
             continue
         if not isinstance(obj, dict):
-            # An array of records on a line of its own (a JSON export joined to JSON
-            # Lines): each object in it refused, and an opt-out among them held by
-            # what it says, as objects glued on a line are, not dropped unheld.
-            for said in _objects_in(obj):
-                yield _refused(
-                    _loose(ours(said)), number, "record", "is not a JSON object", mapping=mapping
-                )
-            if not _objects_in(obj):
-                yield Unreadable(number, "record", "is not a JSON object")
+            yield from _not_an_object(obj, number, ours, mapping)
             continue
         pieces: list[tuple[dict[str, Any], tuple[str, ...] | None, tuple[str, str] | None]] = []
         for piece, unmapped in (
@@ -1040,6 +1036,19 @@ def _said(raw: str, exc: json.JSONDecodeError) -> list[dict[str, Any]]:
 def _objects_in(value: Any) -> list[dict[str, Any]]:
     """The objects of a JSON line that is an array rather than one object."""
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _not_an_object(
+    value: Any, line: int, ours: Callable[[dict[str, Any]], dict[str, Any]], mapping: Mapping
+) -> Iterator[Unreadable]:
+    """A JSON line that is no object, refused: an array of records (a JSON export
+    joined to JSON Lines) each object in it, an opt-out among them held by what it
+    says, as objects glued on a line are, not dropped unheld."""
+    objects = _objects_in(value)
+    for said in objects:
+        yield _refused(_loose(ours(said)), line, "record", "is not a JSON object", mapping=mapping)
+    if not objects:
+        yield Unreadable(line, "record", "is not a JSON object")
 
 
 def _past_separators(raw: str, at: int) -> int:
@@ -1862,14 +1871,14 @@ def _records_on(raw: str) -> int:
         return len(_said(raw, exc))
     except _Twice:  # one record refused, unless objects are glued there too
         try:
-            json.loads(raw, object_pairs_hook=_agreed, parse_int=_whole, parse_float=Decimal)
+            value = json.loads(
+                raw, object_pairs_hook=_agreed, parse_int=_whole, parse_float=Decimal
+            )
         except json.JSONDecodeError as exc:
             return len(_said(raw, exc))
     except ValueError:
-        pass
-    else:
-        return len(_objects_in(value)) or 1  # an array's objects, refused each
-    return 1
+        return 1
+    return len(_objects_in(value)) or 1  # an array's objects, refused each
 
 
 def open_text(path: Path | None, upto: int | None = None) -> TextIO:

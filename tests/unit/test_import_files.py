@@ -1340,13 +1340,14 @@ def test_an_array_of_records_on_a_later_json_line_holds_each_opt_out_in_it(tmp_p
     stop = '{"type": "opt_out", "phone": "+14155550101", "brand": "acme"}'
     start = '{"type": "opt_in", "phone": "+14155550102", "brand": "acme"}'
     path = tmp_path / "x.jsonl"
-    path.write_text(f"{stop}\n[{stop}, {start}]\n42\n", encoding="utf-8")
+    twice = stop[:-1] + ', "brand": "acme"}'  # a key given twice, in an array too
+    path.write_text(f"{stop}\n[{stop}, {start}]\n42\n[{twice}]\n", encoding="utf-8")
     with open_text(path) as text:
         found = list(read_records(text, "jsonl"))
     refused = [r for r in found if isinstance(r, Unreadable)]
-    assert [(r.line, r.reason) for r in refused] == [(2, "is not a JSON object")] * 2 + [
-        (3, "is not a JSON object")
+    assert [(r.line, r.reason) for r in refused] == [
+        (line, "is not a JSON object") for line in (2, 2, 3, 4)
     ]
-    assert [r.held is not None for r in refused] == [True, False, False]
+    assert [r.held is not None for r in refused] == [True, False, False, True]
     assert refused[0].held is not None and refused[0].held.opt_out.phone == "+14155550101"
-    assert count_records(path, "jsonl") == len(found) == 4
+    assert count_records(path, "jsonl") == len(found) == 5
