@@ -531,13 +531,19 @@ def _read_file(path: Path) -> dict[str, Any]:
     for part in ("columns", "set"):
         table = _dotted(read.get(part, {}))
         if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
-            raise MappingError(f"--mapping {path}: {part} must map fields to strings")
+            raise MappingError(
+                f"--mapping {path}: {part} must map fields to strings{_stray(table, str)}"
+            )
         out[part] = dict(table)
     tables = read.get("values", {})
     if not isinstance(tables, dict) or not all(
         isinstance(t, dict) and all(isinstance(v, str) for v in t.values()) for t in tables.values()
     ):
-        raise MappingError(f"--mapping {path}: values must map fields to tables of strings")
+        named = _stray(tables, dict) or next(
+            (w for k, t in tables.items() if isinstance(t, dict) and (w := _stray(t, str, k))),
+            "",
+        )
+        raise MappingError(f"--mapping {path}: values must map fields to tables of strings{named}")
     out["values"] = {k: dict(v) for k, v in tables.items()}
     skip = _dotted(read.get("skip", {}))
     if isinstance(skip, dict):  # a column's one value may be given as it is
@@ -545,9 +551,24 @@ def _read_file(path: Path) -> dict[str, Any]:
     if not isinstance(skip, dict) or not all(
         isinstance(t, list) and all(isinstance(v, str) for v in t) for t in skip.values()
     ):
-        raise MappingError(f"--mapping {path}: skip must map columns to lists of values")
+        raise MappingError(
+            f"--mapping {path}: skip must map columns to lists of values{_stray(skip, list)}"
+        )
     out["skip"] = {k: list(v) for k, v in skip.items()}
     return out
+
+
+def _stray(table: Any, kind: type, within: str = "") -> str:
+    """Where a mapping file's table holds a value of another type than ``kind``, as
+    the end of its refusal (``: 'brand' is 5``; ``within`` a field's table of
+    values, ``: 'type.cleaned' is 5``); empty if none is found."""
+    if not isinstance(table, dict):
+        return ""
+    for key, value in table.items():
+        if not isinstance(value, kind):
+            where = f"{within}.{key}" if within else key
+            return f": {where!r} is {value!r}"[:200]
+    return ""
 
 
 _TABLES = ("columns", "values", "set", "ignore", "skip")

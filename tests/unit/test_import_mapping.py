@@ -1104,3 +1104,21 @@ def test_a_mapped_json_key_of_our_own_name_spelt_apart_by_lines_is_the_mapped_on
     given = mapping(columns=["phone=Phone", "occurred_at=at"])
     first, second = fitted_read(text, "jsonl", given)
     assert first.record == second.record == read(OURS, "csv")[1].record  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("read", "words"),
+    [
+        ({"set": {"brand": "acme", "tier": 5}}, "set must map fields to strings: 'tier' is 5"),
+        ({"columns": {"phone": ["a"]}}, "columns must map fields to strings: 'phone' is ['a']"),
+        ({"values": {"type": {"gone": None}}}, "tables of strings: 'type.gone' is None"),
+        ({"values": {"type": "opt_out"}}, "tables of strings: 'type' is 'opt_out'"),
+    ],
+)
+def test_a_mapping_file_s_value_of_another_type_is_named_by_its_key(tmp_path, read, words):
+    """The README promises a value of another type in a mapping file is a usage
+    error naming it: the refusal named only its table, leaving a long file to be
+    searched for the one value."""
+    (tmp_path / "m.json").write_text(json.dumps(read))
+    with pytest.raises(MappingError, match=re.escape(words)):
+        from_parts(file=tmp_path / "m.json", fields=FIELDS)
