@@ -106,8 +106,8 @@ connection:
 output:
   a progress bar on standard error (records acknowledged by the service, their
   rate, the time left), drawn in place on a terminal of a known width, else (a
-  log) a plain line every 5 s and one at the end, none with --quiet; then the
-  summary on standard output:
+  log) a plain line at the first answer, then every 5 s, and one at the end, none
+  with --quiet; then the summary on standard output:
     imported 9,993 of 10,000 records from export.csv in 1.4 s (7,138 records/s)
       already present: 0
       refused: 7
