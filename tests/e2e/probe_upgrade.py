@@ -1,10 +1,15 @@
-"""A send claimed on an older version whose instance was SIGKILLed before its append,
-then this version after its ``migrate`` (a probe, not part of the suite: run it by
-name, ``pytest tests/e2e/probe_upgrade_claims.py -s``, with OLD_ROOT a worktree of
-the older commit, for example ``git worktree add --detach /tmp/old 73a1b61``). The
-claims the older version made read as made at the migration (0028), so the message
-sent again corrected is refused until they lapse, then recorded once; the dead
-request's own retry is refused."""
+"""Upgrades from an older version, run beside it as a process of its own (a probe, not
+part of the suite: run it by name, ``pytest tests/e2e/probe_upgrade.py -s``, with
+OLD_ROOT a worktree of the older commit, for example ``git worktree add --detach
+/tmp/old 73a1b61``).
+
+A send claimed on the older version whose instance was SIGKILLed before its append:
+the claims it made read as made at this version's migration (0028), so the message
+sent again corrected is refused until they lapse, then recorded once, and the dead
+request's own retry is refused. And a rolling update from a version before
+``0bd94ad``: an opt-out this version imports into a partition the older version's
+projector folds loses its import mark, so its confirmation is allowed until
+``consent-ledger rebuild`` (README, "The projections", format 20)."""
 
 from __future__ import annotations
 
@@ -22,9 +27,20 @@ import asyncpg
 import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
 
 import tests.e2e.test_fault_suite as fault_suite
-from tests.e2e.harness import client, define, kafka_service_env, now, sent, ts
+from tests.e2e.harness import (
+    client,
+    define,
+    kafka_service_env,
+    now,
+    opt_in,
+    opt_out,
+    sent,
+    streamed,
+    ts,
+)
 from tests.e2e.test_write_faults import PASSING, _signal
 from tests.infra.kafka_broker import KafkaBroker
 
@@ -131,15 +147,7 @@ async def test_claim_made_on_old_version_lapses_on_new(
         proc.kill()
         raise
     await asyncio.to_thread(broker.start)
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "services.cli", "migrate"],
-        cwd=NEW,
-        env={**os.environ, **on(NEW, env)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = await asyncio.to_thread(_cli, env, "migrate")
     assert done.returncode == 0, done.stderr
     assert "0028_message_claim_age" in done.stdout, "not migrated from the older version"
     migrated_at = time.monotonic()
@@ -182,3 +190,77 @@ async def test_claim_made_on_old_version_lapses_on_new(
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 60)
+
+
+async def test_an_old_projector_drops_the_import_mark_until_a_rebuild(
+    tmp_path: Path, postgres_dsn: str, kafka_bootstrap: str
+) -> None:
+    if not (OLD / "services").is_dir():
+        pytest.skip("OLD_ROOT names no worktree of the older version")
+    env = kafka_service_env(tmp_path, postgres_dsn, kafka_bootstrap, "up-mark")
+    when = now()
+    phones = [f"+1415556{i:04d}" for i in range(16)]
+    confirmation = lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION
+
+    async def allowed(address: str, token: str = "") -> list[bool]:
+        async with client(address) as c:
+            return [
+                (
+                    await c.CanSend(
+                        api.CanSendRequest(
+                            phone=p, brand="acme", campaign="promo",
+                            message_kind=confirmation, at_least_as_fresh=token,
+                        )
+                    )
+                ).allowed
+                for p in phones
+            ]  # fmt: skip
+
+    old, address = await asyncio.to_thread(_serve, on(OLD, env), tmp_path / "old.log")
+    try:
+        async with client(address) as c:
+            await c.DefineCampaign(define("acme", "promo", when - timedelta(days=2)))
+            for p in phones:
+                await c.RecordOptIn(opt_in(p, "acme", "promo", when - timedelta(hours=1)))
+        assert (await asyncio.to_thread(_cli, env, "migrate")).returncode == 0
+        again = dict(env, CONSENT_DATA_DIR=str(tmp_path / "new"))
+        (tmp_path / "new").mkdir()
+        new, address = await asyncio.to_thread(_serve, on(NEW, again), tmp_path / "new.log")
+        try:
+            await asyncio.sleep(5)  # both projectors in the group
+            async with client(address) as c:
+                records = [
+                    api.ImportRecord(
+                        opt_out=opt_out(
+                            p, "acme", "promo", now() - timedelta(minutes=1),
+                            channel=lpb.REVOCATION_CHANNEL_KEYWORD,
+                        )
+                    )
+                    for p in phones
+                ]  # fmt: skip
+                (answer,) = await streamed(c, [api.ImportConsentsRequest(records=records)])
+                assert answer.imported == len(phones)
+            during = await allowed(address, answer.consistency_token)
+        finally:
+            new.terminate()
+            await asyncio.to_thread(new.wait, 60)
+    finally:
+        old.terminate()
+        await asyncio.to_thread(old.wait, 60)
+    print("confirmation allowed during the rolling update:", during)
+    assert (await asyncio.to_thread(_cli, env, "rebuild", "--quiet")).returncode == 0
+    new, address = await asyncio.to_thread(_serve, on(NEW, again), tmp_path / "rebuilt.log")
+    try:
+        assert not any(await allowed(address)), "a rebuild restores the import mark"
+    finally:
+        new.terminate()
+        await asyncio.to_thread(new.wait, 60)
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``consent-ledger ARGS`` of this version."""
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=NEW, env={**os.environ, **on(NEW, env)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
