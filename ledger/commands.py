@@ -1453,6 +1453,13 @@ def check_inbound(cmd: HandleInboundMessage, now: datetime) -> None:
 OPT_OUT_CONFIRMATION_CONTENT = ("identify_sender", "confirm_no_further_messages")
 OPT_IN_CONFIRMATION_CONTENT = ("identify_sender", "opt_out_instructions")
 HELP_CONTENT = ("identify_sender", "customer_care_contact", "opt_out_instructions")
+REPLY_CONTENT: dict[ReplyKind, tuple[str, ...]] = {
+    ReplyKind.NONE: (),
+    ReplyKind.OPT_OUT_CONFIRMATION: OPT_OUT_CONFIRMATION_CONTENT,
+    ReplyKind.OPT_IN_CONFIRMATION: OPT_IN_CONFIRMATION_CONTENT,
+    ReplyKind.HELP: HELP_CONTENT,
+}
+"""What each kind of reply must contain."""
 
 
 def handle_inbound(

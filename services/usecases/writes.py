@@ -24,6 +24,7 @@ from ledger.commands import (
     HELD_INTENTS,
     HELD_OPT_OUT,
     OPT_OUT_ERROR_CODES,
+    REPLY_CONTENT,
     ChangeCampaignPolicy,
     Command,
     DefineCampaign,
@@ -263,6 +264,23 @@ brand's request ids (``Writes._redelivered``): no client's request id is one."""
 REPLY_PREFIX = "inbound-reply-"
 """Starts the key under which the reply an inbound text owes is taken among a brand's
 request ids (``Writes._reply_once``): told to one delivery of the text."""
+
+REPLY_TOLD = "reply:"
+"""Starts the fingerprint of a text's reply key, the reply its first answer told
+after it (``reply:none``). Keys taken before it was kept read ``reply``: the first
+answer said a reply was owed, of a kind not kept."""
+
+
+def _reply_told(fingerprint: str) -> ReplyKind | None:
+    """The reply the first answer of a text told (``REPLY_TOLD``), None if not kept."""
+    try:
+        return ReplyKind(fingerprint.removeprefix(REPLY_TOLD))
+    except ValueError:
+        return None
+
+
+def _reply_said(told: ReplyKind | None) -> str:
+    return "no reply owed" if told is ReplyKind.NONE else "the reply owed"
 
 
 def _anyone(brand: str) -> None:
@@ -1199,9 +1217,14 @@ class Writes:
         view, though its own answer may have been "outcome unknown" (a deadline passed
         while the broker was slow), which tells a gateway nothing: the confirmation
         of that STOP was then never sent. Such a redelivery now takes the reply, and
-        is told it is owed, when no delivery's answer took it before."""
+        is told it is owed, when no delivery's answer took it before.
+
+        The reply is read from the state the text came to, so the first answer keeps
+        what it told, "none" too (``REPLY_TOLD``): a START with nothing to resume,
+        retried after an opt-in and a STOP, was told a confirmation was owed, and a
+        STOP's retry was told "none" once a hold stood."""
         owed = result.owed
-        if owed is None or owed.reply is ReplyKind.NONE:
+        if owed is None:
             return result
         received = owed.events[0] if owed.events else None
         if not isinstance(received, InboundMessageReceived):
@@ -1210,17 +1233,31 @@ class Writes:
         said = f"{received.phone}\0{received.message_id}\0{received.to_number}\0{received.body}"
         key = f"{REPLY_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
         ids = [str(e.event_id) for e in owed.events]
-        use = await self.ctx.view.claim_request(received.brand, key, "reply", ids)
-        if set(use.event_ids) & set(ids):
+        use = await self.ctx.view.claim_request(
+            received.brand, key, REPLY_TOLD + owed.reply.value, ids
+        )
+        told = _reply_told(use.fingerprint)
+        if set(use.event_ids) & set(ids):  # this answer took it, or its request's did
+            if told is not None and told is not owed.reply:
+                note = (
+                    f"message {received.message_id!r} was answered first with"
+                    f" {_reply_said(told)}: its retry is told the same"
+                )
+                first = replace(
+                    owed, reply=told, required_content=REPLY_CONTENT[told], notes=[note]
+                )
+                return InboundResult(result.write, first)
+            if owed.reply is ReplyKind.NONE:
+                return replace(result, owed=None)
             return InboundResult(result.write, owed)
         if result.outcome.reply is ReplyKind.NONE:
             return replace(result, owed=None)
         note = (
-            f"message {received.message_id!r} was answered before with the reply owed:"
-            " no reply owed again"
+            f"message {received.message_id!r} was answered before with"
+            f" {_reply_said(told)}: no reply owed again"
         )
-        told = replace(owed, reply=ReplyKind.NONE, required_content=(), notes=[note])
-        return InboundResult(result.write, told)
+        again = replace(owed, reply=ReplyKind.NONE, required_content=(), notes=[note])
+        return InboundResult(result.write, again)
 
     async def _in_turn(self, phone: str, write: Coroutine[Any, Any, R]) -> R:
         """``write`` in ``phone``'s turn (``_inbound_turn``), run to its end even when

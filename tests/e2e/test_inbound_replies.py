@@ -177,16 +177,27 @@ async def test_a_start_after_stopall_resumes_only_the_campaign_it_was_sent_to(in
 
 
 async def test_a_start_with_no_consent_to_resume_owes_no_reply_and_allows_nothing(instances):
-    (a, _), when = instances
+    """Nor does its retry on either instance, after an opt-in and a STOP gave it
+    something to resume: the first answer stands."""
+    (a, b), when = instances
     phone = "+14155552742"
-    async with client(a.address, "acme-app") as c:
+    async with client(a.address, "acme-app") as c, client(b.address, "acme-app") as cb:
         await c.RecordOptIn(opt_in(phone, "acme", "alerts", when - timedelta(minutes=30)))
-        start = await c.HandleInboundMessage(
-            inbound(phone, PROMO_NUMBER, "START", when - timedelta(minutes=8))
-        )
+        text = inbound(phone, PROMO_NUMBER, "START", when - timedelta(minutes=8))
+        start = await c.HandleInboundMessage(text)
         assert start.reply == api.REPLY_KIND_NONE and start.notes
         answers = await standing(c, phone, start.consistency_token)
         assert not answers["promo"][0] and answers["alerts"][0]
+
+        await c.RecordOptIn(opt_in(phone, "acme", "promo", when - timedelta(minutes=7)))
+        stop = await c.HandleInboundMessage(
+            inbound(phone, PROMO_NUMBER, "STOP", when - timedelta(minutes=6))
+        )
+        await standing(cb, phone, stop.consistency_token)
+        for caller in (c, cb):
+            again = await caller.HandleInboundMessage(text)
+            assert list(again.event_ids) == list(start.event_ids)
+            assert again.reply == api.REPLY_KIND_NONE, again
 
 
 async def test_texts_of_one_phone_at_once_through_two_instances_record_every_fact(instances):

@@ -4,6 +4,7 @@ rule: each is allowed only when the fact that earns it is there."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -15,12 +16,13 @@ from ledger.commands import (
     HandleInboundMessage,
     RecordMessageSent,
     RecordMessagesSent,
+    RecordOptOut,
     ReplyKind,
     SentMessage,
     handle_inbound,
 )
 from ledger.digest import digest_of
-from ledger.events import MessageKind
+from ledger.events import MessageKind, RevocationChannel
 from ledger.keywords import Intent
 from ledger.policy import Obligation, Reason, decide, earns_exemption
 from ledger.ports import Stream
@@ -432,6 +434,39 @@ async def test_a_text_redelivered_under_a_new_request_id_is_recorded_once():
             assert again.outcome.reply is ReplyKind.NONE, again.outcome
             assert "a redelivery" in again.outcome.notes[0]
             assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+async def test_a_text_s_retries_and_redeliveries_tell_the_reply_its_first_answer_told():
+    """The reply owed is read from the state the text came to. A START with nothing to
+    resume was answered "no reply owed"; retried after an opt-in and a STOP, it was
+    then told a confirmation was owed, and one answered "owed" was told "none" once
+    a hold stood. The first answer stands for its retries and redeliveries."""
+    async with running(ledger=ledger_at_now()) as (app, _):
+        await app.writes.record(DefineCampaign("d", "acme", "promo", PROMO.policy, at(-60 * 24)))
+        start = HandleInboundMessage("i-start", PHONE, NUMBER, "START", "SM-start", at(-10))
+        first = await app.writes.handle_inbound(start)
+        assert first.outcome.reply is ReplyKind.NONE, first.outcome
+        await app.writes.record(opt_in("r1"))
+        stop = await app.writes.handle_inbound(
+            HandleInboundMessage("i-stop", PHONE, NUMBER, "STOP", "SM-stop", NOW)
+        )
+        await app.guard.wait_for_token(stop.write.token)
+        restart = HandleInboundMessage("i-again", PHONE, NUMBER, "START", "SM-again", NOW)
+        owed = await app.writes.handle_inbound(restart)
+        assert owed.outcome.reply is ReplyKind.OPT_IN_CONFIRMATION, owed.outcome
+        for again in (start, replace(start, request_id="i-start-2")):
+            told = await app.writes.handle_inbound(again)
+            assert told.write.event_ids == first.write.event_ids
+            assert told.outcome.reply is ReplyKind.NONE, (again.request_id, told.outcome)
+        # Of a campaign not defined: held for review, which no START lifts.
+        await app.writes.record(
+            RecordOptOut("r-held", PHONE, "acme", "nope", RevocationChannel.WEB, NOW)
+        )
+        for again in (restart, replace(restart, request_id="i-again-2")):
+            told = await app.writes.handle_inbound(again)
+            assert told.write.event_ids == owed.write.event_ids
+            expected = ReplyKind.OPT_IN_CONFIRMATION if again is restart else ReplyKind.NONE
+            assert told.outcome.reply is expected, (again.request_id, told.outcome)
 
 
 async def test_other_words_under_a_recorded_message_id_are_refused_unless_a_stop():
