@@ -316,8 +316,8 @@ class Runtime:
         self.metrics.guard, self.metrics.replica = self.guard, replica
         self.usecases.access.observe = self.metrics.audit_read
         self.usecases.access.observe_refusal = self.metrics.audit_refused
-        self.metrics.overdue = read_on_loop(
-            asyncio.get_running_loop(), self.usecases.review.overdue_candidates
+        self.metrics.candidates = read_on_loop(
+            asyncio.get_running_loop(), self.usecases.review.open_candidates
         )
         if s.metrics_listen:  # before gRPC: a port in use stops the start, not a served process
             self._serve_metrics(s.metrics_listen)

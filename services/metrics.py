@@ -44,9 +44,11 @@ metrics make that visible:
   (``ledger``) or the checkpoint store's (``checkpoints``) producer was replaced
   by a new one after a failed delivery (aiokafka issue #1017; a broker restart
   causes a few, a steady climb means deliveries keep failing);
-* ``consent_revocation_candidates_overdue``: flagged replies of every brand left
-  unresolved past the ten business days the law allows (each denies as a
-  revocation); read from the view when scraped, one query over the unresolved ones;
+* ``consent_revocation_candidates_unresolved``: flagged replies and opt-outs held
+  for review, of every brand, awaiting review (each denies as a revocation); and
+  ``consent_revocation_candidates_overdue``: those left unresolved past the ten
+  business days the law allows; both read from the view when scraped, one query
+  over the unresolved ones;
 * the ``process_*``, ``python_gc_*`` and ``python_info`` metrics of
   ``prometheus_client``.
 
@@ -64,7 +66,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from operator import attrgetter
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -90,6 +92,7 @@ from ledger.ports import AccessRecord, EventLog, ReplicaStats, Stream, WrappedEv
 from services.freshness import FreshnessStatus
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 SCRAPE_READ_TIMEOUT = 2.0
 """Seconds a scrape waits for a value read on the event loop before leaving it out."""
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -108,15 +111,15 @@ class Watched(Protocol):
 
 
 def read_on_loop(
-    loop: asyncio.AbstractEventLoop, read: Callable[[], Awaitable[int]]
-) -> Callable[[], int | None]:
+    loop: asyncio.AbstractEventLoop, read: Callable[[], Awaitable[T]]
+) -> Callable[[], T | None]:
     """A function for the scrape's thread that runs ``read`` on ``loop`` and waits for
     it (at most ``SCRAPE_READ_TIMEOUT``): None when it fails or takes longer."""
 
-    async def run() -> int:
+    async def run() -> T:
         return await read()
 
-    def value() -> int | None:
+    def value() -> T | None:
         future = asyncio.run_coroutine_threadsafe(run(), loop)
         try:
             return future.result(SCRAPE_READ_TIMEOUT)
@@ -142,8 +145,9 @@ class ServiceMetrics(Collector):
     ) -> None:
         self.guard = guard
         self.replica = replica
-        self.overdue: Callable[[], int | None] | None = None
-        """Counts the overdue revocation candidates (``read_on_loop``), once set."""
+        self.candidates: Callable[[], tuple[int, int] | None] | None = None
+        """Counts the revocation candidates awaiting review, and the overdue ones among
+        them (``read_on_loop``), once set."""
         self._monotonic = monotonic
         self._decisions: dict[tuple[str, bool, int], int] = {}
         self._errors: dict[tuple[str, str], int] = {}
@@ -411,8 +415,15 @@ class ServiceMetrics(Collector):
                 "it is older than the configured maximum.",
                 value=self._monotonic() - status.observed_at,
             )
-        overdue = None if self.overdue is None else self.overdue()
-        if overdue is not None:
+        candidates = None if self.candidates is None else self.candidates()
+        if candidates is not None:
+            unresolved, overdue = candidates
+            yield GaugeMetricFamily(
+                "consent_revocation_candidates_unresolved",
+                "Replies flagged as possible opt-outs and opt-outs held for review, of every "
+                "brand, awaiting review; each denies as a revocation until resolved.",
+                value=unresolved,
+            )
             yield GaugeMetricFamily(
                 "consent_revocation_candidates_overdue",
                 "Replies flagged as possible opt-outs, of every brand, left unresolved past "

@@ -361,9 +361,10 @@ class Review:
             )
         ]
 
-    async def overdue_candidates(self) -> int:
-        """How many flagged replies of every brand are past their ten business days
-        unresolved (a reply flagged before migration 0008 may count until a rebuild
-        marks it resolved)."""
+    async def open_candidates(self) -> tuple[int, int]:
+        """How many flagged replies and held opt-outs of every brand await review, and
+        how many of those are past their ten business days (a reply flagged before
+        migration 0008 may count until a rebuild marks it resolved)."""
         now = self.ctx.clock()
-        return sum(1 for t in await self.ctx.view.open_flagged_times() if revocation_due(t) <= now)
+        times = await self.ctx.view.open_flagged_times()
+        return len(times), sum(1 for t in times if revocation_due(t) <= now)

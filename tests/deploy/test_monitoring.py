@@ -117,7 +117,7 @@ def exported_metrics() -> set[str]:
     metrics = ServiceMetrics(_Watched(FreshnessStatus(observed_at=0.0)), _Replica(1, 1))
     metrics.decided("CanSend", Decision(True, Reason.CONSENT_ACTIVE))
     metrics.failed("CanSend", "UNAVAILABLE")
-    metrics.overdue = lambda: 1
+    metrics.candidates = lambda: (2, 1)
     read = AccessRecord(datetime.now(UTC), "auditor", "GetProofPacket", "acme", "req")
     metrics.audit_read(read, True)
     metrics.audit_read(read, False)

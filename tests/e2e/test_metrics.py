@@ -35,6 +35,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 PHONE = "+14155552671"  # Los Angeles
 OTHER = "+12125551234"
+HELD = "+13125550142"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -186,6 +187,21 @@ async def test_metrics_count_answers_and_errors_and_show_a_stalled_projection(
         assert by_partition and set(by_partition.values()) == {0}
         replica_age = sample(m, "consent_replica_age_seconds")
         assert replica_age is not None and 0 <= replica_age < 2
+        assert sample(m, "consent_revocation_candidates_unresolved") == 0
+
+        # An opt-out of a campaign not defined is held for review, not refused: it
+        # awaits review (and is not overdue) in the next scrape.
+        async with client(runtime.address) as c:
+            held = await c.RecordOptOut(opt_out(HELD, "acme", "nope", recorded))
+            await c.CanSend(
+                api.CanSendRequest(
+                    phone=HELD, brand="acme", campaign="promo", at=ts(at),
+                    at_least_as_fresh=held.consistency_token,
+                )
+            )  # fmt: skip
+        m = await asyncio.to_thread(scrape, runtime.metrics_address)
+        assert sample(m, "consent_revocation_candidates_unresolved") == 1
+        assert sample(m, "consent_revocation_candidates_overdue") == 0
 
         # The projector stops; the ledger takes an opt-out the read model never sees.
         projector = next(t for t in runtime._tasks if t.get_name() == "projector")
