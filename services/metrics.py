@@ -31,6 +31,12 @@ metrics make that visible:
   the ``MessageSent`` and ``DeliveryOutcomeReported`` facts this process appended
   (every write path counted where it appends, ``TimedAppends``): the error rate
   carriers watch, across every brand, as it happens;
+* ``consent_import_records_total{outcome}``: records ``ImportConsents`` answered
+  (dry runs left out), ``imported``, ``present`` or ``refused``; and
+  ``consent_import_refusals_total{record, code, held}``: the refused ones by type
+  (``opt_in``, ``opt_out``, ``none``), status code and whether held for review,
+  so that opt-outs an import refuses show where the service runs, not only in
+  the importer's summary;
 * ``consent_campaign_health_flags_total{flag}``: campaigns and sending numbers that
   ``GetCampaignHealth`` answers found above a limit (``opt_out`` or ``error``);
 * ``consent_audit_reads_total{action, via}``: audit reads recorded and answered
@@ -163,6 +169,8 @@ class ServiceMetrics(Collector):
         self._messages_sent = 0
         self._outcomes = {outcome: 0 for outcome in DeliveryOutcome}
         self._health_flags = {"opt_out": 0, "error": 0}
+        self._import_records = {"imported": 0, "present": 0, "refused": 0}
+        self._import_refusals: dict[tuple[str, str, bool], int] = {}
         self._audit_reads: dict[tuple[str, str], int] = {}
         self._audit_unrecorded: dict[str, int] = {}
         self._audit_refused: dict[tuple[str, str, str], int] = {}
@@ -242,6 +250,17 @@ class ServiceMetrics(Collector):
             for counts in (campaign.counts, *(s.counts for s in campaign.senders)):
                 self._health_flags["opt_out"] += counts.opt_out_flagged(limits)
                 self._health_flags["error"] += counts.error_flagged(limits)
+
+    def imported(
+        self, imported: int, present: int, refusals: Sequence[tuple[str, str, bool]]
+    ) -> None:
+        """Count an import's answered chunk: its records imported and present, and each
+        refusal as (record type, status code, held for review)."""
+        self._import_records["imported"] += imported
+        self._import_records["present"] += present
+        self._import_records["refused"] += len(refusals)
+        for key in refusals:
+            self._import_refusals[key] = self._import_refusals.get(key, 0) + 1
 
     def audit_read(self, record: AccessRecord, written: bool) -> None:
         """Count an audit read: recorded (and so answered), or refused unrecorded."""
@@ -327,6 +346,23 @@ class ServiceMetrics(Collector):
         for flag, n in self._health_flags.copy().items():
             flags.add_metric([flag], n)
         yield flags
+        records = CounterMetricFamily(
+            "consent_import_records",
+            "Records ImportConsents answered (dry runs left out): imported, present or refused.",
+            labels=["outcome"],
+        )
+        for answered, n in self._import_records.copy().items():
+            records.add_metric([answered], n)
+        yield records
+        import_refusals = CounterMetricFamily(
+            "consent_import_refusals",
+            "Records ImportConsents refused, by record type, status code and whether the "
+            "record (an opt-out) was held for review all the same.",
+            labels=["record", "code", "held"],
+        )
+        for (kind, code, held), n in self._import_refusals.copy().items():
+            import_refusals.add_metric([kind, code, str(held).lower()], n)
+        yield import_refusals
         reads = CounterMetricFamily(
             "consent_audit_reads",
             "Audit reads recorded in the access log and answered, by call and channel.",

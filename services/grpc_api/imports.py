@@ -23,6 +23,7 @@ from ledger.digest import informational_only
 from ledger.errors import DomainError, InvalidRequest
 from services.errors import NotConsistent, OutcomeUnknown
 from services.grpc_api.deadlines import MARGIN, MARGIN_AT_MOST
+from services.metrics import ServiceMetrics
 from services.usecases.imports import ChunkResult, Imports, Item
 from services.wire.api import command_from_proto
 
@@ -167,6 +168,7 @@ async def answer_chunks(
     imports: Imports,
     requests: AsyncIterator[api_pb2.ImportConsentsRequest],
     time_left: Callable[[], float | None] = lambda: None,
+    metrics: ServiceMetrics | None = None,
 ) -> AsyncIterator[api_pb2.ImportConsentsResponse]:
     """One answer per request, in order, each as soon as its chunk is appended; the
     first request's ``dry_run`` holds for all. A later request asking for a dry run
@@ -174,13 +176,14 @@ async def answer_chunks(
     before it are answered), its records unread: written, they would be what it
     asked not to happen. ``time_left``: the seconds until the caller's deadline (None:
     none); a chunk not answered a margin before it ends the stream UNAVAILABLE,
-    saying why (``_answered``)."""
+    saying why (``_answered``). ``metrics`` counts each answered chunk's records, and
+    its refusals by record type (a dry run's are left out: it writes nothing)."""
     # The requests are read in a task of their own: read here, between answers, a
     # chunk was answered only when the next came or the stream ended, and a client
     # that waited for each answer before sending more stalled to its deadline.
-    started: asyncio.Queue[tuple[int, list[Item], asyncio.Future[ChunkResult]] | None] = (
-        asyncio.Queue()
-    )
+    started: asyncio.Queue[
+        tuple[int, list[Item], list[str], asyncio.Future[ChunkResult]] | None
+    ] = asyncio.Queue()
     room = asyncio.Semaphore(IN_FLIGHT)
     working: list[asyncio.Future[ChunkResult]] = []
     dry_runs: list[bool] = []  # the first request's dry_run, once read
@@ -203,7 +206,8 @@ async def answer_chunks(
             items = items_from_proto(request.records, index, imports.ctx.clock())
             work = asyncio.ensure_future(imports.chunk(items, dry_run=dry_run))
             working.append(work)
-            started.put_nowait((index, items, work))
+            kinds = [record.WhichOneof("record") or "none" for record in request.records]
+            started.put_nowait((index, items, kinds, work))
             index += len(items)
 
     reader = asyncio.ensure_future(read())
@@ -211,10 +215,13 @@ async def answer_chunks(
     reader.add_done_callback(lambda _: started.put_nowait(None))
     try:
         while (entry := await started.get()) is not None:
-            first, items, work = entry
+            first, items, kinds, work = entry
             result = await _answered(work, first, time_left, imports.lease_s, dry_run=dry_runs[0])
             working.remove(work)
             room.release()
+            if metrics is not None and not dry_runs[0]:
+                refusals = [(kinds[r.index - first], r.code, r.held) for r in result.refusals]
+                metrics.imported(result.imported, result.present, refusals)
             yield chunk_to_proto(result, first, items)
         await reader
     finally:

@@ -1268,7 +1268,8 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             recorded_by=principal.name,
             time_left=context.time_remaining,
         )
-        async for answer in imports_api.answer_chunks(imports, requests, context.time_remaining):
+        answers = imports_api.answer_chunks(imports, requests, context.time_remaining, self.metrics)
+        async for answer in answers:
             yield answer
 
 

@@ -53,6 +53,7 @@ from tests.e2e.harness import (
 )
 from tests.e2e.test_embedded_run import data_dir as data_dir  # the fixture, shared
 from tests.e2e.test_embedded_run import start, stop
+from tests.e2e.test_metrics import Samples, sample, scrape
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -204,7 +205,8 @@ async def importing(serve):
     """A service (of ``serve`` or ``module_serve``) with acme's promo campaign, and
     the time it started."""
     campaign = define("acme", "promo", datetime.now(UTC) - timedelta(days=60))
-    return await serve(name="import", campaigns=[campaign]), datetime.now(UTC)
+    runtime = await serve(name="import", campaigns=[campaign], metrics_listen="127.0.0.1:0")
+    return runtime, datetime.now(UTC)
 
 
 @pytest.fixture
@@ -217,6 +219,24 @@ async def unsent(module_serve):
     """One service for the imports that write nothing (refused before they send a
     record, or dry runs): each finds the ledger's end, and its numbers, as they were."""
     return await importing(module_serve)
+
+
+def imports_counted(m: Samples) -> dict[str, float]:
+    """``consent_import_records_total`` of a scrape, by outcome."""
+    return {
+        outcome: sample(m, "consent_import_records_total", outcome=outcome) or 0
+        for outcome in ("imported", "present", "refused")
+    }
+
+
+def import_refusals(m: Samples) -> dict[tuple[str, str, str], float]:
+    """``consent_import_refusals_total`` of a scrape, by (record, code, held)."""
+    return {
+        (labels["record"], labels["code"], labels["held"]): value
+        for (name, frozen), value in m.items()
+        if name == "consent_import_refusals_total"
+        for labels in [dict(frozen)]
+    }
 
 
 def token_of(summary: str) -> str:
@@ -328,6 +348,16 @@ async def test_an_export_is_imported_refused_by_line_and_imported_again_as_nothi
     assert runtime.ledger is not None
     ends = await runtime.ledger.end_offsets(Stream.SUBSCRIBERS)
     assert sum(ends.values()) == GOOD + opt_outs
+    # The service counts what it answered, as the summary does ("bad-time" it never
+    # saw), and its refusals by type and code: no number, brand or import id.
+    assert runtime.metrics_address is not None
+    m = await asyncio.to_thread(scrape, runtime.metrics_address)
+    assert imports_counted(m) == {"imported": GOOD + opt_outs, "present": 0, "refused": 4}
+    assert import_refusals(m) == {
+        ("opt_in", "INVALID_ARGUMENT", "false"): 2,
+        ("opt_in", "FAILED_PRECONDITION", "false"): 1,
+        ("opt_in", "PERMISSION_DENIED", "false"): 1,
+    }
 
     code, again, err = await import_cli(str(export), "--address", runtime.address, token=acme)
 
@@ -335,6 +365,12 @@ async def test_an_export_is_imported_refused_by_line_and_imported_again_as_nothi
     assert f"imported 0 of {GOOD + opt_outs + 5:,} records" in again, again
     assert f"already present: {GOOD + opt_outs:,}" in again and "refused: 5" in again
     assert await runtime.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+    m = await asyncio.to_thread(scrape, runtime.metrics_address)
+    assert imports_counted(m) == {
+        "imported": GOOD + opt_outs,
+        "present": GOOD + opt_outs,
+        "refused": 8,
+    }
 
 
 async def test_a_dry_run_checks_every_record_and_writes_nothing(unsent, tmp_path):
@@ -354,6 +390,9 @@ async def test_a_dry_run_checks_every_record_and_writes_nothing(unsent, tmp_path
     async with client(runtime.address, "acme-app") as c:
         reasons = await answers(c, [phone(1)], "")
     assert reasons[phone(1)] == "REASON_NO_CONSENT"
+    assert runtime.metrics_address is not None  # nor counted as an import's records
+    m = await asyncio.to_thread(scrape, runtime.metrics_address)
+    assert imports_counted(m)["imported"] == 0
 
 
 async def test_refusals_to_standard_output_leave_the_summary_on_standard_error(
@@ -1497,6 +1536,11 @@ async def test_an_opt_out_on_the_line_a_quote_breaks_is_held_by_what_it_said(ser
         numbers[1]: "REASON_REVOCATION_PENDING_REVIEW",
         numbers[2]: "REASON_REVOCATION_PENDING_REVIEW",
     }, reasons
+    # Held, not lost: the service counts each so, and the review queue holds them.
+    assert runtime.metrics_address is not None
+    m = await asyncio.to_thread(scrape, runtime.metrics_address)
+    assert import_refusals(m) == {("opt_out", "INVALID_ARGUMENT", "true"): 2}
+    assert sample(m, "consent_revocation_candidates_unresolved") == 2
 
 
 async def test_a_file_without_records_says_nothing_was_imported(unsent, tmp_path):
