@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
@@ -36,6 +37,8 @@ from ledger.ports import ConsistencyToken, EventTooLarge, RequestTaken, RequestU
 from services.errors import AlreadyExists, MessageIdReused, NotConsistent, refuse_every
 from services.usecases.context import BEHIND, Context
 from services.usecases.spellings import earlier_message_uses
+
+log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 K = TypeVar("K", bound=Hashable)
@@ -275,6 +278,14 @@ async def take_over_lapsed_claims(
         ],
         lapse,
     )
+    if taken:
+        # An instance died between a send's claims and its append: worth an operator's
+        # look, which no answer gives (the new send is recorded as any other).
+        log.warning(
+            "%d send claim(s) of brand %s taken over: claimed over %g s ago by a send"
+            " never written (its instance stopped before appending)",
+            len(taken), brand, lapse,
+        )  # fmt: skip
     return TakenOver(taken=taken)
 
 

@@ -523,7 +523,7 @@ bound of its claims, and the claims lapse a bound after that."""
 
 
 @pytest.mark.parametrize("how", ["single", "batch"])
-async def test_a_claim_of_a_send_that_died_before_its_append_lapses(how):
+async def test_a_claim_of_a_send_that_died_before_its_append_lapses(how, caplog):
     """A send claimed SM-1, then its instance died before appending it. SM-1 sent
     again, corrected, under a new request id was refused ALREADY_EXISTS for good,
     though nothing was recorded. Now it is refused only while the claim is younger
@@ -547,8 +547,10 @@ async def test_a_claim_of_a_send_that_died_before_its_append_lapses(how):
         assert young.value.field == field
         assert not await sends_in_ledger(app)
 
+        assert "taken over" not in caplog.text
         clock.now += LAPSE
         ids = await corrected("s3")
+        assert "1 send claim(s) of brand acme taken over" in caplog.text  # for the operator
         sends = [(e.message_id, e.identified_sender) for e in await sends_in_ledger(app)]
         assert ("SM-1", True) in sends and ("SM-1", False) not in sends
         with pytest.raises(MessageIdReused) as dead_retry:
