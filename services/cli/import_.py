@@ -423,6 +423,10 @@ class Summary:
     informational: int = 0
     """Of the imported and present, promotional opt-ins not given in writing: each
     allows informational campaigns only (``ImportConsentsResponse.informational_only``)."""
+    unattributed: int = 0
+    """Of the imported and present, opt-outs naming a campaign not defined: each held
+    for review as an opt-out of every campaign of the brand
+    (``ImportConsentsResponse.held_unattributed``)."""
     groups: dict[tuple[str, str, str], _Group] = field(default_factory=dict)
     """Per (code, field, reason but for its values), the records refused for it (the
     lines shown only: a file refused whole is not held in memory)."""
@@ -495,6 +499,12 @@ class Summary:
                     out.append(f"    {count:>6,}  {rule}")
         # Refused but not lost: these numbers are denied until someone reviews them.
         out.append(f"  held for review: {self.held:,}")
+        if self.unattributed:
+            # Imported, and waiting for a reviewer all the same: not a silent "imported".
+            out.append(
+                f"  {self.unattributed:,} opt-outs of campaigns not defined: imported and held "
+                "for review, denying every campaign of the brand until resolved"
+            )
         if self.informational:
             # Imported all the same, and no promotional send they were meant for allowed:
             # said here, not found out from the first campaign denied.
@@ -945,6 +955,7 @@ def _run(args: argparse.Namespace) -> int:
                     summary.present += answer.already_present
                     summary.held += answer.held_for_review
                     summary.informational += answer.informational_only
+                    summary.unattributed += answer.held_unattributed
                     if answer.consistency_token:
                         summary.token = _merged(summary.token, answer.consistency_token)
                     for refusal in answer.refusals:

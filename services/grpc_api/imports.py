@@ -150,6 +150,7 @@ def chunk_to_proto(
         first_index=first,
         held_for_review=sum(refusal.held for refusal in result.refusals),
         informational_only=_informational_only(items, result),
+        held_unattributed=result.unattributed,
     )
     for refusal in result.refusals:
         response.refusals.add(

@@ -231,6 +231,9 @@ class ChunkResult:
     held: int = 0
     """Refused opt-outs held for review now (in a dry run: that would be); one held
     by an earlier run is not counted again."""
+    unattributed: int = 0
+    """Of the records imported or present, opt-outs naming a campaign not defined,
+    kept for review (``unattributed_opt_out``; in a dry run: that would be)."""
     token: ConsistencyToken = field(default_factory=lambda: ConsistencyToken({}))
 
 
@@ -469,6 +472,7 @@ class Imports:
             if not denials.done():
                 denials.set_result(True)  # none to wait for: a dry run appends nothing
             result.imported = len(new)
+            result.unattributed = _unattributed(planned, result)
             result.held = _records(held)
             result.refusals.sort(key=lambda r: r.index)
             return result
@@ -567,6 +571,7 @@ class Imports:
             result.refusals += (_not_now(p.item, str(exc)) for p in rest)
             result.imported = imported - len(rest) - unfit
             result.held += _records(held)
+            result.unattributed = _unattributed(planned, result)
             result.token = result.token.merge(ConsistencyToken.after(appended))
             result.token = result.token.merge(await self._resolve_covered(appended))
             result.refusals.sort(key=lambda r: r.index)
@@ -577,6 +582,7 @@ class Imports:
         await _quietly(self.ctx.view.end_append_turns(claimed.keys, self._holder, appended=True))
         result.imported = imported - unfit
         result.held += _records(held)
+        result.unattributed = _unattributed(planned, result)
         claimed.token = ConsistencyToken.after(appended)
         result.token = result.token.merge(claimed.token)  # and the records found present
         result.token = result.token.merge(await self._resolve_covered(appended))
@@ -1481,6 +1487,18 @@ def _marked_imported(event: LedgerEvent) -> LedgerEvent:
     if isinstance(event, RevocationCandidateFlagged) and event.unattributed:
         return evolved(event, from_import=True)
     return event
+
+
+def _unattributed(planned: Sequence[_Planned], result: ChunkResult) -> int:
+    """Of ``planned`` not refused in ``result`` (imported or present), the opt-outs
+    naming a campaign not defined: kept for review, denying every campaign."""
+    refused = {r.index for r in result.refusals}
+    return sum(
+        1
+        for p in planned
+        if p.item.index not in refused
+        and any(isinstance(e, RevocationCandidateFlagged) and e.unattributed for e in p.events)
+    )
 
 
 def _denies(p: _Planned) -> bool:

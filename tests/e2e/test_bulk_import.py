@@ -1543,6 +1543,40 @@ async def test_an_opt_out_on_the_line_a_quote_breaks_is_held_by_what_it_said(ser
     assert sample(m, "consent_revocation_candidates_unresolved") == 2
 
 
+async def test_opt_outs_of_campaigns_not_defined_are_imported_and_said_to_be_held(
+    service, tmp_path
+):
+    """An imported opt-out naming a campaign not defined is kept for review, denying
+    every campaign of the brand, and was counted only as "imported": the summary
+    said "held for review: 0" of opt-outs a reviewer must resolve. Each answer now
+    counts them, in a dry run, the import and its re-run alike."""
+    runtime, when = service
+    at = iso(when - timedelta(days=1))
+    numbers = [phone(210), phone(211), phone(212)]
+    export = tmp_path / "opt-outs.csv"
+    export.write_text(
+        "type,import_id,phone,brand,campaign,occurred_at,channel,text\n"
+        + f"opt_out,u-0,{numbers[0]},acme,nope,{at},keyword,STOP\n"
+        + f"opt_out,u-1,{numbers[1]},acme,gone,{at},keyword,STOP\n"
+        + f"opt_out,u-2,{numbers[2]},acme,promo,{at},keyword,STOP\n"
+    )
+    said = "2 opt-outs of campaigns not defined: imported and held for review"
+    for run in ("--dry-run", None, None):
+        code, out, err = await import_cli(
+            str(export), "--address", runtime.address, *([run] if run else []),
+            token=TOKENS["acme-app"][0],
+        )  # fmt: skip
+        assert code == 0 and said in out, out + err
+    assert "already present: 3" in out, out
+    async with client(runtime.address, "acme-app") as c:
+        reasons = await answers(c, numbers, token_of(out))
+    assert reasons == {
+        numbers[0]: "REASON_REVOKED_BRAND_WIDE",
+        numbers[1]: "REASON_REVOKED_BRAND_WIDE",
+        numbers[2]: "REASON_REVOKED",
+    }, reasons
+
+
 async def test_a_file_without_records_says_nothing_was_imported(unsent, tmp_path):
     """An empty export, one of a header only and one of blank lines each exited 0
     with "imported 0 of 0 records", as an import of every record does: an export

@@ -3033,6 +3033,7 @@ class ImportConsentsResponse(_message.Message):
     FIRST_INDEX_FIELD_NUMBER: _builtins.int
     HELD_FOR_REVIEW_FIELD_NUMBER: _builtins.int
     INFORMATIONAL_ONLY_FIELD_NUMBER: _builtins.int
+    HELD_UNATTRIBUTED_FIELD_NUMBER: _builtins.int
     imported: _builtins.int
     """Records of the message written now (with dry_run: that would be)."""
     already_present: _builtins.int
@@ -3054,6 +3055,12 @@ class ImportConsentsResponse(_message.Message):
     counts as informational consent, allowing informational campaigns and no
     promotional one (RecordOptInResponse.informational_only).
     """
+    held_unattributed: _builtins.int
+    """Of the records imported or already present, the opt-outs naming a campaign not
+    defined (with dry_run: that would be): each is kept for review as an opt-out of
+    every campaign of its brand, which CanSend denies for its number until someone
+    resolves it (ListRevocationCandidates).
+    """
     @_builtins.property
     def refusals(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportRefusal]: ...
     def __init__(
@@ -3066,10 +3073,11 @@ class ImportConsentsResponse(_message.Message):
         first_index: _builtins.int = ...,
         held_for_review: _builtins.int = ...,
         informational_only: _builtins.int = ...,
+        held_unattributed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_present", b"already_present", "consistency_token", b"consistency_token", "first_index", b"first_index", "held_for_review", b"held_for_review", "imported", b"imported", "informational_only", b"informational_only", "refusals", b"refusals"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_present", b"already_present", "consistency_token", b"consistency_token", "first_index", b"first_index", "held_for_review", b"held_for_review", "held_unattributed", b"held_unattributed", "imported", b"imported", "informational_only", b"informational_only", "refusals", b"refusals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
