@@ -464,9 +464,10 @@ class Summary:
         total = max(answered, self.in_file or 0)
         verb = "would import" if dry_run else "imported"
         if self.rows is not None:  # an opt-in and an opt-out may share a row
-            source = f"{self.rows:,} rows of {source}"
+            source = f"{_count(self.rows, 'row')} of {source}"
         out = [
-            f"{verb} {self.imported:,} of {total:,} records from {source} in {seconds:.1f} s{rate}",
+            f"{verb} {self.imported:,} of {_count(total, 'record')} from {source}"
+            f" in {seconds:.1f} s{rate}",
             f"  already present: {self.present:,}",
             f"  refused: {self.refused:,}",
         ]
@@ -517,6 +518,11 @@ class Summary:
         elif self.token:
             out.append(f"ledger written up to: {self.token}")
         return out
+
+
+def _count(n: int, noun: str) -> str:
+    """``n`` of ``noun``, as the summary says it: "1 row", "6 rows"."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 class _Refusals:

@@ -433,6 +433,13 @@ def test_the_summary_groups_refusals_by_reason_with_their_lines():
     assert summary.lines("export.csv", 2.0, dry_run=True)[-1] == "dry run: nothing was written"
 
 
+def test_the_summary_says_one_record_and_one_row_in_the_singular():
+    one = import_.Summary(imported=1, rows=1).lines("s.csv", 1.0, dry_run=False)
+    assert one[0] == "imported 1 of 1 record from 1 row of s.csv in 1.0 s (1 records/s)"
+    two = import_.Summary(imported=2, rows=2).lines("s.csv", 1.0, dry_run=False)
+    assert two[0].startswith("imported 2 of 2 records from 2 rows of s.csv")
+
+
 def test_the_summary_of_an_import_stopped_early_counts_the_whole_file():
     """An import that stopped after its opt-outs said "imported 10 of 10 records" of a
     file of a thousand: read as the whole file done."""
