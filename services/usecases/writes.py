@@ -148,10 +148,15 @@ def _stamped(events: Sequence[LedgerEvent], recorded_by: str) -> list[LedgerEven
     return [replace(e, recorded_by=recorded_by) for e in events] if recorded_by else list(events)
 
 
-def _message_key(received: InboundMessageReceived) -> tuple[str, str]:
+def _message_key(received: InboundMessageReceived, sent_for: str = "") -> tuple[str, str]:
     """The key an inbound text's provider message id is taken under among its brand's
-    request ids, and the digest of its words and the number they reached."""
+    request ids, and the digest of its words and the number they reached. A late
+    STOP's hold under another brand (``sent_for`` names the brands it was sent for)
+    takes a key of its own: message ids are each provider's, so the brand's own texts
+    may carry the same one, and the hold must refuse none of them."""
     said = f"{received.phone}\0{received.message_id}"
+    if sent_for:
+        said = f"{said}\0{sent_for}"
     key = f"{INBOUND_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
     content = f"{received.to_number}\0{received.body}"
     return key, hashlib.sha256(content.encode()).hexdigest()[:32]
@@ -1352,13 +1357,14 @@ class Writes:
                 await self._check_not_erased(brand, [subject.phone], cmd.occurred_at)
             except FailedPrecondition:
                 return None
-        claimed = await self._message_claimed(events)
+        late = sent_for or ""
+        claimed = await self._message_claimed(events, late)
         earlier = None if claimed is None else await self._redelivered(claimed, kept)
         if earlier is not None:
             return earlier
-        written = await self._text_recorded(events)
+        written = await self._text_recorded(events, late)
         if claimed is not None:  # held again: its redeliveries are answered as this one
-            await self._take_message_id_over(events, claimed)
+            await self._take_message_id_over(events, claimed, late)
         return InboundResult(written, kept)
 
     async def _handle_inbound(
@@ -1552,7 +1558,9 @@ class Writes:
         ]
         return InboundResult(write, replace(first.outcome, brand="", notes=notes))
 
-    async def _message_claimed(self, events: list[LedgerEvent]) -> list[str] | None:
+    async def _message_claimed(
+        self, events: list[LedgerEvent], sent_for: str = ""
+    ) -> list[str] | None:
         """The event ids of the text that took the provider message id of ``events``
         (an inbound text's facts) for the phone and brand before, with the same words
         to the same number: this text again. None when the id is taken now for this
@@ -1563,11 +1571,11 @@ class Writes:
         Gateways redeliver a text under a new request id: each was recorded again,
         and each answer said a confirmation or help reply was owed again. The
         message id is taken in the view's shared request ids (``claim_request``,
-        under a key of its own) with a digest of the words and the number they
-        reached."""
+        under a key of its own, ``_message_key``'s for ``sent_for``) with a digest of
+        the words and the number they reached."""
         received = events[0]
         assert isinstance(received, InboundMessageReceived)
-        key, digest = _message_key(received)
+        key, digest = _message_key(received, sent_for)
         ids = [str(e.event_id) for e in events]
         use = await self.ctx.view.claim_request(received.brand, key, digest, ids)
         if set(use.event_ids) & set(ids):  # taken for this text, or this request's retry
@@ -1584,7 +1592,7 @@ class Writes:
             )
         return list(use.event_ids)
 
-    async def _text_recorded(self, events: list[LedgerEvent]) -> WriteResult:
+    async def _text_recorded(self, events: list[LedgerEvent], sent_for: str = "") -> WriteResult:
         """``recorded_once`` of an inbound text's facts, giving up the message id
         ``_message_claimed`` took for them when none of them can be written: their
         request id is another request's (``AlreadyExists``), or the ledger refused
@@ -1593,18 +1601,18 @@ class Writes:
         try:
             return await recorded_once(self.ctx, events, free_if_too_large=True)
         except AlreadyExists:
-            await self._release_message_id(events)
+            await self._release_message_id(events, sent_for=sent_for)
             raise
         except EventTooLarge as exc:
             ids = [str(e.event_id) for e in events]
             # None stored by an earlier attempt either (it found them, or they would
             # have been too large then too): appended whole, all were refused.
             if unwritten(exc, events) and not await self.ctx.view.find_events(ids):
-                await self._release_message_id(events, refused_whole=True)
+                await self._release_message_id(events, refused_whole=True, sent_for=sent_for)
             raise
 
     async def _release_message_id(
-        self, events: list[LedgerEvent], *, refused_whole: bool = False
+        self, events: list[LedgerEvent], *, refused_whole: bool = False, sent_for: str = ""
     ) -> None:
         """Give up the message id ``_message_claimed`` took for ``events``, refused
         before any was written, while it is still theirs and no attempt of their
@@ -1619,11 +1627,13 @@ class Writes:
             use = await self.ctx.view.request_use(received.brand, received.request_id)
             if use is not None and use.fingerprint == received.request_fingerprint:
                 return
-        key, digest = _message_key(received)
+        key, digest = _message_key(received, sent_for)
         ids = [str(e.event_id) for e in events]
         await self.ctx.view.release_claims(received.brand, (key, digest, ids), [])
 
-    async def _take_message_id_over(self, events: list[LedgerEvent], claimed: list[str]) -> None:
+    async def _take_message_id_over(
+        self, events: list[LedgerEvent], claimed: list[str], sent_for: str = ""
+    ) -> None:
         """Give the message id of ``events``, a copy recorded because the text that
         took the id (``claimed``) was not in the view (past the freshness bound, for
         a copy owing its own reply), to this copy. An instance killed between taking
@@ -1633,7 +1643,7 @@ class Writes:
         recording still land, both stand, as they did."""
         received = events[0]
         assert isinstance(received, InboundMessageReceived)
-        key, digest = _message_key(received)
+        key, digest = _message_key(received, sent_for)
         ids = [str(e.event_id) for e in events]
         await self.ctx.view.release_claims(received.brand, (key, digest, claimed), [])
         await self.ctx.view.claim_request(received.brand, key, digest, ids)

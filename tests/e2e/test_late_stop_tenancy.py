@@ -184,3 +184,47 @@ async def test_a_brand_lists_and_resolves_no_hold_of_another_brand_nor_of_every_
                 api.ListRevocationCandidatesRequest(brand=brand, at_least_as_fresh=token)
             )
             assert [c.event.event_id for c in listed.candidates] == [holds[brand].event.event_id]
+
+
+@pytest.mark.parametrize("on_kafka", [False, True], ids=["embedded", "kafka"])
+async def test_a_late_stop_held_for_a_brand_takes_no_message_id_of_its_texts(
+    module_serve, on_kafka
+):
+    # A gateway of acme and initech delivers late a STOP to a number acme let go to
+    # initech; it is held under acme too. acme's own gateway, on another provider
+    # whose message ids happen to be the same, then hands on the person's START to
+    # acme's number: it was refused ALREADY_EXISTS, as if the held STOP had been a
+    # text of acme's under that message id.
+    clock = Clock()
+    acme_number = "+12125550143"
+    campaigns = [
+        define("acme", "promo", clock.now - timedelta(days=1), [FIRST_NUMBER, acme_number]),
+        define("initech", "sale", clock.now - timedelta(days=1)),
+    ]
+    runtime = await module_serve(on_kafka=on_kafka, clock=clock, campaigns=campaigns)
+    phone = "+14155550106"
+    moved = clock.now - timedelta(minutes=10)
+    async with (
+        client(runtime.address) as admin,
+        client(runtime.address, "acme-initech") as both,
+        client(runtime.address, "acme-app") as acme,
+    ):
+        await sends_from(admin, campaigns[0], [acme_number], moved)
+        await sends_from(admin, campaigns[1], [FIRST_NUMBER], moved)
+        late = await both.HandleInboundMessage(
+            inbound(phone, FIRST_NUMBER, "STOP", moved - timedelta(minutes=5), message_id="SM1")
+        )
+        assert late.brand == "initech"
+        held = await admin.ListRevocationCandidates(
+            api.ListRevocationCandidatesRequest(
+                brand="acme", at_least_as_fresh=late.consistency_token
+            )
+        )
+        assert [c.event.phone for c in held.candidates] == [phone]
+        try:
+            answer = await acme.HandleInboundMessage(
+                inbound(phone, acme_number, "START", clock.now, message_id="SM1")
+            )
+        except grpc.aio.AioRpcError as err:
+            pytest.fail(f"acme's START refused for initech's text: {said(err)}")
+        assert (answer.brand, answer.intent) == ("acme", api.INBOUND_INTENT_OPT_IN)
