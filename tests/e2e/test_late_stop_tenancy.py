@@ -211,13 +211,15 @@ async def test_a_late_stop_held_for_a_brand_takes_no_message_id_of_its_texts(
     ):
         await sends_from(admin, campaigns[0], [acme_number], moved)
         await sends_from(admin, campaigns[1], [FIRST_NUMBER], moved)
-        late = await both.HandleInboundMessage(
-            inbound(phone, FIRST_NUMBER, "STOP", moved - timedelta(minutes=5), message_id="SM1")
-        )
+        stop = inbound(phone, FIRST_NUMBER, "STOP", moved - timedelta(minutes=5), message_id="SM1")
+        late = await both.HandleInboundMessage(stop)
         assert late.brand == "initech"
+        # Its gateway's redelivery, under a request id of its own, is held once still.
+        stop.request_id = uuid.uuid4().hex
+        again = await both.HandleInboundMessage(stop)
         held = await admin.ListRevocationCandidates(
             api.ListRevocationCandidatesRequest(
-                brand="acme", at_least_as_fresh=late.consistency_token
+                brand="acme", at_least_as_fresh=again.consistency_token
             )
         )
         assert [c.event.phone for c in held.candidates] == [phone]
