@@ -352,6 +352,21 @@ def unwritten(exc: EventTooLarge, events: Sequence[LedgerEvent]) -> bool:
     return bool(exc.places) or len(events) == 1
 
 
+async def first_facts(ctx: Context, use: RequestUse, ids: list[str]) -> WriteResult | None:
+    """The answer to a retry whose facts, read from the world as it is now, are not
+    the ones its first attempt recorded (``use``): those, when the view holds them
+    all, and nothing written. A STOP retried after its number moved to another
+    campaign of the brand recorded an opt-out of that campaign too, which the person
+    never sent it. None when the facts are the same, or some of the first attempt's
+    are not in the view (then as before: ``stored_before``)."""
+    if not use.event_ids or set(use.event_ids) == set(ids):
+        return None
+    known = await ctx.view.find_events(list(use.event_ids))
+    if len(known) < len(set(use.event_ids)):
+        return None
+    return found(ctx, list(use.event_ids), [known[i] for i in use.event_ids])
+
+
 async def replay(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult | None:
     """The earlier result when every event was already recorded (a retried request).
 
@@ -378,6 +393,8 @@ async def _replayed(
     if use is not None:
         refuse_another_request(first, use)
         ids = [str(e.event_id) for e in events]
+        if (earlier := await first_facts(ctx, use, ids)) is not None:
+            return earlier, known, use
         known = await stored_before(ctx, events)
         if all(i in known for i in ids):
             return found(ctx, ids, [known[i] for i in ids]), known, use
@@ -572,6 +589,8 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
     stored: dict[str, Recorded] = {}  # what an earlier attempt of it stored
     if not taken.taken:
         if taken.use is not None:  # this very request before: recorded, if stored
+            if (earlier := await first_facts(ctx, taken.use, ids)) is not None:
+                return earlier
             stored = await stored_before(ctx, events)
             if all(i in stored for i in ids):
                 return found(ctx, ids, [stored[i] for i in ids])

@@ -24,6 +24,7 @@ from tests.e2e.harness import (
     kafka_settings,
     noon_in_los_angeles,
     opt_in,
+    sends_from,
     service_settings,
 )
 
@@ -198,6 +199,33 @@ async def test_a_start_with_no_consent_to_resume_owes_no_reply_and_allows_nothin
             again = await caller.HandleInboundMessage(text)
             assert list(again.event_ids) == list(start.event_ids)
             assert again.reply == api.REPLY_KIND_NONE, again
+
+
+async def test_a_stop_retried_after_its_number_moved_records_no_other_opt_out(instances):
+    """Retried on the other instance after acme moved the number to alerts, a STOP
+    sent to promo recorded an opt-out of alerts too, and was answered with one more
+    event id: its retry answers the first answer's facts and records nothing."""
+    (a, b), when = instances
+    phone = "+14155552743"
+    async with (
+        client(a.address, "acme-app") as c,
+        client(b.address, "acme-app") as cb,
+        client(a.address) as admin,
+    ):
+        for campaign in NUMBERS:
+            await c.RecordOptIn(opt_in(phone, "acme", campaign, when - timedelta(minutes=30)))
+        text = inbound(phone, PROMO_NUMBER, "STOP", when - timedelta(minutes=8))
+        stop = await c.HandleInboundMessage(text)
+        day_before = when - timedelta(days=1)
+        promo, alerts = define("acme", "promo", day_before), define("acme", "alerts", day_before)
+        await sends_from(admin, promo, [], when - timedelta(minutes=5))
+        await sends_from(admin, alerts, [ALERTS_NUMBER, PROMO_NUMBER], when - timedelta(minutes=4))
+        for caller in (cb, c):
+            again = await caller.HandleInboundMessage(text)
+            assert list(again.event_ids) == list(stop.event_ids)
+            assert (again.reply, again.campaign) == (stop.reply, "promo"), again
+            answers = await standing(caller, phone, again.consistency_token)
+            assert answers["alerts"][0] and not answers["promo"][0], answers
 
 
 async def test_texts_of_one_phone_at_once_through_two_instances_record_every_fact(instances):

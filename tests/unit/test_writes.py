@@ -849,3 +849,29 @@ async def test_a_stop_sent_to_another_brand_s_number_before_it_moved_holds_that_
         # globex, an operator's (every brand) for a caller of acme alone.
         held = "globex" if caller is None else ANY_BRAND
         assert [f.phone for f in await app.view.flagged(held)] == [PHONE]
+
+
+async def test_a_stop_retried_after_its_number_moved_records_nothing_the_first_did_not():
+    """A STOP's facts are read from the campaigns as they stand: retried after the
+    brand moved the number to another campaign, its retry recorded an opt-out of that
+    campaign too, which the person never sent it a STOP for, and answered another
+    event id. A retry is answered with the facts its first attempt recorded."""
+    async with running() as (app, _):
+        await app.writes.record(claim("acme-promo", BRAND, "promo", NUMBER))
+        await app.writes.record(claim("acme-deals", BRAND, "deals", OTHER_NUMBER))
+        for name in ("promo", "deals"):
+            await app.writes.record(an_opt_in(at(0), name, request_id=f"in-{name}"))
+        text = HandleInboundMessage("in", PHONE, NUMBER, "STOP", "m", at(10))
+        first = await app.writes.handle_inbound(text)
+        for request_id, name, numbers, minutes in (
+            ("drop", "promo", (), 30),
+            ("take", "deals", (OTHER_NUMBER, NUMBER), 31),
+        ):
+            move = claim(request_id, BRAND, name, *numbers, change=True)
+            await app.writes.record(dataclasses.replace(move, occurred_at=at(minutes)))
+        ends = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+        again = await app.writes.handle_inbound(text)
+        assert again.write.event_ids == first.write.event_ids
+        assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+        deals = await app.checks.can_send(PHONE, BRAND, "deals", token=again.write.token)
+        assert deals.decision.allowed, deals.decision
