@@ -1365,7 +1365,10 @@ class Writes:
         written = await self._text_recorded(events, late)
         if claimed is not None:  # held again: its redeliveries are answered as this one
             await self._take_message_id_over(events, claimed, late)
-        return InboundResult(written, kept)
+        # Its answer keeps its reply, none, as an owned text's does (``_reply_once``):
+        # retried once the number was claimed, a held STOP was told a confirmation
+        # was owed, and one confirmed, retried once the number was let go, none.
+        return InboundResult(written, kept, owed=kept)
 
     async def _handle_inbound(
         self,

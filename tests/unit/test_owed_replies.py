@@ -12,6 +12,7 @@ import pytest
 from ledger.campaigns import CampaignPolicy, CampaignPurpose, FrequencyCap
 from ledger.commands import (
     REPLY_MESSAGE_KINDS,
+    ChangeCampaignPolicy,
     DefineCampaign,
     HandleInboundMessage,
     RecordMessageSent,
@@ -467,6 +468,38 @@ async def test_a_text_s_retries_and_redeliveries_tell_the_reply_its_first_answer
             assert told.write.event_ids == owed.write.event_ids
             expected = ReplyKind.OPT_IN_CONFIRMATION if again is restart else ReplyKind.NONE
             assert told.outcome.reply is expected, (again.request_id, told.outcome)
+
+
+async def test_a_stop_s_retry_is_told_its_first_reply_once_its_number_moved():
+    """A STOP to a number no campaign sends from is held, no reply owed: retried once
+    the brand's campaign claimed the number, it was told a confirmation was owed. One
+    confirmed, retried once the campaign let the number go, was told none, and the
+    confirmation it owed was never sent. Each retry tells what its first answer did."""
+    async with running(ledger=ledger_at_now()) as (app, _):
+        unclaimed = replace(PROMO.policy, sender_numbers=())
+        await app.writes.record(DefineCampaign("d", "acme", "promo", unclaimed, at(-60 * 24)))
+        await app.writes.record(opt_in("r1"))
+
+        async def handled(cmd: HandleInboundMessage):
+            return await app.writes.handle_inbound(cmd, unowned_brands=("acme",))
+
+        held = HandleInboundMessage("i-held", PHONE, NUMBER, "STOP", "SM-held", at(-10))
+        first = await handled(held)
+        assert first.outcome.reply is ReplyKind.NONE, first.outcome
+        claimed = ChangeCampaignPolicy("c1", "acme", "promo", PROMO.policy, at(-8))
+        await app.writes.record(claimed)
+        confirmed = HandleInboundMessage("i-stop", PHONE, NUMBER, "STOP", "SM-stop", at(-6))
+        stop = await handled(confirmed)
+        assert stop.outcome.reply is ReplyKind.OPT_OUT_CONFIRMATION, stop.outcome
+        again = await handled(held)
+        assert again.write.event_ids == first.write.event_ids
+        assert again.outcome.reply is ReplyKind.NONE, again.outcome
+
+        await app.writes.record(ChangeCampaignPolicy("c2", "acme", "promo", unclaimed, at(-4)))
+        again = await handled(confirmed)
+        assert again.write.event_ids == stop.write.event_ids
+        assert again.outcome.reply is ReplyKind.OPT_OUT_CONFIRMATION, again.outcome
+        assert again.outcome.required_content == stop.outcome.required_content
 
 
 async def test_other_words_under_a_recorded_message_id_are_refused_unless_a_stop():
