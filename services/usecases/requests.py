@@ -352,19 +352,28 @@ def unwritten(exc: EventTooLarge, events: Sequence[LedgerEvent]) -> bool:
     return bool(exc.places) or len(events) == 1
 
 
-async def first_facts(ctx: Context, use: RequestUse, ids: list[str]) -> WriteResult | None:
+async def first_facts(
+    ctx: Context, use: RequestUse, events: Sequence[LedgerEvent]
+) -> WriteResult | None:
     """The answer to a retry whose facts, read from the world as it is now, are not
-    the ones its first attempt recorded (``use``): those, when the view holds them
+    the ones its first attempt recorded (``use``): those, once the view holds them
     all, and nothing written. A STOP retried after its number moved to another
     campaign of the brand recorded an opt-out of that campaign too, which the person
     never sent it. None when the facts are the same, or some of the first attempt's
-    are not in the view (then as before: ``stored_before``)."""
-    if not use.event_ids or set(use.event_ids) == set(ids):
+    are not in the view even once it has caught up on the phones (then as before:
+    ``stored_before``)."""
+    if not use.event_ids or set(use.event_ids) == {str(e.event_id) for e in events}:
         return None
-    known = await ctx.view.find_events(list(use.event_ids))
-    if len(known) < len(set(use.event_ids)):
+    first = list(use.event_ids)
+    known = await ctx.view.find_events(first)
+    if len(known) < len(set(first)):
+        # Its first attempt may be in the ledger, not yet in the view.
+        phones = sorted({e.phone for e in events if isinstance(e, SubscriberEvent)})
+        if phones and await ctx.guard.wait_until_applied_for(phones):
+            known = await ctx.view.find_events(first)
+    if len(known) < len(set(first)):
         return None
-    return found(ctx, list(use.event_ids), [known[i] for i in use.event_ids])
+    return found(ctx, first, [known[i] for i in first])
 
 
 async def replay(ctx: Context, events: Sequence[LedgerEvent]) -> WriteResult | None:
@@ -393,7 +402,7 @@ async def _replayed(
     if use is not None:
         refuse_another_request(first, use)
         ids = [str(e.event_id) for e in events]
-        if (earlier := await first_facts(ctx, use, ids)) is not None:
+        if (earlier := await first_facts(ctx, use, events)) is not None:
             return earlier, known, use
         known = await stored_before(ctx, events)
         if all(i in known for i in ids):
@@ -589,7 +598,7 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
     stored: dict[str, Recorded] = {}  # what an earlier attempt of it stored
     if not taken.taken:
         if taken.use is not None:  # this very request before: recorded, if stored
-            if (earlier := await first_facts(ctx, taken.use, ids)) is not None:
+            if (earlier := await first_facts(ctx, taken.use, events)) is not None:
                 return earlier
             stored = await stored_before(ctx, events)
             if all(i in stored for i in ids):

@@ -875,3 +875,31 @@ async def test_a_stop_retried_after_its_number_moved_records_nothing_the_first_d
         assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
         deals = await app.checks.can_send(PHONE, BRAND, "deals", token=again.write.token)
         assert deals.decision.allowed, deals.decision
+
+
+async def test_a_retry_finds_its_first_facts_once_the_view_caught_up(monkeypatch):
+    """On Kafka a retry may come before the view applied its first attempt: one that
+    looked for the first facts once then appended its own, the opt-out of the
+    campaign the number moved to among them. The first look here misses them."""
+    async with running() as (app, _):
+        await app.writes.record(claim("acme-promo", BRAND, "promo", NUMBER))
+        await app.writes.record(claim("acme-deals", BRAND, "deals", OTHER_NUMBER))
+        text = HandleInboundMessage("in", PHONE, NUMBER, "STOP", "m", at(10))
+        first = await app.writes.handle_inbound(text)
+        for request_id, name, numbers, minutes in (
+            ("drop", "promo", (), 30),
+            ("take", "deals", (OTHER_NUMBER, NUMBER), 31),
+        ):
+            move = claim(request_id, BRAND, name, *numbers, change=True)
+            await app.writes.record(dataclasses.replace(move, occurred_at=at(minutes)))
+        find_events, looks = app.view.find_events, []
+
+        async def behind_at_first(ids: Sequence[str]) -> dict[str, Recorded]:
+            looks.append(ids)
+            return {} if len(looks) == 1 else await find_events(ids)
+
+        monkeypatch.setattr(app.view, "find_events", behind_at_first)
+        ends = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+        again = await app.writes.handle_inbound(text)
+        assert again.write.event_ids == first.write.event_ids
+        assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
