@@ -1397,7 +1397,15 @@ class Writes:
                 cmd, to, sender, unowned_brands, recorded_by, authorize
             )
         brand, name = owner
-        authorize(brand)
+        try:
+            authorize(brand)
+        except PermissionDenied:
+            # The number another brand's now: a retry of a text the caller's brand
+            # recorded before it moved is answered as first recorded, not refused.
+            earlier = await self._recorded_before_it_moved(cmd, sender, unowned_brands)
+            if earlier is None:
+                raise
+            return earlier
         history = await self.ctx.view.campaign_history(brand, name)
         campaign = history.current()
         if campaign is None:  # the lookup and the history come from one projection
@@ -1474,6 +1482,39 @@ class Writes:
                 return earlier
             await self._take_message_id_over(events, claimed)
         return InboundResult(written, outcome, owed=outcome)
+
+    async def _recorded_before_it_moved(
+        self, cmd: HandleInboundMessage, sender: str, brands: Sequence[str]
+    ) -> InboundResult | None:
+        """The first answer to ``cmd``, a text its caller may not write now (the number
+        it reached passed to another brand), when one of ``brands`` (the caller's)
+        recorded it before, read again from its facts: its event ids, and the reply
+        its first answer told (``_reply_once``). None when none did."""
+        fingerprint = request_fingerprint(cmd)
+        now = self.ctx.clock()
+        for brand in brands:
+            if brand == ANY_BRAND:
+                continue
+            use = await self.ctx.view.request_use(brand, cmd.request_id)
+            if use is None or use.fingerprint != fingerprint:
+                continue
+            ids = list(use.event_ids)
+            known = await self.ctx.view.find_events(ids)
+            received = known[ids[0]].event if ids and ids[0] in known else None
+            if len(known) < len(set(ids)) or not isinstance(received, InboundMessageReceived):
+                continue
+            outcome = None
+            if received.campaign is not None:  # recorded for the campaign it reached
+                history = await self.ctx.view.campaign_history(brand, received.campaign)
+                rules = history.as_of(received.occurred_at) or history.current()
+                state = (await state_as_one(self.ctx.view, sender, brand)).state
+                outcome = None if rules is None else handle_inbound(cmd, rules, state, now)
+            if outcome is None or [str(e.event_id) for e in outcome.events] != ids:
+                outcome = handle_unowned_inbound(cmd, brand, now)  # held, not owned
+            if outcome is None or [str(e.event_id) for e in outcome.events] != ids:
+                continue
+            return InboundResult(found(self.ctx, ids, [known[i] for i in ids]), outcome, outcome)
+        return None
 
     async def _unless_held_everywhere(self, sender: str, outcome: InboundOutcome) -> InboundOutcome:
         """``outcome`` saying no START confirmation is owed while a STOP whose brand

@@ -903,3 +903,41 @@ async def test_a_retry_finds_its_first_facts_once_the_view_caught_up(monkeypatch
         again = await app.writes.handle_inbound(text)
         assert again.write.event_ids == first.write.event_ids
         assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+@pytest.mark.parametrize("owned", [True, False], ids=["owned", "held"])
+async def test_a_text_retried_after_its_number_passed_to_another_brand_is_answered(owned):
+    """acme's gateway sent a STOP to a number of acme's (or to one nobody's, held for
+    acme) and lost the answer; by its retry the number was globex's, and the retry
+    was refused PERMISSION_DENIED, where the first was recorded and answered OK. It
+    is answered as first recorded; a new text to globex's number is still refused."""
+    async with running() as (app, _):
+        await app.writes.record(claim("acme-promo", "acme", "promo", *([NUMBER] if owned else [])))
+        await app.writes.record(an_opt_in(at(0), "promo", request_id="in-acme", brand="acme"))
+
+        def acme_only(brand: str) -> None:
+            if brand != "acme":
+                raise PermissionDenied("to_phone", "may not act for the brand of this number")
+
+        async def handled(cmd: HandleInboundMessage):
+            return await app.writes.handle_inbound(cmd, acme_only, unowned_brands=("acme",))
+
+        text = HandleInboundMessage("in", PHONE, NUMBER, "STOP", "m", at(10))
+        first = await handled(text)
+        if owned:
+            let_go = claim("acme-drop", "acme", "promo", change=True)
+            await app.writes.record(dataclasses.replace(let_go, occurred_at=at(30)))
+        took = claim("globex-deals", "globex", "deals", NUMBER)
+        await app.writes.record(dataclasses.replace(took, occurred_at=at(31)))
+        ends = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+        again = await handled(text)
+        assert again.write.event_ids == first.write.event_ids
+        assert again.outcome.reply is first.outcome.reply, again.outcome
+        assert (again.outcome.brand, again.outcome.campaign) == (
+            first.outcome.brand,
+            first.outcome.campaign,
+        )
+        assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+        with pytest.raises(PermissionDenied):
+            await handled(dataclasses.replace(text, request_id="in-2", message_id="m-2"))
