@@ -1415,6 +1415,12 @@ class Writes:
         # this STOP covers a hold kept there.
         state = (await state_as_one(self.ctx.view, sender, brand)).state
         now = self.ctx.clock()
+        if ANY_BRAND in unowned_brands and _unlisted_then(history, to, cmd.occurred_at, now):
+            # Sent before the campaign claimed the number: the retry of a text held
+            # then under every brand is answered as that hold, not recorded again.
+            earlier = await self._recorded_before_it_moved(cmd, sender, [ANY_BRAND])
+            if earlier is not None:
+                return earlier
         held_then = await self._held_then(history, to, cmd.occurred_at, now)
         outcome = await self._unless_held_everywhere(
             sender, handle_inbound(cmd, campaign, state, now, held_then)
@@ -1486,15 +1492,14 @@ class Writes:
     async def _recorded_before_it_moved(
         self, cmd: HandleInboundMessage, sender: str, brands: Sequence[str]
     ) -> InboundResult | None:
-        """The first answer to ``cmd``, a text its caller may not write now (the number
-        it reached passed to another brand), when one of ``brands`` (the caller's)
-        recorded it before, read again from its facts: its event ids, and the reply
-        its first answer told (``_reply_once``). None when none did."""
+        """The first answer to ``cmd``, a text whose number passed to another brand or
+        campaign since (its caller may not write for it now, or it was held under
+        every brand then), when it was recorded before under one of ``brands``, read
+        again from its facts: its event ids, and the reply its first answer told
+        (``_reply_once``). None when none did."""
         fingerprint = request_fingerprint(cmd)
         now = self.ctx.clock()
         for brand in brands:
-            if brand == ANY_BRAND:
-                continue
             use = await self.ctx.view.request_use(brand, cmd.request_id)
             if use is None or use.fingerprint != fingerprint:
                 continue
@@ -1582,6 +1587,11 @@ class Writes:
         for brand in brands:
             kept = await self._kept_for_review(cmd, brand, recorded_by, now)
             if kept is None:
+                # A HELP or a conversation its campaign recorded before letting the
+                # number go: its retry is answered as first recorded, not refused.
+                earlier = await self._recorded_before_it_moved(cmd, sender, brands)
+                if earlier is not None:
+                    return earlier
                 raise FailedPrecondition("to_phone", f"no campaign sends from {to}")
             results.append(kept)
         tokens = [*hidden, *(r.write.token for r in results)]

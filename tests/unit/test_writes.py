@@ -941,3 +941,28 @@ async def test_a_text_retried_after_its_number_passed_to_another_brand_is_answer
         assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
         with pytest.raises(PermissionDenied):
             await handled(dataclasses.replace(text, request_id="in-2", message_id="m-2"))
+
+
+async def test_a_text_retried_after_its_number_changed_hands_is_answered_as_first_recorded():
+    """A STOP to a number nobody sent from, held under every brand, retried once acme
+    claimed the number, was recorded again as acme's opt-out and told a confirmation
+    was owed; a HELP acme's campaign answered, retried once it let the number go, was
+    refused FAILED_PRECONDITION. Each retry is answered as first recorded."""
+    async with running() as (app, _):
+        await app.writes.record(claim("acme-promo", "acme", "promo", OTHER_NUMBER))
+        await app.writes.record(an_opt_in(at(0), "promo", request_id="in-acme", brand="acme"))
+        # The STOP's gateway writes for every brand, the HELP's for acme.
+        held = HandleInboundMessage("in-held", PHONE, NUMBER, "STOP", "m-held", at(10))
+        help_ = HandleInboundMessage("in-help", PHONE, OTHER_NUMBER, "HELP", "m-help", at(10))
+        texts = ((held, (ANY_BRAND,)), (help_, ("acme",)))
+        firsts = [await app.writes.handle_inbound(c, unowned_brands=b) for c, b in texts]
+        took = claim("acme-take", "acme", "promo", NUMBER, change=True)
+        await app.writes.record(dataclasses.replace(took, occurred_at=at(30)))
+        ends = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+        for (cmd, brands), first in zip(texts, firsts, strict=True):
+            again = await app.writes.handle_inbound(cmd, unowned_brands=brands)
+            assert again.write.event_ids == first.write.event_ids
+            assert again.outcome.reply is first.outcome.reply, again.outcome
+            assert again.outcome.campaign == first.outcome.campaign, again.outcome
+        assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
