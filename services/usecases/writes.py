@@ -1415,10 +1415,13 @@ class Writes:
         # this STOP covers a hold kept there.
         state = (await state_as_one(self.ctx.view, sender, brand)).state
         now = self.ctx.clock()
-        if ANY_BRAND in unowned_brands and _unlisted_then(history, to, cmd.occurred_at, now):
+        if _unlisted_then(history, to, cmd.occurred_at, now) is not None:
             # Sent before the campaign claimed the number: the retry of a text held
-            # then under every brand is answered as that hold, not recorded again.
-            earlier = await self._recorded_before_it_moved(cmd, sender, [ANY_BRAND])
+            # then for the caller, or recorded by another of its brands that sent from
+            # the number then, is answered as first recorded, not recorded again.
+            then = await self._brands_listing_then(to, cmd.occurred_at, now, but=brand)
+            mine = [b for b in then if ANY_BRAND in unowned_brands or b in unowned_brands]
+            earlier = await self._recorded_before_it_moved(cmd, sender, [*unowned_brands, *mine])
             if earlier is not None:
                 return earlier
         held_then = await self._held_then(history, to, cmd.occurred_at, now)
@@ -1489,6 +1492,23 @@ class Writes:
             await self._take_message_id_over(events, claimed)
         return InboundResult(written, outcome, owed=outcome)
 
+    async def _brands_listing_then(
+        self, to: str, occurred_at: datetime | None, now: datetime, *, but: str = ""
+    ) -> list[str]:
+        """The brands but ``but`` whose campaigns sent from ``to`` at a text's own time."""
+        at = _text_time(occurred_at, now)
+        if at is None:
+            return []
+        view, brands = self.ctx.view, []
+        for brand in await view.brand_names():
+            if brand in (but, ANY_BRAND):
+                continue
+            for name in await view.campaign_names(brand):
+                if _listed(await view.campaign_history(brand, name), to, at):
+                    brands.append(brand)
+                    break
+        return brands
+
     async def _recorded_before_it_moved(
         self, cmd: HandleInboundMessage, sender: str, brands: Sequence[str]
     ) -> InboundResult | None:
@@ -1553,6 +1573,13 @@ class Writes:
         brand too (``brands_held_then``), first, and named to the caller by nothing
         but the answer's token."""
         now = self.ctx.clock()
+        # The retry of a text a campaign of the caller's recorded before letting the
+        # number go is answered as first recorded, not held.
+        then = await self._brands_listing_then(to, cmd.occurred_at, now)
+        mine = [b for b in then if ANY_BRAND in brands or b in brands]
+        earlier = await self._recorded_before_it_moved(cmd, sender, mine) if mine else None
+        if earlier is not None:
+            return earlier
         hidden = []
         for key in await brands_held_then(
             self.ctx.view, None, to, cmd.occurred_at, now, authorize, brands

@@ -966,3 +966,34 @@ async def test_a_text_retried_after_its_number_changed_hands_is_answered_as_firs
             assert again.outcome.reply is first.outcome.reply, again.outcome
             assert again.outcome.campaign == first.outcome.campaign, again.outcome
         assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
+@pytest.mark.parametrize("caller", [(ANY_BRAND,), ("acme",)], ids=["every-brand", "acme"])
+@pytest.mark.parametrize("then", ["let-go", "globex", "claimed"])
+async def test_a_stop_retried_after_its_number_changed_hands_records_nothing(caller, then):
+    """A STOP acme confirmed (or, to a number nobody sent from, held), retried once
+    the number was let go, passed to globex, or (held) claimed by acme: the retry
+    was held again under every brand, or recorded as globex's opt-out with another
+    confirmation owed, or as acme's. Each is answered as first recorded."""
+    async with running() as (app, _):
+        owned = then != "claimed"
+        await app.writes.record(claim("acme-promo", "acme", "promo", *([NUMBER] if owned else [])))
+        await app.writes.record(an_opt_in(at(0), "promo", request_id="in-acme", brand="acme"))
+        text = HandleInboundMessage("in", PHONE, NUMBER, "STOP", "m", at(10))
+        first = await app.writes.handle_inbound(text, unowned_brands=caller)
+        numbers = [] if owned else [NUMBER]
+        moved = claim("acme-move", "acme", "promo", *numbers, change=True)
+        await app.writes.record(dataclasses.replace(moved, occurred_at=at(30)))
+        if then == "globex":
+            took = claim("globex-deals", "globex", "deals", NUMBER)
+            await app.writes.record(dataclasses.replace(took, occurred_at=at(31)))
+        ends = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
+
+        again = await app.writes.handle_inbound(text, unowned_brands=caller)
+        assert again.write.event_ids == first.write.event_ids
+        assert again.outcome.reply is first.outcome.reply, again.outcome
+        assert (again.outcome.brand, again.outcome.campaign) == (
+            first.outcome.brand,
+            first.outcome.campaign,
+        )
+        assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
