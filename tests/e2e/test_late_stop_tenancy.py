@@ -230,3 +230,28 @@ async def test_a_late_stop_held_for_a_brand_takes_no_message_id_of_its_texts(
         except grpc.aio.AioRpcError as err:
             pytest.fail(f"acme's START refused for initech's text: {said(err)}")
         assert (answer.brand, answer.intent) == ("acme", api.INBOUND_INTENT_OPT_IN)
+
+
+async def test_a_stop_retried_after_its_number_passed_to_another_brand_is_answered(module_serve):
+    # acme's gateway lost the answer to a STOP to acme's number; by its retry acme had
+    # let the number go and globex claimed it. The retry was refused PERMISSION_DENIED
+    # (the number is globex's), where the first was recorded and answered OK.
+    clock = Clock()
+    campaigns = [
+        define("acme", "promo", clock.now - timedelta(days=1), [FIRST_NUMBER]),
+        define("globex", "deals", clock.now - timedelta(days=1)),
+    ]
+    runtime = await module_serve(on_kafka=False, clock=clock, campaigns=campaigns)
+    text = inbound("+14155550104", FIRST_NUMBER, "STOP", clock.now - timedelta(minutes=20))
+    async with client(runtime.address) as admin, client(runtime.address, "acme-app") as acme:
+        first = await acme.HandleInboundMessage(text)
+        assert first.reply == api.REPLY_KIND_OPT_OUT_CONFIRMATION
+        acme_promo, globex_deals = campaigns
+        await sends_from(admin, acme_promo, [], clock.now - timedelta(minutes=10))
+        await sends_from(admin, globex_deals, [FIRST_NUMBER], clock.now - timedelta(minutes=9))
+        try:
+            again = await acme.HandleInboundMessage(text)
+        except grpc.aio.AioRpcError as err:
+            pytest.fail(f"the retry of a STOP recorded OK was refused: {said(err)}")
+        assert list(again.event_ids) == list(first.event_ids)
+        assert (again.reply, again.brand, again.campaign) == (first.reply, "acme", "promo")
