@@ -51,6 +51,7 @@ from tests.unit.usecase_harness import (
     NOW,
     NUMBER,
     OTHER_NUMBER,
+    App,
     GatedLedger,
     SlowLedger,
     claim,
@@ -851,6 +852,16 @@ async def test_a_stop_sent_to_another_brand_s_number_before_it_moved_holds_that_
         assert [f.phone for f in await app.view.flagged(held)] == [PHONE]
 
 
+async def _move_number_to_deals(app: App) -> None:
+    """promo lets NUMBER go (30 minutes in) and deals claims it (31 minutes in)."""
+    for request_id, name, numbers, minutes in (
+        ("drop", "promo", (), 30),
+        ("take", "deals", (OTHER_NUMBER, NUMBER), 31),
+    ):
+        move = claim(request_id, BRAND, name, *numbers, change=True)
+        await app.writes.record(dataclasses.replace(move, occurred_at=at(minutes)))
+
+
 async def test_a_stop_retried_after_its_number_moved_records_nothing_the_first_did_not():
     """A STOP's facts are read from the campaigns as they stand: retried after the
     brand moved the number to another campaign, its retry recorded an opt-out of that
@@ -863,12 +874,7 @@ async def test_a_stop_retried_after_its_number_moved_records_nothing_the_first_d
             await app.writes.record(an_opt_in(at(0), name, request_id=f"in-{name}"))
         text = HandleInboundMessage("in", PHONE, NUMBER, "STOP", "m", at(10))
         first = await app.writes.handle_inbound(text)
-        for request_id, name, numbers, minutes in (
-            ("drop", "promo", (), 30),
-            ("take", "deals", (OTHER_NUMBER, NUMBER), 31),
-        ):
-            move = claim(request_id, BRAND, name, *numbers, change=True)
-            await app.writes.record(dataclasses.replace(move, occurred_at=at(minutes)))
+        await _move_number_to_deals(app)
         ends = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
         again = await app.writes.handle_inbound(text)
         assert again.write.event_ids == first.write.event_ids
@@ -886,12 +892,7 @@ async def test_a_retry_finds_its_first_facts_once_the_view_caught_up(monkeypatch
         await app.writes.record(claim("acme-deals", BRAND, "deals", OTHER_NUMBER))
         text = HandleInboundMessage("in", PHONE, NUMBER, "STOP", "m", at(10))
         first = await app.writes.handle_inbound(text)
-        for request_id, name, numbers, minutes in (
-            ("drop", "promo", (), 30),
-            ("take", "deals", (OTHER_NUMBER, NUMBER), 31),
-        ):
-            move = claim(request_id, BRAND, name, *numbers, change=True)
-            await app.writes.record(dataclasses.replace(move, occurred_at=at(minutes)))
+        await _move_number_to_deals(app)
         find_events, looks = app.view.find_events, []
 
         async def behind_at_first(ids: Sequence[str]) -> dict[str, Recorded]:
