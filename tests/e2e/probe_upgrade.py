@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import asyncpg
@@ -39,9 +40,8 @@ from tests.e2e.harness import (
     opt_out,
     sent,
     streamed,
-    ts,
 )
-from tests.e2e.test_write_faults import PASSING, _signal
+from tests.e2e.test_write_faults import PASSING, _signal, corrected, two_sends
 from tests.infra.kafka_broker import KafkaBroker
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -85,28 +85,7 @@ async def test_claim_made_on_old_version_lapses_on_new(
     ids = [f"UPDEAD-{tag}-{i}" for i in range(3)]
     single = sent(phones[0], "acme", "promo", when - timedelta(minutes=5), message_id=ids[0])
 
-    def batch(request_id: str, lang: bool) -> api.RecordMessagesSentRequest:
-        return api.RecordMessagesSentRequest(
-            request_id=request_id,
-            brand="acme",
-            messages=[
-                api.SentMessage(
-                    phone=phones[i],
-                    campaign="promo",
-                    message_id=ids[i],
-                    occurred_at=ts(when - timedelta(minutes=5)),
-                    included_opt_out_language=lang,
-                )
-                for i in (1, 2)
-            ],
-        )
-
-    def corrected(request: api.RecordMessageSentRequest) -> api.RecordMessageSentRequest:
-        again = api.RecordMessageSentRequest()
-        again.CopyFrom(request)
-        again.request_id = uuid.uuid4().hex
-        again.included_opt_out_language = not request.included_opt_out_language
-        return again
+    batch = partial(two_sends, phones=phones, ids=ids, when=when)
 
     dead_batch = batch(f"dead-{tag}", True)
     proc, address = await asyncio.to_thread(_serve, on(OLD, env), tmp_path / "old.log")

@@ -26,7 +26,8 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -560,6 +561,36 @@ async def _paced(
         await asyncio.sleep(0.05)
 
 
+def two_sends(
+    request_id: str, opt_out_language: bool, *, phones: list[str], ids: list[str], when: datetime
+) -> api.RecordMessagesSentRequest:
+    """A batch of the messages ``ids[1]`` and ``ids[2]`` to ``phones[1]`` and
+    ``phones[2]``, sent five minutes before ``when``."""
+    return api.RecordMessagesSentRequest(
+        request_id=request_id,
+        brand="acme",
+        messages=[
+            api.SentMessage(
+                phone=phones[i],
+                campaign="promo",
+                message_id=ids[i],
+                occurred_at=ts(when - timedelta(minutes=5)),
+                included_opt_out_language=opt_out_language,
+            )
+            for i in (1, 2)
+        ],
+    )
+
+
+def corrected(request: api.RecordMessageSentRequest) -> api.RecordMessageSentRequest:
+    """``request`` sent again under a new request id, saying something else of it."""
+    again = api.RecordMessageSentRequest()
+    again.CopyFrom(request)
+    again.request_id = uuid.uuid4().hex
+    again.included_opt_out_language = not request.included_opt_out_language
+    return again
+
+
 async def test_a_message_whose_send_died_before_its_append_is_recorded_once_its_claim_lapses(
     tmp_path, postgres_dsn, private_kafka_broker: KafkaBroker
 ):
@@ -585,28 +616,7 @@ async def test_a_message_whose_send_died_before_its_append_is_recorded_once_its_
     ids = [f"DEAD-{tag}-{i}" for i in range(3)]
     single = sent(phones[0], "acme", "promo", when - timedelta(minutes=5), message_id=ids[0])
 
-    def batch(request_id: str, opt_out_language: bool) -> api.RecordMessagesSentRequest:
-        return api.RecordMessagesSentRequest(
-            request_id=request_id,
-            brand="acme",
-            messages=[
-                api.SentMessage(
-                    phone=phones[i],
-                    campaign="promo",
-                    message_id=ids[i],
-                    occurred_at=ts(when - timedelta(minutes=5)),
-                    included_opt_out_language=opt_out_language,
-                )
-                for i in (1, 2)
-            ],
-        )
-
-    def corrected(request: api.RecordMessageSentRequest) -> api.RecordMessageSentRequest:
-        again = api.RecordMessageSentRequest()
-        again.CopyFrom(request)
-        again.request_id = uuid.uuid4().hex
-        again.included_opt_out_language = not request.included_opt_out_language
-        return again
+    batch = partial(two_sends, phones=phones, ids=ids, when=when)
 
     dead_batch = batch(f"dead-{tag}", True)
     proc, address = await asyncio.to_thread(_serve, env, tmp_path / "serve.log")
