@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -212,21 +212,27 @@ async def brands_held_then(
     if at is None or not mine or ANY_BRAND in mine:
         return []  # no time, or kept for every brand already
     keys: list[str] = []
+    for brand in await brands_listing(view, to, at, but=mine):
+        key = brand if _allows(authorize, brand) else ANY_BRAND
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+async def brands_listing(
+    view: ConsentView, to: str, at: datetime, but: Collection[str] = ()
+) -> list[str]:
+    """The brands, but ``but`` and ``ANY_BRAND``, whose campaigns sent from ``to`` at
+    ``at``."""
+    brands: list[str] = []
     for brand in await view.brand_names():
-        if brand in mine or brand == ANY_BRAND:
+        if brand in but or brand == ANY_BRAND:
             continue
         for name in await view.campaign_names(brand):
-            if not _listed(await view.campaign_history(brand, name), to, at):
-                continue
-            try:
-                authorize(brand)
-                key = brand
-            except PermissionDenied:
-                key = ANY_BRAND
-            if key not in keys:
-                keys.append(key)
-            break
-    return keys
+            if _listed(await view.campaign_history(brand, name), to, at):
+                brands.append(brand)
+                break
+    return brands
 
 
 LATE_HOLD_PREFIX = "late-stop-"
@@ -1497,17 +1503,7 @@ class Writes:
     ) -> list[str]:
         """The brands but ``but`` whose campaigns sent from ``to`` at a text's own time."""
         at = _text_time(occurred_at, now)
-        if at is None:
-            return []
-        view, brands = self.ctx.view, []
-        for brand in await view.brand_names():
-            if brand in (but, ANY_BRAND):
-                continue
-            for name in await view.campaign_names(brand):
-                if _listed(await view.campaign_history(brand, name), to, at):
-                    brands.append(brand)
-                    break
-        return brands
+        return [] if at is None else await brands_listing(self.ctx.view, to, at, but=(but,))
 
     async def _recorded_before_it_moved(
         self, cmd: HandleInboundMessage, sender: str, brands: Sequence[str]
