@@ -487,6 +487,11 @@ class InboundMessageReceived(SubscriberEvent):
     """How the text was read when it came (an ``ledger.keywords.Intent`` value): a HELP
     is owed its reply for as long as the record says it was one, whatever later rules
     would read. Empty on texts recorded before the reading was kept."""
+    reply: str = ""
+    """The reply the text was owed when it was recorded (a ``ledger.commands.ReplyKind``
+    value): its retry is told the same, whatever was recorded since, even once the
+    view that kept what its first answer told is rebuilt from the ledger. Empty on
+    texts recorded before it was kept."""
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,15 @@ def _stamped(events: Sequence[LedgerEvent], recorded_by: str) -> list[LedgerEven
     return [replace(e, recorded_by=recorded_by) for e in events] if recorded_by else list(events)
 
 
+def _telling(events: list[LedgerEvent], reply: ReplyKind) -> list[LedgerEvent]:
+    """An inbound text's facts, its record (the first) keeping the reply it is owed
+    (``InboundMessageReceived.reply``): the view's key of what its first answer told
+    (``Writes._reply_once``) is not in the ledger, so a rebuild from it loses that."""
+    if not events or not isinstance(events[0], InboundMessageReceived):
+        return events
+    return [replace(events[0], reply=reply.value), *events[1:]]
+
+
 def _message_key(received: InboundMessageReceived, sent_for: str = "") -> tuple[str, str]:
     """The key an inbound text's provider message id is taken under among its brand's
     request ids, and the digest of its words and the number they reached. A late
@@ -1244,9 +1253,10 @@ class Writes:
         said = f"{received.phone}\0{received.message_id}\0{received.to_number}\0{received.body}"
         key = f"{REPLY_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
         ids = [str(e.event_id) for e in owed.events]
-        use = await self.ctx.view.claim_request(
-            received.brand, key, REPLY_TOLD + owed.reply.value, ids
-        )
+        # The reply the text was first recorded owing, when kept: the view's key of it
+        # is lost when the view is rebuilt from the ledger.
+        kept = await self._reply_recorded(result.write) or owed.reply
+        use = await self.ctx.view.claim_request(received.brand, key, REPLY_TOLD + kept.value, ids)
         told = _reply_told(use.fingerprint)
         if set(use.event_ids) & set(ids):  # this answer took it, or its request's did
             if told is not None and told is not owed.reply:
@@ -1269,6 +1279,24 @@ class Writes:
         )
         again = replace(owed, reply=ReplyKind.NONE, required_content=(), notes=[note])
         return InboundResult(result.write, again)
+
+    async def _reply_recorded(self, write: WriteResult) -> ReplyKind | None:
+        """The reply the text ``write`` answers with was owed when first recorded
+        (``InboundMessageReceived.reply``), when it was recorded before (a retry or a
+        redelivery) and kept it; None otherwise. A retry once the view lost what the
+        first answer told (dropped and rebuilt from the ledger) was told the reply read
+        from the state since: a START with nothing to resume, after an opt-in and a
+        STOP, a confirmation it was not owed."""
+        if not write.replayed or not write.event_ids:
+            return None
+        text = await self.ctx.view.find_events(write.event_ids[:1])
+        recorded = text.get(write.event_ids[0])
+        if recorded is None or not isinstance(recorded.event, InboundMessageReceived):
+            return None
+        try:
+            return ReplyKind(recorded.event.reply) if recorded.event.reply else None
+        except ValueError:  # a kind a newer version keeps: read from the state, as before
+            return None
 
     async def _in_turn(self, phone: str, write: Coroutine[Any, Any, R]) -> R:
         """``write`` in ``phone``'s turn (``_inbound_turn``), run to its end even when
@@ -1352,7 +1380,7 @@ class Writes:
             kept = handle_unowned_inbound(cmd, brand, now)
         if kept is None:
             return None
-        events = _stamped(kept.events, recorded_by)
+        events = _telling(_stamped(kept.events, recorded_by), kept.reply)
         if sent_for is not None and brand != ANY_BRAND:
             # A late STOP dated no later than the sender's erasure towards the other
             # brand would keep its words there again: not held (that brand denies the
@@ -1445,7 +1473,7 @@ class Writes:
                 hold = await self._kept_for_review(cmd, key, recorded_by, now, sent_for=brand)
                 if hold is not None:
                     holds.append(hold)
-        events = _stamped(outcome.events, recorded_by)
+        events = _telling(_stamped(outcome.events, recorded_by), outcome.reply)
         if state.erased is not None and cmd.occurred_at <= state.erased.at:
             # Dated no later than the erasure of the sender's personal data towards
             # the brand, the text would store its words there again: refused, nothing

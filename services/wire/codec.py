@@ -492,6 +492,7 @@ def _enc_inbound(e: InboundMessageReceived) -> tuple[str, Message]:
         body=e.body,
         campaign=e.campaign,
         intent=e.intent,
+        reply=e.reply,
     )
 
 
@@ -502,6 +503,7 @@ def _dec_inbound(p: ledger_pb2.InboundMessageReceived) -> dict[str, Any]:
         "body": p.body,
         "campaign": _optional_str(p, "campaign"),
         "intent": p.intent,
+        "reply": p.reply,
     }
 
 

@@ -23,12 +23,13 @@ from ledger.commands import (
     handle_inbound,
 )
 from ledger.digest import digest_of
-from ledger.events import MessageKind, RevocationChannel
+from ledger.events import InboundMessageReceived, MessageKind, RevocationChannel
 from ledger.keywords import Intent
 from ledger.policy import Obligation, Reason, decide, earns_exemption
 from ledger.ports import Stream
 from ledger.state import exemptions_not_granted, fold, retained_facts
 from services.errors import MessageIdReused
+from services.usecases import writes
 from tests.builders import (
     PHONE,
     age,
@@ -468,6 +469,40 @@ async def test_a_text_s_retries_and_redeliveries_tell_the_reply_its_first_answer
             assert told.write.event_ids == owed.write.event_ids
             expected = ReplyKind.OPT_IN_CONFIRMATION if again is restart else ReplyKind.NONE
             assert told.outcome.reply is expected, (again.request_id, told.outcome)
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["recorded with it", "before it was kept"])
+async def test_a_text_s_retry_on_a_view_rebuilt_from_the_ledger_is_told_its_first_reply(
+    kept, monkeypatch
+):
+    """What a text's first answer told was kept only in the view, so a view rebuilt
+    from the ledger told a retry the reply read from the state since. The text is
+    recorded with the reply it owed (``InboundMessageReceived.reply``), and that is
+    told again; a text recorded before it was kept is answered from the state, as
+    before."""
+    if not kept:  # as an earlier version records it
+        monkeypatch.setattr(writes, "_telling", lambda events, reply: events)
+    ledger = ledger_at_now()
+    start = HandleInboundMessage("i-start", PHONE, NUMBER, "START", "SM-start", at(-10))
+    async with running(ledger=ledger) as (app, _):
+        await app.writes.record(DefineCampaign("d", "acme", "promo", PROMO.policy, at(-60 * 24)))
+        first = await app.writes.handle_inbound(start)
+        assert first.outcome.reply is ReplyKind.NONE, first.outcome
+        await app.writes.record(opt_in("r1"))
+        stop = await app.writes.handle_inbound(
+            HandleInboundMessage("i-stop", PHONE, NUMBER, "STOP", "SM-stop", NOW)
+        )
+        await app.guard.wait_for_token(stop.write.token)
+        recorded = await app.audit.history(PHONE, "acme", reader=AUDITOR)
+        texts = [r.event for r in recorded.value if isinstance(r.event, InboundMessageReceived)]
+        assert [t.reply for t in texts] == (["none", "opt_out_confirmation"] if kept else ["", ""])
+
+    async with running(ledger=ledger) as (app, _):  # a new view, folded from the ledger
+        await app.guard.wait_for_token(stop.write.token)
+        told = await app.writes.handle_inbound(start)
+        assert told.write.event_ids == first.write.event_ids
+        expected = ReplyKind.NONE if kept else ReplyKind.OPT_IN_CONFIRMATION
+        assert told.outcome.reply is expected, told.outcome
 
 
 async def test_a_stop_s_retry_is_told_its_first_reply_once_its_number_moved():

@@ -305,6 +305,20 @@ def test_an_imported_opt_out_keeps_its_mark_and_one_written_without_it_loads_as_
     assert isinstance(old, ConsentRevoked) and not old.imported
 
 
+def test_a_text_keeps_the_reply_it_owed_and_one_written_without_it_loads_without() -> None:
+    """A text's retry is told the reply the text owed when recorded, read from the
+    ledger once the view is rebuilt: the reply must survive it, and a text written
+    before it was kept (no field) reads back without one, answered as it was then."""
+    text = next(e for e in EXAMPLES if isinstance(e, InboundMessageReceived))
+    told = dataclasses.replace(text, reply="none")
+    back = codec.decode_event(codec.encode_event(told))
+    assert isinstance(back, InboundMessageReceived) and back == told
+    env = codec.event_to_proto(text)
+    assert "reply" not in {f.name for f, _ in env.inbound_message_received.ListFields()}
+    old = codec.decode_event(env.SerializeToString())
+    assert isinstance(old, InboundMessageReceived) and old.reply == ""
+
+
 def test_a_candidate_stamped_ahead_keeps_its_stated_time_and_one_written_without_it_loads() -> None:
     """A held opt-out's stated time travels as an optional field too: absent when it
     was placed at its own time, and on candidates written before it was kept."""

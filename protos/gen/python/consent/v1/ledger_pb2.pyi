@@ -969,6 +969,7 @@ class InboundMessageReceived(_message.Message):
     BODY_FIELD_NUMBER: _builtins.int
     CAMPAIGN_FIELD_NUMBER: _builtins.int
     INTENT_FIELD_NUMBER: _builtins.int
+    REPLY_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     to_number: _builtins.str
     body: _builtins.str
@@ -979,6 +980,12 @@ class InboundMessageReceived(_message.Message):
     InboundIntent value without its prefix ("help", "opt_out", ...). Empty on texts
     recorded before the reading was kept.
     """
+    reply: _builtins.str
+    """The reply the text was owed when it was recorded: the lower-case name of a
+    ReplyKind value without its prefix ("none", "opt_out_confirmation", ...). A
+    retry of it is told the same, whatever was recorded since. Empty on texts
+    recorded before it was kept.
+    """
     def __init__(
         self,
         *,
@@ -987,10 +994,11 @@ class InboundMessageReceived(_message.Message):
         body: _builtins.str = ...,
         campaign: _builtins.str | None = ...,
         intent: _builtins.str = ...,
+        reply: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "campaign", b"campaign"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "body", b"body", "campaign", b"campaign", "intent", b"intent", "message_id", b"message_id", "to_number", b"to_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "body", b"body", "campaign", b"campaign", "intent", b"intent", "message_id", b"message_id", "reply", b"reply", "to_number", b"to_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__campaign: _TypeAlias = _typing.Literal["campaign"]  # noqa: Y015
     _WhichOneofArgType__campaign: _TypeAlias = _typing.Literal["_campaign", b"_campaign"]  # noqa: Y015

@@ -1,0 +1,99 @@
+"""A retry answered as first answered after the view is lost and rebuilt, on the real
+Kafka ledger and PostgreSQL: the reply a text's first answer told is kept with the
+text in the ledger (``InboundMessageReceived.reply``), not only in the view, so a
+rebuild from the ledger tells a retry of it the same reply, whatever happened since."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import timedelta
+
+import pytest
+from consent.v1 import consent_service_pb2 as api
+
+from ledger.ports import ConsistencyToken
+from services.bootstrap import Runtime
+from services.cli import rebuild
+from services.cli.main import _parser
+from tests.e2e.harness import (
+    client,
+    define,
+    inbound,
+    kafka_settings,
+    noon_in_los_angeles,
+    opt_in,
+    service_settings,
+)
+from tests.infra.postgres_server import PostgresServer
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PROMO_NUMBER = "+12125550150"
+
+
+async def test_a_retry_after_the_view_is_dropped_and_rebuilt_is_told_the_first_reply(
+    tmp_path, postgres_server: PostgresServer, kafka_bootstrap
+):
+    """A START with nothing to resume owes no reply; an opt-in and a STOP then give it
+    something to resume. The view dropped entirely and rebuilt from the ledger (by two
+    workers), the START's retry is still told no reply is owed, and a STOP's retry its
+    confirmation, as before the rebuild."""
+    when = noon_in_los_angeles()
+    phone = "+14155552791"
+    name = f"replykept_{uuid.uuid4().hex[:8]}"
+    dsn = await postgres_server.create_database(name)
+    settings = service_settings(
+        tmp_path, dsn, kafka=kafka_settings(kafka_bootstrap, f"reply-{uuid.uuid4().hex[:8]}.")
+    )
+    start_text = inbound(phone, PROMO_NUMBER, "START", when - timedelta(minutes=8))
+    stop_text = inbound(phone, PROMO_NUMBER, "STOP", when - timedelta(minutes=6))
+    runtime = Runtime(settings, clock=lambda: when)
+    await runtime.start()
+    try:
+        async with client(runtime.address) as c:
+            await c.DefineCampaign(
+                define("acme", "promo", when - timedelta(days=1), [PROMO_NUMBER])
+            )
+            start = await c.HandleInboundMessage(start_text)
+            assert start.reply == api.REPLY_KIND_NONE, start
+            await c.RecordOptIn(opt_in(phone, "acme", "promo", when - timedelta(minutes=7)))
+            stop = await c.HandleInboundMessage(stop_text)
+            assert stop.reply == api.REPLY_KIND_OPT_OUT_CONFIRMATION, stop
+            again = await c.HandleInboundMessage(start_text)
+            assert again.reply == api.REPLY_KIND_NONE, again  # the view keeps it
+            token = ConsistencyToken.decode(stop.consistency_token)
+            assert await runtime.guard.wait_for_token(token, 30)
+    finally:
+        await runtime.stop()
+
+    await postgres_server.drop_database(name)  # every table, the reply keys with them
+    dsn = await postgres_server.create_database(name)
+    settings = dataclasses.replace(settings, postgres_dsn=dsn)
+    await rebuild.run(settings, _parser().parse_args(["rebuild", "--quiet", "--workers", "2"]))
+
+    runtime = Runtime(settings, clock=lambda: when)
+    await runtime.start()
+    try:
+        async with client(runtime.address) as c:
+            again = await c.HandleInboundMessage(start_text)
+            assert list(again.event_ids) == list(start.event_ids)
+            assert again.reply == api.REPLY_KIND_NONE, again
+            again = await c.HandleInboundMessage(stop_text)
+            assert list(again.event_ids) == list(stop.event_ids)
+            assert again.reply == api.REPLY_KIND_OPT_OUT_CONFIRMATION, again
+            # Each text shows the reply it was recorded owing, as its other fields.
+            listed = await c.ListEvents(api.ListEventsRequest(phone=phone, brand="acme"))
+            texts = [
+                (
+                    e.event.inbound_message_received.message_id,
+                    e.event.inbound_message_received.reply,
+                )
+                for e in listed.events
+                if e.event.HasField("inbound_message_received")
+            ]
+            told = [(start_text.message_id, "none"), (stop_text.message_id, "opt_out_confirmation")]
+            assert texts == told, texts
+    finally:
+        await runtime.stop()
+        await postgres_server.drop_database(name)
