@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ledger.commands import ReplyKind
 from ledger.deadlines import revocation_due
 from ledger.digest import digest_of, with_phone_wide
 from ledger.events import (
@@ -885,7 +886,13 @@ def _reply(r: Recorded, shown: Sequence[Recorded]) -> Reply:
     parts += [f"recorded {describe(x.event)}" for x in recorded]
     if answer is not None:
         parts.append(f"answered at {iso(answer.event.occurred_at)} ({describe(answer.event)})")
-    elif owed is not None and owed is not MessageKind.CONVERSATION_REPLY:
+    elif owed is MessageKind.CONVERSATION_REPLY or owed is None:
+        pass
+    elif e.reply == ReplyKind.NONE.value:
+        # Its first answer told the gateway no reply was owed (a START with nothing to
+        # resume, a STOP while one was held): "none recorded" alone read as one missed.
+        parts.append("no reply was owed when it came")
+    else:
         parts.append(f"no {owed.value.replace('_', ' ')} was recorded")
     return Reply(
         EventRef.of(r),

@@ -322,6 +322,23 @@ def test_replies_say_how_they_were_read_and_answered():
     assert "no confirmation was recorded" in packet.opt_outs[0].handling
 
 
+def test_a_text_answered_no_reply_owed_is_not_said_to_miss_one():
+    """A START with nothing to resume, or a STOP while one was held, was told no reply
+    was owed (``InboundMessageReceived.reply``): "no confirmation was recorded" alone
+    read to an auditor as one owed and not sent. Texts from before the reply was kept
+    say what they said."""
+    start = dataclasses.replace(_text(at(days=1), "START", "in-7", intent="opt_in"), reply="none")
+    stop = dataclasses.replace(_text(at(days=2), "Stop", "in-8"), reply="none")
+    owed = dataclasses.replace(_text(at(days=3), "HELP", "in-9", intent="help"), reply="help")
+    older = _text(at(days=4), "START", "in-10", intent="opt_in")
+    packet = assemble(record([_defined(), start, stop, owed, older]), PHONE, BRAND, None, NOW)
+    said = {r.message_id: r.handling for r in packet.replies}
+    for message_id in ("in-7", "in-8"):
+        assert said[message_id].endswith("no reply was owed when it came"), said[message_id]
+    assert said["in-9"].endswith("no help reply was recorded"), said["in-9"]
+    assert said["in-10"].endswith("no opt in confirmation was recorded"), said["in-10"]
+
+
 def test_an_imported_opt_out_says_its_confirmation_was_the_other_platforms():
     """``CanSend`` allows no confirmation of an imported opt-out: "no confirmation was
     recorded" alone read to an auditor as one owed and not sent."""
