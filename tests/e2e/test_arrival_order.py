@@ -1,0 +1,262 @@
+"""A number's facts, each at its own time, delivered in every order of arrival
+through mixed write paths (``RecordOptIn``/``RecordOptOut``, ``ImportConsents`` a
+record a call, several records in one message or in one stream of messages, a
+text through ``HandleInboundMessage``, ``RecordMessageSent`` and
+``RecordMessagesSent``), each order on a number of its own, on the embedded default:
+every order must give the answers the README gives for the facts by their own
+times (CanSend now for each campaign and reply kind, CanSendAsOf between the facts
+as known now, GetConsent), never by the order they came in. The few orders the
+README lets matter are kept out: nothing here is stamped ahead of the service's
+clock, and the opt-outs are all written or all imported within a history, since an
+imported opt-out owes no confirmation from here.
+
+A small, chosen set (the full probe took every history in every order through the
+CLI too, on Kafka and after a rebuild: ``probe_arrival_order.py``)."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from consent.v1 import consent_service_pb2 as api
+from consent.v1 import ledger_pb2 as lpb
+
+from ledger.ports import ConsistencyToken
+from tests.e2e.harness import (
+    Client,
+    client,
+    define,
+    inbound,
+    module_clock,
+    opt_in,
+    opt_out,
+    sent,
+    ts,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PROMO_FROM, NEWS_FROM = "+12125558801", "+12125558802"
+MINUTE = timedelta(minutes=1)
+CLOCK = module_clock()
+
+Fact = tuple[str, timedelta]
+"""What happened (``in:<campaign>``, ``out:<campaign>`` or ``out:all``, a text
+``STOP``/``START``/``HELP`` to promo's number, ``confirmation``: an opt-out's
+confirmation sent for promo), and how long before the service's now."""
+
+HISTORIES: dict[str, tuple[list[Fact], str]] = {
+    # An opt-out between two opt-ins, then one of every campaign: by their own
+    # times the last stands, whichever came first.
+    "opt-ins and opt-outs": (
+        [
+            ("in:promo", 4 * 60 * MINUTE),
+            ("out:promo", 3 * 60 * MINUTE),
+            ("in:news", 2 * 60 * MINUTE),
+            ("out:all", 60 * MINUTE),
+        ],
+        "write",
+    ),
+    # The same, imported: one record a call, in one message, or one a message of a
+    # stream.
+    "imported": (
+        [
+            ("in:promo", 4 * 60 * MINUTE),
+            ("out:promo", 3 * 60 * MINUTE),
+            ("in:promo", 2 * 60 * MINUTE),
+            ("out:all", 60 * MINUTE),
+        ],
+        "import",
+    ),
+    # A STOP and a START a gateway passed on in either order.
+    "STOP and START": (
+        [("in:promo", 60 * MINUTE), ("STOP", 6 * MINUTE), ("START", 3 * MINUTE)],
+        "write",
+    ),
+    # An opt-out's confirmation the sender recorded before the STOP it answered
+    # reached the ledger: it is answered all the same, and no second one is allowed.
+    "a STOP confirmed": (
+        [("in:promo", 60 * MINUTE), ("STOP", 4 * MINUTE), ("confirmation", 3 * MINUTE)],
+        "write",
+    ),
+    # An opt-in and an opt-out of the same instant: the opt-out wins.
+    "at one instant": ([("in:promo", 60 * MINUTE), ("out:promo", 60 * MINUTE)], "write"),
+}
+
+EXPECTED: dict[str, dict[str, Any]] = {
+    "opt-ins and opt-outs": {
+        "promo now": "REASON_REVOKED_BRAND_WIDE",
+        "news now": "REASON_REVOKED_BRAND_WIDE",
+        "promo as of 0": "REASON_NO_CONSENT",
+        "promo as of 1": "REASON_CONSENT_ACTIVE",
+        "promo as of 2": "REASON_REVOKED",
+        "promo as of 3": "REASON_REVOKED",
+        "news as of 3": "REASON_CONSENT_ACTIVE",
+        "news as of 4": "REASON_REVOKED_BRAND_WIDE",
+        "promo consent": "CONSENT_STATE_REVOKED_BRAND_WIDE",
+        "news consent": "CONSENT_STATE_REVOKED_BRAND_WIDE",
+    },
+    "imported": {
+        "promo now": "REASON_REVOKED_BRAND_WIDE",
+        "promo as of 1": "REASON_CONSENT_ACTIVE",
+        "promo as of 2": "REASON_REVOKED",
+        "promo as of 3": "REASON_CONSENT_ACTIVE",
+        "promo as of 4": "REASON_REVOKED_BRAND_WIDE",
+        "promo consent": "CONSENT_STATE_REVOKED_BRAND_WIDE",
+    },
+    "STOP and START": {
+        "promo now": "REASON_CONSENT_ACTIVE",
+        "promo as of 1": "REASON_CONSENT_ACTIVE",
+        "promo as of 2": "REASON_REVOKED",
+        "promo as of 3": "REASON_CONSENT_ACTIVE",
+        "promo consent": "CONSENT_STATE_ACTIVE",
+    },
+    "a STOP confirmed": {
+        "promo now": "REASON_REVOKED",
+        "promo now confirmation": "REASON_OPT_OUT_CONFIRMATION_NOT_ALLOWED",
+        "promo as of 1": "REASON_CONSENT_ACTIVE",
+        "promo as of 2": "REASON_REVOKED",
+        "promo consent": "CONSENT_STATE_REVOKED",
+    },
+    "at one instant": {
+        "promo now": "REASON_REVOKED",
+        "promo as of 1": "REASON_REVOKED",
+        "promo consent": "CONSENT_STATE_REVOKED",
+    },
+}
+"""Each history's answers by its facts' own times (``as of i``: between the facts
+i-1 and i in time, 0 before the first), as the README gives them."""
+
+
+@pytest.fixture(scope="module")
+async def service(module_serve):
+    start = CLOCK.now - timedelta(days=30)
+    return await module_serve(
+        on_kafka=False,
+        name="arrival",
+        clock=CLOCK,
+        campaigns=[
+            define("acme", "promo", start, [PROMO_FROM]),
+            define("acme", "news", start, [NEWS_FROM]),
+        ],
+    )
+
+
+class Writes:
+    """acme's app writing, and the freshest token it was given."""
+
+    def __init__(self, c: Client) -> None:
+        self.c = c
+        self.token = ConsistencyToken({})
+
+    def wrote(self, answer: Any) -> None:
+        assert not getattr(answer, "refusals", None), answer
+        self.token = self.token.merge(ConsistencyToken.decode(answer.consistency_token))
+
+    async def import_(self, messages: Sequence[Sequence[api.ImportRecord]]) -> None:
+        async def stream() -> AsyncIterator[api.ImportConsentsRequest]:
+            for records in messages:
+                yield api.ImportConsentsRequest(records=records)
+
+        answers = self.c.stub.ImportConsents(
+            stream(), metadata=[("authorization", f"Bearer {self.c.token}")], timeout=60
+        )
+        async for answer in answers:
+            self.wrote(answer)
+
+
+def record(phone: str, fact: Fact) -> api.ImportRecord:
+    what, at = fact[0].split(":"), CLOCK.now - fact[1]
+    if what[0] == "in":
+        return api.ImportRecord(opt_in=opt_in(phone, "acme", what[1], at))
+    campaign = None if what[1] == "all" else what[1]
+    keyword = lpb.REVOCATION_CHANNEL_KEYWORD
+    request = opt_out(phone, "acme", campaign, at, channel=keyword, text="STOP")
+    return api.ImportRecord(opt_out=request)
+
+
+async def deliver(w: Writes, phone: str, facts: list[Fact], style: str, turn: int) -> None:
+    """``facts`` in the order given; ``style`` import: records one a call, all in one
+    message or one a message of one stream, by ``turn``; sends by one call or batched."""
+    if style == "import" and turn % 3:
+        records = [record(phone, f) for f in facts]
+        await w.import_([records] if turn % 3 == 1 else [[r] for r in records])
+        return
+    for i, fact in enumerate(facts):
+        what, at = fact[0], CLOCK.now - fact[1]
+        if what in ("STOP", "START", "HELP"):
+            w.wrote(await w.c.HandleInboundMessage(inbound(phone, PROMO_FROM, what, at)))
+        elif what == "confirmation":
+            kind = lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION
+            message = sent(phone, "acme", "promo", at, kind=kind, from_number=PROMO_FROM)
+            if (turn + i) % 2:
+                w.wrote(await w.c.RecordMessageSent(message))
+            else:
+                keep = ("phone", "campaign", "message_id", "kind", "occurred_at", "from_number")
+                one = api.SentMessage(**{k: getattr(message, k) for k in keep})
+                one.included_opt_out_language = one.identified_sender = True
+                w.wrote(
+                    await w.c.RecordMessagesSent(
+                        api.RecordMessagesSentRequest(
+                            request_id=uuid.uuid4().hex, brand="acme", messages=[one]
+                        )
+                    )
+                )
+        elif style == "import":
+            await w.import_([[record(phone, fact)]])
+        elif what.startswith("in:"):
+            w.wrote(await w.c.RecordOptIn(record(phone, fact).opt_in))
+        else:
+            w.wrote(await w.c.RecordOptOut(record(phone, fact).opt_out))
+
+
+async def answers(
+    c: Client, token: str, phone: str, facts: list[Fact], asked: Sequence[str]
+) -> dict[str, str]:
+    """The answers ``asked`` (``EXPECTED``'s keys) for ``phone``."""
+    said: dict[str, str] = {}
+    times = sorted({CLOCK.now - f[1] for f in facts})
+    moments = [times[0] - MINUTE, *(a + (b - a) / 2 for a, b in itertools.pairwise(times))]
+    moments.append(times[-1] + MINUTE)
+    for key in asked:
+        campaign, question = key.split(" ", 1)
+        ask = dict(phone=phone, brand="acme", campaign=campaign, at_least_as_fresh=token)
+        if question.startswith("now"):
+            kind = lpb.MESSAGE_KIND_REGULAR
+            if question.endswith("confirmation"):
+                kind = lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION
+            now = await c.CanSend(api.CanSendRequest(**ask, message_kind=kind))
+            said[key] = api.Reason.Name(now.reason)
+        elif question.startswith("as of"):
+            at = moments[int(question.rsplit(" ", 1)[1])]
+            then = await c.CanSendAsOf(
+                api.CanSendAsOfRequest(**ask, at=ts(at), known_at=ts(CLOCK.now))
+            )
+            said[key] = api.Reason.Name(then.reason)
+        else:
+            consent = await c.GetConsent(api.GetConsentRequest(**ask))
+            said[key] = api.ConsentState.Name(consent.state)
+    return said
+
+
+@pytest.mark.parametrize("history", list(HISTORIES))
+async def test_every_order_of_arrival_gives_the_answers_of_the_facts_own_times(history, service):
+    facts, style = HISTORIES[history]
+    orders = list(itertools.permutations(facts))
+    first = 100 * list(HISTORIES).index(history)
+    phones = [f"+1415559{first + i:04d}" for i in range(len(orders))]
+    async with client(service.address, "acme-app") as app, client(service.address) as auditor:
+        w = Writes(app)
+        for turn, (phone, order) in enumerate(zip(phones, orders, strict=True)):
+            await deliver(w, phone, list(order), style, turn)
+        wrong = []
+        for phone, order in zip(phones, orders, strict=True):
+            said = await answers(auditor, w.token.encode(), phone, facts, list(EXPECTED[history]))
+            for key, expected in EXPECTED[history].items():
+                if said[key] != expected:
+                    wrong.append(f"{[f[0] for f in order]}: {key} {said[key]}, not {expected}")
+    assert not wrong, "\n".join(wrong)
