@@ -42,6 +42,7 @@ from tests.e2e.harness import (
     client,
     define,
     defined,
+    held_info,
     imported,
     inbound,
     kafka_settings,
@@ -69,6 +70,7 @@ from tests.e2e.test_write_paths_agree import (
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 PROMO_FROM, NEWS_FROM, CAPPED_FROM = "+12125557701", "+12125557702", "+12125557703"
+VIP_FROM = "+12125557704"
 H = timedelta(hours=1)
 
 # A fact: (kind, hours after the history's start). Kinds: in:<c>, out:<c>|out:all,
@@ -104,6 +106,14 @@ HISTORIES: dict[str, list[tuple[str, float]]] = {
         ("stop:news", 2),
         ("start", 3),
     ],
+    "ra-stop-start": [("in:vip", 0), ("in:promo", 0), ("stop", 1), ("start:vip", 2)],
+    "ra-stop-in": [("in:vip", 0), ("stop", 1), ("in:vip", 2)],
+    "ra-out-start": [("in:vip", 0), ("in:promo", 1), ("out:promo", 2), ("start:vip", 3)],
+    "ra-start-stop": [("in:vip", 0), ("in:promo", 0), ("start:vip", 1), ("stop", 2)],
+    "ra-stopvip-start": [("in:vip", 0), ("in:promo", 0), ("stop:vip", 1), ("start", 2)],
+    "held-outall-in": [("in:promo", 0), ("held:promo", 1), ("out:all", 2), ("in:promo", 3)],
+    "held-in": [("in:promo", 0), ("held:promo", 1), ("in:promo", 2)],
+    "held-stopall-start": [("in:promo", 0), ("held", 1), ("stopall", 2), ("start", 3)],
     "news-promo-tie": [("in:news", 0), ("in:promo", 1), ("out:promo", 1), ("stop", 2)],
 }
 
@@ -223,8 +233,19 @@ async def deliver(
                 if c:
                     row["campaign"] = c
                 await import_cli(led, address, csv_rows([row], tmp), TOKENS["acme-app"][0])
+        elif what == "held":  # an opt-out refused for a detail (no channel): held
+            request = opt_out(phone, "acme", campaign or None, at, channel=0)
+            try:
+                await led.c.RecordOptOut(request)
+            except grpc.aio.AioRpcError as err:
+                info = held_info(err)
+                if info is None:
+                    raise
+                led.token = led.token.merge(ConsistencyToken.decode(info["consistency_token"]))
+                return "ok"
+            return "recorded, not held"
         elif what in ("stop", "start", "help", "stopall", "unstop", "hi"):
-            to = NEWS_FROM if campaign == "news" else PROMO_FROM
+            to = {"news": NEWS_FROM, "vip": VIP_FROM}.get(campaign, PROMO_FROM)
             led.wrote(await led.c.HandleInboundMessage(inbound(phone, to, what.upper(), at)))
         elif what == "reconf":
             led.wrote(
@@ -293,7 +314,7 @@ async def readings(
     times = [*sorted({start + timedelta(hours=h) for _, h in history}), clock.now]
     moments = [a + (b - a) / 2 for a, b in itertools.pairwise(times) if b > a]
     moments.append(times[0] - timedelta(minutes=30))
-    for campaign in ("promo", "news", "capped"):
+    for campaign in ("promo", "news", "capped", "vip"):
         for name, kind in (
             ("regular", lpb.MESSAGE_KIND_REGULAR),
             ("optout-conf", lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION),
@@ -315,7 +336,7 @@ async def readings(
                 )
             )
             said[f"{campaign} asof {i} hindsight"] = as_dict(hind)
-    ce = await consent_and_events(led, phone, ("promo", "news", "capped"))
+    ce = await consent_and_events(led, phone, ("promo", "news", "capped", "vip"))
     events = ce.pop("events")
     said.update(ce)
     said["event order"] = [
@@ -339,6 +360,7 @@ async def test_probe(ledger, postgres_server, kafka_bootstrap, tmp_path):
     campaigns = [
         define("acme", "promo", first, [PROMO_FROM]),
         define("acme", "news", first, [NEWS_FROM]),
+        define("acme", "vip", first, [VIP_FROM], revoke_all=True),
         define(
             "acme",
             "capped",
