@@ -460,9 +460,33 @@ async def test_probe(ledger, postgres_server, kafka_bootstrap, tmp_path):
                     phones.append((key, phone))
                 plan.append((name, start, phones))
             aled.token = aled.token.merge(led.token)
+            swept: dict[str, list[Any]] = {}
+            for campaign in ("promo", "capped"):
+                async for part in aled.c.stub.SweepCampaign(
+                    api.SweepCampaignRequest(
+                        brand="acme",
+                        campaign=campaign,
+                        start_time=ts(clock.now - timedelta(days=60)),
+                        end_time=ts(clock.now),
+                        at_least_as_fresh=aled.fresh(),
+                    ),
+                    metadata=[("authorization", f"Bearer {aled.c.token}")],
+                    timeout=120,
+                ):
+                    if part.HasField("finding"):
+                        f = part.finding
+                        swept.setdefault(f.phone, []).append(
+                            (
+                                campaign,
+                                f.occurred_at.ToDatetime().isoformat(),
+                                sorted(api.SweepFindingKind.Name(k) for k in f.kinds),
+                                api.Reason.Name(f.reason),
+                            )
+                        )
             for name, start, phones in plan:
                 for key, phone in phones:
                     live[name][key] = await readings(aled, clock, phone, start, HISTORIES[name])
+                    live[name][key]["sweep"] = sorted(swept.get(phone, []))
             token = aled.fresh()
     rebuilt: dict[str, dict[tuple, Any]] = {}
     if not os.environ.get("PROBE_NO_REBUILD"):
