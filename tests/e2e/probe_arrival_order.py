@@ -351,6 +351,34 @@ def compact(value: Any) -> str:
     return json.dumps(value, sort_keys=True)[:400]
 
 
+async def sweeps(aled: Ledger, clock: Clock) -> dict[str, list[Any]]:
+    """Each number's findings of the compliance sweep of promo and capped."""
+    swept: dict[str, list[Any]] = {}
+    for campaign in ("promo", "capped"):
+        async for part in aled.c.stub.SweepCampaign(
+            api.SweepCampaignRequest(
+                brand="acme",
+                campaign=campaign,
+                start_time=ts(clock.now - timedelta(days=60)),
+                end_time=ts(clock.now),
+                at_least_as_fresh=aled.fresh(),
+            ),
+            metadata=[("authorization", f"Bearer {aled.c.token}")],
+            timeout=120,
+        ):
+            if part.HasField("finding"):
+                f = part.finding
+                swept.setdefault(f.phone, []).append(
+                    (
+                        campaign,
+                        f.occurred_at.ToDatetime().isoformat(),
+                        sorted(api.SweepFindingKind.Name(k) for k in f.kinds),
+                        api.Reason.Name(f.reason),
+                    )
+                )
+    return swept
+
+
 @pytest.mark.parametrize("ledger", os.environ.get("PROBE_LEDGERS", "embedded,kafka").split(","))
 async def test_probe(ledger, postgres_server, kafka_bootstrap, tmp_path):
     clock = Clock(noon_in_los_angeles(ahead=timedelta(hours=0)))
@@ -460,29 +488,7 @@ async def test_probe(ledger, postgres_server, kafka_bootstrap, tmp_path):
                     phones.append((key, phone))
                 plan.append((name, start, phones))
             aled.token = aled.token.merge(led.token)
-            swept: dict[str, list[Any]] = {}
-            for campaign in ("promo", "capped"):
-                async for part in aled.c.stub.SweepCampaign(
-                    api.SweepCampaignRequest(
-                        brand="acme",
-                        campaign=campaign,
-                        start_time=ts(clock.now - timedelta(days=60)),
-                        end_time=ts(clock.now),
-                        at_least_as_fresh=aled.fresh(),
-                    ),
-                    metadata=[("authorization", f"Bearer {aled.c.token}")],
-                    timeout=120,
-                ):
-                    if part.HasField("finding"):
-                        f = part.finding
-                        swept.setdefault(f.phone, []).append(
-                            (
-                                campaign,
-                                f.occurred_at.ToDatetime().isoformat(),
-                                sorted(api.SweepFindingKind.Name(k) for k in f.kinds),
-                                api.Reason.Name(f.reason),
-                            )
-                        )
+            swept = await sweeps(aled, clock)
             for name, start, phones in plan:
                 for key, phone in phones:
                     live[name][key] = await readings(aled, clock, phone, start, HISTORIES[name])
@@ -494,10 +500,12 @@ async def test_probe(ledger, postgres_server, kafka_bootstrap, tmp_path):
         async with running(settings, clock) as runtime, client(runtime.address) as admin:
             aled = Ledger(admin)
             aled.token = ConsistencyToken.decode(token)
+            swept = await sweeps(aled, clock)
             for name, start, phones in plan:
                 rebuilt[name] = {}
                 for key, phone in phones:
                     rebuilt[name][key] = await readings(aled, clock, phone, start, HISTORIES[name])
+                    rebuilt[name][key]["sweep"] = sorted(swept.get(phone, []))
     await postgres_server.drop_database(dbname)
     for name, _, _ in plan:
         results = live[name]
