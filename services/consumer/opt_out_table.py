@@ -75,6 +75,12 @@ CREATE TABLE IF NOT EXISTS consent_status (
     PRIMARY KEY (brand, phone, campaign)
 );
 CREATE TABLE IF NOT EXISTS applied_events (event_id TEXT PRIMARY KEY);
+-- The request each request id was first applied with: a consent of another request
+-- under that id is no fact, as the service's view reads it.
+CREATE TABLE IF NOT EXISTS request_use (
+    brand TEXT NOT NULL, request_id TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    PRIMARY KEY (brand, request_id)
+);
 -- The keys erasures destroyed, and the key that sealed each campaign's latest
 -- opt-in: an opt-in sealed with a destroyed key lost its proof with it, wherever
 -- the ledger placed it (it was under way while the number was erased).
@@ -191,10 +197,31 @@ class OptOutTable:
             )
             if applied.rowcount == 0:
                 return False
+            if self._another_requests(item.event) and isinstance(
+                item.event, ConsentGranted | ConsentResumed
+            ):
+                return True
             phone = self._record(item.event)
             if phone is not None:
                 self._refresh(phone)
             return True
+
+    def _another_requests(self, event: LedgerEvent) -> bool:
+        """Whether ``event``'s request id was first applied with another request's
+        fingerprint: the service refuses a request that reuses another's id before
+        appending it, but a race can let one through, and its view then skips it
+        (protos/README.md, "Delivery and de-duplication"). Only a consent is skipped
+        here: an opt-out applied anyway can only make the table say "opted out"."""
+        if not event.request_id:
+            return False
+        key = (getattr(event, "brand", ""), event.request_id)
+        self.db.execute(
+            "INSERT OR IGNORE INTO request_use VALUES (?, ?, ?)", (*key, event.request_fingerprint)
+        )
+        (first,) = self.db.execute(
+            "SELECT fingerprint FROM request_use WHERE brand = ? AND request_id = ?", key
+        ).fetchone()
+        return bool(first != event.request_fingerprint)
 
     def _record(self, event: LedgerEvent) -> str | None:
         """Keep what ``event`` says about consent; the phone it concerns, or None when

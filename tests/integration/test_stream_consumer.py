@@ -362,6 +362,21 @@ async def test_a_brand_wide_start_lifts_a_stopall_but_never_a_campaigns_own_stop
     table.close()
 
 
+async def test_a_consent_of_a_request_that_reused_anothers_id_is_no_fact(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The service's view skips the facts of a request whose id another request took
+    first (a race can let one reach the ledger); the table must not read it as an
+    opt-in CanSend denies for want of one."""
+    ada = new_phone()
+    first = evolved(granted(T0, "promo", phone=ada), request_id="r-1", request_fingerprint="a")
+    again = evolved(granted(at(1), "news", phone=ada), request_id="r-1", request_fingerprint="a")
+    reused = evolved(granted(at(2), "alerts", phone=ada), request_id="r-1", request_fingerprint="b")
+    table = await table_after(kafka_bootstrap, tmp_path, [first, again, reused])
+    assert table.status("acme", ada) == {"promo": True, "news": True}
+    table.close()
+
+
 def held(when: datetime, phone: str, brand: str = "acme") -> RevocationCandidateFlagged:
     """A reply held for review; under ``ANY_BRAND``, a STOP to a number no campaign owns."""
     return evolved(flagged(when, phone=phone, brand=brand), unattributed=brand == ANY_BRAND)
