@@ -204,26 +204,42 @@ async def answer_chunks(
                     "this message was written",
                 )
             await room.acquire()
-            items = items_from_proto(request.records, index, imports.ctx.clock())
-            work = asyncio.ensure_future(imports.chunk(items, dry_run=dry_run))
-            working.append(work)
-            kinds = [record.WhichOneof("record") or "none" for record in request.records]
-            started.put_nowait((index, items, kinds, work))
-            index += len(items)
+            index += start(request, index, dry_run)
+            # A client may send no more for minutes without closing: the message and
+            # its records, megabytes of them, are not kept while it waits.
+            del request
+
+    def start(request: api_pb2.ImportConsentsRequest, index: int, dry_run: bool) -> int:
+        """Start ``request``'s chunk at record ``index``; its count of records."""
+        items = items_from_proto(request.records, index, imports.ctx.clock())
+        work = asyncio.ensure_future(imports.chunk(items, dry_run=dry_run))
+        working.append(work)
+        kinds = [record.WhichOneof("record") or "none" for record in request.records]
+        started.put_nowait((index, items, kinds, work))
+        return len(items)
+
+    async def answer_to(
+        first: int, items: list[Item], kinds: list[str], work: asyncio.Future[ChunkResult]
+    ) -> api_pb2.ImportConsentsResponse:
+        result = await _answered(work, first, time_left, imports.lease_s, dry_run=dry_runs[0])
+        working.remove(work)
+        room.release()
+        if metrics is not None and not dry_runs[0]:
+            refusals = [(kinds[r.index - first], r.code, r.held) for r in result.refusals]
+            metrics.imported(result.imported, result.present, refusals)
+        return chunk_to_proto(result, first, items)
 
     reader = asyncio.ensure_future(read())
     # The end of the requests (or what ended them) comes after every chunk started.
     reader.add_done_callback(lambda _: started.put_nowait(None))
     try:
         while (entry := await started.get()) is not None:
-            first, items, kinds, work = entry
-            result = await _answered(work, first, time_left, imports.lease_s, dry_run=dry_runs[0])
-            working.remove(work)
-            room.release()
-            if metrics is not None and not dry_runs[0]:
-                refusals = [(kinds[r.index - first], r.code, r.held) for r in result.refusals]
-                metrics.imported(result.imported, result.present, refusals)
-            yield chunk_to_proto(result, first, items)
+            answer = await answer_to(*entry)
+            # Nothing of the chunk is kept while the client reads its answer, or
+            # sends no more for minutes: only the answer, until it is sent.
+            del entry
+            yield answer
+            del answer
         await reader
     finally:
         reader.cancel()

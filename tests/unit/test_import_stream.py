@@ -5,6 +5,7 @@ in the order sent, however the chunks worked on at once finish; the first messag
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from types import SimpleNamespace
@@ -147,3 +148,30 @@ def test_an_opt_out_that_cannot_be_translated_is_held_at_its_own_time_under_the_
     assert item.held is not None and before is not None
     assert item.held.occurred_at == T0
     assert item.held.request_id == before.request_id
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_stream_idle_after_an_answer_holds_none_of_that_message():
+    """A client may send a message and then wait, for minutes, without closing: the
+    stream held its last message and every record of it (megabytes at 1,000 records)
+    until the next came, so idle streams multiplied the service's memory."""
+    more = asyncio.Event()
+
+    async def one_then_idle() -> AsyncIterator[api.ImportConsentsRequest]:
+        async for message in messages(1, 200):
+            yield message
+        await more.wait()
+
+    def alive() -> int:
+        gc.collect()
+        return sum(isinstance(o, Item) for o in gc.get_objects())
+
+    answers = stream.answer_chunks(SlowFirst(), one_then_idle())  # type: ignore[arg-type]
+    before = alive()
+    answer = await anext(answers)
+    await asyncio.sleep(0.05)  # the stream waits for the next message
+
+    assert answer.imported == 199
+    assert alive() == before
+    more.set()
+    assert [a async for a in answers] == []
