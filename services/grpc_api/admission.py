@@ -22,8 +22,9 @@ bucket holds at least one whole call; it then takes its cost, which may be more
 than one (a ``CanSendBatch`` costs its numbers) and may take the bucket below
 zero: the calls after it wait until the bucket has filled back to one. So a limit
 bounds the work a caller asks for, not only its calls, and a batch is never
-refused for being larger than ``burst``. An import stream's later messages wait
-their turn in the bucket before they are read.
+refused for being larger than ``burst``. An import stream's messages wait their turn
+in the bucket before they are read: its first, while the bucket is in debt (its
+opening took its call), so streams opened at once do not each take a message.
 """
 
 from __future__ import annotations
@@ -210,14 +211,18 @@ class _Call:
             raws: AsyncIterator[bytes], context: Context, principal: Principal | None
         ) -> AsyncIterator[Any]:
             cost = self._cost
-            later = False
+            # The call the stream's opening took stands for its first message, which
+            # still waits while the bucket is in debt: streams opened at once were
+            # each admitted before any message was charged, and a caller limited to
+            # 200 calls a second had 30 messages of 1,000 records taken at once.
+            call = 0.0
             async for raw in raws:
-                if later and cost is not None and principal is not None:
-                    await self._turn_of(principal)
+                if cost is not None and principal is not None:
+                    await self._turn_of(principal, call)
                 request = await self.decoded(raw, context)
                 if cost is not None and principal is not None:
                     self._admission._limits.charge(principal.name, cost(request) - 1)
-                later = True
+                call = 1.0
                 yield request
 
         if inspect.isasyncgenfunction(behavior):
@@ -235,12 +240,13 @@ class _Call:
 
         return answered
 
-    async def _turn_of(self, principal: Principal) -> None:
+    async def _turn_of(self, principal: Principal, call: float = 1.0) -> None:
         """Wait until ``principal``'s bucket admits one more message of a stream, and
-        take it. A stream over the limit is slowed to it, not refused: refused, an
-        import would stop part way, with the work it asked for already done."""
+        take it (``call``: what it takes then; 0, the stream's first, whose call its
+        opening took). A stream over the limit is slowed to it, not refused: refused,
+        an import would stop part way, with the work it asked for already done."""
         limits = self._admission._limits
-        while wait := limits.admit(principal.name, principal.rate_limit):
+        while wait := limits.admit(principal.name, principal.rate_limit, call):
             await asyncio.sleep(wait)
 
 
@@ -252,17 +258,18 @@ class TokenBucket:
         self._tokens = float(limit.burst)
         self._stamp = now
 
-    def take(self, now: float) -> float:
-        """Admit one call (0.0) and take it from the bucket, or answer how many
-        seconds until the bucket will hold a whole call again."""
+    def take(self, now: float, call: float = 1.0) -> float:
+        """Admit one call (0.0) and take ``call`` from the bucket, or answer how many
+        seconds until the bucket will hold that again (``call`` 0: until it is out
+        of debt)."""
         limit = self.limit
         tokens = min(limit.burst, self._tokens + (now - self._stamp) * limit.rate)
         self._stamp = now
-        if tokens >= 1:
-            self._tokens = tokens - 1
+        if tokens >= call:
+            self._tokens = tokens - call
             return 0.0
         self._tokens = tokens
-        return (1 - tokens) / limit.rate
+        return (call - tokens) / limit.rate
 
     def charge(self, cost: float) -> None:
         """Take ``cost`` more from the bucket (the rest of an admitted call's cost)."""
@@ -280,8 +287,8 @@ class CallerLimits:
         self._clock = clock
         self._buckets: dict[str, TokenBucket] = {}
 
-    def admit(self, caller: str, own: RateLimit | None) -> float:
-        """0.0 when ``caller`` may make a call now (and it is counted), else the
+    def admit(self, caller: str, own: RateLimit | None, call: float = 1.0) -> float:
+        """0.0 when ``caller`` may make a call now (and ``call`` is counted), else the
         seconds it should wait before it tries again."""
         limit = own if own is not None else self.default
         if limit is None or limit.unlimited:
@@ -289,7 +296,7 @@ class CallerLimits:
         bucket = self._buckets.get(caller)
         if bucket is None or bucket.limit != limit:  # new, or changed in the tokens file
             bucket = self._buckets[caller] = TokenBucket(limit, self._clock())
-        return bucket.take(self._clock())
+        return bucket.take(self._clock(), call)
 
     def charge(self, caller: str, cost: float) -> None:
         """Count ``cost`` more calls of an admitted call of ``caller``'s."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -137,3 +138,57 @@ async def test_an_import_stream_is_slowed_to_its_callers_rate_not_refused(monkey
     assert [round(at - 1000.0, 6) for _, at in read] == [0.0, 1.6, 3.6]
     assert sum(waits) == pytest.approx(3.6)
     assert gate._limits.admit("importer", limit) == pytest.approx(2.0)  # -19 after the last
+
+
+async def test_import_streams_opened_at_once_each_wait_for_their_first_message(
+    monkeypatch,
+) -> None:
+    """Each stream's opening is admitted while the bucket holds a call, before any
+    message is charged: two opened at once took 2 of 5, then 20 records each with
+    no wait, and a caller limited to 200 calls a second had 30 messages of 1,000
+    records worked on at once. The second stream's first message now waits until
+    the first's records are paid off: 15 calls at 10 a second."""
+    from consent.v1 import consent_service_pb2 as api
+
+    from services.grpc_api import admission as admission_module
+    from services.grpc_api.auth import Principal
+
+    clock, pause = Clock(), asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+        await pause(0)
+
+    monkeypatch.setattr(admission_module.asyncio, "sleep", sleep)
+    limit = RateLimit(rate=10, burst=5)
+    caller = Principal("importer", frozenset(), None, limit)
+    gate = admission_module.Admission(
+        lambda context: caller, ["consent.v1.ConsentService"], CallerLimits(clock=clock)
+    )
+    call = admission_module._Call(
+        gate,
+        "ImportConsents",
+        api.ImportConsentsRequest.FromString,
+        "consent.v1.ImportConsentsRequest",
+        gate._authenticate,
+        admission_module._COSTS["ImportConsents"],
+    )
+    message = api.ImportConsentsRequest(records=[api.ImportRecord()] * 20).SerializeToString()
+    opened, read = asyncio.Event(), []
+
+    async def behavior(requests, context):
+        async for request in requests:
+            read.append((len(request.records), clock.now))
+        return "answered"
+
+    async def raws():
+        await opened.wait()  # the message comes once both streams are open
+        yield message
+
+    streams = [asyncio.ensure_future(call.streaming(behavior)(raws(), object())) for _ in "ab"]
+    await pause(0.01)
+    opened.set()
+
+    assert await asyncio.gather(*streams) == ["answered"] * 2
+    # 5 - 2 opened = 3; 3 - 19 = -16 after the first message: 1.6 s to pay off.
+    assert [(n, round(at - 1000.0, 6)) for n, at in read] == [(20, 0.0), (20, 1.6)]
