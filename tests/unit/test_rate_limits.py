@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 import pytest
 
@@ -88,29 +89,16 @@ def test_the_burst_defaults_to_a_seconds_worth() -> None:
         RateLimit.of(5, 0)
 
 
-async def test_an_import_stream_is_slowed_to_its_callers_rate_not_refused(monkeypatch) -> None:
-    """Each message of an ``ImportConsents`` stream costs its records: the stream's
-    first is admitted with the call, and each later one waits, before it is read,
-    until the caller's bucket holds a call again. Refused part way, an import would
-    stop with the work it asked for done; uncounted, a limit bounded nothing."""
+def _import_call(limit: RateLimit, clock: Clock) -> tuple[Any, Any]:
+    """The admission gate of one caller limited to ``limit``, and its ImportConsents."""
     from consent.v1 import consent_service_pb2 as api
 
     from services.grpc_api import admission as admission_module
     from services.grpc_api.auth import Principal
 
-    clock, waits = Clock(), []
-
-    async def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        clock.now += seconds
-
-    monkeypatch.setattr(admission_module.asyncio, "sleep", sleep)
-    limit = RateLimit(rate=10, burst=5)
     caller = Principal("importer", frozenset(), None, limit)
     gate = admission_module.Admission(
-        lambda context: caller,
-        ["consent.v1.ConsentService"],
-        CallerLimits(clock=clock),
+        lambda context: caller, ["consent.v1.ConsentService"], CallerLimits(clock=clock)
     )
     call = admission_module._Call(
         gate,
@@ -120,6 +108,27 @@ async def test_an_import_stream_is_slowed_to_its_callers_rate_not_refused(monkey
         gate._authenticate,
         admission_module._COSTS["ImportConsents"],
     )
+    return gate, call
+
+
+async def test_an_import_stream_is_slowed_to_its_callers_rate_not_refused(monkeypatch) -> None:
+    """Each message of an ``ImportConsents`` stream costs its records: the stream's
+    first is admitted with the call, and each later one waits, before it is read,
+    until the caller's bucket holds a call again. Refused part way, an import would
+    stop with the work it asked for done; uncounted, a limit bounded nothing."""
+    from consent.v1 import consent_service_pb2 as api
+
+    from services.grpc_api import admission as admission_module
+
+    clock, waits = Clock(), []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock.now += seconds
+
+    monkeypatch.setattr(admission_module.asyncio, "sleep", sleep)
+    limit = RateLimit(rate=10, burst=5)
+    gate, call = _import_call(limit, clock)
     message = api.ImportConsentsRequest(records=[api.ImportRecord()] * 20)
     read = []
 
@@ -151,7 +160,6 @@ async def test_import_streams_opened_at_once_each_wait_for_their_first_message(
     from consent.v1 import consent_service_pb2 as api
 
     from services.grpc_api import admission as admission_module
-    from services.grpc_api.auth import Principal
 
     clock, pause = Clock(), asyncio.sleep
 
@@ -160,19 +168,7 @@ async def test_import_streams_opened_at_once_each_wait_for_their_first_message(
         await pause(0)
 
     monkeypatch.setattr(admission_module.asyncio, "sleep", sleep)
-    limit = RateLimit(rate=10, burst=5)
-    caller = Principal("importer", frozenset(), None, limit)
-    gate = admission_module.Admission(
-        lambda context: caller, ["consent.v1.ConsentService"], CallerLimits(clock=clock)
-    )
-    call = admission_module._Call(
-        gate,
-        "ImportConsents",
-        api.ImportConsentsRequest.FromString,
-        "consent.v1.ImportConsentsRequest",
-        gate._authenticate,
-        admission_module._COSTS["ImportConsents"],
-    )
+    _, call = _import_call(RateLimit(rate=10, burst=5), clock)
     message = api.ImportConsentsRequest(records=[api.ImportRecord()] * 20).SerializeToString()
     opened, read = asyncio.Event(), []
 
