@@ -438,25 +438,34 @@ async def test_a_text_redelivered_under_a_new_request_id_is_recorded_once():
             assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
 
 
+START = HandleInboundMessage("i-start", PHONE, NUMBER, "START", "SM-start", at(-10))
+
+
+async def _start_then_opted_in_and_out(app):
+    """A START with nothing to resume (answered "no reply owed"), then an opt-in and a
+    STOP: the START's answer and the STOP's."""
+    await app.writes.record(DefineCampaign("d", "acme", "promo", PROMO.policy, at(-60 * 24)))
+    first = await app.writes.handle_inbound(START)
+    assert first.outcome.reply is ReplyKind.NONE, first.outcome
+    await app.writes.record(opt_in("r1"))
+    stop = await app.writes.handle_inbound(
+        HandleInboundMessage("i-stop", PHONE, NUMBER, "STOP", "SM-stop", NOW)
+    )
+    return first, stop
+
+
 async def test_a_text_s_retries_and_redeliveries_tell_the_reply_its_first_answer_told():
     """The reply owed is read from the state the text came to. A START with nothing to
     resume was answered "no reply owed"; retried after an opt-in and a STOP, it was
     then told a confirmation was owed, and one answered "owed" was told "none" once
     a hold stood. The first answer stands for its retries and redeliveries."""
     async with running(ledger=ledger_at_now()) as (app, _):
-        await app.writes.record(DefineCampaign("d", "acme", "promo", PROMO.policy, at(-60 * 24)))
-        start = HandleInboundMessage("i-start", PHONE, NUMBER, "START", "SM-start", at(-10))
-        first = await app.writes.handle_inbound(start)
-        assert first.outcome.reply is ReplyKind.NONE, first.outcome
-        await app.writes.record(opt_in("r1"))
-        stop = await app.writes.handle_inbound(
-            HandleInboundMessage("i-stop", PHONE, NUMBER, "STOP", "SM-stop", NOW)
-        )
+        first, stop = await _start_then_opted_in_and_out(app)
         await app.guard.wait_for_token(stop.write.token)
         restart = HandleInboundMessage("i-again", PHONE, NUMBER, "START", "SM-again", NOW)
         owed = await app.writes.handle_inbound(restart)
         assert owed.outcome.reply is ReplyKind.OPT_IN_CONFIRMATION, owed.outcome
-        for again in (start, replace(start, request_id="i-start-2")):
+        for again in (START, replace(START, request_id="i-start-2")):
             told = await app.writes.handle_inbound(again)
             assert told.write.event_ids == first.write.event_ids
             assert told.outcome.reply is ReplyKind.NONE, (again.request_id, told.outcome)
@@ -483,15 +492,8 @@ async def test_a_text_s_retry_on_a_view_rebuilt_from_the_ledger_is_told_its_firs
     if not kept:  # as an earlier version records it
         monkeypatch.setattr(writes, "_telling", lambda events, reply: events)
     ledger = ledger_at_now()
-    start = HandleInboundMessage("i-start", PHONE, NUMBER, "START", "SM-start", at(-10))
     async with running(ledger=ledger) as (app, _):
-        await app.writes.record(DefineCampaign("d", "acme", "promo", PROMO.policy, at(-60 * 24)))
-        first = await app.writes.handle_inbound(start)
-        assert first.outcome.reply is ReplyKind.NONE, first.outcome
-        await app.writes.record(opt_in("r1"))
-        stop = await app.writes.handle_inbound(
-            HandleInboundMessage("i-stop", PHONE, NUMBER, "STOP", "SM-stop", NOW)
-        )
+        first, stop = await _start_then_opted_in_and_out(app)
         await app.guard.wait_for_token(stop.write.token)
         recorded = await app.audit.history(PHONE, "acme", reader=AUDITOR)
         texts = [r.event for r in recorded.value if isinstance(r.event, InboundMessageReceived)]
@@ -499,7 +501,7 @@ async def test_a_text_s_retry_on_a_view_rebuilt_from_the_ledger_is_told_its_firs
 
     async with running(ledger=ledger) as (app, _):  # a new view, folded from the ledger
         await app.guard.wait_for_token(stop.write.token)
-        told = await app.writes.handle_inbound(start)
+        told = await app.writes.handle_inbound(START)
         assert told.write.event_ids == first.write.event_ids
         expected = ReplyKind.NONE if kept else ReplyKind.OPT_IN_CONFIRMATION
         assert told.outcome.reply is expected, told.outcome
