@@ -886,14 +886,13 @@ def _reply(r: Recorded, shown: Sequence[Recorded]) -> Reply:
     parts += [f"recorded {describe(x.event)}" for x in recorded]
     if answer is not None:
         parts.append(f"answered at {iso(answer.event.occurred_at)} ({describe(answer.event)})")
-    elif owed is MessageKind.CONVERSATION_REPLY or owed is None:
-        pass
-    elif e.reply == ReplyKind.NONE.value:
-        # Its first answer told the gateway no reply was owed (a START with nothing to
-        # resume, a STOP while one was held): "none recorded" alone read as one missed.
-        parts.append("no reply was owed when it came")
-    else:
-        parts.append(f"no {owed.value.replace('_', ' ')} was recorded")
+    elif owed is not None and owed is not MessageKind.CONVERSATION_REPLY:
+        # A text whose first answer told the gateway no reply was owed (a START with
+        # nothing to resume, a STOP while one was held): "none recorded" alone read
+        # as one missed.
+        none_owed = e.reply == ReplyKind.NONE.value
+        missing = f"no {owed.value.replace('_', ' ')} was recorded"
+        parts.append("no reply was owed when it came" if none_owed else missing)
     return Reply(
         EventRef.of(r),
         e.message_id,
