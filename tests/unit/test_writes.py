@@ -906,6 +906,18 @@ async def test_a_retry_finds_its_first_facts_once_the_view_caught_up(monkeypatch
         assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
 
 
+async def _answered_as_first(app, again, first, ends) -> None:
+    """``again``, a text's retry, answered as ``first`` was: its ids, its reply, its
+    brand and campaign, and nothing appended since the ledger ended at ``ends``."""
+    assert again.write.event_ids == first.write.event_ids
+    assert again.outcome.reply is first.outcome.reply, again.outcome
+    assert (again.outcome.brand, again.outcome.campaign) == (
+        first.outcome.brand,
+        first.outcome.campaign,
+    )
+    assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+
+
 @pytest.mark.parametrize("owned", [True, False], ids=["owned", "held"])
 async def test_a_text_retried_after_its_number_passed_to_another_brand_is_answered(owned):
     """acme's gateway sent a STOP to a number of acme's (or to one nobody's, held for
@@ -932,14 +944,7 @@ async def test_a_text_retried_after_its_number_passed_to_another_brand_is_answer
         await app.writes.record(dataclasses.replace(took, occurred_at=at(31)))
         ends = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
 
-        again = await handled(text)
-        assert again.write.event_ids == first.write.event_ids
-        assert again.outcome.reply is first.outcome.reply, again.outcome
-        assert (again.outcome.brand, again.outcome.campaign) == (
-            first.outcome.brand,
-            first.outcome.campaign,
-        )
-        assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+        await _answered_as_first(app, await handled(text), first, ends)
         with pytest.raises(PermissionDenied):
             await handled(dataclasses.replace(text, request_id="in-2", message_id="m-2"))
 
@@ -991,10 +996,4 @@ async def test_a_stop_retried_after_its_number_changed_hands_records_nothing(cal
         ends = await app.ledger.end_offsets(Stream.SUBSCRIBERS)
 
         again = await app.writes.handle_inbound(text, unowned_brands=caller)
-        assert again.write.event_ids == first.write.event_ids
-        assert again.outcome.reply is first.outcome.reply, again.outcome
-        assert (again.outcome.brand, again.outcome.campaign) == (
-            first.outcome.brand,
-            first.outcome.campaign,
-        )
-        assert await app.ledger.end_offsets(Stream.SUBSCRIBERS) == ends
+        await _answered_as_first(app, again, first, ends)
