@@ -34,6 +34,7 @@ from services.adapters.kafka_ledger import KafkaLedger, UnsafeTopicError
 from services.adapters.kafka_projector import KafkaProjector
 from services.adapters.migrations import migrate
 from services.adapters.postgres_access import PostgresAccessLog
+from services.adapters.postgres_bounds import close_pool
 from services.adapters.postgres_keys import PostgresSubjectKeys
 from services.adapters.postgres_view import PostgresConsentView, read_pool
 from services.freshness import FreshnessGuard, ViewAheadOfLedger, WatchedAppends
@@ -677,9 +678,9 @@ class Runtime:
         if self.ledger is not None:
             await self.ledger.close()  # flushes the producer
         if self.reads is not None:
-            await self.reads.close()
+            await close_pool(self.reads)
         if self.pool is not None:
-            await self.pool.close()
+            await close_pool(self.pool)
         if self._metrics_http is not None:
             # Last, so an operator sees the drain to the end. ``shutdown`` waits up to
             # half a second for the server's loop: not on the event loop's thread.

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import asyncpg
 
 from services.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 
 class Timed(Protocol):
@@ -129,3 +132,21 @@ def _retrieve(read: asyncio.Future[Any]) -> None:
     """Take the outcome of a read nobody waits for any more, so it is not logged."""
     if not read.cancelled():
         read.exception()
+
+
+CLOSE_WITHIN_S = 5.0
+"""How long closing a pool waits for its connections to say goodbye."""
+
+
+async def close_pool(pool: asyncpg.Pool, within: float = CLOSE_WITHIN_S) -> None:
+    """Close ``pool`` gracefully, or drop its connections after ``within`` seconds.
+
+    asyncpg's ``Pool.close()`` has no bound of its own: a connection waiting for the
+    server to acknowledge a cancelled statement (a server frozen, or the statement
+    ended just as it was cancelled, which the server then never acknowledges) waits
+    forever, and a service told to stop did not stop. asyncpg advises bounding it;
+    past the bound it terminates the pool itself."""
+    try:
+        await asyncio.wait_for(pool.close(), within)
+    except TimeoutError:
+        log.warning("PostgreSQL pool not closed within %g s: its connections dropped", within)

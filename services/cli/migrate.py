@@ -51,12 +51,13 @@ async def _migrate(settings: Settings) -> None:
     import asyncpg
 
     from services.adapters.migrations import migrate
+    from services.adapters.postgres_bounds import close_pool
     from services.bootstrap import start_embedded_postgres
 
     dsn = settings.postgres_dsn or start_embedded_postgres(settings.data_dir)[0]
     async with contextlib.AsyncExitStack() as stack:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-        stack.push_async_callback(pool.close)
+        stack.push_async_callback(close_pool, pool)
         applied = await migrate(pool)
         print(f"schema: {len(applied)} migration(s) applied {applied}")
     if settings.ledger == "kafka":

@@ -118,6 +118,7 @@ async def refold(
     import asyncpg
 
     from services.adapters.migrations import migrate
+    from services.adapters.postgres_bounds import close_pool
     from services.adapters.postgres_view import PostgresConsentView
     from services.bootstrap import Runtime, start_embedded_postgres
     from services.projector import rebuild
@@ -147,7 +148,7 @@ async def refold(
         note = " (resumed: the events before them were applied by the interrupted run)"
         print(f"rebuilt the projections from {count} ledger events" + (note if resumed else ""))
     finally:
-        await pool.close()
+        await close_pool(pool)
 
 
 async def _rebuild_in_processes(
@@ -250,6 +251,7 @@ async def _catch_up_share(
 ) -> int:
     import asyncpg
 
+    from services.adapters.postgres_bounds import close_pool
     from services.adapters.postgres_view import PostgresConsentView
     from services.bootstrap import Runtime
     from services.projector import Projector
@@ -267,4 +269,4 @@ async def _catch_up_share(
         finally:
             await ledger.close()
     finally:
-        await pool.close()
+        await close_pool(pool)

@@ -5,6 +5,7 @@ other connections. Backends of a PostgreSQL of the module's own are stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -19,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from services.adapters.migrations import migrate
+from services.adapters.postgres_bounds import close_pool
 from services.adapters.postgres_keys import PostgresSubjectKeys
 from services.adapters.postgres_view import PostgresConsentView, read_pool
 from services.errors import StoreUnavailable
@@ -95,3 +97,22 @@ async def test_a_key_stuck_on_a_silent_connection_holds_up_no_later_key(
             await keys.current("+14155550101", "acme")
         later = [await keys.current(f"+1415555010{i}", "acme") for i in (2, 3)]
         assert len({k.key_id for k in later}) == 2
+
+
+async def test_a_pool_whose_connection_awaits_a_silent_server_still_closes(
+    reads: asyncpg.Pool,
+) -> None:
+    """``Pool.close()`` waits, with no bound, for each connection to be given back
+    and to say goodbye; one whose server answers nothing (frozen, or owing the
+    acknowledgement of a cancel it will never send) held a service told to stop
+    forever. ``close_pool`` drops what is left after its bound."""
+    pool = await read_pool(reads._connect_args[0], min_size=1, max_size=1, timeout=TIMEOUT)
+    async with next_connection_silent(pool):
+        stuck = asyncio.ensure_future(pool.fetchval("SELECT 1"))
+        done, _ = await asyncio.wait({stuck}, timeout=0.5)
+        assert not done  # the connection waits for its frozen server
+        await asyncio.wait_for(close_pool(pool, within=0.5), 20)
+        with pytest.raises(asyncpg.ConnectionDoesNotExistError):
+            await stuck
+    with pytest.raises(asyncpg.InterfaceError):
+        await pool.fetchval("SELECT 1")

@@ -358,6 +358,7 @@ async def _live(embedded: bool) -> AsyncIterator[_Live]:
     import asyncpg
 
     from services.adapters.postgres_audit import PostgresCheckpoints, PostgresRecords
+    from services.adapters.postgres_bounds import close_pool
     from services.bootstrap import start_embedded_postgres
 
     dsn = settings.postgres_dsn
@@ -367,7 +368,7 @@ async def _live(embedded: bool) -> AsyncIterator[_Live]:
     try:
         yield _Live(PostgresRecords(pool), PostgresCheckpoints(pool))
     finally:
-        await pool.close()
+        await close_pool(pool)
 
 
 # -- export ---------------------------------------------------------------------------
