@@ -170,6 +170,7 @@ async def answer_chunks(
     requests: AsyncIterator[api_pb2.ImportConsentsRequest],
     time_left: Callable[[], float | None] = lambda: None,
     metrics: ServiceMetrics | None = None,
+    shared: asyncio.Semaphore | None = None,
 ) -> AsyncIterator[api_pb2.ImportConsentsResponse]:
     """One answer per request, in order, each as soon as its chunk is appended; the
     first request's ``dry_run`` holds for all. A later request asking for a dry run
@@ -178,7 +179,9 @@ async def answer_chunks(
     asked not to happen. ``time_left``: the seconds until the caller's deadline (None:
     none); a chunk not answered a margin before it ends the stream UNAVAILABLE,
     saying why (``_answered``). ``metrics`` counts each answered chunk's records, and
-    its refusals by record type (a dry run's are left out: it writes nothing)."""
+    its refusals by record type (a dry run's are left out: it writes nothing).
+    ``shared`` bounds the chunks worked on at once across the caller's streams: each
+    chunk takes it from before its records are read until its work ends."""
     # The requests are read in a task of their own: read here, between answers, a
     # chunk was answered only when the next came or the stream ended, and a client
     # that waited for each answer before sending more stalled to its deadline.
@@ -186,6 +189,7 @@ async def answer_chunks(
         tuple[int, list[Item], list[str], asyncio.Future[ChunkResult]] | None
     ] = asyncio.Queue()
     room = asyncio.Semaphore(IN_FLIGHT)
+    slots = asyncio.Semaphore(IN_FLIGHT) if shared is None else shared
     working: list[asyncio.Future[ChunkResult]] = []
     dry_runs: list[bool] = []  # the first request's dry_run, once read
 
@@ -204,19 +208,30 @@ async def answer_chunks(
                     "this message was written",
                 )
             await room.acquire()
-            index += start(request, index, dry_run)
+            await slots.acquire()
+            work = None
+            try:
+                work = start(request, index, dry_run)
+                index += len(request.records)
+            finally:
+                if work is None:
+                    slots.release()
+                else:  # done, failed, or cancelled with the stream
+                    work.add_done_callback(lambda _: slots.release())
             # A client may send no more for minutes without closing: the message and
             # its records, megabytes of them, are not kept while it waits.
             del request
 
-    def start(request: api_pb2.ImportConsentsRequest, index: int, dry_run: bool) -> int:
-        """Start ``request``'s chunk at record ``index``; its count of records."""
+    def start(
+        request: api_pb2.ImportConsentsRequest, index: int, dry_run: bool
+    ) -> asyncio.Future[ChunkResult]:
+        """Start ``request``'s chunk at record ``index`` (one item per record)."""
         items = items_from_proto(request.records, index, imports.ctx.clock())
+        kinds = [record.WhichOneof("record") or "none" for record in request.records]
         work = asyncio.ensure_future(imports.chunk(items, dry_run=dry_run))
         working.append(work)
-        kinds = [record.WhichOneof("record") or "none" for record in request.records]
         started.put_nowait((index, items, kinds, work))
-        return len(items)
+        return work
 
     async def answer_to(
         first: int, items: list[Item], kinds: list[str], work: asyncio.Future[ChunkResult]

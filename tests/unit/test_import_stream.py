@@ -175,3 +175,39 @@ async def test_a_stream_idle_after_an_answer_holds_none_of_that_message():
     assert alive() == before
     more.set()
     assert [a async for a in answers] == []
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_streams_sharing_their_caller_s_slots_work_on_no_more_than_one_stream_would():
+    """Each stream worked on up to ``IN_FLIGHT`` chunks of its own, so a caller (with
+    no rate limit) that opened 100 streams had 400 worked on at once, and other
+    callers' calls passed their deadlines. Its streams share one stream's slots, and
+    each chunk gives its slot back however it ends, so a later stream still gets one."""
+    imports, shared = SlowFirst(), asyncio.Semaphore(stream.IN_FLIGHT)
+
+    async def imported(count: int) -> list[int]:
+        answers = stream.answer_chunks(imports, messages(count, 2), shared=shared)  # type: ignore[arg-type]
+        return [a.first_index async for a in answers]
+
+    done = await asyncio.gather(*(imported(4) for _ in range(5)))
+
+    assert done == [[0, 2, 4, 6]] * 5
+    assert imports.most_at_once == stream.IN_FLIGHT
+    cancelled = asyncio.ensure_future(imported(8))
+    await asyncio.sleep(0.01)  # its first chunks are being worked on
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert await imported(1) == [0]
+    assert shared._value == stream.IN_FLIGHT  # every slot given back
+
+
+def test_a_caller_s_streams_share_one_set_of_slots_and_other_callers_have_their_own():
+    from services.grpc_api.servicer import ConsentServicer
+
+    servicer = ConsentServicer(None, None)  # type: ignore[arg-type]
+
+    acme = servicer.import_slots("acme-app")
+    assert servicer.import_slots("acme-app") is acme
+    assert servicer.import_slots("globex-app") is not acme
+    assert acme._value == stream.IN_FLIGHT
