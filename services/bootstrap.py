@@ -331,6 +331,7 @@ class Runtime:
             health_listen=s.health_listen,
             limits=CallerLimits(s.rate_limit),
             reuse_port=s.reuse_port,
+            connections=s.connections,
         )
         try:
             await server.start()

@@ -11,7 +11,7 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -126,6 +126,40 @@ UNLIMITED = RateLimit(math.inf, 1)
 """A caller exempt from any default limit."""
 
 
+GRPC_MAX_MS = 2**31 - 1
+"""gRPC core reads its times as 32-bit milliseconds (some 24.8 days)."""
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one client connection to the gRPC port may hold, and for how long: the
+    HTTP/2 transport's settings, for ``services.grpc_api.server``. Times in seconds."""
+
+    max_concurrent_streams: int = 100
+    """Calls open at once on one connection; a client's further calls wait in the
+    client for one to end (they are not refused). 100 is the least RFC 9113 asks a
+    peer to allow, and what Envoy advises at the edge."""
+    keepalive_time: float = 60.0
+    """How long the server may hear nothing from a client before it pings it, with or
+    without calls: a peer that vanished (no FIN) is found, and its calls end."""
+    keepalive_timeout: float = 20.0
+    """How long the server waits for a ping's answer before it closes the connection."""
+    min_ping_interval: float = 5.0
+    """The least time between a client's pings while the server sends no data; a
+    ping sooner is a strike."""
+    max_ping_strikes: int = 2
+    """Strikes a connection may take; past them it gets GOAWAY ``too_many_pings``."""
+    max_idle: float | None = 900.0
+    """How long a connection may hold no call before it is closed (GOAWAY); None:
+    for ever. Pings are no call; a client's channel reconnects at its next call."""
+    max_age: float | None = None
+    """How long a connection may serve new calls before GOAWAY sends the client to
+    reconnect (and so to rebalance across replicas); None: for ever."""
+    max_age_grace: float | None = None
+    """After ``max_age``, how long the calls open on the connection may still run
+    before it is closed under them; None: until they end."""
+
+
 @dataclass(frozen=True)
 class TlsSettings:
     """The gRPC port's TLS: the server's certificate chain and key (PEM files), and for
@@ -181,6 +215,8 @@ class Settings:
     is nearer); past it the write answers UNAVAILABLE, outcome unknown."""
     cansend_future_horizon: timedelta = timedelta(days=30)
     """How far ahead of now a CanSend's ``at`` may be (answered provisionally)."""
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    """What one client connection to the gRPC port may hold, and for how long."""
     rate_limit: RateLimit | None = None
     """Every caller's rate limit, unless its entry in the tokens file sets its own;
     None: no limit."""
@@ -384,6 +420,7 @@ class Settings:
             console_listen=console,
             log_format=log_format,
             cansend_future_horizon=timedelta(days=horizon),
+            connections=_connection_limits(e, number, whole),
             rate_limit=rate_limit,
             log_repeat_limit=whole("CONSENT_LOG_REPEAT_LIMIT", 10, least=0),
             log_repeat_interval=number("CONSENT_LOG_REPEAT_INTERVAL_S", 60),
@@ -404,6 +441,51 @@ class Settings:
             retention_years=retention_years(),
             opt_out_error_codes=_error_codes(e),
         )
+
+
+def _connection_limits(
+    e: Mapping[str, str],
+    number: Callable[..., float],
+    whole: Callable[..., int],
+) -> ConnectionLimits:
+    """The gRPC port's ``ConnectionLimits``; a time of 0 means none where none is
+    a choice (idle, age), and every time must fit gRPC's milliseconds."""
+
+    def seconds(name: str, default: float | None, *, off: bool = False) -> float:
+        """Above 0, or 0 too when ``off`` (no limit, as a default of None)."""
+        value = number(name, default or 0, above=not off)
+        if value * 1000 > GRPC_MAX_MS:
+            raise SettingsError(
+                f"{name} must be at most {GRPC_MAX_MS // 1000} seconds (gRPC counts "
+                f"milliseconds in 32 bits), got {e[name]!r}"
+            )
+        if value and value < 0.001:
+            raise SettingsError(f"{name} must be at least 0.001 (a millisecond), got {e[name]!r}")
+        return value
+
+    defaults = ConnectionLimits()
+    streams = whole("CONSENT_GRPC_MAX_CONCURRENT_STREAMS", defaults.max_concurrent_streams)
+    if streams > GRPC_MAX_MS:
+        raise SettingsError(
+            f"CONSENT_GRPC_MAX_CONCURRENT_STREAMS must be at most {GRPC_MAX_MS}, got {streams}"
+        )
+    age = seconds("CONSENT_GRPC_MAX_CONNECTION_AGE_S", defaults.max_age, off=True)
+    grace = seconds("CONSENT_GRPC_MAX_CONNECTION_AGE_GRACE_S", defaults.max_age_grace, off=True)
+    if "CONSENT_GRPC_MAX_CONNECTION_AGE_GRACE_S" in e and not age:
+        # A grace with no age would never apply: the operator meant an age.
+        raise SettingsError(
+            "CONSENT_GRPC_MAX_CONNECTION_AGE_GRACE_S needs CONSENT_GRPC_MAX_CONNECTION_AGE_S"
+        )
+    return ConnectionLimits(
+        max_concurrent_streams=streams,
+        keepalive_time=seconds("CONSENT_GRPC_KEEPALIVE_TIME_S", defaults.keepalive_time),
+        keepalive_timeout=seconds("CONSENT_GRPC_KEEPALIVE_TIMEOUT_S", defaults.keepalive_timeout),
+        min_ping_interval=seconds("CONSENT_GRPC_MIN_PING_INTERVAL_S", defaults.min_ping_interval),
+        max_ping_strikes=whole("CONSENT_GRPC_MAX_PING_STRIKES", defaults.max_ping_strikes),
+        max_idle=seconds("CONSENT_GRPC_MAX_CONNECTION_IDLE_S", defaults.max_idle, off=True) or None,
+        max_age=age or None,
+        max_age_grace=grace if "CONSENT_GRPC_MAX_CONNECTION_AGE_GRACE_S" in e else None,
+    )
 
 
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")

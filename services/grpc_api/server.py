@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from services.grpc_api.admission import Admission, CallerLimits
 from services.grpc_api.interceptors import CallIds, RpcMetrics
 from services.grpc_api.servicer import ConsentServicer
+from services.settings import ConnectionLimits
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = api_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
@@ -54,6 +55,36 @@ def server_options(reuse_port: bool) -> list[tuple[str, int]]:
     ``SO_REUSEPORT`` unless told not to, and a second instance started by mistake on
     the same port would then take half the connections instead of failing to start."""
     return [("grpc.so_reuseport", int(reuse_port)), *SERVER_OPTIONS[1:]]
+
+
+def connection_options(limits: ConnectionLimits) -> list[tuple[str, int]]:
+    """gRPC core's channel arguments for ``limits`` (its keepalive guide,
+    ``doc/keepalive.md``, and gRFC A9 for idle and age)."""
+
+    def ms(seconds: float) -> int:
+        return max(1, round(seconds * 1000))
+
+    options = [
+        ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+        ("grpc.keepalive_time_ms", ms(limits.keepalive_time)),
+        ("grpc.keepalive_timeout_ms", ms(limits.keepalive_timeout)),
+        # Core does not time its keepalive pings by the setting above but by every
+        # ping's timeout (grpc/grpc#39239), a minute unless set.
+        ("grpc.http2.ping_timeout_ms", ms(limits.keepalive_timeout)),
+        # Ping connections with no call too, and take clients' pings on them at the
+        # same rate: otherwise core allows one every two hours on such a connection.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(limits.min_ping_interval)),
+        ("grpc.http2.max_ping_strikes", limits.max_ping_strikes),
+    ]
+    if limits.max_idle is not None:
+        options.append(("grpc.max_connection_idle_ms", ms(limits.max_idle)))
+    if limits.max_age is not None:
+        options.append(("grpc.max_connection_age_ms", ms(limits.max_age)))
+        if limits.max_age_grace is not None:
+            grace = round(limits.max_age_grace * 1000)
+            options.append(("grpc.max_connection_age_grace_ms", grace))
+    return options
 
 
 class CannotListen(OSError):
@@ -200,8 +231,11 @@ class GrpcServer:
         limits: CallerLimits | None = None,
         authenticate: bool = True,
         reuse_port: bool = False,
+        connections: ConnectionLimits | None = None,
     ) -> None:
-        """``limits``: the callers' rate limits (none by default). ``authenticate``
+        """``limits``: the callers' rate limits (none by default). ``connections``:
+        what one client connection may hold (``ConnectionLimits``' defaults when
+        None). ``authenticate``
         False leaves authentication to the servicer's methods alone, after the body
         is decoded (the benchmark's stub without tokens)."""
         self._listen = listen
@@ -215,7 +249,10 @@ class GrpcServer:
             servicer.metrics,
         )
         self._server = grpc.aio.server(
-            options=server_options(reuse_port),
+            options=[
+                *server_options(reuse_port),
+                *connection_options(connections or ConnectionLimits()),
+            ],
             interceptors=[CallIds(), RpcMetrics(servicer.metrics), admission],
         )
         api_grpc.add_ConsentServiceServicer_to_server(servicer, self._server)

@@ -9,6 +9,7 @@ import pytest
 
 from ledger.health import HealthLimits
 from services.settings import (
+    ConnectionLimits,
     KafkaLedgerSettings,
     RateLimit,
     Settings,
@@ -373,3 +374,57 @@ def test_an_import_s_turn_to_append_lasts_two_minutes_unless_told() -> None:
     for bad in ("0", "-1", "nan", "inf", "soon"):
         with pytest.raises(SettingsError, match=r"^CONSENT_IMPORT_APPEND_LEASE_S must be a"):
             Settings.from_env({"CONSENT_IMPORT_APPEND_LEASE_S": bad}, embedded=True)
+
+
+def test_connection_limits_are_on_by_default_but_the_age() -> None:
+    limits = Settings.from_env(EMBEDDED, embedded=True).connections
+    assert limits == ConnectionLimits()
+    assert limits.max_concurrent_streams == 100 and limits.max_idle == 900
+    assert limits.keepalive_time == 60 and limits.keepalive_timeout == 20
+    assert limits.max_age is None and limits.max_age_grace is None
+
+
+def test_connection_limits_are_read_in_seconds_and_0_turns_idle_and_age_off() -> None:
+    env = {
+        "CONSENT_GRPC_MAX_CONCURRENT_STREAMS": "8",
+        "CONSENT_GRPC_KEEPALIVE_TIME_S": "30",
+        "CONSENT_GRPC_KEEPALIVE_TIMEOUT_S": "0.5",
+        "CONSENT_GRPC_MIN_PING_INTERVAL_S": "10",
+        "CONSENT_GRPC_MAX_PING_STRIKES": "3",
+        "CONSENT_GRPC_MAX_CONNECTION_IDLE_S": "0",
+        "CONSENT_GRPC_MAX_CONNECTION_AGE_S": "3600",
+        "CONSENT_GRPC_MAX_CONNECTION_AGE_GRACE_S": "0",
+    }
+    assert Settings.from_env(env, embedded=True).connections == ConnectionLimits(
+        max_concurrent_streams=8,
+        keepalive_time=30,
+        keepalive_timeout=0.5,
+        min_ping_interval=10,
+        max_ping_strikes=3,
+        max_idle=None,
+        max_age=3600,
+        max_age_grace=0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "refused"),
+    [
+        ("CONSENT_GRPC_MAX_CONCURRENT_STREAMS", "0", "at least 1"),
+        ("CONSENT_GRPC_MAX_CONCURRENT_STREAMS", "2.5", "a whole number"),
+        ("CONSENT_GRPC_MAX_CONCURRENT_STREAMS", "3000000000", "at most 2147483647"),
+        ("CONSENT_GRPC_KEEPALIVE_TIME_S", "0", "above 0"),
+        ("CONSENT_GRPC_KEEPALIVE_TIME_S", "soon", "must be a number"),
+        ("CONSENT_GRPC_KEEPALIVE_TIMEOUT_S", "-1", "above 0"),
+        ("CONSENT_GRPC_KEEPALIVE_TIMEOUT_S", "0.0001", "at least 0.001"),
+        ("CONSENT_GRPC_MIN_PING_INTERVAL_S", "nan", "finite number above 0"),
+        ("CONSENT_GRPC_MAX_PING_STRIKES", "0", "at least 1"),
+        ("CONSENT_GRPC_MAX_CONNECTION_IDLE_S", "-5", "at least 0"),
+        ("CONSENT_GRPC_MAX_CONNECTION_IDLE_S", "inf", "finite"),
+        ("CONSENT_GRPC_MAX_CONNECTION_AGE_S", "3000000", "at most 2147483 seconds"),
+        ("CONSENT_GRPC_MAX_CONNECTION_AGE_GRACE_S", "60", "needs CONSENT_GRPC_MAX_CONNECTION_AGE"),
+    ],
+)
+def test_a_bad_connection_limit_is_refused_by_name(name: str, value: str, refused: str) -> None:
+    with pytest.raises(SettingsError, match=f"{name}.*{refused}"):
+        Settings.from_env({name: value}, embedded=True)
