@@ -135,10 +135,13 @@ class ConnectionLimits:
     """What one client connection to the gRPC port may hold, and for how long: the
     HTTP/2 transport's settings, for ``services.grpc_api.server``. Times in seconds."""
 
-    max_concurrent_streams: int = 100
+    max_concurrent_streams: int = 1000
     """Calls open at once on one connection; a client's further calls wait in the
-    client for one to end (they are not refused). 100 is the least RFC 9113 asks a
-    peer to allow, and what Envoy advises at the edge."""
+    client for one to end. Not 100 (the least RFC 9113 asks a peer to allow, and
+    Envoy's advice at an edge): gRPC's clients put every call on one connection,
+    and one that keeps more short calls in flight than the cap has some refused
+    (gRPC core frees a stream's place only after the client saw it end, so the
+    next call may come first)."""
     keepalive_time: float = 60.0
     """How long the server may hear nothing from a client before it pings it, with or
     without calls: a peer that vanished (no FIN) is found, and its calls end."""

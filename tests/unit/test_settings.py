@@ -379,7 +379,7 @@ def test_an_import_s_turn_to_append_lasts_two_minutes_unless_told() -> None:
 def test_connection_limits_are_on_by_default_but_the_age() -> None:
     limits = Settings.from_env(EMBEDDED, embedded=True).connections
     assert limits == ConnectionLimits()
-    assert limits.max_concurrent_streams == 100 and limits.max_idle == 900
+    assert limits.max_concurrent_streams == 1000 and limits.max_idle == 900
     assert limits.keepalive_time == 60 and limits.keepalive_timeout == 20
     assert limits.max_age is None and limits.max_age_grace is None
 
