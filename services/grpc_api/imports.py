@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +22,7 @@ from consent.v1 import consent_service_pb2 as api_pb2
 from ledger.commands import HoldRefusedOptOut, RecordOptIn, RecordOptOut
 from ledger.digest import informational_only
 from ledger.errors import DomainError, InvalidRequest
-from services.errors import NotConsistent, OutcomeUnknown
+from services.errors import NotConsistent, OutcomeUnknown, RateLimited
 from services.grpc_api.deadlines import MARGIN, MARGIN_AT_MOST
 from services.metrics import ServiceMetrics
 from services.usecases.imports import ChunkResult, Imports, Item
@@ -67,7 +68,42 @@ async def _answered(
 
 
 IN_FLIGHT = 4
-"""Chunks worked on at once in one stream."""
+"""Chunks worked on at once in one stream, and in all of one caller's streams."""
+
+MAX_STREAMS = 16
+"""Import streams one caller may have open at once. Its streams share ``IN_FLIGHT``
+slots, so more import no faster, and each waiting for a slot holds its message read."""
+
+
+class CallerImports:
+    """What one service's import streams share, by caller: the slots their chunks are
+    worked on in, and the count of those open. Each stream had slots of its own, so a
+    caller with no rate limit that opened 100 streams had 400 chunks worked on at
+    once, and every other caller's calls passed their deadlines for a minute."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._open: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def opened(self, caller: str) -> Iterator[asyncio.Semaphore]:
+        """A stream of ``caller``'s, open until the block ends, and its caller's slots;
+        ``RateLimited`` when ``MAX_STREAMS`` of its are open already."""
+        if self._open[caller] >= MAX_STREAMS:
+            raise RateLimited(
+                caller,
+                f"{MAX_STREAMS} import streams of this caller are open, the most at once "
+                f"(its streams share {IN_FLIGHT} chunks worked on at once, so more import "
+                "no faster): send the records through those, or open this one when one ends",
+                retry_after=1.0,
+            )
+        self._open[caller] += 1
+        try:
+            yield self._slots.setdefault(caller, asyncio.Semaphore(IN_FLIGHT))
+        finally:
+            self._open[caller] -= 1
+            if not self._open[caller]:
+                del self._open[caller]
 
 
 def items_from_proto(

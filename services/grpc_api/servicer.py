@@ -310,7 +310,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         self.stopping = asyncio.Event()
         """Set when the server stops: change streams end, UNAVAILABLE, at once rather
         than at the end of the grace period, and their clients resume elsewhere."""
-        self._import_slots: dict[str, asyncio.Semaphore] = {}
+        self._imports = imports_api.CallerImports()
 
     def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         """The caller, by its bearer token or client certificate; ``Unauthenticated``
@@ -1246,16 +1246,6 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             result.outcome, result.write.event_ids, result.write.token.encode()
         )
 
-    def import_slots(self, caller: str) -> asyncio.Semaphore:
-        """The import chunks ``caller``'s streams may have worked on at once, all told:
-        as many as one stream's. Each stream had its own, so a caller with no rate
-        limit that opened 100 streams had 400 chunks worked on at once, and every
-        other caller's calls passed their deadlines for a minute."""
-        slots = self._import_slots.get(caller)
-        if slots is None:
-            slots = self._import_slots[caller] = asyncio.Semaphore(imports_api.IN_FLIGHT)
-        return slots
-
     @translate_stream_errors
     async def ImportConsents(
         self,
@@ -1279,15 +1269,12 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             recorded_by=principal.name,
             time_left=context.time_remaining,
         )
-        answers = imports_api.answer_chunks(
-            imports,
-            requests,
-            context.time_remaining,
-            self.metrics,
-            shared=self.import_slots(principal.name),
-        )
-        async for answer in answers:
-            yield answer
+        with self._imports.opened(principal.name) as slots:
+            answers = imports_api.answer_chunks(
+                imports, requests, context.time_remaining, self.metrics, shared=slots
+            )
+            async for answer in answers:
+                yield answer
 
 
 def _certificate_names(context: grpc.aio.ServicerContext) -> list[str]:

@@ -16,6 +16,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from services.grpc_api.auth import token_digest
+from services.grpc_api.imports import MAX_STREAMS
 from services.settings import RateLimit
 from tests.e2e.harness import running, service_settings
 
@@ -29,6 +30,7 @@ ENTRIES = {
     "sender": ("sender-secret", {"rate": 1, "burst": 5}),
     "defaulted": ("defaulted-secret", {}),
     "ops": ("ops-secret", {"rate": "unlimited"}),
+    "importer": ("importer-secret", {"rate": "unlimited"}),
 }
 
 
@@ -38,7 +40,7 @@ def tokens_file(tmp_path):
         {
             "name": name,
             "sha256": token_digest(token),
-            "scopes": ["check", "write"] if name == "sender" else ["check"],
+            "scopes": ["check", "write"] if name in ("sender", "importer") else ["check"],
             "brands": ["acme"],
             **rate,
         }
@@ -170,3 +172,52 @@ async def test_an_import_counts_as_many_calls_as_it_streams_records(tmp_path, po
         assert refused is not None
         delay, subjects = retry_and_quota(refused)
         assert 14 < delay <= 16 and subjects == ["caller:sender"]
+
+
+async def test_a_caller_with_as_many_import_streams_open_as_it_may_is_refused_one_more(
+    tmp_path, postgres_dsn
+) -> None:
+    """A caller's import streams share the chunks worked on at once, so more streams
+    import no faster; unbounded, a caller with no rate limit could hold any number of
+    them open, each with a message read. One past ``MAX_STREAMS`` is refused, with when
+    to retry and whose quota it is; another caller is not; and once one ends, the
+    caller may open another."""
+    settings = dataclasses.replace(
+        service_settings(tmp_path, postgres_dsn, kafka=None), tokens_file=tokens_file(tmp_path)
+    )
+    record = api.ImportRecord(
+        opt_out=api.RecordOptOutRequest(
+            request_id="out-1", phone="+14155550100", brand="acme", campaign="promo"
+        )
+    )
+    chunk = api.ImportConsentsRequest(records=[record], dry_run=True)
+
+    async with running(settings) as runtime, grpc.aio.insecure_channel(runtime.address) as ch:
+        stub = api_grpc.ConsentServiceStub(ch)
+
+        async def opened(who: str) -> grpc.aio.StreamStreamCall:
+            """A stream whose first message is answered (so open on the server), or
+            the refusal that ended it."""
+            stream = stub.ImportConsents(
+                metadata=[("authorization", f"Bearer {ENTRIES[who][0]}")], timeout=20
+            )
+            await stream.write(chunk)
+            assert (await stream.read()).first_index == 0
+            return stream
+
+        async def ended(stream: grpc.aio.StreamStreamCall) -> None:
+            await stream.done_writing()
+            assert await stream.read() is grpc.aio.EOF
+
+        held = [await opened("importer") for _ in range(MAX_STREAMS)]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await opened("importer")
+        delay, subjects = retry_and_quota(refused.value)
+        assert 0 < delay <= 1 and subjects == ["caller:importer"]
+        assert f"{MAX_STREAMS} import streams" in (refused.value.details() or "")
+
+        await ended(await opened("sender"))  # another caller's
+        await ended(held.pop())
+        held.append(await opened("importer"))
+        for stream in held:
+            await ended(stream)

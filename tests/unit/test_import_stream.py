@@ -5,6 +5,7 @@ in the order sent, however the chunks worked on at once finish; the first messag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
@@ -15,6 +16,7 @@ from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
 
 from ledger.ports import ConsistencyToken, Stream
+from services.errors import RateLimited
 from services.grpc_api import imports as stream
 from services.usecases.imports import ChunkResult, Item, Refusal
 from tests.builders import T0
@@ -202,12 +204,20 @@ async def test_streams_sharing_their_caller_s_slots_work_on_no_more_than_one_str
     assert shared._value == stream.IN_FLIGHT  # every slot given back
 
 
-def test_a_caller_s_streams_share_one_set_of_slots_and_other_callers_have_their_own():
-    from services.grpc_api.servicer import ConsentServicer
+def test_a_caller_s_streams_share_one_set_of_slots_and_are_bounded_in_number():
+    """A caller's streams share one stream's slots, another caller has its own, and a
+    caller holding ``MAX_STREAMS`` open is refused another until one ends."""
+    callers = stream.CallerImports()
 
-    servicer = ConsentServicer(None, None)  # type: ignore[arg-type]
-
-    acme = servicer.import_slots("acme-app")
-    assert servicer.import_slots("acme-app") is acme
-    assert servicer.import_slots("globex-app") is not acme
-    assert acme._value == stream.IN_FLIGHT
+    with contextlib.ExitStack() as held:
+        acme = [held.enter_context(callers.opened("acme-app")) for _ in range(stream.MAX_STREAMS)]
+        assert all(slots is acme[0] for slots in acme)
+        assert acme[0]._value == stream.IN_FLIGHT
+        with pytest.raises(RateLimited) as refused:
+            held.enter_context(callers.opened("acme-app"))
+        assert refused.value.caller == "acme-app"
+        assert f"{stream.MAX_STREAMS} import streams" in str(refused.value)
+        with callers.opened("globex-app") as globex:
+            assert globex is not acme[0]
+    with callers.opened("acme-app") as again:  # every one ended
+        assert again is acme[0]
