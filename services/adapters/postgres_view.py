@@ -42,6 +42,7 @@ from ledger.events import (
     BRAND_SETTINGS,
     CampaignEvent,
     ConsentRevoked,
+    InboundMessageReceived,
     MessageSent,
     Recorded,
     RevocationCandidateFlagged,
@@ -78,6 +79,7 @@ from ledger.state import (
     sender_number_holder,
 )
 from ledger.status import ConsentState, consent_state, revocation_in_force
+from ledger.view_keys import restorable_key
 from services.adapters.coalescing import Coalesced
 from services.adapters.postgres_bounds import bounded, bounded_bulk, fetch_bulk
 from services.wire.codec import (
@@ -385,6 +387,17 @@ SELECT k.brand, k.request_id,
        coalesce(t.event_ids, u.event_ids) AS event_ids
 FROM k LEFT JOIN taken AS t USING (brand, request_id)
 LEFT JOIN request_use AS u USING (brand, request_id)
+"""
+# The message keys of a batch's inbound texts (``ledger.view_keys``), taken when free:
+# a write's key, taken before its append, is left as it is. In key order, so two
+# workers cannot deadlock.
+_RESTORE_MESSAGE_KEYS = """
+INSERT INTO request_use (brand, request_id, fingerprint, event_ids)
+SELECT brand, request_id, fingerprint, ARRAY[event_id]
+FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[])
+    AS k(brand, request_id, fingerprint, event_id)
+ORDER BY brand, request_id
+ON CONFLICT DO NOTHING
 """
 # An import's turns to append (``take_append_turns``), one statement for a chunk: a
 # turn is taken when free, run out, or this holder's already. Taken in key order, so
@@ -1075,6 +1088,7 @@ class PostgresConsentView(ConsentView):
             known.add(recorded.event.event_id)
             new.append(recorded)
         new = await self._first_uses(writes, new)
+        await self._restore_message_keys(conn, new)
 
         if new:
             encoded = _FactBytes()
@@ -1150,6 +1164,25 @@ class PostgresConsentView(ConsentView):
             if not isinstance(r.event, MessageSent)
             or first[r.event.brand, r.event.phone, r.event.message_id] == r.event.event_id
         ]
+
+    @staticmethod
+    async def _restore_message_keys(conn: asyncpg.Connection, new: list[Recorded]) -> None:
+        """Take the message keys of the inbound texts among ``new`` where they are free
+        (``ledger.view_keys.restorable_key``): a view dropped and filled again from the
+        ledger lost them, and then recorded a gateway's redelivery of a text under a
+        new request id again, owing its reply again. Each names the text's record
+        alone, which names its request and so its other facts: one batch may end
+        before them."""
+        rows: dict[tuple[str, str], tuple[str, uuid.UUID]] = {}
+        for r in new:
+            e = r.event
+            if isinstance(e, InboundMessageReceived) and (key := restorable_key(e)):
+                # The first in ledger order takes a message key, as a write does.
+                rows.setdefault((e.brand, key[0]), (key[1], e.event_id))
+        if rows:
+            taken = [(*k, *v) for k, v in rows.items()]
+            columns = [list(column) for column in zip(*taken, strict=True)]
+            await conn.execute(_RESTORE_MESSAGE_KEYS, *columns)
 
     async def _fold_subscribers(
         self,

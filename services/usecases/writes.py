@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapp
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from ledger.commands import (
     HELD_INBOUND,
@@ -96,6 +96,14 @@ from ledger.ports import (
 )
 from ledger.state import COUNTED_KINDS, CampaignHistory, Fact, SubscriberState
 from ledger.validation import is_name
+from ledger.view_keys import (
+    LATE_HOLD_PREFIX,
+    READ_AS_PREFIX,
+    REPLY_TOLD,
+    message_key,
+    read_as,
+    reply_key,
+)
 from services.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -157,18 +165,13 @@ def _telling(events: list[LedgerEvent], reply: ReplyKind) -> list[LedgerEvent]:
     return [replace(events[0], reply=reply.value), *events[1:]]
 
 
-def _message_key(received: InboundMessageReceived, sent_for: str = "") -> tuple[str, str]:
-    """The key an inbound text's provider message id is taken under among its brand's
-    request ids, and the digest of its words and the number they reached. A late
-    STOP's hold under another brand (``sent_for`` names the brands it was sent for)
-    takes a key of its own: message ids are each provider's, so the brand's own texts
-    may carry the same one, and the hold must refuse none of them."""
-    said = f"{received.phone}\0{received.message_id}"
-    if sent_for:
-        said = f"{said}\0{sent_for}"
-    key = f"{INBOUND_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
-    content = f"{received.to_number}\0{received.body}"
-    return key, hashlib.sha256(content.encode()).hexdigest()[:32]
+class _TakenBefore(NamedTuple):
+    """Who took an inbound text's message id before (``Writes._message_claimed``): the
+    event ids of that text, and the key's fingerprint and event ids as held."""
+
+    event_ids: list[str]
+    fingerprint: str
+    held: Sequence[str]
 
 
 def _listed(history: CampaignHistory, to: str, at: datetime) -> bool:
@@ -244,10 +247,6 @@ async def brands_listing(
     return brands
 
 
-LATE_HOLD_PREFIX = "late-stop-"
-"""Starts the request id of a late STOP's hold under another brand or ``*``."""
-
-
 def late_hold_request_id(cmd: HandleInboundMessage, sent_for: str) -> str:
     """The request id of the hold a late STOP places under another brand, or under
     ``*``: the caller's own id there would be taken among that brand's (or every
@@ -276,19 +275,6 @@ be taken over by another resolution once this has passed."""
 
 CANDIDATE_RESOLVED = "CANDIDATE_ALREADY_RESOLVED"
 """The ``ErrorInfo`` reason of a resolution refused because another won the candidate."""
-
-INBOUND_PREFIX = "inbound-message-"
-"""Starts the key under which an inbound text's provider message id is taken among a
-brand's request ids (``Writes._redelivered``): no client's request id is one."""
-
-REPLY_PREFIX = "inbound-reply-"
-"""Starts the key under which the reply an inbound text owes is taken among a brand's
-request ids (``Writes._reply_once``): told to one delivery of the text."""
-
-REPLY_TOLD = "reply:"
-"""Starts the fingerprint of a text's reply key, the reply its first answer told
-after it (``reply:none``). Keys taken before it was kept read ``reply``: the first
-answer said a reply was owed, of a kind not kept."""
 
 
 def _reply_told(fingerprint: str) -> ReplyKind | None:
@@ -1249,9 +1235,7 @@ class Writes:
         received = owed.events[0] if owed.events else None
         if not isinstance(received, InboundMessageReceived):
             return replace(result, owed=None)
-        # The words too: a STOP under a message id a HELP took is a text of its own.
-        said = f"{received.phone}\0{received.message_id}\0{received.to_number}\0{received.body}"
-        key = f"{REPLY_PREFIX}{hashlib.sha256(said.encode()).hexdigest()[:32]}"
+        key = reply_key(received)
         ids = [str(e.event_id) for e in owed.events]
         # The reply the text was first recorded owing, when kept: the view's key of it
         # is lost when the view is rebuilt from the ledger.
@@ -1665,8 +1649,8 @@ class Writes:
 
     async def _message_claimed(
         self, events: list[LedgerEvent], sent_for: str = ""
-    ) -> list[str] | None:
-        """The event ids of the text that took the provider message id of ``events``
+    ) -> _TakenBefore | None:
+        """The take of the text that took the provider message id of ``events``
         (an inbound text's facts) for the phone and brand before, with the same words
         to the same number: this text again. None when the id is taken now for this
         text, or was by this request (a retry), or by other words while these read as
@@ -1676,16 +1660,19 @@ class Writes:
         Gateways redeliver a text under a new request id: each was recorded again,
         and each answer said a confirmation or help reply was owed again. The
         message id is taken in the view's shared request ids (``claim_request``,
-        under a key of its own, ``_message_key``'s for ``sent_for``) with a digest of
-        the words and the number they reached."""
+        under a key of its own, ``message_key``'s for ``sent_for``) with a digest of
+        the words and the number they reached. A view filled again from the ledger
+        took the key with what the text's record holds in the clear (``read_as``): the
+        words are sealed there, so a text under the id that reads as that one did, to
+        the same number, is taken for it again."""
         received = events[0]
         assert isinstance(received, InboundMessageReceived)
-        key, digest = _message_key(received, sent_for)
+        key, digest = message_key(received, sent_for)
         ids = [str(e.event_id) for e in events]
         use = await self.ctx.view.claim_request(received.brand, key, digest, ids)
         if set(use.event_ids) & set(ids):  # taken for this text, or this request's retry
             return None
-        if use.fingerprint != digest:
+        if use.fingerprint not in (digest, read_as(received)):
             if held_intent(received.body) in HELD_INTENTS:
                 return None
             raise MessageIdReused(
@@ -1695,7 +1682,20 @@ class Writes:
                 received.message_id,
                 use.event_ids,
             )
-        return list(use.event_ids)
+        if use.fingerprint.startswith(READ_AS_PREFIX):
+            return _TakenBefore(await self._text_facts(use.event_ids), *use)
+        return _TakenBefore(list(use.event_ids), *use)
+
+    async def _text_facts(self, held: Sequence[str]) -> list[str]:
+        """The event ids of the text whose record alone a message key a view took
+        names (``read_as``): those its request id holds, the record among them. Just
+        ``held`` while the record is not in the view."""
+        known = await self.ctx.view.find_events(held[:1])
+        record = known.get(held[0]) if held else None
+        if record is None:
+            return list(held)
+        use = await self.ctx.view.request_use(brand_of(record.event), record.event.request_id)
+        return list(use.event_ids) if use is not None and held[0] in use.event_ids else list(held)
 
     async def _text_recorded(self, events: list[LedgerEvent], sent_for: str = "") -> WriteResult:
         """``recorded_once`` of an inbound text's facts, giving up the message id
@@ -1732,12 +1732,12 @@ class Writes:
             use = await self.ctx.view.request_use(received.brand, received.request_id)
             if use is not None and use.fingerprint == received.request_fingerprint:
                 return
-        key, digest = _message_key(received, sent_for)
+        key, digest = message_key(received, sent_for)
         ids = [str(e.event_id) for e in events]
         await self.ctx.view.release_claims(received.brand, (key, digest, ids), [])
 
     async def _take_message_id_over(
-        self, events: list[LedgerEvent], claimed: list[str], sent_for: str = ""
+        self, events: list[LedgerEvent], claimed: _TakenBefore, sent_for: str = ""
     ) -> None:
         """Give the message id of ``events``, a copy recorded because the text that
         took the id (``claimed``) was not in the view (past the freshness bound, for
@@ -1748,23 +1748,25 @@ class Writes:
         recording still land, both stand, as they did."""
         received = events[0]
         assert isinstance(received, InboundMessageReceived)
-        key, digest = _message_key(received, sent_for)
+        key, digest = message_key(received, sent_for)
         ids = [str(e.event_id) for e in events]
-        await self.ctx.view.release_claims(received.brand, (key, digest, claimed), [])
+        held = (key, claimed.fingerprint, claimed.held)
+        await self.ctx.view.release_claims(received.brand, held, [])
         await self.ctx.view.claim_request(received.brand, key, digest, ids)
 
     async def _redelivered(
         self,
-        claimed: list[str],
+        taken: _TakenBefore,
         outcome: InboundOutcome,
         written: ConsistencyToken | None = None,
     ) -> InboundResult | None:
-        """The answer to a text again whose first recording is ``claimed``
+        """The answer to a text again whose first recording ``taken`` names
         (``_message_claimed``): the first one's facts and no reply owed, nothing
         recorded (or, with ``written``, the token of this copy's own append, which the
         answer's token covers too). None while the first is not in the view (its
         append failed, or another instance's is still in flight): it does not stand
         for this one, which is recorded, a text twice being the lesser harm."""
+        claimed = taken.event_ids
         known = await self.ctx.view.find_events(claimed)
         if len(known) != len(claimed):
             return None
@@ -1785,6 +1787,11 @@ class Writes:
         again = replace(outcome, events=[], reply=ReplyKind.NONE, required_content=(), notes=[note])
         if written is not None:  # a copy: the recording it copies owes the reply
             return InboundResult(first, again)
+        if taken.fingerprint.startswith(READ_AS_PREFIX):
+            # The view was filled again from the ledger, which keeps no word of what
+            # the first answer told: it is taken to have told the reply, as nearly
+            # every first answer does, rather than have a gateway send it twice.
+            return InboundResult(first, again)
         # A redelivery: owed here if no answer took the reply (``_reply_once``).
         told = (
             f"message {received.message_id!r} was recorded before: a redelivery, nothing"
@@ -1793,7 +1800,7 @@ class Writes:
         return InboundResult(first, again, owed=replace(outcome, notes=[told]))
 
     async def _once_applied(
-        self, phone: str, claimed: list[str], outcome: InboundOutcome, written: ConsistencyToken
+        self, phone: str, claimed: _TakenBefore, outcome: InboundOutcome, written: ConsistencyToken
     ) -> InboundResult | None:
         """``_redelivered`` once the view has the text that took the message id,
         looked at again as the ledger grows: that text's append may be acknowledged

@@ -1,7 +1,9 @@
 """A retry answered as first answered after the view is lost and rebuilt, on the real
 Kafka ledger and PostgreSQL: the reply a text's first answer told is kept with the
 text in the ledger (``InboundMessageReceived.reply``), not only in the view, so a
-rebuild from the ledger tells a retry of it the same reply, whatever happened since."""
+rebuild from the ledger tells a retry of it the same reply, whatever happened since.
+A redelivery under a new request id is recognised too: the view takes a text's
+message id again as it applies the text (``ledger.view_keys.restorable_key``)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import dataclasses
 import uuid
 from datetime import timedelta
 
+import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 
@@ -94,6 +97,86 @@ async def test_a_retry_after_the_view_is_dropped_and_rebuilt_is_told_the_first_r
             ]
             told = [(start_text.message_id, "none"), (stop_text.message_id, "opt_out_confirmation")]
             assert texts == told, texts
+    finally:
+        await runtime.stop()
+        await postgres_server.drop_database(name)
+
+
+@pytest.mark.parametrize("refill", ["rebuild", "projector"])
+async def test_a_redelivery_after_the_view_is_lost_is_told_the_text_was_recorded(
+    tmp_path, postgres_server: PostgresServer, kafka_bootstrap, refill
+):
+    """A gateway redelivers a STOP and a HELP under new request ids. Before the view
+    is lost each redelivery is answered with the first recording and no reply owed;
+    the view dropped and filled again from the ledger (by ``rebuild`` or by the
+    service's own projector), a redelivery under yet another request id is answered
+    the same, not recorded a second time owing its reply again."""
+    when = noon_in_los_angeles()
+    phone = "+14155552792"
+    name = f"textkeys_{uuid.uuid4().hex[:8]}"
+    dsn = await postgres_server.create_database(name)
+    settings = service_settings(
+        tmp_path, dsn, kafka=kafka_settings(kafka_bootstrap, f"keys-{uuid.uuid4().hex[:8]}.")
+    )
+    stop_text = inbound(phone, PROMO_NUMBER, "STOP", when - timedelta(minutes=6))
+    help_text = inbound(phone, PROMO_NUMBER, "HELP", when - timedelta(minutes=5))
+    texts = [stop_text, help_text]
+
+    def redelivered(text: api.HandleInboundMessageRequest) -> api.HandleInboundMessageRequest:
+        again = api.HandleInboundMessageRequest()
+        again.CopyFrom(text)
+        again.request_id = uuid.uuid4().hex
+        return again
+
+    runtime = Runtime(settings, clock=lambda: when)
+    await runtime.start()
+    try:
+        async with client(runtime.address) as c:
+            await c.DefineCampaign(
+                define("acme", "promo", when - timedelta(days=1), [PROMO_NUMBER])
+            )
+            await c.RecordOptIn(opt_in(phone, "acme", "promo", when - timedelta(minutes=7)))
+            first = [await c.HandleInboundMessage(text) for text in texts]
+            assert first[0].reply == api.REPLY_KIND_OPT_OUT_CONFIRMATION, first[0]
+            assert first[1].reply == api.REPLY_KIND_HELP, first[1]
+            for text, answer in zip(texts, first, strict=True):
+                again = await c.HandleInboundMessage(redelivered(text))
+                assert list(again.event_ids) == list(answer.event_ids)  # the view keeps it
+                assert again.reply == api.REPLY_KIND_NONE, again
+            token = ConsistencyToken.decode(first[1].consistency_token)
+            assert await runtime.guard.wait_for_token(token, 30)
+    finally:
+        await runtime.stop()
+
+    await postgres_server.drop_database(name)  # every table, the message id keys with them
+    dsn = await postgres_server.create_database(name)
+    settings = dataclasses.replace(settings, postgres_dsn=dsn)
+    if refill == "rebuild":
+        await rebuild.run(settings, _parser().parse_args(["rebuild", "--quiet", "--workers", "2"]))
+
+    runtime = Runtime(settings, clock=lambda: when)
+    await runtime.start()
+    try:
+        async with client(runtime.address) as c:
+            for text, answer in zip(texts, first, strict=True):
+                again = await c.HandleInboundMessage(redelivered(text))
+                assert list(again.event_ids) == list(answer.event_ids), again
+                assert again.reply == api.REPLY_KIND_NONE, again
+            # The words are sealed in the ledger, but a text that reads otherwise is
+            # still another text under a taken message id, refused as before.
+            other = redelivered(help_text)
+            other.body = "thanks"
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await c.HandleInboundMessage(other)
+            assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            assert "message_id" in refused.value.details()
+            listed = await c.ListEvents(api.ListEventsRequest(phone=phone, brand="acme"))
+            recorded = [
+                e.event.inbound_message_received.message_id
+                for e in listed.events
+                if e.event.HasField("inbound_message_received")
+            ]
+            assert recorded == [stop_text.message_id, help_text.message_id], recorded
     finally:
         await runtime.stop()
         await postgres_server.drop_database(name)

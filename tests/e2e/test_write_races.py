@@ -19,8 +19,9 @@ from consent.v1 import ledger_pb2 as lpb
 
 from ledger.events import ConsentRevoked, InboundMessageReceived
 from ledger.ports import ConsistencyToken, Stream
+from ledger.view_keys import message_key
 from services.adapters.kafka_ledger import KafkaLedger
-from services.usecases.writes import RESOLUTION_PREFIX, _message_key
+from services.usecases.writes import RESOLUTION_PREFIX
 from tests.builders import proof_proto as proof
 from tests.e2e.harness import (
     Clock,
@@ -507,7 +508,7 @@ async def test_a_text_whose_message_id_a_dead_instance_took_is_recorded_once(ser
         await c.RecordOptIn(opt_in(phone, "acme", "promo", clock.now - timedelta(days=1)))
         text = inbound(phone, to, "STOP", clock.now)
         # What the killed instance left: the message id taken for facts never written.
-        key, digest = _message_key(
+        key, digest = message_key(
             InboundMessageReceived(
                 event_id=uuid.uuid4(),
                 occurred_at=clock.now,
