@@ -5,6 +5,10 @@ only writes took there, and what the writes relied on them for with it.
 An inbound text's provider message id, and the reply its first answer told: a write
 takes both as it records the text; a view takes the message key from what the text's
 record holds in the clear (its words are sealed there).
+
+An opt-out stamped ahead of the clock notes its number (``stated_ahead_key``), so a
+consent of the number stated before it is checked against it; every other consent
+reads no more than that the note is absent.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ answer said a reply was owed, of a kind not kept."""
 READ_AS_PREFIX = "read-as:"
 """Starts the fingerprint of a message key a view took from the ledger (``read_as``),
 which no digest of a text's words (``message_key``) does."""
+
+STATED_AHEAD_PREFIX = "opt-out-stated-ahead-"
+"""Starts the key under which an opt-out stamped ahead notes its number among its
+brand's request ids (``note_stated_ahead``): no client's request id is one."""
 
 LATE_HOLD_PREFIX = "late-stop-"
 """Starts the request id of a late STOP's hold under another brand or ``*``."""
@@ -75,3 +83,9 @@ def restorable_key(received: InboundMessageReceived) -> tuple[str, str] | None:
     if not received.intent:
         return None
     return message_key(received)[0], read_as(received)
+
+
+def stated_ahead_key(phone: str) -> str:
+    """The key an opt-out stamped ahead (``ConsentRevoked.stated_at`` kept) notes its
+    number under among its brand's request ids."""
+    return f"{STATED_AHEAD_PREFIX}{hashlib.sha256(phone.encode()).hexdigest()[:32]}"

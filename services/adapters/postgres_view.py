@@ -79,7 +79,7 @@ from ledger.state import (
     sender_number_holder,
 )
 from ledger.status import ConsentState, consent_state, revocation_in_force
-from ledger.view_keys import restorable_key
+from ledger.view_keys import restorable_key, stated_ahead_key
 from services.adapters.coalescing import Coalesced
 from services.adapters.postgres_bounds import bounded, bounded_bulk, fetch_bulk
 from services.wire.codec import (
@@ -388,10 +388,10 @@ SELECT k.brand, k.request_id,
 FROM k LEFT JOIN taken AS t USING (brand, request_id)
 LEFT JOIN request_use AS u USING (brand, request_id)
 """
-# The message keys of a batch's inbound texts (``ledger.view_keys``), taken when free:
-# a write's key, taken before its append, is left as it is. In key order, so two
+# The keys writes took for a batch's facts (``ledger.view_keys``), taken when free: a
+# write's key, taken before its append, is left as it is. In key order, so two
 # workers cannot deadlock.
-_RESTORE_MESSAGE_KEYS = """
+_RESTORE_KEYS = """
 INSERT INTO request_use (brand, request_id, fingerprint, event_ids)
 SELECT brand, request_id, fingerprint, ARRAY[event_id]
 FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[])
@@ -1088,7 +1088,7 @@ class PostgresConsentView(ConsentView):
             known.add(recorded.event.event_id)
             new.append(recorded)
         new = await self._first_uses(writes, new)
-        await self._restore_message_keys(conn, new)
+        await self._restore_keys(conn, new)
 
         if new:
             encoded = _FactBytes()
@@ -1166,23 +1166,28 @@ class PostgresConsentView(ConsentView):
         ]
 
     @staticmethod
-    async def _restore_message_keys(conn: asyncpg.Connection, new: list[Recorded]) -> None:
-        """Take the message keys of the inbound texts among ``new`` where they are free
-        (``ledger.view_keys.restorable_key``): a view dropped and filled again from the
-        ledger lost them, and then recorded a gateway's redelivery of a text under a
-        new request id again, owing its reply again. Each names the text's record
-        alone, which names its request and so its other facts: one batch may end
-        before them."""
+    async def _restore_keys(conn: asyncpg.Connection, new: list[Recorded]) -> None:
+        """Take the keys writes took for ``new`` where they are free
+        (``ledger.view_keys``): a view dropped and filled again from the ledger lost
+        them. Without an inbound text's message key a gateway's redelivery of it under
+        a new request id was recorded again, owing its reply again; without an opt-out
+        stamped ahead's note, a consent stated before it was recorded, not refused.
+
+        A message key names the text's record alone, which names its request and so
+        its other facts: one batch may end before them."""
         rows: dict[tuple[str, str], tuple[str, uuid.UUID]] = {}
         for r in new:
             e = r.event
+            # The first in ledger order takes a key, as a write does.
             if isinstance(e, InboundMessageReceived) and (key := restorable_key(e)):
-                # The first in ledger order takes a message key, as a write does.
                 rows.setdefault((e.brand, key[0]), (key[1], e.event_id))
+            elif isinstance(e, ConsentRevoked) and e.stated_at is not None:
+                noted = (e.brand, stated_ahead_key(e.phone))
+                rows.setdefault(noted, (e.request_fingerprint, e.event_id))
         if rows:
             taken = [(*k, *v) for k, v in rows.items()]
             columns = [list(column) for column in zip(*taken, strict=True)]
-            await conn.execute(_RESTORE_MESSAGE_KEYS, *columns)
+            await conn.execute(_RESTORE_KEYS, *columns)
 
     async def _fold_subscribers(
         self,

@@ -85,6 +85,7 @@ from ledger.ports import (
     Stream,
 )
 from ledger.validation import Violations, is_name
+from ledger.view_keys import stated_ahead_key
 from services.errors import (
     FailedPrecondition,
     NotConsistent,
@@ -95,12 +96,7 @@ from services.errors import (
 from services.usecases.context import BEHIND, Context
 from services.usecases.erased import erased_refusal, erasure_times
 from services.usecases.requests import appended_again, brand_of, stored_before, unwritten
-from services.usecases.writes import (
-    note_stated_ahead,
-    opt_outs_placed_since,
-    opt_outs_window,
-    stated_ahead_key,
-)
+from services.usecases.writes import note_stated_ahead, opt_outs_placed_since, opt_outs_window
 
 log = logging.getLogger(__name__)
 

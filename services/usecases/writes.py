@@ -103,6 +103,7 @@ from ledger.view_keys import (
     message_key,
     read_as,
     reply_key,
+    stated_ahead_key,
 )
 from services.errors import (
     AlreadyExists,
@@ -400,20 +401,12 @@ def opt_outs_window(placed: datetime) -> datetime:
     return placed - MAX_CLOCK_SKEW
 
 
-STATED_AHEAD_PREFIX = "opt-out-stated-ahead-"
-"""Starts the key under which an opt-out stamped ahead notes its number among its
-brand's request ids (``note_stated_ahead``): no client's request id is one."""
-
-
-def stated_ahead_key(phone: str) -> str:
-    return f"{STATED_AHEAD_PREFIX}{hashlib.sha256(phone.encode()).hexdigest()[:32]}"
-
-
 async def note_stated_ahead(ctx: Context, events: Sequence[LedgerEvent]) -> None:
     """Note, before ``events`` are appended, each number an opt-out among them stamped
-    ahead is of, in the view's shared request ids (written at once, not by the
-    projection): a consent of that number then waits for the view to apply it
-    (``check_not_before_an_opt_out``), and every other consent need not wait."""
+    ahead is of, in the view's shared request ids (written at once; the projection
+    notes it again only when the view lost it, ``ledger.view_keys``): a consent of
+    that number then waits for the view to apply it (``check_not_before_an_opt_out``),
+    and every other consent need not wait."""
     claims = [
         RequestClaim(e.brand, stated_ahead_key(e.phone), e.request_fingerprint, (str(e.event_id),))
         for e in events

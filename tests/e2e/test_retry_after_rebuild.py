@@ -2,8 +2,9 @@
 Kafka ledger and PostgreSQL: the reply a text's first answer told is kept with the
 text in the ledger (``InboundMessageReceived.reply``), not only in the view, so a
 rebuild from the ledger tells a retry of it the same reply, whatever happened since.
-A redelivery under a new request id is recognised too: the view takes a text's
-message id again as it applies the text (``ledger.view_keys.restorable_key``)."""
+A redelivery under a new request id is recognised too, and an opt-in stated before
+an opt-out stamped ahead refused: the view takes the keys writes took for them again
+as it applies their facts (``ledger.view_keys``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ledger.ports import ConsistencyToken
 from services.bootstrap import Runtime
 from services.cli import rebuild
 from services.cli.main import _parser
+from tests.builders import proof_proto as proof
 from tests.e2e.harness import (
     client,
     define,
@@ -26,6 +28,7 @@ from tests.e2e.harness import (
     kafka_settings,
     noon_in_los_angeles,
     opt_in,
+    opt_out,
     service_settings,
 )
 from tests.infra.postgres_server import PostgresServer
@@ -177,6 +180,61 @@ async def test_a_redelivery_after_the_view_is_lost_is_told_the_text_was_recorded
                 if e.event.HasField("inbound_message_received")
             ]
             assert recorded == [stop_text.message_id, help_text.message_id], recorded
+    finally:
+        await runtime.stop()
+        await postgres_server.drop_database(name)
+
+
+@pytest.mark.parametrize("refill", ["rebuild", "projector"])
+async def test_an_opt_in_stated_before_an_opt_out_stamped_ahead_is_refused_after_the_view_is_lost(
+    tmp_path, postgres_server: PostgresServer, kafka_bootstrap, refill
+):
+    """An opt-out stamped 40 s ahead of the clock takes its place when recorded and
+    keeps the time it said; an opt-in stated before that time, placed after it, is
+    refused on ``occurred_at``. The view dropped and filled again from the ledger
+    (by ``rebuild`` or by the service's own projector), it is refused still, not
+    recorded to lose to the opt-out in the fold."""
+    t = noon_in_los_angeles()
+    now = [t]
+    phone = "+14155552793"
+    name = f"statedkeys_{uuid.uuid4().hex[:8]}"
+    dsn = await postgres_server.create_database(name)
+    settings = service_settings(
+        tmp_path, dsn, kafka=kafka_settings(kafka_bootstrap, f"stated-{uuid.uuid4().hex[:8]}.")
+    )
+    between = t + timedelta(seconds=20)
+
+    async def refused_on_occurred_at(c) -> None:
+        late = opt_in(phone, "acme", "promo", between, proof=proof(between))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await c.RecordOptIn(late)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+        assert "occurred_at" in (refused.value.details() or "")
+
+    runtime = Runtime(settings, clock=lambda: now[0])
+    await runtime.start()
+    try:
+        async with client(runtime.address) as c:
+            await c.DefineCampaign(define("acme", "promo", t - timedelta(days=1), [PROMO_NUMBER]))
+            stopped = await c.RecordOptOut(opt_out(phone, "acme", None, t + timedelta(seconds=40)))
+            now[0] = t + timedelta(seconds=25)
+            await refused_on_occurred_at(c)  # the view keeps the opt-out's note
+            token = ConsistencyToken.decode(stopped.consistency_token)
+            assert await runtime.guard.wait_for_token(token, 30)
+    finally:
+        await runtime.stop()
+
+    await postgres_server.drop_database(name)  # every table, the opt-out's note with them
+    dsn = await postgres_server.create_database(name)
+    settings = dataclasses.replace(settings, postgres_dsn=dsn)
+    if refill == "rebuild":
+        await rebuild.run(settings, _parser().parse_args(["rebuild", "--quiet", "--workers", "2"]))
+
+    runtime = Runtime(settings, clock=lambda: now[0])
+    await runtime.start()
+    try:
+        async with client(runtime.address) as c:
+            await refused_on_occurred_at(c)
     finally:
         await runtime.stop()
         await postgres_server.drop_database(name)
