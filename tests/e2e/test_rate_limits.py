@@ -180,8 +180,8 @@ async def test_a_caller_with_as_many_import_streams_open_as_it_may_is_refused_on
     """A caller's import streams share the chunks worked on at once, so more streams
     import no faster; unbounded, a caller with no rate limit could hold any number of
     them open, each with a message read. One past ``MAX_STREAMS`` is refused, with when
-    to retry and whose quota it is; another caller is not; and once one ends, the
-    caller may open another."""
+    to retry and whose quota it is; another caller is not; and once one ends, or its
+    client cancels it, the caller may open another."""
     settings = dataclasses.replace(
         service_settings(tmp_path, postgres_dsn, kafka=None), tokens_file=tokens_file(tmp_path)
     )
@@ -219,5 +219,15 @@ async def test_a_caller_with_as_many_import_streams_open_as_it_may_is_refused_on
         await ended(await opened("sender"))  # another caller's
         await ended(held.pop())
         held.append(await opened("importer"))
+        # One its client cancels is given back too, once the server hears of it.
+        held.pop().cancel()
+        for _ in range(50):
+            try:
+                held.append(await opened("importer"))
+                break
+            except grpc.aio.AioRpcError as refused:
+                assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused
+                await asyncio.sleep(0.1)
+        assert len(held) == MAX_STREAMS
         for stream in held:
             await ended(stream)
