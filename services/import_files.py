@@ -604,6 +604,13 @@ def _jsonl_all(
         except ValueError as exc:
             yield Unreadable(number, "record", f"is not JSON: {exc}")
             continue
+        except RecursionError:
+            # Arrays or objects nested some thousand deep are past what the parser
+            # reads: refused as a line, an opt-out held by what it said before them.
+            said = _cut_short(raw[: _deep_value_at(raw, 2)]) or {}
+            reason = "is not JSON: nested too deeply to be read"
+            yield _refused(_loose(ours(said)), number, "record", reason, mapping=mapping)
+            continue
         if not isinstance(obj, dict):
             yield from _not_an_object(obj, number, ours, mapping)
             continue
@@ -1049,6 +1056,27 @@ def _not_an_object(
         yield _refused(_loose(ours(said)), line, "record", "is not a JSON object", mapping=mapping)
     if not objects:
         yield Unreadable(line, "record", "is not a JSON object")
+
+
+def _deep_value_at(raw: str, depth: int) -> int:
+    """Where the value of a JSON line's object that nests deeper than ``depth`` (the
+    record, then its proof) begins, outside strings; the line's length when none."""
+    level, quoted, escaped, value_at = 0, False, False, len(raw)
+    for at, char in enumerate(raw):
+        if quoted:
+            quoted = char != '"' or escaped  # a quote escaped does not close the string
+            escaped = char == "\\" and not escaped
+        elif char == '"':
+            quoted = True
+        elif char in "[{":
+            level += 1
+            if level == 2:
+                value_at = at
+            elif level > depth:
+                return value_at
+        elif char in "]}":
+            level -= 1
+    return len(raw)
 
 
 def _past_separators(raw: str, at: int) -> int:

@@ -687,6 +687,20 @@ def test_a_json_line_longer_than_any_record_is_refused_by_its_start_and_the_next
     assert isinstance(after, Read) and after.line == 2
 
 
+def test_a_json_line_nested_deeper_than_python_reads_is_refused_and_the_next_read():
+    """A line nesting arrays some thousands deep stopped the command with a
+    RecursionError traceback; it is refused as a line of its own, an opt-out on it
+    held by what it said before the nesting."""
+    stop = {"type": "opt_out", "phone": "+14155552671", "brand": "acme", "channel": "keyword"}
+    deep = json.dumps(stop)[:-1] + ', "text": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    nested, after = read(f"{deep}\n{json.dumps(stop)}\n", "jsonl")
+
+    assert isinstance(nested, Unreadable) and nested.field == "record"
+    assert nested.reason == "is not JSON: nested too deeply to be read"
+    assert nested.held is not None and nested.held.opt_out.phone == "+14155552671"
+    assert isinstance(after, Read) and after.line == 2
+
+
 def test_a_json_array_is_refused_as_a_file_on_one_line_or_many():
     for array in ('[{"type": "opt_out"}]\n', '  [\n{"type": "opt_out"}\n]\n'):
         with pytest.raises(FormatError, match="line 1 opens a JSON array"):
