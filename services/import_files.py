@@ -316,6 +316,7 @@ def _csv(
     except csv.Error as exc:
         raise FormatError(f"line {rows.line_num}: {exc}; the header cannot be read") from None
     _check_separator(columns)
+    _check_header_text(columns, rows.line_num)
     if mapping.names_columns:
         mapping = mapping.fitted(columns, "the header")
     header = columns  # as the file spells it: a header row further down repeats it so
@@ -461,6 +462,18 @@ def _spelt_as_ours(
         field_name, reason = clash
         raise error(f"{where}the columns for {field_name}: {reason}{then}")
     return spelt
+
+
+def _check_header_text(columns: list[str], line: int) -> None:
+    """Refuse a header holding a byte that is not UTF-8: the export is most often
+    Latin-1 or Windows-1252 whole, and its column was refused as unknown, or not
+    found by the --column naming it, with nothing said of why."""
+    for column in columns:
+        if (odd := _SURROGATE.search(column)) is not None:
+            raise FormatError(
+                f"line {line}, the header: column '{_shown(column)}' {_not_text(odd.group())}"
+                "; save the export as UTF-8 (it may be Latin-1 or Windows-1252)"
+            )
 
 
 def _check_columns(

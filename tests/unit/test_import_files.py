@@ -667,6 +667,22 @@ def test_a_utf16_file_is_refused_whole_and_a_utf8_one_read_past_its_mark(tmp_pat
         assert text.read() == "type,text\nopt_out,Zoë\n"
 
 
+def test_a_csv_header_that_is_not_utf_8_refuses_the_file_saying_so(tmp_path):
+    """A Windows-1252 export's header ("T\xe9l\xe9phone") was refused as an unknown
+    column, or as one --column did not find, shown as 'T\\udce9l\\udce9phone':
+    nothing said that the file is not UTF-8."""
+    path = tmp_path / "export.csv"
+    path.write_bytes("T\xe9l\xe9phone,type\n+14155552671,opt_out\n".encode("cp1252"))
+    said = (
+        "line 1, the header: column 'T\\udce9l\\udce9phone' holds the byte 0xE9, which "
+        "is not UTF-8 text; save the export as UTF-8 (it may be Latin-1 or Windows-1252)"
+    )
+    for mapping in (None, Mapping(columns={"phone": "T\xe9l\xe9phone"})):
+        with open_text(path) as text, pytest.raises(FormatError) as refused:
+            list(read_records(text, "csv", None, mapping))
+        assert str(refused.value) == said
+
+
 def test_rows_of_empty_values_are_no_records_and_not_counted(tmp_path):
     path = tmp_path / "sheet.csv"
     path.write_text(",,\r\n \r\ntype,phone,text\r\nopt_out,+14155552671,STOP\r\n,,\r\n , ,\r\n")
