@@ -17,7 +17,6 @@ import pytest
 from consent.v1 import consent_service_pb2 as api
 
 from ledger.ports import ConsistencyToken
-from services.bootstrap import Runtime
 from services.cli import rebuild
 from services.cli.main import _parser
 from tests.builders import proof_proto as proof
@@ -25,17 +24,44 @@ from tests.e2e.harness import (
     client,
     define,
     inbound,
-    kafka_settings,
+    kafka_service_settings,
     noon_in_los_angeles,
     opt_in,
     opt_out,
-    service_settings,
+    running,
 )
 from tests.infra.postgres_server import PostgresServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 PROMO_NUMBER = "+12125550150"
+
+
+class LostView:
+    """A service's settings on the test broker and a database of the test's own, which
+    ``lose`` drops whole (every table, the keys writes took with them) and fills
+    again from the ledger: by ``rebuild --workers 2``, or by the next service's own
+    projector."""
+
+    def __init__(self, server: PostgresServer, tmp_path, kafka_bootstrap: str, name: str) -> None:
+        self.server, self.name = server, f"{name}_{uuid.uuid4().hex[:8]}"
+        self._tmp, self._bootstrap = tmp_path, kafka_bootstrap
+
+    async def __aenter__(self) -> LostView:
+        dsn = await self.server.create_database(self.name)
+        self.settings = kafka_service_settings(self._tmp, dsn, self._bootstrap)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.server.drop_database(self.name)
+
+    async def lose(self, refill: str = "rebuild") -> None:
+        await self.server.drop_database(self.name)
+        dsn = await self.server.create_database(self.name)
+        self.settings = dataclasses.replace(self.settings, postgres_dsn=dsn)
+        if refill == "rebuild":
+            args = _parser().parse_args(["rebuild", "--quiet", "--workers", "2"])
+            await rebuild.run(self.settings, args)
 
 
 async def test_a_retry_after_the_view_is_dropped_and_rebuilt_is_told_the_first_reply(
@@ -47,17 +73,10 @@ async def test_a_retry_after_the_view_is_dropped_and_rebuilt_is_told_the_first_r
     confirmation, as before the rebuild."""
     when = noon_in_los_angeles()
     phone = "+14155552791"
-    name = f"replykept_{uuid.uuid4().hex[:8]}"
-    dsn = await postgres_server.create_database(name)
-    settings = service_settings(
-        tmp_path, dsn, kafka=kafka_settings(kafka_bootstrap, f"reply-{uuid.uuid4().hex[:8]}.")
-    )
     start_text = inbound(phone, PROMO_NUMBER, "START", when - timedelta(minutes=8))
     stop_text = inbound(phone, PROMO_NUMBER, "STOP", when - timedelta(minutes=6))
-    runtime = Runtime(settings, clock=lambda: when)
-    await runtime.start()
-    try:
-        async with client(runtime.address) as c:
+    async with LostView(postgres_server, tmp_path, kafka_bootstrap, "replykept") as view:
+        async with running(view.settings, lambda: when) as runtime, client(runtime.address) as c:
             await c.DefineCampaign(
                 define("acme", "promo", when - timedelta(days=1), [PROMO_NUMBER])
             )
@@ -70,18 +89,10 @@ async def test_a_retry_after_the_view_is_dropped_and_rebuilt_is_told_the_first_r
             assert again.reply == api.REPLY_KIND_NONE, again  # the view keeps it
             token = ConsistencyToken.decode(stop.consistency_token)
             assert await runtime.guard.wait_for_token(token, 30)
-    finally:
-        await runtime.stop()
 
-    await postgres_server.drop_database(name)  # every table, the reply keys with them
-    dsn = await postgres_server.create_database(name)
-    settings = dataclasses.replace(settings, postgres_dsn=dsn)
-    await rebuild.run(settings, _parser().parse_args(["rebuild", "--quiet", "--workers", "2"]))
+        await view.lose()
 
-    runtime = Runtime(settings, clock=lambda: when)
-    await runtime.start()
-    try:
-        async with client(runtime.address) as c:
+        async with running(view.settings, lambda: when) as runtime, client(runtime.address) as c:
             again = await c.HandleInboundMessage(start_text)
             assert list(again.event_ids) == list(start.event_ids)
             assert again.reply == api.REPLY_KIND_NONE, again
@@ -100,9 +111,6 @@ async def test_a_retry_after_the_view_is_dropped_and_rebuilt_is_told_the_first_r
             ]
             told = [(start_text.message_id, "none"), (stop_text.message_id, "opt_out_confirmation")]
             assert texts == told, texts
-    finally:
-        await runtime.stop()
-        await postgres_server.drop_database(name)
 
 
 @pytest.mark.parametrize("refill", ["rebuild", "projector"])
@@ -116,11 +124,6 @@ async def test_a_redelivery_after_the_view_is_lost_is_told_the_text_was_recorded
     the same, not recorded a second time owing its reply again."""
     when = noon_in_los_angeles()
     phone = "+14155552792"
-    name = f"textkeys_{uuid.uuid4().hex[:8]}"
-    dsn = await postgres_server.create_database(name)
-    settings = service_settings(
-        tmp_path, dsn, kafka=kafka_settings(kafka_bootstrap, f"keys-{uuid.uuid4().hex[:8]}.")
-    )
     stop_text = inbound(phone, PROMO_NUMBER, "STOP", when - timedelta(minutes=6))
     help_text = inbound(phone, PROMO_NUMBER, "HELP", when - timedelta(minutes=5))
     texts = [stop_text, help_text]
@@ -131,10 +134,8 @@ async def test_a_redelivery_after_the_view_is_lost_is_told_the_text_was_recorded
         again.request_id = uuid.uuid4().hex
         return again
 
-    runtime = Runtime(settings, clock=lambda: when)
-    await runtime.start()
-    try:
-        async with client(runtime.address) as c:
+    async with LostView(postgres_server, tmp_path, kafka_bootstrap, "textkeys") as view:
+        async with running(view.settings, lambda: when) as runtime, client(runtime.address) as c:
             await c.DefineCampaign(
                 define("acme", "promo", when - timedelta(days=1), [PROMO_NUMBER])
             )
@@ -148,19 +149,10 @@ async def test_a_redelivery_after_the_view_is_lost_is_told_the_text_was_recorded
                 assert again.reply == api.REPLY_KIND_NONE, again
             token = ConsistencyToken.decode(first[1].consistency_token)
             assert await runtime.guard.wait_for_token(token, 30)
-    finally:
-        await runtime.stop()
 
-    await postgres_server.drop_database(name)  # every table, the message id keys with them
-    dsn = await postgres_server.create_database(name)
-    settings = dataclasses.replace(settings, postgres_dsn=dsn)
-    if refill == "rebuild":
-        await rebuild.run(settings, _parser().parse_args(["rebuild", "--quiet", "--workers", "2"]))
+        await view.lose(refill)
 
-    runtime = Runtime(settings, clock=lambda: when)
-    await runtime.start()
-    try:
-        async with client(runtime.address) as c:
+        async with running(view.settings, lambda: when) as runtime, client(runtime.address) as c:
             for text, answer in zip(texts, first, strict=True):
                 again = await c.HandleInboundMessage(redelivered(text))
                 assert list(again.event_ids) == list(answer.event_ids), again
@@ -180,9 +172,6 @@ async def test_a_redelivery_after_the_view_is_lost_is_told_the_text_was_recorded
                 if e.event.HasField("inbound_message_received")
             ]
             assert recorded == [stop_text.message_id, help_text.message_id], recorded
-    finally:
-        await runtime.stop()
-        await postgres_server.drop_database(name)
 
 
 @pytest.mark.parametrize("refill", ["rebuild", "projector"])
@@ -197,11 +186,6 @@ async def test_an_opt_in_stated_before_an_opt_out_stamped_ahead_is_refused_after
     t = noon_in_los_angeles()
     now = [t]
     phone = "+14155552793"
-    name = f"statedkeys_{uuid.uuid4().hex[:8]}"
-    dsn = await postgres_server.create_database(name)
-    settings = service_settings(
-        tmp_path, dsn, kafka=kafka_settings(kafka_bootstrap, f"stated-{uuid.uuid4().hex[:8]}.")
-    )
     between = t + timedelta(seconds=20)
 
     async def refused_on_occurred_at(c) -> None:
@@ -211,30 +195,16 @@ async def test_an_opt_in_stated_before_an_opt_out_stamped_ahead_is_refused_after
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
         assert "occurred_at" in (refused.value.details() or "")
 
-    runtime = Runtime(settings, clock=lambda: now[0])
-    await runtime.start()
-    try:
-        async with client(runtime.address) as c:
+    async with LostView(postgres_server, tmp_path, kafka_bootstrap, "statedkeys") as view:
+        async with running(view.settings, lambda: now[0]) as runtime, client(runtime.address) as c:
             await c.DefineCampaign(define("acme", "promo", t - timedelta(days=1), [PROMO_NUMBER]))
             stopped = await c.RecordOptOut(opt_out(phone, "acme", None, t + timedelta(seconds=40)))
             now[0] = t + timedelta(seconds=25)
             await refused_on_occurred_at(c)  # the view keeps the opt-out's note
             token = ConsistencyToken.decode(stopped.consistency_token)
             assert await runtime.guard.wait_for_token(token, 30)
-    finally:
-        await runtime.stop()
 
-    await postgres_server.drop_database(name)  # every table, the opt-out's note with them
-    dsn = await postgres_server.create_database(name)
-    settings = dataclasses.replace(settings, postgres_dsn=dsn)
-    if refill == "rebuild":
-        await rebuild.run(settings, _parser().parse_args(["rebuild", "--quiet", "--workers", "2"]))
+        await view.lose(refill)
 
-    runtime = Runtime(settings, clock=lambda: now[0])
-    await runtime.start()
-    try:
-        async with client(runtime.address) as c:
+        async with running(view.settings, lambda: now[0]) as runtime, client(runtime.address) as c:
             await refused_on_occurred_at(c)
-    finally:
-        await runtime.stop()
-        await postgres_server.drop_database(name)
