@@ -201,11 +201,11 @@ def _main_of_import(argv: Sequence[str], token: str) -> tuple[int, str, str]:
     return code or 0, out.getvalue(), err.getvalue()
 
 
-async def importing(serve):
+async def importing(serve, **changes):
     """A service (of ``serve`` or ``module_serve``) with acme's promo campaign, and
-    the time it started."""
+    the time it started; ``changes`` to its settings."""
     campaign = define("acme", "promo", datetime.now(UTC) - timedelta(days=60))
-    runtime = await serve(name="import", campaigns=[campaign], metrics_listen="127.0.0.1:0")
+    runtime = await serve(name="import", campaigns=[campaign], **changes)
     return runtime, datetime.now(UTC)
 
 
@@ -214,11 +214,18 @@ async def service(serve):
     return await importing(serve)
 
 
+@pytest.fixture
+async def metered(serve):
+    """``service`` serving ``/metrics`` too: only for the tests that scrape it, as
+    its server's stop waits out up to half a second of its loop."""
+    return await importing(serve, metrics_listen="127.0.0.1:0")
+
+
 @pytest.fixture(scope="module")
 async def unsent(module_serve):
     """One service for the imports that write nothing (refused before they send a
     record, or dry runs): each finds the ledger's end, and its numbers, as they were."""
-    return await importing(module_serve)
+    return await importing(module_serve, metrics_listen="127.0.0.1:0")
 
 
 def imports_counted(m: Samples) -> dict[str, float]:
@@ -303,9 +310,9 @@ async def imported_answers(
 
 
 async def test_an_export_is_imported_refused_by_line_and_imported_again_as_nothing(
-    service, tmp_path
+    metered, tmp_path
 ):
-    runtime, when = service
+    runtime, when = metered
     export = write_csv(tmp_path / "export.csv", export_rows(when))
     acme = TOKENS["acme-app"][0]
 
@@ -1496,13 +1503,13 @@ async def test_an_opt_in_whose_number_an_unreadable_opt_out_may_name_is_not_impo
     }, reasons
 
 
-async def test_an_opt_out_on_the_line_a_quote_breaks_is_held_by_what_it_said(service, tmp_path):
+async def test_an_opt_out_on_the_line_a_quote_breaks_is_held_by_what_it_said(metered, tmp_path):
     """A CSV row whose quote opens and never closes (an export cut short inside a
     text), or that has more after a closing quote, stops the import at its line; the
     opt-out on that line was dropped with it, though its number and brand come before
     the quote, and CanSend allowed the number its opt-in had allowed before. It is
     held now by the values before the broken one; the import still stops there."""
-    runtime, when = service
+    runtime, when = metered
     at = iso(when - timedelta(days=1))
     numbers = [phone(200), phone(201), phone(202)]
     opt_ins = [{**export_rows(when)[1], "import_id": f"in-{n}", "phone": n} for n in numbers]
