@@ -219,7 +219,7 @@ async def test_an_audit_read_is_recorded_before_it_is_answered(reads: Runtime, r
 async def test_another_brands_token_is_refused_and_recorded_as_refused(
     reads: Runtime, rpc: str
 ) -> None:
-    def refusals() -> float:
+    def counted() -> float:
         return (
             reads.metrics.registry().get_sample_value(
                 "consent_audit_refusals_total",
@@ -228,7 +228,12 @@ async def test_another_brands_token_is_refused_and_recorded_as_refused(
             or 0
         )
 
-    before = refusals()
+    async def refusals() -> float:
+        # From a thread, as a scrape reads them: a metric read on the service's loop
+        # (the open review candidates) waits on that loop, which this would block.
+        return await asyncio.to_thread(counted)
+
+    before = await refusals()
     dsn = reads.settings.postgres_dsn
     assert dsn is not None
     for who in ("globex-app", "acme-checker"):  # another brand; no audit scope
@@ -248,7 +253,7 @@ async def test_another_brands_token_is_refused_and_recorded_as_refused(
         told = "may not act for brand 'acme'" if who == "globex-app" else "lacks the audit scope"
         assert told in row["refusal"]
         assert (row["phone"] or "", row["campaign"] or "") == AUDIT[rpc][1]
-    assert refusals() == before + 2
+    assert await refusals() == before + 2
 
 
 async def test_bad_input_is_recorded_as_refused_once_and_an_unknown_caller_not_at_all(
@@ -304,9 +309,11 @@ async def test_a_read_that_cannot_be_recorded_is_refused_unread(
                 info = error_details_pb2.ErrorInfo()
                 assert any(d.Unpack(info) for d in status.details)
                 assert info.reason == "ACCESS_NOT_RECORDED"
+        # From a thread, as a scrape: a metric read on the loop waits on the loop.
+        families = await asyncio.to_thread(lambda: list(service.metrics.registry().collect()))
         scraped = {
             (sample.name, sample.labels.get("action")): sample.value
-            for family in service.metrics.registry().collect()
+            for family in families
             for sample in family.samples
         }
         for rpc in AUDIT:
