@@ -82,7 +82,8 @@ async def test_a_failed_projector_is_started_again_and_the_failure_counted(
         assert answer.allowed, f"never answered again: {answers[-3:]}"
         not_consistent = wire.REASONS.to_proto(Reason.NOT_CONSISTENT)
         assert set(answers[:-1]) <= {not_consistent}  # while down: fail closed, no guess
-    exposition = generate_latest(runtime.metrics.registry()).decode()
+    # From a thread, as a scrape: a metric read on the loop waits on the loop.
+    exposition = (await asyncio.to_thread(generate_latest, runtime.metrics.registry())).decode()
     counted = {
         s.name: s.value
         for family in text_string_to_metric_families(exposition)
