@@ -150,7 +150,9 @@ async def test_an_import_held_up_by_a_dead_import_s_turns_says_why_before_the_de
         async with client(runtime.address) as admin:
             await admin.DefineCampaign(define("acme", "promo", at - timedelta(days=60)))
         conn = await asyncpg.connect(postgres_dsn)
-        try:  # what a dead import leaves: its claims, and its turns, running for 8 s
+        # What a dead import leaves: its claims, and its turns, running for 5 s, past
+        # the 3 s deadline of the import below with room to spare.
+        try:
             for record in sent:
                 cmd = command_from_proto(record.opt_in)
                 assert isinstance(cmd, RecordOptIn)
@@ -160,7 +162,7 @@ async def test_an_import_held_up_by_a_dead_import_s_turns_says_why_before_the_de
                     "acme", cmd.request_id, event.request_fingerprint, [event.event_id],
                 )  # fmt: skip
                 await conn.execute(
-                    "INSERT INTO append_turn VALUES ($1, $2, $3, now() + interval '8 s')",
+                    "INSERT INTO append_turn VALUES ($1, $2, $3, now() + interval '5 s')",
                     "acme", cmd.request_id, uuid.uuid4(),
                 )  # fmt: skip
         finally:
@@ -184,7 +186,7 @@ async def test_an_import_held_up_by_a_dead_import_s_turns_says_why_before_the_de
         assert "run the import again" in details, details
 
         # Until the dead import's turns run out, by the database's clock they run on;
-        # a fixed 8 s waited out the 3 s already spent on the deadline again.
+        # a fixed wait of their length would wait out the 3 s spent on the deadline again.
         conn = await asyncpg.connect(postgres_dsn)
         try:
             left = await conn.fetchval(
