@@ -21,6 +21,7 @@ from ledger.events import ConsentRevoked, InboundMessageReceived
 from ledger.ports import ConsistencyToken, Stream
 from ledger.view_keys import message_key
 from services.adapters.kafka_ledger import KafkaLedger
+from services.settings import FreshnessSettings
 from services.usecases.writes import RESOLUTION_PREFIX
 from tests.builders import proof_proto as proof
 from tests.e2e.harness import (
@@ -55,6 +56,17 @@ async def service(module_serve):
     clock = module_clock()
     campaign = define("acme", "promo", clock.now - timedelta(days=1), [NUMBER])
     return await module_serve(name="races", clock=clock, campaigns=[campaign]), clock
+
+
+@pytest.fixture(scope="module")
+async def short_bound(module_serve):
+    """``service`` with a freshness bound of a second, not five: for the tests that
+    wait it out whole."""
+    clock = module_clock()
+    campaign = define("acme", "promo", clock.now - timedelta(days=1), [NUMBER])
+    bound = FreshnessSettings(refresh_interval=0.05, wait_bound=1.0)
+    runtime = await module_serve(name="bound", clock=clock, campaigns=[campaign], freshness=bound)
+    return runtime, clock
 
 
 def token(*writes) -> str:
@@ -493,7 +505,7 @@ async def test_a_text_refused_as_too_large_leaves_its_message_id_free(serve, kaf
 
 
 @pytest.mark.parametrize("to", [NUMBER, UNOWNED], ids=["owned", "unowned"])
-async def test_a_text_whose_message_id_a_dead_instance_took_is_recorded_once(service, to):
+async def test_a_text_whose_message_id_a_dead_instance_took_is_recorded_once(short_bound, to):
     """An instance takes a STOP's provider message id and is killed before its append:
     the id stays taken for facts never written, through every restart. The gateway's
     delivery under a new request id is recorded (to a campaign's number once the
@@ -502,7 +514,7 @@ async def test_a_text_whose_message_id_a_dead_instance_took_is_recorded_once(ser
     confirm again (a text after the STOP) or held again (one more hold to dismiss).
     Now the delivery recorded takes the message id over, and a redelivery is
     answered as it: no reply owed, nothing held again."""
-    runtime, clock = service
+    runtime, clock = short_bound
     async with client(runtime.address, "acme-app") as c:
         phone = "+14155550188" if to == NUMBER else "+14155550189"
         await c.RecordOptIn(opt_in(phone, "acme", "promo", clock.now - timedelta(days=1)))
