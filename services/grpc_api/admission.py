@@ -30,10 +30,12 @@ opening took its call), so streams opened at once do not each take a message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from typing import Any, TypeAlias
 
 import grpc
@@ -303,3 +305,32 @@ class CallerLimits:
         bucket = self._buckets.get(caller)
         if bucket is not None and cost > 0:
             bucket.charge(cost)
+
+
+class OpenStreams:
+    """How many streams of one kind each caller has open, at most ``most``: a stream
+    is one call however long it runs, so a caller's rate limit does not bound what
+    its open streams hold."""
+
+    def __init__(self, kind: str, most: int, why: str) -> None:
+        self.kind, self.most, self._why = kind, most, why
+        self._open: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def opened(self, caller: str) -> Iterator[None]:
+        """A stream of ``caller``'s, open until the block ends; ``RateLimited`` when
+        ``most`` of its are open already."""
+        if self._open[caller] >= self.most:
+            raise RateLimited(
+                caller,
+                f"{self.most} {self.kind} streams of this caller are open, the most at "
+                f"once ({self._why}): open this one when one ends",
+                retry_after=1.0,
+            )
+        self._open[caller] += 1
+        try:
+            yield
+        finally:
+            self._open[caller] -= 1
+            if not self._open[caller]:
+                del self._open[caller]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +21,8 @@ from consent.v1 import consent_service_pb2 as api_pb2
 from ledger.commands import HoldRefusedOptOut, RecordOptIn, RecordOptOut
 from ledger.digest import informational_only
 from ledger.errors import DomainError, InvalidRequest
-from services.errors import NotConsistent, OutcomeUnknown, RateLimited
+from services.errors import NotConsistent, OutcomeUnknown
+from services.grpc_api.admission import OpenStreams
 from services.grpc_api.deadlines import MARGIN, MARGIN_AT_MOST
 from services.metrics import ServiceMetrics
 from services.usecases.imports import ChunkResult, Imports, Item
@@ -83,27 +83,19 @@ class CallerImports:
 
     def __init__(self) -> None:
         self._slots: dict[str, asyncio.Semaphore] = {}
-        self._open: Counter[str] = Counter()
+        self._open = OpenStreams(
+            "import",
+            MAX_STREAMS,
+            f"its streams share {IN_FLIGHT} chunks worked on at once, so more import "
+            "no faster: send the records through those",
+        )
 
     @contextlib.contextmanager
     def opened(self, caller: str) -> Iterator[asyncio.Semaphore]:
         """A stream of ``caller``'s, open until the block ends, and its caller's slots;
         ``RateLimited`` when ``MAX_STREAMS`` of its are open already."""
-        if self._open[caller] >= MAX_STREAMS:
-            raise RateLimited(
-                caller,
-                f"{MAX_STREAMS} import streams of this caller are open, the most at once "
-                f"(its streams share {IN_FLIGHT} chunks worked on at once, so more import "
-                "no faster): send the records through those, or open this one when one ends",
-                retry_after=1.0,
-            )
-        self._open[caller] += 1
-        try:
+        with self._open.opened(caller):
             yield self._slots.setdefault(caller, asyncio.Semaphore(IN_FLIGHT))
-        finally:
-            self._open[caller] -= 1
-            if not self._open[caller]:
-                del self._open[caller]
 
 
 def items_from_proto(
