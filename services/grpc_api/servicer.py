@@ -61,6 +61,7 @@ from services.errors import (
     Unauthenticated,
 )
 from services.grpc_api import imports as imports_api
+from services.grpc_api.admission import OpenStreams
 from services.grpc_api.auth import Principal, Scope, TokenAuthenticator
 from services.grpc_api.deadlines import within, write_budget
 from services.grpc_api.errors import (
@@ -82,6 +83,11 @@ from services.wire.enums import WireFormatError
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
+
+MAX_WATCHES = 100
+"""``WatchConsentChanges`` streams one caller may have open at once: each reads the
+view again whenever the view moves, so a thousand watches of one caller read it a
+thousand times a write."""
 
 _ABORTING: set[asyncio.Future[None]] = set()
 """Statuses being sent to streams ended from outside (``_while_reader``): held here,
@@ -311,6 +317,12 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         """Set when the server stops: change streams end, UNAVAILABLE, at once rather
         than at the end of the grace period, and their clients resume elsewhere."""
         self._imports = imports_api.CallerImports()
+        self._watches = OpenStreams(
+            "WatchConsentChanges",
+            MAX_WATCHES,
+            "each reads the view again whenever it moves: watch a brand's campaigns "
+            "in one stream, or resume one that ended",
+        )
 
     def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         """The caller, by its bearer token or client certificate; ``Unauthenticated``
@@ -710,29 +722,30 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             lambda: _start_once(request),
             *_target(None, request.brand, campaign),
         )
-        changes = self.usecases.audit.watch_changes(
-            request.brand,
-            _resume_token(request.resume_token),
-            from_now=request.from_now,
-            campaign=campaign,
-            messages=request.include_messages,
-            stopping=self.stopping,
-            reader=reader,
-        )
-        self.metrics.watchers += 1
-        try:
-            async with self._while_reader(context, "WatchConsentChanges", request.brand):
-                async for recorded, token in changes:
-                    self._reader(context, request.brand)  # still one (_reader's docstring)
-                    # Each yield returns once gRPC has taken the message, which waits for
-                    # room in the client's flow-control window: the back-pressure.
-                    self.metrics.changes_streamed += 1
-                    yield api_pb2.WatchConsentChangesResponse(
-                        event=codec.recorded_to_proto(recorded), resume_token=token.encode()
-                    )
-        finally:
-            self.metrics.watchers -= 1
-            await changes.aclose()  # its read of the view ends with the call
+        with self._watches.opened(reader.subject):
+            changes = self.usecases.audit.watch_changes(
+                request.brand,
+                _resume_token(request.resume_token),
+                from_now=request.from_now,
+                campaign=campaign,
+                messages=request.include_messages,
+                stopping=self.stopping,
+                reader=reader,
+            )
+            self.metrics.watchers += 1
+            try:
+                async with self._while_reader(context, "WatchConsentChanges", request.brand):
+                    async for recorded, token in changes:
+                        self._reader(context, request.brand)  # still one (_reader's docstring)
+                        # Each yield returns once gRPC has taken the message, which waits
+                        # for room in the client's flow-control window: the back-pressure.
+                        self.metrics.changes_streamed += 1
+                        yield api_pb2.WatchConsentChangesResponse(
+                            event=codec.recorded_to_proto(recorded), resume_token=token.encode()
+                        )
+            finally:
+                self.metrics.watchers -= 1
+                await changes.aclose()  # its read of the view ends with the call
         raise ShuttingDown(
             "resume_token", "the server is stopping; watch again with the last resume_token"
         )

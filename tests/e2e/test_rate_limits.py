@@ -15,6 +15,7 @@ from consent.v1 import consent_service_pb2_grpc as api_grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from services.grpc_api import servicer
 from services.grpc_api.auth import token_digest
 from services.grpc_api.imports import MAX_STREAMS
 from services.settings import RateLimit
@@ -31,6 +32,14 @@ ENTRIES = {
     "defaulted": ("defaulted-secret", {}),
     "ops": ("ops-secret", {"rate": "unlimited"}),
     "importer": ("importer-secret", {"rate": "unlimited"}),
+    "watcher": ("watcher-secret", {"rate": "unlimited"}),
+    "auditor": ("auditor-secret", {"rate": "unlimited"}),
+}
+SCOPES = {
+    "sender": ["check", "write"],
+    "importer": ["check", "write"],
+    "watcher": ["audit"],
+    "auditor": ["audit"],
 }
 
 
@@ -40,7 +49,7 @@ def tokens_file(tmp_path):
         {
             "name": name,
             "sha256": token_digest(token),
-            "scopes": ["check", "write"] if name in ("sender", "importer") else ["check"],
+            "scopes": SCOPES.get(name, ["check"]),
             "brands": ["acme"],
             **rate,
         }
@@ -231,3 +240,59 @@ async def test_a_caller_with_as_many_import_streams_open_as_it_may_is_refused_on
         assert len(held) == MAX_STREAMS
         for stream in held:
             await ended(stream)
+
+
+async def test_a_caller_with_as_many_watches_open_as_it_may_is_refused_one_more(
+    tmp_path, postgres_dsn, monkeypatch
+) -> None:
+    """Each open ``WatchConsentChanges`` reads the view again whenever it moves, and a
+    stream is one call however long it runs: unbounded, one caller's thousand
+    watches read the view a thousand times a write. One past ``MAX_WATCHES`` (three
+    here) is refused, with when to retry and whose quota it is; another caller is
+    not; and once one is cancelled, the caller may open another."""
+    monkeypatch.setattr(servicer, "MAX_WATCHES", 3)
+    settings = dataclasses.replace(
+        service_settings(tmp_path, postgres_dsn, kafka=None), tokens_file=tokens_file(tmp_path)
+    )
+    request = api.WatchConsentChangesRequest(brand="acme", from_now=True)
+
+    async with running(settings) as runtime, grpc.aio.insecure_channel(runtime.address) as ch:
+        stub = api_grpc.ConsentServiceStub(ch)
+
+        async def opened(who: str) -> grpc.aio.UnaryStreamCall:
+            """A watch the server serves (idle: nothing changes), or the refusal."""
+            before = runtime.metrics.watchers
+            watch = stub.WatchConsentChanges(
+                request, metadata=[("authorization", f"Bearer {ENTRIES[who][0]}")], timeout=20
+            )
+            for _ in range(200):
+                if runtime.metrics.watchers > before:
+                    return watch
+                if watch.done():
+                    await watch.read()  # raises the refusal
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"{who}'s watch neither served nor refused in 2 s")
+
+        held = [await opened("watcher") for _ in range(3)]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await opened("watcher")
+        delay, subjects = retry_and_quota(refused.value)
+        assert 0 < delay <= 1 and subjects == ["caller:watcher"]
+        assert "3 WatchConsentChanges streams" in (refused.value.details() or "")
+
+        held.append(await opened("auditor"))  # another caller's
+        held.pop(0).cancel()
+        for _ in range(200):  # the server ends the cancelled watch
+            if runtime.metrics.watchers == 3:
+                break
+            await asyncio.sleep(0.01)
+        for _ in range(50):
+            try:
+                held.append(await opened("watcher"))
+                break
+            except grpc.aio.AioRpcError as again:
+                assert again.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, again
+                await asyncio.sleep(0.1)
+        assert runtime.metrics.watchers == 4  # three of its own, one the auditor's
+        for watch in held:
+            watch.cancel()
