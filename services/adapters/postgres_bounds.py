@@ -142,8 +142,8 @@ async def close_pool(pool: asyncpg.Pool, within: float = CLOSE_WITHIN_S) -> None
     """Close ``pool`` gracefully, or drop its connections after ``within`` seconds.
 
     asyncpg's ``Pool.close()`` has no bound of its own: a connection waiting for the
-    server to acknowledge a cancelled statement (a server frozen, or the statement
-    ended just as it was cancelled, which the server then never acknowledges) waits
+    server to acknowledge a cancelled statement (a server frozen; once, an idle
+    server, most likely because the cancel came after its statement ended) waits
     forever, and a service told to stop did not stop. asyncpg advises bounding it;
     past the bound it terminates the pool itself."""
     try:
