@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -22,6 +24,8 @@ from services.settings import RateLimit
 from tests.e2e.harness import running, service_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+T = TypeVar("T")
 
 CHECK = api.CanSendRequest(phone="+14155552671", brand="acme", campaign="promo")
 ENTRIES = {
@@ -153,6 +157,19 @@ async def test_a_batch_of_sends_counts_as_many_calls_as_it_has_messages(
         assert 14 < delay <= 16 and subjects == ["caller:sender"]
 
 
+async def given_back(opened: Callable[[str], Awaitable[T]], who: str) -> T:
+    """``opened(who)`` once a stream of ``who``'s its client cancelled has given its
+    place back: refused ``RESOURCE_EXHAUSTED`` until the server hears of the cancel,
+    tried again for up to 5 s."""
+    for _ in range(50):
+        try:
+            return await opened(who)
+        except grpc.aio.AioRpcError as refused:
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{who}'s cancelled stream did not give its place back in 5 s")
+
+
 async def test_an_import_counts_as_many_calls_as_it_streams_records(tmp_path, postgres_dsn) -> None:
     """An ``ImportConsents`` stream, one call, is charged its records as a batch is:
     uncounted, a caller limited to a call a second imported thousands. Its 20
@@ -230,13 +247,7 @@ async def test_a_caller_with_as_many_import_streams_open_as_it_may_is_refused_on
         held.append(await opened("importer"))
         # One its client cancels is given back too, once the server hears of it.
         held.pop().cancel()
-        for _ in range(50):
-            try:
-                held.append(await opened("importer"))
-                break
-            except grpc.aio.AioRpcError as refused:
-                assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused
-                await asyncio.sleep(0.1)
+        held.append(await given_back(opened, "importer"))
         assert len(held) == MAX_STREAMS
         for stream in held:
             await ended(stream)
@@ -286,13 +297,7 @@ async def test_a_caller_with_as_many_watches_open_as_it_may_is_refused_one_more(
             if runtime.metrics.watchers == 3:
                 break
             await asyncio.sleep(0.01)
-        for _ in range(50):
-            try:
-                held.append(await opened("watcher"))
-                break
-            except grpc.aio.AioRpcError as again:
-                assert again.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, again
-                await asyncio.sleep(0.1)
+        held.append(await given_back(opened, "watcher"))
         assert runtime.metrics.watchers == 4  # three of its own, one the auditor's
         for watch in held:
             watch.cancel()
