@@ -914,6 +914,27 @@ _KIND_POINT = {
 
 _CONSENT_POINTS = frozenset({"grant", "stop", "flag", "resolution", "resume", "reconfirmation"})
 """The timeline's points that may change where consent stands."""
+
+_POINT_ORDER = {
+    kind: i
+    for i, kind in enumerate(
+        (
+            "reply",
+            "grant",
+            "resume",
+            "reconfirmation",
+            "flag",
+            "resolution",
+            "stop",
+            "confirmation",
+            "message",
+        )
+    )
+}
+"""The order of the timeline's points at one instant: the person's text, then the facts
+that give consent, then those that withdraw it (an opt-out wins a tie), then what was
+sent. Facts of one kind at one instant go by event id. Ordered by the facts alone, not
+where each was placed, two ledgers holding the same facts draw the same timeline."""
 _CONSENT_FACTS = (
     ConsentGranted
     | ConsentRevoked
@@ -936,20 +957,21 @@ _PICTURED = {
 def _states_after(
     folded: Sequence[Recorded], wanted: set[str], campaign: str | None, revoke_all: set[str]
 ) -> dict[str, str]:
-    """For each fact of ``wanted`` (event ids), where consent stands once it and every
-    fact before it in world order are folded, as GetConsent reads the fold: for
+    """For each fact of ``wanted`` (event ids), where consent stands once every fact up
+    to its instant in world order is folded, as GetConsent reads the fold: for
     ``campaign``, or for the brand's campaigns (active if any one is).
 
     The picture once took each point's kind for the state it left: an opt-in drew
     "active" after it where the fold denies (an opt-out at the same instant, which
-    wins the tie; an opt-out held for review before it; a START with no opt-in)."""
+    wins the tie; an opt-out held for review before it; a START with no opt-in).
+    Facts of one instant leave one state, whichever of them was placed first: the
+    fold reads them as one moment, and two ledgers holding them in two orders drew
+    two pictures."""
     states = {False: SubscriberState(), True: SubscriberState()}  # brand's, ANY_BRAND's
     found: dict[str, str] = {}
-    for r in sorted(folded, key=lambda r: r.order_key):
-        wide = isinstance(r.event, SubscriberEvent) and r.event.brand == ANY_BRAND
-        states[wide] = fold([r], states[wide])
-        if str(r.event.event_id) not in wanted:
-            continue
+    waiting: list[str] = []  # wanted facts of the instant being folded
+
+    def picture() -> str:
         digest = digest_of(states[False])
         if states[True].pending_candidates():
             digest = with_phone_wide(digest, digest_of(states[True])) or digest
@@ -967,9 +989,19 @@ def _states_after(
             ]
             for name in names
         }
-        found[str(r.event.event_id)] = next(
-            s for s in ("active", "review", "revoked", "none") if s in pictured
-        )
+        return next(s for s in ("active", "review", "revoked", "none") if s in pictured)
+
+    ordered = sorted(folded, key=lambda r: r.order_key)
+    for i, r in enumerate(ordered):
+        wide = isinstance(r.event, SubscriberEvent) and r.event.brand == ANY_BRAND
+        states[wide] = fold([r], states[wide])
+        if str(r.event.event_id) in wanted:
+            waiting.append(str(r.event.event_id))
+        last = i + 1 == len(ordered) or ordered[i + 1].event.occurred_at != r.event.occurred_at
+        if waiting and last:
+            state = picture()
+            found.update((event_id, state) for event_id in waiting)
+            waiting.clear()
     return found
 
 
@@ -979,11 +1011,12 @@ def _timeline(
     campaign: str | None,
     revoke_all: set[str],
 ) -> list[TimelinePoint]:
-    """The picture's points, each consent fact with the state it leaves (``_states_after``)."""
+    """The picture's points in world order (``_POINT_ORDER`` at one instant), each
+    consent fact with the state it leaves (``_states_after``)."""
     points = []
     wanted = {str(r.event.event_id) for r in shown if isinstance(r.event, _CONSENT_FACTS)}
     after = _states_after(folded, wanted, campaign, revoke_all)
-    for r in sorted(shown, key=lambda r: r.order_key):
+    for r in shown:
         e = r.event
         named = getattr(e, "campaign", None)
         if isinstance(e, ConsentGranted):
@@ -1013,7 +1046,7 @@ def _timeline(
             continue
         state = after.get(str(e.event_id)) if kind in _CONSENT_POINTS else None
         points.append(TimelinePoint(e.occurred_at, kind, label, str(e.event_id), named, state))
-    return points
+    return sorted(points, key=lambda p: (p.at, _POINT_ORDER[p.kind], p.event_id))
 
 
 def _missing(opt_ins: Sequence[ProofOfOptIn], campaign: str | None) -> tuple[Missing, ...]:

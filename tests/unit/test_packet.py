@@ -510,3 +510,30 @@ def test_a_send_that_did_not_reconfirm_when_it_had_to_shows_the_obligation_unmet
     [message] = assemble(record(events), PHONE, BRAND, "promo", NOW).messages
     assert "reconfirm_in_this_message" in message.decision.obligations
     assert message.unmet_obligations == ("reconfirm_in_this_message",)
+
+
+def test_the_timeline_at_one_instant_is_ordered_by_the_facts_not_their_places():
+    """Facts of one instant were listed in the order they were placed, and each drew
+    the state the facts placed before it left: two ledgers holding the same facts in
+    two orders gave two timelines. At one instant the person's text comes first, then
+    what gives consent, then what withdraws it, then what was sent, one kind by event
+    id; every fact of the instant leaves the state they leave together."""
+    grant = granted(at(0))
+    help_text = _text(at(5), "HELP", "in-1", intent="help")
+    messages = [sent(at(5)) for _ in range(3)]
+    help_reply = sent(at(5), kind=MessageKind.HELP_REPLY)
+    stop, opt_in = _stop(at(days=1), text="Stop"), granted(at(days=1))
+    facts = [grant, help_text, *messages, help_reply, stop, opt_in]
+    orders = [facts, facts[::-1], [grant, *messages[::-1], opt_in, help_reply, stop, help_text]]
+    packets = [assemble(record([_defined(), *o]), PHONE, BRAND, None, NOW) for o in orders]
+    timelines = {p.timeline for p in packets}
+    assert len(timelines) == 1, timelines
+    [timeline] = timelines
+    ids = sorted(str(m.event_id) for m in (*messages, help_reply))
+    assert [(p.kind, p.event_id, p.state) for p in timeline] == [
+        ("grant", str(grant.event_id), "active"),
+        ("reply", str(help_text.event_id), None),
+        *(("message", i, None) for i in ids),
+        ("grant", str(opt_in.event_id), "revoked"),
+        ("stop", str(stop.event_id), "revoked"),
+    ]
