@@ -89,6 +89,12 @@ MAX_WATCHES = 100
 view again whenever the view moves, so a thousand watches of one caller read it a
 thousand times a write."""
 
+MAX_SWEEPS = 4
+"""``SweepCampaign`` streams one caller may have open at once: each walks a
+campaign's events page by page, on one of the view's connections while it reads,
+so one caller's sweeps started by the hundred took the connections, and every
+other brand's calls past their deadlines."""
+
 _ABORTING: set[asyncio.Future[None]] = set()
 """Statuses being sent to streams ended from outside (``_while_reader``): held here,
 as asyncio keeps only weak references to tasks, until the client has them."""
@@ -322,6 +328,12 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             MAX_WATCHES,
             "each reads the view again whenever it moves: watch a brand's campaigns "
             "in one stream, or resume one that ended",
+        )
+        self._sweeps = OpenStreams(
+            "SweepCampaign",
+            MAX_SWEEPS,
+            "each walks the campaign's events on one of the view's connections: "
+            "sweep the campaigns in turn, or resume one that ended",
         )
 
     def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
@@ -765,35 +777,36 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             lambda: _sweep_skip(request),
             *_target(None, request.brand, request.campaign),
         )
-        found = self.usecases.audit.sweep(
-            request.brand,
-            request.campaign,
-            api.optional_time(request, "start_time"),
-            api.optional_time(request, "end_time"),
-            _token(request.at_least_as_fresh),
-            reader=reader,
-            resume_at=_sweep_resume_at(request.resume_read_at),
-            skip=frozenset(request.resume_partitions_done),
-        )
-        token = ""
-        try:
-            async with self._while_reader(context, "SweepCampaign", request.brand):
-                async for item in found:
-                    self._reader(context, request.brand)  # still one (_reader's docstring)
-                    if isinstance(item, SweepProgress):
-                        token = item.token.encode()
-                        yield api.sweep_progress_to_proto(
-                            item.events_read,
-                            item.sends_judged,
-                            item.findings,
-                            item.done,
-                            token,
-                            item.partitions_done,
-                        )
-                    else:
-                        yield api.sweep_finding_to_proto(item, token)
-        finally:
-            await found.aclose()  # its read of the view ends with the call
+        with self._sweeps.opened(reader.subject):
+            found = self.usecases.audit.sweep(
+                request.brand,
+                request.campaign,
+                api.optional_time(request, "start_time"),
+                api.optional_time(request, "end_time"),
+                _token(request.at_least_as_fresh),
+                reader=reader,
+                resume_at=_sweep_resume_at(request.resume_read_at),
+                skip=frozenset(request.resume_partitions_done),
+            )
+            token = ""
+            try:
+                async with self._while_reader(context, "SweepCampaign", request.brand):
+                    async for item in found:
+                        self._reader(context, request.brand)  # still one (_reader's docstring)
+                        if isinstance(item, SweepProgress):
+                            token = item.token.encode()
+                            yield api.sweep_progress_to_proto(
+                                item.events_read,
+                                item.sends_judged,
+                                item.findings,
+                                item.done,
+                                token,
+                                item.partitions_done,
+                            )
+                        else:
+                            yield api.sweep_finding_to_proto(item, token)
+            finally:
+                await found.aclose()  # its read of the view ends with the call
 
     @translate_errors
     @accountable

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import TypeVar
 
 import grpc
@@ -21,7 +23,7 @@ from services.grpc_api import servicer
 from services.grpc_api.auth import token_digest
 from services.grpc_api.imports import MAX_STREAMS
 from services.settings import RateLimit
-from tests.e2e.harness import running, service_settings
+from tests.e2e.harness import define, now, running, service_settings, ts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -38,12 +40,16 @@ ENTRIES = {
     "importer": ("importer-secret", {"rate": "unlimited"}),
     "watcher": ("watcher-secret", {"rate": "unlimited"}),
     "auditor": ("auditor-secret", {"rate": "unlimited"}),
+    "sweeper": ("sweeper-secret", {"rate": "unlimited"}),
+    "operator": ("operator-secret", {"rate": "unlimited"}),
 }
 SCOPES = {
     "sender": ["check", "write"],
     "importer": ["check", "write"],
     "watcher": ["audit"],
     "auditor": ["audit"],
+    "sweeper": ["audit"],
+    "operator": ["write", "admin"],
 }
 
 
@@ -301,3 +307,87 @@ async def test_a_caller_with_as_many_watches_open_as_it_may_is_refused_one_more(
         assert runtime.metrics.watchers == 4  # three of its own, one the auditor's
         for watch in held:
             watch.cancel()
+
+
+async def test_a_caller_with_as_many_sweeps_open_as_it_may_is_refused_one_more(
+    tmp_path, postgres_dsn, monkeypatch
+) -> None:
+    """Each open ``SweepCampaign`` walks the campaign's events on one of the view's
+    connections, and a stream is one call however long it runs: unbounded, one
+    caller's hundreds of sweeps took the connections and other brands' calls passed
+    their deadlines. One past ``MAX_SWEEPS`` (two here) is refused, with when to
+    retry and whose quota it is; another caller is not; and a sweep gives its place
+    back however it ends: read to its end, cancelled, past its deadline, or its
+    connection closed, each while the server waits for the client to read on."""
+    monkeypatch.setattr(servicer, "MAX_SWEEPS", 2)
+    settings = dataclasses.replace(
+        service_settings(tmp_path, postgres_dsn, kafka=None), tokens_file=tokens_file(tmp_path)
+    )
+    at = now() - timedelta(days=1)
+    # A thousand sends with no consent, a finding each: some 200 KB of answers, past
+    # the client's window, so a sweep its client does not read stays open.
+    sends = api.RecordMessagesSentRequest(
+        request_id=uuid.uuid4().hex,
+        brand="acme",
+        messages=[
+            api.SentMessage(
+                phone=f"+1415555{i:04d}", campaign="promo", message_id=f"SM{i}", occurred_at=ts(at)
+            )
+            for i in range(1000)
+        ],
+    )
+    request = api.SweepCampaignRequest(
+        brand="acme", campaign="promo", start_time=ts(at - timedelta(days=1)), end_time=ts(now())
+    )
+    # No growing of the window as answers come fast: it stays at HTTP/2's 64 KB.
+    window = [("grpc.http2.bdp_probe", 0)]
+
+    async with (
+        running(settings) as runtime,
+        grpc.aio.insecure_channel(runtime.address, options=window) as ch,
+    ):
+        stub = api_grpc.ConsentServiceStub(ch)
+        operator = [("authorization", f"Bearer {ENTRIES['operator'][0]}")]
+        await stub.DefineCampaign(
+            define("acme", "promo", at - timedelta(days=1)), metadata=operator
+        )
+        await stub.RecordMessagesSent(sends, metadata=operator, timeout=30)
+
+        async def opened(
+            who: str, channel: grpc.aio.Channel = ch, timeout: float = 20
+        ) -> grpc.aio.UnaryStreamCall:
+            """A sweep the server serves (its first answer read), or the refusal."""
+            sweep = api_grpc.ConsentServiceStub(channel).SweepCampaign(
+                request, metadata=[("authorization", f"Bearer {ENTRIES[who][0]}")], timeout=timeout
+            )
+            assert (await sweep.read()).HasField("progress")
+            return sweep
+
+        held = [await opened("sweeper") for _ in range(2)]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await opened("sweeper")
+        delay, subjects = retry_and_quota(refused.value)
+        assert 0 < delay <= 1 and subjects == ["caller:sweeper"]
+        assert "2 SweepCampaign streams" in (refused.value.details() or "")
+        held.append(await opened("auditor"))  # another caller's
+
+        # Read to its end.
+        done, answers = held.pop(0), 1
+        while await done.read() is not grpc.aio.EOF:
+            answers += 1
+        assert answers > 1000
+        held.insert(0, await opened("sweeper"))
+        # Cancelled.
+        held.pop(0).cancel()
+        held.insert(0, await given_back(opened, "sweeper"))
+        # Past its deadline.
+        held.pop(0).cancel()
+        held.insert(0, await given_back(lambda who: opened(who, timeout=1), "sweeper"))
+        held.insert(0, await given_back(opened, "sweeper"))  # once that one's deadline passed
+        # Its connection closed.
+        held.pop(0).cancel()
+        async with grpc.aio.insecure_channel(runtime.address, options=window) as other:
+            await given_back(lambda who: opened(who, other), "sweeper")
+        held.insert(0, await given_back(opened, "sweeper"))
+        for sweep in held:
+            sweep.cancel()
