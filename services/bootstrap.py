@@ -41,7 +41,7 @@ from services.freshness import FreshnessGuard, ViewAheadOfLedger, WatchedAppends
 from services.grpc_api.admission import CallerLimits
 from services.grpc_api.auth import TokenAuthenticator, write_dev_tokens
 from services.grpc_api.credentials import TlsFiles, file_stamp, follow_tokens
-from services.grpc_api.server import LIVENESS, CannotListen, GrpcServer
+from services.grpc_api.server import LIVENESS, CannotListen, GrpcServer, connection_options
 from services.grpc_api.servicer import ConsentServicer
 from services.metrics import ServiceMetrics, TimedAppends, read_on_loop
 from services.projector import Projector, supervise
@@ -474,7 +474,8 @@ class Runtime:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
         servicer = health.aio.HealthServicer()
-        server = grpc.aio.server()
+        # The serving port's bounds on a connection (``GrpcServer``'s health port).
+        server = grpc.aio.server(options=connection_options(self.settings.connections))
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
         host, _ = host_and_port(listen, "CONSENT_HEALTH_LISTEN")
         try:

@@ -264,8 +264,15 @@ class GrpcServer:
         )
         self._health_server: grpc.aio.Server | None = None
         if health_listen:
+            # The same bounds on a connection as the API's port: it takes no token,
+            # so anyone who reaches it could otherwise hold connections and their
+            # streams (a health Watch) for ever, and ping as often as it likes.
             self._health_server = grpc.aio.server(
-                options=[("grpc.so_reuseport", int(reuse_port))], interceptors=[Admission(None)]
+                options=[
+                    ("grpc.so_reuseport", int(reuse_port)),
+                    *connection_options(connections or ConnectionLimits()),
+                ],
+                interceptors=[Admission(None)],
             )
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
         self._port = self._health_port = 0

@@ -58,7 +58,9 @@ async def served(
 
 @pytest.fixture(scope="module")
 async def runtime(module_serve: Callable[..., Awaitable[Runtime]]) -> Runtime:
-    return await served(module_serve, LIMITS, metrics_listen="127.0.0.1:0")
+    return await served(
+        module_serve, LIMITS, metrics_listen="127.0.0.1:0", health_listen="127.0.0.1:0"
+    )
 
 
 async def watching(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamCall:
@@ -251,6 +253,34 @@ async def test_a_connection_with_no_call_is_closed_and_reopened(runtime: Runtime
         assert took >= LIMITS.max_idle - 0.2
         answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_the_plaintext_health_port_holds_a_connection_to_the_same_limits(
+    runtime: Runtime,
+) -> None:
+    # It takes no token: without the limits anyone who reached it could hold a
+    # connection, and its health watches, for ever, and ping it as often as it liked.
+    address = runtime.server.health_address if runtime.server else None
+    assert address is not None
+    async with grpc.aio.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=10) for _ in range(2)]
+        for watch in watches:
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        third = asyncio.ensure_future(health.Check(health_pb2.HealthCheckRequest(), timeout=10))
+        await asyncio.sleep(0.5)
+        assert not third.done(), "a third call ran beside two open streams"
+        watches[0].cancel()
+        async with asyncio.timeout(5):
+            await third
+        watches[1].cancel()
+
+        async def closed() -> bool:
+            return channel.get_state() != grpc.ChannelConnectivity.READY
+
+        assert await until(closed, within=5) >= LIMITS.max_idle - 0.2
+    refused = await goaway_to_pinger(address, every=0.1, within=LIMITS.max_idle / 2)
+    assert refused == (ENHANCE_YOUR_CALM, b"too_many_pings")
 
 
 async def test_an_aged_connection_takes_no_new_call_but_keeps_its_watch(

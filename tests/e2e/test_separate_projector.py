@@ -58,8 +58,9 @@ def serving_settings(tmp: Path, dsn: str, bootstrap: str | None, **changes: Any)
     return dataclasses.replace(settings, freshness=fresh, **changes)
 
 
-def projector_env(settings: Settings) -> dict[str, str]:
-    """The environment of a ``project`` process with ``settings``' ledger and view."""
+def projector_env(settings: Settings, **more: str) -> dict[str, str]:
+    """The environment of a ``project`` process with ``settings``' ledger and view;
+    ``more`` adds settings."""
     env = {
         **os.environ,
         "CONSENT_LEDGER": settings.ledger,
@@ -67,6 +68,7 @@ def projector_env(settings: Settings) -> dict[str, str]:
         "CONSENT_PROJECTOR_GROUP": settings.projector_group,
         "CONSENT_HEALTH_LISTEN": "127.0.0.1:0",
         "CONSENT_METRICS_LISTEN": "127.0.0.1:0",
+        **more,
     }
     env.pop("CONSENT_AUTH_TOKENS_FILE", None)  # it serves no API: it needs none
     if settings.kafka is not None:
@@ -96,11 +98,11 @@ class ProjectorProcess:
         return out
 
 
-def start_projector(settings: Settings) -> ProjectorProcess:
+def start_projector(settings: Settings, **more: str) -> ProjectorProcess:
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "project"],
         cwd=ROOT,
-        env=projector_env(settings),
+        env=projector_env(settings, **more),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -120,8 +122,8 @@ def start_projector(settings: Settings) -> ProjectorProcess:
 
 
 @contextmanager
-def projector(settings: Settings) -> Iterator[ProjectorProcess]:
-    started = start_projector(settings)
+def projector(settings: Settings, **more: str) -> Iterator[ProjectorProcess]:
+    started = start_projector(settings, **more)
     try:
         yield started
     finally:
@@ -227,12 +229,21 @@ async def test_the_postgres_ledger_can_be_projected_by_a_separate_process_too(
     when = noon_in_los_angeles()
     settings = serving_settings(tmp_path, postgres_dsn, None, projector="off")
     async with serving(settings, when) as service, client(service.address, "acme-app") as app:
-        with projector(settings) as separate:
+        with projector(settings, CONSENT_GRPC_MAX_CONNECTION_IDLE_S="1") as separate:
             async with client(service.address) as admin:
                 await admin.DefineCampaign(define("acme", "promo", when - timedelta(1)))
             granted = await app.RecordOptIn(opt_in("+14155552900", "acme", "promo", when))
             answer = await eventually_answered(app, "+14155552900", granted.consistency_token)
             assert answer.allowed, answer
+            # Its health port, which takes no token, holds a connection to the
+            # serving port's limits: one with no call is closed past the idle limit.
+            async with grpc.aio.insecure_channel(separate.health) as channel:
+                await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5
+                )
+                async with asyncio.timeout(5):
+                    while channel.get_state() == grpc.ChannelConnectivity.READY:
+                        await asyncio.sleep(0.05)
             separate.stop()
 
 
