@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from services.grpc_api.admission import CallerLimits, TokenBucket
+from services.errors import RateLimited
+from services.grpc_api.admission import CallerLimits, OpenStreams, TokenBucket
 from services.settings import UNLIMITED, RateLimit
 
 
@@ -188,3 +191,63 @@ async def test_import_streams_opened_at_once_each_wait_for_their_first_message(
     assert await asyncio.gather(*streams) == ["answered"] * 2
     # 5 - 2 opened = 3; 3 - 19 = -16 after the first message: 1.6 s to pay off.
     assert [(n, round(at - 1000.0, 6)) for n, at in read] == [(20, 0.0), (20, 1.6)]
+
+
+async def test_a_stream_gives_its_place_back_however_it_ends() -> None:
+    """A stream holds its place in an async generator, as the servicer's do; a place
+    not given back locks its caller out until a restart. It is given back when the
+    stream runs to its end, fails part way (bad input, a revoked token), is cancelled
+    while it waits (the client cancelled, its deadline passed, its connection went),
+    and when it is dropped while it waits at a ``yield``: gRPC cancels a call whose
+    client went away while its send waits for the client to read, and never closes
+    the generator; the loop's finalizer closes it once no one holds it, which takes
+    no collection of cycles (turned off here)."""
+    streams = OpenStreams("test", 1, "one at a time")
+    gate = asyncio.Event()
+
+    async def stream(fail: bool = False) -> AsyncIterator[int]:
+        with streams.opened("acme-app"):
+            yield 1
+            if fail:
+                raise ValueError("a bad chunk")
+            await gate.wait()
+            yield 2
+
+    def given_back() -> bool:
+        with streams.opened("acme-app"):
+            return True
+
+    # Read to its end.
+    gate.set()
+    assert [item async for item in stream()] == [1, 2]
+    assert given_back()
+    gate.clear()
+    # Failed part way.
+    with pytest.raises(ValueError):
+        _ = [item async for item in stream(fail=True)]
+    assert given_back()
+    # Cancelled while it waits.
+    waiting = stream()
+    assert await anext(waiting) == 1
+    task = asyncio.ensure_future(anext(waiting))
+    await asyncio.sleep(0)
+    with pytest.raises(RateLimited):
+        given_back()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert given_back()
+    # Dropped at a yield, never closed.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        dropped = stream()
+        assert await anext(dropped) == 1
+        with pytest.raises(RateLimited):
+            given_back()
+        del dropped
+        await asyncio.sleep(0.01)  # the finalizer's aclose, a task, runs on the loop
+        assert given_back()
+    finally:
+        if collecting:
+            gc.enable()
