@@ -89,11 +89,12 @@ MAX_WATCHES = 100
 view again whenever the view moves, so a thousand watches of one caller read it a
 thousand times a write."""
 
-MAX_SWEEPS = 4
-"""``SweepCampaign`` streams one caller may have open at once: each walks a
-campaign's events page by page, on one of the view's connections while it reads,
-so one caller's sweeps started by the hundred took the connections, and every
-other brand's calls past their deadlines."""
+MAX_LONG_READS = 4
+"""``SweepCampaign`` and ``StreamCampaignHealth`` streams one caller may have open
+at once, together: each walks the brand's events page by page, on one of the
+view's connections while it reads, so one caller's long reads started by the
+hundred took the connections, and every other brand's calls past their
+deadlines."""
 
 _ABORTING: set[asyncio.Future[None]] = set()
 """Statuses being sent to streams ended from outside (``_while_reader``): held here,
@@ -329,11 +330,11 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             "each reads the view again whenever it moves: watch a brand's campaigns "
             "in one stream, or resume one that ended",
         )
-        self._sweeps = OpenStreams(
-            "SweepCampaign",
-            MAX_SWEEPS,
-            "each walks the campaign's events on one of the view's connections: "
-            "sweep the campaigns in turn, or resume one that ended",
+        self._long_reads = OpenStreams(
+            "SweepCampaign or StreamCampaignHealth",
+            MAX_LONG_READS,
+            "each walks the brand's events on one of the view's connections: read "
+            "the campaigns in turn, or resume one that ended",
         )
 
     def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
@@ -777,7 +778,7 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             lambda: _sweep_skip(request),
             *_target(None, request.brand, request.campaign),
         )
-        with self._sweeps.opened(reader.subject):
+        with self._long_reads.opened(reader.subject):
             found = self.usecases.audit.sweep(
                 request.brand,
                 request.campaign,
@@ -841,40 +842,42 @@ class ConsentServicer(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
             lambda: _sweep_resume_at(request.resume_read_at),
             lambda: _sweep_skip(request),
         )
-        found = self.usecases.audit.campaign_health_stream(
-            request.brand,
-            *_brand_window(request),
-            reader=reader,
-            resume_at=_sweep_resume_at(request.resume_read_at),
-            skip=frozenset(request.resume_partitions_done),
-        )
-        token = ""
-        try:
-            async with self._while_reader(context, "StreamCampaignHealth", request.brand):
-                async for item in found:
-                    self._reader(context, request.brand)  # still one (_reader's docstring)
-                    if isinstance(item, HealthProgress):
-                        token = item.token.encode()
-                        progress = api_pb2.CampaignHealthProgress(
-                            events_read=item.events_read,
-                            done=item.done,
-                            partitions_done=item.partitions_done,
-                        )
-                        if item.partition is not None:
-                            progress.partition.CopyFrom(
-                                api.campaign_health_to_proto(item.partition, token)
+        window = _brand_window(request)
+        with self._long_reads.opened(reader.subject):
+            found = self.usecases.audit.campaign_health_stream(
+                request.brand,
+                *window,
+                reader=reader,
+                resume_at=_sweep_resume_at(request.resume_read_at),
+                skip=frozenset(request.resume_partitions_done),
+            )
+            token = ""
+            try:
+                async with self._while_reader(context, "StreamCampaignHealth", request.brand):
+                    async for item in found:
+                        self._reader(context, request.brand)  # still one (_reader's docstring)
+                        if isinstance(item, HealthProgress):
+                            token = item.token.encode()
+                            progress = api_pb2.CampaignHealthProgress(
+                                events_read=item.events_read,
+                                done=item.done,
+                                partitions_done=item.partitions_done,
                             )
-                        yield api_pb2.StreamCampaignHealthResponse(
-                            progress=progress, consistency_token=token
-                        )
-                    else:
-                        self.metrics.health_flagged(item)
-                        yield api_pb2.StreamCampaignHealthResponse(
-                            health=api.campaign_health_to_proto(item, token),
-                            consistency_token=token,
-                        )
-        finally:
-            await found.aclose()  # its read of the view ends with the call
+                            if item.partition is not None:
+                                progress.partition.CopyFrom(
+                                    api.campaign_health_to_proto(item.partition, token)
+                                )
+                            yield api_pb2.StreamCampaignHealthResponse(
+                                progress=progress, consistency_token=token
+                            )
+                        else:
+                            self.metrics.health_flagged(item)
+                            yield api_pb2.StreamCampaignHealthResponse(
+                                health=api.campaign_health_to_proto(item, token),
+                                consistency_token=token,
+                            )
+            finally:
+                await found.aclose()  # its read of the view ends with the call
 
     @translate_errors
     @accountable

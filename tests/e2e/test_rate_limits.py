@@ -309,17 +309,18 @@ async def test_a_caller_with_as_many_watches_open_as_it_may_is_refused_one_more(
             watch.cancel()
 
 
-async def test_a_caller_with_as_many_sweeps_open_as_it_may_is_refused_one_more(
+async def test_a_caller_with_as_many_long_reads_open_as_it_may_is_refused_one_more(
     tmp_path, postgres_dsn, monkeypatch
 ) -> None:
-    """Each open ``SweepCampaign`` walks the campaign's events on one of the view's
-    connections, and a stream is one call however long it runs: unbounded, one
-    caller's hundreds of sweeps took the connections and other brands' calls passed
-    their deadlines. One past ``MAX_SWEEPS`` (two here) is refused, with when to
-    retry and whose quota it is; another caller is not; and a sweep gives its place
-    back however it ends: read to its end, cancelled, past its deadline, or its
-    connection closed, each while the server waits for the client to read on."""
-    monkeypatch.setattr(servicer, "MAX_SWEEPS", 2)
+    """Each open ``SweepCampaign`` or ``StreamCampaignHealth`` walks the brand's events
+    on one of the view's connections, and a stream is one call however long it runs:
+    unbounded, one caller's hundreds of them took the connections and other brands'
+    calls passed their deadlines. One past ``MAX_LONG_READS`` (two here) of either
+    is refused, with when to retry and whose quota it is; another caller is not; and
+    a sweep gives its place back however it ends: read to its end, cancelled, past
+    its deadline, or its connection closed, each while the server waits for the
+    client to read on."""
+    monkeypatch.setattr(servicer, "MAX_LONG_READS", 2)
     settings = dataclasses.replace(
         service_settings(tmp_path, postgres_dsn, kafka=None), tokens_file=tokens_file(tmp_path)
     )
@@ -368,7 +369,14 @@ async def test_a_caller_with_as_many_sweeps_open_as_it_may_is_refused_one_more(
             await opened("sweeper")
         delay, subjects = retry_and_quota(refused.value)
         assert 0 < delay <= 1 and subjects == ["caller:sweeper"]
-        assert "2 SweepCampaign streams" in (refused.value.details() or "")
+        assert "2 SweepCampaign or StreamCampaignHealth streams" in (refused.value.details() or "")
+        health = api.StreamCampaignHealthRequest(
+            brand="acme", start_time=request.start_time, end_time=request.end_time
+        )
+        sweeper = [("authorization", f"Bearer {ENTRIES['sweeper'][0]}")]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            _ = [answer async for answer in stub.StreamCampaignHealth(health, metadata=sweeper)]
+        assert retry_and_quota(refused.value)[1] == ["caller:sweeper"]
         held.append(await opened("auditor"))  # another caller's
 
         # Read to its end.
@@ -376,6 +384,8 @@ async def test_a_caller_with_as_many_sweeps_open_as_it_may_is_refused_one_more(
         while await done.read() is not grpc.aio.EOF:
             answers += 1
         assert answers > 1000
+        answered = [answer async for answer in stub.StreamCampaignHealth(health, metadata=sweeper)]
+        assert answered[-1].health.campaigns[0].counts.messages_sent == 1000
         held.insert(0, await opened("sweeper"))
         # Cancelled.
         held.pop(0).cancel()
