@@ -392,7 +392,7 @@ async def test_a_caller_with_as_many_long_reads_open_as_it_may_is_refused_one_mo
         held.insert(0, await given_back(opened, "sweeper"))
         # Past its deadline.
         held.pop(0).cancel()
-        held.insert(0, await given_back(lambda who: opened(who, timeout=1), "sweeper"))
+        held.insert(0, await given_back(lambda who: opened(who, timeout=2), "sweeper"))
         held.insert(0, await given_back(opened, "sweeper"))  # once that one's deadline passed
         # Its connection closed.
         held.pop(0).cancel()
