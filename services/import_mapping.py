@@ -31,8 +31,11 @@ from collections.abc import Callable, Iterable
 from collections.abc import Mapping as Dict
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
+
+from ledger.keywords import BRAND_WIDE_OPT_OUT_KEYWORDS, OPT_OUT_KEYWORDS
 
 
 class MappingError(ValueError):
@@ -357,6 +360,31 @@ def _as_text(value: Any) -> str:
     if isinstance(value, Decimal):
         return str(value)
     return json.dumps(value, default=float)
+
+
+_OPT_OUT_WORDS = frozenset(
+    {word.casefold() for word in OPT_OUT_KEYWORDS | BRAND_WIDE_OPT_OUT_KEYWORDS}
+    | {"stopped", "unsubscribed", "unsub", "unsubbed", "optedout", "revoked", "cancelled"}
+    | {"canceled"}
+)
+"""The words an export's value says an opt-out in: the service's STOP words
+(``ledger.keywords``) and their past tense, as a platform writes a status."""
+_OPT_OUT_STEMS = ("unsubscri", "optout", "optedout")
+"""Parts of a word that say an opt-out within it, as a status written as one word
+does ("SmsUnsubscribed")."""
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+def reads_as_opt_out(value: str) -> bool:
+    """Whether an export's ``value`` (a status, an event's name) says an opt-out in
+    plain words: one of its words, or two side by side written as one ("opted out",
+    "opt-out"), is one of ``_OPT_OUT_WORDS``, or a word holds one of
+    ``_OPT_OUT_STEMS``. Klaviyo's ``NEVER_SUBSCRIBED`` does not; ``unsubscribed``,
+    ``OPTED_OUT`` and ``STOP`` do. An option that would leave out, or import as an
+    opt-in, a record of such a value is refused (``--skip``, ``--value``)."""
+    words = _WORD.findall(value.casefold())
+    said = [*words, *(a + b for a, b in pairwise(words))]
+    return any(w in _OPT_OUT_WORDS or any(s in w for s in _OPT_OUT_STEMS) for w in said)
 
 
 TYPED = "@"
@@ -687,6 +715,14 @@ def _built(given: Dict[str, Any], fields: tuple[str, ...], belongs: dict[str, st
             if key in folded[name] and folded[name][key] != ours:
                 raise MappingError(f"--value {name}:{theirs} maps one value two ways")
             folded[name][key] = ours
+    for theirs, ours in given["values"].get("type", {}).items():
+        if ours.strip().lower().replace("-", "_") == "opt_in" and reads_as_opt_out(theirs):
+            # Each such record imported as an opt-in would allow the number it says
+            # has opted out: a slip in the mapping, never what an export means.
+            raise MappingError(
+                f"--value type:{theirs}={ours}: {theirs.strip()!r} reads as an opt-out; "
+                "it cannot be imported as an opt-in"
+            )
     skip = _skipped(given.get("skip", {}))
     # A column read for its skips alone is no field's: ignored, not refused unknown.
     read = {loosely(h) for h in columns.values()} | {loosely(f) for f in fields}
@@ -707,7 +743,8 @@ def _skipped(given: Dict[str, list[str]]) -> dict[str, dict[str, str]]:
     """``--skip``'s columns, each to its values stripped and case folded (as a cell
     is compared) to the value as given. An empty value is refused, as ``--value``'s
     is: an empty cell is no value, never matched; a value given twice is refused,
-    as anything given twice is."""
+    as anything given twice is; and so is a value that reads as an opt-out
+    (``reads_as_opt_out``), which a skip must never leave out."""
     out: dict[str, dict[str, str]] = {}
     for column, values in given.items():
         table = out.setdefault(column, {})
@@ -717,6 +754,15 @@ def _skipped(given: Dict[str, list[str]]) -> dict[str, dict[str, str]]:
                 raise MappingError(
                     f"--skip {column}={value}: an empty value cannot be skipped on; a row "
                     f"whose {column} is empty is read as giving none"
+                )
+            if reads_as_opt_out(value):
+                # A row of that value whose type is not mapped would be held for
+                # review; skipped, an opt-out it says in plain words was lost.
+                raise MappingError(
+                    f"--skip {column}={value}: {value.strip()!r} reads as an opt-out, and an "
+                    "opt-out is never skipped (its number would stay open to texts): leave the "
+                    "skip out, and if the column holds the records' type, map the value as one "
+                    f"(--value type:{value.strip()}=opt_out)"
                 )
             if key in table:
                 raise MappingError(

@@ -243,8 +243,10 @@ mapping an export (another platform's names):
   COLUMN=VALUE, and no refusal for the exit status. A row that reads as an opt-out
   (by its type, --set type=opt_out, a subscriber row's opt-out time) is never
   skipped: it is imported as any opt-out, and the summary counts it as "matched
-  --skip but opt-outs". A column the file lacks (in no JSON line) is a usage error;
-  one no field is read from needs no --ignore.
+  --skip but opt-outs". A skip of a value that says an opt-out in plain words
+  (unsubscribed, opted out, STOP), or a --value mapping one to opt_in, is a usage
+  error, whether its value is mapped or not. A column the file lacks (in no JSON
+  line) is a usage error; one no field is read from needs no --ignore.
 
 examples:
   consent-ledger import export.csv --dry-run
@@ -356,7 +358,7 @@ def add_parser(sub: Any, command: Any) -> None:
         metavar="COLUMN=VALUE",
         help="leave out every row whose column COLUMN holds VALUE (Klaviyo's "
         "Consent=NEVER_SUBSCRIBED): never sent, counted as skipped; a row that reads as an "
-        "opt-out is imported all the same",
+        "opt-out is imported all the same, and a VALUE that says one (unsubscribed) is refused",
     )
     mapping.add_argument(
         "--subscriber-rows",
