@@ -1479,9 +1479,24 @@ def e164_or_as_given(phone: str, region: str = "") -> str:
 def _region_of(phone: str, region: str) -> str | None:
     """The region ``phone`` is read in: ``region`` (``--phone-region``) for a number
     written without a leading +, none for one with it, read as it always is."""
-    if not region or phone.lstrip(_SPACES).startswith(("+", "\uff0b")):
+    if not region or _with_country_code(phone):
         return None
     return region
+
+
+def _with_country_code(phone: str) -> bool:
+    return phone.lstrip(_SPACES).startswith(("+", "\uff0b"))
+
+
+def national(phone: str) -> bool:
+    """Whether ``phone`` is written as a number without its country code, which only
+    ``--phone-region`` reads: digits with no leading +, and no letter (a number of
+    letters no region reads)."""
+    return (
+        not _with_country_code(phone)
+        and any(c.isdecimal() for c in phone)
+        and not any(c.isalpha() for c in phone)
+    )
 
 
 def _in_region(phone: str, region: str) -> str:

@@ -212,7 +212,8 @@ mapping an export (another platform's names):
   --mapping, "phone_region": "US"): a number with no leading + is read as one of
   that region, and must be a valid one of it, else its record is refused saying
   the region it was read in; a number with a + is read as ever. Without it such a
-  number is refused. A region phone numbers are not known for is a usage error.
+  number is refused (never read in a region guessed), the refusal naming
+  --phone-region. A region phone numbers are not known for is a usage error.
   An export that writes its times with no zone or offset (Klaviyo's and Mailchimp's
   "2024-01-02 09:00:00") is read with --time-zone America/New_York (in --mapping,
   "time_zone": "America/New_York"; an IANA name, else a usage error): such a time
@@ -736,6 +737,9 @@ def _run(args: argparse.Namespace) -> int:
     # Of the records sent and not yet answered, by index: those whose import id was
     # derived from them (the file gave none).
     derived_ids: set[int] = set()
+    # Of the records sent and not yet answered, by index: those whose number is written
+    # without its country code, read with no --phone-region (``_region_hinted``).
+    no_country_code: set[int] = set()
     # Of the opt-outs refused whose number could not be read, so held under none: its
     # digits (``_digits_of``), and the line of the first.
     unread_numbers: dict[str, int] = {}
@@ -911,6 +915,8 @@ def _run(args: argparse.Namespace) -> int:
                     opt_out_numbers[index] = request.phone
                 if item.id_derived:
                     derived_ids.add(index)
+                if not mapping.phone_region and import_files.national(request.phone):
+                    no_country_code.add(index)
                 if index < REMEMBERED:
                     if key and unreadable is None and _claims(request.request_id):
                         first_use[key] = index
@@ -985,6 +991,13 @@ def _run(args: argparse.Namespace) -> int:
                             )
                             for v in refusal.violations
                         ]
+                        if index in no_country_code:
+                            told = [
+                                (shown_as, _region_hinted(reason) if v.field == "phone" else reason)
+                                for v, (shown_as, reason) in zip(
+                                    refusal.violations, told, strict=True
+                                )
+                            ]
                         refused_for = refusal.code
                         number = opt_out_numbers.pop(index, None)
                         if number is not None and not refusal.held_for_review:
@@ -1016,6 +1029,7 @@ def _run(args: argparse.Namespace) -> int:
                     for answered_index in range(first_index, first_index + told_now):
                         opt_out_numbers.pop(answered_index, None)
                         derived_ids.discard(answered_index)
+                        no_country_code.discard(answered_index)
                     answered += told_now
                     with answered_all:
                         messages[1] += 1
@@ -1436,6 +1450,22 @@ def _same_file(refusals: Path, path: Path | None) -> bool:
         return os.path.samestat(os.stat(refusals), os.fstat(sys.stdin.fileno()))
     except (OSError, ValueError):  # no standard input at all
         return False
+
+
+_HOLD_SAID = re.compile(r"(?=; (?:would be )?held for review)|$")
+"""Where a refusal's reason says its hold, if it does, else its end."""
+
+
+def _region_hinted(reason: str) -> str:
+    """The service's refusal of a number written without its country code, read
+    with no ``--phone-region``, saying that the option reads such a number (before
+    what it says of the hold): the service's words alone told no one how to import
+    it. A region is never guessed."""
+    hint = (
+        "; a number without its country code (no leading +) is read only in the region "
+        "--phone-region names, as --phone-region US"
+    )
+    return _HOLD_SAID.sub(hint, reason, count=1)
 
 
 def _with_hold(here: tuple[str, str], held: bool, dry_run: bool) -> tuple[str, str]:

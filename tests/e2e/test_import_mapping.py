@@ -940,7 +940,8 @@ async def test_numbers_without_their_country_code_are_read_in_the_phone_region_g
     """``--phone-region US`` reads a number with no leading + as a US one (one with it
     as ever), alike in a dry run and the import; one that is no valid US number is
     refused saying the region it was read in; a re-run, the region from the mapping
-    file, writes nothing. Without it such numbers are refused, as before."""
+    file, writes nothing. Without it such numbers are refused, as before, the refusal
+    naming the option."""
     runtime, when = service
     export, expect = national_export(tmp_path, when)
     argv = [*SUBSCRIBER_ARGV, "--phone-region", "US"]
@@ -949,6 +950,10 @@ async def test_numbers_without_their_country_code_are_read_in_the_phone_region_g
     code, out, err = await imported(runtime, str(export), *SUBSCRIBER_ARGV, "--dry-run")
     assert code == 1, out + err
     assert "would import 1 of 6 records from 5 rows" in out, out + err
+    # Refused, never read in a region guessed, but saying which option reads them.
+    hint = r"Phone: is not a phone number: .*; a number without its country code \(no leading "
+    hint += r"\+\) is read only in the region --phone-region names, as --phone-region US"
+    assert re.search(rf"4 +INVALID_ARGUMENT +{hint} \(lines 2, 3, 4, 6\)", out), out
 
     code, dry, err = await imported(runtime, str(export), *argv, "--dry-run")
     assert code == 1, dry + err

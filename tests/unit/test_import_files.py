@@ -28,6 +28,7 @@ from services.import_files import (
     Unreadable,
     count_records,
     format_of,
+    national,
     open_spooled,
     open_text,
     parse_fields,
@@ -479,6 +480,25 @@ def test_an_unreadable_opt_outs_digits_stand_for_the_numbers_they_end():
     assert import_._opted_out_unread("+1 (415) 555-3072", unread) == 5
     assert import_._opted_out_unread("+14155553073", unread) is None
     assert import_._digits_of("x 0012345") is None  # too few digits to stand for any
+
+
+def test_a_number_refused_without_its_country_code_is_said_to_need_phone_region():
+    """A national number ("(415) 555-0100") imported with no ``--phone-region`` was
+    refused as no number at all, in the service's words, which never named the
+    option that reads it. The refusal now names it, before what it says of a hold;
+    a number written with its +, or of letters, is left as the service said it."""
+    assert all(national(p) for p in ["(415) 555-0100", "020 7946 0000", "14155550100"])
+    assert not any(national(p) for p in ["+1 415", " +44 20", "", " ", "1-800-FLOWERS"])
+    said = "is not a phone number: expected E.164, for example +14155552671"
+    hint = (
+        "; a number without its country code (no leading +) is read only in the region "
+        "--phone-region names, as --phone-region US"
+    )
+    assert import_._region_hinted(said) == said + hint
+    held = "; would be held for review: the number is denied for the brand until ..."
+    assert import_._region_hinted(said + held) == said + hint + held
+    real = "; held for review: the number is denied for the brand until ..."
+    assert import_._region_hinted(said + real) == said + hint + real
 
 
 def test_the_summary_counts_refusals_alike_but_for_a_value_on_one_line():
