@@ -628,9 +628,12 @@ def _jsonl_all(
             yield from _not_an_object(obj, number, ours, mapping)
             continue
         pieces: list[tuple[dict[str, Any], tuple[str, ...] | None, tuple[str, str] | None]] = []
-        for piece, unmapped in (
-            _records_of(mapping, _renamed_as_ours(obj, mapping)) if mapping else [(obj, None)]
-        ):
+        renamed = _renamed_as_ours(obj, mapping) if mapping else obj
+        apart = _apart_in(renamed) if mapping else None
+        for piece, unmapped in _records_of(mapping, renamed) if mapping else [(obj, None)]:
+            # A mapped field given apart refuses each record of the line, an opt-in
+            # of a subscriber row too: which the line says cannot be told.
+            unmapped = apart or unmapped
             # Our keys in other capitals ("Type") are ours, as a header's columns are:
             # read before the type is, or the record went in neither pass. (Under a
             # mapping they were spelt so before it applied; two that clash are not.)
@@ -640,11 +643,14 @@ def _jsonl_all(
             pieces.append((piece, unmapped, clash))
         rule = mapping.skipped_by(partial(_value_at, obj)) if mapping.skip else None
         # A line whose fields clash may have its type twice: never skipped.
-        skips = _skips(rule, [piece for piece, _, clash in pieces if clash is None]) and all(
-            clash is None for _, _, clash in pieces
+        skips = (
+            _skips(rule, [piece for piece, _, clash in pieces if clash is None])
+            and all(clash is None for _, _, clash in pieces)
+            and apart is None
         )
         for piece, unmapped, clash in pieces:
-            if not _wanted(piece, opt_ins):
+            # Of a type given twice apart, an opt-out one names goes in first (``_loose``).
+            if not _wanted(piece if clash is None else _loose(piece), opt_ins):
                 continue
             if skips:
                 assert rule is not None
@@ -846,10 +852,18 @@ def _renamed(obj: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
     found as the header's columns are (``Mapping.fitted``), in each line: JSON Lines
     have no one header, and a line may spell a key as no other does."""
     out = dict(obj)
-    found = {}
+    found: dict[str, Any] = {}
+    keys: dict[str, list[str]] = {}  # the line's keys, each under its loose spelling
+    for k in obj:
+        keys.setdefault(_loosely(k), []).append(k)
     for name, key in mapping.columns.items():  # one key may give two fields
-        here = _spelt(obj, key)
-        found[name] = obj[here] if here is not None else _at_path(obj, key.split("."))
+        # Spelt out as a key of its own (``outer.inner`` too), and nested.
+        given = [obj[k] for k in keys.get(_loosely(key), ())]
+        if "." in key:
+            head, *rest = key.split(".")
+            given += [v for k in keys.get(_loosely(head), ()) for v in _all_at(obj[k], rest)]
+        apart = [v for i, v in enumerate(given) if v not in given[:i]]
+        found[name] = _Apart(key, apart) if len(apart) > 1 else next(iter(apart), None)
     for key in set(mapping.columns.values()) | mapping.ignored:
         if (here := _spelt(out, key)) is not None:
             del out[here]
@@ -879,6 +893,55 @@ def _renamed_as_ours(obj: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
             del out["proof"]
             out.update(zip(flat, nested.values(), strict=True))
     return out
+
+
+class _Apart(str):
+    """A mapped key's values where a JSON line gives it more than once, apart (in
+    other capitals, or nested and spelt out as ``outer.inner`` too): read as one
+    value that is none of them, refused (``_jsonl``), and, whatever field it is, an
+    opt-out the line may be held as one whose field cannot be read. Taking the one
+    spelt as mapped left a nested "unsubscribed" dropped and its line an opt-in."""
+
+    key: str
+
+    def __new__(cls, key: str, values: list[Any]) -> _Apart:
+        shown = [v if isinstance(v, str) else json.dumps(v, default=str) for v in values]
+        made = super().__new__(cls, ", ".join(shown))
+        made.key = key
+        return made
+
+    @property
+    def reason(self) -> str:
+        return (
+            "is given more than once in the line, with other values (in other capitals, "
+            f"or nested and as {self.key!r} too); which to read cannot be told"
+        )
+
+
+def _apart_in(fields: dict[str, Any]) -> tuple[str, str] | None:
+    """The first field of a JSON line's record given more than once apart (``_Apart``),
+    and why it is refused, or None."""
+    for name, value in fields.items():
+        if isinstance(value, _Apart):
+            return name, value.reason
+    return None
+
+
+def _all_at(obj: Any, path: list[str]) -> list[Any]:
+    """Every value a JSON object gives at ``path``, its key at each level found as
+    ``_spelt`` finds one, or as any other key equal to it but for spaces and capitals."""
+    if not path:
+        return [obj]
+    if not isinstance(obj, dict):
+        return []
+    head, rest = path[0], path[1:]
+    return [
+        v for k, inner in obj.items() if _loosely(k) == _loosely(head) for v in _all_at(inner, rest)
+    ]
+
+
+_loosely = lru_cache(maxsize=4_096)(loosely)
+"""``loosely``, kept: a JSON Lines file spells its keys alike line after line."""
 
 
 def _spelt(obj: dict[str, Any], key: str) -> str | None:
@@ -1147,6 +1210,18 @@ def _loose(obj: dict[str, Any]) -> dict[str, str]:
             # held under no number while the number's opt-in stood. The hold reads
             # each number the value holds.
             fields[key] = ", ".join(inside)
+    # A type given in two spellings that differ ("type": "opt_in", "TYPE": "opt_out")
+    # is neither read, but an opt-out one of them names is held as one: kept to the
+    # one spelt as ours, the opt-out went unheld while the opt-in before it stood.
+    kinds = {
+        _kind({"type": v}) if isinstance(v, str) else repr(v)
+        for k, v in obj.items()
+        if _field_spelt(k) == "type"
+    }
+    if len(kinds) > 1:
+        fields.pop("type", None)
+        if "opt_out" in kinds:
+            fields["type"] = "opt_out"
     return fields
 
 

@@ -673,6 +673,31 @@ def test_an_opt_out_on_a_json_line_cut_short_is_held_by_what_it_said_before_the_
     assert isinstance(refused_in, Unreadable) and refused_in.held is None
 
 
+def test_a_json_line_typed_twice_apart_in_other_capitals_is_held_if_one_opts_out():
+    """``{"type": "opt_in", "TYPE": "opt_out", ...}``: refused, which to read cannot be
+    told, but held only when the type spelt as ours said opt_out, so the opt-out the
+    other spelling says went unheld while the number's opt-in stood. Held now, in the
+    part of the file read first; types alike are one type."""
+    stop = {"phone": "+14155552671", "brand": "acme", "occurred_at": "2026-11-30T08:00:00Z"}
+    lines = [
+        {"type": "opt_in", "TYPE": "opt_out", **stop, "channel": "keyword"},
+        {"Type": "opt_out", "type": "opt_in", **stop},
+        {"type": "opt_in", "Type": "nonsense", **stop},
+        {"type": "opt_out", "Type": "OPT-OUT", **stop},
+    ]
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+
+    *apart, alike = read(text, "jsonl")
+
+    for refused in apart[:2]:
+        assert isinstance(refused, Unreadable) and refused.field == "type", refused
+        assert refused.held is not None and refused.held.opt_out.phone == "+14155552671"
+    assert isinstance(apart[2], Unreadable) and apart[2].held is not None  # neither read
+    assert isinstance(alike, Unreadable) and alike.held is not None  # refused as before
+    first = list(read_records(io.StringIO(text), "jsonl", False))
+    assert [r.line for r in first] == [1, 2, 3, 4]
+
+
 def test_a_utf16_file_is_refused_whole_and_a_utf8_one_read_past_its_mark(tmp_path):
     for encoding in ("utf-16", "utf-16-be"):
         path = tmp_path / f"{encoding}.csv"

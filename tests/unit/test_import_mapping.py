@@ -399,6 +399,52 @@ def test_a_nested_key_given_twice_is_named_by_its_path_not_by_a_key_of_the_same_
     assert isinstance(ours, Unreadable) and ours.field == "proof.name", ours
 
 
+def test_a_mapped_json_key_a_line_gives_twice_apart_refuses_it_and_holds_its_opt_out():
+    """A line giving a mapped key twice (spelt out as ``event.status`` and nested, or
+    in other capitals) had the one spelt as mapped read, the other dropped: a nested
+    "unsubscribed" beside a flat "subscribed" was imported as an opt-in, exit 0, and
+    its number stayed open. Now which was meant cannot be told: each record of the
+    line is refused, an opt-out it may be held, and the line never skipped; values
+    alike are read as ever."""
+    given = from_parts(
+        ["phone=p", "type=event.status", "occurred_at=at"],
+        ["type:subscribed=opt_in", "type:unsubscribed=opt_out"],
+        ["brand=acme", "campaign@opt_in=promo", "channel=keyword"],
+        ignored=["event"],  # the rest of the event is left unread
+        fields=FIELDS, belongs=BELONGS, skip=["kind=email"],
+    )  # fmt: skip
+    at = {"p": "+14155550100", "at": OUT, "kind": "email"}
+    lines = [
+        {**at, "event.status": "subscribed", "event": {"status": "unsubscribed"}},
+        {**at, "event": {"status": "subscribed", "Status": "unsubscribed"}},
+        {**at, "EVENT": {"status": "subscribed"}, "event": {"status": "unsubscribed"}},
+        {**at, "event.status": "unsubscribed", "event": {"status": " unsubscribed"}},
+        {**at, "event.status": "subscribed", "event": {"status": "subscribed", "x": 1}},
+    ]
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+
+    found = fitted_read(text, "jsonl", given)
+
+    for refused in found[:4]:
+        assert isinstance(refused, Unreadable), refused
+        assert refused.field == "type" and "is given more than once" in refused.reason
+        assert refused.held is not None and refused.held.opt_out.phone == "+14155550100"
+    assert found[4] == Skipped(5, "kind=email", True)  # alike: one value, read as ever
+    fitted = given.fitted(json_keys(io.StringIO(text)), "the JSON lines")
+    assert list(read_records(io.StringIO(text), "jsonl", True, fitted)) == [found[4]]
+
+    # A subscriber row's opt-out time given twice apart: its opt-in is refused too.
+    rows = from_parts(
+        ["phone=Phone", "occurred_at@opt_in=in", "occurred_at@opt_out=out"], (),
+        ["brand=acme", "campaign@opt_in=promo", "channel=keyword"],
+        fields=FIELDS, belongs=BELONGS, subscriber_rows=True,
+    )  # fmt: skip
+    row = {"Phone": "+14155550101", "in": IN, "out": None, "OUT": OUT}
+    opt_in, opt_out = fitted_read(json.dumps(row) + "\n", "jsonl", rows)
+    assert isinstance(opt_in, Unreadable) and opt_in.opt_in and opt_in.held is None
+    assert isinstance(opt_out, Unreadable) and opt_out.held is not None, opt_out
+
+
 # One row per subscriber (``--subscriber-rows``): no status column, an opt-in time and
 # an opt-out time empty while the subscriber still is one.
 SUBSCRIBERS = """\
