@@ -62,7 +62,7 @@ from ledger.validation import (
     says_nothing,
     text_problem,
 )
-from services.import_mapping import EPOCH_UNITS, TYPED, Mapping, loosely
+from services.import_mapping import EPOCH_UNITS, TYPED, Mapping, loosely, reads_as_opt_out
 from services.wire.enums import NOT_SET
 
 FORMATS = ("csv", "jsonl")
@@ -355,11 +355,13 @@ def _csv(
                 columns = again
                 continue
             given = {k: v for k, v in zip(columns, row, strict=False) if v}
-            records = _records_of(mapping, mapping.fields_of(given))
+            said = mapping.fields_of(given)
+            records = _records_of(mapping, said)
             # Looked up by the header as the file spells it: a skip names its column.
             as_written = {k: v for k, v in zip(header, row, strict=False) if v}
             rule = mapping.skipped_by(as_written.get) if mapping.skip else None
-            skips = _skips(rule, [fields for fields, _ in records])
+            says_out = rule is not None and _says_opt_out(said)
+            skips = _skips(rule, [fields for fields, _ in records]) and not says_out
             for fields, unmapped in records:
                 if not _wanted(fields, opt_ins):
                     continue
@@ -375,7 +377,7 @@ def _csv(
                     item = _refused(fields, start, "record", reason, mapping=mapping)
                 else:
                     item = parse_fields(fields, start, mapping)
-                yield _unskipped(item, rule, fields)
+                yield _unskipped(item, rule, fields, says_out)
     except csv.Error as exc:  # the rest cannot be read: stop, naming where
         quoting = "expected after" in str(exc) or "end of data" in str(exc)
         hint = " (a quoted value that opens on this line and does not close?)" if quoting else ""
@@ -642,11 +644,13 @@ def _jsonl_all(
                 piece = dict(zip(spelt, piece.values(), strict=True))
             pieces.append((piece, unmapped, clash))
         rule = mapping.skipped_by(partial(_value_at, obj)) if mapping.skip else None
+        says_out = rule is not None and _says_opt_out(renamed)
         # A line whose fields clash may have its type twice: never skipped.
         skips = (
             _skips(rule, [piece for piece, _, clash in pieces if clash is None])
             and all(clash is None for _, _, clash in pieces)
             and apart is None
+            and not says_out
         )
         for piece, unmapped, clash in pieces:
             # Of a type given twice apart, an opt-out one names goes in first (``_loose``).
@@ -657,7 +661,7 @@ def _jsonl_all(
                 yield Skipped(number, rule, _wanted(piece, True))
                 continue
             item = _json_record(piece, unmapped, clash, number, mapping)
-            yield _unskipped(item, rule, piece)
+            yield _unskipped(item, rule, piece, says_out)
 
 
 def _value_at(obj: dict[str, Any], key: str) -> Any:
@@ -746,13 +750,25 @@ def _opts_out(fields: dict[str, Any]) -> bool:
     return isinstance(kind, str) and _kind({"type": kind}) == "opt_out"
 
 
+def _says_opt_out(said: dict[str, Any]) -> bool:
+    """Whether a row's type as the export wrote it (its fields under our names, no
+    value mapped yet) says an opt-out in plain words (``reads_as_opt_out``): an
+    "unsubscribed" that no ``--value`` maps is refused and held, never skipped for
+    a match in another column."""
+    return any(
+        isinstance(v, str) and reads_as_opt_out(v)
+        for k, v in said.items()
+        if _field_spelt(k) == "type"
+    )
+
+
 def _unskipped(
-    item: Read | Unreadable, rule: str | None, fields: dict[str, Any]
+    item: Read | Unreadable, rule: str | None, fields: dict[str, Any], says_out: bool = False
 ) -> Read | Unreadable:
     """``item``, read from the fields ``fields`` of a row that matched ``rule`` and was
-    not skipped, marked as such when it is the opt-out that kept the row (the summary
-    counts those)."""
-    if rule is None or not _opts_out(fields):
+    not skipped, marked as such when it is the opt-out that kept the row, by its type
+    or by the words its type was written in (``says_out``; the summary counts those)."""
+    if rule is None or not (_opts_out(fields) or says_out):
         return item
     return dataclasses.replace(item, unskipped=rule)
 

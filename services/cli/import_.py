@@ -242,9 +242,10 @@ mapping an export (another platform's names):
   read as --value reads one; in --mapping, "skip": {"Consent": ["NEVER_SUBSCRIBED"]}):
   never sent, counted in the summary (a dry run's alike) as skipped, by
   COLUMN=VALUE, and no refusal for the exit status. A row that reads as an opt-out
-  (by its type, --set type=opt_out, a subscriber row's opt-out time) is never
-  skipped: it is imported as any opt-out, and the summary counts it as "matched
-  --skip but opt-outs". A skip of a value that says an opt-out in plain words
+  (by its type, --set type=opt_out, a subscriber row's opt-out time, or a type's
+  value no --value maps that says one, unsubscribed) is never skipped: it is
+  imported (or refused and held) as any opt-out, and the summary counts it as
+  "matched --skip but opt-outs". A skip of a value that says an opt-out in plain words
   (unsubscribed, opted out, STOP), or a --value mapping one to opt_in, is a usage
   error, whether its value is mapped or not. A column the file lacks (in no JSON
   line) is a usage error; one no field is read from needs no --ignore.

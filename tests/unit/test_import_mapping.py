@@ -959,6 +959,28 @@ def test_a_row_that_reads_as_an_opt_out_is_never_skipped_but_said_to_have_matche
     assert found[-1] == Skipped(7, "Phone=+14155550205", True)
 
 
+def test_a_row_whose_unmapped_type_says_an_opt_out_is_never_skipped_for_another_column():
+    """With ``unsubscribed`` not mapped, its row is refused and held for review; one
+    that also matched ``--skip "Channel Kind=email"`` was skipped instead, the opt-out
+    it says lost and its number left open. Now it is held as the rest are, and said
+    to have matched; a row of a type that says none (``pending``) is skipped as ever."""
+    given = klaviyo(values=["type:subscribed=opt_in"], skip=["Channel Kind=email"])
+    found = read(KLAVIYO, "csv", given)
+
+    assert isinstance(found[4], Unreadable) and found[4].held is not None, found[4]
+    assert found[4].unskipped == "Channel Kind=email"
+    assert found[5:] == [Skipped(7, "Channel Kind=email", True), Skipped(8, "Channel Kind=email")]
+    assert isinstance(found[1], Unreadable) and not found[1].unskipped  # matched no skip
+
+    line = {"p": "+14155550304", "s": "Opted-Out", "at": OUT, "kind": "email"}
+    json_given = from_parts(
+        ["phone=p", "type=s", "occurred_at=at"], ["type:subscribed=opt_in"],
+        ["brand=acme", "channel=keyword"], fields=FIELDS, belongs=BELONGS, skip=["kind=email"],
+    )  # fmt: skip
+    (held,) = fitted_read(json.dumps(line) + "\n", "jsonl", json_given)
+    assert isinstance(held, Unreadable) and held.held is not None and held.unskipped
+
+
 def test_a_skip_of_a_json_line_s_key_nested_or_of_our_own_name_is_found_as_a_column_is():
     lines = [
         {"msisdn": "+14155550320", "type": "JOIN", "event": {"kind": "sms", "at": "x"}},
