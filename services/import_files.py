@@ -928,9 +928,12 @@ class _Apart(str):
 
     @property
     def reason(self) -> str:
+        how = "in other capitals"
+        if "." in self.key:
+            how = f"nested and as {self.key!r} too, or {how}"
         return (
-            "is given more than once in the line, with other values (in other capitals, "
-            f"or nested and as {self.key!r} too); which to read cannot be told"
+            f"is given more than once in the line with other values ({how}); which to "
+            "read cannot be told"
         )
 
 
