@@ -7,17 +7,25 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 CONNECTION = """\
 Connection: the audit tools that ask a running service (packet, sweep, health,
 access, erase, hold) reach it at --address, or CONSENT_ADDRESS, else
 127.0.0.1:50051, with the token in --token-file, else CONSENT_TOKEN, else
 var/data/dev-token (what `make run` writes). Plaintext unless --cacert is given
-(TLS), with --cert and --key for mutual TLS."""
+(TLS), with --cert and --key for mutual TLS. A call the service refuses for now
+(RESOURCE_EXHAUSTED with a retry delay: a rate limit, or the caller's most streams
+open at once) is tried again after the delay, longer after each refusal in a row,
+up to 8 refusals or 2 minutes of waiting."""
 """The paragraph each client tool's manual page ends its description with."""
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -131,3 +139,127 @@ def moment(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+RETRIES = 8
+"""How many refusals in a row (RESOURCE_EXHAUSTED with a ``RetryInfo``) a client
+tool waits out before it gives up and tells the refusal."""
+RETRY_SECONDS = 120.0
+"""The most it waits for them in all; and one wait at most ``RETRY_LONGEST``."""
+RETRY_LONGEST = 30.0
+
+
+class Backoff:
+    """Waits out the service's refusals for now, as the README asks of a client: a
+    RESOURCE_EXHAUSTED that carries a ``google.rpc.RetryInfo`` (a rate limit, or the
+    most streams of a kind the caller may have open) is tried again after its delay,
+    doubled after each refusal in a row and with up to half again of jitter (so
+    callers refused together do not come back together), within ``RETRIES`` and
+    ``RETRY_SECONDS``. Anything else, or past those bounds, is the caller's to tell."""
+
+    def __init__(
+        self,
+        tool: str,
+        tries: int = RETRIES,
+        seconds: float = RETRY_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.tool, self.tries, self.seconds, self._sleep = tool, tries, seconds, sleep
+        self.refusals = 0  # in a row
+        self.waited = 0.0
+        self._told = False
+
+    def wait(self, exc: Any) -> bool:
+        """Whether to make the refused call again, having waited; False (nothing
+        waited) for a refusal without a delay, or one past the bounds."""
+        found = retry_after(exc)
+        if found is None:
+            return False
+        delay, why = found
+        pause = max(delay, min(delay * 2**self.refusals, RETRY_LONGEST))
+        pause *= 1 + random.random() / 2
+        if self.refusals >= self.tries or self.waited + pause > self.seconds:
+            print(
+                f"consent-ledger {self.tool}: gave up after {self.refusals + 1} refusals "
+                f"in a row ({self.waited:.0f} s waited)",
+                file=sys.stderr,
+            )
+            return False
+        if not self._told:  # once: the next refusals are the same story
+            print(
+                f"consent-ledger {self.tool}: waiting {pause:.2g} s: the service refused "
+                f"for now ({why}); trying again (up to {self.tries} times, "
+                f"{self.seconds:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            self._told = True
+        self.refusals += 1
+        self.waited += pause
+        self._sleep(pause)
+        return True
+
+    def reset(self) -> None:
+        """A call went through: the next refusal is the first of a new run."""
+        self.refusals, self.waited = 0, 0.0
+
+    def call(self, make: Callable[[], T]) -> T:
+        """``make()`` (a unary call), made again while it is refused for now."""
+        import grpc
+
+        while True:
+            try:
+                answer = make()
+            except grpc.RpcError as exc:
+                if not self.wait(exc):
+                    raise
+                continue
+            self.reset()
+            return answer
+
+    def stream(self, make: Callable[[], Iterable[T]]) -> Iterator[T]:
+        """The answers of ``make()`` (a call answered by a stream), made again while
+        it is refused for now before its first answer: the service refuses a stream
+        as it opens it, and after an answer a new call would repeat what came."""
+        import grpc
+
+        while True:
+            answers = iter(make())
+            try:
+                first = next(answers)
+            except StopIteration:
+                return
+            except grpc.RpcError as exc:
+                if not self.wait(exc):
+                    raise
+                continue
+            self.reset()
+            yield first
+            yield from answers
+            return
+
+
+def retry_after(exc: Any) -> tuple[float, str] | None:
+    """A RESOURCE_EXHAUSTED's ``RetryInfo`` delay in seconds, and the limit it names
+    (its ``QuotaFailure``, else its message); None for any other failure."""
+    import grpc
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    try:
+        status = rpc_status.from_call(exc)
+    except ValueError:  # details that contradict the status: none to go by
+        return None
+    delay: float | None = None
+    why = exc.details() or ""
+    for detail in status.details if status else []:
+        retry = error_details_pb2.RetryInfo()
+        quota = error_details_pb2.QuotaFailure()
+        if detail.Unpack(retry):
+            delay = retry.retry_delay.ToNanoseconds() / 1e9
+        elif detail.Unpack(quota) and quota.violations:
+            v = quota.violations[0]
+            why = f"{v.description}; {v.subject}"
+    return None if delay is None else (delay, why)

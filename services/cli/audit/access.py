@@ -122,9 +122,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         with channel:
             stub = api_grpc.ConsentServiceStub(channel)
+            backoff = client.Backoff("audit access")
             while shown < args.limit:
-                page = stub.ListAuditAccess(
-                    request, metadata=[("authorization", f"Bearer {token}")], timeout=args.timeout
+                page = backoff.call(
+                    lambda: stub.ListAuditAccess(
+                        request,
+                        metadata=[("authorization", f"Bearer {token}")],
+                        timeout=args.timeout,
+                    )
                 )
                 for access in page.accesses[: args.limit - shown]:
                     found = record(access)

@@ -134,11 +134,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         with channel:
             stub = api_grpc.ConsentServiceStub(channel)
+            # Tried again with the same request_id: a retry records nothing twice.
+            backoff = client.Backoff(name)
             if args.audit_command == "erase":
-                erased = stub.RequestErasure(
-                    api.RequestErasureRequest(**subject, reference=args.reference),
-                    metadata=metadata,
-                    timeout=args.timeout,
+                erased = backoff.call(
+                    lambda: stub.RequestErasure(
+                        api.RequestErasureRequest(**subject, reference=args.reference),
+                        metadata=metadata,
+                        timeout=args.timeout,
+                    )
                 )
                 ended = erased.retained_until.ToDatetime().date().isoformat()
                 print(
@@ -147,17 +151,23 @@ def run(args: argparse.Namespace) -> int:
                     f"consistency token {erased.consistency_token}"
                 )
             elif args.action == "place":
-                placed = stub.PlaceLegalHold(
-                    api.PlaceLegalHoldRequest(**subject, hold_id=args.hold_id, reason=args.reason),
-                    metadata=metadata,
-                    timeout=args.timeout,
+                placed = backoff.call(
+                    lambda: stub.PlaceLegalHold(
+                        api.PlaceLegalHoldRequest(
+                            **subject, hold_id=args.hold_id, reason=args.reason
+                        ),
+                        metadata=metadata,
+                        timeout=args.timeout,
+                    )
                 )
                 print(f"legal hold {args.hold_id} placed: event {placed.event_ids[0]}")
             else:
-                released = stub.ReleaseLegalHold(
-                    api.ReleaseLegalHoldRequest(**subject, hold_id=args.hold_id),
-                    metadata=metadata,
-                    timeout=args.timeout,
+                released = backoff.call(
+                    lambda: stub.ReleaseLegalHold(
+                        api.ReleaseLegalHoldRequest(**subject, hold_id=args.hold_id),
+                        metadata=metadata,
+                        timeout=args.timeout,
+                    )
                 )
                 print(f"legal hold {args.hold_id} released: event {released.event_ids[0]}")
     except grpc.RpcError as exc:

@@ -327,8 +327,11 @@ def run(args: argparse.Namespace) -> int:
         with channel:
             # The streaming form of GetCampaignHealth: the same answer, last, after
             # progress messages as the service reads the brand's events.
-            stream = api_grpc.ConsentServiceStub(channel).StreamCampaignHealth(
-                request, metadata=[("authorization", f"Bearer {token}")], timeout=args.timeout
+            stub = api_grpc.ConsentServiceStub(channel)
+            stream = client.Backoff("audit health").stream(
+                lambda: stub.StreamCampaignHealth(
+                    request, metadata=[("authorization", f"Bearer {token}")], timeout=args.timeout
+                )
             )
             for item in stream:
                 if item.HasField("health"):

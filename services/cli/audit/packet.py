@@ -133,8 +133,11 @@ def run(args: argparse.Namespace) -> int:
     began = time.monotonic()
     try:
         with channel:
-            answer = api_grpc.ConsentServiceStub(channel).GetProofPacket(
-                request, metadata=[("authorization", f"Bearer {token}")], timeout=args.timeout
+            stub = api_grpc.ConsentServiceStub(channel)
+            answer = client.Backoff("audit packet").call(
+                lambda: stub.GetProofPacket(
+                    request, metadata=[("authorization", f"Bearer {token}")], timeout=args.timeout
+                )
             )
     except grpc.RpcError as exc:
         print(f"consent-ledger audit packet: {client.refusal(exc)}", file=sys.stderr)

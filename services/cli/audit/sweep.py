@@ -257,8 +257,11 @@ def run(args: argparse.Namespace) -> int:
     events = judged = 0
     try:
         with channel:
-            stream = api_grpc.ConsentServiceStub(channel).SweepCampaign(
-                request, metadata=[("authorization", f"Bearer {token}")], timeout=args.timeout
+            stub = api_grpc.ConsentServiceStub(channel)
+            stream = client.Backoff("audit sweep").stream(
+                lambda: stub.SweepCampaign(
+                    request, metadata=[("authorization", f"Bearer {token}")], timeout=args.timeout
+                )
             )
             for item in stream:
                 if item.HasField("progress"):
