@@ -9,7 +9,9 @@ import argparse
 import os
 import random
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -263,3 +265,69 @@ def retry_after(exc: Any) -> tuple[float, str] | None:
             v = quota.violations[0]
             why = f"{v.description}; {v.subject}"
     return None if delay is None else (delay, why)
+
+
+class Replay:
+    """The messages a call streams to the service, for a call made again after a
+    refusal for now: each call from ``attempt`` sends those the calls before it
+    took, then the rest. gRPC takes them in a thread of its own, which may still
+    wait for the next message when its call has been refused: what it gets then is
+    kept for the next call, not lost. Once the service has answered, the call
+    will not be made again (``answered``) and what was sent is let go."""
+
+    def __init__(self, messages: Iterator[T]) -> None:
+        self._messages = messages
+        self._taken: deque[Any] = deque()  # from the ``_first``th message taken on
+        self._first = 0
+        self._call = 0
+        self._answered = False
+        self._taking = threading.Lock()  # one thread at a time takes from messages
+        self._held = threading.Lock()  # guards the rest
+
+    def answered(self) -> None:
+        """The last call's service answered: it is the last."""
+        self._answered = True
+
+    def attempt(self) -> Iterator[Any]:
+        """The messages for the next call; the calls before it stop taking them."""
+        with self._held:
+            self._call += 1
+            call, at = self._call, self._first
+        while True:
+            found = self._next(call, at)
+            if found is None:
+                return
+            at += 1
+            yield found[0]
+
+    def _next(self, call: int, at: int) -> tuple[Any] | None:
+        """The message at ``at`` for ``call``, taking it if none has; None when the
+        messages have ended or another call has taken over."""
+        while True:
+            with self._held:
+                if call != self._call:
+                    return None
+                if at - self._first < len(self._taken):
+                    return (self._message(at),)
+            with self._taking:
+                with self._held:
+                    if call != self._call:
+                        return None
+                    if at - self._first < len(self._taken):
+                        continue  # a refused call's thread took it meanwhile
+                try:
+                    message = next(self._messages)
+                except StopIteration:
+                    return None
+                with self._held:
+                    self._taken.append(message)
+                    if call != self._call:  # kept for the call now under way
+                        return None
+                    return (self._message(at),)
+
+    def _message(self, at: int) -> Any:
+        message = self._taken[at - self._first]
+        if self._answered:  # no call to come: it need not be kept
+            self._taken.popleft()
+            self._first += 1
+        return message

@@ -955,15 +955,27 @@ def _run(args: argparse.Namespace) -> int:
             # before an opt-out stamped ahead of the clock is refused, once that
             # opt-out is in): it makes one call, which does, in the same order.
             parts: tuple[bool | None, ...] = (None,) if args.dry_run else (False, True)
+            stub = api_grpc.ConsentServiceStub(channel)
+            backoff = client.Backoff("import")
             for opt_ins in parts:
                 offset = sent  # the service counts a call's records from 0
-                call_started = time.monotonic()
-                answers = api_grpc.ConsentServiceStub(channel).ImportConsents(
-                    requests(opt_ins),
-                    metadata=[("authorization", f"Bearer {token}")],
-                    timeout=args.timeout,
-                )
-                for answer in answers:
+                # A call refused for now (the caller's most import streams open)
+                # is made again with the same messages: the service refuses it
+                # before reading any, and records sent twice are found present.
+                replay = client.Replay(requests(opt_ins))
+
+                def call(replay: Any = replay) -> Any:
+                    nonlocal answers, call_started
+                    call_started = time.monotonic()
+                    answers = stub.ImportConsents(
+                        replay.attempt(),
+                        metadata=[("authorization", f"Bearer {token}")],
+                        timeout=args.timeout,
+                    )
+                    return answers
+
+                for answer in backoff.stream(call):
+                    replay.answered()
                     window.release()
                     first_index, chunk_lines = in_flight.popleft()
                     summary.imported += answer.imported

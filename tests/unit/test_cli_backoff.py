@@ -180,3 +180,20 @@ def test_the_waits_grow_with_jitter_within_their_bounds(capsys):
         grown = max(1.0, min(2.0**n, client.RETRY_LONGEST))
         assert grown <= wait <= grown * 1.5
     assert "gave up" in capsys.readouterr().err
+
+
+def test_an_import_refused_for_now_sends_each_record_once_when_admitted(service, tmp_path, capsys):
+    # More messages than the import keeps unanswered (8 of 500): gRPC's thread waits
+    # for room to take the ninth while the call is refused, and the next call gets it.
+    servicer, address = service
+    servicer.refusals = 2
+    export = tmp_path / "export.jsonl"
+    stop = '{"type": "opt_out", "import_id": "src-%d", "phone": "+1415555%04d", '
+    stop += '"brand": "acme", "occurred_at": "2026-11-02T09:30:00Z", "channel": "keyword"}\n'
+    export.write_text("".join(stop % (n, n) for n in range(5_000)))
+    assert cli.main(["import", str(export), "--address", address, "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert servicer.calls >= 3
+    assert len(servicer.imported) == 5_000 == len(set(servicer.imported))
+    assert "imported 5,000 of 5,000 records" in out
+    assert err.count("waiting") == 1
