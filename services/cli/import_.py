@@ -101,7 +101,11 @@ connection:
   var/data/dev-token (what `make run` writes). Plaintext unless --cacert is given
   (TLS), with --cert and --key for mutual TLS. --timeout bounds each of the
   import's two calls (its opt-outs', its opt-ins'): one that runs longer stops
-  there, saying so (exit 1); run it again with a longer --timeout.
+  there, saying so (exit 1); run it again with a longer --timeout. A call the
+  service refuses for now (RESOURCE_EXHAUSTED with a retry delay: the caller's
+  16 import streams open, or its rate limit) is made again with the same records
+  after the delay, longer after each refusal in a row, up to 8 refusals or 2
+  minutes of waiting; standard error says so once.
 
 output:
   a progress bar on standard error (records acknowledged by the service, their
