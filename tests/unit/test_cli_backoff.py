@@ -50,6 +50,10 @@ class Refusing(api_grpc.ConsentServiceServicer):  # type: ignore[misc]
         done = api.SweepProgress(events_read=3, sends_judged=1, done=1.0, partitions_done=[0])
         yield api.SweepCampaignResponse(progress=done, consistency_token="subscribers:0:3")
 
+    async def StreamCampaignHealth(self, request: Any, context: Any) -> Any:
+        await self.refuse(context)
+        yield api.StreamCampaignHealthResponse(health=api.GetCampaignHealthResponse())
+
     async def GetProofPacket(self, request: Any, context: Any) -> Any:
         await self.refuse(context)
         packet = {"phone": request.phone, "brand": request.brand, "campaign": ""}
@@ -155,6 +159,15 @@ def test_a_packet_refused_for_now_is_asked_again(service, tmp_path, capsys):
     argv = ["audit", "packet", "--address", address, "--phone", "+14155552671"]
     argv += ["--brand", "acme", "--format", "json", "--quiet", "-o", str(tmp_path / "p.json")]
     assert cli.main(argv) == 0
+    assert servicer.calls == 3
+    assert capsys.readouterr().err.count("waiting") == 1
+
+
+def test_a_health_read_refused_for_now_is_asked_again(service, tmp_path, capsys):
+    servicer, address = service
+    servicer.refusals = 2
+    argv = ["audit", "health", "--address", address, "--brand", "acme", "--json", "--quiet"]
+    assert cli.main([*argv, "--resume", str(tmp_path / "health.resume")]) == 0
     assert servicer.calls == 3
     assert capsys.readouterr().err.count("waiting") == 1
 
