@@ -1370,7 +1370,9 @@ class Writes:
                 return None
         late = sent_for or ""
         claimed = await self._message_claimed(events, late)
-        earlier = None if claimed is None else await self._redelivered(claimed, kept)
+        received = events[0]
+        assert isinstance(received, InboundMessageReceived)
+        earlier = None if claimed is None else await self._once_there(received.phone, claimed, kept)
         if earlier is not None:
             return earlier
         written = await self._text_recorded(events, late)
@@ -1461,7 +1463,7 @@ class Writes:
                 raise erased_refusal(brand, state.erased.at, "recorded")
             return InboundResult(earlier_write, outcome, owed=outcome)
         claimed = await self._message_claimed(events)
-        earlier = None if claimed is None else await self._redelivered(claimed, outcome)
+        earlier = None if claimed is None else await self._once_there(sender, claimed, outcome)
         if earlier is not None:
             return earlier
         resumed = next((e for e in events if isinstance(e, ConsentResumed)), None)
@@ -1493,11 +1495,14 @@ class Writes:
             )
         if claimed is not None:
             # A copy of a text another delivery took the message id for, recorded too
-            # as that one was not in the view yet (perhaps still on its way through
-            # another instance): that one owes the reply. Once the view has it, this
-            # copy answers as the redelivery it is, as its retry does, so a gateway
-            # trusting the answers sends one confirmation. Its facts stand either way.
-            earlier = await self._once_applied(sender, claimed, outcome, written.token)
+            # as that one did not reach the view within the bound (``_once_there``).
+            # Should it have landed since, it owes the reply: this copy answers as the
+            # redelivery it is, as its retry does, so a gateway trusting the answers
+            # sends one confirmation. One look: the bound was waited out already.
+            # Its facts stand either way.
+            earlier = await self._once_applied(
+                sender, claimed, outcome, written.token, patience=0.0
+            )
             if earlier is not None:
                 return earlier
             await self._take_message_id_over(events, claimed)
@@ -1792,15 +1797,37 @@ class Writes:
         )
         return InboundResult(first, again, owed=replace(outcome, notes=[told]))
 
+    async def _once_there(
+        self, phone: str, claimed: _TakenBefore, outcome: InboundOutcome
+    ) -> InboundResult | None:
+        """``_redelivered``, waiting (``_once_applied``) for the text that took the
+        message id when the view does not have it yet: delivered at once to two
+        instances under two request ids, a text was recorded by both (two opt-outs
+        counted for one STOP), its append on its way through the other instance when
+        this one looked. Only a copy whose text never comes is recorded, after the
+        freshness bound (its append failed, or its instance was killed)."""
+        earlier = await self._redelivered(claimed, outcome)
+        if earlier is not None:
+            return earlier
+        return await self._once_applied(phone, claimed, outcome)
+
     async def _once_applied(
-        self, phone: str, claimed: _TakenBefore, outcome: InboundOutcome, written: ConsistencyToken
+        self,
+        phone: str,
+        claimed: _TakenBefore,
+        outcome: InboundOutcome,
+        written: ConsistencyToken | None = None,
+        *,
+        patience: float | None = None,
     ) -> InboundResult | None:
         """``_redelivered`` once the view has the text that took the message id,
         looked at again as the ledger grows: that text's append may be acknowledged
-        after this copy's. None when the view cannot get there within the freshness
-        bound (that append failed, or the view is behind): the copy then owes its own
-        reply, the lesser harm."""
-        deadline = asyncio.get_running_loop().time() + self.ctx.guard.wait_bound
+        after this copy's. None when the view cannot get there within ``patience``
+        seconds (the freshness bound when None; at least one look is made): that
+        append failed, or the view is behind, and the copy then owes its own reply,
+        the lesser harm."""
+        bound = self.ctx.guard.wait_bound if patience is None else patience
+        deadline = asyncio.get_running_loop().time() + bound
         while await self.ctx.guard.wait_until_applied_for([phone]):
             earlier = await self._redelivered(claimed, outcome, written)
             if earlier is not None or asyncio.get_running_loop().time() >= deadline:

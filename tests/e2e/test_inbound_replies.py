@@ -349,3 +349,43 @@ async def test_a_text_delivered_many_times_at_once_owes_its_reply_once(instances
                     (ConsistencyToken.decode(r.consistency_token) for r in first),
                 )
                 assert not (await standing(cb, phone, token.encode()))["promo"][0]
+
+
+UNOWNED_NUMBER = "+12125550199"
+
+
+@pytest.mark.parametrize("to", [PROMO_NUMBER, UNOWNED_NUMBER], ids=["owned", "unowned"])
+@pytest.mark.parametrize("apart_ms", [0, 2])
+async def test_a_text_delivered_to_two_instances_at_once_is_recorded_once(instances, apart_ms, to):
+    """A gateway delivers a STOP to one instance and, a moment later (its answer slow
+    to come), to the other under a new request id. The second found the message id
+    taken by a text whose append was still on its way through the first, and
+    recorded it again, in nearly every try: two opt-outs for one STOP, or (to a
+    number no campaign sends from) two holds to review. It now waits for that text
+    and answers as it, recording nothing."""
+    (a, b), when = instances
+    async with client(a.address, "acme-app") as ca, client(b.address, "acme-app") as cb:
+        for n in range(6):
+            phone = f"+14155574{int(to == PROMO_NUMBER)}{apart_ms}{n}"
+            w = await ca.RecordOptIn(opt_in(phone, "acme", "promo", when - timedelta(minutes=30)))
+            await standing(ca, phone, w.consistency_token)  # every instance reads the setup
+            await standing(cb, phone, w.consistency_token)
+            text = inbound(phone, to, "STOP", when - timedelta(minutes=5))
+            copy = api.HandleInboundMessageRequest()
+            copy.CopyFrom(text)
+            copy.request_id = f"{text.request_id}-again"
+            first = asyncio.ensure_future(ca.HandleInboundMessage(text))
+            await asyncio.sleep(apart_ms / 1000)
+            answers = await asyncio.gather(first, cb.HandleInboundMessage(copy))
+            assert list(answers[0].event_ids) == list(answers[1].event_ids), answers
+            replies = sorted(r.reply for r in answers)
+            if to == PROMO_NUMBER:
+                owed = [api.REPLY_KIND_OPT_OUT_CONFIRMATION, api.REPLY_KIND_NONE]
+                assert replies == sorted(owed), replies
+            token = functools.reduce(
+                ConsistencyToken.merge,
+                (ConsistencyToken.decode(r.consistency_token) for r in answers),
+            )
+            recorded = [kind for kind, _, _ in await facts(ca, phone, token.encode())]
+            assert recorded.count("InboundMessageReceived") == 1, (n, recorded)
+            assert recorded.count("ConsentRevoked") == int(to == PROMO_NUMBER), (n, recorded)
