@@ -404,7 +404,7 @@ async def _replayed(
         ids = [str(e.event_id) for e in events]
         if (earlier := await first_facts(ctx, use, events)) is not None:
             return earlier, known, use
-        known = await stored_before(ctx, events)
+        known = await stored_or_landing(ctx, events)
         if all(i in known for i in ids):
             return found(ctx, ids, [known[i] for i in ids]), known, use
     if isinstance(first, MessageSent):
@@ -493,13 +493,39 @@ async def stored_before(
     if len(known) == len(ids) or ctx.ledger.stores_events_once:
         return known
     await ctx.ledger.settled()
+    if not await _applied_for(ctx, events):
+        raise NotConsistent(field, BEHIND)
+    return await ctx.view.find_events(ids)
+
+
+async def _applied_for(ctx: Context, events: Sequence[LedgerEvent]) -> bool:
+    """Whether the view has applied the ledger to its end, as of now, where ``events``
+    would be: their phones' partitions, and the campaigns' stream for a campaign's."""
     phones = sorted({e.phone for e in events if isinstance(e, SubscriberEvent)})
     caught_up = not phones or await ctx.guard.wait_until_applied_for(phones)
     if caught_up and any(isinstance(e, CampaignEvent) for e in events):
         caught_up = await ctx.guard.wait_until_applied((Stream.CAMPAIGNS,))
-    if not caught_up:
-        raise NotConsistent(field, BEHIND)
-    return await ctx.view.find_events(ids)
+    return caught_up
+
+
+async def stored_or_landing(ctx: Context, events: Sequence[LedgerEvent]) -> dict[str, Recorded]:
+    """``stored_before`` for a request whose id an attempt took before this one, and,
+    while some of its events are missing on a ledger that may store them twice, those
+    looked for again as the ledger grows, up to the freshness bound: the attempt may
+    be another instance's, its append still on its way (``EventLog.settled`` waits
+    only for this process's), and appended at once the events were stored twice.
+    Past the bound that attempt is taken to have failed, and they are appended."""
+    stored = await stored_before(ctx, events)
+    ids = {str(e.event_id) for e in events}
+    if ids <= stored.keys() or ctx.ledger.stores_events_once:
+        return stored
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ctx.guard.wait_bound
+    while loop.time() < deadline and await _applied_for(ctx, events):
+        stored = await ctx.view.find_events(sorted(ids))
+        if ids <= stored.keys():
+            break
+    return stored
 
 
 async def appended_again(
@@ -519,12 +545,25 @@ async def append(
     """Append a request ``replay`` did not find (new, or a retry whose earlier attempt
     stored none of it, or only ``stored``: ``stored_before``), once its request id
     is taken for it: of two requests under one id at once, through any instances
-    sharing the view, the second is refused and appends nothing."""
+    sharing the view, the second is refused and appends nothing. ``stored`` None:
+    ``replay`` found the id free. Another attempt of the request that took it since
+    (through another instance, its append perhaps still on its way) is then looked
+    for first (``stored_or_landing``), and answered if found: appended at once, the
+    request was stored twice."""
     first, ids = events[0], [str(e.event_id) for e in events]
-    use = await ctx.view.claim_request(
+    taken = await ctx.view.take_request(
+        brand_of(first), first.request_id, first.request_fingerprint, ids
+    )
+    # With no message the id is always held, by this request or another; a view that
+    # says otherwise is asked as before.
+    use = taken.use or await ctx.view.claim_request(
         brand_of(first), first.request_id, first.request_fingerprint, ids
     )
     refuse_another_request(first, use)
+    if not taken.taken and stored is None:
+        stored = await stored_or_landing(ctx, events)
+        if all(i in stored for i in ids):
+            return found(ctx, ids, [stored[i] for i in ids])
     recorded = await appended_again(ctx, events, stored or {})
     return WriteResult(ids, ConsistencyToken.after(recorded))
 
@@ -600,7 +639,10 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
         if taken.use is not None:  # this very request before: recorded, if stored
             if (earlier := await first_facts(ctx, taken.use, events)) is not None:
                 return earlier
-            stored = await stored_before(ctx, events)
+            # A send waits no longer: its claims, made anew by this take, allow it
+            # only ``append_within_s`` before its append begins.
+            look = stored_before if message is not None else stored_or_landing
+            stored = await look(ctx, events)
             if all(i in stored for i in ids):
                 return found(ctx, ids, [stored[i] for i in ids])
         if taken.sent_as is not None and taken.sent_as not in ids:
@@ -721,7 +763,7 @@ async def recorded_once(
     if earlier is not None:
         return earlier
     try:
-        return await append(ctx, events, stored)
+        return await append(ctx, events, None if use is None else stored)
     except EventTooLarge as exc:
         if free_if_too_large and use is None and unwritten(exc, events):
             first, ids = events[0], [str(e.event_id) for e in events]

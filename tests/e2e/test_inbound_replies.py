@@ -14,7 +14,7 @@ import grpc
 import pytest
 from consent.v1 import consent_service_pb2 as api
 
-from ledger.ports import ConsistencyToken
+from ledger.ports import ConsistencyToken, Stream
 from services.bootstrap import Runtime
 from tests.e2e.harness import (
     Client,
@@ -27,6 +27,7 @@ from tests.e2e.harness import (
     sends_from,
     service_settings,
 )
+from tests.e2e.test_appended_once import stored_in
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -389,3 +390,29 @@ async def test_a_text_delivered_to_two_instances_at_once_is_recorded_once(instan
             recorded = [kind for kind, _, _ in await facts(ca, phone, token.encode())]
             assert recorded.count("InboundMessageReceived") == 1, (n, recorded)
             assert recorded.count("ConsentRevoked") == int(to == PROMO_NUMBER), (n, recorded)
+
+
+async def test_one_request_sent_to_two_instances_at_once_is_stored_once(instances):
+    """A client sends one request (the same request id and fields) to both instances
+    at once, a retry on a timeout racing its first try. The later found the request
+    id taken by the other but its events not in the view, the other's append still
+    on its way: it appended them again, and the topic held them twice (the view
+    applied them once), in about half the tries of an opt-in and most of a STOP's.
+    Each is stored once."""
+    (a, b), when = instances
+    async with client(a.address, "acme-app") as ca, client(b.address, "acme-app") as cb:
+        for n in range(8):
+            phone = f"+141555742{n}0"
+            w = await ca.RecordOptIn(opt_in(phone, "acme", "promo", when - timedelta(minutes=30)))
+            await standing(ca, phone, w.consistency_token)  # every instance reads the setup
+            await standing(cb, phone, w.consistency_token)
+            again = opt_in(phone, "acme", "alerts", when - timedelta(minutes=10))
+            text = inbound(phone, PROMO_NUMBER, "STOP", when - timedelta(minutes=5))
+            for rpc, request in (("RecordOptIn", again), ("HandleInboundMessage", text)):
+                first, second = (ca, cb) if n % 2 else (cb, ca)
+                answers = await asyncio.gather(
+                    getattr(first, rpc)(request), getattr(second, rpc)(request)
+                )
+                assert list(answers[0].event_ids) == list(answers[1].event_ids), answers
+    counts = await stored_in(a, Stream.SUBSCRIBERS)
+    assert {i: k for i, k in counts.items() if k > 1} == {}
