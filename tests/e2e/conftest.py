@@ -13,6 +13,32 @@ from tests.infra.postgres_server import PostgresServer
 
 
 @pytest.fixture
+async def postgres_dsn(
+    postgres_server: PostgresServer, migrated_database: str, request: pytest.FixtureRequest
+) -> AsyncIterator[str]:
+    """DSN of a fresh database of the test's own, dropped afterwards: migrated, a copy
+    of ``migrated_database``, since a service's start migrating each afresh took
+    longer than the copy (a restarted service finds its database migrated too).
+    ``migrate`` on an empty one is ``empty_postgres_dsn``'s."""
+    name = database_name(request.node.name)
+    dsn = await postgres_server.create_database(name, template=migrated_database)
+    yield dsn
+    await postgres_server.drop_database(name)
+
+
+@pytest.fixture
+async def empty_postgres_dsn(
+    postgres_server: PostgresServer, request: pytest.FixtureRequest
+) -> AsyncIterator[str]:
+    """DSN of a fresh, empty database of the test's own, dropped afterwards: for what
+    a first start or ``migrate`` does to one."""
+    name = database_name(request.node.name)
+    dsn = await postgres_server.create_database(name)
+    yield dsn
+    await postgres_server.drop_database(name)
+
+
+@pytest.fixture
 async def serve(
     tmp_path, postgres_dsn, kafka_bootstrap
 ) -> AsyncIterator[Callable[..., Awaitable[Runtime]]]:
@@ -34,6 +60,7 @@ async def module_serve(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     postgres_server: PostgresServer,
+    migrated_database: str,
     kafka_bootstrap: str,
 ) -> AsyncIterator[Callable[..., Awaitable[Runtime]]]:
     """``serve`` for the module: each service it starts, on a database and in a
@@ -49,7 +76,7 @@ async def module_serve(
 
             async def serve(*, on_kafka: bool = True, **parameters: Any) -> Runtime:
                 databases.append(database_name(module))
-                dsn = await postgres_server.create_database(databases[-1])
+                dsn = await postgres_server.create_database(databases[-1], migrated_database)
                 tmp = tmp_path_factory.mktemp(module)
                 bootstrap = kafka_bootstrap if on_kafka else None
                 return await started.enter_async_context(serving(tmp, dsn, bootstrap, **parameters))

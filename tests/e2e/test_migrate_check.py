@@ -58,9 +58,9 @@ async def _pending(dsn: str) -> list[str]:
 
 
 async def test_check_names_what_is_missing_and_changes_nothing(
-    tmp_path, postgres_dsn, kafka_bootstrap
+    tmp_path, empty_postgres_dsn, kafka_bootstrap
 ):
-    env = _env(tmp_path, postgres_dsn, kafka_bootstrap)
+    env = _env(tmp_path, empty_postgres_dsn, kafka_bootstrap)
     prefix = env["CONSENT_KAFKA_TOPIC_PREFIX"]
 
     done = await asyncio.to_thread(_cli, env, "--check")
@@ -70,13 +70,13 @@ async def test_check_names_what_is_missing_and_changes_nothing(
     assert f"migration {first} is not applied" in done.stderr
     assert f"{prefix}consent.subscriber-events.v1: does not exist" in done.stderr
     assert "Traceback" not in done.stderr
-    assert await _pending(postgres_dsn) == [m.name for m in discover()]  # nothing applied
+    assert await _pending(empty_postgres_dsn) == [m.name for m in discover()]  # nothing applied
     again = await asyncio.to_thread(_cli, env, "--check")  # and no topic was created
     assert f"{prefix}consent.campaign-events.v1: does not exist" in again.stderr
 
 
-async def test_check_passes_once_migrate_has_run(tmp_path, postgres_dsn, kafka_bootstrap):
-    env = _env(tmp_path, postgres_dsn, kafka_bootstrap)
+async def test_check_passes_once_migrate_has_run(tmp_path, empty_postgres_dsn, kafka_bootstrap):
+    env = _env(tmp_path, empty_postgres_dsn, kafka_bootstrap)
 
     migrated = await asyncio.to_thread(_cli, env)
     done = await asyncio.to_thread(_cli, env, "--check")
@@ -84,11 +84,13 @@ async def test_check_passes_once_migrate_has_run(tmp_path, postgres_dsn, kafka_b
     assert migrated.returncode == 0, migrated.stderr
     assert done.returncode == 0, done.stderr
     assert "schema and topics are in place" in done.stdout
-    assert await _pending(postgres_dsn) == []
+    assert await _pending(empty_postgres_dsn) == []
 
 
-async def test_check_with_wait_holds_until_migrate_has_run(tmp_path, postgres_dsn, kafka_bootstrap):
-    env = _env(tmp_path, postgres_dsn, kafka_bootstrap)
+async def test_check_with_wait_holds_until_migrate_has_run(
+    tmp_path, empty_postgres_dsn, kafka_bootstrap
+):
+    env = _env(tmp_path, empty_postgres_dsn, kafka_bootstrap)
     waiting = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "migrate", "--check", "--wait", "90"],
         cwd=ROOT,
@@ -126,9 +128,9 @@ async def test_check_with_wait_holds_until_migrate_has_run(tmp_path, postgres_ds
 
 
 async def test_check_with_a_short_wait_gives_up_naming_the_setting(
-    tmp_path, postgres_dsn, kafka_bootstrap
+    tmp_path, empty_postgres_dsn, kafka_bootstrap
 ):
-    env = _env(tmp_path, postgres_dsn, kafka_bootstrap)
+    env = _env(tmp_path, empty_postgres_dsn, kafka_bootstrap)
     started = time.monotonic()
     done = await asyncio.to_thread(_cli, env, "--check", "--wait", "3")
     assert done.returncode == 1

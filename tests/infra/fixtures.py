@@ -12,6 +12,8 @@ Fixtures
                                    the earlier tests' topics deleted
   postgres_server       session   started PostgresServer (tmp dir), or the override
   postgres_dsn          function  DSN of a fresh, empty database, dropped afterwards
+  migrated_database     session   name of a database the project's migrations were run
+                                   on once, to copy (``create_database(template=...)``)
 
 Environment overrides (use servers you already run instead of starting ours):
   CONSENT_TEST_KAFKA_BOOTSTRAP   e.g. 127.0.0.1:9092
@@ -165,4 +167,23 @@ async def postgres_dsn(
     name = database_name(request.node.name)
     dsn = await postgres_server.create_database(name)
     yield dsn
+    await postgres_server.drop_database(name)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def migrated_database(postgres_server: PostgresServer) -> AsyncIterator[str]:
+    """The name of a database migrated once, for tests that need a migrated one of
+    their own: a copy of it is made sooner than the migrations run on an empty one.
+    Nothing connects to it after, as ``CREATE DATABASE ... TEMPLATE`` requires."""
+    import asyncpg
+
+    from services.adapters.migrations import migrate
+
+    name = database_name("migrated")
+    conn = await asyncpg.connect(await postgres_server.create_database(name))
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    yield name
     await postgres_server.drop_database(name)

@@ -89,8 +89,9 @@ def _quote_ident(name: str) -> str:
     return f'"{name}"'
 
 
-async def create_database(admin_dsn: str, name: str) -> str:
-    """(Re)create database ``name`` empty on the server of ``admin_dsn``; return its DSN."""
+async def create_database(admin_dsn: str, name: str, template: str = "template0") -> str:
+    """(Re)create database ``name`` on the server of ``admin_dsn``, empty or as a copy of
+    database ``template`` (which nothing may be connected to); return its DSN."""
     import asyncpg
 
     ident = _quote_ident(name)
@@ -99,7 +100,8 @@ async def create_database(admin_dsn: str, name: str) -> str:
         # FORCE: a test that leaked connections must not block the next one's fresh DB.
         await conn.execute(f"DROP DATABASE IF EXISTS {ident} WITH (FORCE)")
         # template0 guarantees "empty" even if someone added objects to template1.
-        await conn.execute(f"CREATE DATABASE {ident} TEMPLATE template0 ENCODING 'UTF8'")
+        source = _quote_ident(template)
+        await conn.execute(f"CREATE DATABASE {ident} TEMPLATE {source} ENCODING 'UTF8'")
     finally:
         await conn.close()
     return dsn_with_database(admin_dsn, name)
@@ -211,9 +213,10 @@ class PostgresServer:
             self._pg_ctl_stop(pid)
         self._release_watchdog()
 
-    async def create_database(self, name: str) -> str:
-        """DSN of a fresh, empty database ``name`` (dropped and recreated if it existed)."""
-        return await create_database(self.dsn, name)
+    async def create_database(self, name: str, template: str = "template0") -> str:
+        """DSN of a fresh database ``name`` (dropped and recreated if it existed): empty,
+        or a copy of database ``template``."""
+        return await create_database(self.dsn, name, template)
 
     async def drop_database(self, name: str) -> None:
         await drop_database(self.dsn, name)
