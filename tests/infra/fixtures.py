@@ -28,6 +28,7 @@ for the wrong reason.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import re
@@ -68,8 +69,40 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
             pytrace=False,
         )
     broker = _start_broker(tmp_path_factory.mktemp("kafka"))
+    _SESSION_BROKERS.append(broker)
     yield broker
+    _SESSION_BROKERS.remove(broker)
     broker.stop()
+
+
+_SESSION_BROKERS: list[KafkaBroker] = []
+"""``kafka_broker`` while it serves: every topic on it is one this session's tests made."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _topics_deleted_after_the_module() -> Iterator[None]:
+    """The topics a module's tests made on ``kafka_broker``, deleted once they are
+    done: no later test reads them, and each service's start lists every topic on
+    the broker, which took longer the further the suite went (thousands of them by
+    its end). Not on an external broker, which may hold topics of others."""
+    yield
+    for broker in _SESSION_BROKERS:
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, _delete_topics(broker.bootstrap_servers)).result()
+
+
+async def _delete_topics(bootstrap: str) -> None:
+    """Delete every topic but Kafka's own (``__consumer_offsets``); a broker a test
+    left unreachable keeps them."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(admin.start(), 15)
+        try:
+            topics = [t for t in await admin.list_topics() if not t.startswith("__")]
+            if topics:
+                await admin.delete_topics(topics, timeout_ms=30_000)
+        finally:
+            await admin.close()
 
 
 @pytest.fixture(scope="session")
