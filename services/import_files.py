@@ -38,6 +38,7 @@ import re
 import sys
 import tempfile
 import time
+import unicodedata
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -1585,11 +1586,12 @@ def _with_country_code(phone: str) -> bool:
 def national(phone: str) -> bool:
     """Whether ``phone`` is written as a number without its country code, which only
     ``--phone-region`` reads: digits with no leading +, and no letter (a number of
-    letters no region reads)."""
+    letters no region reads), and no control character, which the service refuses
+    a number for however it is read."""
     return (
         not _with_country_code(phone)
         and any(c.isdecimal() for c in phone)
-        and not any(c.isalpha() for c in phone)
+        and not any(c.isalpha() or unicodedata.category(c) == "Cc" for c in phone)
     )
 
 

@@ -489,6 +489,9 @@ def test_a_number_refused_without_its_country_code_is_said_to_need_phone_region(
     a number written with its +, or of letters, is left as the service said it."""
     assert all(national(p) for p in ["(415) 555-0100", "020 7946 0000", "14155550100"])
     assert not any(national(p) for p in ["+1 415", " +44 20", "", " ", "1-800-FLOWERS"])
+    # Refused for its control character however it is read: --phone-region reads it
+    # no better, and one before a "+" hid the +.
+    assert not any(national(p) for p in ["\x01+14155550100", "4155550100\x00"])
     said = "is not a phone number: expected E.164, for example +14155552671"
     hint = (
         "; a number without its country code (no leading +) is read only in the region "
