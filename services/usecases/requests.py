@@ -508,19 +508,27 @@ async def _applied_for(ctx: Context, events: Sequence[LedgerEvent]) -> bool:
     return caught_up
 
 
+LANDING_WAIT_S = 1.0
+"""The longest ``stored_or_landing`` looks for another attempt's events, if the
+freshness bound is longer: an append on its way lands within milliseconds, while
+a retry after its instance was killed (no append to come) waits this out before
+its own, which a longer bound (10 s) made miss the caller's deadline."""
+
+
 async def stored_or_landing(ctx: Context, events: Sequence[LedgerEvent]) -> dict[str, Recorded]:
     """``stored_before`` for a request whose id an attempt took before this one, and,
     while some of its events are missing on a ledger that may store them twice, those
-    looked for again as the ledger grows, up to the freshness bound: the attempt may
-    be another instance's, its append still on its way (``EventLog.settled`` waits
-    only for this process's), and appended at once the events were stored twice.
-    Past the bound that attempt is taken to have failed, and they are appended."""
+    looked for again as the ledger grows, up to the freshness bound (``LANDING_WAIT_S``
+    at most): the attempt may be another instance's, its append still on its way
+    (``EventLog.settled`` waits only for this process's), and appended at once the
+    events were stored twice. Past the bound that attempt is taken to have failed,
+    and they are appended."""
     stored = await stored_before(ctx, events)
     ids = {str(e.event_id) for e in events}
     if ids <= stored.keys() or ctx.ledger.stores_events_once:
         return stored
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + ctx.guard.wait_bound
+    deadline = loop.time() + min(ctx.guard.wait_bound, LANDING_WAIT_S)
     while loop.time() < deadline and await _applied_for(ctx, events):
         stored = await ctx.view.find_events(sorted(ids))
         if ids <= stored.keys():
