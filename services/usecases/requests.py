@@ -580,12 +580,14 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
     """``replay`` and ``append`` in one look at the view, for a request whose checks
     passed: the request id is taken (``ConsentView.take_request``) and the events
     appended; or, when a request took the id before, refused if it was another, and
-    answered with its result if the view has applied it (a retry). A send claims its
-    provider message id in the same look; when another send claimed it first, the
-    view is let reach what was acknowledged for the phone (as ``replay`` does) and
-    asked again, so that the same message recorded a moment ago is answered as that
-    message. (Batched sends claim their messages' ids the same way, in one statement:
-    ``Sends``.)"""
+    answered with its result if the view has applied it (a retry), or once it lands
+    (``stored_or_landing``: another instance's attempt may be appending it; a send
+    then takes its ids again, its claims made anew, before its own append). A send
+    claims its provider message id in the same look; when another send claimed it
+    first, the view is let reach what was acknowledged for the phone (as ``replay``
+    does) and asked again, so that the same message recorded a moment ago is
+    answered as that message. (Batched sends claim their messages' ids the same
+    way, in one statement: ``Sends``.)"""
     first, ids = events[0], [str(e.event_id) for e in events]
     message = content = None
     if isinstance(first, MessageSent):
@@ -609,7 +611,7 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
     if taken.use is not None:
         refuse_another_request(first, taken.use)
     copy = taken.sent_as is None and taken.claimed_by not in ids
-    took_over = False
+    took_over = past = False
     if isinstance(first, MessageSent) and copy and _claim_refuses(first, taken):
         # Another send's claim says something else of the message: refused, unless
         # that send provably was never written (its instance died before appending).
@@ -635,6 +637,7 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
         # id.)
         await claimed_sends_applied(ctx, brand_of(first), [message])
         asked = loop.time()
+        past = True
         taken = await unless_gone(
             take(past_claims=True), partial(_give_up_if_taken, ctx, first, ids, message)
         )
@@ -647,12 +650,19 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
         if taken.use is not None:  # this very request before: recorded, if stored
             if (earlier := await first_facts(ctx, taken.use, events)) is not None:
                 return earlier
-            # A send waits no longer: its claims, made anew by this take, allow it
-            # only ``append_within_s`` before its append begins.
-            look = stored_before if message is not None else stored_or_landing
-            stored = await look(ctx, events)
+            stored = await stored_or_landing(ctx, events)
             if all(i in stored for i in ids):
                 return found(ctx, ids, [stored[i] for i in ids])
+            if message is not None and not ctx.ledger.stores_events_once:
+                # The look may have outlasted what this take's claims allow before the
+                # append (``append_within_s``): taken again, they are made anew.
+                asked = loop.time()
+                again = await unless_gone(
+                    take(past_claims=past), partial(_give_up_if_taken, ctx, first, ids, message)
+                )
+                taken, stored = await _still_ours(ctx, first, events, again)
+                if all(i in stored for i in ids):
+                    return found(ctx, ids, [stored[i] for i in ids])
         if taken.sent_as is not None and taken.sent_as not in ids:
             original = await ctx.view.find_event(taken.sent_as)
             if original is None:  # the view reads them in one transaction: only mid-rebuild
@@ -678,6 +688,37 @@ async def taken_then_appended(ctx: Context, events: Sequence[LedgerEvent]) -> Wr
     if copy and isinstance(first, MessageSent):
         return await _as_the_send_applied(ctx, first, written)
     return written
+
+
+async def _still_ours(
+    ctx: Context, first: LedgerEvent, events: Sequence[LedgerEvent], again: RequestTaken
+) -> tuple[RequestTaken, dict[str, Recorded]]:
+    """What a send whose earlier attempt held its ids, none of its event found, makes
+    of taking them again after its look (``again``): the take, and its event if it
+    landed meanwhile. ``AlreadyExists`` if another request holds the request id now;
+    ``NotConsistent`` (its claims given up if this take made them) if another send
+    claims the message now, that earlier attempt having given it up: its retry
+    decides as any send's does."""
+    ids = [str(e.event_id) for e in events]
+    if again.use is not None:
+        refuse_another_request(first, again.use)
+    if again.sent_as is not None and again.sent_as in ids:
+        stored = await ctx.view.find_events(ids)
+        if len(stored) < len(ids):  # the view reads them in one transaction: mid-rebuild
+            raise NotConsistent("message_id", BEHIND)
+        return again, stored
+    if again.claimed_by is not None and again.claimed_by not in ids and again.sent_as is None:
+        if again.taken:
+            assert isinstance(first, MessageSent)
+            await _give_up_claims(ctx, first, ids, (first.phone, first.message_id))
+        raise NotConsistent("message_id", CLAIMED_SINCE)
+    return again, {}
+
+
+CLAIMED_SINCE = (
+    "another send claimed the message id while this request looked for its earlier"
+    " attempt, which gave it up; nothing was written: try again"
+)
 
 
 async def unless_gone(work: Awaitable[R], undo: Callable[[R], Awaitable[None]]) -> R:

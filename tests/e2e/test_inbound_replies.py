@@ -9,6 +9,7 @@ import asyncio
 import functools
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -25,6 +26,7 @@ from tests.e2e.harness import (
     noon_in_los_angeles,
     opt_in,
     sends_from,
+    sent,
     service_settings,
 )
 from tests.e2e.test_appended_once import stored_in
@@ -416,3 +418,51 @@ async def test_one_request_sent_to_two_instances_at_once_is_stored_once(instance
                 assert list(answers[0].event_ids) == list(answers[1].event_ids), answers
     counts = await stored_in(a, Stream.SUBSCRIBERS)
     assert {i: k for i, k in counts.items() if k > 1} == {}
+
+
+@pytest.mark.parametrize("rpc, apart", [("RecordMessageSent", 0.1)])
+async def test_one_send_sent_to_two_instances_at_once_is_stored_once(instances, rpc, apart):
+    """One send (the same request id and fields) sent to both instances at once, the
+    first instance's append slow to land. The later found the request id taken by
+    the other and looked once: a send's claims allowed it no wait before its append,
+    so it appended the send again and the topic held it twice (in about 1 try in
+    160). It now looks for the other's append as it lands, then claims its message
+    anew before appending."""
+    (a, b), when = instances
+    assert a.usecases is not None
+    ledger = a.usecases.writes.ctx.ledger
+    append = ledger.append
+    slow = f"slow-{uuid.uuid4().hex}"
+
+    async def slow_to_land(events):
+        if any(getattr(e, "request_id", "") == slow for e in events):
+            await asyncio.sleep(0.3)  # well within a second's look
+        return await append(events)
+
+    async with client(a.address, "acme-app") as ca, client(b.address, "acme-app") as cb:
+        phone = f"+1415555743{int(rpc == 'RecordMessagesSent') + int(not apart)}"
+        w = await ca.RecordOptIn(opt_in(phone, "acme", "promo", when - timedelta(minutes=30)))
+        await standing(ca, phone, w.consistency_token)
+        await standing(cb, phone, w.consistency_token)
+        one = sent(phone, "acme", "promo", when - timedelta(minutes=5), request_id=slow)
+        request: Any = one
+        if rpc == "RecordMessagesSent":
+            message = api.SentMessage(
+                phone=phone, campaign="promo", message_id=one.message_id,
+                occurred_at=one.occurred_at, included_opt_out_language=True,
+                identified_sender=True,
+            )  # fmt: skip
+            request = api.RecordMessagesSentRequest(
+                request_id=slow, brand="acme", messages=[message]
+            )
+        ledger.append = slow_to_land
+        try:
+            first = asyncio.ensure_future(getattr(ca, rpc)(request))
+            await asyncio.sleep(apart)  # its claims are taken; its append is on its way
+            second = await getattr(cb, rpc)(request)
+            answered = await first
+        finally:
+            ledger.append = append
+    assert list(answered.event_ids) == list(second.event_ids)
+    counts = await stored_in(a, Stream.SUBSCRIBERS)
+    assert [counts[i] for i in answered.event_ids] == [1]
