@@ -29,11 +29,19 @@ from ledger.events import (
 )
 from ledger.phone import forms_stored_before
 from ledger.policy import earns_exemption
-from ledger.ports import TOO_LARGE, ConsistencyToken, EventTooLarge, MessageClaim, RequestUse
+from ledger.ports import (
+    TOO_LARGE,
+    ConsistencyToken,
+    EventTooLarge,
+    MessageClaim,
+    RequestTaken,
+    RequestUse,
+)
 from ledger.state import COUNTED_KINDS, apply
 from services.errors import FailedPrecondition, MessageIdReused, NotConsistent, refuse_every
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import (
+    LANDING_WAIT_S,
     LATE_TO_APPEND,
     RequestTurns,
     as_recorded_after_take_over,
@@ -152,7 +160,9 @@ class Sends:
         self.ctx.guard.acknowledged(sent.token)
         return sent
 
-    async def _record(self, cmd: RecordMessagesSent, recorded_by: str) -> SendsResult:
+    async def _record(
+        self, cmd: RecordMessagesSent, recorded_by: str, *, again: bool = False
+    ) -> SendsResult:
         """Validate every message (any bad field refuses the call, nothing written),
         then append the messages not recorded before, in one append, in the order
         they went out (``occurred_at``; the call's order among equals).
@@ -162,9 +172,13 @@ class Sends:
         event id, not written. A retry of the call (its request id taken by this very
         request) lets the view reach the ledger's end on the phones' partitions
         first, once no append of this process is on its way (``EventLog.settled``), so
-        what its first attempt appended is found, not appended again; when the view
-        cannot get there in time it is refused ``NotConsistent``, unless the ledger
-        stores an event once by itself (``EventLog.stores_events_once``). The
+        what its first attempt appended is found, not appended again, looked for as
+        the ledger grows (``LANDING_WAIT_S`` at most: that attempt may be another
+        instance's, its append on its way); when the view cannot get there in time
+        it is refused ``NotConsistent``, unless the ledger stores an event once by
+        itself (``EventLog.stores_events_once``). A call that finds its request id
+        free, then taken by another attempt when it takes it, is made again as that
+        retry. The
         new messages' ids are claimed as a single send claims its one; only messages
         another send claimed first make the call wait for the view on their phones.
         A copy the view cannot reach in time is appended, and the projection applies
@@ -189,15 +203,22 @@ class Sends:
         known = await self._known(cmd.brand, keys)
         if use is not None and len(known) < len(set(keys)):
             # A retry: its first attempt may be in the ledger, not yet in the view, or
-            # on its way still. Appended again blind, Kafka would hold it twice.
+            # on its way still (through another instance: looked for as it lands, as
+            # a single request's is, ``stored_or_landing``). Appended again blind,
+            # Kafka would hold it twice.
             once = self.ctx.ledger.stores_events_once
             if not once:
                 await self.ctx.ledger.settled()
             phones = sorted({e.phone for e in events})
-            if await self.ctx.guard.wait_until_applied_for(phones):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + min(self.ctx.guard.wait_bound, LANDING_WAIT_S)
+            while await self.ctx.guard.wait_until_applied_for(phones):
                 known = await self._known(cmd.brand, keys)
-            elif not once:
-                raise NotConsistent("request_id", BEHIND)
+                if once or len(known) == len(set(keys)) or loop.time() >= deadline:
+                    break
+            else:
+                if not once:
+                    raise NotConsistent("request_id", BEHIND)
         answer, new = _split(events, keys, known)
         contested: list[MessageSent] = []
         made: list[MessageSent] = []  # the messages whose ids this call claims
@@ -279,9 +300,14 @@ class Sends:
             new = sorted(new, key=lambda e: e.occurred_at)
             new = await self._with_exemptions(new)
             fingerprint = events[0].request_fingerprint
-            claimed = await unless_gone(
-                self.ctx.view.claim_request(cmd.brand, cmd.request_id, fingerprint, answer),
+            taken = await unless_gone(
+                self.ctx.view.take_request(cmd.brand, cmd.request_id, fingerprint, answer),
                 partial(self._give_up_request_id, cmd, use, fingerprint, answer),
+            )
+            # With no message the id is always held; a view that says otherwise is
+            # asked as before.
+            claimed = taken.use or await self.ctx.view.claim_request(
+                cmd.brand, cmd.request_id, fingerprint, answer
             )
         except (Exception, asyncio.CancelledError):
             # Failed between its claims (a passing failure, or the caller gone): the
@@ -294,6 +320,11 @@ class Sends:
         if claimed.fingerprint != events[0].request_fingerprint:
             await self._release_message_ids(cmd, events[0], new)
         refuse_another_request(events[0], claimed)
+        if use is None and not taken.taken and not again:
+            # Another attempt of this call (through another instance) took its request
+            # id since this one looked: its append may be on its way. Made again as
+            # its retry, which looks for it as it lands and claims the messages anew.
+            return await self._record(cmd, recorded_by, again=True)
         if made and too_late_to_append(self.ctx, asked):
             if use is None:  # else an earlier attempt holding them may be appending
                 await self.ctx.view.release_claims(
@@ -334,13 +365,13 @@ class Sends:
         before: RequestUse | None,
         fingerprint: str,
         answer: list[str],
-        taken: RequestUse,
+        taken: RequestTaken,
     ) -> None:
-        """Give up the request id this call took (``taken`` its own) as its caller went
-        away: kept, it kept the call's message ids too (an attempt holding the request
-        id may be appending them), and they named sends never written. One an earlier
-        attempt took (``before``) is kept."""
-        if before is None and taken == RequestUse(fingerprint, tuple(answer)):
+        """Give up the request id this call took (``taken``) as its caller went away:
+        kept, it kept the call's message ids too (an attempt holding the request id
+        may be appending them), and they named sends never written. One an earlier
+        attempt took (``before``, or another attempt at once) is kept."""
+        if before is None and taken.taken:
             await self.ctx.view.release_claims(cmd.brand, (cmd.request_id, fingerprint, answer), [])
 
     async def _release_message_ids(

@@ -420,14 +420,20 @@ async def test_one_request_sent_to_two_instances_at_once_is_stored_once(instance
     assert {i: k for i, k in counts.items() if k > 1} == {}
 
 
-@pytest.mark.parametrize("rpc, apart", [("RecordMessageSent", 0.1)])
+@pytest.mark.parametrize(
+    "rpc, apart",
+    [("RecordMessageSent", 0.1), ("RecordMessagesSent", 0.1), ("RecordMessagesSent", 0)],
+)
 async def test_one_send_sent_to_two_instances_at_once_is_stored_once(instances, rpc, apart):
-    """One send (the same request id and fields) sent to both instances at once, the
-    first instance's append slow to land. The later found the request id taken by
-    the other and looked once: a send's claims allowed it no wait before its append,
-    so it appended the send again and the topic held it twice (in about 1 try in
-    160). It now looks for the other's append as it lands, then claims its message
-    anew before appending."""
+    """One send (the same request id and fields), alone or as a batch of one, sent to
+    both instances at once, the first instance's append slow to land. The later
+    found the request id taken by the other and looked once: a send's claims allowed
+    it no wait before its append, so it appended the send again and the topic held
+    it twice (a single send in about 1 try in 160). A batch sent to both at the same
+    moment was stored twice in every try: each found the request id free, and the
+    one whose take found it held by the other appended all the same. Each now looks
+    for the other's append as it lands, then claims its message anew before
+    appending."""
     (a, b), when = instances
     assert a.usecases is not None
     ledger = a.usecases.writes.ctx.ledger
