@@ -515,24 +515,51 @@ a retry after its instance was killed (no append to come) waits this out before
 its own, which a longer bound (10 s) made miss the caller's deadline."""
 
 
+async def as_it_lands(
+    caught_up: Callable[[], Awaitable[bool]],
+    look: Callable[[], Awaitable[R]],
+    done: Callable[[R], bool],
+    within_s: float,
+    seen: R,
+) -> tuple[R, bool]:
+    """``look()`` each time the view has caught up with the ledger (``caught_up()``,
+    a wait of its own), until what it finds is ``done`` or ``within_s`` seconds have
+    passed: for what another attempt or instance appends a moment after this one
+    asked, which the view may not hold at one look. What the last look found
+    (``seen`` when none was made) and whether the view last caught up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while await caught_up():
+        seen = await look()
+        if done(seen) or loop.time() >= deadline:
+            return seen, True
+    return seen, False
+
+
+def landing_wait_s(ctx: Context) -> float:
+    """How long to look for an append on its way: the freshness bound,
+    ``LANDING_WAIT_S`` at most."""
+    return min(ctx.guard.wait_bound, LANDING_WAIT_S)
+
+
 async def stored_or_landing(ctx: Context, events: Sequence[LedgerEvent]) -> dict[str, Recorded]:
     """``stored_before`` for a request whose id an attempt took before this one, and,
     while some of its events are missing on a ledger that may store them twice, those
-    looked for again as the ledger grows, up to the freshness bound (``LANDING_WAIT_S``
-    at most): the attempt may be another instance's, its append still on its way
-    (``EventLog.settled`` waits only for this process's), and appended at once the
-    events were stored twice. Past the bound that attempt is taken to have failed,
-    and they are appended."""
+    looked for again as the ledger grows (``landing_wait_s``): the attempt may be
+    another instance's, its append still on its way (``EventLog.settled`` waits only
+    for this process's), and appended at once the events were stored twice. Past the
+    bound that attempt is taken to have failed, and they are appended."""
     stored = await stored_before(ctx, events)
     ids = {str(e.event_id) for e in events}
     if ids <= stored.keys() or ctx.ledger.stores_events_once:
         return stored
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + min(ctx.guard.wait_bound, LANDING_WAIT_S)
-    while loop.time() < deadline and await _applied_for(ctx, events):
-        stored = await ctx.view.find_events(sorted(ids))
-        if ids <= stored.keys():
-            break
+    stored, _ = await as_it_lands(
+        partial(_applied_for, ctx, events),
+        partial(ctx.view.find_events, sorted(ids)),
+        lambda found: ids <= found.keys(),
+        landing_wait_s(ctx),
+        stored,
+    )
     return stored
 
 
@@ -768,14 +795,16 @@ async def claimed_sends_applied(ctx: Context, brand: str, sends: Sequence[tuple[
     per message id), so the claim's send was answered with an event no reader shows
     and its retry with the copy's. Past the bound (the claim's append failed, or its
     instance is gone) the copy is recorded all the same."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + ctx.guard.wait_bound
     phones = sorted({phone for phone, _ in sends})
-    while await ctx.guard.wait_until_applied_for(phones):
-        applied = await ctx.view.message_uses(brand, sends)
-        if len(applied) == len(set(sends)) or loop.time() >= deadline:
-            return True
-    return False
+    none: dict[tuple[str, str], str] = {}
+    _, caught_up = await as_it_lands(
+        partial(ctx.guard.wait_until_applied_for, phones),
+        partial(ctx.view.message_uses, brand, sends),
+        lambda applied: len(applied) == len(set(sends)),
+        ctx.guard.wait_bound,
+        none,
+    )
+    return caught_up
 
 
 async def _as_the_send_applied(

@@ -41,11 +41,12 @@ from ledger.state import COUNTED_KINDS, apply
 from services.errors import FailedPrecondition, MessageIdReused, NotConsistent, refuse_every
 from services.usecases.context import BEHIND, Context
 from services.usecases.requests import (
-    LANDING_WAIT_S,
     LATE_TO_APPEND,
     RequestTurns,
+    as_it_lands,
     as_recorded_after_take_over,
     claimed_sends_applied,
+    landing_wait_s,
     recorded_as_spelled,
     refuse_another_claim,
     refuse_another_message,
@@ -173,7 +174,7 @@ class Sends:
         request) lets the view reach the ledger's end on the phones' partitions
         first, once no append of this process is on its way (``EventLog.settled``), so
         what its first attempt appended is found, not appended again, looked for as
-        the ledger grows (``LANDING_WAIT_S`` at most: that attempt may be another
+        the ledger grows (``landing_wait_s``: that attempt may be another
         instance's, its append on its way); when the view cannot get there in time
         it is refused ``NotConsistent``, unless the ledger stores an event once by
         itself (``EventLog.stores_events_once``). A call that finds its request id
@@ -210,15 +211,15 @@ class Sends:
             if not once:
                 await self.ctx.ledger.settled()
             phones = sorted({e.phone for e in events})
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + min(self.ctx.guard.wait_bound, LANDING_WAIT_S)
-            while await self.ctx.guard.wait_until_applied_for(phones):
-                known = await self._known(cmd.brand, keys)
-                if once or len(known) == len(set(keys)) or loop.time() >= deadline:
-                    break
-            else:
-                if not once:
-                    raise NotConsistent("request_id", BEHIND)
+            known, caught_up = await as_it_lands(
+                partial(self.ctx.guard.wait_until_applied_for, phones),
+                partial(self._known, cmd.brand, keys),
+                lambda found: once or len(found) == len(set(keys)),
+                landing_wait_s(self.ctx),
+                known,
+            )
+            if not caught_up and not once:
+                raise NotConsistent("request_id", BEHIND)
         answer, new = _split(events, keys, known)
         contested: list[MessageSent] = []
         made: list[MessageSent] = []  # the messages whose ids this call claims

@@ -124,6 +124,7 @@ from services.usecases.requests import (
     Turns,
     WriteResult,
     append,
+    as_it_lands,
     brand_of,
     found,
     recorded_as_spelled,
@@ -1826,13 +1827,14 @@ class Writes:
         seconds (the freshness bound when None; at least one look is made): that
         append failed, or the view is behind, and the copy then owes its own reply,
         the lesser harm."""
-        bound = self.ctx.guard.wait_bound if patience is None else patience
-        deadline = asyncio.get_running_loop().time() + bound
-        while await self.ctx.guard.wait_until_applied_for([phone]):
-            earlier = await self._redelivered(claimed, outcome, written)
-            if earlier is not None or asyncio.get_running_loop().time() >= deadline:
-                return earlier
-        return None
+        earlier, caught_up = await as_it_lands(
+            functools.partial(self.ctx.guard.wait_until_applied_for, [phone]),
+            functools.partial(self._redelivered, claimed, outcome, written),
+            lambda earlier: earlier is not None,
+            self.ctx.guard.wait_bound if patience is None else patience,
+            None,
+        )
+        return earlier if caught_up else None
 
     async def _check_campaign_exists(self, cmd: Command) -> None:
         campaign = getattr(cmd, "campaign", None)
