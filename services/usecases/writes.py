@@ -127,6 +127,7 @@ from services.usecases.requests import (
     as_it_lands,
     brand_of,
     found,
+    landing_wait_s,
     recorded_as_spelled,
     recorded_once,
     replay,
@@ -1723,7 +1724,7 @@ class Writes:
         request took its request id (one may be appending them; under another
         request's, none can), unless the ledger refused them whole (``refused_whole``:
         so it does every attempt). Kept, it would name facts never written: the
-        corrected text waited out the freshness bound for them, and each redelivery
+        corrected text waited out its look for them, and each redelivery
         of that text was recorded and confirmed again."""
         received = events[0]
         assert isinstance(received, InboundMessageReceived)
@@ -1739,7 +1740,7 @@ class Writes:
         self, events: list[LedgerEvent], claimed: _TakenBefore, sent_for: str = ""
     ) -> None:
         """Give the message id of ``events``, a copy recorded because the text that
-        took the id (``claimed``) was not in the view (past the freshness bound, for
+        took the id (``claimed``) was not in the view (past ``landing_wait_s``, for
         a copy owing its own reply), to this copy. An instance killed between taking
         the id and its append leaves it naming facts never written, through every
         restart: each later redelivery was recorded again and owed the reply again
@@ -1805,12 +1806,15 @@ class Writes:
         message id when the view does not have it yet: delivered at once to two
         instances under two request ids, a text was recorded by both (two opt-outs
         counted for one STOP), its append on its way through the other instance when
-        this one looked. Only a copy whose text never comes is recorded, after the
-        freshness bound (its append failed, or its instance was killed)."""
+        this one looked. Only a copy whose text does not come within
+        ``landing_wait_s`` is recorded (its append failed, or its instance was
+        killed): an append on its way lands within milliseconds, and waited out to
+        the freshness bound (10 s) the copy missed its caller's deadline, as a
+        request's retry did (``LANDING_WAIT_S``)."""
         earlier = await self._redelivered(claimed, outcome)
         if earlier is not None:
             return earlier
-        return await self._once_applied(phone, claimed, outcome)
+        return await self._once_applied(phone, claimed, outcome, patience=landing_wait_s(self.ctx))
 
     async def _once_applied(
         self,
@@ -1819,19 +1823,19 @@ class Writes:
         outcome: InboundOutcome,
         written: ConsistencyToken | None = None,
         *,
-        patience: float | None = None,
+        patience: float,
     ) -> InboundResult | None:
         """``_redelivered`` once the view has the text that took the message id,
         looked at again as the ledger grows: that text's append may be acknowledged
         after this copy's. None when the view cannot get there within ``patience``
-        seconds (the freshness bound when None; at least one look is made): that
+        seconds (at least one look is made): that
         append failed, or the view is behind, and the copy then owes its own reply,
         the lesser harm."""
         earlier, caught_up = await as_it_lands(
             functools.partial(self.ctx.guard.wait_until_applied_for, [phone]),
             functools.partial(self._redelivered, claimed, outcome, written),
             lambda earlier: earlier is not None,
-            self.ctx.guard.wait_bound if patience is None else patience,
+            patience,
             None,
         )
         return earlier if caught_up else None

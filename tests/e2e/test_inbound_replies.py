@@ -472,3 +472,50 @@ async def test_one_send_sent_to_two_instances_at_once_is_stored_once(instances, 
     assert list(answered.event_ids) == list(second.event_ids)
     counts = await stored_in(a, Stream.SUBSCRIBERS)
     assert [counts[i] for i in answered.event_ids] == [1]
+
+
+async def test_a_copy_of_a_text_whose_first_delivery_died_is_recorded_within_a_second(
+    instances,
+):
+    """A gateway delivers a STOP to one instance, which dies between taking the
+    text's message id and appending it, then to the other under a new request id.
+    The copy waited the whole freshness bound (5 s here, 10 s in the fault suite)
+    for the first delivery's facts, which never come, before recording its own, and
+    missed its caller's deadline. It now looks for them a second at most, as a
+    request's retry does, then records the STOP and owes its confirmation."""
+    (a, b), when = instances
+    assert a.usecases is not None
+    ledger = a.usecases.writes.ctx.ledger
+    append = ledger.append
+    died = asyncio.Event()
+    phone = "+14155557440"
+    text = inbound(phone, PROMO_NUMBER, "STOP", when - timedelta(minutes=5))
+
+    async def never_lands(events):
+        if any(getattr(e, "request_id", "") == text.request_id for e in events):
+            await died.wait()
+            raise ConnectionError("the instance died before its append")
+        return await append(events)
+
+    async with client(a.address, "acme-app") as ca, client(b.address, "acme-app") as cb:
+        w = await ca.RecordOptIn(opt_in(phone, "acme", "promo", when - timedelta(minutes=30)))
+        await standing(ca, phone, w.consistency_token)
+        await standing(cb, phone, w.consistency_token)
+        copy = api.HandleInboundMessageRequest()
+        copy.CopyFrom(text)
+        copy.request_id = f"{text.request_id}-again"
+        ledger.append = never_lands
+        try:
+            first = asyncio.ensure_future(ca.HandleInboundMessage(text))
+            await asyncio.sleep(0.2)  # its message id is taken; its append never comes
+            started = asyncio.get_running_loop().time()
+            answered = await cb.HandleInboundMessage(copy)
+            took = asyncio.get_running_loop().time() - started
+            died.set()
+            with pytest.raises(grpc.aio.AioRpcError):
+                await first
+        finally:
+            ledger.append = append
+        assert took < 2.5, took
+        assert answered.reply == api.REPLY_KIND_OPT_OUT_CONFIRMATION
+        assert not (await standing(cb, phone, answered.consistency_token))["promo"][0]
