@@ -312,3 +312,9 @@ class Campaign:
     if that is later; None when its category is the one it was defined with. A
     consent given before then was given to other content, and allows nothing under
     these rules."""
+    shortest_reply_window: timedelta | None = None
+    """The shortest reply window (``CampaignPolicy.opt_out_confirmation_window``) of
+    every version of the campaign's rules known, the one in force included; None:
+    this version's. A help reply recorded before its HELP was judged, in the facts'
+    own order, by the window in force when it was sent, which the ledger reads from
+    these: no longer a window than the shortest leaves it out of the caps."""

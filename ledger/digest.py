@@ -129,6 +129,12 @@ class CampaignDigest(NamedTuple):
     revocation_imported: bool = False
     """Whether ``revocation`` was imported (``ConsentRevoked.imported``): another
     platform received it and owed its one confirmation, so this service owes none."""
+    answered_late: tuple[Mark, ...] = ()
+    """The help replies of ``sent`` recorded before the HELP they followed reached the
+    ledger (``ledger.state.CampaignConsent.answered_late``), oldest first: each the
+    mark of that HELP (its time and place) with the reply's event id. The policy
+    leaves one sent within the campaign's reply window after its HELP out of the
+    caps, as the facts' own order would."""
 
 
 EMPTY_CAMPAIGN = CampaignDigest()
@@ -332,8 +338,16 @@ def _campaign_digest(c: CampaignConsent, brand_resume: Fact[Any] | None) -> Camp
             _stated(grant),
             _stated(c.resume),
             c.revocation is not None and c.revocation.event.imported,
+            tuple([_answered(r) for r in c.answered_late]) if c.answered_late else (),
         ),
     )
+
+
+def _answered(record: SentRecord) -> Mark:
+    """``CampaignDigest.answered_late``'s mark of a reply answered late."""
+    text = record.basis[0]
+    at = (text.event.occurred_at - EPOCH) // _MICROSECOND
+    return built(Mark, (at, text.position.offset, record.event_id))
 
 
 def _resolved_hold(

@@ -469,6 +469,12 @@ def _erased_without_opt_in(digest: Digest, c: CampaignDigest) -> bool:
     return digest.erased is not None and c.grant is None
 
 
+def _within(sent: Mark, answered: Mark, window: int) -> bool:
+    """Whether ``sent`` is the reply ``answered`` names (``answered_late``), sent within
+    ``window`` after the HELP it marks."""
+    return sent.event_id == answered.event_id and answered.at <= sent.at <= answered.at + window
+
+
 def _answers(reply: Mark, asked: Mark) -> bool:
     """Whether the reply ``reply`` (an opt-out's confirmation, a HELP's reply, a
     START's confirmation) answers the text or opt-out ``asked``: sent at or after it,
@@ -535,6 +541,13 @@ class Check:
         # before that check is held to the limits as well.
         self._conversation = micros_of(min(policy.conversation_window, MAX_CONVERSATION_WINDOW))
         self._confirmation = micros_of(self._window())
+        # A help reply answered late is left out of the caps within the shortest window
+        # the rules had (``Campaign.shortest_reply_window``): never one more than the
+        # window in force when it was sent, which judged it in the facts' own order.
+        shortest = campaign.shortest_reply_window
+        self._answered_within = min(
+            self._confirmation, self._confirmation if shortest is None else micros_of(shortest)
+        )
         # Rules recorded before a longer window was refused are held to the longest.
         self._first_message = micros_of(min(policy.first_message_window, MAX_FIRST_MESSAGE_WINDOW))
         self._reconfirm = (
@@ -1207,10 +1220,11 @@ class Check:
                 self.version,
                 *self._campaign_rule(),
             )
+        sent = self._counted(c)
         for cap, window in self._caps:
             # A send stamped after now (a sender's clock a little ahead, within the
             # accepted skew) has happened all the same: it counts.
-            counted = [s for s in c.sent if now - window < s.at]
+            counted = [s for s in sent if now - window < s.at]
             if len(counted) >= cap.limit:
                 return deny(
                     Reason.FREQUENCY_CAP_REACHED,
@@ -1234,7 +1248,7 @@ class Check:
                 # even when its stamp bears tomorrow's date (just before midnight).
                 counted = [
                     s
-                    for s in c.sent
+                    for s in sent
                     if now < s.at or from_micros(s.at).astimezone(tz).date() == today
                 ]
                 if len(counted) >= policy.daily_cap:
@@ -1258,9 +1272,9 @@ class Check:
             caps = self._state_caps[key] = self._state_caps_in_force(digest)
         if not caps:
             return None
-        now = self._now
+        now, sent = self._now, self._counted(c)
         for rule, cap, window in caps:
-            counted = [s for s in c.sent if now - window < s.at]
+            counted = [s for s in sent if now - window < s.at]
             if len(counted) >= cap.limit:
                 evidence = list(_deciding(counted))
                 located = digest.located
@@ -1276,6 +1290,23 @@ class Check:
                     rule.citation,
                 )
         return None
+
+    def _counted(self, c: CampaignDigest) -> tuple[Mark, ...]:
+        """The campaign's sends its caps count: ``c.sent`` but the help replies answered
+        late (``answered_late``) sent within the reply window after their HELP."""
+        if not c.answered_late:
+            return c.sent
+        late = self.answered_late(c)
+        return tuple([s for s in c.sent if s.event_id not in late])
+
+    def answered_late(self, c: CampaignDigest) -> frozenset[str]:
+        """The event ids of the help replies of ``c`` recorded before the HELP they
+        followed that answer it as they would have in the facts' own order: sent
+        within the reply window after it (``CampaignDigest.answered_late``)."""
+        within = self._answered_within
+        return frozenset(
+            [m.event_id for m in c.answered_late for s in c.sent if _within(s, m, within)]
+        )
 
     def _state_caps_in_force(self, digest: Digest) -> tuple[tuple[StateRule, StateCap, int], ...]:
         """(rule, cap, its window in microseconds) of each candidate state's cap in force
@@ -1351,6 +1382,28 @@ def earns_exemption(digest: Digest, campaign: Campaign, at: datetime, kind: Mess
             return False  # an erasure leaves no conversation open without an opt-in
         return check._conversation_open(digest, c) is not None
     return check(digest).allowed
+
+
+def answered_late(
+    state: SubscriberState, rules: Iterable[Recorded], now: datetime
+) -> frozenset[str]:
+    """The event ids of the help replies of ``state`` that ``CanSend`` leaves out of the
+    caps at ``now`` as answered late (``Check.answered_late``) by each campaign's rules
+    then, of ``rules`` (its brand's campaign facts): the proof packet and the sweep
+    judge those replies owed, as the caps do."""
+    found: set[str] = set()
+    for name, c in digest_of(state).campaigns.items():
+        if not c.answered_late:
+            continue
+        facts = [
+            r
+            for r in rules
+            if isinstance(r.event, CampaignEvent) and r.event.campaign in (name, BRAND_SETTINGS)
+        ]
+        current = fold_campaign(facts, CampaignHistory()).as_of(now)
+        if current is not None:
+            found |= Check(current, now).answered_late(c)
+    return frozenset(found)
 
 
 def decide(

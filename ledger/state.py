@@ -22,7 +22,12 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
-from ledger.campaigns import MAX_CAP_WINDOW, Campaign, CampaignPolicy
+from ledger.campaigns import (
+    MAX_CAP_WINDOW,
+    MAX_OPT_OUT_CONFIRMATION_WINDOW,
+    Campaign,
+    CampaignPolicy,
+)
 from ledger.events import (
     MAX_CLOCK_SKEW,
     AgeVerified,
@@ -185,6 +190,12 @@ class CampaignConsent:
     """The latest help reply that escaped the caps: the one reply a HELP is owed."""
     opt_in_answer: SentRecord | None = None
     """The latest confirmation of a START that escaped the caps."""
+    answered_late: tuple[SentRecord, ...] = ()
+    """Help replies that count, each recorded (``MessageSent.exempt`` false) before the
+    HELP it followed reached the ledger, that HELP kept as its ``basis``: in the facts'
+    own order it was that HELP's answer. The fold does not read the campaign's reply
+    window, so it keeps them counted; the policy leaves out of the caps the one sent
+    within that window after its HELP (``ledger.policy``, ``_answered_before``)."""
 
 
 EMPTY_CAMPAIGN = CampaignConsent()
@@ -507,6 +518,8 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
             f.event.campaign,
             lambda c: _evolve(c, **{reply: _latest_record(getattr(c, reply), record)}),
         )
+    if record.kind is MessageKind.HELP_REPLY and s.campaign(f.event.campaign).answered_late:
+        s = _with_campaign(s, f.event.campaign, lambda c: _answered_after(c, record))
     if exempt:
         return s
     brand_resume = s.brand_resume
@@ -536,10 +549,15 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
             if anchor is not None and record.at >= anchor.at:
                 opener = record
         reconfirming = _latest_record(c.reconfirming, record) if reconfirms else c.reconfirming
+        sent = _with_send(c.sent, record, latest.at)
+        late = c.answered_late
+        if late:  # only a send still counted is left out of the caps
+            late = tuple([r for r in late if _holds(sent, r)])
         # An error reported on the send these replace says nothing of the new one.
         return _evolve(
             c,
-            sent=_with_send(c.sent, record, latest.at),
+            sent=sent,
+            answered_late=late,
             last_sent=latest,
             last_disclosed=disclosed,
             undisclosed=c.undisclosed if disclosed is c.last_disclosed else None,
@@ -560,6 +578,112 @@ atomic: the text recorded alone (its writer killed, a batch given up on) let a
 conversational campaign reply to a STOP."""
 
 
+def _answered_before(s: SubscriberState, f: Fact[InboundMessageReceived]) -> SubscriberState:
+    """``s`` with the help reply that answered the HELP ``f`` kept as answered late, when
+    the gateway recorded it before ``f`` reached the ledger: judged without ``f``, it
+    earned no exemption (``MessageSent.exempt`` false) and counts, where in the facts'
+    own order it would not when sent within the campaign's reply window after ``f``.
+    That window is the campaign's, which the fold does not read, so the reply still
+    counts here; the policy leaves it out of the caps (``ledger.policy``).
+
+    The reply is the first help reply of the campaign sent at or after ``f`` within
+    the longest reply window, and only when no help reply escaped the caps since
+    ``f``: in the facts' own order the first reply after a HELP is its answer. A
+    later HELP before the reply takes it over, as the reply answers the latest HELP.
+    The reply meets no first-message obligation and carries no opt-out language that
+    counts: in the facts' own order it would not have (whatever the policy decides,
+    a later send then owes as much as in that order, or more)."""
+    campaign = f.event.campaign
+    assert campaign is not None
+    c = s.campaign(campaign)
+    if c.help_answer is not None and c.help_answer.at >= f.at:
+        return s
+    sent = s.brand_sent
+    start = bisect_left(sent, f.at, key=lambda r: r.at)
+    end = bisect_right(sent, f.at + MAX_OPT_OUT_CONFIRMATION_WINDOW, lo=start, key=lambda r: r.at)
+    reply = next(
+        (
+            r
+            for r in sent[start:end]
+            if r.kind is MessageKind.HELP_REPLY and r.fact.event.campaign == campaign
+        ),
+        None,
+    )
+    if reply is None or reply.fact.event.exempt is not False or _placed_after(reply, f):
+        return s  # judged when recorded, with the HELP known or by its kind
+    if not _holds(c.sent, reply):
+        return s
+    earlier = next((r for r in c.answered_late if r == reply), None)
+    if earlier is not None and earlier.basis[0].key >= f.key:
+        return s  # kept for a later HELP already
+    answered = _evolve(reply, basis=(f,))
+    late = tuple([*(r for r in c.answered_late if r != reply), answered])
+    brand_resume = s.brand_resume
+
+    def kept(c: CampaignConsent) -> CampaignConsent:
+        c = _unopened(c, reply, brand_resume)
+        return _evolve(
+            c,
+            answered_late=tuple(sorted(late, key=_world_order)),
+            help_answer=_latest_record(c.help_answer, answered),
+        )
+
+    return _with_campaign(s, campaign, kept)
+
+
+def _answered_after(c: CampaignConsent, record: SentRecord) -> CampaignConsent:
+    """``c`` without the replies answered late (``_answered_before``) that the help reply
+    ``record`` comes between in world order, after the HELP each followed: in the
+    facts' own order ``record`` might be that HELP's answer, so doubt counts both."""
+    key = _world_order(record)
+    late = tuple(
+        [
+            r
+            for r in c.answered_late
+            if r == record or not (r.basis[0].at <= record.at and key < _world_order(r))
+        ]
+    )
+    return c if len(late) == len(c.answered_late) else _evolve(c, answered_late=late)
+
+
+def _unopened(
+    c: CampaignConsent, reply: SentRecord, brand_resume: Fact[ConsentResumed] | None
+) -> CampaignConsent:
+    """``c`` with ``reply`` (a send it counts) no longer the first message since the
+    consent nor the send that carried the opt-out language: each is found again among
+    the other sends it counts. Those go back the longest cap window only: a disclosing
+    send older than that is not found, and the opt-out language is then owed again
+    (doubt owes); a delivery error reported on the one found is not kept."""
+    changes: dict[str, Any] = {}
+    others = tuple(r for r in c.sent if r != reply)
+    # Only a send placed after the consent it follows meets that consent's obligations
+    # (``_reopened``): the sends placed before it were forgotten when it came.
+    if c.opener == reply:
+        anchor = consent_anchor(c, brand_resume)
+        changes["opener"] = next(
+            (
+                r
+                for r in others
+                if anchor is not None and r.at >= anchor.at and _placed_after(r, anchor)
+            ),
+            None,
+        )
+    if c.last_disclosed == reply:
+        since = consent_anchor(c, brand_resume, False)
+        disclosed = [
+            r
+            for r in others
+            if r.fact.event.included_opt_out_language and (since is None or _placed_after(r, since))
+        ]
+        changes["last_disclosed"] = disclosed[-1] if disclosed else None
+        changes["undisclosed"] = None
+    return _evolve(c, **changes) if changes else c
+
+
+def _placed_after(record: SentRecord, fact: Fact[Any]) -> bool:
+    return _ledger_order(record.fact) > _ledger_order(fact)
+
+
 def _apply_inbound(s: SubscriberState, f: Fact[InboundMessageReceived]) -> SubscriberState:
     if _erased_after(s, f):
         return s
@@ -567,7 +691,7 @@ def _apply_inbound(s: SubscriberState, f: Fact[InboundMessageReceived]) -> Subsc
     if f.event.campaign is None or f.event.intent in _OPENS_NO_CONVERSATION:
         return s
     if f.event.intent == Intent.HELP.value:
-        return _with_campaign(
+        s = _with_campaign(
             s,
             f.event.campaign,
             lambda c: _evolve(
@@ -576,6 +700,7 @@ def _apply_inbound(s: SubscriberState, f: Fact[InboundMessageReceived]) -> Subsc
                 last_inbound=_later(c.last_inbound, f),
             ),
         )
+        return _answered_before(s, f)
     return _with_campaign(
         s, f.event.campaign, lambda c: _evolve(c, last_inbound=_later(c.last_inbound, f))
     )
@@ -662,6 +787,8 @@ def _apply_erased(s: SubscriberState, f: Fact[SubjectErased]) -> SubscriberState
             reconfirmation=before(c.reconfirmation),
             help_request=before(c.help_request),
             last_inbound=before(c.last_inbound),
+            # A HELP the erasure forgets earns no reply: one answered late counts.
+            answered_late=tuple([r for r in c.answered_late if before(r.basis[0]) is not None]),
             # No consent before it stands, so nothing sent under one meets a new one's
             # obligations: forgotten here, as the consent it followed is.
             **_FORGOTTEN_AT_CONSENT,
@@ -855,6 +982,10 @@ class CampaignHistory:
             policy_event_id=fact.event_id,
             revoke_all_since=revoke_all_since,
             content_since=content_since,
+            shortest_reply_window=min(
+                f.event.policy.opt_out_confirmation_window  # type: ignore[attr-defined]
+                for f in self.versions
+            ),
         )
 
     def current(self) -> Campaign | None:
@@ -949,6 +1080,7 @@ def retained(state: SubscriberState) -> list[Fact[Any]]:
             c.opt_in_confirmation,
             c.help_answer,
             c.opt_in_answer,
+            *c.answered_late,
         )
         for record in records:
             if record is not None:

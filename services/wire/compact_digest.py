@@ -228,7 +228,8 @@ def _campaign_signature(name: Any, c: Any, vals: list[Any]) -> tuple[Any, ...]:
         grant_stated,
         resume_stated,
         revocation_imported,
-    ) = _fields(c, CampaignDigest, 17, "CampaignDigest")
+        answered_late,
+    ) = _fields(c, CampaignDigest, 18, "CampaignDigest")
     return (
         _exact(name, str),
         _mark(grant, vals),
@@ -248,6 +249,7 @@ def _campaign_signature(name: Any, c: Any, vals: list[Any]) -> tuple[Any, ...]:
         _strs(proof_missing),
         _mark(last_inbound, vals),
         _exact(revocation_imported, bool),
+        _marks(answered_late, vals),
     )
 
 
@@ -367,6 +369,7 @@ class _Source:
             grant_stated,
             resume_stated,
             repr(sig[17]),
+            self.marks(sig[18]),
         )
         return f"built(CampaignDigest, ({', '.join(fields)}))"
 

@@ -16,7 +16,7 @@ import msgpack
 
 from ledger.digest import Age, CampaignDigest, Digest, Located, Mark, Pending, built
 
-FORMAT = 20
+FORMAT = 21
 """1 had no ``CampaignDigest.last_disclosed_at``, 2 no ``Digest.regions`` and
 ``Digest.located`` (the recipient's candidate states), 3 no ``CampaignDigest``
 ``help_request``, ``help_reply`` or ``opt_in_confirmation``, 4 no
@@ -39,7 +39,8 @@ where ``CampaignDigest.first_sent_at`` is (a late first message that did not
 reconfirm read as meeting the reconfirmation), and in ``last_disclosed_at`` a send
 recorded before the latest consent but stamped after it, 19 no imported mark on
 ``CampaignDigest.revocation`` or ``Digest.brand_revocation`` (an imported opt-out
-read as owing its confirmation here): rows in any of them are read from their
+read as owing its confirmation here), 20 no ``CampaignDigest.answered_late`` (a help
+reply recorded before its HELP counted): rows in any of them are read from their
 snapshots, which are folded and digested again (a snapshot written before 14 may lack
 an opt-out latest by the time it said: ``consent-ledger rebuild`` folds it from the
 ledger).
@@ -155,6 +156,7 @@ def _campaign(raw: tuple[Any, ...]) -> CampaignDigest:
         grant_stated,
         resume_stated,
         revocation_imported,
+        answered_late,
     ) = _fields(CampaignDigest, raw)
     return built(
         CampaignDigest,
@@ -176,6 +178,7 @@ def _campaign(raw: tuple[Any, ...]) -> CampaignDigest:
             grant_stated,
             resume_stated,
             revocation_imported,
+            answered_late and tuple([built(Mark, m) for m in answered_late]),
         ),
     )
 

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from consent.v1 import consent_service_pb2 as api
 from consent.v1 import ledger_pb2 as lpb
+from google.protobuf.duration_pb2 import Duration
 
 from ledger.ports import ConsistencyToken
 from tests.e2e.harness import (
@@ -40,14 +41,19 @@ from tests.e2e.harness import (
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-PROMO_FROM, NEWS_FROM = "+12125558801", "+12125558802"
+PROMO_FROM, NEWS_FROM, CAPPED_FROM = "+12125558801", "+12125558802", "+12125558803"
+BRIEF_FROM = "+12125558804"
 MINUTE = timedelta(minutes=1)
 CLOCK = module_clock()
+CAP = lpb.FrequencyCap(limit=1, window=Duration(seconds=86400))
+REPLIES = {"help": lpb.MESSAGE_KIND_HELP_REPLY}
 
 Fact = tuple[str, timedelta]
 """What happened (``in:<campaign>``, ``out:<campaign>`` or ``out:all``, a text
-``STOP``/``START``/``HELP`` to promo's number, ``confirmation``: an opt-out's
-confirmation sent for promo), and how long before the service's now."""
+``STOP``/``START``/``HELP`` to promo's number, or ``HELP:capped`` to capped's (or
+brief's), ``confirmation``: an opt-out's confirmation sent for promo,
+``reply:help:capped``: a help reply sent for capped (or brief)), and how long before
+the service's now."""
 
 HISTORIES: dict[str, tuple[list[Fact], str]] = {
     # An opt-out between two opt-ins, then one of every campaign: by their own
@@ -85,6 +91,27 @@ HISTORIES: dict[str, tuple[list[Fact], str]] = {
     ),
     # An opt-in and an opt-out of the same instant: the opt-out wins.
     "at one instant": ([("in:promo", 60 * MINUTE), ("out:promo", 60 * MINUTE)], "write"),
+    # A help reply the gateway recorded before the HELP it answered reached the
+    # ledger: it answers it all the same, and counts towards no cap.
+    "a HELP answered": (
+        [
+            ("in:capped", 60 * MINUTE),
+            ("HELP:capped", 4 * MINUTE),
+            ("reply:help:capped", 3 * MINUTE),
+        ],
+        "write",
+    ),
+    # brief's reply window is 2 minutes, shorter than the longest (5): a help reply
+    # recorded before its HELP answers it when sent inside brief's window only, as
+    # in the facts' own order; sent outside it, it counts whatever the order.
+    "a HELP answered in a short window": (
+        [("in:brief", 60 * MINUTE), ("HELP:brief", 4 * MINUTE), ("reply:help:brief", 3 * MINUTE)],
+        "write",
+    ),
+    "a HELP answered too late": (
+        [("in:brief", 60 * MINUTE), ("HELP:brief", 6 * MINUTE), ("reply:help:brief", 3 * MINUTE)],
+        "write",
+    ),
 }
 
 EXPECTED: dict[str, dict[str, Any]] = {
@@ -127,6 +154,20 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "promo as of 1": "REASON_REVOKED",
         "promo consent": "CONSENT_STATE_REVOKED",
     },
+    "a HELP answered": {
+        "capped now": "REASON_CONSENT_ACTIVE",
+        "capped now help": "REASON_REPLY_NOT_OWED",
+        "capped as of 3": "REASON_CONSENT_ACTIVE",
+        "capped consent": "CONSENT_STATE_ACTIVE",
+    },
+    "a HELP answered in a short window": {
+        "brief now": "REASON_CONSENT_ACTIVE",
+        "brief now help": "REASON_REPLY_NOT_OWED",
+    },
+    "a HELP answered too late": {
+        "brief now": "REASON_FREQUENCY_CAP_REACHED",
+        "brief now help": "REASON_REPLY_NOT_OWED",
+    },
 }
 """Each history's answers by its facts' own times (``as of i``: between the facts
 i-1 and i in time, 0 before the first), as the README gives them."""
@@ -142,6 +183,15 @@ async def service(module_serve):
         campaigns=[
             define("acme", "promo", start, [PROMO_FROM]),
             define("acme", "news", start, [NEWS_FROM]),
+            define("acme", "capped", start, [CAPPED_FROM], frequency_caps=[CAP]),
+            define(
+                "acme",
+                "brief",
+                start,
+                [BRIEF_FROM],
+                frequency_caps=[CAP],
+                opt_out_confirmation_window=Duration(seconds=120),
+            ),
         ],
     )
 
@@ -188,8 +238,13 @@ async def deliver(w: Writes, phone: str, facts: list[Fact], style: str, turn: in
         return
     for i, fact in enumerate(facts):
         what, at = fact[0], CLOCK.now - fact[1]
-        if what in ("STOP", "START", "HELP"):
-            w.wrote(await w.c.HandleInboundMessage(inbound(phone, PROMO_FROM, what, at)))
+        if what.split(":")[0] in ("STOP", "START", "HELP"):
+            to = {"capped": CAPPED_FROM, "brief": BRIEF_FROM}.get(what.split(":")[-1], PROMO_FROM)
+            w.wrote(await w.c.HandleInboundMessage(inbound(phone, to, what.split(":")[0], at)))
+        elif what.startswith("reply:"):
+            _, reply, campaign = what.split(":")
+            kind = REPLIES[reply]
+            w.wrote(await w.c.RecordMessageSent(sent(phone, "acme", campaign, at, kind=kind)))
         elif what == "confirmation":
             kind = lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION
             message = sent(phone, "acme", "promo", at, kind=kind, from_number=PROMO_FROM)
@@ -229,6 +284,8 @@ async def answers(
             kind = lpb.MESSAGE_KIND_REGULAR
             if question.endswith("confirmation"):
                 kind = lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION
+            elif question.endswith("help"):
+                kind = lpb.MESSAGE_KIND_HELP_REPLY
             now = await c.CanSend(api.CanSendRequest(**ask, message_kind=kind))
             said[key] = api.Reason.Name(now.reason)
         elif question.startswith("as of"):

@@ -4,6 +4,7 @@ rule: each is allowed only when the fact that earns it is there."""
 from __future__ import annotations
 
 import itertools
+import uuid
 from dataclasses import replace
 from datetime import timedelta
 
@@ -23,7 +24,13 @@ from ledger.commands import (
     handle_inbound,
 )
 from ledger.digest import digest_of
-from ledger.events import InboundMessageReceived, MessageKind, RevocationChannel
+from ledger.events import (
+    InboundMessageReceived,
+    MessageKind,
+    MessageSent,
+    RevocationChannel,
+    SubjectErased,
+)
 from ledger.keywords import Intent
 from ledger.policy import Obligation, Reason, decide, earns_exemption
 from ledger.ports import Stream
@@ -31,6 +38,7 @@ from ledger.state import exemptions_not_granted, fold, retained_facts
 from services.errors import MessageIdReused
 from services.usecases import writes
 from tests.builders import (
+    BRAND,
     PHONE,
     age,
     at,
@@ -581,3 +589,128 @@ def test_a_text_before_an_opt_out_lets_no_reply_of_a_later_consent_past_the_caps
     d = decide(s, capped, at(20), MessageKind.CONVERSATION_REPLY)
     assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED
     assert not earns_exemption(digest_of(s), capped, at(20), MessageKind.CONVERSATION_REPLY)
+
+
+def _recorded_as_written(events, rules):
+    """``events`` recorded in list order, each help reply or regular send judged as the
+    write judges it (``MessageSent.exempt``), against what was recorded before it."""
+    kept: list = []
+    for e in events:
+        if isinstance(e, MessageSent) and e.kind is not MessageKind.REGULAR:
+            owed = earns_exemption(digest_of(state_of(*kept)), rules, e.occurred_at, e.kind)
+            e = replace(e, exempt=owed)
+        kept.append(e)
+    return kept
+
+
+SHORT = timedelta(minutes=2)
+
+
+@pytest.mark.parametrize(
+    ("after", "counts"), [(SHORT, False), (SHORT + timedelta(seconds=1), True)]
+)
+def test_a_help_reply_recorded_before_its_help_counts_as_it_would_in_order(after, counts):
+    """A gateway recorded the help reply it sent before the HELP it answered reached the
+    ledger: judged without the HELP, the reply was recorded as not exempt and counted
+    towards the cap for good, where in the facts' own order one sent within the
+    campaign's reply window (here 2 minutes, shorter than the longest, 5) escapes it.
+    Answered late, it counts exactly as it would have in order: just inside the window
+    not, just outside it does."""
+    capped = campaign(
+        sender_numbers=(NUMBER,),
+        frequency_caps=(FrequencyCap(1, timedelta(days=1)),),
+        opt_out_confirmation_window=SHORT,
+    )
+    grant, help_ = granted(at(0)), inbound(at(10), "HELP", "promo")
+    reply = sent(at(10) + after, "promo", MessageKind.HELP_REPLY)
+    in_order = state_of(*_recorded_as_written([grant, help_, reply], capped))
+    written = _recorded_as_written([grant, reply, help_], capped)
+    assert written[1].exempt is False  # judged without the HELP
+    reply_first = state_of(*written)
+    for state in (in_order, reply_first):
+        d = decide(state, capped, at(20))
+        assert d.allowed is not counts, d
+        if counts:
+            assert d.reason is Reason.FREQUENCY_CAP_REACHED
+            assert str(reply.event_id) in d.evidence
+        assert decide(state, capped, at(20), MessageKind.HELP_REPLY).reason in (
+            Reason.REPLY_NOT_OWED,
+        )
+    # Answering its HELP, the reply met no first-message obligation: the opt-out
+    # language is owed. Counted, it might have: still owed (doubt owes).
+    owed = decide(reply_first, PROMO, at(20)).obligations
+    assert Obligation.INCLUDE_OPT_OUT_LANGUAGE in owed
+    assert set(decide(in_order, PROMO, at(20)).obligations) <= set(owed)
+    assert fold(retained_facts(reply_first)) == reply_first
+    # The rules once had a shorter window: the reply was judged by the one in force
+    # when sent, which may have been it, so it counts.
+    narrowed = replace(capped, shortest_reply_window=after - timedelta(seconds=1))
+    d = decide(reply_first, narrowed, at(20))
+    assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED
+
+
+def test_a_help_reply_answered_late_is_no_answer_once_another_reply_came_between():
+    """Another help reply recorded after the HELP and sent between it and the reply
+    recorded before it was, in the facts' own order, that HELP's answer: the reply
+    recorded first counts again, and so does the other (doubt counts both)."""
+    capped = campaign(
+        sender_numbers=(NUMBER,), frequency_caps=(FrequencyCap(2, timedelta(days=1)),)
+    )
+    kind = MessageKind.HELP_REPLY
+    grant, help_ = granted(at(0)), inbound(at(10), "HELP", "promo")
+    late, between = sent(at(12), "promo", kind), sent(at(11), "promo", kind)
+    written = _recorded_as_written([grant, late, help_, between], capped)
+    state = state_of(*written)
+    d = decide(state, capped, at(20))
+    assert not d.allowed and d.reason is Reason.FREQUENCY_CAP_REACHED, d
+    # An erasure forgets the HELP: the reply it answered counts again.
+    answered = state_of(*_recorded_as_written([grant, late, help_], capped))
+    assert decide(answered, capped, at(20)).allowed
+    erased = state_of(
+        *_recorded_as_written([grant, late, help_], capped),
+        SubjectErased(event_id=uuid.uuid4(), occurred_at=at(11), phone=PHONE, brand=BRAND),
+        granted(at(13)),
+    )
+    assert [r.event_id for r in erased.campaign("promo").sent] == [str(late.event_id)]
+    assert not erased.campaign("promo").answered_late
+
+
+@pytest.mark.parametrize("reply_at", [11, 13, 16])
+def test_a_help_and_its_reply_in_any_order_answer_as_in_order(reply_at):
+    """The facts of a HELP, its reply, a second HELP and a regular send, recorded in
+    every order (each send judged as written against what came before it): CanSend
+    never allows what the facts in their own order deny, and answers as they do
+    whenever the reply is recorded before both HELPs. (A reply recorded after a HELP
+    sent after it is judged by that HELP when written, and one recorded after a HELP
+    though sent before it answers it: both count, as doubt counts, so those orders
+    may deny more.)"""
+    capped = campaign(
+        sender_numbers=(NUMBER,),
+        frequency_caps=(FrequencyCap(2, timedelta(days=1)),),
+        opt_out_confirmation_window=timedelta(minutes=3),
+    )
+    kind = MessageKind.HELP_REPLY
+    grant = granted(at(0))
+    facts = [
+        inbound(at(10), "HELP", "promo"),
+        sent(at(reply_at), "promo", kind),
+        sent(at(12), "promo"),
+        inbound(at(14), "HELP", "promo"),
+    ]
+    moments = [at(15), at(18), at(days=1, minutes=11.5), at(days=1, minutes=12.5)]
+
+    def answers(order):
+        state = state_of(*_recorded_as_written([grant, *order], capped))
+        return [
+            (d.allowed, d.reason)
+            for now in moments
+            for d in (decide(state, capped, now), decide(state, capped, now, kind))
+        ]
+
+    in_order = answers(sorted(facts, key=lambda e: e.occurred_at))
+    for order in itertools.permutations(facts):
+        got = answers(order)
+        for mine, theirs in zip(got, in_order, strict=True):
+            assert theirs[0] or not mine[0], (order, got, in_order)
+        if order.index(facts[1]) < min(order.index(facts[0]), order.index(facts[3])):
+            assert got == in_order, order
