@@ -49,6 +49,7 @@ from ledger.keywords import Intent
 from ledger.policy import (
     Decision,
     Obligation,
+    answered_late,
     as_one_number,
     decide_as_of,
     decide_folded,
@@ -523,7 +524,9 @@ def replays(
     in hindsight; otherwise, and in hindsight when a fact recorded after the send
     happened before it, every fact is handed over.
     Hindsight is the answer of then when nothing recorded since the send (a
-    subscriber fact, a campaign's rules) speaks of the send's moment."""
+    subscriber fact, a campaign's rules) speaks of the send's moment. A help reply
+    that CanSend counts as answered late (``ledger.policy.answered_late``) is the one
+    send a fact recorded after it may allow in hindsight: its HELP."""
     states = {False: SubscriberState(), True: SubscriberState()}  # brand's, ANY_BRAND's
     latest_occurred = latest_recorded = None
     # The earliest moment any fact recorded after each position speaks of.
@@ -542,9 +545,11 @@ def replays(
         return list(subscriber[:i])
 
     found: dict[str, tuple[Decision, Decision]] = {}
+    places: dict[str, int] = {}
     for i, sent in enumerate(subscriber):
         e = sent.event
         if isinstance(e, MessageSent) and str(e.event_id) in wanted:
+            places[str(e.event_id)] = i
             at, known = e.occurred_at, sent.recorded_at
             compact = (latest_occurred is None or latest_occurred <= at) and (
                 latest_recorded is None or latest_recorded <= known
@@ -577,6 +582,17 @@ def replays(
             latest_occurred = e.occurred_at
         if latest_recorded is None or sent.recorded_at > latest_recorded:
             latest_recorded = sent.recorded_at
+    # A help reply recorded before the HELP it answered, which CanSend leaves out of
+    # the caps as that HELP's answer (``ledger.state.CampaignConsent.answered_late``):
+    # in hindsight it is judged from every fact, the HELP recorded after it too.
+    for key in answered_late(states[False], rules, now) & found.keys():
+        i = places[key]
+        e = subscriber[i].event
+        assert isinstance(e, MessageSent)
+        facts = [*subscriber[:i], *subscriber[i + 1 :]]
+        owed = decide_as_of([*rules, *facts], e.campaign, e.occurred_at, now, e.kind)
+        if owed.allowed:
+            found[key] = (found[key][0], owed)
     return found
 
 

@@ -316,14 +316,16 @@ class Sweep:
         judged as the proof packet judges it (``ledger.packet.replays``), from every
         fact of the number, the send itself left out; one whose answer in hindsight
         tells otherwise than the answer as recorded, and does not allow it, is found
-        with ``hindsight`` set.
+        with ``hindsight`` set. A help reply recorded before the HELP it answered,
+        owed in hindsight (``ledger.packet.replays``), is judged by that answer
+        alone: found only for what else it lacked.
 
         When ``history`` also holds facts of the number's other spellings
         (``other_spellings``), the packet counts them as the number's, and so is
         each send of ``phone`` judged: as recorded as well as in hindsight, each
         finding whole, in place of what the sweep found of it from ``phone``'s
         facts alone."""
-        return self._judged_again(phone, history)[1]
+        return [f for f in self._judged_again(phone, history)[1] if f.kinds]
 
     def _judged_again(self, phone: str, history: Iterable[Recorded]) -> tuple[bool, list[Finding]]:
         """``review``, and whether it read other spellings' facts too."""
@@ -364,10 +366,16 @@ class Sweep:
             sent = wanted[event_id]
             changed = in_hindsight(then, later)
             late = None
-            if changed is not None and not changed.allowed:
+            if changed is not None and changed.allowed:
+                # A help reply recorded before the HELP it answered (the one send a
+                # later fact allows, ``replays``): judged by the answer in hindsight,
+                # which CanSend counts it by, in place of the one as recorded.
+                owed = judge(sent, changed)
+                late = Finding(sent, owed.kinds if owed else (), changed, (), True, then)
+            elif changed is not None:
                 kinds = (_DENIALS.get(changed.reason, FindingKind.NOT_ALLOWED),)
                 late = Finding(sent, kinds, changed, (), True, then, kinds)
-            if as_one:
+            if as_one and (late is None or not late.decision.allowed):
                 # The answer as recorded from one spelling's facts missed the other's.
                 found = judge(sent, then)
                 if found is not None and late is not None:
@@ -396,11 +404,17 @@ class Sweep:
                 # spelling's alone gives way, found or not.
                 for key in [k for k, f in found.items() if f.message.phone == phone]:
                     del found[key]
-                found.update((str(f.sent.event.event_id), f) for f in findings)
+                found.update((str(f.sent.event.event_id), f) for f in findings if f.kinds)
                 continue
             for late in findings:
                 key = str(late.sent.event.event_id)
                 then = found.get(key)
+                if late.decision.allowed:  # owed in hindsight: it stands for the send
+                    if late.kinds:
+                        found[key] = late
+                    else:
+                        found.pop(key, None)
+                    continue
                 if then is not None:
                     late = _with_hindsight(then, late)
                 found[key] = late

@@ -25,8 +25,8 @@ from ledger.events import (
     SubscriberLocated,
 )
 from ledger.packet import assemble
-from ledger.policy import Reason
-from ledger.state import CampaignHistory, fold_campaign
+from ledger.policy import Reason, decide
+from ledger.state import CampaignHistory, fold, fold_campaign
 from ledger.sweep import Finding, FindingKind, Sweep, sweep
 from tests.builders import (
     BRAND,
@@ -327,3 +327,38 @@ def test_a_send_found_only_as_recorded_carries_no_answer_in_hindsight():
     )
     assert finding.kinds == (FindingKind.SENT_WITHOUT_ASKING,) and not finding.hindsight
     assert finding.as_recorded is None and finding.hindsight_kinds == ()
+
+
+@pytest.mark.parametrize(("after", "owed"), [(2, True), (2.5, False)])
+def test_a_help_reply_recorded_before_its_help_is_judged_as_the_caps_count_it(
+    after: float, owed: bool
+):
+    """A help reply the gateway recorded before the HELP it answered reached the ledger
+    (judged without it, not exempt). Sent inside the campaign's reply window (2
+    minutes) after the HELP, CanSend leaves it out of the cap as that HELP's answer,
+    and the packet (in hindsight) and the sweep judge it owed; sent outside it, all
+    three count it as not owed."""
+    kind = MessageKind.HELP_REPLY
+    reply = asked(dataclasses.replace(sent(at(10 + after), "promo", kind), exempt=False))
+    events = [granted(at(-600)), reply, inbound(at(10), "HELP", "promo")]
+    stream = _in_ledger_order(events, [at(-600), at(10 + after), at(15)])
+    cap = (FrequencyCap(1, timedelta(days=1)),)
+    rules = _rules(_defined(frequency_caps=cap, opt_out_confirmation_window=timedelta(minutes=2)))
+    history = _promo(rules)
+    current = history.current()
+    assert current is not None
+    can_send = decide(fold(stream), current, at(20))
+    found = list(sweep(stream, history, BRAND, "promo", START, END, NOW))
+    (message,) = assemble([*stream, *rules], PHONE, BRAND, "promo", NOW).messages
+    assert not message.decision.allowed  # as recorded, no HELP known
+    if owed:
+        assert can_send.allowed, can_send
+        assert message.hindsight is not None and message.hindsight.allowed
+        assert message.hindsight.reason == Reason.HELP_REPLY_ALLOWED.value
+        assert found == []
+    else:
+        assert can_send.reason is Reason.FREQUENCY_CAP_REACHED, can_send
+        assert message.hindsight is None
+        (finding,) = found
+        assert finding.kinds == (FindingKind.NOT_ALLOWED,)
+        assert finding.decision.reason is Reason.REPLY_NOT_OWED
