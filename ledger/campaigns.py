@@ -315,6 +315,6 @@ class Campaign:
     shortest_reply_window: timedelta | None = None
     """The shortest reply window (``CampaignPolicy.opt_out_confirmation_window``) of
     every version of the campaign's rules known, the one in force included; None:
-    this version's. A help reply recorded before its HELP was judged, in the facts'
-    own order, by the window in force when it was sent, which the ledger reads from
-    these: no longer a window than the shortest leaves it out of the caps."""
+    this version's. A reply recorded before the HELP or opt-out it answered was
+    judged, in the facts' own order, by the window in force when it was sent: no
+    longer a window than the shortest leaves it out of the caps."""

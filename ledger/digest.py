@@ -130,10 +130,10 @@ class CampaignDigest(NamedTuple):
     """Whether ``revocation`` was imported (``ConsentRevoked.imported``): another
     platform received it and owed its one confirmation, so this service owes none."""
     answered_late: tuple[Mark, ...] = ()
-    """The help replies of ``sent`` recorded before the HELP they followed reached the
-    ledger (``ledger.state.CampaignConsent.answered_late``), oldest first: each the
-    mark of that HELP (its time and place) with the reply's event id. The policy
-    leaves one sent within the campaign's reply window after its HELP out of the
+    """The replies of ``sent`` recorded before the HELP or opt-out they followed reached
+    the ledger (``ledger.state.CampaignConsent.answered_late``), oldest first: each the
+    mark of that HELP or opt-out (its time and place) with the reply's event id. The
+    policy leaves one sent within the campaign's reply window after it out of the
     caps, as the facts' own order would."""
 
 

@@ -524,9 +524,9 @@ def replays(
     in hindsight; otherwise, and in hindsight when a fact recorded after the send
     happened before it, every fact is handed over.
     Hindsight is the answer of then when nothing recorded since the send (a
-    subscriber fact, a campaign's rules) speaks of the send's moment. A help reply
-    that CanSend counts as answered late (``ledger.policy.answered_late``) is the one
-    send a fact recorded after it may allow in hindsight: its HELP."""
+    subscriber fact, a campaign's rules) speaks of the send's moment. A reply that
+    CanSend counts as answered late (``ledger.policy.answered_late``) is the one send
+    a fact recorded after it may allow in hindsight: the HELP or opt-out it answered."""
     states = {False: SubscriberState(), True: SubscriberState()}  # brand's, ANY_BRAND's
     latest_occurred = latest_recorded = None
     # The earliest moment any fact recorded after each position speaks of.
@@ -582,9 +582,9 @@ def replays(
             latest_occurred = e.occurred_at
         if latest_recorded is None or sent.recorded_at > latest_recorded:
             latest_recorded = sent.recorded_at
-    # A help reply recorded before the HELP it answered, which CanSend leaves out of
-    # the caps as that HELP's answer (``ledger.state.CampaignConsent.answered_late``):
-    # in hindsight it is judged from every fact, the HELP recorded after it too.
+    # A reply recorded before the HELP or opt-out it answered, which CanSend leaves out
+    # of the caps as its answer (``ledger.state.CampaignConsent.answered_late``): in
+    # hindsight it is judged from every fact, the text recorded after it too.
     for key in answered_late(states[False], rules, now) & found.keys():
         i = places[key]
         e = subscriber[i].event

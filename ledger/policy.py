@@ -471,7 +471,7 @@ def _erased_without_opt_in(digest: Digest, c: CampaignDigest) -> bool:
 
 def _within(sent: Mark, answered: Mark, window: int) -> bool:
     """Whether ``sent`` is the reply ``answered`` names (``answered_late``), sent within
-    ``window`` after the HELP it marks."""
+    ``window`` after the HELP or opt-out it marks."""
     return sent.event_id == answered.event_id and answered.at <= sent.at <= answered.at + window
 
 
@@ -541,7 +541,7 @@ class Check:
         # before that check is held to the limits as well.
         self._conversation = micros_of(min(policy.conversation_window, MAX_CONVERSATION_WINDOW))
         self._confirmation = micros_of(self._window())
-        # A help reply answered late is left out of the caps within the shortest window
+        # A reply answered late is left out of the caps within the shortest window
         # the rules had (``Campaign.shortest_reply_window``): never one more than the
         # window in force when it was sent, which judged it in the facts' own order.
         shortest = campaign.shortest_reply_window
@@ -1292,15 +1292,15 @@ class Check:
         return None
 
     def _counted(self, c: CampaignDigest) -> tuple[Mark, ...]:
-        """The campaign's sends its caps count: ``c.sent`` but the help replies answered
-        late (``answered_late``) sent within the reply window after their HELP."""
+        """The campaign's sends its caps count: ``c.sent`` but the replies answered late
+        (``answered_late``) sent within the reply window after their text or opt-out."""
         if not c.answered_late:
             return c.sent
         late = self.answered_late(c)
         return tuple([s for s in c.sent if s.event_id not in late])
 
     def answered_late(self, c: CampaignDigest) -> frozenset[str]:
-        """The event ids of the help replies of ``c`` recorded before the HELP they
+        """The event ids of the replies of ``c`` recorded before the HELP or opt-out they
         followed that answer it as they would have in the facts' own order: sent
         within the reply window after it (``CampaignDigest.answered_late``)."""
         within = self._answered_within
@@ -1387,7 +1387,7 @@ def earns_exemption(digest: Digest, campaign: Campaign, at: datetime, kind: Mess
 def answered_late(
     state: SubscriberState, rules: Iterable[Recorded], now: datetime
 ) -> frozenset[str]:
-    """The event ids of the help replies of ``state`` that ``CanSend`` leaves out of the
+    """The event ids of the replies of ``state`` that ``CanSend`` leaves out of the
     caps at ``now`` as answered late (``Check.answered_late``) by each campaign's rules
     then, of ``rules`` (its brand's campaign facts): the proof packet and the sweep
     judge those replies owed, as the caps do."""

@@ -191,11 +191,12 @@ class CampaignConsent:
     opt_in_answer: SentRecord | None = None
     """The latest confirmation of a START that escaped the caps."""
     answered_late: tuple[SentRecord, ...] = ()
-    """Help replies that count, each recorded (``MessageSent.exempt`` false) before the
-    HELP it followed reached the ledger, that HELP kept as its ``basis``: in the facts'
-    own order it was that HELP's answer. The fold does not read the campaign's reply
-    window, so it keeps them counted; the policy leaves out of the caps the one sent
-    within that window after its HELP (``ledger.policy``, ``_answered_before``)."""
+    """Help replies and opt-out confirmations that count, each recorded
+    (``MessageSent.exempt`` false) before the HELP or opt-out it followed reached the
+    ledger, that fact kept as its ``basis``: in the facts' own order it was its answer.
+    The fold does not read the campaign's reply window, so it keeps them counted; the
+    policy leaves out of the caps the one sent within that window after its text or
+    opt-out (``ledger.policy``; ``_answered_before``, ``_confirmed_before``)."""
 
 
 EMPTY_CAMPAIGN = CampaignConsent()
@@ -367,20 +368,36 @@ def _apply_revoked(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberSta
     # The latest by place and the latest by the time each said (``stated_key``): of
     # an opt-out placed at T that said T+40s and one placed at T+10s, a consent at
     # T+20s loses to the first, one placed at T+5s that said T+45s to the second.
+    s = _confirmed_after(s, lambda r: _reconfirmed_by(r, f))
     if f.event.campaign is None:
-        return _evolve(
+        s = _evolve(
             s,
             brand_revocation=_later(s.brand_revocation, f),
             brand_revocation_said=_later_stated(s.brand_revocation_said, f),
         )
-    return _with_campaign(
-        s,
-        f.event.campaign,
-        lambda c: _evolve(
-            c,
-            revocation=_later(c.revocation, f),
-            revocation_said=_later_stated(c.revocation_said, f),
-        ),
+    else:
+        s = _with_campaign(
+            s,
+            f.event.campaign,
+            lambda c: _evolve(
+                c,
+                revocation=_later(c.revocation, f),
+                revocation_said=_later_stated(c.revocation_said, f),
+            ),
+        )
+    return _confirmed_before(s, f)
+
+
+def _reconfirmed_by(record: SentRecord, f: Fact[ConsentRevoked]) -> bool:
+    """Whether the opt-out ``f`` is a later one than the opt-out the confirmation
+    ``record`` was kept as answering late (``_confirmed_before``), of its campaign or
+    the brand, placed no later than it was sent: in the facts' own order it would
+    confirm ``f``, judged by what the ledger says of ``f``."""
+    campaign = f.event.campaign
+    return (
+        campaign in (None, record.fact.event.campaign)
+        and f.key > record.basis[0].key
+        and f.at <= record.at
     )
 
 
@@ -520,6 +537,8 @@ def _apply_sent(s: SubscriberState, f: Fact[MessageSent]) -> SubscriberState:
         )
     if record.kind is MessageKind.HELP_REPLY and s.campaign(f.event.campaign).answered_late:
         s = _with_campaign(s, f.event.campaign, lambda c: _answered_after(c, record))
+    elif record.kind is MessageKind.OPT_OUT_CONFIRMATION:
+        s = _confirmed_after(s, lambda r: _between(r, record))
     if exempt:
         return s
     brand_resume = s.brand_resume
@@ -631,19 +650,105 @@ def _answered_before(s: SubscriberState, f: Fact[InboundMessageReceived]) -> Sub
     return _with_campaign(s, campaign, kept)
 
 
+def _between(late: SentRecord, record: SentRecord) -> bool:
+    """Whether ``record`` (another reply) was sent between the text or opt-out that
+    ``late`` (a reply answered late) followed and ``late``: in the facts' own order it
+    would be the answer, and ``late`` might count."""
+    return (
+        record != late
+        and late.basis[0].at <= record.at
+        and _world_order(record) < _world_order(late)
+    )
+
+
 def _answered_after(c: CampaignConsent, record: SentRecord) -> CampaignConsent:
     """``c`` without the replies answered late (``_answered_before``) that the help reply
     ``record`` comes between in world order, after the HELP each followed: in the
     facts' own order ``record`` might be that HELP's answer, so doubt counts both."""
-    key = _world_order(record)
     late = tuple(
-        [
-            r
-            for r in c.answered_late
-            if r == record or not (r.basis[0].at <= record.at and key < _world_order(r))
-        ]
+        [r for r in c.answered_late if r.kind is not record.kind or not _between(r, record)]
     )
     return c if len(late) == len(c.answered_late) else _evolve(c, answered_late=late)
+
+
+def _confirmed_before(s: SubscriberState, f: Fact[ConsentRevoked]) -> SubscriberState:
+    """``s`` with the opt-out confirmation that confirmed the opt-out ``f`` kept as
+    answered late, when the gateway recorded it before ``f`` reached the ledger
+    (``_answered_before`` for a HELP's reply): the first opt-out confirmation of the
+    brand sent at or after ``f`` within the longest reply window, recorded before it
+    as not exempt, for ``f``'s campaign (any, for an opt-out of the brand).
+
+    Only where, in the facts' own order, it would have been owed by ``f`` alone:
+    ``f`` is the latest opt-out of that campaign and of the brand, not imported (its
+    confirmation was the other platform's) nor recorded by a review (counted from
+    the text held, not from ``f``), and no confirmation escaped the caps since
+    ``f``. A later opt-out placed before the reply, or another confirmation sent
+    between ``f`` and it, makes it count again (``_confirmed_after``)."""
+    event = f.event
+    if event.imported or (event.campaign is None and _by_review(s, f)):
+        return s
+    answer = s.opt_out_answer
+    if answer is not None and answer.at >= f.at:
+        return s
+    sent = s.brand_sent
+    start = bisect_left(sent, f.at, key=lambda r: r.at)
+    end = bisect_right(sent, f.at + MAX_OPT_OUT_CONFIRMATION_WINDOW, lo=start, key=lambda r: r.at)
+    kind = MessageKind.OPT_OUT_CONFIRMATION
+    reply = next((r for r in sent[start:end] if r.kind is kind), None)
+    if reply is None or reply.fact.event.exempt is not False or _placed_after(reply, f):
+        return s
+    campaign = reply.fact.event.campaign
+    c = s.campaign(campaign)
+    if event.campaign not in (None, campaign) or not _holds(c.sent, reply):
+        return s
+    if any(r is not None and r.key > f.key for r in (c.revocation, s.brand_revocation)):
+        return s  # a later opt-out is the one it would confirm
+    if any(r == reply for r in c.answered_late):
+        return s
+    answered = _evolve(reply, basis=(f,))
+    brand_resume = s.brand_resume
+
+    def kept(c: CampaignConsent) -> CampaignConsent:
+        c = _unopened(c, reply, brand_resume)
+        late = tuple(sorted((*c.answered_late, answered), key=_world_order))
+        return _evolve(c, answered_late=late)
+
+    s = _evolve(s, opt_out_answer=_latest_record(s.opt_out_answer, answered))
+    return _with_campaign(s, campaign, kept)
+
+
+def _by_review(s: SubscriberState, f: Fact[ConsentRevoked]) -> bool:
+    """Whether a review's resolution wrote the opt-out ``f`` (``ledger.digest.held_asked``
+    reads it so): its confirmation counts from the text it held."""
+    said = (f.event.request_id, f.event.request_fingerprint)
+    return any(
+        (r.event.request_id, r.event.request_fingerprint) == said for r in s.resolutions.values()
+    )
+
+
+def _confirmed_after(s: SubscriberState, doubted: Callable[[SentRecord], bool]) -> SubscriberState:
+    """``s`` without the opt-out confirmations answered late (``_confirmed_before``)
+    that ``doubted`` finds no longer owed as they would have been in order."""
+    changed = {
+        name: late
+        for name, c in s.campaigns.items()
+        if c.answered_late
+        and len(
+            late := tuple(
+                r
+                for r in c.answered_late
+                if r.kind is not MessageKind.OPT_OUT_CONFIRMATION or not doubted(r)
+            )
+        )
+        < len(c.answered_late)
+    }
+    if not changed:
+        return s
+    campaigns = {
+        name: _evolve(c, answered_late=changed[name]) if name in changed else c
+        for name, c in s.campaigns.items()
+    }
+    return _evolve(s, campaigns=MappingProxyType(campaigns))
 
 
 def _unopened(
@@ -716,6 +821,15 @@ def _apply_resolved(s: SubscriberState, f: Fact[RevocationCandidateResolved]) ->
     # under no real brand (``lifts_hold``): then the candidate stays pending.
     if not f.event.lifts_hold:
         return s
+    # The opt-out it wrote is confirmed from the text it held (``_by_review``).
+    said = (f.event.request_id, f.event.request_fingerprint)
+    s = _confirmed_after(
+        s,
+        lambda r: (
+            r.basis[0].event.campaign is None
+            and (r.basis[0].event.request_id, r.basis[0].event.request_fingerprint) == said
+        ),
+    )
     return _evolve(
         s, resolutions=MappingProxyType({**s.resolutions, str(f.event.candidate_event_id): f})
     )

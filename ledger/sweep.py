@@ -316,7 +316,7 @@ class Sweep:
         judged as the proof packet judges it (``ledger.packet.replays``), from every
         fact of the number, the send itself left out; one whose answer in hindsight
         tells otherwise than the answer as recorded, and does not allow it, is found
-        with ``hindsight`` set. A help reply recorded before the HELP it answered,
+        with ``hindsight`` set. A reply recorded before the HELP or opt-out it answered,
         owed in hindsight (``ledger.packet.replays``), is judged by that answer
         alone: found only for what else it lacked.
 
@@ -367,7 +367,7 @@ class Sweep:
             changed = in_hindsight(then, later)
             late = None
             if changed is not None and changed.allowed:
-                # A help reply recorded before the HELP it answered (the one send a
+                # A reply recorded before the HELP or opt-out it answered (the one send a
                 # later fact allows, ``replays``): judged by the answer in hindsight,
                 # which CanSend counts it by, in place of the one as recorded.
                 owed = judge(sent, changed)

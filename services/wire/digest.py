@@ -39,11 +39,11 @@ where ``CampaignDigest.first_sent_at`` is (a late first message that did not
 reconfirm read as meeting the reconfirmation), and in ``last_disclosed_at`` a send
 recorded before the latest consent but stamped after it, 19 no imported mark on
 ``CampaignDigest.revocation`` or ``Digest.brand_revocation`` (an imported opt-out
-read as owing its confirmation here), 20 no ``CampaignDigest.answered_late`` (a help
-reply recorded before its HELP counted): rows in any of them are read from their
-snapshots, which are folded and digested again (a snapshot written before 14 may lack
-an opt-out latest by the time it said: ``consent-ledger rebuild`` folds it from the
-ledger).
+read as owing its confirmation here), 20 no ``CampaignDigest.answered_late`` (a
+help reply or opt-out confirmation recorded before its text counted): rows in any of
+them are read from their snapshots, which are folded and digested again (a snapshot
+written before 14 may lack an opt-out latest by the time it said: ``consent-ledger
+rebuild`` folds it from the ledger).
 """
 _HEADER = bytes([FORMAT])
 

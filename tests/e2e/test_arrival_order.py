@@ -46,7 +46,8 @@ BRIEF_FROM = "+12125558804"
 MINUTE = timedelta(minutes=1)
 CLOCK = module_clock()
 CAP = lpb.FrequencyCap(limit=1, window=Duration(seconds=86400))
-REPLIES = {"help": lpb.MESSAGE_KIND_HELP_REPLY}
+REPLIES = {"help": lpb.MESSAGE_KIND_HELP_REPLY, "stop": lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION}
+NUMBERS = {"capped": CAPPED_FROM, "brief": BRIEF_FROM}
 
 Fact = tuple[str, timedelta]
 """What happened (``in:<campaign>``, ``out:<campaign>`` or ``out:all``, a text
@@ -108,6 +109,17 @@ HISTORIES: dict[str, tuple[list[Fact], str]] = {
         [("in:brief", 60 * MINUTE), ("HELP:brief", 4 * MINUTE), ("reply:help:brief", 3 * MINUTE)],
         "write",
     ),
+    # An opt-out's confirmation recorded before the STOP it confirmed, and an opt-in
+    # again: it confirmed it all the same, and fills no cap of the new consent.
+    "a STOP confirmed first": (
+        [
+            ("in:capped", 60 * MINUTE),
+            ("STOP:capped", 6 * MINUTE),
+            ("reply:stop:capped", 5 * MINUTE),
+            ("in:capped", 2 * MINUTE),
+        ],
+        "write",
+    ),
     "a HELP answered too late": (
         [("in:brief", 60 * MINUTE), ("HELP:brief", 6 * MINUTE), ("reply:help:brief", 3 * MINUTE)],
         "write",
@@ -163,6 +175,11 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "a HELP answered in a short window": {
         "brief now": "REASON_CONSENT_ACTIVE",
         "brief now help": "REASON_REPLY_NOT_OWED",
+    },
+    "a STOP confirmed first": {
+        "capped now": "REASON_CONSENT_ACTIVE",
+        "capped now confirmation": "REASON_OPT_OUT_CONFIRMATION_NOT_ALLOWED",
+        "capped consent": "CONSENT_STATE_ACTIVE",
     },
     "a HELP answered too late": {
         "brief now": "REASON_FREQUENCY_CAP_REACHED",
@@ -239,12 +256,13 @@ async def deliver(w: Writes, phone: str, facts: list[Fact], style: str, turn: in
     for i, fact in enumerate(facts):
         what, at = fact[0], CLOCK.now - fact[1]
         if what.split(":")[0] in ("STOP", "START", "HELP"):
-            to = {"capped": CAPPED_FROM, "brief": BRIEF_FROM}.get(what.split(":")[-1], PROMO_FROM)
+            to = NUMBERS.get(what.split(":")[-1], PROMO_FROM)
             w.wrote(await w.c.HandleInboundMessage(inbound(phone, to, what.split(":")[0], at)))
         elif what.startswith("reply:"):
             _, reply, campaign = what.split(":")
             kind = REPLIES[reply]
-            w.wrote(await w.c.RecordMessageSent(sent(phone, "acme", campaign, at, kind=kind)))
+            message = sent(phone, "acme", campaign, at, kind=kind, from_number=NUMBERS[campaign])
+            w.wrote(await w.c.RecordMessageSent(message))
         elif what == "confirmation":
             kind = lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION
             message = sent(phone, "acme", "promo", at, kind=kind, from_number=PROMO_FROM)

@@ -714,3 +714,75 @@ def test_a_help_and_its_reply_in_any_order_answer_as_in_order(reply_at):
             assert theirs[0] or not mine[0], (order, got, in_order)
         if order.index(facts[1]) < min(order.index(facts[0]), order.index(facts[3])):
             assert got == in_order, order
+
+
+@pytest.mark.parametrize(
+    ("after", "counts"), [(SHORT, False), (SHORT + timedelta(seconds=1), True)]
+)
+@pytest.mark.parametrize("campaign_of", ["promo", None], ids=["campaign", "brand-wide"])
+def test_an_opt_out_confirmation_recorded_before_its_opt_out_counts_as_in_order(
+    after, counts, campaign_of
+):
+    """The gateway recorded the confirmation of a STOP before the STOP reached the
+    ledger, and the person opted in again: judged without the opt-out, the
+    confirmation was recorded as not exempt and filled the cap the new opt-in's first
+    send needed. It counts as it would in order: inside the campaign's reply window
+    (2 minutes) after the opt-out not, outside it, it does."""
+    capped = campaign(
+        sender_numbers=(NUMBER,),
+        frequency_caps=(FrequencyCap(1, timedelta(days=1)),),
+        opt_out_confirmation_window=SHORT,
+    )
+    kind = MessageKind.OPT_OUT_CONFIRMATION
+    grant, stop, again = granted(at(0)), revoked(at(10), campaign_of), granted(at(15))
+    reply = sent(at(10) + after, "promo", kind)
+    in_order = state_of(*_recorded_as_written([grant, stop, reply, again], capped))
+    written = _recorded_as_written([grant, reply, stop, again], capped)
+    assert written[1].exempt is False
+    reply_first = state_of(*written)
+    for state in (in_order, reply_first):
+        d = decide(state, capped, at(20))
+        assert d.allowed is not counts, d
+    assert fold(retained_facts(reply_first)) == reply_first
+    # Another opt-out placed before the reply is the one it would confirm, judged by
+    # what the ledger says of it: imported, its confirmation was not this service's.
+    later = revoked(at(11), campaign_of, imported=True)
+    doubted = state_of(*_recorded_as_written([grant, reply, stop, later, again], capped))
+    assert not decide(doubted, capped, at(20)).allowed
+    # Another confirmation between the opt-out and it was that opt-out's in order.
+    other = sent(at(10.5), "promo", kind)
+    both = state_of(*_recorded_as_written([grant, reply, stop, other, again], capped))
+    assert not decide(both, capped, at(20)).allowed
+
+
+@pytest.mark.parametrize("reply_at", [11, 13, 16])
+def test_an_opt_out_and_its_confirmation_in_any_order_answer_as_in_order(reply_at):
+    """An opt-out, its confirmation, a new opt-in and a send, recorded in every order:
+    CanSend never allows what the facts in their own order deny, and answers as they
+    do whenever the confirmation is recorded before the opt-out."""
+    capped = campaign(
+        sender_numbers=(NUMBER,),
+        frequency_caps=(FrequencyCap(2, timedelta(days=1)),),
+        opt_out_confirmation_window=timedelta(minutes=3),
+    )
+    kind = MessageKind.OPT_OUT_CONFIRMATION
+    grant = granted(at(0))
+    facts = [
+        revoked(at(10)),
+        sent(at(reply_at), "promo", kind),
+        granted(at(17)),
+        sent(at(18), "promo"),
+    ]
+    moments = [at(19), at(days=1, minutes=12.5), at(days=1, minutes=18.5)]
+
+    def answers(order):
+        state = state_of(*_recorded_as_written([grant, *order], capped))
+        return [(d.allowed, d.reason) for now in moments for d in [decide(state, capped, now)]]
+
+    in_order = answers(sorted(facts, key=lambda e: e.occurred_at))
+    for order in itertools.permutations(facts):
+        got = answers(order)
+        for mine, theirs in zip(got, in_order, strict=True):
+            assert theirs[0] or not mine[0], (order, got, in_order)
+        if order.index(facts[1]) < order.index(facts[0]):
+            assert got == in_order, order

@@ -330,18 +330,23 @@ def test_a_send_found_only_as_recorded_carries_no_answer_in_hindsight():
 
 
 @pytest.mark.parametrize(("after", "owed"), [(2, True), (2.5, False)])
-def test_a_help_reply_recorded_before_its_help_is_judged_as_the_caps_count_it(
-    after: float, owed: bool
+@pytest.mark.parametrize("text", ["HELP", "STOP"])
+def test_a_reply_recorded_before_its_text_is_judged_as_the_caps_count_it(
+    after: float, owed: bool, text: str
 ):
-    """A help reply the gateway recorded before the HELP it answered reached the ledger
-    (judged without it, not exempt). Sent inside the campaign's reply window (2
-    minutes) after the HELP, CanSend leaves it out of the cap as that HELP's answer,
-    and the packet (in hindsight) and the sweep judge it owed; sent outside it, all
-    three count it as not owed."""
-    kind = MessageKind.HELP_REPLY
+    """A help reply (or an opt-out's confirmation) the gateway recorded before the HELP
+    (the STOP) it answered reached the ledger, judged without it, not exempt. Sent
+    inside the campaign's reply window (2 minutes) after the text, CanSend leaves it
+    out of the cap as the text's answer (after an opt-in again, for a STOP), and the
+    packet (in hindsight) and the sweep judge it owed; sent outside it, all three
+    count it as not owed."""
+    if text == "HELP":
+        kind, asked_by, again = MessageKind.HELP_REPLY, inbound(at(10), "HELP", "promo"), []
+    else:
+        kind, asked_by, again = MessageKind.OPT_OUT_CONFIRMATION, revoked(at(10)), [granted(at(16))]
     reply = asked(dataclasses.replace(sent(at(10 + after), "promo", kind), exempt=False))
-    events = [granted(at(-600)), reply, inbound(at(10), "HELP", "promo")]
-    stream = _in_ledger_order(events, [at(-600), at(10 + after), at(15)])
+    events = [granted(at(-600)), reply, asked_by, *again]
+    stream = _in_ledger_order(events, [at(-600), at(10 + after), at(15), at(16)][: len(events)])
     cap = (FrequencyCap(1, timedelta(days=1)),)
     rules = _rules(_defined(frequency_caps=cap, opt_out_confirmation_window=timedelta(minutes=2)))
     history = _promo(rules)
@@ -354,11 +359,17 @@ def test_a_help_reply_recorded_before_its_help_is_judged_as_the_caps_count_it(
     if owed:
         assert can_send.allowed, can_send
         assert message.hindsight is not None and message.hindsight.allowed
-        assert message.hindsight.reason == Reason.HELP_REPLY_ALLOWED.value
+        assert message.hindsight.reason in (
+            Reason.HELP_REPLY_ALLOWED.value,
+            Reason.OPT_OUT_CONFIRMATION_ALLOWED.value,
+        )
         assert found == []
     else:
         assert can_send.reason is Reason.FREQUENCY_CAP_REACHED, can_send
         assert message.hindsight is None
         (finding,) = found
-        assert finding.kinds == (FindingKind.NOT_ALLOWED,)
-        assert finding.decision.reason is Reason.REPLY_NOT_OWED
+        assert finding.kinds in ((FindingKind.NOT_ALLOWED,), (FindingKind.AFTER_OPT_OUT,))
+        assert finding.decision.reason in (
+            Reason.REPLY_NOT_OWED,
+            Reason.OPT_OUT_CONFIRMATION_NOT_ALLOWED,
+        )
