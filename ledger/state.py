@@ -15,7 +15,7 @@ later by place and by the times each said.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
@@ -354,7 +354,34 @@ def _reopened(before: SubscriberState, after: SubscriberState) -> SubscriberStat
 def _apply_granted(s: SubscriberState, f: Fact[ConsentGranted]) -> SubscriberState:
     if _erased_after(s, f):
         return s
-    return _reopened(s, _granted(s, f))
+    return _resume_confirmed_before(_reopened(s, _granted(s, f)), f)
+
+
+def _resume_confirmed_before(s: SubscriberState, f: Fact[ConsentGranted]) -> SubscriberState:
+    """``s`` with no START confirmation of ``f``'s campaign recorded before ``f`` and
+    sent after it (``_unknowing``) standing as the first message or as the
+    send that carried the opt-out language (``_unopened``)."""
+    c = s.campaign(f.event.campaign)
+    late = [r for r in (c.opener, c.last_disclosed) if r is not None and _unknowing(r, f)]
+    if not late:
+        return s
+    brand_resume = s.brand_resume
+    return _with_campaign(s, f.event.campaign, lambda c: _unopened(c, late, brand_resume))
+
+
+def _unknowing(record: SentRecord, grant: Fact[ConsentGranted] | None) -> bool:
+    """Whether ``record`` is a START confirmation recorded before ``grant`` and sent after
+    it. Judged without the consent its START resumed, it was recorded as not owed and
+    counts, as it still does (doubt counts); in the facts' own order it may have been
+    that START's answer, which meets neither the first message's obligations nor the
+    opt-out language's."""
+    return (
+        grant is not None
+        and record.kind is MessageKind.OPT_IN_CONFIRMATION
+        and record.fact.event.exempt is False
+        and record.at >= grant.at
+        and not _placed_after(record, grant)
+    )
 
 
 def _granted(s: SubscriberState, f: Fact[ConsentGranted]) -> SubscriberState:
@@ -640,7 +667,7 @@ def _answered_before(s: SubscriberState, f: Fact[InboundMessageReceived]) -> Sub
     brand_resume = s.brand_resume
 
     def kept(c: CampaignConsent) -> CampaignConsent:
-        c = _unopened(c, reply, brand_resume)
+        c = _unopened(c, (reply,), brand_resume)
         return _evolve(
             c,
             answered_late=tuple(sorted(late, key=_world_order)),
@@ -709,7 +736,7 @@ def _confirmed_before(s: SubscriberState, f: Fact[ConsentRevoked]) -> Subscriber
     brand_resume = s.brand_resume
 
     def kept(c: CampaignConsent) -> CampaignConsent:
-        c = _unopened(c, reply, brand_resume)
+        c = _unopened(c, (reply,), brand_resume)
         late = tuple(sorted((*c.answered_late, answered), key=_world_order))
         return _evolve(c, answered_late=late)
 
@@ -752,18 +779,26 @@ def _confirmed_after(s: SubscriberState, doubted: Callable[[SentRecord], bool]) 
 
 
 def _unopened(
-    c: CampaignConsent, reply: SentRecord, brand_resume: Fact[ConsentResumed] | None
+    c: CampaignConsent,
+    replies: Collection[SentRecord],
+    brand_resume: Fact[ConsentResumed] | None,
 ) -> CampaignConsent:
-    """``c`` with ``reply`` (a send it counts) no longer the first message since the
+    """``c`` with ``replies`` (sends it counts) no longer the first message since the
     consent nor the send that carried the opt-out language: each is found again among
-    the other sends it counts. Those go back the longest cap window only: a disclosing
-    send older than that is not found, and the opt-out language is then owed again
-    (doubt owes); a delivery error reported on the one found is not kept."""
+    the other sends it counts but the replies answered late and the START
+    confirmations recorded before the consent (``_unknowing``), which stand as neither.
+    Those go back the longest cap window only: a disclosing send older than that is
+    not found, and the opt-out language is then owed again (doubt owes); a delivery
+    error reported on the one found is not kept."""
     changes: dict[str, Any] = {}
-    others = tuple(r for r in c.sent if r != reply)
+    others = tuple(
+        r
+        for r in c.sent
+        if r not in replies and r not in c.answered_late and not _unknowing(r, c.grant)
+    )
     # Only a send placed after the consent it follows meets that consent's obligations
     # (``_reopened``): the sends placed before it were forgotten when it came.
-    if c.opener == reply:
+    if c.opener in replies:
         anchor = consent_anchor(c, brand_resume)
         changes["opener"] = next(
             (
@@ -773,7 +808,7 @@ def _unopened(
             ),
             None,
         )
-    if c.last_disclosed == reply:
+    if c.last_disclosed in replies:
         since = consent_anchor(c, brand_resume, False)
         disclosed = [
             r

@@ -786,3 +786,28 @@ def test_an_opt_out_and_its_confirmation_in_any_order_answer_as_in_order(reply_a
             assert theirs[0] or not mine[0], (order, got, in_order)
         if order.index(facts[1]) < order.index(facts[0]):
             assert got == in_order, order
+
+
+def test_a_start_confirmation_recorded_before_the_consent_it_resumed_meets_no_obligation():
+    """An opt-in, a STOP and its confirmation, a START and its (both with opt-out
+    language), recorded in every order: a START's confirmation recorded before the
+    opt-in the START resumed was judged without that consent, recorded as not owed,
+    and counts. In the facts' own order it was the START's answer, which meets no
+    obligation: the next send owes the opt-out language, whatever the order, and
+    still once a confirmation after it, answered late, is found no longer to meet it."""
+    kind = MessageKind.OPT_IN_CONFIRMATION
+    facts = [
+        granted(at(0)),
+        revoked(at(50)),
+        sent(at(51), "promo", MessageKind.OPT_OUT_CONFIRMATION),
+        resumed(at(55), "promo"),
+        sent(at(56), "promo", kind),
+    ]
+    for order in itertools.permutations(facts):
+        written = _recorded_as_written(list(order), PROMO)
+        state = state_of(*written)
+        d = decide(state, PROMO, at(60))
+        assert d.allowed and Obligation.INCLUDE_OPT_OUT_LANGUAGE in d.obligations, (order, d)
+        assert fold(retained_facts(state)) == state
+    late = _recorded_as_written([*facts[1:], facts[0]], PROMO)
+    assert late[3].exempt is False  # judged without the consent: counts
