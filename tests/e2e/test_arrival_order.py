@@ -46,15 +46,19 @@ BRIEF_FROM = "+12125558804"
 MINUTE = timedelta(minutes=1)
 CLOCK = module_clock()
 CAP = lpb.FrequencyCap(limit=1, window=Duration(seconds=86400))
-REPLIES = {"help": lpb.MESSAGE_KIND_HELP_REPLY, "stop": lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION}
-NUMBERS = {"capped": CAPPED_FROM, "brief": BRIEF_FROM}
+REPLIES = {
+    "help": lpb.MESSAGE_KIND_HELP_REPLY,
+    "stop": lpb.MESSAGE_KIND_OPT_OUT_CONFIRMATION,
+    "start": lpb.MESSAGE_KIND_OPT_IN_CONFIRMATION,
+}
+NUMBERS = {"capped": CAPPED_FROM, "brief": BRIEF_FROM, "promo": PROMO_FROM}
 
 Fact = tuple[str, timedelta]
 """What happened (``in:<campaign>``, ``out:<campaign>`` or ``out:all``, a text
 ``STOP``/``START``/``HELP`` to promo's number, or ``HELP:capped`` to capped's (or
 brief's), ``confirmation``: an opt-out's confirmation sent for promo,
-``reply:help:capped``: a help reply sent for capped (or brief)), and how long before
-the service's now."""
+``reply:help:capped``: a help reply sent for capped (or brief), ``reply:start:promo``
+a START's confirmation for promo), and how long before the service's now."""
 
 HISTORIES: dict[str, tuple[list[Fact], str]] = {
     # An opt-out between two opt-ins, then one of every campaign: by their own
@@ -120,6 +124,18 @@ HISTORIES: dict[str, tuple[list[Fact], str]] = {
         ],
         "write",
     ),
+    # A START's confirmation (opt-out language in it) recorded before the opt-in the
+    # START resumed: in the facts' own order it was the START's answer, which meets
+    # no first message's obligation, so the next send owes the opt-out language.
+    "a START confirmed before its opt-in": (
+        [
+            ("in:promo", 60 * MINUTE),
+            ("STOP", 8 * MINUTE),
+            ("START", 5 * MINUTE),
+            ("reply:start:promo", 4 * MINUTE),
+        ],
+        "write",
+    ),
     "a HELP answered too late": (
         [("in:brief", 60 * MINUTE), ("HELP:brief", 6 * MINUTE), ("reply:help:brief", 3 * MINUTE)],
         "write",
@@ -180,6 +196,10 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "capped now": "REASON_CONSENT_ACTIVE",
         "capped now confirmation": "REASON_OPT_OUT_CONFIRMATION_NOT_ALLOWED",
         "capped consent": "CONSENT_STATE_ACTIVE",
+    },
+    "a START confirmed before its opt-in": {
+        "promo now": "REASON_CONSENT_ACTIVE",
+        "promo now language": "required",
     },
     "a HELP answered too late": {
         "brief now": "REASON_FREQUENCY_CAP_REACHED",
@@ -306,6 +326,9 @@ async def answers(
                 kind = lpb.MESSAGE_KIND_HELP_REPLY
             now = await c.CanSend(api.CanSendRequest(**ask, message_kind=kind))
             said[key] = api.Reason.Name(now.reason)
+            if question.endswith("language"):  # whether the opt-out language is owed
+                owed = api.OBLIGATION_INCLUDE_OPT_OUT_LANGUAGE in now.obligations
+                said[key] = "required" if owed else "omitted"
         elif question.startswith("as of"):
             at = moments[int(question.rsplit(" ", 1)[1])]
             then = await c.CanSendAsOf(
