@@ -144,6 +144,10 @@ class FreshnessGuard:
         self._unapplied: deque[tuple[float, dict[Stream, dict[int, int]]]] = deque()
         """Observations whose ends the view had not applied when last looked: when each
         started, and its ends, oldest first (for ``ready``)."""
+        self._start_ends: dict[int, int] | None = None
+        """The subscriber partitions' ends at the first observation, until the view has
+        applied them all (``applied_since_start_for``); then None for good."""
+        self._started = False
 
     @property
     def wait_bound(self) -> float:
@@ -204,6 +208,11 @@ class FreshnessGuard:
         if started < self.status.observed_at:
             return ends  # a later one landed first; its ends are newer, keep them
         self._ends, self._applied = ends, applied
+        if not self._started:
+            self._started = True
+            self._start_ends = dict(ends.get(Stream.SUBSCRIBERS, {}))
+        if self._start_ends is not None and self._reached_start(self._start_ends):
+            self._start_ends = None
         if self._written:  # a write the view has applied needs no note any more
             self._written = {
                 key: offset
@@ -497,6 +506,24 @@ class FreshnessGuard:
             await self.observe()
         except Exception:  # as in the loop: the waiters time out and fail closed
             log.warning("freshness observation failed", exc_info=True)
+
+    def applied_since_start_for(self, phones: Sequence[str]) -> bool:
+        """Whether, at the last observation, the view had applied the subscriber
+        partitions of ``phones`` (every one when the ledger cannot say) up to their ends
+        as this process first observed them. A view filled again from the ledger (its
+        database lost) lacks what its writers noted beside their appends until it has:
+        a note's absence says nothing before then."""
+        start = self._start_ends
+        if start is None:
+            return self._started
+        partitions = {self._ledger.partition_for(p) for p in phones}
+        if None not in partitions:
+            start = {p: start.get(p, 0) for p in partitions if p is not None}
+        return self._reached_start(start)
+
+    def _reached_start(self, start: Mapping[int, int]) -> bool:
+        applied = self._applied.get(Stream.SUBSCRIBERS, {})
+        return all(offset <= applied.get(p, 0) for p, offset in start.items())
 
     def applied_token(self) -> ConsistencyToken:
         """The freshness the view had at the last observation."""

@@ -430,12 +430,20 @@ async def check_not_before_an_opt_out(
     itself stamped ahead doubts every recent opt-out: for those the view is read as
     fresh as a write's checks are, counting an opt-out acknowledged a moment ago.
     Any other consent reads nothing more than the note: waiting for the projection
-    on every opt-in failed them UNAVAILABLE under load."""
+    on every opt-in failed them UNAVAILABLE under load. A view filled again from the
+    ledger gets its notes back only as it applies their opt-outs: until it has
+    applied what the ledger held when this process started, a missing note is
+    doubted too (an opt-in stated before an opt-out stamped ahead was recorded)."""
     phone = consent.phone
+    phones = [phone, *forms_stored_before(phone)]
     doubted = unstated_in_doubt and stated > ctx.clock()
-    if not doubted and await ctx.view.request_use(consent.brand, stated_ahead_key(phone)) is None:
+    if (
+        not doubted
+        and ctx.guard.applied_since_start_for(phones)
+        and await ctx.view.request_use(consent.brand, stated_ahead_key(phone)) is None
+    ):
         return
-    if not await ctx.guard.wait_until_applied_for([phone, *forms_stored_before(phone)]):
+    if not await ctx.guard.wait_until_applied_for(phones):
         raise NotConsistent("occurred_at", BEHIND)
     since = {phone: opt_outs_window(consent.occurred_at)}
     found = await opt_outs_placed_since(ctx.view, consent.brand, since)

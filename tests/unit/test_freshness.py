@@ -379,3 +379,29 @@ async def test_ready_remembers_the_oldest_unapplied_end_past_many_observations()
     await view.apply(Stream.SUBSCRIBERS, applied[100:])
     await guard.observe()
     assert guard.ready() is None
+
+
+async def test_a_view_is_applied_since_start_only_once_it_reaches_the_first_observed_ends() -> None:
+    # A view filled again from the ledger (its database lost) starts behind: what its
+    # writers noted beside their appends comes back only as it applies them.
+    ledger, view = InMemoryLedger(partitions=4), InMemoryConsentView()
+    mine, other = granted(), granted(phone="+14155550199")
+    assert ledger.partition_for(mine.phone) != ledger.partition_for(other.phone)
+    written = await ledger.append([mine])
+    others = await ledger.append([other])
+    guard = _guard(ledger, view, FreshnessSettings(refresh_interval=60, wait_bound=0.1))
+    assert not guard.applied_since_start_for([mine.phone])  # never observed
+    await guard.start()
+    try:
+        assert not guard.applied_since_start_for([mine.phone])
+        await view.apply(Stream.SUBSCRIBERS, written)
+        await guard.observe()
+        assert guard.applied_since_start_for([mine.phone])
+        assert not guard.applied_since_start_for([other.phone])
+        await ledger.append([granted()])  # after the start: noted by its writer
+        await view.apply(Stream.SUBSCRIBERS, others)
+        await guard.observe()
+        assert guard.applied_since_start_for([other.phone])
+        assert guard.applied_since_start_for([mine.phone, other.phone])
+    finally:
+        await guard.stop()

@@ -43,6 +43,8 @@ from services.errors import (
     OutcomeUnknown,
     PermissionDenied,
 )
+from services.freshness import FreshnessGuard
+from services.settings import FreshnessSettings
 from services.usecases.writes import RESOLUTION_PREFIX
 from tests.builders import BRAND, PHONE, at, proof
 from tests.builders import opt_in as an_opt_in
@@ -61,6 +63,7 @@ from tests.unit.usecase_harness import (
     running,
     stop_task,
     unprojected,
+    wired,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -997,3 +1000,28 @@ async def test_a_stop_retried_after_its_number_changed_hands_records_nothing(cal
 
         again = await app.writes.handle_inbound(text, unowned_brands=caller)
         await _answered_as_first(app, again, first, ends)
+
+
+async def test_an_opt_in_checked_by_a_view_filled_again_doubts_a_note_it_lacks():
+    """The view lost and filled again from the ledger: the note an opt-out stamped ahead
+    left beside its append comes back only when the view applies that opt-out again.
+    An opt-in stated before it, checked while the view was still behind what the
+    ledger held at the start, read no note and was recorded; it now waits for the
+    view, and is UNAVAILABLE (retryable) when the view does not get there."""
+    async with running() as (app, _):
+        await app.writes.record(define())
+        ahead = NOW + timedelta(seconds=40)
+        stop = await app.writes.record(
+            RecordOptOut("stop", PHONE, BRAND, "promo", RevocationChannel.API, ahead)
+        )
+        assert await app.guard.wait_for_token(stop.token)
+    ledger, lost = app.ledger, InMemoryConsentView()
+    await lost.apply(Stream.CAMPAIGNS, await ledger.read(Stream.CAMPAIGNS, 0, 0))
+    guard = FreshnessGuard(ledger, lost, FreshnessSettings(wait_bound=0.1))
+    await guard.observe()  # its projector has not applied the subscribers yet
+    again = wired(ledger, lost, guard)
+    written = await ledger.end_offsets(Stream.SUBSCRIBERS)
+    with pytest.raises(NotConsistent) as err:
+        await again.writes.record(an_opt_in(NOW - timedelta(seconds=1), request_id="form"))
+    assert err.value.field == "occurred_at"
+    assert await ledger.end_offsets(Stream.SUBSCRIBERS) == written
