@@ -644,20 +644,8 @@ def _answered_before(s: SubscriberState, f: Fact[InboundMessageReceived]) -> Sub
     c = s.campaign(campaign)
     if c.help_answer is not None and c.help_answer.at >= f.at:
         return s
-    sent = s.brand_sent
-    start = bisect_left(sent, f.at, key=lambda r: r.at)
-    end = bisect_right(sent, f.at + MAX_OPT_OUT_CONFIRMATION_WINDOW, lo=start, key=lambda r: r.at)
-    reply = next(
-        (
-            r
-            for r in sent[start:end]
-            if r.kind is MessageKind.HELP_REPLY and r.fact.event.campaign == campaign
-        ),
-        None,
-    )
-    if reply is None or reply.fact.event.exempt is not False or _placed_after(reply, f):
-        return s  # judged when recorded, with the HELP known or by its kind
-    if not _holds(c.sent, reply):
+    reply = _judged_without(s, f, MessageKind.HELP_REPLY, campaign)
+    if reply is None or not _holds(c.sent, reply):
         return s
     earlier = next((r for r in c.answered_late if r == reply), None)
     if earlier is not None and earlier.basis[0].key >= f.key:
@@ -675,6 +663,29 @@ def _answered_before(s: SubscriberState, f: Fact[InboundMessageReceived]) -> Sub
         )
 
     return _with_campaign(s, campaign, kept)
+
+
+def _judged_without(
+    s: SubscriberState, f: Fact[Any], kind: MessageKind, campaign: str | None = None
+) -> SentRecord | None:
+    """The first reply of ``kind`` the brand sent (for ``campaign``; any, when None) at
+    or after the text or opt-out ``f``, within the longest reply window, when it was
+    recorded before ``f`` as not exempt: judged without ``f``. None when that reply was
+    judged with ``f`` known, or by its kind (``exempt`` None), or there is none."""
+    sent = s.brand_sent
+    start = bisect_left(sent, f.at, key=lambda r: r.at)
+    end = bisect_right(sent, f.at + MAX_OPT_OUT_CONFIRMATION_WINDOW, lo=start, key=lambda r: r.at)
+    reply = next(
+        (
+            r
+            for r in sent[start:end]
+            if r.kind is kind and campaign in (None, r.fact.event.campaign)
+        ),
+        None,
+    )
+    if reply is None or reply.fact.event.exempt is not False or _placed_after(reply, f):
+        return None
+    return reply
 
 
 def _between(late: SentRecord, record: SentRecord) -> bool:
@@ -717,12 +728,8 @@ def _confirmed_before(s: SubscriberState, f: Fact[ConsentRevoked]) -> Subscriber
     answer = s.opt_out_answer
     if answer is not None and answer.at >= f.at:
         return s
-    sent = s.brand_sent
-    start = bisect_left(sent, f.at, key=lambda r: r.at)
-    end = bisect_right(sent, f.at + MAX_OPT_OUT_CONFIRMATION_WINDOW, lo=start, key=lambda r: r.at)
-    kind = MessageKind.OPT_OUT_CONFIRMATION
-    reply = next((r for r in sent[start:end] if r.kind is kind), None)
-    if reply is None or reply.fact.event.exempt is not False or _placed_after(reply, f):
+    reply = _judged_without(s, f, MessageKind.OPT_OUT_CONFIRMATION)
+    if reply is None:
         return s
     campaign = reply.fact.event.campaign
     c = s.campaign(campaign)
