@@ -574,6 +574,20 @@ async def appended_again(
     return [found[str(e.event_id)] for e in events]
 
 
+async def use_standing(
+    ctx: Context,
+    taken: RequestTaken,
+    brand: str,
+    request_id: str,
+    fingerprint: str,
+    ids: Sequence[str],
+) -> RequestUse:
+    """The use of ``request_id`` that stands after ``take_request`` asked with no
+    message (``taken``): with none, the id is always held, by this request or
+    another, and a view that says otherwise is asked with ``claim_request``."""
+    return taken.use or await ctx.view.claim_request(brand, request_id, fingerprint, ids)
+
+
 async def append(
     ctx: Context, events: Sequence[LedgerEvent], stored: dict[str, Recorded] | None = None
 ) -> WriteResult:
@@ -589,10 +603,8 @@ async def append(
     taken = await ctx.view.take_request(
         brand_of(first), first.request_id, first.request_fingerprint, ids
     )
-    # With no message the id is always held, by this request or another; a view that
-    # says otherwise is asked as before.
-    use = taken.use or await ctx.view.claim_request(
-        brand_of(first), first.request_id, first.request_fingerprint, ids
+    use = await use_standing(
+        ctx, taken, brand_of(first), first.request_id, first.request_fingerprint, ids
     )
     refuse_another_request(first, use)
     if not taken.taken and stored is None:

@@ -55,6 +55,7 @@ from services.usecases.requests import (
     too_late_to_append,
     unless_gone,
     unwritten,
+    use_standing,
 )
 from services.usecases.spellings import earlier_message_uses, state_as_one
 
@@ -305,10 +306,8 @@ class Sends:
                 self.ctx.view.take_request(cmd.brand, cmd.request_id, fingerprint, answer),
                 partial(self._give_up_request_id, cmd, use, fingerprint, answer),
             )
-            # With no message the id is always held; a view that says otherwise is
-            # asked as before.
-            claimed = taken.use or await self.ctx.view.claim_request(
-                cmd.brand, cmd.request_id, fingerprint, answer
+            claimed = await use_standing(
+                self.ctx, taken, cmd.brand, cmd.request_id, fingerprint, answer
             )
         except (Exception, asyncio.CancelledError):
             # Failed between its claims (a passing failure, or the caller gone): the
