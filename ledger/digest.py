@@ -346,8 +346,7 @@ def _campaign_digest(c: CampaignConsent, brand_resume: Fact[Any] | None) -> Camp
 def _answered(record: SentRecord) -> Mark:
     """``CampaignDigest.answered_late``'s mark of a reply answered late."""
     text = record.basis[0]
-    at = (text.event.occurred_at - EPOCH) // _MICROSECOND
-    return built(Mark, (at, text.position.offset, record.event_id))
+    return built(Mark, (micros(text.event.occurred_at), text.position.offset, record.event_id))
 
 
 def _resolved_hold(

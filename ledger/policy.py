@@ -545,8 +545,8 @@ class Check:
         # the rules had (``Campaign.shortest_reply_window``): never one more than the
         # window in force when it was sent, which judged it in the facts' own order.
         shortest = campaign.shortest_reply_window
-        self._answered_within = min(
-            self._confirmation, self._confirmation if shortest is None else micros_of(shortest)
+        self._answered_within = (
+            self._confirmation if shortest is None else min(self._confirmation, micros_of(shortest))
         )
         # Rules recorded before a longer window was refused are held to the longest.
         self._first_message = micros_of(min(policy.first_message_window, MAX_FIRST_MESSAGE_WINDOW))
